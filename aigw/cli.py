@@ -1,0 +1,233 @@
+"""The ``aigw`` command line: check, compile, schema, serve and reload a gateway directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aigw import __version__
+from aigw.compiler import CompileResult, compile_gateway, render_github, render_json, render_text
+from aigw.compiler.graph import Graph
+from aigw.compiler.schema import json_schemas
+
+_EPILOG = """\
+examples:
+  aigw check                      lint ./gateway.yaml, policies/ and pipelines/
+  aigw check deploy/gw --format github --strict
+  aigw compile --format json      print the compiled graph
+  aigw serve --port 8080          serve the gateway on 127.0.0.1:8080
+  aigw schema                     write JSON Schemas into ./schemas/
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    result: int = args.run(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aigw",
+        description="aigw compiles a gateway directory (gateway.yaml, policies/*.cedar, "
+        "pipelines/*.yaml) into one checked routing graph and serves it behind "
+        "OpenAI-compatible endpoints.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"aigw {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = _command(commands, "check", "compile the config and report every problem",
+                     "aigw check\n  aigw check ./gw --format github --strict",
+                     "Exit 1 on any error; warnings fail only with --strict.")
+    check.add_argument("--format", choices=("text", "json", "github"), default="text")
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check.set_defaults(run=_run_check)
+
+    compile_ = _command(commands, "compile", "print the compiled graph and its fingerprint",
+                        "aigw compile\n  aigw compile --format json | jq .routes",
+                        "Exit 1 (with diagnostics on stderr) when the config has errors.")
+    compile_.add_argument("--format", choices=("text", "json"), default="text")
+    compile_.set_defaults(run=_run_compile)
+
+    schema = _command(commands, "schema", "write JSON Schemas for the YAML files",
+                      "aigw schema            # writes ./schemas/*.json\n  aigw schema --check",
+                      "Point yaml-language-server at schemas/gateway.schema.json for "
+                      "completion and checks in editors.")
+    schema.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when the files in schemas/ are stale")
+    schema.set_defaults(run=_run_schema)
+
+    serve = _command(commands, "serve", "serve the gateway over HTTP",
+                     "aigw serve\n  aigw serve ./gw --host 0.0.0.0 --port 8080 --watch",
+                     "Reload without dropping requests: SIGHUP, POST /admin/reload, or --watch.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--watch", action="store_true", help="reload when a config file changes")
+    serve.set_defaults(run=_run_serve)
+
+    reload = _command(commands, "reload", "ask a running gateway to reload its config",
+                      "AIGW_ADMIN_KEY=... aigw reload --url http://127.0.0.1:4000",
+                      "Calls POST /admin/reload with an admin key and prints the result.")
+    reload.add_argument("--url", default="http://127.0.0.1:4000")
+    reload.add_argument("--key", default=None, help="admin key (default: $AIGW_ADMIN_KEY)")
+    reload.set_defaults(run=_run_reload)
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    example: str,
+    detail: str,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}. {detail}",
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if name != "reload":
+        command.add_argument("dir", nargs="?", default=".", metavar="DIR",
+                             help="the gateway directory (default: .)")
+    return command
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    result = compile_gateway(args.dir)
+    _print_diagnostics(result, args.format, sys.stdout, args.dir)
+    if not result.ok:
+        return 1
+    return 1 if args.strict and result.warnings else 0
+
+
+def _print_diagnostics(result: CompileResult, fmt: str, stream: object, root: str) -> None:
+    out = stream if hasattr(stream, "write") else sys.stdout
+    if fmt == "json":
+        out.write(render_json(result.diagnostics))
+    elif fmt == "github":
+        out.write(render_github(result.diagnostics, "" if root == "." else root))
+    else:
+        out.write(render_text(result.diagnostics, result.sources))
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    result = compile_gateway(args.dir)
+    if result.graph is None:
+        _print_diagnostics(result, "text", sys.stderr, args.dir)
+        return 1
+    if args.format == "json":
+        sys.stdout.write(json.dumps(describe_graph(result.graph), indent=2) + "\n")
+    else:
+        sys.stdout.write(_graph_text(result.graph))
+    return 0
+
+
+def describe_graph(graph: Graph) -> dict[str, object]:
+    """A JSON-ready summary of the graph, with no secrets in it."""
+    return {
+        "fingerprint": graph.fingerprint,
+        "providers": {
+            name: {"type": p.type, "base_url": p.base_url, "enabled": p.enabled,
+                   "disabled_reason": p.disabled_reason}
+            for name, p in graph.providers.items()
+        },
+        "deployments": {
+            name: {"provider": d.provider.name, "model": d.model,
+                   "context_window": d.context_window, "max_output_tokens": d.max_output_tokens,
+                   "price": {"input": d.price.input, "output": d.price.output},
+                   "tags": list(d.tags), "capabilities": sorted(d.capabilities)}
+            for name, d in graph.deployments.items()
+        },
+        "groups": {
+            name: {"strategy": g.strategy, "members": [m.name for m in g.members],
+                   "fallbacks": list(g.fallbacks)}
+            for name, g in graph.groups.items()
+        },
+        "routes": {
+            name: {"kind": r.kind.value, "target": r.target,
+                   "candidates": [d.name for d in r.candidates]}
+            for name, r in graph.routes.items()
+        },
+        "teams": sorted(graph.teams),
+        "keys": [
+            {"name": k.name, "team": k.team.name if k.team else None, "admin": k.admin}
+            for k in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)
+        ],
+        "policies": [{"id": p.id, "file": p.file, "line": p.line, "priority": p.priority}
+                     for p in graph.policies],
+        "pipelines": sorted(graph.pipelines),
+    }
+
+
+def _graph_text(graph: Graph) -> str:
+    lines = [f"graph {graph.fingerprint}"]
+    for name, route in sorted(graph.routes.items()):
+        served = ", ".join(
+            d.name + ("" if d.provider.enabled else " (disabled)") for d in route.candidates
+        )
+        lines.append(f"  route {name} -> {route.kind.value} {route.target}: {served or '-'}")
+    lines.append(
+        f"  {len(graph.providers)} providers, {len(graph.deployments)} deployments, "
+        f"{len(graph.groups)} groups, {len(graph.routes)} routes, {len(graph.teams)} teams, "
+        f"{len(graph.keys_by_sha256)} keys, {len(graph.policies)} policies"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _run_schema(args: argparse.Namespace) -> int:
+    target = Path(args.dir) / "schemas"
+    stale = []
+    for name, text in json_schemas().items():
+        path = target / name
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            target.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    verb = "stale" if args.check else "wrote"
+    for path in stale:
+        print(f"{verb} {path}")
+    if args.check and stale:
+        print("run 'aigw schema' and commit the result", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from aigw.runtime.server import ServeOptions, serve  # the runtime only when serving
+
+    return serve(ServeOptions(root=Path(args.dir), host=args.host, port=args.port,
+                              workers=args.workers, watch=args.watch))
+
+
+def _run_reload(args: argparse.Namespace) -> int:
+    import httpx
+
+    key = args.key or os.environ.get("AIGW_ADMIN_KEY")
+    if not key:
+        print("aigw reload needs an admin key: --key or $AIGW_ADMIN_KEY", file=sys.stderr)
+        return 2
+    try:
+        response = httpx.post(f"{args.url.rstrip('/')}/admin/reload",
+                              headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1

@@ -1,0 +1,92 @@
+"""The registry of diagnostic codes: one place, grouped by stage, never reused.
+
+AGW1xx YAML and files, AGW2xx schema, AGW3xx references and the graph,
+AGW4xx Cedar, AGW5xx templates and pipelines, AGW9xx internal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A stable diagnostic code with its default severity and a one-line summary."""
+
+    id: str
+    severity: Severity
+    summary: str
+
+
+def _error(id: str, summary: str) -> Code:
+    return Code(id, Severity.ERROR, summary)
+
+
+def _warning(id: str, summary: str) -> Code:
+    return Code(id, Severity.WARNING, summary)
+
+
+# AGW1xx: reading files and YAML syntax
+YAML_SYNTAX = _error("AGW101", "YAML syntax error")
+YAML_TAB = _error("AGW102", "tab character in indentation")
+YAML_DUPLICATE_KEY = _error("AGW103", "duplicate mapping key")
+FILE_EMPTY = _error("AGW104", "file is empty")
+FILE_MISSING = _error("AGW105", "file not found")
+INCLUDE_CYCLE = _error("AGW106", "include cycle")
+FILE_ENCODING = _error("AGW107", "file is not UTF-8")
+YAML_FEATURE = _error("AGW108", "unsupported YAML feature")
+
+# AGW2xx: shape of the documents
+SCHEMA_NOT_MAPPING = _error("AGW201", "document is not a mapping")
+SCHEMA_UNKNOWN_KEY = _error("AGW202", "unknown key")
+SCHEMA_MISSING = _error("AGW203", "required field missing")
+SCHEMA_TYPE = _error("AGW204", "wrong type")
+SCHEMA_VALUE = _error("AGW205", "invalid value")
+SCHEMA_VERSION = _error("AGW206", "unsupported config version")
+SCHEMA_ROUTE_TARGET = _error("AGW207", "route needs exactly one target")
+SCHEMA_NAME = _error("AGW208", "invalid name")
+SCHEMA_SHA256 = _error("AGW209", "invalid sha256 digest")
+SCHEMA_KEY_SECRET = _error("AGW210", "key needs exactly one of secret or sha256")
+SCHEMA_INCLUDE_SECTION = _error("AGW211", "section not allowed in an included file")
+
+# AGW3xx: references, names and the graph
+REF_PROVIDER = _error("AGW301", "unknown provider")
+REF_DEPLOYMENT = _error("AGW302", "unknown deployment")
+REF_GROUP = _error("AGW303", "unknown group")
+REF_TEAM = _error("AGW304", "unknown team")
+REF_PIPELINE = _error("AGW305", "unknown pipeline")
+FALLBACK_CYCLE = _error("AGW306", "fallback cycle")
+DUPLICATE_NAME = _error("AGW307", "name defined twice")
+UNREACHABLE_DEPLOYMENT = _warning("AGW308", "deployment is not reachable from any route")
+ENV_UNSET = _warning("AGW309", "environment variable is not set")
+LITERAL_SECRET = _warning("AGW310", "literal secret in config")
+GROUP_DUPLICATE_MEMBER = _error("AGW311", "group lists a member twice")
+OUTPUT_EXCEEDS_CONTEXT = _error("AGW312", "max_output_tokens exceeds context_window")
+PROVIDER_FIELD = _error("AGW313", "provider is missing a field its type needs")
+PROVIDER_NO_ADAPTER = _warning("AGW314", "provider type has no adapter in this version")
+DUPLICATE_KEY_SECRET = _error("AGW315", "two keys share one secret")
+NO_ROUTES = _warning("AGW316", "no routes defined")
+ENV_SYNTAX = _error("AGW317", "malformed ${ENV} reference")
+EMPTY_GROUP = _error("AGW318", "group has no members")
+
+# AGW4xx: Cedar policies
+CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")
+CEDAR_MISSING_ID = _error("AGW402", "policy has no @id annotation")
+CEDAR_DUPLICATE_ID = _error("AGW403", "policy @id used twice")
+CEDAR_PRIORITY = _error("AGW404", "@priority is not an integer")
+
+# AGW5xx: pipelines and templates
+PIPELINE_NOT_MAPPING = _error("AGW501", "pipeline file is not a mapping")
+
+# AGW9xx: the compiler itself
+INTERNAL = _error("AGW901", "internal compiler error")
+
+ALL_CODES: tuple[Code, ...] = tuple(
+    value for value in list(globals().values()) if isinstance(value, Code)
+)

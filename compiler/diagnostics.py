@@ -1,0 +1,134 @@
+"""Diagnostics: what went wrong, where, and what to do about it, in four output formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .codes import Code, Severity
+from .source import Position, SourceFile
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One finding of the compiler, positioned in a source file."""
+
+    code: Code
+    message: str
+    position: Position
+    hint: str | None = None
+
+    @property
+    def severity(self) -> Severity:
+        return self.code.severity
+
+    @property
+    def is_error(self) -> bool:
+        return self.code.severity is Severity.ERROR
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.position.file, self.position.line, self.position.column, self.code.id)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code.id,
+            "severity": self.severity.value,
+            "file": self.position.file,
+            "line": self.position.line,
+            "column": self.position.column,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class DiagnosticSink:
+    """Collects the diagnostics of one compiler run; stages add to it and go on."""
+
+    def __init__(self) -> None:
+        self._items: list[Diagnostic] = []
+
+    def add(self, code: Code, message: str, position: Position, hint: str | None = None) -> None:
+        self._items.append(Diagnostic(code, message, position, hint))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(item.is_error for item in self._items)
+
+    def sorted(self) -> tuple[Diagnostic, ...]:
+        return tuple(sorted(self._items, key=Diagnostic.sort_key))
+
+
+def summary_line(diagnostics: Sequence[Diagnostic]) -> str:
+    """ "2 errors, 1 warning" (or "no problems")."""
+    errors = sum(1 for item in diagnostics if item.is_error)
+    warnings = len(diagnostics) - errors
+    if not diagnostics:
+        return "no problems"
+    parts = [_plural(errors, "error"), _plural(warnings, "warning")]
+    return ", ".join(parts)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def render_text(diagnostics: Sequence[Diagnostic], sources: Mapping[str, SourceFile]) -> str:
+    """Human-readable diagnostics with the source line, a caret under the span and the hint.
+
+    >>> # AGW301 error gateway.yaml:12:15 deployment 'gpt' refers to provider 'opnai' ...
+    >>> #    12 |     provider: opnai
+    >>> #       |               ^^^^^
+    >>> #       = hint: did you mean 'openai'?
+    """
+    blocks = [_render_one(item, sources.get(item.position.file)) for item in diagnostics]
+    blocks.append(summary_line(diagnostics))
+    return "\n".join(blocks) + "\n"
+
+
+def _render_one(item: Diagnostic, source: SourceFile | None) -> str:
+    pos = item.position
+    lines = [f"{item.code.id} {item.severity.value} {pos} {item.message}"]
+    text = source.line_text(pos.line) if source is not None else ""
+    if text:
+        gutter = " " * len(str(pos.line))
+        lines.append(f" {pos.line} | {text}")
+        lines.append(f" {gutter} | {' ' * (pos.column - 1)}{'^' * max(pos.width, 1)}")
+        if item.hint:
+            lines.append(f" {gutter} = hint: {item.hint}")
+    elif item.hint:
+        lines.append(f"   = hint: {item.hint}")
+    return "\n".join(lines)
+
+
+def render_json(diagnostics: Sequence[Diagnostic]) -> str:
+    """A JSON document: {"diagnostics": [...], "errors": N, "warnings": N}."""
+    errors = sum(1 for item in diagnostics if item.is_error)
+    document = {
+        "diagnostics": [item.as_dict() for item in diagnostics],
+        "errors": errors,
+        "warnings": len(diagnostics) - errors,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def render_github(diagnostics: Iterable[Diagnostic], root: str = "") -> str:
+    """GitHub Actions workflow commands, one annotation per diagnostic."""
+    lines = []
+    for item in diagnostics:
+        pos = item.position
+        path = f"{root.rstrip('/')}/{pos.file}" if root else pos.file
+        message = item.message + (f" (hint: {item.hint})" if item.hint else "")
+        lines.append(
+            f"::{item.severity.value} file={_escape_property(path)},line={pos.line},"
+            f"col={pos.column},title={item.code.id}::{_escape_data(message)}"
+        )
+    return "".join(line + "\n" for line in lines)
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

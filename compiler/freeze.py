@@ -1,0 +1,150 @@
+"""Stage 6, freeze: the linked config becomes the immutable ``Graph`` the runtime serves.
+
+Read-only mappings and tuples all the way down, defaults applied, and a sha256
+fingerprint of every source file, so a response can say which graph answered it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+
+from .diagnostics import Diagnostic
+from .graph import (
+    ApiKey,
+    Deployment,
+    Graph,
+    Group,
+    Pipeline,
+    Policy,
+    Price,
+    Provider,
+    Route,
+    Settings,
+    TargetKind,
+    Team,
+)
+from .link import Linked
+from .source import SourceFile
+
+V = TypeVar("V")
+
+
+def fingerprint(sources: Mapping[str, SourceFile]) -> str:
+    """sha256 over every source file's path and text, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(sources):
+        digest.update(path.encode() + b"\0" + sources[path].text.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def freeze(
+    linked: Linked,
+    policies: tuple[Policy, ...],
+    sources: Mapping[str, SourceFile],
+    root: Path,
+    warnings: tuple[Diagnostic, ...],
+) -> Graph:
+    """Build the frozen graph; ``linked`` must have passed without errors."""
+    providers = {
+        name: Provider(
+            name=name,
+            type=item.entry.spec.type,
+            base_url=item.base_url,
+            api_version=item.entry.spec.api_version,
+            timeout_s=item.entry.spec.timeout_s,
+            max_connections=item.entry.spec.max_connections,
+            headers=_frozen(dict(item.headers)),
+            disabled_reason=item.disabled_reason,
+            api_key=item.api_key,
+        )
+        for name, item in linked.providers.items()
+    }
+    deployments = {}
+    for name, entry in linked.deployments.items():
+        spec = entry.spec
+        deployments[name] = Deployment(
+            name=name,
+            provider=providers[spec.provider],
+            model=spec.model,
+            context_window=spec.context_window,
+            max_output_tokens=spec.max_output_tokens or spec.context_window,
+            price=Price(spec.price.input, spec.price.output),
+            tags=tuple(spec.tags),
+            capabilities=frozenset(spec.capabilities),
+        )
+    groups = {
+        name: Group(
+            name=name,
+            strategy=entry.spec.strategy,
+            members=tuple(deployments[m] for m in entry.spec.members),
+            fallbacks=tuple(entry.spec.fallbacks),
+        )
+        for name, entry in linked.groups.items()
+    }
+    routes = {}
+    for name, entry in linked.routes.items():
+        spec = entry.spec
+        kind, target = next(
+            (kind, value)
+            for kind, value in (
+                (TargetKind.GROUP, spec.group),
+                (TargetKind.DEPLOYMENT, spec.deployment),
+                (TargetKind.PIPELINE, spec.pipeline),
+            )
+            if value is not None
+        )
+        routes[name] = Route(
+            name=name,
+            kind=kind,
+            target=target,
+            candidates=tuple(deployments[d] for d in linked.route_candidates[name]),
+            description=spec.description,
+        )
+    teams = {
+        name: Team(
+            name=name,
+            budget_amount=entry.spec.budget.amount if entry.spec.budget else None,
+            budget_period=entry.spec.budget.period if entry.spec.budget else None,
+            rpm=entry.spec.limits.rpm if entry.spec.limits else None,
+            tpm=entry.spec.limits.tpm if entry.spec.limits else None,
+        )
+        for name, entry in linked.teams.items()
+    }
+    keys = {
+        item.sha256: ApiKey(
+            name=name,
+            team=teams[item.entry.spec.team] if item.entry.spec.team else None,
+            admin=item.entry.spec.admin,
+            sha256=item.sha256,
+        )
+        for name, item in linked.keys.items()
+        if item.sha256 is not None
+    }
+    settings = linked.settings
+    return Graph(
+        fingerprint=fingerprint(sources),
+        root=str(root),
+        settings=Settings(
+            store=settings.store,
+            max_request_bytes=settings.max_request_bytes,
+            hide_policy_ids=settings.hide_policy_ids,
+            log_level=settings.log_level,
+        ),
+        providers=_frozen(providers),
+        deployments=_frozen(deployments),
+        groups=_frozen(groups),
+        routes=_frozen(routes),
+        teams=_frozen(teams),
+        keys_by_sha256=_frozen(keys),
+        policies=policies,
+        pipelines=_frozen({n: Pipeline(n, path) for n, path in linked.pipelines.items()}),
+        warnings=warnings,
+    )
+
+
+def _frozen(mapping: dict[str, V]) -> Mapping[str, V]:
+    return MappingProxyType(mapping)

@@ -1,0 +1,145 @@
+"""What runs: the frozen routing graph, the only thing the runtime reads.
+
+Every name is already a reference, every default already applied, every secret
+already resolved (or its absence recorded as a reason). Nothing here is optional
+in the sense of "decide later": the runtime only looks things up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from .diagnostics import Diagnostic
+
+
+class TargetKind(str, Enum):
+    GROUP = "group"
+    DEPLOYMENT = "deployment"
+    PIPELINE = "pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    store: str
+    max_request_bytes: int
+    hide_policy_ids: bool
+    log_level: Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """An upstream API. ``disabled_reason`` says why it cannot serve (e.g. an unset key)."""
+
+    name: str
+    type: str
+    base_url: str | None
+    api_version: str | None
+    timeout_s: float
+    max_connections: int
+    headers: Mapping[str, str]
+    disabled_reason: str | None
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_reason is None
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Currency units per million tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    name: str
+    provider: Provider
+    model: str
+    context_window: int
+    max_output_tokens: int
+    price: Price
+    tags: tuple[str, ...]
+    capabilities: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    strategy: str
+    members: tuple[Deployment, ...]
+    fallbacks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A public model name. ``candidates`` lists, in order, every deployment that may serve it:
+    the target's members, then those of its fallback groups, each once."""
+
+    name: str
+    kind: TargetKind
+    target: str
+    candidates: tuple[Deployment, ...]
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    budget_amount: float | None
+    budget_period: str | None
+    rpm: int | None
+    tpm: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key the gateway accepts; only its sha256 digest is kept."""
+
+    name: str
+    team: Team | None
+    admin: bool
+    sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One Cedar policy with its annotations and where it was written."""
+
+    id: str
+    file: str
+    line: int
+    priority: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """The compiled gateway. Built once by the compiler, swapped whole on reload."""
+
+    fingerprint: str
+    root: str
+    settings: Settings
+    providers: Mapping[str, Provider]
+    deployments: Mapping[str, Deployment]
+    groups: Mapping[str, Group]
+    routes: Mapping[str, Route]
+    teams: Mapping[str, Team]
+    keys_by_sha256: Mapping[str, ApiKey]
+    policies: tuple[Policy, ...]
+    pipelines: Mapping[str, Pipeline]
+    warnings: tuple[Diagnostic, ...]

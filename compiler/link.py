@@ -1,0 +1,437 @@
+"""Stage 3, link: names become references, ${ENV} references become values.
+
+Input: ``Validated`` specs (possibly from several files) and the environment.
+Output: ``Linked``, one table per section with every reference checked, route
+candidate lists expanded through groups and fallbacks, and secrets resolved.
+Problems are reported with "did you mean" hints; warnings do not stop the build.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from . import codes
+from .diagnostics import DiagnosticSink
+from .source import NodePath, Position, SourceMap
+from .spec import (
+    NAMED_SECTIONS,
+    DeploymentSpec,
+    GroupSpec,
+    KeySpec,
+    ProviderSpec,
+    RouteSpec,
+    SettingsSpec,
+    Spec,
+    TeamSpec,
+)
+from .validate import Validated
+
+S = TypeVar("S", bound=Spec)
+
+# Provider types the runtime has an adapter for; the others compile but are disabled.
+SERVED_PROVIDER_TYPES = frozenset({"echo"})
+_NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
+_NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
+_ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_LOOKING = re.compile(r"^(sk-|sk_|xai-|gsk_|AIza|AKIA)|^[A-Za-z0-9_\-]{32,}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[S]):
+    """A named spec with the means to point back at it."""
+
+    name: str
+    spec: S
+    source_map: SourceMap
+    path: NodePath
+
+    def key(self, *sub: str | int) -> Position:
+        return self.source_map.key((*self.path, *sub))
+
+    def value(self, *sub: str | int) -> Position:
+        return self.source_map.value((*self.path, *sub))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedProvider:
+    entry: Entry[ProviderSpec]
+    base_url: str | None
+    api_key: str | None
+    headers: Mapping[str, str]
+    disabled_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedKey:
+    entry: Entry[KeySpec]
+    sha256: str | None  # None: its ${ENV} secret is unset, so the key is not accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    settings: SettingsSpec
+    providers: Mapping[str, LinkedProvider]
+    deployments: Mapping[str, Entry[DeploymentSpec]]
+    groups: Mapping[str, Entry[GroupSpec]]
+    routes: Mapping[str, Entry[RouteSpec]]
+    teams: Mapping[str, Entry[TeamSpec]]
+    keys: Mapping[str, LinkedKey]
+    route_candidates: Mapping[str, tuple[str, ...]]
+    pipelines: Mapping[str, str]
+
+
+def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
+    """Resolve every name and ${ENV} reference in ``validated``."""
+    tables = _merge_sections(validated, sink)
+    broken = validated.broken
+    providers = {
+        name: _link_provider(entry, environ, sink)
+        for name, entry in _entries(tables, "providers", ProviderSpec).items()
+    }
+    deployments = _entries(tables, "deployments", DeploymentSpec)
+    groups = _entries(tables, "groups", GroupSpec)
+    routes = _entries(tables, "routes", RouteSpec)
+    teams = _entries(tables, "teams", TeamSpec)
+    pipelines = {name: doc.path for name, doc in validated.pipelines.items()}
+
+    # Entries that failed validation still count as defined: their own errors are reported.
+    known_providers = _with_broken(providers, broken, "providers")
+    known_deployments = _with_broken(deployments, broken, "deployments")
+    known_groups = _with_broken(groups, broken, "groups")
+    for entry in deployments.values():
+        _check_deployment(entry, known_providers, sink)
+    for entry in groups.values():
+        _check_group(entry, known_deployments, known_groups, sink)
+    _check_fallback_cycles(groups, sink)
+    for entry in routes.values():
+        _check_route(entry, known_deployments, known_groups, pipelines, sink)
+    keys = _link_keys(
+        _entries(tables, "keys", KeySpec), _with_broken(teams, broken, "teams"), environ, sink
+    )
+
+    candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
+    if not broken.get("routes") and not broken.get("groups"):
+        _check_reachability(deployments, candidates, sink)
+    if not routes and validated.gateway is not None:
+        sink.add(
+            codes.NO_ROUTES,
+            "no routes are defined, so apps can call nothing",
+            validated.documents[0].source_map.default,
+            "add a 'routes:' section naming the models apps send",
+        )
+    settings = validated.gateway.settings if validated.gateway is not None else SettingsSpec()
+    return Linked(
+        settings=settings,
+        providers=providers,
+        deployments=deployments,
+        groups=groups,
+        routes=routes,
+        teams=teams,
+        keys=keys,
+        route_candidates=candidates,
+        pipelines=pipelines,
+    )
+
+
+def _with_broken(
+    table: Mapping[str, object], broken: Mapping[str, frozenset[str]], section: str
+) -> Mapping[str, object]:
+    return {**dict.fromkeys(broken.get(section, ())), **table}
+
+
+def _merge_sections(
+    validated: Validated, sink: DiagnosticSink
+) -> dict[str, dict[str, Entry[Spec]]]:
+    tables: dict[str, dict[str, Entry[Spec]]] = {section: {} for section in NAMED_SECTIONS}
+    for document in validated.documents:
+        for section in NAMED_SECTIONS:
+            specs: Mapping[str, Spec] = getattr(document.spec, section)
+            for name, spec in specs.items():
+                entry: Entry[Spec] = Entry(name, spec, document.source_map, (section, name))
+                first = tables[section].get(name)
+                if first is not None:
+                    sink.add(
+                        codes.DUPLICATE_NAME,
+                        f"{section[:-1]} '{name}' is defined twice",
+                        entry.key(),
+                        f"first defined at {first.key()}; names must be unique across files",
+                    )
+                    continue
+                tables[section][name] = entry
+    return tables
+
+
+def _entries(
+    tables: Mapping[str, Mapping[str, Entry[Spec]]], section: str, kind: type[S]
+) -> dict[str, Entry[S]]:
+    return {name: entry for name, entry in tables[section].items() if isinstance(entry.spec, kind)}  # type: ignore[misc]
+
+
+def _link_provider(
+    entry: Entry[ProviderSpec], environ: Mapping[str, str], sink: DiagnosticSink
+) -> LinkedProvider:
+    spec = entry.spec
+    unset: list[str] = []
+
+    def resolve(text: str | None, *path: str) -> str | None:
+        return None if text is None else _resolve_env(text, entry.value(*path), environ, unset, sink)
+
+    api_key = resolve(spec.api_key, "api_key")
+    base_url = resolve(spec.base_url, "base_url")
+    headers = {name: resolve(value, "headers", name) or "" for name, value in spec.headers.items()}
+    if spec.api_key is not None and "${" not in spec.api_key and _SECRET_LOOKING.search(spec.api_key):
+        sink.add(
+            codes.LITERAL_SECRET,
+            f"provider '{entry.name}' has a literal api_key in the config",
+            entry.value("api_key"),
+            "keep keys out of git: write api_key: ${SOME_ENV_VAR} and set it where aigw runs",
+        )
+    reason = None
+    if spec.type in _NEEDS_BASE_URL and spec.base_url is None:
+        sink.add(
+            codes.PROVIDER_FIELD,
+            f"provider '{entry.name}' of type '{spec.type}' needs a base_url",
+            entry.key(),
+            "add base_url: with the API's root URL, e.g. http://127.0.0.1:8000/v1",
+        )
+    if spec.type in _NEEDS_API_KEY and spec.api_key is None:
+        sink.add(
+            codes.PROVIDER_FIELD,
+            f"provider '{entry.name}' of type '{spec.type}' needs an api_key",
+            entry.key(),
+            f"add api_key: ${{{spec.type.upper()}_API_KEY}} and set that variable",
+        )
+    if unset:
+        reason = f"environment variable {', '.join(unset)} is not set"
+    elif spec.type not in SERVED_PROVIDER_TYPES:
+        reason = f"provider type '{spec.type}' has no adapter in this version of aigw"
+        sink.add(
+            codes.PROVIDER_NO_ADAPTER,
+            f"provider '{entry.name}': {reason}; its deployments will not serve",
+            entry.value("type"),
+            "serve these routes through an 'echo' provider until the adapter lands",
+        )
+    return LinkedProvider(entry, base_url, api_key, headers, reason)
+
+
+def _resolve_env(
+    text: str,
+    position: Position,
+    environ: Mapping[str, str],
+    unset: list[str],
+    sink: DiagnosticSink,
+) -> str:
+    """Replace each ${NAME} in ``text``; an unset NAME is a warning and recorded in ``unset``."""
+    if text.count("${") != len(_ENV_REFERENCE.findall(text)):
+        sink.add(codes.ENV_SYNTAX, f"unclosed ${{ in {text!r}", position, "write ${NAME}")
+        return text
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if not _ENV_NAME.match(name):
+            sink.add(
+                codes.ENV_SYNTAX,
+                f"'{name}' is not a valid environment variable name",
+                position,
+                "names are letters, digits and underscores, not starting with a digit",
+            )
+            return ""
+        value = environ.get(name)
+        if value is None:
+            unset.append(name)
+            sink.add(
+                codes.ENV_UNSET,
+                f"environment variable {name} is not set",
+                position,
+                "set it where aigw serves; until then what uses it is disabled",
+            )
+            return ""
+        return value
+
+    return _ENV_REFERENCE.sub(substitute, text)
+
+
+def _check_deployment(
+    entry: Entry[DeploymentSpec], providers: Mapping[str, object], sink: DiagnosticSink
+) -> None:
+    spec = entry.spec
+    if spec.provider not in providers:
+        _unknown(sink, codes.REF_PROVIDER, "provider", spec.provider, providers,
+                 entry.value("provider"), f"deployment '{entry.name}'")
+    if spec.max_output_tokens is not None and spec.max_output_tokens > spec.context_window:
+        sink.add(
+            codes.OUTPUT_EXCEEDS_CONTEXT,
+            f"deployment '{entry.name}': max_output_tokens {spec.max_output_tokens} is larger "
+            f"than context_window {spec.context_window}",
+            entry.value("max_output_tokens"),
+            "the output shares the context window with the prompt; lower max_output_tokens",
+        )
+
+
+def _check_group(
+    entry: Entry[GroupSpec],
+    deployments: Mapping[str, object],
+    groups: Mapping[str, object],
+    sink: DiagnosticSink,
+) -> None:
+    if not entry.spec.members:
+        sink.add(codes.EMPTY_GROUP, f"group '{entry.name}' has no members", entry.value("members"),
+                 "list the deployments that serve this group")
+    seen: set[str] = set()
+    for index, member in enumerate(entry.spec.members):
+        where = entry.value("members", index)
+        if member in seen:
+            sink.add(codes.GROUP_DUPLICATE_MEMBER,
+                     f"group '{entry.name}' lists deployment '{member}' twice", where,
+                     "remove the repeat; use a weighted strategy to favour a member")
+        seen.add(member)
+        if member in deployments:
+            continue
+        if member in groups:
+            sink.add(codes.REF_DEPLOYMENT,
+                     f"group '{entry.name}' lists '{member}', which is a group, as a member",
+                     where, f"members are deployments; put '{member}' under fallbacks: instead")
+        else:
+            _unknown(sink, codes.REF_DEPLOYMENT, "deployment", member, deployments, where,
+                     f"group '{entry.name}'")
+    for index, fallback in enumerate(entry.spec.fallbacks):
+        if fallback not in groups:
+            _unknown(sink, codes.REF_GROUP, "group", fallback, groups,
+                     entry.value("fallbacks", index), f"fallbacks of group '{entry.name}'")
+
+
+def _check_fallback_cycles(groups: Mapping[str, Entry[GroupSpec]], sink: DiagnosticSink) -> None:
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        for index, fallback in enumerate(groups[name].spec.fallbacks):
+            if fallback not in groups:
+                continue
+            if fallback in stack:
+                cycle = (*stack[stack.index(fallback):], fallback)
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    sink.add(codes.FALLBACK_CYCLE,
+                             f"fallback cycle: {' -> '.join(cycle)}",
+                             groups[name].value("fallbacks", index),
+                             "fallbacks must end somewhere; remove one link of the cycle")
+                continue
+            visit(fallback, (*stack, fallback))
+
+    for name in groups:
+        visit(name, (name,))
+
+
+def _check_route(
+    entry: Entry[RouteSpec],
+    deployments: Mapping[str, object],
+    groups: Mapping[str, object],
+    pipelines: Mapping[str, str],
+    sink: DiagnosticSink,
+) -> None:
+    spec = entry.spec
+    where = f"route '{entry.name}'"
+    if spec.group is not None and spec.group not in groups:
+        _unknown(sink, codes.REF_GROUP, "group", spec.group, groups, entry.value("group"), where)
+    if spec.deployment is not None and spec.deployment not in deployments:
+        _unknown(sink, codes.REF_DEPLOYMENT, "deployment", spec.deployment, deployments,
+                 entry.value("deployment"), where)
+    if spec.pipeline is not None and spec.pipeline not in pipelines:
+        _unknown(sink, codes.REF_PIPELINE, "pipeline", spec.pipeline, pipelines,
+                 entry.value("pipeline"), where, "pipelines are the files pipelines/<name>.yaml")
+
+
+def _link_keys(
+    keys: Mapping[str, Entry[KeySpec]],
+    teams: Mapping[str, object],
+    environ: Mapping[str, str],
+    sink: DiagnosticSink,
+) -> dict[str, LinkedKey]:
+    linked: dict[str, LinkedKey] = {}
+    owner_of_digest: dict[str, str] = {}
+    for name, entry in keys.items():
+        spec = entry.spec
+        if spec.team is not None and spec.team not in teams:
+            _unknown(sink, codes.REF_TEAM, "team", spec.team, teams, entry.value("team"),
+                     f"key '{name}'")
+        digest = spec.sha256
+        if spec.secret is not None:
+            if "${" not in spec.secret:
+                sink.add(codes.LITERAL_SECRET, f"key '{name}' has a literal secret in the config",
+                         entry.value("secret"),
+                         "write secret: ${ENV_VAR}, or store only its sha256: digest")
+                secret: str | None = spec.secret
+            else:
+                unset: list[str] = []
+                secret = _resolve_env(spec.secret, entry.value("secret"), environ, unset, sink)
+                secret = None if unset or not secret else secret
+            digest = hashlib.sha256(secret.encode()).hexdigest() if secret is not None else None
+        if digest is not None:
+            if digest in owner_of_digest:
+                sink.add(codes.DUPLICATE_KEY_SECRET,
+                         f"key '{name}' has the same secret as key '{owner_of_digest[digest]}'",
+                         entry.key(), "give every key its own secret, so each can be revoked alone")
+            owner_of_digest.setdefault(digest, name)
+        linked[name] = LinkedKey(entry, digest)
+    return linked
+
+
+def _route_candidates(spec: RouteSpec, groups: Mapping[str, Entry[GroupSpec]]) -> tuple[str, ...]:
+    if spec.deployment is not None:
+        return (spec.deployment,)
+    if spec.group is None:
+        return ()
+    ordered: list[str] = []
+    visited: set[str] = set()
+    queue = [spec.group]
+    while queue:  # breadth first: the group's own members, then each fallback's, in order
+        name = queue.pop(0)
+        if name in visited or name not in groups:
+            continue
+        visited.add(name)
+        ordered.extend(m for m in groups[name].spec.members if m not in ordered)
+        queue.extend(groups[name].spec.fallbacks)
+    return tuple(ordered)
+
+
+def _check_reachability(
+    deployments: Mapping[str, Entry[DeploymentSpec]],
+    candidates: Mapping[str, Iterable[str]],
+    sink: DiagnosticSink,
+) -> None:
+    reachable = {name for names in candidates.values() for name in names}
+    for name, entry in deployments.items():
+        if name not in reachable:
+            sink.add(codes.UNREACHABLE_DEPLOYMENT,
+                     f"deployment '{name}' is not reachable from any route", entry.key(),
+                     "add it to a group that a route uses, or give it a route of its own")
+
+
+def _unknown(
+    sink: DiagnosticSink,
+    code: codes.Code,
+    kind: str,
+    name: str,
+    known: Mapping[str, object],
+    position: Position,
+    where: str,
+    extra: str | None = None,
+) -> None:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{close[0]}'?"
+    elif known:
+        hint = f"defined {kind}s: {', '.join(sorted(known))}"
+    else:
+        hint = f"no {kind}s are defined"
+    if extra:
+        hint = f"{hint}; {extra}"
+    sink.add(code, f"{where} refers to {kind} '{name}', which is not defined", position, hint)
+
+

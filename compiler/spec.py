@@ -1,0 +1,181 @@
+"""What the user wrote: pydantic models of gateway.yaml, every field checked, unknown keys rejected.
+
+These are the ``XSpec`` models of STYLE.md. They describe the YAML and nothing else:
+names are still strings, ``${ENV}`` references are still text. ``link`` resolves
+them; the runtime never sees a spec.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+ProviderType = Literal[
+    "echo", "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vllm"
+]
+Capability = Literal["tools", "vision", "json_schema", "streaming"]
+Strategy = Literal[
+    "priority", "weighted", "round_robin", "least_busy", "lowest_latency", "lowest_cost", "usage"
+]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Spec(BaseModel):
+    """Base of every spec: strict types, unknown keys are errors, nothing mutable after."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SettingsSpec(Spec):
+    """Gateway-wide settings (only in the top-level gateway.yaml)."""
+
+    store: str = Field(
+        "embedded",
+        description="'embedded' for one gateway, or a redis:// URL shared by several replicas.",
+        pattern=r"^(embedded|rediss?://\S+)$",
+    )
+    max_request_bytes: PositiveInt = Field(
+        4 * 1024 * 1024, description="Largest request body accepted; larger ones get a 413."
+    )
+    hide_policy_ids: bool = Field(
+        False, description="Leave the deciding Cedar policy ids out of 403 responses."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ProviderSpec(Spec):
+    """An upstream API and how to reach it; credentials only as ${ENV_VAR} references."""
+
+    type: ProviderType
+    base_url: str | None = Field(None, description="Root URL of the API, e.g. http://gpu:8000/v1.")
+    api_key: str | None = Field(None, description="Credential as ${ENV_VAR}; never a literal key.")
+    api_version: str | None = Field(None, description="API version (azure_openai).")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(600.0, description="Per-attempt timeout.")
+    max_connections: PositiveInt = Field(100, description="Pooled connections to this provider.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+
+
+class PriceSpec(Spec):
+    """Price in currency units per million tokens."""
+
+    input: NonNegativeFloat = 0.0
+    output: NonNegativeFloat = 0.0
+
+
+class DeploymentSpec(Spec):
+    """One model on one provider: what the gateway can call."""
+
+    provider: str
+    model: str = Field(description="The upstream model id sent to the provider.")
+    context_window: PositiveInt
+    max_output_tokens: PositiveInt | None = None
+    price: PriceSpec = PriceSpec()
+    tags: list[str] = Field(default_factory=list)
+    capabilities: list[Capability] = Field(default_factory=lambda: ["streaming"])
+
+
+class GroupSpec(Spec):
+    """A model alias served by several deployments, with a strategy and fallbacks."""
+
+    members: list[str]
+    strategy: Strategy = "priority"
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Groups tried, in order, when every member failed."
+    )
+
+
+class RouteSpec(Spec):
+    """A public model name apps send; exactly one target."""
+
+    group: str | None = None
+    deployment: str | None = None
+    pipeline: str | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteSpec:
+        targets = [t for t in (self.group, self.deployment, self.pipeline) if t is not None]
+        if len(targets) != 1:
+            raise PydanticCustomError(
+                "route_target",
+                "a route needs exactly one of group, deployment or pipeline; found {count}",
+                {"count": len(targets)},
+            )
+        return self
+
+
+class BudgetSpec(Spec):
+    amount: NonNegativeFloat
+    period: Literal["day", "month", "total"] = "month"
+
+
+class LimitsSpec(Spec):
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+
+
+class TeamSpec(Spec):
+    """A team of keys, with its budget and rate limits."""
+
+    budget: BudgetSpec | None = None
+    limits: LimitsSpec | None = None
+
+
+class KeySpec(Spec):
+    """An API key the gateway accepts: its secret as ${ENV_VAR}, or its sha256 digest."""
+
+    team: str | None = None
+    admin: bool = False
+    secret: str | None = Field(None, description="The key itself, as ${ENV_VAR}.")
+    sha256: str | None = Field(None, description="Hex sha256 digest of the key.")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeySpec:
+        if (self.secret is None) == (self.sha256 is None):
+            raise PydanticCustomError(
+                "key_secret", "a key needs exactly one of secret or sha256", {}
+            )
+        if self.sha256 is not None and not SHA256_PATTERN.match(self.sha256):
+            raise PydanticCustomError(
+                "sha256",
+                "sha256 must be 64 lowercase hex digits, found {length} characters",
+                {"length": len(self.sha256)},
+            )
+        return self
+
+
+class SectionsSpec(Spec):
+    """The named sections; also the whole shape of an included file."""
+
+    include: list[str] = Field(default_factory=list, description="More YAML files to merge in.")
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentSpec] = Field(default_factory=dict)
+    groups: dict[str, GroupSpec] = Field(default_factory=dict)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    teams: dict[str, TeamSpec] = Field(default_factory=dict)
+    keys: dict[str, KeySpec] = Field(default_factory=dict)
+
+
+class GatewaySpec(SectionsSpec):
+    """gateway.yaml: the version, settings and every named section."""
+
+    version: Literal[1]
+    settings: SettingsSpec = SettingsSpec()
+
+
+NAMED_SECTIONS: tuple[str, ...] = (
+    "providers",
+    "deployments",
+    "groups",
+    "routes",
+    "teams",
+    "keys",
+)

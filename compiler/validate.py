@@ -1,0 +1,300 @@
+"""Stage 2, validate: plain YAML data to pydantic specs, every error mapped to its position.
+
+Input: ``Loaded``. Output: ``Validated``, one spec per YAML document. All errors of
+every document are reported in one run, with a hint where one helps.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from . import codes
+from .diagnostics import DiagnosticSink
+from .load import GATEWAY_FILE, Loaded, YamlDocument
+from .source import NodePath, SourceMap
+from .spec import NAME_PATTERN, NAMED_SECTIONS, GatewaySpec, SectionsSpec
+
+_TOP_LEVEL_ONLY = ("version", "settings")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedDocument:
+    path: str
+    spec: SectionsSpec
+    source_map: SourceMap
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """Specs for every YAML document that passed, in include order (gateway.yaml first)."""
+
+    gateway: GatewaySpec | None
+    documents: tuple[ValidatedDocument, ...]
+    pipelines: Mapping[str, YamlDocument]
+    broken: Mapping[str, frozenset[str]]  # section -> names whose entries failed to validate
+
+
+def validate(loaded: Loaded, sink: DiagnosticSink) -> Validated:
+    """Check every loaded YAML document against its spec model."""
+    gateway: GatewaySpec | None = None
+    documents: list[ValidatedDocument] = []
+    broken: dict[str, set[str]] = {}
+    if loaded.gateway is not None:
+        spec = _validate_document(loaded.gateway, GatewaySpec, sink, broken)
+        if isinstance(spec, GatewaySpec):
+            gateway = spec
+            documents.append(ValidatedDocument(loaded.gateway.path, spec, loaded.gateway.source_map))
+    for included in loaded.includes:
+        for key in _TOP_LEVEL_ONLY:
+            if key in included.data:
+                sink.add(
+                    codes.SCHEMA_INCLUDE_SECTION,
+                    f"'{key}' is only allowed in {GATEWAY_FILE}, not in an included file",
+                    included.source_map.key((key,)),
+                    f"move '{key}' to {GATEWAY_FILE}",
+                )
+        data = {k: v for k, v in included.data.items() if k not in _TOP_LEVEL_ONLY}
+        spec = _validate_document(
+            YamlDocument(included.path, data, included.source_map), SectionsSpec, sink, broken
+        )
+        if spec is not None:
+            documents.append(ValidatedDocument(included.path, spec, included.source_map))
+    for pipeline in loaded.pipelines.values():
+        if not isinstance(pipeline.data, dict):
+            sink.add(
+                codes.PIPELINE_NOT_MAPPING,
+                f"pipeline '{pipeline.path}' must be a mapping",
+                pipeline.source_map.default,
+            )
+    return Validated(
+        gateway,
+        tuple(documents),
+        MappingProxyType(dict(loaded.pipelines)),
+        MappingProxyType({section: frozenset(names) for section, names in broken.items()}),
+    )
+
+
+def _validate_document(
+    document: YamlDocument,
+    model: type[SectionsSpec],
+    sink: DiagnosticSink,
+    broken: dict[str, set[str]],
+) -> SectionsSpec | None:
+    """Validate each named entry on its own, so one bad entry hides nothing else.
+
+    Names of entries that failed go into ``broken``, so that link does not report
+    references to them as undefined.
+    """
+    bad_names = _check_names(document, sink)
+    data = dict(document.data)
+    for section in NAMED_SECTIONS:
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        entry_model = _entry_model(model, section)
+        valid: dict[str, BaseModel] = {}
+        for name, value in entries.items():
+            try:
+                entry = entry_model.model_validate(value)
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    error["loc"] = (section, name, *error["loc"])
+                    _report(error, document.source_map, model, sink)
+                broken.setdefault(section, set()).add(name)
+                continue
+            if name in bad_names:
+                broken.setdefault(section, set()).add(name)
+            else:
+                valid[name] = entry
+        data[section] = valid
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _report(error, document.source_map, model, sink)
+        return None
+    # With broken entries left out the document still links, so its other errors show too.
+    return spec
+
+
+def _entry_model(model: type[SectionsSpec], section: str) -> type[BaseModel]:
+    annotation = model.model_fields[section].annotation
+    entry = typing.get_args(annotation)[1]
+    assert isinstance(entry, type) and issubclass(entry, BaseModel)
+    return entry
+
+
+def _check_names(document: YamlDocument, sink: DiagnosticSink) -> set[str]:
+    bad: set[str] = set()
+    for section in NAMED_SECTIONS:
+        entries = document.data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            if not NAME_PATTERN.match(name):
+                bad.add(name)
+                sink.add(
+                    codes.SCHEMA_NAME,
+                    f"'{name}' is not a valid name in '{section}'",
+                    document.source_map.key((section, name)),
+                    "names start with a letter or digit and use only letters, digits "
+                    "and . _ - : / @ (at most 128 characters)",
+                )
+    return bad
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _report(
+    error: ErrorDetails, source_map: SourceMap, model: type[BaseModel], sink: DiagnosticSink
+) -> None:
+    loc: NodePath = tuple(error["loc"])
+    kind = error["type"]
+    where = _describe(loc)
+    if kind == "extra_forbidden":
+        field = str(loc[-1])
+        allowed = sorted(_fields_at(model, loc[:-1]))
+        sink.add(
+            codes.SCHEMA_UNKNOWN_KEY,
+            f"unknown key '{field}'{where.removesuffix(f' at {field}')}",
+            source_map.key(loc),
+            _did_you_mean(field, allowed) or f"allowed keys: {', '.join(allowed)}",
+        )
+    elif kind == "missing":
+        sink.add(
+            codes.SCHEMA_MISSING,
+            f"missing required field '{loc[-1]}'{_describe(loc[:-1])}",
+            source_map.key(loc[:-1]),
+            f"add '{loc[-1]}:'" + (" (the only supported version is 1)" if loc == ("version",) else ""),
+        )
+    elif loc == ("version",):
+        sink.add(
+            codes.SCHEMA_VERSION,
+            f"config version {error['input']!r} is not supported",
+            source_map.value(loc),
+            "this aigw reads 'version: 1'",
+        )
+    elif kind in _TYPE_WORDS:
+        sink.add(
+            codes.SCHEMA_TYPE,
+            f"expected {_TYPE_WORDS[kind]}, found {_found(error['input'])}{where}",
+            source_map.value(loc),
+        )
+    elif kind == "route_target":
+        sink.add(
+            codes.SCHEMA_ROUTE_TARGET, f"{error['msg']}{where}", source_map.key(loc),
+            "point the route at one group, one deployment or one pipeline",
+        )
+    elif kind == "key_secret":
+        sink.add(
+            codes.SCHEMA_KEY_SECRET, f"{error['msg']}{where}", source_map.key(loc),
+            "use 'secret: ${ENV_VAR}' or 'sha256: <hex digest of the key>'",
+        )
+    elif kind == "sha256":
+        sink.add(
+            codes.SCHEMA_SHA256, f"{error['msg']}{where}", source_map.value((*loc, "sha256")),
+            "compute it with: printf %s \"$KEY\" | sha256sum",
+        )
+    else:
+        expected = _expected(error)
+        hint = None
+        if kind == "literal_error" and isinstance(error["input"], str):
+            hint = _did_you_mean(error["input"], _literal_choices(error))
+        sink.add(
+            codes.SCHEMA_VALUE,
+            f"invalid value {_found_value(error['input'])}{where}: {expected}",
+            source_map.value(loc),
+            hint,
+        )
+
+
+def _describe(loc: NodePath) -> str:
+    return f" at {'.'.join(str(part) for part in loc)}" if loc else ""
+
+
+def _found(value: Any) -> str:
+    word = _TYPE_WORDS.get(f"{type(value).__name__}_type")
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return f"{value!r}" if word is None else f"{word} {value!r}"
+
+
+def _found_value(value: Any) -> str:
+    return repr(value) if isinstance(value, (str, int, float)) else _found(value)
+
+
+def _expected(error: ErrorDetails) -> str:
+    if error["type"] == "literal_error":
+        return "expected one of " + ", ".join(_literal_choices(error))
+    return str(error["msg"]).replace("Input should be", "expected").replace("String should", "it should")
+
+
+def _literal_choices(error: ErrorDetails) -> list[str]:
+    expected = str((error.get("ctx") or {}).get("expected", ""))
+    return [part.strip(" '") for part in expected.replace(" or ", ", ").split(",") if part.strip()]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _fields_at(model: type[BaseModel], loc: NodePath) -> set[str]:
+    """The field names of the spec model found by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return set()
+    current = _unwrap(current)
+    return set(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else set()
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    # Optional[X] and X | None: follow the non-None member.
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return members[0] if len(members) == 1 else annotation
+    return annotation

@@ -1,0 +1,1 @@
+"""The aigw runtime: serves a compiled Graph over HTTP."""

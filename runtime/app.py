@@ -1,0 +1,169 @@
+"""The Starlette application: endpoints, the per-request graph snapshot, OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aigw import __version__
+
+from .auth import authenticate, require_admin
+from .chat import chat_completions
+from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .live import Gateway, Live
+
+log = logging.getLogger("aigw.http")
+
+
+def create_app(gateway: Gateway) -> ASGIApp:
+    """The ASGI app serving ``gateway``; every response says which graph answered it."""
+    endpoints = _Endpoints(gateway)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", endpoints.chat, methods=["POST"]),
+            Route("/v1/models", endpoints.models, methods=["GET"]),
+            Route("/health", endpoints.health, methods=["GET"]),
+            Route("/admin/status", endpoints.admin_status, methods=["GET"]),
+            Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
+        ],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+    return SnapshotMiddleware(app, gateway)
+
+
+class SnapshotMiddleware:
+    """Pins the live graph for the whole request and stamps ``x-aigw-graph`` on the response."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        live = self.gateway.live  # read once: a reload swaps the reference, not this request's
+        scope.setdefault("state", {})["live"] = live
+        stamp = live.graph.fingerprint.encode()
+
+        async def send_stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
+            await send(message)
+
+        await self.app(scope, receive, send_stamped)
+
+
+def _live(request: Request) -> Live:
+    live: Live = request.state.live
+    return live
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise GatewayError("client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+class _Endpoints:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def chat(self, request: Request) -> Response:
+        live = _live(request)
+        body = await read_body(request, live.graph.settings.max_request_bytes)
+        return await chat_completions(live, request.headers, body)
+
+    async def models(self, request: Request) -> Response:
+        live = _live(request)
+        authenticate(live.graph, request.headers)
+        created = int(live.loaded_at)
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+            for name in sorted(live.graph.routes)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "graph": _live(request).graph.fingerprint})
+
+    async def admin_status(self, request: Request) -> Response:
+        live = _live(request)
+        require_admin(live.graph, request.headers)
+        graph = live.graph
+        last = self.gateway.last_reload
+        return JSONResponse(
+            {
+                "version": __version__,
+                "graph": {
+                    "fingerprint": graph.fingerprint,
+                    "root": graph.root,
+                    "loaded_at": live.loaded_at,
+                    "routes": {
+                        name: {"kind": route.kind.value, "target": route.target,
+                               "candidates": [d.name for d in route.candidates]}
+                        for name, route in sorted(graph.routes.items())
+                    },
+                    "providers": {
+                        name: {"type": p.type, "enabled": name in live.adapters,
+                               "disabled_reason": p.disabled_reason}
+                        for name, p in sorted(graph.providers.items())
+                    },
+                    "warnings": [item.as_dict() for item in graph.warnings],
+                },
+                "last_reload": last.as_dict() if last is not None else None,
+            }
+        )
+
+    async def admin_reload(self, request: Request) -> Response:
+        require_admin(_live(request).graph, request.headers)
+        report = await self.gateway.reload("admin-api")
+        return JSONResponse(report.as_dict(), status_code=200 if report.ok else 422)
+
+
+def _error_response(error: GatewayError) -> Response:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _error_response(
+            MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        )
+    if exc.status_code == 404:
+        return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))
+    error = GatewayError(str(exc.detail))
+    return JSONResponse(error.body(), status_code=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(InternalError("The gateway had an internal error; it is logged."))

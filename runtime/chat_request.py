@@ -1,0 +1,95 @@
+"""The OpenAI chat completions request, validated at the door.
+
+Known fields are type-checked the way OpenAI checks them; unknown fields are kept
+(``extra="allow"``) so that an OpenAI-compatible upstream can still receive them.
+A bad body becomes a ``BadRequest`` naming the offending parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadRequest
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message's text: the string content, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """POST /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        """The client's cap on output tokens (max_completion_tokens wins over max_tokens)."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Parse and validate a request body; any problem is a ``BadRequest`` naming the field."""
+    try:
+        return ChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _bad_request(exc) from exc
+
+
+def _bad_request(exc: ValidationError) -> BadRequest:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return BadRequest(f"We could not parse the JSON body of your request: {first['msg']}")
+    if first["type"] in ("model_type", "dict_type") and not first["loc"]:
+        return BadRequest("The request body must be a JSON object.")
+    param = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "missing":
+        return BadRequest(f"Missing required parameter: '{param}'.", param=param)
+    return BadRequest(f"Invalid value for '{param}': {first['msg']}.", param=param)

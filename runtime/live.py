@@ -1,0 +1,122 @@
+"""The serving graph and its replacement: one reference, swapped whole on reload.
+
+A request reads ``Gateway.live`` once when it starts and uses that snapshot to its
+end, so a reload never changes the graph under a request in flight. Reloads compile
+off the event loop; a config that fails to compile never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aigw.compiler import CompileResult, compile_gateway
+from aigw.compiler.graph import Graph
+
+from .providers.base import ChatAdapter
+from .providers.registry import build_adapters
+from .tokens import TokenCounter
+
+log = logging.getLogger("aigw.reload")
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What serves requests now: a graph and the provider adapters built for it."""
+
+    graph: Graph
+    adapters: Mapping[str, ChatAdapter]
+    counter: TokenCounter
+    loaded_at: float
+
+    @classmethod
+    def build(cls, graph: Graph, counter: TokenCounter) -> Live:
+        return cls(graph, build_adapters(graph.providers, counter), counter, time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """The outcome of one reload attempt, shown at /admin/status."""
+
+    at: float
+    trigger: str
+    ok: bool
+    fingerprint: str | None
+    duration_ms: float
+    diagnostics: tuple[dict[str, object], ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "at": self.at,
+            "trigger": self.trigger,
+            "ok": self.ok,
+            "fingerprint": self.fingerprint,
+            "duration_ms": round(self.duration_ms, 3),
+            "diagnostics": list(self.diagnostics),
+        }
+
+
+class ConfigError(Exception):
+    """The config could not be compiled when the gateway started."""
+
+    def __init__(self, result: CompileResult) -> None:
+        super().__init__(f"{len(result.errors)} error(s) in the gateway config")
+        self.result = result
+
+
+class Gateway:
+    """Holds the live snapshot; the only thing a reload changes is which snapshot it holds."""
+
+    def __init__(
+        self,
+        root: Path,
+        counter: TokenCounter,
+        compiler: Callable[[Path], CompileResult] = compile_gateway,
+    ) -> None:
+        self.root = root
+        self.counter = counter
+        self._compile = compiler
+        result = compiler(root)
+        if result.graph is None:
+            raise ConfigError(result)
+        self.live = Live.build(result.graph, counter)
+        self.last_reload: ReloadReport | None = None
+        self._reload_lock = asyncio.Lock()
+
+    async def reload(self, trigger: str) -> ReloadReport:
+        """Compile the config again (in a thread) and swap it in if it compiles."""
+        async with self._reload_lock:  # reloads queue; requests never wait on this
+            started = time.perf_counter()
+            result = await asyncio.to_thread(self._compile, self.root)
+            elapsed = (time.perf_counter() - started) * 1000
+            diagnostics = tuple(item.as_dict() for item in result.diagnostics)
+            if result.graph is None:
+                report = ReloadReport(time.time(), trigger, False, None, elapsed, diagnostics)
+                log.error(
+                    "reload (%s) failed; still serving graph %s:\n%s",
+                    trigger,
+                    self.live.graph.fingerprint[:12],
+                    "\n".join(
+                        f"  {d['code']} {d['file']}:{d['line']}:{d['column']} {d['message']}"
+                        for d in diagnostics
+                    ),
+                )
+            else:
+                previous = self.live
+                self.live = Live.build(result.graph, self.counter)
+                report = ReloadReport(
+                    time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics
+                )
+                log.info(
+                    "reload (%s): graph %s -> %s in %.1f ms",
+                    trigger,
+                    previous.graph.fingerprint[:12],
+                    result.graph.fingerprint[:12],
+                    elapsed,
+                )
+            self.last_reload = report
+            return report

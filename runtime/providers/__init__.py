@@ -1,0 +1,1 @@
+"""Provider adapters: one small module per wire format, looked up in a registry."""

@@ -1,0 +1,197 @@
+"""``aigw serve``: hypercorn serving the app, reload on SIGHUP or file change, N workers.
+
+With one worker the gateway runs in this process. With several, this process binds
+the sockets, starts the workers and forwards signals to them (SIGHUP: each worker
+hot-reloads; SIGTERM/SIGINT: each drains and stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from aigw.compiler import render_text
+
+from .app import create_app
+from .auth import DEV_KEY_SHA256
+from .live import ConfigError, Gateway
+from .tokens import TokenCounter
+
+log = logging.getLogger("aigw")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 4000
+    workers: int = 1
+    watch: bool = False
+
+
+def serve(options: ServeOptions) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = _hypercorn_config(options)
+    if options.workers <= 1:
+        return _run_worker(options, config, None)
+    return _run_master(options, config)
+
+
+def _hypercorn_config(options: ServeOptions) -> Config:
+    config = Config()
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    config.bind = [f"{host}:{options.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 30.0
+    config.keep_alive_timeout = 75.0
+    config.workers = options.workers
+    return config
+
+
+def _run_worker(options: ServeOptions, config: Config, sockets: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (e.g. on Windows)
+        return asyncio.run(_serve_async(options, config, sockets))
+    return uvloop.run(_serve_async(options, config, sockets))
+
+
+async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> int:
+    counter = await asyncio.to_thread(TokenCounter)
+    try:
+        gateway = await asyncio.to_thread(Gateway, options.root, counter)
+    except ConfigError as exc:
+        sys.stderr.write(render_text(exc.result.diagnostics, exc.result.sources))
+        sys.stderr.write(f"aigw: not serving: the config in {options.root} has errors\n")
+        return 1
+    graph = gateway.live.graph
+    _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
+    for warning in graph.warnings:
+        log.warning("%s %s %s", warning.code.id, warning.position, warning.message)
+
+    loop = asyncio.get_running_loop()
+    shutdown = asyncio.Event()
+    background: set[asyncio.Task[Any]] = set()
+
+    def spawn(coroutine: Any) -> None:
+        task = loop.create_task(coroutine)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, shutdown.set)
+    loop.add_signal_handler(signal.SIGINT, shutdown.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(gateway.reload("SIGHUP")))
+    if options.watch:
+        spawn(_watch(gateway, shutdown))
+
+    log.info(
+        "serving graph %s from %s on http://%s:%d (routes: %s)",
+        graph.fingerprint[:12],
+        options.root,
+        options.host,
+        options.port,
+        ", ".join(sorted(graph.routes)) or "none",
+    )
+    app = create_app(gateway)
+    if sockets is None:
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    else:
+        from hypercorn.asyncio.run import worker_serve
+        from hypercorn.utils import wrap_app
+
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, None),  # type: ignore[arg-type]
+            config,
+            sockets=sockets,
+            shutdown_trigger=shutdown.wait,
+        )
+    return 0
+
+
+async def _watch(gateway: Gateway, shutdown: asyncio.Event) -> None:
+    from watchfiles import awatch
+
+    def relevant(_change: object, path: str) -> bool:
+        return path.endswith((".yaml", ".yml", ".cedar"))
+
+    async for changes in awatch(gateway.root, watch_filter=relevant, stop_event=shutdown):
+        log.info("config changed (%d files); reloading", len(changes))
+        await gateway.reload("watch")
+
+
+def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
+    if not dev_key_accepted or _is_loopback(host):
+        return
+    banner = "!" * 78
+    log.warning(
+        "\n%s\n"
+        "!! The development key sk-aigw-dev is accepted by this gateway, and it is\n"
+        "!! listening on %s, which is reachable from other machines. Anyone who has\n"
+        "!! read the README can use it (it is an admin key in the shipped config).\n"
+        "!! Remove the 'dev' key from gateway.yaml before serving beyond loopback.\n"
+        "%s",
+        banner,
+        host,
+        banner,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _run_master(options: ServeOptions, config: Config) -> int:
+    sockets = config.create_sockets()
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(options, config, sockets), daemon=False)
+        for _ in range(options.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                _send_signal(worker.pid, signum)
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    for worker in workers:
+        worker.join()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.close()
+    return max((worker.exitcode or 0) for worker in workers)
+
+
+def _send_signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # the worker already exited
+
+
+def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Ctrl-C reaches the whole process group; the master forwards it once instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(_run_worker(options, config, sockets))
+

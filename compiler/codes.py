@@ -41,6 +41,7 @@ FILE_MISSING = _error("AGW105", "file not found")
 INCLUDE_CYCLE = _error("AGW106", "include cycle")
 FILE_ENCODING = _error("AGW107", "file is not UTF-8")
 YAML_FEATURE = _error("AGW108", "unsupported YAML feature")
+INCLUDE_OUTSIDE = _error("AGW109", "include points outside the gateway directory")
 
 # AGW2xx: shape of the documents
 SCHEMA_NOT_MAPPING = _error("AGW201", "document is not a mapping")
@@ -74,6 +75,7 @@ DUPLICATE_KEY_SECRET = _error("AGW315", "two keys share one secret")
 NO_ROUTES = _warning("AGW316", "no routes defined")
 ENV_SYNTAX = _error("AGW317", "malformed ${ENV} reference")
 EMPTY_GROUP = _error("AGW318", "group has no members")
+PROVIDER_FIELD_NOT_APPLICABLE = _error("AGW319", "field does not apply to this provider type")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -60,6 +60,8 @@ def freeze(
             headers=_frozen(dict(item.headers)),
             disabled_reason=item.disabled_reason,
             api_key=item.api_key,
+            first_token_ms=item.entry.spec.latency.first_token_ms if item.entry.spec.latency else 0.0,
+            per_token_ms=item.entry.spec.latency.per_token_ms if item.entry.spec.latency else 0.0,
         )
         for name, item in linked.providers.items()
     }

@@ -42,6 +42,9 @@ class Provider:
     headers: Mapping[str, str]
     disabled_reason: str | None
     api_key: str | None = field(default=None, repr=False)
+    # Simulated latency (echo only): milliseconds before the first token and per token.
+    first_token_ms: float = 0.0
+    per_token_ms: float = 0.0
 
     @property
     def enabled(self) -> bool:

@@ -193,6 +193,13 @@ def _link_provider(
             "keep keys out of git: write api_key: ${SOME_ENV_VAR} and set it where aigw runs",
         )
     reason = None
+    if spec.latency is not None and spec.type != "echo":
+        sink.add(
+            codes.PROVIDER_FIELD_NOT_APPLICABLE,
+            f"provider '{entry.name}' of type '{spec.type}' cannot simulate latency",
+            entry.key("latency"),
+            "latency: applies only to providers of type echo; remove it here",
+        )
     if spec.type in _NEEDS_BASE_URL and spec.base_url is None:
         sink.add(
             codes.PROVIDER_FIELD,

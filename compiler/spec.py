@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -50,6 +50,13 @@ class SettingsSpec(Spec):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class LatencySpec(Spec):
+    """Simulated latency of an echo provider, for demos, load tests and reload drills."""
+
+    first_token_ms: Annotated[float, Field(ge=0)] = 0.0
+    per_token_ms: Annotated[float, Field(ge=0)] = 0.0
+
+
 class ProviderSpec(Spec):
     """An upstream API and how to reach it; credentials only as ${ENV_VAR} references."""
 
@@ -60,6 +67,7 @@ class ProviderSpec(Spec):
     timeout_s: Annotated[float, Field(gt=0)] = Field(600.0, description="Per-attempt timeout.")
     max_connections: PositiveInt = Field(100, description="Pooled connections to this provider.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    latency: LatencySpec | None = Field(None, description="Only for type echo: simulated latency.")
 
 
 class PriceSpec(Spec):
@@ -101,12 +109,18 @@ class RouteSpec(Spec):
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteSpec:
-        targets = [t for t in (self.group, self.deployment, self.pipeline) if t is not None]
+        targets = [
+            name
+            for name, value in (
+                ("group", self.group), ("deployment", self.deployment), ("pipeline", self.pipeline)
+            )
+            if value is not None
+        ]
         if len(targets) != 1:
             raise PydanticCustomError(
                 "route_target",
-                "a route needs exactly one of group, deployment or pipeline; found {count}",
-                {"count": len(targets)},
+                "needs exactly one of group, deployment or pipeline; it has {found}",
+                {"found": " and ".join(targets) or "none"},
             )
         return self
 
@@ -141,13 +155,16 @@ class KeySpec(Spec):
     def _one_secret(self) -> KeySpec:
         if (self.secret is None) == (self.sha256 is None):
             raise PydanticCustomError(
-                "key_secret", "a key needs exactly one of secret or sha256", {}
+                "key_secret",
+                "needs exactly one of secret or sha256; it has {found}",
+                {"found": "neither" if self.secret is None else "both"},
             )
         if self.sha256 is not None and not SHA256_PATTERN.match(self.sha256):
+            length = len(self.sha256)
             raise PydanticCustomError(
                 "sha256",
-                "sha256 must be 64 lowercase hex digits, found {length} characters",
-                {"length": len(self.sha256)},
+                "sha256 must be 64 lowercase hex digits; it has {problem}",
+                {"problem": f"{length} characters" if length != 64 else "characters other than 0-9 a-f"},
             )
         return self
 
@@ -169,6 +186,14 @@ class GatewaySpec(SectionsSpec):
 
     version: Literal[1]
     settings: SettingsSpec = SettingsSpec()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_not_bool(cls, value: object) -> object:
+        # Literal[1] accepts True (True == 1 in Python), so 'version: true' would pass.
+        if isinstance(value, bool):
+            raise PydanticCustomError("literal_error", "expected 1", {"expected": "1"})
+        return value
 
 
 NAMED_SECTIONS: tuple[str, ...] = (

@@ -37,6 +37,10 @@ class EchoAdapter:
 
     async def complete(self, call: ChatCall) -> ChatResult:
         text, finish, completion_tokens = self._answer(call)
+        provider = self._provider
+        delay_ms = provider.first_token_ms + provider.per_token_ms * completion_tokens
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         n = call.request.n
         return ChatResult(
             model=call.deployment.model,
@@ -47,10 +51,13 @@ class EchoAdapter:
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         text, finish, completion_tokens = self._answer(call)
         n = call.request.n
+        await asyncio.sleep(self._provider.first_token_ms / 1000)
         for word in _WORD.findall(text):
             for index in range(n):
                 yield ChatDelta(index=index, content=word)
-            await asyncio.sleep(0)  # let other requests run between words, like a real upstream
+            # Sleeping even 0 lets other requests run between words, as with a real upstream.
+            per_token_ms = self._provider.per_token_ms
+            await asyncio.sleep(per_token_ms * self._counter.count(word) / 1000 if per_token_ms else 0)
         for index in range(n):
             yield ChatDelta(index=index, finish_reason=finish)
         yield ChatDelta(usage=Usage(call.prompt_tokens, completion_tokens * n))

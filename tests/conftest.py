@@ -1,0 +1,49 @@
+"""Shared fixtures: a copy of the shipped gateway, the app in-process, and a real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_KEY = "sk-aigw-dev"
+
+
+@pytest.fixture(scope="session")
+def counter() -> TokenCounter:
+    return TokenCounter()
+
+
+@pytest.fixture
+def gateway_dir(tmp_path: Path) -> Iterator[Path]:
+    """A writable copy of the shipped gateway directory."""
+    root = tmp_path / "gw"
+    root.mkdir()
+    shutil.copy(REPO / "gateway.yaml", root / "gateway.yaml")
+    shutil.copytree(REPO / "policies", root / "policies")
+    shutil.copytree(REPO / "pipelines", root / "pipelines")
+    yield root
+
+
+@pytest.fixture
+def gateway(gateway_dir: Path, counter: TokenCounter) -> Gateway:
+    return Gateway(gateway_dir, counter)
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://aigw.test",
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+    ) as http:
+        yield http

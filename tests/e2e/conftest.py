@@ -1,0 +1,18 @@
+"""End-to-end fixtures: a real gateway process on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .server import Server
+
+
+@pytest.fixture
+def server(gateway_dir: Path) -> Iterator[Server]:
+    started = Server(gateway_dir)
+    started.wait_ready()
+    yield started
+    started.stop()

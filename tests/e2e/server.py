@@ -1,0 +1,82 @@
+"""Start and stop a real ``aigw serve`` process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """One ``python -m aigw serve`` process; its output goes to a log file the test can read."""
+
+    def __init__(self, root: Path, *args: str, host: str = "127.0.0.1") -> None:
+        self.root = root
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root.parent / f"serve-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aigw", "serve", str(root), "--host", host,
+             "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        """Wait for /health; returns the fingerprint of the graph being served."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"aigw serve exited with {self.process.returncode}:\n{self.log}")
+            try:
+                response = httpx.get(f"{self.base_url}/health", timeout=1.0)
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            if response.status_code == 200:
+                fingerprint: str = response.json()["graph"]
+                return fingerprint
+        raise TimeoutError(f"aigw serve did not become ready:\n{self.log}")
+
+    def wait_for_graph(self, fingerprint: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.base_url}/health", timeout=2.0).json()["graph"] == fingerprint:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"graph {fingerprint[:12]} never served:\n{self.log}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    @property
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,206 @@
+"""A real ``aigw serve`` process driven by the official openai SDK: chat, stream, reload."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+LONG_TEXT = " ".join(f"word{i}" for i in range(30))
+
+
+def _client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+
+
+def _slow_echo(gateway_dir: Path) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 60}}"
+        )
+    )
+
+
+def _add_route(gateway_dir: Path, name: str) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "  echo: {deployment: echo-small",
+            f"  {name}: {{deployment: echo-large}}\n  echo: {{deployment: echo-small",
+        )
+    )
+
+
+def test_openai_sdk_chat_and_stream(server: Server, counter: TokenCounter) -> None:
+    client = _client(server)
+    completion = client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "Hello from the SDK"}]
+    )
+    assert completion.choices[0].message.content == "Hello from the SDK"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+    stream = client.chat.completions.create(
+        model="smart",
+        messages=[{"role": "user", "content": "streamed word by word"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "streamed word by word"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == counter.count("streamed word by word")
+    assert [m.id for m in client.models.list()] == ["echo", "fast", "smart"]
+
+
+def test_sdk_sees_openai_errors(server: Server) -> None:
+    client = _client(server)
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert not_found.value.code == "model_not_found"
+    bad_key = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-bad", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_key.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "endpoint"])
+def test_reload_while_a_stream_is_open(gateway_dir: Path, trigger: str) -> None:
+    _slow_echo(gateway_dir)
+    server = Server(gateway_dir)
+    try:
+        old = server.wait_ready()
+        client = _client(server)
+        with client.chat.completions.with_streaming_response.create(
+            model="fast", messages=[{"role": "user", "content": LONG_TEXT}], stream=True
+        ) as response:
+            assert response.headers["x-aigw-graph"] == old
+            chunks = response.parse()
+            first = next(iter(chunks))
+            assert first.choices[0].delta.role == "assistant"
+
+            _add_route(gateway_dir, "after-reload")
+            if trigger == "sighup":
+                server.signal(signal.SIGHUP)
+                deadline = time.monotonic() + 15
+                while (new := httpx.get(f"{server.base_url}/health").json()["graph"]) == old:
+                    assert time.monotonic() < deadline, server.log
+                    time.sleep(0.05)
+            else:
+                reloaded = httpx.post(f"{server.base_url}/admin/reload",
+                                      headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+                assert reloaded.status_code == 200, reloaded.text
+                new = reloaded.json()["fingerprint"]
+            assert new != old
+
+            # New requests see the new graph while the old stream is still open.
+            fresh = client.chat.completions.with_raw_response.create(
+                model="after-reload", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert fresh.headers["x-aigw-graph"] == new
+            assert fresh.parse().choices[0].message.content == "hi"
+
+            rest = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert rest == LONG_TEXT  # the open stream finished, on the graph it started with
+    finally:
+        server.stop()
+
+
+def test_broken_config_on_reload_keeps_serving(server: Server, gateway_dir: Path) -> None:
+    old = server.wait_ready()
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("members: [echo-large]", "members: [echo-xl]"))
+    server.signal(signal.SIGHUP)
+    admin = {"Authorization": f"Bearer {DEV_KEY}"}
+    deadline = time.monotonic() + 15
+    while (status := httpx.get(f"{server.base_url}/admin/status", headers=admin).json())[
+        "last_reload"
+    ] is None:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+    assert status["last_reload"]["ok"] is False
+    errors = [d for d in status["last_reload"]["diagnostics"] if d["severity"] == "error"]
+    assert [d["code"] for d in errors] == ["AGW302"]
+    assert status["graph"]["fingerprint"] == old
+    completion = _client(server).chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "still here"}]
+    )
+    assert completion.choices[0].message.content == "still here"
+    assert "AGW302" in server.log
+
+
+def test_watch_reloads_on_file_change(gateway_dir: Path) -> None:
+    server = Server(gateway_dir, "--watch")
+    try:
+        old = server.wait_ready()
+        time.sleep(0.5)  # let the watcher start
+        _add_route(gateway_dir, "watched")
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{server.base_url}/health").json()["graph"] == old:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+        completion = _client(server).chat.completions.create(
+            model="watched", messages=[{"role": "user", "content": "seen"}]
+        )
+        assert completion.choices[0].message.content == "seen"
+    finally:
+        server.stop()
+
+
+def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        old = server.wait_ready()
+        client = _client(server)
+        for _ in range(6):
+            assert client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "w"}]
+            ).choices[0].message.content == "w"
+        _add_route(gateway_dir, "two")
+        server.signal(signal.SIGHUP)
+        time.sleep(1.0)
+        graphs = {httpx.get(f"{server.base_url}/health").json()["graph"] for _ in range(20)}
+        assert old not in graphs and len(graphs) == 1, server.log
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_serve_refuses_a_broken_config_with_diagnostics(gateway_dir: Path) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("version: 1", "version: 7"))
+    result = subprocess.run(
+        [sys.executable, "-m", "aigw", "serve", str(gateway_dir), "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "AGW206 error gateway.yaml:9:10" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_dev_key_on_a_public_address_warns_loudly(gateway_dir: Path) -> None:
+    server = Server(gateway_dir, host="0.0.0.0")
+    try:
+        server.wait_ready()
+        assert "development key sk-aigw-dev is accepted" in server.log
+    finally:
+        server.stop()
+    quiet = Server(gateway_dir)
+    try:
+        quiet.wait_ready()
+        assert "development key" not in quiet.log
+    finally:
+        quiet.stop()

@@ -1,0 +1,196 @@
+"""The app in-process: endpoints, error shapes and statuses, the graph header."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from aigw.runtime.live import Gateway
+
+CHAT = "/v1/chat/completions"
+
+
+def _chat(text: str = "Hello there, gateway!", **extra: object) -> dict[str, object]:
+    return {"model": "fast", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def _assert_openai_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert error["message"]
+    return dict(error)
+
+
+async def test_chat_completion_echoes_the_last_user_message(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json=_chat())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
+    assert body["model"] == "echo-1"
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there, gateway!", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 5  # tiktoken cl100k: Hello| there|,| gateway|!
+    assert usage["prompt_tokens"] == 3 + 3 + 5  # primer + per-message overhead + text
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert response.headers["x-aigw-route"] == "fast"
+    assert response.headers["x-aigw-deployment"] == "echo-small"
+    assert response.headers["x-aigw-attempts"] == "1"
+
+
+async def test_every_response_names_the_graph(client: httpx.AsyncClient, gateway: Gateway) -> None:
+    fingerprint = gateway.live.graph.fingerprint
+    for response in (
+        await client.post(CHAT, json=_chat()),
+        await client.get("/health"),
+        await client.get("/nope"),
+        await client.post(CHAT, content=b"{"),
+    ):
+        assert response.headers["x-aigw-graph"] == fingerprint
+
+
+async def test_max_tokens_cuts_the_answer_with_finish_reason_length(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(CHAT, json=_chat("one two three four five six", max_tokens=2))
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == "one two"
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+async def test_n_returns_that_many_choices(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json=_chat("hi", n=3))
+    assert [c["index"] for c in response.json()["choices"]] == [0, 1, 2]
+
+
+async def test_stream_sends_openai_chunks_then_done(client: httpx.AsyncClient) -> None:
+    payload = _chat("alpha beta gamma", stream=True, stream_options={"include_usage": True})
+    async with client.stream("POST", CHAT, json=payload) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()]).decode()
+    events = [line.removeprefix("data: ") for line in raw.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "alpha beta gamma"
+    finishing = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert [c["choices"][0]["finish_reason"] for c in finishing] == ["stop"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+async def test_stream_without_include_usage_has_no_usage_field(client: httpx.AsyncClient) -> None:
+    async with client.stream("POST", CHAT, json=_chat("x y", stream=True)) as response:
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()]).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert all("usage" not in c for c in chunks)
+    assert all(c["choices"] for c in chunks)
+
+
+async def test_models_lists_the_routes(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/models")
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json()["data"]] == ["echo", "fast", "smart"]
+
+
+async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json=_chat(), headers={"Authorization": ""})
+    _assert_openai_error(response, 401, "invalid_api_key")
+
+
+async def test_wrong_key_is_401_and_not_echoed(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        CHAT, json=_chat(), headers={"Authorization": "Bearer sk-wrong-secret-123"}
+    )
+    _assert_openai_error(response, 401, "invalid_api_key")
+    assert "sk-wrong-secret-123" not in response.text
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, content=b'{"model": "fast", "messages": [')
+    error = _assert_openai_error(response, 400, "invalid_request")
+    assert "JSON" in str(error["message"])
+
+
+async def test_body_that_is_not_an_object_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, content=b"[1, 2]")
+    _assert_openai_error(response, 400, "invalid_request")
+
+
+async def test_missing_messages_is_400_naming_the_parameter(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={"model": "fast"})
+    error = _assert_openai_error(response, 400, "invalid_request")
+    assert error["param"] == "messages"
+
+
+async def test_bad_field_value_is_400_naming_the_parameter(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json=_chat(temperature=7))
+    error = _assert_openai_error(response, 400, "invalid_request")
+    assert error["param"] == "temperature"
+    response = await client.post(
+        CHAT, json={"model": "fast", "messages": [{"role": "wizard", "content": "x"}]}
+    )
+    assert _assert_openai_error(response, 400, "invalid_request")["param"] == "messages.0.role"
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={**_chat(), "model": "gpt-17"})
+    error = _assert_openai_error(response, 404, "model_not_found")
+    assert error["param"] == "model"
+
+
+async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    big = "x" * (4 * 1024 * 1024 + 10)
+    response = await client.post(CHAT, json=_chat(big))
+    _assert_openai_error(response, 413, "request_too_large")
+
+
+async def test_prompt_larger_than_every_context_window_is_422(client: httpx.AsyncClient) -> None:
+    huge = "word " * 140_000  # more than echo-large's 131072-token window
+    response = await client.post(CHAT, json=_chat(huge))
+    error = _assert_openai_error(response, 422, "context_length_exceeded")
+    assert "echo-large" in str(error["message"])
+
+
+async def test_prompt_too_big_for_the_first_member_goes_to_the_fallback(
+    client: httpx.AsyncClient,
+) -> None:
+    medium = "word " * 9_000  # over echo-small's 8192 tokens, within echo-large's window
+    response = await client.post(CHAT, json=_chat(medium, max_tokens=5))
+    assert response.status_code == 200
+    assert response.headers["x-aigw-deployment"] == "echo-large"
+
+
+async def test_unknown_path_and_method_are_openai_shaped(client: httpx.AsyncClient) -> None:
+    _assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
+    _assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
+
+
+async def test_admin_status_needs_an_admin_key(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    response = await client.get("/admin/status")
+    assert response.status_code == 200
+    status = response.json()
+    assert status["graph"]["fingerprint"] == gateway.live.graph.fingerprint
+    assert status["graph"]["providers"]["local"]["enabled"] is True
+    no_key = await client.get("/admin/status", headers={"Authorization": ""})
+    _assert_openai_error(no_key, 401, "invalid_api_key")

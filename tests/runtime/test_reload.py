@@ -1,0 +1,92 @@
+"""Hot reload in-process: a good config is swapped in, a broken one never replaces the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+
+CHAT = "/v1/chat/completions"
+MESSAGE = {"role": "user", "content": "hi"}
+
+
+def _add_route(gateway_dir: Path, name: str) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "routes:                           # the model names apps send\n",
+            f"routes:                           # the model names apps send\n"
+            f"  {name}: {{deployment: echo-large}}\n",
+        )
+    )
+
+
+async def test_reload_swaps_in_the_new_graph(
+    client: httpx.AsyncClient, gateway: Gateway, gateway_dir: Path
+) -> None:
+    old = gateway.live.graph.fingerprint
+    missing = await client.post(CHAT, json={"model": "brand-new", "messages": [MESSAGE]})
+    assert missing.status_code == 404
+    _add_route(gateway_dir, "brand-new")
+
+    response = await client.post("/admin/reload")
+
+    assert response.status_code == 200
+    report = response.json()
+    assert report["ok"] is True
+    assert report["fingerprint"] != old
+    served = await client.post(CHAT, json={"model": "brand-new", "messages": [MESSAGE]})
+    assert served.status_code == 200
+    assert served.headers["x-aigw-graph"] == report["fingerprint"]
+
+
+async def test_broken_config_keeps_the_old_graph_and_reports_why(
+    client: httpx.AsyncClient, gateway: Gateway, gateway_dir: Path
+) -> None:
+    old = gateway.live.graph.fingerprint
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("provider: local", "provider: lcoal", 1))
+
+    response = await client.post("/admin/reload")
+
+    assert response.status_code == 422
+    report = response.json()
+    assert report["ok"] is False
+    assert [d["code"] for d in report["diagnostics"] if d["severity"] == "error"] == ["AGW301"]
+    assert gateway.live.graph.fingerprint == old
+    still = await client.post(CHAT, json={"model": "fast", "messages": [MESSAGE]})
+    assert still.status_code == 200
+    assert still.headers["x-aigw-graph"] == old
+    status = (await client.get("/admin/status")).json()
+    assert status["last_reload"]["ok"] is False
+    assert status["last_reload"]["diagnostics"][0]["message"].startswith("deployment 'echo-small'")
+
+
+async def test_a_request_keeps_the_graph_it_started_with(
+    gateway: Gateway, gateway_dir: Path
+) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(
+        config.read_text().replace("local: {type: echo}",
+                                   "local: {type: echo, latency: {per_token_ms: 40}}")
+    )
+    await gateway.reload("test")
+    slow_graph = gateway.live.graph.fingerprint
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test",
+                                 headers={"Authorization": "Bearer sk-aigw-dev"}) as http:
+        payload = {"model": "fast", "stream": True,
+                   "messages": [{"role": "user", "content": "one two three four five"}]}
+        async with http.stream("POST", CHAT, json=payload) as response:
+            stream = response.aiter_text()
+            first = await anext(stream)
+            _add_route(gateway_dir, "later")
+            report = await gateway.reload("test")
+            rest = "".join([part async for part in stream])
+        assert report.ok and report.fingerprint != slow_graph
+        assert response.headers["x-aigw-graph"] == slow_graph
+        assert (first + rest).rstrip().endswith("data: [DONE]")
+        assert '"five"' in first + rest

@@ -47,39 +47,62 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aigw {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    check = _command(commands, "check", "compile the config and report every problem",
-                     "aigw check\n  aigw check ./gw --format github --strict",
-                     "Exit 1 on any error; warnings fail only with --strict.")
+    check = _command(
+        commands,
+        "check",
+        "compile the config and report every problem",
+        "aigw check\n  aigw check ./gw --format github --strict",
+        "Exit 1 on any error; warnings fail only with --strict.",
+    )
     check.add_argument("--format", choices=("text", "json", "github"), default="text")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.set_defaults(run=_run_check)
 
-    compile_ = _command(commands, "compile", "print the compiled graph and its fingerprint",
-                        "aigw compile\n  aigw compile --format json | jq .routes",
-                        "Exit 1 (with diagnostics on stderr) when the config has errors.")
+    compile_ = _command(
+        commands,
+        "compile",
+        "print the compiled graph and its fingerprint",
+        "aigw compile\n  aigw compile --format json | jq .routes",
+        "Exit 1 (with diagnostics on stderr) when the config has errors.",
+    )
     compile_.add_argument("--format", choices=("text", "json"), default="text")
     compile_.set_defaults(run=_run_compile)
 
-    schema = _command(commands, "schema", "write JSON Schemas for the YAML files",
-                      "aigw schema            # writes ./schemas/*.json\n  aigw schema --check",
-                      "Point yaml-language-server at schemas/gateway.schema.json for "
-                      "completion and checks in editors.")
-    schema.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when the files in schemas/ are stale")
+    schema = _command(
+        commands,
+        "schema",
+        "write JSON Schemas for the YAML files",
+        "aigw schema            # writes ./schemas/*.json\n  aigw schema --check",
+        "Point yaml-language-server at schemas/gateway.schema.json for "
+        "completion and checks in editors.",
+    )
+    schema.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when the files in schemas/ are stale",
+    )
     schema.set_defaults(run=_run_schema)
 
-    serve = _command(commands, "serve", "serve the gateway over HTTP",
-                     "aigw serve\n  aigw serve ./gw --host 0.0.0.0 --port 8080 --watch",
-                     "Reload without dropping requests: SIGHUP, POST /admin/reload, or --watch.")
+    serve = _command(
+        commands,
+        "serve",
+        "serve the gateway over HTTP",
+        "aigw serve\n  aigw serve ./gw --host 0.0.0.0 --port 8080 --watch",
+        "Reload without dropping requests: SIGHUP, POST /admin/reload, or --watch.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--watch", action="store_true", help="reload when a config file changes")
     serve.set_defaults(run=_run_serve)
 
-    reload = _command(commands, "reload", "ask a running gateway to reload its config",
-                      "AIGW_ADMIN_KEY=... aigw reload --url http://127.0.0.1:4000",
-                      "Calls POST /admin/reload with an admin key and prints the result.")
+    reload = _command(
+        commands,
+        "reload",
+        "ask a running gateway to reload its config",
+        "AIGW_ADMIN_KEY=... aigw reload --url http://127.0.0.1:4000",
+        "Calls POST /admin/reload with an admin key and prints the result.",
+    )
     reload.add_argument("--url", default="http://127.0.0.1:4000")
     reload.add_argument("--key", default=None, help="admin key (default: $AIGW_ADMIN_KEY)")
     reload.set_defaults(run=_run_reload)
@@ -101,8 +124,9 @@ def _command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if name != "reload":
-        command.add_argument("dir", nargs="?", default=".", metavar="DIR",
-                             help="the gateway directory (default: .)")
+        command.add_argument(
+            "dir", nargs="?", default=".", metavar="DIR", help="the gateway directory (default: .)"
+        )
     return command
 
 
@@ -141,25 +165,40 @@ def describe_graph(graph: Graph) -> dict[str, object]:
     return {
         "fingerprint": graph.fingerprint,
         "providers": {
-            name: {"type": p.type, "base_url": p.base_url, "enabled": p.enabled,
-                   "disabled_reason": p.disabled_reason}
+            name: {
+                "type": p.type,
+                "base_url": p.base_url,
+                "enabled": p.enabled,
+                "disabled_reason": p.disabled_reason,
+            }
             for name, p in graph.providers.items()
         },
         "deployments": {
-            name: {"provider": d.provider.name, "model": d.model,
-                   "context_window": d.context_window, "max_output_tokens": d.max_output_tokens,
-                   "price": {"input": d.price.input, "output": d.price.output},
-                   "tags": list(d.tags), "capabilities": sorted(d.capabilities)}
+            name: {
+                "provider": d.provider.name,
+                "model": d.model,
+                "context_window": d.context_window,
+                "max_output_tokens": d.max_output_tokens,
+                "price": {"input": d.price.input, "output": d.price.output},
+                "tags": list(d.tags),
+                "capabilities": sorted(d.capabilities),
+            }
             for name, d in graph.deployments.items()
         },
         "groups": {
-            name: {"strategy": g.strategy, "members": [m.name for m in g.members],
-                   "fallbacks": list(g.fallbacks)}
+            name: {
+                "strategy": g.strategy,
+                "members": [m.name for m in g.members],
+                "fallbacks": list(g.fallbacks),
+            }
             for name, g in graph.groups.items()
         },
         "routes": {
-            name: {"kind": r.kind.value, "target": r.target,
-                   "candidates": [d.name for d in r.candidates]}
+            name: {
+                "kind": r.kind.value,
+                "target": r.target,
+                "candidates": [d.name for d in r.candidates],
+            }
             for name, r in graph.routes.items()
         },
         "teams": sorted(graph.teams),
@@ -167,8 +206,10 @@ def describe_graph(graph: Graph) -> dict[str, object]:
             {"name": k.name, "team": k.team.name if k.team else None, "admin": k.admin}
             for k in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)
         ],
-        "policies": [{"id": p.id, "file": p.file, "line": p.line, "priority": p.priority}
-                     for p in graph.policies],
+        "policies": [
+            {"id": p.id, "file": p.file, "line": p.line, "priority": p.priority}
+            for p in graph.policies
+        ],
         "pipelines": sorted(graph.pipelines),
     }
 
@@ -212,8 +253,15 @@ def _run_schema(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from aigw.runtime.server import ServeOptions, serve  # the runtime only when serving
 
-    return serve(ServeOptions(root=Path(args.dir), host=args.host, port=args.port,
-                              workers=args.workers, watch=args.watch))
+    return serve(
+        ServeOptions(
+            root=Path(args.dir),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            watch=args.watch,
+        )
+    )
 
 
 def _run_reload(args: argparse.Namespace) -> int:
@@ -224,8 +272,11 @@ def _run_reload(args: argparse.Namespace) -> int:
         print("aigw reload needs an admin key: --key or $AIGW_ADMIN_KEY", file=sys.stderr)
         return 2
     try:
-        response = httpx.post(f"{args.url.rstrip('/')}/admin/reload",
-                              headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        response = httpx.post(
+            f"{args.url.rstrip('/')}/admin/reload",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
     except httpx.HTTPError as exc:
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -122,13 +122,19 @@ class _Endpoints:
                     "root": graph.root,
                     "loaded_at": live.loaded_at,
                     "routes": {
-                        name: {"kind": route.kind.value, "target": route.target,
-                               "candidates": [d.name for d in route.candidates]}
+                        name: {
+                            "kind": route.kind.value,
+                            "target": route.target,
+                            "candidates": [d.name for d in route.candidates],
+                        }
                         for name, route in sorted(graph.routes.items())
                     },
                     "providers": {
-                        name: {"type": p.type, "enabled": name in live.adapters,
-                               "disabled_reason": p.disabled_reason}
+                        name: {
+                            "type": p.type,
+                            "enabled": name in live.adapters,
+                            "disabled_reason": p.disabled_reason,
+                        }
                         for name, p in sorted(graph.providers.items())
                     },
                     "warnings": [item.as_dict() for item in graph.warnings],

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from starlette.datastructures import Headers
-
 from aigw.compiler.graph import ApiKey, Graph
+from starlette.datastructures import Headers
 
 from .errors import Forbidden, Unauthorized
 

@@ -12,10 +12,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
-
-from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
@@ -143,8 +142,9 @@ def _headers(chosen: Plan, attempt: Attempt, attempts: int, request_id: str) -> 
 
 
 def _call(chosen: Plan, attempt: Attempt) -> ChatCall:
-    return ChatCall(chosen.request, attempt.deployment, chosen.prompt_tokens,
-                    attempt.max_output_tokens)
+    return ChatCall(
+        chosen.request, attempt.deployment, chosen.prompt_tokens, attempt.max_output_tokens
+    )
 
 
 async def _complete(chosen: Plan, request_id: str, created: int) -> Response:
@@ -179,8 +179,9 @@ async def _stream(chosen: Plan, request_id: str, created: int) -> Response:
             continue
         except StopAsyncIteration:
             first = None
-        encoder = ChunkEncoder(request_id, created, attempt.deployment.model,
-                               chosen.request.include_usage)
+        encoder = ChunkEncoder(
+            request_id, created, attempt.deployment.model, chosen.request.include_usage
+        )
         return StreamingResponse(
             _events(encoder, first, deltas),
             media_type="text/event-stream",

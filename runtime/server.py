@@ -8,6 +8,7 @@ hot-reloads; SIGTERM/SIGINT: each drains and stops).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import multiprocessing
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aigw.compiler import render_text
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
-
-from aigw.compiler import render_text
 
 from .app import create_app
 from .auth import DEV_KEY_SHA256
@@ -183,10 +183,8 @@ def _run_master(options: ServeOptions, config: Config) -> int:
 
 
 def _send_signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the worker already exited
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass  # the worker already exited
 
 
 def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
@@ -194,4 +192,3 @@ def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(_run_worker(options, config, sockets))
-

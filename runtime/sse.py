@@ -47,8 +47,13 @@ class ChunkEncoder:
     """
 
     def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                      "model": model, "system_fingerprint": None}
+        self._head = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
         self._include_usage = include_usage
         self._opened: set[int] = set()
 

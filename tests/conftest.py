@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter

@@ -1,4 +1,4 @@
-"""Packaging promises: the compiler stays light, the schemas stay fresh, the default config is clean."""
+"""Packaging promises: a light compiler, fresh schemas, a clean default config, helpful CLI."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aigw.cli import main
 from aigw.compiler import compile_gateway
 from aigw.compiler.schema import json_schemas
+
+from aigw.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,8 +22,9 @@ def test_compiler_imports_no_runtime_or_network_library() -> None:
         "print([m for m in sys.modules if m.split('.')[0] in heavy"
         " or m.startswith('aigw.runtime')])\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -48,14 +50,21 @@ def test_shipped_gateway_compiles_without_any_diagnostic() -> None:
 
 
 def test_aigw_check_on_the_shipped_config_exits_zero() -> None:
-    result = subprocess.run([sys.executable, "-m", "aigw", "check", str(REPO), "--strict"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "aigw", "check", str(REPO), "--strict"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == "no problems\n"
 
 
 def test_every_command_has_help_with_an_example() -> None:
     for command in ("check", "compile", "schema", "serve", "reload"):
-        result = subprocess.run([sys.executable, "-m", "aigw", command, "--help"],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "aigw", command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "example" in result.stdout, command

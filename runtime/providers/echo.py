@@ -57,7 +57,8 @@ class EchoAdapter:
                 yield ChatDelta(index=index, content=word)
             # Sleeping even 0 lets other requests run between words, as with a real upstream.
             per_token_ms = self._provider.per_token_ms
-            await asyncio.sleep(per_token_ms * self._counter.count(word) / 1000 if per_token_ms else 0)
+            tokens = self._counter.count(word) if per_token_ms else 0
+            await asyncio.sleep(per_token_ms * tokens / 1000)
         for index in range(n):
             yield ChatDelta(index=index, finish_reason=finish)
         yield ChatDelta(usage=Usage(call.prompt_tokens, completion_tokens * n))

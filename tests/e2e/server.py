@@ -31,8 +31,18 @@ class Server:
         self._log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aigw", "serve", str(root), "--host", host,
-             "--port", str(self.port), *args],
+            [
+                sys.executable,
+                "-m",
+                "aigw",
+                "serve",
+                str(root),
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

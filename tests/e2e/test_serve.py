@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY
@@ -101,8 +100,11 @@ def test_reload_while_a_stream_is_open(gateway_dir: Path, trigger: str) -> None:
                     assert time.monotonic() < deadline, server.log
                     time.sleep(0.05)
             else:
-                reloaded = httpx.post(f"{server.base_url}/admin/reload",
-                                      headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+                reloaded = httpx.post(
+                    f"{server.base_url}/admin/reload",
+                    headers={"Authorization": f"Bearer {DEV_KEY}"},
+                    timeout=30,
+                )
                 assert reloaded.status_code == 200, reloaded.text
                 new = reloaded.json()["fingerprint"]
             assert new != old
@@ -167,9 +169,14 @@ def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
         old = server.wait_ready()
         client = _client(server)
         for _ in range(6):
-            assert client.chat.completions.create(
-                model="echo", messages=[{"role": "user", "content": "w"}]
-            ).choices[0].message.content == "w"
+            assert (
+                client.chat.completions.create(
+                    model="echo", messages=[{"role": "user", "content": "w"}]
+                )
+                .choices[0]
+                .message.content
+                == "w"
+            )
         _add_route(gateway_dir, "two")
         server.signal(signal.SIGHUP)
         time.sleep(1.0)
@@ -184,7 +191,9 @@ def test_serve_refuses_a_broken_config_with_diagnostics(gateway_dir: Path) -> No
     config.write_text(config.read_text().replace("version: 1", "version: 7"))
     result = subprocess.run(
         [sys.executable, "-m", "aigw", "serve", str(gateway_dir), "--port", "1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "AGW206 error gateway.yaml:9:10" in result.stderr

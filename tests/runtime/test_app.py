@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import httpx
-
 from aigw.runtime.live import Gateway
 
 CHAT = "/v1/chat/completions"
@@ -184,9 +183,7 @@ async def test_unknown_path_and_method_are_openai_shaped(client: httpx.AsyncClie
     _assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
 
 
-async def test_admin_status_needs_an_admin_key(
-    client: httpx.AsyncClient, gateway: Gateway
-) -> None:
+async def test_admin_status_needs_an_admin_key(client: httpx.AsyncClient, gateway: Gateway) -> None:
     response = await client.get("/admin/status")
     assert response.status_code == 200
     status = response.json()

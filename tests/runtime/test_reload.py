@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 
@@ -70,16 +69,23 @@ async def test_a_request_keeps_the_graph_it_started_with(
 ) -> None:
     config = gateway_dir / "gateway.yaml"
     config.write_text(
-        config.read_text().replace("local: {type: echo}",
-                                   "local: {type: echo, latency: {per_token_ms: 40}}")
+        config.read_text().replace(
+            "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 40}}"
+        )
     )
     await gateway.reload("test")
     slow_graph = gateway.live.graph.fingerprint
     transport = httpx.ASGITransport(app=create_app(gateway))
-    async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test",
-                                 headers={"Authorization": "Bearer sk-aigw-dev"}) as http:
-        payload = {"model": "fast", "stream": True,
-                   "messages": [{"role": "user", "content": "one two three four five"}]}
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://aigw.test",
+        headers={"Authorization": "Bearer sk-aigw-dev"},
+    ) as http:
+        payload = {
+            "model": "fast",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three four five"}],
+        }
         async with http.stream("POST", CHAT, json=payload) as response:
             stream = response.aiter_text()
             first = await anext(stream)

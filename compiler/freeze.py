@@ -60,8 +60,8 @@ def freeze(
             headers=_frozen(dict(item.headers)),
             disabled_reason=item.disabled_reason,
             api_key=item.api_key,
-            first_token_ms=item.entry.spec.latency.first_token_ms if item.entry.spec.latency else 0.0,
-            per_token_ms=item.entry.spec.latency.per_token_ms if item.entry.spec.latency else 0.0,
+            first_token_ms=latency.first_token_ms if (latency := item.entry.spec.latency) else 0.0,
+            per_token_ms=latency.per_token_ms if latency else 0.0,
         )
         for name, item in linked.providers.items()
     }
@@ -72,6 +72,7 @@ def freeze(
             name=name,
             provider=providers[spec.provider],
             model=spec.model,
+            kind=spec.kind,
             context_window=spec.context_window,
             max_output_tokens=spec.max_output_tokens or spec.context_window,
             price=Price(spec.price.input, spec.price.output),
@@ -88,14 +89,14 @@ def freeze(
         for name, entry in linked.groups.items()
     }
     routes = {}
-    for name, entry in linked.routes.items():
-        spec = entry.spec
+    for name, route in linked.routes.items():
+        route_spec = route.spec
         kind, target = next(
             (kind, value)
             for kind, value in (
-                (TargetKind.GROUP, spec.group),
-                (TargetKind.DEPLOYMENT, spec.deployment),
-                (TargetKind.PIPELINE, spec.pipeline),
+                (TargetKind.GROUP, route_spec.group),
+                (TargetKind.DEPLOYMENT, route_spec.deployment),
+                (TargetKind.PIPELINE, route_spec.pipeline),
             )
             if value is not None
         )
@@ -104,7 +105,7 @@ def freeze(
             kind=kind,
             target=target,
             candidates=tuple(deployments[d] for d in linked.route_candidates[name]),
-            description=spec.description,
+            description=route_spec.description,
         )
     teams = {
         name: Team(

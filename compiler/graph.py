@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from .diagnostics import Diagnostic
 
 
-class TargetKind(str, Enum):
+class TargetKind(StrEnum):
     GROUP = "group"
     DEPLOYMENT = "deployment"
     PIPELINE = "pipeline"
@@ -67,6 +67,7 @@ class Deployment:
     name: str
     provider: Provider
     model: str
+    kind: Literal["chat", "embeddings"]
     context_window: int
     max_output_tokens: int
     price: Price

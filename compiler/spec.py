@@ -82,11 +82,14 @@ class DeploymentSpec(Spec):
 
     provider: str
     model: str = Field(description="The upstream model id sent to the provider.")
+    kind: Literal["chat", "embeddings"] = Field(
+        "chat", description="What it serves: /v1/chat/completions or /v1/embeddings."
+    )
     context_window: PositiveInt
     max_output_tokens: PositiveInt | None = None
     price: PriceSpec = PriceSpec()
     tags: list[str] = Field(default_factory=list)
-    capabilities: list[Capability] = Field(default_factory=lambda: ["streaming"])
+    capabilities: list[Capability] = Field(default_factory=lambda: list[Capability](["streaming"]))
 
 
 class GroupSpec(Spec):
@@ -161,10 +164,11 @@ class KeySpec(Spec):
             )
         if self.sha256 is not None and not SHA256_PATTERN.match(self.sha256):
             length = len(self.sha256)
+            problem = "characters other than 0-9 a-f" if length == 64 else f"{length} characters"
             raise PydanticCustomError(
                 "sha256",
                 "sha256 must be 64 lowercase hex digits; it has {problem}",
-                {"problem": f"{length} characters" if length != 64 else "characters other than 0-9 a-f"},
+                {"problem": problem},
             )
         return self
 

@@ -15,6 +15,7 @@ from aigw import __version__
 
 from .auth import authenticate, require_admin
 from .chat import chat_completions
+from .embeddings import embeddings
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .live import Gateway, Live
 
@@ -27,6 +28,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", endpoints.chat, methods=["POST"]),
+            Route("/v1/embeddings", endpoints.embeddings, methods=["POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
@@ -95,6 +97,11 @@ class _Endpoints:
         live = _live(request)
         body = await read_body(request, live.graph.settings.max_request_bytes)
         return await chat_completions(live, request.headers, body)
+
+    async def embeddings(self, request: Request) -> Response:
+        live = _live(request)
+        body = await read_body(request, live.graph.settings.max_request_bytes)
+        return await embeddings(live, request.headers, body)
 
     async def models(self, request: Request) -> Response:
         live = _live(request)

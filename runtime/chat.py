@@ -87,6 +87,9 @@ def plan(live: Live, route: Route, request: ChatRequest, prompt_tokens: int) -> 
     unfit: list[str] = []
     for deployment in route.candidates:
         adapter = live.adapters.get(deployment.provider.name)
+        if deployment.kind != "chat":
+            unfit.append(f"{deployment.name} is an embeddings model")
+            continue
         if adapter is None:
             reason = deployment.provider.disabled_reason or "provider has no adapter"
             unavailable.append(f"{deployment.name}: {reason}")

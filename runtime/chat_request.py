@@ -80,10 +80,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     try:
         return ChatRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise _bad_request(exc) from exc
+        raise bad_request(exc) from exc
 
 
-def _bad_request(exc: ValidationError) -> BadRequest:
+def bad_request(exc: ValidationError) -> BadRequest:
+    """The client-facing error for a body that failed validation, naming the first field."""
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return BadRequest(f"We could not parse the JSON body of your request: {first['msg']}")

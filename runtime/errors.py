@@ -1,20 +1,33 @@
 """The one exception tree of the runtime, and its OpenAI-shaped rendering.
 
-    GatewayError                 status, OpenAI error type and code
-    ├── BadRequest               400 invalid_request_error
-    ├── Unauthorized             401 invalid_api_key
-    ├── Forbidden                403 permission_denied
-    ├── ModelNotFound            404 model_not_found
-    ├── PayloadTooLarge          413 request_too_large
-    ├── ContextWindowExceeded    422 context_length_exceeded
-    ├── RateLimited              429 rate_limit_exceeded (with Retry-After)
-    ├── NotImplementedRoute      501 not_implemented
-    ├── UpstreamError            502 upstream_error        (retryable or not)
-    ├── NoDeploymentAvailable    503 no_deployment_available
-    └── UpstreamTimeout          504 upstream_timeout
+    GatewayError                    status, OpenAI error type and code
+    ├── BadRequest                  400 invalid_request_error
+    ├── Unauthorized                401 invalid_api_key
+    ├── Forbidden                   403 permission_denied
+    ├── ModelNotFound, NotFound     404
+    ├── MethodNotAllowed            405
+    ├── PayloadTooLarge             413 request_too_large
+    ├── ContextWindowExceeded       422 context_length_exceeded (no upstream call made)
+    ├── RateLimited                 429 rate_limit_exceeded (with Retry-After)
+    │   └── BudgetExceeded          429 insufficient_quota (a budget has no room left)
+    ├── InternalError               500
+    ├── NotImplementedRoute         501 not_implemented
+    ├── NoDeploymentAvailable       503 no_deployment_available
+    ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
+    └── UpstreamError               502 a provider failed; ``retryable`` says if another try may work
+        ├── UpstreamRateLimited         429, retryable, honours the provider's Retry-After
+        ├── UpstreamOverloaded          503, retryable
+        ├── UpstreamServerError         502, retryable
+        ├── UpstreamTimeout             504, retryable
+        ├── UpstreamConnectionError     502, retryable
+        ├── UpstreamContextLength       400 context_length_exceeded
+        ├── UpstreamContentPolicy       400 content_policy_violation
+        ├── UpstreamBadRequest          400 the provider refused the request
+        └── UpstreamAuthError           502 the provider refused the gateway's credentials
 
-Errors from libraries (pydantic, httpx, providers) are translated into this tree at
-the boundary with ``raise ... from exc``; nothing else reaches a client.
+Errors from libraries (pydantic, httpx, redis, sqlite3, providers) are translated into
+this tree at the boundary with ``raise ... from exc``; nothing else reaches a client,
+and no message carries a provider key.
 """
 
 from __future__ import annotations
@@ -103,6 +116,13 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """A key's, team's or user's budget for the period has no room for this request."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class InternalError(GatewayError):
     status = 500
 
@@ -113,25 +133,90 @@ class NotImplementedRoute(GatewayError):
     code = "not_implemented"
 
 
-class UpstreamError(GatewayError):
-    """The provider failed; ``retryable`` says whether another attempt may succeed."""
-
-    status = 502
-    error_type = "api_error"
-    code = "upstream_error"
-
-    def __init__(self, message: str, *, retryable: bool = False, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.retryable = retryable
-
-
 class NoDeploymentAvailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "no_deployment_available"
 
 
-class UpstreamTimeout(GatewayError):
-    status = 504
+class StoreUnavailable(GatewayError):
+    """The limits, budgets and spend store cannot answer (Redis down with fail_closed, disk)."""
+
+    status = 503
     error_type = "api_error"
+    code = "store_unavailable"
+
+
+class UpstreamError(GatewayError):
+    """A provider failed. ``retryable`` says whether another attempt may succeed."""
+
+    status = 502
+    error_type = "api_error"
+    code = "upstream_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        param: str | None = None,
+    ) -> None:
+        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else None
+        super().__init__(message, param=param, headers=headers)
+        self.provider = provider
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+class UpstreamOverloaded(UpstreamError):
+    status = 503
+    code = "upstream_overloaded"
+    retryable = True
+
+
+class UpstreamServerError(UpstreamError):
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
     code = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_unreachable"
+    retryable = True
+
+
+class UpstreamContextLength(UpstreamError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+
+class UpstreamContentPolicy(UpstreamError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "content_policy_violation"
+
+
+class UpstreamBadRequest(UpstreamError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class UpstreamAuthError(UpstreamError):
+    code = "upstream_auth_failed"

@@ -34,8 +34,20 @@ class Live:
     loaded_at: float
 
     @classmethod
-    def build(cls, graph: Graph, counter: TokenCounter) -> Live:
-        return cls(graph, build_adapters(graph.providers, counter), counter, time.time())
+    def build(cls, graph: Graph, counter: TokenCounter, previous: Live | None = None) -> Live:
+        """Adapters of providers whose config did not change are kept, with their pools."""
+        fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
+        return cls(graph, fresh, counter, time.time())
+
+
+def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
+    if previous is None:
+        return {}
+    return {
+        name: adapter
+        for name, adapter in previous.adapters.items()
+        if graph.providers.get(name) == previous.graph.providers[name]
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,7 @@ class Gateway:
         self.live = Live.build(result.graph, counter)
         self.last_reload: ReloadReport | None = None
         self._reload_lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def reload(self, trigger: str) -> ReloadReport:
         """Compile the config again (in a thread) and swap it in if it compiles."""
@@ -107,7 +120,8 @@ class Gateway:
                 )
             else:
                 previous = self.live
-                self.live = Live.build(result.graph, self.counter)
+                self.live = Live.build(result.graph, self.counter, previous)
+                self._retire(previous)
                 report = ReloadReport(
                     time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics
                 )
@@ -120,3 +134,25 @@ class Gateway:
                 )
             self.last_reload = report
             return report
+
+    def _retire(self, previous: Live) -> None:
+        """Close adapters the new graph dropped, once requests that use them must be over."""
+        current = set(map(id, self.live.adapters.values()))
+        dropped = [a for a in previous.adapters.values() if id(a) not in current]
+        if not dropped:
+            return
+        grace = max(p.timeout_s for p in previous.graph.providers.values()) + 5.0
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:
+            for adapter in dropped:
+                task = loop.create_task(adapter.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+        loop.call_later(grace, close)
+
+    async def aclose(self) -> None:
+        """Close every adapter (at shutdown)."""
+        for adapter in self.live.adapters.values():
+            await adapter.aclose()

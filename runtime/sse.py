@@ -5,17 +5,35 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from .providers.base import ChatDelta, ChatResult, Usage
+from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 
 DONE = b"data: [DONE]\n\n"
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
-    return {
+def usage_body(usage: Usage) -> dict[str, object]:
+    body: dict[str, object] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return body
+
+
+def message_body(choice: Choice) -> dict[str, object]:
+    message: dict[str, object] = {
+        "role": "assistant",
+        "content": choice.content,
+        "refusal": choice.refusal,
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for call in choice.tool_calls
+        ]
+    return message
 
 
 def completion_body(request_id: str, created: int, result: ChatResult) -> dict[str, object]:
@@ -28,7 +46,7 @@ def completion_body(request_id: str, created: int, result: ChatResult) -> dict[s
         "choices": [
             {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": choice.content, "refusal": None},
+                "message": message_body(choice),
                 "logprobs": None,
                 "finish_reason": choice.finish_reason,
             }
@@ -47,13 +65,8 @@ class ChunkEncoder:
     """
 
     def __init__(self, request_id: str, created: int, model: str, include_usage: bool) -> None:
-        self._head = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-        }
+        self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                      "model": model, "system_fingerprint": None}
         self._include_usage = include_usage
         self._opened: set[int] = set()
 
@@ -70,8 +83,15 @@ class ChunkEncoder:
         if delta.index not in self._opened:
             self._opened.add(delta.index)
             out += self._event([_choice(delta.index, {"role": "assistant", "content": ""}, None)])
+        body: dict[str, object] = {}
         if delta.content is not None:
-            out += self._event([_choice(delta.index, {"content": delta.content}, None)])
+            body["content"] = delta.content
+        if delta.refusal is not None:
+            body["refusal"] = delta.refusal
+        if delta.tool_calls:
+            body["tool_calls"] = [_tool_call_delta(call) for call in delta.tool_calls]
+        if body:
+            out += self._event([_choice(delta.index, body, None)])
         if delta.finish_reason is not None:
             out += self._event([_choice(delta.index, {}, delta.finish_reason)])
         return out
@@ -82,6 +102,21 @@ class ChunkEncoder:
             if event:
                 yield event
         yield DONE
+
+
+def _tool_call_delta(call: ToolCallDelta) -> dict[str, object]:
+    body: dict[str, object] = {"index": call.index}
+    if call.id is not None:
+        body["id"] = call.id
+        body["type"] = "function"
+    function: dict[str, str] = {}
+    if call.name is not None:
+        function["name"] = call.name
+    if call.arguments is not None:
+        function["arguments"] = call.arguments
+    if function:
+        body["function"] = function
+    return body
 
 
 def _choice(index: int, delta: dict[str, object], finish: str | None) -> dict[str, object]:

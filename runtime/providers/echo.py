@@ -1,22 +1,39 @@
 """The echo provider: answers locally and deterministically, so a gateway works offline.
 
-The answer is the text of the last user message, cut at the output limit (then the
-finish reason is "length"). Streaming sends it word by word. Tokens are counted
-with the same tiktoken encoding as every other estimate in the gateway.
+Chat: the answer is the text of the last user message, cut at the output limit (then
+the finish reason is "length"); streaming sends it word by word. When the request
+forces a tool (``tool_choice`` "required" or a named function), echo calls it, with
+the last user message as arguments if that is a JSON object and ``{}`` otherwise, so
+tool flows can be exercised offline. Embeddings: a normalised bag of token ids, so
+texts sharing words get similar vectors. Tokens are counted with the gateway's
+tiktoken encoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import re
 from collections.abc import AsyncIterator
 
 from aigw.compiler.graph import Provider
 
 from ..tokens import TokenCounter
-from .base import ChatCall, ChatDelta, ChatResult, Choice, Usage
+from .base import (
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    Choice,
+    EmbeddingCall,
+    EmbeddingResult,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
+ECHO_EMBEDDING_DIMENSIONS = 256
 
 
 class EchoAdapter:
@@ -35,13 +52,41 @@ class EchoAdapter:
             return self._counter.decode(cut), "length", len(cut)
         return text, "stop", len(tokens)
 
-    async def complete(self, call: ChatCall) -> ChatResult:
-        text, finish, completion_tokens = self._answer(call)
-        provider = self._provider
-        delay_ms = provider.first_token_ms + provider.per_token_ms * completion_tokens
+    def _forced_tool(self, call: ChatCall) -> ToolCall | None:
+        request = call.request
+        if not request.tools:
+            return None
+        choice = request.tool_choice
+        if isinstance(choice, dict):
+            name = str((choice.get("function") or {}).get("name", ""))
+        elif choice == "required":
+            name = str((request.tools[0].get("function") or {}).get("name", ""))
+        else:
+            return None
+        users = [m for m in request.messages if m.role == "user"]
+        text = users[-1].text() if users else ""
+        try:
+            arguments = json.loads(text)
+        except ValueError:
+            arguments = None
+        encoded = json.dumps(arguments if isinstance(arguments, dict) else {})
+        return ToolCall(f"call_echo_{len(request.messages)}", name, encoded)
+
+    async def _wait(self, tokens: int) -> None:
+        delay_ms = self._provider.first_token_ms + self._provider.per_token_ms * tokens
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
+
+    async def complete(self, call: ChatCall) -> ChatResult:
         n = call.request.n
+        tool = self._forced_tool(call)
+        if tool is not None:
+            tokens = self._counter.count(tool.arguments)
+            await self._wait(tokens)
+            choices = tuple(Choice(i, None, "tool_calls", (tool,)) for i in range(n))
+            return ChatResult(call.deployment.model, choices, Usage(call.prompt_tokens, tokens * n))
+        text, finish, completion_tokens = self._answer(call)
+        await self._wait(completion_tokens)
         return ChatResult(
             model=call.deployment.model,
             choices=tuple(Choice(i, text, finish) for i in range(n)),
@@ -49,9 +94,18 @@ class EchoAdapter:
         )
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
-        text, finish, completion_tokens = self._answer(call)
         n = call.request.n
         await asyncio.sleep(self._provider.first_token_ms / 1000)
+        tool = self._forced_tool(call)
+        if tool is not None:
+            for index in range(n):
+                yield ChatDelta(index, tool_calls=(ToolCallDelta(0, tool.id, tool.name, ""),))
+                yield ChatDelta(index, tool_calls=(ToolCallDelta(0, arguments=tool.arguments),))
+                yield ChatDelta(index, finish_reason="tool_calls")
+            tokens = self._counter.count(tool.arguments)
+            yield ChatDelta(usage=Usage(call.prompt_tokens, tokens * n))
+            return
+        text, finish, completion_tokens = self._answer(call)
         for word in _WORD.findall(text):
             for index in range(n):
                 yield ChatDelta(index=index, content=word)
@@ -62,6 +116,17 @@ class EchoAdapter:
         for index in range(n):
             yield ChatDelta(index=index, finish_reason=finish)
         yield ChatDelta(usage=Usage(call.prompt_tokens, completion_tokens * n))
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        dimensions = call.dimensions or ECHO_EMBEDDING_DIMENSIONS
+        vectors = []
+        for text in call.inputs:
+            vector = [0.0] * dimensions
+            for token in self._counter.encode(text):
+                vector[token % dimensions] += 1.0
+            norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+            vectors.append(tuple(value / norm for value in vector))
+        return EmbeddingResult(call.deployment.model, tuple(vectors), call.prompt_tokens)
 
     async def aclose(self) -> None:
         return None

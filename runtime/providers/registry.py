@@ -10,17 +10,32 @@ from aigw.compiler.graph import Provider
 from ..tokens import TokenCounter
 from .base import AdapterFactory, ChatAdapter
 from .echo import EchoAdapter
+from .openai import AzureOpenAIAdapter, OpenAIAdapter
 
-ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType({"echo": EchoAdapter})
+ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
+    {
+        "echo": EchoAdapter,
+        "openai": OpenAIAdapter,
+        "openai_compatible": OpenAIAdapter,
+        "vllm": OpenAIAdapter,
+        "azure_openai": AzureOpenAIAdapter,
+    }
+)
 
 
 def build_adapters(
-    providers: Mapping[str, Provider], counter: TokenCounter
+    providers: Mapping[str, Provider],
+    counter: TokenCounter,
+    reusable: Mapping[str, ChatAdapter] | None = None,
 ) -> Mapping[str, ChatAdapter]:
-    """One adapter per enabled provider that has one; the others stay out (and say why)."""
+    """One adapter per enabled provider that has one; the others stay out (and say why).
+
+    ``reusable`` holds adapters built for identical providers, kept with their pools.
+    """
+    reusable = reusable or {}
     return MappingProxyType(
         {
-            name: ADAPTERS[provider.type](provider, counter)
+            name: reusable.get(name) or ADAPTERS[provider.type](provider, counter)
             for name, provider in providers.items()
             if provider.enabled and provider.type in ADAPTERS
         }

@@ -107,7 +107,7 @@ async def test_stream_without_include_usage_has_no_usage_field(client: httpx.Asy
 async def test_models_lists_the_routes(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
-    assert [m["id"] for m in response.json()["data"]] == ["echo", "fast", "smart"]
+    assert [m["id"] for m in response.json()["data"]] == ["echo", "embed", "fast", "smart"]
 
 
 async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:

@@ -1,0 +1,105 @@
+"""POST /v1/embeddings: authenticate, parse, resolve, call, encode (floats or base64)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+
+from .auth import authenticate
+from .chat import resolve_route
+from .chat_request import bad_request
+from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
+from .live import Live
+from .providers.base import EmbeddingCall, EmbeddingResult
+
+_MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+
+async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
+    authenticate(live.graph, headers)
+    try:
+        request = EmbeddingRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise bad_request(exc) from exc
+    inputs = _texts(request, live)
+    route = resolve_route(live.graph, request.model)
+    prompt_tokens = sum(live.counter.count(text) for text in inputs)
+    longest = max((live.counter.count(text) for text in inputs), default=0)
+    tried: list[str] = []
+    last_error: UpstreamError | None = None
+    for deployment in route.candidates:
+        adapter = live.adapters.get(deployment.provider.name)
+        if deployment.kind != "embeddings" or adapter is None:
+            tried.append(f"{deployment.name}: "
+                         + ("not an embeddings model" if adapter else "provider disabled"))
+            continue
+        if longest > deployment.context_window:
+            raise ContextWindowExceeded(
+                f"An input has {longest} tokens; '{deployment.name}' takes at most "
+                f"{deployment.context_window}.",
+                param="input",
+            )
+        call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
+        try:
+            result = await adapter.embed(call)
+        except UpstreamError as exc:
+            last_error = exc
+            if not exc.retryable:
+                raise
+            continue
+        return JSONResponse(
+            _body(result, request.encoding_format),
+            headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name},
+        )
+    if last_error is not None:
+        raise last_error
+    raise NoDeploymentAvailable(
+        f"No deployment of '{route.name}' serves embeddings: {'; '.join(tried)}."
+    )
+
+
+def _texts(request: EmbeddingRequest, live: Live) -> tuple[str, ...]:
+    raw = request.input
+    if isinstance(raw, str):
+        texts: Sequence[str] = [raw]
+    elif raw and all(isinstance(item, int) for item in raw):
+        texts = [live.counter.decode([int(item) for item in raw])]  # type: ignore[arg-type]
+    elif raw and isinstance(raw[0], list):
+        texts = [live.counter.decode(list(item)) for item in raw]  # type: ignore[arg-type]
+    else:
+        texts = [str(item) for item in raw]
+    if not texts or len(texts) > _MAX_INPUTS:
+        raise BadRequest(f"'input' must hold 1 to {_MAX_INPUTS} items.", param="input")
+    return tuple(texts)
+
+
+def _body(result: EmbeddingResult, encoding: str) -> dict[str, object]:
+    data = []
+    for index, vector in enumerate(result.vectors):
+        embedding: object = list(vector)
+        if encoding == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            embedding = base64.b64encode(packed).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }

@@ -1,0 +1,198 @@
+"""OpenAI's chat and embeddings API, and every server that speaks it.
+
+``openai``, ``openai_compatible`` (vLLM, Ollama's /v1, DeepSeek, xAI, Groq, Together,
+another gateway) and ``vllm`` are a pass-through: the client's request goes upstream
+with only the model id changed (and usage asked for on streams, so every answer can
+be billed). ``azure_openai`` differs only in its URL, ``api-version`` and ``api-key``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aigw.compiler.graph import Provider
+
+from ..errors import UpstreamServerError
+from ..tokens import TokenCounter
+from ..upstream import Upstream, json_event
+from .base import (
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    Choice,
+    EmbeddingCall,
+    EmbeddingResult,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+AZURE_API_VERSION = "2024-10-21"
+
+
+class OpenAIAdapter:
+    """Chat completions and embeddings against an OpenAI-compatible ``/v1``."""
+
+    def __init__(self, provider: Provider, counter: TokenCounter) -> None:
+        self.provider = provider
+        self.upstream = Upstream(provider)
+        self._base = (provider.base_url or OPENAI_BASE_URL).rstrip("/")
+        self._headers = {**provider.headers}
+        if provider.api_key:
+            self._headers["authorization"] = f"Bearer {provider.api_key}"
+
+    def url(self, call_model: str, operation: str) -> str:
+        return f"{self._base}/{operation}"
+
+    def body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
+        body = call.request.model_dump(exclude_none=True)
+        body["model"] = call.deployment.model
+        body["stream"] = stream
+        if stream:
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        else:
+            body.pop("stream_options", None)
+        return body
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        url = self.url(call.deployment.model, "chat/completions")
+        document = await self.upstream.post_json(url, self.body(call, False), self._headers)
+        return parse_completion(document, call, self.provider)
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        url = self.url(call.deployment.model, "chat/completions")
+        usage: Usage | None = None
+        async for _event, data in self.upstream.post_sse(url, self.body(call, True), self._headers):
+            if data.strip() == "[DONE]":
+                break
+            chunk = json_event(data, self.provider)
+            if "error" in chunk:  # an error after the stream started
+                raise UpstreamServerError(
+                    f"provider '{self.provider.name}' failed mid-stream: "
+                    f"{_error_message(chunk)}",
+                    provider=self.provider.name,
+                )
+            for delta in parse_chunk(chunk):
+                yield delta
+            if chunk.get("usage"):
+                usage = _usage(chunk["usage"])
+        yield ChatDelta(usage=usage or Usage(call.prompt_tokens, 0))
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        body: dict[str, Any] = {
+            "model": call.deployment.model,
+            "input": list(call.inputs),
+            "encoding_format": "float",
+        }
+        if call.dimensions is not None:
+            body["dimensions"] = call.dimensions
+        if call.user is not None:
+            body["user"] = call.user
+        document = await self.upstream.post_json(
+            self.url(call.deployment.model, "embeddings"), body, self._headers
+        )
+        rows = sorted(document.get("data", []), key=lambda row: row.get("index", 0))
+        usage = document.get("usage") or {}
+        return EmbeddingResult(
+            model=str(document.get("model") or call.deployment.model),
+            vectors=tuple(tuple(row["embedding"]) for row in rows),
+            prompt_tokens=int(usage.get("prompt_tokens", call.prompt_tokens)),
+        )
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """Azure OpenAI: deployment-style URLs, ``api-version`` and the ``api-key`` header.
+
+    The deployment's ``model`` is the Azure deployment name.
+    """
+
+    def __init__(self, provider: Provider, counter: TokenCounter) -> None:
+        super().__init__(provider, counter)
+        self._headers = {**provider.headers, "api-key": provider.api_key or ""}
+        self._version = provider.api_version or AZURE_API_VERSION
+
+    def url(self, call_model: str, operation: str) -> str:
+        return (
+            f"{self._base}/openai/deployments/{call_model}/{operation}"
+            f"?api-version={self._version}"
+        )
+
+    def body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
+        body = super().body(call, stream)
+        body.pop("model", None)  # the URL names the deployment
+        return body
+
+
+def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+    choices = []
+    for position, choice in enumerate(document.get("choices") or []):
+        message = choice.get("message") or {}
+        choices.append(
+            Choice(
+                index=int(choice.get("index", position)),
+                content=message.get("content"),
+                finish_reason=str(choice.get("finish_reason") or "stop"),
+                tool_calls=tuple(
+                    ToolCall(str(c.get("id", "")), str(c["function"].get("name", "")),
+                             str(c["function"].get("arguments") or ""))
+                    for c in message.get("tool_calls") or []
+                    if isinstance(c.get("function"), dict)
+                ),
+                refusal=message.get("refusal"),
+            )
+        )
+    if not choices:
+        raise UpstreamServerError(
+            f"provider '{provider.name}' answered with no choices", provider=provider.name
+        )
+    usage = document.get("usage")
+    return ChatResult(
+        model=str(document.get("model") or call.deployment.model),
+        choices=tuple(choices),
+        usage=_usage(usage) if usage else Usage(call.prompt_tokens, 0),
+    )
+
+
+def parse_chunk(chunk: Mapping[str, Any]) -> list[ChatDelta]:
+    deltas = []
+    for position, choice in enumerate(chunk.get("choices") or []):
+        delta = choice.get("delta") or {}
+        deltas.append(
+            ChatDelta(
+                index=int(choice.get("index", position)),
+                content=delta.get("content") or None,
+                tool_calls=tuple(
+                    ToolCallDelta(
+                        index=int(c.get("index", 0)),
+                        id=c.get("id"),
+                        name=(c.get("function") or {}).get("name"),
+                        arguments=(c.get("function") or {}).get("arguments"),
+                    )
+                    for c in delta.get("tool_calls") or []
+                ),
+                finish_reason=choice.get("finish_reason"),
+                refusal=delta.get("refusal"),
+            )
+        )
+    return [d for d in deltas if d.content or d.tool_calls or d.finish_reason or d.refusal]
+
+
+def _usage(usage: Mapping[str, Any]) -> Usage:
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+    )
+
+
+def _error_message(chunk: Mapping[str, Any]) -> str:
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error)

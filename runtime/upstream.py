@@ -1,0 +1,264 @@
+"""HTTP to providers: one pooled client per provider, SSE parsing, failures classified.
+
+What runs under httpx is chosen by measurement (bench/BENCH.md): aiohttp's
+transport (``httpx-aiohttp``) when installed, httpx's own otherwise. Every failure
+leaves here as an ``UpstreamError`` subclass with any provider key scrubbed out.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from aigw.compiler.graph import Provider
+
+from .errors import (
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamConnectionError,
+    UpstreamContentPolicy,
+    UpstreamContextLength,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+
+# Phrases providers use for "the prompt is too long", whatever their error codes say.
+_CONTEXT_PHRASES = (
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+    "input is too long",
+    "exceeds the maximum number of tokens",
+    "input token count",
+    "reduce the length",
+)
+_POLICY_PHRASES = ("content policy", "content_policy", "content management policy", "safety")
+
+
+def make_client(provider: Provider) -> httpx.AsyncClient:
+    """A pooled client for one provider, with its limits and timeouts from the config."""
+    limits = httpx.Limits(
+        max_connections=provider.max_connections,
+        max_keepalive_connections=provider.max_connections,
+        keepalive_expiry=60.0,
+    )
+    timeout = httpx.Timeout(provider.timeout_s, connect=min(10.0, provider.timeout_s))
+    transport: httpx.AsyncBaseTransport
+    try:
+        from httpx_aiohttp import AiohttpTransport
+    except ImportError:  # the optional fast transport is not installed
+        transport = httpx.AsyncHTTPTransport(limits=limits)
+    else:
+        transport = AiohttpTransport(limits=limits)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """What a provider said when it failed, before classification."""
+
+    status: int
+    message: str
+    kind: str  # the provider's own error type or code, lowercased ("" if none)
+    retry_after: float | None
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
+    """The exception for a failed upstream call, by status, then by the provider's words."""
+    message = scrub(failure.message, provider) or f"HTTP {failure.status}"
+    text = f"{failure.kind} {message}".lower()
+    prefix = f"provider '{provider.name}'"
+    kwargs: dict[str, Any] = {
+        "provider": provider.name,
+        "retry_after": failure.retry_after,
+        "upstream_status": failure.status,
+    }
+    status = failure.status
+    if status in (401, 403):
+        return UpstreamAuthError(f"{prefix} refused the gateway's credentials (HTTP {status})",
+                                 **kwargs)
+    if status == 429:
+        return UpstreamRateLimited(f"{prefix} is rate limiting: {message}", **kwargs)
+    if status in (503, 529) or "overloaded" in text:
+        return UpstreamOverloaded(f"{prefix} is overloaded: {message}", **kwargs)
+    if status in (408, 504):
+        return UpstreamTimeout(f"{prefix} timed out: {message}", **kwargs)
+    if status >= 500:
+        return UpstreamServerError(f"{prefix} failed: {message}", **kwargs)
+    if any(phrase in text for phrase in _CONTEXT_PHRASES):
+        return UpstreamContextLength(f"{prefix}: {message}", **kwargs)
+    if any(phrase in text for phrase in _POLICY_PHRASES):
+        return UpstreamContentPolicy(f"{prefix}: {message}", **kwargs)
+    if status == 413:
+        return UpstreamContextLength(f"{prefix}: request too large: {message}", **kwargs)
+    return UpstreamBadRequest(f"{prefix} rejected the request: {message}", **kwargs)
+
+
+def scrub(text: str, provider: Provider) -> str:
+    """``text`` with the provider's key (and anything that looks like its tail) removed."""
+    key = provider.api_key
+    if key:
+        text = text.replace(key, "***")
+        if len(key) > 8:
+            text = text.replace(key[-4:], "***")
+    return text
+
+
+def failure_from_response(status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
+    """Read the error out of the common JSON shapes: OpenAI, Anthropic and Google all nest
+    it under ``error`` with a message and a type, code or status."""
+    message = body.decode("utf-8", "replace")[:2000]
+    kind = ""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        error = document.get("error", document)
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            kind = str(error.get("code") or error.get("type") or error.get("status") or "")
+        elif isinstance(error, str):
+            message = error
+    return UpstreamFailure(status, message, kind.lower(), retry_after(headers))
+
+
+def json_event(data: str, provider: Provider) -> dict[str, Any]:
+    """One streamed event's JSON object; anything else is the provider's fault."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise UpstreamServerError(
+            f"provider '{provider.name}' sent an event that is not a JSON object",
+            provider=provider.name,
+        )
+    return document
+
+
+class Upstream:
+    """One provider's HTTP client and the calls every adapter makes through it."""
+
+    def __init__(self, provider: Provider, client: httpx.AsyncClient | None = None) -> None:
+        self.provider = provider
+        self.client = client or make_client(provider)
+
+    async def post_json(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        try:
+            response = await self.client.post(url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if response.status_code >= 400:
+            raise classify(
+                failure_from_response(response.status_code, response.content, response.headers),
+                self.provider,
+            )
+        try:
+            document = response.json()
+        except ValueError:
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' answered with something that is not JSON",
+                provider=self.provider.name,
+            ) from None
+        if not isinstance(document, dict):
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' answered with JSON that is not an object",
+                provider=self.provider.name,
+            )
+        return document
+
+    async def post_sse(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> AsyncIterator[tuple[str, str]]:
+        """POST and yield each server-sent event as ``(event name, data)``.
+
+        The status is checked before the first event, so a failure raises before any
+        byte could have been sent on to the client (and a fallback is still possible).
+        """
+        request = self.client.build_request(
+            "POST", url, json=body, headers={**headers, "accept": "text/event-stream"}
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        try:
+            if response.status_code >= 400:
+                content = await response.aread()
+                raise classify(
+                    failure_from_response(response.status_code, content, response.headers),
+                    self.provider,
+                )
+            async for event in _parse_sse(response.aiter_lines()):
+                yield event
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            await response.aclose()
+
+    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        name = self.provider.name
+        detail = scrub(str(exc) or type(exc).__name__, self.provider)
+        # httpx-aiohttp reports a refused connection as ConnectTimeout; its cause tells.
+        refused = isinstance(exc.__cause__, OSError) and not isinstance(exc.__cause__, TimeoutError)
+        if isinstance(exc, httpx.TimeoutException) and not refused:
+            return UpstreamTimeout(f"provider '{name}' timed out: {detail}", provider=name)
+        return UpstreamConnectionError(f"provider '{name}' is unreachable: {detail}",
+                                       provider=name)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events per the HTML spec: ``event:`` and ``data:`` fields, blank-line ended."""
+    event = ""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue  # a comment, used as a keep-alive
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event or "message", "\n".join(data)

@@ -1,0 +1,1 @@
+"""Upstream fakes: small servers on loopback that speak each provider's real wire format."""

@@ -1,0 +1,250 @@
+"""A fake of OpenAI's API (and Azure OpenAI's URLs): chat completions, streaming, embeddings.
+
+Requests are validated as strictly as the real API validates them: unknown
+parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
+OpenAI's error objects with OpenAI's statuses. Streams follow the documented chunk
+shapes byte for byte (``data: {...}\\n\\n`` ... ``data: [DONE]\\n\\n``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .brain import Action, Reply, Script, decide, words
+
+CHAT_PARAMETERS = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "n", "temperature", "top_p", "stop", "seed", "user", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "frequency_penalty", "presence_penalty",
+    "logit_bias", "logprobs", "top_logprobs", "metadata", "store", "reasoning_effort",
+    "service_tier", "modalities", "prediction", "audio", "web_search_options",
+}
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None,
+           param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _invalid(message: str, param: str | None = None) -> JSONResponse:
+    return _error(400, message, "invalid_request_error", None, param)
+
+
+def _validate_chat(body: Any) -> JSONResponse | None:
+    if not isinstance(body, dict):
+        return _invalid("We could not parse the JSON body of your request.")
+    for name in body:
+        if name not in CHAT_PARAMETERS:
+            return _invalid(f"Unrecognized request argument supplied: {name}")
+    if not isinstance(body.get("model"), str):
+        return _invalid("you must provide a model parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _invalid("[] is too short - 'messages'", "messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return _invalid(f"Invalid value for 'messages[{index}].role'.", f"messages[{index}].role")
+        if message["role"] == "tool" and not message.get("tool_call_id"):
+            return _invalid(f"Missing parameter 'tool_call_id' in messages[{index}].",
+                            f"messages[{index}].tool_call_id")
+        for call in message.get("tool_calls") or []:
+            if call.get("type") != "function" or "id" not in call or "function" not in call:
+                return _invalid(f"Invalid 'messages[{index}].tool_calls'.")
+    for tool in body.get("tools") or []:
+        if tool.get("type") != "function" or "name" not in (tool.get("function") or {}):
+            return _invalid("Invalid 'tools': each needs type 'function' and a function name.",
+                            "tools")
+    return None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return ""
+
+
+def reply_for(body: dict[str, Any], fake: str = "fake-openai") -> Reply:
+    messages = body["messages"]
+    last = messages[-1]
+    users = [m for m in messages if m.get("role") == "user"]
+    tool_names = [t["function"]["name"] for t in body.get("tools") or []]
+    result = _text(last.get("content")) if last.get("role") == "tool" else None
+    return decide(fake, _text(users[-1].get("content")) if users else "", tool_names, result,
+                  body.get("tool_choice") != "none")
+
+
+class OpenAIFake:
+    """The fake's state: its key, its script, and what it has seen."""
+
+    def __init__(self, api_key: str = "sk-fake-openai-key-0123456789", *,
+                 azure_api_version: str = "2024-10-21") -> None:
+        self.api_key = api_key
+        self.azure_api_version = azure_api_version
+        self.script = Script()
+        self.app = Starlette(routes=[
+            Route("/__ready", self._ready),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/chat/completions", self._azure_chat,
+                  methods=["POST"]),
+            Route("/openai/deployments/{deployment}/embeddings", self._azure_embeddings,
+                  methods=["POST"]),
+        ])
+
+    async def _ready(self, request: Request) -> Response:
+        return Response("ok")
+
+    def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
+        if azure:
+            if request.headers.get("api-key") != self.api_key:
+                return _error(401, "Access denied due to invalid subscription key.",
+                              "invalid_request_error", "401")
+            if request.query_params.get("api-version") != self.azure_api_version:
+                return _error(404, "Resource not found", "invalid_request_error", "404")
+            return None
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            shown = request.headers.get("authorization", "")[-4:]
+            return _error(401, f"Incorrect API key provided: ...{shown}.",
+                          "invalid_request_error", "invalid_api_key")
+        return None
+
+    async def _load(self, request: Request) -> tuple[Any, Action, JSONResponse | None]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None, Action(), _invalid("We could not parse the JSON body of your request.")
+        self.script.requests.append(body if isinstance(body, dict) else {"_": body})
+        self.script.headers.append(dict(request.headers))
+        action = self.script.next()
+        if action.delay_s:
+            await asyncio.sleep(action.delay_s)
+        if action.status != 200:
+            error = action.body or {"error": {"message": f"scripted failure {action.status}",
+                                              "type": "server_error", "param": None,
+                                              "code": None}}
+            return body, action, JSONResponse(error, status_code=action.status,
+                                              headers=action.headers)
+        return body, action, None
+
+    async def _azure_chat(self, request: Request) -> Response:
+        return await self._chat(request, azure=True)
+
+    async def _chat(self, request: Request, azure: bool = False) -> Response:
+        denied = self._authorized(request, azure)
+        if denied:
+            return denied
+        body, action, failed = await self._load(request)
+        if failed:
+            return failed
+        invalid = _validate_chat({**body, "model": body.get("model", "azure")} if azure else body)
+        if invalid:
+            return invalid
+        model = request.path_params.get("deployment") or body["model"]
+        reply = reply_for(body)
+        prompt_tokens = sum(len(_text(m.get("content")).split()) + 3 for m in body["messages"])
+        completion_tokens = len((reply.text or reply.arguments_json).split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens,
+                 "prompt_tokens_details": {"cached_tokens": 0}}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(self._chunks(model, reply, usage, include_usage, action),
+                                     media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+        finish = "stop"
+        if reply.tool_name:
+            message["tool_calls"] = [{"id": "call_fake_1", "type": "function",
+                                      "function": {"name": reply.tool_name,
+                                                   "arguments": reply.arguments_json}}]
+            finish = "tool_calls"
+        return JSONResponse({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": usage,
+        })
+
+    async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
+                      include_usage: bool, action: Action) -> AsyncIterator[bytes]:
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
+
+        def event(choices: list[dict[str, Any]], usage_value: Any = None) -> bytes:
+            chunk: dict[str, Any] = {**head, "choices": choices}
+            if include_usage:
+                chunk["usage"] = usage_value
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+        events = [event([choice({"role": "assistant", "content": "", "refusal": None})])]
+        if reply.tool_name:
+            events.append(event([choice({"tool_calls": [{
+                "index": 0, "id": "call_fake_1", "type": "function",
+                "function": {"name": reply.tool_name, "arguments": ""}}]})]))
+            arguments = reply.arguments_json
+            for start in range(0, len(arguments), 7):
+                events.append(event([choice({"tool_calls": [{
+                    "index": 0, "function": {"arguments": arguments[start:start + 7]}}]})]))
+            events.append(event([choice({}, "tool_calls")]))
+        else:
+            for piece in words(reply.text or ""):
+                events.append(event([choice({"content": piece})]))
+            events.append(event([choice({}, "stop")]))
+        if include_usage:
+            events.append(event([], usage))
+        events.append(b"data: [DONE]\n\n")
+        for number, item in enumerate(events):
+            if action.cut_stream_after is not None and number >= action.cut_stream_after:
+                raise ConnectionResetError("scripted disconnect")
+            yield item
+            await asyncio.sleep(0)
+
+    async def _azure_embeddings(self, request: Request) -> Response:
+        return await self._embeddings(request, azure=True)
+
+    async def _embeddings(self, request: Request, azure: bool = False) -> Response:
+        denied = self._authorized(request, azure)
+        if denied:
+            return denied
+        body, _action, failed = await self._load(request)
+        if failed:
+            return failed
+        allowed = {"model", "input", "encoding_format", "dimensions", "user"}
+        unknown = [name for name in body if name not in allowed]
+        if unknown:
+            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(inputs, list) or not inputs:
+            return _invalid("'input' is required", "input")
+        dimensions = int(body.get("dimensions") or 8)
+        data = []
+        for index, text in enumerate(inputs):
+            vector = [float((len(str(text)) + i) % 7) / 7 for i in range(dimensions)]
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(str(text).split()) for text in inputs)
+        return JSONResponse({"object": "list", "data": data,
+                             "model": request.path_params.get("deployment") or body.get("model"),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

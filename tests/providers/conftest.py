@@ -1,0 +1,64 @@
+"""Fixtures for provider tests: upstream fakes on loopback and gateways pointed at them."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+
+DEV_KEY_LINE = (
+    "keys:\n  dev: {admin: true, sha256: "
+    "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482}\n"
+)
+
+GatewayFactory = Callable[[str], Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def openai_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIFake]:
+    fake = OpenAIFake()
+    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url  # type: ignore[attr-defined]
+        yield fake
+
+
+@pytest.fixture
+async def make_gateway(
+    tmp_path: Path, counter: TokenCounter
+) -> AsyncIterator[GatewayFactory]:
+    """Write ``providers/deployments/routes`` YAML (plus the dev key) and serve it in-process."""
+    clients: list[httpx.AsyncClient] = []
+    gateways: list[Gateway] = []
+
+    async def factory(sections: str) -> httpx.AsyncClient:
+        root = tmp_path / f"gw{len(clients)}"
+        root.mkdir()
+        text = "version: 1\n" + textwrap.dedent(sections).strip() + "\n" + DEV_KEY_LINE
+        (root / "gateway.yaml").write_text(text)
+        gateway = Gateway(root, counter)
+        gateways.append(gateway)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)),
+            base_url="http://aigw.test",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            timeout=30,
+        )
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+    for gateway in gateways:
+        await gateway.aclose()

@@ -1,0 +1,198 @@
+"""The openai, openai_compatible and azure_openai adapters against the OpenAI fake."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import httpx
+
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from .conftest import GatewayFactory
+
+CHAT = "/v1/chat/completions"
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+
+
+def _sections(fake: OpenAIFake) -> str:
+    base = fake.base_url  # type: ignore[attr-defined]
+    return f"""
+    providers:
+      oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+      compat: {{type: openai_compatible, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+      az: {{type: azure_openai, base_url: "{base}", api_key: "${{FAKE_OPENAI_KEY}}",
+            api_version: "2024-10-21"}}
+    deployments:
+      gpt: {{provider: oai, model: gpt-4o-mini, context_window: 128000,
+             capabilities: [streaming, tools, vision, json_schema]}}
+      local-llm: {{provider: compat, model: llama-3.1-8b, context_window: 32000,
+                   capabilities: [streaming, tools]}}
+      azure-gpt: {{provider: az, model: my-gpt-deployment, context_window: 128000,
+                   capabilities: [streaming, tools]}}
+      emb: {{provider: oai, model: text-embedding-3-small, kind: embeddings,
+             context_window: 8191}}
+      azure-emb: {{provider: az, model: my-embedding-deployment, kind: embeddings,
+                   context_window: 8191}}
+    routes:
+      gpt: {{deployment: gpt}}
+      local: {{deployment: local-llm}}
+      azure: {{deployment: azure-gpt}}
+      emb: {{deployment: emb}}
+      azure-emb: {{deployment: azure-emb}}
+    """
+
+
+async def _stream(client: httpx.AsyncClient, payload: dict[str, object]) -> list[dict[str, object]]:
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+async def test_chat_passes_through_with_the_upstream_model_id(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    response = await client.post(CHAT, json={
+        "model": "gpt", "messages": [{"role": "user", "content": "hello there"}],
+        "temperature": 0.2, "seed": 7, "max_completion_tokens": 50,
+    })
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "fake-openai: hello there"
+    sent = openai_fake.script.requests[-1]
+    assert sent["model"] == "gpt-4o-mini"
+    assert (sent["temperature"], sent["seed"], sent["max_completion_tokens"]) == (0.2, 7, 50)
+    assert response.json()["usage"]["prompt_tokens"] == 5
+
+
+async def test_stream_reassembles_a_tool_call(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    chunks = await _stream(client, {
+        "model": "local", "tools": TOOLS,
+        "messages": [{"role": "user", "content": "find the moon"}],
+    })
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:  # type: ignore[attr-defined]
+            for call in choice["delta"].get("tool_calls", []):
+                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.get("id", "")
+                slot["name"] += call.get("function", {}).get("name", "")
+                slot["arguments"] += call.get("function", {}).get("arguments", "")
+    assert calls == {0: {"id": "call_fake_1", "name": "lookup",
+                         "arguments": json.dumps({"query": "find the moon"})}}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]  # type: ignore[index]
+    assert finishes[-1] == "tool_calls"
+    # Usage is always asked for upstream (to bill), but not shown unless the client asked.
+    assert openai_fake.script.requests[-1]["stream_options"] == {"include_usage": True}
+    assert all("usage" not in chunk for chunk in chunks)
+
+
+async def test_multi_turn_tool_conversation(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    first = (await client.post(CHAT, json={
+        "model": "gpt", "tools": TOOLS, "messages": [{"role": "user", "content": "weather?"}],
+    })).json()
+    message = first["choices"][0]["message"]
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    second = await client.post(CHAT, json={"model": "gpt", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "weather?"},
+        message,
+        {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"},
+    ]})
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "tool said: sunny"
+
+
+async def test_azure_uses_deployment_urls_and_api_key_header(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    response = await client.post(CHAT, json={
+        "model": "azure", "messages": [{"role": "user", "content": "hi azure"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "my-gpt-deployment"
+    assert "model" not in openai_fake.script.requests[-1]
+    assert openai_fake.script.headers[-1]["api-key"] == openai_fake.api_key
+    assert "authorization" not in openai_fake.script.headers[-1]
+    chunks = await _stream(client, {"model": "azure",
+                                    "messages": [{"role": "user", "content": "a b c"}]})
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])  # type: ignore[index]
+    assert text == "fake-openai: a b c"
+
+
+async def test_embeddings_as_floats_and_base64(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    floats = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "bb"]})
+    assert floats.status_code == 200, floats.text
+    vectors = [row["embedding"] for row in floats.json()["data"]]
+    assert len(vectors) == 2 and len(vectors[0]) == 8
+    packed = await client.post("/v1/embeddings", json={
+        "model": "azure-emb", "input": "a", "encoding_format": "base64", "dimensions": 4})
+    assert packed.status_code == 200, packed.text
+    raw = base64.b64decode(packed.json()["data"][0]["embedding"])
+    assert len(struct.unpack("<4f", raw)) == 4
+    assert openai_fake.script.requests[-1]["encoding_format"] == "float"
+
+
+async def test_upstream_failures_keep_their_meaning(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    message = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
+    openai_fake.script.actions.append(Action(status=429, headers={"retry-after": "7"}))
+    limited = await client.post(CHAT, json=message)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "7"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+
+    openai_fake.script.actions.append(Action(status=400, body={"error": {
+        "message": "This model's maximum context length is 128000 tokens.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}))
+    too_long = await client.post(CHAT, json=message)
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["code"] == "context_length_exceeded"
+
+    openai_fake.script.actions.append(Action(status=500))
+    broken = await client.post(CHAT, json=message)
+    assert broken.status_code == 502
+
+
+async def test_a_rejected_provider_key_never_reaches_the_client(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    key = openai_fake.api_key
+    openai_fake.api_key = "sk-some-other-key"  # the gateway's key is now wrong upstream
+    response = await client.post(CHAT, json={
+        "model": "gpt", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_auth_failed"
+    assert key not in response.text and key[-4:] not in response.text
+
+
+async def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None:
+    client = await make_gateway("""
+    providers:
+      gone: {type: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
+    deployments:
+      d: {provider: gone, model: m, context_window: 1000}
+    routes:
+      r: {deployment: d}
+    """)
+    response = await client.post(CHAT, json={
+        "model": "r", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"

@@ -14,7 +14,7 @@
     ├── NotImplementedRoute         501 not_implemented
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
-    └── UpstreamError               502 a provider failed; ``retryable`` says if another try may work
+    └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
         ├── UpstreamRateLimited         429, retryable, honours the provider's Retry-After
         ├── UpstreamOverloaded          503, retryable
         ├── UpstreamServerError         502, retryable

@@ -56,7 +56,8 @@ def _validate_chat(body: Any) -> JSONResponse | None:
         return _invalid("[] is too short - 'messages'", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return _invalid(f"Invalid value for 'messages[{index}].role'.", f"messages[{index}].role")
+            return _invalid(f"Invalid value for 'messages[{index}].role'.",
+                            f"messages[{index}].role")
         if message["role"] == "tool" and not message.get("tool_call_id"):
             return _invalid(f"Missing parameter 'tool_call_id' in messages[{index}].",
                             f"messages[{index}].tool_call_id")

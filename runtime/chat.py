@@ -27,7 +27,7 @@ from .errors import (
     UpstreamError,
 )
 from .live import Live
-from .providers.base import ChatAdapter, ChatCall, ChatDelta
+from .providers.base import ChatAdapter, ChatCall, ChatDelta, ChatResult
 from .sse import ChunkEncoder, completion_body, error_event
 
 
@@ -121,36 +121,35 @@ def plan(live: Live, route: Route, request: ChatRequest, prompt_tokens: int) -> 
     return Plan(route, request, prompt_tokens, tuple(attempts))
 
 
-async def chat_completions(live: Live, headers: Headers, body: bytes) -> Response:
-    graph = live.graph
-    authenticate(graph, headers)
-    request = parse_chat_request(body)
-    route = resolve_route(graph, request.model)
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Which deployment answered, after how many attempts: for headers, logs and billing."""
+
+    request_id: str
+    created: int
+    route: Route
+    deployment: Deployment
+    attempts: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-aigw-route": self.route.name,
+            "x-aigw-deployment": self.deployment.name,
+            "x-aigw-attempts": str(self.attempts),
+            "x-request-id": self.request_id,
+        }
+
+
+def prepare(live: Live, request: ChatRequest) -> Plan:
+    """Route and plan a parsed request (whatever wire format it arrived in)."""
+    route = resolve_route(live.graph, request.model)
     prompt_tokens = live.counter.count_messages(request.messages)
-    chosen = plan(live, route, request, prompt_tokens)
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if request.stream:
-        return await _stream(chosen, request_id, created)
-    return await _complete(chosen, request_id, created)
+    return plan(live, route, request, prompt_tokens)
 
 
-def _headers(chosen: Plan, attempt: Attempt, attempts: int, request_id: str) -> dict[str, str]:
-    return {
-        "x-aigw-route": chosen.route.name,
-        "x-aigw-deployment": attempt.deployment.name,
-        "x-aigw-attempts": str(attempts),
-        "x-request-id": request_id,
-    }
-
-
-def _call(chosen: Plan, attempt: Attempt) -> ChatCall:
-    return ChatCall(
-        chosen.request, attempt.deployment, chosen.prompt_tokens, attempt.max_output_tokens
-    )
-
-
-async def _complete(chosen: Plan, request_id: str, created: int) -> Response:
+async def complete(chosen: Plan) -> tuple[Served, ChatResult]:
+    """Try each planned attempt in order until one answers."""
+    request_id, created = _new_id()
     last_error: UpstreamError | None = None
     for number, attempt in enumerate(chosen.attempts, start=1):
         try:
@@ -160,21 +159,20 @@ async def _complete(chosen: Plan, request_id: str, created: int) -> Response:
             if not exc.retryable:
                 raise
             continue
-        return JSONResponse(
-            completion_body(request_id, created, result),
-            headers=_headers(chosen, attempt, number, request_id),
-        )
+        return Served(request_id, created, chosen.route, attempt.deployment, number), result
     assert last_error is not None
     raise last_error
 
 
-async def _stream(chosen: Plan, request_id: str, created: int) -> Response:
-    """Fail over only before the first byte: the first delta is read before responding."""
+async def stream(chosen: Plan) -> tuple[Served, AsyncIterator[ChatDelta]]:
+    """Open a stream, failing over only before its first delta: nothing has reached the
+    client yet. After that, a failure is raised from the iterator."""
+    request_id, created = _new_id()
     last_error: UpstreamError | None = None
     for number, attempt in enumerate(chosen.attempts, start=1):
         deltas = attempt.adapter.stream(_call(chosen, attempt))
         try:
-            first = await anext(deltas)
+            first: ChatDelta | None = await anext(deltas)
         except UpstreamError as exc:
             last_error = exc
             if not exc.retryable:
@@ -182,29 +180,55 @@ async def _stream(chosen: Plan, request_id: str, created: int) -> Response:
             continue
         except StopAsyncIteration:
             first = None
-        encoder = ChunkEncoder(
-            request_id, created, attempt.deployment.model, chosen.request.include_usage
-        )
-        return StreamingResponse(
-            _events(encoder, first, deltas),
-            media_type="text/event-stream",
-            headers={**_headers(chosen, attempt, number, request_id), "cache-control": "no-cache"},
-        )
+        served = Served(request_id, created, chosen.route, attempt.deployment, number)
+        return served, _prepend(first, deltas)
     assert last_error is not None
     raise last_error
 
 
-async def _events(
-    encoder: ChunkEncoder, first: ChatDelta | None, rest: AsyncIterator[ChatDelta]
-) -> AsyncIterator[bytes]:
-    async def chained() -> AsyncIterator[ChatDelta]:
-        if first is not None:
-            yield first
-        async for delta in rest:
-            yield delta
+async def chat_completions(live: Live, headers: Headers, body: bytes) -> Response:
+    """POST /v1/chat/completions in OpenAI's wire format."""
+    authenticate(live.graph, headers)
+    request = parse_chat_request(body)
+    chosen = prepare(live, request)
+    if not request.stream:
+        served, result = await complete(chosen)
+        return JSONResponse(
+            completion_body(served.request_id, served.created, result), headers=served.headers()
+        )
+    served, deltas = await stream(chosen)
+    encoder = ChunkEncoder(
+        served.request_id, served.created, served.deployment.model, request.include_usage
+    )
+    return StreamingResponse(
+        _events(encoder, deltas),
+        media_type="text/event-stream",
+        headers={**served.headers(), "cache-control": "no-cache"},
+    )
 
+
+def _new_id() -> tuple[str, int]:
+    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+
+def _call(chosen: Plan, attempt: Attempt) -> ChatCall:
+    return ChatCall(
+        chosen.request, attempt.deployment, chosen.prompt_tokens, attempt.max_output_tokens
+    )
+
+
+async def _prepend(
+    first: ChatDelta | None, rest: AsyncIterator[ChatDelta]
+) -> AsyncIterator[ChatDelta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
+
+
+async def _events(encoder: ChunkEncoder, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
     try:
-        async for event in encoder.events(chained()):
+        async for event in encoder.events(deltas):
             yield event
     except GatewayError as exc:  # after the status line: the error goes in the stream
         yield error_event(exc.body())

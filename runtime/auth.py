@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from aigw.compiler.graph import ApiKey, Graph
 from starlette.datastructures import Headers
+
+from aigw.compiler.graph import ApiKey, Graph
 
 from .errors import Forbidden, Unauthorized
 

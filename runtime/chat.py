@@ -12,9 +12,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aigw.compiler import render_text
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+
+from aigw.compiler import render_text
 
 from .app import create_app
 from .auth import DEV_KEY_SHA256

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
 from aigw.compiler.graph import Provider
 
 from .errors import (

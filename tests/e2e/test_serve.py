@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+
 from aigw.runtime.live import Gateway
 
 CHAT = "/v1/chat/completions"

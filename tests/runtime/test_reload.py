@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 from .diagnostics import Diagnostic
 from .graph import (
     ApiKey,
+    BreakerPolicy,
     Deployment,
     Graph,
     Group,
@@ -22,12 +23,14 @@ from .graph import (
     Policy,
     Price,
     Provider,
+    RetryPolicy,
     Route,
     Settings,
     TargetKind,
     Team,
 )
 from .link import Linked
+from .spec import CircuitBreakerSpec, GroupSpec
 from .source import SourceFile
 
 V = TypeVar("V")
@@ -78,16 +81,12 @@ def freeze(
             price=Price(spec.price.input, spec.price.output),
             tags=tuple(spec.tags),
             capabilities=frozenset(spec.capabilities),
+            timeout_s=spec.timeout_s or providers[spec.provider].timeout_s,
+            rpm=spec.limits.rpm if spec.limits else None,
+            tpm=spec.limits.tpm if spec.limits else None,
+            breaker=_breaker(spec.circuit_breaker or linked.settings.circuit_breaker),
         )
-    groups = {
-        name: Group(
-            name=name,
-            strategy=entry.spec.strategy,
-            members=tuple(deployments[m] for m in entry.spec.members),
-            fallbacks=tuple(entry.spec.fallbacks),
-        )
-        for name, entry in linked.groups.items()
-    }
+    groups = {name: _group(name, entry.spec, deployments) for name, entry in linked.groups.items()}
     routes = {}
     for name, route in linked.routes.items():
         route_spec = route.spec
@@ -100,12 +99,24 @@ def freeze(
             )
             if value is not None
         )
+        if kind is TargetKind.GROUP:
+            serving: Group | None = groups[target]
+        elif kind is TargetKind.DEPLOYMENT:
+            serving = _group(f"deployment:{target}", GroupSpec(members=[target]), deployments)
+        else:
+            serving = None
+        hedge = route_spec.hedge_after_ms
         routes[name] = Route(
             name=name,
             kind=kind,
             target=target,
             candidates=tuple(deployments[d] for d in linked.route_candidates[name]),
             description=route_spec.description,
+            group=serving,
+            deadline_s=route_spec.deadline_s,
+            max_attempts=route_spec.max_attempts,
+            hedge_after_ms=hedge if isinstance(hedge, float | int) else None,
+            hedge_at_p95=hedge == "p95",
         )
     teams = {
         name: Team(
@@ -146,6 +157,42 @@ def freeze(
         policies=policies,
         pipelines=_frozen({n: Pipeline(n, path) for n, path in linked.pipelines.items()}),
         warnings=warnings,
+    )
+
+
+def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:
+    return BreakerPolicy(
+        consecutive_failures=spec.consecutive_failures,
+        failure_rate=spec.failure_rate,
+        min_requests=spec.min_requests,
+        window_s=spec.window_s,
+        cooldown_s=spec.cooldown_s,
+    )
+
+
+def _group(name: str, spec: GroupSpec, deployments: Mapping[str, Deployment]) -> Group:
+    fallbacks = spec.fallbacks
+    if isinstance(fallbacks, list):
+        on_error = tuple(fallbacks)
+        on_rate_limit, on_context_window, on_content_policy = on_error, on_error, ()
+    else:
+        on_error = tuple(fallbacks.on_error)
+        on_rate_limit = tuple(fallbacks.on_rate_limit if fallbacks.on_rate_limit is not None
+                              else fallbacks.on_error)
+        on_context_window = tuple(fallbacks.on_context_window
+                                  if fallbacks.on_context_window is not None
+                                  else fallbacks.on_error)
+        on_content_policy = tuple(fallbacks.on_content_policy or ())
+    return Group(
+        name=name,
+        strategy=spec.strategy,
+        members=tuple(deployments[m] for m in spec.members),
+        weights=tuple(spec.weights.get(m, 1) for m in spec.members),
+        fallbacks=on_error,
+        on_rate_limit=on_rate_limit,
+        on_context_window=on_context_window,
+        on_content_policy=on_content_policy,
+        retry=RetryPolicy(spec.retry.attempts, spec.retry.backoff_ms, spec.retry.max_backoff_ms),
     )
 
 

@@ -63,6 +63,25 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Open after ``consecutive_failures`` in a row, or a ``failure_rate`` over ``window_s``
+    once the window holds ``min_requests``; probe once after ``cooldown_s``."""
+
+    consecutive_failures: int
+    failure_rate: float
+    min_requests: int
+    window_s: float
+    cooldown_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int  # retries of one member on a retryable failure
+    backoff_ms: float
+    max_backoff_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class Deployment:
     name: str
     provider: Provider
@@ -73,14 +92,25 @@ class Deployment:
     price: Price
     tags: tuple[str, ...]
     capabilities: frozenset[str]
+    timeout_s: float  # per attempt
+    rpm: int | None  # the upstream's own quota, if declared
+    tpm: int | None
+    breaker: BreakerPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class Group:
+    """Members ordered by ``strategy``; fallback groups by the class of the last failure."""
+
     name: str
     strategy: str
     members: tuple[Deployment, ...]
-    fallbacks: tuple[str, ...]
+    weights: tuple[int, ...]  # aligned with members
+    fallbacks: tuple[str, ...]  # on any failure
+    on_rate_limit: tuple[str, ...]
+    on_context_window: tuple[str, ...]
+    on_content_policy: tuple[str, ...]
+    retry: RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +123,11 @@ class Route:
     target: str
     candidates: tuple[Deployment, ...]
     description: str | None
+    group: Group | None  # what serves it (a one-member group for a deployment); None: pipeline
+    deadline_s: float
+    max_attempts: int
+    hedge_after_ms: float | None
+    hedge_at_p95: bool
 
 
 @dataclass(frozen=True, slots=True)

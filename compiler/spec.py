@@ -33,6 +33,20 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class CircuitBreakerSpec(Spec):
+    """When to stop sending to a failing deployment, and when to probe it again."""
+
+    consecutive_failures: PositiveInt = Field(5, description="Open after this many in a row.")
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="Open when this share of the window's requests failed..."
+    )
+    min_requests: PositiveInt = Field(10, description="...and the window holds at least this many.")
+    window_s: Annotated[float, Field(gt=0)] = 60.0
+    cooldown_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Time open before a single probe request is let through."
+    )
+
+
 class SettingsSpec(Spec):
     """Gateway-wide settings (only in the top-level gateway.yaml)."""
 
@@ -48,6 +62,9 @@ class SettingsSpec(Spec):
         False, description="Leave the deciding Cedar policy ids out of 403 responses."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    circuit_breaker: CircuitBreakerSpec = Field(
+        CircuitBreakerSpec(), description="Default circuit breaker of every deployment."
+    )
 
 
 class LatencySpec(Spec):
@@ -55,6 +72,11 @@ class LatencySpec(Spec):
 
     first_token_ms: Annotated[float, Field(ge=0)] = 0.0
     per_token_ms: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LimitsSpec(Spec):
+    rpm: PositiveInt | None = Field(None, description="Requests per minute.")
+    tpm: PositiveInt | None = Field(None, description="Tokens (in + out) per minute.")
 
 
 class ProviderSpec(Spec):
@@ -90,6 +112,34 @@ class DeploymentSpec(Spec):
     price: PriceSpec = PriceSpec()
     tags: list[str] = Field(default_factory=list)
     capabilities: list[Capability] = Field(default_factory=lambda: list[Capability](["streaming"]))
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Per-attempt timeout; defaults to the provider's."
+    )
+    limits: LimitsSpec | None = Field(None, description="The upstream's own rpm/tpm quota.")
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        None, description="Overrides settings.circuit_breaker for this deployment."
+    )
+
+
+class FallbacksSpec(Spec):
+    """Groups to try, in order, once every member failed, by what went wrong last."""
+
+    on_error: list[str] = Field(default_factory=list, description="Any failure.")
+    on_rate_limit: list[str] | None = Field(None, description="Rate limited (default on_error).")
+    on_context_window: list[str] | None = Field(
+        None, description="Prompt too long for every member (default on_error)."
+    )
+    on_content_policy: list[str] | None = Field(
+        None, description="Refused by a content policy (default: no fallback)."
+    )
+
+
+class RetrySpec(Spec):
+    """Retries of one deployment on a retryable failure, with exponential backoff and jitter."""
+
+    attempts: Annotated[int, Field(ge=0, le=10)] = Field(1, description="Retries per member.")
+    backoff_ms: Annotated[float, Field(ge=0)] = Field(200.0, description="First backoff.")
+    max_backoff_ms: Annotated[float, Field(ge=0)] = 5000.0
 
 
 class GroupSpec(Spec):
@@ -97,9 +147,24 @@ class GroupSpec(Spec):
 
     members: list[str]
     strategy: Strategy = "priority"
-    fallbacks: list[str] = Field(
-        default_factory=list, description="Groups tried, in order, when every member failed."
+    weights: dict[str, PositiveInt] = Field(
+        default_factory=dict, description="For strategy weighted: member -> weight (default 1)."
     )
+    fallbacks: list[str] | FallbacksSpec = Field(
+        default_factory=list,
+        description="Groups tried, in order, when every member failed (a list means on_error).",
+    )
+    retry: RetrySpec = RetrySpec()
+
+    def fallback_references(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every fallback group named, in order, with its path under the group."""
+        if isinstance(self.fallbacks, list):
+            return [(("fallbacks", index), name) for index, name in enumerate(self.fallbacks)]
+        references: list[tuple[tuple[str | int, ...], str]] = []
+        for field in ("on_error", "on_rate_limit", "on_context_window", "on_content_policy"):
+            for index, name in enumerate(getattr(self.fallbacks, field) or ()):
+                references.append((("fallbacks", field, index), name))
+        return references
 
 
 class RouteSpec(Spec):
@@ -109,6 +174,15 @@ class RouteSpec(Spec):
     deployment: str | None = None
     pipeline: str | None = None
     description: str | None = None
+    deadline_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="Overall deadline, all attempts included (a request may shorten it)."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        6, description="Hard cap on upstream attempts, retries and fallbacks included."
+    )
+    hedge_after_ms: Annotated[float, Field(gt=0)] | Literal["p95"] | None = Field(
+        None, description="Start a second attempt after this delay (or the first's p95)."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteSpec:
@@ -131,11 +205,6 @@ class RouteSpec(Spec):
 class BudgetSpec(Spec):
     amount: NonNegativeFloat
     period: Literal["day", "month", "total"] = "month"
-
-
-class LimitsSpec(Spec):
-    rpm: PositiveInt | None = None
-    tpm: PositiveInt | None = None
 
 
 class TeamSpec(Spec):

@@ -7,10 +7,12 @@ Every stage only looks things up in the graph snapshot the request started with.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -19,34 +21,25 @@ from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
-from .errors import (
-    ContextWindowExceeded,
-    GatewayError,
-    ModelNotFound,
-    NoDeploymentAvailable,
-    NotImplementedRoute,
-    UpstreamError,
-)
+from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
 from .live import Live
-from .providers.base import ChatAdapter, ChatCall, ChatDelta, ChatResult
+from .providers.base import ChatCall, ChatDelta, ChatResult
+from .routing.attempts import AttemptLoop, Won
+from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event
 
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """A deployment that can take this request, with its adapter and output cap."""
-
-    deployment: Deployment
-    adapter: ChatAdapter
-    max_output_tokens: int
+log = logging.getLogger("aigw.routing")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """A parsed request bound to its route, with its token estimate and deadline."""
+
     route: Route
     request: ChatRequest
     prompt_tokens: int
-    attempts: tuple[Attempt, ...]
+    deadline: float  # on the routing state's clock
 
 
 def resolve_route(graph: Graph, model: str) -> Route:
@@ -61,65 +54,6 @@ def resolve_route(graph: Graph, model: str) -> Route:
             param="model",
         )
     return route
-
-
-def required_capabilities(request: ChatRequest) -> frozenset[str]:
-    needs = set()
-    if request.stream:
-        needs.add("streaming")
-    if request.tools:
-        needs.add("tools")
-    response_format = getattr(request, "response_format", None)
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        needs.add("json_schema")
-    for message in request.messages:
-        if isinstance(message.content, list) and any(
-            part.type in ("image_url", "input_image") for part in message.content
-        ):
-            needs.add("vision")
-    return frozenset(needs)
-
-
-def plan(live: Live, route: Route, request: ChatRequest, prompt_tokens: int) -> Plan:
-    """Drop candidates that cannot serve this request before any upstream call, saying why."""
-    needs = required_capabilities(request)
-    attempts: list[Attempt] = []
-    unavailable: list[str] = []
-    unfit: list[str] = []
-    for deployment in route.candidates:
-        adapter = live.adapters.get(deployment.provider.name)
-        if deployment.kind != "chat":
-            unfit.append(f"{deployment.name} is an embeddings model")
-            continue
-        if adapter is None:
-            reason = deployment.provider.disabled_reason or "provider has no adapter"
-            unavailable.append(f"{deployment.name}: {reason}")
-            continue
-        missing = needs - deployment.capabilities
-        if missing:
-            unfit.append(f"{deployment.name} lacks {', '.join(sorted(missing))}")
-            continue
-        room = deployment.context_window - prompt_tokens
-        wanted = request.output_limit
-        if room < 1 or (wanted is not None and wanted > min(room, deployment.max_output_tokens)):
-            unfit.append(
-                f"{deployment.name} holds {deployment.context_window} tokens "
-                f"(at most {deployment.max_output_tokens} out); the request needs "
-                f"{prompt_tokens} in + {wanted or 1} out"
-            )
-            continue
-        cap = min(wanted or deployment.max_output_tokens, deployment.max_output_tokens, room)
-        attempts.append(Attempt(deployment, adapter, cap))
-    if not attempts:
-        if unfit:
-            raise ContextWindowExceeded(
-                f"No deployment of '{route.name}' can serve this request: {'; '.join(unfit)}.",
-                param="messages",
-            )
-        raise NoDeploymentAvailable(
-            f"No deployment of '{route.name}' is available: {'; '.join(unavailable)}."
-        )
-    return Plan(route, request, prompt_tokens, tuple(attempts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,63 +75,93 @@ class Served:
         }
 
 
-def prepare(live: Live, request: ChatRequest) -> Plan:
-    """Route and plan a parsed request (whatever wire format it arrived in)."""
+def prepare(live: Live, request: ChatRequest, headers: Headers | None = None) -> Plan:
+    """Route a parsed request (whatever wire format it arrived in) and fix its deadline.
+
+    A client may shorten the route's deadline with ``x-aigw-deadline-ms``, never extend it.
+    """
     route = resolve_route(live.graph, request.model)
     prompt_tokens = live.counter.count_messages(request.messages)
-    return plan(live, route, request, prompt_tokens)
-
-
-async def complete(chosen: Plan) -> tuple[Served, ChatResult]:
-    """Try each planned attempt in order until one answers."""
-    request_id, created = _new_id()
-    last_error: UpstreamError | None = None
-    for number, attempt in enumerate(chosen.attempts, start=1):
+    budget_s = route.deadline_s
+    asked = headers.get("x-aigw-deadline-ms") if headers is not None else None
+    if asked is not None:
         try:
-            result = await attempt.adapter.complete(_call(chosen, attempt))
-        except UpstreamError as exc:
-            last_error = exc
-            if not exc.retryable:
-                raise
-            continue
-        return Served(request_id, created, chosen.route, attempt.deployment, number), result
-    assert last_error is not None
-    raise last_error
+            budget_s = min(budget_s, max(0.001, float(asked) / 1000))
+        except ValueError:
+            raise BadRequest("x-aigw-deadline-ms must be a number of milliseconds.") from None
+    return Plan(route, request, prompt_tokens, live.routing.clock() + budget_s)
 
 
-async def stream(chosen: Plan) -> tuple[Served, AsyncIterator[ChatDelta]]:
+def _loop(
+    live: Live,
+    chosen: Plan,
+    attempt: Callable[[Candidate], Awaitable[T]],
+    discard: Callable[[T], Awaitable[None]],
+) -> AttemptLoop[T]:
+    return AttemptLoop(
+        live.graph, live.adapters, live.routing, chosen.route, chosen.request,
+        chosen.prompt_tokens, chosen.deadline, attempt, discard,
+    )
+
+
+async def complete(live: Live, chosen: Plan) -> tuple[Served, ChatResult]:
+    """Run the attempt loop for a whole answer."""
+    request_id, created = _new_id()
+
+    async def attempt(candidate: Candidate) -> ChatResult:
+        return await candidate.adapter.complete(_call(chosen, candidate))
+
+    loop = _loop(live, chosen, attempt, _nothing)
+    try:
+        won = await loop.run()
+    finally:
+        log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
+    stats = live.routing.of(won.candidate.deployment)
+    now = live.routing.clock()
+    stats.observe_latency((now - won.started) * 1000)
+    stats.add_usage(now, won.value.usage.total_tokens)
+    return _served(request_id, created, chosen, won), won.value
+
+
+async def stream(live: Live, chosen: Plan) -> tuple[Served, AsyncIterator[ChatDelta]]:
     """Open a stream, failing over only before its first delta: nothing has reached the
     client yet. After that, a failure is raised from the iterator."""
     request_id, created = _new_id()
-    last_error: UpstreamError | None = None
-    for number, attempt in enumerate(chosen.attempts, start=1):
-        deltas = attempt.adapter.stream(_call(chosen, attempt))
+    Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta]]
+
+    async def attempt(candidate: Candidate) -> Opened:
+        deltas = candidate.adapter.stream(_call(chosen, candidate))
         try:
-            first: ChatDelta | None = await anext(deltas)
-        except UpstreamError as exc:
-            last_error = exc
-            if not exc.retryable:
-                raise
-            continue
+            return await anext(deltas), deltas
         except StopAsyncIteration:
-            first = None
-        served = Served(request_id, created, chosen.route, attempt.deployment, number)
-        return served, _prepend(first, deltas)
-    assert last_error is not None
-    raise last_error
+            return None, deltas
+
+    async def discard(opened: Opened) -> None:
+        await _close(opened[1])
+
+    loop = _loop(live, chosen, attempt, discard)
+    try:
+        won = await loop.run()
+    finally:
+        log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
+    stats = live.routing.of(won.candidate.deployment)
+    stats.observe_ttft((live.routing.clock() - won.started) * 1000)
+    first, rest = won.value
+    served = _served(request_id, created, chosen, won)
+    return served, _measured(live, won.candidate, won.started, first, rest)
 
 
 async def chat_completions(live: Live, headers: Headers, body: bytes) -> Response:
     """POST /v1/chat/completions in OpenAI's wire format."""
     authenticate(live.graph, headers)
     request = parse_chat_request(body)
-    chosen = prepare(live, request)
+    chosen = prepare(live, request, headers)
     if not request.stream:
-        served, result = await complete(chosen)
+        served, result = await complete(live, chosen)
         return JSONResponse(
             completion_body(served.request_id, served.created, result), headers=served.headers()
         )
-    served, deltas = await stream(chosen)
+    served, deltas = await stream(live, chosen)
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
@@ -212,19 +176,47 @@ def _new_id() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
 
-def _call(chosen: Plan, attempt: Attempt) -> ChatCall:
+def _served(request_id: str, created: int, chosen: Plan, won: Won[object]) -> Served:
+    return Served(request_id, created, chosen.route, won.candidate.deployment, won.attempts)
+
+
+def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
     return ChatCall(
-        chosen.request, attempt.deployment, chosen.prompt_tokens, attempt.max_output_tokens
+        chosen.request, candidate.deployment, chosen.prompt_tokens, candidate.max_output_tokens
     )
 
 
-async def _prepend(
-    first: ChatDelta | None, rest: AsyncIterator[ChatDelta]
+async def _nothing(_value: object) -> None:
+    return None
+
+
+async def _close(deltas: AsyncIterator[ChatDelta]) -> None:
+    closer = getattr(deltas, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+async def _measured(
+    live: Live,
+    candidate: Candidate,
+    started: float,
+    first: ChatDelta | None,
+    rest: AsyncIterator[ChatDelta],
 ) -> AsyncIterator[ChatDelta]:
-    if first is not None:
-        yield first
-    async for delta in rest:
-        yield delta
+    """The stream as the client sees it, counted in-flight to its end, with its latency."""
+    stats = live.routing.of(candidate.deployment)
+    stats.in_flight += 1
+    try:
+        if first is not None:
+            yield first
+        async for delta in rest:
+            if delta.usage is not None:
+                stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
+            yield delta
+        stats.observe_latency((live.routing.clock() - started) * 1000)
+    finally:
+        stats.in_flight -= 1
+        await _close(rest)
 
 
 async def _events(encoder: ChunkEncoder, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:

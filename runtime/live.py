@@ -19,6 +19,7 @@ from aigw.compiler.graph import Graph
 
 from .providers.base import ChatAdapter
 from .providers.registry import build_adapters
+from .routing.state import RoutingState
 from .tokens import TokenCounter
 
 log = logging.getLogger("aigw.reload")
@@ -31,13 +32,21 @@ class Live:
     graph: Graph
     adapters: Mapping[str, ChatAdapter]
     counter: TokenCounter
+    routing: RoutingState  # shared by every snapshot: stats outlive a reload
     loaded_at: float
 
     @classmethod
-    def build(cls, graph: Graph, counter: TokenCounter, previous: Live | None = None) -> Live:
+    def build(
+        cls,
+        graph: Graph,
+        counter: TokenCounter,
+        routing: RoutingState,
+        previous: Live | None = None,
+    ) -> Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
-        return cls(graph, fresh, counter, time.time())
+        routing.sync(graph)
+        return cls(graph, fresh, counter, routing, time.time())
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -88,6 +97,7 @@ class Gateway:
         root: Path,
         counter: TokenCounter,
         compiler: Callable[[Path], CompileResult] = compile_gateway,
+        routing: RoutingState | None = None,
     ) -> None:
         self.root = root
         self.counter = counter
@@ -95,7 +105,8 @@ class Gateway:
         result = compiler(root)
         if result.graph is None:
             raise ConfigError(result)
-        self.live = Live.build(result.graph, counter)
+        self.routing = routing or RoutingState()
+        self.live = Live.build(result.graph, counter, self.routing)
         self.last_reload: ReloadReport | None = None
         self._reload_lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
@@ -120,7 +131,7 @@ class Gateway:
                 )
             else:
                 previous = self.live
-                self.live = Live.build(result.graph, self.counter, previous)
+                self.live = Live.build(result.graph, self.counter, self.routing, previous)
                 self._retire(previous)
                 report = ReloadReport(
                     time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics

@@ -152,11 +152,14 @@ async def test_upstream_failures_keep_their_meaning(
 ) -> None:
     client = await make_gateway(_sections(openai_fake))
     message = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
-    openai_fake.script.actions.append(Action(status=429, headers={"retry-after": "7"}))
+    # A lone deployment is retried once after Retry-After; then the client gets the 429.
+    seen = len(openai_fake.script.requests)
+    openai_fake.script.actions += [Action(status=429, headers={"retry-after": "0.05"})] * 2
     limited = await client.post(CHAT, json=message)
     assert limited.status_code == 429
-    assert limited.headers["retry-after"] == "7"
+    assert limited.headers["retry-after"] == "1"
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(openai_fake.script.requests) == seen + 2
 
     openai_fake.script.actions.append(Action(status=400, body={"error": {
         "message": "This model's maximum context length is 128000 tokens.",
@@ -165,7 +168,7 @@ async def test_upstream_failures_keep_their_meaning(
     assert too_long.status_code == 400
     assert too_long.json()["error"]["code"] == "context_length_exceeded"
 
-    openai_fake.script.actions.append(Action(status=500))
+    openai_fake.script.actions += [Action(status=500), Action(status=500)]
     broken = await client.post(CHAT, json=message)
     assert broken.status_code == 502
 

@@ -1,0 +1,1 @@
+"""Routing and resilience: candidate order, the attempt loop, circuit breakers, live stats."""

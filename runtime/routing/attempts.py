@@ -1,0 +1,325 @@
+"""The attempt loop: one request, tried across members, retries and fallback groups.
+
+For each group (the route's, then fallbacks chosen by the class of the last failure):
+the members that can serve the request (``candidates.eligible``) in strategy order;
+each member with an open circuit is skipped; each attempt has a timeout; a retryable
+failure is retried with exponential backoff and jitter that honours Retry-After. An
+overall deadline and a hard cap on attempts bound the whole loop. Optionally the
+first attempt is hedged: a second one starts after a delay, the first answer wins and
+the other is cancelled (and never billed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from aigw.compiler.graph import Graph, Group, Route
+
+from ..chat_request import ChatRequest
+from ..errors import (
+    ContextWindowExceeded,
+    GatewayError,
+    NoDeploymentAvailable,
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamContentPolicy,
+    UpstreamContextLength,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from ..providers.base import ChatAdapter
+from .candidates import Candidate, Dropped, eligible
+from .state import RoutingState
+from .strategies import Demand, order
+
+log = logging.getLogger("aigw.routing")
+T = TypeVar("T")
+
+# A 400 with unrecognised wording, for a prompt this close to the window, is taken to be
+# "context length exceeded": providers word that error in too many ways to list.
+_CONTEXT_SUSPECT_RATIO = 0.8
+
+
+@dataclass(slots=True)
+class Trace:
+    """What the loop decided and why: for the debug log, 422/503 messages and ``aigw route``."""
+
+    steps: list[str] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    attempts: int = 0
+
+    def add(self, text: str) -> None:
+        self.steps.append(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Won(Generic[T]):
+    candidate: Candidate
+    value: T
+    attempts: int
+    started: float  # clock() when the winning attempt began
+
+
+@dataclass(slots=True)
+class _Tier:
+    group: Group
+    reason: str
+
+
+class AttemptLoop(Generic[T]):
+    """Runs ``attempt(candidate)`` until one succeeds; ``discard`` cleans up a hedge loser."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        adapters: Mapping[str, ChatAdapter],
+        state: RoutingState,
+        route: Route,
+        request: ChatRequest,
+        prompt_tokens: int,
+        deadline: float,
+        attempt: Callable[[Candidate], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        assert route.group is not None
+        self.graph = graph
+        self.adapters = adapters
+        self.state = state
+        self.route = route
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.deadline = deadline
+        self.attempt = attempt
+        self.discard = discard
+        self.sleep = sleep
+        self.trace = Trace()
+        self.demand = Demand(prompt_tokens, request.output_limit, request.stream)
+
+    async def run(self) -> Won[T]:
+        queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
+        visited: set[str] = set()
+        last_error: UpstreamError | None = None
+        while queue:
+            tier = queue.popleft()
+            if tier.group.name in visited:
+                continue
+            visited.add(tier.group.name)
+            won, failure_class, error = await self._tier(tier)
+            if won is not None:
+                return won
+            last_error = error or last_error
+            for name in self._fallbacks(tier.group, failure_class):
+                if name not in visited and name in self.graph.groups:
+                    queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
+        if last_error is not None:
+            raise last_error
+        raise self._nothing_to_try()
+
+    async def _tier(self, tier: _Tier) -> tuple[Won[T] | None, str, UpstreamError | None]:
+        group = tier.group
+        fit, dropped = eligible(group, self.adapters, self.request, self.prompt_tokens)
+        self.trace.dropped.extend(dropped)
+        for item in dropped:
+            self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")
+        ordered = order(group, fit, self.state, self.demand)
+        self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
+                       f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
+        failure_class = "context_window" if dropped and all(d.unfit for d in dropped) else "error"
+        last_error: UpstreamError | None = None
+        position = 0
+        while position < len(ordered):
+            candidate = ordered[position]
+            position += 1
+            now = self.state.clock()
+            if not self.state.of(candidate.deployment).breaker.available(now):
+                self.trace.dropped.append(Dropped(candidate.deployment.name, "circuit open", False))
+                self.trace.add(f"{group.name}: skip {candidate.deployment.name}: circuit open")
+                continue
+            hedge_with = self._hedge_partner(ordered, position)
+            try:
+                if hedge_with is not None:
+                    position += 1
+                    return await self._hedged(candidate, hedge_with), "", None
+                return await self._with_retries(group, candidate, len(ordered) == 1), "", None
+            except UpstreamError as exc:
+                last_error = exc
+                failure_class = _failure_class(exc)
+                if failure_class == "fatal":
+                    raise
+        return None, failure_class, last_error
+
+    async def _with_retries(self, group: Group, candidate: Candidate, alone: bool) -> Won[T]:
+        tries = 1 + group.retry.attempts
+        for number in range(tries):
+            try:
+                return await self._one(candidate)
+            except UpstreamError as exc:
+                if not exc.retryable or (isinstance(exc, UpstreamRateLimited) and not alone):
+                    raise  # a rate-limited member is left for the next one, not hammered
+                if number + 1 >= tries:
+                    raise
+                wait = self._backoff(group, number, exc)
+                if wait is None:
+                    raise
+                self.trace.add(f"retry {candidate.deployment.name} in {wait * 1000:.0f} ms "
+                               f"after {exc.code}")
+                await self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _backoff(self, group: Group, number: int, error: UpstreamError) -> float | None:
+        """Seconds to wait before retry ``number + 1``, or None when the deadline forbids it."""
+        base = min(group.retry.max_backoff_ms, group.retry.backoff_ms * (2**number)) / 1000
+        wait = base * (0.5 + self.state.rng.random() / 2)  # jitter: 50-100% of the backoff
+        if error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait if self.state.clock() + wait < self.deadline else None
+
+    async def _one(self, candidate: Candidate) -> Won[T]:
+        if self.trace.attempts >= self.route.max_attempts:
+            raise UpstreamTimeout(
+                f"route '{self.route.name}' used its {self.route.max_attempts} attempts",
+                provider=candidate.deployment.provider.name)
+        now = self.state.clock()
+        remaining = self.deadline - now
+        if remaining <= 0:
+            raise UpstreamTimeout(f"route '{self.route.name}' passed its deadline",
+                                  provider=candidate.deployment.provider.name)
+        stats = self.state.of(candidate.deployment)
+        if not stats.breaker.try_acquire(now):
+            raise _CircuitOpen(f"circuit of '{candidate.deployment.name}' is open",
+                               provider=candidate.deployment.provider.name)
+        self.trace.attempts += 1
+        self.trace.add(f"attempt {self.trace.attempts}: {candidate.deployment.name}")
+        stats.in_flight += 1
+        stats.requests += 1
+        try:
+            async with asyncio.timeout(min(candidate.deployment.timeout_s, remaining)):
+                value = await self.attempt(candidate)
+        except TimeoutError:
+            stats.failures += 1
+            stats.breaker.record(self.state.clock(), ok=False)
+            self.trace.add(f"  {candidate.deployment.name} timed out")
+            raise UpstreamTimeout(
+                f"deployment '{candidate.deployment.name}' did not answer in time",
+                provider=candidate.deployment.provider.name) from None
+        except UpstreamError as exc:
+            if _counts_against_health(exc):
+                stats.failures += 1
+                stats.breaker.record(self.state.clock(), ok=False)
+            else:
+                stats.breaker.release_probe()
+            self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
+            raise self._suspect_context(exc, candidate) from exc
+        except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
+            stats.breaker.release_probe()
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.breaker.record(self.state.clock(), ok=True)
+        return Won(candidate, value, self.trace.attempts, now)
+
+    def _suspect_context(self, error: UpstreamError, candidate: Candidate) -> UpstreamError:
+        window = candidate.deployment.context_window
+        near_full = self.prompt_tokens >= _CONTEXT_SUSPECT_RATIO * window
+        if type(error) is UpstreamBadRequest and near_full:
+            return UpstreamContextLength(
+                f"{error.message} (taken as context length exceeded: the prompt has "
+                f"~{self.prompt_tokens} tokens of a {window}-token window)",
+                provider=error.provider, upstream_status=error.upstream_status)
+        return error
+
+    def _hedge_partner(self, ordered: list[Candidate], position: int) -> Candidate | None:
+        route = self.route
+        if self.trace.attempts or position >= len(ordered):
+            return None
+        if route.hedge_after_ms is None and not route.hedge_at_p95:
+            return None
+        return ordered[position]
+
+    def _hedge_delay(self, first: Candidate) -> float:
+        if self.route.hedge_after_ms is not None:
+            return self.route.hedge_after_ms / 1000
+        p95 = self.state.of(first.deployment).p95_ms()
+        return (p95 if p95 is not None else first.deployment.timeout_s * 1000) / 1000
+
+    async def _hedged(self, first: Candidate, second: Candidate) -> Won[T]:
+        """Start ``first``; if it has not answered after the hedge delay, start ``second``.
+        The first success wins and the other is cancelled; if both fail, the last error."""
+        tasks = {asyncio.ensure_future(self._one(first))}
+        done, _ = await asyncio.wait(tasks, timeout=self._hedge_delay(first))
+        if not done:
+            self.trace.add(f"hedge: {second.deployment.name} after "
+                           f"{self._hedge_delay(first) * 1000:.0f} ms")
+            tasks.add(asyncio.ensure_future(self._one(second)))
+        last_error: BaseException | None = None
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is None:
+                    for loser in pending:
+                        loser.cancel()
+                    await self._bury(pending)
+                    return task.result()
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    async def _bury(self, losers: set[asyncio.Future[Won[T]]]) -> None:
+        for loser in losers:
+            try:
+                won = await loser
+            except (asyncio.CancelledError, GatewayError):
+                continue
+            await self.discard(won.value)  # it answered too, just later: close, never bill
+
+    def _fallbacks(self, group: Group, failure_class: str) -> tuple[str, ...]:
+        if failure_class == "rate_limit":
+            return group.on_rate_limit
+        if failure_class == "context_window":
+            return group.on_context_window
+        if failure_class == "content_policy":
+            return group.on_content_policy
+        return group.fallbacks
+
+    def _nothing_to_try(self) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in self.trace.dropped)
+        if self.trace.dropped and all(d.unfit for d in self.trace.dropped):
+            return ContextWindowExceeded(
+                f"No deployment of '{self.route.name}' can serve this request: {reasons}.",
+                param="messages")
+        return NoDeploymentAvailable(
+            f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.")
+
+
+class _CircuitOpen(UpstreamError):
+    """The breaker opened between choosing a member and calling it; try the next member."""
+
+    status = 503
+    code = "circuit_open"
+
+
+def _failure_class(error: UpstreamError) -> str:
+    if isinstance(error, UpstreamRateLimited):
+        return "rate_limit"
+    if isinstance(error, UpstreamContextLength):
+        return "context_window"
+    if isinstance(error, UpstreamContentPolicy):
+        return "content_policy"
+    if isinstance(error, UpstreamBadRequest):
+        return "fatal"  # the request itself is wrong: another deployment will not fix it
+    return "error"
+
+
+def _counts_against_health(error: UpstreamError) -> bool:
+    """Failures that say the deployment is unwell (not that the request was wrong)."""
+    unwell = error.retryable and not isinstance(error, UpstreamRateLimited)
+    return unwell or isinstance(error, UpstreamAuthError)

@@ -1,0 +1,92 @@
+"""A circuit breaker per deployment: closed, open, then half-open with a single probe.
+
+    closed --(N failures in a row, or failure rate over the window)--> open
+    open --(cooldown elapsed)--> half_open: one probe request is let through
+    half_open --probe succeeds--> closed      half_open --probe fails--> open
+
+Updated only from the event loop's thread, between awaits, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import StrEnum
+
+from aigw.compiler.graph import BreakerPolicy
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+        self._state = CircuitState.CLOSED
+        self._opened_at = 0.0
+        self._consecutive = 0
+        self._window: deque[tuple[float, bool]] = deque()
+        self._probe_out = False
+
+    def state(self, now: float) -> CircuitState:
+        if self._state is CircuitState.OPEN and now - self._opened_at >= self.policy.cooldown_s:
+            self._state = CircuitState.HALF_OPEN
+            self._probe_out = False
+        return self._state
+
+    def try_acquire(self, now: float) -> bool:
+        """May a request go to this deployment now? In half-open, only the one probe may."""
+        state = self.state(now)
+        if state is CircuitState.CLOSED:
+            return True
+        if state is CircuitState.HALF_OPEN and not self._probe_out:
+            self._probe_out = True
+            return True
+        return False
+
+    def available(self, now: float) -> bool:
+        """Like ``try_acquire`` but claims nothing (for explaining and filtering)."""
+        state = self.state(now)
+        return state is CircuitState.CLOSED or (
+            state is CircuitState.HALF_OPEN and not self._probe_out
+        )
+
+    def record(self, now: float, ok: bool) -> None:
+        self._window.append((now, ok))
+        horizon = now - self.policy.window_s
+        while self._window and self._window[0][0] < horizon:
+            self._window.popleft()
+        if self._state is CircuitState.HALF_OPEN:
+            if ok:
+                self._close()
+            else:
+                self._open(now)
+            return
+        if ok:
+            self._consecutive = 0
+            return
+        self._consecutive += 1
+        failures = sum(1 for _, success in self._window if not success)
+        over_rate = (
+            len(self._window) >= self.policy.min_requests
+            and failures / len(self._window) >= self.policy.failure_rate
+        )
+        if self._consecutive >= self.policy.consecutive_failures or over_rate:
+            self._open(now)
+
+    def release_probe(self) -> None:
+        """The probe ended without a verdict (e.g. cancelled): let another one through."""
+        self._probe_out = False
+
+    def _open(self, now: float) -> None:
+        self._state = CircuitState.OPEN
+        self._opened_at = now
+        self._probe_out = False
+
+    def _close(self) -> None:
+        self._state = CircuitState.CLOSED
+        self._consecutive = 0
+        self._window.clear()
+        self._probe_out = False

@@ -1,0 +1,130 @@
+"""The live routing state, in one place: in-flight counts, latency EWMAs, breakers, usage.
+
+It is keyed by deployment name and outlives graph reloads: ``sync`` keeps the stats
+of deployments that still exist and adopts new policies. Everything is updated from
+the event loop between awaits, so there is nothing to lock; each gateway process
+keeps its own (several replicas each learn their own view of the upstreams).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from aigw.compiler.graph import Deployment, Graph
+
+from .breaker import CircuitBreaker, CircuitState
+
+_EWMA_WEIGHT = 0.2  # weight of the newest sample
+_LATENCY_SAMPLES = 200  # for p95
+_USAGE_WINDOW_S = 60.0
+
+
+class DeploymentStats:
+    """What the gateway has seen of one deployment lately."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.breaker = CircuitBreaker(deployment.breaker)
+        self.in_flight = 0
+        self.latency_ms: float | None = None  # EWMA of whole-call latency
+        self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
+        self.requests = 0
+        self.failures = 0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._usage: deque[tuple[float, int]] = deque()  # (time, tokens) for TPM headroom
+
+    def p95_ms(self) -> float | None:
+        if len(self._latencies) < 5:
+            return None
+        ordered = sorted(self._latencies)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+    def observe_latency(self, latency_ms: float) -> None:
+        self._latencies.append(latency_ms)
+        self.latency_ms = _ewma(self.latency_ms, latency_ms)
+
+    def observe_ttft(self, ttft_ms: float) -> None:
+        self.ttft_ms = _ewma(self.ttft_ms, ttft_ms)
+
+    def add_usage(self, now: float, tokens: int) -> None:
+        self._usage.append((now, tokens))
+
+    def tokens_last_minute(self, now: float) -> int:
+        horizon = now - _USAGE_WINDOW_S
+        while self._usage and self._usage[0][0] < horizon:
+            self._usage.popleft()
+        return sum(tokens for _, tokens in self._usage)
+
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+
+def _ewma(previous: float | None, sample: float) -> float:
+    return sample if previous is None else previous + _EWMA_WEIGHT * (sample - previous)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One deployment's stats for /admin/status, metrics and ``aigw route``."""
+
+    in_flight: int
+    latency_ms: float | None
+    ttft_ms: float | None
+    p95_ms: float | None
+    circuit: str
+    requests: int
+    failures: int
+
+
+class RoutingState:
+    """Per-deployment stats plus the per-group counters strategies need."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats: dict[str, DeploymentStats] = {}
+        self.round_robin: dict[str, int] = {}
+
+    def sync(self, graph: Graph) -> None:
+        """Adopt a new graph: keep stats of deployments that remain, drop the rest."""
+        fresh: dict[str, DeploymentStats] = {}
+        for name, deployment in graph.deployments.items():
+            kept = self.stats.get(name)
+            if kept is None:
+                kept = DeploymentStats(deployment)
+            else:
+                kept.breaker.policy = deployment.breaker
+            fresh[name] = kept
+        self.stats = fresh
+        self.round_robin = {n: c for n, c in self.round_robin.items() if n in graph.groups}
+
+    def of(self, deployment: Deployment) -> DeploymentStats:
+        stats = self.stats.get(deployment.name)
+        if stats is None:  # a deployment of a graph newer than the last sync
+            stats = self.stats[deployment.name] = DeploymentStats(deployment)
+        return stats
+
+    def snapshot(self) -> Mapping[str, Snapshot]:
+        now = self.clock()
+        return {
+            name: Snapshot(
+                in_flight=stats.in_flight,
+                latency_ms=stats.latency_ms,
+                ttft_ms=stats.ttft_ms,
+                p95_ms=stats.p95_ms(),
+                circuit=stats.breaker.state(now).value,
+                requests=stats.requests,
+                failures=stats.failures,
+            )
+            for name, stats in sorted(self.stats.items())
+        }
+
+    def circuit_open(self, deployment: Deployment) -> bool:
+        return self.of(deployment).breaker.state(self.clock()) is CircuitState.OPEN

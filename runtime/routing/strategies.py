@@ -1,0 +1,109 @@
+"""Group strategies: the order in which a group's members are tried for one request.
+
+Each takes the members that can serve the request (already filtered) and returns them
+ordered; the attempt loop walks that order. Unknown latencies sort first, so a new
+deployment gets measured instead of starved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from aigw.compiler.graph import Deployment, Group
+
+from .state import RoutingState
+
+# What a request is expected to produce when it sets no max_tokens (for lowest_cost).
+EXPECTED_OUTPUT_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What the strategies need to know of the request."""
+
+    prompt_tokens: int
+    output_tokens: int | None
+    stream: bool
+
+
+Strategy = Callable[[Group, list[Deployment], RoutingState, Demand], list[Deployment]]
+
+
+def _priority(group: Group, members: list[Deployment], state: RoutingState,
+              demand: Demand) -> list[Deployment]:
+    return members
+
+
+def _weighted(group: Group, members: list[Deployment], state: RoutingState,
+              demand: Demand) -> list[Deployment]:
+    # Weighted sampling without replacement (Efraimidis-Spirakis): key = u ** (1 / w).
+    weight = dict(zip((m.name for m in group.members), group.weights, strict=True))
+    keyed = [(state.rng.random() ** (1.0 / weight.get(m.name, 1)), m) for m in members]
+    return [m for _key, m in sorted(keyed, key=lambda item: item[0], reverse=True)]
+
+
+def _round_robin(group: Group, members: list[Deployment], state: RoutingState,
+                 demand: Demand) -> list[Deployment]:
+    if not members:
+        return members
+    turn = state.round_robin.get(group.name, 0)
+    state.round_robin[group.name] = turn + 1
+    start = turn % len(members)
+    return members[start:] + members[:start]
+
+
+def _least_busy(group: Group, members: list[Deployment], state: RoutingState,
+                demand: Demand) -> list[Deployment]:
+    return sorted(members, key=lambda m: state.of(m).in_flight)
+
+
+def _lowest_latency(group: Group, members: list[Deployment], state: RoutingState,
+                    demand: Demand) -> list[Deployment]:
+    def latency(member: Deployment) -> float:
+        stats = state.of(member)
+        value = stats.ttft_ms if demand.stream and stats.ttft_ms is not None else stats.latency_ms
+        return -1.0 if value is None else value
+
+    return sorted(members, key=latency)
+
+
+def expected_cost(member: Deployment, demand: Demand) -> float:
+    output = demand.output_tokens or min(EXPECTED_OUTPUT_TOKENS, member.max_output_tokens)
+    return member.price.cost(demand.prompt_tokens, output)
+
+
+def _lowest_cost(group: Group, members: list[Deployment], state: RoutingState,
+                 demand: Demand) -> list[Deployment]:
+    return sorted(members, key=lambda m: expected_cost(m, demand))
+
+
+def _usage(group: Group, members: list[Deployment], state: RoutingState,
+           demand: Demand) -> list[Deployment]:
+    now = state.clock()
+
+    def headroom(member: Deployment) -> float:
+        if member.tpm is None:
+            return math.inf
+        return member.tpm - state.of(member).tokens_last_minute(now)
+
+    return sorted(members, key=headroom, reverse=True)
+
+
+STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
+    "priority": _priority,
+    "weighted": _weighted,
+    "round_robin": _round_robin,
+    "least_busy": _least_busy,
+    "lowest_latency": _lowest_latency,
+    "lowest_cost": _lowest_cost,
+    "usage": _usage,
+})
+
+
+def order(group: Group, members: Sequence[Deployment], state: RoutingState,
+          demand: Demand) -> list[Deployment]:
+    """``members`` in the order ``group``'s strategy would try them for ``demand``."""
+    return STRATEGIES[group.strategy](group, list(members), state, demand)

@@ -96,6 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--watch", action="store_true", help="reload when a config file changes")
     serve.set_defaults(run=_run_serve)
 
+    route = _command(
+        commands,
+        "route",
+        "explain how a request would be routed, calling nothing",
+        "aigw route --model fast --prompt-tokens 9000 --max-tokens 500",
+        "Prints the groups in order, each candidate with its expected cost, and "
+        "every deployment dropped with the reason.",
+    )
+    route.add_argument("--model", required=True, help="the model (route) name an app sends")
+    route.add_argument("--key", default=None, help="the API key's name, to check access")
+    route.add_argument("--prompt-tokens", type=int, default=100)
+    route.add_argument("--max-tokens", type=int, default=None)
+    route.add_argument("--stream", action="store_true")
+    route.set_defaults(run=_run_route)
+
     reload = _command(
         commands,
         "reload",
@@ -262,6 +277,30 @@ def _run_serve(args: argparse.Namespace) -> int:
             watch=args.watch,
         )
     )
+
+
+def _run_route(args: argparse.Namespace) -> int:
+    from aigw.runtime.routing.explain import explain, render
+
+    result = compile_gateway(args.dir)
+    if result.graph is None:
+        _print_diagnostics(result, "text", sys.stderr, args.dir)
+        return 1
+    graph = result.graph
+    if args.model not in graph.routes:
+        known = ", ".join(sorted(graph.routes)) or "none"
+        print(f"no route named '{args.model}' (routes: {known})", file=sys.stderr)
+        return 1
+    if args.key is not None and not any(k.name == args.key for k in graph.keys_by_sha256.values()):
+        print(f"no key named '{args.key}'", file=sys.stderr)
+        return 1
+    route = graph.routes[args.model]
+    if route.group is None:
+        print(f"route {args.model} runs pipeline '{route.target}'")
+        return 0
+    tiers = explain(graph, args.model, args.prompt_tokens, args.max_tokens, args.stream)
+    sys.stdout.write(render(args.model, tiers, args.prompt_tokens, args.max_tokens))
+    return 0
 
 
 def _run_reload(args: argparse.Namespace) -> int:

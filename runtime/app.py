@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from starlette.applications import Starlette
@@ -18,6 +19,7 @@ from .chat import chat_completions
 from .embeddings import embeddings
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .live import Gateway, Live
+from .messages import count_tokens, create_message
 
 log = logging.getLogger("aigw.http")
 
@@ -29,6 +31,8 @@ def create_app(gateway: Gateway) -> ASGIApp:
         routes=[
             Route("/v1/chat/completions", endpoints.chat, methods=["POST"]),
             Route("/v1/embeddings", endpoints.embeddings, methods=["POST"]),
+            Route("/v1/messages", endpoints.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
@@ -103,6 +107,16 @@ class _Endpoints:
         body = await read_body(request, live.graph.settings.max_request_bytes)
         return await embeddings(live, request.headers, body)
 
+    async def messages(self, request: Request) -> Response:
+        live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
+        body = read_body(request, live.graph.settings.max_request_bytes)
+        return await create_message(live, request.headers, body)
+
+    async def count_tokens(self, request: Request) -> Response:
+        live = _live(request)
+        body = read_body(request, live.graph.settings.max_request_bytes)
+        return await count_tokens(live, request.headers, body)
+
     async def models(self, request: Request) -> Response:
         live = _live(request)
         authenticate(live.graph, request.headers)
@@ -145,6 +159,10 @@ class _Endpoints:
                         for name, p in sorted(graph.providers.items())
                     },
                     "warnings": [item.as_dict() for item in graph.warnings],
+                },
+                "deployments": {
+                    name: dataclasses.asdict(snapshot)
+                    for name, snapshot in live.routing.snapshot().items()
                 },
                 "last_reload": last.as_dict() if last is not None else None,
             }

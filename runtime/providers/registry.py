@@ -8,8 +8,10 @@ from types import MappingProxyType
 from aigw.compiler.graph import Provider
 
 from ..tokens import TokenCounter
+from .anthropic import AnthropicAdapter
 from .base import AdapterFactory, ChatAdapter
 from .echo import EchoAdapter
+from .gemini import GeminiAdapter
 from .openai import AzureOpenAIAdapter, OpenAIAdapter
 
 ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
@@ -19,6 +21,8 @@ ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
         "openai_compatible": OpenAIAdapter,
         "vllm": OpenAIAdapter,
         "azure_openai": AzureOpenAIAdapter,
+        "gemini": GeminiAdapter,
+        "anthropic": AnthropicAdapter,
     }
 )
 

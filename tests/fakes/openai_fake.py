@@ -93,8 +93,11 @@ class OpenAIFake:
     """The fake's state: its key, its script, and what it has seen."""
 
     def __init__(self, api_key: str = "sk-fake-openai-key-0123456789", *,
-                 azure_api_version: str = "2024-10-21") -> None:
+                 azure_api_version: str = "2024-10-21", name: str = "fake-openai",
+                 journal: list[str] | None = None) -> None:
         self.api_key = api_key
+        self.name = name
+        self.journal = journal  # shared by several fakes: the order they were called in
         self.azure_api_version = azure_api_version
         self.script = Script()
         self.app = Starlette(routes=[
@@ -131,6 +134,8 @@ class OpenAIFake:
         except ValueError:
             return None, Action(), _invalid("We could not parse the JSON body of your request.")
         self.script.requests.append(body if isinstance(body, dict) else {"_": body})
+        if self.journal is not None:
+            self.journal.append(self.name)
         self.script.headers.append(dict(request.headers))
         action = self.script.next()
         if action.delay_s:
@@ -157,7 +162,7 @@ class OpenAIFake:
         if invalid:
             return invalid
         model = request.path_params.get("deployment") or body["model"]
-        reply = reply_for(body)
+        reply = reply_for(body, self.name)
         prompt_tokens = sum(len(_text(m.get("content")).split()) + 3 for m in body["messages"])
         completion_tokens = len((reply.text or reply.arguments_json).split())
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

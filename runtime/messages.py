@@ -1,0 +1,331 @@
+"""POST /v1/messages: Anthropic's Messages API in front of the serving core, whatever serves the route.
+
+    read body -> authenticate -> parse and lower (messages_wire) -> prepare
+              -> complete | stream -> a Message | Anthropic's stream events
+
+Every failure, a body over the limit included, is rendered in Anthropic's shape
+``{"type": "error", "error": {"type", "message"}}``; after a stream has started it is
+an ``event: error`` in the stream. Answers are translated back from the core's
+OpenAI-shaped results:
+
+- finish reason stop -> end_turn, length -> max_tokens, tool_calls -> tool_use,
+  content_filter (or a refusal) -> refusal. OpenAI-format upstreams do not say which
+  stop sequence matched, so ``stop_sequence`` is always null and a stop is end_turn.
+- usage: ``input_tokens`` is the prompt less its cached part (Anthropic counts
+  cache reads and writes apart); the stream's ``message_start`` carries the gateway's
+  own count, and ``message_delta`` the upstream's final counts.
+- tool call ids pass through unchanged, so a later ``tool_result`` finds its call.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .auth import authenticate
+from .chat import Served, complete, prepare, resolve_route, stream
+from .chat_request import Message
+from .errors import GatewayError, UpstreamOverloaded, UpstreamServerError
+from .live import Live
+from .messages_wire import (
+    CountTokensRequest,
+    MessagesRequest,
+    chat_messages,
+    parse,
+    to_chat_request,
+)
+from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage
+
+__all__ = ["count_tokens", "create_message", "error_body", "error_status"]
+
+_ERROR_TYPES: Mapping[int, str] = MappingProxyType({
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+})
+_STOP_REASONS: Mapping[str, str] = MappingProxyType({
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+})
+
+_Handler = Callable[[Live, Headers, bytes], Awaitable[Response]]
+
+
+async def create_message(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
+    """POST /v1/messages. ``body`` is awaited here, so that a 413 is Anthropic-shaped too."""
+    return await _anthropic_shaped(_message, live, headers, body)
+
+
+async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
+    """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with."""
+    return await _anthropic_shaped(_count, live, headers, body)
+
+
+def error_status(error: GatewayError) -> tuple[int, str]:
+    """Anthropic's HTTP status and error type for a gateway error.
+
+    The gateway's status stands, except that 422 (no deployment's window holds the
+    prompt) is 400, as Anthropic answers a prompt that is too long, and an overloaded
+    upstream is 529 ``overloaded_error``. Other 4xx are ``invalid_request_error``,
+    other 5xx ``api_error`` (an upstream refusing the gateway's own key is a 502, never
+    a 401 that would blame the client's key).
+    """
+    if isinstance(error, UpstreamOverloaded):
+        return 529, "overloaded_error"
+    status = 400 if error.status == 422 else error.status
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return status, _ERROR_TYPES.get(status, default)
+
+
+def error_body(error: GatewayError) -> dict[str, object]:
+    _status, kind = error_status(error)
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+async def _anthropic_shaped(
+    handler: _Handler, live: Live, headers: Headers, body: Awaitable[bytes]
+) -> Response:
+    try:
+        return await handler(live, headers, await body)
+    except GatewayError as exc:  # the app's handlers would answer in OpenAI's shape
+        status, _kind = error_status(exc)
+        return JSONResponse(error_body(exc), status_code=status, headers=exc.headers)
+
+
+async def _message(live: Live, headers: Headers, raw: bytes) -> Response:
+    authenticate(live.graph, headers)
+    request = parse(MessagesRequest, raw)
+    chosen = prepare(live, to_chat_request(request), headers)
+    if not request.stream:
+        served, result = await complete(live, chosen)
+        return JSONResponse(message_body(served, result), headers=_headers(served))
+    served, deltas = await stream(live, chosen)
+    encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
+    return StreamingResponse(
+        _events(encoder, deltas),
+        media_type="text/event-stream",
+        headers={**_headers(served), "cache-control": "no-cache"},
+    )
+
+
+async def _count(live: Live, headers: Headers, raw: bytes) -> Response:
+    authenticate(live.graph, headers)
+    request = parse(CountTokensRequest, raw)
+    resolve_route(live.graph, request.model)
+    messages = [Message.model_validate(message) for message in chat_messages(request)]
+    return JSONResponse({"input_tokens": live.counter.count_messages(messages)})
+
+
+def _headers(served: Served) -> dict[str, str]:
+    return {**served.headers(), "request-id": served.request_id}
+
+
+def message_id(served: Served) -> str:
+    """``msg_`` and the hex of the gateway's request id, so logs and answers correlate."""
+    return "msg_" + served.request_id.removeprefix("chatcmpl-")
+
+
+def message_body(served: Served, result: ChatResult) -> dict[str, object]:
+    """An Anthropic ``message`` object for the first (only) choice of a result."""
+    choice = result.choices[0]
+    content: list[dict[str, object]] = []
+    if choice.content:
+        content.append({"type": "text", "text": choice.content})
+    if choice.refusal:
+        content.append({"type": "text", "text": choice.refusal})
+    content.extend(
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call, served)}
+        for call in choice.tool_calls
+    )
+    return {
+        "id": message_id(served),
+        "type": "message",
+        "role": "assistant",
+        "model": result.model,
+        "content": content,
+        "stop_reason": _stop_reason(choice),
+        "stop_sequence": None,
+        "usage": usage_body(result.usage),
+    }
+
+
+def _stop_reason(choice: Choice) -> str:
+    return stop_reason(choice.finish_reason, bool(choice.tool_calls), bool(choice.refusal))
+
+
+def stop_reason(finish_reason: str, called_tools: bool, refused: bool) -> str:
+    """Anthropic's ``stop_reason`` for an OpenAI finish reason.
+
+    >>> stop_reason("stop", called_tools=True, refused=False)
+    'tool_use'
+    """
+    if finish_reason == "length":
+        return "max_tokens"
+    if called_tools:
+        return "tool_use"
+    if refused:
+        return "refusal"
+    return _STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    """Anthropic's usage: input tokens exclude those read from or written to the cache."""
+    uncached = usage.prompt_tokens - usage.cached_tokens - usage.cache_creation_tokens
+    return {
+        "input_tokens": max(0, uncached),
+        "output_tokens": usage.completion_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+    }
+
+
+def _tool_input(call: ToolCall, served: Served) -> dict[str, Any]:
+    try:
+        parsed = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        provider = served.deployment.provider.name
+        raise UpstreamServerError(
+            f"deployment '{served.deployment.name}' called tool '{call.name}' with "
+            "arguments that are not a JSON object.",
+            provider=provider,
+        )
+    return parsed
+
+
+def sse_event(name: str, data: Mapping[str, object]) -> bytes:
+    """One server-sent event as Anthropic frames them: ``event:`` then ``data:`` JSON."""
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n".encode()
+
+
+class EventEncoder:
+    """Turns adapter deltas into Anthropic stream events, opening and closing content blocks.
+
+        message_start, ping,
+        (content_block_start, content_block_delta..., content_block_stop) per block,
+        message_delta (stop reason, final usage), message_stop
+
+    Blocks are numbered in order and one is open at a time: text, then each tool call
+    (``input_json_delta`` fragments). Deltas of choices other than 0 are dropped: a
+    Messages request never asks for more than one.
+    """
+
+    def __init__(self, message_id: str, model: str, prompt_tokens: int) -> None:
+        self._message_id = message_id
+        self._model = model
+        self._prompt_tokens = prompt_tokens
+        self._blocks = 0  # how many blocks have been opened
+        self._open: int | None = None  # the open block's index
+        self._open_is_text = False
+        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self._finish: str | None = None
+        self._refused = False
+        self._usage: Usage | None = None
+
+    def start(self) -> bytes:
+        message = {
+            "id": self._message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage_body(Usage(self._prompt_tokens, 0)),
+        }
+        return sse_event("message_start", {"type": "message_start", "message": message}) + (
+            sse_event("ping", {"type": "ping"})
+        )
+
+    def encode(self, delta: ChatDelta) -> bytes:
+        if delta.usage is not None:
+            self._usage = delta.usage
+            return b""
+        if delta.index != 0:
+            return b""
+        out = b""
+        self._refused = self._refused or bool(delta.refusal)
+        text = (delta.content or "") + (delta.refusal or "")
+        if text:
+            if not self._open_is_text:
+                out += self._start_block({"type": "text", "text": ""}, is_text=True)
+            out += self._delta({"type": "text_delta", "text": text})
+        for call in delta.tool_calls:
+            block = self._tools.get(call.index)
+            if block is None:
+                tool_id = call.id or f"toolu_{uuid.uuid4().hex[:24]}"
+                out += self._start_block(
+                    {"type": "tool_use", "id": tool_id, "name": call.name or "", "input": {}},
+                    is_text=False,
+                )
+                block = self._tools[call.index] = self._blocks - 1
+            if call.arguments:
+                out += self._delta(
+                    {"type": "input_json_delta", "partial_json": call.arguments}, block
+                )
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
+        return out
+
+    def finish(self) -> bytes:
+        usage = self._usage or Usage(self._prompt_tokens, 0)
+        reason = stop_reason(self._finish or "stop", bool(self._tools), self._refused)
+        return (
+            self._stop_block()
+            + sse_event("message_delta", {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": None},
+                "usage": usage_body(usage),
+            })
+            + sse_event("message_stop", {"type": "message_stop"})
+        )
+
+    def _start_block(self, block: dict[str, object], *, is_text: bool) -> bytes:
+        out = self._stop_block()
+        self._open, self._open_is_text = self._blocks, is_text
+        self._blocks += 1
+        return out + sse_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self._open, "content_block": block},
+        )
+
+    def _stop_block(self) -> bytes:
+        if self._open is None:
+            return b""
+        index, self._open, self._open_is_text = self._open, None, False
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def _delta(self, delta: dict[str, object], index: int | None = None) -> bytes:
+        return sse_event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self._open if index is None else index,
+             "delta": delta},
+        )
+
+
+async def _events(encoder: EventEncoder, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
+    yield encoder.start()
+    try:
+        async for delta in deltas:
+            event = encoder.encode(delta)
+            if event:
+                yield event
+    except GatewayError as exc:  # after the status line: the error goes in the stream
+        yield sse_event("error", error_body(exc))
+        return
+    yield encoder.finish()

@@ -1,0 +1,340 @@
+"""The Anthropic Messages request, validated at the door and lowered into a ``ChatRequest``.
+
+    MessagesRequest (what the app sent) -> to_chat_request -> ChatRequest (what the core takes)
+
+Unknown fields are refused (``extra="forbid"``), as Anthropic refuses them, so that a
+feature this gateway cannot translate (``thinking``, server tools, documents) is a 400
+naming the field rather than silently lost. Lowering decisions, each chosen so that
+an OpenAI-format upstream receives only what it accepts:
+
+- ``system`` -> one system message; text blocks joined with a blank line.
+- user text and image blocks -> the user message's content; a single text block
+  becomes a plain string. Images become ``image_url`` parts (base64 -> ``data:`` URL).
+- ``tool_result`` blocks -> ``tool`` messages, placed before the rest of the user
+  turn; ``is_error`` prefixes the text with "Error: " (OpenAI has no such flag).
+  Images inside a tool result are refused: OpenAI's tool messages hold only text.
+- ``tool_use`` blocks -> the assistant's ``tool_calls``, ``input`` JSON-encoded.
+- ``tool_choice`` auto/any/tool/none -> "auto"/"required"/named function/"none";
+  ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``.
+- ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``.
+- ``top_k`` is accepted and dropped: OpenAI's API refuses it, and the core speaks OpenAI.
+- ``service_tier`` and every ``cache_control`` are accepted and ignored (prompt caching
+  is the upstream's own business).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .chat_request import ChatRequest
+from .errors import BadRequest
+
+# The discriminator values pydantic puts into an error's location after a union site.
+_TAGS = frozenset({"text", "image", "tool_use", "tool_result", "base64", "url",
+                   "auto", "any", "tool", "none"})
+
+
+def _as_blocks(value: object) -> object:
+    """Content given as a string is one text block (Anthropic's own shorthand)."""
+    return [{"type": "text", "text": value}] if isinstance(value, str) else value
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextBlock(_Wire):
+    type: Literal["text"]
+    text: str
+    cache_control: dict[str, Any] | None = None
+    citations: list[dict[str, Any]] | None = None
+
+
+class Base64Source(_Wire):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: Annotated[str, Field(min_length=1)]
+
+
+class UrlSource(_Wire):
+    type: Literal["url"]
+    url: Annotated[str, Field(min_length=1)]
+
+
+class ImageBlock(_Wire):
+    type: Literal["image"]
+    source: Annotated[Base64Source | UrlSource, Field(discriminator="type")]
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolUseBlock(_Wire):
+    type: Literal["tool_use"]
+    id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    input: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
+
+
+ResultPart = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+
+
+class ToolResultBlock(_Wire):
+    type: Literal["tool_result"]
+    tool_use_id: Annotated[str, Field(min_length=1)]
+    content: Annotated[list[ResultPart], BeforeValidator(_as_blocks)] = []
+    is_error: bool = False
+    cache_control: dict[str, Any] | None = None
+
+
+Block = Annotated[
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")
+]
+
+
+class MessageParam(_Wire):
+    role: Literal["user", "assistant"]
+    content: Annotated[list[Block], BeforeValidator(_as_blocks)]
+
+
+class ToolParam(_Wire):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolChoiceAuto(_Wire):
+    type: Literal["auto"]
+    disable_parallel_tool_use: bool = False
+
+
+class ToolChoiceAny(_Wire):
+    type: Literal["any"]
+    disable_parallel_tool_use: bool = False
+
+
+class ToolChoiceTool(_Wire):
+    type: Literal["tool"]
+    name: Annotated[str, Field(min_length=1)]
+    disable_parallel_tool_use: bool = False
+
+
+class ToolChoiceNone(_Wire):
+    type: Literal["none"]
+
+
+ToolChoice = Annotated[
+    ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")
+]
+
+
+class Metadata(_Wire):
+    user_id: str | None = None
+
+
+class CountTokensRequest(_Wire):
+    """POST /v1/messages/count_tokens: the prompt part of a Messages request."""
+
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[MessageParam], Field(min_length=1)]
+    system: Annotated[list[TextBlock], BeforeValidator(_as_blocks)] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    """POST /v1/messages."""
+
+    max_tokens: Annotated[int, Field(ge=1)]
+    stream: bool = False
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    stop_sequences: list[str] | None = None
+    metadata: Metadata | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+
+
+_Request = TypeVar("_Request", bound=CountTokensRequest)
+
+
+def parse(model: type[_Request], body: bytes) -> _Request:
+    """Validate a body; any problem is a ``BadRequest`` worded as Anthropic words it,
+    ``<field path>: <what is wrong>`` (e.g. ``max_tokens: Field required``)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise _bad_request(exc) from exc
+
+
+def _bad_request(exc: ValidationError) -> BadRequest:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        reason = first["msg"].removeprefix("Invalid JSON: ")
+        return BadRequest(f"The request body is not valid JSON: {reason}.")
+    if first["type"] == "model_type" and not first["loc"]:
+        return BadRequest("The request body must be a JSON object.")
+    param = field_path(first["loc"])
+    message = "Extra inputs are not permitted" if first["type"] == "extra_forbidden" else first["msg"]
+    return BadRequest(f"{param}: {message}", param=param)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A dotted path to the field, without the union tags pydantic adds to locations.
+
+    >>> field_path(("messages", 0, "content", 1, "tool_use", "input"))
+    'messages.0.content.1.input'
+    """
+    kept: list[str] = []
+    for position, part in enumerate(loc):
+        before = loc[position - 1] if position else None
+        at_union = before in ("source", "tool_choice") or (
+            isinstance(before, int) and position >= 2 and loc[position - 2] == "content"
+        )
+        if at_union and part in _TAGS:
+            continue
+        kept.append(str(part))
+    return ".".join(kept)
+
+
+def to_chat_request(request: MessagesRequest) -> ChatRequest:
+    """Lower a Messages request into the OpenAI-shaped request the serving core takes."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": chat_messages(request),
+        "max_tokens": request.max_tokens,
+        "stream": request.stream,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop_sequences:
+        body["stop"] = list(request.stop_sequences)
+    if request.metadata is not None and request.metadata.user_id:
+        body["user"] = request.metadata.user_id
+    body.update(_tools(request))
+    return ChatRequest.model_validate(body)
+
+
+def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
+    """The conversation as OpenAI chat messages, system prompt first."""
+    lowered: list[dict[str, Any]] = []
+    if request.system:
+        lowered.append({"role": "system", "content": "\n\n".join(b.text for b in request.system)})
+    for number, message in enumerate(request.messages):
+        if message.role == "assistant":
+            lowered.append(_assistant(message, number))
+        else:
+            lowered.extend(_user(message, number))
+    return lowered
+
+
+def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for position, block in enumerate(message.content):
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            calls.append({
+                "id": block.id,
+                "type": "function",
+                "function": {"name": block.name, "arguments": json.dumps(block.input)},
+            })
+        else:
+            raise _misplaced(block.type, "an assistant", number, position)
+    lowered: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+    if calls:
+        lowered["tool_calls"] = calls
+        lowered["content"] = lowered["content"] or None
+    return lowered
+
+
+def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for position, block in enumerate(message.content):
+        if isinstance(block, ToolResultBlock):
+            results.append(_tool_message(block, number, position))
+        elif isinstance(block, TextBlock):
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            parts.append(_image_part(block))
+        else:
+            raise _misplaced(block.type, "a user", number, position)
+    if not parts:
+        return results
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return [*results, {"role": "user", "content": parts[0]["text"]}]
+    return [*results, {"role": "user", "content": parts}]
+
+
+def _tool_message(block: ToolResultBlock, number: int, position: int) -> dict[str, Any]:
+    texts: list[str] = []
+    for inner, part in enumerate(block.content):
+        if not isinstance(part, TextBlock):
+            param = f"messages.{number}.content.{position}.content.{inner}"
+            raise BadRequest(
+                f"{param}: images in a tool_result cannot be passed on; OpenAI-format "
+                "tool messages hold only text. Send the image in a user text turn instead.",
+                param=param,
+            )
+        texts.append(part.text)
+    text = "\n".join(texts)
+    return {
+        "role": "tool",
+        "tool_call_id": block.tool_use_id,
+        "content": f"Error: {text}" if block.is_error else text,
+    }
+
+
+def _image_part(block: ImageBlock) -> dict[str, Any]:
+    source = block.source
+    if isinstance(source, Base64Source):
+        url = f"data:{source.media_type};base64,{source.data}"
+    else:
+        url = source.url
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _misplaced(kind: str, turn: str, number: int, position: int) -> BadRequest:
+    param = f"messages.{number}.content.{position}"
+    return BadRequest(f"{param}: {turn} turn cannot hold a '{kind}' block.", param=param)
+
+
+def _tools(request: CountTokensRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, or nothing when no tools."""
+    names = {tool.name for tool in request.tools or ()}
+    choice = request.tool_choice
+    if isinstance(choice, ToolChoiceTool) and choice.name not in names:
+        raise BadRequest(
+            f"tool_choice.name: no tool named '{choice.name}' is in 'tools'.",
+            param="tool_choice.name",
+        )
+    if not request.tools:
+        return {}
+    lowered: dict[str, Any] = {"tools": [_tool(tool) for tool in request.tools]}
+    if isinstance(choice, ToolChoiceNone):
+        lowered["tool_choice"] = "none"
+        return lowered
+    if isinstance(choice, ToolChoiceAny):
+        lowered["tool_choice"] = "required"
+    elif isinstance(choice, ToolChoiceTool):
+        lowered["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    elif isinstance(choice, ToolChoiceAuto):
+        lowered["tool_choice"] = "auto"
+    if choice is not None and choice.disable_parallel_tool_use:
+        lowered["parallel_tool_calls"] = False
+    return lowered
+
+
+def _tool(tool: ToolParam) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+    if tool.description is not None:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}

@@ -1,0 +1,181 @@
+"""Anthropic's Messages API (POST /v1/messages, ``anthropic-version: 2023-06-01``).
+
+The request is translated by ``anthropic_wire``; what cannot be honoured is refused
+with a 400 naming the parameter, never dropped, when it would change the answer:
+
+    OpenAI                          Anthropic
+    system, developer messages      ``system`` text blocks (``cache_control`` kept)
+    user, assistant messages        turns, consecutive ones of a role merged
+    image_url (data: / http(s))     ``image`` with a base64 / url source
+    assistant tool_calls            ``tool_use`` blocks, arguments parsed into ``input``
+    tool messages                   ``tool_result`` blocks, first in a user turn
+    tools / tool_choice             {name, description, input_schema, strict} /
+                                    auto, none, required -> any, named -> tool
+    parallel_tool_calls: false      tool_choice.disable_parallel_tool_use
+    max_tokens, max_completion_...  ``max_tokens`` (always sent: the call's output cap)
+    temperature, top_p, top_k       the same (temperature above 1: 400, Anthropic's is 0-1)
+    stop                            ``stop_sequences``
+    user                            ``metadata.user_id``
+    response_format json_schema     ``output_config.format`` (structured outputs; give
+                                    the deployment the json_schema capability only for
+                                    models that have them)
+    response_format json_object     400: Anthropic promises JSON only against a schema
+    n > 1, seed                     400: one choice per call, no seeded sampling
+    frequency/presence_penalty,     400 unless neutral (0, {}, false, ["text"]): a
+    logit_bias, logprobs, audio,    client asking for them would silently get
+    modalities, reasoning_effort... something else
+    store, metadata, service_tier,  dropped: they concern OpenAI's dashboards or
+    prediction, a message's name    latency, not the answer (Anthropic has no names)
+    anything else                   400 "Unrecognized request argument"
+
+The answer: text blocks joined, ``tool_use`` as tool calls, stop reasons end_turn,
+stop_sequence, pause_turn -> stop, max_tokens -> length, tool_use -> tool_calls,
+refusal -> content_filter; ``prompt_tokens`` counts input, cache reads and cache
+writes, as OpenAI counts every prompt token. Streams map ``content_block_*`` events to
+deltas (a tool call's index is its place among the ``tool_use`` blocks) and an
+``error`` event to the ``UpstreamError`` its type means (``overloaded_error`` ->
+``UpstreamOverloaded``). Anthropic has no embeddings API: the compiler refuses
+``kind: embeddings`` on an anthropic provider (AGW320) and ``embed`` says so too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from aigw.compiler.graph import Provider
+
+from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
+from ..tokens import TokenCounter
+from ..upstream import Upstream, UpstreamFailure, classify, json_event
+from .anthropic_wire import ERROR_STATUS, STOP_REASONS, messages_body, parse_message, usage
+from .base import (
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    EmbeddingCall,
+    EmbeddingResult,
+    ToolCallDelta,
+    Usage,
+)
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicAdapter:
+    """Chat against Anthropic's Messages API, whole or streamed."""
+
+    def __init__(self, provider: Provider, counter: TokenCounter) -> None:
+        self.provider = provider
+        self.upstream = Upstream(provider)
+        base = (provider.base_url or ANTHROPIC_BASE_URL).rstrip("/")
+        # The root is what Anthropic documents; a root given with OpenAI's habit of /v1 works too.
+        self._url = f"{base.removesuffix('/v1')}/v1/messages"
+        self._headers = {
+            **provider.headers,
+            "anthropic-version": provider.api_version or ANTHROPIC_VERSION,
+        }
+        if provider.api_key:
+            self._headers["x-api-key"] = provider.api_key
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        document = await self.upstream.post_json(
+            self._url, messages_body(call, stream=False), self._headers
+        )
+        return parse_message(document, call, self.provider)
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        reader = _StreamReader(self.provider)
+        events = self.upstream.post_sse(self._url, messages_body(call, stream=True), self._headers)
+        async with aclosing(events):
+            async for name, data in events:
+                if name == "ping":
+                    continue
+                for delta in reader.read(json_event(data, self.provider)):
+                    yield delta
+                if reader.stopped:
+                    break
+        if not reader.stopped:
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' ended the stream before message_stop",
+                provider=self.provider.name,
+            )
+        yield ChatDelta(usage=usage(reader.counts) if reader.counts else
+                        Usage(call.prompt_tokens, 0))
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        raise NoDeploymentAvailable(
+            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
+            "(anthropic), which has no embeddings API."
+        )
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+class _StreamReader:
+    """Anthropic's stream events in, chat deltas out; keeps the running usage counts."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.counts: dict[str, Any] = {}
+        self.stopped = False
+        self._tool_index: dict[int, int] = {}  # content block index -> tool call index
+
+    def read(self, event: Mapping[str, Any]) -> list[ChatDelta]:
+        kind = event.get("type")
+        if kind == "message_start":
+            self._count((event.get("message") or {}).get("usage"))
+        elif kind == "content_block_start":
+            return self._block_start(int(event.get("index", 0)), event.get("content_block") or {})
+        elif kind == "content_block_delta":
+            return self._block_delta(int(event.get("index", 0)), event.get("delta") or {})
+        elif kind == "message_delta":
+            self._count(event.get("usage"))
+            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            if stop_reason:
+                return [ChatDelta(finish_reason=STOP_REASONS.get(stop_reason, "stop"))]
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind == "error":
+            raise stream_error(event, self.provider)
+        return []  # content_block_stop, and event types added after this adapter was written
+
+    def _block_start(self, index: int, block: Mapping[str, Any]) -> list[ChatDelta]:
+        if block.get("type") == "tool_use":
+            position = len(self._tool_index)
+            self._tool_index[index] = position
+            call = ToolCallDelta(position, id=str(block.get("id", "")),
+                                 name=str(block.get("name", "")), arguments="")
+            return [ChatDelta(tool_calls=(call,))]
+        if block.get("type") == "text" and block.get("text"):
+            return [ChatDelta(content=str(block["text"]))]
+        return []  # thinking and server-tool blocks are not part of an OpenAI answer
+
+    def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[ChatDelta]:
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            return [ChatDelta(content=str(delta["text"]))]
+        if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+            position = self._tool_index.get(index)
+            if position is not None:
+                call = ToolCallDelta(position, arguments=str(delta["partial_json"]))
+                return [ChatDelta(tool_calls=(call,))]
+        return []
+
+    def _count(self, counts: object) -> None:
+        """Counts in ``message_delta`` are cumulative: the latest value of each wins."""
+        if isinstance(counts, dict):
+            self.counts.update({name: value for name, value in counts.items()
+                                if isinstance(value, int)})
+
+
+def stream_error(event: Mapping[str, Any], provider: Provider) -> UpstreamError:
+    """An ``error`` event, classified as the HTTP error of the same type would be."""
+    error = event.get("error")
+    error = error if isinstance(error, dict) else {}
+    kind = str(error.get("type") or "api_error")
+    message = str(error.get("message") or kind)
+    failure = UpstreamFailure(ERROR_STATUS.get(kind, 500), message, kind, None)
+    return classify(failure, provider)

@@ -1,0 +1,336 @@
+"""Google's Gemini API (generativelanguage v1beta): chat, streaming and embeddings.
+
+Calls ``models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` and
+``:batchEmbedContents`` with the key in ``x-goog-api-key``. The request side lives in
+``gemini_wire``; this module reads Gemini's answers back into OpenAI's shapes.
+
+OpenAI -> Gemini
+    system, developer       ``systemInstruction`` parts, in order, wherever they stand
+                            (text only: an image there is a BadRequest)
+    user / tool / assistant turns ``user`` / ``user`` / ``model``; consecutive turns of
+                            one role merged into one (Gemini wants them alternating)
+    content parts           text; image_url and file as ``inlineData`` from a base64
+                            ``data:`` URL; input_audio (wav, mp3) as ``inlineData``.
+                            An http(s) image URL is a BadRequest: Gemini's ``fileData``
+                            takes only Files-API URIs, and the gateway does not fetch.
+    assistant tool_calls    ``functionCall`` parts, arguments parsed (must be an object)
+    tool messages           ``functionResponse``; the name comes from the assistant
+                            tool call with that id; a JSON object result is sent as is,
+                            anything else as ``{"result": ...}``. Ids are not sent.
+    tools                   ``tools: [{functionDeclarations}]``; parameters lowered to
+                            Gemini's Schema: local ``$ref`` inlined (recursion is a
+                            BadRequest), ``["t", "null"]`` and an ``anyOf`` null branch
+                            become ``nullable``, ``oneOf`` becomes ``anyOf``, a string
+                            ``const`` an ``enum``; dropped: ``$schema``, ``$id``,
+                            ``$defs``/``definitions``, ``additionalProperties``,
+                            ``patternProperties``, ``allOf``, ``not``, ``examples``,
+                            ``exclusiveMinimum``/``Maximum``, ``multipleOf``,
+                            ``uniqueItems``, ``strict``, non-string enums, formats other
+                            than enum/date-time/float/double/int32/int64, empty
+                            ``properties`` (and parameters with none).
+    tool_choice             auto/required/none -> AUTO/ANY/NONE; a named function ->
+                            ANY with ``allowedFunctionNames``
+    temperature, top_p, top_k, seed, presence_penalty, frequency_penalty, stop, n
+                            ``generationConfig`` temperature, topP, topK, seed,
+                            presencePenalty, frequencyPenalty, stopSequences,
+                            candidateCount
+    max_(completion_)tokens ``maxOutputTokens`` (the planner's cap), only when asked
+    response_format         json_object -> responseMimeType application/json;
+                            json_schema -> that and ``responseJsonSchema`` (full JSON
+                            Schema, not lowered)
+    reasoning_effort        ``thinkingConfig.thinkingBudget`` as Google's own OpenAI
+                            layer maps it: none 0, minimal/low 1024, medium 8192,
+                            high 24576
+    user, metadata, store, service_tier, prompt_cache_key, safety_identifier
+                            accepted and ignored: they change no answer
+    BadRequest naming it    logit_bias, logprobs / top_logprobs (no logprobs in our
+                            result shape), parallel_tool_calls false (Gemini cannot
+                            forbid parallel calls), modalities other than ["text"],
+                            audio, prediction, web_search_options and any other
+                            unknown parameter
+
+Gemini -> OpenAI
+    text parts joined (``thought`` parts skipped); ``functionCall`` parts become
+    tool_calls with ids ``call_<n>``, numbered on from the tool calls already in the
+    conversation, so ids are deterministic and unique within it. A call that carries
+    a ``thoughtSignature`` (Gemini 3 requires it back) gets id ``call_<n>.<signature>``
+    and the signature is restored when the call comes back; such ids are long, and an
+    OpenAI deployment in the same fallback chain would refuse them.
+    finishReason STOP -> stop (tool_calls when a function was called), MAX_TOKENS ->
+    length, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY ->
+    content_filter, others -> stop; MALFORMED_FUNCTION_CALL on every candidate is a
+    502 (retryable: another attempt may well succeed).
+    A prompt refused outright (``promptFeedback.blockReason``, no candidates) raises
+    UpstreamContentPolicy: HTTP 400 content_policy_violation naming the reason; a
+    streamed one does so before the first byte.
+    usage: promptTokenCount (+ toolUsePromptTokenCount), candidatesTokenCount +
+    thoughtsTokenCount (thinking is billed as output), cachedContentTokenCount.
+    Streams: each event is a GenerateContentResponse; a function call arrives whole,
+    so it becomes one tool-call delta with id, name and all its arguments.
+
+Errors: Google's ``{"error": {"code", "message", "status"}}`` is classified by the
+shared rules; ``RetryInfo.retryDelay`` in its details becomes Retry-After; a 400
+API_KEY_INVALID is an auth failure, like 401/403.
+Embeddings: ``batchEmbedContents`` in batches of 100, ``outputDimensionality`` from
+``dimensions``; Gemini reports no token count, so the gateway's count is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from aigw.compiler.graph import Provider
+
+from ..errors import (
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamContentPolicy,
+    UpstreamError,
+    UpstreamServerError,
+)
+from ..tokens import TokenCounter
+from ..upstream import Upstream, UpstreamFailure, classify, json_event, make_client
+from .base import (
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    Choice,
+    EmbeddingCall,
+    EmbeddingResult,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from .gemini_wire import SIGNATURE_MARK, build_request
+
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
+FINISH_REASONS = {
+    "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
+    "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+class GeminiAdapter:
+    """Chat and embeddings against the Gemini API."""
+
+    def __init__(self, provider: Provider, counter: TokenCounter) -> None:
+        self.provider = provider
+        client = make_client(provider)
+        client.event_hooks = {"response": [_retry_info]}
+        self.upstream = Upstream(provider, client)
+        self._base = (provider.base_url or GEMINI_BASE_URL).rstrip("/")
+        self._headers = {**provider.headers, "x-goog-api-key": provider.api_key or ""}
+
+    def url(self, model: str, method: str) -> str:
+        return f"{self._base}/{model_path(model)}:{method}"
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        url = self.url(call.deployment.model, "generateContent")
+        with _key_refusals():
+            document = await self.upstream.post_json(url, build_request(call), self._headers)
+        return parse_response(document, call, self.provider)
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        url = self.url(call.deployment.model, "streamGenerateContent") + "?alt=sse"
+        first = _first_call_number(call)
+        called: dict[int, int] = {}  # candidate index -> function calls so far
+        usage: Usage | None = None
+        events = self.upstream.post_sse(url, build_request(call), self._headers)
+        with _key_refusals():
+            async for _event, data in events:
+                chunk = json_event(data, self.provider)
+                _raise_for_error(chunk, self.provider)
+                for delta in _chunk_deltas(chunk, first, called, self.provider):
+                    yield delta
+                if chunk.get("usageMetadata"):
+                    usage = _usage(chunk["usageMetadata"], call)
+        yield ChatDelta(usage=usage or Usage(call.prompt_tokens, 0))
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        model = model_path(call.deployment.model)
+        extra = {} if call.dimensions is None else {"outputDimensionality": call.dimensions}
+        batches = [call.inputs[i:i + EMBED_BATCH] for i in range(0, len(call.inputs), EMBED_BATCH)]
+        with _key_refusals():
+            documents = await asyncio.gather(*(
+                self.upstream.post_json(
+                    self.url(call.deployment.model, "batchEmbedContents"),
+                    {"requests": [{"model": model, "content": {"parts": [{"text": text}]},
+                                   **extra} for text in batch]},
+                    self._headers,
+                )
+                for batch in batches
+            ))
+        vectors = tuple(
+            tuple(float(value) for value in row.get("values") or [])
+            for document in documents for row in document.get("embeddings") or []
+        )
+        if len(vectors) != len(call.inputs):
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' returned {len(vectors)} embeddings "
+                f"for {len(call.inputs)} inputs", provider=self.provider.name)
+        return EmbeddingResult(call.deployment.model, vectors, call.prompt_tokens)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def model_path(model: str) -> str:
+    """``gemini-2.5-flash`` -> ``models/gemini-2.5-flash``; ``tunedModels/x`` stays as is."""
+    return model if "/" in model else f"models/{model}"
+
+
+def parse_response(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+    _raise_if_blocked(document, provider)
+    first = _first_call_number(call)
+    choices = []
+    malformed = 0
+    for position, candidate in enumerate(document.get("candidates") or []):
+        texts, calls = _read_parts(candidate, first)
+        reason = str(candidate.get("finishReason") or "STOP")
+        malformed += reason == "MALFORMED_FUNCTION_CALL"
+        choices.append(Choice(
+            index=int(candidate.get("index", position)),
+            content="".join(texts) if texts else None,
+            finish_reason=_finish(reason, bool(calls)),
+            tool_calls=tuple(calls),
+        ))
+    if not choices:
+        raise UpstreamServerError(
+            f"provider '{provider.name}' answered with no candidates", provider=provider.name)
+    if malformed == len(choices):
+        raise _malformed(provider)
+    usage = document.get("usageMetadata")
+    return ChatResult(
+        model=str(document.get("modelVersion") or call.deployment.model),
+        choices=tuple(choices),
+        usage=_usage(usage, call) if usage else Usage(call.prompt_tokens, 0),
+    )
+
+
+def _chunk_deltas(
+    chunk: Mapping[str, Any], first: int, called: dict[int, int], provider: Provider
+) -> list[ChatDelta]:
+    _raise_if_blocked(chunk, provider)
+    deltas = []
+    for position, candidate in enumerate(chunk.get("candidates") or []):
+        index = int(candidate.get("index", position))
+        texts, calls = _read_parts(candidate, first + called.get(index, 0))
+        if texts:
+            deltas.append(ChatDelta(index, content="".join(texts)))
+        for call in calls:
+            number = called.get(index, 0)
+            called[index] = number + 1
+            deltas.append(ChatDelta(index, tool_calls=(
+                ToolCallDelta(number, call.id, call.name, call.arguments),)))
+        reason = candidate.get("finishReason")
+        if reason == "MALFORMED_FUNCTION_CALL":
+            raise _malformed(provider)
+        if reason:
+            deltas.append(ChatDelta(index, finish_reason=_finish(str(reason),
+                                                                 called.get(index, 0) > 0)))
+    return deltas
+
+
+def _read_parts(candidate: Mapping[str, Any], first: int) -> tuple[list[str], list[ToolCall]]:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        if part.get("thought"):
+            continue
+        if isinstance(part.get("text"), str) and part["text"]:
+            texts.append(part["text"])
+        function = part.get("functionCall")
+        if isinstance(function, dict):
+            call_id = f"call_{first + len(calls)}"
+            if part.get("thoughtSignature"):
+                call_id += SIGNATURE_MARK + str(part["thoughtSignature"])
+            arguments = json.dumps(function.get("args") or {}, separators=(",", ":"))
+            calls.append(ToolCall(call_id, str(function.get("name", "")), arguments))
+    return texts, calls
+
+
+def _first_call_number(call: ChatCall) -> int:
+    """The number of the next ``call_<n>``: tool calls already in the conversation."""
+    return sum(len(m.tool_calls or []) for m in call.request.messages if m.role == "assistant")
+
+
+def _finish(reason: str, called: bool) -> str:
+    finish = FINISH_REASONS.get(reason, "stop")
+    return "tool_calls" if called and finish == "stop" else finish
+
+
+def _usage(usage: Mapping[str, Any], call: ChatCall) -> Usage:
+    prompt = int(usage.get("promptTokenCount") or 0) + int(
+        usage.get("toolUsePromptTokenCount") or 0)
+    completion = int(usage.get("candidatesTokenCount") or 0) + int(
+        usage.get("thoughtsTokenCount") or 0)
+    return Usage(prompt or call.prompt_tokens, completion,
+                 cached_tokens=int(usage.get("cachedContentTokenCount") or 0))
+
+
+def _raise_if_blocked(document: Mapping[str, Any], provider: Provider) -> None:
+    reason = (document.get("promptFeedback") or {}).get("blockReason")
+    if reason and not document.get("candidates"):
+        raise UpstreamContentPolicy(
+            f"provider '{provider.name}' refused the prompt (blockReason {reason})",
+            provider=provider.name, upstream_status=200)
+
+
+def _raise_for_error(chunk: Mapping[str, Any], provider: Provider) -> None:
+    """An error sent as an event, after the stream began: classified like a status."""
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        status = int(error.get("code") or 500)
+        raise classify(UpstreamFailure(status, str(error.get("message", "")),
+                                       str(error.get("status", "")).lower(), None), provider)
+
+
+def _malformed(provider: Provider) -> UpstreamError:
+    return UpstreamServerError(
+        f"provider '{provider.name}' produced a malformed function call "
+        "(finishReason MALFORMED_FUNCTION_CALL)", provider=provider.name)
+
+
+@contextmanager
+def _key_refusals() -> Iterator[None]:
+    """Gemini answers a wrong key with 400 INVALID_ARGUMENT "API key not valid": an auth
+    failure, like 401 and 403, not the client's bad request."""
+    try:
+        yield
+    except UpstreamBadRequest as exc:
+        text = exc.message.lower()
+        if "api key not valid" in text or "api key expired" in text:
+            raise UpstreamAuthError(
+                f"provider '{exc.provider}' refused the gateway's credentials "
+                "(HTTP 400, API key not valid)",
+                provider=exc.provider, upstream_status=exc.upstream_status,
+            ) from exc
+        raise
+
+
+async def _retry_info(response: httpx.Response) -> None:
+    """Copy Google's ``RetryInfo.retryDelay`` (e.g. "37s"), which it sends in the error
+    body rather than a header, into Retry-After so the shared classifier honours it."""
+    if response.status_code < 400 or "retry-after" in response.headers:
+        return
+    try:
+        error = json.loads(await response.aread()).get("error") or {}
+        details = error.get("details") or []
+    except (ValueError, AttributeError):  # not Google's error shape: nothing to copy
+        return
+    for detail in details if isinstance(details, list) else []:
+        match = _DELAY.match(str((detail or {}).get("retryDelay", "")))
+        if match:
+            response.headers["retry-after"] = match.group(1)
+            return

@@ -1,0 +1,88 @@
+"""``aigw route``: what the gateway would do with a request, without calling anything."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from aigw.compiler.graph import Graph, Group
+
+from ..chat_request import ChatRequest, Message
+from ..providers.registry import ADAPTERS
+from .candidates import Dropped, eligible
+from .state import RoutingState
+from .strategies import Demand, expected_cost, order
+
+
+@dataclass(frozen=True, slots=True)
+class TierExplanation:
+    group: str
+    reason: str
+    strategy: str
+    order: tuple[tuple[str, float], ...]  # (deployment, expected cost)
+    dropped: tuple[Dropped, ...]
+
+
+def explain(
+    graph: Graph,
+    route_name: str,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    stream: bool = False,
+    state: RoutingState | None = None,
+) -> list[TierExplanation]:
+    """Every group the request could reach, in the order the attempt loop would try them."""
+    route = graph.routes[route_name]
+    if route.group is None:
+        return []
+    state = state or RoutingState()
+    state.sync(graph)
+    request = ChatRequest(
+        model=route_name,
+        messages=[Message(role="user", content="")],
+        max_tokens=max_tokens,
+        stream=stream,
+    )
+    adapters = {name: _Placeholder() for name, p in graph.providers.items()
+                if p.enabled and p.type in ADAPTERS}
+    tiers: list[TierExplanation] = []
+    queue: deque[tuple[Group, str]] = deque([(route.group, "route")])
+    seen: set[str] = set()
+    demand = Demand(prompt_tokens, max_tokens, stream)
+    while queue:
+        group, reason = queue.popleft()
+        if group.name in seen:
+            continue
+        seen.add(group.name)
+        fit, dropped = eligible(group, adapters, request, prompt_tokens)  # type: ignore[arg-type]
+        ordered = order(group, fit, state, demand)
+        tiers.append(TierExplanation(
+            group.name, reason, group.strategy,
+            tuple((c.deployment.name, expected_cost(c.deployment, demand)) for c in ordered),
+            tuple(dropped),
+        ))
+        labelled = [(name, "fallback") for name in group.fallbacks]
+        labelled += [(name, "rate-limit fallback") for name in group.on_rate_limit]
+        labelled += [(name, "context-window fallback") for name in group.on_context_window]
+        labelled += [(name, "content-policy fallback") for name in group.on_content_policy]
+        for name, label in labelled:
+            if name in graph.groups and name not in seen:
+                queue.append((graph.groups[name], label))
+    return tiers
+
+
+class _Placeholder:
+    """Stands in for an adapter: explaining never calls an upstream."""
+
+
+def render(route_name: str, tiers: list[TierExplanation], prompt_tokens: int,
+           max_tokens: int | None) -> str:
+    lines = [f"route {route_name}: {prompt_tokens} prompt tokens, "
+             f"max_tokens {max_tokens if max_tokens is not None else 'unset'}"]
+    for tier in tiers:
+        lines.append(f"  group {tier.group} ({tier.reason}, strategy {tier.strategy})")
+        for rank, (name, cost) in enumerate(tier.order, start=1):
+            lines.append(f"    {rank}. {name}  expected cost {cost:.6f}")
+        for item in tier.dropped:
+            lines.append(f"    dropped {item.deployment}: {item.reason}")
+    return "\n".join(lines) + "\n"

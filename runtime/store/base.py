@@ -1,0 +1,71 @@
+"""The store seam: what the request path asks of limits, budgets and the spend ledger.
+
+One request, in the order the handler calls it::
+
+    decision = await store.reserve(request_id, limits, tokens=prompt + max_tokens,
+                                   cost=worst_case_cost)
+    if isinstance(decision, Denied):
+        raise decision.error()               # 429 with Retry-After and x-ratelimit-*
+    try:
+        ...call the upstream, stream the answer...
+    finally:
+        await store.settle(decision, tokens=used, cost=actual_cost)   # or release()
+        await store.record(LedgerRecord(...))    # every request, served or failed
+
+``reserve`` checks and takes every scope in ``limits`` at once, or nothing.
+``settle`` and ``release`` are idempotent (the second call does nothing), and a
+reservation nobody settles gives its budget hold back after its TTL. ``record`` is
+idempotent by request id and returns once the record is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .values import BudgetStatus, Denied, LedgerRecord, Limits, Reservation, UsageQuery, UsageRow
+
+
+class Store(Protocol):
+    """Rate limits, budgets and the spend ledger, embedded or shared through Redis."""
+
+    async def reserve(
+        self,
+        request_id: str,
+        limits: Sequence[Limits],
+        *,
+        tokens: int,
+        cost: float,
+        ttl: float | None = None,
+    ) -> Reservation | Denied:
+        """Take 1 request and ``tokens`` from every rate limit and hold ``cost`` against
+        every budget in ``limits``, all or nothing; the hold lasts ``ttl`` seconds
+        (the store's default when None). Raises ``StoreUnavailable`` when the store
+        cannot answer and the store is set to fail closed."""
+        ...
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
+        """The call is over: release the hold, charge ``cost`` to the budgets, and give
+        back the tokens reserved but not used (``tokens`` is what was really used)."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """The call did not happen: give back the tokens and the budget hold (the
+        request still counts against requests per minute). Same as settling zero."""
+        ...
+
+    async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
+        """Each budget in ``limits`` for its current period: amount, spent, held."""
+        ...
+
+    async def record(self, record: LedgerRecord) -> None:
+        """Write one ledger record, once per request id; durable when this returns."""
+        ...
+
+    async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
+        """Usage totals from the ledger, grouped and filtered as ``query`` says."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish pending writes and let go of files, threads and connections."""
+        ...

@@ -1,0 +1,273 @@
+"""The checks one reservation makes, and the arithmetic both stores share.
+
+Rate limits are token buckets: a limit of N per minute holds up to N and refills
+continuously at N/60 a second. That is what OpenAI's headers describe (``reset`` is
+the time until the bucket is full again), a caller is never told to wait for a
+window edge, and there is no double burst at a window boundary as with fixed
+windows. A reservation takes 1 request and ``tokens`` (prompt + max_tokens) out of
+each bucket; settling puts back what was reserved and not used (or takes the
+overrun, which may leave a bucket in debt). Nothing needs to expire for buckets: a
+crashed gateway's reservation is simply used up and refills like any other.
+
+Budgets are counters per (scope, name, period): ``spent`` plus ``held`` (the
+worst-case cost of reservations in flight). A request fits when
+``spent + held + cost <= amount``; holds expire after the reservation's TTL.
+
+The Redis Lua scripts (``lua.py``) implement the same bucket and budget arithmetic;
+both stores then turn the raw levels into a ``Denied`` or a ``RateStatus`` here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .values import (
+    NANOS,
+    Denied,
+    Exceeded,
+    Limits,
+    Period,
+    RateStatus,
+    RateWindow,
+    Reservation,
+    Scope,
+    format_duration,
+    to_nanos,
+)
+
+SECONDS_PER_WINDOW = 60.0
+# A denial caused only by other requests' holds: they settle within seconds, usually.
+HELD_RETRY_AFTER = 1.0
+# How long after its period ends a budget counter is kept (for /admin and late settles).
+KEEP_AFTER_PERIOD = 35 * 86_400.0
+# How long after a reservation expires its settle is still accepted (and charged).
+SETTLE_GRACE = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCheck:
+    """Take ``need`` out of the bucket ``(scope, name, unit)`` of capacity ``cap``."""
+
+    scope: Scope
+    name: str
+    unit: Exceeded
+    cap: int
+    need: int
+
+    @property
+    def rate(self) -> float:
+        return self.cap / SECONDS_PER_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """Hold ``cost`` against the budget counter ``(scope, name, period_key)``."""
+
+    scope: Scope
+    name: str
+    period: Period
+    period_key: str
+    amount_nanos: int
+    resets_at: float | None
+
+    @property
+    def counter(self) -> tuple[str, str, str]:
+        return (self.scope.value, self.name, self.period_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one reservation checks, in the caller's scope order."""
+
+    limits: tuple[Limits, ...]
+    tokens: int
+    cost_nanos: int
+    buckets: tuple[BucketCheck, ...]
+    budgets: tuple[BudgetCheck, ...]
+
+
+def period_key(period: Period, now: float) -> str:
+    """``period_key(Period.MONTH, 1767225600.0) == "2026-01"`` (UTC calendar periods)."""
+    when = datetime.fromtimestamp(now, UTC)
+    if period is Period.DAY:
+        return when.strftime("%Y-%m-%d")
+    if period is Period.MONTH:
+        return when.strftime("%Y-%m")
+    return "total"
+
+
+def period_end(period: Period, now: float) -> float | None:
+    """When the period containing ``now`` ends (None: a total budget never resets)."""
+    when = datetime.fromtimestamp(now, UTC)
+    start = when.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is Period.DAY:
+        return start.timestamp() + 86_400.0
+    if period is Period.MONTH:
+        first = start.replace(day=1)
+        following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+        return following.timestamp()
+    return None
+
+
+def period_start(period: Period, key: str) -> float:
+    """The inverse of ``period_key``: when the period it names began (0 for total)."""
+    if period is Period.DAY:
+        return datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    if period is Period.MONTH:
+        return datetime.strptime(key, "%Y-%m").replace(tzinfo=UTC).timestamp()
+    return 0.0
+
+
+def keep_seconds(check: BudgetCheck, now: float) -> int:
+    """How long a budget counter should live from now; 0 means forever."""
+    if check.resets_at is None:
+        return 0
+    return max(1, math.ceil(check.resets_at - now + KEEP_AFTER_PERIOD))
+
+
+def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan:
+    """What ``reserve`` has to check for these scopes."""
+    if tokens < 0 or cost < 0:
+        raise ValueError("tokens and cost of a reservation cannot be negative")
+    seen: set[tuple[Scope, str]] = set()
+    buckets: list[BucketCheck] = []
+    budgets: list[BudgetCheck] = []
+    for item in limits:
+        if (item.scope, item.name) in seen:
+            raise ValueError(f"{item.subject} is listed twice")
+        seen.add((item.scope, item.name))
+        if item.rpm is not None:
+            buckets.append(BucketCheck(item.scope, item.name, Exceeded.REQUESTS, item.rpm, 1))
+        if item.tpm is not None:
+            buckets.append(BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, tokens))
+        if item.budget is not None:
+            period = item.budget.period
+            budgets.append(
+                BudgetCheck(
+                    item.scope,
+                    item.name,
+                    period,
+                    period_key(period, now),
+                    to_nanos(item.budget.amount),
+                    period_end(period, now),
+                )
+            )
+    return Plan(tuple(limits), tokens, to_nanos(cost), tuple(buckets), tuple(budgets))
+
+
+def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
+    """The settle of a reservation: token buckets get ``reserved - used`` back
+    (``need`` is that refund, negative for an overrun), and the budgets are those of
+    the periods it was admitted in."""
+    if tokens < 0 or cost < 0:
+        raise ValueError("tokens and cost of a settle cannot be negative")
+    refund = reservation.tokens - tokens
+    buckets = tuple(
+        BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, refund)
+        for item in reservation.limits
+        if item.tpm is not None and refund != 0
+    )
+    budgets: list[BudgetCheck] = []
+    budgeted = [item for item in reservation.limits if item.budget is not None]
+    for item, key in zip(budgeted, reservation.periods, strict=True):
+        if item.budget is None:  # filtered above; narrows the type
+            continue
+        period = item.budget.period
+        amount = to_nanos(item.budget.amount)
+        resets_at = period_end(period, period_start(period, key))
+        budgets.append(BudgetCheck(item.scope, item.name, period, key, amount, resets_at))
+    return Plan(reservation.limits, tokens, to_nanos(cost), buckets, tuple(budgets))
+
+
+def refill(level: float, since: float, cap: int, now: float) -> float:
+    """A bucket's level at ``now`` (levels below zero are debt, capped at ``cap``)."""
+    if now > since:
+        level += (now - since) * cap / SECONDS_PER_WINDOW
+    return min(level, float(cap))
+
+
+def decide(
+    checks: Plan, levels: Sequence[float], budgets: Sequence[tuple[int, int]], now: float
+) -> Denied | None:
+    """The denial that waits longest among the checks that fail, or None if all pass.
+
+    ``levels`` are the buckets' levels now, ``budgets`` each counter's (spent, held).
+    """
+    worst: Denied | None = None
+    worst_wait = -1.0
+    rate = rate_status(checks, levels, granted=False)
+    for bucket, level in zip(checks.buckets, levels, strict=True):
+        if bucket.need > level:
+            denied = _bucket_denial(bucket, level, rate)
+            wait = math.inf if denied.retry_after is None else denied.retry_after
+            if wait > worst_wait:
+                worst, worst_wait = denied, wait
+    for budget, (spent, held) in zip(checks.budgets, budgets, strict=True):
+        if spent + held + checks.cost_nanos > budget.amount_nanos:
+            denied = _budget_denial(budget, spent, held, checks.cost_nanos, now, rate)
+            wait = math.inf if denied.retry_after is None else denied.retry_after
+            if wait > worst_wait:
+                worst, worst_wait = denied, wait
+    return worst
+
+
+def rate_status(checks: Plan, levels: Sequence[float], *, granted: bool) -> RateStatus:
+    """The tightest requests and tokens buckets, after this request if it was granted."""
+    tightest: dict[Exceeded, RateWindow] = {}
+    for bucket, level in zip(checks.buckets, levels, strict=True):
+        after = level - bucket.need if granted else level
+        window = RateWindow(bucket.cap, math.floor(after), (bucket.cap - after) / bucket.rate)
+        best = tightest.get(bucket.unit)
+        if best is None or (window.remaining, -window.reset) < (best.remaining, -best.reset):
+            tightest[bucket.unit] = window
+    return RateStatus(tightest.get(Exceeded.REQUESTS), tightest.get(Exceeded.TOKENS))
+
+
+_UNIT_LABEL = {Exceeded.REQUESTS: "requests per min (RPM)", Exceeded.TOKENS: "tokens per min (TPM)"}
+
+
+def _bucket_denial(bucket: BucketCheck, level: float, rate: RateStatus) -> Denied:
+    label = _UNIT_LABEL[bucket.unit]
+    subject = f"{bucket.scope} '{bucket.name}'"
+    if bucket.need > bucket.cap:
+        message = (
+            f"Request too large for {subject} on {label}: Limit {bucket.cap}, "
+            f"Requested {bucket.need}. Reduce the input or max_tokens and try again."
+        )
+        return Denied(bucket.scope, bucket.name, bucket.unit, message, None, rate)
+    wait = (bucket.need - level) / bucket.rate
+    used = bucket.cap - math.floor(level)
+    message = (
+        f"Rate limit reached for {subject} on {label}: Limit {bucket.cap}, Used {used}, "
+        f"Requested {bucket.need}. Please try again in {format_duration(wait)}."
+    )
+    return Denied(bucket.scope, bucket.name, bucket.unit, message, wait, rate)
+
+
+def _budget_denial(
+    budget: BudgetCheck, spent: int, held: int, cost: int, now: float, rate: RateStatus
+) -> Denied:
+    def money(nanos: int) -> str:
+        return f"{nanos / NANOS:.6f}".rstrip("0").rstrip(".")
+
+    wait: float | None
+    if cost > budget.amount_nanos:
+        wait, when = None, "This request alone costs more than the budget."
+    elif spent + cost <= budget.amount_nanos:
+        wait, when = HELD_RETRY_AFTER, "Requests in flight hold the rest; try again shortly."
+    elif budget.resets_at is None:
+        wait, when = None, "The budget does not reset."
+    else:
+        wait = budget.resets_at - now
+        reset = datetime.fromtimestamp(budget.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = f"The budget resets at {reset}."
+    period = budget.period.value if budget.period is Period.TOTAL else budget.period_key
+    message = (
+        f"Budget exceeded for {budget.scope} '{budget.name}' ({period}): "
+        f"Limit {money(budget.amount_nanos)}, Spent {money(spent)}, Reserved {money(held)}, "
+        f"Requested up to {money(cost)}. {when}"
+    )
+    return Denied(budget.scope, budget.name, Exceeded.BUDGET, message, wait, rate)

@@ -1,0 +1,123 @@
+"""The embedded store (the default, for one gateway process): limits and budgets in
+memory, the ledger and what budgets have spent in a SQLite file.
+
+Counters live in ``MemoryLimits``; its methods await nothing, so each check-and-update
+is atomic on the event loop. SQLite is only touched through the one writer thread of
+``SQLiteFile``: ledger records are awaited until committed, budget spend is queued
+behind them (``post``), so it is on disk no later than the request's ledger record.
+Rate-limit buckets are not persisted: after a restart every bucket starts full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+
+from .checks import plan
+from .memory import Counter, MemoryLimits
+from .sqlite_file import SQLiteFile, add_spend, insert_record, load_spend, usage
+from .values import (
+    BudgetStatus,
+    Clock,
+    Denied,
+    LedgerRecord,
+    Limits,
+    Reservation,
+    SystemClock,
+    UsageQuery,
+    UsageRow,
+)
+
+DEFAULT_TTL = 600.0
+
+
+class EmbeddedStore:
+    """``Store`` for one process; open it with ``await EmbeddedStore.open(path)``."""
+
+    def __init__(
+        self, db: SQLiteFile, *, clock: Clock | None = None, reservation_ttl: float = DEFAULT_TTL
+    ) -> None:
+        self.path = db.path
+        self._db = db
+        self._clock = clock or SystemClock()
+        self._ttl = reservation_ttl
+        self._limits = MemoryLimits("embedded")
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        reservation_ttl: float = DEFAULT_TTL,
+        synchronous: str = "FULL",
+    ) -> EmbeddedStore:
+        db = await SQLiteFile.open(path, synchronous=synchronous)
+        return cls(db, clock=clock, reservation_ttl=reservation_ttl)
+
+    async def reserve(
+        self,
+        request_id: str,
+        limits: Sequence[Limits],
+        *,
+        tokens: int,
+        cost: float,
+        ttl: float | None = None,
+    ) -> Reservation | Denied:
+        checks = plan(limits, tokens, cost, self._clock.now())
+        await self._load(tuple(check.counter for check in checks.budgets))
+        ttl = self._ttl if ttl is None else ttl
+        return self._limits.reserve(request_id, checks, self._clock.now(), ttl)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
+        await self._load(reservation_counters(reservation))
+        charged = self._limits.settle(reservation, tokens, cost, self._clock.now())
+        if charged is not None and charged.cost_nanos and charged.budgets:
+            spend = tuple((check.counter, charged.cost_nanos) for check in charged.budgets)
+            self._db.post(partial(add_spend, spend))
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.settle(reservation, tokens=0, cost=0.0)
+
+    async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
+        checks = plan(limits, 0, 0.0, self._clock.now())
+        await self._load(tuple(check.counter for check in checks.budgets))
+        return self._limits.budgets(checks, self._clock.now())
+
+    async def record(self, record: LedgerRecord) -> None:
+        await self._db.call(partial(insert_record, record))
+
+    async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
+        return await self._db.call(partial(usage, query))
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+    async def __aenter__(self) -> EmbeddedStore:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _load(self, counters: tuple[Counter, ...]) -> None:
+        """Bring budget counters this process has not seen yet in from SQLite."""
+        missing = self._limits.missing(counters)
+        if missing:
+            spent = await self._db.call(partial(load_spend, missing))
+            for counter, nanos in spent.items():
+                self._limits.seed(counter, nanos)
+
+
+def reservation_counters(reservation: Reservation) -> tuple[Counter, ...]:
+    budgeted = [item for item in reservation.limits if item.budget is not None]
+    return tuple(
+        (item.scope.value, item.name, key)
+        for item, key in zip(budgeted, reservation.periods, strict=True)
+    )

@@ -1,0 +1,46 @@
+"""``open_store``: the store a ``settings.store`` URL names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Store
+from .embedded import DEFAULT_TTL, EmbeddedStore
+from .redis_store import OnUnavailable, RedisStore
+from .values import Clock
+
+DEFAULT_FILE = "aigw.sqlite"
+
+
+async def open_store(
+    url: str,
+    *,
+    root: Path | None = None,
+    on_unavailable: OnUnavailable | str = OnUnavailable.FAIL_CLOSED,
+    namespace: str = "aigw",
+    clock: Clock | None = None,
+    reservation_ttl: float = DEFAULT_TTL,
+) -> Store:
+    """Open the store ``url`` names; relative files are relative to ``root`` (or cwd).
+
+    ``embedded`` is ``<root>/aigw.sqlite``, ``embedded:/var/lib/aigw/spend.sqlite`` a
+    file of your choice, and ``redis://127.0.0.1:6379/0`` (or ``rediss://``,
+    ``unix://``) a Redis server shared by every replica; it is not contacted until
+    the first call, so a gateway starts while Redis is down. ``on_unavailable``
+    (``fail_closed`` or ``fail_open``) and ``namespace`` apply to Redis only.
+    """
+    if url == "embedded" or url.startswith("embedded:"):
+        file = url.partition(":")[2] or DEFAULT_FILE
+        path = Path(file) if file == ":memory:" else (root or Path.cwd()) / file
+        return await EmbeddedStore.open(path, clock=clock, reservation_ttl=reservation_ttl)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore.from_url(
+            url,
+            namespace=namespace,
+            on_unavailable=OnUnavailable(on_unavailable),
+            clock=clock,
+            reservation_ttl=reservation_ttl,
+        )
+    raise ValueError(
+        f"unknown store {url!r}: expected 'embedded', 'embedded:<file>' or a redis:// URL"
+    )

@@ -1,0 +1,175 @@
+"""The Redis store's Lua scripts: each check-and-update is one script, atomic in Redis.
+
+They mirror ``checks.py``: token buckets (hash ``level``, ``since``; refill cap/60 a
+second) and budget counters (hash ``spent``, ``held`` and ``h:<request id>`` per hold,
+plus a sorted set of holds by expiry). Time comes from the caller (ARGV), so every
+replica and the tests share one notion of it; a bucket never moves back in time.
+Every key a script touches is passed in KEYS. Money is integer nanos.
+"""
+
+from __future__ import annotations
+
+# Shared by the scripts below: refill the bucket KEYS[k] of capacity cap to `now`.
+_REFILL = """
+local function refill(key, cap, now)
+  local state = redis.call('HMGET', key, 'level', 'since')
+  local level = tonumber(state[1]) or cap
+  local since = tonumber(state[2]) or now
+  if now > since then
+    level = level + (now - since) * cap / 60
+    since = now
+  end
+  if level > cap then level = cap end
+  return level, since
+end
+
+local function store_bucket(key, cap, level, since)
+  redis.call('HSET', key, 'level', string.format('%.17g', level),
+             'since', string.format('%.17g', since))
+  local full_in = math.ceil((cap - level) * 60000 / cap) + 1000
+  redis.call('PEXPIRE', key, full_in)
+end
+"""
+
+# Release a hold of request `rid` on budget hash `hk` (and its expiry set `zk`).
+_UNHOLD = """
+local function unhold(hk, zk, rid)
+  local amount = redis.call('HGET', hk, 'h:' .. rid)
+  if amount then
+    redis.call('HINCRBY', hk, 'held', -tonumber(amount))
+    redis.call('HDEL', hk, 'h:' .. rid)
+  end
+  redis.call('ZREM', zk, rid)
+end
+
+local function expire_holds(hk, zk, now)
+  local gone = redis.call('ZRANGEBYSCORE', zk, '-inf', now)
+  for _, rid in ipairs(gone) do unhold(hk, zk, rid) end
+end
+"""
+
+# KEYS: reservation marker, then nb bucket hashes, then ng (budget hash, expiry set) pairs.
+# ARGV: now, request id, hold ttl s, marker ttl ms, cost, nb, ng,
+#       nb x (cap, need), ng x (amount, keep s; 0 = keep forever).
+# Returns {granted (1/0, -1: request id already reserved), nb levels, ng x (spent, held)}.
+RESERVE = (
+    _REFILL
+    + _UNHOLD
+    + """
+local now, rid = tonumber(ARGV[1]), ARGV[2]
+local expires_at = now + tonumber(ARGV[3])
+local cost, nb, ng = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local out, ok, buckets = {0}, true, {}
+local a = 8
+for i = 1, nb do
+  local cap, need = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local level, since = refill(KEYS[1 + i], cap, now)
+  buckets[i] = {level, since, cap, need}
+  if need > level then ok = false end
+  out[#out + 1] = string.format('%.17g', level)
+end
+local budgets = {}
+for j = 1, ng do
+  local hk, zk = KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1]
+  local amount, keep = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  expire_holds(hk, zk, now)
+  local state = redis.call('HMGET', hk, 'spent', 'held')
+  local spent, held = tonumber(state[1]) or 0, tonumber(state[2]) or 0
+  if spent + held + cost > amount then ok = false end
+  budgets[j] = {hk, zk, keep}
+  out[#out + 1] = spent
+  out[#out + 1] = held
+end
+if not ok then return out end
+for i = 1, nb do
+  local b = buckets[i]
+  store_bucket(KEYS[1 + i], b[3], b[1] - b[4], b[2])
+end
+for j = 1, ng do
+  local hk, zk, keep = budgets[j][1], budgets[j][2], budgets[j][3]
+  redis.call('HINCRBY', hk, 'held', cost)
+  redis.call('HSET', hk, 'h:' .. rid, cost)
+  redis.call('ZADD', zk, expires_at, rid)
+  if keep > 0 then
+    redis.call('EXPIRE', hk, keep)
+    redis.call('EXPIRE', zk, keep)
+  end
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
+out[1] = 1
+return out
+"""
+)
+
+# KEYS: reservation marker, nb bucket hashes (tpm only), ng (budget hash, expiry set) pairs.
+# ARGV: now, request id, cost, nb, ng, nb x (cap, refund), ng x keep s.
+# Returns 1, or 0 when the reservation was settled already (or is too old to settle).
+SETTLE = (
+    _REFILL
+    + _UNHOLD
+    + """
+local now, rid, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local nb, ng = tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local a = 6
+for i = 1, nb do
+  local cap, refund = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local level, since = refill(KEYS[1 + i], cap, now)
+  level = level + refund
+  if level > cap then level = cap end
+  store_bucket(KEYS[1 + i], cap, level, since)
+end
+for j = 1, ng do
+  local hk, zk, keep = KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], tonumber(ARGV[a])
+  a = a + 1
+  unhold(hk, zk, rid)
+  redis.call('HINCRBY', hk, 'spent', cost)
+  if keep > 0 then
+    redis.call('EXPIRE', hk, keep)
+    redis.call('EXPIRE', zk, keep)
+  end
+end
+return 1
+"""
+)
+
+# Charge the spend of a reservation made locally while Redis was unreachable, once.
+# KEYS: charge marker, ng budget hashes. ARGV: marker ttl s, cost, ng x keep s.
+CHARGE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for j = 2, #KEYS do
+  redis.call('HINCRBY', KEYS[j], 'spent', ARGV[2])
+  local keep = tonumber(ARGV[1 + j])
+  if keep > 0 then redis.call('EXPIRE', KEYS[j], keep) end
+end
+return 1
+"""
+
+# KEYS: ng (budget hash, expiry set) pairs. ARGV: now. Returns ng x (spent, held).
+BUDGETS = (
+    _UNHOLD
+    + """
+local now = tonumber(ARGV[1])
+local out = {}
+for j = 1, #KEYS, 2 do
+  expire_holds(KEYS[j], KEYS[j + 1], now)
+  local state = redis.call('HMGET', KEYS[j], 'spent', 'held')
+  out[#out + 1] = tonumber(state[1]) or 0
+  out[#out + 1] = tonumber(state[2]) or 0
+end
+return out
+"""
+)
+
+# KEYS: the record's hash, the ledger's index (sorted by time).
+# ARGV: request id, at, then field, value pairs. Returns 1, or 0 if recorded already.
+RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""

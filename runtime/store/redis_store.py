@@ -1,0 +1,485 @@
+"""The Redis store (several gateway replicas behind a load balancer): every
+check-and-update is one Lua script, so all replicas share each limit and budget.
+
+Keys live under ``<namespace>:`` (names are percent-encoded, so a user id cannot
+reach another subject's key)::
+
+    rate:<scope>:<name>:<requests|tokens>     token bucket (expires once full again)
+    budget:<scope>:<name>:<period>            spent, held, h:<request id>
+    budget:<scope>:<name>:<period>:holds      request ids by hold expiry
+    res:<request id>                          reserved and not yet settled
+    charged:<request id>                      a locally made reservation, charged
+    rec:<request id>                          one ledger record (a hash)
+    ledger                                    request ids by time
+
+When Redis cannot be reached (connection refused, timeout), ``on_unavailable``
+decides: ``fail_closed`` makes ``reserve`` and ``budgets`` raise
+``StoreUnavailable``; ``fail_open`` answers them from limits kept in this process
+(``MemoryLimits``) for the time being. Either way settles and ledger records are
+queued in memory and written once Redis answers again, which is tried again at most
+every ``probe_interval`` seconds. How durable a written record is, is Redis' own
+setting: run it with ``appendonly yes`` (``appendfsync always`` for every write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
+from functools import partial
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import StoreUnavailable
+from . import lua
+from .checks import (
+    SETTLE_GRACE,
+    BudgetCheck,
+    Plan,
+    decide,
+    keep_seconds,
+    plan,
+    rate_status,
+    settle_plan,
+)
+from .memory import MemoryLimits
+from .usage import Summary
+from .values import (
+    NANOS,
+    BudgetStatus,
+    Clock,
+    Denied,
+    LedgerRecord,
+    Limits,
+    Reservation,
+    SystemClock,
+    UsageQuery,
+    UsageRow,
+)
+
+log = logging.getLogger("aigw.store")
+
+DEFAULT_TTL = 600.0
+PAGE = 500
+# Redis is unreachable: these are the errors that say so (not a refused command).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class OnUnavailable(StrEnum):
+    FAIL_CLOSED = "fail_closed"
+    FAIL_OPEN = "fail_open"
+
+
+Write = Callable[[], Awaitable[object]]
+
+
+class RedisStore:
+    """``Store`` shared by every replica on one Redis; build it with ``from_url``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str = "aigw",
+        on_unavailable: OnUnavailable = OnUnavailable.FAIL_CLOSED,
+        clock: Clock | None = None,
+        reservation_ttl: float = DEFAULT_TTL,
+        probe_interval: float = 1.0,
+        outbox_limit: int = 100_000,
+    ) -> None:
+        self._redis = client
+        self._ns = namespace
+        self._mode = on_unavailable
+        self._clock = clock or SystemClock()
+        self._ttl = reservation_ttl
+        self._probe_interval = probe_interval
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("reserve", lua.RESERVE),
+                ("settle", lua.SETTLE),
+                ("charge", lua.CHARGE),
+                ("budgets", lua.BUDGETS),
+                ("record", lua.RECORD),
+            )
+        }
+        self._local = MemoryLimits("local")
+        self._down_since: float | None = None
+        self._probe_at = 0.0
+        self._last_error: BaseException | None = None
+        self._outbox: deque[Write] = deque(maxlen=outbox_limit)
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        max_connections: int = 64,
+        timeout: float = 1.0,
+        **options: Any,
+    ) -> RedisStore:
+        """A store on ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
+
+        ``timeout`` bounds connecting and each command, so an unreachable Redis is
+        noticed quickly; a dead pooled connection is retried once on a new one.
+        """
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=max(5.0, timeout),
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+        return cls(aioredis.Redis.from_pool(pool), **options)
+
+    @property
+    def available(self) -> bool:
+        """Whether the last attempt to reach Redis succeeded."""
+        return self._down_since is None
+
+    async def reserve(
+        self,
+        request_id: str,
+        limits: Sequence[Limits],
+        *,
+        tokens: int,
+        cost: float,
+        ttl: float | None = None,
+    ) -> Reservation | Denied:
+        now = self._clock.now()
+        checks = plan(limits, tokens, cost, now)
+        ttl = self._ttl if ttl is None else ttl
+        if self._reachable():
+            try:
+                decision = await self._reserve(request_id, checks, now, ttl)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis refused a reservation: {exc}") from exc
+            else:
+                self._back()
+                return decision
+        if self._mode is OnUnavailable.FAIL_OPEN:
+            return self._local.reserve(request_id, checks, now, ttl)
+        raise self._unavailable()
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
+        now = self._clock.now()
+        if reservation.origin == self._local.origin:
+            charged = self._local.settle(reservation, tokens, cost, now)
+            if charged is not None and charged.budgets and charged.cost_nanos:
+                await self._write(partial(self._charge, reservation.request_id, charged, now))
+            return
+        charge = settle_plan(reservation, tokens, cost)
+        await self._write(partial(self._settle, reservation.request_id, charge, now))
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.settle(reservation, tokens=0, cost=0.0)
+
+    async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
+        now = self._clock.now()
+        checks = plan(limits, 0, 0.0, now)
+        if self._reachable():
+            try:
+                statuses = await self._budgets(checks, now)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis refused to read budgets: {exc}") from exc
+            else:
+                self._back()
+                return statuses
+        if self._mode is OnUnavailable.FAIL_OPEN:
+            return self._local.budgets(checks, now)
+        raise self._unavailable()
+
+    async def record(self, record: LedgerRecord) -> None:
+        await self._write(partial(self._record, record))
+
+    async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
+        if self._reachable():
+            try:
+                rows = await self._summary(query)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis refused a usage query: {exc}") from exc
+            else:
+                self._back()
+                return rows
+        raise self._unavailable()
+
+    async def aclose(self) -> None:
+        """Write what is still queued if Redis answers, then close the connections."""
+        if self._flusher is not None:
+            await self._flusher
+        if self._outbox:
+            self._probe_at = 0.0
+            await self._flush()
+        if self._outbox:
+            log.error("redis store closed with %d writes it could not deliver", len(self._outbox))
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    def _bucket_key(self, scope: str, name: str, unit: str) -> str:
+        return self._key("rate", scope, quote(name, safe=""), unit)
+
+    def _budget_keys(self, check: BudgetCheck) -> tuple[str, str]:
+        counter = self._key("budget", check.scope.value, quote(check.name, safe=""))
+        counter += f":{check.period_key}"
+        return counter, counter + ":holds"
+
+    async def _reserve(
+        self, request_id: str, checks: Plan, now: float, ttl: float
+    ) -> Reservation | Denied:
+        keys = [self._key("res", quote(request_id, safe=""))]
+        args: list[str | int | float] = [
+            now,
+            request_id,
+            ttl,
+            math.ceil((ttl + SETTLE_GRACE) * 1000),
+            checks.cost_nanos,
+            len(checks.buckets),
+            len(checks.budgets),
+        ]
+        for bucket in checks.buckets:
+            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
+            args += [bucket.cap, bucket.need]
+        for budget in checks.budgets:
+            keys += self._budget_keys(budget)
+            args += [budget.amount_nanos, keep_seconds(budget, now)]
+        reply: list[Any] = await self._scripts["reserve"](keys=keys, args=args)
+        if reply[0] == -1:
+            raise ValueError(f"request {request_id!r} already holds a reservation")
+        levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
+        counts = [int(value) for value in reply[1 + len(checks.buckets) :]]
+        if reply[0] == 1:
+            return Reservation(
+                request_id=request_id,
+                limits=checks.limits,
+                tokens=checks.tokens,
+                cost_nanos=checks.cost_nanos,
+                periods=tuple(budget.period_key for budget in checks.budgets),
+                expires_at=now + ttl,
+                rate=rate_status(checks, levels, granted=True),
+                origin="redis",
+            )
+        denied = decide(checks, levels, list(zip(counts[::2], counts[1::2], strict=True)), now)
+        if denied is None:
+            raise RuntimeError("the reserve script denied what checks.decide allows")
+        return denied
+
+    async def _settle(self, request_id: str, charge: Plan, now: float) -> None:
+        keys = [self._key("res", quote(request_id, safe=""))]
+        args: list[str | int | float] = [
+            now,
+            request_id,
+            charge.cost_nanos,
+            len(charge.buckets),
+            len(charge.budgets),
+        ]
+        for bucket in charge.buckets:
+            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
+            args += [bucket.cap, bucket.need]
+        for budget in charge.budgets:
+            keys += self._budget_keys(budget)
+            args.append(keep_seconds(budget, now))
+        await self._scripts["settle"](keys=keys, args=args)
+
+    async def _charge(self, request_id: str, charge: Plan, now: float) -> None:
+        keys = [self._key("charged", quote(request_id, safe=""))]
+        keys += [self._budget_keys(budget)[0] for budget in charge.budgets]
+        args: list[int] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
+        args += [keep_seconds(budget, now) for budget in charge.budgets]
+        await self._scripts["charge"](keys=keys, args=args)
+
+    async def _budgets(self, checks: Plan, now: float) -> tuple[BudgetStatus, ...]:
+        keys = [key for budget in checks.budgets for key in self._budget_keys(budget)]
+        reply: list[int] = await self._scripts["budgets"](keys=keys, args=[now]) if keys else []
+        return tuple(
+            BudgetStatus(
+                scope=budget.scope,
+                name=budget.name,
+                period=budget.period,
+                period_key=budget.period_key,
+                amount=budget.amount_nanos / NANOS,
+                spent=int(spent) / NANOS,
+                held=int(held) / NANOS,
+                resets_at=budget.resets_at,
+            )
+            for budget, spent, held in zip(checks.budgets, reply[::2], reply[1::2], strict=True)
+        )
+
+    async def _record(self, record: LedgerRecord) -> None:
+        keys = [self._key("rec", quote(record.request_id, safe="")), self._key("ledger")]
+        args: list[str | int | float] = [record.request_id, record.at]
+        for field, value in encode_record(record).items():
+            args += [field, value]
+        await self._scripts["record"](keys=keys, args=args)
+
+    async def _summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
+        """Walk the ledger index over the time range, a page at a time, by score (so
+        records written meanwhile are neither counted twice nor make others skip)."""
+        summary = Summary(query)
+        low = -math.inf if query.since is None else query.since
+        high = "+inf" if query.until is None else f"({query.until!r}"
+        seen_at_low: set[str] = set()
+        while True:
+            wanted = PAGE + len(seen_at_low)
+            page = cast(
+                list[tuple[str, float]],
+                await self._redis.zrangebyscore(
+                    self._key("ledger"), low, high, start=0, num=wanted, withscores=True
+                ),
+            )
+            fresh = [(rid, at) for rid, at in page if not (at == low and rid in seen_at_low)]
+            if fresh:
+                pipe = self._redis.pipeline(transaction=False)
+                for rid, _ in fresh:
+                    pipe.hgetall(self._key("rec", quote(rid, safe="")))
+                for fields in await pipe.execute():
+                    if fields:
+                        summary.add(decode_record(fields))
+            if len(page) < wanted:
+                return summary.rows()
+            last = page[-1][1]
+            same = {rid for rid, at in page if at == last}
+            seen_at_low = same | seen_at_low if last == low else same
+            low = last
+
+    def _reachable(self) -> bool:
+        """Whether to try Redis now: always while it answers, then once per probe interval."""
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if now < self._probe_at:
+            return False
+        self._probe_at = now + self._probe_interval
+        return True
+
+    def _lost(self, exc: BaseException) -> None:
+        self._last_error = exc
+        self._probe_at = time.monotonic() + self._probe_interval
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            action = (
+                "using local limits"
+                if self._mode is OnUnavailable.FAIL_OPEN
+                else "refusing requests (fail_closed)"
+            )
+            log.error("redis store unreachable (%s); %s until it answers", exc, action)
+
+    def _back(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "redis store reachable again after %.1f s; %d queued writes to deliver",
+                time.monotonic() - self._down_since,
+                len(self._outbox),
+            )
+            self._down_since = None
+        if self._outbox and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush(), name="aigw-redis-outbox")
+
+    def _unavailable(self) -> StoreUnavailable:
+        error = StoreUnavailable("The rate limit and budget store is unavailable; try again.")
+        error.__cause__ = self._last_error
+        return error
+
+    async def _write(self, write: Write) -> None:
+        """Write now, or queue the write until Redis answers again (never lose it)."""
+        if self._reachable():
+            try:
+                await write()
+            except UNREACHABLE as exc:
+                self._lost(exc)
+            except RedisError as exc:
+                log.error("redis store refused a write (queued to retry): %s", exc)
+            else:
+                self._back()
+                return
+        if len(self._outbox) == self._outbox.maxlen:
+            log.error("redis store outbox full: the oldest queued write is dropped")
+        self._outbox.append(write)
+
+    async def _flush(self) -> None:
+        """Deliver queued writes in order; stop at the first failure (kept for later)."""
+        while self._outbox and self._reachable():
+            write = self._outbox[0]
+            try:
+                await write()
+            except UNREACHABLE as exc:
+                self._lost(exc)
+                return
+            except RedisError as exc:
+                log.error("redis store refused a queued write (kept): %s", exc)
+                return
+            if self._outbox and self._outbox[0] is write:
+                self._outbox.popleft()
+            if self._down_since is not None:
+                log.warning("redis store reachable again")
+                self._down_since = None
+
+
+def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
+    """A ledger record as hash fields; a missing team, user... is a missing field."""
+    fields: dict[str, str | int | float] = {
+        "request_id": record.request_id,
+        "at": record.at,
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "cost_nanos": round(record.cost * NANOS),
+        "latency_ms": record.latency_ms,
+        "status": record.status,
+        "fingerprint": record.fingerprint,
+    }
+    for name in ("key", "team", "user", "route", "deployment"):
+        value = getattr(record, name)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def decode_record(fields: dict[str, str]) -> LedgerRecord:
+    return LedgerRecord(
+        request_id=fields["request_id"],
+        at=float(fields["at"]),
+        key=fields.get("key"),
+        team=fields.get("team"),
+        user=fields.get("user"),
+        route=fields.get("route"),
+        deployment=fields.get("deployment"),
+        tokens_in=int(fields["tokens_in"]),
+        tokens_out=int(fields["tokens_out"]),
+        cost=int(fields["cost_nanos"]) / NANOS,
+        latency_ms=float(fields["latency_ms"]),
+        status=int(fields["status"]),
+        fingerprint=fields["fingerprint"],
+    )

@@ -1,0 +1,303 @@
+"""One SQLite file in WAL mode, written by one thread that commits in batches.
+
+A job is a function of the connection. Jobs run on the writer thread in the order
+they were queued, each inside a savepoint of a transaction shared with whatever else
+was waiting (group commit), and a caller's future resolves only once that
+transaction has committed: an awaited write is durable (``synchronous=FULL``: on
+disk, not just in the OS cache). ``post`` queues a job without waiting for it; it is
+still committed no later than any job queued after it.
+
+The tables: ``ledger`` (one row per request id) and ``budget_spend`` (what each
+budget counter has spent, so budgets survive a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import StoreUnavailable
+from .usage import day_of
+from .values import NANOS, Dimension, LedgerRecord, UsageQuery, UsageRow, to_nanos
+
+log = logging.getLogger("aigw.store")
+
+T = TypeVar("T")
+Counter = tuple[str, str, str]
+BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    request_id  TEXT PRIMARY KEY,
+    at          REAL NOT NULL,
+    day         TEXT NOT NULL,
+    "key"       TEXT,
+    team        TEXT,
+    "user"      TEXT,
+    route       TEXT,
+    deployment  TEXT,
+    tokens_in   INTEGER NOT NULL,
+    tokens_out  INTEGER NOT NULL,
+    cost_nanos  INTEGER NOT NULL,
+    latency_ms  REAL NOT NULL,
+    status      INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
+CREATE INDEX IF NOT EXISTS ledger_team_at ON ledger (team, at);
+CREATE INDEX IF NOT EXISTS ledger_key_at ON ledger ("key", at);
+CREATE TABLE IF NOT EXISTS budget_spend (
+    scope       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    period      TEXT NOT NULL,
+    spent_nanos INTEGER NOT NULL,
+    PRIMARY KEY (scope, name, period)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+_COLUMN = {
+    Dimension.DAY: "day",
+    Dimension.TEAM: "team",
+    Dimension.KEY: '"key"',
+    Dimension.USER: '"user"',
+    Dimension.ROUTE: "route",
+    Dimension.DEPLOYMENT: "deployment",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    run: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Any] | None = None
+
+
+class SQLiteFile:
+    """The writer thread and its queue; ``await call(job)`` or ``post(job)``."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"aigw-sqlite:{path.name}")
+        self._thread.daemon = True
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> SQLiteFile:
+        """Start the writer and create the tables if they are missing."""
+        file = cls(path, synchronous=synchronous)
+        file._thread.start()
+        try:
+            await file.call(create_schema)
+        except StoreUnavailable:
+            await file.aclose()
+            raise
+        return file
+
+    async def call(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``run(connection)`` on the writer; return once its transaction committed."""
+        if self._closed:
+            raise StoreUnavailable(f"the embedded store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(run, loop, future))
+        try:
+            return await future
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the embedded store {self.path} failed: {exc}") from exc
+
+    def post(self, run: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue ``run`` without waiting; a failure is logged."""
+        if self._closed:
+            raise StoreUnavailable(f"the embedded store {self.path} is closed")
+        self._queue.put(_Job(run))
+
+    async def aclose(self) -> None:
+        """Finish every queued job, then stop the writer."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+    def _serve(self) -> None:
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            self._fail_all(exc)
+            return
+        try:
+            while (batch := self._take()) is not None:
+                self._commit(connection, batch)
+        finally:
+            connection.close()
+
+    def _take(self) -> list[_Job] | None:
+        """The next batch: one job, blocking, then whatever else is already queued."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < BATCH:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(job)
+        return batch
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[object, BaseException | None]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                connection.execute("SAVEPOINT job")
+                try:
+                    result = job.run(connection)
+                # Handed to the job's caller and raised there; one job's failure must not
+                # fail the others sharing the transaction.
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO job")
+                    outcomes.append((None, exc))
+                else:
+                    outcomes.append((result, None))
+                connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            outcomes = [(None, exc)] * len(batch)
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.error("embedded store: rollback failed: %s", rollback)
+        for job, (result, error) in zip(batch, outcomes, strict=True):
+            _resolve(job, result, error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        while (job := self._queue.get()) is not None:
+            _resolve(job, None, error)
+
+
+def _resolve(job: _Job, result: object, error: BaseException | None) -> None:
+    if job.future is None or job.loop is None:
+        if error is not None:
+            log.error("embedded store: a background write failed: %s", error)
+        return
+    future = job.future
+
+    def settle() -> None:
+        if not future.done():  # the caller may have been cancelled meanwhile
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the caller's loop is closed; nobody is waiting any more
+        log.warning("embedded store: a result arrived after its event loop closed")
+
+
+def create_schema(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
+    """Insert one ledger row; False when the request id was recorded already."""
+    day = day_of(record.at)
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.request_id,
+            record.at,
+            day,
+            record.key,
+            record.team,
+            record.user,
+            record.route,
+            record.deployment,
+            record.tokens_in,
+            record.tokens_out,
+            to_nanos(record.cost),
+            record.latency_ms,
+            record.status,
+            record.fingerprint,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+def add_spend(charges: tuple[tuple[Counter, int], ...], connection: sqlite3.Connection) -> None:
+    connection.executemany(
+        "INSERT INTO budget_spend VALUES (?, ?, ?, ?) ON CONFLICT (scope, name, period) "
+        "DO UPDATE SET spent_nanos = spent_nanos + excluded.spent_nanos",
+        [(*counter, nanos) for counter, nanos in charges],
+    )
+
+
+def load_spend(
+    counters: tuple[Counter, ...], connection: sqlite3.Connection
+) -> dict[Counter, int]:
+    spent: dict[Counter, int] = {}
+    for counter in counters:
+        row = connection.execute(
+            "SELECT spent_nanos FROM budget_spend WHERE scope = ? AND name = ? AND period = ?",
+            counter,
+        ).fetchone()
+        spent[counter] = int(row[0]) if row else 0
+    return spent
+
+
+def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, ...]:
+    """The ledger summed per group (SQL text is built only from the fixed column map)."""
+    columns = [_COLUMN[dimension] for dimension in query.group_by]
+    conditions: list[str] = []
+    params: list[object] = []
+    for sql, value in (
+        ("at >= ?", query.since),
+        ("at < ?", query.until),
+        ("team = ?", query.team),
+        ('"key" = ?', query.key),
+    ):
+        if value is not None:
+            conditions.append(sql)
+            params.append(value)
+    totals = ["COUNT(*)", "SUM(status >= 400)", "SUM(tokens_in)", "SUM(tokens_out)"]
+    select = ", ".join([*columns, *totals, "SUM(cost_nanos)"])
+    sql = f"SELECT {select} FROM ledger"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if columns:
+        sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
+    rows = []
+    for row in connection.execute(sql, params):
+        *group, requests, errors, tokens_in, tokens_out, cost_nanos = row
+        if not requests:
+            continue
+        fields: dict[str, Any] = {d.value: v for d, v in zip(query.group_by, group, strict=True)}
+        rows.append(
+            UsageRow(
+                **fields,
+                requests=requests,
+                errors=errors,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=cost_nanos / NANOS,
+            )
+        )
+    return tuple(rows)

@@ -1,0 +1,330 @@
+"""The attempt loop against scripted upstream failures: the exact sequence of calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from ..fakes.brain import Action
+from ..providers.conftest import GatewayFactory
+from .conftest import Fleet
+
+CHAT = "/v1/chat/completions"
+
+
+def _config(fleet: Fleet, body: str, timeout_s: float = 5.0) -> str:
+    deployments = "\n".join(
+        f"  {name}: {{provider: p-{name}, model: model-{name}, context_window: "
+        f"{1000 if name != 'big' else 100000}, capabilities: [streaming, tools]}}"
+        for name in fleet.fakes
+    )
+    return f"{fleet.providers_yaml(timeout_s)}\ndeployments:\n{deployments}\n{body}"
+
+
+def _ask(text: str = "hello", **extra: object) -> dict[str, object]:
+    return {"model": "r", "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def _stream_text(client: httpx.AsyncClient, payload: dict[str, object]) -> tuple[
+        httpx.Response, str, list[dict[str, object]]]:
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    parsed = [json.loads(e) for e in events if e != "[DONE]"]
+    text = "".join(
+        c["choices"][0]["delta"].get("content", "") for c in parsed if c.get("choices")
+    )
+    return response, text, parsed
+
+
+async def test_server_error_is_retried_then_the_next_member_serves(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 1, backoff_ms: 1}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions += [Action(status=500), Action(status=503)]
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200, response.text
+    assert fleet.calls() == ["a", "a", "b"]
+    assert response.headers["x-aigw-deployment"] == "b"
+    assert response.headers["x-aigw-attempts"] == "3"
+    assert response.json()["choices"][0]["message"]["content"] == "b: hello"
+
+
+async def test_rate_limited_member_is_not_retried_when_another_can_serve(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 3}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=429, headers={"retry-after": "30"}))
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_retry_waits_for_retry_after(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a], retry: {attempts: 1, backoff_ms: 1}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=503, headers={"retry-after": "0.4"}))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200
+    assert fleet.calls() == ["a", "a"]
+    assert loop.time() - started >= 0.4
+
+
+async def test_timeout_fails_over(fleet: Fleet, make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+""", timeout_s=0.3))
+    fleet.fakes["a"].script.actions.append(Action(delay_s=2.0))
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_connection_refused_fails_over(make_gateway: GatewayFactory, fleet: Fleet) -> None:
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+  dead: {{type: openai_compatible, base_url: "http://127.0.0.1:9/v1"}}
+deployments:
+  gone: {{provider: dead, model: m, context_window: 1000}}
+  a: {{provider: p-a, model: model-a, context_window: 1000}}
+groups:
+  g: {{members: [gone, a], retry: {{attempts: 1, backoff_ms: 1}}}}
+routes:
+  r: {{group: g}}
+""")
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200
+    assert response.headers["x-aigw-attempts"] == "3"  # gone, gone (retry), a
+    assert fleet.calls() == ["a"]
+
+
+async def test_slow_first_byte_on_a_stream_fails_over_before_anything_is_sent(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+""", timeout_s=0.3))
+    fleet.fakes["a"].script.actions.append(Action(delay_s=2.0))
+    response, text, _ = await _stream_text(client, _ask("one two"))
+    assert response.status_code == 200
+    assert response.headers["x-aigw-deployment"] == "b"
+    assert text == "b: one two"
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_disconnect_mid_stream_ends_in_an_error_event_without_failover(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b]}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(cut_stream_after=2))
+    response, text, events = await _stream_text(client, _ask("one two three"))
+    assert response.status_code == 200
+    assert text == "a:"  # the part that reached the client before the cut
+    assert "error" in events[-1]
+    assert fleet.calls() == ["a"]  # no second answer: the client is not billed twice
+
+
+async def test_no_call_goes_to_a_member_whose_window_cannot_hold_the_prompt(
+    make_gateway: GatewayFactory, fleet: Fleet
+) -> None:
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+deployments:
+  a: {{provider: p-a, model: small, context_window: 1000}}
+  b: {{provider: p-b, model: large, context_window: 100000}}
+groups:
+  small: {{members: [a], fallbacks: {{on_context_window: [large]}}}}
+  large: {{members: [b]}}
+routes:
+  r: {{group: small}}
+""")
+    response = await client.post(CHAT, json=_ask("word " * 2000))
+    assert response.status_code == 200
+    assert fleet.calls() == ["b"]
+    none_fit = await client.post(CHAT, json=_ask("word " * 200000))
+    assert none_fit.status_code == 422
+    assert "holds 1000 tokens" in none_fit.json()["error"]["message"]
+    assert fleet.calls() == ["b"]
+
+
+async def test_context_error_with_unexpected_wording_still_takes_the_context_fallback(
+    make_gateway: GatewayFactory, fleet: Fleet
+) -> None:
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+deployments:
+  a: {{provider: p-a, model: small, context_window: 1000}}
+  b: {{provider: p-b, model: large, context_window: 100000}}
+  c: {{provider: p-c, model: other, context_window: 1000}}
+groups:
+  small: {{members: [a], fallbacks: {{on_error: [other], on_context_window: [large]}}}}
+  large: {{members: [b]}}
+  other: {{members: [c]}}
+routes:
+  r: {{group: small}}
+""")
+    fleet.fakes["a"].script.actions.append(Action(status=400, body={"error": {
+        "message": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 1000",
+        "type": "BadRequestError", "param": None, "code": 400}}))
+    response = await client.post(CHAT, json=_ask("word " * 850))
+    assert response.status_code == 200, response.text
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_a_bad_request_is_not_retried_anywhere(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 2}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=400, body={"error": {
+        "message": "Invalid 'temperature'", "type": "invalid_request_error",
+        "param": "temperature", "code": None}}))
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 400
+    assert fleet.calls() == ["a"]
+
+
+async def test_fallback_by_error_class(fleet: Fleet, make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a], retry: {attempts: 0}, fallbacks: {on_error: [gb], on_rate_limit: [gc]}}
+  gb: {members: [b]}
+  gc: {members: [c]}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=429, headers={"retry-after": "60"}))
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "c"
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "b"
+    assert fleet.calls() == ["a", "c", "a", "b"]
+
+
+async def test_attempt_cap_bounds_the_loop(fleet: Fleet, make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b, c], retry: {attempts: 0}}
+routes:
+  r: {group: g, max_attempts: 2}
+"""))
+    for name in ("a", "b", "c"):
+        fleet.fakes[name].script.actions.append(Action(status=500))
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code in (502, 504)
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_deadline_header_shortens_the_route_deadline(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(delay_s=2.0))
+    response = await client.post(CHAT, json=_ask(), headers={"x-aigw-deadline-ms": "300"})
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert fleet.calls() == ["a"]
+
+
+async def test_hedge_takes_the_first_answer_and_cancels_the_other(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b]}
+routes:
+  r: {group: g, hedge_after_ms: 100}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(delay_s=1.5))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200
+    assert response.headers["x-aigw-deployment"] == "b"
+    assert loop.time() - started < 1.2  # did not wait for the slow one
+    assert fleet.calls() == ["a", "b"]
+    usage = response.json()["usage"]
+    assert usage["completion_tokens"] == len(["b:", "hello"])  # one answer billed
+
+
+async def test_breaker_opens_probes_and_closes(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 2, cooldown_s: 0.3}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions += [Action(status=500), Action(status=500)]
+    for _ in range(2):
+        assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "b"
+    status = (await client.get("/admin/status")).json()
+    assert status["deployments"]["a"]["circuit"] == "open"
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "b"
+    assert fleet.calls() == ["a", "b", "a", "b", "b"]  # open: a is skipped
+
+    await asyncio.sleep(0.35)  # cooldown over: one probe goes to a, and succeeds
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "a"
+    status = (await client.get("/admin/status")).json()
+    assert status["deployments"]["a"]["circuit"] == "closed"
+
+
+async def test_breaker_reopens_when_the_probe_fails(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 1, cooldown_s: 0.2}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions += [Action(status=500), Action(status=500)]
+    await client.post(CHAT, json=_ask())
+    await asyncio.sleep(0.25)
+    await client.post(CHAT, json=_ask())  # the probe, which fails
+    await client.post(CHAT, json=_ask())  # open again: a is skipped
+    assert fleet.calls() == ["a", "b", "a", "b", "b"]

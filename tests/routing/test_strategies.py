@@ -1,0 +1,137 @@
+"""Group strategies over many requests, the breaker's state machine, and state across reloads."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import BreakerPolicy, Graph
+from aigw.runtime.live import Gateway
+from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState
+from aigw.runtime.routing.state import RoutingState
+from aigw.runtime.routing.strategies import Demand, order
+from aigw.runtime.tokens import TokenCounter
+
+DEMAND = Demand(prompt_tokens=1000, output_tokens=100, stream=False)
+
+
+def _graph(tmp_path: Path, strategy: str, extra: str = "") -> Graph:
+    (tmp_path / "gateway.yaml").write_text(f"""
+version: 1
+providers:
+  local: {{type: echo}}
+deployments:
+  a: {{provider: local, model: a, context_window: 9000, price: {{input: 3, output: 9}}}}
+  b: {{provider: local, model: b, context_window: 9000, price: {{input: 1, output: 2}},
+      limits: {{tpm: 1000}}}}
+  c: {{provider: local, model: c, context_window: 9000, price: {{input: 2, output: 2}},
+      limits: {{tpm: 5000}}}}
+groups:
+  g: {{members: [a, b, c], strategy: {strategy}{extra}}}
+routes:
+  r: {{group: g}}
+""")
+    result = compile_gateway(tmp_path, environ={})
+    assert result.graph is not None, result.diagnostics
+    return result.graph
+
+
+def _first_choices(graph: Graph, state: RoutingState, times: int) -> Counter[str]:
+    group = graph.groups["g"]
+    return Counter(order(group, group.members, state, DEMAND)[0].name for _ in range(times))
+
+
+def test_weighted_follows_the_weights(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "weighted", ", weights: {a: 6, b: 3, c: 1}")
+    state = RoutingState(rng=random.Random(7))
+    state.sync(graph)
+    counts = _first_choices(graph, state, 10_000)
+    for name, share in (("a", 0.6), ("b", 0.3), ("c", 0.1)):
+        assert abs(counts[name] / 10_000 - share) < 0.02, counts
+
+
+def test_round_robin_cycles_evenly(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "round_robin")
+    state = RoutingState()
+    state.sync(graph)
+    counts = _first_choices(graph, state, 300)
+    assert counts == Counter({"a": 100, "b": 100, "c": 100})
+
+
+def test_least_busy_prefers_fewest_in_flight(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "least_busy")
+    state = RoutingState()
+    state.sync(graph)
+    state.stats["a"].in_flight, state.stats["b"].in_flight, state.stats["c"].in_flight = 5, 2, 9
+    group = graph.groups["g"]
+    assert [d.name for d in order(group, group.members, state, DEMAND)] == ["b", "a", "c"]
+
+
+def test_lowest_latency_measures_unknowns_first_then_prefers_fast(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "lowest_latency")
+    state = RoutingState()
+    state.sync(graph)
+    state.stats["a"].observe_latency(300)
+    state.stats["b"].observe_latency(80)
+    group = graph.groups["g"]
+    assert [d.name for d in order(group, group.members, state, DEMAND)] == ["c", "b", "a"]
+    state.stats["c"].observe_latency(500)
+    assert [d.name for d in order(group, group.members, state, DEMAND)] == ["b", "a", "c"]
+    stream = Demand(1000, 100, stream=True)
+    state.stats["a"].observe_ttft(10)
+    assert order(group, group.members, state, stream)[0].name == "a"
+
+
+def test_lowest_cost_uses_the_price_table(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "lowest_cost")
+    state = RoutingState()
+    group = graph.groups["g"]
+    # 1000 in + 100 out: a = 3.9e-3, b = 1.2e-3, c = 2.2e-3
+    assert [d.name for d in order(group, group.members, state, DEMAND)] == ["b", "c", "a"]
+
+
+def test_usage_prefers_most_tpm_headroom(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "usage")
+    state = RoutingState()
+    state.sync(graph)
+    state.stats["c"].add_usage(state.clock(), 4900)
+    group = graph.groups["g"]
+    # a has no declared quota (unbounded); b has 1000 left; c has 100 left
+    assert [d.name for d in order(group, group.members, state, DEMAND)] == ["a", "b", "c"]
+
+
+def test_breaker_state_machine() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(BreakerPolicy(3, 0.5, 4, 10.0, 5.0))
+    for _ in range(2):
+        breaker.record(now[0], ok=False)
+    assert breaker.state(now[0]) is CircuitState.CLOSED
+    breaker.record(now[0], ok=True)  # resets the run of failures
+    breaker.record(now[0], ok=False)
+    assert breaker.state(now[0]) is CircuitState.OPEN  # 3 of 4 failed in the window: rate 0.75
+    assert not breaker.try_acquire(now[0] + 4.9)
+    assert breaker.try_acquire(now[0] + 5.0)  # half-open: one probe...
+    assert not breaker.try_acquire(now[0] + 5.1)  # ...only one
+    breaker.record(now[0] + 5.2, ok=True)
+    assert breaker.state(now[0] + 5.2) is CircuitState.CLOSED
+
+
+def test_consecutive_failures_open_the_breaker_below_min_requests() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(2, 0.9, 100, 10.0, 5.0))
+    breaker.record(1.0, ok=False)
+    breaker.record(1.1, ok=False)
+    assert breaker.state(1.2) is CircuitState.OPEN
+
+
+async def test_routing_state_survives_a_reload(gateway_dir: Path, counter: TokenCounter) -> None:
+    gateway = Gateway(gateway_dir, counter)
+    stats = gateway.routing.stats["echo-small"]
+    stats.observe_latency(42.0)
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("  smart: {group: smart", "  smarter: {group: smart"))
+    report = await gateway.reload("test")
+    assert report.ok
+    assert gateway.routing.stats["echo-small"] is stats
+    assert gateway.routing.stats["echo-small"].latency_ms == 42.0

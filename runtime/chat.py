@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -176,7 +176,7 @@ def _new_id() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
 
-def _served(request_id: str, created: int, chosen: Plan, won: Won[object]) -> Served:
+def _served(request_id: str, created: int, chosen: Plan, won: Won[Any]) -> Served:
     return Served(request_id, created, chosen.route, won.candidate.deployment, won.attempts)
 
 

@@ -81,7 +81,7 @@ def _texts(request: EmbeddingRequest, live: Live) -> tuple[str, ...]:
     elif raw and all(isinstance(item, int) for item in raw):
         texts = [live.counter.decode([int(item) for item in raw])]  # type: ignore[arg-type]
     elif raw and isinstance(raw[0], list):
-        texts = [live.counter.decode(list(item)) for item in raw]  # type: ignore[arg-type]
+        texts = [live.counter.decode(list(item)) for item in raw]
     else:
         texts = [str(item) for item in raw]
     if not texts or len(texts) > _MAX_INPUTS:

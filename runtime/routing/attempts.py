@@ -34,9 +34,9 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..providers.base import ChatAdapter
-from .candidates import Candidate, Dropped, eligible
+from .candidates import Candidate, Dropped, eligible, order_candidates
 from .state import RoutingState
-from .strategies import Demand, order
+from .strategies import Demand
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -128,7 +128,7 @@ class AttemptLoop(Generic[T]):
         self.trace.dropped.extend(dropped)
         for item in dropped:
             self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")
-        ordered = order(group, fit, self.state, self.demand)
+        ordered = order_candidates(group, fit, self.state, self.demand)
         self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
                        f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
         failure_class = "context_window" if dropped and all(d.unfit for d in dropped) else "error"
@@ -252,12 +252,12 @@ class AttemptLoop(Generic[T]):
     async def _hedged(self, first: Candidate, second: Candidate) -> Won[T]:
         """Start ``first``; if it has not answered after the hedge delay, start ``second``.
         The first success wins and the other is cancelled; if both fail, the last error."""
-        tasks = {asyncio.ensure_future(self._one(first))}
+        tasks: set[asyncio.Task[Won[T]]] = {asyncio.create_task(self._one(first))}
         done, _ = await asyncio.wait(tasks, timeout=self._hedge_delay(first))
         if not done:
             self.trace.add(f"hedge: {second.deployment.name} after "
                            f"{self._hedge_delay(first) * 1000:.0f} ms")
-            tasks.add(asyncio.ensure_future(self._one(second)))
+            tasks.add(asyncio.create_task(self._one(second)))
         last_error: BaseException | None = None
         pending = set(tasks)
         while pending:
@@ -273,7 +273,7 @@ class AttemptLoop(Generic[T]):
         assert last_error is not None
         raise last_error
 
-    async def _bury(self, losers: set[asyncio.Future[Won[T]]]) -> None:
+    async def _bury(self, losers: set[asyncio.Task[Won[T]]]) -> None:
         for loser in losers:
             try:
                 won = await loser

@@ -15,6 +15,8 @@ from aigw.compiler.graph import Deployment, Group
 
 from ..chat_request import ChatRequest
 from ..providers.base import ChatAdapter
+from .state import RoutingState
+from .strategies import Demand, order
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +89,12 @@ def eligible(
         cap = min(wanted or deployment.max_output_tokens, deployment.max_output_tokens, room)
         fit.append(Candidate(deployment, adapter, cap))
     return fit, dropped
+
+
+def order_candidates(
+    group: Group, candidates: list[Candidate], state: RoutingState, demand: Demand
+) -> list[Candidate]:
+    """``candidates`` in the order of ``group``'s strategy."""
+    by_name = {candidate.deployment.name: candidate for candidate in candidates}
+    ranked = order(group, [candidate.deployment for candidate in candidates], state, demand)
+    return [by_name[deployment.name] for deployment in ranked]

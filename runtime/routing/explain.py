@@ -9,9 +9,9 @@ from aigw.compiler.graph import Graph, Group
 
 from ..chat_request import ChatRequest, Message
 from ..providers.registry import ADAPTERS
-from .candidates import Dropped, eligible
+from .candidates import Dropped, eligible, order_candidates
 from .state import RoutingState
-from .strategies import Demand, expected_cost, order
+from .strategies import Demand, expected_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def explain(
             continue
         seen.add(group.name)
         fit, dropped = eligible(group, adapters, request, prompt_tokens)  # type: ignore[arg-type]
-        ordered = order(group, fit, state, demand)
+        ordered = order_candidates(group, fit, state, demand)
         tiers.append(TierExplanation(
             group.name, reason, group.strategy,
             tuple((c.deployment.name, expected_cost(c.deployment, demand)) for c in ordered),

@@ -328,3 +328,19 @@ routes:
     await client.post(CHAT, json=_ask())  # the probe, which fails
     await client.post(CHAT, json=_ask())  # open again: a is skipped
     assert fleet.calls() == ["a", "b", "a", "b", "b"]
+
+
+async def test_weighted_group_spreads_requests_by_weight(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b, c], strategy: weighted, weights: {a: 6, b: 3, c: 1}}
+routes:
+  r: {group: g}
+"""))
+    for _ in range(400):
+        assert (await client.post(CHAT, json=_ask())).status_code == 200
+    calls = fleet.calls()
+    for name, share in (("a", 0.6), ("b", 0.3), ("c", 0.1)):
+        assert abs(calls.count(name) / 400 - share) < 0.08, calls

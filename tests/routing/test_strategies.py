@@ -130,7 +130,8 @@ async def test_routing_state_survives_a_reload(gateway_dir: Path, counter: Token
     stats = gateway.routing.stats["echo-small"]
     stats.observe_latency(42.0)
     config = gateway_dir / "gateway.yaml"
-    config.write_text(config.read_text().replace("  smart: {group: smart", "  smarter: {group: smart"))
+    text = config.read_text().replace("  smart: {group: smart", "  smarter: {group: smart")
+    config.write_text(text)
     report = await gateway.reload("test")
     assert report.ok
     assert gateway.routing.stats["echo-small"] is stats

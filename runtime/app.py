@@ -15,10 +15,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aigw import __version__
 
 from .auth import authenticate, require_admin
-from .chat import chat_completions
+from .chat import chat_completions, new_record
 from .embeddings import embeddings
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .live import Gateway, Live
+from .telemetry.metrics import CIRCUIT_VALUES
+from .telemetry.record import RequestRecord
 from .messages import count_tokens, create_message
 
 log = logging.getLogger("aigw.http")
@@ -35,6 +37,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
+            Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
             Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
         ],
@@ -99,8 +102,31 @@ class _Endpoints:
 
     async def chat(self, request: Request) -> Response:
         live = _live(request)
-        body = await read_body(request, live.graph.settings.max_request_bytes)
-        return await chat_completions(live, request.headers, body)
+        record = new_record(live, "chat")
+        try:
+            body = await read_body(request, live.graph.settings.max_request_bytes)
+            response = await chat_completions(live, request.headers, body, record)
+        except GatewayError as exc:
+            record.status, record.error = exc.status, str(exc.code)
+            live.telemetry.finish(record)
+            raise
+        if not record.stream:  # a stream's record is finished when the stream ends
+            live.telemetry.finish(record, self._circuit(live, record))
+        return response
+
+    def _circuit(self, live: Live, record: RequestRecord) -> str | None:
+        if record.deployment is None:
+            return None
+        snapshot = live.routing.stats.get(record.deployment)
+        return snapshot.breaker.state(live.routing.clock()).value if snapshot else None
+
+    async def metrics(self, request: Request) -> Response:
+        live = _live(request)
+        for name, stats in live.routing.stats.items():
+            state = stats.breaker.state(live.routing.clock()).value
+            live.telemetry.metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
+        body, content_type = live.telemetry.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     async def embeddings(self, request: Request) -> Response:
         live = _live(request)

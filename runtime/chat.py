@@ -23,10 +23,11 @@ from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
 from .live import Live
-from .providers.base import ChatCall, ChatDelta, ChatResult
+from .providers.base import ChatCall, ChatDelta, ChatResult, Usage
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event
+from .telemetry.record import RequestRecord, UpstreamFailure
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -75,7 +76,12 @@ class Served:
         }
 
 
-def prepare(live: Live, request: ChatRequest, headers: Headers | None = None) -> Plan:
+def prepare(
+    live: Live,
+    request: ChatRequest,
+    headers: Headers | None = None,
+    record: RequestRecord | None = None,
+) -> Plan:
     """Route a parsed request (whatever wire format it arrived in) and fix its deadline.
 
     A client may shorten the route's deadline with ``x-aigw-deadline-ms``, never extend it.
@@ -89,7 +95,16 @@ def prepare(live: Live, request: ChatRequest, headers: Headers | None = None) ->
             budget_s = min(budget_s, max(0.001, float(asked) / 1000))
         except ValueError:
             raise BadRequest("x-aigw-deadline-ms must be a number of milliseconds.") from None
+    if record is not None:
+        record.route = route.name
+        record.stream = request.stream
+        record.prompt_tokens = prompt_tokens
+        live.telemetry.started(record)
     return Plan(route, request, prompt_tokens, live.routing.clock() + budget_s)
+
+
+def new_record(live: Live, endpoint: str) -> RequestRecord:
+    return RequestRecord(f"chatcmpl-{uuid.uuid4().hex}", endpoint, live.graph.fingerprint)
 
 
 def _loop(
@@ -104,80 +119,109 @@ def _loop(
     )
 
 
-async def complete(live: Live, chosen: Plan) -> tuple[Served, ChatResult]:
-    """Run the attempt loop for a whole answer."""
-    request_id, created = _new_id()
-
-    async def attempt(candidate: Candidate) -> ChatResult:
-        return await candidate.adapter.complete(_call(chosen, candidate))
-
-    loop = _loop(live, chosen, attempt, _nothing)
+async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRecord) -> Won[T]:
     try:
         won = await loop.run()
     finally:
         log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
+        record.attempts = loop.trace.attempts
+        record.failures.extend(UpstreamFailure(*failure) for failure in loop.trace.failures)
+    deployment = won.candidate.deployment
+    record.deployment = deployment.name
+    record.provider = deployment.provider.name
+    record.fallback = won.group != (chosen.route.group.name if chosen.route.group else "")
+    return won
+
+
+def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
+
+
+async def complete(
+    live: Live, chosen: Plan, record: RequestRecord | None = None
+) -> tuple[Served, ChatResult]:
+    """Run the attempt loop for a whole answer."""
+    record = record or new_record(live, "chat")
+
+    async def attempt(candidate: Candidate) -> ChatResult:
+        started = time.perf_counter()
+        try:
+            return await candidate.adapter.complete(_call(chosen, candidate))
+        finally:
+            record.upstream_s += time.perf_counter() - started
+
+    won = await _run(live, chosen, _loop(live, chosen, attempt, _nothing), record)
     stats = live.routing.of(won.candidate.deployment)
     now = live.routing.clock()
     stats.observe_latency((now - won.started) * 1000)
     stats.add_usage(now, won.value.usage.total_tokens)
-    return _served(request_id, created, chosen, won), won.value
+    _bill(record, won.candidate.deployment, won.value.usage)
+    return _served(record, chosen, won), won.value
 
 
-async def stream(live: Live, chosen: Plan) -> tuple[Served, AsyncIterator[ChatDelta]]:
+async def stream(
+    live: Live, chosen: Plan, record: RequestRecord | None = None
+) -> tuple[Served, AsyncIterator[ChatDelta]]:
     """Open a stream, failing over only before its first delta: nothing has reached the
     client yet. After that, a failure is raised from the iterator."""
-    request_id, created = _new_id()
+    record = record or new_record(live, "chat")
     Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta]]
 
     async def attempt(candidate: Candidate) -> Opened:
         deltas = candidate.adapter.stream(_call(chosen, candidate))
+        started = time.perf_counter()
         try:
             return await anext(deltas), deltas
         except StopAsyncIteration:
             return None, deltas
+        finally:
+            record.upstream_s += time.perf_counter() - started
 
     async def discard(opened: Opened) -> None:
         await _close(opened[1])
 
-    loop = _loop(live, chosen, attempt, discard)
-    try:
-        won = await loop.run()
-    finally:
-        log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
+    won = await _run(live, chosen, _loop(live, chosen, attempt, discard), record)
     stats = live.routing.of(won.candidate.deployment)
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
+    record.ttft_s = time.perf_counter() - record.started
     first, rest = won.value
-    served = _served(request_id, created, chosen, won)
-    return served, _measured(live, won.candidate, won.started, first, rest)
+    return _served(record, chosen, won), _measured(live, won, record, first, rest)
 
 
-async def chat_completions(live: Live, headers: Headers, body: bytes) -> Response:
+async def chat_completions(
+    live: Live, headers: Headers, body: bytes, record: RequestRecord
+) -> Response:
     """POST /v1/chat/completions in OpenAI's wire format."""
-    authenticate(live.graph, headers)
+    key = authenticate(live.graph, headers)
+    record.key, record.team = key.name, key.team.name if key.team else None
     request = parse_chat_request(body)
-    chosen = prepare(live, request, headers)
+    chosen = prepare(live, request, headers, record)
     if not request.stream:
-        served, result = await complete(live, chosen)
+        served, result = await complete(live, chosen, record)
         return JSONResponse(
-            completion_body(served.request_id, served.created, result), headers=served.headers()
+            completion_body(served.request_id, served.created, result),
+            headers={**served.headers(), **_overhead(record)},
         )
-    served, deltas = await stream(live, chosen)
+    served, deltas = await stream(live, chosen, record)
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
     return StreamingResponse(
-        _events(encoder, deltas),
+        _events(encoder, deltas, live, record),
         media_type="text/event-stream",
-        headers={**served.headers(), "cache-control": "no-cache"},
+        headers={**served.headers(), **_overhead(record), "cache-control": "no-cache"},
     )
 
 
-def _new_id() -> tuple[str, int]:
-    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+def _overhead(record: RequestRecord) -> dict[str, str]:
+    return {"x-aigw-overhead-ms": f"{record.overhead_s() * 1000:.3f}"}
 
 
-def _served(request_id: str, created: int, chosen: Plan, won: Won[Any]) -> Served:
-    return Served(request_id, created, chosen.route, won.candidate.deployment, won.attempts)
+def _served(record: RequestRecord, chosen: Plan, won: Won[Any]) -> Served:
+    return Served(record.request_id, int(time.time()), chosen.route, won.candidate.deployment,
+                  won.attempts)
 
 
 def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
@@ -198,30 +242,49 @@ async def _close(deltas: AsyncIterator[ChatDelta]) -> None:
 
 async def _measured(
     live: Live,
-    candidate: Candidate,
-    started: float,
+    won: Won[Any],
+    record: RequestRecord,
     first: ChatDelta | None,
     rest: AsyncIterator[ChatDelta],
 ) -> AsyncIterator[ChatDelta]:
-    """The stream as the client sees it, counted in-flight to its end, with its latency."""
-    stats = live.routing.of(candidate.deployment)
+    """The stream as the client sees it: in flight to its end, timed, and billed once."""
+    deployment = won.candidate.deployment
+    stats = live.routing.of(deployment)
     stats.in_flight += 1
     try:
         if first is not None:
             yield first
-        async for delta in rest:
+        while True:
+            waited = time.perf_counter()
+            try:
+                delta = await anext(rest)
+            except StopAsyncIteration:
+                break
+            finally:
+                record.upstream_s += time.perf_counter() - waited
             if delta.usage is not None:
                 stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
+                _bill(record, deployment, delta.usage)
             yield delta
-        stats.observe_latency((live.routing.clock() - started) * 1000)
+        stats.observe_latency((live.routing.clock() - won.started) * 1000)
     finally:
         stats.in_flight -= 1
         await _close(rest)
 
 
-async def _events(encoder: ChunkEncoder, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
+async def _events(
+    encoder: ChunkEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
+) -> AsyncIterator[bytes]:
+    ended = False
     try:
         async for event in encoder.events(deltas):
             yield event
+        ended = True
     except GatewayError as exc:  # after the status line: the error goes in the stream
+        record.error = str(exc.code)
+        ended = True
         yield error_event(exc.body())
+    finally:  # also when the client went away: the record is finished either way
+        if not ended:
+            record.error = "client_disconnected"
+        live.telemetry.finish(record)

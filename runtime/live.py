@@ -20,6 +20,7 @@ from aigw.compiler.graph import Graph
 from .providers.base import ChatAdapter
 from .providers.registry import build_adapters
 from .routing.state import RoutingState
+from .telemetry.record import Telemetry
 from .tokens import TokenCounter
 
 log = logging.getLogger("aigw.reload")
@@ -33,6 +34,7 @@ class Live:
     adapters: Mapping[str, ChatAdapter]
     counter: TokenCounter
     routing: RoutingState  # shared by every snapshot: stats outlive a reload
+    telemetry: Telemetry  # shared too: metrics are per process, not per graph
     loaded_at: float
 
     @classmethod
@@ -41,12 +43,13 @@ class Live:
         graph: Graph,
         counter: TokenCounter,
         routing: RoutingState,
+        telemetry: Telemetry,
         previous: Live | None = None,
     ) -> Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
-        return cls(graph, fresh, counter, routing, time.time())
+        return cls(graph, fresh, counter, routing, telemetry, time.time())
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -106,7 +109,8 @@ class Gateway:
         if result.graph is None:
             raise ConfigError(result)
         self.routing = routing or RoutingState()
-        self.live = Live.build(result.graph, counter, self.routing)
+        self.telemetry = Telemetry()
+        self.live = Live.build(result.graph, counter, self.routing, self.telemetry)
         self.last_reload: ReloadReport | None = None
         self._reload_lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
@@ -131,7 +135,9 @@ class Gateway:
                 )
             else:
                 previous = self.live
-                self.live = Live.build(result.graph, self.counter, self.routing, previous)
+                self.live = Live.build(
+                    result.graph, self.counter, self.routing, self.telemetry, previous
+                )
                 self._retire(previous)
                 report = ReloadReport(
                     time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics

@@ -157,6 +157,7 @@ class MessagesRequest(CountTokensRequest):
     stop_sequences: list[str] | None = None
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 _Request = TypeVar("_Request", bound=CountTokensRequest)

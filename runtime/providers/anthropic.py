@@ -41,7 +41,6 @@ deltas (a tool call's index is its place among the ``tool_use`` blocks) and an
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import aclosing
 from typing import Any
 
 from aigw.compiler.graph import Provider
@@ -88,15 +87,13 @@ class AnthropicAdapter:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         reader = _StreamReader(self.provider)
-        events = self.upstream.post_sse(self._url, messages_body(call, stream=True), self._headers)
-        async with aclosing(events):
-            async for name, data in events:
-                if name == "ping":
-                    continue
-                for delta in reader.read(json_event(data, self.provider)):
-                    yield delta
-                if reader.stopped:
-                    break
+        body = messages_body(call, stream=True)
+        # Read on to the end after message_stop, so that post_sse closes the response itself.
+        async for name, data in self.upstream.post_sse(self._url, body, self._headers):
+            if name == "ping" or reader.stopped:
+                continue
+            for delta in reader.read(json_event(data, self.provider)):
+                yield delta
         if not reader.stopped:
             raise UpstreamServerError(
                 f"provider '{self.provider.name}' ended the stream before message_stop",

@@ -58,8 +58,8 @@ Gemini -> OpenAI
     OpenAI deployment in the same fallback chain would refuse them.
     finishReason STOP -> stop (tool_calls when a function was called), MAX_TOKENS ->
     length, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY ->
-    content_filter, others -> stop; MALFORMED_FUNCTION_CALL on every candidate is a
-    502 (retryable: another attempt may well succeed).
+    content_filter, others -> stop. MALFORMED_FUNCTION_CALL on every candidate (in a
+    stream: on any) is a 502, retryable: another attempt may well succeed.
     A prompt refused outright (``promptFeedback.blockReason``, no candidates) raises
     UpstreamContentPolicy: HTTP 400 content_policy_violation naming the reason; a
     streamed one does so before the first byte.
@@ -82,6 +82,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -112,12 +113,12 @@ from .gemini_wire import SIGNATURE_MARK, build_request
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
-FINISH_REASONS = {
+FINISH_REASONS = MappingProxyType({
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
     "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
     "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
-}
+})
 _DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -130,7 +131,9 @@ class GeminiAdapter:
         client.event_hooks = {"response": [_retry_info]}
         self.upstream = Upstream(provider, client)
         self._base = (provider.base_url or GEMINI_BASE_URL).rstrip("/")
-        self._headers = {**provider.headers, "x-goog-api-key": provider.api_key or ""}
+        self._headers = {**provider.headers}
+        if provider.api_key:
+            self._headers["x-goog-api-key"] = provider.api_key
 
     def url(self, model: str, method: str) -> str:
         return f"{self._base}/{model_path(model)}:{method}"

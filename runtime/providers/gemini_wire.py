@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from ..chat_request import ChatRequest, ContentPart, Message
@@ -27,7 +28,9 @@ MAPPED_PARAMETERS = frozenset(
      "parallel_tool_calls", "logprobs", "top_logprobs", "modalities", "logit_bias"}
 )
 # Google's OpenAI compatibility layer maps reasoning efforts to these thinking budgets.
-THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+THINKING_BUDGETS = MappingProxyType(
+    {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+)
 SCHEMA_FIELDS = frozenset(
     {"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
      "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
@@ -35,7 +38,7 @@ SCHEMA_FIELDS = frozenset(
      "maximum"}
 )
 SCHEMA_FORMATS = frozenset({"enum", "date-time", "float", "double", "int32", "int64"})
-AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3"}
+AUDIO_TYPES = MappingProxyType({"wav": "audio/wav", "mp3": "audio/mp3"})
 SIGNATURE_MARK = "."  # call_<n>.<thoughtSignature>: "." is not in base64's alphabet
 
 

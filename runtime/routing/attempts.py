@@ -12,6 +12,7 @@ the other is cancelled (and never billed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +54,7 @@ class Trace:
     steps: list[str] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     attempts: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # deployment, provider, code
 
     def add(self, text: str) -> None:
         self.steps.append(text)
@@ -64,6 +66,7 @@ class Won(Generic[T]):
     value: T
     attempts: int
     started: float  # clock() when the winning attempt began
+    group: str = ""  # the group that served: the route's own, or a fallback
 
 
 @dataclass(slots=True)
@@ -146,8 +149,10 @@ class AttemptLoop(Generic[T]):
             try:
                 if hedge_with is not None:
                     position += 1
-                    return await self._hedged(candidate, hedge_with), "", None
-                return await self._with_retries(group, candidate, len(ordered) == 1), "", None
+                    won = await self._hedged(candidate, hedge_with)
+                else:
+                    won = await self._with_retries(group, candidate, len(ordered) == 1)
+                return dataclasses.replace(won, group=group.name), "", None
             except UpstreamError as exc:
                 last_error = exc
                 failure_class = _failure_class(exc)
@@ -206,6 +211,7 @@ class AttemptLoop(Generic[T]):
             stats.failures += 1
             stats.breaker.record(self.state.clock(), ok=False)
             self.trace.add(f"  {candidate.deployment.name} timed out")
+            self._failed(candidate, "upstream_timeout")
             raise UpstreamTimeout(
                 f"deployment '{candidate.deployment.name}' did not answer in time",
                 provider=candidate.deployment.provider.name) from None
@@ -216,6 +222,7 @@ class AttemptLoop(Generic[T]):
             else:
                 stats.breaker.release_probe()
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
+            self._failed(candidate, str(exc.code))
             raise self._suspect_context(exc, candidate) from exc
         except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
             stats.breaker.release_probe()
@@ -224,6 +231,10 @@ class AttemptLoop(Generic[T]):
             stats.in_flight -= 1
         stats.breaker.record(self.state.clock(), ok=True)
         return Won(candidate, value, self.trace.attempts, now)
+
+    def _failed(self, candidate: Candidate, code: str) -> None:
+        deployment = candidate.deployment
+        self.trace.failures.append((deployment.name, deployment.provider.name, code))
 
     def _suspect_context(self, error: UpstreamError, candidate: Candidate) -> UpstreamError:
         window = candidate.deployment.context_window

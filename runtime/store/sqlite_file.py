@@ -112,7 +112,7 @@ class SQLiteFile:
         self._queue.put(_Job(run, loop, future))
         try:
             return await future
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"the embedded store {self.path} failed: {exc}") from exc
 
     def post(self, run: Callable[[sqlite3.Connection], object]) -> None:
@@ -130,10 +130,12 @@ class SQLiteFile:
 
     def _serve(self) -> None:
         try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._fail_all(exc)
             return
         try:
@@ -250,9 +252,7 @@ def add_spend(charges: tuple[tuple[Counter, int], ...], connection: sqlite3.Conn
     )
 
 
-def load_spend(
-    counters: tuple[Counter, ...], connection: sqlite3.Connection
-) -> dict[Counter, int]:
+def load_spend(counters: tuple[Counter, ...], connection: sqlite3.Connection) -> dict[Counter, int]:
     spent: dict[Counter, int] = {}
     for counter in counters:
         row = connection.execute(

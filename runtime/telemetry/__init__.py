@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, one JSON log line per request, and optional OTel traces."""

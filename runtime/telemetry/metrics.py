@@ -1,0 +1,74 @@
+"""Prometheus metrics, labelled only with names the graph declares (never raw user input).
+
+With several hypercorn workers, ``aigw serve`` sets PROMETHEUS_MULTIPROC_DIR before the
+workers start, prometheus-client then keeps values in shared files, and ``/metrics``
+aggregates them with its MultiProcessCollector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """Every metric aigw exports, in one registry per process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        request = ["route", "deployment", "provider", "team", "status"]
+        served = ["route", "deployment", "provider"]
+        self.requests = Counter("aigw_requests", "Requests answered, by outcome.",
+                                request, registry=registry)
+        self.latency = Histogram("aigw_request_duration_seconds",
+                                 "Time from request to the last byte of the answer.",
+                                 served, buckets=_LATENCY_BUCKETS, registry=registry)
+        self.ttft = Histogram("aigw_time_to_first_token_seconds",
+                              "Time from request to the first streamed token.",
+                              served, buckets=_LATENCY_BUCKETS, registry=registry)
+        self.overhead = Histogram("aigw_overhead_seconds",
+                                  "Time the gateway itself spent on a request, upstream excluded.",
+                                  ["route"], buckets=_OVERHEAD_BUCKETS, registry=registry)
+        self.upstream_failures = Counter("aigw_upstream_failures",
+                                         "Failed upstream attempts, by class of failure.",
+                                         ["deployment", "provider", "error"], registry=registry)
+        self.tokens = Counter("aigw_tokens", "Tokens billed, by direction.",
+                              ["route", "deployment", "team", "direction"], registry=registry)
+        self.cost = Counter("aigw_cost", "Cost in the price table's currency.",
+                            ["route", "deployment", "team"], registry=registry)
+        self.fallbacks = Counter("aigw_fallbacks", "Requests served by a fallback group.",
+                                 ["route"], registry=registry)
+        self.retries = Counter("aigw_retries", "Upstream attempts beyond the first.",
+                               ["route"], registry=registry)
+        self.cache = Counter("aigw_cache_lookups", "Response cache lookups.",
+                             ["route", "result"], registry=registry)
+        self.circuit = Gauge("aigw_circuit_state",
+                             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                             ["deployment"], registry=registry, multiprocess_mode="max")
+        self.in_flight = Gauge("aigw_in_flight_requests", "Requests being served now.",
+                               ["route"], registry=registry, multiprocess_mode="livesum")
+        self.budget_used = Gauge("aigw_budget_used_ratio",
+                                 "Share of a budget spent in its current period.",
+                                 ["scope", "name"], registry=registry, multiprocess_mode="max")
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format for a scrape, aggregated across workers in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

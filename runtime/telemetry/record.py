@@ -1,0 +1,120 @@
+"""One request's record: filled in by the stages, finished once into metrics and a log line.
+
+The record is the only mutable per-request object; stages write what they learn
+(who called, which route and deployment, tokens, cost, time spent upstream), and
+``Telemetry.finish`` turns it into metrics and one JSON log line, whether the request
+succeeded, failed, or its stream was cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .metrics import CIRCUIT_VALUES, Metrics
+
+access_log = logging.getLogger("aigw.access")
+
+UNKNOWN = "_none"  # label value when a stage was not reached (e.g. a 404 has no route)
+
+
+@dataclass(slots=True)
+class UpstreamFailure:
+    deployment: str
+    provider: str
+    error: str
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    graph: str
+    started: float = field(default_factory=time.perf_counter)
+    key: str | None = None
+    team: str | None = None
+    route: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    status: int = 200
+    error: str | None = None
+    attempts: int = 0
+    fallback: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    upstream_s: float = 0.0  # time spent waiting on providers
+    ttft_s: float | None = None
+    failures: list[UpstreamFailure] = field(default_factory=list)
+    finished: bool = False
+
+    def overhead_s(self, now: float | None = None) -> float:
+        """Time so far that was the gateway's own, not the upstream's."""
+        elapsed = (now if now is not None else time.perf_counter()) - self.started
+        return max(0.0, elapsed - self.upstream_s)
+
+
+class Telemetry:
+    """Where finished records go: Prometheus metrics and the access log."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+
+    def started(self, record: RequestRecord) -> None:
+        if record.route is not None:
+            self.metrics.in_flight.labels(record.route).inc()
+
+    def finish(self, record: RequestRecord, circuit: str | None = None) -> None:
+        """Count the request once, however it ended."""
+        if record.finished:
+            return
+        record.finished = True
+        now = time.perf_counter()
+        metrics = self.metrics
+        route = record.route or UNKNOWN
+        deployment = record.deployment or UNKNOWN
+        provider = record.provider or UNKNOWN
+        team = record.team or UNKNOWN
+        metrics.requests.labels(route, deployment, provider, team, str(record.status)).inc()
+        overhead = record.overhead_s(now)
+        metrics.overhead.labels(route).observe(overhead)
+        if record.route is not None:
+            metrics.in_flight.labels(record.route).dec()
+        if record.deployment is not None:
+            metrics.latency.labels(route, deployment, provider).observe(now - record.started)
+            if record.ttft_s is not None:
+                metrics.ttft.labels(route, deployment, provider).observe(record.ttft_s)
+            metrics.tokens.labels(route, deployment, team, "input").inc(record.prompt_tokens)
+            metrics.tokens.labels(route, deployment, team, "output").inc(record.completion_tokens)
+            metrics.cost.labels(route, deployment, team).inc(record.cost)
+        if record.fallback:
+            metrics.fallbacks.labels(route).inc()
+        if record.attempts > 1:
+            metrics.retries.labels(route).inc(record.attempts - 1)
+        for failure in record.failures:
+            metrics.upstream_failures.labels(failure.deployment, failure.provider,
+                                             failure.error).inc()
+        if circuit is not None and record.deployment is not None:
+            metrics.circuit.labels(record.deployment).set(CIRCUIT_VALUES.get(circuit, 0))
+        access_log.info(json.dumps({
+            "request_id": record.request_id,
+            "endpoint": record.endpoint,
+            "key": record.key,
+            "team": record.team,
+            "route": record.route,
+            "deployment": record.deployment,
+            "status": record.status,
+            "error": record.error,
+            "stream": record.stream,
+            "attempts": record.attempts,
+            "latency_ms": round((now - record.started) * 1000, 3),
+            "overhead_ms": round(overhead * 1000, 3),
+            "ttft_ms": round(record.ttft_s * 1000, 3) if record.ttft_s is not None else None,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "cost": record.cost,
+            "graph": record.graph,
+        }, separators=(",", ":")))

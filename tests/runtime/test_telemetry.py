@@ -1,0 +1,73 @@
+"""Metrics after real requests, the access log line, and the overhead header."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import httpx
+import pytest
+
+CHAT = "/v1/chat/completions"
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        ok = await client.post(CHAT, json={"model": "fast",
+                                           "messages": [{"role": "user", "content": "a b c"}]})
+        assert ok.status_code == 200
+    async with client.stream("POST", CHAT, json={
+        "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x y"}],
+    }) as response:
+        await response.aread()
+    await client.post(CHAT, json={"model": "missing", "messages": [{"role": "user", "content": "x"}]})
+
+    text = (await client.get("/metrics")).text
+    assert _sample(text, "aigw_requests_total", route="fast", deployment="echo-small",
+                   provider="local", team="default", status="200") == 3
+    assert _sample(text, "aigw_requests_total", route="echo", status="200") == 1
+    assert _sample(text, "aigw_requests_total", route="_none", status="404") == 1
+    assert _sample(text, "aigw_tokens_total", route="fast", direction="output") == 9
+    assert _sample(text, "aigw_time_to_first_token_seconds_count", route="echo") == 1
+    assert _sample(text, "aigw_overhead_seconds_count", route="fast") == 3
+    assert _sample(text, "aigw_circuit_state", deployment="echo-small") == 0
+    assert _sample(text, "aigw_in_flight_requests", route="fast") == 0
+    assert "missing" not in text  # raw user input never becomes a label
+
+
+async def test_every_response_reports_the_gateways_overhead(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={"model": "fast",
+                                             "messages": [{"role": "user", "content": "hi"}]})
+    overhead = float(response.headers["x-aigw-overhead-ms"])
+    assert 0 <= overhead < 1000
+
+
+async def test_one_json_log_line_per_request_without_secrets(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    await client.post(CHAT, json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+    await client.post(CHAT, json={"model": "fast", "messages": []},
+                      headers={"Authorization": "Bearer sk-not-a-real-key-42"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    assert len(lines) == 2
+    served, refused = lines
+    assert served["key"] == "dev" and served["team"] == "default"
+    assert served["route"] == "fast" and served["deployment"] == "echo-small"
+    assert served["status"] == 200 and served["completion_tokens"] == 1
+    assert len(served["graph"]) == 64
+    assert refused["status"] == 401 and refused["key"] is None
+    everything = caplog.text
+    assert "sk-aigw-dev" not in everything and "sk-not-a-real-key-42" not in everything

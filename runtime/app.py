@@ -19,9 +19,9 @@ from .chat import chat_completions, new_record
 from .embeddings import embeddings
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .live import Gateway, Live
+from .messages import count_tokens, create_message
 from .telemetry.metrics import CIRCUIT_VALUES
 from .telemetry.record import RequestRecord
-from .messages import count_tokens, create_message
 
 log = logging.getLogger("aigw.http")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event
 from .telemetry.record import RequestRecord, UpstreamFailure
+from .telemetry.tracing import PROVIDER_NAMES, Span
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -97,9 +99,14 @@ def prepare(
             raise BadRequest("x-aigw-deadline-ms must be a number of milliseconds.") from None
     if record is not None:
         record.route = route.name
+        record.model = request.model
         record.stream = request.stream
         record.prompt_tokens = prompt_tokens
         live.telemetry.started(record)
+        if headers is not None:
+            record.span, record.trace_context = live.telemetry.tracing.request(
+                f"chat {request.model}", headers
+            )
     return Plan(route, request, prompt_tokens, live.routing.clock() + budget_s)
 
 
@@ -129,6 +136,7 @@ async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRe
     deployment = won.candidate.deployment
     record.deployment = deployment.name
     record.provider = deployment.provider.name
+    record.provider_type = deployment.provider.type
     record.fallback = won.group != (chosen.route.group.name if chosen.route.group else "")
     return won
 
@@ -147,10 +155,18 @@ async def complete(
 
     async def attempt(candidate: Candidate) -> ChatResult:
         started = time.perf_counter()
-        try:
-            return await candidate.adapter.complete(_call(chosen, candidate))
-        finally:
-            record.upstream_s += time.perf_counter() - started
+        with _attempt_span(live, record, candidate) as span:
+            try:
+                result = await candidate.adapter.complete(_call(chosen, candidate))
+            except GatewayError as exc:
+                span.error(str(exc.code))
+                raise
+            finally:
+                record.upstream_s += time.perf_counter() - started
+            span.set("gen_ai.response.model", result.model)
+            span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
+            span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
+            return result
 
     won = await _run(live, chosen, _loop(live, chosen, attempt, _nothing), record)
     stats = live.routing.of(won.candidate.deployment)
@@ -158,6 +174,8 @@ async def complete(
     stats.observe_latency((now - won.started) * 1000)
     stats.add_usage(now, won.value.usage.total_tokens)
     _bill(record, won.candidate.deployment, won.value.usage)
+    record.response_model = won.value.model
+    record.finish_reasons = tuple(choice.finish_reason for choice in won.value.choices)
     return _served(record, chosen, won), won.value
 
 
@@ -172,12 +190,16 @@ async def stream(
     async def attempt(candidate: Candidate) -> Opened:
         deltas = candidate.adapter.stream(_call(chosen, candidate))
         started = time.perf_counter()
-        try:
-            return await anext(deltas), deltas
-        except StopAsyncIteration:
-            return None, deltas
-        finally:
-            record.upstream_s += time.perf_counter() - started
+        with _attempt_span(live, record, candidate) as span:
+            try:
+                return await anext(deltas), deltas
+            except StopAsyncIteration:
+                return None, deltas
+            except GatewayError as exc:
+                span.error(str(exc.code))
+                raise
+            finally:
+                record.upstream_s += time.perf_counter() - started
 
     async def discard(opened: Opened) -> None:
         await _close(opened[1])
@@ -187,6 +209,7 @@ async def stream(
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
     record.ttft_s = time.perf_counter() - record.started
     first, rest = won.value
+    record.response_model = won.candidate.deployment.model
     return _served(record, chosen, won), _measured(live, won, record, first, rest)
 
 
@@ -213,6 +236,24 @@ async def chat_completions(
         media_type="text/event-stream",
         headers={**served.headers(), **_overhead(record), "cache-control": "no-cache"},
     )
+
+
+def _attempt_span(
+    live: Live, record: RequestRecord, candidate: Candidate
+) -> AbstractContextManager[Span]:
+    deployment = candidate.deployment
+    span = live.telemetry.tracing.attempt(f"chat {deployment.model}", record.trace_context)
+    return _labelled(span, deployment)
+
+
+@contextmanager
+def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment) -> Iterator[Span]:
+    with span_manager as span:
+        span.set("gen_ai.operation.name", "chat")
+        span.set("gen_ai.provider.name", PROVIDER_NAMES.get(deployment.provider.type, "aigw"))
+        span.set("gen_ai.request.model", deployment.model)
+        span.set("aigw.deployment", deployment.name)
+        yield span
 
 
 def _overhead(record: RequestRecord) -> dict[str, str]:
@@ -265,6 +306,8 @@ async def _measured(
             if delta.usage is not None:
                 stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
                 _bill(record, deployment, delta.usage)
+            if delta.finish_reason is not None:
+                record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta
         stats.observe_latency((live.routing.clock() - won.started) * 1000)
     finally:

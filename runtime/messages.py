@@ -1,4 +1,4 @@
-"""POST /v1/messages: Anthropic's Messages API in front of the serving core, whatever serves the route.
+"""POST /v1/messages: Anthropic's Messages API in front of the serving core, any provider behind.
 
     read body -> authenticate -> parse and lower (messages_wire) -> prepare
               -> complete | stream -> a Message | Anthropic's stream events
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -29,7 +29,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .auth import authenticate
-from .chat import Served, complete, prepare, resolve_route, stream
+from .chat import Served, complete, new_record, prepare, resolve_route, stream
 from .chat_request import Message
 from .errors import GatewayError, UpstreamOverloaded, UpstreamServerError
 from .live import Live
@@ -41,6 +41,7 @@ from .messages_wire import (
     to_chat_request,
 )
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage
+from .telemetry.record import RequestRecord
 
 __all__ = ["count_tokens", "create_message", "error_body", "error_status"]
 
@@ -61,17 +62,37 @@ _STOP_REASONS: Mapping[str, str] = MappingProxyType({
     "content_filter": "refusal",
 })
 
-_Handler = Callable[[Live, Headers, bytes], Awaitable[Response]]
-
 
 async def create_message(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
-    """POST /v1/messages. ``body`` is awaited here, so that a 413 is Anthropic-shaped too."""
-    return await _anthropic_shaped(_message, live, headers, body)
+    """POST /v1/messages. ``body`` is awaited here, so that a 413 is Anthropic-shaped too.
+
+    The request's record is finished here, or when its stream ends; the app's handlers
+    would answer errors in OpenAI's shape, so none reaches them.
+    """
+    record = new_record(live, "messages")
+    try:
+        response = await _message(live, headers, await body, record)
+    except GatewayError as exc:
+        response = _error_response(exc)
+        record.status, record.error = response.status_code, str(exc.code)
+        live.telemetry.finish(record)
+        return response
+    if not record.stream:  # a stream's record is finished when the stream ends
+        live.telemetry.finish(record)
+    return response
 
 
 async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
     """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with."""
-    return await _anthropic_shaped(_count, live, headers, body)
+    try:
+        raw = await body
+        authenticate(live.graph, headers)
+        request = parse(CountTokensRequest, raw)
+        resolve_route(live.graph, request.model)
+    except GatewayError as exc:
+        return _error_response(exc)
+    messages = [Message.model_validate(message) for message in chat_messages(request)]
+    return JSONResponse({"input_tokens": live.counter.count_messages(messages)})
 
 
 def error_status(error: GatewayError) -> tuple[int, str]:
@@ -95,42 +116,34 @@ def error_body(error: GatewayError) -> dict[str, object]:
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-async def _anthropic_shaped(
-    handler: _Handler, live: Live, headers: Headers, body: Awaitable[bytes]
-) -> Response:
-    try:
-        return await handler(live, headers, await body)
-    except GatewayError as exc:  # the app's handlers would answer in OpenAI's shape
-        status, _kind = error_status(exc)
-        return JSONResponse(error_body(exc), status_code=status, headers=exc.headers)
+def _error_response(error: GatewayError) -> Response:
+    status, _kind = error_status(error)
+    return JSONResponse(error_body(error), status_code=status, headers=error.headers)
 
 
-async def _message(live: Live, headers: Headers, raw: bytes) -> Response:
-    authenticate(live.graph, headers)
+async def _message(live: Live, headers: Headers, raw: bytes, record: RequestRecord) -> Response:
+    key = authenticate(live.graph, headers)
+    record.key, record.team = key.name, key.team.name if key.team else None
     request = parse(MessagesRequest, raw)
-    chosen = prepare(live, to_chat_request(request), headers)
+    chosen = prepare(live, to_chat_request(request), headers, record)
     if not request.stream:
-        served, result = await complete(live, chosen)
-        return JSONResponse(message_body(served, result), headers=_headers(served))
-    served, deltas = await stream(live, chosen)
+        served, result = await complete(live, chosen, record)
+        return JSONResponse(message_body(served, result), headers=_headers(served, record))
+    served, deltas = await stream(live, chosen, record)
     encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
     return StreamingResponse(
-        _events(encoder, deltas),
+        _events(encoder, deltas, live, record),
         media_type="text/event-stream",
-        headers={**_headers(served), "cache-control": "no-cache"},
+        headers={**_headers(served, record), "cache-control": "no-cache"},
     )
 
 
-async def _count(live: Live, headers: Headers, raw: bytes) -> Response:
-    authenticate(live.graph, headers)
-    request = parse(CountTokensRequest, raw)
-    resolve_route(live.graph, request.model)
-    messages = [Message.model_validate(message) for message in chat_messages(request)]
-    return JSONResponse({"input_tokens": live.counter.count_messages(messages)})
-
-
-def _headers(served: Served) -> dict[str, str]:
-    return {**served.headers(), "request-id": served.request_id}
+def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
+    return {
+        **served.headers(),
+        "request-id": served.request_id,
+        "x-aigw-overhead-ms": f"{record.overhead_s() * 1000:.3f}",
+    }
 
 
 def message_id(served: Served) -> str:
@@ -238,7 +251,7 @@ class EventEncoder:
         self._usage: Usage | None = None
 
     def start(self) -> bytes:
-        message = {
+        message: dict[str, object] = {
             "id": self._message_id,
             "type": "message",
             "role": "assistant",
@@ -318,14 +331,23 @@ class EventEncoder:
         )
 
 
-async def _events(encoder: EventEncoder, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
-    yield encoder.start()
+async def _events(
+    encoder: EventEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
+) -> AsyncIterator[bytes]:
+    ended = False
     try:
+        yield encoder.start()
         async for delta in deltas:
             event = encoder.encode(delta)
             if event:
                 yield event
+        yield encoder.finish()
+        ended = True
     except GatewayError as exc:  # after the status line: the error goes in the stream
+        record.error = str(exc.code)
+        ended = True
         yield sse_event("error", error_body(exc))
-        return
-    yield encoder.finish()
+    finally:  # also when the client went away: the record is finished either way
+        if not ended:
+            record.error = "client_disconnected"
+        live.telemetry.finish(record)

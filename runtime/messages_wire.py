@@ -180,8 +180,7 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     if first["type"] == "model_type" and not first["loc"]:
         return BadRequest("The request body must be a JSON object.")
     param = field_path(first["loc"])
-    message = "Extra inputs are not permitted" if first["type"] == "extra_forbidden" else first["msg"]
-    return BadRequest(f"{param}: {message}", param=param)
+    return BadRequest(f"{param}: {first['msg']}", param=param)
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

@@ -107,18 +107,22 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
         ", ".join(sorted(graph.routes)) or "none",
     )
     app = create_app(gateway)
-    if sockets is None:
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
-    else:
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.utils import wrap_app
+    try:
+        if sockets is None:
+            await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        else:
+            from hypercorn.asyncio.run import worker_serve
+            from hypercorn.utils import wrap_app
 
-        await worker_serve(
-            wrap_app(app, config.wsgi_max_body_size, None),  # type: ignore[arg-type]
-            config,
-            sockets=sockets,
-            shutdown_trigger=shutdown.wait,
-        )
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, None),  # type: ignore[arg-type]
+                config,
+                sockets=sockets,
+                shutdown_trigger=shutdown.wait,
+            )
+    finally:
+        await gateway.aclose()
+        gateway.telemetry.tracing.shutdown()
     return 0
 
 

@@ -12,8 +12,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .metrics import CIRCUIT_VALUES, Metrics
+from .tracing import NO_SPAN, PROVIDER_NAMES, Span, Tracing
 
 access_log = logging.getLogger("aigw.access")
 
@@ -38,6 +40,7 @@ class RequestRecord:
     route: str | None = None
     deployment: str | None = None
     provider: str | None = None
+    provider_type: str | None = None
     stream: bool = False
     status: int = 200
     error: str | None = None
@@ -49,6 +52,11 @@ class RequestRecord:
     upstream_s: float = 0.0  # time spent waiting on providers
     ttft_s: float | None = None
     failures: list[UpstreamFailure] = field(default_factory=list)
+    model: str | None = None  # as the client asked
+    response_model: str | None = None  # as the upstream answered
+    finish_reasons: tuple[str, ...] = ()
+    span: Span = NO_SPAN
+    trace_context: Any = None
     finished: bool = False
 
     def overhead_s(self, now: float | None = None) -> float:
@@ -60,8 +68,9 @@ class RequestRecord:
 class Telemetry:
     """Where finished records go: Prometheus metrics and the access log."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.metrics = metrics or Metrics()
+        self.tracing = tracing or Tracing()
 
     def started(self, record: RequestRecord) -> None:
         if record.route is not None:
@@ -99,6 +108,7 @@ class Telemetry:
                                              failure.error).inc()
         if circuit is not None and record.deployment is not None:
             metrics.circuit.labels(record.deployment).set(CIRCUIT_VALUES.get(circuit, 0))
+        self._end_span(record)
         access_log.info(json.dumps({
             "request_id": record.request_id,
             "endpoint": record.endpoint,
@@ -118,3 +128,27 @@ class Telemetry:
             "cost": record.cost,
             "graph": record.graph,
         }, separators=(",", ":")))
+
+    def _end_span(self, record: RequestRecord) -> None:
+        span = record.span
+        if span is NO_SPAN:
+            return
+        span.set("gen_ai.operation.name", "chat")
+        span.set("gen_ai.request.model", record.model)
+        span.set("gen_ai.response.model", record.response_model)
+        if record.provider_type is not None:
+            span.set("gen_ai.provider.name", PROVIDER_NAMES.get(record.provider_type, "aigw"))
+        span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
+        span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+        if record.finish_reasons:
+            span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+        span.set("aigw.route", record.route)
+        span.set("aigw.deployment", record.deployment)
+        span.set("aigw.graph", record.graph)
+        span.set("aigw.fallback_hop", 1 if record.fallback else 0)
+        span.set("aigw.attempts", record.attempts)
+        span.set("aigw.cost", record.cost)
+        span.set("http.response.status_code", record.status)
+        if record.error is not None:
+            span.error(record.error)
+        span.end()

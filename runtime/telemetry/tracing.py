@@ -1,0 +1,122 @@
+"""OpenTelemetry traces following the GenAI semantic conventions; off, and free, by default.
+
+Tracing turns on when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) variable is set; the exporter reads the other
+``OTEL_*`` variables itself. When off, no OpenTelemetry module is imported and every
+span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
+
+    chat {route}                 the request: aigw.route, aigw.graph, aigw.fallback_hop, usage
+    └── chat {upstream model}    one span per upstream attempt: gen_ai.provider.name, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+# Our provider types, in the gen_ai.provider.name vocabulary of the GenAI conventions.
+PROVIDER_NAMES = {
+    "openai": "openai",
+    "azure_openai": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "echo": "aigw.echo",
+    "openai_compatible": "openai",
+    "vllm": "openai",
+}
+
+
+class Span:
+    """What the runtime needs of a span; the no-op one does nothing at all."""
+
+    def set(self, key: str, value: Any) -> None:
+        return None
+
+    def error(self, code: str) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+
+NO_SPAN = Span()
+
+
+class _OtelSpan(Span):
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def set(self, key: str, value: Any) -> None:
+        if value is not None:
+            self.span.set_attribute(key, value)
+
+    def error(self, code: str) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        self.span.set_attribute("error.type", code)
+        self.span.set_status(Status(StatusCode.ERROR, code))
+
+    def end(self) -> None:
+        self.span.end()
+
+
+class Tracing:
+    """Creates request and attempt spans when an OTLP endpoint is configured."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self.enabled = bool(
+            environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        ) and environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+        self._tracer: Any = None
+        self._provider: Any = None
+        if self.enabled:
+            self._setup()
+
+    def _setup(self) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aigw")})
+        self._provider = TracerProvider(resource=resource)
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._tracer = self._provider.get_tracer("aigw")
+
+    def request(self, name: str, headers: Mapping[str, str]) -> tuple[Span, Any]:
+        """Start the request's span, parented by the client's traceparent.
+
+        Returns the span (ended by ``Telemetry.finish``, after a stream's last byte) and
+        the context its attempt spans are children of.
+        """
+        if not self.enabled:
+            return NO_SPAN, None
+        from opentelemetry import trace
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind
+
+        parent = extract(dict(headers))
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        return _OtelSpan(span), trace.set_span_in_context(span)
+
+    @contextlib.contextmanager
+    def attempt(self, name: str, parent: Any) -> Iterator[Span]:
+        """One upstream attempt, a child of the request span."""
+        if not self.enabled or parent is None:
+            yield NO_SPAN
+            return
+        from opentelemetry.trace import SpanKind
+
+        with self._tracer.start_as_current_span(name, context=parent,
+                                                kind=SpanKind.CLIENT) as span:
+            yield _OtelSpan(span)
+
+    def shutdown(self) -> None:
+        if self._provider is not None:
+            self._provider.shutdown()

@@ -1,0 +1,60 @@
+"""Traces from a real gateway process to a loopback OTLP receiver, with the GenAI attributes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.otlp_receiver import OtlpReceiver
+from ..fakes.serve import serving
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def test_request_and_attempt_spans_follow_the_genai_conventions(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = OtlpReceiver()
+    with serving(receiver.app) as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        server = Server(gateway_dir)
+        try:
+            server.wait_ready()
+            client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                                   max_retries=0)
+            client.chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "trace me"}],
+                extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+            )
+            deadline = time.monotonic() + 15
+            while len(receiver.spans) < 2:
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.1)
+        finally:
+            server.stop()
+    request = next(s for s in receiver.spans if s["name"] == "chat fast")
+    attempt = next(s for s in receiver.spans if s["name"] == "chat echo-1")
+    assert request["trace_id"] == TRACE_ID and request["parent_span_id"] == PARENT_ID
+    assert attempt["trace_id"] == TRACE_ID and attempt["parent_span_id"] == request["span_id"]
+    attributes = request["attributes"]
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == "fast"
+    assert attributes["gen_ai.response.model"] == "echo-1"
+    assert attributes["gen_ai.provider.name"] == "aigw.echo"
+    assert attributes["gen_ai.usage.input_tokens"] == 8  # 3 + 3 overhead + "trace me"
+    assert attributes["gen_ai.usage.output_tokens"] == 2
+    assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attributes["aigw.route"] == "fast"
+    assert len(attributes["aigw.graph"]) == 64
+    assert attributes["aigw.fallback_hop"] == 0
+    assert attempt["attributes"]["gen_ai.request.model"] == "echo-1"
+    assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2

@@ -1,4 +1,4 @@
-"""The aigw compiler: a gateway directory in, a frozen routing Graph (or positioned diagnostics) out.
+"""The aigw compiler: a gateway directory in, a frozen routing Graph (or diagnostics) out.
 
     load -> validate -> link -> policies -> freeze
 
@@ -57,7 +57,7 @@ class CompileResult:
 
 
 def compile_gateway(root: str | Path, environ: Mapping[str, str] | None = None) -> CompileResult:
-    """Compile the gateway directory ``root``; ${ENV} references read ``environ`` (default: os.environ).
+    """Compile the gateway directory ``root``; ${ENV} references read ``environ`` (or os.environ).
 
     >>> result = compile_gateway(".")
     >>> result.ok, result.graph.fingerprint[:12] if result.graph else None  # doctest: +SKIP
@@ -77,7 +77,7 @@ def compile_gateway(root: str | Path, environ: Mapping[str, str] | None = None) 
         if not sink.has_errors:
             warnings = sink.sorted()
             graph = freeze(linked, policies, sources, root.resolve(), warnings)
-    except Exception as exc:  # noqa: BLE001 -- the boundary: a compiler bug is a diagnostic, not a traceback
+    except Exception as exc:  # the boundary: a compiler bug is a diagnostic, not a traceback
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         sink.add(codes.INTERNAL, f"internal compiler error: {detail}", Position(GATEWAY_FILE, 1, 1),
                  "this is a bug in aigw; please report it with the config that caused it")

@@ -7,10 +7,10 @@ AGW4xx Cedar, AGW5xx templates and pipelines, AGW9xx internal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 
@@ -76,6 +76,9 @@ NO_ROUTES = _warning("AGW316", "no routes defined")
 ENV_SYNTAX = _error("AGW317", "malformed ${ENV} reference")
 EMPTY_GROUP = _error("AGW318", "group has no members")
 PROVIDER_FIELD_NOT_APPLICABLE = _error("AGW319", "field does not apply to this provider type")
+GROUP_WEIGHT_NOT_MEMBER = _error("AGW320", "weight given for a deployment that is not a member")
+NO_EMBEDDINGS_API = _error("AGW321", "provider type has no embeddings API")
+PROVIDER_EXTRA_MISSING = _warning("AGW322", "provider type needs an extra that is not installed")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

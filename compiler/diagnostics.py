@@ -53,7 +53,11 @@ class DiagnosticSink:
 
     @property
     def has_errors(self) -> bool:
-        return any(item.is_error for item in self._items)
+        return self.error_count > 0
+
+    @property
+    def error_count(self) -> int:
+        return sum(1 for item in self._items if item.is_error)
 
     def sorted(self) -> tuple[Diagnostic, ...]:
         return tuple(sorted(self._items, key=Diagnostic.sort_key))
@@ -89,16 +93,28 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: Mapping[str, SourceF
 def _render_one(item: Diagnostic, source: SourceFile | None) -> str:
     pos = item.position
     lines = [f"{item.code.id} {item.severity.value} {pos} {item.message}"]
-    text = source.line_text(pos.line) if source is not None else ""
+    text = _visible(source.line_text(pos.line)) if source is not None else ""
     if text:
         gutter = " " * len(str(pos.line))
+        # Tabs stay tabs under the line, so the caret lines up however a terminal draws them.
+        pad = "".join("\t" if char == "\t" else " " for char in text[: pos.column - 1])
         lines.append(f" {pos.line} | {text}")
-        lines.append(f" {gutter} | {' ' * (pos.column - 1)}{'^' * max(pos.width, 1)}")
+        lines.append(f" {gutter} | {pad}{'^' * max(pos.width, 1)}")
         if item.hint:
             lines.append(f" {gutter} = hint: {item.hint}")
     elif item.hint:
         lines.append(f"   = hint: {item.hint}")
     return "\n".join(lines)
+
+
+def _visible(text: str) -> str:
+    """Control characters (but tab) as their Unicode pictures, one column each: a NUL or a
+    BEL in a config is shown, not sent to the terminal."""
+    return "".join(
+        chr(0x2400 + ord(char)) if ord(char) < 0x20 and char != "\t"
+        else "\u2421" if char == "\x7f" else char
+        for char in text
+    )
 
 
 def render_json(diagnostics: Sequence[Diagnostic]) -> str:

@@ -30,8 +30,8 @@ from .graph import (
     Team,
 )
 from .link import Linked
-from .spec import CircuitBreakerSpec, GroupSpec
 from .source import SourceFile
+from .spec import CircuitBreakerSpec, GroupSpec
 
 V = TypeVar("V")
 
@@ -65,6 +65,12 @@ def freeze(
             api_key=item.api_key,
             first_token_ms=latency.first_token_ms if (latency := item.entry.spec.latency) else 0.0,
             per_token_ms=latency.per_token_ms if latency else 0.0,
+            region=item.region,
+            project=item.project,
+            location=item.location,
+            credentials_file=str(root / Path(item.credentials_file).expanduser())
+            if item.credentials_file else None,
+            publisher=item.entry.spec.publisher,
         )
         for name, item in linked.providers.items()
     }
@@ -172,6 +178,7 @@ def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:
 
 def _group(name: str, spec: GroupSpec, deployments: Mapping[str, Deployment]) -> Group:
     fallbacks = spec.fallbacks
+    on_content_policy: tuple[str, ...]
     if isinstance(fallbacks, list):
         on_error = tuple(fallbacks)
         on_rate_limit, on_context_window, on_content_policy = on_error, on_error, ()

@@ -45,6 +45,14 @@ class Provider:
     # Simulated latency (echo only): milliseconds before the first token and per token.
     first_token_ms: float = 0.0
     per_token_ms: float = 0.0
+    # Cloud platforms: the AWS region (bedrock); the Google Cloud project, location,
+    # service-account file (an absolute path, or None for default credentials) and the
+    # model publisher if fixed (vertex).
+    region: str | None = None
+    project: str | None = None
+    location: str | None = None
+    credentials_file: str | None = None
+    publisher: str | None = None
 
     @property
     def enabled(self) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -34,7 +35,23 @@ from .validate import Validated
 S = TypeVar("S", bound=Spec)
 
 # Provider types the runtime has an adapter for; the others compile but are disabled.
-SERVED_PROVIDER_TYPES = frozenset({"echo"})
+SERVED_PROVIDER_TYPES = frozenset(
+    {"echo", "openai", "openai_compatible", "vllm", "azure_openai", "anthropic", "gemini",
+     "bedrock", "vertex"}
+)
+# Types served only with an optional extra installed, and the module that extra brings.
+# The compiler looks for it (importlib.util.find_spec) and never imports it.
+_EXTRAS = {"bedrock": "botocore", "vertex": "google.auth"}
+# Fields only one type takes, and those a type needs.
+_TYPE_FIELDS = {"region": "bedrock", "project": "vertex", "location": "vertex",
+                "credentials_file": "vertex", "publisher": "vertex"}
+_NEEDS_FIELDS = {
+    "bedrock": (("region",), "add region: us-east-1 (or ${AWS_REGION}); credentials come from "
+                "the AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a profile, a role)"),
+    "vertex": (("project", "location"), "add project: ${GOOGLE_CLOUD_PROJECT} and location: "
+               "us-east5 (or global)"),
+}
+_NO_EMBEDDINGS = frozenset({"anthropic", "bedrock", "vertex"})
 _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
 _NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -65,6 +82,10 @@ class LinkedProvider:
     api_key: str | None
     headers: Mapping[str, str]
     disabled_reason: str | None
+    region: str | None = None
+    project: str | None = None
+    location: str | None = None
+    credentials_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +122,31 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     pipelines = {name: doc.path for name, doc in validated.pipelines.items()}
 
     # Entries that failed validation still count as defined: their own errors are reported.
-    known_providers = _with_broken(providers, broken, "providers")
-    known_deployments = _with_broken(deployments, broken, "deployments")
-    known_groups = _with_broken(groups, broken, "groups")
-    for entry in deployments.values():
-        _check_deployment(entry, known_providers, sink)
-    for entry in groups.values():
-        _check_group(entry, known_deployments, known_groups, sink)
+    known_providers = _known(providers, validated, "providers")
+    known_deployments = _known(deployments, validated, "deployments")
+    known_groups = _known(groups, validated, "groups")
+    known_pipelines = _known(pipelines, validated, "pipelines")
+    for deployment in deployments.values():
+        _check_deployment(deployment, known_providers, sink)
+    errors_before = sink.error_count
+    for group in groups.values():
+        _check_group(group, known_deployments, known_groups, sink)
     _check_fallback_cycles(groups, sink)
-    for entry in routes.values():
-        _check_route(entry, known_deployments, known_groups, pipelines, sink)
-    keys = _link_keys(
-        _entries(tables, "keys", KeySpec), _with_broken(teams, broken, "teams"), environ, sink
-    )
+    for route in routes.values():
+        _check_route(route, known_deployments, known_groups, known_pipelines, sink)
+    routing_ok = sink.error_count == errors_before
+    known_teams = _known(teams, validated, "teams")
+    keys = _link_keys(_entries(tables, "keys", KeySpec), known_teams, environ, sink)
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
-    if not broken.get("routes") and not broken.get("groups"):
+    # Reachability is only worth saying about a routing table without errors: a typo
+    # in a member or a route would otherwise also show as "not reachable" (and with no
+    # routes at all, AGW316 already says it).
+    complete = validated.complete
+    routing_ok = routing_ok and not broken.get("routes") and not broken.get("groups")
+    if complete and routes and routing_ok:
         _check_reachability(deployments, candidates, sink)
-    if not routes and validated.gateway is not None:
+    if complete and not routes and not broken.get("routes") and validated.gateway is not None:
         sink.add(
             codes.NO_ROUTES,
             "no routes are defined, so apps can call nothing",
@@ -139,10 +167,31 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     )
 
 
-def _with_broken(
-    table: Mapping[str, object], broken: Mapping[str, frozenset[str]], section: str
-) -> Mapping[str, object]:
-    return {**dict.fromkeys(broken.get(section, ())), **table}
+def _known(table: Mapping[str, object], validated: Validated, section: str) -> Mapping[str, object]:
+    """The names a reference may use: the table's, those of entries that failed validation
+    (their own errors are reported) and, when a config file was lost, any name at all."""
+    if not validated.complete:
+        return _AnyName(table)
+    return {**dict.fromkeys(validated.broken.get(section, ())), **table}
+
+
+class _AnyName(Mapping[str, object]):
+    """Holds every name: a lost file may define any of them, so none is reported undefined."""
+
+    def __init__(self, table: Mapping[str, object]) -> None:
+        self._table = table
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __getitem__(self, name: str) -> object:
+        return self._table.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 def _merge_sections(
@@ -180,12 +229,15 @@ def _link_provider(
     unset: list[str] = []
 
     def resolve(text: str | None, *path: str) -> str | None:
-        return None if text is None else _resolve_env(text, entry.value(*path), environ, unset, sink)
+        if text is None:
+            return None
+        return _resolve_env(text, entry.value(*path), environ, unset, sink)
 
     api_key = resolve(spec.api_key, "api_key")
     base_url = resolve(spec.base_url, "base_url")
     headers = {name: resolve(value, "headers", name) or "" for name, value in spec.headers.items()}
-    if spec.api_key is not None and "${" not in spec.api_key and _SECRET_LOOKING.search(spec.api_key):
+    key_text = spec.api_key or ""
+    if "${" not in key_text and _SECRET_LOOKING.search(key_text):
         sink.add(
             codes.LITERAL_SECRET,
             f"provider '{entry.name}' has a literal api_key in the config",
@@ -214,8 +266,21 @@ def _link_provider(
             entry.key(),
             f"add api_key: ${{{spec.type.upper()}_API_KEY}} and set that variable",
         )
+    _check_type_fields(entry, sink)
+    cloud = {name: resolve(getattr(spec, name), name)
+             for name in ("region", "project", "location", "credentials_file")}
     if unset:
         reason = f"environment variable {', '.join(unset)} is not set"
+    elif spec.type in _EXTRAS and not _installed(_EXTRAS[spec.type]):
+        install = f"pip install 'aigw[{spec.type}]'"
+        reason = f"provider type '{spec.type}' needs {_EXTRAS[spec.type]}: {install}"
+        sink.add(
+            codes.PROVIDER_EXTRA_MISSING,
+            f"provider '{entry.name}' of type '{spec.type}' needs {_EXTRAS[spec.type]}, which "
+            "is not installed; its deployments will not serve",
+            entry.value("type"),
+            f"install the extra where aigw serves: {install}",
+        )
     elif spec.type not in SERVED_PROVIDER_TYPES:
         reason = f"provider type '{spec.type}' has no adapter in this version of aigw"
         sink.add(
@@ -224,7 +289,45 @@ def _link_provider(
             entry.value("type"),
             "serve these routes through an 'echo' provider until the adapter lands",
         )
-    return LinkedProvider(entry, base_url, api_key, headers, reason)
+    return LinkedProvider(entry, base_url, api_key, headers, reason, **cloud)
+
+
+def _check_type_fields(entry: Entry[ProviderSpec], sink: DiagnosticSink) -> None:
+    """region for bedrock, project and location for vertex, and each only there."""
+    spec = entry.spec
+    for name, owner in _TYPE_FIELDS.items():
+        if getattr(spec, name) is not None and spec.type != owner:
+            sink.add(
+                codes.PROVIDER_FIELD_NOT_APPLICABLE,
+                f"provider '{entry.name}' of type '{spec.type}' does not take {name}",
+                entry.key(name),
+                f"{name}: applies only to providers of type {owner}; remove it here",
+            )
+    if spec.type == "vertex" and spec.api_key is not None:
+        sink.add(
+            codes.PROVIDER_FIELD_NOT_APPLICABLE,
+            f"provider '{entry.name}' of type 'vertex' does not take an api_key",
+            entry.key("api_key"),
+            "vertex signs in with a service account: credentials_file: "
+            "${GOOGLE_APPLICATION_CREDENTIALS}",
+        )
+    needed, hint = _NEEDS_FIELDS.get(spec.type, ((), ""))
+    missing = [name for name in needed if getattr(spec, name) is None]
+    if missing:
+        sink.add(
+            codes.PROVIDER_FIELD,
+            f"provider '{entry.name}' of type '{spec.type}' needs {' and '.join(missing)}",
+            entry.key(),
+            hint,
+        )
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package (google, for google.auth) is missing
+        return False
 
 
 def _resolve_env(
@@ -271,6 +374,16 @@ def _check_deployment(
     if spec.provider not in providers:
         _unknown(sink, codes.REF_PROVIDER, "provider", spec.provider, providers,
                  entry.value("provider"), f"deployment '{entry.name}'")
+    provider = providers.get(spec.provider)
+    if isinstance(provider, LinkedProvider) and spec.kind == "embeddings" \
+            and provider.entry.spec.type in _NO_EMBEDDINGS:
+        sink.add(
+            codes.NO_EMBEDDINGS_API,
+            f"deployment '{entry.name}' serves embeddings, but provider '{spec.provider}' "
+            f"of type '{provider.entry.spec.type}' has no embeddings API",
+            entry.value("kind"),
+            "serve embeddings from a provider that has them (openai, azure_openai, vllm, ...)",
+        )
     if spec.max_output_tokens is not None and spec.max_output_tokens > spec.context_window:
         sink.add(
             codes.OUTPUT_EXCEEDS_CONTEXT,
@@ -307,17 +420,24 @@ def _check_group(
         else:
             _unknown(sink, codes.REF_DEPLOYMENT, "deployment", member, deployments, where,
                      f"group '{entry.name}'")
-    for index, fallback in enumerate(entry.spec.fallbacks):
+    for path, fallback in entry.spec.fallback_references():
         if fallback not in groups:
             _unknown(sink, codes.REF_GROUP, "group", fallback, groups,
-                     entry.value("fallbacks", index), f"fallbacks of group '{entry.name}'")
+                     entry.value(*path), f"group '{entry.name}'")
+    for member in entry.spec.weights:
+        if member not in entry.spec.members:
+            sink.add(codes.GROUP_WEIGHT_NOT_MEMBER,
+                     f"group '{entry.name}' weighs '{member}', which is not one of its members",
+                     entry.key("weights", member),
+                     _did_you_mean(member, entry.spec.members)
+                     or f"members: {', '.join(entry.spec.members) or 'none'}")
 
 
 def _check_fallback_cycles(groups: Mapping[str, Entry[GroupSpec]], sink: DiagnosticSink) -> None:
     reported: set[frozenset[str]] = set()
 
     def visit(name: str, stack: tuple[str, ...]) -> None:
-        for index, fallback in enumerate(groups[name].spec.fallbacks):
+        for path, fallback in groups[name].spec.fallback_references():
             if fallback not in groups:
                 continue
             if fallback in stack:
@@ -326,7 +446,7 @@ def _check_fallback_cycles(groups: Mapping[str, Entry[GroupSpec]], sink: Diagnos
                     reported.add(frozenset(cycle))
                     sink.add(codes.FALLBACK_CYCLE,
                              f"fallback cycle: {' -> '.join(cycle)}",
-                             groups[name].value("fallbacks", index),
+                             groups[name].value(*path),
                              "fallbacks must end somewhere; remove one link of the cycle")
                 continue
             visit(fallback, (*stack, fallback))
@@ -339,7 +459,7 @@ def _check_route(
     entry: Entry[RouteSpec],
     deployments: Mapping[str, object],
     groups: Mapping[str, object],
-    pipelines: Mapping[str, str],
+    pipelines: Mapping[str, object],
     sink: DiagnosticSink,
 ) -> None:
     spec = entry.spec
@@ -403,7 +523,7 @@ def _route_candidates(spec: RouteSpec, groups: Mapping[str, Entry[GroupSpec]]) -
             continue
         visited.add(name)
         ordered.extend(m for m in groups[name].spec.members if m not in ordered)
-        queue.extend(groups[name].spec.fallbacks)
+        queue.extend(name for _path, name in groups[name].spec.fallback_references())
     return tuple(ordered)
 
 
@@ -420,6 +540,11 @@ def _check_reachability(
                      "add it to a group that a route uses, or give it a route of its own")
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
 def _unknown(
     sink: DiagnosticSink,
     code: codes.Code,
@@ -430,15 +555,11 @@ def _unknown(
     where: str,
     extra: str | None = None,
 ) -> None:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    if close:
-        hint = f"did you mean '{close[0]}'?"
-    elif known:
-        hint = f"defined {kind}s: {', '.join(sorted(known))}"
-    else:
-        hint = f"no {kind}s are defined"
+    hint = _did_you_mean(name, known) or (
+        f"defined {kind}s: {', '.join(sorted(known))}" if known else f"no {kind}s are defined"
+    )
     if extra:
-        hint = f"{hint}; {extra}"
+        hint = f"{hint} ({extra})"
     sink.add(code, f"{where} refers to {kind} '{name}', which is not defined", position, hint)
 
 

@@ -1,4 +1,4 @@
-"""Stage 1, load: read gateway.yaml (and its includes), pipelines and Cedar files, keeping positions.
+"""Stage 1, load: read gateway.yaml, its includes, pipelines and Cedar files, keeping positions.
 
 Input: a gateway directory. Output: ``Loaded``, plain Python data (dicts, lists,
 scalars) for each YAML document with a ``SourceMap`` beside it, and the raw text of
@@ -9,6 +9,8 @@ syntax becomes an ``AGW1xx`` diagnostic; nothing here raises.
 from __future__ import annotations
 
 import datetime
+import difflib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,13 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
+from ruamel.yaml.reader import ReaderError
 
 from . import codes
 from .diagnostics import DiagnosticSink
 from .source import NodePath, Position, SourceFile, SourceMap
+from .yaml_errors import report_construct_error, report_marked_error, report_reader_error
 
 GATEWAY_FILE = "gateway.yaml"
 
@@ -51,6 +55,11 @@ class Loaded:
     pipelines: Mapping[str, YamlDocument]
     policies: tuple[PolicyFile, ...]
     sources: Mapping[str, SourceFile]
+    # Pipeline files that exist but could not be read; their own error is reported,
+    # so routes naming them are not reported again as unknown.
+    broken_pipelines: frozenset[str] = frozenset()
+    # False when an included config file could not be read (see _Reader.complete).
+    complete: bool = True
 
 
 def load(root: Path, sink: DiagnosticSink) -> Loaded:
@@ -61,11 +70,16 @@ def load(root: Path, sink: DiagnosticSink) -> Loaded:
     if gateway is not None:
         reader.follow_includes(gateway, includes, (GATEWAY_FILE,))
     pipelines = {}
+    broken_pipelines = set()
     for path in sorted((root / "pipelines").glob("*.yaml")):
         relative = path.relative_to(root).as_posix()
-        document = reader.read_yaml(relative, Position(relative, 1, 1))
+        document = reader.read_yaml(
+            relative, Position(relative, 1, 1), not_mapping=codes.PIPELINE_NOT_MAPPING
+        )
         if document is not None:
             pipelines[path.stem] = document
+        else:
+            broken_pipelines.add(path.stem)
     policies = []
     for path in sorted((root / "policies").glob("*.cedar")):
         relative = path.relative_to(root).as_posix()
@@ -79,6 +93,8 @@ def load(root: Path, sink: DiagnosticSink) -> Loaded:
         pipelines=MappingProxyType(pipelines),
         policies=tuple(policies),
         sources=MappingProxyType(dict(reader.sources)),
+        broken_pipelines=frozenset(broken_pipelines),
+        complete=reader.complete,
     )
 
 
@@ -89,6 +105,9 @@ class _Reader:
         self.root = root
         self.sink = sink
         self.sources: dict[str, SourceFile] = {}
+        # False once a config file that was asked for could not be read: what it
+        # defines is unknown, so link must not call references to it undefined.
+        self.complete = True
 
     def read_text(self, relative: str, cited_at: Position) -> str | None:
         try:
@@ -97,41 +116,73 @@ class _Reader:
             hint = (
                 "run aigw in the directory that holds gateway.yaml, or pass that directory"
                 if relative == GATEWAY_FILE
-                else "include paths are relative to the file that includes them"
+                else self._nearby(relative)
+                or "include paths are relative to the file that includes them"
             )
             self.sink.add(codes.FILE_MISSING, f"file '{relative}' not found", cited_at, hint)
             return None
         except OSError as exc:
             self.sink.add(codes.FILE_MISSING, f"cannot read '{relative}': {exc.strerror}", cited_at)
             return None
+        except ValueError:  # a NUL byte in the path
+            self.sink.add(codes.FILE_MISSING, f"{relative!r} is not a valid file name", cited_at)
+            return None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            # Keep a readable copy, so the diagnostic can show the line; columns count
+            # characters, as everywhere else, not bytes.
+            before = raw[: exc.start].decode("utf-8", errors="replace")
+            line = before.count("\n") + 1
+            column = len(before) - (before.rfind("\n") + 1) + 1
+            self.sources[relative] = SourceFile(relative, raw.decode("utf-8", errors="replace"))
             self.sink.add(
                 codes.FILE_ENCODING,
                 f"byte 0x{raw[exc.start]:02x} is not valid UTF-8",
                 Position(relative, line, column),
-                "save the file as UTF-8",
+                _encoding_hint(raw),
             )
             return None
         self.sources[relative] = SourceFile(relative, text)
         return text
 
-    def read_yaml(self, relative: str, cited_at: Position) -> YamlDocument | None:
+    def _nearby(self, relative: str) -> str | None:
+        """ "did you mean 'x.yaml'?" for a missing file with a near namesake beside it."""
+        wanted = Path(relative)
+        folder = self.root / wanted.parent
+        try:
+            names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        except OSError:  # no such folder, or not readable: no suggestion
+            names = []
+        close = difflib.get_close_matches(wanted.name, names, n=1, cutoff=0.8)
+        return f"did you mean '{(wanted.parent / close[0]).as_posix()}'?" if close else None
+
+    def read_yaml(
+        self, relative: str, cited_at: Position, not_mapping: codes.Code = codes.SCHEMA_NOT_MAPPING
+    ) -> YamlDocument | None:
         text = self.read_text(relative, cited_at)
         if text is None:
             return None
         yaml = YAML(typ="rt", pure=True)
         yaml.allow_duplicate_keys = False
         try:
-            node = yaml.load(text)
+            with warnings.catch_warnings():
+                # ruamel warns on stderr about valid YAML (a reused anchor name: the later
+                # one wins), which is noise around aigw check's own output.
+                warnings.simplefilter("ignore", YAMLWarning)
+                warnings.simplefilter("ignore", YAMLFutureWarning)
+                node = yaml.load(text)
         except MarkedYAMLError as exc:
-            self._syntax_error(relative, exc)
+            report_marked_error(relative, text, exc, self.sink)
+            return None
+        except ReaderError as exc:
+            report_reader_error(relative, text, exc, self.sink)
             return None
         except YAMLError as exc:
-            self.sink.add(codes.YAML_SYNTAX, str(exc), Position(relative, 1, 1))
+            self.sink.add(codes.YAML_SYNTAX, str(exc).splitlines()[0], Position(relative, 1, 1))
+            return None
+        except (ValueError, TypeError) as exc:  # ruamel building a value: a bad date, "!!int x"
+            report_construct_error(relative, text, exc, self.sink)
             return None
         if node is None:
             self.sink.add(
@@ -145,9 +196,11 @@ class _Reader:
             return None
         if not isinstance(node, CommentedMap):
             self.sink.add(
-                codes.SCHEMA_NOT_MAPPING,
+                not_mapping,
                 f"'{relative}' must be a mapping of keys to values, found {_kind(node)}",
                 Position(relative, 1, 1),
+                "a gateway file is a mapping that starts with 'version: 1'"
+                if relative == GATEWAY_FILE else "write 'key: value' lines at the top level",
             )
             return None
         builder = _PlainBuilder(relative, self.sources[relative], self.sink)
@@ -171,14 +224,20 @@ class _Reader:
                 continue
             cited_at = document.source_map.value(("include", index))
             relative = (base / item).as_posix()
-            resolved = (self.root / relative).resolve()
+            try:
+                resolved = (self.root / relative).resolve()
+            except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+                self.sink.add(codes.FILE_MISSING, f"include {item!r} is not a valid path", cited_at)
+                self.complete = False
+                continue
             if not resolved.is_relative_to(self.root.resolve()):
                 self.sink.add(
-                    codes.FILE_MISSING,
+                    codes.INCLUDE_OUTSIDE,
                     f"include '{item}' points outside the gateway directory",
                     cited_at,
                     "keep every config file under the directory that holds gateway.yaml",
                 )
+                self.complete = False
                 continue
             relative = resolved.relative_to(self.root.resolve()).as_posix()
             if relative in stack:
@@ -188,35 +247,11 @@ class _Reader:
             if any(done.path == relative for done in found):
                 continue  # a diamond include: the file is already in, once
             included = self.read_yaml(relative, cited_at)
-            if included is not None:
-                found.append(included)
-                self.follow_includes(included, found, (*stack, relative))
-
-    def _syntax_error(self, relative: str, exc: MarkedYAMLError) -> None:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        column = mark.column + 1 if mark is not None else 1
-        problem = exc.problem or str(exc)
-        position = Position(relative, line, column)
-        if "'\\t'" in problem or "\t" in problem:
-            self.sink.add(
-                codes.YAML_TAB,
-                "tab character where YAML expects spaces",
-                position,
-                "indent with spaces; YAML does not allow tabs for indentation",
-            )
-        elif "duplicate key" in problem:
-            first = exc.context_mark
-            where = f" (first at line {first.line + 1})" if first is not None else ""
-            self.sink.add(
-                codes.YAML_DUPLICATE_KEY,
-                f"{problem.split(' with value')[0]}{where}",
-                position,
-                "names are mapping keys, so each must be unique; rename or merge the two",
-            )
-        else:
-            context = f" {exc.context}" if exc.context else ""
-            self.sink.add(codes.YAML_SYNTAX, f"{problem}{context}", position)
+            if included is None:
+                self.complete = False
+                continue
+            found.append(included)
+            self.follow_includes(included, found, (*stack, relative))
 
 
 class _PlainBuilder:
@@ -232,10 +267,25 @@ class _PlainBuilder:
     def mapping(self, node: CommentedMap, path: NodePath) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key, value in node.items():
+            key_line, key_col, value_line, value_col = _marks(node, key)
+            key_at = Position(self.path, key_line + 1, key_col + 1, len(str(key)))
+            if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+                self.sink.add(
+                    codes.SCHEMA_TYPE,
+                    f"expected a name as the key, found {_key_kind(key)}",
+                    Position(self.path, key_line + 1, key_col + 1),
+                    f'quote the key if it is meant as text: "{_key_kind(key)}":'
+                    if key is None or isinstance(key, bool) else "write the key as a plain name",
+                )
+                continue
             name = str(key)
-            key_line, key_col = node.lc.key(key)
-            self.keys[(*path, name)] = Position(self.path, key_line + 1, key_col + 1, len(name))
-            value_line, value_col = node.lc.value(key)
+            self.keys[(*path, name)] = key_at
+            if value is None and value_line != key_line:
+                # An empty value: ruamel places it at the next token, often a line
+                # below; "found nothing" must point at the key that has nothing.
+                self.values[(*path, name)] = key_at
+                result[name] = None
+                continue
             result[name] = self.node(value, (*path, name), value_line, value_col)
         return result
 
@@ -243,28 +293,33 @@ class _PlainBuilder:
         width = self._width(value, line, col)
         position = Position(self.path, line + 1, col + 1, width)
         self.values[path] = position
+        tag = _custom_tag(value)
+        if tag is not None:
+            self.sink.add(
+                codes.YAML_FEATURE,
+                f"YAML tag '{tag}' is not supported",
+                position,
+                "write a plain value; gateway files use no custom tags",
+            )
         if isinstance(value, CommentedMap):
             return self.mapping(value, path)
         if isinstance(value, CommentedSeq):
             items = []
             for index, item in enumerate(value):
-                item_line, item_col = value.lc.item(index)
+                # ruamel keeps no item positions in a tagged list; use the list's own.
+                item_line, item_col = value.lc.item(index) or (line, col)
                 items.append(self.node(item, (*path, index), item_line, item_col))
             return items
         if isinstance(value, TaggedScalar):
-            self.sink.add(
-                codes.YAML_FEATURE,
-                f"YAML tag '{value.tag}' is not supported",
-                position,
-                "write a plain value; gateway files use no custom tags",
-            )
             return str(value.value)
         return _plain_scalar(value)
 
     def _width(self, value: Any, line: int, col: int) -> int:
+        text = self.source.line_text(line + 1)[col:]
+        if text.startswith("!"):  # a tagged value: the caret covers the tag
+            return max(len(text.split(" ", 1)[0]), 1)
         if isinstance(value, (CommentedMap, CommentedSeq)) or value is None:
             return 1
-        text = self.source.line_text(line + 1)[col:]
         if text[:1] in ("'", '"'):
             closing = text.find(text[0], 1)
             return closing + 1 if closing > 0 else max(len(text), 1)
@@ -287,9 +342,56 @@ def _plain_scalar(value: Any) -> Any:
     return value
 
 
+def _custom_tag(value: Any) -> str | None:
+    """The tag written on ``value`` (``!env``), or None for no tag or a standard one (``!!str``)."""
+    tag = getattr(value, "tag", None)
+    text = getattr(tag, "value", tag)
+    if not isinstance(text, str) or text.startswith(_STANDARD_TAG):
+        return None
+    return text
+
+
+_STANDARD_TAG = "tag:yaml.org,2002:"
+
+
+def _marks(node: CommentedMap, key: Any) -> tuple[int, int, int, int]:
+    """Key line, key column, value line, value column of ``key`` (0-based).
+
+    A key merged in with ``<<: *anchor`` has its marks in the anchored mapping.
+    """
+    try:
+        hash(key)
+    except TypeError:  # a complex key ("? {a: b}") holding a mapping: use the mapping's start
+        return node.lc.line, node.lc.col, node.lc.line, node.lc.col
+    if key in node.lc.data:
+        key_line, key_col, value_line, value_col = node.lc.data[key]
+        return key_line, key_col, value_line, value_col
+    for source in getattr(node, "merge", ()):
+        if isinstance(source, CommentedMap) and key in source:
+            return _marks(source, key)
+    return node.lc.line, node.lc.col, node.lc.line, node.lc.col
+
+
+def _key_kind(key: object) -> str:
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return str(key).lower()
+    return _kind(key)
+
+
+def _encoding_hint(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "the file is UTF-16; save it as UTF-8"
+    # A byte 0x80-0xff outside a UTF-8 sequence is almost always Latin-1 or Windows-1252.
+    return "save the file as UTF-8; it looks like Latin-1 or Windows-1252"
+
+
 def _kind(node: object) -> str:
-    if isinstance(node, CommentedSeq):
+    if isinstance(node, (list, tuple)):
         return "a list"
+    if isinstance(node, dict):
+        return "a mapping"
     if isinstance(node, str):
         return "a string"
     return f"a {type(node).__name__}"

@@ -9,6 +9,7 @@ and comments) and every policy is parsed on its own: an error then has the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -40,21 +41,24 @@ def compile_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple
                 continue
             policy_id = annotations.get("id")
             if not policy_id:
-                sink.add(codes.CEDAR_MISSING_ID, "policy has no @id annotation", chunk.position,
+                effect = re.match(r"\w+", chunk.text)
+                sink.add(codes.CEDAR_MISSING_ID, "policy has no @id annotation",
+                         _at(chunk, 0, len(effect.group()) if effect else 1),
                          'start it with @id("a-unique-name"); decisions name policies by id')
                 continue
             if policy_id in first_seen:
                 sink.add(codes.CEDAR_DUPLICATE_ID, f'@id("{policy_id}") is used twice',
-                         chunk.position, f"first used at {first_seen[policy_id]}")
+                         _annotation(chunk, "id"), f"first used at {first_seen[policy_id]}")
                 continue
-            first_seen[policy_id] = chunk.position
+            first_seen[policy_id] = _annotation(chunk, "id")
             priority_text = annotations.get("priority", "0")
             try:
                 priority = int(priority_text)
             except ValueError:
                 sink.add(codes.CEDAR_PRIORITY,
                          f'@priority("{priority_text}") of policy "{policy_id}" is not an integer',
-                         chunk.position, 'write an integer in quotes, e.g. @priority("50")')
+                         _annotation(chunk, "priority"),
+                         'write an integer in quotes, e.g. @priority("50")')
                 continue
             policies.append(
                 Policy(policy_id, chunk.position.file, chunk.position.line, priority, chunk.text)
@@ -66,8 +70,13 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> dict[str, str] | None:
     try:
         parsed = json.loads(cedarpy.policies_to_json_str(chunk.text))
     except ValueError as exc:
-        sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}", chunk.position,
-                 "a policy is effect (principal, action, resource) [when {...}] ;")
+        position = _error_position(chunk, str(exc))
+        in_annotation = chunk.text.splitlines()[position.line - chunk.position.line].lstrip()
+        sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}", position,
+                 'annotation values are quoted strings: @priority("50")'
+                 if in_annotation.startswith("@") and position != chunk.position
+                 else 'a policy is @id("name") permit|forbid (principal, action, resource) '
+                 "[when { ... }];")
         return None
     bodies = [*parsed.get("staticPolicies", {}).values(), *parsed.get("templates", {}).values()]
     return dict(bodies[0].get("annotations", {})) if bodies else {}
@@ -76,29 +85,32 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> dict[str, str] | None:
 def split_policies(policy_file: PolicyFile) -> Iterator[PolicyText]:
     """Cut a Cedar file into its policies, each with the position of its first character.
 
-    >>> [p.position.line for p in split_policies(PolicyFile("p.cedar", 'permit(principal, action, resource);\\n\\nforbid(principal, action, resource);'))]
+    >>> text = "permit(principal, action, resource);\\n\\nforbid(principal, action, resource);"
+    >>> [p.position.line for p in split_policies(PolicyFile("p.cedar", text))]
     [1, 3]
     """
     text = policy_file.text
     start: int | None = None
+    for index, char in _code(text):
+        if start is None and not char.isspace():
+            start = index
+        if char == ";" and start is not None:
+            yield PolicyText(text[start : index + 1], _position(policy_file.path, text, start))
+            start = None
+    if start is not None:
+        yield PolicyText(text[start:], _position(policy_file.path, text, start))
+
+
+def _code(text: str) -> Iterator[tuple[int, str]]:
+    """Each character outside comments; a string literal comes as its opening quote only."""
     index = 0
     while index < len(text):
-        char = text[index]
         if text.startswith("//", index):
             end = text.find("\n", index)
             index = len(text) if end < 0 else end
             continue
-        if start is None and not char.isspace():
-            start = index
-        if char == '"':
-            index = _skip_string(text, index)
-            continue
-        if char == ";" and start is not None:
-            yield PolicyText(text[start : index + 1], _position(policy_file.path, text, start))
-            start = None
-        index += 1
-    if start is not None:
-        yield PolicyText(text[start:], _position(policy_file.path, text, start))
+        yield index, text[index]
+        index = _skip_string(text, index) if text[index] == '"' else index + 1
 
 
 def _skip_string(text: str, index: int) -> int:
@@ -106,6 +118,53 @@ def _skip_string(text: str, index: int) -> int:
     while index < len(text) and text[index] != '"':
         index += 2 if text[index] == "\\" else 1
     return index + 1
+
+
+def _error_position(chunk: PolicyText, message: str) -> Position:
+    """Where in ``chunk`` cedarpy's (position-less) error is, when the message makes it certain.
+
+    "unexpected token `5`" or "invalid policy effect: allow" name a token; if that token
+    occurs exactly once in the policy's code, the error is there. Otherwise the
+    policy's first character is the honest answer.
+    """
+    named = _ERROR_TOKEN.search(message)
+    if named is None:
+        return chunk.position
+    token = named.group("tick") or named.group("word") or ""
+    offsets = [i for i, _ in _code(chunk.text) if _token_at(chunk.text, i, token)]
+    return _at(chunk, offsets[0], len(token)) if len(offsets) == 1 else chunk.position
+
+
+_ERROR_TOKEN = re.compile(
+    r"unexpected token `(?P<tick>[^`]+)`|invalid policy effect: (?P<word>\w+)"
+)
+
+
+def _token_at(text: str, index: int, token: str) -> bool:
+    if not text.startswith(token, index):
+        return False
+    if not (token[0].isalnum() or token[0] == "_"):
+        return True
+    # A word must not be part of a longer one: `5` is not the 5 in 50.
+    before = text[index - 1] if index > 0 else " "
+    after = text[index + len(token)] if index + len(token) < len(text) else " "
+    return not (before.isalnum() or before == "_" or after.isalnum() or after == "_")
+
+
+def _annotation(chunk: PolicyText, name: str) -> Position:
+    """The position of ``@name`` in the policy, else of the policy."""
+    found = re.search(rf"@{name}\s*\(", chunk.text)
+    return _at(chunk, found.start(), len(name) + 1) if found else chunk.position
+
+
+def _at(chunk: PolicyText, offset: int, width: int) -> Position:
+    """The position of ``offset`` inside ``chunk``, ``width`` columns wide."""
+    line_start = chunk.text.rfind("\n", 0, offset) + 1
+    start = chunk.position
+    if line_start == 0:
+        return Position(start.file, start.line, start.column + offset, width)
+    line = start.line + chunk.text.count("\n", 0, offset)
+    return Position(start.file, line, offset - line_start + 1, width)
 
 
 def _position(path: str, text: str, offset: int) -> Position:

@@ -17,7 +17,9 @@ def json_schemas() -> Mapping[str, str]:
         "gateway.schema.json": _schema(GatewaySpec, "aigw gateway.yaml (version 1)"),
         "include.schema.json": _schema(SectionsSpec, "aigw included config file (version 1)"),
     }
-    return {name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in documents.items()}
+    return {
+        name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in documents.items()
+    }
 
 
 def _schema(model: type[GatewaySpec] | type[SectionsSpec], title: str) -> dict[str, Any]:

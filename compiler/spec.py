@@ -17,7 +17,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 ProviderType = Literal[
-    "echo", "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vllm"
+    "echo", "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vllm",
+    "bedrock", "vertex",
 ]
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 Strategy = Literal[
@@ -90,6 +91,19 @@ class ProviderSpec(Spec):
     max_connections: PositiveInt = Field(100, description="Pooled connections to this provider.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     latency: LatencySpec | None = Field(None, description="Only for type echo: simulated latency.")
+    region: str | None = Field(None, description="AWS region (bedrock), e.g. us-east-1.")
+    project: str | None = Field(None, description="Google Cloud project id (vertex).")
+    location: str | None = Field(None, description="Vertex AI location (vertex), e.g. us-east5.")
+    credentials_file: str | None = Field(
+        None,
+        description="Service-account JSON file (vertex), as ${ENV_VAR} or a path relative to "
+        "the gateway directory; without it, Google's application default credentials.",
+    )
+    publisher: Literal["google", "anthropic"] | None = Field(
+        None,
+        description="Model family on vertex; by default anthropic for model ids starting "
+        "with 'claude', google for the others.",
+    )
 
 
 class PriceSpec(Spec):

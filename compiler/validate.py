@@ -40,7 +40,11 @@ class Validated:
     gateway: GatewaySpec | None
     documents: tuple[ValidatedDocument, ...]
     pipelines: Mapping[str, YamlDocument]
-    broken: Mapping[str, frozenset[str]]  # section -> names whose entries failed to validate
+    # section (or "pipelines") -> names whose entries failed to load or validate
+    broken: Mapping[str, frozenset[str]]
+    # False when a config file or a whole section of one was lost to an error: then
+    # no name can be called undefined, since the lost part may define it.
+    complete: bool = True
 
 
 def validate(loaded: Loaded, sink: DiagnosticSink) -> Validated:
@@ -48,11 +52,16 @@ def validate(loaded: Loaded, sink: DiagnosticSink) -> Validated:
     gateway: GatewaySpec | None = None
     documents: list[ValidatedDocument] = []
     broken: dict[str, set[str]] = {}
+    lost: set[str] = set()
+    complete = loaded.complete
     if loaded.gateway is not None:
-        spec = _validate_document(loaded.gateway, GatewaySpec, sink, broken)
+        spec = _validate_document(loaded.gateway, GatewaySpec, sink, broken, lost)
         if isinstance(spec, GatewaySpec):
             gateway = spec
-            documents.append(ValidatedDocument(loaded.gateway.path, spec, loaded.gateway.source_map))
+            source_map = loaded.gateway.source_map
+            documents.append(ValidatedDocument(loaded.gateway.path, spec, source_map))
+        else:
+            complete = False
     for included in loaded.includes:
         for key in _TOP_LEVEL_ONLY:
             if key in included.data:
@@ -64,22 +73,20 @@ def validate(loaded: Loaded, sink: DiagnosticSink) -> Validated:
                 )
         data = {k: v for k, v in included.data.items() if k not in _TOP_LEVEL_ONLY}
         spec = _validate_document(
-            YamlDocument(included.path, data, included.source_map), SectionsSpec, sink, broken
+            YamlDocument(included.path, data, included.source_map), SectionsSpec, sink, broken, lost
         )
         if spec is not None:
             documents.append(ValidatedDocument(included.path, spec, included.source_map))
-    for pipeline in loaded.pipelines.values():
-        if not isinstance(pipeline.data, dict):
-            sink.add(
-                codes.PIPELINE_NOT_MAPPING,
-                f"pipeline '{pipeline.path}' must be a mapping",
-                pipeline.source_map.default,
-            )
+        else:
+            complete = False
+    if loaded.broken_pipelines:
+        broken["pipelines"] = set(loaded.broken_pipelines)
     return Validated(
         gateway,
         tuple(documents),
         MappingProxyType(dict(loaded.pipelines)),
         MappingProxyType({section: frozenset(names) for section, names in broken.items()}),
+        complete=complete and not lost,
     )
 
 
@@ -88,11 +95,12 @@ def _validate_document(
     model: type[SectionsSpec],
     sink: DiagnosticSink,
     broken: dict[str, set[str]],
+    lost: set[str],
 ) -> SectionsSpec | None:
     """Validate each named entry on its own, so one bad entry hides nothing else.
 
     Names of entries that failed go into ``broken``, so that link does not report
-    references to them as undefined.
+    references to them as undefined; sections left out whole go into ``lost``.
     """
     bad_names = _check_names(document, sink)
     data = dict(document.data)
@@ -116,14 +124,24 @@ def _validate_document(
             else:
                 valid[name] = entry
         data[section] = valid
-    try:
-        spec = model.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            _report(error, document.source_map, model, sink)
-        return None
     # With broken entries left out the document still links, so its other errors show too.
-    return spec
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    for error in errors:
+        _report(error, document.source_map, model, sink)
+    # The same for top-level keys: leave out those that failed (a section that is a list,
+    # a bad version) and keep the rest, so one wrong section does not hide the others.
+    failed = {str(error["loc"][0]) for error in errors if error["loc"]}
+    lost.update(failed & {*NAMED_SECTIONS, "include"})
+    rest = {key: value for key, value in data.items() if key not in failed}
+    if "version" in failed and "version" in model.model_fields:
+        rest["version"] = 1  # reported above
+    try:
+        return model.model_validate(rest)
+    except ValidationError:  # nothing left to report: every error was reported above
+        return None
 
 
 def _entry_model(model: type[SectionsSpec], section: str) -> type[BaseModel]:
@@ -176,7 +194,7 @@ def _report(
         allowed = sorted(_fields_at(model, loc[:-1]))
         sink.add(
             codes.SCHEMA_UNKNOWN_KEY,
-            f"unknown key '{field}'{where.removesuffix(f' at {field}')}",
+            f"unknown key '{field}'{_describe(loc[:-1])}",
             source_map.key(loc),
             _did_you_mean(field, allowed) or f"allowed keys: {', '.join(allowed)}",
         )
@@ -185,12 +203,12 @@ def _report(
             codes.SCHEMA_MISSING,
             f"missing required field '{loc[-1]}'{_describe(loc[:-1])}",
             source_map.key(loc[:-1]),
-            f"add '{loc[-1]}:'" + (" (the only supported version is 1)" if loc == ("version",) else ""),
+            f"add '{loc[-1]}:'" + (" (the only supported version is 1)" * (loc == ("version",))),
         )
     elif loc == ("version",):
         sink.add(
             codes.SCHEMA_VERSION,
-            f"config version {error['input']!r} is not supported",
+            f"config version {_found_value(error['input'])} is not supported",
             source_map.value(loc),
             "this aigw reads 'version: 1'",
         )
@@ -202,17 +220,18 @@ def _report(
         )
     elif kind == "route_target":
         sink.add(
-            codes.SCHEMA_ROUTE_TARGET, f"{error['msg']}{where}", source_map.key(loc),
+            codes.SCHEMA_ROUTE_TARGET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
             "point the route at one group, one deployment or one pipeline",
         )
     elif kind == "key_secret":
         sink.add(
-            codes.SCHEMA_KEY_SECRET, f"{error['msg']}{where}", source_map.key(loc),
+            codes.SCHEMA_KEY_SECRET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
             "use 'secret: ${ENV_VAR}' or 'sha256: <hex digest of the key>'",
         )
     elif kind == "sha256":
         sink.add(
-            codes.SCHEMA_SHA256, f"{error['msg']}{where}", source_map.value((*loc, "sha256")),
+            codes.SCHEMA_SHA256, f"{_subject(loc)}: {error['msg']}",
+            source_map.value((*loc, "sha256")),
             "compute it with: printf %s \"$KEY\" | sha256sum",
         )
     else:
@@ -220,12 +239,21 @@ def _report(
         hint = None
         if kind == "literal_error" and isinstance(error["input"], str):
             hint = _did_you_mean(error["input"], _literal_choices(error))
+        # A pattern means nothing to most readers; the field's description does.
+        hint = hint or _description(model, loc)
         sink.add(
             codes.SCHEMA_VALUE,
             f"invalid value {_found_value(error['input'])}{where}: {expected}",
             source_map.value(loc),
             hint,
         )
+
+
+def _subject(loc: NodePath) -> str:
+    """ "route 'chat'" for a loc inside a named section entry."""
+    if len(loc) >= 2 and loc[0] in NAMED_SECTIONS:
+        return f"{str(loc[0])[:-1]} '{loc[1]}'"
+    return ".".join(str(part) for part in loc)
 
 
 def _describe(loc: NodePath) -> str:
@@ -248,13 +276,18 @@ def _found(value: Any) -> str:
 
 
 def _found_value(value: Any) -> str:
+    if isinstance(value, bool):  # a bool is an int to Python, "true" to the YAML reader
+        return _found(value)
     return repr(value) if isinstance(value, (str, int, float)) else _found(value)
 
 
 def _expected(error: ErrorDetails) -> str:
     if error["type"] == "literal_error":
         return "expected one of " + ", ".join(_literal_choices(error))
-    return str(error["msg"]).replace("Input should be", "expected").replace("String should", "it should")
+    if error["type"] == "string_pattern_mismatch":
+        return "it does not have the expected form"
+    message = str(error["msg"])
+    return message.replace("Input should be", "expected").replace("String should", "it should")
 
 
 def _literal_choices(error: ErrorDetails) -> list[str]:
@@ -267,6 +300,19 @@ def _did_you_mean(word: str, choices: list[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+def _description(model: type[BaseModel], loc: NodePath) -> str | None:
+    """The description of the spec field at ``loc``, if it has one."""
+    if not loc:
+        return None
+    parent = _unwrap(model)
+    for part in loc[:-1]:
+        parent = _unwrap(_step(parent, part))
+    if isinstance(parent, type) and issubclass(parent, BaseModel):
+        field = parent.model_fields.get(str(loc[-1]))
+        return field.description if field is not None else None
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: NodePath) -> set[str]:
     """The field names of the spec model found by following ``loc`` from ``model``."""
     current: Any = model
@@ -275,7 +321,9 @@ def _fields_at(model: type[BaseModel], loc: NodePath) -> set[str]:
         if current is None:
             return set()
     current = _unwrap(current)
-    return set(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else set()
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return set(current.model_fields)
+    return set()
 
 
 def _step(annotation: Any, part: str | int) -> Any:

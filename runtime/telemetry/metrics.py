@@ -61,6 +61,8 @@ class Metrics:
                              ["deployment"], registry=registry, multiprocess_mode="max")
         self.in_flight = Gauge("aigw_in_flight_requests", "Requests being served now.",
                                ["route"], registry=registry, multiprocess_mode="livesum")
+        self.workflows = Counter("aigw_workflow_executions", "Pipeline executions that ended.",
+                                 ["pipeline", "status"], registry=registry)
         self.budget_used = Gauge("aigw_budget_used_ratio",
                                  "Share of a budget spent in its current period.",
                                  ["scope", "name"], registry=registry, multiprocess_mode="max")

@@ -1,4 +1,4 @@
-"""Golden diagnostics: each folder under cases/ is a gateway directory and its exact `aigw check` text.
+"""Golden diagnostics: each folder under cases/ is a gateway directory and its `aigw check` text.
 
 A folder is named ``<code>-<what it breaks>`` (``agw301-unknown-provider-typo``), and
 its output must contain that code; ``ok-<what it shows>`` folders compile, with
@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
 from aigw.compiler import CompileResult, compile_gateway, render_json, render_text
 from aigw.compiler.codes import ALL_CODES
+from aigw.compiler.link import SERVED_PROVIDER_TYPES
+from aigw.compiler.spec import ProviderType
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(path for path in CASES_DIR.iterdir() if path.is_dir())
@@ -71,13 +74,23 @@ def test_json_output_has_every_diagnostic(case: Path) -> None:
     ]
 
 
-def test_cases_cover_every_code_but_internal() -> None:
+def _untriggerable_codes() -> set[str]:
+    """Codes no config can produce today, each with the reason it is left out."""
+    codes = {"AGW901"}  # an internal compiler error is a bug, never a golden answer
+    if set(typing.get_args(ProviderType)) <= SERVED_PROVIDER_TYPES:
+        codes.add("AGW314")  # "no adapter": every provider type has one
+    # "extra not installed" depends on the machine's packages, which a golden text must not.
+    codes.add("AGW322")
+    return codes
+
+
+def test_cases_cover_every_code_that_can_be_triggered() -> None:
     covered: set[str] = set()
     for case in CASES:
         covered |= _codes((case / EXPECTED).read_text(encoding="utf-8"))
     assert len(covered) >= 25, sorted(covered)
-    # AGW901 is a compiler bug; every other code has a case that shows it.
-    assert sorted({code.id for code in ALL_CODES} - covered) == ["AGW901"]
+    missing = {code.id for code in ALL_CODES} - covered - _untriggerable_codes()
+    assert not missing, f"add a case for each of {sorted(missing)}"
 
 
 def test_every_case_name_code_is_in_its_expected_text() -> None:

@@ -1,0 +1,160 @@
+"""Stage 3, link: ${ENV} resolution, route candidates through fallbacks, reference checks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aigw.compiler import CompileResult, Graph, compile_gateway
+
+WriteGateway = Callable[..., Path]
+
+DEPLOYMENTS = """\
+deployments:
+  a: {provider: local, model: m, context_window: 8192}
+  b: {provider: local, model: m, context_window: 8192}
+  c: {provider: local, model: m, context_window: 8192}
+  d: {provider: local, model: m, context_window: 8192}
+  e: {provider: local, model: m, context_window: 8192}
+"""
+
+
+def _compile(write_gateway: WriteGateway, body: str, environ: dict[str, str]) -> CompileResult:
+    root = write_gateway({"gateway.yaml": "version: 1\n" + body})
+    return compile_gateway(root, environ)
+
+
+def _graph(result: CompileResult) -> Graph:
+    assert result.graph is not None, [str(item.position) + " " + item.message
+                                      for item in result.diagnostics]
+    return result.graph
+
+
+def test_env_reference_resolves_from_given_environ(
+    write_gateway: WriteGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPU_HOST", "from-os-environ")  # must not be read
+    body = """\
+providers:
+  local:
+    type: echo
+    api_key: "${SET_KEY}"
+    base_url: "http://${GPU_HOST}:8000/v1"
+    headers: {X-Team: "${TEAM}"}
+deployments:
+  a: {provider: local, model: m, context_window: 8192}
+routes:
+  chat: {deployment: a}
+"""
+    environ = {"SET_KEY": "sk-test-123", "GPU_HOST": "gpu-box", "TEAM": "search"}
+    provider = _graph(_compile(write_gateway, body, environ)).providers["local"]
+    assert provider.api_key == "sk-test-123"
+    assert provider.base_url == "http://gpu-box:8000/v1"
+    assert dict(provider.headers) == {"X-Team": "search"}
+    assert provider.disabled_reason is None and provider.enabled
+
+
+def test_unset_env_warns_and_disables_the_provider(write_gateway: WriteGateway) -> None:
+    body = """\
+providers:
+  local: {type: echo}
+  backup: {type: echo, api_key: "${BACKUP_KEY}"}
+deployments:
+  a: {provider: local, model: m, context_window: 8192}
+  b: {provider: backup, model: m, context_window: 8192}
+groups:
+  main: {members: [a, b]}
+routes:
+  chat: {group: main}
+"""
+    result = _compile(write_gateway, body, {})
+    graph = _graph(result)  # a warning does not stop the build
+    assert [item.code.id for item in result.diagnostics] == ["AGW309"]
+    assert result.diagnostics[0].message == "environment variable BACKUP_KEY is not set"
+    assert graph.providers["backup"].disabled_reason == "environment variable BACKUP_KEY is not set"
+    assert not graph.providers["backup"].enabled
+    assert graph.providers["local"].enabled
+    assert graph.deployments["b"].provider is graph.providers["backup"]
+
+
+def test_key_secret_is_kept_only_as_its_digest_and_only_when_set(
+    write_gateway: WriteGateway,
+) -> None:
+    body = """\
+providers:
+  local: {type: echo}
+deployments:
+  a: {provider: local, model: m, context_window: 8192}
+routes:
+  chat: {deployment: a}
+keys:
+  ci-bot: {secret: "${SET_KEY}"}
+  nightly: {secret: "${NIGHTLY_KEY}"}
+"""
+    result = _compile(write_gateway, body, {"SET_KEY": "sk-test-123"})
+    keys = _graph(result).keys_by_sha256
+    digest = hashlib.sha256(b"sk-test-123").hexdigest()
+    assert list(keys) == [digest]
+    assert keys[digest].name == "ci-bot"
+    assert [item.code.id for item in result.diagnostics] == ["AGW309"]
+
+
+def test_route_candidates_follow_fallbacks_in_order_each_once(
+    write_gateway: WriteGateway,
+) -> None:
+    body = "providers:\n  local: {type: echo}\n" + DEPLOYMENTS + """\
+groups:
+  first: {members: [a, b], fallbacks: [second, third]}
+  second: {members: [b, c], fallbacks: [fourth]}
+  third: {members: [d, a]}
+  fourth: {members: [e, c], fallbacks: [first]}
+routes:
+  chat: {group: first}
+  tail: {group: third}
+  direct: {deployment: c}
+"""
+    result = _compile(write_gateway, body, {})
+    # fourth -> first closes a cycle, which is an error; check the candidates without it.
+    assert [item.code.id for item in result.errors] == ["AGW306"]
+    acyclic = body.replace(", fallbacks: [first]}", "}")
+    graph = _graph(_compile(write_gateway, acyclic, {}))
+
+    def names(route: str) -> list[str]:
+        return [deployment.name for deployment in graph.routes[route].candidates]
+
+    # Breadth first: the group's members, then each fallback's in order, then theirs.
+    assert names("chat") == ["a", "b", "c", "d", "e"]
+    assert names("tail") == ["d", "a"]
+    assert names("direct") == ["c"]
+
+
+def test_reference_to_an_entry_that_failed_validation_is_not_reported(
+    write_gateway: WriteGateway,
+) -> None:
+    body = """\
+providers:
+  local: {type: echo}
+deployments:
+  a: {provider: local, model: m, context_window: 8k}
+routes:
+  chat: {deployment: a}
+"""
+    result = _compile(write_gateway, body, {})
+    assert [item.code.id for item in result.diagnostics] == ["AGW204"]
+
+
+def test_unknown_reference_hint_names_the_closest(write_gateway: WriteGateway) -> None:
+    body = "providers:\n  local: {type: echo}\n" + DEPLOYMENTS + """\
+routes:
+  chat: {deployment: f}
+  smart: {group: nothing}
+"""
+    result = _compile(write_gateway, body, {})
+    hints = {item.code.id: item.hint for item in result.errors}
+    assert hints == {
+        "AGW302": "defined deployments: a, b, c, d, e",
+        "AGW303": "no groups are defined",
+    }

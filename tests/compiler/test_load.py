@@ -1,0 +1,162 @@
+"""Stage 1, load: positions of every node, includes, and file problems as diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.diagnostics import DiagnosticSink
+from aigw.compiler.load import load
+from aigw.compiler.source import Position
+
+WriteGateway = Callable[..., Path]
+
+GATEWAY = """\
+version: 1
+
+providers:
+  local: {type: echo}
+
+deployments:
+  echo-small:
+    provider: local
+    model: "echo-1"
+    context_window: 8192
+    tags: [local, free]
+
+routes:
+  chat: {deployment: echo-small}
+"""
+
+
+def _codes(root: Path) -> list[str]:
+    return [item.code.id for item in compile_gateway(root, {}).diagnostics]
+
+
+def test_source_map_positions_keys_and_values(write_gateway: WriteGateway) -> None:
+    loaded = load(write_gateway({"gateway.yaml": GATEWAY}), DiagnosticSink())
+    assert loaded.gateway is not None
+    source_map = loaded.gateway.source_map
+    assert source_map.key(("deployments", "echo-small")) == Position("gateway.yaml", 7, 3, 10)
+    assert source_map.key(("deployments", "echo-small", "provider")) == Position(
+        "gateway.yaml", 8, 5, 8
+    )
+    assert source_map.value(("deployments", "echo-small", "provider")) == Position(
+        "gateway.yaml", 8, 15, 5
+    )
+    # A quoted value's span covers its quotes; a list item has its own column.
+    assert source_map.value(("deployments", "echo-small", "model")) == Position(
+        "gateway.yaml", 9, 12, 8
+    )
+    assert source_map.value(("deployments", "echo-small", "tags", 1)) == Position(
+        "gateway.yaml", 11, 19, 4
+    )
+    assert source_map.value(("routes", "chat", "deployment")) == Position(
+        "gateway.yaml", 14, 22, 10
+    )
+
+
+def test_source_map_falls_back_to_nearest_ancestor(write_gateway: WriteGateway) -> None:
+    loaded = load(write_gateway({"gateway.yaml": GATEWAY}), DiagnosticSink())
+    assert loaded.gateway is not None
+    source_map = loaded.gateway.source_map
+    missing = ("deployments", "echo-small", "max_output_tokens")
+    assert source_map.key(missing) == source_map.key(("deployments", "echo-small"))
+    assert source_map.value(("nothing", "here")) == Position("gateway.yaml", 1, 1)
+
+
+def test_empty_value_points_at_its_key(write_gateway: WriteGateway) -> None:
+    # ruamel places an empty value at the next token, a line below.
+    loaded = load(write_gateway({"gateway.yaml": "version: 1\nteams:\n  ops:\nkeys: {}\n"}),
+                  DiagnosticSink())
+    assert loaded.gateway is not None
+    assert loaded.gateway.source_map.value(("teams", "ops")) == Position("gateway.yaml", 3, 3, 3)
+
+
+def test_merge_key_values_keep_the_anchor_position(write_gateway: WriteGateway) -> None:
+    text = (
+        "version: 1\n"
+        "providers:\n"
+        "  local: &base {type: echo, timeout_s: 5}\n"
+        "  other:\n"
+        "    <<: *base\n"
+        "    timeout_s: 9\n"
+    )
+    loaded = load(write_gateway({"gateway.yaml": text}), DiagnosticSink())
+    assert loaded.gateway is not None
+    assert loaded.gateway.data["providers"]["other"] == {"timeout_s": 9, "type": "echo"}
+    source_map = loaded.gateway.source_map
+    assert source_map.value(("providers", "other", "type")) == Position("gateway.yaml", 3, 23, 4)
+    assert source_map.value(("providers", "other", "timeout_s")) == Position(
+        "gateway.yaml", 6, 16, 1
+    )
+
+
+def test_includes_merge_into_one_graph(write_gateway: WriteGateway) -> None:
+    root = write_gateway({
+        "gateway.yaml": "version: 1\ninclude: [config/models.yaml]\n"
+                        "routes:\n  chat: {group: fast}\n",
+        "config/models.yaml": "include: [providers.yaml]\n"
+                              "deployments:\n"
+                              "  echo-small: {provider: local, model: m, context_window: 8192}\n"
+                              "groups:\n  fast: {members: [echo-small]}\n",
+        # Relative to config/, the file that includes it.
+        "config/providers.yaml": "providers:\n  local: {type: echo}\n",
+    })
+    result = compile_gateway(root, {})
+    assert result.graph is not None, result.diagnostics
+    assert set(result.graph.providers) == {"local"}
+    assert [d.name for d in result.graph.routes["chat"].candidates] == ["echo-small"]
+    assert set(result.sources) == {"gateway.yaml", "config/models.yaml", "config/providers.yaml"}
+
+
+def test_diamond_include_is_read_once(write_gateway: WriteGateway) -> None:
+    root = write_gateway({
+        "gateway.yaml": "version: 1\ninclude: [a.yaml, b.yaml]\nroutes:\n  chat: {deployment: e}\n",
+        "a.yaml": "include: [shared.yaml]\n",
+        "b.yaml": "include: [shared.yaml]\n",
+        "shared.yaml": "providers:\n  local: {type: echo}\n"
+                       "deployments:\n  e: {provider: local, model: m, context_window: 10}\n",
+    })
+    loaded = load(root, DiagnosticSink())
+    assert [doc.path for doc in loaded.includes] == ["a.yaml", "shared.yaml", "b.yaml"]
+    assert _codes(root) == []  # no "defined twice" for the shared file
+
+
+def test_missing_include_hides_undefined_references(write_gateway: WriteGateway) -> None:
+    # What the missing file would define is unknown, so nothing is called undefined.
+    root = write_gateway({
+        "gateway.yaml": "version: 1\ninclude: [models.yaml]\nroutes:\n  chat: {group: fast}\n",
+    })
+    assert _codes(root) == ["AGW105"]
+
+
+def test_include_cycle_is_reported_once(write_gateway: WriteGateway) -> None:
+    root = write_gateway({
+        "gateway.yaml": "version: 1\ninclude: [a.yaml]\n",
+        "a.yaml": "include: [gateway.yaml]\n",
+    })
+    result = compile_gateway(root, {})
+    assert [item.code.id for item in result.errors] == ["AGW106"]
+    assert result.errors[0].message == "include cycle: gateway.yaml -> a.yaml -> gateway.yaml"
+
+
+def test_non_utf8_column_counts_characters(write_gateway: WriteGateway) -> None:
+    # A two-byte "é" before the bad byte: the column counts characters, not bytes.
+    root = write_gateway({"gateway.yaml": "version: 1\n# é ".encode() + b"\xff\n"})
+    (item,) = compile_gateway(root, {}).diagnostics
+    assert (item.code.id, item.position.line, item.position.column) == ("AGW107", 2, 5)
+
+
+def test_yaml_errors_never_raise(write_gateway: WriteGateway, tmp_path: Path) -> None:
+    broken = {
+        "nul.yaml": 'version: 1\ninclude: ["a\\0b"]\n',
+        "control.yaml": 'version: 1\nteams: {"a\x07": {}}\n',
+        "keys.yaml": "version: 1\nteams:\n  null: {}\n  ? [a, b]\n  : {}\n",
+        "documents.yaml": "version: 1\n---\nversion: 1\n",
+    }
+    for name, text in broken.items():
+        root = write_gateway({"gateway.yaml": text}, root=tmp_path / name)
+        codes = _codes(root)
+        assert codes and "AGW901" not in codes, (name, codes)

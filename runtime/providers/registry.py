@@ -14,6 +14,21 @@ from .echo import EchoAdapter
 from .gemini import GeminiAdapter
 from .openai import AzureOpenAIAdapter, OpenAIAdapter
 
+
+def _bedrock(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+    """Imported here, not above: it needs botocore, the optional ``bedrock`` extra."""
+    from .bedrock import BedrockAdapter
+
+    return BedrockAdapter(provider, counter)
+
+
+def _vertex(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+    """Imported here, not above: it needs google-auth, the optional ``vertex`` extra."""
+    from .vertex import VertexAdapter
+
+    return VertexAdapter(provider, counter)
+
+
 ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
     {
         "echo": EchoAdapter,
@@ -23,6 +38,8 @@ ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
         "azure_openai": AzureOpenAIAdapter,
         "gemini": GeminiAdapter,
         "anthropic": AnthropicAdapter,
+        "bedrock": _bedrock,
+        "vertex": _vertex,
     }
 )
 

@@ -1,0 +1,101 @@
+"""A real ``aigw serve`` process in front of the Gemini fake, driven by the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.gemini_fake import GeminiFake
+from ..fakes.serve import serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+TOOLS: list[Any] = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"], "additionalProperties": False}}}]
+
+
+@pytest.fixture
+def gemini_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
+    fake = GeminiFake()
+    monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
+    root = tmp_path / "gw"
+    root.mkdir()
+    with serving(fake.app) as base_url:
+        (root / "gateway.yaml").write_text(
+            "version: 1\n"
+            "providers:\n"
+            f'  gem: {{type: gemini, base_url: "{base_url}/v1beta", '
+            'api_key: "${FAKE_GEMINI_KEY}"}\n'
+            "deployments:\n"
+            "  flash: {provider: gem, model: gemini-2.5-flash, context_window: 1048576,\n"
+            "          capabilities: [streaming, tools]}\n"
+            "routes:\n"
+            "  gemini: {deployment: flash}\n" + DEV_KEY_LINE
+        )
+        server = Server(root)
+        try:
+            server.wait_ready()
+            yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                                max_retries=0)
+        finally:
+            server.stop()
+
+
+def test_openai_sdk_chat_and_stream_through_gemini(gemini_server: openai.OpenAI) -> None:
+    completion = gemini_server.chat.completions.create(
+        model="gemini", messages=[{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Hello from the SDK"}])
+    assert completion.choices[0].message.content == "fake-gemini: Hello from the SDK"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+
+    chunks = list(gemini_server.chat.completions.create(
+        model="gemini", messages=[{"role": "user", "content": "streamed word by word"}],
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "fake-gemini: streamed word by word"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def test_openai_sdk_tool_conversation_through_gemini(gemini_server: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "weather in Oslo?"}]
+    first = gemini_server.chat.completions.create(model="gemini", messages=messages,
+                                                  tools=TOOLS)
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "lookup"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"query": "weather in Oslo?"}  # type: ignore[union-attr]
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    second = gemini_server.chat.completions.create(model="gemini", messages=messages,
+                                                   tools=TOOLS)
+    assert second.choices[0].message.content == "tool said: sunny, 21 C"
+
+    messages += [{"role": "assistant", "content": second.choices[0].message.content},
+                 {"role": "user", "content": "and in Bergen?"}]
+    stream = gemini_server.chat.completions.create(model="gemini", messages=messages,
+                                                   tools=TOOLS, stream=True)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                slot = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] += delta.id or ""
+                slot["name"] += (delta.function and delta.function.name) or ""
+                slot["arguments"] += (delta.function and delta.function.arguments) or ""
+    assert finish == "tool_calls"
+    assert calls[0]["id"].startswith("call_1")
+    assert calls[0]["name"] == "lookup"
+    assert json.loads(calls[0]["arguments"]) == {"query": "and in Bergen?"}

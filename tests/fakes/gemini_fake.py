@@ -1,0 +1,377 @@
+"""A fake of Google's Gemini API (generativelanguage v1beta): generateContent, its SSE stream,
+embedContent and batchEmbedContents.
+
+Strict as the real API is, in Google's error shape (``{"error": {"code", "message",
+"status", "details"}}``): no key is 403 PERMISSION_DENIED, a wrong one 400
+INVALID_ARGUMENT "API key not valid" (reason API_KEY_INVALID); an unknown field
+anywhere in the body, a Schema keyword Gemini lacks (``additionalProperties``), a role
+other than user/model, empty ``contents`` or ``parts``, a ``functionResponse`` that
+answers no ``functionCall`` of the turn before, are 400 INVALID_ARGUMENT. Only the
+camelCase field names are accepted (Google also takes snake_case). Streams are
+``alt=sse`` only: ``data: {GenerateContentResponse}\\r\\n\\r\\n``, as Google sends them.
+
+Answers come from ``brain.decide``. A user text containing ``BLOCKME`` ends with
+finishReason SAFETY and no content; one containing ``BLOCKPROMPT`` is refused with
+``promptFeedback.blockReason`` SAFETY and no candidates. Function calls carry a
+``thoughtSignature``; models named ``gemini-3*`` require it back, as Gemini 3 does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .brain import Action, Reply, Script, decide, words
+
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+REQUEST_FIELDS = {"contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
+                  "generationConfig", "cachedContent"}
+PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse", "thought",
+               "thoughtSignature"}
+TOOL_FIELDS = {"functionDeclarations", "googleSearch", "codeExecution", "urlContext"}
+DECLARATION_FIELDS = {"name", "description", "parameters", "parametersJsonSchema", "response"}
+SCHEMA_FIELDS = {"type", "format", "title", "description", "nullable", "enum", "maxItems",
+                 "minItems", "properties", "required", "minProperties", "maxProperties",
+                 "minLength", "maxLength", "pattern", "example", "anyOf", "propertyOrdering",
+                 "default", "items", "minimum", "maximum"}
+GENERATION_FIELDS = {"stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
+                     "responseModalities", "candidateCount", "maxOutputTokens", "temperature",
+                     "topP", "topK", "seed", "presencePenalty", "frequencyPenalty",
+                     "responseLogprobs", "logprobs", "thinkingConfig"}
+MODES = {"AUTO", "ANY", "NONE", "VALIDATED"}
+SIGNATURE = "c2lnbmVkLWJ5LWZha2UtZ2VtaW5p"  # base64 of "signed-by-fake-gemini"
+
+
+class Invalid(Exception):
+    """A request the real API would refuse with 400 INVALID_ARGUMENT."""
+
+
+def google_error(status: int, message: str, details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": status, "message": message,
+                             "status": STATUS_NAMES.get(status, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _unknown(name: str, where: str) -> Invalid:
+    at = f" at '{where}'" if where else ""
+    return Invalid(f'Invalid JSON payload received. Unknown name "{name}"{at}: '
+                   "Cannot find field.")
+
+
+def _fields(value: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Invalid(f"Invalid value at '{where}': expected an object.")
+    for name in value:
+        if name not in allowed:
+            raise _unknown(name, where)
+    return value
+
+
+def _schema(schema: Any, where: str) -> None:
+    _fields(schema, SCHEMA_FIELDS, where)
+    if schema.get("type") == "object" and "properties" in schema and not schema["properties"]:
+        raise Invalid(f"{where}.properties: should be non-empty for OBJECT type")
+    for name, sub in (schema.get("properties") or {}).items():
+        _schema(sub, f"{where}.properties[{name}]")
+    if "items" in schema:
+        _schema(schema["items"], f"{where}.items")
+    for i, sub in enumerate(schema.get("anyOf") or []):
+        _schema(sub, f"{where}.any_of[{i}]")
+
+
+def validate(body: Any, model: str) -> None:
+    """Raise ``Invalid`` where Gemini would answer 400 INVALID_ARGUMENT."""
+    _fields(body, REQUEST_FIELDS, "")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise Invalid("* GenerateContentRequest.contents: contents is not specified")
+    previous: dict[str, Any] | None = None
+    for i, turn in enumerate(contents):
+        _fields(turn, {"role", "parts"}, f"contents[{i}]")
+        if turn.get("role") not in ("user", "model"):
+            raise Invalid(f"Please use a valid role: user, model. (contents[{i}])")
+        parts = turn.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise Invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must "
+                          "not be empty.")
+        for j, part in enumerate(parts):
+            _part(_fields(part, PART_FIELDS, f"contents[{i}].parts[{j}]"), turn, previous,
+                  f"contents[{i}].parts[{j}]", model)
+        previous = turn
+    if "systemInstruction" in body:
+        system = _fields(body["systemInstruction"], {"role", "parts"}, "system_instruction")
+        for j, part in enumerate(system.get("parts") or []):
+            _fields(part, {"text"}, f"system_instruction.parts[{j}]")
+    declared: set[str] = set()
+    for i, tool in enumerate(body.get("tools") or []):
+        for j, declaration in enumerate(_fields(tool, TOOL_FIELDS, f"tools[{i}]")
+                                        .get("functionDeclarations") or []):
+            where = f"tools[{i}].function_declarations[{j}]"
+            _fields(declaration, DECLARATION_FIELDS, where)
+            declared.add(str(declaration.get("name")))
+            if "parameters" in declaration:
+                _schema(declaration["parameters"], f"{where}.parameters")
+    _tool_config(body.get("toolConfig"), declared)
+    _generation_config(body.get("generationConfig"))
+
+
+def _part(part: dict[str, Any], turn: dict[str, Any], previous: dict[str, Any] | None,
+          where: str, model: str) -> None:
+    if len(set(part) - {"thought", "thoughtSignature"}) != 1:
+        raise Invalid(f"{where}: a part must hold exactly one kind of data")
+    if "inlineData" in part:
+        _fields(part["inlineData"], {"mimeType", "data"}, f"{where}.inline_data")
+    if "functionCall" in part:
+        call = _fields(part["functionCall"], {"id", "name", "args"}, f"{where}.function_call")
+        if turn["role"] != "model" or not isinstance(call.get("args", {}), dict):
+            raise Invalid(f"{where}.function_call: only model turns call functions, with "
+                          "object args")
+        if model.startswith("gemini-3") and part.get("thoughtSignature") != SIGNATURE:
+            raise Invalid(f"Function call is missing a thought_signature in functionCall "
+                          f"parts. ({where})")
+    if "functionResponse" in part:
+        response = _fields(part["functionResponse"], {"id", "name", "response"},
+                           f"{where}.function_response")
+        asked = {p["functionCall"]["name"] for p in (previous or {}).get("parts", [])
+                 if "functionCall" in p} if (previous or {}).get("role") == "model" else set()
+        if turn["role"] != "user" or response.get("name") not in asked:
+            raise Invalid("Please ensure that function response turn comes immediately after "
+                          f"a function call turn. ({where})")
+        if not isinstance(response.get("response"), dict):
+            raise Invalid(f"{where}.function_response.response: expected an object")
+
+
+def _tool_config(config: Any, declared: set[str]) -> None:
+    if config is None:
+        return
+    calling = _fields(_fields(config, {"functionCallingConfig"}, "tool_config")
+                      .get("functionCallingConfig", {}), {"mode", "allowedFunctionNames"},
+                      "tool_config.function_calling_config")
+    if calling.get("mode", "AUTO") not in MODES:
+        raise Invalid(f"Invalid value at 'tool_config.function_calling_config.mode': "
+                      f"{calling.get('mode')!r}")
+    names = calling.get("allowedFunctionNames")
+    if names is not None and (calling.get("mode") != "ANY" or not set(names) <= declared):
+        raise Invalid("allowed_function_names should only be set when the mode is ANY, and "
+                      "name declared functions")
+
+
+def _generation_config(config: Any) -> None:
+    if config is None:
+        return
+    _fields(config, GENERATION_FIELDS, "generation_config")
+    if "responseSchema" in config and "responseJsonSchema" in config:
+        raise Invalid("responseSchema and responseJsonSchema cannot both be set")
+    if ("responseSchema" in config or "responseJsonSchema" in config) \
+            and config.get("responseMimeType") != "application/json":
+        raise Invalid("response_mime_type must be application/json with a response schema")
+    if len(config.get("stopSequences") or []) > 5:
+        raise Invalid("generation_config.stop_sequences: at most 5 stop sequences")
+    if not 1 <= int(config.get("candidateCount", 1)) <= 8:
+        raise Invalid("generation_config.candidate_count must be between 1 and 8")
+
+
+def _texts(turn: dict[str, Any]) -> str:
+    return "".join(str(part.get("text", "")) for part in turn.get("parts", []))
+
+
+def reply_for(body: dict[str, Any], fake: str = "fake-gemini") -> Reply:
+    contents = body["contents"]
+    users = [turn for turn in contents if turn["role"] == "user" and _texts(turn)]
+    last = contents[-1]["parts"][-1]  # the last message was a tool result
+    result = None
+    if "functionResponse" in last:
+        answer = last["functionResponse"]["response"]
+        result = str(answer["result"]) if set(answer) == {"result"} else json.dumps(answer)
+    calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    names = list(calling.get("allowedFunctionNames") or []) or [
+        str(d["name"]) for tool in body.get("tools") or []
+        for d in tool.get("functionDeclarations") or []]
+    return decide(fake, _texts(users[-1]) if users else "", names, result,
+                  calling.get("mode") != "NONE")
+
+
+class GeminiFake:
+    """The fake's state: its key, its script, what it has seen, and what to report cached."""
+
+    def __init__(self, api_key: str = "AIzaFakeGeminiKey0123456789abcdef") -> None:
+        self.api_key = api_key
+        self.script = Script()
+        self.paths: list[str] = []
+        self.cached_tokens = 0
+        self.base_url = ""
+        self.app = Starlette(routes=[
+            Route("/__ready", self._ready),
+            Route("/v1beta/{target:path}", self._dispatch, methods=["POST"]),
+        ])
+
+    async def _ready(self, request: Request) -> Response:
+        return Response("ok")
+
+    async def _dispatch(self, request: Request) -> Response:
+        target = request.path_params["target"]
+        resource, _, method = target.rpartition(":")
+        if not resource.startswith("models/"):
+            return google_error(404, f"Requested entity was not found: {target}")
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if not key:
+            return google_error(403, "Method doesn't allow unregistered callers (callers "
+                                "without established identity). Please use API Key or other "
+                                "form of API consumer identity to call this API.")
+        if key != self.api_key:
+            return google_error(400, "API key not valid. Please pass a valid API key.", [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}}])
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return google_error(400, "Invalid JSON payload received.")
+        self.paths.append(request.url.path + (f"?{request.url.query}" if request.url.query
+                                              else ""))
+        self.script.requests.append(body if isinstance(body, dict) else {"_": body})
+        self.script.headers.append(dict(request.headers))
+        action = self.script.next()
+        if action.delay_s:
+            await asyncio.sleep(action.delay_s)
+        if action.status != 200:
+            if action.body is not None:
+                return JSONResponse(action.body, status_code=action.status,
+                                    headers=action.headers)
+            return google_error(action.status, f"scripted failure {action.status}",
+                                headers=action.headers)
+        model = resource.removeprefix("models/")
+        try:
+            if method == "generateContent":
+                return self._generate(body, model)
+            if method == "streamGenerateContent":
+                if request.query_params.get("alt") != "sse":
+                    raise Invalid("this fake streams only with alt=sse")
+                candidates, usage = self._answer(body, model)  # before the status line
+                return StreamingResponse(self._stream(candidates, usage, model, action),
+                                         media_type="text/event-stream")
+            if method == "batchEmbedContents":
+                return self._batch_embed(body, resource)
+            if method == "embedContent":
+                return JSONResponse({"embedding": {"values": self._embed(body, resource)}})
+        except Invalid as exc:
+            return google_error(400, str(exc))
+        return google_error(404, f"Method not found: {method}")
+
+    def _answer(self, body: Any, model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Candidates and usage for a valid request."""
+        validate(body, model)
+        config = body.get("generationConfig") or {}
+        reply = reply_for(body)
+        prompt = sum(len(_texts(t).split()) + 3 for t in body["contents"])
+        prompt += len(_texts(body.get("systemInstruction") or {}).split())
+        user_text = " ".join(_texts(t) for t in body["contents"] if t["role"] == "user")
+        parts: list[dict[str, Any]]
+        finish = "STOP"
+        if "BLOCKME" in user_text:
+            parts, spent = [], 0
+            finish = "SAFETY"
+        elif reply.tool_name:
+            parts = [{"functionCall": {"name": reply.tool_name, "args": reply.tool_arguments},
+                      "thoughtSignature": SIGNATURE}]
+            spent = len(reply.arguments_json.split())
+        else:
+            text = reply.text or ""
+            if config.get("responseMimeType") == "application/json":
+                text = json.dumps({"answer": text})
+            for stop in config.get("stopSequences") or []:
+                text = text.split(stop)[0]
+            pieces = text.split(" ")
+            limit = config.get("maxOutputTokens")
+            if limit is not None and len(pieces) > limit:
+                pieces, finish = pieces[:limit], "MAX_TOKENS"
+            parts, spent = [{"text": " ".join(pieces)}], len(pieces)
+        candidates = []
+        for index in range(int(config.get("candidateCount", 1))):
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"},
+                                         "finishReason": finish, "index": index}
+            if finish == "SAFETY":
+                candidate["content"] = {"role": "model"}
+                candidate["safetyRatings"] = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                                               "probability": "HIGH", "blocked": True}]
+            candidates.append(candidate)
+        completion = spent * len(candidates)
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt, "candidatesTokenCount": completion,
+            "totalTokenCount": prompt + completion,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
+        if self.cached_tokens:
+            usage["cachedContentTokenCount"] = self.cached_tokens
+        if "BLOCKPROMPT" in user_text:
+            return [], {"promptTokenCount": prompt, "totalTokenCount": prompt}
+        return candidates, usage
+
+    def _generate(self, body: Any, model: str) -> Response:
+        candidates, usage = self._answer(body, model)
+        document: dict[str, Any] = {"usageMetadata": usage, "modelVersion": model,
+                                    "responseId": "fake-response-1"}
+        if candidates:
+            document["candidates"] = candidates
+        else:
+            document["promptFeedback"] = {"blockReason": "SAFETY", "safetyRatings": []}
+        return JSONResponse(document)
+
+    async def _stream(self, candidates: list[dict[str, Any]], usage: dict[str, Any], model: str,
+                      action: Action) -> AsyncIterator[bytes]:
+        head = {"modelVersion": model, "responseId": "fake-response-1"}
+
+        def event(document: dict[str, Any]) -> bytes:
+            return f"data: {json.dumps({**document, **head})}\r\n\r\n".encode()
+
+        events = []
+        if not candidates:
+            events.append(event({"promptFeedback": {"blockReason": "SAFETY"},
+                                 "usageMetadata": usage}))
+        for candidate in candidates:
+            parts = candidate["content"].get("parts", [])
+            pieces: list[dict[str, Any]] = [{"text": w} for w in words(parts[0]["text"])] \
+                if parts and "text" in parts[0] else list(parts)
+            for number, piece in enumerate(pieces or [None]):
+                streamed: dict[str, Any] = {"content": {"parts": [piece] if piece else [],
+                                                        "role": "model"}}
+                if candidate["index"]:
+                    streamed["index"] = candidate["index"]
+                last = number == max(len(pieces), 1) - 1
+                if last:  # Gemini sends the finish reason with the last piece
+                    streamed["finishReason"] = candidate["finishReason"]
+                running = {"promptTokenCount": usage["promptTokenCount"]}
+                events.append(event({"candidates": [streamed],
+                                     "usageMetadata": usage if last else running}))
+        for number, item in enumerate(events):
+            if action.cut_stream_after is not None and number >= action.cut_stream_after:
+                raise ConnectionResetError("scripted disconnect")
+            yield item
+            await asyncio.sleep(0)
+
+    def _embed(self, request: Any, model: str) -> list[float]:
+        _fields(request, {"model", "content", "taskType", "title", "outputDimensionality"},
+                "request")
+        if request.get("model", model) != model:
+            raise Invalid(f"Model in the request ({request.get('model')}) must match {model}.")
+        text = _texts(_fields(request.get("content"), {"role", "parts"}, "content"))
+        dimensions = int(request.get("outputDimensionality") or 8)
+        return [float((len(text) + i) % 7) / 7 for i in range(dimensions)]
+
+    def _batch_embed(self, body: Any, model: str) -> Response:
+        requests = _fields(body, {"requests"}, "").get("requests")
+        if not isinstance(requests, list) or not requests or len(requests) > 100:
+            raise Invalid("* BatchEmbedContentsRequest.requests: 1 to 100 requests")
+        return JSONResponse({"embeddings": [{"values": self._embed(r, model)}
+                                            for r in requests]})

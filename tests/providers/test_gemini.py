@@ -1,0 +1,420 @@
+"""The gemini adapter against the Gemini fake: the gateway in-process, the fake on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ..fakes.brain import Action
+from ..fakes.gemini_fake import SIGNATURE, GeminiFake
+from ..fakes.serve import serving
+from .conftest import GatewayFactory
+
+CHAT = "/v1/chat/completions"
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"]}}}]
+
+
+@pytest.fixture
+def gemini_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiFake]:
+    fake = GeminiFake()
+    monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url
+        yield fake
+
+
+@pytest.fixture
+async def client(gemini_fake: GeminiFake, make_gateway: GatewayFactory) -> httpx.AsyncClient:
+    return await make_gateway(f"""
+    providers:
+      gem: {{type: gemini, base_url: "{gemini_fake.base_url}/v1beta",
+             api_key: "${{FAKE_GEMINI_KEY}}"}}
+    deployments:
+      flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1048576,
+               max_output_tokens: 65536, capabilities: [streaming, tools, vision, json_schema]}}
+      pro3: {{provider: gem, model: gemini-3-pro-preview, context_window: 1048576,
+              capabilities: [streaming, tools]}}
+      emb: {{provider: gem, model: gemini-embedding-001, kind: embeddings,
+             context_window: 2048}}
+    routes:
+      flash: {{deployment: flash}}
+      pro3: {{deployment: pro3}}
+      emb: {{deployment: emb}}
+    """)
+
+
+def _user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    """Reassemble streamed tool calls the way OpenAI's clients do."""
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for call in choice["delta"].get("tool_calls", []):
+                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.get("id", "")
+                slot["name"] += call.get("function", {}).get("name", "")
+                slot["arguments"] += call.get("function", {}).get("arguments", "")
+    return calls
+
+
+async def test_plain_chat(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("hello there")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "fake-gemini: hello there"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["model"] == "gemini-2.5-flash"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert gemini_fake.paths == ["/v1beta/models/gemini-2.5-flash:generateContent"]
+    assert gemini_fake.script.headers[-1]["x-goog-api-key"] == gemini_fake.api_key
+    assert "authorization" not in gemini_fake.script.headers[-1]
+    assert gemini_fake.script.requests[-1] == {
+        "contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
+
+
+async def test_system_messages_become_the_system_instruction_and_roles_merge(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": [{"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": "noted"},
+        {"role": "developer", "content": "Answer in English."},
+        {"role": "user", "content": "three"},
+    ]})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "fake-gemini: three"
+    sent = gemini_fake.script.requests[-1]
+    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."},
+                                                   {"text": "Answer in English."}]}
+    assert sent["contents"] == [
+        {"role": "user", "parts": [{"text": "one"}, {"text": "two"}]},
+        {"role": "model", "parts": [{"text": "noted"}]},
+        {"role": "user", "parts": [{"text": "three"}]},
+    ]
+
+
+async def test_image_data_urls_become_inline_data(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "messages": [{
+        "role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}]})
+    assert response.status_code == 200, response.text
+    assert gemini_fake.script.requests[-1]["contents"][0]["parts"] == [
+        {"text": "what is this"},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+    ]
+
+
+async def test_stream_text(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
+    chunks = await _stream(client, {"model": "flash", "messages": _user("a b c"),
+                                    "stream_options": {"include_usage": True}})
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "fake-gemini: a b c"
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 4,
+                                   "total_tokens": 10}
+    assert gemini_fake.paths == ["/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"]
+
+
+async def test_streamed_function_call_is_reassembled(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    chunks = await _stream(client, {"model": "flash", "tools": TOOLS,
+                                    "messages": _user("find the moon")})
+    assert _tool_calls(chunks) == {0: {"id": f"call_0.{SIGNATURE}", "name": "lookup",
+                                       "arguments": '{"query":"find the moon"}'}}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+
+
+@pytest.mark.parametrize("route", ["flash", "pro3"])
+async def test_multi_turn_tool_conversation(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient, route: str
+) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "weather in Oslo?"}]
+    first = (await client.post(CHAT, json={"model": route, "tools": TOOLS,
+                                           "messages": messages})).json()
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    message = first["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["tool_calls"][0]["id"] == f"call_0.{SIGNATURE}"
+    messages += [message, {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"],
+                           "content": "sunny"}]
+    second = await client.post(CHAT, json={"model": route, "tools": TOOLS, "messages": messages})
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "tool said: sunny"
+    assert gemini_fake.script.requests[-1]["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": {"name": "lookup",
+                                                      "args": {"query": "weather in Oslo?"}},
+                                     "thoughtSignature": SIGNATURE}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "lookup",
+                                                         "response": {"result": "sunny"}}}]},
+    ]
+
+
+async def test_tool_calls_are_numbered_through_the_conversation(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    earlier = {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_0", "type": "function",
+        "function": {"name": "lookup", "arguments": '{"query": "a"}'}}]}
+    response = await client.post(CHAT, json={"model": "flash", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "a"}, earlier,
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"found": true}'},
+        {"role": "user", "content": "now b"},
+    ]})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["tool_calls"][0]["id"].startswith("call_1.")
+    sent = gemini_fake.script.requests[-1]["contents"]
+    assert sent[2]["parts"] == [
+        {"functionResponse": {"name": "lookup", "response": {"found": True}}},
+        {"text": "now b"},
+    ]
+    unknown = await client.post(CHAT, json={"model": "flash", "messages": [
+        {"role": "user", "content": "a"},
+        {"role": "tool", "tool_call_id": "call_9", "content": "x"}]})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "messages[1].tool_call_id"
+
+
+async def test_generation_config_mapping(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(CHAT, json={
+        "model": "flash", "messages": _user("one two three four five"),
+        "temperature": 0.3, "top_p": 0.9, "top_k": 40, "seed": 7, "n": 2,
+        "stop": ["four"], "max_completion_tokens": 50, "presence_penalty": 0.5,
+        "frequency_penalty": 0.25, "reasoning_effort": "low", "user": "u-1",
+    })
+    assert response.status_code == 200, response.text
+    assert gemini_fake.script.requests[-1]["generationConfig"] == {
+        "temperature": 0.3, "topP": 0.9, "topK": 40, "seed": 7, "presencePenalty": 0.5,
+        "frequencyPenalty": 0.25, "maxOutputTokens": 50, "stopSequences": ["four"],
+        "candidateCount": 2, "thinkingConfig": {"thinkingBudget": 1024},
+    }
+    choices = response.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    assert choices[1]["message"]["content"] == "fake-gemini: one two three "
+
+
+async def test_output_limit_reached_is_length(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "max_tokens": 2,
+                                             "messages": _user("many words in here")})
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+    assert response.json()["choices"][0]["message"]["content"] == "fake-gemini: many"
+
+
+async def test_tool_schemas_are_lowered_and_tool_choice_mapped(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    parameters = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "query": {"type": "string", "format": "email", "minLength": 1},
+            "when": {"type": ["string", "null"], "format": "date-time"},
+            "place": {"$ref": "#/$defs/Place"},
+            "limit": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+        },
+        "required": ["query", "ghost"],
+        "$defs": {"Place": {"type": "object", "additionalProperties": False,
+                            "properties": {"city": {"const": "Oslo"}}}},
+    }
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": parameters,
+                                               "strict": True}},
+             {"type": "function", "function": {"name": "ping", "parameters": {
+                 "type": "object", "properties": {}}}}]
+    forced = await client.post(CHAT, json={
+        "model": "flash", "messages": _user("x"), "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "ping"}}})
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "ping"
+    sent = gemini_fake.script.requests[-1]
+    assert sent["toolConfig"] == {"functionCallingConfig": {
+        "mode": "ANY", "allowedFunctionNames": ["ping"]}}
+    assert sent["tools"] == [{"functionDeclarations": [
+        {"name": "lookup", "parameters": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1},
+                "when": {"type": "string", "nullable": True, "format": "date-time"},
+                "place": {"type": "object", "properties": {"city": {"enum": ["Oslo"]}}},
+                "limit": {"nullable": True, "type": "integer", "default": None},
+            },
+            "required": ["query"]}},
+        {"name": "ping"},
+    ]}]
+    declined = await client.post(CHAT, json={"model": "flash", "messages": _user("x"),
+                                             "tools": tools, "tool_choice": "none"})
+    assert declined.json()["choices"][0]["message"]["content"] == "fake-gemini: x"
+    assert gemini_fake.script.requests[-1]["toolConfig"] == {
+        "functionCallingConfig": {"mode": "NONE"}}
+
+
+async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
+    loose = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
+                                          "response_format": {"type": "json_object"}})
+    assert json.loads(loose.json()["choices"][0]["message"]["content"]) == {
+        "answer": "fake-gemini: hi"}
+    assert gemini_fake.script.requests[-1]["generationConfig"] == {
+        "responseMimeType": "application/json"}
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"], "additionalProperties": False}
+    strict = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
+                                           "response_format": {"type": "json_schema",
+                                                               "json_schema": {"name": "a",
+                                                                               "schema": schema}}})
+    assert strict.status_code == 200, strict.text
+    assert gemini_fake.script.requests[-1]["generationConfig"] == {
+        "responseMimeType": "application/json", "responseJsonSchema": schema}
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"logprobs": True}, "logprobs"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+    ({"audio": {"voice": "alloy"}}, "audio"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "system", "content": "only a system message"}]}, "messages"),
+])
+async def test_what_gemini_cannot_honour_is_refused_by_name(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient, extra: dict[str, Any], param: str
+) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("x"), **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert gemini_fake.script.requests == []
+
+
+async def test_safety_stop_is_content_filter(client: httpx.AsyncClient) -> None:
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("BLOCKME now")})
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert (choice["finish_reason"], choice["message"]["content"]) == ("content_filter", None)
+    chunks = await _stream(client, {"model": "flash", "messages": _user("BLOCKME now")})
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "content_filter"
+
+
+async def test_blocked_prompt_is_a_content_policy_violation(client: httpx.AsyncClient) -> None:
+    payload = {"model": "flash", "messages": _user("BLOCKPROMPT please")}
+    response = await client.post(CHAT, json=payload)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "content_policy_violation"
+    assert "blockReason SAFETY" in response.json()["error"]["message"]
+    streamed = await client.post(CHAT, json={**payload, "stream": True})
+    assert streamed.status_code == 400
+    assert streamed.json()["error"]["code"] == "content_policy_violation"
+
+
+async def test_usage_reports_cached_tokens(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    gemini_fake.cached_tokens = 4
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("cache me")})
+    assert response.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 3,
+                                        "total_tokens": 8,
+                                        "prompt_tokens_details": {"cached_tokens": 4}}
+
+
+def _exhausted(delay: str) -> Action:
+    return Action(status=429, body={"error": {
+        "code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}})
+
+
+async def test_resource_exhausted_is_retried_after_its_retry_delay(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    gemini_fake.script.actions.append(_exhausted("0.05s"))
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("again")})
+    assert response.status_code == 200, response.text
+    assert len(gemini_fake.script.requests) == 2
+    gemini_fake.script.actions += [_exhausted("0.05s"), _exhausted("2s")]
+    limited = await client.post(CHAT, json={"model": "flash", "messages": _user("again")})
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert limited.headers["retry-after"] == "2"
+    gemini_fake.script.actions += [_exhausted("0.05s"), _exhausted("3s")]
+    streamed = await client.post(CHAT, json={"model": "flash", "messages": _user("again"),
+                                             "stream": True})
+    assert streamed.status_code == 429
+    assert streamed.headers["retry-after"] == "3"
+
+
+async def test_token_limit_is_context_length_exceeded(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    gemini_fake.script.actions.append(Action(status=400, body={"error": {
+        "code": 400, "status": "INVALID_ARGUMENT",
+        "message": "The input token count (1200000) exceeds the maximum number of tokens "
+                   "allowed (1048576)."}}))
+    response = await client.post(CHAT, json={"model": "flash", "messages": _user("long")})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_refused_keys_are_auth_failures_that_never_leak_the_key(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    key = gemini_fake.api_key
+    gemini_fake.script.actions.append(Action(status=403, body={"error": {
+        "code": 403, "status": "PERMISSION_DENIED",
+        "message": f"Permission denied for key {key}"}}))
+    denied = await client.post(CHAT, json={"model": "flash", "messages": _user("x")})
+    assert denied.status_code == 502
+    assert denied.json()["error"]["code"] == "upstream_auth_failed"
+    gemini_fake.api_key = "AIzaSomeOtherKey"  # the gateway's key is now wrong upstream
+    wrong = await client.post(CHAT, json={"model": "flash", "messages": _user("x")})
+    assert wrong.status_code == 502, wrong.text
+    assert wrong.json()["error"]["code"] == "upstream_auth_failed"
+    streamed = await client.post(CHAT, json={"model": "flash", "messages": _user("x"),
+                                             "stream": True})
+    assert streamed.json()["error"]["code"] == "upstream_auth_failed"
+    for response in (denied, wrong, streamed):
+        assert key not in response.text and key[-4:] not in response.text
+
+
+async def test_embeddings_in_batches_with_dimensions(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    texts = [f"text {i}" for i in range(150)]
+    response = await client.post("/v1/embeddings", json={"model": "emb", "input": texts,
+                                                         "dimensions": 4})
+    assert response.status_code == 200, response.text
+    rows = response.json()["data"]
+    assert len(rows) == 150 and all(len(row["embedding"]) == 4 for row in rows)
+    assert gemini_fake.paths == ["/v1beta/models/gemini-embedding-001:batchEmbedContents"] * 2
+    first = gemini_fake.script.requests[0]["requests"]
+    assert len(first) == 100
+    assert first[0] == {"model": "models/gemini-embedding-001",
+                        "content": {"parts": [{"text": "text 0"}]}, "outputDimensionality": 4}

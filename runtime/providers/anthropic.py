@@ -35,7 +35,7 @@ writes, as OpenAI counts every prompt token. Streams map ``content_block_*`` eve
 deltas (a tool call's index is its place among the ``tool_use`` blocks) and an
 ``error`` event to the ``UpstreamError`` its type means (``overloaded_error`` ->
 ``UpstreamOverloaded``). Anthropic has no embeddings API: the compiler refuses
-``kind: embeddings`` on an anthropic provider (AGW320) and ``embed`` says so too.
+``kind: embeddings`` on an anthropic provider (AGW321) and ``embed`` says so too.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from aigw.compiler.graph import Graph, Group, Route
 
 from ..chat_request import ChatRequest
 from ..errors import (
+    BadRequest,
     ContextWindowExceeded,
     GatewayError,
     NoDeploymentAvailable,
@@ -121,6 +122,8 @@ class AttemptLoop(Generic[T]):
             for name in self._fallbacks(tier.group, failure_class):
                 if name not in visited and name in self.graph.groups:
                     queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
+        if isinstance(last_error, _Unsupported):
+            raise last_error.refusal  # no member could honour the request: say which parameter
         if last_error is not None:
             raise last_error
         raise self._nothing_to_try()
@@ -224,6 +227,10 @@ class AttemptLoop(Generic[T]):
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
             self._failed(candidate, str(exc.code))
             raise self._suspect_context(exc, candidate) from exc
+        except BadRequest as exc:  # this member cannot honour a parameter; another may
+            stats.breaker.release_probe()
+            self.trace.add(f"  {candidate.deployment.name} cannot serve it: {exc.message}")
+            raise _Unsupported(exc) from exc
         except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
             stats.breaker.release_probe()
             raise
@@ -309,6 +316,17 @@ class AttemptLoop(Generic[T]):
                 param="messages")
         return NoDeploymentAvailable(
             f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.")
+
+
+class _Unsupported(UpstreamError):
+    """A member refused a parameter before calling out; the next member may accept it."""
+
+    status = 400
+    code = "unsupported_parameter"
+
+    def __init__(self, refusal: BadRequest) -> None:
+        super().__init__(refusal.message, param=refusal.param)
+        self.refusal = refusal
 
 
 class _CircuitOpen(UpstreamError):

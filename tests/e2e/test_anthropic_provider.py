@@ -1,0 +1,123 @@
+"""A real ``aigw serve`` in front of the Anthropic fake, driven by the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.serve import serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+TOOLS: list[Any] = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"]}}}]
+
+
+@pytest.fixture
+def claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[openai.OpenAI,
+                                                                               AnthropicFake]]:
+    fake = AnthropicFake()
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", fake.api_key)
+    root = tmp_path / "gw"
+    root.mkdir()
+    with serving(fake.app) as base_url:
+        (root / "gateway.yaml").write_text(
+            "version: 1\n"
+            "providers:\n"
+            f'  claude: {{type: anthropic, base_url: "{base_url}", '
+            'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
+            "deployments:\n"
+            "  sonnet: {provider: claude, model: claude-sonnet-4-5, context_window: 200000,\n"
+            "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
+            "routes:\n"
+            "  claude: {deployment: sonnet}\n" + DEV_KEY_LINE
+        )
+        server = Server(root)
+        try:
+            server.wait_ready()
+            with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                               max_retries=0) as client:
+                yield client, fake
+        finally:
+            server.stop()
+
+
+def test_openai_sdk_chat_and_stream_through_anthropic(
+    claude: tuple[openai.OpenAI, AnthropicFake],
+) -> None:
+    client, fake = claude
+    completion = client.chat.completions.create(
+        model="claude", messages=[{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Hello from the SDK"}])
+    assert completion.choices[0].message.content == "fake-anthropic: Hello from the SDK"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == "claude-sonnet-4-5"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (9, 5)
+    assert fake.script.requests[-1]["system"] == [{"type": "text", "text": "Be brief."}]
+
+    chunks = list(client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "streamed word by word"}],
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "fake-anthropic: streamed word by word"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def _streamed_turn(client: openai.OpenAI, messages: list[Any]) -> tuple[dict[str, Any], str]:
+    """One streamed answer reassembled into an assistant message, with its finish reason."""
+    text, finish = "", ""
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in client.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                                stream=True):
+        choice = chunk.choices[0]
+        text += choice.delta.content or ""
+        for call in choice.delta.tool_calls or []:
+            slot = calls.setdefault(call.index, {"id": "", "type": "function",
+                                                 "function": {"name": "", "arguments": ""}})
+            slot["id"] += call.id or ""
+            if call.function is not None:
+                slot["function"]["name"] += call.function.name or ""
+                slot["function"]["arguments"] += call.function.arguments or ""
+        finish = choice.finish_reason or finish
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+    return message, finish
+
+
+def test_openai_sdk_streamed_tool_conversation_through_anthropic(
+    claude: tuple[openai.OpenAI, AnthropicFake],
+) -> None:
+    client, fake = claude
+    messages: list[Any] = [{"role": "user", "content": "weather in Oslo?"}]
+    assistant, finish = _streamed_turn(client, messages)
+    assert finish == "tool_calls"
+    assert assistant["content"] == "I'll call lookup."
+    [call] = assistant["tool_calls"]
+    assert call["id"].startswith("toolu_") and call["function"]["name"] == "lookup"
+    assert json.loads(call["function"]["arguments"]) == {"query": "weather in Oslo?"}
+
+    messages += [assistant, {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21 C"}]
+    answer, finish = _streamed_turn(client, messages)
+    assert (answer["content"], finish) == ("tool said: sunny, 21 C", "stop")
+    assert fake.script.requests[-1]["messages"][1:] == [
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "I'll call lookup."},
+            {"type": "tool_use", "id": call["id"], "name": "lookup",
+             "input": {"query": "weather in Oslo?"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny, 21 C"}]},
+    ]

@@ -1,0 +1,511 @@
+"""The anthropic adapter against the Anthropic fake: translation both ways, streams, errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Deployment
+from aigw.runtime.chat_request import ChatRequest
+from aigw.runtime.errors import NoDeploymentAvailable
+from aigw.runtime.providers.anthropic import AnthropicAdapter
+from aigw.runtime.providers.base import ChatCall, EmbeddingCall, Usage
+from aigw.runtime.tokens import TokenCounter
+
+from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.brain import Action
+from ..fakes.serve import serving
+from .conftest import GatewayFactory
+
+CHAT = "/v1/chat/completions"
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
+         "RU5ErkJggg==")
+
+
+@pytest.fixture
+def anthropic_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicFake]:
+    fake = AnthropicFake()
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url  # type: ignore[attr-defined]
+        yield fake
+
+
+def _sections(fake: AnthropicFake) -> str:
+    base = fake.base_url  # type: ignore[attr-defined]
+    return f"""
+    providers:
+      claude: {{type: anthropic, base_url: "{base}", api_key: "${{FAKE_ANTHROPIC_KEY}}"}}
+      claude-v1: {{type: anthropic, base_url: "{base}/v1", api_key: "${{FAKE_ANTHROPIC_KEY}}"}}
+      local: {{type: echo}}
+    deployments:
+      sonnet: {{provider: claude, model: claude-sonnet-4-5, context_window: 200000,
+                max_output_tokens: 1024, capabilities: [streaming, tools, vision, json_schema]}}
+      haiku: {{provider: claude-v1, model: claude-haiku-4-5, context_window: 200000,
+               max_output_tokens: 512, capabilities: [streaming]}}
+      echo: {{provider: local, model: echo-1, context_window: 8192}}
+    groups:
+      once: {{members: [sonnet], retry: {{attempts: 0}}}}
+      claude-then-echo: {{members: [haiku, echo], retry: {{attempts: 0}}}}
+    routes:
+      claude: {{deployment: sonnet}}
+      haiku: {{deployment: haiku}}
+      once: {{group: once}}
+      fallback: {{group: claude-then-echo}}
+    """
+
+
+async def _gateway(fake: AnthropicFake, make_gateway: GatewayFactory) -> httpx.AsyncClient:
+    return await make_gateway(_sections(fake))
+
+
+async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for call in choice["delta"].get("tool_calls", []):
+                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.get("id", "")
+                slot["name"] += call.get("function", {}).get("name", "")
+                slot["arguments"] += call.get("function", {}).get("arguments", "")
+    return calls
+
+
+def _finishes(chunks: list[dict[str, Any]]) -> list[str]:
+    return [c["choices"][0]["finish_reason"] for c in chunks
+            if c["choices"] and c["choices"][0]["finish_reason"]]
+
+
+async def test_plain_chat_is_translated_both_ways(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "claude", "messages": [{"role": "user", "content": "hello there"}],
+        "temperature": 0.2, "top_p": 0.9, "stop": "STOP", "user": "user-42",
+    })
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "fake-anthropic: hello there"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["model"] == "claude-sonnet-4-5"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert anthropic_fake.script.requests[-1] == {
+        "model": "claude-sonnet-4-5", "max_tokens": 1024,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+        "temperature": 0.2, "top_p": 0.9, "stop_sequences": ["STOP"],
+        "metadata": {"user_id": "user-42"},
+    }
+    headers = anthropic_fake.script.headers[-1]
+    assert headers["x-api-key"] == anthropic_fake.api_key
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in headers
+
+
+async def test_a_base_url_ending_in_v1_still_reaches_v1_messages(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "haiku", "messages": [{"role": "user", "content": "hi"}],
+        "max_completion_tokens": 50})
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.script.requests[-1]["max_tokens"] == 50
+
+
+async def test_system_and_developer_messages_are_split_out_and_turns_merged(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={"model": "claude", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+        {"role": "user", "content": "first", "name": "ann"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+    ]})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "fake-anthropic: firstsecond"
+    sent = anthropic_fake.script.requests[-1]
+    assert sent["system"] == [{"type": "text", "text": "Be brief."},
+                              {"type": "text", "text": "Answer in English."}]
+    assert sent["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "first"}, {"type": "text", "text": "second"}]}]
+
+
+async def test_stream_text_with_usage(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    chunks = await _stream(client, {
+        "model": "claude", "messages": [{"role": "user", "content": "a b c"}],
+        "stream_options": {"include_usage": True}})
+    assert _text(chunks) == "fake-anthropic: a b c"
+    assert _finishes(chunks) == ["stop"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 4,
+                                   "total_tokens": 10}
+    assert anthropic_fake.script.requests[-1]["stream"] is True
+
+
+async def test_stream_reassembles_a_tool_call_after_text(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    chunks = await _stream(client, {
+        "model": "claude", "tools": TOOLS,
+        "messages": [{"role": "user", "content": "find the moon"}]})
+    # The tool_use block is Anthropic's block 1; it is OpenAI's tool call 0.
+    assert _tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
+                                       "arguments": json.dumps({"query": "find the moon"})}}
+    assert _text(chunks) == "I'll call lookup."
+    assert _finishes(chunks) == ["tool_calls"]
+    assert anthropic_fake.script.requests[-1]["tools"] == [{
+        "name": "lookup", "description": "Look a thing up",
+        "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+    assert "tool_choice" not in anthropic_fake.script.requests[-1]
+
+
+async def test_multi_turn_tool_conversation(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    first = (await client.post(CHAT, json={
+        "model": "claude", "tools": TOOLS, "messages": [{"role": "user", "content": "weather?"}],
+    })).json()
+    message = first["choices"][0]["message"]
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["content"] == "I'll call lookup."
+    assert message["tool_calls"] == [{"id": "toolu_fake1", "type": "function", "function": {
+        "name": "lookup", "arguments": json.dumps({"query": "weather?"})}}]
+    second = await client.post(CHAT, json={"model": "claude", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "weather?"},
+        message,
+        {"role": "tool", "tool_call_id": "toolu_fake1", "content": "sunny"},
+        {"role": "user", "content": "and tomorrow?"},
+    ]})
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "tool said: sunny"
+    assert anthropic_fake.script.requests[-1]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "I'll call lookup."},
+            {"type": "tool_use", "id": "toolu_fake1", "name": "lookup",
+             "input": {"query": "weather?"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_fake1", "content": "sunny"},
+            {"type": "text", "text": "and tomorrow?"}]},
+    ]
+
+
+@pytest.mark.parametrize(("tool_choice", "parallel", "sent"), [
+    ("required", None, {"type": "any"}),
+    ({"type": "function", "function": {"name": "lookup"}}, False,
+     {"type": "tool", "name": "lookup", "disable_parallel_tool_use": True}),
+    (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+    ("none", False, {"type": "none"}),
+])
+async def test_tool_choice_and_parallel_tool_calls(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory,
+    tool_choice: object, parallel: bool | None, sent: dict[str, object],
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    payload: dict[str, Any] = {"model": "claude", "tools": TOOLS, "tool_choice": tool_choice,
+                               "messages": [{"role": "user", "content": "x"}]}
+    if parallel is not None:
+        payload["parallel_tool_calls"] = parallel
+    response = await client.post(CHAT, json=payload)
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.script.requests[-1]["tool_choice"] == sent
+    finish = response.json()["choices"][0]["finish_reason"]
+    assert finish == ("stop" if tool_choice == "none" else "tool_calls")
+
+
+async def test_images_become_base64_and_url_sources(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={"model": "claude", "messages": [{
+        "role": "user", "content": [
+            {"type": "text", "text": "compare"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg",
+                                                "detail": "high"}},
+        ]}]})
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.script.requests[-1]["messages"][0]["content"][1:] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": PIXEL}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
+    calls = len(anthropic_fake.script.requests)
+    refused = await client.post(CHAT, json={"model": "claude", "messages": [{
+        "role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "messages[0].content[0].image_url"
+    assert len(anthropic_fake.script.requests) == calls
+
+
+async def test_stop_reasons_map_to_finish_reasons(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    words = "one two three four five"
+
+    async def finish(**extra: Any) -> tuple[str, str | None]:
+        response = await client.post(CHAT, json={
+            "model": "claude", "messages": [{"role": "user", "content": words}], **extra})
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        return choice["finish_reason"], choice["message"]["content"]
+
+    assert await finish() == ("stop", f"fake-anthropic: {words}")
+    assert await finish(max_completion_tokens=3) == ("length", "fake-anthropic: one two")
+    assert await finish(stop=["three"]) == ("stop", "fake-anthropic: one two ")
+    anthropic_fake.script.actions.append(Action(body={
+        "id": "msg_refused", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "I can"}], "stop_reason": "refusal",
+        "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 2}}))
+    assert await finish() == ("content_filter", "I can")
+    chunks = await _stream(client, {
+        "model": "claude", "messages": [{"role": "user", "content": words}], "max_tokens": 2})
+    assert (_text(chunks), _finishes(chunks)) == ("fake-anthropic: one", ["length"])
+
+
+def _deployment(fake: AnthropicFake, tmp_path: Path) -> Deployment:
+    """The ``sonnet`` deployment, as the compiler builds it."""
+    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(_sections(fake)))
+    result = compile_gateway(tmp_path, {"FAKE_ANTHROPIC_KEY": fake.api_key})
+    assert result.graph is not None, result.errors
+    return result.graph.deployments["sonnet"]
+
+
+def _call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:
+    return ChatCall(ChatRequest.model_validate(request), deployment, 10, 1024)
+
+
+async def test_usage_counts_cache_reads_and_writes_as_prompt_tokens(
+    anthropic_fake: AnthropicFake, counter: TokenCounter, tmp_path: Path
+) -> None:
+    deployment = _deployment(anthropic_fake, tmp_path)
+    adapter = AnthropicAdapter(deployment.provider, counter)
+    request = {"model": "claude", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "a long shared instruction text",
+                                        "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "hi"}]}
+    try:
+        first = await adapter.complete(_call(deployment, request))
+        deltas = [delta async for delta in adapter.stream(_call(deployment, request))]
+    finally:
+        await adapter.aclose()
+    assert anthropic_fake.script.requests[0]["system"][0]["cache_control"] == {
+        "type": "ephemeral"}
+    assert first.usage == Usage(prompt_tokens=9, completion_tokens=2, cached_tokens=0,
+                                cache_creation_tokens=5)
+    assert deltas[-1].usage == Usage(prompt_tokens=9, completion_tokens=2, cached_tokens=5,
+                                     cache_creation_tokens=0)
+    assert all(delta.usage is None for delta in deltas[:-1])
+
+
+async def test_cached_tokens_reach_the_client(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    payload = {"model": "claude", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "shared prefix",
+                                        "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "hi"}]}
+    await client.post(CHAT, json=payload)
+    usage = (await client.post(CHAT, json=payload)).json()["usage"]
+    assert usage["prompt_tokens"] == 6
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 2}
+
+
+@pytest.mark.parametrize(("status", "kind", "message", "expected_status", "code"), [
+    (529, "overloaded_error", "Overloaded", 503, "upstream_overloaded"),
+    (400, "invalid_request_error", "prompt is too long: 208310 tokens > 200000 maximum",
+     400, "context_length_exceeded"),
+    (413, "request_too_large", "Request exceeds the maximum allowed number of bytes.",
+     400, "context_length_exceeded"),
+    (500, "api_error", "Internal server error", 502, "upstream_error"),
+    (403, "permission_error", "Your API key does not have permission", 502,
+     "upstream_auth_failed"),
+    (404, "not_found_error", "model: claude-nope", 400, "invalid_request"),
+])
+async def test_error_types_keep_their_meaning(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory,
+    status: int, kind: str, message: str, expected_status: int, code: str,
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    body = {"type": "error", "error": {"type": kind, "message": message},
+            "request_id": "req_1"}
+    for stream in (False, True):
+        anthropic_fake.script.actions.append(Action(status=status, body=body))
+        response = await client.post(CHAT, json={
+            "model": "once", "stream": stream, "messages": [{"role": "user", "content": "x"}]})
+        assert response.status_code == expected_status, response.text
+        assert response.json()["error"]["code"] == code
+
+
+async def test_rate_limit_keeps_retry_after(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    anthropic_fake.script.actions.append(Action(status=429, headers={"retry-after": "7"}))
+    limited = await client.post(CHAT, json={
+        "model": "once", "messages": [{"role": "user", "content": "x"}]})
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "7"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_rejected_provider_key_never_reaches_the_client(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    key = anthropic_fake.api_key
+    anthropic_fake.api_key = "sk-ant-some-other-key"
+    response = await client.post(CHAT, json={
+        "model": "claude", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_auth_failed"
+    assert key not in response.text and key[-4:] not in response.text
+
+
+async def test_an_error_event_mid_stream_ends_the_stream_with_its_meaning(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    anthropic_fake.script.actions.append(Action(body=overloaded, cut_stream_after=5))
+    async with client.stream("POST", CHAT, json={
+        "model": "claude", "stream": True,
+        "messages": [{"role": "user", "content": "a b c"}]}) as response:
+        assert response.status_code == 200
+        raw = (await response.aread()).decode()
+    events = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")
+              if e and e != "data: [DONE]"]
+    assert _text(events[:-1]) == "fake-anthropic: a"
+    assert events[-1]["error"]["code"] == "upstream_overloaded"
+
+
+async def test_an_error_event_before_any_content_falls_back(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    anthropic_fake.script.actions.append(Action(body=overloaded, cut_stream_after=1))
+    async with client.stream("POST", CHAT, json={
+        "model": "fallback", "stream": True,
+        "messages": [{"role": "user", "content": "still here"}]}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-aigw-deployment"] == "echo"
+        assert response.headers["x-aigw-attempts"] == "2"
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"n": 2}, "n"),
+    ({"seed": 7}, "seed"),
+    ({"temperature": 1.5}, "temperature"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0]"),
+    ({"some_new_parameter": 1}, "some_new_parameter"),
+])
+async def test_a_parameter_anthropic_cannot_honour_is_refused_by_name(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory,
+    extra: dict[str, object], param: str,
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "claude", "messages": [{"role": "user", "content": "x"}], **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert anthropic_fake.script.requests == []
+
+
+async def test_neutral_and_descriptive_parameters_are_accepted(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "claude", "messages": [{"role": "user", "content": "x"}],
+        "n": 1, "seed": None, "frequency_penalty": 0, "presence_penalty": 0.0,
+        "logprobs": False, "logit_bias": {}, "store": True, "metadata": {"app": "t"},
+        "service_tier": "auto", "top_k": 5, "response_format": {"type": "text"}})
+    assert response.status_code == 200, response.text
+    sent = anthropic_fake.script.requests[-1]
+    assert sent["top_k"] == 5
+    assert {"store", "metadata", "service_tier", "output_config"}.isdisjoint(sent)
+
+
+async def test_json_schema_becomes_a_structured_output_format(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(anthropic_fake, make_gateway)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    response = await client.post(CHAT, json={
+        "model": "claude", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "place", "schema": schema, "strict": True}}})
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.script.requests[-1]["output_config"] == {
+        "format": {"type": "json_schema", "schema": schema}}
+
+
+async def test_embeddings_are_refused_by_the_adapter(
+    anthropic_fake: AnthropicFake, counter: TokenCounter, tmp_path: Path
+) -> None:
+    deployment = _deployment(anthropic_fake, tmp_path)
+    adapter = AnthropicAdapter(deployment.provider, counter)
+    with pytest.raises(NoDeploymentAvailable, match="has no embeddings API"):
+        await adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))
+    await adapter.aclose()
+
+
+def test_the_fake_speaks_the_wire_format_the_official_sdk_reads(
+    anthropic_fake: AnthropicFake,
+) -> None:
+    sdk = anthropic.Anthropic(
+        base_url=anthropic_fake.base_url,  # type: ignore[attr-defined]
+        api_key="unused", max_retries=0,
+        default_headers={"x-api-key": anthropic_fake.api_key, "anthropic-version": "2023-06-01"})
+    tools: Any = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    with sdk.messages.stream(model="claude", max_tokens=64, tools=tools,
+                             messages=[{"role": "user", "content": "find it"}]) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["text", "tool_use"]
+    assert message.content[1].input == {"query": "find it"}  # type: ignore[union-attr]
+    assert message.stop_reason == "tool_use"
+    with pytest.raises(anthropic.BadRequestError, match="first message must use the"):
+        sdk.messages.create(model="claude", max_tokens=8,
+                            messages=[{"role": "assistant", "content": "x"}])
+    sdk.close()

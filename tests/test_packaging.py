@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aigw.cli import main
 from aigw.compiler import compile_gateway
 from aigw.compiler.schema import json_schemas
-
-from aigw.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

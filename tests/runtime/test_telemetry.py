@@ -32,7 +32,8 @@ async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClien
         "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x y"}],
     }) as response:
         await response.aread()
-    await client.post(CHAT, json={"model": "missing", "messages": [{"role": "user", "content": "x"}]})
+    unknown = {"model": "missing", "messages": [{"role": "user", "content": "x"}]}
+    await client.post(CHAT, json=unknown)
 
     text = (await client.get("/metrics")).text
     assert _sample(text, "aigw_requests_total", route="fast", deployment="echo-small",

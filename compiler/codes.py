@@ -79,6 +79,7 @@ PROVIDER_FIELD_NOT_APPLICABLE = _error("AGW319", "field does not apply to this p
 GROUP_WEIGHT_NOT_MEMBER = _error("AGW320", "weight given for a deployment that is not a member")
 NO_EMBEDDINGS_API = _error("AGW321", "provider type has no embeddings API")
 PROVIDER_EXTRA_MISSING = _warning("AGW322", "provider type needs an extra that is not installed")
+REF_ROUTE = _error("AGW323", "unknown route")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -23,6 +23,7 @@ from .graph import (
     Policy,
     Price,
     Provider,
+    Quota,
     RetryPolicy,
     Route,
     Settings,
@@ -31,7 +32,7 @@ from .graph import (
 )
 from .link import Linked
 from .source import SourceFile
-from .spec import CircuitBreakerSpec, GroupSpec
+from .spec import BudgetSpec, CircuitBreakerSpec, GroupSpec, LimitsSpec, PerUserSpec
 
 V = TypeVar("V")
 
@@ -127,23 +128,27 @@ def freeze(
     teams = {
         name: Team(
             name=name,
-            budget_amount=entry.spec.budget.amount if entry.spec.budget else None,
-            budget_period=entry.spec.budget.period if entry.spec.budget else None,
-            rpm=entry.spec.limits.rpm if entry.spec.limits else None,
-            tpm=entry.spec.limits.tpm if entry.spec.limits else None,
+            quota=_quota(entry.spec.limits, entry.spec.budget),
+            per_user=_per_user(entry.spec.per_user),
         )
         for name, entry in linked.teams.items()
     }
-    keys = {
-        item.sha256: ApiKey(
+    keys = {}
+    for name, item in linked.keys.items():
+        if item.sha256 is None:
+            continue
+        spec = item.entry.spec
+        team = teams[spec.team] if spec.team else None
+        per_user = _per_user(spec.per_user) if spec.per_user else None
+        keys[item.sha256] = ApiKey(
             name=name,
-            team=teams[item.entry.spec.team] if item.entry.spec.team else None,
-            admin=item.entry.spec.admin,
+            team=team,
+            admin=spec.admin,
+            quota=_quota(spec.limits, spec.budget),
+            per_user=per_user or (team.per_user if team else Quota()),
+            routes=frozenset(spec.routes) if spec.routes is not None else None,
             sha256=item.sha256,
         )
-        for name, item in linked.keys.items()
-        if item.sha256 is not None
-    }
     settings = linked.settings
     return Graph(
         fingerprint=fingerprint(sources),
@@ -153,6 +158,10 @@ def freeze(
             max_request_bytes=settings.max_request_bytes,
             hide_policy_ids=settings.hide_policy_ids,
             log_level=settings.log_level,
+            store_failure=settings.store_failure,
+            reservation_ttl_s=settings.reservation_ttl_s,
+            stop_streams_over_budget=settings.stop_streams_over_budget,
+            user_header=settings.user_header,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),
@@ -164,6 +173,19 @@ def freeze(
         pipelines=_frozen({n: Pipeline(n, path) for n, path in linked.pipelines.items()}),
         warnings=warnings,
     )
+
+
+def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:
+    return Quota(
+        rpm=limits.rpm if limits else None,
+        tpm=limits.tpm if limits else None,
+        budget=budget.amount if budget else None,
+        period=budget.period if budget else "month",
+    )
+
+
+def _per_user(spec: PerUserSpec | None) -> Quota:
+    return _quota(spec.limits, spec.budget) if spec else Quota()
 
 
 def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:

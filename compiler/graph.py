@@ -27,6 +27,24 @@ class Settings:
     max_request_bytes: int
     hide_policy_ids: bool
     log_level: Literal["debug", "info", "warning", "error"]
+    store_failure: Literal["fail_closed", "fail_open"]
+    reservation_ttl_s: float
+    stop_streams_over_budget: bool
+    user_header: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Rate limits and a budget of one subject; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: float | None = None
+    period: Literal["day", "month", "total"] = "month"
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm is None and self.tpm is None and self.budget is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +159,8 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Team:
     name: str
-    budget_amount: float | None
-    budget_period: str | None
-    rpm: int | None
-    tpm: int | None
+    quota: Quota
+    per_user: Quota  # of each end user of the team's keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +170,9 @@ class ApiKey:
     name: str
     team: Team | None
     admin: bool
+    quota: Quota
+    per_user: Quota  # of each end user of this key: its own, else its team's
+    routes: frozenset[str] | None  # the routes it may call; None: all
     sha256: str = field(repr=False)
 
 

@@ -137,6 +137,12 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     routing_ok = sink.error_count == errors_before
     known_teams = _known(teams, validated, "teams")
     keys = _link_keys(_entries(tables, "keys", KeySpec), known_teams, environ, sink)
+    known_routes = _known(routes, validated, "routes")
+    for item in keys.values():
+        for index, route_name in enumerate(item.entry.spec.routes or ()):
+            if route_name not in known_routes:
+                _unknown(sink, codes.REF_ROUTE, "route", route_name, known_routes,
+                         item.entry.value("routes", index), f"key '{item.entry.name}'")
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
     # Reachability is only worth saying about a routing table without errors: a typo

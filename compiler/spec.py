@@ -63,6 +63,19 @@ class SettingsSpec(Spec):
         False, description="Leave the deciding Cedar policy ids out of 403 responses."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    store_failure: Literal["fail_closed", "fail_open"] = Field(
+        "fail_closed",
+        description="When Redis is unreachable: refuse with 503, or enforce local limits.",
+    )
+    reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
+        900.0, description="A budget hold nobody settles (a crashed gateway) expires after this."
+    )
+    stop_streams_over_budget: bool = Field(
+        False, description="Cut a stream mid-flight when its budget runs out."
+    )
+    user_header: str = Field(
+        "x-aigw-user", description="Header naming the end user when the body has no 'user'."
+    )
     circuit_breaker: CircuitBreakerSpec = Field(
         CircuitBreakerSpec(), description="Default circuit breaker of every deployment."
     )
@@ -217,8 +230,17 @@ class RouteSpec(Spec):
 
 
 class BudgetSpec(Spec):
+    """Money in the price table's currency, per calendar period (UTC) or in total."""
+
     amount: NonNegativeFloat
     period: Literal["day", "month", "total"] = "month"
+
+
+class PerUserSpec(Spec):
+    """What each end user (the request's ``user`` field) may use, on its own."""
+
+    budget: BudgetSpec | None = None
+    limits: LimitsSpec | None = None
 
 
 class TeamSpec(Spec):
@@ -226,6 +248,7 @@ class TeamSpec(Spec):
 
     budget: BudgetSpec | None = None
     limits: LimitsSpec | None = None
+    per_user: PerUserSpec | None = Field(None, description="Limits of each end user.")
 
 
 class KeySpec(Spec):
@@ -236,6 +259,12 @@ class KeySpec(Spec):
     secret: str | None = Field(None, description="The key itself, as ${ENV_VAR}.")
     sha256: str | None = Field(None, description="Hex sha256 digest of the key.")
     description: str | None = None
+    routes: list[str] | None = Field(None, description="Routes this key may call (default all).")
+    budget: BudgetSpec | None = None
+    limits: LimitsSpec | None = None
+    per_user: PerUserSpec | None = Field(
+        None, description="Limits of each end user of this key (overrides the team's)."
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeySpec:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter

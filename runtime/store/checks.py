@@ -39,6 +39,7 @@ from .values import (
 )
 
 SECONDS_PER_WINDOW = 60.0
+DAY_SECONDS = 86_400.0
 # A denial caused only by other requests' holds: they settle within seconds, usually.
 HELD_RETRY_AFTER = 1.0
 # How long after its period ends a budget counter is kept (for /admin and late settles).
@@ -91,34 +92,31 @@ class Plan:
 
 def period_key(period: Period, now: float) -> str:
     """``period_key(Period.MONTH, 1767225600.0) == "2026-01"`` (UTC calendar periods)."""
+    if period is Period.TOTAL:
+        return "total"
     when = datetime.fromtimestamp(now, UTC)
     if period is Period.DAY:
-        return when.strftime("%Y-%m-%d")
-    if period is Period.MONTH:
-        return when.strftime("%Y-%m")
-    return "total"
+        return f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
+    return f"{when.year:04d}-{when.month:02d}"
 
 
 def period_end(period: Period, now: float) -> float | None:
     """When the period containing ``now`` ends (None: a total budget never resets)."""
-    when = datetime.fromtimestamp(now, UTC)
-    start = when.replace(hour=0, minute=0, second=0, microsecond=0)
     if period is Period.DAY:
-        return start.timestamp() + 86_400.0
+        return (now // DAY_SECONDS + 1) * DAY_SECONDS  # POSIX days are all 86,400 s
     if period is Period.MONTH:
-        first = start.replace(day=1)
-        following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+        when = datetime.fromtimestamp(now, UTC)
+        following = datetime(when.year + when.month // 12, when.month % 12 + 1, 1, tzinfo=UTC)
         return following.timestamp()
     return None
 
 
 def period_start(period: Period, key: str) -> float:
     """The inverse of ``period_key``: when the period it names began (0 for total)."""
-    if period is Period.DAY:
-        return datetime.strptime(key, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
-    if period is Period.MONTH:
-        return datetime.strptime(key, "%Y-%m").replace(tzinfo=UTC).timestamp()
-    return 0.0
+    if period is Period.TOTAL:
+        return 0.0
+    day = int(key[8:10]) if period is Period.DAY else 1
+    return datetime(int(key[:4]), int(key[5:7]), day, tzinfo=UTC).timestamp()
 
 
 def keep_seconds(check: BudgetCheck, now: float) -> int:
@@ -196,34 +194,45 @@ def decide(
 
     ``levels`` are the buckets' levels now, ``budgets`` each counter's (spent, held).
     """
-    worst: Denied | None = None
-    worst_wait = -1.0
+    cost = checks.cost_nanos
+    short = [
+        (bucket, level)
+        for bucket, level in zip(checks.buckets, levels, strict=True)
+        if bucket.need > level
+    ]
+    over = [
+        (budget, spent, held)
+        for budget, (spent, held) in zip(checks.budgets, budgets, strict=True)
+        if spent + held + cost > budget.amount_nanos
+    ]
+    if not short and not over:
+        return None
     rate = rate_status(checks, levels, granted=False)
-    for bucket, level in zip(checks.buckets, levels, strict=True):
-        if bucket.need > level:
-            denied = _bucket_denial(bucket, level, rate)
-            wait = math.inf if denied.retry_after is None else denied.retry_after
-            if wait > worst_wait:
-                worst, worst_wait = denied, wait
-    for budget, (spent, held) in zip(checks.budgets, budgets, strict=True):
-        if spent + held + checks.cost_nanos > budget.amount_nanos:
-            denied = _budget_denial(budget, spent, held, checks.cost_nanos, now, rate)
-            wait = math.inf if denied.retry_after is None else denied.retry_after
-            if wait > worst_wait:
-                worst, worst_wait = denied, wait
-    return worst
+    denials = [_bucket_denial(bucket, level, rate) for bucket, level in short]
+    denials += [_budget_denial(b, spent, held, cost, now, rate) for b, spent, held in over]
+    return max(denials, key=lambda d: math.inf if d.retry_after is None else d.retry_after)
 
 
 def rate_status(checks: Plan, levels: Sequence[float], *, granted: bool) -> RateStatus:
     """The tightest requests and tokens buckets, after this request if it was granted."""
-    tightest: dict[Exceeded, RateWindow] = {}
+    tightest: dict[Exceeded, tuple[float, BucketCheck]] = {}
     for bucket, level in zip(checks.buckets, levels, strict=True):
         after = level - bucket.need if granted else level
-        window = RateWindow(bucket.cap, math.floor(after), (bucket.cap - after) / bucket.rate)
         best = tightest.get(bucket.unit)
-        if best is None or (window.remaining, -window.reset) < (best.remaining, -best.reset):
-            tightest[bucket.unit] = window
-    return RateStatus(tightest.get(Exceeded.REQUESTS), tightest.get(Exceeded.TOKENS))
+        # Fewest whole units left first; among equals, the one that takes longest to fill.
+        if best is None or (math.floor(after), (after - bucket.cap) / bucket.rate) < (
+            math.floor(best[0]),
+            (best[0] - best[1].cap) / best[1].rate,
+        ):
+            tightest[bucket.unit] = (after, bucket)
+
+    def window(unit: Exceeded) -> RateWindow | None:
+        if unit not in tightest:
+            return None
+        after, bucket = tightest[unit]
+        return RateWindow(bucket.cap, math.floor(after), (bucket.cap - after) / bucket.rate)
+
+    return RateStatus(window(Exceeded.REQUESTS), window(Exceeded.TOKENS))
 
 
 _UNIT_LABEL = {Exceeded.REQUESTS: "requests per min (RPM)", Exceeded.TOKENS: "tokens per min (TPM)"}

@@ -16,7 +16,6 @@ from .checks import SETTLE_GRACE, Plan, decide, period_key, rate_status, refill,
 from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope
 
 Counter = tuple[str, str, str]  # (scope, name, period_key)
-_HOLD, _FORGET = 0, 1
 SWEEP_EVERY = 60.0
 
 
@@ -24,6 +23,16 @@ SWEEP_EVERY = 60.0
 class _Bucket:
     level: float
     since: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """A reservation not settled yet: until ``deadline`` it holds its budget counters
+    (``holding``); after that, a settle is still accepted until the next deadline."""
+
+    deadline: float
+    counters: tuple[Counter, ...]
+    holding: bool
 
 
 @dataclass(slots=True)
@@ -40,9 +49,8 @@ class MemoryLimits:
         self.origin = origin
         self._buckets: dict[tuple[str, str, str], _Bucket] = {}
         self._budgets: dict[Counter, _Budget] = {}
-        self._holding: dict[str, tuple[float, tuple[Counter, ...]]] = {}
-        self._unsettled: dict[str, float] = {}  # request id -> last moment a settle counts
-        self._timers: list[tuple[float, int, str]] = []
+        self._open: dict[str, _Open] = {}
+        self._timers: list[tuple[float, str]] = []  # (deadline, request id), some stale
         self._next_sweep = 0.0
 
     def missing(self, counters: tuple[Counter, ...]) -> tuple[Counter, ...]:
@@ -57,7 +65,7 @@ class MemoryLimits:
     ) -> Reservation | Denied:
         """A ``Reservation``, or the ``Denied`` that explains why not."""
         self._expire(now)
-        if request_id in self._unsettled:
+        if request_id in self._open:
             raise ValueError(f"request {request_id!r} already holds a reservation")
         buckets = [
             self._bucket(check.scope, check.name, check.unit, check.cap, now)
@@ -75,10 +83,8 @@ class MemoryLimits:
             budget.held += checks.cost_nanos
             budget.holds[request_id] = checks.cost_nanos
         counters = tuple(check.counter for check in checks.budgets)
-        self._holding[request_id] = (expires_at, counters)
-        self._unsettled[request_id] = expires_at + SETTLE_GRACE
-        heapq.heappush(self._timers, (expires_at, _HOLD, request_id))
-        heapq.heappush(self._timers, (expires_at + SETTLE_GRACE, _FORGET, request_id))
+        self._open[request_id] = _Open(expires_at, counters, holding=True)
+        heapq.heappush(self._timers, (expires_at, request_id))
         return Reservation(
             request_id=request_id,
             limits=checks.limits,
@@ -96,12 +102,14 @@ class MemoryLimits:
         Returns what was charged, or None when this reservation was settled already.
         """
         self._expire(now)
-        if self._unsettled.pop(reservation.request_id, None) is None:
+        opened = self._open.pop(reservation.request_id, None)
+        if opened is None:
             return None
-        held = self._holding.pop(reservation.request_id, None)
-        for counter in held[1] if held else ():
-            budget = self._budgets[counter]
-            budget.held -= budget.holds.pop(reservation.request_id, 0)
+        if opened.holding:
+            self._unhold(reservation.request_id, opened.counters)
+        if len(self._timers) > 2 * len(self._open) + 1024:  # drop the settled ones' timers
+            self._timers = [(item.deadline, rid) for rid, item in self._open.items()]
+            heapq.heapify(self._timers)
         charge = settle_plan(reservation, tokens, cost)
         for check in charge.budgets:
             self._budget(check.counter).spent += charge.cost_nanos
@@ -145,22 +153,25 @@ class MemoryLimits:
             budget = self._budgets[counter] = _Budget(0)
         return budget
 
+    def _unhold(self, request_id: str, counters: tuple[Counter, ...]) -> None:
+        for counter in counters:
+            budget = self._budgets[counter]
+            budget.held -= budget.holds.pop(request_id, 0)
+
     def _expire(self, now: float) -> None:
         """Drop the holds of reservations past their TTL, and forget old unsettled ones."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            when, kind, request_id = heapq.heappop(timers)
-            if kind == _FORGET:
-                if self._unsettled.get(request_id) == when:
-                    del self._unsettled[request_id]
-                continue
-            held = self._holding.get(request_id)
-            if held is None or held[0] != when:
+            deadline, request_id = heapq.heappop(timers)
+            opened = self._open.get(request_id)
+            if opened is None or opened.deadline != deadline:
                 continue  # settled already, or the id was reserved again since
-            del self._holding[request_id]
-            for counter in held[1]:
-                budget = self._budgets[counter]
-                budget.held -= budget.holds.pop(request_id, 0)
+            if opened.holding:
+                self._unhold(request_id, opened.counters)
+                self._open[request_id] = _Open(deadline + SETTLE_GRACE, opened.counters, False)
+                heapq.heappush(timers, (deadline + SETTLE_GRACE, request_id))
+            else:
+                del self._open[request_id]
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_EVERY
             self._sweep(now)

@@ -12,13 +12,18 @@ reach another subject's key)::
     rec:<request id>                          one ledger record (a hash)
     ledger                                    request ids by time
 
-When Redis cannot be reached (connection refused, timeout), ``on_unavailable``
-decides: ``fail_closed`` makes ``reserve`` and ``budgets`` raise
-``StoreUnavailable``; ``fail_open`` answers them from limits kept in this process
-(``MemoryLimits``) for the time being. Either way settles and ledger records are
-queued in memory and written once Redis answers again, which is tried again at most
-every ``probe_interval`` seconds. How durable a written record is, is Redis' own
-setting: run it with ``appendonly yes`` (``appendfsync always`` for every write).
+When Redis cannot answer (connection refused, timeout, an error reply),
+``on_unavailable`` decides: ``fail_closed`` makes ``reserve`` and ``budgets`` raise
+``StoreUnavailable`` (a 503); ``fail_open`` answers them from limits kept in this
+process (``MemoryLimits``) for the time being, logged. Those local limits know only
+what this replica did during the outage (a budget starts from zero spent), and the
+spend of requests admitted locally is charged to Redis when it returns. Either way
+settles and ledger records are queued in memory (up to ``outbox_limit``) and
+written once Redis answers again, which is tried at most every
+``probe_interval`` seconds; ``summary`` raises ``StoreUnavailable`` meanwhile.
+
+How durable a written record is, is Redis' own setting: run it with ``appendonly
+yes`` (and ``appendfsync always`` for every write on disk before the reply).
 """
 
 from __future__ import annotations
@@ -38,9 +43,7 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreUnavailable
 from . import lua
@@ -73,8 +76,9 @@ log = logging.getLogger("aigw.store")
 
 DEFAULT_TTL = 600.0
 PAGE = 500
-# Redis is unreachable: these are the errors that say so (not a refused command).
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis cannot answer: down, too slow, or refusing (out of memory, a read-only replica
+# after a failover). All of them mean "unavailable" until a later attempt succeeds.
+UNREACHABLE = (RedisError, OSError)
 
 
 class OnUnavailable(StrEnum):
@@ -169,8 +173,6 @@ class RedisStore:
                 decision = await self._reserve(request_id, checks, now, ttl)
             except UNREACHABLE as exc:
                 self._lost(exc)
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis refused a reservation: {exc}") from exc
             else:
                 self._back()
                 return decision
@@ -199,8 +201,6 @@ class RedisStore:
                 statuses = await self._budgets(checks, now)
             except UNREACHABLE as exc:
                 self._lost(exc)
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis refused to read budgets: {exc}") from exc
             else:
                 self._back()
                 return statuses
@@ -217,8 +217,6 @@ class RedisStore:
                 rows = await self._summary(query)
             except UNREACHABLE as exc:
                 self._lost(exc)
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis refused a usage query: {exc}") from exc
             else:
                 self._back()
                 return rows
@@ -420,8 +418,6 @@ class RedisStore:
                 await write()
             except UNREACHABLE as exc:
                 self._lost(exc)
-            except RedisError as exc:
-                log.error("redis store refused a write (queued to retry): %s", exc)
             else:
                 self._back()
                 return
@@ -437,9 +433,6 @@ class RedisStore:
                 await write()
             except UNREACHABLE as exc:
                 self._lost(exc)
-                return
-            except RedisError as exc:
-                log.error("redis store refused a queued write (kept): %s", exc)
                 return
             if self._outbox and self._outbox[0] is write:
                 self._outbox.popleft()

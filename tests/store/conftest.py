@@ -1,0 +1,101 @@
+"""Store fixtures: each store under one test clock, and the real Redis they share.
+
+Redis tests use ``AIGW_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/15); when the
+default server is not up, ``scripts/redis`` installs and starts it. Every test gets
+its own key namespace and deletes only that namespace afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from aigw.runtime.store import EmbeddedStore, RedisStore, Store
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@dataclass(slots=True)
+class ManualClock:
+    """A clock that only moves when told to."""
+
+    at: float = field(default=1_767_225_600.0)  # 2026-01-01T00:00:00Z
+
+    def now(self) -> float:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += seconds
+
+
+def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("AIGW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if not _pings(url) and url == DEFAULT_REDIS_URL:
+        subprocess.run([REPO / "scripts" / "redis"], check=True)
+    if not _pings(url):
+        pytest.fail(f"no Redis answers at {url}; run ./scripts/redis or set AIGW_TEST_REDIS_URL")
+    return url
+
+
+def drop_namespace(url: str, namespace: str) -> None:
+    """Delete this test's keys, and nothing else, from the shared Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"aigw-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def redis_store(
+    redis_url: str, namespace: str, clock: ManualClock
+) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_url, namespace=namespace, clock=clock)
+    yield store
+    await store.aclose()
+    drop_namespace(redis_url, namespace)
+
+
+@pytest.fixture
+async def embedded_store(tmp_path: Path, clock: ManualClock) -> AsyncIterator[EmbeddedStore]:
+    store = await EmbeddedStore.open(tmp_path / "store.sqlite", clock=clock)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request: pytest.FixtureRequest) -> Store:
+    """The same tests run against both stores."""
+    chosen: Store = request.getfixturevalue(f"{request.param}_store")
+    return chosen

@@ -1,0 +1,227 @@
+"""Redis stopped and started while calls flow, on a private redis-server (the shared
+one is never touched): fail_closed refuses, fail_open answers from local limits, and
+both go back to Redis, with the writes queued meanwhile, once it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from aigw.runtime.errors import StoreUnavailable
+from aigw.runtime.store import (
+    Budget,
+    Denied,
+    Limits,
+    OnUnavailable,
+    RedisStore,
+    Reservation,
+    Scope,
+)
+
+from .test_contract import RECORD
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, with no persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; run ./scripts/redis")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        try:
+            for _ in range(100):
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        pytest.fail(f"the private redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+LIMITS = [Limits(Scope.KEY, "ci-bot", rpm=100_000)]
+
+
+class Traffic:
+    """Calls flowing in the background (reserve, settle, record), each outcome noted:
+    the reservation's origin ("redis" or "local"), or "refused"."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.outcomes: list[tuple[str, str]] = []  # (request id, outcome)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for _, seen in self.outcomes if seen == outcome)
+
+    def ids(self, outcome: str) -> list[str]:
+        return [request_id for request_id, seen in self.outcomes if seen == outcome]
+
+    async def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            request_id = f"flow-{n}"
+            try:
+                decision = await self.store.reserve(request_id, LIMITS, tokens=10, cost=0.001)
+            except StoreUnavailable:
+                outcome = "refused"
+            else:
+                assert isinstance(decision, Reservation)
+                outcome = decision.origin
+                await self.store.settle(decision, tokens=5, cost=0.0005)
+            await self.store.record(replace(RECORD, request_id=request_id))
+            self.outcomes.append((request_id, outcome))
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task  # re-raises anything unexpected that the calls raised
+
+
+async def eventually(what: str, condition: Callable[[], Awaitable[bool] | bool]) -> None:
+    """Poll ``condition`` for at most 10 seconds (a bounded loop, no timing asserts)."""
+    for _ in range(200):
+        outcome = condition()
+        if await outcome if inspect.isawaitable(outcome) else outcome:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+async def in_ledger(url: str, request_ids: list[str]) -> bool:
+    """Whether Redis holds these ledger records (read straight from Redis)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        return all([await client.exists(f"aigw:rec:{rid}") for rid in request_ids])
+    except redis.ConnectionError:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def test_fail_closed_refuses_while_redis_is_down_and_recovers(
+    private_redis: PrivateRedis,
+) -> None:
+    store = RedisStore.from_url(private_redis.url, probe_interval=0.05, timeout=0.5)
+    traffic = Traffic(store)
+    try:
+        await eventually("traffic to flow", lambda: traffic.count("redis") >= 5)
+
+        private_redis.stop()
+        await eventually("refusals", lambda: traffic.count("refused") >= 5)
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.reserve("direct", LIMITS, tokens=0, cost=0.0)
+        assert (raised.value.status, raised.value.code) == (503, "store_unavailable")
+        assert not store.available
+        refused = traffic.ids("refused")
+
+        private_redis.start()
+        served = traffic.count("redis")
+        await eventually("redis to serve again", lambda: traffic.count("redis") > served + 5)
+        await eventually(
+            "the records queued during the outage",
+            lambda: in_ledger(private_redis.url, refused),
+        )
+    finally:
+        await traffic.stop()
+        await store.aclose()
+    assert store.available
+    assert traffic.count("local") == 0
+    assert traffic.outcomes[-1][1] == "redis"
+
+
+async def test_fail_open_answers_from_local_limits_and_goes_back_to_redis(
+    private_redis: PrivateRedis,
+) -> None:
+    store = RedisStore.from_url(
+        private_redis.url,
+        on_unavailable=OnUnavailable.FAIL_OPEN,
+        probe_interval=0.05,
+        timeout=0.5,
+    )
+    traffic = Traffic(store)
+    try:
+        await eventually("traffic to flow", lambda: traffic.count("redis") >= 5)
+
+        private_redis.stop()
+        await eventually("local answers", lambda: traffic.count("local") >= 5)
+        tight = [Limits(Scope.TEAM, "outage", rpm=2)]
+        local = [await store.reserve(f"tight-{n}", tight, tokens=0, cost=0.0) for n in range(3)]
+        assert [type(decision) for decision in local] == [Reservation, Reservation, Denied]
+        assert all(d.origin == "local" for d in local if isinstance(d, Reservation))
+        (budget,) = await store.budgets([Limits(Scope.TEAM, "outage", budget=Budget(5.0))])
+        assert budget.spent == 0.0  # answered locally too
+        answered_locally = traffic.ids("local")
+
+        private_redis.start()
+        served = traffic.count("redis")
+        await eventually("redis to serve again", lambda: traffic.count("redis") > served + 5)
+        await eventually(
+            "the records made during the outage",
+            lambda: in_ledger(private_redis.url, answered_locally),
+        )
+    finally:
+        await traffic.stop()
+        await store.aclose()
+    assert store.available
+    assert traffic.count("refused") == 0
+    assert traffic.outcomes[-1][1] == "redis"

@@ -54,7 +54,7 @@ class SettingsSpec(Spec):
     store: str = Field(
         "embedded",
         description="'embedded' for one gateway, or a redis:// URL shared by several replicas.",
-        pattern=r"^(embedded|rediss?://\S+)$",
+        pattern=r"^(embedded(:\S+)?|rediss?://\S+|unix://\S+)$",
     )
     max_request_bytes: PositiveInt = Field(
         4 * 1024 * 1024, description="Largest request body accepted; larger ones get a 413."

@@ -18,6 +18,7 @@ from .auth import authenticate, require_admin
 from .chat import chat_completions, new_record
 from .embeddings import embeddings
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
 from .telemetry.metrics import CIRCUIT_VALUES
@@ -103,11 +104,12 @@ class _Endpoints:
     async def chat(self, request: Request) -> Response:
         live = _live(request)
         record = new_record(live, "chat")
+        exchange = Exchange(live, record, request.headers)
         try:
             body = await read_body(request, live.graph.settings.max_request_bytes)
-            response = await chat_completions(live, request.headers, body, record)
+            response = await chat_completions(exchange, body)
         except GatewayError as exc:
-            record.status, record.error = exc.status, str(exc.code)
+            await exchange.fail(exc)
             live.telemetry.finish(record)
             raise
         if not record.stream:  # a stream's record is finished when the stream ends

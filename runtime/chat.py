@@ -7,13 +7,14 @@ Every stage only looks things up in the graph snapshot the request started with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -30,6 +31,9 @@ from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import PROVIDER_NAMES, Span
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -213,28 +217,27 @@ async def stream(
     return _served(record, chosen, won), _measured(live, won, record, first, rest)
 
 
-async def chat_completions(
-    live: Live, headers: Headers, body: bytes, record: RequestRecord
-) -> Response:
+async def chat_completions(exchange: Exchange, body: bytes) -> Response:
     """POST /v1/chat/completions in OpenAI's wire format."""
-    key = authenticate(live.graph, headers)
-    record.key, record.team = key.name, key.team.name if key.team else None
+    live, record = exchange.live, exchange.record
+    key = authenticate(live.graph, exchange.headers)
     request = parse_chat_request(body)
-    chosen = prepare(live, request, headers, record)
+    await exchange.open(key, request)
     if not request.stream:
-        served, result = await complete(live, chosen, record)
+        served, result = await exchange.complete()
         return JSONResponse(
             completion_body(served.request_id, served.created, result),
-            headers={**served.headers(), **_overhead(record)},
+            headers={**served.headers(), **exchange.rate_headers(), **_overhead(record)},
         )
-    served, deltas = await stream(live, chosen, record)
+    served, deltas = await exchange.stream()
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
     return StreamingResponse(
         _events(encoder, deltas, live, record),
         media_type="text/event-stream",
-        headers={**served.headers(), **_overhead(record), "cache-control": "no-cache"},
+        headers={**served.headers(), **exchange.rate_headers(), **_overhead(record),
+                 "cache-control": "no-cache"},
     )
 
 
@@ -327,7 +330,8 @@ async def _events(
         record.error = str(exc.code)
         ended = True
         yield error_event(exc.body())
-    finally:  # also when the client went away: the record is finished either way
+    finally:  # also when the client went away: settled, recorded and finished either way
         if not ended:
             record.error = "client_disconnected"
+        await asyncio.shield(_close(deltas))
         live.telemetry.finish(record)

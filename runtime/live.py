@@ -17,6 +17,7 @@ from pathlib import Path
 from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Graph
 
+from .admission import StoreHandle
 from .providers.base import ChatAdapter
 from .providers.registry import build_adapters
 from .routing.state import RoutingState
@@ -35,6 +36,7 @@ class Live:
     counter: TokenCounter
     routing: RoutingState  # shared by every snapshot: stats outlive a reload
     telemetry: Telemetry  # shared too: metrics are per process, not per graph
+    store: StoreHandle  # limits, budgets and the ledger (opened from the first graph)
     loaded_at: float
 
     @classmethod
@@ -44,12 +46,13 @@ class Live:
         counter: TokenCounter,
         routing: RoutingState,
         telemetry: Telemetry,
+        store: StoreHandle,
         previous: Live | None = None,
     ) -> Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
-        return cls(graph, fresh, counter, routing, telemetry, time.time())
+        return cls(graph, fresh, counter, routing, telemetry, store, time.time())
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -110,7 +113,11 @@ class Gateway:
             raise ConfigError(result)
         self.routing = routing or RoutingState()
         self.telemetry = Telemetry()
-        self.live = Live.build(result.graph, counter, self.routing, self.telemetry)
+        settings = result.graph.settings
+        self.store = StoreHandle(
+            settings.store, root, settings.store_failure, settings.reservation_ttl_s
+        )
+        self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None
         self._reload_lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
@@ -135,8 +142,11 @@ class Gateway:
                 )
             else:
                 previous = self.live
+                if result.graph.settings.store != self.store.url:
+                    log.warning("settings.store changed to %s; it takes effect on restart "
+                                "(still using %s)", result.graph.settings.store, self.store.url)
                 self.live = Live.build(
-                    result.graph, self.counter, self.routing, self.telemetry, previous
+                    result.graph, self.counter, self.routing, self.telemetry, self.store, previous
                 )
                 self._retire(previous)
                 report = ReloadReport(
@@ -170,6 +180,7 @@ class Gateway:
         loop.call_later(grace, close)
 
     async def aclose(self) -> None:
-        """Close every adapter (at shutdown)."""
+        """Close every adapter and the store (at shutdown)."""
         for adapter in self.live.adapters.values():
             await adapter.aclose()
+        await self.store.aclose()

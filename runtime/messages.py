@@ -19,6 +19,7 @@ OpenAI-shaped results:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -29,9 +30,10 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .auth import authenticate
-from .chat import Served, complete, new_record, prepare, resolve_route, stream
+from .chat import Served, new_record, resolve_route
 from .chat_request import Message
 from .errors import GatewayError, UpstreamOverloaded, UpstreamServerError
+from .exchange import Exchange
 from .live import Live
 from .messages_wire import (
     CountTokensRequest,
@@ -70,11 +72,13 @@ async def create_message(live: Live, headers: Headers, body: Awaitable[bytes]) -
     would answer errors in OpenAI's shape, so none reaches them.
     """
     record = new_record(live, "messages")
+    exchange = Exchange(live, record, headers)
     try:
-        response = await _message(live, headers, await body, record)
+        response = await _message(exchange, await body)
     except GatewayError as exc:
         response = _error_response(exc)
-        record.status, record.error = response.status_code, str(exc.code)
+        await exchange.fail(exc)
+        record.status = response.status_code
         live.telemetry.finish(record)
         return response
     if not record.stream:  # a stream's record is finished when the stream ends
@@ -121,20 +125,22 @@ def _error_response(error: GatewayError) -> Response:
     return JSONResponse(error_body(error), status_code=status, headers=error.headers)
 
 
-async def _message(live: Live, headers: Headers, raw: bytes, record: RequestRecord) -> Response:
-    key = authenticate(live.graph, headers)
-    record.key, record.team = key.name, key.team.name if key.team else None
+async def _message(exchange: Exchange, raw: bytes) -> Response:
+    live, record = exchange.live, exchange.record
+    key = authenticate(live.graph, exchange.headers)
     request = parse(MessagesRequest, raw)
-    chosen = prepare(live, to_chat_request(request), headers, record)
+    chosen = await exchange.open(key, to_chat_request(request))
     if not request.stream:
-        served, result = await complete(live, chosen, record)
-        return JSONResponse(message_body(served, result), headers=_headers(served, record))
-    served, deltas = await stream(live, chosen, record)
+        served, result = await exchange.complete()
+        return JSONResponse(message_body(served, result),
+                            headers={**_headers(served, record), **exchange.rate_headers()})
+    served, deltas = await exchange.stream()
     encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
     return StreamingResponse(
         _events(encoder, deltas, live, record),
         media_type="text/event-stream",
-        headers={**_headers(served, record), "cache-control": "no-cache"},
+        headers={**_headers(served, record), **exchange.rate_headers(),
+                 "cache-control": "no-cache"},
     )
 
 
@@ -347,7 +353,10 @@ async def _events(
         record.error = str(exc.code)
         ended = True
         yield sse_event("error", error_body(exc))
-    finally:  # also when the client went away: the record is finished either way
+    finally:  # also when the client went away: settled, recorded and finished either way
         if not ended:
             record.error = "client_disconnected"
+        closer = getattr(deltas, "aclose", None)
+        if closer is not None:
+            await asyncio.shield(closer())
         live.telemetry.finish(record)

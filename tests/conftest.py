@@ -34,8 +34,10 @@ def gateway_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def gateway(gateway_dir: Path, counter: TokenCounter) -> Gateway:
-    return Gateway(gateway_dir, counter)
+async def gateway(gateway_dir: Path, counter: TokenCounter) -> AsyncIterator[Gateway]:
+    served = Gateway(gateway_dir, counter)
+    yield served
+    await served.aclose()
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     key: str | None = None
     team: str | None = None
+    user: str | None = None
     route: str | None = None
     deployment: str | None = None
     provider: str | None = None

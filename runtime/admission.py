@@ -1,0 +1,191 @@
+"""Admission and settlement: rate limits, budgets and the spend ledger on the request path.
+
+    admit    -> reserve 1 request, prompt + output tokens and the worst-case cost against
+                the key, its team and the end user, all at once (429 / 503 otherwise)
+    attempt  -> each deployment with its own rpm/tpm quota is reserved per attempt
+    settle   -> the real tokens and cost are charged and the rest released, once,
+                when the answer is complete, the stream ends or is cut, or it failed
+    record   -> one ledger record per request, durable before the response completes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
+
+from .errors import Forbidden, UpstreamRateLimited
+from .store import (
+    Budget,
+    Denied,
+    LedgerRecord,
+    Limits,
+    Period,
+    Reservation,
+    Scope,
+    Store,
+    open_store,
+    tightest_remaining,
+)
+from .telemetry.record import RequestRecord
+
+log = logging.getLogger("aigw.limits")
+
+
+class StoreHandle:
+    """The store named by ``settings.store``, opened on first use (it is async to open)."""
+
+    def __init__(self, url: str, root: Path, failure: str, ttl: float) -> None:
+        self.url = url
+        self._root = root
+        self._failure = failure
+        self._ttl = ttl
+        self._store: Store | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Store:
+        if self._store is not None:
+            return self._store
+        async with self._lock:
+            if self._store is None:
+                self._store = await open_store(
+                    self.url, root=self._root, on_unavailable=self._failure,
+                    reservation_ttl=self._ttl,
+                )
+        return self._store
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+            self._store = None
+
+
+def _limits(scope: Scope, name: str, quota: Quota) -> Limits | None:
+    if quota.unlimited:
+        return None
+    budget = Budget(quota.budget, Period(quota.period)) if quota.budget is not None else None
+    return Limits(scope, name, rpm=quota.rpm, tpm=quota.tpm, budget=budget)
+
+
+def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
+    """Every scope a request by ``key`` (for end user ``user``) is counted against."""
+    found = [_limits(Scope.KEY, key.name, key.quota)]
+    if key.team is not None:
+        found.append(_limits(Scope.TEAM, key.team.name, key.team.quota))
+    if user:
+        owner = key.team.name if key.team is not None else f"key:{key.name}"
+        found.append(_limits(Scope.USER, f"{owner}/{user}", key.per_user))
+    return tuple(item for item in found if item is not None)
+
+
+def deployment_limits(deployment: Deployment) -> Limits | None:
+    if deployment.rpm is None and deployment.tpm is None:
+        return None
+    return Limits(Scope.DEPLOYMENT, deployment.name, rpm=deployment.rpm, tpm=deployment.tpm)
+
+
+def check_route_allowed(key: ApiKey, route: Route) -> None:
+    if key.routes is not None and route.name not in key.routes:
+        raise Forbidden(f"key '{key.name}' may not call '{route.name}'.")
+
+
+def worst_case(route: Route, prompt_tokens: int, output_limit: int | None) -> tuple[int, float]:
+    """Tokens and cost to hold for a request before knowing which deployment serves it."""
+    tokens, cost = prompt_tokens, 0.0
+    for deployment in route.candidates:
+        out = min(output_limit or deployment.max_output_tokens, deployment.max_output_tokens)
+        tokens = max(tokens, prompt_tokens + out)
+        cost = max(cost, deployment.price.cost(prompt_tokens, out))
+    return tokens, cost
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request's hold on its limits, settled exactly once."""
+
+    store: Store
+    reservation: Reservation | None
+    limits: tuple[Limits, ...]
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.reservation.headers() if self.reservation is not None else {}
+
+    async def settle(self, tokens: int, cost: float) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.reservation is not None:
+            await self.store.settle(self.reservation, tokens=tokens, cost=cost)
+
+    async def release(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.reservation is not None:
+            await self.store.release(self.reservation)
+
+    async def over_budget(self) -> bool:
+        """Has any budget of this request run out (spent and held beyond its amount)?"""
+        if not any(limit.budget is not None for limit in self.limits):
+            return False
+        remaining = tightest_remaining(await self.store.budgets(self.limits))
+        return remaining is not None and remaining < 0
+
+
+async def admit(
+    store: Store, record: RequestRecord, limits: tuple[Limits, ...], tokens: int, cost: float
+) -> Admission:
+    """Reserve against every scope at once; a denial is a 429 with OpenAI's headers."""
+    if not limits:
+        return Admission(store, None, limits)
+    decision = await store.reserve(record.request_id, limits, tokens=tokens, cost=cost)
+    if isinstance(decision, Denied):
+        raise decision.error()
+    return Admission(store, decision, limits)
+
+
+async def reserve_deployment(
+    store: Store, record: RequestRecord, deployment: Deployment, tokens: int, attempt: int
+) -> Reservation | None:
+    """The deployment's own quota, per attempt: over it, the member is skipped like a 429."""
+    limits = deployment_limits(deployment)
+    if limits is None:
+        return None
+    request_id = f"{record.request_id}:{deployment.name}:{attempt}"
+    decision = await store.reserve(request_id, (limits,), tokens=tokens, cost=0.0)
+    if isinstance(decision, Denied):
+        raise UpstreamRateLimited(
+            f"deployment '{deployment.name}' is at its own quota: {decision.message}",
+            provider=deployment.provider.name, retry_after=decision.retry_after,
+        )
+    return decision
+
+
+async def budget_remaining(store: Store, limits: tuple[Limits, ...]) -> float | None:
+    """The least any budget of the request has left (None: no budget applies)."""
+    if not any(limit.budget is not None for limit in limits):
+        return None
+    return tightest_remaining(await store.budgets(limits))
+
+
+def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> LedgerRecord:
+    return LedgerRecord(
+        request_id=record.request_id,
+        at=time.time(),
+        key=record.key,
+        team=record.team,
+        user=user,
+        route=record.route,
+        deployment=record.deployment,
+        tokens_in=record.prompt_tokens if record.deployment else 0,
+        tokens_out=record.completion_tokens,
+        cost=record.cost,
+        latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
+        status=record.status,
+        fingerprint=graph.fingerprint,
+    )

@@ -149,21 +149,45 @@ async def admit(
     return Admission(store, decision, limits)
 
 
-async def reserve_deployment(
-    store: Store, record: RequestRecord, deployment: Deployment, tokens: int, attempt: int
-) -> Reservation | None:
-    """The deployment's own quota, per attempt: over it, the member is skipped like a 429."""
-    limits = deployment_limits(deployment)
-    if limits is None:
-        return None
-    request_id = f"{record.request_id}:{deployment.name}:{attempt}"
-    decision = await store.reserve(request_id, (limits,), tokens=tokens, cost=0.0)
-    if isinstance(decision, Denied):
-        raise UpstreamRateLimited(
-            f"deployment '{deployment.name}' is at its own quota: {decision.message}",
-            provider=deployment.provider.name, retry_after=decision.retry_after,
-        )
-    return decision
+@dataclass(frozen=True, slots=True)
+class Hold:
+    store: Store
+    reservation: Reservation
+
+
+class DeploymentQuotas:
+    """Each attempt at a deployment with its own rpm/tpm is reserved against it; over the
+    quota, the member is skipped like one that answered 429, and no call goes out."""
+
+    def __init__(self, handle: StoreHandle, record: RequestRecord) -> None:
+        self._handle = handle
+        self._record = record
+        self._attempts = 0
+
+    async def take(self, deployment: Deployment, tokens: int) -> Hold | None:
+        limits = deployment_limits(deployment)
+        if limits is None:
+            return None
+        store = await self._handle.get()
+        self._attempts += 1
+        request_id = f"{self._record.request_id}:{deployment.name}:{self._attempts}"
+        decision = await store.reserve(request_id, (limits,), tokens=tokens, cost=0.0)
+        if isinstance(decision, Denied):
+            raise UpstreamRateLimited(
+                f"deployment '{deployment.name}' is at its own quota: {decision.message}",
+                provider=deployment.provider.name, retry_after=decision.retry_after,
+            )
+        return Hold(store, decision)
+
+    @staticmethod
+    async def settle(hold: Hold | None, tokens: int) -> None:
+        if hold is not None:
+            await hold.store.settle(hold.reservation, tokens=tokens, cost=0.0)
+
+    @staticmethod
+    async def release(hold: Hold | None) -> None:
+        if hold is not None:
+            await hold.store.release(hold.reservation)
 
 
 async def budget_remaining(store: Store, limits: tuple[Limits, ...]) -> float | None:

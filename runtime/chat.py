@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
 
+from .admission import DeploymentQuotas, Hold
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
@@ -156,17 +157,22 @@ async def complete(
 ) -> tuple[Served, ChatResult]:
     """Run the attempt loop for a whole answer."""
     record = record or new_record(live, "chat")
+    quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> ChatResult:
+        hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
         started = time.perf_counter()
         with _attempt_span(live, record, candidate) as span:
             try:
                 result = await candidate.adapter.complete(_call(chosen, candidate))
-            except GatewayError as exc:
-                span.error(str(exc.code))
+            except BaseException as exc:  # failed or cancelled: the quota is given back
+                await asyncio.shield(quotas.release(hold))
+                if isinstance(exc, GatewayError):
+                    span.error(str(exc.code))
                 raise
             finally:
                 record.upstream_s += time.perf_counter() - started
+            await quotas.settle(hold, result.usage.total_tokens)
             span.set("gen_ai.response.model", result.model)
             span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
             span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
@@ -189,24 +195,31 @@ async def stream(
     """Open a stream, failing over only before its first delta: nothing has reached the
     client yet. After that, a failure is raised from the iterator."""
     record = record or new_record(live, "chat")
+    quotas = DeploymentQuotas(live.store, record)
+    holds: dict[str, Hold | None] = {}
     Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta]]
 
     async def attempt(candidate: Candidate) -> Opened:
+        hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
         deltas = candidate.adapter.stream(_call(chosen, candidate))
         started = time.perf_counter()
         with _attempt_span(live, record, candidate) as span:
             try:
-                return await anext(deltas), deltas
+                first = await anext(deltas)
             except StopAsyncIteration:
-                return None, deltas
-            except GatewayError as exc:
-                span.error(str(exc.code))
+                first = None
+            except BaseException as exc:  # failed or cancelled: the quota is given back
+                await asyncio.shield(quotas.release(hold))
+                if isinstance(exc, GatewayError):
+                    span.error(str(exc.code))
                 raise
             finally:
                 record.upstream_s += time.perf_counter() - started
+            holds[candidate.deployment.name] = hold
+            return first, deltas
 
     async def discard(opened: Opened) -> None:
-        await _close(opened[1])
+        await _close(opened[1])  # a hedge that lost; its quota is settled by what it used: none
 
     won = await _run(live, chosen, _loop(live, chosen, attempt, discard), record)
     stats = live.routing.of(won.candidate.deployment)
@@ -214,7 +227,11 @@ async def stream(
     record.ttft_s = time.perf_counter() - record.started
     first, rest = won.value
     record.response_model = won.candidate.deployment.model
-    return _served(record, chosen, won), _measured(live, won, record, first, rest)
+    for name, hold in holds.items():  # hedge losers' holds go back at once
+        if name != won.candidate.deployment.name:
+            await quotas.release(hold)
+    hold = holds.get(won.candidate.deployment.name)
+    return _served(record, chosen, won), _measured(live, won, record, first, rest, hold)
 
 
 async def chat_completions(exchange: Exchange, body: bytes) -> Response:
@@ -268,6 +285,10 @@ def _served(record: RequestRecord, chosen: Plan, won: Won[Any]) -> Served:
                   won.attempts)
 
 
+def _worst_tokens(chosen: Plan, candidate: Candidate) -> int:
+    return chosen.prompt_tokens + candidate.max_output_tokens
+
+
 def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
     return ChatCall(
         chosen.request, candidate.deployment, chosen.prompt_tokens, candidate.max_output_tokens
@@ -290,6 +311,7 @@ async def _measured(
     record: RequestRecord,
     first: ChatDelta | None,
     rest: AsyncIterator[ChatDelta],
+    hold: Hold | None,
 ) -> AsyncIterator[ChatDelta]:
     """The stream as the client sees it: in flight to its end, timed, and billed once."""
     deployment = won.candidate.deployment
@@ -316,6 +338,8 @@ async def _measured(
     finally:
         stats.in_flight -= 1
         await _close(rest)
+        tokens = record.prompt_tokens + record.completion_tokens
+        await asyncio.shield(DeploymentQuotas.settle(hold, tokens))
 
 
 async def _events(

@@ -107,6 +107,9 @@ class Exchange:
                 record.completion_tokens = self.live.counter.count("".join(streamed))
                 record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
             # Shielded: a client that went away cancels the stream, not its settlement.
+            closer = getattr(deltas, "aclose", None)
+            if closer is not None:
+                await asyncio.shield(closer())
             await asyncio.shield(self.close())
 
     async def close(self) -> None:

@@ -1,0 +1,314 @@
+"""OpenAI chat requests as Bedrock Converse bodies, and Converse answers as chat results.
+
+Pure translation, no I/O: ``converse_body`` builds the body of POST
+/model/{modelId}/converse (and /converse-stream, which takes the same body), raising
+``BadRequest`` naming any parameter Converse cannot honour; ``parse_converse`` reads
+an answer back; ``usage`` and ``STOP_REASONS`` serve whole and streamed answers. The
+adapter that sends them is ``bedrock``; its docstring lists the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from aigw.compiler.graph import Provider
+
+from ..chat_request import ChatRequest, ContentPart, Message
+from ..errors import BadRequest, UpstreamServerError
+from .base import ChatCall, ChatResult, Choice, ToolCall, Usage
+
+# Converse's stopReason as OpenAI's finish_reason.
+STOP_REASONS: Mapping[str, str] = MappingProxyType({
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "content_filtered": "content_filter",
+    "guardrail_intervened": "content_filter",
+})
+
+IMAGE_FORMATS: Mapping[str, str] = MappingProxyType({
+    "image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp",
+})
+_DATA_URL = re.compile(r"data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.+)", re.DOTALL)
+
+# Extras that only concern OpenAI's dashboards or latency: they cannot change the answer.
+_DROPPED = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key",
+                      "safety_identifier"})
+# Extras that ask for something Converse lacks, each with the values that ask for nothing.
+_NEUTRAL: Mapping[str, tuple[object, ...]] = MappingProxyType({
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None,),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+    "parallel_tool_calls": (None, True),
+    "response_format": (None, {"type": "text"}),
+})
+
+
+def converse_body(call: ChatCall) -> dict[str, Any]:
+    """The Converse body for ``call``, or a ``BadRequest`` naming what cannot be sent.
+
+    ``[system "Be brief.", user "hi"]`` becomes ``{"messages": [{"role": "user",
+    "content": [{"text": "hi"}]}], "system": [{"text": "Be brief."}]}``.
+    """
+    request = call.request
+    _refuse_unsupported(request)
+    system, messages = translate_messages(request.messages)
+    body: dict[str, Any] = {"messages": messages}
+    if system:
+        body["system"] = system
+    inference = _inference_config(call)
+    if inference:
+        body["inferenceConfig"] = inference
+    tool_config = _tool_config(request, messages)
+    if tool_config is not None:
+        body["toolConfig"] = tool_config
+    return body
+
+
+def _refuse_unsupported(request: ChatRequest) -> None:
+    if request.n > 1:
+        raise BadRequest("Bedrock returns one choice per request; 'n' must be 1.", param="n")
+    if request.seed is not None:
+        raise BadRequest("Bedrock's Converse API has no seed; remove 'seed'.", param="seed")
+    for name, value in (request.model_extra or {}).items():
+        if value is None or name in _DROPPED:
+            continue
+        neutral = _NEUTRAL.get(name)
+        if neutral is None:
+            raise BadRequest(f"Unrecognized request argument for a Bedrock model: {name}",
+                             param=name)
+        if value not in neutral:
+            raise BadRequest(f"Bedrock's Converse API cannot honour '{name}' = "
+                             f"{json.dumps(value)}.", param=name)
+
+
+def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """OpenAI messages as Converse's ``system`` blocks and user/assistant turns.
+
+    Tool results become ``toolResult`` blocks of a user turn; consecutive turns of one
+    role are merged, as Converse requires, with tool results first in their turn.
+    """
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role in ("system", "developer"):
+            system.extend(_text_blocks(message, where))
+            continue
+        if message.role == "user":
+            role, blocks = "user", _user_blocks(message, where)
+        elif message.role == "assistant":
+            role, blocks = "assistant", _assistant_blocks(message, where)
+        elif message.role == "tool":
+            role, blocks = "user", [_tool_result(message, where)]
+        else:
+            raise BadRequest("Bedrock models do not take 'function' messages; use tools.",
+                             param=f"{where}.role")
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        turn["content"].sort(key=lambda block: "toolResult" not in block)
+    return system, turns
+
+
+def _parts(message: Message) -> list[ContentPart]:
+    if isinstance(message.content, str):
+        return [ContentPart(type="text", text=message.content)]
+    return list(message.content or [])
+
+
+def _text(part: ContentPart) -> list[dict[str, Any]]:
+    """A text block (Converse refuses blank ones), and a cache point where the client
+    marked one with ``cache_control``."""
+    if not part.text:
+        return []
+    if (part.model_extra or {}).get("cache_control") is not None:
+        return [{"text": part.text}, {"cachePoint": {"type": "default"}}]
+    return [{"text": part.text}]
+
+
+def _text_blocks(message: Message, where: str) -> list[dict[str, Any]]:
+    blocks = []
+    for number, part in enumerate(_parts(message)):
+        if part.type != "text":
+            raise BadRequest(f"A {message.role} message can only hold text for Bedrock.",
+                             param=f"{where}.content[{number}]")
+        blocks.extend(_text(part))
+    return blocks
+
+
+def _user_blocks(message: Message, where: str) -> list[dict[str, Any]]:
+    blocks = []
+    for number, part in enumerate(_parts(message)):
+        if part.type == "text":
+            blocks.extend(_text(part))
+        elif part.type == "image_url":
+            blocks.append(_image(part, f"{where}.content[{number}].image_url"))
+        else:
+            raise BadRequest(f"Bedrock models do not take '{part.type}' content parts.",
+                             param=f"{where}.content[{number}].type")
+    return blocks
+
+
+def _image(part: ContentPart, where: str) -> dict[str, Any]:
+    """A base64 ``data:`` URL as image bytes; Converse fetches no URLs (S3 aside)."""
+    value = (part.model_extra or {}).get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    match = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None or match["media_type"] not in IMAGE_FORMATS:
+        raise BadRequest("Bedrock takes images as base64 data: URLs of image/png, image/jpeg, "
+                         "image/gif or image/webp.", param=where)
+    return {"image": {"format": IMAGE_FORMATS[match["media_type"]],
+                      "source": {"bytes": match["data"]}}}
+
+
+def _assistant_blocks(message: Message, where: str) -> list[dict[str, Any]]:
+    blocks = _text_blocks(message, where)
+    for number, call in enumerate(message.tool_calls or []):
+        function = call.get("function") or {}
+        try:
+            tool_input = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            tool_input = None
+        if not isinstance(tool_input, dict):
+            raise BadRequest("Tool call arguments must be a JSON object.",
+                             param=f"{where}.tool_calls[{number}].function.arguments")
+        blocks.append({"toolUse": {"toolUseId": call.get("id"), "name": function.get("name"),
+                                   "input": tool_input}})
+    return blocks
+
+
+def _tool_result(message: Message, where: str) -> dict[str, Any]:
+    if not message.tool_call_id:
+        raise BadRequest("A tool message needs tool_call_id.", param=f"{where}.tool_call_id")
+    text = message.text()
+    # A blank text block is refused: an empty result goes as an empty JSON object.
+    content: list[dict[str, Any]] = [{"text": text}] if text else [{"json": {}}]
+    return {"toolResult": {"toolUseId": message.tool_call_id, "content": content}}
+
+
+def _inference_config(call: ChatCall) -> dict[str, Any]:
+    """maxTokens only when the client or the deployment set a cap: a deployment without
+    one defaults to its context window, which most Bedrock models would refuse."""
+    request = call.request
+    config: dict[str, Any] = {}
+    deployment = call.deployment
+    if request.output_limit is not None or deployment.max_output_tokens < deployment.context_window:
+        config["maxTokens"] = call.max_output_tokens
+    if request.temperature is not None:
+        config["temperature"] = request.temperature
+    if request.top_p is not None:
+        config["topP"] = request.top_p
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    if stop:
+        config["stopSequences"] = stop
+    return config
+
+
+def _tool_config(request: ChatRequest, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """tools and tool_choice; Converse needs the tools whenever the conversation holds
+    tool calls, and has no way to forbid calling them."""
+    choice = request.tool_choice
+    history = any("toolUse" in block or "toolResult" in block
+                  for turn in turns for block in turn["content"])
+    if not request.tools:
+        if choice not in (None, "auto", "none"):
+            raise BadRequest("tool_choice needs tools.", param="tool_choice")
+        if history:
+            raise BadRequest("Bedrock needs the tools of the tool calls in the conversation: "
+                             "send them in 'tools'.", param="tools")
+        return None
+    if choice == "none":
+        if history:
+            raise BadRequest("Bedrock cannot forbid tool calls in a conversation that has "
+                             "them; send tool_choice auto.", param="tool_choice")
+        return None
+    config: dict[str, Any] = {"tools": [_tool(tool, i) for i, tool in enumerate(request.tools)]}
+    if choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        config["toolChoice"] = {"tool": {"name": choice["function"].get("name")}}
+    elif choice not in (None, "auto"):
+        raise BadRequest("tool_choice must be auto, none, required or a named function.",
+                         param="tool_choice")
+    return config
+
+
+def _tool(tool: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A function tool as a ``toolSpec``; ``strict`` is not sent: Converse has no such mode."""
+    function = tool.get("function")
+    if tool.get("type") != "function" or not isinstance(function, dict) \
+            or not function.get("name"):
+        raise BadRequest("Bedrock models take only function tools with a name.",
+                         param=f"tools[{index}]")
+    spec: dict[str, Any] = {
+        "name": function["name"],
+        "inputSchema": {"json": function.get("parameters")
+                        or {"type": "object", "properties": {}}},
+    }
+    if function.get("description"):
+        spec["description"] = function["description"]
+    return {"toolSpec": spec}
+
+
+def parse_converse(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+    """A Converse answer as a one-choice ``ChatResult``: text joined, toolUse as calls."""
+    message = (document.get("output") or {}).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        raise UpstreamServerError(f"provider '{provider.name}' answered without a message",
+                                  provider=provider.name)
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in content:
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block.get("toolUse"), dict):
+            use = block["toolUse"]
+            calls.append(ToolCall(str(use.get("toolUseId", "")), str(use.get("name", "")),
+                                  json.dumps(use.get("input") or {})))
+    stop_reason = str(document.get("stopReason") or "end_turn")
+    choice = Choice(
+        index=0,
+        content="".join(texts) if texts else None,
+        finish_reason=STOP_REASONS.get(stop_reason, "stop"),
+        tool_calls=tuple(calls),
+    )
+    counts = document.get("usage")
+    return ChatResult(
+        model=call.deployment.model,
+        choices=(choice,),
+        usage=usage(counts) if isinstance(counts, dict) else Usage(call.prompt_tokens, 0),
+    )
+
+
+def usage(counts: Mapping[str, Any]) -> Usage:
+    """Converse counts cache reads and writes apart from ``inputTokens``; OpenAI's
+    ``prompt_tokens`` holds all three."""
+    cache_read = int(counts.get("cacheReadInputTokens") or 0)
+    cache_write = int(counts.get("cacheWriteInputTokens") or 0)
+    return Usage(
+        prompt_tokens=int(counts.get("inputTokens") or 0) + cache_read + cache_write,
+        completion_tokens=int(counts.get("outputTokens") or 0),
+        cached_tokens=cache_read,
+        cache_creation_tokens=cache_write,
+    )

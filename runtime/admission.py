@@ -133,8 +133,8 @@ class Admission:
         """Has any budget of this request run out (spent and held beyond its amount)?"""
         if not any(limit.budget is not None for limit in self.limits):
             return False
-        remaining = tightest_remaining(await self.store.budgets(self.limits))
-        return remaining is not None and remaining < 0
+        statuses = await self.store.budgets(self.limits)
+        return any(status.spent + status.held > status.amount for status in statuses)
 
 
 async def admit(

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw import __version__
 
+from . import usage_api
 from .auth import authenticate, require_admin
 from .chat import chat_completions, new_record
 from .embeddings import embeddings
@@ -38,6 +39,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
+            Route("/v1/costs/summary", endpoints.costs_summary, methods=["GET"]),
+            Route("/admin/spend", endpoints.admin_spend, methods=["GET"]),
+            Route("/admin/budgets", endpoints.admin_budgets, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
             Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
@@ -121,6 +125,15 @@ class _Endpoints:
             return None
         snapshot = live.routing.stats.get(record.deployment)
         return snapshot.breaker.state(live.routing.clock()).value if snapshot else None
+
+    async def costs_summary(self, request: Request) -> Response:
+        return await usage_api.costs_summary(_live(request), request)
+
+    async def admin_spend(self, request: Request) -> Response:
+        return await usage_api.admin_spend(_live(request), request)
+
+    async def admin_budgets(self, request: Request) -> Response:
+        return await usage_api.admin_budgets(_live(request), request)
 
     async def metrics(self, request: Request) -> Response:
         live = _live(request)

@@ -1,0 +1,109 @@
+"""Spend and budgets over HTTP: GET /v1/costs/summary, /admin/spend and /admin/budgets.
+
+A key sees its own usage on /v1/costs/summary; an admin key sees everyone's, there and
+on the /admin endpoints. Figures come from the spend ledger (one record per request).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .admission import subject_limits
+from .auth import authenticate, require_admin
+from .errors import BadRequest
+from .live import Live
+from .store import Dimension, Limits, Scope, UsageQuery
+
+_DIMENSIONS = ", ".join(dimension.value for dimension in Dimension)
+
+
+def _timestamp(text: str | None, name: str) -> float | None:
+    """Seconds since the epoch, or an ISO date/time (UTC unless it says otherwise)."""
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a Unix time or an ISO 8601 date.", param=name) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _query(request: Request, default: tuple[Dimension, ...]) -> UsageQuery:
+    params = request.query_params
+    raw = params.get("group_by")
+    try:
+        group_by = (
+            tuple(Dimension(part.strip()) for part in raw.split(",") if part.strip())
+            if raw else default
+        )
+    except ValueError:
+        raise BadRequest(f"'group_by' takes a comma-separated list of: {_DIMENSIONS}.",
+                         param="group_by") from None
+    return UsageQuery(
+        group_by=group_by or default,
+        since=_timestamp(params.get("since"), "since"),
+        until=_timestamp(params.get("until"), "until"),
+        team=params.get("team") or None,
+        key=params.get("key") or None,
+    )
+
+
+async def _summary(live: Live, query: UsageQuery) -> Response:
+    store = await live.store.get()
+    rows = await store.summary(query)
+    return JSONResponse({
+        "object": "list",
+        "group_by": [dimension.value for dimension in query.group_by],
+        "data": [dataclasses.asdict(row) for row in rows],
+    })
+
+
+async def costs_summary(live: Live, request: Request) -> Response:
+    """GET /v1/costs/summary?group_by=team,route,day&since=2026-11-01&team=eng"""
+    key = authenticate(live.graph, request.headers)
+    query = _query(request, (Dimension.DAY, Dimension.ROUTE))
+    if not key.admin:  # a key sees only its own usage
+        query = dataclasses.replace(query, key=key.name, team=None)
+    return await _summary(live, query)
+
+
+async def admin_spend(live: Live, request: Request) -> Response:
+    require_admin(live.graph, request.headers)
+    return await _summary(live, _query(request, (Dimension.TEAM, Dimension.KEY)))
+
+
+async def admin_budgets(live: Live, request: Request) -> Response:
+    """Every budget the graph declares for teams and keys, for its current period."""
+    require_admin(live.graph, request.headers)
+    graph = live.graph
+    limits: dict[tuple[Scope, str], Limits] = {}
+    for key in graph.keys_by_sha256.values():
+        for item in subject_limits(key, None):
+            if item.budget is not None:
+                limits[(item.scope, item.name)] = item
+    store = await live.store.get()
+    statuses = await store.budgets(tuple(limits.values()))
+    return JSONResponse({"object": "list", "data": [
+        {
+            "scope": status.scope.value,
+            "name": status.name,
+            "period": status.period.value,
+            "period_key": status.period_key,
+            "amount": status.amount,
+            "spent": status.spent,
+            "held": status.held,
+            "remaining": status.remaining,
+            "resets_at": status.resets_at,
+        }
+        for status in statuses
+    ]})

@@ -1,0 +1,131 @@
+"""Limits, budgets and the ledger on the request path (embedded store, app in-process)."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import ClientFactory
+
+CHAT = "/v1/chat/completions"
+
+
+def _ask(route: str, text: str = "one two three", **extra: object) -> dict[str, object]:
+    return {"model": route, "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def test_rpm_over_the_limit_is_a_429_with_openai_headers(limited: ClientFactory) -> None:
+    alice = (await limited())("alice")
+    for _ in range(3):
+        ok = await alice.post(CHAT, json=_ask("free"))
+        assert ok.status_code == 200
+        assert "x-ratelimit-remaining-requests" in ok.headers
+    refused = await alice.post(CHAT, json=_ask("free"))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_team_budget_reserves_worst_case_and_charges_real_cost(
+    limited: ClientFactory,
+) -> None:
+    client = await limited()
+    alice, dev = client("alice"), client("dev")
+    # 1 currency unit per token; the prompt is 9 tokens, the answer 3 (max_tokens 5 held).
+    answered = await alice.post(CHAT, json=_ask("paid", max_tokens=5, user="u1"))
+    assert answered.status_code == 200
+    budgets = {(b["scope"], b["name"]): b for b in (await dev.get("/admin/budgets")).json()["data"]}
+    team = budgets[("team", "eng")]
+    assert team["spent"] == 12 and team["held"] == 0 and team["remaining"] == 88
+
+
+async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
+    limited: ClientFactory,
+) -> None:
+    client = await limited()
+    alice = client("alice")
+    # Each request holds 9 in + 50 out = 59 > the user's 40: refused before any call.
+    refused = await alice.post(CHAT, json=_ask("paid", user="u1"))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    for user in ("u1", "u1", "u2"):  # 9 + 3 = 12 per request, within 40 each
+        ok = await alice.post(CHAT, json=_ask("paid", user=user, max_tokens=5))
+        assert ok.status_code == 200, ok.text
+    summary = (await client("dev").get("/v1/costs/summary?group_by=key")).json()["data"]
+    assert summary == [{"day": None, "team": None, "key": "alice", "user": None, "route": None,
+                        "deployment": None, "requests": 4, "errors": 1, "tokens_in": 27,
+                        "tokens_out": 9, "cost": 36.0}]
+
+
+async def test_user_may_come_from_the_configured_header(limited: ClientFactory) -> None:
+    client = await limited()
+    alice = client("alice")
+    ok = await alice.post(CHAT, json=_ask("paid", max_tokens=5), headers={"x-aigw-user": "h1"})
+    assert ok.status_code == 200
+    rows = (await client("dev").get("/admin/spend?group_by=user")).json()["data"]
+    assert [row["user"] for row in rows] == ["h1"]
+
+
+async def test_key_route_allow_list_is_a_403(limited: ClientFactory) -> None:
+    bob = (await limited())("bob")
+    assert (await bob.post(CHAT, json=_ask("free"))).status_code == 200
+    refused = await bob.post(CHAT, json=_ask("paid"))
+    assert refused.status_code == 403
+    assert "may not call 'paid'" in refused.json()["error"]["message"]
+
+
+async def test_every_request_writes_one_ledger_record(limited: ClientFactory) -> None:
+    client = await limited()
+    alice, dev = client("alice"), client("dev")
+    await alice.post(CHAT, json=_ask("free"))
+    await alice.post(CHAT, json=_ask("nope"))  # 404: recorded as an error
+    rows = (await dev.get("/admin/spend?group_by=key,route")).json()["data"]
+    by_route = {row["route"]: row for row in rows}
+    assert by_route["free"]["requests"] == 1 and by_route["free"]["errors"] == 0
+    assert by_route[None]["requests"] == 1 and by_route[None]["errors"] == 1
+
+
+async def test_a_key_sees_only_its_own_costs(limited: ClientFactory) -> None:
+    client = await limited()
+    await client("alice").post(CHAT, json=_ask("free"))
+    await client("bob").post(CHAT, json=_ask("free"))
+    mine = (await client("bob").get("/v1/costs/summary?group_by=key")).json()["data"]
+    assert [row["key"] for row in mine] == ["bob"]
+    everyone = (await client("dev").get("/v1/costs/summary?group_by=key")).json()["data"]
+    assert sorted(row["key"] for row in everyone) == ["alice", "bob"]
+
+
+async def test_deployment_quota_skips_the_member_without_calling_it(
+    limited: ClientFactory,
+) -> None:
+    dev = (await limited())("dev")
+    first = await dev.post(CHAT, json=_ask("quotas"))
+    second = await dev.post(CHAT, json=_ask("quotas"))
+    assert first.headers["x-aigw-deployment"] == "quota-1"
+    assert second.headers["x-aigw-deployment"] == "quota-2"  # quota-1 is at its 1 rpm
+
+
+async def test_a_stream_is_settled_once_when_it_ends(limited: ClientFactory) -> None:
+    client = await limited()
+    alice, dev = client("alice"), client("dev")
+    async with alice.stream("POST", CHAT, json=_ask("paid", "a b c d", stream=True,
+                                                   max_tokens=5, user="s1")) as response:
+        raw = (await response.aread()).decode()
+    assert raw.rstrip().endswith("data: [DONE]")
+    rows = (await dev.get("/admin/spend?group_by=user")).json()["data"]
+    row = next(r for r in rows if r["user"] == "s1")
+    assert (row["requests"], row["errors"]) == (1, 0)
+    budgets = (await dev.get("/admin/budgets")).json()["data"]
+    team = next(b for b in budgets if b["name"] == "eng")
+    assert team["held"] == 0  # nothing left reserved
+    assert team["spent"] == row["cost"] == row["tokens_in"] + row["tokens_out"] > 0
+    assert not any(b["name"] == "eng/s1" for b in budgets)  # users are not in the graph
+
+
+async def test_bad_query_parameters_are_400(limited: ClientFactory) -> None:
+    dev = (await limited())("dev")
+    response = await dev.get("/v1/costs/summary?group_by=planet")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "group_by"
+    response = await dev.get("/v1/costs/summary?since=yesterday")
+    assert response.status_code == 400

@@ -137,16 +137,16 @@ def freeze(
     for name, item in linked.keys.items():
         if item.sha256 is None:
             continue
-        spec = item.entry.spec
-        team = teams[spec.team] if spec.team else None
-        per_user = _per_user(spec.per_user) if spec.per_user else None
+        key_spec = item.entry.spec
+        team = teams[key_spec.team] if key_spec.team else None
+        per_user = _per_user(key_spec.per_user) if key_spec.per_user else None
         keys[item.sha256] = ApiKey(
             name=name,
             team=team,
-            admin=spec.admin,
-            quota=_quota(spec.limits, spec.budget),
+            admin=key_spec.admin,
+            quota=_quota(key_spec.limits, key_spec.budget),
             per_user=per_user or (team.per_user if team else Quota()),
-            routes=frozenset(spec.routes) if spec.routes is not None else None,
+            routes=frozenset(key_spec.routes) if key_spec.routes is not None else None,
             sha256=item.sha256,
         )
     settings = linked.settings

@@ -13,6 +13,8 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
+from .redis_server import PrivateRedis
+
 REPO = Path(__file__).resolve().parent.parent
 DEV_KEY = "sk-aigw-dev"
 
@@ -49,3 +51,14 @@ async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
         headers={"Authorization": f"Bearer {DEV_KEY}"},
     ) as http:
         yield http
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own (the shared one is never touched)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+

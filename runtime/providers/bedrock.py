@@ -5,10 +5,10 @@ the AWS event-stream frames of ConverseStream; the registry imports this module 
 when a bedrock provider is configured. The endpoint is
 ``https://bedrock-runtime.{region}.amazonaws.com`` (``base_url`` replaces it). The
 deployment's ``model`` is a model id, an inference profile id or an ARN; it is sent
-percent-encoded except for ``:``, which HTTP clients leave bare in a path anyway, so
-that the path signed is the path sent. Requests are signed with credentials from the
-standard AWS chain; a provider with an ``api_key`` sends it as a Bedrock API key
-(``Authorization: Bearer``) instead.
+percent-encoded (``/`` as ``%2F``) except for ``:``, which aiohttp would decode before
+sending anyway: the path signed must be the path sent. Requests are signed with
+credentials from the standard AWS chain; a provider with an ``api_key`` sends it as a
+Bedrock API key (``Authorization: Bearer``) instead.
 
 The request is translated by ``bedrock_wire``:
 

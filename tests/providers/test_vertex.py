@@ -1,0 +1,407 @@
+"""The vertex adapter against the Vertex fake: service-account tokens, Gemini and Claude models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from aigw.compiler import CompileResult, compile_gateway
+from aigw.runtime.chat_request import ChatRequest
+from aigw.runtime.errors import NoDeploymentAvailable
+from aigw.runtime.providers.base import ChatCall, EmbeddingCall
+from aigw.runtime.providers.vertex import VertexAdapter
+from aigw.runtime.tokens import TokenCounter
+
+from ..fakes.brain import Action
+from ..fakes.serve import serving
+from ..fakes.vertex_fake import VertexFake, make_key, make_service_account
+from .conftest import GatewayFactory
+
+CHAT = "/v1/chat/completions"
+CLAUDE = "claude-sonnet-4-5@20250929"
+PREFIX = "/v1/projects/fake-project/locations/us-east5/publishers"
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+
+
+@pytest.fixture(scope="module")
+def key() -> RSAPrivateKey:
+    return make_key()
+
+
+@pytest.fixture
+def vertex_fake(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: RSAPrivateKey
+) -> Iterator[VertexFake]:
+    """The fake, and a service-account file whose token_uri is the fake's."""
+    fake = VertexFake()
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url
+        path, fake.public_key = make_service_account(tmp_path, fake.token_uri, key)
+        monkeypatch.setenv("FAKE_VERTEX_CREDENTIALS", str(path))
+        yield fake
+
+
+def _sections(fake: VertexFake) -> str:
+    vertex = (f'type: vertex, base_url: "{fake.base_url}", location: us-east5, '
+              'credentials_file: "${FAKE_VERTEX_CREDENTIALS}"')
+    return f"""
+    providers:
+      gcp: {{{vertex}, project: fake-project}}
+      gcp-claude: {{{vertex}, project: fake-project, publisher: anthropic}}
+      elsewhere: {{{vertex}, project: someone-elses-project}}
+    deployments:
+      gemini: {{provider: gcp, model: gemini-2.5-flash, context_window: 1000000,
+                capabilities: [streaming, tools, vision]}}
+      claude: {{provider: gcp, model: "{CLAUDE}", context_window: 200000,
+                max_output_tokens: 1024, capabilities: [streaming, tools]}}
+      pinned: {{provider: gcp-claude, model: my-sonnet, context_window: 200000,
+                max_output_tokens: 64}}
+      denied: {{provider: elsewhere, model: gemini-2.5-flash, context_window: 1000000}}
+    groups:
+      once-gemini: {{members: [gemini], retry: {{attempts: 0}}}}
+      once-claude: {{members: [claude], retry: {{attempts: 0}}}}
+    routes:
+      gemini: {{deployment: gemini}}
+      claude: {{deployment: claude}}
+      pinned: {{deployment: pinned}}
+      denied: {{deployment: denied}}
+      once-gemini: {{group: once-gemini}}
+      once-claude: {{group: once-claude}}
+    """
+
+
+async def _gateway(fake: VertexFake, make_gateway: GatewayFactory) -> httpx.AsyncClient:
+    return await make_gateway(_sections(fake))
+
+
+async def _chat(client: httpx.AsyncClient, model: str, content: str,
+                **extra: Any) -> dict[str, Any]:
+    response = await client.post(CHAT, json={
+        "model": model, "messages": [{"role": "user", "content": content}], **extra})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for call in choice["delta"].get("tool_calls", []):
+                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.get("id", "")
+                slot["name"] += call.get("function", {}).get("name", "")
+                slot["arguments"] += call.get("function", {}).get("arguments", "")
+    return calls
+
+
+async def test_gemini_on_vertex_with_a_service_account_token(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    body = await _chat(client, "gemini", "hello there", temperature=0.5)
+    assert body["choices"][0]["message"]["content"] == "fake-gemini: hello there"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["prompt_tokens"] == 5
+    assert vertex_fake.paths == [f"{PREFIX}/google/models/gemini-2.5-flash:generateContent"]
+    assert vertex_fake.requests[-1] == {
+        "contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+        "generationConfig": {"temperature": 0.5}}
+    assert vertex_fake.authorizations[-1].startswith("Bearer ya29.fake-token-1-")
+    assert vertex_fake.token_requests == 1
+
+
+async def test_gemini_stream_with_usage(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    chunks = await _stream(client, {
+        "model": "gemini", "messages": [{"role": "user", "content": "a b c"}],
+        "stream_options": {"include_usage": True}})
+    assert _text(chunks) == "fake-gemini: a b c"
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    assert vertex_fake.paths[-1] == (
+        f"{PREFIX}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+
+
+async def test_gemini_tool_call_round_trip(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    first = await _chat(client, "gemini", "weather?", tools=TOOLS)
+    message = first["choices"][0]["message"]
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    call = message["tool_calls"][0]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+        "lookup", {"query": "weather?"})
+    second = await client.post(CHAT, json={"model": "gemini", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "weather?"}, message,
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]})
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "tool said: sunny"
+
+
+async def test_claude_on_vertex_goes_to_raw_predict_without_a_model_in_the_body(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    body = await _chat(client, "claude", "hello there")
+    assert body["choices"][0]["message"]["content"] == "fake-anthropic: hello there"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert vertex_fake.paths == [f"{PREFIX}/anthropic/models/{CLAUDE}:rawPredict"]
+    assert vertex_fake.requests[-1] == {
+        "anthropic_version": "vertex-2023-10-16", "max_tokens": 1024,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]}
+
+
+async def test_claude_stream_reassembles_a_tool_call_and_the_answer_comes_back(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    chunks = await _stream(client, {
+        "model": "claude", "tools": TOOLS, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "find the moon"}]})
+    assert _tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
+                                       "arguments": json.dumps({"query": "find the moon"})}}
+    assert chunks[-1]["usage"]["prompt_tokens"] > 0
+    assert vertex_fake.paths[-1] == f"{PREFIX}/anthropic/models/{CLAUDE}:streamRawPredict"
+    assert vertex_fake.requests[-1]["stream"] is True
+    answer = await client.post(CHAT, json={"model": "claude", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "find the moon"},
+        {"role": "assistant", "content": _text(chunks), "tool_calls": [
+            {"id": "toolu_fake1", "type": "function", "function": {
+                "name": "lookup", "arguments": json.dumps({"query": "find the moon"})}}]},
+        {"role": "tool", "tool_call_id": "toolu_fake1", "content": "it is up there"}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "tool said: it is up there"
+
+
+async def test_the_publisher_field_overrides_the_model_id(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    await _chat(client, "pinned", "hi")
+    assert vertex_fake.paths == [f"{PREFIX}/anthropic/models/my-sonnet:rawPredict"]
+
+
+async def test_the_token_is_cached_until_it_goes_stale(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    for model in ("gemini", "claude", "gemini"):
+        await _chat(client, model, "hi")
+    assert vertex_fake.token_requests == 1
+    assert len(set(vertex_fake.authorizations)) == 1
+    # A token that expires within google-auth's refresh margin is renewed before use.
+    vertex_fake.token_lifetime_s = 60
+    client = await _gateway(vertex_fake, make_gateway)
+    for _ in range(2):
+        await _chat(client, "gemini", "hi")
+    assert vertex_fake.token_requests == 3
+
+
+async def test_a_revoked_token_is_replaced_once(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    await _chat(client, "gemini", "hi")
+    vertex_fake.revoke()
+    for stream in (False, True):
+        response = await client.post(CHAT, json={
+            "model": "claude", "stream": stream, "messages": [{"role": "user", "content": "x"}]})
+        assert response.status_code == 200, response.text
+    assert vertex_fake.token_requests == 2
+    assert vertex_fake.authorizations[1] != vertex_fake.authorizations[2]
+
+
+async def test_a_refused_grant_is_an_auth_failure_that_leaks_nothing(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    vertex_fake.refuse_grants = True
+    response = await client.post(CHAT, json={
+        "model": "once-gemini", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_auth_failed"
+    account = json.loads(Path(_credentials()).read_text())
+    for secret in (account["private_key"].splitlines()[1], account["private_key_id"]):
+        assert secret not in response.text
+    assert vertex_fake.paths == []
+
+
+def _credentials() -> str:
+    return os.environ["FAKE_VERTEX_CREDENTIALS"]
+
+
+async def test_an_unreadable_credentials_file_is_an_auth_failure(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FAKE_VERTEX_CREDENTIALS", str(tmp_path / "missing.json"))
+    client = await _gateway(vertex_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "once-claude", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502, response.text
+    assert "could not load its Google credentials" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("model", "action", "expected_status", "code"), [
+    ("once-gemini", Action(status=429), 429, "rate_limit_exceeded"),
+    ("once-gemini", Action(status=500), 502, "upstream_error"),
+    ("once-gemini", Action(status=400, body={"error": {
+        "code": 400, "status": "INVALID_ARGUMENT",
+        "message": "The input token count (1200000) exceeds the maximum number of tokens "
+                   "allowed (1048576)."}}), 400, "context_length_exceeded"),
+    ("once-claude", Action(status=529), 503, "upstream_overloaded"),
+    ("once-claude", Action(status=400, body={"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 208310 tokens > 200000 maximum"}}),
+     400, "context_length_exceeded"),
+])
+async def test_errors_keep_their_meaning(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory,
+    model: str, action: Action, expected_status: int, code: str,
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    fake = vertex_fake.gemini if model == "once-gemini" else vertex_fake.anthropic
+    for stream in (False, True):
+        fake.script.actions.append(action)
+        response = await client.post(CHAT, json={
+            "model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]})
+        assert response.status_code == expected_status, response.text
+        assert response.json()["error"]["code"] == code
+
+
+async def test_a_project_the_account_cannot_use_is_an_auth_failure(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    client = await _gateway(vertex_fake, make_gateway)
+    response = await client.post(CHAT, json={
+        "model": "denied", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_auth_failed"
+
+
+async def test_streams_end_with_a_usage_only_delta_and_embeddings_are_refused(
+    vertex_fake: VertexFake, counter: TokenCounter, tmp_path: Path
+) -> None:
+    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(
+        _sections(vertex_fake)))
+    result = compile_gateway(tmp_path, {"FAKE_VERTEX_CREDENTIALS": _credentials()})
+    assert result.graph is not None, result.diagnostics
+    adapter = VertexAdapter(result.graph.providers["gcp"], counter)
+    try:
+        for name in ("gemini", "claude"):
+            deployment = result.graph.deployments[name]
+            request = ChatRequest.model_validate({
+                "model": name, "messages": [{"role": "user", "content": "a b"}]})
+            deltas = [d async for d in adapter.stream(ChatCall(request, deployment, 3, 64))]
+            assert deltas[-1].usage is not None and deltas[-1].content is None
+            assert all(delta.usage is None for delta in deltas[:-1])
+        with pytest.raises(NoDeploymentAvailable, match="embeddings"):
+            await adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))
+    finally:
+        await adapter.aclose()
+    assert vertex_fake.token_requests == 1
+
+
+def _compile(tmp_path: Path, provider: str, environ: dict[str, str] | None = None
+             ) -> CompileResult:
+    (tmp_path / "gateway.yaml").write_text(
+        f"version: 1\nproviders:\n  p: {provider}\n"
+        "deployments:\n  d: {provider: p, model: gemini-2.5-pro, context_window: 8192}\n"
+        "routes:\n  r: {deployment: d}\n")
+    return compile_gateway(tmp_path, environ or {})
+
+
+def _said(result: CompileResult) -> list[str]:
+    return [f"{item.code.id} {item.message}" for item in result.diagnostics]
+
+
+def test_the_compiler_requires_project_and_location_and_keeps_them_to_vertex(
+    tmp_path: Path,
+) -> None:
+    assert _said(_compile(tmp_path, "{type: vertex}")) == [
+        "AGW313 provider 'p' of type 'vertex' needs project and location"]
+    assert _said(_compile(tmp_path, "{type: vertex, project: x, location: global, "
+                                    "api_key: '${K}'}", {"K": "k"})) == [
+        "AGW319 provider 'p' of type 'vertex' does not take an api_key"]
+    assert _said(_compile(tmp_path, "{type: bedrock, region: r, project: x, publisher: google}")) \
+        == ["AGW319 provider 'p' of type 'bedrock' does not take project",
+            "AGW319 provider 'p' of type 'bedrock' does not take publisher"]
+
+
+def test_the_credentials_file_is_resolved_from_env_or_the_gateway_directory(
+    tmp_path: Path,
+) -> None:
+    result = _compile(tmp_path, "{type: vertex, project: x, location: us-east5, "
+                                "credentials_file: keys/sa.json}")
+    assert result.graph is not None, _said(result)
+    provider = result.graph.providers["p"]
+    assert provider.credentials_file == str(tmp_path.resolve() / "keys" / "sa.json")
+    assert (provider.project, provider.location, provider.publisher) == ("x", "us-east5", None)
+    result = _compile(tmp_path, "{type: vertex, project: x, location: us-east5, "
+                                "credentials_file: '${GOOGLE_APPLICATION_CREDENTIALS}'}",
+                      {"GOOGLE_APPLICATION_CREDENTIALS": "/secrets/sa.json"})
+    assert result.graph is not None
+    assert result.graph.providers["p"].credentials_file == "/secrets/sa.json"
+    unset = _compile(tmp_path, "{type: vertex, project: x, location: us-east5, "
+                               "credentials_file: '${GOOGLE_APPLICATION_CREDENTIALS}'}")
+    assert unset.graph is not None
+    assert unset.graph.providers["p"].disabled_reason == (
+        "environment variable GOOGLE_APPLICATION_CREDENTIALS is not set")
+
+
+def test_without_google_auth_a_vertex_provider_is_disabled_with_the_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "google.auth", None)  # how Python spells "not installed"
+    result = _compile(tmp_path, "{type: vertex, project: x, location: global}")
+    assert _said(result) == ["AGW322 provider 'p' of type 'vertex' needs google.auth, which is "
+                             "not installed; its deployments will not serve"]
+    assert result.graph is not None
+    assert result.graph.providers["p"].disabled_reason == (
+        "provider type 'vertex' needs google.auth: pip install 'aigw[vertex]'")
+
+
+def test_the_fake_speaks_what_the_anthropic_vertex_sdk_sends(vertex_fake: VertexFake) -> None:
+    vertex_fake.tokens.add("ya29.sdk-token")
+    sdk = anthropic.AnthropicVertex(region="us-east5", project_id="fake-project",
+                                    access_token="ya29.sdk-token", max_retries=0,
+                                    base_url=f"{vertex_fake.base_url}/v1")
+    tools: Any = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    version = {"anthropic_version": "vertex-2023-10-16"}  # what Google documents
+    message = sdk.messages.create(model=CLAUDE, max_tokens=64, tools=tools, extra_body=version,
+                                  messages=[{"role": "user", "content": "find it"}])
+    assert [block.type for block in message.content] == ["text", "tool_use"]
+    with sdk.messages.stream(model=CLAUDE, max_tokens=64, extra_body=version,
+                             messages=[{"role": "user", "content": "a b"}]) as stream:
+        assert stream.get_final_text() == "fake-anthropic: a b"
+    assert vertex_fake.paths == [f"{PREFIX}/anthropic/models/{CLAUDE}:rawPredict",
+                                 f"{PREFIX}/anthropic/models/{CLAUDE}:streamRawPredict"]
+    sdk.close()

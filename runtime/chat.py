@@ -7,7 +7,6 @@ Every stage only looks things up in the graph snapshot the request started with.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -16,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -166,7 +166,8 @@ async def complete(
             try:
                 result = await candidate.adapter.complete(_call(chosen, candidate))
             except BaseException as exc:  # failed or cancelled: the quota is given back
-                await asyncio.shield(quotas.release(hold))
+                with anyio.CancelScope(shield=True):
+                    await quotas.release(hold)
                 if isinstance(exc, GatewayError):
                     span.error(str(exc.code))
                 raise
@@ -209,7 +210,8 @@ async def stream(
             except StopAsyncIteration:
                 first = None
             except BaseException as exc:  # failed or cancelled: the quota is given back
-                await asyncio.shield(quotas.release(hold))
+                with anyio.CancelScope(shield=True):
+                    await quotas.release(hold)
                 if isinstance(exc, GatewayError):
                     span.error(str(exc.code))
                 raise
@@ -337,9 +339,10 @@ async def _measured(
         stats.observe_latency((live.routing.clock() - won.started) * 1000)
     finally:
         stats.in_flight -= 1
-        await _close(rest)
-        tokens = record.prompt_tokens + record.completion_tokens
-        await asyncio.shield(DeploymentQuotas.settle(hold, tokens))
+        # Shielded: a client that went away cancels the stream, not its clean-up.
+        with anyio.CancelScope(shield=True):
+            await _close(rest)
+            await DeploymentQuotas.settle(hold, record.prompt_tokens + record.completion_tokens)
 
 
 async def _events(
@@ -357,5 +360,6 @@ async def _events(
     finally:  # also when the client went away: settled, recorded and finished either way
         if not ended:
             record.error = "client_disconnected"
-        await asyncio.shield(_close(deltas))
+        with anyio.CancelScope(shield=True):
+            await _close(deltas)
         live.telemetry.finish(record)

@@ -13,10 +13,10 @@ the ledger and metrics behave the same whichever SDK the app uses.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.datastructures import Headers
 
 from aigw.compiler.graph import ApiKey, Deployment
@@ -107,10 +107,11 @@ class Exchange:
                 record.completion_tokens = self.live.counter.count("".join(streamed))
                 record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
             # Shielded: a client that went away cancels the stream, not its settlement.
-            closer = getattr(deltas, "aclose", None)
-            if closer is not None:
-                await asyncio.shield(closer())
-            await asyncio.shield(self.close())
+            with anyio.CancelScope(shield=True):
+                closer = getattr(deltas, "aclose", None)
+                if closer is not None:
+                    await closer()
+                await self.close()
 
     async def close(self) -> None:
         """Settle and record a served request (once)."""

@@ -19,13 +19,13 @@ OpenAI-shaped results:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -358,5 +358,6 @@ async def _events(
             record.error = "client_disconnected"
         closer = getattr(deltas, "aclose", None)
         if closer is not None:
-            await asyncio.shield(closer())
+            with anyio.CancelScope(shield=True):
+                await closer()
         live.telemetry.finish(record)

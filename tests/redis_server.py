@@ -61,6 +61,10 @@ class PrivateRedis:
             client.close()
         pytest.fail(f"the private redis-server on port {self.port} did not start")
 
+    def start_on_same_port(self) -> None:
+        """Start again where it was (after ``stop``), as a restarted Redis would."""
+        self.start()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()

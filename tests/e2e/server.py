@@ -23,9 +23,11 @@ def free_port() -> int:
 class Server:
     """One ``python -m aigw serve`` process; its output goes to a log file the test can read."""
 
-    def __init__(self, root: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, root: Path, *args: str, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"serve-{self.port}.log"
         self._log = self.log_path.open("wb")
@@ -80,7 +82,15 @@ class Server:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """kill -9: no shutdown, no flush, nothing graceful."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=15)
+        self._log.close()
+
     def stop(self) -> int:
+        if self._log.closed:
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -1,0 +1,246 @@
+"""Limits, budgets and the ledger with real gateway processes, on both stores.
+
+One currency unit per token (price 1e6 per million), so costs are token counts: a
+request for "hi" is 7 prompt tokens, holds 7 + 3 (max_tokens) = 10 and costs 8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..redis_server import PrivateRedis
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+APP_KEY = "sk-app-0001"
+HOLD, COST = 10, 8
+
+
+def _gateway(root: Path, store: str, *, budget: float | None = None, tpm: int | None = None,
+             latency: str = "", settings: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    team = []
+    if budget is not None:
+        team.append(f"budget: {{amount: {budget}, period: total}}")
+    if tpm is not None:
+        team.append(f"limits: {{tpm: {tpm}}}")
+    (root / "gateway.yaml").write_text(f"""
+version: 1
+settings:
+  store: "{store}"
+  reservation_ttl_s: 2
+{settings}
+providers:
+  local: {{type: echo{latency}}}
+deployments:
+  paid: {{provider: local, model: paid-1, context_window: 100000,
+         price: {{input: 1000000, output: 1000000}}}}
+routes:
+  paid: {{deployment: paid}}
+teams:
+  app: {{{", ".join(team)}}}
+  ops: {{}}
+keys:
+  app: {{team: app, sha256: {hashlib.sha256(APP_KEY.encode()).hexdigest()}}}
+  dev: {{team: ops, admin: true, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
+""")
+    return root
+
+
+def _admin(server: Server, path: str) -> dict[str, object]:
+    response = httpx.get(f"{server.base_url}{path}", headers={"Authorization": f"Bearer {DEV_KEY}"})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def _team_budget(server: Server) -> dict[str, float]:
+    rows = _admin(server, "/admin/budgets")["data"]
+    assert isinstance(rows, list)
+    return next(row for row in rows if row["name"] == "app")
+
+
+async def _burst(servers: list[Server], count: int) -> list[int]:
+    """``count`` requests at once, spread over ``servers``; their status codes."""
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=count)) as http:
+        async def one(index: int) -> int:
+            server = servers[index % len(servers)]
+            response = await http.post(
+                f"{server.base_url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {APP_KEY}"},
+                json={"model": "paid", "max_tokens": 3,
+                      "messages": [{"role": "user", "content": "hi"}]},
+            )
+            return response.status_code
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+@pytest.fixture
+def fleet() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def _start(stack: ExitStack, root: Path) -> Server:
+    server = Server(root)
+    stack.callback(server.stop)
+    server.wait_ready()
+    return server
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_200_concurrent_requests_never_overspend_the_budget(
+    tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis, store: str
+) -> None:
+    budget = 8 * COST
+    if store == "embedded":
+        servers = [_start(fleet, _gateway(tmp_path / "gw", "embedded", budget=budget))]
+    else:  # two replicas sharing one Redis
+        servers = [
+            _start(fleet, _gateway(tmp_path / f"gw{i}", private_redis.url, budget=budget))
+            for i in range(2)
+        ]
+    statuses = asyncio.run(_burst(servers, 200))
+    served = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    spent = _team_budget(servers[0])
+    assert spent["spent"] == served * COST
+    assert spent["spent"] <= budget + HOLD  # never more than one reservation over
+    assert served >= budget // HOLD  # and the budget was actually used
+    assert spent["held"] == 0
+    ledger = _admin(servers[-1], "/admin/spend?group_by=key")["data"]
+    assert isinstance(ledger, list)
+    app_rows = [row for row in ledger if row["key"] == "app"]
+    if store == "redis":  # one ledger shared by both replicas
+        assert app_rows[0]["requests"] == 200 and app_rows[0]["cost"] == served * COST
+
+
+def test_a_tpm_limit_shared_by_three_gateways_holds_as_one(
+    tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis
+) -> None:
+    tpm = 60  # 6 holds of 10 tokens; refills 1 token a second
+    servers = [
+        _start(fleet, _gateway(tmp_path / f"gw{i}", private_redis.url, tpm=tpm))
+        for i in range(3)
+    ]
+    started = time.monotonic()
+    statuses = asyncio.run(_burst(servers, 30))
+    elapsed = time.monotonic() - started
+    served = statuses.count(200)
+    # One limit: 60 tokens plus what refilled meanwhile; three limits would allow ~18.
+    assert 6 <= served <= (tpm + elapsed * tpm / 60) // HOLD + 1, (served, elapsed)
+    assert statuses.count(429) == 30 - served
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_kill_9_mid_stream_loses_no_settled_record_and_leaks_no_hold(
+    tmp_path: Path, private_redis: PrivateRedis, store: str
+) -> None:
+    url = "embedded" if store == "embedded" else private_redis.url
+    root = _gateway(tmp_path / "gw", url, budget=10_000,
+                    latency=", latency: {per_token_ms: 200}")
+    server = Server(root)
+    server.wait_ready()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
+    for _ in range(3):  # settled before the crash
+        client.chat.completions.create(model="paid", max_tokens=3,
+                                       messages=[{"role": "user", "content": "hi"}])
+    streams = [
+        client.chat.completions.create(
+            model="paid", stream=True, max_tokens=100,
+            messages=[{"role": "user", "content": " ".join(f"w{i}" for i in range(40))}])
+        for _ in range(3)
+    ]
+    for stream in streams:
+        next(iter(stream))  # each stream has started and holds its reservation
+    assert _team_budget(server)["held"] > 0
+    server.kill()
+
+    restarted = Server(root, port=server.port)
+    try:
+        restarted.wait_ready()
+        ledger = _admin(restarted, "/admin/spend?group_by=key")["data"]
+        assert isinstance(ledger, list)
+        app = next(row for row in ledger if row["key"] == "app")
+        assert app["requests"] >= 3 and app["cost"] >= 3 * COST  # the settled ones survived
+        deadline = time.monotonic() + 15
+        while _team_budget(restarted)["held"] > 0:  # the crashed holds expire (TTL 2 s)
+            assert time.monotonic() < deadline, "a reservation leaked"
+            time.sleep(0.2)
+        assert _team_budget(restarted)["spent"] == app["cost"]
+    finally:
+        restarted.stop()
+        for stream in streams:
+            stream.close()
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open"])
+def test_redis_outage_follows_the_configured_fail_mode(
+    tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis, mode: str
+) -> None:
+    root = _gateway(tmp_path / "gw", private_redis.url, tpm=100_000,
+                    settings=f"  store_failure: {mode}")
+    server = _start(fleet, root)
+
+    def ask() -> int:
+        return httpx.post(f"{server.base_url}/v1/chat/completions",
+                          headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=30,
+                          json={"model": "paid", "max_tokens": 3,
+                                "messages": [{"role": "user", "content": "hi"}]}).status_code
+
+    assert ask() == 200
+    private_redis.stop()
+    during = [ask() for _ in range(5)]
+    if mode == "fail_closed":
+        assert during == [503] * 5
+    else:
+        assert during == [200] * 5
+    private_redis.start_on_same_port()
+    deadline = time.monotonic() + 20
+    while ask() != 200:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.2)
+    assert server.process.poll() is None  # nothing crashed
+    assert "Traceback" not in server.log
+
+
+def test_a_stream_the_client_abandons_is_settled_for_what_was_sent(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
+                    latency=", latency: {per_token_ms: 100}")
+    server = _start(fleet, root)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
+    words = " ".join(f"w{i}" for i in range(40))
+    stream = client.chat.completions.create(
+        model="paid", stream=True, max_tokens=100,
+        messages=[{"role": "user", "content": words}])
+    chunks = iter(stream)
+    for _ in range(4):
+        next(chunks)
+    stream.close()  # the app goes away mid-answer
+    deadline = time.monotonic() + 15
+    while True:
+        rows = _admin(server, "/admin/spend?group_by=key")["data"]
+        assert isinstance(rows, list)
+        app = next((row for row in rows if row["key"] == "app"), None)
+        if app is not None:
+            break
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+    budget = _team_budget(server)
+    assert budget["held"] == 0
+    full = 80  # the whole answer: 40 words of 2 tokens each
+    assert 0 < app["tokens_out"] < full
+    assert budget["spent"] == app["cost"] == app["tokens_in"] + app["tokens_out"]

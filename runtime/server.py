@@ -13,8 +13,10 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
         sys.stderr.write(f"aigw: not serving: the config in {options.root} has errors\n")
         return 1
     graph = gateway.live.graph
+    logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
     for warning in graph.warnings:
         log.warning("%s %s %s", warning.code.id, warning.position, warning.message)
@@ -165,6 +168,10 @@ def _is_loopback(host: str) -> bool:
 
 def _run_master(options: ServeOptions, config: Config) -> int:
     sockets = config.create_sockets()
+    # Workers share metrics through files (prometheus-client's multiprocess mode); the
+    # variable must be set before a worker imports prometheus_client.
+    metrics_dir = tempfile.mkdtemp(prefix="aigw-metrics-")
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker_main, args=(options, config, sockets), daemon=False)
@@ -184,6 +191,7 @@ def _run_master(options: ServeOptions, config: Config) -> int:
         worker.join()
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((worker.exitcode or 0) for worker in workers)
 
 

@@ -214,3 +214,24 @@ def test_dev_key_on_a_public_address_warns_loudly(gateway_dir: Path) -> None:
         assert "development key" not in quiet.log
     finally:
         quiet.stop()
+
+
+def test_metrics_add_up_across_workers(gateway_dir: Path) -> None:
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        client = _client(server)
+        for _ in range(10):  # new connections: both workers get some
+            with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                               max_retries=0) as fresh:
+                fresh.chat.completions.create(
+                    model="echo", messages=[{"role": "user", "content": "m"}])
+        del client
+        texts = {httpx.get(f"{server.base_url}/metrics").text for _ in range(6)}
+        for text in texts:  # whichever worker answers the scrape, the total is the same
+            line = next(line for line in text.splitlines()
+                        if line.startswith("aigw_requests_total{") and 'route="echo"' in line
+                        and 'status="200"' in line)
+            assert float(line.rsplit(" ", 1)[1]) == 10.0
+    finally:
+        assert server.stop() == 0, server.log

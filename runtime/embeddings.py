@@ -69,6 +69,9 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
         )
     if last_error is not None:
         raise last_error
+    if not any(deployment.kind == "embeddings" for deployment in route.candidates):
+        raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
+                         param="model")
     raise NoDeploymentAvailable(
         f"No deployment of '{route.name}' serves embeddings: {'; '.join(tried)}."
     )

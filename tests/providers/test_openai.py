@@ -199,3 +199,36 @@ async def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None
         "model": "r", "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
+
+
+async def test_vision_and_json_schema_pass_through_unchanged(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=",
+                                                 "detail": "low"}}
+    schema = {"type": "json_schema", "json_schema": {
+        "name": "answer", "strict": True,
+        "schema": {"type": "object", "properties": {"a": {"type": "string"}},
+                   "required": ["a"], "additionalProperties": False}}}
+    response = await client.post(CHAT, json={
+        "model": "gpt", "response_format": schema,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"},
+                                                   image]}],
+    })
+    assert response.status_code == 200, response.text
+    sent = openai_fake.script.requests[-1]
+    assert sent["messages"][0]["content"][1] == image
+    assert sent["response_format"] == schema
+
+
+async def test_a_deployment_without_vision_is_not_sent_images(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_sections(openai_fake))
+    response = await client.post(CHAT, json={"model": "local", "messages": [{
+        "role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+    }]})
+    assert response.status_code == 422
+    assert "lacks vision" in response.json()["error"]["message"]
+    assert openai_fake.script.requests == []

@@ -192,3 +192,28 @@ async def test_admin_status_needs_an_admin_key(client: httpx.AsyncClient, gatewa
     assert status["graph"]["providers"]["local"]["enabled"] is True
     no_key = await client.get("/admin/status", headers={"Authorization": ""})
     _assert_openai_error(no_key, 401, "invalid_api_key")
+
+
+async def test_echo_embeddings_are_deterministic_and_normalised(client: httpx.AsyncClient) -> None:
+    first = await client.post("/v1/embeddings", json={"model": "embed", "input": ["a b", "c"]})
+    again = await client.post("/v1/embeddings", json={"model": "embed", "input": "a b"})
+    assert first.status_code == 200
+    vectors = [row["embedding"] for row in first.json()["data"]]
+    assert len(vectors) == 2 and len(vectors[0]) == 256
+    assert again.json()["data"][0]["embedding"] == vectors[0]
+    assert abs(sum(v * v for v in vectors[0]) - 1.0) < 1e-9
+    chat_model = await client.post("/v1/embeddings", json={"model": "fast", "input": "x"})
+    assert chat_model.status_code == 400
+    assert chat_model.json()["error"]["param"] == "model"
+
+
+async def test_echo_calls_a_forced_tool(client: httpx.AsyncClient) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    response = await client.post(CHAT, json={
+        "model": "fast", "tools": tools, "tool_choice": "required",
+        "messages": [{"role": "user", "content": '{"q": "moon"}'}],
+    })
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "moon"}'}

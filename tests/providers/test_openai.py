@@ -232,3 +232,18 @@ async def test_a_deployment_without_vision_is_not_sent_images(
     assert response.status_code == 422
     assert "lacks vision" in response.json()["error"]["message"]
     assert openai_fake.script.requests == []
+
+
+async def test_azure_tool_calls_and_vision_go_through_the_same_adapter(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    with_vision = _sections(openai_fake).replace(
+        "tools]}\n      emb:", "tools, vision]}\n      emb:")
+    client = await make_gateway(with_vision)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    response = await client.post(CHAT, json={"model": "azure", "tools": TOOLS, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "see"}, image]}]})
+    assert response.status_code == 200, response.text
+    call = response.json()["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "lookup"
+    assert openai_fake.script.requests[-1]["messages"][0]["content"][1] == image

@@ -129,11 +129,13 @@ class Admission:
         if self.reservation is not None:
             await self.store.release(self.reservation)
 
-    async def over_budget(self) -> bool:
-        """Has any budget of this request run out (spent and held beyond its amount)?"""
-        if not any(limit.budget is not None for limit in self.limits):
+    async def over_budget(self, limits: tuple[Limits, ...]) -> bool:
+        """Has any of ``limits``' budgets run out: spent and held (this request's hold
+        included) beyond its amount? ``limits`` are the current ones, so a budget that
+        a reload lowered counts at its new amount."""
+        if not any(limit.budget is not None for limit in limits):
             return False
-        statuses = await self.store.budgets(self.limits)
+        statuses = await self.store.budgets(limits)
         return any(status.spent + status.held > status.amount for status in statuses)
 
 

@@ -22,15 +22,21 @@ from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, Pay
 from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
+from .policy_endpoints import policy_routes
 from .telemetry.metrics import CIRCUIT_VALUES
 from .telemetry.record import RequestRecord
+from .workflows import PipelineChat, Workflows, workflow_routes
 
 log = logging.getLogger("aigw.http")
 
 
-def create_app(gateway: Gateway) -> ASGIApp:
-    """The ASGI app serving ``gateway``; every response says which graph answered it."""
-    endpoints = _Endpoints(gateway)
+def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
+    """The ASGI app serving ``gateway``; every response says which graph answered it.
+
+    ``workflows`` runs its pipelines (one is made when not given; its runner starts with
+    the ASGI lifespan, or on first use)."""
+    workflows = workflows or Workflows(gateway)
+    endpoints = _Endpoints(gateway, PipelineChat(workflows))
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", endpoints.chat, methods=["POST"]),
@@ -45,7 +51,10 @@ def create_app(gateway: Gateway) -> ASGIApp:
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
             Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
+            *workflow_routes(workflows),
+            *policy_routes(gateway),
         ],
+        lifespan=workflows.lifespan,
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -102,16 +111,17 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class _Endpoints:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, pipelines: PipelineChat | None = None) -> None:
         self.gateway = gateway
+        self.pipelines = pipelines
 
     async def chat(self, request: Request) -> Response:
         live = _live(request)
         record = new_record(live, "chat")
-        exchange = Exchange(live, record, request.headers)
+        exchange = Exchange(live, record, request.headers, lambda: self.gateway.live)
         try:
             body = await read_body(request, live.graph.settings.max_request_bytes)
-            response = await chat_completions(exchange, body)
+            response = await chat_completions(exchange, body, self.pipelines)
         except GatewayError as exc:
             await exchange.fail(exc)
             live.telemetry.finish(record)
@@ -151,7 +161,7 @@ class _Endpoints:
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
         body = read_body(request, live.graph.settings.max_request_bytes)
-        return await create_message(live, request.headers, body)
+        return await create_message(live, request.headers, body, lambda: self.gateway.live)
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)

@@ -13,19 +13,21 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from aigw.compiler.graph import Deployment, Graph, Route, TargetKind
+from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
 from .admission import DeploymentQuotas, Hold
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
 from .live import Live
+from .policy import RequestGate
+from .policy_request import authorize_pipeline
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
@@ -48,6 +50,7 @@ class Plan:
     request: ChatRequest
     prompt_tokens: int
     deadline: float  # on the routing state's clock
+    gate: RequestGate | None = None  # Cedar: who asks, in what context (None: unchecked)
 
 
 def resolve_route(graph: Graph, model: str) -> Route:
@@ -88,12 +91,15 @@ def prepare(
     request: ChatRequest,
     headers: Headers | None = None,
     record: RequestRecord | None = None,
+    route: Route | None = None,
 ) -> Plan:
     """Route a parsed request (whatever wire format it arrived in) and fix its deadline.
 
     A client may shorten the route's deadline with ``x-aigw-deadline-ms``, never extend it.
+    ``route`` serves the request instead of the route its model names (a pipeline's call
+    to a group or deployment that apps cannot call by name).
     """
-    route = resolve_route(live.graph, request.model)
+    route = route or resolve_route(live.graph, request.model)
     prompt_tokens = live.counter.count_messages(request.messages)
     budget_s = route.deadline_s
     asked = headers.get("x-aigw-deadline-ms") if headers is not None else None
@@ -127,7 +133,7 @@ def _loop(
 ) -> AttemptLoop[T]:
     return AttemptLoop(
         live.graph, live.adapters, live.routing, chosen.route, chosen.request,
-        chosen.prompt_tokens, chosen.deadline, attempt, discard,
+        chosen.prompt_tokens, chosen.deadline, attempt, discard, gate=chosen.gate,
     )
 
 
@@ -236,11 +242,26 @@ async def stream(
     return _served(record, chosen, won), _measured(live, won, record, first, rest, hold)
 
 
-async def chat_completions(exchange: Exchange, body: bytes) -> Response:
+class PipelineChat(Protocol):
+    """Serves a chat request whose model is a pipeline route (runtime/workflows)."""
+
+    async def __call__(
+        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: Route
+    ) -> Response: ...
+
+
+async def chat_completions(
+    exchange: Exchange, body: bytes, pipelines: PipelineChat | None = None
+) -> Response:
     """POST /v1/chat/completions in OpenAI's wire format."""
     live, record = exchange.live, exchange.record
     key = authenticate(live.graph, exchange.headers)
     request = parse_chat_request(body)
+    route = live.graph.routes.get(request.model)
+    if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:
+        user = request.user or exchange.headers.get(live.graph.settings.user_header) or None
+        await authorize_pipeline(live, key, user, route, request, exchange.headers)
+        return await pipelines(exchange, key, request, route)
     await exchange.open(key, request)
     if not request.stream:
         served, result = await exchange.complete()

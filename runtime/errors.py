@@ -12,6 +12,9 @@
     │   └── BudgetExceeded          429 insufficient_quota (a budget has no room left)
     ├── InternalError               500
     ├── NotImplementedRoute         501 not_implemented
+    ├── Conflict                    409 conflict (e.g. resuming an execution that is not paused)
+    ├── PipelineFailed              502 pipeline_failed (an execution ended without an output)
+    ├── PipelineTimeout             504 pipeline_timeout (not done within the route's deadline)
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
@@ -131,6 +134,24 @@ class NotImplementedRoute(GatewayError):
     status = 501
     error_type = "invalid_request_error"
     code = "not_implemented"
+
+
+class Conflict(GatewayError):
+    status = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class PipelineFailed(GatewayError):
+    status = 502
+    error_type = "server_error"
+    code = "pipeline_failed"
+
+
+class PipelineTimeout(GatewayError):
+    status = 504
+    error_type = "server_error"
+    code = "pipeline_timeout"
 
 
 class NoDeploymentAvailable(GatewayError):

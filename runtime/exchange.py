@@ -14,12 +14,12 @@ the ledger and metrics behave the same whichever SDK the app uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from starlette.datastructures import Headers
 
-from aigw.compiler.graph import ApiKey, Deployment
+from aigw.compiler.graph import ApiKey, Deployment, Route
 
 from .admission import (
     Admission,
@@ -33,6 +33,7 @@ from .chat import Plan, Served, complete, prepare, stream
 from .chat_request import ChatRequest
 from .errors import BudgetExceeded, GatewayError, StoreUnavailable
 from .live import Live
+from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult
 from .telemetry.record import RequestRecord
 
@@ -43,8 +44,17 @@ _BUDGET_CHECK_EVERY = 16
 
 
 class Exchange:
-    def __init__(self, live: Live, record: RequestRecord, headers: Headers) -> None:
+    def __init__(
+        self,
+        live: Live,
+        record: RequestRecord,
+        headers: Headers,
+        current: Callable[[], Live] | None = None,
+    ) -> None:
         self.live = live
+        # The gateway's live snapshot now (after any reload), for limits that changed.
+        self._current = current or (lambda: live)
+        self._key_name: str | None = None
         self.record = record
         self.headers = headers
         self.user: str | None = None
@@ -52,16 +62,18 @@ class Exchange:
         self.plan: Plan | None = None
         self._closed = False
 
-    async def open(self, key: ApiKey, request: ChatRequest) -> Plan:
+    async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
         record, live = self.record, self.live
         record.key, record.team = key.name, key.team.name if key.team else None
+        self._key_name = key.name
         self.user = request.user or self.headers.get(live.graph.settings.user_header) or None
         record.user = self.user
-        plan = prepare(live, request, self.headers, record)
+        plan = prepare(live, request, self.headers, record, route)
         check_route_allowed(key, plan.route)
         limits = subject_limits(key, self.user)
         tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit)
         store = await live.store.get()
+        plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         self.admission = await admit(store, record, limits, tokens, cost)
         self.plan = plan
         return plan
@@ -98,8 +110,7 @@ class Exchange:
                 for call in delta.tool_calls:
                     streamed.append(call.arguments or "")
                 count += 1
-                checking = watch and count % _BUDGET_CHECK_EVERY == 0
-                if checking and self.admission is not None and await self.admission.over_budget():
+                if watch and count % _BUDGET_CHECK_EVERY == 0 and await self._over_budget():
                     raise BudgetExceeded("The budget ran out during this stream.")
                 yield delta
         finally:
@@ -112,6 +123,13 @@ class Exchange:
                 if closer is not None:
                     await closer()
                 await self.close()
+
+    async def _over_budget(self) -> bool:
+        graph = self._current().graph
+        key = next((k for k in graph.keys_by_sha256.values() if k.name == self._key_name), None)
+        if key is None or self.admission is None:  # the key was removed: stop spending
+            return True
+        return await self.admission.over_budget(subject_limits(key, self.user))
 
     async def close(self) -> None:
         """Settle and record a served request (once)."""

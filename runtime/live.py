@@ -18,6 +18,8 @@ from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Graph
 
 from .admission import StoreHandle
+from .policy import PolicyEngine
+from .policy_live import StateLive
 from .providers.base import ChatAdapter
 from .providers.registry import build_adapters
 from .routing.state import RoutingState
@@ -38,6 +40,7 @@ class Live:
     telemetry: Telemetry  # shared too: metrics are per process, not per graph
     store: StoreHandle  # limits, budgets and the ledger (opened from the first graph)
     loaded_at: float
+    policy: PolicyEngine  # Cedar for this graph, with its caches
 
     @classmethod
     def build(
@@ -52,7 +55,8 @@ class Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
-        return cls(graph, fresh, counter, routing, telemetry, store, time.time())
+        return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
+                   PolicyEngine(graph, StateLive(routing)))
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:

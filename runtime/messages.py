@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -65,14 +65,19 @@ _STOP_REASONS: Mapping[str, str] = MappingProxyType({
 })
 
 
-async def create_message(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
+async def create_message(
+    live: Live,
+    headers: Headers,
+    body: Awaitable[bytes],
+    current: Callable[[], Live] | None = None,
+) -> Response:
     """POST /v1/messages. ``body`` is awaited here, so that a 413 is Anthropic-shaped too.
 
     The request's record is finished here, or when its stream ends; the app's handlers
     would answer errors in OpenAI's shape, so none reaches them.
     """
     record = new_record(live, "messages")
-    exchange = Exchange(live, record, headers)
+    exchange = Exchange(live, record, headers, current)
     try:
         response = await _message(exchange, await body)
     except GatewayError as exc:

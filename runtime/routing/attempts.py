@@ -35,6 +35,7 @@ from ..errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from ..policy import Denied, RequestGate
 from ..providers.base import ChatAdapter
 from .candidates import Candidate, Dropped, eligible, order_candidates
 from .state import RoutingState
@@ -91,6 +92,8 @@ class AttemptLoop(Generic[T]):
         attempt: Callable[[Candidate], Awaitable[T]],
         discard: Callable[[T], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        gate: RequestGate | None = None,
     ) -> None:
         assert route.group is not None
         self.graph = graph
@@ -103,6 +106,7 @@ class AttemptLoop(Generic[T]):
         self.attempt = attempt
         self.discard = discard
         self.sleep = sleep
+        self.gate = gate  # Cedar's route policies; None: every candidate may serve
         self.trace = Trace()
         self.demand = Demand(prompt_tokens, request.output_limit, request.stream)
 
@@ -131,10 +135,15 @@ class AttemptLoop(Generic[T]):
     async def _tier(self, tier: _Tier) -> tuple[Won[T] | None, str, UpstreamError | None]:
         group = tier.group
         fit, dropped = eligible(group, self.adapters, self.request, self.prompt_tokens)
+        filtered = self.gate.filter(fit) if self.gate is not None else None
+        if filtered is not None:
+            fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
         self.trace.dropped.extend(dropped)
         for item in dropped:
             self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")
         ordered = order_candidates(group, fit, self.state, self.demand)
+        if filtered is not None:
+            ordered = filtered.by_priority(ordered)
         self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
                        f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
         failure_class = "context_window" if dropped and all(d.unfit for d in dropped) else "error"
@@ -309,6 +318,9 @@ class AttemptLoop(Generic[T]):
         return group.fallbacks
 
     def _nothing_to_try(self) -> GatewayError:
+        denied = [d for d in self.trace.dropped if isinstance(d, Denied)]
+        if denied and self.gate is not None and not self.gate.permitted:
+            return self.gate.forbidden(self.route.name, denied)  # no deployment was permitted
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in self.trace.dropped)
         if self.trace.dropped and all(d.unfit for d in self.trace.dropped):
             return ContextWindowExceeded(

@@ -28,6 +28,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._consecutive = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._window_failures = 0  # failed calls in _window, kept as it changes
         self._probe_out = False
 
     def state(self, now: float) -> CircuitState:
@@ -53,11 +54,15 @@ class CircuitBreaker:
             state is CircuitState.HALF_OPEN and not self._probe_out
         )
 
+    def recent(self, now: float) -> tuple[int, int]:
+        """Calls and failed calls in the window that ends at ``now`` (for policies)."""
+        self._trim(now)
+        return len(self._window), self._window_failures
+
     def record(self, now: float, ok: bool) -> None:
         self._window.append((now, ok))
-        horizon = now - self.policy.window_s
-        while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+        self._window_failures += 0 if ok else 1
+        self._trim(now)
         if self._state is CircuitState.HALF_OPEN:
             if ok:
                 self._close()
@@ -76,6 +81,12 @@ class CircuitBreaker:
         if self._consecutive >= self.policy.consecutive_failures or over_rate:
             self._open(now)
 
+    def _trim(self, now: float) -> None:
+        horizon = now - self.policy.window_s
+        while self._window and self._window[0][0] < horizon:
+            _, ok = self._window.popleft()
+            self._window_failures -= 0 if ok else 1
+
     def release_probe(self) -> None:
         """The probe ended without a verdict (e.g. cancelled): let another one through."""
         self._probe_out = False
@@ -89,4 +100,5 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._consecutive = 0
         self._window.clear()
+        self._window_failures = 0
         self._probe_out = False

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aigw.compiler.graph import Graph, Group
 
 from ..chat_request import ChatRequest, Message
+from ..policy import Decision, RequestGate
 from ..providers.registry import ADAPTERS
 from .candidates import Dropped, eligible, order_candidates
 from .state import RoutingState
@@ -21,6 +23,7 @@ class TierExplanation:
     strategy: str
     order: tuple[tuple[str, float], ...]  # (deployment, expected cost)
     dropped: tuple[Dropped, ...]
+    decisions: Mapping[str, Decision] = field(default_factory=dict)  # Cedar, when asked
 
 
 def explain(
@@ -30,8 +33,15 @@ def explain(
     max_tokens: int | None,
     stream: bool = False,
     state: RoutingState | None = None,
+    gate: RequestGate | None = None,
+    every_provider: bool = False,
 ) -> list[TierExplanation]:
-    """Every group the request could reach, in the order the attempt loop would try them."""
+    """Every group the request could reach, in the order the attempt loop would try them.
+
+    With ``gate``, Cedar's route policies filter and order each group as they would for
+    that principal and context; ``every_provider`` counts disabled providers (an unset
+    key in CI) as available.
+    """
     route = graph.routes[route_name]
     if route.group is None:
         return []
@@ -44,7 +54,7 @@ def explain(
         stream=stream,
     )
     adapters = {name: _Placeholder() for name, p in graph.providers.items()
-                if p.enabled and p.type in ADAPTERS}
+                if (p.enabled or every_provider) and p.type in ADAPTERS}
     tiers: list[TierExplanation] = []
     queue: deque[tuple[Group, str]] = deque([(route.group, "route")])
     seen: set[str] = set()
@@ -55,11 +65,17 @@ def explain(
             continue
         seen.add(group.name)
         fit, dropped = eligible(group, adapters, request, prompt_tokens)  # type: ignore[arg-type]
+        filtered = gate.filter(fit) if gate is not None else None
+        if filtered is not None:
+            fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
         ordered = order_candidates(group, fit, state, demand)
+        if filtered is not None:
+            ordered = filtered.by_priority(ordered)
         tiers.append(TierExplanation(
             group.name, reason, group.strategy,
             tuple((c.deployment.name, expected_cost(c.deployment, demand)) for c in ordered),
             tuple(dropped),
+            filtered.decisions if filtered is not None else {},
         ))
         labelled = [(name, "fallback") for name in group.fallbacks]
         labelled += [(name, "rate-limit fallback") for name in group.on_rate_limit]
@@ -82,7 +98,12 @@ def render(route_name: str, tiers: list[TierExplanation], prompt_tokens: int,
     for tier in tiers:
         lines.append(f"  group {tier.group} ({tier.reason}, strategy {tier.strategy})")
         for rank, (name, cost) in enumerate(tier.order, start=1):
-            lines.append(f"    {rank}. {name}  expected cost {cost:.6f}")
+            decision = tier.decisions.get(name)
+            permitted = ""
+            if decision is not None and decision.policies:
+                permitted = (f"  permitted by {', '.join(decision.policies)} "
+                             f"(priority {decision.priority})")
+            lines.append(f"    {rank}. {name}  expected cost {cost:.6f}{permitted}")
         for item in tier.dropped:
             lines.append(f"    dropped {item.deployment}: {item.reason}")
     return "\n".join(lines) + "\n"

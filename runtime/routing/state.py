@@ -29,6 +29,7 @@ class DeploymentStats:
     def __init__(self, deployment: Deployment) -> None:
         self.breaker = CircuitBreaker(deployment.breaker)
         self.in_flight = 0
+        self.queue_depth = 0  # requests waiting upstream, when its metrics say (vLLM)
         self.latency_ms: float | None = None  # EWMA of whole-call latency
         self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
         self.requests = 0

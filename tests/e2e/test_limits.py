@@ -244,3 +244,30 @@ def test_a_stream_the_client_abandons_is_settled_for_what_was_sent(
     full = 80  # the whole answer: 40 words of 2 tokens each
     assert 0 < app["tokens_out"] < full
     assert budget["spent"] == app["cost"] == app["tokens_in"] + app["tokens_out"]
+
+
+def test_a_budget_cut_by_reload_stops_streams_mid_flight(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
+                    latency=", latency: {per_token_ms: 40}",
+                    settings="  stop_streams_over_budget: true")
+    server = _start(fleet, root)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
+    words = " ".join(f"w{i}" for i in range(80))
+    stream = client.chat.completions.create(
+        model="paid", stream=True, max_tokens=200,
+        messages=[{"role": "user", "content": words}])
+    chunks = iter(stream)
+    received = [next(chunks) for _ in range(3)]
+    config = root / "gateway.yaml"
+    config.write_text(config.read_text().replace("amount: 10000", "amount: 5"))
+    reloaded = httpx.post(f"{server.base_url}/admin/reload",
+                          headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+    assert reloaded.status_code == 200, reloaded.text
+    with pytest.raises(openai.APIError) as stopped:
+        for chunk in chunks:
+            received.append(chunk)
+    assert "budget" in str(stopped.value).lower()
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    assert 0 < len(text) < len(words)  # cut mid-answer

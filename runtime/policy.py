@@ -1,0 +1,410 @@
+"""Cedar at request time: may this caller use this route, and which deployments may serve it.
+
+    invoke   one decision before routing; a deny is a 403 naming the deciding policies
+    route    each tier's candidates in one ``is_authorized_batch`` call, with live metrics
+             in the deployment entities; the permitted ones are ordered by the highest
+             @priority among the policies that permitted them (then the group's strategy)
+
+The policy set, schema and static entities come parsed from the graph. Per request
+only the principal (for an end user), the context and the candidates' live values
+are written, and only the attributes and fields some policy reads. Entity sets and
+decisions are cached by exactly what they were computed from, so a decision is
+recomputed only when something a policy can see has changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import operator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import cedarpy
+
+from aigw.compiler.authorization import Authorization
+from aigw.compiler.entity_model import CONTEXT, DEPLOYMENT_LIVE, cedar_decimal, encode_value
+from aigw.compiler.graph import ApiKey, Deployment, Graph
+from aigw.compiler.policy_analysis import Atom
+
+from .errors import Forbidden
+from .policy_live import LiveSource
+from .routing.candidates import Candidate, Dropped
+
+log = logging.getLogger("aigw.policy")
+
+_ROUTE = {"type": "Action", "id": "route"}
+_INVOKE = {"type": "Action", "id": "invoke"}
+_CACHE_ENTITIES = 64
+_CACHE_DECISIONS = 4096
+_CACHE_JSON = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the request context is made of, before Cedar encoding.
+
+    ``budget_remaining`` None means no budget applies (sent as the largest decimal);
+    ``latency_sla_ms`` defaults to the request's deadline.
+    """
+
+    route: str
+    estimated_tokens: int
+    max_tokens: int | None
+    stream: bool
+    latency_sla_ms: int
+    budget_remaining: float | None = None
+    intent: str = ""
+    tags: tuple[str, ...] = ()
+    hour_of_day: int = field(default_factory=lambda: time.gmtime().tm_hour)
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "estimated_tokens": self.estimated_tokens,
+            "max_tokens": self.max_tokens or 0,
+            "stream": self.stream,
+            "latency_sla_ms": self.latency_sla_ms,
+            "budget_remaining": self.budget_remaining,
+            "intent": self.intent,
+            "hour_of_day": self.hour_of_day,
+            "tags": self.tags,
+            "route": self.route,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CedarContext:
+    """The context record as sent to Cedar, and the key decisions about it are cached by:
+    a field only compared with literals counts by the answers of those comparisons."""
+
+    text: str
+    key: tuple[object, ...]
+
+
+def encode_context(values: Mapping[str, Any], fields: frozenset[str],
+                   atoms: Mapping[str, tuple[Atom, ...]]) -> CedarContext:
+    """The context record with only ``fields`` in it (those some policy reads)."""
+    record: dict[str, Any] = {}
+    key: list[object] = []
+    for name in sorted(fields):
+        value = values.get(name)
+        if name == "budget_remaining" and value is None:
+            encoded = cedar_decimal(float("inf"))
+        else:
+            encoded = encode_value(CONTEXT[name], value)
+        record[name] = encoded
+        found = atoms.get(f"context.{name}")
+        key.append(answers(found, encoded) if found is not None
+                   else json.dumps(encoded, sort_keys=True))
+    return CedarContext(json.dumps(record, separators=(",", ":")), tuple(key))
+
+
+_ORDER: Mapping[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}
+
+
+def answers(atoms: Sequence[Atom], encoded: Any) -> tuple[bool, ...]:
+    """How each comparison of a field with a literal comes out for the value ``encoded``
+    (in Cedar's JSON form), computed as Cedar would: Longs as integers, decimals exactly."""
+    found = []
+    for op, kind, literal in atoms:
+        left: Any
+        right: Any
+        if kind == "decimal" and isinstance(encoded, dict) and "__extn" in encoded:
+            left, right = Decimal(encoded["__extn"]["arg"]), Decimal(literal)
+        elif kind == "long" and type(encoded) is int:
+            left, right = encoded, int(literal)
+        elif kind == "string" and isinstance(encoded, str):
+            left, right = encoded, literal
+        else:  # values of different types are never equal (an order is a type error)
+            found.append(op == "!=")
+            continue
+        found.append(_ORDER[op](left, right))
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who asks: an API key, or an end user (the request's ``user``) of one."""
+
+    entity_type: str
+    id: str
+    entity: str | None  # the User entity as JSON (an ApiKey is among the static entities)
+
+    @property
+    def uid(self) -> dict[str, str]:
+        return {"type": self.entity_type, "id": self.id}
+
+    def __str__(self) -> str:
+        return f"{self.entity_type}::{json.dumps(self.id)}"
+
+
+def principal_for(authorization: Authorization, key: ApiKey, user: str | None) -> Principal:
+    """``ApiKey::"name"``, or ``User::"user"`` in that key and its team."""
+    if not user:
+        return Principal("ApiKey", key.name, None)
+    parents = [{"type": "ApiKey", "id": key.name}]
+    if key.team is not None:
+        parents.append({"type": "Team", "id": key.team.name})
+    attrs = {"admin": key.admin} if "admin" in authorization.reads.attributes else {}
+    entity = {"uid": {"type": "User", "id": user}, "attrs": attrs, "parents": parents}
+    return Principal("User", user, json.dumps(entity, separators=(",", ":")))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One Cedar answer, in our terms."""
+
+    allowed: bool
+    policies: tuple[str, ...]  # the deciding @ids: permits when allowed, forbids when denied
+    priority: int  # the highest @priority among the permitting policies
+    errors: tuple[str, ...] = ()
+
+
+ALLOWED = Decision(True, (), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Denied(Dropped):
+    """A candidate a policy does not let serve this request."""
+
+    policies: tuple[str, ...] = ()
+
+
+class PolicyEngine:
+    """Asks Cedar about one graph; caches entity sets and decisions by what made them."""
+
+    def __init__(self, graph: Graph, live: LiveSource) -> None:
+        self.graph = graph
+        self.authorization = graph.authorization
+        self.live = live
+        reads = self.authorization.reads
+        self._live_fields = tuple(sorted(set(DEPLOYMENT_LIVE) & reads.attributes))
+        self._live_atoms = tuple(reads.atoms.get(f"resource.{name}")
+                                 for name in self._live_fields)
+        self._meanings: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
+        self._isolated = reads.live_isolated
+        self._entities: OrderedDict[tuple[object, ...], cedarpy.Entities] = OrderedDict()
+        self._decisions: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
+        self._json: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self._logged: set[str] = set()
+
+    @property
+    def enforced(self) -> bool:
+        return self.authorization.enforced
+
+    def context(self, facts: Facts) -> CedarContext:
+        reads = self.authorization.reads
+        return encode_context(facts.values(), reads.context, reads.atoms)
+
+    def invoke(self, principal: Principal, route: str, context: CedarContext) -> Decision:
+        """May ``principal`` use route ``route``?"""
+        if not self.enforced:
+            return ALLOWED
+        resource = {"type": "Route", "id": route}
+        return self.decide(principal, _INVOKE, resource, context)
+
+    def decide(self, principal: Principal, action: Mapping[str, str],
+               resource: Mapping[str, str], context: CedarContext) -> Decision:
+        """One decision about a resource that is not a deployment (or is one: see ``route``)."""
+        deployment = self.graph.deployments.get(resource["id"])
+        if action == _ROUTE and resource.get("type") == "Deployment" and deployment is not None:
+            return self.route(principal, [deployment], context)[0]
+        key = ("decide", *_who(principal), json.dumps(action), json.dumps(resource),
+               context.key)
+        if self._isolated and key in self._decisions:
+            return self._decisions[key]
+        members = () if self._isolated else tuple(self.graph.deployments.values())
+        entities = self._entities_for(principal, members, [self._live(d) for d in members])
+        request = {"principal": principal.uid, "action": dict(action),
+                   "resource": dict(resource), "context": context.text}
+        (answer,) = cedarpy.is_authorized_batch([request], self.authorization.policy_set, entities)
+        decision = self._decision(answer)
+        if self._isolated:
+            _remember(self._decisions, key, decision, _CACHE_DECISIONS)
+        return decision
+
+    def route(self, principal: Principal, deployments: Sequence[Deployment],
+              context: CedarContext) -> list[Decision]:
+        """May each of ``deployments`` serve this request now? One Cedar call at most."""
+        if not self.enforced:
+            return [ALLOWED] * len(deployments)
+        live = [self._live(d) for d in deployments]
+        who = _who(principal)
+        keys = [("route", *who, context.key, d.name, self._signature(values))
+                for d, values in zip(deployments, live, strict=True)]
+        found: list[Decision | None] = [
+            self._decisions.get(key) if self._isolated else None for key in keys
+        ]
+        missing = [i for i, item in enumerate(found) if item is None]
+        if missing:
+            if self._isolated:
+                members = tuple(deployments[i] for i in missing)
+                values = [live[i] for i in missing]
+            else:
+                members = tuple(self.graph.deployments.values())
+                values = [self._live(d) for d in members]
+            entities = self._entities_for(principal, members, values)
+            requests = [{"principal": principal.uid, "action": _ROUTE,
+                         "resource": {"type": "Deployment", "id": deployments[i].name},
+                         "context": context.text} for i in missing]
+            answers = cedarpy.is_authorized_batch(
+                requests, self.authorization.policy_set, entities
+            )
+            for i, answer in zip(missing, answers, strict=True):
+                found[i] = decision = self._decision(answer)
+                if self._isolated:
+                    _remember(self._decisions, keys[i], decision, _CACHE_DECISIONS)
+        return [item if item is not None else ALLOWED for item in found]
+
+    def _signature(self, values: tuple[object, ...]) -> tuple[object, ...]:
+        """What a decision can see of live values: the answers of the comparisons a field
+        takes part in when it is only compared with literals, else the value itself."""
+        if not any(self._live_atoms):
+            return values
+        return tuple(
+            value if atoms is None else answers(atoms, encode_value(DEPLOYMENT_LIVE[name], value))
+            for name, value, atoms in zip(self._live_fields, values, self._live_atoms, strict=True)
+        )
+
+    def _live(self, deployment: Deployment) -> tuple[object, ...]:
+        if not self._live_fields:
+            return ()
+        return self.live.values(deployment, self._live_fields)
+
+    def _entities_for(self, principal: Principal, members: Sequence[Deployment],
+                      live: Sequence[tuple[object, ...]]) -> cedarpy.Entities:
+        parts = tuple(self._deployment_json(d, values) for d, values in zip(members, live,
+                                                                              strict=True))
+        key = (principal.entity, parts)
+        handle = self._entities.get(key)
+        if handle is not None:
+            self._entities.move_to_end(key)
+            return handle
+        delta = [*([principal.entity] if principal.entity else []), *parts]
+        base = self.authorization.entities
+        handle = base.with_added_json_str("[" + ",".join(delta) + "]") if delta else base
+        _remember(self._entities, key, handle, _CACHE_ENTITIES)
+        return handle
+
+    def _deployment_json(self, deployment: Deployment, values: tuple[object, ...]) -> str:
+        key = (deployment.name, values)
+        text = self._json.get(key)
+        if text is None:
+            attrs = dict(self.authorization.deployment_attributes[deployment.name])
+            for name, value in zip(self._live_fields, values, strict=True):
+                attrs[name] = encode_value(DEPLOYMENT_LIVE[name], value)
+            groups = self.authorization.deployment_groups.get(deployment.name, ())
+            text = json.dumps({"uid": {"type": "Deployment", "id": deployment.name},
+                               "attrs": attrs,
+                               "parents": [{"type": "Group", "id": g} for g in groups]},
+                              separators=(",", ":"))
+            _remember(self._json, key, text, _CACHE_JSON)
+        return text
+
+    def _decision(self, answer: cedarpy.AuthzResult) -> Decision:
+        reasons = list(answer.diagnostics.reasons)
+        errors = tuple(str(error) for error in answer.diagnostics.errors)
+        for error in errors:
+            if error not in self._logged and len(self._logged) < 100:
+                self._logged.add(error)
+                log.warning("policy evaluation error (the policy is skipped): %s", error)
+        allowed = answer.allowed
+        meaning = self._meanings.get(tuple(reasons))
+        if meaning is None:
+            meaning = (self.authorization.policy_ids(reasons),
+                       self.authorization.priority(reasons))
+            if len(self._meanings) < _CACHE_JSON:
+                self._meanings[tuple(reasons)] = meaning
+        return Decision(allowed, meaning[0], meaning[1] if allowed else 0, errors)
+
+
+def _who(principal: Principal) -> tuple[str, str, str | None]:
+    return principal.entity_type, principal.id, principal.entity
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    cache[key] = value
+    if len(cache) > limit:
+        cache.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    """A tier's candidates after the route policies: who may serve, who may not, and why."""
+
+    permitted: list[Candidate]
+    denied: list[Denied]
+    decisions: Mapping[str, Decision]
+
+    def by_priority(self, ordered: Sequence[Candidate]) -> list[Candidate]:
+        """``ordered`` (the group's strategy order), highest permitting @priority first."""
+        return sorted(ordered, key=lambda c: -self.decisions[c.deployment.name].priority)
+
+
+class RequestGate:
+    """One request's principal and context, bound to the engine of its graph."""
+
+    def __init__(self, engine: PolicyEngine, principal: Principal, facts: Facts,
+                 describe: str) -> None:
+        self.engine = engine
+        self.principal = principal
+        self.facts = facts
+        self.context = engine.context(facts)
+        self.describe = describe  # "key 'ci-bot'" or "user 'alice' of key 'ci-bot'"
+        self.permitted = 0  # candidates permitted so far, over every tier
+
+    @property
+    def hide_ids(self) -> bool:
+        return self.engine.graph.settings.hide_policy_ids
+
+    def check_invoke(self, route: str) -> Decision:
+        """The invoke decision; a deny raises ``Forbidden`` naming the deciding policies."""
+        decision = self.engine.invoke(self.principal, route, self.context)
+        if not decision.allowed:
+            because = ("" if self.hide_ids
+                       else f": denied by {', '.join(decision.policies)}" if decision.policies
+                       else ": no policy permits it")
+            raise Forbidden(f"Policy does not allow {self.describe} to call '{route}'{because}.",
+                            headers=self._headers(decision.policies))
+        return decision
+
+    def filter(self, candidates: Sequence[Candidate]) -> Filtered:
+        """Split a tier's candidates into those the route policies permit and those they deny."""
+        decisions = self.engine.route(self.principal, [c.deployment for c in candidates],
+                                      self.context)
+        permitted: list[Candidate] = []
+        denied: list[Denied] = []
+        for candidate, decision in zip(candidates, decisions, strict=True):
+            if decision.allowed:
+                permitted.append(candidate)
+                continue
+            denied.append(Denied(candidate.deployment.name, self._reason(decision), False,
+                                 decision.policies))
+        self.permitted += len(permitted)
+        return Filtered(permitted, denied,
+                        {c.deployment.name: d for c, d in zip(candidates, decisions, strict=True)})
+
+    def forbidden(self, route: str, denied: Sequence[Denied]) -> Forbidden:
+        """The 403 for a request that no deployment may serve."""
+        ids = tuple(dict.fromkeys(p for item in denied for p in item.policies))
+        detail = "" if self.hide_ids else ": " + "; ".join(
+            f"{item.deployment} {item.reason}" for item in denied)
+        return Forbidden(f"Policy allows no deployment of '{route}' to serve this request"
+                         f"{detail}.", headers=self._headers(ids))
+
+    def _reason(self, decision: Decision) -> str:
+        if self.hide_ids:
+            return "is denied by policy"
+        if decision.policies:
+            return f"is forbidden by {', '.join(decision.policies)}"
+        return "is permitted by no policy"
+
+    def _headers(self, ids: Sequence[str]) -> dict[str, str]:
+        return {} if self.hide_ids or not ids else {"x-aigw-policy-ids": ",".join(ids)}

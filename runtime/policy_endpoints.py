@@ -1,0 +1,281 @@
+"""The policy router, for admin keys: ask Cedar without calling any upstream.
+
+    POST /route            who, which model, budget and SLA in -> the deployment Cedar and
+                           the group's strategy would choose, the ordered alternatives, and
+                           the policies that decided
+    POST /evaluate         one Cedar decision: principal, action, resource, context
+    POST /policies/reload  recompile the config (policies included) and swap it in
+    GET  /models           every deployment with the live values policies see
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aigw.compiler.entity_model import (
+    BOOL,
+    CONTEXT,
+    DECIMAL,
+    DEPLOYMENT_LIVE,
+    ENTITY_TYPES,
+    LONG,
+    STRING,
+    STRINGS,
+    CedarType,
+)
+from aigw.compiler.graph import ApiKey, Graph
+
+from .auth import require_admin
+from .chat_request import bad_request
+from .errors import BadRequest, ModelNotFound, PayloadTooLarge
+from .live import Gateway, Live
+from .policy import Decision, Facts, Principal, principal_for
+from .policy_live import StateLive
+from .policy_plan import decision_dict, plan_route
+from .routing.state import RoutingState
+
+_UID = re.compile(r'^(?P<type>[A-Za-z_]\w*)::(?P<id>".*")$')
+DEFAULT_SLA_MS = 300_000  # a route's default deadline
+
+
+class RouteQuery(BaseModel):
+    """POST /route."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str
+    key: str | None = Field(None, description="The key's name (default: the caller's).")
+    user: str | None = None
+    team: str | None = Field(None, description="The user's team, when no key is named.")
+    budget_remaining: float | None = None
+    latency_sla_ms: int | None = Field(None, ge=0)
+    estimated_tokens: int = Field(100, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    intent: str = ""
+    tags: list[str] = Field(default_factory=list)
+    hour_of_day: int | None = Field(None, ge=0, le=23)
+
+
+class EvaluateQuery(BaseModel):
+    """POST /evaluate: uids as 'Type::"id"' or {"type": ..., "id": ...}."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    principal: str | dict[str, str]
+    action: str
+    resource: str | dict[str, str]
+    context: dict[str, Any] = Field(default_factory=dict)
+    key: str | None = Field(None, description="For a User principal: its key.")
+    team: str | None = Field(None, description="For a User principal without a key.")
+
+
+def policy_routes(gateway: Gateway) -> list[Route]:
+    endpoints = _PolicyEndpoints(gateway)
+    return [
+        Route("/route", endpoints.route, methods=["POST"]),
+        Route("/evaluate", endpoints.evaluate, methods=["POST"]),
+        Route("/policies/reload", endpoints.reload, methods=["POST"]),
+        Route("/models", endpoints.models, methods=["GET"]),
+    ]
+
+
+class _PolicyEndpoints:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def route(self, request: Request) -> Response:
+        live: Live = request.state.live
+        caller = require_admin(live.graph, request.headers)
+        query = _parse(RouteQuery, await read_json(request, live.graph.settings.max_request_bytes))
+        route = live.graph.routes.get(query.model)
+        if route is None:
+            raise ModelNotFound(f"The model '{query.model}' does not exist.", param="model")
+        key = _key(live.graph, query.key) if query.key else caller if not query.user else None
+        principal = subject(live, query.user, key, query.team)
+        facts = Facts(
+            route=route.name, estimated_tokens=query.estimated_tokens,
+            max_tokens=query.max_tokens, stream=query.stream,
+            latency_sla_ms=(query.latency_sla_ms if query.latency_sla_ms is not None
+                            else round(route.deadline_s * 1000)),
+            budget_remaining=query.budget_remaining, intent=query.intent,
+            tags=tuple(query.tags),
+            **({"hour_of_day": query.hour_of_day} if query.hour_of_day is not None else {}),
+        )
+        plan = plan_route(live.graph, live.policy, principal, facts, _shadow(live.routing))
+        return JSONResponse(plan.as_dict())
+
+    async def evaluate(self, request: Request) -> Response:
+        live: Live = request.state.live
+        require_admin(live.graph, request.headers)
+        query = _parse(EvaluateQuery,
+                       await read_json(request, live.graph.settings.max_request_bytes))
+        principal_uid = _uid(query.principal, "principal")
+        resource = _uid(query.resource, "resource")
+        action = query.action.removeprefix('Action::"').removesuffix('"')
+        if principal_uid["type"] == "User":
+            key = _key(live.graph, query.key) if query.key else None
+            principal = subject(live, principal_uid["id"], key, query.team)
+        elif principal_uid["type"] == "ApiKey":
+            principal = Principal("ApiKey", principal_uid["id"], None)
+        else:
+            principal = Principal(principal_uid["type"], principal_uid["id"], None)
+        facts = _facts(query.context, resource)
+        engine = live.policy
+        decision = (engine.decide(principal, {"type": "Action", "id": action}, resource,
+                                  engine.context(facts))
+                    if engine.enforced else Decision(True, (), 0))
+        return JSONResponse({
+            "principal": str(principal), "action": f'Action::"{action}"',
+            "resource": f'{resource["type"]}::{json.dumps(resource["id"])}',
+            "context": _plain(facts), **decision_dict(decision),
+        })
+
+    async def reload(self, request: Request) -> Response:
+        require_admin(request.state.live.graph, request.headers)
+        report = await self.gateway.reload("policies-api")
+        graph = self.gateway.live.graph
+        body = {**report.as_dict(), "policies": [p.id for p in graph.policies]}
+        return JSONResponse(body, status_code=200 if report.ok else 422)
+
+    async def models(self, request: Request) -> Response:
+        live: Live = request.state.live
+        require_admin(live.graph, request.headers)
+        authorization = live.graph.authorization
+        fields = tuple(DEPLOYMENT_LIVE)
+        source = StateLive(live.routing)
+        deployments = {}
+        for name, deployment in sorted(live.graph.deployments.items()):
+            values = dict(zip(fields, source.values(deployment, fields), strict=True))
+            deployments[name] = {
+                "provider": deployment.provider.name,
+                "provider_type": deployment.provider.type,
+                "model": deployment.model,
+                "kind": deployment.kind,
+                "groups": list(authorization.deployment_groups.get(name, ())),
+                "tags": list(deployment.tags),
+                "price": {"input": deployment.price.input, "output": deployment.price.output},
+                "context_window": deployment.context_window,
+                "max_output_tokens": deployment.max_output_tokens,
+                "enabled": deployment.provider.name in live.adapters,
+                "live": values,
+            }
+        return JSONResponse({"deployments": deployments})
+
+
+def subject(live: Live, user: str | None, key: ApiKey | None, team: str | None) -> Principal:
+    """The principal a query names: a key, or an end user of a key (or of a team)."""
+    authorization = live.graph.authorization
+    if team is not None and team not in live.graph.teams:
+        raise BadRequest(f"There is no team '{team}'.", param="team")
+    if key is not None and (user is None or team is None):
+        return principal_for(authorization, key, user)
+    if user is None:
+        raise BadRequest("Name a user or a key.", param="user")
+    parents = [{"type": "ApiKey", "id": key.name}] if key is not None else []
+    if team is not None:
+        parents.append({"type": "Team", "id": team})
+    attrs = {"admin": key.admin if key else False} if "admin" in authorization.reads.attributes \
+        else {}
+    entity = {"uid": {"type": "User", "id": user}, "attrs": attrs, "parents": parents}
+    return Principal("User", user, json.dumps(entity, separators=(",", ":")))
+
+
+def _key(graph: Graph, name: str) -> ApiKey:
+    for key in graph.keys_by_sha256.values():
+        if key.name == name:
+            return key
+    raise BadRequest(f"There is no key '{name}'.", param="key")
+
+
+def _uid(value: str | dict[str, str], param: str) -> dict[str, str]:
+    if isinstance(value, dict):
+        if set(value) != {"type", "id"}:
+            raise BadRequest(f"'{param}' needs exactly 'type' and 'id'.", param=param)
+        uid = dict(value)
+    else:
+        found = _UID.match(value.strip())
+        if found is None:
+            raise BadRequest(f"'{param}' must look like Type::\"id\".", param=param)
+        uid = {"type": found.group("type"), "id": json.loads(found.group("id"))}
+    if uid["type"] not in ENTITY_TYPES:
+        raise BadRequest(f"Unknown entity type '{uid['type']}' (known: "
+                         f"{', '.join(ENTITY_TYPES)}).", param=param)
+    return uid
+
+
+def _facts(context: dict[str, Any], resource: dict[str, str]) -> Facts:
+    unknown = sorted(set(context) - set(CONTEXT))
+    if unknown:
+        raise BadRequest(f"Unknown context field(s): {', '.join(unknown)} (known: "
+                         f"{', '.join(CONTEXT)}).", param="context")
+    defaults: dict[str, Any] = {
+        "route": resource["id"] if resource["type"] == "Route" else "",
+        "estimated_tokens": 0, "max_tokens": None, "stream": False,
+        "latency_sla_ms": DEFAULT_SLA_MS, "budget_remaining": None,
+    }
+    for name, value in context.items():
+        if not _fits(CONTEXT[name], value):
+            raise BadRequest(f"context.{name} must be {_EXPECTED[CONTEXT[name].text]}.",
+                             param=f"context.{name}")
+    values = {**defaults, **context}
+    values["tags"] = tuple(values.get("tags", ()))
+    return Facts(**values)
+
+
+_EXPECTED = {"Long": "an integer", "Bool": "true or false", "String": "a string",
+             "decimal": "a number (or null: no budget)", "Set<String>": "a list of strings"}
+
+
+def _fits(kind: CedarType, value: Any) -> bool:
+    if kind is LONG:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is BOOL:
+        return isinstance(value, bool)
+    if kind is STRING:
+        return isinstance(value, str)
+    if kind is DECIMAL:
+        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    if kind is STRINGS:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return False
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing more than ``limit`` bytes."""
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+
+
+def _plain(facts: Facts) -> dict[str, Any]:
+    values = facts.values()
+    values["tags"] = list(facts.tags)
+    return values
+
+
+def _shadow(state: RoutingState) -> RoutingState:
+    """The live stats, with strategy counters of its own: answering moves no round robin."""
+    shadow = RoutingState(state.clock, random.Random())
+    shadow.stats = state.stats
+    shadow.round_robin = dict(state.round_robin)
+    return shadow
+
+
+def _parse(model: type[Any], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise bad_request(exc) from exc

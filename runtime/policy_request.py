@@ -1,0 +1,112 @@
+"""The policy stage of a request: its principal and context, then the invoke decision.
+
+Headers a client may send: ``x-aigw-latency-sla-ms`` (the latency it needs; default:
+the request's deadline) and ``x-aigw-tags: a,b`` (``context.tags``). The remaining
+budget is read from the limits store only when some policy reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers
+
+from aigw.compiler.graph import ApiKey, Route
+
+from .admission import budget_remaining, subject_limits
+from .chat_request import ChatRequest
+from .errors import BadRequest, StoreUnavailable
+from .live import Live
+from .policy import Facts, RequestGate, principal_for
+from .store import Limits, Store
+
+if TYPE_CHECKING:
+    from .chat import Plan
+
+log = logging.getLogger("aigw.policy")
+
+SLA_HEADER = "x-aigw-latency-sla-ms"
+TAGS_HEADER = "x-aigw-tags"
+
+
+async def authorize(
+    live: Live,
+    store: Store,
+    key: ApiKey,
+    user: str | None,
+    plan: Plan,
+    headers: Headers,
+    limits: Sequence[Limits],
+) -> Plan:
+    """``plan`` with its Cedar gate, once the principal may invoke the route (else 403)."""
+    engine = live.policy
+    budget = None
+    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
+        try:
+            budget = await budget_remaining(store, tuple(limits))
+        except StoreUnavailable:
+            log.warning("budget unknown for the policy context: the store is unavailable")
+    facts = Facts(
+        route=plan.route.name,
+        estimated_tokens=plan.prompt_tokens,
+        max_tokens=plan.request.output_limit,
+        stream=plan.request.stream,
+        latency_sla_ms=latency_sla_ms(headers, (plan.deadline - live.routing.clock()) * 1000),
+        budget_remaining=budget,
+        tags=request_tags(headers),
+    )
+    who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
+    gate = RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
+    gate.check_invoke(plan.route.name)
+    return dataclasses.replace(plan, gate=gate)
+
+
+async def authorize_pipeline(
+    live: Live, key: ApiKey, user: str | None, route: Route, request: ChatRequest,
+    headers: Headers,
+) -> None:
+    """The invoke check for a chat request whose model is a pipeline route (else 403)."""
+    engine = live.policy
+    if not engine.enforced:
+        return
+    budget = None
+    if "budget_remaining" in engine.authorization.reads.context:
+        try:
+            store = await live.store.get()
+            budget = await budget_remaining(store, subject_limits(key, user))
+        except StoreUnavailable:
+            log.warning("budget unknown for the policy context: the store is unavailable")
+    facts = Facts(
+        route=route.name,
+        estimated_tokens=live.counter.count_messages(request.messages),
+        max_tokens=request.output_limit,
+        stream=request.stream,
+        latency_sla_ms=latency_sla_ms(headers, route.deadline_s * 1000),
+        budget_remaining=budget,
+        tags=request_tags(headers),
+    )
+    who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
+    RequestGate(engine, principal_for(engine.authorization, key, user), facts, who
+                ).check_invoke(route.name)
+
+
+def latency_sla_ms(headers: Headers, deadline_ms: float) -> int:
+    """The client's latency SLA in milliseconds, else what is left of its deadline."""
+    asked = headers.get(SLA_HEADER)
+    if asked is None:
+        return max(0, round(deadline_ms))
+    try:
+        value = int(asked)
+    except ValueError:
+        raise BadRequest(f"{SLA_HEADER} must be a whole number of milliseconds.") from None
+    if value < 0:
+        raise BadRequest(f"{SLA_HEADER} must not be negative.")
+    return value
+
+
+def request_tags(headers: Headers) -> tuple[str, ...]:
+    raw = headers.get(TAGS_HEADER, "")
+    return tuple(sorted({tag.strip() for tag in raw.split(",") if tag.strip()}))

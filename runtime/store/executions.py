@@ -1,0 +1,342 @@
+"""Pipeline executions in the store: records, checkpoints, events and leases.
+
+    ExecutionStore                  the seam; ``open_executions(settings.store URL)``
+    ├── SQLiteExecutions            embedded: tables in the gateway's SQLite file
+    └── RedisExecutions             replicas: hashes and lists, a stream + consumer group
+
+An execution's states, and who moves it (``control_change`` and ``claimable`` are the
+only places that decide, for both stores)::
+
+    queued --claim--> running <--> waiting (an approval)   --> succeeded | failed
+      ^                  |                                  \\-> cancelled
+      +----resume---- paused <--pause--+
+
+A runner ``claim``s an execution, which gives it a lease it renews; every write it
+makes is a ``Checkpoint`` fenced by that lease (``LeaseLost`` when another runner has
+taken over). A checkpoint is atomic: step states, one memo (a completed model call or
+sub-step, so a resumed execution never repeats it; its cost is added to the
+execution's exactly once), events and the execution's status commit together.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class LeaseLost(Exception):
+    """Another runner holds this execution now; stop working on it."""
+
+
+class ExecutionConflict(Exception):
+    """The action does not apply to the execution in its current state (a 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    id: str
+    pipeline: str
+    status: Status
+    input: Any
+    output: Any = None
+    error: str | None = None
+    key: str | None = None  # the API key that started it
+    idempotency_key: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_calls: int = 0
+    graph: str = ""  # fingerprint of the graph it was started on
+    control: str | None = None  # "pause" or "cancel": asked for, not done yet
+    owner: str | None = None  # the runner holding it
+    lease_until: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "execution",
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "input": self.input,
+            "output": self.output,
+            "error": self.error,
+            "key": self.key,
+            "idempotency_key": self.idempotency_key,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "cost": round(self.cost, 9),
+            "usage": {"prompt_tokens": self.prompt_tokens,
+                      "completion_tokens": self.completion_tokens,
+                      "model_calls": self.model_calls},
+            "graph": self.graph,
+            "control": self.control,
+            "runner": self.owner,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """A step's checkpoint. ``step`` is a path: ``report``, or ``sub/inner`` for a step of
+    a pipeline that a ``pipeline`` step called."""
+
+    step: str
+    status: StepStatus
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    detail: Mapping[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "output": self.output,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "detail": dict(self.detail) if self.detail is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """A completed unit of work inside a step, by a key stable across restarts."""
+
+    key: str
+    value: Any
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_call: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    step: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    at: float
+    type: str
+    step: str | None
+    data: Mapping[str, Any]
+
+    def as_dict(self, execution_id: str) -> dict[str, Any]:
+        return {"execution": execution_id, "seq": self.seq, "at": self.at, "type": self.type,
+                "step": self.step, "data": dict(self.data)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A person's answer to an approval step."""
+
+    approve: bool
+    by: str | None = None
+    comment: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One atomic write by the runner holding an execution."""
+
+    steps: tuple[StepState, ...] = ()
+    memo: Memo | None = None
+    events: tuple[NewEvent, ...] = ()
+    status: Status | None = None
+    output: Any = None  # with status succeeded
+    error: str | None = None  # with status failed or cancelled
+    clear_control: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewExecution:
+    pipeline: str
+    input: Any
+    key: str | None
+    idempotency_key: str | None
+    graph: str
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """Totals of one pipeline's executions."""
+
+    pipeline: str
+    executions: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    cost: float
+    prompt_tokens: int
+    completion_tokens: int
+    model_calls: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline, "executions": self.executions,
+            "succeeded": self.succeeded, "failed": self.failed, "cancelled": self.cancelled,
+            "cost": round(self.cost, 9), "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "model_calls": self.model_calls,
+        }
+
+
+class ExecutionStore(Protocol):
+    """Executions, their checkpoints and events, shared by every runner of one store."""
+
+    async def create(self, new: NewExecution, now: float) -> tuple[Execution, bool]:
+        """A queued execution, or the one already made with the same key and
+        idempotency key (then False)."""
+        ...
+
+    async def get(self, execution_id: str) -> Execution | None: ...
+
+    async def list(
+        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+    ) -> tuple[Execution, ...]:
+        """The newest first."""
+        ...
+
+    async def steps(self, execution_id: str) -> tuple[StepState, ...]: ...
+
+    async def memos(self, execution_id: str) -> Mapping[str, Any]: ...
+
+    async def events(
+        self, execution_id: str, after: int = 0, limit: int = 1000
+    ) -> tuple[Event, ...]: ...
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int) -> tuple[str, ...]:
+        """Executions this runner now holds: new ones, and those whose runner's lease
+        ran out. May wait up to a second for new work (Redis)."""
+        ...
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float, now: float) -> bool:
+        """Extend the lease; False when another runner holds it now."""
+        ...
+
+    async def release(self, execution_id: str, owner: str) -> None:
+        """Give the execution up (final, paused, or this runner stopping): if it is still
+        active, any runner may claim it at once."""
+        ...
+
+    async def commit(
+        self, execution_id: str, owner: str, checkpoint: Checkpoint, now: float
+    ) -> tuple[Event, ...]:
+        """Write ``checkpoint`` if ``owner`` still holds the execution (else LeaseLost)."""
+        ...
+
+    async def control(self, execution_id: str, action: str, now: float) -> Execution:
+        """pause, resume or cancel (``control_change``); ExecutionConflict when it does not
+        apply, KeyError when there is no such execution."""
+        ...
+
+    async def decide(
+        self, execution_id: str, step: str, decision: Decision
+    ) -> None:
+        """Record a decision for the waiting approval step ``step`` (ExecutionConflict
+        when that step is not waiting)."""
+        ...
+
+    async def decision(self, execution_id: str, step: str) -> Decision | None: ...
+
+    async def costs(self) -> tuple[CostRow, ...]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def control_change(execution: Execution, action: str, now: float) -> dict[str, Any]:
+    """The fields ``action`` changes; ExecutionConflict when it does not apply."""
+    leased = execution.owner is not None and execution.lease_until > now
+    status = execution.status
+    if action == "pause":
+        if status in FINAL:
+            raise ExecutionConflict(f"execution {execution.id} has already {status.value}")
+        if status is Status.PAUSED:
+            return {}
+        return {"control": "pause"} if leased else {"status": Status.PAUSED, "control": None}
+    if action == "resume":
+        if status is Status.PAUSED:
+            return {"status": Status.QUEUED, "control": None}
+        if execution.control == "pause":
+            return {"control": None}
+        raise ExecutionConflict(f"execution {execution.id} is {status.value}, not paused")
+    if action == "cancel":
+        if status in FINAL:
+            raise ExecutionConflict(f"execution {execution.id} has already {status.value}")
+        if leased:
+            return {"control": "cancel"}
+        return {"status": Status.CANCELLED, "control": None, "finished_at": now,
+                "error": "cancelled"}
+    raise ValueError(f"unknown action {action!r}")
+
+
+def claimable(execution: Execution, owner: str, now: float) -> bool:
+    """May ``owner`` take ``execution`` now? Active, and nobody else holds a live lease
+    (a runner on this machine whose process is gone holds nothing)."""
+    if execution.status not in ACTIVE:
+        return False
+    holder = execution.owner
+    return holder is None or holder == owner or execution.lease_until <= now \
+        or not _alive(holder)
+
+
+def new_owner() -> str:
+    """A runner's name: host, process and a random part (``host:pid:ab12cd34``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _alive(owner: str) -> bool:
+    """False only when the owner ran on this host in a process that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        return True
+    return True
+
+
+def new_execution_id() -> str:
+    return f"exec_{uuid.uuid4().hex}"

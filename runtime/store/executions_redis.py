@@ -1,0 +1,487 @@
+"""Executions in Redis: shared by every replica, handed out through a stream.
+
+Keys live under ``<namespace>:wf:``::
+
+    x:<id>              hash: the execution's fields (JSON values)
+    x:<id>:steps        hash: step path -> state (JSON)
+    x:<id>:memo         hash: memo key -> value (JSON), written once
+    x:<id>:events       list: events in order (seq = position, from 1)
+    x:<id>:decisions    hash: approval step -> decision (JSON)
+    idem:<key>:<idem>   the execution an idempotency key made
+    index               sorted set: execution ids by creation time
+    costs               hash: <pipeline>:<total> sums for /api/v1/costs/summary
+    queue               stream of work items {id}, consumer group "runners"
+
+A new (or resumed, or released) execution is a stream entry. A runner reads entries
+with XREADGROUP and claims the execution (its lease: ``owner`` and ``lease_until`` in the
+hash); it renews the lease and resets the entry's idle time together (XCLAIM JUSTID),
+so an entry idle for longer than a lease belongs to a runner that died: other replicas
+take it over with XAUTOCLAIM and resume the execution. Every write of a runner is a
+Lua script that first checks it is still the owner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError, WatchError
+
+from ..errors import StoreUnavailable
+from .executions import (
+    FINAL,
+    Checkpoint,
+    CostRow,
+    Decision,
+    Event,
+    Execution,
+    ExecutionConflict,
+    LeaseLost,
+    NewExecution,
+    Status,
+    StepState,
+    StepStatus,
+    claimable,
+    control_change,
+    new_execution_id,
+)
+from .executions_sqlite import decision_to_dict, step_from_json, step_to_json
+
+T = TypeVar("T")
+GROUP = "runners"
+_JSON_FIELDS = frozenset({"input", "output"})
+_FIELDS = {item.name: item for item in fields(Execution)}
+
+# KEYS: exec, steps, memo, events, costs. ARGV: owner, now, payload (JSON).
+# Returns the sequence number the first event got.
+_COMMIT = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return redis.error_reply('LEASE_LOST')
+end
+local p = cjson.decode(ARGV[3])
+for _, s in ipairs(p.steps) do redis.call('HSET', KEYS[2], s[1], s[2]) end
+local pipeline = cjson.decode(redis.call('HGET', KEYS[1], 'pipeline'))
+if p.memo ~= cjson.null then
+  if redis.call('HSETNX', KEYS[3], p.memo[1], p.memo[2]) == 1 then
+    local totals = {cost = p.memo[3], prompt_tokens = p.memo[4],
+                    completion_tokens = p.memo[5], model_calls = p.memo[6]}
+    for name, amount in pairs(totals) do
+      local now = tonumber(redis.call('HGET', KEYS[1], name) or '0') + amount
+      redis.call('HSET', KEYS[1], name, tostring(now))
+      redis.call('HINCRBYFLOAT', KEYS[5], pipeline .. ':' .. name, amount)
+    end
+  end
+end
+for name, value in pairs(p.fields) do redis.call('HSET', KEYS[1], name, value) end
+if p.final ~= cjson.null then
+  redis.call('HINCRBY', KEYS[5], pipeline .. ':' .. p.final, 1)
+end
+local first = redis.call('LLEN', KEYS[4]) + 1
+for _, e in ipairs(p.events) do redis.call('RPUSH', KEYS[4], e) end
+return first
+"""
+
+# KEYS: exec, queue. ARGV: owner (JSON), lease_until, group, entry id ('' if none),
+# consumer (the owner as plain text).
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[5], 0, ARGV[4], 'JUSTID')
+end
+return 1
+"""
+
+
+class RedisExecutions:
+    """``ExecutionStore`` on a Redis server; build it with ``from_url``."""
+
+    def __init__(self, client: aioredis.Redis, *, namespace: str = "aigw") -> None:
+        # Typed loosely: with decode_responses every reply is str, which redis' stubs
+        # cannot express.
+        self._redis: Any = client
+        self._ns = f"{namespace}:wf"
+        self._commit_script = client.register_script(_COMMIT)
+        self._renew_script = client.register_script(_RENEW)
+        self._entries: dict[str, str] = {}  # execution id -> stream entry this runner holds
+        self._group_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "aigw") -> RedisExecutions:
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=10.0
+        )
+        return cls(client, namespace=namespace)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    def _x(self, execution_id: str, part: str = "") -> str:
+        return self._key("x", execution_id) + (f":{part}" if part else "")
+
+    async def create(self, new: NewExecution, now: float) -> tuple[Execution, bool]:
+        async def run() -> tuple[Execution, bool]:
+            execution = Execution(
+                id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED,
+                input=new.input, key=new.key, idempotency_key=new.idempotency_key,
+                created_at=now, updated_at=now, graph=new.graph,
+            )
+            if new.idempotency_key is not None:
+                idem = self._key("idem", quote(new.key or "", safe=""),
+                                 quote(new.idempotency_key, safe=""))
+                if not await self._redis.set(idem, execution.id, nx=True):
+                    existing = await self._redis.get(idem)
+                    found = await self.get(existing) if existing else None
+                    if found is not None:
+                        return found, False
+                    await self._redis.set(idem, execution.id)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._x(execution.id), mapping=_encode(execution))
+                pipe.zadd(self._key("index"), {execution.id: now})
+                pipe.hincrby(self._key("costs"), f"{new.pipeline}:executions", 1)
+                await pipe.execute()
+            await self._enqueue(execution.id)
+            return execution, True
+
+        return await self._guard(run)
+
+    async def get(self, execution_id: str) -> Execution | None:
+        async def run() -> Execution | None:
+            data = await self._redis.hgetall(self._x(execution_id))
+            return _decode(data) if data else None
+
+        return await self._guard(run)
+
+    async def list(
+        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+    ) -> tuple[Execution, ...]:
+        async def run() -> tuple[Execution, ...]:
+            found: list[Execution] = []
+            start = 0
+            while len(found) < limit:
+                ids = await self._redis.zrevrange(self._key("index"), start, start + 499)
+                if not ids:
+                    break
+                start += len(ids)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for execution_id in ids:
+                        pipe.hgetall(self._x(execution_id))
+                    rows = await pipe.execute()
+                for row in rows:
+                    if not row:
+                        continue
+                    execution = _decode(row)
+                    if (key is None or execution.key == key) and (
+                        pipeline is None or execution.pipeline == pipeline
+                    ):
+                        found.append(execution)
+            return tuple(found[:limit])
+
+        return await self._guard(run)
+
+    async def steps(self, execution_id: str) -> tuple[StepState, ...]:
+        async def run() -> tuple[StepState, ...]:
+            rows = await self._redis.hgetall(self._x(execution_id, "steps"))
+            states = [step_from_json(text) for text in rows.values()]
+            return tuple(sorted(states, key=lambda state: (state.started_at or 0.0, state.step)))
+
+        return await self._guard(run)
+
+    async def memos(self, execution_id: str) -> Mapping[str, Any]:
+        async def run() -> Mapping[str, Any]:
+            rows = await self._redis.hgetall(self._x(execution_id, "memo"))
+            return {key: json.loads(value) for key, value in rows.items()}
+
+        return await self._guard(run)
+
+    async def events(
+        self, execution_id: str, after: int = 0, limit: int = 1000
+    ) -> tuple[Event, ...]:
+        async def run() -> tuple[Event, ...]:
+            rows = await self._redis.lrange(self._x(execution_id, "events"), after,
+                                            after + limit - 1)
+            events = []
+            for offset, text in enumerate(rows, start=after + 1):
+                data = json.loads(text)
+                events.append(Event(offset, data["at"], data["type"], data["step"], data["data"]))
+            return tuple(events)
+
+        return await self._guard(run)
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int) -> tuple[str, ...]:
+        async def run() -> tuple[str, ...]:
+            await self._ensure_group()
+            queue = self._key("queue")
+            entries: list[tuple[str, dict[str, str]]] = []
+            stale = await self._redis.xautoclaim(
+                queue, GROUP, owner, min_idle_time=int(lease_s * 1000), start_id="0-0",
+                count=limit,
+            )
+            entries.extend(stale[1])
+            if len(entries) < limit:
+                fresh = await self._redis.xreadgroup(
+                    GROUP, owner, {queue: ">"}, count=limit - len(entries), block=500
+                )
+                for _stream, items in fresh or ():
+                    entries.extend(items)
+            taken = []
+            for entry_id, values in entries:
+                execution_id = (values or {}).get("id")
+                if execution_id and await self._claim_one(execution_id, owner, lease_s, now):
+                    previous = self._entries.get(execution_id)
+                    if previous is not None and previous != entry_id:
+                        await self._drop_entry(previous)
+                    self._entries[execution_id] = entry_id
+                    taken.append(execution_id)
+                elif execution_id is None or await self._finished_with(execution_id):
+                    await self._drop_entry(entry_id)
+                # Else a live runner holds it: the entry stays pending, and is looked at
+                # again (XAUTOCLAIM) should that runner stop renewing its lease.
+            return tuple(taken)
+
+        return await self._guard(run)
+
+    async def _claim_one(self, execution_id: str, owner: str, lease_s: float, now: float) -> bool:
+        key = self._x(execution_id)
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(key)
+                    data = await pipe.hgetall(key)
+                    if not data or not claimable(_decode(data), owner, now):
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={"owner": json.dumps(owner),
+                                            "lease_until": json.dumps(now + lease_s)})
+                    await pipe.execute()
+                    return True
+            except WatchError:
+                continue
+
+    async def _finished_with(self, execution_id: str) -> bool:
+        """Does no runner need a work item for this execution (gone, final or paused)?"""
+        data = await self._redis.hgetall(self._x(execution_id))
+        return not data or _decode(data).status in (*FINAL, Status.PAUSED)
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float, now: float) -> bool:
+        async def run() -> bool:
+            result = await self._renew_script(
+                keys=[self._x(execution_id), self._key("queue")],
+                args=[json.dumps(owner), json.dumps(now + lease_s), GROUP,
+                      self._entries.get(execution_id, ""), owner],
+            )
+            return bool(result)
+
+        return await self._guard(run)
+
+    async def release(self, execution_id: str, owner: str) -> None:
+        async def run() -> None:
+            key = self._x(execution_id)
+            requeue = False
+            held = False
+            while True:
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        await pipe.watch(key)
+                        data = await pipe.hgetall(key)
+                        if not data or _decode(data).owner != owner:
+                            break
+                        held = True
+                        requeue = Status(json.loads(data["status"])) in (
+                            Status.QUEUED, Status.RUNNING, Status.WAITING)
+                        pipe.multi()
+                        pipe.hset(key, mapping={"owner": "null", "lease_until": "0"})
+                        await pipe.execute()
+                        break
+                except WatchError:
+                    continue
+            entry = self._entries.pop(execution_id, None)
+            if entry is not None and held:  # else the entry is the new holder's now
+                await self._drop_entry(entry)
+            if requeue:
+                await self._enqueue(execution_id)
+
+        await self._guard(run)
+
+    async def commit(
+        self, execution_id: str, owner: str, checkpoint: Checkpoint, now: float
+    ) -> tuple[Event, ...]:
+        async def run() -> tuple[Event, ...]:
+            payload = _payload(checkpoint, now)
+            try:
+                first = await self._commit_script(
+                    keys=[self._x(execution_id), self._x(execution_id, "steps"),
+                          self._x(execution_id, "memo"), self._x(execution_id, "events"),
+                          self._key("costs")],
+                    args=[json.dumps(owner), now, json.dumps(payload)],
+                )
+            except ResponseError as exc:
+                if "LEASE_LOST" in str(exc):
+                    raise LeaseLost(f"execution {execution_id} is held by another runner") \
+                        from exc
+                raise
+            return tuple(
+                Event(int(first) + offset, now, new.type, new.step, dict(new.data))
+                for offset, new in enumerate(checkpoint.events)
+            )
+
+        return await self._guard(run)
+
+    async def control(self, execution_id: str, action: str, now: float) -> Execution:
+        async def run() -> Execution:
+            key = self._x(execution_id)
+            while True:
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        await pipe.watch(key)
+                        data = await pipe.hgetall(key)
+                        if not data:
+                            raise KeyError(execution_id)
+                        execution = _decode(data)
+                        changes = control_change(execution, action, now)
+                        if not changes:
+                            return execution
+                        changes["updated_at"] = now
+                        pipe.multi()
+                        pipe.hset(key, mapping={name: _field(name, value)
+                                                for name, value in changes.items()})
+                        status = changes.get("status")
+                        if status is Status.CANCELLED:
+                            pipe.hincrby(self._key("costs"), f"{execution.pipeline}:cancelled", 1)
+                        if isinstance(status, Status):  # no runner held it: say so
+                            pipe.rpush(self._x(execution_id, "events"), json.dumps(
+                                {"at": now, "type": f"execution_{status.value}", "step": None,
+                                 "data": {}}))
+                        await pipe.execute()
+                    break
+                except WatchError:
+                    continue
+            if changes.get("status") is Status.QUEUED:
+                await self._enqueue(execution_id)
+            updated = await self.get(execution_id)
+            assert updated is not None
+            return updated
+
+        return await self._guard(run)
+
+    async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
+        async def run() -> None:
+            text = await self._redis.hget(self._x(execution_id, "steps"), step)
+            if text is None or step_from_json(text).status is not StepStatus.WAITING:
+                raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
+            await self._redis.hsetnx(self._x(execution_id, "decisions"), step,
+                                     json.dumps(decision_to_dict(decision)))
+
+        await self._guard(run)
+
+    async def decision(self, execution_id: str, step: str) -> Decision | None:
+        async def run() -> Decision | None:
+            text = await self._redis.hget(self._x(execution_id, "decisions"), step)
+            return Decision(**json.loads(text)) if text is not None else None
+
+        return await self._guard(run)
+
+    async def costs(self) -> tuple[CostRow, ...]:
+        async def run() -> tuple[CostRow, ...]:
+            raw = await self._redis.hgetall(self._key("costs"))
+            totals: dict[str, dict[str, float]] = {}
+            for name, value in raw.items():
+                pipeline, _, total = name.rpartition(":")
+                totals.setdefault(pipeline, {})[total] = float(value)
+            return tuple(
+                CostRow(
+                    pipeline=pipeline,
+                    executions=int(t.get("executions", 0)),
+                    succeeded=int(t.get("succeeded", 0)),
+                    failed=int(t.get("failed", 0)),
+                    cancelled=int(t.get("cancelled", 0)),
+                    cost=t.get("cost", 0.0),
+                    prompt_tokens=int(t.get("prompt_tokens", 0)),
+                    completion_tokens=int(t.get("completion_tokens", 0)),
+                    model_calls=int(t.get("model_calls", 0)),
+                )
+                for pipeline, t in sorted(totals.items())
+            )
+
+        return await self._guard(run)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _enqueue(self, execution_id: str) -> None:
+        await self._ensure_group()
+        await self._redis.xadd(self._key("queue"), {"id": execution_id})
+
+    async def _drop_entry(self, entry_id: str) -> None:
+        queue = self._key("queue")
+        await self._redis.xack(queue, GROUP, entry_id)
+        await self._redis.xdel(queue, entry_id)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(self._key("queue"), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _guard(self, run: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await run()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the executions store (redis) failed: {exc}") from exc
+
+
+def _field(name: str, value: Any) -> str:
+    if isinstance(value, Status):
+        value = value.value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encode(execution: Execution) -> dict[str, str]:
+    return {name: _field(name, getattr(execution, name)) for name in _FIELDS}
+
+
+def _decode(data: Mapping[str, str]) -> Execution:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name in data:
+            values[name] = json.loads(data[name])
+    values["status"] = Status(values["status"])
+    for name in ("cost", "lease_until"):
+        values[name] = float(values.get(name) or 0.0)
+    for name in ("prompt_tokens", "completion_tokens", "model_calls"):
+        values[name] = int(values.get(name) or 0)
+    return Execution(**values)
+
+
+def _payload(checkpoint: Checkpoint, now: float) -> dict[str, Any]:
+    fields_: dict[str, str] = {"updated_at": _field("updated_at", now)}
+    final = None
+    if checkpoint.status is not None:
+        fields_["status"] = _field("status", checkpoint.status)
+        if checkpoint.status in FINAL:
+            fields_.update(finished_at=_field("finished_at", now),
+                           output=_field("output", checkpoint.output),
+                           error=_field("error", checkpoint.error),
+                           control="null")
+            final = checkpoint.status.value
+    if checkpoint.clear_control:
+        fields_["control"] = "null"
+    memo = checkpoint.memo
+    return {
+        "steps": [[state.step, step_to_json(state)] for state in checkpoint.steps],
+        "memo": [memo.key, json.dumps(memo.value, ensure_ascii=False), memo.cost,
+                 memo.prompt_tokens, memo.completion_tokens, int(memo.model_call)]
+        if memo is not None else None,
+        "fields": fields_,
+        "final": final,
+        "events": [json.dumps({"at": now, "type": e.type, "step": e.step, "data": dict(e.data)},
+                              ensure_ascii=False) for e in checkpoint.events],
+    }

@@ -1,0 +1,403 @@
+"""Executions in the embedded store: tables beside the ledger in the gateway's SQLite file.
+
+Every read and write is a job on the file's one writer thread (``SQLiteFile``) inside
+``BEGIN IMMEDIATE``, so a check-then-write (a claim, a fenced checkpoint, a pause) is
+atomic even when several worker processes share the file. There is no queue: a runner
+finds work by asking for active executions nobody holds (``claim``), which it does
+every half second and whenever this process creates or resumes one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .executions import (
+    ACTIVE,
+    FINAL,
+    Checkpoint,
+    CostRow,
+    Decision,
+    Event,
+    Execution,
+    ExecutionConflict,
+    LeaseLost,
+    NewExecution,
+    Status,
+    StepState,
+    StepStatus,
+    claimable,
+    control_change,
+    new_execution_id,
+)
+from .sqlite_file import SQLiteFile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS wf_executions (
+    id                TEXT PRIMARY KEY,
+    pipeline          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    input             TEXT NOT NULL,
+    output            TEXT,
+    error             TEXT,
+    "key"             TEXT,
+    idempotency_key   TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL,
+    finished_at       REAL,
+    cost              REAL NOT NULL DEFAULT 0,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    model_calls       INTEGER NOT NULL DEFAULT 0,
+    graph             TEXT NOT NULL,
+    control           TEXT,
+    owner             TEXT,
+    lease_until       REAL NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS wf_idempotency
+    ON wf_executions ("key", idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS wf_active ON wf_executions (status);
+CREATE INDEX IF NOT EXISTS wf_created ON wf_executions (created_at);
+CREATE TABLE IF NOT EXISTS wf_steps (
+    execution_id TEXT NOT NULL,
+    step         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    PRIMARY KEY (execution_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wf_memos (
+    execution_id TEXT NOT NULL,
+    "key"        TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    PRIMARY KEY (execution_id, "key")
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wf_events (
+    execution_id TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    at           REAL NOT NULL,
+    type         TEXT NOT NULL,
+    step         TEXT,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wf_decisions (
+    execution_id TEXT NOT NULL,
+    step         TEXT NOT NULL,
+    decision     TEXT NOT NULL,
+    PRIMARY KEY (execution_id, step)
+) WITHOUT ROWID
+"""
+
+_COLUMNS = tuple(item.name for item in fields(Execution))
+_SELECT = "SELECT " + ", ".join(f'"{name}"' for name in _COLUMNS) + " FROM wf_executions"
+
+
+class SQLiteExecutions:
+    """``ExecutionStore`` on a SQLite file; open it with ``await SQLiteExecutions.open(path)``."""
+
+    def __init__(self, db: SQLiteFile) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> SQLiteExecutions:
+        db = await SQLiteFile.open(path, synchronous=synchronous)
+        await db.call(_create_tables)
+        return cls(db)
+
+    async def create(self, new: NewExecution, now: float) -> tuple[Execution, bool]:
+        return await self._db.call(partial(_create, new, now))
+
+    async def get(self, execution_id: str) -> Execution | None:
+        return await self._db.call(partial(_get, execution_id))
+
+    async def list(
+        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+    ) -> tuple[Execution, ...]:
+        return await self._db.call(partial(_list, key, pipeline, limit))
+
+    async def steps(self, execution_id: str) -> tuple[StepState, ...]:
+        return await self._db.call(partial(_steps, execution_id))
+
+    async def memos(self, execution_id: str) -> Mapping[str, Any]:
+        return await self._db.call(partial(_memos, execution_id))
+
+    async def events(
+        self, execution_id: str, after: int = 0, limit: int = 1000
+    ) -> tuple[Event, ...]:
+        return await self._db.call(partial(_events, execution_id, after, limit))
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int) -> tuple[str, ...]:
+        return await self._db.call(partial(_claim, owner, lease_s, now, limit))
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float, now: float) -> bool:
+        return await self._db.call(partial(_renew, execution_id, owner, now + lease_s))
+
+    async def release(self, execution_id: str, owner: str) -> None:
+        await self._db.call(partial(_release, execution_id, owner))
+
+    async def commit(
+        self, execution_id: str, owner: str, checkpoint: Checkpoint, now: float
+    ) -> tuple[Event, ...]:
+        return await self._db.call(partial(_commit, execution_id, owner, checkpoint, now))
+
+    async def control(self, execution_id: str, action: str, now: float) -> Execution:
+        return await self._db.call(partial(_control, execution_id, action, now))
+
+    async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
+        await self._db.call(partial(_decide, execution_id, step, decision))
+
+    async def decision(self, execution_id: str, step: str) -> Decision | None:
+        return await self._db.call(partial(_decision, execution_id, step))
+
+    async def costs(self) -> tuple[CostRow, ...]:
+        return await self._db.call(_costs)
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+
+def _create_tables(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _row(row: tuple[Any, ...]) -> Execution:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["status"] = Status(values["status"])
+    values["input"] = json.loads(values["input"])
+    values["output"] = json.loads(values["output"]) if values["output"] is not None else None
+    return Execution(**values)
+
+
+def _get(execution_id: str, connection: sqlite3.Connection) -> Execution | None:
+    row = connection.execute(f"{_SELECT} WHERE id = ?", (execution_id,)).fetchone()
+    return _row(row) if row is not None else None
+
+
+def _create(
+    new: NewExecution, now: float, connection: sqlite3.Connection
+) -> tuple[Execution, bool]:
+    if new.idempotency_key is not None:
+        row = connection.execute(
+            f'{_SELECT} WHERE "key" IS ? AND idempotency_key = ?', (new.key, new.idempotency_key)
+        ).fetchone()
+        if row is not None:
+            return _row(row), False
+    execution = Execution(
+        id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED, input=new.input,
+        key=new.key, idempotency_key=new.idempotency_key, created_at=now, updated_at=now,
+        graph=new.graph,
+    )
+    _write(connection, execution)
+    return execution, True
+
+
+def _write(connection: sqlite3.Connection, execution: Execution) -> None:
+    values = [getattr(execution, name) for name in _COLUMNS]
+    values[_COLUMNS.index("input")] = _dumps(execution.input)
+    values[_COLUMNS.index("output")] = _dumps(execution.output)
+    values[_COLUMNS.index("status")] = execution.status.value
+    placeholders = ", ".join("?" for _ in _COLUMNS)
+    names = ", ".join(f'"{name}"' for name in _COLUMNS)
+    connection.execute(f"INSERT OR REPLACE INTO wf_executions ({names}) VALUES ({placeholders})",
+                       values)
+
+
+def _list(
+    key: str | None, pipeline: str | None, limit: int, connection: sqlite3.Connection
+) -> tuple[Execution, ...]:
+    conditions, params = [], []
+    if key is not None:
+        conditions.append('"key" = ?')
+        params.append(key)
+    if pipeline is not None:
+        conditions.append("pipeline = ?")
+        params.append(pipeline)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = connection.execute(
+        f"{_SELECT}{where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
+    ).fetchall()
+    return tuple(_row(row) for row in rows)
+
+
+def _steps(execution_id: str, connection: sqlite3.Connection) -> tuple[StepState, ...]:
+    rows = connection.execute(
+        "SELECT state FROM wf_steps WHERE execution_id = ?", (execution_id,)
+    ).fetchall()
+    states = [step_from_json(row[0]) for row in rows]
+    return tuple(sorted(states, key=lambda state: (state.started_at or 0.0, state.step)))
+
+
+def step_to_json(state: StepState) -> str:
+    return _dumps(state.as_dict())
+
+
+def step_from_json(text: str) -> StepState:
+    data = json.loads(text)
+    data["status"] = StepStatus(data["status"])
+    return StepState(**data)
+
+
+def _memos(execution_id: str, connection: sqlite3.Connection) -> dict[str, Any]:
+    rows = connection.execute(
+        'SELECT "key", value FROM wf_memos WHERE execution_id = ?', (execution_id,)
+    ).fetchall()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def _events(
+    execution_id: str, after: int, limit: int, connection: sqlite3.Connection
+) -> tuple[Event, ...]:
+    rows = connection.execute(
+        "SELECT seq, at, type, step, data FROM wf_events WHERE execution_id = ? AND seq > ? "
+        "ORDER BY seq LIMIT ?", (execution_id, after, limit),
+    ).fetchall()
+    return tuple(Event(seq, at, kind, step, json.loads(data))
+                 for seq, at, kind, step, data in rows)
+
+
+def _claim(
+    owner: str, lease_s: float, now: float, limit: int, connection: sqlite3.Connection
+) -> tuple[str, ...]:
+    statuses = tuple(status.value for status in ACTIVE)
+    rows = connection.execute(
+        f"{_SELECT} WHERE status IN (?, ?, ?) ORDER BY created_at", statuses
+    ).fetchall()
+    taken = []
+    for row in rows:
+        execution = _row(row)
+        if execution.owner == owner or not claimable(execution, owner, now):
+            continue
+        cursor = connection.execute(
+            "UPDATE wf_executions SET owner = ?, lease_until = ? WHERE id = ? AND owner IS ?",
+            (owner, now + lease_s, execution.id, execution.owner),
+        )
+        if cursor.rowcount == 1:
+            taken.append(execution.id)
+        if len(taken) >= limit:
+            break
+    return tuple(taken)
+
+
+def _renew(execution_id: str, owner: str, until: float, connection: sqlite3.Connection) -> bool:
+    cursor = connection.execute(
+        "UPDATE wf_executions SET lease_until = ? WHERE id = ? AND owner = ?",
+        (until, execution_id, owner),
+    )
+    return cursor.rowcount == 1
+
+
+def _release(execution_id: str, owner: str, connection: sqlite3.Connection) -> None:
+    connection.execute(
+        "UPDATE wf_executions SET owner = NULL, lease_until = 0 WHERE id = ? AND owner = ?",
+        (execution_id, owner),
+    )
+
+
+def _commit(
+    execution_id: str, owner: str, checkpoint: Checkpoint, now: float,
+    connection: sqlite3.Connection,
+) -> tuple[Event, ...]:
+    execution = _get(execution_id, connection)
+    if execution is None or execution.owner != owner:
+        raise LeaseLost(f"execution {execution_id} is held by another runner")
+    for state in checkpoint.steps:
+        connection.execute("INSERT OR REPLACE INTO wf_steps VALUES (?, ?, ?)",
+                           (execution_id, state.step, step_to_json(state)))
+    changes: dict[str, Any] = {"updated_at": now}
+    memo = checkpoint.memo
+    if memo is not None:
+        cursor = connection.execute("INSERT OR IGNORE INTO wf_memos VALUES (?, ?, ?)",
+                                    (execution_id, memo.key, _dumps(memo.value)))
+        if cursor.rowcount == 1:
+            changes.update(
+                cost=execution.cost + memo.cost,
+                prompt_tokens=execution.prompt_tokens + memo.prompt_tokens,
+                completion_tokens=execution.completion_tokens + memo.completion_tokens,
+                model_calls=execution.model_calls + int(memo.model_call),
+            )
+    if checkpoint.status is not None:
+        changes["status"] = checkpoint.status
+        if checkpoint.status in FINAL:
+            changes.update(finished_at=now, output=checkpoint.output, error=checkpoint.error,
+                           control=None)
+    if checkpoint.clear_control:
+        changes["control"] = None
+    _write(connection, replace(execution, **changes))
+    last = connection.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM wf_events WHERE execution_id = ?", (execution_id,)
+    ).fetchone()[0]
+    events = []
+    for offset, new in enumerate(checkpoint.events, start=1):
+        event = Event(last + offset, now, new.type, new.step, dict(new.data))
+        connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
+                           (execution_id, event.seq, now, new.type, new.step,
+                            _dumps(event.data)))
+        events.append(event)
+    return tuple(events)
+
+
+def _control(
+    execution_id: str, action: str, now: float, connection: sqlite3.Connection
+) -> Execution:
+    execution = _get(execution_id, connection)
+    if execution is None:
+        raise KeyError(execution_id)
+    changes = control_change(execution, action, now)
+    if changes:
+        execution = replace(execution, **changes, updated_at=now)
+        _write(connection, execution)
+    if "status" in changes:  # no runner held it: the store changed it, and says so
+        last = connection.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM wf_events WHERE execution_id = ?", (execution_id,)
+        ).fetchone()[0]
+        connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
+                           (execution_id, last + 1, now, f"execution_{execution.status.value}",
+                            None, "{}"))
+    return execution
+
+
+def _decide(
+    execution_id: str, step: str, decision: Decision, connection: sqlite3.Connection
+) -> None:
+    row = connection.execute(
+        "SELECT state FROM wf_steps WHERE execution_id = ? AND step = ?", (execution_id, step)
+    ).fetchone()
+    if row is None or step_from_json(row[0]).status is not StepStatus.WAITING:
+        raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
+    connection.execute(
+        "INSERT OR IGNORE INTO wf_decisions VALUES (?, ?, ?)",
+        (execution_id, step, _dumps(decision_to_dict(decision))),
+    )
+
+
+def _decision(execution_id: str, step: str, connection: sqlite3.Connection) -> Decision | None:
+    row = connection.execute(
+        "SELECT decision FROM wf_decisions WHERE execution_id = ? AND step = ?",
+        (execution_id, step),
+    ).fetchone()
+    return Decision(**json.loads(row[0])) if row is not None else None
+
+
+def decision_to_dict(decision: Decision) -> dict[str, Any]:
+    return {"approve": decision.approve, "by": decision.by, "comment": decision.comment,
+            "at": decision.at}
+
+
+def _costs(connection: sqlite3.Connection) -> tuple[CostRow, ...]:
+    rows = connection.execute(
+        "SELECT pipeline, COUNT(*), SUM(status = 'succeeded'), SUM(status = 'failed'), "
+        "SUM(status = 'cancelled'), SUM(cost), SUM(prompt_tokens), SUM(completion_tokens), "
+        "SUM(model_calls) FROM wf_executions GROUP BY pipeline ORDER BY pipeline"
+    ).fetchall()
+    return tuple(CostRow(*row) for row in rows)
+

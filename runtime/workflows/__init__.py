@@ -1,0 +1,13 @@
+"""Pipelines at run time: durable executions, the runner that resumes them, and their API.
+
+    service.Workflows   starts and steers executions; opens the store; runs the Runner
+    engine.Run          one execution's DAG: retries, timeouts, checkpoints, control
+    kinds               what each kind of step does
+    runner.Runner       claims executions (leases), renews them, resumes the orphaned
+    api                 /api/v1/..., /ws/executions/{id}, /v1/pipelines/{name}
+"""
+
+from .api import PipelineChat, workflow_routes
+from .service import Workflows
+
+__all__ = ["PipelineChat", "Workflows", "workflow_routes"]

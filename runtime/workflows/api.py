@@ -1,0 +1,402 @@
+"""The workflow API: templates, compiled pipelines, executions and their events.
+
+    GET  /api/v1/templates                       built-in pipeline templates
+    GET  /api/v1/workflows                       the gateway's compiled pipelines
+    POST /api/v1/executions                      {pipeline | template, input, idempotency_key}
+    GET  /api/v1/executions                      newest first (a key sees its own)
+    GET  /api/v1/executions/{id}                 status, output, cost, usage
+    GET  /api/v1/executions/{id}/steps           each step's checkpoint
+    GET  /api/v1/executions/{id}/events?after=N  the history of events
+    POST /api/v1/executions/{id}/pause|resume|cancel
+    POST /api/v1/executions/{id}/approvals       {step?, decision: approve|reject, comment?}
+    GET  /api/v1/costs/summary                   per pipeline (admin keys)
+    WS   /ws/executions/{id}?after=N             events as they happen, then {"type": "end"}
+    POST /v1/pipelines/{name}                    run with the body as input; wait for the output
+
+Every endpoint takes the gateway's API keys (``Authorization: Bearer``; the WebSocket
+also ``?api_key=``). A key sees and steers the executions it started; an admin key,
+all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from aigw.compiler.graph import ApiKey, Graph, TargetKind
+from aigw.compiler.graph import Route as GraphRoute
+from aigw.compiler.pipeline_graph import Pipeline
+
+from ..admission import check_route_allowed
+from ..auth import authenticate, require_admin
+from ..chat_request import ChatRequest
+from ..errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PipelineFailed,
+    PipelineTimeout,
+    Unauthorized,
+)
+from ..exchange import Exchange
+from ..providers.base import ChatDelta, ChatResult, Choice, Usage
+from ..sse import ChunkEncoder, completion_body
+from ..store.executions import FINAL, Decision, Execution, ExecutionConflict, Status, StepStatus
+from .service import Workflows, chat_input
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+MAX_BODY = 4 * 1024 * 1024
+
+
+def workflow_routes(workflows: Workflows) -> list[BaseRoute]:
+    api = _Api(workflows)
+    base = "/api/v1/executions/{execution_id}"
+    return [
+        Route("/api/v1/templates", api.templates, methods=["GET"]),
+        Route("/api/v1/workflows", api.pipelines, methods=["GET"]),
+        Route("/api/v1/executions", api.create, methods=["POST"]),
+        Route("/api/v1/executions", api.executions, methods=["GET"]),
+        Route(base, api.get, methods=["GET"]),
+        Route(f"{base}/steps", api.steps, methods=["GET"]),
+        Route(f"{base}/events", api.events, methods=["GET"]),
+        Route(f"{base}/pause", api.pause, methods=["POST"]),
+        Route(f"{base}/resume", api.resume, methods=["POST"]),
+        Route(f"{base}/cancel", api.cancel, methods=["POST"]),
+        Route(f"{base}/approvals", api.approve, methods=["POST"]),
+        Route("/api/v1/costs/summary", api.costs, methods=["GET"]),
+        Route("/v1/pipelines/{name}", api.call_pipeline, methods=["POST"]),
+        WebSocketRoute("/ws/executions/{execution_id}", api.follow),
+    ]
+
+
+class _Api:
+    def __init__(self, workflows: Workflows) -> None:
+        self.workflows = workflows
+
+    def _graph(self) -> Graph:
+        return self.workflows.gateway.live.graph
+
+    def _key(self, request: Request) -> ApiKey:
+        return authenticate(self._graph(), request.headers)
+
+    async def templates(self, request: Request) -> Response:
+        self._key(request)
+        graph = self._graph()
+        data = [_template(path, graph) for path in sorted(TEMPLATES_DIR.glob("*.yaml"))]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def pipelines(self, request: Request) -> Response:
+        self._key(request)
+        graph = self._graph()
+        data = [_describe(pipeline, graph) for _name, pipeline in sorted(graph.pipelines.items())]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def create(self, request: Request) -> Response:
+        key = self._key(request)
+        body = await _json_object(request)
+        name = body.get("pipeline") or body.get("template")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("Name the pipeline (or template) to run: {\"pipeline\": ...}.",
+                             param="pipeline")
+        if "template" in body and name not in self._graph().pipelines:
+            raise NotFound(f"Template '{name}' is not installed in this gateway: copy "
+                           f"{name}.yaml from GET /api/v1/templates into pipelines/.",
+                           param="template")
+        idempotency = body.get("idempotency_key") or request.headers.get("idempotency-key")
+        if idempotency is not None and not isinstance(idempotency, str):
+            raise BadRequest("idempotency_key must be a string.", param="idempotency_key")
+        execution, created = await self.workflows.start_execution(
+            key, name, body.get("input", {}), idempotency
+        )
+        return JSONResponse(execution.as_dict(), status_code=201 if created else 200,
+                            headers={"location": f"/api/v1/executions/{execution.id}"})
+
+    async def executions(self, request: Request) -> Response:
+        key = self._key(request)
+        store = await self.workflows.store()
+        limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        found = await store.list(key=None if key.admin else key.name,
+                                 pipeline=request.query_params.get("pipeline"), limit=limit)
+        return JSONResponse({"object": "list", "data": [item.as_dict() for item in found]})
+
+    async def get(self, request: Request) -> Response:
+        execution = await self._execution(request)
+        return JSONResponse(execution.as_dict())
+
+    async def steps(self, request: Request) -> Response:
+        execution = await self._execution(request)
+        store = await self.workflows.store()
+        states = await store.steps(execution.id)
+        return JSONResponse({"object": "list", "execution": execution.id,
+                             "data": [state.as_dict() for state in states]})
+
+    async def events(self, request: Request) -> Response:
+        execution = await self._execution(request)
+        store = await self.workflows.store()
+        after = _int(request.query_params.get("after"), 0, 0, 2**62)
+        events = await store.events(execution.id, after)
+        return JSONResponse({"object": "list", "execution": execution.id,
+                             "data": [event.as_dict(execution.id) for event in events]})
+
+    async def pause(self, request: Request) -> Response:
+        return await self._control(request, "pause")
+
+    async def resume(self, request: Request) -> Response:
+        return await self._control(request, "resume")
+
+    async def cancel(self, request: Request) -> Response:
+        return await self._control(request, "cancel")
+
+    async def _control(self, request: Request, action: str) -> Response:
+        key = self._key(request)
+        try:
+            execution = await self.workflows.control(
+                key, request.path_params["execution_id"], action
+            )
+        except ExecutionConflict as exc:
+            raise Conflict(str(exc)) from exc
+        except KeyError:
+            raise NotFound(f"No execution '{request.path_params['execution_id']}'.") from None
+        return JSONResponse(execution.as_dict(), status_code=202)
+
+    async def approve(self, request: Request) -> Response:
+        key = self._key(request)
+        execution = await self._execution(request, key)
+        body = await _json_object(request)
+        verdict = body.get("decision")
+        if verdict not in ("approve", "reject"):
+            raise BadRequest("decision must be 'approve' or 'reject'.", param="decision")
+        comment = body.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise BadRequest("comment must be a string.", param="comment")
+        store = await self.workflows.store()
+        step = body.get("step")
+        if step is None:
+            waiting = [s.step for s in await store.steps(execution.id)
+                       if s.status is StepStatus.WAITING]
+            if len(waiting) != 1:
+                raise Conflict(f"Execution {execution.id} has {len(waiting)} steps waiting for a "
+                               "decision; name one with 'step'." if waiting else
+                               f"Execution {execution.id} has no step waiting for a decision.")
+            step = waiting[0]
+        if not isinstance(step, str):
+            raise BadRequest("step must be a string.", param="step")
+        decision = Decision(verdict == "approve", key.name, comment, time.time())
+        try:
+            await self.workflows.decide(execution.id, step, decision)
+        except ExecutionConflict as exc:
+            raise Conflict(str(exc)) from exc
+        return JSONResponse({"execution": execution.id, "step": step, "decision": verdict,
+                             "by": key.name})
+
+    async def costs(self, request: Request) -> Response:
+        require_admin(self._graph(), request.headers)
+        store = await self.workflows.store()
+        rows = await store.costs()
+        return JSONResponse({"object": "list", "data": [row.as_dict() for row in rows],
+                             "total_cost": round(sum(row.cost for row in rows), 9)})
+
+    async def call_pipeline(self, request: Request) -> Response:
+        key = self._key(request)
+        name = request.path_params["name"]
+        given = await _json_body(request)
+        wait_s = _float(request.query_params.get("wait_s"), 300.0)
+        execution, _ = await self.workflows.start_execution(
+            key, name, given, request.headers.get("idempotency-key")
+        )
+        final = await self.workflows.wait_final(execution.id, wait_s)
+        assert final is not None
+        body = {"execution": final.id, "pipeline": name, "status": final.status.value,
+                "output": final.output, "error": final.error, "cost": round(final.cost, 9),
+                "usage": final.as_dict()["usage"]}
+        headers = {"x-aigw-execution": final.id, "location": f"/api/v1/executions/{final.id}"}
+        if final.status is Status.SUCCEEDED:
+            return JSONResponse(body, headers=headers)
+        if final.status in FINAL:
+            error = PipelineFailed(f"Pipeline '{name}' {final.status.value}: {final.error}")
+            return JSONResponse({**error.body(), **body}, status_code=error.status,
+                                headers=headers)
+        return JSONResponse(body, status_code=202, headers=headers)
+
+    async def follow(self, websocket: WebSocket) -> None:
+        """Send the execution's events as JSON messages, old ones first, until it ends."""
+        execution_id = websocket.path_params["execution_id"]
+        token = websocket.query_params.get("api_key")
+        headers = Headers({"authorization": f"Bearer {token}"}) if token else websocket.headers
+        try:
+            key = authenticate(self._graph(), headers)
+            await self.workflows.execution(key, execution_id)
+        except Unauthorized:
+            await websocket.close(code=4401)
+            return
+        except NotFound:
+            await websocket.close(code=4404)
+            return
+        await websocket.accept()
+        store = await self.workflows.store()
+        after = _int(websocket.query_params.get("after"), 0, 0, 2**62)
+        try:
+            while True:
+                execution = await store.get(execution_id)
+                events = await store.events(execution_id, after)
+                for event in events:
+                    await websocket.send_json(event.as_dict(execution_id))
+                    after = event.seq
+                if execution is None or (execution.status in FINAL and not events):
+                    status = execution.status.value if execution else "gone"
+                    await websocket.send_json({"execution": execution_id, "seq": after,
+                                               "type": "end", "step": None, "status": status})
+                    await websocket.close()
+                    return
+                await self.workflows.wait(execution_id, self.workflows.poll_s)
+        except WebSocketDisconnect:
+            return
+
+    async def _execution(self, request: Request, key: ApiKey | None = None) -> Execution:
+        key = key or self._key(request)
+        return await self.workflows.execution(key, request.path_params["execution_id"])
+
+
+class PipelineChat:
+    """/v1/chat/completions with a pipeline route as the model: the pipeline runs with the
+    chat's input (see ``chat_input``) and its output is the assistant's answer."""
+
+    def __init__(self, workflows: Workflows) -> None:
+        self.workflows = workflows
+
+    async def __call__(
+        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: GraphRoute
+    ) -> Response:
+        record = exchange.record
+        record.key, record.team = key.name, key.team.name if key.team else None
+        record.route, record.model = route.name, request.model
+        check_route_allowed(key, route)
+        pipeline = exchange.live.graph.pipelines[route.target]
+        execution, _ = await self.workflows.start_execution(
+            key, pipeline.name, chat_input(pipeline, request), None
+        )
+        final = await self.workflows.wait_final(execution.id, route.deadline_s)
+        if final is None or final.status in (Status.FAILED, Status.CANCELLED):
+            error = final.error if final is not None else "it disappeared"
+            raise PipelineFailed(f"Pipeline '{pipeline.name}' (execution {execution.id}) did not "
+                                 f"finish: {error}")
+        if final.status is not Status.SUCCEEDED:
+            raise PipelineTimeout(
+                f"Pipeline '{pipeline.name}' is still {final.status.value} after "
+                f"{route.deadline_s:g}s; follow it at /api/v1/executions/{execution.id}."
+            )
+        output = final.output
+        text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+        usage = Usage(final.prompt_tokens, final.completion_tokens)
+        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, \
+            usage.completion_tokens
+        record.cost = final.cost
+        created = int(time.time())
+        headers = {"x-aigw-route": route.name, "x-aigw-execution": final.id,
+                   "x-request-id": record.request_id}
+        if not request.stream:
+            result = ChatResult(route.name, (Choice(0, text, "stop"),), usage)
+            return JSONResponse(completion_body(record.request_id, created, result),
+                                headers=headers)
+        encoder = ChunkEncoder(record.request_id, created, route.name, request.include_usage)
+
+        async def deltas() -> AsyncIterator[ChatDelta]:
+            yield ChatDelta(content=text)
+            yield ChatDelta(finish_reason="stop")
+            yield ChatDelta(usage=usage)
+
+        return StreamingResponse(encoder.events(deltas()), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+
+
+def _describe(pipeline: Pipeline, graph: Graph) -> dict[str, Any]:
+    return {
+        "name": pipeline.name,
+        "object": "workflow",
+        "description": pipeline.description,
+        "file": pipeline.file,
+        "input": dict(pipeline.input_schema.document),
+        "output_schema": dict(pipeline.output_schema.document)
+        if pipeline.output_schema is not None else None,
+        "steps": [
+            {"name": step.name, "kind": step.kind.value, "needs": list(step.needs),
+             "when": step.when.source if step.when is not None else None,
+             "retries": step.retries, "timeout_s": step.timeout_s,
+             "description": step.description}
+            for step in pipeline.steps.values()
+        ],
+        "models": sorted(pipeline.models),
+        "calls": sorted(pipeline.calls),
+        "routes": sorted(name for name, route in graph.routes.items()
+                         if route.kind is TargetKind.PIPELINE and route.target == pipeline.name),
+        "endpoint": f"/v1/pipelines/{pipeline.name}",
+    }
+
+
+def _template(path: Path, graph: Graph) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        data = {}
+    installed = graph.pipelines.get(path.stem)
+    return {
+        "name": path.stem,
+        "object": "template",
+        "description": data.get("description") if isinstance(data, dict) else None,
+        "input": data.get("input") if isinstance(data, dict) else None,
+        "steps": [{"name": name, "kind": step.get("kind")}
+                  for name, step in (data.get("steps") or {}).items() if isinstance(step, dict)]
+        if isinstance(data, dict) else [],
+        "installed": installed is not None,
+        "yaml": text,
+    }
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BadRequest(f"The body exceeds {MAX_BODY} bytes.")
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def _int(text: str | None, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    try:
+        return max(low, min(high, int(text)))
+    except ValueError:
+        raise BadRequest(f"{text!r} is not an integer.") from None
+
+
+def _float(text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise BadRequest(f"{text!r} is not a number.") from None
+

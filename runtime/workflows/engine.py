@@ -1,0 +1,484 @@
+"""Running one execution: the DAG of steps, with retries, timeouts, checkpoints and control.
+
+    Run.run()   load the checkpoint -> repeat { pause or cancel asked? -> start every
+                step whose needs are done (or skip it) -> wait for one -> checkpoint }
+                -> render the output -> final status
+
+Each try of a step is checkpointed when it starts and when it ends. Inside a step each
+model call, map item, loop iteration, ensemble member and cascade tier is a memo keyed
+by where it is (``report@1``, ``items@2/3``), so an execution resumed after a crash
+runs again only the step that was in flight, and repeats none of its completed calls.
+A step is skipped when its ``when`` is false, when a branch listing it chose other
+steps, or when every step it needs was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import jinja2
+
+from aigw.compiler.graph import Route
+from aigw.compiler.pipeline_graph import Approval, Pipeline, Step, StepKind
+from aigw.compiler.templates import Expr, Text, Value, render_value
+
+from ..chat_request import ChatRequest
+from ..store.executions import (
+    Checkpoint,
+    Decision,
+    Execution,
+    ExecutionStore,
+    LeaseLost,
+    Memo,
+    NewEvent,
+    Status,
+    StepState,
+    StepStatus,
+)
+
+log = logging.getLogger("aigw.workflows")
+
+MAX_BACKOFF_S = 30.0
+
+
+class StepFailed(Exception):
+    """A step (or the whole execution) could not produce its output."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Stop(Exception):
+    """The execution must stop now: ``action`` is "pause" or "cancel"."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
+
+
+class Suspended(Exception):
+    """A waiting approval gave way to a pause; the step stays waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    text: str
+    deployment: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+class ModelCaller(Protocol):
+    """One call through the gateway's serving core (routing, limits, budgets, ledger)."""
+
+    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    content_type: str
+    text: str
+
+
+class HttpCaller(Protocol):
+    async def __call__(
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, timeout: float
+    ) -> HttpAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a run needs from outside: the store, its runner's name, the callers, a clock."""
+
+    store: ExecutionStore
+    owner: str
+    http: HttpCaller
+    clock: Callable[[], float]
+    notify: Callable[[str], None]  # wake whoever follows this execution in this process
+    wait: Callable[[str, float], Awaitable[None]]  # until a local wake, or the timeout
+    poll_s: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Where a step's action runs: which pipeline, its path and this try's memo key."""
+
+    run: Run
+    pipeline: Pipeline
+    path: str  # the step's place: "report", "sub/inner", "items@1/0"
+    key: str  # this try's memo prefix: "report@2"
+    scope: Mapping[str, Any]
+
+    def with_scope(self, **extra: Any) -> Mapping[str, Any]:
+        return {**self.scope, **extra}
+
+
+Action = Callable[[StepContext, Step], Awaitable[Any]]
+
+
+class Run:
+    """One runner's go at one execution, until it ends, pauses or the runner lets go."""
+
+    def __init__(
+        self,
+        services: Services,
+        execution: Execution,
+        pipelines: Mapping[str, Pipeline],
+        caller: ModelCaller,
+        act: Action,
+    ) -> None:
+        self.services = services
+        self.execution = execution
+        self.id = execution.id
+        self.pipelines = pipelines
+        self.caller = caller
+        self._act = act
+        self.states: dict[str, StepState] = {}
+        self.memos: dict[str, Any] = {}
+        self._control: str | None = execution.control
+        self._checked = 0.0
+
+    async def run(self) -> Status:
+        """Run to a final status, or to paused; raises LeaseLost if another runner took it."""
+        store = self.services.store
+        self.states = {state.step: state for state in await store.steps(self.id)}
+        self.memos = dict(await store.memos(self.id))
+        started = "execution_resumed" if self.states else "execution_started"
+        await self.commit(Checkpoint(status=Status.RUNNING, events=(
+            NewEvent(started, data={"runner": self.services.owner}),)))
+        pipeline = self.pipelines.get(self.execution.pipeline)
+        try:
+            if pipeline is None:
+                raise StepFailed(f"pipeline '{self.execution.pipeline}' is no longer defined",
+                                 retryable=False)
+            output = await self.run_pipeline(pipeline, "", self.execution.input)
+        except Stop as stop:
+            status = Status.PAUSED if stop.action == "pause" else Status.CANCELLED
+            await self.commit(Checkpoint(
+                status=status, clear_control=True,
+                error="cancelled" if status is Status.CANCELLED else None,
+                events=(NewEvent(f"execution_{status.value}"),)))
+            return status
+        except StepFailed as exc:
+            await self.commit(Checkpoint(status=Status.FAILED, error=str(exc), events=(
+                NewEvent("execution_failed", data={"error": str(exc)}),)))
+            return Status.FAILED
+        await self.commit(Checkpoint(status=Status.SUCCEEDED, output=output, events=(
+            NewEvent("execution_succeeded", data={"output": output}),)))
+        return Status.SUCCEEDED
+
+    async def run_pipeline(self, pipeline: Pipeline, prefix: str, given: Any) -> Any:
+        """Run ``pipeline``'s steps (their states under ``prefix``) and render its output."""
+        outputs: dict[str, Any] = {}
+        finished: dict[str, StepStatus] = {}
+        for name in pipeline.steps:
+            state = self.states.get(prefix + name)
+            if state is not None and state.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+                finished[name] = state.status
+                outputs[name] = state.output
+        running: dict[asyncio.Task[Any], str] = {}
+        stopping: str | None = None
+        try:
+            while True:
+                control = await self.control()
+                if control == "cancel":
+                    raise Stop("cancel")
+                if control == "pause":
+                    stopping = "pause"
+                if stopping is None:
+                    await self._start_ready(pipeline, prefix, given, outputs, finished, running)
+                if not running:
+                    if stopping is not None:
+                        raise Stop(stopping)
+                    break
+                done, _ = await asyncio.wait(
+                    running, timeout=self.services.poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    name = running.pop(task)
+                    try:
+                        outputs[name] = task.result()
+                    except Suspended:
+                        stopping = "pause"
+                        continue
+                    finished[name] = StepStatus.SUCCEEDED
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        scope = {"input": given, "steps": dict(outputs)}
+        output = jsonable(self.render(pipeline.output, scope))
+        if pipeline.output_schema is not None:
+            problems = pipeline.output_schema.errors(output)
+            if problems:
+                raise StepFailed(f"pipeline '{pipeline.name}' output does not match its "
+                                 f"output_schema: {'; '.join(problems)}", retryable=False)
+        return output
+
+    async def _start_ready(
+        self,
+        pipeline: Pipeline,
+        prefix: str,
+        given: Any,
+        outputs: dict[str, Any],
+        finished: dict[str, StepStatus],
+        running: dict[asyncio.Task[Any], str],
+    ) -> None:
+        progressed = True
+        while progressed:  # a skip can make further steps ready
+            progressed = False
+            started = set(running.values())
+            for name, step in pipeline.steps.items():
+                if name in finished or name in started:
+                    continue
+                if not all(need in finished for need in step.needs):
+                    continue
+                scope = {"input": given,
+                         "steps": {n: outputs.get(n) for n in pipeline.upstream[name]}}
+                reason = self._skip_reason(pipeline, step, finished, outputs, scope)
+                if reason is not None:
+                    await self.set_state(StepState(prefix + name, StepStatus.SKIPPED,
+                                                   detail={"reason": reason}),
+                                         NewEvent("step_skipped", prefix + name,
+                                                  {"reason": reason}))
+                    finished[name] = StepStatus.SKIPPED
+                    outputs[name] = None
+                    progressed = True
+                    continue
+                context = StepContext(self, pipeline, prefix + name, "", scope)
+                running[asyncio.create_task(self.run_step(context, step))] = name
+                started.add(name)
+
+    def _skip_reason(
+        self,
+        pipeline: Pipeline,
+        step: Step,
+        finished: Mapping[str, StepStatus],
+        outputs: Mapping[str, Any],
+        scope: Mapping[str, Any],
+    ) -> str | None:
+        for branch in pipeline.chosen_by.get(step.name, ()):
+            chosen = outputs.get(branch)
+            if finished.get(branch) is StepStatus.SKIPPED or not isinstance(chosen, list) \
+                    or step.name not in chosen:
+                return f"branch '{branch}' did not choose it"
+        if step.needs and all(finished[need] is StepStatus.SKIPPED for need in step.needs):
+            return "every step it needs was skipped"
+        if step.when is not None and not truthy(self.evaluate(step.when, scope)):
+            return f"condition is false: {step.when.source}"
+        return None
+
+    async def run_step(self, context: StepContext, step: Step) -> Any:
+        """A checkpointed step: tries with backoff until one succeeds or retries run out."""
+        path = context.path
+        state = self.states.get(path)
+        resuming = state is not None and state.status in (StepStatus.RUNNING, StepStatus.WAITING)
+        attempt = state.attempts if state is not None else 0
+        tries = 0
+        while True:
+            tries += 1
+            if not resuming:
+                attempt += 1
+                await self.set_state(
+                    StepState(path, StepStatus.RUNNING, attempt, started_at=self.now()),
+                    NewEvent("step_started", path, {"attempt": attempt, "kind": step.kind.value}),
+                )
+            resuming = False
+            try:
+                output = await self.attempt(replace(context, key=f"{path}@{attempt}"), step)
+            except StepFailed as exc:
+                error = exc
+            else:
+                await self.set_state(
+                    StepState(path, StepStatus.SUCCEEDED, attempt, output,
+                              started_at=self.states[path].started_at, finished_at=self.now()),
+                    NewEvent("step_succeeded", path, {"attempt": attempt, "output": output}),
+                )
+                return output
+            if not error.retryable or tries > step.retries:
+                await self.set_state(
+                    StepState(path, StepStatus.FAILED, attempt, error=str(error),
+                              started_at=self.states[path].started_at, finished_at=self.now()),
+                    NewEvent("step_failed", path, {"attempt": attempt, "error": str(error)}),
+                )
+                raise StepFailed(f"step '{path}' failed: {error}", retryable=False)
+            delay = min(step.backoff_ms * 2 ** (tries - 1) / 1000, MAX_BACKOFF_S)
+            await self.emit(NewEvent("step_retry", path, {"attempt": attempt, "error": str(error),
+                                                          "delay_s": delay}))
+            await asyncio.sleep(delay)
+
+    async def attempt(self, context: StepContext, step: Step) -> Any:
+        """One try: the action under the step's timeout, then its output_schema."""
+        if step.kind is StepKind.APPROVAL:
+            output = await self._act(context, step)  # waits up to its own timeout_s
+        else:
+            try:
+                async with asyncio.timeout(step.timeout_s):
+                    output = await self._act(context, step)
+            except TimeoutError:
+                raise StepFailed(f"timed out after {step.timeout_s:g}s") from None
+        output = jsonable(output)
+        if step.output_schema is not None:
+            problems = step.output_schema.errors(output)
+            if problems:
+                raise StepFailed(f"output does not match output_schema: {'; '.join(problems)}")
+        return output
+
+    async def run_inline(self, context: StepContext, step: Step, key: str) -> Any:
+        """A step inside another (a map item, a loop action): retried like any step, its
+        result a memo rather than a step of its own."""
+        if key in self.memos:
+            return self.memos[key].get("value")
+        inner = replace(context, path=key, key=key)
+        if step.when is not None and not truthy(self.evaluate(step.when, context.scope)):
+            value = None
+        else:
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    value = await self.attempt(replace(inner, key=f"{key}@{tries}"), step)
+                    break
+                except StepFailed as exc:
+                    if not exc.retryable or tries > step.retries:
+                        raise StepFailed(f"{key}: {exc}", retryable=False) from exc
+                    await self.emit(NewEvent("step_retry", key, {"attempt": tries,
+                                                                 "error": str(exc)}))
+                    await asyncio.sleep(min(step.backoff_ms * 2 ** (tries - 1) / 1000,
+                                            MAX_BACKOFF_S))
+        await self.remember(Memo(key, {"value": value}))
+        return value
+
+    async def wait_for_decision(self, context: StepContext, step: Step, action: Approval) -> Any:
+        """An approval: wait (durably) for a decision, or take the default at the deadline."""
+        path = context.path
+        store = self.services.store
+        decision = await store.decision(self.id, path)
+        timed_out = False
+        if decision is None:
+            key = f"{path}#deadline"
+            if key not in self.memos:
+                message = self.text(action.message, context.scope)
+                await self.remember(Memo(key, {"deadline": self.now() + step.timeout_s,
+                                               "message": message}))
+            deadline = float(self.memos[key]["deadline"])
+            detail = {"message": self.memos[key]["message"], "deadline": deadline,
+                      "default": action.default}
+            state = self.states.get(path)
+            await self.commit(Checkpoint(
+                steps=(StepState(path, StepStatus.WAITING, state.attempts if state else 1,
+                                 started_at=state.started_at if state else self.now(),
+                                 detail=detail),),
+                status=Status.WAITING,
+                events=(NewEvent("step_waiting", path, detail),)))
+            while decision is None:
+                remaining = deadline - self.now()
+                if remaining <= 0:
+                    decision = Decision(action.default == "approve", None,
+                                        "no decision before the deadline", self.now())
+                    timed_out = True
+                    break
+                control = await self.control()
+                if control == "pause":
+                    raise Suspended()
+                if control == "cancel":
+                    raise Stop("cancel")
+                await self.services.wait(self.id, min(self.services.poll_s, remaining))
+                decision = await store.decision(self.id, path)
+        result = {"approved": decision.approve,
+                  "decision": "approve" if decision.approve else "reject",
+                  "by": decision.by, "comment": decision.comment, "timed_out": timed_out}
+        await self.commit(Checkpoint(status=Status.RUNNING,
+                                     events=(NewEvent("approval_decided", path, result),)))
+        return result
+
+    async def call_model(self, context: StepContext, model: str, request: ChatRequest,
+                         key: str) -> str:
+        """A model call through the gateway, made at most once per ``key``."""
+        if key in self.memos:
+            return str(self.memos[key]["text"])
+        route = context.pipeline.routes[model]
+        answer = await self.caller(route, request)
+        data = {"model": model, "deployment": answer.deployment, "cost": answer.cost,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens}
+        await self.remember(
+            Memo(key, {"text": answer.text, **data}, answer.cost, answer.prompt_tokens,
+                 answer.completion_tokens, model_call=True),
+            NewEvent("model_call", context.path, {"key": key, **data}),
+        )
+        return answer.text
+
+    # Checkpoints and events
+
+    async def set_state(self, state: StepState, event: NewEvent) -> None:
+        await self.commit(Checkpoint(steps=(state,), events=(event,)))
+        self.states[state.step] = state
+
+    async def remember(self, memo: Memo, *events: NewEvent) -> None:
+        await self.commit(Checkpoint(memo=memo, events=events))
+        self.memos[memo.key] = memo.value
+
+    async def emit(self, event: NewEvent) -> None:
+        await self.commit(Checkpoint(events=(event,)))
+
+    async def commit(self, checkpoint: Checkpoint) -> None:
+        await self.services.store.commit(self.id, self.services.owner, checkpoint, self.now())
+        self.services.notify(self.id)
+
+    async def control(self) -> str | None:
+        """"pause" or "cancel" when asked for (read from the store at most every poll_s)."""
+        now = self.now()
+        if now - self._checked >= self.services.poll_s:
+            self._checked = now
+            execution = await self.services.store.get(self.id)
+            if execution is None or execution.owner != self.services.owner:
+                raise LeaseLost(f"execution {self.id} is no longer held by this runner")
+            self._control = execution.control
+        return self._control
+
+    def now(self) -> float:
+        return self.services.clock()
+
+    # Templates
+
+    def render(self, value: Value, scope: Mapping[str, Any]) -> Any:
+        return _template_call(lambda: render_value(value, scope))
+
+    def text(self, text: Text, scope: Mapping[str, Any]) -> str:
+        return str(_template_call(lambda: text.render(scope)))
+
+    def evaluate(self, expr: Expr, scope: Mapping[str, Any]) -> Any:
+        return _template_call(lambda: expr.evaluate(scope))
+
+
+def _template_call(run: Callable[[], Any]) -> Any:
+    try:
+        return run()
+    except jinja2.TemplateError as exc:
+        raise StepFailed(f"template error: {exc}", retryable=False) from exc
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        raise StepFailed(f"template error: {type(exc).__name__}: {exc}", retryable=False) from exc
+
+
+def truthy(value: Any) -> bool:
+    """A condition's value as a bool; the strings "false", "no", "0" and "" are false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "no", "0", "none", "null")
+    return bool(value)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples become lists; other objects their text)."""
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError, jinja2.UndefinedError) as exc:
+        raise StepFailed(f"the output is not JSON data: {exc}", retryable=False) from exc

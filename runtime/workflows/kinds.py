@@ -1,0 +1,297 @@
+"""What each kind of step does, given its context (see ``engine.Run``).
+
+    llm        one model call; ``output: json`` parses and checks the answer, asking
+               again with the validation error while it does not conform
+    ensemble   the same call to every model at once, then majority_vote | average | all
+    cascade    models in order until ``check`` accepts an answer (else the last answer)
+    http       a tool call; a JSON response is parsed
+    transform  an expression's value
+    branch     the names of the steps it chooses
+    map        the inline step for each item, at most ``concurrency`` at a time
+    loop       planner -> action, until the planner says done or max_iterations
+    approval   a person's decision, or the default at the timeout
+    pipeline   another pipeline's output
+    python     an awaited function's result
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from aigw.compiler.pipeline_graph import (
+    Approval,
+    Branch,
+    Cascade,
+    Ensemble,
+    Http,
+    Llm,
+    Loop,
+    MapStep,
+    ModelCall,
+    Python,
+    Step,
+    SubPipeline,
+    Transform,
+)
+
+from ..chat_request import ChatRequest, Message
+from ..errors import GatewayError
+from ..store.executions import NewEvent
+from .engine import StepContext, StepFailed, jsonable, truthy
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
+
+
+async def act(context: StepContext, step: Step) -> Any:
+    """Run ``step``'s action once."""
+    action = step.action
+    run = context.run
+    if isinstance(action, Llm):
+        return await ask(context, action.call, action.call.models[0], context.key)
+    if isinstance(action, Ensemble):
+        return await _ensemble(context, action)
+    if isinstance(action, Cascade):
+        return await _cascade(context, action)
+    if isinstance(action, Http):
+        return await _http(context, step, action)
+    if isinstance(action, Transform):
+        return run.evaluate(action.expression, context.scope)
+    if isinstance(action, Branch):
+        for when, then in action.cases:
+            if truthy(run.evaluate(when, context.scope)):
+                return list(then)
+        return list(action.default)
+    if isinstance(action, MapStep):
+        return await _map(context, action)
+    if isinstance(action, Loop):
+        return await _loop(context, action)
+    if isinstance(action, Approval):
+        return await run.wait_for_decision(context, step, action)
+    if isinstance(action, SubPipeline):
+        return await _pipeline(context, action)
+    assert isinstance(action, Python)
+    return await _python(context, action)
+
+
+async def ask(
+    context: StepContext,
+    call: ModelCall,
+    model: str,
+    key: str,
+    scope: Mapping[str, Any] | None = None,
+) -> Any:
+    """Send ``call``'s prompt to ``model``; a json answer is parsed and checked."""
+    run = context.run
+    scope = context.scope if scope is None else scope
+    messages = []
+    if call.system is not None:
+        messages.append(Message(role="system", content=run.text(call.system, scope)))
+    messages.append(Message(role="user", content=run.text(call.prompt, scope)))
+    problem = ""
+    for turn in range(call.validation_retries + 1 if call.output == "json" else 1):
+        request = ChatRequest(model=model, messages=messages, max_tokens=call.max_tokens,
+                              temperature=call.temperature)
+        try:
+            text = await run.call_model(context, model, request, f"{key}#{turn}")
+        except GatewayError as exc:
+            raise StepFailed(f"model '{model}': {exc.message}",
+                             retryable=exc.status == 429 or exc.status >= 500) from exc
+        if call.output == "text":
+            return text
+        value, problem = _parse_json(text, call)
+        if not problem:
+            return value
+        messages = [*messages, Message(role="assistant", content=text),
+                    Message(role="user", content=f"Your answer is not valid: {problem}. "
+                            "Answer again with only the JSON.")]
+    raise StepFailed(f"model '{model}' gave no valid JSON answer: {problem}")
+
+
+def _parse_json(text: str, call: ModelCall) -> tuple[Any, str]:
+    fenced = _FENCE.match(text)
+    try:
+        value = json.loads(fenced.group("body") if fenced else text)
+    except ValueError as exc:
+        return None, f"it is not JSON ({exc})"
+    if call.schema is not None:
+        problems = call.schema.errors(value)
+        if problems:
+            return None, "it does not match the schema: " + "; ".join(problems)
+    return value, ""
+
+
+async def _ensemble(context: StepContext, action: Ensemble) -> Any:
+    call = action.call
+    answers = await _all([
+        ask(context, call, model, f"{context.key}/{index}")
+        for index, model in enumerate(call.models)
+    ])
+    if action.combine == "all":
+        return [{"model": model, "answer": answer}
+                for model, answer in zip(call.models, answers, strict=True)]
+    if action.combine == "average":
+        numbers = [_number(answer, model) for model, answer in
+                   zip(call.models, answers, strict=True)]
+        return sum(numbers) / len(numbers)
+    votes = Counter(_ballot(answer) for answer in answers)
+    best = max(votes.values())
+    for answer in answers:  # ties go to the model listed first
+        if votes[_ballot(answer)] == best:
+            return answer
+    raise AssertionError("unreachable: the ensemble has answers")
+
+
+def _ballot(answer: Any) -> str:
+    if isinstance(answer, str):
+        return " ".join(answer.split()).casefold().rstrip(".")
+    return json.dumps(answer, sort_keys=True)
+
+
+def _number(answer: Any, model: str) -> float:
+    if isinstance(answer, bool):
+        raise StepFailed(f"model '{model}' answered {answer!r}, not a number")
+    if isinstance(answer, int | float):
+        return float(answer)
+    try:
+        return float(str(answer).strip())
+    except ValueError:
+        raise StepFailed(f"model '{model}' answered {str(answer)[:80]!r}, not a number") from None
+
+
+async def _cascade(context: StepContext, action: Cascade) -> Any:
+    run = context.run
+    answer: Any = None
+    for tier, model in enumerate(action.call.models):
+        answer = await ask(context, action.call, model, f"{context.key}/{tier}")
+        passed = truthy(run.evaluate(action.check, context.with_scope(answer=answer)))
+        await run.emit(NewEvent("cascade_check", context.path,
+                                {"model": model, "tier": tier, "passed": passed}))
+        if passed:
+            return answer
+    return answer
+
+
+async def _http(context: StepContext, step: Step, action: Http) -> Any:
+    run = context.run
+    url = run.text(action.url, context.scope)
+    headers = {name: run.text(value, context.scope) for name, value in action.headers}
+    body = run.render(action.body, context.scope) if action.body is not None else None
+    answer = await run.services.http(action.method, url, headers, jsonable(body), step.timeout_s)
+    if answer.status >= 400:
+        raise StepFailed(f"{action.method} {url} answered {answer.status}: {answer.text[:200]}",
+                         retryable=answer.status in (408, 425, 429) or answer.status >= 500)
+    if "json" in answer.content_type:
+        try:
+            return json.loads(answer.text)
+        except ValueError as exc:
+            raise StepFailed(f"{action.method} {url} sent invalid JSON: {exc}") from exc
+    return answer.text
+
+
+async def _map(context: StepContext, action: MapStep) -> list[Any]:
+    run = context.run
+    items = run.evaluate(action.over, context.scope)
+    if isinstance(items, Mapping | str) or not hasattr(items, "__iter__"):
+        raise StepFailed(f"map over {action.over.source!r} needs a list, got "
+                         f"{type(items).__name__}", retryable=False)
+    items = list(items)
+    limit = asyncio.Semaphore(action.concurrency)
+
+    async def one(index: int, item: Any) -> Any:
+        async with limit:
+            scope = context.with_scope(item=item, index=index)
+            return await run.run_inline(
+                _with(context, scope), action.step, f"{context.key}/{index}"
+            )
+
+    return await _all([one(index, item) for index, item in enumerate(items)])
+
+
+async def _loop(context: StepContext, action: Loop) -> dict[str, Any]:
+    run = context.run
+    history: list[dict[str, Any]] = []
+    outputs: dict[str, Any] = dict.fromkeys(action.actions)
+    last: Any = None
+    last_action: str | None = None
+    done = False
+    for iteration in range(action.max_iterations):
+        key = f"{context.key}/{iteration}"
+        scope = context.with_scope(history=list(history), iteration=iteration, last=last,
+                                   last_action=last_action, outputs=dict(outputs))
+        chosen = await _plan(context, action, scope, key)
+        if chosen == "done":
+            done = True
+            break
+        output = await run.run_inline(_with(context, scope), action.actions[chosen],
+                                      f"{key}/{chosen}")
+        history.append({"action": chosen, "output": output})
+        outputs[chosen], last, last_action = output, output, chosen
+    return {"done": done, "iterations": len(history), "history": history, "outputs": outputs,
+            "last": last}
+
+
+async def _plan(context: StepContext, action: Loop, scope: Mapping[str, Any], key: str) -> str:
+    run = context.run
+    names = [*action.actions, "done"]
+    if isinstance(action.planner, ModelCall):
+        model = action.planner.models[0]
+        text = str(await ask(context, action.planner, model, f"{key}/plan", scope))
+        words = [word.strip(".,:;!'\"`*").lower() for word in text.split()]
+        lowered = {name.lower(): name for name in names}
+        chosen = next((lowered[word] for word in words if word in lowered), text.strip())
+    else:
+        chosen = str(run.evaluate(action.planner, scope)).strip()
+    if chosen not in names:
+        raise StepFailed(f"the planner chose {chosen[:80]!r}, which is none of: "
+                         f"{', '.join(names)}", retryable=isinstance(action.planner, ModelCall))
+    return chosen
+
+
+async def _pipeline(context: StepContext, action: SubPipeline) -> Any:
+    run = context.run
+    pipeline = run.pipelines.get(action.pipeline)
+    if pipeline is None:
+        raise StepFailed(f"pipeline '{action.pipeline}' is no longer defined", retryable=False)
+    given = jsonable(run.render(action.input, context.scope))
+    problems = pipeline.input_schema.errors(given)
+    if problems:
+        raise StepFailed(f"input for pipeline '{action.pipeline}' does not match its schema: "
+                         + "; ".join(problems), retryable=False)
+    return await run.run_pipeline(pipeline, f"{context.path}/", given)
+
+
+async def _python(context: StepContext, action: Python) -> Any:
+    run = context.run
+    args = {name: jsonable(run.render(value, context.scope)) for name, value in action.args}
+    # The boundary to the user's own code: whatever it raises fails this try of the step.
+    try:
+        return await action.function(**args)
+    except (StepFailed, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise StepFailed(f"{action.function_name} raised {type(exc).__name__}: {exc}") from exc
+
+
+async def _all(awaitables: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Every result in order; the first failure cancels the others and is raised as is."""
+    tasks = [asyncio.ensure_future(item) for item in awaitables]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _with(context: StepContext, scope: Mapping[str, Any]) -> StepContext:
+    return StepContext(context.run, context.pipeline, context.path, context.key, scope)

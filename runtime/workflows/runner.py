@@ -1,0 +1,131 @@
+"""The runner: claims executions from the store, runs them, and keeps their leases alive.
+
+Every gateway process runs one. It asks the store for work (new executions, and those
+whose runner stopped renewing its lease: a crashed replica, or this gateway before a
+restart), runs each claimed execution as a task, and renews every lease it holds three
+times per lease period. A lease it cannot renew means another runner took the
+execution over: its task is cancelled. Stopping cancels the tasks and lets go of their
+leases, so another replica, or this gateway once restarted, resumes them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..errors import StoreUnavailable
+from ..store.executions import (
+    Checkpoint,
+    Execution,
+    ExecutionStore,
+    LeaseLost,
+    NewEvent,
+    Status,
+)
+
+log = logging.getLogger("aigw.workflows")
+
+RunExecution = Callable[[Execution], Awaitable[Status]]
+
+
+class Runner:
+    def __init__(
+        self,
+        store: ExecutionStore,
+        owner: str,
+        lease_s: float,
+        run: RunExecution,
+        clock: Callable[[], float],
+        *,
+        capacity: int = 256,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease_s = lease_s
+        self._run = run
+        self._clock = clock
+        self._capacity = capacity
+        self._poll_s = poll_s
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._claim_loop(), name="aigw-runner-claim"),
+                       asyncio.create_task(self._renew_loop(), name="aigw-runner-renew")]
+
+    def wake(self) -> None:
+        """Look for work now (an execution was created or resumed in this process)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        for task in (*self._loops, *self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._loops, *self.tasks.values(), return_exceptions=True)
+        self._loops = []
+
+    async def _claim_loop(self) -> None:
+        while True:
+            free = self._capacity - len(self.tasks)
+            claimed: tuple[str, ...] = ()
+            if free > 0:
+                try:
+                    claimed = await self.store.claim(self.owner, self.lease_s, self._clock(),
+                                                     free)
+                except StoreUnavailable as exc:
+                    log.error("runner %s cannot claim work: %s", self.owner, exc)
+            for execution_id in claimed:
+                if execution_id not in self.tasks:
+                    log.info("runner %s took execution %s", self.owner, execution_id)
+                    self.tasks[execution_id] = asyncio.create_task(
+                        self._hold(execution_id), name=f"aigw-execution-{execution_id}"
+                    )
+            if not claimed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
+            self._wake.clear()
+
+    async def _hold(self, execution_id: str) -> None:
+        try:
+            execution = await self.store.get(execution_id)
+            if execution is not None:
+                status = await self._run(execution)
+                log.info("execution %s %s", execution_id, status.value)
+        except LeaseLost:
+            log.warning("execution %s: another runner took it over", execution_id)
+        except StoreUnavailable as exc:
+            log.error("execution %s stopped: %s", execution_id, exc)
+        # A bug in a step's code must not end the runner: the execution fails, logged.
+        except Exception as exc:
+            log.exception("execution %s failed with an internal error", execution_id)
+            await self._fail(execution_id, exc)
+        finally:
+            self.tasks.pop(execution_id, None)
+            try:
+                await asyncio.shield(self.store.release(execution_id, self.owner))
+            except StoreUnavailable as exc:
+                log.error("execution %s: could not release its lease: %s", execution_id, exc)
+
+    async def _fail(self, execution_id: str, exc: Exception) -> None:
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(StoreUnavailable, LeaseLost):
+            await self.store.commit(execution_id, self.owner, Checkpoint(
+                status=Status.FAILED, error=error,
+                events=(NewEvent("execution_failed", data={"error": error}),)), self._clock())
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            for execution_id, task in list(self.tasks.items()):
+                try:
+                    held = await self.store.renew(execution_id, self.owner, self.lease_s,
+                                                  self._clock())
+                except StoreUnavailable as exc:
+                    log.error("cannot renew the lease of %s: %s", execution_id, exc)
+                    continue
+                if not held:
+                    log.warning("lost the lease of execution %s", execution_id)
+                    task.cancel()

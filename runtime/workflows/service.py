@@ -1,0 +1,231 @@
+"""The gateway's workflow side: starting and steering executions, and the runner.
+
+``Workflows`` opens the executions store named by ``settings.store`` (the embedded
+SQLite file, or Redis shared by every replica) and starts this process's ``Runner``,
+either at startup (the ASGI lifespan, so ``aigw serve`` resumes interrupted executions
+at once) or on first use (an app served in-process, as the tests do). Everything the
+HTTP API and the pipeline endpoints do goes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aigw.compiler.graph import ApiKey, Graph, TargetKind
+from aigw.compiler.pipeline_graph import Pipeline
+
+from ..chat_request import ChatRequest
+from ..errors import BadRequest, Forbidden, NotFound
+from ..live import Gateway, Live
+from ..store.executions import (
+    FINAL,
+    Decision,
+    Execution,
+    ExecutionStore,
+    NewExecution,
+    Status,
+    new_owner,
+)
+from ..store.executions_redis import RedisExecutions
+from ..store.executions_sqlite import SQLiteExecutions
+from .calls import GatewayModels, HttpxCaller
+from .engine import HttpCaller, ModelCaller, Run, Services
+from .kinds import act
+from .runner import Runner
+
+NAMESPACE_ENV = "AIGW_EXECUTIONS_NAMESPACE"
+
+
+async def open_executions(url: str, root: Path, namespace: str = "aigw") -> ExecutionStore:
+    """The executions store of a ``settings.store`` URL: the embedded SQLite file (the
+    same file as the spend ledger) or Redis."""
+    if url == "embedded" or url.startswith("embedded:"):
+        file = url.partition(":")[2] or "aigw.sqlite"
+        path = Path(file) if file == ":memory:" else root / file
+        return await SQLiteExecutions.open(path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisExecutions.from_url(url, namespace=namespace)
+    raise ValueError(f"unknown store {url!r}")
+
+
+class Workflows:
+    """``http`` and ``models`` are the seams to the outside: HTTP tool calls, and model
+    calls (by default through the gateway's serving core, as the execution's key)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        namespace: str | None = None,
+        http: HttpCaller | None = None,
+        models: Callable[[Live, str | None], ModelCaller] = GatewayModels,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.gateway = gateway
+        self._models = models
+        self.owner = new_owner()
+        self.namespace = namespace
+        self.clock = clock
+        self.poll_s = poll_s
+        self._http = http
+        self._own_http: HttpxCaller | None = None
+        self._store: ExecutionStore | None = None
+        self._runner: Runner | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open the store and start the runner (once)."""
+        async with self._lock:
+            if self._runner is not None:
+                return
+            graph = self.gateway.live.graph
+            namespace = self.namespace or os.environ.get(NAMESPACE_ENV) or "aigw"
+            self._store = await open_executions(graph.settings.store, self.gateway.root,
+                                                namespace)
+            if self._http is None:
+                self._own_http = HttpxCaller()
+                self._http = self._own_http
+            self._runner = Runner(self._store, self.owner, graph.settings.execution_lease_s,
+                                  self.run_execution, self.clock, poll_s=self.poll_s)
+            self._runner.start()
+
+    async def stop(self) -> None:
+        """Stop running (leases are let go, so the executions resume elsewhere or later)."""
+        async with self._lock:
+            if self._runner is not None:
+                await self._runner.stop()
+                self._runner = None
+            if self._store is not None:
+                await self._store.aclose()
+                self._store = None
+            if self._own_http is not None:
+                await self._own_http.aclose()
+                self._own_http = self._http = None
+
+    @asynccontextmanager
+    async def lifespan(self, _app: object) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def store(self) -> ExecutionStore:
+        await self.start()
+        assert self._store is not None
+        return self._store
+
+    async def run_execution(self, execution: Execution) -> Status:
+        """The runner's callback: one run of ``execution`` on the graph serving now."""
+        live = self.gateway.live
+        assert self._store is not None and self._http is not None
+        services = Services(self._store, self.owner, self._http, self.clock, self.notify,
+                            self.wait, self.poll_s)
+        run = Run(services, execution, live.graph.pipelines, self._models(live, execution.key),
+                  act)
+        return await run.run()
+
+    def notify(self, _execution_id: str) -> None:
+        """Something about an execution changed: wake whoever waits in this process."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, _execution_id: str, timeout: float) -> None:
+        """Until something changes here, or ``timeout`` (changes made by other replicas are
+        seen by polling the store after it)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # What the API does
+
+    async def start_execution(
+        self, key: ApiKey, name: str, given: Any, idempotency_key: str | None
+    ) -> tuple[Execution, bool]:
+        graph = self.gateway.live.graph
+        pipeline = graph.pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(graph.pipelines)) or "none"
+            raise NotFound(f"No pipeline named '{name}' (pipelines: {known}).", param="pipeline")
+        check_pipeline_allowed(key, graph, name)
+        problems = pipeline.input_schema.errors(given)
+        if problems:
+            raise BadRequest(f"The input does not match pipeline '{name}': "
+                             + "; ".join(problems), param="input")
+        store = await self.store()
+        execution, created = await store.create(
+            NewExecution(name, given, key.name, idempotency_key, graph.fingerprint), self.clock()
+        )
+        if created and self._runner is not None:
+            self._runner.wake()
+        return execution, created
+
+    async def execution(self, key: ApiKey, execution_id: str) -> Execution:
+        """The execution, if ``key`` started it (an admin key sees every one)."""
+        store = await self.store()
+        execution = await store.get(execution_id)
+        if execution is None or not (key.admin or execution.key == key.name):
+            raise NotFound(f"No execution '{execution_id}'.")
+        return execution
+
+    async def control(self, key: ApiKey, execution_id: str, action: str) -> Execution:
+        await self.execution(key, execution_id)
+        store = await self.store()
+        execution = await store.control(execution_id, action, self.clock())
+        self.notify(execution_id)
+        if execution.status is Status.QUEUED and self._runner is not None:
+            self._runner.wake()
+        return execution
+
+    async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
+        store = await self.store()
+        await store.decide(execution_id, step, decision)
+        self.notify(execution_id)
+
+    async def wait_final(self, execution_id: str, timeout: float) -> Execution | None:
+        """The execution once final (or paused, or waiting past ``timeout``: as it is then)."""
+        store = await self.store()
+        deadline = self.clock() + timeout
+        while True:
+            execution = await store.get(execution_id)
+            if execution is None or execution.status in FINAL or \
+                    execution.status is Status.PAUSED:
+                return execution
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return execution
+            await self.wait(execution_id, min(self.poll_s, remaining))
+
+
+def check_pipeline_allowed(key: ApiKey, graph: Graph, name: str) -> None:
+    """A key limited to some routes may run a pipeline only through one of them."""
+    if key.routes is None:
+        return
+    if not any(route.kind is TargetKind.PIPELINE and route.target == name
+               for route_name, route in graph.routes.items() if route_name in key.routes):
+        raise Forbidden(f"key '{key.name}' may not run pipeline '{name}'.")
+
+
+def chat_input(pipeline: Pipeline, request: ChatRequest) -> Any:
+    """A pipeline's input from a chat request: the last user message, if it is a JSON
+    object; else ``{<chat_field>: text}`` for a pipeline whose input has one string field
+    to fill; else ``{"prompt": text, "messages": [...]}``."""
+    users = [message for message in request.messages if message.role == "user"]
+    text = users[-1].text() if users else ""
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(text)
+        if isinstance(parsed, dict):
+            return parsed
+    if pipeline.chat_field is not None:
+        return {pipeline.chat_field: text}
+    return {"prompt": text,
+            "messages": [{"role": m.role, "content": m.text()} for m in request.messages]}

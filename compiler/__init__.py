@@ -1,6 +1,6 @@
 """The aigw compiler: a gateway directory in, a frozen routing Graph (or diagnostics) out.
 
-    load -> validate -> link -> policies -> freeze
+    load -> validate -> link -> policies -> pipelines -> freeze
 
 It imports neither the runtime nor any network library, so ``aigw check`` runs
 fast in a bare CI job.
@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import codes
+from .authorization import check_cedar
 from .diagnostics import Diagnostic, DiagnosticSink, render_github, render_json, render_text
 from .freeze import freeze
 from .graph import Graph
 from .link import link
 from .load import GATEWAY_FILE, load
-from .policies import compile_policies
+from .pipelines import compile_pipelines
 from .source import Position, SourceFile
 from .validate import validate
 
@@ -72,11 +73,14 @@ def compile_gateway(root: str | Path, environ: Mapping[str, str] | None = None) 
         sources = loaded.sources
         validated = validate(loaded, sink)
         linked = link(validated, environ, sink)
-        policies = compile_policies(loaded.policies, sink)
+        checked = check_cedar(loaded.policies, linked, validated, sink)
+        policies = checked.policies
+        pipelines = compile_pipelines(validated, linked, sources, sink)
         graph = None
         if not sink.has_errors:
             warnings = sink.sorted()
-            graph = freeze(linked, policies, sources, root.resolve(), warnings)
+            graph = freeze(linked, policies, sources, root.resolve(), warnings, pipelines,
+                           checked=checked)
     except Exception as exc:  # the boundary: a compiler bug is a diagnostic, not a traceback
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         sink.add(codes.INTERNAL, f"internal compiler error: {detail}", Position(GATEWAY_FILE, 1, 1),

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+from .authorization import CheckedPolicies, build_authorization
 from .diagnostics import Diagnostic
 from .graph import (
     ApiKey,
@@ -31,6 +32,7 @@ from .graph import (
     Team,
 )
 from .link import Linked
+from .pipelines import attach_routes
 from .source import SourceFile
 from .spec import BudgetSpec, CircuitBreakerSpec, GroupSpec, LimitsSpec, PerUserSpec
 
@@ -51,6 +53,9 @@ def freeze(
     sources: Mapping[str, SourceFile],
     root: Path,
     warnings: tuple[Diagnostic, ...],
+    pipelines: Mapping[str, Pipeline] | None = None,
+    *,
+    checked: CheckedPolicies,
 ) -> Graph:
     """Build the frozen graph; ``linked`` must have passed without errors."""
     providers = {
@@ -162,6 +167,8 @@ def freeze(
             reservation_ttl_s=settings.reservation_ttl_s,
             stop_streams_over_budget=settings.stop_streams_over_budget,
             user_header=settings.user_header,
+            ledger_sync=settings.ledger_sync,
+            execution_lease_s=settings.execution_lease_s,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),
@@ -170,8 +177,15 @@ def freeze(
         teams=_frozen(teams),
         keys_by_sha256=_frozen(keys),
         policies=policies,
-        pipelines=_frozen({n: Pipeline(n, path) for n, path in linked.pipelines.items()}),
+        pipelines=attach_routes(
+            pipelines or {}, routes, groups, deployments,
+            lambda name: _group(f"deployment:{name}", GroupSpec(members=[name]), deployments),
+        ),
         warnings=warnings,
+        authorization=build_authorization(
+            checked, deployments, groups, routes, teams, list(keys.values()),
+            list(linked.pipelines),
+        ),
     )
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .diagnostics import Diagnostic
+from .pipeline_graph import Pipeline as Pipeline
+
+if TYPE_CHECKING:
+    from .authorization import Authorization
 
 
 class TargetKind(StrEnum):
@@ -31,6 +35,8 @@ class Settings:
     reservation_ttl_s: float
     stop_streams_over_budget: bool
     user_header: str
+    ledger_sync: Literal["full", "normal"]
+    execution_lease_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +194,6 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Pipeline:
-    name: str
-    file: str
-
-
-@dataclass(frozen=True, slots=True)
 class Graph:
     """The compiled gateway. Built once by the compiler, swapped whole on reload."""
 
@@ -209,3 +209,4 @@ class Graph:
     policies: tuple[Policy, ...]
     pipelines: Mapping[str, Pipeline]
     warnings: tuple[Diagnostic, ...]
+    authorization: Authorization  # the policy set, schema and static Cedar entities

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cedarpy
 
@@ -30,15 +31,30 @@ class PolicyText:
     position: Position
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedPolicy:
+    """A policy that parsed, with its annotations checked, and cedarpy's JSON form of it."""
+
+    policy: Policy
+    chunk: PolicyText
+    body: Mapping[str, Any]
+
+
 def compile_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple[Policy, ...]:
     """Parse every policy of every file; check @id (required, unique) and @priority (integer)."""
-    policies: list[Policy] = []
+    return tuple(parsed.policy for parsed in parse_policies(files, sink))
+
+
+def parse_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple[ParsedPolicy, ...]:
+    """Like ``compile_policies``, keeping each policy's text and JSON form for validation."""
+    policies: list[ParsedPolicy] = []
     first_seen: dict[str, Position] = {}
     for policy_file in files:
         for chunk in split_policies(policy_file):
-            annotations = _parse(chunk, sink)
-            if annotations is None:
+            body = _parse(chunk, sink)
+            if body is None:
                 continue
+            annotations = dict(body.get("annotations", {}))
             policy_id = annotations.get("id")
             if not policy_id:
                 effect = re.match(r"\w+", chunk.text)
@@ -60,13 +76,14 @@ def compile_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple
                          _annotation(chunk, "priority"),
                          'write an integer in quotes, e.g. @priority("50")')
                 continue
-            policies.append(
-                Policy(policy_id, chunk.position.file, chunk.position.line, priority, chunk.text)
-            )
+            position = chunk.position
+            policy = Policy(policy_id, position.file, position.line, priority, chunk.text)
+            policies.append(ParsedPolicy(policy, chunk, body))
     return tuple(policies)
 
 
-def _parse(chunk: PolicyText, sink: DiagnosticSink) -> dict[str, str] | None:
+def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
+    """cedarpy's JSON form of the one policy in ``chunk`` (an empty one for a bare comment)."""
     try:
         parsed = json.loads(cedarpy.policies_to_json_str(chunk.text))
     except ValueError as exc:
@@ -79,7 +96,12 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> dict[str, str] | None:
                  "[when { ... }];")
         return None
     bodies = [*parsed.get("staticPolicies", {}).values(), *parsed.get("templates", {}).values()]
-    return dict(bodies[0].get("annotations", {})) if bodies else {}
+    if not bodies:
+        return {}
+    body: Mapping[str, Any] = bodies[0]
+    if parsed.get("templates"):
+        body = {**body, "template": True}
+    return body
 
 
 def split_policies(policy_file: PolicyFile) -> Iterator[PolicyText]:
@@ -99,6 +121,16 @@ def split_policies(policy_file: PolicyFile) -> Iterator[PolicyText]:
             start = None
     if start is not None:
         yield PolicyText(text[start:], _position(policy_file.path, text, start))
+
+
+def code_offsets(text: str) -> frozenset[int]:
+    """Offsets of ``text`` outside comments and string literals (an opening quote counts)."""
+    return frozenset(index for index, _ in _code(text))
+
+
+def position_in(chunk: PolicyText, offset: int, width: int) -> Position:
+    """The position of ``offset`` inside ``chunk``, ``width`` columns wide."""
+    return _at(chunk, offset, width)
 
 
 def _code(text: str) -> Iterator[tuple[int, str]]:

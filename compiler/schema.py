@@ -6,6 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
+from .pipeline_spec import PipelineSpec
 from .spec import GatewaySpec, SectionsSpec
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -16,13 +19,14 @@ def json_schemas() -> Mapping[str, str]:
     documents = {
         "gateway.schema.json": _schema(GatewaySpec, "aigw gateway.yaml (version 1)"),
         "include.schema.json": _schema(SectionsSpec, "aigw included config file (version 1)"),
+        "pipeline.schema.json": _schema(PipelineSpec, "aigw pipeline (pipelines/<name>.yaml)"),
     }
     return {
         name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in documents.items()
     }
 
 
-def _schema(model: type[GatewaySpec] | type[SectionsSpec], title: str) -> dict[str, Any]:
+def _schema(model: type[BaseModel], title: str) -> dict[str, Any]:
     document = model.model_json_schema(mode="validation")
     document["$schema"] = SCHEMA_DIALECT
     document["title"] = title

@@ -70,11 +70,21 @@ class SettingsSpec(Spec):
     reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
         900.0, description="A budget hold nobody settles (a crashed gateway) expires after this."
     )
+    ledger_sync: Literal["full", "normal"] = Field(
+        "normal",
+        description="Embedded store: 'normal' survives a killed gateway (kill -9) without an "
+        "fsync per request; 'full' also survives a power loss, at an fsync per request.",
+    )
     stop_streams_over_budget: bool = Field(
         False, description="Cut a stream mid-flight when its budget runs out."
     )
     user_header: str = Field(
         "x-aigw-user", description="Header naming the end user when the body has no 'user'."
+    )
+    execution_lease_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0,
+        description="A pipeline execution whose gateway stopped renewing its lease this long "
+        "is resumed by another replica (or by the gateway after a restart).",
     )
     circuit_breaker: CircuitBreakerSpec = Field(
         CircuitBreakerSpec(), description="Default circuit breaker of every deployment."

@@ -39,11 +39,12 @@ log = logging.getLogger("aigw.limits")
 class StoreHandle:
     """The store named by ``settings.store``, opened on first use (it is async to open)."""
 
-    def __init__(self, url: str, root: Path, failure: str, ttl: float) -> None:
+    def __init__(self, url: str, root: Path, failure: str, ttl: float, sync: str) -> None:
         self.url = url
         self._root = root
         self._failure = failure
         self._ttl = ttl
+        self._sync = sync
         self._store: Store | None = None
         self._lock = asyncio.Lock()
 
@@ -54,7 +55,7 @@ class StoreHandle:
             if self._store is None:
                 self._store = await open_store(
                     self.url, root=self._root, on_unavailable=self._failure,
-                    reservation_ttl=self._ttl,
+                    reservation_ttl=self._ttl, synchronous=self._sync.upper(),
                 )
         return self._store
 

@@ -27,7 +27,7 @@ from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
 from .live import Live
 from .policy import RequestGate
-from .policy_request import authorize_pipeline
+from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
@@ -260,7 +260,9 @@ async def chat_completions(
     route = live.graph.routes.get(request.model)
     if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:
         user = request.user or exchange.headers.get(live.graph.settings.user_header) or None
-        await authorize_pipeline(live, key, user, route, request, exchange.headers)
+        await authorize_route(live, key, user, route, exchange.headers,
+                              live.counter.count_messages(request.messages),
+                              request.output_limit, request.stream)
         return await pipelines(exchange, key, request, route)
     await exchange.open(key, request)
     if not request.stream:

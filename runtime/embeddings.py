@@ -16,6 +16,7 @@ from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
 from .live import Live
+from .policy_request import authorize_route
 from .providers.base import EmbeddingCall, EmbeddingResult
 
 _MAX_INPUTS = 2048
@@ -32,7 +33,7 @@ class EmbeddingRequest(BaseModel):
 
 
 async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
-    authenticate(live.graph, headers)
+    key = authenticate(live.graph, headers)
     try:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -41,10 +42,15 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
     route = resolve_route(live.graph, request.model)
     prompt_tokens = sum(live.counter.count(text) for text in inputs)
     longest = max((live.counter.count(text) for text in inputs), default=0)
+    gate = await authorize_route(live, key, request.user, route, headers, prompt_tokens)
+    denied = gate.deny(route.candidates)
     tried: list[str] = []
     last_error: UpstreamError | None = None
     for deployment in route.candidates:
         adapter = live.adapters.get(deployment.provider.name)
+        if deployment.name in denied:
+            tried.append(f"{deployment.name}: {denied[deployment.name].reason}")
+            continue
         if deployment.kind != "embeddings" or adapter is None:
             tried.append(f"{deployment.name}: "
                          + ("not an embeddings model" if adapter else "provider disabled"))
@@ -69,6 +75,9 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
         )
     if last_error is not None:
         raise last_error
+    if denied and not any(d.kind == "embeddings" and d.name not in denied
+                          and d.provider.name in live.adapters for d in route.candidates):
+        raise gate.forbidden(route.name, list(denied.values()))
     if not any(deployment.kind == "embeddings" for deployment in route.candidates):
         raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
                          param="model")

@@ -119,7 +119,8 @@ class Gateway:
         self.telemetry = Telemetry()
         settings = result.graph.settings
         self.store = StoreHandle(
-            settings.store, root, settings.store_failure, settings.reservation_ttl_s
+            settings.store, root, settings.store_failure, settings.reservation_ttl_s,
+            settings.ledger_sync,
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None

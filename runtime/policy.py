@@ -189,6 +189,8 @@ class PolicyEngine:
         self._live_atoms = tuple(reads.atoms.get(f"resource.{name}")
                                  for name in self._live_fields)
         self._meanings: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
+        self._signatures: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
+        self._contexts: OrderedDict[tuple[object, ...], CedarContext] = OrderedDict()
         self._isolated = reads.live_isolated
         self._entities: OrderedDict[tuple[object, ...], cedarpy.Entities] = OrderedDict()
         self._decisions: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
@@ -201,7 +203,13 @@ class PolicyEngine:
 
     def context(self, facts: Facts) -> CedarContext:
         reads = self.authorization.reads
-        return encode_context(facts.values(), reads.context, reads.atoms)
+        values = facts.values()
+        raw = tuple(values[name] for name in sorted(reads.context))
+        found = self._contexts.get(raw)
+        if found is None:
+            found = encode_context(values, reads.context, reads.atoms)
+            _remember(self._contexts, raw, found, _CACHE_JSON)
+        return found
 
     def invoke(self, principal: Principal, route: str, context: CedarContext) -> Decision:
         """May ``principal`` use route ``route``?"""
@@ -268,10 +276,16 @@ class PolicyEngine:
         takes part in when it is only compared with literals, else the value itself."""
         if not any(self._live_atoms):
             return values
-        return tuple(
-            value if atoms is None else answers(atoms, encode_value(DEPLOYMENT_LIVE[name], value))
-            for name, value, atoms in zip(self._live_fields, values, self._live_atoms, strict=True)
-        )
+        found = self._signatures.get(values)
+        if found is None:
+            found = tuple(
+                value if atoms is None
+                else answers(atoms, encode_value(DEPLOYMENT_LIVE[name], value))
+                for name, value, atoms in zip(self._live_fields, values, self._live_atoms,
+                                              strict=True)
+            )
+            _remember(self._signatures, values, found, _CACHE_JSON)
+        return found
 
     def _live(self, deployment: Deployment) -> tuple[object, ...]:
         if not self._live_fields:
@@ -390,6 +404,13 @@ class RequestGate:
         self.permitted += len(permitted)
         return Filtered(permitted, denied,
                         {c.deployment.name: d for c, d in zip(candidates, decisions, strict=True)})
+
+    def deny(self, deployments: Sequence[Deployment]) -> dict[str, Denied]:
+        """The deployments among ``deployments`` the route policies deny, by name."""
+        decisions = self.engine.route(self.principal, deployments, self.context)
+        return {d.name: Denied(d.name, self._reason(decision), False, decision.policies)
+                for d, decision in zip(deployments, decisions, strict=True)
+                if not decision.allowed}
 
     def forbidden(self, route: str, denied: Sequence[Denied]) -> Forbidden:
         """The 403 for a request that no deployment may serve."""

@@ -17,7 +17,6 @@ from starlette.datastructures import Headers
 from aigw.compiler.graph import ApiKey, Route
 
 from .admission import budget_remaining, subject_limits
-from .chat_request import ChatRequest
 from .errors import BadRequest, StoreUnavailable
 from .live import Live
 from .policy import Facts, RequestGate, principal_for
@@ -64,16 +63,15 @@ async def authorize(
     return dataclasses.replace(plan, gate=gate)
 
 
-async def authorize_pipeline(
-    live: Live, key: ApiKey, user: str | None, route: Route, request: ChatRequest,
-    headers: Headers,
-) -> None:
-    """The invoke check for a chat request whose model is a pipeline route (else 403)."""
+async def authorize_route(
+    live: Live, key: ApiKey, user: str | None, route: Route, headers: Headers,
+    estimated_tokens: int, max_tokens: int | None = None, stream: bool = False,
+) -> RequestGate:
+    """The gate of a request that does not go through ``Exchange`` (a pipeline route, an
+    embeddings call), once it may invoke ``route`` (else 403)."""
     engine = live.policy
-    if not engine.enforced:
-        return
     budget = None
-    if "budget_remaining" in engine.authorization.reads.context:
+    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
         try:
             store = await live.store.get()
             budget = await budget_remaining(store, subject_limits(key, user))
@@ -81,16 +79,17 @@ async def authorize_pipeline(
             log.warning("budget unknown for the policy context: the store is unavailable")
     facts = Facts(
         route=route.name,
-        estimated_tokens=live.counter.count_messages(request.messages),
-        max_tokens=request.output_limit,
-        stream=request.stream,
+        estimated_tokens=estimated_tokens,
+        max_tokens=max_tokens,
+        stream=stream,
         latency_sla_ms=latency_sla_ms(headers, route.deadline_s * 1000),
         budget_remaining=budget,
         tags=request_tags(headers),
     )
     who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
-    RequestGate(engine, principal_for(engine.authorization, key, user), facts, who
-                ).check_invoke(route.name)
+    gate = RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
+    gate.check_invoke(route.name)
+    return gate
 
 
 def latency_sla_ms(headers: Headers, deadline_ms: float) -> int:

@@ -45,11 +45,17 @@ class ServeOptions:
 
 def serve(options: ServeOptions) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logging()
     config = _hypercorn_config(options)
     if options.workers <= 1:
         return _run_worker(options, config, None)
     return _run_master(options, config)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every upstream request at INFO; the access log already has one line each.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _hypercorn_config(options: ServeOptions) -> Config:
@@ -201,7 +207,7 @@ def _send_signal(pid: int, signum: int) -> None:
 
 
 def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logging()
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(_run_worker(options, config, sockets))

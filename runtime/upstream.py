@@ -75,7 +75,7 @@ class UpstreamFailure:
     retry_after: float | None
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
@@ -134,7 +134,7 @@ def scrub(text: str, provider: Provider) -> str:
     return text
 
 
-def failure_from_response(status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
+def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
     """Read the error out of the common JSON shapes: OpenAI, Anthropic and Google all nest
     it under ``error`` with a message and a type, code or status."""
     message = body.decode("utf-8", "replace")[:2000]
@@ -222,7 +222,7 @@ class Upstream:
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
-            async for event in _parse_sse(response.aiter_lines()):
+            async for event in parse_sse(response.aiter_lines()):
                 yield event
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
@@ -243,7 +243,7 @@ class Upstream:
         await self.client.aclose()
 
 
-async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     """Server-sent events per the HTML spec: ``event:`` and ``data:`` fields, blank-line ended."""
     event = ""
     data: list[str] = []

@@ -47,7 +47,8 @@ from aigw.compiler.graph import Provider
 
 from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
-from ..upstream import Upstream, UpstreamFailure, classify, json_event
+from ..upstream import UpstreamFailure, classify, json_event
+from ..upstream_aiohttp import JsonUpstream, open_upstream
 from .anthropic_wire import ERROR_STATUS, STOP_REASONS, messages_body, parse_message, usage
 from .base import (
     ChatCall,
@@ -68,7 +69,7 @@ class AnthropicAdapter:
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
-        self.upstream = Upstream(provider)
+        self.upstream: JsonUpstream = open_upstream(provider)
         base = (provider.base_url or ANTHROPIC_BASE_URL).rstrip("/")
         # The root is what Anthropic documents; a root given with OpenAI's habit of /v1 works too.
         self._url = f"{base.removesuffix('/v1')}/v1/messages"

@@ -15,7 +15,8 @@ from aigw.compiler.graph import Provider
 
 from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
-from ..upstream import Upstream, json_event
+from ..upstream import json_event
+from ..upstream_aiohttp import JsonUpstream, open_upstream
 from .base import (
     ChatCall,
     ChatDelta,
@@ -37,7 +38,7 @@ class OpenAIAdapter:
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
-        self.upstream = Upstream(provider)
+        self.upstream: JsonUpstream = open_upstream(provider)
         self._base = (provider.base_url or OPENAI_BASE_URL).rstrip("/")
         self._headers = {**provider.headers}
         if provider.api_key:

@@ -435,6 +435,8 @@ class RedisExecutions:
         try:
             return await run()
         except (RedisError, OSError) as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted (a flushed Redis): make it again
+                self._group_ready = False
             raise StoreUnavailable(f"the executions store (redis) failed: {exc}") from exc
 
 

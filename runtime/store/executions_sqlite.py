@@ -103,7 +103,7 @@ class SQLiteExecutions:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> SQLiteExecutions:
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> SQLiteExecutions:
         db = await SQLiteFile.open(path, synchronous=synchronous)
         await db.call(_create_tables)
         return cls(db)

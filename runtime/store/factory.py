@@ -20,6 +20,7 @@ async def open_store(
     namespace: str = "aigw",
     clock: Clock | None = None,
     reservation_ttl: float = DEFAULT_TTL,
+    synchronous: str = "FULL",
 ) -> Store:
     """Open the store ``url`` names; relative files are relative to ``root`` (or cwd).
 
@@ -32,7 +33,9 @@ async def open_store(
     if url == "embedded" or url.startswith("embedded:"):
         file = url.partition(":")[2] or DEFAULT_FILE
         path = Path(file) if file == ":memory:" else (root or Path.cwd()) / file
-        return await EmbeddedStore.open(path, clock=clock, reservation_ttl=reservation_ttl)
+        return await EmbeddedStore.open(
+            path, clock=clock, reservation_ttl=reservation_ttl, synchronous=synchronous
+        )
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(
             url,

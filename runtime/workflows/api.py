@@ -45,18 +45,19 @@ from ..errors import (
     BadRequest,
     Conflict,
     NotFound,
+    PayloadTooLarge,
     PipelineFailed,
     PipelineTimeout,
     Unauthorized,
 )
 from ..exchange import Exchange
+from ..live import Live
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
 from ..sse import ChunkEncoder, completion_body
 from ..store.executions import FINAL, Decision, Execution, ExecutionConflict, Status, StepStatus
 from .service import Workflows, chat_input
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-MAX_BODY = 4 * 1024 * 1024
 
 
 def workflow_routes(workflows: Workflows) -> list[BaseRoute]:
@@ -365,9 +366,16 @@ def _template(path: Path, graph: Graph) -> dict[str, Any]:
 
 
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise BadRequest(f"The body exceeds {MAX_BODY} bytes.")
+    live: Live = request.state.live
+    limit = live.graph.settings.max_request_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         return {}
     try:

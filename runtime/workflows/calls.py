@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 from starlette.datastructures import Headers
 
-from aigw.compiler.graph import ApiKey, Route
+from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
 from ..errors import GatewayError
 from ..exchange import Exchange
-from ..live import Live
+from ..live import Gateway, Live
 from .engine import HttpAnswer, ModelAnswer, StepFailed
 
 
@@ -32,23 +32,27 @@ def find_key(live: Live, name: str | None) -> ApiKey | None:
 
 
 class GatewayModels:
-    """``ModelCaller`` for one run: the live graph it started on and its caller's key."""
+    """``ModelCaller`` for one run, as the key that started the execution.
 
-    def __init__(self, live: Live, key_name: str | None) -> None:
-        self.live = live
-        key = find_key(live, key_name)
-        self.key = dataclasses.replace(key, routes=None) if key is not None else None
+    Each call is served by the graph serving at that moment (an execution can outlive
+    reloads, waiting for an approval): its route for the model name and its key, so a
+    reload that changes a route or revokes the key applies to the next call."""
+
+    def __init__(self, gateway: Gateway, key_name: str | None) -> None:
+        self.gateway = gateway
         self.key_name = key_name
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
-        if self.key is None:
+        live = self.gateway.live
+        key = find_key(live, self.key_name)
+        if key is None:
             raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
                              "longer accepted by the gateway", retryable=False)
-        live = self.live
         record = new_record(live, "pipeline")
         exchange = Exchange(live, record, Headers())
         try:
-            await exchange.open(self.key, request, route)
+            await exchange.open(dataclasses.replace(key, routes=None), request,
+                                current_route(live, route))
             served, result = await exchange.complete()
         except GatewayError as exc:
             await exchange.fail(exc)
@@ -63,6 +67,17 @@ class GatewayModels:
             completion_tokens=result.usage.completion_tokens,
             cost=record.cost,
         )
+
+
+def current_route(live: Live, route: Route) -> Route:
+    """``route`` as the serving graph has it now (the one a run compiled with, if gone)."""
+    found = live.graph.routes.get(route.name)
+    if found is not None and found.kind is not TargetKind.PIPELINE:
+        return found
+    for pipeline in live.graph.pipelines.values():
+        if route.name in pipeline.routes:
+            return pipeline.routes[route.name]
+    return route
 
 
 class HttpxCaller:

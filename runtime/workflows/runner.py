@@ -77,6 +77,9 @@ class Runner:
                                                      free)
                 except StoreUnavailable as exc:
                     log.error("runner %s cannot claim work: %s", self.owner, exc)
+                # The loop must outlive a bug: without it this gateway runs nothing more.
+                except Exception:
+                    log.exception("runner %s: claiming work failed", self.owner)
             for execution_id in claimed:
                 if execution_id not in self.tasks:
                     log.info("runner %s took execution %s", self.owner, execution_id)

@@ -24,7 +24,7 @@ from aigw.compiler.pipeline_graph import Pipeline
 
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Forbidden, NotFound
-from ..live import Gateway, Live
+from ..live import Gateway
 from ..store.executions import (
     FINAL,
     Decision,
@@ -66,7 +66,7 @@ class Workflows:
         *,
         namespace: str | None = None,
         http: HttpCaller | None = None,
-        models: Callable[[Live, str | None], ModelCaller] = GatewayModels,
+        models: Callable[[Gateway, str | None], ModelCaller] = GatewayModels,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
     ) -> None:
@@ -131,9 +131,16 @@ class Workflows:
         assert self._store is not None and self._http is not None
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
                             self.wait, self.poll_s)
-        run = Run(services, execution, live.graph.pipelines, self._models(live, execution.key),
-                  act)
-        return await run.run()
+        models = self._models(self.gateway, execution.key)
+        run = Run(services, execution, live.graph.pipelines, models, act)
+        status = await run.run()
+        self._count(execution.pipeline, status)
+        return status
+
+    def _count(self, pipeline: str, status: Status) -> None:
+        """aigw_workflow_executions{pipeline, status}: each execution once, when it ends."""
+        if status in FINAL:
+            self.gateway.telemetry.metrics.workflows.labels(pipeline, status.value).inc()
 
     def notify(self, _execution_id: str) -> None:
         """Something about an execution changed: wake whoever waits in this process."""
@@ -180,8 +187,11 @@ class Workflows:
     async def control(self, key: ApiKey, execution_id: str, action: str) -> Execution:
         await self.execution(key, execution_id)
         store = await self.store()
+        before = await store.get(execution_id)
         execution = await store.control(execution_id, action, self.clock())
         self.notify(execution_id)
+        if before is not None and before.status is not execution.status:
+            self._count(execution.pipeline, execution.status)  # cancelled while unheld
         if execution.status is Status.QUEUED and self._runner is not None:
             self._runner.wake()
         return execution

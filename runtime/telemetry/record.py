@@ -66,16 +66,60 @@ class RequestRecord:
         return max(0.0, elapsed - self.upstream_s)
 
 
+@dataclass(slots=True)
+class _RouteChildren:
+    overhead: Any
+    in_flight: Any
+
+
+@dataclass(slots=True)
+class _ServedChildren:
+    latency: Any
+    ttft: Any
+    tokens_in: Any
+    tokens_out: Any
+    cost: Any
+    statuses: dict[int, Any]
+
+
 class Telemetry:
     """Where finished records go: Prometheus metrics and the access log."""
 
     def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.tracing = tracing or Tracing()
+        # Bound children by label values: ``labels()`` validates and locks on every call,
+        # and the label values are graph names, so these tables stay small.
+        self._served: dict[tuple[str, str, str, str], _ServedChildren] = {}
+        self._by_route: dict[str, _RouteChildren] = {}
+
+    def _route(self, route: str) -> _RouteChildren:
+        children = self._by_route.get(route)
+        if children is None:
+            metrics = self.metrics
+            children = self._by_route[route] = _RouteChildren(
+                metrics.overhead.labels(route), metrics.in_flight.labels(route)
+            )
+        return children
+
+    def _deployment(self, route: str, deployment: str, provider: str, team: str) -> _ServedChildren:
+        key = (route, deployment, provider, team)
+        children = self._served.get(key)
+        if children is None:
+            metrics = self.metrics
+            children = self._served[key] = _ServedChildren(
+                latency=metrics.latency.labels(route, deployment, provider),
+                ttft=metrics.ttft.labels(route, deployment, provider),
+                tokens_in=metrics.tokens.labels(route, deployment, team, "input"),
+                tokens_out=metrics.tokens.labels(route, deployment, team, "output"),
+                cost=metrics.cost.labels(route, deployment, team),
+                statuses={},
+            )
+        return children
 
     def started(self, record: RequestRecord) -> None:
         if record.route is not None:
-            self.metrics.in_flight.labels(record.route).inc()
+            self._route(record.route).in_flight.inc()
 
     def finish(self, record: RequestRecord, circuit: str | None = None) -> None:
         """Count the request once, however it ended."""
@@ -88,18 +132,24 @@ class Telemetry:
         deployment = record.deployment or UNKNOWN
         provider = record.provider or UNKNOWN
         team = record.team or UNKNOWN
-        metrics.requests.labels(route, deployment, provider, team, str(record.status)).inc()
+        served = self._deployment(route, deployment, provider, team)
+        counter = served.statuses.get(record.status)
+        if counter is None:
+            counter = served.statuses[record.status] = metrics.requests.labels(
+                route, deployment, provider, team, str(record.status))
+        counter.inc()
         overhead = record.overhead_s(now)
-        metrics.overhead.labels(route).observe(overhead)
+        by_route = self._route(route)
+        by_route.overhead.observe(overhead)
         if record.route is not None:
-            metrics.in_flight.labels(record.route).dec()
+            by_route.in_flight.dec()
         if record.deployment is not None:
-            metrics.latency.labels(route, deployment, provider).observe(now - record.started)
+            served.latency.observe(now - record.started)
             if record.ttft_s is not None:
-                metrics.ttft.labels(route, deployment, provider).observe(record.ttft_s)
-            metrics.tokens.labels(route, deployment, team, "input").inc(record.prompt_tokens)
-            metrics.tokens.labels(route, deployment, team, "output").inc(record.completion_tokens)
-            metrics.cost.labels(route, deployment, team).inc(record.cost)
+                served.ttft.observe(record.ttft_s)
+            served.tokens_in.inc(record.prompt_tokens)
+            served.tokens_out.inc(record.completion_tokens)
+            served.cost.inc(record.cost)
         if record.fallback:
             metrics.fallbacks.labels(route).inc()
         if record.attempts > 1:

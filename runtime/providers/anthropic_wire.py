@@ -20,6 +20,7 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage
+from .turns import TurnBlocks, split_turns
 
 # Anthropic's stop_reason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -131,38 +132,9 @@ def _refuse_unsupported(request: ChatRequest, extras: Mapping[str, object]) -> N
 
 
 def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],
-                                                          list[dict[str, Any]]]:
-    """OpenAI messages as Anthropic's ``system`` blocks and user/assistant turns.
-
-    System and developer messages go to ``system``; tool results become ``tool_result``
-    blocks of a user turn; consecutive turns of one role are merged, as Anthropic
-    requires, with tool results first in their turn.
-    """
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if message.role in ("system", "developer"):
-            system.extend(_text_blocks(message, where))
-            continue
-        if message.role == "user":
-            role, blocks = "user", _user_blocks(message, where)
-        elif message.role == "assistant":
-            role, blocks = "assistant", _assistant_blocks(message, where)
-        elif message.role == "tool":
-            role, blocks = "user", [_tool_result(message, where)]
-        else:
-            raise BadRequest("Anthropic models do not take 'function' messages; use tools.",
-                             param=f"{where}.role")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    return system, turns
+                                                        list[dict[str, Any]]]:
+    """OpenAI messages as Anthropic's ``system`` blocks and user/assistant turns."""
+    return split_turns(messages, _BLOCKS)
 
 
 def _parts(message: Message) -> list[ContentPart]:
@@ -356,3 +328,13 @@ def usage(counts: Mapping[str, Any]) -> Usage:
         cached_tokens=cache_read,
         cache_creation_tokens=cache_creation,
     )
+
+
+_BLOCKS = TurnBlocks(
+    label="Anthropic",
+    text=_text_blocks,
+    user=_user_blocks,
+    assistant=_assistant_blocks,
+    tool_result=_tool_result,
+    is_tool_result=lambda block: block["type"] == "tool_result",
+)

@@ -20,6 +20,7 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage
+from .turns import TurnBlocks, split_turns
 
 # Converse's stopReason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -97,37 +98,9 @@ def _refuse_unsupported(request: ChatRequest) -> None:
 
 
 def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],
-                                                          list[dict[str, Any]]]:
-    """OpenAI messages as Converse's ``system`` blocks and user/assistant turns.
-
-    Tool results become ``toolResult`` blocks of a user turn; consecutive turns of one
-    role are merged, as Converse requires, with tool results first in their turn.
-    """
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if message.role in ("system", "developer"):
-            system.extend(_text_blocks(message, where))
-            continue
-        if message.role == "user":
-            role, blocks = "user", _user_blocks(message, where)
-        elif message.role == "assistant":
-            role, blocks = "assistant", _assistant_blocks(message, where)
-        elif message.role == "tool":
-            role, blocks = "user", [_tool_result(message, where)]
-        else:
-            raise BadRequest("Bedrock models do not take 'function' messages; use tools.",
-                             param=f"{where}.role")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        turn["content"].sort(key=lambda block: "toolResult" not in block)
-    return system, turns
+                                                        list[dict[str, Any]]]:
+    """OpenAI messages as Converse's ``system`` blocks and user/assistant turns."""
+    return split_turns(messages, _BLOCKS)
 
 
 def _parts(message: Message) -> list[ContentPart]:
@@ -312,3 +285,13 @@ def usage(counts: Mapping[str, Any]) -> Usage:
         cached_tokens=cache_read,
         cache_creation_tokens=cache_write,
     )
+
+
+_BLOCKS = TurnBlocks(
+    label="Bedrock",
+    text=_text_blocks,
+    user=_user_blocks,
+    assistant=_assistant_blocks,
+    tool_result=_tool_result,
+    is_tool_result=lambda block: "toolResult" in block,
+)

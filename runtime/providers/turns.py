@@ -1,0 +1,56 @@
+"""OpenAI's message list as the system blocks and alternating turns that Anthropic's
+Messages API and Bedrock's Converse both require; each adapter supplies its blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..chat_request import Message
+from ..errors import BadRequest
+
+Block = dict[str, Any]
+BlockBuilder = Callable[[Message, str], list[Block]]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnBlocks:
+    """How one wire format writes each kind of message as content blocks."""
+
+    label: str  # the provider, for the error on a message it cannot take
+    text: BlockBuilder  # system and developer messages
+    user: BlockBuilder
+    assistant: BlockBuilder
+    tool_result: Callable[[Message, str], Block]
+    is_tool_result: Callable[[Block], bool]
+
+
+def split_turns(messages: Sequence[Message], blocks: TurnBlocks) -> tuple[list[Block], list[Block]]:
+    """System blocks, and user/assistant turns: tool results become blocks of a user turn;
+    consecutive turns of one role are merged, with tool results first in their turn."""
+    system: list[Block] = []
+    turns: list[Block] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role in ("system", "developer"):
+            system.extend(blocks.text(message, where))
+            continue
+        if message.role == "user":
+            role, content = "user", blocks.user(message, where)
+        elif message.role == "assistant":
+            role, content = "assistant", blocks.assistant(message, where)
+        elif message.role == "tool":
+            role, content = "user", [blocks.tool_result(message, where)]
+        else:
+            raise BadRequest(f"{blocks.label} models do not take 'function' messages; "
+                             "use tools.", param=f"{where}.role")
+        if not content:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(content)
+        else:
+            turns.append({"role": role, "content": content})
+    for turn in turns:
+        turn["content"].sort(key=lambda block: not blocks.is_tool_result(block))
+    return system, turns

@@ -20,7 +20,9 @@ examples:
   aigw check deploy/gw --format github --strict
   aigw compile --format json      print the compiled graph
   aigw serve --port 8080          serve the gateway on 127.0.0.1:8080
-  aigw schema                     write JSON Schemas into ./schemas/
+  aigw schema                     write JSON Schemas and the Cedar schema into ./schemas/
+  aigw test                       run the routing tests in policies/tests/
+  aigw check --against main       show the Cedar decisions this change flips
 """
 
 
@@ -56,7 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--format", choices=("text", "json", "github"), default="text")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check.add_argument("--against", metavar="GIT_REF", default=None,
+                       help="also compare every Cedar decision with the config at GIT_REF")
+    check.add_argument("--allow-widening", action="store_true",
+                       help="with --against: do not fail when access widens")
     check.set_defaults(run=_run_check)
+
+    test = _command(
+        commands,
+        "test",
+        "run the routing tests in policies/tests/*.yaml",
+        "aigw test\n  aigw test deploy/gw",
+        "Each case is a request, the live metrics it sees and the expected decision, "
+        "deployment or order; nothing is called. Exit 1 when a case fails.",
+    )
+    test.set_defaults(run=_run_test)
 
     compile_ = _command(
         commands,
@@ -109,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--prompt-tokens", type=int, default=100)
     route.add_argument("--max-tokens", type=int, default=None)
     route.add_argument("--stream", action="store_true")
+    route.add_argument("--user", default=None, help="the end user (the request's user field)")
+    route.add_argument("--latency-sla-ms", type=int, default=None)
+    route.add_argument("--budget-remaining", type=float, default=None)
+    route.add_argument("--tag", action="append", default=[], help="a request tag (repeatable)")
     route.set_defaults(run=_run_route)
 
     reload = _command(
@@ -150,7 +170,22 @@ def _run_check(args: argparse.Namespace) -> int:
     _print_diagnostics(result, args.format, sys.stdout, args.dir)
     if not result.ok:
         return 1
-    return 1 if args.strict and result.warnings else 0
+    status = 1 if args.strict and result.warnings else 0
+    if args.against is None:
+        return status
+    from aigw.policy_diff import check_against  # evaluates policies: the runtime's code
+
+    return max(status, check_against(Path(args.dir), args.against, args.allow_widening))
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from aigw.policy_test import run_tests
+
+    result = compile_gateway(args.dir)
+    if result.graph is None:
+        _print_diagnostics(result, "text", sys.stderr, args.dir)
+        return 1
+    return run_tests(result.graph, Path(args.dir))
 
 
 def _print_diagnostics(result: CompileResult, fmt: str, stream: object, root: str) -> None:
@@ -244,10 +279,20 @@ def _graph_text(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
+CEDAR_SCHEMA_FILE = "policies.cedarschema"
+
+
 def _run_schema(args: argparse.Namespace) -> int:
     target = Path(args.dir) / "schemas"
+    files = dict(json_schemas())
+    if (Path(args.dir) / "gateway.yaml").exists():  # the Cedar schema is the config's own
+        result = compile_gateway(args.dir, environ={})
+        if result.graph is None:
+            _print_diagnostics(result, "text", sys.stderr, args.dir)
+            return 1
+        files[CEDAR_SCHEMA_FILE] = result.graph.authorization.schema_text
     stale = []
-    for name, text in json_schemas().items():
+    for name, text in files.items():
         path = target / name
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
@@ -280,7 +325,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_route(args: argparse.Namespace) -> int:
-    from aigw.runtime.routing.explain import explain, render
+    from aigw.runtime.policy import Facts, PolicyEngine, Principal, principal_for
+    from aigw.runtime.policy_live import StateLive
+    from aigw.runtime.policy_plan import plan_route
+    from aigw.runtime.routing.explain import render
+    from aigw.runtime.routing.state import RoutingState
 
     result = compile_gateway(args.dir)
     if result.graph is None:
@@ -295,11 +344,29 @@ def _run_route(args: argparse.Namespace) -> int:
         print(f"no key named '{args.key}'", file=sys.stderr)
         return 1
     route = graph.routes[args.model]
+    key = next((k for k in graph.keys_by_sha256.values() if k.name == args.key), None)
+    principal = (principal_for(graph.authorization, key, args.user) if key is not None
+                 else Principal("ApiKey", "", None))
+    facts = Facts(
+        route=route.name, estimated_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
+        stream=args.stream,
+        latency_sla_ms=(args.latency_sla_ms if args.latency_sla_ms is not None
+                        else round(route.deadline_s * 1000)),
+        budget_remaining=args.budget_remaining, tags=tuple(args.tag),
+    )
+    state = RoutingState()
+    state.sync(graph)
+    plan = plan_route(graph, PolicyEngine(graph, StateLive(state)), principal, facts, state)
+    who = str(principal) if key is not None else "an unnamed key (pass --key NAME)"
+    if graph.authorization.enforced:
+        verdict = "allowed" if plan.invoke.allowed else "denied"
+        print(f"invoke as {who}: {verdict} by {', '.join(plan.invoke.policies) or 'no policy'}")
+    if not plan.invoke.allowed:
+        return 0
     if route.group is None:
         print(f"route {args.model} runs pipeline '{route.target}'")
         return 0
-    tiers = explain(graph, args.model, args.prompt_tokens, args.max_tokens, args.stream)
-    sys.stdout.write(render(args.model, tiers, args.prompt_tokens, args.max_tokens))
+    sys.stdout.write(render(args.model, list(plan.tiers), args.prompt_tokens, args.max_tokens))
     return 0
 
 

@@ -2,20 +2,20 @@
 
 Run: python bench/cedar_bench.py [--iterations N]
 
-Each sample is what a request pays between ``eligible`` and the strategy: the
-request's context encoded once, then ``RequestGate.filter`` over the 10 candidates
-(at most one ``is_authorized_batch`` call). The policies are the shipped ones (two
-permit-alls and the three routing policies), so every candidate's live latency and
-error rate and the request's SLA and budget are read. Four cases:
+Each sample is what a request pays between ``eligible`` and the strategy: its context
+encoded, then ``RequestGate.filter`` over the 10 candidates (at most one
+``is_authorized_batch`` call). The policies are the shipped ones (two permit-alls and
+the three routing policies), so each candidate's live latency and error rate and the
+request's SLA and budget are read. Cases:
 
-    unchanged    live metrics and context as for the previous request: cached decisions
-    one changed  the deployment that served the previous request has a new latency (the
-                 common case under load): one Cedar request in the batch
-    all changed  every deployment's metrics moved: entities rebuilt, 10 Cedar requests
-    new budget   the budget changes on every request, on the same side of the policy's
-                 10.0: decisions are cached by how each comparison comes out
-    new SLA      the latency SLA changes on every request (it is compared with each
-                 deployment's latency, not a literal): 10 Cedar requests, entities cached
+    warm         nothing changed since the previous request
+    drift        every request moves every latency, error rate, the SLA and the budget,
+                 none across a policy's threshold (the steady state under load): the
+                 decisions still come from the cache, keyed by the comparisons' outcomes
+    one miss     as drift, and the decision about one deployment is not in the cache
+                 (dropped before each request, as when it crossed a threshold): one
+                 Cedar request, its entity rebuilt, nine cached decisions
+    cold         a fresh engine each request: every entity built, 10 Cedar requests
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from aigw.compiler import compile_gateway
@@ -73,41 +72,36 @@ def _graph(scratch: Path) -> Graph:
 def measure(graph: Graph, case: str, iterations: int) -> tuple[float, float]:
     state = RoutingState()
     state.sync(graph)
-    for i, stats in enumerate(state.stats.values()):
-        stats.observe_latency(100 + 7 * i)
-    engine = PolicyEngine(graph, StateLive(state))
+    stats = [state.stats[m] for m in MEMBERS]
+    for i, item in enumerate(stats):
+        item.latency_ms = 100.0 + 7 * i
     adapters = build_adapters(graph.providers, TokenCounter())
     candidates = [Candidate(graph.deployments[m], adapters[graph.deployments[m].provider.name],
                             1000) for m in MEMBERS]
     key = next(iter(graph.keys_by_sha256.values()))
     principal = principal_for(graph.authorization, key, None)
-    change = _changes(state, case)
+    engine = PolicyEngine(graph, StateLive(state))
     samples = []
     for n in range(iterations):
-        change(n)
+        sla, budget = 400, 25.0
+        if case in ("drift", "one miss"):
+            for i, item in enumerate(stats):  # new values, all below the SLA
+                item.latency_ms = 100.0 + (n * 7 + i * 13) % 250
+                item.breaker.record(state.clock(), ok=True)
+            sla, budget = 400 - n % 50, 25.0 + (n % 1000) / 100
+        if case == "one miss":  # forget what was decided about d0, and its entity
+            stats[0].latency_ms = 50.0 + n % 300 + (n // 300) / 1000
+            for cached in [k for k in engine._decisions if "d0" in k]:
+                del engine._decisions[cached]
+        if case == "cold":
+            engine = PolicyEngine(graph, StateLive(state))
         facts = Facts(route="r", estimated_tokens=1200, max_tokens=200, stream=False,
-                      latency_sla_ms=400 + n if case == "new SLA" else 400,
-                      budget_remaining=25.0 + n / 100 if case == "new budget" else 25.0)
+                      latency_sla_ms=sla, budget_remaining=budget)
         started = time.perf_counter_ns()
-        gate = RequestGate(engine, principal, facts, "key 'app'")
-        gate.filter(candidates)
+        RequestGate(engine, principal, facts, "key 'app'").filter(candidates)
         samples.append((time.perf_counter_ns() - started) / 1000)
     samples.sort()
     return statistics.median(samples), samples[int(0.99 * len(samples)) - 1]
-
-
-def _changes(state: RoutingState, case: str) -> Callable[[int], None]:
-    stats = list(state.stats.values())
-
-    def change(n: int) -> None:
-        # Latencies never seen before, so no decision can come from the cache.
-        if case == "one changed":
-            stats[n % len(stats)].latency_ms = 100.0 + n
-        elif case == "all changed":
-            for i, item in enumerate(stats):
-                item.latency_ms = 100.0 + n * len(stats) + i
-
-    return change
 
 
 def main() -> None:
@@ -120,7 +114,7 @@ def main() -> None:
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         graph = _graph(Path(scratch))
-        for case in ("unchanged", "one changed", "all changed", "new budget", "new SLA"):
+        for case in ("warm", "drift", "one miss", "cold"):
             median, p99 = measure(graph, case, args.iterations)
             print(f"| {case} | {median:.1f} | {p99:.1f} |")
 

@@ -11,18 +11,11 @@ pipelines that do not call each other in a cycle.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
-import re
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import TypeAdapter, ValidationError
 
 from . import codes
@@ -30,84 +23,16 @@ from .diagnostics import DiagnosticSink
 from .graph import Deployment, Group, Route, TargetKind
 from .link import Linked
 from .load import YamlDocument
+from .pipeline_builder import Builder, Call, ModelNames, State, did_you_mean
 from .pipeline_errors import report_spec_errors
-from .pipeline_graph import (
-    Action,
-    Approval,
-    Branch,
-    Cascade,
-    Ensemble,
-    Http,
-    JsonSchema,
-    Llm,
-    Loop,
-    MapStep,
-    ModelCall,
-    Pipeline,
-    Python,
-    Step,
-    StepKind,
-    SubPipeline,
-    Transform,
-)
-from .pipeline_spec import (
-    ApprovalStepSpec,
-    BranchStepSpec,
-    CascadeStepSpec,
-    EnsembleStepSpec,
-    HttpStepSpec,
-    LlmStepSpec,
-    LoopStepSpec,
-    MapStepSpec,
-    ModelCallSpec,
-    PipelineSpec,
-    PipelineStepSpec,
-    PythonStepSpec,
-    StepBaseSpec,
-    StepSpec,
-    TransformStepSpec,
-)
-from .source import NodePath, Position, SourceFile
+from .pipeline_graph import Pipeline
+from .pipeline_spec import PipelineSpec, StepSpec
+from .source import Position, SourceFile
 from .spec import NAME_PATTERN, RouteSpec
-from .templates import (
-    Const,
-    Expr,
-    Names,
-    Text,
-    Value,
-    ValueTemplateError,
-    compile_expr,
-    compile_text,
-    compile_value,
-    new_environment,
-)
+from .templates import new_environment
 from .validate import Validated
 
 _STEP: TypeAdapter[Any] = TypeAdapter(StepSpec)
-_BASE_NAMES = frozenset({"input", "steps"})
-MAP_NAMES = frozenset({"item", "index"})
-LOOP_NAMES = frozenset({"history", "iteration", "last", "last_action", "outputs"})
-CASCADE_NAMES = frozenset({"answer"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Visible:
-    """What a template of one step can read: its upstream steps and some extra names."""
-
-    owner: str | None  # the step, or None for the pipeline's output
-    steps: frozenset[str]
-    extra: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class _Call:
-    pipeline: str
-    position: Position
-
-
-@dataclass(slots=True)
-class _State:
-    calls: dict[str, list[_Call]] = field(default_factory=dict)
 
 
 def compile_pipelines(
@@ -118,8 +43,8 @@ def compile_pipelines(
 ) -> Mapping[str, Pipeline]:
     """Check and compile every pipeline document; problems go to ``sink``."""
     env = new_environment()
-    models = _ModelNames(linked, validated)
-    state = _State()
+    models = ModelNames(linked, validated)
+    state = State()
     compiled: dict[str, Pipeline] = {}
     for name, document in validated.pipelines.items():
         if not NAME_PATTERN.match(name):
@@ -131,7 +56,7 @@ def compile_pipelines(
         if spec is None:
             continue
         source = sources[document.path]
-        builder = _Builder(name, document, source, spec, models, env, sink, broken)
+        builder = Builder(name, document, source, spec, models, env, sink, broken)
         compiled[name] = builder.build()
         state.calls[name] = builder.calls
     known = set(validated.pipelines) | set(validated.broken.get("pipelines", ()))
@@ -168,412 +93,6 @@ def _validate(document: YamlDocument, sink: DiagnosticSink) -> tuple[PipelineSpe
         report_spec_errors(errors, document, sink)
         return None, broken
     return spec, broken
-
-
-class _ModelNames:
-    """What an llm step's ``model`` may name: a route (not a pipeline's), group or
-    chat deployment."""
-
-    def __init__(self, linked: Linked, validated: Validated) -> None:
-        self.pipeline_routes = {n for n, e in linked.routes.items() if e.spec.pipeline}
-        self.embeddings = {n for n, e in linked.deployments.items() if e.spec.kind != "chat"}
-        self.names = set(linked.routes) | set(linked.groups) | set(linked.deployments)
-        for section in ("routes", "groups", "deployments"):
-            self.names |= set(validated.broken.get(section, ()))
-        self.complete = validated.complete
-
-    def problem(self, name: str) -> tuple[str, str] | None:
-        """(message tail, hint) when ``name`` cannot serve a model call."""
-        if name in self.pipeline_routes:
-            return ("a route that runs a pipeline",
-                    f"call it with 'kind: pipeline' and 'pipeline: {name}'")
-        if name in self.embeddings:
-            return "an embeddings deployment", "name a chat route, group or deployment"
-        if name in self.names or not self.complete:
-            return None
-        close = difflib.get_close_matches(name, sorted(self.names), n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'?" if close else (
-            "models are the gateway's routes, groups and deployments")
-        return "not a route, group or deployment of this gateway", hint
-
-
-class _Builder:
-    """Compiles one pipeline, reporting what is wrong with it as it goes."""
-
-    def __init__(
-        self,
-        name: str,
-        document: YamlDocument,
-        source: SourceFile,
-        spec: PipelineSpec,
-        models: _ModelNames,
-        env: ImmutableSandboxedEnvironment,
-        sink: DiagnosticSink,
-        broken: set[str],
-    ) -> None:
-        self.name = name
-        self.broken = broken
-        self.document = document
-        self.source = source
-        self.spec = spec
-        self.models = models
-        self.env = env
-        self.sink = sink
-        self.calls: list[_Call] = []
-        self.used_models: set[str] = set()
-        self.edges: dict[tuple[str, str], Position] = {}
-        self.allowed_globals = frozenset(env.globals)
-
-    def build(self) -> Pipeline:
-        needs, chosen_by = self._needs()
-        order = _order(list(self.spec.steps), needs, self._report_cycle)
-        upstream = _upstream(order, needs)
-        steps = {
-            name: self._step(
-                name, self.spec.steps[name], ("steps", name),
-                _Visible(name, upstream[name]), inline=False, needs=tuple(needs[name]),
-            )
-            for name in order
-        }
-        everything = _Visible(None, frozenset(self.spec.steps))
-        output = self._value(("output",), self.spec.output, everything)
-        input_schema = self._schema(("input",), self.spec.input)
-        return Pipeline(
-            name=self.name,
-            file=self.document.path,
-            description=self.spec.description,
-            input_schema=input_schema or _schema_of({"type": "object"}),
-            output=output,
-            output_schema=self._schema(("output_schema",), self.spec.output_schema),
-            steps=MappingProxyType(steps),
-            upstream=MappingProxyType(upstream),
-            chosen_by=MappingProxyType({k: tuple(v) for k, v in chosen_by.items()}),
-            chat_field=_chat_field(self.spec.input),
-            calls=frozenset(call.pipeline for call in self.calls),
-            models=frozenset(self.used_models),
-            routes=MappingProxyType({}),
-        )
-
-    # The DAG
-
-    def _needs(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        names = list(self.spec.steps)
-        needs: dict[str, list[str]] = {name: [] for name in names}
-        chosen_by: dict[str, list[str]] = {}
-        for name, spec in self.spec.steps.items():
-            for index, dependency in enumerate(spec.needs):
-                where = self.document.source_map.value(("steps", name, "needs", index))
-                if self._known_step(dependency, where, f"step '{name}' needs"):
-                    self._edge(needs, name, dependency, where)
-            if isinstance(spec, BranchStepSpec):
-                for path, target in _branch_targets(spec):
-                    where = self.document.source_map.value(("steps", name, *path))
-                    if self._known_step(target, where, f"branch '{name}' lists"):
-                        self._edge(needs, target, name, where)
-                        chosen_by.setdefault(target, [])
-                        if name not in chosen_by[target]:
-                            chosen_by[target].append(name)
-        return needs, chosen_by
-
-    def _edge(self, needs: dict[str, list[str]], step: str, dependency: str, at: Position) -> None:
-        if dependency not in needs[step]:
-            needs[step].append(dependency)
-            self.edges[(step, dependency)] = at
-
-    def _known_step(self, name: str, where: Position, subject: str) -> bool:
-        if name in self.spec.steps:
-            return True
-        if name in self.broken:
-            return False  # its own errors are reported
-        self.sink.add(codes.REF_STEP,
-                      f"{subject} '{name}', which is not a step of pipeline '{self.name}'",
-                      where, _did_you_mean(name, self.spec.steps) or _steps_hint(self.spec.steps))
-        return False
-
-    def _report_cycle(self, cycle: list[str]) -> None:
-        chain = " -> ".join(cycle)
-        at = self.edges[(cycle[-2], cycle[-1])]
-        message = (f"step '{cycle[0]}' needs itself" if len(cycle) == 2
-                   else f"steps depend on each other in a cycle: {chain}")
-        self.sink.add(codes.STEP_CYCLE, message, at,
-                      "a pipeline's steps form a DAG; remove one of these needs")
-
-    # Steps
-
-    def _step(
-        self,
-        name: str,
-        spec: StepBaseSpec,
-        path: NodePath,
-        visible: _Visible,
-        *,
-        inline: bool,
-        needs: tuple[str, ...] = (),
-    ) -> Step:
-        kind = StepKind(getattr(spec, "kind"))  # noqa: B009 - every step spec has a kind
-        if inline and spec.needs:
-            self._not_allowed((*path, "needs"), f"step '{name}' runs inside another step and "
-                              "cannot have needs", "list needs on the step that contains it")
-        if inline and kind is StepKind.BRANCH:
-            self._not_allowed((*path, "kind"), f"a branch cannot run inside another step "
-                              f"('{name}')", "branch between top-level steps")
-        when = self._expr((*path, "when"), spec.when, visible) if spec.when is not None else None
-        return Step(
-            name=name,
-            kind=kind,
-            needs=needs,
-            when=when,
-            retries=spec.retries,
-            backoff_ms=spec.backoff_ms,
-            timeout_s=spec.timeout_s,
-            output_schema=self._schema((*path, "output_schema"), spec.output_schema),
-            action=self._action(name, spec, path, visible),
-            description=spec.description,
-        )
-
-    def _action(self, name: str, spec: StepBaseSpec, path: NodePath, visible: _Visible) -> Action:
-        if isinstance(spec, LlmStepSpec):
-            return Llm(self._call(path, spec, [(("model",), spec.model)], visible))
-        if isinstance(spec, EnsembleStepSpec):
-            return Ensemble(self._call(path, spec, _indexed("models", spec.models), visible),
-                            spec.combine)
-        if isinstance(spec, CascadeStepSpec):
-            call = self._call(path, spec, _indexed("models", spec.models), visible)
-            check = self._expr((*path, "check"), spec.check, _extend(visible, CASCADE_NAMES))
-            return Cascade(call, check)
-        if isinstance(spec, HttpStepSpec):
-            headers = tuple(
-                (header, self._text((*path, "headers", header), value, visible))
-                for header, value in spec.headers.items()
-            )
-            body = self._value((*path, "body"), spec.body, visible) if spec.body is not None \
-                else None
-            return Http(spec.method, self._text((*path, "url"), spec.url, visible), headers, body)
-        if isinstance(spec, TransformStepSpec):
-            return Transform(self._expr((*path, "expression"), spec.expression, visible))
-        if isinstance(spec, BranchStepSpec):
-            cases = tuple(
-                (self._expr((*path, "cases", index, "when"), case.when, visible), tuple(case.then))
-                for index, case in enumerate(spec.cases)
-            )
-            return Branch(cases, tuple(spec.default))
-        if isinstance(spec, MapStepSpec):
-            inner = _extend(visible, MAP_NAMES)
-            step = self._step(f"{name}.step", spec.step, (*path, "step"), inner, inline=True)
-            return MapStep(self._expr((*path, "over"), spec.over, visible), step,
-                           spec.concurrency)
-        if isinstance(spec, LoopStepSpec):
-            return self._loop(name, spec, path, visible)
-        if isinstance(spec, ApprovalStepSpec):
-            return Approval(self._text((*path, "message"), spec.message, visible), spec.default)
-        if isinstance(spec, PipelineStepSpec):
-            self.calls.append(_Call(spec.pipeline, self.document.source_map.value(
-                (*path, "pipeline"))))
-            return SubPipeline(spec.pipeline, self._value((*path, "input"), spec.input, visible))
-        assert isinstance(spec, PythonStepSpec)
-        args = tuple(
-            (arg, self._value((*path, "args", arg), value, visible))
-            for arg, value in spec.args.items()
-        )
-        return Python(spec.function, self._function((*path, "function"), spec.function), args)
-
-    def _loop(self, name: str, spec: LoopStepSpec, path: NodePath, visible: _Visible) -> Loop:
-        if spec.max_iterations is None:
-            self.sink.add(codes.LOOP_UNBOUNDED, f"loop step '{name}' has no max_iterations",
-                          self.document.source_map.key(path),
-                          "add 'max_iterations: N' (at most 100): every loop must end")
-        inner = _extend(visible, LOOP_NAMES)
-        planner_spec = spec.planner
-        planner: Expr | ModelCall
-        if planner_spec.expression is not None:
-            planner = self._expr((*path, "planner", "expression"), planner_spec.expression, inner)
-        else:
-            assert planner_spec.model is not None and planner_spec.prompt is not None
-            self._check_model((*path, "planner", "model"), planner_spec.model)
-            planner = ModelCall(
-                models=(planner_spec.model,),
-                prompt=self._text((*path, "planner", "prompt"), planner_spec.prompt, inner),
-                system=self._text((*path, "planner", "system"), planner_spec.system, inner)
-                if planner_spec.system is not None else None,
-                output="text", schema=None, validation_retries=0, max_tokens=None,
-                temperature=None,
-            )
-        actions = {}
-        for action, action_spec in spec.actions.items():
-            if action == "done":
-                self._not_allowed((*path, "actions", action), "an action cannot be named "
-                                  "'done': the planner answers 'done' to end the loop",
-                                  "rename the action")
-            actions[action] = self._step(action, action_spec, (*path, "actions", action), inner,
-                                         inline=True)
-        return Loop(spec.max_iterations or 1, planner, MappingProxyType(actions))
-
-    def _call(
-        self,
-        path: NodePath,
-        spec: ModelCallSpec,
-        models: list[tuple[NodePath, str]],
-        visible: _Visible,
-    ) -> ModelCall:
-        for sub, model in models:
-            self._check_model((*path, *sub), model)
-        if spec.json_schema is not None and spec.output != "json":
-            self._not_allowed((*path, "schema"), "a schema applies only to a json answer",
-                              "add 'output: json', or remove the schema")
-        return ModelCall(
-            models=tuple(model for _sub, model in models),
-            prompt=self._text((*path, "prompt"), spec.prompt, visible),
-            system=self._text((*path, "system"), spec.system, visible)
-            if spec.system is not None else None,
-            output=spec.output,
-            schema=self._schema((*path, "schema"), spec.json_schema),
-            validation_retries=spec.validation_retries,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-        )
-
-    def _check_model(self, path: NodePath, model: str) -> None:
-        self.used_models.add(model)
-        problem = self.models.problem(model)
-        if problem is not None:
-            message, hint = problem
-            self.sink.add(codes.REF_MODEL, f"model '{model}' is {message}",
-                          self.document.source_map.value(path), hint)
-
-    def _not_allowed(self, path: NodePath, message: str, hint: str) -> None:
-        self.sink.add(codes.STEP_NOT_ALLOWED, message, self.document.source_map.key(path), hint)
-
-    # Templates, schemas and functions
-
-    def _text(self, path: NodePath, source: str, visible: _Visible) -> Text:
-        try:
-            text, names = compile_text(self.env, source)
-        except TemplateSyntaxError as exc:
-            self._syntax_error(path, exc)
-            return compile_text(self.env, "")[0]  # reported; the graph will not be built
-        self._check_names(path, names, visible, source)
-        return text
-
-    def _expr(self, path: NodePath, source: str, visible: _Visible) -> Expr:
-        try:
-            expr, names = compile_expr(self.env, source)
-        except TemplateSyntaxError as exc:
-            self._syntax_error(path, exc)
-            return compile_expr(self.env, "none")[0]
-        self._check_names(path, names, visible, source)
-        return expr
-
-    def _value(self, path: NodePath, data: Any, visible: _Visible) -> Value:
-        try:
-            value, found = compile_value(self.env, data, path)
-        except ValueTemplateError as exc:
-            self._syntax_error(exc.path, exc.error)
-            return Const(None)
-        for at, names in found:
-            text = _at(data, at[len(path):])
-            self._check_names(at, names, visible, text if isinstance(text, str) else "")
-        return value
-
-    def _syntax_error(self, path: NodePath, error: TemplateSyntaxError) -> None:
-        self.sink.add(codes.TEMPLATE_SYNTAX, f"template error: {error.message}",
-                      self._position(path, error.lineno or 1, None),
-                      "templates are jinja2: {{ expression }}, {% if %}...{% endif %}")
-
-    def _check_names(self, path: NodePath, names: Names, visible: _Visible, source: str) -> None:
-        allowed = _BASE_NAMES | visible.extra | self.allowed_globals
-        whose = f"step '{visible.owner}'" if visible.owner else f"pipeline '{self.name}' output"
-        for name in sorted(names.free - allowed):
-            seen = ", ".join(sorted(_BASE_NAMES | visible.extra))
-            sink_hint = f"a template here sees {seen} (steps: only those the step needs)"
-            close = _did_you_mean(name, sorted(_BASE_NAMES | visible.extra))
-            self.sink.add(codes.TEMPLATE_NAME,
-                          f"template of {whose} uses '{name}', which is not defined there",
-                          self._position(path, _line_of(source, name), name),
-                          close or sink_hint)
-        for step, lineno in names.steps:
-            where = self._position(path, lineno, step)
-            if step in self.broken:
-                continue
-            if step not in self.spec.steps:
-                self.sink.add(codes.REF_STEP,
-                              f"template of {whose} reads steps.{step}, which is not a step of "
-                              f"pipeline '{self.name}'", where,
-                              _did_you_mean(step, self.spec.steps) or _steps_hint(self.spec.steps))
-            elif step == visible.owner:
-                self.sink.add(codes.TEMPLATE_NAME,
-                              f"template of {whose} reads its own output (steps.{step})", where,
-                              "a step sees only the outputs of steps it needs")
-            elif step not in visible.steps:
-                self.sink.add(codes.TEMPLATE_NAME,
-                              f"template of {whose} reads steps.{step}, but '{visible.owner}' "
-                              f"does not need '{step}'", where,
-                              f"add '{step}' to the needs of '{visible.owner}'")
-
-    def _position(self, path: NodePath, lineno: int, needle: str | None) -> Position:
-        base = self.document.source_map.value(path)
-        text = self.source.line_text(base.line)
-        line, column = base.line, base.column
-        if text[base.column - 1:base.column] in ("|", ">"):  # a block scalar: lines below
-            line = base.line + lineno
-            below = self.source.line_text(line)
-            column = len(below) - len(below.lstrip()) + 1
-        elif lineno > 1:
-            line = base.line + lineno - 1
-            column = 1
-        if needle:
-            found = self.source.line_text(line).find(needle, column - 1)
-            if found >= 0:
-                return Position(base.file, line, found + 1, len(needle))
-        return Position(base.file, line, column, base.width if line == base.line else 1)
-
-    def _schema(self, path: NodePath, document: dict[str, Any] | None) -> JsonSchema | None:
-        if document is None:
-            return None
-        validator = jsonschema.validators.validator_for(
-            document, default=jsonschema.Draft202012Validator
-        )
-        try:
-            validator.check_schema(document)
-        except jsonschema.SchemaError as exc:
-            self.sink.add(codes.JSON_SCHEMA, f"invalid JSON Schema: {exc.message}",
-                          self.document.source_map.value((*path, *exc.path)),
-                          "see https://json-schema.org/understanding-json-schema/")
-            return None
-        return _schema_of(document, validator)
-
-    def _function(self, path: NodePath, name: str) -> Callable[..., Any]:
-        module_name, _, attribute = name.partition(":")
-        where = self.document.source_map.value(path)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            self.sink.add(codes.PYTHON_CALLABLE, f"cannot import module '{module_name}': {exc}",
-                          where, "install the package, or put the module on PYTHONPATH "
-                          "where aigw runs")
-            return _missing
-        # The boundary to the user's own code: whatever it raises while importing is
-        # a diagnostic about that code, not a compiler crash.
-        except Exception as exc:
-            self.sink.add(codes.PYTHON_CALLABLE, f"importing module '{module_name}' failed: "
-                          f"{type(exc).__name__}: {exc}", where)
-            return _missing
-        function = getattr(module, attribute, None)
-        if function is None:
-            names = [n for n in dir(module) if not n.startswith("_")]
-            self.sink.add(codes.PYTHON_CALLABLE,
-                          f"module '{module_name}' has no attribute '{attribute}'", where,
-                          _did_you_mean(attribute, names) or "name an async def in that module")
-            return _missing
-        if not inspect.iscoroutinefunction(function):
-            self.sink.add(codes.PYTHON_CALLABLE, f"'{name}' is not an async function", where,
-                          "a python step awaits its function: define it with 'async def'")
-            return _missing
-        result: Callable[..., Any] = function
-        return result
-
-
-async def _missing(**_kwargs: Any) -> None:  # stands in for a function that did not import
-    return None
 
 
 def attach_routes(
@@ -635,13 +154,13 @@ def _candidates(group: Group, groups: Mapping[str, Group]) -> tuple[Deployment, 
 
 
 def _check_calls(
-    calls: Mapping[str, list[_Call]], known: Collection[str], sink: DiagnosticSink
+    calls: Mapping[str, list[Call]], known: Collection[str], sink: DiagnosticSink
 ) -> None:
     """Every pipeline a step calls exists, and no pipeline calls itself, however indirectly."""
     for caller, items in calls.items():
         for call in items:
             if call.pipeline not in known:
-                close = _did_you_mean(call.pipeline, known)
+                close = did_you_mean(call.pipeline, known)
                 sink.add(codes.REF_PIPELINE,
                          f"pipeline '{caller}' calls pipeline '{call.pipeline}', which is not "
                          "defined", call.position,
@@ -664,110 +183,3 @@ def _check_calls(
         visit(name, (name,))
 
 
-def _order(
-    names: list[str], needs: Mapping[str, list[str]], report: Callable[[list[str]], None]
-) -> list[str]:
-    """Steps after what they need, in file order otherwise; each cycle is reported once
-    (its steps are still listed, so their templates get checked)."""
-    state: dict[str, int] = {}  # 1: visiting, 2: done
-    order: list[str] = []
-    seen_cycles: set[frozenset[str]] = set()
-
-    def visit(name: str, stack: list[str]) -> None:
-        state[name] = 1
-        for dependency in needs[name]:
-            if state.get(dependency) == 1:
-                cycle = [*stack[stack.index(dependency):], dependency]
-                if frozenset(cycle) not in seen_cycles:
-                    seen_cycles.add(frozenset(cycle))
-                    report(cycle)
-            elif dependency not in state:
-                visit(dependency, [*stack, dependency])
-        state[name] = 2
-        order.append(name)
-
-    for name in names:
-        if name not in state:
-            visit(name, [name])
-    return order
-
-
-def _upstream(order: list[str], needs: Mapping[str, list[str]]) -> dict[str, frozenset[str]]:
-    found: dict[str, frozenset[str]] = {}
-    for name in order:
-        result: set[str] = set()
-        for dependency in needs[name]:
-            result.add(dependency)
-            result |= found.get(dependency, frozenset())
-        result.discard(name)
-        found[name] = frozenset(result)
-    return found
-
-
-def _branch_targets(spec: BranchStepSpec) -> Iterable[tuple[NodePath, str]]:
-    for index, case in enumerate(spec.cases):
-        for position, target in enumerate(case.then):
-            yield ("cases", index, "then", position), target
-    for position, target in enumerate(spec.default):
-        yield ("default", position), target
-
-
-def _chat_field(schema: Mapping[str, Any]) -> str | None:
-    """The one string field a chat message can fill: the only required string property,
-    else the only property if it is a string."""
-    properties = schema.get("properties")
-    if not isinstance(properties, dict):
-        return None
-    strings = [name for name, prop in properties.items()
-               if isinstance(prop, dict) and prop.get("type") == "string"]
-    required = [name for name in schema.get("required") or () if name in properties]
-    if len(required) == 1 and required[0] in strings:
-        return str(required[0])
-    if len(properties) == 1 and strings:
-        return str(strings[0])
-    return None
-
-
-def _schema_of(document: Mapping[str, Any], validator: Any = None) -> JsonSchema:
-    plain = dict(document)
-    if validator is None:
-        validator = jsonschema.validators.validator_for(
-            plain, default=jsonschema.Draft202012Validator
-        )
-    return JsonSchema(MappingProxyType(plain), validator(plain))
-
-
-def _extend(visible: _Visible, names: frozenset[str]) -> _Visible:
-    return _Visible(visible.owner, visible.steps, visible.extra | names)
-
-
-def _indexed(field_name: str, items: list[str]) -> list[tuple[NodePath, str]]:
-    return [((field_name, index), item) for index, item in enumerate(items)]
-
-
-def _at(data: Any, path: NodePath) -> Any:
-    for part in path:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int):
-            data = data[part]
-        else:
-            return None
-    return data
-
-
-def _line_of(source: str, name: str) -> int:
-    pattern = re.compile(rf"\b{re.escape(name)}\b")
-    for number, line in enumerate(source.splitlines(), start=1):
-        if pattern.search(line):
-            return number
-    return 1
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
-
-
-def _steps_hint(steps: Iterable[str]) -> str:
-    return "steps: " + ", ".join(steps)

@@ -4,14 +4,16 @@ The runtime sends Cedar only the attributes and context fields some policy reads
 (an attribute no policy reads cannot change a decision), and caches a decision about
 one deployment only when no policy can see another deployment's live attributes.
 
-A field that policies only ever compare with literals (``context.budget_remaining
-.lessThan(decimal("10.0"))``, ``resource.current_error_rate.greaterThan(...)``) can
-change a decision only when one of those comparisons changes its answer: the runtime
-keys its decision cache on the answers, not the value.
+A field (``context.x`` or ``resource.x``) that policies only ever compare, with
+literals or with other such fields, can change a decision only by changing how one
+of those comparisons comes out: ``context.latency_sla_ms < 500`` and
+``resource.average_latency_ms > context.latency_sla_ms`` make latency matter only
+when it crosses the SLA. The runtime keys its decision cache on those answers.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +22,15 @@ from .entity_model import CONTEXT, DEPLOYMENT_LIVE
 
 _CONTEXT = {"Var": "context"}
 _RESOURCE = {"Var": "resource"}
-_COMPARISONS = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 _METHODS = {"lessThan": "<", "lessThanOrEqual": "<=", "greaterThan": ">",
             "greaterThanOrEqual": ">="}
 
-# One comparison of a field with a literal: (operator, "long"|"decimal"|"string", literal),
-# the field on the left: ("<", "decimal", "10.0") is ``field.lessThan(decimal("10.0"))``.
-Atom = tuple[str, str, str]
+# An operand: ("field", "context.x" | "resource.x"), or a literal ("long", "500"),
+# ("decimal", "0.05"), ("string", "code"), ("bool", "true").
+Operand = tuple[str, str]
+# One comparison: (operator, left, right); "<" is also decimal's lessThan.
+Comparison = tuple[str, Operand, Operand]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,10 @@ class Reads:
     # names a Deployment in a condition or reads a live attribute of anything but
     # ``resource``. Then decisions are cached per deployment.
     live_isolated: bool
-    # "context.f" / "resource.f" -> every comparison it takes part in, for the fields
-    # used in nothing else.
-    atoms: Mapping[str, tuple[Atom, ...]] = field(default_factory=dict)
+    # Fields used in nothing but comparisons (with literals or with each other), and
+    # every comparison that involves one of them.
+    compared: frozenset[str] = frozenset()
+    comparisons: tuple[Comparison, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,85 +74,14 @@ def reads(bodies: Sequence[Mapping[str, Any]]) -> Reads:
             isolated = isolated and not found.live_elsewhere
         if any(ref.type == "Deployment" and ref.in_condition for ref in entity_refs(body)):
             isolated = False
+    compared, comparisons = _abstraction(bodies, whole_context)
     return Reads(
         frozenset(attributes),
         frozenset(CONTEXT) if whole_context else frozenset(context) & frozenset(CONTEXT),
         isolated,
-        {} if whole_context else comparisons(bodies),
+        compared,
+        comparisons,
     )
-
-
-def comparisons(bodies: Sequence[Mapping[str, Any]]) -> dict[str, tuple[Atom, ...]]:
-    """Fields (context.x, resource.x) only ever compared with literals, with those atoms."""
-    atoms: dict[str, list[Atom]] = {}
-    other: set[str] = set()
-    for body in bodies:
-        for condition in body.get("conditions", ()):
-            _comparisons(condition.get("body"), atoms, other)
-    return {name: tuple(dict.fromkeys(found)) for name, found in sorted(atoms.items())
-            if name not in other}
-
-
-def _comparisons(node: Any, atoms: dict[str, list[Atom]], other: set[str]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _comparisons(item, atoms, other)
-        return
-    if not isinstance(node, dict):
-        return
-    if len(node) == 1:
-        (op, inner), = node.items()
-        sides = (_sides(op, inner))
-        if sides is not None:
-            normal, left, right = sides
-            for name_node, literal_node, operator in ((left, right, normal),
-                                                      (right, left, _COMPARISONS[normal])):
-                name, literal = _field(name_node), _literal(literal_node)
-                if name is not None and literal is not None:
-                    atoms.setdefault(name, []).append((operator, *literal))
-                    return
-        name = _field(node)
-        if name is not None:
-            other.add(name)
-    for value in node.values():
-        _comparisons(value, atoms, other)
-
-
-def _sides(op: str, inner: Any) -> tuple[str, Any, Any] | None:
-    if op in _COMPARISONS and isinstance(inner, dict) and "left" in inner:
-        return op, inner.get("left"), inner.get("right")
-    if op in _METHODS and isinstance(inner, list) and len(inner) == 2:
-        return _METHODS[op], inner[0], inner[1]
-    return None
-
-
-def _field(node: Any) -> str | None:
-    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("."), dict):
-        inner = node["."]
-        for var, prefix in ((_CONTEXT, "context"), (_RESOURCE, "resource")):
-            if inner.get("left") == var:
-                return f"{prefix}.{inner.get('attr')}"
-    return None
-
-
-def _literal(node: Any) -> tuple[str, str] | None:
-    if not isinstance(node, dict) or len(node) != 1:
-        return None
-    if "Value" in node:
-        value = node["Value"]
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return "long", str(value)
-        if isinstance(value, str):
-            return "string", value
-        return None
-    arguments = node.get("decimal")
-    if isinstance(arguments, list) and len(arguments) == 1 and isinstance(arguments[0], dict):
-        text = arguments[0].get("Value")
-        if isinstance(text, str):
-            return "decimal", text
-    return None
 
 
 class _Accesses:
@@ -183,6 +117,106 @@ class _Accesses:
         if attr in DEPLOYMENT_LIVE and left != _RESOURCE:
             self.live_elsewhere = True
         self.visit(left)
+
+
+def _abstraction(bodies: Sequence[Mapping[str, Any]],
+                 whole_context: bool) -> tuple[frozenset[str], tuple[Comparison, ...]]:
+    """The fields used only in comparisons whose operands are literals or such fields."""
+    walk = _Comparisons()
+    for body in bodies:
+        for condition in body.get("conditions", ()):
+            walk.visit(condition.get("body"))
+    fields = {name for name, count in walk.uses.items() if walk.compared[name] == count}
+    if whole_context:
+        fields = {name for name in fields if not name.startswith("context.")}
+    changed = True
+    while changed:  # a comparison with a field that is read otherwise tells too little
+        changed = False
+        for _op, left, right in walk.comparisons:
+            named = [value for kind, value in (left, right) if kind == "field"]
+            if any(name not in fields for name in named) and any(n in fields for n in named):
+                fields -= set(named)
+                changed = True
+    kept = tuple(dict.fromkeys(
+        item for item in walk.comparisons
+        if any(kind == "field" and value in fields for kind, value in item[1:])
+    ))
+    return frozenset(fields), kept
+
+
+class _Comparisons:
+    def __init__(self) -> None:
+        self.uses: Counter[str] = Counter()
+        self.compared: Counter[str] = Counter()
+        self.comparisons: list[Comparison] = []
+
+    def visit(self, node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.visit(item)
+            return
+        if not isinstance(node, dict):
+            return
+        name = _field(node)
+        if name is not None:
+            self.uses[name] += 1
+            return
+        sides = _sides(node)
+        if sides is not None:
+            op, left, right = sides
+            first, second = _operand(left), _operand(right)
+            if first is not None and second is not None:
+                for kind, value in (first, second):
+                    if kind == "field":
+                        self.uses[value] += 1
+                        self.compared[value] += 1
+                self.comparisons.append((op, first, second))
+                return
+        for value in node.values():
+            self.visit(value)
+
+
+def _sides(node: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    if len(node) != 1:
+        return None
+    (op, inner), = node.items()
+    if op in _FLIPPED and isinstance(inner, dict) and "left" in inner and "right" in inner:
+        return op, inner["left"], inner["right"]
+    if op in _METHODS and isinstance(inner, list) and len(inner) == 2:
+        return _METHODS[op], inner[0], inner[1]
+    return None
+
+
+def _field(node: Any) -> str | None:
+    if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("."), dict):
+        inner = node["."]
+        for var, prefix in ((_CONTEXT, "context"), (_RESOURCE, "resource")):
+            if inner.get("left") == var:
+                return f"{prefix}.{inner.get('attr')}"
+    return None
+
+
+def _operand(node: Any) -> Operand | None:
+    name = _field(node)
+    if name is not None:
+        return "field", name
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    if "Value" in node:
+        value = node["Value"]
+        if isinstance(value, bool):
+            return "bool", "true" if value else "false"
+        if isinstance(value, int):
+            return "long", str(value)
+        if isinstance(value, str):
+            return "string", value
+        return None
+    arguments = node.get("decimal")
+    if isinstance(arguments, list) and len(arguments) == 1 and isinstance(arguments[0], dict):
+        text = arguments[0].get("Value")
+        if isinstance(text, str):
+            return "decimal", text
+    return None
 
 
 def entity_refs(body: Mapping[str, Any]) -> Iterator[EntityRef]:

@@ -42,6 +42,7 @@ _UNKNOWN_ACTION = re.compile(r'unrecognized action `Action::"(?P<action>[^"]+)"`
 _NO_ACTION = "unable to find an applicable action"
 _TYPE_ERROR = re.compile(r"unexpected type|are not compatible|extension function argument")
 _ENUM = "enumerated entity type"
+_BAD_DECIMAL = re.compile(r"failed to parse as a decimal value: `(?P<arg>\"[^`]*\")`")
 _DECIMAL_COMPARED = (r"\.\s*((?:budget_remaining|current_error_rate|input|output)\s*(?:<=?|>=?))"
                      r"|((?:<=?|>=?)\s*\w+(?:\s*\.\s*\w+)*\s*\.\s*(?:budget_remaining|"
                      r"current_error_rate|input|output))\b")
@@ -213,6 +214,13 @@ def _finding(item: ParsedPolicy, message: str) -> _Finding | None:
                         _effect(item), f"the actions are {_SIGNATURES}")
     if _ENUM in message:
         return None  # an unknown Team/Group/...: reported with a hint by _unknown_entities
+    bad_decimal = _BAD_DECIMAL.search(message)
+    if bad_decimal is not None:
+        text = bad_decimal.group("arg")
+        return _Finding(codes.CEDAR_TYPE, f"{name}: {text} is not a Cedar decimal",
+                        _locate(item, rf'\bdecimal\s*\(\s*{re.escape(text)}\s*\)', 0),
+                        "write it with a point and at most four digits after it: "
+                        'decimal("1.0"), decimal("0.0525")')
     if _TYPE_ERROR.search(message):
         hint = ('decimals compare with methods: resource.current_error_rate.greaterThan('
                 'decimal("0.05")); a decimal has at most four digits after the point'

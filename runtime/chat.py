@@ -148,6 +148,7 @@ async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRe
     record.deployment = deployment.name
     record.provider = deployment.provider.name
     record.provider_type = deployment.provider.type
+    record.policy_ids = loop.trace.policies.get(deployment.name, ())
     record.fallback = won.group != (chosen.route.group.name if chosen.route.group else "")
     return won
 

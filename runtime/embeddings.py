@@ -42,7 +42,8 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
     route = resolve_route(live.graph, request.model)
     prompt_tokens = sum(live.counter.count(text) for text in inputs)
     longest = max((live.counter.count(text) for text in inputs), default=0)
-    gate = await authorize_route(live, key, request.user, route, headers, prompt_tokens)
+    user = request.user or headers.get(live.graph.settings.user_header) or None
+    gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
     denied = gate.deny(route.candidates)
     tried: list[str] = []
     last_error: UpstreamError | None = None

@@ -16,22 +16,27 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import cedarpy
 
 from aigw.compiler.authorization import Authorization
-from aigw.compiler.entity_model import CONTEXT, DEPLOYMENT_LIVE, cedar_decimal, encode_value
+from aigw.compiler.entity_model import DEPLOYMENT_LIVE, cedar_decimal, cedar_long, encode_value
 from aigw.compiler.graph import ApiKey, Deployment, Graph
-from aigw.compiler.policy_analysis import Atom
 
 from .errors import Forbidden
+from .policy_keys import (
+    CedarContext,
+    compile_comparison,
+    encode_context,
+    mentions_resource,
+    plain,
+)
 from .policy_live import LiveSource
 from .routing.candidates import Candidate, Dropped
 
@@ -42,6 +47,12 @@ _INVOKE = {"type": "Action", "id": "invoke"}
 _CACHE_ENTITIES = 64
 _CACHE_DECISIONS = 4096
 _CACHE_JSON = 1024
+# A live value as comparisons see it: what plain(encode_value(...)) gives, directly.
+_PLAIN: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
+    "Long": lambda value: cedar_long(float(value)),
+    "decimal": lambda value: plain(cedar_decimal(float(value))),
+    "Bool": bool,
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,59 +85,6 @@ class Facts:
             "tags": self.tags,
             "route": self.route,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class CedarContext:
-    """The context record as sent to Cedar, and the key decisions about it are cached by:
-    a field only compared with literals counts by the answers of those comparisons."""
-
-    text: str
-    key: tuple[object, ...]
-
-
-def encode_context(values: Mapping[str, Any], fields: frozenset[str],
-                   atoms: Mapping[str, tuple[Atom, ...]]) -> CedarContext:
-    """The context record with only ``fields`` in it (those some policy reads)."""
-    record: dict[str, Any] = {}
-    key: list[object] = []
-    for name in sorted(fields):
-        value = values.get(name)
-        if name == "budget_remaining" and value is None:
-            encoded = cedar_decimal(float("inf"))
-        else:
-            encoded = encode_value(CONTEXT[name], value)
-        record[name] = encoded
-        found = atoms.get(f"context.{name}")
-        key.append(answers(found, encoded) if found is not None
-                   else json.dumps(encoded, sort_keys=True))
-    return CedarContext(json.dumps(record, separators=(",", ":")), tuple(key))
-
-
-_ORDER: Mapping[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "==": operator.eq, "!=": operator.ne,
-}
-
-
-def answers(atoms: Sequence[Atom], encoded: Any) -> tuple[bool, ...]:
-    """How each comparison of a field with a literal comes out for the value ``encoded``
-    (in Cedar's JSON form), computed as Cedar would: Longs as integers, decimals exactly."""
-    found = []
-    for op, kind, literal in atoms:
-        left: Any
-        right: Any
-        if kind == "decimal" and isinstance(encoded, dict) and "__extn" in encoded:
-            left, right = Decimal(encoded["__extn"]["arg"]), Decimal(literal)
-        elif kind == "long" and type(encoded) is int:
-            left, right = encoded, int(literal)
-        elif kind == "string" and isinstance(encoded, str):
-            left, right = encoded, literal
-        else:  # values of different types are never equal (an order is a type error)
-            found.append(op == "!=")
-            continue
-        found.append(_ORDER[op](left, right))
-    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +144,19 @@ class PolicyEngine:
         self.live = live
         reads = self.authorization.reads
         self._live_fields = tuple(sorted(set(DEPLOYMENT_LIVE) & reads.attributes))
-        self._live_atoms = tuple(reads.atoms.get(f"resource.{name}")
-                                 for name in self._live_fields)
+        self._live_exact = tuple(i for i, name in enumerate(self._live_fields)
+                                 if f"resource.{name}" not in reads.compared)
+        self._comparisons = tuple(compile_comparison(item) for item in reads.comparisons
+                                  if mentions_resource(item))
+        self._plain = tuple(_PLAIN[DEPLOYMENT_LIVE[name].text] for name in self._live_fields)
+        self._live_names = tuple(f"resource.{name}" for name in self._live_fields)
+        self._static = {
+            name: {f"resource.{k}": plain(v) for k, v in attributes.items()}
+            for name, attributes in self.authorization.deployment_attributes.items()
+        }
         self._meanings: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
-        self._signatures: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
         self._contexts: OrderedDict[tuple[object, ...], CedarContext] = OrderedDict()
+        self._outcomes: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
         self._isolated = reads.live_isolated
         self._entities: OrderedDict[tuple[object, ...], cedarpy.Entities] = OrderedDict()
         self._decisions: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
@@ -207,7 +173,7 @@ class PolicyEngine:
         raw = tuple(values[name] for name in sorted(reads.context))
         found = self._contexts.get(raw)
         if found is None:
-            found = encode_context(values, reads.context, reads.atoms)
+            found = encode_context(values, reads)
             _remember(self._contexts, raw, found, _CACHE_JSON)
         return found
 
@@ -221,11 +187,13 @@ class PolicyEngine:
     def decide(self, principal: Principal, action: Mapping[str, str],
                resource: Mapping[str, str], context: CedarContext) -> Decision:
         """One decision about a resource that is not a deployment (or is one: see ``route``)."""
+        if not self.enforced:  # no policies at all: nothing is checked
+            return ALLOWED
         deployment = self.graph.deployments.get(resource["id"])
         if action == _ROUTE and resource.get("type") == "Deployment" and deployment is not None:
             return self.route(principal, [deployment], context)[0]
         key = ("decide", *_who(principal), json.dumps(action), json.dumps(resource),
-               context.key)
+               context.key, self._answers(context, self._resource_values(resource)))
         if self._isolated and key in self._decisions:
             return self._decisions[key]
         members = () if self._isolated else tuple(self.graph.deployments.values())
@@ -245,7 +213,7 @@ class PolicyEngine:
             return [ALLOWED] * len(deployments)
         live = [self._live(d) for d in deployments]
         who = _who(principal)
-        keys = [("route", *who, context.key, d.name, self._signature(values))
+        keys = [("route", *who, context.key, d.name, *self._deployment_key(d, values, context))
                 for d, values in zip(deployments, live, strict=True)]
         found: list[Decision | None] = [
             self._decisions.get(key) if self._isolated else None for key in keys
@@ -271,21 +239,32 @@ class PolicyEngine:
                     _remember(self._decisions, keys[i], decision, _CACHE_DECISIONS)
         return [item if item is not None else ALLOWED for item in found]
 
-    def _signature(self, values: tuple[object, ...]) -> tuple[object, ...]:
-        """What a decision can see of live values: the answers of the comparisons a field
-        takes part in when it is only compared with literals, else the value itself."""
-        if not any(self._live_atoms):
-            return values
-        found = self._signatures.get(values)
-        if found is None:
-            found = tuple(
-                value if atoms is None
-                else answers(atoms, encode_value(DEPLOYMENT_LIVE[name], value))
-                for name, value, atoms in zip(self._live_fields, values, self._live_atoms,
-                                              strict=True)
-            )
-            _remember(self._signatures, values, found, _CACHE_JSON)
-        return found
+    def _deployment_key(self, deployment: Deployment, values: tuple[object, ...],
+                        context: CedarContext) -> tuple[object, object]:
+        """What a decision about ``deployment`` can see of its live values: the exact value
+        of a field read otherwise, the outcome of the comparisons of the others."""
+        if not self._comparisons:
+            return values, ()
+        exact = tuple(values[i] for i in self._live_exact)
+        key = (deployment.name, values, context.key)
+        answers = self._outcomes.get(key)
+        if answers is None:
+            resource = dict(self._static.get(deployment.name, {}))
+            for name, convert, value in zip(self._live_names, self._plain, values, strict=True):
+                resource[name] = convert(value)
+            answers = self._answers(context, resource)
+            _remember(self._outcomes, key, answers, _CACHE_JSON)
+        return exact, answers
+
+    def _answers(self, context: CedarContext, resource: Mapping[str, Any]) -> tuple[object, ...]:
+        return tuple(evaluate(context.values, resource) for evaluate in self._comparisons)
+
+    def _resource_values(self, resource: Mapping[str, str]) -> dict[str, Any]:
+        """The attributes of a resource that is not a deployment, as comparisons see them."""
+        route = self.graph.routes.get(resource["id"]) if resource.get("type") == "Route" else None
+        if route is None:
+            return {}
+        return {"resource.kind": route.kind.value, "resource.target": route.target}
 
     def _live(self, deployment: Deployment) -> tuple[object, ...]:
         if not self._live_fields:
@@ -387,6 +366,18 @@ class RequestGate:
                        else ": no policy permits it")
             raise Forbidden(f"Policy does not allow {self.describe} to call '{route}'{because}.",
                             headers=self._headers(decision.policies))
+        return decision
+
+    def check_invoke_pipeline(self, pipeline: str) -> Decision:
+        """As ``check_invoke``, for running a pipeline directly (``Pipeline::"name"``)."""
+        decision = self.engine.decide(self.principal, _INVOKE,
+                                      {"type": "Pipeline", "id": pipeline}, self.context)
+        if not decision.allowed:
+            because = ("" if self.hide_ids
+                       else f": denied by {', '.join(decision.policies)}" if decision.policies
+                       else ": no policy permits it")
+            raise Forbidden(f"Policy does not allow {self.describe} to run pipeline "
+                            f"'{pipeline}'{because}.", headers=self._headers(decision.policies))
         return decision
 
     def filter(self, candidates: Sequence[Candidate]) -> Filtered:

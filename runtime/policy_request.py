@@ -29,6 +29,7 @@ log = logging.getLogger("aigw.policy")
 
 SLA_HEADER = "x-aigw-latency-sla-ms"
 TAGS_HEADER = "x-aigw-tags"
+DEFAULT_DEADLINE_MS = 300_000  # a route's default deadline, for calls that have none
 
 
 async def authorize(
@@ -41,24 +42,15 @@ async def authorize(
     limits: Sequence[Limits],
 ) -> Plan:
     """``plan`` with its Cedar gate, once the principal may invoke the route (else 403)."""
-    engine = live.policy
-    budget = None
-    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
-        try:
-            budget = await budget_remaining(store, tuple(limits))
-        except StoreUnavailable:
-            log.warning("budget unknown for the policy context: the store is unavailable")
     facts = Facts(
         route=plan.route.name,
         estimated_tokens=plan.prompt_tokens,
         max_tokens=plan.request.output_limit,
         stream=plan.request.stream,
         latency_sla_ms=latency_sla_ms(headers, (plan.deadline - live.routing.clock()) * 1000),
-        budget_remaining=budget,
         tags=request_tags(headers),
     )
-    who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
-    gate = RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
+    gate = await _gate(live, key, user, facts, store, limits)
     gate.check_invoke(plan.route.name)
     return dataclasses.replace(plan, gate=gate)
 
@@ -69,27 +61,39 @@ async def authorize_route(
 ) -> RequestGate:
     """The gate of a request that does not go through ``Exchange`` (a pipeline route, an
     embeddings call), once it may invoke ``route`` (else 403)."""
-    engine = live.policy
-    budget = None
-    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
-        try:
-            store = await live.store.get()
-            budget = await budget_remaining(store, subject_limits(key, user))
-        except StoreUnavailable:
-            log.warning("budget unknown for the policy context: the store is unavailable")
-    facts = Facts(
-        route=route.name,
-        estimated_tokens=estimated_tokens,
-        max_tokens=max_tokens,
-        stream=stream,
-        latency_sla_ms=latency_sla_ms(headers, route.deadline_s * 1000),
-        budget_remaining=budget,
-        tags=request_tags(headers),
-    )
-    who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
-    gate = RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
+    facts = Facts(route=route.name, estimated_tokens=estimated_tokens, max_tokens=max_tokens,
+                  stream=stream, latency_sla_ms=latency_sla_ms(headers, route.deadline_s * 1000),
+                  tags=request_tags(headers))
+    gate = await _gate(live, key, user, facts)
     gate.check_invoke(route.name)
     return gate
+
+
+async def authorize_pipeline(
+    live: Live, key: ApiKey, user: str | None, pipeline: str, headers: Headers,
+) -> None:
+    """The invoke check for running pipeline ``pipeline`` directly (``Pipeline::"name"``),
+    as the workflow API does; a deny is a 403 naming the deciding policies."""
+    facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                  latency_sla_ms=latency_sla_ms(headers, DEFAULT_DEADLINE_MS),
+                  tags=request_tags(headers))
+    (await _gate(live, key, user, facts)).check_invoke_pipeline(pipeline)
+
+
+async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,
+                store: Store | None = None, limits: Sequence[Limits] | None = None
+                ) -> RequestGate:
+    """The request's gate, with the remaining budget read when some policy reads it."""
+    engine = live.policy
+    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
+        try:
+            store = store or await live.store.get()
+            found = await budget_remaining(store, tuple(limits or subject_limits(key, user)))
+            facts = dataclasses.replace(facts, budget_remaining=found)
+        except StoreUnavailable:
+            log.warning("budget unknown for the policy context: the store is unavailable")
+    who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
+    return RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
 
 
 def latency_sla_ms(headers: Headers, deadline_ms: float) -> int:

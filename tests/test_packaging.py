@@ -33,6 +33,14 @@ def test_checked_in_schemas_are_fresh() -> None:
         assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run 'aigw schema'"
 
 
+def test_checked_in_cedar_schema_is_fresh() -> None:
+    graph = compile_gateway(REPO, environ={}).graph
+    assert graph is not None
+    path = REPO / "schemas" / "policies.cedarschema"
+    assert path.read_text(encoding="utf-8") == graph.authorization.schema_text, (
+        f"{path} is stale: run 'aigw schema'")
+
+
 def test_schema_check_flags_stale_files(tmp_path: Path) -> None:
     assert main(["schema", str(tmp_path), "--check"]) == 1
     assert main(["schema", str(tmp_path)]) == 0
@@ -59,7 +67,7 @@ def test_aigw_check_on_the_shipped_config_exits_zero() -> None:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("check", "compile", "schema", "serve", "reload"):
+    for command in ("check", "compile", "schema", "serve", "reload", "test", "route"):
         result = subprocess.run(
             [sys.executable, "-m", "aigw", command, "--help"],
             capture_output=True,

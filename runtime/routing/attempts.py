@@ -57,6 +57,7 @@ class Trace:
     dropped: list[Dropped] = field(default_factory=list)
     attempts: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # deployment, provider, code
+    policies: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment -> permits
 
     def add(self, text: str) -> None:
         self.steps.append(text)
@@ -138,6 +139,8 @@ class AttemptLoop(Generic[T]):
         filtered = self.gate.filter(fit) if self.gate is not None else None
         if filtered is not None:
             fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
+            for name, decision in filtered.decisions.items():
+                self.trace.policies[name] = decision.policies
         self.trace.dropped.extend(dropped)
         for item in dropped:
             self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")

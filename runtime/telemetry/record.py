@@ -56,6 +56,7 @@ class RequestRecord:
     model: str | None = None  # as the client asked
     response_model: str | None = None  # as the upstream answered
     finish_reasons: tuple[str, ...] = ()
+    policy_ids: tuple[str, ...] = ()  # the Cedar policies that permitted the deployment
     span: Span = NO_SPAN
     trace_context: Any = None
     finished: bool = False
@@ -194,6 +195,8 @@ class Telemetry:
         if record.finish_reasons:
             span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
         span.set("aigw.route", record.route)
+        if record.policy_ids:
+            span.set("aigw.policy_ids", list(record.policy_ids))
         span.set("aigw.deployment", record.deployment)
         span.set("aigw.graph", record.graph)
         span.set("aigw.fallback_hop", 1 if record.fallback else 0)

@@ -52,6 +52,7 @@ from ..errors import (
 )
 from ..exchange import Exchange
 from ..live import Live
+from ..policy_request import authorize_pipeline
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
 from ..sse import ChunkEncoder, completion_body
 from ..store.executions import FINAL, Decision, Execution, ExecutionConflict, Status, StepStatus
@@ -91,6 +92,14 @@ class _Api:
     def _key(self, request: Request) -> ApiKey:
         return authenticate(self._graph(), request.headers)
 
+    async def _authorize(self, request: Request, key: ApiKey, pipeline: str) -> None:
+        """Cedar's invoke check on ``Pipeline::"name"`` (a deny is a 403 naming policies)."""
+        if pipeline not in self._graph().pipelines:
+            return  # starting it answers 404 with the known names
+        live = self.workflows.gateway.live
+        user = request.headers.get(live.graph.settings.user_header) or None
+        await authorize_pipeline(live, key, user, pipeline, request.headers)
+
     async def templates(self, request: Request) -> Response:
         self._key(request)
         graph = self._graph()
@@ -117,6 +126,7 @@ class _Api:
         idempotency = body.get("idempotency_key") or request.headers.get("idempotency-key")
         if idempotency is not None and not isinstance(idempotency, str):
             raise BadRequest("idempotency_key must be a string.", param="idempotency_key")
+        await self._authorize(request, key, name)
         execution, created = await self.workflows.start_execution(
             key, name, body.get("input", {}), idempotency
         )
@@ -213,6 +223,7 @@ class _Api:
         name = request.path_params["name"]
         given = await _json_body(request)
         wait_s = _float(request.query_params.get("wait_s"), 300.0)
+        await self._authorize(request, key, name)
         execution, _ = await self.workflows.start_execution(
             key, name, given, request.headers.get("idempotency-key")
         )

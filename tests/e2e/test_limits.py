@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -143,14 +144,8 @@ def test_a_tpm_limit_shared_by_three_gateways_holds_as_one(
     assert statuses.count(429) == 30 - served
 
 
-@pytest.mark.parametrize("store", ["embedded", "redis"])
-def test_kill_9_mid_stream_loses_no_settled_record_and_leaks_no_hold(
-    tmp_path: Path, private_redis: PrivateRedis, store: str
-) -> None:
-    url = "embedded" if store == "embedded" else private_redis.url
-    root = _gateway(tmp_path / "gw", url, budget=10_000,
-                    latency=", latency: {per_token_ms: 200}")
-    server = Server(root)
+def _crash_mid_streams(server: Server) -> list[Any]:
+    """Three settled requests, three streams holding their reservations, then kill -9."""
     server.wait_ready()
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
     for _ in range(3):  # settled before the crash
@@ -166,6 +161,21 @@ def test_kill_9_mid_stream_loses_no_settled_record_and_leaks_no_hold(
         next(iter(stream))  # each stream has started and holds its reservation
     assert _team_budget(server)["held"] > 0
     server.kill()
+    return streams
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_kill_9_mid_stream_loses_no_settled_record_and_leaks_no_hold(
+    tmp_path: Path, private_redis: PrivateRedis, store: str
+) -> None:
+    url = "embedded" if store == "embedded" else private_redis.url
+    root = _gateway(tmp_path / "gw", url, budget=10_000,
+                    latency=", latency: {per_token_ms: 200}")
+    server = Server(root)
+    try:
+        streams = _crash_mid_streams(server)
+    finally:
+        server.stop()  # a no-op after the kill; stops it if the test failed before
 
     restarted = Server(root, port=server.port)
     try:

@@ -56,5 +56,6 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attributes["aigw.route"] == "fast"
     assert len(attributes["aigw.graph"]) == 64
     assert attributes["aigw.fallback_hop"] == 0
+    assert "any-deployment-may-serve" in attributes["aigw.policy_ids"]
     assert attempt["attributes"]["gen_ai.request.model"] == "echo-1"
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2

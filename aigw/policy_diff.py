@@ -1,0 +1,344 @@
+"""``aigw check --against REF``: which Cedar decisions a change flips, before it lands.
+
+The config at the git revision REF is compiled too. Every (principal, action,
+resource) that both graphs know is then decided by each graph under the same
+representative scenarios: request contexts (SLA, budget, size, stream, hour, ...)
+crossed with live metric profiles (idle, healthy, slow, failing, open circuit, busy),
+plus values just around every number a policy compares a field with. Each decision
+that differs is printed with the policies that decide it before and after; a
+deny that becomes an allow widens access, and fails the check unless allowed.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TextIO
+
+from aigw.compiler import CompileResult, compile_gateway, render_text
+from aigw.compiler.entity_model import CONTEXT, DECIMAL, DEPLOYMENT_LIVE, LONG
+from aigw.compiler.graph import Graph
+from aigw.compiler.policy_analysis import entity_refs
+from aigw.runtime.policy import Decision, Facts, PolicyEngine, principal_for
+from aigw.runtime.policy_live import FixedLive
+
+_BASE = Facts(route="", estimated_tokens=1000, max_tokens=None, stream=False,
+              latency_sla_ms=300_000, budget_remaining=None, hour_of_day=12)
+_CONTEXTS: tuple[Mapping[str, Any], ...] = (
+    {}, {"stream": True}, {"max_tokens": 4096}, {"estimated_tokens": 100_000},
+    {"latency_sla_ms": 250}, {"latency_sla_ms": 1000}, {"latency_sla_ms": 5000},
+    {"budget_remaining": 0.0}, {"budget_remaining": 5.0}, {"budget_remaining": 50.0},
+    {"latency_sla_ms": 250, "budget_remaining": 5.0}, {"hour_of_day": 3},
+    {"hour_of_day": 18},
+)
+_PROFILES: tuple[tuple[str, Mapping[str, Any]], ...] = (
+    ("idle", {}),
+    ("healthy", {"average_latency_ms": 100, "p95_latency_ms": 200, "in_flight": 1}),
+    ("slow", {"average_latency_ms": 2000, "p95_latency_ms": 5000, "in_flight": 4}),
+    ("very slow", {"average_latency_ms": 30_000, "p95_latency_ms": 60_000}),
+    ("failing", {"average_latency_ms": 300, "current_error_rate": 0.2}),
+    ("circuit open", {"current_error_rate": 0.5, "circuit_open": True}),
+    ("busy", {"average_latency_ms": 500, "in_flight": 100, "queue_depth": 50}),
+)
+_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+_DECIMAL_METHODS = ("lessThan", "lessThanOrEqual", "greaterThan", "greaterThanOrEqual")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    context: Mapping[str, Any]
+    profile: str
+    live: Mapping[str, Any]
+
+    def describe(self) -> str:
+        parts = [f"{name}={_show(value)}" for name, value in self.context.items()]
+        parts.append(f"{self.profile} deployments" if not _is_threshold(self.profile)
+                     else self.profile)
+        return ", ".join(parts)
+
+
+@dataclass(slots=True)
+class Flip:
+    """One (principal, action, resource) whose decision changes in some scenarios."""
+
+    principal: str
+    action: str
+    resource: str
+    widens: bool
+    examples: list[tuple[str, Decision, Decision]] = field(default_factory=list)
+    count: int = 0
+
+
+def check_against(root: Path, ref: str, allow_widening: bool,
+                  out: TextIO | None = None) -> int:
+    """Compare the config in ``root`` with the one at git revision ``ref``; exit status."""
+    out = out or sys.stdout
+    current = compile_gateway(root)
+    if current.graph is None:
+        return 1  # aigw check has printed why
+    try:
+        with tempfile.TemporaryDirectory(prefix="aigw-against-") as scratch:
+            previous = _compile_at(root, ref, Path(scratch))
+            if previous.graph is None:
+                out.write(f"the config at {ref} does not compile, so nothing is compared:\n")
+                out.write(render_text(previous.errors, previous.sources))
+                return 2
+            flips, compared, skipped = diff(previous.graph, current.graph)
+    except _GitError as exc:
+        out.write(f"aigw check --against {ref}: {exc}\n")
+        return 2
+    return report(ref, flips, compared, skipped, allow_widening, out)
+
+
+class _GitError(Exception):
+    pass
+
+
+def _compile_at(root: Path, ref: str, scratch: Path) -> CompileResult:
+    """Compile the gateway directory as it was at ``ref`` (extracted with git archive)."""
+    def git(*args: str, at: Path = root) -> bytes:
+        try:
+            done = subprocess.run(["git", "-C", str(at), *args], capture_output=True,
+                                  check=True)
+        except FileNotFoundError as exc:
+            raise _GitError("git is not installed") from exc
+        except subprocess.CalledProcessError as exc:
+            raise _GitError(exc.stderr.decode(errors="replace").strip() or "git failed") from exc
+        return done.stdout
+
+    top = Path(git("rev-parse", "--show-toplevel").decode().strip())
+    prefix = root.resolve().relative_to(top.resolve()).as_posix()
+    try:
+        git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except _GitError:
+        raise _GitError(f"'{ref}' is not a commit of the repository at {top}") from None
+    archive = git("archive", "--format=tar", ref, "--", prefix, at=top)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(scratch, filter="data")
+    return compile_gateway(scratch / prefix)
+
+
+def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
+    """Decisions that differ between the graphs: (flips, pairs compared, names skipped)."""
+    keys_before = {k.name: k for k in before.keys_by_sha256.values()}
+    keys_after = {k.name: k for k in after.keys_by_sha256.values()}
+    users = sorted({ref.id for graph in (before, after) for body in graph.authorization.bodies
+                    for ref in entity_refs(body) if ref.type == "User"})
+    principals = []
+    for name in sorted(set(keys_before) & set(keys_after)):
+        principals.append((principal_for(before.authorization, keys_before[name], None),
+                           principal_for(after.authorization, keys_after[name], None)))
+        for user in users:
+            principals.append((principal_for(before.authorization, keys_before[name], user),
+                               principal_for(after.authorization, keys_after[name], user)))
+    routes = sorted(set(before.routes) & set(after.routes))
+    deployments = sorted(set(before.deployments) & set(after.deployments))
+    skipped = [f"{kind} {name}" for kind, mine, theirs in (
+        ("key", keys_after, keys_before), ("route", after.routes, before.routes),
+        ("deployment", after.deployments, before.deployments)) for name in sorted(mine)
+        if name not in theirs]
+    by_route = _by_route((before, after), deployments)
+    flips: dict[tuple[str, str, str, bool], Flip] = {}
+    for scenario in scenarios(before, after):
+        engines = (PolicyEngine(before, FixedLive(_everywhere(before, scenario.live))),
+                   PolicyEngine(after, FixedLive(_everywhere(after, scenario.live))))
+        for old, new in principals:
+            for route in routes:
+                facts = _facts(scenario, route)
+                decisions = [engine.invoke(who, route, engine.context(facts))
+                             for engine, who in zip(engines, (old, new), strict=True)]
+                _note(flips, str(new), "invoke", f'Route::"{route}"', scenario.describe(),
+                      *decisions)
+            for route, served in by_route.items():
+                facts = _facts(scenario, route)
+                results = [engine.route(who, [graph.deployments[d] for d in served],
+                                        engine.context(facts))
+                           for engine, who, graph in zip(engines, (old, new), (before, after),
+                                                         strict=True)]
+                for name, was, now in zip(served, *results, strict=True):
+                    where = scenario.describe() + (f", route {route}" if route else "")
+                    _note(flips, str(new), "route", f'Deployment::"{name}"', where, was, now)
+    compared = len(principals) * (len(routes) + len(deployments))
+    return list(flips.values()), compared, skipped
+
+
+def _by_route(graphs: Sequence[Graph], deployments: Sequence[str]) -> dict[str, list[str]]:
+    """Route name -> the compared deployments that may serve it in either graph (each is
+    decided with that route in ``context.route``); "" for those no route reaches."""
+    found: dict[str, list[str]] = {}
+    reached: set[str] = set()
+    for name in sorted({n for graph in graphs for n in graph.routes}):
+        serving = {d.name for graph in graphs if name in graph.routes
+                   for d in graph.routes[name].candidates}
+        members = [d for d in deployments if d in serving]
+        if members:
+            found[name] = members
+            reached.update(members)
+    unreached = [d for d in deployments if d not in reached]
+    if unreached:
+        found[""] = unreached
+    return found
+
+
+def _everywhere(graph: Graph, live: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {name: live for name in graph.deployments}
+
+
+def _facts(scenario: Scenario, route: str) -> Facts:
+    values = {**_BASE.values(), "route": route, **scenario.context}
+    values["tags"] = tuple(values.get("tags", ()))
+    return Facts(**values)
+
+
+def _note(flips: dict[tuple[str, str, str, bool], Flip], principal: str, action: str,
+          resource: str, scenario: str, was: Decision, now: Decision) -> None:
+    if was.allowed == now.allowed:
+        return
+    widens = now.allowed
+    flip = flips.setdefault((principal, action, resource, widens),
+                            Flip(principal, action, resource, widens))
+    flip.count += 1
+    if len(flip.examples) < 3:
+        flip.examples.append((scenario, was, now))
+
+
+def scenarios(*graphs: Graph) -> Iterator[Scenario]:
+    """Contexts crossed with live profiles, plus the thresholds the policies compare with."""
+    contexts: list[Mapping[str, Any]] = list(_CONTEXTS)
+    profiles: list[tuple[str, Mapping[str, Any]]] = list(_PROFILES)
+    for name, value in sorted(_thresholds(graphs), key=lambda item: (item[0], str(item[1]))):
+        if name in CONTEXT:
+            contexts.append({name: value})
+        elif name in DEPLOYMENT_LIVE:
+            profiles.append((f"{name}={_show(value)}", {name: value}))
+    seen: set[str] = set()
+    for context, (profile, live) in itertools.product(contexts, profiles):
+        key = json.dumps([context, live], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            yield Scenario(context, profile, live)
+
+
+def _thresholds(graphs: Sequence[Graph]) -> set[tuple[str, Any]]:
+    """(field, value) just around each literal a context field or live attribute meets."""
+    found: set[tuple[str, Any]] = set()
+    for graph in graphs:
+        for body in graph.authorization.bodies:
+            for condition in body.get("conditions", ()):
+                _walk(condition.get("body"), found)
+    return found
+
+
+def _walk(node: Any, found: set[tuple[str, Any]]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, found)
+        return
+    if not isinstance(node, dict):
+        return
+    for op, inner in node.items():
+        if op in _COMPARISONS and isinstance(inner, dict):
+            _compare(inner.get("left"), inner.get("right"), found)
+            _compare(inner.get("right"), inner.get("left"), found)
+        elif op in _DECIMAL_METHODS and isinstance(inner, list) and len(inner) == 2:
+            _compare(inner[0], inner[1], found)
+            _compare(inner[1], inner[0], found)
+        elif op == "contains" and isinstance(inner, dict):
+            name = _field(inner.get("left"))
+            literal = inner.get("right", {})
+            if name == "tags" and isinstance(literal, dict) and "Value" in literal:
+                found.add(("tags", (str(literal["Value"]),)))
+        _walk(inner, found)
+
+
+def _compare(side: Any, other: Any, found: set[tuple[str, Any]]) -> None:
+    name = _field(side)
+    if name is None or not isinstance(other, dict):
+        return
+    if "Value" in other and isinstance(other["Value"], int) and not isinstance(
+            other["Value"], bool):
+        value = other["Value"]
+        kind = CONTEXT.get(name) or DEPLOYMENT_LIVE.get(name)
+        if kind is LONG:
+            found.update((name, max(0, value + step)) for step in (-1, 0, 1))
+    elif "Value" in other and isinstance(other["Value"], str) and name == "intent":
+        found.add((name, other["Value"]))
+    elif "decimal" in other and isinstance(other["decimal"], list) and other["decimal"]:
+        literal = other["decimal"][0].get("Value") if isinstance(other["decimal"][0], dict) \
+            else None
+        kind = CONTEXT.get(name) or DEPLOYMENT_LIVE.get(name)
+        try:
+            number = Decimal(str(literal))
+        except InvalidOperation:
+            return
+        if kind is not DECIMAL:
+            return
+        for step in (Decimal("-0.0001"), Decimal(0), Decimal("0.0001")):
+            found.add((name, float(number + step)))
+
+
+def _field(node: Any) -> str | None:
+    """``context.x`` -> x; ``resource.x`` -> x; anything else -> None."""
+    if isinstance(node, dict) and isinstance(node.get("."), dict):
+        inner = node["."]
+        if inner.get("left") in ({"Var": "context"}, {"Var": "resource"}):
+            return str(inner.get("attr"))
+    return None
+
+
+def report(ref: str, flips: list[Flip], compared: int, skipped: list[str],
+           allow_widening: bool, out: TextIO) -> int:
+    """Print each flip with the deciding policies before and after; the exit status."""
+    widening = [flip for flip in flips if flip.widens]
+    out.write(f"aigw check --against {ref}: {compared} (principal, action, resource) "
+              f"pairs compared\n")
+    if skipped:
+        out.write(f"  new here, not compared: {', '.join(skipped)}\n")
+    for flip in sorted(flips, key=lambda f: (not f.widens, f.principal, f.action, f.resource)):
+        label = "WIDENS " if flip.widens else "NARROWS"
+        change = "deny -> allow" if flip.widens else "allow -> deny"
+        out.write(f"  {label} {flip.principal} {flip.action} {flip.resource}: {change} in "
+                  f"{flip.count} scenario{'s' if flip.count != 1 else ''}\n")
+        for scenario, was, now in flip.examples:
+            out.write(f"          with {scenario}: before {_why(was)}; "
+                      f"after {_why(now)}\n")
+    if not flips:
+        out.write("  no decision changes\n")
+        return 0
+    out.write(f"{len(flips)} decision{'s' if len(flips) != 1 else ''} change: "
+              f"{len(widening)} widen access, {len(flips) - len(widening)} narrow it\n")
+    if widening and not allow_widening:
+        out.write("access widens: review the changes above, then pass --allow-widening if "
+                  "they are meant\n")
+        return 1
+    return 0
+
+
+def _why(decision: Decision) -> str:
+    if decision.allowed:
+        return f"permitted by {', '.join(decision.policies) or 'no policy (unchecked)'}"
+    if decision.policies:
+        return f"forbidden by {', '.join(decision.policies)}"
+    return "permitted by no policy"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    return json.dumps(value) if isinstance(value, str | bool) else str(value)
+
+
+def _is_threshold(profile: str) -> bool:
+    return "=" in profile
+

@@ -1,0 +1,115 @@
+"""What a Cedar decision can depend on: the context as sent, and the keys decisions are cached by.
+
+A decision is a function of the principal, the entities and the context. The part
+of the context (and of a deployment's live values) that the policies only ever
+compare counts by how those comparisons come out (computed here exactly as Cedar
+would: Longs as integers, decimals to four places, strings and booleans as they are);
+the rest counts by its exact value. Two requests with the same key get the same
+decision, so the second one does not ask Cedar.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from aigw.compiler.entity_model import CONTEXT, cedar_decimal, encode_value
+from aigw.compiler.policy_analysis import Comparison, Operand, Reads
+
+MISSING = "missing"  # an operand the resource has no such attribute for: Cedar errors, always
+
+_ORDER: Mapping[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CedarContext:
+    """The context record as Cedar gets it, and what decisions about it are keyed by."""
+
+    text: str
+    key: tuple[object, ...]
+    values: Mapping[str, Any]  # "context.x" -> the value, comparable
+
+
+def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
+    """The context with only the fields some policy reads (budget None: no budget)."""
+    record: dict[str, Any] = {}
+    exact: list[str] = []
+    comparable: dict[str, Any] = {}
+    for name in sorted(reads.context):
+        value = values.get(name)
+        if name == "budget_remaining" and value is None:
+            encoded = cedar_decimal(float("inf"))
+        else:
+            encoded = encode_value(CONTEXT[name], value)
+        record[name] = encoded
+        comparable[f"context.{name}"] = plain(encoded)
+        if f"context.{name}" not in reads.compared:
+            exact.append(json.dumps(encoded, sort_keys=True))
+    own = tuple(compile_comparison(item)(comparable, {}) for item in reads.comparisons
+                if not mentions_resource(item))
+    return CedarContext(json.dumps(record, separators=(",", ":")), (*exact, own), comparable)
+
+
+def plain(encoded: Any) -> Any:
+    """A value in Cedar's JSON form as a Python value that compares as Cedar's does."""
+    if isinstance(encoded, dict) and "__extn" in encoded:
+        return Decimal(encoded["__extn"]["arg"])
+    if isinstance(encoded, list):
+        return tuple(encoded)
+    if isinstance(encoded, dict):
+        return json.dumps(encoded, sort_keys=True)
+    return encoded
+
+
+def mentions_resource(comparison: Comparison) -> bool:
+    return any(kind == "field" and value.startswith("resource.")
+               for kind, value in comparison[1:])
+
+
+Outcome = Callable[[Mapping[str, Any], Mapping[str, Any]], object]
+
+
+def outcome(comparison: Comparison, context: Mapping[str, Any],
+            resource: Mapping[str, Any]) -> object:
+    """How ``comparison`` comes out: True, False, or MISSING (Cedar raises an error)."""
+    return compile_comparison(comparison)(context, resource)
+
+
+def compile_comparison(comparison: Comparison) -> Outcome:
+    """``outcome`` for one comparison as a function of (context values, resource values),
+    its literals converted once."""
+    op, left, right = comparison
+    order = _ORDER[op]
+    unequal = op == "!="
+    get_left, get_right = _getter(left), _getter(right)
+
+    def evaluate(context: Mapping[str, Any], resource: Mapping[str, Any]) -> object:
+        a, b = get_left(context, resource), get_right(context, resource)
+        if a is _ABSENT or b is _ABSENT:
+            return MISSING
+        if type(a) is not type(b):  # never equal; an order between them fails validation
+            return unequal
+        return order(a, b)
+
+    return evaluate
+
+
+_ABSENT = object()
+
+
+def _getter(operand: Operand) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
+    kind, text = operand
+    if kind == "field":
+        if text.startswith("context."):
+            return lambda context, _resource: context.get(text, _ABSENT)
+        return lambda _context, resource: resource.get(text, _ABSENT)
+    literal: Any = (int(text) if kind == "long" else Decimal(text) if kind == "decimal"
+                    else text == "true" if kind == "bool" else text)
+    return lambda _context, _resource: literal

@@ -1,0 +1,234 @@
+"""Pipelines through a real ``aigw serve``: follow, approve, pause, kill -9, fail over.
+
+Each test writes a gateway directory whose echo provider is slowed down (per token), so
+an execution is reliably in the middle of a step when it is paused or killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..conftest import DEV_KEY
+from ..pipelines.conftest import gateway_config
+from ..redis_server import PrivateRedis
+from .server import Server
+from .ws import WebSocketClient, WebSocketClosed
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"authorization": f"Bearer {DEV_KEY}"}
+
+APPROVAL = """
+input: {type: object, required: [text]}
+steps:
+  draft: {kind: llm, model: fast, prompt: "{{ input.text }}"}
+  sign_off:
+    kind: approval
+    needs: [draft]
+    message: "Publish '{{ steps.draft }}'?"
+    timeout_s: 60
+  publish: {kind: transform, needs: [sign_off], expression: "'published: ' + steps.draft"}
+output: "{{ steps.publish }}"
+"""
+
+# Five sequential model calls of a few hundred milliseconds each (80 ms per token).
+CHAIN = """
+input: {type: object}
+steps:
+  s1: {kind: llm, model: fast, prompt: "one two three"}
+  s2: {kind: llm, model: fast, needs: [s1], prompt: "{{ steps.s1 }} four"}
+  s3: {kind: llm, model: smart, needs: [s2], prompt: "{{ steps.s2 }} five"}
+  s4: {kind: llm, model: fast, needs: [s3], prompt: "{{ steps.s3 }} six"}
+  s5: {kind: llm, model: smart, needs: [s4], prompt: "{{ steps.s4 }} seven"}
+output: "{{ steps.s5 }}"
+"""
+CHAIN_OUTPUT = "one two three four five six seven"
+SLOW = ", latency: {per_token_ms: 80}"
+
+
+def _gateway(root: Path, pipelines: dict[str, str], store: str = "embedded") -> Path:
+    (root / "pipelines").mkdir(parents=True)
+    (root / "gateway.yaml").write_text(gateway_config(store, latency=SLOW))
+    for name, text in pipelines.items():
+        (root / "pipelines" / f"{name}.yaml").write_text(text)
+    return root
+
+
+@pytest.fixture
+def started() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(root: Path, *args: str) -> Server:
+        server = Server(root, *args)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _post(server: Server, path: str, body: Any = None) -> httpx.Response:
+    return httpx.post(f"{server.base_url}{path}", json=body, headers=AUTH, timeout=30)
+
+
+def _get(server: Server, path: str) -> Any:
+    response = httpx.get(f"{server.base_url}{path}", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _wait(server: Server, execution_id: str, check: Callable[[dict[str, Any]], bool],
+          timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        execution: dict[str, Any] = _get(server, f"/api/v1/executions/{execution_id}")
+        if check(execution):
+            return execution
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; last seen {execution}\n{server.log}")
+        time.sleep(0.05)
+
+
+def _events(server: Server, execution_id: str) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = _get(server, f"/api/v1/executions/{execution_id}/events")["data"]
+    return data
+
+
+def _start(server: Server, pipeline: str, given: Any) -> str:
+    response = _post(server, "/api/v1/executions", {"pipeline": pipeline, "input": given})
+    assert response.status_code == 201, response.text
+    execution_id: str = response.json()["id"]
+    return execution_id
+
+
+def test_follow_an_execution_over_websocket_and_approve_its_waiting_step(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    server = started(_gateway(tmp_path / "gw", {"publish": APPROVAL}))
+    execution_id = _start(server, "publish", {"text": "hello world"})
+    with pytest.raises(WebSocketClosed):  # a bad key is refused at the handshake
+        WebSocketClient(server.port, f"/ws/executions/{execution_id}", "sk-wrong")
+    seen: list[tuple[str, str | None]] = []
+    with WebSocketClient(server.port, f"/ws/executions/{execution_id}", DEV_KEY) as ws:
+        while True:
+            event = ws.receive_json()
+            seen.append((event["type"], event["step"]))
+            if event["type"] == "step_waiting":
+                assert event["data"]["message"] == "Publish 'hello world'?"
+                approved = _post(server, f"/api/v1/executions/{execution_id}/approvals",
+                                 {"decision": "approve", "comment": "looks good"})
+                assert approved.status_code == 200, approved.text
+            if event["type"] == "end":
+                assert event["status"] == "succeeded"
+                break
+    assert seen[0] == ("execution_started", None)
+    assert ("model_call", "draft") in seen
+    assert seen.index(("step_waiting", "sign_off")) < seen.index(("approval_decided", "sign_off"))
+    assert seen[-2:] == [("execution_succeeded", None), ("end", None)]
+    final = _get(server, f"/api/v1/executions/{execution_id}")
+    assert final["output"] == "published: hello world"
+    # A client that joins late gets the whole history, then the end.
+    with WebSocketClient(server.port, f"/ws/executions/{execution_id}?after=0",
+                         DEV_KEY) as late:
+        replay = []
+        while (event := late.receive_json())["type"] != "end":
+            replay.append((event["type"], event["step"]))
+    assert replay == seen[:-1]
+
+
+def test_pause_and_resume_a_running_execution(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    server = started(_gateway(tmp_path / "gw", {"chain": CHAIN}))
+    execution_id = _start(server, "chain", {})
+    _wait(server, execution_id, lambda e: e["usage"]["model_calls"] >= 1)
+    assert _post(server, f"/api/v1/executions/{execution_id}/pause").status_code == 202
+    paused = _wait(server, execution_id, lambda e: e["status"] == "paused")
+    calls_when_paused = paused["usage"]["model_calls"]
+    time.sleep(1.0)
+    assert _get(server, f"/api/v1/executions/{execution_id}")["usage"]["model_calls"] == \
+        calls_when_paused
+    assert _post(server, f"/api/v1/executions/{execution_id}/resume").status_code == 202
+    done = _wait(server, execution_id, lambda e: e["status"] == "succeeded")
+    assert done["output"] == CHAIN_OUTPUT
+    assert done["usage"]["model_calls"] == 5
+
+
+def _assert_each_call_once(events: list[dict[str, Any]]) -> None:
+    keys = Counter(e["data"]["key"] for e in events if e["type"] == "model_call")
+    assert sorted(keys) == [f"s{n}@1#0" for n in range(1, 6)], keys
+    assert set(keys.values()) == {1}
+    succeeded = Counter(e["step"] for e in events if e["type"] == "step_succeeded")
+    assert succeeded == {f"s{n}": 1 for n in range(1, 6)}
+
+
+def test_kill_9_mid_run_then_restart_finishes_without_repeating_a_step(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    root = _gateway(tmp_path / "gw", {"chain": CHAIN})
+    server = started(root)
+    execution_id = _start(server, "chain", {})
+    _wait(server, execution_id, lambda e: e["usage"]["model_calls"] >= 2)
+    server.signal(signal.SIGKILL)
+    server.process.wait(timeout=10)
+    restarted = started(root)
+    done = _wait(restarted, execution_id, lambda e: e["status"] == "succeeded")
+    assert done["output"] == CHAIN_OUTPUT
+    events = _events(restarted, execution_id)
+    _assert_each_call_once(events)
+    started_steps = Counter(e["step"] for e in events if e["type"] == "step_started")
+    assert started_steps["s1"] == 1 and started_steps["s2"] == 1  # done before the kill
+    assert [e["type"] for e in events].count("execution_resumed") == 1
+
+
+def test_two_replicas_on_redis_one_killed_the_other_finishes(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    try:
+        root = _gateway(tmp_path / "gw", {"chain": CHAIN}, store=redis_server.url)
+        replicas = [started(root), started(root)]
+        execution_id = _start(replicas[0], "chain", {})
+        running = _wait(replicas[0], execution_id,
+                        lambda e: e["runner"] is not None and e["usage"]["model_calls"] >= 1)
+        pid = int(running["runner"].split(":")[1])
+        victim = next(server for server in replicas if server.process.pid == pid)
+        survivor = next(server for server in replicas if server is not victim)
+        victim.signal(signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        done = _wait(survivor, execution_id, lambda e: e["status"] == "succeeded")
+        assert done["output"] == CHAIN_OUTPUT
+        events = _events(survivor, execution_id)
+        _assert_each_call_once(events)
+        runners = [e["data"]["runner"] for e in events
+                   if e["type"] in ("execution_started", "execution_resumed")]
+        assert len(runners) == 2 and runners[0] == running["runner"] != runners[1]
+        assert int(runners[1].split(":")[1]) == survivor.process.pid
+    finally:
+        redis_server.stop()
+
+
+def test_the_four_templates_complete_offline(server: Server) -> None:
+    inputs = {
+        "research": {"topic": "vector databases"},
+        "coding": {"task": "reverse a string"},
+        "data_analysis": {"question": "What sold best?"},
+        "document_analysis": {"document": "A letter from Ada to Charles."},
+    }
+    for name, given in inputs.items():
+        response = _post(server, f"/v1/pipelines/{name}", given)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "succeeded", name
+    costs = _get(server, "/api/v1/costs/summary")["data"]
+    assert sorted(row["pipeline"] for row in costs) == sorted(inputs)

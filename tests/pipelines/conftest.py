@@ -1,0 +1,195 @@
+"""Pipeline fixtures: a priced echo gateway with pipelines, served in-process with its runner.
+
+Prices are one currency unit per token (1e6 per million), so an execution's cost is
+the number of tokens its model calls used. Redis tests use ``AIGW_TEST_REDIS_URL``
+(default redis://127.0.0.1:6379/15), each in a namespace of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
+from aigw.runtime.workflows import Workflows
+from aigw.runtime.workflows.engine import HttpCaller
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+DEV_KEY = "sk-aigw-dev"
+ALICE_KEY = "sk-alice-pipelines"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def gateway_config(store: str = "embedded", extra_routes: str = "", latency: str = "") -> str:
+    return f"""
+version: 1
+settings:
+  store: {store}
+  execution_lease_s: 2
+providers:
+  local: {{type: echo{latency}}}
+deployments:
+  cheap: {{provider: local, model: cheap-1, context_window: 100000,
+          price: {{input: 1000000, output: 1000000}}}}
+  strong: {{provider: local, model: strong-1, context_window: 100000,
+           price: {{input: 2000000, output: 2000000}}}}
+groups:
+  tiered: {{members: [cheap], fallbacks: [strong-group]}}
+  strong-group: {{members: [strong]}}
+routes:
+  fast: {{deployment: cheap}}
+  smart: {{deployment: strong}}
+{extra_routes}
+teams:
+  eng: {{}}
+keys:
+  dev: {{admin: true, team: eng, sha256: {digest(DEV_KEY)}}}
+  alice: {{team: eng, sha256: {digest(ALICE_KEY)}}}
+"""
+
+
+@dataclass
+class Served:
+    """A gateway with its workflows, and an HTTP client for it (as the dev key)."""
+
+    root: Path
+    gateway: Gateway
+    workflows: Workflows
+    http: httpx.AsyncClient
+
+    async def run(self, pipeline: str, given: Any, key: str = DEV_KEY) -> dict[str, Any]:
+        """POST /v1/pipelines/{pipeline} and return the JSON answer."""
+        response = await self.http.post(f"/v1/pipelines/{pipeline}", json=given,
+                                        headers={"authorization": f"Bearer {key}"})
+        assert response.status_code in (200, 202, 502), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def start(self, pipeline: str, given: Any, **extra: Any) -> dict[str, Any]:
+        response = await self.http.post("/api/v1/executions",
+                                        json={"pipeline": pipeline, "input": given, **extra})
+        assert response.status_code in (200, 201), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v1/executions/{execution_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_for(
+        self, execution_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            execution = await self.get(execution_id)
+            if check(execution):
+                return execution
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting; last seen: {execution}")
+            await asyncio.sleep(0.02)
+
+    async def events(self, execution_id: str) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/api/v1/executions/{execution_id}/events")
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    async def steps(self, execution_id: str) -> dict[str, dict[str, Any]]:
+        response = await self.http.get(f"/api/v1/executions/{execution_id}/steps")
+        return {state["step"]: state for state in response.json()["data"]}
+
+
+Serve = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
+    """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
+    pipelines, served in-process; everything is stopped at the end of the test."""
+    opened: list[Served] = []
+
+    async def start(
+        pipelines: dict[str, str],
+        *,
+        store: str = "embedded",
+        extra_routes: str = "",
+        latency: str = "",
+        http: HttpCaller | None = None,
+        models: Any = None,
+        namespace: str | None = None,
+        root: Path | None = None,
+    ) -> Served:
+        root = root or tmp_path / f"gw{len(opened)}"
+        (root / "pipelines").mkdir(parents=True, exist_ok=True)
+        (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency))
+        for name, text in pipelines.items():
+            (root / "pipelines" / f"{name}.yaml").write_text(text)
+        gateway = Gateway(root, counter)
+        options: dict[str, Any] = {"models": models} if models is not None else {}
+        workflows = Workflows(gateway, namespace=namespace, http=http, poll_s=0.05, **options)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway, workflows)),
+            base_url="http://aigw.test", headers={"authorization": f"Bearer {DEV_KEY}"},
+            timeout=30,
+        )
+        served = Served(root, gateway, workflows, client)
+        opened.append(served)
+        return served
+
+    yield start
+    for served in opened:
+        await served.http.aclose()
+        await served.workflows.stop()
+        await served.gateway.aclose()
+
+
+def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("AIGW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if not _pings(url) and url == DEFAULT_REDIS_URL:
+        subprocess.run([REPO / "scripts" / "redis"], check=True)
+    if not _pings(url):
+        pytest.fail(f"no Redis answers at {url}; run ./scripts/redis or set AIGW_TEST_REDIS_URL")
+    return url
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A key namespace of this test's own; its keys are deleted afterwards."""
+    name = f"aigw-test-wf-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

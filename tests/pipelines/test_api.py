@@ -1,0 +1,243 @@
+"""The workflow API in-process: executions, control, approvals, costs, pipeline routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from .conftest import ALICE_KEY, Serve
+
+SLOW = """
+description: Three slow steps in a row.
+input: {type: object}
+steps:
+  one: {kind: python, function: "asyncio:sleep", args: {delay: 0.3, result: 1}}
+  two: {kind: python, needs: [one], function: "asyncio:sleep", args: {delay: 0.3, result: 2}}
+  three: {kind: python, needs: [two], function: "asyncio:sleep", args: {delay: 0.3, result: 3}}
+output: "{{ [steps.one, steps.two, steps.three] }}"
+"""
+
+APPROVAL = """
+input: {type: object}
+steps:
+  draft: {kind: llm, model: fast, prompt: "{{ input.text }}"}
+  sign_off:
+    kind: approval
+    needs: [draft]
+    message: "Publish '{{ steps.draft }}'?"
+    timeout_s: {timeout}
+    default: {default}
+  publish:
+    kind: transform
+    needs: [sign_off]
+    when: "steps.sign_off.approved"
+    expression: "'published: ' + steps.draft"
+output: {decision: "{{ steps.sign_off }}", published: "{{ steps.publish }}"}
+"""
+
+
+def _approval(timeout: float = 60, default: str = "reject") -> str:
+    return APPROVAL.replace("{timeout}", str(timeout)).replace("{default}", default)
+
+
+async def test_approve_a_waiting_step(serve: Serve) -> None:
+    served = await serve({"publish": _approval()})
+    started = await served.start("publish", {"text": "hello"})
+    waiting = await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    steps = await served.steps(waiting["id"])
+    assert steps["sign_off"]["status"] == "waiting"
+    assert steps["sign_off"]["detail"]["message"] == "Publish 'hello'?"
+    response = await served.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                      json={"decision": "approve", "comment": "ship it"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"execution": started["id"], "step": "sign_off",
+                               "decision": "approve", "by": "dev"}
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"] == {
+        "decision": {"approved": True, "decision": "approve", "by": "dev",
+                     "comment": "ship it", "timed_out": False},
+        "published": "published: hello",
+    }
+    again = await served.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                   json={"decision": "reject"})
+    assert again.status_code == 409
+
+
+async def test_a_rejected_approval_skips_what_depends_on_it(serve: Serve) -> None:
+    served = await serve({"publish": _approval()})
+    started = await served.start("publish", {"text": "hello"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    response = await served.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                      json={"step": "sign_off", "decision": "reject"})
+    assert response.status_code == 200
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"]["published"] is None
+    assert (await served.steps(started["id"]))["publish"]["status"] == "skipped"
+
+
+async def test_an_approval_nobody_answers_takes_its_default(serve: Serve) -> None:
+    served = await serve({"publish": _approval(timeout=0.2, default="approve")})
+    result = await served.run("publish", {"text": "hi"})
+    assert result["output"]["decision"]["timed_out"] is True
+    assert result["output"]["published"] == "published: hi"
+
+
+async def test_approvals_need_a_valid_decision_and_a_waiting_step(serve: Serve) -> None:
+    served = await serve({"publish": _approval()})
+    started = await served.start("publish", {"text": "hello"})
+    url = f"/api/v1/executions/{started['id']}/approvals"
+    assert (await served.http.post(url, json={"decision": "maybe"})).status_code == 400
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    wrong = await served.http.post(url, json={"step": "draft", "decision": "approve"})
+    assert wrong.status_code == 409
+    assert wrong.json()["error"]["message"] == "step 'draft' is not waiting for a decision"
+
+
+async def test_pause_and_resume(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    started = await served.start("slow", {})
+    await served.wait_for(started["id"], lambda e: e["status"] == "running")
+    paused = await served.http.post(f"/api/v1/executions/{started['id']}/pause")
+    assert paused.status_code == 202
+    assert paused.json()["control"] == "pause"
+    execution = await served.wait_for(started["id"], lambda e: e["status"] == "paused")
+    steps = await served.steps(execution["id"])
+    assert steps["one"]["status"] == "succeeded"
+    assert "three" not in steps  # the step in flight finished; nothing new started
+    await asyncio.sleep(0.4)
+    assert (await served.get(started["id"]))["status"] == "paused"
+    resumed = await served.http.post(f"/api/v1/executions/{started['id']}/resume")
+    assert resumed.status_code == 202 and resumed.json()["status"] == "queued"
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"] == [1, 2, 3]
+    types = [event["type"] for event in await served.events(started["id"])]
+    assert types.count("execution_paused") == 1 and types.count("execution_resumed") == 1
+    assert types.count("step_started") == 3  # no step ran twice
+
+
+async def test_resume_of_a_running_execution_is_a_conflict(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    started = await served.start("slow", {})
+    response = await served.http.post(f"/api/v1/executions/{started['id']}/resume")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "conflict"
+
+
+async def test_cancel_stops_an_execution(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    started = await served.start("slow", {})
+    await served.wait_for(started["id"], lambda e: e["status"] == "running")
+    response = await served.http.post(f"/api/v1/executions/{started['id']}/cancel")
+    assert response.status_code == 202
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "cancelled")
+    assert done["error"] == "cancelled"
+    assert (await served.http.post(f"/api/v1/executions/{started['id']}/cancel")).status_code \
+        == 409
+
+
+async def test_idempotency_key_returns_the_same_execution(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    first = await served.http.post("/api/v1/executions", json={
+        "pipeline": "slow", "input": {}, "idempotency_key": "order-1"})
+    second = await served.http.post("/api/v1/executions", json={"pipeline": "slow", "input": {}},
+                                    headers={"idempotency-key": "order-1"})
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+
+
+async def test_bad_requests(serve: Serve) -> None:
+    served = await serve({"publish": _approval()})
+    post = served.http.post
+    missing = await post("/api/v1/executions", json={"pipeline": "nope", "input": {}})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "No pipeline named 'nope' (pipelines: publish)."
+    bad_input = await post("/api/v1/executions", json={"pipeline": "publish", "input": []})
+    assert bad_input.status_code == 400
+    assert bad_input.json()["error"]["message"] == (
+        "The input does not match pipeline 'publish': (root): [] is not of type 'object'")
+    assert (await post("/api/v1/executions", content=b"{")).status_code == 400
+    template = await post("/api/v1/executions", json={"template": "research", "input": {}})
+    assert template.status_code == 404
+    assert "copy research.yaml" in template.json()["error"]["message"]
+    assert (await served.http.get("/api/v1/executions/exec_nope")).status_code == 404
+    no_key = await served.http.get("/api/v1/workflows", headers={"authorization": ""})
+    assert no_key.status_code == 401
+
+
+async def test_a_key_sees_only_its_own_executions(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    mine = await served.start("slow", {})
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    hidden = await served.http.get(f"/api/v1/executions/{mine['id']}", headers=alice)
+    assert hidden.status_code == 404
+    assert (await served.http.post(f"/api/v1/executions/{mine['id']}/cancel",
+                                   headers=alice)).status_code == 404
+    hers = await served.http.post("/api/v1/executions", headers=alice,
+                                  json={"pipeline": "slow", "input": {}})
+    listed = await served.http.get("/api/v1/executions", headers=alice)
+    assert [item["id"] for item in listed.json()["data"]] == [hers.json()["id"]]
+    everything = await served.http.get("/api/v1/executions")  # the dev key is an admin
+    assert {item["id"] for item in everything.json()["data"]} == {mine["id"], hers.json()["id"]}
+    assert (await served.http.get("/api/v1/costs/summary", headers=alice)).status_code == 403
+
+
+ECHO_PIPELINE = """
+input: {type: object, required: [topic], properties: {topic: {type: string}}}
+steps:
+  answer: {kind: llm, model: fast, prompt: "About {{ input.topic }}"}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
+    served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}")
+    response = await served.http.post("/v1/chat/completions", json={
+        "model": "about", "messages": [{"role": "user", "content": "cats"}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "About cats"
+    assert body["model"] == "about"
+    assert body["usage"]["completion_tokens"] > 0
+    assert response.headers["x-aigw-execution"].startswith("exec_")
+    streamed = await served.http.post("/v1/chat/completions", json={
+        "model": "about", "stream": True,
+        "messages": [{"role": "user", "content": json.dumps({"topic": "dogs"})}]})
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "About dogs"
+
+
+async def test_costs_summary_per_pipeline(serve: Serve) -> None:
+    served = await serve({"about": ECHO_PIPELINE, "slow": SLOW})
+    one = await served.run("about", {"topic": "a"})
+    two = await served.run("about", {"topic": "b"})
+    response = await served.http.get("/api/v1/costs/summary")
+    assert response.status_code == 200
+    rows = {row["pipeline"]: row for row in response.json()["data"]}
+    assert rows["about"]["executions"] == 2 and rows["about"]["succeeded"] == 2
+    assert rows["about"]["cost"] == one["cost"] + two["cost"] > 0
+    assert rows["about"]["model_calls"] == 2
+    assert "slow" not in rows
+
+
+async def test_workflows_and_templates_are_listed(serve: Serve) -> None:
+    served = await serve({"about": ECHO_PIPELINE, "research": ECHO_PIPELINE})
+    workflows = (await served.http.get("/api/v1/workflows")).json()["data"]
+    about = next(item for item in workflows if item["name"] == "about")
+    assert about["steps"] == [{"name": "answer", "kind": "llm", "needs": [], "when": None,
+                               "retries": 0, "timeout_s": 300.0, "description": None}]
+    assert about["endpoint"] == "/v1/pipelines/about"
+    assert about["input"]["required"] == ["topic"]
+    templates: list[dict[str, Any]] = (await served.http.get("/api/v1/templates")).json()["data"]
+    assert [t["name"] for t in templates] == [
+        "coding", "data_analysis", "document_analysis", "research"]
+    assert [t["installed"] for t in templates] == [False, False, False, True]
+    assert templates[3]["yaml"].startswith("# yaml-language-server")
+
+
+async def test_ended_executions_are_counted_in_the_metrics(serve: Serve) -> None:
+    served = await serve({"about": ECHO_PIPELINE})
+    await served.run("about", {"topic": "a"})
+    metrics = (await served.http.get("/metrics")).text
+    assert 'aigw_workflow_executions_total{pipeline="about",status="succeeded"} 1.0' in metrics

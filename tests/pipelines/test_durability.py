@@ -1,0 +1,87 @@
+"""Executions survive their runner: stopped mid-run, resumed by the next one, no call repeated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import pytest
+
+from aigw.runtime.app import create_app
+from aigw.runtime.workflows import Workflows
+
+from .conftest import DEV_KEY, Serve, Served
+
+LONG = """
+input: {type: object}
+steps:
+  first: {kind: llm, model: fast, prompt: "start"}
+  each:
+    kind: map
+    needs: [first]
+    over: "['a', 'b', 'c', 'd', 'e', 'f']"
+    concurrency: 1
+    step: {kind: llm, model: fast, prompt: "{{ item }}"}
+  last: {kind: llm, model: smart, needs: [each], prompt: "{{ steps.each | join }}"}
+output: "{{ steps.last }}"
+"""
+SLOW_ECHO = ", latency: {per_token_ms: 80}"
+
+
+async def _stop_after_calls(served: Served, execution_id: str, calls: int) -> None:
+    async def enough() -> bool:
+        events = await served.events(execution_id)
+        return sum(e["type"] == "model_call" for e in events) >= calls
+
+    for _ in range(500):
+        if await enough():
+            break
+        await asyncio.sleep(0.01)
+    await served.workflows.stop()
+
+
+async def _resume_elsewhere(served: Served, **options: str) -> Served:
+    """A second gateway process, in effect: new workflows (a new runner) on the same store."""
+    workflows = Workflows(served.gateway, poll_s=0.05, **options)  # type: ignore[arg-type]
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(served.gateway,
+                                                                          workflows)),
+                             base_url="http://aigw.test",
+                             headers={"authorization": f"Bearer {DEV_KEY}"})
+    return Served(served.root, served.gateway, workflows, http)
+
+
+async def _check_resumed(first: Served, execution_id: str, **options: str) -> None:
+    await _stop_after_calls(first, execution_id, 3)
+    second = await _resume_elsewhere(first, **options)
+    try:
+        done = await second.wait_for(execution_id, lambda e: e["status"] == "succeeded", 20)
+        assert done["output"] == "abcdef"
+        events = await second.events(execution_id)
+        keys = Counter(e["data"]["key"] for e in events if e["type"] == "model_call")
+        assert len(keys) == 8 and set(keys.values()) == {1}  # each call made once
+        assert done["usage"]["model_calls"] == 8
+        assert [e["type"] for e in events].count("execution_resumed") == 1
+        started = Counter(e["step"] for e in events if e["type"] == "step_started")
+        assert started == {"first": 1, "each": 1, "last": 1}  # "each" resumed, not restarted
+        runners = [e["data"]["runner"] for e in events
+                   if e["type"] in ("execution_started", "execution_resumed")]
+        assert runners == [first.workflows.owner, second.workflows.owner]
+    finally:
+        await second.http.aclose()
+        await second.workflows.stop()
+
+
+async def test_a_stopped_gateway_resumes_where_it_was(serve: Serve) -> None:
+    served = await serve({"long": LONG}, latency=SLOW_ECHO)
+    started = await served.start("long", {})
+    await _check_resumed(served, started["id"])
+
+
+@pytest.mark.usefixtures("redis_url")
+async def test_on_redis_another_replica_resumes_it(
+    serve: Serve, redis_url: str, namespace: str
+) -> None:
+    served = await serve({"long": LONG}, latency=SLOW_ECHO, store=redis_url, namespace=namespace)
+    started = await served.start("long", {})
+    await _check_resumed(served, started["id"], namespace=namespace)

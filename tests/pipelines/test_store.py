@@ -1,0 +1,185 @@
+"""The executions store contract, run against the embedded SQLite store and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aigw.runtime.store.executions import (
+    Checkpoint,
+    Decision,
+    ExecutionConflict,
+    ExecutionStore,
+    LeaseLost,
+    Memo,
+    NewEvent,
+    NewExecution,
+    Status,
+    StepState,
+    StepStatus,
+    new_owner,
+)
+from aigw.runtime.store.executions_redis import RedisExecutions
+from aigw.runtime.store.executions_sqlite import SQLiteExecutions
+
+NOW = 1_767_225_600.0
+LEASE = 10.0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ExecutionStore]:
+    opened: ExecutionStore
+    if request.param == "sqlite":
+        opened = await SQLiteExecutions.open(tmp_path / "aigw.sqlite")
+    else:
+        url = request.getfixturevalue("redis_url")
+        opened = RedisExecutions.from_url(url, namespace=request.getfixturevalue("namespace"))
+    yield opened
+    await opened.aclose()
+
+
+def _new(key: str = "dev", idempotency: str | None = None) -> NewExecution:
+    return NewExecution("research", {"topic": "x"}, key, idempotency, "f1ngerprint")
+
+
+async def test_create_get_list_and_idempotency(store: ExecutionStore) -> None:
+    first, created = await store.create(_new(idempotency="k1"), NOW)
+    again, created_again = await store.create(_new(idempotency="k1"), NOW + 1)
+    other, _ = await store.create(_new(key="alice", idempotency="k1"), NOW + 2)
+    assert (created, created_again) == (True, False)
+    assert again == first and other.id != first.id
+    assert first.status is Status.QUEUED and first.input == {"topic": "x"}
+    assert await store.get(first.id) == first
+    assert await store.get("exec_missing") is None
+    assert [item.id for item in await store.list()] == [other.id, first.id]
+    assert [item.id for item in await store.list(key="dev")] == [first.id]
+
+
+async def test_claim_gives_each_execution_to_one_runner(store: ExecutionStore) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    a, b = new_owner(), new_owner()
+    assert await store.claim(a, LEASE, NOW, 10) == (execution.id,)
+    assert await store.claim(b, LEASE, NOW + 1, 10) == ()
+    held = await store.get(execution.id)
+    assert held is not None and held.owner == a and held.lease_until == NOW + LEASE
+    assert await store.renew(execution.id, a, LEASE, NOW + 5)
+    assert not await store.renew(execution.id, b, LEASE, NOW + 5)
+
+
+async def test_a_runner_that_lets_go_leaves_the_execution_to_the_next(
+    store: ExecutionStore,
+) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    a, b = new_owner(), new_owner()
+    await store.claim(a, LEASE, NOW, 10)
+    await store.release(execution.id, a)
+    assert await store.claim(b, LEASE, NOW + 1, 10) == (execution.id,)
+
+
+async def test_commits_are_fenced_by_the_lease(store: ExecutionStore) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    a, b = new_owner(), new_owner()
+    await store.claim(a, LEASE, NOW, 10)
+    with pytest.raises(LeaseLost):
+        await store.commit(execution.id, b, Checkpoint(status=Status.RUNNING), NOW)
+    state = StepState("search", StepStatus.SUCCEEDED, 1, output={"n": 1}, started_at=NOW)
+    events = await store.commit(execution.id, a, Checkpoint(
+        steps=(state,), status=Status.RUNNING,
+        events=(NewEvent("step_succeeded", "search", {"n": 1}), NewEvent("x"))), NOW)
+    assert [(event.seq, event.type) for event in events] == [(1, "step_succeeded"), (2, "x")]
+    assert await store.steps(execution.id) == (state,)
+    assert [event.seq for event in await store.events(execution.id, after=1)] == [2]
+
+
+async def test_a_memo_is_written_and_costed_once(store: ExecutionStore) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    memo = Memo("search@1#0", {"text": "hi"}, 0.25, 10, 5, model_call=True)
+    await store.commit(execution.id, owner, Checkpoint(memo=memo), NOW)
+    await store.commit(execution.id, owner, Checkpoint(memo=memo), NOW)
+    assert await store.memos(execution.id) == {"search@1#0": {"text": "hi"}}
+    got = await store.get(execution.id)
+    assert got is not None
+    assert (got.cost, got.prompt_tokens, got.completion_tokens, got.model_calls) == (
+        0.25, 10, 5, 1)
+    await store.commit(execution.id, owner, Checkpoint(status=Status.SUCCEEDED, output=[1]), NOW)
+    (row,) = await store.costs()
+    assert (row.pipeline, row.executions, row.succeeded, row.cost, row.model_calls) == (
+        "research", 1, 1, 0.25, 1)
+    done = await store.get(execution.id)
+    assert done is not None and done.output == [1] and done.finished_at == NOW
+
+
+async def test_control_of_an_unheld_execution_changes_it_at_once(
+    store: ExecutionStore,
+) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    paused = await store.control(execution.id, "pause", NOW)
+    assert paused.status is Status.PAUSED
+    assert await store.claim(new_owner(), LEASE, NOW, 10) == ()
+    resumed = await store.control(execution.id, "resume", NOW)
+    assert resumed.status is Status.QUEUED
+    with pytest.raises(ExecutionConflict):
+        await store.control(execution.id, "resume", NOW)
+    cancelled = await store.control(execution.id, "cancel", NOW)
+    assert cancelled.status is Status.CANCELLED
+    with pytest.raises(ExecutionConflict):
+        await store.control(execution.id, "pause", NOW)
+    assert [event.type for event in await store.events(execution.id)] == [
+        "execution_paused", "execution_queued", "execution_cancelled"]
+    with pytest.raises(KeyError):
+        await store.control("exec_missing", "pause", NOW)
+
+
+async def test_control_of_a_held_execution_asks_its_runner(store: ExecutionStore) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    asked = await store.control(execution.id, "cancel", NOW + 1)
+    assert asked.status is Status.QUEUED and asked.control == "cancel"
+    await store.commit(execution.id, owner, Checkpoint(status=Status.CANCELLED,
+                                                      clear_control=True), NOW + 2)
+    final = await store.get(execution.id)
+    assert final is not None and final.status is Status.CANCELLED and final.control is None
+
+
+async def test_decisions_only_for_waiting_steps(store: ExecutionStore) -> None:
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    decision = Decision(True, "dev", "fine", NOW)
+    with pytest.raises(ExecutionConflict):
+        await store.decide(execution.id, "sign_off", decision)
+    await store.commit(execution.id, owner, Checkpoint(
+        steps=(StepState("sign_off", StepStatus.WAITING, 1),)), NOW)
+    await store.decide(execution.id, "sign_off", decision)
+    await store.decide(execution.id, "sign_off", Decision(False, "ops", None, NOW))  # first wins
+    assert await store.decision(execution.id, "sign_off") == decision
+
+
+async def test_an_expired_lease_is_taken_over(redis_url: str, namespace: str) -> None:
+    """On Redis the work item of a runner that stopped renewing is claimed by another
+    (XAUTOCLAIM once it is idle for a lease), and the old runner's writes are refused."""
+    store = RedisExecutions.from_url(redis_url, namespace=namespace)
+    try:
+        execution, _ = await store.create(_new(), NOW)
+        a, b = new_owner(), new_owner()
+        lease = 0.2
+        assert await store.claim(a, lease, NOW, 10) == (execution.id,)
+        assert await store.claim(b, lease, NOW + 0.1, 10) == ()
+        taken: tuple[str, ...] = ()
+        for step in range(20):  # the entry must sit idle for a lease in Redis' own time
+            taken = await store.claim(b, lease, NOW + 1 + step, 10)
+            if taken:
+                break
+        assert taken == (execution.id,)
+        with pytest.raises(LeaseLost):
+            await store.commit(execution.id, a, Checkpoint(status=Status.RUNNING), NOW + 30)
+        assert not await store.renew(execution.id, a, lease, NOW + 30)
+    finally:
+        await store.aclose()

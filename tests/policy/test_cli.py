@@ -1,0 +1,162 @@
+"""aigw test, aigw check --against, aigw route and aigw schema with Cedar."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aigw.cli import main
+
+from .conftest import PERMIT_ALL, REPO, config
+
+RUN_ENV_KEY = "sk"
+
+
+def _aigw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aigw", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_aigw_test_passes_on_the_shipped_gateway() -> None:
+    result = _aigw("test", str(REPO))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "policies/tests/routing.yaml" in result.stdout
+    assert result.stdout.endswith(" cases, 0 failed\n")
+    assert "FAIL" not in result.stdout
+
+
+def _shipped_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "gw"
+    root.mkdir()
+    shutil.copy(REPO / "gateway.yaml", root / "gateway.yaml")
+    shutil.copytree(REPO / "policies", root / "policies")
+    shutil.copytree(REPO / "pipelines", root / "pipelines")
+    return root
+
+
+def test_aigw_test_reports_a_failing_case_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _shipped_copy(tmp_path)
+    (root / "policies" / "tests" / "wrong.yaml").write_text(
+        "cases:\n"
+        "  - name: expects the slow one\n"
+        "    request: {key: dev, model: fast, latency_sla_ms: 300}\n"
+        "    live: {echo-small: {average_latency_ms: 900}}\n"
+        "    expect: {deployment: echo-small, denied: {echo-large: [tight-sla-forbids-slow]}}\n"
+        "  - name: names a deployment that does not exist\n"
+        "    request: {key: dev, model: fast}\n"
+        "    live: {gpt-5: {average_latency_ms: 1}}\n"
+        "    expect: {deployment: echo-small}\n")
+    assert main(["test", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "  FAIL  expects the slow one\n" in out
+    assert "        deployment: expected echo-small, got echo-large\n" in out
+    assert ("        denied: expected echo-large denied by ['tight-sla-forbids-slow'], "
+            "but it was not denied\n") in out
+    assert "echo-small is forbidden by tight-sla-forbids-slow" in out
+    assert "  FAIL  names a deployment that does not exist\n" in out
+    assert "bad case: live: no deployment 'gpt-5'" in out
+    assert out.endswith(" 2 failed\n")
+
+
+def test_aigw_test_with_no_fixtures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "gw"
+    root.mkdir()
+    (root / "gateway.yaml").write_text(config())
+    assert main(["test", str(root)]) == 0
+    assert capsys.readouterr().out == "no routing tests in policies/tests/\n"
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), "-c", "user.email=ci@example.com", "-c",
+                    "user.name=ci", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository whose first commit is a gateway with permit-all policies."""
+    root = tmp_path / "repo"
+    (root / "gw" / "policies").mkdir(parents=True)
+    (root / "gw" / "gateway.yaml").write_text(config())
+    (root / "gw" / "policies" / "base.cedar").write_text(PERMIT_ALL)
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "permit all")
+    return root / "gw"
+
+
+def test_check_against_prints_a_narrowing_flip_and_passes(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "policies" / "eng.cedar").write_text(
+        '@id("eng-not-on-solo")\n'
+        'forbid (principal in Team::"eng", action == Action::"invoke",\n'
+        '        resource == Route::"solo");\n')
+    assert main(["check", str(repo), "--against", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no problems\naigw check --against HEAD: ")
+    assert ('  NARROWS ApiKey::"alice" invoke Route::"solo": allow -> deny in ' in out)
+    assert ("before permitted by keys-may-invoke-routes; after forbidden by eng-not-on-solo"
+            in out)
+    assert "WIDENS" not in out
+    assert out.endswith("1 decision change: 0 widen access, 1 narrow it\n")
+
+
+def test_check_against_fails_when_access_widens(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = ('@id("no-slow")\nforbid (principal, action == Action::"route", resource)\n'
+            "when { resource.average_latency_ms > 1500 };\n")
+    (repo / "policies" / "slow.cedar").write_text(slow)
+    _git(repo.parent, "add", "-A")
+    _git(repo.parent, "commit", "-qm", "forbid slow")
+    (repo / "policies" / "slow.cedar").write_text(slow.replace("1500", "2500"))
+    assert main(["check", str(repo), "--against", "HEAD"]) == 1
+    out = capsys.readouterr().out
+    assert '  WIDENS  ApiKey::"dev" route Deployment::"local-a": deny -> allow in ' in out
+    # The threshold moved from 1500 to 2500: 1501 ms (just past the old one) now passes.
+    assert "with average_latency_ms=1501" in out
+    assert "before forbidden by no-slow; after permitted by any-deployment-may-serve" in out
+    assert "access widens: review the changes above" in out
+    assert main(["check", str(repo), "--against", "HEAD", "--allow-widening"]) == 0
+
+
+def test_check_against_an_unknown_revision(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(repo), "--against", "no-such-branch"]) == 2
+    assert "'no-such-branch' is not a commit of the repository" in capsys.readouterr().out
+
+
+def test_check_without_against_does_not_import_the_runtime() -> None:
+    probe = ("import sys\nfrom aigw.cli import main\nmain(['check', sys.argv[1]])\n"
+             "print(sorted(m for m in sys.modules if m.startswith('aigw.runtime')))\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO)], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.endswith("[]\n")
+
+
+def test_route_shows_cedar_decisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _shipped_copy(tmp_path)
+    assert main(["route", str(root), "--model", "fast", "--key", "dev",
+                 "--budget-remaining", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('invoke as ApiKey::"dev": allowed by keys-may-invoke-routes\n')
+    assert ("1. echo-small  expected cost 0.000000  permitted by any-deployment-may-serve, "
+            "prefer-self-hosted-on-low-budget (priority 50)") in out
+
+
+def test_schema_writes_the_cedar_schema_of_the_config(tmp_path: Path) -> None:
+    root = _shipped_copy(tmp_path)
+    assert main(["schema", str(root)]) == 0
+    text = (root / "schemas" / "policies.cedarschema").read_text()
+    assert 'entity Group enum ["fast", "smart"];' in text
+    assert main(["schema", str(root), "--check"]) == 0
+    (root / "gateway.yaml").write_text((root / "gateway.yaml").read_text().replace(
+        "  smart:\n    strategy", "  clever:\n    strategy").replace("fallbacks: [smart]",
+                                                                     "fallbacks: [clever]")
+        .replace("{group: smart,", "{group: clever,"))
+    assert main(["schema", str(root), "--check"]) == 1

@@ -1,0 +1,268 @@
+"""Cedar on the request path: invoke before routing, route policies over each tier's candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.datastructures import Headers
+
+from aigw.runtime.app import create_app
+from aigw.runtime.errors import Forbidden
+from aigw.runtime.live import Gateway
+from aigw.runtime.policy_request import authorize_pipeline
+from aigw.runtime.tokens import TokenCounter
+
+from .conftest import PERMIT_ALL, SHIPPED_ROUTING, Factory, chat
+
+FORBID_ENG_SOLO = """
+@id("eng-not-on-solo")
+forbid (principal in Team::"eng", action == Action::"invoke", resource == Route::"solo");
+"""
+
+
+async def test_an_invoke_deny_is_a_403_naming_the_deciding_policy(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "teams.cedar": FORBID_ENG_SOLO})
+    denied = await gw.client("alice").post("/v1/chat/completions", json=chat("solo"))
+    assert denied.status_code == 403
+    error = denied.json()["error"]
+    assert error["code"] == "permission_denied"
+    assert error["message"] == ("Policy does not allow key 'alice' to call 'solo': "
+                                "denied by eng-not-on-solo.")
+    assert denied.headers["x-aigw-policy-ids"] == "eng-not-on-solo"
+    assert (await gw.client("alice").post("/v1/chat/completions", json=chat("pair"))).is_success
+    assert (await gw.client("ops").post("/v1/chat/completions", json=chat("solo"))).is_success
+
+
+async def test_no_permit_is_a_deny_that_says_so(policy_gateway: Factory) -> None:
+    only_ops = """
+    @id("ops-may-invoke")
+    permit (principal in Team::"ops", action == Action::"invoke", resource);
+
+    @id("any-deployment-may-serve")
+    permit (principal, action == Action::"route", resource);
+    """
+    gw = await policy_gateway({"p.cedar": only_ops})
+    denied = await gw.client("alice").post("/v1/chat/completions", json=chat("pair"))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == (
+        "Policy does not allow key 'alice' to call 'pair': no policy permits it.")
+    assert "x-aigw-policy-ids" not in denied.headers
+    assert (await gw.client("ops").post("/v1/chat/completions", json=chat("pair"))).is_success
+
+
+async def test_hide_policy_ids_leaves_them_out_of_the_403(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "teams.cedar": FORBID_ENG_SOLO},
+                              settings="hide_policy_ids: true")
+    denied = await gw.client("alice").post("/v1/chat/completions", json=chat("solo"))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == "Policy does not allow key 'alice' to call 'solo'."
+    assert "x-aigw-policy-ids" not in denied.headers
+
+
+async def test_an_end_user_is_a_principal_in_its_key_and_team(policy_gateway: Factory) -> None:
+    users = """
+    @id("no-mallory")
+    forbid (principal == User::"mallory", action == Action::"invoke", resource);
+
+    @id("eng-users-not-on-solo")
+    forbid (principal is User in Team::"eng", action == Action::"invoke",
+            resource == Route::"solo");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "users.cedar": users})
+    alice = gw.client("alice")
+    mallory = await alice.post("/v1/chat/completions", json=chat("pair", user="mallory"))
+    assert mallory.status_code == 403
+    assert mallory.json()["error"]["message"] == (
+        "Policy does not allow user 'mallory' of key 'alice' to call 'pair': denied by no-mallory.")
+    bob = await alice.post("/v1/chat/completions", json=chat("solo", user="bob"))
+    assert bob.status_code == 403
+    assert bob.headers["x-aigw-policy-ids"] == "eng-users-not-on-solo"
+    assert (await alice.post("/v1/chat/completions", json=chat("solo"))).is_success
+    assert (await gw.client("ops").post("/v1/chat/completions",
+                                        json=chat("solo", user="bob"))).is_success
+
+
+async def test_route_policies_see_live_latency(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING})
+    client = gw.client()
+    gw.stats("local-a").latency_ms = 900.0
+    tight = {"x-aigw-latency-sla-ms": "300"}
+    served = await client.post("/v1/chat/completions", json=chat("pair"), headers=tight)
+    assert served.headers["x-aigw-deployment"] == "local-b"
+    relaxed = await client.post("/v1/chat/completions", json=chat("pair"))
+    assert relaxed.headers["x-aigw-deployment"] == "local-a"
+    gw.stats("local-a").latency_ms = 250.0
+    recovered = await client.post("/v1/chat/completions", json=chat("pair"), headers=tight)
+    assert recovered.headers["x-aigw-deployment"] == "local-a"
+
+
+async def test_streams_are_filtered_too(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING})
+    gw.stats("local-a").latency_ms = 900.0
+    async with gw.client().stream("POST", "/v1/chat/completions", json=chat("pair", stream=True),
+                                  headers={"x-aigw-latency-sla-ms": "300"}) as response:
+        assert response.headers["x-aigw-deployment"] == "local-b"
+        await response.aread()
+
+
+async def test_the_highest_permitting_priority_goes_first(policy_gateway: Factory) -> None:
+    prefer_b = """
+    @id("prefer-b")
+    @priority("50")
+    permit (principal, action == Action::"route", resource == Deployment::"local-b");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "prefer.cedar": prefer_b})
+    served = await gw.client().post("/v1/chat/completions", json=chat("pair"))
+    assert served.headers["x-aigw-deployment"] == "local-b"  # strategy priority says local-a
+
+
+async def test_forbid_wins_over_a_permit_of_any_priority(policy_gateway: Factory) -> None:
+    both = """
+    @id("prefer-b")
+    @priority("100")
+    permit (principal, action == Action::"route", resource == Deployment::"local-b");
+
+    @id("never-b")
+    forbid (principal, action == Action::"route", resource == Deployment::"local-b");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "b.cedar": both})
+    served = await gw.client().post("/v1/chat/completions", json=chat("pair"))
+    assert served.headers["x-aigw-deployment"] == "local-a"
+
+
+async def test_nothing_permitted_is_a_403_naming_the_policies(policy_gateway: Factory) -> None:
+    never_a = """
+    @id("never-a")
+    forbid (principal, action == Action::"route", resource == Deployment::"local-a");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "a.cedar": never_a})
+    denied = await gw.client().post("/v1/chat/completions", json=chat("solo"))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == (
+        "Policy allows no deployment of 'solo' to serve this request: "
+        "local-a is forbidden by never-a.")
+    assert denied.headers["x-aigw-policy-ids"] == "never-a"
+
+
+async def test_embeddings_are_checked_too(policy_gateway: Factory) -> None:
+    rules = """
+    @id("no-embeddings-for-eng")
+    forbid (principal in Team::"eng", action == Action::"invoke", resource == Route::"embed");
+
+    @id("vectors-not-for-ops")
+    forbid (principal in Team::"ops", action == Action::"route",
+            resource == Deployment::"vectors");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "embed.cedar": rules})
+    body = {"model": "embed", "input": "hello"}
+    invoke = await gw.client("alice").post("/v1/embeddings", json=body)
+    assert (invoke.status_code, invoke.headers["x-aigw-policy-ids"]) == (
+        403, "no-embeddings-for-eng")
+    route = await gw.client("ops").post("/v1/embeddings", json=body)
+    assert route.status_code == 403
+    assert route.json()["error"]["message"] == (
+        "Policy allows no deployment of 'embed' to serve this request: "
+        "vectors is forbidden by vectors-not-for-ops.")
+
+
+async def test_a_gateway_without_policies_checks_nothing(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({})
+    assert not gw.gateway.live.graph.authorization.enforced
+    assert (await gw.client("alice").post("/v1/chat/completions", json=chat("solo"))).is_success
+
+
+# The three policies of the original design (policies/routing.cedar), one test each.
+
+async def test_shipped_prefer_self_hosted_when_the_budget_is_below_10(
+    policy_gateway: Factory, hosted: tuple[object, str]
+) -> None:
+    _fake, url = hosted
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING},
+                              hosted_url=url)
+    # alice's team eng has a budget of 5: the self-hosted echo deployment goes first.
+    low = await gw.client("alice").post("/v1/chat/completions", json=chat("mixed"))
+    assert low.headers["x-aigw-deployment"] == "local-a"
+    # ops has no budget at all: the group's own order (hosted first) stands.
+    none = await gw.client("ops").post("/v1/chat/completions", json=chat("mixed"))
+    assert none.headers["x-aigw-deployment"] == "hosted"
+
+
+async def test_shipped_tight_sla_forbids_slow_deployments(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING})
+    gw.stats("local-a").latency_ms = 450.0
+    client = gw.client()
+    denied = await client.post("/v1/chat/completions", json=chat("solo"),
+                               headers={"x-aigw-latency-sla-ms": "400"})
+    assert denied.status_code == 403
+    assert denied.headers["x-aigw-policy-ids"] == "tight-sla-forbids-slow"
+    # An SLA of 500 ms is not tight; one the deployment meets is no problem.
+    for sla in ("500", "450"):
+        ok = await client.post("/v1/chat/completions", json=chat("solo"),
+                               headers={"x-aigw-latency-sla-ms": sla})
+        assert ok.headers["x-aigw-deployment"] == "local-a", sla
+
+
+async def test_shipped_error_rate_over_5_percent_forbids(policy_gateway: Factory) -> None:
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING})
+    stats = gw.stats("local-a")
+    now = gw.gateway.live.routing.clock()
+    for ok in [False] + [True] * 8:  # 1 failure in 9 calls: under min_requests (10), rate 0
+        stats.breaker.record(now, ok=ok)
+    client = gw.client()
+    first = await client.post("/v1/chat/completions", json=chat("pair"))
+    assert first.headers["x-aigw-deployment"] == "local-a"  # its success is the 10th call
+    moved = await client.post("/v1/chat/completions", json=chat("pair"))  # 1 in 10: 10%
+    assert moved.headers["x-aigw-deployment"] == "local-b"
+    for _ in range(10):  # 1 in 20: exactly 5% is not over 5%
+        stats.breaker.record(now, ok=True)
+    back = await client.post("/v1/chat/completions", json=chat("pair"))
+    assert back.headers["x-aigw-deployment"] == "local-a"
+
+
+
+async def test_running_a_pipeline_directly_is_an_invoke_of_the_pipeline(
+    policy_gateway: Factory,
+) -> None:
+    rules = """
+    @id("routes-for-all")
+    permit (principal, action == Action::"invoke", resource is Route);
+
+    @id("pipelines-for-ops")
+    permit (principal in Team::"ops", action == Action::"invoke", resource is Pipeline);
+
+    @id("any-deployment-may-serve")
+    permit (principal, action == Action::"route", resource);
+    """
+    gw = await policy_gateway({"rules.cedar": rules})
+    live = gw.gateway.live
+    keys = {k.name: k for k in live.graph.keys_by_sha256.values()}
+    await authorize_pipeline(live, keys["ops"], None, "research", Headers())
+    with pytest.raises(Forbidden) as denied:
+        await authorize_pipeline(live, keys["alice"], "carol", "research", Headers())
+    assert denied.value.message == ("Policy does not allow user 'carol' of key 'alice' to run "
+                                    "pipeline 'research': no policy permits it.")
+
+
+async def test_pipelines_are_invoked_only_when_cedar_permits(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    (gateway_dir / "policies" / "no-research.cedar").write_text(
+        '@id("no-research-for-dev")\n'
+        'forbid (principal == ApiKey::"dev", action == Action::"invoke",'
+        ' resource == Pipeline::"research");\n'
+    )
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test",
+                                     headers={"Authorization": "Bearer sk-aigw-dev"}) as http:
+            direct = await http.post("/v1/pipelines/research", json={"topic": "tides"})
+            started = await http.post("/api/v1/executions",
+                                      json={"pipeline": "research", "input": {"topic": "x"}})
+        for refused in (direct, started):
+            assert refused.status_code == 403, refused.text
+            assert "no-research-for-dev" in refused.json()["error"]["message"]
+    finally:
+        await gateway.aclose()

@@ -13,7 +13,7 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
-from .redis_server import PrivateRedis
+from .redis_server import PrivateRedis, shared_redis_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_KEY = "sk-aigw-dev"
@@ -62,3 +62,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The shared Redis the store and pipeline tests use, each in its own namespace."""
+    return shared_redis_url()

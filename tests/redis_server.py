@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -70,3 +71,27 @@ class PrivateRedis:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def shared_redis_url() -> str:
+    """The shared test Redis (``AIGW_TEST_REDIS_URL``, default db 15), started if needed."""
+    url = os.environ.get("AIGW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if not pings(url) and url == DEFAULT_REDIS_URL:
+        subprocess.run([REPO / "scripts" / "redis"], check=True)
+    if not pings(url):
+        pytest.fail(f"no Redis answers at {url}; run ./scripts/redis or set AIGW_TEST_REDIS_URL")
+    return url

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +25,6 @@ from aigw.runtime.tokens import TokenCounter
 from aigw.runtime.workflows import Workflows
 from aigw.runtime.workflows.engine import HttpCaller
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 DEV_KEY = "sk-aigw-dev"
 ALICE_KEY = "sk-alice-pipelines"
 
@@ -159,26 +155,6 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         await served.http.aclose()
         await served.workflows.stop()
         await served.gateway.aclose()
-
-
-def _pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    url = os.environ.get("AIGW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
-    if not _pings(url) and url == DEFAULT_REDIS_URL:
-        subprocess.run([REPO / "scripts" / "redis"], check=True)
-    if not _pings(url):
-        pytest.fail(f"no Redis answers at {url}; run ./scripts/redis or set AIGW_TEST_REDIS_URL")
-    return url
 
 
 @pytest.fixture

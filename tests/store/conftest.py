@@ -7,8 +7,6 @@ its own key namespace and deletes only that namespace afterwards.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,9 +16,6 @@ import pytest
 import redis
 
 from aigw.runtime.store import EmbeddedStore, RedisStore, Store
-
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 @dataclass(slots=True)
@@ -34,26 +29,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.at += seconds
-
-
-def _pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    url = os.environ.get("AIGW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
-    if not _pings(url) and url == DEFAULT_REDIS_URL:
-        subprocess.run([REPO / "scripts" / "redis"], check=True)
-    if not _pings(url):
-        pytest.fail(f"no Redis answers at {url}; run ./scripts/redis or set AIGW_TEST_REDIS_URL")
-    return url
 
 
 def drop_namespace(url: str, namespace: str) -> None:

@@ -26,6 +26,10 @@ Strategy = Literal[
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# The limits store counts money in billionths and tokens as integers, and Redis' Lua
+# numbers are doubles, exact only up to 2**53: so no budget or limit may pass these.
+MAX_BUDGET = (2**53 - 1) // 1_000_000_000  # 9,007,199 in the price table's currency
+MAX_LIMIT = 2**53 - 1
 
 
 class Spec(BaseModel):
@@ -99,8 +103,10 @@ class LatencySpec(Spec):
 
 
 class LimitsSpec(Spec):
-    rpm: PositiveInt | None = Field(None, description="Requests per minute.")
-    tpm: PositiveInt | None = Field(None, description="Tokens (in + out) per minute.")
+    rpm: Annotated[int, Field(gt=0, le=MAX_LIMIT)] | None = Field(
+        None, description="Requests per minute.")
+    tpm: Annotated[int, Field(gt=0, le=MAX_LIMIT)] | None = Field(
+        None, description="Tokens (in + out) per minute.")
 
 
 class ProviderSpec(Spec):
@@ -242,7 +248,7 @@ class RouteSpec(Spec):
 class BudgetSpec(Spec):
     """Money in the price table's currency, per calendar period (UTC) or in total."""
 
-    amount: NonNegativeFloat
+    amount: Annotated[float, Field(ge=0, le=MAX_BUDGET)]
     period: Literal["day", "month", "total"] = "month"
 
 

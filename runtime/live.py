@@ -17,6 +17,7 @@ from pathlib import Path
 from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Graph
 
+from . import heap
 from .admission import StoreHandle
 from .policy import PolicyEngine
 from .policy_live import StateLive
@@ -67,6 +68,11 @@ def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
         for name, adapter in previous.adapters.items()
         if graph.providers.get(name) == previous.graph.providers[name]
     }
+
+
+def _grace_s(graph: Graph) -> float:
+    """How long a request on ``graph`` can still be running after a reload swapped it out."""
+    return max((p.timeout_s for p in graph.providers.values()), default=0.0) + 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,7 @@ class Gateway:
                     result.graph, self.counter, self.routing, self.telemetry, self.store, previous
                 )
                 self._retire(previous)
+                heap.refreeze_later(_grace_s(previous.graph))
                 report = ReloadReport(
                     time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics
                 )
@@ -173,7 +180,7 @@ class Gateway:
         dropped = [a for a in previous.adapters.values() if id(a) not in current]
         if not dropped:
             return
-        grace = max(p.timeout_s for p in previous.graph.providers.values()) + 5.0
+        grace = _grace_s(previous.graph)
         loop = asyncio.get_running_loop()
 
         def close() -> None:

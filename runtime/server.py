@@ -26,9 +26,11 @@ from hypercorn.config import Config
 
 from aigw.compiler import render_text
 
+from . import heap
 from .app import create_app
 from .auth import DEV_KEY_SHA256
 from .live import ConfigError, Gateway
+from .telemetry.record import ACCESS_LOG
 from .tokens import TokenCounter
 
 log = logging.getLogger("aigw")
@@ -56,6 +58,9 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream request at INFO; the access log already has one line each.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The access log is one JSON object a line (it has its own "ts"), written as it is:
+    # no timestamp formatting per request, and a line any log shipper parses as JSON.
+    ACCESS_LOG.to_stream(sys.stderr)
 
 
 def _hypercorn_config(options: ServeOptions) -> Config:
@@ -116,6 +121,7 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
         ", ".join(sorted(graph.routes)) or "none",
     )
     app = create_app(gateway)
+    heap.freeze()  # the graph and libraries are loaded: keep the collector off them
     try:
         if sockets is None:
             await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class StoreHandle:
             self._store = None
 
 
+@functools.lru_cache(maxsize=4096)  # per request otherwise; quotas are frozen graph data
 def _limits(scope: Scope, name: str, quota: Quota) -> Limits | None:
     if quota.unlimited:
         return None

@@ -88,7 +88,7 @@ class SnapshotMiddleware:
 
 
 def _live(request: Request) -> Live:
-    live: Live = request.state.live
+    live: Live = request.scope["state"]["live"]  # not request.state: that builds an object
     return live
 
 

@@ -11,13 +11,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
@@ -25,6 +25,7 @@ from .admission import DeploymentQuotas, Hold
 from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
+from .jsonio import JSONBody
 from .live import Live
 from .policy import RequestGate
 from .policy_request import authorize_route
@@ -33,7 +34,7 @@ from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event
 from .telemetry.record import RequestRecord, UpstreamFailure
-from .telemetry.tracing import PROVIDER_NAMES, Span
+from .telemetry.tracing import NO_SPAN, PROVIDER_NAMES, Span
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -268,7 +269,7 @@ async def chat_completions(
     await exchange.open(key, request)
     if not request.stream:
         served, result = await exchange.complete()
-        return JSONResponse(
+        return JSONBody(
             completion_body(served.request_id, served.created, result),
             headers={**served.headers(), **exchange.rate_headers(), **_overhead(record)},
         )
@@ -284,9 +285,14 @@ async def chat_completions(
     )
 
 
+_UNTRACED = nullcontext(NO_SPAN)  # reusable: entering it does nothing
+
+
 def _attempt_span(
     live: Live, record: RequestRecord, candidate: Candidate
 ) -> AbstractContextManager[Span]:
+    if record.trace_context is None:  # tracing is off (or the request has no span)
+        return _UNTRACED
     deployment = candidate.deployment
     span = live.telemetry.tracing.attempt(f"chat {deployment.model}", record.trace_context)
     return _labelled(span, deployment)

@@ -192,7 +192,7 @@ class PolicyEngine:
         deployment = self.graph.deployments.get(resource["id"])
         if action == _ROUTE and resource.get("type") == "Deployment" and deployment is not None:
             return self.route(principal, [deployment], context)[0]
-        key = ("decide", *_who(principal), json.dumps(action), json.dumps(resource),
+        key = ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()),
                context.key, self._answers(context, self._resource_values(resource)))
         if self._isolated and key in self._decisions:
             return self._decisions[key]

@@ -10,6 +10,7 @@ decision, so the second one does not ask Cedar.
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 from collections.abc import Callable, Mapping
@@ -19,6 +20,8 @@ from typing import Any
 
 from aigw.compiler.entity_model import CONTEXT, cedar_decimal, encode_value
 from aigw.compiler.policy_analysis import Comparison, Operand, Reads
+
+from .jsonio import dumps
 
 MISSING = "missing"  # an operand the resource has no such attribute for: Cedar errors, always
 
@@ -52,9 +55,18 @@ def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
         comparable[f"context.{name}"] = plain(encoded)
         if f"context.{name}" not in reads.compared:
             exact.append(json.dumps(encoded, sort_keys=True))
-    own = tuple(compile_comparison(item)(comparable, {}) for item in reads.comparisons
-                if not mentions_resource(item))
-    return CedarContext(json.dumps(record, separators=(",", ":")), (*exact, own), comparable)
+    own = tuple(evaluate(comparable, _NO_RESOURCE) for evaluate in _context_only(reads))
+    return CedarContext(dumps(record).decode(), (*exact, own), comparable)
+
+
+_NO_RESOURCE: Mapping[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _context_only(reads: Reads) -> tuple[Outcome, ...]:
+    """The comparisons that read no resource, compiled once per policy set (not per request)."""
+    return tuple(compile_comparison(item) for item in reads.comparisons
+                 if not mentions_resource(item))
 
 
 def plain(encoded: Any) -> Any:

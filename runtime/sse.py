@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
+from . import jsonio
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -74,7 +74,7 @@ class ChunkEncoder:
         chunk: dict[str, object] = {**self._head, "choices": choices}
         if self._include_usage:
             chunk["usage"] = usage_body(usage) if usage is not None else None
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + jsonio.dumps(chunk) + b"\n\n"
 
     def encode(self, delta: ChatDelta) -> bytes:
         if delta.usage is not None:
@@ -125,4 +125,4 @@ def _choice(index: int, delta: dict[str, object], finish: str | None) -> dict[st
 
 def error_event(body: dict[str, object]) -> bytes:
     """An error in the middle of a stream, after the status line has gone out."""
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + jsonio.dumps(body) + b"\n\n"

@@ -9,7 +9,6 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
@@ -17,6 +16,7 @@ import aiohttp
 
 from aigw.compiler.graph import Provider
 
+from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
 from .upstream import classify, failure_from_response, parse_sse, scrub
 
@@ -64,7 +64,7 @@ class AiohttpUpstream:
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = jsonio.dumps(body)
         try:
             async with self._client().post(
                 url, data=payload, headers={**headers, "content-type": "application/json"}
@@ -76,7 +76,7 @@ class AiohttpUpstream:
         if status >= 400:
             raise classify(failure_from_response(status, raw, response_headers), self.provider)
         try:
-            document = json.loads(raw)
+            document = jsonio.loads(raw)
         except ValueError:
             document = None
         if not isinstance(document, dict):
@@ -90,7 +90,7 @@ class AiohttpUpstream:
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> AsyncIterator[tuple[str, str]]:
         """POST and yield each server-sent event; the status is checked before the first."""
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = jsonio.dumps(body)
         try:
             response = await self._client().post(
                 url, data=payload,

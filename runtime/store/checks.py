@@ -19,6 +19,7 @@ both stores then turn the raw levels into a ``Denied`` or a ``RateStatus`` here.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,25 +93,41 @@ class Plan:
 
 def period_key(period: Period, now: float) -> str:
     """``period_key(Period.MONTH, 1767225600.0) == "2026-01"`` (UTC calendar periods)."""
-    if period is Period.TOTAL:
-        return "total"
-    when = datetime.fromtimestamp(now, UTC)
-    if period is Period.DAY:
-        return f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
-    return f"{when.year:04d}-{when.month:02d}"
+    return _calendar(period, now)[0]
 
 
 def period_end(period: Period, now: float) -> float | None:
     """When the period containing ``now`` ends (None: a total budget never resets)."""
+    return _calendar(period, now)[1]
+
+
+# The current period of each kind, as (start, key, end): every request with a budget
+# asks for its key and end two or three times, and they change once a day at most.
+_current: dict[Period, tuple[float, str, float | None]] = {}
+
+
+def _calendar(period: Period, now: float) -> tuple[str, float | None]:
+    cached = _current.get(period)
+    if cached is not None and cached[0] <= now and (cached[2] is None or now < cached[2]):
+        return cached[1], cached[2]
+    start, key, end = _compute_period(period, now)
+    _current[period] = (start, key, end)
+    return key, end
+
+
+def _compute_period(period: Period, now: float) -> tuple[float, str, float | None]:
+    if period is Period.TOTAL:
+        return float("-inf"), "total", None
+    when = datetime.fromtimestamp(now, UTC)
     if period is Period.DAY:
-        return (now // DAY_SECONDS + 1) * DAY_SECONDS  # POSIX days are all 86,400 s
-    if period is Period.MONTH:
-        when = datetime.fromtimestamp(now, UTC)
-        following = datetime(when.year + when.month // 12, when.month % 12 + 1, 1, tzinfo=UTC)
-        return following.timestamp()
-    return None
+        start = now // DAY_SECONDS * DAY_SECONDS  # POSIX days are all 86,400 s
+        return start, f"{when.year:04d}-{when.month:02d}-{when.day:02d}", start + DAY_SECONDS
+    start = datetime(when.year, when.month, 1, tzinfo=UTC).timestamp()
+    following = datetime(when.year + when.month // 12, when.month % 12 + 1, 1, tzinfo=UTC)
+    return start, f"{when.year:04d}-{when.month:02d}", following.timestamp()
 
 
+@functools.lru_cache(maxsize=256)  # every settle asks; keys change once a day at most
 def period_start(period: Period, key: str) -> float:
     """The inverse of ``period_key``: when the period it names began (0 for total)."""
     if period is Period.TOTAL:

@@ -97,19 +97,23 @@ def main() -> int:
     parser.add_argument("--stream-every", type=int, default=0, help="every n-th request streams")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
+    parser.add_argument("--target", choices=("aigw", "floor"), default="aigw",
+                        help="floor: the Starlette-on-hypercorn + aiohttp pass-through, "
+                             "to compare the same stack without the gateway")
     args = parser.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 1
-    raw = BENCH / "results" / f"aigw-profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    raw = BENCH / "results" / f"{args.target}-profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     raw.parent.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="aigw-profile-") as scratch:
         work = Path(scratch)
         upstream = targets.start_upstream(work, 1.0, 8, 1.0)
         port = int(upstream.url.split(":")[2].split("/")[0])
         try:
-            gateway = targets.start_aigw(work, port)
+            gateway = (targets.start_aigw(work, port) if args.target == "aigw"
+                       else targets.start_floor(work, port, "aiohttp"))
             try:
                 measure.closed_loop(gateway, 3)  # warm the pools first
                 load = threading.Thread(

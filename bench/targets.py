@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 LITELLM_VERSION = "1.106.2"
 LITELLM_VENV = BENCH / ".venv-litellm"
 DEV_KEY = "sk-aigw-dev"
@@ -125,7 +126,11 @@ def start_upstream(log_dir: Path, delay_ms: float, tokens: int, interval_ms: flo
 
 
 def aigw_config(upstream_port: int) -> str:
-    """A gateway directory's gateway.yaml: one provider, one deployment, one route, one key."""
+    """A gateway directory's gateway.yaml with every request-path stage on: the key is
+    authenticated, its rpm/tpm and its team's rpm/tpm and monthly budget are reserved
+    and settled, the deployment is priced (cost, spend ledger), and, with the shipped
+    policies beside it (``start_aigw``), Cedar decides invoke and route. The limits are
+    far above what the benchmark sends, so they are checked and never bind."""
     return f"""version: 1
 providers:
   upstream: {{type: openai_compatible, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
@@ -134,13 +139,20 @@ deployments:
     provider: upstream
     model: bench-model
     context_window: 128000
+    max_output_tokens: 256
+    price: {{input: 0.15, output: 0.60}}
     capabilities: [streaming]
 routes:
   bench: {{deployment: bench-model}}
 teams:
-  default: {{}}
+  default:
+    budget: {{amount: 1000000, period: month}}
+    limits: {{rpm: 100000000, tpm: 1000000000}}
 keys:
-  dev: {{team: default, sha256: {DEV_KEY_SHA256}}}
+  dev:
+    team: default
+    sha256: {DEV_KEY_SHA256}
+    limits: {{rpm: 100000000, tpm: 1000000000}}
 """
 
 
@@ -148,6 +160,9 @@ def start_aigw(log_dir: Path, upstream_port: int) -> Server:
     root = log_dir / "aigw-gateway"
     root.mkdir(exist_ok=True)
     (root / "gateway.yaml").write_text(aigw_config(upstream_port))
+    # The policies aigw ships with (an invoke permit, a route permit and the three
+    # routing policies that read live latency, error rate, SLA and budget).
+    shutil.copytree(REPO / "policies", root / "policies", dirs_exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "aigw", "serve", str(root), "--port", str(port)]
     return start("aigw", pinned(SERVER_CORE, command),

@@ -46,6 +46,7 @@ class Options:
     tokens: int
     token_interval_ms: float
     litellm: bool
+    lean: bool  # also aigw configured as LiteLLM is
     floors: bool
     search_steps: int  # probes for the highest sustained rate, below a rate that failed
 
@@ -65,6 +66,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     parser.add_argument("--token-interval-ms", type=float, default=1.0)
     parser.add_argument("--skip-litellm", action="store_true", help="e.g. with no PyPI access")
     parser.add_argument("--skip-floors", action="store_true")
+    parser.add_argument("--skip-lean", action="store_true",
+                        help="skip aigw configured as LiteLLM is (key auth, one route)")
     parser.add_argument("--note", default="", help="a sentence for the report, e.g. the load")
     parser.add_argument("--output", type=Path, default=BENCH / "BENCH.md")
     args = parser.parse_args(argv)
@@ -79,6 +82,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         tokens=args.stream_tokens,
         token_interval_ms=args.token_interval_ms,
         litellm=not args.skip_litellm,
+        lean=not args.skip_lean,
         floors=not args.skip_floors,
         search_steps=2 if args.quick else 3,
     )
@@ -229,15 +233,23 @@ def main(argv: list[str] | None = None) -> int:
                         upstream, rate, options.point_s)
                 return results["direct"].rated[rate]
 
-            starters: list[tuple[str, Callable[[], Server]]] = [
-                ("aigw", lambda: targets.start_aigw(work, upstream_port))]
+            # (name, start, soak): aigw with every stage on, then aigw configured as
+            # LiteLLM is (the like-for-like throughput comparison), then LiteLLM.
+            starters: list[tuple[str, Callable[[], Server], bool]] = [
+                ("aigw", lambda: targets.start_aigw(work, upstream_port), True)]
+            if options.lean:
+                starters.append(("aigw-lean",
+                                 lambda: targets.start_aigw(work, upstream_port, lean=True),
+                                 False))
             if options.litellm:
-                starters.append(("litellm", lambda: targets.start_litellm(work, upstream_port)))
-            for name, start in starters:
+                starters.append(
+                    ("litellm", lambda: targets.start_litellm(work, upstream_port), True))
+            for name, start, soak in starters:
                 log(f"{name}: starting")
                 server = start()
                 try:
-                    results[name] = measure_target(server, options, soak=True, direct=direct_at)
+                    results[name] = measure_target(server, options, soak=soak,
+                                                   direct=direct_at)
                 finally:
                     server.stop()
             if options.floors:

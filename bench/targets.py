@@ -125,12 +125,23 @@ def start_upstream(log_dir: Path, delay_ms: float, tokens: int, interval_ms: flo
                  health=f"http://127.0.0.1:{port}/health", log_dir=log_dir)
 
 
-def aigw_config(upstream_port: int) -> str:
-    """A gateway directory's gateway.yaml with every request-path stage on: the key is
-    authenticated, its rpm/tpm and its team's rpm/tpm and monthly budget are reserved
-    and settled, the deployment is priced (cost, spend ledger), and, with the shipped
-    policies beside it (``start_aigw``), Cedar decides invoke and route. The limits are
-    far above what the benchmark sends, so they are checked and never bind."""
+def aigw_config(upstream_port: int, lean: bool = False) -> str:
+    """A gateway directory's gateway.yaml.
+
+    By default every request-path stage is on: the key is authenticated, its rpm/tpm and
+    its team's rpm/tpm and monthly budget are reserved and settled, the deployment is
+    priced (cost, spend ledger), and, with the shipped policies beside it
+    (``start_aigw``), Cedar decides invoke and route. The limits are far above what the
+    benchmark sends, so they are checked and never bind. ``lean`` is LiteLLM's
+    equivalent (``litellm_config``): one key, one route, no limits, budget or policies.
+    """
+    if lean:
+        team, key_limits = "  default: {}\n", ""
+    else:
+        team = ("  default:\n"
+                "    budget: {amount: 1000000, period: month}\n"
+                "    limits: {rpm: 100000000, tpm: 1000000000}\n")
+        key_limits = "    limits: {rpm: 100000000, tpm: 1000000000}\n"
     return f"""version: 1
 providers:
   upstream: {{type: openai_compatible, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
@@ -145,27 +156,24 @@ deployments:
 routes:
   bench: {{deployment: bench-model}}
 teams:
-  default:
-    budget: {{amount: 1000000, period: month}}
-    limits: {{rpm: 100000000, tpm: 1000000000}}
-keys:
+{team}keys:
   dev:
     team: default
     sha256: {DEV_KEY_SHA256}
-    limits: {{rpm: 100000000, tpm: 1000000000}}
-"""
+{key_limits}"""
 
 
-def start_aigw(log_dir: Path, upstream_port: int) -> Server:
-    root = log_dir / "aigw-gateway"
+def start_aigw(log_dir: Path, upstream_port: int, lean: bool = False) -> Server:
+    name = "aigw-lean" if lean else "aigw"
+    root = log_dir / f"{name}-gateway"
     root.mkdir(exist_ok=True)
-    (root / "gateway.yaml").write_text(aigw_config(upstream_port))
-    # The policies aigw ships with (an invoke permit, a route permit and the three
-    # routing policies that read live latency, error rate, SLA and budget).
-    shutil.copytree(REPO / "policies", root / "policies", dirs_exist_ok=True)
+    (root / "gateway.yaml").write_text(aigw_config(upstream_port, lean))
+    if not lean:  # the policies aigw ships with: an invoke permit, a route permit and
+        # the three routing policies that read live latency, error rate, SLA and budget
+        shutil.copytree(REPO / "policies", root / "policies", dirs_exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "aigw", "serve", str(root), "--port", str(port)]
-    return start("aigw", pinned(SERVER_CORE, command),
+    return start(name, pinned(SERVER_CORE, command),
                  url=f"http://127.0.0.1:{port}/v1/chat/completions", model="bench",
                  health=f"http://127.0.0.1:{port}/health", log_dir=log_dir)
 

@@ -97,8 +97,9 @@ def main() -> int:
     parser.add_argument("--stream-every", type=int, default=0, help="every n-th request streams")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
-    parser.add_argument("--target", choices=("aigw", "floor"), default="aigw",
-                        help="floor: the Starlette-on-hypercorn + aiohttp pass-through, "
+    parser.add_argument("--target", choices=("aigw", "aigw-lean", "floor"), default="aigw",
+                        help="aigw: every stage on; aigw-lean: configured as LiteLLM is; "
+                             "floor: the Starlette-on-hypercorn + aiohttp pass-through, "
                              "to compare the same stack without the gateway")
     args = parser.parse_args()
     spy = shutil.which("py-spy")
@@ -112,8 +113,8 @@ def main() -> int:
         upstream = targets.start_upstream(work, 1.0, 8, 1.0)
         port = int(upstream.url.split(":")[2].split("/")[0])
         try:
-            gateway = (targets.start_aigw(work, port) if args.target == "aigw"
-                       else targets.start_floor(work, port, "aiohttp"))
+            gateway = (targets.start_floor(work, port, "aiohttp") if args.target == "floor"
+                       else targets.start_aigw(work, port, lean=args.target == "aigw-lean"))
             try:
                 measure.closed_loop(gateway, 3)  # warm the pools first
                 load = threading.Thread(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import time
 
 import httpx
 import pytest
+
+from aigw.runtime.telemetry.record import ACCESS_LOG
 
 CHAT = "/v1/chat/completions"
 
@@ -72,3 +76,29 @@ async def test_one_json_log_line_per_request_without_secrets(
     assert refused["status"] == 401 and refused["key"] is None
     everything = caplog.text
     assert "sk-aigw-dev" not in everything and "sk-not-a-real-key-42" not in everything
+
+
+async def test_served_access_lines_go_straight_to_their_stream_as_json(
+    client: httpx.AsyncClient,
+) -> None:
+    """As ``aigw serve`` writes them: one JSON object a line, no logging prefix, and the
+    logger's level still decides whether they are written."""
+    stream = io.StringIO()
+    ACCESS_LOG.to_stream(stream)
+    access = logging.getLogger("aigw.access")
+    try:
+        access.setLevel(logging.INFO)
+        await client.post(CHAT, json={"model": "fast",
+                                      "messages": [{"role": "user", "content": "hi"}]})
+        access.setLevel(logging.WARNING)
+        await client.post(CHAT, json={"model": "fast",
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        ACCESS_LOG.to_stream(None)
+        access.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    assert line["route"] == "fast" and line["status"] == 200 and line["key"] == "dev"
+    assert abs(line["ts"] - time.time()) < 60
+    assert "sk-aigw-dev" not in stream.getvalue()

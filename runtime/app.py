@@ -18,7 +18,14 @@ from . import usage_api
 from .auth import authenticate, require_admin
 from .chat import chat_completions, new_record
 from .embeddings import embeddings
-from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+)
 from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
@@ -147,10 +154,18 @@ class _Endpoints:
 
     async def metrics(self, request: Request) -> Response:
         live = _live(request)
+        metrics = live.telemetry.metrics
         for name, stats in live.routing.stats.items():
             state = stats.breaker.state(live.routing.clock()).value
-            live.telemetry.metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
-        body, content_type = live.telemetry.metrics.exposition()
+            metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
+        # Budget use is read at scrape time, not per request: the store has the figures.
+        try:
+            for status in await usage_api.declared_budgets(live):
+                metrics.budget_used.labels(status.scope.value, status.name).set(
+                    status.spent / status.amount if status.amount else float(status.spent > 0))
+        except StoreUnavailable:
+            log.warning("budget use left out of /metrics: the store is unavailable")
+        body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
     async def embeddings(self, request: Request) -> Response:

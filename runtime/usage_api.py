@@ -16,7 +16,7 @@ from .admission import subject_limits
 from .auth import authenticate, require_admin
 from .errors import BadRequest
 from .live import Live
-from .store import Dimension, Limits, Scope, UsageQuery
+from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
 
 _DIMENSIONS = ", ".join(dimension.value for dimension in Dimension)
 
@@ -82,17 +82,24 @@ async def admin_spend(live: Live, request: Request) -> Response:
     return await _summary(live, _query(request, (Dimension.TEAM, Dimension.KEY)))
 
 
-async def admin_budgets(live: Live, request: Request) -> Response:
-    """Every budget the graph declares for teams and keys, for its current period."""
-    require_admin(live.graph, request.headers)
-    graph = live.graph
+async def declared_budgets(live: Live) -> tuple[BudgetStatus, ...]:
+    """Every budget the graph declares for teams and keys, for its current period (not
+    end users': their names are whatever clients send)."""
     limits: dict[tuple[Scope, str], Limits] = {}
-    for key in graph.keys_by_sha256.values():
+    for key in live.graph.keys_by_sha256.values():
         for item in subject_limits(key, None):
             if item.budget is not None:
                 limits[(item.scope, item.name)] = item
+    if not limits:
+        return ()
     store = await live.store.get()
-    statuses = await store.budgets(tuple(limits.values()))
+    return await store.budgets(tuple(limits.values()))
+
+
+async def admin_budgets(live: Live, request: Request) -> Response:
+    """Every budget the graph declares for teams and keys, for its current period."""
+    require_admin(live.graph, request.headers)
+    statuses = await declared_budgets(live)
     return JSONResponse({"object": "list", "data": [
         {
             "scope": status.scope.value,

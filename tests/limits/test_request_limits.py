@@ -127,3 +127,15 @@ async def test_bad_query_parameters_are_400(limited: ClientFactory) -> None:
     assert response.status_code == 400 and response.json()["error"]["param"] == "group_by"
     response = await dev.get("/v1/costs/summary?since=yesterday")
     assert response.status_code == 400
+
+
+async def test_metrics_show_each_declared_budgets_use(limited: ClientFactory) -> None:
+    """aigw_budget_used_ratio, what the BudgetExhausted alert reads: teams and keys the
+    graph gives a budget, never end users (their names are client input)."""
+    client = await limited()
+    alice = client("alice")
+    answered = await alice.post(CHAT, json=_ask("paid", max_tokens=5, user="u1"))
+    assert answered.status_code == 200  # 9 + 3 tokens at 1 a token: 12 of eng's 100
+    text = (await client("dev").get("/metrics")).text
+    used = [line for line in text.splitlines() if line.startswith("aigw_budget_used_ratio{")]
+    assert used == ['aigw_budget_used_ratio{name="eng",scope="team"} 0.12']

@@ -53,6 +53,9 @@ class Plan:
     deadline: float  # on the routing state's clock
     gate: RequestGate | None = None  # Cedar: who asks, in what context (None: unchecked)
 
+    def with_gate(self, gate: RequestGate) -> Plan:
+        return Plan(self.route, self.request, self.prompt_tokens, self.deadline, gate)
+
 
 def resolve_route(graph: Graph, model: str) -> Route:
     route = graph.routes.get(model)

@@ -25,6 +25,7 @@ from .store import Limits, Store
 if TYPE_CHECKING:
     from .chat import Plan
 
+
 log = logging.getLogger("aigw.policy")
 
 SLA_HEADER = "x-aigw-latency-sla-ms"
@@ -54,7 +55,7 @@ async def authorize(
     )
     gate = await _gate(live, key, user, facts, store, limits)
     gate.check_invoke(plan.route.name)
-    return dataclasses.replace(plan, gate=gate)
+    return plan.with_gate(gate)
 
 
 async def authorize_route(

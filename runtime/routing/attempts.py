@@ -12,7 +12,6 @@ the other is cancelled (and never billed).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -167,7 +166,9 @@ class AttemptLoop(Generic[T]):
                     won = await self._hedged(candidate, hedge_with)
                 else:
                     won = await self._with_retries(group, candidate, len(ordered) == 1)
-                return dataclasses.replace(won, group=group.name), "", None
+                # Built, not dataclasses.replace()d: this runs once a request.
+                served = Won(won.candidate, won.value, won.attempts, won.started, group.name)
+                return served, "", None
             except UpstreamError as exc:
                 last_error = exc
                 failure_class = _failure_class(exc)

@@ -147,30 +147,46 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
     """What ``reserve`` has to check for these scopes."""
     if tokens < 0 or cost < 0:
         raise ValueError("tokens and cost of a reservation cannot be negative")
-    seen: set[tuple[Scope, str]] = set()
+    scopes = tuple(limits)
     buckets: list[BucketCheck] = []
-    budgets: list[BudgetCheck] = []
+    for fixed, scope, name, cap in _shape(scopes)[0]:
+        buckets.append(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens))
+    budgets = tuple(
+        BudgetCheck(scope, name, period, *_calendar_key_end(period, now, amount))
+        for scope, name, period, amount in _shape(scopes)[1]
+    )
+    return Plan(scopes, tokens, to_nanos(cost), tuple(buckets), budgets)
+
+
+_BucketSlot = tuple[BucketCheck | None, Scope, str, int]  # a fixed check, or a tpm to fill in
+_BudgetSlot = tuple[Scope, str, Period, int]
+
+
+@functools.lru_cache(maxsize=4096)  # scopes repeat request after request (frozen graph data)
+def _shape(limits: tuple[Limits, ...]) -> tuple[tuple[_BucketSlot, ...], tuple[_BudgetSlot, ...]]:
+    """The checks of ``limits`` that do not depend on the request, in the caller's order:
+    each rpm check as it is, each tpm check's bucket, each budget's counter and amount."""
+    seen: set[tuple[Scope, str]] = set()
+    buckets: list[_BucketSlot] = []
+    budgets: list[_BudgetSlot] = []
     for item in limits:
         if (item.scope, item.name) in seen:
             raise ValueError(f"{item.subject} is listed twice")
         seen.add((item.scope, item.name))
         if item.rpm is not None:
-            buckets.append(BucketCheck(item.scope, item.name, Exceeded.REQUESTS, item.rpm, 1))
+            fixed = BucketCheck(item.scope, item.name, Exceeded.REQUESTS, item.rpm, 1)
+            buckets.append((fixed, item.scope, item.name, item.rpm))
         if item.tpm is not None:
-            buckets.append(BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, tokens))
+            buckets.append((None, item.scope, item.name, item.tpm))
         if item.budget is not None:
-            period = item.budget.period
-            budgets.append(
-                BudgetCheck(
-                    item.scope,
-                    item.name,
-                    period,
-                    period_key(period, now),
-                    to_nanos(item.budget.amount),
-                    period_end(period, now),
-                )
-            )
-    return Plan(tuple(limits), tokens, to_nanos(cost), tuple(buckets), tuple(budgets))
+            budgets.append((item.scope, item.name, item.budget.period,
+                            to_nanos(item.budget.amount)))
+    return tuple(buckets), tuple(budgets)
+
+
+def _calendar_key_end(period: Period, now: float, amount: int) -> tuple[str, int, float | None]:
+    key, end = _calendar(period, now)
+    return key, amount, end
 
 
 def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:

@@ -148,22 +148,39 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
     if tokens < 0 or cost < 0:
         raise ValueError("tokens and cost of a reservation cannot be negative")
     scopes = tuple(limits)
-    buckets: list[BucketCheck] = []
-    for fixed, scope, name, cap in _shape(scopes)[0]:
-        buckets.append(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens))
+    bucket_slots, budget_slots = _shape(scopes)
+    buckets = tuple(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
+                    for fixed, scope, name, cap in bucket_slots)
     budgets = tuple(
         BudgetCheck(scope, name, period, *_calendar_key_end(period, now, amount))
-        for scope, name, period, amount in _shape(scopes)[1]
+        for scope, name, period, amount in budget_slots
     )
-    return Plan(scopes, tokens, to_nanos(cost), tuple(buckets), budgets)
+    return Plan(scopes, tokens, to_nanos(cost), buckets, budgets)
 
 
 _BucketSlot = tuple[BucketCheck | None, Scope, str, int]  # a fixed check, or a tpm to fill in
 _BudgetSlot = tuple[Scope, str, Period, int]
+_Shape = tuple[tuple[_BucketSlot, ...], tuple[_BudgetSlot, ...]]
+# By the identities of the Limits objects (the request path reuses them, see
+# admission._limits): hashing them field by field cost more than the work saved. Each
+# entry keeps its Limits alive, so an id cannot be reused while its entry exists.
+_shapes: dict[tuple[int, ...], tuple[tuple[Limits, ...], _Shape]] = {}
+_MAX_SHAPES = 4096
 
 
-@functools.lru_cache(maxsize=4096)  # scopes repeat request after request (frozen graph data)
-def _shape(limits: tuple[Limits, ...]) -> tuple[tuple[_BucketSlot, ...], tuple[_BudgetSlot, ...]]:
+def _shape(limits: tuple[Limits, ...]) -> _Shape:
+    ids = tuple(map(id, limits))
+    found = _shapes.get(ids)
+    if found is not None:
+        return found[1]
+    shape = _compute_shape(limits)
+    if len(_shapes) >= _MAX_SHAPES:
+        _shapes.clear()  # rare: only with many distinct end users; rebuilt as they come
+    _shapes[ids] = (limits, shape)
+    return shape
+
+
+def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
     """The checks of ``limits`` that do not depend on the request, in the caller's order:
     each rpm check as it is, each tpm check's bucket, each budget's counter and amount."""
     seen: set[tuple[Scope, str]] = set()

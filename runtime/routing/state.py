@@ -35,7 +35,10 @@ class DeploymentStats:
         self.requests = 0
         self.failures = 0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
-        self._usage: deque[tuple[float, int]] = deque()  # (time, tokens) for TPM headroom
+        # Tokens per second of the clock, for TPM headroom: [second, tokens], oldest
+        # first, at most a window's worth (one entry a request leaked ~100 bytes each).
+        self._usage: deque[list[int]] = deque()
+        self._usage_total = 0
 
     def p95_ms(self) -> float | None:
         if len(self._latencies) < 5:
@@ -51,13 +54,22 @@ class DeploymentStats:
         self.ttft_ms = _ewma(self.ttft_ms, ttft_ms)
 
     def add_usage(self, now: float, tokens: int) -> None:
-        self._usage.append((now, tokens))
+        second = int(now)
+        if self._usage and self._usage[-1][0] == second:
+            self._usage[-1][1] += tokens
+        else:
+            self._usage.append([second, tokens])
+        self._usage_total += tokens
+        self._forget_before(now)
 
     def tokens_last_minute(self, now: float) -> int:
+        self._forget_before(now)
+        return self._usage_total
+
+    def _forget_before(self, now: float) -> None:
         horizon = now - _USAGE_WINDOW_S
-        while self._usage and self._usage[0][0] < horizon:
-            self._usage.popleft()
-        return sum(tokens for _, tokens in self._usage)
+        while self._usage and self._usage[0][0] + 1 <= horizon:  # the whole second is older
+            self._usage_total -= self._usage.popleft()[1]
 
     def error_rate(self) -> float:
         return self.failures / self.requests if self.requests else 0.0

@@ -102,6 +102,23 @@ def test_usage_prefers_most_tpm_headroom(tmp_path: Path) -> None:
     assert [d.name for d in order(group, group.members, state, DEMAND)] == ["a", "b", "c"]
 
 
+def test_usage_window_counts_the_last_minute_and_stays_bounded(tmp_path: Path) -> None:
+    """Every request adds its tokens; the window must forget, whichever strategy runs
+    (it once kept one entry per request forever unless the usage strategy read it)."""
+    graph = _graph(tmp_path, "priority")
+    now = [1000.0]
+    state = RoutingState(clock=lambda: now[0])
+    state.sync(graph)
+    stats = state.stats["c"]
+    for _ in range(20_000):  # 200 requests a second for 100 seconds, 10 tokens each
+        stats.add_usage(now[0], 10)
+        now[0] += 0.005
+    assert len(stats._usage) <= 62  # a second's bucket each, about a minute of them
+    assert 119_000 <= stats.tokens_last_minute(now[0]) <= 121_000  # 60 s x 200 x 10
+    now[0] += 61.0
+    assert stats.tokens_last_minute(now[0]) == 0
+
+
 def test_breaker_state_machine() -> None:
     now = [100.0]
     breaker = CircuitBreaker(BreakerPolicy(3, 0.5, 4, 10.0, 5.0))

@@ -32,6 +32,7 @@ log = logging.getLogger("aigw.store")
 T = TypeVar("T")
 Counter = tuple[str, str, str]
 BATCH = 512
+CHECKPOINT_EVERY_S = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -81,7 +82,15 @@ class _Job:
 
 
 class SQLiteFile:
-    """The writer thread and its queue; ``await call(job)`` or ``post(job)``."""
+    """The writer thread and its queue; ``await call(job)`` or ``post(job)``.
+
+    The writer never checkpoints: SQLite's automatic checkpoint runs inside the commit
+    that crosses 1,000 WAL pages, copying them into the database and syncing it, and
+    every request waiting on its ledger record waited behind it (tens to hundreds of
+    milliseconds under load: bench/BENCH.md, "Ledger checkpoints"). A second thread
+    with its own connection checkpoints instead, passively (it never blocks the
+    writer), every ``CHECKPOINT_EVERY_S``. Commits are as durable as before.
+    """
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
@@ -89,6 +98,10 @@ class SQLiteFile:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"aigw-sqlite:{path.name}")
         self._thread.daemon = True
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint, name=f"aigw-sqlite-checkpoint:{path.name}", daemon=True
+        )
+        self._stopping = threading.Event()
         self._closed = False
 
     @classmethod
@@ -101,7 +114,13 @@ class SQLiteFile:
         except StoreUnavailable:
             await file.aclose()
             raise
+        if file._on_disk:
+            file._checkpointer.start()
         return file
+
+    @property
+    def _on_disk(self) -> bool:
+        return str(self.path) != ":memory:"
 
     async def call(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run(connection)`` on the writer; return once its transaction committed."""
@@ -122,19 +141,40 @@ class SQLiteFile:
         self._queue.put(_Job(run))
 
     async def aclose(self) -> None:
-        """Finish every queued job, then stop the writer."""
+        """Finish every queued job, then stop the writer (its close checkpoints the rest)."""
         if not self._closed:
             self._closed = True
+            self._stopping.set()
+            if self._checkpointer.is_alive():
+                await asyncio.to_thread(self._checkpointer.join)
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
 
+    def _checkpoint(self) -> None:
+        """Copy committed WAL pages into the database, off the writer's path."""
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.error("embedded store: no checkpoint connection (%s); the WAL will grow", exc)
+            return
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # e.g. busy: the next round catches up
+                    log.debug("embedded store: checkpoint skipped: %s", exc)
+        finally:
+            connection.close()
+
     def _serve(self) -> None:
         try:
-            if str(self.path) != ":memory:":
+            if self._on_disk:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
+            if self._on_disk:  # the checkpointer thread does it (see the class)
+                connection.execute("PRAGMA wal_autocheckpoint=0")
         except (sqlite3.Error, OSError) as exc:
             self._fail_all(exc)
             return

@@ -163,7 +163,14 @@ teams:
 {key_limits}"""
 
 
-def start_aigw(log_dir: Path, upstream_port: int, lean: bool = False) -> Server:
+def start_aigw(
+    log_dir: Path,
+    upstream_port: int,
+    lean: bool = False,
+    launcher: Sequence[str] = (sys.executable, "-m", "aigw"),
+    env: dict[str, str] | None = None,
+) -> Server:
+    """``launcher serve DIR --port N``: ``python -m aigw`` unless a benchmark wraps it."""
     name = "aigw-lean" if lean else "aigw"
     root = log_dir / f"{name}-gateway"
     root.mkdir(exist_ok=True)
@@ -172,10 +179,10 @@ def start_aigw(log_dir: Path, upstream_port: int, lean: bool = False) -> Server:
         # the three routing policies that read live latency, error rate, SLA and budget
         shutil.copytree(REPO / "policies", root / "policies", dirs_exist_ok=True)
     port = free_port()
-    command = [sys.executable, "-m", "aigw", "serve", str(root), "--port", str(port)]
+    command = [*launcher, "serve", str(root), "--port", str(port)]
     return start(name, pinned(SERVER_CORE, command),
                  url=f"http://127.0.0.1:{port}/v1/chat/completions", model="bench",
-                 health=f"http://127.0.0.1:{port}/health", log_dir=log_dir)
+                 health=f"http://127.0.0.1:{port}/health", log_dir=log_dir, env=env)
 
 
 def litellm_config(upstream_port: int) -> str:

@@ -1,6 +1,6 @@
 """Keeping Python's cyclic garbage collector off the request path.
 
-Measured under load (bench/BENCH.md, "Garbage collection"): with CPython's default
+Measured under load (bench/BENCH.md, "Garbage collection under load"): with CPython's default
 thresholds a serving process ran a full (generation 2) collection every second or so,
 each one walking the ~90,000 objects of the compiled graph, Cedar, pydantic and the
 libraries, and pausing every in-flight request for 30 to 60 ms: that was the p95 and

@@ -151,11 +151,11 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
     bucket_slots, budget_slots = _shape(scopes)
     buckets = tuple(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
                     for fixed, scope, name, cap in bucket_slots)
-    budgets = tuple(
-        BudgetCheck(scope, name, period, *_calendar_key_end(period, now, amount))
-        for scope, name, period, amount in budget_slots
-    )
-    return Plan(scopes, tokens, to_nanos(cost), buckets, budgets)
+    budgets: list[BudgetCheck] = []
+    for scope, name, period, amount in budget_slots:
+        key, resets_at = _calendar(period, now)
+        budgets.append(BudgetCheck(scope, name, period, key, amount, resets_at))
+    return Plan(scopes, tokens, to_nanos(cost), buckets, tuple(budgets))
 
 
 _BucketSlot = tuple[BucketCheck | None, Scope, str, int]  # a fixed check, or a tpm to fill in
@@ -199,11 +199,6 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
             budgets.append((item.scope, item.name, item.budget.period,
                             to_nanos(item.budget.amount)))
     return tuple(buckets), tuple(budgets)
-
-
-def _calendar_key_end(period: Period, now: float, amount: int) -> tuple[str, int, float | None]:
-    key, end = _calendar(period, now)
-    return key, amount, end
 
 
 def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:

@@ -87,7 +87,7 @@ class SQLiteFile:
     The writer never checkpoints: SQLite's automatic checkpoint runs inside the commit
     that crosses 1,000 WAL pages, copying them into the database and syncing it, and
     every request waiting on its ledger record waited behind it (tens to hundreds of
-    milliseconds under load: bench/BENCH.md, "Ledger checkpoints"). A second thread
+    milliseconds under load: bench/BENCH.md, "What the profiles found"). A second thread
     with its own connection checkpoints instead, passively (it never blocks the
     writer), every ``CHECKPOINT_EVERY_S``. Commits are as durable as before.
     """

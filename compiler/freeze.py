@@ -27,6 +27,7 @@ from .graph import (
     Quota,
     RetryPolicy,
     Route,
+    RouteCache,
     Settings,
     TargetKind,
     Team,
@@ -129,6 +130,8 @@ def freeze(
             max_attempts=route_spec.max_attempts,
             hedge_after_ms=hedge if isinstance(hedge, float | int) else None,
             hedge_at_p95=hedge == "p95",
+            cache=RouteCache(route_spec.cache.ttl_s, route_spec.cache.scope)
+            if route_spec.cache is not None else None,
         )
     teams = {
         name: Team(
@@ -169,6 +172,7 @@ def freeze(
             user_header=settings.user_header,
             ledger_sync=settings.ledger_sync,
             execution_lease_s=settings.execution_lease_s,
+            cache_max_entries=settings.cache_max_entries,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

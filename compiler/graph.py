@@ -37,6 +37,7 @@ class Settings:
     user_header: str
     ledger_sync: Literal["full", "normal"]
     execution_lease_s: float = 30.0
+    cache_max_entries: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,14 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's response cache: answers live ``ttl_s``, shared within ``scope``."""
+
+    ttl_s: float
+    scope: Literal["team", "key", "shared"]
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A public model name. ``candidates`` lists, in order, every deployment that may serve it:
     the target's members, then those of its fallback groups, each once."""
@@ -160,6 +169,7 @@ class Route:
     max_attempts: int
     hedge_after_ms: float | None
     hedge_at_p95: bool
+    cache: RouteCache | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,11 @@ class SettingsSpec(Spec):
     circuit_breaker: CircuitBreakerSpec = Field(
         CircuitBreakerSpec(), description="Default circuit breaker of every deployment."
     )
+    cache_max_entries: PositiveInt = Field(
+        10_000,
+        description="Embedded store: answers the response cache keeps, least recently used "
+        "dropped first (Redis keeps them by TTL and its own maxmemory policy).",
+    )
 
 
 class LatencySpec(Spec):
@@ -210,6 +215,19 @@ class GroupSpec(Spec):
         return references
 
 
+class CacheSpec(Spec):
+    """Answer a request the route has already answered from the cache, upstream untouched."""
+
+    ttl_s: Annotated[float, Field(gt=0, le=30 * 86400)] = Field(
+        3600.0, description="How long a cached answer is served."
+    )
+    scope: Literal["team", "key", "shared"] = Field(
+        "team",
+        description="Who shares cached answers: the caller's team (a key without a team: "
+        "that key), each key alone, or every caller of the route.",
+    )
+
+
 class RouteSpec(Spec):
     """A public model name apps send; exactly one target."""
 
@@ -226,6 +244,9 @@ class RouteSpec(Spec):
     hedge_after_ms: Annotated[float, Field(gt=0)] | Literal["p95"] | None = Field(
         None, description="Start a second attempt after this delay (or the first's p95)."
     )
+    cache: CacheSpec | None = Field(
+        None, description="Exact-match response cache (group and deployment routes)."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteSpec:
@@ -241,6 +262,10 @@ class RouteSpec(Spec):
                 "route_target",
                 "needs exactly one of group, deployment or pipeline; it has {found}",
                 {"found": " and ".join(targets) or "none"},
+            )
+        if self.cache is not None and self.pipeline is not None:
+            raise PydanticCustomError(
+                "route_cache", "cannot cache a pipeline: its steps run on every request", {}
             )
         return self
 

@@ -223,6 +223,11 @@ def _report(
             codes.SCHEMA_ROUTE_TARGET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
             "point the route at one group, one deployment or one pipeline",
         )
+    elif kind == "route_cache":
+        sink.add(
+            codes.SCHEMA_VALUE, f"{_subject(loc)} {error['msg']}", source_map.key((*loc, "cache")),
+            "cache the group or deployment routes the pipeline's steps call instead",
+        )
     elif kind == "key_secret":
         sink.add(
             codes.SCHEMA_KEY_SECRET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),

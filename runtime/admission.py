@@ -20,6 +20,7 @@ from pathlib import Path
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
 from .errors import Forbidden, UpstreamRateLimited
+from .response_cache import open_cache
 from .store import (
     Budget,
     Denied,
@@ -38,10 +39,15 @@ log = logging.getLogger("aigw.limits")
 
 
 class StoreHandle:
-    """The store named by ``settings.store``, opened on first use (it is async to open)."""
+    """The store named by ``settings.store``, opened on first use (it is async to open),
+    and the response cache that lives next to it."""
 
-    def __init__(self, url: str, root: Path, failure: str, ttl: float, sync: str) -> None:
+    def __init__(
+        self, url: str, root: Path, failure: str, ttl: float, sync: str,
+        cache_entries: int = 10_000,
+    ) -> None:
         self.url = url
+        self.cache = open_cache(url, cache_entries)
         self._root = root
         self._failure = failure
         self._ttl = ttl
@@ -61,6 +67,7 @@ class StoreHandle:
         return self._store
 
     async def aclose(self) -> None:
+        await self.cache.aclose()
         if self._store is not None:
             await self._store.aclose()
             self._store = None

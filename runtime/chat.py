@@ -274,7 +274,8 @@ async def chat_completions(
         served, result = await exchange.complete()
         return JSONBody(
             completion_body(served.request_id, served.created, result),
-            headers={**served.headers(), **exchange.rate_headers(), **_overhead(record)},
+            headers={**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
+                     **_overhead(record)},
         )
     served, deltas = await exchange.stream()
     encoder = ChunkEncoder(
@@ -283,8 +284,8 @@ async def chat_completions(
     return StreamingResponse(
         _events(encoder, deltas, live, record),
         media_type="text/event-stream",
-        headers={**served.headers(), **exchange.rate_headers(), **_overhead(record),
-                 "cache-control": "no-cache"},
+        headers={**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
+                 **_overhead(record), "cache-control": "no-cache"},
     )
 
 

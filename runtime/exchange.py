@@ -2,7 +2,8 @@
 
     open      authenticate's key + the parsed request -> route allowed? -> plan ->
               admit (rate limits and budgets reserved, all scopes at once)
-    complete  / stream: the attempt loop (runtime/chat.py)
+    complete  / stream: the route's response cache (runtime/response_cache.py), then,
+              on a miss, the attempt loop (runtime/chat.py)
     close     settle the real tokens and cost, write the ledger record (durable before
               the response completes), finish the telemetry record
     fail      release the hold, write the ledger record, finish the telemetry record
@@ -14,6 +15,7 @@ the ledger and metrics behave the same whichever SDK the app uses.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -34,7 +36,16 @@ from .chat_request import ChatRequest
 from .errors import BudgetExceeded, GatewayError, StoreUnavailable
 from .live import Live
 from .policy_request import authorize
-from .providers.base import ChatDelta, ChatResult
+from .providers.base import ChatDelta, ChatResult, Usage
+from .response_cache import (
+    StreamedAnswer,
+    cache_key,
+    decode_answer,
+    encode_answer,
+    lookup_kind,
+    may_store,
+    replay,
+)
 from .telemetry.record import RequestRecord
 
 log = logging.getLogger("aigw.limits")
@@ -60,6 +71,7 @@ class Exchange:
         self.user: str | None = None
         self.admission: Admission | None = None
         self.plan: Plan | None = None
+        self._cache_key: str | None = None  # set when the route caches answers
         self._closed = False
 
     async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
@@ -76,21 +88,85 @@ class Exchange:
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         self.admission = await admit(store, record, limits, tokens, cost)
         self.plan = plan
+        record.cache = lookup_kind(self.headers, plan.route)
+        if record.cache is not None:
+            self._cache_key = cache_key(plan.route, request, key)
         return plan
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}
 
+    def cache_headers(self) -> dict[str, str]:
+        """``x-aigw-cache: hit | miss | bypass`` on a route that caches answers."""
+        return {"x-aigw-cache": self.record.cache} if self.record.cache is not None else {}
+
     async def complete(self) -> tuple[Served, ChatResult]:
         assert self.plan is not None
-        served, result = await complete(self.live, self.plan, self.record)
+        cached = await self._cached()
+        if cached is not None:
+            served, result = cached
+        else:
+            served, result = await complete(self.live, self.plan, self.record)
+            await self._remember(served.deployment, result)
         await self.close()
         return served, result
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
         assert self.plan is not None
-        served, deltas = await stream(self.live, self.plan, self.record)
+        cached = await self._cached()
+        if cached is not None:
+            served, deltas = cached[0], replay(cached[1])
+        else:
+            served, deltas = await stream(self.live, self.plan, self.record)
+            if self._cache_key is not None and may_store(self.headers):
+                deltas = self._remembered(deltas, served.deployment)
         return served, self._settled(deltas, served.deployment)
+
+    async def _cached(self) -> tuple[Served, ChatResult] | None:
+        """The route's cached answer to this request, billed as nothing; None on a miss."""
+        if self._cache_key is None or self.record.cache != "miss":
+            return None
+        assert self.plan is not None
+        live, record = self.live, self.record
+        value = await live.store.cache.get(self._cache_key)
+        answer = decode_answer(value, live.graph) if value is not None else None
+        if answer is None:
+            return None
+        deployment = live.graph.deployments[answer.deployment]
+        record.cache = "hit"
+        record.deployment, record.provider = deployment.name, deployment.provider.name
+        record.provider_type = deployment.provider.type
+        record.response_model = answer.result.model
+        record.finish_reasons = tuple(choice.finish_reason for choice in answer.result.choices)
+        # No upstream was called: nothing is billed, and no tokens count against tpm.
+        record.prompt_tokens = record.completion_tokens = 0
+        record.cost = 0.0
+        served = Served(record.request_id, int(time.time()), self.plan.route, deployment, 0)
+        return served, answer.result
+
+    async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
+        if self._cache_key is None or not may_store(self.headers):
+            return
+        assert self.plan is not None and self.plan.route.cache is not None
+        await self.live.store.cache.put(
+            self._cache_key, encode_answer(deployment.name, result), self.plan.route.cache.ttl_s
+        )
+
+    async def _remembered(
+        self, deltas: AsyncIterator[ChatDelta], deployment: Deployment
+    ) -> AsyncIterator[ChatDelta]:
+        """The stream, cached once it has ended normally (not cut, not failed)."""
+        answer = StreamedAnswer(self.record.response_model or deployment.model)
+        text: list[str] = []
+        async for delta in deltas:
+            answer.add(delta)
+            text.append(delta.content or "")
+            yield delta
+        record = self.record
+        completion = record.completion_tokens or self.live.counter.count("".join(text))
+        result = answer.result(Usage(record.prompt_tokens, completion))
+        if result is not None:
+            await self._remember(deployment, result)
 
     async def _settled(
         self, deltas: AsyncIterator[ChatDelta], deployment: Deployment

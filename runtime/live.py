@@ -126,7 +126,7 @@ class Gateway:
         settings = result.graph.settings
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
-            settings.ledger_sync,
+            settings.ledger_sync, settings.cache_max_entries,
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None

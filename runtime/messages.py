@@ -138,14 +138,15 @@ async def _message(exchange: Exchange, raw: bytes) -> Response:
     if not request.stream:
         served, result = await exchange.complete()
         return JSONResponse(message_body(served, result),
-                            headers={**_headers(served, record), **exchange.rate_headers()})
+                            headers={**_headers(served, record), **exchange.rate_headers(),
+                                     **exchange.cache_headers()})
     served, deltas = await exchange.stream()
     encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
     return StreamingResponse(
         _events(encoder, deltas, live, record),
         media_type="text/event-stream",
         headers={**_headers(served, record), **exchange.rate_headers(),
-                 "cache-control": "no-cache"},
+                 **exchange.cache_headers(), "cache-control": "no-cache"},
     )
 
 

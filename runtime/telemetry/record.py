@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from ..jsonio import dumps
 from .metrics import CIRCUIT_VALUES, Metrics
@@ -86,6 +86,7 @@ class RequestRecord:
     response_model: str | None = None  # as the upstream answered
     finish_reasons: tuple[str, ...] = ()
     policy_ids: tuple[str, ...] = ()  # the Cedar policies that permitted the deployment
+    cache: Literal["hit", "miss", "bypass"] | None = None  # None: the route caches nothing
     span: Span = NO_SPAN
     trace_context: Any = None
     finished: bool = False
@@ -180,6 +181,8 @@ class Telemetry:
             served.tokens_in.inc(record.prompt_tokens)
             served.tokens_out.inc(record.completion_tokens)
             served.cost.inc(record.cost)
+        if record.cache == "hit" or record.cache == "miss":  # a bypass looked nothing up
+            metrics.cache.labels(route, record.cache).inc()
         if record.fallback:
             metrics.fallbacks.labels(route).inc()
         if record.attempts > 1:
@@ -210,6 +213,7 @@ class Telemetry:
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,
             "cost": record.cost,
+            "cache": record.cache,
             "graph": record.graph,
         }).decode())
 
@@ -234,6 +238,8 @@ class Telemetry:
         span.set("aigw.fallback_hop", 1 if record.fallback else 0)
         span.set("aigw.attempts", record.attempts)
         span.set("aigw.cost", record.cost)
+        if record.cache is not None:
+            span.set("aigw.cache", record.cache)
         span.set("http.response.status_code", record.status)
         if record.error is not None:
             span.error(record.error)

@@ -1,0 +1,244 @@
+"""The exact-match response cache: a route's answer to the same request, served again.
+
+A route with ``cache: {ttl_s: ..., scope: team}`` answers a request it has already
+answered, within the TTL and the scope, without calling any upstream. Whether two
+requests are "the same" is decided by everything that shapes the answer: the route,
+the deployments (and their models) that may serve it, and the request body with the
+fields that only shape its delivery left out (``stream``, ``stream_options``,
+``user``). Both non-streaming and streaming requests read and fill it; a stream is
+cached only once it ended normally.
+
+A client opts out per request with ``Cache-Control``: ``no-cache`` skips the lookup
+(the fresh answer still refreshes the entry), ``no-store`` skips the cache entirely.
+
+Entries live where the store lives: in-process (least recently used dropped first)
+for the embedded store, in Redis (``SET ... PX``) when replicas share one. A cache
+that fails is a miss, never a failed request.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.datastructures import Headers
+
+from aigw.compiler.graph import ApiKey, Graph, Route
+
+from .chat_request import ChatRequest
+from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, ToolCallDelta, Usage
+
+log = logging.getLogger("aigw.cache")
+
+Lookup = Literal["hit", "miss", "bypass"]
+# Fields that shape how an answer is delivered, not what it says.
+_DELIVERY_FIELDS = {"stream", "stream_options", "user"}
+_ENTRY_VERSION = 1
+
+
+class CacheBackend(Protocol):
+    """Where cached answers live: the one seam the cache needs."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalCache:
+    """In-process entries, at most ``max_entries``, the least recently used dropped first."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: collections.OrderedDict[str, tuple[float, bytes]] = (
+            collections.OrderedDict())
+        self._max_entries = max_entries
+        self._clock = clock
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+
+
+class RedisCache:
+    """Entries shared by every replica on one Redis, expired by Redis itself."""
+
+    def __init__(self, url: str, namespace: str = "aigw") -> None:
+        self._redis: Redis = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._prefix = f"{namespace}:cache:"
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError) as exc:
+            log.warning("response cache read failed (served as a miss): %s", exc)
+            return None
+        return value if isinstance(value, bytes) else None  # the client does not decode
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self._redis.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            log.warning("response cache write failed (answer not cached): %s", exc)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def open_cache(store_url: str, max_entries: int) -> CacheBackend:
+    """The backend next to the store ``settings.store`` names."""
+    if store_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisCache(store_url)
+    return LocalCache(max_entries)
+
+
+def _directives(headers: Headers) -> set[str]:
+    control = headers.get("cache-control") or ""
+    return {part.strip().lower() for part in control.split(",")}
+
+
+def lookup_kind(headers: Headers, route: Route) -> Lookup | None:
+    """Whether this request reads the cache: None when the route caches nothing."""
+    if route.cache is None:
+        return None
+    if _directives(headers) & {"no-store", "no-cache"}:
+        return "bypass"
+    return "miss"  # until the lookup finds it
+
+
+def may_store(headers: Headers) -> bool:
+    """``Cache-Control: no-store`` keeps a client's answer out of the cache."""
+    return "no-store" not in _directives(headers)
+
+
+def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
+    """A digest of everything that decides the answer, within the route's scope."""
+    assert route.cache is not None
+    scope = route.cache.scope
+    if scope == "shared":
+        owner = ""
+    elif scope == "team" and key.team is not None:
+        owner = f"team:{key.team.name}"
+    else:
+        owner = f"key:{key.name}"
+    identity = {
+        "route": route.name,
+        "target": f"{route.kind.value}:{route.target}",
+        "serves": [[deployment.name, deployment.model] for deployment in route.candidates],
+        "owner": owner,
+        "request": request.model_dump(mode="json", exclude=_DELIVERY_FIELDS, exclude_none=True),
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """An answer as cached: the deployment that gave it, and what it said."""
+
+    deployment: str
+    result: ChatResult
+    version: int = _ENTRY_VERSION
+
+
+_ANSWER = TypeAdapter(CachedAnswer)
+
+
+def encode_answer(deployment: str, result: ChatResult) -> bytes:
+    return _ANSWER.dump_json(CachedAnswer(deployment, result))
+
+
+def decode_answer(value: bytes, graph: Graph) -> CachedAnswer | None:
+    """The cached answer, or None when it cannot be served (old format, deployment gone)."""
+    try:
+        answer = _ANSWER.validate_json(value)
+    except ValidationError:
+        return None
+    if answer.version != _ENTRY_VERSION or answer.deployment not in graph.deployments:
+        return None
+    return answer
+
+
+def replay(result: ChatResult) -> AsyncIterator[ChatDelta]:
+    """A cached answer as the deltas of a stream: each choice whole, then the usage."""
+
+    async def deltas() -> AsyncIterator[ChatDelta]:
+        for choice in result.choices:
+            calls = tuple(ToolCallDelta(index, call.id, call.name, call.arguments)
+                          for index, call in enumerate(choice.tool_calls))
+            if choice.content or calls or choice.refusal:
+                yield ChatDelta(index=choice.index, content=choice.content or None,
+                                tool_calls=calls, refusal=choice.refusal)
+            yield ChatDelta(index=choice.index, finish_reason=choice.finish_reason)
+        yield ChatDelta(usage=result.usage)
+
+    return deltas()
+
+
+@dataclass(slots=True)
+class _ChoiceParts:
+    content: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
+    finish_reason: str | None = None
+
+
+class StreamedAnswer:
+    """A stream's deltas put back together, so that a finished stream can be cached."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._choices: dict[int, _ChoiceParts] = {}
+
+    def add(self, delta: ChatDelta) -> None:
+        if delta.usage is not None and not delta.content and delta.finish_reason is None:
+            return
+        parts = self._choices.setdefault(delta.index, _ChoiceParts())
+        if delta.content:
+            parts.content.append(delta.content)
+        if delta.refusal:
+            parts.refusal.append(delta.refusal)
+        for call in delta.tool_calls:
+            pieces = parts.calls.setdefault(call.index, ["", "", ""])
+            pieces[0] = call.id or pieces[0]
+            pieces[1] = call.name or pieces[1]
+            pieces[2] += call.arguments or ""
+        if delta.finish_reason is not None:
+            parts.finish_reason = delta.finish_reason
+
+    def result(self, usage: Usage) -> ChatResult | None:
+        """The whole answer, or None if any choice did not finish."""
+        if not self._choices or any(p.finish_reason is None for p in self._choices.values()):
+            return None
+        return ChatResult(self._model, tuple(
+            Choice(index, "".join(parts.content) if parts.content else None,
+                   parts.finish_reason or "stop",
+                   tuple(ToolCall(*parts.calls[i]) for i in sorted(parts.calls)),
+                   "".join(parts.refusal) if parts.refusal else None)
+            for index, parts in sorted(self._choices.items())
+        ), usage)

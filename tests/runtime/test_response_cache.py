@@ -1,0 +1,151 @@
+"""The response cache's parts: its key, its two backends, and a stream put back together."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Graph
+from aigw.runtime.chat_request import parse_chat_request
+from aigw.runtime.providers.base import (
+    ChatDelta,
+    ChatResult,
+    Choice,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from aigw.runtime.response_cache import (
+    LocalCache,
+    RedisCache,
+    StreamedAnswer,
+    cache_key,
+    decode_answer,
+    encode_answer,
+    replay,
+)
+
+from ..e2e.server import free_port
+
+GATEWAY = """
+version: 1
+providers:
+  local: {type: echo}
+deployments:
+  small: {provider: local, model: echo-1, context_window: 8192}
+  large: {provider: local, model: echo-1-large, context_window: 8192}
+groups:
+  both: {members: [small, large]}
+routes:
+  team: {deployment: small, cache: {ttl_s: 60}}
+  shared: {group: both, cache: {scope: shared}}
+teams:
+  eng: {}
+keys:
+  a: {team: eng, sha256: A_DIGEST}
+  b: {team: eng, sha256: B_DIGEST}
+  c: {sha256: C_DIGEST}
+""".replace("A_DIGEST", "a" * 64).replace("B_DIGEST", "b" * 64).replace("C_DIGEST", "c" * 64)
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> Graph:
+    root: Path = tmp_path_factory.mktemp("gw")
+    (root / "gateway.yaml").write_text(GATEWAY)
+    compiled = compile_gateway(root)
+    assert compiled.graph is not None, compiled.diagnostics
+    return compiled.graph
+
+
+def _body(text: str, **fields: object) -> bytes:
+    return json.dumps({"model": "team", "messages": [{"role": "user", "content": text}],
+                       **fields}).encode()
+
+
+def test_the_key_follows_what_decides_the_answer(graph: Graph) -> None:
+    route, keys = graph.routes["team"], {k.name: k for k in graph.keys_by_sha256.values()}
+    base = cache_key(route, parse_chat_request(_body("hi")), keys["a"])
+    # Delivery only: the same entry.
+    assert base == cache_key(route, parse_chat_request(_body("hi", stream=True, user="u")),
+                             keys["a"])
+    assert base == cache_key(route, parse_chat_request(_body("hi", temperature=None)), keys["a"])
+    assert base == cache_key(route, parse_chat_request(_body("hi")), keys["b"])  # same team
+    # The answer could differ: another entry.
+    for other in (_body("hi!"), _body("hi", temperature=0.2), _body("hi", seed=1),
+                  _body("hi", tools=[{"type": "function", "function": {"name": "f"}}])):
+        assert cache_key(route, parse_chat_request(other), keys["a"]) != base
+    assert cache_key(route, parse_chat_request(_body("hi")), keys["c"]) != base  # no team
+    shared = graph.routes["shared"]
+    assert (cache_key(shared, parse_chat_request(_body("hi")), keys["a"])
+            == cache_key(shared, parse_chat_request(_body("hi")), keys["c"]))
+
+
+async def test_local_entries_expire_and_the_least_recently_used_goes_first() -> None:
+    now = [100.0]
+    cache = LocalCache(max_entries=2, clock=lambda: now[0])
+    await cache.put("one", b"1", ttl_s=10)
+    await cache.put("two", b"2", ttl_s=10)
+    assert await cache.get("one") == b"1"  # now "two" is the least recently used
+    await cache.put("three", b"3", ttl_s=10)
+    assert await cache.get("two") is None
+    assert await cache.get("one") == b"1" and await cache.get("three") == b"3"
+    now[0] += 10
+    assert await cache.get("one") is None
+
+
+async def test_a_redis_cache_that_cannot_be_reached_is_a_miss_not_an_error() -> None:
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        await cache.put("k", b"v", ttl_s=5)
+        assert await cache.get("k") is None
+    finally:
+        await cache.aclose()
+
+
+async def test_a_redis_cache_expires_its_entries(redis_url: str) -> None:
+    cache = RedisCache(redis_url, namespace="test-response-cache")
+    try:
+        await cache.put("k", b"v", ttl_s=0.2)
+        assert await cache.get("k") == b"v"
+        await asyncio.sleep(0.4)
+        assert await cache.get("k") is None
+    finally:
+        await cache.aclose()
+
+
+RESULT = ChatResult("echo-1", (
+    Choice(0, "Hello there", "stop"),
+    Choice(1, None, "tool_calls", (ToolCall("call_1", "lookup", '{"q": "x"}'),)),
+), Usage(7, 3))
+
+
+async def test_a_replayed_answer_reassembles_to_itself() -> None:
+    answer = StreamedAnswer("echo-1")
+    async for delta in replay(RESULT):
+        answer.add(delta)
+    assert answer.result(Usage(7, 3)) == RESULT
+
+
+def test_a_stream_in_pieces_reassembles_and_an_unfinished_one_does_not() -> None:
+    answer = StreamedAnswer("echo-1")
+    for delta in (
+        ChatDelta(content="Hel"), ChatDelta(content="lo there"),
+        ChatDelta(index=1, tool_calls=(ToolCallDelta(0, "call_1", "lookup", '{"q"'),)),
+        ChatDelta(index=1, tool_calls=(ToolCallDelta(0, arguments=': "x"}'),)),
+        ChatDelta(index=1, finish_reason="tool_calls"),
+    ):
+        answer.add(delta)
+    assert answer.result(Usage(7, 3)) is None  # choice 0 never finished
+    answer.add(ChatDelta(finish_reason="stop"))
+    answer.add(ChatDelta(usage=Usage(7, 3)))
+    assert answer.result(Usage(7, 3)) == RESULT
+
+
+def test_an_entry_whose_deployment_is_gone_is_not_served(graph: Graph) -> None:
+    assert decode_answer(encode_answer("small", RESULT), graph) is not None
+    assert decode_answer(encode_answer("removed", RESULT), graph) is None
+    assert decode_answer(b"not json", graph) is None

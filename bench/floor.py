@@ -113,6 +113,7 @@ async def main_async(host: str, port: int, forwarder: Forwarder) -> None:
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.keep_alive_timeout = 75.0
+    config.include_server_header = False  # as aigw serve (runtime/server.py)
     try:
         # Starlette's ASGI types and hypercorn's differ in name only (aigw ignores it too).
         await serve(create_app(forwarder), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]

@@ -125,7 +125,7 @@ def start_upstream(log_dir: Path, delay_ms: float, tokens: int, interval_ms: flo
                  health=f"http://127.0.0.1:{port}/health", log_dir=log_dir)
 
 
-def aigw_config(upstream_port: int, lean: bool = False) -> str:
+def aigw_config(upstream_port: int, lean: bool = False, cache: bool = False) -> str:
     """A gateway directory's gateway.yaml.
 
     By default every request-path stage is on: the key is authenticated, its rpm/tpm and
@@ -134,6 +134,7 @@ def aigw_config(upstream_port: int, lean: bool = False) -> str:
     (``start_aigw``), Cedar decides invoke and route. The limits are far above what the
     benchmark sends, so they are checked and never bind. ``lean`` is LiteLLM's
     equivalent (``litellm_config``): one key, one route, no limits, budget or policies.
+    ``cache`` puts the route's response cache on (bench/cache_hits.py).
     """
     if lean:
         team, key_limits = "  default: {}\n", ""
@@ -154,7 +155,7 @@ deployments:
     price: {{input: 0.15, output: 0.60}}
     capabilities: [streaming]
 routes:
-  bench: {{deployment: bench-model}}
+  bench: {{deployment: bench-model{", cache: {ttl_s: 3600}" if cache else ""}}}
 teams:
 {team}keys:
   dev:
@@ -169,12 +170,13 @@ def start_aigw(
     lean: bool = False,
     launcher: Sequence[str] = (sys.executable, "-m", "aigw"),
     env: dict[str, str] | None = None,
+    cache: bool = False,
 ) -> Server:
     """``launcher serve DIR --port N``: ``python -m aigw`` unless a benchmark wraps it."""
-    name = "aigw-lean" if lean else "aigw"
+    name = ("aigw-lean" if lean else "aigw") + ("-cached" if cache else "")
     root = log_dir / f"{name}-gateway"
     root.mkdir(exist_ok=True)
-    (root / "gateway.yaml").write_text(aigw_config(upstream_port, lean))
+    (root / "gateway.yaml").write_text(aigw_config(upstream_port, lean, cache))
     if not lean:  # the policies aigw ships with: an invoke permit, a route permit and
         # the three routing policies that read live latency, error rate, SLA and budget
         shutil.copytree(REPO / "policies", root / "policies", dirs_exist_ok=True)

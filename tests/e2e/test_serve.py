@@ -68,6 +68,12 @@ def test_openai_sdk_chat_and_stream(server: Server, counter: TokenCounter) -> No
     assert [m.id for m in client.models.list()] == ["echo", "embed", "fast", "smart"]
 
 
+def test_responses_do_not_name_the_server_software(server: Server) -> None:
+    response = httpx.get(f"{server.base_url}/health")
+    assert response.status_code == 200
+    assert "server" not in response.headers and "date" in response.headers
+
+
 def test_sdk_sees_openai_errors(server: Server) -> None:
     client = _client(server)
     with pytest.raises(openai.NotFoundError) as not_found:

@@ -108,6 +108,7 @@ REF_MODEL = _error("AGW509", "unknown model")
 PIPELINE_CYCLE = _error("AGW510", "pipelines call each other in a cycle")
 PYTHON_CALLABLE = _error("AGW511", "python step names no importable async function")
 STEP_NOT_ALLOWED = _error("AGW512", "not allowed in this kind of step")
+HTTP_DESTINATION = _error("AGW513", "http step's destination is not fixed")
 
 # AGW9xx: the compiler itself
 INTERNAL = _error("AGW901", "internal compiler error")

@@ -24,6 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import codes
 from .diagnostics import DiagnosticSink
+from .egress import Egress, literal_origin
 from .link import Linked
 from .load import YamlDocument
 from .pipeline_graph import (
@@ -279,7 +280,8 @@ class Builder:
             )
             body = self._value((*path, "body"), spec.body, visible) if spec.body is not None \
                 else None
-            return Http(spec.method, self._text((*path, "url"), spec.url, visible), headers, body)
+            return Http(spec.method, self._text((*path, "url"), spec.url, visible), headers, body,
+                        self._egress(name, spec, path))
         if isinstance(spec, TransformStepSpec):
             return Transform(self._expr((*path, "expression"), spec.expression, visible))
         if isinstance(spec, BranchStepSpec):
@@ -370,6 +372,22 @@ class Builder:
             message, hint = problem
             self.sink.add(codes.REF_MODEL, f"model '{model}' is {message}",
                           self.document.source_map.value(path), hint)
+
+    def _egress(self, name: str, spec: HttpStepSpec, path: NodePath) -> Egress:
+        """A written-out origin, else the hosts ``allow_hosts`` lists (see egress.py)."""
+        if spec.allow_hosts is not None:
+            return Egress(None, frozenset(host.lower() for host in spec.allow_hosts))
+        origin = literal_origin(spec.url)
+        if origin is None:
+            self.sink.add(
+                codes.HTTP_DESTINATION,
+                f"http step '{name}' lets its template choose the host of {spec.url!r}",
+                self.document.source_map.value((*path, "url")),
+                "write 'https://host/' out before the first '{{', or list the hosts a "
+                "templated URL may reach in 'allow_hosts'",
+            )
+            return Egress(None, frozenset())
+        return Egress(origin, frozenset())
 
     def _not_allowed(self, path: NodePath, message: str, hint: str) -> None:
         self.sink.add(codes.STEP_NOT_ALLOWED, message, self.document.source_map.key(path), hint)

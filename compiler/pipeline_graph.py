@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from .egress import Egress
     from .graph import Route
     from .templates import Expr, Text, Value
 
@@ -74,6 +75,7 @@ class Http:
     url: Text
     headers: tuple[tuple[str, Text], ...]
     body: Value | None
+    egress: Egress  # where the rendered URL may go (compiler/egress.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,7 +95,12 @@ class HttpStepSpec(StepBaseSpec):
     """A tool call to an HTTP endpoint; a JSON response is parsed."""
 
     kind: Literal["http"]
-    url: str = Field(description="jinja2 template of the URL.")
+    url: str = Field(description="jinja2 template of the URL; its scheme, host and port are "
+                     "written out unless allow_hosts lists where a templated host may go.")
+    allow_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]] | None = Field(
+        None, min_length=1,
+        description="Hosts the rendered URL may reach when its host is templated.",
+    )
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict, description="Templated values.")
     body: Any = Field(

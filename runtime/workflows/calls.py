@@ -81,10 +81,12 @@ def current_route(live: Live, route: Route) -> Route:
 
 
 class HttpxCaller:
-    """``HttpCaller`` on one pooled httpx client; transport errors are retryable failures."""
+    """``HttpCaller`` on one pooled httpx client; transport errors are retryable failures.
+    Redirects are not followed: each step's destination is checked (compiler/egress.py),
+    and a redirect could lead past that check."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(follow_redirects=True)
+        self._client = client or httpx.AsyncClient()
 
     async def __call__(
         self, method: str, url: str, headers: Mapping[str, str], body: Any, timeout: float
@@ -93,6 +95,7 @@ class HttpxCaller:
             response = await self._client.request(
                 method, url, headers=dict(headers),
                 json=body if body is not None and method != "GET" else None, timeout=timeout,
+                follow_redirects=False,  # whatever the client's default
             )
         except httpx.HTTPError as exc:
             raise StepFailed(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc

@@ -23,6 +23,9 @@ from collections import Counter
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import httpx
+
+from aigw.compiler.egress import Egress, origin
 from aigw.compiler.pipeline_graph import (
     Approval,
     Branch,
@@ -179,9 +182,15 @@ async def _cascade(context: StepContext, action: Cascade) -> Any:
 async def _http(context: StepContext, step: Step, action: Http) -> Any:
     run = context.run
     url = run.text(action.url, context.scope)
+    refusal = _refusal(action.egress, url)
+    if refusal is not None:  # a caller's input steered the URL somewhere it may not go
+        raise StepFailed(f"{action.method} refused: {refusal}", retryable=False)
     headers = {name: run.text(value, context.scope) for name, value in action.headers}
     body = run.render(action.body, context.scope) if action.body is not None else None
     answer = await run.services.http(action.method, url, headers, jsonable(body), step.timeout_s)
+    if 300 <= answer.status < 400:  # not followed: a redirect could lead anywhere
+        raise StepFailed(f"{action.method} {url} answered {answer.status} (redirects are not "
+                         "followed; point the step at the final URL)", retryable=False)
     if answer.status >= 400:
         raise StepFailed(f"{action.method} {url} answered {answer.status}: {answer.text[:200]}",
                          retryable=answer.status in (408, 425, 429) or answer.status >= 500)
@@ -191,6 +200,24 @@ async def _http(context: StepContext, step: Step, action: Http) -> Any:
         except ValueError as exc:
             raise StepFailed(f"{action.method} {url} sent invalid JSON: {exc}") from exc
     return answer.text
+
+
+def _refusal(egress: Egress, url: str) -> str | None:
+    """Why ``url`` may not be called (None: it may), parsed as httpx will send it."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return f"'{url}' is not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"'{url}' is not an http(s) URL with a host"
+    if parsed.userinfo:
+        return f"'{url}' carries user info before its host"
+    if egress.origin is not None:
+        if origin(parsed.scheme, parsed.host, parsed.port) != egress.origin:
+            return f"'{url}' leaves {egress.origin}, the origin the step's URL names"
+    elif parsed.host.lower() not in egress.hosts:
+        return f"'{url}' is not on a host in the step's allow_hosts"
+    return None
 
 
 async def _map(context: StepContext, action: MapStep) -> list[Any]:

@@ -378,6 +378,58 @@ async def test_http_client_errors_are_not_retried(serve: Serve) -> None:
     assert len(calls) == 1
 
 
+ANY_TOOL = """
+input: {type: object}
+steps:
+  fetch:
+    kind: http
+    method: GET
+    url: "{{ input.url }}"
+    allow_hosts: [tools.test]
+    retries: 2
+    backoff_ms: 1
+output: "{{ steps.fetch }}"
+"""
+
+
+async def test_a_templated_url_reaches_only_the_hosts_the_step_allows(serve: Serve) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"ok": True})
+
+    caller = HttpxCaller(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    served = await serve({"tool": ANY_TOOL}, http=caller)
+    assert (await served.run("tool", {"url": "http://tools.test/ok"}))["output"] == {"ok": True}
+    for url, why in (
+        ("http://169.254.169.254/latest/meta-data/", "is not on a host in the step's allow_hosts"),
+        ("http://tools.test@evil.test/", "carries user info before its host"),
+        ("file:///etc/passwd", "is not an http(s) URL with a host"),
+    ):
+        result = await served.run("tool", {"url": url})
+        assert result["error"] == f"step 'fetch' failed: GET refused: '{url}' {why}"
+        assert (await served.steps(result["execution"]))["fetch"]["attempts"] == 1  # no retry
+    assert seen == ["http://tools.test/ok"]  # nothing refused was ever sent
+
+
+async def test_a_redirect_is_not_followed(serve: Serve) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"location": "http://169.254.169.254/"})
+
+    caller = HttpxCaller(httpx.AsyncClient(transport=httpx.MockTransport(handler),
+                                           follow_redirects=True))
+    served = await serve({"tool": ANY_TOOL}, http=caller)
+    result = await served.run("tool", {"url": "http://tools.test/moved"})
+    assert result["error"] == (
+        "step 'fetch' failed: GET http://tools.test/moved answered 302 (redirects are not "
+        "followed; point the step at the final URL)")
+    assert seen == ["http://tools.test/moved"]
+
+
 async def test_template_errors_at_run_time_fail_without_retries(serve: Serve) -> None:
     pipeline = """
 input: {type: object}

@@ -1,0 +1,60 @@
+"""Where a pipeline's ``http`` step may send a request.
+
+An ``http`` step's URL is a template, and what it renders can come from a client's
+input: without a rule, ``url: "{{ input.url }}"`` lets any caller make the gateway
+fetch ``http://169.254.169.254/...`` or an internal service (server-side request
+forgery). So the compiler fixes each step's destination:
+
+- a URL whose scheme, host and port are written out (``https://tools.example.com/v1/
+  {{ input.id }}``) may only reach that origin;
+- a URL whose host is templated needs ``allow_hosts``, the hosts it may reach;
+
+and the runtime checks every rendered URL against that rule (runtime/workflows/
+kinds.py, with the parser httpx sends with), refusing user info (``https://tools.example.com@evil.test/``),
+other schemes and other hosts. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+# The start of a template: the URL before it is literal text.
+_TEMPLATE_START = re.compile(r"\{[{%#]")
+# A written-out origin: its authority ends with a "/", "?" or "#" before any template
+# (or the URL has no template at all).
+_LITERAL_ORIGIN = re.compile(r"^(?P<origin>https?://[^/?#\\{}\s]+)(?P<end>[/?#]|$)",
+                             re.IGNORECASE)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """The destinations of one ``http`` step: one origin, or any of ``hosts``. The runtime
+    checks each rendered URL against it (runtime/workflows/kinds.py)."""
+
+    origin: str | None  # "https://tools.example.com:443"
+    hosts: frozenset[str]
+
+
+def origin(scheme: str, host: str, port: int | None) -> str:
+    """``scheme://host:port``, lower case, the port always written."""
+    scheme = scheme.lower()
+    return f"{scheme}://{host.lower()}:{port or DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def literal_origin(template: str) -> str | None:
+    """The origin a URL template writes out in full, or None if any of it is templated."""
+    literal = _TEMPLATE_START.split(template, maxsplit=1)[0]
+    match = _LITERAL_ORIGIN.match(literal)
+    if match is None or (not match["end"] and literal != template):
+        return None  # e.g. "https://tools.example.com{{ rest }}": the host may go on
+    try:
+        parsed = urllib.parse.urlsplit(match["origin"])
+        port = parsed.port
+    except ValueError:  # a port that is not a number
+        return None
+    if parsed.username is not None or not parsed.hostname:
+        return None
+    return origin(parsed.scheme, parsed.hostname, port)

@@ -173,6 +173,7 @@ def freeze(
             ledger_sync=settings.ledger_sync,
             execution_lease_s=settings.execution_lease_s,
             cache_max_entries=settings.cache_max_entries,
+            execution_retention_s=settings.execution_retention_s,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

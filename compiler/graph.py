@@ -38,6 +38,7 @@ class Settings:
     ledger_sync: Literal["full", "normal"]
     execution_lease_s: float = 30.0
     cache_max_entries: int = 10_000
+    execution_retention_s: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)

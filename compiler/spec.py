@@ -90,6 +90,12 @@ class SettingsSpec(Spec):
         description="A pipeline execution whose gateway stopped renewing its lease this long "
         "is resumed by another replica (or by the gateway after a restart).",
     )
+    execution_retention_s: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] = Field(
+        30 * 86400.0,
+        description="A pipeline execution that ended longer ago than this is deleted, with "
+        "its steps and events (cost totals keep counting it; the spend ledger keeps every "
+        "model call).",
+    )
     circuit_breaker: CircuitBreakerSpec = Field(
         CircuitBreakerSpec(), description="Default circuit breaker of every deployment."
     )

@@ -279,6 +279,12 @@ class ExecutionStore(Protocol):
 
     async def costs(self) -> tuple[CostRow, ...]: ...
 
+    async def purge(self, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` executions that ended (succeeded, failed or cancelled)
+        before ``finished_before``, with their steps, memos, events, decisions and
+        idempotency key; ``costs`` totals keep counting them. Returns how many went."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

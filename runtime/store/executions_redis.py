@@ -55,6 +55,7 @@ T = TypeVar("T")
 GROUP = "runners"
 _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
+_PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
 
 # KEYS: exec, steps, memo, events, costs. ARGV: owner, now, payload (JSON).
 # Returns the sequence number the first event got.
@@ -382,6 +383,46 @@ class RedisExecutions:
         async def run() -> Decision | None:
             text = await self._redis.hget(self._x(execution_id, "decisions"), step)
             return Decision(**json.loads(text)) if text is not None else None
+
+        return await self._guard(run)
+
+    async def purge(self, finished_before: float, limit: int) -> int:
+        async def run() -> int:
+            index = self._key("index")
+            gone: list[Execution] = []
+            dangling: list[str] = []
+            start = 0
+            # Only executions created before the cutoff can have ended before it; those
+            # still running (an approval waiting for weeks) are passed over.
+            while len(gone) < limit:
+                ids = await self._redis.zrangebyscore(index, "-inf", f"({finished_before}",
+                                                      start=start, num=500)
+                if not ids:
+                    break
+                start += len(ids)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for execution_id in ids:
+                        pipe.hgetall(self._x(execution_id))
+                    rows = await pipe.execute()
+                for execution_id, row in zip(ids, rows, strict=True):
+                    if not row:
+                        dangling.append(execution_id)
+                        continue
+                    execution = _decode(row)
+                    if (execution.status in FINAL and execution.finished_at is not None
+                            and execution.finished_at < finished_before and len(gone) < limit):
+                        gone.append(execution)
+            if not gone and not dangling:
+                return 0
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for execution in gone:
+                    pipe.delete(*(self._x(execution.id, part) for part in _PARTS))
+                    if execution.idempotency_key is not None:
+                        pipe.delete(self._key("idem", quote(execution.key or "", safe=""),
+                                              quote(execution.idempotency_key, safe="")))
+                pipe.zrem(index, *(execution.id for execution in gone), *dangling)
+                await pipe.execute()
+            return len(gone)
 
         return await self._guard(run)
 

@@ -89,7 +89,20 @@ CREATE TABLE IF NOT EXISTS wf_decisions (
     step         TEXT NOT NULL,
     decision     TEXT NOT NULL,
     PRIMARY KEY (execution_id, step)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wf_finished ON wf_executions (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS wf_purged_costs (
+    pipeline          TEXT PRIMARY KEY,
+    executions        INTEGER NOT NULL,
+    succeeded         INTEGER NOT NULL,
+    failed            INTEGER NOT NULL,
+    cancelled         INTEGER NOT NULL,
+    cost              REAL NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    model_calls       INTEGER NOT NULL
+)
 """
 
 _COLUMNS = tuple(item.name for item in fields(Execution))
@@ -155,6 +168,9 @@ class SQLiteExecutions:
 
     async def costs(self) -> tuple[CostRow, ...]:
         return await self._db.call(_costs)
+
+    async def purge(self, finished_before: float, limit: int) -> int:
+        return await self._db.call(partial(_purge, finished_before, limit))
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -393,11 +409,46 @@ def decision_to_dict(decision: Decision) -> dict[str, Any]:
             "at": decision.at}
 
 
+_TOTALS = ("COUNT(*) AS executions, SUM(status = 'succeeded') AS succeeded, "
+           "SUM(status = 'failed') AS failed, SUM(status = 'cancelled') AS cancelled, "
+           "SUM(cost) AS cost, SUM(prompt_tokens) AS prompt_tokens, "
+           "SUM(completion_tokens) AS completion_tokens, SUM(model_calls) AS model_calls")
+_COST_COLUMNS = ("executions", "succeeded", "failed", "cancelled", "cost", "prompt_tokens",
+                 "completion_tokens", "model_calls")
+
+
 def _costs(connection: sqlite3.Connection) -> tuple[CostRow, ...]:
+    """Live executions' totals plus those of the executions purged (``_purge``)."""
+    summed = ", ".join(f"SUM({column})" for column in _COST_COLUMNS)
     rows = connection.execute(
-        "SELECT pipeline, COUNT(*), SUM(status = 'succeeded'), SUM(status = 'failed'), "
-        "SUM(status = 'cancelled'), SUM(cost), SUM(prompt_tokens), SUM(completion_tokens), "
-        "SUM(model_calls) FROM wf_executions GROUP BY pipeline ORDER BY pipeline"
+        f"SELECT pipeline, {summed} FROM ("
+        f"SELECT pipeline, {_TOTALS} FROM wf_executions GROUP BY pipeline "
+        f"UNION ALL SELECT pipeline, {', '.join(_COST_COLUMNS)} FROM wf_purged_costs"
+        ") GROUP BY pipeline ORDER BY pipeline"
     ).fetchall()
     return tuple(CostRow(*row) for row in rows)
 
+
+def _purge(finished_before: float, limit: int, connection: sqlite3.Connection) -> int:
+    ids = [row[0] for row in connection.execute(
+        "SELECT id FROM wf_executions WHERE finished_at IS NOT NULL AND finished_at < ? "
+        f"AND status IN ({', '.join('?' * len(FINAL))}) ORDER BY finished_at LIMIT ?",
+        (finished_before, *sorted(FINAL), limit),
+    )]
+    if not ids:
+        return 0
+    marks = ", ".join("?" * len(ids))
+    for pipeline, *totals in connection.execute(
+        f"SELECT pipeline, {_TOTALS} FROM wf_executions WHERE id IN ({marks}) "
+        "GROUP BY pipeline", ids,
+    ).fetchall():
+        added = ", ".join(f"{column} = {column} + excluded.{column}"
+                          for column in _COST_COLUMNS)
+        connection.execute(
+            "INSERT INTO wf_purged_costs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (pipeline) DO UPDATE SET {added}", (pipeline, *totals),
+        )
+    for table in ("wf_steps", "wf_memos", "wf_events", "wf_decisions"):
+        connection.execute(f"DELETE FROM {table} WHERE execution_id IN ({marks})", ids)
+    connection.execute(f"DELETE FROM wf_executions WHERE id IN ({marks})", ids)
+    return len(ids)

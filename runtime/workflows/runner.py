@@ -6,6 +6,8 @@ restart), runs each claimed execution as a task, and renews every lease it holds
 times per lease period. A lease it cannot renew means another runner took the
 execution over: its task is cancelled. Stopping cancels the tasks and lets go of their
 leases, so another replica, or this gateway once restarted, resumes them at once.
+Once an hour (and when it starts) it deletes the executions that ended longer ago than
+``settings.execution_retention_s``; every replica may, as a purge is idempotent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ..store.executions import (
 log = logging.getLogger("aigw.workflows")
 
 RunExecution = Callable[[Execution], Awaitable[Status]]
+PURGE_EVERY_S = 3600.0
+PURGE_BATCH = 1000
 
 
 class Runner:
@@ -41,6 +45,8 @@ class Runner:
         *,
         capacity: int = 256,
         poll_s: float = 0.5,
+        retention_s: float | None = None,
+        purge_every_s: float = PURGE_EVERY_S,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -49,6 +55,8 @@ class Runner:
         self._clock = clock
         self._capacity = capacity
         self._poll_s = poll_s
+        self._retention_s = retention_s  # None: executions are kept forever
+        self._purge_every_s = purge_every_s
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -56,6 +64,9 @@ class Runner:
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="aigw-runner-claim"),
                        asyncio.create_task(self._renew_loop(), name="aigw-runner-renew")]
+        if self._retention_s is not None:
+            self._loops.append(asyncio.create_task(self._purge_loop(self._retention_s),
+                                                   name="aigw-runner-purge"))
 
     def wake(self) -> None:
         """Look for work now (an execution was created or resumed in this process)."""
@@ -118,6 +129,25 @@ class Runner:
             await self.store.commit(execution_id, self.owner, Checkpoint(
                 status=Status.FAILED, error=error,
                 events=(NewEvent("execution_failed", data={"error": error}),)), self._clock())
+
+    async def _purge_loop(self, retention_s: float) -> None:
+        while True:
+            try:
+                purged = 0
+                while (batch := await self.store.purge(self._clock() - retention_s,
+                                                       PURGE_BATCH)):
+                    purged += batch
+                    if batch < PURGE_BATCH:
+                        break
+                if purged:
+                    log.info("purged %d executions that ended over %.0f s ago", purged,
+                             retention_s)
+            except StoreUnavailable as exc:
+                log.error("cannot purge old executions: %s", exc)
+            # The loop must outlive a bug, as the claim loop does.
+            except Exception:
+                log.exception("purging old executions failed")
+            await asyncio.sleep(self._purge_every_s)
 
     async def _renew_loop(self) -> None:
         while True:

@@ -96,7 +96,8 @@ class Workflows:
                 self._own_http = HttpxCaller()
                 self._http = self._own_http
             self._runner = Runner(self._store, self.owner, graph.settings.execution_lease_s,
-                                  self.run_execution, self.clock, poll_s=self.poll_s)
+                                  self.run_execution, self.clock, poll_s=self.poll_s,
+                                  retention_s=graph.settings.execution_retention_s)
             self._runner.start()
 
     async def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from aigw.runtime.store.executions import (
     Checkpoint,
     Decision,
+    Execution,
     ExecutionConflict,
     ExecutionStore,
     LeaseLost,
@@ -23,6 +25,7 @@ from aigw.runtime.store.executions import (
 )
 from aigw.runtime.store.executions_redis import RedisExecutions
 from aigw.runtime.store.executions_sqlite import SQLiteExecutions
+from aigw.runtime.workflows.runner import Runner
 
 NOW = 1_767_225_600.0
 LEASE = 10.0
@@ -183,3 +186,72 @@ async def test_an_expired_lease_is_taken_over(redis_url: str, namespace: str) ->
         assert not await store.renew(execution.id, a, lease, NOW + 30)
     finally:
         await store.aclose()
+
+
+async def _finish(store: ExecutionStore, owner: str, at: float, idempotency: str,
+                  status: Status | None = Status.SUCCEEDED) -> str:
+    """An execution created and (unless ``status`` is None) ended at ``at``, with a step,
+    a memo, an event and a cost."""
+    execution, _ = await store.create(_new(idempotency=idempotency), at)
+    assert execution.id in await store.claim(owner, LEASE, at, 10)
+    step = StepState("search", StepStatus.SUCCEEDED, 1, output={"n": 1}, started_at=at)
+    await store.commit(execution.id, owner, Checkpoint(
+        steps=(step,), memo=Memo("search@1#0", "hi", 0.5, 10, 5, model_call=True),
+        events=(NewEvent("step_succeeded", "search"),)), at)
+    if status is not None:
+        await store.commit(execution.id, owner, Checkpoint(status=status, output=[1]), at)
+    await store.release(execution.id, owner)
+    return execution.id
+
+
+async def test_purge_deletes_what_ended_before_the_cutoff_and_keeps_its_costs(
+    store: ExecutionStore,
+) -> None:
+    owner = new_owner()
+    old = [await _finish(store, owner, NOW - 100 + i, f"old-{i}") for i in range(3)]
+    running = await _finish(store, owner, NOW - 90, "still-running", status=None)
+    recent = await _finish(store, owner, NOW, "recent")
+    before = await store.costs()
+
+    assert await store.purge(NOW - 50, limit=2) == 2  # the oldest first, at most the limit
+    assert await store.purge(NOW - 50, limit=10) == 1
+    assert await store.purge(NOW - 50, limit=10) == 0
+
+    for execution_id in old:
+        assert await store.get(execution_id) is None
+        assert await store.steps(execution_id) == ()
+        assert await store.memos(execution_id) == {}
+        assert await store.events(execution_id) == ()
+    assert await store.get(running) is not None  # not ended: never purged
+    assert await store.get(recent) is not None and len(await store.events(recent)) == 1
+    assert {item.id for item in await store.list()} == {running, recent}
+    assert await store.costs() == before  # the totals still count what was purged
+    # The idempotency key went with its execution: the same key makes a new one.
+    again, created = await store.create(_new(idempotency="old-0"), NOW + 1)
+    assert created and again.id not in old
+
+
+async def test_the_runner_purges_on_its_own_once_the_retention_has_passed(
+    store: ExecutionStore,
+) -> None:
+    owner = new_owner()
+    ended = await _finish(store, owner, NOW, "ended")
+    now = [NOW + 10]
+
+    async def never(_execution: Execution) -> Status:
+        raise AssertionError("nothing is left to run")
+
+    runner = Runner(store, new_owner(), LEASE, never, lambda: now[0], poll_s=0.01,
+                    retention_s=60, purge_every_s=0.01)
+    runner.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert await store.get(ended) is not None  # ended 10 s ago; kept for 60
+        now[0] = NOW + 61
+        for _ in range(200):
+            if await store.get(ended) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.get(ended) is None
+    finally:
+        await runner.stop()

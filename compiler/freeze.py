@@ -78,6 +78,9 @@ def freeze(
             credentials_file=str(root / Path(item.credentials_file).expanduser())
             if item.credentials_file else None,
             publisher=item.entry.spec.publisher,
+            metrics_url=_metrics_url(item.entry.spec.type, item.entry.spec.metrics_url,
+                                     item.base_url),
+            metrics_interval_s=item.entry.spec.metrics_interval_s,
         )
         for name, item in linked.providers.items()
     }
@@ -246,3 +249,15 @@ def _group(name: str, spec: GroupSpec, deployments: Mapping[str, Deployment]) ->
 
 def _frozen(mapping: dict[str, V]) -> Mapping[str, V]:
     return MappingProxyType(mapping)
+
+
+def _metrics_url(kind: str, configured: str | None, base_url: str | None) -> str | None:
+    """Where a vLLM server's metrics are: as configured, else next to its API root."""
+    if kind != "vllm":
+        return None
+    if configured is not None:
+        return configured
+    if base_url is None:
+        return None
+    root = base_url.rstrip("/")
+    return root.removesuffix("/v1") + "/metrics"

@@ -79,6 +79,9 @@ class Provider:
     location: str | None = None
     credentials_file: str | None = None
     publisher: str | None = None
+    # vLLM: its Prometheus metrics (queue, KV cache) and how often they are read.
+    metrics_url: str | None = None
+    metrics_interval_s: float = 2.0
 
     @property
     def enabled(self) -> bool:

@@ -139,6 +139,13 @@ class ProviderSpec(Spec):
         description="Service-account JSON file (vertex), as ${ENV_VAR} or a path relative to "
         "the gateway directory; without it, Google's application default credentials.",
     )
+    metrics_url: str | None = Field(
+        None,
+        description="Type vllm: the server's Prometheus metrics, read for its queue and KV "
+        "cache use (default: base_url without its /v1, then /metrics).",
+    )
+    metrics_interval_s: Annotated[float, Field(ge=0.1, le=300)] = Field(
+        2.0, description="Type vllm: how often metrics_url is read.")
     publisher: Literal["google", "anthropic"] | None = Field(
         None,
         description="Model family on vertex; by default anthropic for model ids starting "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,6 +36,7 @@ from .messages import count_tokens, create_message
 from .policy_endpoints import policy_routes
 from .telemetry.metrics import CIRCUIT_VALUES
 from .telemetry.record import RequestRecord
+from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, workflow_routes
 
 log = logging.getLogger("aigw.http")
@@ -61,7 +66,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             *workflow_routes(workflows),
             *policy_routes(gateway),
         ],
-        lifespan=workflows.lifespan,
+        lifespan=partial(_lifespan, gateway, workflows),
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -69,6 +74,20 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         },
     )
     return SnapshotMiddleware(app, gateway)
+
+
+@asynccontextmanager
+async def _lifespan(gateway: Gateway, workflows: Workflows, app: object) -> AsyncIterator[None]:
+    """vLLM servers' metrics are read for as long as the app serves; pipelines run."""
+    watch = asyncio.create_task(
+        UpstreamLoadWatch(lambda: (gateway.live.graph, gateway.routing)).run(),
+        name="aigw-upstream-load")
+    try:
+        async with workflows.lifespan(app):
+            yield
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
 
 
 class SnapshotMiddleware:
@@ -158,6 +177,11 @@ class _Endpoints:
         for name, stats in live.routing.stats.items():
             state = stats.breaker.state(live.routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
+            if stats.upstream_running is not None:  # a vLLM server's own figures
+                metrics.upstream_requests.labels(name, "running").set(stats.upstream_running)
+                metrics.upstream_requests.labels(name, "waiting").set(stats.queue_depth)
+                if stats.kv_cache_usage is not None:
+                    metrics.upstream_kv_cache.labels(name).set(stats.kv_cache_usage)
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:
             for status in await usage_api.declared_budgets(live):

@@ -30,6 +30,11 @@ class DeploymentStats:
         self.breaker = CircuitBreaker(deployment.breaker)
         self.in_flight = 0
         self.queue_depth = 0  # requests waiting upstream, when its metrics say (vLLM)
+        # What a vLLM server's metrics said last (runtime/upstream_load.py); None: nothing
+        # read lately. ``upstream_seen_at`` is on the watcher's monotonic clock.
+        self.upstream_running: int | None = None
+        self.kv_cache_usage: float | None = None
+        self.upstream_seen_at: float | None = None
         self.latency_ms: float | None = None  # EWMA of whole-call latency
         self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
         self.requests = 0
@@ -39,6 +44,13 @@ class DeploymentStats:
         # first, at most a window's worth (one entry a request leaked ~100 bytes each).
         self._usage: deque[list[int]] = deque()
         self._usage_total = 0
+
+    def load(self) -> int:
+        """Requests the deployment is busy with: what its server says it runs and queues
+        when it says (other clients' included), never less than this gateway's own."""
+        if self.upstream_running is None:
+            return self.in_flight
+        return max(self.in_flight, self.upstream_running + self.queue_depth)
 
     def p95_ms(self) -> float | None:
         if len(self._latencies) < 5:

@@ -57,7 +57,7 @@ def _round_robin(group: Group, members: list[Deployment], state: RoutingState,
 
 def _least_busy(group: Group, members: list[Deployment], state: RoutingState,
                 demand: Demand) -> list[Deployment]:
-    return sorted(members, key=lambda m: state.of(m).in_flight)
+    return sorted(members, key=lambda m: state.of(m).load())
 
 
 def _lowest_latency(group: Group, members: list[Deployment], state: RoutingState,

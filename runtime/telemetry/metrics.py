@@ -59,6 +59,14 @@ class Metrics:
         self.circuit = Gauge("aigw_circuit_state",
                              "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                              ["deployment"], registry=registry, multiprocess_mode="max")
+        self.upstream_requests = Gauge(
+            "aigw_upstream_requests",
+            "Requests a vLLM server says it is running or has waiting (its /metrics).",
+            ["deployment", "state"], registry=registry, multiprocess_mode="max")
+        self.upstream_kv_cache = Gauge(
+            "aigw_upstream_kv_cache_usage_ratio",
+            "Share of a vLLM server's KV cache in use (its /metrics).",
+            ["deployment"], registry=registry, multiprocess_mode="max")
         self.in_flight = Gauge("aigw_in_flight_requests", "Requests being served now.",
                                ["route"], registry=registry, multiprocess_mode="livesum")
         self.workflows = Counter("aigw_workflow_executions", "Pipeline executions that ended.",

@@ -1,0 +1,166 @@
+"""vLLM servers' own view of their load, read from their Prometheus metrics.
+
+The gateway counts the requests it has in flight to each deployment, but a vLLM server
+shared by several gateways (or replicas, or other clients) knows better: how many
+requests it is running and how many are queued behind them, and how full its KV cache
+is. For every ``vllm`` provider of the graph serving now, ``UpstreamLoadWatch`` reads
+``metrics_url`` every ``metrics_interval_s`` and puts what it says into the routing
+state of the provider's deployments:
+
+- ``queue_depth`` (requests waiting): Cedar's ``resource.queue_depth``, so a route
+  policy can spill a request to another member when the queue is long;
+- the ``least_busy`` strategy orders by the server's running + waiting requests
+  (never less than the gateway's own in-flight count);
+- ``/metrics`` shows them as ``aigw_upstream_requests{deployment, state}`` and
+  ``aigw_upstream_kv_cache_usage_ratio{deployment}``.
+
+Numbers older than three intervals (a server that stopped answering) are dropped:
+the deployment goes back to the gateway's own count and a queue depth of 0, and the
+circuit breaker judges the server by its answers as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aigw.compiler.graph import Deployment, Graph, Provider
+
+from .routing.state import DeploymentStats, RoutingState
+
+log = logging.getLogger("aigw.routing")
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+# The KV cache gauge was renamed in vLLM 0.10 (gpu_cache_usage_perc before).
+KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_STALE_AFTER = 3  # intervals without a reading
+_IDLE_S = 5.0  # how often a graph with no vllm provider is looked at again
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    running: int
+    waiting: int
+    kv_cache_usage: float | None  # 0..1
+
+
+def parse_load(text: str, model: str | None = None) -> ServerLoad | None:
+    """The load in a vLLM ``/metrics`` page: summed over its engines, and over the
+    samples labelled ``model_name=model`` when there are any. None: not vLLM's metrics."""
+    values: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (WAITING, RUNNING, *KV_CACHE):
+                values.setdefault(sample.name, []).append((sample.labels, sample.value))
+    if WAITING not in values and RUNNING not in values:
+        return None
+
+    # A server that labels this model's samples: only those count; one that does not
+    # (an unknown name, or no labels): the whole server's.
+    mine = model is not None and any(labels.get("model_name") == model
+                                     for samples in values.values() for labels, _ in samples)
+
+    def chosen(name: str) -> list[float]:
+        return [value for labels, value in values.get(name, [])
+                if not mine or labels.get("model_name") == model]
+
+    kv = next((chosen(name) for name in KV_CACHE if name in values), [])
+    return ServerLoad(
+        running=round(sum(chosen(RUNNING))),
+        waiting=round(sum(chosen(WAITING))),
+        kv_cache_usage=max(kv) if kv else None,  # the fullest engine decides
+    )
+
+
+class UpstreamLoadWatch:
+    """Reads the metrics of every vllm provider of the current graph, for ever."""
+
+    def __init__(
+        self,
+        current: Callable[[], tuple[Graph, RoutingState]],
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._current = current
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+        self._clock = clock
+        self._due: dict[str, float] = {}  # provider name -> when to read it next
+        self._failing: set[str] = set()  # providers whose last read failed (logged once)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(await self.round())
+        finally:
+            await self._client.aclose()
+
+    async def round(self) -> float:
+        """Read every provider that is due; returns how long to sleep until the next."""
+        graph, routing = self._current()
+        watched = [p for p in graph.providers.values()
+                   if p.metrics_url is not None and p.disabled_reason is None]
+        if not watched:
+            return _IDLE_S
+        now = self._clock()
+        due = [p for p in watched if self._due.get(p.name, 0.0) <= now]
+        await asyncio.gather(*(self._read(provider, graph, routing) for provider in due))
+        for provider in due:
+            self._due[provider.name] = now + provider.metrics_interval_s
+        self._forget_stale(graph, routing, now)
+        soonest = min(self._due.get(p.name, now) for p in watched)
+        return max(0.05, soonest - self._clock())
+
+    async def _read(self, provider: Provider, graph: Graph, routing: RoutingState) -> None:
+        assert provider.metrics_url is not None
+        try:
+            response = await self._client.get(provider.metrics_url)
+            response.raise_for_status()
+            text = response.text
+        except httpx.HTTPError as exc:
+            if provider.name not in self._failing:
+                log.warning("cannot read the metrics of provider '%s' at %s: %s",
+                            provider.name, provider.metrics_url, exc)
+                self._failing.add(provider.name)
+            return
+        if provider.name in self._failing:
+            log.info("reading the metrics of provider '%s' again", provider.name)
+            self._failing.discard(provider.name)
+        now = self._clock()
+        for deployment in _served_by(graph, provider):
+            try:
+                load = parse_load(text, deployment.model)
+            except ValueError as exc:  # not the Prometheus text format
+                log.warning("provider '%s': %s is not Prometheus text: %s",
+                            provider.name, provider.metrics_url, exc)
+                return
+            if load is not None:
+                _apply(routing.of(deployment), load, now)
+
+    def _forget_stale(self, graph: Graph, routing: RoutingState, now: float) -> None:
+        for deployment in graph.deployments.values():
+            provider = deployment.provider
+            if provider.metrics_url is None:
+                continue
+            stats = routing.of(deployment)
+            seen = stats.upstream_seen_at
+            if seen is not None and now - seen > _STALE_AFTER * provider.metrics_interval_s:
+                stats.upstream_seen_at = stats.upstream_running = stats.kv_cache_usage = None
+                stats.queue_depth = 0
+
+
+def _served_by(graph: Graph, provider: Provider) -> list[Deployment]:
+    return [d for d in graph.deployments.values() if d.provider.name == provider.name]
+
+
+def _apply(stats: DeploymentStats, load: ServerLoad, now: float) -> None:
+    stats.queue_depth = load.waiting
+    stats.upstream_running = load.running
+    stats.kv_cache_usage = load.kv_cache_usage
+    stats.upstream_seen_at = now

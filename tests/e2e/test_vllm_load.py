@@ -1,0 +1,153 @@
+"""vLLM servers' own load, read from their /metrics by a real ``aigw serve``: least_busy
+follows it, a Cedar policy spills to a hosted API on a long queue, /metrics shows it.
+The vLLM servers are the OpenAI fake plus a /metrics page in vLLM's exposition format."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from ..conftest import DEV_KEY
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+class FakeVllm:
+    """An OpenAI-compatible server with vLLM's metrics, whose load a test sets."""
+
+    def __init__(self, name: str) -> None:
+        self.chat = OpenAIFake(name=name)
+        self.running, self.waiting, self.kv_cache = 0, 0, 0.1
+        self.app = Starlette(routes=[*self.chat.app.routes,
+                                     Route("/metrics", self._metrics)])
+
+    async def _metrics(self, _request: Request) -> PlainTextResponse:
+        labels = f'engine="0",model_name="{MODEL}"'
+        return PlainTextResponse(
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}\n"
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache}\n"
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+            "# TYPE vllm:prompt_tokens_total counter\n"
+            f"vllm:prompt_tokens_total{{{labels}}} 1234.0\n",
+            media_type="text/plain; version=0.0.4")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        tuple[Server, FakeVllm, FakeVllm]]:
+    a, b, hosted = FakeVllm("gpu-a"), FakeVllm("gpu-b"), OpenAIFake(name="hosted")
+    for fake in (a.chat, b.chat, hosted):
+        fake.api_key = "sk-fake-shared-key"
+    monkeypatch.setenv("FAKE_KEY", "sk-fake-shared-key")
+    root = tmp_path / "gw"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("invoke") permit (principal, action == Action::"invoke", resource);\n'
+        '@id("route") permit (principal, action == Action::"route", resource);\n'
+        '@id("spill-on-long-queue")\n'
+        'forbid (principal, action == Action::"route", resource)\n'
+        'when { resource.queue_depth >= 8 };\n')
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serving(app)) for app in (a.app, b.app, hosted.app)]
+        (root / "gateway.yaml").write_text(
+            "version: 1\n"
+            "providers:\n"
+            f'  box-a: {{type: vllm, base_url: "{urls[0]}/v1", api_key: "${{FAKE_KEY}}",'
+            " metrics_interval_s: 0.1}\n"
+            f'  box-b: {{type: vllm, base_url: "{urls[1]}/v1", api_key: "${{FAKE_KEY}}",'
+            " metrics_interval_s: 0.1}\n"
+            f'  cloud: {{type: openai, base_url: "{urls[2]}/v1", api_key: "${{FAKE_KEY}}"}}\n'
+            "deployments:\n"
+            f"  gpu-a: {{provider: box-a, model: {MODEL}, context_window: 8192}}\n"
+            f"  gpu-b: {{provider: box-b, model: {MODEL}, context_window: 8192}}\n"
+            "  hosted: {provider: cloud, model: gpt-4o-mini, context_window: 128000}\n"
+            "groups:\n"
+            "  gpus: {strategy: least_busy, members: [gpu-a, gpu-b]}\n"
+            "  local-first: {strategy: priority, members: [gpu-a, hosted]}\n"
+            "routes:\n"
+            "  llama: {group: gpus}\n"
+            "  local-first: {group: local-first}\n" + DEV_KEY_LINE)
+        server = Server(root)
+        stack.callback(server.stop)
+        server.wait_ready()
+        yield server, a, b
+
+
+def _served_by(server: Server, model: str) -> str:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}])
+    return raw.headers["x-aigw-deployment"]
+
+
+def _upstream_metrics(server: Server) -> dict[str, float]:
+    found = {}
+    for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
+        if line.startswith(("aigw_upstream_requests{", "aigw_upstream_kv_cache_usage_ratio{")):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
+def _until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the gateway never read the servers' metrics"
+        time.sleep(0.05)
+
+
+def test_least_busy_follows_what_the_servers_say(
+    fleet: tuple[Server, FakeVllm, FakeVllm],
+) -> None:
+    server, a, b = fleet
+    a.running, a.waiting = 6, 3  # busy with other clients' requests
+    _until(lambda: _upstream_metrics(server).get(
+        'aigw_upstream_requests{deployment="gpu-a",state="waiting"}') == 3.0)
+    assert {_served_by(server, "llama") for _ in range(4)} == {"gpu-b"}
+
+    a.running, a.waiting, b.running, b.waiting = 0, 0, 7, 2
+    _until(lambda: _upstream_metrics(server).get(
+        'aigw_upstream_requests{deployment="gpu-b",state="running"}') == 7.0)
+    assert {_served_by(server, "llama") for _ in range(4)} == {"gpu-a"}
+    assert _upstream_metrics(server)[
+        'aigw_upstream_kv_cache_usage_ratio{deployment="gpu-b"}'] == pytest.approx(0.1)
+
+
+def test_a_long_queue_spills_to_the_hosted_api_through_a_policy(
+    fleet: tuple[Server, FakeVllm, FakeVllm],
+) -> None:
+    server, a, _b = fleet
+    _until(lambda: 'aigw_upstream_requests{deployment="gpu-a",state="waiting"}'
+           in _upstream_metrics(server))
+    assert _served_by(server, "local-first") == "gpu-a"
+    a.waiting = 12  # resource.queue_depth >= 8: forbidden while the queue lasts
+    _until(lambda: _upstream_metrics(server).get(
+        'aigw_upstream_requests{deployment="gpu-a",state="waiting"}') == 12.0)
+    assert _served_by(server, "local-first") == "hosted"
+    a.waiting = 0
+    _until(lambda: _upstream_metrics(server).get(
+        'aigw_upstream_requests{deployment="gpu-a",state="waiting"}') == 0.0)
+    assert _served_by(server, "local-first") == "gpu-a"

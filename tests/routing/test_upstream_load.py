@@ -1,0 +1,115 @@
+"""Reading vLLM's /metrics (runtime/upstream_load.py): the parser, and the watcher's
+rounds over a graph's vllm providers, with an httpx mock transport and a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Graph
+from aigw.runtime.routing.state import RoutingState
+from aigw.runtime.upstream_load import ServerLoad, UpstreamLoadWatch, parse_load
+
+# Two engines (data parallel), two models on one server, vLLM's older KV cache name.
+METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="llama"} 3.0
+vllm:num_requests_running{engine="1",model_name="llama"} 2.0
+vllm:num_requests_running{engine="0",model_name="qwen"} 9.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="llama"} 4.0
+vllm:num_requests_waiting{engine="1",model_name="llama"} 1.0
+vllm:num_requests_waiting{engine="0",model_name="qwen"} 0.0
+# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{engine="0",model_name="llama"} 0.25
+vllm:gpu_cache_usage_perc{engine="1",model_name="llama"} 0.75
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="llama"} 1234.0
+"""
+
+
+def test_the_load_of_one_model_is_summed_over_its_engines() -> None:
+    assert parse_load(METRICS, "llama") == ServerLoad(running=5, waiting=5, kv_cache_usage=0.75)
+    assert parse_load(METRICS, "qwen") == ServerLoad(running=9, waiting=0, kv_cache_usage=None)
+    # A model name the server does not label: the whole server's load.
+    assert parse_load(METRICS, "other") == ServerLoad(14, 5, 0.75)
+
+
+def test_a_page_without_vllm_metrics_says_nothing() -> None:
+    assert parse_load("# TYPE up gauge\nup 1\n") is None
+
+
+GATEWAY = """
+version: 1
+providers:
+  box: {type: vllm, base_url: "http://gpu-box.test:8000/v1", metrics_interval_s: 1}
+  other: {type: vllm, base_url: "http://other.test/v1", metrics_url: "http://other.test/m"}
+  cloud: {type: echo}
+deployments:
+  llama: {provider: box, model: llama, context_window: 8192}
+  qwen: {provider: box, model: qwen, context_window: 8192}
+  far: {provider: other, model: llama, context_window: 8192}
+  local: {provider: cloud, model: echo-1, context_window: 8192}
+routes:
+  chat: {deployment: llama}
+"""
+
+
+@pytest.fixture
+def compiled(tmp_path: Path) -> Graph:
+    (tmp_path / "gateway.yaml").write_text(GATEWAY)
+    result = compile_gateway(tmp_path)
+    assert result.graph is not None, result.diagnostics
+    return result.graph
+
+
+async def test_each_round_reads_the_due_servers_and_forgets_stale_numbers(
+    compiled: Graph,
+) -> None:
+    graph, routing, now = compiled, RoutingState(), [100.0]
+    assert graph.providers["box"].metrics_url == "http://gpu-box.test:8000/metrics"
+    assert graph.providers["cloud"].metrics_url is None
+    asked: list[str] = []
+    up = {"gpu-box.test": True, "other.test": True}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if not up[request.url.host]:
+            return httpx.Response(503)
+        return httpx.Response(200, text=METRICS)
+
+    watch = UpstreamLoadWatch(lambda: (graph, routing),
+                              httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+                              clock=lambda: now[0])
+    sleep = await watch.round()
+    assert sorted(asked) == ["http://gpu-box.test:8000/metrics", "http://other.test/m"]
+    assert sleep == pytest.approx(1.0)  # box every second; other every 2 (the default)
+    llama = routing.of(graph.deployments["llama"])
+    assert (llama.upstream_running, llama.queue_depth, llama.kv_cache_usage) == (5, 5, 0.75)
+    assert llama.load() == 10
+    assert routing.of(graph.deployments["qwen"]).load() == 9
+    assert routing.of(graph.deployments["local"]).upstream_running is None
+
+    asked.clear()
+    now[0] = 101.0
+    await watch.round()
+    assert asked == ["http://gpu-box.test:8000/metrics"]  # other is not due yet
+
+    up["gpu-box.test"] = False  # the server stops answering: its numbers age out
+    for second in (102.0, 103.0, 104.0):
+        now[0] = second
+        await watch.round()
+    assert llama.upstream_running == 5  # three intervals old: still believed
+    now[0] = 104.5
+    await watch.round()
+    assert (llama.upstream_running, llama.queue_depth, llama.upstream_seen_at) == (None, 0, None)
+    llama.in_flight = 2
+    assert llama.load() == 2  # back to the gateway's own count
+    await watch._client.aclose()

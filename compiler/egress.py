@@ -7,7 +7,10 @@ forgery). So the compiler fixes each step's destination:
 
 - a URL whose scheme, host and port are written out (``https://tools.example.com/v1/
   {{ input.id }}``) may only reach that origin;
-- a URL whose host is templated needs ``allow_hosts``, the hosts it may reach;
+- a URL whose host is templated needs ``allow_hosts``, where it may go: a host alone
+  means https on port 443; ``host:port`` https on that port; ``http://host[:port]``
+  plain http there (the scheme and port are pinned too, so a template can neither
+  pick another port of an allowed host nor send its headers in clear text);
 
 and the runtime checks every rendered URL against that rule (runtime/workflows/
 kinds.py, with the parser httpx sends with), refusing user info (``https://tools.example.com@evil.test/``),
@@ -31,17 +34,26 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True, slots=True)
 class Egress:
-    """The destinations of one ``http`` step: one origin, or any of ``hosts``. The runtime
-    checks each rendered URL against it (runtime/workflows/kinds.py)."""
+    """The origins one ``http`` step may reach ("https://tools.example.com:443"), and
+    whether its URL wrote the one origin out (else they come from ``allow_hosts``). The
+    runtime checks each rendered URL against them (runtime/workflows/kinds.py)."""
 
-    origin: str | None  # "https://tools.example.com:443"
-    hosts: frozenset[str]
+    origins: frozenset[str]
+    written_out: bool
 
 
 def origin(scheme: str, host: str, port: int | None) -> str:
     """``scheme://host:port``, lower case, the port always written."""
     scheme = scheme.lower()
     return f"{scheme}://{host.lower()}:{port or DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def allowed_origin(entry: str) -> str:
+    """An ``allow_hosts`` entry (``host``, ``host:port`` or ``http(s)://host[:port]``, as
+    the spec's pattern allows) as an origin; https unless it says http."""
+    scheme, _, rest = entry.rpartition("://")
+    host, _, port = rest.partition(":")
+    return origin(scheme or "https", host, int(port) if port else None)
 
 
 def literal_origin(template: str) -> str | None:

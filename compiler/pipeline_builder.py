@@ -24,7 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import codes
 from .diagnostics import DiagnosticSink
-from .egress import Egress, literal_origin
+from .egress import Egress, allowed_origin, literal_origin
 from .link import Linked
 from .load import YamlDocument
 from .pipeline_graph import (
@@ -374,9 +374,9 @@ class Builder:
                           self.document.source_map.value(path), hint)
 
     def _egress(self, name: str, spec: HttpStepSpec, path: NodePath) -> Egress:
-        """A written-out origin, else the hosts ``allow_hosts`` lists (see egress.py)."""
+        """A written-out origin, else the origins ``allow_hosts`` lists (see egress.py)."""
         if spec.allow_hosts is not None:
-            return Egress(None, frozenset(host.lower() for host in spec.allow_hosts))
+            return Egress(frozenset(allowed_origin(entry) for entry in spec.allow_hosts), False)
         origin = literal_origin(spec.url)
         if origin is None:
             self.sink.add(
@@ -386,8 +386,8 @@ class Builder:
                 "write 'https://host/' out before the first '{{', or list the hosts a "
                 "templated URL may reach in 'allow_hosts'",
             )
-            return Egress(None, frozenset())
-        return Egress(origin, frozenset())
+            return Egress(frozenset(), False)
+        return Egress(frozenset({origin}), True)
 
     def _not_allowed(self, path: NodePath, message: str, hint: str) -> None:
         self.sink.add(codes.STEP_NOT_ALLOWED, message, self.document.source_map.key(path), hint)

@@ -97,9 +97,11 @@ class HttpStepSpec(StepBaseSpec):
     kind: Literal["http"]
     url: str = Field(description="jinja2 template of the URL; its scheme, host and port are "
                      "written out unless allow_hosts lists where a templated host may go.")
-    allow_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]] | None = Field(
+    allow_hosts: list[Annotated[str, Field(
+        pattern=r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$")]] | None = Field(
         None, min_length=1,
-        description="Hosts the rendered URL may reach when its host is templated.",
+        description="Where a URL with a templated host may go: 'host' (https, port 443), "
+        "'host:port' (https) or 'http://host:port'.",
     )
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict, description="Templated values.")

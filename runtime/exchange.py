@@ -40,6 +40,7 @@ from .providers.base import ChatDelta, ChatResult, Usage
 from .response_cache import (
     StreamedAnswer,
     cache_key,
+    cacheable,
     decode_answer,
     encode_answer,
     lookup_kind,
@@ -105,10 +106,11 @@ class Exchange:
         cached = await self._cached()
         if cached is not None:
             served, result = cached
+            await self.close()
         else:
             served, result = await complete(self.live, self.plan, self.record)
+            await self.close()  # settled and recorded before anything else can fail
             await self._remember(served.deployment, result)
-        await self.close()
         return served, result
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
@@ -133,6 +135,11 @@ class Exchange:
         if answer is None:
             return None
         deployment = live.graph.deployments[answer.deployment]
+        gate = self.plan.gate
+        if gate is not None and gate.deny([deployment]):
+            # The route policies would not let this caller be served by the deployment
+            # that gave the answer (now): a miss, served by one they permit.
+            return None
         record.cache = "hit"
         record.deployment, record.provider = deployment.name, deployment.provider.name
         record.provider_type = deployment.provider.type
@@ -145,7 +152,7 @@ class Exchange:
         return served, answer.result
 
     async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
-        if self._cache_key is None or not may_store(self.headers):
+        if self._cache_key is None or not may_store(self.headers) or not cacheable(result):
             return
         assert self.plan is not None and self.plan.route.cache is not None
         await self.live.store.cache.put(
@@ -158,10 +165,16 @@ class Exchange:
         """The stream, cached once it has ended normally (not cut, not failed)."""
         answer = StreamedAnswer(self.record.response_model or deployment.model)
         text: list[str] = []
-        async for delta in deltas:
-            answer.add(delta)
-            text.append(delta.content or "")
-            yield delta
+        try:
+            async for delta in deltas:
+                answer.add(delta)
+                text.append(delta.content or "")
+                yield delta
+        finally:  # cut or failed too: the stream underneath settles its quota as it closes
+            closer = getattr(deltas, "aclose", None)
+            if closer is not None:
+                with anyio.CancelScope(shield=True):
+                    await closer()
         record = self.record
         completion = record.completion_tokens or self.live.counter.count("".join(text))
         result = answer.result(Usage(record.prompt_tokens, completion))
@@ -190,7 +203,8 @@ class Exchange:
                     raise BudgetExceeded("The budget ran out during this stream.")
                 yield delta
         finally:
-            if not billed:  # cut before the upstream reported usage: bill what was sent
+            if not billed and record.cache != "hit":  # cut before the upstream reported
+                # usage: bill what was sent (a cached answer costs nothing, cut or not)
                 record.completion_tokens = self.live.counter.count("".join(streamed))
                 record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
             # Shielded: a client that went away cancels the stream, not its settlement.

@@ -184,6 +184,19 @@ def decode_answer(value: bytes, graph: Graph) -> CachedAnswer | None:
     return answer
 
 
+def cacheable(result: ChatResult) -> bool:
+    """Whether an answer may be served again: not one whose tool call arguments are not
+    a JSON object (an ingress refuses those with a 502; it must not be a lasting one)."""
+    for choice in result.choices:
+        for call in choice.tool_calls:
+            try:
+                if not isinstance(json.loads(call.arguments or "{}"), dict):
+                    return False
+            except ValueError:
+                return False
+    return True
+
+
 def replay(result: ChatResult) -> AsyncIterator[ChatDelta]:
     """A cached answer as the deltas of a stream: each choice whole, then the usage."""
 

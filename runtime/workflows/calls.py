@@ -63,8 +63,9 @@ class GatewayModels:
         return ModelAnswer(
             text=(choice.content or "") if choice is not None else "",
             deployment=served.deployment.name,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
+            # As billed: a cached answer (runtime/response_cache.py) spent no tokens.
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
             cost=record.cost,
         )
 

@@ -212,12 +212,11 @@ def _refusal(egress: Egress, url: str) -> str | None:
         return f"'{url}' is not an http(s) URL with a host"
     if parsed.userinfo:
         return f"'{url}' carries user info before its host"
-    if egress.origin is not None:
-        if origin(parsed.scheme, parsed.host, parsed.port) != egress.origin:
-            return f"'{url}' leaves {egress.origin}, the origin the step's URL names"
-    elif parsed.host.lower() not in egress.hosts:
-        return f"'{url}' is not on a host in the step's allow_hosts"
-    return None
+    if origin(parsed.scheme, parsed.host, parsed.port) in egress.origins:
+        return None
+    if egress.written_out:
+        return f"'{url}' leaves {next(iter(egress.origins))}, the origin the step's URL names"
+    return f"'{url}' is not on an origin the step's allow_hosts lists"
 
 
 async def _map(context: StepContext, action: MapStep) -> list[Any]:

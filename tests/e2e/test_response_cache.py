@@ -267,3 +267,33 @@ def test_two_gateways_on_one_redis_share_their_cache(
         second, headers, _ = _ask(_client(servers[1]), "shared across replicas")
         assert headers["x-aigw-cache"] == "hit" and second == first
         assert len(upstream.script.requests) == 1
+
+
+def test_a_hit_is_served_only_from_a_deployment_the_callers_policies_permit(
+    tmp_path: Path, fake: tuple[OpenAIFake, str],
+) -> None:
+    upstream, base_url = fake
+    root = _gateway(tmp_path / "gw", base_url)
+    text = (root / "gateway.yaml").read_text()
+    (root / "gateway.yaml").write_text(text.replace(
+        "routes:\n",
+        "  alt: {provider: up, model: gpt-4o, context_window: 128000}\n"
+        "groups:\n  pair: {strategy: priority, members: [gpt, alt]}\n"
+        "routes:\n  everyone: {group: pair, cache: {scope: shared}}\n", 1))
+    (root / "policies").mkdir()
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("invoke") permit (principal, action == Action::"invoke", resource);\n'
+        '@id("route") permit (principal, action == Action::"route", resource);\n'
+        '@id("ops-stay-off-gpt") forbid (principal in Team::"ops", action == Action::"route",'
+        ' resource == Deployment::"gpt");\n')
+    server = Server(root)
+    try:
+        server.wait_ready()
+        _, headers, _ = _ask(_client(server, ENG_KEY), "who may see this", model="everyone")
+        assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("miss", "gpt")
+        # gpt's cached answer is not for ops: a miss, answered by the member they may use.
+        _, headers, _ = _ask(_client(server, OPS_KEY), "who may see this", model="everyone")
+        assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("miss", "alt")
+        assert len(upstream.script.requests) == 2
+    finally:
+        server.stop()

@@ -108,6 +108,26 @@ async def test_llm_json_answer_is_parsed_checked_and_costed(serve: Serve) -> Non
     assert result["cost"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
 
 
+CACHED_CALL = """
+input: {type: object}
+steps:
+  say: {kind: llm, model: remembered, prompt: "Say {{ input.word }}"}
+output: "{{ steps.say }}"
+"""
+
+
+async def test_a_cached_model_answer_costs_an_execution_nothing(serve: Serve) -> None:
+    served = await serve({"say": CACHED_CALL},
+                         extra_routes="  remembered: {deployment: cheap, cache: {ttl_s: 60}}")
+    first = await served.run("say", {"word": "hello"})
+    again = await served.run("say", {"word": "hello"})
+    assert again["output"] == first["output"] == "Say hello"
+    assert first["cost"] > 0 and first["usage"]["prompt_tokens"] > 0
+    # Answered from the route's cache: no tokens were spent, so none are counted.
+    assert again["cost"] == 0
+    assert (again["usage"]["prompt_tokens"], again["usage"]["completion_tokens"]) == (0, 0)
+
+
 async def test_llm_json_answer_that_never_conforms_fails_after_asking_again(
     serve: Serve,
 ) -> None:
@@ -385,7 +405,7 @@ steps:
     kind: http
     method: GET
     url: "{{ input.url }}"
-    allow_hosts: [tools.test]
+    allow_hosts: ["http://tools.test", secure.test]
     retries: 2
     backoff_ms: 1
 output: "{{ steps.fetch }}"
@@ -401,16 +421,20 @@ async def test_a_templated_url_reaches_only_the_hosts_the_step_allows(serve: Ser
 
     caller = HttpxCaller(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
     served = await serve({"tool": ANY_TOOL}, http=caller)
-    assert (await served.run("tool", {"url": "http://tools.test/ok"}))["output"] == {"ok": True}
+    for url in ("http://tools.test/ok", "https://secure.test/ok"):
+        assert (await served.run("tool", {"url": url}))["output"] == {"ok": True}
+    not_listed = "is not on an origin the step's allow_hosts lists"
     for url, why in (
-        ("http://169.254.169.254/latest/meta-data/", "is not on a host in the step's allow_hosts"),
+        ("http://169.254.169.254/latest/meta-data/", not_listed),
+        ("http://tools.test:6379/", not_listed),  # another port of an allowed host
+        ("http://secure.test/ok", not_listed),  # https only, unless the entry says http
         ("http://tools.test@evil.test/", "carries user info before its host"),
         ("file:///etc/passwd", "is not an http(s) URL with a host"),
     ):
         result = await served.run("tool", {"url": url})
         assert result["error"] == f"step 'fetch' failed: GET refused: '{url}' {why}"
         assert (await served.steps(result["execution"]))["fetch"]["attempts"] == 1  # no retry
-    assert seen == ["http://tools.test/ok"]  # nothing refused was ever sent
+    assert seen == ["http://tools.test/ok", "https://secure.test/ok"]  # nothing refused was sent
 
 
 async def test_a_redirect_is_not_followed(serve: Serve) -> None:

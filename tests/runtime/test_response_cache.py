@@ -24,6 +24,7 @@ from aigw.runtime.response_cache import (
     RedisCache,
     StreamedAnswer,
     cache_key,
+    cacheable,
     decode_answer,
     encode_answer,
     replay,
@@ -143,6 +144,15 @@ def test_a_stream_in_pieces_reassembles_and_an_unfinished_one_does_not() -> None
     answer.add(ChatDelta(finish_reason="stop"))
     answer.add(ChatDelta(usage=Usage(7, 3)))
     assert answer.result(Usage(7, 3)) == RESULT
+
+
+def test_an_answer_with_tool_arguments_that_are_not_an_object_is_not_kept() -> None:
+    def calling(arguments: str) -> ChatResult:
+        call = ToolCall("call_1", "lookup", arguments)
+        return ChatResult("m", (Choice(0, None, "tool_calls", (call,)),), Usage(1, 1))
+
+    assert cacheable(RESULT) and cacheable(calling('{"q": 1}')) and cacheable(calling(""))
+    assert not cacheable(calling('{"q": ')) and not cacheable(calling("[1, 2]"))
 
 
 def test_an_entry_whose_deployment_is_gone_is_not_served(graph: Graph) -> None:

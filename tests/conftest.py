@@ -13,6 +13,8 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
+from .fakes.openai_fake import OpenAIFake
+from .fakes.serve import serving
 from .redis_server import PrivateRedis, shared_redis_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,3 +68,12 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def redis_url() -> str:
     """The shared Redis the store and pipeline tests use, each in its own namespace."""
     return shared_redis_url()
+
+
+@pytest.fixture
+def openai_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[OpenAIFake, str]]:
+    """An OpenAI fake on loopback and its base URL; its key is in $FAKE_OPENAI_KEY."""
+    fake = OpenAIFake()
+    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+    with serving(fake.app) as url:
+        yield fake, url

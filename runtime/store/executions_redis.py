@@ -124,6 +124,14 @@ class RedisExecutions:
     def _x(self, execution_id: str, part: str = "") -> str:
         return self._key("x", execution_id) + (f":{part}" if part else "")
 
+    async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
+        """The execution hashes of ``ids`` in one round trip (empty where one is gone)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hgetall(self._x(execution_id))
+            rows: list[dict[str, str]] = await pipe.execute()
+        return rows
+
     async def create(self, new: NewExecution, now: float) -> tuple[Execution, bool]:
         async def run() -> tuple[Execution, bool]:
             execution = Execution(
@@ -168,11 +176,7 @@ class RedisExecutions:
                 if not ids:
                     break
                 start += len(ids)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for execution_id in ids:
-                        pipe.hgetall(self._x(execution_id))
-                    rows = await pipe.execute()
-                for row in rows:
+                for row in await self._hashes(ids):
                     if not row:
                         continue
                     execution = _decode(row)
@@ -400,11 +404,7 @@ class RedisExecutions:
                 if not ids:
                     break
                 start += len(ids)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for execution_id in ids:
-                        pipe.hgetall(self._x(execution_id))
-                    rows = await pipe.execute()
-                for execution_id, row in zip(ids, rows, strict=True):
+                for execution_id, row in zip(ids, await self._hashes(ids), strict=True):
                     if not row:
                         dangling.append(execution_id)
                         continue

@@ -18,7 +18,6 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake, reply_for
-from ..fakes.serve import serving
 from ..redis_server import PrivateRedis
 from .server import Server
 
@@ -62,16 +61,8 @@ keys:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[OpenAIFake, str]]:
-    upstream = OpenAIFake()
-    monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
-    with serving(upstream.app) as base_url:
-        yield upstream, base_url
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, fake: tuple[OpenAIFake, str]) -> Iterator[Server]:
-    server = Server(_gateway(tmp_path / "gw", fake[1]))
+def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
+    server = Server(_gateway(tmp_path / "gw", openai_upstream[1]))
     try:
         server.wait_ready()
         yield server
@@ -120,9 +111,9 @@ def _access_lines(server: Server) -> list[dict[str, Any]]:
 
 
 def test_a_repeated_request_is_answered_without_the_upstream(
-    gateway: Server, fake: tuple[OpenAIFake, str],
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream = fake[0]
+    upstream = openai_upstream[0]
     client = _client(gateway)
     first, first_headers, _ = _ask(client, "what is a cache")
     second, second_headers, completion = _ask(client, "what is a cache")
@@ -148,9 +139,9 @@ def test_a_repeated_request_is_answered_without_the_upstream(
 
 
 def test_streams_fill_the_cache_and_are_replayed_from_it(
-    gateway: Server, fake: tuple[OpenAIFake, str],
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream = fake[0]
+    upstream = openai_upstream[0]
     client = _client(gateway)
     text, headers, _ = _streamed(client, "stream me a cache",
                                  stream_options={"include_usage": True})
@@ -168,9 +159,9 @@ def test_streams_fill_the_cache_and_are_replayed_from_it(
 
 
 def test_tool_calls_come_back_whole_from_a_cached_stream(
-    gateway: Server, fake: tuple[OpenAIFake, str],
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream = fake[0]
+    upstream = openai_upstream[0]
     client = _client(gateway)
     _streamed(client, "weather in Oslo?", tools=TOOLS)
     _, headers, completion = _ask(client, "weather in Oslo?", tools=TOOLS)
@@ -187,9 +178,9 @@ def test_tool_calls_come_back_whole_from_a_cached_stream(
 
 
 def test_cache_control_skips_the_lookup_or_the_whole_cache(
-    gateway: Server, fake: tuple[OpenAIFake, str],
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream = fake[0]
+    upstream = openai_upstream[0]
     _ask(_client(gateway), "fresh please")
     _, headers, _ = _ask(_client(gateway, **{"Cache-Control": "no-cache"}), "fresh please")
     assert headers["x-aigw-cache"] == "bypass" and len(upstream.script.requests) == 2
@@ -202,9 +193,9 @@ def test_cache_control_skips_the_lookup_or_the_whole_cache(
 
 
 def test_entries_are_shared_only_within_their_scope(
-    gateway: Server, fake: tuple[OpenAIFake, str],
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream = fake[0]
+    upstream = openai_upstream[0]
     _ask(_client(gateway, ENG_KEY), "team secret")
     assert _ask(_client(gateway, ENG_KEY_2), "team secret")[1]["x-aigw-cache"] == "hit"
     assert _ask(_client(gateway, OPS_KEY), "team secret")[1]["x-aigw-cache"] == "miss"
@@ -221,8 +212,10 @@ def test_entries_are_shared_only_within_their_scope(
                 model="brief")[1]["x-aigw-cache"] == "hit"
 
 
-def test_an_entry_expires_after_its_ttl(gateway: Server, fake: tuple[OpenAIFake, str]) -> None:
-    upstream = fake[0]
+def test_an_entry_expires_after_its_ttl(
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    upstream = openai_upstream[0]
     client = _client(gateway)
     _ask(client, "short lived", model="brief")
     assert _ask(client, "short lived", model="brief")[1]["x-aigw-cache"] == "hit"
@@ -252,9 +245,9 @@ def test_hits_are_counted_logged_and_billed_as_nothing(gateway: Server) -> None:
 
 
 def test_two_gateways_on_one_redis_share_their_cache(
-    tmp_path: Path, fake: tuple[OpenAIFake, str], private_redis: PrivateRedis,
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str], private_redis: PrivateRedis,
 ) -> None:
-    upstream, base_url = fake
+    upstream, base_url = openai_upstream
     with ExitStack() as stack:
         servers = []
         for name in ("a", "b"):
@@ -270,9 +263,9 @@ def test_two_gateways_on_one_redis_share_their_cache(
 
 
 def test_a_hit_is_served_only_from_a_deployment_the_callers_policies_permit(
-    tmp_path: Path, fake: tuple[OpenAIFake, str],
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
-    upstream, base_url = fake
+    upstream, base_url = openai_upstream
     root = _gateway(tmp_path / "gw", base_url)
     text = (root / "gateway.yaml").read_text()
     (root / "gateway.yaml").write_text(text.replace(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,6 @@ from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
 from ..fakes.openai_fake import OpenAIFake
-from ..fakes.serve import serving
 
 REPO = Path(__file__).resolve().parent.parent.parent
 KEYS = {"dev": "sk-aigw-dev", "alice": "sk-alice-0001", "ops": "sk-ops-0003"}
@@ -130,12 +129,9 @@ async def policy_gateway(tmp_path: Path, counter: TokenCounter) -> AsyncIterator
 
 
 @pytest.fixture
-def hosted(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[OpenAIFake, str]]:
-    """An OpenAI fake for the ``hosted`` (not self-hosted) deployment."""
-    fake = OpenAIFake()
-    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
-    with serving(fake.app) as url:
-        yield fake, url
+def hosted(openai_upstream: tuple[OpenAIFake, str]) -> tuple[OpenAIFake, str]:
+    """The upstream of the ``hosted`` (not self-hosted) deployment."""
+    return openai_upstream
 
 
 def chat(model: str, content: str = "hello", **extra: object) -> dict[str, object]:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aigw import __version__
 
 from . import usage_api
+from .admin_page import admin_page_routes
 from .auth import authenticate, require_admin
 from .chat import chat_completions, new_record
 from .embeddings import embeddings
@@ -64,6 +65,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
             Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
             *workflow_routes(workflows),
+            *admin_page_routes(gateway, workflows),
             *policy_routes(gateway),
         ],
         lifespan=partial(_lifespan, gateway, workflows),

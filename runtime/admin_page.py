@@ -1,0 +1,285 @@
+"""GET /admin: one server-rendered page for a person, read-mostly.
+
+What ``/admin/status``, ``/admin/budgets`` and the executions API say, on one page:
+the graph being served and its last reload, the routes, each deployment's live state
+(circuit, in flight, latency, error rate, and a vLLM server's own queue and KV cache),
+the budgets, the executions waiting for a human (with approve and reject buttons) and
+the latest executions. Configuration is not edited here: it lives in git.
+
+A browser signs in with HTTP Basic (any user name, an admin key as the password);
+``Authorization: Bearer`` works as everywhere else. A decision is a form POST, and a
+browser sends Basic credentials with any site's form, so a POST is accepted only when
+its ``Origin`` (or, without one, its ``Referer``) is this gateway's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import time
+import urllib.parse
+from typing import Any
+
+import jinja2
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from aigw import __version__
+from aigw.compiler.graph import ApiKey, Graph
+
+from .auth import bearer_token, require_admin
+from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
+from .live import Gateway
+from .routing.state import DeploymentStats, Snapshot
+from .store.executions import Decision, ExecutionConflict, Status, StepStatus
+from .usage_api import declared_budgets
+from .workflows import Workflows
+
+_REALM = 'Basic realm="aigw admin", charset="UTF-8"'
+_RECENT = 20
+_MAX_FORM_BYTES = 64 * 1024
+
+_PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>aigw admin</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;
+padding:.25em .6em;text-align:left}th{background:#f4f4f4}.bad{color:#b00}.ok{color:#070}
+code{font-size:13px}form{display:inline}
+</style></head><body>
+<h1>aigw {{ version }}</h1>
+<p>Serving graph <code>{{ graph.fingerprint[:12] }}</code> from <code>{{ graph.root }}</code>,
+loaded {{ loaded_at }}.
+{% if reload %}Last reload ({{ reload.trigger }}, {{ reload.at }}):
+<span class="{{ 'ok' if reload.ok else 'bad' }}">{{ 'ok' if reload.ok else 'failed' }}</span>
+{% for d in reload.diagnostics %}<br><code>{{ d.code }} {{ d.file }}:{{ d.line }}:{{ d.column }}
+{{ d.message }}</code>{% endfor %}{% endif %}</p>
+
+<h2>Waiting for a decision</h2>
+{% if waiting %}<table><tr><th>execution</th><th>pipeline</th><th>step</th><th>message</th>
+<th>deadline</th><th>default</th><th></th></tr>
+{% for item in waiting %}<tr><td><code>{{ item.id }}</code></td><td>{{ item.pipeline }}</td>
+<td>{{ item.step }}</td><td>{{ item.message }}</td><td>{{ item.deadline }}</td>
+<td>{{ item.default }}</td><td>
+{% for verdict in ("approve", "reject") %}<form method="post" action="{{ item.action }}">
+<input type="hidden" name="decision" value="{{ verdict }}">
+<button type="submit">{{ verdict }}</button></form>{% endfor %}</td></tr>{% endfor %}
+</table>{% else %}<p>Nothing is waiting.</p>{% endif %}
+
+<h2>Routes</h2>
+<table><tr><th>route</th><th>serves</th><th>candidates</th><th>cache</th></tr>
+{% for r in routes %}<tr><td>{{ r.name }}</td><td>{{ r.kind }} {{ r.target }}</td>
+<td>{{ r.candidates }}</td><td>{{ r.cache }}</td></tr>{% endfor %}</table>
+
+<h2>Deployments</h2>
+<table><tr><th>deployment</th><th>provider</th><th>model</th><th>circuit</th>
+<th>in flight</th><th>latency ms (avg / p95)</th><th>error rate</th>
+<th>server: running / waiting / KV cache</th></tr>
+{% for d in deployments %}<tr><td>{{ d.name }}</td><td>{{ d.provider }}</td>
+<td>{{ d.model }}</td><td class="{{ 'ok' if d.circuit == 'closed' else 'bad' }}">
+{{ d.circuit }}</td><td>{{ d.in_flight }}</td><td>{{ d.latency }}</td><td>{{ d.errors }}</td>
+<td>{{ d.server }}</td></tr>{% endfor %}</table>
+
+<h2>Budgets</h2>
+{% if budgets %}<table><tr><th>scope</th><th>name</th><th>period</th><th>amount</th>
+<th>spent</th><th>held</th><th>used</th></tr>
+{% for b in budgets %}<tr><td>{{ b.scope }}</td><td>{{ b.name }}</td><td>{{ b.period }}</td>
+<td>{{ b.amount }}</td><td>{{ b.spent }}</td><td>{{ b.held }}</td>
+<td class="{{ 'bad' if b.over else '' }}">{{ b.used }}</td></tr>{% endfor %}</table>
+{% else %}<p>{{ budgets_note }}</p>{% endif %}
+
+<h2>Latest executions</h2>
+{% if executions %}<table><tr><th>execution</th><th>pipeline</th><th>status</th><th>key</th>
+<th>cost</th><th>created</th></tr>
+{% for x in executions %}<tr><td><code>{{ x.id }}</code></td><td>{{ x.pipeline }}</td>
+<td>{{ x.status }}</td><td>{{ x.key }}</td><td>{{ x.cost }}</td><td>{{ x.created }}</td>
+</tr>{% endfor %}</table>{% else %}<p>{{ executions_note }}</p>{% endif %}
+<p><a href="/metrics">/metrics</a> · <a href="/admin/status">/admin/status</a></p>
+</body></html>
+""")
+
+
+def admin_page_routes(gateway: Gateway, workflows: Workflows) -> list[Route]:
+    page = _AdminPage(gateway, workflows)
+    return [
+        Route("/admin", page.show, methods=["GET"]),
+        Route("/admin/approvals/{execution_id}/{step:path}", page.decide, methods=["POST"]),
+    ]
+
+
+def admin_key(graph: Graph, headers: Headers) -> ApiKey:
+    """The admin key of a Bearer or a Basic (password) ``Authorization`` header."""
+    token = bearer_token(headers) or _basic_password(headers)
+    if token is None:
+        raise Unauthorized("Sign in with an admin key as the password.")
+    return require_admin(graph, Headers({"authorization": f"Bearer {token}"}))
+
+
+def _basic_password(headers: Headers) -> str | None:
+    scheme, _, encoded = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a POST comes from a page of this gateway (see the module's docstring)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        return False
+    found = urllib.parse.urlsplit(source)
+    return (found.scheme, found.netloc) == (request.url.scheme, request.headers.get("host"))
+
+
+def _when(at: float | None) -> str:
+    if not at:
+        return ""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class _AdminPage:
+    def __init__(self, gateway: Gateway, workflows: Workflows) -> None:
+        self.gateway = gateway
+        self.workflows = workflows
+
+    async def show(self, request: Request) -> Response:
+        live = self.gateway.live
+        refused = _refusal(live.graph, request.headers)
+        if refused is not None:
+            return refused
+        return HTMLResponse(_PAGE.render(await self._facts()),
+                            headers={"cache-control": "no-store"})
+
+    async def decide(self, request: Request) -> Response:
+        live = self.gateway.live
+        refused = _refusal(live.graph, request.headers)
+        if refused is not None:
+            return refused
+        if not same_origin(request):
+            return PlainTextResponse("A decision must come from this gateway's own page.",
+                                     status_code=403)
+        key = admin_key(live.graph, request.headers)
+        body = b""
+        async for chunk in request.stream():  # never more than a form's worth in memory
+            body += chunk
+            if len(body) > _MAX_FORM_BYTES:
+                return PlainTextResponse("the form is too large", status_code=413)
+        # application/x-www-form-urlencoded, as a plain HTML form posts it.
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        verdict = (form.get("decision") or [""])[0]
+        if verdict not in ("approve", "reject"):
+            return PlainTextResponse("decision must be approve or reject", status_code=400)
+        comment = (form.get("comment") or [""])[0] or None
+        decision = Decision(verdict == "approve", key.name, comment, time.time())
+        try:
+            await self.workflows.decide(request.path_params["execution_id"],
+                                        request.path_params["step"], decision)
+        except ExecutionConflict as exc:
+            return PlainTextResponse(str(exc), status_code=409)
+        return RedirectResponse("/admin", status_code=303)
+
+    async def _facts(self) -> dict[str, Any]:
+        live = self.gateway.live
+        graph, routing = live.graph, live.routing
+        last = self.gateway.last_reload
+        facts: dict[str, Any] = {
+            "version": __version__,
+            "graph": graph,
+            "loaded_at": _when(live.loaded_at),
+            "reload": {**last.as_dict(), "at": _when(last.at)} if last is not None else None,
+            "routes": [
+                {"name": name, "kind": route.kind.value, "target": route.target,
+                 "candidates": ", ".join(d.name for d in route.candidates),
+                 "cache": (f"{route.cache.ttl_s:g} s, {route.cache.scope}"
+                           if route.cache is not None else "")}
+                for name, route in sorted(graph.routes.items())
+            ],
+            "deployments": [_deployment_row(name, graph, snapshot, routing.of(deployment))
+                            for name, snapshot in routing.snapshot().items()
+                            if (deployment := graph.deployments.get(name)) is not None],
+        }
+        try:
+            facts["budgets"] = [
+                {"scope": b.scope.value, "name": b.name, "period": b.period.value,
+                 "amount": f"{b.amount:g}", "spent": f"{b.spent:.4f}", "held": f"{b.held:.4f}",
+                 "used": f"{b.spent / b.amount:.1%}" if b.amount else "",
+                 "over": bool(b.amount) and b.spent >= b.amount}
+                for b in await declared_budgets(live)
+            ]
+            facts["budgets_note"] = "No team or key has a budget."
+        except StoreUnavailable as exc:
+            facts["budgets"], facts["budgets_note"] = [], f"The store is unavailable: {exc}"
+        facts.update(await self._executions())
+        return facts
+
+    async def _executions(self) -> dict[str, Any]:
+        try:
+            store = await self.workflows.store()
+            latest = await store.list(limit=200)
+            waiting = []
+            for execution in latest:
+                if execution.status is not Status.WAITING:
+                    continue
+                for state in await store.steps(execution.id):
+                    if state.status is StepStatus.WAITING:
+                        detail = state.detail or {}
+                        waiting.append({
+                            "id": execution.id, "pipeline": execution.pipeline,
+                            "step": state.step, "message": detail.get("message", ""),
+                            "deadline": _when(detail.get("deadline")),
+                            "default": detail.get("default", ""),
+                            "action": "/admin/approvals/"
+                                      f"{urllib.parse.quote(execution.id, safe='')}/"
+                                      f"{urllib.parse.quote(state.step, safe='/')}",
+                        })
+        except (StoreUnavailable, GatewayError) as exc:
+            note = f"The executions store is unavailable: {exc}"
+            return {"waiting": [], "executions": [], "executions_note": note}
+        return {
+            "waiting": waiting,
+            "executions": [
+                {"id": x.id, "pipeline": x.pipeline, "status": x.status.value,
+                 "key": x.key or "", "cost": f"{x.cost:.4f}", "created": _when(x.created_at)}
+                for x in latest[:_RECENT]
+            ],
+            "executions_note": "No executions yet.",
+        }
+
+
+def _deployment_row(name: str, graph: Graph, snapshot: Snapshot,
+                    stats: DeploymentStats) -> dict[str, Any]:
+    deployment = graph.deployments[name]
+    server = ""
+    if stats.upstream_running is not None:
+        kv = f" / {stats.kv_cache_usage:.0%}" if stats.kv_cache_usage is not None else ""
+        server = f"{stats.upstream_running} / {stats.queue_depth}{kv}"
+    latency = snapshot.latency_ms
+    p95 = snapshot.p95_ms
+    return {
+        "name": name, "provider": f"{deployment.provider.name} ({deployment.provider.type})",
+        "model": deployment.model, "circuit": snapshot.circuit, "in_flight": snapshot.in_flight,
+        "latency": (f"{latency:.0f} / {p95:.0f}" if latency is not None and p95 is not None
+                    else f"{latency:.0f} / -" if latency is not None else "-"),
+        "errors": f"{snapshot.failures / snapshot.requests:.1%}" if snapshot.requests else "-",
+        "server": server,
+    }
+
+
+def _refusal(graph: Graph, headers: Headers) -> Response | None:
+    """A 401 that makes a browser ask for the key, or a 403; None for an admin."""
+    try:
+        admin_key(graph, headers)
+    except Unauthorized as exc:
+        return PlainTextResponse(exc.message, status_code=401,
+                                 headers={"www-authenticate": _REALM})
+    except Forbidden as exc:
+        return PlainTextResponse(exc.message, status_code=403)
+    return None

@@ -1,0 +1,91 @@
+"""GET /admin, the page for a person: who may see it, what it shows, and a decision on
+a waiting approval made from it (with the cross-site check a browser form needs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+
+import httpx
+
+from aigw.runtime.app import create_app
+
+from ..conftest import DEV_KEY
+from .conftest import ALICE_KEY, Serve, Served
+
+WAITS = """
+input: {type: object}
+steps:
+  sign_off:
+    kind: approval
+    message: "Ship <b>{{ input.what }}</b>?"
+    timeout_s: 60
+    default: reject
+output: "{{ steps.sign_off }}"
+"""
+
+
+def _browser(served: Served, key: str | None) -> httpx.AsyncClient:
+    """A client without the fixture's bearer key: Basic credentials, as a browser sends."""
+    headers = {}
+    if key is not None:
+        headers["authorization"] = "Basic " + base64.b64encode(f"ops:{key}".encode()).decode()
+    app = create_app(served.gateway, served.workflows)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), headers=headers,
+                             base_url="http://aigw.test")
+
+
+async def test_only_an_admin_key_sees_the_page(serve: Serve) -> None:
+    served = await serve({"ship": WAITS})
+    async with _browser(served, None) as anonymous, _browser(served, ALICE_KEY) as alice, \
+            _browser(served, "sk-wrong") as wrong:
+        asked = await anonymous.get("/admin")
+        assert asked.status_code == 401
+        assert asked.headers["www-authenticate"].startswith('Basic realm="aigw admin"')
+        assert (await wrong.get("/admin")).status_code == 401
+        assert (await alice.get("/admin")).status_code == 403  # a key, not an admin key
+    page = await served.http.get("/admin")  # Bearer works too
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-store"
+
+
+async def test_the_page_shows_the_graph_routes_deployments_and_budgets(serve: Serve) -> None:
+    served = await serve({"ship": WAITS})
+    served.gateway.routing.of(served.gateway.live.graph.deployments["cheap"]).in_flight = 3
+    async with _browser(served, DEV_KEY) as browser:
+        text = (await browser.get("/admin")).text
+    assert served.gateway.live.graph.fingerprint[:12] in text
+    for name in ("fast", "smart", "cheap", "strong", "cheap-1"):
+        assert f"<td>{name}</td>" in text
+    assert re.search(r"<td>cheap</td>.*?<td>3</td>", text, re.S)  # in flight
+    assert "Nothing is waiting." in text and "No executions yet." in text
+
+
+async def test_an_approval_is_decided_from_the_page(serve: Serve) -> None:
+    served = await serve({"ship": WAITS})
+    started = await served.start("ship", {"what": "v2 <script>"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    async with _browser(served, DEV_KEY) as browser:
+        text = (await browser.get("/admin")).text
+        assert html.escape("Ship <b>v2 <script></b>?") in text  # escaped, never markup
+        assert "<script>" not in text
+        (action,) = re.findall(r'<form method="post" action="([^"]+)">', text)[:1]
+        assert action == f"/admin/approvals/{started['id']}/sign_off"
+
+        # A form posted from another site (or with no origin) is refused.
+        for origin in ({"origin": "https://evil.test"}, {}):
+            refused = await browser.post(action, data={"decision": "approve"}, headers=origin)
+            assert refused.status_code == 403
+        assert (await served.get(started["id"]))["status"] == "waiting"
+
+        decided = await browser.post(action, data={"decision": "approve"},
+                                     headers={"origin": "http://aigw.test"})
+        assert decided.status_code == 303 and decided.headers["location"] == "/admin"
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"]["approved"] is True and done["output"]["by"] == "dev"
+    async with _browser(served, DEV_KEY) as browser:
+        again = await browser.post(action, data={"decision": "reject"},
+                                   headers={"referer": "http://aigw.test/admin"})
+        assert again.status_code == 409  # already decided
+        assert "Nothing is waiting." in (await browser.get("/admin")).text

@@ -135,8 +135,11 @@ def same_origin(request: Request) -> bool:
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         return False
-    found = urllib.parse.urlsplit(source)
-    return (found.scheme, found.netloc) == (request.url.scheme, request.headers.get("host"))
+    # The host only: behind a proxy that terminates TLS the page is https and the
+    # request here is http. A cross-site form cannot set Host or X-Forwarded-Host.
+    netloc = urllib.parse.urlsplit(source).netloc
+    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    return bool(netloc) and netloc in hosts
 
 
 def _when(at: float | None) -> str:

@@ -79,8 +79,9 @@ async def test_an_approval_is_decided_from_the_page(serve: Serve) -> None:
             assert refused.status_code == 403
         assert (await served.get(started["id"]))["status"] == "waiting"
 
+        # Behind a proxy that terminates TLS, the page's origin is https.
         decided = await browser.post(action, data={"decision": "approve"},
-                                     headers={"origin": "http://aigw.test"})
+                                     headers={"origin": "https://aigw.test"})
         assert decided.status_code == 303 and decided.headers["location"] == "/admin"
     done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
     assert done["output"]["approved"] is True and done["output"]["by"] == "dev"

@@ -33,7 +33,7 @@ from aigw.compiler.graph import ApiKey, Graph
 from .auth import bearer_token, require_admin
 from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
 from .live import Gateway
-from .routing.state import DeploymentStats, Snapshot
+from .routing.state import Snapshot
 from .store.executions import Decision, ExecutionConflict, Status, StepStatus
 from .usage_api import declared_budgets
 from .workflows import Workflows
@@ -205,9 +205,9 @@ class _AdminPage:
                            if route.cache is not None else "")}
                 for name, route in sorted(graph.routes.items())
             ],
-            "deployments": [_deployment_row(name, graph, snapshot, routing.of(deployment))
+            "deployments": [_deployment_row(name, graph, snapshot)
                             for name, snapshot in routing.snapshot().items()
-                            if (deployment := graph.deployments.get(name)) is not None],
+                            if name in graph.deployments],
         }
         try:
             facts["budgets"] = [
@@ -257,13 +257,12 @@ class _AdminPage:
         }
 
 
-def _deployment_row(name: str, graph: Graph, snapshot: Snapshot,
-                    stats: DeploymentStats) -> dict[str, Any]:
+def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, Any]:
     deployment = graph.deployments[name]
     server = ""
-    if stats.upstream_running is not None:
-        kv = f" / {stats.kv_cache_usage:.0%}" if stats.kv_cache_usage is not None else ""
-        server = f"{stats.upstream_running} / {stats.queue_depth}{kv}"
+    if snapshot.upstream_running is not None:
+        kv = f" / {snapshot.kv_cache_usage:.0%}" if snapshot.kv_cache_usage is not None else ""
+        server = f"{snapshot.upstream_running} / {snapshot.upstream_waiting}{kv}"
     latency = snapshot.latency_ms
     p95 = snapshot.p95_ms
     return {

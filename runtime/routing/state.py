@@ -102,6 +102,10 @@ class Snapshot:
     circuit: str
     requests: int
     failures: int
+    # A vLLM server's own figures (runtime/upstream_load.py); None: not read lately.
+    upstream_running: int | None = None
+    upstream_waiting: int | None = None
+    kv_cache_usage: float | None = None
 
 
 class RoutingState:
@@ -147,6 +151,9 @@ class RoutingState:
                 circuit=stats.breaker.state(now).value,
                 requests=stats.requests,
                 failures=stats.failures,
+                upstream_running=stats.upstream_running,
+                upstream_waiting=stats.queue_depth if stats.upstream_running is not None else None,
+                kv_cache_usage=stats.kv_cache_usage,
             )
             for name, stats in sorted(self.stats.items())
         }

@@ -134,6 +134,13 @@ def test_least_busy_follows_what_the_servers_say(
     assert {_served_by(server, "llama") for _ in range(4)} == {"gpu-a"}
     assert _upstream_metrics(server)[
         'aigw_upstream_kv_cache_usage_ratio{deployment="gpu-b"}'] == pytest.approx(0.1)
+    status = httpx.get(f"{server.base_url}/admin/status",
+                       headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    gpu_b = status["deployments"]["gpu-b"]
+    assert (gpu_b["upstream_running"], gpu_b["upstream_waiting"]) == (7, 2)
+    assert status["deployments"]["hosted"]["upstream_running"] is None  # not a vLLM server
+    page = httpx.get(f"{server.base_url}/admin", auth=("ops", DEV_KEY)).text
+    assert "<td>7 / 2 / 10%</td>" in page
 
 
 def test_a_long_queue_spills_to_the_hosted_api_through_a_policy(

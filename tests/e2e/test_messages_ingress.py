@@ -47,7 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterat
         "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
         "        capabilities: [streaming, tools, vision]}\n"
         "routes:\n"
-        "  gpt: {deployment: gpt}\n" + DEV_KEY_LINE
+        "  gpt: {deployment: gpt}\n"
+        "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n" + DEV_KEY_LINE
     )
     started = Server(root)
     started.wait_ready()
@@ -183,3 +184,31 @@ def test_failure_mid_stream_reaches_the_sdk_as_an_error_event(
     assert isinstance(failed.value.body, dict)
     assert failed.value.body["type"] == "error"
     assert failed.value.body["error"]["type"] == "api_error"
+
+
+def test_the_response_cache_answers_the_messages_api_too(
+    server: Server, fake: OpenAIFake,
+) -> None:
+    client = _client(server)
+    before = len(fake.script.requests)
+    answers = []
+    for _ in range(2):
+        raw = client.messages.with_raw_response.create(
+            model="gpt-cached", max_tokens=64,
+            messages=[{"role": "user", "content": "cache me, Anthropic style"}])
+        answers.append((raw.headers["x-aigw-cache"], raw.parse()))
+    (first_state, first), (second_state, second) = answers
+    assert (first_state, second_state) == ("miss", "hit")
+    assert len(fake.script.requests) == before + 1
+    assert second.content[0].type == first.content[0].type == "text"
+    assert second.content[0].text == first.content[0].text  # type: ignore[union-attr]
+    assert second.id != first.id and second.stop_reason == "end_turn"
+
+    with client.messages.stream(model="gpt-cached", max_tokens=64, messages=[
+            {"role": "user", "content": "cache me, Anthropic style"}]) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == first.content[0].text  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert len(fake.script.requests) == before + 1  # replayed from the cache
+

@@ -22,7 +22,8 @@ ProviderType = Literal[
 ]
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 Strategy = Literal[
-    "priority", "weighted", "round_robin", "least_busy", "lowest_latency", "lowest_cost", "usage"
+    "priority", "weighted", "round_robin", "least_busy", "lowest_latency", "lowest_cost", "usage",
+    "prefix_affinity",
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]

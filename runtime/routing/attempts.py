@@ -38,7 +38,7 @@ from ..policy import Denied, RequestGate
 from ..providers.base import ChatAdapter
 from .candidates import Candidate, Dropped, eligible, order_candidates
 from .state import RoutingState
-from .strategies import Demand
+from .strategies import Demand, prefix_digest
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -108,7 +108,8 @@ class AttemptLoop(Generic[T]):
         self.sleep = sleep
         self.gate = gate  # Cedar's route policies; None: every candidate may serve
         self.trace = Trace()
-        self.demand = Demand(prompt_tokens, request.output_limit, request.stream)
+        self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
+                             _prefix(graph, route, request))
 
     async def run(self) -> Won[T]:
         queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
@@ -368,3 +369,23 @@ def _counts_against_health(error: UpstreamError) -> bool:
     """Failures that say the deployment is unwell (not that the request was wrong)."""
     unwell = error.retryable and not isinstance(error, UpstreamRateLimited)
     return unwell or isinstance(error, UpstreamAuthError)
+
+
+def _prefix(graph: Graph, route: Route, request: ChatRequest) -> int:
+    """The conversation's prefix digest, when a group the route may use wants it."""
+    group = route.group
+    assert group is not None
+    names = (*group.fallbacks, *group.on_rate_limit, *group.on_context_window,
+             *group.on_content_policy)
+    if group.strategy != "prefix_affinity" and all(
+            graph.groups[name].strategy != "prefix_affinity" for name in names
+            if name in graph.groups):
+        return 0
+    # What every turn of a conversation starts with: its system (or developer) messages
+    # and its first user message.
+    start: list[str] = []
+    for message in request.messages:
+        start.append(message.text())
+        if message.role not in ("system", "developer"):
+            break
+    return prefix_digest(start)

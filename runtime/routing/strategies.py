@@ -7,7 +7,9 @@ deployment gets measured instead of starved.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,6 +20,11 @@ from .state import RoutingState
 
 # What a request is expected to produce when it sets no max_tokens (for lowest_cost).
 EXPECTED_OUTPUT_TOKENS = 256
+# prefix_affinity: the member a prefix hashes to keeps it while its load is at most
+# this much above the least loaded member's (requests), or this share above it.
+AFFINITY_SLACK = 4
+AFFINITY_RATIO = 1.5
+PREFIX_CHARS = 4096  # of each message that names a conversation's start
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +34,16 @@ class Demand:
     prompt_tokens: int
     output_tokens: int | None
     stream: bool
+    prefix: int = 0  # prefix_affinity: a stable digest of the conversation's start
+
+
+def prefix_digest(texts: Sequence[str]) -> int:
+    """A digest of a conversation's first messages that every gateway process computes
+    alike (unlike ``hash``, which is salted per process), so all replicas agree."""
+    digest = 0
+    for text in texts:
+        digest = zlib.crc32(text[:PREFIX_CHARS].encode(), digest)
+    return digest
 
 
 Strategy = Callable[[Group, list[Deployment], RoutingState, Demand], list[Deployment]]
@@ -92,6 +109,24 @@ def _usage(group: Group, members: list[Deployment], state: RoutingState,
     return sorted(members, key=headroom, reverse=True)
 
 
+def _prefix_affinity(group: Group, members: list[Deployment], state: RoutingState,
+                     demand: Demand) -> list[Deployment]:
+    """The same conversation start to the same member (whose server then has its prefix in
+    its KV cache), bounded by load: a member busier than the least busy one by more than
+    the slack gives way to it. Rendezvous hashing, so removing one member moves only the
+    prefixes it had."""
+    def weight(member: Deployment) -> bytes:
+        return hashlib.blake2b(f"{demand.prefix}:{member.name}".encode(), digest_size=8).digest()
+
+    ranked = sorted(members, key=weight, reverse=True)
+    if not ranked:
+        return ranked
+    least = min(state.of(m).load() for m in ranked)
+    bound = max(least + AFFINITY_SLACK, least * AFFINITY_RATIO)
+    first = next((m for m in ranked if state.of(m).load() <= bound), ranked[0])
+    return [first, *(m for m in ranked if m is not first)]
+
+
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
     "priority": _priority,
     "weighted": _weighted,
@@ -100,6 +135,7 @@ STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
     "lowest_latency": _lowest_latency,
     "lowest_cost": _lowest_cost,
     "usage": _usage,
+    "prefix_affinity": _prefix_affinity,
 })
 
 

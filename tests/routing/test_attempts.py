@@ -344,3 +344,29 @@ routes:
     calls = fleet.calls()
     for name, share in (("a", 0.6), ("b", 0.3), ("c", 0.1)):
         assert abs(calls.count(name) / 400 - share) < 0.08, calls
+
+
+async def test_prefix_affinity_keeps_every_turn_of_a_conversation_on_one_member(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b, c], strategy: prefix_affinity}
+routes:
+  r: {group: g}
+"""))
+    homes = set()
+    for index in range(12):
+        served = []
+        turns: list[dict[str, str]] = [{"role": "user", "content": f"conversation {index}"}]
+        if index % 2:  # half of them with a system prompt in front
+            turns.insert(0, {"role": "system", "content": "You are terse."})
+        for turn in range(3):
+            response = await client.post(CHAT, json={"model": "r", "messages": turns})
+            assert response.status_code == 200, response.text
+            served.append(response.headers["x-aigw-deployment"])
+            turns += [{"role": "assistant", "content": response.json()["choices"][0]
+                       ["message"]["content"]}, {"role": "user", "content": f"and {turn}?"}]
+        assert len(set(served)) == 1, served  # the KV cache of one server has it
+        homes.add(served[0])
+    assert len(homes) > 1  # different conversations spread over the members

@@ -11,7 +11,7 @@ from aigw.compiler.graph import BreakerPolicy, Graph
 from aigw.runtime.live import Gateway
 from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState
 from aigw.runtime.routing.state import RoutingState
-from aigw.runtime.routing.strategies import Demand, order
+from aigw.runtime.routing.strategies import Demand, order, prefix_digest
 from aigw.runtime.tokens import TokenCounter
 
 DEMAND = Demand(prompt_tokens=1000, output_tokens=100, stream=False)
@@ -153,3 +153,41 @@ async def test_routing_state_survives_a_reload(gateway_dir: Path, counter: Token
     assert report.ok
     assert gateway.routing.stats["echo-small"] is stats
     assert gateway.routing.stats["echo-small"].latency_ms == 42.0
+
+
+def _conversation(index: int) -> Demand:
+    digest = prefix_digest([f"You are assistant number {index}.", f"Question {index}?"])
+    return Demand(prompt_tokens=1000, output_tokens=100, stream=False, prefix=digest)
+
+
+def test_prefix_affinity_keeps_a_conversation_on_one_member_and_spreads_the_others(
+    tmp_path: Path,
+) -> None:
+    graph = _graph(tmp_path, "prefix_affinity")
+    group = graph.groups["g"]
+    state = RoutingState()
+    state.sync(graph)
+    homes = {i: order(group, group.members, state, _conversation(i))[0].name for i in range(300)}
+    for i in range(300):  # every later turn goes to the same member
+        assert order(group, group.members, state, _conversation(i))[0].name == homes[i]
+    spread = Counter(homes.values())
+    assert set(spread) == {"a", "b", "c"} and min(spread.values()) > 60, spread
+    # Removing a member moves only the conversations it had (rendezvous hashing).
+    without_c = [m for m in group.members if m.name != "c"]
+    for i, home in homes.items():
+        if home != "c":
+            assert order(group, without_c, state, _conversation(i))[0].name == home
+
+
+def test_prefix_affinity_gives_way_when_its_member_is_much_busier(tmp_path: Path) -> None:
+    graph = _graph(tmp_path, "prefix_affinity")
+    group = graph.groups["g"]
+    state = RoutingState()
+    state.sync(graph)
+    demand = _conversation(7)
+    home = order(group, group.members, state, demand)[0]
+    state.of(home).in_flight = 4  # within the slack (4 over the least busy): it stays
+    assert order(group, group.members, state, demand)[0] is home
+    state.of(home).upstream_running, state.of(home).queue_depth = 9, 3  # the server says 12
+    moved = order(group, group.members, state, demand)
+    assert moved[0] is not home and home in moved[1:]

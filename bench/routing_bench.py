@@ -19,7 +19,7 @@ from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.providers.registry import build_adapters
 from aigw.runtime.routing.candidates import eligible, order_candidates
 from aigw.runtime.routing.state import RoutingState
-from aigw.runtime.routing.strategies import STRATEGIES, Demand
+from aigw.runtime.routing.strategies import STRATEGIES, Demand, prefix_digest
 from aigw.runtime.tokens import TokenCounter
 
 
@@ -55,9 +55,12 @@ def measure(strategy: str, iterations: int, counter: TokenCounter) -> tuple[floa
         {"model": "r", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
     )
     demand = Demand(1200, 200, False)
+    texts = [message.text() for message in request.messages]
     samples = []
     for _ in range(iterations):
         started = time.perf_counter_ns()
+        if strategy == "prefix_affinity":  # the digest is part of that decision's cost
+            demand = Demand(1200, 200, False, prefix_digest(texts))
         fit, _dropped = eligible(group, adapters, request, 1200)
         order_candidates(group, fit, state, demand)
         samples.append((time.perf_counter_ns() - started) / 1000)

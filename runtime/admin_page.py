@@ -30,7 +30,7 @@ from starlette.routing import Route
 from aigw import __version__
 from aigw.compiler.graph import ApiKey, Graph
 
-from .auth import bearer_token, require_admin
+from .auth import bearer_token, key_for
 from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
 from .live import Gateway
 from .routing.state import Snapshot
@@ -40,6 +40,10 @@ from .workflows import Workflows
 
 _REALM = 'Basic realm="aigw admin", charset="UTF-8"'
 _RECENT = 20
+# Never cached, and never inside another site's frame: a framed page could be clicked
+# on through a decoy (its POSTs would come from this origin).
+_PAGE_HEADERS = {"cache-control": "no-store", "x-frame-options": "DENY",
+                 "content-security-policy": "frame-ancestors 'none'"}
 _MAX_FORM_BYTES = 64 * 1024
 
 _PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
@@ -116,7 +120,10 @@ def admin_key(graph: Graph, headers: Headers) -> ApiKey:
     token = bearer_token(headers) or _basic_password(headers)
     if token is None:
         raise Unauthorized("Sign in with an admin key as the password.")
-    return require_admin(graph, Headers({"authorization": f"Bearer {token}"}))
+    key = key_for(graph, token)
+    if not key.admin:
+        raise Forbidden(f"key '{key.name}' is not an admin key")
+    return key
 
 
 def _basic_password(headers: Headers) -> str | None:
@@ -158,8 +165,7 @@ class _AdminPage:
         refused = _refusal(live.graph, request.headers)
         if refused is not None:
             return refused
-        return HTMLResponse(_PAGE.render(await self._facts()),
-                            headers={"cache-control": "no-store"})
+        return HTMLResponse(_PAGE.render(await self._facts()), headers=_PAGE_HEADERS)
 
     async def decide(self, request: Request) -> Response:
         live = self.gateway.live

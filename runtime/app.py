@@ -176,6 +176,9 @@ class _Endpoints:
     async def metrics(self, request: Request) -> Response:
         live = _live(request)
         metrics = live.telemetry.metrics
+        # A vLLM server's figures are shown while they are fresh, then not at all.
+        metrics.upstream_requests.clear()
+        metrics.upstream_kv_cache.clear()
         for name, stats in live.routing.stats.items():
             state = stats.breaker.state(live.routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])

@@ -33,6 +33,11 @@ def authenticate(graph: Graph, headers: Headers) -> ApiKey:
             "You didn't provide an API key. You need to provide your API key in an "
             "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
+    return key_for(graph, token)
+
+
+def key_for(graph: Graph, token: str) -> ApiKey:
+    """The key a secret is, or ``Unauthorized``."""
     key = graph.keys_by_sha256.get(hashlib.sha256(token.encode()).hexdigest())
     if key is None:
         raise Unauthorized("Incorrect API key provided.")

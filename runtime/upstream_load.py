@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,17 +52,27 @@ class ServerLoad:
     kv_cache_usage: float | None  # 0..1
 
 
-def parse_load(text: str, model: str | None = None) -> ServerLoad | None:
-    """The load in a vLLM ``/metrics`` page: summed over its engines, and over the
-    samples labelled ``model_name=model`` when there are any. None: not vLLM's metrics."""
-    values: dict[str, list[tuple[dict[str, str], float]]] = {}
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def read_samples(text: str) -> Samples:
+    """vLLM's load gauges in a Prometheus page, by name; values that are not finite (a
+    server may print NaN or +Inf) are left out. Raises ValueError on text that is not
+    Prometheus's format."""
+    values: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in (WAITING, RUNNING, *KV_CACHE):
+            if sample.name in (WAITING, RUNNING, *KV_CACHE) and math.isfinite(sample.value):
                 values.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return values
+
+
+def load_of(values: Samples, model: str | None = None) -> ServerLoad | None:
+    """The load of ``model`` (summed over the server's engines) in ``read_samples``'s
+    result, or the whole server's when it labels no sample with that model; None when
+    the page has no vLLM load gauges."""
     if WAITING not in values and RUNNING not in values:
         return None
-
     # A server that labels this model's samples: only those count; one that does not
     # (an unknown name, or no labels): the whole server's.
     mine = model is not None and any(labels.get("model_name") == model
@@ -77,6 +88,11 @@ def parse_load(text: str, model: str | None = None) -> ServerLoad | None:
         waiting=round(sum(chosen(WAITING))),
         kv_cache_usage=max(kv) if kv else None,  # the fullest engine decides
     )
+
+
+def parse_load(text: str, model: str | None = None) -> ServerLoad | None:
+    """``load_of(read_samples(text), model)``."""
+    return load_of(read_samples(text), model)
 
 
 class UpstreamLoadWatch:
@@ -97,23 +113,29 @@ class UpstreamLoadWatch:
     async def run(self) -> None:
         try:
             while True:
-                await asyncio.sleep(await self.round())
+                try:
+                    pause = await self.round()
+                # The watcher must outlive any one bad page or URL: without it every
+                # vLLM deployment would keep its last figures for good.
+                except Exception:
+                    log.exception("reading vLLM servers' metrics failed; trying again")
+                    pause = _IDLE_S
+                await asyncio.sleep(pause)
         finally:
             await self._client.aclose()
 
     async def round(self) -> float:
         """Read every provider that is due; returns how long to sleep until the next."""
         graph, routing = self._current()
-        watched = [p for p in graph.providers.values()
-                   if p.metrics_url is not None and p.disabled_reason is None]
-        if not watched:
-            return _IDLE_S
+        watched = [p for p in graph.providers.values() if _watched(p)]
         now = self._clock()
         due = [p for p in watched if self._due.get(p.name, 0.0) <= now]
         await asyncio.gather(*(self._read(provider, graph, routing) for provider in due))
         for provider in due:
             self._due[provider.name] = now + provider.metrics_interval_s
-        self._forget_stale(graph, routing, now)
+        self._forget_stale(graph, routing, self._clock())
+        if not watched:
+            return _IDLE_S
         soonest = min(self._due.get(p.name, now) for p in watched)
         return max(0.05, soonest - self._clock())
 
@@ -123,7 +145,7 @@ class UpstreamLoadWatch:
             response = await self._client.get(provider.metrics_url)
             response.raise_for_status()
             text = response.text
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             if provider.name not in self._failing:
                 log.warning("cannot read the metrics of provider '%s' at %s: %s",
                             provider.name, provider.metrics_url, exc)
@@ -132,27 +154,36 @@ class UpstreamLoadWatch:
         if provider.name in self._failing:
             log.info("reading the metrics of provider '%s' again", provider.name)
             self._failing.discard(provider.name)
+        try:
+            values = read_samples(text)
+        except ValueError as exc:  # not the Prometheus text format
+            log.warning("provider '%s': %s is not Prometheus text: %s",
+                        provider.name, provider.metrics_url, exc)
+            return
         now = self._clock()
         for deployment in _served_by(graph, provider):
-            try:
-                load = parse_load(text, deployment.model)
-            except ValueError as exc:  # not the Prometheus text format
-                log.warning("provider '%s': %s is not Prometheus text: %s",
-                            provider.name, provider.metrics_url, exc)
-                return
-            if load is not None:
-                _apply(routing.of(deployment), load, now)
+            load = load_of(values, deployment.model)
+            stats = routing.stats.get(deployment.name)  # None: a reload removed it meanwhile
+            if load is not None and stats is not None:
+                _apply(stats, load, now)
 
     def _forget_stale(self, graph: Graph, routing: RoutingState, now: float) -> None:
-        for deployment in graph.deployments.values():
-            provider = deployment.provider
-            if provider.metrics_url is None:
-                continue
-            stats = routing.of(deployment)
+        """Drop figures older than three intervals, and those of deployments no longer on
+        a watched provider (a reload changed or removed it: stats outlive reloads)."""
+        for name, stats in routing.stats.items():
             seen = stats.upstream_seen_at
-            if seen is not None and now - seen > _STALE_AFTER * provider.metrics_interval_s:
+            if seen is None:
+                continue
+            deployment = graph.deployments.get(name)
+            provider = deployment.provider if deployment is not None else None
+            if (provider is None or not _watched(provider)
+                    or now - seen > _STALE_AFTER * provider.metrics_interval_s):
                 stats.upstream_seen_at = stats.upstream_running = stats.kv_cache_usage = None
                 stats.queue_depth = 0
+
+
+def _watched(provider: Provider) -> bool:
+    return provider.metrics_url is not None and provider.disabled_reason is None
 
 
 def _served_by(graph: Graph, provider: Provider) -> list[Deployment]:

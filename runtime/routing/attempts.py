@@ -372,14 +372,20 @@ def _counts_against_health(error: UpstreamError) -> bool:
 
 
 def _prefix(graph: Graph, route: Route, request: ChatRequest) -> int:
-    """The conversation's prefix digest, when a group the route may use wants it."""
-    group = route.group
-    assert group is not None
-    names = (*group.fallbacks, *group.on_rate_limit, *group.on_context_window,
-             *group.on_content_policy)
-    if group.strategy != "prefix_affinity" and all(
-            graph.groups[name].strategy != "prefix_affinity" for name in names
-            if name in graph.groups):
+    """The conversation's prefix digest, when a group the route may reach (its own, or
+    one it falls back to, however deep) wants it."""
+    assert route.group is not None
+    pending, seen = [route.group.name], set()
+    while pending:
+        group = graph.groups.get(pending.pop())
+        if group is None or group.name in seen:
+            continue
+        if group.strategy == "prefix_affinity":
+            break
+        seen.add(group.name)
+        pending += [*group.fallbacks, *group.on_rate_limit, *group.on_context_window,
+                    *group.on_content_policy]
+    else:
         return 0
     # What every turn of a conversation starts with: its system (or developer) messages
     # and its first user message.

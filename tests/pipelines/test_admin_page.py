@@ -45,9 +45,15 @@ async def test_only_an_admin_key_sees_the_page(serve: Serve) -> None:
         assert asked.headers["www-authenticate"].startswith('Basic realm="aigw admin"')
         assert (await wrong.get("/admin")).status_code == 401
         assert (await alice.get("/admin")).status_code == 403  # a key, not an admin key
+        odd = await anonymous.get("/admin", headers={  # a UTF-8 password, as browsers send
+            "authorization": "Basic " + base64.b64encode("ops:clé-ünïcode".encode()).decode()})
+        assert odd.status_code == 401
     page = await served.http.get("/admin")  # Bearer works too
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.headers["cache-control"] == "no-store"
+    # Never inside another site's frame, where a decoy could trick a click on approve.
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
 
 
 async def test_the_page_shows_the_graph_routes_deployments_and_budgets(serve: Serve) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import BreakerPolicy, Graph
+from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
+from aigw.runtime.routing.attempts import _prefix
 from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.routing.strategies import Demand, order, prefix_digest
@@ -191,3 +193,30 @@ def test_prefix_affinity_gives_way_when_its_member_is_much_busier(tmp_path: Path
     state.of(home).upstream_running, state.of(home).queue_depth = 9, 3  # the server says 12
     moved = order(group, group.members, state, demand)
     assert moved[0] is not home and home in moved[1:]
+
+
+def test_a_prefix_is_digested_for_a_prefix_affinity_group_however_deep_the_fallback(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "gateway.yaml").write_text("""
+version: 1
+providers:
+  local: {type: echo}
+deployments:
+  a: {provider: local, model: a, context_window: 9000}
+  b: {provider: local, model: b, context_window: 9000}
+groups:
+  g1: {members: [a], fallbacks: [g2]}
+  g2: {members: [a], fallbacks: {on_rate_limit: [g3]}}
+  g3: {members: [a, b], strategy: prefix_affinity}
+  plain: {members: [a, b]}
+routes:
+  deep: {group: g1}
+  plain: {group: plain}
+""")
+    compiled = compile_gateway(tmp_path, environ={}).graph
+    assert compiled is not None
+    request = ChatRequest.model_validate(
+        {"model": "deep", "messages": [{"role": "user", "content": "hello"}]})
+    assert _prefix(compiled, compiled.routes["deep"], request) == prefix_digest(["hello"])
+    assert _prefix(compiled, compiled.routes["plain"], request) == 0  # nobody wants it

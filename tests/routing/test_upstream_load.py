@@ -3,6 +3,7 @@ rounds over a graph's vllm providers, with an httpx mock transport and a fake cl
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
+from aigw.runtime import upstream_load
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.upstream_load import ServerLoad, UpstreamLoadWatch, parse_load
 
@@ -74,6 +76,7 @@ async def test_each_round_reads_the_due_servers_and_forgets_stale_numbers(
     compiled: Graph,
 ) -> None:
     graph, routing, now = compiled, RoutingState(), [100.0]
+    routing.sync(graph)  # as Live.build does
     assert graph.providers["box"].metrics_url == "http://gpu-box.test:8000/metrics"
     assert graph.providers["cloud"].metrics_url is None
     asked: list[str] = []
@@ -113,3 +116,67 @@ async def test_each_round_reads_the_due_servers_and_forgets_stale_numbers(
     llama.in_flight = 2
     assert llama.load() == 2  # back to the gateway's own count
     await watch._client.aclose()
+
+
+def test_figures_that_are_not_finite_are_left_out() -> None:
+    page = METRICS.replace('running{engine="1",model_name="llama"} 2.0',
+                           'running{engine="1",model_name="llama"} +Inf').replace(
+        'vllm:gpu_cache_usage_perc{engine="0",model_name="llama"} 0.25',
+        'vllm:gpu_cache_usage_perc{engine="0",model_name="llama"} NaN')
+    assert parse_load(page, "llama") == ServerLoad(running=3, waiting=5, kv_cache_usage=0.75)
+
+
+async def test_a_reload_that_stops_watching_a_provider_drops_its_figures(
+    compiled: Graph, tmp_path: Path,
+) -> None:
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "gateway.yaml").write_text(
+        GATEWAY.replace("type: vllm, base_url: \"http://gpu-box.test:8000/v1\"",
+                        "type: openai_compatible, base_url: \"http://gpu-box.test:8000/v1\"")
+        .replace("  far: {provider: other, model: llama, context_window: 8192}\n", ""))
+    later = compile_gateway(tmp_path / "later").graph
+    assert later is not None and later.providers["box"].metrics_url is None
+    routing, current = RoutingState(), [compiled]
+    routing.sync(compiled)
+    watch = UpstreamLoadWatch(
+        lambda: (current[0], routing),
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda _r: httpx.Response(
+            200, text=METRICS))), clock=lambda: 100.0)
+    await watch.round()
+    assert routing.stats["llama"].upstream_running == 5
+    assert routing.stats["far"].upstream_running == 5
+
+    current[0] = later  # box is no vLLM server any more; "far" is gone
+    routing.sync(later)
+    await watch.round()
+    assert routing.stats["llama"].upstream_running is None
+    assert routing.stats["llama"].queue_depth == 0
+    assert "far" not in routing.stats  # a read never brings a removed deployment back
+    await watch._client.aclose()
+
+
+async def test_the_watcher_outlives_a_round_that_fails(
+    compiled: Graph, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upstream_load, "_IDLE_S", 0.01)
+    routing, calls = RoutingState(), [0]
+    routing.sync(compiled)
+
+    def current() -> tuple[Graph, RoutingState]:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a bug in one round")
+        return compiled, routing
+
+    watch = UpstreamLoadWatch(current, httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda _r: httpx.Response(200, text=METRICS))))
+    task = asyncio.create_task(watch.run())
+    try:
+        for _ in range(200):
+            if routing.stats["llama"].upstream_running:
+                break
+            await asyncio.sleep(0.01)
+        assert routing.stats["llama"].upstream_running == 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
@@ -102,7 +103,8 @@ def freeze(
             tpm=spec.limits.tpm if spec.limits else None,
             breaker=_breaker(spec.circuit_breaker or linked.settings.circuit_breaker),
         )
-    groups = {name: _group(name, entry.spec, deployments) for name, entry in linked.groups.items()}
+    groups = _with_prefix_wants(
+        {name: _group(name, entry.spec, deployments) for name, entry in linked.groups.items()})
     routes = {}
     for name, route in linked.routes.items():
         route_spec = route.spec
@@ -245,6 +247,25 @@ def _group(name: str, spec: GroupSpec, deployments: Mapping[str, Deployment]) ->
         on_content_policy=on_content_policy,
         retry=RetryPolicy(spec.retry.attempts, spec.retry.backoff_ms, spec.retry.max_backoff_ms),
     )
+
+
+def _with_prefix_wants(groups: dict[str, Group]) -> dict[str, Group]:
+    """Each group marked when a prefix_affinity group is among it and its fallbacks (once
+    here, not per request)."""
+    def wants(name: str) -> bool:
+        pending, seen = [name], set()
+        while pending:
+            group = groups.get(pending.pop())
+            if group is None or group.name in seen:
+                continue
+            if group.strategy == "prefix_affinity":
+                return True
+            seen.add(group.name)
+            pending += group.falls_back_to()
+        return False
+
+    return {name: replace(group, wants_prefix=True) if wants(name) else group
+            for name, group in groups.items()}
 
 
 def _frozen(mapping: dict[str, V]) -> Mapping[str, V]:

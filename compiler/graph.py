@@ -148,6 +148,14 @@ class Group:
     on_context_window: tuple[str, ...]
     on_content_policy: tuple[str, ...]
     retry: RetryPolicy
+    # It, or a group it falls back to however deep, orders by prefix_affinity: requests
+    # routed through it need their conversation's prefix digest.
+    wants_prefix: bool = False
+
+    def falls_back_to(self) -> tuple[str, ...]:
+        """Every group this one may fall back to, for whatever failure."""
+        return (*self.fallbacks, *self.on_rate_limit, *self.on_context_window,
+                *self.on_content_policy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,9 +147,7 @@ def _candidates(group: Group, groups: Mapping[str, Group]) -> tuple[Deployment, 
             continue
         visited.add(current.name)
         ordered.extend(m for m in current.members if m not in ordered)
-        fallbacks = (*current.fallbacks, *current.on_rate_limit, *current.on_context_window,
-                     *current.on_content_policy)
-        queue.extend(groups[name] for name in fallbacks if name in groups)
+        queue.extend(groups[name] for name in current.falls_back_to() if name in groups)
     return tuple(ordered)
 
 

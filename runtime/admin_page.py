@@ -30,7 +30,7 @@ from starlette.routing import Route
 from aigw import __version__
 from aigw.compiler.graph import ApiKey, Graph
 
-from .auth import bearer_token, key_for
+from .auth import admin_only, bearer_token, key_for
 from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
 from .live import Gateway
 from .routing.state import Snapshot
@@ -120,10 +120,7 @@ def admin_key(graph: Graph, headers: Headers) -> ApiKey:
     token = bearer_token(headers) or _basic_password(headers)
     if token is None:
         raise Unauthorized("Sign in with an admin key as the password.")
-    key = key_for(graph, token)
-    if not key.admin:
-        raise Forbidden(f"key '{key.name}' is not an admin key")
-    return key
+    return admin_only(key_for(graph, token))
 
 
 def _basic_password(headers: Headers) -> str | None:

@@ -45,7 +45,11 @@ def key_for(graph: Graph, token: str) -> ApiKey:
 
 
 def require_admin(graph: Graph, headers: Headers) -> ApiKey:
-    key = authenticate(graph, headers)
+    return admin_only(authenticate(graph, headers))
+
+
+def admin_only(key: ApiKey) -> ApiKey:
+    """``key`` if it is an admin key, else ``Forbidden``."""
     if not key.admin:
         raise Forbidden(f"key '{key.name}' is not an admin key")
     return key

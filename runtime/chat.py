@@ -232,7 +232,8 @@ async def stream(
             return first, deltas
 
     async def discard(opened: Opened) -> None:
-        await _close(opened[1])  # a hedge that lost; its quota is settled by what it used: none
+        # A hedge that lost; its quota is settled by what it used: none.
+        await close_deltas(opened[1])
 
     won = await _run(live, chosen, _loop(live, chosen, attempt, discard), record)
     stats = live.routing.of(won.candidate.deployment)
@@ -335,7 +336,7 @@ async def _nothing(_value: object) -> None:
     return None
 
 
-async def _close(deltas: AsyncIterator[ChatDelta]) -> None:
+async def close_deltas(deltas: AsyncIterator[ChatDelta]) -> None:
     closer = getattr(deltas, "aclose", None)
     if closer is not None:
         await closer()
@@ -375,7 +376,7 @@ async def _measured(
         stats.in_flight -= 1
         # Shielded: a client that went away cancels the stream, not its clean-up.
         with anyio.CancelScope(shield=True):
-            await _close(rest)
+            await close_deltas(rest)
             await DeploymentQuotas.settle(hold, record.prompt_tokens + record.completion_tokens)
 
 
@@ -395,5 +396,5 @@ async def _events(
         if not ended:
             record.error = "client_disconnected"
         with anyio.CancelScope(shield=True):
-            await _close(deltas)
+            await close_deltas(deltas)
         live.telemetry.finish(record)

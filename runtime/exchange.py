@@ -31,7 +31,7 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, complete, prepare, stream
+from .chat import Plan, Served, close_deltas, complete, prepare, stream
 from .chat_request import ChatRequest
 from .errors import BudgetExceeded, GatewayError, StoreUnavailable
 from .live import Live
@@ -73,6 +73,7 @@ class Exchange:
         self.admission: Admission | None = None
         self.plan: Plan | None = None
         self._cache_key: str | None = None  # set when the route caches answers
+        self._storing = False  # this request's answer may be cached (no Cache-Control no-store)
         self._closed = False
 
     async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
@@ -92,6 +93,7 @@ class Exchange:
         record.cache = lookup_kind(self.headers, plan.route)
         if record.cache is not None:
             self._cache_key = cache_key(plan.route, request, key)
+            self._storing = may_store(self.headers)
         return plan
 
     def rate_headers(self) -> dict[str, str]:
@@ -120,7 +122,7 @@ class Exchange:
             served, deltas = cached[0], replay(cached[1])
         else:
             served, deltas = await stream(self.live, self.plan, self.record)
-            if self._cache_key is not None and may_store(self.headers):
+            if self._storing:
                 deltas = self._remembered(deltas, served.deployment)
         return served, self._settled(deltas, served.deployment)
 
@@ -152,9 +154,10 @@ class Exchange:
         return served, answer.result
 
     async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
-        if self._cache_key is None or not may_store(self.headers) or not cacheable(result):
+        if not self._storing or not cacheable(result):
             return
-        assert self.plan is not None and self.plan.route.cache is not None
+        assert self._cache_key is not None and self.plan is not None
+        assert self.plan.route.cache is not None
         await self.live.store.cache.put(
             self._cache_key, encode_answer(deployment.name, result), self.plan.route.cache.ttl_s
         )
@@ -164,19 +167,15 @@ class Exchange:
     ) -> AsyncIterator[ChatDelta]:
         """The stream, cached once it has ended normally (not cut, not failed)."""
         answer = StreamedAnswer(self.record.response_model or deployment.model)
-        text: list[str] = []
         try:
             async for delta in deltas:
                 answer.add(delta)
-                text.append(delta.content or "")
                 yield delta
         finally:  # cut or failed too: the stream underneath settles its quota as it closes
-            closer = getattr(deltas, "aclose", None)
-            if closer is not None:
-                with anyio.CancelScope(shield=True):
-                    await closer()
+            with anyio.CancelScope(shield=True):
+                await close_deltas(deltas)
         record = self.record
-        completion = record.completion_tokens or self.live.counter.count("".join(text))
+        completion = record.completion_tokens or self.live.counter.count(answer.text())
         result = answer.result(Usage(record.prompt_tokens, completion))
         if result is not None:
             await self._remember(deployment, result)
@@ -209,9 +208,7 @@ class Exchange:
                 record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
             # Shielded: a client that went away cancels the stream, not its settlement.
             with anyio.CancelScope(shield=True):
-                closer = getattr(deltas, "aclose", None)
-                if closer is not None:
-                    await closer()
+                await close_deltas(deltas)
                 await self.close()
 
     async def _over_budget(self) -> bool:

@@ -244,6 +244,10 @@ class StreamedAnswer:
         if delta.finish_reason is not None:
             parts.finish_reason = delta.finish_reason
 
+    def text(self) -> str:
+        """Everything streamed as content, every choice's."""
+        return "".join("".join(parts.content) for parts in self._choices.values())
+
     def result(self, usage: Usage) -> ChatResult | None:
         """The whole answer, or None if any choice did not finish."""
         if not self._choices or any(p.finish_reason is None for p in self._choices.values()):

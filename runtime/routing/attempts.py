@@ -109,7 +109,7 @@ class AttemptLoop(Generic[T]):
         self.gate = gate  # Cedar's route policies; None: every candidate may serve
         self.trace = Trace()
         self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
-                             _prefix(graph, route, request))
+                             _prefix(route, request))
 
     async def run(self) -> Won[T]:
         queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
@@ -371,21 +371,10 @@ def _counts_against_health(error: UpstreamError) -> bool:
     return unwell or isinstance(error, UpstreamAuthError)
 
 
-def _prefix(graph: Graph, route: Route, request: ChatRequest) -> int:
-    """The conversation's prefix digest, when a group the route may reach (its own, or
-    one it falls back to, however deep) wants it."""
+def _prefix(route: Route, request: ChatRequest) -> int:
+    """The conversation's prefix digest, when a group the route may reach wants it."""
     assert route.group is not None
-    pending, seen = [route.group.name], set()
-    while pending:
-        group = graph.groups.get(pending.pop())
-        if group is None or group.name in seen:
-            continue
-        if group.strategy == "prefix_affinity":
-            break
-        seen.add(group.name)
-        pending += [*group.fallbacks, *group.on_rate_limit, *group.on_context_window,
-                    *group.on_content_policy]
-    else:
+    if not route.group.wants_prefix:
         return 0
     # What every turn of a conversation starts with: its system (or developer) messages
     # and its first user message.

@@ -218,5 +218,5 @@ routes:
     assert compiled is not None
     request = ChatRequest.model_validate(
         {"model": "deep", "messages": [{"role": "user", "content": "hello"}]})
-    assert _prefix(compiled, compiled.routes["deep"], request) == prefix_digest(["hello"])
-    assert _prefix(compiled, compiled.routes["plain"], request) == 0  # nobody wants it
+    assert _prefix(compiled.routes["deep"], request) == prefix_digest(["hello"])
+    assert _prefix(compiled.routes["plain"], request) == 0  # nobody wants it

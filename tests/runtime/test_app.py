@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
+from aigw.runtime.app import SnapshotMiddleware
 from aigw.runtime.live import Gateway
 
 CHAT = "/v1/chat/completions"
@@ -217,3 +222,32 @@ async def test_echo_calls_a_forced_tool(client: httpx.AsyncClient) -> None:
     assert choice["finish_reason"] == "tool_calls"
     call = choice["message"]["tool_calls"][0]
     assert call["function"] == {"name": "lookup", "arguments": '{"q": "moon"}'}
+
+
+async def test_an_unexpected_error_in_a_direct_endpoint_is_a_logged_openai_500(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The model endpoints skip Starlette's layers (app.SnapshotMiddleware): what its
+    # exception handlers did for them, the direct call must do the same way.
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret detail of a bug")
+
+    app = SnapshotMiddleware(Starlette(), gateway, {CHAT: broken})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test") as http:
+        response = await http.post(CHAT, json=_chat())
+    error = _assert_openai_error(response, 500, "internal_error")
+    assert "secret detail" not in str(error["message"])
+    assert response.headers["x-aigw-graph"] == gateway.live.graph.fingerprint
+    assert "secret detail of a bug" in caplog.text  # logged with its traceback
+
+
+async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in (CHAT, "/v1/embeddings", "/v1/messages"):
+        assert (await client.get(path)).status_code == 405
+        assert (await client.put(path, json={})).status_code == 405
+    response = await client.post("/v1/embeddings", json={"model": "fast", "input": "hi"})
+    assert response.status_code != 405
+    _assert_openai_error(await client.post(CHAT + "/extra", json=_chat()), 404, "not_found")

@@ -57,14 +57,32 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 def read_samples(text: str) -> Samples:
     """vLLM's load gauges in a Prometheus page, by name; values that are not finite (a
-    server may print NaN or +Inf) are left out. Raises ValueError on text that is not
-    Prometheus's format."""
+    server may print NaN or +Inf) are left out. Raises ValueError when their lines are
+    not Prometheus's format."""
     values: Samples = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_gauge_lines(text)):
         for sample in family.samples:
             if sample.name in (WAITING, RUNNING, *KV_CACHE) and math.isfinite(sample.value):
                 values.setdefault(sample.name, []).append((sample.labels, sample.value))
     return values
+
+
+_GAUGES = (WAITING, RUNNING, *KV_CACHE)
+_COMMENTS = ("# HELP ", "# TYPE ")
+
+
+def _gauge_lines(text: str) -> str:
+    """The lines of ``text`` that can be about the load gauges, with their HELP and TYPE.
+
+    The parse runs on the event loop, and prometheus-client's parser takes about 35 µs a
+    line: a vLLM page is hundreds of lines of histograms and counters (25 ms for one of
+    730 lines, every ``metrics_interval_s``, per server, with every request in flight
+    waiting), where the gauges are a few lines. A prefix match keeps a few more (say
+    ``vllm:num_requests_waiting_by_reason``); ``read_samples`` keeps exact names only.
+    """
+    kept = [line for line in text.splitlines()
+            if (line[7:] if line.startswith(_COMMENTS) else line).startswith(_GAUGES)]
+    return "\n".join(kept) + "\n" if kept else ""
 
 
 def load_of(values: Samples, model: str | None = None) -> ServerLoad | None:
@@ -146,26 +164,32 @@ class UpstreamLoadWatch:
             response.raise_for_status()
             text = response.text
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            if provider.name not in self._failing:
-                log.warning("cannot read the metrics of provider '%s' at %s: %s",
-                            provider.name, provider.metrics_url, exc)
-                self._failing.add(provider.name)
+            self._failed(provider, f"cannot read its metrics at {provider.metrics_url}: {exc}")
+            return
+        try:
+            values = read_samples(text)
+        except ValueError as exc:  # not the Prometheus text format
+            self._failed(provider, f"{provider.metrics_url} is not Prometheus text: {exc}")
+            return
+        if WAITING not in values and RUNNING not in values:
+            self._failed(provider, f"{provider.metrics_url} has no vLLM load gauges "
+                                   f"({RUNNING}, {WAITING}); is it a vLLM server's /metrics?")
             return
         if provider.name in self._failing:
             log.info("reading the metrics of provider '%s' again", provider.name)
             self._failing.discard(provider.name)
-        try:
-            values = read_samples(text)
-        except ValueError as exc:  # not the Prometheus text format
-            log.warning("provider '%s': %s is not Prometheus text: %s",
-                        provider.name, provider.metrics_url, exc)
-            return
         now = self._clock()
         for deployment in _served_by(graph, provider):
             load = load_of(values, deployment.model)
             stats = routing.stats.get(deployment.name)  # None: a reload removed it meanwhile
             if load is not None and stats is not None:
                 _apply(stats, load, now)
+
+    def _failed(self, provider: Provider, why: str) -> None:
+        """Log why a provider's load is unknown, once until a read works again."""
+        if provider.name not in self._failing:
+            log.warning("provider '%s': %s", provider.name, why)
+            self._failing.add(provider.name)
 
     def _forget_stale(self, graph: Graph, routing: RoutingState, now: float) -> None:
         """Drop figures older than three intervals, and those of deployments no longer on

@@ -180,3 +180,41 @@ async def test_the_watcher_outlives_a_round_that_fails(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_only_the_gauges_lines_are_parsed() -> None:
+    # A line the parser cannot read elsewhere on the page (here a histogram bucket with
+    # no value) costs nothing: the parse runs on the event loop, so only the load
+    # gauges' lines reach it.
+    page = METRICS + '# TYPE vllm:e2e_request_latency_seconds histogram\n' \
+        'vllm:e2e_request_latency_seconds_bucket{le="0.5"}\n'
+    assert parse_load(page, "llama") == ServerLoad(running=5, waiting=5, kv_cache_usage=0.75)
+    # A broken gauge line is still an error (the watcher logs it and keeps no figures).
+    with pytest.raises(ValueError):
+        parse_load(METRICS.replace('model_name="qwen"} 9.0', 'model_name="qwen"} nine'))
+
+
+async def test_a_page_that_is_not_vllms_is_logged_once_and_changes_nothing(
+    compiled: Graph, caplog: pytest.LogCaptureFixture,
+) -> None:
+    routing = RoutingState()
+    routing.sync(compiled)
+    pages = iter(["<html>metrics are elsewhere</html>", "# TYPE up gauge\nup 1\n", METRICS])
+    clock = [0.0]
+    watch = UpstreamLoadWatch(
+        lambda: (compiled, routing),
+        httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, text=next(pages) if "gpu-box" in str(
+                request.url) else METRICS))),
+        clock=lambda: clock[0],
+    )
+    with caplog.at_level("WARNING", logger="aigw.routing"):
+        for second in (0.0, 1.0):
+            clock[0] = second
+            await watch.round()
+            assert routing.stats["llama"].upstream_running is None
+    assert caplog.text.count("has no vLLM load gauges") == 1
+    clock[0] = 2.0
+    await watch.round()
+    assert routing.stats["llama"].upstream_running == 5
+    await watch._client.aclose()

@@ -131,7 +131,7 @@ class SnapshotMiddleware:
 async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
     """What Starlette's router, request wrapper and exception handlers do for one
     endpoint: its response, or the OpenAI-shaped error it raised. An error after the
-    response started (a stream's) propagates, as it would through Starlette, and the
+    response started (a stream's) is logged and propagates, as through Starlette: the
     server closes the connection."""
     request = Request(scope, receive, send)
     try:
@@ -140,7 +140,11 @@ async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) 
         response = _error_response(exc)
     except Exception as exc:
         response = await _unexpected_error(request, exc)
-    await response(scope, receive, send)
+    try:
+        await response(scope, receive, send)
+    except Exception:
+        log.exception("unhandled error while answering %s %s", request.method, scope["path"])
+        raise
 
 
 def _live(request: Request) -> Live:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from aigw.runtime.app import SnapshotMiddleware
 from aigw.runtime.live import Gateway
@@ -251,3 +252,21 @@ async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
     response = await client.post("/v1/embeddings", json={"model": "fast", "input": "hi"})
     assert response.status_code != 405
     _assert_openai_error(await client.post(CHAT + "/extra", json=_chat()), 404, "not_found")
+
+
+async def test_an_error_in_a_direct_endpoints_stream_is_logged_and_ends_the_response(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: {}\n\n"
+        raise RuntimeError("a bug halfway through a stream")
+
+    async def streaming(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    app = SnapshotMiddleware(Starlette(), gateway, {CHAT: streaming})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test") as http:
+        with pytest.raises(RuntimeError, match="halfway"):
+            await http.post(CHAT, json=_chat())
+    assert "unhandled error while answering POST /v1/chat/completions" in caplog.text

@@ -2,9 +2,10 @@
 
 What ``/admin/status``, ``/admin/budgets`` and the executions API say, on one page:
 the graph being served and its last reload, the routes, each deployment's live state
-(circuit, in flight, latency, error rate, and a vLLM server's own queue and KV cache),
-the budgets, the executions waiting for a human (with approve and reject buttons) and
-the latest executions. Configuration is not edited here: it lives in git.
+(circuit, in flight, latency, error rate, and a vLLM server's own queue, KV cache and
+prefix cache hits), the budgets, the executions waiting for a human (with approve and
+reject buttons) and the latest executions. Configuration is not edited here: it lives
+in git.
 
 A browser signs in with HTTP Basic (any user name, an admin key as the password);
 ``Authorization: Bearer`` works as everywhere else. A decision is a form POST, and a
@@ -82,7 +83,7 @@ loaded {{ loaded_at }}.
 <h2>Deployments</h2>
 <table><tr><th>deployment</th><th>provider</th><th>model</th><th>circuit</th>
 <th>in flight</th><th>latency ms (avg / p95)</th><th>error rate</th>
-<th>server: running / waiting / KV cache</th></tr>
+<th>server: running / waiting / KV cache / prefix cache hits</th></tr>
 {% for d in deployments %}<tr><td>{{ d.name }}</td><td>{{ d.provider }}</td>
 <td>{{ d.model }}</td><td class="{{ 'ok' if d.circuit == 'closed' else 'bad' }}">
 {{ d.circuit }}</td><td>{{ d.in_flight }}</td><td>{{ d.latency }}</td><td>{{ d.errors }}</td>
@@ -264,8 +265,10 @@ def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, An
     deployment = graph.deployments[name]
     server = ""
     if snapshot.upstream_running is not None:
-        kv = f" / {snapshot.kv_cache_usage:.0%}" if snapshot.kv_cache_usage is not None else ""
-        server = f"{snapshot.upstream_running} / {snapshot.upstream_waiting}{kv}"
+        kv = f"{snapshot.kv_cache_usage:.0%}" if snapshot.kv_cache_usage is not None else "-"
+        hits = (f"{snapshot.prefix_cache_hit_rate:.0%}"
+                if snapshot.prefix_cache_hit_rate is not None else "-")
+        server = f"{snapshot.upstream_running} / {snapshot.upstream_waiting} / {kv} / {hits}"
     latency = snapshot.latency_ms
     p95 = snapshot.p95_ms
     return {

@@ -211,6 +211,7 @@ class _Endpoints:
         # A vLLM server's figures are shown while they are fresh, then not at all.
         metrics.upstream_requests.clear()
         metrics.upstream_kv_cache.clear()
+        metrics.upstream_prefix_hits.clear()
         for name, stats in live.routing.stats.items():
             state = stats.breaker.state(live.routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
@@ -219,6 +220,8 @@ class _Endpoints:
                 metrics.upstream_requests.labels(name, "waiting").set(stats.queue_depth)
                 if stats.kv_cache_usage is not None:
                     metrics.upstream_kv_cache.labels(name).set(stats.kv_cache_usage)
+                if stats.prefix_cache_hit_rate is not None:
+                    metrics.upstream_prefix_hits.labels(name).set(stats.prefix_cache_hit_rate)
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:
             for status in await usage_api.declared_budgets(live):

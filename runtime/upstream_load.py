@@ -11,8 +11,10 @@ state of the provider's deployments:
   policy can spill a request to another member when the queue is long;
 - the ``least_busy`` strategy orders by the server's running + waiting requests
   (never less than the gateway's own in-flight count);
-- ``/metrics`` shows them as ``aigw_upstream_requests{deployment, state}`` and
-  ``aigw_upstream_kv_cache_usage_ratio{deployment}``.
+- ``/metrics`` shows them as ``aigw_upstream_requests{deployment, state}``,
+  ``aigw_upstream_kv_cache_usage_ratio{deployment}`` and
+  ``aigw_upstream_prefix_cache_hit_ratio{deployment}`` (the share of prompt tokens
+  its prefix cache had since the previous reading: is ``prefix_affinity`` working?).
 
 Numbers older than three intervals (a server that stopped answering) are dropped:
 the deployment goes back to the gateway's own count and a queue depth of 0, and the
@@ -41,6 +43,11 @@ WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 # The KV cache gauge was renamed in vLLM 0.10 (gpu_cache_usage_perc before).
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+# Prefix cache use, in tokens: counters since vLLM's V1 engine (with a gpu_ prefix in
+# some releases), a hit-rate gauge before it.
+PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+PREFIX_HIT_RATE = "vllm:gpu_prefix_cache_hit_rate"
 _STALE_AFTER = 3  # intervals without a reading
 _IDLE_S = 5.0  # how often a graph with no vllm provider is looked at again
 
@@ -50,6 +57,11 @@ class ServerLoad:
     running: int
     waiting: int
     kv_cache_usage: float | None  # 0..1
+    # Prefix cache: tokens looked up and found since the server started (counters), or
+    # the server's own hit rate (older vLLM); None when it does not say.
+    prefix_hits: float | None = None
+    prefix_queries: float | None = None
+    prefix_hit_rate: float | None = None
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -62,12 +74,15 @@ def read_samples(text: str) -> Samples:
     values: Samples = {}
     for family in text_string_to_metric_families(_gauge_lines(text)):
         for sample in family.samples:
-            if sample.name in (WAITING, RUNNING, *KV_CACHE) and math.isfinite(sample.value):
+            if sample.name in _SAMPLES and math.isfinite(sample.value):
                 values.setdefault(sample.name, []).append((sample.labels, sample.value))
     return values
 
 
-_GAUGES = (WAITING, RUNNING, *KV_CACHE)
+_SAMPLES = frozenset((WAITING, RUNNING, *KV_CACHE, *PREFIX_HITS, *PREFIX_QUERIES,
+                      PREFIX_HIT_RATE))
+# Family names as HELP and TYPE lines write them (a counter's without its _total).
+_GAUGES = tuple(name.removesuffix("_total") for name in _SAMPLES)
 _COMMENTS = ("# HELP ", "# TYPE ")
 
 
@@ -100,11 +115,19 @@ def load_of(values: Samples, model: str | None = None) -> ServerLoad | None:
         return [value for labels, value in values.get(name, [])
                 if not mine or labels.get("model_name") == model]
 
+    def total(names: tuple[str, ...]) -> float | None:
+        found = next((chosen(name) for name in names if name in values), None)
+        return sum(found) if found else None
+
     kv = next((chosen(name) for name in KV_CACHE if name in values), [])
+    rates = chosen(PREFIX_HIT_RATE)
     return ServerLoad(
         running=round(sum(chosen(RUNNING))),
         waiting=round(sum(chosen(WAITING))),
         kv_cache_usage=max(kv) if kv else None,  # the fullest engine decides
+        prefix_hits=total(PREFIX_HITS),
+        prefix_queries=total(PREFIX_QUERIES),
+        prefix_hit_rate=sum(rates) / len(rates) if rates else None,
     )
 
 
@@ -203,6 +226,7 @@ class UpstreamLoadWatch:
             if (provider is None or not _watched(provider)
                     or now - seen > _STALE_AFTER * provider.metrics_interval_s):
                 stats.upstream_seen_at = stats.upstream_running = stats.kv_cache_usage = None
+                stats.prefix_counts = stats.prefix_cache_hit_rate = None
                 stats.queue_depth = 0
 
 
@@ -218,4 +242,25 @@ def _apply(stats: DeploymentStats, load: ServerLoad, now: float) -> None:
     stats.queue_depth = load.waiting
     stats.upstream_running = load.running
     stats.kv_cache_usage = load.kv_cache_usage
+    stats.prefix_cache_hit_rate = _prefix_hit_rate(stats, load)
     stats.upstream_seen_at = now
+
+
+def _prefix_hit_rate(stats: DeploymentStats, load: ServerLoad) -> float | None:
+    """The share of prompt tokens the prefix cache had, between the last two readings
+    that saw lookups (the server's counters only grow); the server's own rate when it
+    gives one instead. None until two readings, and after a restart of the server."""
+    if load.prefix_hit_rate is not None:
+        return load.prefix_hit_rate
+    if load.prefix_hits is None or load.prefix_queries is None:
+        stats.prefix_counts = None
+        return None
+    before, stats.prefix_counts = stats.prefix_counts, (load.prefix_hits, load.prefix_queries)
+    if before is None:
+        return None
+    hits, queries = load.prefix_hits - before[0], load.prefix_queries - before[1]
+    if hits < 0 or queries < 0:  # the server restarted: its counters began again
+        return None
+    if queries == 0:  # nothing looked up since: the last rate still stands
+        return stats.prefix_cache_hit_rate
+    return min(1.0, hits / queries)

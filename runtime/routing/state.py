@@ -34,6 +34,8 @@ class DeploymentStats:
         # read lately. ``upstream_seen_at`` is on the watcher's monotonic clock.
         self.upstream_running: int | None = None
         self.kv_cache_usage: float | None = None
+        self.prefix_cache_hit_rate: float | None = None
+        self.prefix_counts: tuple[float, float] | None = None  # (hits, queries) last read
         self.upstream_seen_at: float | None = None
         self.latency_ms: float | None = None  # EWMA of whole-call latency
         self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
@@ -106,6 +108,7 @@ class Snapshot:
     upstream_running: int | None = None
     upstream_waiting: int | None = None
     kv_cache_usage: float | None = None
+    prefix_cache_hit_rate: float | None = None
 
 
 class RoutingState:
@@ -154,6 +157,7 @@ class RoutingState:
                 upstream_running=stats.upstream_running,
                 upstream_waiting=stats.queue_depth if stats.upstream_running is not None else None,
                 kv_cache_usage=stats.kv_cache_usage,
+                prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
             )
             for name, stats in sorted(self.stats.items())
         }

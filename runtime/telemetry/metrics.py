@@ -67,6 +67,11 @@ class Metrics:
             "aigw_upstream_kv_cache_usage_ratio",
             "Share of a vLLM server's KV cache in use (its /metrics).",
             ["deployment"], registry=registry, multiprocess_mode="max")
+        self.upstream_prefix_hits = Gauge(
+            "aigw_upstream_prefix_cache_hit_ratio",
+            "Share of prompt tokens a vLLM server's prefix cache had, between its last two "
+            "readings (its /metrics).",
+            ["deployment"], registry=registry, multiprocess_mode="max")
         self.in_flight = Gauge("aigw_in_flight_requests", "Requests being served now.",
                                ["route"], registry=registry, multiprocess_mode="livesum")
         self.workflows = Counter("aigw_workflow_executions", "Pipeline executions that ended.",

@@ -34,6 +34,7 @@ class FakeVllm:
     def __init__(self, name: str) -> None:
         self.chat = OpenAIFake(name=name)
         self.running, self.waiting, self.kv_cache = 0, 0, 0.1
+        self.prefix_hits, self.prefix_queries = 0.0, 0.0  # tokens, since it started
         self.app = Starlette(routes=[*self.chat.app.routes,
                                      Route("/metrics", self._metrics)])
 
@@ -49,6 +50,12 @@ class FakeVllm:
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
             "# TYPE vllm:kv_cache_usage_perc gauge\n"
             f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache}\n"
+            "# HELP vllm:prefix_cache_queries Prefix cache queries, in tokens.\n"
+            "# TYPE vllm:prefix_cache_queries counter\n"
+            f"vllm:prefix_cache_queries_total{{{labels}}} {self.prefix_queries}\n"
+            "# HELP vllm:prefix_cache_hits Prefix cache hits, in tokens.\n"
+            "# TYPE vllm:prefix_cache_hits counter\n"
+            f"vllm:prefix_cache_hits_total{{{labels}}} {self.prefix_hits}\n"
             "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
             "# TYPE vllm:prompt_tokens_total counter\n"
             f"vllm:prompt_tokens_total{{{labels}}} 1234.0\n",
@@ -106,7 +113,7 @@ def _served_by(server: Server, model: str) -> str:
 def _upstream_metrics(server: Server) -> dict[str, float]:
     found = {}
     for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
-        if line.startswith(("aigw_upstream_requests{", "aigw_upstream_kv_cache_usage_ratio{")):
+        if line.startswith("aigw_upstream_"):
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)
     return found
@@ -140,7 +147,25 @@ def test_least_busy_follows_what_the_servers_say(
     assert (gpu_b["upstream_running"], gpu_b["upstream_waiting"]) == (7, 2)
     assert status["deployments"]["hosted"]["upstream_running"] is None  # not a vLLM server
     page = httpx.get(f"{server.base_url}/admin", auth=("ops", DEV_KEY)).text
-    assert "<td>7 / 2 / 10%</td>" in page
+    assert "<td>7 / 2 / 10% / -</td>" in page  # no prefix cache lookups yet
+
+
+def test_the_prefix_cache_hit_share_is_read_between_readings(
+    fleet: tuple[Server, FakeVllm, FakeVllm],
+) -> None:
+    server, a, _b = fleet
+    metric = 'aigw_upstream_prefix_cache_hit_ratio{deployment="gpu-a"}'
+    _until(lambda: 'aigw_upstream_requests{deployment="gpu-a",state="waiting"}'
+           in _upstream_metrics(server))
+    assert metric not in _upstream_metrics(server)  # nothing looked up yet: no share
+    a.prefix_queries, a.prefix_hits = 1000.0, 100.0
+    _until(lambda: _upstream_metrics(server).get(metric) == pytest.approx(0.1))
+    a.prefix_queries, a.prefix_hits = 1400.0, 400.0  # 300 of the next 400 tokens hit
+    _until(lambda: _upstream_metrics(server).get(metric) == pytest.approx(0.75))
+    time.sleep(0.3)  # readings with no new lookups: the last share stands
+    assert _upstream_metrics(server)[metric] == pytest.approx(0.75)
+    page = httpx.get(f"{server.base_url}/admin", auth=("ops", DEV_KEY)).text
+    assert "<td>0 / 0 / 10% / 75%</td>" in page
 
 
 def test_a_long_queue_spills_to_the_hosted_api_through_a_policy(

@@ -218,3 +218,61 @@ async def test_a_page_that_is_not_vllms_is_logged_once_and_changes_nothing(
     await watch.round()
     assert routing.stats["llama"].upstream_running == 5
     await watch._client.aclose()
+
+
+def _prefix_page(hits: float, queries: float) -> str:
+    """METRICS plus vLLM V1's prefix cache counters for llama, split over two engines."""
+    lines = ["# HELP vllm:prefix_cache_queries Prefix cache queries, in tokens.",
+             "# TYPE vllm:prefix_cache_queries counter",
+             "# HELP vllm:prefix_cache_hits Prefix cache hits, in tokens.",
+             "# TYPE vllm:prefix_cache_hits counter"]
+    for engine in ("0", "1"):
+        labels = f'engine="{engine}",model_name="llama"'
+        lines.append(f"vllm:prefix_cache_queries_total{{{labels}}} {queries / 2}")
+        lines.append(f"vllm:prefix_cache_hits_total{{{labels}}} {hits / 2}")
+    lines.append('vllm:prefix_cache_hits_total{engine="0",model_name="qwen"} 999.0')
+    return METRICS + "\n".join(lines) + "\n"
+
+
+def test_prefix_cache_counters_and_the_older_hit_rate_are_read() -> None:
+    load = parse_load(_prefix_page(hits=40, queries=200), "llama")
+    assert load is not None and (load.prefix_hits, load.prefix_queries) == (40, 200)
+    assert load.prefix_hit_rate is None
+    older = METRICS + ("# TYPE vllm:gpu_prefix_cache_hit_rate gauge\n"
+                       'vllm:gpu_prefix_cache_hit_rate{model_name="llama"} 0.5\n')
+    load = parse_load(older, "llama")
+    assert load is not None and load.prefix_hit_rate == 0.5 and load.prefix_hits is None
+    assert parse_load(METRICS, "llama") == ServerLoad(5, 5, 0.75)  # none given: None
+
+
+async def test_the_prefix_hit_share_is_taken_between_readings_and_survives_restarts(
+    compiled: Graph,
+) -> None:
+    routing, now = RoutingState(), [0.0]
+    routing.sync(compiled)
+    # (hits, queries) as the server counts them; the third reading is after a restart.
+    readings = iter([(10.0, 100.0), (40.0, 200.0), (40.0, 200.0), (5.0, 50.0), (25.0, 100.0)])
+    page = [""]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=page[0] if "gpu-box" in str(request.url) else METRICS)
+
+    watch = UpstreamLoadWatch(lambda: (compiled, routing),
+                              httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+                              clock=lambda: now[0])
+    llama = routing.of(compiled.deployments["llama"])
+    seen = []
+    for second, (hits, queries) in enumerate(readings):
+        now[0], page[0] = float(second), _prefix_page(hits, queries)
+        await watch.round()
+        seen.append(llama.prefix_cache_hit_rate)
+    # first: nothing to compare with; 30 of 100 tokens; no lookups since: it stands;
+    # counters went back (restart): unknown; 20 of 50 since the restart.
+    assert seen == [None, pytest.approx(0.3), pytest.approx(0.3), None, pytest.approx(0.4)]
+    assert routing.snapshot()["llama"].prefix_cache_hit_rate == pytest.approx(0.4)
+    assert routing.of(compiled.deployments["qwen"]).prefix_cache_hit_rate is None
+    now[0] = 10.0  # no reading for three intervals: forgotten with the rest
+    page[0] = "<html>gone</html>"
+    await watch.round()
+    assert (llama.prefix_cache_hit_rate, llama.prefix_counts) == (None, None)
+    await watch._client.aclose()

@@ -5,7 +5,8 @@ Run: python bench/wakeups.py [--targets upstream floor aigw aigw-lean] [--rates 
 
 Each target runs alone on core 0 (the load and, for the gateways, the upstream on core
 1), and is driven open loop by bench/loadgen.py at each rate. Read from ``/proc`` around
-each run, per request: the CPU time of every thread of the server (``schedstat``), and
+each run, per request: the CPU time of the server (``stat``: every thread's, ended
+ones included, in clock ticks), and
 its voluntary switches (it went to sleep: nothing to do, or waiting on a lock, the GIL
 or the disk) and involuntary ones (the scheduler took the core away), for the thread
 running the event loop and for the others together. ``upstream`` is bench/upstream.py
@@ -17,6 +18,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -39,10 +41,12 @@ class Threads:
 
 
 def read_threads(pid: int) -> Threads:
-    cpu = main_vol = main_invol = other_vol = other_invol = 0
+    # The process's own utime + stime count threads that already ended as well.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    main_vol = main_invol = other_vol = other_invol = 0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            cpu += int((task / "schedstat").read_text().split()[0])
             status = (task / "status").read_text()
         except OSError:  # the thread ended while we looked
             continue

@@ -138,12 +138,14 @@ async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) 
         response = await endpoint(request)
     except GatewayError as exc:
         response = _error_response(exc)
+    except HTTPException as exc:
+        response = await _http_error(request, exc)
     except Exception as exc:
         response = await _unexpected_error(request, exc)
     try:
         await response(scope, receive, send)
-    except Exception:
-        log.exception("unhandled error while answering %s %s", request.method, scope["path"])
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         raise
 
 

@@ -95,8 +95,11 @@ def _gauge_lines(text: str) -> str:
     waiting), where the gauges are a few lines. A prefix match keeps a few more (say
     ``vllm:num_requests_waiting_by_reason``); ``read_samples`` keeps exact names only.
     """
-    kept = [line for line in text.splitlines()
-            if (line[7:] if line.startswith(_COMMENTS) else line).startswith(_GAUGES)]
+    kept = []
+    for line in text.split("\n"):  # as the parser splits: not at a label's U+2028
+        bare = line.lstrip()
+        if (bare[7:] if bare.startswith(_COMMENTS) else bare).startswith(_GAUGES):
+            kept.append(line)
     return "\n".join(kept) + "\n" if kept else ""
 
 
@@ -149,7 +152,8 @@ class UpstreamLoadWatch:
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self._clock = clock
         self._due: dict[str, float] = {}  # provider name -> when to read it next
-        self._failing: set[str] = set()  # providers whose last read failed (logged once)
+        # Providers whose last read failed, with why (logged once, and again on a new why).
+        self._failing: dict[str, str] = {}
 
     async def run(self) -> None:
         try:
@@ -171,6 +175,8 @@ class UpstreamLoadWatch:
         watched = [p for p in graph.providers.values() if _watched(p)]
         now = self._clock()
         due = [p for p in watched if self._due.get(p.name, 0.0) <= now]
+        names = {p.name for p in watched}  # a provider a reload removed starts afresh
+        self._failing = {n: why for n, why in self._failing.items() if n in names}
         await asyncio.gather(*(self._read(provider, graph, routing) for provider in due))
         for provider in due:
             self._due[provider.name] = now + provider.metrics_interval_s
@@ -187,20 +193,22 @@ class UpstreamLoadWatch:
             response.raise_for_status()
             text = response.text
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            self._failed(provider, f"cannot read its metrics at {provider.metrics_url}: {exc}")
+            self._failed(provider, "unreachable",
+                         f"cannot read its metrics at {provider.metrics_url}: {exc}")
             return
         try:
             values = read_samples(text)
         except ValueError as exc:  # not the Prometheus text format
-            self._failed(provider, f"{provider.metrics_url} is not Prometheus text: {exc}")
+            self._failed(provider, "malformed",
+                         f"{provider.metrics_url} is not Prometheus text: {exc}")
             return
         if WAITING not in values and RUNNING not in values:
-            self._failed(provider, f"{provider.metrics_url} has no vLLM load gauges "
-                                   f"({RUNNING}, {WAITING}); is it a vLLM server's /metrics?")
+            self._failed(provider, "no gauges",
+                         f"{provider.metrics_url} has no finite vLLM load gauges ({RUNNING}, "
+                         f"{WAITING}); is it a vLLM server's /metrics?")
             return
-        if provider.name in self._failing:
+        if self._failing.pop(provider.name, None) is not None:
             log.info("reading the metrics of provider '%s' again", provider.name)
-            self._failing.discard(provider.name)
         now = self._clock()
         for deployment in _served_by(graph, provider):
             load = load_of(values, deployment.model)
@@ -208,11 +216,12 @@ class UpstreamLoadWatch:
             if load is not None and stats is not None:
                 _apply(stats, load, now)
 
-    def _failed(self, provider: Provider, why: str) -> None:
-        """Log why a provider's load is unknown, once until a read works again."""
-        if provider.name not in self._failing:
+    def _failed(self, provider: Provider, kind: str, why: str) -> None:
+        """Log why a provider's load is unknown: once until a read works again or it
+        fails another way (unreachable, then serving the wrong page, say)."""
+        if self._failing.get(provider.name) != kind:
             log.warning("provider '%s': %s", provider.name, why)
-            self._failing.add(provider.name)
+            self._failing[provider.name] = kind
 
     def _forget_stale(self, graph: Graph, routing: RoutingState, now: float) -> None:
         """Drop figures older than three intervals, and those of deployments no longer on

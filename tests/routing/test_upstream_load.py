@@ -199,7 +199,8 @@ async def test_a_page_that_is_not_vllms_is_logged_once_and_changes_nothing(
 ) -> None:
     routing = RoutingState()
     routing.sync(compiled)
-    pages = iter(["<html>metrics are elsewhere</html>", "# TYPE up gauge\nup 1\n", METRICS])
+    pages = iter(["<html>metrics are elsewhere</html>", "# TYPE up gauge\nup 1\n", METRICS,
+                  "<html>the wrong URL after a redeploy</html>"])
     clock = [0.0]
     watch = UpstreamLoadWatch(
         lambda: (compiled, routing),
@@ -213,10 +214,14 @@ async def test_a_page_that_is_not_vllms_is_logged_once_and_changes_nothing(
             clock[0] = second
             await watch.round()
             assert routing.stats["llama"].upstream_running is None
-    assert caplog.text.count("has no vLLM load gauges") == 1
+    assert caplog.text.count("has no finite vLLM load gauges") == 1
     clock[0] = 2.0
     await watch.round()
     assert routing.stats["llama"].upstream_running == 5
+    clock[0] = 3.0
+    with caplog.at_level("WARNING", logger="aigw.routing"):
+        await watch.round()  # it worked in between: a new failure is news
+    assert caplog.text.count("has no finite vLLM load gauges") == 2
     await watch._client.aclose()
 
 

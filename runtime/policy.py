@@ -246,7 +246,9 @@ class PolicyEngine:
         if not self._comparisons:
             return values, ()
         exact = tuple(values[i] for i in self._live_exact)
-        key = (deployment.name, values, context.key)
+        # The context's key says how its comparisons with literals came out; comparisons
+        # with this deployment's attributes need the values they compare as well.
+        key = (deployment.name, values, context.key, context.versus_resource)
         answers = self._outcomes.get(key)
         if answers is None:
             resource = dict(self._static.get(deployment.name, {}))

@@ -38,6 +38,9 @@ class CedarContext:
     text: str
     key: tuple[object, ...]
     values: Mapping[str, Any]  # "context.x" -> the value, comparable
+    # The values of the fields some comparison sets against a resource attribute: how
+    # those come out depends on the value itself, not on the comparisons in ``key``.
+    versus_resource: tuple[object, ...] = ()
 
 
 def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
@@ -56,10 +59,19 @@ def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
         if f"context.{name}" not in reads.compared:
             exact.append(json.dumps(encoded, sort_keys=True))
     own = tuple(evaluate(comparable, _NO_RESOURCE) for evaluate in _context_only(reads))
-    return CedarContext(dumps(record).decode(), (*exact, own), comparable)
+    versus = tuple(comparable.get(name) for name in _versus_resource(reads))
+    return CedarContext(dumps(record).decode(), (*exact, own), comparable, versus)
 
 
 _NO_RESOURCE: Mapping[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _versus_resource(reads: Reads) -> tuple[str, ...]:
+    """The context fields of the comparisons that also name a resource attribute."""
+    return tuple(sorted({value for item in reads.comparisons if mentions_resource(item)
+                         for kind, value in item[1:]
+                         if kind == "field" and value.startswith("context.")}))
 
 
 @functools.lru_cache(maxsize=16)

@@ -128,3 +128,32 @@ def test_what_only_crosses_no_threshold_changes_no_decision(
     assert [d.policies for d in decisions] == [("tight-sla-forbids-slow",),
                                                ("any-deployment-may-serve",)]
     assert calls == 2
+
+
+def test_a_context_value_compared_with_a_resource_attribute_is_part_of_the_key(
+    tmp_path: Path,
+) -> None:
+    # Both SLAs are under 500, so every comparison with a literal comes out the same;
+    # only their values against the deployment's latency tell them apart.
+    root = tmp_path / "gw"
+    (root / "policies").mkdir(parents=True)
+    (root / "gateway.yaml").write_text(config())
+    (root / "policies" / "base.cedar").write_text(PERMIT_ALL)
+    (root / "policies" / "rules.cedar").write_text(
+        '@id("tight-sla")\n'
+        'forbid (principal, action == Action::"route", resource)\n'
+        "when { context.latency_sla_ms < 500 && "
+        "resource.average_latency_ms > context.latency_sla_ms };\n")
+    graph = compile_gateway(root, environ={}).graph
+    assert graph is not None
+    engine = PolicyEngine(graph, FixedLive({"local-a": {"average_latency_ms": 300}}))
+    key = next(k for k in graph.keys_by_sha256.values() if k.name == "dev")
+    principal = principal_for(graph.authorization, key, None)
+    deployment = graph.deployments["local-a"]
+
+    def allowed(sla_ms: int) -> bool:
+        facts = Facts(route="pair", estimated_tokens=10, max_tokens=None, stream=False,
+                      latency_sla_ms=sla_ms)
+        return engine.route(principal, [deployment], engine.context(facts))[0].allowed
+
+    assert [allowed(100), allowed(400), allowed(100), allowed(400)] == [False, True, False, True]

@@ -47,7 +47,8 @@ _PROFILES: tuple[tuple[str, Mapping[str, Any]], ...] = (
     ("very slow", {"average_latency_ms": 30_000, "p95_latency_ms": 60_000}),
     ("failing", {"average_latency_ms": 300, "current_error_rate": 0.2}),
     ("circuit open", {"current_error_rate": 0.5, "circuit_open": True}),
-    ("busy", {"average_latency_ms": 500, "in_flight": 100, "queue_depth": 50}),
+    ("busy", {"average_latency_ms": 500, "in_flight": 100, "queue_depth": 50,
+              "queue_wait_ms": 1500}),
 )
 _COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 _DECIMAL_METHODS = ("lessThan", "lessThanOrEqual", "greaterThan", "greaterThanOrEqual")

@@ -74,6 +74,7 @@ DEPLOYMENT_LIVE: Mapping[str, CedarType] = MappingProxyType({
     "current_error_rate": DECIMAL,
     "in_flight": LONG,
     "queue_depth": LONG,
+    "queue_wait_ms": LONG,
     "circuit_open": BOOL,
 })
 CONTEXT: Mapping[str, CedarType] = MappingProxyType({
@@ -104,6 +105,9 @@ DOCS: Mapping[str, str] = MappingProxyType({
         "failed share of the breaker window; 0 until it holds min_requests",
     "Deployment.in_flight": "calls open now",
     "Deployment.queue_depth": "requests waiting upstream (vLLM); 0 when unknown",
+    "Deployment.queue_wait_ms":
+        "estimated wait upstream before a new request starts (vLLM): queue_depth x "
+        "average_latency_ms / requests it runs at once; 0 when unknown",
     "Deployment.circuit_open": "the circuit breaker is open",
     "context.estimated_tokens": "prompt tokens, counted before the call",
     "context.max_tokens": "the request's output cap; 0 when it sets none",

@@ -42,12 +42,22 @@ def _error_rate(stats: DeploymentStats, deployment: Deployment, now: float) -> f
     return round(failed / calls, 4) if calls >= deployment.breaker.min_requests else 0.0
 
 
+def _queue_wait_ms(stats: DeploymentStats, _deployment: Deployment, _now: float) -> int:
+    """How long a request joining the server's queue waits, by its own figures: the server
+    runs ``upstream_running`` requests at once, each about ``latency_ms`` (as this gateway
+    measures whole calls), so the queue ahead drains at running / latency a millisecond."""
+    if stats.upstream_running is None or not stats.queue_depth or stats.latency_ms is None:
+        return 0
+    return round(stats.queue_depth * stats.latency_ms / max(1, stats.upstream_running))
+
+
 _READERS: Mapping[str, Callable[[DeploymentStats, Deployment, float], object]] = {
     "average_latency_ms": lambda stats, _d, _now: round(stats.latency_ms or 0),
     "p95_latency_ms": lambda stats, _d, _now: round(stats.p95_ms() or 0),
     "current_error_rate": _error_rate,
     "in_flight": lambda stats, _d, _now: stats.in_flight,
     "queue_depth": lambda stats, _d, _now: stats.queue_depth,
+    "queue_wait_ms": _queue_wait_ms,
     "circuit_open": lambda stats, _d, now: stats.breaker.state(now) is CircuitState.OPEN,
 }
 

@@ -76,7 +76,10 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         '@id("route") permit (principal, action == Action::"route", resource);\n'
         '@id("spill-on-long-queue")\n'
         'forbid (principal, action == Action::"route", resource)\n'
-        'when { resource.queue_depth >= 8 };\n')
+        'when { resource.queue_depth >= 8 };\n'
+        '@id("spill-when-the-queue-breaks-the-sla")\n'
+        'forbid (principal, action == Action::"route", resource)\n'
+        'when { resource.queue_wait_ms > context.latency_sla_ms };\n')
     with ExitStack() as stack:
         urls = [stack.enter_context(serving(app)) for app in (a.app, b.app, hosted.app)]
         (root / "gateway.yaml").write_text(
@@ -103,10 +106,11 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield server, a, b
 
 
-def _served_by(server: Server, model: str) -> str:
+def _served_by(server: Server, model: str, sla_ms: int | None = None) -> str:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "hi"}])
+        model=model, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-aigw-latency-sla-ms": str(sla_ms)} if sla_ms is not None else None)
     return raw.headers["x-aigw-deployment"]
 
 
@@ -183,3 +187,20 @@ def test_a_long_queue_spills_to_the_hosted_api_through_a_policy(
     _until(lambda: _upstream_metrics(server).get(
         'aigw_upstream_requests{deployment="gpu-a",state="waiting"}') == 0.0)
     assert _served_by(server, "local-first") == "gpu-a"
+
+
+def test_a_queue_that_would_break_the_latency_sla_spills_to_the_hosted_api(
+    fleet: tuple[Server, FakeVllm, FakeVllm],
+) -> None:
+    server, a, _b = fleet
+    waiting = 'aigw_upstream_requests{deployment="gpu-a",state="waiting"}'
+    _until(lambda: waiting in _upstream_metrics(server))
+    for _ in range(3):  # the gateway measures gpu-a's latency on its own calls
+        assert _served_by(server, "local-first", sla_ms=1) == "gpu-a"  # no queue: no wait
+    # One request at a time, seven waiting: a new one waits about seven calls' time,
+    # under the queue_depth >= 8 bound, so only the SLA policy can decide.
+    a.running, a.waiting = 1, 7
+    _until(lambda: _upstream_metrics(server).get(waiting) == 7.0)
+    assert _served_by(server, "local-first", sla_ms=600_000) == "gpu-a"  # it can wait
+    assert _served_by(server, "local-first", sla_ms=1) == "hosted"  # it cannot
+    assert _served_by(server, "local-first") == "gpu-a"  # the deadline's SLA: minutes

@@ -135,6 +135,6 @@ async def test_models_shows_the_live_values_policies_see(policy_gateway: Factory
     assert sorted(models) == ["local-a", "local-b", "vectors"]
     assert models["local-b"]["live"] == {
         "average_latency_ms": 123, "p95_latency_ms": 0, "current_error_rate": 0.0,
-        "in_flight": 2, "queue_depth": 0, "circuit_open": False}
+        "in_flight": 2, "queue_depth": 0, "queue_wait_ms": 0, "circuit_open": False}
     assert models["local-b"]["groups"] == ["pair", "backup"]
     assert models["local-b"]["provider_type"] == "echo"

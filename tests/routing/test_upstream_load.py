@@ -12,6 +12,7 @@ import pytest
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
 from aigw.runtime import upstream_load
+from aigw.runtime.policy_live import StateLive
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.upstream_load import ServerLoad, UpstreamLoadWatch, parse_load
 
@@ -281,3 +282,19 @@ async def test_the_prefix_hit_share_is_taken_between_readings_and_survives_resta
     await watch.round()
     assert (llama.prefix_cache_hit_rate, llama.prefix_counts) == (None, None)
     await watch._client.aclose()
+
+
+def test_cedar_sees_the_wait_a_vllm_queue_means(compiled: Graph) -> None:
+    routing = RoutingState()
+    routing.sync(compiled)
+    live = StateLive(routing)
+    llama = compiled.deployments["llama"]
+    stats = routing.of(llama)
+    stats.latency_ms, stats.queue_depth = 800.0, 6
+    assert live.values(llama, ("queue_wait_ms",)) == (0,)  # no reading of the server yet
+    stats.upstream_running = 4  # four at a time, 800 ms each: six waiting take 1,200 ms
+    assert live.values(llama, ("queue_wait_ms", "queue_depth")) == (1200, 6)
+    stats.upstream_running = 0  # all queued, none running: counted as one at a time
+    assert live.values(llama, ("queue_wait_ms",)) == (4800,)
+    stats.latency_ms = None  # never measured: nothing to estimate with
+    assert live.values(llama, ("queue_wait_ms",)) == (0,)

@@ -46,7 +46,11 @@ when { context.estimated_tokens >= 7000 && context.budget_remaining.lessThan(dec
 """
 
 
-def test_a_caching_engine_decides_as_a_fresh_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_a_caching_engine_decides_as_a_fresh_one(tmp_path: Path, narrow: bool) -> None:
+    # "narrow" draws the live values from a few, so that the cached engine meets the
+    # same deployment state under many different contexts (where a key too coarse
+    # shows); "wide" covers more of the policies.
     root = tmp_path / "gw"
     (root / "policies").mkdir(parents=True)
     (root / "gateway.yaml").write_text(config())
@@ -62,6 +66,9 @@ def test_a_caching_engine_decides_as_a_fresh_one(tmp_path: Path) -> None:
     seen = set()
     for _ in range(600):
         for name in ("local-a", "local-b"):
+            if narrow:
+                live[name] = {"average_latency_ms": rng.choice([150, 450])}
+                continue
             live[name] = {
                 "average_latency_ms": rng.choice([0, 100, 299, 300, 301, 450, 900]),
                 "p95_latency_ms": rng.choice([0, 0, 800]),
@@ -86,7 +93,7 @@ def test_a_caching_engine_decides_as_a_fresh_one(tmp_path: Path) -> None:
             assert invoke == engine_b.invoke(principal, facts.route, engine_b.context(facts))
             seen.update((d.allowed, d.policies) for d in got)
             seen.add((invoke.allowed, invoke.policies))
-    assert len(seen) >= 8  # the scenarios exercise most of the policies
+    assert len(seen) >= (3 if narrow else 8)  # the scenarios exercise most of the policies
 
 
 def test_what_only_crosses_no_threshold_changes_no_decision(

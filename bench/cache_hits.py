@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         upstream = targets.start_upstream(work, 1.0, 8, 1.0)
-        upstream_port = int(upstream.url.rsplit(":", 1)[1].split("/")[0])
+        upstream_port = upstream.port
         try:
             for cached in (False, True):
                 server = targets.start_aigw(work, upstream_port, cache=cached)

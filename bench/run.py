@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
         upstream = targets.start_upstream(work, options.delay_ms, options.tokens,
                                           options.token_interval_ms)
-        upstream_port = int(upstream.url.split(":")[2].split("/")[0])
+        upstream_port = upstream.port
         try:
             log("direct: measuring the upstream itself")
             results["direct"] = measure_target(upstream, options, soak=False, direct=None)

@@ -59,6 +59,11 @@ class Server:
     model: str  # the model name to send
     log_path: Path
 
+    @property
+    def port(self) -> int:
+        """The port it listens on (its URL is http://127.0.0.1:PORT/...)."""
+        return int(self.url.split(":")[2].split("/")[0])
+
     def rss_mib(self) -> float:
         """Resident memory of the process and its descendants, in MiB, from /proc."""
         total_kib = sum(_rss_kib(pid) for pid in _tree(self.process.pid))
@@ -113,14 +118,15 @@ def start(
     raise RuntimeError(f"{name} did not answer {health} within {startup_timeout:.0f} s")
 
 
-def start_upstream(log_dir: Path, delay_ms: float, tokens: int, interval_ms: float) -> Server:
+def start_upstream(log_dir: Path, delay_ms: float, tokens: int, interval_ms: float,
+                   core: str = LOAD_CORE, name: str = "upstream") -> Server:
+    """bench/upstream.py. By default it shares the load generator's core: the server
+    under test gets one core to itself, and the machine has only two."""
     port = free_port()
     command = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port),
                "--delay-ms", str(delay_ms), "--tokens", str(tokens),
                "--token-interval-ms", str(interval_ms)]
-    # The upstream shares the load generator's core: the server under test gets one
-    # core to itself, and the machine has only two.
-    return start("upstream", pinned(LOAD_CORE, command),
+    return start(name, pinned(core, command),
                  url=f"http://127.0.0.1:{port}/v1/chat/completions", model="bench-model",
                  health=f"http://127.0.0.1:{port}/health", log_dir=log_dir)
 

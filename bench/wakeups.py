@@ -26,7 +26,7 @@ from pathlib import Path
 
 import measure
 import targets
-from targets import BENCH, SERVER_CORE, Server
+from targets import SERVER_CORE, Server
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +68,13 @@ def _field(status: str, name: str) -> int:
 
 
 def start(name: str, work: Path, upstream: Server | None) -> Server:
-    if name == "upstream":
-        port = targets.free_port()
-        command = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port),
-                   "--delay-ms", "0"]
-        return targets.start("upstream-alone", targets.pinned(SERVER_CORE, command),
-                             url=f"http://127.0.0.1:{port}/v1/chat/completions",
-                             model="bench-model", health=f"http://127.0.0.1:{port}/health",
-                             log_dir=work)
+    if name == "upstream":  # measured as the server itself, on the server's core
+        return targets.start_upstream(work, 0.0, 8, 1.0, core=SERVER_CORE,
+                                      name="upstream-alone")
     assert upstream is not None
-    upstream_port = int(upstream.url.split(":")[2].split("/")[0])
     if name == "floor":
-        return targets.start_floor(work, upstream_port, "aiohttp")
-    return targets.start_aigw(work, upstream_port, lean=name == "aigw-lean")
+        return targets.start_floor(work, upstream.port, "aiohttp")
+    return targets.start_aigw(work, upstream.port, lean=name == "aigw-lean")
 
 
 def main() -> None:

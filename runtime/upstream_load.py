@@ -72,7 +72,7 @@ def read_samples(text: str) -> Samples:
     server may print NaN or +Inf) are left out. Raises ValueError when their lines are
     not Prometheus's format."""
     values: Samples = {}
-    for family in text_string_to_metric_families(_gauge_lines(text)):
+    for family in text_string_to_metric_families(_wanted_lines(text)):
         for sample in family.samples:
             if sample.name in _SAMPLES and math.isfinite(sample.value):
                 values.setdefault(sample.name, []).append((sample.labels, sample.value))
@@ -82,23 +82,24 @@ def read_samples(text: str) -> Samples:
 _SAMPLES = frozenset((WAITING, RUNNING, *KV_CACHE, *PREFIX_HITS, *PREFIX_QUERIES,
                       PREFIX_HIT_RATE))
 # Family names as HELP and TYPE lines write them (a counter's without its _total).
-_GAUGES = tuple(name.removesuffix("_total") for name in _SAMPLES)
+_FAMILIES = tuple(name.removesuffix("_total") for name in _SAMPLES)
 _COMMENTS = ("# HELP ", "# TYPE ")
 
 
-def _gauge_lines(text: str) -> str:
-    """The lines of ``text`` that can be about the load gauges, with their HELP and TYPE.
+def _wanted_lines(text: str) -> str:
+    """The lines of ``text`` that can be about the samples we read, with their HELP and
+    TYPE.
 
     The parse runs on the event loop, and prometheus-client's parser takes about 35 µs a
     line: a vLLM page is hundreds of lines of histograms and counters (25 ms for one of
     730 lines, every ``metrics_interval_s``, per server, with every request in flight
-    waiting), where the gauges are a few lines. A prefix match keeps a few more (say
+    waiting), where ours are a few lines. A prefix match keeps a few more (say
     ``vllm:num_requests_waiting_by_reason``); ``read_samples`` keeps exact names only.
     """
     kept = []
     for line in text.split("\n"):  # as the parser splits: not at a label's U+2028
         bare = line.lstrip()
-        if (bare[7:] if bare.startswith(_COMMENTS) else bare).startswith(_GAUGES):
+        if (bare[7:] if bare.startswith(_COMMENTS) else bare).startswith(_FAMILIES):
             kept.append(line)
     return "\n".join(kept) + "\n" if kept else ""
 
@@ -234,9 +235,7 @@ class UpstreamLoadWatch:
             provider = deployment.provider if deployment is not None else None
             if (provider is None or not _watched(provider)
                     or now - seen > _STALE_AFTER * provider.metrics_interval_s):
-                stats.upstream_seen_at = stats.upstream_running = stats.kv_cache_usage = None
-                stats.prefix_counts = stats.prefix_cache_hit_rate = None
-                stats.queue_depth = 0
+                stats.forget_upstream()
 
 
 def _watched(provider: Provider) -> bool:

@@ -47,6 +47,12 @@ class DeploymentStats:
         self._usage: deque[list[int]] = deque()
         self._usage_total = 0
 
+    def forget_upstream(self) -> None:
+        """Drop what the server's metrics said: back to the gateway's own view."""
+        self.queue_depth = 0
+        self.upstream_running = self.kv_cache_usage = self.upstream_seen_at = None
+        self.prefix_cache_hit_rate = self.prefix_counts = None
+
     def load(self) -> int:
         """Requests the deployment is busy with: what its server says it runs and queues
         when it says (other clients' included), never less than this gateway's own."""

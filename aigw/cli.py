@@ -232,6 +232,10 @@ def describe_graph(graph: Graph) -> dict[str, object]:
                 "price": {"input": d.price.input, "output": d.price.output},
                 "tags": list(d.tags),
                 "capabilities": sorted(d.capabilities),
+                # The command line, and only the names of what it adds to the environment:
+                # the values may be secrets (HF_TOKEN, the provider's key).
+                "serve": {"argv": list(d.serve.argv),
+                          "env": [name for name, _ in d.serve.env]} if d.serve else None,
             }
             for name, d in graph.deployments.items()
         },

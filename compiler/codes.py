@@ -80,6 +80,8 @@ GROUP_WEIGHT_NOT_MEMBER = _error("AGW320", "weight given for a deployment that i
 NO_EMBEDDINGS_API = _error("AGW321", "provider type has no embeddings API")
 PROVIDER_EXTRA_MISSING = _warning("AGW322", "provider type needs an extra that is not installed")
 REF_ROUTE = _error("AGW323", "unknown route")
+SERVE_INVALID = _error("AGW324", "serve: block cannot start its deployment's server")
+SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one address")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

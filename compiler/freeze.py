@@ -102,6 +102,7 @@ def freeze(
             rpm=spec.limits.rpm if spec.limits else None,
             tpm=spec.limits.tpm if spec.limits else None,
             breaker=_breaker(spec.circuit_breaker or linked.settings.circuit_breaker),
+            serve=linked.served.get(name),
         )
     groups = _with_prefix_wants(
         {name: _group(name, entry.spec, deployments) for name, entry in linked.groups.items()})

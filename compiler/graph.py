@@ -119,6 +119,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedServer:
+    """A vLLM server the gateway starts for a deployment: how, and how it is checked.
+
+    Two values are the same server: a reload that leaves one unchanged keeps it running.
+    """
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # added to the gateway's own environment
+    health_url: str
+    startup_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Deployment:
     name: str
     provider: Provider
@@ -133,6 +146,7 @@ class Deployment:
     rpm: int | None  # the upstream's own quota, if declared
     tpm: int | None
     breaker: BreakerPolicy
+    serve: ServedServer | None = None  # started and supervised by ``aigw serve``
 
 
 @dataclass(frozen=True, slots=True)

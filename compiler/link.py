@@ -18,6 +18,8 @@ from typing import Generic, TypeVar
 
 from . import codes
 from .diagnostics import DiagnosticSink
+from .graph import ServedServer
+from .served import link_served
 from .source import NodePath, Position, SourceMap
 from .spec import (
     NAMED_SECTIONS,
@@ -105,6 +107,7 @@ class Linked:
     keys: Mapping[str, LinkedKey]
     route_candidates: Mapping[str, tuple[str, ...]]
     pipelines: Mapping[str, str]
+    served: Mapping[str, ServedServer]  # deployment -> the vLLM server aigw starts for it
 
 
 def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
@@ -128,6 +131,9 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     known_pipelines = _known(pipelines, validated, "pipelines")
     for deployment in deployments.values():
         _check_deployment(deployment, known_providers, sink)
+    served = link_served(
+        deployments, providers,
+        lambda text, position: _resolve_env(text, position, environ, [], sink), sink)
     errors_before = sink.error_count
     for group in groups.values():
         _check_group(group, known_deployments, known_groups, sink)
@@ -170,6 +176,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
         keys=keys,
         route_candidates=candidates,
         pipelines=pipelines,
+        served=served,
     )
 
 

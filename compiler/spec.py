@@ -161,6 +161,38 @@ class PriceSpec(Spec):
     output: NonNegativeFloat = 0.0
 
 
+class ServeSpec(Spec):
+    """A vLLM server ``aigw serve`` starts for this deployment, and restarts if it dies.
+
+    It listens where the deployment's provider says (``base_url``, on this machine).
+    """
+
+    model: str | None = Field(
+        None, description="What vLLM loads: a Hugging Face id or a local path (default: the "
+        "deployment's model, which is also the name it serves under).")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.9, description="Share of each GPU's memory vLLM may take.")
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="GPUs one copy of the model is split over.")
+    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="GPU indices it may use (CUDA_VISIBLE_DEVICES); default: all.")
+    max_model_len: PositiveInt | None = Field(
+        None, description="Longest prompt + output it accepts (default: context_window).")
+    args: list[str] = Field(
+        default_factory=list,
+        description="More vLLM flags, e.g. [--enable-prefix-caching, --max-num-seqs, '64'].")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="More environment for the server; secrets as ${ENV_VAR} (e.g. HF_TOKEN).")
+    command: list[str] = Field(
+        default_factory=lambda: ["vllm", "serve"], min_length=1,
+        description="The program and its leading arguments (the aigw[vllm] extra installs "
+        "'vllm'; a virtual environment's path works too).")
+    startup_timeout_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        900.0, description="Time to load the model (downloading it included) before the "
+        "server counts as failed and is restarted.")
+
+
 class DeploymentSpec(Spec):
     """One model on one provider: what the gateway can call."""
 
@@ -181,6 +213,8 @@ class DeploymentSpec(Spec):
     circuit_breaker: CircuitBreakerSpec | None = Field(
         None, description="Overrides settings.circuit_breaker for this deployment."
     )
+    serve: ServeSpec | None = Field(
+        None, description="Provider type vllm: start and supervise its server with the gateway.")
 
 
 class FallbacksSpec(Spec):

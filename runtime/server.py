@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .auth import DEV_KEY_SHA256
 from .live import ConfigError, Gateway
 from .telemetry.record import ACCESS_LOG
 from .tokens import TokenCounter
+from .vllm_serve import ServedFleet
 
 log = logging.getLogger("aigw")
 
@@ -43,6 +44,9 @@ class ServeOptions:
     port: int = 4000
     workers: int = 1
     watch: bool = False
+    # Run the vLLM servers of served deployments (serve:); with several workers only
+    # the first does.
+    supervise: bool = True
 
 
 def serve(options: ServeOptions) -> int:
@@ -123,6 +127,11 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
         options.port,
         ", ".join(sorted(graph.routes)) or "none",
     )
+    following: asyncio.Task[None] | None = None
+    if options.supervise:
+        restarts = gateway.telemetry.metrics.served_restarts
+        fleet = ServedFleet(options.root, lambda name: restarts.labels(name).inc())
+        following = loop.create_task(fleet.follow(lambda: gateway.live.graph))
     app = create_app(gateway)
     heap.freeze()  # the graph and libraries are loaded: keep the collector off them
     try:
@@ -139,6 +148,10 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
                 shutdown_trigger=shutdown.wait,
             )
     finally:
+        if following is not None:  # requests have drained: now stop the vLLM servers
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await gateway.aclose()
         gateway.telemetry.tracing.shutdown()
     return 0
@@ -189,8 +202,9 @@ def _run_master(options: ServeOptions, config: Config) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker_main, args=(options, config, sockets), daemon=False)
-        for _ in range(options.workers)
+        context.Process(target=_worker_main, daemon=False,
+                        args=(replace(options, supervise=index == 0), config, sockets))
+        for index in range(options.workers)
     ]
     for worker in workers:
         worker.start()

@@ -16,6 +16,10 @@ state of the provider's deployments:
   ``aigw_upstream_prefix_cache_hit_ratio{deployment}`` (the share of prompt tokens
   its prefix cache had since the previous reading: is ``prefix_affinity`` working?).
 
+For a deployment whose server ``aigw serve`` runs (``serve:``, runtime/vllm_serve.py),
+a page that cannot be read also marks it down, and requests skip it until a read
+works: it is starting, restarting or dead, and every worker sees that here.
+
 Numbers older than three intervals (a server that stopped answering) are dropped:
 the deployment goes back to the gateway's own count and a queue depth of 0, and the
 circuit breaker judges the server by its answers as before.
@@ -35,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aigw.compiler.graph import Deployment, Graph, Provider
 
-from .routing.state import DeploymentStats, RoutingState
+from .routing.state import NOT_ANSWERING, DeploymentStats, RoutingState
 
 log = logging.getLogger("aigw.routing")
 
@@ -196,7 +200,9 @@ class UpstreamLoadWatch:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             self._failed(provider, "unreachable",
                          f"cannot read its metrics at {provider.metrics_url}: {exc}")
+            _server_answers(graph, routing, provider, False)
             return
+        _server_answers(graph, routing, provider, True)
         try:
             values = read_samples(text)
         except ValueError as exc:  # not the Prometheus text format
@@ -240,6 +246,20 @@ class UpstreamLoadWatch:
 
 def _watched(provider: Provider) -> bool:
     return provider.metrics_url is not None and provider.disabled_reason is None
+
+
+def _server_answers(graph: Graph, routing: RoutingState, provider: Provider,
+                    answers: bool) -> None:
+    """Mark the deployments whose server aigw runs as up or down: requests skip them
+    while down (a server it did not start is judged by its answers instead)."""
+    for deployment in _served_by(graph, provider):
+        stats = routing.stats.get(deployment.name)
+        if stats is None or not stats.served:
+            continue
+        if answers:
+            stats.server_down = None
+        elif stats.server_down is None:  # it answered before (until then: "starting")
+            stats.server_down = NOT_ANSWERING
 
 
 def _served_by(graph: Graph, provider: Provider) -> list[Deployment]:

@@ -156,9 +156,11 @@ class AttemptLoop(Generic[T]):
             candidate = ordered[position]
             position += 1
             now = self.state.clock()
-            if not self.state.of(candidate.deployment).breaker.available(now):
-                self.trace.dropped.append(Dropped(candidate.deployment.name, "circuit open", False))
-                self.trace.add(f"{group.name}: skip {candidate.deployment.name}: circuit open")
+            stats = self.state.of(candidate.deployment)
+            skip = "circuit open" if not stats.breaker.available(now) else stats.server_down
+            if skip is not None:
+                self.trace.dropped.append(Dropped(candidate.deployment.name, skip, False))
+                self.trace.add(f"{group.name}: skip {candidate.deployment.name}: {skip}")
                 continue
             hedge_with = self._hedge_partner(ordered, position)
             try:

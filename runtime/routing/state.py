@@ -21,6 +21,9 @@ from .breaker import CircuitBreaker, CircuitState
 _EWMA_WEIGHT = 0.2  # weight of the newest sample
 _LATENCY_SAMPLES = 200  # for p95
 _USAGE_WINDOW_S = 60.0
+# Why a deployment whose vLLM server aigw runs is skipped (after its name in a 503).
+NOT_UP_YET = "is starting (its vLLM server has not answered yet)"
+NOT_ANSWERING = "is down (its vLLM server does not answer)"
 
 
 class DeploymentStats:
@@ -37,6 +40,10 @@ class DeploymentStats:
         self.prefix_cache_hit_rate: float | None = None
         self.prefix_counts: tuple[float, float] | None = None  # (hits, queries) last read
         self.upstream_seen_at: float | None = None
+        # A server aigw runs for the deployment (``serve:``) and cannot reach now: why.
+        # Requests skip it meanwhile (runtime/upstream_load.py learns it).
+        self.served = deployment.serve is not None
+        self.server_down: str | None = NOT_UP_YET if self.served else None
         self.latency_ms: float | None = None  # EWMA of whole-call latency
         self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
         self.requests = 0
@@ -115,6 +122,8 @@ class Snapshot:
     upstream_waiting: int | None = None
     kv_cache_usage: float | None = None
     prefix_cache_hit_rate: float | None = None
+    # Deployments aigw runs a vLLM server for: "up", or why it is not; None for the others.
+    server: str | None = None
 
 
 class RoutingState:
@@ -139,6 +148,9 @@ class RoutingState:
                 kept = DeploymentStats(deployment)
             else:
                 kept.breaker.policy = deployment.breaker
+                kept.served = deployment.serve is not None
+                if not kept.served:  # no longer run by aigw: its answers judge it
+                    kept.server_down = None
             fresh[name] = kept
         self.stats = fresh
         self.round_robin = {n: c for n, c in self.round_robin.items() if n in graph.groups}
@@ -164,6 +176,7 @@ class RoutingState:
                 upstream_waiting=stats.queue_depth if stats.upstream_running is not None else None,
                 kv_cache_usage=stats.kv_cache_usage,
                 prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
+                server=(stats.server_down or "up") if stats.served else None,
             )
             for name, stats in sorted(self.stats.items())
         }

@@ -72,6 +72,13 @@ class Metrics:
             "Share of prompt tokens a vLLM server's prefix cache had, between its last two "
             "readings (its /metrics).",
             ["deployment"], registry=registry, multiprocess_mode="max")
+        self.served_up = Gauge(
+            "aigw_vllm_server_up",
+            "1 while a vLLM server aigw runs (serve:) answers, 0 while it starts or is down.",
+            ["deployment"], registry=registry, multiprocess_mode="min")
+        self.served_restarts = Counter(
+            "aigw_vllm_server_restarts", "Times aigw started a vLLM server again after it "
+            "exited, hung or never came up.", ["deployment"], registry=registry)
         self.in_flight = Gauge("aigw_in_flight_requests", "Requests being served now.",
                                ["route"], registry=registry, multiprocess_mode="livesum")
         self.workflows = Counter("aigw_workflow_executions", "Pipeline executions that ended.",

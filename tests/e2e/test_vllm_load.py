@@ -12,54 +12,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
 from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
+from ..fakes.vllm_fake import FakeVllm
 from ..providers.conftest import DEV_KEY_LINE
 from .server import Server
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-class FakeVllm:
-    """An OpenAI-compatible server with vLLM's metrics, whose load a test sets."""
-
-    def __init__(self, name: str) -> None:
-        self.chat = OpenAIFake(name=name)
-        self.running, self.waiting, self.kv_cache = 0, 0, 0.1
-        self.prefix_hits, self.prefix_queries = 0.0, 0.0  # tokens, since it started
-        self.app = Starlette(routes=[*self.chat.app.routes,
-                                     Route("/metrics", self._metrics)])
-
-    async def _metrics(self, _request: Request) -> PlainTextResponse:
-        labels = f'engine="0",model_name="{MODEL}"'
-        return PlainTextResponse(
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
-            "# TYPE vllm:num_requests_running gauge\n"
-            f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
-            "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}\n"
-            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
-            "# TYPE vllm:kv_cache_usage_perc gauge\n"
-            f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache}\n"
-            "# HELP vllm:prefix_cache_queries Prefix cache queries, in tokens.\n"
-            "# TYPE vllm:prefix_cache_queries counter\n"
-            f"vllm:prefix_cache_queries_total{{{labels}}} {self.prefix_queries}\n"
-            "# HELP vllm:prefix_cache_hits Prefix cache hits, in tokens.\n"
-            "# TYPE vllm:prefix_cache_hits counter\n"
-            f"vllm:prefix_cache_hits_total{{{labels}}} {self.prefix_hits}\n"
-            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
-            "# TYPE vllm:prompt_tokens_total counter\n"
-            f"vllm:prompt_tokens_total{{{labels}}} 1234.0\n",
-            media_type="text/plain; version=0.0.4")
 
 
 @pytest.fixture

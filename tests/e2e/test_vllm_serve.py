@@ -1,0 +1,126 @@
+"""A real ``aigw serve`` running a vLLM server for a deployment (``serve:``): requests
+skip it while it loads and while it is down, go to it once it answers, /metrics and
+/admin/status say so, and it stops with the gateway. The server is the vLLM fake run
+as a process (tests/fakes/vllm_fake.py), the hosted API the OpenAI fake."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import free_port, serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_fake.py"
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, int]]:
+    hosted = OpenAIFake(name="hosted")
+    hosted.api_key = "sk-fake-hosted-key"
+    monkeypatch.setenv("HOSTED_KEY", hosted.api_key)
+    monkeypatch.setenv("BOX_KEY", "sk-box-key")
+    port = free_port()
+    root = tmp_path / "gw"
+    root.mkdir()
+    with serving(hosted.app) as hosted_url:
+        (root / "gateway.yaml").write_text(
+            "version: 1\n"
+            "providers:\n"
+            f'  box: {{type: vllm, base_url: "http://127.0.0.1:{port}/v1", '
+            'api_key: "${BOX_KEY}", metrics_interval_s: 0.2}\n'
+            f'  cloud: {{type: openai, base_url: "{hosted_url}/v1", api_key: "${{HOSTED_KEY}}"}}\n'
+            "deployments:\n"
+            f"  gpu: {{provider: box, model: {MODEL}, context_window: 8192, serve: {{\n"
+            f'    command: ["{sys.executable}", "{FAKE}", serve],\n'
+            '    env: {FAKE_VLLM_LOAD_S: "1.5"}}}\n'
+            "  hosted: {provider: cloud, model: gpt-4o-mini, context_window: 128000}\n"
+            "groups:\n"
+            "  local-first: {strategy: priority, members: [gpu, hosted]}\n"
+            "routes:\n"
+            "  local-first: {group: local-first}\n"
+            "  gpu-only: {deployment: gpu}\n" + DEV_KEY_LINE)
+        server = Server(root)
+        try:
+            server.wait_ready()
+            yield server, port
+        finally:
+            server.stop()
+
+
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+
+
+def served_by(server: Server, model: str) -> str:
+    raw = client(server).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}])
+    return raw.headers["x-aigw-deployment"]
+
+
+def metric(server: Server, name: str) -> float | None:
+    for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+UP = 'aigw_vllm_server_up{deployment="gpu"}'
+
+
+def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
+    gateway: tuple[Server, int],
+) -> None:
+    server, port = gateway
+    # Loading its model: the route with nowhere else to go says so, the other falls back.
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(server).chat.completions.create(
+            model="gpu-only", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 503
+    assert "gpu is starting (its vLLM server has not answered yet)" in refused.value.message
+    assert served_by(server, "local-first") == "hosted"
+    assert metric(server, UP) == 0.0
+
+    until(lambda: metric(server, UP) == 1.0)
+    assert served_by(server, "local-first") == "gpu"
+    assert served_by(server, "gpu-only") == "gpu"  # the provider's key opened the server
+    status = httpx.get(f"{server.base_url}/admin/status",
+                       headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    assert status["deployments"]["gpu"]["server"] == "up"
+    assert status["deployments"]["hosted"]["server"] is None  # aigw does not run it
+
+    first = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+    os.kill(first, signal.SIGKILL)
+    until(lambda: metric(server, UP) == 0.0)
+    assert served_by(server, "local-first") == "hosted"
+    until(lambda: metric(server, UP) == 1.0)
+    assert served_by(server, "local-first") == "gpu"
+    assert metric(server, 'aigw_vllm_server_restarts_total{deployment="gpu"}') == 1.0
+    second = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+    assert second != first
+    assert "vLLM server of deployment 'gpu' exited with code -9" in server.log
+
+    server.stop()  # the gateway's shutdown stops the server it started
+    until(lambda: not Path(f"/proc/{second}").exists()
+          or "State:\tZ" in Path(f"/proc/{second}/status").read_text(), timeout=5)

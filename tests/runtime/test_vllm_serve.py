@@ -1,0 +1,201 @@
+"""The vLLM servers ``aigw serve`` runs for ``serve:`` blocks: started with the command
+line the compiler built, restarted when they die, hang or never come up, kept in step
+with reloads, and stopped with their whole process group. The servers are real
+processes: tests/fakes/vllm_fake.py run as the ``vllm serve`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Graph
+from aigw.runtime import vllm_serve
+from aigw.runtime.vllm_serve import ServedFleet, ServerState
+
+from ..fakes.serve import free_port
+
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_fake.py"
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def compiled(root: Path, port: int, serve: str = "", environ: dict[str, str] | None = None,
+             served: bool = True) -> Graph:
+    """A graph whose deployment 'llama' is served by the fake; ``serve``: more fields."""
+    root.mkdir(parents=True, exist_ok=True)
+    fields = ", ".join(filter(None, [f'command: ["{sys.executable}", "{FAKE}", serve]', serve]))
+    block = f", serve: {{{fields}}}" if served else ""
+    (root / "gateway.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f'  box: {{type: vllm, base_url: "http://127.0.0.1:{port}/v1", '
+        'api_key: "${BOX_KEY}"}\n'
+        "deployments:\n"
+        f"  llama: {{provider: box, model: {MODEL}, context_window: 8192{block}}}\n"
+        "routes:\n"
+        "  llama: {deployment: llama}\n")
+    result = compile_gateway(root, {"BOX_KEY": "sk-box-key", **(environ or {})})
+    assert result.graph is not None, [d.message for d in result.diagnostics]
+    return result.graph
+
+
+async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+async def launch(port: int) -> dict[str, object]:
+    async with httpx.AsyncClient() as client:
+        info: dict[str, object] = (await client.get(f"http://127.0.0.1:{port}/fake/launch")).json()
+        return info
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[tuple[ServedFleet, list[str]]]:
+    restarted: list[str] = []
+    served = ServedFleet(tmp_path, restarted.append)
+    yield served, restarted
+    await served.aclose()
+
+
+def state(fleet: ServedFleet) -> ServerState | None:
+    statuses = fleet.status()
+    return statuses[0].state if statuses else None
+
+
+async def test_a_served_deployment_runs_with_the_compiled_command_line_and_stops_with_its_group(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served, restarted = fleet
+    monkeypatch.setenv("FAKE_VLLM_ENGINE", "1")
+    port = free_port()
+    graph = compiled(tmp_path / "gw", port, "gpus: [2, 3], tensor_parallel_size: 2, "
+                     "gpu_memory_utilization: 0.75, args: [--enable-prefix-caching], "
+                     'env: {HF_TOKEN: "${HF}"}', {"HF": "hf-secret"})
+    await served.apply(graph)
+    await until(lambda: state(served) is ServerState.UP)
+    started = await launch(port)
+    assert started["argv"] == [
+        "serve", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", MODEL, "--gpu-memory-utilization", "0.75",
+        "--tensor-parallel-size", "2", "--max-model-len", "8192", "--enable-prefix-caching"]
+    # The provider's key guards the server, and goes by environment, not command line.
+    assert started["env"] == {"CUDA_VISIBLE_DEVICES": "2,3", "VLLM_API_KEY": "sk-box-key",
+                              "HF_TOKEN": "hf-secret"}
+    status = served.status()[0]
+    assert (status.deployment, status.pid, status.restarts) == ("llama", started["pid"], 0)
+    log_text = (tmp_path / "vllm-llama.log").read_text()
+    assert "fake vLLM: serving" in log_text and "hf-secret" not in log_text
+
+    await served.aclose()  # the gateway stops: the server and its engine child go too
+    engine = started["engine_pid"]
+    assert isinstance(engine, int)
+    assert not alive(int(str(started["pid"]))) and not alive(engine)
+    assert restarted == []
+
+
+async def test_a_server_that_dies_is_started_again(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
+) -> None:
+    served, restarted = fleet
+    port = free_port()
+    await served.apply(compiled(tmp_path / "gw", port))
+    await until(lambda: state(served) is ServerState.UP)
+    first = served.status()[0].pid
+    assert first is not None
+    os.kill(first, 9)  # the OOM killer, say
+    await until(lambda: state(served) is ServerState.RESTARTING)
+    await until(lambda: state(served) is ServerState.UP)
+    status = served.status()[0]
+    assert status.pid != first and status.restarts == 1
+    assert status.last_exit == "exited with code -9"
+    assert restarted == ["llama"]
+
+
+async def test_a_server_whose_health_fails_is_restarted(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(vllm_serve, "LIVENESS_S", 0.1)
+    served, restarted = fleet
+    port = free_port()
+    await served.apply(compiled(tmp_path / "gw", port))
+    await until(lambda: state(served) is ServerState.UP)
+    first = served.status()[0].pid
+    async with httpx.AsyncClient() as client:  # the engine died; the API process lives on
+        await client.post(f"http://127.0.0.1:{port}/fake/sick")
+    await until(lambda: served.status()[0].restarts == 1)
+    assert served.status()[0].last_exit == (
+        f"failed 3 health checks in a row at http://127.0.0.1:{port}/health")
+    await until(lambda: state(served) is ServerState.UP)
+    assert served.status()[0].pid != first and restarted == ["llama"]
+    assert first is not None and not alive(first)
+
+
+async def test_a_server_that_never_comes_up_is_restarted_after_its_startup_timeout(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_VLLM_LOAD_S", "60")
+    served, _ = fleet
+    await served.apply(compiled(tmp_path / "gw", free_port(), "startup_timeout_s: 0.5"))
+    assert state(served) is ServerState.STARTING
+    await until(lambda: served.status()[0].restarts == 1)
+    assert served.status()[0].last_exit == "was not up after 0.5 s (startup_timeout_s)"
+
+
+async def test_a_command_that_cannot_run_is_retried_with_backoff(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
+) -> None:
+    served, _ = fleet
+    root = tmp_path / "gw"
+    compiled(root, free_port())
+    text = (root / "gateway.yaml").read_text()
+    (root / "gateway.yaml").write_text(text.replace(f'"{sys.executable}", "{FAKE}", serve',
+                                                    "/nonexistent/vllm, serve"))
+    graph = compile_gateway(root, {"BOX_KEY": "k"}).graph
+    assert graph is not None
+    await served.apply(graph)
+    await until(lambda: served.status()[0].restarts == 1)
+    status = served.status()[0]
+    assert status.state is ServerState.RESTARTING and status.pid is None
+    assert status.last_exit is not None and status.last_exit.startswith("could not be started")
+    assert "cannot start it" in (tmp_path / "vllm-llama.log").read_text()
+
+
+async def test_reloads_restart_a_changed_server_keep_an_unchanged_one_and_stop_a_removed_one(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
+) -> None:
+    served, restarted = fleet
+    port = free_port()
+    await served.apply(compiled(tmp_path / "gw", port))
+    await until(lambda: state(served) is ServerState.UP)
+    first = served.status()[0].pid
+    await served.apply(compiled(tmp_path / "gw", port))  # the same serve: block
+    assert served.status()[0].pid == first
+
+    await served.apply(compiled(tmp_path / "gw", port, "gpu_memory_utilization: 0.5"))
+    await until(lambda: state(served) is ServerState.UP)
+    second = served.status()[0].pid
+    assert second != first and first is not None and not alive(first)
+    assert "0.5" in (await launch(port))["argv"]  # type: ignore[operator]
+
+    await served.apply(compiled(tmp_path / "gw", port, served=False))
+    assert served.status() == [] and second is not None and not alive(second)
+    assert restarted == []  # stopped on purpose: not restarts

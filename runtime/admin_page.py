@@ -269,6 +269,8 @@ def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, An
         hits = (f"{snapshot.prefix_cache_hit_rate:.0%}"
                 if snapshot.prefix_cache_hit_rate is not None else "-")
         server = f"{snapshot.upstream_running} / {snapshot.upstream_waiting} / {kv} / {hits}"
+    if snapshot.server not in (None, "up"):  # a server aigw runs, loading or down
+        server = snapshot.server.removeprefix("is ")
     latency = snapshot.latency_ms
     p95 = snapshot.p95_ms
     return {

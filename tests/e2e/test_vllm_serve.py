@@ -101,6 +101,8 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
     assert "gpu is starting (its vLLM server has not answered yet)" in refused.value.message
     assert served_by(server, "local-first") == "hosted"
     assert metric(server, UP) == 0.0
+    page = httpx.get(f"{server.base_url}/admin", auth=("ops", DEV_KEY)).text
+    assert "<td>starting (its vLLM server has not answered yet)</td>" in page
 
     until(lambda: metric(server, UP) == 1.0)
     assert served_by(server, "local-first") == "gpu"

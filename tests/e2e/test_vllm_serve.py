@@ -28,38 +28,46 @@ FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_fake.py"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
+def write_config(root: Path, port: int, hosted_url: str) -> None:
+    root.mkdir()
+    (root / "gateway.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f'  box: {{type: vllm, base_url: "http://127.0.0.1:{port}/v1", '
+        'api_key: "${BOX_KEY}", metrics_interval_s: 0.2}\n'
+        f'  cloud: {{type: openai, base_url: "{hosted_url}/v1", api_key: "${{HOSTED_KEY}}"}}\n'
+        "deployments:\n"
+        f"  gpu: {{provider: box, model: {MODEL}, context_window: 8192, serve: {{\n"
+        f'    command: ["{sys.executable}", "{FAKE}", serve],\n'
+        '    env: {FAKE_VLLM_LOAD_S: "1.5"}}}\n'
+        "  hosted: {provider: cloud, model: gpt-4o-mini, context_window: 128000}\n"
+        "groups:\n"
+        "  local-first: {strategy: priority, members: [gpu, hosted]}\n"
+        "routes:\n"
+        "  local-first: {group: local-first}\n"
+        "  gpu-only: {deployment: gpu}\n" + DEV_KEY_LINE)
+
+
 @pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, int]]:
+def hosted_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     hosted = OpenAIFake(name="hosted")
     hosted.api_key = "sk-fake-hosted-key"
     monkeypatch.setenv("HOSTED_KEY", hosted.api_key)
     monkeypatch.setenv("BOX_KEY", "sk-box-key")
+    with serving(hosted.app) as url:
+        yield url
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, hosted_url: str) -> Iterator[tuple[Server, int]]:
     port = free_port()
-    root = tmp_path / "gw"
-    root.mkdir()
-    with serving(hosted.app) as hosted_url:
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  box: {{type: vllm, base_url: "http://127.0.0.1:{port}/v1", '
-            'api_key: "${BOX_KEY}", metrics_interval_s: 0.2}\n'
-            f'  cloud: {{type: openai, base_url: "{hosted_url}/v1", api_key: "${{HOSTED_KEY}}"}}\n'
-            "deployments:\n"
-            f"  gpu: {{provider: box, model: {MODEL}, context_window: 8192, serve: {{\n"
-            f'    command: ["{sys.executable}", "{FAKE}", serve],\n'
-            '    env: {FAKE_VLLM_LOAD_S: "1.5"}}}\n'
-            "  hosted: {provider: cloud, model: gpt-4o-mini, context_window: 128000}\n"
-            "groups:\n"
-            "  local-first: {strategy: priority, members: [gpu, hosted]}\n"
-            "routes:\n"
-            "  local-first: {group: local-first}\n"
-            "  gpu-only: {deployment: gpu}\n" + DEV_KEY_LINE)
-        server = Server(root)
-        try:
-            server.wait_ready()
-            yield server, port
-        finally:
-            server.stop()
+    write_config(tmp_path / "gw", port, hosted_url)
+    server = Server(tmp_path / "gw")
+    try:
+        server.wait_ready()
+        yield server, port
+    finally:
+        server.stop()
 
 
 def client(server: Server) -> openai.OpenAI:
@@ -126,3 +134,21 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
     server.stop()  # the gateway's shutdown stops the server it started
     until(lambda: not Path(f"/proc/{second}").exists()
           or "State:\tZ" in Path(f"/proc/{second}/status").read_text(), timeout=5)
+
+
+def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted_url: str) -> None:
+    port = free_port()
+    write_config(tmp_path / "gw", port, hosted_url)
+    server = Server(tmp_path / "gw", "--workers", "2")
+    try:
+        server.wait_ready()
+        until(lambda: {served_by(server, "local-first") for _ in range(6)} == {"gpu"})
+        time.sleep(1.0)  # a second supervisor would have started (and failed) by now
+        log = (tmp_path / "gw" / "vllm-gpu.log").read_text()
+        assert log.count("--- aigw: starting") == 1, log
+        assert metric(server, 'aigw_vllm_server_restarts_total{deployment="gpu"}') in (None, 0.0)
+        pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+    finally:
+        server.stop()
+    until(lambda: not Path(f"/proc/{pid}").exists()
+          or "State:\tZ" in Path(f"/proc/{pid}/status").read_text(), timeout=5)

@@ -14,7 +14,10 @@ current graph, for as long as the gateway runs:
   lines of its log in the gateway's log;
 - a reload that adds a served deployment starts its server, one that removes it stops
   it, one that changes its command line restarts it; unchanged servers keep running;
-- at shutdown every server gets SIGTERM, and SIGKILL after ``STOP_TIMEOUT_S``.
+- at shutdown every server gets SIGTERM, and SIGKILL after ``STOP_TIMEOUT_S``; on
+  Linux a gateway that is killed outright (``kill -9``, the OOM killer) takes its
+  servers with it too (the kernel's parent-death signal), so no orphan keeps the GPU
+  memory and the port its successor needs.
 
 Routing does not ask this module whether a server is up: every worker learns it from
 the server's ``/metrics`` (``runtime/upstream_load.py``), so that with ``--workers N``
@@ -25,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +56,7 @@ MAX_BACKOFF_S = 60.0
 STABLE_AFTER_S = 300.0  # up this long: the next failure starts the backoff afresh
 _LOG_TAIL_LINES = 20
 _FOLLOW_S = 1.0  # how often the current graph is compared with what runs
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class ServerState(StrEnum):
@@ -137,6 +143,7 @@ class Supervised:
                     stdin=asyncio.subprocess.DEVNULL, stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stopped with its workers
+                    preexec_fn=_parent_death_signal(),
                 )
             except OSError as exc:  # no such program, not executable
                 output.write(f"--- aigw: cannot start it: {exc}\n".encode())
@@ -249,6 +256,21 @@ class ServedFleet:
 def _log_name(deployment: str) -> str:
     # Deployment names may hold '/', ':' and '@' (model ids); file names may not.
     return f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '_', deployment)}.log"
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What the child runs before exec to get SIGTERM when the gateway dies (Linux)."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    gateway = os.getpid()
+
+    def arrange() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != gateway:  # it died before the signal was arranged
+            os._exit(1)
+
+    return arrange
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -70,14 +70,17 @@ def gateway(tmp_path: Path, hosted_url: str) -> Iterator[tuple[Server, int]]:
         server.stop()
 
 
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+def ask(server: Server, model: str) -> httpx.Headers:
+    """The answer's headers. A client a call, closed at once: one left to the collector
+    warns of its open socket (and -W error makes that a failure somewhere else)."""
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                       max_retries=0) as client:
+        return client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]).headers
 
 
 def served_by(server: Server, model: str) -> str:
-    raw = client(server).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "hi"}])
-    return raw.headers["x-aigw-deployment"]
+    return ask(server, model)["x-aigw-deployment"]
 
 
 def metric(server: Server, name: str) -> float | None:
@@ -103,8 +106,7 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
     server, port = gateway
     # Loading its model: the route with nowhere else to go says so, the other falls back.
     with pytest.raises(openai.APIStatusError) as refused:
-        client(server).chat.completions.create(
-            model="gpu-only", messages=[{"role": "user", "content": "hi"}])
+        ask(server, "gpu-only")
     assert refused.value.status_code == 503
     assert "gpu is starting (its vLLM server has not answered yet)" in refused.value.message
     assert served_by(server, "local-first") == "hosted"
@@ -152,3 +154,23 @@ def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted
         server.stop()
     until(lambda: not Path(f"/proc/{pid}").exists()
           or "State:\tZ" in Path(f"/proc/{pid}/status").read_text(), timeout=5)
+
+
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" in status.read_text()
+
+
+def test_a_gateway_killed_outright_takes_its_server_with_it(
+    tmp_path: Path, hosted_url: str,
+) -> None:
+    port = free_port()
+    write_config(tmp_path / "gw", port, hosted_url)
+    server = Server(tmp_path / "gw")
+    try:
+        server.wait_ready()
+        until(lambda: metric(server, UP) == 1.0)
+        pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+    finally:
+        server.kill()  # kill -9: no shutdown runs, the kernel sends the server SIGTERM
+    until(lambda: gone(pid), timeout=10)

@@ -133,7 +133,9 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
         _check_deployment(deployment, known_providers, sink)
     served = link_served(
         deployments, providers,
-        lambda text, position: _resolve_env(text, position, environ, [], sink), sink)
+        lambda text, position: _resolve_env(
+            text, position, environ, [], sink,
+            "set it where aigw serves; until then the vLLM server gets it empty"), sink)
     errors_before = sink.error_count
     for group in groups.values():
         _check_group(group, known_deployments, known_groups, sink)
@@ -349,6 +351,7 @@ def _resolve_env(
     environ: Mapping[str, str],
     unset: list[str],
     sink: DiagnosticSink,
+    unset_hint: str = "set it where aigw serves; until then what uses it is disabled",
 ) -> str:
     """Replace each ${NAME} in ``text``; an unset NAME is a warning and recorded in ``unset``."""
     if text.count("${") != len(_ENV_REFERENCE.findall(text)):
@@ -372,7 +375,7 @@ def _resolve_env(
                 codes.ENV_UNSET,
                 f"environment variable {name} is not set",
                 position,
-                "set it where aigw serves; until then what uses it is disabled",
+                unset_hint,
             )
             return ""
         return value

@@ -9,6 +9,7 @@ is up. Problems are positioned diagnostics (AGW324, AGW325); nothing here starts
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 # text, where it was written -> the text with its ${ENV} references replaced
 Resolve = Callable[[str, Position], str]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Environment aigw sets itself, and from what.
+_OWN_ENV = {"CUDA_VISIBLE_DEVICES": "serve.gpus", "VLLM_API_KEY": "the provider's api_key"}
 
 # Flags aigw writes from the config; given again in ``args`` they would contradict it.
 _OWN_FLAGS = {
@@ -35,6 +39,7 @@ _OWN_FLAGS = {
     "-tp": "serve.tensor_parallel_size",
     "--max-model-len": "serve.max_model_len",
     "--api-key": "the provider's api_key",
+    "--model": "serve.model",
 }
 
 
@@ -46,7 +51,9 @@ def link_served(
 ) -> dict[str, ServedServer]:
     """Deployment name -> the server to run for it, for every usable ``serve:`` block."""
     served: dict[str, ServedServer] = {}
-    listening: dict[tuple[str, int], str] = {}  # (host, port) -> the deployment serving there
+    # Port -> the deployment serving there: every address is on this machine, and
+    # 127.0.0.1, localhost and [::1] may well be one socket.
+    listening: dict[int, str] = {}
     for name, entry in deployments.items():
         serve = entry.spec.serve
         provider = providers.get(entry.spec.provider)
@@ -56,16 +63,17 @@ def link_served(
         server = _server(entry, serve, provider, address, resolve, sink)
         if server is None or address is None:
             continue
-        if address in listening:
+        port = address[1]
+        if port in listening:
             sink.add(
                 codes.SERVE_ADDRESS_TAKEN,
-                f"deployments '{listening[address]}' and '{name}' both start a vLLM server "
-                f"on {address[0]}:{address[1]}",
+                f"deployments '{listening[port]}' and '{name}' both start a vLLM server "
+                f"on port {port} of this machine",
                 entry.key("serve"),
                 "give each served deployment its own provider, with its own port in base_url",
             )
             continue
-        listening[address] = name
+        listening[port] = name
         # A disabled provider (an unset ${ENV} key, say) serves nothing: no GPU for it.
         if provider.disabled_reason is None:
             served[name] = server
@@ -140,7 +148,9 @@ def _server(
             f"lower context_window to {max_model_len}, or raise max_model_len",
         )
     for index, argument in enumerate(serve.args):
+        # vLLM's parser takes --max_model_len for --max-model-len.
         flag = argument.split("=", 1)[0]
+        flag = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
         if flag in _OWN_FLAGS:
             sink.add(
                 codes.SERVE_INVALID,
@@ -148,6 +158,17 @@ def _server(
                 entry.value("serve", "args", index),
                 f"remove it from args and set {_OWN_FLAGS[flag]} instead",
             )
+    for name in serve.env:
+        if not _ENV_NAME.match(name):
+            sink.add(codes.SERVE_INVALID,
+                     f"deployment '{entry.name}': '{name}' is not an environment variable name",
+                     entry.key("serve", "env", name),
+                     "names are letters, digits and underscores, not starting with a digit")
+        elif name in _OWN_ENV:
+            sink.add(codes.SERVE_INVALID,
+                     f"deployment '{entry.name}': {name} is set by aigw from {_OWN_ENV[name]}",
+                     entry.key("serve", "env", name),
+                     f"remove it from env and set {_OWN_ENV[name]} instead")
     if sink.error_count > errors or address is None:
         return None
     host, port = address
@@ -161,7 +182,7 @@ def _server(
         *serve.args,
     )
     env = {name: resolve(value, entry.value("serve", "env", name))
-           for name, value in serve.env.items()}
+           for name, value in serve.env.items()}  # an unset ${NAME} is empty (a warning)
     if serve.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, serve.gpus))
     if provider.api_key:  # the server then refuses callers without the gateway's key

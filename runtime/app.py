@@ -214,12 +214,12 @@ class _Endpoints:
         metrics.upstream_requests.clear()
         metrics.upstream_kv_cache.clear()
         metrics.upstream_prefix_hits.clear()
-        metrics.served_up.clear()
+        stats_now = live.routing.stats
+        metrics.served_up.source = lambda: (
+            (name, stats.server_down is None) for name, stats in stats_now.items() if stats.served)
         for name, stats in live.routing.stats.items():
             state = stats.breaker.state(live.routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
-            if stats.served:
-                metrics.served_up.labels(name).set(stats.server_down is None)
             if stats.upstream_running is not None:  # a vLLM server's own figures
                 metrics.upstream_requests.labels(name, "running").set(stats.upstream_running)
                 metrics.upstream_requests.labels(name, "waiting").set(stats.queue_depth)

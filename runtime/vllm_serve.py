@@ -6,22 +6,23 @@ current graph, for as long as the gateway runs:
 - a server is started with the command line the compiler built (``ServedServer``),
   in its own process group, its output appended to ``<gateway dir>/vllm-<name>.log``;
 - it counts as up once ``GET /health`` answers 200, and is checked every
-  ``LIVENESS_S`` after that: vLLM's API process can outlive its engine, and then its
+  ``Timings.liveness`` after that: vLLM's API process can outlive its engine, and then its
   ``/health`` fails while the port still accepts connections;
 - a server that exits, never comes up within ``startup_timeout_s``, or fails
-  ``UNHEALTHY_AFTER`` checks in a row is stopped and started again, after a backoff
+  ``Timings.unhealthy_after`` checks in a row is stopped and started again, after a backoff
   that doubles from 1 s to 60 s (reset once it was up for a while), with the last
   lines of its log in the gateway's log;
 - a reload that adds a served deployment starts its server, one that removes it stops
   it, one that changes its command line restarts it; unchanged servers keep running;
-- at shutdown every server gets SIGTERM, and SIGKILL after ``STOP_TIMEOUT_S``; on
+- at shutdown every server gets SIGTERM, and its process group SIGKILL after
+  ``Timings.stop_timeout`` (or once the server itself has exited); on
   Linux a gateway that is killed outright (``kill -9``, the OOM killer) takes its
   servers with it too (the kernel's parent-death signal), so no orphan keeps the GPU
   memory and the port its successor needs.
 
 Routing does not ask this module whether a server is up: every worker learns it from
 the server's ``/metrics`` (``runtime/upstream_load.py``), so that with ``--workers N``
-(this runs in the master process then) each worker skips a server that is down.
+(the first worker supervises then) each worker skips a server that is down.
 """
 
 from __future__ import annotations
@@ -47,16 +48,27 @@ from aigw.compiler.graph import Graph, ServedServer
 
 log = logging.getLogger("aigw.vllm")
 
-LIVENESS_S = 10.0
-UNHEALTHY_AFTER = 3  # failed liveness checks in a row
-STARTUP_POLL_S = 1.0
-STOP_TIMEOUT_S = 30.0
-FIRST_BACKOFF_S = 1.0
-MAX_BACKOFF_S = 60.0
-STABLE_AFTER_S = 300.0  # up this long: the next failure starts the backoff afresh
 _LOG_TAIL_LINES = 20
+_LOG_ROTATE_BYTES = 64 * 1024 * 1024  # at a (re)start, a bigger log becomes <name>.log.1
 _FOLLOW_S = 1.0  # how often the current graph is compared with what runs
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+# Not passed on to a server: the gateway's own Prometheus multiprocess folder (vLLM
+# would write its metrics into it, and add up every process's there), and a vLLM key
+# the provider did not declare (the server would refuse the gateway's calls).
+_NOT_INHERITED = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "VLLM_API_KEY")
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """How servers are watched and restarted (seconds); tests pass shorter ones."""
+
+    liveness: float = 10.0  # between health checks of a server that is up
+    unhealthy_after: int = 3  # failed checks in a row that count as hung
+    startup_poll: float = 1.0
+    stop_timeout: float = 30.0  # SIGTERM, then this long, then SIGKILL
+    first_backoff: float = 1.0
+    max_backoff: float = 60.0
+    stable_after: float = 300.0  # up this long: the next failure starts the backoff afresh
 
 
 class ServerState(StrEnum):
@@ -79,28 +91,34 @@ class Supervised:
     """One deployment's server: started, watched and restarted by its own task."""
 
     def __init__(self, deployment: str, server: ServedServer, log_path: Path,
-                 client: httpx.AsyncClient, on_restart: Callable[[str], None]) -> None:
+                 client: httpx.AsyncClient, on_restart: Callable[[str], None],
+                 timings: Timings) -> None:
         self.deployment = deployment
         self.server = server
         self.log_path = log_path
         self._client = client
         self._on_restart = on_restart
+        self._timings = timings
         self._process: asyncio.subprocess.Process | None = None
         self._state = ServerState.STARTING
         self._restarts = 0
         self._last_exit: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None  # the last server's termination
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._supervise(), name=f"aigw-vllm:{self.deployment}")
 
     async def stop(self) -> None:
-        """Stop supervising and stop the server (SIGTERM, then SIGKILL)."""
+        """Stop supervising and stop the server (SIGTERM, then SIGKILL); safe to repeat,
+        and a stop cancelled half-way is finished by the next."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._ending is not None:  # the server ends even if the task's wait was cut
+            await self._ending
         self._state = ServerState.STOPPED
 
     def status(self) -> ServerStatus:
@@ -108,38 +126,55 @@ class Supervised:
         return ServerStatus(self.deployment, self._state, pid, self._restarts, self._last_exit)
 
     async def _supervise(self) -> None:
-        backoff = FIRST_BACKOFF_S
+        timings = self._timings
+        backoff = timings.first_backoff
         try:
             while True:
-                started = time.monotonic()
-                why = await self._run_once()
-                if time.monotonic() - started > STABLE_AFTER_S:
-                    backoff = FIRST_BACKOFF_S
+                try:
+                    why, up_s = await self._run_once()
+                # Supervision must outlive any one failure (a log it cannot write, an
+                # environment exec refuses): counted, logged and retried like an exit.
+                except Exception as exc:
+                    log.exception("supervising the vLLM server of deployment '%s' failed",
+                                  self.deployment)
+                    why, up_s = f"could not be run ({exc})", 0.0
+                    if self._process is not None:
+                        await self._end(self._process)
+                if up_s > timings.stable_after:
+                    backoff = timings.first_backoff
                 self._last_exit = why
                 self._restarts += 1
                 self._on_restart(self.deployment)
                 self._state = ServerState.RESTARTING
-                log.error("vLLM server of deployment '%s' %s; starting it again in %.0f s. "
+                log.error("vLLM server of deployment '%s' %s; starting it again in %.1f s. "
                           "The end of %s:\n%s", self.deployment, why, backoff, self.log_path,
                           _tail(self.log_path))
                 await asyncio.sleep(backoff)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                backoff = min(timings.max_backoff, backoff * 2)
         finally:
             if self._process is not None:
-                # Shielded: a cancelled stop must still end the server, or its GPU memory
-                # stays taken by an orphan.
-                await asyncio.shield(self._terminate(self._process))
+                await self._end(self._process)
 
-    async def _run_once(self) -> str:
-        """Start the server and watch it until it fails; returns how it failed."""
+    async def _end(self, process: asyncio.subprocess.Process) -> None:
+        # Its own task, shielded: a cancelled stop must still end the server, or its GPU
+        # memory stays taken by an orphan; ``stop`` waits for the task.
+        self._ending = asyncio.ensure_future(self._terminate(process))
+        await asyncio.shield(self._ending)
+
+    async def _run_once(self) -> tuple[str, float]:
+        """Start the server and watch it until it fails: how it failed, and for how
+        long it was up."""
         self._state = ServerState.STARTING
         started = time.monotonic()
+        _rotate(self.log_path)
         with self.log_path.open("ab") as output:
             output.write(f"--- aigw: starting {' '.join(self.server.argv)}\n".encode())
             output.flush()
+            environment = {name: value for name, value in os.environ.items()
+                           if name not in _NOT_INHERITED}
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *self.server.argv, env={**os.environ, **dict(self.server.env)},
+                    *self.server.argv, env={**environment, **dict(self.server.env)},
                     stdin=asyncio.subprocess.DEVNULL, stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stopped with its workers
@@ -147,24 +182,27 @@ class Supervised:
                 )
             except OSError as exc:  # no such program, not executable
                 output.write(f"--- aigw: cannot start it: {exc}\n".encode())
-                return f"could not be started ({exc})"
+                return f"could not be started ({exc})", 0.0
         self._process = process
         log.info("started the vLLM server of deployment '%s' (pid %d); its output goes to %s",
                  self.deployment, process.pid, self.log_path)
         why = await self._until_up(process)
+        up_s = 0.0
         if why is None:
             self._state = ServerState.UP
+            up_at = time.monotonic()
             log.info("vLLM server of deployment '%s' is up (pid %d, %.1f s to start)",
-                     self.deployment, process.pid, time.monotonic() - started)
+                     self.deployment, process.pid, up_at - started)
             why = await self._while_healthy(process)
-        await self._terminate(process)
-        return why
+            up_s = time.monotonic() - up_at
+        await self._end(process)
+        return why, up_s
 
     async def _until_up(self, process: asyncio.subprocess.Process) -> str | None:
         """None once ``/health`` says 200; else why the server never came up."""
         deadline = time.monotonic() + self.server.startup_timeout_s
         while time.monotonic() < deadline:
-            if await self._exited(process, STARTUP_POLL_S):
+            if await self._exited(process, self._timings.startup_poll):
                 return f"exited with code {process.returncode} while starting"
             if await self._healthy():
                 return None
@@ -174,10 +212,10 @@ class Supervised:
         """Wait while the server runs and answers; returns why it stopped doing so."""
         failed = 0
         while True:
-            if await self._exited(process, LIVENESS_S):
+            if await self._exited(process, self._timings.liveness):
                 return f"exited with code {process.returncode}"
             failed = 0 if await self._healthy() else failed + 1
-            if failed >= UNHEALTHY_AFTER:
+            if failed >= self._timings.unhealthy_after:
                 return f"failed {failed} health checks in a row at {self.server.health_url}"
 
     async def _healthy(self) -> bool:
@@ -196,15 +234,17 @@ class Supervised:
         return True
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        stop_timeout = self._timings.stop_timeout
         if process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
-            if not await self._exited(process, STOP_TIMEOUT_S):
+            if not await self._exited(process, stop_timeout):
                 log.warning("vLLM server of deployment '%s' ignored SIGTERM for %.0f s; "
-                            "killing it", self.deployment, STOP_TIMEOUT_S)
+                            "killing it", self.deployment, stop_timeout)
                 _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
-        else:  # it exited; its own children (engine workers) may not have
-            _signal_group(process.pid, signal.SIGKILL)
+        # The leader is gone; an engine or tensor-parallel worker of its group may not
+        # be, and would keep its GPU memory from the server that replaces it.
+        _signal_group(process.pid, signal.SIGKILL)
         if self._process is process:
             self._process = None
 
@@ -213,17 +253,22 @@ class ServedFleet:
     """Every supervised server, kept in step with the current graph."""
 
     def __init__(self, log_dir: Path, on_restart: Callable[[str], None] = lambda _: None,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 timings: Timings | None = None) -> None:
         self._log_dir = log_dir
         self._on_restart = on_restart
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._timings = timings or Timings()
+        # Loopback only: never through an HTTP_PROXY a GPU box may set to download models.
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
         self._running: dict[str, Supervised] = {}
 
     async def follow(self, current: Callable[[], Graph]) -> None:
         """Keep the servers of ``current()`` running until cancelled, then stop them all."""
         try:
             while True:
-                await self.apply(current())
+                try:
+                    await self.apply(current())
+                except Exception:  # the next round tries again; servers keep running
+                    log.exception("keeping the vLLM servers in step with the graph failed")
                 await asyncio.sleep(_FOLLOW_S)
         finally:
             await asyncio.shield(self.aclose())
@@ -235,12 +280,12 @@ class ServedFleet:
             if wanted.get(name) != supervised.server:
                 log.info("deployment '%s' %s: stopping its vLLM server", name,
                          "changed its serve: block" if name in wanted else "no longer serves")
+                await supervised.stop()  # still listed meanwhile: a shutdown finishes it
                 del self._running[name]
-                await supervised.stop()
         for name, server in wanted.items():
             if name not in self._running:
                 supervised = Supervised(name, server, self._log_dir / _log_name(name),
-                                        self._client, self._on_restart)
+                                        self._client, self._on_restart, self._timings)
                 self._running[name] = supervised
                 supervised.start()
 
@@ -249,13 +294,29 @@ class ServedFleet:
 
     async def aclose(self) -> None:
         running, self._running = list(self._running.values()), {}
-        await asyncio.gather(*(supervised.stop() for supervised in running))
-        await self._client.aclose()
+        try:
+            outcomes = await asyncio.gather(*(supervised.stop() for supervised in running),
+                                            return_exceptions=True)
+            for supervised, outcome in zip(running, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.error("stopping the vLLM server of deployment '%s' failed: %s",
+                              supervised.deployment, outcome)
+        finally:
+            await self._client.aclose()
 
 
 def _log_name(deployment: str) -> str:
     # Deployment names may hold '/', ':' and '@' (model ids); file names may not.
     return f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '_', deployment)}.log"
+
+
+def _rotate(path: Path) -> None:
+    """Keep one older log at most: a server restarted for weeks would fill the disk."""
+    try:
+        if path.stat().st_size > _LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _parent_death_signal() -> Callable[[], None] | None:

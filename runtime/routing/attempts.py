@@ -155,9 +155,7 @@ class AttemptLoop(Generic[T]):
         while position < len(ordered):
             candidate = ordered[position]
             position += 1
-            now = self.state.clock()
-            stats = self.state.of(candidate.deployment)
-            skip = "circuit open" if not stats.breaker.available(now) else stats.server_down
+            skip = self._unavailable(candidate)
             if skip is not None:
                 self.trace.dropped.append(Dropped(candidate.deployment.name, skip, False))
                 self.trace.add(f"{group.name}: skip {candidate.deployment.name}: {skip}")
@@ -269,13 +267,21 @@ class AttemptLoop(Generic[T]):
                 provider=error.provider, upstream_status=error.upstream_status)
         return error
 
+    def _unavailable(self, candidate: Candidate) -> str | None:
+        """Why no call should go to ``candidate`` now, or None."""
+        stats = self.state.of(candidate.deployment)
+        if not stats.breaker.available(self.state.clock()):
+            return "circuit open"
+        return stats.server_down  # a vLLM server aigw runs, loading or down
+
     def _hedge_partner(self, ordered: list[Candidate], position: int) -> Candidate | None:
         route = self.route
         if self.trace.attempts or position >= len(ordered):
             return None
         if route.hedge_after_ms is None and not route.hedge_at_p95:
             return None
-        return ordered[position]
+        partner = ordered[position]
+        return partner if self._unavailable(partner) is None else None
 
     def _hedge_delay(self, first: Candidate) -> float:
         if self.route.hedge_after_ms is not None:

@@ -42,7 +42,7 @@ class DeploymentStats:
         self.upstream_seen_at: float | None = None
         # A server aigw runs for the deployment (``serve:``) and cannot reach now: why.
         # Requests skip it meanwhile (runtime/upstream_load.py learns it).
-        self.served = deployment.serve is not None
+        self.serve = deployment.serve
         self.server_down: str | None = NOT_UP_YET if self.served else None
         self.latency_ms: float | None = None  # EWMA of whole-call latency
         self.ttft_ms: float | None = None  # EWMA of time to first token (streams)
@@ -53,6 +53,11 @@ class DeploymentStats:
         # first, at most a window's worth (one entry a request leaked ~100 bytes each).
         self._usage: deque[list[int]] = deque()
         self._usage_total = 0
+
+    @property
+    def served(self) -> bool:
+        """Is its server one ``aigw serve`` runs (a ``serve:`` block)?"""
+        return self.serve is not None
 
     def forget_upstream(self) -> None:
         """Drop what the server's metrics said: back to the gateway's own view."""
@@ -148,9 +153,9 @@ class RoutingState:
                 kept = DeploymentStats(deployment)
             else:
                 kept.breaker.policy = deployment.breaker
-                kept.served = deployment.serve is not None
-                if not kept.served:  # no longer run by aigw: its answers judge it
-                    kept.server_down = None
+                if kept.serve != deployment.serve:  # aigw (re)starts it, or no longer runs
+                    kept.serve = deployment.serve  # it (then its answers judge it)
+                    kept.server_down = NOT_UP_YET if kept.served else None
             fresh[name] = kept
         self.stats = fresh
         self.round_robin = {n: c for n, c in self.round_robin.items() if n in graph.groups}

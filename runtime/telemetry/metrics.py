@@ -8,6 +8,7 @@ aggregates them with its MultiProcessCollector.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,11 +18,40 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ServedUp(Collector):
+    """``aigw_vllm_server_up``: read at scrape time from the routing state of the process
+    answering, not kept in a gauge. With several workers a gauge lives in shared files
+    that cannot be cleared, so the series of a deployment a reload removed while its
+    server was down would say 0, and page, for as long as the gateway runs."""
+
+    def __init__(self) -> None:
+        # (deployment, its server answers) for each deployment whose server aigw runs
+        self.source: Callable[[], Iterable[tuple[str, bool]]] = lambda: ()
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        for deployment, up in self.source():
+            family.add_metric([deployment], 1.0 if up else 0.0)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "aigw_vllm_server_up",
+            "1 while a vLLM server aigw runs (serve:) answers, 0 while it starts or is down.",
+            labels=["deployment"])
 
 
 class Metrics:
@@ -72,10 +102,8 @@ class Metrics:
             "Share of prompt tokens a vLLM server's prefix cache had, between its last two "
             "readings (its /metrics).",
             ["deployment"], registry=registry, multiprocess_mode="max")
-        self.served_up = Gauge(
-            "aigw_vllm_server_up",
-            "1 while a vLLM server aigw runs (serve:) answers, 0 while it starts or is down.",
-            ["deployment"], registry=registry, multiprocess_mode="min")
+        self.served_up = ServedUp()
+        registry.register(self.served_up)
         self.served_restarts = Counter(
             "aigw_vllm_server_restarts", "Times aigw started a vLLM server again after it "
             "exited, hung or never came up.", ["deployment"], registry=registry)
@@ -92,5 +120,6 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(self.served_up)  # this worker's view; not in the files
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

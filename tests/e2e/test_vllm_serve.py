@@ -29,6 +29,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def write_config(root: Path, port: int, hosted_url: str) -> None:
+    """The fake vLLM "loads its model" until the file ``root/loaded`` exists."""
     root.mkdir()
     (root / "gateway.yaml").write_text(
         "version: 1\n"
@@ -39,7 +40,7 @@ def write_config(root: Path, port: int, hosted_url: str) -> None:
         "deployments:\n"
         f"  gpu: {{provider: box, model: {MODEL}, context_window: 8192, serve: {{\n"
         f'    command: ["{sys.executable}", "{FAKE}", serve],\n'
-        '    env: {FAKE_VLLM_LOAD_S: "1.5"}}}\n'
+        f'    env: {{FAKE_VLLM_HOLD: "{root / "loaded"}"}}}}}}\n'
         "  hosted: {provider: cloud, model: gpt-4o-mini, context_window: 128000}\n"
         "groups:\n"
         "  local-first: {strategy: priority, members: [gpu, hosted]}\n"
@@ -114,6 +115,8 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
     page = httpx.get(f"{server.base_url}/admin", auth=("ops", DEV_KEY)).text
     assert "<td>starting (its vLLM server has not answered yet)</td>" in page
 
+    (server.root / "loaded").touch()  # the model is loaded: the server opens its port
+
     until(lambda: metric(server, UP) == 1.0)
     assert served_by(server, "local-first") == "gpu"
     assert served_by(server, "gpu-only") == "gpu"  # the provider's key opened the server
@@ -141,6 +144,7 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
 def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted_url: str) -> None:
     port = free_port()
     write_config(tmp_path / "gw", port, hosted_url)
+    (tmp_path / "gw" / "loaded").touch()
     server = Server(tmp_path / "gw", "--workers", "2")
     try:
         server.wait_ready()
@@ -148,6 +152,7 @@ def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted
         time.sleep(1.0)  # a second supervisor would have started (and failed) by now
         log = (tmp_path / "gw" / "vllm-gpu.log").read_text()
         assert log.count("--- aigw: starting") == 1, log
+        assert metric(server, UP) == 1.0  # the answering worker's own view
         assert metric(server, 'aigw_vllm_server_restarts_total{deployment="gpu"}') in (None, 0.0)
         pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
     finally:
@@ -166,6 +171,7 @@ def test_a_gateway_killed_outright_takes_its_server_with_it(
 ) -> None:
     port = free_port()
     write_config(tmp_path / "gw", port, hosted_url)
+    (tmp_path / "gw" / "loaded").touch()
     server = Server(tmp_path / "gw")
     try:
         server.wait_ready()

@@ -7,7 +7,8 @@ process it stands in for the ``vllm serve`` command that ``aigw serve`` starts f
     python tests/fakes/vllm_fake.py serve MODEL --host H --port P --served-model-name N ...
 
 Like vLLM it opens its port only once its model is "loaded" (after
-``FAKE_VLLM_LOAD_S`` seconds), requires ``VLLM_API_KEY`` as the bearer key when that
+``FAKE_VLLM_LOAD_S`` seconds, and once the file ``FAKE_VLLM_HOLD`` names exists, when
+a test wants to decide when), requires ``VLLM_API_KEY`` as the bearer key when that
 is set, and runs an engine in a child process of its own process group (with
 ``FAKE_VLLM_ENGINE=1``), as vLLM's engine core does. ``GET /fake/launch`` says how it
 was started; ``POST /fake/sick`` makes ``/health`` fail as vLLM's does when its
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--served-model-name")
     options, _rest = parser.parse_known_args()
     time.sleep(float(os.environ.get("FAKE_VLLM_LOAD_S", "0")))  # "loading the model"
+    hold = os.environ.get("FAKE_VLLM_HOLD")
+    while hold and not Path(hold).exists():
+        time.sleep(0.05)
     engine = None
     if os.environ.get("FAKE_VLLM_ENGINE"):  # vLLM's engine core runs as a child process
         engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -106,7 +110,8 @@ def main() -> None:
         "pid": os.getpid(),
         "engine_pid": engine.pid if engine is not None else None,
         "env": {name: os.environ.get(name)
-                for name in ("CUDA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_TOKEN")},
+                for name in ("CUDA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_TOKEN",
+                             "PROMETHEUS_MULTIPROC_DIR")},
     }
     from hypercorn.asyncio import serve
     from hypercorn.config import Config

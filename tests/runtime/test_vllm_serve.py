@@ -6,6 +6,7 @@ processes: tests/fakes/vllm_fake.py run as the ``vllm serve`` command."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -17,13 +18,16 @@ import pytest
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
-from aigw.runtime import vllm_serve
-from aigw.runtime.vllm_serve import ServedFleet, ServerState
+from aigw.runtime.routing.state import NOT_UP_YET, RoutingState
+from aigw.runtime.vllm_serve import ServedFleet, ServerState, Timings
 
 from ..fakes.serve import free_port
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_fake.py"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+# Short enough for a test, long enough for a fake to start between checks.
+QUICK = Timings(liveness=0.1, startup_poll=0.1, stop_timeout=5.0, first_backoff=0.2,
+                max_backoff=0.8)
 
 
 def compiled(root: Path, port: int, serve: str = "", environ: dict[str, str] | None = None,
@@ -54,12 +58,11 @@ async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
-    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
 
 
 async def launch(port: int) -> dict[str, object]:
@@ -71,7 +74,7 @@ async def launch(port: int) -> dict[str, object]:
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[ServedFleet, list[str]]]:
     restarted: list[str] = []
-    served = ServedFleet(tmp_path, restarted.append)
+    served = ServedFleet(tmp_path, restarted.append, QUICK)
     yield served, restarted
     await served.aclose()
 
@@ -86,6 +89,9 @@ async def test_a_served_deployment_runs_with_the_compiled_command_line_and_stops
 ) -> None:
     served, restarted = fleet
     monkeypatch.setenv("FAKE_VLLM_ENGINE", "1")
+    # The gateway's own: not for the server (with --workers the metrics folder is set).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    monkeypatch.setenv("VLLM_API_KEY", "a-key-the-provider-did-not-declare")
     port = free_port()
     graph = compiled(tmp_path / "gw", port, "gpus: [2, 3], tensor_parallel_size: 2, "
                      "gpu_memory_utilization: 0.75, args: [--enable-prefix-caching], "
@@ -99,7 +105,7 @@ async def test_a_served_deployment_runs_with_the_compiled_command_line_and_stops
         "--tensor-parallel-size", "2", "--max-model-len", "8192", "--enable-prefix-caching"]
     # The provider's key guards the server, and goes by environment, not command line.
     assert started["env"] == {"CUDA_VISIBLE_DEVICES": "2,3", "VLLM_API_KEY": "sk-box-key",
-                              "HF_TOKEN": "hf-secret"}
+                              "HF_TOKEN": "hf-secret", "PROMETHEUS_MULTIPROC_DIR": None}
     status = served.status()[0]
     assert (status.deployment, status.pid, status.restarts) == ("llama", started["pid"], 0)
     log_text = (tmp_path / "vllm-llama.log").read_text()
@@ -131,9 +137,8 @@ async def test_a_server_that_dies_is_started_again(
 
 
 async def test_a_server_whose_health_fails_is_restarted(
-    tmp_path: Path, fleet: tuple[ServedFleet, list[str]], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
 ) -> None:
-    monkeypatch.setattr(vllm_serve, "LIVENESS_S", 0.1)
     served, restarted = fleet
     port = free_port()
     await served.apply(compiled(tmp_path / "gw", port))
@@ -160,10 +165,11 @@ async def test_a_server_that_never_comes_up_is_restarted_after_its_startup_timeo
     assert served.status()[0].last_exit == "was not up after 0.5 s (startup_timeout_s)"
 
 
-async def test_a_command_that_cannot_run_is_retried_with_backoff(
-    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
+async def test_a_command_that_cannot_run_is_retried_with_a_doubling_backoff(
+    tmp_path: Path,
 ) -> None:
-    served, _ = fleet
+    restarted_at: list[float] = []
+    served = ServedFleet(tmp_path, lambda _name: restarted_at.append(time.monotonic()), QUICK)
     root = tmp_path / "gw"
     compiled(root, free_port())
     text = (root / "gateway.yaml").read_text()
@@ -171,12 +177,50 @@ async def test_a_command_that_cannot_run_is_retried_with_backoff(
                                                     "/nonexistent/vllm, serve"))
     graph = compile_gateway(root, {"BOX_KEY": "k"}).graph
     assert graph is not None
-    await served.apply(graph)
-    await until(lambda: served.status()[0].restarts == 1)
-    status = served.status()[0]
-    assert status.state is ServerState.RESTARTING and status.pid is None
-    assert status.last_exit is not None and status.last_exit.startswith("could not be started")
-    assert "cannot start it" in (tmp_path / "vllm-llama.log").read_text()
+    try:
+        await served.apply(graph)
+        await until(lambda: len(restarted_at) == 1)
+        status = served.status()[0]
+        assert status.state is ServerState.RESTARTING and status.pid is None
+        assert status.last_exit is not None
+        assert status.last_exit.startswith("could not be started")
+        assert "cannot start it" in (tmp_path / "vllm-llama.log").read_text()
+        await until(lambda: len(restarted_at) >= 5)
+    finally:
+        await served.aclose()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(restarted_at)][:4]
+    # Each wait is at least its backoff: 0.2 s, doubling, at most 0.8 s (sleeps never
+    # end early, so only lower bounds: the machine may be slower, never faster).
+    assert all(gap >= wanted for gap, wanted in zip(gaps, [0.2, 0.4, 0.8, 0.8], strict=True))
+
+
+async def test_supervision_outlives_a_log_it_cannot_write(tmp_path: Path) -> None:
+    restarted: list[str] = []
+    served = ServedFleet(tmp_path / "no-such-folder", restarted.append, QUICK)
+    try:
+        await served.apply(compiled(tmp_path / "gw", free_port()))
+        await until(lambda: len(restarted) >= 2)  # retried, not given up
+        status = served.status()[0]
+        assert status.last_exit is not None and status.last_exit.startswith("could not be run")
+    finally:
+        await served.aclose()
+    assert served.status() == []
+
+
+def test_a_reload_that_makes_a_deployment_served_routes_around_it_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    state = RoutingState()
+    state.sync(compiled(tmp_path / "gw", port, served=False))
+    assert state.stats["llama"].server_down is None  # not aigw's: its answers judge it
+    state.sync(compiled(tmp_path / "gw", port))
+    assert state.stats["llama"].server_down == NOT_UP_YET
+    state.stats["llama"].server_down = None  # it answered
+    state.sync(compiled(tmp_path / "gw", port, "gpu_memory_utilization: 0.5"))
+    assert state.stats["llama"].server_down == NOT_UP_YET  # restarted with new flags
+    state.sync(compiled(tmp_path / "gw", port, served=False))
+    assert state.stats["llama"].server_down is None
 
 
 async def test_reloads_restart_a_changed_server_keep_an_unchanged_one_and_stop_a_removed_one(

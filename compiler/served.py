@@ -101,7 +101,7 @@ def _address(entry: Entry[DeploymentSpec], provider: LinkedProvider,
     except ValueError:
         port = None
     host = url.hostname or ""
-    if url.scheme != "http" or port is None or not _is_loopback(host):
+    if url.scheme != "http" or port is None or not is_loopback(host):
         sink.add(
             codes.SERVE_INVALID,
             f"deployment '{entry.name}' starts a vLLM server, but provider "
@@ -196,7 +196,8 @@ def _server(
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (a name or an address) this machine's loopback?"""
     if host == "localhost":
         return True
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import multiprocessing
 import os
@@ -25,6 +24,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from aigw.compiler import render_text
+from aigw.compiler.served import is_loopback
 
 from . import heap
 from .app import create_app
@@ -169,7 +169,7 @@ async def _watch(gateway: Gateway, shutdown: asyncio.Event) -> None:
 
 
 def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
-    if not dev_key_accepted or _is_loopback(host):
+    if not dev_key_accepted or is_loopback(host):
         return
     banner = "!" * 78
     log.warning(
@@ -183,15 +183,6 @@ def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
         host,
         banner,
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _run_master(options: ServeOptions, config: Config) -> int:

@@ -84,6 +84,16 @@ def state(fleet: ServedFleet) -> ServerState | None:
     return statuses[0].state if statuses else None
 
 
+async def up(served: ServedFleet, root: Path) -> tuple[int, int]:
+    """Serve the fake for deployment 'llama' until it is up: its port and pid."""
+    port = free_port()
+    await served.apply(compiled(root, port))
+    await until(lambda: state(served) is ServerState.UP)
+    pid = served.status()[0].pid
+    assert pid is not None
+    return port, pid
+
+
 async def test_a_served_deployment_runs_with_the_compiled_command_line_and_stops_with_its_group(
     tmp_path: Path, fleet: tuple[ServedFleet, list[str]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -122,11 +132,7 @@ async def test_a_server_that_dies_is_started_again(
     tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
 ) -> None:
     served, restarted = fleet
-    port = free_port()
-    await served.apply(compiled(tmp_path / "gw", port))
-    await until(lambda: state(served) is ServerState.UP)
-    first = served.status()[0].pid
-    assert first is not None
+    _port, first = await up(served, tmp_path / "gw")
     os.kill(first, 9)  # the OOM killer, say
     await until(lambda: state(served) is ServerState.RESTARTING)
     await until(lambda: state(served) is ServerState.UP)
@@ -140,10 +146,7 @@ async def test_a_server_whose_health_fails_is_restarted(
     tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
 ) -> None:
     served, restarted = fleet
-    port = free_port()
-    await served.apply(compiled(tmp_path / "gw", port))
-    await until(lambda: state(served) is ServerState.UP)
-    first = served.status()[0].pid
+    port, first = await up(served, tmp_path / "gw")
     async with httpx.AsyncClient() as client:  # the engine died; the API process lives on
         await client.post(f"http://127.0.0.1:{port}/fake/sick")
     await until(lambda: served.status()[0].restarts == 1)
@@ -151,7 +154,7 @@ async def test_a_server_whose_health_fails_is_restarted(
         f"failed 3 health checks in a row at http://127.0.0.1:{port}/health")
     await until(lambda: state(served) is ServerState.UP)
     assert served.status()[0].pid != first and restarted == ["llama"]
-    assert first is not None and not alive(first)
+    assert not alive(first)
 
 
 async def test_a_server_that_never_comes_up_is_restarted_after_its_startup_timeout(
@@ -227,17 +230,14 @@ async def test_reloads_restart_a_changed_server_keep_an_unchanged_one_and_stop_a
     tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
 ) -> None:
     served, restarted = fleet
-    port = free_port()
-    await served.apply(compiled(tmp_path / "gw", port))
-    await until(lambda: state(served) is ServerState.UP)
-    first = served.status()[0].pid
+    port, first = await up(served, tmp_path / "gw")
     await served.apply(compiled(tmp_path / "gw", port))  # the same serve: block
     assert served.status()[0].pid == first
 
     await served.apply(compiled(tmp_path / "gw", port, "gpu_memory_utilization: 0.5"))
     await until(lambda: state(served) is ServerState.UP)
     second = served.status()[0].pid
-    assert second != first and first is not None and not alive(first)
+    assert second != first and not alive(first)
     assert "0.5" in (await launch(port))["argv"]  # type: ignore[operator]
 
     await served.apply(compiled(tmp_path / "gw", port, served=False))

@@ -35,7 +35,7 @@ from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
 from .policy_endpoints import policy_routes
-from .telemetry.metrics import CIRCUIT_VALUES
+from .telemetry.metrics import CIRCUIT_VALUES, ServerView
 from .telemetry.record import RequestRecord
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, workflow_routes
@@ -210,23 +210,15 @@ class _Endpoints:
     async def metrics(self, request: Request) -> Response:
         live = _live(request)
         metrics = live.telemetry.metrics
-        # A vLLM server's figures are shown while they are fresh, then not at all.
-        metrics.upstream_requests.clear()
-        metrics.upstream_kv_cache.clear()
-        metrics.upstream_prefix_hits.clear()
-        stats_now = live.routing.stats
-        metrics.served_up.source = lambda: (
-            (name, stats.server_down is None) for name, stats in stats_now.items() if stats.served)
-        for name, stats in live.routing.stats.items():
-            state = stats.breaker.state(live.routing.clock()).value
+        routing = live.routing
+        metrics.servers.source = lambda: (
+            ServerView(name, stats.upstream_running, stats.queue_depth, stats.kv_cache_usage,
+                       stats.prefix_cache_hit_rate,
+                       stats.server_down is None if stats.served else None)
+            for name, stats in routing.stats.items())
+        for name, stats in routing.stats.items():
+            state = stats.breaker.state(routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
-            if stats.upstream_running is not None:  # a vLLM server's own figures
-                metrics.upstream_requests.labels(name, "running").set(stats.upstream_running)
-                metrics.upstream_requests.labels(name, "waiting").set(stats.queue_depth)
-                if stats.kv_cache_usage is not None:
-                    metrics.upstream_kv_cache.labels(name).set(stats.kv_cache_usage)
-                if stats.prefix_cache_hit_rate is not None:
-                    metrics.upstream_prefix_hits.labels(name).set(stats.prefix_cache_hit_rate)
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:
             for status in await usage_api.declared_budgets(live):

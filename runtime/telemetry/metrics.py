@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,31 +28,67 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
-class ServedUp(Collector):
-    """``aigw_vllm_server_up``: read at scrape time from the routing state of the process
-    answering, not kept in a gauge. With several workers a gauge lives in shared files
-    that cannot be cleared, so the series of a deployment a reload removed while its
-    server was down would say 0, and page, for as long as the gateway runs."""
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """What a vLLM server behind one deployment says of itself, at a scrape."""
+
+    deployment: str
+    running: int | None  # None: its metrics were not read lately
+    waiting: int
+    kv_cache_usage: float | None
+    prefix_cache_hit_rate: float | None
+    up: bool | None  # a server aigw runs (serve:): does it answer; None for the others
+
+
+class ServerGauges(Collector):
+    """The vLLM servers' gauges, read at scrape time from the routing state of the
+    process answering (``source``), not kept in prometheus-client gauges: with several
+    workers those live in shared files that cannot be cleared, so a server that stopped
+    answering, or a deployment a reload removed, would show its last figures (and
+    ``aigw_vllm_server_up`` 0, paging) for as long as the gateway runs. Every worker
+    reads the same servers, so any worker's view is the servers' view."""
 
     def __init__(self) -> None:
-        # (deployment, its server answers) for each deployment whose server aigw runs
-        self.source: Callable[[], Iterable[tuple[str, bool]]] = lambda: ()
+        self.source: Callable[[], Iterable[ServerView]] = lambda: ()
 
     def describe(self) -> list[Metric]:
-        return [self._family()]
+        return list(self._families())
 
     def collect(self) -> list[Metric]:
-        family = self._family()
-        for deployment, up in self.source():
-            family.add_metric([deployment], 1.0 if up else 0.0)
-        return [family]
+        requests, kv_cache, prefix_hits, up = families = self._families()
+        for view in self.source():
+            name = view.deployment
+            if view.up is not None:
+                up.add_metric([name], 1.0 if view.up else 0.0)
+            if view.running is None:  # shown while fresh, then not at all
+                continue
+            requests.add_metric([name, "running"], view.running)
+            requests.add_metric([name, "waiting"], view.waiting)
+            if view.kv_cache_usage is not None:
+                kv_cache.add_metric([name], view.kv_cache_usage)
+            if view.prefix_cache_hit_rate is not None:
+                prefix_hits.add_metric([name], view.prefix_cache_hit_rate)
+        return list(families)
 
     @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "aigw_vllm_server_up",
-            "1 while a vLLM server aigw runs (serve:) answers, 0 while it starts or is down.",
-            labels=["deployment"])
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(
+                "aigw_upstream_requests",
+                "Requests a vLLM server says it is running or has waiting (its /metrics).",
+                labels=["deployment", "state"]),
+            GaugeMetricFamily(
+                "aigw_upstream_kv_cache_usage_ratio",
+                "Share of a vLLM server's KV cache in use (its /metrics).", labels=["deployment"]),
+            GaugeMetricFamily(
+                "aigw_upstream_prefix_cache_hit_ratio",
+                "Share of prompt tokens a vLLM server's prefix cache had, between its last two "
+                "readings (its /metrics).", labels=["deployment"]),
+            GaugeMetricFamily(
+                "aigw_vllm_server_up",
+                "1 while a vLLM server aigw runs (serve:) answers, 0 while it starts or is down.",
+                labels=["deployment"]),
+        )
 
 
 class Metrics:
@@ -89,21 +126,8 @@ class Metrics:
         self.circuit = Gauge("aigw_circuit_state",
                              "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                              ["deployment"], registry=registry, multiprocess_mode="max")
-        self.upstream_requests = Gauge(
-            "aigw_upstream_requests",
-            "Requests a vLLM server says it is running or has waiting (its /metrics).",
-            ["deployment", "state"], registry=registry, multiprocess_mode="max")
-        self.upstream_kv_cache = Gauge(
-            "aigw_upstream_kv_cache_usage_ratio",
-            "Share of a vLLM server's KV cache in use (its /metrics).",
-            ["deployment"], registry=registry, multiprocess_mode="max")
-        self.upstream_prefix_hits = Gauge(
-            "aigw_upstream_prefix_cache_hit_ratio",
-            "Share of prompt tokens a vLLM server's prefix cache had, between its last two "
-            "readings (its /metrics).",
-            ["deployment"], registry=registry, multiprocess_mode="max")
-        self.served_up = ServedUp()
-        registry.register(self.served_up)
+        self.servers = ServerGauges()
+        registry.register(self.servers)
         self.served_restarts = Counter(
             "aigw_vllm_server_restarts", "Times aigw started a vLLM server again after it "
             "exited, hung or never came up.", ["deployment"], registry=registry)
@@ -120,6 +144,6 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            registry.register(self.served_up)  # this worker's view; not in the files
+            registry.register(self.servers)  # this worker's view; not in the files
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

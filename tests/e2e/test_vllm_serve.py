@@ -6,6 +6,7 @@ as a process (tests/fakes/vllm_fake.py), the hosted API the OpenAI fake."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -141,6 +142,11 @@ def test_requests_skip_the_served_server_until_it_answers_and_while_it_is_down(
           or "State:\tZ" in Path(f"/proc/{second}/status").read_text(), timeout=5)
 
 
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" in status.read_text()
+
+
 def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted_url: str) -> None:
     port = free_port()
     write_config(tmp_path / "gw", port, hosted_url)
@@ -155,15 +161,18 @@ def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted
         assert metric(server, UP) == 1.0  # the answering worker's own view
         assert metric(server, 'aigw_vllm_server_restarts_total{deployment="gpu"}') in (None, 0.0)
         pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+
+        # A reload that stops running the server: it stops, and its series leave
+        # /metrics in every worker (gauges in the workers' shared files never would).
+        config = tmp_path / "gw" / "gateway.yaml"
+        config.write_text(re.sub(r", serve: \{.*?\}\}\}", "}", config.read_text(), flags=re.S))
+        server.signal(signal.SIGHUP)
+        until(lambda: gone(pid), timeout=15)
+        waiting = 'aigw_upstream_requests{deployment="gpu",state="waiting"}'
+        until(lambda: all(metric(server, name) is None
+                          for name in (UP, waiting) for _ in range(4)), timeout=15)
     finally:
         server.stop()
-    until(lambda: not Path(f"/proc/{pid}").exists()
-          or "State:\tZ" in Path(f"/proc/{pid}/status").read_text(), timeout=5)
-
-
-def gone(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    return not status.exists() or "State:\tZ" in status.read_text()
 
 
 def test_a_gateway_killed_outright_takes_its_server_with_it(

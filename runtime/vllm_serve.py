@@ -182,6 +182,9 @@ class Supervised:
                 )
             except OSError as exc:  # no such program, not executable
                 output.write(f"--- aigw: cannot start it: {exc}\n".encode())
+                if isinstance(exc, FileNotFoundError):
+                    return (f"could not be started: there is no {self.server.argv[0]} "
+                            "(pip install 'aigw[vllm]', or set serve.command)"), 0.0
                 return f"could not be started ({exc})", 0.0
         self._process = process
         log.info("started the vLLM server of deployment '%s' (pid %d); its output goes to %s",

@@ -9,6 +9,10 @@ Keys live under ``<namespace>:wf:``::
     x:<id>:decisions    hash: approval step -> decision (JSON)
     idem:<key>:<idem>   the execution an idempotency key made
     index               sorted set: execution ids by creation time
+    finished            sorted set: ended execution ids by when they ended (what the
+                        purge deletes, without reading the executions still waiting)
+    finished:complete   set once ``finished`` holds every ended execution (written
+                        before it existed, they are added by one scan of ``index``)
     costs               hash: <pipeline>:<total> sums for /api/v1/costs/summary
     queue               stream of work items {id}, consumer group "runners"
 
@@ -57,7 +61,7 @@ _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
 _PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
 
-# KEYS: exec, steps, memo, events, costs. ARGV: owner, now, payload (JSON).
+# KEYS: exec, steps, memo, events, costs, finished. ARGV: owner, now, payload (JSON), id.
 # Returns the sequence number the first event got.
 _COMMIT = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
@@ -80,6 +84,7 @@ end
 for name, value in pairs(p.fields) do redis.call('HSET', KEYS[1], name, value) end
 if p.final ~= cjson.null then
   redis.call('HINCRBY', KEYS[5], pipeline .. ':' .. p.final, 1)
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[4])
 end
 local first = redis.call('LLEN', KEYS[4]) + 1
 for _, e in ipairs(p.events) do redis.call('RPUSH', KEYS[4], e) end
@@ -321,8 +326,8 @@ class RedisExecutions:
                 first = await self._commit_script(
                     keys=[self._x(execution_id), self._x(execution_id, "steps"),
                           self._x(execution_id, "memo"), self._x(execution_id, "events"),
-                          self._key("costs")],
-                    args=[json.dumps(owner), now, json.dumps(payload)],
+                          self._key("costs"), self._key("finished")],
+                    args=[json.dumps(owner), now, json.dumps(payload), execution_id],
                 )
             except ResponseError as exc:
                 if "LEASE_LOST" in str(exc):
@@ -357,6 +362,7 @@ class RedisExecutions:
                         status = changes.get("status")
                         if status is Status.CANCELLED:
                             pipe.hincrby(self._key("costs"), f"{execution.pipeline}:cancelled", 1)
+                            pipe.zadd(self._key("finished"), {execution_id: now})
                         if isinstance(status, Status):  # no runner held it: say so
                             pipe.rpush(self._x(execution_id, "events"), json.dumps(
                                 {"at": now, "type": f"execution_{status.value}", "step": None,
@@ -392,39 +398,50 @@ class RedisExecutions:
 
     async def purge(self, finished_before: float, limit: int) -> int:
         async def run() -> int:
-            index = self._key("index")
-            gone: list[Execution] = []
-            dangling: list[str] = []
-            start = 0
-            # Only executions created before the cutoff can have ended before it; those
-            # still running (an approval waiting for weeks) are passed over.
-            while len(gone) < limit:
-                ids = await self._redis.zrangebyscore(index, "-inf", f"({finished_before}",
-                                                      start=start, num=500)
-                if not ids:
-                    break
-                start += len(ids)
-                for execution_id, row in zip(ids, await self._hashes(ids), strict=True):
-                    if not row:
-                        dangling.append(execution_id)
-                        continue
-                    execution = _decode(row)
-                    if (execution.status in FINAL and execution.finished_at is not None
-                            and execution.finished_at < finished_before and len(gone) < limit):
-                        gone.append(execution)
-            if not gone and not dangling:
+            finished = self._key("finished")
+            if not await self._redis.exists(self._key("finished", "complete")):
+                await self._index_finished()
+            # The oldest ended first; executions still running or waiting (an approval
+            # for weeks) are not in this set, so they cost the purge nothing.
+            ids = await self._redis.zrangebyscore(finished, "-inf", f"({finished_before}",
+                                                  start=0, num=limit)
+            if not ids:
                 return 0
+            gone: list[Execution] = []
+            for row in await self._hashes(ids):
+                if row:  # else it was deleted already: only its entry is left
+                    gone.append(_decode(row))
             async with self._redis.pipeline(transaction=True) as pipe:
                 for execution in gone:
                     pipe.delete(*(self._x(execution.id, part) for part in _PARTS))
                     if execution.idempotency_key is not None:
                         pipe.delete(self._key("idem", quote(execution.key or "", safe=""),
                                               quote(execution.idempotency_key, safe="")))
-                pipe.zrem(index, *(execution.id for execution in gone), *dangling)
+                pipe.zrem(self._key("index"), *ids)
+                pipe.zrem(finished, *ids)
                 await pipe.execute()
             return len(gone)
 
         return await self._guard(run)
+
+    async def _index_finished(self) -> None:
+        """Add executions that ended before ``finished`` existed to it: one scan of the
+        whole index, once per Redis (concurrent replicas doing it too add the same)."""
+        start = 0
+        index = self._key("index")
+        while ids := await self._redis.zrange(index, start, start + 499):
+            start += len(ids)
+            ended = {}
+            for execution_id, row in zip(ids, await self._hashes(ids), strict=True):
+                execution = _decode(row) if row else None
+                if execution is None:  # dangling: an entry whose execution is gone
+                    await self._redis.zrem(index, execution_id)
+                    start -= 1
+                elif execution.status in FINAL and execution.finished_at is not None:
+                    ended[execution_id] = execution.finished_at
+            if ended:
+                await self._redis.zadd(self._key("finished"), ended)
+        await self._redis.set(self._key("finished", "complete"), "1")
 
     async def costs(self) -> tuple[CostRow, ...]:
         async def run() -> tuple[CostRow, ...]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from aigw.runtime.store.executions import (
     Checkpoint,
@@ -229,6 +230,41 @@ async def test_purge_deletes_what_ended_before_the_cutoff_and_keeps_its_costs(
     # The idempotency key went with its execution: the same key makes a new one.
     again, created = await store.create(_new(idempotency="old-0"), NOW + 1)
     assert created and again.id not in old
+
+
+async def test_an_execution_cancelled_while_nobody_ran_it_is_purged_too(
+    store: ExecutionStore,
+) -> None:
+    execution, _ = await store.create(_new(), NOW - 100)
+    cancelled = await store.control(execution.id, "cancel", NOW - 90)
+    assert cancelled.status is Status.CANCELLED
+    assert await store.purge(NOW - 95, limit=10) == 0  # it ended after this cutoff
+    assert await store.purge(NOW - 50, limit=10) == 1
+    assert await store.get(execution.id) is None
+
+
+async def test_redis_purges_executions_that_ended_before_it_kept_a_finished_index(
+    redis_url: str, namespace: str,
+) -> None:
+    """A store written by an aigw that kept no ``finished`` set: the first purge finds
+    what ended there by one scan, and purges it as if it had been indexed."""
+    store = RedisExecutions.from_url(redis_url, namespace=namespace)
+    try:
+        owner = new_owner()
+        old = [await _finish(store, owner, NOW - 100 + i, f"old-{i}") for i in range(3)]
+        waiting = await _finish(store, owner, NOW - 95, "waiting", status=None)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            assert await client.delete(f"{namespace}:wf:finished") == 1  # as it was
+        finally:
+            await client.aclose()
+        assert await store.purge(NOW - 50, limit=10) == 3
+        for execution_id in old:
+            assert await store.get(execution_id) is None
+        assert await store.get(waiting) is not None
+        assert await store.purge(NOW - 50, limit=10) == 0
+    finally:
+        await store.aclose()
 
 
 async def test_the_runner_purges_on_its_own_once_the_retention_has_passed(

@@ -130,6 +130,8 @@ class Gateway:
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None
+        # With several workers: asks the others to reload too (``aigw serve`` sets it).
+        self.reload_peers: Callable[[], None] | None = None
         self._reload_lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
 

@@ -116,6 +116,9 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: spawn(gateway.reload("SIGHUP")))
+    if sockets is not None:  # a worker: the master forwards SIGHUP to every worker (this
+        # one too, which then reloads again: the same files, the same graph)
+        gateway.reload_peers = lambda: _send_signal(os.getppid(), signal.SIGHUP)
     if options.watch:
         spawn(_watch(gateway, shutdown))
 

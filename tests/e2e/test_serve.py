@@ -193,6 +193,27 @@ def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
         assert server.stop() == 0, server.log
 
 
+def test_an_admin_reload_with_two_workers_reloads_both(gateway_dir: Path) -> None:
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        old = server.wait_ready()
+        _add_route(gateway_dir, "two")
+        answer = httpx.post(f"{server.base_url}/admin/reload",
+                            headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["ok"], answer.text
+        new = answer.json()["fingerprint"]
+        # The worker that answered reloaded, then asked the parent to SIGHUP every worker.
+        deadline = time.monotonic() + 15
+        while server.log.count("reload (SIGHUP)") < 2:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.05)
+        assert server.log.count("reload (admin-api)") == 1
+        graphs = {httpx.get(f"{server.base_url}/health").json()["graph"] for _ in range(20)}
+        assert graphs == {new} and new != old, server.log
+    finally:
+        assert server.stop() == 0, server.log
+
+
 def test_serve_refuses_a_broken_config_with_diagnostics(gateway_dir: Path) -> None:
     config = gateway_dir / "gateway.yaml"
     config.write_text(config.read_text().replace("version: 1", "version: 7"))

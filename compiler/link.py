@@ -22,6 +22,7 @@ from .graph import ServedServer
 from .served import link_served
 from .source import NodePath, Position, SourceMap
 from .spec import (
+    ENV_NAME_PATTERN,
     NAMED_SECTIONS,
     DeploymentSpec,
     GroupSpec,
@@ -57,7 +58,6 @@ _NO_EMBEDDINGS = frozenset({"anthropic", "bedrock", "vertex"})
 _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
 _NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_LOOKING = re.compile(r"^(sk-|sk_|xai-|gsk_|AIza|AKIA)|^[A-Za-z0-9_\-]{32,}$")
 
 
@@ -360,7 +360,7 @@ def _resolve_env(
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME_PATTERN.match(name):
             sink.add(
                 codes.ENV_SYNTAX,
                 f"'{name}' is not a valid environment variable name",

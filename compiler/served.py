@@ -9,7 +9,6 @@ is up. Problems are positioned diagnostics (AGW324, AGW325); nothing here starts
 from __future__ import annotations
 
 import ipaddress
-import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -18,14 +17,13 @@ from . import codes
 from .diagnostics import DiagnosticSink
 from .graph import ServedServer
 from .source import Position
-from .spec import DeploymentSpec, ServeSpec
+from .spec import ENV_NAME_PATTERN, DeploymentSpec, ServeSpec
 
 if TYPE_CHECKING:
     from .link import Entry, LinkedProvider
 
 # text, where it was written -> the text with its ${ENV} references replaced
 Resolve = Callable[[str, Position], str]
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Environment aigw sets itself, and from what.
 _OWN_ENV = {"CUDA_VISIBLE_DEVICES": "serve.gpus", "VLLM_API_KEY": "the provider's api_key"}
 
@@ -159,7 +157,7 @@ def _server(
                 f"remove it from args and set {_OWN_FLAGS[flag]} instead",
             )
     for name in serve.env:
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME_PATTERN.match(name):
             sink.add(codes.SERVE_INVALID,
                      f"deployment '{entry.name}': '{name}' is not an environment variable name",
                      entry.key("serve", "env", name),

@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what ${NAME} and env: take
 
 ProviderType = Literal[
     "echo", "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vllm",

@@ -34,7 +34,7 @@ from aigw.compiler.graph import ApiKey, Graph
 from .auth import admin_only, bearer_token, key_for
 from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
 from .live import Gateway
-from .routing.state import Snapshot
+from .routing.state import SERVER_UP, Snapshot
 from .store.executions import Decision, ExecutionConflict, Status, StepStatus
 from .usage_api import declared_budgets
 from .workflows import Workflows
@@ -269,7 +269,7 @@ def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, An
         hits = (f"{snapshot.prefix_cache_hit_rate:.0%}"
                 if snapshot.prefix_cache_hit_rate is not None else "-")
         server = f"{snapshot.upstream_running} / {snapshot.upstream_waiting} / {kv} / {hits}"
-    if snapshot.server not in (None, "up"):  # a server aigw runs, loading or down
+    if snapshot.server not in (None, SERVER_UP):  # a server aigw runs, loading or down
         server = snapshot.server.removeprefix("is ")
     latency = snapshot.latency_ms
     p95 = snapshot.p95_ms

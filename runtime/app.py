@@ -35,7 +35,7 @@ from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
 from .policy_endpoints import policy_routes
-from .telemetry.metrics import CIRCUIT_VALUES, ServerView
+from .telemetry.metrics import CIRCUIT_VALUES
 from .telemetry.record import RequestRecord
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, workflow_routes
@@ -211,11 +211,7 @@ class _Endpoints:
         live = _live(request)
         metrics = live.telemetry.metrics
         routing = live.routing
-        metrics.servers.source = lambda: (
-            ServerView(name, stats.upstream_running, stats.queue_depth, stats.kv_cache_usage,
-                       stats.prefix_cache_hit_rate,
-                       stats.server_down is None if stats.served else None)
-            for name, stats in routing.stats.items())
+        metrics.servers.source = routing.snapshot
         for name, stats in routing.stats.items():
             state = stats.breaker.state(routing.clock()).value
             metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])

@@ -193,6 +193,7 @@ class UpstreamLoadWatch:
 
     async def _read(self, provider: Provider, graph: Graph, routing: RoutingState) -> None:
         assert provider.metrics_url is not None
+        deployments = _served_by(graph, provider)
         try:
             response = await self._client.get(provider.metrics_url)
             response.raise_for_status()
@@ -200,9 +201,9 @@ class UpstreamLoadWatch:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             self._failed(provider, "unreachable",
                          f"cannot read its metrics at {provider.metrics_url}: {exc}")
-            _server_answers(graph, routing, provider, False)
+            _server_answers(deployments, routing, False)
             return
-        _server_answers(graph, routing, provider, True)
+        _server_answers(deployments, routing, True)
         try:
             values = read_samples(text)
         except ValueError as exc:  # not the Prometheus text format
@@ -217,7 +218,7 @@ class UpstreamLoadWatch:
         if self._failing.pop(provider.name, None) is not None:
             log.info("reading the metrics of provider '%s' again", provider.name)
         now = self._clock()
-        for deployment in _served_by(graph, provider):
+        for deployment in deployments:
             load = load_of(values, deployment.model)
             stats = routing.stats.get(deployment.name)  # None: a reload removed it meanwhile
             if load is not None and stats is not None:
@@ -248,11 +249,11 @@ def _watched(provider: Provider) -> bool:
     return provider.metrics_url is not None and provider.disabled_reason is None
 
 
-def _server_answers(graph: Graph, routing: RoutingState, provider: Provider,
+def _server_answers(deployments: list[Deployment], routing: RoutingState,
                     answers: bool) -> None:
-    """Mark the deployments whose server aigw runs as up or down: requests skip them
-    while down (a server it did not start is judged by its answers instead)."""
-    for deployment in _served_by(graph, provider):
+    """Mark those of ``deployments`` whose server aigw runs as up or down: requests skip
+    them while down (a server it did not start is judged by its answers instead)."""
+    for deployment in deployments:
         stats = routing.stats.get(deployment.name)
         if stats is None or not stats.served:
             continue

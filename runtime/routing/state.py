@@ -24,6 +24,7 @@ _USAGE_WINDOW_S = 60.0
 # Why a deployment whose vLLM server aigw runs is skipped (after its name in a 503).
 NOT_UP_YET = "is starting (its vLLM server has not answered yet)"
 NOT_ANSWERING = "is down (its vLLM server does not answer)"
+SERVER_UP = "up"  # Snapshot.server of a served deployment whose server answers
 
 
 class DeploymentStats:
@@ -181,7 +182,7 @@ class RoutingState:
                 upstream_waiting=stats.queue_depth if stats.upstream_running is not None else None,
                 kv_cache_usage=stats.kv_cache_usage,
                 prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
-                server=(stats.server_down or "up") if stats.served else None,
+                server=(stats.server_down or SERVER_UP) if stats.served else None,
             )
             for name, stats in sorted(self.stats.items())
         }

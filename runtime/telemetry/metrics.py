@@ -8,8 +8,7 @@ aggregates them with its MultiProcessCollector.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,21 +22,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from ..routing.state import SERVER_UP, Snapshot
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-@dataclass(frozen=True, slots=True)
-class ServerView:
-    """What a vLLM server behind one deployment says of itself, at a scrape."""
-
-    deployment: str
-    running: int | None  # None: its metrics were not read lately
-    waiting: int
-    kv_cache_usage: float | None
-    prefix_cache_hit_rate: float | None
-    up: bool | None  # a server aigw runs (serve:): does it answer; None for the others
 
 
 class ServerGauges(Collector):
@@ -49,21 +38,20 @@ class ServerGauges(Collector):
     reads the same servers, so any worker's view is the servers' view."""
 
     def __init__(self) -> None:
-        self.source: Callable[[], Iterable[ServerView]] = lambda: ()
+        self.source: Callable[[], Mapping[str, Snapshot]] = dict
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> list[Metric]:
         requests, kv_cache, prefix_hits, up = families = self._families()
-        for view in self.source():
-            name = view.deployment
-            if view.up is not None:
-                up.add_metric([name], 1.0 if view.up else 0.0)
-            if view.running is None:  # shown while fresh, then not at all
+        for name, view in self.source().items():
+            if view.server is not None:
+                up.add_metric([name], 1.0 if view.server == SERVER_UP else 0.0)
+            if view.upstream_running is None:  # shown while fresh, then not at all
                 continue
-            requests.add_metric([name, "running"], view.running)
-            requests.add_metric([name, "waiting"], view.waiting)
+            requests.add_metric([name, "running"], view.upstream_running)
+            requests.add_metric([name, "waiting"], view.upstream_waiting or 0)
             if view.kv_cache_usage is not None:
                 kv_cache.add_metric([name], view.kv_cache_usage)
             if view.prefix_cache_hit_rate is not None:

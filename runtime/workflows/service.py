@@ -23,7 +23,7 @@ from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
 from ..chat_request import ChatRequest
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden, NotFound, StoreUnavailable
 from ..live import Gateway
 from ..store.executions import (
     FINAL,
@@ -82,12 +82,17 @@ class Workflows:
         self._runner: Runner | None = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._stopped = False
 
     async def start(self) -> None:
-        """Open the store and start the runner (once)."""
+        """Open the store and start the runner (once; never again after ``stop``)."""
         async with self._lock:
             if self._runner is not None:
                 return
+            # A request that arrives while (or after) the gateway shuts down must not
+            # start a runner and open a store that nothing will ever close.
+            if self._stopped:
+                raise StoreUnavailable("The gateway is shutting down; try another replica.")
             graph = self.gateway.live.graph
             namespace = self.namespace or os.environ.get(NAMESPACE_ENV) or "aigw"
             self._store = await open_executions(graph.settings.store, self.gateway.root,
@@ -103,6 +108,7 @@ class Workflows:
     async def stop(self) -> None:
         """Stop running (leases are let go, so the executions resume elsewhere or later)."""
         async with self._lock:
+            self._stopped = True
             if self._runner is not None:
                 await self._runner.stop()
                 self._runner = None

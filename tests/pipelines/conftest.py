@@ -8,6 +8,7 @@ the number of tokens its model calls used. Redis tests use ``AIGW_TEST_REDIS_URL
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -155,6 +156,9 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         await served.http.aclose()
         await served.workflows.stop()
         await served.gateway.aclose()
+    # Anything left unclosed (a Redis connection, a socket) warns now, failing the test
+    # that left it, not whichever test the garbage collector happens to run in later.
+    gc.collect()
 
 
 @pytest.fixture

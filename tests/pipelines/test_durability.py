@@ -85,3 +85,15 @@ async def test_on_redis_another_replica_resumes_it(
     served = await serve({"long": LONG}, latency=SLOW_ECHO, store=redis_url, namespace=namespace)
     started = await served.start("long", {})
     await _check_resumed(served, started["id"], namespace=namespace)
+
+
+async def test_a_request_after_shutdown_starts_nothing(serve: Serve) -> None:
+    """A request that arrives as the gateway stops is refused (503) rather than starting
+    a runner and a store that nothing would close."""
+    served = await serve({"long": LONG}, latency=SLOW_ECHO)
+    started = await served.start("long", {})
+    await served.workflows.stop()
+    response = await served.http.get(f"/api/v1/executions/{started['id']}")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert served.workflows._runner is None and served.workflows._store is None

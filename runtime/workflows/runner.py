@@ -60,6 +60,9 @@ class Runner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        # Lease releases under way: shielded from their execution's cancellation, so
+        # ``stop`` waits for them before the store closes under them.
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="aigw-runner-claim"),
@@ -77,6 +80,7 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._loops, *self.tasks.values(), return_exceptions=True)
         self._loops = []
+        await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
         while True:
@@ -118,10 +122,18 @@ class Runner:
             await self._fail(execution_id, exc)
         finally:
             self.tasks.pop(execution_id, None)
-            try:
-                await asyncio.shield(self.store.release(execution_id, self.owner))
-            except StoreUnavailable as exc:
-                log.error("execution %s: could not release its lease: %s", execution_id, exc)
+            # A second cancellation (a lost lease, then stop) ends this wait, not the
+            # release; stop() waits for the release itself.
+            release = asyncio.create_task(self._release(execution_id))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            await asyncio.shield(release)
+
+    async def _release(self, execution_id: str) -> None:
+        try:
+            await self.store.release(execution_id, self.owner)
+        except StoreUnavailable as exc:
+            log.error("execution %s: could not release its lease: %s", execution_id, exc)
 
     async def _fail(self, execution_id: str, exc: Exception) -> None:
         error = f"internal error: {type(exc).__name__}: {exc}"

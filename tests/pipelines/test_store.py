@@ -291,3 +291,44 @@ async def test_the_runner_purges_on_its_own_once_the_retention_has_passed(
         assert await store.get(ended) is None
     finally:
         await runner.stop()
+
+
+class SlowRelease:
+    """The store, with each lease release taking a while (as a Redis WATCH/MULTI does
+    under load)."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def release(self, execution_id: str, owner: str) -> None:
+        await asyncio.sleep(0.2)
+        await self._store.release(execution_id, owner)
+
+
+async def test_stop_waits_for_the_lease_releases_under_way(store: ExecutionStore) -> None:
+    """An execution that just ended is still letting go of its lease; stop() must wait
+    for that, or the store closes under the release (a leaked Redis connection)."""
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+
+    async def finish(running: Execution) -> Status:
+        await store.commit(running.id, owner, Checkpoint(status=Status.SUCCEEDED), NOW)
+        return Status.SUCCEEDED
+
+    runner = Runner(SlowRelease(store), owner, LEASE, finish,  # type: ignore[arg-type]
+                    lambda: NOW, poll_s=0.01)
+    runner.start()
+    try:
+        for _ in range(200):
+            found = await store.get(execution.id)
+            if found is not None and found.status is Status.SUCCEEDED:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await runner.stop()
+    released = await store.get(execution.id)
+    assert released is not None and released.status is Status.SUCCEEDED
+    assert released.owner is None

@@ -1,5 +1,0 @@
-import gc
-
-
-def test_gc() -> None:
-    gc.collect()

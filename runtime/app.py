@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -35,10 +36,10 @@ from .exchange import Exchange
 from .live import Gateway, Live
 from .messages import count_tokens, create_message
 from .policy_endpoints import policy_routes
-from .telemetry.metrics import CIRCUIT_VALUES
-from .telemetry.record import RequestRecord
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, workflow_routes
+
+CIRCUITS_PUBLISHED_EVERY_S = 1.0
 
 log = logging.getLogger("aigw.http")
 
@@ -88,15 +89,33 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
 @asynccontextmanager
 async def _lifespan(gateway: Gateway, workflows: Workflows, app: object) -> AsyncIterator[None]:
     """vLLM servers' metrics are read for as long as the app serves; pipelines run."""
-    watch = asyncio.create_task(
+    tasks = [asyncio.create_task(
         UpstreamLoadWatch(lambda: (gateway.live.graph, gateway.routing)).run(),
-        name="aigw-upstream-load")
+        name="aigw-upstream-load")]
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        tasks.append(asyncio.create_task(_publish_circuits(gateway), name="aigw-circuits"))
     try:
         async with workflows.lifespan(app):
             yield
     finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _publish_circuits(gateway: Gateway) -> None:
+    """With several workers, a scrape is answered by one of them from the shared metric
+    files: each worker writes its breakers there every second, so the one answering
+    shows every worker's circuits as they are, not as the last request each served
+    left them."""
+    while True:
+        metrics = gateway.live.telemetry.metrics
+        metrics.circuits = gateway.routing.circuits
+        try:
+            metrics.publish_circuits()
+        except Exception:  # the loop must outlive a bug, or the metric goes stale again
+            log.exception("publishing the circuit states to /metrics failed")
+        await asyncio.sleep(CIRCUITS_PUBLISHED_EVERY_S)
 
 
 class SnapshotMiddleware:
@@ -189,14 +208,8 @@ class _Endpoints:
             live.telemetry.finish(record)
             raise
         if not record.stream:  # a stream's record is finished when the stream ends
-            live.telemetry.finish(record, self._circuit(live, record))
+            live.telemetry.finish(record)
         return response
-
-    def _circuit(self, live: Live, record: RequestRecord) -> str | None:
-        if record.deployment is None:
-            return None
-        snapshot = live.routing.stats.get(record.deployment)
-        return snapshot.breaker.state(live.routing.clock()).value if snapshot else None
 
     async def costs_summary(self, request: Request) -> Response:
         return await usage_api.costs_summary(_live(request), request)
@@ -212,9 +225,8 @@ class _Endpoints:
         metrics = live.telemetry.metrics
         routing = live.routing
         metrics.servers.source = routing.snapshot
-        for name, stats in routing.stats.items():
-            state = stats.breaker.state(routing.clock()).value
-            metrics.circuit.labels(name).set(CIRCUIT_VALUES[state])
+        metrics.circuits = routing.circuits
+        metrics.publish_circuits()
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:
             for status in await usage_api.declared_budgets(live):

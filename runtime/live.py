@@ -134,6 +134,7 @@ class Gateway:
         self.reload_peers: Callable[[], None] | None = None
         self._reload_lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._retired: list[ChatAdapter] = []  # dropped by a reload, closed after a grace
 
     async def reload(self, trigger: str) -> ReloadReport:
         """Compile the config again (in a thread) and swap it in if it compiles."""
@@ -184,17 +185,23 @@ class Gateway:
             return
         grace = _grace_s(previous.graph)
         loop = asyncio.get_running_loop()
+        self._retired.extend(dropped)
 
         def close() -> None:
             for adapter in dropped:
-                task = loop.create_task(adapter.aclose())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                if adapter in self._retired:  # else aclose() closed it already
+                    self._retired.remove(adapter)
+                    task = loop.create_task(adapter.aclose())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
         loop.call_later(grace, close)
 
     async def aclose(self) -> None:
-        """Close every adapter and the store (at shutdown)."""
-        for adapter in self.live.adapters.values():
+        """Close every adapter (those a reload dropped too, their grace cut short) and
+        the store (at shutdown)."""
+        retired, self._retired = self._retired, []
+        for adapter in (*self.live.adapters.values(), *retired):
             await adapter.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.store.aclose()

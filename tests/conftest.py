@@ -14,11 +14,30 @@ from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
 from .fakes.openai_fake import OpenAIFake
-from .fakes.serve import serving
+from .fakes.serve import free_port, serving
 from .redis_server import PrivateRedis, shared_redis_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_KEY = "sk-aigw-dev"
+
+
+
+def add_broken_route(gateway_dir: Path, cooldown_s: float) -> str:
+    """Add a route ``broken`` to a deployment whose server is not there (a closed
+    loopback port), its circuit opening at the first failure; returns the config as
+    it was."""
+    config = gateway_dir / "gateway.yaml"
+    shipped = config.read_text()
+    config.write_text(shipped.replace("\ndeployments:\n", f"""
+  dead: {{type: vllm, base_url: "http://127.0.0.1:{free_port()}/v1"}}
+deployments:
+  broken:
+    provider: dead
+    model: nobody-home
+    context_window: 8192
+    circuit_breaker: {{consecutive_failures: 1, cooldown_s: {cooldown_s}}}
+""", 1).replace("routes:", "routes:\n  broken: {deployment: broken}", 1))
+    return shipped
 
 
 @pytest.fixture(scope="session")

@@ -114,6 +114,9 @@ class Metrics:
         self.circuit = Gauge("aigw_circuit_state",
                              "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                              ["deployment"], registry=registry, multiprocess_mode="max")
+        # This process's breakers (deployment -> state), published by publish_circuits.
+        self.circuits: Callable[[], Mapping[str, str]] = dict
+        self._circuits_shown: set[str] = set()
         self.servers = ServerGauges()
         registry.register(self.servers)
         self.served_restarts = Counter(
@@ -126,6 +129,22 @@ class Metrics:
         self.budget_used = Gauge("aigw_budget_used_ratio",
                                  "Share of a budget spent in its current period.",
                                  ["scope", "name"], registry=registry, multiprocess_mode="max")
+
+    def publish_circuits(self) -> None:
+        """Set aigw_circuit_state from this process's breakers, as they are now (an open
+        circuit turns half-open by time alone, with no request to report it). A
+        deployment no longer in the graph leaves the metric; with several workers its
+        series stays, at 0, since their shared files cannot lose one."""
+        states = self.circuits()
+        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        for gone in self._circuits_shown - states.keys():
+            if multiprocess:
+                self.circuit.labels(gone).set(0)
+            else:
+                self.circuit.remove(gone)
+        for name, state in states.items():
+            self.circuit.labels(name).set(CIRCUIT_VALUES[state])
+        self._circuits_shown = set(states)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format for a scrape, aggregated across workers in multiprocess mode."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from ..jsonio import dumps
-from .metrics import CIRCUIT_VALUES, Metrics
+from .metrics import Metrics
 from .tracing import NO_SPAN, PROVIDER_NAMES, Span, Tracing
 
 access_log = logging.getLogger("aigw.access")
@@ -152,7 +152,7 @@ class Telemetry:
         if record.route is not None:
             self._route(record.route).in_flight.inc()
 
-    def finish(self, record: RequestRecord, circuit: str | None = None) -> None:
+    def finish(self, record: RequestRecord) -> None:
         """Count the request once, however it ended."""
         if record.finished:
             return
@@ -190,8 +190,6 @@ class Telemetry:
         for failure in record.failures:
             metrics.upstream_failures.labels(failure.deployment, failure.provider,
                                              failure.error).inc()
-        if circuit is not None and record.deployment is not None:
-            metrics.circuit.labels(record.deployment).set(CIRCUIT_VALUES.get(circuit, 0))
         self._end_span(record)
         if not ACCESS_LOG.enabled():
             return

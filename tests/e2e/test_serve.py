@@ -14,7 +14,7 @@ import pytest
 
 from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, add_broken_route
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -262,3 +262,33 @@ def test_metrics_add_up_across_workers(gateway_dir: Path) -> None:
             assert float(line.rsplit(" ", 1)[1]) == 10.0
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_circuit_state_with_two_workers_is_each_workers_as_it_is_now(
+    gateway_dir: Path,
+) -> None:
+    """A scrape is answered by one worker from the shared metric files; every worker's
+    breakers are written there each second, so a circuit that has half-opened (by time,
+    with no request since) shows so, whichever worker answers."""
+    add_broken_route(gateway_dir, cooldown_s=4.0)
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        for _ in range(12):  # new connections: both workers get some, and open the circuit
+            httpx.post(f"{server.base_url}/v1/chat/completions",
+                       headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=30,
+                       json={"model": "broken", "messages": [{"role": "user", "content": "x"}]})
+        time.sleep(1.2)  # each worker has written its breakers since
+        for _ in range(8):  # both workers answer scrapes while it is open
+            assert _circuit_state(server, "broken") == 2.0
+        time.sleep(4.0)  # past the cooldown, and a second for every worker to write again
+        assert _circuit_state(server, "broken") == 1.0  # half-open: none is open now
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def _circuit_state(server: Server, deployment: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    line = next(line for line in text.splitlines()
+                if line.startswith(f'aigw_circuit_state{{deployment="{deployment}"}}'))
+    return float(line.rsplit(" ", 1)[1])

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
 from aigw.runtime.telemetry.record import ACCESS_LOG
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY, add_broken_route
 
 CHAT = "/v1/chat/completions"
 
@@ -102,3 +109,31 @@ async def test_served_access_lines_go_straight_to_their_stream_as_json(
     assert line["route"] == "fast" and line["status"] == 200 and line["key"] == "dev"
     assert abs(line["ts"] - time.time()) < 60
     assert "sk-aigw-dev" not in stream.getvalue()
+
+
+
+async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
+                                                       counter: TokenCounter) -> None:
+    """The metric follows the breaker, not the last request: an open circuit turns
+    half-open by time alone, and a deployment a reload removed leaves the metric."""
+    shipped = add_broken_route(gateway_dir, cooldown_s=0.3)
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {DEV_KEY}"}) as client:
+            failed = await client.post(CHAT, json={
+                "model": "broken", "messages": [{"role": "user", "content": "hi"}]})
+            assert failed.status_code >= 500, failed.text
+            text = (await client.get("/metrics")).text
+            assert _sample(text, "aigw_circuit_state", deployment="broken") == 2
+            await asyncio.sleep(0.4)  # past the cooldown, with no request in between
+            text = (await client.get("/metrics")).text
+            assert _sample(text, "aigw_circuit_state", deployment="broken") == 1
+            (gateway_dir / "gateway.yaml").write_text(shipped)
+            assert (await gateway.reload("test")).ok
+            text = (await client.get("/metrics")).text
+            assert 'aigw_circuit_state{deployment="broken"}' not in text
+            assert 'aigw_circuit_state{deployment="echo-small"} 0.0' in text
+    finally:
+        await gateway.aclose()

@@ -281,7 +281,7 @@ def test_circuit_state_with_two_workers_is_each_workers_as_it_is_now(
         time.sleep(1.2)  # each worker has written its breakers since
         for _ in range(8):  # both workers answer scrapes while it is open
             assert _circuit_state(server, "broken") == 2.0
-        time.sleep(4.0)  # past the cooldown, and a second for every worker to write again
+        time.sleep(5.0)  # past the cooldown, and a second for every worker to write again
         assert _circuit_state(server, "broken") == 1.0  # half-open: none is open now
     finally:
         assert server.stop() == 0, server.log

@@ -63,8 +63,12 @@ class Runner:
         # Lease releases under way: shielded from their execution's cancellation, so
         # ``stop`` waits for them before the store closes under them.
         self._releasing: set[asyncio.Task[None]] = set()
+        # Checked by every loop as well: a cancellation swallowed somewhere below (a
+        # client library catching it mid-command) must not leave stop() waiting forever.
+        self._stopping = False
 
     def start(self) -> None:
+        self._stopping = False
         self._loops = [asyncio.create_task(self._claim_loop(), name="aigw-runner-claim"),
                        asyncio.create_task(self._renew_loop(), name="aigw-runner-renew")]
         if self._retention_s is not None:
@@ -76,6 +80,7 @@ class Runner:
         self._wake.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in (*self._loops, *self.tasks.values()):
             task.cancel()
         await asyncio.gather(*self._loops, *self.tasks.values(), return_exceptions=True)
@@ -83,7 +88,7 @@ class Runner:
         await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._stopping:
             free = self._capacity - len(self.tasks)
             claimed: tuple[str, ...] = ()
             if free > 0:
@@ -143,7 +148,7 @@ class Runner:
                 events=(NewEvent("execution_failed", data={"error": error}),)), self._clock())
 
     async def _purge_loop(self, retention_s: float) -> None:
-        while True:
+        while not self._stopping:
             try:
                 purged = 0
                 while (batch := await self.store.purge(self._clock() - retention_s,
@@ -162,7 +167,7 @@ class Runner:
             await asyncio.sleep(self._purge_every_s)
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.lease_s / 3)
             for execution_id, task in list(self.tasks.items()):
                 try:

@@ -332,3 +332,43 @@ async def test_stop_waits_for_the_lease_releases_under_way(store: ExecutionStore
     released = await store.get(execution.id)
     assert released is not None and released.status is Status.SUCCEEDED
     assert released.owner is None
+
+
+class SwallowsCancellation:
+    """The store, with a purge that catches its cancellation and carries on (as client
+    libraries sometimes do, turning it into an error or a result)."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+        self.swallowing = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def purge(self, finished_before: float, limit: int) -> int:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if not self.swallowing:
+                raise
+        return 0
+
+
+async def test_stop_ends_the_runner_even_if_a_store_call_swallows_its_cancellation(
+    store: ExecutionStore,
+) -> None:
+    swallowing = SwallowsCancellation(store)
+    runner = Runner(swallowing, new_owner(), LEASE,  # type: ignore[arg-type]
+                    _never_run, lambda: NOW, poll_s=0.01, retention_s=60, purge_every_s=0.0)
+    runner.start()
+    await asyncio.sleep(0.02)  # in the middle of a purge
+    stopping = asyncio.create_task(runner.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    swallowing.swallowing = False  # so that a failure here does not hang the test run
+    if not done:
+        await runner.stop()
+    assert done, "stop() still waits for a loop that swallowed its cancellation"
+
+
+async def _never_run(_execution: Execution) -> Status:
+    raise AssertionError("nothing is queued")

@@ -229,9 +229,11 @@ class _Endpoints:
         metrics.publish_circuits()
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:
-            for status in await usage_api.declared_budgets(live):
-                metrics.budget_used.labels(status.scope.value, status.name).set(
-                    status.spent / status.amount if status.amount else float(status.spent > 0))
+            metrics.publish_budgets({
+                (status.scope.value, status.name):
+                    status.spent / status.amount if status.amount else float(status.spent > 0)
+                for status in await usage_api.declared_budgets(live)
+            })
         except StoreUnavailable:
             log.warning("budget use left out of /metrics: the store is unavailable")
         body, content_type = metrics.exposition()

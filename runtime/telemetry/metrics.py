@@ -116,7 +116,7 @@ class Metrics:
                              ["deployment"], registry=registry, multiprocess_mode="max")
         # This process's breakers (deployment -> state), published by publish_circuits.
         self.circuits: Callable[[], Mapping[str, str]] = dict
-        self._circuits_shown: set[str] = set()
+        self._circuits_shown: set[tuple[str, ...]] = set()
         self.servers = ServerGauges()
         registry.register(self.servers)
         self.served_restarts = Counter(
@@ -129,22 +129,18 @@ class Metrics:
         self.budget_used = Gauge("aigw_budget_used_ratio",
                                  "Share of a budget spent in its current period.",
                                  ["scope", "name"], registry=registry, multiprocess_mode="max")
+        self._budgets_shown: set[tuple[str, ...]] = set()
 
     def publish_circuits(self) -> None:
         """Set aigw_circuit_state from this process's breakers, as they are now (an open
-        circuit turns half-open by time alone, with no request to report it). A
-        deployment no longer in the graph leaves the metric; with several workers its
-        series stays, at 0, since their shared files cannot lose one."""
-        states = self.circuits()
-        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        for gone in self._circuits_shown - states.keys():
-            if multiprocess:
-                self.circuit.labels(gone).set(0)
-            else:
-                self.circuit.remove(gone)
-        for name, state in states.items():
-            self.circuit.labels(name).set(CIRCUIT_VALUES[state])
-        self._circuits_shown = set(states)
+        circuit turns half-open by time alone, with no request to report it)."""
+        self._circuits_shown = _publish(self.circuit, {
+            (name,): CIRCUIT_VALUES[state] for name, state in self.circuits().items()
+        }, self._circuits_shown)
+
+    def publish_budgets(self, used: Mapping[tuple[str, ...], float]) -> None:
+        """Set aigw_budget_used_ratio (by scope and name) from the store's figures."""
+        self._budgets_shown = _publish(self.budget_used, used, self._budgets_shown)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format for a scrape, aggregated across workers in multiprocess mode."""
@@ -154,3 +150,20 @@ class Metrics:
             registry.register(self.servers)  # this worker's view; not in the files
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _publish(
+    gauge: Gauge, values: Mapping[tuple[str, ...], float], shown: set[tuple[str, ...]]
+) -> set[tuple[str, ...]]:
+    """Set ``gauge`` to ``values``; a series shown before and absent now (a deployment or
+    a budget a reload removed) leaves the metric, or, with several workers, is set to 0:
+    their shared files cannot lose a series. Returns what is shown now."""
+    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    for gone in shown - values.keys():
+        if multiprocess:
+            gauge.labels(*gone).set(0)
+        else:
+            gauge.remove(*gone)
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
+    return set(values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .conftest import ClientFactory
 
 CHAT = "/v1/chat/completions"
@@ -139,3 +141,18 @@ async def test_metrics_show_each_declared_budgets_use(limited: ClientFactory) ->
     text = (await client("dev").get("/metrics")).text
     used = [line for line in text.splitlines() if line.startswith("aigw_budget_used_ratio{")]
     assert used == ['aigw_budget_used_ratio{name="eng",scope="team"} 0.12']
+
+
+async def test_a_budget_a_reload_removed_leaves_the_metrics(
+    limited: ClientFactory, tmp_path: Path
+) -> None:
+    client = await limited()
+    answered = await client("alice").post(CHAT, json=_ask("paid", max_tokens=5))
+    assert answered.status_code == 200
+    dev = client("dev")
+    assert 'aigw_budget_used_ratio{name="eng"' in (await dev.get("/metrics")).text
+    config = tmp_path / "gw0" / "gateway.yaml"
+    config.write_text(config.read_text().replace("    budget: {amount: 100, period: day}\n", ""))
+    reloaded = await dev.post("/admin/reload")
+    assert reloaded.status_code == 200 and reloaded.json()["ok"], reloaded.text
+    assert "aigw_budget_used_ratio{" not in (await dev.get("/metrics")).text

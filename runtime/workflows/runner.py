@@ -100,6 +100,8 @@ class Runner:
                 # The loop must outlive a bug: without it this gateway runs nothing more.
                 except Exception:
                     log.exception("runner %s: claiming work failed", self.owner)
+            if self._stopping:  # claimed as stop() began: left to expire, run elsewhere
+                break
             for execution_id in claimed:
                 if execution_id not in self.tasks:
                     log.info("runner %s took execution %s", self.owner, execution_id)

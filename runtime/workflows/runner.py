@@ -100,7 +100,9 @@ class Runner:
                 # The loop must outlive a bug: without it this gateway runs nothing more.
                 except Exception:
                     log.exception("runner %s: claiming work failed", self.owner)
-            if self._stopping:  # claimed as stop() began: left to expire, run elsewhere
+            if self._stopping:  # claimed as stop() began: let go at once, not run here
+                for execution_id in claimed:
+                    await self._release(execution_id)
                 break
             for execution_id in claimed:
                 if execution_id not in self.tasks:

@@ -372,3 +372,36 @@ async def test_stop_ends_the_runner_even_if_a_store_call_swallows_its_cancellati
 
 async def _never_run(_execution: Execution) -> Status:
     raise AssertionError("nothing is queued")
+
+
+class ClaimSwallowsCancellation(SwallowsCancellation):
+    """...and a claim that does too, then takes what is queued."""
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int) -> tuple[str, ...]:
+        await self.purge(now, limit)  # the swallowing wait
+        claimed: tuple[str, ...] = await self._store.claim(owner, lease_s, now, limit)
+        return claimed
+
+
+async def test_what_is_claimed_as_stop_begins_is_let_go_not_run(store: ExecutionStore) -> None:
+    swallowing = ClaimSwallowsCancellation(store)
+    ran: list[str] = []
+
+    async def run(execution: Execution) -> Status:
+        ran.append(execution.id)
+        return Status.SUCCEEDED
+
+    runner = Runner(swallowing, new_owner(), LEASE, run,  # type: ignore[arg-type]
+                    lambda: NOW, poll_s=0.01)
+    runner.start()
+    await asyncio.sleep(0.02)  # the claim loop is in its swallowing wait
+    execution, _ = await store.create(_new(), NOW)
+    stopping = asyncio.create_task(runner.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    swallowing.swallowing = False
+    if not done:
+        await runner.stop()
+    assert done and ran == []
+    left = await store.get(execution.id)
+    assert left is not None and left.owner is None and left.status is Status.QUEUED
+    assert execution.id in await store.claim(new_owner(), LEASE, NOW, 10)  # for the next

@@ -130,6 +130,15 @@ class InternalError(GatewayError):
     status = 500
 
 
+class Cancelled(GatewayError):
+    """The caller stopped waiting (an execution stopped mid-call): recorded as 499, as
+    web servers log a request whose client went away; never sent to a client."""
+
+    status = 499
+    error_type = "api_error"
+    code = "cancelled"
+
+
 class NotImplementedRoute(GatewayError):
     status = 501
     error_type = "invalid_request_error"

@@ -10,6 +10,7 @@ models a pipeline's author chose, so it does not apply inside a pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
-from ..errors import GatewayError
+from ..errors import Cancelled, GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
 from .engine import HttpAnswer, ModelAnswer, StepFailed
@@ -56,6 +57,12 @@ class GatewayModels:
             served, result = await exchange.complete()
         except GatewayError as exc:
             await exchange.fail(exc)
+            raise
+        except asyncio.CancelledError:
+            # The execution was stopped mid-call (a shutdown, a lost lease): give its hold
+            # back and write its ledger record now, shielded from a second cancellation,
+            # rather than leave the hold to expire and the call unrecorded.
+            await asyncio.shield(exchange.fail(Cancelled("the execution stopped mid-call")))
             raise
         finally:
             live.telemetry.finish(record)

@@ -97,3 +97,28 @@ async def test_a_request_after_shutdown_starts_nothing(serve: Serve) -> None:
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "store_unavailable"
     assert served.workflows._runner is None and served.workflows._store is None
+
+
+SLOW_CALL = """
+input: {type: object}
+steps:
+  only: {kind: llm, model: fast, prompt: "one two three four five six seven eight"}
+output: "{{ steps.only }}"
+"""
+
+
+async def test_a_model_call_cut_by_a_stop_is_recorded_as_cancelled(serve: Serve) -> None:
+    """Stopped mid-call, the call's hold is given back and its ledger record written
+    then (status 499), not left to expire unrecorded."""
+    served = await serve({"slow": SLOW_CALL}, latency=SLOW_ECHO)  # 8 tokens: 640 ms
+    started = await served.start("slow", {})
+    for _ in range(500):
+        if any(e["type"] == "step_started" for e in await served.events(started["id"])):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the model call is under way
+    await served.workflows.stop()
+    spend = await served.http.get("/admin/spend?group_by=route")
+    assert spend.status_code == 200, spend.text
+    rows = spend.json()["data"]
+    assert [(row["route"], row["requests"], row["errors"]) for row in rows] == [("fast", 1, 1)]

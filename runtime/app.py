@@ -207,6 +207,10 @@ class _Endpoints:
             await exchange.fail(exc)
             live.telemetry.finish(record)
             raise
+        except asyncio.CancelledError:  # a shutdown past its grace period
+            await exchange.cancelled()
+            live.telemetry.finish(record)
+            raise
         if not record.stream:  # a stream's record is finished when the stream ends
             live.telemetry.finish(record)
         return response

@@ -14,6 +14,7 @@ the ledger and metrics behave the same whichever SDK the app uses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +34,7 @@ from .admission import (
 )
 from .chat import Plan, Served, close_deltas, complete, prepare, stream
 from .chat_request import ChatRequest
-from .errors import BudgetExceeded, GatewayError, StoreUnavailable
+from .errors import BudgetExceeded, Cancelled, GatewayError, StoreUnavailable
 from .live import Live
 from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult, Usage
@@ -232,6 +233,13 @@ class Exchange:
             except StoreUnavailable:
                 log.error("could not settle %s: the store is unavailable", record.request_id)
         await self._write_ledger()
+
+    async def cancelled(self) -> None:
+        """Cancelled before it was served (a shutdown past its grace, an execution
+        stopped mid-call): give the hold back and write the ledger record now, as 499,
+        shielded from a further cancellation, rather than leave the hold to expire and
+        the request unrecorded."""
+        await asyncio.shield(self.fail(Cancelled("the request was cancelled")))
 
     async def fail(self, error: GatewayError) -> None:
         """Release the hold and record a failed request (once)."""

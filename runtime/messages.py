@@ -19,6 +19,7 @@ OpenAI-shaped results:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -86,6 +87,10 @@ async def create_message(
         record.status = response.status_code
         live.telemetry.finish(record)
         return response
+    except asyncio.CancelledError:  # a shutdown past its grace period
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
     if not record.stream:  # a stream's record is finished when the stream ends
         live.telemetry.finish(record)
     return response

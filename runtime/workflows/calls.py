@@ -22,7 +22,7 @@ from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
-from ..errors import Cancelled, GatewayError
+from ..errors import GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
 from .engine import HttpAnswer, ModelAnswer, StepFailed
@@ -58,11 +58,8 @@ class GatewayModels:
         except GatewayError as exc:
             await exchange.fail(exc)
             raise
-        except asyncio.CancelledError:
-            # The execution was stopped mid-call (a shutdown, a lost lease): give its hold
-            # back and write its ledger record now, shielded from a second cancellation,
-            # rather than leave the hold to expire and the call unrecorded.
-            await asyncio.shield(exchange.fail(Cancelled("the execution stopped mid-call")))
+        except asyncio.CancelledError:  # the execution stopped (a shutdown, a lost lease)
+            await exchange.cancelled()
             raise
         finally:
             live.telemetry.finish(record)

@@ -137,3 +137,34 @@ async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
             assert 'aigw_circuit_state{deployment="echo-small"} 0.0' in text
     finally:
         await gateway.aclose()
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages"])
+async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
+    gateway_dir: Path, counter: TokenCounter, path: str
+) -> None:
+    """Cancelled while its upstream call runs (as a shutdown past its grace cancels it),
+    a request still gets its ledger record and its count, as 499."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 80}}"))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {DEV_KEY}"}) as client:
+            words = "one two three four five six seven eight"  # 640 ms to answer
+            call = asyncio.create_task(client.post(path, json={
+                "model": "echo", "max_tokens": 100,
+                "messages": [{"role": "user", "content": words}]}))
+            await asyncio.sleep(0.2)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            spend = (await client.get("/admin/spend?group_by=route")).json()["data"]
+            assert [(row["route"], row["requests"], row["errors"]) for row in spend] == [
+                ("echo", 1, 1)]
+            text = (await client.get("/metrics")).text
+            assert _sample(text, "aigw_requests_total", route="echo", status="499") == 1
+    finally:
+        await gateway.aclose()

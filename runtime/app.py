@@ -197,21 +197,32 @@ class _Endpoints:
         self.pipelines = pipelines
 
     async def chat(self, request: Request) -> Response:
+        return await self._exchanged(request, "chat",
+                                     partial(chat_completions, pipelines=self.pipelines))
+
+    async def _exchanged(
+        self, request: Request, endpoint: str,
+        answer: Callable[[Exchange, bytes], Awaitable[Response]],
+    ) -> Response:
+        """``answer``'s response to the request's body. Failed or cancelled (a shutdown
+        past its grace), the request's hold is given back and its ledger record written
+        here; served, ``answer`` settled it, and a stream's record is finished when the
+        stream ends."""
         live = _live(request)
-        record = new_record(live, "chat")
+        record = new_record(live, endpoint)
         exchange = Exchange(live, record, request.headers, lambda: self.gateway.live)
         try:
             body = await read_body(request, live.graph.settings.max_request_bytes)
-            response = await chat_completions(exchange, body, self.pipelines)
+            response = await answer(exchange, body)
         except GatewayError as exc:
             await exchange.fail(exc)
             live.telemetry.finish(record)
             raise
-        except asyncio.CancelledError:  # a shutdown past its grace period
+        except asyncio.CancelledError:
             await exchange.cancelled()
             live.telemetry.finish(record)
             raise
-        if not record.stream:  # a stream's record is finished when the stream ends
+        if not record.stream:
             live.telemetry.finish(record)
         return response
 
@@ -244,9 +255,7 @@ class _Endpoints:
         return Response(body, media_type=content_type)
 
     async def embeddings(self, request: Request) -> Response:
-        live = _live(request)
-        body = await read_body(request, live.graph.settings.max_request_bytes)
-        return await embeddings(live, request.headers, body)
+        return await self._exchanged(request, "embeddings", embeddings)
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped

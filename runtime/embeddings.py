@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
+from .admission import check_route_allowed
 from .auth import authenticate
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
+from .exchange import Exchange
 from .live import Live
 from .policy_request import authorize_route
 from .providers.base import EmbeddingCall, EmbeddingResult
@@ -32,7 +33,11 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
+async def embeddings(exchange: Exchange, body: bytes) -> Response:
+    """Counted against the key's (its team's, the end user's) rpm, tpm and budget, and
+    written to the spend ledger, as a chat completion is: ``exchange`` holds the limits,
+    and the caller settles or releases them with the request's outcome."""
+    live, headers, record = exchange.live, exchange.headers, exchange.record
     key = authenticate(live.graph, headers)
     try:
         request = EmbeddingRequest.model_validate_json(body)
@@ -40,11 +45,17 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
         raise bad_request(exc) from exc
     inputs = _texts(request, live)
     route = resolve_route(live.graph, request.model)
+    check_route_allowed(key, route)
     prompt_tokens = sum(live.counter.count(text) for text in inputs)
     longest = max((live.counter.count(text) for text in inputs), default=0)
+    record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
+    live.telemetry.started(record)
     user = request.user or headers.get(live.graph.settings.user_header) or None
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
     denied = gate.deny(route.candidates)
+    await exchange.admit(key, user, prompt_tokens, max(
+        (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
+        default=0.0))
     tried: list[str] = []
     last_error: UpstreamError | None = None
     for deployment in route.candidates:
@@ -70,6 +81,10 @@ async def embeddings(live: Live, headers: Headers, body: bytes) -> Response:
             if not exc.retryable:
                 raise
             continue
+        record.deployment, record.provider = deployment.name, deployment.provider.name
+        record.prompt_tokens = result.prompt_tokens
+        record.cost = deployment.price.cost(result.prompt_tokens, 0)
+        await exchange.close()
         return JSONResponse(
             _body(result, request.encoding_format),
             headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name},

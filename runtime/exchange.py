@@ -97,6 +97,16 @@ class Exchange:
             self._storing = may_store(self.headers)
         return plan
 
+    async def admit(self, key: ApiKey, user: str | None, tokens: int, cost: float) -> None:
+        """Hold ``key``'s limits (its team's and the end user's too) for a request that
+        is not a chat completion (embeddings); ``close`` settles it, ``fail`` gives it back."""
+        record = self.record
+        record.key, record.team = key.name, key.team.name if key.team else None
+        record.user = self.user = user
+        self._key_name = key.name
+        store = await self.live.store.get()
+        self.admission = await admit(store, record, subject_limits(key, user), tokens, cost)
+
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}
 

@@ -34,12 +34,15 @@ deployments:
          price: {{input: 1000000, output: 1000000}}}}
   quota-1: {{provider: local, model: q1, context_window: 100000, limits: {{rpm: 1}}}}
   quota-2: {{provider: local, model: q2, context_window: 100000}}
+  vectors: {{provider: local, model: embed-1, kind: embeddings, context_window: 8192,
+            price: {{input: 1000000, output: 0}}}}
 groups:
   quotas: {{members: [quota-1, quota-2]}}
 routes:
   paid: {{deployment: paid}}
   free: {{deployment: quota-2}}
   quotas: {{group: quotas}}
+  vectors: {{deployment: vectors}}
 teams:
   eng:
     budget: {{amount: 100, period: day}}

@@ -156,3 +156,28 @@ async def test_a_budget_a_reload_removed_leaves_the_metrics(
     reloaded = await dev.post("/admin/reload")
     assert reloaded.status_code == 200 and reloaded.json()["ok"], reloaded.text
     assert "aigw_budget_used_ratio{" not in (await dev.get("/metrics")).text
+
+
+async def test_embeddings_are_limited_budgeted_and_recorded(limited: ClientFactory) -> None:
+    """An embeddings request counts against the key's rpm and its team's budget, and is
+    in the spend ledger, priced, like a chat completion."""
+    client = await limited()
+    alice = client("alice")  # rpm 3; team eng: a budget of 100 a day
+    ask = {"model": "vectors", "input": "one two three"}
+    for _ in range(3):
+        answered = await alice.post("/v1/embeddings", json=ask)
+        assert answered.status_code == 200, answered.text
+    refused = await alice.post("/v1/embeddings", json=ask)
+    assert refused.status_code == 429, refused.text
+    spend = (await client("dev").get("/admin/spend?group_by=route")).json()["data"]
+    vectors = next(row for row in spend if row["route"] == "vectors")
+    assert (vectors["requests"], vectors["errors"]) == (4, 1)
+    assert vectors["tokens_in"] == 9 and vectors["cost"] == 9  # 3 tokens at 1 a token
+    budgets = (await client("dev").get("/admin/budgets")).json()["data"]
+    assert next(b for b in budgets if b["name"] == "eng")["spent"] == 9
+
+
+async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> None:
+    bob = (await limited())("bob")  # routes: [free]
+    refused = await bob.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
+    assert refused.status_code == 403, refused.text

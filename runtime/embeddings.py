@@ -43,17 +43,18 @@ async def embeddings(exchange: Exchange, body: bytes) -> Response:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
+    user = request.user or headers.get(live.graph.settings.user_header) or None
+    exchange.identify(key, user)
     inputs = _texts(request, live)
     route = resolve_route(live.graph, request.model)
-    check_route_allowed(key, route)
     prompt_tokens = sum(live.counter.count(text) for text in inputs)
     longest = max((live.counter.count(text) for text in inputs), default=0)
     record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
     live.telemetry.started(record)
-    user = request.user or headers.get(live.graph.settings.user_header) or None
+    check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
     denied = gate.deny(route.candidates)
-    await exchange.admit(key, user, prompt_tokens, max(
+    await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
     tried: list[str] = []

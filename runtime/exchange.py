@@ -97,15 +97,21 @@ class Exchange:
             self._storing = may_store(self.headers)
         return plan
 
-    async def admit(self, key: ApiKey, user: str | None, tokens: int, cost: float) -> None:
-        """Hold ``key``'s limits (its team's and the end user's too) for a request that
-        is not a chat completion (embeddings); ``close`` settles it, ``fail`` gives it back."""
+    def identify(self, key: ApiKey, user: str | None) -> None:
+        """Whose request this is (for the ledger record, a refusal's too), for a request
+        that is not a chat completion (embeddings); ``open`` does this for a chat."""
         record = self.record
         record.key, record.team = key.name, key.team.name if key.team else None
         record.user = self.user = user
         self._key_name = key.name
+
+    async def admit(self, key: ApiKey, tokens: int, cost: float) -> None:
+        """Hold ``key``'s limits (its team's and the end user's too) for an identified
+        request that is not a chat completion; ``close`` settles it, ``fail`` gives it
+        back."""
         store = await self.live.store.get()
-        self.admission = await admit(store, record, subject_limits(key, user), tokens, cost)
+        self.admission = await admit(store, self.record, subject_limits(key, self.user),
+                                     tokens, cost)
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}

@@ -178,6 +178,10 @@ async def test_embeddings_are_limited_budgeted_and_recorded(limited: ClientFacto
 
 
 async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> None:
-    bob = (await limited())("bob")  # routes: [free]
+    client = await limited()
+    bob = client("bob")  # routes: [free]
     refused = await bob.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
     assert refused.status_code == 403, refused.text
+    spend = (await client("dev").get("/admin/spend?group_by=key,route")).json()["data"]
+    assert [(row["key"], row["route"], row["requests"], row["errors"]) for row in spend] == [
+        ("bob", "vectors", 1, 1)]  # the refusal is in the ledger, as a chat's is

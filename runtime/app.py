@@ -109,10 +109,8 @@ async def _publish_circuits(gateway: Gateway) -> None:
     shows every worker's circuits as they are, not as the last request each served
     left them."""
     while True:
-        metrics = gateway.live.telemetry.metrics
-        metrics.circuits = gateway.routing.circuits
         try:
-            metrics.publish_circuits()
+            gateway.telemetry.metrics.publish_circuits()
         except Exception:  # the loop must outlive a bug, or the metric goes stale again
             log.exception("publishing the circuit states to /metrics failed")
         await asyncio.sleep(CIRCUITS_PUBLISHED_EVERY_S)
@@ -238,9 +236,6 @@ class _Endpoints:
     async def metrics(self, request: Request) -> Response:
         live = _live(request)
         metrics = live.telemetry.metrics
-        routing = live.routing
-        metrics.servers.source = routing.snapshot
-        metrics.circuits = routing.circuits
         metrics.publish_circuits()
         # Budget use is read at scrape time, not per request: the store has the figures.
         try:

@@ -43,8 +43,8 @@ async def embeddings(exchange: Exchange, body: bytes) -> Response:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
-    user = request.user or headers.get(live.graph.settings.user_header) or None
-    exchange.identify(key, user)
+    exchange.identify(key, request.user)
+    user = exchange.user
     inputs = _texts(request, live)
     route = resolve_route(live.graph, request.model)
     prompt_tokens = sum(live.counter.count(text) for text in inputs)

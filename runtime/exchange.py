@@ -79,10 +79,7 @@ class Exchange:
 
     async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
         record, live = self.record, self.live
-        record.key, record.team = key.name, key.team.name if key.team else None
-        self._key_name = key.name
-        self.user = request.user or self.headers.get(live.graph.settings.user_header) or None
-        record.user = self.user
+        self.identify(key, request.user)
         plan = prepare(live, request, self.headers, record, route)
         check_route_allowed(key, plan.route)
         limits = subject_limits(key, self.user)
@@ -98,11 +95,12 @@ class Exchange:
         return plan
 
     def identify(self, key: ApiKey, user: str | None) -> None:
-        """Whose request this is (for the ledger record, a refusal's too), for a request
-        that is not a chat completion (embeddings); ``open`` does this for a chat."""
+        """Whose request this is (for the ledger record, a refusal's too): ``key``, its
+        team, and the end user the body names (``user``) or the user header does."""
         record = self.record
         record.key, record.team = key.name, key.team.name if key.team else None
-        record.user = self.user = user
+        self.user = user or self.headers.get(self.live.graph.settings.user_header) or None
+        record.user = self.user
         self._key_name = key.name
 
     async def admit(self, key: ApiKey, tokens: int, cost: float) -> None:

@@ -123,6 +123,10 @@ class Gateway:
             raise ConfigError(result)
         self.routing = routing or RoutingState()
         self.telemetry = Telemetry()
+        # Read at scrape time (and, with workers, published each second): both live as
+        # long as the gateway, across reloads.
+        self.telemetry.metrics.servers.source = self.routing.snapshot
+        self.telemetry.metrics.circuits = self.routing.circuits
         settings = result.graph.settings
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,

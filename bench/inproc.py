@@ -1,0 +1,235 @@
+"""The gateway's own CPU per request, in process: no HTTP server, no load generator.
+
+Run: python bench/inproc.py [--requests 20000] [--concurrency 32] [--lean]
+     python bench/inproc.py --base REF [--rounds 4]     (A/B: REF against the working tree)
+     python bench/inproc.py --calls                      (Python calls a request, cProfile)
+
+Why: under wrk (bench/ab.py) the same code measures 13% apart from one round to the
+next, because hypercorn, h11, wrk and the kernel's loopback all share the two cores.
+Here the app is called as hypercorn calls it (an ASGI scope, a receive that gives the
+body, a send that takes the response), ``--concurrency`` requests at a time on uvloop,
+pinned to core 0, against bench/upstream.py on core 1. What is measured is this
+process's CPU (every thread: the SQLite writer's too) per request, over
+``--requests`` requests after a warm-up: aigw's request path, its upstream client
+(aiohttp) and Starlette's request object, with every stage on as in bench/run.py's
+"aigw, every stage on" (``--lean``: configured as LiteLLM). The HTTP server's share
+(hypercorn and h11, about 40% under wrk) is not in it, so a saving here is a larger
+share of this figure than of a wrk run's.
+
+With ``--base REF`` each round runs REF's code (laid out as bench/ab.py does) and the
+working tree's in fresh processes, order alternating, and prints both means.
+``--calls`` counts the Python function calls of one request (deterministic: compare it
+across revisions when time is too noisy to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import targets
+
+Message = dict[str, Any]
+App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]],
+                Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+BODY = (b'{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark."}],'
+        b'"max_tokens":16}')
+
+
+def scope_for(body: bytes) -> dict[str, Any]:
+    """The scope hypercorn gives a POST /v1/chat/completions like wrk_chat.lua's."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:4000"), (b"content-type", b"application/json"),
+                    (b"authorization", b"Bearer " + targets.DEV_KEY.encode()),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 4000), "extensions": {},
+    }
+
+
+async def one_request(app: App) -> int:
+    """One request through the app; its status."""
+    sent = False
+    status = 0
+    finished = asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": BODY, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            finished.set()
+
+    await app(scope_for(BODY), receive, send)
+    return status
+
+
+async def drive(app: App, requests: int, concurrency: int) -> int:
+    """``requests`` requests, ``concurrency`` at a time; how many failed."""
+    remaining = requests
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal remaining, failed
+        while remaining > 0:
+            remaining -= 1
+            if await one_request(app) != 200:
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return failed
+
+
+async def measured(root: Path, requests: int, concurrency: int, calls: bool) -> dict[str, Any]:
+    from aigw.runtime import heap
+    from aigw.runtime.app import create_app
+    from aigw.runtime.live import Gateway
+    from aigw.runtime.tokens import TokenCounter
+
+    gateway = Gateway(root, TokenCounter())
+    app: App = create_app(gateway)  # type: ignore[assignment]
+    try:
+        warm = await drive(app, min(2000, requests), concurrency)
+        heap.freeze()  # as aigw serve does once it is up
+        if calls:
+            profile = cProfile.Profile()
+            profile.enable()
+            failed = await drive(app, 200, 1)
+            profile.disable()
+            stats = pstats.Stats(profile)
+            return {"calls_per_request": stats.total_calls / 200,  # type: ignore[attr-defined]
+                    "failed": failed + warm}
+        threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
+        failed = await drive(app, requests, concurrency)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        after = _thread_cpu()
+        main_thread = after.get(os.getpid(), 0.0) - threads.get(os.getpid(), 0.0)
+    finally:
+        await gateway.aclose()
+    return {"cpu_us": cpu / requests * 1e6, "requests_per_s": requests / wall,
+            "other_threads_us": (cpu - main_thread) / requests * 1e6, "failed": failed + warm}
+
+
+def _thread_cpu() -> dict[int, float]:
+    """Each thread's CPU seconds (user + system), from /proc: the event loop's thread is
+    the one whose id is the process's."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def child(args: argparse.Namespace) -> None:
+    """Measure in this process and print one JSON line."""
+    if targets.can_pin():
+        os.sched_setaffinity(0, {int(targets.SERVER_CORE)})
+    try:
+        import uvloop
+        run: Callable[..., Any] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    result = run(measured(Path(args.root), args.requests, args.concurrency, args.calls))
+    print(json.dumps(result), flush=True)
+
+
+def gateway_dir(work: Path, upstream_port: int, lean: bool) -> Path:
+    root = work / ("aigw-lean" if lean else "aigw")
+    root.mkdir()
+    (root / "gateway.yaml").write_text(targets.aigw_config(upstream_port, lean))
+    if not lean:
+        shutil.copytree(targets.REPO / "policies", root / "policies")
+    return root
+
+
+def spawn(args: argparse.Namespace, root: Path, env: dict[str, str]) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", "--root", str(root),
+               "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+    if args.calls:
+        command.append("--calls")
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
+                          cwd=root.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"the measuring process failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["failed"]:
+        raise RuntimeError(f"{result['failed']} requests failed: {result}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--lean", action="store_true", help="aigw configured as LiteLLM")
+    parser.add_argument("--base", help="A/B: this git revision (A) against the working tree")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--calls", action="store_true",
+                        help="count the Python calls of a request instead of timing")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    from ab import base_tree
+
+    with tempfile.TemporaryDirectory(prefix="aigw-inproc-") as scratch:
+        work = Path(scratch)
+        upstream = targets.start_upstream(work, 1.0, 8, 1.0)
+        envs = {"B": {}} if args.base is None else {
+            "A": {"PYTHONPATH": str(base_tree(args.base, work))}, "B": {}}
+        rounds = 1 if args.calls else args.rounds
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in envs}
+        try:
+            for number in range(rounds):
+                order = sorted(envs, reverse=number % 2 == 0)
+                for name in order:
+                    round_dir = work / f"{name}{number}"
+                    round_dir.mkdir()
+                    result = spawn(args, gateway_dir(round_dir, upstream.port, args.lean),
+                                   envs[name])
+                    results[name].append(result)
+                    print(f"round {number + 1} {name}: {json.dumps(result)}", flush=True)
+        finally:
+            upstream.stop()
+    for name, rows in results.items():
+        label = args.base if name == "A" else "working tree"
+        if args.calls:
+            print(f"{name} ({label}): {rows[0]['calls_per_request']:.1f} Python calls a request")
+            continue
+        cpu = [row["cpu_us"] for row in rows]
+        print(f"{name} ({label}): CPU µs a request: median {statistics.median(cpu):,.0f}, "
+              f"mean {statistics.mean(cpu):,.0f} over {len(cpu)} rounds "
+              f"({', '.join(f'{c:,.0f}' for c in cpu)}); in-process requests/s, mean "
+              f"{statistics.mean(row['requests_per_s'] for row in rows):,.0f}")
+
+
+if __name__ == "__main__":
+    main()

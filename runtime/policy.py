@@ -32,8 +32,8 @@ from aigw.compiler.graph import ApiKey, Deployment, Graph
 from .errors import Forbidden
 from .policy_keys import (
     CedarContext,
+    ContextEncoder,
     compile_comparison,
-    encode_context,
     mentions_resource,
     plain,
 )
@@ -72,6 +72,12 @@ class Facts:
     intent: str = ""
     tags: tuple[str, ...] = ()
     hour_of_day: int = field(default_factory=lambda: time.gmtime().tm_hour)
+
+    def with_budget(self, remaining: float | None) -> Facts:
+        """These facts with ``budget_remaining`` read (built, not ``dataclasses.replace``d:
+        this runs once a request)."""
+        return Facts(self.route, self.estimated_tokens, self.max_tokens, self.stream,
+                     self.latency_sla_ms, remaining, self.intent, self.tags, self.hour_of_day)
 
     def values(self) -> dict[str, Any]:
         return {
@@ -155,6 +161,7 @@ class PolicyEngine:
             for name, attributes in self.authorization.deployment_attributes.items()
         }
         self._meanings: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
+        self._encoder = ContextEncoder(reads)
         self._contexts: OrderedDict[tuple[object, ...], CedarContext] = OrderedDict()
         self._outcomes: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
         self._isolated = reads.live_isolated
@@ -168,12 +175,11 @@ class PolicyEngine:
         return self.authorization.enforced
 
     def context(self, facts: Facts) -> CedarContext:
-        reads = self.authorization.reads
         values = facts.values()
-        raw = tuple(values[name] for name in sorted(reads.context))
+        raw = tuple(values[name] for name in self._encoder.names)
         found = self._contexts.get(raw)
         if found is None:
-            found = encode_context(values, reads)
+            found = self._encoder.encode(values)
             _remember(self._contexts, raw, found, _CACHE_JSON)
         return found
 

@@ -10,7 +10,6 @@ decision, so the second one does not ask Cedar.
 
 from __future__ import annotations
 
-import functools
 import json
 import operator
 from collections.abc import Callable, Mapping
@@ -45,40 +44,47 @@ class CedarContext:
 
 def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
     """The context with only the fields some policy reads (budget None: no budget)."""
-    record: dict[str, Any] = {}
-    exact: list[str] = []
-    comparable: dict[str, Any] = {}
-    for name in sorted(reads.context):
-        value = values.get(name)
-        if name == "budget_remaining" and value is None:
-            encoded = cedar_decimal(float("inf"))
-        else:
-            encoded = encode_value(CONTEXT[name], value)
-        record[name] = encoded
-        comparable[f"context.{name}"] = plain(encoded)
-        if f"context.{name}" not in reads.compared:
-            exact.append(json.dumps(encoded, sort_keys=True))
-    own = tuple(evaluate(comparable, _NO_RESOURCE) for evaluate in _context_only(reads))
-    versus = tuple(comparable.get(name) for name in _versus_resource(reads))
-    return CedarContext(dumps(record).decode(), (*exact, own), comparable, versus)
+    return ContextEncoder(reads).encode(values)
+
+
+class ContextEncoder:
+    """``encode_context`` for one policy set: what it reads, in which form and through
+    which comparisons is worked out once (per engine), not on every request."""
+
+    def __init__(self, reads: Reads) -> None:
+        self.names = tuple(sorted(reads.context))
+        # (field, "context.field", its Cedar type, whether its exact value is in the key)
+        self._fields = tuple(
+            (name, f"context.{name}", CONTEXT[name], f"context.{name}" not in reads.compared)
+            for name in self.names
+        )
+        self._own = tuple(compile_comparison(item) for item in reads.comparisons
+                          if not mentions_resource(item))
+        self._versus = tuple(sorted({value for item in reads.comparisons
+                                     if mentions_resource(item)
+                                     for kind, value in item[1:]
+                                     if kind == "field" and value.startswith("context.")}))
+
+    def encode(self, values: Mapping[str, Any]) -> CedarContext:
+        record: dict[str, Any] = {}
+        exact: list[str] = []
+        comparable: dict[str, Any] = {}
+        for name, qualified, kind, keyed in self._fields:
+            value = values.get(name)
+            if name == "budget_remaining" and value is None:
+                encoded = cedar_decimal(float("inf"))
+            else:
+                encoded = encode_value(kind, value)
+            record[name] = encoded
+            comparable[qualified] = plain(encoded)
+            if keyed:
+                exact.append(json.dumps(encoded, sort_keys=True))
+        own = tuple(evaluate(comparable, _NO_RESOURCE) for evaluate in self._own)
+        versus = tuple(comparable.get(name) for name in self._versus)
+        return CedarContext(dumps(record).decode(), (*exact, own), comparable, versus)
 
 
 _NO_RESOURCE: Mapping[str, Any] = {}
-
-
-@functools.lru_cache(maxsize=16)
-def _versus_resource(reads: Reads) -> tuple[str, ...]:
-    """The context fields of the comparisons that also name a resource attribute."""
-    return tuple(sorted({value for item in reads.comparisons if mentions_resource(item)
-                         for kind, value in item[1:]
-                         if kind == "field" and value.startswith("context.")}))
-
-
-@functools.lru_cache(maxsize=16)
-def _context_only(reads: Reads) -> tuple[Outcome, ...]:
-    """The comparisons that read no resource, compiled once per policy set (not per request)."""
-    return tuple(compile_comparison(item) for item in reads.comparisons
-                 if not mentions_resource(item))
 
 
 def plain(encoded: Any) -> Any:

@@ -7,7 +7,6 @@ budget is read from the limits store only when some policy reads it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -92,7 +91,7 @@ async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,
         try:
             store = store or await live.store.get()
             found = await budget_remaining(store, tuple(limits or subject_limits(key, user)))
-            facts = dataclasses.replace(facts, budget_remaining=found)
+            facts = facts.with_budget(found)
         except StoreUnavailable:
             log.warning("budget unknown for the policy context: the store is unavailable")
     who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"

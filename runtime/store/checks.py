@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .values import (
@@ -74,10 +74,11 @@ class BudgetCheck:
     period_key: str
     amount_nanos: int
     resets_at: float | None
+    # (scope, name, period_key): the stores' key for it, read several times a request
+    counter: tuple[str, str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def counter(self) -> tuple[str, str, str]:
-        return (self.scope.value, self.name, self.period_key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counter", (self.scope.value, self.name, self.period_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +149,61 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
     if tokens < 0 or cost < 0:
         raise ValueError("tokens and cost of a reservation cannot be negative")
     scopes = tuple(limits)
-    bucket_slots, budget_slots = _shape(scopes)
+    shape = _shape(scopes)
     buckets = tuple(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
-                    for fixed, scope, name, cap in bucket_slots)
-    budgets: list[BudgetCheck] = []
-    for scope, name, period, amount in budget_slots:
-        key, resets_at = _calendar(period, now)
-        budgets.append(BudgetCheck(scope, name, period, key, amount, resets_at))
-    return Plan(scopes, tokens, to_nanos(cost), buckets, tuple(budgets))
+                    for fixed, scope, name, cap in shape.buckets)
+    return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now))
+
+
+def budget_checks(limits: Sequence[Limits], now: float) -> tuple[BudgetCheck, ...]:
+    """The budget counters of these scopes in the periods containing ``now``."""
+    return _shape(tuple(limits)).budget_checks(now)
 
 
 _BucketSlot = tuple[BucketCheck | None, Scope, str, int]  # a fixed check, or a tpm to fill in
 _BudgetSlot = tuple[Scope, str, Period, int]
-_Shape = tuple[tuple[_BucketSlot, ...], tuple[_BudgetSlot, ...]]
+
+
+class _Shape:
+    """The checks of some limits that do not depend on the request, in the caller's
+    order: each rpm check as it is, each tpm check's bucket, each budget's counter and
+    amount; and the budget checks of the current periods, kept until a period ends."""
+
+    __slots__ = ("_current", "_from", "_keys", "_until", "buckets", "budgets")
+
+    def __init__(self, buckets: tuple[_BucketSlot, ...], budgets: tuple[_BudgetSlot, ...]):
+        self.buckets = buckets
+        self.budgets = budgets
+        self._current: tuple[BudgetCheck, ...] = ()
+        self._keys: tuple[str, ...] | None = None  # their period keys
+        # They hold from the latest start of their periods until the first end.
+        self._from, self._until = math.inf, -math.inf
+
+    def budget_checks(self, now: float) -> tuple[BudgetCheck, ...]:
+        if self._from <= now < self._until:
+            return self._current
+        checks: list[BudgetCheck] = []
+        for scope, name, period, amount in self.budgets:
+            key, resets_at = _calendar(period, now)
+            checks.append(BudgetCheck(scope, name, period, key, amount, resets_at))
+        self._current = tuple(checks)
+        self._keys = tuple(check.period_key for check in checks)
+        self._from = max((period_start(c.period, c.period_key) for c in checks),
+                         default=-math.inf)
+        self._until = min((c.resets_at for c in checks if c.resets_at is not None),
+                          default=math.inf)
+        return self._current
+
+    def checks_in(self, periods: tuple[str, ...]) -> tuple[BudgetCheck, ...]:
+        """The budget checks of the periods named (a reservation's, for its settle)."""
+        if periods == self._keys:
+            return self._current
+        return tuple(BudgetCheck(scope, name, period, key, amount,
+                                 period_end(period, period_start(period, key)))
+                     for (scope, name, period, amount), key in zip(self.budgets, periods,
+                                                                   strict=True))
+
+
 # By the identities of the Limits objects (the request path reuses them, see
 # admission._limits): hashing them field by field cost more than the work saved. Each
 # entry keeps its Limits alive, so an id cannot be reused while its entry exists.
@@ -181,8 +224,6 @@ def _shape(limits: tuple[Limits, ...]) -> _Shape:
 
 
 def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
-    """The checks of ``limits`` that do not depend on the request, in the caller's order:
-    each rpm check as it is, each tpm check's bucket, each budget's counter and amount."""
     seen: set[tuple[Scope, str]] = set()
     buckets: list[_BucketSlot] = []
     budgets: list[_BudgetSlot] = []
@@ -198,7 +239,7 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
         if item.budget is not None:
             budgets.append((item.scope, item.name, item.budget.period,
                             to_nanos(item.budget.amount)))
-    return tuple(buckets), tuple(budgets)
+    return _Shape(tuple(buckets), tuple(budgets))
 
 
 def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
@@ -213,16 +254,13 @@ def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
         for item in reservation.limits
         if item.tpm is not None and refund != 0
     )
-    budgets: list[BudgetCheck] = []
-    budgeted = [item for item in reservation.limits if item.budget is not None]
-    for item, key in zip(budgeted, reservation.periods, strict=True):
-        if item.budget is None:  # filtered above; narrows the type
-            continue
-        period = item.budget.period
-        amount = to_nanos(item.budget.amount)
-        resets_at = period_end(period, period_start(period, key))
-        budgets.append(BudgetCheck(item.scope, item.name, period, key, amount, resets_at))
-    return Plan(reservation.limits, tokens, to_nanos(cost), buckets, tuple(budgets))
+    return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
+                reservation_budgets(reservation))
+
+
+def reservation_budgets(reservation: Reservation) -> tuple[BudgetCheck, ...]:
+    """The budget counters ``reservation`` holds: those of the periods it was admitted in."""
+    return _shape(reservation.limits).checks_in(reservation.periods)
 
 
 def refill(level: float, since: float, cap: int, now: float) -> float:

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 
-from .checks import plan
+from .checks import budget_checks, plan, reservation_budgets
 from .memory import Counter, MemoryLimits
 from .sqlite_file import SQLiteFile, add_spend, insert_record, load_spend, usage
 from .values import (
@@ -72,7 +72,7 @@ class EmbeddedStore:
         return self._limits.reserve(request_id, checks, self._clock.now(), ttl)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
-        await self._load(reservation_counters(reservation))
+        await self._load(tuple(check.counter for check in reservation_budgets(reservation)))
         charged = self._limits.settle(reservation, tokens, cost, self._clock.now())
         if charged is not None and charged.cost_nanos and charged.budgets:
             spend = tuple((check.counter, charged.cost_nanos) for check in charged.budgets)
@@ -82,8 +82,8 @@ class EmbeddedStore:
         await self.settle(reservation, tokens=0, cost=0.0)
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
-        checks = plan(limits, 0, 0.0, self._clock.now())
-        await self._load(tuple(check.counter for check in checks.budgets))
+        checks = budget_checks(limits, self._clock.now())
+        await self._load(tuple(check.counter for check in checks))
         return self._limits.budgets(checks, self._clock.now())
 
     async def record(self, record: LedgerRecord) -> None:
@@ -113,11 +113,3 @@ class EmbeddedStore:
             spent = await self._db.call(partial(load_spend, missing))
             for counter, nanos in spent.items():
                 self._limits.seed(counter, nanos)
-
-
-def reservation_counters(reservation: Reservation) -> tuple[Counter, ...]:
-    budgeted = [item for item in reservation.limits if item.budget is not None]
-    return tuple(
-        (item.scope.value, item.name, key)
-        for item, key in zip(budgeted, reservation.periods, strict=True)
-    )

@@ -12,7 +12,16 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from .checks import SETTLE_GRACE, Plan, decide, period_key, rate_status, refill, settle_plan
+from .checks import (
+    SETTLE_GRACE,
+    BudgetCheck,
+    Plan,
+    decide,
+    period_key,
+    rate_status,
+    refill,
+    settle_plan,
+)
 from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope
 
 Counter = tuple[str, str, str]  # (scope, name, period_key)
@@ -118,10 +127,10 @@ class MemoryLimits:
             bucket.level = min(float(refund.cap), bucket.level + refund.need)
         return charge
 
-    def budgets(self, checks: Plan, now: float) -> tuple[BudgetStatus, ...]:
+    def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
         self._expire(now)
         statuses = []
-        for check in checks.budgets:
+        for check in checks:
             budget = self._budget(check.counter)
             statuses.append(
                 BudgetStatus(
@@ -139,7 +148,7 @@ class MemoryLimits:
 
     def _bucket(self, scope: Scope, name: str, unit: str, cap: int, now: float) -> _Bucket:
         """The bucket refilled up to ``now`` (a new one starts full)."""
-        key = (scope.value, name, unit)
+        key = (scope, name, unit)  # a Scope is the str of its value (no .value lookup)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(float(cap), now)

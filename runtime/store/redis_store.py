@@ -205,7 +205,7 @@ class RedisStore:
                 self._back()
                 return statuses
         if self._mode is OnUnavailable.FAIL_OPEN:
-            return self._local.budgets(checks, now)
+            return self._local.budgets(checks.budgets, now)
         raise self._unavailable()
 
     async def record(self, record: LedgerRecord) -> None:

@@ -87,7 +87,7 @@ class EmbeddedStore:
         return self._limits.budgets(checks, self._clock.now())
 
     async def record(self, record: LedgerRecord) -> None:
-        await self._db.call(partial(insert_record, record))
+        await self._db.call(partial(insert_record, record), single=True)
 
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         return await self._db.call(partial(usage, query))

@@ -79,6 +79,9 @@ class _Job:
     run: Callable[[sqlite3.Connection], Any]
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Any] | None = None
+    # One SQL statement, which SQLite applies whole or not at all: it needs no
+    # savepoint of its own to leave the shared transaction intact when it fails.
+    single: bool = False
 
 
 class SQLiteFile:
@@ -122,13 +125,14 @@ class SQLiteFile:
     def _on_disk(self) -> bool:
         return str(self.path) != ":memory:"
 
-    async def call(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``run(connection)`` on the writer; return once its transaction committed."""
+    async def call(self, run: Callable[[sqlite3.Connection], T], *, single: bool = False) -> T:
+        """Run ``run(connection)`` on the writer; return once its transaction committed.
+        ``single``: ``run`` executes one SQL statement (no savepoint needed around it)."""
         if self._closed:
             raise StoreUnavailable(f"the embedded store {self.path} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(run, loop, future))
+        self._queue.put(_Job(run, loop, future, single))
         try:
             return await future
         except (sqlite3.Error, OSError) as exc:
@@ -206,6 +210,14 @@ class SQLiteFile:
         try:
             connection.execute("BEGIN IMMEDIATE")
             for job in batch:
+                if job.single:
+                    try:
+                        outcomes.append((job.run(connection), None))
+                    except sqlite3.OperationalError:
+                        raise  # the disk or the file, not the job: every job fails
+                    except Exception as exc:  # e.g. a constraint: this statement only
+                        outcomes.append((None, exc))
+                    continue
                 connection.execute("SAVEPOINT job")
                 try:
                     result = job.run(connection)
@@ -225,32 +237,41 @@ class SQLiteFile:
                     connection.execute("ROLLBACK")
                 except sqlite3.Error as rollback:
                     log.error("embedded store: rollback failed: %s", rollback)
-        for job, (result, error) in zip(batch, outcomes, strict=True):
-            _resolve(job, result, error)
+        _resolve(batch, outcomes)
 
     def _fail_all(self, error: BaseException) -> None:
         while (job := self._queue.get()) is not None:
-            _resolve(job, None, error)
+            _resolve([job], [(None, error)])
 
 
-def _resolve(job: _Job, result: object, error: BaseException | None) -> None:
-    if job.future is None or job.loop is None:
-        if error is not None:
-            log.error("embedded store: a background write failed: %s", error)
-        return
-    future = job.future
+Outcome = tuple[object, BaseException | None]
 
-    def settle() -> None:
-        if not future.done():  # the caller may have been cancelled meanwhile
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
 
-    try:
-        job.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the caller's loop is closed; nobody is waiting any more
-        log.warning("embedded store: a result arrived after its event loop closed")
+def _resolve(batch: list[_Job], outcomes: list[Outcome]) -> None:
+    """Hand each job's outcome to its caller: one wake-up of each event loop a batch,
+    not one a job (each is a write to the loop's wake-up pipe and a callback)."""
+    waiting: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if job.future is None or job.loop is None:
+            if outcome[1] is not None:
+                log.error("embedded store: a background write failed: %s", outcome[1])
+            continue
+        waiting.setdefault(job.loop, []).append((job.future, outcome))
+    for loop, settled in waiting.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # the caller's loop is closed; nobody is waiting any more
+            log.warning("embedded store: a result arrived after its event loop closed")
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    for future, (result, error) in settled:
+        if future.done():  # the caller may have been cancelled meanwhile
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 def create_schema(connection: sqlite3.Connection) -> None:

@@ -125,8 +125,9 @@ async def test_a_hold_still_expires_after_many_others_were_settled(
     assert (status.spent, status.held) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("single", [False, True], ids=["in a savepoint", "one statement"])
 async def test_a_failing_write_does_not_fail_the_others_committed_with_it(
-    tmp_path: Path,
+    tmp_path: Path, single: bool
 ) -> None:
     db = await SQLiteFile.open(tmp_path / "spend.sqlite")
 
@@ -135,9 +136,9 @@ async def test_a_failing_write_does_not_fail_the_others_committed_with_it(
 
     try:
         results = await asyncio.gather(
-            db.call(partial(insert_record, RECORD)),
-            db.call(broken),
-            db.call(partial(insert_record, replace(RECORD, request_id="req-2"))),
+            db.call(partial(insert_record, RECORD), single=single),
+            db.call(broken, single=single),
+            db.call(partial(insert_record, replace(RECORD, request_id="req-2")), single=single),
             return_exceptions=True,
         )
         assert results[0] is True and results[2] is True

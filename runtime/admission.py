@@ -14,8 +14,10 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
@@ -54,6 +56,7 @@ class StoreHandle:
         self._sync = sync
         self._store: Store | None = None
         self._lock = asyncio.Lock()
+        self._finishing: set[asyncio.Task[None]] = set()
 
     async def get(self) -> Store:
         if self._store is not None:
@@ -66,7 +69,16 @@ class StoreHandle:
                 )
         return self._store
 
+    def finish(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (the settlement of a request whose task was cancelled half-way
+        through it) in a task of its own, which ``aclose`` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
     async def aclose(self) -> None:
+        if self._finishing:  # before the store closes underneath them
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         await self.cache.aclose()
         if self._store is not None:
             await self._store.aclose()
@@ -125,19 +137,23 @@ class Admission:
     def headers(self) -> dict[str, str]:
         return self.reservation.headers() if self.reservation is not None else {}
 
+    # ``settled`` is set once the store has answered: a settle cut short by a
+    # cancellation can be made again (the stores settle a reservation once, whatever
+    # they are asked after).
+
     async def settle(self, tokens: int, cost: float) -> None:
         if self.settled:
             return
-        self.settled = True
         if self.reservation is not None:
             await self.store.settle(self.reservation, tokens=tokens, cost=cost)
+        self.settled = True
 
     async def release(self) -> None:
         if self.settled:
             return
-        self.settled = True
         if self.reservation is not None:
             await self.store.release(self.reservation)
+        self.settled = True
 
     async def over_budget(self, limits: tuple[Limits, ...]) -> bool:
         """Has any of ``limits``' budgets run out: spent and held (this request's hold

@@ -221,10 +221,13 @@ class Exchange:
                 # usage: bill what was sent (a cached answer costs nothing, cut or not)
                 record.completion_tokens = self.live.counter.count("".join(streamed))
                 record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
-            # Shielded: a client that went away cancels the stream, not its settlement.
+            # Shielded: a client that went away cancels the stream, not its settlement
+            # (and a task cancelled outright, which no anyio shield stops, still settles).
             with anyio.CancelScope(shield=True):
-                await close_deltas(deltas)
-                await self.close()
+                try:
+                    await close_deltas(deltas)
+                finally:
+                    await self.close()
 
     async def _over_budget(self) -> bool:
         graph = self._current().graph
@@ -234,10 +237,21 @@ class Exchange:
         return await self.admission.over_budget(subject_limits(key, self.user))
 
     async def close(self) -> None:
-        """Settle and record a served request (once)."""
+        """Settle and record a served request (once). If the request's task is cancelled
+        meanwhile (a shutdown past its grace), what is left of it runs in a task of its
+        own, rather than leave the hold to expire unbilled and the request unrecorded:
+        both steps may run again, as a reservation is settled once and a request id
+        recorded once, whatever the stores are asked after."""
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._settle_and_record()
+        except asyncio.CancelledError:
+            self.live.store.finish(self._settle_and_record())
+            raise
+
+    async def _settle_and_record(self) -> None:
         record = self.record
         if self.admission is not None:
             try:

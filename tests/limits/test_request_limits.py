@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from .conftest import ClientFactory
+import httpx
+import pytest
+
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.store import Reservation, Store
+from aigw.runtime.tokens import TokenCounter
+
+from .conftest import KEYS, ClientFactory, limits_config
 
 CHAT = "/v1/chat/completions"
 
@@ -185,3 +194,57 @@ async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> Non
     spend = (await client("dev").get("/admin/spend?group_by=key,route")).json()["data"]
     assert [(row["key"], row["route"], row["requests"], row["errors"]) for row in spend] == [
         ("bob", "vectors", 1, 1)]  # the refusal is in the ledger, as a chat's is
+
+
+class _SlowSettle:
+    """The gateway's store, with every settle waiting first (a slow Redis round trip)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.settling = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
+        self.settling.set()
+        await asyncio.sleep(0.1)
+        await self.store.settle(reservation, tokens=tokens, cost=cost)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_a_request_cancelled_while_it_settles_is_still_billed_and_recorded(
+    tmp_path: Path, counter: TokenCounter, stream: bool
+) -> None:
+    """A served request whose task is cancelled outright while its spend is being
+    settled (a shutdown past its grace) is still charged, its hold given back, and its
+    ledger record written. An answer's settlement ran unshielded in the request's task
+    (this failed before); a stream's runs in Starlette's task group under an anyio
+    shield, which holds when the cancellation comes through the group."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    gateway = Gateway(tmp_path, counter)
+    try:
+        slow = _SlowSettle(await gateway.store.get())
+        gateway.store._store = slow  # type: ignore[assignment]  # the store it opened, slowed
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test") as http:
+            headers = {"Authorization": f"Bearer {KEYS['alice']}"}
+            call = asyncio.create_task(http.post(CHAT, headers=headers, json=_ask(
+                "paid", max_tokens=5, user="c1", stream=stream)))
+            await asyncio.wait_for(slow.settling.wait(), 5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            dev = {"Authorization": f"Bearer {KEYS['dev']}"}
+            for _ in range(100):  # the rest of the settlement runs on its own
+                rows = (await http.get("/admin/spend?group_by=user", headers=dev)).json()["data"]
+                if rows:
+                    break
+                await asyncio.sleep(0.02)
+            assert [(row["user"], row["requests"], row["cost"]) for row in rows] == [
+                ("c1", 1, 12.0)]  # 9 tokens in and 3 out at 1 a token
+            budgets = (await http.get("/admin/budgets", headers=dev)).json()["data"]
+            team = next(b for b in budgets if b["name"] == "eng")
+            assert (team["spent"], team["held"]) == (12, 0)
+    finally:
+        await gateway.aclose()

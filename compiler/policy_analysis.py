@@ -47,6 +47,11 @@ class Reads:
     # every comparison that involves one of them.
     compared: frozenset[str] = frozenset()
     comparisons: tuple[Comparison, ...] = field(default=())
+    # The context fields read by policies that may decide something other than
+    # ``route`` (invoke): only these must be known before a request is admitted; the
+    # others (``budget_remaining`` in the shipped routing policies) may come from its
+    # reservation.
+    before_routing: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ def reads(bodies: Sequence[Mapping[str, Any]]) -> Reads:
     """What the policies (each cedarpy's JSON form of one policy) read."""
     attributes: set[str] = set()
     context: set[str] = set()
+    before_routing: set[str] = set()
     whole_context = False
     isolated = True
     for body in bodies:
@@ -72,16 +78,30 @@ def reads(bodies: Sequence[Mapping[str, Any]]) -> Reads:
             context |= found.context
             whole_context = whole_context or found.whole_context
             isolated = isolated and not found.live_elsewhere
+            if not only_routes(body):
+                before_routing |= set(CONTEXT) if found.whole_context else found.context
         if any(ref.type == "Deployment" and ref.in_condition for ref in entity_refs(body)):
             isolated = False
     compared, comparisons = _abstraction(bodies, whole_context)
+    known = frozenset(CONTEXT)
     return Reads(
         frozenset(attributes),
-        frozenset(CONTEXT) if whole_context else frozenset(context) & frozenset(CONTEXT),
+        known if whole_context else frozenset(context) & known,
         isolated,
         compared,
         comparisons,
+        frozenset(before_routing) & known,
     )
+
+
+def only_routes(body: Mapping[str, Any]) -> bool:
+    """Does the scope of ``body`` admit ``Action::"route"`` and no other action?"""
+    scope = body.get("action", {})
+    if scope.get("op") == "All":
+        return False
+    named = [scope["entity"]] if "entity" in scope else list(scope.get("entities", ()))
+    return bool(named) and all(
+        item.get("type") == "Action" and item.get("id") == "route" for item in named)
 
 
 class _Accesses:

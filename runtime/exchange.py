@@ -86,7 +86,10 @@ class Exchange:
         tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
-        self.admission = await admit(store, record, limits, tokens, cost)
+        self.admission = admission = await admit(store, record, limits, tokens, cost)
+        if plan.gate is not None and plan.gate.budget_pending:
+            plan.gate.learn_budget(admission.reservation.budget_remaining
+                                   if admission.reservation is not None else None)
         self.plan = plan
         record.cache = lookup_kind(self.headers, plan.route)
         if record.cache is not None:

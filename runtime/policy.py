@@ -162,6 +162,9 @@ class PolicyEngine:
         }
         self._meanings: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
         self._encoder = ContextEncoder(reads)
+        # What invoke decisions are asked with when the policies that can make them read
+        # no context: any context gives the same answer, so one encoded once will do.
+        self._blank = self._encoder.encode(Facts("", 0, None, False, 0, hour_of_day=0).values())
         self._contexts: OrderedDict[tuple[object, ...], CedarContext] = OrderedDict()
         self._outcomes: OrderedDict[tuple[object, ...], tuple[object, ...]] = OrderedDict()
         self._isolated = reads.live_isolated
@@ -182,6 +185,12 @@ class PolicyEngine:
             found = self._encoder.encode(values)
             _remember(self._contexts, raw, found, _CACHE_JSON)
         return found
+
+    def invoke_context(self, gate: RequestGate) -> CedarContext:
+        """The context an invoke decision about ``gate``'s request is asked with: its own
+        when some policy that can decide invoke reads the context, else the blank one
+        (nothing to encode; the facts may still wait for the remaining budget)."""
+        return gate.context if self.authorization.reads.before_routing else self._blank
 
     def invoke(self, principal: Principal, route: str, context: CedarContext) -> Decision:
         """May ``principal`` use route ``route``?"""
@@ -353,13 +362,29 @@ class RequestGate:
     """One request's principal and context, bound to the engine of its graph."""
 
     def __init__(self, engine: PolicyEngine, principal: Principal, facts: Facts,
-                 describe: str) -> None:
+                 describe: str, budget_pending: bool = False) -> None:
         self.engine = engine
         self.principal = principal
         self.facts = facts
-        self.context = engine.context(facts)
         self.describe = describe  # "key 'ci-bot'" or "user 'alice' of key 'ci-bot'"
         self.permitted = 0  # candidates permitted so far, over every tier
+        # The policies read the remaining budget, and only route decisions do: it comes
+        # from the request's reservation (``learn_budget``), not a read of its own.
+        self.budget_pending = budget_pending
+        self._context: CedarContext | None = None
+
+    @property
+    def context(self) -> CedarContext:
+        """The request's context as Cedar gets it (encoded when first asked for)."""
+        if self._context is None:
+            self._context = self.engine.context(self.facts)
+        return self._context
+
+    def learn_budget(self, remaining: float | None) -> None:
+        """The least the request's budgets had left as it was admitted (None: none)."""
+        self.facts = self.facts.with_budget(remaining)
+        self._context = None
+        self.budget_pending = False
 
     @property
     def hide_ids(self) -> bool:
@@ -367,7 +392,7 @@ class RequestGate:
 
     def check_invoke(self, route: str) -> Decision:
         """The invoke decision; a deny raises ``Forbidden`` naming the deciding policies."""
-        decision = self.engine.invoke(self.principal, route, self.context)
+        decision = self.engine.invoke(self.principal, route, self.engine.invoke_context(self))
         if not decision.allowed:
             because = ("" if self.hide_ids
                        else f": denied by {', '.join(decision.policies)}" if decision.policies

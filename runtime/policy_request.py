@@ -41,7 +41,11 @@ async def authorize(
     headers: Headers,
     limits: Sequence[Limits],
 ) -> Plan:
-    """``plan`` with its Cedar gate, once the principal may invoke the route (else 403)."""
+    """``plan`` with its Cedar gate, once the principal may invoke the route (else 403).
+
+    When only route policies read the remaining budget (as the shipped ones), it is not
+    read here: the request's reservation brings it (``RequestGate.learn_budget``), one
+    store round trip fewer."""
     if not live.policy.enforced:  # no policies at all: nothing to decide, no gate to build
         return plan
     facts = Facts(
@@ -52,7 +56,9 @@ async def authorize(
         latency_sla_ms=latency_sla_ms(headers, (plan.deadline - live.routing.clock()) * 1000),
         tags=request_tags(headers),
     )
-    gate = await _gate(live, key, user, facts, store, limits)
+    reads = live.policy.authorization.reads
+    later = "budget_remaining" in reads.context and "budget_remaining" not in reads.before_routing
+    gate = await _gate(live, key, user, facts, store, limits, budget_later=later)
     gate.check_invoke(plan.route.name)
     return plan.with_gate(gate)
 
@@ -83,11 +89,13 @@ async def authorize_pipeline(
 
 
 async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,
-                store: Store | None = None, limits: Sequence[Limits] | None = None
-                ) -> RequestGate:
-    """The request's gate, with the remaining budget read when some policy reads it."""
+                store: Store | None = None, limits: Sequence[Limits] | None = None,
+                budget_later: bool = False) -> RequestGate:
+    """The request's gate, with the remaining budget read when some policy reads it
+    (``budget_later``: the caller gives it to the gate once the request is admitted)."""
     engine = live.policy
-    if engine.enforced and "budget_remaining" in engine.authorization.reads.context:
+    reads = engine.authorization.reads
+    if engine.enforced and "budget_remaining" in reads.context and not budget_later:
         try:
             store = store or await live.store.get()
             found = await budget_remaining(store, tuple(limits or subject_limits(key, user)))
@@ -95,7 +103,8 @@ async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,
         except StoreUnavailable:
             log.warning("budget unknown for the policy context: the store is unavailable")
     who = f"user '{user}' of key '{key.name}'" if user else f"key '{key.name}'"
-    return RequestGate(engine, principal_for(engine.authorization, key, user), facts, who)
+    return RequestGate(engine, principal_for(engine.authorization, key, user), facts, who,
+                       budget_pending=budget_later)
 
 
 def latency_sla_ms(headers: Headers, deadline_ms: float) -> int:

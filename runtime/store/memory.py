@@ -22,7 +22,7 @@ from .checks import (
     refill,
     settle_plan,
 )
-from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope
+from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope, least_left
 
 Counter = tuple[str, str, str]  # (scope, name, period_key)
 SWEEP_EVERY = 60.0
@@ -85,6 +85,8 @@ class MemoryLimits:
         denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now)
         if denied is not None:
             return denied
+        left = least_left((check.amount_nanos, budget.spent, budget.held)
+                          for check, budget in zip(checks.budgets, budgets, strict=True))
         for bucket, check in zip(buckets, checks.buckets, strict=True):
             bucket.level -= check.need
         expires_at = now + ttl
@@ -103,6 +105,7 @@ class MemoryLimits:
             expires_at=expires_at,
             rate=rate_status(checks, levels, granted=True),
             origin=self.origin,
+            budget_remaining=left,
         )
 
     def settle(self, reservation: Reservation, tokens: int, cost: float, now: float) -> Plan | None:

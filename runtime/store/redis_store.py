@@ -70,6 +70,7 @@ from .values import (
     SystemClock,
     UsageQuery,
     UsageRow,
+    least_left,
 )
 
 log = logging.getLogger("aigw.store")
@@ -280,6 +281,8 @@ class RedisStore:
         levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
         counts = [int(value) for value in reply[1 + len(checks.buckets) :]]
         if reply[0] == 1:
+            left = least_left((budget.amount_nanos, spent, held) for budget, spent, held
+                              in zip(checks.budgets, counts[::2], counts[1::2], strict=True))
             return Reservation(
                 request_id=request_id,
                 limits=checks.limits,
@@ -289,6 +292,7 @@ class RedisStore:
                 expires_at=now + ttl,
                 rate=rate_status(checks, levels, granted=True),
                 origin="redis",
+                budget_remaining=left,
             )
         denied = decide(checks, levels, list(zip(counts[::2], counts[1::2], strict=True)), now)
         if denied is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -149,6 +150,9 @@ class Reservation:
     expires_at: float
     rate: RateStatus
     origin: str
+    # The least any of its budgets had left before this hold (None: no budget applies):
+    # what a policy reading ``context.budget_remaining`` sees, read with the hold.
+    budget_remaining: float | None = None
 
     @property
     def cost(self) -> float:
@@ -201,6 +205,13 @@ class BudgetStatus:
     @property
     def remaining(self) -> float:
         return max(0.0, self.amount - self.spent - self.held)
+
+
+def least_left(budgets: Iterable[tuple[int, int, int]]) -> float | None:
+    """The least that any of ``budgets`` (amount, spent, held in nanos) has left, or
+    None when there are none: ``tightest_remaining`` from the stores' raw figures."""
+    left = min((amount - spent - held for amount, spent, held in budgets), default=None)
+    return None if left is None else max(0, left) / NANOS
 
 
 def tightest_remaining(statuses: tuple[BudgetStatus, ...]) -> float | None:

@@ -160,6 +160,37 @@ def test_reads_are_what_policies_can_observe() -> None:
     )
 
 
+def test_what_must_be_known_before_routing_is_what_non_route_policies_read() -> None:
+    """Route-only policies may read fields the request learns as it is admitted (the
+    remaining budget, from its reservation); any policy that can decide invoke may not."""
+    route_only = (
+        '@id("a") permit (principal, action == Action::"route", resource)\n'
+        'when { context.budget_remaining.lessThan(decimal("10.0")) };\n'
+        '@id("b") forbid (principal, action in [Action::"route"], resource)\n'
+        "when { context.estimated_tokens > 100 };\n"
+    )
+    also_invoke = {
+        "an invoke policy": '@id("c") forbid (principal, action == Action::"invoke", resource)\n'
+                            "when { context.latency_sla_ms < 10 };\n",
+        "any action": '@id("c") forbid (principal, action, resource)\n'
+                      "when { context.latency_sla_ms < 10 };\n",
+        "a list with invoke": '@id("c") forbid (principal, action in [Action::"route", '
+                              'Action::"invoke"], resource)\n'
+                              "when { context.latency_sla_ms < 10 };\n",
+    }
+
+    def bodies(text: str) -> list[dict[str, object]]:
+        return list(json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values())
+
+    assert reads(bodies(route_only)).before_routing == set()
+    for case, text in also_invoke.items():
+        found = reads(bodies(route_only + text))
+        assert found.before_routing == {"latency_sla_ms"}, case
+    whole = reads(bodies(route_only + '@id("d") permit (principal, action, resource) '
+                         "when { context == {} };\n"))
+    assert "budget_remaining" in whole.before_routing
+
+
 def test_a_field_read_otherwise_counts_by_its_value() -> None:
     text = (
         '@id("a") forbid (principal, action == Action::"route", resource)\n'

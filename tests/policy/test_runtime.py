@@ -173,6 +173,22 @@ async def test_a_gateway_without_policies_checks_nothing(policy_gateway: Factory
     assert (await gw.client("alice").post("/v1/chat/completions", json=chat("solo"))).is_success
 
 
+async def test_an_invoke_policy_may_read_the_remaining_budget(policy_gateway: Factory) -> None:
+    """Read before the request is admitted (only route policies get it from the
+    reservation): eng's budget of 5 is below the policy's 10, ops has none."""
+    low_budget = """
+@id("no-calls-on-a-low-budget")
+forbid (principal, action == Action::"invoke", resource)
+when { context.budget_remaining.lessThan(decimal("10.0")) };
+"""
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "low.cedar": low_budget,
+                               "routing.cedar": SHIPPED_ROUTING})
+    refused = await gw.client("alice").post("/v1/chat/completions", json=chat("pair"))
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["x-aigw-policy-ids"] == "no-calls-on-a-low-budget"
+    assert (await gw.client("ops").post("/v1/chat/completions", json=chat("pair"))).is_success
+
+
 # The three policies of the original design (policies/routing.cedar), one test each.
 
 async def test_shipped_prefer_self_hosted_when_the_budget_is_below_10(

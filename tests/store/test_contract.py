@@ -248,6 +248,24 @@ async def test_spend_is_charged_to_the_period_the_request_was_admitted_in(
     assert (yesterday.period_key, yesterday.spent) == ("2026-01-01", 0.4)
 
 
+async def test_a_reservation_says_what_its_tightest_budget_had_left_before_it(
+    store: Store,
+) -> None:
+    """What a route policy reading ``context.budget_remaining`` sees, read atomically
+    with the hold: spent and the others' holds counted, this request's hold not."""
+    key_budget = Limits(Scope.KEY, "ci-bot", budget=Budget(2.0, Period.MONTH))
+    team_budget = Limits(Scope.TEAM, "engineering", budget=Budget(1.0, Period.MONTH))
+    first = await granted(store, "r1", [key_budget, team_budget], cost=0.3)
+    assert first.budget_remaining == pytest.approx(1.0)
+    second = await granted(store, "r2", [key_budget, team_budget], cost=0.2)
+    assert second.budget_remaining == pytest.approx(0.7)  # r1 holds 0.3 of the team's
+    await store.settle(first, tokens=0, cost=0.25)
+    third = await granted(store, "r3", [key_budget], cost=0.1)
+    assert third.budget_remaining == pytest.approx(2.0 - 0.25 - 0.2)
+    unbudgeted = await granted(store, "r4", [Limits(Scope.KEY, "ci-bot", rpm=10)])
+    assert unbudgeted.budget_remaining is None
+
+
 async def test_held_budget_asks_to_retry_shortly(store: Store) -> None:
     limits = [Limits(Scope.TEAM, "engineering", budget=Budget(1.0, Period.MONTH))]
     await granted(store, "r1", limits, cost=0.8)

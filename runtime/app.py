@@ -9,8 +9,10 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -145,12 +147,46 @@ class SnapshotMiddleware:
             await _call(endpoint, scope, receive, send_stamped)
 
 
+class IndexedHeaders(Headers):
+    """A request's headers as Starlette's ``Headers``, looked up in a dict built once:
+    the request path asks for a dozen, most of them absent, and ``Headers`` scans the
+    list for each (raising and catching a KeyError inside ``get`` for an absent one).
+    The first of repeated headers wins, as in ``Headers``; names arrive lowercased."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        index: dict[str, str] = {}
+        for name, value in self.raw:
+            index.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        self._index = index
+
+    def __getitem__(self, key: str) -> str:
+        return self._index[key.lower()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._index.get(key.lower(), default)
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._index
+
+
+class _Request(Request):
+    """Starlette's request, with ``IndexedHeaders``."""
+
+    @property
+    def headers(self) -> Headers:
+        found = self.__dict__.get("_indexed")
+        if found is None:
+            found = self.__dict__["_indexed"] = IndexedHeaders(self.scope)
+        return found
+
+
 async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
     """What Starlette's router, request wrapper and exception handlers do for one
     endpoint: its response, or the OpenAI-shaped error it raised. An error after the
     response started (a stream's) is logged and propagates, as through Starlette: the
     server closes the connection."""
-    request = Request(scope, receive, send)
+    request = _Request(scope, receive, send)
     try:
         response = await endpoint(request)
     except GatewayError as exc:

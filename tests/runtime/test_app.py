@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from aigw.runtime.app import SnapshotMiddleware, create_app
+from aigw.runtime.app import IndexedHeaders, SnapshotMiddleware, create_app
 from aigw.runtime.live import Gateway
 
 from ..conftest import DEV_KEY
@@ -283,3 +284,19 @@ async def test_an_error_in_a_direct_endpoints_stream_is_logged_and_ends_the_resp
             await http.post(CHAT, json=_chat())
     # As Starlette's error middleware logged it, so that an alert on the line still fires.
     assert "unhandled error on POST /v1/chat/completions" in caplog.text
+
+
+def test_indexed_headers_answer_as_starlettes_headers_do() -> None:
+    raw = [(b"authorization", b"Bearer one"), (b"x-aigw-tags", b"a,b"),
+           (b"authorization", b"Bearer two"), (b"content-type", b"application/json")]
+    scope = {"type": "http", "headers": raw}
+    indexed, plain = IndexedHeaders(scope), Headers(scope=scope)
+    for name in ("authorization", "Authorization", "X-AIGW-TAGS", "content-type", "absent"):
+        assert indexed.get(name) == plain.get(name), name
+        assert (name in indexed) == (name in plain), name
+    assert indexed["Authorization"] == "Bearer one"  # the first of repeated headers
+    assert indexed.getlist("authorization") == ["Bearer one", "Bearer two"]
+    assert indexed.get("absent", "default") == "default"
+    with pytest.raises(KeyError):
+        indexed["absent"]
+    assert dict(indexed.items()) == dict(plain.items())

@@ -2,7 +2,8 @@
 
 Headers a client may send: ``x-aigw-latency-sla-ms`` (the latency it needs; default:
 the request's deadline) and ``x-aigw-tags: a,b`` (``context.tags``). The remaining
-budget is read from the limits store only when some policy reads it.
+budget is read from the limits store only when some policy reads it, and for a chat
+request whose invoke policies do not, it comes with the request's reservation instead.
 """
 
 from __future__ import annotations

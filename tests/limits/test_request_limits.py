@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.store import Reservation, Store
 from aigw.runtime.tokens import TokenCounter
 
+from ..conftest import REPO
+from ..redis_server import PrivateRedis
 from .conftest import KEYS, ClientFactory, limits_config
 
 CHAT = "/v1/chat/completions"
@@ -247,4 +251,33 @@ async def test_a_request_cancelled_while_it_settles_is_still_billed_and_recorded
             team = next(b for b in budgets if b["name"] == "eng")
             assert (team["spent"], team["held"]) == (12, 0)
     finally:
+        await gateway.aclose()
+
+
+async def test_a_chat_request_costs_three_redis_scripts(
+    tmp_path: Path, counter: TokenCounter, private_redis: PrivateRedis
+) -> None:
+    """On Redis, with the shipped policies (one of which reads the remaining budget), a
+    served request is one script each to reserve, settle and record: the budget the
+    policy reads comes with the reservation, not from a round trip of its own."""
+    (tmp_path / "gateway.yaml").write_text(
+        limits_config().replace("store: embedded", f"store: {private_redis.url}"))
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
+    gateway = Gateway(tmp_path, counter)
+    watcher = redis.Redis.from_url(private_redis.url)
+    try:
+        assert "budget_remaining" in gateway.live.graph.authorization.reads.context
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {KEYS['alice']}"}) as http:
+            warm = await http.post(CHAT, json=_ask("paid", max_tokens=5))  # loads the scripts
+            assert warm.status_code == 200, warm.text
+            watcher.config_resetstat()
+            answered = await http.post(CHAT, json=_ask("paid", max_tokens=5))
+            assert answered.status_code == 200, answered.text
+        stats = watcher.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 3, stats
+        assert "cmdstat_eval" not in stats, stats
+    finally:
+        watcher.close()
         await gateway.aclose()

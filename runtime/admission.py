@@ -107,7 +107,15 @@ def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
 def deployment_limits(deployment: Deployment) -> Limits | None:
     if deployment.rpm is None and deployment.tpm is None:
         return None
-    return Limits(Scope.DEPLOYMENT, deployment.name, rpm=deployment.rpm, tpm=deployment.tpm)
+    return _deployment_limits(deployment.name, deployment.rpm, deployment.tpm)
+
+
+# One Limits object per quota, as for keys and teams (``_limits``): the stores cache
+# what a set of limits checks by the objects' identities, so a new one every attempt
+# would be worked out again every attempt (and crowd that cache).
+@functools.lru_cache(maxsize=4096)
+def _deployment_limits(name: str, rpm: int | None, tpm: int | None) -> Limits:
+    return Limits(Scope.DEPLOYMENT, name, rpm=rpm, tpm=tpm)
 
 
 def check_route_allowed(key: ApiKey, route: Route) -> None:

@@ -10,6 +10,8 @@ import httpx
 import pytest
 import redis
 
+from aigw.compiler import compile_gateway
+from aigw.runtime.admission import deployment_limits
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.store import Reservation, Store
@@ -281,3 +283,16 @@ async def test_a_chat_request_costs_three_redis_scripts(
     finally:
         watcher.close()
         await gateway.aclose()
+
+
+def test_a_deployments_quota_is_one_limits_object_for_every_attempt(tmp_path: Path) -> None:
+    """The stores cache what a set of limits checks by the Limits objects it holds, as
+    for keys and teams: a new object every attempt would miss that cache every time."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    graph = compile_gateway(tmp_path, environ={}).graph
+    assert graph is not None
+    quota = graph.deployments["quota-1"]
+    first = deployment_limits(quota)
+    assert first is not None and (first.rpm, first.tpm) == (1, None)
+    assert deployment_limits(quota) is first
+    assert deployment_limits(graph.deployments["quota-2"]) is None  # no quota of its own

@@ -12,8 +12,10 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
+import aiohttp
 import httpx
 
 from aigw.compiler.graph import Provider
@@ -61,8 +63,18 @@ def make_client(provider: Provider) -> httpx.AsyncClient:
     except ImportError:  # the optional fast transport is not installed
         transport = httpx.AsyncHTTPTransport(limits=limits)
     else:
-        transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
+        # Its own aiohttp session would keep cookies too: one without a jar instead.
+        fast = AiohttpTransport(limits=limits, client=lambda: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=provider.max_connections,
+                                           keepalive_timeout=60.0, ssl=fast.ssl_context),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ))
+        transport = fast
+    # A provider's cookies are not kept: later requests are other tenants' too.
+    # (a jar, not httpx.Cookies: httpx copies those into a jar of its own, policy lost)
+    cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=()))
+    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits,
+                             cookies=cookies)
 
 
 @dataclass(frozen=True, slots=True)

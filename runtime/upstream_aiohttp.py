@@ -58,6 +58,10 @@ class AiohttpUpstream:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, auto_decompress=True,
+                # No cookie jar: a provider's cookies (a load balancer's affinity, say)
+                # must not ride along on every tenant's later requests, and the jar's
+                # filtering of each request's URL is work for nothing.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -45,7 +45,7 @@ class Action:
 
     status: int = 200  # an HTTP error status to answer with, or 200 to behave
     body: dict[str, object] | None = None  # the error body; a default in the provider's shape
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the answer (or error)
     delay_s: float = 0.0  # wait this long before answering (timeouts)
     cut_stream_after: int | None = None  # close the connection after N stream events
 

@@ -185,7 +185,7 @@ class OpenAIFake:
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": finish}],
             "usage": usage,
-        })
+        }, headers=action.headers)
 
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action) -> AsyncIterator[bytes]:

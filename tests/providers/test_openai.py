@@ -186,6 +186,21 @@ async def test_a_rejected_provider_key_never_reaches_the_client(
     assert key not in response.text and key[-4:] not in response.text
 
 
+async def test_a_providers_cookies_are_not_kept(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """A provider's Set-Cookie (OpenAI's Cloudflare sets __cf_bm) is not stored and
+    sent again with later requests: they are other tenants' requests too."""
+    # By name, not by address: cookie jars ignore cookies from IP addresses.
+    client = await make_gateway(_sections(openai_fake).replace("127.0.0.1", "localhost"))
+    message = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
+    openai_fake.script.actions.append(Action(headers={
+        "set-cookie": "__cf_bm=tenant-a-state; Path=/; HttpOnly"}))
+    for _ in range(2):
+        assert (await client.post(CHAT, json=message)).status_code == 200
+    assert [sent.get("cookie") for sent in openai_fake.script.headers[-2:]] == [None, None]
+
+
 async def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None:
     client = await make_gateway("""
     providers:

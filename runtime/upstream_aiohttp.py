@@ -9,6 +9,7 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
@@ -19,6 +20,8 @@ from aigw.compiler.graph import Provider
 from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
 from .upstream import classify, failure_from_response, parse_sse, scrub
+
+log = logging.getLogger("aigw.upstream")
 
 
 class JsonUpstream(Protocol):
@@ -71,12 +74,15 @@ class AiohttpUpstream:
         payload = jsonio.dumps(body)
         try:
             async with self._client().post(
-                url, data=payload, headers={**headers, "content-type": "application/json"}
+                url, data=payload, headers={**headers, "content-type": "application/json"},
+                allow_redirects=False,
             ) as response:
                 raw = await response.read()
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
+        if 300 <= status < 400:
+            raise self._redirected(status, response_headers)
         if status >= 400:
             raise classify(failure_from_response(status, raw, response_headers), self.provider)
         try:
@@ -100,10 +106,13 @@ class AiohttpUpstream:
                 url, data=payload,
                 headers={**headers, "content-type": "application/json",
                          "accept": "text/event-stream"},
+                allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
         try:
+            if 300 <= response.status < 400:
+                raise self._redirected(response.status, response.headers)
             if response.status >= 400:
                 raw = await response.read()
                 raise classify(failure_from_response(response.status, raw, response.headers),
@@ -114,6 +123,17 @@ class AiohttpUpstream:
             raise self._transport_error(exc) from None
         finally:
             response.release()
+
+    def _redirected(self, status: int, headers: Mapping[str, str]) -> UpstreamError:
+        """Redirects are not followed: aiohttp would resend the request, the provider's
+        key in ``x-api-key`` or ``api-key`` with it (it drops only Authorization when
+        the redirect leaves the origin). The target is logged, not told to the client."""
+        log.warning("provider '%s' redirected a request (HTTP %d) to %s; redirects are not "
+                    "followed: set its base_url to the final address", self.provider.name,
+                    status, headers.get("location", "(no location)"))
+        return UpstreamServerError(
+            f"provider '{self.provider.name}' answered with a redirect (HTTP {status}), "
+            "which aigw does not follow", provider=self.provider.name)
 
     def _transport_error(self, exc: BaseException) -> UpstreamError:
         name = self.provider.name

@@ -1,0 +1,93 @@
+"""The upstream clients' hygiene: a provider's Set-Cookie is not sent again (later
+requests are other tenants'), and a redirect is not followed (the key would go too)."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aigw.compiler.graph import Provider
+from aigw.runtime.errors import UpstreamServerError
+from aigw.runtime.upstream import make_client
+from aigw.runtime.upstream_aiohttp import AiohttpUpstream
+
+from ..fakes.serve import serving
+
+
+def _cookie_setter() -> Starlette:
+    """Answers with the Cookie header it got, and sets a cookie every time."""
+
+    async def answer(request: Request) -> Response:
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("__cf_bm", "tenant-a-state", httponly=True)
+        return response
+
+    async def ready(_request: Request) -> Response:
+        return Response()
+
+    return Starlette(routes=[Route("/v1/answer", answer, methods=["POST"]),
+                             Route("/__ready", ready)])
+
+
+def _provider(base: str) -> Provider:
+    return Provider(name="p", type="anthropic", base_url=base, api_version=None,
+                    timeout_s=5.0, max_connections=4, headers={}, disabled_reason=None)
+
+
+async def test_the_httpx_client_sends_no_cookie_it_was_given() -> None:
+    """The client Gemini and Bedrock use (httpx, over aiohttp's transport when installed)."""
+    with serving(_cookie_setter()) as url:
+        base = url.replace("127.0.0.1", "localhost")  # cookie jars ignore IP hosts
+        client = make_client(_provider(base))
+        try:
+            seen = []
+            for _ in range(2):
+                response = await client.post(f"{base}/v1/answer", json={})
+                assert response.status_code == 200
+                assert "__cf_bm" in response.headers.get("set-cookie", "")
+                seen.append(response.json()["cookie"])
+        finally:
+            await client.aclose()
+    assert seen == [None, None]
+    assert not client.cookies
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "events"])
+async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -> None:
+    """aiohttp follows redirects by default and, leaving the origin, drops only the
+    Authorization header: Anthropic's x-api-key (Azure's api-key) would go along."""
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        return JSONResponse({"id": "x"})
+
+    async def ready(_request: Request) -> Response:
+        return Response()
+
+    other = Starlette(routes=[Route("/v1/messages", elsewhere, methods=["POST"]),
+                              Route("/__ready", ready)])
+    with serving(other) as target:
+
+        async def moved(_request: Request) -> Response:
+            return Response(status_code=307, headers={"location": f"{target}/v1/messages"})
+
+        provider_app = Starlette(routes=[Route("/v1/messages", moved, methods=["POST"]),
+                                         Route("/__ready", ready)])
+        with serving(provider_app) as base:
+            upstream = AiohttpUpstream(_provider(base))
+            headers = {"x-api-key": "sk-ant-secret-0123456789"}
+            try:
+                with pytest.raises(UpstreamServerError, match="redirect"):
+                    if stream:
+                        async for _event in upstream.post_sse(f"{base}/v1/messages", {},
+                                                              headers):
+                            pass
+                    else:
+                        await upstream.post_json(f"{base}/v1/messages", {}, headers)
+            finally:
+                await upstream.aclose()
+    assert seen == []

@@ -65,6 +65,9 @@ class AiohttpUpstream:
                 # must not ride along on every tenant's later requests, and the jar's
                 # filtering of each request's URL is work for nothing.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # HTTP(S)_PROXY and NO_PROXY apply, as they do to the httpx providers'
+                # calls (httpx reads them by default; aiohttp only when asked).
+                trust_env=True,
             )
         return self._session
 

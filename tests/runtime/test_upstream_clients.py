@@ -8,13 +8,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from aigw.compiler.graph import Provider
 from aigw.runtime.errors import UpstreamServerError
 from aigw.runtime.upstream import make_client
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
-from ..fakes.serve import serving
+from ..fakes.serve import free_port, serving
 
 
 def _cookie_setter() -> Starlette:
@@ -91,3 +92,43 @@ async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -
             finally:
                 await upstream.aclose()
     assert seen == []
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+async def test_calls_go_through_the_proxy_the_environment_names(
+    client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY apply to every provider's calls, whichever client makes them (a
+    gateway behind a corporate proxy reaches its providers only through it)."""
+    through: list[str] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        through.append(scope["path"])  # the absolute URL a proxy is asked for
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"id": "via-proxy"}'})
+
+    nowhere = f"http://localhost:{free_port()}"  # nothing listens: only the proxy answers
+    with serving(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        if client == "aiohttp":
+            upstream = AiohttpUpstream(_provider(nowhere))
+            try:
+                answer = await upstream.post_json(f"{nowhere}/v1/messages", {}, {})
+            finally:
+                await upstream.aclose()
+        else:
+            http = make_client(_provider(nowhere))
+            try:
+                answer = (await http.post(f"{nowhere}/v1/messages", json={})).json()
+            finally:
+                await http.aclose()
+    assert answer == {"id": "via-proxy"}
+    assert [path for path in through if "/v1/messages" in path] == [f"{nowhere}/v1/messages"]

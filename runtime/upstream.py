@@ -67,7 +67,7 @@ def make_client(provider: Provider) -> httpx.AsyncClient:
         fast = AiohttpTransport(limits=limits, client=lambda: aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=provider.max_connections,
                                            keepalive_timeout=60.0, ssl=fast.ssl_context),
-            cookie_jar=aiohttp.DummyCookieJar(), trust_env=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         ))
         transport = fast
     # A provider's cookies are not kept: later requests are other tenants' too.

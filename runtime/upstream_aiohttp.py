@@ -10,8 +10,10 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -49,6 +51,7 @@ class AiohttpUpstream:
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}  # by URL: the proxy the environment names
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(10.0, provider.timeout_s), sock_read=provider.timeout_s
         )
@@ -65,9 +68,6 @@ class AiohttpUpstream:
                 # must not ride along on every tenant's later requests, and the jar's
                 # filtering of each request's URL is work for nothing.
                 cookie_jar=aiohttp.DummyCookieJar(),
-                # HTTP(S)_PROXY and NO_PROXY apply, as they do to the httpx providers'
-                # calls (httpx reads them by default; aiohttp only when asked).
-                trust_env=True,
             )
         return self._session
 
@@ -78,7 +78,7 @@ class AiohttpUpstream:
         try:
             async with self._client().post(
                 url, data=payload, headers={**headers, "content-type": "application/json"},
-                allow_redirects=False,
+                allow_redirects=False, proxy=self._proxy(url),
             ) as response:
                 raw = await response.read()
                 status, response_headers = response.status, response.headers
@@ -109,7 +109,7 @@ class AiohttpUpstream:
                 url, data=payload,
                 headers={**headers, "content-type": "application/json",
                          "accept": "text/event-stream"},
-                allow_redirects=False,
+                allow_redirects=False, proxy=self._proxy(url),
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
@@ -126,6 +126,14 @@ class AiohttpUpstream:
             raise self._transport_error(exc) from None
         finally:
             response.release()
+
+    def _proxy(self, url: str) -> str | None:
+        """The proxy HTTP(S)_PROXY names for ``url`` (None: none, or NO_PROXY spares it),
+        worked out once a URL. aiohttp's own ``trust_env`` would look it up, and the
+        .netrc file, in a worker thread on every request."""
+        if url not in self._proxies:
+            self._proxies[url] = env_proxy(url)
+        return self._proxies[url]
 
     def _redirected(self, status: int, headers: Mapping[str, str]) -> UpstreamError:
         """Redirects are not followed: aiohttp would resend the request, the provider's
@@ -150,6 +158,16 @@ class AiohttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``: ``HTTPS_PROXY`` or ``HTTP_PROXY``
+    by its scheme, unless ``NO_PROXY`` lists its host."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:

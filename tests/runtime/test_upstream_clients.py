@@ -11,7 +11,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from aigw.compiler.graph import Provider
-from aigw.runtime.errors import UpstreamServerError
+from aigw.runtime.errors import UpstreamConnectionError, UpstreamServerError
 from aigw.runtime.upstream import make_client
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
@@ -94,12 +94,12 @@ async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -
     assert seen == []
 
 
-@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
-async def test_calls_go_through_the_proxy_the_environment_names(
-    client: str, monkeypatch: pytest.MonkeyPatch
+async def test_json_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """HTTP(S)_PROXY apply to every provider's calls, whichever client makes them (a
-    gateway behind a corporate proxy reaches its providers only through it)."""
+    """HTTP(S)_PROXY apply to the JSON upstream's calls (OpenAI, Anthropic, Azure,
+    vLLM): a gateway behind a corporate proxy reaches its providers only through it.
+    NO_PROXY spares the hosts it lists."""
     through: list[str] = []
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,17 +118,15 @@ async def test_calls_go_through_the_proxy_the_environment_names(
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
         for name in ("NO_PROXY", "no_proxy", "http_proxy"):
             monkeypatch.delenv(name, raising=False)
-        if client == "aiohttp":
-            upstream = AiohttpUpstream(_provider(nowhere))
-            try:
-                answer = await upstream.post_json(f"{nowhere}/v1/messages", {}, {})
-            finally:
-                await upstream.aclose()
-        else:
-            http = make_client(_provider(nowhere))
-            try:
-                answer = (await http.post(f"{nowhere}/v1/messages", json={})).json()
-            finally:
-                await http.aclose()
-    assert answer == {"id": "via-proxy"}
+        upstream = AiohttpUpstream(_provider(nowhere))
+        try:
+            answer = await upstream.post_json(f"{nowhere}/v1/messages", {}, {})
+            assert answer == {"id": "via-proxy"}
+            monkeypatch.setenv("NO_PROXY", "localhost")
+            spared = AiohttpUpstream(_provider(nowhere))
+            with pytest.raises(UpstreamConnectionError):  # straight to nowhere
+                await spared.post_json(f"{nowhere}/v1/messages", {}, {})
+            await spared.aclose()
+        finally:
+            await upstream.aclose()
     assert [path for path in through if "/v1/messages" in path] == [f"{nowhere}/v1/messages"]

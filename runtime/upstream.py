@@ -10,10 +10,12 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -57,24 +59,64 @@ def make_client(provider: Provider) -> httpx.AsyncClient:
         keepalive_expiry=60.0,
     )
     timeout = httpx.Timeout(provider.timeout_s, connect=min(10.0, provider.timeout_s))
-    transport: httpx.AsyncBaseTransport
     try:
         from httpx_aiohttp import AiohttpTransport
     except ImportError:  # the optional fast transport is not installed
-        transport = httpx.AsyncHTTPTransport(limits=limits)
+
+        def build(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+            return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
     else:
-        # Its own aiohttp session would keep cookies too: one without a jar instead.
-        fast = AiohttpTransport(limits=limits, client=lambda: aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=provider.max_connections,
-                                           keepalive_timeout=60.0, ssl=fast.ssl_context),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        ))
-        transport = fast
+
+        def build(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+            # Its own aiohttp session would keep cookies too: one without a jar instead.
+            fast = AiohttpTransport(limits=limits, proxy=proxy, client=lambda: (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=provider.max_connections,
+                                                   keepalive_timeout=60.0,
+                                                   ssl=fast.ssl_context),
+                    cookie_jar=aiohttp.DummyCookieJar())))
+            return fast
+
+    transport = _EnvironmentProxies(build)
     # A provider's cookies are not kept: later requests are other tenants' too.
     # (a jar, not httpx.Cookies: httpx copies those into a jar of its own, policy lost)
     cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=()))
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits,
                              cookies=cookies)
+
+
+class _EnvironmentProxies(httpx.AsyncBaseTransport):
+    """A transport per origin, each through the proxy the environment names for it
+    (``env_proxy``), worked out once an origin: httpx reads HTTP(S)_PROXY only for the
+    transports it builds itself, never for one it is given."""
+
+    def __init__(self, build: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport]):
+        self._build = build
+        self._by_origin: dict[tuple[bytes, bytes, int | None], httpx.AsyncBaseTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        origin = (url.raw_scheme, url.raw_host, url.port)
+        transport = self._by_origin.get(origin)
+        if transport is None:
+            proxy = env_proxy(str(url))
+            transport = self._build(httpx.Proxy(proxy) if proxy else None)
+            self._by_origin[origin] = transport
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in self._by_origin.values():
+            await transport.aclose()
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``: ``HTTPS_PROXY`` or ``HTTP_PROXY``
+    by its scheme, unless ``NO_PROXY`` lists its host."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 @dataclass(frozen=True, slots=True)

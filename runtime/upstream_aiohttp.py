@@ -10,10 +10,8 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 from __future__ import annotations
 
 import logging
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -21,7 +19,7 @@ from aigw.compiler.graph import Provider
 
 from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
-from .upstream import classify, failure_from_response, parse_sse, scrub
+from .upstream import classify, env_proxy, failure_from_response, parse_sse, scrub
 
 log = logging.getLogger("aigw.upstream")
 
@@ -158,16 +156,6 @@ class AiohttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url``: ``HTTPS_PROXY`` or ``HTTP_PROXY``
-    by its scheme, unless ``NO_PROXY`` lists its host."""
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return proxy
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -3,6 +3,7 @@ requests are other tenants'), and a redirect is not followed (the key would go t
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -94,12 +95,14 @@ async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -
     assert seen == []
 
 
-async def test_json_calls_go_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+async def test_calls_go_through_the_proxy_the_environment_names(
+    client: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """HTTP(S)_PROXY apply to the JSON upstream's calls (OpenAI, Anthropic, Azure,
-    vLLM): a gateway behind a corporate proxy reaches its providers only through it.
-    NO_PROXY spares the hosts it lists."""
+    """HTTP(S)_PROXY apply to every provider's calls, whichever client makes them (the
+    JSON upstream: OpenAI, Anthropic, Azure, vLLM; httpx: Gemini, Bedrock, Vertex): a
+    gateway behind a corporate proxy reaches its providers only through it. NO_PROXY
+    spares the hosts it lists."""
     through: list[str] = []
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,15 +121,23 @@ async def test_json_calls_go_through_the_proxy_the_environment_names(
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
         for name in ("NO_PROXY", "no_proxy", "http_proxy"):
             monkeypatch.delenv(name, raising=False)
-        upstream = AiohttpUpstream(_provider(nowhere))
+        assert await _post(client, nowhere) == {"id": "via-proxy"}
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        with pytest.raises((UpstreamConnectionError, httpx.TransportError)):  # to nowhere
+            await _post(client, nowhere)
+    assert [path for path in through if "/v1/messages" in path] == [f"{nowhere}/v1/messages"]
+
+
+async def _post(client: str, base: str) -> object:
+    """POST {} to ``base``/v1/messages with a fresh client of the kind named."""
+    if client == "aiohttp":
+        upstream = AiohttpUpstream(_provider(base))
         try:
-            answer = await upstream.post_json(f"{nowhere}/v1/messages", {}, {})
-            assert answer == {"id": "via-proxy"}
-            monkeypatch.setenv("NO_PROXY", "localhost")
-            spared = AiohttpUpstream(_provider(nowhere))
-            with pytest.raises(UpstreamConnectionError):  # straight to nowhere
-                await spared.post_json(f"{nowhere}/v1/messages", {}, {})
-            await spared.aclose()
+            return await upstream.post_json(f"{base}/v1/messages", {}, {})
         finally:
             await upstream.aclose()
-    assert [path for path in through if "/v1/messages" in path] == [f"{nowhere}/v1/messages"]
+    http = make_client(_provider(base))
+    try:
+        return (await http.post(f"{base}/v1/messages", json={})).json()
+    finally:
+        await http.aclose()

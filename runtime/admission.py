@@ -21,6 +21,7 @@ from typing import Any
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
+from .background import Background
 from .errors import Forbidden, UpstreamRateLimited
 from .response_cache import open_cache
 from .store import (
@@ -56,7 +57,7 @@ class StoreHandle:
         self._sync = sync
         self._store: Store | None = None
         self._lock = asyncio.Lock()
-        self._finishing: set[asyncio.Task[None]] = set()
+        self._finishing = Background()  # settlements cut short, finishing on their own
 
     async def get(self) -> Store:
         if self._store is not None:
@@ -72,13 +73,10 @@ class StoreHandle:
     def finish(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (the settlement of a request whose task was cancelled half-way
         through it) in a task of its own, which ``aclose`` waits for."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._finishing.spawn(work)
 
     async def aclose(self) -> None:
-        if self._finishing:  # before the store closes underneath them
-            await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._finishing.wait()  # before the store closes underneath them
         await self.cache.aclose()
         if self._store is not None:
             await self._store.aclose()

@@ -250,7 +250,8 @@ async def stream(
 
 
 class PipelineChat(Protocol):
-    """Serves a chat request whose model is a pipeline route (runtime/workflows)."""
+    """Serves a chat request whose model is a pipeline route (runtime/workflows); the
+    exchange has identified it (key, team, end user)."""
 
     async def __call__(
         self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: Route
@@ -266,8 +267,8 @@ async def chat_completions(
     request = parse_chat_request(body)
     route = live.graph.routes.get(request.model)
     if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:
-        user = request.user or exchange.headers.get(live.graph.settings.user_header) or None
-        await authorize_route(live, key, user, route, exchange.headers,
+        exchange.identify(key, request.user)
+        await authorize_route(live, key, exchange.user, route, exchange.headers,
                               live.counter.count_messages(request.messages),
                               request.output_limit, request.stream)
         return await pipelines(exchange, key, request, route)

@@ -19,6 +19,7 @@ from aigw.compiler.graph import Graph
 
 from . import heap
 from .admission import StoreHandle
+from .background import Background
 from .policy import PolicyEngine
 from .policy_live import StateLive
 from .providers.base import ChatAdapter
@@ -137,7 +138,7 @@ class Gateway:
         # With several workers: asks the others to reload too (``aigw serve`` sets it).
         self.reload_peers: Callable[[], None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = Background()  # adapters a reload dropped, closing after a grace
         self._retired: list[ChatAdapter] = []  # dropped by a reload, closed after a grace
 
     async def reload(self, trigger: str) -> ReloadReport:
@@ -195,9 +196,7 @@ class Gateway:
             for adapter in dropped:
                 if adapter in self._retired:  # else aclose() closed it already
                     self._retired.remove(adapter)
-                    task = loop.create_task(adapter.aclose())
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
+                    self._closing.spawn(adapter.aclose())
 
         loop.call_later(grace, close)
 
@@ -207,5 +206,5 @@ class Gateway:
         retired, self._retired = self._retired, []
         for adapter in (*self.live.adapters.values(), *retired):
             await adapter.aclose()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
         await self.store.aclose()

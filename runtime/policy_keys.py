@@ -42,13 +42,9 @@ class CedarContext:
     versus_resource: tuple[object, ...] = ()
 
 
-def encode_context(values: Mapping[str, Any], reads: Reads) -> CedarContext:
-    """The context with only the fields some policy reads (budget None: no budget)."""
-    return ContextEncoder(reads).encode(values)
-
-
 class ContextEncoder:
-    """``encode_context`` for one policy set: what it reads, in which form and through
+    """A request's context as Cedar gets it, with only the fields some policy of one
+    policy set reads (budget None: no budget): what it reads, in which form and through
     which comparisons is worked out once (per engine), not on every request."""
 
     def __init__(self, reads: Reads) -> None:

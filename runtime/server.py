@@ -29,6 +29,7 @@ from aigw.compiler.served import is_loopback
 from . import heap
 from .app import create_app
 from .auth import DEV_KEY_SHA256
+from .background import Background
 from .live import ConfigError, Gateway
 from .telemetry.record import ACCESS_LOG
 from .tokens import TokenCounter
@@ -106,21 +107,16 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
 
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
-    background: set[asyncio.Task[Any]] = set()
-
-    def spawn(coroutine: Any) -> None:
-        task = loop.create_task(coroutine)
-        background.add(task)
-        task.add_done_callback(background.discard)
+    background = Background()
 
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(gateway.reload("SIGHUP")))
+    loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(gateway.reload("SIGHUP")))
     if sockets is not None:  # a worker: the master forwards SIGHUP to every worker (this
         # one too, which then reloads again: the same files, the same graph)
         gateway.reload_peers = lambda: _send_signal(os.getppid(), signal.SIGHUP)
     if options.watch:
-        spawn(_watch(gateway, shutdown))
+        background.spawn(_watch(gateway, shutdown))
 
     log.info(
         "serving graph %s from %s on http://%s:%d (routes: %s)",

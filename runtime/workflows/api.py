@@ -290,8 +290,7 @@ class PipelineChat:
     async def __call__(
         self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: GraphRoute
     ) -> Response:
-        record = exchange.record
-        record.key, record.team = key.name, key.team.name if key.team else None
+        record = exchange.record  # identified (key, team, end user) by the caller
         record.route, record.model = route.name, request.model
         check_route_allowed(key, route)
         pipeline = exchange.live.graph.pipelines[route.target]

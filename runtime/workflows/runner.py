@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from ..background import Background
 from ..errors import StoreUnavailable
 from ..store.executions import (
     Checkpoint,
@@ -62,7 +63,7 @@ class Runner:
         self._loops: list[asyncio.Task[None]] = []
         # Lease releases under way: shielded from their execution's cancellation, so
         # ``stop`` waits for them before the store closes under them.
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._releasing = Background()
         # Checked by every loop as well: a cancellation swallowed somewhere below (a
         # client library catching it mid-command) must not leave stop() waiting forever.
         self._stopping = False
@@ -85,7 +86,7 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._loops, *self.tasks.values(), return_exceptions=True)
         self._loops = []
-        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self._releasing.wait()
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
@@ -133,9 +134,7 @@ class Runner:
             self.tasks.pop(execution_id, None)
             # A second cancellation (a lost lease, then stop) ends this wait, not the
             # release; stop() waits for the release itself.
-            release = asyncio.create_task(self._release(execution_id))
-            self._releasing.add(release)
-            release.add_done_callback(self._releasing.discard)
+            release = self._releasing.spawn(self._release(execution_id))
             await asyncio.shield(release)
 
     async def _release(self, execution_id: str) -> None:

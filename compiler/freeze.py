@@ -68,6 +68,7 @@ def freeze(
             api_version=item.entry.spec.api_version,
             timeout_s=item.entry.spec.timeout_s,
             max_connections=item.entry.spec.max_connections,
+            max_response_bytes=int(item.entry.spec.max_response_mb * (1 << 20)),
             headers=_frozen(dict(item.headers)),
             disabled_reason=item.disabled_reason,
             api_key=item.api_key,

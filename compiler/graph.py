@@ -68,6 +68,8 @@ class Provider:
     headers: Mapping[str, str]
     disabled_reason: str | None
     api_key: str | None = field(default=None, repr=False)
+    # The most bytes read of one answer, or of one line of a stream (max_response_mb).
+    max_response_bytes: int = 64 << 20
     # Simulated latency (echo only): milliseconds before the first token and per token.
     first_token_ms: float = 0.0
     per_token_ms: float = 0.0

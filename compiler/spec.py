@@ -131,6 +131,12 @@ class ProviderSpec(Spec):
     api_version: str | None = Field(None, description="API version (azure_openai).")
     timeout_s: Annotated[float, Field(gt=0)] = Field(600.0, description="Per-attempt timeout.")
     max_connections: PositiveInt = Field(100, description="Pooled connections to this provider.")
+    max_response_mb: Annotated[float, Field(gt=0, le=4096)] = Field(
+        64.0,
+        description="The largest answer taken from this provider, and the longest line of "
+        "a stream, in MiB; a larger one fails the attempt (upstream_response_too_large) "
+        "rather than fill the gateway's memory. Raise it for large embeddings batches.",
+    )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     latency: LatencySpec | None = Field(None, description="Only for type echo: simulated latency.")
     region: str | None = Field(None, description="AWS region (bedrock), e.g. us-east-1.")

@@ -225,6 +225,13 @@ class UpstreamTimeout(UpstreamError):
     retryable = True
 
 
+class UpstreamResponseTooLarge(UpstreamError):
+    """A response (or one line of a stream) passed the provider's ``max_response_mb``:
+    not retried, as the same request would bring the same answer."""
+
+    code = "upstream_response_too_large"
+
+
 class UpstreamConnectionError(UpstreamError):
     code = "upstream_unreachable"
     retryable = True

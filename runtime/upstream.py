@@ -11,7 +11,7 @@ import email.utils
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -31,6 +31,7 @@ from .errors import (
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRateLimited,
+    UpstreamResponseTooLarge,
     UpstreamServerError,
     UpstreamTimeout,
 )
@@ -221,6 +222,58 @@ def json_event(data: str, provider: Provider) -> dict[str, Any]:
     return document
 
 
+def too_large(provider: Provider, what: str) -> UpstreamResponseTooLarge:
+    mebibytes = provider.max_response_bytes / (1 << 20)
+    return UpstreamResponseTooLarge(
+        f"provider '{provider.name}' sent {what} larger than its max_response_mb "
+        f"({mebibytes:g} MiB); raise providers.{provider.name}.max_response_mb if such "
+        "answers are expected", provider=provider.name)
+
+
+async def read_capped(chunks: AsyncIterable[bytes], provider: Provider) -> bytes:
+    """A whole body, read chunk by chunk so that one past the provider's
+    ``max_response_bytes`` fails once it gets there (a wrong ``base_url`` serving a huge
+    file, a server that never ends its answer) instead of filling the worker's memory.
+    The bound is on the decoded bytes, so a compressed answer cannot slip past it."""
+    limit = provider.max_response_bytes
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise too_large(provider, "an answer")
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def capped_lines(chunks: AsyncIterable[bytes], provider: Provider) -> AsyncIterator[str]:
+    """A stream's lines (ended by LF or CRLF, the ending removed), none longer than the
+    provider's ``max_response_bytes``. aiohttp's own line reader stops at 512 KiB (an image
+    in one event is more), and httpx's has no bound at all."""
+    limit = provider.max_response_bytes
+    parts: list[bytes] = []  # the line so far, when it spans chunks
+    size = 0
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            if parts:
+                parts.append(piece)
+                piece, parts, size = b"".join(parts), [], 0
+            start = end + 1
+            if len(piece) > limit:
+                raise too_large(provider, "a line")
+            yield piece.removesuffix(b"\r").decode("utf-8", "replace")
+        if start < len(chunk):
+            rest = chunk[start:]
+            size += len(rest)
+            if size > limit:
+                raise too_large(provider, "a line")
+            parts.append(rest)
+    if parts:
+        yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
+
+
 class Upstream:
     """One provider's HTTP client and the calls every adapter makes through it."""
 
@@ -231,17 +284,22 @@ class Upstream:
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]:
+        request = self.client.build_request("POST", url, json=body, headers=headers)
         try:
-            response = await self.client.post(url, json=body, headers=headers)
+            response = await self.client.send(request, stream=True)
+            try:
+                content = await read_capped(response.aiter_bytes(), self.provider)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:
             raise classify(
-                failure_from_response(response.status_code, response.content, response.headers),
+                failure_from_response(response.status_code, content, response.headers),
                 self.provider,
             )
         try:
-            document = response.json()
+            document = json.loads(content)
         except ValueError:
             raise UpstreamServerError(
                 f"provider '{self.provider.name}' answered with something that is not JSON",
@@ -271,12 +329,13 @@ class Upstream:
             raise self._transport_error(exc) from None
         try:
             if response.status_code >= 400:
-                content = await response.aread()
+                content = await read_capped(response.aiter_bytes(), self.provider)
                 raise classify(
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
-            async for event in parse_sse(response.aiter_lines()):
+            lines = capped_lines(response.aiter_bytes(), self.provider)
+            async for event in parse_sse(lines, self.provider):
                 yield event
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
@@ -297,15 +356,19 @@ class Upstream:
         await self.client.aclose()
 
 
-async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    """Server-sent events per the HTML spec: ``event:`` and ``data:`` fields, blank-line ended."""
+async def parse_sse(
+    lines: AsyncIterator[str], provider: Provider
+) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events per the HTML spec: ``event:`` and ``data:`` fields, blank-line
+    ended. An event's data, however many lines it spans, is bounded as one line is."""
     event = ""
     data: list[str] = []
+    size = 0
     async for line in lines:
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
-            event, data = "", []
+            event, data, size = "", [], 0
             continue
         if line.startswith(":"):
             continue  # a comment, used as a keep-alive
@@ -315,5 +378,8 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]
             event = value
         elif field == "data":
             data.append(value)
+            size += len(value)
+            if size > provider.max_response_bytes:
+                raise too_large(provider, "an event")
     if data:
         yield event or "message", "\n".join(data)

@@ -19,7 +19,15 @@ from aigw.compiler.graph import Provider
 
 from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
-from .upstream import classify, env_proxy, failure_from_response, parse_sse, scrub
+from .upstream import (
+    capped_lines,
+    classify,
+    env_proxy,
+    failure_from_response,
+    parse_sse,
+    read_capped,
+    scrub,
+)
 
 log = logging.getLogger("aigw.upstream")
 
@@ -78,7 +86,7 @@ class AiohttpUpstream:
                 url, data=payload, headers={**headers, "content-type": "application/json"},
                 allow_redirects=False, proxy=self._proxy(url),
             ) as response:
-                raw = await response.read()
+                raw = await read_capped(response.content.iter_any(), self.provider)
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
@@ -115,10 +123,11 @@ class AiohttpUpstream:
             if 300 <= response.status < 400:
                 raise self._redirected(response.status, response.headers)
             if response.status >= 400:
-                raw = await response.read()
+                raw = await read_capped(response.content.iter_any(), self.provider)
                 raise classify(failure_from_response(response.status, raw, response.headers),
                                self.provider)
-            async for event in parse_sse(_lines(response.content)):
+            lines = capped_lines(response.content.iter_any(), self.provider)
+            async for event in parse_sse(lines, self.provider):
                 yield event
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
@@ -156,9 +165,4 @@ class AiohttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    async for raw in content:
-        yield raw.decode("utf-8", "replace").rstrip("\r\n")
 

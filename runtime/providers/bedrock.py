@@ -66,7 +66,15 @@ from aigw.compiler.graph import Provider
 
 from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
-from ..upstream import Upstream, UpstreamFailure, classify, make_client, retry_after, scrub
+from ..upstream import (
+    Upstream,
+    UpstreamFailure,
+    classify,
+    make_client,
+    read_capped,
+    retry_after,
+    scrub,
+)
 from .base import (
     ChatCall,
     ChatDelta,
@@ -199,7 +207,13 @@ class _BedrockUpstream(Upstream):
     ) -> dict[str, Any]:
         response = await self._send(url, body, headers, stream=False)
         try:
-            document = response.json()
+            content = await read_capped(response.aiter_bytes(), self.provider)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            await response.aclose()
+        try:
+            document = json.loads(content)
         except ValueError:
             document = None
         if not isinstance(document, dict):
@@ -238,11 +252,12 @@ class _BedrockUpstream(Upstream):
             headers={**headers, "content-type": "application/json", "accept": accept},
         )
         try:
-            response = await self.client.send(request, stream=stream)
+            # Always streamed: the body is read here, bounded by max_response_mb.
+            response = await self.client.send(request, stream=True)
             if response.status_code < 400:
                 return response
             try:
-                content = await response.aread()
+                content = await read_capped(response.aiter_bytes(), self.provider)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:

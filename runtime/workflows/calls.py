@@ -85,10 +85,16 @@ def current_route(live: Live, route: Route) -> Route:
     return route
 
 
+# The most an http step's answer may hold: it becomes the step's output, which is kept
+# in the execution's checkpoint (SQLite or Redis) and fed to later steps' templates.
+MAX_STEP_ANSWER_BYTES = 16 << 20
+
+
 class HttpxCaller:
     """``HttpCaller`` on one pooled httpx client; transport errors are retryable failures.
     Redirects are not followed: each step's destination is checked (compiler/egress.py),
-    and a redirect could lead past that check."""
+    and a redirect could lead past that check. An answer past ``MAX_STEP_ANSWER_BYTES``
+    fails the step (not retried) when it gets there, before it is held whole."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client or httpx.AsyncClient()
@@ -96,16 +102,29 @@ class HttpxCaller:
     async def __call__(
         self, method: str, url: str, headers: Mapping[str, str], body: Any, timeout: float
     ) -> HttpAnswer:
+        request = self._client.build_request(
+            method, url, headers=dict(headers),
+            json=body if body is not None and method != "GET" else None, timeout=timeout,
+        )
         try:
-            response = await self._client.request(
-                method, url, headers=dict(headers),
-                json=body if body is not None and method != "GET" else None, timeout=timeout,
-                follow_redirects=False,  # whatever the client's default
-            )
+            # Not followed, whatever the client's default.
+            response = await self._client.send(request, stream=True, follow_redirects=False)
+            try:
+                parts, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_STEP_ANSWER_BYTES:
+                        raise StepFailed(
+                            f"{method} {url} answered more than "
+                            f"{MAX_STEP_ANSWER_BYTES >> 20} MiB", retryable=False)
+                    parts.append(chunk)
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise StepFailed(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        encoding = response.encoding or "utf-8"
         return HttpAnswer(response.status_code, response.headers.get("content-type", ""),
-                          response.text)
+                          b"".join(parts).decode(encoding, "replace"))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -10,7 +10,7 @@ import httpx
 from aigw.compiler.graph import Route
 from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
-from aigw.runtime.workflows.calls import HttpxCaller
+from aigw.runtime.workflows.calls import MAX_STEP_ANSWER_BYTES, HttpxCaller
 from aigw.runtime.workflows.engine import ModelAnswer
 
 from .conftest import Serve
@@ -452,6 +452,31 @@ async def test_a_redirect_is_not_followed(serve: Serve) -> None:
         "step 'fetch' failed: GET http://tools.test/moved answered 302 (redirects are not "
         "followed; point the step at the final URL)")
     assert seen == ["http://tools.test/moved"]
+
+
+async def test_an_http_answer_over_the_bound_fails_the_step_without_retries(
+    serve: Serve,
+) -> None:
+    """An answer becomes the step's output, kept in the execution's checkpoint: one past
+    MAX_STEP_ANSWER_BYTES fails the step rather than fill the worker and the store."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/huge":
+            return httpx.Response(200, content=b"x" * (MAX_STEP_ANSWER_BYTES + 1))
+        return httpx.Response(200, content="d\xe9j\xe0 vu".encode("latin-1"),
+                              headers={"content-type": "text/plain; charset=latin-1"})
+
+    served = await serve({"tool": ANY_TOOL}, http=HttpxCaller(
+        httpx.AsyncClient(transport=httpx.MockTransport(handler))))
+    result = await served.run("tool", {"url": "http://tools.test/huge"})
+    assert result["error"] == (
+        "step 'fetch' failed: GET http://tools.test/huge answered more than 16 MiB")
+    assert (await served.steps(result["execution"]))["fetch"]["attempts"] == 1
+    text = await served.run("tool", {"url": "http://tools.test/text"})
+    assert text["output"] == "d\xe9j\xe0 vu"  # decoded by its charset, as before
+    assert seen == ["/huge", "/text"]
 
 
 async def test_template_errors_at_run_time_fail_without_retries(serve: Serve) -> None:

@@ -11,10 +11,10 @@ body, a send that takes the response), ``--concurrency`` requests at a time on u
 pinned to core 0, against bench/upstream.py on core 1. What is measured is this
 process's CPU (every thread: the SQLite writer's too) per request, over
 ``--requests`` requests after a warm-up: aigw's request path, its upstream client
-(aiohttp) and Starlette's request object, with every stage on as in bench/run.py's
-"aigw, every stage on" (``--lean``: configured as LiteLLM). The HTTP server's share
-(hypercorn and h11, about 40% under wrk) is not in it, so a saving here is a larger
-share of this figure than of a wrk run's.
+(aiohttp), Starlette's request object and the access log line, with every stage on as
+in bench/run.py's "aigw, every stage on" (``--lean``: configured as LiteLLM). The HTTP
+server's share (hypercorn and h11, about 40% under wrk) is not in it, so a saving here
+is a larger share of this figure than of a wrk run's.
 
 With ``--base REF`` each round runs REF's code (laid out as bench/ab.py does) and the
 working tree's in fresh processes, order alternating, and prints both means.
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import logging
 import os
 import pstats
 import shutil
@@ -109,8 +110,13 @@ async def measured(root: Path, requests: int, concurrency: int, calls: bool) -> 
     from aigw.runtime import heap
     from aigw.runtime.app import create_app
     from aigw.runtime.live import Gateway
+    from aigw.runtime.telemetry.record import ACCESS_LOG, access_log
     from aigw.runtime.tokens import TokenCounter
 
+    # The access log on, as aigw serve has it: one JSON line a request to a line-buffered
+    # stream (serve's is stderr; here a file beside the gateway directory).
+    access_log.setLevel(logging.INFO)
+    ACCESS_LOG.to_stream(open(root.parent / "access.log", "w", buffering=1))  # noqa: SIM115
     gateway = Gateway(root, TokenCounter())
     app: App = create_app(gateway)  # type: ignore[assignment]
     try:

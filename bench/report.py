@@ -46,6 +46,7 @@ class TargetResult:
     rss_before_soak_mib: float | None = None
     rss_after_soak_mib: float | None = None
     soak: Throughput | None = None
+    throughput_rounds: list[float] = field(default_factory=list)  # each round's rps
 
     def highest_sustained(self) -> Rated | None:
         sustained = [r for r in self.rated.values() if r.sustained]
@@ -120,7 +121,8 @@ def _method(run: RunResult) -> str:
         "two. The direct target is the upstream itself, so it has core 1 only, shared with "
         "the generator: its throughput is a lower bound of what the upstream can do.",
         "- Most throughput: `wrk` (Debian's package) closed-loop, 1 thread, 32 connections, "
-        "`bench/wrk_chat.lua` (POST JSON, bearer key).",
+        "`bench/wrk_chat.lua` (POST JSON, bearer key); the best of `--throughput-rounds` "
+        "rounds (3; `--quick` 1) for every target alike, LiteLLM's included.",
         "- Latency at a fixed rate: `bench/loadgen.py`, open loop. wrk is closed-loop and "
         "cannot hold a rate; wrk2 (which can) and vegeta are not packaged by Debian, `hey` "
         "neither; h2load's `--rps` paces each connection (still closed per connection) and "
@@ -204,16 +206,19 @@ def _throughput_table(targets: Mapping[str, TargetResult]) -> list[str]:
     lines = [
         "### Most throughput (closed loop: wrk, 1 thread, 32 connections)",
         "",
-        "| target | requests/s | errors | p50 ms | p99 ms |",
-        "|---|---|---|---|---|",
+        "Each target's best round with under 1% errors; every round's requests/s beside it.",
+        "",
+        "| target | requests/s | errors | p50 ms | p99 ms | rounds (requests/s) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, target in targets.items():
         result = target.throughput
         if result is None:
             continue
         flag = "" if result.error_rate < 0.01 else " (1% errors or more: not valid)"
+        rounds = ", ".join(f"{rps:,.0f}" for rps in target.throughput_rounds) or "—"
         lines.append(f"| {_title(name)} | {result.rps:,.0f}{flag} | {result.error_rate:.2%} "
-                     f"| {_ms(result.p50_ms)} | {_ms(result.p99_ms)} |")
+                     f"| {_ms(result.p50_ms)} | {_ms(result.p99_ms)} | {rounds} |")
     return [*lines, ""]
 
 

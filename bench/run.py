@@ -49,6 +49,7 @@ class Options:
     lean: bool  # also aigw configured as LiteLLM is
     floors: bool
     search_steps: int  # probes for the highest sustained rate, below a rate that failed
+    throughput_rounds: int  # closed-loop rounds a target; its best valid one is reported
 
 
 def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
@@ -64,6 +65,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
                         help="the upstream's time to first byte")
     parser.add_argument("--stream-tokens", type=int, default=8)
     parser.add_argument("--token-interval-ms", type=float, default=1.0)
+    parser.add_argument("--throughput-rounds", type=int,
+                        help="closed-loop rounds a target, the best reported (3; quick 1)")
     parser.add_argument("--skip-litellm", action="store_true", help="e.g. with no PyPI access")
     parser.add_argument("--skip-floors", action="store_true")
     parser.add_argument("--skip-lean", action="store_true",
@@ -85,6 +88,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         lean=not args.skip_lean,
         floors=not args.skip_floors,
         search_steps=2 if args.quick else 3,
+        throughput_rounds=args.throughput_rounds or (1 if args.quick else 3),
     )
     return options, args
 
@@ -101,9 +105,7 @@ def measure_target(
     rate this target needed and the fixed list lacks (its highest sustained rate)."""
     result = TargetResult(server.name, rss_idle_mib=server.rss_mib())
     measure.closed_loop(server, options.warmup_s)  # fills pools and caches; not recorded
-    result.throughput = measure.closed_loop(server, options.point_s)
-    log(f"{server.name}: {result.throughput.rps:,.0f} rps closed-loop, "
-        f"{result.throughput.error_rate:.2%} errors")
+    _best_throughput(server, options, result)
     failed_at: float | None = None
     for rate in options.rates:
         if failed_at is not None:
@@ -137,13 +139,28 @@ def measure_floor(
     gateway on this stack adds before doing anything of its own."""
     result = TargetResult(server.name)
     measure.closed_loop(server, options.warmup_s)
-    result.throughput = measure.closed_loop(server, options.point_s)
+    _best_throughput(server, options, result)
+    assert result.throughput is not None
     rate = options.rates[0]
     result.rated[rate] = measure.open_loop(server, rate, options.point_s)
     direct(rate)
     log(f"{server.name}: {result.throughput.rps:,.0f} rps closed-loop; at {rate:g} rps "
         f"p50 {result.rated[rate].latency_ms['p50']} ms")
     return result
+
+
+def _best_throughput(server: Server, options: Options, result: TargetResult) -> None:
+    """``throughput_rounds`` closed-loop rounds; the best with under 1% errors stands
+    (the best of all if none). Each target gets its best: LiteLLM's own throughput
+    varied from 24 to 92 rps between runs, so one round made the ratio a lottery."""
+    rounds = []
+    for number in range(options.throughput_rounds):
+        rounds.append(measure.closed_loop(server, options.point_s))
+        log(f"{server.name}: round {number + 1}: {rounds[-1].rps:,.0f} rps closed-loop, "
+            f"{rounds[-1].error_rate:.2%} errors")
+    valid = [round_ for round_ in rounds if round_.error_rate < 0.01] or rounds
+    result.throughput = max(valid, key=lambda round_: round_.rps)
+    result.throughput_rounds = [round_.rps for round_ in rounds]
 
 
 def _find_sustained(

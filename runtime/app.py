@@ -256,6 +256,11 @@ class _Endpoints:
             await exchange.cancelled()
             live.telemetry.finish(record)
             raise
+        except Exception:  # aigw's own fault (logged by the handler): still given back,
+            # recorded and counted, as any failure, rather than held until it expires
+            await exchange.fail(InternalError("The gateway had an internal error."))
+            live.telemetry.finish(record)
+            raise
         if not record.stream:
             live.telemetry.finish(record)
         return response

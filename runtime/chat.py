@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
@@ -29,10 +29,10 @@ from .jsonio import JSONBody
 from .live import Live
 from .policy import RequestGate
 from .policy_request import authorize_route
-from .providers.base import ChatCall, ChatDelta, ChatResult, Usage
+from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate
-from .sse import ChunkEncoder, completion_body, error_event
+from .sse import ChunkEncoder, completion_body, error_event, settled_stream
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import NO_SPAN, PROVIDER_NAMES, Span
 
@@ -104,7 +104,7 @@ def prepare(
     to a group or deployment that apps cannot call by name).
     """
     route = route or resolve_route(live.graph, request.model)
-    prompt_tokens = live.counter.count_messages(request.messages)
+    prompt_tokens = live.counter.count_request(request)
     budget_s = route.deadline_s
     asked = headers.get("x-aigw-deadline-ms") if headers is not None else None
     if asked is not None:
@@ -269,7 +269,7 @@ async def chat_completions(
     if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:
         exchange.identify(key, request.user)
         await authorize_route(live, key, exchange.user, route, exchange.headers,
-                              live.counter.count_messages(request.messages),
+                              live.counter.count_request(request),
                               request.output_limit, request.stream)
         return await pipelines(exchange, key, request, route)
     await exchange.open(key, request)
@@ -284,12 +284,9 @@ async def chat_completions(
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
-    return StreamingResponse(
-        _events(encoder, deltas, live, record),
-        media_type="text/event-stream",
-        headers={**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-                 **_overhead(record), "cache-control": "no-cache"},
-    )
+    headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
+               **_overhead(record)}
+    return await settled_stream(_events(encoder, deltas, live, record), headers)
 
 
 _UNTRACED = nullcontext(NO_SPAN)  # reusable: entering it does nothing
@@ -338,12 +335,6 @@ async def _nothing(_value: object) -> None:
     return None
 
 
-async def close_deltas(deltas: AsyncIterator[ChatDelta]) -> None:
-    closer = getattr(deltas, "aclose", None)
-    if closer is not None:
-        await closer()
-
-
 async def _measured(
     live: Live,
     won: Won[Any],
@@ -357,16 +348,17 @@ async def _measured(
     stats = live.routing.of(deployment)
     stats.in_flight += 1
     try:
-        if first is not None:
-            yield first
         while True:
-            waited = time.perf_counter()
-            try:
-                delta = await anext(rest)
-            except StopAsyncIteration:
-                break
-            finally:
-                record.upstream_s += time.perf_counter() - waited
+            if first is not None:  # read already, by the attempt: its usage counts too
+                delta, first = first, None
+            else:
+                waited = time.perf_counter()
+                try:
+                    delta = await anext(rest)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    record.upstream_s += time.perf_counter() - waited
             if delta.usage is not None:
                 stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
                 _bill(record, deployment, delta.usage)
@@ -384,7 +376,7 @@ async def _measured(
 
 async def _events(
     encoder: ChunkEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     ended = False
     try:
         async for event in encoder.events(deltas):

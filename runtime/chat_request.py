@@ -7,6 +7,7 @@ A bad body becomes a ``BadRequest`` naming the offending parameter.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,9 +79,28 @@ class ChatRequest(BaseModel):
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse and validate a request body; any problem is a ``BadRequest`` naming the field."""
     try:
-        return ChatRequest.model_validate_json(body)
+        request = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
+    # A parameter aigw passes on as it came (presence_penalty, say) is not validated by a
+    # field; a number too large for a float (1e999) parses as infinity, which no JSON
+    # encoder will send upstream.
+    for name, value in (request.model_extra or {}).items():
+        if not _finite(value):
+            raise BadRequest(f"Invalid value for '{name}': numbers must be finite.", param=name)
+    if request.tools is not None and not _finite(request.tools):
+        raise BadRequest("Invalid value for 'tools': numbers must be finite.", param="tools")
+    return request
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def bad_request(exc: ValidationError) -> BadRequest:

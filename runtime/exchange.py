@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import anyio
 from starlette.datastructures import Headers
@@ -32,12 +33,12 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, close_deltas, complete, prepare, stream
+from .chat import Plan, Served, complete, prepare, stream
 from .chat_request import ChatRequest
 from .errors import BudgetExceeded, Cancelled, GatewayError, StoreUnavailable
 from .live import Live
 from .policy_request import authorize
-from .providers.base import ChatDelta, ChatResult, Usage
+from .providers.base import ChatDelta, ChatResult, Usage, close_deltas
 from .response_cache import (
     StreamedAnswer,
     cache_key,
@@ -51,6 +52,7 @@ from .response_cache import (
 from .telemetry.record import RequestRecord
 
 log = logging.getLogger("aigw.limits")
+R = TypeVar("R")
 
 # How often (in streamed deltas) a stream checks that its budget has not run out.
 _BUDGET_CHECK_EVERY = 16
@@ -122,16 +124,29 @@ class Exchange:
         return {"x-aigw-cache": self.record.cache} if self.record.cache is not None else {}
 
     async def complete(self) -> tuple[Served, ChatResult]:
+        return await self.complete_as(_as_is)
+
+    async def complete_as(self, render: Callable[[Served, ChatResult], R]) -> tuple[Served, R]:
+        """The whole answer, rendered by ``render`` before the request is settled and
+        recorded: a render that finds the answer unusable (a GatewayError, such as tool
+        arguments /v1/messages cannot pass on) is recorded with that status, not as a 200,
+        and billed all the same, as the provider was paid."""
         assert self.plan is not None
         cached = await self._cached()
         if cached is not None:
             served, result = cached
-            await self.close()
         else:
             served, result = await complete(self.live, self.plan, self.record)
+        try:
+            rendered = render(served, result)
+        except GatewayError as exc:
+            self.record.status, self.record.error = exc.status, str(exc.code)
+            raise
+        finally:
             await self.close()  # settled and recorded before anything else can fail
+        if cached is None:
             await self._remember(served.deployment, result)
-        return served, result
+        return served, rendered
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
         assert self.plan is not None
@@ -294,3 +309,7 @@ class Exchange:
         except StoreUnavailable:
             log.error("ledger record %s not written: the store is unavailable",
                       self.record.request_id)
+
+
+def _as_is(_served: Served, result: ChatResult) -> ChatResult:
+    return result

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from .auth import authenticate
 from .chat import Served, new_record, resolve_route
-from .chat_request import Message
-from .errors import GatewayError, UpstreamOverloaded, UpstreamServerError
+from .chat_request import ChatRequest
+from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange
 from .live import Live
 from .messages_wire import (
@@ -42,8 +43,10 @@ from .messages_wire import (
     chat_messages,
     parse,
     to_chat_request,
+    tools_of,
 )
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage
+from .sse import settled_stream
 from .telemetry.record import RequestRecord
 
 __all__ = ["count_tokens", "create_message", "error_body", "error_status"]
@@ -65,6 +68,8 @@ _STOP_REASONS: Mapping[str, str] = MappingProxyType({
     "content_filter": "refusal",
 })
 
+log = logging.getLogger("aigw.http")
+
 
 async def create_message(
     live: Live,
@@ -81,16 +86,19 @@ async def create_message(
     exchange = Exchange(live, record, headers, current)
     try:
         response = await _message(exchange, await body)
-    except GatewayError as exc:
+    except asyncio.CancelledError:  # a shutdown past its grace period
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    except Exception as exc:
+        if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
+            log.exception("unhandled error on POST /v1/messages", exc_info=exc)
+            exc = InternalError("The gateway had an internal error; it is logged.")
         response = _error_response(exc)
         await exchange.fail(exc)
         record.status = response.status_code
         live.telemetry.finish(record)
         return response
-    except asyncio.CancelledError:  # a shutdown past its grace period
-        await exchange.cancelled()
-        live.telemetry.finish(record)
-        raise
     if not record.stream:  # a stream's record is finished when the stream ends
         live.telemetry.finish(record)
     return response
@@ -103,10 +111,12 @@ async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> 
         authenticate(live.graph, headers)
         request = parse(CountTokensRequest, raw)
         resolve_route(live.graph, request.model)
+        # As the request would be planned: the conversation and the tools.
+        planned = ChatRequest.model_validate(
+            {"model": request.model, "messages": chat_messages(request), **tools_of(request)})
     except GatewayError as exc:
         return _error_response(exc)
-    messages = [Message.model_validate(message) for message in chat_messages(request)]
-    return JSONResponse({"input_tokens": live.counter.count_messages(messages)})
+    return JSONResponse({"input_tokens": live.counter.count_request(planned)})
 
 
 def error_status(error: GatewayError) -> tuple[int, str]:
@@ -141,18 +151,14 @@ async def _message(exchange: Exchange, raw: bytes) -> Response:
     request = parse(MessagesRequest, raw)
     chosen = await exchange.open(key, to_chat_request(request))
     if not request.stream:
-        served, result = await exchange.complete()
-        return JSONResponse(message_body(served, result),
+        served, body = await exchange.complete_as(message_body)
+        return JSONResponse(body,
                             headers={**_headers(served, record), **exchange.rate_headers(),
                                      **exchange.cache_headers()})
     served, deltas = await exchange.stream()
     encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
-    return StreamingResponse(
-        _events(encoder, deltas, live, record),
-        media_type="text/event-stream",
-        headers={**_headers(served, record), **exchange.rate_headers(),
-                 **exchange.cache_headers(), "cache-control": "no-cache"},
-    )
+    headers = {**_headers(served, record), **exchange.rate_headers(), **exchange.cache_headers()}
+    return await settled_stream(_events(encoder, deltas, live, record), headers)
 
 
 def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
@@ -350,14 +356,18 @@ class EventEncoder:
 
 async def _events(
     encoder: EventEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     ended = False
     try:
+        # The first delta before the first event: the streams under this one have then
+        # started, and close (settling the request) however it ends (settled_stream).
+        delta = await anext(deltas, None)
         yield encoder.start()
-        async for delta in deltas:
+        while delta is not None:
             event = encoder.encode(delta)
             if event:
                 yield event
+            delta = await anext(deltas, None)
         yield encoder.finish()
         ended = True
     except GatewayError as exc:  # after the status line: the error goes in the stream

@@ -217,7 +217,7 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
         body["stop"] = list(request.stop_sequences)
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
-    body.update(_tools(request))
+    body.update(tools_of(request))
     return ChatRequest.model_validate(body)
 
 
@@ -307,7 +307,7 @@ def _misplaced(kind: str, turn: str, number: int, position: int) -> BadRequest:
     return BadRequest(f"{param}: {turn} turn cannot hold a '{kind}' block.", param=param)
 
 
-def _tools(request: CountTokensRequest) -> dict[str, Any]:
+def tools_of(request: CountTokensRequest) -> dict[str, Any]:
     """``tools``, ``tool_choice`` and ``parallel_tool_calls``, or nothing when no tools."""
     names = {tool.name for tool in request.tools or ()}
     choice = request.tool_choice

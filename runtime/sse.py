@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from . import jsonio
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
@@ -126,3 +130,47 @@ def _choice(index: int, delta: dict[str, object], finish: str | None) -> dict[st
 def error_event(body: dict[str, object]) -> bytes:
     """An error in the middle of a stream, after the status line has gone out."""
     return b"data: " + jsonio.dumps(body) + b"\n\n"
+
+
+class _SettledStream(StreamingResponse):
+    """A stream whose events' generator is closed when the response ends, however it
+    ends: its ``finally`` settles the request and writes its records."""
+
+    def __init__(self, first: bytes, events: AsyncGenerator[bytes, None],
+                 headers: Mapping[str, str]) -> None:
+        super().__init__(_chained(first, events), media_type="text/event-stream",
+                         headers={**headers, "cache-control": "no-cache"})
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # shielded: a client that went away cancels the response, not this
+            with anyio.CancelScope(shield=True):
+                await self._events.aclose()
+
+
+async def _chained(first: bytes, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for event in events:
+        yield event
+
+
+async def settled_stream(
+    events: AsyncGenerator[bytes, None], headers: Mapping[str, str]
+) -> StreamingResponse:
+    """The event-stream response for ``events``, a generator that settles and records
+    its request in its ``finally``.
+
+    Its first event is read here, before the response exists, so that it and every
+    generator under it (down to the provider's) have started and are inside their
+    ``try``. With hypercorn (ASGI 2.1) Starlette cancels a streaming response as soon as
+    the client disconnects, which can be before the body is first read; a generator that
+    never started never runs its ``finally``, and the request's hold would stay until
+    it expired, unbilled and unrecorded. The response closes ``events`` when it ends.
+    """
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = b""
+    return _SettledStream(first, events, headers)

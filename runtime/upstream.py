@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -131,21 +132,31 @@ class UpstreamFailure:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP
+    date); None when neither says anything usable ("soon", "inf", a broken date)."""
+    milliseconds = _seconds(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
     value = headers.get("retry-after")
     if not value:
         return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
-        return max(0.0, float(value))
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        number = float(value) if value else None
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        return None
+    # inf or nan would break the arithmetic (and the Retry-After sent on to the client).
+    return max(0.0, number) if number is not None and math.isfinite(number) else None
 
 
 def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:

@@ -57,7 +57,7 @@ from .base import (
     EmbeddingCall,
     EmbeddingResult,
     ToolCallDelta,
-    Usage,
+    unreported_usage,
 )
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -100,8 +100,7 @@ class AnthropicAdapter:
                 f"provider '{self.provider.name}' ended the stream before message_stop",
                 provider=self.provider.name,
             )
-        yield ChatDelta(usage=usage(reader.counts) if reader.counts else
-                        Usage(call.prompt_tokens, 0))
+        yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         raise NoDeploymentAvailable(

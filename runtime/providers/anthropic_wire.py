@@ -19,7 +19,7 @@ from aigw.compiler.graph import Provider
 
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
-from .base import ChatCall, ChatResult, Choice, ToolCall, Usage
+from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
 from .turns import TurnBlocks, split_turns
 
 # Anthropic's stop_reason as OpenAI's finish_reason.
@@ -313,7 +313,7 @@ def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provide
     return ChatResult(
         model=str(document.get("model") or call.deployment.model),
         choices=(choice,),
-        usage=usage(counts) if isinstance(counts, dict) else Usage(call.prompt_tokens, 0),
+        usage=usage(counts) if isinstance(counts, dict) else unreported_usage(call),
     )
 
 

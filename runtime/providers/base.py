@@ -16,6 +16,7 @@ from typing import Protocol
 from aigw.compiler.graph import Deployment, Provider
 
 from ..chat_request import ChatRequest
+from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
 
 
@@ -35,10 +36,25 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     cache_creation_tokens: int = 0  # prompt tokens written to it (Anthropic bills these)
+    # False: the provider reported none (an OpenAI-compatible server that ignores
+    # include_usage, say); the adapters' guard counts the answer's tokens instead.
+    reported: bool = True
+
+    def __post_init__(self) -> None:
+        # A provider's negative count would bill a credit and break the counters.
+        if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+               self.cache_creation_tokens) < 0:
+            raise ValueError(f"negative token counts in {self}")
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def unreported_usage(call: ChatCall) -> Usage:
+    """The usage of an answer whose provider reported none: the prompt as the gateway
+    counted it, the output to be counted from the answer (``GuardedAdapter``)."""
+    return Usage(call.prompt_tokens, 0, reported=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +118,16 @@ class EmbeddingResult:
     prompt_tokens: int
 
 
+def embedding_vector(value: object, provider: Provider) -> tuple[float, ...]:
+    """One embedding as floats; anything but a non-empty list of numbers is the
+    provider's fault (a base64 string, say, which was not asked for)."""
+    if not isinstance(value, list) or not value:
+        raise UpstreamServerError(
+            f"provider '{provider.name}' returned an embedding that is not a list of numbers",
+            provider=provider.name)
+    return tuple(map(float, value))  # a number in a string passes; anything else raises
+
+
 class ChatAdapter(Protocol):
     """What every provider adapter offers. ``stream`` must end with a usage-only delta."""
 
@@ -112,6 +138,14 @@ class ChatAdapter(Protocol):
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult: ...
 
     async def aclose(self) -> None: ...
+
+
+async def close_deltas(deltas: AsyncIterator[ChatDelta]) -> None:
+    """Close a stream (an async generator's ``aclose``), so that its provider's response
+    is released now and not when the generator is collected."""
+    closer = getattr(deltas, "aclose", None)
+    if closer is not None:
+        await closer()
 
 
 class AdapterFactory(Protocol):

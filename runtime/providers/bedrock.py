@@ -82,7 +82,7 @@ from .base import (
     EmbeddingCall,
     EmbeddingResult,
     ToolCallDelta,
-    Usage,
+    unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
 from .bedrock_wire import STOP_REASONS, converse_body, parse_converse, usage
@@ -145,8 +145,7 @@ class BedrockAdapter:
                 f"provider '{self.provider.name}' ended the stream before messageStop",
                 provider=self.provider.name,
             )
-        yield ChatDelta(usage=usage(reader.counts) if reader.counts else
-                        Usage(call.prompt_tokens, 0))
+        yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         raise NoDeploymentAvailable(

@@ -19,7 +19,7 @@ from aigw.compiler.graph import Provider
 
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
-from .base import ChatCall, ChatResult, Choice, ToolCall, Usage
+from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
 from .turns import TurnBlocks, split_turns
 
 # Converse's stopReason as OpenAI's finish_reason.
@@ -270,7 +270,7 @@ def parse_converse(document: Mapping[str, Any], call: ChatCall, provider: Provid
     return ChatResult(
         model=call.deployment.model,
         choices=(choice,),
-        usage=usage(counts) if isinstance(counts, dict) else Usage(call.prompt_tokens, 0),
+        usage=usage(counts) if isinstance(counts, dict) else unreported_usage(call),
     )
 
 

@@ -108,6 +108,8 @@ from .base import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    embedding_vector,
+    unreported_usage,
 )
 from .gemini_wire import SIGNATURE_MARK, build_request
 
@@ -149,16 +151,22 @@ class GeminiAdapter:
         first = _first_call_number(call)
         called: dict[int, int] = {}  # candidate index -> function calls so far
         usage: Usage | None = None
+        ended = False  # a finishReason came: a stream that stops short of one was cut
         events = self.upstream.post_sse(url, build_request(call), self._headers)
         with _key_refusals():
             async for _event, data in events:
                 chunk = json_event(data, self.provider)
                 _raise_for_error(chunk, self.provider)
                 for delta in _chunk_deltas(chunk, first, called, self.provider):
+                    ended = ended or delta.finish_reason is not None
                     yield delta
                 if chunk.get("usageMetadata"):
                     usage = _usage(chunk["usageMetadata"], call)
-        yield ChatDelta(usage=usage or Usage(call.prompt_tokens, 0))
+        if not ended:
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' ended the stream before its end "
+                "(no finishReason)", provider=self.provider.name)
+        yield ChatDelta(usage=usage or unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         model = model_path(call.deployment.model)
@@ -175,7 +183,7 @@ class GeminiAdapter:
                 for batch in batches
             ))
         vectors = tuple(
-            tuple(float(value) for value in row.get("values") or [])
+            embedding_vector(row.get("values"), self.provider)
             for document in documents for row in document.get("embeddings") or []
         )
         if len(vectors) != len(call.inputs):
@@ -217,7 +225,7 @@ def parse_response(document: Mapping[str, Any], call: ChatCall, provider: Provid
     return ChatResult(
         model=str(document.get("modelVersion") or call.deployment.model),
         choices=tuple(choices),
-        usage=_usage(usage, call) if usage else Usage(call.prompt_tokens, 0),
+        usage=_usage(usage, call) if usage else unreported_usage(call),
     )
 
 
@@ -294,7 +302,8 @@ def _raise_for_error(chunk: Mapping[str, Any], provider: Provider) -> None:
     """An error sent as an event, after the stream began: classified like a status."""
     error = chunk.get("error")
     if isinstance(error, dict):
-        status = int(error.get("code") or 500)
+        code = error.get("code")  # an HTTP status; anything else reads as a server error
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
         raise classify(UpstreamFailure(status, str(error.get("message", "")),
                                        str(error.get("status", "")).lower(), None), provider)
 
@@ -333,7 +342,9 @@ async def _retry_info(response: httpx.Response) -> None:
     except (ValueError, AttributeError):  # not Google's error shape: nothing to copy
         return
     for detail in details if isinstance(details, list) else []:
-        match = _DELAY.match(str((detail or {}).get("retryDelay", "")))
+        if not isinstance(detail, dict):
+            continue
+        match = _DELAY.match(str(detail.get("retryDelay", "")))
         if match:
             response.headers["retry-after"] = match.group(1)
             return

@@ -15,7 +15,7 @@ from aigw.compiler.graph import Provider
 
 from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
-from ..upstream import json_event
+from ..upstream import json_event, scrub
 from ..upstream_aiohttp import JsonUpstream, open_upstream
 from .base import (
     ChatCall,
@@ -27,6 +27,8 @@ from .base import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    embedding_vector,
+    unreported_usage,
 )
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -65,21 +67,28 @@ class OpenAIAdapter:
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         url = self.url(call.deployment.model, "chat/completions")
         usage: Usage | None = None
+        ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
         async for _event, data in self.upstream.post_sse(url, self.body(call, True), self._headers):
             if data.strip() == "[DONE]":
+                ended = True
                 break
             chunk = json_event(data, self.provider)
             if "error" in chunk:  # an error after the stream started
                 raise UpstreamServerError(
                     f"provider '{self.provider.name}' failed mid-stream: "
-                    f"{_error_message(chunk)}",
+                    f"{scrub(_error_message(chunk), self.provider)}",
                     provider=self.provider.name,
                 )
             for delta in parse_chunk(chunk):
+                ended = ended or delta.finish_reason is not None
                 yield delta
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
-        yield ChatDelta(usage=usage or Usage(call.prompt_tokens, 0))
+        if not ended:  # the connection closed cleanly mid-answer: not a whole answer
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' ended the stream before its end "
+                "(no finish_reason, no [DONE])", provider=self.provider.name)
+        yield ChatDelta(usage=usage or unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         body: dict[str, Any] = {
@@ -94,11 +103,17 @@ class OpenAIAdapter:
         document = await self.upstream.post_json(
             self.url(call.deployment.model, "embeddings"), body, self._headers
         )
-        rows = sorted(document.get("data", []), key=lambda row: row.get("index", 0))
+        rows = document.get("data")
+        if not isinstance(rows, list) or len(rows) != len(call.inputs):
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' returned "
+                f"{len(rows) if isinstance(rows, list) else 'no'} embeddings for "
+                f"{len(call.inputs)} inputs", provider=self.provider.name)
+        rows = sorted(rows, key=lambda row: row.get("index", 0))
         usage = document.get("usage") or {}
         return EmbeddingResult(
             model=str(document.get("model") or call.deployment.model),
-            vectors=tuple(tuple(row["embedding"]) for row in rows),
+            vectors=tuple(embedding_vector(row.get("embedding"), self.provider) for row in rows),
             prompt_tokens=int(usage.get("prompt_tokens", call.prompt_tokens)),
         )
 
@@ -155,7 +170,7 @@ def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Prov
     return ChatResult(
         model=str(document.get("model") or call.deployment.model),
         choices=tuple(choices),
-        usage=_usage(usage) if usage else Usage(call.prompt_tokens, 0),
+        usage=_usage(usage) if usage else unreported_usage(call),
     )
 
 

@@ -12,6 +12,7 @@ from .anthropic import AnthropicAdapter
 from .base import AdapterFactory, ChatAdapter
 from .echo import EchoAdapter
 from .gemini import GeminiAdapter
+from .guard import GuardedAdapter
 from .openai import AzureOpenAIAdapter, OpenAIAdapter
 
 
@@ -50,13 +51,15 @@ def build_adapters(
     reusable: Mapping[str, ChatAdapter] | None = None,
 ) -> Mapping[str, ChatAdapter]:
     """One adapter per enabled provider that has one; the others stay out (and say why).
+    Each is guarded (``GuardedAdapter``): an answer it cannot read is a 502, not a crash.
 
     ``reusable`` holds adapters built for identical providers, kept with their pools.
     """
     reusable = reusable or {}
     return MappingProxyType(
         {
-            name: reusable.get(name) or ADAPTERS[provider.type](provider, counter)
+            name: reusable.get(name)
+            or GuardedAdapter(ADAPTERS[provider.type](provider, counter), provider, counter)
             for name, provider in providers.items()
             if provider.enabled and provider.type in ADAPTERS
         }

@@ -248,6 +248,11 @@ class AttemptLoop(Generic[T]):
         except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
             stats.breaker.release_probe()
             raise
+        except Exception:  # not the deployment's answer (the store, a bug): no verdict
+            # either, but a half-open breaker's probe must be given back, or it stays
+            # half-open and refuses every request until a restart.
+            stats.breaker.release_probe()
+            raise
         finally:
             stats.in_flight -= 1
         stats.breaker.record(self.state.clock(), ok=True)
@@ -307,7 +312,9 @@ class AttemptLoop(Generic[T]):
                 if error is None:
                     for loser in pending:
                         loser.cancel()
-                    await self._bury(pending)
+                    # Both may have answered in the same round: the other's answer is
+                    # discarded too (a stream closed now, not when it is collected).
+                    await self._bury((pending | done) - {task})
                     return task.result()
                 last_error = error
         assert last_error is not None

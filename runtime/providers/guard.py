@@ -1,0 +1,108 @@
+"""Every adapter's answers pass through here: an answer it cannot read becomes an
+upstream error, never a crash; an answer whose provider reported no usage is counted.
+
+The adapters parse what providers send with ``.get`` and ``int()``; an answer of the
+wrong shape (``"choices": [null]``, a string where an object goes, a count that is not
+a number) would raise ``TypeError`` or ``KeyError`` out of the parse. Through the
+attempt loop that was a 500 with no fallback, and a circuit breaker's half-open probe
+neither recorded nor released, so the deployment stayed shut until a restart. Here it
+becomes an ``UpstreamServerError`` (502): the next member of the group is tried, the
+breaker counts it, a stream ends with an error event. The traceback is logged, for the
+rare case where the fault is aigw's own parse and not the provider's answer.
+
+An OpenAI-compatible server that ignores ``stream_options.include_usage`` (or leaves
+``usage`` out of an answer) would otherwise be billed for the prompt and no output: the
+adapters mark such usage ``reported=False``, and the output is counted here from what
+was answered, as the client's usage chunk, the ledger and the tpm quota then see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+from aigw.compiler.graph import Provider
+
+from ..errors import UpstreamServerError
+from ..tokens import TokenCounter
+from .base import (
+    ChatAdapter,
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    EmbeddingCall,
+    EmbeddingResult,
+    Usage,
+    close_deltas,
+)
+
+log = logging.getLogger("aigw.upstream")
+
+# What reading a wrongly shaped document raises (pydantic's ValidationError, JSON and
+# Unicode errors are ValueErrors).
+UNREADABLE = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+class GuardedAdapter:
+    """``ChatAdapter`` around another: the same calls, unreadable answers made 502s,
+    unreported usage counted."""
+
+    __slots__ = ("counter", "inner", "provider")
+
+    def __init__(self, inner: ChatAdapter, provider: Provider, counter: TokenCounter) -> None:
+        self.inner = inner
+        self.provider = provider
+        self.counter = counter
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        try:
+            result = await self.inner.complete(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+        if result.usage.reported:
+            return result
+        output = [part for choice in result.choices for part in (
+            choice.content, choice.refusal,
+            *(part for tool in choice.tool_calls for part in (tool.name, tool.arguments)))
+            if part]
+        return dataclasses.replace(result, usage=self._counted(result.usage, output))
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        deltas = self.inner.stream(call)
+        output: list[str] = []  # what was answered, counted if no usage is reported
+        try:
+            async for delta in deltas:
+                if delta.content:
+                    output.append(delta.content)
+                if delta.refusal:
+                    output.append(delta.refusal)
+                for tool in delta.tool_calls:
+                    output.extend(part for part in (tool.name, tool.arguments) if part)
+                if delta.usage is not None and not delta.usage.reported:
+                    delta = dataclasses.replace(delta, usage=self._counted(delta.usage, output))
+                yield delta
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+        finally:  # a client that goes away closes this stream, and so the provider's
+            await close_deltas(deltas)
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        try:
+            return await self.inner.embed(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def _counted(self, usage: Usage, output: list[str]) -> Usage:
+        return Usage(usage.prompt_tokens, self.counter.count("".join(output)))
+
+    def _unreadable(self, exc: Exception) -> UpstreamServerError:
+        name = self.provider.name
+        log.warning("provider '%s': a call failed inside aigw (most likely an answer of a "
+                    "shape it cannot read)", name, exc_info=exc)
+        return UpstreamServerError(
+            f"provider '{name}': aigw could not make the call or read its answer "
+            f"({type(exc).__name__}); the gateway's log has the details", provider=name)

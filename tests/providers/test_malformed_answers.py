@@ -1,0 +1,250 @@
+"""What providers send that they should not: answers of the wrong shape, broken
+Retry-After headers, streams that stop short, no usage, negative usage, embeddings of
+the wrong shape. Each is a clean upstream error (a 502 the next member of a group can
+stand in for) or is counted by the gateway, never a 500 with a traceback.
+
+The upstream is scripted (tests/fakes/scripted.py): every request gets the answer the
+test last set, in the provider's wire format, as written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from ..fakes.scripted import Scripted, scripted_upstream
+from .conftest import GatewayFactory
+
+PROVIDER_KEY = "sk-scripted-provider-key-0123456789"
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "say hello"}]}
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    with scripted_upstream() as upstream:
+        yield upstream
+
+
+def _openai(scripted: Scripted, extra: str = "") -> str:
+    return f"""
+        providers:
+          up: {{type: openai, base_url: "{scripted.base_url}/v1", api_key: "{PROVIDER_KEY}"}}
+          backup: {{type: echo}}
+        deployments:
+          bad: {{provider: up, model: up-model, context_window: 8000{extra}}}
+          good: {{provider: backup, model: echo-model, context_window: 8000}}
+          emb: {{provider: up, model: up-embed, kind: embeddings, context_window: 8000}}
+        groups:
+          pair: {{members: [bad, good], strategy: priority}}
+        routes:
+          chat: {{deployment: bad}}
+          pair: {{group: pair}}
+          emb: {{deployment: emb}}
+    """
+
+
+def _completion(choices: object, usage: object = None) -> dict[str, object]:
+    body: dict[str, object] = {"id": "x", "object": "chat.completion", "model": "up-model",
+                               "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def _chunk(delta: object, finish: str | None = None, **extra: object) -> dict[str, object]:
+    return {"id": "x", "object": "chat.completion.chunk", "model": "up-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+GOOD_MESSAGE = {"index": 0, "message": {"role": "assistant", "content": "hello there"},
+                "finish_reason": "stop"}
+
+WRONG_SHAPES = {
+    "null choice": _completion([None]),
+    "choices a string": _completion("abc"),
+    "message a string": _completion([{"index": 0, "message": "hello"}]),
+    "index null": _completion([{"index": None, "message": {"content": "x"}}]),
+    "tool call null": _completion([{"message": {"tool_calls": [None]}}]),
+    "usage a string count": _completion([GOOD_MESSAGE], {"prompt_tokens": "twelve"}),
+    "usage a list": _completion([GOOD_MESSAGE], [1]),
+    "negative usage": _completion([GOOD_MESSAGE], {"prompt_tokens": -1000,
+                                                   "completion_tokens": -5}),
+}
+
+
+@pytest.mark.parametrize("body", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+async def test_an_answer_of_the_wrong_shape_is_a_502_and_the_group_falls_back(
+    make_gateway: GatewayFactory, scripted: Scripted, body: object
+) -> None:
+    client = await make_gateway(_openai(scripted))
+    scripted.now(body)
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_error"
+    assert "provider 'up'" in error["message"] and "could not" in error["message"]
+
+    scripted.now(body)  # the next member stands in for it
+    response = await client.post("/v1/chat/completions", json={**CHAT, "model": "pair"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "good"
+    assert int(response.headers["x-aigw-attempts"]) >= 2  # after bad's attempt (and retry)
+
+
+async def test_a_probe_answered_wrongly_does_not_shut_the_deployment_for_good(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """The half-open breaker's one probe got an unreadable answer: it must count as a
+    failure (open again, probe later), not stay taken, refusing every request after."""
+    client = await make_gateway(_openai(
+        scripted, ", circuit_breaker: {consecutive_failures: 1, cooldown_s: 0.2}"))
+    scripted.now({"error": {"message": "boom"}}, status=500)
+    # 502, or 503 when the retry finds the circuit the failure opened
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code in (502, 503)
+    await asyncio.sleep(0.3)  # open -> half-open
+    scripted.now(_completion([None]))  # the probe
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code in (502, 503)
+    await asyncio.sleep(0.3)  # open again -> half-open again: the probe was not kept
+    scripted.now(_completion([GOOD_MESSAGE]))
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200, response.text
+    assert scripted.calls == 3
+
+
+@pytest.mark.parametrize("value", ["soon", "inf", "nan", "Tue, 99 Foo 2026 99:99:99 GMT"])
+async def test_a_retry_after_that_says_nothing_usable_is_ignored(
+    make_gateway: GatewayFactory, scripted: Scripted, value: str
+) -> None:
+    client = await make_gateway(_openai(scripted))
+    scripted.now({"error": {"message": "slow down", "type": "requests"}},
+                                   status=429, headers={"retry-after": value})
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" not in response.headers
+
+
+async def test_usage_the_provider_left_out_is_counted_from_the_answer(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """An OpenAI-compatible server that ignores stream_options.include_usage: the output
+    is counted by the gateway, for the client's usage and for the bill, not taken as 0."""
+    client = await make_gateway(_openai(scripted))
+    words = ["one", " two", " three", " four", " five"]
+    scripted.now([*(_chunk({"content": word}) for word in words),
+                                    _chunk({}, "stop"), "[DONE]"])
+    async with client.stream("POST", "/v1/chat/completions", json={
+            **CHAT, "stream": True, "stream_options": {"include_usage": True}}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    usage = json.loads(lines[-1][6:])["usage"]
+    assert usage["completion_tokens"] == 5  # "one two three four five"
+    scripted.now(_completion([GOOD_MESSAGE]))  # no usage either
+    answer = (await client.post("/v1/chat/completions", json=CHAT)).json()
+    assert answer["usage"]["completion_tokens"] == 2  # "hello there"
+
+    summary = await client.get("/v1/costs/summary", params={"group_by": "route"})
+    assert summary.json()["data"][0]["tokens_out"] == 7
+
+
+async def test_a_stream_that_stops_short_ends_in_an_error(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """The connection closed cleanly mid-answer (no finish_reason, no [DONE]): not a
+    whole answer, so the client is told, rather than given a [DONE] it would trust."""
+    client = await make_gateway(_openai(scripted))
+    scripted.now([_chunk({"role": "assistant"}), _chunk({"content": "Hel"})])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] == "upstream_error" and "before its end" in error["message"]
+
+
+async def test_an_error_mid_stream_does_not_carry_the_providers_key(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(_openai(scripted))
+    scripted.now([_chunk({"content": "Hi"}),
+                                    {"error": {"message": f"bad key {PROVIDER_KEY}"}}])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        text = "".join([line async for line in response.aiter_lines()])
+    assert "failed mid-stream" in text
+    assert PROVIDER_KEY not in text and PROVIDER_KEY[-4:] not in text
+
+
+EMBEDDINGS = {
+    "one row for two inputs": {"data": [{"index": 0, "embedding": [0.1, 0.2]}]},
+    "base64 not asked for": {"data": [{"index": 0, "embedding": "AAAAAA=="},
+                                      {"index": 1, "embedding": "AAAAAA=="}]},
+    "no data": {"data": None},
+    "an empty vector": {"data": [{"index": 0, "embedding": []},
+                                 {"index": 1, "embedding": [0.3]}]},
+}
+
+
+@pytest.mark.parametrize("body", EMBEDDINGS.values(), ids=EMBEDDINGS.keys())
+async def test_embeddings_of_the_wrong_shape_are_a_502(
+    make_gateway: GatewayFactory, scripted: Scripted, body: object
+) -> None:
+    client = await make_gateway(_openai(scripted))
+    scripted.now(body)
+    response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})
+    assert response.status_code == 502, response.text
+    scripted.now({"data": [{"index": 1, "embedding": [0.3, 0.4]},
+                                             {"index": 0, "embedding": [0.1, 0.2]}]})
+    response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})
+    assert [row["embedding"] for row in response.json()["data"]] == [[0.1, 0.2], [0.3, 0.4]]
+
+
+def _gemini(scripted: Scripted) -> str:
+    return f"""
+        providers:
+          gem: {{type: gemini, base_url: "{scripted.base_url}/v1beta", api_key: "{PROVIDER_KEY}"}}
+        deployments:
+          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 8000}}
+        routes:
+          chat: {{deployment: flash}}
+    """
+
+
+async def test_gemini_errors_of_an_unexpected_shape_are_still_classified(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(_gemini(scripted))
+    # RetryInfo details that are not objects: no retry advice, still a rate limit.
+    scripted.now({"error": {"code": 429, "message": "quota",
+                                              "status": "RESOURCE_EXHAUSTED",
+                                              "details": ["x"]}}, status=429)
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 429, response.text
+    # An error event whose code is the status name, not a number.
+    scripted.now([
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}}]},
+        {"error": {"code": "UNAVAILABLE", "message": "try later", "status": "UNAVAILABLE"}}])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_error"
+    # A stream that ends without a finishReason was cut.
+    scripted.now([
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}}]}])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    assert "before its end" in json.loads(lines[-1][6:])["error"]["message"]
+
+
+async def test_a_number_too_large_for_a_float_is_a_400(make_gateway: GatewayFactory,
+                                                        scripted: Scripted) -> None:
+    """1e999 parses as infinity, which no JSON encoder sends upstream."""
+    client = await make_gateway(_openai(scripted))
+    body = json.dumps(CHAT)[:-1] + ', "presence_penalty": 1e999}'
+    response = await client.post("/v1/chat/completions", content=body,
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "presence_penalty"
+    assert scripted.calls == 0

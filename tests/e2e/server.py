@@ -8,9 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
+
+from ..conftest import DEV_KEY
+from ..providers.conftest import DEV_KEY_LINE
 
 
 def free_port() -> int:
@@ -101,3 +107,20 @@ class Server:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+@contextmanager
+def sdk_gateway(root: Path, sections: str) -> Iterator[tuple[openai.OpenAI, Server]]:
+    """``sections`` (the YAML after ``version: 1``; the admin dev key is added) served
+    from ``root`` by a real ``aigw serve``, and the official openai SDK pointed at it
+    (no retries of its own); stopped at the end."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text("version: 1\n" + sections + DEV_KEY_LINE)
+    server = Server(root)
+    try:
+        server.wait_ready()
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                           max_retries=0) as client:
+            yield client, server
+    finally:
+        server.stop()

@@ -10,11 +10,9 @@ from typing import Any
 import openai
 import pytest
 
-from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
-from .server import Server
+from .server import sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -29,28 +27,17 @@ def claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[op
                                                                                AnthropicFake]]:
     fake = AnthropicFake()
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", fake.api_key)
-    root = tmp_path / "gw"
-    root.mkdir()
-    with serving(fake.app) as base_url:
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  claude: {{type: anthropic, base_url: "{base_url}", '
-            'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
-            "deployments:\n"
-            "  sonnet: {provider: claude, model: claude-sonnet-4-5, context_window: 200000,\n"
-            "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
-            "routes:\n"
-            "  claude: {deployment: sonnet}\n" + DEV_KEY_LINE
-        )
-        server = Server(root)
-        try:
-            server.wait_ready()
-            with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                               max_retries=0) as client:
-                yield client, fake
-        finally:
-            server.stop()
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  claude: {{type: anthropic, base_url: "{base_url}", '
+        'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
+        "deployments:\n"
+        "  sonnet: {provider: claude, model: claude-sonnet-4-5, context_window: 200000,\n"
+        "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
+        "routes:\n"
+        "  claude: {deployment: sonnet}\n"
+    )) as (client, _server):
+        yield client, fake
 
 
 def test_openai_sdk_chat_and_stream_through_anthropic(

@@ -12,11 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
-from .server import Server
+from .server import sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -30,30 +28,20 @@ def azure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ope
                                                                              OpenAIFake]]:
     fake = OpenAIFake(name="fake-azure")
     monkeypatch.setenv("FAKE_AZURE_KEY", fake.api_key)
-    root = tmp_path / "gw"
-    root.mkdir()
-    with serving(fake.app) as base_url:
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  az: {{type: azure_openai, base_url: "{base_url}", '
-            'api_key: "${FAKE_AZURE_KEY}", api_version: "2024-10-21"}\n'
-            "deployments:\n"
-            "  gpt: {provider: az, model: prod-gpt-4o, context_window: 128000,\n"
-            "        capabilities: [streaming, tools]}\n"
-            "  emb: {provider: az, model: prod-embedding, kind: embeddings,"
-            " context_window: 8191}\n"
-            "routes:\n"
-            "  gpt: {deployment: gpt}\n"
-            "  emb: {deployment: emb}\n" + DEV_KEY_LINE
-        )
-        server = Server(root)
-        try:
-            server.wait_ready()
-            yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                                max_retries=0), fake
-        finally:
-            server.stop()
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  az: {{type: azure_openai, base_url: "{base_url}", '
+        'api_key: "${FAKE_AZURE_KEY}", api_version: "2024-10-21"}\n'
+        "deployments:\n"
+        "  gpt: {provider: az, model: prod-gpt-4o, context_window: 128000,\n"
+        "        capabilities: [streaming, tools]}\n"
+        "  emb: {provider: az, model: prod-embedding, kind: embeddings,"
+        " context_window: 8191}\n"
+        "routes:\n"
+        "  gpt: {deployment: gpt}\n"
+        "  emb: {deployment: emb}\n"
+    )) as (client, _server):
+        yield client, fake
 
 
 def test_openai_sdk_through_azure(azure: tuple[openai.OpenAI, OpenAIFake]) -> None:

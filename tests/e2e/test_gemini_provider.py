@@ -10,11 +10,9 @@ from typing import Any
 import openai
 import pytest
 
-from ..conftest import DEV_KEY
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
-from .server import Server
+from .server import sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -28,27 +26,17 @@ TOOLS: list[Any] = [{"type": "function", "function": {
 def gemini_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
     fake = GeminiFake()
     monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
-    root = tmp_path / "gw"
-    root.mkdir()
-    with serving(fake.app) as base_url:
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  gem: {{type: gemini, base_url: "{base_url}/v1beta", '
-            'api_key: "${FAKE_GEMINI_KEY}"}\n'
-            "deployments:\n"
-            "  flash: {provider: gem, model: gemini-2.5-flash, context_window: 1048576,\n"
-            "          capabilities: [streaming, tools]}\n"
-            "routes:\n"
-            "  gemini: {deployment: flash}\n" + DEV_KEY_LINE
-        )
-        server = Server(root)
-        try:
-            server.wait_ready()
-            yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                                max_retries=0)
-        finally:
-            server.stop()
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  gem: {{type: gemini, base_url: "{base_url}/v1beta", '
+        'api_key: "${FAKE_GEMINI_KEY}"}\n'
+        "deployments:\n"
+        "  flash: {provider: gem, model: gemini-2.5-flash, context_window: 1048576,\n"
+        "          capabilities: [streaming, tools]}\n"
+        "routes:\n"
+        "  gemini: {deployment: flash}\n"
+    )) as (client, _server):
+        yield client
 
 
 def test_openai_sdk_chat_and_stream_through_gemini(gemini_server: openai.OpenAI) -> None:

@@ -12,11 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
-from .server import Server
+from .server import Server, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -26,27 +24,17 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[o
                                                                               Server]]:
     fake = OpenAIFake()
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
-    root = tmp_path / "gw"
-    root.mkdir()
-    with serving(fake.app) as base_url:
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}",'
-            " max_response_mb: 0.0625}\n"  # 64 KiB
-            "deployments:\n"
-            "  gpt: {provider: up, model: gpt-4o, context_window: 1000000,"
-            " capabilities: [streaming]}\n"
-            "routes:\n"
-            "  gpt: {deployment: gpt}\n" + DEV_KEY_LINE
-        )
-        server = Server(root)
-        try:
-            server.wait_ready()
-            yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                                max_retries=0), server
-        finally:
-            server.stop()
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}",'
+        " max_response_mb: 0.0625}\n"  # 64 KiB
+        "deployments:\n"
+        "  gpt: {provider: up, model: gpt-4o, context_window: 1000000,"
+        " capabilities: [streaming]}\n"
+        "routes:\n"
+        "  gpt: {deployment: gpt}\n"
+    )) as gateway:
+        yield gateway
 
 
 def test_an_answer_over_the_providers_bound_is_a_502(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -209,14 +210,31 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) 
         document = json.loads(body)
     except ValueError:
         document = None
+    wait = retry_after(headers)
     if isinstance(document, dict):
         error = document.get("error", document)
         if isinstance(error, dict):
             message = str(error.get("message") or message)
             kind = str(error.get("code") or error.get("type") or error.get("status") or "")
+            if wait is None:
+                wait = _retry_delay(error.get("details"))
         elif isinstance(error, str):
             message = error
-    return UpstreamFailure(status, message, kind.lower(), retry_after(headers))
+    return UpstreamFailure(status, message, kind.lower(), wait)
+
+
+_RETRY_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+def _retry_delay(details: object) -> float | None:
+    """Google's ``google.rpc.RetryInfo`` (``"retryDelay": "37s"``), which Gemini and
+    Vertex send in the error body instead of a Retry-After header."""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict):
+            match = _RETRY_DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
 
 
 def json_event(data: str, provider: Provider) -> dict[str, Any]:

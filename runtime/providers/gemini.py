@@ -69,7 +69,7 @@ Gemini -> OpenAI
     so it becomes one tool-call delta with id, name and all its arguments.
 
 Errors: Google's ``{"error": {"code", "message", "status"}}`` is classified by the
-shared rules; ``RetryInfo.retryDelay`` in its details becomes Retry-After; a 400
+shared rules, which also read ``RetryInfo.retryDelay`` in its details as Retry-After; a 400
 API_KEY_INVALID is an auth failure, like 401/403.
 Embeddings: ``batchEmbedContents`` in batches of 100, ``outputDimensionality`` from
 ``dimensions``; Gemini reports no token count, so the gateway's count is used.
@@ -79,13 +79,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
-
-import httpx
 
 from aigw.compiler.graph import Provider
 
@@ -121,7 +118,6 @@ FINISH_REASONS = MappingProxyType({
     "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 })
-_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
 class GeminiAdapter:
@@ -130,7 +126,6 @@ class GeminiAdapter:
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
         client = make_client(provider)
-        client.event_hooks = {"response": [_retry_info]}
         self.upstream = Upstream(provider, client)
         self._base = (provider.base_url or GEMINI_BASE_URL).rstrip("/")
         self._headers = {**provider.headers}
@@ -329,22 +324,3 @@ def _key_refusals() -> Iterator[None]:
                 provider=exc.provider, upstream_status=exc.upstream_status,
             ) from exc
         raise
-
-
-async def _retry_info(response: httpx.Response) -> None:
-    """Copy Google's ``RetryInfo.retryDelay`` (e.g. "37s"), which it sends in the error
-    body rather than a header, into Retry-After so the shared classifier honours it."""
-    if response.status_code < 400 or "retry-after" in response.headers:
-        return
-    try:
-        error = json.loads(await response.aread()).get("error") or {}
-        details = error.get("details") or []
-    except (ValueError, AttributeError):  # not Google's error shape: nothing to copy
-        return
-    for detail in details if isinstance(details, list) else []:
-        if not isinstance(detail, dict):
-            continue
-        match = _DELAY.match(str(detail.get("retryDelay", "")))
-        if match:
-            response.headers["retry-after"] = match.group(1)
-            return

@@ -36,7 +36,11 @@ _UNHOLD = """
 local function unhold(hk, zk, rid)
   local amount = redis.call('HGET', hk, 'h:' .. rid)
   if amount then
-    redis.call('HINCRBY', hk, 'held', -tonumber(amount))
+    -- A hold of 0 (a free deployment) is never subtracted: Lua would send "-0", which
+    -- HINCRBY refuses, failing every script that releases it from then on.
+    if tonumber(amount) ~= 0 then
+      redis.call('HINCRBY', hk, 'held', -tonumber(amount))
+    end
     redis.call('HDEL', hk, 'h:' .. rid)
   end
   redis.call('ZREM', zk, rid)

@@ -307,6 +307,28 @@ async def test_reservations_expire_and_a_late_settle_still_charges_once(
     assert (status.spent, status.held) == (0.3, 0.6)
 
 
+async def test_a_free_request_on_a_budget_is_held_and_released_like_any_other(
+    store: Store, clock: ManualClock
+) -> None:
+    """Prices default to 0, so a budgeted team's requests to a free deployment hold 0.
+    On Redis, releasing such a hold sent HINCRBY held -0, which Redis refuses: the
+    settle failed (the replica then refused every request for a while), and once the
+    hold expired every reserve and budget read on that budget failed, from every
+    replica, until the counter itself expired, 35 days after its period."""
+    limits = [Limits(Scope.TEAM, "free", budget=Budget(10.0, Period.MONTH))]
+    settled = await granted(store, "free-1", limits, cost=0.0)
+    await store.settle(settled, tokens=50, cost=0.0)
+    unsettled = await store.reserve("free-2", limits, tokens=0, cost=0.0, ttl=30.0)
+    assert isinstance(unsettled, Reservation)  # and never settled
+    clock.advance(31.0)  # its hold expires, and is released by the next call
+    paid = await granted(store, "paid-1", limits, cost=1.0)
+    (status,) = await store.budgets(limits)
+    assert (status.spent, status.held) == (0.0, 1.0)
+    await store.settle(paid, tokens=5, cost=0.5)
+    (status,) = await store.budgets(limits)
+    assert (status.spent, status.held) == (0.5, 0.0)
+
+
 async def test_one_request_id_cannot_hold_two_reservations(store: Store) -> None:
     limits = [Limits(Scope.KEY, "ci-bot", rpm=10)]
     reservation = await granted(store, "r1", limits)

@@ -96,6 +96,8 @@ CEDAR_UNKNOWN_ENTITY = _error("AGW409", "policy names an entity the config does 
 CEDAR_INVALID = _error("AGW410", "policy does not validate against the schema")
 CEDAR_TEMPLATE = _error("AGW411", "policy templates are not supported")
 CEDAR_NO_PERMIT = _warning("AGW412", "no policy permits an action")
+CEDAR_KEY_EQUALS = _error("AGW413", "forbid names a key with ==, which its end users escape")
+CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit names a key with ==, denying its end users")
 
 # AGW5xx: pipelines and templates
 PIPELINE_NOT_MAPPING = _error("AGW501", "pipeline file is not a mapping")

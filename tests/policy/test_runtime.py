@@ -266,9 +266,9 @@ async def test_pipelines_are_invoked_only_when_cedar_permits(
 ) -> None:
     (gateway_dir / "policies" / "no-research.cedar").write_text(
         '@id("no-research-for-dev")\n'
-        'forbid (principal == ApiKey::"dev", action == Action::"invoke",'
+        'forbid (principal in ApiKey::"dev", action == Action::"invoke",'
         ' resource == Pipeline::"research");\n'
-    )
+    )  # "in": the key and its end users (with ==, a request naming a user escaped it)
     gateway = Gateway(gateway_dir, counter)
     try:
         transport = httpx.ASGITransport(app=create_app(gateway))
@@ -277,7 +277,9 @@ async def test_pipelines_are_invoked_only_when_cedar_permits(
             direct = await http.post("/v1/pipelines/research", json={"topic": "tides"})
             started = await http.post("/api/v1/executions",
                                       json={"pipeline": "research", "input": {"topic": "x"}})
-        for refused in (direct, started):
+            as_user = await http.post("/v1/pipelines/research", json={"topic": "tides"},
+                                      headers={"x-aigw-user": "someone"})
+        for refused in (direct, started, as_user):
             assert refused.status_code == 403, refused.text
             assert "no-research-for-dev" in refused.json()["error"]["message"]
     finally:

@@ -261,8 +261,8 @@ def encode_value(kind: CedarType, value: Any) -> Any:
     """A plain JSON value (a number for a decimal) in Cedar's JSON form for ``kind``."""
     if kind is DECIMAL:
         return cedar_decimal(value if isinstance(value, str) else float(value))
-    if kind is LONG:
-        return cedar_long(float(value))
+    if kind is LONG:  # an int as it is (float() of a 400-digit one overflows), clamped
+        return cedar_long(value if isinstance(value, int) else float(value))
     if kind is PRICE:
         return {part: cedar_decimal(float(value[part])) for part in ("input", "output")}
     if kind is STRINGS:

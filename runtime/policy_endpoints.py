@@ -33,6 +33,7 @@ from aigw.compiler.entity_model import (
 )
 from aigw.compiler.graph import ApiKey, Graph
 
+from . import jsonio
 from .auth import require_admin
 from .chat_request import bad_request
 from .errors import BadRequest, ModelNotFound, PayloadTooLarge
@@ -255,7 +256,9 @@ async def read_json(request: Request, limit: int) -> Any:
     if len(body) > limit:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
     try:
-        return json.loads(body)
+        # pydantic-core's parser: a body nested thousands deep is a ValueError ("recursion
+        # limit exceeded"), where json.loads raised RecursionError (a 500).
+        return jsonio.loads(body)
     except ValueError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
 

@@ -38,6 +38,7 @@ from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.graph import Route as GraphRoute
 from aigw.compiler.pipeline_graph import Pipeline
 
+from .. import jsonio
 from ..admission import check_route_allowed
 from ..auth import authenticate, require_admin
 from ..chat_request import ChatRequest
@@ -389,7 +390,9 @@ async def _json_body(request: Request) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        # pydantic-core's parser: a body nested thousands deep is a ValueError ("recursion
+        # limit exceeded"), where json.loads raised RecursionError (a 500).
+        return jsonio.loads(body)
     except ValueError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
 

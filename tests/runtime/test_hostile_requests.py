@@ -1,0 +1,32 @@
+"""Requests built to break the gateway get a 4xx or an answer, never a 500: numbers too
+large for a float where the shipped Cedar policies read them, and bodies nested too
+deep for a recursive parser (found by a review helper)."""
+
+from __future__ import annotations
+
+import httpx
+
+HUGE = "9" * 400
+
+
+async def test_a_number_too_large_for_a_float_reaches_cedar_clamped(
+    client: httpx.AsyncClient,
+) -> None:
+    """The shipped routing policies read the latency SLA and max_tokens: float() of a
+    400-digit int raised OverflowError while the Cedar context was encoded."""
+    chat = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    sla = await client.post("/v1/chat/completions", json=chat,
+                            headers={"x-aigw-latency-sla-ms": HUGE})
+    assert sla.status_code == 200, sla.text
+    capped = await client.post("/v1/chat/completions", json={**chat, "max_tokens": int(HUGE)})
+    assert capped.status_code == 422, capped.text  # no member's window holds that much
+    assert capped.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_a_body_nested_too_deep_is_a_400(client: httpx.AsyncClient) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/v1/executions", "/v1/pipelines/research", "/route"):
+        response = await client.post(path, content=deep,
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert "recursion limit" in response.json()["error"]["message"]

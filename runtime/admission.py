@@ -97,9 +97,18 @@ def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
     if key.team is not None:
         found.append(_limits(Scope.TEAM, key.team.name, key.team.quota))
     if user:
-        owner = key.team.name if key.team is not None else f"key:{key.name}"
+        # The owner, then the first "/", then the user (the client's own text). Names may
+        # hold "/" and ":", so the owner's are escaped: else user "x/victim" of team "eng"
+        # shared the budget of user "victim" of team "eng/x", and a team named "key:k"
+        # that of key k's users. Plain names read as before ("eng/u1", "key:k/u1").
+        owner = (_escaped(key.team.name) if key.team is not None
+                 else f"key:{_escaped(key.name)}")
         found.append(_limits(Scope.USER, f"{owner}/{user}", key.per_user))
     return tuple(item for item in found if item is not None)
+
+
+def _escaped(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
 
 
 def deployment_limits(deployment: Deployment) -> Limits | None:

@@ -27,7 +27,7 @@ from aigw.runtime.tokens import TokenCounter
 
 from ..fakes.scripted import Scripted, scripted_upstream
 from ..fakes.serve import serving
-from .conftest import KEYS, limits_config
+from .conftest import KEYS, digest, limits_config
 
 CHAT = "/v1/chat/completions"
 DEV = {"Authorization": f"Bearer {KEYS['dev']}"}
@@ -203,5 +203,33 @@ async def test_an_answer_messages_cannot_pass_on_is_recorded_as_the_error_it_is(
             rows = (await http.get("/v1/costs/summary?group_by=key", headers=DEV)).json()
             assert [(r["requests"], r["errors"], r["cost"]) for r in rows["data"]] == [
                 (1, 1, 15.0)]
+    finally:
+        await gateway.aclose()
+
+
+async def test_end_users_of_different_teams_never_share_a_budget(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """A user's budget is kept under its owner's name and the user's, joined by "/";
+    names may hold "/", so user "x/victim" of team "eng" was the user "victim" of team
+    "eng/x", and a client could spend another team's user's budget by naming it."""
+    carol = "sk-carol-0004"
+    config = limits_config(
+        extra_keys=f"  carol: {{team: eng/x, sha256: {digest(carol)}}}\n"
+    ).replace("  ops: {}\n", "  ops: {}\n  eng/x:\n    per_user: {budget: {amount: 40, "
+              "period: day}}\n")
+    (tmp_path / "gateway.yaml").write_text(config)
+    gateway = Gateway(tmp_path, counter)
+    ask = {"model": "paid", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test") as http:
+            long = {**ask, "messages": [{"role": "user", "content": "word " * 25}]}
+            spent = await http.post(CHAT, headers=ALICE, json={**long, "user": "x/victim"})
+            assert spent.status_code == 200, spent.text  # about 37 of user x/victim's 40
+            victim = await http.post(CHAT, json={**ask, "user": "victim"},
+                                     headers={"Authorization": f"Bearer {carol}"})
+            # carol's user has all 40 left (shared, 37 were gone and 12 more held: a 429)
+            assert victim.status_code == 200, victim.text
     finally:
         await gateway.aclose()

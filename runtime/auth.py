@@ -37,8 +37,17 @@ def authenticate(graph: Graph, headers: Headers) -> ApiKey:
 
 
 def key_for(graph: Graph, token: str) -> ApiKey:
-    """The key a secret is, or ``Unauthorized``."""
-    key = graph.keys_by_sha256.get(hashlib.sha256(token.encode()).hexdigest())
+    """The key a secret is, or ``Unauthorized``. Digests are of the secret's UTF-8; a
+    header value arrives decoded as latin-1, so a secret with non-ASCII characters is
+    also tried as the bytes that were sent."""
+    keys = graph.keys_by_sha256
+    key = keys.get(hashlib.sha256(token.encode()).hexdigest())
+    if key is None and not token.isascii():
+        try:
+            sent = token.encode("latin-1")
+        except UnicodeEncodeError:  # not from a header: no other reading of it
+            sent = b""
+        key = keys.get(hashlib.sha256(sent).hexdigest()) if sent else None
     if key is None:
         raise Unauthorized("Incorrect API key provided.")
     return key

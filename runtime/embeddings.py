@@ -29,7 +29,7 @@ class EmbeddingRequest(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
     user: str | None = None
 
 
@@ -103,14 +103,28 @@ async def embeddings(exchange: Exchange, body: bytes) -> Response:
     )
 
 
+def _decoded(items: Sequence[object], live: Live) -> str:
+    """Token ids as text, if the gateway's tokenizer knows them all: an id out of its
+    range overflowed inside it, and one of the unused ids in range is a KeyError."""
+    size = live.counter.vocabulary_size
+    ids = [item for item in items if isinstance(item, int) and 0 <= item < size]
+    try:
+        if len(ids) == len(items):
+            return live.counter.decode(ids)
+    except KeyError:
+        pass
+    raise BadRequest(f"'input' holds token ids this gateway's tokenizer does not know "
+                     f"(it reads 0 to {size - 1}, less a few unused).", param="input")
+
+
 def _texts(request: EmbeddingRequest, live: Live) -> tuple[str, ...]:
     raw = request.input
     if isinstance(raw, str):
         texts: Sequence[str] = [raw]
     elif raw and all(isinstance(item, int) for item in raw):
-        texts = [live.counter.decode([int(item) for item in raw])]  # type: ignore[arg-type]
+        texts = [_decoded(raw, live)]
     elif raw and isinstance(raw[0], list):
-        texts = [live.counter.decode(list(item)) for item in raw]
+        texts = [_decoded(item, live) for item in raw]
     else:
         texts = [str(item) for item in raw]
     if not texts or len(texts) > _MAX_INPUTS:

@@ -31,6 +31,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
+from .admission import check_route_allowed
 from .auth import authenticate
 from .chat import Served, new_record, resolve_route
 from .chat_request import ChatRequest
@@ -108,9 +109,9 @@ async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> 
     """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with."""
     try:
         raw = await body
-        authenticate(live.graph, headers)
+        key = authenticate(live.graph, headers)
         request = parse(CountTokensRequest, raw)
-        resolve_route(live.graph, request.model)
+        check_route_allowed(key, resolve_route(live.graph, request.model))
         # As the request would be planned: the conversation and the tools.
         planned = ChatRequest.model_validate(
             {"model": request.model, "messages": chat_messages(request), **tools_of(request)})

@@ -30,3 +30,23 @@ async def test_a_body_nested_too_deep_is_a_400(client: httpx.AsyncClient) -> Non
                                      headers={"content-type": "application/json"})
         assert response.status_code == 400, (path, response.text)
         assert "recursion limit" in response.json()["error"]["message"]
+
+
+async def test_embeddings_of_token_ids_the_tokenizer_does_not_know_are_a_400(
+    client: httpx.AsyncClient,
+) -> None:
+    """Out of range (an overflow inside tiktoken), or in range but unused (a KeyError)."""
+    for given in ([99999999999], [[-1]], [100256], [1, 2, 3, 100261]):
+        response = await client.post("/v1/embeddings", json={"model": "embed", "input": given})
+        assert response.status_code == 400, (given, response.text)
+        assert response.json()["error"]["param"] == "input"
+    known = await client.post("/v1/embeddings", json={"model": "embed", "input": [[15339, 1917]]})
+    assert known.status_code == 200, known.text
+
+
+async def test_embeddings_dimensions_are_bounded(client: httpx.AsyncClient) -> None:
+    """The echo provider built a vector that long: a MemoryError."""
+    response = await client.post("/v1/embeddings", json={
+        "model": "embed", "input": "hi", "dimensions": 99_999_999_999})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "dimensions"

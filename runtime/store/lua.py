@@ -53,9 +53,11 @@ end
 """
 
 # KEYS: reservation marker, then nb bucket hashes, then ng (budget hash, expiry set) pairs.
-# ARGV: now, request id, hold ttl s, marker ttl ms, cost, nb, ng,
+# ARGV: now, request id, hold ttl s, marker ttl ms, cost, nb, ng, call nonce,
 #       nb x (cap, need), ng x (amount, keep s; 0 = keep forever).
-# Returns {granted (1/0, -1: request id already reserved), nb levels, ng x (spent, held)}.
+# Returns {granted (1/0, -1: request id already reserved), nb levels, ng x (spent, held)},
+# or {2}: this very call ran already (its nonce is in the marker) and was granted; the
+# client sent it again because the first reply was lost.
 RESERVE = (
     _REFILL
     + _UNHOLD
@@ -63,9 +65,13 @@ RESERVE = (
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local expires_at = now + tonumber(ARGV[3])
 local cost, nb, ng = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local marker = redis.call('GET', KEYS[1])
+if marker then
+  if marker == ARGV[8] then return {2} end
+  return {-1}
+end
 local out, ok, buckets = {0}, true, {}
-local a = 8
+local a = 9
 for i = 1, nb do
   local cap, need = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
@@ -102,7 +108,7 @@ for j = 1, ng do
     redis.call('EXPIRE', zk, keep)
   end
 end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[4])
 out[1] = 1
 return out
 """

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +67,7 @@ from .values import (
     Denied,
     LedgerRecord,
     Limits,
+    RateStatus,
     Reservation,
     SystemClock,
     UsageQuery,
@@ -268,6 +270,9 @@ class RedisStore:
             checks.cost_nanos,
             len(checks.buckets),
             len(checks.budgets),
+            # This call's own mark: redis-py sends a script again when its reply times
+            # out, and the second run must know the hold it finds is its own.
+            os.urandom(8).hex(),
         ]
         for bucket in checks.buckets:
             keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
@@ -278,6 +283,14 @@ class RedisStore:
         reply: list[Any] = await self._scripts["reserve"](keys=keys, args=args)
         if reply[0] == -1:
             raise ValueError(f"request {request_id!r} already holds a reservation")
+        if reply[0] == 2:  # granted by this call's first run, whose reply was lost: what
+            # the buckets and budgets had left is not known, so no rate headers, and
+            # routing policies see no budget figure for this one request
+            return Reservation(
+                request_id=request_id, limits=checks.limits, tokens=checks.tokens,
+                cost_nanos=checks.cost_nanos,
+                periods=tuple(budget.period_key for budget in checks.budgets),
+                expires_at=now + ttl, rate=RateStatus(), origin="redis")
         levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
         counts = [int(value) for value in reply[1 + len(checks.buckets) :]]
         if reply[0] == 1:

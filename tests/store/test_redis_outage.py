@@ -156,3 +156,79 @@ async def test_fail_open_answers_from_local_limits_and_goes_back_to_redis(
     assert store.available
     assert traffic.count("refused") == 0
     assert traffic.outcomes[-1][1] == "redis"
+
+
+class _SlowReplies:
+    """A TCP proxy in front of Redis whose replies, on the connections open when
+    ``stall`` is called, come back late: a stalled link, as a loaded network gives."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.delay_s = 0.0
+        self._open: list[asyncio.StreamWriter] = []
+        self._stalled: set[int] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def stall(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self._stalled = {id(writer) for writer in self._open}
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.append(writer)
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port)
+
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                       replies: bool) -> None:
+            try:
+                while data := await source.read(65536):
+                    if replies and id(writer) in self._stalled:
+                        await asyncio.sleep(self.delay_s)
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(copy(reader, upstream_writer, False),
+                             copy(upstream_reader, writer, True))
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._open:
+            writer.close()
+
+
+async def test_a_reserve_whose_reply_was_lost_is_not_taken_for_a_duplicate(
+    private_redis: PrivateRedis,
+) -> None:
+    """redis-py sends a script again when its reply times out. The second run found the
+    first run's marker and answered "already reserved": a ValueError (a 500), and the
+    first run's hold stayed for its whole TTL. Now the call knows its own mark."""
+    proxy = _SlowReplies(private_redis.port)
+    await proxy.start()
+    store = RedisStore.from_url(proxy.url, timeout=0.3)
+    limits = [Limits(Scope.KEY, "k", rpm=100, budget=Budget(1.0))]
+    try:
+        warm = await store.reserve("warm", limits, tokens=1, cost=0.001)  # scripts loaded
+        assert isinstance(warm, Reservation)
+        await store.release(warm)
+        proxy.stall(0.6)  # the next reply on that connection comes after the timeout
+        granted = await store.reserve("req-1", limits, tokens=10, cost=0.4)
+        assert isinstance(granted, Reservation) and granted.origin == "redis"
+        with pytest.raises(ValueError, match="already holds a reservation"):
+            await store.reserve("req-1", limits, tokens=10, cost=0.4)  # a real duplicate
+        await store.settle(granted, tokens=5, cost=0.25)
+        (status,) = await store.budgets(limits)
+        assert (status.spent, status.held) == (0.25, 0.0)  # held once, settled once
+    finally:
+        await store.aclose()
+        await proxy.aclose()

@@ -268,9 +268,12 @@ async def chat_completions(
     route = live.graph.routes.get(request.model)
     if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:
         exchange.identify(key, request.user)
-        await authorize_route(live, key, exchange.user, route, exchange.headers,
-                              live.counter.count_request(request),
-                              request.output_limit, request.stream)
+        gate = await authorize_route(live, key, exchange.user, route, exchange.headers,
+                                     live.counter.count_request(request),
+                                     request.output_limit, request.stream)
+        # The request runs the pipeline: a policy on Pipeline::"p" holds here too, as on
+        # /v1/pipelines/p, not only one on the route that names it.
+        gate.check_invoke_pipeline(route.target)
         return await pipelines(exchange, key, request, route)
     await exchange.open(key, request)
     if not request.stream:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from .conftest import ALICE_KEY, Serve
@@ -206,6 +207,29 @@ async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
               if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "About dogs"
+
+
+async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A chat to a pipeline route runs the pipeline: a forbid on Pipeline::"about" held
+    on /v1/pipelines/about and /api/v1/executions, but a chat with model "about" was
+    checked only against Route::"about" (found by a review helper)."""
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("everything")\npermit (principal, action, resource);\n'
+        '@id("no-about-for-alice")\nforbid (principal in ApiKey::"alice", '
+        'action == Action::"invoke", resource == Pipeline::"about");\n')
+    served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}",
+                         root=root)
+    chat = {"model": "about", "messages": [{"role": "user", "content": "cats"}]}
+    refused = await served.http.post("/v1/chat/completions", json=chat,
+                                     headers={"authorization": f"Bearer {ALICE_KEY}"})
+    assert refused.status_code == 403, refused.text
+    assert "no-about-for-alice" in refused.json()["error"]["message"]
+    allowed = await served.http.post("/v1/chat/completions", json=chat)  # the dev key
+    assert allowed.status_code == 200, allowed.text
 
 
 async def test_costs_summary_per_pipeline(serve: Serve) -> None:

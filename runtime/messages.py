@@ -46,7 +46,7 @@ from .messages_wire import (
     to_chat_request,
     tools_of,
 )
-from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage
+from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage, close_deltas
 from .sse import settled_stream
 from .telemetry.record import RequestRecord
 
@@ -378,8 +378,6 @@ async def _events(
     finally:  # also when the client went away: settled, recorded and finished either way
         if not ended:
             record.error = "client_disconnected"
-        closer = getattr(deltas, "aclose", None)
-        if closer is not None:
-            with anyio.CancelScope(shield=True):
-                await closer()
+        with anyio.CancelScope(shield=True):
+            await close_deltas(deltas)
         live.telemetry.finish(record)

@@ -260,17 +260,25 @@ def too_large(provider: Provider, what: str) -> UpstreamResponseTooLarge:
 
 
 async def read_capped(chunks: AsyncIterable[bytes], provider: Provider) -> bytes:
-    """A whole body, read chunk by chunk so that one past the provider's
-    ``max_response_bytes`` fails once it gets there (a wrong ``base_url`` serving a huge
-    file, a server that never ends its answer) instead of filling the worker's memory.
-    The bound is on the decoded bytes, so a compressed answer cannot slip past it."""
-    limit = provider.max_response_bytes
+    """A whole answer, failing once it passes the provider's ``max_response_bytes`` (a
+    wrong ``base_url`` serving a huge file, a server that never ends its answer) instead
+    of filling the worker's memory."""
+    return await read_bounded(chunks, provider.max_response_bytes,
+                              lambda: too_large(provider, "an answer"))
+
+
+async def read_bounded(
+    chunks: AsyncIterable[bytes], limit: int, too_big: Callable[[], Exception]
+) -> bytes:
+    """A whole body, read chunk by chunk: past ``limit`` bytes, ``too_big()`` is raised
+    when it gets there, before the body is held whole. The bound is on the decoded
+    bytes, so a compressed body cannot slip past it."""
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise too_large(provider, "an answer")
+            raise too_big()
         parts.append(chunk)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -316,10 +324,7 @@ class Upstream:
         request = self.client.build_request("POST", url, json=body, headers=headers)
         try:
             response = await self.client.send(request, stream=True)
-            try:
-                content = await read_capped(response.aiter_bytes(), self.provider)
-            finally:
-                await response.aclose()
+            content = await self._read(response)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:
@@ -358,7 +363,7 @@ class Upstream:
             raise self._transport_error(exc) from None
         try:
             if response.status_code >= 400:
-                content = await read_capped(response.aiter_bytes(), self.provider)
+                content = await self._read(response)
                 raise classify(
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
@@ -368,6 +373,13 @@ class Upstream:
                 yield event
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
+        finally:
+            await response.aclose()
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """A streamed response's body, within ``max_response_mb``; the response closed."""
+        try:
+            return await read_capped(response.aiter_bytes(), self.provider)
         finally:
             await response.aclose()
 

@@ -71,7 +71,6 @@ from ..upstream import (
     UpstreamFailure,
     classify,
     make_client,
-    read_capped,
     retry_after,
     scrub,
 )
@@ -206,11 +205,9 @@ class _BedrockUpstream(Upstream):
     ) -> dict[str, Any]:
         response = await self._send(url, body, headers, stream=False)
         try:
-            content = await read_capped(response.aiter_bytes(), self.provider)
+            content = await self._read(response)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
-        finally:
-            await response.aclose()
         try:
             document = json.loads(content)
         except ValueError:
@@ -255,10 +252,7 @@ class _BedrockUpstream(Upstream):
             response = await self.client.send(request, stream=True)
             if response.status_code < 400:
                 return response
-            try:
-                content = await read_capped(response.aiter_bytes(), self.provider)
-            finally:
-                await response.aclose()
+            content = await self._read(response)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         raise self._failure(response.status_code, content, response.headers)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from aigw.compiler.graph import Provider
 
@@ -33,6 +33,8 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     close_deltas,
 )
@@ -62,10 +64,8 @@ class GuardedAdapter:
             raise self._unreadable(exc) from None
         if result.usage.reported:
             return result
-        output = [part for choice in result.choices for part in (
-            choice.content, choice.refusal,
-            *(part for tool in choice.tool_calls for part in (tool.name, tool.arguments)))
-            if part]
+        output = [part for choice in result.choices
+                  for part in _answered(choice.content, choice.refusal, choice.tool_calls)]
         return dataclasses.replace(result, usage=self._counted(result.usage, output))
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
@@ -73,12 +73,7 @@ class GuardedAdapter:
         output: list[str] = []  # what was answered, counted if no usage is reported
         try:
             async for delta in deltas:
-                if delta.content:
-                    output.append(delta.content)
-                if delta.refusal:
-                    output.append(delta.refusal)
-                for tool in delta.tool_calls:
-                    output.extend(part for part in (tool.name, tool.arguments) if part)
+                output.extend(_answered(delta.content, delta.refusal, delta.tool_calls))
                 if delta.usage is not None and not delta.usage.reported:
                     delta = dataclasses.replace(delta, usage=self._counted(delta.usage, output))
                 yield delta
@@ -106,3 +101,14 @@ class GuardedAdapter:
         return UpstreamServerError(
             f"provider '{name}': aigw could not make the call or read its answer "
             f"({type(exc).__name__}); the gateway's log has the details", provider=name)
+
+
+def _answered(
+    content: str | None, refusal: str | None, tools: Iterable[ToolCall | ToolCallDelta]
+) -> Iterator[str]:
+    """The text of an answer (or a piece of one) that its output tokens are counted from:
+    content, refusal, and each tool call's name and arguments."""
+    parts = [content, refusal]
+    for tool in tools:
+        parts += (tool.name, tool.arguments)
+    yield from (part for part in parts if part)

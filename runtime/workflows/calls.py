@@ -25,6 +25,7 @@ from ..chat_request import ChatRequest
 from ..errors import GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
+from ..upstream import read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
 
 
@@ -110,21 +111,17 @@ class HttpxCaller:
             # Not followed, whatever the client's default.
             response = await self._client.send(request, stream=True, follow_redirects=False)
             try:
-                parts, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_STEP_ANSWER_BYTES:
-                        raise StepFailed(
-                            f"{method} {url} answered more than "
-                            f"{MAX_STEP_ANSWER_BYTES >> 20} MiB", retryable=False)
-                    parts.append(chunk)
+                content = await read_bounded(
+                    response.aiter_bytes(), MAX_STEP_ANSWER_BYTES,
+                    lambda: StepFailed(f"{method} {url} answered more than "
+                                       f"{MAX_STEP_ANSWER_BYTES >> 20} MiB", retryable=False))
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
             raise StepFailed(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         encoding = response.encoding or "utf-8"
         return HttpAnswer(response.status_code, response.headers.get("content-type", ""),
-                          b"".join(parts).decode(encoding, "replace"))
+                          content.decode(encoding, "replace"))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -82,6 +82,7 @@ PROVIDER_EXTRA_MISSING = _warning("AGW322", "provider type needs an extra that i
 REF_ROUTE = _error("AGW323", "unknown route")
 SERVE_INVALID = _error("AGW324", "serve: block cannot start its deployment's server")
 SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one address")
+REF_KEY = _error("AGW326", "unknown key")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

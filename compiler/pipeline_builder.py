@@ -30,6 +30,7 @@ from .load import YamlDocument
 from .pipeline_graph import (
     Action,
     Approval,
+    Approvers,
     Branch,
     Cascade,
     Ensemble,
@@ -102,9 +103,10 @@ class State:
     calls: dict[str, list[Call]] = field(default_factory=dict)
 
 
-class ModelNames:
-    """What an llm step's ``model`` may name: a route (not a pipeline's), group or
-    chat deployment."""
+class GatewayNames:
+    """The names of the gateway's config a pipeline may refer to: what an llm step's
+    ``model`` may name (a route, not a pipeline's, a group or a chat deployment), and
+    the keys and teams an approval's ``approvers`` may name."""
 
     def __init__(self, linked: Linked, validated: Validated) -> None:
         self.pipeline_routes = {n for n, e in linked.routes.items() if e.spec.pipeline}
@@ -112,6 +114,10 @@ class ModelNames:
         self.names = set(linked.routes) | set(linked.groups) | set(linked.deployments)
         for section in ("routes", "groups", "deployments"):
             self.names |= set(validated.broken.get(section, ()))
+        self.principals = {
+            "key": set(linked.keys) | set(validated.broken.get("keys", ())),
+            "team": set(linked.teams) | set(validated.broken.get("teams", ())),
+        }
         self.complete = validated.complete
 
     def problem(self, name: str) -> tuple[str, str] | None:
@@ -128,6 +134,16 @@ class ModelNames:
             "models are the gateway's routes, groups and deployments")
         return "not a route, group or deployment of this gateway", hint
 
+    def unknown_principal(self, kind: str, name: str) -> str | None:
+        """The hint when ``name`` is not a ``kind`` ("key" or "team") of this gateway."""
+        known = self.principals[kind]
+        if name in known or not self.complete:
+            return None
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f"did you mean '{close[0]}'?"
+        return f"{kind}s: {', '.join(sorted(known))}" if known else f"this gateway has no {kind}s"
+
 
 class Builder:
     """Compiles one pipeline, reporting what is wrong with it as it goes."""
@@ -138,7 +154,7 @@ class Builder:
         document: YamlDocument,
         source: SourceFile,
         spec: PipelineSpec,
-        models: ModelNames,
+        names: GatewayNames,
         env: ImmutableSandboxedEnvironment,
         sink: DiagnosticSink,
         broken: set[str],
@@ -148,7 +164,7 @@ class Builder:
         self.document = document
         self.source = source
         self.spec = spec
-        self.models = models
+        self.names = names
         self.env = env
         self.sink = sink
         self.calls: list[Call] = []
@@ -298,7 +314,8 @@ class Builder:
         if isinstance(spec, LoopStepSpec):
             return self._loop(name, spec, path, visible)
         if isinstance(spec, ApprovalStepSpec):
-            return Approval(self._text((*path, "message"), spec.message, visible), spec.default)
+            return Approval(self._text((*path, "message"), spec.message, visible), spec.default,
+                            self._approvers(spec, path))
         if isinstance(spec, PipelineStepSpec):
             self.calls.append(Call(spec.pipeline, self.document.source_map.value(
                 (*path, "pipeline"))))
@@ -367,11 +384,24 @@ class Builder:
 
     def _check_model(self, path: NodePath, model: str) -> None:
         self.used_models.add(model)
-        problem = self.models.problem(model)
+        problem = self.names.problem(model)
         if problem is not None:
             message, hint = problem
             self.sink.add(codes.REF_MODEL, f"model '{model}' is {message}",
                           self.document.source_map.value(path), hint)
+
+    def _approvers(self, spec: ApprovalStepSpec, path: NodePath) -> Approvers | None:
+        if spec.approvers is None:
+            return None
+        for kind, names in (("key", spec.approvers.keys), ("team", spec.approvers.teams)):
+            for index, name in enumerate(names):
+                hint = self.names.unknown_principal(kind, name)
+                if hint is not None:
+                    code = codes.REF_KEY if kind == "key" else codes.REF_TEAM
+                    self.sink.add(code, f"approvers name {kind} '{name}', which is not defined",
+                                  self.document.source_map.value(
+                                      (*path, "approvers", f"{kind}s", index)), hint)
+        return Approvers(frozenset(spec.approvers.keys), frozenset(spec.approvers.teams))
 
     def _egress(self, name: str, spec: HttpStepSpec, path: NodePath) -> Egress:
         """A written-out origin, else the origins ``allow_hosts`` lists (see egress.py)."""

@@ -79,9 +79,9 @@ def _report(error: ErrorDetails, document: YamlDocument, sink: DiagnosticSink) -
     elif kind in _TYPE_WORDS:
         sink.add(codes.SCHEMA_TYPE, f"expected {_TYPE_WORDS[kind]}, found {_found(error['input'])}"
                  f"{where}", source_map.value(loc))
-    elif kind == "planner_kind":
+    elif kind in _CUSTOM_HINTS:
         sink.add(codes.SCHEMA_VALUE, f"{error['msg']}{where}", source_map.key(loc),
-                 "write 'expression: ...', or 'model: ...' with 'prompt: ...'")
+                 _CUSTOM_HINTS[kind])
     else:
         hint = None
         if kind == "literal_error" and isinstance(error["input"], str):
@@ -95,6 +95,14 @@ def _report(error: ErrorDetails, document: YamlDocument, sink: DiagnosticSink) -
             source_map.value(loc),
             hint,
         )
+
+
+# The spec validators' own error kinds, and what to do about each.
+_CUSTOM_HINTS = {
+    "planner_kind": "write 'expression: ...', or 'model: ...' with 'prompt: ...'",
+    "approvers_empty": "name 'keys: [...]' or 'teams: [...]', or leave approvers out to let "
+                       "the key that started the execution decide",
+}
 
 
 def _strip_tags(loc: NodePath, data: Any) -> NodePath:

@@ -120,9 +120,21 @@ class Loop:
 
 
 @dataclass(frozen=True, slots=True)
+class Approvers:
+    """The keys, and the teams whose keys, may decide an approval (admin keys always may)."""
+
+    keys: frozenset[str]
+    teams: frozenset[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"keys": sorted(self.keys), "teams": sorted(self.teams)}
+
+
+@dataclass(frozen=True, slots=True)
 class Approval:
     message: Text
     default: Literal["approve", "reject"]
+    approvers: Approvers | None = None  # None: the key that started the execution
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,6 +174,22 @@ class LoopStepSpec(StepBaseSpec):
     actions: dict[str, StepSpec] = Field(min_length=1)
 
 
+class ApproversSpec(Spec):
+    """Who may decide an approval: these keys, and every key of these teams (and admin
+    keys). Written down, the key that started the execution is not one of them unless
+    it is named: an app must not approve its own request."""
+
+    keys: list[str] = Field(default_factory=list, description="Key names.")
+    teams: list[str] = Field(default_factory=list, description="Team names.")
+
+    @model_validator(mode="after")
+    def _someone(self) -> ApproversSpec:
+        if not self.keys and not self.teams:
+            raise PydanticCustomError(
+                "approvers_empty", "approvers names no key and no team", {})
+        return self
+
+
 class ApprovalStepSpec(StepBaseSpec):
     """Waits for a person to approve or reject (POST .../approvals), or ``timeout_s``."""
 
@@ -182,6 +198,10 @@ class ApprovalStepSpec(StepBaseSpec):
     timeout_s: Annotated[float, Field(gt=0)] = Field(86400.0, description="How long it waits.")
     default: Literal["approve", "reject"] = Field(
         "reject", description="The decision when nobody decided in time."
+    )
+    approvers: ApproversSpec | None = Field(
+        None, description="Who may decide (and admin keys). Left out: the key that started "
+        "the execution, and admin keys."
     )
 
 

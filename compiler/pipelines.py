@@ -23,7 +23,7 @@ from .diagnostics import DiagnosticSink
 from .graph import Deployment, Group, Route, TargetKind
 from .link import Linked
 from .load import YamlDocument
-from .pipeline_builder import Builder, Call, ModelNames, State, did_you_mean
+from .pipeline_builder import Builder, Call, GatewayNames, State, did_you_mean
 from .pipeline_errors import report_spec_errors
 from .pipeline_graph import Pipeline
 from .pipeline_spec import PipelineSpec, StepSpec
@@ -43,7 +43,7 @@ def compile_pipelines(
 ) -> Mapping[str, Pipeline]:
     """Check and compile every pipeline document; problems go to ``sink``."""
     env = new_environment()
-    models = ModelNames(linked, validated)
+    names = GatewayNames(linked, validated)
     state = State()
     compiled: dict[str, Pipeline] = {}
     for name, document in validated.pipelines.items():
@@ -56,7 +56,7 @@ def compile_pipelines(
         if spec is None:
             continue
         source = sources[document.path]
-        builder = Builder(name, document, source, spec, models, env, sink, broken)
+        builder = Builder(name, document, source, spec, names, env, sink, broken)
         compiled[name] = builder.build()
         state.calls[name] = builder.calls
     known = set(validated.pipelines) | set(validated.broken.get("pipelines", ()))

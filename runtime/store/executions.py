@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -230,9 +230,14 @@ class ExecutionStore(Protocol):
     async def get(self, execution_id: str) -> Execution | None: ...
 
     async def list(
-        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+        self,
+        *,
+        key: str | None = None,
+        pipeline: str | None = None,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
     ) -> tuple[Execution, ...]:
-        """The newest first."""
+        """The newest first; ``statuses``: only executions in one of them."""
         ...
 
     async def steps(self, execution_id: str) -> tuple[StepState, ...]: ...

@@ -27,7 +27,7 @@ Lua script that first checks it is still the owner.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -171,7 +171,12 @@ class RedisExecutions:
         return await self._guard(run)
 
     async def list(
-        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+        self,
+        *,
+        key: str | None = None,
+        pipeline: str | None = None,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
     ) -> tuple[Execution, ...]:
         async def run() -> tuple[Execution, ...]:
             found: list[Execution] = []
@@ -187,7 +192,7 @@ class RedisExecutions:
                     execution = _decode(row)
                     if (key is None or execution.key == key) and (
                         pipeline is None or execution.pipeline == pipeline
-                    ):
+                    ) and (statuses is None or execution.status in statuses):
                         found.append(execution)
             return tuple(found[:limit])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -128,9 +128,14 @@ class SQLiteExecutions:
         return await self._db.call(partial(_get, execution_id))
 
     async def list(
-        self, *, key: str | None = None, pipeline: str | None = None, limit: int = 100
+        self,
+        *,
+        key: str | None = None,
+        pipeline: str | None = None,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
     ) -> tuple[Execution, ...]:
-        return await self._db.call(partial(_list, key, pipeline, limit))
+        return await self._db.call(partial(_list, key, pipeline, statuses, limit))
 
     async def steps(self, execution_id: str) -> tuple[StepState, ...]:
         return await self._db.call(partial(_steps, execution_id))
@@ -229,7 +234,11 @@ def _write(connection: sqlite3.Connection, execution: Execution) -> None:
 
 
 def _list(
-    key: str | None, pipeline: str | None, limit: int, connection: sqlite3.Connection
+    key: str | None,
+    pipeline: str | None,
+    statuses: Collection[Status] | None,
+    limit: int,
+    connection: sqlite3.Connection,
 ) -> tuple[Execution, ...]:
     conditions, params = [], []
     if key is not None:
@@ -238,6 +247,9 @@ def _list(
     if pipeline is not None:
         conditions.append("pipeline = ?")
         params.append(pipeline)
+    if statuses is not None:
+        conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params += [status.value for status in statuses]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = connection.execute(
         f"{_SELECT}{where} ORDER BY created_at DESC LIMIT ?", (*params, limit)

@@ -9,13 +9,15 @@
     GET  /api/v1/executions/{id}/events?after=N  the history of events
     POST /api/v1/executions/{id}/pause|resume|cancel
     POST /api/v1/executions/{id}/approvals       {step?, decision: approve|reject, comment?}
+    GET  /api/v1/approvals                       the steps waiting on this key's decision
     GET  /api/v1/costs/summary                   per pipeline (admin keys)
     WS   /ws/executions/{id}?after=N             events as they happen, then {"type": "end"}
     POST /v1/pipelines/{name}                    run with the body as input; wait for the output
 
 Every endpoint takes the gateway's API keys (``Authorization: Bearer``; the WebSocket
 also ``?api_key=``). A key sees and steers the executions it started; an admin key,
-all of them.
+all of them. An approval step that names ``approvers`` is decided by them (and admin
+keys) only, and they see nothing else of the execution.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     PipelineFailed,
@@ -56,8 +59,15 @@ from ..live import Live
 from ..policy_request import authorize_pipeline
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
 from ..sse import ChunkEncoder, completion_body
-from ..store.executions import FINAL, Decision, Execution, ExecutionConflict, Status, StepStatus
-from .service import Workflows, chat_input
+from ..store.executions import (
+    FINAL,
+    Decision,
+    Execution,
+    ExecutionConflict,
+    Status,
+    StepState,
+)
+from .service import Workflows, chat_input, may_decide
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -70,6 +80,7 @@ def workflow_routes(workflows: Workflows) -> list[BaseRoute]:
         Route("/api/v1/workflows", api.pipelines, methods=["GET"]),
         Route("/api/v1/executions", api.create, methods=["POST"]),
         Route("/api/v1/executions", api.executions, methods=["GET"]),
+        Route("/api/v1/approvals", api.approvals, methods=["GET"]),
         Route(base, api.get, methods=["GET"]),
         Route(f"{base}/steps", api.steps, methods=["GET"]),
         Route(f"{base}/events", api.events, methods=["GET"]),
@@ -184,7 +195,7 @@ class _Api:
 
     async def approve(self, request: Request) -> Response:
         key = self._key(request)
-        execution = await self._execution(request, key)
+        execution, waiting = await self.workflows.waiting(key, request.path_params["execution_id"])
         body = await _json_object(request)
         verdict = body.get("decision")
         if verdict not in ("approve", "reject"):
@@ -192,18 +203,21 @@ class _Api:
         comment = body.get("comment")
         if comment is not None and not isinstance(comment, str):
             raise BadRequest("comment must be a string.", param="comment")
-        store = await self.workflows.store()
         step = body.get("step")
-        if step is None:
-            waiting = [s.step for s in await store.steps(execution.id)
-                       if s.status is StepStatus.WAITING]
-            if len(waiting) != 1:
-                raise Conflict(f"Execution {execution.id} has {len(waiting)} steps waiting for a "
-                               "decision; name one with 'step'." if waiting else
-                               f"Execution {execution.id} has no step waiting for a decision.")
-            step = waiting[0]
-        if not isinstance(step, str):
+        if step is not None and not isinstance(step, str):
             raise BadRequest("step must be a string.", param="step")
+        mine = [state for state in waiting if may_decide(key, execution, state)]
+        if step is None:
+            if not waiting:
+                raise Conflict(f"Execution {execution.id} has no step waiting for a decision.")
+            if len(mine) > 1:
+                raise Conflict(f"Execution {execution.id} has {len(mine)} steps waiting for a "
+                               "decision; name one with 'step'.")
+            step = (mine or waiting)[0].step
+        named = next((state for state in waiting if state.step == step), None)
+        if named is not None and named not in mine:
+            raise Forbidden(f"key '{key.name}' may not decide step '{step}': "
+                            f"{_approvers_text(named)}.")
         decision = Decision(verdict == "approve", key.name, comment, time.time())
         try:
             await self.workflows.decide(execution.id, step, decision)
@@ -211,6 +225,16 @@ class _Api:
             raise Conflict(str(exc)) from exc
         return JSONResponse({"execution": execution.id, "step": step, "decision": verdict,
                              "by": key.name})
+
+    async def approvals(self, request: Request) -> Response:
+        """The approvals waiting for a decision this key may make (its inbox)."""
+        key = self._key(request)
+        limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        found = await self.workflows.inbox(key, limit)
+        data = [{"execution": execution.id, "pipeline": execution.pipeline, "step": state.step,
+                 "started_by": execution.key, **(state.detail or {})}
+                for execution, state in found]
+        return JSONResponse({"object": "list", "data": data})
 
     async def costs(self, request: Request) -> Response:
         require_admin(self._graph(), request.headers)
@@ -354,6 +378,15 @@ def _describe(pipeline: Pipeline, graph: Graph) -> dict[str, Any]:
                          if route.kind is TargetKind.PIPELINE and route.target == pipeline.name),
         "endpoint": f"/v1/pipelines/{pipeline.name}",
     }
+
+
+def _approvers_text(state: StepState) -> str:
+    approvers = (state.detail or {}).get("approvers")
+    if approvers is None:
+        return "only the key that started the execution and admin keys may"
+    named = [f"key '{name}'" for name in approvers.get("keys", ())]
+    named += [f"team '{name}'" for name in approvers.get("teams", ())]
+    return f"its approvers are {', '.join(named)} (and admin keys)"
 
 
 def _template(path: Path, graph: Graph) -> dict[str, Any]:

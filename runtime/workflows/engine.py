@@ -372,6 +372,8 @@ class Run:
             deadline = float(self.memos[key]["deadline"])
             detail = {"message": self.memos[key]["message"], "deadline": deadline,
                       "default": action.default}
+            if action.approvers is not None:  # kept with the step: who may decide it
+                detail["approvers"] = action.approvers.as_dict()
             state = self.states.get(path)
             await self.commit(Checkpoint(
                 steps=(StepState(path, StepStatus.WAITING, state.attempts if state else 1,

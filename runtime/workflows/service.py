@@ -32,6 +32,8 @@ from ..store.executions import (
     ExecutionStore,
     NewExecution,
     Status,
+    StepState,
+    StepStatus,
     new_owner,
 )
 from ..store.executions_redis import RedisExecutions
@@ -203,6 +205,33 @@ class Workflows:
             self._runner.wake()
         return execution
 
+    async def waiting(self, key: ApiKey, execution_id: str) -> tuple[Execution, list[StepState]]:
+        """The execution and its steps waiting for a decision, as ``key`` may see them: the
+        key that started it and admin keys see it, and so does a key that may decide one
+        of its waiting steps (an approver, who may see nothing else of it)."""
+        store = await self.store()
+        execution = await store.get(execution_id)
+        if execution is None:
+            raise NotFound(f"No execution '{execution_id}'.")
+        waiting = [state for state in await store.steps(execution_id)
+                   if state.status is StepStatus.WAITING]
+        if not (key.admin or execution.key == key.name
+                or any(may_decide(key, execution, state) for state in waiting)):
+            raise NotFound(f"No execution '{execution_id}'.")
+        return execution, waiting
+
+    async def inbox(self, key: ApiKey, limit: int) -> list[tuple[Execution, StepState]]:
+        """The approvals waiting for a decision that ``key`` may make, newest first."""
+        store = await self.store()
+        found: list[tuple[Execution, StepState]] = []
+        for execution in await store.list(statuses=UNFINISHED, limit=1000):
+            for state in await store.steps(execution.id):
+                if state.status is StepStatus.WAITING and may_decide(key, execution, state):
+                    found.append((execution, state))
+                    if len(found) == limit:
+                        return found
+        return found
+
     async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
         store = await self.store()
         await store.decide(execution_id, step, decision)
@@ -221,6 +250,22 @@ class Workflows:
             if remaining <= 0:
                 return execution
             await self.wait(execution_id, min(self.poll_s, remaining))
+
+
+UNFINISHED = frozenset(Status) - FINAL  # a paused or queued execution may have a step waiting
+
+
+def may_decide(key: ApiKey, execution: Execution, state: StepState) -> bool:
+    """Whether ``key`` may decide the approval ``state`` waits for: an admin key always;
+    else the keys and teams the step names as approvers, or, where it names none, the
+    key that started the execution."""
+    if key.admin:
+        return True
+    approvers = (state.detail or {}).get("approvers")
+    if approvers is None:
+        return execution.key == key.name
+    return key.name in approvers.get("keys", ()) or (
+        key.team is not None and key.team.name in approvers.get("teams", ()))
 
 
 def check_pipeline_allowed(key: ApiKey, graph: Graph, name: str) -> None:

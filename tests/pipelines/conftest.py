@@ -28,6 +28,7 @@ from aigw.runtime.workflows.engine import HttpCaller
 
 DEV_KEY = "sk-aigw-dev"
 ALICE_KEY = "sk-alice-pipelines"
+BOT_KEY = "sk-bot-pipelines"  # of another team, not an admin
 
 
 def digest(secret: str) -> str:
@@ -56,9 +57,11 @@ routes:
 {extra_routes}
 teams:
   eng: {{}}
+  ops: {{}}
 keys:
   dev: {{admin: true, team: eng, sha256: {digest(DEV_KEY)}}}
   alice: {{team: eng, sha256: {digest(ALICE_KEY)}}}
+  bot: {{team: ops, sha256: {digest(BOT_KEY)}}}
 """
 
 

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .conftest import ALICE_KEY, Serve
+import pytest
+
+from .conftest import ALICE_KEY, BOT_KEY, Serve
 
 SLOW = """
 description: Three slow steps in a row.
@@ -63,6 +65,59 @@ async def test_approve_a_waiting_step(serve: Serve) -> None:
     again = await served.http.post(f"/api/v1/executions/{started['id']}/approvals",
                                    json={"decision": "reject"})
     assert again.status_code == 409
+
+
+@pytest.mark.parametrize("approvers", ["{keys: [alice]}", "{teams: [eng]}"])
+async def test_only_the_named_approvers_decide_not_the_key_that_started_it(
+    serve: Serve, approvers: str
+) -> None:
+    pipeline = _approval().replace("    default: reject\n",
+                                   f"    default: reject\n    approvers: {approvers}\n")
+    served = await serve({"publish": pipeline})
+    bot = {"authorization": f"Bearer {BOT_KEY}"}
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    started = (await served.http.post("/api/v1/executions", headers=bot, json={
+        "pipeline": "publish", "input": {"text": "hello"}})).json()
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    url = f"/api/v1/executions/{started['id']}/approvals"
+
+    own = await served.http.post(url, headers=bot, json={"decision": "approve"})
+    assert own.status_code == 403, own.text
+    assert "may not decide step 'sign_off'" in own.json()["error"]["message"]
+    assert (await served.http.get("/api/v1/approvals", headers=bot)).json()["data"] == []
+
+    inbox = (await served.http.get("/api/v1/approvals", headers=alice)).json()["data"]
+    assert [(item["execution"], item["step"], item["started_by"], item["message"])
+            for item in inbox] == [(started["id"], "sign_off", "bot", "Publish 'hello'?")]
+    # An approver decides; it sees nothing else of an execution it did not start.
+    hidden = await served.http.get(f"/api/v1/executions/{started['id']}", headers=alice)
+    assert hidden.status_code == 404
+    decided = await served.http.post(url, headers=alice, json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["by"] == "alice"
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"]["decision"]["by"] == "alice"
+    assert done["output"]["published"] == "published: hello"
+    assert (await served.http.get("/api/v1/approvals", headers=alice)).json()["data"] == []
+
+
+async def test_without_approvers_only_the_key_that_started_it_decides(serve: Serve) -> None:
+    served = await serve({"publish": _approval()})
+    bot = {"authorization": f"Bearer {BOT_KEY}"}
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    started = (await served.http.post("/api/v1/executions", headers=bot, json={
+        "pipeline": "publish", "input": {"text": "hello"}})).json()
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    url = f"/api/v1/executions/{started['id']}/approvals"
+    assert (await served.http.post(url, headers=alice,
+                                   json={"decision": "approve"})).status_code == 404
+    assert (await served.http.get("/api/v1/approvals", headers=alice)).json()["data"] == []
+    inbox = (await served.http.get("/api/v1/approvals", headers=bot)).json()["data"]
+    assert [item["step"] for item in inbox] == ["sign_off"]
+    admins = (await served.http.get("/api/v1/approvals")).json()["data"]  # the dev key
+    assert [item["execution"] for item in admins] == [started["id"]]
+    assert (await served.http.post(url, headers=bot,
+                                   json={"decision": "reject"})).status_code == 200
 
 
 async def test_a_rejected_approval_skips_what_depends_on_it(serve: Serve) -> None:

@@ -61,6 +61,9 @@ async def test_create_get_list_and_idempotency(store: ExecutionStore) -> None:
     assert await store.get("exec_missing") is None
     assert [item.id for item in await store.list()] == [other.id, first.id]
     assert [item.id for item in await store.list(key="dev")] == [first.id]
+    assert [item.id for item in await store.list(statuses={Status.QUEUED})] == [
+        other.id, first.id]
+    assert await store.list(statuses={Status.WAITING, Status.PAUSED}) == ()
 
 
 async def test_claim_gives_each_execution_to_one_runner(store: ExecutionStore) -> None:

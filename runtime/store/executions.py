@@ -68,6 +68,7 @@ class Execution:
     output: Any = None
     error: str | None = None
     key: str | None = None  # the API key that started it
+    user: str | None = None  # the end user it runs for: their limits and budgets apply
     idempotency_key: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -91,6 +92,7 @@ class Execution:
             "output": self.output,
             "error": self.error,
             "key": self.key,
+            "user": self.user,
             "idempotency_key": self.idempotency_key,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -194,6 +196,7 @@ class NewExecution:
     key: str | None
     idempotency_key: str | None
     graph: str
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

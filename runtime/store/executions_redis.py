@@ -141,7 +141,8 @@ class RedisExecutions:
         async def run() -> tuple[Execution, bool]:
             execution = Execution(
                 id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED,
-                input=new.input, key=new.key, idempotency_key=new.idempotency_key,
+                input=new.input, key=new.key, user=new.user,
+                idempotency_key=new.idempotency_key,
                 created_at=now, updated_at=now, graph=new.graph,
             )
             if new.idempotency_key is not None:

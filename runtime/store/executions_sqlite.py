@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS wf_executions (
     output            TEXT,
     error             TEXT,
     "key"             TEXT,
+    "user"            TEXT,
     idempotency_key   TEXT,
     created_at        REAL NOT NULL,
     updated_at        REAL NOT NULL,
@@ -185,6 +186,10 @@ def _create_tables(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
+    # Files written before an execution kept its end user get the column (empty).
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}
+    if "user" not in columns:
+        connection.execute('ALTER TABLE wf_executions ADD COLUMN "user" TEXT')
 
 
 def _dumps(value: Any) -> str:
@@ -215,8 +220,8 @@ def _create(
             return _row(row), False
     execution = Execution(
         id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED, input=new.input,
-        key=new.key, idempotency_key=new.idempotency_key, created_at=now, updated_at=now,
-        graph=new.graph,
+        key=new.key, user=new.user, idempotency_key=new.idempotency_key, created_at=now,
+        updated_at=now, graph=new.graph,
     )
     _write(connection, execution)
     return execution, True

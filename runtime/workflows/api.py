@@ -104,13 +104,22 @@ class _Api:
     def _key(self, request: Request) -> ApiKey:
         return authenticate(self._graph(), request.headers)
 
-    async def _authorize(self, request: Request, key: ApiKey, pipeline: str) -> None:
+    def _user(self, request: Request, given: object = None) -> str | None:
+        """The end user a run is for: ``given`` (the body's ``user``), else the user header."""
+        user = request.headers.get(self._graph().settings.user_header) if given is None \
+            else given
+        if user is not None and not isinstance(user, str):
+            raise BadRequest("user must be a string.", param="user")
+        return user or None
+
+    async def _authorize(
+        self, request: Request, key: ApiKey, pipeline: str, user: str | None
+    ) -> None:
         """Cedar's invoke check on ``Pipeline::"name"`` (a deny is a 403 naming policies)."""
         if pipeline not in self._graph().pipelines:
             return  # starting it answers 404 with the known names
-        live = self.workflows.gateway.live
-        user = request.headers.get(live.graph.settings.user_header) or None
-        await authorize_pipeline(live, key, user, pipeline, request.headers)
+        await authorize_pipeline(self.workflows.gateway.live, key, user, pipeline,
+                                 request.headers)
 
     async def templates(self, request: Request) -> Response:
         self._key(request)
@@ -138,9 +147,10 @@ class _Api:
         idempotency = body.get("idempotency_key") or request.headers.get("idempotency-key")
         if idempotency is not None and not isinstance(idempotency, str):
             raise BadRequest("idempotency_key must be a string.", param="idempotency_key")
-        await self._authorize(request, key, name)
+        user = self._user(request, body.get("user"))
+        await self._authorize(request, key, name, user)
         execution, created = await self.workflows.start_execution(
-            key, name, body.get("input", {}), idempotency
+            key, name, body.get("input", {}), idempotency, user
         )
         return JSONResponse(execution.as_dict(), status_code=201 if created else 200,
                             headers={"location": f"/api/v1/executions/{execution.id}"})
@@ -248,9 +258,10 @@ class _Api:
         name = request.path_params["name"]
         given = await _json_body(request)
         wait_s = _float(request.query_params.get("wait_s"), 300.0)
-        await self._authorize(request, key, name)
+        user = self._user(request)
+        await self._authorize(request, key, name, user)
         execution, _ = await self.workflows.start_execution(
-            key, name, given, request.headers.get("idempotency-key")
+            key, name, given, request.headers.get("idempotency-key"), user
         )
         final = await self.workflows.wait_final(execution.id, wait_s)
         assert final is not None
@@ -320,7 +331,7 @@ class PipelineChat:
         check_route_allowed(key, route)
         pipeline = exchange.live.graph.pipelines[route.target]
         execution, _ = await self.workflows.start_execution(
-            key, pipeline.name, chat_input(pipeline, request), None
+            key, pipeline.name, chat_input(pipeline, request), None, exchange.user
         )
         final = await self.workflows.wait_final(execution.id, route.deadline_s)
         if final is None or final.status in (Status.FAILED, Status.CANCELLED):

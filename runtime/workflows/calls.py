@@ -25,6 +25,7 @@ from ..chat_request import ChatRequest
 from ..errors import GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
+from ..store.executions import Execution
 from ..upstream import read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
 
@@ -34,15 +35,17 @@ def find_key(live: Live, name: str | None) -> ApiKey | None:
 
 
 class GatewayModels:
-    """``ModelCaller`` for one run, as the key that started the execution.
+    """``ModelCaller`` for one run, as the key that started the execution, for the end
+    user it was started for (whose own limits and budgets apply as on a chat request).
 
     Each call is served by the graph serving at that moment (an execution can outlive
     reloads, waiting for an approval): its route for the model name and its key, so a
     reload that changes a route or revokes the key applies to the next call."""
 
-    def __init__(self, gateway: Gateway, key_name: str | None) -> None:
+    def __init__(self, gateway: Gateway, execution: Execution) -> None:
         self.gateway = gateway
-        self.key_name = key_name
+        self.key_name = execution.key
+        self.user = execution.user
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
         live = self.gateway.live
@@ -51,7 +54,8 @@ class GatewayModels:
             raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
                              "longer accepted by the gateway", retryable=False)
         record = new_record(live, "pipeline")
-        exchange = Exchange(live, record, Headers())
+        user = {live.graph.settings.user_header: self.user} if self.user else {}
+        exchange = Exchange(live, record, Headers(user))
         try:
             await exchange.open(dataclasses.replace(key, routes=None), request,
                                 current_route(live, route))

@@ -68,7 +68,7 @@ class Workflows:
         *,
         namespace: str | None = None,
         http: HttpCaller | None = None,
-        models: Callable[[Gateway, str | None], ModelCaller] = GatewayModels,
+        models: Callable[[Gateway, Execution], ModelCaller] = GatewayModels,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
     ) -> None:
@@ -140,7 +140,7 @@ class Workflows:
         assert self._store is not None and self._http is not None
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
                             self.wait, self.poll_s)
-        models = self._models(self.gateway, execution.key)
+        models = self._models(self.gateway, execution)
         run = Run(services, execution, live.graph.pipelines, models, act)
         status = await run.run()
         self._count(execution.pipeline, status)
@@ -165,8 +165,15 @@ class Workflows:
     # What the API does
 
     async def start_execution(
-        self, key: ApiKey, name: str, given: Any, idempotency_key: str | None
+        self,
+        key: ApiKey,
+        name: str,
+        given: Any,
+        idempotency_key: str | None,
+        user: str | None = None,
     ) -> tuple[Execution, bool]:
+        """Queue a run of pipeline ``name`` for ``key`` (and the end user it names: the
+        model calls hold that user's limits and budgets too)."""
         graph = self.gateway.live.graph
         pipeline = graph.pipelines.get(name)
         if pipeline is None:
@@ -179,7 +186,8 @@ class Workflows:
                              + "; ".join(problems), param="input")
         store = await self.store()
         execution, created = await store.create(
-            NewExecution(name, given, key.name, idempotency_key, graph.fingerprint), self.clock()
+            NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user),
+            self.clock(),
         )
         if created and self._runner is not None:
             self._runner.wake()

@@ -35,7 +35,9 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def gateway_config(store: str = "embedded", extra_routes: str = "", latency: str = "") -> str:
+def gateway_config(
+    store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}"
+) -> str:
     return f"""
 version: 1
 settings:
@@ -56,7 +58,7 @@ routes:
   smart: {{deployment: strong}}
 {extra_routes}
 teams:
-  eng: {{}}
+  eng: {eng}
   ops: {{}}
 keys:
   dev: {{admin: true, team: eng, sha256: {digest(DEV_KEY)}}}
@@ -123,7 +125,8 @@ Serve = Callable[..., Awaitable[Served]]
 @pytest.fixture
 async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
-    pipelines, served in-process; everything is stopped at the end of the test."""
+    pipelines, served in-process; everything is stopped at the end of the test. ``eng``
+    is team eng's spec (its budgets), ``extra_routes`` lines added under routes."""
     opened: list[Served] = []
 
     async def start(
@@ -132,6 +135,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         store: str = "embedded",
         extra_routes: str = "",
         latency: str = "",
+        eng: str = "{}",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -139,7 +143,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     ) -> Served:
         root = root or tmp_path / f"gw{len(opened)}"
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
-        (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency))
+        (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

@@ -246,6 +246,48 @@ output: "{{ steps.answer }}"
 """
 
 
+SHORT = """
+input: {type: object}
+steps:
+  answer: {kind: llm, model: fast, prompt: "About {{ input.topic }}", max_tokens: 5}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_a_pipeline_holds_the_budget_of_the_end_user_it_runs_for(serve: Serve) -> None:
+    # Each end user of team eng may spend 30 a day; a model call here costs about 10
+    # (1 a token). The user is named by the header, the body's user, or a chat's user.
+    served = await serve({"about": SHORT}, extra_routes="  about: {pipeline: about}",
+                         eng="{per_user: {budget: {amount: 30, period: day}}}")
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+
+    async def run_for(user: str, how: str) -> int:
+        if how == "header":
+            answer = await served.http.post("/v1/pipelines/about", json={"topic": "cats"},
+                                            headers={**alice, "x-aigw-user": user})
+            return answer.status_code
+        if how == "chat":
+            answer = await served.http.post("/v1/chat/completions", headers=alice, json={
+                "model": "about", "user": user,
+                "messages": [{"role": "user", "content": '{"topic": "cats"}'}]})
+            return answer.status_code
+        started = await served.http.post("/api/v1/executions", headers=alice, json={
+            "pipeline": "about", "input": {"topic": "cats"}, "user": user})
+        assert started.status_code == 201, started.text
+        assert started.json()["user"] == user
+        final = await served.wait_for(started.json()["id"],
+                                      lambda e: e["status"] in ("succeeded", "failed"))
+        return 200 if final["status"] == "succeeded" else 502
+
+    outcomes = [await run_for("u1", how) for how in ("header", "body", "chat", "header")]
+    assert outcomes == [200, 200, 502, 502]  # 2 calls spent ~20; a third would pass 30
+    assert await run_for("u2", "body") == 200  # another user's budget is its own
+    spend = (await served.http.get("/admin/spend?group_by=user")).json()["data"]
+    by_user = {row["user"]: row for row in spend}
+    assert set(by_user) == {"u1", "u2"}, spend
+    assert 20 <= by_user["u1"]["cost"] <= 30
+
+
 async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}")
     response = await served.http.post("/v1/chat/completions", json={

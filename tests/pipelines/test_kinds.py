@@ -10,6 +10,7 @@ import httpx
 from aigw.compiler.graph import Route
 from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
+from aigw.runtime.store.executions import Execution
 from aigw.runtime.workflows.calls import MAX_STEP_ANSWER_BYTES, HttpxCaller
 from aigw.runtime.workflows.engine import ModelAnswer
 
@@ -33,7 +34,7 @@ class _Factory:
     def __init__(self, models: FakeModels) -> None:
         self.models = models
 
-    def __call__(self, gateway: Gateway, key: str | None) -> FakeModels:
+    def __call__(self, gateway: Gateway, execution: Execution) -> FakeModels:
         return self.models
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,6 +65,39 @@ async def test_create_get_list_and_idempotency(store: ExecutionStore) -> None:
     assert [item.id for item in await store.list(statuses={Status.QUEUED})] == [
         other.id, first.id]
     assert await store.list(statuses={Status.WAITING, Status.PAUSED}) == ()
+
+
+async def test_an_execution_keeps_the_end_user_it_runs_for(store: ExecutionStore) -> None:
+    made, _ = await store.create(
+        NewExecution("research", {}, "alice", None, "f1ngerprint", user="u1"), NOW)
+    assert made.user == "u1"
+    found = await store.get(made.id)
+    assert found is not None and found.user == "u1" and found.as_dict()["user"] == "u1"
+
+
+async def test_a_file_written_before_executions_kept_a_user_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:  # the table as it was, with one execution
+        old.execute('''CREATE TABLE wf_executions (id TEXT PRIMARY KEY, pipeline TEXT NOT
+            NULL, status TEXT NOT NULL, input TEXT NOT NULL, output TEXT, error TEXT, "key"
+            TEXT, idempotency_key TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+            finished_at REAL, cost REAL NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL
+            DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, model_calls INTEGER NOT
+            NULL DEFAULT 0, graph TEXT NOT NULL, control TEXT, owner TEXT, lease_until REAL
+            NOT NULL DEFAULT 0)''')
+        old.execute("INSERT INTO wf_executions (id, pipeline, status, input, \"key\", "
+                    "created_at, updated_at, graph) VALUES ('exec_old', 'research', 'queued', "
+                    "'{}', 'dev', 1, 1, 'f')")
+    store = await SQLiteExecutions.open(path)
+    try:
+        kept = await store.get("exec_old")
+        assert kept is not None and kept.user is None and kept.key == "dev"
+        made, _ = await store.create(
+            NewExecution("research", {}, "alice", None, "f", user="u1"), NOW)
+        assert [(item.id, item.user) for item in await store.list()] == [
+            (made.id, "u1"), ("exec_old", None)]
+    finally:
+        await store.aclose()
 
 
 async def test_claim_gives_each_execution_to_one_runner(store: ExecutionStore) -> None:

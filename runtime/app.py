@@ -67,6 +67,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in direct.items()),
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
+            Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
             Route("/v1/costs/summary", endpoints.costs_summary, methods=["GET"]),
             Route("/admin/spend", endpoints.admin_spend, methods=["GET"]),
@@ -207,6 +208,10 @@ def _live(request: Request) -> Live:
     return live
 
 
+def _model(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes without reading them all."""
     declared = request.headers.get("content-length")
@@ -304,14 +309,23 @@ class _Endpoints:
         return await count_tokens(live, request.headers, body)
 
     async def models(self, request: Request) -> Response:
+        """The routes this key may call by name (its ``routes:``, if it has them), as
+        OpenAI's model objects. Cedar policies are not asked: whether they permit a call
+        can depend on the request (its tokens, tags, the time), not on its name alone."""
         live = _live(request)
-        authenticate(live.graph, request.headers)
+        key = authenticate(live.graph, request.headers)
         created = int(live.loaded_at)
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-            for name in sorted(live.graph.routes)
-        ]
+        data = [_model(name, created) for name in sorted(live.graph.routes)
+                if key.routes is None or name in key.routes]
         return JSONResponse({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        live = _live(request)
+        key = authenticate(live.graph, request.headers)
+        name = request.path_params["name"]
+        if name not in live.graph.routes or (key.routes is not None and name not in key.routes):
+            raise NotFound(f"The model '{name}' does not exist.", param="model")
+        return JSONResponse(_model(name, int(live.loaded_at)))
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "graph": _live(request).graph.fingerprint})

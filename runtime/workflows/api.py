@@ -67,7 +67,7 @@ from ..store.executions import (
     Status,
     StepState,
 )
-from .service import Workflows, chat_input, may_decide
+from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -128,9 +128,12 @@ class _Api:
         return JSONResponse({"object": "list", "data": data})
 
     async def pipelines(self, request: Request) -> Response:
-        self._key(request)
+        """The pipelines this key may run (a key limited to some routes: those a route of
+        its own runs)."""
+        key = self._key(request)
         graph = self._graph()
-        data = [_describe(pipeline, graph) for _name, pipeline in sorted(graph.pipelines.items())]
+        data = [_describe(pipeline, graph) for name, pipeline in sorted(graph.pipelines.items())
+                if may_run(key, graph, name)]
         return JSONResponse({"object": "list", "data": data})
 
     async def create(self, request: Request) -> Response:

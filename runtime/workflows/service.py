@@ -276,12 +276,15 @@ def may_decide(key: ApiKey, execution: Execution, state: StepState) -> bool:
         key.team is not None and key.team.name in approvers.get("teams", ()))
 
 
-def check_pipeline_allowed(key: ApiKey, graph: Graph, name: str) -> None:
+def may_run(key: ApiKey, graph: Graph, name: str) -> bool:
     """A key limited to some routes may run a pipeline only through one of them."""
-    if key.routes is None:
-        return
-    if not any(route.kind is TargetKind.PIPELINE and route.target == name
-               for route_name, route in graph.routes.items() if route_name in key.routes):
+    return key.routes is None or any(
+        route.kind is TargetKind.PIPELINE and route.target == name
+        for route_name, route in graph.routes.items() if route_name in key.routes)
+
+
+def check_pipeline_allowed(key: ApiKey, graph: Graph, name: str) -> None:
+    if not may_run(key, graph, name):
         raise Forbidden(f"key '{key.name}' may not run pipeline '{name}'.")
 
 

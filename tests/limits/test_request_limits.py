@@ -82,6 +82,21 @@ async def test_user_may_come_from_the_configured_header(limited: ClientFactory) 
     assert [row["user"] for row in rows] == ["h1"]
 
 
+async def test_a_key_lists_and_finds_only_the_models_it_may_call(
+    limited: ClientFactory,
+) -> None:
+    client = await limited()
+    bob, alice = client("bob"), client("alice")
+    listed = (await bob.get("/v1/models")).json()["data"]
+    assert [model["id"] for model in listed] == ["free"]
+    assert (await bob.get("/v1/models/free")).json()["id"] == "free"
+    hidden = await bob.get("/v1/models/paid")
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
+    everything = (await alice.get("/v1/models")).json()["data"]
+    assert [model["id"] for model in everything] == ["free", "paid", "quotas", "vectors"]
+    assert (await alice.get("/v1/models/paid")).status_code == 200
+
+
 async def test_key_route_allow_list_is_a_403(limited: ClientFactory) -> None:
     bob = (await limited())("bob")
     assert (await bob.post(CHAT, json=_ask("free"))).status_code == 200

@@ -29,6 +29,7 @@ from aigw.runtime.workflows.engine import HttpCaller
 DEV_KEY = "sk-aigw-dev"
 ALICE_KEY = "sk-alice-pipelines"
 BOT_KEY = "sk-bot-pipelines"  # of another team, not an admin
+FAST_ONLY_KEY = "sk-fast-only-pipelines"  # may call the route 'fast' and nothing else
 
 
 def digest(secret: str) -> str:
@@ -64,6 +65,7 @@ keys:
   dev: {{admin: true, team: eng, sha256: {digest(DEV_KEY)}}}
   alice: {{team: eng, sha256: {digest(ALICE_KEY)}}}
   bot: {{team: ops, sha256: {digest(BOT_KEY)}}}
+  fast-only: {{routes: [fast], sha256: {digest(FAST_ONLY_KEY)}}}
 """
 
 

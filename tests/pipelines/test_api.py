@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ALICE_KEY, BOT_KEY, Serve
+from .conftest import ALICE_KEY, BOT_KEY, FAST_ONLY_KEY, Serve
 
 SLOW = """
 description: Three slow steps in a row.
@@ -350,6 +350,9 @@ async def test_workflows_and_templates_are_listed(serve: Serve) -> None:
                                "retries": 0, "timeout_s": 300.0, "description": None}]
     assert about["endpoint"] == "/v1/pipelines/about"
     assert about["input"]["required"] == ["topic"]
+    # A key limited to routes that run no pipeline may run none, and lists none.
+    limited = {"authorization": f"Bearer {FAST_ONLY_KEY}"}
+    assert (await served.http.get("/api/v1/workflows", headers=limited)).json()["data"] == []
     templates: list[dict[str, Any]] = (await served.http.get("/api/v1/templates")).json()["data"]
     assert [t["name"] for t in templates] == [
         "coding", "data_analysis", "document_analysis", "research"]

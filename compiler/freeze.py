@@ -181,6 +181,7 @@ def freeze(
             execution_lease_s=settings.execution_lease_s,
             cache_max_entries=settings.cache_max_entries,
             execution_retention_s=settings.execution_retention_s,
+            store_outbox=settings.store_outbox,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

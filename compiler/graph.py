@@ -39,6 +39,7 @@ class Settings:
     execution_lease_s: float = 30.0
     cache_max_entries: int = 10_000
     execution_retention_s: float = 30 * 86400.0
+    store_outbox: str = "aigw-outbox.sqlite"
 
 
 @dataclass(frozen=True, slots=True)

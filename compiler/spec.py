@@ -73,6 +73,13 @@ class SettingsSpec(Spec):
         "fail_closed",
         description="When Redis is unreachable: refuse with 503, or enforce local limits.",
     )
+    store_outbox: str = Field(
+        "aigw-outbox.sqlite",
+        description="Redis store: the file (relative to the gateway directory) where "
+        "settles and spend records wait while Redis is unreachable, so a restart loses "
+        "none; 'memory' keeps them in memory only (lost if the gateway stops).",
+        pattern=r"^\S+$",
+    )
     reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
         900.0, description="A budget hold nobody settles (a crashed gateway) expires after this."
     )

@@ -47,7 +47,7 @@ class StoreHandle:
 
     def __init__(
         self, url: str, root: Path, failure: str, ttl: float, sync: str,
-        cache_entries: int = 10_000,
+        cache_entries: int = 10_000, outbox: str = "memory",
     ) -> None:
         self.url = url
         self.cache = open_cache(url, cache_entries)
@@ -55,6 +55,7 @@ class StoreHandle:
         self._failure = failure
         self._ttl = ttl
         self._sync = sync
+        self._outbox = outbox
         self._store: Store | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
@@ -67,6 +68,7 @@ class StoreHandle:
                 self._store = await open_store(
                     self.url, root=self._root, on_unavailable=self._failure,
                     reservation_ttl=self._ttl, synchronous=self._sync.upper(),
+                    outbox=self._outbox,
                 )
         return self._store
 

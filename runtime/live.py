@@ -131,7 +131,7 @@ class Gateway:
         settings = result.graph.settings
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
-            settings.ledger_sync, settings.cache_max_entries,
+            settings.ledger_sync, settings.cache_max_entries, settings.store_outbox,
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .base import Store
 from .embedded import DEFAULT_TTL, EmbeddedStore
+from .outbox import open_outbox
 from .redis_store import OnUnavailable, RedisStore
 from .values import Clock
 
@@ -21,6 +22,7 @@ async def open_store(
     clock: Clock | None = None,
     reservation_ttl: float = DEFAULT_TTL,
     synchronous: str = "FULL",
+    outbox: str = "memory",
 ) -> Store:
     """Open the store ``url`` names; relative files are relative to ``root`` (or cwd).
 
@@ -28,7 +30,9 @@ async def open_store(
     file of your choice, and ``redis://127.0.0.1:6379/0`` (or ``rediss://``,
     ``unix://``) a Redis server shared by every replica; it is not contacted until
     the first call, so a gateway starts while Redis is down. ``on_unavailable``
-    (``fail_closed`` or ``fail_open``) and ``namespace`` apply to Redis only.
+    (``fail_closed`` or ``fail_open``), ``namespace`` and ``outbox`` (where writes wait
+    while Redis is unreachable: a file, relative to ``root``, or ``memory``) apply to
+    Redis only.
     """
     if url == "embedded" or url.startswith("embedded:"):
         file = url.partition(":")[2] or DEFAULT_FILE
@@ -37,12 +41,14 @@ async def open_store(
             path, clock=clock, reservation_ttl=reservation_ttl, synchronous=synchronous
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
+        outbox_file = None if outbox == "memory" else (root or Path.cwd()) / outbox
         return RedisStore.from_url(
             url,
             namespace=namespace,
             on_unavailable=OnUnavailable(on_unavailable),
             clock=clock,
             reservation_ttl=reservation_ttl,
+            outbox=await open_outbox(outbox_file, synchronous),
         )
     raise ValueError(
         f"unknown store {url!r}: expected 'embedded', 'embedded:<file>' or a redis:// URL"

@@ -18,9 +18,10 @@ When Redis cannot answer (connection refused, timeout, an error reply),
 process (``MemoryLimits``) for the time being, logged. Those local limits know only
 what this replica did during the outage (a budget starts from zero spent), and the
 spend of requests admitted locally is charged to Redis when it returns. Either way
-settles and ledger records are queued in memory (up to ``outbox_limit``) and
-written once Redis answers again, which is tried at most every
-``probe_interval`` seconds; ``summary`` raises ``StoreUnavailable`` meanwhile.
+settles and ledger records wait in the ``outbox`` (outbox.py: a file, so a restart
+loses none, or memory) and are written once Redis answers again, which is tried at
+most every ``probe_interval`` seconds; ``summary`` raises ``StoreUnavailable``
+meanwhile.
 
 How durable a written record is, is Redis' own setting: run it with ``appendonly
 yes`` (and ``appendfsync always`` for every write on disk before the reply).
@@ -33,10 +34,8 @@ import logging
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
-from functools import partial
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import quote
@@ -44,7 +43,7 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..errors import StoreUnavailable
 from . import lua
@@ -59,6 +58,7 @@ from .checks import (
     settle_plan,
 )
 from .memory import MemoryLimits
+from .outbox import Arg, Invocation, MemoryOutbox, Outbox
 from .usage import Summary
 from .values import (
     NANOS,
@@ -89,7 +89,8 @@ class OnUnavailable(StrEnum):
     FAIL_OPEN = "fail_open"
 
 
-Write = Callable[[], Awaitable[object]]
+# Writes sent from the outbox a batch at a time.
+FLUSH_BATCH = 256
 
 
 class RedisStore:
@@ -104,7 +105,7 @@ class RedisStore:
         clock: Clock | None = None,
         reservation_ttl: float = DEFAULT_TTL,
         probe_interval: float = 1.0,
-        outbox_limit: int = 100_000,
+        outbox: Outbox | None = None,
     ) -> None:
         self._redis = client
         self._ns = namespace
@@ -126,7 +127,7 @@ class RedisStore:
         self._down_since: float | None = None
         self._probe_at = 0.0
         self._last_error: BaseException | None = None
-        self._outbox: deque[Write] = deque(maxlen=outbox_limit)
+        self._outbox = outbox or MemoryOutbox()
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -188,10 +189,10 @@ class RedisStore:
         if reservation.origin == self._local.origin:
             charged = self._local.settle(reservation, tokens, cost, now)
             if charged is not None and charged.budgets and charged.cost_nanos:
-                await self._write(partial(self._charge, reservation.request_id, charged, now))
+                await self._write(self._charge(reservation.request_id, charged, now))
             return
         charge = settle_plan(reservation, tokens, cost)
-        await self._write(partial(self._settle, reservation.request_id, charge, now))
+        await self._write(self._settle(reservation.request_id, charge, now))
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, tokens=0, cost=0.0)
@@ -212,7 +213,7 @@ class RedisStore:
         raise self._unavailable()
 
     async def record(self, record: LedgerRecord) -> None:
-        await self._write(partial(self._record, record))
+        await self._write(self._record(record))
 
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         if self._reachable():
@@ -226,14 +227,14 @@ class RedisStore:
         raise self._unavailable()
 
     async def aclose(self) -> None:
-        """Write what is still queued if Redis answers, then close the connections."""
+        """Write what is still queued if Redis answers, then close the connections (what
+        Redis did not take stays in a file outbox for the next start)."""
         if self._flusher is not None:
             await self._flusher
-        if self._outbox:
+        if self._outbox.waiting:
             self._probe_at = 0.0
             await self._flush()
-        if self._outbox:
-            log.error("redis store closed with %d writes it could not deliver", len(self._outbox))
+        await self._outbox.aclose()
         await self._redis.aclose()
 
     async def __aenter__(self) -> RedisStore:
@@ -312,9 +313,9 @@ class RedisStore:
             raise RuntimeError("the reserve script denied what checks.decide allows")
         return denied
 
-    async def _settle(self, request_id: str, charge: Plan, now: float) -> None:
+    def _settle(self, request_id: str, charge: Plan, now: float) -> Invocation:
         keys = [self._key("res", quote(request_id, safe=""))]
-        args: list[str | int | float] = [
+        args: list[Arg] = [
             now,
             request_id,
             charge.cost_nanos,
@@ -327,14 +328,14 @@ class RedisStore:
         for budget in charge.budgets:
             keys += self._budget_keys(budget)
             args.append(keep_seconds(budget, now))
-        await self._scripts["settle"](keys=keys, args=args)
+        return Invocation("settle", tuple(keys), tuple(args))
 
-    async def _charge(self, request_id: str, charge: Plan, now: float) -> None:
+    def _charge(self, request_id: str, charge: Plan, now: float) -> Invocation:
         keys = [self._key("charged", quote(request_id, safe=""))]
         keys += [self._budget_keys(budget)[0] for budget in charge.budgets]
-        args: list[int] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
+        args: list[Arg] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
         args += [keep_seconds(budget, now) for budget in charge.budgets]
-        await self._scripts["charge"](keys=keys, args=args)
+        return Invocation("charge", tuple(keys), tuple(args))
 
     async def _budgets(self, checks: Plan, now: float) -> tuple[BudgetStatus, ...]:
         keys = [key for budget in checks.budgets for key in self._budget_keys(budget)]
@@ -353,12 +354,16 @@ class RedisStore:
             for budget, spent, held in zip(checks.budgets, reply[::2], reply[1::2], strict=True)
         )
 
-    async def _record(self, record: LedgerRecord) -> None:
+    def _record(self, record: LedgerRecord) -> Invocation:
         keys = [self._key("rec", quote(record.request_id, safe="")), self._key("ledger")]
-        args: list[str | int | float] = [record.request_id, record.at]
+        args: list[Arg] = [record.request_id, record.at]
         for field, value in encode_record(record).items():
             args += [field, value]
-        await self._scripts["record"](keys=keys, args=args)
+        return Invocation("record", tuple(keys), tuple(args))
+
+    async def _invoke(self, invocation: Invocation) -> None:
+        await self._scripts[invocation.script](keys=list(invocation.keys),
+                                               args=list(invocation.args))
 
     async def _summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         """Walk the ledger index over the time range, a page at a time, by score (so
@@ -414,13 +419,10 @@ class RedisStore:
 
     def _back(self) -> None:
         if self._down_since is not None:
-            log.warning(
-                "redis store reachable again after %.1f s; %d queued writes to deliver",
-                time.monotonic() - self._down_since,
-                len(self._outbox),
-            )
+            log.warning("redis store reachable again after %.1f s",
+                        time.monotonic() - self._down_since)
             self._down_since = None
-        if self._outbox and (self._flusher is None or self._flusher.done()):
+        if self._outbox.waiting and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush(), name="aigw-redis-outbox")
 
     def _unavailable(self) -> StoreUnavailable:
@@ -428,34 +430,55 @@ class RedisStore:
         error.__cause__ = self._last_error
         return error
 
-    async def _write(self, write: Write) -> None:
+    async def _write(self, invocation: Invocation) -> None:
         """Write now, or queue the write until Redis answers again (never lose it)."""
         if self._reachable():
             try:
-                await write()
+                await self._invoke(invocation)
             except UNREACHABLE as exc:
+                if _refused(invocation, exc):
+                    return
                 self._lost(exc)
             else:
                 self._back()
                 return
-        if len(self._outbox) == self._outbox.maxlen:
-            log.error("redis store outbox full: the oldest queued write is dropped")
-        self._outbox.append(write)
+        await self._outbox.put(invocation)
 
     async def _flush(self) -> None:
         """Deliver queued writes in order; stop at the first failure (kept for later)."""
-        while self._outbox and self._reachable():
-            write = self._outbox[0]
+        while self._reachable():
+            batch = await self._outbox.oldest(FLUSH_BATCH)
+            if not batch:
+                return
+            delivered = None
             try:
-                await write()
+                for seq, invocation in batch:
+                    try:
+                        await self._invoke(invocation)
+                    except UNREACHABLE as exc:
+                        if not _refused(invocation, exc):
+                            raise
+                    delivered = seq
             except UNREACHABLE as exc:
                 self._lost(exc)
                 return
-            if self._outbox and self._outbox[0] is write:
-                self._outbox.popleft()
+            finally:
+                if delivered is not None:
+                    await self._outbox.delivered(delivered)
             if self._down_since is not None:
                 log.warning("redis store reachable again")
                 self._down_since = None
+
+
+def _refused(invocation: Invocation, error: BaseException) -> bool:
+    """Whether Redis ran ``invocation``'s script and the script failed: sent again it
+    would fail again, so it is dropped (logged), not queued to block every later write.
+    Redis refusing any command (out of memory, a read-only replica) is not this."""
+    if not (isinstance(error, ResponseError) and "script" in str(error).lower()):
+        return False
+    log.error("redis store: the %s script failed for %s (%s); the write is dropped",
+              invocation.script, invocation.keys[0] if invocation.keys else "?", error)
+    return True
 
 
 def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:

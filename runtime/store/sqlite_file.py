@@ -108,12 +108,19 @@ class SQLiteFile:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> SQLiteFile:
-        """Start the writer and create the tables if they are missing."""
+    async def open(
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        schema: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> SQLiteFile:
+        """Start the writer and create the tables if they are missing: ``schema``'s, by
+        default the ledger's and the budgets'."""
         file = cls(path, synchronous=synchronous)
         file._thread.start()
         try:
-            await file.call(create_schema)
+            await file.call(schema or create_schema)
         except StoreUnavailable:
             await file.aclose()
             raise

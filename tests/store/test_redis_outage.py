@@ -8,6 +8,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ from aigw.runtime.store import (
     Reservation,
     Scope,
 )
+from aigw.runtime.store.outbox import FileOutbox
 
 from ..redis_server import PrivateRedis
 from .test_contract import RECORD
@@ -158,9 +160,10 @@ async def test_fail_open_answers_from_local_limits_and_goes_back_to_redis(
     assert traffic.outcomes[-1][1] == "redis"
 
 
-class _SlowReplies:
+class _Link:
     """A TCP proxy in front of Redis whose replies, on the connections open when
-    ``stall`` is called, come back late: a stalled link, as a loaded network gives."""
+    ``stall`` is called, come back late (a stalled link, as a loaded network gives),
+    and which ``cut`` breaks off: Redis keeps its data, but cannot be reached."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -178,6 +181,13 @@ class _SlowReplies:
     def stall(self, delay_s: float) -> None:
         self.delay_s = delay_s
         self._stalled = {id(writer) for writer in self._open}
+
+    def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+        for writer in self._open:
+            writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open.append(writer)
@@ -213,7 +223,7 @@ async def test_a_reserve_whose_reply_was_lost_is_not_taken_for_a_duplicate(
     """redis-py sends a script again when its reply times out. The second run found the
     first run's marker and answered "already reserved": a ValueError (a 500), and the
     first run's hold stayed for its whole TTL. Now the call knows its own mark."""
-    proxy = _SlowReplies(private_redis.port)
+    proxy = _Link(private_redis.port)
     await proxy.start()
     store = RedisStore.from_url(proxy.url, timeout=0.3)
     limits = [Limits(Scope.KEY, "k", rpm=100, budget=Budget(1.0))]
@@ -232,3 +242,70 @@ async def test_a_reserve_whose_reply_was_lost_is_not_taken_for_a_duplicate(
     finally:
         await store.aclose()
         await proxy.aclose()
+
+
+async def test_writes_waiting_in_a_file_outbox_survive_a_restart(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """A settle and a ledger record made while Redis cannot be reached wait in the
+    outbox file; a gateway stopped meanwhile leaves them there, and the next one on the
+    file delivers them. Kept in memory (as before), they were lost with the process."""
+    path = tmp_path / "aigw-outbox.sqlite"
+    link = _Link(private_redis.port)
+    await link.start()
+    limits = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]
+    first = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05,
+                                outbox=await FileOutbox.open(path))
+    try:
+        held = await first.reserve("r1", limits, tokens=10, cost=1.0)
+        assert isinstance(held, Reservation) and held.origin == "redis"
+        link.cut()  # Redis keeps the hold; this gateway cannot reach it
+        await first.settle(held, tokens=10, cost=0.75)
+        await first.record(replace(RECORD, request_id="r1"))
+        assert not first.available
+    finally:
+        await first.aclose()
+        await link.aclose()
+    left = await FileOutbox.open(path)
+    assert await left.count() == 2
+    await left.aclose()
+
+    second = RedisStore.from_url(private_redis.url, outbox=await FileOutbox.open(path))
+    try:
+        async def settled() -> bool:
+            (status,) = await second.budgets(limits)
+            return (status.spent, status.held) == (0.75, 0.0)
+
+        await eventually("the settle the stopped gateway left", settled)
+        assert await in_ledger(private_redis.url, ["r1"])
+    finally:
+        await second.aclose()
+    emptied = await FileOutbox.open(path)
+    assert await emptied.count() == 0
+    await emptied.aclose()
+
+
+async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis answered, but the script failed (here a budget counter that is not a hash):
+    sent again it fails again, so it is dropped and logged; it does not mark Redis down
+    or block the writes after it."""
+    store = RedisStore.from_url(private_redis.url)
+    limits = [Limits(Scope.TEAM, "broken", budget=Budget(10.0))]
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        held = await store.reserve("p1", limits, tokens=1, cost=1.0)
+        assert isinstance(held, Reservation)
+        (counter,) = [key for key in await client.keys("aigw:budget:team:broken:*")
+                      if not key.endswith(b":holds")]
+        await client.delete(counter)
+        await client.set(counter, "not a hash")
+        await store.settle(held, tokens=1, cost=0.5)
+        assert store.available
+        assert "the settle script failed" in caplog.text
+        await store.record(replace(RECORD, request_id="after"))
+        assert await in_ledger(private_redis.url, ["after"])
+    finally:
+        await client.aclose()
+        await store.aclose()

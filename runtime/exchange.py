@@ -234,6 +234,11 @@ class Exchange:
                 if watch and count % _BUDGET_CHECK_EVERY == 0 and await self._over_budget():
                     raise BudgetExceeded("The budget ran out during this stream.")
                 yield delta
+        except GatewayError as exc:
+            # After the status line: the client sees a 200 and an error event, but the
+            # ledger (its errors column), the metrics and the log count a failed request.
+            record.status, record.error = exc.status, str(exc.code)
+            raise
         finally:
             if not billed and record.cache != "hit":  # cut before the upstream reported
                 # usage: bill what was sent (a cached answer costs nothing, cut or not)

@@ -161,6 +161,12 @@ async def test_a_stream_that_stops_short_ends_in_an_error(
     assert lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1][6:])["error"]
     assert error["code"] == "upstream_error" and "before its end" in error["message"]
+    # Its status line said 200, but the ledger and the metrics count a failed request.
+    summary = (await client.get("/v1/costs/summary", params={"group_by": "route"})).json()
+    assert [(row["requests"], row["errors"]) for row in summary["data"]] == [(1, 1)]
+    metrics = (await client.get("/metrics")).text
+    assert [line for line in metrics.splitlines() if line.startswith("aigw_requests_total{")
+            and 'status="502"' in line and line.endswith(" 1.0")], metrics
 
 
 async def test_an_error_mid_stream_does_not_carry_the_providers_key(

@@ -82,7 +82,9 @@ PROVIDER_EXTRA_MISSING = _warning("AGW322", "provider type needs an extra that i
 REF_ROUTE = _error("AGW323", "unknown route")
 SERVE_INVALID = _error("AGW324", "serve: block cannot start its deployment's server")
 SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one address")
-REF_KEY = _error("AGW326", "unknown key")
+# A warning, not an error: revoking a key (deleting it) must not be refused because an
+# approval step still names it; a name that is not defined matches nobody.
+APPROVER_UNKNOWN = _warning("AGW326", "approvers name a key or team that is not defined")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

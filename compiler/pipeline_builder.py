@@ -397,8 +397,9 @@ class Builder:
             for index, name in enumerate(names):
                 hint = self.names.unknown_principal(kind, name)
                 if hint is not None:
-                    code = codes.REF_KEY if kind == "key" else codes.REF_TEAM
-                    self.sink.add(code, f"approvers name {kind} '{name}', which is not defined",
+                    self.sink.add(codes.APPROVER_UNKNOWN,
+                                  f"approvers name {kind} '{name}', which is not defined: "
+                                  "it matches no key",
                                   self.document.source_map.value(
                                       (*path, "approvers", f"{kind}s", index)), hint)
         return Approvers(frozenset(spec.approvers.keys), frozenset(spec.approvers.teams))

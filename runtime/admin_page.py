@@ -35,12 +35,13 @@ from .auth import admin_only, bearer_token, key_for
 from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
 from .live import Gateway
 from .routing.state import SERVER_UP, Snapshot
-from .store.executions import Decision, ExecutionConflict, Status, StepStatus
+from .store.executions import Decision, ExecutionConflict
 from .usage_api import declared_budgets
 from .workflows import Workflows
 
 _REALM = 'Basic realm="aigw admin", charset="UTF-8"'
 _RECENT = 20
+_WAITING = 200  # approvals listed, the newest first
 # Never cached, and never inside another site's frame: a framed page could be clicked
 # on through a decoy (its POSTs would come from this origin).
 _PAGE_HEADERS = {"cache-control": "no-store", "x-frame-options": "DENY",
@@ -66,10 +67,10 @@ loaded {{ loaded_at }}.
 
 <h2>Waiting for a decision</h2>
 {% if waiting %}<table><tr><th>execution</th><th>pipeline</th><th>step</th><th>message</th>
-<th>deadline</th><th>default</th><th></th></tr>
+<th>deadline</th><th>default</th><th>approvers</th><th></th></tr>
 {% for item in waiting %}<tr><td><code>{{ item.id }}</code></td><td>{{ item.pipeline }}</td>
 <td>{{ item.step }}</td><td>{{ item.message }}</td><td>{{ item.deadline }}</td>
-<td>{{ item.default }}</td><td>
+<td>{{ item.default }}</td><td>{{ item.approvers }}</td><td>
 {% for verdict in ("approve", "reject") %}<form method="post" action="{{ item.action }}">
 <input type="hidden" name="decision" value="{{ verdict }}">
 <button type="submit">{{ verdict }}</button></form>{% endfor %}</td></tr>{% endfor %}
@@ -230,23 +231,25 @@ class _AdminPage:
     async def _executions(self) -> dict[str, Any]:
         try:
             store = await self.workflows.store()
-            latest = await store.list(limit=200)
+            latest = await store.list(limit=_RECENT)
             waiting = []
-            for execution in latest:
-                if execution.status is not Status.WAITING:
-                    continue
-                for state in await store.steps(execution.id):
-                    if state.status is StepStatus.WAITING:
-                        detail = state.detail or {}
-                        waiting.append({
-                            "id": execution.id, "pipeline": execution.pipeline,
-                            "step": state.step, "message": detail.get("message", ""),
-                            "deadline": _when(detail.get("deadline")),
-                            "default": detail.get("default", ""),
-                            "action": "/admin/approvals/"
-                                      f"{urllib.parse.quote(execution.id, safe='')}/"
-                                      f"{urllib.parse.quote(state.step, safe='/')}",
-                        })
+            # Every approval waiting, in a paused execution or beside a running branch
+            # too (an admin key may decide any of them).
+            for execution, state in await store.waiting(_WAITING):
+                detail = state.detail or {}
+                approvers = detail.get("approvers")
+                waiting.append({
+                    "id": execution.id, "pipeline": execution.pipeline,
+                    "step": state.step, "message": detail.get("message", ""),
+                    "deadline": _when(detail.get("deadline")),
+                    "default": detail.get("default", ""),
+                    "approvers": ", ".join([*approvers.get("keys", ()),
+                                            *(f"team {t}" for t in approvers.get("teams", ()))])
+                    if approvers else f"{execution.key or 'the starting key'} (started it)",
+                    "action": "/admin/approvals/"
+                              f"{urllib.parse.quote(execution.id, safe='')}/"
+                              f"{urllib.parse.quote(state.step, safe='/')}",
+                })
         except (StoreUnavailable, GatewayError) as exc:
             note = f"The executions store is unavailable: {exc}"
             return {"waiting": [], "executions": [], "executions_note": note}
@@ -255,7 +258,7 @@ class _AdminPage:
             "executions": [
                 {"id": x.id, "pipeline": x.pipeline, "status": x.status.value,
                  "key": x.key or "", "cost": f"{x.cost:.4f}", "created": _when(x.created_at)}
-                for x in latest[:_RECENT]
+                for x in latest
             ],
             "executions_note": "No executions yet.",
         }

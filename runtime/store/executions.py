@@ -245,6 +245,11 @@ class ExecutionStore(Protocol):
 
     async def steps(self, execution_id: str) -> tuple[StepState, ...]: ...
 
+    async def waiting(self, limit: int) -> tuple[tuple[Execution, StepState], ...]:
+        """Up to ``limit`` steps waiting for a decision, in executions not finished, the
+        newest first: what approvers are asked (without reading every execution)."""
+        ...
+
     async def memos(self, execution_id: str) -> Mapping[str, Any]: ...
 
     async def events(

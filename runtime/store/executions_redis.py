@@ -11,6 +11,8 @@ Keys live under ``<namespace>:wf:``::
     index               sorted set: execution ids by creation time
     finished            sorted set: ended execution ids by when they ended (what the
                         purge deletes, without reading the executions still waiting)
+    waiting             sorted set: executions that had a step waiting for a decision,
+                        by when it began to wait (read and tidied by ``waiting``)
     finished:complete   set once ``finished`` holds every ended execution (written
                         before it existed, they are added by one scan of ``index``)
     costs               hash: <pipeline>:<total> sums for /api/v1/costs/summary
@@ -199,6 +201,34 @@ class RedisExecutions:
 
         return await self._guard(run)
 
+    async def waiting(self, limit: int) -> tuple[tuple[Execution, StepState], ...]:
+        async def run() -> tuple[tuple[Execution, StepState], ...]:
+            index = self._key("waiting")
+            found: list[tuple[Execution, StepState]] = []
+            ids: list[str] = await self._redis.zrevrange(index, 0, -1)
+            done: list[str] = []  # decided, finished or purged: no longer worth reading
+            for start in range(0, len(ids), 200):
+                chunk = ids[start:start + 200]
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for execution_id in chunk:
+                        pipe.hgetall(self._x(execution_id))
+                        pipe.hvals(self._x(execution_id, "steps"))
+                    replies = await pipe.execute()
+                for execution_id, row, states in zip(chunk, replies[::2], replies[1::2],
+                                                     strict=True):
+                    execution = _decode(row) if row else None
+                    waits = [state for state in map(step_from_json, states)
+                             if state.status is StepStatus.WAITING]
+                    if execution is None or execution.status in FINAL or not waits:
+                        done.append(execution_id)
+                        continue
+                    found += [(execution, state) for state in waits]
+            if done:
+                await self._redis.zrem(index, *done)
+            return tuple(found[:limit])
+
+        return await self._guard(run)
+
     async def steps(self, execution_id: str) -> tuple[StepState, ...]:
         async def run() -> tuple[StepState, ...]:
             rows = await self._redis.hgetall(self._x(execution_id, "steps"))
@@ -328,6 +358,10 @@ class RedisExecutions:
     ) -> tuple[Event, ...]:
         async def run() -> tuple[Event, ...]:
             payload = _payload(checkpoint, now)
+            if any(state.status is StepStatus.WAITING for state in checkpoint.steps):
+                # Before the commit: the index may name an execution with nothing waiting
+                # (``waiting`` drops it), never miss one that waits.
+                await self._redis.zadd(self._key("waiting"), {execution_id: now}, nx=True)
             try:
                 first = await self._commit_script(
                     keys=[self._x(execution_id), self._x(execution_id, "steps"),
@@ -390,8 +424,9 @@ class RedisExecutions:
             text = await self._redis.hget(self._x(execution_id, "steps"), step)
             if text is None or step_from_json(text).status is not StepStatus.WAITING:
                 raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
-            await self._redis.hsetnx(self._x(execution_id, "decisions"), step,
-                                     json.dumps(decision_to_dict(decision)))
+            if not await self._redis.hsetnx(self._x(execution_id, "decisions"), step,
+                                            json.dumps(decision_to_dict(decision))):
+                raise ExecutionConflict(f"step '{step}' was decided already")
 
         await self._guard(run)
 

@@ -141,6 +141,9 @@ class SQLiteExecutions:
     async def steps(self, execution_id: str) -> tuple[StepState, ...]:
         return await self._db.call(partial(_steps, execution_id))
 
+    async def waiting(self, limit: int) -> tuple[tuple[Execution, StepState], ...]:
+        return await self._db.call(partial(_waiting, limit))
+
     async def memos(self, execution_id: str) -> Mapping[str, Any]:
         return await self._db.call(partial(_memos, execution_id))
 
@@ -260,6 +263,20 @@ def _list(
         f"{_SELECT}{where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
     ).fetchall()
     return tuple(_row(row) for row in rows)
+
+
+def _waiting(
+    limit: int, connection: sqlite3.Connection
+) -> tuple[tuple[Execution, StepState], ...]:
+    columns = ", ".join(f'e."{name}"' for name in _COLUMNS)
+    unfinished = tuple(status.value for status in Status if status not in FINAL)
+    rows = connection.execute(
+        f"SELECT {columns}, s.state FROM wf_executions e JOIN wf_steps s "
+        f"ON s.execution_id = e.id WHERE e.status IN ({', '.join('?' * len(unfinished))}) "
+        "AND json_extract(s.state, '$.status') = ? ORDER BY e.created_at DESC LIMIT ?",
+        (*unfinished, StepStatus.WAITING.value, limit),
+    ).fetchall()
+    return tuple((_row(row[:-1]), step_from_json(row[-1])) for row in rows)
 
 
 def _steps(execution_id: str, connection: sqlite3.Connection) -> tuple[StepState, ...]:
@@ -407,10 +424,12 @@ def _decide(
     ).fetchone()
     if row is None or step_from_json(row[0]).status is not StepStatus.WAITING:
         raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
-    connection.execute(
+    inserted = connection.execute(
         "INSERT OR IGNORE INTO wf_decisions VALUES (?, ?, ?)",
         (execution_id, step, _dumps(decision_to_dict(decision))),
     )
+    if inserted.rowcount == 0:
+        raise ExecutionConflict(f"step '{step}' was decided already")
 
 
 def _decision(execution_id: str, step: str, connection: sqlite3.Connection) -> Decision | None:

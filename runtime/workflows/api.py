@@ -3,7 +3,7 @@
     GET  /api/v1/templates                       built-in pipeline templates
     GET  /api/v1/workflows                       the gateway's compiled pipelines
     POST /api/v1/executions                      {pipeline | template, input, idempotency_key}
-    GET  /api/v1/executions                      newest first (a key sees its own)
+    GET  /api/v1/executions?status=&pipeline=    newest first (a key sees its own)
     GET  /api/v1/executions/{id}                 status, output, cost, usage
     GET  /api/v1/executions/{id}/steps           each step's checkpoint
     GET  /api/v1/executions/{id}/events?after=N  the history of events
@@ -105,12 +105,11 @@ class _Api:
         return authenticate(self._graph(), request.headers)
 
     def _user(self, request: Request, given: object = None) -> str | None:
-        """The end user a run is for: ``given`` (the body's ``user``), else the user header."""
-        user = request.headers.get(self._graph().settings.user_header) if given is None \
-            else given
-        if user is not None and not isinstance(user, str):
+        """The end user a run is for: ``given`` (the body's ``user``), else the user header
+        (as a chat request reads them)."""
+        if given is not None and not isinstance(given, str):
             raise BadRequest("user must be a string.", param="user")
-        return user or None
+        return given or request.headers.get(self._graph().settings.user_header) or None
 
     async def _authorize(
         self, request: Request, key: ApiKey, pipeline: str, user: str | None
@@ -162,8 +161,16 @@ class _Api:
         key = self._key(request)
         store = await self.workflows.store()
         limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        statuses = None
+        if "status" in request.query_params:
+            try:
+                statuses = {Status(name) for name in request.query_params["status"].split(",")}
+            except ValueError:
+                raise BadRequest(f"status is one or more of {', '.join(Status)}, comma "
+                                 "separated.", param="status") from None
         found = await store.list(key=None if key.admin else key.name,
-                                 pipeline=request.query_params.get("pipeline"), limit=limit)
+                                 pipeline=request.query_params.get("pipeline"),
+                                 statuses=statuses, limit=limit)
         return JSONResponse({"object": "list", "data": [item.as_dict() for item in found]})
 
     async def get(self, request: Request) -> Response:

@@ -54,8 +54,9 @@ class GatewayModels:
             raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
                              "longer accepted by the gateway", retryable=False)
         record = new_record(live, "pipeline")
-        user = {live.graph.settings.user_header: self.user} if self.user else {}
-        exchange = Exchange(live, record, Headers(user))
+        exchange = Exchange(live, record, Headers())
+        if self.user is not None:  # in the body, as a chat names it (any text, not latin-1)
+            request = request.model_copy(update={"user": self.user})
         try:
             await exchange.open(dataclasses.replace(key, routes=None), request,
                                 current_route(live, route))

@@ -366,14 +366,18 @@ class Run:
         if decision is None:
             key = f"{path}#deadline"
             if key not in self.memos:
-                message = self.text(action.message, context.scope)
-                await self.remember(Memo(key, {"deadline": self.now() + step.timeout_s,
-                                               "message": message}))
+                # Who may decide is fixed when the wait begins, like its message: a reload
+                # or a restart of the runner does not change it while it waits.
+                memo = {"deadline": self.now() + step.timeout_s,
+                        "message": self.text(action.message, context.scope)}
+                if action.approvers is not None:
+                    memo["approvers"] = action.approvers.as_dict()
+                await self.remember(Memo(key, memo))
             deadline = float(self.memos[key]["deadline"])
             detail = {"message": self.memos[key]["message"], "deadline": deadline,
                       "default": action.default}
-            if action.approvers is not None:  # kept with the step: who may decide it
-                detail["approvers"] = action.approvers.as_dict()
+            if "approvers" in self.memos[key]:
+                detail["approvers"] = self.memos[key]["approvers"]
             state = self.states.get(path)
             await self.commit(Checkpoint(
                 steps=(StepState(path, StepStatus.WAITING, state.attempts if state else 1,
@@ -398,8 +402,15 @@ class Run:
         result = {"approved": decision.approve,
                   "decision": "approve" if decision.approve else "reject",
                   "by": decision.by, "comment": decision.comment, "timed_out": timed_out}
-        await self.commit(Checkpoint(status=Status.RUNNING,
+        # Out of WAITING at once: an approval inside a map or a loop has no step of its own
+        # that a later commit would mark done, and must not stay listed as waiting.
+        state = self.states.get(path)
+        decided = StepState(path, StepStatus.SUCCEEDED, state.attempts if state else 1, result,
+                            started_at=state.started_at if state else self.now(),
+                            finished_at=self.now())
+        await self.commit(Checkpoint(steps=(decided,), status=Status.RUNNING,
                                      events=(NewEvent("approval_decided", path, result),)))
+        self.states[path] = decided
         return result
 
     async def call_model(self, context: StepContext, model: str, request: ChatRequest,

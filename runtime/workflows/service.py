@@ -229,16 +229,12 @@ class Workflows:
         return execution, waiting
 
     async def inbox(self, key: ApiKey, limit: int) -> list[tuple[Execution, StepState]]:
-        """The approvals waiting for a decision that ``key`` may make, newest first."""
+        """The approvals waiting for a decision that ``key`` may make, newest first (among
+        the newest ``INBOX_SCAN`` waiting anywhere)."""
         store = await self.store()
-        found: list[tuple[Execution, StepState]] = []
-        for execution in await store.list(statuses=UNFINISHED, limit=1000):
-            for state in await store.steps(execution.id):
-                if state.status is StepStatus.WAITING and may_decide(key, execution, state):
-                    found.append((execution, state))
-                    if len(found) == limit:
-                        return found
-        return found
+        found = [(execution, state) for execution, state in await store.waiting(INBOX_SCAN)
+                 if may_decide(key, execution, state)]
+        return found[:limit]
 
     async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
         store = await self.store()
@@ -260,7 +256,9 @@ class Workflows:
             await self.wait(execution_id, min(self.poll_s, remaining))
 
 
-UNFINISHED = frozenset(Status) - FINAL  # a paused or queued execution may have a step waiting
+# How many waiting approvals an inbox looks through (the newest), before choosing the
+# ones its key may decide.
+INBOX_SCAN = 5000
 
 
 def may_decide(key: ApiKey, execution: Execution, state: StepState) -> bool:

@@ -199,8 +199,30 @@ async def test_decisions_only_for_waiting_steps(store: ExecutionStore) -> None:
     await store.commit(execution.id, owner, Checkpoint(
         steps=(StepState("sign_off", StepStatus.WAITING, 1),)), NOW)
     await store.decide(execution.id, "sign_off", decision)
-    await store.decide(execution.id, "sign_off", Decision(False, "ops", None, NOW))  # first wins
+    with pytest.raises(ExecutionConflict, match="decided already"):  # the first one holds,
+        # and the second decider is told so (not a 200 for a decision that changed nothing)
+        await store.decide(execution.id, "sign_off", Decision(False, "ops", None, NOW))
     assert await store.decision(execution.id, "sign_off") == decision
+
+
+async def test_waiting_lists_the_steps_waiting_in_unfinished_executions(
+    store: ExecutionStore,
+) -> None:
+    owner = new_owner()
+    made = [(await store.create(_new(idempotency=f"w{n}"), NOW + n))[0] for n in range(3)]
+    await store.claim(owner, LEASE, NOW, 10)
+    waits = StepState("sign_off", StepStatus.WAITING, 1, detail={"message": "ok?"})
+    for execution in made[:2]:  # the third never waits
+        await store.commit(execution.id, owner, Checkpoint(
+            steps=(waits, StepState("draft", StepStatus.SUCCEEDED, 1)), status=Status.WAITING),
+            NOW)
+    await store.commit(made[0].id, owner, Checkpoint(status=Status.FAILED), NOW + 5)
+    found = await store.waiting(10)
+    assert [(execution.id, state.step, dict(state.detail or {})) for execution, state in found] \
+        == [(made[1].id, "sign_off", {"message": "ok?"})]
+    await store.commit(made[1].id, owner, Checkpoint(
+        steps=(StepState("sign_off", StepStatus.SUCCEEDED, 1),), status=Status.RUNNING), NOW)
+    assert await store.waiting(10) == ()
 
 
 async def test_an_expired_lease_is_taken_over(redis_url: str, namespace: str) -> None:

@@ -1,0 +1,204 @@
+"""Approvals and who decides them: named approvers, inside a map, side by side, across a
+reload and a restart, once only; and the end user a run is for. On both stores."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from aigw.runtime.app import create_app
+from aigw.runtime.workflows import Workflows
+
+from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, Serve, Served
+
+BOT = {"authorization": f"Bearer {BOT_KEY}"}
+ALICE = {"authorization": f"Bearer {ALICE_KEY}"}
+
+EACH = """
+input: {type: object}
+steps:
+  each:
+    kind: map
+    over: "['a', 'b']"
+    concurrency: 1
+    step: {kind: approval, message: "ship {{ item }}?", timeout_s: 60,
+           approvers: {keys: [alice]}}
+output: "{{ steps.each }}"
+"""
+
+SIDE_BY_SIDE = """
+input: {type: object}
+steps:
+  legal: {kind: approval, message: "legal?", timeout_s: 60, approvers: {teams: [eng]}}
+  own: {kind: approval, message: "own?", timeout_s: 60}
+output: {legal: "{{ steps.legal.approved }}", own: "{{ steps.own.approved }}"}
+"""
+
+ONE = """
+input: {type: object}
+steps:
+  legal: {kind: approval, message: "legal?", timeout_s: 60, approvers: {keys: [alice]}}
+output: "{{ steps.legal.approved }}"
+"""
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "embedded":
+        return {}
+    return {"store": request.getfixturevalue("redis_url"),
+            "namespace": request.getfixturevalue("namespace")}
+
+
+async def _start(served: Served, pipeline: str, headers: dict[str, str] = BOT,
+                 **extra: Any) -> str:
+    started = await served.http.post("/api/v1/executions", headers=headers,
+                                     json={"pipeline": pipeline, "input": {}, **extra})
+    assert started.status_code == 201, started.text
+    execution_id: str = started.json()["id"]
+    return execution_id
+
+
+async def _inbox(served: Served, headers: dict[str, str]) -> list[tuple[str, str]]:
+    answer = await served.http.get("/api/v1/approvals", headers=headers)
+    assert answer.status_code == 200, answer.text
+    return [(item["step"], item["message"]) for item in answer.json()["data"]]
+
+
+async def _eventually(what: str, check: Any) -> Any:
+    for _ in range(200):
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+async def test_an_approval_in_a_map_is_done_once_decided(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    served = await serve({"each": EACH}, **store_options)
+    execution_id = await _start(served, "each")
+    url = f"/api/v1/executions/{execution_id}/approvals"
+    assert await _eventually("the first item's approval",
+                             lambda: _inbox(served, ALICE)) == [("each@1/0", "ship a?")]
+    first = await served.http.post(url, headers=ALICE, json={"decision": "approve"})
+    assert first.status_code == 200, first.text
+
+    async def second_waits() -> bool:
+        return await _inbox(served, ALICE) == [("each@1/1", "ship b?")]
+
+    await _eventually("the second item alone in the inbox", second_waits)
+    again = await served.http.post(url, headers=ALICE,
+                                   json={"decision": "reject", "step": "each@1/0"})
+    assert again.status_code == 409  # decided, and no longer waiting
+    last = await served.http.post(url, headers=ALICE, json={"decision": "reject"})
+    assert last.status_code == 200 and last.json()["step"] == "each@1/1"
+    done = await served.wait_for(execution_id, lambda e: e["status"] == "succeeded")
+    assert [item["approved"] for item in done["output"]] == [True, False]
+    assert await _inbox(served, ALICE) == []
+    assert all(state["status"] != "waiting" for state in (await served.steps(execution_id))
+               .values())
+
+
+async def test_approvals_side_by_side_each_reach_their_deciders(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    served = await serve({"both": SIDE_BY_SIDE}, **store_options)
+    execution_id = await _start(served, "both")
+
+    async def both_wait() -> bool:
+        steps = await served.steps(execution_id)
+        return all(steps.get(name, {}).get("status") == "waiting" for name in ("legal", "own"))
+
+    await _eventually("both approvals", both_wait)
+    url = f"/api/v1/executions/{execution_id}/approvals"
+    # The starter may decide only its own (no approvers); with no step named, that one.
+    own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+    assert own.status_code == 200 and own.json()["step"] == "own"
+    refused = await served.http.post(url, headers=BOT,
+                                     json={"decision": "approve", "step": "legal"})
+    assert refused.status_code == 403
+    assert "team 'eng'" in refused.json()["error"]["message"]
+
+    async def own_done() -> bool:
+        return (await served.steps(execution_id))["own"]["status"] == "succeeded"
+
+    await _eventually("the decided approval to move on", own_done)
+    # The execution runs again (one approval decided), the other still waits: it is
+    # still in its deciders' inbox and on the admin page.
+    assert await _inbox(served, ALICE) == [("legal", "legal?")]
+    page = await served.http.get("/admin", auth=("admin", DEV_KEY))
+    assert page.status_code == 200 and "legal?" in page.text and "team eng" in page.text
+    twice = [served.http.post(url, headers=headers, json={"decision": verdict,
+                                                          "step": "legal"})
+             for headers, verdict in ((ALICE, "approve"), ({}, "reject"))]  # {}: the admin
+    statuses = sorted(answer.status_code for answer in await asyncio.gather(*twice))
+    assert statuses == [200, 409]  # one decision counts, and the other decider is told
+
+
+async def test_who_decides_is_fixed_when_the_wait_begins(serve: Serve) -> None:
+    served = await serve({"one": ONE})
+    execution_id = await _start(served, "one")
+    await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    (served.root / "pipelines" / "one.yaml").write_text(
+        ONE.replace("keys: [alice]", "keys: [bot]"))
+    assert (await served.gateway.reload("test")).ok
+    await served.workflows.stop()  # and a new runner picks the execution up
+    workflows = Workflows(served.gateway, poll_s=0.05)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(
+        served.gateway, workflows)), base_url="http://aigw.test")
+    second = Served(served.root, served.gateway, workflows, client)
+    try:
+        await second.http.get(f"/api/v1/executions/{execution_id}", headers=BOT)
+
+        async def resumed() -> bool:
+            events = (await second.http.get(f"/api/v1/executions/{execution_id}/events",
+                                            headers=BOT)).json()["data"]
+            return [e["type"] for e in events].count("step_waiting") == 2
+
+        await _eventually("the approval to wait again under the new runner", resumed)
+        assert await _inbox(second, ALICE) == [("legal", "legal?")]
+        assert await _inbox(second, BOT) == []
+    finally:
+        await client.aclose()
+        await workflows.stop()
+
+
+async def test_a_key_named_as_an_approver_can_still_be_revoked(serve: Serve) -> None:
+    served = await serve({"one": ONE})
+    config = served.root / "gateway.yaml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.strip().startswith("alice:")) + "\n")
+    report = await served.gateway.reload("test")
+    assert report.ok, report
+    assert any(d["code"] == "AGW326" for d in report.diagnostics)  # a warning
+    assert (await served.http.get("/api/v1/approvals", headers=ALICE)).status_code == 401
+
+
+SHORT = """
+input: {type: object}
+steps:
+  answer: {kind: llm, model: fast, prompt: "About {{ input.topic }}", max_tokens: 5}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_a_run_is_for_the_user_the_body_or_the_header_names(serve: Serve) -> None:
+    served = await serve({"about": SHORT})
+    cases = [({"user": "用户"}, {}, "用户"),  # any text, though a header could not carry it
+             ({"user": ""}, {"x-aigw-user": "from-header"}, "from-header"),
+             ({}, {}, None)]
+    for extra, headers, expected in cases:
+        started = await served.http.post("/api/v1/executions", headers={**ALICE, **headers},
+                                         json={"pipeline": "about",
+                                               "input": {"topic": "cats"}, **extra})
+        assert started.status_code == 201, started.text
+        done = await served.wait_for(started.json()["id"],
+                                     lambda e: e["status"] in ("succeeded", "failed"))
+        assert (done["status"], done["user"]) == ("succeeded", expected), done
+    spend = (await served.http.get("/admin/spend?group_by=user")).json()["data"]
+    assert {row["user"] for row in spend} == {"用户", "from-header", None}

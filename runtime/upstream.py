@@ -192,13 +192,24 @@ def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
 
 
 def scrub(text: str, provider: Provider) -> str:
-    """``text`` with the provider's key (and anything that looks like its tail) removed."""
+    """``text`` with the provider's key (and anything that looks like its tail) removed,
+    and the values of its custom ``headers:``, which may carry a credential of their own
+    (``Helicone-Auth: Bearer sk-...``): each whole value and each long word of one."""
     key = provider.api_key
     if key:
         text = text.replace(key, "***")
         if len(key) > 8:
             text = text.replace(key[-4:], "***")
+    for value in provider.headers.values():
+        for secret in (value, *value.split()):
+            if len(secret) >= _SECRET_WORD:
+                text = text.replace(secret, "***")
     return text
+
+
+# The shortest word of a header value scrubbed from error text: tokens are longer, and
+# shorter words ("Bearer", a version date) would blank out ordinary text.
+_SECRET_WORD = 12
 
 
 def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:

@@ -182,6 +182,20 @@ async def test_an_error_mid_stream_does_not_carry_the_providers_key(
     assert PROVIDER_KEY not in text and PROVIDER_KEY[-4:] not in text
 
 
+async def test_an_error_does_not_carry_a_credential_from_the_providers_headers(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    token = "hl-secret-token-abcdefghijkl"
+    client = await make_gateway(_openai(scripted).replace(
+        f'api_key: "{PROVIDER_KEY}"}}',
+        f'api_key: "{PROVIDER_KEY}", headers: {{Helicone-Auth: "Bearer {token}"}}}}'))
+    scripted.now({"error": {"message": f"header 'Bearer {token}' is not valid",
+                            "type": "invalid_request_error"}}, status=400)
+    answer = await client.post("/v1/chat/completions", json=CHAT)
+    assert answer.status_code == 400
+    assert token not in answer.text and "is not valid" in answer.text
+
+
 EMBEDDINGS = {
     "one row for two inputs": {"data": [{"index": 0, "embedding": [0.1, 0.2]}]},
     "base64 not asked for": {"data": [{"index": 0, "embedding": "AAAAAA=="},

@@ -97,6 +97,10 @@ async def _lifespan(gateway: Gateway, workflows: Workflows, app: object) -> Asyn
         name="aigw-upstream-load")]
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         tasks.append(asyncio.create_task(_publish_circuits(gateway), name="aigw-circuits"))
+    if not gateway.live.graph.settings.store.startswith("embedded"):
+        # A Redis store is opened at once (it does not connect yet): writes an earlier run
+        # left in its outbox file are sent without waiting for a request.
+        await gateway.store.get()
     try:
         async with workflows.lifespan(app):
             yield

@@ -42,14 +42,18 @@ async def open_store(
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
         outbox_file = None if outbox == "memory" else (root or Path.cwd()) / outbox
-        return RedisStore.from_url(
+        queued = await open_outbox(outbox_file, synchronous)
+        store = RedisStore.from_url(
             url,
             namespace=namespace,
             on_unavailable=OnUnavailable(on_unavailable),
             clock=clock,
             reservation_ttl=reservation_ttl,
-            outbox=await open_outbox(outbox_file, synchronous),
+            outbox=queued,
         )
+        if queued.waiting:  # what a stopped gateway left: sent now, not at the next request
+            store.flush_soon()
+        return store
     raise ValueError(
         f"unknown store {url!r}: expected 'embedded', 'embedded:<file>' or a redis:// URL"
     )

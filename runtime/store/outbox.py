@@ -138,7 +138,7 @@ class FileOutbox:
         self._waiting = True
 
     async def oldest(self, count: int) -> list[tuple[int, Invocation]]:
-        rows = await self._db.call(partial(_oldest, count), single=True)
+        rows = await self._db.call(partial(_oldest, count))
         if not rows:
             self._waiting = False
         return rows
@@ -186,8 +186,15 @@ def _oldest(count: int, connection: sqlite3.Connection) -> list[tuple[int, Invoc
     rows = connection.execute(
         "SELECT seq, script, keys, args FROM outbox ORDER BY seq LIMIT ?", (count,)
     ).fetchall()
-    return [(seq, Invocation(script, tuple(json.loads(keys)), tuple(json.loads(args))))
-            for seq, script, keys, args in rows]
+    found = []
+    for seq, script, keys, args in rows:
+        try:
+            found.append((seq, Invocation(script, tuple(json.loads(keys)),
+                                          tuple(json.loads(args)))))
+        except (TypeError, ValueError):  # damaged: it would block every write after it
+            log.error("redis store: dropped outbox row %d, which cannot be read", seq)
+            connection.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    return found
 
 
 def _delete_through(through: int, connection: sqlite3.Connection) -> None:

@@ -128,6 +128,7 @@ class RedisStore:
         self._probe_at = 0.0
         self._last_error: BaseException | None = None
         self._outbox = outbox or MemoryOutbox()
+        self._spill = MemoryOutbox()  # what a failing outbox file could not keep
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -229,13 +230,20 @@ class RedisStore:
     async def aclose(self) -> None:
         """Write what is still queued if Redis answers, then close the connections (what
         Redis did not take stays in a file outbox for the next start)."""
-        if self._flusher is not None:
-            await self._flusher
-        if self._outbox.waiting:
-            self._probe_at = 0.0
-            await self._flush()
-        await self._outbox.aclose()
-        await self._redis.aclose()
+        try:
+            if self._flusher is not None:
+                await self._flusher
+            if self._outbox.waiting or self._spill.waiting:
+                self._probe_at = 0.0
+                await self._flush()
+        except Exception:  # a bug in the flush must not leave the file and the pool open
+            log.exception("redis store: the outbox flush failed")
+        finally:
+            try:
+                await self._outbox.aclose()
+                await self._spill.aclose()
+            finally:
+                await self._redis.aclose()
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -361,9 +369,9 @@ class RedisStore:
             args += [field, value]
         return Invocation("record", tuple(keys), tuple(args))
 
-    async def _invoke(self, invocation: Invocation) -> None:
-        await self._scripts[invocation.script](keys=list(invocation.keys),
-                                               args=list(invocation.args))
+    async def _invoke(self, invocation: Invocation) -> object:
+        return await self._scripts[invocation.script](keys=list(invocation.keys),
+                                                      args=list(invocation.args))
 
     async def _summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         """Walk the ledger index over the time range, a page at a time, by score (so
@@ -422,7 +430,12 @@ class RedisStore:
             log.warning("redis store reachable again after %.1f s",
                         time.monotonic() - self._down_since)
             self._down_since = None
-        if self._outbox.waiting and (self._flusher is None or self._flusher.done()):
+        if self._outbox.waiting or self._spill.waiting:
+            self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Start delivering what waits in the outbox (once at a time), in a task."""
+        if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="aigw-redis-outbox")
 
     def _unavailable(self) -> StoreUnavailable:
@@ -442,39 +455,75 @@ class RedisStore:
             else:
                 self._back()
                 return
-        await self._outbox.put(invocation)
+        try:
+            await self._outbox.put(invocation)
+        except StoreUnavailable as exc:  # the outbox file failed (a full disk, say)
+            log.error("redis store: the outbox could not keep a write (%s); it is kept in "
+                      "memory until Redis answers", exc)
+            await self._spill.put(invocation)
 
     async def _flush(self) -> None:
         """Deliver queued writes in order; stop at the first failure (kept for later)."""
-        while self._reachable():
-            batch = await self._outbox.oldest(FLUSH_BATCH)
-            if not batch:
+        for outbox in (self._outbox, self._spill):
+            try:
+                if not await self._drain(outbox):
+                    return
+            except StoreUnavailable as exc:  # reading the outbox file failed: try later
+                log.error("redis store: could not read the outbox: %s", exc)
                 return
+
+    async def _drain(self, outbox: Outbox) -> bool:
+        """Send ``outbox``'s writes until it is empty (True) or Redis is lost (False)."""
+        while self._reachable():
+            batch = await outbox.oldest(FLUSH_BATCH)
+            if not batch:
+                return True
             delivered = None
             try:
                 for seq, invocation in batch:
                     try:
-                        await self._invoke(invocation)
+                        answer = await self._invoke(invocation)
                     except UNREACHABLE as exc:
                         if not _refused(invocation, exc):
                             raise
+                    except KeyError:  # a script this version does not have
+                        log.error("redis store: dropped a queued write for the unknown "
+                                  "script %r", invocation.script)
+                    else:
+                        if invocation.script == "settle" and answer == 0:
+                            log.warning("redis store: a queued settle of %s found no "
+                                        "reservation (settled already, or too old): its "
+                                        "spend was not charged to the budgets",
+                                        invocation.keys[0])
                     delivered = seq
             except UNREACHABLE as exc:
                 self._lost(exc)
-                return
+                return False
             finally:
                 if delivered is not None:
-                    await self._outbox.delivered(delivered)
+                    await outbox.delivered(delivered)
             if self._down_since is not None:
                 log.warning("redis store reachable again")
                 self._down_since = None
+        return False
+
+
+# Redis refusing for now (full, a read-only replica, busy, short of replicas): Redis 7
+# names the script in these errors too, so they must not pass for a script's own failure.
+# redis-py raises most of them as subclasses of ResponseError; these come as plain ones.
+_TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "LOADING",
+                    "OOM", "READONLY", "MASTERDOWN", "UNBLOCKED", "NOPERM", "NOSCRIPT")
 
 
 def _refused(invocation: Invocation, error: BaseException) -> bool:
-    """Whether Redis ran ``invocation``'s script and the script failed: sent again it
-    would fail again, so it is dropped (logged), not queued to block every later write.
-    Redis refusing any command (out of memory, a read-only replica) is not this."""
-    if not (isinstance(error, ResponseError) and "script" in str(error).lower()):
+    """Whether Redis ran ``invocation``'s script and the script itself failed (a key of
+    the wrong type, a value that is not a number): sent again it would fail again, so it
+    is dropped (logged), not queued to block every later write. Anything Redis may stop
+    refusing later (out of memory, read-only, busy...) is not this: that write waits."""
+    if type(error) is not ResponseError:  # OutOfMemoryError, ReadOnlyError...
+        return False
+    text = str(error)
+    if text.startswith(_TRANSIENT_CODES) or "script" not in text.lower():
         return False
     log.error("redis store: the %s script failed for %s (%s); the write is dropped",
               invocation.script, invocation.keys[0] if invocation.keys else "?", error)

@@ -18,6 +18,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,7 @@ class SQLiteFile:
             if self._on_disk:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
+            _while_locked(lambda: connection.execute("PRAGMA journal_mode=WAL"))
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
             if self._on_disk:  # the checkpointer thread does it (see the class)
                 connection.execute("PRAGMA wal_autocheckpoint=0")
@@ -249,6 +250,19 @@ class SQLiteFile:
     def _fail_all(self, error: BaseException) -> None:
         while (job := self._queue.get()) is not None:
             _resolve([job], [(None, error)])
+
+
+def _while_locked(run: Callable[[], object], tries: int = 100) -> None:
+    """``run``, tried again while another process holds the file (several workers opening
+    it at once: switching to WAL takes a lock the busy timeout does not wait for)."""
+    for attempt in range(tries):
+        try:
+            run()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 Outcome = tuple[object, BaseException | None]

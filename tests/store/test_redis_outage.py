@@ -24,7 +24,8 @@ from aigw.runtime.store import (
     Reservation,
     Scope,
 )
-from aigw.runtime.store.outbox import FileOutbox
+from aigw.runtime.store.factory import open_store
+from aigw.runtime.store.outbox import FileOutbox, Invocation
 
 from ..redis_server import PrivateRedis
 from .test_contract import RECORD
@@ -309,3 +310,58 @@ async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def test_a_write_redis_refuses_for_now_waits_for_it(private_redis: PrivateRedis) -> None:
+    """Out of memory (or read-only, busy...), Redis names the script in its refusal too;
+    such a write is not the script's own failure and must wait, not be dropped."""
+    store = RedisStore.from_url(private_redis.url, probe_interval=0.05)
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")
+        await store.record(replace(RECORD, request_id="while-full"))
+        assert not store.available  # refused: queued, not dropped
+        await client.config_set("maxmemory", "0")
+        await eventually("the refused write, once Redis takes writes again",
+                         lambda: _delivered_after_a_call(store, private_redis.url,
+                                                         "while-full"))
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def _delivered_after_a_call(store: RedisStore, url: str, request_id: str) -> bool:
+    try:
+        await store.reserve(f"probe-{request_id}", LIMITS, tokens=0, cost=0.0)  # a call
+        # that reaches Redis starts the flush
+    except StoreUnavailable:
+        return False  # not yet: the next probe is a moment away
+    return await in_ledger(url, [request_id])
+
+
+async def test_what_a_stopped_gateway_left_is_sent_without_waiting_for_a_request(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    path = tmp_path / "aigw-outbox.sqlite"
+    early = await FileOutbox.open(path)  # a row of another version's script comes first
+    await early.put(Invocation("settle_v9", ("aigw:res:x",), (1,)))
+    await early.aclose()
+    link = _Link(private_redis.port)
+    await link.start()
+    link.cut()  # the stopped gateway never reached Redis
+    stopped = RedisStore.from_url(link.url, timeout=0.3, outbox=await FileOutbox.open(path))
+    for request_id in ("left-1", "left-2"):
+        await stopped.record(replace(RECORD, request_id=request_id))
+    await stopped.aclose()
+    await link.aclose()
+
+    opened = await open_store(private_redis.url, root=tmp_path, outbox=path.name)
+    try:  # no request at all: the backlog goes on its own
+        await eventually("the backlog", lambda: in_ledger(private_redis.url,
+                                                          ["left-1", "left-2"]))
+    finally:
+        await opened.aclose()
+    emptied = await FileOutbox.open(path)
+    assert await emptied.count() == 0  # the unknown script's row dropped, not blocking
+    await emptied.aclose()

@@ -237,6 +237,7 @@ class Exchange:
         except GatewayError as exc:
             # After the status line: the client sees a 200 and an error event, but the
             # ledger (its errors column), the metrics and the log count a failed request.
+            record.sent_status = record.status
             record.status, record.error = exc.status, str(exc.code)
             raise
         finally:

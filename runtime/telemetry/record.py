@@ -72,7 +72,8 @@ class RequestRecord:
     provider: str | None = None
     provider_type: str | None = None
     stream: bool = False
-    status: int = 200
+    status: int = 200  # the request's outcome: a stream failed mid-way counts as its error
+    sent_status: int | None = None  # the status line, where it said otherwise (a 200)
     error: str | None = None
     attempts: int = 0
     fallback: bool = False
@@ -238,7 +239,7 @@ class Telemetry:
         span.set("aigw.cost", record.cost)
         if record.cache is not None:
             span.set("aigw.cache", record.cache)
-        span.set("http.response.status_code", record.status)
+        span.set("http.response.status_code", record.sent_status or record.status)
         if record.error is not None:
             span.error(record.error)
         span.end()

@@ -69,6 +69,35 @@ keys:
 """
 
 
+APPROVAL = """
+input: {type: object}
+steps:
+  draft: {kind: llm, model: fast, prompt: "{{ input.text }}"}
+  sign_off:
+    kind: approval
+    needs: [draft]
+    message: "Publish '{{ steps.draft }}'?"
+    timeout_s: {timeout}
+    default: {default}
+  publish:
+    kind: transform
+    needs: [sign_off]
+    when: "steps.sign_off.approved"
+    expression: "'published: ' + steps.draft"
+output: {decision: "{{ steps.sign_off }}", published: "{{ steps.publish }}"}
+"""
+
+
+def approval_pipeline(timeout: float = 60, default: str = "reject",
+                      approvers: str | None = None) -> str:
+    """A draft, a person's sign-off (by ``approvers``, YAML, if given), then publishing."""
+    text = APPROVAL.replace("{timeout}", str(timeout)).replace("{default}", default)
+    if approvers is not None:
+        text = text.replace(f"    default: {default}\n",
+                            f"    default: {default}\n    approvers: {approvers}\n")
+    return text
+
+
 @dataclass
 class Served:
     """A gateway with its workflows, and an HTTP client for it (as the dev key)."""

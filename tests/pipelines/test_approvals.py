@@ -12,7 +12,7 @@ import pytest
 from aigw.runtime.app import create_app
 from aigw.runtime.workflows import Workflows
 
-from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, Serve, Served
+from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, Serve, Served, approval_pipeline
 
 BOT = {"authorization": f"Bearer {BOT_KEY}"}
 ALICE = {"authorization": f"Bearer {ALICE_KEY}"}
@@ -56,10 +56,17 @@ def store_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 async def _start(served: Served, pipeline: str, headers: dict[str, str] = BOT,
                  **extra: Any) -> str:
     started = await served.http.post("/api/v1/executions", headers=headers,
-                                     json={"pipeline": pipeline, "input": {}, **extra})
+                                     json={"pipeline": pipeline, "input": {}} | extra)
     assert started.status_code == 201, started.text
     execution_id: str = started.json()["id"]
     return execution_id
+
+
+async def _waiting(served: Served) -> tuple[str, str]:
+    """The bot key starts 'publish'; its execution id and approvals URL, once it waits."""
+    execution_id = await _start(served, "publish", input={"text": "hello"})
+    await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    return execution_id, f"/api/v1/executions/{execution_id}/approvals"
 
 
 async def _inbox(served: Served, headers: dict[str, str]) -> list[tuple[str, str]]:
@@ -202,3 +209,78 @@ async def test_a_run_is_for_the_user_the_body_or_the_header_names(serve: Serve) 
         assert (done["status"], done["user"]) == ("succeeded", expected), done
     spend = (await served.http.get("/admin/spend?group_by=user")).json()["data"]
     assert {row["user"] for row in spend} == {"用户", "from-header", None}
+
+
+@pytest.mark.parametrize("approvers", ["{keys: [alice]}", "{teams: [eng]}"])
+async def test_only_the_named_approvers_decide_not_the_key_that_started_it(
+    serve: Serve, approvers: str
+) -> None:
+    served = await serve({"publish": approval_pipeline(approvers=approvers)})
+    started, url = await _waiting(served)
+
+    own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+    assert own.status_code == 403, own.text
+    assert "may not decide step 'sign_off'" in own.json()["error"]["message"]
+    assert (await served.http.get("/api/v1/approvals", headers=BOT)).json()["data"] == []
+
+    inbox = (await served.http.get("/api/v1/approvals", headers=ALICE)).json()["data"]
+    assert [(item["execution"], item["step"], item["started_by"], item["message"])
+            for item in inbox] == [(started, "sign_off", "bot", "Publish 'hello'?")]
+    # An approver decides; it sees nothing else of an execution it did not start.
+    hidden = await served.http.get(f"/api/v1/executions/{started}", headers=ALICE)
+    assert hidden.status_code == 404
+    decided = await served.http.post(url, headers=ALICE, json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["by"] == "alice"
+    done = await served.wait_for(started, lambda e: e["status"] == "succeeded")
+    assert done["output"]["decision"]["by"] == "alice"
+    assert done["output"]["published"] == "published: hello"
+    assert (await served.http.get("/api/v1/approvals", headers=ALICE)).json()["data"] == []
+
+
+async def test_without_approvers_only_the_key_that_started_it_decides(serve: Serve) -> None:
+    served = await serve({"publish": approval_pipeline()})
+    started, url = await _waiting(served)
+    assert (await served.http.post(url, headers=ALICE,
+                                   json={"decision": "approve"})).status_code == 404
+    assert (await served.http.get("/api/v1/approvals", headers=ALICE)).json()["data"] == []
+    inbox = (await served.http.get("/api/v1/approvals", headers=BOT)).json()["data"]
+    assert [item["step"] for item in inbox] == ["sign_off"]
+    admins = (await served.http.get("/api/v1/approvals")).json()["data"]  # the dev key
+    assert [item["execution"] for item in admins] == [started]
+    assert (await served.http.post(url, headers=BOT,
+                                   json={"decision": "reject"})).status_code == 200
+
+
+async def test_a_pipeline_holds_the_budget_of_the_end_user_it_runs_for(serve: Serve) -> None:
+    # Each end user of team eng may spend 30 a day; a model call here costs about 10
+    # (1 a token). The user is named by the header, the body's user, or a chat's user.
+    served = await serve({"about": SHORT}, extra_routes="  about: {pipeline: about}",
+                         eng="{per_user: {budget: {amount: 30, period: day}}}")
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+
+    async def run_for(user: str, how: str) -> int:
+        if how == "header":
+            answer = await served.http.post("/v1/pipelines/about", json={"topic": "cats"},
+                                            headers={**alice, "x-aigw-user": user})
+            return answer.status_code
+        if how == "chat":
+            answer = await served.http.post("/v1/chat/completions", headers=alice, json={
+                "model": "about", "user": user,
+                "messages": [{"role": "user", "content": '{"topic": "cats"}'}]})
+            return answer.status_code
+        started = await served.http.post("/api/v1/executions", headers=alice, json={
+            "pipeline": "about", "input": {"topic": "cats"}, "user": user})
+        assert started.status_code == 201, started.text
+        assert started.json()["user"] == user
+        final = await served.wait_for(started.json()["id"],
+                                      lambda e: e["status"] in ("succeeded", "failed"))
+        return 200 if final["status"] == "succeeded" else 502
+
+    outcomes = [await run_for("u1", how) for how in ("header", "body", "chat", "header")]
+    assert outcomes == [200, 200, 502, 502]  # 2 calls spent ~20; a third would pass 30
+    assert await run_for("u2", "body") == 200  # another user's budget is its own
+    spend = (await served.http.get("/admin/spend?group_by=user")).json()["data"]
+    by_user = {row["user"]: row for row in spend}
+    assert set(by_user) == {"u1", "u2"}, spend
+    assert 20 <= by_user["u1"]["cost"] <= 30

@@ -310,7 +310,8 @@ def control_change(execution: Execution, action: str, now: float) -> dict[str, A
             raise ExecutionConflict(f"execution {execution.id} has already {status.value}")
         if status is Status.PAUSED:
             return {}
-        return {"control": "pause"} if leased else {"status": Status.PAUSED, "control": None}
+        return {"control": "pause"} if leased else {"status": Status.PAUSED, "control": None,
+                                                    **_UNHELD}
     if action == "resume":
         if status is Status.PAUSED:
             return {"status": Status.QUEUED, "control": None}
@@ -323,8 +324,14 @@ def control_change(execution: Execution, action: str, now: float) -> dict[str, A
         if leased:
             return {"control": "cancel"}
         return {"status": Status.CANCELLED, "control": None, "finished_at": now,
-                "error": "cancelled"}
+                "error": "cancelled", **_UNHELD}
     raise ValueError(f"unknown action {action!r}")
+
+
+# Changed by the store, not by a runner (its lease had lapsed): the lease goes too, so the
+# runner that let it lapse, if it is still at work, is fenced off (LeaseLost) rather than
+# renewing and committing over the pause or the cancel.
+_UNHELD: dict[str, Any] = {"owner": None, "lease_until": 0.0}
 
 
 def claimable(execution: Execution, owner: str, now: float) -> bool:

@@ -185,14 +185,14 @@ class Run:
                 finished[name] = state.status
                 outputs[name] = state.output
         running: dict[asyncio.Task[Any], str] = {}
-        stopping: str | None = None
         try:
             while True:
                 control = await self.control()
                 if control == "cancel":
                     raise Stop("cancel")
-                if control == "pause":
-                    stopping = "pause"
+                # Read afresh each round: a resume while the steps in flight finish takes
+                # the pause back (an approval that gave way to it starts waiting again).
+                stopping = "pause" if control == "pause" else None
                 if stopping is None:
                     await self._start_ready(pipeline, prefix, given, outputs, finished, running)
                 if not running:
@@ -207,7 +207,6 @@ class Run:
                     try:
                         outputs[name] = task.result()
                     except Suspended:
-                        stopping = "pause"
                         continue
                     finished[name] = StepStatus.SUCCEEDED
         finally:

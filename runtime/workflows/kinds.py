@@ -267,15 +267,27 @@ async def _plan(context: StepContext, action: Loop, scope: Mapping[str, Any], ke
     if isinstance(action.planner, ModelCall):
         model = action.planner.models[0]
         text = str(await ask(context, action.planner, model, f"{key}/plan", scope))
-        words = [word.strip(".,:;!'\"`*").lower() for word in text.split()]
-        lowered = {name.lower(): name for name in names}
-        chosen = next((lowered[word] for word in words if word in lowered), text.strip())
+        chosen = _named(text, names)
     else:
         chosen = str(run.evaluate(action.planner, scope)).strip()
     if chosen not in names:
         raise StepFailed(f"the planner chose {chosen[:80]!r}, which is none of: "
                          f"{', '.join(names)}", retryable=isinstance(action.planner, ModelCall))
     return chosen
+
+
+def _named(text: str, names: list[str]) -> str:
+    """The action a model's answer names: the whole answer, or the one name among its
+    words. An answer naming several ("not done yet: search") names none, and is asked
+    again, rather than read as its first match."""
+    lowered = {name.lower(): name for name in names}
+    strip = ".,:;!?'\"`*()[]"
+    whole = text.strip().strip(strip).lower()
+    if whole in lowered:
+        return lowered[whole]
+    named = {lowered[word] for word in (part.strip(strip).lower() for part in text.split())
+             if word in lowered}
+    return named.pop() if len(named) == 1 else text.strip()
 
 
 async def _pipeline(context: StepContext, action: SubPipeline) -> Any:

@@ -23,7 +23,7 @@ from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
 from ..chat_request import ChatRequest
-from ..errors import BadRequest, Forbidden, NotFound, StoreUnavailable
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from ..live import Gateway
 from ..store.executions import (
     FINAL,
@@ -189,6 +189,11 @@ class Workflows:
             NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user),
             self.clock(),
         )
+        if not created and (execution.pipeline, execution.input) != (name, given):
+            raise Conflict(f"The idempotency key '{idempotency_key}' started execution "
+                           f"{execution.id} of another request (pipeline "
+                           f"'{execution.pipeline}', another input); use a new key.",
+                           param="idempotency_key")
         if created and self._runner is not None:
             self._runner.wake()
         return execution, created

@@ -94,6 +94,21 @@ async def test_pause_and_resume(serve: Serve) -> None:
     assert types.count("step_started") == 3  # no step ran twice
 
 
+async def test_a_resume_before_the_pause_took_hold_takes_it_back(serve: Serve) -> None:
+    served = await serve({"slow": SLOW})
+    started = await served.start("slow", {})
+    await served.wait_for(started["id"], lambda e: e["status"] == "running")
+    url = f"/api/v1/executions/{started['id']}"
+    assert (await served.http.post(f"{url}/pause")).json()["control"] == "pause"
+    await asyncio.sleep(0.15)  # the runner (polling each 0.05 s) has seen the pause
+    # While step one (0.3 s) finishes, before the pause holds: the resume withdraws it.
+    withdrawn = await served.http.post(f"{url}/resume")
+    assert withdrawn.status_code == 202 and withdrawn.json()["control"] is None
+    done = await served.wait_for(started["id"], lambda e: e["status"] in ("succeeded",
+                                                                         "paused"))
+    assert (done["status"], done["output"]) == ("succeeded", [1, 2, 3])
+
+
 async def test_resume_of_a_running_execution_is_a_conflict(serve: Serve) -> None:
     served = await serve({"slow": SLOW})
     started = await served.start("slow", {})
@@ -122,6 +137,10 @@ async def test_idempotency_key_returns_the_same_execution(serve: Serve) -> None:
                                     headers={"idempotency-key": "order-1"})
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["id"] == second.json()["id"]
+    other = await served.http.post("/api/v1/executions", json={
+        "pipeline": "slow", "input": {"n": 2}, "idempotency_key": "order-1"})
+    assert other.status_code == 409  # the key names another request: not its execution
+    assert first.json()["id"] in other.json()["error"]["message"]
 
 
 async def test_bad_requests(serve: Serve) -> None:

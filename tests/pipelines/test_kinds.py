@@ -227,7 +227,7 @@ steps:
     max_iterations: 5
     planner:
       model: fast
-      prompt: "{% if iteration < 2 %}step{% else %}done{% endif %}"
+      prompt: "{% if iteration < 1 %}step{% elif iteration < 2 %}I choose: step.{% else %}`done`{% endif %}"
     actions:
       step: {kind: transform, expression: "iteration * 10"}
   capped:
@@ -249,6 +249,26 @@ async def test_loop_runs_what_the_planner_chooses_until_done_or_the_cap(serve: S
                                   {"action": "step", "output": 10}]
     assert capped == {"done": False, "iterations": 3, "last": 3, "outputs": {"again": 3},
                       "history": [{"action": "again", "output": n} for n in (1, 2, 3)]}
+
+
+UNDECIDED = """
+input: {type: object}
+steps:
+  planned:
+    kind: loop
+    max_iterations: 5
+    planner: {model: fast, prompt: "Not done yet. Next: step"}
+    actions:
+      step: {kind: transform, expression: "iteration"}
+output: "{{ steps.planned }}"
+"""
+
+
+async def test_a_planner_answer_that_names_two_actions_chooses_neither(serve: Serve) -> None:
+    served = await serve({"undecided": UNDECIDED})
+    result = await served.run("undecided", {})
+    assert result["status"] == "failed"
+    assert "the planner chose 'Not done yet. Next: step'" in result["error"]
 
 
 SUB = """

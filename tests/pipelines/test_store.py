@@ -177,6 +177,25 @@ async def test_control_of_an_unheld_execution_changes_it_at_once(
         await store.control("exec_missing", "pause", NOW)
 
 
+@pytest.mark.parametrize("action", ["cancel", "pause"])
+async def test_a_runner_whose_lease_lapsed_cannot_undo_a_cancel_or_pause(
+    store: ExecutionStore, action: str
+) -> None:
+    """Its lease lapsed (a long step, a stalled loop), so the store cancelled (paused) at
+    once; the runner, still at work, must not renew and commit over it."""
+    execution, _ = await store.create(_new(), NOW)
+    late = new_owner()
+    assert await store.claim(late, LEASE, NOW, 10) == (execution.id,)
+    stopped = await store.control(execution.id, action, NOW + LEASE + 1)
+    assert stopped.status in (Status.CANCELLED, Status.PAUSED)
+    assert not await store.renew(execution.id, late, LEASE, NOW + LEASE + 2)
+    with pytest.raises(LeaseLost):
+        await store.commit(execution.id, late, Checkpoint(status=Status.SUCCEEDED, output=1),
+                           NOW + LEASE + 2)
+    final = await store.get(execution.id)
+    assert final is not None and final.status is stopped.status
+
+
 async def test_control_of_a_held_execution_asks_its_runner(store: ExecutionStore) -> None:
     execution, _ = await store.create(_new(), NOW)
     owner = new_owner()

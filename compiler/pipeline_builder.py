@@ -310,7 +310,7 @@ class Builder:
             inner = _extend(visible, MAP_NAMES)
             step = self._step(f"{name}.step", spec.step, (*path, "step"), inner, inline=True)
             return MapStep(self._expr((*path, "over"), spec.over, visible), step,
-                           spec.concurrency)
+                           spec.concurrency, spec.max_items)
         if isinstance(spec, LoopStepSpec):
             return self._loop(name, spec, path, visible)
         if isinstance(spec, ApprovalStepSpec):

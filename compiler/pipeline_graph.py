@@ -98,6 +98,7 @@ class MapStep:
     over: Expr
     step: Step
     concurrency: int
+    max_items: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,10 @@ class MapStepSpec(StepBaseSpec):
     over: str = Field(description="jinja2 expression giving a list.")
     step: StepSpec
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    max_items: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1000, description="The most items it runs; a longer list fails the step (each item "
+        "is checkpointed, so a caller's list must not decide how much work is stored)."
+    )
 
 
 class PlannerSpec(Spec):

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.environment import TemplateExpression
+from jinja2.exceptions import SecurityError
+from jinja2.filters import FILTERS as _JINJA_FILTERS
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+T = TypeVar("T")
 
 __all__ = [
     "Const",
@@ -51,14 +57,135 @@ def _from_json(text: str) -> Any:
     return json.loads(text)
 
 
+# What one operation of a template may make (characters of a string, items of a list),
+# what one rendering may write, and how many numbers its range() calls may hand out in
+# all. A template is the config's, but its values are a caller's: `"-" * input.width`
+# must not let a request ask for a gigabyte, nor a loop over range() for an hour.
+MAX_MADE = 1_000_000
+MAX_RENDERED = 16_000_000
+MAX_RANGE_TOTAL = 10_000_000
+_MAX_POWER_BITS = 1 << 16  # an integer power's result: about 20,000 digits
+_PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_WIDTHS = re.compile(r"%[#0\- +]*(\d+)?(?:\.(\d+))?|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+_range_left: ContextVar[list[int] | None] = ContextVar("aigw_template_range_left", default=None)
+
+
+def _bounded(amount: int, what: str) -> None:
+    if amount > MAX_MADE:
+        raise SecurityError(f"{what} would make {amount:,}, over the template limit of "
+                            f"{MAX_MADE:,}")
+
+
+def _widths(text: str) -> None:
+    """A %- or {}-format whose field widths would make a string past the limit."""
+    for match in _WIDTHS.finditer(text):
+        for number in match.groups():
+            if number is not None:
+                _bounded(int(number), "a format width")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, with the operations that can make a huge value from a
+    small one (repeating, raising to a power, padding, formatting) bounded. Intercepting
+    ``*`` and ``**`` also keeps jinja2 from folding them at compile time, where
+    ``3 ** 20000000`` in a pipeline file stalled a reload."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for made, times in ((left, right), (right, left)):
+                if isinstance(made, str | list | tuple) and isinstance(times, int):
+                    _bounded(len(made) * times, "a repetition")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                    abs(left).bit_length() * right > _MAX_POWER_BITS:
+                raise SecurityError(f"{left} ** {right} is too large for a template")
+        elif isinstance(left, str):  # "%": a printf-style format
+            _widths(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        made = getattr(__obj, "__self__", None)
+        if isinstance(made, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _PADDING:
+                for arg in args:
+                    if isinstance(arg, int):
+                        _bounded(arg, f"str.{name}")
+            elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+                old, new = str(args[0]), args[1]
+                _bounded(len(made) + (made.count(old) + 1) * len(new), "str.replace")
+            elif name == "join" and isinstance(args[0] if args else None, list | tuple):
+                _bounded(len(made) * len(args[0]), "str.join")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        formatting = super().wrap_str_format(value)
+        if formatting is None:
+            return None
+        _widths(value.__self__)
+        return formatting
+
+
+def _counted_range(*args: int) -> range:
+    """jinja2's sandboxed range (at most 100,000 numbers), counted against what this
+    rendering may still hand out: nested loops over range() add up."""
+    numbers = safe_range(*args)
+    left = _range_left.get()
+    if left is not None:
+        left[0] -= len(numbers)
+        if left[0] < 0:
+            raise SecurityError(f"range() handed out more than {MAX_RANGE_TOTAL:,} numbers "
+                                "in one template")
+    return numbers
+
+
+def _center(value: str, width: int = 80) -> str:
+    _bounded(width, "center")
+    return str(value).center(width)
+
+
+def _indent(value: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    if isinstance(width, int):
+        _bounded(width * (str(value).count("\n") + 1), "indent")
+    return str(_JINJA_FILTERS["indent"](value, width, first, blank))
+
+
+def _format(value: str, *args: Any, **kwargs: Any) -> str:
+    _widths(str(value))
+    return str(_JINJA_FILTERS["format"](value, *args, **kwargs))
+
+
+def _replace(context: Any, value: str, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    _bounded(len(text) + (text.count(str(old)) + 1) * len(str(new)), "replace")
+    return str(_JINJA_FILTERS["replace"](context, value, old, new, count))
+
+
+_replace.jinja_pass_arg = _JINJA_FILTERS["replace"].jinja_pass_arg  # type: ignore[attr-defined]
+
+
 def new_environment() -> ImmutableSandboxedEnvironment:
     """The sandbox every pipeline template compiles in (one per compile)."""
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
     env.filters["json"] = _to_json
     env.filters["fromjson"] = _from_json
+    env.filters.update(center=_center, indent=_indent, format=_format, replace=_replace)
+    env.globals["range"] = _counted_range
+    del env.globals["lipsum"]  # lorem ipsum of any length: nothing a pipeline needs
     return env
+
+
+def _budgeted(render: Callable[[], T]) -> T:
+    """``render()`` with this rendering's own allowance of range() numbers."""
+    token = _range_left.set([MAX_RANGE_TOTAL])
+    try:
+        return render()
+    finally:
+        _range_left.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +196,20 @@ class Text:
     template: Template
 
     def render(self, scope: Mapping[str, Any]) -> str:
-        return self.template.render(scope)
+        return _budgeted(lambda: self._written(scope))
+
+    def _written(self, scope: Mapping[str, Any]) -> str:
+        """The rendering, stopped once it passes ``MAX_RENDERED`` characters (it is made
+        a piece at a time, so a long loop ends there, not at the end of the loop)."""
+        parts: list[str] = []
+        size = 0
+        for part in self.template.generate(scope):
+            size += len(part)
+            if size > MAX_RENDERED:
+                raise SecurityError(f"the template wrote more than {MAX_RENDERED:,} "
+                                    "characters")
+            parts.append(part)
+        return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +220,7 @@ class Expr:
     compiled: TemplateExpression
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
-        result = self.compiled(**scope)
+        result = _budgeted(lambda: self.compiled(**scope))
         if isinstance(result, Undefined):
             str(result)  # StrictUndefined raises UndefinedError naming what is missing
         return result

@@ -357,8 +357,12 @@ def _commit(
     execution_id: str, owner: str, checkpoint: Checkpoint, now: float,
     connection: sqlite3.Connection,
 ) -> tuple[Event, ...]:
-    execution = _get(execution_id, connection)
-    if execution is None or execution.owner != owner:
+    # Only the fields a checkpoint changes are read and written: the whole row (its input,
+    # up to a request's size) rewritten at every step made a long map quadratic.
+    held = connection.execute(
+        "SELECT owner, cost, prompt_tokens, completion_tokens, model_calls FROM wf_executions "
+        "WHERE id = ?", (execution_id,)).fetchone()
+    if held is None or held[0] != owner:
         raise LeaseLost(f"execution {execution_id} is held by another runner")
     for state in checkpoint.steps:
         connection.execute("INSERT OR REPLACE INTO wf_steps VALUES (?, ?, ?)",
@@ -370,19 +374,21 @@ def _commit(
                                     (execution_id, memo.key, _dumps(memo.value)))
         if cursor.rowcount == 1:
             changes.update(
-                cost=execution.cost + memo.cost,
-                prompt_tokens=execution.prompt_tokens + memo.prompt_tokens,
-                completion_tokens=execution.completion_tokens + memo.completion_tokens,
-                model_calls=execution.model_calls + int(memo.model_call),
+                cost=held[1] + memo.cost,
+                prompt_tokens=held[2] + memo.prompt_tokens,
+                completion_tokens=held[3] + memo.completion_tokens,
+                model_calls=held[4] + int(memo.model_call),
             )
     if checkpoint.status is not None:
-        changes["status"] = checkpoint.status
+        changes["status"] = checkpoint.status.value
         if checkpoint.status in FINAL:
-            changes.update(finished_at=now, output=checkpoint.output, error=checkpoint.error,
-                           control=None)
+            changes.update(finished_at=now, output=_dumps(checkpoint.output),
+                           error=checkpoint.error, control=None)
     if checkpoint.clear_control:
         changes["control"] = None
-    _write(connection, replace(execution, **changes))
+    assignments = ", ".join(f'"{name}" = ?' for name in changes)
+    connection.execute(f"UPDATE wf_executions SET {assignments} WHERE id = ?",
+                       (*changes.values(), execution_id))
     last = connection.execute(
         "SELECT COALESCE(MAX(seq), 0) FROM wf_events WHERE execution_id = ?", (execution_id,)
     ).fetchone()[0]

@@ -226,16 +226,22 @@ async def _map(context: StepContext, action: MapStep) -> list[Any]:
         raise StepFailed(f"map over {action.over.source!r} needs a list, got "
                          f"{type(items).__name__}", retryable=False)
     items = list(items)
-    limit = asyncio.Semaphore(action.concurrency)
+    if len(items) > action.max_items:
+        raise StepFailed(f"map over {len(items):,} items; this step runs at most "
+                         f"{action.max_items:,} (max_items)", retryable=False)
+    results: list[Any] = [None] * len(items)
+    queue = iter(enumerate(items))
 
-    async def one(index: int, item: Any) -> Any:
-        async with limit:
+    async def worker() -> None:
+        # ``concurrency`` workers take the items in turn: one task each, not one an item.
+        for index, item in queue:
             scope = context.with_scope(item=item, index=index)
-            return await run.run_inline(
+            results[index] = await run.run_inline(
                 _with(context, scope), action.step, f"{context.key}/{index}"
             )
 
-    return await _all([one(index, item) for index, item in enumerate(items)])
+    await _all([worker() for _ in range(min(action.concurrency, len(items)))])
+    return results
 
 
 async def _loop(context: StepContext, action: Loop) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from typing import Any
 from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
+from ..admission import subject_limits
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from ..live import Gateway
+from ..store import Denied
 from ..store.executions import (
     FINAL,
     Decision,
@@ -184,6 +186,7 @@ class Workflows:
         if problems:
             raise BadRequest(f"The input does not match pipeline '{name}': "
                              + "; ".join(problems), param="input")
+        await self._admit(key, user)
         store = await self.store()
         execution, created = await store.create(
             NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user),
@@ -217,6 +220,20 @@ class Workflows:
         if execution.status is Status.QUEUED and self._runner is not None:
             self._runner.wake()
         return execution
+
+    async def _admit(self, key: ApiKey, user: str | None) -> None:
+        """Starting a run is a request: it takes one of the key's (its team's, its end
+        user's) requests a minute, as a chat does, and is a 429 past them; else a key
+        limited to 3 a minute could queue any number of runs, each input stored."""
+        limits = subject_limits(key, user)
+        if not limits:
+            return
+        store = await self.gateway.store.get()
+        decision = await store.reserve(f"start-{os.urandom(16).hex()}", limits, tokens=0,
+                                       cost=0.0)
+        if isinstance(decision, Denied):
+            raise decision.error()
+        await store.release(decision)
 
     async def waiting(self, key: ApiKey, execution_id: str) -> tuple[Execution, list[StepState]]:
         """The execution and its steps waiting for a decision, as ``key`` may see them: the

@@ -227,7 +227,8 @@ steps:
     max_iterations: 5
     planner:
       model: fast
-      prompt: "{% if iteration < 1 %}step{% elif iteration < 2 %}I choose: step.{% else %}`done`{% endif %}"
+      prompt: >-
+        {% if iteration < 1 %}step{% elif iteration < 2 %}I choose: step.{% else %}`done`{% endif %}
     actions:
       step: {kind: transform, expression: "iteration * 10"}
   capped:

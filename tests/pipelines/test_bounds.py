@@ -1,0 +1,99 @@
+"""What a caller's input can make a pipeline do is bounded: the values its templates
+make, the items a map runs, and how often a key may start runs."""
+
+from __future__ import annotations
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from aigw.compiler.templates import compile_expr, new_environment
+
+from .conftest import ALICE_KEY, Serve
+
+GROW = """
+input: {type: object}
+steps:
+  grown: {kind: transform, expression: "EXPRESSION"}
+output: "{{ steps.grown | length }}"
+"""
+
+
+@pytest.mark.parametrize("expression, given", [
+    ("'-' * input.n", {"n": 10**9}),
+    ("3 ** input.n", {"n": 10**8}),
+    ("'x'.ljust(input.n)", {"n": 10**9}),
+    ("'x' | center(input.n)", {"n": 10**9}),
+    ("('%' ~ input.n ~ 's') % 'x'", {"n": 10**9}),
+    ("input.s | replace('a', input.s)", {"s": "a" * 100_000}),
+    ("(range(100000) | list) * input.n", {"n": 100}),
+])
+async def test_a_template_cannot_be_made_to_build_a_huge_value(
+    serve: Serve, expression: str, given: dict[str, object]
+) -> None:
+    served = await serve({"grow": GROW.replace("EXPRESSION", expression.replace('"', '\\"'))})
+    result = await served.run("grow", given)
+    assert result["status"] == "failed", result
+    assert "over the template limit" in result["error"] or \
+        "too large for a template" in result["error"], result["error"]
+
+
+async def test_small_values_are_made_as_before(serve: Serve) -> None:
+    served = await serve({"grow": GROW.replace("EXPRESSION", "'-' * input.n")})
+    assert (await served.run("grow", {"n": 80}))["output"] == 80
+
+
+async def test_nested_loops_over_range_stop_at_the_templates_allowance(serve: Serve) -> None:
+    looping = """
+input: {type: object}
+steps:
+  spun: {kind: transform, expression: "1"}
+  said:
+    kind: llm
+    model: fast
+    prompt: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
+output: "{{ steps.said }}"
+"""
+    served = await serve({"spin": looping})
+    result = await served.run("spin", {})
+    assert result["status"] == "failed" and "range() handed out" in result["error"]
+
+
+def test_a_huge_constant_is_not_computed_when_the_pipeline_compiles() -> None:
+    # jinja2 folds constant expressions as it compiles: a large enough power stalled a
+    # reload for as long as it took. Bounded, it is left for run time, and refused there.
+    expression, _ = compile_expr(new_environment(), "(3 ** 200000) > 1")
+    with pytest.raises(SecurityError, match="too large for a template"):
+        expression.evaluate({})
+
+
+MAPPED = """
+input: {type: object}
+steps:
+  each:
+    kind: map
+    over: "input.numbers"
+    max_items: 5
+    concurrency: 2
+    step: {kind: transform, expression: "item * 2"}
+output: "{{ steps.each }}"
+"""
+
+
+async def test_a_map_runs_at_most_its_max_items(serve: Serve) -> None:
+    served = await serve({"mapped": MAPPED})
+    ran = await served.run("mapped", {"numbers": [1, 2, 3, 4, 5]})
+    assert ran["output"] == [2, 4, 6, 8, 10], ran
+    refused = await served.run("mapped", {"numbers": list(range(6))})
+    assert refused["status"] == "failed" and "at most 5 (max_items)" in refused["error"]
+
+
+async def test_starting_a_run_counts_against_the_keys_requests_a_minute(serve: Serve) -> None:
+    served = await serve({"mapped": MAPPED}, eng="{limits: {rpm: 2}}")
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    answers = [await served.http.post("/api/v1/executions", headers=alice, json={
+        "pipeline": "mapped", "input": {"numbers": [1]}}) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [201, 201, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limit_exceeded"
+    direct = await served.http.post("/v1/pipelines/mapped", headers=alice,
+                                    json={"numbers": [1]})
+    assert direct.status_code == 429

@@ -374,9 +374,7 @@ class _Endpoints:
 
     async def admin_reload(self, request: Request) -> Response:
         require_admin(_live(request).graph, request.headers)
-        report = await self.gateway.reload("admin-api")
-        if report.ok and self.gateway.reload_peers is not None:
-            self.gateway.reload_peers()  # the workers that did not get this request
+        report = await self.gateway.reload_everywhere("admin-api")
         return JSONResponse(report.as_dict(), status_code=200 if report.ok else 422)
 
 

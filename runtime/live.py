@@ -141,6 +141,14 @@ class Gateway:
         self._closing = Background()  # adapters a reload dropped, closing after a grace
         self._retired: list[ChatAdapter] = []  # dropped by a reload, closed after a grace
 
+    async def reload_everywhere(self, trigger: str) -> ReloadReport:
+        """Reload here and, when it compiled, ask the other workers to (an API call
+        reaches one worker: /admin/reload and /policies/reload alike)."""
+        report = await self.reload(trigger)
+        if report.ok and self.reload_peers is not None:
+            self.reload_peers()
+        return report
+
     async def reload(self, trigger: str) -> ReloadReport:
         """Compile the config again (in a thread) and swap it in if it compiles."""
         async with self._reload_lock:  # reloads queue; requests never wait on this

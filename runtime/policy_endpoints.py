@@ -142,7 +142,7 @@ class _PolicyEndpoints:
 
     async def reload(self, request: Request) -> Response:
         require_admin(request.state.live.graph, request.headers)
-        report = await self.gateway.reload("policies-api")
+        report = await self.gateway.reload_everywhere("policies-api")
         graph = self.gateway.live.graph
         body = {**report.as_dict(), "policies": [p.id for p in graph.policies]}
         return JSONResponse(body, status_code=200 if report.ok else 422)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(gateway.reload("SIGHUP")))
+    if _EARLY_RELOAD.is_set():
+        background.spawn(gateway.reload("SIGHUP"))
     if sockets is not None:  # a worker: the master forwards SIGHUP to every worker (this
         # one too, which then reloads again: the same files, the same graph)
         gateway.reload_peers = lambda: _send_signal(os.getppid(), signal.SIGHUP)
@@ -196,16 +199,22 @@ def _run_master(options: ServeOptions, config: Config) -> int:
                         args=(replace(options, supervise=index == 0), config, sockets))
         for index in range(options.workers)
     ]
-    for worker in workers:
-        worker.start()
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 _send_signal(worker.pid, signum)
 
-    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    # Before the workers start: a signal meanwhile is forwarded, not the master's death.
+    # SIGHUP's default ends a process, and a worker takes seconds to import and compile
+    # before it can reload: the workers are started with it ignored (inherited), which
+    # each turns into "reload once up" first thing (``_worker_main``).
+    for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for worker in workers:
+        worker.start()
+    signal.signal(signal.SIGHUP, forward)
     for worker in workers:
         worker.join()
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
@@ -220,7 +229,14 @@ def _send_signal(pid: int, signum: int) -> None:
 
 
 def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
+    # A reload asked before this worker can reload (SIGHUP to the master, or /admin/reload
+    # on a worker already up) is noted now and made once it is up; SIGHUP's default
+    # ended the worker, and the master with it.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_RELOAD.set())
     _configure_logging()
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(_run_worker(options, config, sockets))
+
+
+_EARLY_RELOAD = threading.Event()  # a SIGHUP that came before the worker could reload

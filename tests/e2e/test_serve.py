@@ -196,12 +196,35 @@ def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
         assert server.stop() == 0, server.log
 
 
-def test_an_admin_reload_with_two_workers_reloads_both(gateway_dir: Path) -> None:
+def test_a_reload_asked_while_the_workers_start_does_not_stop_the_gateway(
+    gateway_dir: Path,
+) -> None:
+    """A worker takes seconds to import and compile before it can reload; a SIGHUP
+    meanwhile ended it (SIGHUP's default), and the master with it."""
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        time.sleep(2.0)  # the master is up (its imports take about a second), the workers
+        # are starting
+        _add_route(gateway_dir, "two")
+        server.signal(signal.SIGHUP)
+        server.wait_ready()
+        models = httpx.get(f"{server.base_url}/v1/models",
+                           headers={"authorization": f"Bearer {DEV_KEY}"}).json()["data"]
+        assert "two" in {model["id"] for model in models}, server.log  # the config as it is
+    finally:
+        assert server.stop() == 0, server.log
+
+
+@pytest.mark.parametrize("endpoint, trigger", [("/admin/reload", "admin-api"),
+                                               ("/policies/reload", "policies-api")])
+def test_an_admin_reload_with_two_workers_reloads_both(
+    gateway_dir: Path, endpoint: str, trigger: str
+) -> None:
     server = Server(gateway_dir, "--workers", "2")
     try:
         old = server.wait_ready()
         _add_route(gateway_dir, "two")
-        answer = httpx.post(f"{server.base_url}/admin/reload",
+        answer = httpx.post(f"{server.base_url}{endpoint}",
                             headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=30)
         assert answer.status_code == 200 and answer.json()["ok"], answer.text
         new = answer.json()["fingerprint"]
@@ -210,7 +233,7 @@ def test_an_admin_reload_with_two_workers_reloads_both(gateway_dir: Path) -> Non
         while server.log.count("reload (SIGHUP)") < 2:
             assert time.monotonic() < deadline, server.log
             time.sleep(0.05)
-        assert server.log.count("reload (admin-api)") == 1
+        assert server.log.count(f"reload ({trigger})") == 1
         graphs = {httpx.get(f"{server.base_url}/health").json()["graph"] for _ in range(20)}
         assert graphs == {new} and new != old, server.log
     finally:

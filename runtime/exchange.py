@@ -96,7 +96,7 @@ class Exchange:
         record.cache = lookup_kind(self.headers, plan.route)
         if record.cache is not None:
             self._cache_key = cache_key(plan.route, request, key)
-            self._storing = may_store(self.headers)
+            self._storing = may_store(self.headers, plan.route, key)
         return plan
 
     def identify(self, key: ApiKey, user: str | None) -> None:

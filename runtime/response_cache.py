@@ -9,7 +9,8 @@ fields that only shape its delivery left out (``stream``, ``stream_options``,
 cached only once it ended normally.
 
 A client opts out per request with ``Cache-Control``: ``no-cache`` skips the lookup
-(the fresh answer still refreshes the entry), ``no-store`` skips the cache entirely.
+(the fresh answer refreshes the entry where the entry is the caller's own: a ``key``
+scope, or an admin key), ``no-store`` skips the cache entirely.
 
 Entries live where the store lives: in-process (least recently used dropped first)
 for the embedded store, in Redis (``SET ... PX``) when replicas share one. A cache
@@ -131,9 +132,18 @@ def lookup_kind(headers: Headers, route: Route) -> Lookup | None:
     return "miss"  # until the lookup finds it
 
 
-def may_store(headers: Headers) -> bool:
-    """``Cache-Control: no-store`` keeps a client's answer out of the cache."""
-    return "no-store" not in _directives(headers)
+def may_store(headers: Headers, route: Route, key: ApiKey) -> bool:
+    """``Cache-Control: no-store`` keeps a client's answer out of the cache; ``no-cache``
+    refreshes an entry only where it is the caller's own (or the caller an admin key):
+    in a ``team`` or ``shared`` scope, one caller re-asking with ``no-cache`` until an
+    answer suited it would choose what everybody else is served."""
+    directives = _directives(headers)
+    if "no-store" in directives:
+        return False
+    if "no-cache" in directives:
+        assert route.cache is not None
+        return route.cache.scope == "key" or key.admin
+    return True
 
 
 def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:

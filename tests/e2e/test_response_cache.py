@@ -192,6 +192,19 @@ def test_cache_control_skips_the_lookup_or_the_whole_cache(
     assert len(upstream.script.requests) == 4
 
 
+def test_no_cache_refreshes_only_the_callers_own_entries(gateway: Server) -> None:
+    """In a team (or shared) scope, a caller re-asking with no-cache until an answer
+    suited it would choose what the others are served: only its own entries (a key
+    scope) are refreshed, or any by an admin key."""
+    fresh = {"Cache-Control": "no-cache"}
+    assert _ask(_client(gateway, OPS_KEY, **fresh), "ops pick")[1]["x-aigw-cache"] == "bypass"
+    assert _ask(_client(gateway, DEV_KEY), "ops pick")[1]["x-aigw-cache"] == "miss"  # team ops
+    assert _ask(_client(gateway, DEV_KEY, **fresh), "admin pick")[1]["x-aigw-cache"] == "bypass"
+    assert _ask(_client(gateway, OPS_KEY), "admin pick")[1]["x-aigw-cache"] == "hit"
+    _ask(_client(gateway, ENG_KEY, **fresh), "mine", model="per-key")
+    assert _ask(_client(gateway, ENG_KEY), "mine", model="per-key")[1]["x-aigw-cache"] == "hit"
+
+
 def test_entries_are_shared_only_within_their_scope(
     gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:

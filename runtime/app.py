@@ -146,10 +146,14 @@ class SnapshotMiddleware:
             await send(message)
 
         endpoint = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
-        if endpoint is None or scope.get("root_path"):
-            await self.app(scope, receive, send_stamped)
-        else:
-            await _call(endpoint, scope, receive, send_stamped)
+        live.in_flight.count += 1  # until its body is sent (a stream's last byte too)
+        try:
+            if endpoint is None or scope.get("root_path"):
+                await self.app(scope, receive, send_stamped)
+            else:
+                await _call(endpoint, scope, receive, send_stamped)
+        finally:
+            live.in_flight.leave()
 
 
 class IndexedHeaders(Headers):

@@ -23,6 +23,10 @@ class Background:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
     async def wait(self) -> None:
         """Until every task started so far has ended (what each raised stays its own)."""
         if self._tasks:

@@ -31,6 +31,29 @@ from .tokens import TokenCounter
 log = logging.getLogger("aigw.reload")
 
 
+class InFlight:
+    """How many requests (and pipeline model calls) one ``Live`` is serving: a reload
+    closes the adapters it dropped once the requests still on them are done, however
+    long their streams last."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Until nothing is in flight."""
+        while self.count > 0:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class Live:
     """What serves requests now: a graph and the provider adapters built for it."""
@@ -43,6 +66,7 @@ class Live:
     store: StoreHandle  # limits, budgets and the ledger (opened from the first graph)
     loaded_at: float
     policy: PolicyEngine  # Cedar for this graph, with its caches
+    in_flight: InFlight = field(default_factory=InFlight)
 
     @classmethod
     def build(
@@ -74,6 +98,11 @@ def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
 def _grace_s(graph: Graph) -> float:
     """How long a request on ``graph`` can still be running after a reload swapped it out."""
     return max((p.timeout_s for p in graph.providers.values()), default=0.0) + 5.0
+
+
+# The longest the adapters a reload dropped stay open for requests still on them: a
+# stream that never ends must not keep a provider's pool (and its old key) for ever.
+RETIRE_LIMIT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,22 +220,28 @@ class Gateway:
             return report
 
     def _retire(self, previous: Live) -> None:
-        """Close adapters the new graph dropped, once requests that use them must be over."""
+        """Close adapters the new graph dropped once the requests the previous graph was
+        serving are over. A fixed grace (the providers' timeout_s) cut streams longer
+        than it, and a cut stream's reader waited for ever."""
         current = set(map(id, self.live.adapters.values()))
         dropped = [a for a in previous.adapters.values() if id(a) not in current]
         if not dropped:
             return
-        grace = _grace_s(previous.graph)
-        loop = asyncio.get_running_loop()
         self._retired.extend(dropped)
+        self._closing.spawn(self._close_when_done(previous, dropped))
 
-        def close() -> None:
-            for adapter in dropped:
-                if adapter in self._retired:  # else aclose() closed it already
-                    self._retired.remove(adapter)
-                    self._closing.spawn(adapter.aclose())
-
-        loop.call_later(grace, close)
+    async def _close_when_done(self, previous: Live, dropped: list[ChatAdapter]) -> None:
+        try:
+            async with asyncio.timeout(RETIRE_LIMIT_S):
+                await previous.in_flight.idle()
+        except TimeoutError:
+            log.warning("closing %d provider clients a reload dropped with %d requests "
+                        "still on them, after %.0f s", len(dropped),
+                        previous.in_flight.count, RETIRE_LIMIT_S)
+        for adapter in dropped:
+            if adapter in self._retired:  # else aclose() closed it already
+                self._retired.remove(adapter)
+                await adapter.aclose()
 
     async def aclose(self) -> None:
         """Close every adapter (those a reload dropped too, their grace cut short) and
@@ -214,5 +249,6 @@ class Gateway:
         retired, self._retired = self._retired, []
         for adapter in (*self.live.adapters.values(), *retired):
             await adapter.aclose()
+        self._closing.cancel()  # those still waiting for their requests: closed just now
         await self._closing.wait()
         await self.store.aclose()

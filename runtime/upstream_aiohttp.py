@@ -58,6 +58,7 @@ class AiohttpUpstream:
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str | None] = {}  # by URL: the proxy the environment names
+        self._streams: set[aiohttp.ClientResponse] = set()  # being read: closed by aclose
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(10.0, provider.timeout_s), sock_read=provider.timeout_s
         )
@@ -119,6 +120,7 @@ class AiohttpUpstream:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
+        self._streams.add(response)
         try:
             if 300 <= response.status < 400:
                 raise self._redirected(response.status, response.headers)
@@ -132,6 +134,7 @@ class AiohttpUpstream:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
         finally:
+            self._streams.discard(response)
             response.release()
 
     def _proxy(self, url: str) -> str | None:
@@ -162,6 +165,10 @@ class AiohttpUpstream:
                                        provider=name)
 
     async def aclose(self) -> None:
+        # A stream still being read is cut, so its reader gets an error: closing the
+        # session alone left it waiting on a connection nobody would feed again.
+        for response in list(self._streams):
+            response.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

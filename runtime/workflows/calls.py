@@ -57,6 +57,7 @@ class GatewayModels:
         exchange = Exchange(live, record, Headers())
         if self.user is not None:  # in the body, as a chat names it (any text, not latin-1)
             request = request.model_copy(update={"user": self.user})
+        live.in_flight.count += 1  # a reload closes the adapters it drops after this call
         try:
             await exchange.open(dataclasses.replace(key, routes=None), request,
                                 current_route(live, route))
@@ -68,6 +69,7 @@ class GatewayModels:
             await exchange.cancelled()
             raise
         finally:
+            live.in_flight.leave()
             live.telemetry.finish(record)
         choice = result.choices[0] if result.choices else None
         return ModelAnswer(

@@ -48,6 +48,7 @@ class Action:
     headers: dict[str, str] = field(default_factory=dict)  # sent with the answer (or error)
     delay_s: float = 0.0  # wait this long before answering (timeouts)
     cut_stream_after: int | None = None  # close the connection after N stream events
+    event_delay_s: float = 0.0  # between stream events (a long stream)
 
 
 @dataclass(slots=True)

@@ -222,7 +222,7 @@ class OpenAIFake:
             if action.cut_stream_after is not None and number >= action.cut_stream_after:
                 raise ConnectionResetError("scripted disconnect")
             yield item
-            await asyncio.sleep(0)
+            await asyncio.sleep(action.event_delay_s)
 
     async def _azure_embeddings(self, request: Request) -> Response:
         return await self._embeddings(request, azure=True)

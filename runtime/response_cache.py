@@ -30,6 +30,8 @@ from typing import Literal, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
@@ -87,25 +89,48 @@ class LocalCache:
 
 
 class RedisCache:
-    """Entries shared by every replica on one Redis, expired by Redis itself."""
+    """Entries shared by every replica on one Redis, expired by Redis itself.
+
+    A cache must never cost more than it saves: each command waits at most
+    ``TIMEOUT_S`` and is not retried, and after a failure the cache is left alone (every
+    lookup a miss, nothing written) for ``REST_S``, so a Redis that hangs costs one
+    request a fraction of a second, not every request seconds."""
+
+    TIMEOUT_S = 0.25
+    REST_S = 5.0
 
     def __init__(self, url: str, namespace: str = "aigw") -> None:
-        self._redis: Redis = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0))
         self._prefix = f"{namespace}:cache:"
+        self._resting_until = 0.0
+
+    def _resting(self) -> bool:
+        return time.monotonic() < self._resting_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._resting_until = time.monotonic() + self.REST_S
+        log.warning("response cache %s failed (a miss; the cache rests %.0f s): %s", what,
+                    self.REST_S, exc)
 
     async def get(self, key: str) -> bytes | None:
+        if self._resting():
+            return None
         try:
             value = await self._redis.get(self._prefix + key)
         except (RedisError, OSError) as exc:
-            log.warning("response cache read failed (served as a miss): %s", exc)
+            self._failed("read", exc)
             return None
         return value if isinstance(value, bytes) else None  # the client does not decode
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        if self._resting():
+            return
         try:
             await self._redis.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
         except (RedisError, OSError) as exc:
-            log.warning("response cache write failed (answer not cached): %s", exc)
+            self._failed("write", exc)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

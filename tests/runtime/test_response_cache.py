@@ -107,6 +107,33 @@ async def test_a_redis_cache_that_cannot_be_reached_is_a_miss_not_an_error() -> 
         await cache.aclose()
 
 
+async def test_a_redis_that_hangs_costs_one_lookup_then_the_cache_rests() -> None:
+    """A Redis that accepts and never answers: the lookup fails after the cache's own
+    short timeout, not retried, and for a while no lookup or write goes to it at all
+    (each cost a request seconds of waiting)."""
+    received: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.append(data)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cache = RedisCache(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert await cache.get("k") is None
+        sent = len(received)
+        assert sent >= 1  # it tried (its connection's handshake went unanswered)
+        for _ in range(5):
+            await cache.put("k", b"v", ttl_s=5)
+            assert await cache.get("k") is None
+        assert len(received) == sent  # resting: nothing more was sent
+    finally:
+        await cache.aclose()
+        server.close()
+
+
 async def test_a_redis_cache_expires_its_entries(redis_url: str) -> None:
     cache = RedisCache(redis_url, namespace="test-response-cache")
     try:

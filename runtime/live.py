@@ -115,6 +115,8 @@ class ReloadReport:
     fingerprint: str | None
     duration_ms: float
     diagnostics: tuple[dict[str, object], ...] = field(default=())
+    # Settings the new graph changed that the running gateway keeps until a restart.
+    restart_needed: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -124,7 +126,13 @@ class ReloadReport:
             "fingerprint": self.fingerprint,
             "duration_ms": round(self.duration_ms, 3),
             "diagnostics": list(self.diagnostics),
+            "restart_needed": list(self.restart_needed),
         }
+
+
+# Settings read once, when the store and its cache are opened: a reload cannot apply them.
+RESTART_SETTINGS = ("store", "store_failure", "store_outbox", "reservation_ttl_s",
+                    "ledger_sync", "cache_max_entries")
 
 
 class ConfigError(Exception):
@@ -157,7 +165,7 @@ class Gateway:
         # long as the gateway, across reloads.
         self.telemetry.metrics.servers.source = self.routing.snapshot
         self.telemetry.metrics.circuits = self.routing.circuits
-        settings = result.graph.settings
+        settings = self._started = result.graph.settings  # what the store was opened with
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
             settings.ledger_sync, settings.cache_max_entries, settings.store_outbox,
@@ -198,16 +206,21 @@ class Gateway:
                 )
             else:
                 previous = self.live
-                if result.graph.settings.store != self.store.url:
-                    log.warning("settings.store changed to %s; it takes effect on restart "
-                                "(still using %s)", result.graph.settings.store, self.store.url)
+                restart = tuple(
+                    name for name in RESTART_SETTINGS
+                    if getattr(result.graph.settings, name) != getattr(self._started, name))
+                if restart:
+                    log.warning("reload (%s): settings %s changed; they take effect when the "
+                                "gateway restarts (it keeps the ones it started with)",
+                                trigger, ", ".join(restart))
                 self.live = Live.build(
                     result.graph, self.counter, self.routing, self.telemetry, self.store, previous
                 )
                 self._retire(previous)
                 heap.refreeze_later(_grace_s(previous.graph))
                 report = ReloadReport(
-                    time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics
+                    time.time(), trigger, True, result.graph.fingerprint, elapsed, diagnostics,
+                    restart,
                 )
                 log.info(
                     "reload (%s): graph %s -> %s in %.1f ms",

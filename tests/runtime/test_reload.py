@@ -97,3 +97,18 @@ async def test_a_request_keeps_the_graph_it_started_with(
         assert response.headers["x-aigw-graph"] == slow_graph
         assert (first + rest).rstrip().endswith("data: [DONE]")
         assert '"five"' in first + rest
+
+
+async def test_a_reload_says_which_changed_settings_wait_for_a_restart(
+    client: httpx.AsyncClient, gateway: Gateway, gateway_dir: Path
+) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  max_request_bytes: 4194304\n",
+        "  max_request_bytes: 2097152\n  cache_max_entries: 5\n  store_failure: fail_open\n"))
+    report = (await client.post("/admin/reload")).json()
+    assert report["ok"] is True
+    # The store and its cache were opened with the first graph's; the request limit is
+    # read per request, so it applies now.
+    assert report["restart_needed"] == ["store_failure", "cache_max_entries"]
+    assert gateway.live.graph.settings.max_request_bytes == 2097152

@@ -144,6 +144,7 @@ class RoutingState:
         self.rng = rng or random.Random()
         self.stats: dict[str, DeploymentStats] = {}
         self.round_robin: dict[str, int] = {}
+        self._synced: frozenset[str] | None = None  # the deployments of the last sync
 
     def sync(self, graph: Graph) -> None:
         """Adopt a new graph: keep stats of deployments that remain, drop the rest."""
@@ -159,12 +160,18 @@ class RoutingState:
                     kept.server_down = NOT_UP_YET if kept.served else None
             fresh[name] = kept
         self.stats = fresh
+        self._synced = frozenset(fresh)
         self.round_robin = {n: c for n, c in self.round_robin.items() if n in graph.groups}
 
     def of(self, deployment: Deployment) -> DeploymentStats:
         stats = self.stats.get(deployment.name)
-        if stats is None:  # a deployment of a graph newer than the last sync
-            stats = self.stats[deployment.name] = DeploymentStats(deployment)
+        if stats is None:
+            stats = DeploymentStats(deployment)
+            # Kept only for a deployment of the synced graph (or before any sync): one a
+            # reload removed, still serving a request, gets stats that go with it, rather
+            # than come back at /admin/status and in the metrics.
+            if self._synced is None or deployment.name in self._synced:
+                self.stats[deployment.name] = stats
         return stats
 
     def circuits(self) -> dict[str, str]:

@@ -220,3 +220,25 @@ routes:
         {"model": "deep", "messages": [{"role": "user", "content": "hello"}]})
     assert _prefix(compiled.routes["deep"], request) == prefix_digest(["hello"])
     assert _prefix(compiled.routes["plain"], request) == 0  # nobody wants it
+
+
+def test_a_deployment_a_reload_removed_does_not_come_back_when_its_request_ends(
+    tmp_path: Path,
+) -> None:
+    old = _graph(tmp_path, "priority")
+    state = RoutingState()
+    state.sync(old)
+    removed = old.deployments["c"]
+    stats = state.of(removed)  # a request in flight on it
+    stats.in_flight += 1
+    config = (tmp_path / "gateway.yaml").read_text().replace("members: [a, b, c]",
+                                                            "members: [a, b]")
+    (tmp_path / "gateway.yaml").write_text(config.replace(
+        "  c: {provider: local, model: c, context_window: 9000, price: {input: 2, output: 2},\n"
+        "      limits: {tpm: 5000}}\n", ""))
+    new = compile_gateway(tmp_path, environ={}).graph
+    assert new is not None and "c" not in new.deployments
+    state.sync(new)
+    state.of(removed).in_flight -= 1  # the request ends, on the removed deployment
+    assert set(state.stats) == {"a", "b"}
+    assert set(state.snapshot()) == {"a", "b"}

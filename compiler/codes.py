@@ -42,6 +42,7 @@ INCLUDE_CYCLE = _error("AGW106", "include cycle")
 FILE_ENCODING = _error("AGW107", "file is not UTF-8")
 YAML_FEATURE = _error("AGW108", "unsupported YAML feature")
 INCLUDE_OUTSIDE = _error("AGW109", "include points outside the gateway directory")
+FILE_TOO_LARGE = _error("AGW110", "file is too large")
 
 # AGW2xx: shape of the documents
 SCHEMA_NOT_MAPPING = _error("AGW201", "document is not a mapping")

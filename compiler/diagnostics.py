@@ -90,16 +90,28 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: Mapping[str, SourceF
     return "\n".join(blocks) + "\n"
 
 
+# The most columns of a source line shown, around the caret: a line of megabytes (a
+# minified file, a pasted blob) must not be copied into a CI log whole.
+EXCERPT_COLUMNS = 160
+
+
 def _render_one(item: Diagnostic, source: SourceFile | None) -> str:
     pos = item.position
     lines = [f"{item.code.id} {item.severity.value} {pos} {item.message}"]
     text = _visible(source.line_text(pos.line)) if source is not None else ""
     if text:
         gutter = " " * len(str(pos.line))
+        width = min(max(pos.width, 1), EXCERPT_COLUMNS // 2)
+        start = 0 if len(text) <= EXCERPT_COLUMNS else \
+            max(0, min(pos.column - 1 - EXCERPT_COLUMNS // 2, len(text) - EXCERPT_COLUMNS))
+        shown = text[start : start + EXCERPT_COLUMNS]
+        before = "..." if start > 0 else ""
+        after = "..." if start + EXCERPT_COLUMNS < len(text) else ""
         # Tabs stay tabs under the line, so the caret lines up however a terminal draws them.
-        pad = "".join("\t" if char == "\t" else " " for char in text[: pos.column - 1])
-        lines.append(f" {pos.line} | {text}")
-        lines.append(f" {gutter} | {pad}{'^' * max(pos.width, 1)}")
+        pad = "".join("\t" if char == "\t" else " "
+                      for char in before + text[start : pos.column - 1])
+        lines.append(f" {pos.line} | {before}{shown}{after}")
+        lines.append(f" {gutter} | {pad}{'^' * width}")
         if item.hint:
             lines.append(f" {gutter} = hint: {item.hint}")
     elif item.hint:

@@ -28,6 +28,8 @@ from .source import NodePath, Position, SourceFile, SourceMap
 from .yaml_errors import report_construct_error, report_marked_error, report_reader_error
 
 GATEWAY_FILE = "gateway.yaml"
+# The largest config file read (a gateway.yaml of 10,000 routes is about 1 MiB).
+MAX_FILE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +111,36 @@ class _Reader:
         # defines is unknown, so link must not call references to it undefined.
         self.complete = True
 
+    def _read(self, relative: str, cited_at: Position) -> bytes | None:
+        """The file's bytes, if it is a regular file inside the gateway directory and no
+        larger than ``MAX_FILE_BYTES``: a config file linked to /dev/zero, a FIFO or a
+        file outside the tree (/proc/self/environ, whose text a diagnostic would echo
+        into CI's log) must not hang the check, fill its memory or leak."""
+        path = self.root / relative
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            self.sink.add(codes.INCLUDE_OUTSIDE, f"'{relative}' leads outside the gateway "
+                          "directory", cited_at, "keep config files (and what links point "
+                          "to) inside the directory aigw checks")
+            return None
+        if resolved.exists() and not resolved.is_file():
+            self.sink.add(codes.FILE_MISSING, f"'{relative}' is not a regular file",
+                          cited_at, "config files are plain files")
+            return None
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            self.sink.add(codes.FILE_TOO_LARGE, f"'{relative}' is larger than "
+                          f"{MAX_FILE_BYTES // (1 << 20)} MiB", cited_at,
+                          "split it with include:, or keep what is not config elsewhere")
+            return None
+        return raw
+
     def read_text(self, relative: str, cited_at: Position) -> str | None:
         try:
-            raw = (self.root / relative).read_bytes()
+            raw = self._read(relative, cited_at)
+            if raw is None:
+                return None
         except FileNotFoundError:
             hint = (
                 "run aigw in the directory that holds gateway.yaml, or pass that directory"

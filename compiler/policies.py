@@ -109,8 +109,33 @@ def _check_key_equality(chunk: PolicyText, body: Mapping[str, Any], sink: Diagno
                  "the key), so those are refused", where, hint)
 
 
+# The deepest nesting of brackets a policy may have. cedarpy's parser recurses and
+# crashes the whole process (a segfault, no diagnostic) at about 700 levels; no policy
+# a person writes comes near this.
+MAX_NESTING = 64
+
+
+def _too_deep(chunk: PolicyText) -> int | None:
+    """The offset where ``chunk``'s brackets pass ``MAX_NESTING``, if they do."""
+    depth = 0
+    for index, char in _code(chunk.text):
+        if char in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return index
+        elif char in ")]}":
+            depth -= 1
+    return None
+
+
 def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
     """cedarpy's JSON form of the one policy in ``chunk`` (an empty one for a bare comment)."""
+    deep = _too_deep(chunk)
+    if deep is not None:
+        sink.add(codes.CEDAR_SYNTAX, f"Cedar policy nests brackets more than {MAX_NESTING} "
+                 "deep", _at(chunk, deep, 1), "split the condition, or name its parts "
+                 "with && and ||")
+        return None
     try:
         parsed = json.loads(cedarpy.policies_to_json_str(chunk.text))
     except ValueError as exc:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.diagnostics import DiagnosticSink
-from aigw.compiler.load import load
+from aigw.compiler.load import MAX_FILE_BYTES, load
 from aigw.compiler.source import Position
 
 WriteGateway = Callable[..., Path]
@@ -160,3 +161,47 @@ def test_yaml_errors_never_raise(write_gateway: WriteGateway, tmp_path: Path) ->
         root = write_gateway({"gateway.yaml": text}, root=tmp_path / name)
         codes = _codes(root)
         assert codes and "AGW901" not in codes, (name, codes)
+
+
+def _diagnostics(root: Path) -> list[tuple[str, str]]:
+    return [(item.code.id, item.message) for item in compile_gateway(root, {}).diagnostics]
+
+
+def test_a_config_file_is_read_only_if_it_is_a_plain_file_in_the_tree(
+    write_gateway: WriteGateway, tmp_path: Path,
+) -> None:
+    """What CI checks must not hang it (a FIFO), fill its memory (/dev/zero) or echo a
+    file from elsewhere into its log (/proc/self/environ behind a link)."""
+    root = write_gateway({"gateway.yaml": GATEWAY})
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "zero.cedar").symlink_to("/dev/zero")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("CI_TOKEN=ghp_not_for_the_log\n")
+    (root / "policies" / "elsewhere.cedar").symlink_to(outside)
+    os.mkfifo(root / "policies" / "pipe.cedar")
+    found = _diagnostics(root)
+    assert ("AGW109", "'policies/zero.cedar' leads outside the gateway directory") in found
+    assert ("AGW109", "'policies/elsewhere.cedar' leads outside the gateway directory") in found
+    assert ("AGW105", "'policies/pipe.cedar' is not a regular file") in found
+    assert all("ghp_not_for_the_log" not in message for _, message in found)
+
+
+def test_a_config_file_past_the_size_limit_is_refused_unread(write_gateway: WriteGateway) -> None:
+    root = write_gateway({"gateway.yaml": GATEWAY})
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "huge.cedar").write_text("// padding\n" * (MAX_FILE_BYTES // 11 + 1))
+    assert ("AGW110", "'policies/huge.cedar' is larger than 8 MiB") in _diagnostics(root)
+
+
+def test_a_policy_nested_past_what_cedar_can_parse_is_a_diagnostic(
+    write_gateway: WriteGateway,
+) -> None:
+    """cedarpy's parser crashed the process (a segfault) at about 700 levels."""
+    root = write_gateway({"gateway.yaml": GATEWAY})
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "deep.cedar").write_text(
+        '@id("deep")\npermit(principal, action, resource) when { '
+        + "(" * 1000 + "true" + ")" * 1000 + " };\n")
+    result = compile_gateway(root, {})
+    assert [(d.code.id, str(d.position)) for d in result.errors] == [
+        ("AGW401", "policies/deep.cedar:2:107")]

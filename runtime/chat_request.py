@@ -93,6 +93,16 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return request
 
 
+def chat_request_from(body: dict[str, Any]) -> ChatRequest:
+    """A request built by the gateway from another wire format (Anthropic's Messages):
+    what does not validate (an empty content list, say) is the client's ``BadRequest``,
+    never a 500."""
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(exc) from exc
+
+
 def _finite(value: object) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)

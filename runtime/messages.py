@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from .admission import check_route_allowed
 from .auth import authenticate
 from .chat import Served, new_record, resolve_route
-from .chat_request import ChatRequest
+from .chat_request import chat_request_from
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange
 from .live import Live
@@ -113,10 +113,13 @@ async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> 
         request = parse(CountTokensRequest, raw)
         check_route_allowed(key, resolve_route(live.graph, request.model))
         # As the request would be planned: the conversation and the tools.
-        planned = ChatRequest.model_validate(
+        planned = chat_request_from(
             {"model": request.model, "messages": chat_messages(request), **tools_of(request)})
     except GatewayError as exc:
         return _error_response(exc)
+    except Exception:  # in Anthropic's shape too, whatever failed
+        log.exception("count_tokens failed")
+        return _error_response(InternalError("The gateway had an internal error; it is logged."))
     return JSONResponse({"input_tokens": live.counter.count_request(planned)})
 
 

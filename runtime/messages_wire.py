@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .chat_request import ChatRequest
+from .chat_request import ChatRequest, chat_request_from
 from .errors import BadRequest
 
 # The discriminator values pydantic puts into an error's location after a union site.
@@ -96,7 +96,7 @@ Block = Annotated[
 
 class MessageParam(_Wire):
     role: Literal["user", "assistant"]
-    content: Annotated[list[Block], BeforeValidator(_as_blocks)]
+    content: Annotated[list[Block], BeforeValidator(_as_blocks), Field(min_length=1)]
 
 
 class ToolParam(_Wire):
@@ -218,7 +218,7 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
     body.update(tools_of(request))
-    return ChatRequest.model_validate(body)
+    return chat_request_from(body)
 
 
 def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:

@@ -381,6 +381,19 @@ async def test_bad_body_is_400_invalid_request_error(
     assert _assert_error(response, 400, "invalid_request_error") == message
 
 
+async def test_an_empty_content_list_is_a_400_on_both_endpoints(
+    client: httpx.AsyncClient,
+) -> None:
+    """It failed in the lowering to the OpenAI shape: a 500, and on count_tokens in
+    OpenAI's error shape."""
+    body = _message([])
+    assert _assert_error(await client.post(MESSAGES, json=body), 400,
+                         "invalid_request_error").startswith("messages.0")
+    counted = await client.post(f"{MESSAGES}/count_tokens",
+                                json={"model": "fast", "messages": body["messages"]})
+    assert _assert_error(counted, 400, "invalid_request_error").startswith("messages.0")
+
+
 async def test_image_in_a_tool_result_is_refused(client: httpx.AsyncClient) -> None:
     image = {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
     body = _message([{"type": "tool_result", "tool_use_id": "t", "content": [image]}])

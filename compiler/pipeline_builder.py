@@ -9,10 +9,12 @@ do not import. See ``pipelines`` for the stage around it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -525,7 +527,9 @@ class Builder:
         module_name, _, attribute = name.partition(":")
         where = self.document.source_map.value(path)
         try:
-            module = importlib.import_module(module_name)
+            # Its prints must not reach stdout, where `aigw check --format json` writes.
+            with contextlib.redirect_stdout(sys.stderr):
+                module = importlib.import_module(module_name)
         except ImportError as exc:
             self.sink.add(codes.PYTHON_CALLABLE, f"cannot import module '{module_name}': {exc}",
                           where, "install the package, or put the module on PYTHONPATH "
@@ -533,7 +537,9 @@ class Builder:
             return _missing
         # The boundary to the user's own code: whatever it raises while importing is
         # a diagnostic about that code, not a compiler crash.
-        except Exception as exc:
+        # SystemExit too: a module that exits on import made `aigw check` exit 0, saying
+        # nothing of the errors it had found.
+        except (Exception, SystemExit) as exc:
             self.sink.add(codes.PYTHON_CALLABLE, f"importing module '{module_name}' failed: "
                           f"{type(exc).__name__}: {exc}", where)
             return _missing

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import TargetKind
 from aigw.compiler.pipeline_graph import Llm, MapStep, StepKind
@@ -163,3 +165,25 @@ output: "{{ steps.a }}"
     assert _messages(result) == [
         "AGW511 4:31 cannot import module 'no_such_module_for_aigw': No module named "
         "'no_such_module_for_aigw'"]
+
+
+def test_a_module_that_exits_or_prints_on_import_is_a_diagnostic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`aigw check` imports a python step's module: one calling exit() made check exit 0
+    with nothing said, and one printing spoilt `--format json` on stdout."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "aigw_exits_on_import.py").write_text(
+        "print('hello from an import')\nraise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(modules))
+    pipeline = """
+steps:
+  a: {kind: python, function: "aigw_exits_on_import:run"}
+output: "{{ steps.a }}"
+"""
+    (tmp_path / "gw").mkdir()
+    result = _compile(tmp_path / "gw", {"p": pipeline})
+    assert _messages(result) == [
+        "AGW511 3:31 importing module 'aigw_exits_on_import' failed: SystemExit: 0"]
+    assert "hello from an import" not in capsys.readouterr().out

@@ -233,7 +233,14 @@ class _Reader:
             )
             return None
         builder = _PlainBuilder(relative, self.sources[relative], self.sink)
-        data = builder.mapping(node, ())
+        try:
+            data = builder.mapping(node, ())
+        except _Expanding as too_far:
+            self.sink.add(codes.YAML_FEATURE, "the document's aliases expand to more than "
+                          f"{builder.budget:,} values", too_far.position,
+                          "an anchor used inside an anchor used inside another multiplies; "
+                          "write the values out, or use include:")
+            return None
         source_map = SourceMap(
             keys=MappingProxyType(builder.keys),
             values=MappingProxyType(builder.values),
@@ -283,8 +290,21 @@ class _Reader:
             self.follow_includes(included, found, (*stack, relative))
 
 
+class _Expanding(Exception):
+    """The aliases of a document build more values than its text could hold."""
+
+    def __init__(self, position: Position) -> None:
+        super().__init__(str(position))
+        self.position = position
+
+
 class _PlainBuilder:
-    """Turns ruamel's round-trip nodes into plain data, recording positions as it goes."""
+    """Turns ruamel's round-trip nodes into plain data, recording positions as it goes.
+
+    An alias is expanded where it is used, so nested anchors multiply ("billion laughs":
+    422 bytes became gigabytes). The values built are counted against ten for each
+    character of the file, more than any config writes out, then it stops (``_Expanding``).
+    """
 
     def __init__(self, path: str, source: SourceFile, sink: DiagnosticSink) -> None:
         self.path = path
@@ -292,6 +312,8 @@ class _PlainBuilder:
         self.sink = sink
         self.keys: dict[NodePath, Position] = {}
         self.values: dict[NodePath, Position] = {}
+        self.budget = 10 * len(source.text) + 10_000
+        self._left = self.budget
 
     def mapping(self, node: CommentedMap, path: NodePath) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -321,6 +343,9 @@ class _PlainBuilder:
     def node(self, value: Any, path: NodePath, line: int, col: int) -> Any:
         width = self._width(value, line, col)
         position = Position(self.path, line + 1, col + 1, width)
+        self._left -= 1
+        if self._left < 0:
+            raise _Expanding(position)
         self.values[path] = position
         tag = _custom_tag(value)
         if tag is not None:

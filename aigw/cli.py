@@ -296,15 +296,19 @@ def _run_schema(args: argparse.Namespace) -> int:
             return 1
         files[CEDAR_SCHEMA_FILE] = result.graph.authorization.schema_text
     stale = []
-    for name, text in files.items():
-        path = target / name
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            target.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+    try:
+        for name, text in files.items():
+            path = target / name
+            current = path.read_text(encoding="utf-8") if path.is_file() else None
+            if current == text:
+                continue
+            stale.append(path)
+            if not args.check:
+                target.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    except OSError as exc:  # schemas is a file, or not writable: said, not a traceback
+        print(f"aigw schema: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     verb = "stale" if args.check else "wrote"
     for path in stale:
         print(f"{verb} {path}")

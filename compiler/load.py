@@ -172,6 +172,9 @@ class _Reader:
                 _encoding_hint(raw),
             )
             return None
+        # A byte-order mark (an editor's, on Windows) is not part of the config: YAML skips
+        # it, and Cedar read it as an invalid token at 1:1.
+        text = text.removeprefix("\ufeff")
         self.sources[relative] = SourceFile(relative, text)
         return text
 

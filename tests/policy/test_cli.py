@@ -160,3 +160,19 @@ def test_schema_writes_the_cedar_schema_of_the_config(tmp_path: Path) -> None:
                                                                      "fallbacks: [clever]")
         .replace("{group: smart,", "{group: clever,"))
     assert main(["schema", str(root), "--check"]) == 1
+
+
+def test_schema_says_why_it_cannot_write_rather_than_raise(tmp_path: Path) -> None:
+    root = _shipped_copy(tmp_path)
+    (root / "schemas").write_text("a file where the folder goes\n")
+    result = _aigw("schema", str(root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot write" in result.stderr
+
+
+def test_a_byte_order_mark_before_a_policy_is_not_a_syntax_error(tmp_path: Path) -> None:
+    root = _shipped_copy(tmp_path)
+    policy = next((root / "policies").glob("*.cedar"))
+    policy.write_bytes(b"\xef\xbb\xbf" + policy.read_bytes())  # as some editors save
+    result = _aigw("check", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr

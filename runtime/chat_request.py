@@ -86,9 +86,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     # field; a number too large for a float (1e999) parses as infinity, which no JSON
     # encoder will send upstream.
     for name, value in (request.model_extra or {}).items():
-        if not _finite(value):
+        if not finite(value):
             raise BadRequest(f"Invalid value for '{name}': numbers must be finite.", param=name)
-    if request.tools is not None and not _finite(request.tools):
+    if request.tools is not None and not finite(request.tools):
         raise BadRequest("Invalid value for 'tools': numbers must be finite.", param="tools")
     return request
 
@@ -103,13 +103,14 @@ def chat_request_from(body: dict[str, Any]) -> ChatRequest:
         raise bad_request(exc) from exc
 
 
-def _finite(value: object) -> bool:
+def finite(value: object) -> bool:
+    """Whether every number in ``value`` (nested lists and dicts too) is finite."""
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
+        return all(finite(item) for item in value.values())
     if isinstance(value, list):
-        return all(_finite(item) for item in value)
+        return all(finite(item) for item in value)
     return True
 
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .chat_request import ChatRequest, chat_request_from
+from .chat_request import ChatRequest, chat_request_from, finite
 from .errors import BadRequest
 
 # The discriminator values pydantic puts into an error's location after a union site.
@@ -167,9 +167,15 @@ def parse(model: type[_Request], body: bytes) -> _Request:
     """Validate a body; any problem is a ``BadRequest`` worded as Anthropic words it,
     ``<field path>: <what is wrong>`` (e.g. ``max_tokens: Field required``)."""
     try:
-        return model.model_validate_json(body)
+        request = model.model_validate_json(body)
     except ValidationError as exc:
         raise _bad_request(exc) from exc
+    # A number too large for a float (1e999) parses as infinity, which reaches the upstream
+    # as null (a tool's schema) or as "Infinity", not JSON (a tool call's input).
+    if not finite(request.model_dump(include={"tools", "messages"})):
+        raise BadRequest("tools, messages: numbers must be finite (1e999 is too large).",
+                         param="messages")
+    return request
 
 
 def _bad_request(exc: ValidationError) -> BadRequest:

@@ -394,6 +394,16 @@ async def test_an_empty_content_list_is_a_400_on_both_endpoints(
     assert _assert_error(counted, 400, "invalid_request_error").startswith("messages.0")
 
 
+async def test_a_number_too_large_for_a_float_is_a_400(client: httpx.AsyncClient) -> None:
+    """It reached the upstream as null in a tool's schema, or as "Infinity" (not JSON) in
+    a tool call's input; /v1/chat/completions refused it already."""
+    body = (b'{"model": "fast", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],'
+            b' "tools": [{"name": "f", "input_schema": {"type": "object", "maximum": 1e999}}]}')
+    refused = await client.post(MESSAGES, content=body,
+                                headers={"content-type": "application/json"})
+    assert "numbers must be finite" in _assert_error(refused, 400, "invalid_request_error")
+
+
 async def test_image_in_a_tool_result_is_refused(client: httpx.AsyncClient) -> None:
     image = {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
     body = _message([{"type": "tool_result", "tool_use_id": "t", "content": [image]}])

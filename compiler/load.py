@@ -216,6 +216,11 @@ class _Reader:
         except (ValueError, TypeError) as exc:  # ruamel building a value: a bad date, "!!int x"
             report_construct_error(relative, text, exc, self.sink)
             return None
+        except RecursionError:  # ruamel composes nested nodes recursively: ~300 levels
+            self.sink.add(codes.YAML_FEATURE, f"'{relative}' nests lists and mappings too "
+                          "deeply to read", Position(relative, 1, 1),
+                          "no config nests more than a few levels: look for a run of [ or {")
+            return None
         if node is None:
             self.sink.add(
                 codes.FILE_EMPTY,
@@ -238,6 +243,11 @@ class _Reader:
         builder = _PlainBuilder(relative, self.sources[relative], self.sink)
         try:
             data = builder.mapping(node, ())
+        except RecursionError:
+            self.sink.add(codes.YAML_FEATURE, f"'{relative}' nests lists and mappings too "
+                          "deeply to read", Position(relative, 1, 1),
+                          "no config nests more than a few levels: look for a run of [ or {")
+            return None
         except _Expanding as too_far:
             self.sink.add(codes.YAML_FEATURE, "the document's aliases expand to more than "
                           f"{builder.budget:,} values", too_far.position,

@@ -217,9 +217,7 @@ class _Reader:
             report_construct_error(relative, text, exc, self.sink)
             return None
         except RecursionError:  # ruamel composes nested nodes recursively: ~300 levels
-            self.sink.add(codes.YAML_FEATURE, f"'{relative}' nests lists and mappings too "
-                          "deeply to read", Position(relative, 1, 1),
-                          "no config nests more than a few levels: look for a run of [ or {")
+            self._too_deep(relative)
             return None
         if node is None:
             self.sink.add(
@@ -244,9 +242,7 @@ class _Reader:
         try:
             data = builder.mapping(node, ())
         except RecursionError:
-            self.sink.add(codes.YAML_FEATURE, f"'{relative}' nests lists and mappings too "
-                          "deeply to read", Position(relative, 1, 1),
-                          "no config nests more than a few levels: look for a run of [ or {")
+            self._too_deep(relative)
             return None
         except _Expanding as too_far:
             self.sink.add(codes.YAML_FEATURE, "the document's aliases expand to more than "
@@ -260,6 +256,12 @@ class _Reader:
             default=Position(relative, 1, 1),
         )
         return YamlDocument(relative, data, source_map)
+
+    def _too_deep(self, relative: str) -> None:
+        """Reading it (ruamel, then the builder) recursed past Python's limit."""
+        self.sink.add(codes.YAML_FEATURE, f"'{relative}' nests lists and mappings too deeply "
+                      "to read", Position(relative, 1, 1),
+                      "no config nests more than a few levels: look for a run of [ or {")
 
     def follow_includes(
         self, document: YamlDocument, found: list[YamlDocument], stack: tuple[str, ...]

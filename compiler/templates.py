@@ -114,8 +114,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                     if isinstance(arg, int):
                         _bounded(arg, f"str.{name}")
             elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
-                old, new = str(args[0]), args[1]
-                _bounded(len(made) + (made.count(old) + 1) * len(new), "str.replace")
+                _replacing(made, str(args[0]), args[1], "str.replace")
             elif name == "join" and isinstance(args[0] if args else None, list | tuple):
                 _bounded(len(made) * len(args[0]), "str.join")
         return super().call(__context, __obj, *args, **kwargs)
@@ -157,9 +156,14 @@ def _format(value: str, *args: Any, **kwargs: Any) -> str:
     return str(_JINJA_FILTERS["format"](value, *args, **kwargs))
 
 
+def _replacing(text: str, old: str, new: str, what: str) -> None:
+    """A replace that would make more than the limit (each match, and then some, by
+    ``new``)."""
+    _bounded(len(text) + (text.count(old) + 1) * len(new), what)
+
+
 def _replace(context: Any, value: str, old: str, new: str, count: int | None = None) -> str:
-    text = str(value)
-    _bounded(len(text) + (text.count(str(old)) + 1) * len(str(new)), "replace")
+    _replacing(str(value), str(old), str(new), "replace")
     return str(_JINJA_FILTERS["replace"](context, value, old, new, count))
 
 

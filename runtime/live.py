@@ -175,8 +175,8 @@ class Gateway:
         # With several workers: asks the others to reload too (``aigw serve`` sets it).
         self.reload_peers: Callable[[], None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._closing = Background()  # adapters a reload dropped, closing after a grace
-        self._retired: list[ChatAdapter] = []  # dropped by a reload, closed after a grace
+        self._closing = Background()  # adapters a reload dropped, closing once unused
+        self._retired: list[ChatAdapter] = []  # dropped by a reload, not closed yet
 
     async def reload_everywhere(self, trigger: str) -> ReloadReport:
         """Reload here and, when it compiled, ask the other workers to (an API call

@@ -292,19 +292,17 @@ class RedisStore:
         reply: list[Any] = await self._scripts["reserve"](keys=keys, args=args)
         if reply[0] == -1:
             raise ValueError(f"request {request_id!r} already holds a reservation")
-        if reply[0] == 2:  # granted by this call's first run, whose reply was lost: what
-            # the buckets and budgets had left is not known, so no rate headers, and
-            # routing policies see no budget figure for this one request
-            return Reservation(
-                request_id=request_id, limits=checks.limits, tokens=checks.tokens,
-                cost_nanos=checks.cost_nanos,
-                periods=tuple(budget.period_key for budget in checks.budgets),
-                expires_at=now + ttl, rate=RateStatus(), origin="redis")
         levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
         counts = [int(value) for value in reply[1 + len(checks.buckets) :]]
-        if reply[0] == 1:
-            left = least_left((budget.amount_nanos, spent, held) for budget, spent, held
-                              in zip(checks.budgets, counts[::2], counts[1::2], strict=True))
+        if reply[0] in (1, 2):
+            if reply[0] == 2:  # granted by this call's first run, whose reply was lost:
+                # what the buckets and budgets had left is not known, so no rate headers,
+                # and routing policies see no budget figure for this one request
+                rate, left = RateStatus(), None
+            else:
+                rate = rate_status(checks, levels, granted=True)
+                left = least_left((budget.amount_nanos, spent, held) for budget, spent, held
+                                  in zip(checks.budgets, counts[::2], counts[1::2], strict=True))
             return Reservation(
                 request_id=request_id,
                 limits=checks.limits,
@@ -312,7 +310,7 @@ class RedisStore:
                 cost_nanos=checks.cost_nanos,
                 periods=tuple(budget.period_key for budget in checks.budgets),
                 expires_at=now + ttl,
-                rate=rate_status(checks, levels, granted=True),
+                rate=rate,
                 origin="redis",
                 budget_remaining=left,
             )
@@ -502,9 +500,7 @@ class RedisStore:
             finally:
                 if delivered is not None:
                     await outbox.delivered(delivered)
-            if self._down_since is not None:
-                log.warning("redis store reachable again")
-                self._down_since = None
+            self._back()  # Redis took the batch (this flush is the one running)
         return False
 
 

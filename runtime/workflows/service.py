@@ -22,11 +22,10 @@ from typing import Any
 from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
-from ..admission import subject_limits
+from ..admission import admit, subject_limits
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from ..live import Gateway
-from ..store import Denied
 from ..store.executions import (
     FINAL,
     Decision,
@@ -40,6 +39,7 @@ from ..store.executions import (
 )
 from ..store.executions_redis import RedisExecutions
 from ..store.executions_sqlite import SQLiteExecutions
+from ..telemetry.record import RequestRecord
 from .calls import GatewayModels, HttpxCaller
 from .engine import HttpCaller, ModelCaller, Run, Services
 from .kinds import act
@@ -227,13 +227,11 @@ class Workflows:
         limited to 3 a minute could queue any number of runs, each input stored."""
         limits = subject_limits(key, user)
         if not limits:
-            return
-        store = await self.gateway.store.get()
-        decision = await store.reserve(f"start-{os.urandom(16).hex()}", limits, tokens=0,
-                                       cost=0.0)
-        if isinstance(decision, Denied):
-            raise decision.error()
-        await store.release(decision)
+            return  # nothing to count, nor a store to open for it
+        record = RequestRecord(f"start-{os.urandom(16).hex()}", "pipeline",
+                               self.gateway.live.graph.fingerprint)
+        admission = await admit(await self.gateway.store.get(), record, limits, 0, 0.0)
+        await admission.release()
 
     async def waiting(self, key: ApiKey, execution_id: str) -> tuple[Execution, list[StepState]]:
         """The execution and its steps waiting for a decision, as ``key`` may see them: the

@@ -24,6 +24,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -46,7 +47,15 @@ from .messages_wire import (
     to_chat_request,
     tools_of,
 )
-from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, Usage, close_deltas
+from .providers.base import (
+    ChatDelta,
+    ChatResult,
+    Choice,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    close_deltas,
+)
 from .sse import settled_stream
 from .telemetry.record import RequestRecord
 
@@ -253,6 +262,22 @@ def sse_event(name: str, data: Mapping[str, object]) -> bytes:
     return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
+@dataclass
+class _Block:
+    """A content block held back: its ``content_block_start`` and what it has so far."""
+
+    start: dict[str, object]
+    tool: int | None  # the OpenAI tool call index, or None for text
+    parts: list[str] = field(default_factory=list)
+
+
+def _block_start(call: ToolCallDelta | None) -> dict[str, object]:
+    if call is None:
+        return {"type": "text", "text": ""}
+    return {"type": "tool_use", "id": call.id or f"toolu_{uuid.uuid4().hex[:24]}",
+            "name": call.name or "", "input": {}}
+
+
 class EventEncoder:
     """Turns adapter deltas into Anthropic stream events, opening and closing content blocks.
 
@@ -263,6 +288,13 @@ class EventEncoder:
     Blocks are numbered in order and one is open at a time: text, then each tool call
     (``input_json_delta`` fragments). Deltas of choices other than 0 are dropped: a
     Messages request never asks for more than one.
+
+    Anthropic's blocks follow one another, but an OpenAI-format upstream may interleave
+    its tool calls' argument fragments (call 1 starts before call 0's arguments end).
+    So the open tool call's block is closed only once its arguments are a whole JSON
+    object; a block that cannot open yet is held back, whole, and sent as soon as the
+    open one is done (at the latest when the answer ends). An upstream that sends its
+    calls one after another, as OpenAI's does, is streamed as it comes.
     """
 
     def __init__(self, message_id: str, model: str, prompt_tokens: int) -> None:
@@ -270,9 +302,10 @@ class EventEncoder:
         self._model = model
         self._prompt_tokens = prompt_tokens
         self._blocks = 0  # how many blocks have been opened
-        self._open: int | None = None  # the open block's index
-        self._open_is_text = False
-        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self._open: _Block | None = None
+        self._held: list[_Block] = []  # blocks that could not open yet, in order of arrival
+        self._calls: set[int] = set()  # the OpenAI tool call indexes seen
+        self._closed: set[int] = set()  # those whose block has been closed
         self._finish: str | None = None
         self._refused = False
         self._usage: Usage | None = None
@@ -302,60 +335,84 @@ class EventEncoder:
         self._refused = self._refused or bool(delta.refusal)
         text = (delta.content or "") + (delta.refusal or "")
         if text:
-            if not self._open_is_text:
-                out += self._start_block({"type": "text", "text": ""}, is_text=True)
-            out += self._delta({"type": "text_delta", "text": text})
+            out += self._add(None, text, None)
         for call in delta.tool_calls:
-            block = self._tools.get(call.index)
-            if block is None:
-                tool_id = call.id or f"toolu_{uuid.uuid4().hex[:24]}"
-                out += self._start_block(
-                    {"type": "tool_use", "id": tool_id, "name": call.name or "", "input": {}},
-                    is_text=False,
-                )
-                block = self._tools[call.index] = self._blocks - 1
-            if call.arguments:
-                out += self._delta(
-                    {"type": "input_json_delta", "partial_json": call.arguments}, block
-                )
+            self._calls.add(call.index)
+            out += self._add(call.index, call.arguments or "", call)
         if delta.finish_reason is not None:
             self._finish = delta.finish_reason
         return out
 
     def finish(self) -> bytes:
         usage = self._usage or Usage(self._prompt_tokens, 0)
-        reason = stop_reason(self._finish or "stop", bool(self._tools), self._refused)
-        return (
-            self._stop_block()
-            + sse_event("message_delta", {
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": None},
-                "usage": usage_body(usage),
-            })
-            + sse_event("message_stop", {"type": "message_stop"})
-        )
-
-    def _start_block(self, block: dict[str, object], *, is_text: bool) -> bytes:
+        reason = stop_reason(self._finish or "stop", bool(self._calls), self._refused)
         out = self._stop_block()
-        self._open, self._open_is_text = self._blocks, is_text
+        while self._held:
+            out += self._open_block(self._held.pop(0)) + self._stop_block()
+        return out + sse_event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "usage": usage_body(usage),
+        }) + sse_event("message_stop", {"type": "message_stop"})
+
+    def _add(self, tool: int | None, part: str, call: ToolCallDelta | None) -> bytes:
+        """``part`` of the text (``tool`` None) or of tool call ``tool``'s arguments."""
+        block = self._open
+        if block is not None and block.tool == tool:
+            if not part:
+                return b""
+            block.parts.append(part)
+            return self._delta(part, tool) + self._advance()
+        if tool is not None and tool in self._closed:
+            # Only after a whole JSON object: nothing a client could use (whitespace).
+            return b""
+        held = next((each for each in self._held if each.tool == tool), None)
+        if held is None:
+            held = _Block(_block_start(call), tool)
+            self._held.append(held)
+        if part:
+            held.parts.append(part)
+        return self._advance()
+
+    def _advance(self) -> bytes:
+        """Close the open block once it is done and open the held blocks that can follow."""
+        out = b""
+        while self._held and self._can_close():
+            out += self._stop_block() + self._open_block(self._held.pop(0))
+        return out
+
+    def _can_close(self) -> bool:
+        block = self._open
+        if block is None or block.tool is None:  # text ends whenever something else starts
+            return True
+        try:
+            return isinstance(json.loads("".join(block.parts)), dict)
+        except ValueError:
+            return False
+
+    def _open_block(self, block: _Block) -> bytes:
+        self._open, index = block, self._blocks
         self._blocks += 1
-        return out + sse_event(
-            "content_block_start",
-            {"type": "content_block_start", "index": self._open, "content_block": block},
-        )
+        out = sse_event("content_block_start", {
+            "type": "content_block_start", "index": index, "content_block": block.start})
+        if block.parts:
+            out += self._delta("".join(block.parts), block.tool)
+        return out
 
     def _stop_block(self) -> bytes:
         if self._open is None:
             return b""
-        index, self._open, self._open_is_text = self._open, None, False
-        return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        if self._open.tool is not None:
+            self._closed.add(self._open.tool)
+        self._open = None
+        return sse_event("content_block_stop",
+                         {"type": "content_block_stop", "index": self._blocks - 1})
 
-    def _delta(self, delta: dict[str, object], index: int | None = None) -> bytes:
-        return sse_event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": self._open if index is None else index,
-             "delta": delta},
-        )
+    def _delta(self, part: str, tool: int | None) -> bytes:
+        delta = ({"type": "text_delta", "text": part} if tool is None
+                 else {"type": "input_json_delta", "partial_json": part})
+        return sse_event("content_block_delta", {
+            "type": "content_block_delta", "index": self._blocks - 1, "delta": delta})
 
 
 async def _events(

@@ -242,6 +242,67 @@ def test_encoder_closes_text_before_a_tool_and_numbers_blocks_in_order() -> None
                                       "cache_read_input_tokens": 4}
 
 
+def _shape(deltas: tuple[ChatDelta, ...]) -> list[tuple[str, Any]]:
+    encoder = EventEncoder("msg_1", "m", 7)
+    raw = encoder.start() + b"".join(encoder.encode(delta) for delta in deltas) + encoder.finish()
+    return [(name, data.get("index")) for name, data in _events(raw.decode())]
+
+
+def test_interleaved_tool_calls_give_one_block_after_another() -> None:
+    """An OpenAI-format upstream may interleave its calls' argument fragments. Call 1's
+    block waits until call 0's arguments are whole; before, call 0's last fragment came
+    as a content_block_delta after its own content_block_stop."""
+    encoder = EventEncoder("msg_1", "m", 7)
+    raw = encoder.start()
+    for delta in (
+        ChatDelta(tool_calls=(ToolCallDelta(0, "call_a", "find", '{"q": '),)),
+        ChatDelta(tool_calls=(ToolCallDelta(1, "call_b", "find", '{"q": '),)),
+        ChatDelta(tool_calls=(ToolCallDelta(1, arguments='"b"}'),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments='"a"}'),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments=" "),)),  # after the whole object
+        ChatDelta(finish_reason="tool_calls"),
+    ):
+        raw += encoder.encode(delta)
+    raw += encoder.finish()
+    events = _events(raw.decode())
+    assert [(name, data.get("index")) for name, data in events] == [
+        ("message_start", None), ("ping", None),
+        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+        ("message_delta", None), ("message_stop", None),
+    ]
+    blocks: dict[int, dict[str, Any]] = {}
+    for name, data in events:
+        if name == "content_block_start":
+            blocks[data["index"]] = {**data["content_block"], "json": ""}
+        elif name == "content_block_delta":
+            blocks[data["index"]]["json"] += data["delta"]["partial_json"]
+    assert [(block["id"], json.loads(block["json"])) for block in blocks.values()] == [
+        ("call_a", {"q": "a"}), ("call_b", {"q": "b"})]
+
+
+def test_a_held_block_opens_as_soon_as_the_open_call_is_whole() -> None:
+    """Held blocks open as soon as the open call's arguments are whole, not at the end:
+    text that comes while a call's arguments are open waits for them (blocks 1 and 3)."""
+    assert _shape((
+        ChatDelta(tool_calls=(ToolCallDelta(0, "call_a", "find", '{"q": '),)),
+        ChatDelta(content="Also: "),
+        ChatDelta(tool_calls=(ToolCallDelta(1, "call_b", "find", ""),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments='"a"}'),)),
+        ChatDelta(content="more."),
+        ChatDelta(tool_calls=(ToolCallDelta(1, arguments='{"q": "b"}'),)),
+    )) == [
+        ("message_start", None), ("ping", None),
+        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+        ("content_block_start", 2), ("content_block_delta", 2), ("content_block_stop", 2),
+        ("content_block_start", 3), ("content_block_delta", 3), ("content_block_stop", 3),
+        ("message_delta", None), ("message_stop", None),
+    ]
+
+
 def test_lowering_into_openai_messages() -> None:
     body = {
         "model": "fast", "max_tokens": 9, "system": "Be brief.", "top_k": 5,

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .live import Gateway, Live
-from .messages import count_tokens, create_message
+from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, workflow_routes
@@ -394,9 +394,10 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return _error_response(
-            MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
-        )
+        wrong = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        if request.url.path.startswith("/v1/messages"):  # in the shape its SDK reads
+            return JSONResponse(error_body(wrong), status_code=405, headers=wrong.headers)
+        return _error_response(wrong)
     if exc.status_code == 404:
         return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))
     error = GatewayError(str(exc.detail))

@@ -31,7 +31,8 @@ def authenticate(graph: Graph, headers: Headers) -> ApiKey:
     if token is None:
         raise Unauthorized(
             "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
+            "or in an x-api-key header."
         )
     return key_for(graph, token)
 

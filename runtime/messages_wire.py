@@ -3,8 +3,8 @@
     MessagesRequest (what the app sent) -> to_chat_request -> ChatRequest (what the core takes)
 
 Unknown fields are refused (``extra="forbid"``), as Anthropic refuses them, so that a
-feature this gateway cannot translate (``thinking``, server tools, documents) is a 400
-naming the field rather than silently lost. Lowering decisions, each chosen so that
+feature this gateway cannot translate (``thinking`` enabled, server tools, documents) is
+a 400 naming the field rather than silently lost. Lowering decisions, each chosen so that
 an OpenAI-format upstream receives only what it accepts:
 
 - ``system`` -> one system message; text blocks joined with a blank line.
@@ -99,6 +99,27 @@ class MessageParam(_Wire):
     content: Annotated[list[Block], BeforeValidator(_as_blocks), Field(min_length=1)]
 
 
+def _custom_tool(value: object) -> object:
+    """A server tool (web search, code execution...) runs at Anthropic, which no upstream
+    of this gateway is: said so, rather than "input_schema: Field required"."""
+    if isinstance(value, dict) and value.get("type") not in (None, "custom"):
+        raise ValueError(f"'{value['type']}' is a server tool, which this gateway cannot "
+                         "run: only custom tools (with an input_schema) are accepted")
+    return value
+
+
+def _no_thinking(value: object) -> object:
+    if isinstance(value, dict) and value.get("type") == "enabled":
+        raise ValueError("extended thinking is not available through this gateway, whose "
+                         "upstreams are called in OpenAI's format: leave it out, or give "
+                         '{"type": "disabled"}')
+    return value
+
+
+class ThinkingDisabled(_Wire):
+    type: Literal["disabled"]
+
+
 class ToolParam(_Wire):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
     description: str | None = None
@@ -142,8 +163,9 @@ class CountTokensRequest(_Wire):
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[MessageParam], Field(min_length=1)]
     system: Annotated[list[TextBlock], BeforeValidator(_as_blocks)] | None = None
-    tools: list[ToolParam] | None = None
+    tools: list[Annotated[ToolParam, BeforeValidator(_custom_tool)]] | None = None
     tool_choice: ToolChoice | None = None
+    thinking: Annotated[ThinkingDisabled, BeforeValidator(_no_thinking)] | None = None
 
 
 class MessagesRequest(CountTokensRequest):
@@ -186,7 +208,8 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     if first["type"] == "model_type" and not first["loc"]:
         return BadRequest("The request body must be a JSON object.")
     param = field_path(first["loc"])
-    return BadRequest(f"{param}: {first['msg']}", param=param)
+    reason = first["msg"].removeprefix("Value error, ")  # aigw's own words, from a validator
+    return BadRequest(f"{param}: {reason}", param=param)
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

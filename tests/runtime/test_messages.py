@@ -401,10 +401,11 @@ async def test_count_tokens_matches_the_planned_prompt(client: httpx.AsyncClient
 async def test_missing_or_wrong_key_is_401_authentication_error(
     client: httpx.AsyncClient,
 ) -> None:
-    _assert_error(
+    missing = _assert_error(
         await client.post(MESSAGES, json=_message(), headers={"Authorization": ""}),
         401, "authentication_error",
     )
+    assert "x-api-key" in missing  # the header Anthropic's SDK sends
     wrong = await client.post(
         MESSAGES, json=_message(), headers={"Authorization": "", "x-api-key": "sk-wrong-7f3a"}
     )
@@ -423,7 +424,11 @@ async def test_unknown_model_is_404_not_found_error(client: httpx.AsyncClient) -
         ({"model": "fast", "messages": [{"role": "user", "content": "x"}]},
          "max_tokens: Field required"),
         ({**_message(), "thinking": {"type": "enabled", "budget_tokens": 1024}},
-         "thinking: Extra inputs are not permitted"),
+         "thinking: extended thinking is not available through this gateway, whose upstreams"
+         ' are called in OpenAI\'s format: leave it out, or give {"type": "disabled"}'),
+        (_message("x", tools=[{"type": "web_search_20250305", "name": "web_search"}]),
+         "tools.0: 'web_search_20250305' is a server tool, which this gateway cannot run: only"
+         " custom tools (with an input_schema) are accepted"),
         ({**_message(), "temperature": 1.5},
          "temperature: Input should be less than or equal to 1"),
         (_message([{"type": "text"}]), "messages.0.content.0.text: Field required"),
@@ -440,6 +445,18 @@ async def test_bad_body_is_400_invalid_request_error(
 ) -> None:
     response = await client.post(MESSAGES, json=body)
     assert _assert_error(response, 400, "invalid_request_error") == message
+
+
+async def test_thinking_disabled_is_accepted(client: httpx.AsyncClient) -> None:
+    """As Anthropic accepts it; it was refused as an unknown field."""
+    response = await client.post(MESSAGES, json={**_message(), "thinking": {"type": "disabled"}})
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["type"] == "text"
+
+
+async def test_a_wrong_method_is_405_in_anthropic_shape(client: httpx.AsyncClient) -> None:
+    """It was OpenAI-shaped, which Anthropic's SDK does not read."""
+    _assert_error(await client.get(MESSAGES), 405, "invalid_request_error")
 
 
 async def test_an_empty_content_list_is_a_400_on_both_endpoints(

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -58,16 +59,32 @@ def _from_json(text: str) -> Any:
 
 
 # What one operation of a template may make (characters of a string, items of a list),
-# what one rendering may write, and how many numbers its range() calls may hand out in
-# all. A template is the config's, but its values are a caller's: `"-" * input.width`
-# must not let a request ask for a gigabyte, nor a loop over range() for an hour.
+# what one rendering may write, how many numbers its range() calls may hand out and how
+# many times its loops may go round in all, and how long it may run. A template is the
+# config's, but its values are a caller's: `"-" * input.width` must not let a request
+# ask for a gigabyte, nor two nested loops over a caller's list of 500,000 items keep
+# the event loop (every request of the worker) for an hour.
 MAX_MADE = 1_000_000
 MAX_RENDERED = 16_000_000
 MAX_RANGE_TOTAL = 10_000_000
+MAX_LOOP_ROUNDS = 1_000_000
+MAX_RENDER_S = 1.0
+_LOOP_FILTER = "aigw_counted_loop"  # wraps every for loop's iterable (_count_loops)
 _MAX_POWER_BITS = 1 << 16  # an integer power's result: about 20,000 digits
 _PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 _WIDTHS = re.compile(r"%[#0\- +]*(\d+)?(?:\.(\d+))?|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
-_range_left: ContextVar[list[int] | None] = ContextVar("aigw_template_range_left", default=None)
+
+
+@dataclass(slots=True)
+class _Allowance:
+    """What one rendering may still do (see the limits above)."""
+
+    numbers: int = MAX_RANGE_TOTAL
+    rounds: int = MAX_LOOP_ROUNDS
+    deadline: float = 0.0
+
+
+_allowance: ContextVar[_Allowance | None] = ContextVar("aigw_template_allowance", default=None)
 
 
 def _bounded(amount: int, what: str) -> None:
@@ -131,13 +148,38 @@ def _counted_range(*args: int) -> range:
     """jinja2's sandboxed range (at most 100,000 numbers), counted against what this
     rendering may still hand out: nested loops over range() add up."""
     numbers = safe_range(*args)
-    left = _range_left.get()
-    if left is not None:
-        left[0] -= len(numbers)
-        if left[0] < 0:
+    allowance = _allowance.get()
+    if allowance is not None:
+        allowance.numbers -= len(numbers)
+        if allowance.numbers < 0:
             raise SecurityError(f"range() handed out more than {MAX_RANGE_TOTAL:,} numbers "
                                 "in one template")
     return numbers
+
+
+def _counted_loop(items: Any) -> Iterator[Any]:
+    """A for loop's items, each round counted against this rendering's allowance and
+    its deadline (checked every round: one round may call a filter over a long list)."""
+    allowance = _allowance.get()
+    if allowance is None:
+        yield from items
+        return
+    for item in items:
+        allowance.rounds -= 1
+        if allowance.rounds < 0:
+            raise SecurityError(f"the template's loops went round more than "
+                                f"{MAX_LOOP_ROUNDS:,} times")
+        if time.monotonic() > allowance.deadline:
+            raise SecurityError(f"the template ran for more than {MAX_RENDER_S:g} s")
+        yield item
+
+
+def _count_loops(tree: nodes.Template) -> nodes.Template:
+    """Every ``{% for %}`` of ``tree`` iterating through ``_counted_loop``."""
+    for loop in list(tree.find_all(nodes.For)):
+        loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None,
+                                 lineno=loop.lineno)
+    return tree
 
 
 def _center(value: str, width: int = 80) -> str:
@@ -178,18 +220,19 @@ def new_environment() -> ImmutableSandboxedEnvironment:
     env.filters["json"] = _to_json
     env.filters["fromjson"] = _from_json
     env.filters.update(center=_center, indent=_indent, format=_format, replace=_replace)
+    env.filters[_LOOP_FILTER] = _counted_loop
     env.globals["range"] = _counted_range
     del env.globals["lipsum"]  # lorem ipsum of any length: nothing a pipeline needs
     return env
 
 
 def _budgeted(render: Callable[[], T]) -> T:
-    """``render()`` with this rendering's own allowance of range() numbers."""
-    token = _range_left.set([MAX_RANGE_TOTAL])
+    """``render()`` with this rendering's own allowance (see the limits above)."""
+    token = _allowance.set(_Allowance(deadline=time.monotonic() + MAX_RENDER_S))
     try:
         return render()
     finally:
-        _range_left.reset(token)
+        _allowance.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +315,8 @@ class Names:
 def compile_text(env: ImmutableSandboxedEnvironment, source: str) -> tuple[Text, Names]:
     """Compile a template; raises ``TemplateSyntaxError`` (with a line number)."""
     tree = env.parse(source)
-    return Text(source, env.from_string(tree)), _names(tree)
+    names = _names(tree)
+    return Text(source, env.from_string(_count_loops(tree))), names
 
 
 def compile_expr(env: ImmutableSandboxedEnvironment, source: str) -> tuple[Expr, Names]:

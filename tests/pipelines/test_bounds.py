@@ -55,7 +55,51 @@ output: "{{ steps.said }}"
 """
     served = await serve({"spin": looping})
     result = await served.run("spin", {})
-    assert result["status"] == "failed" and "range() handed out" in result["error"]
+    # The rounds stop it now (1,000,000), before range() has handed out its 10,000,000.
+    assert result["status"] == "failed" and "loops went round" in result["error"]
+
+
+def test_range_calls_outside_loops_add_up_too() -> None:
+    summed = " + ".join(["(range(100000) | length)"] * 101)
+    expression, _ = compile_expr(new_environment(), summed)
+    with pytest.raises(SecurityError, match="range\\(\\) handed out more than"):
+        expression.evaluate({})
+    assert compile_expr(new_environment(), "range(100000) | length")[0].evaluate({}) == 100_000
+
+
+async def test_nested_loops_over_a_callers_list_stop_at_the_templates_allowance(
+    serve: Serve,
+) -> None:
+    """A join-like template over a caller's lists made 10**10 rounds out of 100,000
+    items each and kept the event loop (every request of the worker) for hours: it
+    wrote nothing, so the bound on what it writes did not stop it."""
+    joining = """
+input: {type: object}
+steps:
+  said:
+    kind: llm
+    model: fast
+    prompt: >-
+      {% for a in input.xs %}{% for b in input.ys if a == b %}{{ a }}{% endfor %}{% endfor %}.
+output: "{{ steps.said }}"
+"""
+    served = await serve({"join": joining})
+    result = await served.run("join", {"xs": [1] * 100_000, "ys": [2] * 100_000})
+    assert result["status"] == "failed", result
+    assert "loops went round more than 1,000,000 times" in result["error"]
+    small = await served.run("join", {"xs": [1, 2, 3], "ys": [3, 2]})
+    assert small["status"] == "succeeded", small
+
+
+def test_a_slow_round_is_stopped_by_the_renderings_deadline() -> None:
+    """Few rounds, each sorting a long list: the count alone would let it run on."""
+    from aigw.compiler.templates import MAX_RENDER_S, compile_text
+
+    text, _ = compile_text(new_environment(),
+                           "{% for a in xs %}{{ xs | sort | first }}{% endfor %}")
+    assert text.render({"xs": [3, 1, 2]}) == "111"
+    with pytest.raises(SecurityError, match=f"ran for more than {MAX_RENDER_S:g} s"):
+        text.render({"xs": list(range(300_000, 0, -1))})
 
 
 def test_a_huge_constant_is_not_computed_when_the_pipeline_compiles() -> None:

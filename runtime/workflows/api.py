@@ -215,8 +215,8 @@ class _Api:
 
     async def approve(self, request: Request) -> Response:
         key = self._key(request)
+        body = await _json_object(request)  # first: what is waiting is read just before deciding
         execution, waiting = await self.workflows.waiting(key, request.path_params["execution_id"])
-        body = await _json_object(request)
         verdict = body.get("decision")
         if verdict not in ("approve", "reject"):
             raise BadRequest("decision must be 'approve' or 'reject'.", param="decision")
@@ -235,7 +235,9 @@ class _Api:
                                "decision; name one with 'step'.")
             step = (mine or waiting)[0].step
         named = next((state for state in waiting if state.step == step), None)
-        if named is not None and named not in mine:
+        if named is None:  # deciding it later would skip the approvers' check
+            raise Conflict(f"step '{step}' is not waiting for a decision")
+        if named not in mine:
             raise Forbidden(f"key '{key.name}' may not decide step '{step}': "
                             f"{_approvers_text(named)}.")
         decision = Decision(verdict == "approve", key.name, comment, time.time())

@@ -284,3 +284,43 @@ async def test_a_pipeline_holds_the_budget_of_the_end_user_it_runs_for(serve: Se
     by_user = {row["user"]: row for row in spend}
     assert set(by_user) == {"u1", "u2"}, spend
     assert 20 <= by_user["u1"]["cost"] <= 30
+
+
+THEN = """
+input: {type: object}
+steps:
+  own: {kind: approval, message: "own?", timeout_s: 60}
+  legal: {kind: approval, message: "legal?", timeout_s: 60, needs: [own],
+          approvers: {keys: [alice]}}
+output: "{{ steps.legal.approved }}"
+"""
+
+
+async def test_a_step_not_yet_waiting_cannot_be_decided_past_its_approvers(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """The starter named 'legal' (alice's to decide) while only 'own' waited, and sent
+    the body once 'legal' waited: what was waiting had been read before the body, the
+    approvers' check was skipped for a step not waiting, and the decision stood."""
+    served = await serve({"then": THEN}, **store_options)
+    execution_id = await _start(served, "then")
+    url = f"/api/v1/executions/{execution_id}/approvals"
+
+    async def legal_waits() -> bool:
+        return (await served.steps(execution_id)).get("legal", {}).get("status") == "waiting"
+
+    async def body_once_legal_waits() -> Any:
+        own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+        assert own.status_code == 200 and own.json()["step"] == "own", own.text
+        await _eventually("'legal' to wait", legal_waits)
+        yield b'{"decision": "approve", "step": "legal"}'
+
+    await _eventually("'own' to wait", lambda: _inbox(served, BOT))
+    sneaked = await served.http.post(url, headers={**BOT, "content-type": "application/json"},
+                                     content=body_once_legal_waits())
+    assert sneaked.status_code == 403, sneaked.text
+    assert (await served.steps(execution_id))["legal"]["status"] == "waiting"
+    early = await served.http.post(f"/api/v1/executions/{await _start(served, 'then')}"
+                                   "/approvals", headers=ALICE,
+                                   json={"decision": "approve", "step": "legal"})
+    assert early.status_code in (404, 409), early.text  # alice sees nothing before it waits

@@ -151,7 +151,7 @@ class AiohttpUpstream:
         the redirect leaves the origin). The target is logged, not told to the client."""
         log.warning("provider '%s' redirected a request (HTTP %d) to %s; redirects are not "
                     "followed: set its base_url to the final address", self.provider.name,
-                    status, headers.get("location", "(no location)"))
+                    status, scrub(headers.get("location", "(no location)"), self.provider))
         return UpstreamServerError(
             f"provider '{self.provider.name}' answered with a redirect (HTTP {status}), "
             "which aigw does not follow", provider=self.provider.name)

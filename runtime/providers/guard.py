@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import traceback
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from aigw.compiler.graph import Provider
 
 from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
+from ..upstream import scrub
 from .base import (
     ChatAdapter,
     ChatCall,
@@ -96,8 +98,11 @@ class GuardedAdapter:
 
     def _unreadable(self, exc: Exception) -> UpstreamServerError:
         name = self.provider.name
+        # The traceback as text, scrubbed: the exception can quote the answer, and the
+        # answer can quote the key the provider was sent.
+        trace = scrub("".join(traceback.format_exception(exc)).rstrip(), self.provider)
         log.warning("provider '%s': a call failed inside aigw (most likely an answer of a "
-                    "shape it cannot read)", name, exc_info=exc)
+                    "shape it cannot read)\n%s", name, trace)
         return UpstreamServerError(
             f"provider '{name}': aigw could not make the call or read its answer "
             f"({type(exc).__name__}); the gateway's log has the details", provider=name)

@@ -182,6 +182,21 @@ async def test_an_error_mid_stream_does_not_carry_the_providers_key(
     assert PROVIDER_KEY not in text and PROVIDER_KEY[-4:] not in text
 
 
+async def test_the_log_of_an_unreadable_answer_does_not_carry_the_providers_key(
+    make_gateway: GatewayFactory, scripted: Scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer quoted the key it was sent; the log line's traceback quoted the answer."""
+    client = await make_gateway(_openai(scripted))
+    scripted.now(_completion([GOOD_MESSAGE], {"prompt_tokens": f"Bearer {PROVIDER_KEY}"}))
+    with caplog.at_level("WARNING", logger="aigw.upstream"):
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502, response.text
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "a call failed inside aigw" in logged
+    assert "Traceback" in logged and "ValueError" in logged  # still says what failed
+    assert PROVIDER_KEY not in logged and PROVIDER_KEY[-4:] not in logged
+
+
 async def test_an_error_does_not_carry_a_credential_from_the_providers_headers(
     make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:

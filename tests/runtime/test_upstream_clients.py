@@ -36,7 +36,8 @@ def _cookie_setter() -> Starlette:
 
 def _provider(base: str) -> Provider:
     return Provider(name="p", type="anthropic", base_url=base, api_version=None,
-                    timeout_s=5.0, max_connections=4, headers={}, disabled_reason=None)
+                    timeout_s=5.0, max_connections=4, headers={}, disabled_reason=None,
+                    api_key="sk-ant-secret-0123456789")
 
 
 async def test_the_httpx_client_sends_no_cookie_it_was_given() -> None:
@@ -58,7 +59,9 @@ async def test_the_httpx_client_sends_no_cookie_it_was_given() -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "events"])
-async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -> None:
+async def test_a_redirect_is_not_followed_with_the_providers_key(
+    stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """aiohttp follows redirects by default and, leaving the origin, drops only the
     Authorization header: Anthropic's x-api-key (Azure's api-key) would go along."""
     seen: list[dict[str, str]] = []
@@ -75,7 +78,8 @@ async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -
     with serving(other) as target:
 
         async def moved(_request: Request) -> Response:
-            return Response(status_code=307, headers={"location": f"{target}/v1/messages"})
+            return Response(status_code=307, headers={
+                "location": f"{target}/v1/messages?echo=sk-ant-secret-0123456789"})
 
         provider_app = Starlette(routes=[Route("/v1/messages", moved, methods=["POST"]),
                                          Route("/__ready", ready)])
@@ -93,6 +97,8 @@ async def test_a_redirect_is_not_followed_with_the_providers_key(stream: bool) -
             finally:
                 await upstream.aclose()
     assert seen == []
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "redirected a request" in logged and "sk-ant-secret" not in logged
 
 
 @pytest.mark.parametrize("client", ["aiohttp", "httpx"])

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw import __version__
+from aigw.compiler.graph import ApiKey
 
 from . import usage_api
 from .admin_page import admin_page_routes
@@ -249,18 +250,20 @@ class _Endpoints:
 
     async def _exchanged(
         self, request: Request, endpoint: str,
-        answer: Callable[[Exchange, bytes], Awaitable[Response]],
+        answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]],
     ) -> Response:
-        """``answer``'s response to the request's body. Failed or cancelled (a shutdown
-        past its grace), the request's hold is given back and its ledger record written
-        here; served, ``answer`` settled it, and a stream's record is finished when the
-        stream ends."""
+        """``answer``'s response to the request's key and body. The key is checked before
+        the body is read: a caller without one cannot make the gateway hold megabytes.
+        Failed or cancelled (a shutdown past its grace), the request's hold is given back
+        and its ledger record written here; served, ``answer`` settled it, and a
+        stream's record is finished when the stream ends."""
         live = _live(request)
         record = new_record(live, endpoint)
         exchange = Exchange(live, record, request.headers, lambda: self.gateway.live)
         try:
+            key = authenticate(live.graph, request.headers)
             body = await read_body(request, live.graph.settings.max_request_bytes)
-            response = await answer(exchange, body)
+            response = await answer(exchange, key, body)
         except GatewayError as exc:
             await exchange.fail(exc)
             live.telemetry.finish(record)
@@ -308,12 +311,12 @@ class _Endpoints:
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
-        body = read_body(request, live.graph.settings.max_request_bytes)
+        body = partial(read_body, request, live.graph.settings.max_request_bytes)
         return await create_message(live, request.headers, body, lambda: self.gateway.live)
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)
-        body = read_body(request, live.graph.settings.max_request_bytes)
+        body = partial(read_body, request, live.graph.settings.max_request_bytes)
         return await count_tokens(live, request.headers, body)
 
     async def models(self, request: Request) -> Response:

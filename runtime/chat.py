@@ -22,7 +22,6 @@ from starlette.responses import Response
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
 from .admission import DeploymentQuotas, Hold
-from .auth import authenticate
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
 from .jsonio import JSONBody
@@ -259,11 +258,10 @@ class PipelineChat(Protocol):
 
 
 async def chat_completions(
-    exchange: Exchange, body: bytes, pipelines: PipelineChat | None = None
+    exchange: Exchange, key: ApiKey, body: bytes, pipelines: PipelineChat | None = None
 ) -> Response:
-    """POST /v1/chat/completions in OpenAI's wire format."""
+    """POST /v1/chat/completions in OpenAI's wire format, for ``key`` (authenticated)."""
     live, record = exchange.live, exchange.record
-    key = authenticate(live.graph, exchange.headers)
     request = parse_chat_request(body)
     route = live.graph.routes.get(request.model)
     if pipelines is not None and route is not None and route.kind is TargetKind.PIPELINE:

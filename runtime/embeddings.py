@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
+from aigw.compiler.graph import ApiKey
+
 from .admission import check_route_allowed
-from .auth import authenticate
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
@@ -33,12 +34,11 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-async def embeddings(exchange: Exchange, body: bytes) -> Response:
+async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """Counted against the key's (its team's, the end user's) rpm, tpm and budget, and
     written to the spend ledger, as a chat completion is: ``exchange`` holds the limits,
     and the caller settles or releases them with the request's outcome."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
-    key = authenticate(live.graph, headers)
     try:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:

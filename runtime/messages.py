@@ -84,10 +84,11 @@ log = logging.getLogger("aigw.http")
 async def create_message(
     live: Live,
     headers: Headers,
-    body: Awaitable[bytes],
+    body: Callable[[], Awaitable[bytes]],
     current: Callable[[], Live] | None = None,
 ) -> Response:
-    """POST /v1/messages. ``body`` is awaited here, so that a 413 is Anthropic-shaped too.
+    """POST /v1/messages. ``body()`` reads the body, once the key is known, so that a 413
+    is Anthropic-shaped too.
 
     The request's record is finished here, or when its stream ends; the app's handlers
     would answer errors in OpenAI's shape, so none reaches them.
@@ -95,7 +96,7 @@ async def create_message(
     record = new_record(live, "messages")
     exchange = Exchange(live, record, headers, current)
     try:
-        response = await _message(exchange, await body)
+        response = await _message(exchange, body)
     except asyncio.CancelledError:  # a shutdown past its grace period
         await exchange.cancelled()
         live.telemetry.finish(record)
@@ -114,12 +115,13 @@ async def create_message(
     return response
 
 
-async def count_tokens(live: Live, headers: Headers, body: Awaitable[bytes]) -> Response:
+async def count_tokens(
+    live: Live, headers: Headers, body: Callable[[], Awaitable[bytes]]
+) -> Response:
     """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with."""
     try:
-        raw = await body
         key = authenticate(live.graph, headers)
-        request = parse(CountTokensRequest, raw)
+        request = parse(CountTokensRequest, await body())
         check_route_allowed(key, resolve_route(live.graph, request.model))
         # As the request would be planned: the conversation and the tools.
         planned = chat_request_from(
@@ -158,10 +160,10 @@ def _error_response(error: GatewayError) -> Response:
     return JSONResponse(error_body(error), status_code=status, headers=error.headers)
 
 
-async def _message(exchange: Exchange, raw: bytes) -> Response:
+async def _message(exchange: Exchange, read: Callable[[], Awaitable[bytes]]) -> Response:
     live, record = exchange.live, exchange.record
-    key = authenticate(live.graph, exchange.headers)
-    request = parse(MessagesRequest, raw)
+    key = authenticate(live.graph, exchange.headers)  # before the body is read
+    request = parse(MessagesRequest, await read())
     chosen = await exchange.open(key, to_chat_request(request))
     if not request.stream:
         served, body = await exchange.complete_as(message_body)

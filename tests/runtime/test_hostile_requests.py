@@ -4,6 +4,8 @@ deep for a recursive parser (found by a review helper)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 
 HUGE = "9" * 400
@@ -50,3 +52,24 @@ async def test_embeddings_dimensions_are_bounded(client: httpx.AsyncClient) -> N
         "model": "embed", "input": "hi", "dimensions": 99_999_999_999})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "dimensions"
+
+
+async def _counted_body(sent: list[int]) -> AsyncIterator[bytes]:
+    for number in range(10):
+        sent.append(number)
+        yield b" " * 100_000
+
+
+async def test_a_caller_without_a_key_is_refused_before_its_body_is_read(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each model endpoint read up to max_request_bytes (4 MiB) before it looked at the
+    key: anyone could make the gateway hold that much a connection."""
+    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
+                 "/v1/messages/count_tokens"):
+        sent: list[int] = []
+        response = await client.post(path, content=_counted_body(sent),
+                                     headers={"authorization": "", "x-api-key": "",
+                                              "content-type": "application/json"})
+        assert response.status_code == 401, (path, response.text)
+        assert sent == [], path

@@ -56,7 +56,7 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
-    ToolCallDelta,
+    StreamedTools,
     unreported_usage,
 )
 
@@ -119,7 +119,7 @@ class _StreamReader:
         self.provider = provider
         self.counts: dict[str, Any] = {}
         self.stopped = False
-        self._tool_index: dict[int, int] = {}  # content block index -> tool call index
+        self._tools = StreamedTools()
 
     def read(self, event: Mapping[str, Any]) -> list[ChatDelta]:
         kind = event.get("type")
@@ -129,6 +129,8 @@ class _StreamReader:
             return self._block_start(int(event.get("index", 0)), event.get("content_block") or {})
         elif kind == "content_block_delta":
             return self._block_delta(int(event.get("index", 0)), event.get("delta") or {})
+        elif kind == "content_block_stop":
+            return self._tools.stop(int(event.get("index", 0)))
         elif kind == "message_delta":
             self._count(event.get("usage"))
             stop_reason = (event.get("delta") or {}).get("stop_reason")
@@ -138,15 +140,11 @@ class _StreamReader:
             self.stopped = True
         elif kind == "error":
             raise stream_error(event, self.provider)
-        return []  # content_block_stop, and event types added after this adapter was written
+        return []  # ping, and event types added after this adapter was written
 
     def _block_start(self, index: int, block: Mapping[str, Any]) -> list[ChatDelta]:
         if block.get("type") == "tool_use":
-            position = len(self._tool_index)
-            self._tool_index[index] = position
-            call = ToolCallDelta(position, id=str(block.get("id", "")),
-                                 name=str(block.get("name", "")), arguments="")
-            return [ChatDelta(tool_calls=(call,))]
+            return self._tools.start(index, str(block.get("id", "")), str(block.get("name", "")))
         if block.get("type") == "text" and block.get("text"):
             return [ChatDelta(content=str(block["text"]))]
         return []  # thinking and server-tool blocks are not part of an OpenAI answer
@@ -154,11 +152,8 @@ class _StreamReader:
     def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[ChatDelta]:
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [ChatDelta(content=str(delta["text"]))]
-        if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-            position = self._tool_index.get(index)
-            if position is not None:
-                call = ToolCallDelta(position, arguments=str(delta["partial_json"]))
-                return [ChatDelta(tool_calls=(call,))]
+        if delta.get("type") == "input_json_delta":
+            return self._tools.fragment(index, str(delta.get("partial_json") or ""))
         return []
 
     def _count(self, counts: object) -> None:

@@ -102,6 +102,37 @@ class ChatDelta:
     refusal: str | None = None
 
 
+class StreamedTools:
+    """A provider's streamed tool-use blocks as OpenAI tool calls, numbered in order.
+
+    A call with an empty input streams no argument fragment (Anthropic's and Bedrock's
+    streams), so its arguments would end as "", which is not JSON; when its block ends
+    with none, the call gets "{}", as the whole answer's ``json.dumps({})`` gives it."""
+
+    def __init__(self) -> None:
+        self._position: dict[int, int] = {}  # the provider's block index -> call index
+        self._argued: set[int] = set()  # blocks that had an argument fragment
+
+    def start(self, block: int, call_id: str, name: str) -> list[ChatDelta]:
+        position = self._position[block] = len(self._position)
+        return [ChatDelta(tool_calls=(ToolCallDelta(position, id=call_id, name=name,
+                                                    arguments=""),))]
+
+    def fragment(self, block: int, arguments: str) -> list[ChatDelta]:
+        position = self._position.get(block)
+        if position is None or not arguments:
+            return []
+        self._argued.add(block)
+        return [ChatDelta(tool_calls=(ToolCallDelta(position, arguments=arguments),))]
+
+    def stop(self, block: int) -> list[ChatDelta]:
+        position = self._position.get(block)
+        if position is None or block in self._argued:
+            return []
+        self._argued.add(block)
+        return [ChatDelta(tool_calls=(ToolCallDelta(position, arguments="{}"),))]
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingCall:
     deployment: Deployment

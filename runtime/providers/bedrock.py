@@ -80,7 +80,7 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
-    ToolCallDelta,
+    StreamedTools,
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
@@ -162,33 +162,30 @@ class _StreamReader:
     def __init__(self) -> None:
         self.counts: dict[str, Any] = {}
         self.stopped = False
-        self._tool_index: dict[int, int] = {}  # content block index -> tool call index
+        self._tools = StreamedTools()
 
     def read(self, kind: str, event: Mapping[str, Any]) -> list[ChatDelta]:
         block = int(event.get("contentBlockIndex") or 0)
         if kind == "contentBlockStart":
             use = (event.get("start") or {}).get("toolUse")
             if isinstance(use, dict):
-                position = len(self._tool_index)
-                self._tool_index[block] = position
-                call = ToolCallDelta(position, id=str(use.get("toolUseId", "")),
-                                     name=str(use.get("name", "")), arguments="")
-                return [ChatDelta(tool_calls=(call,))]
+                return self._tools.start(block, str(use.get("toolUseId", "")),
+                                         str(use.get("name", "")))
         elif kind == "contentBlockDelta":
             delta = event.get("delta") or {}
             if isinstance(delta.get("text"), str) and delta["text"]:
                 return [ChatDelta(content=delta["text"])]
             fragment = (delta.get("toolUse") or {}).get("input")
-            tool = self._tool_index.get(block)
-            if fragment and tool is not None:
-                return [ChatDelta(tool_calls=(ToolCallDelta(tool, arguments=fragment),))]
+            return self._tools.fragment(block, fragment if isinstance(fragment, str) else "")
+        elif kind == "contentBlockStop":
+            return self._tools.stop(block)
         elif kind == "messageStop":
             self.stopped = True
             reason = str(event.get("stopReason") or "end_turn")
             return [ChatDelta(finish_reason=STOP_REASONS.get(reason, "stop"))]
         elif kind == "metadata" and isinstance(event.get("usage"), dict):
             self.counts = dict(event["usage"])
-        return []  # messageStart, contentBlockStop, reasoning and events added later
+        return []  # messageStart, reasoning and events added later
 
 
 class _BedrockUpstream(Upstream):

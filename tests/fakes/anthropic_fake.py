@@ -355,7 +355,8 @@ def stream_events(message: dict[str, Any]) -> list[bytes]:
     for index, block in enumerate(message["content"]):
         if block["type"] == "tool_use":
             opened = {**block, "input": {}}
-            arguments = json.dumps(block["input"])
+            # An empty input streams one empty fragment, as Anthropic's API sends it.
+            arguments = json.dumps(block["input"]) if block["input"] else ""
             deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in
                       ["", *(arguments[at:at + 7] for at in range(0, len(arguments), 7))]]
         else:

@@ -410,7 +410,7 @@ def stream_frames(answer: dict[str, Any]) -> list[bytes]:
             use = block["toolUse"]
             frames.append(event("contentBlockStart", {"contentBlockIndex": index, "start": {
                 "toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}}))
-            arguments = json.dumps(use["input"])
+            arguments = json.dumps(use["input"]) if use["input"] else ""  # none: no delta
             frames.extend(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
                 "toolUse": {"input": arguments[at:at + 7]}}})
                 for at in range(0, len(arguments), 7))

@@ -189,6 +189,27 @@ async def test_stream_reassembles_a_tool_call_after_text(
     assert "tool_choice" not in anthropic_fake.script.requests[-1]
 
 
+async def test_a_streamed_tool_call_with_no_input_has_arguments_that_parse(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    """Anthropic streams an empty input as one empty fragment: the call's arguments were
+    "", which json.loads refuses (the whole answer gives "{}")."""
+    client = await _gateway(anthropic_fake, make_gateway)
+    anthropic_fake.script.actions.append(Action(body={
+        "id": "msg_two", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "tool_use", "id": "toolu_a", "name": "lookup", "input": {"query": "x"}},
+            {"type": "tool_use", "id": "toolu_b", "name": "now", "input": {}}],
+        "stop_reason": "tool_use", "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 2}}))
+    chunks = await _stream(client, {
+        "model": "claude", "tools": TOOLS,
+        "messages": [{"role": "user", "content": "look it up, and the time"}]})
+    calls = _tool_calls(chunks)
+    assert [(call["id"], json.loads(call["arguments"])) for call in calls.values()] == [
+        ("toolu_a", {"query": "x"}), ("toolu_b", {})]
+
+
 async def test_multi_turn_tool_conversation(
     anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
 ) -> None:

@@ -220,6 +220,27 @@ async def test_stream_reassembles_a_tool_call_after_text(
                                  "properties": {"query": {"type": "string"}}}}}}]}
 
 
+async def test_a_streamed_tool_call_with_no_input_has_arguments_that_parse(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """ConverseStream sends no input fragment for an empty input: the call's arguments
+    were "", which json.loads refuses (the whole answer gives "{}")."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    bedrock_fake.script.actions.append(Action(body={
+        "output": {"message": {"role": "assistant", "content": [
+            {"toolUse": {"toolUseId": "tooluse_a", "name": "lookup", "input": {"query": "x"}}},
+            {"toolUse": {"toolUseId": "tooluse_b", "name": "now", "input": {}}}]}},
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 9, "outputTokens": 2, "totalTokens": 11},
+        "metrics": {"latencyMs": 5}}))
+    chunks = await _stream(client, {
+        "model": "claude", "tools": TOOLS,
+        "messages": [{"role": "user", "content": "look it up, and the time"}]})
+    calls = _tool_calls(chunks)
+    assert [(call["id"], json.loads(call["arguments"])) for call in calls.values()] == [
+        ("tooluse_a", {"query": "x"}), ("tooluse_b", {})]
+
+
 async def test_multi_turn_tool_conversation(
     bedrock_fake: BedrockFake, make_gateway: GatewayFactory
 ) -> None:

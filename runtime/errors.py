@@ -26,7 +26,8 @@
         ├── UpstreamContextLength       400 context_length_exceeded
         ├── UpstreamContentPolicy       400 content_policy_violation
         ├── UpstreamBadRequest          400 the provider refused the request
-        └── UpstreamAuthError           502 the provider refused the gateway's credentials
+        ├── UpstreamAuthError           502 the provider refused the gateway's credentials
+        └── UpstreamUnusable            502 no credit or quota left, or no such model
 
 Errors from libraries (pydantic, httpx, redis, sqlite3, providers) are translated into
 this tree at the boundary with ``raise ... from exc``; nothing else reaches a client,
@@ -257,3 +258,11 @@ class UpstreamBadRequest(UpstreamError):
 
 class UpstreamAuthError(UpstreamError):
     code = "upstream_auth_failed"
+
+
+class UpstreamUnusable(UpstreamError):
+    """The provider will not serve this deployment until someone acts: its account is
+    out of credit or quota, or it has no such model (retired, misspelt). Not retried;
+    the next member of a group stands in, as for a refused key."""
+
+    code = "upstream_unusable"

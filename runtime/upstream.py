@@ -36,6 +36,7 @@ from .errors import (
     UpstreamResponseTooLarge,
     UpstreamServerError,
     UpstreamTimeout,
+    UpstreamUnusable,
 )
 
 # Phrases providers use for "the prompt is too long", whatever their error codes say.
@@ -174,6 +175,12 @@ def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
     if status in (401, 403):
         return UpstreamAuthError(f"{prefix} refused the gateway's credentials (HTTP {status})",
                                  **kwargs)
+    if status == 402 or (status == 429 and "insufficient_quota" in failure.kind):
+        return UpstreamUnusable(f"{prefix} refused for its account's credit or quota "
+                                f"(HTTP {status}): {message}", **kwargs)
+    if status == 404:
+        return UpstreamUnusable(f"{prefix} has no such model or endpoint (HTTP 404): "
+                                f"{message}", **kwargs)
     if status == 429:
         return UpstreamRateLimited(f"{prefix} is rate limiting: {message}", **kwargs)
     if status in (503, 529) or "overloaded" in text:

@@ -33,6 +33,7 @@ from ..errors import (
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
+    UpstreamUnusable,
 )
 from ..policy import Denied, RequestGate
 from ..providers.base import ChatAdapter
@@ -383,7 +384,7 @@ def _failure_class(error: UpstreamError) -> str:
 def _counts_against_health(error: UpstreamError) -> bool:
     """Failures that say the deployment is unwell (not that the request was wrong)."""
     unwell = error.retryable and not isinstance(error, UpstreamRateLimited)
-    return unwell or isinstance(error, UpstreamAuthError)
+    return unwell or isinstance(error, UpstreamAuthError | UpstreamUnusable)
 
 
 def _prefix(route: Route, request: ChatRequest) -> int:

@@ -375,7 +375,8 @@ async def test_cached_tokens_reach_the_client(
     (500, "api_error", "Internal server error", 502, "upstream_error"),
     (403, "permission_error", "Your API key does not have permission", 502,
      "upstream_auth_failed"),
-    (404, "not_found_error", "model: claude-nope", 400, "invalid_request"),
+    (404, "not_found_error", "model: claude-nope", 502, "upstream_unusable"),
+    (402, "billing_error", "Your credit balance is too low", 502, "upstream_unusable"),
 ])
 async def test_error_types_keep_their_meaning(
     anthropic_fake: AnthropicFake, make_gateway: GatewayFactory,

@@ -182,6 +182,30 @@ async def test_an_error_mid_stream_does_not_carry_the_providers_key(
     assert PROVIDER_KEY not in text and PROVIDER_KEY[-4:] not in text
 
 
+@pytest.mark.parametrize(("status", "error"), [
+    (402, {"type": "billing_error", "message": "Your credit balance is too low"}),
+    (404, {"message": "The model `up-model` does not exist", "type": "invalid_request_error",
+           "code": "model_not_found"}),
+    (429, {"message": "You exceeded your current quota", "type": "insufficient_quota",
+           "code": "insufficient_quota"}),
+], ids=["no credit", "no such model", "no quota"])
+async def test_a_deployment_its_provider_will_not_serve_gives_way_to_the_next_member(
+    make_gateway: GatewayFactory, scripted: Scripted, status: int, error: object
+) -> None:
+    """They were a 400 blaming the client (402, 404) with the group's healthy member never
+    tried, or retried on the same deployment as a rate limit (insufficient_quota)."""
+    client = await make_gateway(_openai(scripted))
+    scripted.now({"error": error}, status=status)
+    alone = await client.post("/v1/chat/completions", json=CHAT)
+    assert alone.status_code == 502, alone.text
+    assert alone.json()["error"]["code"] == "upstream_unusable"
+    assert scripted.calls == 1  # not retried: the same answer would come back
+    response = await client.post("/v1/chat/completions", json={**CHAT, "model": "pair"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "good"
+    assert scripted.calls == 2
+
+
 async def test_the_log_of_an_unreadable_answer_does_not_carry_the_providers_key(
     make_gateway: GatewayFactory, scripted: Scripted, caplog: pytest.LogCaptureFixture
 ) -> None:

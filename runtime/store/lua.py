@@ -147,6 +147,42 @@ return 1
 """
 )
 
+# Undo a reserve whose reply was lost, which the gateway gave up on (it answered 503, or
+# held the request locally): whether Redis ran it already or runs it later (a call
+# buffered in a stalled server's socket runs when the server resumes). Sent through the
+# outbox, so once Redis answers again.
+# KEYS: reservation marker, nb bucket hashes, ng (budget hash, expiry set) pairs.
+# ARGV: now, request id, marker ttl ms, the lost call's nonce, nb, ng, nb x (cap, refund).
+# Returns 1 when it undid the hold; 0 when there was none: the marker is then a tombstone,
+# which the late call finds (not its nonce) and so grants nothing.
+ABANDON = (
+    _REFILL
+    + _UNHOLD
+    + """
+local now, rid = tonumber(ARGV[1]), ARGV[2]
+local nb, ng = tonumber(ARGV[5]), tonumber(ARGV[6])
+local marker = redis.call('GET', KEYS[1])
+if marker ~= ARGV[4] then
+  if not marker then redis.call('SET', KEYS[1], 'abandoned', 'PX', ARGV[3]) end
+  return 0
+end
+redis.call('SET', KEYS[1], 'abandoned', 'PX', ARGV[3])
+local a = 7
+for i = 1, nb do
+  local cap, refund = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local level, since = refill(KEYS[1 + i], cap, now)
+  level = level + refund
+  if level > cap then level = cap end
+  store_bucket(KEYS[1 + i], cap, level, since)
+end
+for j = 1, ng do
+  unhold(KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], rid)
+end
+return 1
+"""
+)
+
 # Charge the spend of a reservation made locally while Redis was unreachable, once.
 # KEYS: charge marker, ng budget hashes. ARGV: marker ttl s, cost, ng x keep s.
 CHARGE = """

@@ -118,6 +118,7 @@ class RedisStore:
             for name, source in (
                 ("reserve", lua.RESERVE),
                 ("settle", lua.SETTLE),
+                ("abandon", lua.ABANDON),
                 ("charge", lua.CHARGE),
                 ("budgets", lua.BUDGETS),
                 ("record", lua.RECORD),
@@ -174,10 +175,16 @@ class RedisStore:
         checks = plan(limits, tokens, cost, now)
         ttl = self._ttl if ttl is None else ttl
         if self._reachable():
+            # This call's own mark: redis-py sends a script again when its reply times
+            # out, and the second run must know the hold it finds is its own.
+            nonce = os.urandom(8).hex()
             try:
-                decision = await self._reserve(request_id, checks, now, ttl)
+                decision = await self._reserve(request_id, checks, now, ttl, nonce)
             except UNREACHABLE as exc:
                 self._lost(exc)
+                # Sent, perhaps run (or to run, from a stalled server's buffer): undone
+                # once Redis answers, or its hold would block the budget for ``ttl``.
+                await self._write(self._abandon(request_id, checks, now, ttl, nonce))
             else:
                 self._back()
                 return decision
@@ -268,20 +275,18 @@ class RedisStore:
         return counter, counter + ":holds"
 
     async def _reserve(
-        self, request_id: str, checks: Plan, now: float, ttl: float
+        self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str
     ) -> Reservation | Denied:
         keys = [self._key("res", quote(request_id, safe=""))]
         args: list[str | int | float] = [
             now,
             request_id,
             ttl,
-            math.ceil((ttl + SETTLE_GRACE) * 1000),
+            _marker_ms(ttl),
             checks.cost_nanos,
             len(checks.buckets),
             len(checks.budgets),
-            # This call's own mark: redis-py sends a script again when its reply times
-            # out, and the second run must know the hold it finds is its own.
-            os.urandom(8).hex(),
+            nonce,
         ]
         for bucket in checks.buckets:
             keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
@@ -335,6 +340,19 @@ class RedisStore:
             keys += self._budget_keys(budget)
             args.append(keep_seconds(budget, now))
         return Invocation("settle", tuple(keys), tuple(args))
+
+    def _abandon(
+        self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str
+    ) -> Invocation:
+        keys = [self._key("res", quote(request_id, safe=""))]
+        args: list[Arg] = [now, request_id, _marker_ms(ttl), nonce,
+                           len(checks.buckets), len(checks.budgets)]
+        for bucket in checks.buckets:
+            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
+            args += [bucket.cap, bucket.need]
+        for budget in checks.budgets:
+            keys += self._budget_keys(budget)
+        return Invocation("abandon", tuple(keys), tuple(args))
 
     def _charge(self, request_id: str, charge: Plan, now: float) -> Invocation:
         keys = [self._key("charged", quote(request_id, safe=""))]
@@ -502,6 +520,11 @@ class RedisStore:
                     await outbox.delivered(delivered)
             self._back()  # Redis took the batch (this flush is the one running)
         return False
+
+
+def _marker_ms(ttl: float) -> int:
+    """How long a reservation's marker lives: past its hold, for settles that come late."""
+    return math.ceil((ttl + SETTLE_GRACE) * 1000)
 
 
 # Redis refusing for now (full, a read-only replica, busy, short of replicas): Redis 7

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -243,6 +244,53 @@ async def test_a_reserve_whose_reply_was_lost_is_not_taken_for_a_duplicate(
     finally:
         await store.aclose()
         await proxy.aclose()
+
+
+@pytest.mark.parametrize("mode", [OnUnavailable.FAIL_CLOSED, OnUnavailable.FAIL_OPEN])
+async def test_a_reserve_given_up_on_leaves_no_hold_when_redis_runs_it_late(
+    private_redis: PrivateRedis, mode: OnUnavailable
+) -> None:
+    """A stalled Redis (SIGSTOP: a fork, a failover, a slow network) ran the reserve the
+    gateway had given up on once it resumed: the hold and the rpm it took stayed for the
+    hold's TTL (15 minutes), and with them the key was refused ("requests in flight hold
+    the rest") though nothing was in flight."""
+    assert private_redis.process is not None
+    store = RedisStore.from_url(private_redis.url, timeout=0.3, on_unavailable=mode,
+                                probe_interval=0.05)
+    limits = [Limits(Scope.KEY, "k", rpm=2, budget=Budget(1.0))]
+    try:
+        warm = await store.reserve("warm", [Limits(Scope.KEY, "w", rpm=100)], tokens=1,
+                                   cost=0.0)  # scripts loaded, a connection open
+        assert isinstance(warm, Reservation)
+        await store.release(warm)
+        private_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            if mode is OnUnavailable.FAIL_CLOSED:
+                with pytest.raises(StoreUnavailable):
+                    await store.reserve("lost", limits, tokens=10, cost=0.6)
+            else:
+                local = await store.reserve("lost", limits, tokens=10, cost=0.6)
+                assert isinstance(local, Reservation) and local.origin == "local"
+                await store.release(local)
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+
+        async def nothing_held() -> bool:
+            try:
+                (status,) = await store.budgets(limits)
+            except StoreUnavailable:
+                return False
+            return status.held == 0.0 and not store._outbox.waiting
+
+        await eventually("the lost reserve to be undone", nothing_held)
+        # Its rpm was given back too: both of the minute's two requests are there.
+        for number in range(2):
+            granted = await store.reserve(f"after-{number}", limits, tokens=10, cost=0.3)
+            assert isinstance(granted, Reservation) and granted.origin == "redis", granted
+        (status,) = await store.budgets(limits)
+        assert (status.spent, status.held) == (0.0, 0.6)
+    finally:
+        await store.aclose()
 
 
 async def test_writes_waiting_in_a_file_outbox_survive_a_restart(

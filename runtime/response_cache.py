@@ -223,6 +223,8 @@ def cacheable(result: ChatResult) -> bool:
     """Whether an answer may be served again: not one whose tool call arguments are not
     a JSON object (an ingress refuses those with a 502; it must not be a lasting one)."""
     for choice in result.choices:
+        if choice.logprobs is not None or choice.extra:  # not kept: never half served again
+            return False
         for call in choice.tool_calls:
             try:
                 if not isinstance(json.loads(call.arguments or "{}"), dict):
@@ -262,10 +264,13 @@ class StreamedAnswer:
     def __init__(self, model: str) -> None:
         self._model = model
         self._choices: dict[int, _ChoiceParts] = {}
+        self._unkept = False
 
     def add(self, delta: ChatDelta) -> None:
         if delta.usage is not None and not delta.content and delta.finish_reason is None:
             return
+        if delta.logprobs is not None or delta.extra:
+            self._unkept = True  # not kept by the cache: never served again without them
         parts = self._choices.setdefault(delta.index, _ChoiceParts())
         if delta.content:
             parts.content.append(delta.content)
@@ -284,8 +289,10 @@ class StreamedAnswer:
         return "".join("".join(parts.content) for parts in self._choices.values())
 
     def result(self, usage: Usage) -> ChatResult | None:
-        """The whole answer, or None if any choice did not finish."""
-        if not self._choices or any(p.finish_reason is None for p in self._choices.values()):
+        """The whole answer, or None if any choice did not finish (or it carried what
+        the cache does not keep: log probabilities, audio...)."""
+        if not self._choices or self._unkept or \
+                any(p.finish_reason is None for p in self._choices.values()):
             return None
         return ChatResult(self._model, tuple(
             Choice(index, "".join(parts.content) if parts.content else None,

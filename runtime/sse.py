@@ -37,6 +37,8 @@ def message_body(choice: Choice) -> dict[str, object]:
              "function": {"name": call.name, "arguments": call.arguments}}
             for call in choice.tool_calls
         ]
+    if choice.extra:
+        message.update(choice.extra)
     return message
 
 
@@ -51,7 +53,7 @@ def completion_body(request_id: str, created: int, result: ChatResult) -> dict[s
             {
                 "index": choice.index,
                 "message": message_body(choice),
-                "logprobs": None,
+                "logprobs": choice.logprobs,
                 "finish_reason": choice.finish_reason,
             }
             for choice in result.choices
@@ -94,8 +96,10 @@ class ChunkEncoder:
             body["refusal"] = delta.refusal
         if delta.tool_calls:
             body["tool_calls"] = [_tool_call_delta(call) for call in delta.tool_calls]
-        if body:
-            out += self._event([_choice(delta.index, body, None)])
+        if delta.extra:
+            body.update(delta.extra)
+        if body or delta.logprobs is not None:
+            out += self._event([_choice(delta.index, body, None, delta.logprobs)])
         if delta.finish_reason is not None:
             out += self._event([_choice(delta.index, {}, delta.finish_reason)])
         return out
@@ -123,8 +127,10 @@ def _tool_call_delta(call: ToolCallDelta) -> dict[str, object]:
     return body
 
 
-def _choice(index: int, delta: dict[str, object], finish: str | None) -> dict[str, object]:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _choice(
+    index: int, delta: dict[str, object], finish: str | None, logprobs: object = None
+) -> dict[str, object]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
 
 def error_event(body: dict[str, object]) -> bytes:

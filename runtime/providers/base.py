@@ -9,9 +9,9 @@ never mock the adapter's callers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aigw.compiler.graph import Deployment, Provider
 
@@ -71,6 +71,10 @@ class Choice:
     finish_reason: str
     tool_calls: tuple[ToolCall, ...] = ()
     refusal: str | None = None
+    logprobs: Any = None  # as an OpenAI-format upstream sent them
+    # Message fields the gateway passes through as they came, unread: audio,
+    # annotations, the legacy function_call (OpenAI-format upstreams only).
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,8 @@ class ChatDelta:
     finish_reason: str | None = None
     usage: Usage | None = None
     refusal: str | None = None
+    logprobs: Any = None  # as in ``Choice``
+    extra: Mapping[str, Any] | None = None
 
 
 class StreamedTools:

@@ -160,6 +160,8 @@ def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Prov
                     if isinstance(c.get("function"), dict)
                 ),
                 refusal=message.get("refusal"),
+                logprobs=choice.get("logprobs"),
+                extra=_unread(message),
             )
         )
     if not choices:
@@ -193,9 +195,28 @@ def parse_chunk(chunk: Mapping[str, Any]) -> list[ChatDelta]:
                 ),
                 finish_reason=choice.get("finish_reason"),
                 refusal=delta.get("refusal"),
+                logprobs=choice.get("logprobs"),
+                extra=_unread(delta),
             )
         )
-    return [d for d in deltas if d.content or d.tool_calls or d.finish_reason or d.refusal]
+    return [d for d in deltas if d.content or d.tool_calls or d.finish_reason or d.refusal
+            or d.logprobs is not None or d.extra]
+
+
+# What the gateway reads of a message or a delta; the rest passes through (_unread).
+_READ = frozenset({"role", "content", "refusal", "tool_calls"})
+
+
+def _unread(message: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The fields of ``message`` the gateway does not read (audio, annotations,
+    function_call...), to be sent on to the client as they came; None if there are none."""
+    if message.keys() <= _READ:  # most answers and chunks: nothing to copy
+        return None
+    # Empty ones ("annotations": [] in every OpenAI answer) say nothing: left out, they
+    # keep such answers cacheable.
+    unread = {name: value for name, value in message.items()
+              if name not in _READ and value is not None and value != [] and value != {}}
+    return unread or None
 
 
 def _usage(usage: Mapping[str, Any]) -> Usage:

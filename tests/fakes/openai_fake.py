@@ -168,11 +168,14 @@ class OpenAIFake:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,
                  "prompt_tokens_details": {"cached_tokens": 0}}
+        logprobs = bool(body.get("logprobs"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(self._chunks(model, reply, usage, include_usage, action),
-                                     media_type="text/event-stream")
-        message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+            return StreamingResponse(
+                self._chunks(model, reply, usage, include_usage, action, logprobs),
+                media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
+                                   "annotations": []}
         finish = "stop"
         if reply.tool_name:
             message["tool_calls"] = [{"id": "call_fake_1", "type": "function",
@@ -182,13 +185,15 @@ class OpenAIFake:
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": _logprobs(words(reply.text or "")) if logprobs else None,
                          "finish_reason": finish}],
             "usage": usage,
         }, headers=action.headers)
 
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
-                      include_usage: bool, action: Action) -> AsyncIterator[bytes]:
+                      include_usage: bool, action: Action,
+                      logprobs: bool = False) -> AsyncIterator[bytes]:
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
 
@@ -199,7 +204,9 @@ class OpenAIFake:
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
         def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            content = delta.get("content")
+            scored = _logprobs([content]) if logprobs and content else None
+            return {"index": 0, "delta": delta, "logprobs": scored, "finish_reason": finish}
 
         events = [event([choice({"role": "assistant", "content": "", "refusal": None})])]
         if reply.tool_name:
@@ -254,3 +261,9 @@ class OpenAIFake:
         return JSONResponse({"object": "list", "data": data,
                              "model": request.path_params.get("deployment") or body.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _logprobs(tokens: list[str]) -> dict[str, Any]:
+    """Log probabilities as OpenAI gives them for ``logprobs: true`` (fixed values)."""
+    return {"content": [{"token": token, "logprob": -0.25, "bytes": list(token.encode()),
+                         "top_logprobs": []} for token in tokens], "refusal": None}

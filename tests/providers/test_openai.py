@@ -10,6 +10,7 @@ import httpx
 
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
+from ..fakes.scripted import scripted_upstream
 from .conftest import GatewayFactory
 
 CHAT = "/v1/chat/completions"
@@ -262,3 +263,64 @@ async def test_azure_tool_calls_and_vision_go_through_the_same_adapter(
     call = response.json()["choices"][0]["message"]["tool_calls"][0]
     assert call["function"]["name"] == "lookup"
     assert openai_fake.script.requests[-1]["messages"][0]["content"][1] == image
+
+
+async def test_log_probabilities_reach_the_client(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """They were asked for upstream and dropped: "logprobs": null, whole and streamed."""
+    client = await make_gateway(_sections(openai_fake))
+    ask = {"model": "gpt", "messages": [{"role": "user", "content": "hello there"}],
+           "logprobs": True, "top_logprobs": 1}
+    response = await client.post(CHAT, json=ask)
+    assert response.status_code == 200, response.text
+    scored = response.json()["choices"][0]["logprobs"]["content"]
+    assert "".join(item["token"] for item in scored) == "fake-openai: hello there"
+    chunks = await _stream(client, ask)
+    streamed = [item for chunk in chunks for choice in chunk["choices"]
+                for item in (choice["logprobs"] or {}).get("content", [])]
+    assert "".join(item["token"] for item in streamed) == "fake-openai: hello there"
+    plain = await client.post(CHAT, json={**ask, "logprobs": False})
+    assert plain.json()["choices"][0]["logprobs"] is None
+    assert "annotations" not in plain.json()["choices"][0]["message"]  # empty: left out
+
+
+async def test_message_fields_the_gateway_does_not_read_pass_through(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Audio (modalities), url citations (web_search_options) and the legacy
+    function_call were dropped: the client got content null and nothing else."""
+    audio = {"id": "audio_1", "data": "UklGRg==", "expires_at": 1, "transcript": "hi"}
+    annotations = [{"type": "url_citation", "url_citation": {
+        "url": "https://example.com", "title": "Example", "start_index": 0, "end_index": 2}}]
+    with scripted_upstream() as upstream:
+        client = await make_gateway(f"""
+        providers:
+          up: {{type: openai, base_url: "{upstream.base_url}/v1", api_key: "sk-test"}}
+        deployments:
+          gpt: {{provider: up, model: gpt-4o-audio, context_window: 128000,
+                 capabilities: [streaming]}}
+        routes:
+          gpt: {{deployment: gpt}}
+        """)
+        upstream.now({"id": "x", "object": "chat.completion", "model": "gpt-4o-audio",
+                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                          "role": "assistant", "content": None, "audio": audio,
+                          "annotations": annotations}}],
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+        response = await client.post(CHAT, json={
+            "model": "gpt", "messages": [{"role": "user", "content": "say hi"}],
+            "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}})
+        assert response.status_code == 200, response.text
+        message = response.json()["choices"][0]["message"]
+        assert (message["audio"], message["annotations"]) == (audio, annotations)
+        upstream.now([{"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-audio",
+                       "choices": [{"index": 0, "delta": {"audio": {"transcript": "hi"}},
+                                    "finish_reason": None}]},
+                      {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-audio",
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                      "[DONE]"])
+        chunks = await _stream(client, {"model": "gpt", "messages": [
+            {"role": "user", "content": "say hi"}], "modalities": ["text", "audio"]})
+        assert [choice["delta"].get("audio") for chunk in chunks
+                for choice in chunk["choices"]] == [None, {"transcript": "hi"}, None]

@@ -182,6 +182,20 @@ def test_an_answer_with_tool_arguments_that_are_not_an_object_is_not_kept() -> N
     assert not cacheable(calling('{"q": ')) and not cacheable(calling("[1, 2]"))
 
 
+def test_an_answer_with_what_the_cache_does_not_keep_is_not_kept() -> None:
+    """Log probabilities and passed-through fields (audio...) are not in an entry: a
+    request asking for them must never be served one without them."""
+    scored = {"content": [{"token": "Hi", "logprob": -0.1}]}
+    assert not cacheable(ChatResult("m", (Choice(0, "Hi", "stop", logprobs=scored),),
+                                    Usage(1, 1)))
+    assert not cacheable(ChatResult("m", (Choice(0, None, "stop", extra={"audio": {}}),),
+                                    Usage(1, 1)))
+    answer = StreamedAnswer("m")
+    for delta in (ChatDelta(content="Hi", logprobs=scored), ChatDelta(finish_reason="stop")):
+        answer.add(delta)
+    assert answer.result(Usage(1, 1)) is None
+
+
 def test_an_entry_whose_deployment_is_gone_is_not_served(graph: Graph) -> None:
     assert decode_answer(encode_answer("small", RESULT), graph) is not None
     assert decode_answer(encode_answer("removed", RESULT), graph) is None

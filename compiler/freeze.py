@@ -182,6 +182,7 @@ def freeze(
             cache_max_entries=settings.cache_max_entries,
             execution_retention_s=settings.execution_retention_s,
             store_outbox=settings.store_outbox,
+            metrics_access=settings.metrics_access,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

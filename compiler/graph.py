@@ -40,6 +40,7 @@ class Settings:
     cache_max_entries: int = 10_000
     execution_retention_s: float = 30 * 86400.0
     store_outbox: str = "aigw-outbox.sqlite"
+    metrics_access: Literal["open", "admin"] = "open"
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,13 @@ class SettingsSpec(Spec):
     hide_policy_ids: bool = Field(
         False, description="Leave the deciding Cedar policy ids out of 403 responses."
     )
+    metrics_access: Literal["open", "admin"] = Field(
+        "open",
+        description="Who may read GET /metrics: anyone who reaches the port ('open', as "
+        "Prometheus scrapes by default), or admin keys only ('admin': give Prometheus one "
+        "with its scrape config's authorization). The page names teams and keys, with their "
+        "spend and budget use.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     store_failure: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed",

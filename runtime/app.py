@@ -292,6 +292,8 @@ class _Endpoints:
 
     async def metrics(self, request: Request) -> Response:
         live = _live(request)
+        if live.graph.settings.metrics_access == "admin":
+            require_admin(live.graph, request.headers)
         metrics = live.telemetry.metrics
         metrics.publish_circuits()
         # Budget use is read at scrape time, not per request: the store has the figures.

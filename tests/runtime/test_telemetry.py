@@ -168,3 +168,24 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
             assert _sample(text, "aigw_requests_total", route="echo", status="499") == 1
     finally:
         await gateway.aclose()
+
+
+async def test_metrics_can_be_kept_to_admin_keys(gateway_dir: Path, counter: TokenCounter) -> None:
+    """The page names teams and keys with their spend and budget use; it was open to
+    anyone who reached the port, whatever the settings."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text()
+                      .replace("settings:\n", "settings:\n  metrics_access: admin\n", 1)
+                      .replace("keys:\n", "keys:\n  viewer: {team: default, secret: sk-viewer-1}\n",
+                               1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test") as http:
+            assert (await http.get("/metrics")).status_code == 401
+            viewer = await http.get("/metrics", headers={"authorization": "Bearer sk-viewer-1"})
+            assert viewer.status_code == 403
+            admin = await http.get("/metrics", headers={"authorization": f"Bearer {DEV_KEY}"})
+            assert admin.status_code == 200 and "aigw_requests_total" in admin.text
+    finally:
+        await gateway.aclose()

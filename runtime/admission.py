@@ -22,7 +22,7 @@ from typing import Any
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
 from .background import Background
-from .errors import Forbidden, UpstreamRateLimited
+from .errors import ModelNotFound, UpstreamRateLimited
 from .response_cache import open_cache
 from .store import (
     Budget,
@@ -128,8 +128,11 @@ def _deployment_limits(name: str, rpm: int | None, tpm: int | None) -> Limits:
 
 
 def check_route_allowed(key: ApiKey, route: Route) -> None:
+    """A key limited to some routes sees no other: the same 404 as for a route that does
+    not exist (a 403 told it which names do, as /v1/models does not)."""
     if key.routes is not None and route.name not in key.routes:
-        raise Forbidden(f"key '{key.name}' may not call '{route.name}'.")
+        raise ModelNotFound(f"The model '{route.name}' does not exist or you do not have "
+                            "access to it.", param="model")
 
 
 def worst_case(route: Route, prompt_tokens: int, output_limit: int | None) -> tuple[int, float]:

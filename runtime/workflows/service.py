@@ -24,7 +24,7 @@ from aigw.compiler.pipeline_graph import Pipeline
 
 from ..admission import admit, subject_limits
 from ..chat_request import ChatRequest
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
+from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..live import Gateway
 from ..store.executions import (
     FINAL,
@@ -178,10 +178,12 @@ class Workflows:
         model calls hold that user's limits and budgets too)."""
         graph = self.gateway.live.graph
         pipeline = graph.pipelines.get(name)
-        if pipeline is None:
-            known = ", ".join(sorted(graph.pipelines)) or "none"
+        if pipeline is None or not may_run(key, graph, name):
+            # Only the pipelines this key may run are named; one it may not run is as
+            # unknown to it as one that does not exist.
+            known = ", ".join(sorted(other for other in graph.pipelines
+                                     if may_run(key, graph, other))) or "none"
             raise NotFound(f"No pipeline named '{name}' (pipelines: {known}).", param="pipeline")
-        check_pipeline_allowed(key, graph, name)
         problems = pipeline.input_schema.errors(given)
         if problems:
             raise BadRequest(f"The input does not match pipeline '{name}': "
@@ -300,10 +302,6 @@ def may_run(key: ApiKey, graph: Graph, name: str) -> bool:
         route.kind is TargetKind.PIPELINE and route.target == name
         for route_name, route in graph.routes.items() if route_name in key.routes)
 
-
-def check_pipeline_allowed(key: ApiKey, graph: Graph, name: str) -> None:
-    if not may_run(key, graph, name):
-        raise Forbidden(f"key '{key.name}' may not run pipeline '{name}'.")
 
 
 def chat_input(pipeline: Pipeline, request: ChatRequest) -> Any:

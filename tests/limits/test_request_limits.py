@@ -97,12 +97,19 @@ async def test_a_key_lists_and_finds_only_the_models_it_may_call(
     assert (await alice.get("/v1/models/paid")).status_code == 200
 
 
-async def test_key_route_allow_list_is_a_403(limited: ClientFactory) -> None:
+async def test_a_route_outside_the_keys_allow_list_is_as_unknown_as_a_missing_one(
+    limited: ClientFactory,
+) -> None:
+    """A 403 "may not call 'paid'" (against a 404 for a name that does not exist) told a
+    key limited to some routes which other routes there are; /v1/models does not."""
     bob = (await limited())("bob")
     assert (await bob.post(CHAT, json=_ask("free"))).status_code == 200
     refused = await bob.post(CHAT, json=_ask("paid"))
-    assert refused.status_code == 403
-    assert "may not call 'paid'" in refused.json()["error"]["message"]
+    missing = await bob.post(CHAT, json=_ask("nowhere"))
+    assert (refused.status_code, missing.status_code) == (404, 404)
+    assert refused.json()["error"]["message"] == missing.json()["error"]["message"].replace(
+        "nowhere", "paid")
+    assert refused.json()["error"]["code"] == missing.json()["error"]["code"]
 
 
 async def test_every_request_writes_one_ledger_record(limited: ClientFactory) -> None:
@@ -211,7 +218,7 @@ async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> Non
     client = await limited()
     bob = client("bob")  # routes: [free]
     refused = await bob.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
-    assert refused.status_code == 403, refused.text
+    assert refused.status_code == 404, refused.text
     spend = (await client("dev").get("/admin/spend?group_by=key,route")).json()["data"]
     assert [(row["key"], row["route"], row["requests"], row["errors"]) for row in spend] == [
         ("bob", "vectors", 1, 1)]  # the refusal is in the ledger, as a chat's is

@@ -252,6 +252,13 @@ async def test_workflows_and_templates_are_listed(serve: Serve) -> None:
     # A key limited to routes that run no pipeline may run none, and lists none.
     limited = {"authorization": f"Bearer {FAST_ONLY_KEY}"}
     assert (await served.http.get("/api/v1/workflows", headers=limited)).json()["data"] == []
+    # Nor learns their names: one it may not run is as unknown as one that is not there.
+    for name in ("about", "nope"):
+        refused = await served.http.post("/api/v1/executions", headers=limited,
+                                         json={"pipeline": name, "input": {"topic": "x"}})
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"]["message"] == \
+            f"No pipeline named '{name}' (pipelines: none)."
     templates: list[dict[str, Any]] = (await served.http.get("/api/v1/templates")).json()["data"]
     assert [t["name"] for t in templates] == [
         "coding", "data_analysis", "document_analysis", "research"]

@@ -34,6 +34,7 @@ from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import NO_SPAN, PROVIDER_NAMES, Span
+from .tokens import TokenCounter
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -161,6 +162,21 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.prompt_tokens = usage.prompt_tokens
     record.completion_tokens = usage.completion_tokens
     record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
+
+
+def bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],
+              counter: TokenCounter) -> None:
+    """Bill a stream cut before its upstream reported usage: the output it sent."""
+    record.completion_tokens = counter.count("".join(sent))
+    record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
+
+
+def sent_text(delta: ChatDelta, sent: list[str]) -> None:
+    """Keep what ``delta`` sends that is billed as output: content and tool arguments."""
+    if delta.content:
+        sent.append(delta.content)
+    for call in delta.tool_calls:
+        sent.append(call.arguments or "")
 
 
 async def complete(
@@ -344,10 +360,14 @@ async def _measured(
     rest: AsyncIterator[ChatDelta],
     hold: Hold | None,
 ) -> AsyncIterator[ChatDelta]:
-    """The stream as the client sees it: in flight to its end, timed, and billed once."""
+    """The stream as the client sees it: in flight to its end, timed, and billed once.
+    Cut before the upstream reported usage, it is billed what it sent, before the
+    deployment's own tpm is settled (a cut reaches this, the innermost stream, first)."""
     deployment = won.candidate.deployment
     stats = live.routing.of(deployment)
     stats.in_flight += 1
+    sent: list[str] = []
+    billed = False
     try:
         while True:
             if first is not None:  # read already, by the attempt: its usage counts too
@@ -363,12 +383,17 @@ async def _measured(
             if delta.usage is not None:
                 stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
                 _bill(record, deployment, delta.usage)
+                billed = True
+            else:
+                sent_text(delta, sent)
             if delta.finish_reason is not None:
                 record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta
         stats.observe_latency((live.routing.clock() - won.started) * 1000)
     finally:
         stats.in_flight -= 1
+        if not billed:
+            bill_sent(record, deployment, sent, live.counter)
         # Shielded: a client that went away cancels the stream, not its clean-up.
         with anyio.CancelScope(shield=True):
             await close_deltas(rest)

@@ -33,7 +33,7 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, complete, prepare, stream
+from .chat import Plan, Served, bill_sent, complete, prepare, sent_text, stream
 from .chat_request import ChatRequest
 from .errors import BudgetExceeded, Cancelled, GatewayError, StoreUnavailable
 from .live import Live
@@ -226,10 +226,8 @@ class Exchange:
             async for delta in deltas:
                 if delta.usage is not None:
                     billed = True
-                if delta.content:
-                    streamed.append(delta.content)
-                for call in delta.tool_calls:
-                    streamed.append(call.arguments or "")
+                else:
+                    sent_text(delta, streamed)
                 count += 1
                 if watch and count % _BUDGET_CHECK_EVERY == 0 and await self._over_budget():
                     raise BudgetExceeded("The budget ran out during this stream.")
@@ -240,11 +238,17 @@ class Exchange:
             record.sent_status = record.status
             record.status, record.error = exc.status, str(exc.code)
             raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: the ledger (written below, before the stream's own
+            # record is finished), the metrics and the log count a request it did not
+            # see to its end, 499 as nginx names it.
+            record.sent_status = record.status
+            record.status, record.error = 499, "client_disconnected"
+            raise
         finally:
             if not billed and record.cache != "hit":  # cut before the upstream reported
                 # usage: bill what was sent (a cached answer costs nothing, cut or not)
-                record.completion_tokens = self.live.counter.count("".join(streamed))
-                record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
+                bill_sent(record, deployment, streamed, self.live.counter)
             # Shielded: a client that went away cancels the stream, not its settlement
             # (and a task cancelled outright, which no anyio shield stops, still settles).
             with anyio.CancelScope(shield=True):

@@ -233,3 +233,44 @@ async def test_end_users_of_different_teams_never_share_a_budget(
             assert victim.status_code == 200, victim.text
     finally:
         await gateway.aclose()
+
+
+def test_a_stream_the_client_cut_is_charged_to_the_deployments_tpm_and_counted_an_error(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """The cut reaches the innermost stream first: the deployment's own tpm was settled
+    with the prompt alone, before the output sent was counted (an upstream's tpm could
+    be passed by clients that leave), and the ledger was written with status 200 before
+    the stream knew the client had gone (the errors column counted none)."""
+    (tmp_path / "gateway.yaml").write_text(limits_config().replace(
+        "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 20}}").replace(
+        "price: {input: 1000000, output: 1000000}}",
+        "price: {input: 1000000, output: 1000000}, limits: {tpm: 120}}", 1))
+    gateway = Gateway(tmp_path, counter)
+
+    def ask(words: int, stream: bool) -> dict[str, object]:
+        return {"model": "paid", "stream": stream, "max_tokens": 50,
+                "messages": [{"role": "user", "content": " ".join(["word"] * words)}]}
+
+    with serving(create_app(gateway), ready_path="/health") as base, \
+            httpx.Client(base_url=base, headers=DEV) as http:  # team ops: no budget
+        with http.stream("POST", CHAT, json=ask(40, True)) as response:
+            chunks = 0
+            for line in response.iter_lines():
+                chunks += '"content":"word' in line or '"content":" word' in line
+                if chunks == 25:
+                    break  # and leave
+        deadline = time.monotonic() + 5
+        while not _ledger(http) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [row] = _ledger(http)
+        assert row["errors"] == 1, row  # 499: the client did not see it to its end
+        sent = row["tokens_out"]
+        assert sent >= 20, row  # what it was sent, not the prompt alone
+        # The deployment's bucket (120 a minute) now has about 120 - prompt - sent; one
+        # that was charged the prompt alone would have ``sent`` more. Ask for the middle.
+        prompt = row["tokens_in"]
+        middle = 120 - prompt - sent // 2
+        second = http.post(CHAT, json=ask(40 + (middle - 50) - prompt, False),
+                           headers={"x-aigw-deadline-ms": "500"})  # not waiting for it
+        assert second.status_code in (429, 503, 504), second.text

@@ -135,11 +135,15 @@ def check_route_allowed(key: ApiKey, route: Route) -> None:
                             "access to it.", param="model")
 
 
-def worst_case(route: Route, prompt_tokens: int, output_limit: int | None) -> tuple[int, float]:
-    """Tokens and cost to hold for a request before knowing which deployment serves it."""
+def worst_case(
+    route: Route, prompt_tokens: int, output_limit: int | None, choices: int = 1
+) -> tuple[int, float]:
+    """Tokens and cost to hold for a request before knowing which deployment serves it:
+    each of its ``choices`` (``n``) may write the whole output limit."""
     tokens, cost = prompt_tokens, 0.0
     for deployment in route.candidates:
-        out = min(output_limit or deployment.max_output_tokens, deployment.max_output_tokens)
+        out = min(output_limit or deployment.max_output_tokens,
+                  deployment.max_output_tokens) * choices
         tokens = max(tokens, prompt_tokens + out)
         cost = max(cost, deployment.price.cost(prompt_tokens, out))
     return tokens, cost

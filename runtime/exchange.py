@@ -85,7 +85,8 @@ class Exchange:
         plan = prepare(live, request, self.headers, record, route)
         check_route_allowed(key, plan.route)
         limits = subject_limits(key, self.user)
-        tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit)
+        tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
+                                  request.n)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         self.admission = admission = await admit(store, record, limits, tokens, cost)

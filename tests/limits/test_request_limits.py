@@ -55,6 +55,21 @@ async def test_team_budget_reserves_worst_case_and_charges_real_cost(
     assert team["spent"] == 12 and team["held"] == 0 and team["remaining"] == 88
 
 
+async def test_each_of_n_choices_is_held_at_the_output_limit(limited: ClientFactory) -> None:
+    """n choices write up to n times the output: the hold counted one, so requests
+    asking n=20 spent the team's budget (and a deployment's tpm) many times over."""
+    client = await limited()
+    alice, dev = client("alice"), client("dev")
+    # The prompt is 9 tokens; 20 choices of up to 5 tokens hold 109, over the budget of 100.
+    refused = await alice.post(CHAT, json=_ask("paid", max_tokens=5, n=20))
+    assert refused.status_code == 429, refused.text
+    answered = await alice.post(CHAT, json=_ask("paid", max_tokens=5, n=2))
+    assert answered.status_code == 200, answered.text
+    assert len(answered.json()["choices"]) == 2
+    budgets = {(b["scope"], b["name"]): b for b in (await dev.get("/admin/budgets")).json()["data"]}
+    assert budgets[("team", "eng")]["spent"] == 9 + 2 * 3
+
+
 async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     limited: ClientFactory,
 ) -> None:

@@ -53,6 +53,16 @@ class OpenAIAdapter:
         body = call.request.model_dump(exclude_none=True)
         body["model"] = call.deployment.model
         body["stream"] = stream
+        deployment = call.deployment
+        if call.request.output_limit is None and \
+                deployment.max_output_tokens < deployment.context_window:
+            # The request was held (budgets, tpm) at the deployment's max_output_tokens:
+            # the upstream is held to it too, or it could write, and cost, more.
+            # OpenAI's own API (and Azure's) takes max_completion_tokens (its reasoning
+            # models refuse max_tokens); OpenAI-compatible servers know max_tokens.
+            cap = "max_completion_tokens" if self.provider.type in ("openai", "azure_openai") \
+                else "max_tokens"
+            body[cap] = call.max_output_tokens
         if stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         else:

@@ -324,3 +324,32 @@ async def test_message_fields_the_gateway_does_not_read_pass_through(
             {"role": "user", "content": "say hi"}], "modalities": ["text", "audio"]})
         assert [choice["delta"].get("audio") for chunk in chunks
                 for choice in chunk["choices"]] == [None, {"transcript": "hi"}, None]
+
+
+async def test_a_deployments_output_cap_reaches_the_upstream_when_the_client_sets_none(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """The request is held (budgets, tpm) at the deployment's max_output_tokens; the
+    upstream was sent no cap, so it could write, and cost, more than was held."""
+    client = await make_gateway(_sections(openai_fake).replace(
+        "    routes:\n", """
+      capped: {provider: oai, model: gpt-4o-mini, context_window: 128000,
+               max_output_tokens: 100}
+      capped-local: {provider: compat, model: llama-3.1-8b, context_window: 32000,
+                     max_output_tokens: 100}
+    routes:
+      capped: {deployment: capped}
+      capped-local: {deployment: capped-local}
+""", 1))
+    hello = [{"role": "user", "content": "hello"}]
+    for route, field, other in (("capped", "max_completion_tokens", "max_tokens"),
+                                ("capped-local", "max_tokens", "max_completion_tokens")):
+        answer = await client.post(CHAT, json={"model": route, "messages": hello})
+        assert answer.status_code == 200, answer.text
+        sent = openai_fake.script.requests[-1]
+        assert sent[field] == 100 and other not in sent, sent
+    await client.post(CHAT, json={"model": "capped", "messages": hello, "max_tokens": 20})
+    sent = openai_fake.script.requests[-1]
+    assert sent.get("max_tokens") == 20 and "max_completion_tokens" not in sent
+    await client.post(CHAT, json={"model": "gpt", "messages": hello})  # no cap of its own
+    assert not {"max_tokens", "max_completion_tokens"} & set(openai_fake.script.requests[-1])

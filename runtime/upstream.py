@@ -38,6 +38,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnusable,
 )
+from .telemetry.tracing import traced
 
 # Phrases providers use for "the prompt is too long", whatever their error codes say.
 _CONTEXT_PHRASES = (
@@ -339,7 +340,7 @@ class Upstream:
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]:
-        request = self.client.build_request("POST", url, json=body, headers=headers)
+        request = self.client.build_request("POST", url, json=body, headers=traced(headers))
         try:
             response = await self.client.send(request, stream=True)
             content = await self._read(response)
@@ -373,7 +374,7 @@ class Upstream:
         byte could have been sent on to the client (and a fallback is still possible).
         """
         request = self.client.build_request(
-            "POST", url, json=body, headers={**headers, "accept": "text/event-stream"}
+            "POST", url, json=body, headers={**traced(headers), "accept": "text/event-stream"}
         )
         try:
             response = await self.client.send(request, stream=True)

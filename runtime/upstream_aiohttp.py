@@ -19,6 +19,7 @@ from aigw.compiler.graph import Provider
 
 from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
+from .telemetry.tracing import traced
 from .upstream import (
     capped_lines,
     classify,
@@ -84,7 +85,7 @@ class AiohttpUpstream:
         payload = jsonio.dumps(body)
         try:
             async with self._client().post(
-                url, data=payload, headers={**headers, "content-type": "application/json"},
+                url, data=payload, headers={**traced(headers), "content-type": "application/json"},
                 allow_redirects=False, proxy=self._proxy(url),
             ) as response:
                 raw = await read_capped(response.content.iter_any(), self.provider)
@@ -114,7 +115,7 @@ class AiohttpUpstream:
         try:
             response = await self._client().post(
                 url, data=payload,
-                headers={**headers, "content-type": "application/json",
+                headers={**traced(headers), "content-type": "application/json",
                          "accept": "text/event-stream"},
                 allow_redirects=False, proxy=self._proxy(url),
             )

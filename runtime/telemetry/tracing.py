@@ -30,6 +30,23 @@ PROVIDER_NAMES = {
 }
 
 
+# Whether any Tracing in this process exports spans: upstream calls carry their
+# attempt's traceparent only then (``traced``), and cost one lookup otherwise.
+_exporting = False
+
+
+def traced(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the current span's W3C ``traceparent`` (the upstream attempt's,
+    when called inside it), so that an upstream that traces joins the request's trace."""
+    if not _exporting:
+        return headers
+    from opentelemetry.propagate import inject
+
+    carried = dict(headers)
+    inject(carried)
+    return carried
+
+
 class Span:
     """What the runtime needs of a span; the no-op one does nothing at all."""
 
@@ -84,6 +101,8 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        global _exporting
+        _exporting = True
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aigw")})
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

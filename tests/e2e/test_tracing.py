@@ -9,9 +9,10 @@ import openai
 import pytest
 
 from ..conftest import DEV_KEY
+from ..fakes.openai_fake import OpenAIFake
 from ..fakes.otlp_receiver import OtlpReceiver
 from ..fakes.serve import serving
-from .server import Server
+from .server import Server, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -59,3 +60,39 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert "any-deployment-may-serve" in attributes["aigw.policy_ids"]
     assert attempt["attributes"]["gen_ai.request.model"] == "echo-1"
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2
+
+
+def test_the_upstream_is_sent_its_attempts_traceparent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that traces (vLLM, another gateway) joins the request's trace: its
+    calls carried no traceparent, so the trace ended at the gateway."""
+    receiver = OtlpReceiver()
+    fake = OpenAIFake()
+    with serving(receiver.app) as otlp, serving(fake.app) as upstream:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+        with sdk_gateway(tmp_path / "gw", (
+            "providers:\n"
+            f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
+            'api_key: "${FAKE_OPENAI_KEY}"}\n'
+            "deployments:\n"
+            "  llm: {provider: up, model: served-llm, context_window: 32000,"
+            " capabilities: [streaming]}\n"
+            "routes:\n"
+            "  llm: {deployment: llm}\n"
+        )) as (client, server):
+            for stream in (False, True):
+                answer = client.chat.completions.create(
+                    model="llm", messages=[{"role": "user", "content": "trace me"}],
+                    stream=stream, extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+                if stream:
+                    list(answer)  # type: ignore[call-overload]
+            deadline = time.monotonic() + 15
+            while len(receiver.spans) < 4:
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.1)
+    attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
+    sent = [headers.get("traceparent") for headers in fake.script.headers]
+    assert sorted(sent) == sorted(f"00-{TRACE_ID}-{s['span_id']}-01" for s in attempts), sent

@@ -91,6 +91,7 @@ class RequestRecord:
     span: Span = NO_SPAN
     trace_context: Any = None
     finished: bool = False
+    in_flight_route: str | None = None  # the route counted in flight (``started``)
 
     def overhead_s(self, now: float | None = None) -> float:
         """Time so far that was the gateway's own, not the upstream's."""
@@ -150,8 +151,9 @@ class Telemetry:
         return children
 
     def started(self, record: RequestRecord) -> None:
-        if record.route is not None:
+        if record.route is not None and record.in_flight_route is None:
             self._route(record.route).in_flight.inc()
+            record.in_flight_route = record.route
 
     def finish(self, record: RequestRecord) -> None:
         """Count the request once, however it ended."""
@@ -173,8 +175,8 @@ class Telemetry:
         overhead = record.overhead_s(now)
         by_route = self._route(route)
         by_route.overhead.observe(overhead)
-        if record.route is not None:
-            by_route.in_flight.dec()
+        if record.in_flight_route is not None:  # only what ``started`` counted
+            self._route(record.in_flight_route).in_flight.dec()
         if record.deployment is not None:
             served.latency.observe(now - record.started)
             if record.ttft_s is not None:

@@ -341,6 +341,7 @@ class PipelineChat:
         record = exchange.record  # identified (key, team, end user) by the caller
         record.route, record.model = route.name, request.model
         check_route_allowed(key, route)
+        exchange.live.telemetry.started(record)
         pipeline = exchange.live.graph.pipelines[route.target]
         execution, _ = await self.workflows.start_execution(
             key, pipeline.name, chat_input(pipeline, request), None, exchange.user

@@ -203,6 +203,10 @@ async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
               if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "About dogs"
+    # Counted in flight while they ran, and no more after (it went to -2: only the end
+    # was counted).
+    metrics = (await served.http.get("/metrics")).text
+    assert 'aigw_in_flight_requests{route="about"} 0.0' in metrics
 
 
 async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(

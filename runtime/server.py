@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -187,40 +189,104 @@ def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
     )
 
 
+# A worker that ends on its own after this long up is started again (a crash, an OOM
+# kill); one that ends sooner is failing to start, and ends the gateway instead.
+RESPAWN_AFTER_UP_S = 10.0
+
+
 def _run_master(options: ServeOptions, config: Config) -> int:
     sockets = config.create_sockets()
     # Workers share metrics through files (prometheus-client's multiprocess mode); the
-    # variable must be set before a worker imports prometheus_client.
+    # variable must be set before a worker imports prometheus_client. A directory the
+    # environment names is emptied of an earlier run's files first, as the client asks:
+    # they would count into this run (an old circuit shown open, old request counts).
     metrics_dir = tempfile.mkdtemp(prefix="aigw-metrics-")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker_main, daemon=False,
-                        args=(replace(options, supervise=index == 0), config, sockets))
-        for index in range(options.workers)
-    ]
+    workers: list[Any] = []
+    started: dict[int, float] = {}  # worker index -> when it was started
+    stopping = False
+
+    def start(index: int) -> Any:
+        worker = context.Process(target=_worker_main, daemon=False,
+                                 args=(replace(options, supervise=index == 0), config, sockets))
+        # SIGHUP's default ends a process, and a worker takes seconds to import and
+        # compile before it can reload: it is started with SIGHUP ignored (inherited),
+        # which it turns into "reload once up" first thing (``_worker_main``).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            worker.start()
+        finally:
+            signal.signal(signal.SIGHUP, forward)
+        started[index] = time.monotonic()
+        return worker
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 _send_signal(worker.pid, signum)
 
     # Before the workers start: a signal meanwhile is forwarded, not the master's death.
-    # SIGHUP's default ends a process, and a worker takes seconds to import and compile
-    # before it can reload: the workers are started with it ignored (inherited), which
-    # each turns into "reload once up" first thing (``_worker_main``).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for worker in workers:
-        worker.start()
-    signal.signal(signal.SIGHUP, forward)
-    for worker in workers:
-        worker.join()
+    for index in range(options.workers):
+        workers.append(start(index))
+    exitcodes: list[int] = []
+    while any(worker.is_alive() for worker in workers):
+        # With a timeout: a worker's sentinel stays open while a process it started
+        # holds it, and waitpid (``is_alive``) sees the end anyway.
+        multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()],
+                                        timeout=1.0)
+        for index, worker in enumerate(workers):
+            if isinstance(worker, _Ended) or worker.is_alive():
+                continue
+            _forget_worker_metrics(worker.pid)
+            up_s = time.monotonic() - started[index]
+            if stopping or up_s < RESPAWN_AFTER_UP_S:
+                # One stopped by the forwarded signal before it could handle it (a worker
+                # still starting) stopped as asked.
+                asked = stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+                exitcodes.append(0 if asked else worker.exitcode)
+                workers[index] = _Ended(worker.exitcode)
+                if not stopping:  # failing to start: end the gateway, not a loop
+                    log.error("worker %d ended (exit code %s) %.1f s after it started; "
+                              "stopping the gateway", worker.pid, worker.exitcode, up_s)
+                    forward(signal.SIGTERM, None)
+                continue
+            log.error("worker %d ended (exit code %s) after %.0f s; starting another",
+                      worker.pid, worker.exitcode, up_s)
+            workers[index] = start(index)
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max((worker.exitcode or 0) for worker in workers)
+    return max(exitcodes, default=0)
+
+
+class _Ended:
+    """A worker slot whose process ended and was not started again."""
+
+    pid = None
+    sentinel = None
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+
+    def is_alive(self) -> bool:
+        return False
+
+
+def _forget_worker_metrics(pid: int | None) -> None:
+    """Drop an ended worker's live gauges (in flight, circuit state) from /metrics."""
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _send_signal(pid: int, signum: int) -> None:

@@ -113,7 +113,7 @@ class Metrics:
                              ["route", "result"], registry=registry)
         self.circuit = Gauge("aigw_circuit_state",
                              "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-                             ["deployment"], registry=registry, multiprocess_mode="max")
+                             ["deployment"], registry=registry, multiprocess_mode="livemax")
         # This process's breakers (deployment -> state), published by publish_circuits.
         self.circuits: Callable[[], Mapping[str, str]] = dict
         self._circuits_shown: set[tuple[str, ...]] = set()
@@ -128,7 +128,8 @@ class Metrics:
                                  ["pipeline", "status"], registry=registry)
         self.budget_used = Gauge("aigw_budget_used_ratio",
                                  "Share of a budget spent in its current period.",
-                                 ["scope", "name"], registry=registry, multiprocess_mode="max")
+                                 ["scope", "name"], registry=registry,
+                                 multiprocess_mode="mostrecent")
         self._budgets_shown: set[tuple[str, ...]] = set()
 
     def publish_circuits(self) -> None:

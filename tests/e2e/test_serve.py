@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from aigw.runtime import server as server_module
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, add_broken_route
@@ -318,3 +320,65 @@ def _circuit_state(server: Server, deployment: str) -> float:
     line = next(line for line in text.splitlines()
                 if line.startswith(f'aigw_circuit_state{{deployment="{deployment}"}}'))
     return float(line.rsplit(" ", 1)[1])
+
+
+def _workers(server: Server) -> set[int]:
+    """The master's child processes (its workers), from /proc."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    found = set()
+    for pid in children.read_text().split():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        # A worker runs spawn_main; multiprocessing's resource tracker is no worker.
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            found.add(int(pid))
+    return found
+
+
+def test_a_worker_that_dies_is_started_again(gateway_dir: Path) -> None:
+    """A worker killed (OOM, a crash) left the gateway one worker short for good, and its
+    last in-flight and circuit figures in /metrics."""
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        time.sleep(server_module.RESPAWN_AFTER_UP_S + 0.5)  # up long enough to be respawned
+        before = _workers(server)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(_workers(server) - before) < 1 or "starting another" not in server.log:
+            assert time.monotonic() < deadline, (before, _workers(server), server.log)
+            time.sleep(0.1)
+        assert victim not in _workers(server) and len(_workers(server)) == 2
+        for _ in range(6):  # new connections: both workers answer
+            assert httpx.get(f"{server.base_url}/health").status_code == 200
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_metrics_of_an_earlier_run_do_not_count_into_this_one(
+    gateway_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR the environment names was used as it was: the last
+    run's request counts (and circuits) showed in the new one."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    (tmp_path / "metrics").mkdir()
+
+    def echo_requests(server: Server) -> float:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("aigw_requests_total{") and 'route="echo"' in line)
+
+    for expected in (3.0, 3.0):  # the second run counts its own three only
+        server = Server(gateway_dir, "--workers", "2")
+        try:
+            server.wait_ready()
+            for _ in range(3):
+                httpx.post(f"{server.base_url}/v1/chat/completions",
+                           headers={"authorization": f"Bearer {DEV_KEY}"},
+                           json={"model": "echo", "messages": [{"role": "user", "content": "m"}]})
+            assert echo_requests(server) == expected
+        finally:
+            assert server.stop() == 0, server.log

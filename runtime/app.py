@@ -25,7 +25,7 @@ from aigw.compiler.graph import ApiKey
 from . import usage_api
 from .admin_page import admin_page_routes
 from .auth import authenticate, require_admin
-from .chat import chat_completions, new_record
+from .chat import chat_completions, new_record, overhead_header
 from .embeddings import embeddings
 from .errors import (
     GatewayError,
@@ -266,6 +266,7 @@ class _Endpoints:
             response = await answer(exchange, key, body)
         except GatewayError as exc:
             await exchange.fail(exc)
+            exc.headers = {**exc.headers, **overhead_header(record)}
             live.telemetry.finish(record)
             raise
         except asyncio.CancelledError:

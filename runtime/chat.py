@@ -295,14 +295,14 @@ async def chat_completions(
         return JSONBody(
             completion_body(served.request_id, served.created, result),
             headers={**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-                     **_overhead(record)},
+                     **overhead_header(record)},
         )
     served, deltas = await exchange.stream()
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
     headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-               **_overhead(record)}
+               **overhead_header(record)}
     return await settled_stream(_events(encoder, deltas, live, record), headers)
 
 
@@ -329,7 +329,8 @@ def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment
         yield span
 
 
-def _overhead(record: RequestRecord) -> dict[str, str]:
+def overhead_header(record: RequestRecord) -> dict[str, str]:
+    """``x-aigw-overhead-ms``: the gateway's own time so far, on every answer."""
     return {"x-aigw-overhead-ms": f"{record.overhead_s() * 1000:.3f}"}
 
 

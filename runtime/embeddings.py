@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -13,13 +14,14 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey
 
 from .admission import check_route_allowed
-from .chat import resolve_route
+from .chat import overhead_header, resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
 from .exchange import Exchange
 from .live import Live
 from .policy_request import authorize_route
 from .providers.base import EmbeddingCall, EmbeddingResult
+from .telemetry.record import UpstreamFailure
 
 _MAX_INPUTS = 2048
 
@@ -75,20 +77,27 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                 param="input",
             )
         call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
+        record.attempts += 1
+        waited = time.perf_counter()
         try:
             result = await adapter.embed(call)
         except UpstreamError as exc:
+            record.failures.append(
+                UpstreamFailure(deployment.name, deployment.provider.name, str(exc.code)))
             last_error = exc
             if not exc.retryable:
                 raise
             continue
+        finally:  # the upstream's time, not the gateway's own overhead
+            record.upstream_s += time.perf_counter() - waited
         record.deployment, record.provider = deployment.name, deployment.provider.name
         record.prompt_tokens = result.prompt_tokens
         record.cost = deployment.price.cost(result.prompt_tokens, 0)
         await exchange.close()
         return JSONResponse(
             _body(result, request.encoding_format),
-            headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name},
+            headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name,
+                     **overhead_header(record)},
         )
     if last_error is not None:
         raise last_error

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 
 from .admission import check_route_allowed
 from .auth import authenticate
-from .chat import Served, new_record, resolve_route
+from .chat import Served, new_record, overhead_header, resolve_route
 from .chat_request import chat_request_from
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange
@@ -105,8 +105,9 @@ async def create_message(
         if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
             log.exception("unhandled error on POST /v1/messages", exc_info=exc)
             exc = InternalError("The gateway had an internal error; it is logged.")
-        response = _error_response(exc)
         await exchange.fail(exc)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        response = _error_response(exc)
         record.status = response.status_code
         live.telemetry.finish(record)
         return response
@@ -180,7 +181,7 @@ def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
     return {
         **served.headers(),
         "request-id": served.request_id,
-        "x-aigw-overhead-ms": f"{record.overhead_s() * 1000:.3f}",
+        **overhead_header(record),
     }
 
 

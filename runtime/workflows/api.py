@@ -43,6 +43,7 @@ from aigw.compiler.pipeline_graph import Pipeline
 from .. import jsonio
 from ..admission import check_route_allowed
 from ..auth import authenticate, require_admin
+from ..chat import overhead_header
 from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
@@ -346,7 +347,11 @@ class PipelineChat:
         execution, _ = await self.workflows.start_execution(
             key, pipeline.name, chat_input(pipeline, request), None, exchange.user
         )
+        waited = time.perf_counter()
         final = await self.workflows.wait_final(execution.id, route.deadline_s)
+        # The execution's time is its steps' (model calls included), counted as the
+        # upstream's: the overhead is the gateway's own around it, as for a model call.
+        record.upstream_s += time.perf_counter() - waited
         if final is None or final.status in (Status.FAILED, Status.CANCELLED):
             error = final.error if final is not None else "it disappeared"
             raise PipelineFailed(f"Pipeline '{pipeline.name}' (execution {execution.id}) did not "
@@ -364,7 +369,7 @@ class PipelineChat:
         record.cost = final.cost
         created = int(time.time())
         headers = {"x-aigw-route": route.name, "x-aigw-execution": final.id,
-                   "x-request-id": record.request_id}
+                   "x-request-id": record.request_id, **overhead_header(record)}
         if not request.stream:
             result = ChatResult(route.name, (Choice(0, text, "stop"),), usage)
             return JSONResponse(completion_body(record.request_id, created, result),

@@ -60,10 +60,36 @@ async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClien
 
 
 async def test_every_response_reports_the_gateways_overhead(client: httpx.AsyncClient) -> None:
-    response = await client.post(CHAT, json={"model": "fast",
-                                             "messages": [{"role": "user", "content": "hi"}]})
-    overhead = float(response.headers["x-aigw-overhead-ms"])
-    assert 0 <= overhead < 1000
+    """Errors, embeddings and /v1/messages too: only served chats carried it."""
+    hi = [{"role": "user", "content": "hi"}]
+    answers = [
+        await client.post(CHAT, json={"model": "fast", "messages": hi}),
+        await client.post(CHAT, json={"model": "fast", "messages": hi},
+                          headers={"Authorization": "Bearer sk-wrong"}),  # 401
+        await client.post(CHAT, json={"model": "missing", "messages": hi}),  # 404
+        await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"}),
+        await client.post("/v1/embeddings", json={"model": "fast", "input": "hi"}),  # 400
+        await client.post("/v1/messages", json={"model": "fast", "max_tokens": 5,
+                                                "messages": hi}),
+        await client.post("/v1/messages", json={"model": "missing", "max_tokens": 5,
+                                                "messages": hi}),  # 404
+    ]
+    assert [answer.status_code for answer in answers] == [200, 401, 404, 200, 400, 200, 404]
+    for answer in answers:
+        overhead = float(answer.headers["x-aigw-overhead-ms"])
+        assert 0 <= overhead < 1000, answer.request.url
+
+
+async def test_an_embeddings_call_is_timed_and_counted_as_an_upstream_attempt(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its upstream time counted as the gateway's own overhead, and the log said
+    attempts 0, though the upstream was called."""
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    answer = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"})
+    assert answer.status_code == 200, answer.text
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    assert line["attempts"] == 1 and line["overhead_ms"] <= line["latency_ms"]
 
 
 async def test_one_json_log_line_per_request_without_secrets(

@@ -148,6 +148,7 @@ async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRe
     finally:
         log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
         record.attempts = loop.trace.attempts
+        record.backoff_s = loop.trace.backoff_s
         record.failures.extend(UpstreamFailure(*failure) for failure in loop.trace.failures)
     deployment = won.candidate.deployment
     record.deployment = deployment.name

@@ -56,6 +56,7 @@ class Trace:
     steps: list[str] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     attempts: int = 0
+    backoff_s: float = 0.0  # waited before retries (backoff, a provider's Retry-After)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # deployment, provider, code
     policies: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment -> permits
 
@@ -193,6 +194,7 @@ class AttemptLoop(Generic[T]):
                     raise
                 self.trace.add(f"retry {candidate.deployment.name} in {wait * 1000:.0f} ms "
                                f"after {exc.code}")
+                self.trace.backoff_s += wait
                 await self.sleep(wait)
         raise AssertionError("unreachable")
 

@@ -81,6 +81,7 @@ class RequestRecord:
     completion_tokens: int = 0
     cost: float = 0.0
     upstream_s: float = 0.0  # time spent waiting on providers
+    backoff_s: float = 0.0  # and before retrying them: not the gateway's own either
     ttft_s: float | None = None
     failures: list[UpstreamFailure] = field(default_factory=list)
     model: str | None = None  # as the client asked
@@ -96,7 +97,7 @@ class RequestRecord:
     def overhead_s(self, now: float | None = None) -> float:
         """Time so far that was the gateway's own, not the upstream's."""
         elapsed = (now if now is not None else time.perf_counter()) - self.started
-        return max(0.0, elapsed - self.upstream_s)
+        return max(0.0, elapsed - self.upstream_s - self.backoff_s)
 
 
 @dataclass(slots=True)

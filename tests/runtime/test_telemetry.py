@@ -19,6 +19,7 @@ from aigw.runtime.telemetry.record import ACCESS_LOG
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, add_broken_route
+from ..fakes.serve import free_port
 
 CHAT = "/v1/chat/completions"
 
@@ -215,3 +216,34 @@ async def test_metrics_can_be_kept_to_admin_keys(gateway_dir: Path, counter: Tok
             assert admin.status_code == 200 and "aigw_requests_total" in admin.text
     finally:
         await gateway.aclose()
+
+
+async def test_waiting_before_a_retry_is_not_the_gateways_own_overhead(
+    gateway_dir: Path, counter: TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retried request's backoff was counted as overhead: a 300 ms wait showed as 300 ms
+    of the gateway's own time, past the overhead histogram's top bucket."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("\ndeployments:\n", f"""
+  dead: {{type: openai_compatible, base_url: "http://127.0.0.1:{free_port()}/v1"}}
+deployments:
+  unreachable: {{provider: dead, model: nobody-home, context_window: 8192,
+                 circuit_breaker: {{consecutive_failures: 10}}}}
+""", 1).replace("\ngroups:\n", """
+groups:
+  patient: {members: [unreachable], retry: {attempts: 1, backoff_ms: 300, max_backoff_ms: 300}}
+""", 1).replace("\nroutes:", "\nroutes:\n  patient: {group: patient}", 1))
+    gateway = Gateway(gateway_dir, counter)
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {DEV_KEY}"}) as http:
+            answer = await http.post(CHAT, json={"model": "patient",
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    finally:
+        await gateway.aclose()
+    assert answer.status_code == 502, answer.text
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    assert line["attempts"] == 2 and line["latency_ms"] >= 150  # waited 150-300 ms (jitter)
+    assert line["overhead_ms"] < line["latency_ms"] - 140, line

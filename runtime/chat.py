@@ -7,6 +7,7 @@ Every stage only looks things up in the graph snapshot the request started with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -196,8 +197,7 @@ async def complete(
             except BaseException as exc:  # failed or cancelled: the quota is given back
                 with anyio.CancelScope(shield=True):
                     await quotas.release(hold)
-                if isinstance(exc, GatewayError):
-                    span.error(str(exc.code))
+                _span_failed(span, exc)
                 raise
             finally:
                 record.upstream_s += time.perf_counter() - started
@@ -240,8 +240,7 @@ async def stream(
             except BaseException as exc:  # failed or cancelled: the quota is given back
                 with anyio.CancelScope(shield=True):
                     await quotas.release(hold)
-                if isinstance(exc, GatewayError):
-                    span.error(str(exc.code))
+                _span_failed(span, exc)
                 raise
             finally:
                 record.upstream_s += time.perf_counter() - started
@@ -328,6 +327,15 @@ def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment
         span.set("gen_ai.request.model", deployment.model)
         span.set("aigw.deployment", deployment.name)
         yield span
+
+
+def _span_failed(span: Span, exc: BaseException) -> None:
+    if isinstance(exc, GatewayError):
+        span.error(str(exc.code))
+    elif isinstance(exc, asyncio.CancelledError):
+        # The attempt's timeout, a hedge that lost or the client gone: the span says the
+        # call did not finish (it showed as unset, as if it had).
+        span.error("cancelled")
 
 
 def overhead_header(record: RequestRecord) -> dict[str, str]:

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from ..conftest import DEV_KEY
+from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.otlp_receiver import OtlpReceiver
 from ..fakes.serve import serving
@@ -96,3 +97,37 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     sent = [headers.get("traceparent") for headers in fake.script.headers]
     assert sorted(sent) == sorted(f"00-{TRACE_ID}-{s['span_id']}-01" for s in attempts), sent
+
+
+def test_an_attempt_that_timed_out_is_a_failed_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its span ended as if the call had succeeded (status unset, no error.type), while
+    the metrics counted an upstream_timeout."""
+    receiver = OtlpReceiver()
+    fake = OpenAIFake()
+    for _ in range(4):
+        fake.script.actions.append(Action(delay_s=2.0))
+    with serving(receiver.app) as otlp, serving(fake.app) as upstream:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+        with sdk_gateway(tmp_path / "gw", (
+            "providers:\n"
+            f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
+            'api_key: "${FAKE_OPENAI_KEY}"}\n'
+            "deployments:\n"
+            "  llm: {provider: up, model: served-llm, context_window: 32000, timeout_s: 0.2}\n"
+            "routes:\n"
+            "  llm: {deployment: llm}\n"
+        )) as (client, server):
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(
+                    model="llm", messages=[{"role": "user", "content": "too slow"}])
+            deadline = time.monotonic() + 15
+            while not any(s["name"] == "chat llm" for s in receiver.spans):
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.1)
+    attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
+    assert attempts and all(s["attributes"].get("error.type") == "cancelled"
+                            for s in attempts), attempts

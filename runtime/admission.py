@@ -228,6 +228,7 @@ class DeploymentQuotas:
             raise UpstreamRateLimited(
                 f"deployment '{deployment.name}' is at its own quota: {decision.message}",
                 provider=deployment.provider.name, retry_after=decision.retry_after,
+                headers=decision.rate.headers(),
             )
         return Hold(store, decision)
 

@@ -36,6 +36,7 @@ and no message carries a provider key.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 
@@ -194,9 +195,13 @@ class UpstreamError(GatewayError):
         retry_after: float | None = None,
         upstream_status: int | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else None
-        super().__init__(message, param=param, headers=headers)
+        headers = dict(headers or {})
+        if retry_after:  # rounded up: a client that waits what it is told is not early
+            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
+        super().__init__(message, param=param, headers=headers or None)
         self.provider = provider
         self.retry_after = retry_after
         self.upstream_status = upstream_status

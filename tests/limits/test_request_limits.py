@@ -158,6 +158,31 @@ async def test_deployment_quota_skips_the_member_without_calling_it(
     assert second.headers["x-aigw-deployment"] == "quota-2"  # quota-1 is at its 1 rpm
 
 
+async def test_a_deployments_own_quota_refuses_with_openai_headers(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """Its 429 had no x-ratelimit-* and no retry-after-ms, and rounded Retry-After to
+    the nearest second: a client that waited what it was told could come back early."""
+    (tmp_path / "gateway.yaml").write_text(limits_config().replace(
+        "  free: {deployment: quota-2}",
+        "  free: {deployment: quota-2}\n  one: {deployment: quota-1}"))
+    gateway = Gateway(tmp_path, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {KEYS['dev']}"}) as dev:
+            assert (await dev.post(CHAT, json=_ask("one"))).status_code == 200
+            refused = await dev.post(CHAT, json=_ask("one"),
+                                     headers={"x-aigw-deadline-ms": "300"})  # no waiting
+    finally:
+        await gateway.aclose()
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    waited_ms = int(refused.headers["retry-after-ms"])
+    assert int(refused.headers["retry-after"]) * 1000 >= waited_ms > 0
+
+
 async def test_a_stream_is_settled_once_when_it_ends(limited: ClientFactory) -> None:
     client = await limited()
     alice, dev = client("alice"), client("dev")

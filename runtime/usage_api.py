@@ -82,12 +82,13 @@ async def admin_spend(live: Live, request: Request) -> Response:
     return await _summary(live, _query(request, (Dimension.TEAM, Dimension.KEY)))
 
 
-async def declared_budgets(live: Live) -> tuple[BudgetStatus, ...]:
-    """Every budget the graph declares for teams and keys, for its current period (not
-    end users': their names are whatever clients send)."""
+async def declared_budgets(live: Live, user: str | None = None) -> tuple[BudgetStatus, ...]:
+    """Every budget the graph declares for teams and keys, for its current period, and
+    with ``user`` that end user's under each team and key (end users are not listed
+    otherwise: their names are whatever clients send)."""
     limits: dict[tuple[Scope, str], Limits] = {}
     for key in live.graph.keys_by_sha256.values():
-        for item in subject_limits(key, None):
+        for item in subject_limits(key, user):
             if item.budget is not None:
                 limits[(item.scope, item.name)] = item
     if not limits:
@@ -97,9 +98,10 @@ async def declared_budgets(live: Live) -> tuple[BudgetStatus, ...]:
 
 
 async def admin_budgets(live: Live, request: Request) -> Response:
-    """Every budget the graph declares for teams and keys, for its current period."""
+    """Every budget the graph declares for teams and keys, for its current period
+    (``?user=`` adds that end user's)."""
     require_admin(live.graph, request.headers)
-    statuses = await declared_budgets(live)
+    statuses = await declared_budgets(live, request.query_params.get("user") or None)
     return JSONResponse({"object": "list", "data": [
         {
             "scope": status.scope.value,

@@ -86,6 +86,12 @@ async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     assert summary == [{"day": None, "team": None, "key": "alice", "user": None, "route": None,
                         "deployment": None, "requests": 4, "errors": 1, "tokens_in": 27,
                         "tokens_out": 9, "cost": 36.0}]
+    # An end user's budget is listed when asked for by name (it was not listed at all).
+    budgets = (await client("dev").get("/admin/budgets?user=u1")).json()["data"]
+    [mine] = [b for b in budgets if b["scope"] == "user"]
+    assert (mine["name"], mine["amount"], mine["spent"], mine["held"]) == ("eng/u1", 40, 24, 0)
+    assert not [b for b in (await client("dev").get("/admin/budgets")).json()["data"]
+                if b["scope"] == "user"]
 
 
 async def test_user_may_come_from_the_configured_header(limited: ClientFactory) -> None:

@@ -36,6 +36,7 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     cache_creation_tokens: int = 0  # prompt tokens written to it (Anthropic bills these)
+    reasoning_tokens: int = 0  # output tokens spent thinking (in completion_tokens too)
     # False: the provider reported none (an OpenAI-compatible server that ignores
     # include_usage, say); the adapters' guard counts the answer's tokens instead.
     reported: bool = True
@@ -43,7 +44,7 @@ class Usage:
     def __post_init__(self) -> None:
         # A provider's negative count would bill a credit and break the counters.
         if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-               self.cache_creation_tokens) < 0:
+               self.cache_creation_tokens, self.reasoning_tokens) < 0:
             raise ValueError(f"negative token counts in {self}")
 
     @property

@@ -279,10 +279,11 @@ def _finish(reason: str, called: bool) -> str:
 def _usage(usage: Mapping[str, Any], call: ChatCall) -> Usage:
     prompt = int(usage.get("promptTokenCount") or 0) + int(
         usage.get("toolUsePromptTokenCount") or 0)
-    completion = int(usage.get("candidatesTokenCount") or 0) + int(
-        usage.get("thoughtsTokenCount") or 0)
+    thoughts = int(usage.get("thoughtsTokenCount") or 0)
+    completion = int(usage.get("candidatesTokenCount") or 0) + thoughts
     return Usage(prompt or call.prompt_tokens, completion,
-                 cached_tokens=int(usage.get("cachedContentTokenCount") or 0))
+                 cached_tokens=int(usage.get("cachedContentTokenCount") or 0),
+                 reasoning_tokens=thoughts)
 
 
 def _raise_if_blocked(document: Mapping[str, Any], provider: Provider) -> None:

@@ -231,10 +231,12 @@ def _unread(message: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
     details = usage.get("prompt_tokens_details") or {}
+    output = usage.get("completion_tokens_details") or {}
     return Usage(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         cached_tokens=int(details.get("cached_tokens") or 0),
+        reasoning_tokens=int(output.get("reasoning_tokens") or 0),
     )
 
 

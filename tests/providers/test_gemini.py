@@ -11,6 +11,7 @@ import pytest
 
 from ..fakes.brain import Action
 from ..fakes.gemini_fake import SIGNATURE, GeminiFake
+from ..fakes.scripted import scripted_upstream
 from ..fakes.serve import serving
 from .conftest import GatewayFactory
 
@@ -418,3 +419,28 @@ async def test_embeddings_in_batches_with_dimensions(
     assert len(first) == 100
     assert first[0] == {"model": "models/gemini-embedding-001",
                         "content": {"parts": [{"text": "text 0"}]}, "outputDimensionality": 4}
+
+
+async def test_thinking_tokens_are_reported_as_reasoning_tokens(
+    make_gateway: GatewayFactory,
+) -> None:
+    """thoughtsTokenCount was billed as output (it is) but not told apart."""
+    with scripted_upstream() as upstream:
+        client = await make_gateway(f"""
+        providers:
+          gem: {{type: gemini, base_url: "{upstream.base_url}/v1beta", api_key: "AIza-test"}}
+        deployments:
+          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1000000}}
+        routes:
+          flash: {{deployment: flash}}
+        """)
+        upstream.now({"candidates": [{"content": {"role": "model", "parts": [{"text": "42"}]},
+                                      "finishReason": "STOP", "index": 0}],
+                      "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2,
+                                        "thoughtsTokenCount": 40, "totalTokenCount": 47}})
+        answer = await client.post("/v1/chat/completions", json={
+            "model": "flash", "messages": [{"role": "user", "content": "think"}]})
+    assert answer.status_code == 200, answer.text
+    usage = answer.json()["usage"]
+    assert usage["completion_tokens"] == 42
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 40}

@@ -353,3 +353,27 @@ async def test_a_deployments_output_cap_reaches_the_upstream_when_the_client_set
     assert sent.get("max_tokens") == 20 and "max_completion_tokens" not in sent
     await client.post(CHAT, json={"model": "gpt", "messages": hello})  # no cap of its own
     assert not {"max_tokens", "max_completion_tokens"} & set(openai_fake.script.requests[-1])
+
+
+async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -> None:
+    """completion_tokens_details.reasoning_tokens (o-series models) came back null."""
+    with scripted_upstream() as upstream:
+        client = await make_gateway(f"""
+        providers:
+          up: {{type: openai, base_url: "{upstream.base_url}/v1", api_key: "sk-test"}}
+        deployments:
+          o: {{provider: up, model: o4-mini, context_window: 128000}}
+        routes:
+          o: {{deployment: o}}
+        """)
+        upstream.now({"id": "x", "object": "chat.completion", "model": "o4-mini",
+                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                          "role": "assistant", "content": "42"}}],
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 30,
+                                "completion_tokens_details": {"reasoning_tokens": 25}}})
+        answer = await client.post(CHAT, json={"model": "o", "messages": [
+            {"role": "user", "content": "think"}]})
+    assert answer.status_code == 200, answer.text
+    usage = answer.json()["usage"]
+    assert usage["completion_tokens"] == 30
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 25}

@@ -176,8 +176,9 @@ class Telemetry:
         overhead = record.overhead_s(now)
         by_route = self._route(route)
         by_route.overhead.observe(overhead)
-        if record.in_flight_route is not None:  # only what ``started`` counted
-            self._route(record.in_flight_route).in_flight.dec()
+        counted = record.in_flight_route
+        if counted is not None:  # only what ``started`` counted
+            (by_route if counted == route else self._route(counted)).in_flight.dec()
         if record.deployment is not None:
             served.latency.observe(now - record.started)
             if record.ttft_s is not None:

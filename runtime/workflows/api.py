@@ -43,12 +43,13 @@ from aigw.compiler.pipeline_graph import Pipeline
 from .. import jsonio
 from ..admission import check_route_allowed
 from ..auth import authenticate, require_admin
-from ..chat import overhead_header
+from ..chat import new_record, overhead_header
 from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    GatewayError,
     NotFound,
     PayloadTooLarge,
     PipelineFailed,
@@ -68,6 +69,7 @@ from ..store.executions import (
     Status,
     StepState,
 )
+from ..telemetry.record import RequestRecord
 from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -267,17 +269,47 @@ class _Api:
                              "total_cost": round(sum(row.cost for row in rows), 9)})
 
     async def call_pipeline(self, request: Request) -> Response:
+        """POST /v1/pipelines/{name}: counted in the metrics and the access log as any
+        model request is (its model calls are counted on their own, with the ledger)."""
+        live = self.workflows.gateway.live
+        record = new_record(live, "pipelines")
+        try:
+            response = await self._call_pipeline(request, record)
+        except GatewayError as exc:
+            record.status, record.error = exc.status, str(exc.code)
+            exc.headers = {**exc.headers, **overhead_header(record)}
+            raise
+        except Exception:
+            record.status, record.error = 500, "internal_error"
+            raise
+        else:
+            record.status = response.status_code
+            response.headers.update(overhead_header(record))
+            return response
+        finally:
+            live.telemetry.finish(record)
+
+    async def _call_pipeline(self, request: Request, record: RequestRecord) -> Response:
         key = self._key(request)
+        record.key, record.team = key.name, key.team.name if key.team else None
         name = request.path_params["name"]
         given = await _json_body(request)
         wait_s = _float(request.query_params.get("wait_s"), 300.0)
         user = self._user(request)
+        record.user = user
         await self._authorize(request, key, name, user)
+        if name in self._graph().pipelines:  # declared: a bounded label, never raw input
+            record.route = f"pipeline:{name}"
+            self.workflows.gateway.live.telemetry.started(record)
         execution, _ = await self.workflows.start_execution(
             key, name, given, request.headers.get("idempotency-key"), user
         )
+        waited = time.perf_counter()
         final = await self.workflows.wait_final(execution.id, wait_s)
+        record.upstream_s += time.perf_counter() - waited  # the steps' time, as for a chat
         assert final is not None
+        record.prompt_tokens, record.completion_tokens = final.prompt_tokens, \
+            final.completion_tokens
         body = {"execution": final.id, "pipeline": name, "status": final.status.value,
                 "output": final.output, "error": final.error, "cost": round(final.cost, 9),
                 "usage": final.as_dict()["usage"]}

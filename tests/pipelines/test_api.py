@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .conftest import ALICE_KEY, FAST_ONLY_KEY, Serve, approval_pipeline
 
@@ -275,3 +278,27 @@ async def test_ended_executions_are_counted_in_the_metrics(serve: Serve) -> None
     await served.run("about", {"topic": "a"})
     metrics = (await served.http.get("/metrics")).text
     assert 'aigw_workflow_executions_total{pipeline="about",status="succeeded"} 1.0' in metrics
+
+
+async def test_a_pipeline_call_has_its_log_line_and_metrics(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """POST /v1/pipelines/{name} (its 401s too) left no access log line and no metric;
+    only the model calls inside it did."""
+    served = await serve({"about": ECHO_PIPELINE})
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    ran = await served.http.post("/v1/pipelines/about", json={"topic": "cats"})
+    assert ran.status_code == 200, ran.text
+    assert float(ran.headers["x-aigw-overhead-ms"]) >= 0
+    refused = await served.http.post("/v1/pipelines/about", json={"topic": "cats"},
+                                     headers={"authorization": "Bearer sk-nobody"})
+    assert refused.status_code == 401
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    calls = [line for line in lines if line["endpoint"] == "pipelines"]
+    assert [(line["route"], line["status"], line["key"]) for line in calls] == [
+        ("pipeline:about", 200, "dev"), (None, 401, None)]
+    assert calls[0]["completion_tokens"] > 0  # the execution's, its model calls'
+    metrics = (await served.http.get("/metrics")).text
+    assert 'aigw_requests_total{deployment="_none",provider="_none",route="pipeline:about",' \
+        'status="200",team="eng"} 1.0' in metrics
+    assert 'aigw_in_flight_requests{route="pipeline:about"} 0.0' in metrics

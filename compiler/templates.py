@@ -30,7 +30,7 @@ from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS as _JINJA_FILTERS
 from jinja2.parser import Parser
-from jinja2.runtime import Context
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 T = TypeVar("T")
@@ -123,6 +123,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(__obj, LoopContext) and args:
+            # ``loop(items)`` in a recursive loop: its rounds count as the outer loop's
+            # do (``_count_loops`` reaches only the iterable written in the for tag).
+            args = (_counted_loop(args[0]), *args[1:])
         made = getattr(__obj, "__self__", None)
         if isinstance(made, str):
             name = getattr(__obj, "__name__", "")

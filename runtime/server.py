@@ -202,8 +202,9 @@ def _run_master(options: ServeOptions, config: Config) -> int:
     # they would count into this run (an old circuit shown open, old request counts).
     metrics_dir = tempfile.mkdtemp(prefix="aigw-metrics-")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
-        stale.unlink(missing_ok=True)
+    for kind in ("counter", "gauge", "histogram", "summary"):  # prometheus-client's own
+        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob(f"{kind}_*.db"):
+            stale.unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")
     workers: list[Any] = []
     started: dict[int, float] = {}  # worker index -> when it was started
@@ -250,7 +251,10 @@ def _run_master(options: ServeOptions, config: Config) -> int:
                 # One stopped by the forwarded signal before it could handle it (a worker
                 # still starting) stopped as asked.
                 asked = stopping and worker.exitcode in (-signal.SIGTERM, -signal.SIGINT)
-                exitcodes.append(0 if asked else worker.exitcode)
+                # Killed by a signal N is 128 + N, as a shell says: never 0 (a failure
+                # a supervisor must see).
+                code = worker.exitcode
+                exitcodes.append(0 if asked else 128 - code if code < 0 else code)
                 workers[index] = _Ended(worker.exitcode)
                 if not stopping:  # failing to start: end the gateway, not a loop
                     log.error("worker %d ended (exit code %s) %.1f s after it started; "
@@ -260,6 +264,8 @@ def _run_master(options: ServeOptions, config: Config) -> int:
             log.error("worker %d ended (exit code %s) after %.0f s; starting another",
                       worker.pid, worker.exitcode, up_s)
             workers[index] = start(index)
+            if stopping:  # asked to stop while it started: it was not there to be told
+                _send_signal(workers[index].pid, signal.SIGTERM)
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)

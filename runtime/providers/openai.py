@@ -58,16 +58,17 @@ class OpenAIAdapter:
                 deployment.max_output_tokens < deployment.context_window:
             # The request was held (budgets, tpm) at the deployment's max_output_tokens:
             # the upstream is held to it too, or it could write, and cost, more.
-            # OpenAI's own API (and Azure's) takes max_completion_tokens (its reasoning
-            # models refuse max_tokens); OpenAI-compatible servers know max_tokens.
-            cap = "max_completion_tokens" if self.provider.type in ("openai", "azure_openai") \
-                else "max_tokens"
-            body[cap] = call.max_output_tokens
+            body[self.cap_field()] = call.max_output_tokens
         if stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         else:
             body.pop("stream_options", None)
         return body
+
+    def cap_field(self) -> str:
+        """OpenAI's own API takes max_completion_tokens (its reasoning models refuse
+        max_tokens); OpenAI-compatible servers know max_tokens."""
+        return "max_completion_tokens" if self.provider.type == "openai" else "max_tokens"
 
     async def complete(self, call: ChatCall) -> ChatResult:
         url = self.url(call.deployment.model, "chat/completions")
@@ -152,6 +153,11 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         body = super().body(call, stream)
         body.pop("model", None)  # the URL names the deployment
         return body
+
+    def cap_field(self) -> str:
+        """Azure takes max_completion_tokens from API version 2024-09-01-preview on;
+        older versions know max_tokens only."""
+        return "max_completion_tokens" if self._version >= "2024-09-01" else "max_tokens"
 
 
 def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:

@@ -382,3 +382,18 @@ def test_metrics_of_an_earlier_run_do_not_count_into_this_one(
             assert echo_requests(server) == expected
         finally:
             assert server.stop() == 0, server.log
+
+
+def test_a_worker_killed_while_it_starts_stops_the_gateway_with_a_failure(
+    gateway_dir: Path,
+) -> None:
+    """Not started again (it would fail again), and not an exit code of 0 that a
+    supervisor takes for success (max() of -9 and 0 was 0)."""
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        os.kill(min(_workers(server)), signal.SIGKILL)
+        assert server.process.wait(timeout=30) == 128 + signal.SIGKILL, server.log
+        assert "stopping the gateway" in server.log
+    finally:
+        server.stop()

@@ -59,6 +59,19 @@ output: "{{ steps.said }}"
     assert result["status"] == "failed" and "loops went round" in result["error"]
 
 
+def test_a_recursive_loops_inner_rounds_count_too() -> None:
+    """Only the iterable in the for tag was counted: ``loop(items)`` recursed through
+    uncounted ones, and 36,000,000 rounds ran for 87 s (found by a review)."""
+    from aigw.compiler.templates import compile_text
+
+    text, _ = compile_text(new_environment(), (
+        "{% for a in top recursive %}{% if loop.depth < 4 %}{{ loop(xs) }}{% endif %}"
+        "{% endfor %}"))
+    assert text.render({"top": [1, 2], "xs": [1, 2]}) == ""
+    with pytest.raises(SecurityError, match=r"loops went round more than|ran for more than"):
+        text.render({"top": [1] * 1000, "xs": [1] * 1000})
+
+
 def test_range_calls_outside_loops_add_up_too() -> None:
     summed = " + ".join(["(range(100000) | length)"] * 101)
     expression, _ = compile_expr(new_environment(), summed)

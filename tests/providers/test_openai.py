@@ -8,6 +8,10 @@ import struct
 
 import httpx
 
+from aigw.compiler.graph import Provider
+from aigw.runtime.providers.openai import AzureOpenAIAdapter
+from aigw.runtime.tokens import TokenCounter
+
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import scripted_upstream
@@ -331,19 +335,24 @@ async def test_a_deployments_output_cap_reaches_the_upstream_when_the_client_set
 ) -> None:
     """The request is held (budgets, tpm) at the deployment's max_output_tokens; the
     upstream was sent no cap, so it could write, and cost, more than was held."""
-    client = await make_gateway(_sections(openai_fake).replace(
-        "    routes:\n", """
+    client = await make_gateway(_sections(openai_fake).replace("    routes:\n", """
       capped: {provider: oai, model: gpt-4o-mini, context_window: 128000,
                max_output_tokens: 100}
       capped-local: {provider: compat, model: llama-3.1-8b, context_window: 32000,
                      max_output_tokens: 100}
+      capped-azure: {provider: az, model: my-gpt, context_window: 128000,
+                     max_output_tokens: 100}
     routes:
       capped: {deployment: capped}
       capped-local: {deployment: capped-local}
+      capped-azure: {deployment: capped-azure}
 """, 1))
     hello = [{"role": "user", "content": "hello"}]
-    for route, field, other in (("capped", "max_completion_tokens", "max_tokens"),
-                                ("capped-local", "max_tokens", "max_completion_tokens")):
+    for route, field, other in (
+        ("capped", "max_completion_tokens", "max_tokens"),
+        ("capped-local", "max_tokens", "max_completion_tokens"),
+        ("capped-azure", "max_completion_tokens", "max_tokens"),
+    ):
         answer = await client.post(CHAT, json={"model": route, "messages": hello})
         assert answer.status_code == 200, answer.text
         sent = openai_fake.script.requests[-1]
@@ -377,3 +386,16 @@ async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -
     usage = answer.json()["usage"]
     assert usage["completion_tokens"] == 30
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 25}
+
+
+def test_azure_api_versions_before_max_completion_tokens_are_sent_max_tokens() -> None:
+    """API versions before 2024-09-01-preview know max_tokens only."""
+    def adapter(version: str) -> AzureOpenAIAdapter:
+        return AzureOpenAIAdapter(Provider(
+            name="az", type="azure_openai", base_url="https://x.openai.azure.com",
+            api_version=version, timeout_s=5.0, max_connections=1, headers={},
+            disabled_reason=None), TokenCounter())
+
+    assert adapter("2024-06-01").cap_field() == "max_tokens"
+    assert adapter("2024-09-01-preview").cap_field() == "max_completion_tokens"
+    assert adapter("2024-10-21").cap_field() == "max_completion_tokens"

@@ -226,13 +226,15 @@ async def stream(
     record = record or new_record(live, "chat")
     quotas = DeploymentQuotas(live.store, record)
     holds: dict[str, Hold | None] = {}
-    Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta]]
+    Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta], Span]
 
     async def attempt(candidate: Candidate) -> Opened:
         hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
         deltas = candidate.adapter.stream(_call(chosen, candidate))
         started = time.perf_counter()
-        with _attempt_span(live, record, candidate) as span:
+        # The span lasts as long as the stream (``_measured`` ends it), not to its first
+        # delta: its duration and usage are the whole call's.
+        with _attempt_span(live, record, candidate, ends=False) as span:
             try:
                 first = await anext(deltas)
             except StopAsyncIteration:
@@ -241,27 +243,29 @@ async def stream(
                 with anyio.CancelScope(shield=True):
                     await quotas.release(hold)
                 _span_failed(span, exc)
+                span.end()
                 raise
             finally:
                 record.upstream_s += time.perf_counter() - started
             holds[candidate.deployment.name] = hold
-            return first, deltas
+            return first, deltas, span
 
     async def discard(opened: Opened) -> None:
         # A hedge that lost; its quota is settled by what it used: none.
         await close_deltas(opened[1])
+        opened[2].end()
 
     won = await _run(live, chosen, _loop(live, chosen, attempt, discard), record)
     stats = live.routing.of(won.candidate.deployment)
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
     record.ttft_s = time.perf_counter() - record.started
-    first, rest = won.value
+    first, rest, span = won.value
     record.response_model = won.candidate.deployment.model
     for name, hold in holds.items():  # hedge losers' holds go back at once
         if name != won.candidate.deployment.name:
             await quotas.release(hold)
     hold = holds.get(won.candidate.deployment.name)
-    return _served(record, chosen, won), _measured(live, won, record, first, rest, hold)
+    return _served(record, chosen, won), _measured(live, won, record, first, rest, hold, span)
 
 
 class PipelineChat(Protocol):
@@ -310,12 +314,13 @@ _UNTRACED = nullcontext(NO_SPAN)  # reusable: entering it does nothing
 
 
 def _attempt_span(
-    live: Live, record: RequestRecord, candidate: Candidate
+    live: Live, record: RequestRecord, candidate: Candidate, *, ends: bool = True
 ) -> AbstractContextManager[Span]:
     if record.trace_context is None:  # tracing is off (or the request has no span)
         return _UNTRACED
     deployment = candidate.deployment
-    span = live.telemetry.tracing.attempt(f"chat {deployment.model}", record.trace_context)
+    span = live.telemetry.tracing.attempt(f"chat {deployment.model}", record.trace_context,
+                                          ends=ends)
     return _labelled(span, deployment)
 
 
@@ -369,6 +374,7 @@ async def _measured(
     first: ChatDelta | None,
     rest: AsyncIterator[ChatDelta],
     hold: Hold | None,
+    span: Span = NO_SPAN,
 ) -> AsyncIterator[ChatDelta]:
     """The stream as the client sees it: in flight to its end, timed, and billed once.
     Cut before the upstream reported usage, it is billed what it sent, before the
@@ -400,10 +406,18 @@ async def _measured(
                 record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta
         stats.observe_latency((live.routing.clock() - won.started) * 1000)
+    except BaseException as exc:
+        _span_failed(span, exc)
+        raise
     finally:
         stats.in_flight -= 1
         if not billed:
             bill_sent(record, deployment, sent, live.counter)
+        span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
+        span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+        if record.finish_reasons:
+            span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+        span.end()
         # Shielded: a client that went away cancels the stream, not its clean-up.
         with anyio.CancelScope(shield=True):
             await close_deltas(rest)

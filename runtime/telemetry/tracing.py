@@ -125,15 +125,17 @@ class Tracing:
         return _OtelSpan(span), trace.set_span_in_context(span)
 
     @contextlib.contextmanager
-    def attempt(self, name: str, parent: Any) -> Iterator[Span]:
-        """One upstream attempt, a child of the request span."""
+    def attempt(self, name: str, parent: Any, *, ends: bool = True) -> Iterator[Span]:
+        """One upstream attempt, a child of the request span, current inside the block.
+        ``ends=False``: a stream's, which its reader ends (``Span.end``) with the stream,
+        not when the first delta is in."""
         if not self.enabled or parent is None:
             yield NO_SPAN
             return
         from opentelemetry.trace import SpanKind
 
-        with self._tracer.start_as_current_span(name, context=parent,
-                                                kind=SpanKind.CLIENT) as span:
+        with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CLIENT,
+                                                end_on_exit=ends) as span:
             yield _OtelSpan(span)
 
     def shutdown(self) -> None:

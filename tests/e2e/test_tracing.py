@@ -97,6 +97,10 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     sent = [headers.get("traceparent") for headers in fake.script.headers]
     assert sorted(sent) == sorted(f"00-{TRACE_ID}-{s['span_id']}-01" for s in attempts), sent
+    # The streamed attempt's span lasts to the stream's end, with its usage: it ended at
+    # the first delta, with none.
+    assert all(s["attributes"].get("gen_ai.usage.output_tokens", 0) > 0 for s in attempts), \
+        attempts
 
 
 def test_an_attempt_that_timed_out_is_a_failed_span(

@@ -29,6 +29,20 @@ local function store_bucket(key, cap, level, since)
   local full_in = math.ceil((cap - level) * 60000 / cap) + 1000
   redis.call('PEXPIRE', key, full_in)
 end
+
+-- Give back to the buckets KEYS[2..nb+1] what ARGV[a..] says, (cap, refund) each, up to
+-- their caps; returns the index of the ARGV after them.
+local function refund_buckets(nb, a, now)
+  for i = 1, nb do
+    local cap, refund = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    a = a + 2
+    local level, since = refill(KEYS[1 + i], cap, now)
+    level = level + refund
+    if level > cap then level = cap end
+    store_bucket(KEYS[1 + i], cap, level, since)
+  end
+  return a
+end
 """
 
 # Release a hold of request `rid` on budget hash `hk` (and its expiry set `zk`).
@@ -124,15 +138,7 @@ SETTLE = (
 local now, rid, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local nb, ng = tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-local a = 6
-for i = 1, nb do
-  local cap, refund = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  local level, since = refill(KEYS[1 + i], cap, now)
-  level = level + refund
-  if level > cap then level = cap end
-  store_bucket(KEYS[1 + i], cap, level, since)
-end
+local a = refund_buckets(nb, 6, now)
 for j = 1, ng do
   local hk, zk, keep = KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], tonumber(ARGV[a])
   a = a + 1
@@ -167,15 +173,7 @@ if marker ~= ARGV[4] then
   return 0
 end
 redis.call('SET', KEYS[1], 'abandoned', 'PX', ARGV[3])
-local a = 7
-for i = 1, nb do
-  local cap, refund = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  local level, since = refill(KEYS[1 + i], cap, now)
-  level = level + refund
-  if level > cap then level = cap end
-  store_bucket(KEYS[1 + i], cap, level, since)
-end
+refund_buckets(nb, 7, now)
 for j = 1, ng do
   unhold(KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], rid)
 end

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -63,13 +65,13 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2
 
 
-def test_the_upstream_is_sent_its_attempts_traceparent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An upstream that traces (vLLM, another gateway) joins the request's trace: its
-    calls carried no traceparent, so the trace ended at the gateway."""
-    receiver = OtlpReceiver()
-    fake = OpenAIFake()
+@contextmanager
+def _traced_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver,
+    fake: OpenAIFake, deployment: str,
+) -> Iterator[tuple[openai.OpenAI, Server]]:
+    """A real gateway exporting its traces to ``receiver``, with route ``llm`` on the
+    deployment ``llm`` of ``fake`` (``deployment``: more of its YAML flow mapping)."""
     with serving(receiver.app) as otlp, serving(fake.app) as upstream:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -79,21 +81,31 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
             f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
             'api_key: "${FAKE_OPENAI_KEY}"}\n'
             "deployments:\n"
-            "  llm: {provider: up, model: served-llm, context_window: 32000,"
-            " capabilities: [streaming]}\n"
+            f"  llm: {{provider: up, model: served-llm, context_window: 32000, {deployment}}}\n"
             "routes:\n"
             "  llm: {deployment: llm}\n"
-        )) as (client, server):
-            for stream in (False, True):
-                answer = client.chat.completions.create(
-                    model="llm", messages=[{"role": "user", "content": "trace me"}],
-                    stream=stream, extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-                if stream:
-                    list(answer)  # type: ignore[call-overload]
-            deadline = time.monotonic() + 15
-            while len(receiver.spans) < 4:
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.1)
+        )) as served:
+            yield served
+
+
+def test_the_upstream_is_sent_its_attempts_traceparent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that traces (vLLM, another gateway) joins the request's trace: its
+    calls carried no traceparent, so the trace ended at the gateway."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake,
+                         "capabilities: [streaming]") as (client, server):
+        for stream in (False, True):
+            answer = client.chat.completions.create(
+                model="llm", messages=[{"role": "user", "content": "trace me"}],
+                stream=stream, extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+            if stream:
+                list(answer)  # type: ignore[call-overload]
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 4:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     sent = [headers.get("traceparent") for headers in fake.script.headers]
     assert sorted(sent) == sorted(f"00-{TRACE_ID}-{s['span_id']}-01" for s in attempts), sent
@@ -108,30 +120,18 @@ def test_an_attempt_that_timed_out_is_a_failed_span(
 ) -> None:
     """Its span ended as if the call had succeeded (status unset, no error.type), while
     the metrics counted an upstream_timeout."""
-    receiver = OtlpReceiver()
-    fake = OpenAIFake()
+    receiver, fake = OtlpReceiver(), OpenAIFake()
     for _ in range(4):
         fake.script.actions.append(Action(delay_s=2.0))
-    with serving(receiver.app) as otlp, serving(fake.app) as upstream:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
-        with sdk_gateway(tmp_path / "gw", (
-            "providers:\n"
-            f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
-            'api_key: "${FAKE_OPENAI_KEY}"}\n'
-            "deployments:\n"
-            "  llm: {provider: up, model: served-llm, context_window: 32000, timeout_s: 0.2}\n"
-            "routes:\n"
-            "  llm: {deployment: llm}\n"
-        )) as (client, server):
-            with pytest.raises(openai.APIStatusError):
-                client.chat.completions.create(
-                    model="llm", messages=[{"role": "user", "content": "too slow"}])
-            deadline = time.monotonic() + 15
-            while not any(s["name"] == "chat llm" for s in receiver.spans):
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.1)
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake,
+                         "timeout_s: 0.2") as (client, server):
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(
+                model="llm", messages=[{"role": "user", "content": "too slow"}])
+        deadline = time.monotonic() + 15
+        while not any(s["name"] == "chat llm" for s in receiver.spans):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     assert attempts and all(s["attributes"].get("error.type") == "cancelled"
                             for s in attempts), attempts

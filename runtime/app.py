@@ -267,6 +267,7 @@ class _Endpoints:
         except GatewayError as exc:
             await exchange.fail(exc)
             exc.headers = {**exc.headers, **overhead_header(record)}
+            live.telemetry.refused(record, request.headers)
             live.telemetry.finish(record)
             raise
         except asyncio.CancelledError:

@@ -109,6 +109,7 @@ async def create_message(
         exc.headers = {**exc.headers, **overhead_header(record)}
         response = _error_response(exc)
         record.status = response.status_code
+        live.telemetry.refused(record, headers)
         live.telemetry.finish(record)
         return response
     if not record.stream:  # a stream's record is finished when the stream ends

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -126,6 +127,15 @@ class Telemetry:
         # and the label values are graph names, so these tables stay small.
         self._served: dict[tuple[str, str, str, str], _ServedChildren] = {}
         self._by_route: dict[str, _RouteChildren] = {}
+
+    def refused(self, record: RequestRecord, headers: Mapping[str, str]) -> None:
+        """Give a request refused before it was routed (no key, a bad body, an unknown
+        model) its span too, so that a client's trace shows where it ended."""
+        if record.span is NO_SPAN and self.tracing.enabled:
+            elapsed_ns = int((time.perf_counter() - record.started) * 1e9)
+            record.span, record.trace_context = self.tracing.request(
+                f"chat {record.model}" if record.model else "chat", headers,
+                time.time_ns() - elapsed_ns)
 
     def _route(self, route: str) -> _RouteChildren:
         children = self._by_route.get(route)

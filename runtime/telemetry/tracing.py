@@ -108,8 +108,12 @@ class Tracing:
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = self._provider.get_tracer("aigw")
 
-    def request(self, name: str, headers: Mapping[str, str]) -> tuple[Span, Any]:
-        """Start the request's span, parented by the client's traceparent.
+    def request(
+        self, name: str, headers: Mapping[str, str], started_ns: int | None = None
+    ) -> tuple[Span, Any]:
+        """Start the request's span, parented by the client's traceparent (at
+        ``started_ns``, epoch nanoseconds, when given: a request refused before it was
+        routed gets its span as it ends).
 
         Returns the span (ended by ``Telemetry.finish``, after a stream's last byte) and
         the context its attempt spans are children of.
@@ -121,7 +125,8 @@ class Tracing:
         from opentelemetry.trace import SpanKind
 
         parent = extract(dict(headers))
-        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                       start_time=started_ns)
         return _OtelSpan(span), trace.set_span_in_context(span)
 
     @contextlib.contextmanager

@@ -135,3 +135,27 @@ def test_an_attempt_that_timed_out_is_a_failed_span(
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     assert attempts and all(s["attributes"].get("error.type") == "cancelled"
                             for s in attempts), attempts
+
+
+def test_a_request_refused_before_routing_has_its_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 or an unknown model made no span: a client's trace stopped short of the
+    gateway, with nothing to say why."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, "timeout_s: 5") as (
+            client, server):
+        traced = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", extra_headers=traced,
+                                           messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.AuthenticationError):
+            client.with_options(api_key="sk-wrong").chat.completions.create(
+                model="llm", extra_headers=traced, messages=[{"role": "user", "content": "x"}])
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 2:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert sorted((s["name"], s["trace_id"], s["parent_span_id"],
+                   s["attributes"]["http.response.status_code"]) for s in receiver.spans) == [
+        ("chat", TRACE_ID, PARENT_ID, 401), ("chat", TRACE_ID, PARENT_ID, 404)]

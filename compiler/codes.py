@@ -86,6 +86,7 @@ SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one add
 # A warning, not an error: revoking a key (deleting it) must not be refused because an
 # approval step still names it; a name that is not defined matches nobody.
 APPROVER_UNKNOWN = _warning("AGW326", "approvers name a key or team that is not defined")
+BASE_URL_OPERATION = _warning("AGW327", "base_url names an operation, not the API's root")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import importlib.util
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -248,9 +249,14 @@ def _link_provider(
             return None
         return _resolve_env(text, entry.value(*path), environ, unset, sink)
 
+    for text, path in ((spec.api_key, ("api_key",)), (spec.base_url, ("base_url",)),
+                       *((value, ("headers", name)) for name, value in spec.headers.items())):
+        _unwritten_reference(text, entry.value(*path), sink)
     api_key = resolve(spec.api_key, "api_key")
     base_url = resolve(spec.base_url, "base_url")
     headers = {name: resolve(value, "headers", name) or "" for name, value in spec.headers.items()}
+    if base_url:
+        _check_base_url(base_url, entry, sink)
     key_text = spec.api_key or ""
     if "${" not in key_text and _SECRET_LOOKING.search(key_text):
         sink.add(
@@ -345,6 +351,33 @@ def _installed(module: str) -> bool:
         return False
 
 
+# An environment variable named the shell's way, or half our way: ``$NAME``, ``$(NAME)``,
+# ``{NAME}``. Taken as it is, that text would be sent to the provider as the key.
+_SHELL_REFERENCE = re.compile(r"^(?:\$(?P<a>\w+)|\$\((?P<b>\w+)\)|\{(?P<c>\w+)\})$")
+
+
+def _unwritten_reference(text: str | None, position: Position, sink: DiagnosticSink) -> None:
+    found = _SHELL_REFERENCE.match(text or "")
+    if found is not None:
+        name = found["a"] or found["b"] or found["c"]
+        sink.add(codes.ENV_SYNTAX, f"{text!r} is not read from the environment",
+                 position, f"write ${{{name}}}")
+
+
+def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) -> None:
+    """A base_url that cannot be called (no scheme or host), or that names an operation
+    the adapter appends itself."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        sink.add(codes.SCHEMA_VALUE, f"provider '{entry.name}' has base_url {url!r}, which is "
+                 "not an http(s) URL with a host", entry.value("base_url"),
+                 "write the API's root URL, e.g. https://api.example.com/v1")
+    elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages")):
+        sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
+                 f"an operation ({parsed.path})", entry.value("base_url"),
+                 "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")
+
+
 def _resolve_env(
     text: str,
     position: Position,
@@ -369,11 +402,12 @@ def _resolve_env(
             )
             return ""
         value = environ.get(name)
-        if value is None:
+        if not value:  # set to nothing is as good as unset: a key of "" is refused upstream
             unset.append(name)
             sink.add(
                 codes.ENV_UNSET,
-                f"environment variable {name} is not set",
+                f"environment variable {name} is not set" if value is None
+                else f"environment variable {name} is set, but empty",
                 position,
                 unset_hint,
             )

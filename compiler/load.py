@@ -150,6 +150,10 @@ class _Reader:
             )
             self.sink.add(codes.FILE_MISSING, f"file '{relative}' not found", cited_at, hint)
             return None
+        except NotADirectoryError as exc:  # aigw check gateway.yaml: the file, not its folder
+            self.sink.add(codes.FILE_MISSING, f"cannot read '{relative}': {exc.strerror}",
+                          cited_at, "pass the directory that holds gateway.yaml, not the file")
+            return None
         except OSError as exc:
             self.sink.add(codes.FILE_MISSING, f"cannot read '{relative}': {exc.strerror}", cited_at)
             return None

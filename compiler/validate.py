@@ -53,7 +53,9 @@ def validate(loaded: Loaded, sink: DiagnosticSink) -> Validated:
     documents: list[ValidatedDocument] = []
     broken: dict[str, set[str]] = {}
     lost: set[str] = set()
-    complete = loaded.complete
+    # No gateway.yaml read (a YAML error, an empty file): what it would have defined is
+    # lost, and names it defines (routes, teams, keys) cannot be called unknown.
+    complete = loaded.complete and loaded.gateway is not None
     if loaded.gateway is not None:
         spec = _validate_document(loaded.gateway, GatewaySpec, sink, broken, lost)
         if isinstance(spec, GatewaySpec):

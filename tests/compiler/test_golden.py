@@ -25,7 +25,7 @@ CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(path for path in CASES_DIR.iterdir() if path.is_dir())
 EXPECTED = "expected.txt"
 # Fixed, so a case never depends on the machine it runs on: SET_KEY is set, nothing else is.
-ENVIRON = {"SET_KEY": "sk-test-123"}
+ENVIRON = {"SET_KEY": "sk-test-123", "EMPTY_KEY": ""}
 _CODE_PREFIX = re.compile(r"^(agw\d{3})-")
 _CODE_IN_OUTPUT = re.compile(r"^(AGW\d{3}) (?:error|warning) ", re.MULTILINE)
 

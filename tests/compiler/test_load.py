@@ -205,3 +205,12 @@ def test_a_policy_nested_past_what_cedar_can_parse_is_a_diagnostic(
     result = compile_gateway(root, {})
     assert [(d.code.id, str(d.position)) for d in result.errors] == [
         ("AGW401", "policies/deep.cedar:2:107")]
+
+
+def test_the_gateway_file_given_for_its_directory_gets_a_hint(tmp_path: Path) -> None:
+    """``aigw check gateway.yaml`` said "Not a directory" and no more."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("version: 1\n")
+    [diagnostic] = compile_gateway(config).diagnostics
+    assert diagnostic.code.id == "AGW105"
+    assert diagnostic.hint == "pass the directory that holds gateway.yaml, not the file"

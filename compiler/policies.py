@@ -139,6 +139,11 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
     try:
         parsed = json.loads(cedarpy.policies_to_json_str(chunk.text))
     except ValueError as exc:
+        unended = _missing_semicolon(chunk, str(exc))
+        if unended is not None:  # the commonest slip: the policy before runs on
+            sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}: the policy does not "
+                     "end with ';'", unended, "a policy ends with ';': add it here")
+            return None
         position = _error_position(chunk, str(exc))
         in_annotation = chunk.text.splitlines()[position.line - chunk.position.line].lstrip()
         sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}", position,
@@ -202,6 +207,35 @@ def _skip_string(text: str, index: int) -> int:
     while index < len(text) and text[index] != '"':
         index += 2 if text[index] == "\\" else 1
     return index + 1
+
+
+def _missing_semicolon(chunk: PolicyText, message: str) -> Position | None:
+    """Where a ';' is missing, when cedarpy's error says the policy ran on: into the next
+    one's annotation or effect ("unexpected token `@`"), or to the end of the file
+    ("unexpected end of input") after a whole head. The position is just after the last
+    code before that point."""
+    code = [(index, char) for index, char in _code(chunk.text) if not char.isspace()]
+    if message == "unexpected end of input":
+        ended = chunk.text.rstrip().endswith(("}", ")"))
+        stop = len(chunk.text) if ended and code else None
+    else:
+        named = _ERROR_TOKEN.search(message)
+        token = named.group("tick") if named is not None else None
+        if token not in ("@", "permit", "forbid"):
+            return None
+        heads = [i for i, _ in code if _token_at(chunk.text, i, "permit")
+                 or _token_at(chunk.text, i, "forbid")]
+        later = [i for i, _ in code if heads and i > heads[0]
+                 and _token_at(chunk.text, i, token) and i != heads[0]]
+        stop = later[0] if later else None
+    if stop is None:
+        return None
+    before = [i for i, _ in code if i < stop]
+    if not before:
+        return None
+    # After the last code character before ``stop``: its closing ) or }.
+    last = before[-1]
+    return _at(chunk, last + 1, 1)
 
 
 def _error_position(chunk: PolicyText, message: str) -> Position:

@@ -225,8 +225,8 @@ def _missing_semicolon(chunk: PolicyText, message: str) -> Position | None:
             return None
         heads = [i for i, _ in code if _token_at(chunk.text, i, "permit")
                  or _token_at(chunk.text, i, "forbid")]
-        later = [i for i, _ in code if heads and i > heads[0]
-                 and _token_at(chunk.text, i, token) and i != heads[0]]
+        # The next policy's first token: the first ``token`` after this policy's effect.
+        later = [i for i, _ in code if heads and i > heads[0] and _token_at(chunk.text, i, token)]
         stop = later[0] if later else None
     if stop is None:
         return None

@@ -34,6 +34,11 @@ _PLAIN_WORDS: tuple[tuple[str, str, str], ...] = (
         "define the anchor (&name) before the alias (*name) that uses it",
     ),
     (
+        "could not find expected ':'",
+        "this line has a key with no ':' after it",
+        "write 'key: value', with a space after the colon",
+    ),
+    (
         "mapping values are not allowed here",
         "",
         "a value holding ': ' must be quoted, and a nested mapping goes on its own indented lines",
@@ -64,7 +69,10 @@ def report_marked_error(
     problem = exc.problem or str(exc)
     # At the end of the file there is nothing to show; the unclosed thing starts elsewhere.
     at_end = "end of stream" in problem or "<stream end>" in problem
-    mark = exc.context_mark if at_end and exc.context_mark else exc.problem_mark or exc.context_mark
+    # A key with no ':' after it is found on the next line; its own line is the one to fix.
+    no_colon = "could not find expected ':'" in problem
+    mark = exc.context_mark if (at_end or no_colon) and exc.context_mark \
+        else exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
     column = mark.column + 1 if mark is not None else 1
     position = Position(relative, line, column)

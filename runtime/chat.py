@@ -166,14 +166,14 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
 
 
-def bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],
+def _bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],
               counter: TokenCounter) -> None:
     """Bill a stream cut before its upstream reported usage: the output it sent."""
     record.completion_tokens = counter.count("".join(sent))
     record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
 
 
-def sent_text(delta: ChatDelta, sent: list[str]) -> None:
+def _sent_text(delta: ChatDelta, sent: list[str]) -> None:
     """Keep what ``delta`` sends that is billed as output: content and tool arguments."""
     if delta.content:
         sent.append(delta.content)
@@ -401,7 +401,7 @@ async def _measured(
                 _bill(record, deployment, delta.usage)
                 billed = True
             else:
-                sent_text(delta, sent)
+                _sent_text(delta, sent)
             if delta.finish_reason is not None:
                 record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta
@@ -412,7 +412,7 @@ async def _measured(
     finally:
         stats.in_flight -= 1
         if not billed:
-            bill_sent(record, deployment, sent, live.counter)
+            _bill_sent(record, deployment, sent, live.counter)
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
         span.set("gen_ai.usage.output_tokens", record.completion_tokens)
         if record.finish_reasons:

@@ -33,7 +33,7 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, bill_sent, complete, prepare, sent_text, stream
+from .chat import Plan, Served, complete, prepare, stream
 from .chat_request import ChatRequest
 from .errors import BudgetExceeded, Cancelled, GatewayError, StoreUnavailable
 from .live import Live
@@ -158,7 +158,7 @@ class Exchange:
             served, deltas = await stream(self.live, self.plan, self.record)
             if self._storing:
                 deltas = self._remembered(deltas, served.deployment)
-        return served, self._settled(deltas, served.deployment)
+        return served, self._settled(deltas)
 
     async def _cached(self) -> tuple[Served, ChatResult] | None:
         """The route's cached answer to this request, billed as nothing; None on a miss."""
@@ -214,21 +214,15 @@ class Exchange:
         if result is not None:
             await self._remember(deployment, result)
 
-    async def _settled(
-        self, deltas: AsyncIterator[ChatDelta], deployment: Deployment
-    ) -> AsyncIterator[ChatDelta]:
-        """The stream, settled when it ends or is cut; optionally stopped when over budget."""
+    async def _settled(self, deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatDelta]:
+        """The stream, settled when it ends or is cut; optionally stopped when over budget.
+        What a cut stream sent is billed underneath (``chat._measured``), before this one
+        closes it and settles; a cached answer, replayed, costs nothing."""
         record = self.record
-        streamed: list[str] = []
-        billed = False
         watch = self.live.graph.settings.stop_streams_over_budget and self.admission is not None
         try:
             count = 0
             async for delta in deltas:
-                if delta.usage is not None:
-                    billed = True
-                else:
-                    sent_text(delta, streamed)
                 count += 1
                 if watch and count % _BUDGET_CHECK_EVERY == 0 and await self._over_budget():
                     raise BudgetExceeded("The budget ran out during this stream.")
@@ -247,9 +241,6 @@ class Exchange:
             record.status, record.error = 499, "client_disconnected"
             raise
         finally:
-            if not billed and record.cache != "hit":  # cut before the upstream reported
-                # usage: bill what was sent (a cached answer costs nothing, cut or not)
-                bill_sent(record, deployment, streamed, self.live.counter)
             # Shielded: a client that went away cancels the stream, not its settlement
             # (and a task cancelled outright, which no anyio shield stops, still settles).
             with anyio.CancelScope(shield=True):

@@ -179,6 +179,13 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """``Retry-After`` and ``retry-after-ms``, rounded up: a client that waits what it is
+    told does not come back early."""
+    return {"retry-after": str(max(1, math.ceil(seconds))),
+            "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
+
+
 class UpstreamError(GatewayError):
     """A provider failed. ``retryable`` says whether another attempt may succeed."""
 
@@ -198,9 +205,8 @@ class UpstreamError(GatewayError):
         headers: dict[str, str] | None = None,
     ) -> None:
         headers = dict(headers or {})
-        if retry_after:  # rounded up: a client that waits what it is told is not early
-            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
-            headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
+        if retry_after:
+            headers.update(retry_after_headers(retry_after))
         super().__init__(message, param=param, headers=headers or None)
         self.provider = provider
         self.retry_after = retry_after

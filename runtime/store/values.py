@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from ..errors import BudgetExceeded, RateLimited
+from ..errors import BudgetExceeded, RateLimited, retry_after_headers
 
 NANOS = 1_000_000_000
 # Redis' Lua numbers are doubles: integers are exact up to 2**53, so no counter may pass it.
@@ -180,8 +180,7 @@ class Denied:
     def headers(self) -> dict[str, str]:
         headers = self.rate.headers()
         if self.retry_after is not None:
-            headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
-            headers["retry-after-ms"] = str(max(1, math.ceil(self.retry_after * 1000)))
+            headers.update(retry_after_headers(self.retry_after))
         return headers
 
     def error(self) -> RateLimited:

@@ -304,9 +304,7 @@ class _Api:
         execution, _ = await self.workflows.start_execution(
             key, name, given, request.headers.get("idempotency-key"), user
         )
-        waited = time.perf_counter()
-        final = await self.workflows.wait_final(execution.id, wait_s)
-        record.upstream_s += time.perf_counter() - waited  # the steps' time, as for a chat
+        final = await _final(self.workflows, record, execution.id, wait_s)
         assert final is not None
         record.prompt_tokens, record.completion_tokens = final.prompt_tokens, \
             final.completion_tokens
@@ -361,6 +359,19 @@ class _Api:
         return await self.workflows.execution(key, request.path_params["execution_id"])
 
 
+async def _final(
+    workflows: Workflows, record: RequestRecord, execution_id: str, wait_s: float
+) -> Execution | None:
+    """The execution once final (or as it is after ``wait_s``). The wait is its steps'
+    time (model calls included), counted as the upstream's: the request's overhead is
+    the gateway's own around it, as for a model call."""
+    waited = time.perf_counter()
+    try:
+        return await workflows.wait_final(execution_id, wait_s)
+    finally:
+        record.upstream_s += time.perf_counter() - waited
+
+
 class PipelineChat:
     """/v1/chat/completions with a pipeline route as the model: the pipeline runs with the
     chat's input (see ``chat_input``) and its output is the assistant's answer."""
@@ -379,11 +390,7 @@ class PipelineChat:
         execution, _ = await self.workflows.start_execution(
             key, pipeline.name, chat_input(pipeline, request), None, exchange.user
         )
-        waited = time.perf_counter()
-        final = await self.workflows.wait_final(execution.id, route.deadline_s)
-        # The execution's time is its steps' (model calls included), counted as the
-        # upstream's: the overhead is the gateway's own around it, as for a model call.
-        record.upstream_s += time.perf_counter() - waited
+        final = await _final(self.workflows, record, execution.id, route.deadline_s)
         if final is None or final.status in (Status.FAILED, Status.CANCELLED):
             error = final.error if final is not None else "it disappeared"
             raise PipelineFailed(f"Pipeline '{pipeline.name}' (execution {execution.id}) did not "

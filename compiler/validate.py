@@ -116,8 +116,11 @@ def _validate_document(
             try:
                 entry = entry_model.model_validate(value)
             except ValidationError as exc:
-                for error in exc.errors(include_url=False):
-                    error["loc"] = (section, name, *error["loc"])
+                located = [
+                    _relocated(error, (section, name, *error["loc"]))
+                    for error in exc.errors(include_url=False)
+                ]
+                for error in _without_union_tags(located, model):
                     _report(error, document.source_map, model, sink)
                 broken.setdefault(section, set()).add(name)
                 continue
@@ -130,7 +133,7 @@ def _validate_document(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        errors = _without_union_tags(exc.errors(include_url=False), model)
     for error in errors:
         _report(error, document.source_map, model, sink)
     # The same for top-level keys: leave out those that failed (a section that is a list,
@@ -220,6 +223,14 @@ def _report(
             f"expected {_TYPE_WORDS[kind]}, found {_found(error['input'])}{where}",
             source_map.value(loc),
         )
+    elif kind == _UNION_SHAPE:
+        sink.add(
+            codes.SCHEMA_TYPE,
+            f"expected {(error.get('ctx') or {}).get('expected')}, found {_found(error['input'])}"
+            f"{where}",
+            source_map.value(loc),
+            _description(model, loc),
+        )
     elif kind == "route_target":
         sink.add(
             codes.SCHEMA_ROUTE_TARGET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
@@ -254,6 +265,92 @@ def _report(
             source_map.value(loc),
             hint,
         )
+
+
+# A value of a field that takes two shapes (a list or a mapping; a number or "p95") fits
+# neither: one error naming both, in place of one error a shape in pydantic's words.
+_UNION_SHAPE = "union_shape"
+# Error kinds meaning "the value is not this shape at all", as opposed to "it is this
+# shape, and something inside it (or its range) is wrong".
+_WRONG_SHAPE = {*_TYPE_WORDS, "float_parsing", "int_parsing", "bool_parsing", "literal_error"}
+
+
+def _without_union_tags(errors: list[ErrorDetails], model: type[BaseModel]) -> list[ErrorDetails]:
+    """Pydantic's errors with the union members it tried taken out of their locations.
+
+    For a field typed ``A | B`` pydantic reports every member's failure, each under a
+    location naming the member's type (``fallbacks.FallbacksSpec.on_error``,
+    ``hedge_after_ms.constrained-float``): two errors for one mistake, in words no
+    config mentions. Kept: the errors of the members whose shape the value has (a
+    mapping for a model), located in the file's own terms; when it has none of their
+    shapes, one error that names them all.
+    """
+    kept: list[ErrorDetails] = []
+    branches: dict[NodePath, dict[str, list[ErrorDetails]]] = {}
+    for error in errors:
+        loc: NodePath = tuple(error["loc"])
+        at = _union_member_index(model, loc)
+        if at is None:
+            kept.append(error)
+            continue
+        if loc[:at] not in branches:
+            kept.append(ErrorDetails(type=_UNION_SHAPE, loc=loc[:at], msg="", input=None))
+        branches.setdefault(loc[:at], {}).setdefault(str(loc[at]), []).append(error)
+    merged: list[ErrorDetails] = []
+    for error in kept:
+        members = branches.get(tuple(error["loc"])) if error["type"] == _UNION_SHAPE else None
+        if members is None:
+            merged.append(error)
+            continue
+        depth = len(error["loc"]) + 1
+        fitting = [
+            member_errors for member_errors in members.values()
+            if not all(
+                len(each["loc"]) == depth and each["type"] in _WRONG_SHAPE
+                for each in member_errors
+            )
+        ]
+        for member_errors in fitting:
+            merged.extend(
+                _relocated(each, (*error["loc"], *each["loc"][depth:]))
+                for each in member_errors
+            )
+        if not fitting:
+            first = next(iter(members.values()))[0]
+            shapes = " or ".join(_shape_word(errs[0]) for errs in members.values())
+            merged.append(ErrorDetails(
+                type=_UNION_SHAPE, loc=error["loc"], msg=shapes, input=first["input"],
+                ctx={"expected": shapes},
+            ))
+    return merged
+
+
+def _relocated(error: ErrorDetails, loc: NodePath) -> ErrorDetails:
+    return ErrorDetails(**{**error, "loc": loc})
+
+
+def _union_member_index(model: type[BaseModel], loc: NodePath) -> int | None:
+    """Where in ``loc`` pydantic named a union member, if it did."""
+    current: Any = model
+    for index, part in enumerate(loc):
+        annotation = _unwrap(current)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            return index
+        current = _step(current, part)
+        if current is None:
+            return None
+    return None
+
+
+def _shape_word(error: ErrorDetails) -> str:
+    """ "a list", "a number", "'p95'": what a union member takes, from its error."""
+    if error["type"] == "literal_error":
+        return " or ".join(repr(choice) for choice in _literal_choices(error))
+    if error["type"] == "float_parsing":
+        return "a number"
+    if error["type"] == "int_parsing":
+        return "an integer"
+    return _TYPE_WORDS.get(error["type"], _expected(error))
 
 
 def _subject(loc: NodePath) -> str:
@@ -327,14 +424,28 @@ def _fields_at(model: type[BaseModel], loc: NodePath) -> set[str]:
         current = _step(current, part)
         if current is None:
             return set()
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return set(current.model_fields)
-    return set()
+    return {
+        name
+        for member in _members(current)
+        if isinstance(member, type) and issubclass(member, BaseModel)
+        for name in member.model_fields
+    }
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a field may hold: a union's members, None left out."""
+    annotation = _unwrap(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return [annotation]
 
 
 def _step(annotation: Any, part: str | int) -> Any:
-    annotation = _unwrap(annotation)
+    members = _members(annotation)
+    if len(members) > 1:  # a two-shape field: the member the path goes on into
+        stepped = (_step(member, part) for member in members)
+        return next((found for found in stepped if found is not None), None)
+    annotation = members[0]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         field = annotation.model_fields.get(str(part))
         return field.annotation if field is not None else None

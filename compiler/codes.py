@@ -103,6 +103,7 @@ CEDAR_TEMPLATE = _error("AGW411", "policy templates are not supported")
 CEDAR_NO_PERMIT = _warning("AGW412", "no policy permits an action")
 CEDAR_KEY_EQUALS = _error("AGW413", "forbid names a key with ==, which its end users escape")
 CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit names a key with ==, denying its end users")
+CEDAR_ANNOTATION = _warning("AGW415", "annotation aigw does not read, spelt like one it does")
 
 # AGW5xx: pipelines and templates
 PIPELINE_NOT_MAPPING = _error("AGW501", "pipeline file is not a mapping")

@@ -8,6 +8,7 @@ and comments) and every policy is parsed on its own: an error then has the
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,6 +56,7 @@ def parse_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple[P
             if body is None:
                 continue
             annotations = dict(body.get("annotations", {}))
+            _check_annotation_names(chunk, annotations, sink)
             policy_id = annotations.get("id")
             if not policy_id:
                 effect = re.match(r"\w+", chunk.text)
@@ -81,6 +83,27 @@ def parse_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple[P
             policy = Policy(policy_id, position.file, position.line, priority, chunk.text)
             policies.append(ParsedPolicy(policy, chunk, body))
     return tuple(policies)
+
+
+# The annotations aigw reads; Cedar allows any others, which aigw keeps as notes.
+READ_ANNOTATIONS = ("id", "priority")
+
+
+def _check_annotation_names(
+    chunk: PolicyText, annotations: Mapping[str, Any], sink: DiagnosticSink
+) -> None:
+    """``@priorty("90")`` or ``@Priority("90")`` is valid Cedar that aigw never reads:
+    the policy would rank at 0 (or have no id) with nothing said."""
+    for name in annotations:
+        if name in READ_ANNOTATIONS:
+            continue
+        close = difflib.get_close_matches(name.lower(), READ_ANNOTATIONS, n=1, cutoff=0.7)
+        if close and close[0] not in annotations:
+            sink.add(codes.CEDAR_ANNOTATION,
+                     f"@{name} is not an annotation aigw reads; the policy is compiled "
+                     f"without @{close[0]}", _annotation(chunk, name),
+                     f"did you mean @{close[0]}? (aigw reads @id and @priority; other "
+                     "annotations are kept as notes)")
 
 
 def _check_key_equality(chunk: PolicyText, body: Mapping[str, Any], sink: DiagnosticSink) -> None:

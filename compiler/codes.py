@@ -87,6 +87,8 @@ SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one add
 # approval step still names it; a name that is not defined matches nobody.
 APPROVER_UNKNOWN = _warning("AGW326", "approvers name a key or team that is not defined")
 BASE_URL_OPERATION = _warning("AGW327", "base_url names an operation, not the API's root")
+GROUP_MIXED_KINDS = _warning("AGW328", "group mixes chat and embeddings deployments")
+WEIGHTS_UNUSED = _warning("AGW329", "weights given to a group whose strategy does not read them")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

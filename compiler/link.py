@@ -141,6 +141,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     for group in groups.values():
         _check_group(group, known_deployments, known_groups, sink)
     _check_fallback_cycles(groups, sink)
+    _check_group_kinds(groups, deployments, sink)
     for route in routes.values():
         _check_route(route, known_deployments, known_groups, known_pipelines, sink)
     routing_ok = sink.error_count == errors_before
@@ -481,6 +482,45 @@ def _check_group(
                      entry.key("weights", member),
                      _did_you_mean(member, entry.spec.members)
                      or f"members: {', '.join(entry.spec.members) or 'none'}")
+    if entry.spec.weights and entry.spec.strategy != "weighted":
+        sink.add(codes.WEIGHTS_UNUSED,
+                 f"group '{entry.name}' gives weights, which strategy "
+                 f"'{entry.spec.strategy}' does not read", entry.key("weights"),
+                 "set strategy: weighted, or remove weights")
+
+
+def _check_group_kinds(
+    groups: Mapping[str, Entry[GroupSpec]],
+    deployments: Mapping[str, Entry[DeploymentSpec]],
+    sink: DiagnosticSink,
+) -> None:
+    """Chat requests use a group's chat deployments, embeddings requests its embeddings
+    ones: a group of both, or a fallback to a group of the other kind, serves some
+    requests with fewer deployments than it lists, with nothing said until they fail."""
+    kinds: dict[str, set[str]] = {
+        name: {deployments[m].spec.kind for m in entry.spec.members if m in deployments}
+        for name, entry in groups.items()
+    }
+    for name, entry in groups.items():
+        if len(kinds[name]) > 1:
+            chat = [m for m in entry.spec.members
+                    if m in deployments and deployments[m].spec.kind == "chat"]
+            embed = [m for m in entry.spec.members
+                     if m in deployments and deployments[m].spec.kind == "embeddings"]
+            sink.add(codes.GROUP_MIXED_KINDS,
+                     f"group '{entry.name}' mixes chat deployments ({', '.join(chat)}) and "
+                     f"embeddings deployments ({', '.join(embed)}); each request uses only "
+                     "those of its kind", entry.value("members"),
+                     "keep chat and embeddings models in groups of their own")
+            continue
+        for path, fallback in entry.spec.fallback_references():
+            theirs = kinds.get(fallback, set())
+            if len(kinds[name]) == 1 and len(theirs) == 1 and theirs != kinds[name]:
+                sink.add(codes.GROUP_MIXED_KINDS,
+                         f"group '{entry.name}' serves {next(iter(kinds[name]))} but falls back "
+                         f"to group '{fallback}', which serves {next(iter(theirs))}: no request "
+                         "that fails over finds a deployment there", entry.value(*path),
+                         "fall back to a group of the same kind")
 
 
 def _check_fallback_cycles(groups: Mapping[str, Entry[GroupSpec]], sink: DiagnosticSink) -> None:

@@ -169,11 +169,11 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
             return None
         position = _error_position(chunk, str(exc))
         in_annotation = chunk.text.splitlines()[position.line - chunk.position.line].lstrip()
-        sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}", position,
-                 'annotation values are quoted strings: @priority("50")'
-                 if in_annotation.startswith("@") and position != chunk.position
-                 else 'a policy is @id("name") permit|forbid (principal, action, resource) '
-                 "[when { ... }];")
+        if in_annotation.startswith("@") and position != chunk.position:
+            hint = 'annotation values are quoted strings: @priority("50")'
+        else:
+            hint = next(text for start, text in _SYNTAX_HINTS if str(exc).startswith(start))
+        sink.add(codes.CEDAR_SYNTAX, f"Cedar syntax error: {exc}", position, hint)
         return None
     bodies = [*parsed.get("staticPolicies", {}).values(), *parsed.get("templates", {}).values()]
     if not bodies:
@@ -182,6 +182,16 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
     if parsed.get("templates"):
         body = {**body, "template": True}
     return body
+
+
+# Hints by the start of cedarpy's message, the first that matches; "" matches any.
+_SYNTAX_HINTS = (
+    ("'=' is not a valid operator", "Cedar compares with =="),
+    ("invalid token", "close the string here, or remove a character Cedar does not use "
+                      "outside strings (' # $ `)"),
+    ("invalid policy condition", "a condition is when { ... } or unless { ... }"),
+    ("", 'a policy is @id("name") permit|forbid (principal, action, resource) [when { ... }];'),
+)
 
 
 def split_policies(policy_file: PolicyFile) -> Iterator[PolicyText]:
@@ -262,29 +272,93 @@ def _missing_semicolon(chunk: PolicyText, message: str) -> Position | None:
 
 
 def _error_position(chunk: PolicyText, message: str) -> Position:
-    """Where in ``chunk`` cedarpy's (position-less) error is, when the message makes it certain.
+    """Where in ``chunk`` cedarpy's (position-less) error is.
 
-    "unexpected token `5`" or "invalid policy effect: allow" name a token; if that token
-    occurs exactly once in the policy's code, the error is there. Otherwise the
-    policy's first character is the honest answer.
+    "unexpected token `5`", "'=' is not a valid operator" or "invalid policy effect:
+    allow" name a token; if that token occurs exactly once in the policy's code, the
+    error is there. Otherwise the policy is parsed again cut short, to find the first
+    stretch of it that cannot be the start of a policy (``_probe_position``); failing
+    both, the policy's first character is the honest answer.
     """
-    named = _ERROR_TOKEN.search(message)
-    if named is None:
-        return chunk.position
-    token = named.group("tick") or named.group("word") or ""
-    offsets = [i for i, _ in _code(chunk.text) if _token_at(chunk.text, i, token)]
-    return _at(chunk, offsets[0], len(token)) if len(offsets) == 1 else chunk.position
+    token = _named_token(message)
+    if token is not None:
+        offsets = [i for i, _ in _code(chunk.text) if _token_at(chunk.text, i, token)]
+        if len(offsets) == 1:
+            return _at(chunk, offsets[0], len(token))
+    return _probe_position(chunk, token) or chunk.position
 
 
 _ERROR_TOKEN = re.compile(
     r"unexpected token `(?P<tick>[^`]+)`|invalid policy effect: (?P<word>\w+)"
+    r"|'(?P<operator>[^']+)' is not a valid operator|invalid policy condition: (?P<clause>\w+)"
 )
+
+
+def _named_token(message: str) -> str | None:
+    named = _ERROR_TOKEN.search(message)
+    if named is None:
+        return None
+    return next(group for group in named.groups() if group is not None)
+
+
+# What cedarpy says of a policy's text cut short and closed with ";" when that text is a
+# good start of a policy: the ";" came too soon, or (after a comment) the text ran out.
+_GOOD_START = ("unexpected token `;`", "unexpected end of input")
+
+
+def _bad_start(text: str) -> bool:
+    """Whether ``text`` cannot be the start of any policy."""
+    try:
+        cedarpy.policies_to_json_str(text + " ;")
+    except ValueError as exc:
+        return str(exc) not in _GOOD_START
+    return False
+
+
+def _probe_position(chunk: PolicyText, token: str | None) -> Position | None:
+    """The first stretch of ``chunk`` (between two spaces of its code) that no policy can
+    start with, found by parsing the text cut short at its spaces (a binary search: a
+    bad start stays bad however much follows); in that stretch, the token cedarpy named,
+    when one occurrence of it is where the start turns bad.
+
+    cedarpy's parser recovers from an error and may report a later one, so this only
+    narrows the search to where the text first goes wrong, which is where to look.
+    """
+    text = chunk.text
+    cuts = [index for index, char in _code(text) if char.isspace()] + [len(text)]
+    low, high = 0, len(cuts)
+    while low < high:
+        middle = (low + high) // 2
+        if _bad_start(text[: cuts[middle]]):
+            high = middle
+        else:
+            low = middle + 1
+    if low == len(cuts):
+        return None
+    start, end = (cuts[low - 1] + 1 if low else 0), cuts[low]
+    if token is not None:
+        for index in range(start, end):
+            if (_token_at(text, index, token) and not _bad_start(text[:index])
+                    and _bad_start(text[: index + len(token)])):
+                return _at(chunk, index, len(token))
+    stretch = text[start:end]
+    offset = start + len(stretch) - len(stretch.lstrip())
+    width = len(stretch.strip().split("\n", 1)[0])
+    return _at(chunk, offset, max(width, 1))
+
+
+_OPERATOR_CHARS = "=<>!&|:"
 
 
 def _token_at(text: str, index: int, token: str) -> bool:
     if not text.startswith(token, index):
         return False
     if not (token[0].isalnum() or token[0] == "_"):
+        # An operator must not be part of a longer one: `=` is not the = in == or <=.
+        if token[0] in _OPERATOR_CHARS:
+            before = text[index - 1] if index > 0 else " "
+            after = text[index + len(token)] if index + len(token) < len(text) else " "
+            return before not in _OPERATOR_CHARS and after not in _OPERATOR_CHARS
         return True
     # A word must not be part of a longer one: `5` is not the 5 in 50.
     before = text[index - 1] if index > 0 else " "

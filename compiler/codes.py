@@ -121,6 +121,7 @@ PIPELINE_CYCLE = _error("AGW510", "pipelines call each other in a cycle")
 PYTHON_CALLABLE = _error("AGW511", "python step names no importable async function")
 STEP_NOT_ALLOWED = _error("AGW512", "not allowed in this kind of step")
 HTTP_DESTINATION = _error("AGW513", "http step's destination is not fixed")
+INPUT_UNDECLARED = _warning("AGW514", "template reads an input field its schema does not declare")
 
 # AGW9xx: the compiler itself
 INTERNAL = _error("AGW901", "internal compiler error")

@@ -472,6 +472,15 @@ class Builder:
                           f"template of {whose} uses '{name}', which is not defined there",
                           self._position(path, _line_of(source, name), name),
                           close or sink_hint)
+        declared = _declared_properties(self.spec.input)
+        for read, lineno in names.inputs:
+            if declared is not None and read not in declared:
+                self.sink.add(codes.INPUT_UNDECLARED,
+                              f"template of {whose} reads input.{read}, which the input schema "
+                              f"of pipeline '{self.name}' does not declare",
+                              self._position(path, lineno, read),
+                              did_you_mean(read, sorted(declared))
+                              or "declare it under input.properties, or read a declared field")
         for step, lineno in names.steps:
             where = self._position(path, lineno, step)
             if step in self.broken:
@@ -588,6 +597,17 @@ def _order(
         if name not in state:
             visit(name, [name])
     return order
+
+
+def _declared_properties(schema: Any) -> frozenset[str] | None:
+    """The fields an object input schema declares; None when it declares none (any
+    field may come, and none can be called undeclared)."""
+    if not isinstance(schema, Mapping):
+        return None
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping) or not properties:
+        return None
+    return frozenset(str(name) for name in properties)
 
 
 def _upstream(order: list[str], needs: Mapping[str, list[str]]) -> dict[str, frozenset[str]]:

@@ -310,10 +310,12 @@ def render_value(value: Value, scope: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    """What a template reads: top-level names, and ``steps.<name>`` with each one's line."""
+    """What a template reads: top-level names, and ``steps.<name>`` and ``input.<field>``
+    with each one's line."""
 
     free: frozenset[str]
     steps: tuple[tuple[str, int], ...]
+    inputs: tuple[tuple[str, int], ...] = ()
 
 
 def compile_text(env: ImmutableSandboxedEnvironment, source: str) -> tuple[Text, Names]:
@@ -382,17 +384,25 @@ class ValueTemplateError(Exception):
 
 def _names(tree: nodes.Template) -> Names:
     free = frozenset(meta.find_undeclared_variables(tree))
-    steps: list[tuple[str, int]] = []
-    if "steps" in free:
-        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-            if isinstance(node, nodes.Getattr) and _is_steps(node.node):
-                steps.append((node.attr, node.lineno))
-            elif isinstance(node, nodes.Getitem) and _is_steps(node.node) and isinstance(
-                node.arg, nodes.Const
-            ) and isinstance(node.arg.value, str):
-                steps.append((node.arg.value, node.lineno))
-    return Names(free, tuple(steps))
+    return Names(free, _fields_read(tree, "steps", free), _fields_read(tree, "input", free))
 
 
-def _is_steps(node: nodes.Node) -> bool:
-    return isinstance(node, nodes.Name) and node.name == "steps"
+def _fields_read(
+    tree: nodes.Template, name: str, free: frozenset[str]
+) -> tuple[tuple[str, int], ...]:
+    """``name.<field>`` and ``name['<field>']`` in ``tree``, each with its line."""
+    if name not in free:
+        return ()
+    read: list[tuple[str, int]] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr) and _is_name(node.node, name):
+            read.append((node.attr, node.lineno))
+        elif isinstance(node, nodes.Getitem) and _is_name(node.node, name) and isinstance(
+            node.arg, nodes.Const
+        ) and isinstance(node.arg.value, str):
+            read.append((node.arg.value, node.lineno))
+    return tuple(read)
+
+
+def _is_name(node: nodes.Node, name: str) -> bool:
+    return isinstance(node, nodes.Name) and node.name == name

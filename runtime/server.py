@@ -214,13 +214,15 @@ def _run_master(options: ServeOptions, config: Config) -> int:
         worker = context.Process(target=_worker_main, daemon=False,
                                  args=(replace(options, supervise=index == 0), config, sockets))
         # SIGHUP's default ends a process, and a worker takes seconds to import and
-        # compile before it can reload: it is started with SIGHUP ignored (inherited),
-        # which it turns into "reload once up" first thing (``_worker_main``).
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # compile before it can reload: it is started with SIGHUP blocked (a signal mask
+        # is inherited through fork and exec), so one sent meanwhile waits until
+        # ``_worker_main`` has made it "reload once up". Blocked here too, not ignored:
+        # a SIGHUP to the master while a worker starts is forwarded once it has started.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             worker.start()
         finally:
-            signal.signal(signal.SIGHUP, forward)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         started[index] = time.monotonic()
         return worker
 
@@ -231,8 +233,9 @@ def _run_master(options: ServeOptions, config: Config) -> int:
             if worker.pid is not None and worker.is_alive():
                 _send_signal(worker.pid, signum)
 
-    # Before the workers start: a signal meanwhile is forwarded, not the master's death.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # Before the workers start: a signal meanwhile is forwarded, not the master's death
+    # (a worker that starts after a SIGHUP reads the files as they are then anyway).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     for index in range(options.workers):
         workers.append(start(index))
@@ -305,6 +308,7 @@ def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
     # on a worker already up) is noted now and made once it is up; SIGHUP's default
     # ended the worker, and the master with it.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_RELOAD.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the master
     _configure_logging()
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -182,6 +182,11 @@ def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
     if status == 404:
         return UpstreamUnusable(f"{prefix} has no such model or endpoint (HTTP 404): "
                                 f"{message}", **kwargs)
+    if status == 400 and failure.kind == "failed_precondition":
+        # Google's answer for an account it will not serve: an unsupported region, no
+        # billing. Another member (another account or provider) may well serve it.
+        return UpstreamUnusable(f"{prefix} will not serve this account (HTTP 400 "
+                                f"FAILED_PRECONDITION): {message}", **kwargs)
     if status == 429:
         return UpstreamRateLimited(f"{prefix} is rate limiting: {message}", **kwargs)
     if status in (503, 529) or "overloaded" in text:
@@ -234,7 +239,9 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) 
         error = document.get("error", document)
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            kind = str(error.get("code") or error.get("type") or error.get("status") or "")
+            # Google's "code" is the HTTP status again (a number); its "status" says what.
+            named = (error.get(field) for field in ("code", "type", "status"))
+            kind = next((value for value in named if isinstance(value, str) and value), "")
             if wait is None:
                 wait = _retry_delay(error.get("details"))
         elif isinstance(error, str):

@@ -321,6 +321,12 @@ def function_calling_config(tool_choice: str | dict[str, Any] | None) -> dict[st
     return {"mode": modes[tool_choice]}
 
 
+# generationConfig.candidateCount takes 1 to 8; a larger n would be Gemini's 400, which
+# the router cannot tell from any other bad request, where it is a request another
+# member may serve.
+MAX_CANDIDATES = 8
+
+
 def generation_config(call: ChatCall) -> dict[str, Any]:
     request = call.request
     extras = request.model_extra or {}
@@ -332,12 +338,17 @@ def generation_config(call: ChatCall) -> dict[str, Any]:
         ("frequencyPenalty", extras.get("frequency_penalty")),
     )
     config.update({name: value for name, value in pairs if value is not None})
-    if request.output_limit is not None:
+    deployment = call.deployment
+    if request.output_limit is not None or deployment.max_output_tokens < deployment.context_window:
+        # The request was held (budgets, tpm) at this cap: the upstream is held to it too.
         config["maxOutputTokens"] = call.max_output_tokens
     if request.stop:
         config["stopSequences"] = [request.stop] if isinstance(request.stop, str) \
             else list(request.stop)
     if request.n != 1:
+        if request.n > MAX_CANDIDATES:
+            raise BadRequest(f"This model answers at most {MAX_CANDIDATES} choices (n).",
+                             param="n")
         config["candidateCount"] = request.n
     config.update(_response_format(extras.get("response_format")))
     effort = extras.get("reasoning_effort")

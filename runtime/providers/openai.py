@@ -59,6 +59,12 @@ class OpenAIAdapter:
             # The request was held (budgets, tpm) at the deployment's max_output_tokens:
             # the upstream is held to it too, or it could write, and cost, more.
             body[self.cap_field()] = call.max_output_tokens
+        elif "max_completion_tokens" in body and self.cap_field() == "max_tokens":
+            # A server that knows max_tokens only (Ollama, vLLM's older releases, Azure
+            # before 2024-09-01) ignores max_completion_tokens: the cap the request was
+            # held at is sent in the field it reads.
+            body.pop("max_completion_tokens")
+            body["max_tokens"] = call.request.output_limit
         if stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         else:

@@ -89,7 +89,9 @@ async def test_plain_chat(gemini_fake: GeminiFake, client: httpx.AsyncClient) ->
     assert gemini_fake.script.headers[-1]["x-goog-api-key"] == gemini_fake.api_key
     assert "authorization" not in gemini_fake.script.headers[-1]
     assert gemini_fake.script.requests[-1] == {
-        "contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
+        "contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+        # the deployment's max_output_tokens: the request was held at it
+        "generationConfig": {"maxOutputTokens": 65536}}
 
 
 async def test_system_messages_become_the_system_instruction_and_roles_merge(
@@ -277,13 +279,33 @@ async def test_tool_schemas_are_lowered_and_tool_choice_mapped(
         "functionCallingConfig": {"mode": "NONE"}}
 
 
+async def test_the_output_cap_the_request_was_held_at_reaches_gemini(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    """maxOutputTokens went only with a client's own limit: a deployment's
+    max_output_tokens held the request's budgets and tpm, and Gemini wrote, and
+    billed, past it."""
+    answer = await client.post(CHAT, json={"model": "flash", "messages": _user("hi")})
+    assert answer.status_code == 200, answer.text
+    assert gemini_fake.script.requests[-1]["generationConfig"]["maxOutputTokens"] == 65536
+    # A deployment without a cap of its own (max_output_tokens is its context window)
+    # sends none: Gemini's own limit is lower than any context window.
+    await client.post(CHAT, json={"model": "pro3", "messages": _user("hi")})
+    assert "maxOutputTokens" not in gemini_fake.script.requests[-1].get("generationConfig", {})
+    # candidateCount takes 1 to 8: more is the client's 400 before anything is sent.
+    sent = len(gemini_fake.script.requests)
+    many = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"), "n": 9})
+    assert many.status_code == 400 and many.json()["error"]["param"] == "n", many.text
+    assert len(gemini_fake.script.requests) == sent
+
+
 async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
     loose = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
                                           "response_format": {"type": "json_object"}})
     assert json.loads(loose.json()["choices"][0]["message"]["content"]) == {
         "answer": "fake-gemini: hi"}
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
-        "responseMimeType": "application/json"}
+        "responseMimeType": "application/json", "maxOutputTokens": 65536}
     schema = {"type": "object", "properties": {"answer": {"type": "string"}},
               "required": ["answer"], "additionalProperties": False}
     strict = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
@@ -292,7 +314,8 @@ async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.Asyn
                                                                                "schema": schema}}})
     assert strict.status_code == 200, strict.text
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
-        "responseMimeType": "application/json", "responseJsonSchema": schema}
+        "responseMimeType": "application/json", "responseJsonSchema": schema,
+        "maxOutputTokens": 65536}
 
 
 @pytest.mark.parametrize(("extra", "param"), [
@@ -444,3 +467,32 @@ async def test_thinking_tokens_are_reported_as_reasoning_tokens(
     usage = answer.json()["usage"]
     assert usage["completion_tokens"] == 42
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 40}
+
+
+async def test_a_refusal_for_the_accounts_region_or_billing_lets_the_next_member_serve(
+    gemini_fake: GeminiFake, make_gateway: GatewayFactory
+) -> None:
+    """Gemini's 400 FAILED_PRECONDITION ("User location is not supported", billing not
+    enabled) is about the account, not the request. Google's error carries its code as
+    a number, which was read as the error's kind, so its status went unread: the client
+    got a 400 blaming its request and the group's next member was never tried."""
+    client = await make_gateway(f"""
+    providers:
+      gem: {{type: gemini, base_url: "{gemini_fake.base_url}/v1beta",
+             api_key: "${{FAKE_GEMINI_KEY}}"}}
+      local: {{type: echo}}
+    deployments:
+      flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1048576}}
+      echo: {{provider: local, model: echo-1, context_window: 8192}}
+    groups:
+      both: {{members: [flash, echo]}}
+    routes:
+      both: {{group: both}}
+    """)
+    gemini_fake.script.actions.append(Action(status=400, body={"error": {
+        "code": 400, "status": "FAILED_PRECONDITION",
+        "message": "User location is not supported for the API use."}}))
+    response = await client.post(CHAT, json={"model": "both", "messages": _user("hi")})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "echo"
+    assert len(gemini_fake.script.requests) == 1  # refused once, not retried there

@@ -364,6 +364,24 @@ async def test_a_deployments_output_cap_reaches_the_upstream_when_the_client_set
     assert not {"max_tokens", "max_completion_tokens"} & set(openai_fake.script.requests[-1])
 
 
+async def test_a_clients_max_completion_tokens_reaches_a_server_that_knows_max_tokens_only(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """Ollama (and Azure before 2024-09-01) read max_tokens only: the client's
+    max_completion_tokens, passed through as it was, was ignored there, and the upstream
+    wrote past the cap the request was held at."""
+    client = await make_gateway(_sections(openai_fake))
+    hello = [{"role": "user", "content": "hello"}]
+    answer = await client.post(CHAT, json={"model": "local", "messages": hello,
+                                           "max_completion_tokens": 50})
+    assert answer.status_code == 200, answer.text
+    sent = openai_fake.script.requests[-1]
+    assert sent.get("max_tokens") == 50 and "max_completion_tokens" not in sent, sent
+    await client.post(CHAT, json={"model": "gpt", "messages": hello, "max_completion_tokens": 50})
+    sent = openai_fake.script.requests[-1]  # OpenAI's own API reads it as it is
+    assert sent.get("max_completion_tokens") == 50 and "max_tokens" not in sent, sent
+
+
 async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -> None:
     """completion_tokens_details.reasoning_tokens (o-series models) came back null."""
     with scripted_upstream() as upstream:

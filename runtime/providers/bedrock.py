@@ -84,7 +84,7 @@ from .base import (
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
-from .bedrock_wire import STOP_REASONS, converse_body, parse_converse, usage
+from .bedrock_wire import converse_body, finish_reason, parse_converse, usage
 
 # The HTTP status each Bedrock error type stands for, so the shared rules classify it
 # (ModelErrorException is really a 424, ServiceQuotaExceededException a 400).
@@ -134,7 +134,7 @@ class BedrockAdapter:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         url = self.url(call.deployment.model, "converse-stream")
-        reader = _StreamReader()
+        reader = _StreamReader(self.provider.name)
         events = self.upstream.converse_stream(url, converse_body(call), self._headers)
         async for kind, event in events:
             for delta in reader.read(kind, event):
@@ -159,7 +159,8 @@ class BedrockAdapter:
 class _StreamReader:
     """ConverseStream events in, chat deltas out; keeps the usage of the metadata event."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
         self.counts: dict[str, Any] = {}
         self.stopped = False
         self._tools = StreamedTools()
@@ -182,7 +183,7 @@ class _StreamReader:
         elif kind == "messageStop":
             self.stopped = True
             reason = str(event.get("stopReason") or "end_turn")
-            return [ChatDelta(finish_reason=STOP_REASONS.get(reason, "stop"))]
+            return [ChatDelta(finish_reason=finish_reason(reason, self.provider))]
         elif kind == "metadata" and isinstance(event.get("usage"), dict):
             self.counts = dict(event["usage"])
         return []  # messageStart, reasoning and events added later

@@ -32,6 +32,18 @@ STOP_REASONS: Mapping[str, str] = MappingProxyType({
     "content_filtered": "content_filter",
     "guardrail_intervened": "content_filter",
 })
+# Stop reasons of an answer the model botched (a tool call or output that does not
+# parse): nothing a client can use, and a retry or another member may well do better.
+MALFORMED_STOPS = frozenset({"malformed_tool_use", "malformed_model_output"})
+
+
+def finish_reason(stop_reason: str, provider: str) -> str:
+    """Converse's stopReason as OpenAI's finish_reason; a malformed answer is a
+    (retryable) upstream failure."""
+    if stop_reason in MALFORMED_STOPS:
+        raise UpstreamServerError(f"provider '{provider}' produced a malformed answer "
+                                  f"(stopReason {stop_reason})", provider=provider)
+    return STOP_REASONS.get(stop_reason, "stop")
 
 IMAGE_FORMATS: Mapping[str, str] = MappingProxyType({
     "image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp",
@@ -188,6 +200,9 @@ def _inference_config(call: ChatCall) -> dict[str, Any]:
     if request.output_limit is not None or deployment.max_output_tokens < deployment.context_window:
         config["maxTokens"] = call.max_output_tokens
     if request.temperature is not None:
+        if request.temperature > 1:  # Converse's ValidationException, unsent
+            raise BadRequest("Bedrock's Converse takes a temperature from 0 to 1.",
+                             param="temperature")
         config["temperature"] = request.temperature
     if request.top_p is not None:
         config["topP"] = request.top_p
@@ -263,7 +278,7 @@ def parse_converse(document: Mapping[str, Any], call: ChatCall, provider: Provid
     choice = Choice(
         index=0,
         content="".join(texts) if texts else None,
-        finish_reason=STOP_REASONS.get(stop_reason, "stop"),
+        finish_reason=finish_reason(stop_reason, provider.name),
         tool_calls=tuple(calls),
     )
     counts = document.get("usage")

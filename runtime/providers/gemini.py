@@ -116,8 +116,13 @@ FINISH_REASONS = MappingProxyType({
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
     "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
     "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter", "LANGUAGE": "content_filter",
 })
+# A candidate that ended in a call the model botched (or made with no tools, or too
+# many): nothing a client can use, and a retry or another member may well do better.
+MALFORMED_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL",
+                               "TOO_MANY_TOOL_CALLS"})
 
 
 class GeminiAdapter:
@@ -200,11 +205,12 @@ def parse_response(document: Mapping[str, Any], call: ChatCall, provider: Provid
     _raise_if_blocked(document, provider)
     first = _first_call_number(call)
     choices = []
-    malformed = 0
+    malformed: list[str] = []
     for position, candidate in enumerate(document.get("candidates") or []):
         texts, calls = _read_parts(candidate, first)
         reason = str(candidate.get("finishReason") or "STOP")
-        malformed += reason == "MALFORMED_FUNCTION_CALL"
+        if reason in MALFORMED_REASONS:
+            malformed.append(reason)
         choices.append(Choice(
             index=int(candidate.get("index", position)),
             content="".join(texts) if texts else None,
@@ -214,8 +220,8 @@ def parse_response(document: Mapping[str, Any], call: ChatCall, provider: Provid
     if not choices:
         raise UpstreamServerError(
             f"provider '{provider.name}' answered with no candidates", provider=provider.name)
-    if malformed == len(choices):
-        raise _malformed(provider)
+    if len(malformed) == len(choices):
+        raise _malformed(provider, malformed[0])
     usage = document.get("usageMetadata")
     return ChatResult(
         model=str(document.get("modelVersion") or call.deployment.model),
@@ -240,8 +246,8 @@ def _chunk_deltas(
             deltas.append(ChatDelta(index, tool_calls=(
                 ToolCallDelta(number, call.id, call.name, call.arguments),)))
         reason = candidate.get("finishReason")
-        if reason == "MALFORMED_FUNCTION_CALL":
-            raise _malformed(provider)
+        if reason in MALFORMED_REASONS:
+            raise _malformed(provider, str(reason))
         if reason:
             deltas.append(ChatDelta(index, finish_reason=_finish(str(reason),
                                                                  called.get(index, 0) > 0)))
@@ -304,10 +310,10 @@ def _raise_for_error(chunk: Mapping[str, Any], provider: Provider) -> None:
                                        str(error.get("status", "")).lower(), None), provider)
 
 
-def _malformed(provider: Provider) -> UpstreamError:
+def _malformed(provider: Provider, reason: str) -> UpstreamError:
     return UpstreamServerError(
         f"provider '{provider.name}' produced a malformed function call "
-        "(finishReason MALFORMED_FUNCTION_CALL)", provider=provider.name)
+        f"(finishReason {reason})", provider=provider.name)
 
 
 @contextmanager

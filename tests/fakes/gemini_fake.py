@@ -49,6 +49,7 @@ GENERATION_FIELDS = {"stopSequences", "responseMimeType", "responseSchema", "res
                      "responseLogprobs", "logprobs", "thinkingConfig"}
 MODES = {"AUTO", "ANY", "NONE", "VALIDATED"}
 SIGNATURE = "c2lnbmVkLWJ5LWZha2UtZ2VtaW5p"  # base64 of "signed-by-fake-gemini"
+UNSIGNED = "skip_thought_signature_validator"  # Google's placeholder for a foreign call
 
 
 class Invalid(Exception):
@@ -138,7 +139,8 @@ def _part(part: dict[str, Any], turn: dict[str, Any], previous: dict[str, Any] |
         if turn["role"] != "model" or not isinstance(call.get("args", {}), dict):
             raise Invalid(f"{where}.function_call: only model turns call functions, with "
                           "object args")
-        if model.startswith("gemini-3") and part.get("thoughtSignature") != SIGNATURE:
+        if model.startswith("gemini-3") and part.get("thoughtSignature") not in (
+                SIGNATURE, UNSIGNED):
             raise Invalid(f"Function call is missing a thought_signature in functionCall "
                           f"parts. ({where})")
     if "functionResponse" in part:

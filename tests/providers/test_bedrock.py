@@ -347,6 +347,29 @@ async def test_stop_reasons_map_to_finish_reasons(
     assert (_text(chunks), _finishes(chunks)) == ("fake-bedrock: one", ["length"])
 
 
+async def test_a_malformed_answer_is_retried_and_a_temperature_over_1_refused_unsent(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """stopReason malformed_tool_use / malformed_model_output was a 200 with "stop"
+    (and a tool call that does not parse); a temperature over 1, which Converse refuses,
+    was sent, and its ValidationException ended the request with no fallback."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    hello = [{"role": "user", "content": "one two"}]
+    for reason in ("malformed_tool_use", "malformed_model_output"):
+        bedrock_fake.script.actions.append(Action(body={
+            "output": {"message": {"role": "assistant", "content": [{"text": "{"}]}},
+            "stopReason": reason, "usage": {"inputTokens": 4, "outputTokens": 1}}))
+        sent = len(bedrock_fake.script.requests)
+        answer = await client.post(CHAT, json={"model": "claude", "messages": hello})
+        assert answer.status_code == 200, answer.text  # the retry's answer
+        assert answer.json()["choices"][0]["finish_reason"] == "stop"
+        assert len(bedrock_fake.script.requests) - sent == 2
+    sent = len(bedrock_fake.script.requests)
+    hot = await client.post(CHAT, json={"model": "claude", "messages": hello, "temperature": 1.5})
+    assert hot.status_code == 400 and hot.json()["error"]["param"] == "temperature", hot.text
+    assert len(bedrock_fake.script.requests) == sent
+
+
 def _deployment(fake: BedrockFake, tmp_path: Path, name: str = "claude") -> Deployment:
     (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(_sections(fake)))
     result = compile_gateway(tmp_path, {"FAKE_BEDROCK_API_KEY": "unused"})

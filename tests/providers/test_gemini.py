@@ -180,6 +180,29 @@ async def test_multi_turn_tool_conversation(
     ]
 
 
+async def test_gemini_3_takes_a_tool_call_another_provider_made(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    """Gemini 3 refuses a functionCall part without a thoughtSignature, and a call
+    Claude or OpenAI made has none: a fallback to Gemini 3 in the middle of a tool loop
+    was a 400 blaming the client."""
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "toolu_01A", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"query": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_01A", "content": "sunny"},
+    ]
+    answer = await client.post(CHAT, json={"model": "pro3", "tools": TOOLS, "messages": messages})
+    assert answer.status_code == 200, answer.text
+    call = gemini_fake.script.requests[-1]["contents"][1]["parts"][0]
+    assert call["thoughtSignature"] == "skip_thought_signature_validator"
+    # Gemini 2.5 validates no signature: nothing is added there.
+    assert (await client.post(CHAT, json={"model": "flash", "tools": TOOLS,
+                                          "messages": messages})).status_code == 200
+    assert "thoughtSignature" not in gemini_fake.script.requests[-1]["contents"][1]["parts"][0]
+
+
 async def test_tool_calls_are_numbered_through_the_conversation(
     gemini_fake: GeminiFake, client: httpx.AsyncClient
 ) -> None:
@@ -496,3 +519,38 @@ async def test_a_refusal_for_the_accounts_region_or_billing_lets_the_next_member
     assert response.status_code == 200, response.text
     assert response.headers["x-aigw-deployment"] == "echo"
     assert len(gemini_fake.script.requests) == 1  # refused once, not retried there
+
+
+async def test_finish_reasons_gemini_added_keep_their_meaning(
+    make_gateway: GatewayFactory,
+) -> None:
+    """UNEXPECTED_TOOL_CALL and TOO_MANY_TOOL_CALLS (a botched call, as
+    MALFORMED_FUNCTION_CALL) and LANGUAGE (a refusal) were answered as a plain "stop"
+    with no content: a 200 the client could not use, never retried."""
+    with scripted_upstream() as upstream:
+        client = await make_gateway(f"""
+        providers:
+          gem: {{type: gemini, base_url: "{upstream.base_url}/v1beta", api_key: "AIza-test"}}
+        deployments:
+          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1000000}}
+        routes:
+          flash: {{deployment: flash}}
+        """)
+
+        def ending(reason: str) -> dict[str, Any]:
+            return {"candidates": [{"content": {"role": "model", "parts": []},
+                                    "finishReason": reason, "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 0}}
+
+        hello = {"model": "flash", "messages": [{"role": "user", "content": "hi"}]}
+        for reason in ("UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"):
+            upstream.now(ending(reason))
+            calls = upstream.calls
+            botched = await client.post("/v1/chat/completions", json=hello)
+            assert botched.status_code == 502, botched.text
+            assert reason in botched.json()["error"]["message"]
+            assert upstream.calls - calls == 2  # retried once, as a server error is
+        upstream.now(ending("LANGUAGE"))
+        refused = await client.post("/v1/chat/completions", json=hello)
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["choices"][0]["finish_reason"] == "content_filter"

@@ -105,6 +105,12 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     graph = gateway.live.graph
     logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
+    if options.workers > 1 and options.supervise and graph.settings.store == "embedded":
+        # Said once (by the first worker), at start: the README says it, few read it there.
+        log.warning("serving with --workers %d on store: embedded: each worker keeps its "
+                    "own rate limits and budgets, so a key may get up to %d times its "
+                    "limits; set settings.store to a redis:// URL to share them",
+                    options.workers, options.workers)
     for warning in graph.warnings:
         log.warning("%s %s %s", warning.code.id, warning.position, warning.message)
 

@@ -178,6 +178,14 @@ def test_watch_reloads_on_file_change(gateway_dir: Path) -> None:
 def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
     server = Server(gateway_dir, "--workers", "2")
     try:
+        server.wait_ready()
+        # The shipped gateway is on the embedded store, whose limits are per process:
+        # said once, by the first worker (the one that answered may be the other).
+        deadline = time.monotonic() + 15
+        while "each worker keeps its own rate limits" not in server.log:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.05)
+        assert server.log.count("each worker keeps its own rate limits") == 1, server.log
         old = server.wait_ready()
         client = _client(server)
         for _ in range(6):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +19,7 @@ from .errors import BadRequest
 from .live import Live
 from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
 
+_NOT_A_TIME = "'{name}' must be a Unix time or an ISO 8601 date."
 _DIMENSIONS = ", ".join(dimension.value for dimension in Dimension)
 
 
@@ -26,13 +28,20 @@ def _timestamp(text: str | None, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = _iso_seconds(text, name)
+    if not math.isfinite(seconds):  # float() reads nan and inf, which are no time (and
+        # Redis refuses nan as a score)
+        raise BadRequest(_NOT_A_TIME.format(name=name), param=name)
+    return seconds
+
+
+def _iso_seconds(text: str, name: str) -> float:
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"'{name}' must be a Unix time or an ISO 8601 date.", param=name) from None
+        raise BadRequest(_NOT_A_TIME.format(name=name), param=name) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()

@@ -12,16 +12,19 @@ reach another subject's key)::
     rec:<request id>                          one ledger record (a hash)
     ledger                                    request ids by time
 
-When Redis cannot answer (connection refused, timeout, an error reply),
-``on_unavailable`` decides: ``fail_closed`` makes ``reserve`` and ``budgets`` raise
-``StoreUnavailable`` (a 503); ``fail_open`` answers them from limits kept in this
-process (``MemoryLimits``) for the time being, logged. Those local limits know only
-what this replica did during the outage (a budget starts from zero spent), and the
-spend of requests admitted locally is charged to Redis when it returns. Either way
-settles and ledger records wait in the ``outbox`` (outbox.py: a file, so a restart
-loses none, or memory) and are written once Redis answers again, which is tried at
-most every ``probe_interval`` seconds; ``summary`` raises ``StoreUnavailable``
-meanwhile.
+When Redis cannot answer (connection refused, timeout, or refusing every write for now:
+out of memory, a read-only replica, still loading), ``on_unavailable`` decides:
+``fail_closed`` makes ``reserve`` and ``budgets`` raise ``StoreUnavailable`` (a 503);
+``fail_open`` answers them from limits kept in this process (``MemoryLimits``) for the
+time being, logged. Those local limits know only what this replica did during the
+outage (a budget starts from zero spent), and the spend of requests admitted locally
+is charged to Redis when it returns. Either way settles and ledger records wait in the
+``outbox`` (outbox.py: a file, so a restart loses none, or memory) and are written once
+Redis answers again, which is tried at most every ``probe_interval`` seconds;
+``summary`` raises ``StoreUnavailable`` meanwhile. Any other error reply (an argument
+Redis refuses, a script's own failure) is not an outage: a healthy Redis refuses that
+call again and takes every other one, so it is that call's error (an ``InternalError``,
+logged), and a write is dropped, logged.
 
 How durable a written record is, is Redis' own setting: run it with ``appendonly
 yes`` (and ``appendfsync always`` for every write on disk before the reply).
@@ -43,9 +46,21 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    InvalidResponse,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import StoreUnavailable
+from ..errors import InternalError, StoreUnavailable
 from . import lua
 from .checks import (
     SETTLE_GRACE,
@@ -79,9 +94,8 @@ log = logging.getLogger("aigw.store")
 
 DEFAULT_TTL = 600.0
 PAGE = 500
-# Redis cannot answer: down, too slow, or refusing (out of memory, a read-only replica
-# after a failover). All of them mean "unavailable" until a later attempt succeeds.
-UNREACHABLE = (RedisError, OSError)
+# What a call to Redis raises when it fails; ``unreachable`` tells an outage from the rest.
+REDIS_ERRORS = (RedisError, OSError)
 
 
 class OnUnavailable(StrEnum):
@@ -180,11 +194,16 @@ class RedisStore:
             nonce = os.urandom(8).hex()
             try:
                 decision = await self._reserve(request_id, checks, now, ttl, nonce)
-            except UNREACHABLE as exc:
-                self._lost(exc)
-                # Sent, perhaps run (or to run, from a stalled server's buffer): undone
-                # once Redis answers, or its hold would block the budget for ``ttl``.
+            except REDIS_ERRORS as exc:
+                down = unreachable(exc)
+                if down:
+                    self._lost(exc)
+                # Sent, perhaps run (or to run, from a stalled server's buffer; or run up
+                # to a failure): undone once Redis answers, or its hold would block the
+                # budget for ``ttl``.
                 await self._write(self._abandon(request_id, checks, now, ttl, nonce))
+                if not down:
+                    raise self._failed_call("reserve", exc) from exc
             else:
                 self._back()
                 return decision
@@ -211,7 +230,9 @@ class RedisStore:
         if self._reachable():
             try:
                 statuses = await self._budgets(checks, now)
-            except UNREACHABLE as exc:
+            except REDIS_ERRORS as exc:
+                if not unreachable(exc):
+                    raise self._failed_call("budgets", exc) from exc
                 self._lost(exc)
             else:
                 self._back()
@@ -227,7 +248,9 @@ class RedisStore:
         if self._reachable():
             try:
                 rows = await self._summary(query)
-            except UNREACHABLE as exc:
+            except REDIS_ERRORS as exc:
+                if not unreachable(exc):
+                    raise self._failed_call("summary", exc) from exc
                 self._lost(exc)
             else:
                 self._back()
@@ -449,6 +472,14 @@ class RedisStore:
         if self._outbox.waiting or self._spill.waiting:
             self.flush_soon()
 
+    def _failed_call(self, what: str, error: BaseException) -> InternalError:
+        """A call Redis answered with an error of its own (so it is up): a bug on this
+        side, logged; that request fails and every other call goes on."""
+        log.error("redis store: Redis refused a %s call (%s); that request fails, the "
+                  "store stays up", what, error, exc_info=error)
+        self._back()
+        return InternalError("The gateway had an internal error; it is logged.")
+
     def flush_soon(self) -> None:
         """Start delivering what waits in the outbox (once at a time), in a task."""
         if self._flusher is None or self._flusher.done():
@@ -464,8 +495,9 @@ class RedisStore:
         if self._reachable():
             try:
                 await self._invoke(invocation)
-            except UNREACHABLE as exc:
-                if _refused(invocation, exc):
+            except REDIS_ERRORS as exc:
+                if not unreachable(exc):
+                    _dropped(invocation, exc)
                     return
                 self._lost(exc)
             else:
@@ -499,9 +531,10 @@ class RedisStore:
                 for seq, invocation in batch:
                     try:
                         answer = await self._invoke(invocation)
-                    except UNREACHABLE as exc:
-                        if not _refused(invocation, exc):
+                    except REDIS_ERRORS as exc:
+                        if unreachable(exc):
                             raise
+                        _dropped(invocation, exc)
                     except KeyError:  # a script this version does not have
                         log.error("redis store: dropped a queued write for the unknown "
                                   "script %r", invocation.script)
@@ -512,7 +545,7 @@ class RedisStore:
                                         "spend was not charged to the budgets",
                                         invocation.keys[0])
                     delivered = seq
-            except UNREACHABLE as exc:
+            except REDIS_ERRORS as exc:  # only an outage comes this far
                 self._lost(exc)
                 return False
             finally:
@@ -527,26 +560,41 @@ def _marker_ms(ttl: float) -> int:
     return math.ceil((ttl + SETTLE_GRACE) * 1000)
 
 
-# Redis refusing for now (full, a read-only replica, busy, short of replicas): Redis 7
-# names the script in these errors too, so they must not pass for a script's own failure.
-# redis-py raises most of them as subclasses of ResponseError; these come as plain ones.
+# Redis refusing every call for now (full, a read-only replica, busy, short of replicas),
+# as plain ResponseErrors whose text starts with the code; Redis 7 names the script in
+# them too, so they must not pass for a script's own failure.
 _TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "LOADING",
                     "OOM", "READONLY", "MASTERDOWN", "UNBLOCKED", "NOPERM", "NOSCRIPT")
+# The same refusals, as redis-py raises those it knows (with the code cut from the text);
+# and a connection that failed, timed out or read garbage (BusyLoadingError, LOADING, is
+# a ConnectionError; the OS's own errors, asyncio's timeout among them, are OSErrors).
+_OUTAGES = (OSError, RedisConnectionError, RedisTimeoutError, InvalidResponse,
+            OutOfMemoryError, ReadOnlyError, NoPermissionError, NoScriptError,
+            TryAgainError, ClusterDownError)
 
 
-def _refused(invocation: Invocation, error: BaseException) -> bool:
-    """Whether Redis ran ``invocation``'s script and the script itself failed (a key of
-    the wrong type, a value that is not a number): sent again it would fail again, so it
-    is dropped (logged), not queued to block every later write. Anything Redis may stop
-    refusing later (out of memory, read-only, busy...) is not this: that write waits."""
-    if type(error) is not ResponseError:  # OutOfMemoryError, ReadOnlyError...
-        return False
-    text = str(error)
-    if text.startswith(_TRANSIENT_CODES) or "script" not in text.lower():
-        return False
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says Redis cannot answer for now (down, too slow, or refusing
+    every write), so the store is unavailable until a later attempt succeeds. Any other
+    error is this call's own (an argument Redis refuses, a script's own failure): a
+    healthy Redis refuses it again and takes every other call, so it marks nothing down.
+
+    >>> unreachable(ResponseError("min or max is not a float"))
+    False
+    >>> unreachable(ResponseError("MASTERDOWN Link with MASTER is down"))
+    True
+    """
+    if isinstance(error, _OUTAGES):
+        return True
+    return type(error) is ResponseError and str(error).startswith(_TRANSIENT_CODES)
+
+
+def _dropped(invocation: Invocation, error: BaseException) -> None:
+    """``invocation``'s script failed, not for an outage (a key of the wrong type, a value
+    that is not a number): sent again it would fail again, so it is dropped (logged), not
+    queued to block every later write."""
     log.error("redis store: the %s script failed for %s (%s); the write is dropped",
               invocation.script, invocation.keys[0] if invocation.keys else "?", error)
-    return True
 
 
 def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:

@@ -212,6 +212,32 @@ async def test_bad_query_parameters_are_400(limited: ClientFactory) -> None:
     assert response.status_code == 400 and response.json()["error"]["param"] == "group_by"
     response = await dev.get("/v1/costs/summary?since=yesterday")
     assert response.status_code == 400
+    for query in ("since=nan", "until=NaN", "since=inf", "until=-Infinity", "since=1e999"):
+        response = await dev.get(f"/v1/costs/summary?{query}")
+        assert response.status_code == 400, query
+        assert response.json()["error"]["param"] == query.split("=")[0]
+
+
+async def test_a_time_that_is_no_number_is_a_400_not_a_redis_outage(
+    tmp_path: Path, counter: TokenCounter, private_redis: PrivateRedis
+) -> None:
+    """float() reads 'nan': sent to Redis as a score, the error reply marked the store
+    down, so any key's /v1/costs/summary?since=nan had every limited request refused
+    (fail_closed, 503) until the next probe."""
+    (tmp_path / "gateway.yaml").write_text(
+        limits_config().replace("store: embedded", f"store: {private_redis.url}"))
+    gateway = Gateway(tmp_path, counter)
+    try:
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {KEYS['bob']}"}) as http:
+            refused = await http.get("/v1/costs/summary?since=nan")
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == "since"
+            answered = await http.post(CHAT, json=_ask("free"))
+            assert answered.status_code == 200, answered.text
+    finally:
+        await gateway.aclose()
 
 
 async def test_metrics_show_each_declared_budgets_use(limited: ClientFactory) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -15,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from aigw.runtime.errors import StoreUnavailable
+from aigw.runtime.errors import InternalError, StoreUnavailable
 from aigw.runtime.store import (
     Budget,
     Denied,
@@ -24,6 +25,7 @@ from aigw.runtime.store import (
     RedisStore,
     Reservation,
     Scope,
+    UsageQuery,
 )
 from aigw.runtime.store.factory import open_store
 from aigw.runtime.store.outbox import FileOutbox, Invocation
@@ -355,6 +357,47 @@ async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
         assert "the settle script failed" in caplog.text
         await store.record(replace(RECORD, request_id="after"))
         assert await in_ledger(private_redis.url, ["after"])
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_an_argument_redis_refuses_fails_that_call_not_the_store(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NaN in a time range: Redis answers 'min or max is not a float'. That is this
+    call's error (a 500, logged), not an outage: it marked the store down, and under
+    fail_closed every limited request was refused until the next probe."""
+    store = RedisStore.from_url(private_redis.url)
+    try:
+        with pytest.raises(InternalError):
+            await store.summary(UsageQuery(since=math.nan))
+        assert store.available
+        assert "Redis refused a summary call" in caplog.text
+        assert isinstance(await store.reserve("after", LIMITS, tokens=1, cost=0.0), Reservation)
+    finally:
+        await store.aclose()
+
+
+async def test_a_reserve_whose_script_fails_fails_that_request_not_the_store(
+    private_redis: PrivateRedis,
+) -> None:
+    """The reserve script failing on a key of the wrong type is that request's 500; the
+    store stays up for every other subject."""
+    store = RedisStore.from_url(private_redis.url)
+    limits = [Limits(Scope.TEAM, "broken", budget=Budget(10.0))]
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        held = await store.reserve("p1", limits, tokens=1, cost=1.0)
+        assert isinstance(held, Reservation)
+        (counter,) = [key for key in await client.keys("aigw:budget:team:broken:*")
+                      if not key.endswith(b":holds")]
+        await client.delete(counter)
+        await client.set(counter, "not a hash")
+        with pytest.raises(InternalError):
+            await store.reserve("p2", limits, tokens=1, cost=1.0)
+        assert store.available
+        assert isinstance(await store.reserve("p3", LIMITS, tokens=1, cost=0.0), Reservation)
     finally:
         await client.aclose()
         await store.aclose()

@@ -180,6 +180,8 @@ def freeze(
             ledger_sync=settings.ledger_sync,
             execution_lease_s=settings.execution_lease_s,
             cache_max_entries=settings.cache_max_entries,
+            cache_max_bytes=settings.cache_max_bytes,
+            cache_max_entry_bytes=settings.cache_max_entry_bytes,
             execution_retention_s=settings.execution_retention_s,
             store_outbox=settings.store_outbox,
             metrics_access=settings.metrics_access,

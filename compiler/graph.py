@@ -38,6 +38,8 @@ class Settings:
     ledger_sync: Literal["full", "normal"]
     execution_lease_s: float = 30.0
     cache_max_entries: int = 10_000
+    cache_max_bytes: int = 128 << 20
+    cache_max_entry_bytes: int = 1 << 20
     execution_retention_s: float = 30 * 86400.0
     store_outbox: str = "aigw-outbox.sqlite"
     metrics_access: Literal["open", "admin"] = "open"

@@ -120,6 +120,16 @@ class SettingsSpec(Spec):
         description="Embedded store: answers the response cache keeps, least recently used "
         "dropped first (Redis keeps them by TTL and its own maxmemory policy).",
     )
+    cache_max_bytes: PositiveInt = Field(
+        128 * 1024 * 1024,
+        description="Embedded store: bytes of answers the response cache keeps in the "
+        "process, least recently used dropped first while over it.",
+    )
+    cache_max_entry_bytes: PositiveInt = Field(
+        1024 * 1024,
+        description="Largest answer the response cache keeps (as stored); a larger one is "
+        "served but not kept, in the process or in Redis.",
+    )
 
 
 class LatencySpec(Spec):

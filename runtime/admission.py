@@ -47,10 +47,10 @@ class StoreHandle:
 
     def __init__(
         self, url: str, root: Path, failure: str, ttl: float, sync: str,
-        cache_entries: int = 10_000, outbox: str = "memory",
+        cache_entries: int = 10_000, outbox: str = "memory", cache_bytes: int = 128 << 20,
     ) -> None:
         self.url = url
-        self.cache = open_cache(url, cache_entries)
+        self.cache = open_cache(url, cache_entries, cache_bytes)
         self._root = root
         self._failure = failure
         self._ttl = ttl

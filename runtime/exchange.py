@@ -192,9 +192,10 @@ class Exchange:
             return
         assert self._cache_key is not None and self.plan is not None
         assert self.plan.route.cache is not None
-        await self.live.store.cache.put(
-            self._cache_key, encode_answer(deployment.name, result), self.plan.route.cache.ttl_s
-        )
+        entry = encode_answer(deployment.name, result)
+        if len(entry) > self.live.graph.settings.cache_max_entry_bytes:
+            return  # served, not kept: one answer may be max_response_mb (64 MiB by default)
+        await self.live.store.cache.put(self._cache_key, entry, self.plan.route.cache.ttl_s)
 
     async def _remembered(
         self, deltas: AsyncIterator[ChatDelta], deployment: Deployment

@@ -132,7 +132,7 @@ class ReloadReport:
 
 # Settings read once, when the store and its cache are opened: a reload cannot apply them.
 RESTART_SETTINGS = ("store", "store_failure", "store_outbox", "reservation_ttl_s",
-                    "ledger_sync", "cache_max_entries")
+                    "ledger_sync", "cache_max_entries", "cache_max_bytes")
 
 
 class ConfigError(Exception):
@@ -169,6 +169,7 @@ class Gateway:
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
             settings.ledger_sync, settings.cache_max_entries, settings.store_outbox,
+            settings.cache_max_bytes,
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.last_reload: ReloadReport | None = None

@@ -12,9 +12,12 @@ A client opts out per request with ``Cache-Control``: ``no-cache`` skips the loo
 (the fresh answer refreshes the entry where the entry is the caller's own: a ``key``
 scope, or an admin key), ``no-store`` skips the cache entirely.
 
-Entries live where the store lives: in-process (least recently used dropped first)
-for the embedded store, in Redis (``SET ... PX``) when replicas share one. A cache
-that fails is a miss, never a failed request.
+Entries live where the store lives: in-process (least recently used dropped first,
+within a count and a byte budget) for the embedded store, in Redis (``SET ... PX``)
+when replicas share one. An answer larger than ``cache_max_entry_bytes`` is not kept
+in either: one answer may be up to a provider's ``max_response_mb``, and in Redis the
+entries share memory with the limits and budgets. A cache that fails is a miss, never
+a failed request.
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ class CacheBackend(Protocol):
 
 
 class LocalCache:
-    """In-process entries, at most ``max_entries``, the least recently used dropped first."""
+    """In-process entries, at most ``max_entries`` of them and ``max_bytes`` of values,
+    the least recently used dropped first."""
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 128 << 20,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: collections.OrderedDict[str, tuple[float, bytes]] = (
             collections.OrderedDict())
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0  # of the values held
         self._clock = clock
 
     async def get(self, key: str) -> bytes | None:
@@ -73,19 +80,29 @@ class LocalCache:
             return None
         expires, value = entry
         if expires <= self._clock():
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._drop(key)
+        if len(value) > self._max_bytes:  # it would push out everything else, then itself
+            return
         self._entries[key] = (self._clock() + ttl_s, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._bytes += len(value)
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self._bytes = 0
 
 
 class RedisCache:
@@ -136,11 +153,11 @@ class RedisCache:
         await self._redis.aclose()
 
 
-def open_cache(store_url: str, max_entries: int) -> CacheBackend:
+def open_cache(store_url: str, max_entries: int, max_bytes: int = 128 << 20) -> CacheBackend:
     """The backend next to the store ``settings.store`` names."""
     if store_url.startswith(("redis://", "rediss://", "unix://")):
         return RedisCache(store_url)
-    return LocalCache(max_entries)
+    return LocalCache(max_entries, max_bytes)
 
 
 def _directives(headers: Headers) -> set[str]:

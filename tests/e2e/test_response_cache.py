@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake, reply_for
@@ -33,11 +34,11 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _gateway(root: Path, upstream: str, store: str = "embedded") -> Path:
+def _gateway(root: Path, upstream: str, store: str = "embedded", settings: str = "") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(f"""
 version: 1
-settings: {{store: "{store}"}}
+settings: {{store: "{store}"{settings}}}
 providers:
   up: {{type: openai, base_url: "{upstream}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
 deployments:
@@ -273,6 +274,35 @@ def test_two_gateways_on_one_redis_share_their_cache(
         second, headers, _ = _ask(_client(servers[1]), "shared across replicas")
         assert headers["x-aigw-cache"] == "hit" and second == first
         assert len(upstream.script.requests) == 1
+
+
+def test_an_answer_over_the_entry_cap_is_served_but_not_kept(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str], private_redis: PrivateRedis,
+) -> None:
+    """An answer may be up to max_response_mb (64 MiB): each was kept whole, in the
+    process (10,000 of them) or in Redis, next to the limits and budgets."""
+    upstream, base_url = openai_upstream
+    server = Server(_gateway(tmp_path / "gw", base_url, store=private_redis.url,
+                             settings=", cache_max_entry_bytes: 2048"))
+    try:
+        server.wait_ready()
+        client = _client(server)
+        large = "large " * 400  # the fake's answer repeats it: an entry of about 3 KB
+        for ask in (_ask, _streamed):
+            for _ in range(2):
+                _, headers, _ = ask(client, large)
+                assert headers["x-aigw-cache"] == "miss"
+        assert len(upstream.script.requests) == 4
+        _ask(client, "small")
+        _, headers, _ = _ask(client, "small")
+        assert headers["x-aigw-cache"] == "hit" and len(upstream.script.requests) == 5
+        cached = redis.Redis.from_url(private_redis.url)
+        try:
+            assert len(cached.keys("aigw:cache:*")) == 1  # the small answer only
+        finally:
+            cached.close()
+    finally:
+        server.stop()
 
 
 def test_a_hit_is_served_only_from_a_deployment_the_callers_policies_permit(

@@ -98,6 +98,24 @@ async def test_local_entries_expire_and_the_least_recently_used_goes_first() -> 
     assert await cache.get("one") is None
 
 
+async def test_local_entries_are_kept_within_a_byte_budget() -> None:
+    """The count alone let 10,000 answers of up to 64 MiB each stay in the process."""
+    cache = LocalCache(max_entries=100, max_bytes=10)
+    await cache.put("one", b"1111", ttl_s=10)
+    await cache.put("two", b"2222", ttl_s=10)
+    assert await cache.get("one") == b"1111"  # now "two" is the least recently used
+    await cache.put("three", b"3333", ttl_s=10)  # 12 bytes: "two" goes
+    assert await cache.get("two") is None
+    assert await cache.get("one") == b"1111" and await cache.get("three") == b"3333"
+    await cache.put("one", b"1", ttl_s=10)  # replaced: its old bytes no longer count
+    await cache.put("four", b"4444", ttl_s=10)
+    assert [await cache.get(key) for key in ("one", "three", "four")] == [
+        b"1", b"3333", b"4444"]
+    await cache.put("huge", b"x" * 11, ttl_s=10)  # over the whole budget: not kept,
+    assert await cache.get("huge") is None  # and nothing else pushed out for it
+    assert await cache.get("one") == b"1" and await cache.get("four") == b"4444"
+
+
 async def test_a_redis_cache_that_cannot_be_reached_is_a_miss_not_an_error() -> None:
     cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:

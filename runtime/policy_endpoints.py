@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -56,7 +57,9 @@ class RouteQuery(BaseModel):
     key: str | None = Field(None, description="The key's name (default: the caller's).")
     user: str | None = None
     team: str | None = Field(None, description="The user's team, when no key is named.")
-    budget_remaining: float | None = None
+    # JSON bodies may carry NaN and Infinity (1e999 too): no budget figure, and no answer
+    # could carry them back.
+    budget_remaining: Annotated[float, Field(allow_inf_nan=False)] | None = None
     latency_sla_ms: int | None = Field(None, ge=0)
     estimated_tokens: int = Field(100, ge=0)
     max_tokens: int | None = Field(None, ge=1)
@@ -244,7 +247,8 @@ def _fits(kind: CedarType, value: Any) -> bool:
     if kind is STRING:
         return isinstance(value, str)
     if kind is DECIMAL:
-        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                                 and math.isfinite(value))  # NaN and Infinity parse as JSON
     if kind is STRINGS:
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     return False

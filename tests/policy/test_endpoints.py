@@ -67,6 +67,12 @@ async def test_route_rejects_bad_queries(policy_gateway: Factory) -> None:
     unknown = await client.post("/route", json={"model": "pair", "latency": 3})
     assert unknown.status_code == 400
     assert unknown.json()["error"]["param"] == "latency"
+    # JSON as parsed takes NaN, Infinity and 1e999 (inf): they were a 500 with a traceback.
+    for number in ("NaN", "Infinity", "-Infinity", "1e999"):
+        odd = await client.post("/route", content=f'{{"model": "pair", "budget_remaining": '
+                                f'{number}}}', headers={"content-type": "application/json"})
+        assert odd.status_code == 400, (number, odd.text)
+        assert odd.json()["error"]["param"] == "budget_remaining"
 
 
 async def test_evaluate_is_one_direct_decision(policy_gateway: Factory) -> None:
@@ -98,10 +104,21 @@ async def test_evaluate_is_one_direct_decision(policy_gateway: Factory) -> None:
       "context": {"budget": 1}}, "context"),
     ({"principal": 'ApiKey::"dev"', "action": "route", "resource": 'Deployment::"local-a"',
       "context": {"latency_sla_ms": "fast"}}, "context.latency_sla_ms"),
+    ('{"principal": "ApiKey::\\"dev\\"", "action": "route", '
+     '"resource": "Deployment::\\"local-a\\"", "context": {"budget_remaining": NaN}}',
+     "context.budget_remaining"),
+    ('{"principal": "ApiKey::\\"dev\\"", "action": "route", '
+     '"resource": "Deployment::\\"local-a\\"", "context": {"budget_remaining": 1e999}}',
+     "context.budget_remaining"),
 ])
-async def test_evaluate_rejects_bad_queries(policy_gateway: Factory, body: dict[str, object],
-                                            param: str) -> None:
-    response = await (await policy_gateway(POLICIES)).client().post("/evaluate", json=body)
+async def test_evaluate_rejects_bad_queries(policy_gateway: Factory,
+                                            body: dict[str, object] | str, param: str) -> None:
+    """A body as text is JSON with NaN or Infinity in it, which the JSON encoder cannot
+    write; they were a 500 with a traceback."""
+    client = (await policy_gateway(POLICIES)).client()
+    response = await (client.post("/evaluate", json=body) if isinstance(body, dict) else
+                      client.post("/evaluate", content=body,
+                                  headers={"content-type": "application/json"}))
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
 

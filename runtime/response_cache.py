@@ -49,6 +49,9 @@ Lookup = Literal["hit", "miss", "bypass"]
 # Fields that shape how an answer is delivered, not what it says.
 _DELIVERY_FIELDS = {"stream", "stream_options", "user"}
 _ENTRY_VERSION = 1
+# A provider's content filter cut or withheld the answer: a verdict on this one sample
+# (filters are probabilistic and change), not an answer to serve for the whole TTL.
+_FILTERED = "content_filter"
 
 
 class CacheBackend(Protocol):
@@ -238,9 +241,12 @@ def decode_answer(value: bytes, graph: Graph) -> CachedAnswer | None:
 
 def cacheable(result: ChatResult) -> bool:
     """Whether an answer may be served again: not one whose tool call arguments are not
-    a JSON object (an ingress refuses those with a 502; it must not be a lasting one)."""
+    a JSON object (an ingress refuses those with a 502; it must not be a lasting one),
+    nor one a provider's content filter cut or withheld."""
     for choice in result.choices:
         if choice.logprobs is not None or choice.extra:  # not kept: never half served again
+            return False
+        if choice.finish_reason == _FILTERED:
             return False
         for call in choice.tool_calls:
             try:
@@ -306,10 +312,10 @@ class StreamedAnswer:
         return "".join("".join(parts.content) for parts in self._choices.values())
 
     def result(self, usage: Usage) -> ChatResult | None:
-        """The whole answer, or None if any choice did not finish (or it carried what
-        the cache does not keep: log probabilities, audio...)."""
+        """The whole answer, or None if any choice did not finish or was filtered (or it
+        carried what the cache does not keep: log probabilities, audio...)."""
         if not self._choices or self._unkept or \
-                any(p.finish_reason is None for p in self._choices.values()):
+                any(p.finish_reason in (None, _FILTERED) for p in self._choices.values()):
             return None
         return ChatResult(self._model, tuple(
             Choice(index, "".join(parts.content) if parts.content else None,

@@ -35,6 +35,7 @@ def gemini_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[o
         "          capabilities: [streaming, tools]}\n"
         "routes:\n"
         "  gemini: {deployment: flash}\n"
+        "  cached: {deployment: flash, cache: {ttl_s: 600}}\n"
     )) as (client, _server):
         yield client
 
@@ -53,6 +54,24 @@ def test_openai_sdk_chat_and_stream_through_gemini(gemini_server: openai.OpenAI)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "fake-gemini: streamed word by word"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def test_an_answer_the_safety_filter_stopped_is_not_cached(
+    gemini_server: openai.OpenAI,
+) -> None:
+    """finishReason SAFETY (content_filter) was cached and replayed for the whole TTL."""
+    def cache(text: str, **options: Any) -> tuple[str | None, str | None]:
+        raw = gemini_server.chat.completions.with_raw_response.create(
+            model="cached", messages=[{"role": "user", "content": text}], **options)
+        if not options:
+            return raw.headers.get("x-aigw-cache"), raw.parse().choices[0].finish_reason
+        finishes = [chunk.choices[0].finish_reason for chunk in raw.parse() if chunk.choices]
+        return raw.headers.get("x-aigw-cache"), finishes[-1]  # read to its end: cached then
+
+    assert [cache("please BLOCKME") for _ in range(2)] == [("miss", "content_filter")] * 2
+    assert [cache("stream BLOCKME", stream=True) for _ in range(2)] == [
+        ("miss", "content_filter")] * 2
+    assert [cache("an answer to keep")[0] for _ in range(2)] == ["miss", "hit"]
 
 
 def test_openai_sdk_tool_conversation_through_gemini(gemini_server: openai.OpenAI) -> None:

@@ -200,6 +200,19 @@ def test_an_answer_with_tool_arguments_that_are_not_an_object_is_not_kept() -> N
     assert not cacheable(calling('{"q": ')) and not cacheable(calling("[1, 2]"))
 
 
+def test_an_answer_a_content_filter_cut_is_not_kept() -> None:
+    """It was replayed to every later asker for the whole TTL, streamed or not."""
+    filtered = ChatResult("m", (Choice(0, "Hello", "stop"), Choice(1, "Par", "content_filter")),
+                          Usage(1, 1))
+    assert not cacheable(filtered)
+    answer = StreamedAnswer("m")
+    for delta in (ChatDelta(content="Hello"), ChatDelta(finish_reason="stop"),
+                  ChatDelta(index=1, content="Par"),
+                  ChatDelta(index=1, finish_reason="content_filter")):
+        answer.add(delta)
+    assert answer.result(Usage(1, 1)) is None
+
+
 def test_an_answer_with_what_the_cache_does_not_keep_is_not_kept() -> None:
     """Log probabilities and passed-through fields (audio...) are not in an entry: a
     request asking for them must never be served one without them."""

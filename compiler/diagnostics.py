@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .codes import Code, Severity
 from .source import Position, SourceFile
+
+# A URL's user info: what comes before the last "@" of its authority (after "//", or from
+# the start when it has none, as in "user:pw@host:8000/v1"), which ends at "/", "?" or "#".
+_USER_INFO = re.compile(r"^(?P<lead>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a diagnostic may quote it: user info, a query and a fragment can carry a
+    password or a key (a base_url's ${ENV} values among them), and diagnostics reach
+    whoever reads ``aigw check`` output or ``/admin/status``.
+
+    >>> shown_url("https://user:s3cret@llm.example.com/v1?key=abc#x")
+    'https://***@llm.example.com/v1?***'
+    """
+    shown = _USER_INFO.sub(lambda found: f"{found['lead'] or ''}***@", url, count=1)
+    query = shown.find("?")
+    fragment = shown.find("#")
+    cut = min((at for at in (query, fragment) if at >= 0), default=-1)
+    return shown if cut < 0 else f"{shown[: cut + 1]}***"
 
 
 @dataclass(frozen=True, slots=True)

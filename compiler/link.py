@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from . import codes
-from .diagnostics import DiagnosticSink
+from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .served import link_served
 from .source import NodePath, Position, SourceMap
@@ -59,6 +59,8 @@ _NO_EMBEDDINGS = frozenset({"anthropic", "bedrock", "vertex"})
 _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
 _NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+# An unclosed reference: "${" and the name after it, as far as a name goes.
+_UNCLOSED_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_]*")
 _SECRET_LOOKING = re.compile(r"^(sk-|sk_|xai-|gsk_|AIza|AKIA)|^[A-Za-z0-9_\-]{32,}$")
 
 
@@ -370,7 +372,8 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
     the adapter appends itself."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        sink.add(codes.SCHEMA_VALUE, f"provider '{entry.name}' has base_url {url!r}, which is "
+        sink.add(codes.SCHEMA_VALUE, f"provider '{entry.name}' has base_url "
+                 f"{shown_url(url)!r}, which is "
                  "not an http(s) URL with a host", entry.value("base_url"),
                  "write the API's root URL, e.g. https://api.example.com/v1")
     elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages")):
@@ -389,11 +392,19 @@ def _resolve_env(
 ) -> str:
     """Replace each ${NAME} in ``text``; an unset NAME is a warning and recorded in ``unset``."""
     if text.count("${") != len(_ENV_REFERENCE.findall(text)):
-        sink.add(codes.ENV_SYNTAX, f"unclosed ${{ in {text!r}", position, "write ${NAME}")
+        # Only the reference is quoted: the rest may be a key, or a header with one in it.
+        unclosed = _UNCLOSED_REFERENCE.search(_ENV_REFERENCE.sub("", text))
+        shown = unclosed[0] if unclosed else "${"
+        sink.add(codes.ENV_SYNTAX, f"unclosed ${{ in {shown!r}", position, "write ${NAME}")
         return text
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
+        if not ENV_NAME_PATTERN.match(name) and _SECRET_LOOKING.search(name):
+            sink.add(codes.ENV_SYNTAX, "a ${...} reference holds what looks like a key, not "
+                     "an environment variable name", position,
+                     "set the key in an environment variable and write its name: ${API_KEY}")
+            return ""
         if not ENV_NAME_PATTERN.match(name):
             sink.add(
                 codes.ENV_SYNTAX,

@@ -25,7 +25,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import codes
-from .diagnostics import DiagnosticSink
+from .diagnostics import DiagnosticSink, shown_url
 from .egress import Egress, allowed_origin, literal_origin
 from .link import Linked
 from .load import YamlDocument
@@ -414,7 +414,8 @@ class Builder:
         if origin is None:
             self.sink.add(
                 codes.HTTP_DESTINATION,
-                f"http step '{name}' lets its template choose the host of {spec.url!r}",
+                f"http step '{name}' lets its template choose the host of "
+                f"{shown_url(spec.url)!r}",
                 self.document.source_map.value((*path, "url")),
                 "write 'https://host/' out before the first '{{', or list the hosts a "
                 "templated URL may reach in 'allow_hosts'",

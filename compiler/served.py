@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from . import codes
-from .diagnostics import DiagnosticSink
+from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .source import Position
 from .spec import ENV_NAME_PATTERN, DeploymentSpec, ServeSpec
@@ -103,8 +103,8 @@ def _address(entry: Entry[DeploymentSpec], provider: LinkedProvider,
         sink.add(
             codes.SERVE_INVALID,
             f"deployment '{entry.name}' starts a vLLM server, but provider "
-            f"'{provider.entry.name}' points at {provider.base_url}; a server aigw starts "
-            "listens on this machine, over http, on the port base_url names",
+            f"'{provider.entry.name}' points at {shown_url(provider.base_url)}; a server aigw "
+            "starts listens on this machine, over http, on the port base_url names",
             entry.key("serve"),
             f"set base_url: http://127.0.0.1:8001/v1 (a free port) on provider "
             f"'{provider.entry.name}'",

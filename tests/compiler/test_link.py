@@ -158,3 +158,47 @@ routes:
         "AGW302": "defined deployments: a, b, c, d, e",
         "AGW303": "no groups are defined",
     }
+
+
+def test_no_diagnostic_quotes_a_password_or_key_it_was_given(
+    write_gateway: WriteGateway,
+) -> None:
+    """Diagnostics reach whoever reads ``aigw check`` or /admin/status (last_reload): a
+    base_url was quoted whole, user info and ${ENV} values included, and the text of an
+    api_key or header with an unclosed ${ in it."""
+    body = """\
+providers:
+  files: {type: openai, base_url: "ftp://user:SECRETPW@files.example/v1", api_key: "${SET_KEY}"}
+  gpu:
+    type: vllm
+    base_url: "http://admin:${PASSWORD}@gpu-7.internal:8000/v1?token=${TOKEN}"
+  headed:
+    type: openai
+    api_key: "${sk-proj-PASTEDKEY}"
+    headers: {Authorization: "Bearer sk-live-HEADERKEY ${ORG"}
+deployments:
+  a: {provider: files, model: m, context_window: 8192}
+  served: {provider: gpu, model: m, context_window: 8192, serve: {}}
+  h: {provider: headed, model: m, context_window: 8192}
+routes:
+  chat: {deployment: a}
+  fetch: {pipeline: fetch}
+"""
+    pipeline = """\
+input: {type: object}
+steps:
+  page: {kind: http, method: GET, url: "https://bot:PIPESECRET@{{ input.host }}/status"}
+output: "{{ steps.page }}"
+"""
+    root = write_gateway({"gateway.yaml": "version: 1\n" + body,
+                          "pipelines/fetch.yaml": pipeline})
+    environ = {"SET_KEY": "sk-test-123", "PASSWORD": "ENVPASSWORD", "TOKEN": "ENVTOKEN"}
+    result = compile_gateway(root, environ)
+    said = "\n".join(f"{item.code.id} {item.message} {item.hint}" for item in result.diagnostics)
+    for code in ("AGW205", "AGW324", "AGW317", "AGW513"):
+        assert code in said, said
+    for secret in ("SECRETPW", "ENVPASSWORD", "ENVTOKEN", "PASTEDKEY", "HEADERKEY", "PIPESECRET"):
+        assert secret not in said, said
+    assert "base_url 'ftp://***@files.example/v1'" in said
+    assert "points at http://***@gpu-7.internal:8000/v1?***" in said
+    assert "unclosed ${ in '${ORG'" in said

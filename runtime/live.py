@@ -50,8 +50,9 @@ class InFlight:
     async def idle(self) -> None:
         """Until nothing is in flight."""
         while self.count > 0:
-            self._idle = asyncio.Event()
-            await self._idle.wait()
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()  # shared: several closings may wait on one snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._closing = Background()  # adapters a reload dropped, closing once unused
         self._retired: list[ChatAdapter] = []  # dropped by a reload, not closed yet
+        self._draining: list[Live] = []  # replaced graphs that may still have requests
 
     async def reload_everywhere(self, trigger: str) -> ReloadReport:
         """Reload here and, when it compiled, ask the other workers to (an API call
@@ -234,24 +236,32 @@ class Gateway:
             return report
 
     def _retire(self, previous: Live) -> None:
-        """Close adapters the new graph dropped once the requests the previous graph was
-        serving are over. A fixed grace (the providers' timeout_s) cut streams longer
-        than it, and a cut stream's reader waited for ever."""
+        """Close adapters the new graph dropped once the requests of every replaced graph
+        that holds them are over. A fixed grace (the providers' timeout_s) cut streams
+        longer than it, and a cut stream's reader waited for ever. Every such graph, not
+        only the one just replaced: a reload that keeps a provider hands its client on,
+        so requests of graphs two or more reloads old may still be using it."""
+        self._draining = [old for old in self._draining if old.in_flight.count > 0]
+        self._draining.append(previous)
         current = set(map(id, self.live.adapters.values()))
         dropped = [a for a in previous.adapters.values() if id(a) not in current]
         if not dropped:
             return
         self._retired.extend(dropped)
-        self._closing.spawn(self._close_when_done(previous, dropped))
+        ids = set(map(id, dropped))
+        holders = [old for old in self._draining
+                   if any(id(adapter) in ids for adapter in old.adapters.values())]
+        self._closing.spawn(self._close_when_done(holders, dropped))
 
-    async def _close_when_done(self, previous: Live, dropped: list[ChatAdapter]) -> None:
+    async def _close_when_done(self, holders: list[Live], dropped: list[ChatAdapter]) -> None:
         try:
             async with asyncio.timeout(RETIRE_LIMIT_S):
-                await previous.in_flight.idle()
+                for old in holders:
+                    await old.in_flight.idle()
         except TimeoutError:
             log.warning("closing %d provider clients a reload dropped with %d requests "
                         "still on them, after %.0f s", len(dropped),
-                        previous.in_flight.count, RETIRE_LIMIT_S)
+                        sum(old.in_flight.count for old in holders), RETIRE_LIMIT_S)
         for adapter in dropped:
             if adapter in self._retired:  # else aclose() closed it already
                 self._retired.remove(adapter)

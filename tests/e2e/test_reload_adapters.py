@@ -1,0 +1,78 @@
+"""A stream over a real socket outlives reloads that replace its provider's client.
+
+The in-process reload tests cannot show this: httpx's ASGI transport reads a whole
+response before it returns, so their reloads come after the stream has ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from .server import Server
+
+WORDS = " ".join(f"w{n}" for n in range(16))
+
+
+def _config(url: str, up: str, other: str) -> str:
+    """Two providers on one upstream; a change to one's header replaces its client."""
+    sha = hashlib.sha256(DEV_KEY.encode()).hexdigest()
+    key = "${FAKE_OPENAI_KEY}"
+    return f"""
+version: 1
+providers:
+  up: {{type: openai, base_url: "{url}/v1", api_key: "{key}", headers: {{x-r: "{up}"}}}}
+  other: {{type: openai, base_url: "{url}/v1", api_key: "{key}", headers: {{x-r: "{other}"}}}}
+deployments:
+  gpt: {{provider: up, model: gpt-4o-mini, context_window: 128000}}
+  gpt2: {{provider: other, model: gpt-4o-mini, context_window: 128000}}
+routes:
+  chat: {{deployment: gpt}}
+  chat2: {{deployment: gpt2}}
+keys:
+  dev: {{admin: true, sha256: {sha}}}
+"""
+
+
+def _reload(server: Server, root: Path, text: str) -> None:
+    old = httpx.get(f"{server.base_url}/health").json()["graph"]
+    (root / "gateway.yaml").write_text(text)
+    server.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{server.base_url}/health").json()["graph"] == old:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+
+
+def test_a_stream_outlives_two_reloads_the_first_of_which_kept_its_client(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]
+) -> None:
+    """The first reload keeps provider 'up' (its client goes on to the new graph); the
+    second replaces it. Its client was closed once the graph just before had no
+    requests left, under a stream of the first graph: 'provider up is unreachable'."""
+    fake, url = openai_upstream
+    fake.script.actions.append(Action(event_delay_s=0.2))
+    root = tmp_path / "gw"
+    root.mkdir()
+    (root / "gateway.yaml").write_text(_config(url, "1", "1"))
+    server = Server(root)
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+        chunks = iter(client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": WORDS}]))
+        next(chunks)
+        _reload(server, root, _config(url, "1", "2"))  # 'up' kept: its client moves on
+        _reload(server, root, _config(url, "2", "2"))  # 'up' replaced
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.rstrip().endswith("w15")  # the whole answer, on the client it started with
+    finally:
+        server.stop()

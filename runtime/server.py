@@ -246,16 +246,33 @@ def _run_master(options: ServeOptions, config: Config) -> int:
     for index in range(options.workers):
         workers.append(start(index))
     exitcodes: list[int] = []
+    replacements: set[int] = set()  # slots whose worker was started in place of another
     while any(worker.is_alive() for worker in workers):
         # With a timeout: a worker's sentinel stays open while a process it started
         # holds it, and waitpid (``is_alive``) sees the end anyway.
         multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()],
                                         timeout=1.0)
         for index, worker in enumerate(workers):
+            if isinstance(worker, _Resting):
+                if stopping:
+                    workers[index] = _Ended(0)
+                elif time.monotonic() >= worker.until:
+                    workers[index] = start(index)
+                continue
             if isinstance(worker, _Ended) or worker.is_alive():
                 continue
             _forget_worker_metrics(worker.pid)
             up_s = time.monotonic() - started[index]
+            others = any(w.is_alive() for i, w in enumerate(workers) if i != index)
+            if not stopping and up_s < RESPAWN_AFTER_UP_S and index in replacements and others:
+                # A replacement compiles the files as they are now, which may be a config
+                # a reload refused: the other workers go on serving the graph they have,
+                # and it is tried again (ending the gateway would end that graph too).
+                log.error("worker %d, started in place of one that ended, ended (exit code "
+                          "%s) %.1f s after it started; the others serve on; trying again "
+                          "in %.0f s", worker.pid, worker.exitcode, up_s, RESPAWN_AFTER_UP_S)
+                workers[index] = _Resting(time.monotonic() + RESPAWN_AFTER_UP_S)
+                continue
             if stopping or up_s < RESPAWN_AFTER_UP_S:
                 # One stopped by the forwarded signal before it could handle it (a worker
                 # still starting) stopped as asked.
@@ -273,8 +290,11 @@ def _run_master(options: ServeOptions, config: Config) -> int:
             log.error("worker %d ended (exit code %s) after %.0f s; starting another",
                       worker.pid, worker.exitcode, up_s)
             workers[index] = start(index)
+            replacements.add(index)
             if stopping:  # asked to stop while it started: it was not there to be told
                 _send_signal(workers[index].pid, signal.SIGTERM)
+    if any(isinstance(worker, _Resting) for worker in workers):
+        exitcodes.append(1)  # no worker serves, and one could not start: a failure
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -289,6 +309,20 @@ class _Ended:
 
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class _Resting:
+    """A worker slot whose replacement could not start, to be started again at ``until``
+    while the other workers serve."""
+
+    pid = None
+    sentinel = None
+
+    def __init__(self, until: float) -> None:
+        self.until = until
 
     def is_alive(self) -> bool:
         return False

@@ -366,6 +366,36 @@ def test_a_worker_that_dies_is_started_again(gateway_dir: Path) -> None:
         assert server.stop() == 0, server.log
 
 
+def test_a_replacement_worker_that_cannot_compile_leaves_the_others_serving(
+    gateway_dir: Path,
+) -> None:
+    """A config a reload refused is still on disk; a worker that crashed then was
+    replaced by one that compiled it, failed at once, and the master stopped the
+    gateway, the graph every other worker was serving with it. Now the others serve
+    on, and the slot is tried again until the files compile."""
+    server = Server(gateway_dir, "--workers", "2")
+    try:
+        server.wait_ready()
+        time.sleep(server_module.RESPAWN_AFTER_UP_S + 0.5)  # up long enough to be respawned
+        good = (gateway_dir / "gateway.yaml").read_text()
+        (gateway_dir / "gateway.yaml").write_text(good.replace("routes:", "routes: [", 1))
+        before = _workers(server)
+        os.kill(min(before), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "the others serve on" not in server.log:
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log
+            time.sleep(0.1)
+        for _ in range(6):
+            assert httpx.get(f"{server.base_url}/health").status_code == 200
+        (gateway_dir / "gateway.yaml").write_text(good)  # fixed: the slot fills again
+        deadline = time.monotonic() + 30
+        while len(_workers(server)) < 2:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.2)
+    finally:
+        assert server.stop() == 0, server.log
+
+
 def test_metrics_of_an_earlier_run_do_not_count_into_this_one(
     gateway_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ from aigw import __version__
 from aigw.compiler import CompileResult, compile_gateway, render_github, render_json, render_text
 from aigw.compiler.graph import Graph
 from aigw.compiler.schema import json_schemas
+from aigw.reload_signal import note_early_reloads
 
 _EPILOG = """\
 examples:
@@ -319,6 +320,7 @@ def _run_schema(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    note_early_reloads()  # before the seconds of importing and compiling
     from aigw.runtime.server import ServeOptions, serve  # the runtime only when serving
 
     return serve(

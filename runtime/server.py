@@ -17,7 +17,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from hypercorn.config import Config
 
 from aigw.compiler import render_text
 from aigw.compiler.served import is_loopback
+from aigw.reload_signal import EARLY_RELOAD, note_early_reloads
 
 from . import heap
 from .app import create_app
@@ -121,7 +121,7 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(gateway.reload("SIGHUP")))
-    if _EARLY_RELOAD.is_set():
+    if EARLY_RELOAD.is_set():
         background.spawn(gateway.reload("SIGHUP"))
     if sockets is not None:  # a worker: the master forwards SIGHUP to every worker (this
         # one too, which then reloads again: the same files, the same graph)
@@ -347,12 +347,10 @@ def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
     # A reload asked before this worker can reload (SIGHUP to the master, or /admin/reload
     # on a worker already up) is noted now and made once it is up; SIGHUP's default
     # ended the worker, and the master with it.
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_RELOAD.set())
+    note_early_reloads()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the master
     _configure_logging()
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(_run_worker(options, config, sockets))
 
-
-_EARLY_RELOAD = threading.Event()  # a SIGHUP that came before the worker could reload

@@ -206,6 +206,35 @@ def test_two_workers_serve_and_reload_on_sighup(gateway_dir: Path) -> None:
         assert server.stop() == 0, server.log
 
 
+def _catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def test_a_reload_asked_while_the_gateway_starts_does_not_stop_it(gateway_dir: Path) -> None:
+    """SIGHUP's default ends a process, and aigw serve took seconds (importing its
+    runtime, compiling) before it handled it: a reload asked then (systemctl reload,
+    logrotate) ended the gateway. Now the command line notes one from its start, and
+    the gateway reloads once it is up."""
+    server = Server(gateway_dir)
+    try:
+        deadline = time.monotonic() + 20
+        while not _catches_sighup(server.process.pid):
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log
+            time.sleep(0.01)
+        _add_route(gateway_dir, "two")
+        server.signal(signal.SIGHUP)
+        server.wait_ready()
+        models = httpx.get(f"{server.base_url}/v1/models",
+                           headers={"authorization": f"Bearer {DEV_KEY}"}).json()["data"]
+        assert "two" in {model["id"] for model in models}, server.log
+    finally:
+        assert server.stop() == 0, server.log
+
+
 def test_a_reload_asked_while_the_workers_start_does_not_stop_the_gateway(
     gateway_dir: Path,
 ) -> None:

@@ -133,7 +133,9 @@ class ReloadReport:
 
 # Settings read once, when the store and its cache are opened: a reload cannot apply them.
 RESTART_SETTINGS = ("store", "store_failure", "store_outbox", "reservation_ttl_s",
-                    "ledger_sync", "cache_max_entries", "cache_max_bytes")
+                    "ledger_sync", "cache_max_entries", "cache_max_bytes",
+                    # the pipeline runner's, read when it starts
+                    "execution_lease_s", "execution_retention_s")
 
 
 class ConfigError(Exception):
@@ -219,6 +221,7 @@ class Gateway:
                 self.live = Live.build(
                     result.graph, self.counter, self.routing, self.telemetry, self.store, previous
                 )
+                logging.getLogger("aigw").setLevel(result.graph.settings.log_level.upper())
                 self._retire(previous)
                 heap.refreeze_later(_grace_s(previous.graph))
                 report = ReloadReport(

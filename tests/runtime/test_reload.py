@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
@@ -105,10 +106,19 @@ async def test_a_reload_says_which_changed_settings_wait_for_a_restart(
     config = gateway_dir / "gateway.yaml"
     config.write_text(config.read_text().replace(
         "  max_request_bytes: 4194304\n",
-        "  max_request_bytes: 2097152\n  cache_max_entries: 5\n  store_failure: fail_open\n"))
-    report = (await client.post("/admin/reload")).json()
+        "  max_request_bytes: 2097152\n  cache_max_entries: 5\n  store_failure: fail_open\n"
+        "  execution_lease_s: 90\n  log_level: error\n"))
+    level = logging.getLogger("aigw").level
+    try:
+        report = (await client.post("/admin/reload")).json()
+        reloaded_level = logging.getLogger("aigw").level
+    finally:  # the logger is the process's: later tests log as before
+        logging.getLogger("aigw").setLevel(level)
     assert report["ok"] is True
-    # The store and its cache were opened with the first graph's; the request limit is
-    # read per request, so it applies now.
-    assert report["restart_needed"] == ["store_failure", "cache_max_entries"]
+    # The store and its cache were opened with the first graph's, the pipeline runner
+    # started with its lease; the request limit is read per request, so it applies now,
+    # as does the log level (it was set once, at start, and a reload said nothing).
+    assert report["restart_needed"] == ["store_failure", "cache_max_entries",
+                                        "execution_lease_s"]
     assert gateway.live.graph.settings.max_request_bytes == 2097152
+    assert reloaded_level == logging.ERROR

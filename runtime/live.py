@@ -175,6 +175,7 @@ class Gateway:
             settings.cache_max_bytes,
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
+        self.telemetry.metrics.serving(result.graph.fingerprint)
         self.last_reload: ReloadReport | None = None
         # With several workers: asks the others to reload too (``aigw serve`` sets it).
         self.reload_peers: Callable[[], None] | None = None
@@ -198,6 +199,7 @@ class Gateway:
             result = await asyncio.to_thread(self._compile, self.root)
             elapsed = (time.perf_counter() - started) * 1000
             diagnostics = tuple(item.as_dict() for item in result.diagnostics)
+            self.telemetry.metrics.reloaded(result.graph.fingerprint if result.graph else None)
             if result.graph is None:
                 report = ReloadReport(time.time(), trigger, False, None, elapsed, diagnostics)
                 log.error(

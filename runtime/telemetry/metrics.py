@@ -131,6 +131,16 @@ class Metrics:
                                  ["scope", "name"], registry=registry,
                                  multiprocess_mode="mostrecent")
         self._budgets_shown: set[tuple[str, ...]] = set()
+        self.reloads = Counter("aigw_config_reloads", "Config reloads, by outcome (ok, failed: "
+                               "the config did not compile and the graph stayed).",
+                               ["outcome"], registry=registry)
+        self.last_reload = Gauge("aigw_config_last_reload_success_timestamp_seconds",
+                                 "When a reload last swapped in a new graph (Unix time).",
+                                 registry=registry, multiprocess_mode="livemax")
+        self.graph = Gauge("aigw_graph_info", "1 for the fingerprint of the graph served; "
+                           "two at once: workers serve different graphs.", ["fingerprint"],
+                           registry=registry, multiprocess_mode="livemax")
+        self._graph_shown: set[tuple[str, ...]] = set()
 
     def publish_circuits(self) -> None:
         """Set aigw_circuit_state from this process's breakers, as they are now (an open
@@ -142,6 +152,17 @@ class Metrics:
     def publish_budgets(self, used: Mapping[tuple[str, ...], float]) -> None:
         """Set aigw_budget_used_ratio (by scope and name) from the store's figures."""
         self._budgets_shown = _publish(self.budget_used, used, self._budgets_shown)
+
+    def serving(self, fingerprint: str) -> None:
+        """Set aigw_graph_info to the graph this process serves now."""
+        self._graph_shown = _publish(self.graph, {(fingerprint,): 1.0}, self._graph_shown)
+
+    def reloaded(self, fingerprint: str | None) -> None:
+        """Count a reload: ok with the new graph's fingerprint, failed with None."""
+        self.reloads.labels("ok" if fingerprint else "failed").inc()
+        if fingerprint:
+            self.last_reload.set_to_current_time()
+            self.serving(fingerprint)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format for a scrape, aggregated across workers in multiprocess mode."""

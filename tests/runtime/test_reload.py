@@ -122,3 +122,34 @@ async def test_a_reload_says_which_changed_settings_wait_for_a_restart(
                                         "execution_lease_s"]
     assert gateway.live.graph.settings.max_request_bytes == 2097152
     assert reloaded_level == logging.ERROR
+
+
+def _series(text: str, name: str) -> dict[str, float]:
+    """The samples of ``name`` in a scrape, by their label text."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line[len(name):].rpartition(" ")
+            found[labels] = float(value)
+    return found
+
+
+async def test_reloads_and_the_graph_served_are_in_the_metrics(
+    client: httpx.AsyncClient, gateway: Gateway, gateway_dir: Path
+) -> None:
+    """A failed reload was in the log and /admin/status only (of whichever worker
+    answered): nothing to alert on, and no way to see workers serving different graphs."""
+    first = gateway.live.graph.fingerprint
+    config = gateway_dir / "gateway.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("provider: local", "provider: lcoal", 1))
+    assert (await client.post("/admin/reload")).status_code == 422
+    config.write_text(good)
+    _add_route(gateway_dir, "brand-new")
+    new = (await client.post("/admin/reload")).json()["fingerprint"]
+    text = (await client.get("/metrics")).text
+    assert _series(text, "aigw_config_reloads_total") == {
+        '{outcome="failed"}': 1.0, '{outcome="ok"}': 1.0}
+    assert _series(text, "aigw_graph_info") == {f'{{fingerprint="{new}"}}': 1.0}
+    assert new != first
+    assert _series(text, "aigw_config_last_reload_success_timestamp_seconds")[""] > 0

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--watch", action="store_true", help="reload when a config file changes")
+    serve.add_argument("--graceful-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, how long requests in flight (streams too) may take "
+                            "to finish before they are cut (default 30)")
     serve.set_defaults(run=_run_serve)
 
     route = _command(
@@ -319,6 +322,17 @@ def _run_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse's error for anything else)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     note_early_reloads()  # before the seconds of importing and compiling
     from aigw.runtime.server import ServeOptions, serve  # the runtime only when serving
@@ -330,6 +344,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             watch=args.watch,
+            graceful_timeout_s=args.graceful_timeout,
         )
     )
 

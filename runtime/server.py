@@ -48,6 +48,9 @@ class ServeOptions:
     port: int = 4000
     workers: int = 1
     watch: bool = False
+    # On SIGTERM: how long requests in flight may take to finish (LLM streams run for
+    # minutes; hypercorn's own default is 5 s).
+    graceful_timeout_s: float = 30.0
     # Run the vLLM servers of served deployments (serve:); with several workers only
     # the first does.
     supervise: bool = True
@@ -77,7 +80,7 @@ def _hypercorn_config(options: ServeOptions) -> Config:
     config.bind = [f"{host}:{options.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 30.0
+    config.graceful_timeout = options.graceful_timeout_s
     config.keep_alive_timeout = 75.0
     # No "server: hypercorn-h11": what software answers is nobody's business but ours
     # (and it is one header fewer for h11 to validate on every response).

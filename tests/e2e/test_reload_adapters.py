@@ -1,4 +1,5 @@
-"""A stream over a real socket outlives reloads that replace its provider's client.
+"""Streams over a real socket through a gateway's lifecycle: reloads that replace their
+provider's client, and a shutdown.
 
 The in-process reload tests cannot show this: httpx's ASGI transport reads a whole
 response before it returns, so their reloads come after the stream has ended.
@@ -74,5 +75,30 @@ def test_a_stream_outlives_two_reloads_the_first_of_which_kept_its_client(
         _reload(server, root, _config(url, "2", "2"))  # 'up' replaced
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text.rstrip().endswith("w15")  # the whole answer, on the client it started with
+    finally:
+        server.stop()
+
+
+def test_a_shutdown_gives_streams_in_flight_the_graceful_timeout_asked(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]
+) -> None:
+    """hypercorn's grace was fixed at 30 s: every deploy cut LLM streams longer than
+    that, and a gateway that must stop sooner could not."""
+    fake, url = openai_upstream
+    fake.script.actions.append(Action(event_delay_s=0.5))  # 16 words: about 8 s
+    root = tmp_path / "gw"
+    root.mkdir()
+    (root / "gateway.yaml").write_text(_config(url, "1", "1"))
+    server = Server(root, "--graceful-timeout", "1")
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+        chunks = iter(client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": WORDS}]))
+        next(chunks)
+        stopped = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.process.wait(timeout=20)
+        assert time.monotonic() - stopped < 6, server.log  # cut at about 1 s, not 30
     finally:
         server.stop()

@@ -1,5 +1,5 @@
-"""The outside world of a step: model calls through the gateway's own serving core, and
-HTTP tool calls.
+"""The outside world of a step: model calls through the gateway's own serving core, the
+policy check on a pipeline a step runs, and HTTP tool calls.
 
 A model call is an ``Exchange``, exactly like a request to /v1/chat/completions after
 authentication: routing, fallbacks and circuit breakers, the key's (and its team's)
@@ -22,9 +22,10 @@ from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
-from ..errors import GatewayError
+from ..errors import Forbidden, GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
+from ..policy_request import authorize_pipeline
 from ..store.executions import Execution
 from ..upstream import read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
@@ -49,10 +50,7 @@ class GatewayModels:
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
         live = self.gateway.live
-        key = find_key(live, self.key_name)
-        if key is None:
-            raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
-                             "longer accepted by the gateway", retryable=False)
+        key = self._key(live)
         record = new_record(live, "pipeline")
         exchange = Exchange(live, record, Headers())
         if self.user is not None:  # in the body, as a chat names it (any text, not latin-1)
@@ -80,6 +78,23 @@ class GatewayModels:
             completion_tokens=record.completion_tokens,
             cost=record.cost,
         )
+
+
+    async def check_pipeline(self, pipeline: str) -> None:
+        """The check ``/api/v1/executions`` makes, for a step that runs ``pipeline``: a
+        forbid on ``Pipeline::"name"`` holds however it is reached."""
+        live = self.gateway.live
+        try:
+            await authorize_pipeline(live, self._key(live), self.user, pipeline, Headers())
+        except Forbidden as exc:
+            raise StepFailed(exc.message, retryable=False) from exc
+
+    def _key(self, live: Live) -> ApiKey:
+        key = find_key(live, self.key_name)
+        if key is None:
+            raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
+                             "longer accepted by the gateway", retryable=False)
+        return key
 
 
 def current_route(live: Live, route: Route) -> Route:

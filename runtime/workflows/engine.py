@@ -76,9 +76,14 @@ class ModelAnswer:
 
 
 class ModelCaller(Protocol):
-    """One call through the gateway's serving core (routing, limits, budgets, ledger)."""
+    """One call through the gateway's serving core (routing, limits, budgets, ledger);
+    and its invoke check for a step that runs another pipeline."""
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer: ...
+
+    async def check_pipeline(self, pipeline: str) -> None:
+        """Raise ``StepFailed`` (not retryable) if policy does not let the execution's key
+        and end user run ``pipeline`` (invoke on ``Pipeline::"name"``)."""
 
 
 @dataclass(frozen=True, slots=True)

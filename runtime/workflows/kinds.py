@@ -301,6 +301,8 @@ async def _pipeline(context: StepContext, action: SubPipeline) -> Any:
     pipeline = run.pipelines.get(action.pipeline)
     if pipeline is None:
         raise StepFailed(f"pipeline '{action.pipeline}' is no longer defined", retryable=False)
+    # Run by name, it is checked on Pipeline::"name"; run by another, it is too.
+    await run.caller.check_pipeline(action.pipeline)
     given = jsonable(run.render(action.input, context.scope))
     problems = pipeline.input_schema.errors(given)
     if problems:

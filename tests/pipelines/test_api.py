@@ -235,6 +235,46 @@ async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(
     assert allowed.status_code == 200, allowed.text
 
 
+WRAPPER = """
+input: {type: object, required: [topic], properties: {topic: {type: string}}}
+steps:
+  call: {kind: pipeline, pipeline: about, input: {topic: "{{ input.topic }}"}}
+output: "{{ steps.call }}"
+"""
+
+
+async def test_a_policy_on_a_pipeline_holds_when_another_runs_it(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A forbid on Pipeline::"about" stopped a run of "about" by name, but not a run of a
+    pipeline with a step ``{kind: pipeline, pipeline: about}`` (found by a review)."""
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("everything")\npermit (principal, action, resource);\n'
+        '@id("no-about-for-alice")\nforbid (principal in ApiKey::"alice", '
+        'action == Action::"invoke", resource == Pipeline::"about");\n')
+    served = await serve({"about": ECHO_PIPELINE, "wrapper": WRAPPER}, root=root)
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    direct = await served.http.post("/api/v1/executions", headers=alice,
+                                    json={"pipeline": "about", "input": {"topic": "cats"}})
+    assert direct.status_code == 403, direct.text
+    started = await served.http.post("/api/v1/executions", headers=alice,
+                                     json={"pipeline": "wrapper", "input": {"topic": "cats"},
+                                           "user": "carol"})
+    assert started.status_code == 201, started.text
+    failed = await served.wait_for(started.json()["id"],
+                                   lambda e: e["status"] in ("failed", "succeeded"))
+    assert failed["error"] == (
+        "step 'call' failed: Policy does not allow user 'carol' of key 'alice' to run "
+        "pipeline 'about': denied by no-about-for-alice.")
+    steps = await served.steps(failed["id"])
+    assert steps["call"]["attempts"] == 1  # a deny is not tried again
+    assert "call/answer" not in steps  # nothing of "about" ran
+    allowed = await served.run("wrapper", {"topic": "cats"})  # the dev key
+    assert allowed["status"] == "succeeded" and allowed["output"] == "About cats"
+
+
 async def test_costs_summary_per_pipeline(serve: Serve) -> None:
     served = await serve({"about": ECHO_PIPELINE, "slow": SLOW})
     one = await served.run("about", {"topic": "a"})

@@ -29,6 +29,9 @@ class FakeModels:
         self.calls.append((route.name, prompt))
         return ModelAnswer(self.answers.get(route.name, prompt), route.name, 1, 1, 0.5)
 
+    async def check_pipeline(self, pipeline: str) -> None:
+        """Every pipeline may run (these tests have no policies)."""
+
 
 class _Factory:
     def __init__(self, models: FakeModels) -> None:

@@ -165,6 +165,14 @@ def freeze(
             sha256=item.sha256,
         )
     settings = linked.settings
+    frozen_pipelines = attach_routes(
+        pipelines or {}, routes, groups, deployments,
+        lambda name: _group(f"deployment:{name}", GroupSpec(members=[name]), deployments),
+    )
+    # A step naming a group or deployment is served by a route made up for it; policies
+    # see it as any route (in its Group, with kind and target), so one on the group holds.
+    made = {route.name: route for pipeline in frozen_pipelines.values()
+            for route in pipeline.routes.values() if route.name not in routes}
     return Graph(
         fingerprint=fingerprint(sources),
         root=str(root),
@@ -193,13 +201,10 @@ def freeze(
         teams=_frozen(teams),
         keys_by_sha256=_frozen(keys),
         policies=policies,
-        pipelines=attach_routes(
-            pipelines or {}, routes, groups, deployments,
-            lambda name: _group(f"deployment:{name}", GroupSpec(members=[name]), deployments),
-        ),
+        pipelines=frozen_pipelines,
         warnings=warnings,
         authorization=build_authorization(
-            checked, deployments, groups, routes, teams, list(keys.values()),
+            checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
             list(linked.pipelines),
         ),
     )

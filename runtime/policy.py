@@ -156,6 +156,13 @@ class PolicyEngine:
                                   if mentions_resource(item))
         self._plain = tuple(_PLAIN[DEPLOYMENT_LIVE[name].text] for name in self._live_fields)
         self._live_names = tuple(f"resource.{name}" for name in self._live_fields)
+        # kind and target of every route a request can name, and of those made up for a
+        # pipeline step that names a group or deployment (policies see those too).
+        self._routes = {
+            route.name: {"resource.kind": route.kind.value, "resource.target": route.target}
+            for routes in (*(p.routes for p in graph.pipelines.values()), graph.routes)
+            for route in routes.values()
+        }
         self._static = {
             name: {f"resource.{k}": plain(v) for k, v in attributes.items()}
             for name, attributes in self.authorization.deployment_attributes.items()
@@ -278,10 +285,9 @@ class PolicyEngine:
 
     def _resource_values(self, resource: Mapping[str, str]) -> dict[str, Any]:
         """The attributes of a resource that is not a deployment, as comparisons see them."""
-        route = self.graph.routes.get(resource["id"]) if resource.get("type") == "Route" else None
-        if route is None:
+        if resource.get("type") != "Route":
             return {}
-        return {"resource.kind": route.kind.value, "resource.target": route.target}
+        return self._routes.get(resource["id"], {})
 
     def _live(self, deployment: Deployment) -> tuple[object, ...]:
         if not self._live_fields:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ALICE_KEY, FAST_ONLY_KEY, Serve, approval_pipeline
+from .conftest import ALICE_KEY, BOT_KEY, FAST_ONLY_KEY, Serve, approval_pipeline
 
 SLOW = """
 description: Three slow steps in a row.
@@ -273,6 +273,49 @@ async def test_a_policy_on_a_pipeline_holds_when_another_runs_it(
     assert "call/answer" not in steps  # nothing of "about" ran
     allowed = await served.run("wrapper", {"topic": "cats"})  # the dev key
     assert allowed["status"] == "succeeded" and allowed["output"] == "About cats"
+
+
+ON_GROUP = """
+input: {type: object}
+steps:
+  answer: {kind: llm, model: tiered, prompt: "on the group"}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_a_policy_on_a_group_holds_for_a_step_that_names_the_group(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A step naming a group or deployment (not a route) is served by a route made up
+    for it, which policies did not see: it had no Group parent and no kind or target,
+    so a forbid on the group held for a chat and not for the pipeline (found by a
+    review)."""
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("everything")\npermit (principal, action, resource);\n'
+        '@id("no-tiered-for-alice")\nforbid (principal in ApiKey::"alice", '
+        'action == Action::"invoke", resource in Group::"tiered");\n'
+        '@id("no-strong-by-name-for-bot")\nforbid (principal in ApiKey::"bot", '
+        'action == Action::"invoke", resource is Route) '
+        'when { resource.kind == "deployment" && resource.target == "strong" };\n')
+    on_deployment = ON_GROUP.replace("model: tiered", "model: strong")
+    served = await serve({"on_group": ON_GROUP, "on_deployment": on_deployment},
+                         extra_routes="  tiered-route: {group: tiered}", root=root)
+    chat = await served.http.post(
+        "/v1/chat/completions", headers={"authorization": f"Bearer {ALICE_KEY}"},
+        json={"model": "tiered-route", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 403, chat.text
+    refused = await served.run("on_group", {}, key=ALICE_KEY)
+    assert refused["status"] == "failed", refused
+    assert "Policy does not allow key 'alice' to call 'tiered': denied by " \
+        "no-tiered-for-alice" in refused["error"]
+    refused = await served.run("on_deployment", {}, key=BOT_KEY)
+    assert refused["status"] == "failed", refused
+    assert "denied by no-strong-by-name-for-bot" in refused["error"]
+    for name in ("on_group", "on_deployment"):
+        allowed = await served.run(name, {})  # the dev key
+        assert allowed["status"] == "succeeded", allowed
 
 
 async def test_costs_summary_per_pipeline(serve: Serve) -> None:

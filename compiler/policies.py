@@ -21,6 +21,7 @@ from . import codes
 from .diagnostics import DiagnosticSink
 from .graph import Policy
 from .load import PolicyFile
+from .policy_principals import principal_findings
 from .source import Position
 
 
@@ -78,7 +79,9 @@ def parse_policies(files: Sequence[PolicyFile], sink: DiagnosticSink) -> tuple[P
                          _annotation(chunk, "priority"),
                          'write an integer in quotes, e.g. @priority("50")')
                 continue
-            _check_key_equality(chunk, body, sink)
+            for found in principal_findings(chunk.text, body, code_offsets(chunk.text)):
+                sink.add(found.code, found.message, _at(chunk, found.offset, found.width),
+                         found.hint)
             position = chunk.position
             policy = Policy(policy_id, position.file, position.line, priority, chunk.text)
             policies.append(ParsedPolicy(policy, chunk, body))
@@ -104,32 +107,6 @@ def _check_annotation_names(
                      f"without @{close[0]}", _annotation(chunk, name),
                      f"did you mean @{close[0]}? (aigw reads @id and @priority; other "
                      "annotations are kept as notes)")
-
-
-def _check_key_equality(chunk: PolicyText, body: Mapping[str, Any], sink: DiagnosticSink) -> None:
-    """``principal == ApiKey::"k"`` in a policy's scope. A request that names an end user
-    (its ``user`` field or the user header) has ``User::`` as principal, a child of its
-    key, which ``==`` does not match: a forbid written so is escaped by any client that
-    sends a ``user``, and a permit written so refuses every such request."""
-    scope = body.get("principal") or {}
-    entity = scope.get("entity") or {}
-    if scope.get("op") != "==" or entity.get("type") != "ApiKey":
-        return
-    key = entity.get("id", "")
-    offset = chunk.text.find("principal")
-    where = _at(chunk, max(offset, 0), len("principal") if offset >= 0 else 1)
-    hint = (f'write principal in ApiKey::"{key}": it matches the key and the end users of '
-            "its requests")
-    if body.get("effect") == "forbid":
-        sink.add(codes.CEDAR_KEY_EQUALS,
-                 f'forbid with principal == ApiKey::"{key}" does not apply to requests of '
-                 "that key that name an end user (their principal is User::, a child of "
-                 "the key), so a client escapes it by sending a user", where, hint)
-    else:
-        sink.add(codes.CEDAR_KEY_EQUALS_PERMIT,
-                 f'permit with principal == ApiKey::"{key}" does not apply to requests of '
-                 "that key that name an end user (their principal is User::, a child of "
-                 "the key), so those are refused", where, hint)
 
 
 # The deepest nesting of brackets a policy may have. cedarpy's parser recurses and

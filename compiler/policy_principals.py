@@ -1,0 +1,159 @@
+"""What a policy says of its principal that a client's ``user`` can get around.
+
+A request that names an end user (its ``user`` field or the user header) has
+``User::"id"`` as principal, a child of its key and the key's team; one that names
+none has the key. So a policy that matches keys only (``principal == ApiKey::"k"``,
+``principal is ApiKey``, in its scope or in a ``when``) misses the key's end users:
+a forbid so written is escaped by sending a ``user`` (AGW413), a permit refuses them
+(AGW414).
+
+These functions read cedarpy's JSON form of one policy and return findings with
+offsets into its text; ``policies.parse_policies`` positions and reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import codes
+from .codes import Code
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalFinding:
+    """One diagnostic about a policy, at ``offset`` (``width`` characters) in its text."""
+
+    code: Code
+    message: str
+    offset: int
+    width: int
+    hint: str
+
+
+def principal_findings(
+    text: str, body: Mapping[str, Any], code: Collection[int]
+) -> list[PrincipalFinding]:
+    """AGW413/414 (keys matched without their end users) for one policy; ``code`` holds
+    the offsets of ``text`` outside comments and strings."""
+    return list(_key_only(text, body, code))
+
+
+def _key_only(
+    text: str, body: Mapping[str, Any], code: Collection[int]
+) -> Iterator[PrincipalFinding]:
+    forbid = body.get("effect") == "forbid"
+    scope = body.get("principal") or {}
+    entity = scope.get("entity") or {}
+    if scope.get("op") == "==" and entity.get("type") == "ApiKey":
+        key = json.dumps(entity.get("id", ""))
+        offset, width = _find(text, code, r"\bprincipal\b")
+        yield _key_finding(forbid, f"principal == ApiKey::{key}", offset, width,
+                           f"write principal in ApiKey::{key}: it matches the key and the end "
+                           "users of its requests")
+    elif scope.get("op") == "is" and scope.get("entity_type") == "ApiKey":
+        owner = (scope.get("in") or {}).get("entity") or {}
+        written = "principal is ApiKey" + (
+            f" in {owner.get('type')}::{json.dumps(owner.get('id', ''))}" if owner else "")
+        offset, width = _find(text, code, r"\bprincipal\s+is\s+ApiKey\b")
+        hint = (f"write principal in {written.partition(' in ')[2]}: it matches its keys and "
+                "the end users of their requests" if owner
+                else "write principal alone: it matches every key and end user")
+        yield _key_finding(forbid, written, offset, width, hint)
+    after = _when_offset(text, code)
+    for node in _when_bodies(body):
+        for test in _key_tests(node):
+            if test is None:
+                offset, width = _find(text, code, r"\bprincipal\s+is\s+ApiKey\b", after)
+                yield _key_finding(forbid, "principal is ApiKey in a when condition", offset,
+                                   width, "leave the test out, or test principal in "
+                                   'ApiKey::"k" (or Team::"t"): that matches the keys and '
+                                   "the end users of their requests")
+                continue
+            literal = rf"ApiKey\s*::\s*{re.escape(json.dumps(test))}"
+            offset, width = _find(
+                text, code, rf"\bprincipal\s*==\s*{literal}|{literal}\s*==\s*principal\b", after)
+            yield _key_finding(forbid, f"principal == ApiKey::{json.dumps(test)} in a when "
+                               "condition", offset, width,
+                               f"write principal in ApiKey::{json.dumps(test)}: it matches the "
+                               "key and the end users of its requests")
+
+
+def _key_finding(forbid: bool, written: str, offset: int, width: int,
+                 hint: str) -> PrincipalFinding:
+    keys = "that key" if "==" in written else "those keys"
+    missed = (f"does not apply to requests of {keys} that name an end user (their principal "
+              "is User::, a child of the key)")
+    if forbid:
+        return PrincipalFinding(codes.CEDAR_KEY_EQUALS, f"forbid with {written} {missed}, so a "
+                                "client escapes it by sending a user", offset, width, hint)
+    return PrincipalFinding(codes.CEDAR_KEY_EQUALS_PERMIT, f"permit with {written} {missed}, "
+                            "so those are refused", offset, width, hint)
+
+
+def _when_bodies(body: Mapping[str, Any]) -> Iterator[Any]:
+    for condition in body.get("conditions", ()):
+        if condition.get("kind") == "when":
+            yield condition.get("body")
+
+
+def _key_tests(node: Any) -> Iterator[str | None]:
+    """The keys a condition matches with ``principal == ApiKey::"k"`` (their ids) and its
+    ``principal is ApiKey`` tests (None), outside any ``!`` (a negated test makes the
+    policy apply to more, not fewer, principals)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _key_tests(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if "!" in node:
+        return
+    equal = node.get("==")
+    if isinstance(equal, dict):
+        sides = (equal.get("left"), equal.get("right"))
+        for one, other in (sides, sides[::-1]):
+            uid = _entity(other)
+            if _is_principal(one) and uid is not None and uid.get("type") == "ApiKey":
+                yield str(uid.get("id", ""))
+                return
+    test = node.get("is")
+    if isinstance(test, dict) and _is_principal(test.get("left")) \
+            and test.get("entity_type") == "ApiKey":
+        yield None
+        return
+    for value in node.values():
+        yield from _key_tests(value)
+
+
+def _is_principal(node: Any) -> bool:
+    return isinstance(node, dict) and node.get("Var") == "principal"
+
+
+def _entity(node: Any) -> Mapping[str, Any] | None:
+    value = node.get("Value") if isinstance(node, dict) else None
+    uid = value.get("__entity") if isinstance(value, dict) else None
+    return uid if isinstance(uid, dict) else None
+
+
+def _find(text: str, code: Collection[int], pattern: str, after: int = 0) -> tuple[int, int]:
+    """The offset and width of the first match of ``pattern`` in code at or past
+    ``after``, else of the policy's effect."""
+    for found in re.finditer(pattern, text):
+        if found.start() >= after and found.start() in code:
+            return found.start(), len(found.group())
+    for found in re.finditer(r"\b(?:permit|forbid)\b", text):
+        if found.start() in code:
+            return found.start(), len(found.group())
+    return 0, 1
+
+
+def _when_offset(text: str, code: Collection[int]) -> int:
+    """Where the first ``when`` is (conditions' matches are looked for from there)."""
+    for found in re.finditer(r"\bwhen\b", text):
+        if found.start() in code:
+            return found.start()
+    return len(text)

@@ -108,6 +108,8 @@ CEDAR_KEY_EQUALS = _error("AGW413", "forbid matches keys only (== or is ApiKey),
 CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit matches keys only (== or is ApiKey), "
                                    "denying their end users")
 CEDAR_ANNOTATION = _warning("AGW415", "annotation aigw does not read, spelt like one it does")
+CEDAR_USER_UNTIED = _warning("AGW416", "policy names an end user but no key: user ids are the "
+                             "client's own word")
 
 # AGW5xx: pipelines and templates
 PIPELINE_NOT_MAPPING = _error("AGW501", "pipeline file is not a mapping")

@@ -5,7 +5,9 @@ A request that names an end user (its ``user`` field or the user header) has
 none has the key. So a policy that matches keys only (``principal == ApiKey::"k"``,
 ``principal is ApiKey``, in its scope or in a ``when``) misses the key's end users:
 a forbid so written is escaped by sending a ``user`` (AGW413), a permit refuses them
-(AGW414).
+(AGW414). And the ``user`` is the client's own word, checked by nobody: a policy that
+names ``User::"alice"`` without tying it to a key or team (``principal in
+ApiKey::"app"``) holds for any key that sends "alice" (AGW416).
 
 These functions read cedarpy's JSON form of one policy and return findings with
 offsets into its text; ``policies.parse_policies`` positions and reports them.
@@ -21,6 +23,11 @@ from typing import Any
 
 from . import codes
 from .codes import Code
+from .policy_analysis import entity_refs
+
+# The principals an end user's entity is in: a User tied to one of these is that key's
+# (or team's) user, as its app names it.
+_OWNERS = ("ApiKey", "Team")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +44,10 @@ class PrincipalFinding:
 def principal_findings(
     text: str, body: Mapping[str, Any], code: Collection[int]
 ) -> list[PrincipalFinding]:
-    """AGW413/414 (keys matched without their end users) for one policy; ``code`` holds
-    the offsets of ``text`` outside comments and strings."""
-    return list(_key_only(text, body, code))
+    """AGW413/414 (keys matched without their end users) and AGW416 (an end user named
+    without a key) for one policy; ``code`` holds the offsets of ``text`` outside
+    comments and strings."""
+    return [*_key_only(text, body, code), *_untied_users(text, body, code)]
 
 
 def _key_only(
@@ -127,6 +135,68 @@ def _key_tests(node: Any) -> Iterator[str | None]:
         return
     for value in node.values():
         yield from _key_tests(value)
+
+
+def _untied_users(
+    text: str, body: Mapping[str, Any], code: Collection[int]
+) -> Iterator[PrincipalFinding]:
+    users = list(dict.fromkeys(ref.id for ref in entity_refs(body) if ref.type == "User"))
+    if not users or _tied(body):
+        return
+    effect = "forbid" if body.get("effect") == "forbid" else "permit"
+    named = ", ".join(f"User::{json.dumps(user)}" for user in users)
+    first = json.dumps(users[0])
+    offset, width = _find(text, code, rf"\bUser\s*::\s*{re.escape(first)}")
+    what = ("any key that sends it gets what this permits" if effect == "permit"
+            else "this holds only while a client sends it, and one that sends another id (or "
+                 "none) escapes it")
+    yield PrincipalFinding(
+        codes.CEDAR_USER_UNTIED,
+        f"{effect} names {named} but no key or team: a user id is the client's own word "
+        f"(the request's user field or the user header), so {what}", offset, width,
+        "aigw authenticates keys, not users: tie the policy to the key (or team) whose app "
+        'vouches for its user ids, with principal in ApiKey::"app" in its scope or when { '
+        'principal in ApiKey::"app" && ... }')
+
+
+def _tied(body: Mapping[str, Any]) -> bool:
+    """Whether the policy holds only for principals in some key or team: its scope says
+    ``principal in ApiKey::"k"`` (or Team, or ``is User in`` one), or a ``when`` has such
+    a test among its conjuncts."""
+    scope = body.get("principal") or {}
+    owner = scope.get("entity") if scope.get("op") == "in" else \
+        (scope.get("in") or {}).get("entity") if scope.get("op") == "is" else None
+    if isinstance(owner, dict) and owner.get("type") in _OWNERS:
+        return True
+    return any(_owned(part) for node in _when_bodies(body) for part in _conjuncts(node))
+
+
+def _conjuncts(node: Any) -> Iterator[Any]:
+    both = node.get("&&") if isinstance(node, dict) else None
+    if isinstance(both, dict):
+        yield from _conjuncts(both.get("left"))
+        yield from _conjuncts(both.get("right"))
+    else:
+        yield node
+
+
+def _owned(node: Any) -> bool:
+    """``principal in ApiKey::"k"`` (a Team, or a set of them) or ``principal is User in``
+    one."""
+    if not isinstance(node, dict):
+        return False
+    test = node.get("in")
+    if isinstance(test, dict) and _is_principal(test.get("left")):
+        right = test.get("right")
+        items = right.get("Set") if isinstance(right, dict) and "Set" in right else [right]
+        uids = [_entity(item) for item in items or ()]
+        return bool(uids) and all(uid is not None and uid.get("type") in _OWNERS
+                                  for uid in uids)
+    test = node.get("is")
+    if isinstance(test, dict) and _is_principal(test.get("left")) and "in" in test:
+        uid = _entity(test["in"])
+        return uid is not None and uid.get("type") in _OWNERS
+    return False
 
 
 def _is_principal(node: Any) -> bool:

@@ -1,10 +1,12 @@
 """``aigw check --against REF``: which Cedar decisions a change flips, before it lands.
 
 The config at the git revision REF is compiled too. Every (principal, action,
-resource) that both graphs know is then decided by each graph under the same
-representative scenarios: request contexts (SLA, budget, size, stream, hour, ...)
-crossed with live metric profiles (idle, healthy, slow, failing, open circuit, busy),
-plus values just around every number a policy compares a field with. Each decision
+resource) that both graphs know (each key as itself, as each end user a policy names
+and as one no policy names; routes, pipelines and deployments) is then decided by
+each graph under the same representative scenarios: request contexts (SLA, budget,
+size, stream, hour, ...) crossed with live metric profiles (idle, healthy, slow,
+failing, open circuit, busy), plus values just around every number a policy compares
+a field with. Each decision
 that differs is printed with the policies that decide it before and after; a
 deny that becomes an allow widens access, and fails the check unless allowed.
 """
@@ -26,9 +28,9 @@ from typing import Any, TextIO
 
 from aigw.compiler import CompileResult, compile_gateway, render_text
 from aigw.compiler.entity_model import CONTEXT, DECIMAL, DEPLOYMENT_LIVE, LONG
-from aigw.compiler.graph import Graph
+from aigw.compiler.graph import Graph, Route
 from aigw.compiler.policy_analysis import entity_refs
-from aigw.runtime.policy import Decision, Facts, PolicyEngine, principal_for
+from aigw.runtime.policy import Decision, Facts, PolicyEngine, Principal, principal_for
 from aigw.runtime.policy_live import FixedLive
 
 _BASE = Facts(route="", estimated_tokens=1000, max_tokens=None, stream=False,
@@ -129,36 +131,54 @@ def _compile_at(root: Path, ref: str, scratch: Path) -> CompileResult:
 
 
 def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
-    """Decisions that differ between the graphs: (flips, pairs compared, names skipped)."""
+    """Decisions that differ between the graphs: (flips, pairs compared, names skipped).
+
+    Each key is compared as itself, as each end user a policy names, and as one end
+    user no policy names (a request with any other ``user``: ``principal is User``
+    matches it); the resources are the routes (with those a pipeline step makes up for
+    a group or deployment it names), the pipelines and the deployments."""
     keys_before = {k.name: k for k in before.keys_by_sha256.values()}
     keys_after = {k.name: k for k in after.keys_by_sha256.values()}
-    users = sorted({ref.id for graph in (before, after) for body in graph.authorization.bodies
-                    for ref in entity_refs(body) if ref.type == "User"})
-    principals = []
+    named = {ref.id for graph in (before, after) for body in graph.authorization.bodies
+             for ref in entity_refs(body) if ref.type == "User"}
+    users = [*sorted(named), _stand_in(named)]
+    principals: list[tuple[Principal, Principal, str]] = []
     for name in sorted(set(keys_before) & set(keys_after)):
         principals.append((principal_for(before.authorization, keys_before[name], None),
-                           principal_for(after.authorization, keys_after[name], None)))
+                           principal_for(after.authorization, keys_after[name], None),
+                           f'ApiKey::"{name}"'))
         for user in users:
             principals.append((principal_for(before.authorization, keys_before[name], user),
-                               principal_for(after.authorization, keys_after[name], user)))
-    routes = sorted(set(before.routes) & set(after.routes))
+                               principal_for(after.authorization, keys_after[name], user),
+                               f'User::{json.dumps(user)} of ApiKey::"{name}"'))
+    routes_before, routes_after = set(_routes(before)), set(_routes(after))
+    routes = sorted(routes_before & routes_after)
+    pipelines = sorted(set(before.pipelines) & set(after.pipelines))
     deployments = sorted(set(before.deployments) & set(after.deployments))
     skipped = [f"{kind} {name}" for kind, mine, theirs in (
-        ("key", keys_after, keys_before), ("route", after.routes, before.routes),
-        ("deployment", after.deployments, before.deployments)) for name in sorted(mine)
-        if name not in theirs]
+        ("key", set(keys_after), set(keys_before)), ("route", routes_after, routes_before),
+        ("pipeline", set(after.pipelines), set(before.pipelines)),
+        ("deployment", set(after.deployments), set(before.deployments)))
+        for name in sorted(mine) if name not in theirs]
     by_route = _by_route((before, after), deployments)
     flips: dict[tuple[str, str, str, bool], Flip] = {}
     for scenario in scenarios(before, after):
         engines = (PolicyEngine(before, FixedLive(_everywhere(before, scenario.live))),
                    PolicyEngine(after, FixedLive(_everywhere(after, scenario.live))))
-        for old, new in principals:
+        for old, new, who_label in principals:
             for route in routes:
                 facts = _facts(scenario, route)
                 decisions = [engine.invoke(who, route, engine.context(facts))
                              for engine, who in zip(engines, (old, new), strict=True)]
-                _note(flips, str(new), "invoke", f'Route::"{route}"', scenario.describe(),
+                _note(flips, who_label, "invoke", f'Route::"{route}"', scenario.describe(),
                       *decisions)
+            for pipeline in pipelines:  # as the gateway asks it: with no route in the context
+                facts = _facts(scenario, "")
+                resource = {"type": "Pipeline", "id": pipeline}
+                decisions = [engine.decide(who, _INVOKE, resource, engine.context(facts))
+                             for engine, who in zip(engines, (old, new), strict=True)]
+                _note(flips, who_label, "invoke", f"Pipeline::{json.dumps(pipeline)}",
+                      scenario.describe(), *decisions)
             for route, served in by_route.items():
                 facts = _facts(scenario, route)
                 results = [engine.route(who, [graph.deployments[d] for d in served],
@@ -167,9 +187,27 @@ def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
                                                          strict=True)]
                 for name, was, now in zip(served, *results, strict=True):
                     where = scenario.describe() + (f", route {route}" if route else "")
-                    _note(flips, str(new), "route", f'Deployment::"{name}"', where, was, now)
-    compared = len(principals) * (len(routes) + len(deployments))
+                    _note(flips, who_label, "route", f'Deployment::"{name}"', where, was, now)
+    compared = len(principals) * (len(routes) + len(pipelines) + len(deployments))
     return list(flips.values()), compared, skipped
+
+
+_INVOKE = {"type": "Action", "id": "invoke"}
+
+
+def _stand_in(named: set[str]) -> str:
+    """An end user id no policy names: what any other ``user`` a client sends is."""
+    user = "any-other-user"
+    while user in named:
+        user += "_"
+    return user
+
+
+def _routes(graph: Graph) -> dict[str, Route]:
+    """The routes apps name, and those a pipeline step makes up for a group or deployment."""
+    made = {name: route for pipeline in graph.pipelines.values()
+            for name, route in pipeline.routes.items()}
+    return {**made, **graph.routes}
 
 
 def _by_route(graphs: Sequence[Graph], deployments: Sequence[str]) -> dict[str, list[str]]:
@@ -177,9 +215,9 @@ def _by_route(graphs: Sequence[Graph], deployments: Sequence[str]) -> dict[str, 
     decided with that route in ``context.route``); "" for those no route reaches."""
     found: dict[str, list[str]] = {}
     reached: set[str] = set()
-    for name in sorted({n for graph in graphs for n in graph.routes}):
-        serving = {d.name for graph in graphs if name in graph.routes
-                   for d in graph.routes[name].candidates}
+    routes = [_routes(graph) for graph in graphs]
+    for name in sorted({n for table in routes for n in table}):
+        serving = {d.name for table in routes if name in table for d in table[name].candidates}
         members = [d for d in deployments if d in serving]
         if members:
             found[name] = members

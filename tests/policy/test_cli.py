@@ -103,8 +103,11 @@ def test_check_against_prints_a_narrowing_flip_and_passes(
     assert ('  NARROWS ApiKey::"alice" invoke Route::"solo": allow -> deny in ' in out)
     assert ("before permitted by keys-may-invoke-routes; after forbidden by eng-not-on-solo"
             in out)
+    # The key's end users too (any user id: the stand-in that no policy names).
+    assert ('  NARROWS User::"any-other-user" of ApiKey::"alice" invoke Route::"solo": '
+            "allow -> deny in " in out)
     assert "WIDENS" not in out
-    assert out.endswith("1 decision change: 0 widen access, 1 narrow it\n")
+    assert out.endswith("2 decisions change: 0 widen access, 2 narrow it\n")
 
 
 def test_check_against_fails_when_access_widens(
@@ -124,6 +127,33 @@ def test_check_against_fails_when_access_widens(
     assert "before forbidden by no-slow; after permitted by any-deployment-may-serve" in out
     assert "access widens: review the changes above" in out
     assert main(["check", str(repo), "--against", "HEAD", "--allow-widening"]) == 0
+
+
+@pytest.mark.parametrize(("removed", "flip"), [
+    ('@id("no-end-users-on-solo")\nforbid (principal is User, action == Action::"invoke",\n'
+     '        resource == Route::"solo");\n',
+     'WIDENS  User::"any-other-user" of ApiKey::"alice" invoke Route::"solo": deny -> allow'),
+    ('@id("alice-not-research")\nforbid (principal in ApiKey::"alice", '
+     'action == Action::"invoke",\n        resource == Pipeline::"research");\n',
+     'WIDENS  ApiKey::"alice" invoke Pipeline::"research": deny -> allow'),
+])
+def test_check_against_sees_a_forbid_on_end_users_or_a_pipeline_removed(
+    repo: Path, capsys: pytest.CaptureFixture[str], removed: str, flip: str
+) -> None:
+    """Only end users a policy named were compared, and no Pipeline at all: removing
+    either forbid printed "no decision changes" (found by a review)."""
+    (repo / "pipelines").mkdir()
+    (repo / "pipelines" / "research.yaml").write_text(
+        "input: {type: object}\nsteps:\n  ask: {kind: llm, model: pair, prompt: hi}\n"
+        'output: "{{ steps.ask }}"\n')
+    (repo / "policies" / "forbid.cedar").write_text(removed)
+    _git(repo.parent, "add", "-A")
+    _git(repo.parent, "commit", "-qm", "a forbid")
+    (repo / "policies" / "forbid.cedar").unlink()
+    assert main(["check", str(repo), "--against", "HEAD"]) == 1
+    out = capsys.readouterr().out
+    assert f"  {flip} in " in out, out
+    assert "before forbidden by " in out
 
 
 def test_check_against_an_unknown_revision(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

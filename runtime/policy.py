@@ -43,7 +43,7 @@ from .routing.candidates import Candidate, Dropped
 log = logging.getLogger("aigw.policy")
 
 _ROUTE = {"type": "Action", "id": "route"}
-_INVOKE = {"type": "Action", "id": "invoke"}
+INVOKE: Mapping[str, str] = MappingProxyType({"type": "Action", "id": "invoke"})
 _CACHE_ENTITIES = 64
 _CACHE_DECISIONS = 4096
 _CACHE_JSON = 1024
@@ -204,7 +204,7 @@ class PolicyEngine:
         if not self.enforced:
             return ALLOWED
         resource = {"type": "Route", "id": route}
-        return self.decide(principal, _INVOKE, resource, context)
+        return self.decide(principal, INVOKE, resource, context)
 
     def decide(self, principal: Principal, action: Mapping[str, str],
                resource: Mapping[str, str], context: CedarContext) -> Decision:
@@ -409,7 +409,7 @@ class RequestGate:
 
     def check_invoke_pipeline(self, pipeline: str) -> Decision:
         """As ``check_invoke``, for running a pipeline directly (``Pipeline::"name"``)."""
-        decision = self.engine.decide(self.principal, _INVOKE,
+        decision = self.engine.decide(self.principal, INVOKE,
                                       {"type": "Pipeline", "id": pipeline}, self.context)
         if not decision.allowed:
             because = ("" if self.hide_ids

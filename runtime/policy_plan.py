@@ -1,8 +1,9 @@
 """Where a request would go, with Cedar's say, and no upstream called.
 
 Used by the policy router (``POST /route``), ``aigw route`` and ``aigw test``: the
-invoke decision, then every group the request could reach in the attempt loop's
-order, each filtered by the route policies and ordered by @priority and strategy.
+invoke decision (on the route, and on the pipeline a pipeline route runs), then every
+group the request could reach in the attempt loop's order, each filtered by the route
+policies and ordered by @priority and strategy.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aigw.compiler.graph import Graph
+from aigw.compiler.graph import Graph, TargetKind
 
-from .policy import Decision, Denied, Facts, PolicyEngine, Principal, RequestGate
+from .policy import INVOKE, Decision, Denied, Facts, PolicyEngine, Principal, RequestGate
 from .routing.explain import TierExplanation, explain
 from .routing.state import RoutingState
 
@@ -93,6 +94,11 @@ def plan_route(
     gate = RequestGate(engine, principal, facts, str(principal))
     invoke = engine.invoke(principal, facts.route, gate.context)
     route = graph.routes[facts.route]
+    if invoke.allowed and route.kind is TargetKind.PIPELINE:
+        # As a chat to it is: the pipeline it runs is invoked too (``chat_completions``).
+        ran = engine.decide(principal, INVOKE, {"type": "Pipeline", "id": route.target},
+                            gate.context)
+        invoke = invoke if ran.allowed else ran
     if not invoke.allowed or route.group is None:
         pipeline = route.target if route.group is None else None
         return RoutePlan(facts.route, principal, facts, invoke, (), pipeline)

@@ -33,9 +33,11 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def config(settings: str = "", hosted_url: str | None = None) -> str:
+def config(settings: str = "", hosted_url: str | None = None, groups: str = "",
+           routes: str = "") -> str:
     """local-a and local-b (echo: self-hosted) in group pair; with ``hosted_url``, an
-    OpenAI-compatible ``hosted`` deployment first in group mixed."""
+    OpenAI-compatible ``hosted`` deployment first in group mixed; ``groups`` and
+    ``routes``: more entries (YAML lines, two spaces in)."""
     hosted_provider = hosted_deployment = hosted_group = hosted_route = ""
     if hosted_url is not None:
         hosted_provider = (f'  hosted: {{type: openai_compatible, base_url: "{hosted_url}/v1", '
@@ -61,12 +63,14 @@ def config(settings: str = "", hosted_url: str | None = None) -> str:
           pair: {{members: [local-a, local-b]}}
           backup: {{members: [local-b]}}
         {hosted_group}
+        {groups}
         routes:
           pair: {{group: pair}}
           solo: {{deployment: local-a}}
           embed: {{deployment: vectors}}
           guarded: {{group: pair, description: "a second route onto the same group"}}
         {hosted_route}
+        {routes}
         teams:
           eng: {{budget: {{amount: 5, period: month}}}}
           ops: {{}}
@@ -77,7 +81,8 @@ def config(settings: str = "", hosted_url: str | None = None) -> str:
         """).format(
         settings=textwrap.indent(settings, "  "), hosted_provider=hosted_provider,
         hosted_deployment=hosted_deployment, hosted_group=hosted_group,
-        hosted_route=hosted_route, dev=digest(KEYS["dev"]), alice=digest(KEYS["alice"]),
+        hosted_route=hosted_route, groups=groups.strip("\n"), routes=routes.strip("\n"),
+        dev=digest(KEYS["dev"]), alice=digest(KEYS["alice"]),
         ops=digest(KEYS["ops"]),
     )
 
@@ -108,16 +113,22 @@ Factory = Callable[..., Awaitable[PolicyGateway]]
 
 @pytest.fixture
 async def policy_gateway(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Factory]:
-    """``await policy_gateway({"routing.cedar": ...}, settings="hide_policy_ids: true")``."""
+    """``await policy_gateway({"routing.cedar": ...}, settings="hide_policy_ids: true")``;
+    ``groups``/``routes`` add YAML lines (two spaces in), ``pipelines`` name -> YAML."""
     made: list[PolicyGateway] = []
 
     async def factory(policies: dict[str, str], settings: str = "",
-                      hosted_url: str | None = None) -> PolicyGateway:
+                      hosted_url: str | None = None, groups: str = "", routes: str = "",
+                      pipelines: dict[str, str] | None = None) -> PolicyGateway:
         root = tmp_path / f"gw{len(made)}"
         (root / "policies").mkdir(parents=True)
-        (root / "gateway.yaml").write_text(config(settings, hosted_url))
+        (root / "gateway.yaml").write_text(config(settings, hosted_url, groups, routes))
         for name, text in policies.items():
             (root / "policies" / name).write_text(text)
+        if pipelines:
+            (root / "pipelines").mkdir()
+            for name, text in pipelines.items():
+                (root / "pipelines" / f"{name}.yaml").write_text(text)
         made.append(PolicyGateway(root, Gateway(root, counter)))
         return made[-1]
 

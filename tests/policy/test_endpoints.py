@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import PERMIT_ALL, SHIPPED_ROUTING, Factory
+from .conftest import PERMIT_ALL, SHIPPED_ROUTING, Factory, chat
 
 POLICIES = {"base.cedar": PERMIT_ALL, "routing.cedar": SHIPPED_ROUTING}
 
@@ -49,6 +49,32 @@ async def test_route_with_nothing_permitted(policy_gateway: Factory) -> None:
     assert answer["principal"] == 'ApiKey::"alice"'
     assert (answer["allowed"], answer["deployment"]) == (False, None)
     assert answer["policies"] == ["tight-sla-forbids-slow"]
+
+
+ASK = """
+input: {type: object}
+steps:
+  ask: {kind: llm, model: pair, prompt: "{{ input.prompt }}"}
+output: "{{ steps.ask }}"
+"""
+
+
+async def test_route_names_a_deny_of_the_pipeline_a_route_runs(policy_gateway: Factory) -> None:
+    """A chat to a pipeline route is checked on the route and on Pipeline::"ask"; /route
+    checked the route only, and said allowed where the chat was a 403 (found by a
+    review)."""
+    no_ask = ('@id("alice-not-ask")\nforbid (principal in ApiKey::"alice", '
+              'action == Action::"invoke", resource == Pipeline::"ask");\n')
+    gw = await policy_gateway({**POLICIES, "ask.cedar": no_ask}, routes="  asker: {pipeline: ask}",
+                              pipelines={"ask": ASK})
+    refused = await gw.client("alice").post("/v1/chat/completions", json=chat("asker"))
+    assert refused.status_code == 403, refused.text
+    answer = (await gw.client().post("/route", json={"model": "asker", "key": "alice"})).json()
+    assert answer["invoke"]["decision"] == "deny"
+    assert (answer["allowed"], answer["policies"], answer["pipeline"]) == (
+        False, ["alice-not-ask"], "ask")
+    allowed = (await gw.client().post("/route", json={"model": "asker"})).json()
+    assert (allowed["allowed"], allowed["policies"]) == (True, ["keys-may-invoke-routes"])
 
 
 async def test_route_names_an_invoke_deny(policy_gateway: Factory) -> None:

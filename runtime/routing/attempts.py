@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -126,7 +126,7 @@ class AttemptLoop(Generic[T]):
             if won is not None:
                 return won
             last_error = error or last_error
-            for name in self._fallbacks(tier.group, failure_class):
+            for name in fallbacks(tier.group, failure_class):
                 if name not in visited and name in self.graph.groups:
                     queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
         if isinstance(last_error, _Unsupported):
@@ -151,7 +151,7 @@ class AttemptLoop(Generic[T]):
             ordered = filtered.by_priority(ordered)
         self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
                        f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
-        failure_class = "context_window" if dropped and all(d.unfit for d in dropped) else "error"
+        failure_class = untried_class(dropped)
         last_error: UpstreamError | None = None
         position = 0
         while position < len(ordered):
@@ -331,15 +331,6 @@ class AttemptLoop(Generic[T]):
                 continue
             await self.discard(won.value)  # it answered too, just later: close, never bill
 
-    def _fallbacks(self, group: Group, failure_class: str) -> tuple[str, ...]:
-        if failure_class == "rate_limit":
-            return group.on_rate_limit
-        if failure_class == "context_window":
-            return group.on_context_window
-        if failure_class == "content_policy":
-            return group.on_content_policy
-        return group.fallbacks
-
     def _nothing_to_try(self) -> GatewayError:
         denied = [d for d in self.trace.dropped if isinstance(d, Denied)]
         if denied and self.gate is not None and not self.gate.permitted:
@@ -351,6 +342,24 @@ class AttemptLoop(Generic[T]):
                 param="messages")
         return NoDeploymentAvailable(
             f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.")
+
+
+def untried_class(dropped: Sequence[Dropped]) -> str:
+    """How a tier failed when none of its members is tried: "context_window" when each
+    was dropped as unfit for the request (too small, lacking a capability), else
+    "error" (denied by policy, disabled, or no members)."""
+    return "context_window" if dropped and all(d.unfit for d in dropped) else "error"
+
+
+def fallbacks(group: Group, failure_class: str) -> tuple[str, ...]:
+    """The groups ``group`` falls back to after a failure of ``failure_class``."""
+    if failure_class == "rate_limit":
+        return group.on_rate_limit
+    if failure_class == "context_window":
+        return group.on_context_window
+    if failure_class == "content_policy":
+        return group.on_content_policy
+    return group.fallbacks
 
 
 class _Unsupported(UpstreamError):

@@ -11,6 +11,7 @@ from aigw.compiler.graph import Graph, Group
 from ..chat_request import ChatRequest, Message
 from ..policy import Decision, RequestGate
 from ..providers.registry import ADAPTERS
+from .attempts import fallbacks, untried_class
 from .candidates import Dropped, eligible, order_candidates
 from .state import RoutingState
 from .strategies import Demand, expected_cost
@@ -36,7 +37,10 @@ def explain(
     gate: RequestGate | None = None,
     every_provider: bool = False,
 ) -> list[TierExplanation]:
-    """Every group the request could reach, in the order the attempt loop would try them.
+    """Every group the request could reach, in the order the attempt loop would try them:
+    after a group with members to try, each of its fallbacks (any may be reached, by how
+    they fail); after one with none, only those the attempt loop takes for why (the
+    context-window fallbacks when each member was too small, else the error ones).
 
     With ``gate``, Cedar's route policies filter and order each group as they would for
     that principal and context; ``every_provider`` counts disabled providers (an unset
@@ -77,10 +81,15 @@ def explain(
             tuple(dropped),
             filtered.decisions if filtered is not None else {},
         ))
-        labelled = [(name, "fallback") for name in group.fallbacks]
-        labelled += [(name, "rate-limit fallback") for name in group.on_rate_limit]
-        labelled += [(name, "context-window fallback") for name in group.on_context_window]
-        labelled += [(name, "content-policy fallback") for name in group.on_content_policy]
+        if ordered:  # any of these may fail, each in its own way
+            labelled = [(name, "fallback") for name in group.fallbacks]
+            labelled += [(name, "rate-limit fallback") for name in group.on_rate_limit]
+            labelled += [(name, "context-window fallback") for name in group.on_context_window]
+            labelled += [(name, "content-policy fallback") for name in group.on_content_policy]
+        else:  # nothing to try: the attempt loop falls back by why, and only so
+            failure_class = untried_class(dropped)
+            label = "context-window fallback" if failure_class == "context_window" else "fallback"
+            labelled = [(name, label) for name in fallbacks(group, failure_class)]
         for name, label in labelled:
             if name in graph.groups and name not in seen:
                 queue.append((graph.groups[name], label))

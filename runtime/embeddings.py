@@ -55,13 +55,13 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live.telemetry.started(record)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
-    denied = gate.deny(route.candidates)
+    ranked, denied = gate.rank(route.candidates)
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
     tried: list[str] = []
     last_error: UpstreamError | None = None
-    for deployment in route.candidates:
+    for deployment in ranked:  # by @priority, then as configured
         adapter = live.adapters.get(deployment.provider.name)
         if deployment.name in denied:
             tried.append(f"{deployment.name}: {denied[deployment.name].reason}")

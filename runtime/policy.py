@@ -435,6 +435,19 @@ class RequestGate:
         return Filtered(permitted, denied,
                         {c.deployment.name: d for c, d in zip(candidates, decisions, strict=True)})
 
+    def rank(self, deployments: Sequence[Deployment]) -> tuple[list[Deployment],
+                                                                dict[str, Denied]]:
+        """``deployments`` in the order to try them, the highest @priority among the
+        policies permitting each first and the given order among equals (the denied,
+        at 0, are kept in it to be skipped); and those the route policies deny, by name."""
+        decisions = self.engine.route(self.principal, deployments, self.context)
+        denied = {d.name: Denied(d.name, self._reason(decision), False, decision.policies)
+                  for d, decision in zip(deployments, decisions, strict=True)
+                  if not decision.allowed}
+        ranked = sorted(zip(deployments, decisions, strict=True),
+                        key=lambda pair: -pair[1].priority)  # stable
+        return [deployment for deployment, _ in ranked], denied
+
     def deny(self, deployments: Sequence[Deployment]) -> dict[str, Denied]:
         """The deployments among ``deployments`` the route policies deny, by name."""
         decisions = self.engine.route(self.principal, deployments, self.context)

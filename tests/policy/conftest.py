@@ -34,10 +34,10 @@ def digest(secret: str) -> str:
 
 
 def config(settings: str = "", hosted_url: str | None = None, groups: str = "",
-           routes: str = "") -> str:
+           routes: str = "", deployments: str = "") -> str:
     """local-a and local-b (echo: self-hosted) in group pair; with ``hosted_url``, an
-    OpenAI-compatible ``hosted`` deployment first in group mixed; ``groups`` and
-    ``routes``: more entries (YAML lines, two spaces in)."""
+    OpenAI-compatible ``hosted`` deployment first in group mixed; ``groups``, ``routes``
+    and ``deployments``: more entries (YAML lines, two spaces in)."""
     hosted_provider = hosted_deployment = hosted_group = hosted_route = ""
     if hosted_url is not None:
         hosted_provider = (f'  hosted: {{type: openai_compatible, base_url: "{hosted_url}/v1", '
@@ -59,6 +59,7 @@ def config(settings: str = "", hosted_url: str | None = None, groups: str = "",
           local-b: {{provider: local, model: local-b, context_window: 8192}}
           vectors: {{provider: local, model: vec-1, kind: embeddings, context_window: 8192}}
         {hosted_deployment}
+        {deployments}
         groups:
           pair: {{members: [local-a, local-b]}}
           backup: {{members: [local-b]}}
@@ -82,6 +83,7 @@ def config(settings: str = "", hosted_url: str | None = None, groups: str = "",
         settings=textwrap.indent(settings, "  "), hosted_provider=hosted_provider,
         hosted_deployment=hosted_deployment, hosted_group=hosted_group,
         hosted_route=hosted_route, groups=groups.strip("\n"), routes=routes.strip("\n"),
+        deployments=deployments.strip("\n"),
         dev=digest(KEYS["dev"]), alice=digest(KEYS["alice"]),
         ops=digest(KEYS["ops"]),
     )
@@ -114,15 +116,18 @@ Factory = Callable[..., Awaitable[PolicyGateway]]
 @pytest.fixture
 async def policy_gateway(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Factory]:
     """``await policy_gateway({"routing.cedar": ...}, settings="hide_policy_ids: true")``;
-    ``groups``/``routes`` add YAML lines (two spaces in), ``pipelines`` name -> YAML."""
+    ``deployments``/``groups``/``routes`` add YAML lines (two spaces in), ``pipelines``
+    name -> YAML."""
     made: list[PolicyGateway] = []
 
     async def factory(policies: dict[str, str], settings: str = "",
                       hosted_url: str | None = None, groups: str = "", routes: str = "",
-                      pipelines: dict[str, str] | None = None) -> PolicyGateway:
+                      pipelines: dict[str, str] | None = None,
+                      deployments: str = "") -> PolicyGateway:
         root = tmp_path / f"gw{len(made)}"
         (root / "policies").mkdir(parents=True)
-        (root / "gateway.yaml").write_text(config(settings, hosted_url, groups, routes))
+        (root / "gateway.yaml").write_text(config(settings, hosted_url, groups, routes,
+                                                  deployments))
         for name, text in policies.items():
             (root / "policies" / name).write_text(text)
         if pipelines:

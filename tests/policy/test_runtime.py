@@ -167,6 +167,36 @@ async def test_embeddings_are_checked_too(policy_gateway: Factory) -> None:
         "vectors is forbidden by vectors-not-for-ops.")
 
 
+VECTORS = {
+    "deployments": "  vectors-2: {provider: local, model: vec-2, kind: embeddings, "
+                   "context_window: 8192, tags: [preferred]}",
+    "groups": "  vecs: {members: [vectors, vectors-2]}",
+    "routes": "  vecs: {group: vecs}",
+}
+PREFER_TAGGED = """
+@id("prefer-tagged")
+@priority("50")
+permit (principal, action == Action::"route", resource)
+when { resource.tags.contains("preferred") };
+"""
+
+
+async def test_embeddings_try_the_permitted_deployments_by_priority(
+    policy_gateway: Factory,
+) -> None:
+    """As a chat does: the highest @priority among the policies permitting each first,
+    then the configured order. Embeddings went in the configured order alone (found by a
+    review)."""
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "prefer.cedar": PREFER_TAGGED},
+                              **VECTORS)
+    served = await gw.client().post("/v1/embeddings", json={"model": "vecs", "input": "hi"})
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == "vectors-2"
+    plain = await policy_gateway({"base.cedar": PERMIT_ALL}, **VECTORS)
+    served = await plain.client().post("/v1/embeddings", json={"model": "vecs", "input": "hi"})
+    assert served.headers["x-aigw-deployment"] == "vectors"
+
+
 async def test_a_gateway_without_policies_checks_nothing(policy_gateway: Factory) -> None:
     gw = await policy_gateway({})
     assert not gw.gateway.live.graph.authorization.enforced

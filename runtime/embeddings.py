@@ -55,13 +55,14 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live.telemetry.started(record)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
-    ranked, denied = gate.rank(route.candidates)
+    ranked = gate.rank(route.candidates)
+    denied = ranked.denied
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
     tried: list[str] = []
     last_error: UpstreamError | None = None
-    for deployment in ranked:  # by @priority, then as configured
+    for deployment in ranked.order:  # by @priority, then as configured
         adapter = live.adapters.get(deployment.provider.name)
         if deployment.name in denied:
             tried.append(f"{deployment.name}: {denied[deployment.name].reason}")

@@ -1,4 +1,8 @@
-"""``aigw route``: what the gateway would do with a request, without calling anything."""
+"""``aigw route``: what the gateway would do with a request, without calling anything.
+
+A chat goes through the attempt loop's tiers (``explain``); an embeddings call tries
+its route's deployments in turn (``explain_embeddings``).
+"""
 
 from __future__ import annotations
 
@@ -94,6 +98,44 @@ def explain(
             if name in graph.groups and name not in seen:
                 queue.append((graph.groups[name], label))
     return tiers
+
+
+def serves_embeddings(graph: Graph, route_name: str) -> bool:
+    """Whether the route has embeddings deployments and no chat one to serve it: then
+    it is explained as ``POST /v1/embeddings`` serves it (``explain_embeddings``)."""
+    kinds = {deployment.kind for deployment in graph.routes[route_name].candidates}
+    return kinds == {"embeddings"}
+
+
+def explain_embeddings(
+    graph: Graph,
+    route_name: str,
+    prompt_tokens: int,
+    gate: RequestGate | None = None,
+    every_provider: bool = False,
+) -> list[TierExplanation]:
+    """What ``POST /v1/embeddings`` would try: the route's deployments (its group's
+    members, then its fallbacks'), as one tier, by @priority, then as configured."""
+    route = graph.routes[route_name]
+    ranked = gate.rank(route.candidates) if gate is not None else None
+    order = ranked.order if ranked is not None else list(route.candidates)
+    kept: list[tuple[str, float]] = []
+    dropped: list[Dropped] = []
+    for deployment in order:
+        provider = deployment.provider
+        if ranked is not None and deployment.name in ranked.denied:
+            dropped.append(ranked.denied[deployment.name])
+        elif deployment.kind != "embeddings":
+            dropped.append(Dropped(deployment.name, "is a chat model", True))
+        elif not (provider.enabled or every_provider) or provider.type not in ADAPTERS:
+            reason = provider.disabled_reason or "its provider has no adapter"
+            dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+        else:
+            kept.append((deployment.name, deployment.price.cost(prompt_tokens, 0)))
+    group = route.group.name if route.group is not None else route_name
+    return [TierExplanation(group, "route", "embeddings: by @priority, then as configured",
+                            tuple(kept), tuple(dropped),
+                            ranked.decisions if ranked is not None else {})]
 
 
 class _Placeholder:

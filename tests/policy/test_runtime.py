@@ -197,6 +197,27 @@ async def test_embeddings_try_the_permitted_deployments_by_priority(
     assert served.headers["x-aigw-deployment"] == "vectors"
 
 
+async def test_the_policy_router_explains_embeddings_as_they_are_served(
+    policy_gateway: Factory,
+) -> None:
+    """POST /route on an embeddings route said allowed false, each member dropped as "an
+    embeddings model", where /v1/embeddings served it (found by a review)."""
+    rules = ('@id("vectors-not-for-ops")\nforbid (principal in Team::"ops", '
+             'action == Action::"route", resource == Deployment::"vectors");\n')
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "prefer.cedar": PREFER_TAGGED,
+                               "ops.cedar": rules}, **VECTORS)
+    answer = (await gw.client().post("/route", json={"model": "vecs", "key": "alice"})).json()
+    assert (answer["allowed"], answer["deployment"], answer["alternatives"]) == (
+        True, "vectors-2", ["vectors"])
+    assert answer["policies"] == ["any-deployment-may-serve", "prefer-tagged"]
+    served = await gw.client("alice").post("/v1/embeddings", json={"model": "vecs", "input": "a"})
+    assert served.headers["x-aigw-deployment"] == answer["deployment"]
+    refused = (await gw.client().post("/route", json={"model": "embed", "key": "ops"})).json()
+    assert (refused["allowed"], refused["policies"]) == (False, ["vectors-not-for-ops"])
+    embedded = await gw.client("ops").post("/v1/embeddings", json={"model": "embed", "input": "a"})
+    assert embedded.status_code == 403
+
+
 async def test_a_gateway_without_policies_checks_nothing(policy_gateway: Factory) -> None:
     gw = await policy_gateway({})
     assert not gw.gateway.live.graph.authorization.enforced

@@ -224,17 +224,25 @@ class AttemptLoop(Generic[T]):
         self.trace.add(f"attempt {self.trace.attempts}: {candidate.deployment.name}")
         stats.in_flight += 1
         stats.requests += 1
+        # Only the deployment's own timeout says it is unwell. The request's deadline is
+        # the route's, or shorter at any client's word (x-aigw-deadline-ms): running out
+        # of it must not open a healthy deployment's circuit for everyone else.
+        own_timeout = candidate.deployment.timeout_s <= remaining
         try:
             async with asyncio.timeout(min(candidate.deployment.timeout_s, remaining)):
                 value = await self.attempt(candidate)
         except TimeoutError:
-            stats.failures += 1
-            stats.breaker.record(self.state.clock(), ok=False)
+            if own_timeout:
+                stats.failures += 1
+                stats.breaker.record(self.state.clock(), ok=False)
+                message = f"deployment '{candidate.deployment.name}' did not answer in time"
+            else:
+                stats.breaker.release_probe()
+                message = (f"route '{self.route.name}' passed its deadline waiting for "
+                           f"deployment '{candidate.deployment.name}'")
             self.trace.add(f"  {candidate.deployment.name} timed out")
             self._failed(candidate, "upstream_timeout")
-            raise UpstreamTimeout(
-                f"deployment '{candidate.deployment.name}' did not answer in time",
-                provider=candidate.deployment.provider.name) from None
+            raise UpstreamTimeout(message, provider=candidate.deployment.provider.name) from None
         except UpstreamError as exc:
             if _counts_against_health(exc):
                 stats.failures += 1

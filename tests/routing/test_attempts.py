@@ -265,6 +265,30 @@ routes:
     assert "b" not in fleet.calls()  # the deadline ended the loop: no fallback was tried
 
 
+async def test_a_short_deadline_does_not_open_a_healthy_deployments_circuit(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 2, cooldown_s: 30}
+groups:
+  g: {members: [a], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions += [Action(delay_s=0.3) for _ in range(3)]
+    impatient = [  # a answers in 300 ms; these clients will not wait 50
+        await client.post(CHAT, json=_ask(), headers={"x-aigw-deadline-ms": "50"})
+        for _ in range(3)
+    ]
+    status = (await client.get("/admin/status")).json()["deployments"]["a"]
+    assert (status["circuit"], status["failures"]) == ("closed", 0)
+    assert [response.status_code for response in impatient] == [504] * 3
+    assert "passed its deadline waiting for deployment 'a'" in impatient[-1].text
+    response = await client.post(CHAT, json=_ask())  # anyone else is still served
+    assert response.status_code == 200, response.text
+
+
 async def test_hedge_takes_the_first_answer_and_cancels_the_other(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

@@ -5,8 +5,9 @@ the members that can serve the request (``candidates.eligible``) in strategy ord
 each member with an open circuit is skipped; each attempt has a timeout; a retryable
 failure is retried with exponential backoff and jitter that honours Retry-After. An
 overall deadline and a hard cap on attempts bound the whole loop. Optionally the
-first attempt is hedged: a second one starts after a delay, the first answer wins and
-the other is cancelled (and never billed).
+first attempt is hedged: the next member starts after a delay, the first answer wins
+and the other is cancelled (and never billed). A first attempt that fails before the
+delay started no race: it is retried as any other, and the next member is still next.
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ class Won(Generic[T]):
 class _Tier:
     group: Group
     reason: str
+
+
+@dataclass(slots=True)
+class _Hedge:
+    """The member that may race the first attempt, and whether it was started."""
+
+    partner: Candidate
+    launched: bool = False
 
 
 class AttemptLoop(Generic[T]):
@@ -162,13 +171,9 @@ class AttemptLoop(Generic[T]):
                 self.trace.dropped.append(Dropped(candidate.deployment.name, skip, False))
                 self.trace.add(f"{group.name}: skip {candidate.deployment.name}: {skip}")
                 continue
-            hedge_with = self._hedge_partner(ordered, position)
+            hedge = self._hedge_partner(ordered, position)
             try:
-                if hedge_with is not None:
-                    position += 1
-                    won = await self._hedged(candidate, hedge_with)
-                else:
-                    won = await self._with_retries(group, candidate, len(ordered) == 1)
+                won = await self._with_retries(group, candidate, len(ordered) == 1, hedge)
                 # Built, not dataclasses.replace()d: this runs once a request.
                 served = Won(won.candidate, won.value, won.attempts, won.started, group.name)
                 return served, "", None
@@ -177,12 +182,18 @@ class AttemptLoop(Generic[T]):
                 failure_class = _failure_class(exc)
                 if failure_class == "fatal":
                     raise
+                if hedge is not None and hedge.launched:
+                    position += 1  # the partner had its attempt, in the race
         return None, failure_class, last_error
 
-    async def _with_retries(self, group: Group, candidate: Candidate, alone: bool) -> Won[T]:
+    async def _with_retries(
+        self, group: Group, candidate: Candidate, alone: bool, hedge: _Hedge | None = None
+    ) -> Won[T]:
         tries = 1 + group.retry.attempts
         for number in range(tries):
             try:
+                if number == 0 and hedge is not None:
+                    return await self._hedged(candidate, hedge)
                 return await self._one(candidate)
             except UpstreamError as exc:
                 if not exc.retryable or (isinstance(exc, UpstreamRateLimited) and not alone):
@@ -290,14 +301,14 @@ class AttemptLoop(Generic[T]):
             return "circuit open"
         return stats.server_down  # a vLLM server aigw runs, loading or down
 
-    def _hedge_partner(self, ordered: list[Candidate], position: int) -> Candidate | None:
+    def _hedge_partner(self, ordered: list[Candidate], position: int) -> _Hedge | None:
         route = self.route
         if self.trace.attempts or position >= len(ordered):
             return None
         if route.hedge_after_ms is None and not route.hedge_at_p95:
             return None
         partner = ordered[position]
-        return partner if self._unavailable(partner) is None else None
+        return _Hedge(partner) if self._unavailable(partner) is None else None
 
     def _hedge_delay(self, first: Candidate) -> float:
         if self.route.hedge_after_ms is not None:
@@ -305,31 +316,29 @@ class AttemptLoop(Generic[T]):
         p95 = self.state.of(first.deployment).p95_ms()
         return (p95 if p95 is not None else first.deployment.timeout_s * 1000) / 1000
 
-    async def _hedged(self, first: Candidate, second: Candidate) -> Won[T]:
-        """Start ``first``; if it has not answered after the hedge delay, start ``second``.
-        The first success wins and the other is cancelled; if both fail, the last error."""
-        tasks: set[asyncio.Task[Won[T]]] = {asyncio.create_task(self._one(first))}
-        done, _ = await asyncio.wait(tasks, timeout=self._hedge_delay(first))
-        if not done:
-            self.trace.add(f"hedge: {second.deployment.name} after "
-                           f"{self._hedge_delay(first) * 1000:.0f} ms")
-            tasks.add(asyncio.create_task(self._one(second)))
-        last_error: BaseException | None = None
-        pending = set(tasks)
+    async def _hedged(self, first: Candidate, hedge: _Hedge) -> Won[T]:
+        """Start ``first``; if it has not answered after the hedge delay, start the partner.
+        The first success wins and the other is cancelled. If both fail, ``first``'s error:
+        its retries go on from it, the partner having had its attempt."""
+        leader = asyncio.create_task(self._one(first))
+        delay = self._hedge_delay(first)
+        done, _ = await asyncio.wait({leader}, timeout=delay)
+        if done:  # answered or failed before the delay: a plain attempt, no race
+            return leader.result()
+        hedge.launched = True
+        self.trace.add(f"hedge: {hedge.partner.deployment.name} after {delay * 1000:.0f} ms")
+        pending = {leader, asyncio.create_task(self._one(hedge.partner))}
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                error = task.exception()
-                if error is None:
+                if task.exception() is None:
                     for loser in pending:
                         loser.cancel()
                     # Both may have answered in the same round: the other's answer is
                     # discarded too (a stream closed now, not when it is collected).
                     await self._bury((pending | done) - {task})
                     return task.result()
-                last_error = error
-        assert last_error is not None
-        raise last_error
+        return leader.result()  # raises: both failed
 
     async def _bury(self, losers: set[asyncio.Task[Won[T]]]) -> None:
         for loser in losers:

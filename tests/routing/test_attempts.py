@@ -310,6 +310,44 @@ routes:
     assert usage["completion_tokens"] == len(["b:", "hello"])  # one answer billed
 
 
+async def test_a_first_member_failing_before_the_hedge_delay_is_retried_then_the_next_serves(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 1, backoff_ms: 1}}
+  once: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g, hedge_after_ms: 500}
+  r0: {group: once, hedge_after_ms: 500}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    response = await client.post(CHAT, json=_ask())  # no race began: a plain retry
+    assert response.status_code == 200, response.text
+    assert fleet.calls() == ["a", "a"]
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    response = await client.post(CHAT, json={**_ask(), "model": "r0"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "b"  # the partner, never started, serves
+    assert fleet.calls() == ["a", "a", "a", "b"]
+
+
+async def test_when_both_hedged_members_fail_the_first_is_retried_and_the_third_serves(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b, c], retry: {attempts: 1, backoff_ms: 1}}
+routes:
+  r: {group: g, hedge_after_ms: 100}
+"""))
+    fleet.fakes["a"].script.actions += [Action(status=503, delay_s=0.4), Action(status=500)]
+    fleet.fakes["b"].script.actions.append(Action(status=500))
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 200, response.text
+    assert fleet.calls() == ["a", "b", "a", "c"]  # b had its attempt in the race
+
+
 async def test_breaker_opens_probes_and_closes(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
 from .background import Background
-from .errors import ModelNotFound, UpstreamRateLimited
+from .errors import DeploymentAtQuota, ModelNotFound
 from .response_cache import open_cache
 from .store import (
     Budget,
@@ -225,7 +225,7 @@ class DeploymentQuotas:
         request_id = f"{self._record.request_id}:{deployment.name}:{self._attempts}"
         decision = await store.reserve(request_id, (limits,), tokens=tokens, cost=0.0)
         if isinstance(decision, Denied):
-            raise UpstreamRateLimited(
+            raise DeploymentAtQuota(
                 f"deployment '{deployment.name}' is at its own quota: {decision.message}",
                 provider=deployment.provider.name, retry_after=decision.retry_after,
                 headers=decision.rate.headers(),

@@ -19,6 +19,7 @@
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
         ├── UpstreamRateLimited         429, retryable, honours the provider's Retry-After
+        │   └── DeploymentAtQuota           a deployment's own rpm/tpm: no call went out
         ├── UpstreamOverloaded          503, retryable
         ├── UpstreamServerError         502, retryable
         ├── UpstreamTimeout             504, retryable
@@ -218,6 +219,11 @@ class UpstreamRateLimited(UpstreamError):
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+
+
+class DeploymentAtQuota(UpstreamRateLimited):
+    """A deployment is at its own rpm/tpm quota: it is skipped like one that answered
+    429, but no call went out, so it is not an attempt (``max_attempts``)."""
 
 
 class UpstreamOverloaded(UpstreamError):

@@ -4,7 +4,8 @@ For each group (the route's, then fallbacks chosen by the class of the last fail
 the members that can serve the request (``candidates.eligible``) in strategy order;
 each member with an open circuit is skipped; each attempt has a timeout; a retryable
 failure is retried with exponential backoff and jitter that honours Retry-After. An
-overall deadline and a hard cap on attempts bound the whole loop. Optionally the
+overall deadline and a hard cap on attempts bound the whole loop; at the cap it stops
+with the last upstream error (a member skipped for its own quota made no attempt). Optionally the
 first attempt is hedged: the next member starts after a delay, the first answer wins
 and the other is cancelled (and never billed). A first attempt that fails before the
 delay started no race: it is retried as any other, and the next member is still next.
@@ -25,6 +26,7 @@ from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
     ContextWindowExceeded,
+    DeploymentAtQuota,
     GatewayError,
     NoDeploymentAvailable,
     UpstreamAuthError,
@@ -45,6 +47,9 @@ from .strategies import Demand, prefix_digest
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
 
+# The failure class of a tier that ended because the route used its max_attempts: the
+# loop stops there, with the last upstream error, and takes no fallback.
+_SPENT = "attempts spent"
 # A 400 with unrecognised wording, for a prompt this close to the window, is taken to be
 # "context length exceeded": providers word that error in too many ways to list.
 _CONTEXT_SUSPECT_RATIO = 0.8
@@ -135,6 +140,8 @@ class AttemptLoop(Generic[T]):
             if won is not None:
                 return won
             last_error = error or last_error
+            if failure_class == _SPENT:
+                break
             for name in fallbacks(tier.group, failure_class):
                 if name not in visited and name in self.graph.groups:
                     queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
@@ -164,6 +171,10 @@ class AttemptLoop(Generic[T]):
         last_error: UpstreamError | None = None
         position = 0
         while position < len(ordered):
+            if self._spent():
+                self.trace.add(f"route '{self.route.name}' used its "
+                               f"{self.route.max_attempts} attempts")
+                return None, _SPENT, last_error
             candidate = ordered[position]
             position += 1
             skip = self._unavailable(candidate)
@@ -198,8 +209,8 @@ class AttemptLoop(Generic[T]):
             except UpstreamError as exc:
                 if not exc.retryable or (isinstance(exc, UpstreamRateLimited) and not alone):
                     raise  # a rate-limited member is left for the next one, not hammered
-                if number + 1 >= tries:
-                    raise
+                if number + 1 >= tries or self._spent():
+                    raise  # a retry the cap forbids is not waited for
                 wait = self._backoff(group, number, exc)
                 if wait is None:
                     raise
@@ -217,11 +228,11 @@ class AttemptLoop(Generic[T]):
             wait = max(wait, error.retry_after)
         return wait if self.state.clock() + wait < self.deadline else None
 
+    def _spent(self) -> bool:
+        """Has the route used its max_attempts? Checked before every call but a hedge's."""
+        return self.trace.attempts >= self.route.max_attempts
+
     async def _one(self, candidate: Candidate) -> Won[T]:
-        if self.trace.attempts >= self.route.max_attempts:
-            raise UpstreamTimeout(
-                f"route '{self.route.name}' used its {self.route.max_attempts} attempts",
-                provider=candidate.deployment.provider.name)
         now = self.state.clock()
         remaining = self.deadline - now
         if remaining <= 0:
@@ -254,6 +265,13 @@ class AttemptLoop(Generic[T]):
             self.trace.add(f"  {candidate.deployment.name} timed out")
             self._failed(candidate, "upstream_timeout")
             raise UpstreamTimeout(message, provider=candidate.deployment.provider.name) from None
+        except DeploymentAtQuota as exc:  # no call went out: not an attempt
+            self.trace.attempts -= 1
+            stats.requests -= 1
+            stats.breaker.release_probe()
+            self.trace.add(f"  {candidate.deployment.name} skipped: at its own quota")
+            self._failed(candidate, str(exc.code))
+            raise
         except UpstreamError as exc:
             if _counts_against_health(exc):
                 stats.failures += 1
@@ -303,7 +321,7 @@ class AttemptLoop(Generic[T]):
 
     def _hedge_partner(self, ordered: list[Candidate], position: int) -> _Hedge | None:
         route = self.route
-        if self.trace.attempts or position >= len(ordered):
+        if self.trace.attempts or position >= len(ordered) or route.max_attempts < 2:
             return None
         if route.hedge_after_ms is None and not route.hedge_at_p95:
             return None

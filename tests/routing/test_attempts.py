@@ -245,7 +245,53 @@ routes:
     for name in ("a", "b", "c"):
         fleet.fakes[name].script.actions.append(Action(status=500))
     response = await client.post(CHAT, json=_ask())
-    assert response.status_code in (502, 504)
+    assert response.status_code == 502
+    assert "provider 'p-b' failed" in response.json()["error"]["message"]
+    assert fleet.calls() == ["a", "b"]
+
+
+async def test_at_the_attempt_cap_the_upstreams_error_comes_back_at_once(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 2, backoff_ms: 400, max_backoff_ms: 400}}
+  solo: {members: [a], retry: {attempts: 3, backoff_ms: 1}}
+routes:
+  r: {group: g, max_attempts: 1}
+  s: {group: solo, max_attempts: 2}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 502
+    assert "provider 'p-a' failed" in response.json()["error"]["message"]
+    assert loop.time() - started < 0.3  # no backoff waited for a retry the cap forbids
+    assert fleet.calls() == ["a"]
+    fleet.fakes["a"].script.actions += [
+        Action(status=429, headers={"retry-after": "0.2"}) for _ in range(2)]
+    response = await client.post(CHAT, json={**_ask(), "model": "s"})
+    assert response.status_code == 429  # the provider's answer, with its Retry-After
+    assert response.headers["retry-after"] == "1"
+    assert fleet.calls() == ["a", "a", "a"]
+
+
+async def test_a_member_skipped_for_its_own_quota_is_not_an_attempt(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    config = _config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g, max_attempts: 1}
+""").replace("model: model-a,", "model: model-a, limits: {rpm: 1},")
+    client = await make_gateway(config)
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "a"
+    response = await client.post(CHAT, json=_ask())  # a is at its rpm: b, as attempt 1
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "b"
+    assert response.headers["x-aigw-attempts"] == "1"
     assert fleet.calls() == ["a", "b"]
 
 

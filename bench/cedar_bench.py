@@ -34,6 +34,7 @@ from aigw.compiler.graph import Graph
 from aigw.runtime.policy import Facts, PolicyEngine, RequestGate, principal_for
 from aigw.runtime.policy_live import StateLive
 from aigw.runtime.providers.registry import build_adapters
+from aigw.runtime.routing.breaker import Permit
 from aigw.runtime.routing.candidates import Candidate
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
@@ -87,7 +88,7 @@ def measure(graph: Graph, case: str, iterations: int) -> tuple[float, float]:
         if case in ("drift", "one miss"):
             for i, item in enumerate(stats):  # new values, all below the SLA
                 item.latency_ms = 100.0 + (n * 7 + i * 13) % 250
-                item.breaker.record(state.clock(), ok=True)
+                item.breaker.record(state.clock(), ok=True, permit=Permit.CALL)
             sla, budget = 400 - n % 50, 25.0 + (n % 1000) / 100
         if case == "one miss":  # forget what was decided about d0, and its entity
             stats[0].latency_ms = 50.0 + n % 300 + (n // 300) / 1000

@@ -239,7 +239,8 @@ class AttemptLoop(Generic[T]):
             raise UpstreamTimeout(f"route '{self.route.name}' passed its deadline",
                                   provider=candidate.deployment.provider.name)
         stats = self.state.of(candidate.deployment)
-        if not stats.breaker.try_acquire(now):
+        permit = stats.breaker.try_acquire(now)
+        if permit is None:
             raise _CircuitOpen(f"circuit of '{candidate.deployment.name}' is open",
                                provider=candidate.deployment.provider.name)
         self.trace.attempts += 1
@@ -256,10 +257,10 @@ class AttemptLoop(Generic[T]):
         except TimeoutError:
             if own_timeout:
                 stats.failures += 1
-                stats.breaker.record(self.state.clock(), ok=False)
+                stats.breaker.record(self.state.clock(), ok=False, permit=permit)
                 message = f"deployment '{candidate.deployment.name}' did not answer in time"
             else:
-                stats.breaker.release_probe()
+                stats.breaker.release(permit)
                 message = (f"route '{self.route.name}' passed its deadline waiting for "
                            f"deployment '{candidate.deployment.name}'")
             self.trace.add(f"  {candidate.deployment.name} timed out")
@@ -268,34 +269,34 @@ class AttemptLoop(Generic[T]):
         except DeploymentAtQuota as exc:  # no call went out: not an attempt
             self.trace.attempts -= 1
             stats.requests -= 1
-            stats.breaker.release_probe()
+            stats.breaker.release(permit)
             self.trace.add(f"  {candidate.deployment.name} skipped: at its own quota")
             self._failed(candidate, str(exc.code))
             raise
         except UpstreamError as exc:
             if _counts_against_health(exc):
                 stats.failures += 1
-                stats.breaker.record(self.state.clock(), ok=False)
+                stats.breaker.record(self.state.clock(), ok=False, permit=permit)
             else:
-                stats.breaker.release_probe()
+                stats.breaker.release(permit)
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
             self._failed(candidate, str(exc.code))
             raise self._suspect_context(exc, candidate) from exc
         except BadRequest as exc:  # this member cannot honour a parameter; another may
-            stats.breaker.release_probe()
+            stats.breaker.release(permit)
             self.trace.add(f"  {candidate.deployment.name} cannot serve it: {exc.message}")
             raise _Unsupported(exc) from exc
         except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
-            stats.breaker.release_probe()
+            stats.breaker.release(permit)
             raise
         except Exception:  # not the deployment's answer (the store, a bug): no verdict
             # either, but a half-open breaker's probe must be given back, or it stays
             # half-open and refuses every request until a restart.
-            stats.breaker.release_probe()
+            stats.breaker.release(permit)
             raise
         finally:
             stats.in_flight -= 1
-        stats.breaker.record(self.state.clock(), ok=True)
+        stats.breaker.record(self.state.clock(), ok=True, permit=permit)
         return Won(candidate, value, self.trace.attempts, now)
 
     def _failed(self, candidate: Candidate, code: str) -> None:

@@ -4,13 +4,17 @@
     open --(cooldown elapsed)--> half_open: one probe request is let through
     half_open --probe succeeds--> closed      half_open --probe fails--> open
 
+Only the probe's verdict moves a half-open circuit: a call let through while the circuit
+was closed, ending now, counts in the window and nothing more, and cannot give back
+the probe's place while the probe is still out.
+
 Updated only from the event loop's thread, between awaits, so it needs no lock.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from aigw.compiler.graph import BreakerPolicy
 
@@ -19,6 +23,13 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class Permit(Enum):
+    """What ``try_acquire`` let through: an ordinary call, or the half-open probe."""
+
+    CALL = "call"
+    PROBE = "probe"
 
 
 class CircuitBreaker:
@@ -37,15 +48,17 @@ class CircuitBreaker:
             self._probe_out = False
         return self._state
 
-    def try_acquire(self, now: float) -> bool:
-        """May a request go to this deployment now? In half-open, only the one probe may."""
+    def try_acquire(self, now: float) -> Permit | None:
+        """May a request go to this deployment now (None: no)? In half-open, only the one
+        probe may. The call's verdict is given back with the permit (``record``,
+        ``release``)."""
         state = self.state(now)
         if state is CircuitState.CLOSED:
-            return True
+            return Permit.CALL
         if state is CircuitState.HALF_OPEN and not self._probe_out:
             self._probe_out = True
-            return True
-        return False
+            return Permit.PROBE
+        return None
 
     def available(self, now: float) -> bool:
         """Like ``try_acquire`` but claims nothing (for explaining and filtering)."""
@@ -59,15 +72,19 @@ class CircuitBreaker:
         self._trim(now)
         return len(self._window), self._window_failures
 
-    def record(self, now: float, ok: bool) -> None:
+    def record(self, now: float, ok: bool, permit: Permit) -> None:
+        """A call's verdict. Only the probe's decides a half-open circuit; a call begun
+        before the circuit opened is counted in the window and changes nothing else."""
         self._window.append((now, ok))
         self._window_failures += 0 if ok else 1
         self._trim(now)
-        if self._state is CircuitState.HALF_OPEN:
+        if permit is Permit.PROBE and self._state is CircuitState.HALF_OPEN:
             if ok:
                 self._close()
             else:
                 self._open(now)
+            return
+        if self._state is not CircuitState.CLOSED:
             return
         if ok:
             self._consecutive = 0
@@ -87,9 +104,11 @@ class CircuitBreaker:
             _, ok = self._window.popleft()
             self._window_failures -= 0 if ok else 1
 
-    def release_probe(self) -> None:
-        """The probe ended without a verdict (e.g. cancelled): let another one through."""
-        self._probe_out = False
+    def release(self, permit: Permit) -> None:
+        """The call ended without a verdict (cancelled, the request's own fault): if it
+        was the probe, let another one through."""
+        if permit is Permit.PROBE:
+            self._probe_out = False
 
     def _open(self, now: float) -> None:
         self._state = CircuitState.OPEN

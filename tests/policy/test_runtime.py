@@ -12,6 +12,7 @@ from aigw.runtime.app import create_app
 from aigw.runtime.errors import Forbidden
 from aigw.runtime.live import Gateway
 from aigw.runtime.policy_request import authorize_pipeline
+from aigw.runtime.routing.breaker import Permit
 from aigw.runtime.tokens import TokenCounter
 
 from .conftest import PERMIT_ALL, SHIPPED_ROUTING, Factory, chat
@@ -276,14 +277,14 @@ async def test_shipped_error_rate_over_5_percent_forbids(policy_gateway: Factory
     stats = gw.stats("local-a")
     now = gw.gateway.live.routing.clock()
     for ok in [False] + [True] * 8:  # 1 failure in 9 calls: under min_requests (10), rate 0
-        stats.breaker.record(now, ok=ok)
+        stats.breaker.record(now, ok=ok, permit=Permit.CALL)
     client = gw.client()
     first = await client.post("/v1/chat/completions", json=chat("pair"))
     assert first.headers["x-aigw-deployment"] == "local-a"  # its success is the 10th call
     moved = await client.post("/v1/chat/completions", json=chat("pair"))  # 1 in 10: 10%
     assert moved.headers["x-aigw-deployment"] == "local-b"
     for _ in range(10):  # 1 in 20: exactly 5% is not over 5%
-        stats.breaker.record(now, ok=True)
+        stats.breaker.record(now, ok=True, permit=Permit.CALL)
     back = await client.post("/v1/chat/completions", json=chat("pair"))
     assert back.headers["x-aigw-deployment"] == "local-a"
 

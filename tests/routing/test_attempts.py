@@ -438,6 +438,38 @@ routes:
     assert fleet.calls() == ["a", "b", "a", "b", "b"]
 
 
+async def test_a_request_begun_before_the_circuit_opened_does_not_free_the_probes_place(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 3, cooldown_s: 0.3, min_requests: 100}
+groups:
+  g: {members: [a], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    refused = Action(status=400, delay_s=0.8, body={"error": {
+        "message": "Invalid 'temperature'", "type": "invalid_request_error",
+        "param": "temperature", "code": None}})
+    fleet.fakes["a"].script.actions += [refused, *(Action(status=500) for _ in range(3)),
+                                        Action(delay_s=1.5)]
+    early = asyncio.create_task(client.post(CHAT, json=_ask()))  # in flight, circuit closed
+    while not fleet.calls():
+        await asyncio.sleep(0.01)
+    for _ in range(3):
+        await client.post(CHAT, json=_ask())  # the circuit opens
+    await asyncio.sleep(0.35)
+    probe = asyncio.create_task(client.post(CHAT, json=_ask()))  # half-open: the probe
+    assert (await early).status_code == 400  # ends while the probe is out
+    meanwhile = await client.post(CHAT, json=_ask())
+    assert meanwhile.status_code == 503, meanwhile.text  # still the probe's turn alone
+    assert fleet.calls() == ["a"] * 5
+    assert (await probe).status_code == 200
+    status = (await client.get("/admin/status")).json()["deployments"]["a"]
+    assert status["circuit"] == "closed"
+
+
 async def test_weighted_group_spreads_requests_by_weight(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

@@ -11,7 +11,7 @@ from aigw.compiler.graph import BreakerPolicy, Graph
 from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
 from aigw.runtime.routing.attempts import _prefix
-from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState
+from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState, Permit
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.routing.strategies import Demand, order, prefix_digest
 from aigw.runtime.tokens import TokenCounter
@@ -125,22 +125,37 @@ def test_breaker_state_machine() -> None:
     now = [100.0]
     breaker = CircuitBreaker(BreakerPolicy(3, 0.5, 4, 10.0, 5.0))
     for _ in range(2):
-        breaker.record(now[0], ok=False)
+        breaker.record(now[0], ok=False, permit=Permit.CALL)
     assert breaker.state(now[0]) is CircuitState.CLOSED
-    breaker.record(now[0], ok=True)  # resets the run of failures
-    breaker.record(now[0], ok=False)
+    breaker.record(now[0], ok=True, permit=Permit.CALL)  # resets the run of failures
+    breaker.record(now[0], ok=False, permit=Permit.CALL)
     assert breaker.state(now[0]) is CircuitState.OPEN  # 3 of 4 failed in the window: rate 0.75
-    assert not breaker.try_acquire(now[0] + 4.9)
-    assert breaker.try_acquire(now[0] + 5.0)  # half-open: one probe...
-    assert not breaker.try_acquire(now[0] + 5.1)  # ...only one
-    breaker.record(now[0] + 5.2, ok=True)
+    assert breaker.try_acquire(now[0] + 4.9) is None
+    assert breaker.try_acquire(now[0] + 5.0) is Permit.PROBE  # half-open: one probe...
+    assert breaker.try_acquire(now[0] + 5.1) is None  # ...only one
+    breaker.record(now[0] + 5.2, ok=True, permit=Permit.PROBE)
     assert breaker.state(now[0] + 5.2) is CircuitState.CLOSED
+
+
+def test_only_the_probe_decides_a_half_open_circuit() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(1, 0.5, 100, 10.0, 5.0))
+    early, late = breaker.try_acquire(0.0), breaker.try_acquire(0.0)  # while closed
+    assert early is late is Permit.CALL
+    breaker.record(0.0, ok=False, permit=Permit.CALL)
+    probe = breaker.try_acquire(5.0)
+    assert probe is Permit.PROBE
+    breaker.release(early)  # ended without a verdict (a 400, a 429, a client gone)
+    breaker.record(5.1, ok=True, permit=late)  # ended well, during half-open
+    assert breaker.try_acquire(5.2) is None  # the probe is still out: nobody else
+    assert breaker.state(5.2) is CircuitState.HALF_OPEN
+    breaker.record(5.3, ok=False, permit=probe)
+    assert breaker.state(5.3) is CircuitState.OPEN
 
 
 def test_consecutive_failures_open_the_breaker_below_min_requests() -> None:
     breaker = CircuitBreaker(BreakerPolicy(2, 0.9, 100, 10.0, 5.0))
-    breaker.record(1.0, ok=False)
-    breaker.record(1.1, ok=False)
+    breaker.record(1.0, ok=False, permit=Permit.CALL)
+    breaker.record(1.1, ok=False, permit=Permit.CALL)
     assert breaker.state(1.2) is CircuitState.OPEN
 
 

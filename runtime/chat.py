@@ -30,7 +30,7 @@ from .live import Live
 from .policy import RequestGate
 from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
-from .routing.attempts import AttemptLoop, Won
+from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
 from .telemetry.record import RequestRecord, UpstreamFailure
@@ -136,10 +136,13 @@ def _loop(
     chosen: Plan,
     attempt: Callable[[Candidate], Awaitable[T]],
     discard: Callable[[T], Awaitable[None]],
+    *,
+    streaming: bool = False,
 ) -> AttemptLoop[T]:
     return AttemptLoop(
         live.graph, live.adapters, live.routing, chosen.route, chosen.request,
         chosen.prompt_tokens, chosen.deadline, attempt, discard, gate=chosen.gate,
+        streaming=streaming,
     )
 
 
@@ -255,15 +258,20 @@ async def stream(
         await close_deltas(opened[1])
         opened[2].end()
 
-    won = await _run(live, chosen, _loop(live, chosen, attempt, discard), record)
+    won = await _run(live, chosen, _loop(live, chosen, attempt, discard, streaming=True),
+                     record)
     stats = live.routing.of(won.candidate.deployment)
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
     record.ttft_s = time.perf_counter() - record.started
     first, rest, span = won.value
     record.response_model = won.candidate.deployment.model
-    for name, hold in holds.items():  # hedge losers' holds go back at once
-        if name != won.candidate.deployment.name:
-            await quotas.release(hold)
+    try:
+        for name, hold in holds.items():  # hedge losers' holds go back at once
+            if name != won.candidate.deployment.name:
+                await quotas.release(hold)
+    except BaseException:  # the stream will not reach ``_measured``: it gives no verdict,
+        stream_ended(live.routing, won, ended=False, error=None)  # and a probe goes back
+        raise
     hold = holds.get(won.candidate.deployment.name)
     return _served(record, chosen, won), _measured(live, won, record, first, rest, hold, span)
 
@@ -376,14 +384,16 @@ async def _measured(
     hold: Hold | None,
     span: Span = NO_SPAN,
 ) -> AsyncIterator[ChatDelta]:
-    """The stream as the client sees it: in flight to its end, timed, and billed once.
-    Cut before the upstream reported usage, it is billed what it sent, before the
-    deployment's own tpm is settled (a cut reaches this, the innermost stream, first)."""
+    """The stream as the client sees it: in flight to its end, timed, billed once, and
+    judged at its end (the breaker's verdict on the deployment). Cut before the upstream
+    reported usage, it is billed what it sent, before the deployment's own tpm is
+    settled (a cut reaches this, the innermost stream, first)."""
     deployment = won.candidate.deployment
     stats = live.routing.of(deployment)
     stats.in_flight += 1
     sent: list[str] = []
-    billed = False
+    billed = ended = False
+    error: BaseException | None = None
     try:
         while True:
             if first is not None:  # read already, by the attempt: its usage counts too
@@ -406,11 +416,14 @@ async def _measured(
                 record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta
         stats.observe_latency((live.routing.clock() - won.started) * 1000)
+        ended = True
     except BaseException as exc:
+        error = exc
         _span_failed(span, exc)
         raise
     finally:
         stats.in_flight -= 1
+        stream_ended(live.routing, won, ended, error)
         if not billed:
             _bill_sent(record, deployment, sent, live.counter)
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)

@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aigw.compiler.graph import Graph, Group, Route
 
@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..policy import Denied, RequestGate
 from ..providers.base import ChatAdapter
+from .breaker import Permit
 from .candidates import Candidate, Dropped, eligible, order_candidates
 from .state import RoutingState
 from .strategies import Demand, prefix_digest
@@ -77,6 +78,9 @@ class Won(Generic[T]):
     attempts: int
     started: float  # clock() when the winning attempt began
     group: str = ""  # the group that served: the route's own, or a fallback
+    # A stream's verdict on its deployment, given at its end (``stream_ended``); None:
+    # given already (a whole answer is judged when it arrives).
+    pending: Permit | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +114,7 @@ class AttemptLoop(Generic[T]):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         *,
         gate: RequestGate | None = None,
+        streaming: bool = False,
     ) -> None:
         assert route.group is not None
         self.graph = graph
@@ -123,6 +128,9 @@ class AttemptLoop(Generic[T]):
         self.discard = discard
         self.sleep = sleep
         self.gate = gate  # Cedar's route policies; None: every candidate may serve
+        # A stream's first delta is no verdict: the stream may fail after it. Its
+        # attempt leaves the verdict (and a half-open probe) to ``stream_ended``.
+        self.streaming = streaming
         self.trace = Trace()
         self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
                              _prefix(route, request))
@@ -186,7 +194,8 @@ class AttemptLoop(Generic[T]):
             try:
                 won = await self._with_retries(group, candidate, len(ordered) == 1, hedge)
                 # Built, not dataclasses.replace()d: this runs once a request.
-                served = Won(won.candidate, won.value, won.attempts, won.started, group.name)
+                served = Won(won.candidate, won.value, won.attempts, won.started, group.name,
+                             won.pending)
                 return served, "", None
             except UpstreamError as exc:
                 last_error = exc
@@ -296,6 +305,8 @@ class AttemptLoop(Generic[T]):
             raise
         finally:
             stats.in_flight -= 1
+        if self.streaming:
+            return Won(candidate, value, self.trace.attempts, now, pending=permit)
         stats.breaker.record(self.state.clock(), ok=True, permit=permit)
         return Won(candidate, value, self.trace.attempts, now)
 
@@ -365,7 +376,9 @@ class AttemptLoop(Generic[T]):
                 won = await loser
             except (asyncio.CancelledError, GatewayError):
                 continue
-            await self.discard(won.value)  # it answered too, just later: close, never bill
+            # It answered too, just later: closed, never billed, and no verdict given.
+            stream_ended(self.state, won, ended=False, error=None)
+            await self.discard(won.value)
 
     def _nothing_to_try(self) -> GatewayError:
         denied = [d for d in self.trace.dropped if isinstance(d, Denied)]
@@ -414,6 +427,25 @@ class _CircuitOpen(UpstreamError):
 
     status = 503
     code = "circuit_open"
+
+
+def stream_ended(
+    state: RoutingState, won: Won[Any], ended: bool, error: BaseException | None
+) -> None:
+    """Give the verdict a stream's first delta left open: ok if it ``ended`` cleanly, a
+    failure if the upstream failed after its first byte (``error``, one that says the
+    deployment is unwell), none if the client went away or the gateway stopped it."""
+    permit = won.pending
+    if permit is None:
+        return
+    stats = state.of(won.candidate.deployment)
+    if ended:
+        stats.breaker.record(state.clock(), ok=True, permit=permit)
+    elif isinstance(error, UpstreamError) and _counts_against_health(error):
+        stats.failures += 1
+        stats.breaker.record(state.clock(), ok=False, permit=permit)
+    else:
+        stats.breaker.release(permit)
 
 
 def _failure_class(error: UpstreamError) -> str:

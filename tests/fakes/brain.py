@@ -49,6 +49,8 @@ class Action:
     delay_s: float = 0.0  # wait this long before answering (timeouts)
     cut_stream_after: int | None = None  # close the connection after N stream events
     event_delay_s: float = 0.0  # between stream events (a long stream)
+    stall_after: int | None = None  # then wait stall_s after N stream events (OpenAI fake)
+    stall_s: float = 0.0
 
 
 @dataclass(slots=True)

@@ -230,6 +230,8 @@ class OpenAIFake:
                 raise ConnectionResetError("scripted disconnect")
             yield item
             await asyncio.sleep(action.event_delay_s)
+            if number + 1 == action.stall_after:  # an upstream that stops mid-answer
+                await asyncio.sleep(action.stall_s)
 
     async def _azure_embeddings(self, request: Request) -> Response:
         return await self._embeddings(request, azure=True)

@@ -470,6 +470,55 @@ routes:
     assert status["circuit"] == "closed"
 
 
+async def test_a_stream_failing_after_its_first_byte_counts_against_the_circuit(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 3, cooldown_s: 30, min_requests: 100}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+""", timeout_s=0.3))
+    # Its first words, then nothing for longer than the provider's timeout_s.
+    fleet.fakes["a"].script.actions += [Action(stall_after=2, stall_s=2.0) for _ in range(3)]
+    for _ in range(3):
+        response, _, events = await _stream_text(client, _ask())
+        assert response.headers["x-aigw-deployment"] == "a"
+        assert events[-1]["error"]["code"] == "upstream_timeout"  # type: ignore[index]
+    status = (await client.get("/admin/status")).json()["deployments"]["a"]
+    assert (status["circuit"], status["failures"]) == ("open", 3)
+    response, text, _ = await _stream_text(client, _ask())
+    assert (response.headers["x-aigw-deployment"], text) == ("b", "b: hello")
+
+
+async def test_a_streamed_probe_holds_the_half_open_circuit_until_its_end(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 1, cooldown_s: 0.3}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions += [Action(status=500), Action(event_delay_s=0.3)]
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "b"
+    await asyncio.sleep(0.35)  # half-open
+    probe = asyncio.create_task(_stream_text(client, _ask()))  # a, slowly
+    while fleet.calls().count("a") < 2:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.4)  # its first chunks have gone out; it has not ended
+    meanwhile = await client.post(CHAT, json=_ask())
+    assert meanwhile.headers["x-aigw-deployment"] == "b"  # a's probe is still out
+    response, text, _ = await probe
+    assert (response.headers["x-aigw-deployment"], text) == ("a", "a: hello")
+    status = (await client.get("/admin/status")).json()["deployments"]["a"]
+    assert status["circuit"] == "closed"  # the probe's stream ended well
+
+
 async def test_weighted_group_spreads_requests_by_weight(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

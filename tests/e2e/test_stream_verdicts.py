@@ -1,0 +1,68 @@
+"""A real ``aigw serve``: a stream's verdict on its deployment's circuit is given at its
+end, and a client that leaves a streamed half-open probe gives the probe back (no
+verdict), so the circuit is not left half-open, refusing everyone, until a restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from .server import sdk_gateway
+
+pytestmark = pytest.mark.e2e
+
+
+def _circuit(base_url: str) -> str:
+    status = httpx.get(f"{base_url}/admin/status",
+                       headers={"Authorization": f"Bearer {DEV_KEY}"}).json()
+    circuit: str = status["deployments"]["a"]["circuit"]
+    return circuit
+
+
+def test_a_client_leaving_a_streamed_probe_gives_the_probe_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = OpenAIFake(name="a")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+    fake.script.actions += [Action(status=500), Action(stall_after=2, stall_s=5.0)]
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "deployments:\n"
+        "  a: {provider: up, model: gpt-4o, context_window: 8000, capabilities: [streaming]}\n"
+        "groups:\n"
+        "  g: {members: [a], retry: {attempts: 0}}\n"
+        "routes:\n"
+        "  r: {group: g}\n"
+        "settings:\n"
+        "  circuit_breaker: {consecutive_failures: 1, cooldown_s: 0.3}\n"
+    )) as (client, server):
+        said: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="r", messages=said)
+        assert _circuit(server.base_url) == "open"
+        time.sleep(0.35)
+        probe = client.chat.completions.create(model="r", messages=said, stream=True)
+        next(iter(probe))  # its first chunk came; then the upstream stalls
+        assert _circuit(server.base_url) == "half_open"  # the probe's verdict is not in yet
+        probe.close()  # the client leaves: no verdict, and the probe's place is free again
+        answer = None
+        for _ in range(50):
+            try:
+                answer = client.chat.completions.create(model="r", messages=said)
+                break
+            except openai.APIStatusError as refused:  # until the gateway sees it gone
+                assert refused.status_code == 503
+                time.sleep(0.05)
+        assert answer is not None, "the probe's place was never given back"
+        assert answer.choices[0].message.content == "a: hello there"
+        assert _circuit(server.base_url) == "closed"

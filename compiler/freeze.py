@@ -187,6 +187,7 @@ def freeze(
             user_header=settings.user_header,
             ledger_sync=settings.ledger_sync,
             execution_lease_s=settings.execution_lease_s,
+            execution_capacity=settings.execution_capacity,
             cache_max_entries=settings.cache_max_entries,
             cache_max_bytes=settings.cache_max_bytes,
             cache_max_entry_bytes=settings.cache_max_entry_bytes,

@@ -37,6 +37,7 @@ class Settings:
     user_header: str
     ledger_sync: Literal["full", "normal"]
     execution_lease_s: float = 30.0
+    execution_capacity: int = 256
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 128 << 20
     cache_max_entry_bytes: int = 1 << 20

@@ -106,6 +106,12 @@ class SettingsSpec(Spec):
         description="A pipeline execution whose gateway stopped renewing its lease this long "
         "is resumed by another replica (or by the gateway after a restart).",
     )
+    execution_capacity: Annotated[int, Field(gt=0, le=100_000)] = Field(
+        256,
+        description="Pipeline executions one gateway process runs at once; more wait "
+        "queued. Executions waiting for an approval's decision are not counted, so "
+        "approvals nobody has answered yet never keep new executions from starting.",
+    )
     execution_retention_s: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] = Field(
         30 * 86400.0,
         description="A pipeline execution that ended longer ago than this is deleted, with "

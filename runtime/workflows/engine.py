@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -109,6 +110,9 @@ class Services:
     clock: Callable[[], float]
     notify: Callable[[str], None]  # wake whoever follows this execution in this process
     wait: Callable[[str, float], Awaitable[None]]  # until a local wake, or the timeout
+    # Held while an approval waits for a decision: the runner does not count the
+    # execution against its capacity meanwhile.
+    waiting: Callable[[str], AbstractContextManager[None]]
     poll_s: float = 0.5
 
 
@@ -389,20 +393,21 @@ class Run:
                                  detail=detail),),
                 status=Status.WAITING,
                 events=(NewEvent("step_waiting", path, detail),)))
-            while decision is None:
-                remaining = deadline - self.now()
-                if remaining <= 0:
-                    decision = Decision(action.default == "approve", None,
-                                        "no decision before the deadline", self.now())
-                    timed_out = True
-                    break
-                control = await self.control()
-                if control == "pause":
-                    raise Suspended()
-                if control == "cancel":
-                    raise Stop("cancel")
-                await self.services.wait(self.id, min(self.services.poll_s, remaining))
-                decision = await store.decision(self.id, path)
+            with self.services.waiting(self.id):
+                while decision is None:
+                    remaining = deadline - self.now()
+                    if remaining <= 0:
+                        decision = Decision(action.default == "approve", None,
+                                            "no decision before the deadline", self.now())
+                        timed_out = True
+                        break
+                    control = await self.control()
+                    if control == "pause":
+                        raise Suspended()
+                    if control == "cancel":
+                        raise Stop("cancel")
+                    await self.services.wait(self.id, min(self.services.poll_s, remaining))
+                    decision = await store.decision(self.id, path)
         result = {"approved": decision.approve,
                   "decision": "approve" if decision.approve else "reject",
                   "by": decision.by, "comment": decision.comment, "timed_out": timed_out}

@@ -4,8 +4,11 @@ Every gateway process runs one. It asks the store for work (new executions, and 
 whose runner stopped renewing its lease: a crashed replica, or this gateway before a
 restart), runs each claimed execution as a task, and renews every lease it holds three
 times per lease period. A lease it cannot renew means another runner took the
-execution over: its task is cancelled. Stopping cancels the tasks and lets go of their
-leases, so another replica, or this gateway once restarted, resumes them at once.
+execution over: its task is cancelled. It runs at most ``settings.execution_capacity``
+executions at once, not counting those waiting for an approval's decision: a wait can
+last a day, and enough of them would keep every new execution queued for that long.
+Stopping cancels the tasks and lets go of their leases, so another replica, or this
+gateway once restarted, resumes them at once.
 Once an hour (and when it starts) it deletes the executions that ended longer ago than
 ``settings.execution_retention_s``; every replica may, as a purge is idempotent.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 
 from ..background import Background
 from ..errors import StoreUnavailable
@@ -44,7 +48,7 @@ class Runner:
         run: RunExecution,
         clock: Callable[[], float],
         *,
-        capacity: int = 256,
+        capacity: Callable[[], int] = lambda: 256,
         poll_s: float = 0.5,
         retention_s: float | None = None,
         purge_every_s: float = PURGE_EVERY_S,
@@ -59,6 +63,9 @@ class Runner:
         self._retention_s = retention_s  # None: executions are kept forever
         self._purge_every_s = purge_every_s
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Executions with approvals waiting for a decision (how many each): their tasks
+        # hold no slot of ``capacity`` meanwhile.
+        self.waiting: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         # Lease releases under way: shielded from their execution's cancellation, so
@@ -80,6 +87,23 @@ class Runner:
         """Look for work now (an execution was created or resumed in this process)."""
         self._wake.set()
 
+    @contextlib.contextmanager
+    def waiting_for_decision(self, execution_id: str) -> Iterator[None]:
+        """While an approval of ``execution_id`` waits: its slot is free for other work."""
+        self.waiting[execution_id] += 1
+        self.wake()
+        try:
+            yield
+        finally:
+            self.waiting[execution_id] -= 1
+            if self.waiting[execution_id] <= 0:
+                del self.waiting[execution_id]
+
+    def busy(self) -> int:
+        """The executions that count against ``capacity``: those not only waiting."""
+        return len(self.tasks) - sum(1 for execution_id in self.waiting
+                                     if execution_id in self.tasks)
+
     async def stop(self) -> None:
         self._stopping = True
         for task in (*self._loops, *self.tasks.values()):
@@ -90,7 +114,7 @@ class Runner:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            free = self._capacity - len(self.tasks)
+            free = self._capacity() - self.busy()
             claimed: tuple[str, ...] = ()
             if free > 0:
                 try:

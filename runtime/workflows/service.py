@@ -106,8 +106,13 @@ class Workflows:
                 self._http = self._own_http
             self._runner = Runner(self._store, self.owner, graph.settings.execution_lease_s,
                                   self.run_execution, self.clock, poll_s=self.poll_s,
-                                  retention_s=graph.settings.execution_retention_s)
+                                  retention_s=graph.settings.execution_retention_s,
+                                  capacity=self._capacity)
             self._runner.start()
+
+    def _capacity(self) -> int:
+        """``settings.execution_capacity`` of the graph serving now (a reload applies it)."""
+        return self.gateway.live.graph.settings.execution_capacity
 
     async def stop(self) -> None:
         """Stop running (leases are let go, so the executions resume elsewhere or later)."""
@@ -140,8 +145,9 @@ class Workflows:
         """The runner's callback: one run of ``execution`` on the graph serving now."""
         live = self.gateway.live
         assert self._store is not None and self._http is not None
+        assert self._runner is not None  # it is what calls this
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
-                            self.wait, self.poll_s)
+                            self.wait, self._runner.waiting_for_decision, self.poll_s)
         models = self._models(self.gateway, execution)
         run = Run(services, execution, live.graph.pipelines, models, act)
         status = await run.run()

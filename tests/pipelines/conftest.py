@@ -37,13 +37,15 @@ def digest(secret: str) -> str:
 
 
 def gateway_config(
-    store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}"
+    store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}",
+    settings: str = "",
 ) -> str:
     return f"""
 version: 1
 settings:
   store: {store}
   execution_lease_s: 2
+{settings}
 providers:
   local: {{type: echo{latency}}}
 deployments:
@@ -157,7 +159,8 @@ Serve = Callable[..., Awaitable[Served]]
 async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
-    is team eng's spec (its budgets), ``extra_routes`` lines added under routes."""
+    is team eng's spec (its budgets), ``extra_routes`` lines added under routes,
+    ``settings`` lines added under settings."""
     opened: list[Served] = []
 
     async def start(
@@ -167,6 +170,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         extra_routes: str = "",
         latency: str = "",
         eng: str = "{}",
+        settings: str = "",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -174,7 +178,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     ) -> Served:
         root = root or tmp_path / f"gw{len(opened)}"
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
-        (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng))
+        (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
+                                                                settings))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

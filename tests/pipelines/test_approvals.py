@@ -324,3 +324,45 @@ async def test_a_step_not_yet_waiting_cannot_be_decided_past_its_approvers(
                                    "/approvals", headers=ALICE,
                                    json={"decision": "approve", "step": "legal"})
     assert early.status_code in (404, 409), early.text  # alice sees nothing before it waits
+
+
+QUICK = """
+input: {type: object}
+steps:
+  sum: {kind: transform, expression: "1 + 2"}
+output: "{{ steps.sum }}"
+"""
+
+
+async def test_approvals_waiting_for_a_decision_leave_room_for_new_executions(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """Each waiting approval held one of the runner's 256 slots for up to its timeout
+    (a day by default): 256 of them and every new execution stayed queued."""
+    served = await serve({"one": ONE, "quick": QUICK},
+                         settings="  execution_capacity: 2", **store_options)
+    waiting = [await _start(served, "one") for _ in range(3)]  # more than the capacity
+    for execution_id in waiting:
+        await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    answer = await served.http.post("/v1/pipelines/quick?wait_s=5", json={})
+    assert answer.status_code == 200 and answer.json()["output"] == 3, answer.text
+
+
+SLOW = """
+input: {type: object}
+steps:
+  answer: {kind: llm, model: fast, prompt: "one two three four five"}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_executions_past_the_capacity_wait_queued(serve: Serve) -> None:
+    served = await serve({"slow": SLOW}, settings="  execution_capacity: 1",
+                         latency=", latency: {per_token_ms: 100}")
+    first = await _start(served, "slow")
+    await served.wait_for(first, lambda e: e["status"] == "running")
+    second = await _start(served, "slow")
+    await asyncio.sleep(0.2)  # a few of the runner's rounds (poll_s is 0.05)
+    assert (await served.get(second))["status"] == "queued"
+    await served.wait_for(first, lambda e: e["status"] == "succeeded")
+    await served.wait_for(second, lambda e: e["status"] == "succeeded")

@@ -93,6 +93,27 @@ for _, e in ipairs(p.events) do redis.call('RPUSH', KEYS[4], e) end
 return first
 """
 
+# A new execution, with its idempotency key if it has one: the key is taken, and the
+# execution written and queued, together. Taken first and written after, a request in
+# between (another replica's) found the key with no execution behind it, took it over
+# and started a second run.
+# KEYS: exec, index, costs, queue, then the idempotency key (if any).
+# ARGV: id, now, pipeline, the idempotency key's execution if it names one that is gone
+# ('' otherwise), then the execution's field, value pairs.
+# Returns '' when it made the execution, else the id the idempotency key names.
+_CREATE = """
+if #KEYS == 5 then
+  local made = redis.call('GET', KEYS[5])
+  if made and made ~= ARGV[4] then return made end
+  redis.call('SET', KEYS[5], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':executions', 1)
+redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
+return ''
+"""
+
 # KEYS: exec, queue. ARGV: owner (JSON), lease_until, group, entry id ('' if none),
 # consumer (the owner as plain text).
 _RENEW = """
@@ -113,6 +134,7 @@ class RedisExecutions:
         # cannot express.
         self._redis: Any = client
         self._ns = f"{namespace}:wf"
+        self._create_script = client.register_script(_CREATE)
         self._commit_script = client.register_script(_COMMIT)
         self._renew_script = client.register_script(_RENEW)
         self._entries: dict[str, str] = {}  # execution id -> stream entry this runner holds
@@ -147,22 +169,28 @@ class RedisExecutions:
                 idempotency_key=new.idempotency_key,
                 created_at=now, updated_at=now, graph=new.graph,
             )
+            keys = [self._x(execution.id), self._key("index"), self._key("costs"),
+                    self._key("queue")]
             if new.idempotency_key is not None:
-                idem = self._key("idem", quote(new.key or "", safe=""),
-                                 quote(new.idempotency_key, safe=""))
-                if not await self._redis.set(idem, execution.id, nx=True):
-                    existing = await self._redis.get(idem)
-                    found = await self.get(existing) if existing else None
-                    if found is not None:
-                        return found, False
-                    await self._redis.set(idem, execution.id)
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._x(execution.id), mapping=_encode(execution))
-                pipe.zadd(self._key("index"), {execution.id: now})
-                pipe.hincrby(self._key("costs"), f"{new.pipeline}:executions", 1)
-                await pipe.execute()
-            await self._enqueue(execution.id)
-            return execution, True
+                keys.append(self._key("idem", quote(new.key or "", safe=""),
+                                      quote(new.idempotency_key, safe="")))
+            fields_ = [item for pair in _encode(execution).items() for item in pair]
+            await self._ensure_group()
+            gone = ""
+            # Twice at most: a key naming an execution that is gone (deleted by hand, or
+            # evicted) is taken over, once, by whichever request finds it first.
+            for _ in range(2):
+                made = await self._create_script(
+                    keys=keys, args=[execution.id, now, new.pipeline, gone, *fields_])
+                if not made:
+                    return execution, True
+                found = await self.get(made)
+                if found is not None:
+                    return found, False
+                gone = made
+            raise StoreUnavailable(f"the idempotency key '{new.idempotency_key}' names "
+                                   f"execution {gone}, which is gone, and another request "
+                                   "is taking it over; try again")
 
         return await self._guard(run)
 

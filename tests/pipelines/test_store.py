@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from aigw.runtime.workflows.runner import Runner
 
 NOW = 1_767_225_600.0
 LEASE = 10.0
+IDEM_WORKER = Path(__file__).with_name("idem_worker.py")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -483,3 +487,42 @@ async def test_what_is_claimed_as_stop_begins_is_let_go_not_run(store: Execution
     left = await store.get(execution.id)
     assert left is not None and left.owner is None and left.status is Status.QUEUED
     assert execution.id in await store.claim(new_owner(), LEASE, NOW, 10)  # for the next
+
+
+async def test_a_replica_asking_while_an_execution_is_written_gets_that_execution(
+    redis_url: str, namespace: str
+) -> None:
+    """On Redis the idempotency key was set before the execution was written: another
+    replica asking in between found the key and no execution behind it, took the key
+    over and made a second execution (with the stock SDK's retries, a second run). A
+    large input keeps this process between the two for a while."""
+    store = RedisExecutions.from_url(redis_url, namespace=namespace)
+    with subprocess.Popen([sys.executable, str(IDEM_WORKER), redis_url, namespace, "dev", "k"],
+                          stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "ready\n"
+            large = NewExecution("research", {"text": "x" * (16 << 20)}, "dev", "k", "f1")
+            mine, created = await store.create(large, NOW)
+            theirs = json.loads(await asyncio.to_thread(worker.stdout.readline))
+            assert created and theirs == {"id": mine.id, "created": False}
+            assert [execution.id for execution in await store.list()] == [mine.id]
+        finally:
+            worker.kill()
+            await store.aclose()
+
+
+async def test_an_idempotency_key_whose_execution_is_gone_starts_a_new_one(
+    redis_url: str, namespace: str
+) -> None:
+    store = RedisExecutions.from_url(redis_url, namespace=namespace)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(f"{namespace}:wf:idem:dev:k", "exec_evicted")
+        made, created = await store.create(_new(idempotency="k"), NOW)
+        again, created_again = await store.create(_new(idempotency="k"), NOW)
+        assert (created, created_again, again.id) == (True, False, made.id)
+        assert await store.claim(new_owner(), LEASE, NOW, 10) == (made.id,)  # queued
+    finally:
+        await client.aclose()
+        await store.aclose()

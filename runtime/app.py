@@ -239,6 +239,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def client_gone(receive: Receive) -> None:
+    """Returns once the client has gone: after the body only http.disconnect follows
+    (hypercorn sends it when the connection closes; httpx's in-process transport once
+    the response is complete)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class _Endpoints:
     def __init__(self, gateway: Gateway, pipelines: PipelineChat | None = None) -> None:
         self.gateway = gateway
@@ -259,7 +267,8 @@ class _Endpoints:
         stream's record is finished when the stream ends."""
         live = _live(request)
         record = new_record(live, endpoint)
-        exchange = Exchange(live, record, request.headers, lambda: self.gateway.live)
+        exchange = Exchange(live, record, request.headers, lambda: self.gateway.live,
+                            partial(client_gone, request.receive))
         try:
             key = authenticate(live.graph, request.headers)
             body = await read_body(request, live.graph.settings.max_request_bytes)

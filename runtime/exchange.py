@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -65,8 +65,12 @@ class Exchange:
         record: RequestRecord,
         headers: Headers,
         current: Callable[[], Live] | None = None,
+        gone: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.live = live
+        # Returns once the client has gone (None: never known); only after the body is
+        # read, as it takes the ASGI messages that follow it.
+        self.gone = gone
         # The gateway's live snapshot now (after any reload), for limits that changed.
         self._current = current or (lambda: live)
         self._key_name: str | None = None

@@ -22,12 +22,15 @@ keys) only, and they see nothing else of the execution.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from starlette.datastructures import Headers
@@ -47,6 +50,7 @@ from ..chat import new_record, overhead_header
 from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
+    Cancelled,
     Conflict,
     Forbidden,
     GatewayError,
@@ -54,6 +58,7 @@ from ..errors import (
     PayloadTooLarge,
     PipelineFailed,
     PipelineTimeout,
+    StoreUnavailable,
     Unauthorized,
 )
 from ..exchange import Exchange
@@ -62,6 +67,7 @@ from ..policy_request import authorize_pipeline
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
 from ..sse import ChunkEncoder, completion_body
 from ..store.executions import (
+    ACTIVE,
     FINAL,
     Decision,
     Execution,
@@ -73,6 +79,8 @@ from ..telemetry.record import RequestRecord
 from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+log = logging.getLogger("aigw.workflows")
 
 
 def workflow_routes(workflows: Workflows) -> list[BaseRoute]:
@@ -374,7 +382,13 @@ async def _final(
 
 class PipelineChat:
     """/v1/chat/completions with a pipeline route as the model: the pipeline runs with the
-    chat's input (see ``chat_input``) and its output is the assistant's answer."""
+    chat's input (see ``chat_input``) and its output is the assistant's answer.
+
+    An ``Idempotency-Key`` header names the execution, as on POST /v1/pipelines/{name}: a
+    retry with the same key waits for the same run. Without one, only this request can
+    collect the answer, so a request that ends without it (the route's deadline passed,
+    the client went away) cancels the execution it started: left running, it spent for
+    nobody, and each retry of an SDK (which sends no key) started another run."""
 
     def __init__(self, workflows: Workflows) -> None:
         self.workflows = workflows
@@ -387,18 +401,35 @@ class PipelineChat:
         check_route_allowed(key, route)
         exchange.live.telemetry.started(record)
         pipeline = exchange.live.graph.pipelines[route.target]
-        execution, _ = await self.workflows.start_execution(
-            key, pipeline.name, chat_input(pipeline, request), None, exchange.user
+        idempotency = exchange.headers.get("idempotency-key")
+        execution, started = await self.workflows.start_execution(
+            key, pipeline.name, chat_input(pipeline, request), idempotency, exchange.user
         )
-        final = await _final(self.workflows, record, execution.id, route.deadline_s)
+        orphaned = started and idempotency is None
+        try:
+            final = await self._wait(exchange, execution.id, route.deadline_s)
+        except (asyncio.CancelledError, Cancelled):
+            if orphaned:
+                await self._cancel(key, execution.id)
+            raise
         if final is None or final.status in (Status.FAILED, Status.CANCELLED):
             error = final.error if final is not None else "it disappeared"
             raise PipelineFailed(f"Pipeline '{pipeline.name}' (execution {execution.id}) did not "
                                  f"finish: {error}")
         if final.status is not Status.SUCCEEDED:
+            still = f"Pipeline '{pipeline.name}' is still {final.status.value} after " \
+                    f"{route.deadline_s:g}s"
+            if orphaned and final.status in ACTIVE:
+                await self._cancel(key, execution.id)
+                raise PipelineTimeout(
+                    f"{still}; its execution {execution.id} is cancelled, as no other "
+                    "request could collect its answer (send an Idempotency-Key header to "
+                    "let a retry with the same key wait for the same run)."
+                )
             raise PipelineTimeout(
-                f"Pipeline '{pipeline.name}' is still {final.status.value} after "
-                f"{route.deadline_s:g}s; follow it at /api/v1/executions/{execution.id}."
+                f"{still}; follow it at /api/v1/executions/{execution.id}"
+                + (", or send the request again with the same Idempotency-Key."
+                   if idempotency is not None else ".")
             )
         output = final.output
         text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
@@ -422,6 +453,39 @@ class PipelineChat:
 
         return StreamingResponse(encoder.events(deltas()), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
+
+
+    async def _wait(
+        self, exchange: Exchange, execution_id: str, deadline_s: float
+    ) -> Execution | None:
+        """The execution once final (or as it is at the deadline); ``Cancelled`` as soon as
+        the client goes away."""
+        waiting = asyncio.ensure_future(_final(self.workflows, exchange.record, execution_id,
+                                               deadline_s))
+        if exchange.gone is None:
+            return await waiting
+        gone = asyncio.ensure_future(exchange.gone())
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, gone):
+                task.cancel()
+            await asyncio.gather(waiting, gone, return_exceptions=True)
+        if waiting.cancelled():
+            raise Cancelled("The client went away before the pipeline's answer.")
+        return waiting.result()
+
+    async def _cancel(self, key: ApiKey, execution_id: str) -> None:
+        """Cancel an execution nobody can collect; shielded, as the request that started
+        it may itself be cancelled."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.workflows.control(key, execution_id, "cancel")
+            except ExecutionConflict:
+                pass  # it ended meanwhile
+            except StoreUnavailable as exc:
+                log.error("could not cancel execution %s, which no request waits for: %s",
+                          execution_id, exc)
 
 
 def _describe(pipeline: Pipeline, graph: Graph) -> dict[str, Any]:

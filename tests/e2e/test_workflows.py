@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from ..conftest import DEV_KEY
@@ -54,9 +55,10 @@ CHAIN_OUTPUT = "one two three four five six seven"
 SLOW = ", latency: {per_token_ms: 80}"
 
 
-def _gateway(root: Path, pipelines: dict[str, str], store: str = "embedded") -> Path:
+def _gateway(root: Path, pipelines: dict[str, str], store: str = "embedded",
+             extra_routes: str = "") -> Path:
     (root / "pipelines").mkdir(parents=True)
-    (root / "gateway.yaml").write_text(gateway_config(store, latency=SLOW))
+    (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency=SLOW))
     for name, text in pipelines.items():
         (root / "pipelines" / f"{name}.yaml").write_text(text)
     return root
@@ -232,3 +234,22 @@ def test_the_four_templates_complete_offline(server: Server) -> None:
         assert response.json()["status"] == "succeeded", name
     costs = _get(server, "/api/v1/costs/summary")["data"]
     assert sorted(row["pipeline"] for row in costs) == sorted(inputs)
+
+
+def test_an_sdk_that_gives_up_on_a_pipeline_chat_leaves_no_run_behind(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    """The stock OpenAI SDK times out, closes the connection and tries again, twice, with
+    no Idempotency-Key: each try started a run that went on for nobody (three runs of
+    the pipeline for one question, each waiting for its approval)."""
+    server = started(_gateway(tmp_path / "gw", {"publish": APPROVAL},
+                              extra_routes="  publish: {pipeline: publish}"))
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, timeout=1.5,
+                           max_retries=2)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="publish", messages=[
+            {"role": "user", "content": '{"text": "hello"}'}])
+    executions = _get(server, "/api/v1/executions")["data"]
+    assert len(executions) == 3  # one a try
+    for execution in executions:  # each cancelled once its client went away
+        _wait(server, execution["id"], lambda e: e["status"] == "cancelled", timeout=5)

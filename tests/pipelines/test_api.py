@@ -212,6 +212,68 @@ async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     assert 'aigw_in_flight_requests{route="about"} 0.0' in metrics
 
 
+PUBLISH_ROUTE = "  publish: {pipeline: publish, deadline_s: 0.3}"
+PUBLISH_CHAT = {"model": "publish", "messages": [{"role": "user", "content": '{"text": "hi"}'}]}
+
+
+async def test_a_chat_past_its_deadline_cancels_the_run_nobody_can_collect(
+    serve: Serve,
+) -> None:
+    """The run went on after the 504, and each retry of the OpenAI SDK (which sends no
+    Idempotency-Key) started another: three runs for one question."""
+    served = await serve({"publish": approval_pipeline()}, extra_routes=PUBLISH_ROUTE)
+    response = await served.http.post("/v1/chat/completions", json=PUBLISH_CHAT)
+    assert response.status_code == 504, response.text
+    assert "is cancelled" in response.json()["error"]["message"]
+    (execution,) = (await served.http.get("/api/v1/executions")).json()["data"]
+    await served.wait_for(execution["id"], lambda e: e["status"] == "cancelled")
+
+
+async def test_a_chat_cut_off_cancels_the_run_it_started(serve: Serve) -> None:
+    served = await serve({"publish": approval_pipeline()},
+                         extra_routes="  publish: {pipeline: publish}")
+    call = asyncio.create_task(served.http.post("/v1/chat/completions", json=PUBLISH_CHAT))
+    (execution,) = await _eventually(lambda: _executions(served, "waiting"))
+    call.cancel()  # as a shutdown past its grace cancels the request
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await served.wait_for(execution["id"], lambda e: e["status"] == "cancelled")
+
+
+async def test_a_chat_retried_with_its_idempotency_key_waits_for_the_same_run(
+    serve: Serve,
+) -> None:
+    served = await serve({"publish": approval_pipeline()}, extra_routes=PUBLISH_ROUTE)
+    key = {"idempotency-key": "question-1"}
+    first = await served.http.post("/v1/chat/completions", json=PUBLISH_CHAT, headers=key)
+    assert first.status_code == 504, first.text
+    assert "same Idempotency-Key" in first.json()["error"]["message"]
+    (execution,) = await _executions(served, "waiting")  # left to run: a retry collects it
+    decided = await served.http.post(f"/api/v1/executions/{execution['id']}/approvals",
+                                     json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    again = await served.http.post("/v1/chat/completions", json=PUBLISH_CHAT, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-aigw-execution"] == execution["id"]
+    assert "published: hi" in again.json()["choices"][0]["message"]["content"]
+    assert len((await served.http.get("/api/v1/executions")).json()["data"]) == 1
+
+
+async def _executions(served: Any, status: str) -> list[dict[str, Any]]:
+    answer = await served.http.get(f"/api/v1/executions?status={status}")
+    found: list[dict[str, Any]] = answer.json()["data"]
+    return found
+
+
+async def _eventually(check: Any) -> Any:
+    for _ in range(250):
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    pytest.fail("gave up waiting")
+
+
 async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(
     serve: Serve, tmp_path: Path
 ) -> None:

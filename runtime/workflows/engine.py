@@ -64,7 +64,8 @@ class Stop(Exception):
 
 
 class Suspended(Exception):
-    """A waiting approval gave way to a pause; the step stays waiting."""
+    """The step gave way to a pause (a waiting approval, or a pipeline or map step whose
+    own work in flight has finished); it stays unfinished, and is resumed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,10 @@ class Run:
                     await self._start_ready(pipeline, prefix, given, outputs, finished, running)
                 if not running:
                     if stopping is not None:
-                        raise Stop(stopping)
+                        # A pipeline step's pipeline gives way as a step does: raised as
+                        # Stop, it ended the run then and there, cancelling the steps in
+                        # flight beside it, so a pause acted as a cancel.
+                        raise Stop(stopping) if not prefix else Suspended()
                     break
                 done, _ = await asyncio.wait(
                     running, timeout=self.services.poll_s, return_when=asyncio.FIRST_COMPLETED

@@ -45,7 +45,7 @@ from aigw.compiler.pipeline_graph import (
 from ..chat_request import ChatRequest, Message
 from ..errors import GatewayError
 from ..store.executions import NewEvent
-from .engine import StepContext, StepFailed, jsonable, truthy
+from .engine import StepContext, StepFailed, Suspended, jsonable, truthy
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
 
@@ -235,6 +235,8 @@ async def _map(context: StepContext, action: MapStep) -> list[Any]:
     async def worker() -> None:
         # ``concurrency`` workers take the items in turn: one task each, not one an item.
         for index, item in queue:
+            if await run.control() == "pause":  # the items in flight finish; no new one
+                raise Suspended()
             scope = context.with_scope(item=item, index=index)
             results[index] = await run.run_inline(
                 _with(context, scope), action.step, f"{context.key}/{index}"
@@ -324,14 +326,21 @@ async def _python(context: StepContext, action: Python) -> Any:
 
 
 async def _all(awaitables: list[Coroutine[Any, Any, Any]]) -> list[Any]:
-    """Every result in order; the first failure cancels the others and is raised as is."""
+    """Every result in order; the first failure cancels the others and is raised as is.
+    One that gives way to a pause (``Suspended``) lets the others finish, or give way
+    too, before it is raised: cancelled, their work in flight was lost."""
     tasks = [asyncio.ensure_future(item) for item in awaitables]
     try:
-        if tasks:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None \
+                        and not isinstance(task.exception(), Suspended):
+                    raise task.exception()  # type: ignore[misc]
         for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if isinstance(task.exception(), Suspended):
+                raise Suspended()
         return [task.result() for task in tasks]
     finally:
         for task in tasks:

@@ -97,6 +97,96 @@ async def test_pause_and_resume(serve: Serve) -> None:
     assert types.count("step_started") == 3  # no step ran twice
 
 
+NAP = """
+input: {type: object}
+steps:
+  nap: {kind: python, function: "asyncio:sleep", args: {delay: 0.3, result: "napped"}}
+output: "{{ steps.nap }}"
+"""
+BESIDE = """
+input: {type: object}
+steps:
+  sub: {kind: pipeline, pipeline: nap, input: {}}
+  long: {kind: python, function: "asyncio:sleep", args: {delay: 0.8, result: "long"}}
+output: {sub: "{{ steps.sub }}", long: "{{ steps.long }}"}
+"""
+
+
+async def _started(served: Any, execution_id: str, *steps: str) -> None:
+    async def running() -> bool:
+        found = await served.steps(execution_id)
+        return all(found.get(step, {}).get("status") in ("running", "waiting")
+                   for step in steps)
+
+    await _eventually(running)
+
+
+async def test_a_pause_lets_the_steps_beside_a_pipeline_step_finish(serve: Serve) -> None:
+    """The pipeline step's pipeline, once its own step had finished, ended the whole run
+    as a cancel does: the step in flight beside it was cut off, and ran again."""
+    served = await serve({"beside": BESIDE, "nap": NAP})
+    started = await served.start("beside", {})
+    await _started(served, started["id"], "sub/nap", "long")
+    assert (await served.http.post(f"/api/v1/executions/{started['id']}/pause")).status_code \
+        == 202
+    await served.wait_for(started["id"], lambda e: e["status"] == "paused")
+    steps = await served.steps(started["id"])
+    assert {name: state["status"] for name, state in steps.items()} == {
+        "sub": "running", "sub/nap": "succeeded", "long": "succeeded"}
+    await served.http.post(f"/api/v1/executions/{started['id']}/resume")
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"] == {"sub": "napped", "long": "long"}
+    events = await served.events(started["id"])
+    assert [e["step"] for e in events if e["type"] == "step_started"] == ["sub", "long",
+                                                                           "sub/nap"]
+
+
+GATE_OR_NAP = """
+input: {type: object}
+steps:
+  gate: {kind: approval, when: "input.item == 'a'", message: "ok?", timeout_s: 60}
+  nap:
+    kind: python
+    when: "input.item == 'b'"
+    function: "asyncio:sleep"
+    args: {delay: 0.4, result: "napped"}
+output: "{{ steps.nap if input.item == 'b' else steps.gate.approved }}"
+"""
+EACH_ITEM = """
+input: {type: object}
+steps:
+  each:
+    kind: map
+    over: "['a', 'b']"
+    concurrency: 2
+    step: {kind: pipeline, pipeline: gate_or_nap, input: {item: "{{ item }}"}}
+output: "{{ steps.each }}"
+"""
+
+
+async def test_a_pause_lets_the_map_items_beside_a_waiting_approval_finish(
+    serve: Serve,
+) -> None:
+    served = await serve({"each": EACH_ITEM, "gate_or_nap": GATE_OR_NAP})
+    started = await served.start("each", {})
+    await _started(served, started["id"], "each@1/0/gate", "each@1/1/nap")
+    await served.http.post(f"/api/v1/executions/{started['id']}/pause")
+    await served.wait_for(started["id"], lambda e: e["status"] == "paused")
+    steps = await served.steps(started["id"])
+    assert steps["each@1/1/nap"]["status"] == "succeeded"  # not cut off by the pause
+    await served.http.post(f"/api/v1/executions/{started['id']}/resume")
+    await _started(served, started["id"], "each@1/0/gate")
+    await _eventually(lambda: _executions(served, "waiting"))
+    decided = await served.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                     json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    done = await served.wait_for(started["id"], lambda e: e["status"] == "succeeded")
+    assert done["output"] == [True, "napped"]
+    events = await served.events(started["id"])
+    assert [e["step"] for e in events if e["type"] == "step_started"].count(
+        "each@1/1/nap") == 1
+
+
 async def test_a_resume_before_the_pause_took_hold_takes_it_back(serve: Serve) -> None:
     served = await serve({"slow": SLOW})
     started = await served.start("slow", {})

@@ -345,15 +345,30 @@ def claimable(execution: Execution, owner: str, now: float) -> bool:
 
 
 def new_owner() -> str:
-    """A runner's name: host, process and a random part (``host:pid:ab12cd34``)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A runner's name: host, process and a random part (``host/4026531836:pid:ab12cd34``,
+    the host's name with the inode of the PID namespace the process is in)."""
+    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    """The hostname, and the PID namespace whose numbers ``os.getpid`` gives (where /proc
+    shows it). The hostname alone is not enough: containers sharing the host's network
+    (network_mode: host) or named alike have one hostname, and each numbers its
+    processes on its own, so another's runner looked dead here and its live executions
+    were taken over."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc (macOS) or not readable: the hostname alone
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def _alive(owner: str) -> bool:
-    """False only when the owner ran on this host in a process that no longer exists."""
+    """False only when the owner ran on this host, in this PID namespace, in a process
+    that no longer exists (another one's is left to its lease)."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != _host() or not pid_text.isdigit():
         return True
     try:
         os.kill(int(pid_text), 0)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -525,4 +526,75 @@ async def test_an_idempotency_key_whose_execution_is_gone_starts_a_new_one(
         assert await store.claim(new_owner(), LEASE, NOW, 10) == (made.id,)  # queued
     finally:
         await client.aclose()
+        await store.aclose()
+
+
+HOLDER_WORKER = Path(__file__).with_name("holder_worker.py")
+
+
+def _hold(path: Path, *prefix: str) -> subprocess.Popen[str]:
+    """A process that holds the queued executions of ``path`` (started under ``prefix``)
+    and says which owner it is."""
+    return subprocess.Popen([*prefix, sys.executable, str(HOLDER_WORKER), str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _pid(owner: str) -> int:
+    return int(owner.split(":")[1])
+
+
+async def test_an_execution_held_by_a_process_gone_from_this_host_is_taken_at_once(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteExecutions.open(tmp_path / "aigw.sqlite")
+    try:
+        execution, _ = await store.create(_new(), NOW)
+        with _hold(tmp_path / "aigw.sqlite") as holder:
+            assert holder.stdout is not None and holder.stdin is not None
+            holder.stdout.readline()
+            holder.stdin.close()
+        # Its lease has an hour to run, but its process is gone.
+        assert await store.claim(new_owner(), LEASE, time.time(), 10) == (execution.id,)
+    finally:
+        await store.aclose()
+
+
+def _unused_pid() -> int:
+    """A process id nobody uses in this PID namespace (the highest free one)."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+async def test_an_execution_held_in_another_pid_namespace_of_this_host_is_left_to_it(
+    tmp_path: Path,
+) -> None:
+    """A gateway in another container with the same hostname (network_mode: host, or a
+    volume shared by containers named alike) numbers its processes on its own: its
+    runner's process id, absent here, was taken for a dead process, and its live
+    executions were taken over and run twice."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    try:
+        usable = subprocess.run([*unshare, "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        usable = False
+    if not usable:
+        pytest.skip("needs unshare with the right to make a PID namespace (root)")
+    pid = _unused_pid()
+    # The holder takes the process id that is free here: its namespace's next one.
+    prefix = [*unshare, "sh", "-c", f'echo {pid - 1} > /proc/sys/kernel/ns_last_pid && '
+              '"$@"; exit $?', "sh"]
+    store = await SQLiteExecutions.open(tmp_path / "aigw.sqlite")
+    try:
+        execution, _ = await store.create(_new(), NOW)
+        with _hold(tmp_path / "aigw.sqlite", *prefix) as holder:
+            assert holder.stdout is not None and holder.stdin is not None
+            owner = holder.stdout.readline().strip()
+            assert _pid(owner) == pid and not Path(f"/proc/{pid}").exists()
+            assert await store.claim(new_owner(), LEASE, time.time(), 10) == ()
+            holder.stdin.close()
+        held = await store.get(execution.id)
+        assert held is not None and held.owner == owner
+    finally:
         await store.aclose()

@@ -138,6 +138,10 @@ class RedisExecutions:
         self._commit_script = client.register_script(_COMMIT)
         self._renew_script = client.register_script(_RENEW)
         self._entries: dict[str, str] = {}  # execution id -> stream entry this runner holds
+        # Where the next XAUTOCLAIM goes on looking among the pending entries: each looks
+        # at ten entries per one it may claim, so starting every time from the first, a
+        # live runner's entries at the head hid a dead one's behind them for good.
+        self._autoclaim_from = "0-0"
         self._group_ready = False
 
     @classmethod
@@ -292,9 +296,10 @@ class RedisExecutions:
             queue = self._key("queue")
             entries: list[tuple[str, dict[str, str]]] = []
             stale = await self._redis.xautoclaim(
-                queue, GROUP, owner, min_idle_time=int(lease_s * 1000), start_id="0-0",
-                count=limit,
+                queue, GROUP, owner, min_idle_time=int(lease_s * 1000),
+                start_id=self._autoclaim_from, count=limit,
             )
+            self._autoclaim_from = stale[0]  # "0-0" once it has looked at them all
             entries.extend(stale[1])
             if len(entries) < limit:
                 fresh = await self._redis.xreadgroup(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -598,3 +599,47 @@ async def test_an_execution_held_in_another_pid_namespace_of_this_host_is_left_t
         assert held is not None and held.owner == owner
     finally:
         await store.aclose()
+
+
+async def test_a_dead_replicas_execution_is_found_behind_many_live_ones(
+    redis_url: str, namespace: str
+) -> None:
+    """XAUTOCLAIM looks at ten entries per one it may claim, and every claim started from
+    the stream's first pending entry: behind 20 entries of a live runner, a dead one's
+    execution was never looked at by a runner with two free slots."""
+    lease = 0.5
+    live, dead, survivor = (RedisExecutions.from_url(redis_url, namespace=namespace)
+                            for _ in range(3))
+    a, b, c = new_owner(), new_owner(), new_owner()
+    try:
+        for _ in range(30):
+            await live.create(_new(), time.time())
+        held = await live.claim(a, lease, time.time(), 30)
+        assert len(held) == 30
+        orphan, _ = await dead.create(_new(), time.time())
+        assert await dead.claim(b, lease, time.time(), 5) == (orphan.id,)  # then it dies
+
+        stopping = asyncio.Event()
+
+        async def renew() -> None:  # told to stop: a cancellation may be swallowed mid-command
+            while not stopping.is_set():
+                for execution_id in held:
+                    assert await live.renew(execution_id, a, lease, time.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), lease / 4)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            taken: tuple[str, ...] = ()
+            for _ in range(8):  # each claim waits up to 0.5 s for new work
+                await asyncio.sleep(lease / 2)
+                taken = await survivor.claim(c, lease, time.time(), 2)
+                if taken:
+                    break
+            assert taken == (orphan.id,)
+        finally:
+            stopping.set()
+            await renewing
+    finally:
+        for store in (live, dead, survivor):
+            await store.aclose()

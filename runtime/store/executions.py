@@ -4,8 +4,8 @@
     ├── SQLiteExecutions            embedded: tables in the gateway's SQLite file
     └── RedisExecutions             replicas: hashes and lists, a stream + consumer group
 
-An execution's states, and who moves it (``control_change`` and ``claimable`` are the
-only places that decide, for both stores)::
+An execution's states, and who moves it (``control_change``, ``claimable`` and
+``check_decidable`` are the only places that decide, for both stores)::
 
     queued --claim--> running <--> waiting (an approval)   --> succeeded | failed
       ^                  |                                  \\-> cancelled
@@ -285,7 +285,7 @@ class ExecutionStore(Protocol):
         self, execution_id: str, step: str, decision: Decision
     ) -> None:
         """Record a decision for the waiting approval step ``step`` (ExecutionConflict
-        when that step is not waiting)."""
+        when that step is not waiting, or the execution has ended)."""
         ...
 
     async def decision(self, execution_id: str, step: str) -> Decision | None: ...
@@ -326,6 +326,14 @@ def control_change(execution: Execution, action: str, now: float) -> dict[str, A
         return {"status": Status.CANCELLED, "control": None, "finished_at": now,
                 "error": "cancelled", **_UNHELD}
     raise ValueError(f"unknown action {action!r}")
+
+
+def check_decidable(execution_id: str, status: Status) -> None:
+    """ExecutionConflict for a decision on an execution that has ended: its approval still
+    reads waiting (the run stopped in it), but nothing will ever read the decision."""
+    if status in FINAL:
+        raise ExecutionConflict(f"execution {execution_id} has already {status.value}; "
+                                "nothing waits for a decision")
 
 
 # Changed by the store, not by a runner (its lease had lapsed): the lease goes too, so the

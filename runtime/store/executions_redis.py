@@ -51,6 +51,7 @@ from .executions import (
     Status,
     StepState,
     StepStatus,
+    check_decidable,
     claimable,
     control_change,
     new_execution_id,
@@ -454,6 +455,9 @@ class RedisExecutions:
 
     async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
         async def run() -> None:
+            status = await self._redis.hget(self._x(execution_id), "status")
+            if status is not None:
+                check_decidable(execution_id, Status(json.loads(status)))
             text = await self._redis.hget(self._x(execution_id, "steps"), step)
             if text is None or step_from_json(text).status is not StepStatus.WAITING:
                 raise ExecutionConflict(f"step '{step}' is not waiting for a decision")

@@ -254,6 +254,9 @@ class Workflows:
         if not (key.admin or execution.key == key.name
                 or any(may_decide(key, execution, state) for state in waiting)):
             raise NotFound(f"No execution '{execution_id}'.")
+        if execution.status in FINAL:  # its approvals still read waiting: the run stopped in them
+            raise Conflict(f"Execution {execution_id} has already {execution.status.value}; "
+                           "nothing waits for a decision.")
         return execution, waiting
 
     async def inbox(self, key: ApiKey, limit: int) -> list[tuple[Execution, StepState]]:

@@ -366,3 +366,21 @@ async def test_executions_past_the_capacity_wait_queued(serve: Serve) -> None:
     assert (await served.get(second))["status"] == "queued"
     await served.wait_for(first, lambda e: e["status"] == "succeeded")
     await served.wait_for(second, lambda e: e["status"] == "succeeded")
+
+
+async def test_an_approval_of_an_execution_that_has_ended_is_a_conflict(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    served = await serve({"one": ONE}, **store_options)
+    execution_id = await _start(served, "one")
+    await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    cancelled = await served.http.post(f"/api/v1/executions/{execution_id}/cancel",
+                                       headers=BOT)
+    assert cancelled.status_code == 202, cancelled.text
+    await served.wait_for(execution_id, lambda e: e["status"] == "cancelled")
+    url = f"/api/v1/executions/{execution_id}/approvals"
+    for body in ({"decision": "approve"}, {"decision": "approve", "step": "legal"}):
+        late = await served.http.post(url, headers=ALICE, json=body)
+        assert late.status_code == 409, late.text
+        assert "has already cancelled" in late.json()["error"]["message"]
+

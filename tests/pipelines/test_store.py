@@ -230,6 +230,22 @@ async def test_decisions_only_for_waiting_steps(store: ExecutionStore) -> None:
     assert await store.decision(execution.id, "sign_off") == decision
 
 
+async def test_no_decision_for_a_step_of_an_execution_that_has_ended(
+    store: ExecutionStore,
+) -> None:
+    """A cancelled execution's approval stays marked waiting (the run stopped in it); a
+    decision for it was recorded and answered 200, for nothing."""
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    await store.commit(execution.id, owner, Checkpoint(
+        steps=(StepState("sign_off", StepStatus.WAITING, 1),), status=Status.WAITING), NOW)
+    await store.commit(execution.id, owner, Checkpoint(status=Status.CANCELLED), NOW)
+    with pytest.raises(ExecutionConflict, match="has already cancelled"):
+        await store.decide(execution.id, "sign_off", Decision(True, "dev", None, NOW))
+    assert await store.decision(execution.id, "sign_off") is None
+
+
 async def test_waiting_lists_the_steps_waiting_in_unfinished_executions(
     store: ExecutionStore,
 ) -> None:

@@ -155,6 +155,9 @@ class Run:
         self.memos: dict[str, Any] = {}
         self._control: str | None = execution.control
         self._checked = 0.0
+        # An approval's state and the execution's status commit one approval at a time:
+        # two decided at once each saw the other still waiting, and both left it waiting.
+        self._approvals = asyncio.Lock()
 
     async def run(self) -> Status:
         """Run to a final status, or to paused; raises LeaseLost if another runner took it."""
@@ -391,12 +394,10 @@ class Run:
             if "approvers" in self.memos[key]:
                 detail["approvers"] = self.memos[key]["approvers"]
             state = self.states.get(path)
-            await self.commit(Checkpoint(
-                steps=(StepState(path, StepStatus.WAITING, state.attempts if state else 1,
-                                 started_at=state.started_at if state else self.now(),
-                                 detail=detail),),
-                status=Status.WAITING,
-                events=(NewEvent("step_waiting", path, detail),)))
+            await self._approval_state(
+                StepState(path, StepStatus.WAITING, state.attempts if state else 1,
+                          started_at=state.started_at if state else self.now(), detail=detail),
+                NewEvent("step_waiting", path, detail))
             with self.services.waiting(self.id):
                 while decision is None:
                     remaining = deadline - self.now()
@@ -421,10 +422,18 @@ class Run:
         decided = StepState(path, StepStatus.SUCCEEDED, state.attempts if state else 1, result,
                             started_at=state.started_at if state else self.now(),
                             finished_at=self.now())
-        await self.commit(Checkpoint(steps=(decided,), status=Status.RUNNING,
-                                     events=(NewEvent("approval_decided", path, result),)))
-        self.states[path] = decided
+        await self._approval_state(decided, NewEvent("approval_decided", path, result))
         return result
+
+    async def _approval_state(self, state: StepState, event: NewEvent) -> None:
+        """Commit an approval's state, and the execution's status with it: waiting while
+        any approval waits (this one or another beside it; one decided left it running
+        while the other still waited, missing from ?status=waiting), else running."""
+        async with self._approvals:
+            self.states[state.step] = state
+            waiting = any(other.status is StepStatus.WAITING for other in self.states.values())
+            await self.commit(Checkpoint(steps=(state,), events=(event,),
+                                         status=Status.WAITING if waiting else Status.RUNNING))
 
     async def call_model(self, context: StepContext, model: str, request: ChatRequest,
                          key: str) -> str:

@@ -384,3 +384,33 @@ async def test_an_approval_of_an_execution_that_has_ended_is_a_conflict(
         assert late.status_code == 409, late.text
         assert "has already cancelled" in late.json()["error"]["message"]
 
+
+async def test_an_execution_waits_while_any_of_its_approvals_does(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """One of two approvals side by side decided, the execution read running while the
+    other still waited: ?status=waiting missed it."""
+    served = await serve({"both": SIDE_BY_SIDE}, **store_options)
+    execution_id = await _start(served, "both")
+
+    async def both_wait() -> bool:
+        steps = await served.steps(execution_id)
+        return all(steps.get(name, {}).get("status") == "waiting" for name in ("legal", "own"))
+
+    await _eventually("both approvals", both_wait)
+    url = f"/api/v1/executions/{execution_id}/approvals"
+    own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+    assert own.status_code == 200 and own.json()["step"] == "own", own.text
+
+    async def own_done() -> bool:
+        return (await served.steps(execution_id))["own"]["status"] == "succeeded"
+
+    await _eventually("the decided approval to move on", own_done)
+    assert (await served.get(execution_id))["status"] == "waiting"
+    listed = await served.http.get("/api/v1/executions?status=waiting")
+    assert [item["id"] for item in listed.json()["data"]] == [execution_id]
+    legal = await served.http.post(url, headers=ALICE, json={"decision": "reject"})
+    assert legal.status_code == 200, legal.text
+    done = await served.wait_for(execution_id, lambda e: e["status"] == "succeeded")
+    assert done["output"] == {"legal": False, "own": True}
+

@@ -394,10 +394,12 @@ class AttemptLoop(Generic[T]):
 
 
 def untried_class(dropped: Sequence[Dropped]) -> str:
-    """How a tier failed when none of its members is tried: "context_window" when each
-    was dropped as unfit for the request (too small, lacking a capability), else
-    "error" (denied by policy, disabled, or no members)."""
-    return "context_window" if dropped and all(d.unfit for d in dropped) else "error"
+    """How a tier failed when none of its members is tried: "context_window" when some
+    were dropped as unfit for the request (too small, lacking a capability) and the
+    rest could not serve anyway (disabled, denied by policy), else "error" (none
+    unfit, or no members). A disabled member beside one too small sent a long prompt to
+    the error fallbacks (or to a 503), never to the context-window ones."""
+    return "context_window" if any(d.unfit for d in dropped) else "error"
 
 
 def fallbacks(group: Group, failure_class: str) -> tuple[str, ...]:

@@ -178,6 +178,30 @@ routes:
     assert fleet.calls() == ["b"]
 
 
+async def test_a_prompt_too_long_beside_a_disabled_member_takes_the_context_fallback(
+    make_gateway: GatewayFactory, fleet: Fleet
+) -> None:
+    """A group of a small deployment and one whose provider is disabled (its key unset):
+    a prompt too long for the small one was a 503, as the disabled member made the
+    tier's failure an "error"; it could not have served either way."""
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+  off: {{type: openai, api_key: "${{NOT_SET_ANYWHERE}}"}}
+deployments:
+  a: {{provider: p-a, model: small, context_window: 1000}}
+  b: {{provider: p-b, model: large, context_window: 100000}}
+  cloud: {{provider: off, model: gpt, context_window: 128000}}
+groups:
+  small: {{members: [a, cloud], fallbacks: {{on_error: [], on_context_window: [large]}}}}
+  large: {{members: [b]}}
+routes:
+  r: {{group: small}}
+""")
+    response = await client.post(CHAT, json=_ask("word " * 2000))
+    assert response.status_code == 200, response.text
+    assert fleet.calls() == ["b"]
+
+
 async def test_context_error_with_unexpected_wording_still_takes_the_context_fallback(
     make_gateway: GatewayFactory, fleet: Fleet
 ) -> None:

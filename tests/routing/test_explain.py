@@ -101,8 +101,9 @@ def test_a_group_with_nothing_to_try_falls_back_only_as_the_attempt_loop_does(
     assert [(tier.group, tier.reason) for tier in too_small.tiers] == [
         ("g", "route"), ("long", "context-window fallback")]
     assert too_small.deployment == "big"
-    # A disabled member is no context-window drop: the gateway answers 503 here.
-    assert [tier.group for tier in plan("c", 9000).tiers] == ["with-cloud"]
+    # A member too small beside a disabled one (which could not serve anyway): the
+    # context-window fallback, as the attempt loop takes it.
+    assert [tier.group for tier in plan("c", 9000).tiers] == ["with-cloud", "long"]
     served = plan("r", 2000)  # small may fail any way: every fallback may be reached
     assert [(tier.group, tier.reason) for tier in served.tiers] == [
         ("g", "route"), ("spare", "rate-limit fallback"), ("long", "context-window fallback")]

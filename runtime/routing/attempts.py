@@ -275,12 +275,13 @@ class AttemptLoop(Generic[T]):
             self.trace.add(f"  {candidate.deployment.name} timed out")
             self._failed(candidate, "upstream_timeout")
             raise UpstreamTimeout(message, provider=candidate.deployment.provider.name) from None
-        except DeploymentAtQuota as exc:  # no call went out: not an attempt
+        except DeploymentAtQuota:  # no call went out: not an attempt
             self.trace.attempts -= 1
             stats.requests -= 1
             stats.breaker.release(permit)
+            # Nor an upstream failure (aigw_upstream_failures, the log's failures): the
+            # trace says it was skipped.
             self.trace.add(f"  {candidate.deployment.name} skipped: at its own quota")
-            self._failed(candidate, str(exc.code))
             raise
         except UpstreamError as exc:
             if _counts_against_health(exc):

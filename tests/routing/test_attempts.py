@@ -317,6 +317,10 @@ routes:
     assert response.headers["x-aigw-deployment"] == "b"
     assert response.headers["x-aigw-attempts"] == "1"
     assert fleet.calls() == ["a", "b"]
+    # Nor is it a failed upstream attempt: none went out.
+    metrics = (await client.get("/metrics")).text
+    assert not [line for line in metrics.splitlines()
+                if line.startswith("aigw_upstream_failures_total{")], metrics
 
 
 async def test_deadline_header_shortens_the_route_deadline(

@@ -91,6 +91,18 @@ class Served:
         }
 
 
+def deadline_s(route: Route, headers: Headers | None) -> float:
+    """The route's deadline, which a client may shorten with ``x-aigw-deadline-ms``
+    (never extend): a chat's, and a pipeline route's wait for its execution."""
+    asked = headers.get("x-aigw-deadline-ms") if headers is not None else None
+    if asked is None:
+        return route.deadline_s
+    try:
+        return min(route.deadline_s, max(0.001, float(asked) / 1000))
+    except ValueError:
+        raise BadRequest("x-aigw-deadline-ms must be a number of milliseconds.") from None
+
+
 def prepare(
     live: Live,
     request: ChatRequest,
@@ -106,13 +118,7 @@ def prepare(
     """
     route = route or resolve_route(live.graph, request.model)
     prompt_tokens = live.counter.count_request(request)
-    budget_s = route.deadline_s
-    asked = headers.get("x-aigw-deadline-ms") if headers is not None else None
-    if asked is not None:
-        try:
-            budget_s = min(budget_s, max(0.001, float(asked) / 1000))
-        except ValueError:
-            raise BadRequest("x-aigw-deadline-ms must be a number of milliseconds.") from None
+    budget_s = deadline_s(route, headers)
     if record is not None:
         record.route = route.name
         record.model = request.model

@@ -46,7 +46,7 @@ from aigw.compiler.pipeline_graph import Pipeline
 from .. import jsonio
 from ..admission import check_route_allowed
 from ..auth import authenticate, require_admin
-from ..chat import new_record, overhead_header
+from ..chat import deadline_s, new_record, overhead_header
 from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
@@ -406,8 +406,9 @@ class PipelineChat:
             key, pipeline.name, chat_input(pipeline, request), idempotency, exchange.user
         )
         orphaned = started and idempotency is None
+        wait_s = deadline_s(route, exchange.headers)
         try:
-            final = await self._wait(exchange, execution.id, route.deadline_s)
+            final = await self._wait(exchange, execution.id, wait_s)
         except (asyncio.CancelledError, Cancelled):
             if orphaned:
                 await self._cancel(key, execution.id)
@@ -418,7 +419,7 @@ class PipelineChat:
                                  f"finish: {error}")
         if final.status is not Status.SUCCEEDED:
             still = f"Pipeline '{pipeline.name}' is still {final.status.value} after " \
-                    f"{route.deadline_s:g}s"
+                    f"{wait_s:g}s"
             if orphaned and final.status in ACTIVE:
                 await self._cancel(key, execution.id)
                 raise PipelineTimeout(

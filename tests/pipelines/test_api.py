@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,21 @@ async def test_a_chat_past_its_deadline_cancels_the_run_nobody_can_collect(
     assert "is cancelled" in response.json()["error"]["message"]
     (execution,) = (await served.http.get("/api/v1/executions")).json()["data"]
     await served.wait_for(execution["id"], lambda e: e["status"] == "cancelled")
+
+
+async def test_a_chat_on_a_pipeline_route_keeps_the_deadline_its_client_asked(
+    serve: Serve,
+) -> None:
+    """x-aigw-deadline-ms shortens any route's deadline (README); a pipeline route's wait
+    for its execution read the route's deadline_s alone, here 300 s."""
+    served = await serve({"publish": approval_pipeline()},
+                         extra_routes="  publish: {pipeline: publish}")
+    started = time.monotonic()
+    response = await served.http.post("/v1/chat/completions", json=PUBLISH_CHAT,
+                                      headers={"x-aigw-deadline-ms": "300"})
+    assert response.status_code == 504, response.text
+    assert time.monotonic() - started < 10
+    assert "after 0.3s" in response.json()["error"]["message"]
 
 
 async def test_a_chat_cut_off_cancels_the_run_it_started(serve: Serve) -> None:

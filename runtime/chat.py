@@ -30,6 +30,7 @@ from .live import Live
 from .policy import RequestGate
 from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
+from .providers.guard import answered_text
 from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
@@ -183,11 +184,9 @@ def _bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],
 
 
 def _sent_text(delta: ChatDelta, sent: list[str]) -> None:
-    """Keep what ``delta`` sends that is billed as output: content and tool arguments."""
-    if delta.content:
-        sent.append(delta.content)
-    for call in delta.tool_calls:
-        sent.append(call.arguments or "")
+    """Keep what ``delta`` sends that is billed as output, as a whole stream's output is
+    counted (providers/guard.py): content, refusal, tool calls' names and arguments."""
+    sent.extend(answered_text(delta.content, delta.refusal, delta.tool_calls))
 
 
 async def complete(

@@ -67,7 +67,7 @@ class GuardedAdapter:
         if result.usage.reported:
             return result
         output = [part for choice in result.choices
-                  for part in _answered(choice.content, choice.refusal, choice.tool_calls)]
+                  for part in answered_text(choice.content, choice.refusal, choice.tool_calls)]
         return dataclasses.replace(result, usage=self._counted(result.usage, output))
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
@@ -75,7 +75,7 @@ class GuardedAdapter:
         output: list[str] = []  # what was answered, counted if no usage is reported
         try:
             async for delta in deltas:
-                output.extend(_answered(delta.content, delta.refusal, delta.tool_calls))
+                output.extend(answered_text(delta.content, delta.refusal, delta.tool_calls))
                 if delta.usage is not None and not delta.usage.reported:
                     delta = dataclasses.replace(delta, usage=self._counted(delta.usage, output))
                 yield delta
@@ -108,7 +108,7 @@ class GuardedAdapter:
             f"({type(exc).__name__}); the gateway's log has the details", provider=name)
 
 
-def _answered(
+def answered_text(
     content: str | None, refusal: str | None, tools: Iterable[ToolCall | ToolCallDelta]
 ) -> Iterator[str]:
     """The text of an answer (or a piece of one) that its output tokens are counted from:

@@ -128,10 +128,17 @@ class OpenAIAdapter:
                 f"{len(call.inputs)} inputs", provider=self.provider.name)
         rows = sorted(rows, key=lambda row: row.get("index", 0))
         usage = document.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens", call.prompt_tokens)
+        if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int | float) \
+                or not 0 <= prompt_tokens < float("inf"):
+            # Settled and billed as it is: a negative count would refund the budget.
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' reported usage that is not a count of "
+                f"tokens ({prompt_tokens!r})", provider=self.provider.name)
         return EmbeddingResult(
             model=str(document.get("model") or call.deployment.model),
             vectors=tuple(embedding_vector(row.get("embedding"), self.provider) for row in rows),
-            prompt_tokens=int(usage.get("prompt_tokens", call.prompt_tokens)),
+            prompt_tokens=int(prompt_tokens),
         )
 
     async def aclose(self) -> None:
@@ -244,9 +251,15 @@ def _unread(message: Mapping[str, Any]) -> dict[str, Any] | None:
 def _usage(usage: Mapping[str, Any]) -> Usage:
     details = usage.get("prompt_tokens_details") or {}
     output = usage.get("completion_tokens_details") or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    # xAI (and other compatible servers) count reasoning tokens in total_tokens only, not
+    # in completion_tokens; they are output, billed as such. For OpenAI's own figures
+    # total_tokens is prompt + completion, so this changes nothing there.
+    completion = max(completion, int(usage.get("total_tokens") or 0) - prompt)
     return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         cached_tokens=int(details.get("cached_tokens") or 0),
         reasoning_tokens=int(output.get("reasoning_tokens") or 0),
     )

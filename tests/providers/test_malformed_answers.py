@@ -169,6 +169,23 @@ async def test_a_stream_that_stops_short_ends_in_an_error(
             and 'status="502"' in line and line.endswith(" 1.0")], metrics
 
 
+async def test_a_refusal_streamed_before_a_stream_stops_short_is_billed(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """A stream cut before its usage is billed what it sent, counted as a whole stream's
+    output is: refusal text and tool call names too. Only content and tool arguments
+    were counted, so a refusal cut short was billed 0 output tokens."""
+    client = await make_gateway(_openai(scripted))
+    scripted.now([_chunk({"role": "assistant"}),
+                  _chunk({"refusal": "I cannot help with writing that letter"}),
+                  _chunk({"refusal": " as it asks for something harmful"})])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        [line async for line in response.aiter_lines()]
+    summary = (await client.get("/v1/costs/summary", params={"group_by": "route"})).json()
+    assert summary["data"][0]["tokens_out"] > 5, summary
+
+
 async def test_an_error_mid_stream_does_not_carry_the_providers_key(
     make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:
@@ -242,6 +259,10 @@ EMBEDDINGS = {
     "no data": {"data": None},
     "an empty vector": {"data": [{"index": 0, "embedding": []},
                                  {"index": 1, "embedding": [0.3]}]},
+    # Settled as it came, it refunded the budget: a 500, no ledger record.
+    "negative usage": {"data": [{"index": 0, "embedding": [0.1]},
+                                {"index": 1, "embedding": [0.3]}],
+                       "usage": {"prompt_tokens": -500}},
 }
 
 

@@ -7,6 +7,7 @@ import json
 import struct
 
 import httpx
+import pytest
 
 from aigw.compiler.graph import Provider
 from aigw.runtime.providers.openai import AzureOpenAIAdapter
@@ -404,6 +405,36 @@ async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -
     usage = answer.json()["usage"]
     assert usage["completion_tokens"] == 30
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 25}
+
+
+async def test_reasoning_tokens_counted_in_total_tokens_only_are_billed(
+    make_gateway: GatewayFactory,
+) -> None:
+    """xAI counts reasoning tokens in total_tokens, not in completion_tokens: they went
+    unbilled (9 output tokens billed of 144) and the client was told total_tokens 41."""
+    with scripted_upstream() as upstream:
+        client = await make_gateway(f"""
+        providers:
+          up: {{type: openai_compatible, base_url: "{upstream.base_url}/v1", api_key: "k-1"}}
+        deployments:
+          grok: {{provider: up, model: grok-4, context_window: 128000,
+                  price: {{input: 1000, output: 2000}}}}
+        routes:
+          grok: {{deployment: grok}}
+        """)
+        upstream.now({"id": "x", "object": "chat.completion", "model": "grok-4",
+                      "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                          "role": "assistant", "content": "42"}}],
+                      "usage": {"prompt_tokens": 32, "completion_tokens": 9,
+                                "total_tokens": 176,
+                                "completion_tokens_details": {"reasoning_tokens": 135}}})
+        answer = await client.post(CHAT, json={"model": "grok", "messages": [
+            {"role": "user", "content": "think"}]})
+        assert answer.status_code == 200, answer.text
+        usage = answer.json()["usage"]
+        assert (usage["completion_tokens"], usage["total_tokens"]) == (144, 176)
+        summary = (await client.get("/v1/costs/summary")).json()["data"]
+    assert sum(row["cost"] for row in summary) == pytest.approx((32 * 1000 + 144 * 2000) / 1e6)
 
 
 def test_azure_api_versions_before_max_completion_tokens_are_sent_max_tokens() -> None:

@@ -434,10 +434,10 @@ class PipelineChat:
             )
         output = final.output
         text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+        # The answer tells the client what its steps used; the record (the access log
+        # line) does not: each step's call has its own line, ledger record and cost, so
+        # summing the log counted the pipeline twice.
         usage = Usage(final.prompt_tokens, final.completion_tokens)
-        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, \
-            usage.completion_tokens
-        record.cost = final.cost
         created = int(time.time())
         headers = {"x-aigw-route": route.name, "x-aigw-execution": final.id,
                    "x-request-id": record.request_id, **overhead_header(record)}

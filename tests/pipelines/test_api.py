@@ -281,6 +281,25 @@ output: "{{ steps.answer }}"
 """
 
 
+async def test_a_pipeline_chats_log_line_does_not_count_its_steps_again(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chat's line carried its steps' tokens and cost, which their own lines carry:
+    the access log summed to more than the ledger."""
+    served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}")
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    response = await served.http.post("/v1/chat/completions", json={
+        "model": "about", "messages": [{"role": "user", "content": "cats"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] > 0  # the client is still told
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    chat = [line for line in lines if line["route"] == "about"]
+    steps = [line for line in lines if line["route"] != "about"]
+    assert len(chat) == 1 and steps, lines
+    assert (chat[0]["completion_tokens"], chat[0]["cost"]) == (0, 0.0)
+    assert sum(line["completion_tokens"] for line in steps) > 0
+
+
 async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}")
     response = await served.http.post("/v1/chat/completions", json={

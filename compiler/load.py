@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def load(root: Path, sink: DiagnosticSink) -> Loaded:
         reader.follow_includes(gateway, includes, (GATEWAY_FILE,))
     pipelines = {}
     broken_pipelines = set()
-    for path in sorted((root / "pipelines").glob("*.yaml")):
+    for path in reader.listed("pipelines", ".yaml"):
         relative = path.relative_to(root).as_posix()
         document = reader.read_yaml(
             relative, Position(relative, 1, 1), not_mapping=codes.PIPELINE_NOT_MAPPING
@@ -83,7 +84,7 @@ def load(root: Path, sink: DiagnosticSink) -> Loaded:
         else:
             broken_pipelines.add(path.stem)
     policies = []
-    for path in sorted((root / "policies").glob("*.cedar")):
+    for path in reader.listed("policies", ".cedar"):
         relative = path.relative_to(root).as_posix()
         text = reader.read_text(relative, Position(relative, 1, 1))
         if text is not None:
@@ -110,6 +111,29 @@ class _Reader:
         # False once a config file that was asked for could not be read: what it
         # defines is unknown, so link must not call references to it undefined.
         self.complete = True
+
+    def listed(self, folder: str, suffix: str) -> list[Path]:
+        """The files ``folder/*suffix`` of the gateway directory, by name. A folder that
+        is there but cannot be listed (no permission, not a directory) is an error:
+        read as empty, an unreadable policies/ switched Cedar off (no policy: nothing is
+        checked) and pipelines/ dropped every pipeline, with nothing said."""
+        directory = self.root / folder
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(entry.name for entry in entries if entry.name.endswith(suffix))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if isinstance(exc, NotADirectoryError):
+                what, hint = "is not a directory", f"{folder} is a directory of *{suffix} files"
+            else:
+                what = f"cannot be read ({exc.strerror or exc})"
+                hint = f"let the user that runs aigw list and read {folder}/"
+            self.sink.add(codes.FILE_MISSING, f"'{folder}/' {what}", Position(folder, 1, 1),
+                          hint)
+            self.complete = False  # what its files define is unknown
+            return []
+        return [directory / name for name in names]
 
     def _read(self, relative: str, cited_at: Position) -> bytes | None:
         """The file's bytes, if it is a regular file inside the gateway directory and no

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.diagnostics import DiagnosticSink
@@ -214,3 +219,30 @@ def test_the_gateway_file_given_for_its_directory_gets_a_hint(tmp_path: Path) ->
     [diagnostic] = compile_gateway(config).diagnostics
     assert diagnostic.code.id == "AGW105"
     assert diagnostic.hint == "pass the directory that holds gateway.yaml, not the file"
+
+
+def test_a_policies_folder_that_cannot_be_read_is_an_error_not_no_policies(
+    tmp_path: Path,
+) -> None:
+    """An unlistable policies/ read as empty: no policy, so Cedar checked nothing, and
+    aigw check said "no problems" of a config whose forbids were all gone. Run as a
+    process without the capability to read past permissions (root has it)."""
+    (tmp_path / "gateway.yaml").write_text(
+        "version: 1\nproviders: {local: {type: echo}}\n"
+        "deployments: {e: {provider: local, model: echo-1, context_window: 8192}}\n"
+        "routes: {r: {deployment: e}}\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.cedar").write_text('@id("no-r")\nforbid (principal, action, resource);\n')
+    command = [sys.executable, "-m", "aigw", "check", str(tmp_path)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads any folder, and setpriv (to drop that) is not here")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    policies.chmod(0)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        policies.chmod(0o755)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "AGW105 error policies:1:1 'policies/' cannot be read" in done.stdout

@@ -118,6 +118,8 @@ class _Reader:
         read as empty, an unreadable policies/ switched Cedar off (no policy: nothing is
         checked) and pipelines/ dropped every pipeline, with nothing said."""
         directory = self.root / folder
+        if not self.root.is_dir():  # the gateway file's own error says so
+            return []
         try:
             with os.scandir(directory) as entries:
                 names = sorted(entry.name for entry in entries if entry.name.endswith(suffix))

@@ -70,6 +70,12 @@ def test_aigw_test_with_no_fixtures(tmp_path: Path, capsys: pytest.CaptureFixtur
     (root / "gateway.yaml").write_text(config())
     assert main(["test", str(root)]) == 0
     assert capsys.readouterr().out == "no routing tests in policies/tests/\n"
+    # A tests folder that is not a folder (or cannot be read) is a failure, not "none":
+    # CI passed with every fixture unread.
+    (root / "policies").mkdir()
+    (root / "policies" / "tests").write_text("cases: []\n")
+    assert main(["test", str(root)]) == 1
+    assert capsys.readouterr().out.startswith("cannot read policies/tests/: ")
 
 
 def _git(root: Path, *args: str) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionChunk
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
@@ -53,6 +55,16 @@ def _reload(server: Server, root: Path, text: str) -> None:
         time.sleep(0.05)
 
 
+def _streaming(server: Server) -> Iterator[ChatCompletionChunk]:
+    """A stream of route chat through ``server`` once it is up, its first chunk read."""
+    server.wait_ready()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
+    chunks = iter(client.chat.completions.create(
+        model="chat", stream=True, messages=[{"role": "user", "content": WORDS}]))
+    next(chunks)
+    return chunks
+
+
 def test_a_stream_outlives_two_reloads_the_first_of_which_kept_its_client(
     tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]
 ) -> None:
@@ -66,11 +78,7 @@ def test_a_stream_outlives_two_reloads_the_first_of_which_kept_its_client(
     (root / "gateway.yaml").write_text(_config(url, "1", "1"))
     server = Server(root)
     try:
-        server.wait_ready()
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
-        chunks = iter(client.chat.completions.create(
-            model="chat", stream=True, messages=[{"role": "user", "content": WORDS}]))
-        next(chunks)
+        chunks = _streaming(server)
         _reload(server, root, _config(url, "1", "2"))  # 'up' kept: its client moves on
         _reload(server, root, _config(url, "2", "2"))  # 'up' replaced
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -91,11 +99,7 @@ def test_a_shutdown_gives_streams_in_flight_the_graceful_timeout_asked(
     (root / "gateway.yaml").write_text(_config(url, "1", "1"))
     server = Server(root, "--graceful-timeout", "1")
     try:
-        server.wait_ready()
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0)
-        chunks = iter(client.chat.completions.create(
-            model="chat", stream=True, messages=[{"role": "user", "content": WORDS}]))
-        next(chunks)
+        _streaming(server)
         stopped = time.monotonic()
         server.signal(signal.SIGTERM)
         server.process.wait(timeout=20)

@@ -405,12 +405,7 @@ async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(
     """A chat to a pipeline route runs the pipeline: a forbid on Pipeline::"about" held
     on /v1/pipelines/about and /api/v1/executions, but a chat with model "about" was
     checked only against Route::"about" (found by a review helper)."""
-    root = tmp_path / "policed"
-    (root / "policies").mkdir(parents=True)
-    (root / "policies" / "gateway.cedar").write_text(
-        '@id("everything")\npermit (principal, action, resource);\n'
-        '@id("no-about-for-alice")\nforbid (principal in ApiKey::"alice", '
-        'action == Action::"invoke", resource == Pipeline::"about");\n')
+    root = _no_about_for_alice(tmp_path)
     served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}",
                          root=root)
     chat = {"model": "about", "messages": [{"role": "user", "content": "cats"}]}
@@ -420,6 +415,17 @@ async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(
     assert "no-about-for-alice" in refused.json()["error"]["message"]
     allowed = await served.http.post("/v1/chat/completions", json=chat)  # the dev key
     assert allowed.status_code == 200, allowed.text
+
+
+def _no_about_for_alice(tmp_path: Path) -> Path:
+    """A gateway directory whose policies forbid key alice the pipeline "about"."""
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("everything")\npermit (principal, action, resource);\n'
+        '@id("no-about-for-alice")\nforbid (principal in ApiKey::"alice", '
+        'action == Action::"invoke", resource == Pipeline::"about");\n')
+    return root
 
 
 WRAPPER = """
@@ -435,12 +441,7 @@ async def test_a_policy_on_a_pipeline_holds_when_another_runs_it(
 ) -> None:
     """A forbid on Pipeline::"about" stopped a run of "about" by name, but not a run of a
     pipeline with a step ``{kind: pipeline, pipeline: about}`` (found by a review)."""
-    root = tmp_path / "policed"
-    (root / "policies").mkdir(parents=True)
-    (root / "policies" / "gateway.cedar").write_text(
-        '@id("everything")\npermit (principal, action, resource);\n'
-        '@id("no-about-for-alice")\nforbid (principal in ApiKey::"alice", '
-        'action == Action::"invoke", resource == Pipeline::"about");\n')
+    root = _no_about_for_alice(tmp_path)
     served = await serve({"about": ECHO_PIPELINE, "wrapper": WRAPPER}, root=root)
     alice = {"authorization": f"Bearer {ALICE_KEY}"}
     direct = await served.http.post("/api/v1/executions", headers=alice,

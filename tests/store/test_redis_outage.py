@@ -346,12 +346,7 @@ async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
     limits = [Limits(Scope.TEAM, "broken", budget=Budget(10.0))]
     client = aioredis.Redis.from_url(private_redis.url)
     try:
-        held = await store.reserve("p1", limits, tokens=1, cost=1.0)
-        assert isinstance(held, Reservation)
-        (counter,) = [key for key in await client.keys("aigw:budget:team:broken:*")
-                      if not key.endswith(b":holds")]
-        await client.delete(counter)
-        await client.set(counter, "not a hash")
+        held = await _hold_then_break_the_budget(store, client, limits)
         await store.settle(held, tokens=1, cost=0.5)
         assert store.available
         assert "the settle script failed" in caplog.text
@@ -360,6 +355,20 @@ async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
     finally:
         await client.aclose()
         await store.aclose()
+
+
+async def _hold_then_break_the_budget(
+    store: RedisStore, client: aioredis.Redis, limits: list[Limits]
+) -> Reservation:
+    """A hold on team broken's budget, whose counter is then made a string: every script
+    that reads it fails from then on."""
+    held = await store.reserve("p1", limits, tokens=1, cost=1.0)
+    assert isinstance(held, Reservation)
+    (counter,) = [key for key in await client.keys("aigw:budget:team:broken:*")
+                  if not key.endswith(b":holds")]
+    await client.delete(counter)
+    await client.set(counter, "not a hash")
+    return held
 
 
 async def test_an_argument_redis_refuses_fails_that_call_not_the_store(
@@ -388,12 +397,7 @@ async def test_a_reserve_whose_script_fails_fails_that_request_not_the_store(
     limits = [Limits(Scope.TEAM, "broken", budget=Budget(10.0))]
     client = aioredis.Redis.from_url(private_redis.url)
     try:
-        held = await store.reserve("p1", limits, tokens=1, cost=1.0)
-        assert isinstance(held, Reservation)
-        (counter,) = [key for key in await client.keys("aigw:budget:team:broken:*")
-                      if not key.endswith(b":holds")]
-        await client.delete(counter)
-        await client.set(counter, "not a hash")
+        await _hold_then_break_the_budget(store, client, limits)
         with pytest.raises(InternalError):
             await store.reserve("p2", limits, tokens=1, cost=1.0)
         assert store.available

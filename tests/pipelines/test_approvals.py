@@ -111,10 +111,8 @@ async def test_an_approval_in_a_map_is_done_once_decided(
                .values())
 
 
-async def test_approvals_side_by_side_each_reach_their_deciders(
-    serve: Serve, store_options: dict[str, Any]
-) -> None:
-    served = await serve({"both": SIDE_BY_SIDE}, **store_options)
+async def _both_waiting(served: Served) -> str:
+    """An execution of SIDE_BY_SIDE, once both of its approvals wait."""
     execution_id = await _start(served, "both")
 
     async def both_wait() -> bool:
@@ -122,6 +120,14 @@ async def test_approvals_side_by_side_each_reach_their_deciders(
         return all(steps.get(name, {}).get("status") == "waiting" for name in ("legal", "own"))
 
     await _eventually("both approvals", both_wait)
+    return execution_id
+
+
+async def test_approvals_side_by_side_each_reach_their_deciders(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    served = await serve({"both": SIDE_BY_SIDE}, **store_options)
+    execution_id = await _both_waiting(served)
     url = f"/api/v1/executions/{execution_id}/approvals"
     # The starter may decide only its own (no approvers); with no step named, that one.
     own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
@@ -391,13 +397,7 @@ async def test_an_execution_waits_while_any_of_its_approvals_does(
     """One of two approvals side by side decided, the execution read running while the
     other still waited: ?status=waiting missed it."""
     served = await serve({"both": SIDE_BY_SIDE}, **store_options)
-    execution_id = await _start(served, "both")
-
-    async def both_wait() -> bool:
-        steps = await served.steps(execution_id)
-        return all(steps.get(name, {}).get("status") == "waiting" for name in ("legal", "own"))
-
-    await _eventually("both approvals", both_wait)
+    execution_id = await _both_waiting(served)
     url = f"/api/v1/executions/{execution_id}/approvals"
     own = await served.http.post(url, headers=BOT, json={"decision": "approve"})
     assert own.status_code == 200 and own.json()["step"] == "own", own.text

@@ -140,6 +140,9 @@ class StreamedTools:
         return [ChatDelta(tool_calls=(ToolCallDelta(position, arguments="{}"),))]
 
 
+_FLOAT32_MAX = 3.4028235e38  # the largest float32, as written: base64 packs "<f"
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingCall:
     deployment: Deployment
@@ -157,13 +160,20 @@ class EmbeddingResult:
 
 
 def embedding_vector(value: object, provider: Provider) -> tuple[float, ...]:
-    """One embedding as floats; anything but a non-empty list of numbers is the
-    provider's fault (a base64 string, say, which was not asked for)."""
+    """One embedding as floats; anything but a non-empty list of finite numbers a float32
+    holds is the provider's fault (a base64 string, say, which was not asked for). A
+    NaN or infinity cannot be written as JSON, nor a number past float32 in base64."""
     if not isinstance(value, list) or not value:
         raise UpstreamServerError(
             f"provider '{provider.name}' returned an embedding that is not a list of numbers",
             provider=provider.name)
-    return tuple(map(float, value))  # a number in a string passes; anything else raises
+    vector = tuple(map(float, value))  # a number in a string passes; anything else raises
+    if not all(abs(number) <= _FLOAT32_MAX for number in vector):  # False for NaN too
+        raise UpstreamServerError(
+            f"provider '{provider.name}' returned an embedding with a number that is not "
+            f"a finite float32 (NaN, infinite, or past {_FLOAT32_MAX:g})",
+            provider=provider.name)
+    return vector
 
 
 class ChatAdapter(Protocol):

@@ -126,6 +126,11 @@ class OpenAIAdapter:
                 f"provider '{self.provider.name}' returned "
                 f"{len(rows) if isinstance(rows, list) else 'no'} embeddings for "
                 f"{len(call.inputs)} inputs", provider=self.provider.name)
+        indices = [row.get("index", 0) for row in rows]
+        if len(set(indices)) != len(indices):  # which input's vector is which, then?
+            raise UpstreamServerError(
+                f"provider '{self.provider.name}' returned two embeddings with the same "
+                f"index ({sorted(indices)})", provider=self.provider.name)
         rows = sorted(rows, key=lambda row: row.get("index", 0))
         usage = document.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens", call.prompt_tokens)

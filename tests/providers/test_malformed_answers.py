@@ -259,6 +259,15 @@ EMBEDDINGS = {
     "no data": {"data": None},
     "an empty vector": {"data": [{"index": 0, "embedding": []},
                                  {"index": 1, "embedding": [0.3]}]},
+    # Two rows for input 0 and none for input 1: one input's vector was given twice.
+    "an index twice": {"data": [{"index": 0, "embedding": [0.1]},
+                                {"index": 0, "embedding": [0.3]}]},
+    # Not finite, or past float32: JSON cannot carry it (a 500), base64 cannot pack it.
+    "NaN": {"data": [{"index": 0, "embedding": ["NaN"]}, {"index": 1, "embedding": [0.3]}]},
+    "infinity": {"data": [{"index": 0, "embedding": [0.1]},
+                          {"index": 1, "embedding": ["-Infinity"]}]},
+    "past float32": {"data": [{"index": 0, "embedding": [1e39]},
+                              {"index": 1, "embedding": [0.3]}]},
     # Settled as it came, it refunded the budget: a 500, no ledger record.
     "negative usage": {"data": [{"index": 0, "embedding": [0.1]},
                                 {"index": 1, "embedding": [0.3]}],
@@ -271,9 +280,11 @@ async def test_embeddings_of_the_wrong_shape_are_a_502(
     make_gateway: GatewayFactory, scripted: Scripted, body: object
 ) -> None:
     client = await make_gateway(_openai(scripted))
-    scripted.now(body)
-    response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})
-    assert response.status_code == 502, response.text
+    for encoding in ("float", "base64"):  # base64: the openai SDK's default
+        scripted.now(body)
+        response = await client.post("/v1/embeddings", json={
+            "model": "emb", "input": ["a", "b"], "encoding_format": encoding})
+        assert response.status_code == 502, response.text
     scripted.now({"data": [{"index": 1, "embedding": [0.3, 0.4]},
                                              {"index": 0, "embedding": [0.1, 0.2]}]})
     response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})

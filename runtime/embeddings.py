@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import time
@@ -16,12 +17,20 @@ from aigw.compiler.graph import ApiKey
 from .admission import check_route_allowed
 from .chat import overhead_header, resolve_route
 from .chat_request import bad_request
-from .errors import BadRequest, ContextWindowExceeded, NoDeploymentAvailable, UpstreamError
+from .errors import (
+    BadRequest,
+    ContextWindowExceeded,
+    NoDeploymentAvailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from .exchange import Exchange
 from .live import Live
 from .policy_request import authorize_route
-from .providers.base import EmbeddingCall, EmbeddingResult
-from .telemetry.record import UpstreamFailure
+from .providers.base import ChatAdapter, EmbeddingCall, EmbeddingResult
+from .routing.attempts import judge, unavailable
+from .routing.breaker import Permit
+from .telemetry.record import RequestRecord, UpstreamFailure
 
 _MAX_INPUTS = 2048
 
@@ -77,11 +86,16 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                 f"{deployment.context_window}.",
                 param="input",
             )
+        skip = unavailable(live.routing, deployment)  # as a chat's attempt loop skips it
+        permit = None if skip else live.routing.of(deployment).breaker.try_acquire(
+            live.routing.clock())
+        if permit is None:
+            tried.append(f"{deployment.name}: {skip or 'circuit open'}")
+            continue
         call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
-        record.attempts += 1
         waited = time.perf_counter()
         try:
-            result = await adapter.embed(call)
+            result = await _attempt(live, adapter, call, permit, record)
         except UpstreamError as exc:
             record.failures.append(
                 UpstreamFailure(deployment.name, deployment.provider.name, str(exc.code)))
@@ -111,6 +125,36 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     raise NoDeploymentAvailable(
         f"No deployment of '{route.name}' serves embeddings: {'; '.join(tried)}."
     )
+
+
+async def _attempt(
+    live: Live, adapter: ChatAdapter, call: EmbeddingCall, permit: Permit, record: RequestRecord
+) -> EmbeddingResult:
+    """One call, bounded by the deployment's timeout_s and judged by its circuit breaker
+    as a chat attempt is: a timeout or a 5xx counts against it, a client's 400 does not."""
+    deployment = call.deployment
+    stats = live.routing.of(deployment)
+    record.attempts += 1
+    stats.requests += 1
+    stats.in_flight += 1
+    try:
+        async with asyncio.timeout(deployment.timeout_s):
+            result = await adapter.embed(call)
+    except TimeoutError:
+        error = UpstreamTimeout(f"deployment '{deployment.name}' did not answer in time",
+                                provider=deployment.provider.name)
+        judge(live.routing, deployment, permit, error)
+        raise error from None
+    except UpstreamError as exc:
+        judge(live.routing, deployment, permit, exc)
+        raise
+    except BaseException:  # not the deployment's answer (cancelled, a bug): no verdict,
+        stats.breaker.release(permit)  # but a half-open probe's place is given back
+        raise
+    finally:
+        stats.in_flight -= 1
+    judge(live.routing, deployment, permit, None)
+    return result
 
 
 def _decoded(items: Sequence[object], live: Live) -> str:

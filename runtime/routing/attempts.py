@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aigw.compiler.graph import Graph, Group, Route
+from aigw.compiler.graph import Deployment, Graph, Group, Route
 
 from ..chat_request import ChatRequest
 from ..errors import (
@@ -284,11 +284,7 @@ class AttemptLoop(Generic[T]):
             self.trace.add(f"  {candidate.deployment.name} skipped: at its own quota")
             raise
         except UpstreamError as exc:
-            if _counts_against_health(exc):
-                stats.failures += 1
-                stats.breaker.record(self.state.clock(), ok=False, permit=permit)
-            else:
-                stats.breaker.release(permit)
+            judge(self.state, candidate.deployment, permit, exc)
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
             self._failed(candidate, str(exc.code))
             raise self._suspect_context(exc, candidate) from exc
@@ -308,7 +304,7 @@ class AttemptLoop(Generic[T]):
             stats.in_flight -= 1
         if self.streaming:
             return Won(candidate, value, self.trace.attempts, now, pending=permit)
-        stats.breaker.record(self.state.clock(), ok=True, permit=permit)
+        judge(self.state, candidate.deployment, permit, None)
         return Won(candidate, value, self.trace.attempts, now)
 
     def _failed(self, candidate: Candidate, code: str) -> None:
@@ -327,10 +323,7 @@ class AttemptLoop(Generic[T]):
 
     def _unavailable(self, candidate: Candidate) -> str | None:
         """Why no call should go to ``candidate`` now, or None."""
-        stats = self.state.of(candidate.deployment)
-        if not stats.breaker.available(self.state.clock()):
-            return "circuit open"
-        return stats.server_down  # a vLLM server aigw runs, loading or down
+        return unavailable(self.state, candidate.deployment)
 
     def _hedge_partner(self, ordered: list[Candidate], position: int) -> _Hedge | None:
         route = self.route
@@ -441,10 +434,33 @@ def stream_ended(
     permit = won.pending
     if permit is None:
         return
-    stats = state.of(won.candidate.deployment)
     if ended:
+        judge(state, won.candidate.deployment, permit, None)
+    elif isinstance(error, UpstreamError):
+        judge(state, won.candidate.deployment, permit, error)
+    else:
+        state.of(won.candidate.deployment).breaker.release(permit)
+
+
+def unavailable(state: RoutingState, deployment: Deployment) -> str | None:
+    """Why no call should go to ``deployment`` now (its circuit is open, or the vLLM
+    server aigw runs for it is loading or down), or None."""
+    stats = state.of(deployment)
+    if not stats.breaker.available(state.clock()):
+        return "circuit open"
+    return stats.server_down
+
+
+def judge(
+    state: RoutingState, deployment: Deployment, permit: Permit, error: UpstreamError | None
+) -> None:
+    """Give a call's verdict to its deployment's breaker and stats: well (``error`` None),
+    a failure if ``error`` says the deployment is unwell, else none (the request's own
+    fault, a rate limit), which gives a half-open probe's place back."""
+    stats = state.of(deployment)
+    if error is None:
         stats.breaker.record(state.clock(), ok=True, permit=permit)
-    elif isinstance(error, UpstreamError) and _counts_against_health(error):
+    elif _counts_against_health(error):
         stats.failures += 1
         stats.breaker.record(state.clock(), ok=False, permit=permit)
     else:

@@ -1,0 +1,109 @@
+"""How /v1/embeddings walks a route's members: it skips those a chat would skip (an
+open circuit, a vLLM server aigw runs that is loading or down) and gives each call's
+verdict to its deployment's circuit breaker and stats, as a chat attempt does.
+
+The upstream is scripted (tests/fakes/scripted.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ..fakes.scripted import Scripted, scripted_upstream
+from ..fakes.serve import free_port
+from .conftest import GatewayFactory
+
+PROVIDER_KEY = "sk-scripted-provider-key-0123456789"
+ROWS = {"data": [{"index": 0, "embedding": [0.1, 0.2]}]}
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    with scripted_upstream() as upstream:
+        yield upstream
+
+
+def _config(scripted: Scripted) -> str:
+    return f"""
+        providers:
+          up: {{type: openai, base_url: "{scripted.base_url}/v1", api_key: "{PROVIDER_KEY}"}}
+          box: {{type: vllm, base_url: "http://127.0.0.1:{free_port()}/v1"}}
+          local: {{type: echo}}
+        deployments:
+          gpu-emb: {{provider: box, model: m, kind: embeddings, context_window: 8192,
+                     serve: {{command: ["{sys.executable}", "-c", "pass"]}}}}
+          up-emb: {{provider: up, model: up-embed, kind: embeddings, context_window: 8192}}
+          e: {{provider: local, model: echo-embed, kind: embeddings, context_window: 8192}}
+        groups:
+          gpu-first: {{members: [gpu-emb, e], strategy: priority}}
+          up-first: {{members: [up-emb, e], strategy: priority}}
+        routes:
+          gpu-first: {{group: gpu-first}}
+          gpu-only: {{deployment: gpu-emb}}
+          up-first: {{group: up-first}}
+          up-only: {{deployment: up-emb}}
+        settings:
+          circuit_breaker: {{consecutive_failures: 2, failure_rate: 1.0, min_requests: 100,
+                            window_s: 60, cooldown_s: 600}}
+    """
+
+
+async def _embed(client: httpx.AsyncClient, model: str) -> httpx.Response:
+    return await client.post("/v1/embeddings", json={"model": model, "input": "hello"})
+
+
+async def _stats(client: httpx.AsyncClient, name: str) -> dict[str, object]:
+    stats: dict[str, object] = (await client.get("/admin/status")).json()["deployments"][name]
+    return stats
+
+
+async def test_a_served_deployment_still_loading_is_skipped(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(_config(scripted))
+    response = await _embed(client, "gpu-first")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "e"
+    assert (await _stats(client, "gpu-emb"))["requests"] == 0  # no call went to it
+
+    alone = await _embed(client, "gpu-only")
+    assert alone.status_code == 503, alone.text
+    assert "gpu-emb: is starting (its vLLM server has not answered yet)" in alone.text
+
+
+async def test_an_upstream_failing_opens_its_circuit_and_is_skipped_after(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(_config(scripted))
+    scripted.now({"error": {"message": "boom", "type": "server_error"}}, status=500)
+    for _ in range(2):
+        response = await _embed(client, "up-first")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-aigw-deployment"] == "e"
+    stats = await _stats(client, "up-emb")
+    assert (stats["requests"], stats["failures"], stats["circuit"]) == (2, 2, "open")
+
+    calls = scripted.calls
+    response = await _embed(client, "up-first")
+    assert response.headers["x-aigw-deployment"] == "e"
+    assert scripted.calls == calls  # skipped: its circuit is open
+    alone = await _embed(client, "up-only")
+    assert alone.status_code == 503, alone.text
+    assert "up-emb: circuit open" in alone.text
+
+
+async def test_a_clients_bad_request_does_not_count_against_the_upstream(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(_config(scripted))
+    scripted.now({"error": {"message": "dimensions too large", "type": "invalid_request_error"}},
+                 status=400)
+    for _ in range(3):
+        assert (await _embed(client, "up-only")).status_code == 400
+    stats = await _stats(client, "up-emb")
+    assert (stats["requests"], stats["failures"], stats["circuit"]) == (3, 0, "closed")
+    scripted.now(ROWS)
+    assert (await _embed(client, "up-only")).status_code == 200

@@ -70,6 +70,8 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
     tried: list[str] = []
+    too_small: list[str] = []
+    waiting = False  # a member that could take the input is unavailable for now
     last_error: UpstreamError | None = None
     for deployment in ranked.order:  # by @priority, then as configured
         adapter = live.adapters.get(deployment.provider.name)
@@ -80,17 +82,16 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
             tried.append(f"{deployment.name}: "
                          + ("not an embeddings model" if adapter else "provider disabled"))
             continue
-        if longest > deployment.context_window:
-            raise ContextWindowExceeded(
-                f"An input has {longest} tokens; '{deployment.name}' takes at most "
-                f"{deployment.context_window}.",
-                param="input",
-            )
+        if longest > deployment.context_window:  # a larger member may take it
+            too_small.append(f"'{deployment.name}' takes at most {deployment.context_window}")
+            tried.append(f"{deployment.name}: takes at most {deployment.context_window} tokens")
+            continue
         skip = unavailable(live.routing, deployment)  # as a chat's attempt loop skips it
         permit = None if skip else live.routing.of(deployment).breaker.try_acquire(
             live.routing.clock())
         if permit is None:
             tried.append(f"{deployment.name}: {skip or 'circuit open'}")
+            waiting = True
             continue
         call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
         waited = time.perf_counter()
@@ -116,6 +117,9 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         )
     if last_error is not None:
         raise last_error
+    if too_small and not waiting:  # no member that could take the input: a 422, not a 503
+        raise ContextWindowExceeded(
+            f"An input has {longest} tokens; {', '.join(too_small)}.", param="input")
     if denied and not any(d.kind == "embeddings" and d.name not in denied
                           and d.provider.name in live.adapters for d in route.candidates):
         raise gate.forbidden(route.name, list(denied.values()))

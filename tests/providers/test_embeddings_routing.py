@@ -107,3 +107,36 @@ async def test_a_clients_bad_request_does_not_count_against_the_upstream(
     assert (stats["requests"], stats["failures"], stats["circuit"]) == (3, 0, "closed")
     scripted.now(ROWS)
     assert (await _embed(client, "up-only")).status_code == 200
+
+
+CONTEXTS = """
+    providers:
+      local: {type: echo}
+    deployments:
+      emb-small: {provider: local, model: small-embed, kind: embeddings, context_window: 16}
+      emb-large: {provider: local, model: large-embed, kind: embeddings, context_window: 8192}
+    groups:
+      both: {members: [emb-small, emb-large], strategy: priority}
+      small: {members: [emb-small], fallbacks: {on_context_window: [large]}}
+      large: {members: [emb-large]}
+    routes:
+      both: {group: both}
+      small-then-large: {group: small}
+      small-only: {deployment: emb-small}
+"""
+
+
+@pytest.mark.parametrize("model", ["both", "small-then-large"])
+async def test_an_input_too_long_for_one_member_goes_to_one_that_takes_it(
+    make_gateway: GatewayFactory, model: str
+) -> None:
+    client = await make_gateway(CONTEXTS)
+    long = " ".join(["word"] * 40)
+    response = await client.post("/v1/embeddings", json={"model": model, "input": long})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "emb-large"
+
+    alone = await client.post("/v1/embeddings", json={"model": "small-only", "input": long})
+    assert alone.status_code == 422, alone.text
+    assert alone.json()["error"]["message"] == (
+        "An input has 40 tokens; 'emb-small' takes at most 16.")

@@ -126,12 +126,15 @@ class OpenAIAdapter:
                 f"provider '{self.provider.name}' returned "
                 f"{len(rows) if isinstance(rows, list) else 'no'} embeddings for "
                 f"{len(call.inputs)} inputs", provider=self.provider.name)
-        indices = [row.get("index", 0) for row in rows]
+        # A row without an index (some compatible servers) stands where it came.
+        indices = [row.get("index", position) if isinstance(row, dict) else position
+                   for position, row in enumerate(rows)]
         if len(set(indices)) != len(indices):  # which input's vector is which, then?
             raise UpstreamServerError(
                 f"provider '{self.provider.name}' returned two embeddings with the same "
                 f"index ({sorted(indices)})", provider=self.provider.name)
-        rows = sorted(rows, key=lambda row: row.get("index", 0))
+        rows = [row for _, row in sorted(zip(indices, rows, strict=True),
+                                         key=lambda pair: pair[0])]
         usage = document.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens", call.prompt_tokens)
         if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int | float) \

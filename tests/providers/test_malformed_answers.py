@@ -291,6 +291,18 @@ async def test_embeddings_of_the_wrong_shape_are_a_502(
     assert [row["embedding"] for row in response.json()["data"]] == [[0.1, 0.2], [0.3, 0.4]]
 
 
+async def test_embeddings_without_an_index_keep_the_order_they_came_in(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """Some compatible servers send no index: each row stands where it came (two rows
+    with none are not two rows with the same index)."""
+    client = await make_gateway(_openai(scripted))
+    scripted.now({"data": [{"embedding": [0.1, 0.2]}, {"embedding": [0.3, 0.4]}]})
+    response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})
+    assert response.status_code == 200, response.text
+    assert [row["embedding"] for row in response.json()["data"]] == [[0.1, 0.2], [0.3, 0.4]]
+
+
 def _gemini(scripted: Scripted) -> str:
     return f"""
         providers:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey
 
 from .admission import check_route_allowed
-from .chat import overhead_header, resolve_route
+from .chat import deadline_s, overhead_header, resolve_route
 from .chat_request import bad_request
 from .errors import (
     BadRequest,
@@ -69,6 +69,7 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
+    deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
     tried: list[str] = []
     too_small: list[str] = []
     waiting = False  # a member that could take the input is unavailable for now
@@ -86,6 +87,10 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
             too_small.append(f"'{deployment.name}' takes at most {deployment.context_window}")
             tried.append(f"{deployment.name}: takes at most {deployment.context_window} tokens")
             continue
+        remaining = deadline - live.routing.clock()
+        if remaining <= 0:
+            raise last_error or UpstreamTimeout(f"route '{route.name}' passed its deadline",
+                                                provider=deployment.provider.name)
         skip = unavailable(live.routing, deployment)  # as a chat's attempt loop skips it
         permit = None if skip else live.routing.of(deployment).breaker.try_acquire(
             live.routing.clock())
@@ -96,7 +101,7 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
         waited = time.perf_counter()
         try:
-            result = await _attempt(live, adapter, call, permit, record)
+            result = await _attempt(live, adapter, call, permit, record, remaining)
         except UpstreamError as exc:
             record.failures.append(
                 UpstreamFailure(deployment.name, deployment.provider.name, str(exc.code)))
@@ -132,22 +137,30 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
 
 
 async def _attempt(
-    live: Live, adapter: ChatAdapter, call: EmbeddingCall, permit: Permit, record: RequestRecord
+    live: Live, adapter: ChatAdapter, call: EmbeddingCall, permit: Permit, record: RequestRecord,
+    remaining_s: float,
 ) -> EmbeddingResult:
-    """One call, bounded by the deployment's timeout_s and judged by its circuit breaker
-    as a chat attempt is: a timeout or a 5xx counts against it, a client's 400 does not."""
+    """One call, bounded by the deployment's timeout_s (or what is left of the route's
+    deadline) and judged by its circuit breaker as a chat attempt is: a timeout or a 5xx
+    counts against it, a client's 400 or the request's own deadline does not."""
     deployment = call.deployment
     stats = live.routing.of(deployment)
     record.attempts += 1
     stats.requests += 1
     stats.in_flight += 1
+    own_timeout = deployment.timeout_s <= remaining_s
     try:
-        async with asyncio.timeout(deployment.timeout_s):
+        async with asyncio.timeout(min(deployment.timeout_s, remaining_s)):
             result = await adapter.embed(call)
     except TimeoutError:
-        error = UpstreamTimeout(f"deployment '{deployment.name}' did not answer in time",
+        error = UpstreamTimeout(f"deployment '{deployment.name}' did not answer in time"
+                                if own_timeout else "the route passed its deadline waiting "
+                                f"for deployment '{deployment.name}'",
                                 provider=deployment.provider.name)
-        judge(live.routing, deployment, permit, error)
+        if own_timeout:
+            judge(live.routing, deployment, permit, error)
+        else:  # the request's deadline, not the deployment's health
+            stats.breaker.release(permit)
         raise error from None
     except UpstreamError as exc:
         judge(live.routing, deployment, permit, exc)

@@ -7,11 +7,14 @@ The upstream is scripted (tests/fakes/scripted.py)."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import Scripted, scripted_upstream
 from ..fakes.serve import free_port
 from .conftest import GatewayFactory
@@ -140,3 +143,29 @@ async def test_an_input_too_long_for_one_member_goes_to_one_that_takes_it(
     assert alone.status_code == 422, alone.text
     assert alone.json()["error"]["message"] == (
         "An input has 40 tokens; 'emb-small' takes at most 16.")
+
+
+async def test_embeddings_keep_the_deadline_a_client_asks(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """x-aigw-deadline-ms (and the route's deadline_s) bound every route (README); an
+    embeddings call waited the provider's timeout_s whatever they said. Running out is
+    the request's own deadline, no verdict on the deployment's health."""
+    base = openai_fake.base_url  # type: ignore[attr-defined]
+    client = await make_gateway(f"""
+        providers:
+          oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+        deployments:
+          emb: {{provider: oai, model: text-embedding-3-small, kind: embeddings,
+                 context_window: 8191}}
+        routes:
+          emb: {{deployment: emb}}
+    """)
+    openai_fake.script.actions.append(Action(delay_s=3.0))
+    started = time.monotonic()
+    response = await client.post("/v1/embeddings", json={"model": "emb", "input": "hello"},
+                                 headers={"x-aigw-deadline-ms": "200"})
+    assert response.status_code == 504, response.text
+    assert time.monotonic() - started < 2.0
+    stats = await _stats(client, "emb")
+    assert (stats["circuit"], stats["failures"]) == ("closed", 0), stats

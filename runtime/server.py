@@ -36,7 +36,7 @@ from .background import Background
 from .live import ConfigError, Gateway
 from .telemetry.record import ACCESS_LOG
 from .tokens import TokenCounter
-from .vllm_serve import ServedFleet
+from .vllm_serve import ServedFleet, parent_death_signal
 
 log = logging.getLogger("aigw")
 
@@ -221,7 +221,8 @@ def _run_master(options: ServeOptions, config: Config) -> int:
 
     def start(index: int) -> Any:
         worker = context.Process(target=_worker_main, daemon=False,
-                                 args=(replace(options, supervise=index == 0), config, sockets))
+                                 args=(replace(options, supervise=index == 0), config, sockets,
+                                       os.getpid()))
         # SIGHUP's default ends a process, and a worker takes seconds to import and
         # compile before it can reload: it is started with SIGHUP blocked (a signal mask
         # is inherited through fork and exec), so one sent meanwhile waits until
@@ -346,7 +347,13 @@ def _send_signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _worker_main(options: ServeOptions, config: Config, sockets: Any) -> None:
+def _worker_main(options: ServeOptions, config: Config, sockets: Any, master: int) -> None:
+    # A master killed outright (kill -9) runs no shutdown: the kernel sends its workers
+    # SIGTERM, so they drain and stop their vLLM servers instead of serving on as
+    # orphans; one whose master died before this ends here.
+    arrange = parent_death_signal(master)
+    if arrange is not None:
+        arrange()
     # A reload asked before this worker can reload (SIGHUP to the master, or /admin/reload
     # on a worker already up) is noted now and made once it is up; SIGHUP's default
     # ended the worker, and the master with it.

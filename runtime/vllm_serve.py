@@ -178,7 +178,7 @@ class Supervised:
                     stdin=asyncio.subprocess.DEVNULL, stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stopped with its workers
-                    preexec_fn=_parent_death_signal(),
+                    preexec_fn=parent_death_signal(),
                 )
             except OSError as exc:  # no such program, not executable
                 output.write(f"--- aigw: cannot start it: {exc}\n".encode())
@@ -322,12 +322,13 @@ def _rotate(path: Path) -> None:
         pass
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """What the child runs before exec to get SIGTERM when the gateway dies (Linux)."""
+def parent_death_signal(parent: int | None = None) -> Callable[[], None] | None:
+    """What a child runs (before exec, or first thing) to get SIGTERM when ``parent``
+    (by default this process) dies (Linux); it ends at once if the parent already has."""
     if sys.platform != "linux":
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
-    gateway = os.getpid()
+    gateway = os.getpid() if parent is None else parent
 
     def arrange() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -5,6 +5,7 @@ as a process (tests/fakes/vllm_fake.py), the hosted API the OpenAI fake."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -189,3 +190,30 @@ def test_a_gateway_killed_outright_takes_its_server_with_it(
     finally:
         server.kill()  # kill -9: no shutdown runs, the kernel sends the server SIGTERM
     until(lambda: gone(pid), timeout=10)
+
+
+def test_a_gateway_with_workers_killed_outright_takes_its_workers_and_server_with_it(
+    tmp_path: Path, hosted_url: str,
+) -> None:
+    """The workers served on as orphans, and the first kept its server."""
+    port = free_port()
+    write_config(tmp_path / "gw", port, hosted_url)
+    (tmp_path / "gw" / "loaded").touch()
+    server = Server(tmp_path / "gw", "--workers", "2")
+    try:
+        server.wait_ready()
+        until(lambda: metric(server, UP) == 1.0)
+        pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+        master = server.process.pid
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        workers = [int(child) for child in children
+                   if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+        assert len(workers) == 2
+    finally:
+        server.kill()  # kill -9: the kernel sends each worker SIGTERM, and they stop
+    try:
+        until(lambda: all(gone(worker) for worker in workers) and gone(pid), timeout=15)
+    finally:  # on failure, no orphans left to the next test
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGTERM)

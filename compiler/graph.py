@@ -134,6 +134,8 @@ class ServedServer:
 
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]  # added to the gateway's own environment
+    host: str  # where it listens (--host, --port)
+    port: int
     health_url: str
     startup_timeout_s: float
 

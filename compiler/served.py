@@ -189,6 +189,8 @@ def _server(
     return ServedServer(
         argv=argv,
         env=tuple(sorted(env.items())),
+        host=host,
+        port=port,
         health_url=f"http://{authority}:{port}/health",
         startup_timeout_s=serve.startup_timeout_s,
     )

@@ -30,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -168,6 +170,13 @@ class Supervised:
         started = time.monotonic()
         _rotate(self.log_path)
         with self.log_path.open("ab") as output:
+            # Another process on the port (a server left from an earlier gateway) would
+            # answer the health checks for ours, which fails to bind and is restarted
+            # forever, while requests went to the stranger.
+            if _port_taken(self.server.host, self.server.port):
+                taken = f"port {self.server.port} is in use by another process"
+                output.write(f"--- aigw: not starting it: {taken}\n".encode())
+                return f"was not started: {taken}", 0.0
             output.write(f"--- aigw: starting {' '.join(self.server.argv)}\n".encode())
             output.flush()
             environment = {name: value for name, value in os.environ.items()
@@ -336,6 +345,24 @@ def parent_death_signal(parent: int | None = None) -> Callable[[], None] | None:
             os._exit(1)
 
     return arrange
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Is something already listening on ``host:port``? Bound as a server binds it
+    (SO_REUSEADDR: a connection of an earlier server in TIME_WAIT is no obstacle)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:  # unresolvable: the server's own start says why
+        return False
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
 from aigw.runtime.routing.state import NOT_UP_YET, RoutingState
 from aigw.runtime.vllm_serve import ServedFleet, ServerState, Timings
 
-from ..fakes.serve import free_port
+from ..fakes.serve import free_port, serving
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_fake.py"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -195,6 +198,28 @@ async def test_a_command_that_cannot_run_is_retried_with_a_doubling_backoff(
     # Each wait is at least its backoff: 0.2 s, doubling, at most 0.8 s (sleeps never
     # end early, so only lower bounds: the machine may be slower, never faster).
     assert all(gap >= wanted for gap, wanted in zip(gaps, [0.2, 0.4, 0.8, 0.8], strict=True))
+
+
+async def test_a_port_another_process_listens_on_is_not_taken_for_the_server(
+    tmp_path: Path, fleet: tuple[ServedFleet, list[str]],
+) -> None:
+    """A stale server on the port answered the health checks: the supervisor said "up",
+    its own server failed to bind and was restarted forever, requests went to the
+    stranger."""
+    served, restarted = fleet
+    stranger = Starlette(routes=[Route("/health", lambda _request: PlainTextResponse("ok"))])
+    with serving(stranger, ready_path="/health") as url:
+        port = int(url.rsplit(":", 1)[1])
+        await served.apply(compiled(tmp_path / "gw", port))
+        await until(lambda: len(restarted) >= 2)
+        status = served.status()[0]
+        assert status.state is not ServerState.UP and status.pid is None
+        assert status.last_exit == f"was not started: port {port} is in use by another process"
+        log_text = (tmp_path / "vllm-llama.log").read_text()
+        assert "fake vLLM" not in log_text and "port " + str(port) + " is in use" in log_text
+    # The port is free again: the server starts and comes up.
+    await until(lambda: state(served) is ServerState.UP)
+    assert served.status()[0].pid is not None
 
 
 async def test_supervision_outlives_a_log_it_cannot_write(tmp_path: Path) -> None:

@@ -171,10 +171,17 @@ def _command(
 
 def _run_check(args: argparse.Namespace) -> int:
     result = compile_gateway(args.dir)
+    status = 1 if args.strict and result.warnings else 0
+    if args.format == "json" and result.ok and args.against is not None:
+        # One document: the flips go into it, under "against".
+        from aigw.policy_diff import against_document
+
+        flipped, against = against_document(Path(args.dir), args.against, args.allow_widening)
+        sys.stdout.write(render_json(result.diagnostics, {"against": against}))
+        return max(status, flipped)
     _print_diagnostics(result, args.format, sys.stdout, args.dir)
     if not result.ok:
         return 1
-    status = 1 if args.strict and result.warnings else 0
     if args.against is None:
         return status
     from aigw.policy_diff import check_against  # evaluates policies: the runtime's code

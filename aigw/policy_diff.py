@@ -85,21 +85,62 @@ def check_against(root: Path, ref: str, allow_widening: bool,
                   out: TextIO | None = None) -> int:
     """Compare the config in ``root`` with the one at git revision ``ref``; exit status."""
     out = out or sys.stdout
+    compared = _compare_with(root, ref)
+    if isinstance(compared, _Refused):
+        out.write(compared.why)
+        return compared.status
+    flips, pairs, skipped = compared
+    return report(ref, flips, pairs, skipped, allow_widening, out)
+
+
+def against_document(root: Path, ref: str, allow_widening: bool) -> tuple[int, dict[str, Any]]:
+    """What ``check_against`` prints, as data for ``aigw check --format json``: the exit
+    status and {"ref", "compared", "not_compared", "flips", "widen", "narrow"}, or
+    {"ref", "error"} when nothing could be compared."""
+    compared = _compare_with(root, ref)
+    if isinstance(compared, _Refused):
+        return compared.status, {"ref": ref, "error": compared.why.rstrip("\n")}
+    flips, pairs, skipped = compared
+    ordered = sorted(flips, key=lambda f: (not f.widens, f.principal, f.action, f.resource))
+    widening = sum(1 for flip in flips if flip.widens)
+    document = {
+        "ref": ref,
+        "compared": pairs,
+        "not_compared": skipped,
+        "flips": [{
+            "principal": flip.principal, "action": flip.action, "resource": flip.resource,
+            "change": "widens" if flip.widens else "narrows",
+            "scenarios": flip.count,
+            "examples": [{"scenario": scenario, "before": _decided(was), "after": _decided(now)}
+                         for scenario, was, now in flip.examples],
+        } for flip in ordered],
+        "widen": widening,
+        "narrow": len(flips) - widening,
+    }
+    return (1 if widening and not allow_widening else 0), document
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Nothing was compared: why (text to print), and the exit status."""
+
+    why: str
+    status: int
+
+
+def _compare_with(root: Path, ref: str) -> tuple[list[Flip], int, list[str]] | _Refused:
     current = compile_gateway(root)
     if current.graph is None:
-        return 1  # aigw check has printed why
+        return _Refused("", 1)  # aigw check has printed why
     try:
         with tempfile.TemporaryDirectory(prefix="aigw-against-") as scratch:
             previous = _compile_at(root, ref, Path(scratch))
             if previous.graph is None:
-                out.write(f"the config at {ref} does not compile, so nothing is compared:\n")
-                out.write(render_text(previous.errors, previous.sources))
-                return 2
-            flips, compared, skipped = diff(previous.graph, current.graph)
+                return _Refused(f"the config at {ref} does not compile, so nothing is "
+                                f"compared:\n{render_text(previous.errors, previous.sources)}", 2)
+            return diff(previous.graph, current.graph)
     except _GitError as exc:
-        out.write(f"aigw check --against {ref}: {exc}\n")
-        return 2
-    return report(ref, flips, compared, skipped, allow_widening, out)
+        return _Refused(f"aigw check --against {ref}: {exc}\n", 2)
 
 
 class _GitError(Exception):
@@ -360,6 +401,11 @@ def report(ref: str, flips: list[Flip], compared: int, skipped: list[str],
                   "they are meant\n")
         return 1
     return 0
+
+
+def _decided(decision: Decision) -> dict[str, Any]:
+    return {"allowed": decision.allowed, "policies": list(decision.policies),
+            "why": _why(decision)}
 
 
 def _why(decision: Decision) -> str:

@@ -149,13 +149,16 @@ def _visible(text: str) -> str:
     )
 
 
-def render_json(diagnostics: Sequence[Diagnostic]) -> str:
-    """A JSON document: {"diagnostics": [...], "errors": N, "warnings": N}."""
+def render_json(diagnostics: Sequence[Diagnostic],
+                more: Mapping[str, object] | None = None) -> str:
+    """A JSON document: {"diagnostics": [...], "errors": N, "warnings": N}, and the
+    sections of ``more`` (``aigw check --against``'s "against")."""
     errors = sum(1 for item in diagnostics if item.is_error)
     document = {
         "diagnostics": [item.as_dict() for item in diagnostics],
         "errors": errors,
         "warnings": len(diagnostics) - errors,
+        **(more or {}),
     }
     return json.dumps(document, indent=2) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,36 @@ def test_check_against_fails_when_access_widens(
     assert "before forbidden by no-slow; after permitted by any-deployment-may-serve" in out
     assert "access widens: review the changes above" in out
     assert main(["check", str(repo), "--against", "HEAD", "--allow-widening"]) == 0
+
+
+def test_check_against_in_json_is_one_document_with_the_flips(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The text report was printed after the JSON document: not JSON, no flips in it."""
+    slow = ('@id("no-slow")\nforbid (principal, action == Action::"route", resource)\n'
+            "when { resource.average_latency_ms > 1500 };\n")
+    (repo / "policies" / "slow.cedar").write_text(slow)
+    _git(repo.parent, "add", "-A")
+    _git(repo.parent, "commit", "-qm", "forbid slow")
+    (repo / "policies" / "slow.cedar").write_text(slow.replace("1500", "2500"))
+    assert main(["check", str(repo), "--against", "HEAD", "--format", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert (document["errors"], document["diagnostics"]) == (0, [])
+    against = document["against"]
+    assert against["ref"] == "HEAD" and against["widen"] >= 1 and against["narrow"] == 0
+    flip = next(flip for flip in against["flips"] if (flip["principal"], flip["resource"])
+                == ('ApiKey::"dev"', 'Deployment::"local-a"'))
+    assert (flip["action"], flip["change"]) == ("route", "widens")
+    example = flip["examples"][0]
+    assert example["scenario"] == "slow deployments, route guarded"
+    assert example["before"] == {"allowed": False, "policies": ["no-slow"],
+                                 "why": "forbidden by no-slow"}
+    assert example["after"]["allowed"] is True
+    assert main(["check", str(repo), "--against", "HEAD", "--format", "json",
+                 "--allow-widening"]) == 0
+    json.loads(capsys.readouterr().out)
+    assert main(["check", str(repo), "--against", "no-such-branch", "--format", "json"]) == 2
+    assert "is not a commit" in json.loads(capsys.readouterr().out)["against"]["error"]
 
 
 @pytest.mark.parametrize(("removed", "flip"), [

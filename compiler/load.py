@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import os
 import warnings
 from collections.abc import Mapping
@@ -143,7 +144,12 @@ class _Reader:
         file outside the tree (/proc/self/environ, whose text a diagnostic would echo
         into CI's log) must not hang the check, fill its memory or leak."""
         path = self.root / relative
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except RuntimeError:  # Python 3.11's resolve() on a symlink loop (later: OSError)
+            self.sink.add(codes.FILE_MISSING, f"'{relative}' is a symlink loop", cited_at,
+                          "point the link at a config file, or remove it")
+            return None
         if not resolved.is_relative_to(self.root.resolve()):
             self.sink.add(codes.INCLUDE_OUTSIDE, f"'{relative}' leads outside the gateway "
                           "directory", cited_at, "keep config files (and what links point "
@@ -181,6 +187,10 @@ class _Reader:
                           cited_at, "pass the directory that holds gateway.yaml, not the file")
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # how a later Python's open() meets a loop
+                self.sink.add(codes.FILE_MISSING, f"'{relative}' is a symlink loop", cited_at,
+                              "point the link at a config file, or remove it")
+                return None
             self.sink.add(codes.FILE_MISSING, f"cannot read '{relative}': {exc.strerror}", cited_at)
             return None
         except ValueError:  # a NUL byte in the path

@@ -191,6 +191,21 @@ def test_a_config_file_is_read_only_if_it_is_a_plain_file_in_the_tree(
     assert all("ghp_not_for_the_log" not in message for _, message in found)
 
 
+def test_a_symlink_loop_among_the_config_files_is_a_diagnostic(
+    write_gateway: WriteGateway,
+) -> None:
+    """It was AGW901 (an internal error: resolve() raises RuntimeError), hiding every
+    other diagnostic."""
+    root = write_gateway({"gateway.yaml": GATEWAY})
+    (root / "pipelines").mkdir(exist_ok=True)
+    (root / "pipelines" / "loop.yaml").symlink_to("loop.yaml")
+    (root / "pipelines" / "broken.yaml").write_text("steps: [\n")
+    found = _diagnostics(root)
+    assert ("AGW105", "'pipelines/loop.yaml' is a symlink loop") in found
+    assert "AGW901" not in {code for code, _ in found}
+    assert "AGW101" in {code for code, _ in found}  # the other file is still checked
+
+
 def test_a_config_file_past_the_size_limit_is_refused_unread(write_gateway: WriteGateway) -> None:
     root = write_gateway({"gateway.yaml": GATEWAY})
     (root / "policies").mkdir(exist_ok=True)

@@ -298,6 +298,10 @@ CEDAR_SCHEMA_FILE = "policies.cedarschema"
 
 
 def _run_schema(args: argparse.Namespace) -> int:
+    if not Path(args.dir).is_dir():  # a typo would make a new tree of schemas elsewhere
+        print(f"aigw schema: {args.dir} is not a directory (the gateway directory, whose "
+              "schemas/ it writes)", file=sys.stderr)
+        return 1
     target = Path(args.dir) / "schemas"
     files = dict(json_schemas())
     if (Path(args.dir) / "gateway.yaml").exists():  # the Cedar schema is the config's own

@@ -229,6 +229,17 @@ def test_schema_writes_the_cedar_schema_of_the_config(tmp_path: Path) -> None:
     assert main(["schema", str(root), "--check"]) == 1
 
 
+def test_schema_refuses_a_directory_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A typo made the directory, and schemas/ in it, and exited 0."""
+    assert main(["schema", str(tmp_path / "typo-dir")]) == 1
+    assert not (tmp_path / "typo-dir").exists()
+    assert capsys.readouterr().err == (f"aigw schema: {tmp_path / 'typo-dir'} is not a "
+                                       "directory (the gateway directory, whose schemas/ "
+                                       "it writes)\n")
+
+
 def test_schema_says_why_it_cannot_write_rather_than_raise(tmp_path: Path) -> None:
     root = _shipped_copy(tmp_path)
     (root / "schemas").write_text("a file where the folder goes\n")

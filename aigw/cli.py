@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "Reload without dropping requests: SIGHUP, POST /admin/reload, or --watch.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
+    serve.add_argument("--port", type=_port, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--watch", action="store_true", help="reload when a config file changes")
     serve.add_argument("--graceful-timeout", type=_seconds, default=30.0, metavar="SECONDS",
@@ -333,6 +333,17 @@ def _run_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (argparse's error for anything else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port (0 to 65535), got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A number of seconds, 0 or more (argparse's error for anything else)."""
     try:
@@ -419,8 +430,14 @@ def _run_reload(args: argparse.Namespace) -> int:
             headers={"Authorization": f"Bearer {key}"},
             timeout=60,
         )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(response.json(), indent=2))
+    try:
+        answer = response.json()
+    except ValueError:  # not a gateway that answered
+        print(f"{args.url} answered {response.status_code}, not with JSON (is it an aigw "
+              f"gateway?): {response.text[:500]}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
     return 0 if response.status_code == 200 else 1

@@ -62,7 +62,21 @@ def serve(options: ServeOptions) -> int:
     config = _hypercorn_config(options)
     if options.workers <= 1:
         return _run_worker(options, config, None)
-    return _run_master(options, config)
+    sockets = _bind(options, config)
+    if sockets is None:
+        return 1
+    return _run_master(options, config, sockets)
+
+
+def _bind(options: ServeOptions, config: Config) -> Any:
+    """The listening sockets; None, said in one line, when they cannot be had (a port
+    in use, an address not on this machine): no traceback."""
+    try:
+        return config.create_sockets()
+    except OSError as exc:
+        sys.stderr.write(f"aigw: cannot listen on {options.host}:{options.port}: "
+                         f"{exc.strerror or exc}\n")
+        return None
 
 
 def _configure_logging() -> None:
@@ -105,6 +119,13 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
         sys.stderr.write(render_text(exc.result.diagnostics, exc.result.sources))
         sys.stderr.write(f"aigw: not serving: the config in {options.root} has errors\n")
         return 1
+    if sockets is None:  # one process: hypercorn binds below; a port in use is said now
+        probe = _bind(options, config)
+        if probe is None:
+            await gateway.aclose()
+            return 1
+        for sock in (*probe.secure_sockets, *probe.insecure_sockets):
+            sock.close()  # hypercorn binds its own (SO_REUSEADDR)
     graph = gateway.live.graph
     logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
@@ -203,8 +224,7 @@ def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
 RESPAWN_AFTER_UP_S = 10.0
 
 
-def _run_master(options: ServeOptions, config: Config) -> int:
-    sockets = config.create_sockets()
+def _run_master(options: ServeOptions, config: Config, sockets: Any) -> int:
     # Workers share metrics through files (prometheus-client's multiprocess mode); the
     # variable must be set before a worker imports prometheus_client. A directory the
     # environment names is emptied of an earlier run's files first, as the client asks:

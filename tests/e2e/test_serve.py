@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +13,15 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from aigw.runtime import server as server_module
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, add_broken_route
+from ..fakes.serve import serving
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -464,3 +469,41 @@ def test_a_worker_killed_while_it_starts_stops_the_gateway_with_a_failure(
         assert "stopping the gateway" in server.log
     finally:
         server.stop()
+
+
+def _aigw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aigw", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "AIGW_ADMIN_KEY": "k"})
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(gateway_dir: Path) -> None:
+    """A port in use was an OSError traceback, --port 99999 an OverflowError one."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = _aigw("serve", str(gateway_dir), "--port", str(port), "--workers", workers)
+            assert result.returncode == 1, result.stderr
+            assert f"aigw: cannot listen on 127.0.0.1:{port}: Address already in use\n" in (
+                result.stderr)
+            assert "Traceback" not in result.stderr
+    result = _aigw("serve", str(gateway_dir), "--port", "99999")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "expected a port (0 to 65535), got '99999'" in result.stderr
+
+
+def test_reload_against_something_that_is_no_gateway_says_so(gateway_dir: Path) -> None:
+    """A server answering HTML was a JSONDecodeError traceback; a malformed URL an
+    InvalidURL one."""
+    page = Starlette(routes=[Route("/admin/reload", lambda _r: HTMLResponse("<h1>hi</h1>"),
+                                   methods=["POST"]),
+                             Route("/__ready", lambda _r: HTMLResponse("ok"))])
+    with serving(page) as url:
+        result = _aigw("reload", "--url", url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{url} answered 200, not with JSON (is it an aigw gateway?): <h1>hi</h1>" in (
+        result.stderr)
+    result = _aigw("reload", "--url", "http://[::1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot reach http://[::1: " in result.stderr

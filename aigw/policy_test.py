@@ -148,7 +148,9 @@ def run_file(graph: Graph, path: Path, relative: str) -> list[Outcome]:
     try:
         data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
         fixture = FixtureSpec.model_validate(data)
-    except (OSError, YAMLError, ValidationError, UnicodeDecodeError) as exc:
+    # ValueError and TypeError: what the YAML constructor raises for "!!int abc" or a date
+    # 2024-13-45; RecursionError: thousands of nested brackets.
+    except (OSError, YAMLError, ValidationError, ValueError, TypeError, RecursionError) as exc:
         return [Outcome(relative, "(file)", (f"cannot read the fixture: {_first_line(exc)}",))]
     outcomes = []
     for index, raw in enumerate(fixture.cases, start=1):

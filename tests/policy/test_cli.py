@@ -65,6 +65,21 @@ def test_aigw_test_reports_a_failing_case_and_exits_1(
     assert out.endswith(" 2 failed\n")
 
 
+@pytest.mark.parametrize("text", ["cases: [!!int abc]\n", "cases: [2024-13-45]\n",
+                                  "cases: " + "[" * 2000 + "]" * 2000 + "\n"])
+def test_aigw_test_reports_a_fixture_yaml_cannot_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+) -> None:
+    """These were ValueError and RecursionError tracebacks."""
+    root = tmp_path / "gw"
+    (root / "policies" / "tests").mkdir(parents=True)
+    (root / "gateway.yaml").write_text(config())
+    (root / "policies" / "tests" / "bad.yaml").write_text(text)
+    assert main(["test", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot read the fixture: " in out and out.endswith("1 case, 1 failed\n")
+
+
 def test_aigw_test_with_no_fixtures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "gw"
     root.mkdir()

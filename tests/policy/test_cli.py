@@ -132,15 +132,21 @@ def test_check_against_prints_a_narrowing_flip_and_passes(
     assert out.endswith("2 decisions change: 0 widen access, 2 narrow it\n")
 
 
-def test_check_against_fails_when_access_widens(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _widen_the_slow_forbid(repo: Path) -> None:
+    """Commit a forbid on deployments slower than 1500 ms, then move it to 2500 in the
+    working tree: every latency between widens."""
     slow = ('@id("no-slow")\nforbid (principal, action == Action::"route", resource)\n'
             "when { resource.average_latency_ms > 1500 };\n")
     (repo / "policies" / "slow.cedar").write_text(slow)
     _git(repo.parent, "add", "-A")
     _git(repo.parent, "commit", "-qm", "forbid slow")
     (repo / "policies" / "slow.cedar").write_text(slow.replace("1500", "2500"))
+
+
+def test_check_against_fails_when_access_widens(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _widen_the_slow_forbid(repo)
     assert main(["check", str(repo), "--against", "HEAD"]) == 1
     out = capsys.readouterr().out
     assert '  WIDENS  ApiKey::"dev" route Deployment::"local-a": deny -> allow in ' in out
@@ -155,12 +161,7 @@ def test_check_against_in_json_is_one_document_with_the_flips(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The text report was printed after the JSON document: not JSON, no flips in it."""
-    slow = ('@id("no-slow")\nforbid (principal, action == Action::"route", resource)\n'
-            "when { resource.average_latency_ms > 1500 };\n")
-    (repo / "policies" / "slow.cedar").write_text(slow)
-    _git(repo.parent, "add", "-A")
-    _git(repo.parent, "commit", "-qm", "forbid slow")
-    (repo / "policies" / "slow.cedar").write_text(slow.replace("1500", "2500"))
+    _widen_the_slow_forbid(repo)
     assert main(["check", str(repo), "--against", "HEAD", "--format", "json"]) == 1
     document = json.loads(capsys.readouterr().out)
     assert (document["errors"], document["diagnostics"]) == (0, [])

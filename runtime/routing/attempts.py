@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import anyio
+
 from aigw.compiler.graph import Deployment, Graph, Group, Route
 
 from ..chat_request import ChatRequest
@@ -345,30 +347,46 @@ class AttemptLoop(Generic[T]):
         The first success wins and the other is cancelled. If both fail, ``first``'s error:
         its retries go on from it, the partner having had its attempt."""
         leader = asyncio.create_task(self._one(first))
-        delay = self._hedge_delay(first)
-        done, _ = await asyncio.wait({leader}, timeout=delay)
-        if done:  # answered or failed before the delay: a plain attempt, no race
-            return leader.result()
-        hedge.launched = True
-        self.trace.add(f"hedge: {hedge.partner.deployment.name} after {delay * 1000:.0f} ms")
-        pending = {leader, asyncio.create_task(self._one(hedge.partner))}
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is None:
-                    for loser in pending:
-                        loser.cancel()
-                    # Both may have answered in the same round: the other's answer is
-                    # discarded too (a stream closed now, not when it is collected).
-                    await self._bury((pending | done) - {task})
-                    return task.result()
-        return leader.result()  # raises: both failed
+        started = {leader}
+        try:
+            delay = self._hedge_delay(first)
+            done, _ = await asyncio.wait({leader}, timeout=delay)
+            if done:  # answered or failed before the delay: a plain attempt, no race
+                return leader.result()
+            hedge.launched = True
+            self.trace.add(f"hedge: {hedge.partner.deployment.name} after "
+                           f"{delay * 1000:.0f} ms")
+            pending = {leader, asyncio.create_task(self._one(hedge.partner))}
+            started |= pending
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        for loser in pending:
+                            loser.cancel()
+                        # Both may have answered in the same round: the other's answer is
+                        # discarded too (a stream closed now, not when it is collected).
+                        await self._bury((pending | done) - {task})
+                        return task.result()
+            return leader.result()  # raises: both failed
+        except BaseException:
+            # The request itself was cancelled (its client gone, a shutdown): its attempts
+            # are its own. Left running, a winner's stream, quota hold and a half-open
+            # circuit's probe (held until a stream ends) were never given back, and the
+            # deployment was skipped as "circuit open" until a restart.
+            unfinished = {task for task in started if not task.done()}
+            for task in unfinished:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._bury(unfinished)
+            raise
 
     async def _bury(self, losers: set[asyncio.Task[Won[T]]]) -> None:
         for loser in losers:
             try:
                 won = await loser
-            except (asyncio.CancelledError, GatewayError):
+            except (asyncio.CancelledError, Exception):  # its own failure: nothing to close
                 continue
             # It answered too, just later: closed, never billed, and no verdict given.
             stream_ended(self.state, won, ended=False, error=None)

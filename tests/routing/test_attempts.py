@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
 from ..fakes.brain import Action
 from ..providers.conftest import GatewayFactory
@@ -382,6 +383,38 @@ routes:
     assert fleet.calls() == ["a", "b"]
     usage = response.json()["usage"]
     assert usage["completion_tokens"] == len(["b:", "hello"])  # one answer billed
+
+
+async def test_a_request_cancelled_during_a_hedge_gives_its_attempts_back(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    """The race's tasks went on without the request: a streamed winner kept its
+    half-open circuit's probe (held until its stream ends, which nobody read), and the
+    deployment was skipped as "circuit open" until a restart (found by a review)."""
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 1, cooldown_s: 0.3}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+  solo: {members: [a], retry: {attempts: 0}}
+routes:
+  r: {group: g, hedge_after_ms: 100}
+  s: {group: solo}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    assert (await client.post(CHAT, json=_ask())).headers["x-aigw-deployment"] == "b"
+    await asyncio.sleep(0.4)  # a's circuit: open, then half-open
+    fleet.fakes["a"].script.actions.append(Action(delay_s=0.8))  # a takes the probe
+    fleet.fakes["b"].script.actions.append(Action(delay_s=0.8))
+    call = asyncio.create_task(client.post(CHAT, json=_ask(stream=True)))
+    await asyncio.sleep(0.4)  # the race is on
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(1.0)  # the slow answers would have come by now
+    response = await client.post(CHAT, json={**_ask(), "model": "s"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "a"
 
 
 async def test_a_first_member_failing_before_the_hedge_delay_is_retried_then_the_next_serves(

@@ -176,17 +176,28 @@ def test_with_several_workers_one_of_them_runs_the_server(tmp_path: Path, hosted
         server.stop()
 
 
+def _loaded_gateway(tmp_path: Path, hosted_url: str, port: int) -> Path:
+    """tmp_path/gw, whose one deployment's (fake) vLLM server, on ``port``, loads at once."""
+    write_config(tmp_path / "gw", port, hosted_url)
+    (tmp_path / "gw" / "loaded").touch()
+    return tmp_path / "gw"
+
+
+def _served_up(server: Server, port: int) -> int:
+    """Once ``server`` is up with its vLLM server (on ``port``): that server's pid."""
+    server.wait_ready()
+    until(lambda: metric(server, UP) == 1.0)
+    pid: int = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+    return pid
+
+
 def test_a_gateway_killed_outright_takes_its_server_with_it(
     tmp_path: Path, hosted_url: str,
 ) -> None:
     port = free_port()
-    write_config(tmp_path / "gw", port, hosted_url)
-    (tmp_path / "gw" / "loaded").touch()
-    server = Server(tmp_path / "gw")
+    server = Server(_loaded_gateway(tmp_path, hosted_url, port))
     try:
-        server.wait_ready()
-        until(lambda: metric(server, UP) == 1.0)
-        pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+        pid = _served_up(server, port)
     finally:
         server.kill()  # kill -9: no shutdown runs, the kernel sends the server SIGTERM
     until(lambda: gone(pid), timeout=10)
@@ -197,17 +208,14 @@ def test_a_gateway_with_workers_killed_outright_takes_its_workers_and_server_wit
 ) -> None:
     """The workers served on as orphans, and the first kept its server."""
     port = free_port()
-    write_config(tmp_path / "gw", port, hosted_url)
-    (tmp_path / "gw" / "loaded").touch()
-    server = Server(tmp_path / "gw", "--workers", "2")
+    server = Server(_loaded_gateway(tmp_path, hosted_url, port), "--workers", "2")
+    workers: list[int] = []
     try:
-        server.wait_ready()
-        until(lambda: metric(server, UP) == 1.0)
-        pid = httpx.get(f"http://127.0.0.1:{port}/fake/launch").json()["pid"]
+        pid = _served_up(server, port)
         master = server.process.pid
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        workers = [int(child) for child in children
-                   if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+        workers += [int(child) for child in children
+                    if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
         assert len(workers) == 2
     finally:
         server.kill()  # kill -9: the kernel sends each worker SIGTERM, and they stop

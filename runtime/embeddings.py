@@ -58,8 +58,8 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     user = exchange.user
     inputs = _texts(request, live)
     route = resolve_route(live.graph, request.model)
-    prompt_tokens = sum(live.counter.count(text) for text in inputs)
-    longest = max((live.counter.count(text) for text in inputs), default=0)
+    counts = [live.counter.count(text) for text in inputs]  # each input tokenized once
+    prompt_tokens, longest = sum(counts), max(counts, default=0)
     record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
     live.telemetry.started(record)
     check_route_allowed(key, route)

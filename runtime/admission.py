@@ -26,7 +26,9 @@ from .errors import DeploymentAtQuota, ModelNotFound
 from .response_cache import open_cache
 from .store import (
     Budget,
+    BudgetStatus,
     Denied,
+    Exceeded,
     LedgerRecord,
     Limits,
     Period,
@@ -179,14 +181,15 @@ class Admission:
             await self.store.release(self.reservation)
         self.settled = True
 
-    async def over_budget(self, limits: tuple[Limits, ...]) -> bool:
-        """Has any of ``limits``' budgets run out: spent and held (this request's hold
-        included) beyond its amount? ``limits`` are the current ones, so a budget that
-        a reload lowered counts at its new amount."""
+    async def spent_budget(self, limits: tuple[Limits, ...]) -> BudgetStatus | None:
+        """The first of ``limits``' budgets that has run out: spent and held (this
+        request's hold included) beyond its amount. ``limits`` are the current ones, so a
+        budget that a reload lowered counts at its new amount."""
         if not any(limit.budget is not None for limit in limits):
-            return False
+            return None
         statuses = await self.store.budgets(limits)
-        return any(status.spent + status.held > status.amount for status in statuses)
+        return next((status for status in statuses
+                     if status.spent + status.held > status.amount), None)
 
 
 async def admit(
@@ -197,8 +200,18 @@ async def admit(
         return Admission(store, None, limits)
     decision = await store.reserve(record.request_id, limits, tokens=tokens, cost=cost)
     if isinstance(decision, Denied):
+        if decision.exceeded is Exceeded.BUDGET:
+            record.budget_refused = budget_label(record, decision.scope, decision.name)
         raise decision.error()
     return Admission(store, decision, limits)
+
+
+def budget_label(record: RequestRecord, scope: Scope, name: str) -> tuple[str, str]:
+    """(scope, name) for aigw_budget_refusals: an end user's budget by its team or key,
+    as user ids are the client's own text and would make a series each."""
+    if scope is Scope.USER:
+        return scope.value, record.team or f"key:{record.key}"
+    return scope.value, name
 
 
 @dataclass(frozen=True, slots=True)

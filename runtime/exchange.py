@@ -28,6 +28,7 @@ from aigw.compiler.graph import ApiKey, Deployment, Route
 from .admission import (
     Admission,
     admit,
+    budget_label,
     check_route_allowed,
     ledger_record,
     subject_limits,
@@ -259,7 +260,11 @@ class Exchange:
         key = next((k for k in graph.keys_by_sha256.values() if k.name == self._key_name), None)
         if key is None or self.admission is None:  # the key was removed: stop spending
             return True
-        return await self.admission.over_budget(subject_limits(key, self.user))
+        spent = await self.admission.spent_budget(subject_limits(key, self.user))
+        if spent is None:
+            return False
+        self.record.budget_refused = budget_label(self.record, spent.scope, spent.name)
+        return True
 
     async def close(self) -> None:
         """Settle and record a served request (once). If the request's task is cancelled

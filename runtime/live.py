@@ -176,6 +176,7 @@ class Gateway:
         )
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
         self.telemetry.metrics.serving(result.graph.fingerprint)
+        self.telemetry.metrics.declare_pipelines(result.graph.pipelines)
         self.last_reload: ReloadReport | None = None
         # With several workers: asks the others to reload too (``aigw serve`` sets it).
         self.reload_peers: Callable[[], None] | None = None
@@ -223,6 +224,7 @@ class Gateway:
                 self.live = Live.build(
                     result.graph, self.counter, self.routing, self.telemetry, self.store, previous
                 )
+                self.telemetry.metrics.declare_pipelines(result.graph.pipelines)
                 logging.getLogger("aigw").setLevel(result.graph.settings.log_level.upper())
                 self._retire(previous)
                 heap.refreeze_later(_grace_s(previous.graph))

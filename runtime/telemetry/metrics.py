@@ -8,7 +8,7 @@ aggregates them with its MultiProcessCollector.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,8 +24,15 @@ from prometheus_client.registry import Collector
 
 from ..routing.state import SERVER_UP, Snapshot
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# 2 s is a boundary because HighLatency alerts on a p95 over 2 s: without it,
+# histogram_quantile interpolated inside 1-2.5 s and read a route whose requests all took
+# 1.1 s as "p95 2.4 s".
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 5, 10, 30, 60,
+                    120)
+# Up to 2.5 s: a long stream (tens of µs a chunk) or a large prompt to count can take the
+# gateway tenths of a second, which a top bucket of 0.1 s showed only as "over 0.1".
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 0.5, 1, 2.5)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -89,9 +96,12 @@ class Metrics:
         served = ["route", "deployment", "provider"]
         self.requests = Counter("aigw_requests", "Requests answered, by outcome.",
                                 request, registry=registry)
+        # By ``stream``: a stream lasts as long as the model writes, so its duration says
+        # nothing of how long a client waited (aigw_time_to_first_token_seconds does).
         self.latency = Histogram("aigw_request_duration_seconds",
                                  "Time from request to the last byte of the answer.",
-                                 served, buckets=_LATENCY_BUCKETS, registry=registry)
+                                 [*served, "stream"], buckets=_LATENCY_BUCKETS,
+                                 registry=registry)
         self.ttft = Histogram("aigw_time_to_first_token_seconds",
                               "Time from request to the first streamed token.",
                               served, buckets=_LATENCY_BUCKETS, registry=registry)
@@ -134,6 +144,14 @@ class Metrics:
         self.reloads = Counter("aigw_config_reloads", "Config reloads, by outcome (ok, failed: "
                                "the config did not compile and the graph stayed).",
                                ["outcome"], registry=registry)
+        # Both outcomes from the start, at 0: a series that first appears at 1 has no
+        # increase() to Prometheus, so ConfigReloadFailed missed a gateway's first failure.
+        for outcome in ("ok", "failed"):
+            self.reloads.labels(outcome)
+        self.budget_refusals = Counter(
+            "aigw_budget_refusals", "Requests refused (429) or streams cut because a budget "
+            "was spent; scope user counts the end users of the team or key named.",
+            ["scope", "name"], registry=registry)
         self.last_reload = Gauge("aigw_config_last_reload_success_timestamp_seconds",
                                  "When a reload last swapped in a new graph (Unix time).",
                                  registry=registry, multiprocess_mode="livemax")
@@ -141,6 +159,12 @@ class Metrics:
                            "two at once: workers serve different graphs.", ["fingerprint"],
                            registry=registry, multiprocess_mode="livemax")
         self._graph_shown: set[tuple[str, ...]] = set()
+
+    def declare_pipelines(self, names: Iterable[str]) -> None:
+        """Show each declared pipeline's failed executions from 0, so that WorkflowFailed
+        sees the first failure as an increase (a series born at 1 has none)."""
+        for name in names:
+            self.workflows.labels(name, "failed")
 
     def publish_circuits(self) -> None:
         """Set aigw_circuit_state from this process's breakers, as they are now (an open

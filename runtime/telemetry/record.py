@@ -94,6 +94,9 @@ class RequestRecord:
     trace_context: Any = None
     finished: bool = False
     in_flight_route: str | None = None  # the route counted in flight (``started``)
+    # (scope, name) of the budget that refused the request or cut its stream; a user's
+    # budget is named by its team (or "key:<key>"), as user ids are the client's own text.
+    budget_refused: tuple[str, str] | None = None
 
     def overhead_s(self, now: float | None = None) -> float:
         """Time so far that was the gateway's own, not the upstream's."""
@@ -110,6 +113,7 @@ class _RouteChildren:
 @dataclass(slots=True)
 class _ServedChildren:
     latency: Any
+    stream_latency: Any
     ttft: Any
     tokens_in: Any
     tokens_out: Any
@@ -152,7 +156,8 @@ class Telemetry:
         if children is None:
             metrics = self.metrics
             children = self._served[key] = _ServedChildren(
-                latency=metrics.latency.labels(route, deployment, provider),
+                latency=metrics.latency.labels(route, deployment, provider, "false"),
+                stream_latency=metrics.latency.labels(route, deployment, provider, "true"),
                 ttft=metrics.ttft.labels(route, deployment, provider),
                 tokens_in=metrics.tokens.labels(route, deployment, team, "input"),
                 tokens_out=metrics.tokens.labels(route, deployment, team, "output"),
@@ -190,7 +195,8 @@ class Telemetry:
         if counted is not None:  # only what ``started`` counted
             (by_route if counted == route else self._route(counted)).in_flight.dec()
         if record.deployment is not None:
-            served.latency.observe(now - record.started)
+            (served.stream_latency if record.stream else served.latency).observe(
+                now - record.started)
             if record.ttft_s is not None:
                 served.ttft.observe(record.ttft_s)
             served.tokens_in.inc(record.prompt_tokens)
@@ -205,6 +211,8 @@ class Telemetry:
         for failure in record.failures:
             metrics.upstream_failures.labels(failure.deployment, failure.provider,
                                              failure.error).inc()
+        if record.budget_refused is not None:
+            metrics.budget_refusals.labels(*record.budget_refused).inc()
         self._end_span(record)
         if not ACCESS_LOG.enabled():
             return

@@ -281,3 +281,5 @@ def test_a_budget_cut_by_reload_stops_streams_mid_flight(
     assert "budget" in str(stopped.value).lower()
     text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
     assert 0 < len(text) < len(words)  # cut mid-answer
+    metrics = httpx.get(f"{server.base_url}/metrics").text  # BudgetExhausted reads it
+    assert 'aigw_budget_refusals_total{name="app",scope="team"} 1.0' in metrics

@@ -24,10 +24,10 @@ from ..fakes.serve import free_port
 CHAT = "/v1/chat/completions"
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
+def _sample(text: str, metric: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith(metric + "{"):
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
         if all(found.get(k) == v for k, v in labels.items()):
@@ -58,6 +58,62 @@ async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClien
     assert _sample(text, "aigw_circuit_state", deployment="echo-small") == 0
     assert _sample(text, "aigw_in_flight_requests", route="fast") == 0
     assert "missing" not in text  # raw user input never becomes a label
+    # Streams apart: their duration is how long the model wrote, not how long anyone waited.
+    assert _sample(text, "aigw_request_duration_seconds_count", route="fast",
+                   stream="false") == 3
+    assert _sample(text, "aigw_request_duration_seconds_count", route="echo",
+                   stream="true") == 1
+    # HighLatency's threshold is a bucket boundary, so its p95 is not interpolated across it.
+    assert _sample(text, "aigw_request_duration_seconds_bucket", route="fast",
+                   stream="false", le="2.0") == 3
+
+
+async def test_failure_counters_start_at_zero(client: httpx.AsyncClient) -> None:
+    """Created only when first counted, a failed reload's or execution's series appeared
+    at 1, which Prometheus' increase() reads as no increase: ConfigReloadFailed and
+    WorkflowFailed stayed silent on a gateway's first failure."""
+    text = (await client.get("/metrics")).text
+    assert 'aigw_config_reloads_total{outcome="failed"} 0.0' in text
+    pipelines = (await client.get("/api/v1/workflows")).json()["data"]
+    assert pipelines
+    for pipeline in pipelines:
+        assert (f'aigw_workflow_executions_total{{pipeline="{pipeline["name"]}",'
+                'status="failed"} 0.0') in text
+
+
+async def test_budget_refusals_are_counted_by_the_budget_that_refused(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    """A request is refused once its worst-case cost would not fit, so the spent share
+    (aigw_budget_used_ratio) stops short of 1 and BudgetExhausted, reading it alone, never
+    fired while a team was refused. An end user's budget counts under its team's name."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text()
+                      .replace("price: {input: 0, output: 0}", "price: {input: 1000, output: 1000}")
+                      .replace("  default: {}", "  default: {}\n  eng: {budget: {amount: 0.05, "
+                               "period: day}, per_user: {budget: {amount: 0.02, period: day}}}")
+                      .replace("keys:\n", "keys:\n  builder: {team: eng, secret: sk-builder-1}\n",
+                               1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": "Bearer sk-builder-1"}) as http:
+            ask = {"model": "echo", "max_tokens": 10,
+                   "messages": [{"role": "user", "content": "a few words"}]}
+            by_user = [(await http.post(CHAT, json={**ask, "user": "ada"})).status_code
+                       for _ in range(3)]
+            by_team = [(await http.post(CHAT, json=ask)).status_code for _ in range(4)]
+            text = (await http.get("/metrics", headers={
+                "Authorization": f"Bearer {DEV_KEY}"})).text
+    finally:
+        await gateway.aclose()
+    assert 429 in by_user and 429 in by_team, (by_user, by_team)
+    assert _sample(text, "aigw_budget_refusals_total", scope="user",
+                   name="eng") == by_user.count(429)
+    assert _sample(text, "aigw_budget_refusals_total", scope="team",
+                   name="eng") == by_team.count(429)
+    assert "ada" not in text
 
 
 async def test_every_response_reports_the_gateways_overhead(client: httpx.AsyncClient) -> None:

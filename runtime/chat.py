@@ -24,7 +24,7 @@ from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
 from .admission import DeploymentQuotas, Hold
 from .chat_request import ChatRequest, parse_chat_request
-from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute
+from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute, UpstreamError
 from .jsonio import JSONBody
 from .live import Live
 from .policy import RequestGate
@@ -425,6 +425,11 @@ async def _measured(
     except BaseException as exc:
         error = exc
         _span_failed(span, exc)
+        if isinstance(exc, UpstreamError):  # the upstream failed after its first byte:
+            # counted as the attempt loop counts a failure before it (the client's leaving
+            # or a budget's stopping the stream is no failure of the upstream's)
+            record.failures.append(UpstreamFailure(
+                deployment.name, deployment.provider.name, str(exc.code)))
         raise
     finally:
         stats.in_flight -= 1

@@ -66,3 +66,32 @@ def test_a_client_leaving_a_streamed_probe_gives_the_probe_back(
         assert answer is not None, "the probe's place was never given back"
         assert answer.choices[0].message.content == "a: hello there"
         assert _circuit(server.base_url) == "closed"
+
+
+def test_an_upstream_failing_mid_stream_counts_as_an_upstream_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only failures before a stream's first byte were in aigw_upstream_failures_total:
+    the dashboard's failures by provider and class missed every broken stream."""
+    fake = OpenAIFake(name="a")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+    fake.script.actions += [Action(cut_stream_after=3)]
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "deployments:\n"
+        "  a: {provider: up, model: gpt-4o, context_window: 8000, capabilities: [streaming]}\n"
+        "routes:\n"
+        "  r: {deployment: a}\n"
+    )) as (client, server):
+        said: list[ChatCompletionMessageParam] = [
+            {"role": "user", "content": "one two three four five six"}]
+        stream = client.chat.completions.create(model="r", messages=said, stream=True)
+        with pytest.raises(openai.APIError):
+            for _chunk in stream:
+                pass
+        metrics = httpx.get(f"{server.base_url}/metrics").text
+    failures = [line for line in metrics.splitlines()
+                if line.startswith("aigw_upstream_failures_total{")]
+    assert len(failures) == 1 and 'deployment="a"' in failures[0], failures
+    assert failures[0].endswith(" 1.0")

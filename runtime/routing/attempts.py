@@ -146,6 +146,8 @@ class AttemptLoop(Generic[T]):
             if tier.group.name in visited:
                 continue
             visited.add(tier.group.name)
+            if self._stop():  # a fallback no attempt may reach is not entered, nor traced
+                break
             won, failure_class, error = await self._tier(tier)
             if won is not None:
                 return won
@@ -181,10 +183,9 @@ class AttemptLoop(Generic[T]):
         last_error: UpstreamError | None = None
         position = 0
         while position < len(ordered):
-            if self._spent():
-                self.trace.add(f"route '{self.route.name}' used its "
-                               f"{self.route.max_attempts} attempts")
-                return None, _SPENT, last_error
+            stop = self._stop()
+            if stop:
+                return None, stop, last_error
             candidate = ordered[position]
             position += 1
             skip = self._unavailable(candidate)
@@ -238,6 +239,15 @@ class AttemptLoop(Generic[T]):
         if error.retry_after is not None:
             wait = max(wait, error.retry_after)
         return wait if self.state.clock() + wait < self.deadline else None
+
+    def _stop(self) -> str:
+        """Why no further attempt may start, said in the trace ("" while one may): the
+        route has used its max_attempts."""
+        if self._spent():
+            self.trace.add(f"route '{self.route.name}' used its "
+                           f"{self.route.max_attempts} attempts")
+            return _SPENT
+        return ""
 
     def _spent(self) -> bool:
         """Has the route used its max_attempts? Checked before every call but a hedge's."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -300,6 +301,32 @@ routes:
     assert response.status_code == 429  # the provider's answer, with its Retry-After
     assert response.headers["retry-after"] == "1"
     assert fleet.calls() == ["a", "a", "a"]
+
+
+async def test_at_the_attempt_cap_on_a_groups_last_member_no_fallback_is_entered(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fallback group was still entered (in the request's routing trace with its
+    members, as if about to be tried, its Cedar policies evaluated) before the loop
+    noticed that no attempt was left (found by a review)."""
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}, fallbacks: {on_error: [spare]}}
+  spare: {members: [c]}
+routes:
+  r: {group: g, max_attempts: 2}
+"""))
+    for name in ("a", "b"):
+        fleet.fakes[name].script.actions.append(Action(status=500))
+    with caplog.at_level(logging.DEBUG, logger="aigw.routing"):
+        response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 502
+    assert "provider 'p-b' failed" in response.json()["error"]["message"]
+    assert fleet.calls() == ["a", "b"]
+    [trace] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("route r")]
+    assert trace.split(" | ") == [
+        "route r trace: g (route, priority): a, b", "attempt 1: a", "  a failed: upstream_error",
+        "attempt 2: b", "  b failed: upstream_error", "route 'r' used its 2 attempts"]
 
 
 async def test_a_member_skipped_for_its_own_quota_is_not_an_attempt(

@@ -4,8 +4,9 @@ For each group (the route's, then fallbacks chosen by the class of the last fail
 the members that can serve the request (``candidates.eligible``) in strategy order;
 each member with an open circuit is skipped; each attempt has a timeout; a retryable
 failure is retried with exponential backoff and jitter that honours Retry-After. An
-overall deadline and a hard cap on attempts bound the whole loop; at the cap it stops
-with the last upstream error (a member skipped for its own quota made no attempt). Optionally the
+overall deadline and a hard cap on attempts bound the whole loop; at the cap, or when
+the deadline leaves no time for another attempt, it stops with the last upstream error
+(a member skipped for its own quota made no attempt). Optionally the
 first attempt is hedged: the next member starts after a delay, the first answer wins
 and the other is cancelled (and never billed). A first attempt that fails before the
 delay started no race: it is retried as any other, and the next member is still next.
@@ -53,6 +54,9 @@ T = TypeVar("T")
 # The failure class of a tier that ended because the route used its max_attempts: the
 # loop stops there, with the last upstream error, and takes no fallback.
 _SPENT = "attempts spent"
+# And of one that ended because the request's deadline came before another attempt
+# could start: the loop stops there too, with the last upstream error.
+_LATE = "deadline passed"
 # A 400 with unrecognised wording, for a prompt this close to the window, is taken to be
 # "context length exceeded": providers word that error in too many ways to list.
 _CONTEXT_SUSPECT_RATIO = 0.8
@@ -141,27 +145,45 @@ class AttemptLoop(Generic[T]):
         queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
         visited: set[str] = set()
         last_error: UpstreamError | None = None
+        stopped = ""
         while queue:
             tier = queue.popleft()
             if tier.group.name in visited:
                 continue
             visited.add(tier.group.name)
-            if self._stop():  # a fallback no attempt may reach is not entered, nor traced
+            stopped = self._stop()
+            if stopped:  # a fallback no attempt may reach is not entered, nor traced
                 break
             won, failure_class, error = await self._tier(tier)
             if won is not None:
                 return won
             last_error = error or last_error
-            if failure_class == _SPENT:
+            if failure_class in (_SPENT, _LATE):
+                stopped = failure_class
                 break
             for name in fallbacks(tier.group, failure_class):
                 if name not in visited and name in self.graph.groups:
                     queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
-        if isinstance(last_error, _Unsupported):
-            raise last_error.refusal  # no member could honour the request: say which parameter
-        if last_error is not None:
-            raise last_error
-        raise self._nothing_to_try()
+        raise self._failure(last_error, stopped)
+
+    def _failure(self, error: UpstreamError | None, stopped: str) -> GatewayError:
+        """What the client is told when nothing served: the last upstream error, as it
+        came, as at the end of the fallbacks and at the cap. When the deadline stopped
+        the loop, the error says so: a 504 for a deadline that only came between
+        attempts hid what the upstreams answered (a 500, a 429 and its Retry-After),
+        and the metrics and log counted a timeout no upstream had."""
+        if isinstance(error, _Unsupported):
+            return error.refusal  # no member could honour the request: say which parameter
+        if error is None:
+            if stopped == _LATE:
+                return UpstreamTimeout(f"route '{self.route.name}' passed its deadline")
+            return self._nothing_to_try()
+        if stopped == _LATE and not isinstance(error, _DeadlineCut):
+            # Each attempt raises its own error: this one is the request's alone.
+            error.message = (f"{error.message} (the request's deadline left no time for "
+                             "another attempt)")
+            error.args = (error.message,)
+        return error
 
     async def _tier(self, tier: _Tier) -> tuple[Won[T] | None, str, UpstreamError | None]:
         group = tier.group
@@ -200,6 +222,9 @@ class AttemptLoop(Generic[T]):
                 served = Won(won.candidate, won.value, won.attempts, won.started, group.name,
                              won.pending)
                 return served, "", None
+            except _NoTimeLeft as exc:
+                self.trace.add(f"route '{self.route.name}' passed its deadline")
+                return None, _LATE, exc.after or last_error
             except UpstreamError as exc:
                 last_error = exc
                 failure_class = _failure_class(exc)
@@ -212,25 +237,40 @@ class AttemptLoop(Generic[T]):
     async def _with_retries(
         self, group: Group, candidate: Candidate, alone: bool, hedge: _Hedge | None = None
     ) -> Won[T]:
-        tries = 1 + group.retry.attempts
-        for number in range(tries):
+        failed: UpstreamError | None = None
+        for number in range(1 + group.retry.attempts):
+            if failed is not None:
+                await self._before_retry(group, candidate, alone, number, failed)
             try:
                 if number == 0 and hedge is not None:
                     return await self._hedged(candidate, hedge)
                 return await self._one(candidate)
+            except _NoTimeLeft as exc:
+                # The wait for this retry ended past the deadline (a sleep may end late):
+                # no call went out, so the failure it followed is the last.
+                exc.after = failed
+                raise
             except UpstreamError as exc:
-                if not exc.retryable or (isinstance(exc, UpstreamRateLimited) and not alone):
-                    raise  # a rate-limited member is left for the next one, not hammered
-                if number + 1 >= tries or self._spent():
-                    raise  # a retry the cap forbids is not waited for
-                wait = self._backoff(group, number, exc)
-                if wait is None:
-                    raise
-                self.trace.add(f"retry {candidate.deployment.name} in {wait * 1000:.0f} ms "
-                               f"after {exc.code}")
-                self.trace.backoff_s += wait
-                await self.sleep(wait)
-        raise AssertionError("unreachable")
+                failed = exc
+        assert failed is not None
+        raise failed
+
+    async def _before_retry(
+        self, group: Group, candidate: Candidate, alone: bool, number: int, error: UpstreamError
+    ) -> None:
+        """Wait before retry ``number`` (from 1) of ``candidate``, which follows ``error``;
+        raise ``error`` when no retry may follow it."""
+        if not error.retryable or (isinstance(error, UpstreamRateLimited) and not alone):
+            raise error  # a rate-limited member is left for the next one, not hammered
+        if self._spent():
+            raise error  # a retry the cap forbids is not waited for
+        wait = self._backoff(group, number - 1, error)
+        if wait is None:
+            raise error
+        self.trace.add(f"retry {candidate.deployment.name} in {wait * 1000:.0f} ms "
+                       f"after {error.code}")
+        self.trace.backoff_s += wait
+        await self.sleep(wait)
 
     def _backoff(self, group: Group, number: int, error: UpstreamError) -> float | None:
         """Seconds to wait before retry ``number + 1``, or None when the deadline forbids it."""
@@ -242,11 +282,14 @@ class AttemptLoop(Generic[T]):
 
     def _stop(self) -> str:
         """Why no further attempt may start, said in the trace ("" while one may): the
-        route has used its max_attempts."""
+        route has used its max_attempts, or the request's deadline has passed."""
         if self._spent():
             self.trace.add(f"route '{self.route.name}' used its "
                            f"{self.route.max_attempts} attempts")
             return _SPENT
+        if self.state.clock() >= self.deadline:
+            self.trace.add(f"route '{self.route.name}' passed its deadline")
+            return _LATE
         return ""
 
     def _spent(self) -> bool:
@@ -257,8 +300,8 @@ class AttemptLoop(Generic[T]):
         now = self.state.clock()
         remaining = self.deadline - now
         if remaining <= 0:
-            raise UpstreamTimeout(f"route '{self.route.name}' passed its deadline",
-                                  provider=candidate.deployment.provider.name)
+            raise _NoTimeLeft(f"route '{self.route.name}' passed its deadline",
+                              provider=candidate.deployment.provider.name)
         stats = self.state.of(candidate.deployment)
         permit = stats.breaker.try_acquire(now)
         if permit is None:
@@ -286,7 +329,8 @@ class AttemptLoop(Generic[T]):
                            f"deployment '{candidate.deployment.name}'")
             self.trace.add(f"  {candidate.deployment.name} timed out")
             self._failed(candidate, "upstream_timeout")
-            raise UpstreamTimeout(message, provider=candidate.deployment.provider.name) from None
+            error = UpstreamTimeout if own_timeout else _DeadlineCut
+            raise error(message, provider=candidate.deployment.provider.name) from None
         except DeploymentAtQuota:  # no call went out: not an attempt
             self.trace.attempts -= 1
             stats.requests -= 1
@@ -444,6 +488,17 @@ class _Unsupported(UpstreamError):
     def __init__(self, refusal: BadRequest) -> None:
         super().__init__(refusal.message, param=refusal.param)
         self.refusal = refusal
+
+
+class _NoTimeLeft(UpstreamTimeout):
+    """The request's deadline came before the call could start: none went out.
+    ``after``: the failure the call was to retry, if it was a retry."""
+
+    after: UpstreamError | None = None
+
+
+class _DeadlineCut(UpstreamTimeout):
+    """The request's deadline (not the deployment's timeout_s) cut an attempt short."""
 
 
 class _CircuitOpen(UpstreamError):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
 
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
+from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY
@@ -22,7 +24,14 @@ DEV_KEY_LINE = (
     "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482}\n"
 )
 
-GatewayFactory = Callable[[str], Awaitable[httpx.AsyncClient]]
+
+class GatewayFactory(Protocol):
+    """Serves ``sections`` in-process, on ``routing`` when given (a test's clock)."""
+
+    def __call__(
+        self, sections: str, routing: RoutingState | None = None
+    ) -> Awaitable[httpx.AsyncClient]: ...
+
 
 
 @pytest.fixture
@@ -42,12 +51,12 @@ async def make_gateway(
     clients: list[httpx.AsyncClient] = []
     gateways: list[Gateway] = []
 
-    async def factory(sections: str) -> httpx.AsyncClient:
+    async def factory(sections: str, routing: RoutingState | None = None) -> httpx.AsyncClient:
         root = tmp_path / f"gw{len(clients)}"
         root.mkdir()
         text = "version: 1\n" + textwrap.dedent(sections).strip() + "\n" + DEV_KEY_LINE
         (root / "gateway.yaml").write_text(text)
-        gateway = Gateway(root, counter)
+        gateway = Gateway(root, counter, routing=routing)
         gateways.append(gateway)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(gateway)),

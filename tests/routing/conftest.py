@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -41,3 +42,20 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
         for name, fake in fleet.fakes.items():
             fleet.urls[name] = stack.enter_context(serving(fake.app))
         yield fleet
+
+
+class JumpingClock:
+    """``time.monotonic``, made to jump ahead at chosen moments: the routing state's clock
+    in a test where a deadline must pass at an exact point of a request (between two
+    attempts, during a backoff), however long the request really takes."""
+
+    def __init__(self) -> None:
+        self.jumps: list[tuple[float, float]] = []  # (from when, on time.monotonic; by)
+
+    def jump(self, after_s: float, by_s: float) -> None:
+        """From ``after_s`` seconds on, read ``by_s`` seconds later than now."""
+        self.jumps.append((time.monotonic() + after_s, by_s))
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        return now + sum(by for at, by in self.jumps if now >= at)

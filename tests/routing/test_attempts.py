@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import httpx
 import pytest
 
+from aigw.runtime.routing.state import RoutingState
+
 from ..fakes.brain import Action
 from ..providers.conftest import GatewayFactory
-from .conftest import Fleet
+from .conftest import Fleet, JumpingClock
 
 CHAT = "/v1/chat/completions"
 
@@ -365,6 +368,52 @@ routes:
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert "b" not in fleet.calls()  # the deadline ended the loop: no fallback was tried
+
+
+async def test_a_deadline_passing_between_attempts_answers_with_the_last_upstream_error(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deadline came after a member failed, before another attempt could start (the
+    next member's, a retry's after its wait): the client got a 504 'passed its deadline'
+    in place of what the upstream answered, and the metrics and the log line counted a
+    timeout that no upstream had (found by a review)."""
+    clock = JumpingClock()
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+  solo: {members: [a], retry: {attempts: 1, backoff_ms: 1}}
+routes:
+  r: {group: g}
+  s: {group: solo}
+"""), routing=RoutingState(clock))
+    assert (await client.post(CHAT, json=_ask())).status_code == 200  # all loaded
+    ten_s = {"x-aigw-deadline-ms": "10000"}
+    fleet.fakes["a"].script.actions.append(Action(status=500, delay_s=0.8))
+    clock.jump(after_s=0.4, by_s=60)  # while a answers: the 10 s pass
+    with caplog.at_level(logging.INFO, logger="aigw.access"):
+        response = await client.post(CHAT, json=_ask(), headers=ten_s)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"] == {
+        "message": "provider 'p-a' failed: scripted failure 500 (the request's deadline "
+                   "left no time for another attempt)",
+        "type": "api_error", "param": None, "code": "upstream_error"}
+    assert fleet.calls() == ["a", "a"]  # b: no time left
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    assert (line["status"], line["error"], line["attempts"]) == (502, "upstream_error", 1)
+    metrics = (await client.get("/metrics")).text
+    assert re.findall(r'aigw_requests_total\{[^}]*route="r"[^}]*status="(\d+)"', metrics) == [
+        "200", "502"]
+
+    # A 503 whose Retry-After the deadline allows, and which the wait then overruns.
+    fleet.fakes["a"].script.actions.append(Action(status=503, headers={"retry-after": "0.8"}))
+    clock.jump(after_s=0.4, by_s=60)
+    response = await client.post(CHAT, json={**_ask(), "model": "s"}, headers=ten_s)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "upstream_overloaded"
+    assert response.json()["error"]["message"].endswith(
+        "(the request's deadline left no time for another attempt)")
+    assert response.headers["retry-after"] == "1"
+    assert fleet.calls() == ["a", "a", "a"]
 
 
 async def test_a_short_deadline_does_not_open_a_healthy_deployments_circuit(

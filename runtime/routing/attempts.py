@@ -10,6 +10,8 @@ the deadline leaves no time for another attempt, it stops with the last upstream
 first attempt is hedged: the next member starts after a delay, the first answer wins
 and the other is cancelled (and never billed). A first attempt that fails before the
 delay started no race: it is retried as any other, and the next member is still next.
+When both members of a race fail, the first goes on with its retries, then the other
+with its own: its attempt in the race was its first.
 """
 
 from __future__ import annotations
@@ -97,10 +99,12 @@ class _Tier:
 
 @dataclass(slots=True)
 class _Hedge:
-    """The member that may race the first attempt, and whether it was started."""
+    """The member that may race the first attempt, whether it was started, and how its
+    call failed when both failed (its first try: its retries follow the first's)."""
 
     partner: Candidate
     launched: bool = False
+    failed: UpstreamError | None = None
 
 
 class AttemptLoop(Generic[T]):
@@ -203,6 +207,7 @@ class AttemptLoop(Generic[T]):
                        f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
         failure_class = untried_class(dropped)
         last_error: UpstreamError | None = None
+        raced: UpstreamError | None = None  # the next member's failed call in a hedge race
         position = 0
         while position < len(ordered):
             stop = self._stop()
@@ -210,6 +215,7 @@ class AttemptLoop(Generic[T]):
                 return None, stop, last_error
             candidate = ordered[position]
             position += 1
+            first, raced = raced, None
             skip = self._unavailable(candidate)
             if skip is not None:
                 self.trace.dropped.append(Dropped(candidate.deployment.name, skip, False))
@@ -217,7 +223,8 @@ class AttemptLoop(Generic[T]):
                 continue
             hedge = self._hedge_partner(ordered, position)
             try:
-                won = await self._with_retries(group, candidate, len(ordered) == 1, hedge)
+                won = await self._with_retries(group, candidate, len(ordered) == 1, hedge,
+                                               first)
                 # Built, not dataclasses.replace()d: this runs once a request.
                 served = Won(won.candidate, won.value, won.attempts, won.started, group.name,
                              won.pending)
@@ -231,14 +238,19 @@ class AttemptLoop(Generic[T]):
                 if failure_class == "fatal":
                     raise
                 if hedge is not None and hedge.launched:
-                    position += 1  # the partner had its attempt, in the race
+                    # The partner, next, goes on from its call in the race with its own
+                    # retries (a hedge is there for latency: it takes none away).
+                    raced = hedge.failed
         return None, failure_class, last_error
 
     async def _with_retries(
-        self, group: Group, candidate: Candidate, alone: bool, hedge: _Hedge | None = None
+        self, group: Group, candidate: Candidate, alone: bool, hedge: _Hedge | None = None,
+        raced: UpstreamError | None = None,
     ) -> Won[T]:
-        failed: UpstreamError | None = None
-        for number in range(1 + group.retry.attempts):
+        """Try ``candidate`` with the group's retries; ``raced``: how its call in a hedge
+        race failed, its first try."""
+        failed = raced
+        for number in range(0 if raced is None else 1, 1 + group.retry.attempts):
             if failed is not None:
                 await self._before_retry(group, candidate, alone, number, failed)
             try:
@@ -399,7 +411,7 @@ class AttemptLoop(Generic[T]):
     async def _hedged(self, first: Candidate, hedge: _Hedge) -> Won[T]:
         """Start ``first``; if it has not answered after the hedge delay, start the partner.
         The first success wins and the other is cancelled. If both fail, ``first``'s error:
-        its retries go on from it, the partner having had its attempt."""
+        its retries go on from it, and the partner's from its failure (``hedge.failed``)."""
         leader = asyncio.create_task(self._one(first))
         started = {leader}
         try:
@@ -410,7 +422,8 @@ class AttemptLoop(Generic[T]):
             hedge.launched = True
             self.trace.add(f"hedge: {hedge.partner.deployment.name} after "
                            f"{delay * 1000:.0f} ms")
-            pending = {leader, asyncio.create_task(self._one(hedge.partner))}
+            partner = asyncio.create_task(self._one(hedge.partner))
+            pending = {leader, partner}
             started |= pending
             while pending:
                 done, pending = await asyncio.wait(pending,
@@ -423,6 +436,9 @@ class AttemptLoop(Generic[T]):
                         # discarded too (a stream closed now, not when it is collected).
                         await self._bury((pending | done) - {task})
                         return task.result()
+            error = partner.exception()
+            if isinstance(error, UpstreamError) and not isinstance(error, _UNCALLED):
+                hedge.failed = error
             return leader.result()  # raises: both failed
         except BaseException:
             # The request itself was cancelled (its client gone, a shutdown): its attempts
@@ -506,6 +522,10 @@ class _CircuitOpen(UpstreamError):
 
     status = 503
     code = "circuit_open"
+
+
+# Failures of a member that made no call: a hedge partner that failed so is tried afresh.
+_UNCALLED = (_NoTimeLeft, _CircuitOpen, _Unsupported, DeploymentAtQuota)
 
 
 def stream_ended(

@@ -515,20 +515,31 @@ routes:
     assert fleet.calls() == ["a", "a", "a", "b"]
 
 
-async def test_when_both_hedged_members_fail_the_first_is_retried_and_the_third_serves(
+async def test_when_both_hedged_members_fail_each_goes_on_with_its_retries(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
+    """The partner's failed call in the race was all it got: hedging, there for latency,
+    took the group's retries away from it (found by a review)."""
     client = await make_gateway(_config(fleet, """
 groups:
   g: {members: [a, b, c], retry: {attempts: 1, backoff_ms: 1}}
 routes:
   r: {group: g, hedge_after_ms: 100}
+  capped: {group: g, hedge_after_ms: 100, max_attempts: 3}
 """))
     fleet.fakes["a"].script.actions += [Action(status=503, delay_s=0.4), Action(status=500)]
-    fleet.fakes["b"].script.actions.append(Action(status=500))
+    fleet.fakes["b"].script.actions += [Action(status=500), Action(status=502)]
     response = await client.post(CHAT, json=_ask())
     assert response.status_code == 200, response.text
-    assert fleet.calls() == ["a", "b", "a", "c"]  # b had its attempt in the race
+    assert response.headers["x-aigw-attempts"] == "5"
+    assert fleet.calls() == ["a", "b", "a", "b", "c"]  # b retried after a, as a member
+    # Within the route's max_attempts: the race's two calls and a's retry are all.
+    fleet.fakes["a"].script.actions += [Action(status=503, delay_s=0.4), Action(status=500)]
+    fleet.fakes["b"].script.actions.append(Action(status=500))
+    response = await client.post(CHAT, json={**_ask(), "model": "capped"})
+    assert response.status_code == 502, response.text
+    assert "provider 'p-a' failed" in response.json()["error"]["message"]
+    assert fleet.calls()[5:] == ["a", "b", "a"]
 
 
 async def test_breaker_opens_probes_and_closes(

@@ -357,6 +357,8 @@ class AttemptLoop(Generic[T]):
             self._failed(candidate, str(exc.code))
             raise self._suspect_context(exc, candidate) from exc
         except BadRequest as exc:  # this member cannot honour a parameter; another may
+            self.trace.attempts -= 1  # refused before calling out: not an attempt either
+            stats.requests -= 1
             stats.breaker.release(permit)
             self.trace.add(f"  {candidate.deployment.name} cannot serve it: {exc.message}")
             raise _Unsupported(exc) from exc

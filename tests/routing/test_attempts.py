@@ -354,6 +354,30 @@ routes:
                 if line.startswith("aigw_upstream_failures_total{")], metrics
 
 
+async def test_a_member_refusing_a_parameter_is_not_an_attempt(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    """An Anthropic member refuses ``seed`` before any call goes out: it was counted as
+    one of the route's max_attempts (and in x-aigw-attempts), so with max_attempts 1 the
+    client got the refusal's 400 while the next member could serve."""
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+  ant: {{type: anthropic, base_url: "http://127.0.0.1:9", api_key: "sk-ant-never-called"}}
+deployments:
+  claude: {{provider: ant, model: claude-x, context_window: 100000}}
+  a: {{provider: p-a, model: model-a, context_window: 1000}}
+groups:
+  g: {{members: [claude, a], retry: {{attempts: 0}}}}
+routes:
+  r: {{group: g, max_attempts: 1}}
+""")
+    response = await client.post(CHAT, json=_ask(seed=7))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "a"
+    assert response.headers["x-aigw-attempts"] == "1"
+    assert fleet.calls() == ["a"]
+
+
 async def test_deadline_header_shortens_the_route_deadline(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

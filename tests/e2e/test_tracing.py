@@ -65,13 +65,22 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2
 
 
+def _llm(deployment: str) -> str:
+    """Route ``llm`` on the deployment ``llm`` (``deployment``: more of its YAML flow
+    mapping), for ``_traced_gateway``."""
+    return ("deployments:\n"
+            f"  llm: {{provider: up, model: served-llm, context_window: 32000, {deployment}}}\n"
+            "routes:\n"
+            "  llm: {deployment: llm}\n")
+
+
 @contextmanager
 def _traced_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver,
-    fake: OpenAIFake, deployment: str,
+    fake: OpenAIFake, sections: str,
 ) -> Iterator[tuple[openai.OpenAI, Server]]:
-    """A real gateway exporting its traces to ``receiver``, with route ``llm`` on the
-    deployment ``llm`` of ``fake`` (``deployment``: more of its YAML flow mapping)."""
+    """A real gateway exporting its traces to ``receiver``, with the provider ``up`` on
+    ``fake`` and ``sections`` (deployments, groups, routes: ``_llm``)."""
     with serving(receiver.app) as otlp, serving(fake.app) as upstream:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -79,11 +88,7 @@ def _traced_gateway(
         with sdk_gateway(tmp_path / "gw", (
             "providers:\n"
             f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
-            'api_key: "${FAKE_OPENAI_KEY}"}\n'
-            "deployments:\n"
-            f"  llm: {{provider: up, model: served-llm, context_window: 32000, {deployment}}}\n"
-            "routes:\n"
-            "  llm: {deployment: llm}\n"
+            'api_key: "${FAKE_OPENAI_KEY}"}\n' + sections
         )) as served:
             yield served
 
@@ -95,7 +100,7 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
     calls carried no traceparent, so the trace ended at the gateway."""
     receiver, fake = OtlpReceiver(), OpenAIFake()
     with _traced_gateway(tmp_path, monkeypatch, receiver, fake,
-                         "capabilities: [streaming]") as (client, server):
+                         _llm("capabilities: [streaming]")) as (client, server):
         for stream in (False, True):
             answer = client.chat.completions.create(
                 model="llm", messages=[{"role": "user", "content": "trace me"}],
@@ -124,7 +129,7 @@ def test_an_attempt_that_timed_out_is_a_failed_span(
     for _ in range(4):
         fake.script.actions.append(Action(delay_s=2.0))
     with _traced_gateway(tmp_path, monkeypatch, receiver, fake,
-                         "timeout_s: 0.2") as (client, server):
+                         _llm("timeout_s: 0.2")) as (client, server):
         with pytest.raises(openai.APIStatusError):
             client.chat.completions.create(
                 model="llm", messages=[{"role": "user", "content": "too slow"}])
@@ -143,7 +148,7 @@ def test_a_request_refused_before_routing_has_its_span(
     """A 401 or an unknown model made no span: a client's trace stopped short of the
     gateway, with nothing to say why."""
     receiver, fake = OtlpReceiver(), OpenAIFake()
-    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, "timeout_s: 5") as (
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, _llm("timeout_s: 5")) as (
             client, server):
         traced = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
         with pytest.raises(openai.NotFoundError):
@@ -159,3 +164,38 @@ def test_a_request_refused_before_routing_has_its_span(
     assert sorted((s["name"], s["trace_id"], s["parent_span_id"],
                    s["attributes"]["http.response.status_code"]) for s in receiver.spans) == [
         ("chat", TRACE_ID, PARENT_ID, 401), ("chat", TRACE_ID, PARENT_ID, 404)]
+
+
+def test_a_request_that_used_its_attempts_traces_only_the_calls_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_attempts used up on a group's last member: the trace has those calls, no
+    fallback hop and the upstream's error; the fallback group, never entered, is not in
+    it (a review found the loop entered it before noticing the cap)."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    fake.script.actions += [Action(status=500), Action(status=500)]
+    models = {name: f"{{provider: up, model: served-{name}, context_window: 32000}}"
+              for name in ("a", "b", "c")}
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
+        "deployments:\n" + "".join(f"  {name}: {spec}\n" for name, spec in models.items())
+        + "groups:\n"
+        "  g: {members: [a, b], retry: {attempts: 0}, fallbacks: {on_error: [spare]}}\n"
+        "  spare: {members: [c]}\n"
+        "routes:\n"
+        "  r: {group: g, max_attempts: 2}\n"
+    )) as (client, server):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="r",
+                                           messages=[{"role": "user", "content": "x"}])
+        deadline = time.monotonic() + 15
+        while not any(s["name"] == "chat r" for s in receiver.spans):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert len(fake.script.requests) == 2
+    request = next(s for s in receiver.spans if s["name"] == "chat r")
+    attempts = sorted(s["name"] for s in receiver.spans if s is not request)
+    assert attempts == ["chat served-a", "chat served-b"], receiver.spans
+    attributes = request["attributes"]
+    assert (attributes["aigw.attempts"], attributes["aigw.fallback_hop"]) == (2, 0)
+    assert attributes["http.response.status_code"] == 502
+    assert attributes["error.type"] == "upstream_error"

@@ -36,7 +36,14 @@ from .graph import (
 from .link import Linked
 from .pipelines import attach_routes
 from .source import SourceFile
-from .spec import BudgetSpec, CircuitBreakerSpec, GroupSpec, LimitsSpec, PerUserSpec
+from .spec import (
+    BudgetSpec,
+    CircuitBreakerSpec,
+    GroupSpec,
+    LimitsSpec,
+    PerUserSpec,
+    PriceSpec,
+)
 
 V = TypeVar("V")
 
@@ -96,7 +103,7 @@ def freeze(
             kind=spec.kind,
             context_window=spec.context_window,
             max_output_tokens=spec.max_output_tokens or spec.context_window,
-            price=Price(spec.price.input, spec.price.output),
+            price=_price(spec.price),
             tags=tuple(spec.tags),
             capabilities=frozenset(spec.capabilities),
             timeout_s=spec.timeout_s or providers[spec.provider].timeout_s,
@@ -222,6 +229,17 @@ def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:
 
 def _per_user(spec: PerUserSpec | None) -> Quota:
     return _quota(spec.limits, spec.budget) if spec else Quota()
+
+
+def _price(spec: PriceSpec) -> Price:
+    """Cache prices the config leaves out are the input price: a config written before
+    they existed bills as it did (cached tokens were input tokens)."""
+    return Price(
+        input=spec.input,
+        output=spec.output,
+        cache_read=spec.input if spec.cache_read is None else spec.cache_read,
+        cache_write=spec.input if spec.cache_write is None else spec.cache_write,
+    )
 
 
 def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:

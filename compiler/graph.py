@@ -97,13 +97,32 @@ class Provider:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Currency units per million tokens."""
+    """Currency units per million tokens. Prompt tokens the provider read from its prompt
+    cache, or wrote to it, are input tokens priced ``cache_read`` and ``cache_write``
+    (the input price where the config names none).
+
+    >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
+    1.38
+    """
 
     input: float
     output: float
+    cache_read: float
+    cache_write: float
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+    def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
+        """What a call cost; ``input_tokens`` counts the prompt's cached tokens too, as
+        every adapter reports them (OpenAI's prompt_tokens does)."""
+        fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
+        return (fresh * self.input + cache_read_tokens * self.cache_read
+                + cache_write_tokens * self.cache_write + output_tokens * self.output) / 1_000_000
+
+    def most(self, input_tokens: int, output_tokens: int) -> float:
+        """The most a call of this size can cost, however much of its prompt the provider's
+        cache reads or writes: what budgets hold before the call."""
+        dearest = max(self.input, self.cache_read, self.cache_write)
+        return (input_tokens * dearest + output_tokens * self.output) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,13 @@ class PriceSpec(Spec):
 
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
+    cache_read: NonNegativeFloat | None = Field(
+        None, description="Prompt tokens read from the provider's prompt cache (OpenAI's "
+        "cached_tokens, Anthropic's cache_read_input_tokens, Gemini's cachedContentTokenCount, "
+        "Bedrock's cacheReadInputTokens); default: input.")
+    cache_write: NonNegativeFloat | None = Field(
+        None, description="Prompt tokens written to the provider's prompt cache (Anthropic's "
+        "cache_creation_input_tokens, Bedrock's cacheWriteInputTokens); default: input.")
 
 
 class ServeSpec(Spec):

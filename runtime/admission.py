@@ -147,7 +147,7 @@ def worst_case(
         out = min(output_limit or deployment.max_output_tokens,
                   deployment.max_output_tokens) * choices
         tokens = max(tokens, prompt_tokens + out)
-        cost = max(cost, deployment.price.cost(prompt_tokens, out))
+        cost = max(cost, deployment.price.most(prompt_tokens, out))
     return tokens, cost
 
 
@@ -274,6 +274,7 @@ def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> Ledg
         deployment=record.deployment,
         tokens_in=record.prompt_tokens if record.deployment else 0,
         tokens_out=record.completion_tokens,
+        tokens_cached=record.cached_tokens,
         cost=record.cost,
         latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
         status=record.status,

@@ -173,7 +173,10 @@ async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRe
 def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.prompt_tokens = usage.prompt_tokens
     record.completion_tokens = usage.completion_tokens
-    record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
+    record.cached_tokens = usage.cached_tokens
+    record.cache_write_tokens = usage.cache_creation_tokens
+    record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
+                                        usage.cached_tokens, usage.cache_creation_tokens)
 
 
 def _bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],

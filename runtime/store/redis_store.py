@@ -604,6 +604,7 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
         "at": record.at,
         "tokens_in": record.tokens_in,
         "tokens_out": record.tokens_out,
+        "tokens_cached": record.tokens_cached,
         "cost_nanos": round(record.cost * NANOS),
         "latency_ms": record.latency_ms,
         "status": record.status,
@@ -631,4 +632,5 @@ def decode_record(fields: dict[str, str]) -> LedgerRecord:
         latency_ms=float(fields["latency_ms"]),
         status=int(fields["status"]),
         fingerprint=fields["fingerprint"],
+        tokens_cached=int(fields.get("tokens_cached", 0)),  # absent from older records
     )

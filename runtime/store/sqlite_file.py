@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     cost_nanos  INTEGER NOT NULL,
     latency_ms  REAL NOT NULL,
     status      INTEGER NOT NULL,
-    fingerprint TEXT NOT NULL
+    fingerprint TEXT NOT NULL,
+    tokens_cached INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
 CREATE INDEX IF NOT EXISTS ledger_team_at ON ledger (team, at);
@@ -62,8 +63,10 @@ CREATE TABLE IF NOT EXISTS budget_spend (
     spent_nanos INTEGER NOT NULL,
     PRIMARY KEY (scope, name, period)
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
+# Columns added since: a ledger file an older aigw wrote gets them when it is opened.
+_ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0"}
 
 _COLUMN = {
     Dimension.DAY: "day",
@@ -299,13 +302,19 @@ def create_schema(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
+    present = {row[1] for row in connection.execute("PRAGMA table_info(ledger)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in present:
+            connection.execute(f"ALTER TABLE ledger ADD COLUMN {name} {kind}")
 
 
 def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
     """Insert one ledger row; False when the request id was recorded already."""
     day = day_of(record.at)
     cursor = connection.execute(
-        "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO ledger (request_id, at, day, \"key\", team, \"user\", route, "
+        "deployment, tokens_in, tokens_out, cost_nanos, latency_ms, status, fingerprint, "
+        "tokens_cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.request_id,
             record.at,
@@ -321,6 +330,7 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
             record.latency_ms,
             record.status,
             record.fingerprint,
+            record.tokens_cached,
         ),
     )
     return cursor.rowcount == 1
@@ -359,7 +369,8 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
         if value is not None:
             conditions.append(sql)
             params.append(value)
-    totals = ["COUNT(*)", "SUM(status >= 400)", "SUM(tokens_in)", "SUM(tokens_out)"]
+    totals = ["COUNT(*)", "SUM(status >= 400)", "SUM(tokens_in)", "SUM(tokens_out)",
+              "SUM(tokens_cached)"]
     select = ", ".join([*columns, *totals, "SUM(cost_nanos)"])
     sql = f"SELECT {select} FROM ledger"
     if conditions:
@@ -368,7 +379,7 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
         sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
     rows = []
     for row in connection.execute(sql, params):
-        *group, requests, errors, tokens_in, tokens_out, cost_nanos = row
+        *group, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos = row
         if not requests:
             continue
         fields: dict[str, Any] = {d.value: v for d, v in zip(query.group_by, group, strict=True)}
@@ -379,6 +390,7 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
                 errors=errors,
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
+                tokens_cached=tokens_cached,
                 cost=cost_nanos / NANOS,
             )
         )

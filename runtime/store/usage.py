@@ -34,16 +34,18 @@ def _group(record: LedgerRecord, dimension: Dimension) -> str | None:
 class Totals:
     """Running sums for one group while records stream past."""
 
-    __slots__ = ("cost_nanos", "errors", "requests", "tokens_in", "tokens_out")
+    __slots__ = ("cost_nanos", "errors", "requests", "tokens_cached", "tokens_in", "tokens_out")
 
     def __init__(self) -> None:
         self.requests = self.errors = self.tokens_in = self.tokens_out = self.cost_nanos = 0
+        self.tokens_cached = 0
 
     def add(self, record: LedgerRecord) -> None:
         self.requests += 1
         self.errors += record.status >= 400
         self.tokens_in += record.tokens_in
         self.tokens_out += record.tokens_out
+        self.tokens_cached += record.tokens_cached
         self.cost_nanos += to_nanos(record.cost)
 
 
@@ -79,6 +81,7 @@ class Summary:
                     errors=totals.errors,
                     tokens_in=totals.tokens_in,
                     tokens_out=totals.tokens_out,
+                    tokens_cached=totals.tokens_cached,
                     cost=totals.cost_nanos / NANOS,
                 )
             )

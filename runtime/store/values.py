@@ -235,6 +235,7 @@ class LedgerRecord:
     latency_ms: float
     status: int
     fingerprint: str
+    tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
 
 
 class Dimension(StrEnum):
@@ -273,6 +274,7 @@ class UsageRow:
     errors: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # of tokens_in
     cost: float = 0.0
 
 

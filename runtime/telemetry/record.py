@@ -80,6 +80,8 @@ class RequestRecord:
     fallback: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it
     cost: float = 0.0
     upstream_s: float = 0.0  # time spent waiting on providers
     backoff_s: float = 0.0  # and before retrying them: not the gateway's own either
@@ -233,6 +235,8 @@ class Telemetry:
             "ttft_ms": round(record.ttft_s * 1000, 3) if record.ttft_s is not None else None,
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,
+            "cached_tokens": record.cached_tokens,
+            "cache_write_tokens": record.cache_write_tokens,
             "cost": record.cost,
             "cache": record.cache,
             "graph": record.graph,

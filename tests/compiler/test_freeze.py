@@ -79,3 +79,23 @@ def test_fingerprint_does_not_depend_on_the_directory(
     one = write_gateway(files, root=tmp_path / "one")
     two = write_gateway(files, root=tmp_path / "two")
     assert _graph(one).fingerprint == _graph(two).fingerprint
+
+
+def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) -> None:
+    """A config that names no cache price bills cached prompt tokens as input tokens, as
+    before cache prices existed; one that names them gets them, each on its own."""
+    priced = GATEWAY.replace(
+        "context_window: 8192, tags: [free]}",
+        "context_window: 8192, tags: [free], price: {input: 3, output: 15}}\n"
+        "  b: {provider: local, model: m, context_window: 8192,\n"
+        "      price: {input: 3, output: 15, cache_read: 0.3, cache_write: 3.75}}\n"
+        "  c: {provider: local, model: m, context_window: 8192,\n"
+        "      price: {input: 3, output: 15, cache_read: 0}}")
+    deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
+    prices = {name: dataclasses.astuple(deployments[name].price) for name in "abc"}
+    assert prices == {"a": (3, 15, 3, 3), "b": (3, 15, 0.3, 3.75), "c": (3, 15, 0, 3)}
+    price = deployments["b"].price
+    # 400,000 fresh, 500,000 read and 100,000 written of a million prompt tokens; 1,000 out
+    assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(
+        1.2 + 0.15 + 0.375 + 0.015)
+    assert price.most(1_000_000, 1000) == pytest.approx(3.75 + 0.015)  # all written

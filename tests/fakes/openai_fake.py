@@ -100,6 +100,9 @@ class OpenAIFake:
         self.journal = journal  # shared by several fakes: the order they were called in
         self.azure_api_version = azure_api_version
         self.script = Script()
+        # Prompt tokens OpenAI's automatic prompt caching read, reported in every chat
+        # answer's usage.prompt_tokens_details.cached_tokens (at most the prompt).
+        self.cached_tokens = 0
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -167,7 +170,8 @@ class OpenAIFake:
         completion_tokens = len((reply.text or reply.arguments_json).split())
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,
-                 "prompt_tokens_details": {"cached_tokens": 0}}
+                 "prompt_tokens_details": {
+                     "cached_tokens": min(self.cached_tokens, prompt_tokens)}}
         logprobs = bool(body.get("logprobs"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from aigw.compiler import compile_gateway
-from aigw.runtime.admission import deployment_limits
+from aigw.runtime.admission import deployment_limits, worst_case
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.store import Reservation, Store
@@ -85,7 +85,7 @@ async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     summary = (await client("dev").get("/v1/costs/summary?group_by=key")).json()["data"]
     assert summary == [{"day": None, "team": None, "key": "alice", "user": None, "route": None,
                         "deployment": None, "requests": 4, "errors": 1, "tokens_in": 27,
-                        "tokens_out": 9, "cost": 36.0}]
+                        "tokens_out": 9, "tokens_cached": 0, "cost": 36.0}]
     # An end user's budget is listed when asked for by name (it was not listed at all).
     budgets = (await client("dev").get("/admin/budgets?user=u1")).json()["data"]
     [mine] = [b for b in budgets if b["scope"] == "user"]
@@ -390,3 +390,16 @@ def test_a_deployments_quota_is_one_limits_object_for_every_attempt(tmp_path: Pa
     assert first is not None and (first.rpm, first.tpm) == (1, None)
     assert deployment_limits(quota) is first
     assert deployment_limits(graph.deployments["quota-2"]) is None  # no quota of its own
+
+
+def test_a_hold_prices_the_prompt_at_its_dearest_cache_price(tmp_path: Path) -> None:
+    """A prompt the provider writes to its cache costs cache_write a token: held at the
+    input price, a request whose prompt was all written overran its hold."""
+    (tmp_path / "gateway.yaml").write_text(limits_config().replace(
+        "price: {input: 1000000, output: 1000000}}",
+        "price: {input: 1000000, output: 1000000, cache_read: 0, cache_write: 2000000}}", 1))
+    graph = compile_gateway(tmp_path, environ={}).graph
+    assert graph is not None
+    # 9 prompt tokens at 2 a token (all written), 5 out at 1; the hold's tokens as before
+    assert worst_case(graph.routes["paid"], 9, 5) == (14, 9 * 2 + 5)
+    assert worst_case(graph.routes["free"], 9, 5) == (14, 0)

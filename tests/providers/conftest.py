@@ -33,6 +33,23 @@ class GatewayFactory(Protocol):
     ) -> Awaitable[httpx.AsyncClient]: ...
 
 
+# A deployment price with cache prices apart (per million tokens), for the billing tests:
+# a cache read costs a tenth of an input token, a cache write 1.25 times one.
+CACHE_PRICED = "price: {input: 1000, output: 2000, cache_read: 100, cache_write: 1250}"
+
+
+def cache_priced_cost(fresh: int, read: int, written: int, output: int) -> float:
+    """What ``CACHE_PRICED`` bills: ``fresh`` prompt tokens not from the cache."""
+    return (fresh * 1000 + read * 100 + written * 1250 + output * 2000) / 1e6
+
+
+async def billed(client: httpx.AsyncClient) -> dict[str, float]:
+    """The ledger's totals over every request so far (cost, tokens_in, tokens_out,
+    tokens_cached), as /v1/costs/summary gives them to the dev key."""
+    rows = (await client.get("/v1/costs/summary")).json()["data"]
+    return {name: sum(row[name] for row in rows)
+            for name in ("cost", "tokens_in", "tokens_out", "tokens_cached")}
+
 
 @pytest.fixture
 def openai_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIFake]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
 from ..fakes.serve import serving
-from .conftest import GatewayFactory
+from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -51,7 +52,8 @@ def _sections(fake: AnthropicFake) -> str:
       local: {{type: echo}}
     deployments:
       sonnet: {{provider: claude, model: claude-sonnet-4-5, context_window: 200000,
-                max_output_tokens: 1024, capabilities: [streaming, tools, vision, json_schema]}}
+                max_output_tokens: 1024, capabilities: [streaming, tools, vision, json_schema],
+                {CACHE_PRICED}}}
       haiku: {{provider: claude-v1, model: claude-haiku-4-5, context_window: 200000,
                max_output_tokens: 512, capabilities: [streaming]}}
       echo: {{provider: local, model: echo-1, context_window: 8192}}
@@ -364,6 +366,40 @@ async def test_cached_tokens_reach_the_client(
     usage = (await client.post(CHAT, json=payload)).json()["usage"]
     assert usage["prompt_tokens"] == 6
     assert usage["prompt_tokens_details"] == {"cached_tokens": 2}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_cache_writes_and_reads_are_billed_at_their_prices(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory, stream: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first request writes the system prompt to Anthropic's cache, the second reads
+    it: both are prompt tokens to the client (Anthropic's input_tokens leaves them out),
+    and they were billed at the input price whatever the cache saved or cost."""
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    client = await _gateway(anthropic_fake, make_gateway)
+    payload: dict[str, Any] = {"model": "claude", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "shared prefix",
+                                        "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "hi"}]}
+    usages = []
+    for _ in range(2):
+        if stream:
+            chunks = await _stream(client, {**payload,
+                                            "stream_options": {"include_usage": True}})
+            usages.append(chunks[-1]["usage"])
+        else:
+            usages.append((await client.post(CHAT, json=payload)).json()["usage"])
+    assert [usage["prompt_tokens"] for usage in usages] == [6, 6]
+    assert "prompt_tokens_details" not in usages[0]  # a write is no cached token to OpenAI
+    assert usages[1]["prompt_tokens_details"] == {"cached_tokens": 2}
+    totals = await billed(client)
+    assert (totals["tokens_in"], totals["tokens_cached"]) == (12, 2)
+    assert totals["cost"] == pytest.approx(
+        cache_priced_cost(8, 2, 2, int(totals["tokens_out"])))
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    assert [(line["prompt_tokens"], line["cached_tokens"], line["cache_write_tokens"])
+            for line in logged] == [(6, 0, 2), (6, 2, 0)]
 
 
 @pytest.mark.parametrize(("status", "kind", "message", "expected_status", "code"), [

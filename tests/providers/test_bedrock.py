@@ -24,7 +24,7 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.bedrock_fake import BedrockFake
 from ..fakes.brain import Action
 from ..fakes.serve import serving
-from .conftest import GatewayFactory
+from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
 
 CHAT = "/v1/chat/completions"
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -66,7 +66,8 @@ def _sections(fake: BedrockFake) -> str:
       local: {{type: echo}}
     deployments:
       claude: {{provider: aws, model: "{CLAUDE}", context_window: 200000,
-                max_output_tokens: 1024, capabilities: [streaming, tools, vision]}}
+                max_output_tokens: 1024, capabilities: [streaming, tools, vision],
+                {CACHE_PRICED}}}
       profile: {{provider: aws, model: "{PROFILE}", context_window: 200000}}
       keyed: {{provider: aws-key, model: "amazon.nova-lite-v1:0", context_window: 300000,
                max_output_tokens: 5000}}
@@ -402,6 +403,24 @@ async def test_cache_points_and_cached_usage(
     assert deltas[-1].usage == Usage(prompt_tokens=8, completion_tokens=2, cached_tokens=4,
                                      cache_creation_tokens=0)
     assert all(delta.usage is None for delta in deltas[:-1])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_cache_writes_and_reads_are_billed_at_their_prices(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory, stream: bool
+) -> None:
+    client = await _gateway(bedrock_fake, make_gateway)
+    payload = {"model": "claude", "stream": stream, "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "a long shared instruction",
+                                        "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "hi"}]}
+    for _ in range(2):  # the first writes the system prompt to the cache, the second reads it
+        response = await client.post(CHAT, json=payload)
+        assert response.status_code == 200, response.text
+    totals = await billed(client)
+    assert (totals["tokens_in"], totals["tokens_cached"]) == (16, 4)
+    assert totals["cost"] == pytest.approx(
+        cache_priced_cost(8, 4, 4, int(totals["tokens_out"])))
 
 
 @pytest.mark.parametrize(("status", "kind", "message", "expected_status", "code"), [

@@ -13,7 +13,7 @@ from ..fakes.brain import Action
 from ..fakes.gemini_fake import SIGNATURE, GeminiFake
 from ..fakes.scripted import Scripted, scripted_upstream
 from ..fakes.serve import serving
-from .conftest import GatewayFactory
+from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -39,7 +39,8 @@ async def client(gemini_fake: GeminiFake, make_gateway: GatewayFactory) -> httpx
              api_key: "${{FAKE_GEMINI_KEY}}"}}
     deployments:
       flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1048576,
-               max_output_tokens: 65536, capabilities: [streaming, tools, vision, json_schema]}}
+               max_output_tokens: 65536, capabilities: [streaming, tools, vision, json_schema],
+               {CACHE_PRICED}}}
       pro3: {{provider: gem, model: gemini-3-pro-preview, context_window: 1048576,
               capabilities: [streaming, tools]}}
       emb: {{provider: gem, model: gemini-embedding-001, kind: embeddings,
@@ -390,6 +391,21 @@ async def test_usage_reports_cached_tokens(
     assert response.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 3,
                                         "total_tokens": 8,
                                         "prompt_tokens_details": {"cached_tokens": 4}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_cached_tokens_are_billed_at_the_cache_read_price(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient, stream: bool
+) -> None:
+    """cachedContentTokenCount is part of promptTokenCount: it was billed at the input
+    price."""
+    gemini_fake.cached_tokens = 4
+    payload = {"model": "flash", "messages": _user("cache me"), "stream": stream}
+    response = await client.post(CHAT, json=payload)
+    assert response.status_code == 200, response.text
+    totals = await billed(client)
+    assert (totals["tokens_in"], totals["tokens_cached"], totals["tokens_out"]) == (5, 4, 3)
+    assert totals["cost"] == pytest.approx(cache_priced_cost(1, 4, 0, 3))
 
 
 def _exhausted(delay: str) -> Action:

@@ -16,7 +16,7 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import scripted_upstream
-from .conftest import GatewayFactory
+from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -33,7 +33,7 @@ def _sections(fake: OpenAIFake) -> str:
       az: {{type: azure_openai, base_url: "{base}", api_key: "${{FAKE_OPENAI_KEY}}",
             api_version: "2024-10-21"}}
     deployments:
-      gpt: {{provider: oai, model: gpt-4o-mini, context_window: 128000,
+      gpt: {{provider: oai, model: gpt-4o-mini, context_window: 128000, {CACHE_PRICED},
              capabilities: [streaming, tools, vision, json_schema]}}
       local-llm: {{provider: compat, model: llama-3.1-8b, context_window: 32000,
                    capabilities: [streaming, tools]}}
@@ -435,6 +435,26 @@ async def test_reasoning_tokens_counted_in_total_tokens_only_are_billed(
         assert (usage["completion_tokens"], usage["total_tokens"]) == (144, 176)
         summary = (await client.get("/v1/costs/summary")).json()["data"]
     assert sum(row["cost"] for row in summary) == pytest.approx((32 * 1000 + 144 * 2000) / 1e6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_cached_prompt_tokens_are_billed_at_the_cache_read_price(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory, stream: bool
+) -> None:
+    """OpenAI's cached_tokens are part of prompt_tokens: they were billed at the full
+    input price, whatever the prompt cache saved."""
+    openai_fake.cached_tokens = 3
+    client = await make_gateway(_sections(openai_fake))
+    payload = {"model": "gpt", "messages": [{"role": "user", "content": "hello there"}]}
+    if stream:
+        chunks = await _stream(client, {**payload, "stream_options": {"include_usage": True}})
+        usage = chunks[-1]["usage"]
+    else:
+        usage = (await client.post(CHAT, json=payload)).json()["usage"]
+    assert (usage["prompt_tokens"], usage["prompt_tokens_details"]) == (5, {"cached_tokens": 3})
+    totals = await billed(client)
+    assert (totals["tokens_in"], totals["tokens_cached"], totals["tokens_out"]) == (5, 3, 3)
+    assert totals["cost"] == pytest.approx(cache_priced_cost(2, 3, 0, 3))
 
 
 def test_azure_api_versions_before_max_completion_tokens_are_sent_max_tokens() -> None:

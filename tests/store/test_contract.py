@@ -383,6 +383,16 @@ async def test_the_same_request_id_is_recorded_once(store: Store) -> None:
     )
 
 
+async def test_cached_prompt_tokens_are_summed(store: Store) -> None:
+    await store.record(ledger_record("a", tokens_cached=60))
+    await store.record(ledger_record("b", tokens_cached=40))
+    await store.record(ledger_record("c"))
+
+    assert await store.summary(UsageQuery(group_by=())) == (
+        UsageRow(requests=3, tokens_in=300, tokens_out=60, tokens_cached=100, cost=0.000081),
+    )
+
+
 async def test_usage_is_summed_by_team_key_model_and_day_with_filters(store: Store) -> None:
     day2 = 1_767_225_600.0 + DAY
     for record in (

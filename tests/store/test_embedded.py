@@ -74,6 +74,34 @@ async def test_the_ledger_and_budget_spend_survive_a_reopen(
         await reopened.aclose()
 
 
+async def test_a_ledger_written_before_cached_tokens_were_counted_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A file an older aigw wrote has no tokens_cached column: it gets one, its rows
+    count none, and new rows are written into it."""
+    path = tmp_path / "spend.sqlite"
+    with sqlite3.connect(path) as older:
+        older.execute(
+            'CREATE TABLE ledger (request_id TEXT PRIMARY KEY, at REAL NOT NULL, day TEXT NOT '
+            'NULL, "key" TEXT, team TEXT, "user" TEXT, route TEXT, deployment TEXT, tokens_in '
+            "INTEGER NOT NULL, tokens_out INTEGER NOT NULL, cost_nanos INTEGER NOT NULL, "
+            "latency_ms REAL NOT NULL, status INTEGER NOT NULL, fingerprint TEXT NOT NULL)")
+        older.execute("INSERT INTO ledger VALUES ('old', ?, '2026-01-01', 'ci-bot', "
+                      "'engineering', NULL, 'fast', 'gpt-4o-mini', 100, 20, 27000, 412.5, 200, "
+                      "'ff')", (RECORD.at,))
+        older.execute("PRAGMA user_version = 1")
+    older.close()
+    store = await EmbeddedStore.open(path)
+    try:
+        await store.record(replace(RECORD, tokens_cached=60))
+        assert await store.summary(UsageQuery(group_by=(Dimension.TEAM,))) == (
+            UsageRow(team="engineering", requests=2, tokens_in=200, tokens_out=40,
+                     tokens_cached=60, cost=0.000054),
+        )
+    finally:
+        await store.aclose()
+
+
 async def test_a_closed_store_says_it_is_unavailable(tmp_path: Path) -> None:
     store = await EmbeddedStore.open(tmp_path / "spend.sqlite")
     await store.aclose()

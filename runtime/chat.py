@@ -30,7 +30,7 @@ from .live import Live
 from .policy import RequestGate
 from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
-from .providers.guard import answered_text
+from .providers.guard import SentOutput
 from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
@@ -179,17 +179,12 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
                                         usage.cached_tokens, usage.cache_creation_tokens)
 
 
-def _bill_sent(record: RequestRecord, deployment: Deployment, sent: list[str],
-              counter: TokenCounter) -> None:
-    """Bill a stream cut before its upstream reported usage: the output it sent."""
-    record.completion_tokens = counter.count("".join(sent))
+def _bill_sent(record: RequestRecord, deployment: Deployment, sent: SentOutput,
+               counter: TokenCounter) -> None:
+    """Bill a stream cut before its upstream reported usage: the output it sent, counted
+    as an answer whose upstream reports no usage is (providers/guard.py)."""
+    record.completion_tokens = sent.tokens(counter)
     record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
-
-
-def _sent_text(delta: ChatDelta, sent: list[str]) -> None:
-    """Keep what ``delta`` sends that is billed as output, as a whole stream's output is
-    counted (providers/guard.py): content, refusal, tool calls' names and arguments."""
-    sent.extend(answered_text(delta.content, delta.refusal, delta.tool_calls))
 
 
 async def complete(
@@ -399,7 +394,7 @@ async def _measured(
     deployment = won.candidate.deployment
     stats = live.routing.of(deployment)
     stats.in_flight += 1
-    sent: list[str] = []
+    sent = SentOutput()
     billed = ended = False
     error: BaseException | None = None
     try:
@@ -419,7 +414,7 @@ async def _measured(
                 _bill(record, deployment, delta.usage)
                 billed = True
             else:
-                _sent_text(delta, sent)
+                sent.add(delta)
             if delta.finish_reason is not None:
                 record.finish_reasons = (*record.finish_reasons, delta.finish_reason)
             yield delta

@@ -205,18 +205,21 @@ class Exchange:
     async def _remembered(
         self, deltas: AsyncIterator[ChatDelta], deployment: Deployment
     ) -> AsyncIterator[ChatDelta]:
-        """The stream, cached once it has ended normally (not cut, not failed)."""
+        """The stream, cached once it has ended normally (not cut, not failed), with the
+        usage its upstream reported (every stream ends with one: a count of what it sent
+        where the upstream gave none), as an answer is cached with its own."""
         answer = StreamedAnswer(self.record.response_model or deployment.model)
+        usage: Usage | None = None
         try:
             async for delta in deltas:
                 answer.add(delta)
+                usage = delta.usage or usage
                 yield delta
         finally:  # cut or failed too: the stream underneath settles its quota as it closes
             with anyio.CancelScope(shield=True):
                 await close_deltas(deltas)
         record = self.record
-        completion = record.completion_tokens or self.live.counter.count(answer.text())
-        result = answer.result(Usage(record.prompt_tokens, completion))
+        result = answer.result(usage or Usage(record.prompt_tokens, record.completion_tokens))
         if result is not None:
             await self._remember(deployment, result)
 

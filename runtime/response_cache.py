@@ -307,10 +307,6 @@ class StreamedAnswer:
         if delta.finish_reason is not None:
             parts.finish_reason = delta.finish_reason
 
-    def text(self) -> str:
-        """Everything streamed as content, every choice's."""
-        return "".join("".join(parts.content) for parts in self._choices.values())
-
     def result(self, usage: Usage) -> ChatResult | None:
         """The whole answer, or None if any choice did not finish or was filtered (or it
         carried what the cache does not keep: log probabilities, audio...)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 
 from aigw.compiler.graph import Provider
 
@@ -33,10 +33,9 @@ from .base import (
     ChatCall,
     ChatDelta,
     ChatResult,
+    Choice,
     EmbeddingCall,
     EmbeddingResult,
-    ToolCall,
-    ToolCallDelta,
     Usage,
     close_deltas,
 )
@@ -66,16 +65,17 @@ class GuardedAdapter:
             raise self._unreadable(exc) from None
         if result.usage.reported:
             return result
-        output = [part for choice in result.choices
-                  for part in answered_text(choice.content, choice.refusal, choice.tool_calls)]
+        output = SentOutput()
+        for choice in result.choices:
+            output.add(choice)
         return dataclasses.replace(result, usage=self._counted(result.usage, output))
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         deltas = self.inner.stream(call)
-        output: list[str] = []  # what was answered, counted if no usage is reported
+        output = SentOutput()  # what was answered, counted if no usage is reported
         try:
             async for delta in deltas:
-                output.extend(answered_text(delta.content, delta.refusal, delta.tool_calls))
+                output.add(delta)
                 if delta.usage is not None and not delta.usage.reported:
                     delta = dataclasses.replace(delta, usage=self._counted(delta.usage, output))
                 yield delta
@@ -93,8 +93,8 @@ class GuardedAdapter:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    def _counted(self, usage: Usage, output: list[str]) -> Usage:
-        return Usage(usage.prompt_tokens, self.counter.count("".join(output)))
+    def _counted(self, usage: Usage, output: SentOutput) -> Usage:
+        return Usage(usage.prompt_tokens, output.tokens(self.counter))
 
     def _unreadable(self, exc: Exception) -> UpstreamServerError:
         name = self.provider.name
@@ -108,12 +108,30 @@ class GuardedAdapter:
             f"({type(exc).__name__}); the gateway's log has the details", provider=name)
 
 
-def answered_text(
-    content: str | None, refusal: str | None, tools: Iterable[ToolCall | ToolCallDelta]
-) -> Iterator[str]:
-    """The text of an answer (or a piece of one) that its output tokens are counted from:
-    content, refusal, and each tool call's name and arguments."""
-    parts = [content, refusal]
-    for tool in tools:
-        parts += (tool.name, tool.arguments)
-    yield from (part for part in parts if part)
+class SentOutput:
+    """What an answer sent that its output tokens are counted from where its provider
+    gave no count: content, refusal, and each tool call's name and arguments. The
+    gateway's one estimate of output tokens, so that an answer or stream whose upstream
+    reported no usage (``GuardedAdapter``) and a stream cut before its usage
+    (``chat._measured``) are counted alike."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def add(self, piece: Choice | ChatDelta) -> None:
+        """Keep what a whole choice, or a piece of a stream, said."""
+        parts = self._parts
+        if piece.content:
+            parts.append(piece.content)
+        if piece.refusal:
+            parts.append(piece.refusal)
+        for tool in piece.tool_calls:
+            if tool.name:
+                parts.append(tool.name)
+            if tool.arguments:
+                parts.append(tool.arguments)
+
+    def tokens(self, counter: TokenCounter) -> int:
+        return counter.count("".join(self._parts)) if self._parts else 0

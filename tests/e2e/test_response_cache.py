@@ -143,19 +143,24 @@ def test_streams_fill_the_cache_and_are_replayed_from_it(
     gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:
     upstream = openai_upstream[0]
+    upstream.cached_tokens = 2
     client = _client(gateway)
-    text, headers, _ = _streamed(client, "stream me a cache",
-                                 stream_options={"include_usage": True})
+    text, headers, streamed = _streamed(client, "stream me a cache",
+                                        stream_options={"include_usage": True})
     assert headers["x-aigw-cache"] == "miss" and len(upstream.script.requests) == 1
 
     replayed, headers, chunks = _streamed(client, "stream me a cache",
                                           stream_options={"include_usage": True})
     assert headers["x-aigw-cache"] == "hit" and replayed == text
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    # The usage the upstream reported, as an answer's entry keeps it: the stream's entry
+    # was given a usage of its own, without the upstream's details (its cached tokens).
+    assert chunks[-1].usage == streamed[-1].usage
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 2
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
-    whole, headers, _ = _ask(client, "stream me a cache")  # one entry for both ways of asking
+    whole, headers, completion = _ask(client, "stream me a cache")  # one entry for both
     assert headers["x-aigw-cache"] == "hit" and whole == text
+    assert completion.usage == streamed[-1].usage
     assert len(upstream.script.requests) == 1
 
 

@@ -176,6 +176,13 @@ class Deployment:
     breaker: BreakerPolicy
     serve: ServedServer | None = None  # started and supervised by ``aigw serve``
 
+    def output_cap(self, prompt_tokens: int, wanted: int | None) -> int:
+        """The most one choice of a call can write: what the client asked for (else
+        max_output_tokens), within max_output_tokens and what the context window has
+        left after the prompt. The call is capped at it, and holds count it."""
+        room = self.context_window - prompt_tokens
+        return max(0, min(wanted or self.max_output_tokens, self.max_output_tokens, room))
+
 
 @dataclass(frozen=True, slots=True)
 class Group:

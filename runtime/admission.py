@@ -141,11 +141,10 @@ def worst_case(
     route: Route, prompt_tokens: int, output_limit: int | None, choices: int = 1
 ) -> tuple[int, float]:
     """Tokens and cost to hold for a request before knowing which deployment serves it:
-    each of its ``choices`` (``n``) may write the whole output limit."""
+    each of its ``choices`` (``n``) may write as much as a call to it is capped at."""
     tokens, cost = prompt_tokens, 0.0
     for deployment in route.candidates:
-        out = min(output_limit or deployment.max_output_tokens,
-                  deployment.max_output_tokens) * choices
+        out = deployment.output_cap(prompt_tokens, output_limit) * choices
         tokens = max(tokens, prompt_tokens + out)
         cost = max(cost, deployment.price.most(prompt_tokens, out))
     return tokens, cost

@@ -86,8 +86,7 @@ def eligible(
                 True,
             ))
             continue
-        cap = min(wanted or deployment.max_output_tokens, deployment.max_output_tokens, room)
-        fit.append(Candidate(deployment, adapter, cap))
+        fit.append(Candidate(deployment, adapter, deployment.output_cap(prompt_tokens, wanted)))
     return fit, dropped
 
 

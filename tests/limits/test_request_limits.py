@@ -403,3 +403,19 @@ def test_a_hold_prices_the_prompt_at_its_dearest_cache_price(tmp_path: Path) -> 
     # 9 prompt tokens at 2 a token (all written), 5 out at 1; the hold's tokens as before
     assert worst_case(graph.routes["paid"], 9, 5) == (14, 9 * 2 + 5)
     assert worst_case(graph.routes["free"], 9, 5) == (14, 0)
+
+
+def test_a_hold_counts_the_output_the_call_is_capped_at(tmp_path: Path) -> None:
+    """With no max_output_tokens (so the context window's) and no max_tokens, a call can
+    write what the window has left after the prompt, and is capped there: the hold
+    counted the whole window as output besides the prompt, so a large prompt held up to
+    twice the tokens it could use, and was refused by a tpm it fitted."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    graph = compile_gateway(tmp_path, environ={}).graph
+    assert graph is not None
+    free = graph.routes["free"]  # quota-2: a window of 100,000, no max_output_tokens
+    assert worst_case(free, 60_000, None) == (100_000, 0)
+    assert worst_case(free, 60_000, None, choices=2) == (140_000, 0)
+    assert worst_case(free, 60_000, 500) == (60_500, 0)
+    paid = graph.routes["paid"]  # max_output_tokens 50, within the window: as before
+    assert worst_case(paid, 60_000, None) == (60_050, 60_050)

@@ -17,6 +17,8 @@
     ├── PipelineTimeout             504 pipeline_timeout (not done within the route's deadline)
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
+    ├── ShutDown                    503 shutdown (cut by a shutdown; recorded, never sent)
+    ├── Cancelled                   499 cancelled (its caller stopped waiting; recorded only)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
         ├── UpstreamRateLimited         429, retryable, honours the provider's Retry-After
         │   └── DeploymentAtQuota           a deployment's own rpm/tpm: no call went out
@@ -140,6 +142,15 @@ class Cancelled(GatewayError):
     status = 499
     error_type = "api_error"
     code = "cancelled"
+
+
+class ShutDown(GatewayError):
+    """The gateway's shutdown cut the request (past its graceful timeout): recorded as
+    503, the server's doing, not its client's; never sent (the connection is closing)."""
+
+    status = 503
+    error_type = "api_error"
+    code = "shutdown"
 
 
 class NotImplementedRoute(GatewayError):

@@ -36,7 +36,7 @@ from .admission import (
 )
 from .chat import Plan, Served, complete, prepare, stream
 from .chat_request import ChatRequest
-from .errors import BudgetExceeded, Cancelled, GatewayError, StoreUnavailable
+from .errors import BudgetExceeded, Cancelled, GatewayError, ShutDown, StoreUnavailable
 from .live import Live
 from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult, Usage, close_deltas
@@ -243,11 +243,11 @@ class Exchange:
             record.status, record.error = exc.status, str(exc.code)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            # The client went away: the ledger (written below, before the stream's own
-            # record is finished), the metrics and the log count a request it did not
-            # see to its end, 499 as nginx names it.
+            # The client went away, or a shutdown past its grace cut the stream: the
+            # ledger (written below, before the stream's own record is finished), the
+            # metrics and the log count a request not seen to its end, as 499 or 503.
             record.sent_status = record.status
-            record.status, record.error = 499, "client_disconnected"
+            record.status, record.error = self.live.shutdown.cut()
             raise
         finally:
             # Shielded: a client that went away cancels the stream, not its settlement
@@ -297,10 +297,12 @@ class Exchange:
 
     async def cancelled(self) -> None:
         """Cancelled before it was served (a shutdown past its grace, an execution
-        stopped mid-call): give the hold back and write the ledger record now, as 499,
-        shielded from a further cancellation, rather than leave the hold to expire and
-        the request unrecorded."""
-        await asyncio.shield(self.fail(Cancelled("the request was cancelled")))
+        stopped mid-call): give the hold back and write the ledger record now, as 503
+        (the shutdown's) or 499, shielded from a further cancellation, rather than leave
+        the hold to expire and the request unrecorded."""
+        error = (ShutDown("the gateway shut down before the request was served")
+                 if self.live.shutdown.cutting() else Cancelled("the request was cancelled"))
+        await asyncio.shield(self.fail(error))
 
     async def fail(self, error: GatewayError) -> None:
         """Release the hold and record a failed request (once)."""

@@ -55,6 +55,31 @@ class InFlight:
             await self._idle.wait()  # shared: several closings may wait on one snapshot
 
 
+class Shutdown:
+    """When requests still in flight at a shutdown are cut: ``aigw serve`` gives them its
+    graceful timeout from the signal on. One for the gateway, shared by every snapshot,
+    so that a request cut after it is recorded as the gateway's doing, not its client's."""
+
+    __slots__ = ("_cut_at",)
+
+    def __init__(self) -> None:
+        self._cut_at: float | None = None
+
+    def begin(self, grace_s: float) -> None:
+        """The gateway stops taking requests now; those in flight have ``grace_s``."""
+        if self._cut_at is None:
+            self._cut_at = time.monotonic() + grace_s
+
+    def cutting(self) -> bool:
+        """Whether the grace is over: the server cuts requests no earlier."""
+        return self._cut_at is not None and time.monotonic() >= self._cut_at
+
+    def cut(self) -> tuple[int, str]:
+        """The status and error of a stream cut now: 503 ``shutdown`` by the shutdown,
+        else its client went away (499 ``client_disconnected``, as nginx names it)."""
+        return (503, "shutdown") if self.cutting() else (499, "client_disconnected")
+
+
 @dataclass(frozen=True, slots=True)
 class Live:
     """What serves requests now: a graph and the provider adapters built for it."""
@@ -67,6 +92,7 @@ class Live:
     store: StoreHandle  # limits, budgets and the ledger (opened from the first graph)
     loaded_at: float
     policy: PolicyEngine  # Cedar for this graph, with its caches
+    shutdown: Shutdown  # the gateway's, shared by every snapshot
     in_flight: InFlight = field(default_factory=InFlight)
 
     @classmethod
@@ -77,13 +103,14 @@ class Live:
         routing: RoutingState,
         telemetry: Telemetry,
         store: StoreHandle,
+        shutdown: Shutdown,
         previous: Live | None = None,
     ) -> Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
         return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
-                   PolicyEngine(graph, StateLive(routing)))
+                   PolicyEngine(graph, StateLive(routing)), shutdown)
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -174,7 +201,9 @@ class Gateway:
             settings.ledger_sync, settings.cache_max_entries, settings.store_outbox,
             settings.cache_max_bytes,
         )
-        self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store)
+        self.shutdown = Shutdown()
+        self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store,
+                               self.shutdown)
         self.telemetry.metrics.serving(result.graph.fingerprint)
         self.telemetry.metrics.declare_pipelines(result.graph.pipelines)
         self.last_reload: ReloadReport | None = None
@@ -221,9 +250,8 @@ class Gateway:
                     log.warning("reload (%s): settings %s changed; they take effect when the "
                                 "gateway restarts (it keeps the ones it started with)",
                                 trigger, ", ".join(restart))
-                self.live = Live.build(
-                    result.graph, self.counter, self.routing, self.telemetry, self.store, previous
-                )
+                self.live = Live.build(result.graph, self.counter, self.routing,
+                                       self.telemetry, self.store, self.shutdown, previous)
                 self.telemetry.metrics.declare_pipelines(result.graph.pipelines)
                 logging.getLogger("aigw").setLevel(result.graph.settings.log_level.upper())
                 self._retire(previous)

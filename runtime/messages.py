@@ -440,8 +440,8 @@ async def _events(
         ended = True
         yield sse_event("error", error_body(exc))
     finally:  # also when the client went away: settled, recorded and finished either way
-        if not ended:
-            record.error = "client_disconnected"
+        if not ended:  # the client went away, or a shutdown cut it
+            record.error = live.shutdown.cut()[1]
         with anyio.CancelScope(shield=True):
             await close_deltas(deltas)
         live.telemetry.finish(record)

@@ -142,8 +142,14 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     shutdown = asyncio.Event()
     background = Background()
 
-    loop.add_signal_handler(signal.SIGTERM, shutdown.set)
-    loop.add_signal_handler(signal.SIGINT, shutdown.set)
+    def stop() -> None:
+        # From now on the requests in flight have the graceful timeout (hypercorn starts
+        # counting it later still): one cut after it is recorded as the shutdown's.
+        gateway.shutdown.begin(options.graceful_timeout_s)
+        shutdown.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(gateway.reload("SIGHUP")))
     if EARLY_RELOAD.is_set():
         background.spawn(gateway.reload("SIGHUP"))

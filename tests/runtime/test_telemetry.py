@@ -222,12 +222,14 @@ async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
         await gateway.aclose()
 
 
+@pytest.mark.parametrize("shutdown", [False, True], ids=["client", "shutdown"])
 @pytest.mark.parametrize("path", [CHAT, "/v1/messages"])
 async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
-    gateway_dir: Path, counter: TokenCounter, path: str
+    gateway_dir: Path, counter: TokenCounter, path: str, shutdown: bool
 ) -> None:
-    """Cancelled while its upstream call runs (as a shutdown past its grace cancels it),
-    a request still gets its ledger record and its count, as 499."""
+    """Cancelled while its upstream call runs (its client gone, or a shutdown past its
+    grace), a request still gets its ledger record and its count: as 499, or as the
+    gateway's 503 when its shutdown cut it (it was a 499 too)."""
     config = gateway_dir / "gateway.yaml"
     config.write_text(config.read_text().replace(
         "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 80}}"))
@@ -241,6 +243,8 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                 "model": "echo", "max_tokens": 100,
                 "messages": [{"role": "user", "content": words}]}))
             await asyncio.sleep(0.2)
+            if shutdown:
+                gateway.shutdown.begin(0.0)  # its grace is over: what is cut now, it cut
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
@@ -248,7 +252,8 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
             assert [(row["route"], row["requests"], row["errors"]) for row in spend] == [
                 ("echo", 1, 1)]
             text = (await client.get("/metrics")).text
-            assert _sample(text, "aigw_requests_total", route="echo", status="499") == 1
+            status = "503" if shutdown else "499"
+            assert _sample(text, "aigw_requests_total", route="echo", status=status) == 1
     finally:
         await gateway.aclose()
 

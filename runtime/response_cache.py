@@ -42,6 +42,7 @@ from aigw.compiler.graph import ApiKey, Graph, Route
 
 from .chat_request import ChatRequest
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, ToolCallDelta, Usage
+from .store.redis_store import disconnected
 
 log = logging.getLogger("aigw.cache")
 
@@ -112,9 +113,13 @@ class RedisCache:
     """Entries shared by every replica on one Redis, expired by Redis itself.
 
     A cache must never cost more than it saves: each command waits at most
-    ``TIMEOUT_S`` and is not retried, and after a failure the cache is left alone (every
-    lookup a miss, nothing written) for ``REST_S``, so a Redis that hangs costs one
-    request a fraction of a second, not every request seconds."""
+    ``TIMEOUT_S`` and is not retried, and after Redis did not answer (unreachable, too
+    slow) the cache is left alone (every lookup a miss, nothing written) for ``REST_S``,
+    so a Redis that hangs costs one request a fraction of a second, not every request
+    seconds. A call Redis answers with a refusal (a write out of memory under
+    ``maxmemory``, as a cache next to limits and budgets should expect; a read-only
+    replica) is that call's miss or unkept entry only: it came back at once, and the
+    next call may well succeed. Each kind of refusal is logged once."""
 
     TIMEOUT_S = 0.25
     REST_S = 5.0
@@ -125,14 +130,23 @@ class RedisCache:
             retry=Retry(NoBackoff(), 0))
         self._prefix = f"{namespace}:cache:"
         self._resting_until = 0.0
+        self._refusals: set[tuple[str, str]] = set()  # (read or write, error type): logged
 
     def _resting(self) -> bool:
         return time.monotonic() < self._resting_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        self._resting_until = time.monotonic() + self.REST_S
-        log.warning("response cache %s failed (a miss; the cache rests %.0f s): %s", what,
-                    self.REST_S, exc)
+        if disconnected(exc):
+            self._resting_until = time.monotonic() + self.REST_S
+            log.warning("response cache %s failed (a miss; the cache rests %.0f s): %s",
+                        what, self.REST_S, exc)
+            return
+        kind = (what, type(exc).__name__)
+        if kind not in self._refusals:
+            self._refusals.add(kind)
+            log.warning("response cache %s refused by Redis (%s: that one a miss, the cache "
+                        "goes on; this kind of refusal is not logged again): %s", what,
+                        type(exc).__name__, exc)
 
     async def get(self, key: str) -> bytes | None:
         if self._resting():

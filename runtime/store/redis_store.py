@@ -565,12 +565,26 @@ def _marker_ms(ttl: float) -> int:
 # them too, so they must not pass for a script's own failure.
 _TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "LOADING",
                     "OOM", "READONLY", "MASTERDOWN", "UNBLOCKED", "NOPERM", "NOSCRIPT")
-# The same refusals, as redis-py raises those it knows (with the code cut from the text);
-# and a connection that failed, timed out or read garbage (BusyLoadingError, LOADING, is
-# a ConnectionError; the OS's own errors, asyncio's timeout among them, are OSErrors).
-_OUTAGES = (OSError, RedisConnectionError, RedisTimeoutError, InvalidResponse,
-            OutOfMemoryError, ReadOnlyError, NoPermissionError, NoScriptError,
-            TryAgainError, ClusterDownError)
+# A connection that failed, timed out or read garbage (BusyLoadingError, LOADING, is a
+# ConnectionError; the OS's own errors, asyncio's timeout among them, are OSErrors).
+_DISCONNECTED = (OSError, RedisConnectionError, RedisTimeoutError, InvalidResponse)
+# Those, and the refusals above as redis-py raises those it knows (with the code cut
+# from the text).
+_OUTAGES = (*_DISCONNECTED, OutOfMemoryError, ReadOnlyError, NoPermissionError,
+            NoScriptError, TryAgainError, ClusterDownError)
+
+
+def disconnected(error: BaseException) -> bool:
+    """Whether ``error`` says Redis did not answer at all (unreachable, too slow, a
+    broken connection), not that it answered and refused the call: a refusal, even one
+    every write gets for now (out of memory under maxmemory), comes back at once.
+
+    >>> disconnected(RedisTimeoutError("Timeout reading from socket"))
+    True
+    >>> disconnected(OutOfMemoryError("command not allowed when used memory > 'maxmemory'"))
+    False
+    """
+    return isinstance(error, _DISCONNECTED)
 
 
 def unreachable(error: BaseException) -> bool:

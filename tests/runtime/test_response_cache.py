@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
@@ -31,6 +33,7 @@ from aigw.runtime.response_cache import (
 )
 
 from ..e2e.server import free_port
+from ..redis_server import PrivateRedis
 
 GATEWAY = """
 version: 1
@@ -160,6 +163,34 @@ async def test_a_redis_cache_expires_its_entries(redis_url: str) -> None:
         await asyncio.sleep(0.4)
         assert await cache.get("k") is None
     finally:
+        await cache.aclose()
+
+
+async def test_a_write_redis_refuses_for_memory_skips_that_entry_not_the_cache(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under maxmemory (noeviction) Redis refuses a write at once (OOM), as a cache next to
+    the limits and budgets should expect: that entry is not kept, and lookups and later
+    writes go on. The cache rested 5 s after it, every lookup a miss for every request,
+    as if Redis were down; and logged each refusal."""
+    cache = RedisCache(private_redis.url, namespace="test-response-cache")
+    admin = redis.asyncio.Redis.from_url(private_redis.url)
+    try:
+        await cache.put("kept", b"v", ttl_s=60)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")  # every write is refused from now
+        with caplog.at_level(logging.WARNING, "aigw.cache"):
+            for _ in range(3):
+                await cache.put("refused", b"x" * 1000, ttl_s=60)
+        assert await cache.get("kept") == b"v"
+        assert await admin.exists("test-response-cache:cache:refused") == 0
+        refusals = [r.getMessage() for r in caplog.records if r.name == "aigw.cache"]
+        assert len(refusals) == 1 and "refused by Redis (OutOfMemoryError" in refusals[0]
+        await admin.config_set("maxmemory", "0")
+        await cache.put("later", b"w", ttl_s=60)
+        assert await cache.get("later") == b"w"
+    finally:
+        await admin.aclose()
         await cache.aclose()
 
 

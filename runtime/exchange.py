@@ -197,8 +197,9 @@ class Exchange:
             return
         assert self._cache_key is not None and self.plan is not None
         assert self.plan.route.cache is not None
-        entry = encode_answer(deployment.name, result)
-        if len(entry) > self.live.graph.settings.cache_max_entry_bytes:
+        entry = encode_answer(deployment.name, result,
+                              self.live.graph.settings.cache_max_entry_bytes)
+        if entry is None:
             return  # served, not kept: one answer may be max_response_mb (64 MiB by default)
         await self.live.store.cache.put(self._cache_key, entry, self.plan.route.cache.ttl_s)
 
@@ -208,7 +209,8 @@ class Exchange:
         """The stream, cached once it has ended normally (not cut, not failed), with the
         usage its upstream reported (every stream ends with one: a count of what it sent
         where the upstream gave none), as an answer is cached with its own."""
-        answer = StreamedAnswer(self.record.response_model or deployment.model)
+        answer = StreamedAnswer(self.record.response_model or deployment.model,
+                                self.live.graph.settings.cache_max_entry_bytes)
         usage: Usage | None = None
         try:
             async for delta in deltas:
@@ -218,6 +220,8 @@ class Exchange:
         finally:  # cut or failed too: the stream underneath settles its quota as it closes
             with anyio.CancelScope(shield=True):
                 await close_deltas(deltas)
+        if not answer.kept:
+            return
         record = self.record
         result = answer.result(usage or Usage(record.prompt_tokens, record.completion_tokens))
         if result is not None:

@@ -238,8 +238,23 @@ class CachedAnswer:
 _ANSWER = TypeAdapter(CachedAnswer)
 
 
-def encode_answer(deployment: str, result: ChatResult) -> bytes:
-    return _ANSWER.dump_json(CachedAnswer(deployment, result))
+def encode_answer(deployment: str, result: ChatResult, max_bytes: int) -> bytes | None:
+    """The entry to keep for ``result``, or None when it would pass ``max_bytes``. One
+    answer may be up to a provider's max_response_mb: one whose text alone passes the cap
+    is refused before it is encoded (a copy as large again, for nothing), the rest after."""
+    if _text_size(result.choices) > max_bytes:
+        return None
+    entry = _ANSWER.dump_json(CachedAnswer(deployment, result))
+    return entry if len(entry) <= max_bytes else None
+
+
+def _text_size(choices: tuple[Choice, ...]) -> int:
+    """Characters of the answer's text: at most its entry's bytes (UTF-8 and JSON's
+    escapes only add to them), counted without building anything."""
+    return sum(len(choice.content or "") + len(choice.refusal or "")
+               + sum(len(call.id) + len(call.name) + len(call.arguments)
+                     for call in choice.tool_calls)
+               for choice in choices)
 
 
 def decode_answer(value: bytes, graph: Graph) -> CachedAnswer | None:
@@ -296,18 +311,37 @@ class _ChoiceParts:
 
 
 class StreamedAnswer:
-    """A stream's deltas put back together, so that a finished stream can be cached."""
+    """A stream's deltas put back together, so that a finished stream can be cached.
 
-    def __init__(self, model: str) -> None:
+    Only up to ``max_chars`` of text (the entry cap: an entry holds at least as many
+    bytes): past that the answer cannot be kept, so what was gathered is let go and the
+    rest of the stream is not gathered at all (a stream may be max_response_mb)."""
+
+    def __init__(self, model: str, max_chars: int) -> None:
         self._model = model
         self._choices: dict[int, _ChoiceParts] = {}
         self._unkept = False
+        self._chars = 0
+        self._max_chars = max_chars
+
+    @property
+    def kept(self) -> bool:
+        """False once the answer cannot be cached, whatever comes after."""
+        return not self._unkept
 
     def add(self, delta: ChatDelta) -> None:
-        if delta.usage is not None and not delta.content and delta.finish_reason is None:
+        if self._unkept or (delta.usage is not None and not delta.content
+                            and delta.finish_reason is None):
             return
         if delta.logprobs is not None or delta.extra:
-            self._unkept = True  # not kept by the cache: never served again without them
+            self._let_go()  # not kept by the cache: never served again without them
+            return
+        self._chars += len(delta.content or "") + len(delta.refusal or "") + sum(
+            len(call.id or "") + len(call.name or "") + len(call.arguments or "")
+            for call in delta.tool_calls)
+        if self._chars > self._max_chars:
+            self._let_go()
+            return
         parts = self._choices.setdefault(delta.index, _ChoiceParts())
         if delta.content:
             parts.content.append(delta.content)
@@ -321,9 +355,14 @@ class StreamedAnswer:
         if delta.finish_reason is not None:
             parts.finish_reason = delta.finish_reason
 
+    def _let_go(self) -> None:
+        self._unkept = True
+        self._choices.clear()
+
     def result(self, usage: Usage) -> ChatResult | None:
         """The whole answer, or None if any choice did not finish or was filtered (or it
-        carried what the cache does not keep: log probabilities, audio...)."""
+        carried what the cache does not keep: log probabilities, audio..., or passed the
+        cap)."""
         if not self._choices or self._unkept or \
                 any(p.finish_reason in (None, _FILTERED) for p in self._choices.values()):
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -200,15 +201,51 @@ RESULT = ChatResult("echo-1", (
 ), Usage(7, 3))
 
 
+CAP = 1 << 20  # cache_max_entry_bytes' default
+
+
+def test_an_answer_over_the_entry_cap_is_not_encoded_when_its_text_says_so() -> None:
+    """An answer may be up to max_response_mb (64 MiB): it was encoded whole (another
+    copy as large) before its size was compared with the cap. Its text is at most its
+    entry's bytes, so text past the cap is refused before anything is built."""
+    huge = ChatResult("m", (Choice(0, "x" * (16 << 20), "stop"),), Usage(1, 1))
+    tracemalloc.start()
+    try:
+        assert encode_answer("small", huge, CAP) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < CAP, peak
+    near = ChatResult("m", (Choice(0, "x" * (CAP - 10), "stop"),), Usage(1, 1))
+    assert encode_answer("small", near, CAP) is None  # under the cap as text, not as an entry
+    entry = encode_answer("small", RESULT, CAP)
+    assert entry is not None and len(entry) < 1000
+
+
+def test_a_stream_past_the_entry_cap_is_let_go_as_it_comes() -> None:
+    """A streamed answer was gathered whole (and joined, and encoded) before its size was
+    compared with the cap: what it gathered is let go once its text passes the cap, and
+    the rest of the stream is not gathered."""
+    answer = StreamedAnswer("m", 2500)
+    answer.add(ChatDelta(content="x" * 1000))
+    answer.add(ChatDelta(content="y" * 1000))
+    assert answer.kept and len(answer.text()) == 2000
+    answer.add(ChatDelta(index=1, tool_calls=(ToolCallDelta(0, "c", "f", "z" * 600),)))
+    assert not answer.kept and answer.text() == ""
+    answer.add(ChatDelta(content="small"))
+    answer.add(ChatDelta(finish_reason="stop"))
+    assert answer.text() == "" and answer.result(Usage(1, 1)) is None
+
+
 async def test_a_replayed_answer_reassembles_to_itself() -> None:
-    answer = StreamedAnswer("echo-1")
+    answer = StreamedAnswer("echo-1", CAP)
     async for delta in replay(RESULT):
         answer.add(delta)
     assert answer.result(Usage(7, 3)) == RESULT
 
 
 def test_a_stream_in_pieces_reassembles_and_an_unfinished_one_does_not() -> None:
-    answer = StreamedAnswer("echo-1")
+    answer = StreamedAnswer("echo-1", CAP)
     for delta in (
         ChatDelta(content="Hel"), ChatDelta(content="lo there"),
         ChatDelta(index=1, tool_calls=(ToolCallDelta(0, "call_1", "lookup", '{"q"'),)),
@@ -236,7 +273,7 @@ def test_an_answer_a_content_filter_cut_is_not_kept() -> None:
     filtered = ChatResult("m", (Choice(0, "Hello", "stop"), Choice(1, "Par", "content_filter")),
                           Usage(1, 1))
     assert not cacheable(filtered)
-    answer = StreamedAnswer("m")
+    answer = StreamedAnswer("m", CAP)
     for delta in (ChatDelta(content="Hello"), ChatDelta(finish_reason="stop"),
                   ChatDelta(index=1, content="Par"),
                   ChatDelta(index=1, finish_reason="content_filter")):
@@ -252,13 +289,14 @@ def test_an_answer_with_what_the_cache_does_not_keep_is_not_kept() -> None:
                                     Usage(1, 1)))
     assert not cacheable(ChatResult("m", (Choice(0, None, "stop", extra={"audio": {}}),),
                                     Usage(1, 1)))
-    answer = StreamedAnswer("m")
+    answer = StreamedAnswer("m", CAP)
     for delta in (ChatDelta(content="Hi", logprobs=scored), ChatDelta(finish_reason="stop")):
         answer.add(delta)
     assert answer.result(Usage(1, 1)) is None
 
 
 def test_an_entry_whose_deployment_is_gone_is_not_served(graph: Graph) -> None:
-    assert decode_answer(encode_answer("small", RESULT), graph) is not None
-    assert decode_answer(encode_answer("removed", RESULT), graph) is None
+    for deployment, kept in (("small", True), ("removed", False)):
+        entry = encode_answer(deployment, RESULT, CAP)
+        assert entry is not None and (decode_answer(entry, graph) is not None) is kept
     assert decode_answer(b"not json", graph) is None

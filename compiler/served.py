@@ -145,7 +145,15 @@ def _server(
             entry.value("serve", "max_model_len"),
             f"lower context_window to {max_model_len}, or raise max_model_len",
         )
-    for index, argument in enumerate(serve.args):
+    # ${ENV} references are read as everywhere else in the config (no shell runs the
+    # command to read them); an unset one is a warning, and the server gets it empty.
+    args = [resolve(argument, entry.value("serve", "args", index))
+            for index, argument in enumerate(serve.args)]
+    command = [resolve(part, entry.value("serve", "command", index))
+               for index, part in enumerate(serve.command)]
+    model = spec.model if serve.model is None \
+        else resolve(serve.model, entry.value("serve", "model"))
+    for index, argument in enumerate(args):
         # vLLM's parser takes --max_model_len for --max-model-len.
         flag = argument.split("=", 1)[0]
         flag = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
@@ -171,13 +179,13 @@ def _server(
         return None
     host, port = address
     argv = (
-        *serve.command, serve.model or spec.model,
+        *command, model,
         "--host", host, "--port", str(port),
         "--served-model-name", spec.model,
         "--gpu-memory-utilization", f"{serve.gpu_memory_utilization:g}",
         "--tensor-parallel-size", str(serve.tensor_parallel_size),
         "--max-model-len", str(max_model_len),
-        *serve.args,
+        *args,
     )
     env = {name: resolve(value, entry.value("serve", "env", name))
            for name, value in serve.env.items()}  # an unset ${NAME} is empty (a warning)

@@ -213,7 +213,7 @@ class ServeSpec(Spec):
 
     model: str | None = Field(
         None, description="What vLLM loads: a Hugging Face id or a local path (default: the "
-        "deployment's model, which is also the name it serves under).")
+        "deployment's model, which is also the name it serves under); ${ENV_VAR} is read.")
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = Field(
         0.9, description="Share of each GPU's memory vLLM may take.")
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = Field(
@@ -224,14 +224,16 @@ class ServeSpec(Spec):
         None, description="Longest prompt + output it accepts (default: context_window).")
     args: list[str] = Field(
         default_factory=list,
-        description="More vLLM flags, e.g. [--enable-prefix-caching, --max-num-seqs, '64'].")
+        description="More vLLM flags, e.g. [--enable-prefix-caching, --max-num-seqs, '64']; "
+        "${ENV_VAR} is read, but the command line shows in ps and the server's log: "
+        "secrets go in env.")
     env: dict[str, str] = Field(
         default_factory=dict,
         description="More environment for the server; secrets as ${ENV_VAR} (e.g. HF_TOKEN).")
     command: list[str] = Field(
         default_factory=lambda: ["vllm", "serve"], min_length=1,
         description="The program and its leading arguments (the aigw[vllm] extra installs "
-        "'vllm'; a virtual environment's path works too).")
+        "'vllm'; a virtual environment's path works too); ${ENV_VAR} is read.")
     startup_timeout_s: Annotated[float, Field(gt=0, le=86400)] = Field(
         900.0, description="Time to load the model (downloading it included) before the "
         "server counts as failed and is restarted.")

@@ -80,6 +80,49 @@ routes:
     assert graph.deployments["b"].provider is graph.providers["backup"]
 
 
+def test_a_served_deployments_command_line_reads_env_references(
+    write_gateway: WriteGateway,
+) -> None:
+    """serve: args (and model, command) went to the vLLM process as written, ${HF_HOME}
+    and all (no shell runs it to read them), where env: and the rest of the config read
+    them. A flag aigw sets itself is refused once read, as when written out."""
+    body = """\
+providers:
+  box: {type: vllm, base_url: "http://127.0.0.1:8001/v1"}
+  other: {type: vllm, base_url: "http://127.0.0.1:8002/v1"}
+deployments:
+  a:
+    provider: box
+    model: m
+    context_window: 8192
+    serve:
+      command: ["${VENV}/bin/vllm", serve]
+      model: "${MODELS}/m"
+      args: ["--download-dir=${HF_HOME}/hub", --max-num-seqs, "${SEQS}"]
+  b:
+    provider: other
+    model: m
+    context_window: 8192
+    serve: {args: ["${EXTRA}"]}
+routes:
+  a: {deployment: a}
+  b: {deployment: b}
+"""
+    environ = {"VENV": "/opt/vllm", "MODELS": "/srv/models", "HF_HOME": "/srv/hf",
+               "SEQS": "64", "EXTRA": "--port=9000"}
+    result = _compile(write_gateway, body, environ)
+    assert [(item.code.id, item.message) for item in result.diagnostics] == [
+        ("AGW324", "deployment 'b': --port is set by aigw from the provider's base_url")]
+    del environ["EXTRA"]
+    served = _graph(_compile(write_gateway, body, environ)).deployments["a"].serve
+    assert served is not None
+    assert served.argv == (
+        "/opt/vllm/bin/vllm", "serve", "/srv/models/m", "--host", "127.0.0.1",
+        "--port", "8001", "--served-model-name", "m", "--gpu-memory-utilization", "0.9",
+        "--tensor-parallel-size", "1", "--max-model-len", "8192",
+        "--download-dir=/srv/hf/hub", "--max-num-seqs", "64")
+
+
 def test_key_secret_is_kept_only_as_its_digest_and_only_when_set(
     write_gateway: WriteGateway,
 ) -> None:

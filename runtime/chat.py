@@ -32,7 +32,7 @@ from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
 from .providers.guard import SentOutput
 from .routing.attempts import AttemptLoop, Won, stream_ended
-from .routing.candidates import Candidate
+from .routing.candidates import Candidate, ChatAsk
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import NO_SPAN, PROVIDER_NAMES, Span
@@ -146,18 +146,19 @@ def _loop(
     *,
     streaming: bool = False,
 ) -> AttemptLoop[T]:
-    return AttemptLoop(
-        live.graph, live.adapters, live.routing, chosen.route, chosen.request,
-        chosen.prompt_tokens, chosen.deadline, attempt, discard, gate=chosen.gate,
-        streaming=streaming,
-    )
+    ask = ChatAsk(live.adapters, chosen.route, chosen.request, chosen.prompt_tokens)
+    return AttemptLoop(live.graph, live.routing, chosen.route, ask, chosen.deadline, attempt,
+                       discard, gate=chosen.gate, streaming=streaming)
 
 
-async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRecord) -> Won[T]:
+async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],
+                       record: RequestRecord) -> Won[T]:
+    """Run ``loop`` and write down in ``record`` what it tried and who served: a chat's
+    and an embeddings call's alike."""
     try:
         won = await loop.run()
     finally:
-        log.debug("route %s trace: %s", chosen.route.name, " | ".join(loop.trace.steps))
+        log.debug("route %s trace: %s", route.name, " | ".join(loop.trace.steps))
         record.attempts = loop.trace.attempts
         record.backoff_s = loop.trace.backoff_s
         record.failures.extend(UpstreamFailure(*failure) for failure in loop.trace.failures)
@@ -166,7 +167,7 @@ async def _run(live: Live, chosen: Plan, loop: AttemptLoop[T], record: RequestRe
     record.provider = deployment.provider.name
     record.provider_type = deployment.provider.type
     record.policy_ids = loop.trace.policies.get(deployment.name, ())
-    record.fallback = won.group != (chosen.route.group.name if chosen.route.group else "")
+    record.fallback = won.group != (route.group.name if route.group else "")
     return won
 
 
@@ -213,7 +214,7 @@ async def complete(
             span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
             return result
 
-    won = await _run(live, chosen, _loop(live, chosen, attempt, _nothing), record)
+    won = await run_attempts(live, chosen.route, _loop(live, chosen, attempt, nothing), record)
     stats = live.routing.of(won.candidate.deployment)
     now = live.routing.clock()
     stats.observe_latency((now - won.started) * 1000)
@@ -261,8 +262,8 @@ async def stream(
         await close_deltas(opened[1])
         opened[2].end()
 
-    won = await _run(live, chosen, _loop(live, chosen, attempt, discard, streaming=True),
-                     record)
+    won = await run_attempts(live, chosen.route,
+                             _loop(live, chosen, attempt, discard, streaming=True), record)
     stats = live.routing.of(won.candidate.deployment)
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
     record.ttft_s = time.perf_counter() - record.started
@@ -374,7 +375,8 @@ def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
     )
 
 
-async def _nothing(_value: object) -> None:
+async def nothing(_value: object) -> None:
+    """Discards a hedge loser's whole answer: there is nothing to close."""
     return None
 
 

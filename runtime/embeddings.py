@@ -1,8 +1,12 @@
-"""POST /v1/embeddings: authenticate, parse, resolve, call, encode (floats or base64)."""
+"""POST /v1/embeddings: authenticate, parse, resolve, call, encode (floats or base64).
+
+A call goes through the chat's attempt loop (routing/attempts.py) with an embeddings
+``Ask``: the route's members in its group's strategy order, skipped when unavailable,
+retried, and its fallback groups taken by the class of the last failure, as a chat's.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import struct
 import time
@@ -12,25 +16,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from aigw.compiler.graph import ApiKey
+from aigw.compiler.graph import ApiKey, Route
 
 from .admission import check_route_allowed
-from .chat import deadline_s, overhead_header, resolve_route
+from .chat import deadline_s, nothing, overhead_header, resolve_route, run_attempts
 from .chat_request import bad_request
-from .errors import (
-    BadRequest,
-    ContextWindowExceeded,
-    NoDeploymentAvailable,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from .errors import BadRequest
 from .exchange import Exchange
 from .live import Live
 from .policy_request import authorize_route
-from .providers.base import ChatAdapter, EmbeddingCall, EmbeddingResult
-from .routing.attempts import judge, unavailable
-from .routing.breaker import Permit
-from .telemetry.record import RequestRecord, UpstreamFailure
+from .providers.base import EmbeddingCall, EmbeddingResult
+from .routing.attempts import AttemptLoop
+from .routing.candidates import Candidate, EmbeddingAsk
 
 _MAX_INPUTS = 2048
 
@@ -64,114 +61,45 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live.telemetry.started(record)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
-    ranked = gate.rank(route.candidates)
-    denied = ranked.denied
+    _check_serves(route)
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
-    deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
-    tried: list[str] = []
-    too_small: list[str] = []
-    waiting = False  # a member that could take the input is unavailable for now
-    last_error: UpstreamError | None = None
-    for deployment in ranked.order:  # by @priority, then as configured
-        adapter = live.adapters.get(deployment.provider.name)
-        if deployment.name in denied:
-            tried.append(f"{deployment.name}: {denied[deployment.name].reason}")
-            continue
-        if deployment.kind != "embeddings" or adapter is None:
-            tried.append(f"{deployment.name}: "
-                         + ("not an embeddings model" if adapter else "provider disabled"))
-            continue
-        if longest > deployment.context_window:  # a larger member may take it
-            too_small.append(f"'{deployment.name}' takes at most {deployment.context_window}")
-            tried.append(f"{deployment.name}: takes at most {deployment.context_window} tokens")
-            continue
-        remaining = deadline - live.routing.clock()
-        if remaining <= 0:
-            raise last_error or UpstreamTimeout(f"route '{route.name}' passed its deadline",
-                                                provider=deployment.provider.name)
-        skip = unavailable(live.routing, deployment)  # as a chat's attempt loop skips it
-        permit = None if skip else live.routing.of(deployment).breaker.try_acquire(
-            live.routing.clock())
-        if permit is None:
-            tried.append(f"{deployment.name}: {skip or 'circuit open'}")
-            waiting = True
-            continue
-        call = EmbeddingCall(deployment, inputs, request.dimensions, request.user, prompt_tokens)
+
+    async def attempt(candidate: Candidate) -> EmbeddingResult:
+        call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
+                             prompt_tokens)
         waited = time.perf_counter()
         try:
-            result = await _attempt(live, adapter, call, permit, record, remaining)
-        except UpstreamError as exc:
-            record.failures.append(
-                UpstreamFailure(deployment.name, deployment.provider.name, str(exc.code)))
-            last_error = exc
-            if not exc.retryable:
-                raise
-            continue
+            return await candidate.adapter.embed(call)
         finally:  # the upstream's time, not the gateway's own overhead
             record.upstream_s += time.perf_counter() - waited
-        record.deployment, record.provider = deployment.name, deployment.provider.name
-        record.prompt_tokens = result.prompt_tokens
-        record.cost = deployment.price.cost(result.prompt_tokens, 0)
-        await exchange.close()
-        return JSONResponse(
-            _body(result, request.encoding_format),
-            headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name,
-                     **overhead_header(record)},
-        )
-    if last_error is not None:
-        raise last_error
-    if too_small and not waiting:  # no member that could take the input: a 422, not a 503
-        raise ContextWindowExceeded(
-            f"An input has {longest} tokens; {', '.join(too_small)}.", param="input")
-    if denied and not any(d.kind == "embeddings" and d.name not in denied
-                          and d.provider.name in live.adapters for d in route.candidates):
-        raise gate.forbidden(route.name, list(denied.values()))
-    if not any(deployment.kind == "embeddings" for deployment in route.candidates):
-        raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
-                         param="model")
-    raise NoDeploymentAvailable(
-        f"No deployment of '{route.name}' serves embeddings: {'; '.join(tried)}."
+
+    ask = EmbeddingAsk(live.adapters, prompt_tokens, longest)
+    deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
+    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, nothing,
+                       gate=gate)
+    won = await run_attempts(live, route, loop, record)
+    result, deployment = won.value, won.candidate.deployment
+    stats = live.routing.of(deployment)
+    now = live.routing.clock()
+    stats.observe_latency((now - won.started) * 1000)
+    stats.add_usage(now, result.prompt_tokens)
+    record.prompt_tokens = result.prompt_tokens
+    record.cost = deployment.price.cost(result.prompt_tokens, 0)
+    await exchange.close()
+    return JSONResponse(
+        _body(result, request.encoding_format),
+        headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name,
+                 "x-aigw-attempts": str(won.attempts), **overhead_header(record)},
     )
 
 
-async def _attempt(
-    live: Live, adapter: ChatAdapter, call: EmbeddingCall, permit: Permit, record: RequestRecord,
-    remaining_s: float,
-) -> EmbeddingResult:
-    """One call, bounded by the deployment's timeout_s (or what is left of the route's
-    deadline) and judged by its circuit breaker as a chat attempt is: a timeout or a 5xx
-    counts against it, a client's 400 or the request's own deadline does not."""
-    deployment = call.deployment
-    stats = live.routing.of(deployment)
-    record.attempts += 1
-    stats.requests += 1
-    stats.in_flight += 1
-    own_timeout = deployment.timeout_s <= remaining_s
-    try:
-        async with asyncio.timeout(min(deployment.timeout_s, remaining_s)):
-            result = await adapter.embed(call)
-    except TimeoutError:
-        error = UpstreamTimeout(f"deployment '{deployment.name}' did not answer in time"
-                                if own_timeout else "the route passed its deadline waiting "
-                                f"for deployment '{deployment.name}'",
-                                provider=deployment.provider.name)
-        if own_timeout:
-            judge(live.routing, deployment, permit, error)
-        else:  # the request's deadline, not the deployment's health
-            stats.breaker.release(permit)
-        raise error from None
-    except UpstreamError as exc:
-        judge(live.routing, deployment, permit, exc)
-        raise
-    except BaseException:  # not the deployment's answer (cancelled, a bug): no verdict,
-        stats.breaker.release(permit)  # but a half-open probe's place is given back
-        raise
-    finally:
-        stats.in_flight -= 1
-    judge(live.routing, deployment, permit, None)
-    return result
+def _check_serves(route: Route) -> None:
+    """A 400, before the request is admitted, for a chat route's."""
+    if not any(d.kind == "embeddings" for d in route.candidates):
+        raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
+                         param="model")
 
 
 def _decoded(items: Sequence[object], live: Live) -> str:

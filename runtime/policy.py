@@ -364,17 +364,6 @@ class Filtered:
         return sorted(ordered, key=lambda c: -self.decisions[c.deployment.name].priority)
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    """Deployments tried in turn (embeddings), after the route policies: ``order`` has the
-    highest @priority among the policies permitting each first, the given order among
-    equals (the denied, at 0, are kept in it, to be skipped)."""
-
-    order: list[Deployment]
-    denied: Mapping[str, Denied]
-    decisions: Mapping[str, Decision]
-
-
 class RequestGate:
     """One request's principal and context, bound to the engine of its graph."""
 
@@ -445,17 +434,6 @@ class RequestGate:
         self.permitted += len(permitted)
         return Filtered(permitted, denied,
                         {c.deployment.name: d for c, d in zip(candidates, decisions, strict=True)})
-
-    def rank(self, deployments: Sequence[Deployment]) -> Ranked:
-        """``deployments`` in the order to try them, with the route policies' say."""
-        decisions = self.engine.route(self.principal, deployments, self.context)
-        denied = {d.name: Denied(d.name, self._reason(decision), False, decision.policies)
-                  for d, decision in zip(deployments, decisions, strict=True)
-                  if not decision.allowed}
-        ranked = sorted(zip(deployments, decisions, strict=True),
-                        key=lambda pair: -pair[1].priority)  # stable
-        return Ranked([deployment for deployment, _ in ranked], denied,
-                      {d.name: decision for d, decision in ranked})
 
     def deny(self, deployments: Sequence[Deployment]) -> dict[str, Denied]:
         """The deployments among ``deployments`` the route policies deny, by name."""

@@ -105,7 +105,7 @@ def plan_route(
         return RoutePlan(facts.route, principal, facts, invoke, (), pipeline)
     if serves_embeddings(graph, facts.route):
         tiers = explain_embeddings(graph, facts.route, facts.estimated_tokens, gate,
-                                   every_provider)
+                                   every_provider, state)
     else:
         tiers = explain(graph, facts.route, facts.estimated_tokens, facts.max_tokens,
                         facts.stream, state, gate, every_provider)

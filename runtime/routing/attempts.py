@@ -1,7 +1,8 @@
 """The attempt loop: one request, tried across members, retries and fallback groups.
 
 For each group (the route's, then fallbacks chosen by the class of the last failure):
-the members that can serve the request (``candidates.eligible``) in strategy order;
+the members that can serve the request (its ``Ask``: a chat's, an embeddings call's) in
+strategy order;
 each member with an open circuit is skipped; each attempt has a timeout; a retryable
 failure is retried with exponential backoff and jitter that honours Retry-After. An
 overall deadline and a hard cap on attempts bound the whole loop; at the cap, or when
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,10 +28,8 @@ import anyio
 
 from aigw.compiler.graph import Deployment, Graph, Group, Route
 
-from ..chat_request import ChatRequest
 from ..errors import (
     BadRequest,
-    ContextWindowExceeded,
     DeploymentAtQuota,
     GatewayError,
     NoDeploymentAvailable,
@@ -44,11 +43,9 @@ from ..errors import (
     UpstreamUnusable,
 )
 from ..policy import Denied, RequestGate
-from ..providers.base import ChatAdapter
 from .breaker import Permit
-from .candidates import Candidate, Dropped, eligible, order_candidates
+from .candidates import Ask, Candidate, Dropped, order_candidates
 from .state import RoutingState
-from .strategies import Demand, prefix_digest
 
 log = logging.getLogger("aigw.routing")
 T = TypeVar("T")
@@ -113,11 +110,9 @@ class AttemptLoop(Generic[T]):
     def __init__(
         self,
         graph: Graph,
-        adapters: Mapping[str, ChatAdapter],
         state: RoutingState,
         route: Route,
-        request: ChatRequest,
-        prompt_tokens: int,
+        ask: Ask,
         deadline: float,
         attempt: Callable[[Candidate], Awaitable[T]],
         discard: Callable[[T], Awaitable[None]],
@@ -128,11 +123,9 @@ class AttemptLoop(Generic[T]):
     ) -> None:
         assert route.group is not None
         self.graph = graph
-        self.adapters = adapters
         self.state = state
         self.route = route
-        self.request = request
-        self.prompt_tokens = prompt_tokens
+        self.ask = ask  # a chat's, an embeddings call's: which members fit, and why not
         self.deadline = deadline
         self.attempt = attempt
         self.discard = discard
@@ -142,8 +135,6 @@ class AttemptLoop(Generic[T]):
         # attempt leaves the verdict (and a half-open probe) to ``stream_ended``.
         self.streaming = streaming
         self.trace = Trace()
-        self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
-                             _prefix(route, request))
 
     async def run(self) -> Won[T]:
         queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
@@ -191,7 +182,7 @@ class AttemptLoop(Generic[T]):
 
     async def _tier(self, tier: _Tier) -> tuple[Won[T] | None, str, UpstreamError | None]:
         group = tier.group
-        fit, dropped = eligible(group, self.adapters, self.request, self.prompt_tokens)
+        fit, dropped = self.ask.eligible(group)
         filtered = self.gate.filter(fit) if self.gate is not None else None
         if filtered is not None:
             fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
@@ -200,7 +191,7 @@ class AttemptLoop(Generic[T]):
         self.trace.dropped.extend(dropped)
         for item in dropped:
             self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")
-        ordered = order_candidates(group, fit, self.state, self.demand)
+        ordered = order_candidates(group, fit, self.state, self.ask.demand)
         if filtered is not None:
             ordered = filtered.by_priority(ordered)
         self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
@@ -383,11 +374,12 @@ class AttemptLoop(Generic[T]):
 
     def _suspect_context(self, error: UpstreamError, candidate: Candidate) -> UpstreamError:
         window = candidate.deployment.context_window
-        near_full = self.prompt_tokens >= _CONTEXT_SUSPECT_RATIO * window
+        tokens = self.ask.window_tokens
+        near_full = tokens >= _CONTEXT_SUSPECT_RATIO * window
         if type(error) is UpstreamBadRequest and near_full:
             return UpstreamContextLength(
                 f"{error.message} (taken as context length exceeded: the prompt has "
-                f"~{self.prompt_tokens} tokens of a {window}-token window)",
+                f"~{tokens} tokens of a {window}-token window)",
                 provider=error.provider, upstream_status=error.upstream_status)
         return error
 
@@ -468,11 +460,9 @@ class AttemptLoop(Generic[T]):
         denied = [d for d in self.trace.dropped if isinstance(d, Denied)]
         if denied and self.gate is not None and not self.gate.permitted:
             return self.gate.forbidden(self.route.name, denied)  # no deployment was permitted
-        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in self.trace.dropped)
         if self.trace.dropped and all(d.unfit for d in self.trace.dropped):
-            return ContextWindowExceeded(
-                f"No deployment of '{self.route.name}' can serve this request: {reasons}.",
-                param="messages")
+            return self.ask.unfit(self.route.name, self.trace.dropped)
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in self.trace.dropped)
         return NoDeploymentAvailable(
             f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.")
 
@@ -588,18 +578,3 @@ def _counts_against_health(error: UpstreamError) -> bool:
     """Failures that say the deployment is unwell (not that the request was wrong)."""
     unwell = error.retryable and not isinstance(error, UpstreamRateLimited)
     return unwell or isinstance(error, UpstreamAuthError | UpstreamUnusable)
-
-
-def _prefix(route: Route, request: ChatRequest) -> int:
-    """The conversation's prefix digest, when a group the route may reach wants it."""
-    assert route.group is not None
-    if not route.group.wants_prefix:
-        return 0
-    # What every turn of a conversation starts with: its system (or developer) messages
-    # and its first user message.
-    start: list[str] = []
-    for message in request.messages:
-        start.append(message.text())
-        if message.role not in ("system", "developer"):
-            break
-    return prefix_digest(start)

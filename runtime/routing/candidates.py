@@ -1,22 +1,25 @@
 """Which members of a group can serve a request at all, decided before any upstream call.
 
 A member is dropped, with the reason kept for the 422/503 message, the debug trace
-and ``aigw route``, when its provider is disabled, it is not a chat model, it lacks a
-capability the request needs, or the prompt plus the requested output cannot fit
-its context window.
+and ``aigw route``, when its provider is disabled, it serves the other endpoint (chat,
+embeddings), it lacks a capability the request needs, or the request cannot fit its
+context window (a chat's prompt plus output; an embeddings call's longest input). An
+``Ask`` is what the attempt loop needs of a request, whichever endpoint it came to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from aigw.compiler.graph import Deployment, Group
+from aigw.compiler.graph import Deployment, Group, Route
 
 from ..chat_request import ChatRequest
+from ..errors import ContextWindowExceeded, GatewayError
 from ..providers.base import ChatAdapter
 from .state import RoutingState
-from .strategies import Demand, order
+from .strategies import Demand, order, prefix_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +100,93 @@ def order_candidates(
     by_name = {candidate.deployment.name: candidate for candidate in candidates}
     ranked = order(group, [candidate.deployment for candidate in candidates], state, demand)
     return [by_name[deployment.name] for deployment in ranked]
+
+
+class Ask(Protocol):
+    """One request as the attempt loop sees it: which of a group's members can serve it,
+    what the strategies weigh, and the error when every member was unfit for it."""
+
+    @property
+    def demand(self) -> Demand: ...
+
+    @property
+    def window_tokens(self) -> int:
+        """Tokens that must fit one deployment's context window."""
+        ...
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]: ...
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError: ...
+
+
+class ChatAsk:
+    """A chat completion (from /v1/chat/completions, /v1/messages or a pipeline's step)."""
+
+    __slots__ = ("adapters", "demand", "request", "window_tokens")
+
+    def __init__(self, adapters: Mapping[str, ChatAdapter], route: Route, request: ChatRequest,
+                 prompt_tokens: int) -> None:
+        self.adapters = adapters
+        self.request = request
+        self.window_tokens = prompt_tokens
+        self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
+                             chat_prefix(route, request))
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
+        return eligible(group, self.adapters, self.request, self.window_tokens)
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        return ContextWindowExceeded(
+            f"No deployment of '{route}' can serve this request: {reasons}.", param="messages")
+
+
+class EmbeddingAsk:
+    """An embeddings call: each input must fit a member's window on its own (``longest``
+    is the longest's tokens)."""
+
+    __slots__ = ("adapters", "demand", "window_tokens")
+
+    def __init__(self, adapters: Mapping[str, ChatAdapter], prompt_tokens: int,
+                 longest: int) -> None:
+        self.adapters = adapters
+        self.window_tokens = longest
+        self.demand = Demand(prompt_tokens, 0, False)
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
+        fit: list[Candidate] = []
+        dropped: list[Dropped] = []
+        for deployment in group.members:
+            adapter = self.adapters.get(deployment.provider.name)
+            if deployment.kind != "embeddings":
+                dropped.append(Dropped(deployment.name, "is a chat model", True))
+            elif adapter is None:
+                reason = deployment.provider.disabled_reason or "its provider has no adapter"
+                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            elif self.window_tokens > deployment.context_window:
+                dropped.append(Dropped(
+                    deployment.name, f"takes inputs of at most {deployment.context_window} "
+                    f"tokens; one has {self.window_tokens}", True))
+            else:
+                fit.append(Candidate(deployment, adapter, 0))
+        return fit, dropped
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        return ContextWindowExceeded(
+            f"No deployment of '{route}' can take this input: {reasons}.", param="input")
+
+
+def chat_prefix(route: Route, request: ChatRequest) -> int:
+    """The conversation's prefix digest, when a group the route may reach wants it."""
+    assert route.group is not None
+    if not route.group.wants_prefix:
+        return 0
+    # What every turn of a conversation starts with: its system (or developer) messages
+    # and its first user message.
+    start: list[str] = []
+    for message in request.messages:
+        start.append(message.text())
+        if message.role not in ("system", "developer"):
+            break
+    return prefix_digest(start)

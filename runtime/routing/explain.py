@@ -1,22 +1,23 @@
 """``aigw route``: what the gateway would do with a request, without calling anything.
 
-A chat goes through the attempt loop's tiers (``explain``); an embeddings call tries
-its route's deployments in turn (``explain_embeddings``).
+A chat goes through the attempt loop's tiers (``explain``), and so does an embeddings
+call (``explain_embeddings``), each with its own test of which members fit.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aigw.compiler.graph import Graph, Group
 
 from ..chat_request import ChatRequest, Message
 from ..policy import Decision, RequestGate
+from ..providers.base import ChatAdapter
 from ..providers.registry import ADAPTERS
 from .attempts import fallbacks, untried_class
-from .candidates import Dropped, eligible, order_candidates
+from .candidates import Candidate, ChatAsk, Dropped, EmbeddingAsk, order_candidates
 from .state import RoutingState
 from .strategies import Demand, expected_cost
 
@@ -53,30 +54,69 @@ def explain(
     route = graph.routes[route_name]
     if route.group is None:
         return []
-    state = state or RoutingState()
-    state.sync(graph)
     request = ChatRequest(
         model=route_name,
         messages=[Message(role="user", content="")],
         max_tokens=max_tokens,
         stream=stream,
     )
-    adapters = {name: _Placeholder() for name, p in graph.providers.items()
-                if (p.enabled or every_provider) and p.type in ADAPTERS}
+    ask = ChatAsk(_adapters(graph, every_provider), route, request, prompt_tokens)
+    return _tiers(graph, route.group, ask.eligible, Demand(prompt_tokens, max_tokens, stream),
+                  state, gate)
+
+
+def serves_embeddings(graph: Graph, route_name: str) -> bool:
+    """Whether the route has embeddings deployments and no chat one to serve it: then
+    it is explained as ``POST /v1/embeddings`` serves it (``explain_embeddings``)."""
+    kinds = {deployment.kind for deployment in graph.routes[route_name].candidates}
+    return kinds == {"embeddings"}
+
+
+def explain_embeddings(
+    graph: Graph,
+    route_name: str,
+    prompt_tokens: int,
+    gate: RequestGate | None = None,
+    every_provider: bool = False,
+    state: RoutingState | None = None,
+) -> list[TierExplanation]:
+    """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens``: the
+    attempt loop's tiers, as for a chat (``explain``)."""
+    route = graph.routes[route_name]
+    if route.group is None:
+        return []
+    ask = EmbeddingAsk(_adapters(graph, every_provider), prompt_tokens, prompt_tokens)
+    return _tiers(graph, route.group, ask.eligible, ask.demand, state, gate)
+
+
+def _adapters(graph: Graph, every_provider: bool) -> Mapping[str, ChatAdapter]:
+    return {name: _Placeholder() for name, p in graph.providers.items()  # type: ignore[misc]
+            if (p.enabled or every_provider) and p.type in ADAPTERS}
+
+
+def _tiers(
+    graph: Graph,
+    first: Group,
+    fit: Callable[[Group], tuple[list[Candidate], list[Dropped]]],
+    demand: Demand,
+    state: RoutingState | None,
+    gate: RequestGate | None,
+) -> list[TierExplanation]:
+    state = state or RoutingState()
+    state.sync(graph)
     tiers: list[TierExplanation] = []
-    queue: deque[tuple[Group, str]] = deque([(route.group, "route")])
+    queue: deque[tuple[Group, str]] = deque([(first, "route")])
     seen: set[str] = set()
-    demand = Demand(prompt_tokens, max_tokens, stream)
     while queue:
         group, reason = queue.popleft()
         if group.name in seen:
             continue
         seen.add(group.name)
-        fit, dropped = eligible(group, adapters, request, prompt_tokens)  # type: ignore[arg-type]
-        filtered = gate.filter(fit) if gate is not None else None
+        fits, dropped = fit(group)
+        filtered = gate.filter(fits) if gate is not None else None
         if filtered is not None:
-            fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
-        ordered = order_candidates(group, fit, state, demand)
+            fits, dropped = filtered.permitted, [*dropped, *filtered.denied]
+        ordered = order_candidates(group, fits, state, demand)
         if filtered is not None:
             ordered = filtered.by_priority(ordered)
         tiers.append(TierExplanation(
@@ -98,44 +138,6 @@ def explain(
             if name in graph.groups and name not in seen:
                 queue.append((graph.groups[name], label))
     return tiers
-
-
-def serves_embeddings(graph: Graph, route_name: str) -> bool:
-    """Whether the route has embeddings deployments and no chat one to serve it: then
-    it is explained as ``POST /v1/embeddings`` serves it (``explain_embeddings``)."""
-    kinds = {deployment.kind for deployment in graph.routes[route_name].candidates}
-    return kinds == {"embeddings"}
-
-
-def explain_embeddings(
-    graph: Graph,
-    route_name: str,
-    prompt_tokens: int,
-    gate: RequestGate | None = None,
-    every_provider: bool = False,
-) -> list[TierExplanation]:
-    """What ``POST /v1/embeddings`` would try: the route's deployments (its group's
-    members, then its fallbacks'), as one tier, by @priority, then as configured."""
-    route = graph.routes[route_name]
-    ranked = gate.rank(route.candidates) if gate is not None else None
-    order = ranked.order if ranked is not None else list(route.candidates)
-    kept: list[tuple[str, float]] = []
-    dropped: list[Dropped] = []
-    for deployment in order:
-        provider = deployment.provider
-        if ranked is not None and deployment.name in ranked.denied:
-            dropped.append(ranked.denied[deployment.name])
-        elif deployment.kind != "embeddings":
-            dropped.append(Dropped(deployment.name, "is a chat model", True))
-        elif not (provider.enabled or every_provider) or provider.type not in ADAPTERS:
-            reason = provider.disabled_reason or "its provider has no adapter"
-            dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
-        else:
-            kept.append((deployment.name, deployment.price.cost(prompt_tokens, 0)))
-    group = route.group.name if route.group is not None else route_name
-    return [TierExplanation(group, "route", "embeddings: by @priority, then as configured",
-                            tuple(kept), tuple(dropped),
-                            ranked.decisions if ranked is not None else {})]
 
 
 class _Placeholder:

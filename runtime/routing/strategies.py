@@ -88,7 +88,8 @@ def _lowest_latency(group: Group, members: list[Deployment], state: RoutingState
 
 
 def expected_cost(member: Deployment, demand: Demand) -> float:
-    output = demand.output_tokens or min(EXPECTED_OUTPUT_TOKENS, member.max_output_tokens)
+    output = demand.output_tokens if demand.output_tokens is not None \
+        else min(EXPECTED_OUTPUT_TOKENS, member.max_output_tokens)  # 0: an embeddings call
     return member.price.cost(demand.prompt_tokens, output)
 
 

@@ -1,8 +1,9 @@
-"""How /v1/embeddings walks a route's members: it skips those a chat would skip (an
-open circuit, a vLLM server aigw runs that is loading or down) and gives each call's
-verdict to its deployment's circuit breaker and stats, as a chat attempt does.
+"""How /v1/embeddings walks a route's members: through the chat's attempt loop, so it
+skips those a chat would skip (an open circuit, a vLLM server aigw runs that is loading
+or down), gives each call's verdict to its deployment's circuit breaker and stats, and
+takes the fallback groups the class of the failure names.
 
-The upstream is scripted (tests/fakes/scripted.py)."""
+The upstream is scripted (tests/fakes/scripted.py), or a provider's fake."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ async def test_a_served_deployment_still_loading_is_skipped(
 
     alone = await _embed(client, "gpu-only")
     assert alone.status_code == 503, alone.text
-    assert "gpu-emb: is starting (its vLLM server has not answered yet)" in alone.text
+    assert "gpu-emb is starting (its vLLM server has not answered yet)" in alone.text
 
 
 async def test_an_upstream_failing_opens_its_circuit_and_is_skipped_after(
@@ -95,7 +96,7 @@ async def test_an_upstream_failing_opens_its_circuit_and_is_skipped_after(
     assert scripted.calls == calls  # skipped: its circuit is open
     alone = await _embed(client, "up-only")
     assert alone.status_code == 503, alone.text
-    assert "up-emb: circuit open" in alone.text
+    assert "up-emb circuit open" in alone.text
 
 
 async def test_a_clients_bad_request_does_not_count_against_the_upstream(
@@ -142,7 +143,8 @@ async def test_an_input_too_long_for_one_member_goes_to_one_that_takes_it(
     alone = await client.post("/v1/embeddings", json={"model": "small-only", "input": long})
     assert alone.status_code == 422, alone.text
     assert alone.json()["error"]["message"] == (
-        "An input has 40 tokens; 'emb-small' takes at most 16.")
+        "No deployment of 'small-only' can take this input: emb-small takes inputs of at "
+        "most 16 tokens; one has 40.")
 
 
 async def test_embeddings_keep_the_deadline_a_client_asks(
@@ -169,3 +171,49 @@ async def test_embeddings_keep_the_deadline_a_client_asks(
     assert time.monotonic() - started < 2.0
     stats = await _stats(client, "emb")
     assert (stats["circuit"], stats["failures"]) == ("closed", 0), stats
+
+
+FALLBACKS = """
+    providers:
+      up: {{type: openai, base_url: "{base}/v1", api_key: "{key}"}}
+      local: {{type: echo}}
+    deployments:
+      up-emb: {{provider: up, model: up-embed, kind: embeddings, context_window: 8192}}
+      spare-emb: {{provider: local, model: spare-embed, kind: embeddings, context_window: 8192}}
+      long-emb: {{provider: local, model: long-embed, kind: embeddings, context_window: 8192}}
+    groups:
+      main: {{members: [up-emb], retry: {{attempts: 0}},
+              fallbacks: {{on_rate_limit: [spare], on_context_window: [long]}}}}
+      spare: {{members: [spare-emb]}}
+      long: {{members: [long-emb]}}
+    routes:
+      main: {{group: main}}
+"""
+
+
+@pytest.mark.parametrize(("status", "error", "served"), [
+    (400, {"message": "This model's maximum context length is 8192 tokens",
+           "type": "invalid_request_error", "code": "context_length_exceeded"}, "long-emb"),
+    (429, {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
+     "spare-emb"),
+    (500, {"message": "boom", "type": "server_error"}, None),  # no on_error fallback
+])
+async def test_a_failure_takes_the_fallbacks_its_class_names(
+    make_gateway: GatewayFactory, scripted: Scripted, status: int, error: dict[str, str],
+    served: str | None,
+) -> None:
+    """As a chat's: an input too long for the upstream goes to the context-window
+    fallbacks, a rate limit to the rate-limit ones, a failure the group names no fallback
+    for is the client's error. Embeddings tried the route's deployments in one list,
+    whatever the failure: a 500 went to the rate-limit group's member, and a context
+    window the upstream refused was the client's 400."""
+    client = await make_gateway(FALLBACKS.format(base=scripted.base_url, key=PROVIDER_KEY))
+    scripted.now({"error": error}, status=status)
+    response = await _embed(client, "main")
+    if served is None:
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["code"] == "upstream_error"
+    else:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-aigw-deployment"] == served
+    assert scripted.calls == 1

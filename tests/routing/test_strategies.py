@@ -10,8 +10,8 @@ from aigw.compiler import compile_gateway
 from aigw.compiler.graph import BreakerPolicy, Graph
 from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
-from aigw.runtime.routing.attempts import _prefix
 from aigw.runtime.routing.breaker import CircuitBreaker, CircuitState, Permit
+from aigw.runtime.routing.candidates import chat_prefix
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.routing.strategies import Demand, order, prefix_digest
 from aigw.runtime.tokens import TokenCounter
@@ -233,8 +233,8 @@ routes:
     assert compiled is not None
     request = ChatRequest.model_validate(
         {"model": "deep", "messages": [{"role": "user", "content": "hello"}]})
-    assert _prefix(compiled.routes["deep"], request) == prefix_digest(["hello"])
-    assert _prefix(compiled.routes["plain"], request) == 0  # nobody wants it
+    assert chat_prefix(compiled.routes["deep"], request) == prefix_digest(["hello"])
+    assert chat_prefix(compiled.routes["plain"], request) == 0  # nobody wants it
 
 
 def test_a_deployment_a_reload_removed_does_not_come_back_when_its_request_ends(

@@ -3,6 +3,10 @@
 A call goes through the chat's attempt loop (routing/attempts.py) with an embeddings
 ``Ask``: the route's members in its group's strategy order, skipped when unavailable,
 retried, and its fallback groups taken by the class of the last failure, as a chat's.
+``input`` may be token ids (a list of ints, or a list of them, as OpenAI takes them):
+they are sent as they came to providers whose embeddings take them, and each counts one
+token. Members whose provider takes text only (Gemini) are skipped for them; a route with
+none that takes them answers 400, as the gateway cannot know the tokenizer that made them.
 """
 
 from __future__ import annotations
@@ -10,10 +14,9 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from aigw.compiler.graph import ApiKey, Route
@@ -23,20 +26,23 @@ from .chat import deadline_s, nothing, overhead_header, resolve_route, run_attem
 from .chat_request import bad_request
 from .errors import BadRequest
 from .exchange import Exchange
-from .live import Live
 from .policy_request import authorize_route
-from .providers.base import EmbeddingCall, EmbeddingResult
+from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
+from .providers.registry import EMBEDS_TOKEN_IDS
 from .routing.attempts import AttemptLoop
 from .routing.candidates import Candidate, EmbeddingAsk
 
 _MAX_INPUTS = 2048
+# The largest token id: past int32 is no vocabulary's (nor a number every server's
+# tensors hold).
+_MAX_TOKEN_ID = 2**31 - 1
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(min_length=1)]
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
     user: str | None = None
@@ -53,15 +59,17 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         raise bad_request(exc) from exc
     exchange.identify(key, request.user)
     user = exchange.user
-    inputs = _texts(request, live)
+    inputs, token_ids = _inputs(request)
     route = resolve_route(live.graph, request.model)
-    counts = [live.counter.count(text) for text in inputs]  # each input tokenized once
+    # Each input tokenized once; token ids are their own count.
+    counts = [len(item) if isinstance(item, tuple) else live.counter.count(item)
+              for item in inputs]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
     record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
     live.telemetry.started(record)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
-    _check_serves(route)
+    _check_serves(route, token_ids)
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
@@ -75,7 +83,7 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         finally:  # the upstream's time, not the gateway's own overhead
             record.upstream_s += time.perf_counter() - waited
 
-    ask = EmbeddingAsk(live.adapters, prompt_tokens, longest)
+    ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
     deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
     loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, nothing,
                        gate=gate)
@@ -95,40 +103,44 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     )
 
 
-def _check_serves(route: Route) -> None:
-    """A 400, before the request is admitted, for a chat route's."""
-    if not any(d.kind == "embeddings" for d in route.candidates):
+def _check_serves(route: Route, token_ids: bool) -> None:
+    """A 400, before the request is admitted, for one no member of the route could take:
+    a chat route's, or token ids where every embeddings member takes text only."""
+    members = [d for d in route.candidates if d.kind == "embeddings"]
+    if not members:
         raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
                          param="model")
+    if token_ids and not any(d.provider.type in EMBEDS_TOKEN_IDS for d in members):
+        types = sorted({d.provider.type for d in members})
+        raise BadRequest(f"'input' holds token ids; no deployment of '{route.name}' takes them "
+                         f"(its providers, {', '.join(types)}, take text): send the text "
+                         "instead.", param="input")
 
 
-def _decoded(items: Sequence[object], live: Live) -> str:
-    """Token ids as text, if the gateway's tokenizer knows them all: an id out of its
-    range overflowed inside it, and one of the unused ids in range is a KeyError."""
-    size = live.counter.vocabulary_size
-    ids = [item for item in items if isinstance(item, int) and 0 <= item < size]
-    try:
-        if len(ids) == len(items):
-            return live.counter.decode(ids)
-    except KeyError:
-        pass
-    raise BadRequest(f"'input' holds token ids this gateway's tokenizer does not know "
-                     f"(it reads 0 to {size - 1}, less a few unused).", param="input")
-
-
-def _texts(request: EmbeddingRequest, live: Live) -> tuple[str, ...]:
+def _inputs(request: EmbeddingRequest) -> tuple[tuple[EmbeddingInput, ...], bool]:
+    """The inputs, and whether they are token ids (then each a tuple of ints)."""
     raw = request.input
+    texts: list[str] = []
+    ids: list[tuple[int, ...]] = []
     if isinstance(raw, str):
-        texts: Sequence[str] = [raw]
-    elif raw and all(isinstance(item, int) for item in raw):
-        texts = [_decoded(raw, live)]
-    elif raw and isinstance(raw[0], list):
-        texts = [_decoded(item, live) for item in raw]
-    else:
-        texts = [str(item) for item in raw]
-    if not texts or len(texts) > _MAX_INPUTS:
+        texts.append(raw)
+    elif raw and isinstance(raw[0], int):  # one input, of token ids
+        ids.append(tuple(item for item in raw if isinstance(item, int)))
+    else:  # texts, or inputs of token ids
+        for item in raw:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list):
+                ids.append(tuple(item))
+    if not 1 <= len(texts) + len(ids) <= _MAX_INPUTS:
         raise BadRequest(f"'input' must hold 1 to {_MAX_INPUTS} items.", param="input")
-    return tuple(texts)
+    for tokens in ids:
+        if not tokens:
+            raise BadRequest("'input' holds an empty list of token ids.", param="input")
+        if min(tokens) < 0 or max(tokens) > _MAX_TOKEN_ID:
+            raise BadRequest(f"'input' holds a token id out of range (0 to {_MAX_TOKEN_ID}).",
+                             param="input")
+    return (tuple(ids), True) if ids else (tuple(texts), False)
 
 
 def _body(result: EmbeddingResult, encoding: str) -> dict[str, object]:

@@ -40,10 +40,6 @@ class TokenCounter:
     def encode(self, text: str) -> list[int]:
         return self._encoding.encode(text, disallowed_special=())
 
-    @property
-    def vocabulary_size(self) -> int:
-        return int(self._encoding.n_vocab)
-
     def decode(self, tokens: Sequence[int]) -> str:
         return self._encoding.decode(list(tokens))
 

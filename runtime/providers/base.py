@@ -143,10 +143,17 @@ class StreamedTools:
 _FLOAT32_MAX = 3.4028235e38  # the largest float32, as written: base64 packs "<f"
 
 
+# One input to embed: text, or token ids (in the tokenizer of the model that made them).
+EmbeddingInput = str | tuple[int, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingCall:
+    """Inputs are all text or all token ids; token ids reach only the adapters of the
+    provider types in ``registry.EMBEDS_TOKEN_IDS``."""
+
     deployment: Deployment
-    inputs: tuple[str, ...]
+    inputs: tuple[EmbeddingInput, ...]
     dimensions: int | None
     user: str | None
     prompt_tokens: int

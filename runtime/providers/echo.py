@@ -120,9 +120,9 @@ class EchoAdapter:
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         dimensions = call.dimensions or ECHO_EMBEDDING_DIMENSIONS
         vectors = []
-        for text in call.inputs:
+        for item in call.inputs:
             vector = [0.0] * dimensions
-            for token in self._counter.encode(text):
+            for token in self._counter.encode(item) if isinstance(item, str) else item:
                 vector[token % dimensions] += 1.0
             norm = math.sqrt(sum(value * value for value in vector)) or 1.0
             vectors.append(tuple(value / norm for value in vector))

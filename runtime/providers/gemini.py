@@ -72,7 +72,8 @@ Errors: Google's ``{"error": {"code", "message", "status"}}`` is classified by t
 shared rules, which also read ``RetryInfo.retryDelay`` in its details as Retry-After; a 400
 API_KEY_INVALID is an auth failure, like 401/403.
 Embeddings: ``batchEmbedContents`` in batches of 100, ``outputDimensionality`` from
-``dimensions``; Gemini reports no token count, so the gateway's count is used.
+``dimensions``; Gemini reports no token count, so the gateway's count is used. It takes
+text only: token-id input is never routed to it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from typing import Any
 from aigw.compiler.graph import Provider
 
 from ..errors import (
+    BadRequest,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamContentPolicy,
@@ -169,9 +171,13 @@ class GeminiAdapter:
         yield ChatDelta(usage=usage or unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        texts = [item for item in call.inputs if isinstance(item, str)]
+        if len(texts) != len(call.inputs):  # routing sends none (registry.EMBEDS_TOKEN_IDS)
+            raise BadRequest(f"Deployment '{call.deployment.name}' takes text, not token ids.",
+                             param="input")
         model = model_path(call.deployment.model)
         extra = {} if call.dimensions is None else {"outputDimensionality": call.dimensions}
-        batches = [call.inputs[i:i + EMBED_BATCH] for i in range(0, len(call.inputs), EMBED_BATCH)]
+        batches = [texts[i:i + EMBED_BATCH] for i in range(0, len(texts), EMBED_BATCH)]
         with _key_refusals():
             documents = await asyncio.gather(*(
                 self.upstream.post_json(

@@ -110,7 +110,8 @@ class OpenAIAdapter:
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         body: dict[str, Any] = {
             "model": call.deployment.model,
-            "input": list(call.inputs),
+            # Token ids go as they came: a list of ints per input.
+            "input": [item if isinstance(item, str) else list(item) for item in call.inputs],
             "encoding_format": "float",
         }
         if call.dimensions is not None:

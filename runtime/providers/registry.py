@@ -44,6 +44,12 @@ ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
     }
 )
 
+# Provider types whose embeddings API takes token ids for input (OpenAI's list of ints,
+# or list of lists), sent to them as they came. The others (Gemini's takes text) get no
+# token-id input: a request's ids are in the tokenizer of the model that made them, and
+# no gateway-side guess at it turns them back into the text the client meant.
+EMBEDS_TOKEN_IDS = frozenset({"echo", "openai", "openai_compatible", "vllm", "azure_openai"})
+
 
 def build_adapters(
     providers: Mapping[str, Provider],

@@ -16,8 +16,9 @@ from typing import Protocol
 from aigw.compiler.graph import Deployment, Group, Route
 
 from ..chat_request import ChatRequest
-from ..errors import ContextWindowExceeded, GatewayError
+from ..errors import BadRequest, ContextWindowExceeded, GatewayError
 from ..providers.base import ChatAdapter
+from ..providers.registry import EMBEDS_TOKEN_IDS
 from .state import RoutingState
 from .strategies import Demand, order, prefix_digest
 
@@ -141,17 +142,21 @@ class ChatAsk:
             f"No deployment of '{route}' can serve this request: {reasons}.", param="messages")
 
 
+_TEXT_ONLY = "takes text, not token ids"
+
+
 class EmbeddingAsk:
     """An embeddings call: each input must fit a member's window on its own (``longest``
-    is the longest's tokens)."""
+    is the longest's tokens), and token-id inputs go only to providers that take them."""
 
-    __slots__ = ("adapters", "demand", "window_tokens")
+    __slots__ = ("adapters", "demand", "token_ids", "window_tokens")
 
-    def __init__(self, adapters: Mapping[str, ChatAdapter], prompt_tokens: int,
-                 longest: int) -> None:
+    def __init__(self, adapters: Mapping[str, ChatAdapter], prompt_tokens: int, longest: int,
+                 token_ids: bool) -> None:
         self.adapters = adapters
         self.window_tokens = longest
-        self.demand = Demand(prompt_tokens, 0, False)
+        self.token_ids = token_ids
+        self.demand = Demand(prompt_tokens, 0, False)  # no output, no stream
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
         fit: list[Candidate] = []
@@ -163,6 +168,8 @@ class EmbeddingAsk:
             elif adapter is None:
                 reason = deployment.provider.disabled_reason or "its provider has no adapter"
                 dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            elif self.token_ids and deployment.provider.type not in EMBEDS_TOKEN_IDS:
+                dropped.append(Dropped(deployment.name, _TEXT_ONLY, True))
             elif self.window_tokens > deployment.context_window:
                 dropped.append(Dropped(
                     deployment.name, f"takes inputs of at most {deployment.context_window} "
@@ -173,6 +180,9 @@ class EmbeddingAsk:
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        if all(d.reason == _TEXT_ONLY for d in dropped if d.unfit):
+            return BadRequest(f"'input' holds token ids; no deployment of '{route}' takes "
+                              f"them ({reasons}): send the text instead.", param="input")
         return ContextWindowExceeded(
             f"No deployment of '{route}' can take this input: {reasons}.", param="input")
 

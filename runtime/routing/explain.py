@@ -80,12 +80,12 @@ def explain_embeddings(
     every_provider: bool = False,
     state: RoutingState | None = None,
 ) -> list[TierExplanation]:
-    """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens``: the
-    attempt loop's tiers, as for a chat (``explain``)."""
+    """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens`` (of
+    text): the attempt loop's tiers, as for a chat (``explain``)."""
     route = graph.routes[route_name]
     if route.group is None:
         return []
-    ask = EmbeddingAsk(_adapters(graph, every_provider), prompt_tokens, prompt_tokens)
+    ask = EmbeddingAsk(_adapters(graph, every_provider), prompt_tokens, prompt_tokens, False)
     return _tiers(graph, route.group, ask.eligible, ask.demand, state, gate)
 
 

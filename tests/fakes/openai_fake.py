@@ -252,9 +252,16 @@ class OpenAIFake:
         if unknown:
             return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
         inputs = body.get("input")
-        inputs = [inputs] if isinstance(inputs, str) else inputs
-        if not isinstance(inputs, list) or not inputs:
-            return _invalid("'input' is required", "input")
+        # A string, a list of them, one list of token ids, or a list of those.
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
+                                       and all(isinstance(i, int) for i in inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not (
+                all(isinstance(i, str) for i in inputs) or all(
+                    isinstance(i, list) and i and all(isinstance(t, int) for t in i)
+                    for i in inputs)):
+            return _invalid("'$.input' is invalid. Please check the API reference: "
+                            "https://platform.openai.com/docs/api-reference.", "input")
         dimensions = int(body.get("dimensions") or 8)
         data = []
         for index, text in enumerate(inputs):
@@ -263,7 +270,8 @@ class OpenAIFake:
             if body.get("encoding_format") == "base64":
                 embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": embedding})
-        tokens = sum(len(str(text).split()) for text in inputs)
+        tokens = sum(len(item) if isinstance(item, list) else len(item.split())
+                     for item in inputs)
         return JSONResponse({"object": "list", "data": data,
                              "model": request.path_params.get("deployment") or body.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -16,6 +16,7 @@ from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY
+from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
 
@@ -57,6 +58,15 @@ def openai_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIFake]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
     with serving(fake.app) as base_url:
         fake.base_url = base_url  # type: ignore[attr-defined]
+        yield fake
+
+
+@pytest.fixture
+def gemini_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiFake]:
+    fake = GeminiFake()
+    monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url
         yield fake
 
 

@@ -1,7 +1,8 @@
 """How /v1/embeddings walks a route's members: through the chat's attempt loop, so it
 skips those a chat would skip (an open circuit, a vLLM server aigw runs that is loading
 or down), gives each call's verdict to its deployment's circuit breaker and stats, and
-takes the fallback groups the class of the failure names.
+takes the fallback groups the class of the failure names. Token-id inputs go as they
+came to the providers that take them, and to no other.
 
 The upstream is scripted (tests/fakes/scripted.py), or a provider's fake."""
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from ..fakes.brain import Action
+from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import Scripted, scripted_upstream
 from ..fakes.serve import free_port
@@ -217,3 +219,78 @@ async def test_a_failure_takes_the_fallbacks_its_class_names(
         assert response.status_code == 200, response.text
         assert response.headers["x-aigw-deployment"] == served
     assert scripted.calls == 1
+
+
+def _token_config(openai: OpenAIFake, gemini: GeminiFake) -> str:
+    base = openai.base_url  # type: ignore[attr-defined]
+    return f"""
+        providers:
+          oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+          box: {{type: vllm, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+          az: {{type: azure_openai, base_url: "{base}", api_key: "${{FAKE_OPENAI_KEY}}",
+                api_version: "2024-10-21"}}
+          gem: {{type: gemini, base_url: "{gemini.base_url}/v1beta",
+                 api_key: "${{FAKE_GEMINI_KEY}}"}}
+          local: {{type: echo}}
+        deployments:
+          oai-emb: {{provider: oai, model: text-embedding-3-small, kind: embeddings,
+                     context_window: 8191}}
+          vllm-emb: {{provider: box, model: bge-m3, kind: embeddings, context_window: 8192}}
+          az-emb: {{provider: az, model: my-embeddings, kind: embeddings,
+                    context_window: 8191}}
+          gem-emb: {{provider: gem, model: gemini-embedding-001, kind: embeddings,
+                     context_window: 2048}}
+          echo-emb: {{provider: local, model: echo-embed, kind: embeddings,
+                      context_window: 8192}}
+        groups:
+          mixed: {{members: [gem-emb, oai-emb], strategy: priority}}
+        routes:
+          oai: {{deployment: oai-emb}}
+          vllm: {{deployment: vllm-emb}}
+          azure: {{deployment: az-emb}}
+          gem: {{deployment: gem-emb}}
+          echo: {{deployment: echo-emb}}
+          mixed: {{group: mixed}}
+    """
+
+
+async def test_token_ids_go_upstream_as_they_came_and_count_one_each(
+    make_gateway: GatewayFactory, openai_fake: OpenAIFake, gemini_fake: GeminiFake,
+) -> None:
+    """They were decoded with the gateway's own tokenizer (cl100k) and sent as text:
+    another model's ids (or cl100k's unused 100256, a 400) meant other words."""
+    client = await make_gateway(_token_config(openai_fake, gemini_fake))
+    ids = [[15339, 1917], [100256, 7, 7]]
+    for model in ("oai", "vllm", "azure"):
+        response = await client.post("/v1/embeddings", json={"model": model, "input": ids})
+        assert response.status_code == 200, (model, response.text)
+        assert openai_fake.script.requests[-1]["input"] == ids
+        assert len(response.json()["data"]) == 2
+        assert response.json()["usage"]["prompt_tokens"] == 5  # the fake counts ids
+    one = await client.post("/v1/embeddings", json={"model": "oai", "input": [1, 2, 3]})
+    assert one.status_code == 200, one.text
+    assert openai_fake.script.requests[-1]["input"] == [[1, 2, 3]]
+    assert len(one.json()["data"]) == 1
+    echoed = await client.post("/v1/embeddings", json={"model": "echo", "input": ids})
+    assert echoed.json()["usage"]["prompt_tokens"] == 5  # the gateway's count: one an id
+
+
+async def test_token_ids_skip_members_that_take_text_only(
+    make_gateway: GatewayFactory, openai_fake: OpenAIFake, gemini_fake: GeminiFake,
+) -> None:
+    """Gemini's embeddings take text: a token-id input is refused (400) where no member
+    takes ids, and in a group that mixes them goes to one that does."""
+    client = await make_gateway(_token_config(openai_fake, gemini_fake))
+    refused = await client.post("/v1/embeddings", json={"model": "gem", "input": [[15339]]})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == {
+        "message": "'input' holds token ids; no deployment of 'gem' takes them (its "
+                   "providers, gemini, take text): send the text instead.",
+        "type": "invalid_request_error", "param": "input", "code": "invalid_request"}
+    assert gemini_fake.paths == []
+    mixed = await client.post("/v1/embeddings", json={"model": "mixed", "input": [[15339]]})
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.headers["x-aigw-deployment"] == "oai-emb"
+    text = await client.post("/v1/embeddings", json={"model": "mixed", "input": "hello"})
+    assert text.headers["x-aigw-deployment"] == "gem-emb"
+    assert len(gemini_fake.paths) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +11,6 @@ import pytest
 from ..fakes.brain import Action
 from ..fakes.gemini_fake import SIGNATURE, GeminiFake
 from ..fakes.scripted import Scripted, scripted_upstream
-from ..fakes.serve import serving
 from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
 
 CHAT = "/v1/chat/completions"
@@ -20,15 +18,6 @@ TOOLS = [{"type": "function", "function": {
     "name": "lookup", "description": "Look a thing up",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
                    "required": ["query"]}}}]
-
-
-@pytest.fixture
-def gemini_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiFake]:
-    fake = GeminiFake()
-    monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
-    with serving(fake.app) as base_url:
-        fake.base_url = base_url
-        yield fake
 
 
 @pytest.fixture

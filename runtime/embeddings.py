@@ -2,7 +2,8 @@
 
 A call goes through the chat's attempt loop (routing/attempts.py) with an embeddings
 ``Ask``: the route's members in its group's strategy order, skipped when unavailable,
-retried, and its fallback groups taken by the class of the last failure, as a chat's.
+retried, and its fallback groups taken by the class of the last failure, as a chat's;
+a deployment's own rpm/tpm (``limits``) holds for it too.
 ``input`` may be token ids (a list of ints, or a list of them, as OpenAI takes them):
 they are sent as they came to providers whose embeddings take them, and each counts one
 token. Members whose provider takes text only (Gemini) are skipped for them; a route with
@@ -16,12 +17,13 @@ import struct
 import time
 from typing import Annotated, Literal
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from aigw.compiler.graph import ApiKey, Route
 
-from .admission import check_route_allowed
+from .admission import DeploymentQuotas, check_route_allowed
 from .chat import deadline_s, nothing, overhead_header, resolve_route, run_attempts
 from .chat_request import bad_request
 from .errors import BadRequest
@@ -74,14 +76,25 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
         default=0.0))
 
+    quotas = DeploymentQuotas(live.store, record)
+
     async def attempt(candidate: Candidate) -> EmbeddingResult:
+        # A deployment's own rpm/tpm, as a chat attempt takes it: over it, the member is
+        # skipped (DeploymentAtQuota) and no call goes out.
+        hold = await quotas.take(candidate.deployment, prompt_tokens)
         call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
                              prompt_tokens)
         waited = time.perf_counter()
         try:
-            return await candidate.adapter.embed(call)
+            result = await candidate.adapter.embed(call)
+        except BaseException:  # failed or cancelled: the quota is given back
+            with anyio.CancelScope(shield=True):
+                await quotas.release(hold)
+            raise
         finally:  # the upstream's time, not the gateway's own overhead
             record.upstream_s += time.perf_counter() - waited
+        await quotas.settle(hold, result.prompt_tokens)
+        return result
 
     ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
     deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's

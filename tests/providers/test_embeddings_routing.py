@@ -221,6 +221,35 @@ async def test_a_failure_takes_the_fallbacks_its_class_names(
     assert scripted.calls == 1
 
 
+async def test_a_deployments_own_quota_holds_for_embeddings(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A deployment's limits (rpm, tpm) held for a chat's attempts only: embeddings went
+    past them. At its quota a member is skipped, no call made, as in a chat."""
+    client = await make_gateway("""
+        providers:
+          local: {type: echo}
+        deployments:
+          capped: {provider: local, model: capped, kind: embeddings, context_window: 8192,
+                   limits: {rpm: 1}}
+          spare: {provider: local, model: spare, kind: embeddings, context_window: 8192}
+        groups:
+          both: {members: [capped, spare], retry: {attempts: 0}}
+        routes:
+          both: {group: both}
+          capped: {deployment: capped, deadline_s: 5}  # no waiting a minute for the rpm
+    """)
+    first = await _embed(client, "both")
+    assert first.headers["x-aigw-deployment"] == "capped"
+    second = await _embed(client, "both")
+    assert second.status_code == 200, second.text
+    assert (second.headers["x-aigw-deployment"], second.headers["x-aigw-attempts"]) == (
+        "spare", "1")
+    alone = await _embed(client, "capped")
+    assert alone.status_code == 429, alone.text
+    assert "at its own quota" in alone.json()["error"]["message"]
+
+
 def _token_config(openai: OpenAIFake, gemini: GeminiFake) -> str:
     base = openai.base_url  # type: ignore[attr-defined]
     return f"""

@@ -295,6 +295,10 @@ class Run:
         """A checkpointed step: tries with backoff until one succeeds or retries run out."""
         path = context.path
         state = self.states.get(path)
+        if state is not None and state.status is StepStatus.FAILED:
+            # Failed for good (a step's failure is recorded only then), and the runner
+            # stopped before it failed the execution: it fails now, as it would have.
+            raise StepFailed(f"step '{path}' failed: {state.error}", retryable=False)
         resuming = state is not None and state.status in (StepStatus.RUNNING, StepStatus.WAITING)
         attempt = state.attempts if state is not None else 0
         tries = 0

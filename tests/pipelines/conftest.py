@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ import redis
 
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
+from aigw.runtime.store.executions import Checkpoint, NewExecution, Status, new_owner
 from aigw.runtime.tokens import TokenCounter
 from aigw.runtime.workflows import Workflows
 from aigw.runtime.workflows.engine import HttpCaller
+from aigw.runtime.workflows.service import open_executions
 
 DEV_KEY = "sk-aigw-dev"
 ALICE_KEY = "sk-alice-pipelines"
@@ -151,6 +154,27 @@ class Served:
         response = await self.http.get(f"/api/v1/executions/{execution_id}/steps")
         return {state["step"]: state for state in response.json()["data"]}
 
+    async def left_by_a_crash(self, pipeline: str, *checkpoints: Checkpoint) -> str:
+        """An execution of ``pipeline`` (by the dev key) whose runner wrote
+        ``checkpoints`` and died: its lease is let go, as one that ran out is, for this
+        gateway's runner (started by the next request) to resume."""
+        graph = self.gateway.live.graph
+        store = await open_executions(graph.settings.store, self.root,
+                                      self.workflows.namespace or "aigw")
+        try:
+            now = time.time()
+            execution, _ = await store.create(
+                NewExecution(pipeline, {}, "dev", None, graph.fingerprint), now)
+            owner = new_owner()
+            assert await store.claim(owner, 60.0, now, 1) == (execution.id,)
+            await store.commit(execution.id, owner, Checkpoint(status=Status.RUNNING), now)
+            for checkpoint in checkpoints:
+                await store.commit(execution.id, owner, checkpoint, now)
+            await store.release(execution.id, owner)
+        finally:
+            await store.aclose()
+        return execution.id
+
 
 Serve = Callable[..., Awaitable[Served]]
 
@@ -202,6 +226,15 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     # Anything left unclosed (a Redis connection, a socket) warns now, failing the test
     # that left it, not whichever test the garbage collector happens to run in later.
     gc.collect()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``serve``'s options for each store: the embedded one, then Redis."""
+    if request.param == "embedded":
+        return {}
+    return {"store": request.getfixturevalue("redis_url"),
+            "namespace": request.getfixturevalue("namespace")}
 
 
 @pytest.fixture

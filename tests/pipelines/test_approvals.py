@@ -45,14 +45,6 @@ output: "{{ steps.legal.approved }}"
 """
 
 
-@pytest.fixture(params=["embedded", "redis"])
-def store_options(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "embedded":
-        return {}
-    return {"store": request.getfixturevalue("redis_url"),
-            "namespace": request.getfixturevalue("namespace")}
-
-
 async def _start(served: Served, pipeline: str, headers: dict[str, str] = BOT,
                  **extra: Any) -> str:
     started = await served.http.post("/api/v1/executions", headers=headers,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
 
 from aigw.runtime.app import create_app
+from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
 from aigw.runtime.workflows import Workflows
 
 from .conftest import DEV_KEY, Serve, Served
@@ -122,3 +124,30 @@ async def test_a_model_call_cut_by_a_stop_is_recorded_as_cancelled(serve: Serve)
     assert spend.status_code == 200, spend.text
     rows = spend.json()["data"]
     assert [(row["route"], row["requests"], row["errors"]) for row in rows] == [("fast", 1, 1)]
+
+
+RETRIED = """
+input: {type: object}
+steps:
+  only: {kind: llm, model: fast, prompt: "hi", retries: 3}
+output: "{{ steps.only }}"
+"""
+
+
+async def test_a_step_failed_for_good_before_a_crash_is_not_tried_again(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """A runner that recorded step_failed and died before execution_failed: the next one
+    started the step again (a fresh attempt, though the failure was not retryable), so
+    the execution could succeed past a failure it had already recorded."""
+    served = await serve({"retried": RETRIED}, **store_options)
+    error = "model 'fast': the request was refused"
+    execution_id = await served.left_by_a_crash("retried", Checkpoint(
+        steps=(StepState("only", StepStatus.FAILED, 1, error=error, started_at=1.0,
+                         finished_at=2.0),),
+        events=(NewEvent("step_failed", "only", {"attempt": 1, "error": error}),)))
+    done = await served.wait_for(execution_id, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["error"]) == ("failed", f"step 'only' failed: {error}")
+    assert (await served.steps(execution_id))["only"]["attempts"] == 1
+    events = [e["type"] for e in await served.events(execution_id)]
+    assert "step_started" not in events and "model_call" not in events

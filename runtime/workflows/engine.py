@@ -155,8 +155,9 @@ class Run:
         self.memos: dict[str, Any] = {}
         self._control: str | None = execution.control
         self._checked = 0.0
-        # An approval's state and the execution's status commit one approval at a time:
-        # two decided at once each saw the other still waiting, and both left it waiting.
+        # A waiting state and the execution's status commit one at a time
+        # (``_commit_states``): two approvals decided at once each saw the other still
+        # waiting, and both left it waiting.
         self._approvals = asyncio.Lock()
 
     async def run(self) -> Status:
@@ -323,16 +324,43 @@ class Run:
                 )
                 return output
             if not error.retryable or tries > step.retries:
-                await self.set_state(
+                await self._end_attempt(path, attempt, error, (
                     StepState(path, StepStatus.FAILED, attempt, error=str(error),
-                              started_at=self.states[path].started_at, finished_at=self.now()),
-                    NewEvent("step_failed", path, {"attempt": attempt, "error": str(error)}),
-                )
+                              started_at=self.states[path].started_at, finished_at=self.now()),),
+                    NewEvent("step_failed", path, {"attempt": attempt, "error": str(error)}))
                 raise StepFailed(f"step '{path}' failed: {error}", retryable=False)
             delay = min(step.backoff_ms * 2 ** (tries - 1) / 1000, MAX_BACKOFF_S)
-            await self.emit(NewEvent("step_retry", path, {"attempt": attempt, "error": str(error),
-                                                          "delay_s": delay}))
+            await self._end_attempt(path, attempt, error, (), NewEvent(
+                "step_retry", path, {"attempt": attempt, "error": str(error), "delay_s": delay}))
             await asyncio.sleep(delay)
+
+    async def _end_attempt(self, path: str, attempt: int, error: StepFailed,
+                           states: tuple[StepState, ...], event: NewEvent) -> None:
+        """Commit a failed try's end, with what it left unfinished under its key (a map
+        item's approval, the steps of a pipeline an item ran) marked failed: the next try
+        works under keys of its own, so they would read running or waiting for good (an
+        approval listed, decidable, and holding the execution 'waiting')."""
+        prefix = f"{path}@{attempt}/"
+        now = self.now()
+        reason = f"abandoned: try {attempt} of step '{path}' failed ({error})"
+        left = tuple(replace(state, status=StepStatus.FAILED, error=reason, finished_at=now)
+                     for state in self.states.values() if state.step.startswith(prefix)
+                     and state.status in (StepStatus.RUNNING, StepStatus.WAITING))
+        events = (*(NewEvent("step_abandoned", state.step, {"reason": reason})
+                    for state in left), event)
+        await self._commit_states((*left, *states), events)
+
+    async def _commit_states(self, states: tuple[StepState, ...],
+                             events: tuple[NewEvent, ...]) -> None:
+        """Commit step states that start or end a wait, and the execution's status with
+        them: waiting while any approval waits (this one or another beside it; one
+        decided left it running while the other still waited, missing from
+        ?status=waiting), else running."""
+        async with self._approvals:
+            self.states.update((state.step, state) for state in states)
+            waiting = any(other.status is StepStatus.WAITING for other in self.states.values())
+            await self.commit(Checkpoint(steps=states, events=events,
+                                         status=Status.WAITING if waiting else Status.RUNNING))
 
     async def attempt(self, context: StepContext, step: Step) -> Any:
         """One try: the action under the step's timeout, then its output_schema."""
@@ -398,10 +426,10 @@ class Run:
             if "approvers" in self.memos[key]:
                 detail["approvers"] = self.memos[key]["approvers"]
             state = self.states.get(path)
-            await self._approval_state(
+            await self._commit_states((
                 StepState(path, StepStatus.WAITING, state.attempts if state else 1,
-                          started_at=state.started_at if state else self.now(), detail=detail),
-                NewEvent("step_waiting", path, detail))
+                          started_at=state.started_at if state else self.now(), detail=detail),),
+                (NewEvent("step_waiting", path, detail),))
             with self.services.waiting(self.id):
                 while decision is None:
                     remaining = deadline - self.now()
@@ -426,18 +454,8 @@ class Run:
         decided = StepState(path, StepStatus.SUCCEEDED, state.attempts if state else 1, result,
                             started_at=state.started_at if state else self.now(),
                             finished_at=self.now())
-        await self._approval_state(decided, NewEvent("approval_decided", path, result))
+        await self._commit_states((decided,), (NewEvent("approval_decided", path, result),))
         return result
-
-    async def _approval_state(self, state: StepState, event: NewEvent) -> None:
-        """Commit an approval's state, and the execution's status with it: waiting while
-        any approval waits (this one or another beside it; one decided left it running
-        while the other still waited, missing from ?status=waiting), else running."""
-        async with self._approvals:
-            self.states[state.step] = state
-            waiting = any(other.status is StepStatus.WAITING for other in self.states.values())
-            await self.commit(Checkpoint(steps=(state,), events=(event,),
-                                         status=Status.WAITING if waiting else Status.RUNNING))
 
     async def call_model(self, context: StepContext, model: str, request: ChatRequest,
                          key: str) -> str:

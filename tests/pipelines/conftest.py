@@ -154,6 +154,22 @@ class Served:
         response = await self.http.get(f"/api/v1/executions/{execution_id}/steps")
         return {state["step"]: state for state in response.json()["data"]}
 
+    def with_new_runner(self) -> Served:
+        """This gateway with a runner of its own on the same store, as after a restart
+        (or on another replica); stop it with ``aclose``."""
+        workflows = Workflows(self.gateway, namespace=self.workflows.namespace, poll_s=0.05)
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(self.gateway, workflows)),
+            base_url="http://aigw.test", headers={"authorization": f"Bearer {DEV_KEY}"},
+            timeout=30,
+        )
+        return Served(self.root, self.gateway, workflows, http)
+
+    async def aclose(self) -> None:
+        """Stop what ``with_new_runner`` made (the gateway is the first one's)."""
+        await self.http.aclose()
+        await self.workflows.stop()
+
     async def left_by_a_crash(self, pipeline: str, *checkpoints: Checkpoint) -> str:
         """An execution of ``pipeline`` (by the dev key) whose runner wrote
         ``checkpoints`` and died: its lease is let go, as one that ran out is, for this

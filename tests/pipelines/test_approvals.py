@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
-
-from aigw.runtime.app import create_app
-from aigw.runtime.workflows import Workflows
 
 from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, Serve, Served, approval_pipeline
 
@@ -153,10 +149,7 @@ async def test_who_decides_is_fixed_when_the_wait_begins(serve: Serve) -> None:
         ONE.replace("keys: [alice]", "keys: [bot]"))
     assert (await served.gateway.reload("test")).ok
     await served.workflows.stop()  # and a new runner picks the execution up
-    workflows = Workflows(served.gateway, poll_s=0.05)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(
-        served.gateway, workflows)), base_url="http://aigw.test")
-    second = Served(served.root, served.gateway, workflows, client)
+    second = served.with_new_runner()
     try:
         await second.http.get(f"/api/v1/executions/{execution_id}", headers=BOT)
 
@@ -169,8 +162,7 @@ async def test_who_decides_is_fixed_when_the_wait_begins(serve: Serve) -> None:
         assert await _inbox(second, ALICE) == [("legal", "legal?")]
         assert await _inbox(second, BOT) == []
     finally:
-        await client.aclose()
-        await workflows.stop()
+        await second.aclose()
 
 
 async def test_a_key_named_as_an_approver_can_still_be_revoked(serve: Serve) -> None:
@@ -405,4 +397,50 @@ async def test_an_execution_waits_while_any_of_its_approvals_does(
     assert legal.status_code == 200, legal.text
     done = await served.wait_for(execution_id, lambda e: e["status"] == "succeeded")
     assert done["output"] == {"legal": False, "own": True}
+
+
+
+TIMED_OUT_MAP = """
+input: {type: object}
+steps:
+  each:
+    kind: map
+    over: "['a']"
+    timeout_s: 0.3
+    retries: 1
+    backoff_ms: {backoff_ms}
+    step: {kind: approval, message: "ship {{ item }}?", timeout_s: 60}
+output: "{{ steps.each }}"
+"""
+
+
+async def test_an_approval_of_an_abandoned_attempt_no_longer_waits(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """A map whose try timed out while its item's approval waited: the retry's approval
+    (each@2/0) waited, and so, for good, did the first try's (each@1/0), listed in the
+    inbox and decidable though nothing would ever read its decision, and keeping the
+    execution 'waiting' once the live one was decided."""
+    served = await serve({"each": TIMED_OUT_MAP.replace("{backoff_ms}", "0")}, **store_options)
+    execution_id = await _start(served, "each")
+    url = f"/api/v1/executions/{execution_id}/approvals"
+
+    async def retry_waits() -> bool:
+        return (await served.steps(execution_id)).get("each@2/0", {}).get("status") \
+            == "waiting"
+
+    await _eventually("the second try's approval", retry_waits)
+    assert await _inbox(served, BOT) == [("each@2/0", "ship a?")]
+    abandoned = (await served.steps(execution_id))["each@1/0"]
+    assert abandoned["status"] == "failed", abandoned
+    assert abandoned["error"] == "abandoned: try 1 of step 'each' failed (timed out after 0.3s)"
+    stale = await served.http.post(url, headers=BOT, json={"decision": "approve",
+                                                             "step": "each@1/0"})
+    assert stale.status_code == 409, stale.text
+    decided = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+    assert decided.status_code == 200 and decided.json()["step"] == "each@2/0", decided.text
+    done = await served.wait_for(execution_id, lambda e: e["status"] == "succeeded")
+    assert [item["approved"] for item in done["output"]] == [True]
+    assert all(state["status"] != "waiting"
+               for state in (await served.steps(execution_id)).values())
 

@@ -6,14 +6,11 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 
-from aigw.runtime.app import create_app
 from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
-from aigw.runtime.workflows import Workflows
 
-from .conftest import DEV_KEY, Serve, Served
+from .conftest import Serve, Served
 
 LONG = """
 input: {type: object}
@@ -43,19 +40,9 @@ async def _stop_after_calls(served: Served, execution_id: str, calls: int) -> No
     await served.workflows.stop()
 
 
-async def _resume_elsewhere(served: Served, **options: str) -> Served:
-    """A second gateway process, in effect: new workflows (a new runner) on the same store."""
-    workflows = Workflows(served.gateway, poll_s=0.05, **options)  # type: ignore[arg-type]
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(served.gateway,
-                                                                          workflows)),
-                             base_url="http://aigw.test",
-                             headers={"authorization": f"Bearer {DEV_KEY}"})
-    return Served(served.root, served.gateway, workflows, http)
-
-
-async def _check_resumed(first: Served, execution_id: str, **options: str) -> None:
+async def _check_resumed(first: Served, execution_id: str) -> None:
     await _stop_after_calls(first, execution_id, 3)
-    second = await _resume_elsewhere(first, **options)
+    second = first.with_new_runner()
     try:
         done = await second.wait_for(execution_id, lambda e: e["status"] == "succeeded", 20)
         assert done["output"] == "abcdef"
@@ -70,8 +57,7 @@ async def _check_resumed(first: Served, execution_id: str, **options: str) -> No
                    if e["type"] in ("execution_started", "execution_resumed")]
         assert runners == [first.workflows.owner, second.workflows.owner]
     finally:
-        await second.http.aclose()
-        await second.workflows.stop()
+        await second.aclose()
 
 
 async def test_a_stopped_gateway_resumes_where_it_was(serve: Serve) -> None:
@@ -86,7 +72,7 @@ async def test_on_redis_another_replica_resumes_it(
 ) -> None:
     served = await serve({"long": LONG}, latency=SLOW_ECHO, store=redis_url, namespace=namespace)
     started = await served.start("long", {})
-    await _check_resumed(served, started["id"], namespace=namespace)
+    await _check_resumed(served, started["id"])
 
 
 async def test_a_request_after_shutdown_starts_nothing(serve: Serve) -> None:

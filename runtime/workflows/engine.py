@@ -300,9 +300,13 @@ class Run:
             # Failed for good (a step's failure is recorded only then), and the runner
             # stopped before it failed the execution: it fails now, as it would have.
             raise StepFailed(f"step '{path}' failed: {state.error}", retryable=False)
-        resuming = state is not None and state.status in (StepStatus.RUNNING, StepStatus.WAITING)
+        # A running step with an error is between tries (the runner stopped during the
+        # backoff): its last try is over, and the next one begins under keys of its own.
+        resuming = state is not None and state.error is None \
+            and state.status in (StepStatus.RUNNING, StepStatus.WAITING)
         attempt = state.attempts if state is not None else 0
-        tries = 0
+        # The tries made before a restart count against ``retries``: none are given back.
+        tries = attempt - 1 if resuming else attempt
         while True:
             tries += 1
             if not resuming:
@@ -330,8 +334,11 @@ class Run:
                     NewEvent("step_failed", path, {"attempt": attempt, "error": str(error)}))
                 raise StepFailed(f"step '{path}' failed: {error}", retryable=False)
             delay = min(step.backoff_ms * 2 ** (tries - 1) / 1000, MAX_BACKOFF_S)
-            await self._end_attempt(path, attempt, error, (), NewEvent(
-                "step_retry", path, {"attempt": attempt, "error": str(error), "delay_s": delay}))
+            await self._end_attempt(path, attempt, error, (
+                StepState(path, StepStatus.RUNNING, attempt, error=str(error),
+                          started_at=self.states[path].started_at),),
+                NewEvent("step_retry", path, {"attempt": attempt, "error": str(error),
+                                              "delay_s": delay}))
             await asyncio.sleep(delay)
 
     async def _end_attempt(self, path: str, attempt: int, error: StepFailed,

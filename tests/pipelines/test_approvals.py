@@ -444,3 +444,33 @@ async def test_an_approval_of_an_abandoned_attempt_no_longer_waits(
     assert all(state["status"] != "waiting"
                for state in (await served.steps(execution_id)).values())
 
+
+async def test_a_try_that_failed_before_a_restart_is_not_taken_up_again(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """Stopped while a failed try's retry waited out its backoff, the next runner went on
+    with the failed try (its number, its keys): the approval it had abandoned waited
+    again, and, the count of tries starting again from nothing, the step had one try
+    more than its retries allow."""
+    served = await serve({"each": TIMED_OUT_MAP.replace("{backoff_ms}", "60000")},
+                         **store_options)
+    execution_id = await _start(served, "each")
+
+    async def retrying() -> bool:
+        return any(e["type"] == "step_retry" for e in await served.events(execution_id))
+
+    await _eventually("the first try to time out", retrying)
+    await served.workflows.stop()
+    second = served.with_new_runner()
+    try:
+        done = await second.wait_for(execution_id, lambda e: e["status"] == "failed")
+        assert done["error"] == "step 'each' failed: timed out after 0.3s"
+        events = await second.events(execution_id)
+        assert [e["step"] for e in events if e["type"] == "step_waiting"] == \
+            ["each@1/0", "each@2/0"]
+        assert [e["data"]["attempt"] for e in events if e["type"] == "step_started"] == [1, 2]
+        steps = await second.steps(execution_id)
+        assert [steps[name]["status"] for name in ("each", "each@1/0", "each@2/0")] == \
+            ["failed"] * 3
+    finally:
+        await second.aclose()

@@ -81,8 +81,10 @@ class GatewayModels:
 
 
     async def check_pipeline(self, pipeline: str) -> None:
-        """The check ``/api/v1/executions`` makes, for a step that runs ``pipeline``: a
-        forbid on ``Pipeline::"name"`` holds however it is reached."""
+        """The check ``/api/v1/executions`` makes, for a step that runs ``pipeline`` (a
+        forbid on ``Pipeline::"name"`` holds however it is reached) and for the
+        execution's own pipeline as it resumes. Asked without the starting request's
+        headers (its tags and latency SLA are not kept)."""
         live = self.gateway.live
         try:
             await authorize_pipeline(live, self._key(live), self.user, pipeline, Headers())

@@ -9,7 +9,9 @@ model call, map item, loop iteration, ensemble member and cascade tier is a memo
 by where it is (``report@1``, ``items@2/3``), so an execution resumed after a crash
 runs again only the step that was in flight, and repeats none of its completed calls.
 A step is skipped when its ``when`` is false, when a branch listing it chose other
-steps, or when every step it needs was skipped.
+steps, or when every step it needs was skipped. Policy is asked again whenever the run
+goes on after a stop or a wait (resumed, started on a graph other than the one it was
+made on, or decided after an approval's wait): a reload may forbid the pipeline since.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class Stop(Exception):
         self.action = action
 
 
+class Denied(Exception):
+    """Policy no longer lets the execution's key (and end user) run its pipeline, asked
+    again as the run goes on after a stop or a wait: it ends failed, whatever steps are
+    in flight."""
+
+
 class Suspended(Exception):
     """The step gave way to a pause (a waiting approval, or a pipeline or map step whose
     own work in flight has finished); it stays unfinished, and is resumed."""
@@ -79,7 +87,8 @@ class ModelAnswer:
 
 class ModelCaller(Protocol):
     """One call through the gateway's serving core (routing, limits, budgets, ledger);
-    and its invoke check for a step that runs another pipeline."""
+    and its invoke check on a pipeline (one a step runs, or the execution's own, asked
+    again as it resumes)."""
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer: ...
 
@@ -144,9 +153,11 @@ class Run:
         pipelines: Mapping[str, Pipeline],
         caller: ModelCaller,
         act: Action,
+        graph: str,
     ) -> None:
         self.services = services
         self.execution = execution
+        self.graph = graph  # fingerprint of the graph serving this run
         self.id = execution.id
         self.pipelines = pipelines
         self.caller = caller
@@ -173,6 +184,11 @@ class Run:
             if pipeline is None:
                 raise StepFailed(f"pipeline '{self.execution.pipeline}' is no longer defined",
                                  retryable=False)
+            if self.states or self.graph != self.execution.graph:
+                # Policy was asked when the execution was made; since then a reload (or a
+                # restart on new files) may forbid the pipeline to its key.
+                await self.still_allowed("stopped as it resumed" if self.states
+                                         else "not started")
             output = await self.run_pipeline(pipeline, "", self.execution.input)
         except Stop as stop:
             status = Status.PAUSED if stop.action == "pause" else Status.CANCELLED
@@ -181,7 +197,7 @@ class Run:
                 error="cancelled" if status is Status.CANCELLED else None,
                 events=(NewEvent(f"execution_{status.value}"),)))
             return status
-        except StepFailed as exc:
+        except (StepFailed, Denied) as exc:
             await self.commit(Checkpoint(status=Status.FAILED, error=str(exc), events=(
                 NewEvent("execution_failed", data={"error": str(exc)}),)))
             return Status.FAILED
@@ -417,6 +433,7 @@ class Run:
         store = self.services.store
         decision = await store.decision(self.id, path)
         timed_out = False
+        waited = decision is None
         if decision is None:
             key = f"{path}#deadline"
             if key not in self.memos:
@@ -462,7 +479,18 @@ class Run:
                             started_at=state.started_at if state else self.now(),
                             finished_at=self.now())
         await self._commit_states((decided,), (NewEvent("approval_decided", path, result),))
+        if waited:  # a wait may outlast a reload that forbids the pipeline now
+            await self.still_allowed(f"stopped after the decision on '{path}'")
         return result
+
+    async def still_allowed(self, when: str) -> None:
+        """``Denied`` (its message opening with ``when``) if policy, as it is now, does not
+        let the execution's key and end user run its pipeline: the check the execution
+        passed when it was made, asked again."""
+        try:
+            await self.caller.check_pipeline(self.execution.pipeline)
+        except StepFailed as exc:
+            raise Denied(f"{when}: {exc}") from exc
 
     async def call_model(self, context: StepContext, model: str, request: ChatRequest,
                          key: str) -> str:

@@ -149,7 +149,7 @@ class Workflows:
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
                             self.wait, self._runner.waiting_for_decision, self.poll_s)
         models = self._models(self.gateway, execution)
-        run = Run(services, execution, live.graph.pipelines, models, act)
+        run = Run(services, execution, live.graph.pipelines, models, act, live.graph.fingerprint)
         status = await run.run()
         self._count(execution.pipeline, status)
         return status

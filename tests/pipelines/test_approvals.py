@@ -4,6 +4,7 @@ reload and a restart, once only; and the end user a run is for. On both stores."
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -474,3 +475,72 @@ async def test_a_try_that_failed_before_a_restart_is_not_taken_up_again(
             ["failed"] * 3
     finally:
         await second.aclose()
+
+
+EVERYTHING = '@id("everything")\npermit (principal, action, resource);\n'
+NO_PUBLISH_FOR_BOT = ('@id("no-publish-for-bot")\nforbid (principal in ApiKey::"bot", '
+                      'action == Action::"invoke", resource == Pipeline::"publish");\n')
+DENIED = ("Policy does not allow key 'bot' to run pipeline 'publish': denied by "
+          "no-publish-for-bot.")
+
+
+async def _forbid_publish_to_bot(served: Served) -> None:
+    """Reload ``served`` with a policy that forbids the bot key to run 'publish'."""
+    (served.root / "policies" / "gateway.cedar").write_text(EVERYTHING + NO_PUBLISH_FOR_BOT)
+    assert (await served.gateway.reload("test")).ok
+
+
+async def _serve_policed(serve: Serve, tmp_path: Path, **options: Any) -> Served:
+    """'publish' (a draft, then a sign-off) and 'slow', with policies that let every key
+    run them."""
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(EVERYTHING)
+    return await serve({"publish": approval_pipeline(), "slow": SLOW}, root=root, **options)
+
+
+async def test_a_decision_after_a_policy_forbids_the_pipeline_does_not_go_on(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Policy was asked once, when the run began: an approval decided after a reload that
+    forbids the key the pipeline let the run go on, publishing under the old decision."""
+    served = await _serve_policed(serve, tmp_path)
+    execution_id, url = await _waiting(served)
+    await _forbid_publish_to_bot(served)
+    decided = await served.http.post(url, headers=BOT, json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    done = await served.wait_for(execution_id, lambda e: e["status"] in ("failed", "succeeded"))
+    assert done["error"] == f"stopped after the decision on 'sign_off': {DENIED}"
+    steps = await served.steps(execution_id)
+    assert steps["sign_off"]["status"] == "succeeded" and "publish" not in steps
+
+
+async def test_a_run_resumed_after_a_policy_forbids_the_pipeline_does_not_go_on(
+    serve: Serve, tmp_path: Path
+) -> None:
+    served = await _serve_policed(serve, tmp_path)
+    execution_id, _ = await _waiting(served)
+    await served.workflows.stop()
+    await _forbid_publish_to_bot(served)
+    second = served.with_new_runner()
+    try:
+        done = await second.wait_for(execution_id, lambda e: e["status"] in ("failed",
+                                                                             "succeeded"))
+        assert done["error"] == f"stopped as it resumed: {DENIED}"
+        events = [e["type"] for e in await second.events(execution_id)]
+        assert events[-2:] == ["execution_resumed", "execution_failed"]
+    finally:
+        await second.aclose()
+
+
+async def test_a_run_queued_when_a_policy_forbids_the_pipeline_does_not_start(
+    serve: Serve, tmp_path: Path
+) -> None:
+    served = await _serve_policed(serve, tmp_path, settings="  execution_capacity: 1",
+                                  latency=", latency: {per_token_ms: 100}")
+    first = await _start(served, "slow")
+    await served.wait_for(first, lambda e: e["status"] == "running")
+    queued = await _start(served, "publish", input={"text": "hello"})
+    await _forbid_publish_to_bot(served)
+    done = await served.wait_for(queued, lambda e: e["status"] in ("failed", "succeeded"))
+    assert done["error"] == f"not started: {DENIED}" and done["usage"]["model_calls"] == 0

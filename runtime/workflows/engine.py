@@ -121,8 +121,9 @@ class Services:
     notify: Callable[[str], None]  # wake whoever follows this execution in this process
     wait: Callable[[str, float], Awaitable[None]]  # until a local wake, or the timeout
     # Held while an approval waits for a decision: the runner does not count the
-    # execution against its capacity meanwhile.
-    waiting: Callable[[str], AbstractContextManager[None]]
+    # execution against its capacity meanwhile. Decided, the run goes on once what it
+    # gives says True: a slot is its again.
+    waiting: Callable[[str], AbstractContextManager[Callable[[], bool]]]
     poll_s: float = 0.5
 
 
@@ -433,7 +434,6 @@ class Run:
         store = self.services.store
         decision = await store.decision(self.id, path)
         timed_out = False
-        waited = decision is None
         if decision is None:
             key = f"{path}#deadline"
             if key not in self.memos:
@@ -454,7 +454,7 @@ class Run:
                 StepState(path, StepStatus.WAITING, state.attempts if state else 1,
                           started_at=state.started_at if state else self.now(), detail=detail),),
                 (NewEvent("step_waiting", path, detail),))
-            with self.services.waiting(self.id):
+            with self.services.waiting(self.id) as take_slot:
                 while decision is None:
                     remaining = deadline - self.now()
                     if remaining <= 0:
@@ -462,26 +462,41 @@ class Run:
                                             "no decision before the deadline", self.now())
                         timed_out = True
                         break
-                    control = await self.control()
-                    if control == "pause":
-                        raise Suspended()
-                    if control == "cancel":
-                        raise Stop("cancel")
+                    await self._obey_control()
                     await self.services.wait(self.id, min(self.services.poll_s, remaining))
                     decision = await store.decision(self.id, path)
+                result = await self._decided(path, decision, timed_out)
+                # Its slot was other work's while it waited: it goes on once the runner
+                # has room again (taken at once, it ran past ``execution_capacity``).
+                while not take_slot():
+                    await self._obey_control()
+                    await self.services.wait(self.id, self.services.poll_s)
+            # The wait may have outlasted a reload that forbids the pipeline now.
+            await self.still_allowed(f"stopped after the decision on '{path}'")
+            return result
+        return await self._decided(path, decision, timed_out)
+
+    async def _decided(self, path: str, decision: Decision, timed_out: bool) -> dict[str, Any]:
+        """The approval's output, committed: out of WAITING at once (an approval inside a
+        map or a loop has no step of its own that a later commit would mark done, and
+        must not stay listed as waiting)."""
         result = {"approved": decision.approve,
                   "decision": "approve" if decision.approve else "reject",
                   "by": decision.by, "comment": decision.comment, "timed_out": timed_out}
-        # Out of WAITING at once: an approval inside a map or a loop has no step of its own
-        # that a later commit would mark done, and must not stay listed as waiting.
         state = self.states.get(path)
         decided = StepState(path, StepStatus.SUCCEEDED, state.attempts if state else 1, result,
                             started_at=state.started_at if state else self.now(),
                             finished_at=self.now())
         await self._commit_states((decided,), (NewEvent("approval_decided", path, result),))
-        if waited:  # a wait may outlast a reload that forbids the pipeline now
-            await self.still_allowed(f"stopped after the decision on '{path}'")
         return result
+
+    async def _obey_control(self) -> None:
+        """Give way to a pause (the approval stays waiting) or a cancel asked for."""
+        control = await self.control()
+        if control == "pause":
+            raise Suspended()
+        if control == "cancel":
+            raise Stop("cancel")
 
     async def still_allowed(self, when: str) -> None:
         """``Denied`` (its message opening with ``when``) if policy, as it is now, does not

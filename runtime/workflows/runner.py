@@ -7,6 +7,7 @@ times per lease period. A lease it cannot renew means another runner took the
 execution over: its task is cancelled. It runs at most ``settings.execution_capacity``
 executions at once, not counting those waiting for an approval's decision: a wait can
 last a day, and enough of them would keep every new execution queued for that long.
+Decided, such an execution goes on once a slot is free again, ahead of new work.
 Stopping cancels the tasks and lets go of their leases, so another replica, or this
 gateway once restarted, resumes them at once.
 Once an hour (and when it starts) it deletes the executions that ended longer ago than
@@ -66,6 +67,10 @@ class Runner:
         # Executions with approvals waiting for a decision (how many each): their tasks
         # hold no slot of ``capacity`` meanwhile.
         self.waiting: Counter[str] = Counter()
+        # Decided, and waiting for a slot to go on: new work is not claimed ahead of them.
+        self._resuming: set[str] = set()
+        # Slots a claim under way may fill: an execution decided meanwhile waits for them.
+        self._claiming = 0
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         # Lease releases under way: shielded from their execution's cancellation, so
@@ -88,16 +93,38 @@ class Runner:
         self._wake.set()
 
     @contextlib.contextmanager
-    def waiting_for_decision(self, execution_id: str) -> Iterator[None]:
-        """While an approval of ``execution_id`` waits: its slot is free for other work."""
+    def waiting_for_decision(self, execution_id: str) -> Iterator[Callable[[], bool]]:
+        """While an approval of ``execution_id`` waits: its slot is free for other work.
+        Decided, the execution takes a slot back before it goes on: it calls what this
+        yields until that says it has one (else, its slot taken meanwhile, the runner
+        ran more than ``capacity`` executions at once)."""
         self.waiting[execution_id] += 1
         self.wake()
+        back = False
+
+        def take_slot() -> bool:
+            nonlocal back
+            # Another approval of it still waits: it holds no slot either way.
+            if self.waiting[execution_id] == 1 \
+                    and self.busy() + self._claiming >= self._capacity():
+                self._resuming.add(execution_id)
+                return False
+            back = True
+            self._resuming.discard(execution_id)
+            self._stop_waiting(execution_id)
+            return True
+
         try:
-            yield
+            yield take_slot
         finally:
-            self.waiting[execution_id] -= 1
-            if self.waiting[execution_id] <= 0:
-                del self.waiting[execution_id]
+            self._resuming.discard(execution_id)
+            if not back:
+                self._stop_waiting(execution_id)
+
+    def _stop_waiting(self, execution_id: str) -> None:
+        self.waiting[execution_id] -= 1
+        if self.waiting[execution_id] <= 0:
+            del self.waiting[execution_id]
 
     def busy(self) -> int:
         """The executions that count against ``capacity``: those not only waiting."""
@@ -114,9 +141,10 @@ class Runner:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            free = self._capacity() - self.busy()
+            free = self._capacity() - self.busy() - len(self._resuming)
             claimed: tuple[str, ...] = ()
             if free > 0:
+                self._claiming = free
                 try:
                     claimed = await self.store.claim(self.owner, self.lease_s, self._clock(),
                                                      free)
@@ -125,6 +153,9 @@ class Runner:
                 # The loop must outlive a bug: without it this gateway runs nothing more.
                 except Exception:
                     log.exception("runner %s: claiming work failed", self.owner)
+                finally:
+                    # What it took is counted as tasks (below, before any wait) instead.
+                    self._claiming = 0
             if self._stopping:  # claimed as stop() began: let go at once, not run here
                 for execution_id in claimed:
                     await self._release(execution_id)

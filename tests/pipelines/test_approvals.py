@@ -359,6 +359,36 @@ async def test_executions_past_the_capacity_wait_queued(serve: Serve) -> None:
     await served.wait_for(second, lambda e: e["status"] == "succeeded")
 
 
+LEGAL_THEN_SLOW = """
+input: {type: object}
+steps:
+  legal: {kind: approval, message: "legal?", timeout_s: 60}
+  answer: {kind: llm, model: fast, needs: [legal], prompt: "one two three four five"}
+output: "{{ steps.answer }}"
+"""
+
+
+async def test_an_execution_decided_while_the_capacity_is_taken_waits_for_room(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """Its slot given up while its approval waited (and taken by another execution), an
+    execution went on as soon as it was decided: two ran at once under a capacity of 1."""
+    served = await serve({"legal": LEGAL_THEN_SLOW, "slow": SLOW},
+                         settings="  execution_capacity: 1",
+                         latency=", latency: {per_token_ms: 100}", **store_options)
+    decided = await _start(served, "legal")
+    await served.wait_for(decided, lambda e: e["status"] == "waiting")
+    other = await _start(served, "slow")
+    await served.wait_for(other, lambda e: e["status"] == "running")
+    answer = await served.http.post(f"/api/v1/executions/{decided}/approvals", headers=BOT,
+                                    json={"decision": "approve"})
+    assert answer.status_code == 200, answer.text
+    first = await served.wait_for(other, lambda e: e["status"] == "succeeded")
+    await served.wait_for(decided, lambda e: e["status"] == "succeeded")
+    went_on = (await served.steps(decided))["answer"]["started_at"]
+    assert went_on >= first["finished_at"]
+
+
 async def test_an_approval_of_an_execution_that_has_ended_is_a_conflict(
     serve: Serve, store_options: dict[str, Any]
 ) -> None:

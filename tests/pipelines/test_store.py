@@ -507,6 +507,69 @@ async def test_what_is_claimed_as_stop_begins_is_let_go_not_run(store: Execution
     assert execution.id in await store.claim(new_owner(), LEASE, NOW, 10)  # for the next
 
 
+class SlowClaim:
+    """The store, with each claim taking a while before it looks (a Redis claim waits up
+    to half a second for new work)."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int) -> tuple[str, ...]:
+        await asyncio.sleep(0.3)
+        claimed: tuple[str, ...] = await self._store.claim(owner, lease_s, now, limit)
+        return claimed
+
+
+async def test_an_execution_decided_during_a_claim_leaves_it_the_room_it_claims(
+    store: ExecutionStore,
+) -> None:
+    """Decided while a claim was under way (for the slot its wait had left free), an
+    execution took that slot back at once, and the claim then started another in it:
+    two ran at once under a capacity of 1."""
+    owner = new_owner()
+    approval, _ = await store.create(_new(key="approval"), NOW)
+    decided = asyncio.Event()
+    running: set[str] = set()
+    most = 0
+
+    async def run(execution: Execution) -> Status:
+        nonlocal most
+        if execution.key == "approval":
+            with runner.waiting_for_decision(execution.id) as take_slot:
+                await decided.wait()
+                while not take_slot():
+                    await asyncio.sleep(0.01)
+        running.add(execution.id)
+        most = max(most, len(running))
+        await asyncio.sleep(0.5)  # past the claim under way
+        running.discard(execution.id)
+        await store.commit(execution.id, owner, Checkpoint(status=Status.SUCCEEDED), NOW)
+        return Status.SUCCEEDED
+
+    runner = Runner(SlowClaim(store), owner, LEASE, run,  # type: ignore[arg-type]
+                    lambda: NOW, capacity=lambda: 1, poll_s=0.01)
+    runner.start()
+    try:
+        while approval.id not in runner.waiting:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the next claim is under way
+        other, _ = await store.create(_new(), NOW)
+        decided.set()
+        for execution in (approval, other):
+            for _ in range(300):
+                found = await store.get(execution.id)
+                if found is not None and found.status is Status.SUCCEEDED:
+                    break
+                await asyncio.sleep(0.01)
+            assert found is not None and found.status is Status.SUCCEEDED
+    finally:
+        await runner.stop()
+    assert most == 1
+
+
 async def test_a_replica_asking_while_an_execution_is_written_gets_that_execution(
     redis_url: str, namespace: str
 ) -> None:

@@ -251,7 +251,7 @@ class _AdminPage:
                               f"{urllib.parse.quote(state.step, safe='/')}",
                 })
         except (StoreUnavailable, GatewayError) as exc:
-            note = f"The executions store is unavailable: {exc}"
+            note = f"Could not read the executions: {exc}"
             return {"waiting": [], "executions": [], "executions_note": note}
         return {
             "waiting": waiting,

@@ -24,20 +24,34 @@ hash); it renews the lease and resets the entry's idle time together (XCLAIM JUS
 so an entry idle for longer than a lease belongs to a runner that died: other replicas
 take it over with XAUTOCLAIM and resume the execution. Every write of a runner is a
 Lua script that first checks it is still the owner.
+
+A Redis that cannot be reached or answers too late, or refuses every call for now (out
+of memory under ``maxmemory``, a read-only replica, still loading), is
+``StoreUnavailable`` (503), each said as it is; a runner stops and tries again later.
+Any other error reply (a key of the wrong type, a script's own failure) is that call's:
+a healthy Redis refuses it again, so it is an ``InternalError`` (500), logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    InvalidResponse,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import StoreUnavailable
+from ..errors import GatewayError, InternalError, StoreUnavailable
 from .executions import (
     FINAL,
     Checkpoint,
@@ -57,6 +71,9 @@ from .executions import (
     new_execution_id,
 )
 from .executions_sqlite import decision_to_dict, step_from_json, step_to_json
+from .redis_store import unreachable
+
+log = logging.getLogger("aigw.store")
 
 T = TypeVar("T")
 GROUP = "runners"
@@ -571,9 +588,26 @@ class RedisExecutions:
         try:
             return await run()
         except (RedisError, OSError) as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted (a flushed Redis): make it again
-                self._group_ready = False
-            raise StoreUnavailable(f"the executions store (redis) failed: {exc}") from exc
+            raise self._translated(exc) from exc
+
+    def _translated(self, error: RedisError | OSError) -> GatewayError:
+        """``error`` as the runtime's: an outage (503), or this call's own failure (500)."""
+        if "NOGROUP" in str(error):  # the stream was deleted (a flushed Redis): make it again
+            self._group_ready = False
+            return StoreUnavailable("the executions store (redis) lost its work queue (was "
+                                    "it flushed?); it is made again on the next call")
+        if isinstance(error, RedisTimeoutError | TimeoutError):
+            return StoreUnavailable(f"the executions store (redis) did not answer in time: "
+                                    f"{error}")
+        # A ConnectionError's subclasses are refusals (loading, a wrong password).
+        if isinstance(error, OSError | InvalidResponse) or type(error) is RedisConnectionError:
+            return StoreUnavailable(f"the executions store (redis) cannot be reached: {error}")
+        if unreachable(error):  # out of memory, read-only, loading...: every call, for now
+            return StoreUnavailable(f"the executions store (redis) refuses the call: {error}")
+        log.error("the executions store: Redis refused a call (%s); that call fails, the "
+                  "store stays up", error, exc_info=error)
+        return InternalError("The executions store (redis) refused a call; the error is "
+                             "logged.")
 
 
 def _field(name: str, value: Any) -> str:

@@ -54,6 +54,7 @@ from ..errors import (
     Conflict,
     Forbidden,
     GatewayError,
+    InternalError,
     NotFound,
     PayloadTooLarge,
     PipelineFailed,
@@ -484,7 +485,7 @@ class PipelineChat:
                 await self.workflows.control(key, execution_id, "cancel")
             except ExecutionConflict:
                 pass  # it ended meanwhile
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, InternalError) as exc:
                 log.error("could not cancel execution %s, which no request waits for: %s",
                           execution_id, exc)
 

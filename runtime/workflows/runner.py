@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
 from ..background import Background
-from ..errors import StoreUnavailable
+from ..errors import GatewayError, InternalError, StoreUnavailable
 from ..store.executions import (
     Checkpoint,
     Execution,
@@ -195,12 +195,13 @@ class Runner:
     async def _release(self, execution_id: str) -> None:
         try:
             await self.store.release(execution_id, self.owner)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, InternalError) as exc:
             log.error("execution %s: could not release its lease: %s", execution_id, exc)
 
     async def _fail(self, execution_id: str, exc: Exception) -> None:
         error = f"internal error: {type(exc).__name__}: {exc}"
-        with contextlib.suppress(StoreUnavailable, LeaseLost):
+        # The store may be what failed: the error is logged already, this is a last try.
+        with contextlib.suppress(GatewayError, LeaseLost):
             await self.store.commit(execution_id, self.owner, Checkpoint(
                 status=Status.FAILED, error=error,
                 events=(NewEvent("execution_failed", data={"error": error}),)), self._clock())
@@ -231,7 +232,9 @@ class Runner:
                 try:
                     held = await self.store.renew(execution_id, self.owner, self.lease_s,
                                                   self._clock())
-                except StoreUnavailable as exc:
+                # Its own error (a key of the wrong type) must not end the loop: every
+                # lease this runner holds would lapse, and its executions run twice.
+                except (StoreUnavailable, InternalError) as exc:
                     log.error("cannot renew the lease of %s: %s", execution_id, exc)
                     continue
                 if not held:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from aigw.runtime.errors import InternalError
 from aigw.runtime.store.executions import (
     Checkpoint,
     Decision,
@@ -568,6 +569,54 @@ async def test_an_execution_decided_during_a_claim_leaves_it_the_room_it_claims(
     finally:
         await runner.stop()
     assert most == 1
+
+
+class RenewFailsOnce:
+    """The store, with the first lease renewal failing as a call of its own does (a key
+    of the wrong type): not an outage."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+        self.failed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float, now: float) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise InternalError("The executions store (redis) refused a call; the error is "
+                                "logged.")
+        held: bool = await self._store.renew(execution_id, owner, lease_s, now)
+        return held
+
+
+async def test_a_renewal_that_fails_on_its_own_leaves_the_leases_renewed(
+    store: ExecutionStore,
+) -> None:
+    """Only an outage was caught: any other error ended the renewing loop, and every
+    lease the runner held lapsed, its executions taken over while it ran them."""
+    execution, _ = await store.create(_new(), time.time())
+    owner = new_owner()
+    renewing = RenewFailsOnce(store)
+    done = asyncio.Event()
+
+    async def run(_execution: Execution) -> Status:
+        await done.wait()
+        return Status.SUCCEEDED
+
+    runner = Runner(renewing, owner, 0.3, run, time.time,  # type: ignore[arg-type]
+                    poll_s=0.01)
+    runner.start()
+    try:
+        for _ in range(100):  # 0.1 s apart, renewed each time but the first
+            await asyncio.sleep(0.01)
+        held = await store.get(execution.id)
+        assert renewing.failed and held is not None and held.owner == owner
+        assert held.lease_until > time.time()
+    finally:
+        done.set()
+        await runner.stop()
 
 
 async def test_a_replica_asking_while_an_execution_is_written_gets_that_execution(

@@ -1,0 +1,84 @@
+"""The executions store on Redis tells an outage (503) from a call's own failure (500)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from aigw.runtime.errors import InternalError, StoreUnavailable
+from aigw.runtime.store.executions import (
+    Checkpoint,
+    NewExecution,
+    StepState,
+    StepStatus,
+    new_owner,
+)
+from aigw.runtime.store.executions_redis import RedisExecutions
+
+from ..redis_server import PrivateRedis
+
+NOW = 1_767_225_600.0
+NEW = NewExecution("research", {"topic": "x"}, "dev", None, "f1ngerprint")
+
+
+@pytest.fixture
+async def store(private_redis: PrivateRedis) -> AsyncIterator[RedisExecutions]:
+    opened = RedisExecutions.from_url(private_redis.url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+async def client(private_redis: PrivateRedis) -> AsyncIterator[aioredis.Redis]:
+    opened = aioredis.Redis.from_url(private_redis.url)
+    yield opened
+    await opened.aclose()
+
+
+async def test_a_redis_that_does_not_answer_is_unreachable(
+    store: RedisExecutions, private_redis: PrivateRedis
+) -> None:
+    private_redis.stop()
+    with pytest.raises(StoreUnavailable) as raised:
+        await store.get("exec_1")
+    assert raised.value.message.startswith("the executions store (redis) cannot be reached: ")
+
+
+async def test_a_full_redis_refuses_the_call_for_what_it_is(
+    store: RedisExecutions, client: aioredis.Redis
+) -> None:
+    """Every Redis error read 'the executions store (redis) failed', out of memory or a
+    key of the wrong type alike."""
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.create(NEW, NOW)
+    finally:
+        await client.config_set("maxmemory", "0")
+    assert raised.value.status == 503
+    assert raised.value.message == ("the executions store (redis) refuses the call: command "
+                                    "not allowed when used memory > 'maxmemory'.")
+
+
+async def test_a_key_of_the_wrong_type_fails_that_call_not_the_store(
+    store: RedisExecutions, client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    execution, _ = await store.create(NEW, NOW)
+    owner = new_owner()
+    assert await store.claim(owner, 10.0, NOW, 1) == (execution.id,)
+    await client.set(f"aigw:wf:x:{execution.id}:steps", "not a hash")
+    with pytest.raises(InternalError) as read:
+        await store.steps(execution.id)
+    with pytest.raises(InternalError) as written:  # in the commit script
+        await store.commit(execution.id, owner, Checkpoint(
+            steps=(StepState("only", StepStatus.RUNNING, 1),)), NOW)
+    for raised in (read, written):
+        assert raised.value.status == 500
+        assert raised.value.message == ("The executions store (redis) refused a call; the "
+                                        "error is logged.")
+    assert caplog.text.count("Redis refused a call (WRONGTYPE") == 2
+    found = await store.get(execution.id)  # every other call goes on
+    assert found is not None and found.owner == owner

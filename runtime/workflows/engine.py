@@ -65,7 +65,7 @@ class Stop(Exception):
         self.action = action
 
 
-class Denied(Exception):
+class NoLongerAllowed(Exception):
     """Policy no longer lets the execution's key (and end user) run its pipeline, asked
     again as the run goes on after a stop or a wait: it ends failed, whatever steps are
     in flight."""
@@ -198,7 +198,7 @@ class Run:
                 error="cancelled" if status is Status.CANCELLED else None,
                 events=(NewEvent(f"execution_{status.value}"),)))
             return status
-        except (StepFailed, Denied) as exc:
+        except (StepFailed, NoLongerAllowed) as exc:
             await self.commit(Checkpoint(status=Status.FAILED, error=str(exc), events=(
                 NewEvent("execution_failed", data={"error": str(exc)}),)))
             return Status.FAILED
@@ -499,13 +499,13 @@ class Run:
             raise Stop("cancel")
 
     async def still_allowed(self, when: str) -> None:
-        """``Denied`` (its message opening with ``when``) if policy, as it is now, does not
-        let the execution's key and end user run its pipeline: the check the execution
-        passed when it was made, asked again."""
+        """``NoLongerAllowed`` (its message opening with ``when``) if policy, as it is now,
+        does not let the execution's key and end user run its pipeline: the check the
+        execution passed when it was made, asked again."""
         try:
             await self.caller.check_pipeline(self.execution.pipeline)
         except StepFailed as exc:
-            raise Denied(f"{when}: {exc}") from exc
+            raise NoLongerAllowed(f"{when}: {exc}") from exc
 
     async def call_model(self, context: StepContext, model: str, request: ChatRequest,
                          key: str) -> str:

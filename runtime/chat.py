@@ -197,7 +197,7 @@ async def complete(
 
     async def attempt(candidate: Candidate) -> ChatResult:
         hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
-        started = time.perf_counter()
+        record.waiting_upstream()
         with _attempt_span(live, record, candidate) as span:
             try:
                 result = await candidate.adapter.complete(_call(chosen, candidate))
@@ -207,7 +207,7 @@ async def complete(
                 _span_failed(span, exc)
                 raise
             finally:
-                record.upstream_s += time.perf_counter() - started
+                record.waited_upstream()
             await quotas.settle(hold, result.usage.total_tokens)
             span.set("gen_ai.response.model", result.model)
             span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
@@ -238,7 +238,7 @@ async def stream(
     async def attempt(candidate: Candidate) -> Opened:
         hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
         deltas = candidate.adapter.stream(_call(chosen, candidate))
-        started = time.perf_counter()
+        record.waiting_upstream()
         # The span lasts as long as the stream (``_measured`` ends it), not to its first
         # delta: its duration and usage are the whole call's.
         with _attempt_span(live, record, candidate, ends=False) as span:
@@ -253,7 +253,7 @@ async def stream(
                 span.end()
                 raise
             finally:
-                record.upstream_s += time.perf_counter() - started
+                record.waited_upstream()
             holds[candidate.deployment.name] = hold
             return first, deltas, span
 
@@ -404,13 +404,13 @@ async def _measured(
             if first is not None:  # read already, by the attempt: its usage counts too
                 delta, first = first, None
             else:
-                waited = time.perf_counter()
+                record.waiting_upstream()
                 try:
                     delta = await anext(rest)
                 except StopAsyncIteration:
                     break
                 finally:
-                    record.upstream_s += time.perf_counter() - waited
+                    record.waited_upstream()
             if delta.usage is not None:
                 stats.add_usage(live.routing.clock(), delta.usage.total_tokens)
                 _bill(record, deployment, delta.usage)

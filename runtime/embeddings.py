@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
 from typing import Annotated, Literal
 
 import anyio
@@ -84,7 +83,7 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         hold = await quotas.take(candidate.deployment, prompt_tokens)
         call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
                              prompt_tokens)
-        waited = time.perf_counter()
+        record.waiting_upstream()
         try:
             result = await candidate.adapter.embed(call)
         except BaseException:  # failed or cancelled: the quota is given back
@@ -92,7 +91,7 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                 await quotas.release(hold)
             raise
         finally:  # the upstream's time, not the gateway's own overhead
-            record.upstream_s += time.perf_counter() - waited
+            record.waited_upstream()
         await quotas.settle(hold, result.prompt_tokens)
         return result
 

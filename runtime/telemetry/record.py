@@ -83,7 +83,9 @@ class RequestRecord:
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens: written to it
     cost: float = 0.0
-    upstream_s: float = 0.0  # time spent waiting on providers
+    upstream_s: float = 0.0  # time spent waiting on providers (``waiting_upstream``)
+    upstream_waits: int = 0  # calls waited on now: two while a hedge races
+    upstream_since: float = 0.0  # since when at least one has been
     backoff_s: float = 0.0  # and before retrying them: not the gateway's own either
     ttft_s: float | None = None
     failures: list[UpstreamFailure] = field(default_factory=list)
@@ -100,10 +102,27 @@ class RequestRecord:
     # budget is named by its team (or "key:<key>"), as user ids are the client's own text.
     budget_refused: tuple[str, str] | None = None
 
+    def waiting_upstream(self) -> None:
+        """A call to a provider is waited on from now (until ``waited_upstream``). The
+        time counted is when any call was waited on: a hedge's two calls overlap, and
+        adding each one's time made the upstream's more than the request's whole, so the
+        gateway's own overhead read 0."""
+        if self.upstream_waits == 0:
+            self.upstream_since = time.perf_counter()
+        self.upstream_waits += 1
+
+    def waited_upstream(self) -> None:
+        self.upstream_waits -= 1
+        if self.upstream_waits == 0:
+            self.upstream_s += time.perf_counter() - self.upstream_since
+
     def overhead_s(self, now: float | None = None) -> float:
         """Time so far that was the gateway's own, not the upstream's."""
-        elapsed = (now if now is not None else time.perf_counter()) - self.started
-        return max(0.0, elapsed - self.upstream_s - self.backoff_s)
+        now = now if now is not None else time.perf_counter()
+        upstream = self.upstream_s
+        if self.upstream_waits:  # a call is being waited on now
+            upstream += now - self.upstream_since
+        return max(0.0, now - self.started - upstream - self.backoff_s)
 
 
 @dataclass(slots=True)

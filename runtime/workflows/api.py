@@ -374,11 +374,11 @@ async def _final(
     """The execution once final (or as it is after ``wait_s``). The wait is its steps'
     time (model calls included), counted as the upstream's: the request's overhead is
     the gateway's own around it, as for a model call."""
-    waited = time.perf_counter()
+    record.waiting_upstream()
     try:
         return await workflows.wait_final(execution_id, wait_s)
     finally:
-        record.upstream_s += time.perf_counter() - waited
+        record.waited_upstream()
 
 
 class PipelineChat:

@@ -476,6 +476,7 @@ routes:
   r: {group: g, hedge_after_ms: 100}
 """))
     fleet.fakes["a"].script.actions.append(Action(delay_s=1.5))
+    fleet.fakes["b"].script.actions.append(Action(delay_s=0.4))
     loop = asyncio.get_running_loop()
     started = loop.time()
     response = await client.post(CHAT, json=_ask())
@@ -485,6 +486,9 @@ routes:
     assert fleet.calls() == ["a", "b"]
     usage = response.json()["usage"]
     assert usage["completion_tokens"] == len(["b:", "hello"])  # one answer billed
+    # The two calls overlapped: counted once, not each (their sum passed the request's
+    # whole time, and the gateway's own overhead read 0).
+    assert 0 < float(response.headers["x-aigw-overhead-ms"]) < 100
 
 
 async def test_a_request_cancelled_during_a_hedge_gives_its_attempts_back(

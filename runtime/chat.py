@@ -198,13 +198,13 @@ async def complete(
     async def attempt(candidate: Candidate) -> ChatResult:
         hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
         record.waiting_upstream()
-        with _attempt_span(live, record, candidate) as span:
+        with attempt_span(live, record, candidate) as span:
             try:
                 result = await candidate.adapter.complete(_call(chosen, candidate))
             except BaseException as exc:  # failed or cancelled: the quota is given back
                 with anyio.CancelScope(shield=True):
                     await quotas.release(hold)
-                _span_failed(span, exc)
+                span_failed(span, exc)
                 raise
             finally:
                 record.waited_upstream()
@@ -241,7 +241,7 @@ async def stream(
         record.waiting_upstream()
         # The span lasts as long as the stream (``_measured`` ends it), not to its first
         # delta: its duration and usage are the whole call's.
-        with _attempt_span(live, record, candidate, ends=False) as span:
+        with attempt_span(live, record, candidate, ends=False) as span:
             try:
                 first = await anext(deltas)
             except StopAsyncIteration:
@@ -249,7 +249,7 @@ async def stream(
             except BaseException as exc:  # failed or cancelled: the quota is given back
                 with anyio.CancelScope(shield=True):
                     await quotas.release(hold)
-                _span_failed(span, exc)
+                span_failed(span, exc)
                 span.end()
                 raise
             finally:
@@ -325,28 +325,32 @@ async def chat_completions(
 _UNTRACED = nullcontext(NO_SPAN)  # reusable: entering it does nothing
 
 
-def _attempt_span(
-    live: Live, record: RequestRecord, candidate: Candidate, *, ends: bool = True
+def attempt_span(
+    live: Live, record: RequestRecord, candidate: Candidate, *, ends: bool = True,
+    operation: str = "chat",
 ) -> AbstractContextManager[Span]:
+    """The span of one call to ``candidate`` (GenAI's ``operation``: chat, embeddings),
+    under the request's span."""
     if record.trace_context is None:  # tracing is off (or the request has no span)
         return _UNTRACED
     deployment = candidate.deployment
-    span = live.telemetry.tracing.attempt(f"chat {deployment.model}", record.trace_context,
-                                          ends=ends)
-    return _labelled(span, deployment)
+    span = live.telemetry.tracing.attempt(f"{operation} {deployment.model}",
+                                          record.trace_context, ends=ends)
+    return _labelled(span, deployment, operation)
 
 
 @contextmanager
-def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment) -> Iterator[Span]:
+def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment,
+              operation: str) -> Iterator[Span]:
     with span_manager as span:
-        span.set("gen_ai.operation.name", "chat")
+        span.set("gen_ai.operation.name", operation)
         span.set("gen_ai.provider.name", PROVIDER_NAMES.get(deployment.provider.type, "aigw"))
         span.set("gen_ai.request.model", deployment.model)
         span.set("aigw.deployment", deployment.name)
         yield span
 
 
-def _span_failed(span: Span, exc: BaseException) -> None:
+def span_failed(span: Span, exc: BaseException) -> None:
     if isinstance(exc, GatewayError):
         span.error(str(exc.code))
     elif isinstance(exc, asyncio.CancelledError):
@@ -424,7 +428,7 @@ async def _measured(
         ended = True
     except BaseException as exc:
         error = exc
-        _span_failed(span, exc)
+        span_failed(span, exc)
         if isinstance(exc, UpstreamError):  # the upstream failed after its first byte:
             # counted as the attempt loop counts a failure before it (the client's leaving
             # or a budget's stopping the stream is no failure of the upstream's)

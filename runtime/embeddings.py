@@ -23,7 +23,15 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey, Route
 
 from .admission import DeploymentQuotas, check_route_allowed
-from .chat import deadline_s, nothing, overhead_header, resolve_route, run_attempts
+from .chat import (
+    attempt_span,
+    deadline_s,
+    nothing,
+    overhead_header,
+    resolve_route,
+    run_attempts,
+    span_failed,
+)
 from .chat_request import bad_request
 from .errors import BadRequest
 from .exchange import Exchange
@@ -68,6 +76,8 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     prompt_tokens, longest = sum(counts), max(counts, default=0)
     record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
     live.telemetry.started(record)
+    record.span, record.trace_context = live.telemetry.tracing.request(
+        f"embeddings {request.model}", headers)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
     _check_serves(route, token_ids)
@@ -84,14 +94,17 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
                              prompt_tokens)
         record.waiting_upstream()
-        try:
-            result = await candidate.adapter.embed(call)
-        except BaseException:  # failed or cancelled: the quota is given back
-            with anyio.CancelScope(shield=True):
-                await quotas.release(hold)
-            raise
-        finally:  # the upstream's time, not the gateway's own overhead
-            record.waited_upstream()
+        with attempt_span(live, record, candidate, operation="embeddings") as span:
+            try:
+                result = await candidate.adapter.embed(call)
+            except BaseException as exc:  # failed or cancelled: the quota is given back
+                with anyio.CancelScope(shield=True):
+                    await quotas.release(hold)
+                span_failed(span, exc)
+                raise
+            finally:  # the upstream's time, not the gateway's own overhead
+                record.waited_upstream()
+            span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
         await quotas.settle(hold, result.prompt_tokens)
         return result
 

@@ -125,6 +125,14 @@ class RequestRecord:
         return max(0.0, now - self.started - upstream - self.backoff_s)
 
 
+# GenAI's operation names, by the endpoint a record is for (chat and /v1/messages: chat).
+_OPERATIONS = {"embeddings": "embeddings"}
+
+
+def operation_name(record: RequestRecord) -> str:
+    return _OPERATIONS.get(record.endpoint, "chat")
+
+
 @dataclass(slots=True)
 class _RouteChildren:
     overhead: Any
@@ -158,8 +166,9 @@ class Telemetry:
         model) its span too, so that a client's trace shows where it ended."""
         if record.span is NO_SPAN and self.tracing.enabled:
             elapsed_ns = int((time.perf_counter() - record.started) * 1e9)
+            operation = operation_name(record)
             record.span, record.trace_context = self.tracing.request(
-                f"chat {record.model}" if record.model else "chat", headers,
+                f"{operation} {record.model}" if record.model else operation, headers,
                 time.time_ns() - elapsed_ns)
 
     def _route(self, route: str) -> _RouteChildren:
@@ -265,7 +274,7 @@ class Telemetry:
         span = record.span
         if span is NO_SPAN:
             return
-        span.set("gen_ai.operation.name", "chat")
+        span.set("gen_ai.operation.name", operation_name(record))
         span.set("gen_ai.request.model", record.model)
         span.set("gen_ai.response.model", record.response_model)
         if record.provider_type is not None:

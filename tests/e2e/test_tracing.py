@@ -39,12 +39,23 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
                 model="fast", messages=[{"role": "user", "content": "trace me"}],
                 extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
             )
+            client.embeddings.create(  # it made no span, and dropped the client's trace
+                model="embed", input="trace me",
+                extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
             deadline = time.monotonic() + 15
-            while len(receiver.spans) < 2:
+            while len(receiver.spans) < 4:
                 assert time.monotonic() < deadline, server.log
                 time.sleep(0.1)
         finally:
             server.stop()
+    embedding = next(s for s in receiver.spans if s["name"] == "embeddings embed")
+    embedded = next(s for s in receiver.spans if s["name"] == "embeddings echo-embed-1")
+    assert embedding["trace_id"] == TRACE_ID and embedding["parent_span_id"] == PARENT_ID
+    assert embedded["parent_span_id"] == embedding["span_id"]
+    assert embedding["attributes"]["gen_ai.operation.name"] == "embeddings"
+    assert embedding["attributes"]["gen_ai.usage.input_tokens"] == 2
+    assert embedded["attributes"]["gen_ai.operation.name"] == "embeddings"
+    assert embedded["attributes"]["gen_ai.usage.input_tokens"] == 2
     request = next(s for s in receiver.spans if s["name"] == "chat fast")
     attempt = next(s for s in receiver.spans if s["name"] == "chat echo-1")
     assert request["trace_id"] == TRACE_ID and request["parent_span_id"] == PARENT_ID

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -150,11 +151,28 @@ class SnapshotMiddleware:
         live.in_flight.count += 1  # until its body is sent (a stream's last byte too)
         try:
             if endpoint is None or scope.get("root_path"):
-                await self.app(scope, receive, send_stamped)
+                await self.app(scope, receive, _with_overhead(send_stamped))
             else:
                 await _call(endpoint, scope, receive, send_stamped)
         finally:
             live.in_flight.leave()
+
+
+def _with_overhead(send: Send) -> Send:
+    """``send``, stamping ``x-aigw-overhead-ms`` on a response that has none: the model
+    endpoints set their own (upstream time excluded); the rest (an unknown path, a 405,
+    /v1/models, count_tokens) call no upstream, so all their time is the gateway's."""
+    started = time.perf_counter()
+
+    async def send_timed(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if not any(name.lower() == b"x-aigw-overhead-ms" for name, _value in headers):
+                overhead = f"{(time.perf_counter() - started) * 1000:.3f}".encode()
+                message["headers"] = [*headers, (b"x-aigw-overhead-ms", overhead)]
+        await send(message)
+
+    return send_timed
 
 
 class IndexedHeaders(Headers):

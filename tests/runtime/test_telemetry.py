@@ -132,6 +132,15 @@ async def test_every_response_reports_the_gateways_overhead(client: httpx.AsyncC
                                                 "messages": hi}),  # 404
     ]
     assert [answer.status_code for answer in answers] == [200, 401, 404, 200, 400, 200, 404]
+    # And what calls no upstream: the other endpoints, a path that is none, a 405.
+    answers += [
+        await client.get("/v1/models"),
+        await client.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"}),
+        await client.post("/v1/messages/count_tokens", json={"model": "fast", "messages": hi}),
+        await client.post("/v1/unknown", json={}),
+        await client.get(CHAT),
+    ]
+    assert [answer.status_code for answer in answers[7:]] == [200, 401, 200, 404, 405]
     for answer in answers:
         overhead = float(answer.headers["x-aigw-overhead-ms"])
         assert 0 <= overhead < 1000, answer.request.url

@@ -315,8 +315,8 @@ class _Api:
         )
         final = await _final(self.workflows, record, execution.id, wait_s)
         assert final is not None
-        record.prompt_tokens, record.completion_tokens = final.prompt_tokens, \
-            final.completion_tokens
+        # The line's tokens stay 0, as its cost: its model calls have their own lines,
+        # which bill them, and a sum over the log counted them twice.
         body = {"execution": final.id, "pipeline": name, "status": final.status.value,
                 "output": final.output, "error": final.error, "cost": round(final.cost, 9),
                 "usage": final.as_dict()["usage"]}

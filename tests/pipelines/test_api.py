@@ -568,7 +568,12 @@ async def test_a_pipeline_call_has_its_log_line_and_metrics(
     calls = [line for line in lines if line["endpoint"] == "pipelines"]
     assert [(line["route"], line["status"], line["key"]) for line in calls] == [
         ("pipeline:about", 200, "dev"), (None, 401, None)]
-    assert calls[0]["completion_tokens"] > 0  # the execution's, its model calls'
+    # Its model calls' tokens are on their own lines, as is their cost: the pipeline's
+    # line repeated them (with cost 0), and a sum over the log counted them twice.
+    steps = [line for line in lines if line["endpoint"] == "pipeline"]
+    assert steps and all(line["completion_tokens"] > 0 for line in steps)
+    assert (calls[0]["prompt_tokens"], calls[0]["completion_tokens"], calls[0]["cost"]) == (
+        0, 0, 0.0)
     metrics = (await served.http.get("/metrics")).text
     assert 'aigw_requests_total{deployment="_none",provider="_none",route="pipeline:about",' \
         'status="200",team="eng"} 1.0' in metrics

@@ -440,6 +440,7 @@ async def _measured(
         stream_ended(live.routing, won, ended, error)
         if not billed:
             _bill_sent(record, deployment, sent, live.counter)
+        span.set("gen_ai.response.model", record.response_model)
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
         span.set("gen_ai.usage.output_tokens", record.completion_tokens)
         if record.finish_reasons:

@@ -129,6 +129,7 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
     # the first delta, with none.
     assert all(s["attributes"].get("gen_ai.usage.output_tokens", 0) > 0 for s in attempts), \
         attempts
+    assert all(s["attributes"].get("gen_ai.response.model") == "served-llm" for s in attempts)
 
 
 def test_an_attempt_that_timed_out_is_a_failed_span(

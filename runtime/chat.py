@@ -167,7 +167,7 @@ async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],
     record.provider = deployment.provider.name
     record.provider_type = deployment.provider.type
     record.policy_ids = loop.trace.policies.get(deployment.name, ())
-    record.fallback = won.group != (route.group.name if route.group else "")
+    record.fallback_hop = won.hop
     return won
 
 

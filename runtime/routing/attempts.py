@@ -83,6 +83,7 @@ class Won(Generic[T]):
     attempts: int
     started: float  # clock() when the winning attempt began
     group: str = ""  # the group that served: the route's own, or a fallback
+    hop: int = 0  # how many fallbacks away from the route's group it is
     # A stream's verdict on its deployment, given at its end (``stream_ended``); None:
     # given already (a whole answer is judged when it arrives).
     pending: Permit | None = None
@@ -92,6 +93,7 @@ class Won(Generic[T]):
 class _Tier:
     group: Group
     reason: str
+    hop: int = 0  # fallbacks away from the route's group
 
 
 @dataclass(slots=True)
@@ -158,7 +160,8 @@ class AttemptLoop(Generic[T]):
                 break
             for name in fallbacks(tier.group, failure_class):
                 if name not in visited and name in self.graph.groups:
-                    queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback"))
+                    queue.append(_Tier(self.graph.groups[name], f"{failure_class} fallback",
+                                       tier.hop + 1))
         raise self._failure(last_error, stopped)
 
     def _failure(self, error: UpstreamError | None, stopped: str) -> GatewayError:
@@ -218,7 +221,7 @@ class AttemptLoop(Generic[T]):
                                                first)
                 # Built, not dataclasses.replace()d: this runs once a request.
                 served = Won(won.candidate, won.value, won.attempts, won.started, group.name,
-                             won.pending)
+                             tier.hop, won.pending)
                 return served, "", None
             except _NoTimeLeft as exc:
                 self.trace.add(f"route '{self.route.name}' passed its deadline")

@@ -77,7 +77,7 @@ class RequestRecord:
     sent_status: int | None = None  # the status line, where it said otherwise (a 200)
     error: str | None = None
     attempts: int = 0
-    fallback: bool = False
+    fallback_hop: int = 0  # how many fallbacks from the route's group the served one is
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
@@ -234,7 +234,7 @@ class Telemetry:
             served.cost.inc(record.cost)
         if record.cache == "hit" or record.cache == "miss":  # a bypass looked nothing up
             metrics.cache.labels(route, record.cache).inc()
-        if record.fallback:
+        if record.fallback_hop:
             metrics.fallbacks.labels(route).inc()
         if record.attempts > 1:
             metrics.retries.labels(route).inc(record.attempts - 1)
@@ -288,7 +288,7 @@ class Telemetry:
             span.set("aigw.policy_ids", list(record.policy_ids))
         span.set("aigw.deployment", record.deployment)
         span.set("aigw.graph", record.graph)
-        span.set("aigw.fallback_hop", 1 if record.fallback else 0)
+        span.set("aigw.fallback_hop", record.fallback_hop)
         span.set("aigw.attempts", record.attempts)
         span.set("aigw.cost", record.cost)
         if record.cache is not None:

@@ -5,7 +5,8 @@ Tracing turns on when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_*`` variables itself. When off, no OpenTelemetry module is imported and every
 span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
 
-    chat {route}                 the request: aigw.route, aigw.graph, aigw.fallback_hop, usage
+    chat {route}                 the request: aigw.route, aigw.graph, usage, aigw.fallback_hop
+                                 (the fallbacks taken: 0 when the route's group served)
     └── chat {upstream model}    one span per upstream attempt: gen_ai.provider.name, ...
 """
 

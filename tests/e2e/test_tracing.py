@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -211,3 +212,35 @@ def test_a_request_that_used_its_attempts_traces_only_the_calls_made(
     assert (attributes["aigw.attempts"], attributes["aigw.fallback_hop"]) == (2, 0)
     assert attributes["http.response.status_code"] == 502
     assert attributes["error.type"] == "upstream_error"
+
+
+def test_fallback_hop_counts_the_fallbacks_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served by the fallback of a fallback: aigw.fallback_hop 2. It was a flag, 1 for
+    any fallback, so a trace could not tell how far a request had to go."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    fake.script.actions += [Action(status=500), Action(status=500)]
+    models = {name: f"{{provider: up, model: served-{name}, context_window: 32000}}"
+              for name in ("a", "b", "c")}
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
+        "deployments:\n" + "".join(f"  {name}: {spec}\n" for name, spec in models.items())
+        + "groups:\n"
+        "  first: {members: [a], retry: {attempts: 0}, fallbacks: {on_error: [second]}}\n"
+        "  second: {members: [b], retry: {attempts: 0}, fallbacks: {on_error: [third]}}\n"
+        "  third: {members: [c]}\n"
+        "routes:\n"
+        "  r: {group: first}\n"
+    )) as (client, server):
+        answer = client.chat.completions.create(model="r",
+                                                messages=[{"role": "user", "content": "x"}])
+        assert answer.model == "served-c"
+        deadline = time.monotonic() + 15
+        while not any(s["name"] == "chat r" for s in receiver.spans):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+        metrics = httpx.get(f"{server.base_url}/metrics").text
+    request = next(s for s in receiver.spans if s["name"] == "chat r")
+    assert (request["attributes"]["aigw.attempts"],
+            request["attributes"]["aigw.fallback_hop"]) == (3, 2)
+    assert 'aigw_fallbacks_total{route="r"} 1.0' in metrics  # one request served by one

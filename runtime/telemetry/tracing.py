@@ -2,8 +2,10 @@
 
 Tracing turns on when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) variable is set; the exporter reads the other
-``OTEL_*`` variables itself. When off, no OpenTelemetry module is imported and every
-span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
+``OTEL_*`` variables itself. ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` picks it:
+http/protobuf (the default) or grpc, whose exporter is the ``otlp-grpc`` extra (grpcio
+is large, and most collectors take both). When off, no OpenTelemetry module is imported
+and every span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
 
     chat {route}                 the request: aigw.route, aigw.graph, usage, aigw.fallback_hop
                                  (the fallbacks taken: 0 when the route's group served)
@@ -13,9 +15,12 @@ span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+log = logging.getLogger("aigw")
 
 # Our provider types, in the gen_ai.provider.name vocabulary of the GenAI conventions.
 PROVIDER_NAMES = {
@@ -82,6 +87,31 @@ class _OtelSpan(Span):
         self.span.end()
 
 
+def _exporter(environ: Mapping[str, str]) -> Any:
+    """The OTLP span exporter ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` names, or None
+    (said in the log) when it cannot be had: spans sent over HTTP to a gRPC port are
+    lost without a word, so a protocol aigw cannot speak turns tracing off, loudly."""
+    protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        return OTLPSpanExporter()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+        except ImportError:
+            log.error("tracing is off: OTEL_EXPORTER_OTLP_PROTOCOL is grpc, whose exporter "
+                      "is not installed (pip install 'aigw[otlp-grpc]'), or set it to "
+                      "http/protobuf and point the endpoint at the collector's HTTP port")
+            return None
+        return GrpcSpanExporter()
+    log.error("tracing is off: OTEL_EXPORTER_OTLP_PROTOCOL %r is none aigw exports by "
+              "(http/protobuf or grpc)", protocol)
+    return None
+
+
 class Tracing:
     """Creates request and attempt spans when an OTLP endpoint is configured."""
 
@@ -94,10 +124,13 @@ class Tracing:
         self._tracer: Any = None
         self._provider: Any = None
         if self.enabled:
-            self._setup()
+            exporter = _exporter(environ)
+            if exporter is None:
+                self.enabled = False
+            else:
+                self._setup(exporter)
 
-    def _setup(self) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    def _setup(self, exporter: Any) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -106,7 +139,7 @@ class Tracing:
         _exporting = True
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aigw")})
         self._provider = TracerProvider(resource=resource)
-        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("aigw")
 
     def request(

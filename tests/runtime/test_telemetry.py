@@ -16,6 +16,7 @@ import pytest
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.telemetry.record import ACCESS_LOG
+from aigw.runtime.telemetry.tracing import Tracing
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, add_broken_route
@@ -317,3 +318,17 @@ groups:
     [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
     assert line["attempts"] == 2 and line["latency_ms"] >= 150  # waited 150-300 ms (jitter)
     assert line["overhead_ms"] < line["latency_ms"] - 140, line
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/json"])
+def test_a_protocol_aigw_cannot_export_by_turns_tracing_off_loudly(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL was not read: spans went over HTTP whatever it said,
+    and a collector's gRPC port (4317) dropped them without a word. The gRPC exporter is
+    an extra (not installed here), and OTLP over JSON no exporter of Python's speaks."""
+    caplog.set_level(logging.ERROR, logger="aigw")
+    tracing = Tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                       "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+    assert not tracing.enabled
+    assert "tracing is off" in caplog.text and protocol in caplog.text

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -84,6 +85,25 @@ def _llm(deployment: str) -> str:
             f"  llm: {{provider: up, model: served-llm, context_window: 32000, {deployment}}}\n"
             "routes:\n"
             "  llm: {deployment: llm}\n")
+
+
+def _abc(sections: str) -> str:
+    """Deployments a, b and c (models served-a, -b and -c) on ``up``, then ``sections``
+    (groups, routes), for ``_traced_gateway``."""
+    return "deployments:\n" + "".join(
+        f"  {name}: {{provider: up, model: served-{name}, context_window: 32000}}\n"
+        for name in "abc") + sections
+
+
+def _span_named(receiver: OtlpReceiver, server: Server, name: str) -> dict[str, Any]:
+    """The first span called ``name`` once ``receiver`` has it (exports are batched)."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = next((span for span in receiver.spans if span["name"] == name), None)
+        if found is not None:
+            return found
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -187,11 +207,8 @@ def test_a_request_that_used_its_attempts_traces_only_the_calls_made(
     it (a review found the loop entered it before noticing the cap)."""
     receiver, fake = OtlpReceiver(), OpenAIFake()
     fake.script.actions += [Action(status=500), Action(status=500)]
-    models = {name: f"{{provider: up, model: served-{name}, context_window: 32000}}"
-              for name in ("a", "b", "c")}
-    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
-        "deployments:\n" + "".join(f"  {name}: {spec}\n" for name, spec in models.items())
-        + "groups:\n"
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, _abc(
+        "groups:\n"
         "  g: {members: [a, b], retry: {attempts: 0}, fallbacks: {on_error: [spare]}}\n"
         "  spare: {members: [c]}\n"
         "routes:\n"
@@ -200,12 +217,8 @@ def test_a_request_that_used_its_attempts_traces_only_the_calls_made(
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="r",
                                            messages=[{"role": "user", "content": "x"}])
-        deadline = time.monotonic() + 15
-        while not any(s["name"] == "chat r" for s in receiver.spans):
-            assert time.monotonic() < deadline, server.log
-            time.sleep(0.1)
+        request = _span_named(receiver, server, "chat r")
     assert len(fake.script.requests) == 2
-    request = next(s for s in receiver.spans if s["name"] == "chat r")
     attempts = sorted(s["name"] for s in receiver.spans if s is not request)
     assert attempts == ["chat served-a", "chat served-b"], receiver.spans
     attributes = request["attributes"]
@@ -221,11 +234,8 @@ def test_fallback_hop_counts_the_fallbacks_taken(
     any fallback, so a trace could not tell how far a request had to go."""
     receiver, fake = OtlpReceiver(), OpenAIFake()
     fake.script.actions += [Action(status=500), Action(status=500)]
-    models = {name: f"{{provider: up, model: served-{name}, context_window: 32000}}"
-              for name in ("a", "b", "c")}
-    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
-        "deployments:\n" + "".join(f"  {name}: {spec}\n" for name, spec in models.items())
-        + "groups:\n"
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, _abc(
+        "groups:\n"
         "  first: {members: [a], retry: {attempts: 0}, fallbacks: {on_error: [second]}}\n"
         "  second: {members: [b], retry: {attempts: 0}, fallbacks: {on_error: [third]}}\n"
         "  third: {members: [c]}\n"
@@ -235,12 +245,8 @@ def test_fallback_hop_counts_the_fallbacks_taken(
         answer = client.chat.completions.create(model="r",
                                                 messages=[{"role": "user", "content": "x"}])
         assert answer.model == "served-c"
-        deadline = time.monotonic() + 15
-        while not any(s["name"] == "chat r" for s in receiver.spans):
-            assert time.monotonic() < deadline, server.log
-            time.sleep(0.1)
+        request = _span_named(receiver, server, "chat r")
         metrics = httpx.get(f"{server.base_url}/metrics").text
-    request = next(s for s in receiver.spans if s["name"] == "chat r")
     assert (request["attributes"]["aigw.attempts"],
             request["attributes"]["aigw.fallback_hop"]) == (3, 2)
     assert 'aigw_fallbacks_total{route="r"} 1.0' in metrics  # one request served by one

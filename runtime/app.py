@@ -343,7 +343,8 @@ class _Endpoints:
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
         body = partial(read_body, request, live.graph.settings.max_request_bytes)
-        return await create_message(live, request.headers, body, lambda: self.gateway.live)
+        return await create_message(live, request.headers, body, lambda: self.gateway.live,
+                                    partial(client_gone, request.receive))
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)

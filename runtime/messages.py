@@ -86,15 +86,16 @@ async def create_message(
     headers: Headers,
     body: Callable[[], Awaitable[bytes]],
     current: Callable[[], Live] | None = None,
+    gone: Callable[[], Awaitable[None]] | None = None,
 ) -> Response:
     """POST /v1/messages. ``body()`` reads the body, once the key is known, so that a 413
-    is Anthropic-shaped too.
+    is Anthropic-shaped too; ``gone()`` returns once the client has gone (after it).
 
     The request's record is finished here, or when its stream ends; the app's handlers
     would answer errors in OpenAI's shape, so none reaches them.
     """
     record = new_record(live, "messages")
-    exchange = Exchange(live, record, headers, current)
+    exchange = Exchange(live, record, headers, current, gone)
     try:
         response = await _message(exchange, body)
     except asyncio.CancelledError:  # a shutdown past its grace period

@@ -95,3 +95,38 @@ def test_an_upstream_failing_mid_stream_counts_as_an_upstream_failure(
                 if line.startswith("aigw_upstream_failures_total{")]
     assert len(failures) == 1 and 'deployment="a"' in failures[0], failures
     assert failures[0].endswith(" 1.0")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_client_leaving_a_whole_answer_stops_its_upstream_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A client that timed out waiting for a whole (not streamed) answer left the call
+    running to its end, billed and logged as a 200 nobody received; an SDK's retries
+    made that two or three calls. Now it is stopped, and recorded as 499."""
+    fake = OpenAIFake(name="a")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
+    fake.script.actions += [Action(delay_s=3.0)]
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "deployments:\n"
+        "  a: {provider: up, model: gpt-4o, context_window: 8000}\n"
+        "routes:\n"
+        "  r: {deployment: a}\n"
+    )) as (_client, server):
+        body = {"model": "r", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.base_url}{path}", json=body, timeout=0.5,
+                       headers={"Authorization": f"Bearer {DEV_KEY}"})
+        deadline = time.monotonic() + 10
+        while "aigw_requests_total" not in (metrics := httpx.get(
+                f"{server.base_url}/metrics").text) or 'status="499"' not in metrics:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+        spend = httpx.get(f"{server.base_url}/admin/spend?group_by=route",
+                          headers={"Authorization": f"Bearer {DEV_KEY}"}).json()["data"]
+    assert 'status="200"' not in metrics
+    assert [(row["route"], row["requests"], row["errors"], row["tokens_out"])
+            for row in spend] == [("r", 1, 1, 0)]
+    assert time.monotonic() < deadline - 8  # cut when the client left, not after 3 s

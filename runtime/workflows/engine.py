@@ -7,7 +7,8 @@
 Each try of a step is checkpointed when it starts and when it ends. Inside a step each
 model call, map item, loop iteration, ensemble member and cascade tier is a memo keyed
 by where it is (``report@1``, ``items@2/3``), so an execution resumed after a crash
-runs again only the step that was in flight, and repeats none of its completed calls.
+runs again only the step that was in flight, and repeats none of its completed calls;
+a model's answer the store fails to save is saved again, never asked for again.
 A step is skipped when its ``when`` is false, when a branch listing it chose other
 steps, or when every step it needs was skipped. Policy is asked again whenever the run
 goes on after a stop or a wait (resumed, started on a graph other than the one it was
@@ -17,10 +18,12 @@ made on, or decided after an approval's wait): a reload may forbid the pipeline 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -31,6 +34,7 @@ from aigw.compiler.pipeline_graph import Approval, Pipeline, Step, StepKind
 from aigw.compiler.templates import Expr, Text, Value, render_value
 
 from ..chat_request import ChatRequest
+from ..errors import InternalError, StoreUnavailable
 from ..store.executions import (
     Checkpoint,
     Decision,
@@ -47,6 +51,13 @@ from ..store.executions import (
 log = logging.getLogger("aigw.workflows")
 
 MAX_BACKOFF_S = 30.0
+# The longest wait between two tries to save a model's answer while the store is out:
+# once it is back, the answer is saved within this, before the run's lease lapses.
+MAX_SAVE_BACKOFF_S = 1.0
+
+# The step timeouts a task runs under: its step's, and those of the steps around it (a
+# map item's step inside the map step). Tasks a step starts inherit them.
+_LIMITS: ContextVar[tuple[asyncio.Timeout, ...]] = ContextVar("aigw_step_limits", default=())
 
 
 class StepFailed(Exception):
@@ -171,6 +182,7 @@ class Run:
         # (``_commit_states``): two approvals decided at once each saw the other still
         # waiting, and both left it waiting.
         self._approvals = asyncio.Lock()
+        self._paused: dict[asyncio.Timeout, _Pause] = {}  # see ``_untimed``
 
     async def run(self) -> Status:
         """Run to a final status, or to paused; raises LeaseLost if another runner took it."""
@@ -392,8 +404,12 @@ class Run:
             output = await self._act(context, step)  # waits up to its own timeout_s
         else:
             try:
-                async with asyncio.timeout(step.timeout_s):
-                    output = await self._act(context, step)
+                async with asyncio.timeout(step.timeout_s) as limit:
+                    limits = _LIMITS.set((*_LIMITS.get(), limit))
+                    try:
+                        output = await self._act(context, step)
+                    finally:
+                        _LIMITS.reset(limits)
             except TimeoutError:
                 raise StepFailed(f"timed out after {step.timeout_s:g}s") from None
         output = jsonable(output)
@@ -517,12 +533,66 @@ class Run:
         data = {"model": model, "deployment": answer.deployment, "cost": answer.cost,
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens}
-        await self.remember(
+        await self._keep(
             Memo(key, {"text": answer.text, **data}, answer.cost, answer.prompt_tokens,
                  answer.completion_tokens, model_call=True),
             NewEvent("model_call", context.path, {"key": key, **data}),
         )
         return answer.text
+
+    async def _keep(self, memo: Memo, event: NewEvent) -> None:
+        """Save a model's answer as its memo. The call is made and billed: a failed save
+        must not end this try of the step (a retryable failure), as the next try, or the
+        run that resumes it, made the call again, billed again. So while the store is
+        unavailable the save is tried again, the step timeouts paused meanwhile, until
+        it is saved, the lease is lost (``LeaseLost``: the runner holding the execution
+        now goes on) or this run is stopped; a store that refuses the save itself (its
+        own error, which it would give again) fails the step, not to be tried again."""
+        tries = 0
+        with self._untimed():
+            while True:
+                try:
+                    await self.remember(memo, event)
+                except StoreUnavailable as exc:
+                    if not tries:
+                        log.warning("execution %s: the answer of %s is not saved, the store "
+                                    "is unavailable; trying again: %s", self.id, memo.key, exc)
+                except InternalError as exc:
+                    raise StepFailed(f"model '{memo.value['model']}' answered, but the store "
+                                     f"did not keep the answer: {exc.message}",
+                                     retryable=False) from exc
+                else:
+                    if tries:
+                        log.info("execution %s: the answer of %s is saved after %d tries",
+                                 self.id, memo.key, tries + 1)
+                    return
+                tries += 1
+                await asyncio.sleep(min(0.05 * 2 ** tries, MAX_SAVE_BACKOFF_S))
+
+    @contextlib.contextmanager
+    def _untimed(self) -> Iterator[None]:
+        """The step timeouts this task runs under stop counting meanwhile; then each goes
+        on, its deadline later by as long. Paused by several tasks at once (two items of
+        a map saving), one goes on when the last lets go of it."""
+        limits = [limit for limit in _LIMITS.get() if not limit.expired()]
+        clock = asyncio.get_running_loop().time
+        for limit in limits:
+            pause = self._paused.get(limit)
+            if pause is None:
+                self._paused[limit] = _Pause(limit.when(), clock())
+                limit.reschedule(None)
+            else:
+                pause.holders += 1
+        try:
+            yield
+        finally:
+            for limit in limits:
+                pause = self._paused[limit]
+                pause.holders -= 1
+                if pause.holders == 0:
+                    del self._paused[limit]
+                    if pause.deadline is not None:
+                        limit.reschedule(pause.deadline + clock() - pause.since)
 
     # Checkpoints and events
 
@@ -542,11 +612,17 @@ class Run:
         self.services.notify(self.id)
 
     async def control(self) -> str | None:
-        """"pause" or "cancel" when asked for (read from the store at most every poll_s)."""
+        """"pause" or "cancel" when asked for (read from the store at most every poll_s).
+        A store that cannot be read now leaves it as last read: nobody can ask for a
+        change meanwhile, and the run goes on (a step's answer waiting to be saved,
+        ``_keep``) until it must write."""
         now = self.now()
         if now - self._checked >= self.services.poll_s:
             self._checked = now
-            execution = await self.services.store.get(self.id)
+            try:
+                execution = await self.services.store.get(self.id)
+            except StoreUnavailable:
+                return self._control
             if execution is None or execution.owner != self.services.owner:
                 raise LeaseLost(f"execution {self.id} is no longer held by this runner")
             self._control = execution.control
@@ -565,6 +641,15 @@ class Run:
 
     def evaluate(self, expr: Expr, scope: Mapping[str, Any]) -> Any:
         return _template_call(lambda: expr.evaluate(scope))
+
+
+@dataclass(slots=True)
+class _Pause:
+    """A step timeout held paused by ``holders`` tasks since ``since`` (loop time)."""
+
+    deadline: float | None
+    since: float
+    holders: int = 1
 
 
 def _template_call(run: Callable[[], Any]) -> Any:

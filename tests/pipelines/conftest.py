@@ -21,12 +21,21 @@ import httpx
 import pytest
 import redis
 
+from aigw.compiler.graph import Route
 from aigw.runtime.app import create_app
+from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
-from aigw.runtime.store.executions import Checkpoint, NewExecution, Status, new_owner
+from aigw.runtime.store.executions import (
+    Checkpoint,
+    Execution,
+    NewExecution,
+    Status,
+    new_owner,
+)
 from aigw.runtime.tokens import TokenCounter
 from aigw.runtime.workflows import Workflows
-from aigw.runtime.workflows.engine import HttpCaller
+from aigw.runtime.workflows.calls import GatewayModels
+from aigw.runtime.workflows.engine import HttpCaller, ModelAnswer
 from aigw.runtime.workflows.service import open_executions
 
 DEV_KEY = "sk-aigw-dev"
@@ -193,6 +202,32 @@ class Served:
 
 
 Serve = Callable[..., Awaitable[Served]]
+
+
+class AfterAnswer:
+    """``serve``'s ``models``: the gateway's own model calls (``GatewayModels``), counted,
+    with ``then(execution_id)`` awaited once an answer is in, before the run saves it
+    (to stage what happens to the store at that moment)."""
+
+    def __init__(self, then: Callable[[str], Awaitable[None]]) -> None:
+        self.then = then
+        self.calls = 0
+
+    def __call__(self, gateway: Gateway, execution: Execution) -> GatewayModels:
+        return _Answered(gateway, execution, self)
+
+
+class _Answered(GatewayModels):
+    def __init__(self, gateway: Gateway, execution: Execution, counter: AfterAnswer) -> None:
+        super().__init__(gateway, execution)
+        self.execution_id = execution.id
+        self.counter = counter
+
+    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
+        answer = await super().__call__(route, request)
+        self.counter.calls += 1
+        await self.counter.then(self.execution_id)
+        return answer
 
 
 @pytest.fixture

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 
 from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
 
-from .conftest import Serve, Served
+from ..redis_server import PrivateRedis
+from .conftest import AfterAnswer, Serve, Served
 
 LONG = """
 input: {type: object}
@@ -137,3 +144,122 @@ async def test_a_step_failed_for_good_before_a_crash_is_not_tried_again(
     assert (await served.steps(execution_id))["only"]["attempts"] == 1
     events = [e["type"] for e in await served.events(execution_id)]
     assert "step_started" not in events and "model_call" not in events
+
+
+# Retried, and with a timeout shorter than the store's outage: neither may lead to a
+# second call for the answer the store failed to save.
+SAVED = """
+input: {type: object}
+steps:
+  only: {kind: llm, model: fast, prompt: "hi", retries: 2, timeout_s: 0.5}
+output: "{{ steps.only }}"
+"""
+OUTAGE_S = 1.0
+
+
+async def _check_saved_once(served: Served, models: AfterAnswer, outage: list[Any]) -> None:
+    """The execution succeeds with its one answer, saved once the store is back."""
+    started = await served.start("saved", {})
+    for _ in range(500):
+        if outage:
+            break
+        await asyncio.sleep(0.01)
+    await outage[0]  # the store is back
+    url = f"/api/v1/executions/{started['id']}"
+    done = await _read_back(served, url, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["output"]) == ("succeeded", "hi"), done
+    assert models.calls == 1 and done["usage"]["model_calls"] == 1
+    events = (await _read_back(served, f"{url}/events"))["data"]
+    assert [e["data"]["key"] for e in events if e["type"] == "model_call"] == ["only@1#0"]
+    steps = (await _read_back(served, f"{url}/steps"))["data"]
+    assert [(state["step"], state["attempts"]) for state in steps] == [("only", 1)]
+
+
+async def _read_back(served: Served, url: str,
+                     check: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any]:
+    """GET ``url`` until ``check`` holds. After an outage a client's connections made
+    before it fail once each as they are used again (a 503), then it is back."""
+    for _ in range(500):
+        answer = await served.http.get(url)
+        assert answer.status_code in (200, 503), answer.text
+        if answer.status_code == 200:
+            body: dict[str, Any] = answer.json()
+            if check(body):
+                return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"gave up on {url}: {answer.text}")
+
+
+def _refuse_memos(file: Path, refuse: bool) -> None:
+    """Make the embedded file fail (or stop failing) every write of a memo."""
+    with closing(sqlite3.connect(file, isolation_level=None)) as db:
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON wf_memos BEGIN "
+                   "SELECT RAISE(ABORT, 'database or disk is full'); END" if refuse
+                   else "DROP TRIGGER full")
+
+
+async def test_an_answer_the_embedded_store_fails_to_save_is_not_asked_for_again(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A store failing to save a model's answer was a retryable failure of the step: the
+    model was called again (billed again) for the same work, while the step timed out."""
+    outage: list[asyncio.Task[None]] = []
+    file = tmp_path / "gw0" / "aigw.sqlite"
+
+    async def fail_writes(_execution_id: str) -> None:
+        async def back() -> None:
+            await asyncio.sleep(OUTAGE_S)
+            await asyncio.to_thread(_refuse_memos, file, False)
+
+        if not outage:
+            await asyncio.to_thread(_refuse_memos, file, True)
+            outage.append(asyncio.create_task(back()))
+
+    models = AfterAnswer(fail_writes)
+    served = await serve({"saved": SAVED}, models=models)
+    await _check_saved_once(served, models, outage)
+
+
+async def test_on_redis_an_answer_in_as_the_server_stops_is_saved_once_it_is_back(
+    serve: Serve, private_redis: PrivateRedis
+) -> None:
+    outage: list[asyncio.Task[None]] = []
+
+    async def stop_redis(_execution_id: str) -> None:
+        async def back() -> None:
+            await asyncio.sleep(OUTAGE_S)
+            await asyncio.to_thread(private_redis.start_on_same_port)
+
+        if not outage:
+            with closing(redis.Redis.from_url(private_redis.url)) as client:
+                client.save()  # what it holds comes back with it
+            private_redis.stop()
+            outage.append(asyncio.create_task(back()))
+
+    models = AfterAnswer(stop_redis)
+    served = await serve({"saved": SAVED}, models=models, store=private_redis.url,
+                         namespace="aigw-test-saved")
+    await _check_saved_once(served, models, outage)
+
+
+async def test_on_redis_an_answer_the_store_refuses_fails_the_step_without_another_call(
+    serve: Serve, redis_url: str, namespace: str
+) -> None:
+    """Redis refusing the save itself (a key of the wrong type), as it would again."""
+    async def break_memos(execution_id: str) -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.set(f"{namespace}:wf:x:{execution_id}:memo", "not a hash")
+        finally:
+            await client.aclose()
+
+    models = AfterAnswer(break_memos)
+    served = await serve({"saved": SAVED}, models=models, store=redis_url, namespace=namespace)
+    started = await served.start("saved", {})
+    done = await served.wait_for(started["id"], lambda e: e["status"] in ("failed",
+                                                                          "succeeded"))
+    assert done["error"] == ("step 'only' failed: model 'fast' answered, but the store did not "
+                             "keep the answer: The executions store (redis) refused a call; "
+                             "the error is logged.")
+    assert models.calls == 1
+    assert (await served.steps(started["id"]))["only"]["attempts"] == 1

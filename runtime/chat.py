@@ -27,7 +27,7 @@ from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute, UpstreamError
 from .jsonio import JSONBody
 from .live import Live
-from .policy import RequestGate
+from .policy import Facts, RequestGate
 from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
 from .providers.guard import SentOutput
@@ -285,8 +285,12 @@ class PipelineChat(Protocol):
     exchange has identified it (key, team, end user)."""
 
     async def __call__(
-        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: Route
-    ) -> Response: ...
+        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: Route,
+        facts: Facts,
+    ) -> Response:
+        """``facts``: those the request's policy check was asked with (kept with the
+        execution, to ask again as it resumes)."""
+        ...
 
 
 async def chat_completions(
@@ -304,7 +308,7 @@ async def chat_completions(
         # The request runs the pipeline: a policy on Pipeline::"p" holds here too, as on
         # /v1/pipelines/p, not only one on the route that names it.
         gate.check_invoke_pipeline(route.target)
-        return await pipelines(exchange, key, request, route)
+        return await pipelines(exchange, key, request, route, gate.facts)
     await exchange.open(key, request)
     if not request.stream:
         served, result = await exchange.complete()

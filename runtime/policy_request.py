@@ -9,8 +9,8 @@ request whose invoke policies do not, it comes with the request's reservation in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 
@@ -80,13 +80,55 @@ async def authorize_route(
 
 async def authorize_pipeline(
     live: Live, key: ApiKey, user: str | None, pipeline: str, headers: Headers,
-) -> None:
+) -> Facts:
     """The invoke check for running pipeline ``pipeline`` directly (``Pipeline::"name"``),
-    as the workflow API does; a deny is a 403 naming the deciding policies."""
+    as the workflow API does; a deny is a 403 naming the deciding policies. Returns the
+    facts it was asked with (an execution keeps them: ``facts_to_keep``)."""
     facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
                   latency_sla_ms=latency_sla_ms(headers, DEFAULT_DEADLINE_MS),
                   tags=request_tags(headers))
     (await _gate(live, key, user, facts)).check_invoke_pipeline(pipeline)
+    return facts
+
+
+async def authorize_pipeline_again(
+    live: Live, key: ApiKey, user: str | None, pipeline: str,
+    kept: Mapping[str, Any] | None,
+) -> None:
+    """The invoke check on ``Pipeline::"name"`` asked again for an execution (as it
+    resumes, or for a step that runs another pipeline) with the facts of the request
+    that made it (``kept``), what is true at the moment (its hour, the budget left)
+    read now; a deny is a 403 as at the start.
+
+    An execution made before its request's facts were kept (``kept`` None) is asked
+    with none (no tags, the default latency SLA), and only a forbid stops it: it passed
+    the check when it was made, and a deny for want of a permit may be only for the
+    tags or SLA its request had and nothing kept."""
+    facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                  latency_sla_ms=DEFAULT_DEADLINE_MS) if kept is None else Facts(
+        route=str(kept.get("route", "")),
+        estimated_tokens=int(kept.get("estimated_tokens", 0)),
+        max_tokens=kept.get("max_tokens"),
+        stream=bool(kept.get("stream", False)),
+        latency_sla_ms=int(kept.get("latency_sla_ms", DEFAULT_DEADLINE_MS)),
+        tags=tuple(kept.get("tags", ())),
+    )
+    gate = await _gate(live, key, user, facts)
+    gate.check_invoke_pipeline(pipeline, forbids_only=kept is None)
+
+
+def facts_to_keep(facts: Facts) -> dict[str, Any]:
+    """What an execution keeps of the facts its request was checked with: what the
+    request said (its route, tags, latency SLA, sizes), not what was true at that
+    moment (the hour, the budget left: read again when asked again). No secrets: the
+    key and end user are the execution's own fields.
+
+    >>> facts_to_keep(Facts("", 0, None, False, 300000, tags=("release",)))["tags"]
+    ['release']
+    """
+    return {"route": facts.route, "estimated_tokens": facts.estimated_tokens,
+            "max_tokens": facts.max_tokens, "stream": facts.stream,
+            "latency_sla_ms": facts.latency_sla_ms, "tags": list(facts.tags)}
 
 
 async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,

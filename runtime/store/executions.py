@@ -78,6 +78,10 @@ class Execution:
     completion_tokens: int = 0
     model_calls: int = 0
     graph: str = ""  # fingerprint of the graph it was started on
+    # What the request that made it told policy (its route, tags, latency SLA, sizes;
+    # ``policy_request.facts_to_keep``), to ask again as it resumes. None: made before
+    # they were kept.
+    facts: Mapping[str, Any] | None = None
     control: str | None = None  # "pause" or "cancel": asked for, not done yet
     owner: str | None = None  # the runner holding it
     lease_until: float = 0.0
@@ -197,6 +201,7 @@ class NewExecution:
     idempotency_key: str | None
     graph: str
     user: str | None = None
+    facts: Mapping[str, Any] | None = None  # see ``Execution.facts``
 
 
 @dataclass(frozen=True, slots=True)

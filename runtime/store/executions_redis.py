@@ -189,7 +189,7 @@ class RedisExecutions:
                 id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED,
                 input=new.input, key=new.key, user=new.user,
                 idempotency_key=new.idempotency_key,
-                created_at=now, updated_at=now, graph=new.graph,
+                created_at=now, updated_at=now, graph=new.graph, facts=new.facts,
             )
             keys = [self._x(execution.id), self._key("index"), self._key("costs"),
                     self._key("queue")]

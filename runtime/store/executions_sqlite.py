@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS wf_executions (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     model_calls       INTEGER NOT NULL DEFAULT 0,
     graph             TEXT NOT NULL,
+    facts             TEXT,
     control           TEXT,
     owner             TEXT,
     lease_until       REAL NOT NULL DEFAULT 0
@@ -190,10 +191,12 @@ def _create_tables(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
-    # Files written before an execution kept its end user get the column (empty).
+    # Files written before an execution kept its end user, or its request's facts, get
+    # the columns (empty).
     columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}
-    if "user" not in columns:
-        connection.execute('ALTER TABLE wf_executions ADD COLUMN "user" TEXT')
+    for added in ("user", "facts"):
+        if added not in columns:
+            connection.execute(f'ALTER TABLE wf_executions ADD COLUMN "{added}" TEXT')
 
 
 def _dumps(value: Any) -> str:
@@ -204,7 +207,8 @@ def _row(row: tuple[Any, ...]) -> Execution:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["status"] = Status(values["status"])
     values["input"] = json.loads(values["input"])
-    values["output"] = json.loads(values["output"]) if values["output"] is not None else None
+    for name in ("output", "facts"):
+        values[name] = json.loads(values[name]) if values[name] is not None else None
     return Execution(**values)
 
 
@@ -225,7 +229,7 @@ def _create(
     execution = Execution(
         id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED, input=new.input,
         key=new.key, user=new.user, idempotency_key=new.idempotency_key, created_at=now,
-        updated_at=now, graph=new.graph,
+        updated_at=now, graph=new.graph, facts=new.facts,
     )
     _write(connection, execution)
     return execution, True
@@ -235,6 +239,8 @@ def _write(connection: sqlite3.Connection, execution: Execution) -> None:
     values = [getattr(execution, name) for name in _COLUMNS]
     values[_COLUMNS.index("input")] = _dumps(execution.input)
     values[_COLUMNS.index("output")] = _dumps(execution.output)
+    if execution.facts is not None:
+        values[_COLUMNS.index("facts")] = _dumps(execution.facts)
     values[_COLUMNS.index("status")] = execution.status.value
     placeholders = ", ".join("?" for _ in _COLUMNS)
     names = ", ".join(f'"{name}"' for name in _COLUMNS)

@@ -64,6 +64,7 @@ from ..errors import (
 )
 from ..exchange import Exchange
 from ..live import Live
+from ..policy import Facts
 from ..policy_request import authorize_pipeline
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
 from ..sse import ChunkEncoder, completion_body
@@ -125,12 +126,13 @@ class _Api:
 
     async def _authorize(
         self, request: Request, key: ApiKey, pipeline: str, user: str | None
-    ) -> None:
-        """Cedar's invoke check on ``Pipeline::"name"`` (a deny is a 403 naming policies)."""
+    ) -> Facts | None:
+        """Cedar's invoke check on ``Pipeline::"name"`` (a deny is a 403 naming policies);
+        the facts it was asked with."""
         if pipeline not in self._graph().pipelines:
-            return  # starting it answers 404 with the known names
-        await authorize_pipeline(self.workflows.gateway.live, key, user, pipeline,
-                                 request.headers)
+            return None  # starting it answers 404 with the known names
+        return await authorize_pipeline(self.workflows.gateway.live, key, user, pipeline,
+                                        request.headers)
 
     async def templates(self, request: Request) -> Response:
         self._key(request)
@@ -162,9 +164,9 @@ class _Api:
         if idempotency is not None and not isinstance(idempotency, str):
             raise BadRequest("idempotency_key must be a string.", param="idempotency_key")
         user = self._user(request, body.get("user"))
-        await self._authorize(request, key, name, user)
+        facts = await self._authorize(request, key, name, user)
         execution, created = await self.workflows.start_execution(
-            key, name, body.get("input", {}), idempotency, user
+            key, name, body.get("input", {}), idempotency, user, facts
         )
         return JSONResponse(execution.as_dict(), status_code=201 if created else 200,
                             headers={"location": f"/api/v1/executions/{execution.id}"})
@@ -306,12 +308,12 @@ class _Api:
         wait_s = _float(request.query_params.get("wait_s"), 300.0)
         user = self._user(request)
         record.user = user
-        await self._authorize(request, key, name, user)
+        facts = await self._authorize(request, key, name, user)
         if name in self._graph().pipelines:  # declared: a bounded label, never raw input
             record.route = f"pipeline:{name}"
             self.workflows.gateway.live.telemetry.started(record)
         execution, _ = await self.workflows.start_execution(
-            key, name, given, request.headers.get("idempotency-key"), user
+            key, name, given, request.headers.get("idempotency-key"), user, facts
         )
         final = await _final(self.workflows, record, execution.id, wait_s)
         assert final is not None
@@ -395,7 +397,8 @@ class PipelineChat:
         self.workflows = workflows
 
     async def __call__(
-        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: GraphRoute
+        self, exchange: Exchange, key: ApiKey, request: ChatRequest, route: GraphRoute,
+        facts: Facts,
     ) -> Response:
         record = exchange.record  # identified (key, team, end user) by the caller
         record.route, record.model = route.name, request.model
@@ -404,7 +407,8 @@ class PipelineChat:
         pipeline = exchange.live.graph.pipelines[route.target]
         idempotency = exchange.headers.get("idempotency-key")
         execution, started = await self.workflows.start_execution(
-            key, pipeline.name, chat_input(pipeline, request), idempotency, exchange.user
+            key, pipeline.name, chat_input(pipeline, request), idempotency, exchange.user,
+            facts,
         )
         orphaned = started and idempotency is None
         wait_s = deadline_s(route, exchange.headers)

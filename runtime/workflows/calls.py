@@ -25,7 +25,7 @@ from ..chat_request import ChatRequest
 from ..errors import Forbidden, GatewayError
 from ..exchange import Exchange
 from ..live import Gateway, Live
-from ..policy_request import authorize_pipeline
+from ..policy_request import authorize_pipeline_again
 from ..store.executions import Execution
 from ..upstream import read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
@@ -47,6 +47,7 @@ class GatewayModels:
         self.gateway = gateway
         self.key_name = execution.key
         self.user = execution.user
+        self.facts = execution.facts
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
         live = self.gateway.live
@@ -83,11 +84,12 @@ class GatewayModels:
     async def check_pipeline(self, pipeline: str) -> None:
         """The check ``/api/v1/executions`` makes, for a step that runs ``pipeline`` (a
         forbid on ``Pipeline::"name"`` holds however it is reached) and for the
-        execution's own pipeline as it resumes. Asked without the starting request's
-        headers (its tags and latency SLA are not kept)."""
+        execution's own pipeline as it resumes: asked with the facts of the request that
+        started the execution (its tags, its latency SLA), as it was then."""
         live = self.gateway.live
         try:
-            await authorize_pipeline(live, self._key(live), self.user, pipeline, Headers())
+            await authorize_pipeline_again(live, self._key(live), self.user, pipeline,
+                                           self.facts)
         except Forbidden as exc:
             raise StepFailed(exc.message, retryable=False) from exc
 

@@ -26,6 +26,8 @@ from ..admission import admit, subject_limits
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..live import Gateway
+from ..policy import Facts
+from ..policy_request import facts_to_keep
 from ..store.executions import (
     FINAL,
     Decision,
@@ -178,10 +180,12 @@ class Workflows:
         name: str,
         given: Any,
         idempotency_key: str | None,
-        user: str | None = None,
+        user: str | None,
+        facts: Facts | None,
     ) -> tuple[Execution, bool]:
         """Queue a run of pipeline ``name`` for ``key`` (and the end user it names: the
-        model calls hold that user's limits and budgets too)."""
+        model calls hold that user's limits and budgets too); ``facts``: those policy was
+        asked with to let it run, asked with again as it resumes."""
         graph = self.gateway.live.graph
         pipeline = graph.pipelines.get(name)
         if pipeline is None or not may_run(key, graph, name):
@@ -197,7 +201,8 @@ class Workflows:
         await self._admit(key, user)
         store = await self.store()
         execution, created = await store.create(
-            NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user),
+            NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user,
+                         facts_to_keep(facts) if facts is not None else None),
             self.clock(),
         )
         if not created and (execution.pipeline, execution.input) != (name, given):

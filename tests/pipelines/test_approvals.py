@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from aigw.runtime.store.executions import Checkpoint, StepState, StepStatus
+
 from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, Serve, Served, approval_pipeline
 
 BOT = {"authorization": f"Bearer {BOT_KEY}"}
@@ -520,12 +522,13 @@ async def _forbid_publish_to_bot(served: Served) -> None:
     assert (await served.gateway.reload("test")).ok
 
 
-async def _serve_policed(serve: Serve, tmp_path: Path, **options: Any) -> Served:
-    """'publish' (a draft, then a sign-off) and 'slow', with policies that let every key
-    run them."""
+async def _serve_policed(serve: Serve, tmp_path: Path, policies: str = EVERYTHING,
+                         **options: Any) -> Served:
+    """'publish' (a draft, then a sign-off) and 'slow', with ``policies`` (by default,
+    policies that let every key run them)."""
     root = tmp_path / "policed"
     (root / "policies").mkdir(parents=True)
-    (root / "policies" / "gateway.cedar").write_text(EVERYTHING)
+    (root / "policies" / "gateway.cedar").write_text(policies)
     return await serve({"publish": approval_pipeline(), "slow": SLOW}, root=root, **options)
 
 
@@ -574,3 +577,89 @@ async def test_a_run_queued_when_a_policy_forbids_the_pipeline_does_not_start(
     await _forbid_publish_to_bot(served)
     done = await served.wait_for(queued, lambda e: e["status"] in ("failed", "succeeded"))
     assert done["error"] == f"not started: {DENIED}" and done["usage"]["model_calls"] == 0
+
+
+# Pipelines run only for a request tagged 'release'; models and routes for anyone.
+TAGGED = ('@id("models")\npermit (principal, action, resource) unless { resource is Pipeline };\n'
+          '@id("tagged")\npermit (principal, action == Action::"invoke", resource is Pipeline) '
+          'when { context.tags.contains("release") };\n')
+RELEASE = {**BOT, "x-aigw-tags": "release"}
+
+
+async def _resumed(served: Served, execution_id: str) -> dict[str, Any]:
+    """The execution once a new runner has resumed it and it waits again, or ended."""
+    async def settled() -> bool:
+        types = [e["type"] for e in await served.events(execution_id)]
+        after = types[len(types) - types[::-1].index("execution_resumed"):] \
+            if "execution_resumed" in types else []
+        return "step_waiting" in after or "execution_failed" in after
+
+    await _eventually("the run to resume", settled)
+    return await served.get(execution_id)
+
+
+async def test_a_run_is_asked_again_with_the_tags_it_was_started_with(
+    serve: Serve, tmp_path: Path, store_options: dict[str, Any]
+) -> None:
+    """Asked again as it resumed and after its approval's decision, policy was asked
+    without the starting request's tags (and with the default latency SLA): a policy
+    that permits the pipeline only to a tagged request stopped every such run."""
+    served = await _serve_policed(serve, tmp_path, TAGGED, **store_options)
+    untagged = await served.http.post("/api/v1/executions", headers=BOT,
+                                      json={"pipeline": "publish", "input": {"text": "x"}})
+    assert untagged.status_code == 403, untagged.text
+    execution_id = await _start(served, "publish", RELEASE, input={"text": "hello"})
+    await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    await served.workflows.stop()
+    second = served.with_new_runner()
+    try:
+        resumed = await _resumed(second, execution_id)
+        assert (resumed["status"], resumed["error"]) == ("waiting", None)
+        url = f"/api/v1/executions/{execution_id}/approvals"
+        decided = await second.http.post(url, headers=BOT, json={"decision": "approve"})
+        assert decided.status_code == 200, decided.text
+        done = await second.wait_for(execution_id, lambda e: e["status"] in ("failed",
+                                                                             "succeeded"))
+        assert (done["status"], done["output"]["published"]) == ("succeeded",
+                                                                "published: hello"), done
+    finally:
+        await second.aclose()
+
+
+async def test_a_run_made_before_its_request_was_kept_goes_on_unless_forbidden(
+    serve: Serve, tmp_path: Path, store_options: dict[str, Any]
+) -> None:
+    """An execution that kept no facts of its request (made by an older gateway) is asked
+    again with none: a deny for want of a permit lets it go on (its tags are unknown),
+    a forbid stops it."""
+    served = await _serve_policed(serve, tmp_path, TAGGED, **store_options)
+    running = Checkpoint(steps=(StepState("answer", StepStatus.RUNNING, 1, started_at=1.0),))
+    kept = await served.left_by_a_crash("slow", running)
+    done = await served.wait_for(kept, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["error"]) == ("succeeded", None)
+    await served.workflows.stop()  # nothing takes the next one before it is left so
+    (served.root / "policies" / "gateway.cedar").write_text(
+        TAGGED + '@id("no-slow")\nforbid (principal, action, resource == Pipeline::"slow");\n')
+    assert (await served.gateway.reload("test")).ok
+    stopped = await served.left_by_a_crash("slow", running)
+    second = served.with_new_runner()
+    try:
+        done = await second.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
+        assert done["error"] == ("stopped as it resumed: Policy does not allow key 'dev' to "
+                                 "run pipeline 'slow': denied by no-slow.")
+    finally:
+        await second.aclose()
+
+
+async def test_a_chat_with_a_pipeline_keeps_what_policy_was_asked_with(
+    serve: Serve, tmp_path: Path
+) -> None:
+    served = await _serve_policed(serve, tmp_path, TAGGED,
+                                  extra_routes="  research: {pipeline: slow}")
+    answer = await served.http.post("/v1/chat/completions", headers=RELEASE, json={
+        "model": "research", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+    store = await served.workflows.store()
+    execution = await store.get(answer.headers["x-aigw-execution"])
+    assert execution is not None and execution.facts is not None
+    assert (execution.facts["route"], execution.facts["tags"]) == ("research", ["release"])

@@ -82,6 +82,17 @@ async def test_an_execution_keeps_the_end_user_it_runs_for(store: ExecutionStore
     assert found is not None and found.user == "u1" and found.as_dict()["user"] == "u1"
 
 
+async def test_an_execution_keeps_the_facts_policy_was_asked_with(store: ExecutionStore) -> None:
+    facts = {"route": "", "estimated_tokens": 0, "max_tokens": None, "stream": False,
+             "latency_sla_ms": 1500, "tags": ["release"]}
+    made, _ = await store.create(
+        NewExecution("research", {}, "alice", None, "f1ngerprint", facts=facts), NOW)
+    unkept, _ = await store.create(_new(), NOW + 1)
+    assert (made.facts, unkept.facts) == (facts, None)
+    assert [(item.id, item.facts) for item in await store.list()] == [
+        (unkept.id, None), (made.id, facts)]
+
+
 async def test_a_file_written_before_executions_kept_a_user_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as old:  # the table as it was, with one execution
@@ -99,10 +110,12 @@ async def test_a_file_written_before_executions_kept_a_user_is_upgraded(tmp_path
     try:
         kept = await store.get("exec_old")
         assert kept is not None and kept.user is None and kept.key == "dev"
+        assert kept.facts is None  # nor the facts of its request
         made, _ = await store.create(
-            NewExecution("research", {}, "alice", None, "f", user="u1"), NOW)
-        assert [(item.id, item.user) for item in await store.list()] == [
-            (made.id, "u1"), ("exec_old", None)]
+            NewExecution("research", {}, "alice", None, "f", user="u1", facts={"tags": []}),
+            NOW)
+        assert [(item.id, item.user, item.facts) for item in await store.list()] == [
+            (made.id, "u1", {"tags": []}), ("exec_old", None, None)]
     finally:
         await store.aclose()
 

@@ -608,6 +608,7 @@ class Run:
         await self.commit(Checkpoint(events=(event,)))
 
     async def commit(self, checkpoint: Checkpoint) -> None:
+        _lost_cancel()
         await self.services.store.commit(self.id, self.services.owner, checkpoint, self.now())
         self.services.notify(self.id)
 
@@ -616,6 +617,7 @@ class Run:
         A store that cannot be read now leaves it as last read: nobody can ask for a
         change meanwhile, and the run goes on (a step's answer waiting to be saved,
         ``_keep``) until it must write."""
+        _lost_cancel()  # every loop of a run comes by here
         now = self.now()
         if now - self._checked >= self.services.poll_s:
             self._checked = now
@@ -650,6 +652,17 @@ class _Pause:
     deadline: float | None
     since: float
     holders: int = 1
+
+
+def _lost_cancel() -> None:
+    """Raise the cancellation this task was asked for, if a call below swallowed it. On
+    Python 3.11, ``asyncio.wait_for`` returns the result it has rather than raise a
+    cancellation that came meanwhile, and redis-py sends every command through it: a
+    step cancelled as a sibling failed, or as its runner stopped, went on, an approval
+    polling the store until its deadline, with its execution waiting for it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _template_call(run: Callable[[], Any]) -> Any:

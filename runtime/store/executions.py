@@ -15,7 +15,9 @@ A runner ``claim``s an execution, which gives it a lease it renews; every write 
 makes is a ``Checkpoint`` fenced by that lease (``LeaseLost`` when another runner has
 taken over). A checkpoint is atomic: step states, one memo (a completed model call or
 sub-step, so a resumed execution never repeats it; its cost is added to the
-execution's exactly once), events and the execution's status commit together.
+execution's exactly once), events and the execution's status commit together. The
+checkpoint that ends an execution (and a cancel the store makes itself) closes the
+steps it leaves running or waiting (``abandon``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -49,6 +51,10 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"  # left unfinished: the execution ended, or went on without it
+
+
+UNFINISHED = frozenset({StepStatus.RUNNING, StepStatus.WAITING})
 
 
 class LeaseLost(Exception):
@@ -333,9 +339,27 @@ def control_change(execution: Execution, action: str, now: float) -> dict[str, A
     raise ValueError(f"unknown action {action!r}")
 
 
+def abandon(
+    states: Iterable[StepState], reason: str, now: float
+) -> tuple[tuple[StepState, ...], tuple[NewEvent, ...]]:
+    """Those of ``states`` still running or waiting, cancelled with ``reason`` as their
+    error, and a ``step_abandoned`` event for each: what an execution that ends (or goes
+    on without them) leaves unfinished. Left as they were, an approval read waiting
+    after its execution had ended, in the steps, the events and the admin page alike.
+
+    >>> closed, _ = abandon([StepState("ok", StepStatus.WAITING)], "abandoned: cancelled", 1.0)
+    >>> closed[0].status.value, closed[0].error
+    ('cancelled', 'abandoned: cancelled')
+    """
+    closed = tuple(replace(state, status=StepStatus.CANCELLED, error=reason, finished_at=now)
+                   for state in states if state.status in UNFINISHED)
+    return closed, tuple(NewEvent("step_abandoned", state.step, {"reason": reason})
+                         for state in closed)
+
+
 def check_decidable(execution_id: str, status: Status) -> None:
-    """ExecutionConflict for a decision on an execution that has ended: its approval still
-    reads waiting (the run stopped in it), but nothing will ever read the decision."""
+    """ExecutionConflict for a decision on an execution that has ended (its approval
+    ended with it, or is ending as the decision comes): nothing will read the decision."""
     if status in FINAL:
         raise ExecutionConflict(f"execution {execution_id} has already {status.value}; "
                                 "nothing waits for a decision")

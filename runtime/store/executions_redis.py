@@ -61,10 +61,12 @@ from .executions import (
     Execution,
     ExecutionConflict,
     LeaseLost,
+    NewEvent,
     NewExecution,
     Status,
     StepState,
     StepStatus,
+    abandon,
     check_decidable,
     claimable,
     control_change,
@@ -434,11 +436,11 @@ class RedisExecutions:
 
     async def control(self, execution_id: str, action: str, now: float) -> Execution:
         async def run() -> Execution:
-            key = self._x(execution_id)
+            key, steps = self._x(execution_id), self._x(execution_id, "steps")
             while True:
                 try:
                     async with self._redis.pipeline(transaction=True) as pipe:
-                        await pipe.watch(key)
+                        await pipe.watch(key, steps)
                         data = await pipe.hgetall(key)
                         if not data:
                             raise KeyError(execution_id)
@@ -447,17 +449,26 @@ class RedisExecutions:
                         if not changes:
                             return execution
                         changes["updated_at"] = now
+                        status = changes.get("status")
+                        closed: tuple[StepState, ...] = ()
+                        events: tuple[NewEvent, ...] = ()
+                        if status is Status.CANCELLED:  # what it left waiting ends with it
+                            closed, events = abandon(
+                                map(step_from_json, await pipe.hvals(steps)),
+                                "abandoned: the execution was cancelled", now)
                         pipe.multi()
                         pipe.hset(key, mapping={name: _field(name, value)
                                                 for name, value in changes.items()})
-                        status = changes.get("status")
+                        for state in closed:
+                            pipe.hset(steps, state.step, step_to_json(state))
                         if status is Status.CANCELLED:
                             pipe.hincrby(self._key("costs"), f"{execution.pipeline}:cancelled", 1)
                             pipe.zadd(self._key("finished"), {execution_id: now})
                         if isinstance(status, Status):  # no runner held it: say so
-                            pipe.rpush(self._x(execution_id, "events"), json.dumps(
-                                {"at": now, "type": f"execution_{status.value}", "step": None,
-                                 "data": {}}))
+                            for event in (*events, NewEvent(f"execution_{status.value}")):
+                                pipe.rpush(self._x(execution_id, "events"), json.dumps(
+                                    {"at": now, "type": event.type, "step": event.step,
+                                     "data": dict(event.data)}, ensure_ascii=False))
                         await pipe.execute()
                     break
                 except WatchError:

@@ -27,10 +27,12 @@ from .executions import (
     Execution,
     ExecutionConflict,
     LeaseLost,
+    NewEvent,
     NewExecution,
     Status,
     StepState,
     StepStatus,
+    abandon,
     check_decidable,
     claimable,
     control_change,
@@ -420,12 +422,21 @@ def _control(
         execution = replace(execution, **changes, updated_at=now)
         _write(connection, execution)
     if "status" in changes:  # no runner held it: the store changed it, and says so
+        events: tuple[NewEvent, ...] = ()
+        if execution.status is Status.CANCELLED:  # what it left waiting ends with it
+            closed, events = abandon(_steps(execution_id, connection),
+                                     "abandoned: the execution was cancelled", now)
+            for state in closed:
+                connection.execute("INSERT OR REPLACE INTO wf_steps VALUES (?, ?, ?)",
+                                   (execution_id, state.step, step_to_json(state)))
         last = connection.execute(
             "SELECT COALESCE(MAX(seq), 0) FROM wf_events WHERE execution_id = ?", (execution_id,)
         ).fetchone()[0]
-        connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
-                           (execution_id, last + 1, now, f"execution_{execution.status.value}",
-                            None, "{}"))
+        for seq, event in enumerate(
+                (*events, NewEvent(f"execution_{execution.status.value}")), start=last + 1):
+            connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
+                               (execution_id, seq, now, event.type, event.step,
+                                _dumps(dict(event.data))))
     return execution
 
 

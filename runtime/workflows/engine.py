@@ -13,6 +13,8 @@ A step is skipped when its ``when`` is false, when a branch listing it chose oth
 steps, or when every step it needs was skipped. Policy is asked again whenever the run
 goes on after a stop or a wait (resumed, started on a graph other than the one it was
 made on, or decided after an approval's wait): a reload may forbid the pipeline since.
+The end of an execution closes the steps it leaves running or waiting (an approval
+beside a step that failed), and a resumed run those of steps a reload removed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..store.executions import (
     Status,
     StepState,
     StepStatus,
+    abandon,
 )
 
 log = logging.getLogger("aigw.workflows")
@@ -202,21 +205,47 @@ class Run:
                 # restart on new files) may forbid the pipeline to its key.
                 await self.still_allowed("stopped as it resumed" if self.states
                                          else "not started")
+                await self._drop_removed(pipeline)
             output = await self.run_pipeline(pipeline, "", self.execution.input)
         except Stop as stop:
-            status = Status.PAUSED if stop.action == "pause" else Status.CANCELLED
-            await self.commit(Checkpoint(
-                status=status, clear_control=True,
-                error="cancelled" if status is Status.CANCELLED else None,
-                events=(NewEvent(f"execution_{status.value}"),)))
-            return status
+            if stop.action == "pause":  # its approvals stay waiting, to go on when resumed
+                await self.commit(Checkpoint(status=Status.PAUSED, clear_control=True,
+                                             events=(NewEvent("execution_paused"),)))
+                return Status.PAUSED
+            await self._end(Status.CANCELLED, "the execution was cancelled",
+                            Checkpoint(error="cancelled", clear_control=True))
+            return Status.CANCELLED
         except (StepFailed, NoLongerAllowed) as exc:
-            await self.commit(Checkpoint(status=Status.FAILED, error=str(exc), events=(
-                NewEvent("execution_failed", data={"error": str(exc)}),)))
+            await self._end(Status.FAILED, f"the execution failed ({exc})",
+                            Checkpoint(error=str(exc)), {"error": str(exc)})
             return Status.FAILED
-        await self.commit(Checkpoint(status=Status.SUCCEEDED, output=output, events=(
-            NewEvent("execution_succeeded", data={"output": output}),)))
+        await self._end(Status.SUCCEEDED, "the execution succeeded without it",
+                        Checkpoint(output=output), {"output": output})
         return Status.SUCCEEDED
+
+    async def _end(self, status: Status, why: str, checkpoint: Checkpoint,
+                   data: Mapping[str, Any] | None = None) -> None:
+        """Commit the final ``status`` (with ``checkpoint``'s output or error), and close
+        the steps it leaves running or waiting (an approval beside a step that failed,
+        or waiting as the execution was cancelled): they read so for good."""
+        closed, events = abandon(self.states.values(), f"abandoned: {why}", self.now())
+        await self.commit(replace(checkpoint, status=status, steps=closed, events=(
+            *events, NewEvent(f"execution_{status.value}", data=data or {}))))
+
+    async def _drop_removed(self, pipeline: Pipeline) -> None:
+        """Close the running or waiting states of steps the pipeline no longer has (a
+        reload removed or renamed them): nothing runs them again, and an approval among
+        them stayed listed as waiting, holding the execution 'waiting' while it ran."""
+        def kept(path: str) -> bool:
+            return any(path == name or path.startswith((f"{name}/", f"{name}@"))
+                       for name in pipeline.steps)
+
+        closed, events = abandon(
+            (state for state in self.states.values() if not kept(state.step)),
+            f"abandoned: pipeline '{pipeline.name}' no longer has this step (a reload "
+            "removed or renamed it)", self.now())
+        if closed:
+            await self._commit_states(closed, events)
 
     async def run_pipeline(self, pipeline: Pipeline, prefix: str, given: Any) -> Any:
         """Run ``pipeline``'s steps (their states under ``prefix``) and render its output."""

@@ -31,6 +31,7 @@ from ..store.executions import (
     LeaseLost,
     NewEvent,
     Status,
+    abandon,
 )
 
 log = logging.getLogger("aigw.workflows")
@@ -202,9 +203,12 @@ class Runner:
         error = f"internal error: {type(exc).__name__}: {exc}"
         # The store may be what failed: the error is logged already, this is a last try.
         with contextlib.suppress(GatewayError, LeaseLost):
+            closed, events = abandon(await self.store.steps(execution_id),
+                                     f"abandoned: the execution failed ({error})", self._clock())
             await self.store.commit(execution_id, self.owner, Checkpoint(
-                status=Status.FAILED, error=error,
-                events=(NewEvent("execution_failed", data={"error": error}),)), self._clock())
+                status=Status.FAILED, error=error, steps=closed,
+                events=(*events, NewEvent("execution_failed", data={"error": error}))),
+                self._clock())
 
     async def _purge_loop(self, retention_s: float) -> None:
         while not self._stopping:

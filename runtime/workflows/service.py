@@ -254,12 +254,16 @@ class Workflows:
         execution = await store.get(execution_id)
         if execution is None:
             raise NotFound(f"No execution '{execution_id}'.")
-        waiting = [state for state in await store.steps(execution_id)
-                   if state.status is StepStatus.WAITING]
+        states = await store.steps(execution_id)
+        waiting = [state for state in states if state.status is StepStatus.WAITING]
+        # Ended, its approvals were closed with it: a key they asked is told so (409),
+        # as the key that started it is, rather than that there is no such execution.
+        asked = [state for state in states if state.status is StepStatus.CANCELLED] \
+            if execution.status in FINAL else waiting
         if not (key.admin or execution.key == key.name
-                or any(may_decide(key, execution, state) for state in waiting)):
+                or any(may_decide(key, execution, state) for state in asked)):
             raise NotFound(f"No execution '{execution_id}'.")
-        if execution.status in FINAL:  # its approvals still read waiting: the run stopped in them
+        if execution.status in FINAL:  # ended as the decision came: nothing will read it
             raise Conflict(f"Execution {execution_id} has already {execution.status.value}; "
                            "nothing waits for a decision.")
         return execution, waiting

@@ -1,11 +1,15 @@
-"""What an execution leaves as it ends: the steps still in flight stop with it. On both
-stores."""
+"""What an execution leaves as it ends, or resumes without some of its steps: the steps
+in flight stop with it, and none reads running or waiting for good (the steps, the events
+and the approvals listed agree). On both stores."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from .conftest import Serve, Served
+import redis.asyncio as aioredis
+
+from .conftest import DEV_KEY, Serve, Served, approval_pipeline
 
 SIBLING_FAILS = """
 input: {type: object}
@@ -22,14 +26,130 @@ async def _settled(served: Served, execution_id: str, status: str) -> dict[str, 
     return await served.wait_for(execution_id, lambda e: e["status"] == status)
 
 
+async def _inbox(served: Served) -> list[str]:
+    answer = await served.http.get("/api/v1/approvals")
+    assert answer.status_code == 200, answer.text
+    return [item["step"] for item in answer.json()["data"]]
+
+
+async def _closed(served: Served, execution_id: str, step: str, reason: str,
+                  last: str) -> None:
+    """``step`` reads cancelled for ``reason``, said by the event before ``last``."""
+    state = (await served.steps(execution_id))[step]
+    assert (state["status"], state["error"]) == ("cancelled", reason)
+    assert state["finished_at"] is not None
+    events = await served.events(execution_id)
+    assert [(e["type"], e["step"]) for e in events[-2:]] == [("step_abandoned", step),
+                                                            (last, None)]
+    assert events[-2]["data"] == {"reason": reason}
+
+
 async def test_an_approval_beside_a_step_that_failed_stops_with_its_execution(
     serve: Serve, store_options: dict[str, Any]
 ) -> None:
     """On Redis the approval's task, cancelled as its sibling failed, went on polling the
     store until its deadline (a cancellation swallowed in redis-py), and the execution
-    read 'waiting' until then."""
+    read 'waiting' until then; then, failed, it still read 'waiting' in its steps."""
     served = await serve({"sibling": SIBLING_FAILS}, latency=SLOW_ECHO, **store_options)
     started = await served.start("sibling", {})
     done = await _settled(served, started["id"], "failed")
     assert done["error"] == ("step 'broken' failed: template error: ZeroDivisionError: "
                              "integer division or modulo by zero")
+    await _closed(served, started["id"], "sign_off",
+                  f"abandoned: the execution failed ({done['error']})", "execution_failed")
+    assert await _inbox(served) == []
+
+
+async def test_an_approval_waiting_as_its_execution_is_cancelled_is_closed(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    served = await serve({"publish": approval_pipeline()}, **store_options)
+    started = await served.start("publish", {"text": "hello"})
+    await _settled(served, started["id"], "waiting")
+    cancelled = await served.http.post(f"/api/v1/executions/{started['id']}/cancel")
+    assert cancelled.status_code == 202, cancelled.text
+    await _settled(served, started["id"], "cancelled")
+    await _closed(served, started["id"], "sign_off", "abandoned: the execution was cancelled",
+                  "execution_cancelled")
+
+
+async def test_an_approval_of_a_paused_execution_cancelled_by_the_store_is_closed(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """Paused, no runner holds the execution: the store cancels it itself."""
+    served = await serve({"publish": approval_pipeline()}, **store_options)
+    started = await served.start("publish", {"text": "hello"})
+    await _settled(served, started["id"], "waiting")
+    paused = await served.http.post(f"/api/v1/executions/{started['id']}/pause")
+    assert paused.status_code == 202, paused.text
+    held = await _settled(served, started["id"], "paused")
+    for _ in range(200):  # the runner lets go of it
+        if held["runner"] is None:
+            break
+        await asyncio.sleep(0.02)
+        held = await served.get(started["id"])
+    assert (await served.steps(started["id"]))["sign_off"]["status"] == "waiting"
+    cancelled = await served.http.post(f"/api/v1/executions/{started['id']}/cancel")
+    assert (cancelled.status_code, cancelled.json()["status"]) == (202, "cancelled")
+    await _closed(served, started["id"], "sign_off", "abandoned: the execution was cancelled",
+                  "execution_cancelled")
+
+
+async def test_an_approval_a_reload_renamed_is_closed_as_the_run_resumes(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """Its state stayed waiting beside the renamed step's: listed, decidable, and holding
+    the execution 'waiting' until it ended."""
+    served = await serve({"publish": approval_pipeline()}, **store_options)
+    started = await served.start("publish", {"text": "hello"})
+    await _settled(served, started["id"], "waiting")
+    await served.workflows.stop()
+    (served.root / "pipelines" / "publish.yaml").write_text(
+        approval_pipeline().replace("sign_off", "approve"))
+    assert (await served.gateway.reload("test")).ok
+    second = served.with_new_runner()
+    try:
+        async def renamed_waits() -> bool:
+            steps = await second.steps(started["id"])
+            return steps.get("approve", {}).get("status") == "waiting"
+
+        for _ in range(200):
+            if await renamed_waits():
+                break
+            await asyncio.sleep(0.02)
+        state = (await second.steps(started["id"]))["sign_off"]
+        assert (state["status"], state["error"]) == (
+            "cancelled", "abandoned: pipeline 'publish' no longer has this step (a reload "
+            "removed or renamed it)")
+        assert await _inbox(second) == ["approve"]
+        page = await second.http.get("/admin", auth=("admin", DEV_KEY))
+        assert f"/{started['id']}/approve" in page.text
+        assert f"/{started['id']}/sign_off" not in page.text
+        decided = await second.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                         json={"decision": "approve"})
+        assert decided.status_code == 200 and decided.json()["step"] == "approve"
+        done = await _settled(second, started["id"], "succeeded")
+        assert done["output"]["published"] == "published: hello"
+    finally:
+        await second.aclose()
+
+
+async def test_an_approval_waiting_as_the_run_fails_on_an_internal_error_is_closed(
+    serve: Serve, redis_url: str, namespace: str
+) -> None:
+    """The runner's last try at failing an execution that raised an error of its own
+    (here Redis refusing the read of its decisions) closes what it left waiting too."""
+    served = await serve({"publish": approval_pipeline()}, store=redis_url,
+                         namespace=namespace)
+    started = await served.start("publish", {"text": "hello"})
+    await _settled(served, started["id"], "waiting")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(f"{namespace}:wf:x:{started['id']}:decisions", "not a hash")
+    finally:
+        await client.aclose()
+    done = await _settled(served, started["id"], "failed")
+    assert done["error"] == ("internal error: InternalError: The executions store (redis) "
+                             "refused a call; the error is logged.")
+    await _closed(served, started["id"], "sign_off",
+                  f"abandoned: the execution failed ({done['error']})", "execution_failed")

@@ -88,6 +88,9 @@ class Execution:
     # ``policy_request.facts_to_keep``), to ask again as it resumes. None: made before
     # they were kept.
     facts: Mapping[str, Any] | None = None
+    # The W3C traceparent of the request that made it (when tracing is on): its steps'
+    # model calls are spans of that request's trace, whichever replica runs them.
+    trace: str | None = None
     control: str | None = None  # "pause" or "cancel": asked for, not done yet
     owner: str | None = None  # the runner holding it
     lease_until: float = 0.0
@@ -208,6 +211,7 @@ class NewExecution:
     graph: str
     user: str | None = None
     facts: Mapping[str, Any] | None = None  # see ``Execution.facts``
+    trace: str | None = None  # see ``Execution.trace``
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,6 +192,7 @@ class RedisExecutions:
                 input=new.input, key=new.key, user=new.user,
                 idempotency_key=new.idempotency_key,
                 created_at=now, updated_at=now, graph=new.graph, facts=new.facts,
+                trace=new.trace,
             )
             keys = [self._x(execution.id), self._key("index"), self._key("costs"),
                     self._key("queue")]

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS wf_executions (
     model_calls       INTEGER NOT NULL DEFAULT 0,
     graph             TEXT NOT NULL,
     facts             TEXT,
+    trace             TEXT,
     control           TEXT,
     owner             TEXT,
     lease_until       REAL NOT NULL DEFAULT 0
@@ -193,10 +194,10 @@ def _create_tables(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
-    # Files written before an execution kept its end user, or its request's facts, get
-    # the columns (empty).
+    # Files written before an execution kept its end user, its request's facts or its
+    # trace get the columns (empty).
     columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}
-    for added in ("user", "facts"):
+    for added in ("user", "facts", "trace"):
         if added not in columns:
             connection.execute(f'ALTER TABLE wf_executions ADD COLUMN "{added}" TEXT')
 
@@ -231,7 +232,7 @@ def _create(
     execution = Execution(
         id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED, input=new.input,
         key=new.key, user=new.user, idempotency_key=new.idempotency_key, created_at=now,
-        updated_at=now, graph=new.graph, facts=new.facts,
+        updated_at=now, graph=new.graph, facts=new.facts, trace=new.trace,
     )
     _write(connection, execution)
     return execution, True

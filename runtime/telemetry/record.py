@@ -125,8 +125,9 @@ class RequestRecord:
         return max(0.0, now - self.started - upstream - self.backoff_s)
 
 
-# GenAI's operation names, by the endpoint a record is for (chat and /v1/messages: chat).
-_OPERATIONS = {"embeddings": "embeddings"}
+# GenAI's operation names, by the endpoint a record is for (chat and /v1/messages: chat;
+# /v1/pipelines/{name} runs an agent of sorts).
+_OPERATIONS = {"embeddings": "embeddings", "pipelines": "invoke_agent"}
 
 
 def operation_name(record: RequestRecord) -> str:

@@ -53,6 +53,19 @@ def traced(headers: Mapping[str, str]) -> Mapping[str, str]:
     return carried
 
 
+def traceparent(context: Any) -> str | None:
+    """The W3C ``traceparent`` of a request span's ``context`` (as ``Tracing.request``
+    gives it; None when tracing is off), for work that carries on outside the request:
+    a pipeline's steps, run later and maybe by another replica, join its trace."""
+    if context is None:
+        return None
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier, context=context)
+    return carrier.get("traceparent")
+
+
 class Span:
     """What the runtime needs of a span; the no-op one does nothing at all."""
 

@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from ..store.executions import (
     StepState,
 )
 from ..telemetry.record import RequestRecord
+from ..telemetry.tracing import Span, traceparent
 from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -165,9 +166,18 @@ class _Api:
             raise BadRequest("idempotency_key must be a string.", param="idempotency_key")
         user = self._user(request, body.get("user"))
         facts = await self._authorize(request, key, name, user)
-        execution, created = await self.workflows.start_execution(
-            key, name, body.get("input", {}), idempotency, user, facts
-        )
+        # A span for the request that starts the run (the client's trace, if it sent one):
+        # the run's model calls, made later, are its children.
+        span, context = pipeline_span(self.workflows.gateway.live, f"invoke_agent {name}",
+                                      name, request.headers)
+        span.set("gen_ai.operation.name", "invoke_agent")
+        try:
+            execution, created = await self.workflows.start_execution(
+                key, name, body.get("input", {}), idempotency, user, facts, traceparent(context)
+            )
+            span.set("aigw.execution", execution.id)
+        finally:
+            span.end()
         return JSONResponse(execution.as_dict(), status_code=201 if created else 200,
                             headers={"location": f"/api/v1/executions/{execution.id}"})
 
@@ -312,8 +322,12 @@ class _Api:
         if name in self._graph().pipelines:  # declared: a bounded label, never raw input
             record.route = f"pipeline:{name}"
             self.workflows.gateway.live.telemetry.started(record)
+        record.model = name
+        record.span, record.trace_context = pipeline_span(
+            self.workflows.gateway.live, f"invoke_agent {name}", name, request.headers)
         execution, _ = await self.workflows.start_execution(
-            key, name, given, request.headers.get("idempotency-key"), user, facts
+            key, name, given, request.headers.get("idempotency-key"), user, facts,
+            traceparent(record.trace_context)
         )
         final = await _final(self.workflows, record, execution.id, wait_s)
         assert final is not None
@@ -383,6 +397,17 @@ async def _final(
         record.waited_upstream()
 
 
+def pipeline_span(
+    live: Live, name: str, pipeline: str, headers: Mapping[str, str]
+) -> tuple[Span, Any]:
+    """The span ``name`` of a request that runs ``pipeline`` (under the client's
+    traceparent), and the context its execution's model calls, made later and perhaps
+    by another replica, go under (kept as the execution's ``trace``)."""
+    span, context = live.telemetry.tracing.request(name, headers)
+    span.set("gen_ai.agent.name", pipeline)
+    return span, context
+
+
 class PipelineChat:
     """/v1/chat/completions with a pipeline route as the model: the pipeline runs with the
     chat's input (see ``chat_input``) and its output is the assistant's answer.
@@ -405,10 +430,12 @@ class PipelineChat:
         check_route_allowed(key, route)
         exchange.live.telemetry.started(record)
         pipeline = exchange.live.graph.pipelines[route.target]
+        record.span, record.trace_context = pipeline_span(
+            exchange.live, f"chat {request.model}", pipeline.name, exchange.headers)
         idempotency = exchange.headers.get("idempotency-key")
         execution, started = await self.workflows.start_execution(
             key, pipeline.name, chat_input(pipeline, request), idempotency, exchange.user,
-            facts,
+            facts, traceparent(record.trace_context),
         )
         orphaned = started and idempotency is None
         wait_s = deadline_s(route, exchange.headers)

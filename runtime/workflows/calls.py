@@ -48,12 +48,14 @@ class GatewayModels:
         self.key_name = execution.key
         self.user = execution.user
         self.facts = execution.facts
+        # Its calls' spans go under the span of the request that made the execution.
+        self.headers = Headers({"traceparent": execution.trace} if execution.trace else {})
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
         live = self.gateway.live
         key = self._key(live)
         record = new_record(live, "pipeline")
-        exchange = Exchange(live, record, Headers())
+        exchange = Exchange(live, record, self.headers)
         if self.user is not None:  # in the body, as a chat names it (any text, not latin-1)
             request = request.model_copy(update={"user": self.user})
         live.in_flight.count += 1  # a reload closes the adapters it drops after this call

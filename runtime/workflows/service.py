@@ -182,10 +182,12 @@ class Workflows:
         idempotency_key: str | None,
         user: str | None,
         facts: Facts | None,
+        trace: str | None = None,
     ) -> tuple[Execution, bool]:
         """Queue a run of pipeline ``name`` for ``key`` (and the end user it names: the
         model calls hold that user's limits and budgets too); ``facts``: those policy was
-        asked with to let it run, asked with again as it resumes."""
+        asked with to let it run, asked with again as it resumes; ``trace``: the
+        traceparent of the request's span, which its model calls' spans go under."""
         graph = self.gateway.live.graph
         pipeline = graph.pipelines.get(name)
         if pipeline is None or not may_run(key, graph, name):
@@ -202,7 +204,7 @@ class Workflows:
         store = await self.store()
         execution, created = await store.create(
             NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user,
-                         facts_to_keep(facts) if facts is not None else None),
+                         facts_to_keep(facts) if facts is not None else None, trace),
             self.clock(),
         )
         if not created and (execution.pipeline, execution.input) != (name, given):

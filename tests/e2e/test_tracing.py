@@ -78,6 +78,39 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2
 
 
+def test_a_pipelines_model_calls_are_spans_of_the_request_that_ran_it(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/pipelines/{name} made no span, so the client's trace ended there, and
+    each step's model call was a root span of a trace of its own."""
+    receiver = OtlpReceiver()
+    with serving(receiver.app) as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        server = Server(gateway_dir)
+        try:
+            server.wait_ready()
+            ran = httpx.post(f"{server.base_url}/v1/pipelines/research",
+                             json={"topic": "otters"}, timeout=60,
+                             headers={"Authorization": f"Bearer {DEV_KEY}",
+                                      "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+            assert ran.status_code == 200, ran.text
+            request = _span_named(receiver, server, "invoke_agent research")
+            steps = 3  # search, analyse, report: a request span and an attempt span each
+            deadline = time.monotonic() + 15
+            while len(receiver.spans) < 1 + 2 * steps:
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.1)
+        finally:
+            server.stop()
+    assert request["trace_id"] == TRACE_ID and request["parent_span_id"] == PARENT_ID
+    assert request["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+    assert request["attributes"]["gen_ai.agent.name"] == "research"
+    calls = [s for s in receiver.spans if s["parent_span_id"] == request["span_id"]]
+    assert sorted(s["name"] for s in calls) == ["chat fast", "chat smart", "chat smart"]
+    assert all(s["trace_id"] == TRACE_ID for s in receiver.spans)
+
+
 def _llm(deployment: str) -> str:
     """Route ``llm`` on the deployment ``llm`` (``deployment``: more of its YAML flow
     mapping), for ``_traced_gateway``."""

@@ -16,6 +16,8 @@ an OpenAI-format upstream receives only what it accepts:
 - ``tool_use`` blocks -> the assistant's ``tool_calls``, ``input`` JSON-encoded.
 - ``tool_choice`` auto/any/tool/none -> "auto"/"required"/named function/"none";
   ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``.
+- ``max_tokens`` -> ``max_completion_tokens`` (what OpenAI's reasoning models take;
+  servers that know only ``max_tokens`` are sent that).
 - ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``.
 - ``top_k`` is accepted and dropped: OpenAI's API refuses it, and the core speaks OpenAI.
 - ``service_tier`` and every ``cache_control`` are accepted and ignored (prompt caching
@@ -235,7 +237,10 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
     body: dict[str, Any] = {
         "model": request.model,
         "messages": chat_messages(request),
-        "max_tokens": request.max_tokens,
+        # OpenAI's reasoning models (o1, o3, gpt-5...) refuse max_tokens: the cap goes as
+        # an OpenAI SDK sends it today, and the OpenAI adapter writes it in the field its
+        # server reads (cap_field), as it does for an OpenAI-format client's.
+        "max_completion_tokens": request.max_tokens,
         "stream": request.stream,
     }
     if request.temperature is not None:

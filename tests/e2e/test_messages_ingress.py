@@ -89,7 +89,8 @@ def test_sdk_message_is_served_by_an_openai_upstream(
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hello there"},
     ]
-    assert sent["max_tokens"] == 100
+    # OpenAI's reasoning models (o1, o3, gpt-5) refuse max_tokens
+    assert sent["max_completion_tokens"] == 100 and "max_tokens" not in sent
     assert "top_k" not in sent  # OpenAI refuses it; the ingress drops it
 
 

@@ -381,6 +381,16 @@ async def test_a_clients_max_completion_tokens_reaches_a_server_that_knows_max_t
     await client.post(CHAT, json={"model": "gpt", "messages": hello, "max_completion_tokens": 50})
     sent = openai_fake.script.requests[-1]  # OpenAI's own API reads it as it is
     assert sent.get("max_completion_tokens") == 50 and "max_tokens" not in sent, sent
+    # The Messages API's max_tokens reaches each as an OpenAI SDK's max_completion_tokens
+    # does: OpenAI's reasoning models refuse max_tokens.
+    for route, field in (("local", "max_tokens"), ("gpt", "max_completion_tokens"),
+                         ("azure", "max_completion_tokens")):
+        answer = await client.post("/v1/messages", json={"model": route, "max_tokens": 50,
+                                                         "messages": hello})
+        assert answer.status_code == 200, answer.text
+        sent = openai_fake.script.requests[-1]
+        assert sent.get(field) == 50, sent
+        assert len({"max_tokens", "max_completion_tokens"} & set(sent)) == 1, sent
 
 
 async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -> None:

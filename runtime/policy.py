@@ -432,7 +432,7 @@ class RequestGate:
                 permitted.append(candidate)
                 continue
             denied.append(Denied(candidate.deployment.name, self._reason(decision), False,
-                                 decision.policies))
+                                 policies=decision.policies))
         self.permitted += len(permitted)
         return Filtered(permitted, denied,
                         {c.deployment.name: d for c, d in zip(candidates, decisions, strict=True)})
@@ -440,7 +440,8 @@ class RequestGate:
     def deny(self, deployments: Sequence[Deployment]) -> dict[str, Denied]:
         """The deployments among ``deployments`` the route policies deny, by name."""
         decisions = self.engine.route(self.principal, deployments, self.context)
-        return {d.name: Denied(d.name, self._reason(decision), False, decision.policies)
+        return {d.name: Denied(d.name, self._reason(decision), False,
+                               policies=decision.policies)
                 for d, decision in zip(deployments, decisions, strict=True)
                 if not decision.allowed}
 

@@ -1,16 +1,26 @@
 """Which members of a group can serve a request at all, decided before any upstream call.
 
-A member is dropped, with the reason kept for the 422/503 message, the debug trace
+A member is dropped, with the reason kept for the 4xx/503 message, the debug trace
 and ``aigw route``, when its provider is disabled, it serves the other endpoint (chat,
-embeddings), it lacks a capability the request needs, or the request cannot fit its
-context window (a chat's prompt plus output; an embeddings call's longest input). An
-``Ask`` is what the attempt loop needs of a request, whichever endpoint it came to.
+embeddings), it lacks a capability the request needs, the request asks for more output
+than it writes (``max_output_tokens``), or the request cannot fit its context window (a
+chat's prompt plus output; an embeddings call's longest input). An ``Ask`` is what the
+attempt loop needs of a request, whichever endpoint it came to.
+
+When no member fits, the error names what the client can change, as OpenAI's own
+errors do: only a window too small is a 422 ``context_length_exceeded`` (apps trim
+their history on it, which would never help with a missing capability); otherwise a
+400 naming the parameter (``max_tokens``, ``tools``, ``messages`` for an image,
+``response_format``...). Members dropped for different things: the window wins when
+any member is too small only for the prompt (a shorter one lets that member serve),
+then ``max_tokens`` (a smaller one would), then the first member's missing capability.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from aigw.compiler.graph import Deployment, Group, Route
@@ -32,11 +42,24 @@ class Candidate:
     max_output_tokens: int
 
 
+WINDOW = "window"  # the prompt does not fit its context window (with the output asked for)
+OUTPUT = "output"  # max_tokens is past its max_output_tokens, or alone fills its window
+KIND = "kind"  # it serves the other endpoint (chat, embeddings)
+
+
 @dataclass(frozen=True, slots=True)
 class Dropped:
     deployment: str
     reason: str
-    unfit: bool  # True: the request does not fit it (422); False: it is unavailable (503)
+    unfit: bool  # True: the request does not fit it (4xx); False: it is unavailable (503)
+    # What of the request an unfit member cannot take: WINDOW, OUTPUT, KIND, or a
+    # capability ("tools", "vision", ...). Unused when it is unavailable.
+    misfit: str = WINDOW
+
+# The request parameter that asks for each capability, for the 400 when none has it.
+_CAPABILITY_PARAMS: Mapping[str, str] = MappingProxyType({
+    "tools": "tools", "vision": "messages", "json_schema": "response_format", "streaming": "stream",
+})
 
 
 def required_capabilities(request: ChatRequest) -> frozenset[str]:
@@ -70,7 +93,7 @@ def eligible(
     for deployment in group.members:
         adapter = adapters.get(deployment.provider.name)
         if deployment.kind != "chat":
-            dropped.append(Dropped(deployment.name, "is an embeddings model", True))
+            dropped.append(Dropped(deployment.name, "is an embeddings model", True, KIND))
             continue
         if adapter is None:
             reason = deployment.provider.disabled_reason or "its provider has no adapter"
@@ -78,10 +101,19 @@ def eligible(
             continue
         missing = needs - deployment.capabilities
         if missing:
-            dropped.append(Dropped(deployment.name, f"lacks {', '.join(sorted(missing))}", True))
+            lacks = sorted(missing)
+            dropped.append(Dropped(deployment.name, f"lacks {', '.join(lacks)}", True, lacks[0]))
+            continue
+        if wanted is not None and wanted >= min(deployment.max_output_tokens + 1,
+                                                deployment.context_window):
+            # No shorter prompt would make room: it is max_tokens the client must lower.
+            dropped.append(Dropped(
+                deployment.name, f"writes at most {deployment.max_output_tokens} tokens "
+                f"(a {deployment.context_window}-token window); the request asks for "
+                f"{wanted}", True, OUTPUT))
             continue
         room = deployment.context_window - prompt_tokens
-        if room < 1 or (wanted is not None and wanted > min(room, deployment.max_output_tokens)):
+        if room < 1 or (wanted is not None and wanted > room):
             dropped.append(Dropped(
                 deployment.name,
                 f"holds {deployment.context_window} tokens (at most "
@@ -138,8 +170,14 @@ class ChatAsk:
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
-        return ContextWindowExceeded(
-            f"No deployment of '{route}' can serve this request: {reasons}.", param="messages")
+        message = f"No deployment of '{route}' can serve this request: {reasons}."
+        misfits = [d.misfit for d in dropped if d.unfit]
+        if WINDOW in misfits:
+            return ContextWindowExceeded(message, param="messages")
+        if OUTPUT in misfits:
+            cap = "max_completion_tokens" if self.request.max_completion_tokens else "max_tokens"
+            return BadRequest(message, param=cap)
+        return BadRequest(message, param=_CAPABILITY_PARAMS.get(misfits[0], "model"))
 
 
 _TEXT_ONLY = "takes text, not token ids"

@@ -184,6 +184,54 @@ routes:
     assert fleet.calls() == ["b"]
 
 
+@pytest.mark.parametrize(("route", "extra", "status", "param"), [
+    ("plain", {"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ("plain", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     400, "messages"),
+    ("plain", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object"}}}}, 400, "response_format"),
+    ("plain", {"max_tokens": 200}, 400, "max_tokens"),
+    ("plain", {"max_completion_tokens": 200}, 400, "max_completion_tokens"),
+    ("roomy", {"max_tokens": 1000}, 400, "max_tokens"),  # fills the window: no trim helps
+    # Members unfit for different things: a shorter prompt lets b serve.
+    ("mixed", {"tools": [{"type": "function", "function": {"name": "f"}}],
+               "messages": [{"role": "user", "content": "word " * 2000}]},
+     422, "messages"),
+    # ... a smaller max_tokens lets b serve, whatever a lacks.
+    ("mixed", {"tools": [{"type": "function", "function": {"name": "f"}}],
+               "max_tokens": 700}, 400, "max_tokens"),
+])
+async def test_a_request_no_member_can_take_names_the_parameter_to_change(
+    make_gateway: GatewayFactory, fleet: Fleet, route: str, extra: dict[str, object],
+    status: int, param: str,
+) -> None:
+    """A missing capability or a max_tokens past every member's output was a 422
+    context_length_exceeded: an app that trims its history on that trimmed for ever."""
+    client = await make_gateway(f"""
+{fleet.providers_yaml()}
+deployments:
+  a: {{provider: p-a, model: small, context_window: 1000, max_output_tokens: 100}}
+  b: {{provider: p-b, model: tooled, context_window: 1000, max_output_tokens: 500,
+       capabilities: [tools]}}
+  c: {{provider: p-c, model: roomy, context_window: 1000}}
+groups:
+  plain: {{members: [a]}}
+  mixed: {{members: [a, b]}}
+routes:
+  plain: {{group: plain}}
+  mixed: {{group: mixed}}
+  roomy: {{deployment: c}}
+""")
+    response = await client.post(CHAT, json={**_ask(), "model": route, **extra})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    expected = "context_length_exceeded" if status == 422 else "invalid_request"
+    assert (error["param"], error["code"], error["type"]) == (
+        param, expected, "invalid_request_error")
+    assert fleet.calls() == []
+
+
 async def test_a_prompt_too_long_beside_a_disabled_member_takes_the_context_fallback(
     make_gateway: GatewayFactory, fleet: Fleet
 ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import BadRequest
 
@@ -65,6 +65,15 @@ class ChatRequest(BaseModel):
     user: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # Set on a request lowered from Anthropic's Messages API that carries cache_control
+    # marks or top_k: Anthropic's own hints then, which the Anthropic-family adapters
+    # honour and the OpenAI-format ones leave out (the app never wrote them for such a
+    # server, and some refuse them). Those a client sends itself pass through as ever.
+    _anthropic_hints: bool = PrivateAttr(default=False)
+
+    @property
+    def anthropic_hints(self) -> bool:
+        return self._anthropic_hints
 
     @property
     def output_limit(self) -> int | None:
@@ -93,14 +102,16 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return request
 
 
-def chat_request_from(body: dict[str, Any]) -> ChatRequest:
+def chat_request_from(body: dict[str, Any], *, anthropic_hints: bool = False) -> ChatRequest:
     """A request built by the gateway from another wire format (Anthropic's Messages):
     what does not validate (an empty content list, say) is the client's ``BadRequest``,
-    never a 500."""
+    never a 500. ``anthropic_hints``: see ``ChatRequest.anthropic_hints``."""
     try:
-        return ChatRequest.model_validate(body)
+        request = ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
+    request._anthropic_hints = anthropic_hints
+    return request
 
 
 def finite(value: object) -> bool:

@@ -7,7 +7,8 @@ feature this gateway cannot translate (``thinking`` enabled, server tools, docum
 a 400 naming the field rather than silently lost. Lowering decisions, each chosen so that
 an OpenAI-format upstream receives only what it accepts:
 
-- ``system`` -> one system message; text blocks joined with a blank line.
+- ``system`` -> one system message; text blocks joined with a blank line (kept as text
+  parts when one carries ``cache_control``, see below).
 - user text and image blocks -> the user message's content; a single text block
   becomes a plain string. Images become ``image_url`` parts (base64 -> ``data:`` URL).
 - ``tool_result`` blocks -> ``tool`` messages, placed before the rest of the user
@@ -19,9 +20,13 @@ an OpenAI-format upstream receives only what it accepts:
 - ``max_tokens`` -> ``max_completion_tokens`` (what OpenAI's reasoning models take;
   servers that know only ``max_tokens`` are sent that).
 - ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``.
-- ``top_k`` is accepted and dropped: OpenAI's API refuses it, and the core speaks OpenAI.
-- ``service_tier`` and every ``cache_control`` are accepted and ignored (prompt caching
-  is the upstream's own business).
+- ``cache_control`` on system, text, image and tool_result blocks and on tools, and
+  ``top_k``, are kept as an OpenAI-format client writes them for an Anthropic upstream
+  (a text part's or a tool's ``cache_control``, a ``top_k`` parameter; a marked system
+  prompt stays one text part a block), and the request is marked as carrying them
+  (``ChatRequest.anthropic_hints``): Anthropic, Vertex's Claude and Bedrock honour
+  them as far as each can, OpenAI-format upstreams are not sent them.
+- ``service_tier`` and the top-level ``cache_control`` are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -247,19 +252,45 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
         body["temperature"] = request.temperature
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
     if request.stop_sequences:
         body["stop"] = list(request.stop_sequences)
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
     body.update(tools_of(request))
-    return chat_request_from(body)
+    hints = request.top_k is not None or _marks_cache(request)
+    return chat_request_from(body, anthropic_hints=hints)
+
+
+def _marks_cache(request: MessagesRequest) -> bool:
+    """Whether any block or tool carries a ``cache_control`` mark."""
+    blocks: list[Any] = [*(request.system or ()), *(request.tools or ())]
+    for message in request.messages:
+        blocks.extend(message.content)
+        for block in message.content:
+            if isinstance(block, ToolResultBlock):
+                blocks.extend(block.content)
+    return any(block.cache_control is not None for block in blocks)
+
+
+def _text_part(block: TextBlock) -> dict[str, Any]:
+    """A text block as an OpenAI text part, its ``cache_control`` kept where it has one
+    (as an OpenAI-format client writes it for an Anthropic upstream)."""
+    part: dict[str, Any] = {"type": "text", "text": block.text}
+    if block.cache_control is not None:
+        part["cache_control"] = block.cache_control
+    return part
 
 
 def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
     """The conversation as OpenAI chat messages, system prompt first."""
     lowered: list[dict[str, Any]] = []
     if request.system:
-        lowered.append({"role": "system", "content": "\n\n".join(b.text for b in request.system)})
+        system: str | list[dict[str, Any]] = "\n\n".join(b.text for b in request.system)
+        if any(block.cache_control is not None for block in request.system):
+            system = [_text_part(block) for block in request.system]  # the marks' places
+        lowered.append({"role": "system", "content": system})
     for number, message in enumerate(request.messages):
         if message.role == "assistant":
             lowered.append(_assistant(message, number))
@@ -269,11 +300,11 @@ def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
 
 
 def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
-    texts: list[str] = []
+    texts: list[TextBlock] = []
     calls: list[dict[str, Any]] = []
     for position, block in enumerate(message.content):
         if isinstance(block, TextBlock):
-            texts.append(block.text)
+            texts.append(block)
         elif isinstance(block, ToolUseBlock):
             calls.append({
                 "id": block.id,
@@ -282,7 +313,10 @@ def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
             })
         else:
             raise _misplaced(block.type, "an assistant", number, position)
-    lowered: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+    content: str | list[dict[str, Any]] = "".join(block.text for block in texts)
+    if any(block.cache_control is not None for block in texts):
+        content = [_text_part(block) for block in texts]
+    lowered: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         lowered["tool_calls"] = calls
         lowered["content"] = lowered["content"] or None
@@ -296,14 +330,14 @@ def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
         if isinstance(block, ToolResultBlock):
             results.append(_tool_message(block, number, position))
         elif isinstance(block, TextBlock):
-            parts.append({"type": "text", "text": block.text})
+            parts.append(_text_part(block))
         elif isinstance(block, ImageBlock):
             parts.append(_image_part(block))
         else:
             raise _misplaced(block.type, "a user", number, position)
     if not parts:
         return results
-    if len(parts) == 1 and parts[0]["type"] == "text":
+    if len(parts) == 1 and parts[0].keys() == {"type", "text"}:
         return [*results, {"role": "user", "content": parts[0]["text"]}]
     return [*results, {"role": "user", "content": parts}]
 
@@ -320,11 +354,15 @@ def _tool_message(block: ToolResultBlock, number: int, position: int) -> dict[st
             )
         texts.append(part.text)
     text = "\n".join(texts)
-    return {
-        "role": "tool",
-        "tool_call_id": block.tool_use_id,
-        "content": f"Error: {text}" if block.is_error else text,
-    }
+    text = f"Error: {text}" if block.is_error else text
+    # A mark on the result or on its last marked text marks the whole result: OpenAI's
+    # tool message is one text.
+    marks = [block.cache_control, *(part.cache_control for part in block.content)]
+    mark = next((each for each in reversed(marks) if each is not None), None)
+    content: str | list[dict[str, Any]] = text
+    if mark is not None:
+        content = [{"type": "text", "text": text, "cache_control": mark}]
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": content}
 
 
 def _image_part(block: ImageBlock) -> dict[str, Any]:
@@ -333,7 +371,10 @@ def _image_part(block: ImageBlock) -> dict[str, Any]:
         url = f"data:{source.media_type};base64,{source.data}"
     else:
         url = source.url
-    return {"type": "image_url", "image_url": {"url": url}}
+    part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
+    if block.cache_control is not None:
+        part["cache_control"] = block.cache_control
+    return part
 
 
 def _misplaced(kind: str, turn: str, number: int, position: int) -> BadRequest:
@@ -371,4 +412,7 @@ def _tool(tool: ToolParam) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
     if tool.description is not None:
         function["description"] = tool.description
-    return {"type": "function", "function": function}
+    lowered: dict[str, Any] = {"type": "function", "function": function}
+    if tool.cache_control is not None:
+        lowered["cache_control"] = tool.cache_control
+    return lowered

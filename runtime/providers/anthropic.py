@@ -9,6 +9,8 @@ with a 400 naming the parameter, never dropped, when it would change the answer:
     image_url (data: / http(s))     ``image`` with a base64 / url source
     assistant tool_calls            ``tool_use`` blocks, arguments parsed into ``input``
     tool messages                   ``tool_result`` blocks, first in a user turn
+    a part's or tool's              the block's or tool's ``cache_control`` (a tool
+      ``cache_control``             message's marked part marks its ``tool_result``)
     tools / tool_choice             {name, description, input_schema, strict} /
                                     auto, none, required -> any, named -> tool
     parallel_tool_calls: false      tool_choice.disable_parallel_tool_use

@@ -146,8 +146,12 @@ def _parts(message: Message) -> list[ContentPart]:
 def _text_block(part: ContentPart) -> dict[str, Any] | None:
     if not part.text:
         return None  # Anthropic refuses empty text blocks
-    block: dict[str, Any] = {"type": "text", "text": part.text}
-    cache_control = (part.model_extra or {}).get("cache_control")
+    return _marked({"type": "text", "text": part.text}, part.model_extra)
+
+
+def _marked(block: dict[str, Any], source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``block`` with the ``cache_control`` mark ``source`` (a part, a tool) carries."""
+    cache_control = (source or {}).get("cache_control")
     if cache_control is not None:
         block["cache_control"] = cache_control
     return block
@@ -198,7 +202,7 @@ def _image_block(part: ContentPart, where: str) -> dict[str, Any]:
     else:
         raise BadRequest("An image URL must be http(s) or a data: URL.",
                          param=f"{where}.image_url")
-    return {"type": "image", "source": source}
+    return _marked({"type": "image", "source": source}, part.model_extra)
 
 
 def _assistant_blocks(message: Message, where: str) -> list[dict[str, Any]]:
@@ -225,6 +229,8 @@ def _tool_result(message: Message, where: str) -> dict[str, Any]:
     text = message.text()
     if text:
         block["content"] = text
+    for part in _parts(message):  # a marked part marks the result: its text is one
+        _marked(block, part.model_extra)
     return block
 
 
@@ -241,7 +247,7 @@ def _tool(tool: Mapping[str, Any], index: int) -> dict[str, Any]:
         translated["description"] = function["description"]
     if function.get("strict") is not None:
         translated["strict"] = function["strict"]
-    return translated
+    return _marked(translated, tool)
 
 
 def _tool_choice(request: ChatRequest, parallel: object) -> dict[str, Any] | None:

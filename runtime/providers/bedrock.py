@@ -15,7 +15,9 @@ The request is translated by ``bedrock_wire``:
     OpenAI                          Converse
     system, developer messages      ``system`` text blocks
     user, assistant messages        turns of content blocks, consecutive ones merged
-    text part with cache_control    text block then a ``cachePoint`` block
+    text part with cache_control    text block then a ``cachePoint`` block (images and
+                                    tool results: no cache point)
+    tool with cache_control         ``toolSpec`` then a ``cachePoint`` in the tools
     image_url (base64 data: URL)    ``image`` {format, source.bytes}; an http(s) URL is
                                     a 400 (Converse fetches no URLs)
     assistant tool_calls            ``toolUse`` {toolUseId, name, input}
@@ -29,6 +31,9 @@ The request is translated by ``bedrock_wire``:
     max_tokens / max_completion_... ``inferenceConfig.maxTokens``: the call's cap, sent
                                     when the client or the deployment set one
     temperature, top_p, stop        ``inferenceConfig`` temperature, topP, stopSequences
+    top_k                           ``additionalModelRequestFields.top_k`` for a Claude
+                                    model id; another model's is a 400 (left out when
+                                    it came from /v1/messages: Anthropic's hint)
     n > 1, seed, parallel_tool_calls: false, response_format json, logprobs, penalties...
                                     400 naming the parameter (never silently dropped)
     user, store, metadata, ...      dropped: they change no answer

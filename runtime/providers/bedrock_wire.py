@@ -78,7 +78,8 @@ def converse_body(call: ChatCall) -> dict[str, Any]:
     "content": [{"text": "hi"}]}], "system": [{"text": "Be brief."}]}``.
     """
     request = call.request
-    _refuse_unsupported(request)
+    claude = is_claude(call.deployment.model)
+    _refuse_unsupported(request, claude)
     system, messages = translate_messages(request.messages)
     body: dict[str, Any] = {"messages": messages}
     if system:
@@ -86,19 +87,32 @@ def converse_body(call: ChatCall) -> dict[str, Any]:
     inference = _inference_config(call)
     if inference:
         body["inferenceConfig"] = inference
+    top_k = (request.model_extra or {}).get("top_k")
+    if top_k is not None and claude:  # Claude's own field, which Converse passes on
+        body["additionalModelRequestFields"] = {"top_k": top_k}
     tool_config = _tool_config(request, messages)
     if tool_config is not None:
         body["toolConfig"] = tool_config
     return body
 
 
-def _refuse_unsupported(request: ChatRequest) -> None:
+def is_claude(model: str) -> bool:
+    """Whether a model id (``anthropic.claude-...``, ``us.anthropic.claude-...``, an ARN
+    that names one) is one of Anthropic's, which take ``top_k`` as a model field."""
+    return "anthropic" in model or "claude" in model
+
+
+def _refuse_unsupported(request: ChatRequest, claude: bool) -> None:
     if request.n > 1:
         raise BadRequest("Bedrock returns one choice per request; 'n' must be 1.", param="n")
     if request.seed is not None:
         raise BadRequest("Bedrock's Converse API has no seed; remove 'seed'.", param="seed")
     for name, value in (request.model_extra or {}).items():
         if value is None or name in _DROPPED:
+            continue
+        # top_k reaches Claude (converse_body); from /v1/messages, Anthropic's hint is
+        # left out for another model, as OpenAI-format upstreams leave it out.
+        if name == "top_k" and (claude or request.anthropic_hints):
             continue
         neutral = _NEUTRAL.get(name)
         if neutral is None:
@@ -230,7 +244,12 @@ def _tool_config(request: ChatRequest, turns: list[dict[str, Any]]) -> dict[str,
             raise BadRequest("Bedrock cannot forbid tool calls in a conversation that has "
                              "them; send tool_choice auto.", param="tool_choice")
         return None
-    config: dict[str, Any] = {"tools": [_tool(tool, i) for i, tool in enumerate(request.tools)]}
+    tools: list[dict[str, Any]] = []
+    for index, tool in enumerate(request.tools):
+        tools.append(_tool(tool, index))
+        if tool.get("cache_control") is not None:  # the tools up to here are cached
+            tools.append({"cachePoint": {"type": "default"}})
+    config: dict[str, Any] = {"tools": tools}
     if choice == "required":
         config["toolChoice"] = {"any": {}}
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):

@@ -3,7 +3,9 @@
 ``openai``, ``openai_compatible`` (vLLM, Ollama's /v1, DeepSeek, xAI, Groq, Together,
 another gateway) and ``vllm`` are a pass-through: the client's request goes upstream
 with only the model id changed (and usage asked for on streams, so every answer can
-be billed). ``azure_openai`` differs only in its URL, ``api-version`` and ``api-key``.
+be billed). A request lowered from /v1/messages is sent without the Anthropic hints it
+kept (``ChatRequest.anthropic_hints``). ``azure_openai`` differs only in its URL,
+``api-version`` and ``api-key``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class OpenAIAdapter:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         else:
             body.pop("stream_options", None)
+        if call.request.anthropic_hints:
+            _drop_anthropic_hints(body)
         return body
 
     def cap_field(self) -> str:
@@ -180,6 +184,28 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         """Azure takes max_completion_tokens from API version 2024-09-01-preview on;
         older versions know max_tokens only."""
         return "max_completion_tokens" if self._version >= "2024-09-01" else "max_tokens"
+
+
+def _drop_anthropic_hints(body: dict[str, Any]) -> None:
+    """Leave out what /v1/messages kept for Anthropic-family upstreams (cache_control
+    marks, top_k): OpenAI's API refuses top_k, and some compatible servers refuse
+    cache_control. Content it kept as text parts for the marks' sake is the text it
+    would have been unmarked (a system prompt's blocks joined with a blank line), so
+    the upstream gets what it got before. ``body`` is the adapter's own copy."""
+    body.pop("top_k", None)
+    for message in body["messages"]:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            part.pop("cache_control", None)
+        if all(part.keys() == {"type", "text"} and part["type"] == "text" for part in content):
+            if message["role"] == "system":
+                message["content"] = "\n\n".join(part["text"] for part in content)
+            elif message["role"] != "user" or len(content) == 1:
+                message["content"] = "".join(part["text"] for part in content)
+    for tool in body.get("tools") or ():
+        tool.pop("cache_control", None)
 
 
 def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:

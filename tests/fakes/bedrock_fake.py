@@ -201,9 +201,14 @@ def _tool_config(config: Any) -> None:
     _fields(config, {"tools", "toolChoice"}, "toolConfig")
     names = []
     for number, tool in enumerate(config.get("tools") or []):
-        spec = _fields(_fields(tool, {"toolSpec", "cachePoint"}, f"toolConfig.tools.{number}")
-                       .get("toolSpec"), {"name", "description", "inputSchema"},
-                       f"toolConfig.tools.{number}.toolSpec")
+        where = f"toolConfig.tools.{number}"
+        if len(_fields(tool, {"toolSpec", "cachePoint"}, where)) != 1:
+            raise Invalid(f"{where}: set exactly one of toolSpec, cachePoint")
+        if "cachePoint" in tool:  # a Tool is a union: a spec, or a cache point after some
+            _fields(tool["cachePoint"], {"type"}, f"{where}.cachePoint")
+            continue
+        spec = _fields(tool.get("toolSpec"), {"name", "description", "inputSchema"},
+                       f"{where}.toolSpec")
         schema = _fields(spec.get("inputSchema"), {"json"},
                          f"toolConfig.tools.{number}.toolSpec.inputSchema")
         if not isinstance(schema.get("json"), dict) or not spec.get("name"):
@@ -339,7 +344,7 @@ class BedrockFake:
         users = [m for m in messages if m["role"] == "user" and _texts(m["content"])]
         tools = (body.get("toolConfig") or {}).get("tools") or []
         reply = decide("fake-bedrock", _texts(users[-1]["content"]) if users else "",
-                       [t["toolSpec"]["name"] for t in tools], result, True)
+                       [t["toolSpec"]["name"] for t in tools if "toolSpec" in t], result, True)
         config = body.get("inferenceConfig") or {}
         content: list[dict[str, Any]] = []
         stop = "end_turn"

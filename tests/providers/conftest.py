@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -32,6 +32,39 @@ class GatewayFactory(Protocol):
     def __call__(
         self, sections: str, routing: RoutingState | None = None
     ) -> Awaitable[httpx.AsyncClient]: ...
+
+
+# A /v1/messages request as an Anthropic SDK app with prompt caching sends it (Claude
+# Code's habit): the system prompt's last block, the last tool and the last user turn
+# marked, and a top_k. ``model`` is the route to put it to.
+EPHEMERAL = {"type": "ephemeral"}
+MARKED_MESSAGE: dict[str, Any] = {
+    "max_tokens": 100, "top_k": 5,
+    "system": [{"type": "text", "text": "You are terse."},
+               {"type": "text", "text": "a long shared instruction", "cache_control": EPHEMERAL}],
+    "tools": [{"name": "lookup", "input_schema": {"type": "object", "properties": {}},
+               "cache_control": EPHEMERAL}],
+    "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+             "cache_control": EPHEMERAL},
+            {"type": "text", "text": "and tomorrow?",
+             "cache_control": {"type": "ephemeral", "ttl": "5m"}}]},
+    ],
+}
+
+
+def unmarked(value: Any) -> Any:
+    """``value`` (a request) without its cache_control marks and top_k, at any depth."""
+    if isinstance(value, dict):
+        return {name: unmarked(item) for name, item in value.items()
+                if name not in ("cache_control", "top_k")}
+    if isinstance(value, list):
+        return [unmarked(item) for item in value]
+    return value
 
 
 # A deployment price with cache prices apart (per million tokens), for the billing tests:

@@ -24,7 +24,14 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
 from ..fakes.serve import serving
-from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
+from .conftest import (
+    CACHE_PRICED,
+    EPHEMERAL,
+    MARKED_MESSAGE,
+    GatewayFactory,
+    billed,
+    cache_priced_cost,
+)
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -284,6 +291,14 @@ async def test_images_become_base64_and_url_sources(
                                      "data": PIXEL}},
         {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
     ]
+    marked = await client.post("/v1/messages", json={
+        "model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": PIXEL}, "cache_control": EPHEMERAL}]}]})
+    assert marked.status_code == 200, marked.text
+    assert anthropic_fake.script.requests[-1]["messages"][0]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": PIXEL}, "cache_control": EPHEMERAL}]
     calls = len(anthropic_fake.script.requests)
     refused = await client.post(CHAT, json={"model": "claude", "messages": [{
         "role": "user", "content": [
@@ -352,6 +367,27 @@ async def test_usage_counts_cache_reads_and_writes_as_prompt_tokens(
     assert deltas[-1].usage == Usage(prompt_tokens=9, completion_tokens=2, cached_tokens=5,
                                      cache_creation_tokens=0)
     assert all(delta.usage is None for delta in deltas[:-1])
+
+
+async def test_messages_api_cache_marks_and_top_k_reach_anthropic(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    """/v1/messages dropped every cache_control (and top_k) on the way to Anthropic
+    itself: an Anthropic SDK app's prompt was never cached."""
+    client = await _gateway(anthropic_fake, make_gateway)
+    answers = [await client.post("/v1/messages", json={**MARKED_MESSAGE, "model": "claude"})
+               for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    sent = anthropic_fake.script.requests[-1]
+    assert sent["system"] == MARKED_MESSAGE["system"]
+    assert sent["tools"] == [{"name": "lookup", "input_schema": {"type": "object",
+                                                                 "properties": {}},
+                              "cache_control": EPHEMERAL}]
+    assert sent["messages"][2] == MARKED_MESSAGE["messages"][2]
+    assert sent["top_k"] == 5
+    usages = [answer.json()["usage"] for answer in answers]
+    assert usages[0]["cache_creation_input_tokens"] > 0
+    assert usages[1]["cache_read_input_tokens"] == usages[0]["cache_creation_input_tokens"]
 
 
 async def test_cached_tokens_reach_the_client(

@@ -24,7 +24,13 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.bedrock_fake import BedrockFake
 from ..fakes.brain import Action
 from ..fakes.serve import serving
-from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
+from .conftest import (
+    CACHE_PRICED,
+    MARKED_MESSAGE,
+    GatewayFactory,
+    billed,
+    cache_priced_cost,
+)
 
 CHAT = "/v1/chat/completions"
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -405,6 +411,33 @@ async def test_cache_points_and_cached_usage(
     assert all(delta.usage is None for delta in deltas[:-1])
 
 
+async def test_messages_api_cache_marks_and_top_k_reach_claude_on_bedrock(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """/v1/messages dropped every cache_control (and top_k) before Bedrock: marks are
+    cache points after the marked text and tools, top_k Claude's own model field."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    answer = await client.post("/v1/messages", json={**MARKED_MESSAGE, "model": "claude"})
+    assert answer.status_code == 200, answer.text
+    point = {"cachePoint": {"type": "default"}}
+    sent = bedrock_fake.script.requests[-1]
+    assert sent["system"] == [{"text": "You are terse."},
+                              {"text": "a long shared instruction"}, point]
+    assert sent["toolConfig"]["tools"][1:] == [point]
+    assert sent["messages"][2]["content"][1:] == [{"text": "and tomorrow?"}, point]
+    assert sent["additionalModelRequestFields"] == {"top_k": 5}
+    # Another model has no top_k: Anthropic's hint is left out, a client's own refused.
+    answer = await client.post("/v1/messages", json={
+        "model": "keyed", "max_tokens": 10, "top_k": 5,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+    assert "additionalModelRequestFields" not in bedrock_fake.script.requests[-1]
+    refused = await client.post(CHAT, json={
+        "model": "keyed", "messages": [{"role": "user", "content": "x"}], "top_k": 5})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "top_k"
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
 async def test_cache_writes_and_reads_are_billed_at_their_prices(
     bedrock_fake: BedrockFake, make_gateway: GatewayFactory, stream: bool
@@ -565,7 +598,6 @@ async def test_missing_aws_credentials_are_an_auth_failure(
     ({"parallel_tool_calls": False, "tools": TOOLS}, "parallel_tool_calls"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logprobs": True}, "logprobs"),
-    ({"top_k": 5}, "top_k"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0]"),
 ])

@@ -16,7 +16,15 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import scripted_upstream
-from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
+from .conftest import (
+    CACHE_PRICED,
+    EPHEMERAL,
+    MARKED_MESSAGE,
+    GatewayFactory,
+    billed,
+    cache_priced_cost,
+    unmarked,
+)
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -392,6 +400,28 @@ async def test_a_clients_max_completion_tokens_reaches_a_server_that_knows_max_t
         sent = openai_fake.script.requests[-1]
         assert sent.get(field) == 50, sent
         assert len({"max_tokens", "max_completion_tokens"} & set(sent)) == 1, sent
+
+
+async def test_anthropic_hints_from_the_messages_api_are_left_out_upstream(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """/v1/messages keeps cache_control and top_k for Anthropic-family upstreams; an
+    OpenAI-format one is sent what the same request unmarked would send (OpenAI refuses
+    top_k, some compatible servers cache_control), while an OpenAI-format client's own
+    cache_control still passes through."""
+    client = await make_gateway(_sections(openai_fake))
+    for route in ("gpt", "local"):
+        sent = []
+        for message in (MARKED_MESSAGE, unmarked(MARKED_MESSAGE)):
+            answer = await client.post("/v1/messages", json={**message, "model": route})
+            assert answer.status_code == 200, answer.text
+            sent.append(openai_fake.script.requests[-1])
+        assert sent[0] == sent[1]
+        assert sent[0]["messages"][0] == {"role": "system",
+                                          "content": "You are terse.\n\na long shared instruction"}
+    own = [{"type": "text", "text": "hello", "cache_control": EPHEMERAL}]
+    await client.post(CHAT, json={"model": "local", "messages": [{"role": "user", "content": own}]})
+    assert openai_fake.script.requests[-1]["messages"][0]["content"] == own
 
 
 async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -> None:

@@ -25,7 +25,7 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.brain import Action
 from ..fakes.serve import serving
 from ..fakes.vertex_fake import VertexFake, make_key, make_service_account
-from .conftest import GatewayFactory
+from .conftest import MARKED_MESSAGE, GatewayFactory
 
 CHAT = "/v1/chat/completions"
 CLAUDE = "claude-sonnet-4-5@20250929"
@@ -177,6 +177,20 @@ async def test_claude_on_vertex_goes_to_raw_predict_without_a_model_in_the_body(
     assert vertex_fake.requests[-1] == {
         "anthropic_version": "vertex-2023-10-16", "max_tokens": 1024,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]}
+
+
+async def test_messages_api_cache_marks_and_top_k_reach_claude_on_vertex(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    """/v1/messages dropped every cache_control (and top_k) before Vertex's Claude."""
+    client = await _gateway(vertex_fake, make_gateway)
+    answer = await client.post("/v1/messages", json={**MARKED_MESSAGE, "model": "claude"})
+    assert answer.status_code == 200, answer.text
+    sent = vertex_fake.requests[-1]
+    assert sent["system"] == MARKED_MESSAGE["system"]
+    assert sent["messages"][2] == MARKED_MESSAGE["messages"][2]
+    assert sent["tools"][0]["cache_control"] == {"type": "ephemeral"}
+    assert sent["top_k"] == 5
 
 
 async def test_claude_stream_reassembles_a_tool_call_and_the_answer_comes_back(

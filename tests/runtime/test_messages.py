@@ -366,7 +366,53 @@ def test_lowering_into_openai_messages() -> None:
     assert (lowered["max_completion_tokens"], lowered["temperature"], lowered["top_p"]) == (
         9, 0.5, 0.9)
     assert (lowered["stop"], lowered["user"]) == (["END"], "u-1")
-    assert "top_k" not in lowered and "service_tier" not in lowered
+    assert "service_tier" not in lowered
+    # Anthropic's hint: kept for Anthropic-family upstreams, left out by OpenAI-format ones.
+    assert lowered["top_k"] == 5 and request.anthropic_hints
+
+
+def test_cache_marks_are_lowered_where_an_openai_format_client_writes_them() -> None:
+    mark = {"type": "ephemeral"}
+    body = {
+        "model": "fast", "max_tokens": 9,
+        "system": [{"type": "text", "text": "A."}, {"type": "text", "text": "B.",
+                                                    "cache_control": mark}],
+        "tools": [{**WEATHER, "cache_control": mark}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Look:", "cache_control": mark},
+                {"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"},
+                 "cache_control": mark}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking.", "cache_control": mark},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1",
+                 "content": [{"type": "text", "text": "sunny", "cache_control": mark}]},
+                {"type": "text", "text": "Thanks.", "cache_control": mark}]},
+        ],
+    }
+    request = to_chat_request(parse(MessagesRequest, json.dumps(body).encode()))
+    assert request.anthropic_hints
+    lowered = request.model_dump(exclude_none=True)
+    assert lowered["messages"] == [
+        {"role": "system", "content": [{"type": "text", "text": "A."},
+                                       {"type": "text", "text": "B.", "cache_control": mark}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Look:", "cache_control": mark},
+            {"type": "image_url", "image_url": {"url": "https://x.test/a.jpg"},
+             "cache_control": mark}]},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Checking.", "cache_control": mark}], "tool_calls": [
+            {"id": "toolu_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_1",
+         "content": [{"type": "text", "text": "sunny", "cache_control": mark}]},
+        {"role": "user", "content": [{"type": "text", "text": "Thanks.", "cache_control": mark}]},
+    ]
+    assert lowered["tools"][0]["cache_control"] == mark
+    unmarked = to_chat_request(parse(MessagesRequest, json.dumps(_message("hi")).encode()))
+    assert not unmarked.anthropic_hints
 
 
 @pytest.mark.parametrize(

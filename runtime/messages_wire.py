@@ -3,9 +3,9 @@
     MessagesRequest (what the app sent) -> to_chat_request -> ChatRequest (what the core takes)
 
 Unknown fields are refused (``extra="forbid"``), as Anthropic refuses them, so that a
-feature this gateway cannot translate (``thinking`` enabled, server tools, documents) is
-a 400 naming the field rather than silently lost. Lowering decisions, each chosen so that
-an OpenAI-format upstream receives only what it accepts:
+feature this gateway cannot translate (``thinking`` other than disabled, server tools,
+documents) is a 400 naming the field rather than silently lost. Lowering decisions,
+each chosen so that an OpenAI-format upstream receives only what it accepts:
 
 - ``system`` -> one system message; text blocks joined with a blank line (kept as text
   parts when one carries ``cache_control``, see below).
@@ -20,6 +20,9 @@ an OpenAI-format upstream receives only what it accepts:
 - ``max_tokens`` -> ``max_completion_tokens`` (what OpenAI's reasoning models take;
   servers that know only ``max_tokens`` are sent that).
 - ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``.
+- ``output_config.format`` (structured outputs, what ``messages.parse`` sends) ->
+  ``response_format`` json_schema named "output", strict (Anthropic's always are); it
+  needs the deployment's ``json_schema`` capability. ``output_config.effort`` is refused.
 - ``cache_control`` on system, text, image and tool_result blocks and on tools, and
   ``top_k``, are kept as an OpenAI-format client writes them for an Anthropic upstream
   (a text part's or a tool's ``cache_control``, a ``top_k`` parameter; a marked system
@@ -116,10 +119,19 @@ def _custom_tool(value: object) -> object:
 
 
 def _no_thinking(value: object) -> object:
-    if isinstance(value, dict) and value.get("type") == "enabled":
-        raise ValueError("extended thinking is not available through this gateway, whose "
-                         "upstreams are called in OpenAI's format: leave it out, or give "
-                         '{"type": "disabled"}')
+    """Any thinking but none (enabled, adaptive...) would come back as thinking blocks,
+    which no OpenAI-format answer holds: refused, as the gateway cannot give them."""
+    if isinstance(value, dict) and value.get("type") != "disabled":
+        raise ValueError(f"extended thinking ({json.dumps(value.get('type'))}) is not available "
+                         "through this gateway, whose upstreams are called in OpenAI's format: "
+                         'leave it out, or give {"type": "disabled"}')
+    return value
+
+
+def _no_effort(value: object) -> object:
+    if value is not None:
+        raise ValueError("effort is not available through this gateway, whose upstreams are "
+                         "called in OpenAI's format: leave it out")
     return value
 
 
@@ -164,6 +176,19 @@ class Metadata(_Wire):
     user_id: str | None = None
 
 
+class JsonOutputFormat(_Wire):
+    """Structured outputs: the answer is JSON that matches ``schema``."""
+
+    type: Literal["json_schema"]
+    # "schema" would shadow pydantic's BaseModel.schema: named apart, read by its alias.
+    json_schema: Annotated[dict[str, Any], Field(alias="schema")]
+
+
+class OutputConfig(_Wire):
+    format: JsonOutputFormat | None = None
+    effort: Annotated[None, BeforeValidator(_no_effort)] = None
+
+
 class CountTokensRequest(_Wire):
     """POST /v1/messages/count_tokens: the prompt part of a Messages request."""
 
@@ -187,6 +212,7 @@ class MessagesRequest(CountTokensRequest):
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
     cache_control: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
 
 
 _Request = TypeVar("_Request", bound=CountTokensRequest)
@@ -258,6 +284,11 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
         body["stop"] = list(request.stop_sequences)
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
+    output_format = request.output_config and request.output_config.format
+    if output_format:
+        # Anthropic's structured outputs always hold to the schema: strict, as OpenAI says it.
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "output", "schema": output_format.json_schema, "strict": True}}
     body.update(tools_of(request))
     hints = request.top_k is not None or _marks_cache(request)
     return chat_request_from(body, anthropic_hints=hints)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import anthropic
+import pydantic
 import pytest
 
 from ..conftest import DEV_KEY
@@ -43,11 +44,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterat
         "version: 1\n"
         "providers:\n"
         f'  oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "  local: {type: echo}\n"
         "deployments:\n"
         "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
         "        capabilities: [streaming, tools, vision]}\n"
+        "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
+        "         capabilities: [json_schema]}\n"
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
+        "  echo: {deployment: echo}\n"
         "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n" + DEV_KEY_LINE
     )
     started = Server(root)
@@ -213,3 +218,15 @@ def test_the_response_cache_answers_the_messages_api_too(
     assert final.stop_reason == "end_turn"
     assert len(fake.script.requests) == before + 1  # replayed from the cache
 
+
+
+class Place(pydantic.BaseModel):
+    city: str
+
+
+def test_sdk_structured_outputs_are_parsed(client: anthropic.Anthropic) -> None:
+    """``messages.parse(output_format=...)`` sends ``output_config``, which was refused
+    as an unknown field (the echo deployment answers with the JSON it was sent)."""
+    parsed = client.messages.parse(model="echo", max_tokens=64, output_format=Place,
+                                   messages=[{"role": "user", "content": '{"city": "Oslo"}'}])
+    assert parsed.parsed_output == Place(city="Oslo")

@@ -575,6 +575,22 @@ async def test_json_schema_becomes_a_structured_output_format(
         "format": {"type": "json_schema", "schema": schema}}
 
 
+async def test_the_messages_apis_structured_outputs_reach_anthropic(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    """Anthropic's ``output_config.format`` (what its SDK's ``messages.parse`` sends) was
+    refused by /v1/messages as an unknown field."""
+    client = await _gateway(anthropic_fake, make_gateway)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    answer = await client.post("/v1/messages", json={
+        "model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert answer.status_code == 200, answer.text
+    assert anthropic_fake.script.requests[-1]["output_config"] == {
+        "format": {"type": "json_schema", "schema": schema}}
+
+
 async def test_embeddings_are_refused_by_the_adapter(
     anthropic_fake: AnthropicFake, counter: TokenCounter, tmp_path: Path
 ) -> None:

@@ -424,6 +424,28 @@ async def test_anthropic_hints_from_the_messages_api_are_left_out_upstream(
     assert openai_fake.script.requests[-1]["messages"][0]["content"] == own
 
 
+async def test_the_messages_apis_structured_outputs_are_a_strict_json_schema(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """Anthropic's ``output_config.format`` (what its SDK's ``messages.parse`` sends) was
+    refused as an unknown field; Anthropic's structured outputs always hold to the schema."""
+    client = await make_gateway(_sections(openai_fake))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    answer = await client.post("/v1/messages", json={
+        "model": "gpt", "max_tokens": 10, "messages": [{"role": "user", "content": "where?"}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert answer.status_code == 200, answer.text
+    assert openai_fake.script.requests[-1]["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "output", "schema": schema,
+                                               "strict": True}}
+    unable = await client.post("/v1/messages", json={
+        "model": "local", "max_tokens": 10, "messages": [{"role": "user", "content": "where?"}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert unable.status_code == 400, unable.text
+    assert "lacks json_schema" in unable.json()["error"]["message"]
+
+
 async def test_reasoning_tokens_reach_the_client(make_gateway: GatewayFactory) -> None:
     """completion_tokens_details.reasoning_tokens (o-series models) came back null."""
     with scripted_upstream() as upstream:

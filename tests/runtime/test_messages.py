@@ -474,8 +474,16 @@ async def test_unknown_model_is_404_not_found_error(client: httpx.AsyncClient) -
         ({"model": "fast", "messages": [{"role": "user", "content": "x"}]},
          "max_tokens: Field required"),
         ({**_message(), "thinking": {"type": "enabled", "budget_tokens": 1024}},
-         "thinking: extended thinking is not available through this gateway, whose upstreams"
-         ' are called in OpenAI\'s format: leave it out, or give {"type": "disabled"}'),
+         'thinking: extended thinking ("enabled") is not available through this gateway, whose'
+         ' upstreams are called in OpenAI\'s format: leave it out, or give {"type": "disabled"}'),
+        ({**_message(), "thinking": {"type": "adaptive"}},
+         'thinking: extended thinking ("adaptive") is not available through this gateway, whose'
+         ' upstreams are called in OpenAI\'s format: leave it out, or give {"type": "disabled"}'),
+        ({**_message(), "output_config": {"effort": "high"}},
+         "output_config.effort: effort is not available through this gateway, whose upstreams"
+         " are called in OpenAI's format: leave it out"),
+        ({**_message(), "output_config": {"format": {"type": "json_schema"}}},
+         "output_config.format.schema: Field required"),
         (_message("x", tools=[{"type": "web_search_20250305", "name": "web_search"}]),
          "tools.0: 'web_search_20250305' is a server tool, which this gateway cannot run: only"
          " custom tools (with an input_schema) are accepted"),

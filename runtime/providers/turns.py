@@ -1,5 +1,11 @@
 """OpenAI's message list as the system blocks and alternating turns that Anthropic's
-Messages API and Bedrock's Converse both require; each adapter supplies its blocks."""
+Messages API and Bedrock's Converse both require; each adapter supplies its blocks.
+
+Both require the first turn to be the user's, which OpenAI does not: a chat UI's
+greeting before the first user message starts with the assistant. Such a conversation
+gets a minimal user turn (".", as LiteLLM's and others' repairs give it) before the
+greeting, rather than a 400 from the upstream.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from ..chat_request import Message
 from ..errors import BadRequest
 
 Block = dict[str, Any]
+LEADING_USER_TEXT = "."  # the user turn put before a conversation the assistant starts
 BlockBuilder = Callable[[Message, str], list[Block]]
 
 
@@ -53,4 +60,7 @@ def split_turns(messages: Sequence[Message], blocks: TurnBlocks) -> tuple[list[B
             turns.append({"role": role, "content": content})
     for turn in turns:
         turn["content"].sort(key=lambda block: not blocks.is_tool_result(block))
+    if turns and turns[0]["role"] == "assistant":
+        placeholder = Message(role="user", content=LEADING_USER_TEXT)
+        turns.insert(0, {"role": "user", "content": blocks.user(placeholder, "messages")})
     return system, turns

@@ -146,6 +146,23 @@ async def test_a_base_url_ending_in_v1_still_reaches_v1_messages(
     assert anthropic_fake.script.requests[-1]["max_tokens"] == 50
 
 
+async def test_a_conversation_the_assistant_starts_gets_a_user_turn_first(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    """A chat UI's greeting before the first user message: Anthropic refuses a first
+    turn that is not the user's."""
+    client = await _gateway(anthropic_fake, make_gateway)
+    response = await client.post(CHAT, json={"model": "claude", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "weather"}]})
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.script.requests[-1]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi! How can I help?"}]},
+        {"role": "user", "content": [{"type": "text", "text": "weather"}]}]
+
+
 async def test_system_and_developer_messages_are_split_out_and_turns_merged(
     anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
 ) -> None:

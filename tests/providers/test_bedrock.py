@@ -248,6 +248,22 @@ async def test_a_streamed_tool_call_with_no_input_has_arguments_that_parse(
         ("tooluse_a", {"query": "x"}), ("tooluse_b", {})]
 
 
+async def test_a_conversation_the_assistant_starts_gets_a_user_turn_first(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """A chat UI's greeting before the first user message: Converse refuses a first
+    turn that is not the user's."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    response = await client.post(CHAT, json={"model": "claude", "messages": [
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "weather"}]})
+    assert response.status_code == 200, response.text
+    assert bedrock_fake.script.requests[-1]["messages"] == [
+        {"role": "user", "content": [{"text": "."}]},
+        {"role": "assistant", "content": [{"text": "Hi! How can I help?"}]},
+        {"role": "user", "content": [{"text": "weather"}]}]
+
+
 async def test_multi_turn_tool_conversation(
     bedrock_fake: BedrockFake, make_gateway: GatewayFactory
 ) -> None:

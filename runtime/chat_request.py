@@ -10,9 +10,15 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import BadRequest
+
+
+def _null_is(default: object) -> BeforeValidator:
+    """OpenAI's spec lets an optional parameter be null, meaning what leaving it out
+    means: for one with a default value rather than None, null is that default."""
+    return BeforeValidator(lambda value: default if value is None else value)
 
 
 class ContentPart(BaseModel):
@@ -43,7 +49,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool = False
+    include_usage: Annotated[bool, _null_is(False)] = False
 
 
 class ChatRequest(BaseModel):
@@ -53,11 +59,11 @@ class ChatRequest(BaseModel):
 
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[Message], Field(min_length=1)]
-    stream: bool = False
+    stream: Annotated[bool, _null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] = 1
+    n: Annotated[int, Field(ge=1, le=128), _null_is(1)] = 1
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | list[str] | None = None

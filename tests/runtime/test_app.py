@@ -57,6 +57,25 @@ async def test_chat_completion_echoes_the_last_user_message(client: httpx.AsyncC
     assert response.headers["x-aigw-attempts"] == "1"
 
 
+async def test_a_null_parameter_is_an_absent_one(client: httpx.AsyncClient) -> None:
+    """OpenAI's spec lets every optional parameter be null (the default); an SDK call
+    passing n=None or stream=None was a 400."""
+    nulls = {name: None for name in (
+        "n", "stream", "stream_options", "temperature", "top_p", "stop", "seed", "user",
+        "max_tokens", "max_completion_tokens", "tools", "tool_choice", "response_format",
+        "logprobs", "parallel_tool_calls")}
+    response = await client.post(CHAT, json=_chat(**nulls))
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"  # not a stream
+    assert len(response.json()["choices"]) == 1
+    async with client.stream("POST", CHAT, json=_chat(
+            stream=True, stream_options={"include_usage": None})) as streamed:
+        assert streamed.status_code == 200, await streamed.aread()
+        chunks = [line for line in (await streamed.aread()).decode().split("\n\n") if line]
+    assert chunks[-1] == "data: [DONE]"
+    assert '"usage"' not in chunks[-2]  # include_usage null: not asked for
+
+
 async def test_every_response_names_the_graph(client: httpx.AsyncClient, gateway: Gateway) -> None:
     fingerprint = gateway.live.graph.fingerprint
     for response in (

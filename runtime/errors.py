@@ -32,6 +32,11 @@
         ├── UpstreamAuthError           502 the provider refused the gateway's credentials
         └── UpstreamUnusable            502 no credit or quota left, or no such model
 
+An error that the same request would meet again however often it is sent (``final``:
+refused credentials, an unusable deployment, an answer past its size cap; and a 429
+that waiting cannot help, see ``store.values.Denied``) carries ``x-should-retry:
+false``, which the official SDKs read before retrying a 429 or 5xx.
+
 Errors from libraries (pydantic, httpx, redis, sqlite3, providers) are translated into
 this tree at the boundary with ``raise ... from exc``; nothing else reaches a client,
 and no message carries a provider key.
@@ -40,6 +45,7 @@ and no message carries a provider key.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import ClassVar
 
 
@@ -49,6 +55,9 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = "internal_error"
+    # True where the same request would fail the same way however often it is sent: the
+    # official SDKs retry a 5xx (twice, by default) unless told not to.
+    final: ClassVar[bool] = False
 
     def __init__(
         self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
@@ -57,6 +66,8 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        if self.final:
+            self.headers = {**self.headers, **NO_RETRY}
 
     def body(self) -> dict[str, object]:
         """The OpenAI error object: {"error": {"message", "type", "param", "code"}}."""
@@ -191,6 +202,11 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+# What the official OpenAI and Anthropic SDKs read before retrying (an error a retry
+# cannot fix); they retry 429s and 5xx otherwise.
+NO_RETRY = MappingProxyType({"x-should-retry": "false"})
+
+
 def retry_after_headers(seconds: float) -> dict[str, str]:
     """``Retry-After`` and ``retry-after-ms``, rounded up: a client that waits what it is
     told does not come back early."""
@@ -259,6 +275,7 @@ class UpstreamResponseTooLarge(UpstreamError):
     not retried, as the same request would bring the same answer."""
 
     code = "upstream_response_too_large"
+    final = True
 
 
 class UpstreamConnectionError(UpstreamError):
@@ -286,6 +303,7 @@ class UpstreamBadRequest(UpstreamError):
 
 class UpstreamAuthError(UpstreamError):
     code = "upstream_auth_failed"
+    final = True
 
 
 class UpstreamUnusable(UpstreamError):
@@ -294,3 +312,4 @@ class UpstreamUnusable(UpstreamError):
     the next member of a group stands in, as for a refused key."""
 
     code = "upstream_unusable"
+    final = True

@@ -41,6 +41,7 @@ from ..errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnusable,
+    retry_after_headers,
 )
 from ..policy import Denied, RequestGate
 from .breaker import Permit
@@ -212,7 +213,10 @@ class AttemptLoop(Generic[T]):
             first, raced = raced, None
             skip = self._unavailable(candidate)
             if skip is not None:
-                self.trace.dropped.append(Dropped(candidate.deployment.name, skip, False))
+                breaker = self.state.of(candidate.deployment).breaker
+                self.trace.dropped.append(Dropped(
+                    candidate.deployment.name, skip, False,
+                    retry_after=breaker.reopens_in(self.state.clock())))
                 self.trace.add(f"{group.name}: skip {candidate.deployment.name}: {skip}")
                 continue
             hedge = self._hedge_partner(ordered, position)
@@ -466,8 +470,11 @@ class AttemptLoop(Generic[T]):
         if self.trace.dropped and all(d.unfit for d in self.trace.dropped):
             return self.ask.unfit(self.route.name, self.trace.dropped)
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in self.trace.dropped)
+        # When the first open circuit lets a call through again, a retry may be served.
+        waits = [d.retry_after for d in self.trace.dropped if d.retry_after is not None]
         return NoDeploymentAvailable(
-            f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.")
+            f"No deployment of '{self.route.name}' is available: {reasons or 'none configured'}.",
+            headers=retry_after_headers(min(waits)) if waits else None)
 
 
 def untried_class(dropped: Sequence[Dropped]) -> str:

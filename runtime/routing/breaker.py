@@ -67,6 +67,13 @@ class CircuitBreaker:
             state is CircuitState.HALF_OPEN and not self._probe_out
         )
 
+    def reopens_in(self, now: float) -> float | None:
+        """Seconds until an open circuit lets its probe through (the rest of its
+        cooldown); None when it is not open (a half-open one waits on its probe)."""
+        if self.state(now) is not CircuitState.OPEN:
+            return None
+        return self.policy.cooldown_s - (now - self._opened_at)
+
     def recent(self, now: float) -> tuple[int, int]:
         """Calls and failed calls in the window that ends at ``now`` (for policies)."""
         self._trim(now)

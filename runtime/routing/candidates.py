@@ -55,6 +55,9 @@ class Dropped:
     # What of the request an unfit member cannot take: WINDOW, OUTPUT, KIND, or a
     # capability ("tools", "vision", ...). Unused when it is unavailable.
     misfit: str = WINDOW
+    # For an unavailable member: seconds until it may serve again (its circuit's
+    # cooldown), when that is known.
+    retry_after: float | None = None
 
 # The request parameter that asks for each capability, for the 400 when none has it.
 _CAPABILITY_PARAMS: Mapping[str, str] = MappingProxyType({

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from ..errors import BudgetExceeded, RateLimited, retry_after_headers
+from ..errors import NO_RETRY, BudgetExceeded, RateLimited, retry_after_headers
 
 NANOS = 1_000_000_000
 # Redis' Lua numbers are doubles: integers are exact up to 2**53, so no counter may pass it.
@@ -167,7 +167,8 @@ class Denied:
     """A reservation refused: which scope ran out of what, and when to try again.
 
     ``retry_after`` is None when waiting cannot help (the request alone is larger than
-    the limit, or a total budget is spent). ``error()`` is what the handler raises.
+    the limit, or a total budget is spent): the answer then tells the SDKs, which retry
+    a 429, not to (``x-should-retry: false``). ``error()`` is what the handler raises.
     """
 
     scope: Scope
@@ -181,6 +182,8 @@ class Denied:
         headers = self.rate.headers()
         if self.retry_after is not None:
             headers.update(retry_after_headers(self.retry_after))
+        else:  # the SDKs would retry a 429 twice, for nothing
+            headers.update(NO_RETRY)
         return headers
 
     def error(self) -> RateLimited:

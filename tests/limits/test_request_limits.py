@@ -38,6 +38,7 @@ async def test_rpm_over_the_limit_is_a_429_with_openai_headers(limited: ClientFa
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1
+    assert "x-should-retry" not in refused.headers  # waiting helps: the SDKs may retry
     assert refused.headers["x-ratelimit-limit-requests"] == "3"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
 
@@ -79,6 +80,8 @@ async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     refused = await alice.post(CHAT, json=_ask("paid", user="u1"))
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "insufficient_quota"
+    # No retry can fit it: the SDKs, which retry a 429 twice, are told not to.
+    assert refused.headers["x-should-retry"] == "false" and "retry-after" not in refused.headers
     for user in ("u1", "u1", "u2"):  # 9 + 3 = 12 per request, within 40 each
         ok = await alice.post(CHAT, json=_ask("paid", user=user, max_tokens=5))
         assert ok.status_code == 200, ok.text

@@ -197,6 +197,7 @@ async def test_a_rejected_provider_key_never_reaches_the_client(
         "model": "gpt", "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_auth_failed"
+    assert response.headers["x-should-retry"] == "false"  # the SDKs retried it twice
     assert key not in response.text and key[-4:] not in response.text
 
 

@@ -645,6 +645,29 @@ routes:
     assert status["deployments"]["a"]["circuit"] == "closed"
 
 
+async def test_a_route_whose_circuits_are_all_open_says_when_to_come_back(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    """The 503 for an open circuit had no Retry-After, though the breaker knows when
+    it lets a call through again: the SDKs retried at once, into the same 503."""
+    client = await make_gateway(_config(fleet, """
+settings:
+  circuit_breaker: {consecutive_failures: 1, cooldown_s: 30}
+groups:
+  g: {members: [a], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    assert (await client.post(CHAT, json=_ask())).status_code == 502  # the circuit opens
+    response = await client.post(CHAT, json=_ask())
+    assert response.status_code == 503, response.text
+    assert "circuit open" in response.json()["error"]["message"]
+    assert response.headers["retry-after"] == "30"
+    assert 29_000 < int(response.headers["retry-after-ms"]) <= 30_000
+    assert fleet.calls() == ["a"]
+
+
 async def test_breaker_reopens_when_the_probe_fails(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

@@ -26,8 +26,10 @@ with a 400 naming the parameter, never dropped, when it would change the answer:
     frequency/presence_penalty,     400 unless neutral (0, {}, false, ["text"]): a
     logit_bias, logprobs, audio,    client asking for them would silently get
     modalities, reasoning_effort... something else
-    store, metadata, service_tier,  dropped: they concern OpenAI's dashboards or
-    prediction, a message's name    latency, not the answer (Anthropic has no names)
+    store, metadata, service_tier,  dropped: they concern OpenAI's dashboards, caching,
+    prediction, prompt_cache_key,   abuse checks or latency, not the answer (Anthropic
+    safety_identifier, a message's  has no names); Bedrock and Gemini drop them too
+    name
     anything else                   400 "Unrecognized request argument"
 
 The answer: text blocks joined, ``tool_use`` as tool calls, stop reasons end_turn,

@@ -50,8 +50,10 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType({
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
-# Extras that only concern OpenAI's own dashboards or latency: they cannot change the answer.
-_DROPPED = frozenset({"store", "metadata", "service_tier", "prediction"})
+# Extras that only concern OpenAI's own dashboards, caching or abuse checks, or latency:
+# they cannot change the answer (Bedrock and Gemini drop the same).
+_DROPPED = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key",
+                      "safety_identifier"})
 # Extras that ask for something Anthropic lacks, each with the value that asks for nothing.
 _NEUTRAL: Mapping[str, tuple[object, ...]] = MappingProxyType({
     "frequency_penalty": (None, 0, 0.0),

@@ -570,11 +570,14 @@ async def test_neutral_and_descriptive_parameters_are_accepted(
         "model": "claude", "messages": [{"role": "user", "content": "x"}],
         "n": 1, "seed": None, "frequency_penalty": 0, "presence_penalty": 0.0,
         "logprobs": False, "logit_bias": {}, "store": True, "metadata": {"app": "t"},
-        "service_tier": "auto", "top_k": 5, "response_format": {"type": "text"}})
+        "service_tier": "auto", "top_k": 5, "response_format": {"type": "text"},
+        # OpenAI's caching and abuse hints (were refused, while Bedrock and Gemini drop them)
+        "prompt_cache_key": "k1", "safety_identifier": "user-hash"})
     assert response.status_code == 200, response.text
     sent = anthropic_fake.script.requests[-1]
     assert sent["top_k"] == 5
-    assert {"store", "metadata", "service_tier", "output_config"}.isdisjoint(sent)
+    assert {"store", "metadata", "service_tier", "output_config", "prompt_cache_key",
+            "safety_identifier"}.isdisjoint(sent)
 
 
 async def test_json_schema_becomes_a_structured_output_format(

@@ -76,9 +76,14 @@ class GatewayError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code,
+                "code": self.shown_code,
             }
         }
+
+    @property
+    def shown_code(self) -> str | None:
+        """The ``code`` the client is shown (``code`` is the gateway's, for its logs)."""
+        return self.code
 
 
 class BadRequest(GatewayError):
@@ -231,6 +236,7 @@ class UpstreamError(GatewayError):
         upstream_status: int | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        upstream_code: str | None = None,
     ) -> None:
         headers = dict(headers or {})
         if retry_after:
@@ -239,6 +245,13 @@ class UpstreamError(GatewayError):
         self.provider = provider
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+        # The provider's own code for a request it refused (OpenAI's "invalid_value"),
+        # shown to the client as it came; logs and metrics keep the gateway's ``code``.
+        self.upstream_code = upstream_code
+
+    @property
+    def shown_code(self) -> str | None:
+        return self.upstream_code or self.code
 
 
 class UpstreamRateLimited(UpstreamError):

@@ -132,6 +132,8 @@ class UpstreamFailure:
     message: str
     kind: str  # the provider's own error type or code, lowercased ("" if none)
     retry_after: float | None
+    param: str | None = None  # the parameter it named (OpenAI's errors name one)
+    code: str | None = None  # its own error code, as it wrote it (OpenAI's "invalid_value")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -195,12 +197,18 @@ def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
         return UpstreamTimeout(f"{prefix} timed out: {message}", **kwargs)
     if status >= 500:
         return UpstreamServerError(f"{prefix} failed: {message}", **kwargs)
+    # A refusal of the request names the parameter as the client sent it: OpenAI-format
+    # upstreams, the only ones that name one, are sent the client's own parameters.
+    if failure.param is not None:
+        kwargs["param"] = scrub(failure.param, provider)
     if any(phrase in text for phrase in _CONTEXT_PHRASES):
         return UpstreamContextLength(f"{prefix}: {message}", **kwargs)
     if any(phrase in text for phrase in _POLICY_PHRASES):
         return UpstreamContentPolicy(f"{prefix}: {message}", **kwargs)
     if status == 413:
         return UpstreamContextLength(f"{prefix}: request too large: {message}", **kwargs)
+    if failure.code is not None:
+        kwargs["upstream_code"] = scrub(failure.code, provider)
     return UpstreamBadRequest(f"{prefix} rejected the request: {message}", **kwargs)
 
 
@@ -230,6 +238,7 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) 
     it under ``error`` with a message and a type, code or status."""
     message = body.decode("utf-8", "replace")[:2000]
     kind = ""
+    param = code = None
     try:
         document = json.loads(body)
     except ValueError:
@@ -244,9 +253,15 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) 
             kind = next((value for value in named if isinstance(value, str) and value), "")
             if wait is None:
                 wait = _retry_delay(error.get("details"))
+            param, code = _text(error.get("param")), _text(error.get("code"))
         elif isinstance(error, str):
             message = error
-    return UpstreamFailure(status, message, kind.lower(), wait)
+    return UpstreamFailure(status, message, kind.lower(), wait, param, code)
+
+
+def _text(value: object) -> str | None:
+    """A short string as it is; anything else (Google's numeric code) is none."""
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
 
 
 _RETRY_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")

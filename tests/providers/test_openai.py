@@ -181,6 +181,17 @@ async def test_upstream_failures_keep_their_meaning(
     too_long = await client.post(CHAT, json=message)
     assert too_long.status_code == 400
     assert too_long.json()["error"]["code"] == "context_length_exceeded"
+    assert too_long.json()["error"]["param"] == "messages"
+
+    # A refusal keeps the parameter it names, and its code (the type stays the gateway's).
+    openai_fake.script.actions.append(Action(status=400, body={"error": {
+        "message": "Invalid value for 'foo'.", "type": "invalid_request_error",
+        "param": "foo", "code": "invalid_value"}}))
+    refused = await client.post(CHAT, json=message)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == {
+        "message": "provider 'oai' rejected the request: Invalid value for 'foo'.",
+        "type": "invalid_request_error", "param": "foo", "code": "invalid_value"}
 
     openai_fake.script.actions += [Action(status=500), Action(status=500)]
     broken = await client.post(CHAT, json=message)

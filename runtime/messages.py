@@ -9,8 +9,10 @@ an ``event: error`` in the stream. Answers are translated back from the core's
 OpenAI-shaped results:
 
 - finish reason stop -> end_turn, length -> max_tokens, tool_calls -> tool_use,
-  content_filter (or a refusal) -> refusal. OpenAI-format upstreams do not say which
-  stop sequence matched, so ``stop_sequence`` is always null and a stop is end_turn.
+  content_filter (or a refusal) -> refusal; a stop at a stop sequence the upstream
+  names (Anthropic and Vertex's Claude do) -> stop_sequence, with ``stop_sequence``.
+  Other upstreams do not say which stop sequence matched (OpenAI's, Gemini's,
+  Bedrock's Converse): there ``stop_sequence`` is null and a stop is end_turn.
 - usage: ``input_tokens`` is the prompt less its cached part (Anthropic counts
   cache reads and writes apart); the stream's ``message_start`` carries the gateway's
   own count, and ``message_delta`` the upstream's final counts.
@@ -211,16 +213,18 @@ def message_body(served: Served, result: ChatResult) -> dict[str, object]:
         "model": result.model,
         "content": content,
         "stop_reason": _stop_reason(choice),
-        "stop_sequence": None,
+        "stop_sequence": choice.stop_sequence,
         "usage": usage_body(result.usage),
     }
 
 
 def _stop_reason(choice: Choice) -> str:
-    return stop_reason(choice.finish_reason, bool(choice.tool_calls), bool(choice.refusal))
+    return stop_reason(choice.finish_reason, bool(choice.tool_calls), bool(choice.refusal),
+                       choice.stop_sequence)
 
 
-def stop_reason(finish_reason: str, called_tools: bool, refused: bool) -> str:
+def stop_reason(finish_reason: str, called_tools: bool, refused: bool,
+                stop_sequence: str | None = None) -> str:
     """Anthropic's ``stop_reason`` for an OpenAI finish reason.
 
     >>> stop_reason("stop", called_tools=True, refused=False)
@@ -232,6 +236,8 @@ def stop_reason(finish_reason: str, called_tools: bool, refused: bool) -> str:
         return "tool_use"
     if refused:
         return "refusal"
+    if stop_sequence is not None:
+        return "stop_sequence"
     return _STOP_REASONS.get(finish_reason, "end_turn")
 
 
@@ -312,6 +318,7 @@ class EventEncoder:
         self._calls: set[int] = set()  # the OpenAI tool call indexes seen
         self._closed: set[int] = set()  # those whose block has been closed
         self._finish: str | None = None
+        self._stop_sequence: str | None = None
         self._refused = False
         self._usage: Usage | None = None
 
@@ -346,17 +353,19 @@ class EventEncoder:
             out += self._add(call.index, call.arguments or "", call)
         if delta.finish_reason is not None:
             self._finish = delta.finish_reason
+            self._stop_sequence = delta.stop_sequence
         return out
 
     def finish(self) -> bytes:
         usage = self._usage or Usage(self._prompt_tokens, 0)
-        reason = stop_reason(self._finish or "stop", bool(self._calls), self._refused)
+        reason = stop_reason(self._finish or "stop", bool(self._calls), self._refused,
+                             self._stop_sequence)
         out = self._stop_block()
         while self._held:
             out += self._open_block(self._held.pop(0)) + self._stop_block()
         return out + sse_event("message_delta", {
             "type": "message_delta",
-            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "delta": {"stop_reason": reason, "stop_sequence": self._stop_sequence},
             "usage": usage_body(usage),
         }) + sse_event("message_stop", {"type": "message_stop"})
 

@@ -296,7 +296,8 @@ def replay(result: ChatResult) -> AsyncIterator[ChatDelta]:
             if choice.content or calls or choice.refusal:
                 yield ChatDelta(index=choice.index, content=choice.content or None,
                                 tool_calls=calls, refusal=choice.refusal)
-            yield ChatDelta(index=choice.index, finish_reason=choice.finish_reason)
+            yield ChatDelta(index=choice.index, finish_reason=choice.finish_reason,
+                            stop_sequence=choice.stop_sequence)
         yield ChatDelta(usage=result.usage)
 
     return deltas()
@@ -308,6 +309,7 @@ class _ChoiceParts:
     refusal: list[str] = field(default_factory=list)
     calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
     finish_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class StreamedAnswer:
@@ -354,6 +356,7 @@ class StreamedAnswer:
             pieces[2] += call.arguments or ""
         if delta.finish_reason is not None:
             parts.finish_reason = delta.finish_reason
+            parts.stop_sequence = delta.stop_sequence
 
     def _let_go(self) -> None:
         self._unkept = True
@@ -370,6 +373,7 @@ class StreamedAnswer:
             Choice(index, "".join(parts.content) if parts.content else None,
                    parts.finish_reason or "stop",
                    tuple(ToolCall(*parts.calls[i]) for i in sorted(parts.calls)),
-                   "".join(parts.refusal) if parts.refusal else None)
+                   "".join(parts.refusal) if parts.refusal else None,
+                   stop_sequence=parts.stop_sequence)
             for index, parts in sorted(self._choices.items())
         ), usage)

@@ -34,12 +34,13 @@ with a 400 naming the parameter, never dropped, when it would change the answer:
 
 The answer: text blocks joined, ``tool_use`` as tool calls, stop reasons end_turn,
 stop_sequence, pause_turn -> stop, max_tokens -> length, tool_use -> tool_calls,
-refusal -> content_filter; ``prompt_tokens`` counts input, cache reads and cache
-writes, as OpenAI counts every prompt token. Streams map ``content_block_*`` events to
-deltas (a tool call's index is its place among the ``tool_use`` blocks) and an
-``error`` event to the ``UpstreamError`` its type means (``overloaded_error`` ->
-``UpstreamOverloaded``). Anthropic has no embeddings API: the compiler refuses
-``kind: embeddings`` on an anthropic provider (AGW321) and ``embed`` says so too.
+refusal -> content_filter (the stop sequence matched is kept, for /v1/messages);
+``prompt_tokens`` counts input, cache reads and cache writes, as OpenAI counts every
+prompt token. Streams map ``content_block_*`` events to deltas (a tool call's index is
+its place among the ``tool_use`` blocks) and an ``error`` event to the ``UpstreamError``
+its type means (``overloaded_error`` -> ``UpstreamOverloaded``). Anthropic has no
+embeddings API: the compiler refuses ``kind: embeddings`` on an anthropic provider
+(AGW321) and ``embed`` says so too.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import UpstreamFailure, classify, json_event
 from ..upstream_aiohttp import JsonUpstream, open_upstream
-from .anthropic_wire import ERROR_STATUS, STOP_REASONS, messages_body, parse_message, usage
+from .anthropic_wire import (
+    ERROR_STATUS,
+    STOP_REASONS,
+    matched_stop,
+    messages_body,
+    parse_message,
+    usage,
+)
 from .base import (
     ChatCall,
     ChatDelta,
@@ -137,9 +145,12 @@ class _StreamReader:
             return self._tools.stop(int(event.get("index", 0)))
         elif kind == "message_delta":
             self._count(event.get("usage"))
-            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            delta = event.get("delta") or {}
+            stop_reason = delta.get("stop_reason")
             if stop_reason:
-                return [ChatDelta(finish_reason=STOP_REASONS.get(stop_reason, "stop"))]
+                return [ChatDelta(finish_reason=STOP_REASONS.get(stop_reason, "stop"),
+                                  stop_sequence=matched_stop(stop_reason,
+                                                             delta.get("stop_sequence")))]
         elif kind == "message_stop":
             self.stopped = True
         elif kind == "error":

@@ -316,6 +316,7 @@ def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provide
         content="".join(texts) if texts else None,
         finish_reason=STOP_REASONS.get(stop_reason, "stop"),
         tool_calls=tuple(calls),
+        stop_sequence=matched_stop(stop_reason, document.get("stop_sequence")),
     )
     counts = document.get("usage")
     return ChatResult(
@@ -323,6 +324,13 @@ def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provide
         choices=(choice,),
         usage=usage(counts) if isinstance(counts, dict) else unreported_usage(call),
     )
+
+
+def matched_stop(stop_reason: object, stop_sequence: object) -> str | None:
+    """The stop sequence an answer ended at, or None."""
+    if stop_reason == "stop_sequence" and isinstance(stop_sequence, str):
+        return stop_sequence
+    return None
 
 
 def usage(counts: Mapping[str, Any]) -> Usage:

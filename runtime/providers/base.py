@@ -76,6 +76,9 @@ class Choice:
     # Message fields the gateway passes through as they came, unread: audio,
     # annotations, the legacy function_call (OpenAI-format upstreams only).
     extra: Mapping[str, Any] | None = None
+    # The stop sequence the answer ended at, where the upstream says which (Anthropic's
+    # do): /v1/messages answers stop_reason "stop_sequence" with it. OpenAI has no field.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class ChatDelta:
     refusal: str | None = None
     logprobs: Any = None  # as in ``Choice``
     extra: Mapping[str, Any] | None = None
+    stop_sequence: str | None = None  # with finish_reason, as in ``Choice``
 
 
 class StreamedTools:

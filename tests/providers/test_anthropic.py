@@ -351,6 +351,36 @@ async def test_stop_reasons_map_to_finish_reasons(
     assert (_text(chunks), _finishes(chunks)) == ("fake-anthropic: one", ["length"])
 
 
+async def test_the_stop_sequence_matched_reaches_a_messages_api_client(
+    anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
+) -> None:
+    """/v1/messages answered stop_reason end_turn and stop_sequence null even when
+    Anthropic said which stop sequence the answer ended at."""
+    cached = "\n      cached: {deployment: sonnet, cache: {ttl_s: 60}}"
+    client = await make_gateway(_sections(anthropic_fake).replace(
+        "      claude: {deployment: sonnet}", "      claude: {deployment: sonnet}" + cached))
+    ask = {"model": "claude", "max_tokens": 50, "stop_sequences": ["three", "nine"],
+           "messages": [{"role": "user", "content": "one two three four"}]}
+    whole = (await client.post("/v1/messages", json=ask)).json()
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "three")
+    assert whole["content"] == [{"type": "text", "text": "fake-anthropic: one two "}]
+    plain = (await client.post("/v1/messages", json={**ask, "stop_sequences": ["nine"]})).json()
+    assert (plain["stop_reason"], plain["stop_sequence"]) == ("end_turn", None)
+    for route in ("claude", "cached", "cached"):  # streamed, and replayed from the cache
+        async with client.stream("POST", "/v1/messages",
+                                 json={**ask, "model": route, "stream": True}) as response:
+            raw = (await response.aread()).decode()
+        ending = [json.loads(frame.split("data: ", 1)[1]) for frame in raw.split("\n\n")
+                  if frame.startswith("event: message_delta")]
+        assert ending[0]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "three"}
+    assert response.headers["x-aigw-cache"] == "hit"
+    # OpenAI's answer has no field for it: the finish reason is stop, as before.
+    chat = await client.post(CHAT, json={"model": "claude", "stop": ["three"], "messages": [
+        {"role": "user", "content": "one two three four"}]})
+    assert chat.json()["choices"][0]["finish_reason"] == "stop"
+    assert "stop_sequence" not in chat.json()["choices"][0]
+
+
 def _deployment(fake: AnthropicFake, tmp_path: Path) -> Deployment:
     """The ``sonnet`` deployment, as the compiler builds it."""
     (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(_sections(fake)))

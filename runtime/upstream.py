@@ -83,11 +83,16 @@ def make_client(provider: Provider) -> httpx.AsyncClient:
             return fast
 
     transport = _EnvironmentProxies(build)
-    # A provider's cookies are not kept: later requests are other tenants' too.
-    # (a jar, not httpx.Cookies: httpx copies those into a jar of its own, policy lost)
-    cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=()))
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits,
-                             cookies=cookies)
+                             cookies=no_cookies())
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing, for a client shared by every tenant: a cookie one
+    request was given (a provider's, a tool server's session) would go with the next
+    request to that host, whoever made it. A jar, not ``httpx.Cookies``: httpx copies
+    those into a jar of its own, the policy lost."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=()))
 
 
 class _EnvironmentProxies(httpx.AsyncBaseTransport):

@@ -27,7 +27,7 @@ from ..exchange import Exchange
 from ..live import Gateway, Live
 from ..policy_request import authorize_pipeline_again
 from ..store.executions import Execution
-from ..upstream import read_bounded
+from ..upstream import no_cookies, read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
 
 
@@ -123,10 +123,11 @@ class HttpxCaller:
     """``HttpCaller`` on one pooled httpx client; transport errors are retryable failures.
     Redirects are not followed: each step's destination is checked (compiler/egress.py),
     and a redirect could lead past that check. An answer past ``MAX_STEP_ANSWER_BYTES``
-    fails the step (not retried) when it gets there, before it is held whole."""
+    fails the step (not retried) when it gets there, before it is held whole. Cookies
+    are not kept: the client serves every key, execution and pipeline."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient()
+        self._client = client or httpx.AsyncClient(cookies=no_cookies())
 
     async def __call__(
         self, method: str, url: str, headers: Mapping[str, str], body: Any, timeout: float

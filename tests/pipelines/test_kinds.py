@@ -14,7 +14,9 @@ from aigw.runtime.store.executions import Execution
 from aigw.runtime.workflows.calls import MAX_STEP_ANSWER_BYTES, HttpxCaller
 from aigw.runtime.workflows.engine import ModelAnswer
 
-from .conftest import Serve
+from ..fakes.cookie_setter import cookie_setter
+from ..fakes.serve import serving
+from .conftest import ALICE_KEY, BOT_KEY, Serve
 
 
 class FakeModels:
@@ -517,3 +519,18 @@ output: "{{ steps.pick }}"
     assert result["error"].startswith("step 'pick' failed: template error: ")
     assert "'dict object' has no attribute 'missing'" in result["error"]
 
+
+async def test_a_tool_servers_cookies_are_not_kept_for_other_runs(serve: Serve) -> None:
+    """The http steps' client is shared by every key, execution and pipeline: a cookie
+    one run's tool call was given (a session) went with every later call to that host,
+    another team's included."""
+    with serving(cookie_setter()) as tool:
+        served = await serve({"tool": f"""
+input: {{type: object}}
+steps:
+  call: {{kind: http, method: GET, url: "{tool}/login?tenant={{{{ input.tenant }}}}"}}
+output: "{{{{ steps.call }}}}"
+"""})
+        first = await served.run("tool", {"tenant": "alice-session"}, key=ALICE_KEY)
+        second = await served.run("tool", {"tenant": "bot-session"}, key=BOT_KEY)
+    assert (first["output"], second["output"]) == ({"cookie": None}, {"cookie": None})

@@ -16,22 +16,8 @@ from aigw.runtime.errors import UpstreamConnectionError, UpstreamServerError
 from aigw.runtime.upstream import make_client
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
+from ..fakes.cookie_setter import cookie_setter
 from ..fakes.serve import free_port, serving
-
-
-def _cookie_setter() -> Starlette:
-    """Answers with the Cookie header it got, and sets a cookie every time."""
-
-    async def answer(request: Request) -> Response:
-        response = JSONResponse({"cookie": request.headers.get("cookie")})
-        response.set_cookie("__cf_bm", "tenant-a-state", httponly=True)
-        return response
-
-    async def ready(_request: Request) -> Response:
-        return Response()
-
-    return Starlette(routes=[Route("/v1/answer", answer, methods=["POST"]),
-                             Route("/__ready", ready)])
 
 
 def _provider(base: str) -> Provider:
@@ -42,7 +28,7 @@ def _provider(base: str) -> Provider:
 
 async def test_the_httpx_client_sends_no_cookie_it_was_given() -> None:
     """The client Gemini and Bedrock use (httpx, over aiohttp's transport when installed)."""
-    with serving(_cookie_setter()) as url:
+    with serving(cookie_setter()) as url:
         base = url.replace("127.0.0.1", "localhost")  # cookie jars ignore IP hosts
         client = make_client(_provider(base))
         try:

@@ -132,6 +132,10 @@ class HttpxCaller:
     async def __call__(
         self, method: str, url: str, headers: Mapping[str, str], body: Any, timeout: float
     ) -> HttpAnswer:
+        for name, value in headers.items():
+            if not (name.isascii() and value.isascii()):  # httpx would raise UnicodeEncodeError
+                raise StepFailed(f"{method} {url}: header '{name}' is not ASCII text; encode "
+                                 "it in the template (e.g. with urlencode)", retryable=False)
         request = self._client.build_request(
             method, url, headers=dict(headers),
             json=body if body is not None and method != "GET" else None, timeout=timeout,

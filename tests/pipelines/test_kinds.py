@@ -534,3 +534,22 @@ output: "{{{{ steps.call }}}}"
         first = await served.run("tool", {"tenant": "alice-session"}, key=ALICE_KEY)
         second = await served.run("tool", {"tenant": "bot-session"}, key=BOT_KEY)
     assert (first["output"], second["output"]) == ({"cookie": None}, {"cookie": None})
+
+
+async def test_a_header_that_is_not_ascii_fails_the_step_naming_it(serve: Serve) -> None:
+    """HTTP header values are ASCII: a templated one that is not failed the step as an
+    "internal error: UnicodeEncodeError", naming neither the header nor the cause."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    caller = HttpxCaller(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    served = await serve({"tool": HTTP}, http=caller)
+    result = await served.run("tool", {"id": "Zoë", "tags": []})
+    assert result["error"] == (
+        "step 'lookup' failed: POST http://tools.test/lookup/Zoë: header 'x-trace' is not "
+        "ASCII text; encode it in the template (e.g. with urlencode)")  # its value unsaid
+    assert (await served.steps(result["execution"]))["lookup"]["attempts"] == 1  # no retry
+    assert seen == []

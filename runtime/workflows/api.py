@@ -339,9 +339,9 @@ class _Api:
         headers = {"x-aigw-execution": final.id, "location": f"/api/v1/executions/{final.id}"}
         if final.status is Status.SUCCEEDED:
             return JSONResponse(body, headers=headers)
-        if final.status in FINAL:
+        if final.status in FINAL:  # OpenAI's error object, the execution's fields beside it
             error = PipelineFailed(f"Pipeline '{name}' {final.status.value}: {final.error}")
-            return JSONResponse({**error.body(), **body}, status_code=error.status,
+            return JSONResponse({**body, **error.body()}, status_code=error.status,
                                 headers=headers)
         return JSONResponse(body, status_code=202, headers=headers)
 

@@ -122,11 +122,19 @@ class Served:
     http: httpx.AsyncClient
 
     async def run(self, pipeline: str, given: Any, key: str = DEV_KEY) -> dict[str, Any]:
-        """POST /v1/pipelines/{pipeline} and return the JSON answer."""
+        """POST /v1/pipelines/{pipeline} and return the JSON answer. A failure's answer
+        is checked here (OpenAI's error object, whose message says the execution's
+        error); its ``error`` is then that error's text, as the tests compare it."""
         response = await self.http.post(f"/v1/pipelines/{pipeline}", json=given,
                                         headers={"authorization": f"Bearer {key}"})
         assert response.status_code in (200, 202, 502), response.text
         body: dict[str, Any] = response.json()
+        if response.status_code == 502:
+            execution = await self.get(body["execution"])
+            assert body["error"] == {
+                "message": f"Pipeline '{pipeline}' {body['status']}: {execution['error']}",
+                "type": "server_error", "param": None, "code": "pipeline_failed"}, body
+            body["error"] = execution["error"]
         return body
 
     async def start(self, pipeline: str, given: Any, **extra: Any) -> dict[str, Any]:

@@ -300,6 +300,29 @@ async def test_a_pipeline_chats_log_line_does_not_count_its_steps_again(
     assert sum(line["completion_tokens"] for line in steps) > 0
 
 
+async def test_a_failed_run_answers_openais_error_object_with_the_execution(
+    serve: Serve,
+) -> None:
+    """The execution's fields were merged over the error object: its ``error`` (a string)
+    replaced OpenAI's, which an SDK reads the message from."""
+    served = await serve({"broken": """
+input: {type: object}
+steps:
+  pick: {kind: transform, expression: "input.missing.deeper"}
+output: "{{ steps.pick }}"
+"""})
+    response = await served.http.post("/v1/pipelines/broken", json={})
+    assert response.status_code == 502, response.text
+    body = response.json()
+    execution = await served.get(body["execution"])
+    assert body == {
+        "error": {"message": f"Pipeline 'broken' failed: {execution['error']}",
+                  "type": "server_error", "param": None, "code": "pipeline_failed"},
+        "execution": execution["id"], "pipeline": "broken", "status": "failed",
+        "output": None, "cost": 0, "usage": execution["usage"]}
+    assert execution["error"].startswith("step 'pick' failed: template error: ")
+
+
 async def test_a_pipeline_route_answers_chat_completions(serve: Serve) -> None:
     served = await serve({"about": ECHO_PIPELINE}, extra_routes="  about: {pipeline: about}")
     response = await served.http.post("/v1/chat/completions", json={

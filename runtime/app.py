@@ -15,7 +15,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,10 +33,10 @@ from .errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     StoreUnavailable,
 )
 from .exchange import Exchange
+from .incoming import client_gone, read_body
 from .live import Gateway, Live
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
@@ -237,32 +237,6 @@ def _live(request: Request) -> Live:
 
 def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise GatewayError("client disconnected while sending the body") from None
-    return b"".join(chunks)
-
-
-async def client_gone(receive: Receive) -> None:
-    """Returns once the client has gone: after the body only http.disconnect follows
-    (hypercorn sends it when the connection closes; httpx's in-process transport once
-    the response is complete)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class _Endpoints:

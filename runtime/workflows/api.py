@@ -12,7 +12,7 @@
     GET  /api/v1/approvals                       the steps waiting on this key's decision
     GET  /api/v1/costs/summary                   per pipeline (admin keys)
     WS   /ws/executions/{id}?after=N             events as they happen, then {"type": "end"}
-    POST /v1/pipelines/{name}                    run with the body as input; wait for the output
+    POST /v1/pipelines/{name}?wait_s=            run with the body as input; wait for the output
 
 Every endpoint takes the gateway's API keys (``Authorization: Bearer``; the WebSocket
 also ``?api_key=``). A key sees and steers the executions it started; an admin key,
@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..exchange import Exchange
+from ..incoming import client_gone
 from ..live import Live
 from ..policy import Facts
 from ..policy_request import authorize_pipeline
@@ -82,6 +85,9 @@ from ..telemetry.tracing import Span, traceparent
 from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+# The longest POST /v1/pipelines/{name} waits for its execution (``?wait_s=``, README):
+# each waiter polls the store, so one held for ever by a client long gone was not free.
+MAX_WAIT_S = 300.0
 
 log = logging.getLogger("aigw.workflows")
 
@@ -315,7 +321,7 @@ class _Api:
         record.key, record.team = key.name, key.team.name if key.team else None
         name = request.path_params["name"]
         given = await _json_body(request)
-        wait_s = _float(request.query_params.get("wait_s"), 300.0)
+        wait_s = _wait_s(request.query_params.get("wait_s"))
         user = self._user(request)
         record.user = user
         facts = await self._authorize(request, key, name, user)
@@ -329,7 +335,9 @@ class _Api:
             key, name, given, request.headers.get("idempotency-key"), user, facts,
             traceparent(record.trace_context)
         )
-        final = await _final(self.workflows, record, execution.id, wait_s)
+        # Only the wait ends when its client leaves: the execution runs on (README).
+        final = await _final_or_gone(self.workflows, record, execution.id, wait_s,
+                                     partial(client_gone, request.receive))
         assert final is not None
         # The line's tokens stay 0, as its cost: its model calls have their own lines,
         # which bill them, and a sum over the log counted them twice.
@@ -362,6 +370,9 @@ class _Api:
         await websocket.accept()
         store = await self.workflows.store()
         after = _int(websocket.query_params.get("after"), 0, 0, 2**62)
+        # What the client sends is not read (a follower only listens), but its close is:
+        # unnoticed, the loop polled the store for a socket nobody held any more.
+        closed = asyncio.ensure_future(_closed(websocket))
         try:
             while True:
                 execution = await store.get(execution_id)
@@ -375,9 +386,14 @@ class _Api:
                                                "type": "end", "step": None, "status": status})
                     await websocket.close()
                     return
-                await self.workflows.wait(execution_id, self.workflows.poll_s)
+                if await _closed_first(self.workflows.wait(execution_id, self.workflows.poll_s),
+                                       closed):
+                    return
         except WebSocketDisconnect:
             return
+        finally:
+            closed.cancel()
+            await asyncio.gather(closed, return_exceptions=True)
 
     async def _execution(self, request: Request, key: ApiKey | None = None) -> Execution:
         key = key or self._key(request)
@@ -406,6 +422,44 @@ def pipeline_span(
     span, context = live.telemetry.tracing.request(name, headers)
     span.set("gen_ai.agent.name", pipeline)
     return span, context
+
+
+async def _final_or_gone(
+    workflows: Workflows, record: RequestRecord, execution_id: str, wait_s: float,
+    gone: Callable[[], Awaitable[None]] | None,
+) -> Execution | None:
+    """``_final``; ``Cancelled`` as soon as the client goes away (``gone()`` returns)."""
+    waiting = asyncio.ensure_future(_final(workflows, record, execution_id, wait_s))
+    if gone is None:
+        return await waiting
+    left = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({waiting, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, left):
+            task.cancel()
+        await asyncio.gather(waiting, left, return_exceptions=True)
+    if waiting.cancelled():
+        raise Cancelled("The client went away before the pipeline's answer.")
+    return waiting.result()
+
+
+async def _closed_first(work: Awaitable[None], closed: asyncio.Future[None]) -> bool:
+    """Waits for ``work`` or ``closed``, whichever ends first (``work`` is cancelled if it
+    has not); whether ``closed`` has ended."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return closed.done()
+
+
+async def _closed(websocket: WebSocket) -> None:
+    """Returns once the client has closed ``websocket`` (its messages are dropped)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 class PipelineChat:
@@ -440,7 +494,8 @@ class PipelineChat:
         orphaned = started and idempotency is None
         wait_s = deadline_s(route, exchange.headers)
         try:
-            final = await self._wait(exchange, execution.id, wait_s)
+            final = await _final_or_gone(self.workflows, record, execution.id, wait_s,
+                                         exchange.gone)
         except (asyncio.CancelledError, Cancelled):
             if orphaned:
                 await self._cancel(key, execution.id)
@@ -487,26 +542,6 @@ class PipelineChat:
         return StreamingResponse(encoder.events(deltas()), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
 
-
-    async def _wait(
-        self, exchange: Exchange, execution_id: str, deadline_s: float
-    ) -> Execution | None:
-        """The execution once final (or as it is at the deadline); ``Cancelled`` as soon as
-        the client goes away."""
-        waiting = asyncio.ensure_future(_final(self.workflows, exchange.record, execution_id,
-                                               deadline_s))
-        if exchange.gone is None:
-            return await waiting
-        gone = asyncio.ensure_future(exchange.gone())
-        try:
-            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiting, gone):
-                task.cancel()
-            await asyncio.gather(waiting, gone, return_exceptions=True)
-        if waiting.cancelled():
-            raise Cancelled("The client went away before the pipeline's answer.")
-        return waiting.result()
 
     async def _cancel(self, key: ApiKey, execution_id: str) -> None:
         """Cancel an execution nobody can collect; shielded, as the request that started
@@ -611,11 +646,16 @@ def _int(text: str | None, default: int, low: int, high: int) -> int:
         raise BadRequest(f"{text!r} is not an integer.") from None
 
 
-def _float(text: str | None, default: float) -> float:
+def _wait_s(text: str | None) -> float:
+    """``?wait_s=``: seconds from 0, at most ``MAX_WAIT_S`` (a longer wait is cut to it)."""
     if text is None:
-        return default
+        return MAX_WAIT_S
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
-        raise BadRequest(f"{text!r} is not a number.") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise BadRequest(f"wait_s must be a number of seconds from 0 to {MAX_WAIT_S:g} (longer "
+                         f"is cut to {MAX_WAIT_S:g}); got {text!r}.", param="wait_s")
+    return min(seconds, MAX_WAIT_S)
 

@@ -6,6 +6,7 @@ an execution is reliably in the middle of a step when it is paused or killed.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -253,3 +254,35 @@ def test_an_sdk_that_gives_up_on_a_pipeline_chat_leaves_no_run_behind(
     assert len(executions) == 3  # one a try
     for execution in executions:  # each cancelled once its client went away
         _wait(server, execution["id"], lambda e: e["status"] == "cancelled", timeout=5)
+
+
+def test_a_client_that_stops_waiting_for_a_pipeline_ends_only_its_wait(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    """POST /v1/pipelines/{name} waited all its wait_s (any number: 1e999 was for ever)
+    for a client long gone, polling the store: a thousand such waits held half a core.
+    Now wait_s is a number from 0 to 300, and the wait ends with its client (a 499 in
+    the access log); the execution runs on, for GET /api/v1/executions/{id}."""
+    server = started(_gateway(tmp_path / "gw", {"publish": APPROVAL}))
+    for wait_s in ("1e999", "inf", "nan", "-1", "soon"):
+        refused = httpx.post(f"{server.base_url}/v1/pipelines/publish?wait_s={wait_s}",
+                             json={"text": "hello"}, headers=AUTH, timeout=5)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "wait_s"
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{server.base_url}/v1/pipelines/publish?wait_s=300",
+                   json={"text": "hello"}, headers=AUTH, timeout=1)
+    deadline = time.monotonic() + 5
+    while len(lines := _access_lines(server, "pipelines")) < 6:
+        assert time.monotonic() < deadline, f"the wait went on:\n{server.log}"
+        time.sleep(0.05)
+    assert [(line["route"], line["status"], line["error"]) for line in lines] == [
+        (None, 400, "invalid_request")] * 5 + [("pipeline:publish", 499, "cancelled")]
+    (execution,) = _get(server, "/api/v1/executions")["data"]
+    assert execution["status"] == "waiting"  # for its approval: the run goes on
+
+
+def _access_lines(server: Server, endpoint: str) -> list[dict[str, Any]]:
+    return [line for line in map(json.loads, (text for text in server.log.splitlines()
+                                              if text.startswith("{")))
+            if line.get("endpoint") == endpoint]

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
-from .conftest import ALICE_KEY, BOT_KEY, FAST_ONLY_KEY, Serve, approval_pipeline
+from aigw.runtime.app import create_app
+
+from .conftest import ALICE_KEY, BOT_KEY, DEV_KEY, FAST_ONLY_KEY, Serve, approval_pipeline
 
 SLOW = """
 description: Three slow steps in a row.
@@ -420,6 +423,36 @@ async def _eventually(check: Any) -> Any:
             return found
         await asyncio.sleep(0.02)
     pytest.fail("gave up waiting")
+
+
+async def test_a_websocket_follower_ends_when_its_client_closes(serve: Serve) -> None:
+    """The follower never read from its socket: closed while no event came (an approval
+    waiting for days), it went on polling the store for nobody."""
+    served = await serve({"publish": approval_pipeline()})
+    started = await served.start("publish", {"text": "hello"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    app = create_app(served.gateway, served.workflows)
+    path = f"/ws/executions/{started['id']}"
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "scheme": "ws", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"authorization", f"Bearer {DEV_KEY}".encode())],
+             "server": ("aigw.test", 80), "client": ("127.0.0.1", 50000), "subprotocols": []}
+    client: asyncio.Queue[Message] = asyncio.Queue()
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await client.put({"type": "websocket.connect"})
+    follower = asyncio.create_task(app(scope, client.get, send))
+
+    async def waiting_sent() -> bool:
+        return any('"step_waiting"' in message.get("text", "") for message in sent)
+
+    await _eventually(waiting_sent)  # the history, up to the approval it waits for
+    await client.put({"type": "websocket.disconnect", "code": 1001})
+    await asyncio.wait_for(follower, 5)
+    assert (await served.get(started["id"]))["status"] == "waiting"  # the run goes on
 
 
 async def test_a_policy_on_the_pipeline_holds_for_its_chat_route(

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from aigw.compiler.diagnostics import shown_url
 from aigw.compiler.graph import Deployment, Graph, Provider
 
 from .routing.state import NOT_ANSWERING, DeploymentStats, RoutingState
@@ -194,25 +195,30 @@ class UpstreamLoadWatch:
     async def _read(self, provider: Provider, graph: Graph, routing: RoutingState) -> None:
         assert provider.metrics_url is not None
         deployments = _served_by(graph, provider)
+        # As logged: a base_url's user info (or a query) can hold a password.
+        shown = shown_url(provider.metrics_url)
         try:
             response = await self._client.get(provider.metrics_url)
-            response.raise_for_status()
             text = response.text
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            why = str(exc).replace(provider.metrics_url, shown)  # httpx may quote the URL
+            self._failed(provider, "unreachable", f"cannot read its metrics at {shown}: {why}")
+            _server_answers(deployments, routing, False)
+            return
+        if not response.is_success:  # said here: httpx's message quotes the URL as it is
             self._failed(provider, "unreachable",
-                         f"cannot read its metrics at {provider.metrics_url}: {exc}")
+                         f"cannot read its metrics at {shown}: HTTP {response.status_code}")
             _server_answers(deployments, routing, False)
             return
         _server_answers(deployments, routing, True)
         try:
             values = read_samples(text)
         except ValueError as exc:  # not the Prometheus text format
-            self._failed(provider, "malformed",
-                         f"{provider.metrics_url} is not Prometheus text: {exc}")
+            self._failed(provider, "malformed", f"{shown} is not Prometheus text: {exc}")
             return
         if WAITING not in values and RUNNING not in values:
             self._failed(provider, "no gauges",
-                         f"{provider.metrics_url} has no finite vLLM load gauges ({RUNNING}, "
+                         f"{shown} has no finite vLLM load gauges ({RUNNING}, "
                          f"{WAITING}); is it a vLLM server's /metrics?")
             return
         if self._failing.pop(provider.name, None) is not None:

@@ -298,3 +298,43 @@ def test_cedar_sees_the_wait_a_vllm_queue_means(compiled: Graph) -> None:
     assert live.values(llama, ("queue_wait_ms",)) == (4800,)
     stats.latency_ms = None  # never measured: nothing to estimate with
     assert live.values(llama, ("queue_wait_ms",)) == (0,)
+
+
+async def test_a_password_in_the_servers_url_is_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A vLLM server behind basic auth (``http://user:password@host/v1``): each failure
+    to read its metrics logged the URL as written, the password with it."""
+    (tmp_path / "gateway.yaml").write_text(GATEWAY.replace(
+        "http://gpu-box.test:8000/v1", "http://svc:pw-canary-4242@gpu-box.test:8000/v1"))
+    graph = compile_gateway(tmp_path).graph
+    assert graph is not None
+    routing, clock = RoutingState(), [0.0]
+    routing.sync(graph)
+    answers = iter([httpx.Response(401), httpx.Response(200, text="<html>login</html>"),
+                    httpx.Response(200, text="vllm:num_requests_running{} nine\n")])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host != "gpu-box.test":
+            return httpx.Response(200, text=METRICS)
+        if clock[0] == 3.0:
+            raise httpx.ConnectError(f"cannot reach {request.url}")
+        return next(answers)
+
+    watch = UpstreamLoadWatch(lambda: (graph, routing),
+                              httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+                              clock=lambda: clock[0])
+    with caplog.at_level("WARNING", logger="aigw.routing"):
+        for second in (0.0, 1.0, 2.0, 3.0):
+            clock[0] = second
+            await watch.round()
+    await watch._client.aclose()
+    shown = "http://***@gpu-box.test:8000/metrics"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"provider 'box': cannot read its metrics at {shown}: HTTP 401",
+        f"provider 'box': {shown} has no finite vLLM load gauges (vllm:num_requests_running, "
+        "vllm:num_requests_waiting); is it a vLLM server's /metrics?",
+        f"provider 'box': {shown} is not Prometheus text: could not convert string to "
+        "float: 'nine'",
+        f"provider 'box': cannot read its metrics at {shown}: cannot reach {shown}",
+    ]

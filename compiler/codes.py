@@ -89,6 +89,8 @@ APPROVER_UNKNOWN = _warning("AGW326", "approvers name a key or team that is not 
 BASE_URL_OPERATION = _warning("AGW327", "base_url names an operation, not the API's root")
 GROUP_MIXED_KINDS = _warning("AGW328", "group mixes chat and embeddings deployments")
 WEIGHTS_UNUSED = _warning("AGW329", "weights given to a group whose strategy does not read them")
+BASE_URL_USER_INFO_AND_KEY = _error("AGW330", "base_url user info and an api_key: two "
+                                    "Authorization headers")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

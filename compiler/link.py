@@ -58,6 +58,8 @@ _NEEDS_FIELDS = {
 _NO_EMBEDDINGS = frozenset({"anthropic", "bedrock", "vertex"})
 _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
 _NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
+# The types whose api_key is sent as ``Authorization: Bearer``.
+_BEARER_KEY = frozenset({"openai", "openai_compatible", "vllm", "bedrock"})
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 # An unclosed reference: "${" and the name after it, as far as a name goes.
 _UNCLOSED_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_]*")
@@ -260,6 +262,7 @@ def _link_provider(
     headers = {name: resolve(value, "headers", name) or "" for name, value in spec.headers.items()}
     if base_url:
         _check_base_url(base_url, entry, sink)
+        _check_user_info(base_url, entry, sink)
     key_text = spec.api_key or ""
     if "${" not in key_text and _SECRET_LOOKING.search(key_text):
         sink.add(
@@ -380,6 +383,29 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
         sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
                  f"an operation ({parsed.path})", entry.value("base_url"),
                  "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")
+
+
+def _check_user_info(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) -> None:
+    """User info in a base_url is sent as ``Authorization: Basic``: with an api_key sent
+    as a bearer token (or an Authorization header of ``headers:``), a request would carry
+    two, which aiohttp refuses on every call (a 502) and httpx settles by dropping the
+    key."""
+    if urllib.parse.urlsplit(url).username is None:
+        return
+    spec = entry.spec
+    header = next((name for name in spec.headers if name.lower() == "authorization"), None)
+    if header is not None:
+        other, drop = f"an {header} header", f"the {header} entry of headers:"
+    elif spec.api_key is not None and spec.type in _BEARER_KEY:
+        other, drop = "its api_key as Authorization: Bearer", "the api_key"
+    else:
+        return
+    sink.add(codes.BASE_URL_USER_INFO_AND_KEY,
+             f"provider '{entry.name}' has user info in its base_url "
+             f"({shown_url(url)!r}), sent as Authorization: Basic, and sends {other}",
+             entry.value("base_url"),
+             "a request carries one Authorization header: keep the credential the server "
+             f"checks (remove user:password@ from base_url, or {drop})")
 
 
 def _resolve_env(

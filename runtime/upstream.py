@@ -170,8 +170,9 @@ def _seconds(value: str | None) -> float | None:
 
 
 def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
-    """The exception for a failed upstream call, by status, then by the provider's words."""
-    message = scrub(failure.message, provider) or f"HTTP {failure.status}"
+    """The exception for a failed upstream call, by status, then by the provider's words
+    (scrubbed, then cut to ``MAX_MESSAGE``: cut first, a key across the cut escaped)."""
+    message = scrub(failure.message, provider)[:MAX_MESSAGE] or f"HTTP {failure.status}"
     text = f"{failure.kind} {message}".lower()
     prefix = f"provider '{provider.name}'"
     kwargs: dict[str, Any] = {
@@ -233,6 +234,9 @@ def scrub(text: str, provider: Provider) -> str:
     return text
 
 
+# The most of a provider's error text passed on: an error page can be megabytes.
+MAX_MESSAGE = 2000
+
 # The shortest word of a header value scrubbed from error text: tokens are longer, and
 # shorter words ("Bearer", a version date) would blank out ordinary text.
 _SECRET_WORD = 12
@@ -240,8 +244,9 @@ _SECRET_WORD = 12
 
 def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
     """Read the error out of the common JSON shapes: OpenAI, Anthropic and Google all nest
-    it under ``error`` with a message and a type, code or status."""
-    message = body.decode("utf-8", "replace")[:2000]
+    it under ``error`` with a message and a type, code or status. The message is whole:
+    ``classify`` cuts it, once the key is scrubbed out."""
+    message = body.decode("utf-8", "replace")
     kind = ""
     param = code = None
     try:

@@ -290,7 +290,7 @@ class _BedrockUpstream(Upstream):
             document = {}
         error_type = error_type or str(document.get("__type") or document.get("code") or "")
         message = str(document.get("message") or document.get("Message")
-                      or body.decode("utf-8", "replace")[:2000])
+                      or body.decode("utf-8", "replace"))  # cut by classify, once scrubbed
         return self._error(status, error_type, message, retry_after(headers))
 
     def _error(
@@ -310,5 +310,5 @@ def _message(payload: bytes) -> str:
     try:
         document = json.loads(payload)
     except ValueError:
-        return payload.decode("utf-8", "replace")[:2000]
+        return payload.decode("utf-8", "replace")  # cut by classify, once scrubbed
     return str(document.get("message") or document) if isinstance(document, dict) else ""

@@ -199,6 +199,33 @@ async def test_an_error_mid_stream_does_not_carry_the_providers_key(
     assert PROVIDER_KEY not in text and PROVIDER_KEY[-4:] not in text
 
 
+@pytest.mark.parametrize("provider", [
+    f'type: openai, base_url: "{{url}}/v1", api_key: "{PROVIDER_KEY}"',
+    f'type: bedrock, region: us-east-1, base_url: "{{url}}", api_key: "{PROVIDER_KEY}"',
+], ids=["openai", "bedrock"])
+async def test_a_key_across_the_cut_of_a_long_error_page_is_scrubbed(
+    make_gateway: GatewayFactory, scripted: Scripted, provider: str
+) -> None:
+    """An error page that is not JSON is cut to 2000 characters: the key was scrubbed
+    after the cut, so one that straddled it was no longer whole and all but its last
+    four characters got through."""
+    client = await make_gateway(f"""
+        providers:
+          up: {{{provider.format(url=scripted.base_url)}}}
+        deployments:
+          bad: {{provider: up, model: up-model, context_window: 8000}}
+        routes:
+          chat: {{deployment: bad}}
+    """)
+    page = "x" * (2000 - len(PROVIDER_KEY) + 4) + f"{PROVIDER_KEY} was sent"
+    scripted.now(page.encode(), status=500, headers={"content-type": "text/html"})
+    answer = await client.post("/v1/chat/completions", json=CHAT)
+    assert answer.status_code == 502, answer.text
+    message = answer.json()["error"]["message"]
+    assert message.endswith("x*** was sent"), message
+    assert PROVIDER_KEY[:8] not in message
+
+
 @pytest.mark.parametrize(("status", "error"), [
     (402, {"type": "billing_error", "message": "Your credit balance is too low"}),
     (404, {"message": "The model `up-model` does not exist", "type": "invalid_request_error",

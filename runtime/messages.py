@@ -49,6 +49,7 @@ from .messages_wire import (
     to_chat_request,
     tools_of,
 )
+from .policy_request import authorize_route
 from .providers.base import (
     ChatDelta,
     ChatResult,
@@ -123,20 +124,26 @@ async def create_message(
 async def count_tokens(
     live: Live, headers: Headers, body: Callable[[], Awaitable[bytes]]
 ) -> Response:
-    """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with."""
+    """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with,
+    for a principal that may send it (the key's routes and Cedar's invoke check, as on
+    /v1/messages: a count tells what the route's planning does with a prompt)."""
     try:
         key = authenticate(live.graph, headers)
         request = parse(CountTokensRequest, await body())
-        check_route_allowed(key, resolve_route(live.graph, request.model))
+        route = resolve_route(live.graph, request.model)
+        check_route_allowed(key, route)
         # As the request would be planned: the conversation and the tools.
         planned = chat_request_from(
             {"model": request.model, "messages": chat_messages(request), **tools_of(request)})
+        tokens = live.counter.count_request(planned)
+        user = headers.get(live.graph.settings.user_header) or None
+        await authorize_route(live, key, user, route, headers, tokens)
     except GatewayError as exc:
         return _error_response(exc)
     except Exception:  # in Anthropic's shape too, whatever failed
         log.exception("count_tokens failed")
         return _error_response(InternalError("The gateway had an internal error; it is logged."))
-    return JSONResponse({"input_tokens": live.counter.count_request(planned)})
+    return JSONResponse({"input_tokens": tokens})
 
 
 def error_status(error: GatewayError) -> tuple[int, str]:

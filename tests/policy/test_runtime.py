@@ -168,6 +168,25 @@ async def test_embeddings_are_checked_too(policy_gateway: Factory) -> None:
         "vectors is forbidden by vectors-not-for-ops.")
 
 
+async def test_counting_a_messages_tokens_is_checked_as_sending_it_is(
+    policy_gateway: Factory,
+) -> None:
+    """/v1/messages/count_tokens checked the key's routes: list only, so a principal a
+    policy keeps off a route had its prompts counted (planned) there all the same."""
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "teams.cedar": FORBID_ENG_SOLO})
+    body = {"model": "solo", "messages": [{"role": "user", "content": "hello"}]}
+    refusal = {"type": "error", "error": {
+        "type": "permission_error",
+        "message": "Policy does not allow key 'alice' to call 'solo': denied by eng-not-on-solo."}}
+    for path, sent in (("/v1/messages", {**body, "max_tokens": 16}),
+                       ("/v1/messages/count_tokens", body)):
+        denied = await gw.client("alice").post(path, json=sent)
+        assert (denied.status_code, denied.json()) == (403, refusal), path
+        assert denied.headers["x-aigw-policy-ids"] == "eng-not-on-solo"
+    counted = await gw.client("ops").post("/v1/messages/count_tokens", json=body)
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0, counted.text
+
+
 VECTORS = {
     "deployments": "  vectors-2: {provider: local, model: vec-2, kind: embeddings, "
                    "context_window: 8192, tags: [preferred]}",

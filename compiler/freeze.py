@@ -201,6 +201,7 @@ def freeze(
             execution_retention_s=settings.execution_retention_s,
             store_outbox=settings.store_outbox,
             metrics_access=settings.metrics_access,
+            body_read_timeout_s=settings.body_read_timeout_s,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

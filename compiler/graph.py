@@ -44,6 +44,7 @@ class Settings:
     execution_retention_s: float = 30 * 86400.0
     store_outbox: str = "aigw-outbox.sqlite"
     metrics_access: Literal["open", "admin"] = "open"
+    body_read_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,12 @@ class SettingsSpec(Spec):
     max_request_bytes: PositiveInt = Field(
         4 * 1024 * 1024, description="Largest request body accepted; larger ones get a 413."
     )
+    body_read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0,
+        description="The longest a request's body may take to arrive, from the first wait "
+        "for it; past it the request gets a 408 (a client trickling its body in held its "
+        "connection for ever).",
+    )
     hide_policy_ids: bool = Field(
         False, description="Leave the deciding Cedar policy ids out of 403 responses."
     )

@@ -263,7 +263,7 @@ class _Endpoints:
                             partial(client_gone, request.receive))
         try:
             key = authenticate(live.graph, request.headers)
-            body = await read_body(request, live.graph.settings.max_request_bytes)
+            body = await read_body(request, live.graph.settings)
             response = await answer(exchange, key, body)
         except GatewayError as exc:
             await exchange.fail(exc)
@@ -316,13 +316,13 @@ class _Endpoints:
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
-        body = partial(read_body, request, live.graph.settings.max_request_bytes)
+        body = partial(read_body, request, live.graph.settings)
         return await create_message(live, request.headers, body, lambda: self.gateway.live,
                                     partial(client_gone, request.receive))
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)
-        body = partial(read_body, request, live.graph.settings.max_request_bytes)
+        body = partial(read_body, request, live.graph.settings)
         return await count_tokens(live, request.headers, body)
 
     async def models(self, request: Request) -> Response:

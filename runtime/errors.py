@@ -6,6 +6,7 @@
     ├── Forbidden                   403 permission_denied
     ├── ModelNotFound, NotFound     404
     ├── MethodNotAllowed            405
+    ├── RequestTimeout              408 request_timeout (the body took too long to arrive)
     ├── PayloadTooLarge             413 request_too_large
     ├── ContextWindowExceeded       422 context_length_exceeded (no upstream call made)
     ├── RateLimited                 429 rate_limit_exceeded (with Retry-After)
@@ -120,6 +121,12 @@ class MethodNotAllowed(GatewayError):
     status = 405
     error_type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

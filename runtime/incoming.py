@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import Receive
+import asyncio
 
-from .errors import GatewayError, PayloadTooLarge
+from starlette.requests import Request
+from starlette.types import Message, Receive
+
+from aigw.compiler.graph import Settings
+
+from .errors import GatewayError, PayloadTooLarge, RequestTimeout
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes without reading them all."""
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The request body, refusing more than ``max_request_bytes`` without reading them
+    all, and a body that takes more than ``body_read_timeout_s`` to arrive (from the first
+    wait for it): a client trickling a byte every few seconds held its connection for
+    ever. hypercorn's own read_timeout cannot do it: it also runs while an answer that
+    takes long is awaited."""
+    limit, timeout_s = settings.max_request_bytes, settings.body_read_timeout_s
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    deadline: float | None = None
+    while True:
+        if _arrived(receive):  # the common case, the body here with the headers: no timer
+            message = await receive()
+        else:
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + timeout_s
+            message = await _before(deadline, receive, timeout_s)
+        if message["type"] == "http.disconnect":
+            raise GatewayError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise GatewayError("client disconnected while sending the body") from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _arrived(receive: Receive) -> bool:
+    """Whether the next message is already queued: hypercorn's ``receive`` is its
+    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived."""
+    queue = getattr(receive, "__self__", None)
+    return isinstance(queue, asyncio.Queue) and not queue.empty()
+
+
+async def _before(deadline: float, receive: Receive, timeout_s: float) -> Message:
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s "
+                             "(settings.body_read_timeout_s).") from None
 
 
 async def client_gone(receive: Receive) -> None:

@@ -58,14 +58,13 @@ from ..errors import (
     GatewayError,
     InternalError,
     NotFound,
-    PayloadTooLarge,
     PipelineFailed,
     PipelineTimeout,
     StoreUnavailable,
     Unauthorized,
 )
 from ..exchange import Exchange
-from ..incoming import client_gone
+from ..incoming import client_gone, read_body
 from ..live import Live
 from ..policy import Facts
 from ..policy_request import authorize_pipeline
@@ -611,15 +610,7 @@ def _template(path: Path, graph: Graph) -> dict[str, Any]:
 
 async def _json_body(request: Request) -> Any:
     live: Live = request.state.live
-    limit = live.graph.settings.max_request_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request, live.graph.settings)
     if not body.strip():
         return {}
     try:

@@ -517,3 +517,41 @@ def test_reload_against_something_that_is_no_gateway_says_so(gateway_dir: Path) 
     result = _aigw("reload", "--url", "http://[::1")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot reach http://[::1: " in result.stderr
+
+
+def test_a_body_that_trickles_in_gets_a_408_and_its_connection_closed(
+    gateway_dir: Path,
+) -> None:
+    """Through hypercorn, whose read_timeout cannot be used (it also runs while a long
+    answer is awaited): a client with a key that sent its body a byte every few seconds
+    held the request, and the connection, for ever."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  max_request_bytes: 4194304\n", "  max_request_bytes: 4194304\n"
+        "  body_read_timeout_s: 1\n", 1))
+    server = Server(gateway_dir)
+    try:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.2) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: aigw\r\n"
+                         f"Authorization: Bearer {DEV_KEY}\r\nContent-Length: 1000\r\n"
+                         "Content-Type: application/json\r\n\r\n{".encode())
+            started, answer = time.monotonic(), b""
+            while time.monotonic() - started < 10:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    sock.sendall(b" ")  # a byte every 0.2 s: never idle for long
+                    continue
+                if not chunk:
+                    break  # closed
+                answer += chunk
+            elapsed = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b'"code":"request_timeout"' in answer.replace(b" ", b"")
+        assert 0.9 < elapsed < 5, elapsed
+        whole = _client(server).chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "still served"}])
+        assert whole.choices[0].message.content == "still served"
+    finally:
+        server.stop()

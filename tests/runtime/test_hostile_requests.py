@@ -4,9 +4,17 @@ deep for a recursive parser (found by a review helper)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
 
 HUGE = "9" * 400
 
@@ -75,3 +83,45 @@ async def test_a_caller_without_a_key_is_refused_before_its_body_is_read(
                                               "content-type": "application/json"})
         assert response.status_code == 401, (path, response.text)
         assert sent == [], path
+
+
+async def _trickled(sent: list[int]) -> AsyncIterator[bytes]:
+    for number in range(50):
+        sent.append(number)
+        yield b" "
+        await asyncio.sleep(0.05)
+
+
+async def test_a_body_that_trickles_in_is_cut_off_with_a_408(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    """A client with a key that sent its body a byte every few seconds held its request
+    (and a connection) open for ever: a body now has body_read_timeout_s to arrive."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  max_request_bytes: 4194304\n",
+        "  max_request_bytes: 4194304\n  body_read_timeout_s: 0.3\n", 1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://aigw.test",
+            headers={"authorization": f"Bearer {DEV_KEY}", "content-type": "application/json"},
+        ) as client:
+            for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
+                         "/v1/messages/count_tokens", "/v1/pipelines/research",
+                         "/api/v1/executions"):
+                sent: list[int] = []
+                response = await client.post(path, content=_trickled(sent))
+                assert response.status_code == 408, (path, response.text)
+                message = "The request body did not arrive within 0.3 s " \
+                    "(settings.body_read_timeout_s)."
+                if path.startswith("/v1/messages"):  # in Anthropic's shape there
+                    assert response.json() == {"type": "error", "error": {
+                        "type": "invalid_request_error", "message": message}}
+                else:
+                    assert response.json()["error"] == {
+                        "message": message, "type": "invalid_request_error", "param": None,
+                        "code": "request_timeout"}
+                assert len(sent) < 20, path  # cut off at about 0.3 s, not read to its end
+    finally:
+        await gateway.aclose()

@@ -102,7 +102,10 @@ class SettingsSpec(Spec):
         "fsync per request; 'full' also survives a power loss, at an fsync per request.",
     )
     stop_streams_over_budget: bool = Field(
-        False, description="Cut a stream mid-flight when its budget runs out."
+        False,
+        description="Cut a stream mid-flight when its budget runs out, or when a reload "
+        "removed its key. While the store cannot answer, streams in flight go on "
+        "unchecked (logged once), as they settle through the outbox.",
     )
     user_header: str = Field(
         "x-aigw-user", description="Header naming the end user when the body has no 'user'."

@@ -61,6 +61,7 @@ class StoreHandle:
         self._store: Store | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
+        self._unchecked = False  # streams go on unchecked against budgets (store down)
 
     async def get(self) -> Store:
         if self._store is not None:
@@ -73,6 +74,18 @@ class StoreHandle:
                     outbox=self._outbox,
                 )
         return self._store
+
+    def unchecked(self) -> None:
+        """A stream's budget check found the store unavailable: logged once an outage
+        (not once a check, which is every few chunks of every stream)."""
+        if not self._unchecked:
+            self._unchecked = True
+            log.warning("the store is unavailable: streams in flight go on without their "
+                        "budget checks (stop_streams_over_budget) until it answers")
+
+    def checked(self) -> None:
+        """A stream's budget check reached the store (the next outage is logged again)."""
+        self._unchecked = False
 
     def finish(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (the settlement of a request whose task was cancelled half-way

@@ -36,7 +36,14 @@ from .admission import (
 )
 from .chat import Plan, Served, complete, prepare, stream
 from .chat_request import ChatRequest
-from .errors import BudgetExceeded, Cancelled, GatewayError, ShutDown, StoreUnavailable
+from .errors import (
+    BudgetExceeded,
+    Cancelled,
+    GatewayError,
+    ShutDown,
+    StoreUnavailable,
+    Unauthorized,
+)
 from .live import Live
 from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult, Usage, close_deltas
@@ -266,8 +273,8 @@ class Exchange:
             count = 0
             async for delta in deltas:
                 count += 1
-                if watch and count % _BUDGET_CHECK_EVERY == 0 and await self._over_budget():
-                    raise BudgetExceeded("The budget ran out during this stream.")
+                if watch and count % _BUDGET_CHECK_EVERY == 0:
+                    await self._check_budget()
                 yield delta
         except GatewayError as exc:
             # After the status line: the client sees a 200 and an error event, but the
@@ -291,16 +298,24 @@ class Exchange:
                 finally:
                     await self.close()
 
-    async def _over_budget(self) -> bool:
+    async def _check_budget(self) -> None:
+        """Stop the stream (an error event) when its key was revoked or its budget ran
+        out. A store that cannot answer now is not a budget run out: fail_closed refuses
+        new requests, while one in flight goes on and settles through the outbox."""
         graph = self._current().graph
         key = next((k for k in graph.keys_by_sha256.values() if k.name == self._key_name), None)
-        if key is None or self.admission is None:  # the key was removed: stop spending
-            return True
-        spent = await self.admission.spent_budget(subject_limits(key, self.user))
-        if spent is None:
-            return False
-        self.record.budget_refused = budget_label(self.record, spent.scope, spent.name)
-        return True
+        if key is None:  # a reload removed the key: stop spending
+            raise Unauthorized("The API key was revoked during this stream.")
+        assert self.admission is not None
+        try:
+            spent = await self.admission.spent_budget(subject_limits(key, self.user))
+        except StoreUnavailable:
+            self.live.store.unchecked()
+            return
+        self.live.store.checked()
+        if spent is not None:
+            self.record.budget_refused = budget_label(self.record, spent.scope, spent.name)
+            raise BudgetExceeded("The budget ran out during this stream.")
 
     async def close(self) -> None:
         """Settle and record a served request (once). If the request's task is cancelled

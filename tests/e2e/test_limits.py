@@ -28,6 +28,10 @@ APP_KEY = "sk-app-0001"
 HOLD, COST = 10, 8
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def _gateway(root: Path, store: str, *, budget: float | None = None, tpm: int | None = None,
              latency: str = "", settings: str = "") -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -53,8 +57,8 @@ teams:
   app: {{{", ".join(team)}}}
   ops: {{}}
 keys:
-  app: {{team: app, sha256: {hashlib.sha256(APP_KEY.encode()).hexdigest()}}}
-  dev: {{team: ops, admin: true, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
+  app: {{team: app, sha256: {_digest(APP_KEY)}}}
+  dev: {{team: ops, admin: true, sha256: {_digest(DEV_KEY)}}}
 """)
     return root
 
@@ -256,6 +260,31 @@ def test_a_stream_the_client_abandons_is_settled_for_what_was_sent(
     assert budget["spent"] == app["cost"] == app["tokens_in"] + app["tokens_out"]
 
 
+_WORDS = " ".join(f"w{i}" for i in range(80))
+
+
+def _stream(server: Server) -> tuple[Iterator[Any], list[Any]]:
+    """A long stream of key app's, started: its chunks to come and the three received."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="paid", stream=True, max_tokens=200,
+        messages=[{"role": "user", "content": _WORDS}])
+    chunks = iter(stream)
+    return chunks, [next(chunks) for _ in range(3)]
+
+
+def _reload(server: Server, root: Path, old: str, new: str) -> None:
+    config = root / "gateway.yaml"
+    config.write_text(config.read_text().replace(old, new))
+    reloaded = httpx.post(f"{server.base_url}/admin/reload",
+                          headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+    assert reloaded.status_code == 200, reloaded.text
+
+
+def _text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
 def test_a_budget_cut_by_reload_stops_streams_mid_flight(
     tmp_path: Path, fleet: ExitStack
 ) -> None:
@@ -263,23 +292,52 @@ def test_a_budget_cut_by_reload_stops_streams_mid_flight(
                     latency=", latency: {per_token_ms: 40}",
                     settings="  stop_streams_over_budget: true")
     server = _start(fleet, root)
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
-    words = " ".join(f"w{i}" for i in range(80))
-    stream = client.chat.completions.create(
-        model="paid", stream=True, max_tokens=200,
-        messages=[{"role": "user", "content": words}])
-    chunks = iter(stream)
-    received = [next(chunks) for _ in range(3)]
-    config = root / "gateway.yaml"
-    config.write_text(config.read_text().replace("amount: 10000", "amount: 5"))
-    reloaded = httpx.post(f"{server.base_url}/admin/reload",
-                          headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
-    assert reloaded.status_code == 200, reloaded.text
+    chunks, received = _stream(server)
+    _reload(server, root, "amount: 10000", "amount: 5")
     with pytest.raises(openai.APIError) as stopped:
         for chunk in chunks:
             received.append(chunk)
     assert "budget" in str(stopped.value).lower()
-    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
-    assert 0 < len(text) < len(words)  # cut mid-answer
+    assert 0 < len(_text(received)) < len(_WORDS)  # cut mid-answer
     metrics = httpx.get(f"{server.base_url}/metrics").text  # BudgetExhausted reads it
     assert 'aigw_budget_refusals_total{name="app",scope="team"} 1.0' in metrics
+
+
+def test_a_key_revoked_by_reload_stops_its_streams_saying_so(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    """Its stream was stopped with "The budget ran out during this stream"."""
+    root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
+                    latency=", latency: {per_token_ms: 40}",
+                    settings="  stop_streams_over_budget: true")
+    server = _start(fleet, root)
+    chunks, received = _stream(server)
+    _reload(server, root, f"  app: {{team: app, sha256: {_digest(APP_KEY)}}}\n", "")
+    with pytest.raises(openai.APIError) as stopped:
+        for chunk in chunks:
+            received.append(chunk)
+    assert "revoked" in str(stopped.value), stopped.value
+    assert "budget" not in str(stopped.value).lower()
+    assert 0 < len(_text(received)) < len(_WORDS)
+
+
+def test_a_redis_outage_mid_stream_leaves_streams_in_flight_alone(
+    tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis
+) -> None:
+    """fail_closed refuses new requests while Redis is down; a stream already admitted
+    goes on and settles through the outbox. Its budget check, which found the store
+    unavailable, cut it with a store_unavailable error event."""
+    root = _gateway(tmp_path / "gw", private_redis.url, budget=10_000,
+                    latency=", latency: {per_token_ms: 20}",
+                    settings="  stop_streams_over_budget: true\n  store_failure: fail_closed")
+    server = _start(fleet, root)
+    chunks, received = _stream(server)
+    private_redis.stop()
+    received += list(chunks)  # to its end, with no error event
+    assert received[-1].choices == [] or received[-1].choices[0].finish_reason is not None
+    assert _text(received).split() == _WORDS.split()
+    refused = httpx.post(f"{server.base_url}/v1/chat/completions",
+                         headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=30,
+                         json={"model": "paid", "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 503  # new requests are refused (fail_closed)
+    assert server.log.count("go on without their budget checks") == 1  # once, not a chunk

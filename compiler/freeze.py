@@ -170,6 +170,7 @@ def freeze(
             per_user=per_user or (team.per_user if team else Quota()),
             routes=frozenset(key_spec.routes) if key_spec.routes is not None else None,
             sha256=item.sha256,
+            own_per_user=per_user is not None,
         )
     settings = linked.settings
     frozen_pipelines = attach_routes(

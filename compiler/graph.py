@@ -252,6 +252,8 @@ class ApiKey:
     per_user: Quota  # of each end user of this key: its own, else its team's
     routes: frozenset[str] | None  # the routes it may call; None: all
     sha256: str = field(repr=False)
+    # per_user is the key's own (not its team's): its users have counters of their own
+    own_per_user: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,8 +117,10 @@ def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
         # The owner, then the first "/", then the user (the client's own text). Names may
         # hold "/" and ":", so the owner's are escaped: else user "x/victim" of team "eng"
         # shared the budget of user "victim" of team "eng/x", and a team named "key:k"
-        # that of key k's users. Plain names read as before ("eng/u1", "key:k/u1").
-        owner = (_escaped(key.team.name) if key.team is not None
+        # that of key k's users. Plain names read as before ("eng/u1", "key:k/u1"). A key
+        # with a per_user of its own owns its users' counters: under the team's name, a
+        # user's spend through it counted against the team's (smaller) per_user too.
+        owner = (_escaped(key.team.name) if key.team is not None and not key.own_per_user
                  else f"key:{_escaped(key.name)}")
         found.append(_limits(Scope.USER, f"{owner}/{user}", key.per_user))
     return tuple(item for item in found if item is not None)

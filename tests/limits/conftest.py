@@ -13,7 +13,8 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
-KEYS = {"dev": "sk-aigw-dev", "alice": "sk-alice-0001", "bob": "sk-bob-0002", "ops": "sk-ops-0003"}
+KEYS = {"dev": "sk-aigw-dev", "alice": "sk-alice-0001", "bob": "sk-bob-0002", "ops": "sk-ops-0003",
+        "carol": "sk-carol-0004"}
 
 
 def digest(secret: str) -> str:

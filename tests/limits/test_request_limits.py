@@ -19,7 +19,7 @@ from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import REPO
 from ..redis_server import PrivateRedis
-from .conftest import KEYS, ClientFactory, limits_config
+from .conftest import KEYS, ClientFactory, digest, limits_config
 
 CHAT = "/v1/chat/completions"
 
@@ -95,6 +95,24 @@ async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     assert (mine["name"], mine["amount"], mine["spent"], mine["held"]) == ("eng/u1", 40, 24, 0)
     assert not [b for b in (await client("dev").get("/admin/budgets")).json()["data"]
                 if b["scope"] == "user"]
+
+
+async def test_a_keys_own_per_user_budget_is_its_users_own(limited: ClientFactory) -> None:
+    """Key carol's per_user (1000 a day) overrides team eng's (40): its users' spend was
+    counted under the team's name all the same, so what user u1 spent through carol had
+    alice (the team's 40) refuse u1, and /admin/budgets?user=u1 showed one budget."""
+    client = await limited(extra_keys=(
+        f"  carol: {{team: eng, sha256: {digest(KEYS['carol'])}, "
+        "per_user: {budget: {amount: 1000, period: day}}}\n"))
+    long = _ask("paid", "word " * 25, max_tokens=5, user="u1")
+    for _ in range(2):  # 34 tokens in and 3 out at 1 a token: 74 in all, past the team's 40
+        spent = await client("carol").post(CHAT, json=long)
+        assert spent.status_code == 200, spent.text
+    ok = await client("alice").post(CHAT, json=_ask("paid", max_tokens=5, user="u1"))
+    assert ok.status_code == 200, ok.text  # u1's 40 under the team is untouched
+    budgets = (await client("dev").get("/admin/budgets?user=u1")).json()["data"]
+    users = sorted((b["name"], b["amount"], b["spent"]) for b in budgets if b["scope"] == "user")
+    assert users == [("eng/u1", 40, 12), ("key:carol/u1", 1000, 74)]
 
 
 async def test_user_may_come_from_the_configured_header(limited: ClientFactory) -> None:

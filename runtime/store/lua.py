@@ -129,15 +129,20 @@ return out
 )
 
 # KEYS: reservation marker, nb bucket hashes (tpm only), ng (budget hash, expiry set) pairs.
-# ARGV: now, request id, cost, nb, ng, nb x (cap, refund), ng x keep s.
-# Returns 1, or 0 when the reservation was settled already (or is too old to settle).
+# ARGV: now, request id, cost, nb, ng, nb x (cap, refund), ng x keep s, then "1" for a
+# settle sent from the outbox: it leaves the marker as "settled" for the rest of its life,
+# as another worker on the same outbox file may send it too.
+# Returns 1; 2 when an outbox's settle of this reservation ran already; 0 when there is no
+# marker (settled by a call whose reply was lost, or gone: too old, or lost with Redis' data).
 SETTLE = (
     _REFILL
     + _UNHOLD
     + """
 local now, rid, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local nb, ng = tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local marker = redis.call('GET', KEYS[1])
+if not marker then return 0 end
+if marker == 'settled' then return 2 end
 local a = refund_buckets(nb, 6, now)
 for j = 1, ng do
   local hk, zk, keep = KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], tonumber(ARGV[a])
@@ -149,6 +154,14 @@ for j = 1, ng do
     redis.call('EXPIRE', zk, keep)
   end
 end
+if ARGV[a] == '1' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then
+    redis.call('SET', KEYS[1], 'settled', 'PX', left)
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1])
 return 1
 """
 )

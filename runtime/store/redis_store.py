@@ -7,7 +7,8 @@ reach another subject's key)::
     rate:<scope>:<name>:<requests|tokens>     token bucket (expires once full again)
     budget:<scope>:<name>:<period>            spent, held, h:<request id>
     budget:<scope>:<name>:<period>:holds      request ids by hold expiry
-    res:<request id>                          reserved and not yet settled
+    res:<request id>                          reserved and not yet settled (or "settled",
+                                              by a settle sent from the outbox)
     charged:<request id>                      a locally made reservation, charged
     rec:<request id>                          one ledger record (a hash)
     ledger                                    request ids by time
@@ -38,6 +39,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, cast
@@ -503,12 +505,13 @@ class RedisStore:
             else:
                 self._back()
                 return
+        queued = _queued(invocation)
         try:
-            await self._outbox.put(invocation)
+            await self._outbox.put(queued)
         except StoreUnavailable as exc:  # the outbox file failed (a full disk, say)
             log.error("redis store: the outbox could not keep a write (%s); it is kept in "
                       "memory until Redis answers", exc)
-            await self._spill.put(invocation)
+            await self._spill.put(queued)
 
     async def _flush(self) -> None:
         """Deliver queued writes in order; stop at the first failure (kept for later)."""
@@ -539,11 +542,8 @@ class RedisStore:
                         log.error("redis store: dropped a queued write for the unknown "
                                   "script %r", invocation.script)
                     else:
-                        if invocation.script == "settle" and answer == 0:
-                            log.warning("redis store: a queued settle of %s found no "
-                                        "reservation (settled already, or too old): its "
-                                        "spend was not charged to the budgets",
-                                        invocation.keys[0])
+                        if invocation.script == "settle":
+                            _settled_late(invocation, answer)
                     delivered = seq
             except REDIS_ERRORS as exc:  # only an outage comes this far
                 self._lost(exc)
@@ -553,6 +553,27 @@ class RedisStore:
                     await outbox.delivered(delivered)
             self._back()  # Redis took the batch (this flush is the one running)
         return False
+
+
+def _queued(invocation: Invocation) -> Invocation:
+    """``invocation`` as the outbox keeps it: a settle marked as one that may be sent
+    twice (by each worker on one outbox file), so that the second run can say so."""
+    if invocation.script != "settle":
+        return invocation
+    return replace(invocation, args=(*invocation.args, "1"))
+
+
+def _settled_late(invocation: Invocation, answer: object) -> None:
+    """Log what a settle sent from the outbox found, where it did not apply."""
+    if answer == 2:  # expected with workers sharing an outbox file: nothing was lost
+        log.debug("redis store: a queued settle of %s was applied already (sent twice: by "
+                  "another worker on the outbox file, or again after a lost reply)",
+                  invocation.keys[0])
+    elif answer == 0:
+        log.warning("redis store: a queued settle of %s found no reservation: it was "
+                    "settled by a call whose reply was lost, or the reservation is gone "
+                    "(older than its TTL and a day, or lost with Redis' data), and then "
+                    "its spend was not charged to the budgets", invocation.keys[0])
 
 
 def _marker_ms(ttl: float) -> int:

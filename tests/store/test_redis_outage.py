@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -302,21 +304,7 @@ async def test_writes_waiting_in_a_file_outbox_survive_a_restart(
     outbox file; a gateway stopped meanwhile leaves them there, and the next one on the
     file delivers them. Kept in memory (as before), they were lost with the process."""
     path = tmp_path / "aigw-outbox.sqlite"
-    link = _Link(private_redis.port)
-    await link.start()
-    limits = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]
-    first = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05,
-                                outbox=await FileOutbox.open(path))
-    try:
-        held = await first.reserve("r1", limits, tokens=10, cost=1.0)
-        assert isinstance(held, Reservation) and held.origin == "redis"
-        link.cut()  # Redis keeps the hold; this gateway cannot reach it
-        await first.settle(held, tokens=10, cost=0.75)
-        await first.record(replace(RECORD, request_id="r1"))
-        assert not first.available
-    finally:
-        await first.aclose()
-        await link.aclose()
+    await _left_in_outbox(private_redis, path)
     left = await FileOutbox.open(path)
     assert await left.count() == 2
     await left.aclose()
@@ -324,7 +312,7 @@ async def test_writes_waiting_in_a_file_outbox_survive_a_restart(
     second = RedisStore.from_url(private_redis.url, outbox=await FileOutbox.open(path))
     try:
         async def settled() -> bool:
-            (status,) = await second.budgets(limits)
+            (status,) = await second.budgets(_TEAM_T)
             return (status.spent, status.held) == (0.75, 0.0)
 
         await eventually("the settle the stopped gateway left", settled)
@@ -334,6 +322,54 @@ async def test_writes_waiting_in_a_file_outbox_survive_a_restart(
     emptied = await FileOutbox.open(path)
     assert await emptied.count() == 0
     await emptied.aclose()
+
+
+_TEAM_T = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]
+
+
+async def _left_in_outbox(private_redis: PrivateRedis, path: Path) -> None:
+    """Request r1 holds 1.0 of team t's budget in Redis; its settle (0.75) and ledger
+    record are left in the outbox file ``path`` by a gateway that lost Redis and stopped."""
+    link = _Link(private_redis.port)
+    await link.start()
+    first = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05,
+                                outbox=await FileOutbox.open(path))
+    try:
+        held = await first.reserve("r1", _TEAM_T, tokens=10, cost=1.0)
+        assert isinstance(held, Reservation) and held.origin == "redis"
+        link.cut()  # Redis keeps the hold; this gateway cannot reach it
+        await first.settle(held, tokens=10, cost=0.75)
+        await first.record(replace(RECORD, request_id="r1"))
+        assert not first.available
+    finally:
+        await first.aclose()
+        await link.aclose()
+
+
+async def test_a_settle_two_workers_send_from_one_outbox_is_not_taken_for_a_loss(
+    private_redis: PrivateRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn's workers share one outbox file and may both send its oldest rows: the
+    second run of a settle found no reservation and logged that its spend was not
+    charged, though it was (once). It now knows the settle ran already."""
+    caplog.set_level(logging.DEBUG, "aigw.store")
+    path = tmp_path / "aigw-outbox.sqlite"
+    await _left_in_outbox(private_redis, path)
+    for suffix in ("-wal", "-shm", ""):  # the same rows, as the other worker reads them
+        if Path(f"{path}{suffix}").exists():
+            shutil.copy(f"{path}{suffix}", f"{tmp_path / 'other.sqlite'}{suffix}")
+    for worker in (path, tmp_path / "other.sqlite"):
+        await RedisStore.from_url(private_redis.url, outbox=await FileOutbox.open(worker)).aclose()
+    store = RedisStore.from_url(private_redis.url)
+    try:
+        (status,) = await store.budgets(_TEAM_T)
+        assert (status.spent, status.held) == (0.75, 0.0)  # charged once
+    finally:
+        await store.aclose()
+    settles = [(r.levelno, r.getMessage()) for r in caplog.records
+               if "queued settle" in r.getMessage()]
+    assert [level for level, _ in settles] == [logging.DEBUG], settles
+    assert "was applied already" in settles[0][1]
 
 
 async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(

@@ -21,7 +21,8 @@ time being, logged. Those local limits know only what this replica did during th
 outage (a budget starts from zero spent), and the spend of requests admitted locally
 is charged to Redis when it returns. Either way settles and ledger records wait in the
 ``outbox`` (outbox.py: a file, so a restart loses none, or memory) and are written once
-Redis answers again, which is tried at most every ``probe_interval`` seconds;
+Redis answers again, which is tried at most every ``probe_interval`` seconds (by the
+requests, and by a task of the store's own while the outbox holds writes);
 ``summary`` raises ``StoreUnavailable`` meanwhile. Any other error reply (an argument
 Redis refuses, a script's own failure) is not an outage: a healthy Redis refuses that
 call again and takes every other one, so it is that call's error (an ``InternalError``,
@@ -34,6 +35,7 @@ yes`` (and ``appendfsync always`` for every write on disk before the reply).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -147,6 +149,8 @@ class RedisStore:
         self._outbox = outbox or MemoryOutbox()
         self._spill = MemoryOutbox()  # what a failing outbox file could not keep
         self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # the flusher's wait for its next probe, cut short
+        self._closing = False  # set by aclose: the flusher stops probing
 
     @classmethod
     def from_url(
@@ -262,10 +266,12 @@ class RedisStore:
     async def aclose(self) -> None:
         """Write what is still queued if Redis answers, then close the connections (what
         Redis did not take stays in a file outbox for the next start)."""
+        self._closing = True
+        self._wake.set()
         try:
             if self._flusher is not None:
-                await self._flusher
-            if self._outbox.waiting or self._spill.waiting:
+                await self._flusher  # ends its current flush, or wakes from its wait
+            if self._waiting():
                 self._probe_at = 0.0
                 await self._flush()
         except Exception:  # a bug in the flush must not leave the file and the pool open
@@ -471,7 +477,7 @@ class RedisStore:
             log.warning("redis store reachable again after %.1f s",
                         time.monotonic() - self._down_since)
             self._down_since = None
-        if self._outbox.waiting or self._spill.waiting:
+        if self._waiting():
             self.flush_soon()
 
     def _failed_call(self, what: str, error: BaseException) -> InternalError:
@@ -483,9 +489,34 @@ class RedisStore:
         return InternalError("The gateway had an internal error; it is logged.")
 
     def flush_soon(self) -> None:
-        """Start delivering what waits in the outbox (once at a time), in a task."""
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="aigw-redis-outbox")
+        """Deliver what waits in the outbox now, in a task (one at a time) that goes on
+        probing Redis until the outbox is empty or the store closes."""
+        if not self._start_flusher():
+            self._wake.set()  # Redis answered: the flusher need not wait for its probe
+
+    def _start_flusher(self) -> bool:
+        """Start the flusher unless it runs (or the store is closing); True if started."""
+        if self._closing or (self._flusher is not None and not self._flusher.done()):
+            return False
+        self._wake.clear()
+        self._flusher = asyncio.create_task(self._deliver(), name="aigw-redis-outbox")
+        return True
+
+    def _waiting(self) -> bool:
+        return self._outbox.waiting or self._spill.waiting
+
+    async def _deliver(self) -> None:
+        """Flush, and while writes are left (Redis is away), flush again at each probe:
+        else a replica with no traffic kept its settles until a request reached Redis,
+        and their holds refused the other replicas' requests until the holds' TTL."""
+        while not self._closing:
+            self._wake.clear()
+            await self._flush()
+            if not self._waiting():
+                return
+            wait = max(self._probe_at - time.monotonic(), self._probe_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     def _unavailable(self) -> StoreUnavailable:
         error = StoreUnavailable("The rate limit and budget store is unavailable; try again.")
@@ -512,6 +543,7 @@ class RedisStore:
             log.error("redis store: the outbox could not keep a write (%s); it is kept in "
                       "memory until Redis answers", exc)
             await self._spill.put(queued)
+        self._start_flusher()
 
     async def _flush(self) -> None:
         """Deliver queued writes in order; stop at the first failure (kept for later)."""

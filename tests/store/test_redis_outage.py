@@ -10,6 +10,8 @@ import logging
 import math
 import shutil
 import signal
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -195,6 +197,11 @@ class _Link:
         for writer in self._open:
             writer.close()
 
+    async def mend(self) -> None:
+        """Take connections again, on the same port (after ``cut``)."""
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", port)
+
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open.append(writer)
         upstream_reader, upstream_writer = await asyncio.open_connection(
@@ -372,6 +379,63 @@ async def test_a_settle_two_workers_send_from_one_outbox_is_not_taken_for_a_loss
     assert "was applied already" in settles[0][1]
 
 
+def _outbox_tasks() -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "aigw-redis-outbox"]
+
+
+async def test_an_idle_gateway_sends_its_outbox_once_redis_answers_again(
+    private_redis: PrivateRedis,
+) -> None:
+    """The outbox was sent only after a call reached Redis again: a replica with no
+    traffic after an outage kept its settles and ledger records, and the holds it did
+    not settle refused the other replicas' requests until their TTL (15 minutes)."""
+    link = _Link(private_redis.port)
+    await link.start()
+    idle = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05)
+    other = RedisStore.from_url(private_redis.url)  # another replica, on the same Redis
+    try:
+        held = await idle.reserve("r1", _TEAM_T, tokens=10, cost=1.0)
+        assert isinstance(held, Reservation)
+        link.cut()
+        await idle.settle(held, tokens=10, cost=0.75)
+        await idle.record(replace(RECORD, request_id="r1"))
+        assert not idle.available
+        cpu = time.process_time()
+        await asyncio.sleep(0.5)  # ten probe intervals with Redis away: probes, no busy loop
+        assert time.process_time() - cpu < 0.25
+        await link.mend()  # and no call on the idle store from here on
+
+        async def settled() -> bool:
+            (status,) = await other.budgets(_TEAM_T)
+            return (status.spent, status.held) == (0.75, 0.0)
+
+        await eventually("the idle replica's settle", settled)
+        await eventually("its ledger record", lambda: in_ledger(private_redis.url, ["r1"]))
+        assert idle.available
+    finally:
+        await idle.aclose()
+        await other.aclose()
+        await link.aclose()
+    assert not _outbox_tasks()
+
+
+async def test_a_store_closed_while_redis_is_away_stops_probing(
+    private_redis: PrivateRedis,
+) -> None:
+    """The task that probes Redis for the outbox ends when the store closes, at once."""
+    link = _Link(private_redis.port)
+    await link.start()
+    link.cut()
+    store = RedisStore.from_url(link.url, timeout=0.3, probe_interval=60.0)
+    try:
+        await store.record(replace(RECORD, request_id="kept"))
+        assert len(_outbox_tasks()) == 1  # waiting for its next probe, a minute away
+    finally:
+        await asyncio.wait_for(store.aclose(), 5)
+        await link.aclose()
+    assert not _outbox_tasks()
+
+
 async def test_a_write_whose_script_fails_is_dropped_not_retried_forever(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -464,7 +528,7 @@ async def test_a_write_redis_refuses_for_now_waits_for_it(private_redis: Private
 
 async def _delivered_after_a_call(store: RedisStore, url: str, request_id: str) -> bool:
     try:
-        await store.reserve(f"probe-{request_id}", LIMITS, tokens=0, cost=0.0)  # a call
+        await store.reserve(f"probe-{uuid.uuid4().hex}", LIMITS, tokens=0, cost=0.0)  # a call
         # that reaches Redis starts the flush
     except StoreUnavailable:
         return False  # not yet: the next probe is a moment away

@@ -203,6 +203,7 @@ def freeze(
             store_outbox=settings.store_outbox,
             metrics_access=settings.metrics_access,
             body_read_timeout_s=settings.body_read_timeout_s,
+            ledger_retention_days=settings.ledger_retention_days,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

@@ -96,6 +96,11 @@ class SettingsSpec(Spec):
     reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
         900.0, description="A budget hold nobody settles (a crashed gateway) expires after this."
     )
+    ledger_retention_days: Annotated[int, Field(gt=0, le=36500)] | None = Field(
+        None,
+        description="Spend ledger records older than this many days are deleted (both "
+        "stores; unset keeps every record). Budgets are counted apart and keep counting.",
+    )
     ledger_sync: Literal["full", "normal"] = Field(
         "normal",
         description="Embedded store: 'normal' survives a killed gateway (kill -9) without an "

@@ -50,6 +50,7 @@ class StoreHandle:
     def __init__(
         self, url: str, root: Path, failure: str, ttl: float, sync: str,
         cache_entries: int = 10_000, outbox: str = "memory", cache_bytes: int = 128 << 20,
+        ledger_retention_days: int | None = None,
     ) -> None:
         self.url = url
         self.cache = open_cache(url, cache_entries, cache_bytes)
@@ -58,6 +59,7 @@ class StoreHandle:
         self._ttl = ttl
         self._sync = sync
         self._outbox = outbox
+        self._retention = ledger_retention_days * 86_400.0 if ledger_retention_days else None
         self._store: Store | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
@@ -71,7 +73,7 @@ class StoreHandle:
                 self._store = await open_store(
                     self.url, root=self._root, on_unavailable=self._failure,
                     reservation_ttl=self._ttl, synchronous=self._sync.upper(),
-                    outbox=self._outbox,
+                    outbox=self._outbox, ledger_retention=self._retention,
                 )
         return self._store
 

@@ -2,6 +2,8 @@
 
 A key sees its own usage on /v1/costs/summary; an admin key sees everyone's, there and
 on the /admin endpoints. Figures come from the spend ledger (one record per request).
+A summary with no ``since`` covers the ``DEFAULT_WINDOW_DAYS`` before ``until`` (or now),
+and the body says which ``since`` and ``until`` it covers; ``since=0`` asks for all.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +23,8 @@ from .live import Live
 from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
 
 _NOT_A_TIME = "'{name}' must be a Unix time or an ISO 8601 date."
+# Without a window, a summary read every record ever written (on Redis, each one in turn).
+DEFAULT_WINDOW_DAYS = 31
 _DIMENSIONS = ", ".join(dimension.value for dimension in Dimension)
 
 
@@ -58,10 +63,14 @@ def _query(request: Request, default: tuple[Dimension, ...]) -> UsageQuery:
     except ValueError:
         raise BadRequest(f"'group_by' takes a comma-separated list of: {_DIMENSIONS}.",
                          param="group_by") from None
+    since = _timestamp(params.get("since"), "since")
+    until = _timestamp(params.get("until"), "until")
+    if since is None:
+        since = (time.time() if until is None else until) - DEFAULT_WINDOW_DAYS * 86_400
     return UsageQuery(
         group_by=group_by or default,
-        since=_timestamp(params.get("since"), "since"),
-        until=_timestamp(params.get("until"), "until"),
+        since=since,
+        until=until,
         team=params.get("team") or None,
         key=params.get("key") or None,
     )
@@ -73,6 +82,8 @@ async def _summary(live: Live, query: UsageQuery) -> Response:
     return JSONResponse({
         "object": "list",
         "group_by": [dimension.value for dimension in query.group_by],
+        "since": query.since,
+        "until": query.until,
         "data": [dataclasses.asdict(row) for row in rows],
     })
 

@@ -5,7 +5,8 @@ Counters live in ``MemoryLimits``; its methods await nothing, so each check-and-
 is atomic on the event loop. SQLite is only touched through the one writer thread of
 ``SQLiteFile``: ledger records are awaited until committed, budget spend is queued
 behind them (``post``), so it is on disk no later than the request's ledger record.
-Rate-limit buckets are not persisted: after a restart every bucket starts full.
+Rate-limit buckets are not persisted: after a restart every bucket starts full. With a
+ledger retention, records older than it are deleted by the first record written each hour.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from types import TracebackType
 
 from .checks import budget_checks, plan, reservation_budgets
 from .memory import Counter, MemoryLimits
-from .sqlite_file import SQLiteFile, add_spend, insert_record, load_spend, usage
+from .sqlite_file import (
+    SQLiteFile,
+    add_spend,
+    delete_records_before,
+    insert_record,
+    load_spend,
+    usage,
+)
 from .values import (
     BudgetStatus,
     Clock,
@@ -31,19 +39,23 @@ from .values import (
 )
 
 DEFAULT_TTL = 600.0
+TRIM_EVERY_S = 3600.0
 
 
 class EmbeddedStore:
     """``Store`` for one process; open it with ``await EmbeddedStore.open(path)``."""
 
     def __init__(
-        self, db: SQLiteFile, *, clock: Clock | None = None, reservation_ttl: float = DEFAULT_TTL
+        self, db: SQLiteFile, *, clock: Clock | None = None, reservation_ttl: float = DEFAULT_TTL,
+        ledger_retention: float | None = None,
     ) -> None:
         self.path = db.path
         self._db = db
         self._clock = clock or SystemClock()
         self._ttl = reservation_ttl
         self._limits = MemoryLimits("embedded")
+        self._retention = ledger_retention  # seconds a ledger record is kept; None: forever
+        self._trim_at = 0.0  # when the records past the retention are next deleted
 
     @classmethod
     async def open(
@@ -53,9 +65,11 @@ class EmbeddedStore:
         clock: Clock | None = None,
         reservation_ttl: float = DEFAULT_TTL,
         synchronous: str = "FULL",
+        ledger_retention: float | None = None,
     ) -> EmbeddedStore:
         db = await SQLiteFile.open(path, synchronous=synchronous)
-        return cls(db, clock=clock, reservation_ttl=reservation_ttl)
+        return cls(db, clock=clock, reservation_ttl=reservation_ttl,
+                   ledger_retention=ledger_retention)
 
     async def reserve(
         self,
@@ -88,6 +102,10 @@ class EmbeddedStore:
 
     async def record(self, record: LedgerRecord) -> None:
         await self._db.call(partial(insert_record, record), single=True)
+        if self._retention is not None and (now := self._clock.now()) >= self._trim_at:
+            # Queued behind the records, not awaited: at most once every TRIM_EVERY_S.
+            self._trim_at = now + TRIM_EVERY_S
+            self._db.post(partial(delete_records_before, now - self._retention))
 
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         return await self._db.call(partial(usage, query))

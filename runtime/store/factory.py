@@ -23,13 +23,15 @@ async def open_store(
     reservation_ttl: float = DEFAULT_TTL,
     synchronous: str = "FULL",
     outbox: str = "memory",
+    ledger_retention: float | None = None,
 ) -> Store:
     """Open the store ``url`` names; relative files are relative to ``root`` (or cwd).
 
     ``embedded`` is ``<root>/aigw.sqlite``, ``embedded:/var/lib/aigw/spend.sqlite`` a
     file of your choice, and ``redis://127.0.0.1:6379/0`` (or ``rediss://``,
     ``unix://``) a Redis server shared by every replica; it is not contacted until
-    the first call, so a gateway starts while Redis is down. ``on_unavailable``
+    the first call, so a gateway starts while Redis is down. ``ledger_retention`` (seconds;
+    None keeps every record) is how long ledger records are kept. ``on_unavailable``
     (``fail_closed`` or ``fail_open``), ``namespace`` and ``outbox`` (where writes wait
     while Redis is unreachable: a file, relative to ``root``, or ``memory``) apply to
     Redis only.
@@ -38,7 +40,8 @@ async def open_store(
         file = url.partition(":")[2] or DEFAULT_FILE
         path = Path(file) if file == ":memory:" else (root or Path.cwd()) / file
         return await EmbeddedStore.open(
-            path, clock=clock, reservation_ttl=reservation_ttl, synchronous=synchronous
+            path, clock=clock, reservation_ttl=reservation_ttl, synchronous=synchronous,
+            ledger_retention=ledger_retention,
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
         outbox_file = None if outbox == "memory" else (root or Path.cwd()) / outbox
@@ -50,6 +53,7 @@ async def open_store(
             clock=clock,
             reservation_ttl=reservation_ttl,
             outbox=queued,
+            ledger_retention=ledger_retention,
         )
         if queued.waiting:  # what a stopped gateway left: sent now, not at the next request
             store.flush_soon()

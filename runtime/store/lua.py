@@ -4,7 +4,8 @@ They mirror ``checks.py``: token buckets (hash ``level``, ``since``; refill cap/
 second) and budget counters (hash ``spent``, ``held`` and ``h:<request id>`` per hold,
 plus a sorted set of holds by expiry). Time comes from the caller (ARGV), so every
 replica and the tests share one notion of it; a bucket never moves back in time.
-Every key a script touches is passed in KEYS. Money is integer nanos.
+Every key a script touches is passed in KEYS (but the old ledger records a retention
+deletes). Money is integer nanos.
 """
 
 from __future__ import annotations
@@ -222,11 +223,33 @@ return out
 """
 )
 
-# KEYS: the record's hash, the ledger's index (sorted by time).
-# ARGV: request id, at, then field, value pairs. Returns 1, or 0 if recorded already.
+# KEYS: the record's hash, the ledger (request ids by time), then its indexes by key and by
+# team (as many as the record has a key and a team), sorted by time too.
+# ARGV: request id, at, retention ms (0: forever), the cutoff time (records before it are
+# past the retention), the records' hash prefix, then field, value pairs.
+# Returns 1, or 0 if recorded already. With a retention, it drops up to 100 records past it
+# from each of its indexes, deleting their hashes (named from their request ids, percent-
+# encoded as Python's quote(safe="") does: the one place keys come from ARGV), and sets each
+# key to expire once nothing was written to it for the retention.
 RECORD = """
+local function hash_key(rid)
+  return ARGV[5] .. (string.gsub(rid, '[^%w_.~-]', function(c)
+    return string.format('%%%02X', string.byte(c))
+  end))
+end
+local function trim(zk, cutoff)
+  local old = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. cutoff, 'LIMIT', 0, 100)
+  if #old > 0 then redis.call('ZREM', zk, unpack(old)) end
+  return old
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+for i = 2, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  for _, rid in ipairs(trim(KEYS[2], ARGV[4])) do redis.call('DEL', hash_key(rid)) end
+  for i = 3, #KEYS do trim(KEYS[i], ARGV[4]) end
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
+end
 return 1
 """

@@ -10,8 +10,7 @@ reach another subject's key)::
     res:<request id>                          reserved and not yet settled (or "settled",
                                               by a settle sent from the outbox)
     charged:<request id>                      a locally made reservation, charged
-    rec:<request id>                          one ledger record (a hash)
-    ledger                                    request ids by time
+    rec:<request id>, ledger...               the spend ledger (redis_ledger.py)
 
 When Redis cannot answer (connection refused, timeout, or refusing every write for now:
 out of memory, a read-only replica, still loading), ``on_unavailable`` decides:
@@ -44,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
@@ -78,7 +77,7 @@ from .checks import (
 )
 from .memory import MemoryLimits
 from .outbox import Arg, Invocation, MemoryOutbox, Outbox
-from .usage import Summary
+from .redis_ledger import RedisLedger
 from .values import (
     NANOS,
     BudgetStatus,
@@ -97,7 +96,6 @@ from .values import (
 log = logging.getLogger("aigw.store")
 
 DEFAULT_TTL = 600.0
-PAGE = 500
 # What a call to Redis raises when it fails; ``unreachable`` tells an outage from the rest.
 REDIS_ERRORS = (RedisError, OSError)
 
@@ -124,6 +122,7 @@ class RedisStore:
         reservation_ttl: float = DEFAULT_TTL,
         probe_interval: float = 1.0,
         outbox: Outbox | None = None,
+        ledger_retention: float | None = None,
     ) -> None:
         self._redis = client
         self._ns = namespace
@@ -139,10 +138,11 @@ class RedisStore:
                 ("abandon", lua.ABANDON),
                 ("charge", lua.CHARGE),
                 ("budgets", lua.BUDGETS),
-                ("record", lua.RECORD),
+                ("ledger_record", lua.RECORD),
             )
         }
         self._local = MemoryLimits("local")
+        self._ledger = RedisLedger(client, namespace, ledger_retention)
         self._down_since: float | None = None
         self._probe_at = 0.0
         self._last_error: BaseException | None = None
@@ -248,12 +248,12 @@ class RedisStore:
         raise self._unavailable()
 
     async def record(self, record: LedgerRecord) -> None:
-        await self._write(self._record(record))
+        await self._write(self._ledger.record(record))
 
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         if self._reachable():
             try:
-                rows = await self._summary(query)
+                rows = await self._ledger.summary(query)
             except REDIS_ERRORS as exc:
                 if not unreachable(exc):
                     raise self._failed_call("summary", exc) from exc
@@ -409,46 +409,9 @@ class RedisStore:
             for budget, spent, held in zip(checks.budgets, reply[::2], reply[1::2], strict=True)
         )
 
-    def _record(self, record: LedgerRecord) -> Invocation:
-        keys = [self._key("rec", quote(record.request_id, safe="")), self._key("ledger")]
-        args: list[Arg] = [record.request_id, record.at]
-        for field, value in encode_record(record).items():
-            args += [field, value]
-        return Invocation("record", tuple(keys), tuple(args))
-
     async def _invoke(self, invocation: Invocation) -> object:
         return await self._scripts[invocation.script](keys=list(invocation.keys),
                                                       args=list(invocation.args))
-
-    async def _summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
-        """Walk the ledger index over the time range, a page at a time, by score (so
-        records written meanwhile are neither counted twice nor make others skip)."""
-        summary = Summary(query)
-        low = -math.inf if query.since is None else query.since
-        high = "+inf" if query.until is None else f"({query.until!r}"
-        seen_at_low: set[str] = set()
-        while True:
-            wanted = PAGE + len(seen_at_low)
-            page = cast(
-                list[tuple[str, float]],
-                await self._redis.zrangebyscore(
-                    self._key("ledger"), low, high, start=0, num=wanted, withscores=True
-                ),
-            )
-            fresh = [(rid, at) for rid, at in page if not (at == low and rid in seen_at_low)]
-            if fresh:
-                pipe = self._redis.pipeline(transaction=False)
-                for rid, _ in fresh:
-                    pipe.hgetall(self._key("rec", quote(rid, safe="")))
-                for fields in await pipe.execute():
-                    if fields:
-                        summary.add(decode_record(fields))
-            if len(page) < wanted:
-                return summary.rows()
-            last = page[-1][1]
-            same = {rid for rid, at in page if at == last}
-            seen_at_low = same | seen_at_low if last == low else same
-            low = last
 
     def _reachable(self) -> bool:
         """Whether to try Redis now: always while it answers, then once per probe interval."""
@@ -563,7 +526,8 @@ class RedisStore:
                 return True
             delivered = None
             try:
-                for seq, invocation in batch:
+                for seq, queued in batch:
+                    invocation = self._ledger.upgraded(queued)
                     try:
                         answer = await self._invoke(invocation)
                     except REDIS_ERRORS as exc:
@@ -662,42 +626,3 @@ def _dropped(invocation: Invocation, error: BaseException) -> None:
     queued to block every later write."""
     log.error("redis store: the %s script failed for %s (%s); the write is dropped",
               invocation.script, invocation.keys[0] if invocation.keys else "?", error)
-
-
-def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
-    """A ledger record as hash fields; a missing team, user... is a missing field."""
-    fields: dict[str, str | int | float] = {
-        "request_id": record.request_id,
-        "at": record.at,
-        "tokens_in": record.tokens_in,
-        "tokens_out": record.tokens_out,
-        "tokens_cached": record.tokens_cached,
-        "cost_nanos": round(record.cost * NANOS),
-        "latency_ms": record.latency_ms,
-        "status": record.status,
-        "fingerprint": record.fingerprint,
-    }
-    for name in ("key", "team", "user", "route", "deployment"):
-        value = getattr(record, name)
-        if value is not None:
-            fields[name] = value
-    return fields
-
-
-def decode_record(fields: dict[str, str]) -> LedgerRecord:
-    return LedgerRecord(
-        request_id=fields["request_id"],
-        at=float(fields["at"]),
-        key=fields.get("key"),
-        team=fields.get("team"),
-        user=fields.get("user"),
-        route=fields.get("route"),
-        deployment=fields.get("deployment"),
-        tokens_in=int(fields["tokens_in"]),
-        tokens_out=int(fields["tokens_out"]),
-        cost=int(fields["cost_nanos"]) / NANOS,
-        latency_ms=float(fields["latency_ms"]),
-        status=int(fields["status"]),
-        fingerprint=fields["fingerprint"],
-        tokens_cached=int(fields.get("tokens_cached", 0)),  # absent from older records
-    )

@@ -336,6 +336,11 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
     return cursor.rowcount == 1
 
 
+def delete_records_before(cutoff: float, connection: sqlite3.Connection) -> None:
+    """Forget the ledger records older than ``cutoff`` (the ledger's retention)."""
+    connection.execute("DELETE FROM ledger WHERE at < ?", (cutoff,))
+
+
 def add_spend(charges: tuple[tuple[Counter, int], ...], connection: sqlite3.Connection) -> None:
     connection.executemany(
         "INSERT INTO budget_spend VALUES (?, ?, ?, ?) ON CONFLICT (scope, name, period) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ from aigw.compiler import compile_gateway
 from aigw.runtime.admission import deployment_limits, worst_case
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
-from aigw.runtime.store import Reservation, Store
+from aigw.runtime.store import LedgerRecord, Reservation, Store
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import REPO
@@ -257,6 +258,38 @@ async def test_a_time_that_is_no_number_is_a_400_not_a_redis_outage(
             assert refused.json()["error"]["param"] == "since"
             answered = await http.post(CHAT, json=_ask("free"))
             assert answered.status_code == 200, answered.text
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_summary_with_no_since_covers_the_last_31_days(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """With no time range, a summary read every record ever written (on Redis each one,
+    summed in Python, on the replica's event loop)."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    gateway = Gateway(tmp_path, counter)
+    try:
+        store = await gateway.store.get()
+        now = time.time()
+        for name, days in (("recent", 30), ("old", 32)):
+            await store.record(LedgerRecord(
+                request_id=name, at=now - days * 86_400, key="alice", team="eng", user=None,
+                route="paid", deployment="paid", tokens_in=1, tokens_out=1, cost=2.0,
+                latency_ms=1.0, status=200, fingerprint="f" * 64))
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test") as http:
+            alice = {"Authorization": f"Bearer {KEYS['alice']}"}
+            body = (await http.get("/v1/costs/summary?group_by=key", headers=alice)).json()
+            assert [row["requests"] for row in body["data"]] == [1]
+            assert now - 31 * 86_400 <= body["since"] <= time.time() - 31 * 86_400
+            assert body["until"] is None
+            every = (await http.get("/v1/costs/summary?group_by=key&since=0",
+                                    headers=alice)).json()
+            assert [row["requests"] for row in every["data"]] == [2]
+            dev = {"Authorization": f"Bearer {KEYS['dev']}"}
+            spend = (await http.get("/admin/spend?key=alice", headers=dev)).json()["data"]
+            assert [row["requests"] for row in spend] == [1]
     finally:
         await gateway.aclose()
 

@@ -94,7 +94,9 @@ class SettingsSpec(Spec):
         pattern=r"^\S+$",
     )
     reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
-        900.0, description="A budget hold nobody settles (a crashed gateway) expires after this."
+        900.0,
+        description="A budget hold nobody settles (a crashed gateway) expires after this; "
+        "a request renews its holds every half of it while it runs.",
     )
     ledger_retention_days: Annotated[int, Field(gt=0, le=36500)] | None = Field(
         None,

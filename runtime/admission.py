@@ -89,6 +89,26 @@ class StoreHandle:
         """A stream's budget check reached the store (the next outage is logged again)."""
         self._unchecked = False
 
+    def keep(self, admission: Admission) -> None:
+        """Renew ``admission``'s budget holds every half TTL until it is settled: a hold
+        counts from the reservation, so a call longer than ``reservation_ttl_s`` let its
+        hold lapse while it ran, and others spent the budget it was to be charged to."""
+        reservation = admission.reservation
+        if reservation is None or not reservation.periods or admission.settled:
+            return  # no budget held: nothing lapses
+        admission.renewal = asyncio.get_running_loop().call_later(
+            self._ttl / 2, self._renew, admission)
+
+    def _renew(self, admission: Admission) -> None:
+        admission.renewal = None
+        if not admission.settled and self._store is not None:  # not closed meanwhile
+            self._finishing.spawn(self._renewed(admission))
+
+    async def _renewed(self, admission: Admission) -> None:
+        assert admission.reservation is not None
+        await admission.store.renew(admission.reservation, ttl=self._ttl)
+        self.keep(admission)
+
     def finish(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (the settlement of a request whose task was cancelled half-way
         through it) in a task of its own, which ``aclose`` waits for."""
@@ -175,6 +195,7 @@ class Admission:
     reservation: Reservation | None
     limits: tuple[Limits, ...]
     settled: bool = False
+    renewal: asyncio.TimerHandle | None = None  # its holds' next renewal (StoreHandle.keep)
 
     def headers(self) -> dict[str, str]:
         return self.reservation.headers() if self.reservation is not None else {}
@@ -186,6 +207,7 @@ class Admission:
     async def settle(self, tokens: int, cost: float) -> None:
         if self.settled:
             return
+        self._stop_renewing()
         if self.reservation is not None:
             await self.store.settle(self.reservation, tokens=tokens, cost=cost)
         self.settled = True
@@ -193,9 +215,15 @@ class Admission:
     async def release(self) -> None:
         if self.settled:
             return
+        self._stop_renewing()
         if self.reservation is not None:
             await self.store.release(self.reservation)
         self.settled = True
+
+    def _stop_renewing(self) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()
+            self.renewal = None
 
     async def spent_budget(self, limits: tuple[Limits, ...]) -> BudgetStatus | None:
         """The first of ``limits``' budgets that has run out: spent and held (this

@@ -102,6 +102,7 @@ class Exchange:
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         self.admission = admission = await admit(store, record, limits, tokens, cost)
+        live.store.keep(admission)
         if plan.gate is not None and plan.gate.budget_pending:
             plan.gate.learn_budget(admission.reservation.budget_remaining
                                    if admission.reservation is not None else None)
@@ -128,6 +129,7 @@ class Exchange:
         store = await self.live.store.get()
         self.admission = await admit(store, self.record, subject_limits(key, self.user),
                                      tokens, cost)
+        self.live.store.keep(self.admission)
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}

@@ -14,7 +14,8 @@ One request, in the order the handler calls it::
 
 ``reserve`` checks and takes every scope in ``limits`` at once, or nothing.
 ``settle`` and ``release`` are idempotent (the second call does nothing), and a
-reservation nobody settles gives its budget hold back after its TTL. ``record`` is
+reservation nobody settles gives its budget hold back after its TTL, which ``renew``
+pushes back while the call runs. ``record`` is
 idempotent by request id and returns once the record is durable.
 """
 
@@ -52,6 +53,13 @@ class Store(Protocol):
     async def release(self, reservation: Reservation) -> None:
         """The call did not happen: give back the tokens and the budget hold (the
         request still counts against requests per minute). Same as settling zero."""
+        ...
+
+    async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
+        """The call still runs: its budget holds last ``ttl`` seconds from now (the
+        store's default when None). A hold that lapsed already stays lapsed; renewing a
+        settled reservation does nothing, and a store that cannot answer is not an error
+        (the hold keeps the expiry it had)."""
         ...
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:

@@ -95,6 +95,10 @@ class EmbeddedStore:
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, tokens=0, cost=0.0)
 
+    async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
+        self._limits.renew(reservation.request_id, self._clock.now(),
+                           self._ttl if ttl is None else ttl)
+
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
         checks = budget_checks(limits, self._clock.now())
         await self._load(tuple(check.counter for check in checks))

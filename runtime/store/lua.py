@@ -195,6 +195,25 @@ return 1
 """
 )
 
+# Push back the expiry of a request's budget holds while its call runs; holds that lapsed
+# already (and a settled or abandoned reservation's) are left alone.
+# KEYS: reservation marker, ng (budget hash, expiry set) pairs.
+# ARGV: request id, now, the holds' new expiry, the marker's new ttl ms.
+# Returns how many holds it renewed.
+RENEW = """
+local marker = redis.call('GET', KEYS[1])
+if not marker or marker == 'settled' or marker == 'abandoned' then return 0 end
+local now, renewed = tonumber(ARGV[2]), 0
+for j = 2, #KEYS, 2 do
+  local expires = tonumber(redis.call('ZSCORE', KEYS[j + 1], ARGV[1]))
+  if expires and expires > now and redis.call('HEXISTS', KEYS[j], 'h:' .. ARGV[1]) == 1 then
+    renewed = renewed + redis.call('ZADD', KEYS[j + 1], 'XX', 'CH', ARGV[3], ARGV[1])
+  end
+end
+if renewed > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return renewed
+"""
+
 # Charge the spend of a reservation made locally while Redis was unreachable, once.
 # KEYS: charge marker, ng budget hashes. ARGV: marker ttl s, cost, ng x keep s.
 CHARGE = """

@@ -130,6 +130,15 @@ class MemoryLimits:
             bucket.level = min(float(refund.cap), bucket.level + refund.need)
         return charge
 
+    def renew(self, request_id: str, now: float, ttl: float) -> None:
+        """Hold ``request_id``'s budgets until ``now + ttl`` (if it holds them still)."""
+        self._expire(now)
+        opened = self._open.get(request_id)
+        if opened is None or not opened.holding or now + ttl <= opened.deadline:
+            return
+        self._open[request_id] = _Open(now + ttl, opened.counters, holding=True)
+        heapq.heappush(self._timers, (now + ttl, request_id))  # the old timer goes stale
+
     def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
         self._expire(now)
         statuses = []

@@ -73,6 +73,7 @@ from .checks import (
     keep_seconds,
     plan,
     rate_status,
+    reservation_budgets,
     settle_plan,
 )
 from .memory import MemoryLimits
@@ -136,6 +137,7 @@ class RedisStore:
                 ("reserve", lua.RESERVE),
                 ("settle", lua.SETTLE),
                 ("abandon", lua.ABANDON),
+                ("renew", lua.RENEW),
                 ("charge", lua.CHARGE),
                 ("budgets", lua.BUDGETS),
                 ("ledger_record", lua.RECORD),
@@ -229,6 +231,28 @@ class RedisStore:
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, tokens=0, cost=0.0)
+
+    async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
+        now = self._clock.now()
+        ttl = self._ttl if ttl is None else ttl
+        if reservation.origin == self._local.origin:
+            self._local.renew(reservation.request_id, now, ttl)
+            return
+        if not self._reachable():
+            return  # the hold keeps its expiry; renewing it later is the next call's
+        keys = [self._key("res", quote(reservation.request_id, safe=""))]
+        for budget in reservation_budgets(reservation):
+            keys += self._budget_keys(budget)
+        try:
+            await self._scripts["renew"](
+                keys=keys, args=[reservation.request_id, now, now + ttl, _marker_ms(ttl)])
+        except REDIS_ERRORS as exc:
+            if not unreachable(exc):
+                self._failed_call("renew", exc)
+                return
+            self._lost(exc)
+        else:
+            self._back()
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
         now = self._clock.now()

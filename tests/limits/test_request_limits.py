@@ -294,6 +294,38 @@ async def test_a_summary_with_no_since_covers_the_last_31_days(
         await gateway.aclose()
 
 
+async def test_a_call_longer_than_the_reservation_ttl_keeps_its_hold(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """A hold lasted reservation_ttl_s from the reservation whatever the call did: a call
+    that took longer let it lapse while it ran, and the budget it was to be charged to
+    could be spent by others meanwhile (more than the docs say it can be overspent)."""
+    (tmp_path / "gateway.yaml").write_text(
+        limits_config(settings="  reservation_ttl_s: 0.4").replace(
+            "local: {type: echo}", "local: {type: echo, latency: {first_token_ms: 1500}}"))
+    gateway = Gateway(tmp_path, counter)
+    try:
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test") as http:
+            call = asyncio.create_task(http.post(
+                CHAT, json=_ask("paid", max_tokens=5),
+                headers={"Authorization": f"Bearer {KEYS['alice']}"}))
+            await asyncio.sleep(1.0)  # the call runs on, 2.5 TTLs after its reservation
+            dev = {"Authorization": f"Bearer {KEYS['dev']}"}
+
+            async def team() -> tuple[float, float]:
+                budgets = (await http.get("/admin/budgets", headers=dev)).json()["data"]
+                eng = next(b for b in budgets if b["name"] == "eng")
+                return eng["spent"], eng["held"]
+
+            assert await team() == (0, 14)  # 9 prompt tokens and 5 out, at 1 a token
+            answered = await call
+            assert answered.status_code == 200, answered.text
+            assert await team() == (12, 0)
+    finally:
+        await gateway.aclose()
+
+
 async def test_metrics_show_each_declared_budgets_use(limited: ClientFactory) -> None:
     """aigw_budget_used_ratio, what the BudgetExhausted alert reads: teams and keys the
     graph gives a budget, never end users (their names are client input)."""

@@ -307,6 +307,33 @@ async def test_reservations_expire_and_a_late_settle_still_charges_once(
     assert (status.spent, status.held) == (0.3, 0.6)
 
 
+async def test_a_renewed_hold_outlives_its_first_ttl_and_settles_once(
+    store: Store, clock: ManualClock
+) -> None:
+    """A hold counted from its reservation: a call longer than the TTL lost it midway,
+    and other requests spent the budget it was to be charged to."""
+    limits = [Limits(Scope.TEAM, "engineering", budget=Budget(1.0))]
+    running = await store.reserve("r1", limits, tokens=0, cost=0.6, ttl=30.0)
+    assert isinstance(running, Reservation)
+    for _ in range(3):  # 60 s in all, renewed every 20 s
+        clock.advance(20.0)
+        await store.renew(running, ttl=30.0)
+    (status,) = await store.budgets(limits)
+    assert status.held == 0.6
+    await denied(store, "r2", limits, cost=0.6)
+    await store.settle(running, tokens=0, cost=0.5)
+    await store.renew(running, ttl=30.0)  # settled: nothing to renew
+    (status,) = await store.budgets(limits)
+    assert (status.spent, status.held) == (0.5, 0.0)
+    clock.advance(31.0)
+    lapsed = await store.reserve("r3", limits, tokens=0, cost=0.1, ttl=30.0)
+    assert isinstance(lapsed, Reservation)
+    clock.advance(31.0)
+    await store.renew(lapsed, ttl=30.0)  # too late: a lapsed hold stays lapsed
+    (status,) = await store.budgets(limits)
+    assert (status.spent, status.held) == (0.5, 0.0)
+
+
 async def test_a_free_request_on_a_budget_is_held_and_released_like_any_other(
     store: Store, clock: ManualClock
 ) -> None:

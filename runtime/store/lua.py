@@ -242,6 +242,15 @@ return out
 """
 )
 
+# A name as the store puts it in a key: percent-encoded as Python's quote(name, safe="").
+_QUOTED = """
+local function quoted(name)
+  return (string.gsub(name, '[^%w_.~-]', function(c)
+    return string.format('%%%02X', string.byte(c))
+  end))
+end
+"""
+
 # KEYS: the record's hash, the ledger (request ids by time), then its indexes by key and by
 # team (as many as the record has a key and a team), sorted by time too.
 # ARGV: request id, at, retention ms (0: forever), the cutoff time (records before it are
@@ -250,11 +259,9 @@ return out
 # from each of its indexes, deleting their hashes (named from their request ids, percent-
 # encoded as Python's quote(safe="") does: the one place keys come from ARGV), and sets each
 # key to expire once nothing was written to it for the retention.
-RECORD = """
+RECORD = _QUOTED + """
 local function hash_key(rid)
-  return ARGV[5] .. (string.gsub(rid, '[^%w_.~-]', function(c)
-    return string.format('%%%02X', string.byte(c))
-  end))
+  return ARGV[5] .. quoted(rid)
 end
 local function trim(zk, cutoff)
   local old = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. cutoff, 'LIMIT', 0, 100)
@@ -271,4 +278,23 @@ if keep > 0 then
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
 end
 return 1
+"""
+
+# Put up to `count` records of the ledger, from score `low` (skipping the first `offset` at
+# it), in the indexes by key and by team, which records written before those existed are
+# missing (the keys are named from the records' fields, under the namespace in ARGV).
+# KEYS: the ledger. ARGV: low, offset, count, the namespace's prefix ("aigw:").
+# Returns {records read, the last one's score, how many of them had that score}.
+INDEX_OLD_RECORDS = _QUOTED + """
+local page = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES',
+                        'LIMIT', ARGV[2], ARGV[3])
+local last, same = ARGV[1], 0
+for i = 1, #page, 2 do
+  local rid, at = page[i], page[i + 1]
+  local owner = redis.call('HMGET', ARGV[4] .. 'rec:' .. quoted(rid), 'key', 'team')
+  if owner[1] then redis.call('ZADD', ARGV[4] .. 'ledger:key:' .. quoted(owner[1]), at, rid) end
+  if owner[2] then redis.call('ZADD', ARGV[4] .. 'ledger:team:' .. quoted(owner[2]), at, rid) end
+  if at == last then same = same + 1 else last, same = at, 1 end
+end
+return {#page / 2, last, same}
 """

@@ -72,9 +72,13 @@ async def test_records_an_older_version_wrote_are_in_key_and_team_summaries(
     """Written before the key and team indexes existed (straight into the ledger, or
     left in an outbox file by the older gateway): indexed once, not lost from summaries."""
     client = redis.Redis.from_url(private_redis.url, decode_responses=True)
-    older = ledger_record("older", key="quiet", team="small")
-    client.hset(f"aigw:rec:{older.request_id}", mapping=encode_record(older))
-    client.zadd("aigw:ledger", {older.request_id: older.at})
+    pipe = client.pipeline(transaction=False)
+    for n in range(2_500):  # pages of the indexing, a thousand of them at one time
+        older = ledger_record(f"older:{n}", key="quiet", team="small",
+                              at=RECORD.at + (0 if n % 3 else n))
+        pipe.hset(f"aigw:rec:{quote(older.request_id, safe='')}", mapping=encode_record(older))
+        pipe.zadd("aigw:ledger", {older.request_id: older.at})
+    pipe.execute()
     queued = ledger_record("queued", key="quiet", team="small")
     outbox = await FileOutbox.open(tmp_path / "outbox.sqlite")
     args = [queued.request_id, queued.at]
@@ -91,12 +95,12 @@ async def test_records_an_older_version_wrote_are_in_key_and_team_summaries(
             try:
                 for query in (UsageQuery(group_by=(), key="quiet"),
                               UsageQuery(group_by=(), team="small")):
-                    assert [row.requests for row in await store.summary(query)] == [2]
+                    assert [row.requests for row in await store.summary(query)] == [2_501]
             finally:
                 await store.aclose()
     finally:
         client.close()
-    assert caplog.text.count("indexing the ledger's 2 records") == 1
+    assert caplog.text.count("indexing the ledger's 2501 records") == 1
 
 
 @pytest.fixture(params=["embedded", "redis"])

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,15 @@ class StoreHandle:
         reservation = admission.reservation
         if reservation is None or not reservation.periods or admission.settled:
             return  # no budget held: nothing lapses
+        # By weak reference: a request dropped without a settle (a bug) must not hold its
+        # budget for as long as the process lives; its hold lapses after the TTL, as before.
         admission.renewal = asyncio.get_running_loop().call_later(
-            self._ttl / 2, self._renew, admission)
+            self._ttl / 2, self._renew, weakref.ref(admission))
 
-    def _renew(self, admission: Admission) -> None:
+    def _renew(self, held: weakref.ref[Admission]) -> None:
+        admission = held()
+        if admission is None:
+            return
         admission.renewal = None
         if not admission.settled and self._store is not None:  # not closed meanwhile
             self._finishing.spawn(self._renewed(admission))
@@ -187,7 +193,7 @@ def worst_case(
     return tokens, cost
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Admission:
     """A request's hold on its limits, settled exactly once."""
 

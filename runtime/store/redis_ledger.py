@@ -88,9 +88,15 @@ class RedisLedger:
         if invocation.script != "record":
             return invocation
         args = invocation.args
-        fields = {str(name): str(value) for name, value in zip(args[2::2], args[3::2],
-                                                                 strict=True)}
-        return self.record(decode_record(fields))
+        try:
+            fields = {str(name): str(value) for name, value in zip(args[2::2], args[3::2],
+                                                                     strict=True)}
+            return self.record(decode_record(fields))
+        except (KeyError, ValueError) as exc:  # damaged: sent as it is, the script it names
+            # is unknown, so it is dropped (logged), not left to block the outbox
+            log.error("redis store: a queued ledger record of an older aigw cannot be read "
+                      "(%s)", exc)
+            return invocation
 
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         """Usage from the narrowest index, a page of records at a time."""

@@ -8,9 +8,9 @@ A bad body becomes a ``BadRequest`` naming the offending parameter.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import BadRequest
 
@@ -71,15 +71,13 @@ class ChatRequest(BaseModel):
     user: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    # Set on a request lowered from Anthropic's Messages API that carries cache_control
-    # marks or top_k: Anthropic's own hints then, which the Anthropic-family adapters
-    # honour and the OpenAI-format ones leave out (the app never wrote them for such a
-    # server, and some refuse them). Those a client sends itself pass through as ever.
-    _anthropic_hints: bool = PrivateAttr(default=False)
-
-    @property
-    def anthropic_hints(self) -> bool:
-        return self._anthropic_hints
+    # True on a request lowered from Anthropic's Messages API that carries cache_control
+    # marks or top_k (``HintedChatRequest``): Anthropic's own hints then, which the
+    # Anthropic-family adapters honour and the OpenAI-format ones leave out (the app
+    # never wrote them for such a server, and some refuse them). Those a client sends
+    # itself pass through as ever. A class's, not a private attribute: pydantic sets
+    # those up (a deep copy of the default) on every request parsed.
+    anthropic_hints: ClassVar[bool] = False
 
     @property
     def output_limit(self) -> int | None:
@@ -113,11 +111,16 @@ def chat_request_from(body: dict[str, Any], *, anthropic_hints: bool = False) ->
     what does not validate (an empty content list, say) is the client's ``BadRequest``,
     never a 500. ``anthropic_hints``: see ``ChatRequest.anthropic_hints``."""
     try:
-        request = ChatRequest.model_validate(body)
+        return (HintedChatRequest if anthropic_hints else ChatRequest).model_validate(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
-    request._anthropic_hints = anthropic_hints
-    return request
+
+
+class HintedChatRequest(ChatRequest):
+    """A request from Anthropic's Messages API with Anthropic's hints in it (see
+    ``ChatRequest.anthropic_hints``)."""
+
+    anthropic_hints: ClassVar[bool] = True
 
 
 def finite(value: object) -> bool:

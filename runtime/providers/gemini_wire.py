@@ -123,14 +123,16 @@ def contents(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], list[di
 
 
 def _system_parts(message: Message, i: int) -> list[dict[str, Any]]:
-    """Text only: ``systemInstruction`` takes no images."""
-    if isinstance(message.content, list):
-        for j, part in enumerate(message.content):
-            if part.type != "text":
-                raise BadRequest(f"Gemini system instructions take text parts only, not "
-                                 f"'{part.type}'.", param=f"messages[{i}].content[{j}].type")
-    text = message.text()
-    return [{"text": text}] if text else []
+    """Text only: ``systemInstruction`` takes no images. Each text part is a part of its
+    own: joined, blocks an app kept apart (Anthropic's system blocks, each with its
+    cache mark) ran into one another mid-sentence."""
+    if not isinstance(message.content, list):
+        return [{"text": message.content}] if message.content else []
+    for j, part in enumerate(message.content):
+        if part.type != "text":
+            raise BadRequest(f"Gemini system instructions take text parts only, not "
+                             f"'{part.type}'.", param=f"messages[{i}].content[{j}].type")
+    return [{"text": part.text} for part in message.content if part.text]
 
 
 def _user_parts(message: Message, i: int) -> list[dict[str, Any]]:

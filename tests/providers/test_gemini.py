@@ -93,13 +93,18 @@ async def test_system_messages_become_the_system_instruction_and_roles_merge(
         {"role": "user", "content": [{"type": "text", "text": "two"}]},
         {"role": "assistant", "content": "noted"},
         {"role": "developer", "content": "Answer in English."},
+        # Blocks kept apart (as /v1/messages lowers Anthropic's cache-marked ones) stay
+        # apart: joined, they ran into one another mid-sentence.
+        {"role": "system", "content": [{"type": "text", "text": "Cite sources."},
+                                       {"type": "text", "text": "Use metric units."}]},
         {"role": "user", "content": "three"},
     ]})
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "fake-gemini: three"
     sent = gemini_fake.script.requests[-1]
-    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."},
-                                                   {"text": "Answer in English."}]}
+    assert sent["systemInstruction"] == {"parts": [
+        {"text": "Be brief."}, {"text": "Answer in English."}, {"text": "Cite sources."},
+        {"text": "Use metric units."}]}
     assert sent["contents"] == [
         {"role": "user", "parts": [{"text": "one"}, {"text": "two"}]},
         {"role": "model", "parts": [{"text": "noted"}]},

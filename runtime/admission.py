@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
@@ -251,16 +252,18 @@ async def admit(
     decision = await store.reserve(record.request_id, limits, tokens=tokens, cost=cost)
     if isinstance(decision, Denied):
         if decision.exceeded is Exceeded.BUDGET:
-            record.budget_refused = budget_label(record, decision.scope, decision.name)
+            record.budget_refused = budget_label(decision.scope, decision.name)
         raise decision.error()
     return Admission(store, decision, limits)
 
 
-def budget_label(record: RequestRecord, scope: Scope, name: str) -> tuple[str, str]:
-    """(scope, name) for aigw_budget_refusals: an end user's budget by its team or key,
-    as user ids are the client's own text and would make a series each."""
+def budget_label(scope: Scope, name: str) -> tuple[str, str]:
+    """(scope, name) for aigw_budget_refusals: an end user's budget by its owner, the
+    team or the key ("key:<name>") whose per_user it is, as user ids are the client's
+    own text and would make a series each. The owner is the name's part before its
+    first "/" (``subject_limits`` escapes any in the owner's own name)."""
     if scope is Scope.USER:
-        return scope.value, record.team or f"key:{record.key}"
+        return scope.value, unquote(name.split("/", 1)[0])
     return scope.value, name
 
 

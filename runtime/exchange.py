@@ -316,7 +316,7 @@ class Exchange:
             return
         self.live.store.checked()
         if spent is not None:
-            self.record.budget_refused = budget_label(self.record, spent.scope, spent.name)
+            self.record.budget_refused = budget_label(spent.scope, spent.name)
             raise BudgetExceeded("The budget ran out during this stream.")
 
     async def close(self) -> None:

@@ -87,14 +87,16 @@ async def test_budget_refusals_are_counted_by_the_budget_that_refused(
 ) -> None:
     """A request is refused once its worst-case cost would not fit, so the spent share
     (aigw_budget_used_ratio) stops short of 1 and BudgetExhausted, reading it alone, never
-    fired while a team was refused. An end user's budget counts under its team's name."""
+    fired while a team was refused. An end user's budget counts under its owner's name:
+    its team's, or a key's with a per_user of its own."""
     config = gateway_dir / "gateway.yaml"
     config.write_text(config.read_text()
                       .replace("price: {input: 0, output: 0}", "price: {input: 1000, output: 1000}")
                       .replace("  default: {}", "  default: {}\n  eng: {budget: {amount: 0.05, "
                                "period: day}, per_user: {budget: {amount: 0.02, period: day}}}")
-                      .replace("keys:\n", "keys:\n  builder: {team: eng, secret: sk-builder-1}\n",
-                               1))
+                      .replace("keys:\n", "keys:\n  builder: {team: eng, secret: sk-builder-1}\n"
+                               "  own: {team: eng, secret: sk-own-1, per_user: {budget: "
+                               "{amount: 0.02, period: day}}}\n", 1))
     gateway = Gateway(gateway_dir, counter)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
@@ -104,6 +106,8 @@ async def test_budget_refusals_are_counted_by_the_budget_that_refused(
                    "messages": [{"role": "user", "content": "a few words"}]}
             by_user = [(await http.post(CHAT, json={**ask, "user": "ada"})).status_code
                        for _ in range(3)]
+            by_own = [(await http.post(CHAT, json={**ask, "user": "ada"}, headers={
+                "Authorization": "Bearer sk-own-1"})).status_code for _ in range(3)]
             by_team = [(await http.post(CHAT, json=ask)).status_code for _ in range(4)]
             text = (await http.get("/metrics", headers={
                 "Authorization": f"Bearer {DEV_KEY}"})).text
@@ -112,6 +116,9 @@ async def test_budget_refusals_are_counted_by_the_budget_that_refused(
     assert 429 in by_user and 429 in by_team, (by_user, by_team)
     assert _sample(text, "aigw_budget_refusals_total", scope="user",
                    name="eng") == by_user.count(429)
+    assert 429 in by_own, by_own
+    assert _sample(text, "aigw_budget_refusals_total", scope="user",
+                   name="key:own") == by_own.count(429)
     assert _sample(text, "aigw_budget_refusals_total", scope="team",
                    name="eng") == by_team.count(429)
     assert "ada" not in text

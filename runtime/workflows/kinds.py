@@ -97,7 +97,10 @@ async def ask(
     messages.append(Message(role="user", content=run.text(call.prompt, scope)))
     problem = ""
     for turn in range(call.validation_retries + 1 if call.output == "json" else 1):
-        request = ChatRequest(model=model, messages=messages, max_tokens=call.max_tokens,
+        # max_completion_tokens, as /v1/messages lowers its cap: OpenAI's reasoning models
+        # refuse max_tokens, and the adapters of servers that know max_tokens only move it.
+        request = ChatRequest(model=model, messages=messages,
+                              max_completion_tokens=call.max_tokens,
                               temperature=call.temperature)
         try:
             text = await run.call_model(context, model, request, f"{key}#{turn}")

@@ -50,7 +50,7 @@ def digest(secret: str) -> str:
 
 def gateway_config(
     store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}",
-    settings: str = "",
+    settings: str = "", providers: str = "", deployments: str = "",
 ) -> str:
     return f"""
 version: 1
@@ -60,11 +60,13 @@ settings:
 {settings}
 providers:
   local: {{type: echo{latency}}}
+{providers}
 deployments:
   cheap: {{provider: local, model: cheap-1, context_window: 100000,
           price: {{input: 1000000, output: 1000000}}}}
   strong: {{provider: local, model: strong-1, context_window: 100000,
            price: {{input: 2000000, output: 2000000}}}}
+{deployments}
 groups:
   tiered: {{members: [cheap], fallbacks: [strong-group]}}
   strong-group: {{members: [strong]}}
@@ -242,8 +244,8 @@ class _Answered(GatewayModels):
 async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
-    is team eng's spec (its budgets), ``extra_routes`` lines added under routes,
-    ``settings`` lines added under settings."""
+    is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
+    ``deployments`` and ``settings`` lines under theirs."""
     opened: list[Served] = []
 
     async def start(
@@ -254,6 +256,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         latency: str = "",
         eng: str = "{}",
         settings: str = "",
+        providers: str = "",
+        deployments: str = "",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -262,7 +266,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         root = root or tmp_path / f"gw{len(opened)}"
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
         (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
-                                                                settings))
+                                                                settings, providers,
+                                                                deployments))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

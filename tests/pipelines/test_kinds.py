@@ -15,6 +15,7 @@ from aigw.runtime.workflows.calls import MAX_STEP_ANSWER_BYTES, HttpxCaller
 from aigw.runtime.workflows.engine import ModelAnswer
 
 from ..fakes.cookie_setter import cookie_setter
+from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
 from .conftest import ALICE_KEY, BOT_KEY, Serve
 
@@ -112,6 +113,43 @@ async def test_llm_json_answer_is_parsed_checked_and_costed(serve: Serve) -> Non
     usage = result["usage"]
     assert usage["model_calls"] == 1
     assert result["cost"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+CAPPED_CALLS = """
+input: {type: object}
+steps:
+  reason: {kind: llm, model: thinker, max_tokens: 40, prompt: "Think about {{ input.q }}"}
+  plain: {kind: llm, model: compat, max_tokens: 30, prompt: "Say {{ input.q }}"}
+output: "{{ steps.reason }}"
+"""
+
+
+async def test_an_llm_steps_cap_is_sent_as_each_upstream_reads_it(
+    serve: Serve, openai_upstream: tuple[OpenAIFake, str]
+) -> None:
+    """OpenAI's reasoning models (o1, o3, gpt-5) refuse max_tokens: a step's cap reaches
+    OpenAI's own API as max_completion_tokens, and a server that knows max_tokens only
+    (an openai_compatible one) as max_tokens, as a client's cap does."""
+    fake, base = openai_upstream
+    served = await serve(
+        {"capped": CAPPED_CALLS},
+        providers=f"""
+  oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+  local-compat: {{type: openai_compatible, base_url: "{base}/v1",
+                 api_key: "${{FAKE_OPENAI_KEY}}"}}""",
+        deployments="""
+  o3: {provider: oai, model: o3-mini, context_window: 200000}
+  llama: {provider: local-compat, model: llama-3.1-8b, context_window: 32000}""",
+        extra_routes="""
+  thinker: {deployment: o3}
+  compat: {deployment: llama}""")
+    result = await served.run("capped", {"q": "tides"})
+    assert result["status"] == "succeeded", result
+    sent = {body["model"]: body for body in fake.script.requests}
+    assert sent["o3-mini"]["max_completion_tokens"] == 40, sent
+    assert "max_tokens" not in sent["o3-mini"], sent
+    assert sent["llama-3.1-8b"]["max_tokens"] == 30, sent
+    assert "max_completion_tokens" not in sent["llama-3.1-8b"], sent
 
 
 CACHED_CALL = """

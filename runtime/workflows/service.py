@@ -87,7 +87,9 @@ class Workflows:
         self._store: ExecutionStore | None = None
         self._runner: Runner | None = None
         self._lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        # Per execution: its waiters' futures, all set (and the entry dropped) by a change
+        # to it; waiters of one execution are not woken by another's checkpoints.
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._stopped = False
 
     async def start(self) -> None:
@@ -161,16 +163,25 @@ class Workflows:
         if status in FINAL:
             self.gateway.telemetry.metrics.workflows.labels(pipeline, status.value).inc()
 
-    def notify(self, _execution_id: str) -> None:
-        """Something about an execution changed: wake whoever waits in this process."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    def notify(self, execution_id: str) -> None:
+        """Something about an execution changed: wake whoever waits for it in this process."""
+        for waiter in self._waiters.pop(execution_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait(self, _execution_id: str, timeout: float) -> None:
-        """Until something changes here, or ``timeout`` (changes made by other replicas are
-        seen by polling the store after it)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    async def wait(self, execution_id: str, timeout: float) -> None:
+        """Until something changes about ``execution_id`` here, or ``timeout`` (changes
+        made by other replicas are seen by polling the store after it)."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(execution_id, set())
+        waiters.add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            waiters.discard(waiter)
+            if not waiters and self._waiters.get(execution_id) is waiters:
+                del self._waiters[execution_id]
 
     # What the API does
 

@@ -49,6 +49,32 @@ async def test_approve_a_waiting_step(serve: Serve) -> None:
     assert again.status_code == 409
 
 
+async def test_a_change_to_one_execution_wakes_only_those_waiting_for_it(
+    serve: Serve
+) -> None:
+    """Waiters (POST /v1/pipelines, a chat with a pipeline route, a WebSocket follower)
+    each wait for one execution: a change to another one does not wake them to read the
+    store again (it woke every waiter of every execution, on every checkpoint)."""
+    served = await serve({"publish": approval_pipeline()})
+    ids = [(await served.start("publish", {"text": f"t{n}"}))["id"] for n in range(3)]
+    for execution_id in ids:
+        await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    # Longer than the test: only a change wakes them, not the poll for other replicas'.
+    waiters = {execution_id: asyncio.ensure_future(served.workflows.wait(execution_id, 60))
+               for execution_id in ids}
+    await asyncio.sleep(0.1)  # the runs waiting for their decisions poll the store meanwhile
+    assert not any(waiter.done() for waiter in waiters.values())
+    decided = await served.http.post(f"/api/v1/executions/{ids[0]}/approvals",
+                                     json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    await served.wait_for(ids[0], lambda e: e["status"] == "succeeded")
+    await asyncio.wait_for(waiters[ids[0]], 5)
+    assert [waiters[other].done() for other in ids[1:]] == [False, False]
+    for waiter in waiters.values():
+        waiter.cancel()
+    await asyncio.gather(*waiters.values(), return_exceptions=True)
+
+
 async def test_a_rejected_approval_skips_what_depends_on_it(serve: Serve) -> None:
     served = await serve({"publish": approval_pipeline()})
     started = await served.start("publish", {"text": "hello"})

@@ -32,7 +32,15 @@ from aigw import __version__
 from aigw.compiler.graph import ApiKey, Graph
 
 from .auth import admin_only, bearer_token, key_for
-from .errors import Forbidden, GatewayError, StoreUnavailable, Unauthorized
+from .errors import (
+    Forbidden,
+    GatewayError,
+    PayloadTooLarge,
+    RequestTimeout,
+    StoreUnavailable,
+    Unauthorized,
+)
+from .incoming import read_body
 from .live import Gateway
 from .routing.state import SERVER_UP, Snapshot
 from .store.executions import Decision, ExecutionConflict
@@ -175,11 +183,10 @@ class _AdminPage:
             return PlainTextResponse("A decision must come from this gateway's own page.",
                                      status_code=403)
         key = admin_key(live.graph, request.headers)
-        body = b""
-        async for chunk in request.stream():  # never more than a form's worth in memory
-            body += chunk
-            if len(body) > _MAX_FORM_BYTES:
-                return PlainTextResponse("the form is too large", status_code=413)
+        try:  # never more than a form's worth in memory, nor a form trickling in for ever
+            body = await read_body(request, live.graph.settings, _MAX_FORM_BYTES)
+        except (PayloadTooLarge, RequestTimeout) as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status)
         # application/x-www-form-urlencoded, as a plain HTML form posts it.
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         verdict = (form.get("decision") or [""])[0]

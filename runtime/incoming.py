@@ -12,13 +12,15 @@ from aigw.compiler.graph import Settings
 from .errors import GatewayError, PayloadTooLarge, RequestTimeout
 
 
-async def read_body(request: Request, settings: Settings) -> bytes:
-    """The request body, refusing more than ``max_request_bytes`` without reading them
-    all, and a body that takes more than ``body_read_timeout_s`` to arrive (from the first
-    wait for it): a client trickling a byte every few seconds held its connection for
-    ever. hypercorn's own read_timeout cannot do it: it also runs while an answer that
-    takes long is awaited."""
+async def read_body(request: Request, settings: Settings, bound: int | None = None) -> bytes:
+    """The request body, refusing more than ``max_request_bytes`` (or ``bound``, where
+    smaller: an endpoint's own) without reading them all, and a body that takes more
+    than ``body_read_timeout_s`` to arrive (from the first wait for it): a client
+    trickling a byte every few seconds held its connection for ever. hypercorn's own
+    read_timeout cannot do it: it also runs while an answer that takes long is awaited."""
     limit, timeout_s = settings.max_request_bytes, settings.body_read_timeout_s
+    if bound is not None:
+        limit = min(limit, bound)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")

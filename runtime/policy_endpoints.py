@@ -32,12 +32,13 @@ from aigw.compiler.entity_model import (
     STRINGS,
     CedarType,
 )
-from aigw.compiler.graph import ApiKey, Graph
+from aigw.compiler.graph import ApiKey, Graph, Settings
 
 from . import jsonio
 from .auth import require_admin
 from .chat_request import bad_request
-from .errors import BadRequest, ModelNotFound, PayloadTooLarge
+from .errors import BadRequest, ModelNotFound
+from .incoming import read_body
 from .live import Gateway, Live
 from .policy import Decision, Facts, Principal, principal_for
 from .policy_live import StateLive
@@ -99,7 +100,7 @@ class _PolicyEndpoints:
     async def route(self, request: Request) -> Response:
         live: Live = request.state.live
         caller = require_admin(live.graph, request.headers)
-        query = _parse(RouteQuery, await read_json(request, live.graph.settings.max_request_bytes))
+        query = _parse(RouteQuery, await read_json(request, live.graph.settings))
         route = live.graph.routes.get(query.model)
         if route is None:
             raise ModelNotFound(f"The model '{query.model}' does not exist.", param="model")
@@ -121,7 +122,7 @@ class _PolicyEndpoints:
         live: Live = request.state.live
         require_admin(live.graph, request.headers)
         query = _parse(EvaluateQuery,
-                       await read_json(request, live.graph.settings.max_request_bytes))
+                       await read_json(request, live.graph.settings))
         principal_uid = _uid(query.principal, "principal")
         resource = _uid(query.resource, "resource")
         action = query.action.removeprefix('Action::"').removesuffix('"')
@@ -254,11 +255,10 @@ def _fits(kind: CedarType, value: Any) -> bool:
     return False
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing more than ``limit`` bytes."""
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+async def read_json(request: Request, settings: Settings) -> Any:
+    """The request body as JSON, bounded as every body is (``read_body``): reading it
+    whole before its size was looked at let an admin request buffer any amount."""
+    body = await read_body(request, settings)
     try:
         # pydantic-core's parser: a body nested thousands deep is a ValueError ("recursion
         # limit exceeded"), where json.loads raised RecursionError (a 500).

@@ -3,9 +3,11 @@ a waiting approval made from it (with the cross-site check a browser form needs)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -96,3 +98,33 @@ async def test_an_approval_is_decided_from_the_page(serve: Serve) -> None:
                                    headers={"referer": "http://aigw.test/admin"})
         assert again.status_code == 409  # already decided
         assert "Nothing is waiting." in (await browser.get("/admin")).text
+
+
+async def _form(sent: list[int], chunks: int, size: int, pause: float) -> AsyncIterator[bytes]:
+    yield b"decision=approve&comment="
+    for number in range(chunks):
+        sent.append(number)
+        yield b"x" * size
+        await asyncio.sleep(pause)
+
+
+async def test_a_decision_form_is_read_within_its_bounds(serve: Serve) -> None:
+    """The form was read to its end however slowly it came (a byte every few seconds
+    held the request open for ever); now it has body_read_timeout_s to arrive, as every
+    body has, and one past the form's bound is a 413 before the rest is read."""
+    served = await serve({"ship": WAITS}, settings="  body_read_timeout_s: 0.3")
+    started = await served.start("ship", {"what": "v2"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    action = f"/admin/approvals/{started['id']}/sign_off"
+    form = {"origin": "http://aigw.test", "content-type": "application/x-www-form-urlencoded"}
+    async with _browser(served, DEV_KEY) as browser:
+        sent: list[int] = []
+        slow = await browser.post(action, content=_form(sent, 50, 1, 0.05), headers=form)
+        assert slow.status_code == 408, slow.text
+        assert "body_read_timeout_s" in slow.text
+        assert len(sent) < 20  # cut off at about 0.3 s, not read to its end
+        sent = []
+        large = await browser.post(action, content=_form(sent, 100, 10_000, 0), headers=form)
+        assert large.status_code == 413, large.text
+        assert len(sent) < 10  # 64 KiB is a form's bound
+    assert (await served.get(started["id"]))["status"] == "waiting"

@@ -85,6 +85,28 @@ async def test_a_caller_without_a_key_is_refused_before_its_body_is_read(
         assert sent == [], path
 
 
+async def _oversized(sent: list[int]) -> AsyncIterator[bytes]:
+    """10 MB, sent chunked (no content-length to refuse it by): past max_request_bytes
+    (4 MiB) at its 42nd chunk."""
+    for number in range(100):
+        sent.append(number)
+        yield b" " * 100_000
+
+
+async def test_an_admin_body_past_the_limit_is_refused_without_reading_it_all(
+    client: httpx.AsyncClient,
+) -> None:
+    """/route and /evaluate read the whole body into memory, then compared its size with
+    max_request_bytes: an admin endpoint could be made to buffer any amount."""
+    for path in ("/route", "/evaluate"):
+        sent: list[int] = []
+        response = await client.post(path, content=_oversized(sent),
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == 413, (path, response.text)
+        assert response.json()["error"]["code"] == "request_too_large"
+        assert len(sent) < 50, path
+
+
 async def _trickled(sent: list[int]) -> AsyncIterator[bytes]:
     for number in range(50):
         sent.append(number)
@@ -109,7 +131,7 @@ async def test_a_body_that_trickles_in_is_cut_off_with_a_408(
         ) as client:
             for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
                          "/v1/messages/count_tokens", "/v1/pipelines/research",
-                         "/api/v1/executions"):
+                         "/api/v1/executions", "/route", "/evaluate"):
                 sent: list[int] = []
                 response = await client.post(path, content=_trickled(sent))
                 assert response.status_code == 408, (path, response.text)

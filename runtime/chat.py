@@ -35,7 +35,13 @@ from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate, ChatAsk
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
 from .telemetry.record import RequestRecord, UpstreamFailure
-from .telemetry.tracing import NO_SPAN, PROVIDER_NAMES, Span
+from .telemetry.tracing import (
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    NO_SPAN,
+    PROVIDER_NAMES,
+    Span,
+)
 from .tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -212,6 +218,8 @@ async def complete(
             span.set("gen_ai.response.model", result.model)
             span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
             span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
+            span.set(CACHE_READ_TOKENS, result.usage.cached_tokens or None)
+            span.set(CACHE_WRITE_TOKENS, result.usage.cache_creation_tokens or None)
             return result
 
     won = await run_attempts(live, chosen.route, _loop(live, chosen, attempt, nothing), record)
@@ -447,6 +455,8 @@ async def _measured(
         span.set("gen_ai.response.model", record.response_model)
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
         span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+        span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
+        span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
         if record.finish_reasons:
             span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
         span.end()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,16 @@ from .redis_server import PrivateRedis, shared_redis_url
 REPO = Path(__file__).resolve().parent.parent
 DEV_KEY = "sk-aigw-dev"
 
+
+def metric_sample(text: str, metric: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(metric + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def add_broken_route(gateway_dir: Path, cooldown_s: float) -> str:

@@ -113,6 +113,13 @@ class Metrics:
                                          ["deployment", "provider", "error"], registry=registry)
         self.tokens = Counter("aigw_tokens", "Tokens billed, by direction.",
                               ["route", "deployment", "team", "direction"], registry=registry)
+        # Apart from aigw_tokens, not a direction of it: these are input tokens already
+        # counted there, and a sum over its directions would count them twice.
+        self.prompt_cache = Counter(
+            "aigw_prompt_cache_tokens",
+            "Input tokens a provider's prompt cache served (read) or stored (write); "
+            "part of aigw_tokens_total{direction=\"input\"}.",
+            ["route", "deployment", "team", "operation"], registry=registry)
         self.cost = Counter("aigw_cost", "Cost in the price table's currency.",
                             ["route", "deployment", "team"], registry=registry)
         self.fallbacks = Counter("aigw_fallbacks", "Requests served by a fallback group.",

@@ -17,7 +17,14 @@ from typing import Any, Literal, TextIO
 
 from ..jsonio import dumps
 from .metrics import Metrics
-from .tracing import NO_SPAN, PROVIDER_NAMES, Span, Tracing
+from .tracing import (
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    NO_SPAN,
+    PROVIDER_NAMES,
+    Span,
+    Tracing,
+)
 
 access_log = logging.getLogger("aigw.access")
 
@@ -147,6 +154,8 @@ class _ServedChildren:
     ttft: Any
     tokens_in: Any
     tokens_out: Any
+    cache_read: Any
+    cache_write: Any
     cost: Any
     statuses: dict[int, Any]
 
@@ -192,6 +201,8 @@ class Telemetry:
                 ttft=metrics.ttft.labels(route, deployment, provider),
                 tokens_in=metrics.tokens.labels(route, deployment, team, "input"),
                 tokens_out=metrics.tokens.labels(route, deployment, team, "output"),
+                cache_read=metrics.prompt_cache.labels(route, deployment, team, "read"),
+                cache_write=metrics.prompt_cache.labels(route, deployment, team, "write"),
                 cost=metrics.cost.labels(route, deployment, team),
                 statuses={},
             )
@@ -232,6 +243,10 @@ class Telemetry:
                 served.ttft.observe(record.ttft_s)
             served.tokens_in.inc(record.prompt_tokens)
             served.tokens_out.inc(record.completion_tokens)
+            if record.cached_tokens:
+                served.cache_read.inc(record.cached_tokens)
+            if record.cache_write_tokens:
+                served.cache_write.inc(record.cache_write_tokens)
             served.cost.inc(record.cost)
         if record.cache == "hit" or record.cache == "miss":  # a bypass looked nothing up
             metrics.cache.labels(route, record.cache).inc()
@@ -282,6 +297,8 @@ class Telemetry:
             span.set("gen_ai.provider.name", PROVIDER_NAMES.get(record.provider_type, "aigw"))
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
         span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+        span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
+        span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
         if record.finish_reasons:
             span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
         span.set("aigw.route", record.route)

@@ -7,7 +7,8 @@ http/protobuf (the default) or grpc, whose exporter is the ``otlp-grpc`` extra (
 is large, and most collectors take both). When off, no OpenTelemetry module is imported
 and every span is a shared no-op. A client's W3C ``traceparent`` becomes the parent.
 
-    chat {route}                 the request: aigw.route, aigw.graph, usage, aigw.fallback_hop
+    chat {route}                 the request: aigw.route, aigw.graph, usage (with the prompt
+                                 cache's reads and writes), aigw.fallback_hop
                                  (the fallbacks taken: 0 when the route's group served)
     └── chat {upstream model}    one span per upstream attempt: gen_ai.provider.name, ...
 """
@@ -34,6 +35,12 @@ PROVIDER_NAMES = {
     "openai_compatible": "openai",
     "vllm": "openai",
 }
+
+
+# The GenAI conventions' attributes for the input tokens a provider's prompt cache read
+# and wrote (parts of gen_ai.usage.input_tokens); set only where there were some.
+CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 
 
 # Whether any Tracing in this process exports spans: upstream calls carry their

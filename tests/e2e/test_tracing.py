@@ -186,6 +186,36 @@ def test_the_upstream_is_sent_its_attempts_traceparent(
     assert all(s["attributes"].get("gen_ai.response.model") == "served-llm" for s in attempts)
 
 
+def test_spans_say_the_input_tokens_a_prompt_cache_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Billed at price.cache_read, they were in no span: the GenAI conventions'
+    gen_ai.usage.cache_read.input_tokens is on the request's span and its attempt's, for
+    an answer and for a stream (and nothing was written to the cache, so no
+    gen_ai.usage.cache_creation.input_tokens)."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    fake.cached_tokens = 3
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake,
+                         _llm("capabilities: [streaming]")) as (client, server):
+        for stream in (False, True):
+            answer = client.chat.completions.create(
+                model="llm", messages=[{"role": "user", "content": "a long shared prefix"}],
+                stream=stream)
+            if stream:
+                list(answer)  # type: ignore[call-overload]
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 4:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    spans = [s for s in receiver.spans if s["name"] in ("chat llm", "chat served-llm")]
+    assert len(spans) == 4, receiver.spans
+    for span in spans:
+        attributes = span["attributes"]
+        assert attributes["gen_ai.usage.cache_read.input_tokens"] == 3, span
+        assert attributes["gen_ai.usage.input_tokens"] == 7, span  # the 3 among them
+        assert "gen_ai.usage.cache_creation.input_tokens" not in attributes, span
+
+
 def test_an_attempt_that_timed_out_is_a_failed_span(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

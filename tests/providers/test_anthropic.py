@@ -21,6 +21,7 @@ from aigw.runtime.providers.anthropic import AnthropicAdapter
 from aigw.runtime.providers.base import ChatCall, EmbeddingCall, Usage
 from aigw.runtime.tokens import TokenCounter
 
+from ..conftest import metric_sample
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
 from ..fakes.serve import serving
@@ -483,6 +484,13 @@ async def test_cache_writes_and_reads_are_billed_at_their_prices(
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
     assert [(line["prompt_tokens"], line["cached_tokens"], line["cache_write_tokens"])
             for line in logged] == [(6, 0, 2), (6, 2, 0)]
+    # Metrics show them too (they did not), apart from aigw_tokens_total, whose input
+    # direction holds them already.
+    metrics = (await client.get("/metrics")).text
+    assert metric_sample(metrics, "aigw_tokens_total", route="claude", direction="input") == 12
+    assert [metric_sample(metrics, "aigw_prompt_cache_tokens_total", route="claude",
+                          deployment="sonnet", operation=operation)
+            for operation in ("read", "write")] == [2, 2]
 
 
 @pytest.mark.parametrize(("status", "kind", "message", "expected_status", "code"), [

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -19,21 +18,10 @@ from aigw.runtime.telemetry.record import ACCESS_LOG
 from aigw.runtime.telemetry.tracing import Tracing
 from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY, add_broken_route
+from ..conftest import DEV_KEY, add_broken_route, metric_sample
 from ..fakes.serve import free_port
 
 CHAT = "/v1/chat/completions"
-
-
-def _sample(text: str, metric: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(metric + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClient) -> None:
@@ -49,23 +37,23 @@ async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClien
     await client.post(CHAT, json=unknown)
 
     text = (await client.get("/metrics")).text
-    assert _sample(text, "aigw_requests_total", route="fast", deployment="echo-small",
+    assert metric_sample(text, "aigw_requests_total", route="fast", deployment="echo-small",
                    provider="local", team="default", status="200") == 3
-    assert _sample(text, "aigw_requests_total", route="echo", status="200") == 1
-    assert _sample(text, "aigw_requests_total", route="_none", status="404") == 1
-    assert _sample(text, "aigw_tokens_total", route="fast", direction="output") == 9
-    assert _sample(text, "aigw_time_to_first_token_seconds_count", route="echo") == 1
-    assert _sample(text, "aigw_overhead_seconds_count", route="fast") == 3
-    assert _sample(text, "aigw_circuit_state", deployment="echo-small") == 0
-    assert _sample(text, "aigw_in_flight_requests", route="fast") == 0
+    assert metric_sample(text, "aigw_requests_total", route="echo", status="200") == 1
+    assert metric_sample(text, "aigw_requests_total", route="_none", status="404") == 1
+    assert metric_sample(text, "aigw_tokens_total", route="fast", direction="output") == 9
+    assert metric_sample(text, "aigw_time_to_first_token_seconds_count", route="echo") == 1
+    assert metric_sample(text, "aigw_overhead_seconds_count", route="fast") == 3
+    assert metric_sample(text, "aigw_circuit_state", deployment="echo-small") == 0
+    assert metric_sample(text, "aigw_in_flight_requests", route="fast") == 0
     assert "missing" not in text  # raw user input never becomes a label
     # Streams apart: their duration is how long the model wrote, not how long anyone waited.
-    assert _sample(text, "aigw_request_duration_seconds_count", route="fast",
+    assert metric_sample(text, "aigw_request_duration_seconds_count", route="fast",
                    stream="false") == 3
-    assert _sample(text, "aigw_request_duration_seconds_count", route="echo",
+    assert metric_sample(text, "aigw_request_duration_seconds_count", route="echo",
                    stream="true") == 1
     # HighLatency's threshold is a bucket boundary, so its p95 is not interpolated across it.
-    assert _sample(text, "aigw_request_duration_seconds_bucket", route="fast",
+    assert metric_sample(text, "aigw_request_duration_seconds_bucket", route="fast",
                    stream="false", le="2.0") == 3
 
 
@@ -114,12 +102,12 @@ async def test_budget_refusals_are_counted_by_the_budget_that_refused(
     finally:
         await gateway.aclose()
     assert 429 in by_user and 429 in by_team, (by_user, by_team)
-    assert _sample(text, "aigw_budget_refusals_total", scope="user",
+    assert metric_sample(text, "aigw_budget_refusals_total", scope="user",
                    name="eng") == by_user.count(429)
     assert 429 in by_own, by_own
-    assert _sample(text, "aigw_budget_refusals_total", scope="user",
+    assert metric_sample(text, "aigw_budget_refusals_total", scope="user",
                    name="key:own") == by_own.count(429)
-    assert _sample(text, "aigw_budget_refusals_total", scope="team",
+    assert metric_sample(text, "aigw_budget_refusals_total", scope="team",
                    name="eng") == by_team.count(429)
     assert "ada" not in text
 
@@ -226,10 +214,10 @@ async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
                 "model": "broken", "messages": [{"role": "user", "content": "hi"}]})
             assert failed.status_code >= 500, failed.text
             text = (await client.get("/metrics")).text
-            assert _sample(text, "aigw_circuit_state", deployment="broken") == 2
+            assert metric_sample(text, "aigw_circuit_state", deployment="broken") == 2
             await asyncio.sleep(0.4)  # past the cooldown, with no request in between
             text = (await client.get("/metrics")).text
-            assert _sample(text, "aigw_circuit_state", deployment="broken") == 1
+            assert metric_sample(text, "aigw_circuit_state", deployment="broken") == 1
             (gateway_dir / "gateway.yaml").write_text(shipped)
             assert (await gateway.reload("test")).ok
             text = (await client.get("/metrics")).text
@@ -270,7 +258,7 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                 ("echo", 1, 1)]
             text = (await client.get("/metrics")).text
             status = "503" if shutdown else "499"
-            assert _sample(text, "aigw_requests_total", route="echo", status=status) == 1
+            assert metric_sample(text, "aigw_requests_total", route="echo", status=status) == 1
     finally:
         await gateway.aclose()
 

@@ -285,19 +285,29 @@ def _text(chunks: list[Any]) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def test_a_budget_cut_by_reload_stops_streams_mid_flight(
-    tmp_path: Path, fleet: ExitStack
-) -> None:
+def _stopped_by_reload(
+    tmp_path: Path, fleet: ExitStack, old: str, new: str
+) -> tuple[Server, openai.APIError, list[Any]]:
+    """A stream on a gateway that stops streams over budget, and a reload (``old`` made
+    ``new`` in its config) mid-stream: the error that stopped it and what came first."""
     root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
                     latency=", latency: {per_token_ms: 40}",
                     settings="  stop_streams_over_budget: true")
     server = _start(fleet, root)
     chunks, received = _stream(server)
-    _reload(server, root, "amount: 10000", "amount: 5")
+    _reload(server, root, old, new)
     with pytest.raises(openai.APIError) as stopped:
         for chunk in chunks:
             received.append(chunk)
-    assert "budget" in str(stopped.value).lower()
+    return server, stopped.value, received
+
+
+def test_a_budget_cut_by_reload_stops_streams_mid_flight(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    server, stopped, received = _stopped_by_reload(tmp_path, fleet, "amount: 10000",
+                                                   "amount: 5")
+    assert "budget" in str(stopped).lower()
     assert 0 < len(_text(received)) < len(_WORDS)  # cut mid-answer
     metrics = httpx.get(f"{server.base_url}/metrics").text  # BudgetExhausted reads it
     assert 'aigw_budget_refusals_total{name="app",scope="team"} 1.0' in metrics
@@ -307,17 +317,10 @@ def test_a_key_revoked_by_reload_stops_its_streams_saying_so(
     tmp_path: Path, fleet: ExitStack
 ) -> None:
     """Its stream was stopped with "The budget ran out during this stream"."""
-    root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
-                    latency=", latency: {per_token_ms: 40}",
-                    settings="  stop_streams_over_budget: true")
-    server = _start(fleet, root)
-    chunks, received = _stream(server)
-    _reload(server, root, f"  app: {{team: app, sha256: {_digest(APP_KEY)}}}\n", "")
-    with pytest.raises(openai.APIError) as stopped:
-        for chunk in chunks:
-            received.append(chunk)
-    assert "revoked" in str(stopped.value), stopped.value
-    assert "budget" not in str(stopped.value).lower()
+    _server, stopped, received = _stopped_by_reload(
+        tmp_path, fleet, f"  app: {{team: app, sha256: {_digest(APP_KEY)}}}\n", "")
+    assert "revoked" in str(stopped), stopped
+    assert "budget" not in str(stopped).lower()
     assert 0 < len(_text(received)) < len(_WORDS)
 
 

@@ -29,27 +29,20 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     gateway_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver = OtlpReceiver()
-    with serving(receiver.app) as otlp:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        server = Server(gateway_dir)
-        try:
-            server.wait_ready()
-            client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                                   max_retries=0)
-            client.chat.completions.create(
-                model="fast", messages=[{"role": "user", "content": "trace me"}],
-                extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
-            )
-            client.embeddings.create(  # it made no span, and dropped the client's trace
-                model="embed", input="trace me",
-                extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-            deadline = time.monotonic() + 15
-            while len(receiver.spans) < 4:
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.1)
-        finally:
-            server.stop()
+    with _traced_shipped(gateway_dir, monkeypatch, receiver) as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                               max_retries=0)
+        client.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "trace me"}],
+            extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        )
+        client.embeddings.create(  # it made no span, and dropped the client's trace
+            model="embed", input="trace me",
+            extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 4:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
     embedding = next(s for s in receiver.spans if s["name"] == "embeddings embed")
     embedded = next(s for s in receiver.spans if s["name"] == "embeddings echo-embed-1")
     assert embedding["trace_id"] == TRACE_ID and embedding["parent_span_id"] == PARENT_ID
@@ -84,25 +77,18 @@ def test_a_pipelines_model_calls_are_spans_of_the_request_that_ran_it(
     """POST /v1/pipelines/{name} made no span, so the client's trace ended there, and
     each step's model call was a root span of a trace of its own."""
     receiver = OtlpReceiver()
-    with serving(receiver.app) as otlp:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        server = Server(gateway_dir)
-        try:
-            server.wait_ready()
-            ran = httpx.post(f"{server.base_url}/v1/pipelines/research",
-                             json={"topic": "otters"}, timeout=60,
-                             headers={"Authorization": f"Bearer {DEV_KEY}",
-                                      "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-            assert ran.status_code == 200, ran.text
-            request = _span_named(receiver, server, "invoke_agent research")
-            steps = 3  # search, analyse, report: a request span and an attempt span each
-            deadline = time.monotonic() + 15
-            while len(receiver.spans) < 1 + 2 * steps:
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.1)
-        finally:
-            server.stop()
+    with _traced_shipped(gateway_dir, monkeypatch, receiver) as server:
+        ran = httpx.post(f"{server.base_url}/v1/pipelines/research",
+                         json={"topic": "otters"}, timeout=60,
+                         headers={"Authorization": f"Bearer {DEV_KEY}",
+                                  "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        assert ran.status_code == 200, ran.text
+        request = _span_named(receiver, server, "invoke_agent research")
+        steps = 3  # search, analyse, report: a request span and an attempt span each
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 1 + 2 * steps:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
     assert request["trace_id"] == TRACE_ID and request["parent_span_id"] == PARENT_ID
     assert request["attributes"]["gen_ai.operation.name"] == "invoke_agent"
     assert request["attributes"]["gen_ai.agent.name"] == "research"
@@ -118,6 +104,23 @@ def _llm(deployment: str) -> str:
             f"  llm: {{provider: up, model: served-llm, context_window: 32000, {deployment}}}\n"
             "routes:\n"
             "  llm: {deployment: llm}\n")
+
+
+@contextmanager
+def _traced_shipped(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver
+) -> Iterator[Server]:
+    """The shipped gateway as ``aigw serve`` runs it, exporting its traces to
+    ``receiver``; stopped at the end."""
+    with serving(receiver.app) as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        server = Server(gateway_dir)
+        try:
+            server.wait_ready()
+            yield server
+        finally:
+            server.stop()
 
 
 def _abc(sections: str) -> str:

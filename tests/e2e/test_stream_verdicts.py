@@ -21,6 +21,17 @@ from .server import sdk_gateway
 pytestmark = pytest.mark.e2e
 
 
+def _on(base_url: str, deployment: str = "", rest: str = "routes:\n  r: {deployment: a}\n"
+        ) -> str:
+    """Deployment ``a`` (gpt-4o; ``deployment``: more of its flow mapping) on the OpenAI
+    fake at ``base_url``, then ``rest`` (groups, routes, settings)."""
+    return ("providers:\n"
+            f'  up: {{type: openai, base_url: "{base_url}/v1", '
+            'api_key: "${FAKE_OPENAI_KEY}"}\n'
+            "deployments:\n"
+            f"  a: {{provider: up, model: gpt-4o, context_window: 8000{deployment}}}\n" + rest)
+
+
 def _circuit(base_url: str) -> str:
     status = httpx.get(f"{base_url}/admin/status",
                        headers={"Authorization": f"Bearer {DEV_KEY}"}).json()
@@ -34,11 +45,8 @@ def test_a_client_leaving_a_streamed_probe_gives_the_probe_back(
     fake = OpenAIFake(name="a")
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
     fake.script.actions += [Action(status=500), Action(stall_after=2, stall_s=5.0)]
-    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
-        "providers:\n"
-        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-        "deployments:\n"
-        "  a: {provider: up, model: gpt-4o, context_window: 8000, capabilities: [streaming]}\n"
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", _on(
+        base_url, ", capabilities: [streaming]",
         "groups:\n"
         "  g: {members: [a], retry: {attempts: 0}}\n"
         "routes:\n"
@@ -76,14 +84,8 @@ def test_an_upstream_failing_mid_stream_counts_as_an_upstream_failure(
     fake = OpenAIFake(name="a")
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
     fake.script.actions += [Action(cut_stream_after=3)]
-    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
-        "providers:\n"
-        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-        "deployments:\n"
-        "  a: {provider: up, model: gpt-4o, context_window: 8000, capabilities: [streaming]}\n"
-        "routes:\n"
-        "  r: {deployment: a}\n"
-    )) as (client, server):
+    with serving(fake.app) as base_url, sdk_gateway(
+            tmp_path / "gw", _on(base_url, ", capabilities: [streaming]")) as (client, server):
         said: list[ChatCompletionMessageParam] = [
             {"role": "user", "content": "one two three four five six"}]
         stream = client.chat.completions.create(model="r", messages=said, stream=True)
@@ -107,14 +109,8 @@ def test_a_client_leaving_a_whole_answer_stops_its_upstream_call(
     fake = OpenAIFake(name="a")
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
     fake.script.actions += [Action(delay_s=3.0)]
-    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
-        "providers:\n"
-        f'  up: {{type: openai, base_url: "{base_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-        "deployments:\n"
-        "  a: {provider: up, model: gpt-4o, context_window: 8000}\n"
-        "routes:\n"
-        "  r: {deployment: a}\n"
-    )) as (_client, server):
+    with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", _on(base_url)) as (
+            _client, server):
         body = {"model": "r", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.base_url}{path}", json=body, timeout=0.5,

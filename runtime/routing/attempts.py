@@ -83,8 +83,7 @@ class Won(Generic[T]):
     value: T
     attempts: int
     started: float  # clock() when the winning attempt began
-    group: str = ""  # the group that served: the route's own, or a fallback
-    hop: int = 0  # how many fallbacks away from the route's group it is
+    hop: int = 0  # how many fallbacks away from the route's group the one that served is
     # A stream's verdict on its deployment, given at its end (``stream_ended``); None:
     # given already (a whole answer is judged when it arrives).
     pending: Permit | None = None
@@ -224,8 +223,8 @@ class AttemptLoop(Generic[T]):
                 won = await self._with_retries(group, candidate, len(ordered) == 1, hedge,
                                                first)
                 # Built, not dataclasses.replace()d: this runs once a request.
-                served = Won(won.candidate, won.value, won.attempts, won.started, group.name,
-                             tier.hop, won.pending)
+                served = Won(won.candidate, won.value, won.attempts, won.started, tier.hop,
+                             won.pending)
                 return served, "", None
             except _NoTimeLeft as exc:
                 self.trace.add(f"route '{self.route.name}' passed its deadline")

@@ -258,8 +258,6 @@ class Exchange:
         finally:  # cut or failed too: the stream underneath settles its quota as it closes
             with anyio.CancelScope(shield=True):
                 await close_deltas(deltas)
-        if not answer.kept:
-            return
         record = self.record
         result = answer.result(usage or Usage(record.prompt_tokens, record.completion_tokens))
         if result is not None:

@@ -242,19 +242,19 @@ def encode_answer(deployment: str, result: ChatResult, max_bytes: int) -> bytes 
     """The entry to keep for ``result``, or None when it would pass ``max_bytes``. One
     answer may be up to a provider's max_response_mb: one whose text alone passes the cap
     is refused before it is encoded (a copy as large again, for nothing), the rest after."""
-    if _text_size(result.choices) > max_bytes:
+    if sum(_chars(choice) for choice in result.choices) > max_bytes:
         return None
     entry = _ANSWER.dump_json(CachedAnswer(deployment, result))
     return entry if len(entry) <= max_bytes else None
 
 
-def _text_size(choices: tuple[Choice, ...]) -> int:
-    """Characters of the answer's text: at most its entry's bytes (UTF-8 and JSON's
-    escapes only add to them), counted without building anything."""
-    return sum(len(choice.content or "") + len(choice.refusal or "")
-               + sum(len(call.id) + len(call.name) + len(call.arguments)
-                     for call in choice.tool_calls)
-               for choice in choices)
+def _chars(piece: Choice | ChatDelta) -> int:
+    """Characters of an answer's (or a streamed piece's) text: at most what its entry
+    holds in bytes (UTF-8 and JSON's escapes only add to them), counted without
+    building anything."""
+    return len(piece.content or "") + len(piece.refusal or "") + sum(
+        len(call.id or "") + len(call.name or "") + len(call.arguments or "")
+        for call in piece.tool_calls)
 
 
 def decode_answer(value: bytes, graph: Graph) -> CachedAnswer | None:
@@ -338,9 +338,7 @@ class StreamedAnswer:
         if delta.logprobs is not None or delta.extra:
             self._let_go()  # not kept by the cache: never served again without them
             return
-        self._chars += len(delta.content or "") + len(delta.refusal or "") + sum(
-            len(call.id or "") + len(call.name or "") + len(call.arguments or "")
-            for call in delta.tool_calls)
+        self._chars += _chars(delta)
         if self._chars > self._max_chars:
             self._let_go()
             return

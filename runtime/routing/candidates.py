@@ -45,6 +45,7 @@ class Candidate:
 WINDOW = "window"  # the prompt does not fit its context window (with the output asked for)
 OUTPUT = "output"  # max_tokens is past its max_output_tokens, or alone fills its window
 KIND = "kind"  # it serves the other endpoint (chat, embeddings)
+TOKEN_IDS = "token_ids"  # its provider's embeddings take text, not token ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,8 @@ class Dropped:
     deployment: str
     reason: str
     unfit: bool  # True: the request does not fit it (4xx); False: it is unavailable (503)
-    # What of the request an unfit member cannot take: WINDOW, OUTPUT, KIND, or a
-    # capability ("tools", "vision", ...). Unused when it is unavailable.
+    # What of the request an unfit member cannot take: WINDOW, OUTPUT, KIND, TOKEN_IDS,
+    # or a capability ("tools", "vision", ...). Unused when it is unavailable.
     misfit: str = WINDOW
     # For an unavailable member: seconds until it may serve again (its circuit's
     # cooldown), when that is known.
@@ -183,9 +184,6 @@ class ChatAsk:
         return BadRequest(message, param=_CAPABILITY_PARAMS.get(misfits[0], "model"))
 
 
-_TEXT_ONLY = "takes text, not token ids"
-
-
 class EmbeddingAsk:
     """An embeddings call: each input must fit a member's window on its own (``longest``
     is the longest's tokens), and token-id inputs go only to providers that take them."""
@@ -205,12 +203,13 @@ class EmbeddingAsk:
         for deployment in group.members:
             adapter = self.adapters.get(deployment.provider.name)
             if deployment.kind != "embeddings":
-                dropped.append(Dropped(deployment.name, "is a chat model", True))
+                dropped.append(Dropped(deployment.name, "is a chat model", True, KIND))
             elif adapter is None:
                 reason = deployment.provider.disabled_reason or "its provider has no adapter"
                 dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
             elif self.token_ids and deployment.provider.type not in EMBEDS_TOKEN_IDS:
-                dropped.append(Dropped(deployment.name, _TEXT_ONLY, True))
+                dropped.append(Dropped(deployment.name, "takes text, not token ids", True,
+                                       TOKEN_IDS))
             elif self.window_tokens > deployment.context_window:
                 dropped.append(Dropped(
                     deployment.name, f"takes inputs of at most {deployment.context_window} "
@@ -221,7 +220,7 @@ class EmbeddingAsk:
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
-        if all(d.reason == _TEXT_ONLY for d in dropped if d.unfit):
+        if all(d.misfit == TOKEN_IDS for d in dropped if d.unfit):
             return BadRequest(f"'input' holds token ids; no deployment of '{route}' takes "
                               f"them ({reasons}): send the text instead.", param="input")
         return ContextWindowExceeded(

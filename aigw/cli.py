@@ -243,6 +243,7 @@ def describe_graph(graph: Graph) -> dict[str, object]:
                 "price": {"input": d.price.input, "output": d.price.output},
                 "tags": list(d.tags),
                 "capabilities": sorted(d.capabilities),
+                "pass_params": None if d.pass_params is None else sorted(d.pass_params),
                 # The command line, and only the names of what it adds to the environment:
                 # the values may be secrets (HF_TOKEN, the provider's key).
                 "serve": {"argv": list(d.serve.argv),

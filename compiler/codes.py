@@ -91,6 +91,8 @@ GROUP_MIXED_KINDS = _warning("AGW328", "group mixes chat and embeddings deployme
 WEIGHTS_UNUSED = _warning("AGW329", "weights given to a group whose strategy does not read them")
 BASE_URL_USER_INFO_AND_KEY = _error("AGW330", "base_url user info and an api_key: two "
                                     "Authorization headers")
+PASS_PARAM_READ = _error("AGW331", "pass_params lists a field the gateway reads itself")
+PASS_PARAMS_NOT_CHAT = _error("AGW332", "pass_params on a deployment that does not serve chat")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

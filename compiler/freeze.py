@@ -111,6 +111,7 @@ def freeze(
             tpm=spec.limits.tpm if spec.limits else None,
             breaker=_breaker(spec.circuit_breaker or linked.settings.circuit_breaker),
             serve=linked.served.get(name),
+            pass_params=None if spec.pass_params is None else frozenset(spec.pass_params),
         )
     groups = _with_prefix_wants(
         {name: _group(name, entry.spec, deployments) for name, entry in linked.groups.items()})

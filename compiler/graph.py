@@ -177,6 +177,8 @@ class Deployment:
     tpm: int | None
     breaker: BreakerPolicy
     serve: ServedServer | None = None  # started and supervised by ``aigw serve``
+    # The parameters beyond those the gateway reads that may reach it; None: any.
+    pass_params: frozenset[str] | None = None
 
     def output_cap(self, prompt_tokens: int, wanted: int | None) -> int:
         """The most one choice of a call can write: what the client asked for (else

@@ -25,6 +25,7 @@ from .source import NodePath, Position, SourceMap
 from .spec import (
     ENV_NAME_PATTERN,
     NAMED_SECTIONS,
+    READ_CHAT_PARAMS,
     DeploymentSpec,
     GroupSpec,
     KeySpec,
@@ -480,6 +481,25 @@ def _check_deployment(
             entry.value("max_output_tokens"),
             "the output shares the context window with the prompt; lower max_output_tokens",
         )
+    _check_pass_params(entry, sink)
+
+
+def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> None:
+    listed = entry.spec.pass_params
+    if listed is None:
+        return
+    if entry.spec.kind != "chat":
+        sink.add(codes.PASS_PARAMS_NOT_CHAT,
+                 f"deployment '{entry.name}' serves {entry.spec.kind}, and pass_params "
+                 "applies to chat parameters only", entry.key("pass_params"),
+                 "remove pass_params: embeddings calls send only input, dimensions and user")
+    for index, name in enumerate(listed):
+        if name in READ_CHAT_PARAMS:
+            sink.add(codes.PASS_PARAM_READ,
+                     f"deployment '{entry.name}': pass_params lists '{name}', a field the "
+                     "gateway reads and translates itself", entry.value("pass_params", index),
+                     f"remove '{name}': it is never refused by pass_params (capabilities "
+                     "decide who takes tools, streaming and images)")
 
 
 def _check_group(

@@ -277,6 +277,21 @@ class DeploymentSpec(Spec):
     )
     serve: ServeSpec | None = Field(
         None, description="Provider type vllm: start and supervise its server with the gateway.")
+    pass_params: list[str] | None = Field(
+        None,
+        description="Chat parameters beyond those the gateway reads itself (service_tier, "
+        "store, audio, ...) that may reach this deployment; a request with another is not "
+        "sent to it (400 naming the parameter, or the group's next member). Default: all.",
+    )
+
+
+# The chat request fields the gateway reads and acts on itself (the fields of
+# runtime/chat_request.py's ChatRequest; a test keeps the two in step). Every other
+# top-level field is a parameter passed on as sent, which ``pass_params`` may restrict.
+READ_CHAT_PARAMS = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "n", "temperature", "top_p", "stop", "seed", "user", "tools", "tool_choice",
+})
 
 
 class FallbacksSpec(Spec):

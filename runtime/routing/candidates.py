@@ -46,6 +46,7 @@ WINDOW = "window"  # the prompt does not fit its context window (with the output
 OUTPUT = "output"  # max_tokens is past its max_output_tokens, or alone fills its window
 KIND = "kind"  # it serves the other endpoint (chat, embeddings)
 TOKEN_IDS = "token_ids"  # its provider's embeddings take text, not token ids
+PARAM = "param:"  # + a parameter its pass_params leave out
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,8 @@ class Dropped:
     reason: str
     unfit: bool  # True: the request does not fit it (4xx); False: it is unavailable (503)
     # What of the request an unfit member cannot take: WINDOW, OUTPUT, KIND, TOKEN_IDS,
-    # or a capability ("tools", "vision", ...). Unused when it is unavailable.
+    # PARAM + a parameter, or a capability ("tools", "vision", ...). Unused when it is
+    # unavailable.
     misfit: str = WINDOW
     # For an unavailable member: seconds until it may serve again (its circuit's
     # cooldown), when that is known.
@@ -92,6 +94,7 @@ def eligible(
     """Split ``group``'s members into those that can serve ``request`` and those that cannot."""
     needs = required_capabilities(request)
     wanted = request.output_limit
+    extras = request.model_extra
     fit: list[Candidate] = []
     dropped: list[Dropped] = []
     for deployment in group.members:
@@ -108,6 +111,12 @@ def eligible(
             lacks = sorted(missing)
             dropped.append(Dropped(deployment.name, f"lacks {', '.join(lacks)}", True, lacks[0]))
             continue
+        if extras and deployment.pass_params is not None:
+            refused = [name for name in extras if name not in deployment.pass_params]
+            if refused:
+                dropped.append(Dropped(deployment.name, f"is not configured to take "
+                                       f"{', '.join(refused)}", True, PARAM + refused[0]))
+                continue
         if wanted is not None and wanted >= min(deployment.max_output_tokens + 1,
                                                 deployment.context_window):
             # No shorter prompt would make room: it is max_tokens the client must lower.
@@ -181,7 +190,10 @@ class ChatAsk:
         if OUTPUT in misfits:
             cap = "max_completion_tokens" if self.request.max_completion_tokens else "max_tokens"
             return BadRequest(message, param=cap)
-        return BadRequest(message, param=_CAPABILITY_PARAMS.get(misfits[0], "model"))
+        first = misfits[0]
+        if first.startswith(PARAM):
+            return BadRequest(message, param=first[len(PARAM):])
+        return BadRequest(message, param=_CAPABILITY_PARAMS.get(first, "model"))
 
 
 class EmbeddingAsk:

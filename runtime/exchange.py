@@ -44,6 +44,7 @@ from .errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from .incoming import unless_gone
 from .live import Live
 from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult, Usage, close_deltas
@@ -151,7 +152,8 @@ class Exchange:
         if cached is not None:
             served, result = cached
         else:
-            served, result = await self._until_gone(complete(self.live, self.plan, self.record))
+            served, result = await unless_gone(complete(self.live, self.plan, self.record),
+                                                   self.gone)
         try:
             rendered = render(served, result)
         except GatewayError as exc:
@@ -162,35 +164,6 @@ class Exchange:
         if cached is None:
             await self._remember(served.deployment, result)
         return served, rendered
-
-    async def _until_gone(self, work: Awaitable[R]) -> R:
-        """``work``, stopped if the client goes away first: a ``Cancelled`` (499), and the
-        upstream call given up, as a stream's is. It ran on to its end, and was billed
-        and logged as a 200 no one received; an SDK that timed out and retried made it
-        two or three such calls. One watching task, which cancels this one."""
-        if self.gone is None:
-            return await work
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.ensure_future(self.gone())
-        left = False
-
-        def on_gone(done: asyncio.Future[None]) -> None:
-            nonlocal left
-            if not done.cancelled() and done.exception() is None:
-                left = True
-                task.cancel()
-
-        watcher.add_done_callback(on_gone)
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if left and task.uncancel() == 0:  # ours alone: not a shutdown's
-                raise Cancelled("The client went away before the answer.") from None
-            raise
-        finally:
-            watcher.remove_done_callback(on_gone)
-            watcher.cancel()
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
         assert self.plan is not None

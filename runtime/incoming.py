@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from aigw.compiler.graph import Settings
 
-from .errors import GatewayError, PayloadTooLarge, RequestTimeout
+from .errors import Cancelled, GatewayError, PayloadTooLarge, RequestTimeout
+
+R = TypeVar("R")
 
 
 async def read_body(request: Request, settings: Settings, bound: int | None = None) -> bytes:
@@ -69,3 +73,39 @@ async def client_gone(receive: Receive) -> None:
     the response is complete)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def unless_gone(
+    work: Awaitable[R], gone: Callable[[], Awaitable[None]] | None, awaited: str = "the answer"
+) -> R:
+    """``work``, stopped if the client goes away first (``gone()`` returns: ``client_gone``
+    for a request, a WebSocket's close): a ``Cancelled`` (499), ``work`` given up; None
+    for ``gone``: never known. A model call ran on to its end, billed and logged as a 200
+    no one received, and a wait for a pipeline polled the store for nobody.
+
+    One watching task, which cancels this one: no second task for ``work``, and a
+    shutdown's cancel (this task's own, counted by ``uncancel``) stays a CancelledError,
+    not taken for the client's leaving."""
+    if gone is None:
+        return await work
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(gone())
+    left = False
+
+    def on_gone(done: asyncio.Future[None]) -> None:
+        nonlocal left
+        if not done.cancelled() and done.exception() is None:
+            left = True
+            task.cancel()
+
+    watcher.add_done_callback(on_gone)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:  # ours alone: not a shutdown's
+            raise Cancelled(f"The client went away before {awaited}.") from None
+        raise
+    finally:
+        watcher.remove_done_callback(on_gone)
+        watcher.cancel()

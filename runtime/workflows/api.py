@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..exchange import Exchange
-from ..incoming import client_gone, read_body
+from ..incoming import client_gone, read_body, unless_gone
 from ..live import Live
 from ..policy import Facts
 from ..policy_request import authorize_pipeline
@@ -335,8 +335,8 @@ class _Api:
             traceparent(record.trace_context)
         )
         # Only the wait ends when its client leaves: the execution runs on (README).
-        final = await _final_or_gone(self.workflows, record, execution.id, wait_s,
-                                     partial(client_gone, request.receive))
+        final = await unless_gone(_final(self.workflows, record, execution.id, wait_s),
+                                  partial(client_gone, request.receive), "the pipeline's answer")
         assert final is not None
         # The line's tokens stay 0, as its cost: its model calls have their own lines,
         # which bill them, and a sum over the log counted them twice.
@@ -371,7 +371,7 @@ class _Api:
         after = _int(websocket.query_params.get("after"), 0, 0, 2**62)
         # What the client sends is not read (a follower only listens), but its close is:
         # unnoticed, the loop polled the store for a socket nobody held any more.
-        closed = asyncio.ensure_future(_closed(websocket))
+        closed = partial(_closed, websocket)
         try:
             while True:
                 execution = await store.get(execution_id)
@@ -385,14 +385,10 @@ class _Api:
                                                "type": "end", "step": None, "status": status})
                     await websocket.close()
                     return
-                if await _closed_first(self.workflows.wait(execution_id, self.workflows.poll_s),
-                                       closed):
-                    return
-        except WebSocketDisconnect:
+                await unless_gone(self.workflows.wait(execution_id, self.workflows.poll_s),
+                                  closed)
+        except (WebSocketDisconnect, Cancelled):  # Cancelled: closed while we waited
             return
-        finally:
-            closed.cancel()
-            await asyncio.gather(closed, return_exceptions=True)
 
     async def _execution(self, request: Request, key: ApiKey | None = None) -> Execution:
         key = key or self._key(request)
@@ -421,38 +417,6 @@ def pipeline_span(
     span, context = live.telemetry.tracing.request(name, headers)
     span.set("gen_ai.agent.name", pipeline)
     return span, context
-
-
-async def _final_or_gone(
-    workflows: Workflows, record: RequestRecord, execution_id: str, wait_s: float,
-    gone: Callable[[], Awaitable[None]] | None,
-) -> Execution | None:
-    """``_final``; ``Cancelled`` as soon as the client goes away (``gone()`` returns)."""
-    waiting = asyncio.ensure_future(_final(workflows, record, execution_id, wait_s))
-    if gone is None:
-        return await waiting
-    left = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait({waiting, left}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiting, left):
-            task.cancel()
-        await asyncio.gather(waiting, left, return_exceptions=True)
-    if waiting.cancelled():
-        raise Cancelled("The client went away before the pipeline's answer.")
-    return waiting.result()
-
-
-async def _closed_first(work: Awaitable[None], closed: asyncio.Future[None]) -> bool:
-    """Waits for ``work`` or ``closed``, whichever ends first (``work`` is cancelled if it
-    has not); whether ``closed`` has ended."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    return closed.done()
 
 
 async def _closed(websocket: WebSocket) -> None:
@@ -493,8 +457,8 @@ class PipelineChat:
         orphaned = started and idempotency is None
         wait_s = deadline_s(route, exchange.headers)
         try:
-            final = await _final_or_gone(self.workflows, record, execution.id, wait_s,
-                                         exchange.gone)
+            final = await unless_gone(_final(self.workflows, record, execution.id, wait_s),
+                                      exchange.gone, "the pipeline's answer")
         except (asyncio.CancelledError, Cancelled):
             if orphaned:
                 await self._cancel(key, execution.id)

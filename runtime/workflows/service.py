@@ -176,8 +176,9 @@ class Workflows:
         waiters = self._waiters.setdefault(execution_id, set())
         waiters.add(waiter)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, timeout)
+            # asyncio.wait, not wait_for: on 3.11 wait_for swallows a cancel that comes as
+            # the waiter is woken, and a client's leaving (``unless_gone``) went unseen.
+            await asyncio.wait((waiter,), timeout=timeout)
         finally:
             waiters.discard(waiter)
             if not waiters and self._waiters.get(execution_id) is waiters:

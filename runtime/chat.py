@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
@@ -202,35 +203,73 @@ async def complete(
     quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> ChatResult:
-        hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
-        record.waiting_upstream()
-        with attempt_span(live, record, candidate) as span:
-            try:
-                result = await candidate.adapter.complete(_call(chosen, candidate))
-            except BaseException as exc:  # failed or cancelled: the quota is given back
-                with anyio.CancelScope(shield=True):
-                    await quotas.release(hold)
-                span_failed(span, exc)
-                raise
-            finally:
-                record.waited_upstream()
-            await quotas.settle(hold, result.usage.total_tokens)
-            span.set("gen_ai.response.model", result.model)
-            span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
-            span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
-            span.set(CACHE_READ_TOKENS, result.usage.cached_tokens or None)
-            span.set(CACHE_WRITE_TOKENS, result.usage.cache_creation_tokens or None)
-            return result
+        return await call_upstream(
+            live, record, quotas, candidate, _worst_tokens(chosen, candidate),
+            partial(candidate.adapter.complete, _call(chosen, candidate)), "chat", _noted)
 
     won = await run_attempts(live, chosen.route, _loop(live, chosen, attempt, nothing), record)
-    stats = live.routing.of(won.candidate.deployment)
-    now = live.routing.clock()
-    stats.observe_latency((now - won.started) * 1000)
-    stats.add_usage(now, won.value.usage.total_tokens)
-    _bill(record, won.candidate.deployment, won.value.usage)
+    bill_answer(live, record, won)
     record.response_model = won.value.model
     record.finish_reasons = tuple(choice.finish_reason for choice in won.value.choices)
     return _served(record, chosen, won), won.value
+
+
+class Answer(Protocol):
+    """A whole answer from an upstream: a chat's (``ChatResult``), an embeddings call's."""
+
+    @property
+    def usage(self) -> Usage: ...
+
+
+A = TypeVar("A", bound=Answer)
+
+
+async def call_upstream(
+    live: Live, record: RequestRecord, quotas: DeploymentQuotas, candidate: Candidate,
+    hold_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
+    noted: Callable[[Span, A], None],
+) -> A:
+    """One attempt at a whole answer from ``candidate`` (``call``, GenAI's ``operation``:
+    chat, embeddings): its deployment's own rpm/tpm held for ``hold_tokens`` (over it, the
+    member is skipped, DeploymentAtQuota, and no call goes out) and settled with what the
+    answer used, or given back if the call failed or was cancelled; the upstream's time
+    counted as such, not as the gateway's overhead; the attempt's span, which ``noted``
+    labels with the answer."""
+    hold = await quotas.take(candidate.deployment, hold_tokens)
+    record.waiting_upstream()
+    with attempt_span(live, record, candidate, operation=operation) as span:
+        try:
+            result = await call()
+        except BaseException as exc:  # failed or cancelled: the quota is given back
+            with anyio.CancelScope(shield=True):
+                await quotas.release(hold)
+            span_failed(span, exc)
+            raise
+        finally:
+            record.waited_upstream()
+        await quotas.settle(hold, result.usage.total_tokens)
+        if span is not NO_SPAN:  # untraced: nothing to label
+            noted(span, result)
+    return result
+
+
+def _noted(span: Span, result: ChatResult) -> None:
+    span.set("gen_ai.response.model", result.model)
+    span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
+    span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
+    span.set(CACHE_READ_TOKENS, result.usage.cached_tokens or None)
+    span.set(CACHE_WRITE_TOKENS, result.usage.cache_creation_tokens or None)
+
+
+def bill_answer(live: Live, record: RequestRecord, won: Won[A]) -> None:
+    """The routing stats of a whole answer's deployment (its latency, its tokens a
+    minute) and the request's bill: a chat's and an embeddings call's alike."""
+    deployment, usage = won.candidate.deployment, won.value.usage
+    stats = live.routing.of(deployment)
+    now = live.routing.clock()
+    stats.observe_latency((now - won.started) * 1000)
+    stats.add_usage(now, usage.total_tokens)
+    _bill(record, deployment, usage)
 
 
 async def stream(

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import base64
 import struct
+from functools import partial
 from typing import Annotated, Literal
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -24,13 +24,13 @@ from aigw.compiler.graph import ApiKey, Route
 
 from .admission import DeploymentQuotas, check_route_allowed
 from .chat import (
-    attempt_span,
+    bill_answer,
+    call_upstream,
     deadline_s,
     nothing,
     overhead_header,
     resolve_route,
     run_attempts,
-    span_failed,
 )
 from .chat_request import bad_request
 from .errors import BadRequest
@@ -40,6 +40,7 @@ from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
 from .providers.registry import EMBEDS_TOKEN_IDS
 from .routing.attempts import AttemptLoop
 from .routing.candidates import Candidate, EmbeddingAsk
+from .telemetry.tracing import Span
 
 _MAX_INPUTS = 2048
 # The largest token id: past int32 is no vocabulary's (nor a number every server's
@@ -88,25 +89,10 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> EmbeddingResult:
-        # A deployment's own rpm/tpm, as a chat attempt takes it: over it, the member is
-        # skipped (DeploymentAtQuota) and no call goes out.
-        hold = await quotas.take(candidate.deployment, prompt_tokens)
         call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
                              prompt_tokens)
-        record.waiting_upstream()
-        with attempt_span(live, record, candidate, operation="embeddings") as span:
-            try:
-                result = await candidate.adapter.embed(call)
-            except BaseException as exc:  # failed or cancelled: the quota is given back
-                with anyio.CancelScope(shield=True):
-                    await quotas.release(hold)
-                span_failed(span, exc)
-                raise
-            finally:  # the upstream's time, not the gateway's own overhead
-                record.waited_upstream()
-            span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
-        await quotas.settle(hold, result.prompt_tokens)
-        return result
+        return await call_upstream(live, record, quotas, candidate, prompt_tokens,
+                                   partial(candidate.adapter.embed, call), "embeddings", _noted)
 
     ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
     deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
@@ -114,18 +100,17 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                        gate=gate)
     won = await run_attempts(live, route, loop, record)
     result, deployment = won.value, won.candidate.deployment
-    stats = live.routing.of(deployment)
-    now = live.routing.clock()
-    stats.observe_latency((now - won.started) * 1000)
-    stats.add_usage(now, result.prompt_tokens)
-    record.prompt_tokens = result.prompt_tokens
-    record.cost = deployment.price.cost(result.prompt_tokens, 0)
+    bill_answer(live, record, won)
     await exchange.close()
     return JSONResponse(
         _body(result, request.encoding_format),
         headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name,
                  "x-aigw-attempts": str(won.attempts), **overhead_header(record)},
     )
+
+
+def _noted(span: Span, result: EmbeddingResult) -> None:
+    span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
 
 
 def _check_serves(route: Route, token_ids: bool) -> None:

@@ -169,6 +169,11 @@ class EmbeddingResult:
     vectors: tuple[Sequence[float], ...]
     prompt_tokens: int
 
+    @property
+    def usage(self) -> Usage:
+        """What it used, as a chat answer says it: its inputs, no output."""
+        return Usage(self.prompt_tokens, 0)
+
 
 def embedding_vector(value: object, provider: Provider) -> tuple[float, ...]:
     """One embedding as floats; anything but a non-empty list of finite numbers a float32

@@ -7,7 +7,7 @@ call (``explain_embeddings``), each with its own test of which members fit.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aigw.compiler.graph import Graph, Group
@@ -17,9 +17,9 @@ from ..policy import Decision, RequestGate
 from ..providers.base import ChatAdapter
 from ..providers.registry import ADAPTERS
 from .attempts import fallbacks, untried_class
-from .candidates import Candidate, ChatAsk, Dropped, EmbeddingAsk, order_candidates
+from .candidates import Ask, ChatAsk, Dropped, EmbeddingAsk, order_candidates
 from .state import RoutingState
-from .strategies import Demand, expected_cost
+from .strategies import expected_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,9 @@ def explain(
 
     With ``gate``, Cedar's route policies filter and order each group as they would for
     that principal and context; ``every_provider`` counts disabled providers (an unset
-    key in CI) as available.
+    key in CI) as available. A prefix_affinity group is ordered as for a conversation
+    that starts with an empty message: the facts hold no conversation, and a real one
+    may go to another member first.
     """
     route = graph.routes[route_name]
     if route.group is None:
@@ -60,9 +62,10 @@ def explain(
         max_tokens=max_tokens,
         stream=stream,
     )
+    # The Ask the attempt loop would have for this stand-in, its demand included: a
+    # prefix_affinity group is ordered by the digest of its (empty) conversation's start.
     ask = ChatAsk(_adapters(graph, every_provider), route, request, prompt_tokens)
-    return _tiers(graph, route.group, ask.eligible, Demand(prompt_tokens, max_tokens, stream),
-                  state, gate)
+    return _tiers(graph, route.group, ask, state, gate)
 
 
 def serves_embeddings(graph: Graph, route_name: str) -> bool:
@@ -86,7 +89,7 @@ def explain_embeddings(
     if route.group is None:
         return []
     ask = EmbeddingAsk(_adapters(graph, every_provider), prompt_tokens, prompt_tokens, False)
-    return _tiers(graph, route.group, ask.eligible, ask.demand, state, gate)
+    return _tiers(graph, route.group, ask, state, gate)
 
 
 def _adapters(graph: Graph, every_provider: bool) -> Mapping[str, ChatAdapter]:
@@ -97,8 +100,7 @@ def _adapters(graph: Graph, every_provider: bool) -> Mapping[str, ChatAdapter]:
 def _tiers(
     graph: Graph,
     first: Group,
-    fit: Callable[[Group], tuple[list[Candidate], list[Dropped]]],
-    demand: Demand,
+    ask: Ask,
     state: RoutingState | None,
     gate: RequestGate | None,
 ) -> list[TierExplanation]:
@@ -112,16 +114,17 @@ def _tiers(
         if group.name in seen:
             continue
         seen.add(group.name)
-        fits, dropped = fit(group)
+        fits, dropped = ask.eligible(group)
         filtered = gate.filter(fits) if gate is not None else None
         if filtered is not None:
             fits, dropped = filtered.permitted, [*dropped, *filtered.denied]
-        ordered = order_candidates(group, fits, state, demand)
+        ordered = order_candidates(group, fits, state, ask.demand)
         if filtered is not None:
             ordered = filtered.by_priority(ordered)
         tiers.append(TierExplanation(
             group.name, reason, group.strategy,
-            tuple((c.deployment.name, expected_cost(c.deployment, demand)) for c in ordered),
+            tuple((c.deployment.name, expected_cost(c.deployment, ask.demand))
+                  for c in ordered),
             tuple(dropped),
             filtered.decisions if filtered is not None else {},
         ))

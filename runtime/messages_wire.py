@@ -265,9 +265,10 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 def to_chat_request(request: MessagesRequest) -> ChatRequest:
     """Lower a Messages request into the OpenAI-shaped request the serving core takes."""
+    marks = _Marks()
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": chat_messages(request),
+        "messages": chat_messages(request, marks),
         # OpenAI's reasoning models (o1, o3, gpt-5...) refuse max_tokens: the cap goes as
         # an OpenAI SDK sends it today, and the OpenAI adapter writes it in the field its
         # server reads (cap_field), as it does for an OpenAI-format client's.
@@ -289,54 +290,63 @@ def to_chat_request(request: MessagesRequest) -> ChatRequest:
         # Anthropic's structured outputs always hold to the schema: strict, as OpenAI says it.
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "output", "schema": output_format.json_schema, "strict": True}}
-    body.update(tools_of(request))
-    hints = request.top_k is not None or _marks_cache(request)
+    body.update(tools_of(request, marks))
+    hints = request.top_k is not None or marks.met
     return chat_request_from(body, anthropic_hints=hints)
 
 
-def _marks_cache(request: MessagesRequest) -> bool:
-    """Whether any block or tool carries a ``cache_control`` mark."""
-    blocks: list[Any] = [*(request.system or ()), *(request.tools or ())]
-    for message in request.messages:
-        blocks.extend(message.content)
-        for block in message.content:
-            if isinstance(block, ToolResultBlock):
-                blocks.extend(block.content)
-    return any(block.cache_control is not None for block in blocks)
+class _Marks:
+    """Whether the lowering met a ``cache_control`` mark (on a block of any kind, a tool
+    result's text or a tool): then the request carries Anthropic's hints. Noted where
+    each block is lowered, as a second walk over every block found what it had seen."""
+
+    __slots__ = ("met",)
+
+    def __init__(self) -> None:
+        self.met = False
 
 
-def _text_part(block: TextBlock) -> dict[str, Any]:
+def _text_part(block: TextBlock, marks: _Marks) -> dict[str, Any]:
     """A text block as an OpenAI text part, its ``cache_control`` kept where it has one
     (as an OpenAI-format client writes it for an Anthropic upstream)."""
     part: dict[str, Any] = {"type": "text", "text": block.text}
     if block.cache_control is not None:
         part["cache_control"] = block.cache_control
+        marks.met = True
     return part
 
 
-def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
-    """The conversation as OpenAI chat messages, system prompt first."""
+def chat_messages(
+    request: CountTokensRequest, marks: _Marks | None = None
+) -> list[dict[str, Any]]:
+    """The conversation as OpenAI chat messages, system prompt first; ``marks`` notes
+    whether it met a ``cache_control`` mark."""
+    marks = marks or _Marks()
     lowered: list[dict[str, Any]] = []
     if request.system:
         system: str | list[dict[str, Any]] = "\n\n".join(b.text for b in request.system)
         if any(block.cache_control is not None for block in request.system):
-            system = [_text_part(block) for block in request.system]  # the marks' places
+            # the marks' places
+            system = [_text_part(block, marks) for block in request.system]
         lowered.append({"role": "system", "content": system})
     for number, message in enumerate(request.messages):
         if message.role == "assistant":
-            lowered.append(_assistant(message, number))
+            lowered.append(_assistant(message, number, marks))
         else:
-            lowered.extend(_user(message, number))
+            lowered.extend(_user(message, number, marks))
     return lowered
 
 
-def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
+def _assistant(message: MessageParam, number: int, marks: _Marks) -> dict[str, Any]:
     texts: list[TextBlock] = []
     calls: list[dict[str, Any]] = []
     for position, block in enumerate(message.content):
         if isinstance(block, TextBlock):
             texts.append(block)
         elif isinstance(block, ToolUseBlock):
+            # A tool call has no place for the block's mark, which still marks the request.
+            if block.cache_control is not None:
+                marks.met = True
             calls.append({
                 "id": block.id,
                 "type": "function",
@@ -346,7 +356,7 @@ def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
             raise _misplaced(block.type, "an assistant", number, position)
     content: str | list[dict[str, Any]] = "".join(block.text for block in texts)
     if any(block.cache_control is not None for block in texts):
-        content = [_text_part(block) for block in texts]
+        content = [_text_part(block, marks) for block in texts]
     lowered: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         lowered["tool_calls"] = calls
@@ -354,16 +364,16 @@ def _assistant(message: MessageParam, number: int) -> dict[str, Any]:
     return lowered
 
 
-def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
+def _user(message: MessageParam, number: int, marks: _Marks) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for position, block in enumerate(message.content):
         if isinstance(block, ToolResultBlock):
-            results.append(_tool_message(block, number, position))
+            results.append(_tool_message(block, number, position, marks))
         elif isinstance(block, TextBlock):
-            parts.append(_text_part(block))
+            parts.append(_text_part(block, marks))
         elif isinstance(block, ImageBlock):
-            parts.append(_image_part(block))
+            parts.append(_image_part(block, marks))
         else:
             raise _misplaced(block.type, "a user", number, position)
     if not parts:
@@ -373,7 +383,9 @@ def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
     return [*results, {"role": "user", "content": parts}]
 
 
-def _tool_message(block: ToolResultBlock, number: int, position: int) -> dict[str, Any]:
+def _tool_message(
+    block: ToolResultBlock, number: int, position: int, marks: _Marks
+) -> dict[str, Any]:
     texts: list[str] = []
     for inner, part in enumerate(block.content):
         if not isinstance(part, TextBlock):
@@ -388,15 +400,16 @@ def _tool_message(block: ToolResultBlock, number: int, position: int) -> dict[st
     text = f"Error: {text}" if block.is_error else text
     # A mark on the result or on its last marked text marks the whole result: OpenAI's
     # tool message is one text.
-    marks = [block.cache_control, *(part.cache_control for part in block.content)]
-    mark = next((each for each in reversed(marks) if each is not None), None)
+    given = [block.cache_control, *(part.cache_control for part in block.content)]
+    mark = next((each for each in reversed(given) if each is not None), None)
     content: str | list[dict[str, Any]] = text
     if mark is not None:
         content = [{"type": "text", "text": text, "cache_control": mark}]
+        marks.met = True
     return {"role": "tool", "tool_call_id": block.tool_use_id, "content": content}
 
 
-def _image_part(block: ImageBlock) -> dict[str, Any]:
+def _image_part(block: ImageBlock, marks: _Marks) -> dict[str, Any]:
     source = block.source
     if isinstance(source, Base64Source):
         url = f"data:{source.media_type};base64,{source.data}"
@@ -405,6 +418,7 @@ def _image_part(block: ImageBlock) -> dict[str, Any]:
     part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
     if block.cache_control is not None:
         part["cache_control"] = block.cache_control
+        marks.met = True
     return part
 
 
@@ -413,8 +427,9 @@ def _misplaced(kind: str, turn: str, number: int, position: int) -> BadRequest:
     return BadRequest(f"{param}: {turn} turn cannot hold a '{kind}' block.", param=param)
 
 
-def tools_of(request: CountTokensRequest) -> dict[str, Any]:
-    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, or nothing when no tools."""
+def tools_of(request: CountTokensRequest, marks: _Marks | None = None) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, or nothing when no tools;
+    ``marks`` notes whether a tool carried a ``cache_control`` mark."""
     names = {tool.name for tool in request.tools or ()}
     choice = request.tool_choice
     if isinstance(choice, ToolChoiceTool) and choice.name not in names:
@@ -424,7 +439,8 @@ def tools_of(request: CountTokensRequest) -> dict[str, Any]:
         )
     if not request.tools:
         return {}
-    lowered: dict[str, Any] = {"tools": [_tool(tool) for tool in request.tools]}
+    marks = marks or _Marks()
+    lowered: dict[str, Any] = {"tools": [_tool(tool, marks) for tool in request.tools]}
     if isinstance(choice, ToolChoiceNone):
         lowered["tool_choice"] = "none"
         return lowered
@@ -439,11 +455,12 @@ def tools_of(request: CountTokensRequest) -> dict[str, Any]:
     return lowered
 
 
-def _tool(tool: ToolParam) -> dict[str, Any]:
+def _tool(tool: ToolParam, marks: _Marks) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
     if tool.description is not None:
         function["description"] = tool.description
     lowered: dict[str, Any] = {"type": "function", "function": function}
     if tool.cache_control is not None:
         lowered["cache_control"] = tool.cache_control
+        marks.met = True
     return lowered

@@ -415,6 +415,42 @@ def test_cache_marks_are_lowered_where_an_openai_format_client_writes_them() -> 
     assert not unmarked.anthropic_hints
 
 
+_MARK = {"type": "ephemeral"}
+_TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+
+
+@pytest.mark.parametrize("body", [
+    _message("hi", system=[{"type": "text", "text": "A.", "cache_control": _MARK}]),
+    _message("hi", tools=[{**WEATHER, "cache_control": _MARK}]),
+    _message([{"type": "text", "text": "hi", "cache_control": _MARK}]),
+    _message([{"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"},
+               "cache_control": _MARK}]),
+    {**_message("hi"), "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hm.", "cache_control": _MARK}]},
+        {"role": "user", "content": "go on"}]},
+    {**_message("hi"), "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{**_TOOL_USE, "cache_control": _MARK}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}]}]},
+    {**_message("hi"), "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [_TOOL_USE]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": "sunny", "cache_control": _MARK}]}]},
+    {**_message("hi"), "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [_TOOL_USE]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": [{"type": "text", "text": "sunny",
+                                                   "cache_control": _MARK}]}]}]},
+], ids=["system", "tool", "text", "image", "assistant text", "tool_use", "tool_result",
+        "tool_result text"])
+def test_a_single_cache_mark_anywhere_marks_the_request(body: dict[str, object]) -> None:
+    """The lowering notes the marks it meets (no second walk finds them): one alone, in any
+    place a block or tool may carry it, gives the request Anthropic's hints."""
+    request = to_chat_request(parse(MessagesRequest, json.dumps(body).encode()))
+    assert request.anthropic_hints
+
+
 @pytest.mark.parametrize(
     ("choice", "lowered"),
     [

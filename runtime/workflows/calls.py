@@ -22,7 +22,7 @@ from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
-from ..errors import Forbidden, GatewayError
+from ..errors import Forbidden, GatewayError, InternalError
 from ..exchange import Exchange
 from ..live import Gateway, Live
 from ..policy_request import authorize_pipeline_again
@@ -68,6 +68,10 @@ class GatewayModels:
             raise
         except asyncio.CancelledError:  # the execution stopped (a shutdown, a lost lease)
             await exchange.cancelled()
+            raise
+        except Exception:  # aigw's own fault (the runner logs it): given back, recorded
+            # and counted as a chat request's is, not held until the hold expires
+            await exchange.fail(InternalError("The gateway had an internal error."))
             raise
         finally:
             live.in_flight.leave()

@@ -7,7 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+
+from aigw.compiler.graph import Provider
+from aigw.runtime.providers import registry
+from aigw.runtime.providers.base import ChatAdapter, ChatCall, ChatResult
+from aigw.runtime.providers.echo import EchoAdapter
+from aigw.runtime.tokens import TokenCounter
 
 from .conftest import DEV_KEY, Serve, Served, approval_pipeline
 
@@ -153,3 +160,42 @@ async def test_an_approval_waiting_as_the_run_fails_on_an_internal_error_is_clos
                              "refused a call; the error is logged.")
     await _closed(served, started["id"], "sign_off",
                   f"abandoned: the execution failed ({done['error']})", "execution_failed")
+
+
+ONE_CALL = """
+input: {type: object}
+steps:
+  draft: {kind: llm, model: fast, prompt: "{{ input.text }}", retries: 0}
+output: "{{ steps.draft }}"
+"""
+
+
+class _Failing(EchoAdapter):
+    """An adapter whose call fails in a way no handler names (a bug, a library's own
+    exception): the seam the gateway calls providers through, not its internals."""
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        raise RuntimeError("an unplanned failure")
+
+
+async def test_a_model_call_that_fails_unplanned_gives_its_hold_back_and_is_recorded(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's model call that raised something other than a gateway error kept the
+    team's hold until it expired, wrote no ledger record and was counted as a 200; a
+    chat request that fails so is given back, recorded and counted as a 500."""
+    def failing(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+        return _Failing(provider, counter)
+
+    monkeypatch.setattr(registry, "ADAPTERS", {**registry.ADAPTERS, "echo": failing})
+    served = await serve({"ask": ONE_CALL}, eng="{budget: {amount: 1000000, period: day}}")
+    started = await served.start("ask", {"text": "hello"})
+    done = await _settled(served, started["id"], "failed")
+    assert "RuntimeError" in done["error"]
+    budgets = (await served.http.get("/admin/budgets")).json()["data"]
+    assert [(b["spent"], b["held"]) for b in budgets if b["name"] == "eng"] == [(0, 0)]
+    rows = (await served.http.get("/v1/costs/summary?group_by=route")).json()["data"]
+    assert [(r["route"], r["requests"], r["errors"]) for r in rows] == [("fast", 1, 1)]
+    metrics = (await served.http.get("/metrics")).text
+    assert 'route="fast",status="500"' in metrics
+    assert 'route="fast",status="200"' not in metrics

@@ -10,9 +10,9 @@ OpenAI-shaped results:
 
 - finish reason stop -> end_turn, length -> max_tokens, tool_calls -> tool_use,
   content_filter (or a refusal) -> refusal; a stop at a stop sequence the upstream
-  names (Anthropic and Vertex's Claude do) -> stop_sequence, with ``stop_sequence``.
-  Other upstreams do not say which stop sequence matched (OpenAI's, Gemini's,
-  Bedrock's Converse): there ``stop_sequence`` is null and a stop is end_turn.
+  names (Anthropic, Vertex's Claude and Claude on Bedrock do) -> stop_sequence, with
+  ``stop_sequence``. Other upstreams do not say which stop sequence matched (OpenAI's,
+  Gemini's, other Bedrock models): there ``stop_sequence`` is null and a stop is end_turn.
 - usage: ``input_tokens`` is the prompt less its cached part (Anthropic counts
   cache reads and writes apart); the stream's ``message_start`` carries the gateway's
   own count, and ``message_delta`` the upstream's final counts.

@@ -14,6 +14,7 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
+from .fakes.bedrock_fake import BedrockFake
 from .fakes.openai_fake import OpenAIFake
 from .fakes.serve import free_port, serving
 from .redis_server import PrivateRedis, shared_redis_url
@@ -107,3 +108,23 @@ def openai_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[OpenAIFak
     monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
     with serving(fake.app) as url:
         yield fake, url
+
+
+@pytest.fixture
+def bedrock_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BedrockFake]:
+    """The fake, and the AWS chain pointed at its credentials and nothing else."""
+    fake = BedrockFake()
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", fake.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", fake.secret_key)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", fake.session_token or "")
+    fake.api_key = "bedrock-api-key-ABSKfake0123456789"
+    monkeypatch.setenv("FAKE_BEDROCK_API_KEY", fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url  # type: ignore[attr-defined]
+        yield fake

@@ -30,7 +30,12 @@ The request is translated by ``bedrock_wire``:
                                     cannot forbid them)
     max_tokens / max_completion_... ``inferenceConfig.maxTokens``: the call's cap, sent
                                     when the client or the deployment set one
-    temperature, top_p, stop        ``inferenceConfig`` temperature, topP, stopSequences
+    temperature, top_p, stop        ``inferenceConfig`` temperature, topP, stopSequences;
+                                    for a Claude model with stop sequences also
+                                    ``additionalModelResponseFieldPaths`` (Claude's
+                                    ``/delta/stop_sequence`` and ``/stop_sequence``), so
+                                    the answer names the one that ended it (the
+                                    /v1/messages ``stop_sequence``)
     top_k                           ``additionalModelRequestFields.top_k`` for a Claude
                                     model id; another model's is a 400 (left out when
                                     it came from /v1/messages: Anthropic's hint)
@@ -43,7 +48,8 @@ stop_sequence -> stop, max_tokens -> length, tool_use -> tool_calls,
 content_filtered and guardrail_intervened -> content_filter. ``prompt_tokens`` is
 inputTokens + cacheReadInputTokens + cacheWriteInputTokens (cached_tokens the reads).
 Streams map contentBlockStart (toolUse) and contentBlockDelta (text, toolUse.input)
-to deltas, messageStop to the finish reason, and the trailing metadata to the usage.
+to deltas, messageStop to the finish reason (and the matched stop sequence, from its
+``additionalModelResponseFields``), and the trailing metadata to the usage.
 
 Errors, by the ``x-amzn-errortype`` header or a stream's ``:exception-type``:
 ThrottlingException and ServiceQuotaExceededException -> rate limited;
@@ -89,7 +95,7 @@ from .base import (
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
-from .bedrock_wire import converse_body, finish_reason, parse_converse, usage
+from .bedrock_wire import converse_body, finish_reason, matched_stop, parse_converse, usage
 
 # The HTTP status each Bedrock error type stands for, so the shared rules classify it
 # (ModelErrorException is really a 424, ServiceQuotaExceededException a 400).
@@ -188,7 +194,9 @@ class _StreamReader:
         elif kind == "messageStop":
             self.stopped = True
             reason = str(event.get("stopReason") or "end_turn")
-            return [ChatDelta(finish_reason=finish_reason(reason, self.provider))]
+            return [ChatDelta(finish_reason=finish_reason(reason, self.provider),
+                              stop_sequence=matched_stop(
+                                  reason, event.get("additionalModelResponseFields")))]
         elif kind == "metadata" and isinstance(event.get("usage"), dict):
             self.counts = dict(event["usage"])
         return []  # messageStart, reasoning and events added later

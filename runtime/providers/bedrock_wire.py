@@ -32,6 +32,13 @@ STOP_REASONS: Mapping[str, str] = MappingProxyType({
     "content_filtered": "content_filter",
     "guardrail_intervened": "content_filter",
 })
+# Where Claude's own answer names the stop sequence that ended it, asked for as
+# additionalModelResponseFieldPaths and returned (whole or streamed) at the same path in
+# additionalModelResponseFields. Live answers carry it in the closing message_delta
+# event's delta, and null at the top level that the API reference's example names; both
+# are asked for, so a Converse that fills either is read (a path that finds nothing is
+# ignored, as the reference says).
+STOP_SEQUENCE_PATHS = ("/delta/stop_sequence", "/stop_sequence")
 # Stop reasons of an answer the model botched (a tool call or output that does not
 # parse): nothing a client can use, and a retry or another member may well do better.
 MALFORMED_STOPS = frozenset({"malformed_tool_use", "malformed_model_output"})
@@ -44,6 +51,20 @@ def finish_reason(stop_reason: str, provider: str) -> str:
         raise UpstreamServerError(f"provider '{provider}' produced a malformed answer "
                                   f"(stopReason {stop_reason})", provider=provider)
     return STOP_REASONS.get(stop_reason, "stop")
+
+
+def matched_stop(stop_reason: str, fields: object) -> str | None:
+    """The stop sequence an answer ended at, from its ``additionalModelResponseFields``
+    (there when ``STOP_SEQUENCE_PATHS`` were asked for), or None."""
+    if stop_reason != "stop_sequence" or not isinstance(fields, dict):
+        return None
+    delta = fields.get("delta")
+    for sequence in (delta.get("stop_sequence") if isinstance(delta, dict) else None,
+                     fields.get("stop_sequence")):
+        if isinstance(sequence, str):
+            return sequence
+    return None
+
 
 IMAGE_FORMATS: Mapping[str, str] = MappingProxyType({
     "image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp",
@@ -87,6 +108,10 @@ def converse_body(call: ChatCall) -> dict[str, Any]:
     inference = _inference_config(call)
     if inference:
         body["inferenceConfig"] = inference
+    if claude and "stopSequences" in inference:
+        # Converse does not say which stop sequence ended an answer (/v1/messages answers
+        # with it) unless asked for the field of Claude's own closing message_delta event.
+        body["additionalModelResponseFieldPaths"] = list(STOP_SEQUENCE_PATHS)
     top_k = (request.model_extra or {}).get("top_k")
     if top_k is not None and claude:  # Claude's own field, which Converse passes on
         body["additionalModelRequestFields"] = {"top_k": top_k}
@@ -299,6 +324,7 @@ def parse_converse(document: Mapping[str, Any], call: ChatCall, provider: Provid
         content="".join(texts) if texts else None,
         finish_reason=finish_reason(stop_reason, provider.name),
         tool_calls=tuple(calls),
+        stop_sequence=matched_stop(stop_reason, document.get("additionalModelResponseFields")),
     )
     counts = document.get("usage")
     return ChatResult(

@@ -18,7 +18,15 @@ Errors carry ``x-amzn-ErrorType: <Type>:http://internal.amazon.com/...`` and
 ``{"message": ...}``. Streams are AWS event-stream frames (prelude, headers, JSON
 payload, both CRC32s), each frame sent in two pieces so that readers must reassemble.
 
-Answers come from ``brain.decide``; a tool call follows a short text block. Scripted
+Answers come from ``brain.decide``; a tool call follows a short text block. They are
+Claude's: ``additionalModelResponseFieldPaths`` (JSON Pointers; an empty or malformed
+one is a 400) are resolved against Claude's own stream as Bedrock reads it, the message
+of ``message_start`` (``stop_reason`` and ``stop_sequence`` still null) with the closing
+``message_delta`` event over it, and each value found is put in
+``additionalModelResponseFields`` at its path (a path that finds nothing is left out),
+in the answer and in the stream's ``messageStop``. So ``/delta/stop_sequence`` names
+the stop sequence that ended the answer and ``/stop_sequence`` (the API reference's
+example) is null, as live Converse answers have them. Scripted
 actions (``brain.Action``): an error status answers with ``body`` {"type", "message"}
 or a default; status 200 with a Converse answer ``body`` (it has ``output``) answers
 with it, streamed when asked; status 200 with a body {"exception": "throttlingException", "message"}
@@ -65,6 +73,7 @@ _AUTHORIZATION = re.compile(
     r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?"
     r"Signature=(?P<signature>[0-9a-f]{64})$")
 _AMZ_DATE = re.compile(r"^\d{8}T\d{6}Z$")
+_POINTER = re.compile(r"(/([^/~]|~[01])*)+")  # RFC 6901, not empty
 
 
 class Invalid(Exception):
@@ -190,11 +199,40 @@ def validate(body: Any) -> None:
             raise Invalid(f"inferenceConfig.{name}: must be between 0 and 1")
     if len(config.get("stopSequences", [])) > 4:
         raise Invalid("inferenceConfig.stopSequences: at most 4")
+    _field_paths(body.get("additionalModelResponseFieldPaths", []))
     if tool_blocks and "toolConfig" not in body:
         raise Invalid("The toolConfig field must be defined when using toolUse and "
                       "toolResult content blocks.")
     if "toolConfig" in body:
         _tool_config(body["toolConfig"])
+
+
+def _field_paths(paths: Any) -> None:
+    if not isinstance(paths, list) or len(paths) > 10:
+        raise Invalid("additionalModelResponseFieldPaths: at most 10 paths")
+    for number, path in enumerate(paths):
+        if not isinstance(path, str) or not _POINTER.fullmatch(path) or len(path) > 256:
+            raise Invalid(f"additionalModelResponseFieldPaths.{number}: '{path}' is not a "
+                          "valid JSON Pointer")
+
+
+def response_fields(paths: list[str], native: dict[str, Any]) -> dict[str, Any]:
+    """``additionalModelResponseFields``: each path's value in the model's ``native``
+    output, at that path (``/delta/stop_sequence`` -> ``{"delta": {"stop_sequence": ...}}``)."""
+    fields: dict[str, Any] = {}
+    for path in paths:
+        keys = [key.replace("~1", "/").replace("~0", "~") for key in path[1:].split("/")]
+        value: Any = native
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                break
+            value = value[key]
+        else:
+            slot = fields
+            for key in keys[:-1]:
+                slot = slot.setdefault(key, {})
+            slot[keys[-1]] = value
+    return fields
 
 
 def _tool_config(config: Any) -> None:
@@ -347,7 +385,7 @@ class BedrockFake:
                        [t["toolSpec"]["name"] for t in tools if "toolSpec" in t], result, True)
         config = body.get("inferenceConfig") or {}
         content: list[dict[str, Any]] = []
-        stop = "end_turn"
+        stop, matched = "end_turn", None
         if reply.tool_name:
             content.append({"text": f"I'll call {reply.tool_name}."})
             content.append({"toolUse": {"toolUseId": f"tooluse_fake{len(self.script.requests)}",
@@ -358,7 +396,7 @@ class BedrockFake:
             text = reply.text or ""
             for sequence in config.get("stopSequences") or []:
                 if sequence in text:
-                    text, stop = text[:text.index(sequence)], "stop_sequence"
+                    text, stop, matched = text[:text.index(sequence)], "stop_sequence", sequence
             pieces = text.split(" ")
             if len(pieces) > config.get("maxTokens", 4096):
                 text, stop = " ".join(pieces[:config["maxTokens"]]), "max_tokens"
@@ -367,9 +405,16 @@ class BedrockFake:
             len(json.dumps(b["toolUse"]["input"]).split()) for b in content if "toolUse" in b)
         counts = self._input_usage(body)
         total = sum(counts.values()) + output
-        return {"output": {"message": {"role": "assistant", "content": content}},
-                "stopReason": stop, "metrics": {"latencyMs": 12},
-                "usage": {**counts, "outputTokens": output, "totalTokens": total}}
+        answer = {"output": {"message": {"role": "assistant", "content": content}},
+                  "stopReason": stop, "metrics": {"latencyMs": 12},
+                  "usage": {**counts, "outputTokens": output, "totalTokens": total}}
+        if body.get("additionalModelResponseFieldPaths"):
+            native = {"type": "message_delta", "role": "assistant", "stop_reason": None,
+                      "stop_sequence": None, "usage": {"output_tokens": output},
+                      "delta": {"stop_reason": stop, "stop_sequence": matched}}
+            answer["additionalModelResponseFields"] = response_fields(
+                body["additionalModelResponseFieldPaths"], native)
+        return answer
 
     def _input_usage(self, body: dict[str, Any]) -> dict[str, int]:
         """Prompt tokens (words, plus 3 a turn), split at the last cache point."""
@@ -424,6 +469,9 @@ def stream_frames(answer: dict[str, Any]) -> list[bytes]:
                                                       "delta": {"text": piece}})
                           for piece in words(block["text"]))
         frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
-    frames.append(event("messageStop", {"stopReason": answer["stopReason"]}))
+    stop: dict[str, Any] = {"stopReason": answer["stopReason"]}
+    if "additionalModelResponseFields" in answer:
+        stop["additionalModelResponseFields"] = answer["additionalModelResponseFields"]
+    frames.append(event("messageStop", stop))
     frames.append(event("metadata", {"usage": answer["usage"], "metrics": answer["metrics"]}))
     return frames

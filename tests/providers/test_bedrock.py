@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from aigw.runtime.tokens import TokenCounter
 
 from ..fakes.bedrock_fake import BedrockFake
 from ..fakes.brain import Action
-from ..fakes.serve import serving
 from .conftest import (
     CACHE_PRICED,
     MARKED_MESSAGE,
@@ -40,26 +38,6 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
 PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
          "RU5ErkJggg==")
-
-
-@pytest.fixture
-def bedrock_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BedrockFake]:
-    """The fake, and the AWS chain pointed at its credentials and nothing else."""
-    fake = BedrockFake()
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", fake.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", fake.secret_key)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", fake.session_token or "")
-    fake.api_key = "bedrock-api-key-ABSKfake0123456789"
-    monkeypatch.setenv("FAKE_BEDROCK_API_KEY", fake.api_key)
-    with serving(fake.app) as base_url:
-        fake.base_url = base_url  # type: ignore[attr-defined]
-        yield fake
 
 
 def _sections(fake: BedrockFake) -> str:
@@ -143,6 +121,7 @@ async def test_plain_chat_is_signed_and_translated_both_ways(
         "system": [{"text": "Be brief."}],
         "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2, "topP": 0.9,
                             "stopSequences": ["STOP"]},
+        "additionalModelResponseFieldPaths": ["/delta/stop_sequence", "/stop_sequence"],
     }
     assert bedrock_fake.paths[-1] == f"/model/{CLAUDE}/converse"
     headers = bedrock_fake.script.headers[-1]
@@ -368,6 +347,24 @@ async def test_stop_reasons_map_to_finish_reasons(
     chunks = await _stream(client, {
         "model": "claude", "messages": [{"role": "user", "content": words}], "max_tokens": 2})
     assert (_text(chunks), _finishes(chunks)) == ("fake-bedrock: one", ["length"])
+
+
+async def test_a_stop_sequence_named_at_the_top_level_is_read_too(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """The API reference's example path is /stop_sequence: should Converse fill it (live
+    answers fill /delta/stop_sequence, which the e2e test covers), it is read as well."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    bedrock_fake.script.actions.append(Action(body={
+        "output": {"message": {"role": "assistant", "content": [{"text": "one two"}]}},
+        "stopReason": "stop_sequence", "additionalModelResponseFields": {"stop_sequence": "END"},
+        "usage": {"inputTokens": 4, "outputTokens": 2}}))
+    answer = await client.post("/v1/messages", json={
+        "model": "claude", "max_tokens": 10, "stop_sequences": ["END"],
+        "messages": [{"role": "user", "content": "count"}]})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["stop_reason"], answer.json()["stop_sequence"]) == (
+        "stop_sequence", "END")
 
 
 async def test_a_malformed_answer_is_retried_and_a_temperature_over_1_refused_unsent(
@@ -725,4 +722,11 @@ def test_the_fake_speaks_the_wire_format_boto3_reads(bedrock_fake: BedrockFake) 
     stream = sdk.converse_stream(modelId=CLAUDE, messages=messages)["stream"]
     kinds = [next(iter(item)) for item in stream]
     assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    stopped = {"modelId": CLAUDE, "messages": messages, "inferenceConfig": {"stopSequences": [
+        "it"]}, "additionalModelResponseFieldPaths": ["/delta/stop_sequence", "/stop_sequence"]}
+    fields = {"delta": {"stop_sequence": "it"}, "stop_sequence": None}
+    assert sdk.converse(**stopped)["additionalModelResponseFields"] == fields
+    [stop] = [item["messageStop"] for item in sdk.converse_stream(**stopped)["stream"]
+              if "messageStop" in item]
+    assert stop == {"stopReason": "stop_sequence", "additionalModelResponseFields": fields}
     sdk.close()

@@ -8,7 +8,10 @@ OpenAI -> Gemini
     system, developer       ``systemInstruction`` parts, in order, wherever they stand
                             (text only: an image there is a BadRequest)
     user / tool / assistant turns ``user`` / ``user`` / ``model``; consecutive turns of
-                            one role merged into one (Gemini wants them alternating)
+                            one role merged into one (Gemini wants them alternating).
+                            No turn at all (system messages alone) is sent as a user
+                            turn ".", and a lone ``model`` turn with one before and
+                            after it (Gemini refuses a single turn that is the model's)
     content parts           text; image_url and file as ``inlineData`` from a base64
                             ``data:`` URL; input_audio (wav, mp3) as ``inlineData``.
                             An http(s) image URL is a BadRequest: Gemini's ``fileData``

@@ -18,6 +18,7 @@ from typing import Any
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest
 from .base import ChatCall
+from .turns import LEADING_USER_TEXT
 
 # Extras a client may send that change nothing Gemini would do differently.
 IGNORED_PARAMETERS = frozenset(
@@ -116,10 +117,16 @@ def contents(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], list[di
             turns[-1]["parts"].extend(parts)
         else:
             turns.append({"role": role, "parts": parts})
-    if not turns:
-        raise BadRequest("Gemini needs at least one user or assistant message with content.",
-                         param="messages")
+    if not turns or (len(turns) == 1 and turns[0]["role"] == "model"):
+        # System messages alone (Gemini needs a turn), or the model's greeting alone
+        # (Gemini refuses a single turn that is the model's): the minimal user turns that
+        # ``turns.split_turns`` puts there for Anthropic and Bedrock too.
+        turns = [_placeholder(), *turns, *([_placeholder()] if turns else [])]
     return system, turns
+
+
+def _placeholder() -> dict[str, Any]:
+    return {"role": "user", "parts": [{"text": LEADING_USER_TEXT}]}
 
 
 def _system_parts(message: Message, i: int) -> list[dict[str, Any]]:

@@ -2,9 +2,12 @@
 Messages API and Bedrock's Converse both require; each adapter supplies its blocks.
 
 Both require the first turn to be the user's, which OpenAI does not: a chat UI's
-greeting before the first user message starts with the assistant. Such a conversation
-gets a minimal user turn (".", as LiteLLM's and others' repairs give it) before the
-greeting, rather than a 400 from the upstream.
+greeting before the first user message starts with the assistant, and a prompt may be
+system messages alone. Such a conversation gets a minimal user turn (".", as LiteLLM's
+and others' repairs give it) before the greeting, or as the only turn, rather than a
+400 from the upstream. A greeting with no user turn after it gets one after it too:
+ending with the assistant's turn asks Claude to go on with that text (a prefill, which
+Claude 4.6 and later refuse), where OpenAI's models answer it with a message of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ..chat_request import Message
 from ..errors import BadRequest
 
 Block = dict[str, Any]
-LEADING_USER_TEXT = "."  # the user turn put before a conversation the assistant starts
+LEADING_USER_TEXT = "."  # the user turn put where a conversation has none
 BlockBuilder = Callable[[Message, str], list[Block]]
 
 
@@ -60,7 +63,14 @@ def split_turns(messages: Sequence[Message], blocks: TurnBlocks) -> tuple[list[B
             turns.append({"role": role, "content": content})
     for turn in turns:
         turn["content"].sort(key=lambda block: not blocks.is_tool_result(block))
-    if turns and turns[0]["role"] == "assistant":
-        placeholder = Message(role="user", content=LEADING_USER_TEXT)
-        turns.insert(0, {"role": "user", "content": blocks.user(placeholder, "messages")})
+    if not turns or turns[0]["role"] == "assistant":
+        if len(turns) == 1:  # the assistant's turn alone: no user turn after it either
+            turns.append(_placeholder(blocks))
+        turns.insert(0, _placeholder(blocks))
     return system, turns
+
+
+def _placeholder(blocks: TurnBlocks) -> Block:
+    """The minimal user turn put where the conversation has none."""
+    message = Message(role="user", content=LEADING_USER_TEXT)
+    return {"role": "user", "content": blocks.user(message, "messages")}

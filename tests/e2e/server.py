@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -124,3 +125,19 @@ def sdk_gateway(root: Path, sections: str) -> Iterator[tuple[openai.OpenAI, Serv
             yield client, server
     finally:
         server.stop()
+
+
+def answered_both_ways(client: openai.OpenAI, model: str,
+                       messages: list[Any]) -> list[tuple[str, str | None]]:
+    """The deployment that served ``messages`` and the answer's text, asked for whole and
+    then streamed through the openai SDK."""
+    answers = []
+    whole = client.chat.completions.with_raw_response.create(model=model, messages=messages)
+    answers.append((whole.headers["x-aigw-deployment"],
+                    whole.parse().choices[0].message.content))
+    streamed = client.chat.completions.with_raw_response.create(model=model, messages=messages,
+                                                                stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed.parse()
+                   if chunk.choices)
+    answers.append((streamed.headers["x-aigw-deployment"], text))
+    return answers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import openai
 import pytest
 
 from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from .server import sdk_gateway
+from .server import answered_both_ways, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -22,22 +25,41 @@ TOOLS: list[Any] = [{"type": "function", "function": {
                    "required": ["query"]}}}]
 
 
+@dataclass
+class Upstreams:
+    client: openai.OpenAI
+    claude: AnthropicFake
+    gpt: OpenAIFake  # the first member of the route "fallback", before Claude
+
+
 @pytest.fixture
-def claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[openai.OpenAI,
-                                                                               AnthropicFake]]:
+def upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Upstreams]:
     fake = AnthropicFake()
+    gpt, gpt_url = openai_upstream
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", fake.api_key)
     with serving(fake.app) as base_url, sdk_gateway(tmp_path / "gw", (
         "providers:\n"
         f'  claude: {{type: anthropic, base_url: "{base_url}", '
         'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
+        f'  oai: {{type: openai, base_url: "{gpt_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
         "deployments:\n"
         "  sonnet: {provider: claude, model: claude-sonnet-4-5, context_window: 200000,\n"
         "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
+        "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
+        "        capabilities: [streaming, tools]}\n"
+        "groups:\n"
+        "  gpt-then-claude: {members: [gpt, sonnet], retry: {attempts: 0}}\n"
         "routes:\n"
         "  claude: {deployment: sonnet}\n"
+        "  fallback: {group: gpt-then-claude}\n"
     )) as (client, _server):
-        yield client, fake
+        yield Upstreams(client, fake, gpt)
+
+
+@pytest.fixture
+def claude(upstreams: Upstreams) -> tuple[openai.OpenAI, AnthropicFake]:
+    return upstreams.client, upstreams.claude
 
 
 def test_openai_sdk_chat_and_stream_through_anthropic(
@@ -108,3 +130,32 @@ def test_openai_sdk_streamed_tool_conversation_through_anthropic(
         {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny, 21 C"}]},
     ]
+
+
+# Prompts with no user turn, which OpenAI answers and Anthropic refuses (its first turn
+# must be the user's), and the turns Anthropic is sent for them instead.
+GREETING = {"role": "assistant", "content": "Hi! How can I help?"}
+PLACEHOLDER = {"role": "user", "content": [{"type": "text", "text": "."}]}
+NO_USER_TURN: list[tuple[list[Any], list[Any]]] = [
+    ([{"role": "system", "content": "Write a haiku."}], [PLACEHOLDER]),
+    ([{"role": "system", "content": "Be brief."}, GREETING], [
+        PLACEHOLDER,
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi! How can I help?"}]},
+        PLACEHOLDER]),
+]
+
+
+def test_a_prompt_with_no_user_turn_falls_back_from_openai_to_anthropic(
+    upstreams: Upstreams,
+) -> None:
+    """System messages alone were a 400 from Anthropic (no message); a greeting alone
+    went as the last turn, which Claude continues as a prefill (Claude 4.6 refuses one)."""
+    for messages, sent in NO_USER_TURN:
+        assert answered_both_ways(upstreams.client, "fallback", messages) == [
+            ("gpt", "fake-openai: ")] * 2
+        assert upstreams.gpt.script.requests[-1]["messages"] == messages  # as it came
+        upstreams.gpt.script.actions += [Action(status=503), Action(status=503)]
+        assert answered_both_ways(upstreams.client, "fallback", messages) == [
+            ("sonnet", "fake-anthropic: .")] * 2
+        assert [request["messages"] for request in upstreams.claude.script.requests[-2:]] == [
+            sent, sent]

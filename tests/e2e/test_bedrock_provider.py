@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -12,7 +13,7 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.bedrock_fake import BedrockFake
-from .server import Server, sdk_gateway
+from .server import Server, answered_both_ways, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +77,21 @@ def test_the_messages_api_names_the_stop_sequence_claude_on_bedrock_stopped_at(
     other = bedrock.messages.messages.create(model="nova", **ask)  # type: ignore[arg-type]
     assert (other.stop_reason, other.stop_sequence) == ("end_turn", None)
     assert "additionalModelResponseFieldPaths" not in bedrock.fake.script.requests[-1]
+
+
+def test_a_prompt_with_no_user_turn_is_answered_by_claude_on_bedrock(bedrock: Served) -> None:
+    """Converse wants a user turn first: system messages alone were its 400, and a
+    greeting alone went as the last turn, which Claude continues (Claude 4.6 refuses)."""
+    placeholder = {"role": "user", "content": [{"text": "."}]}
+    greeting = {"role": "assistant", "content": "Hi! How can I help?"}
+    prompts: list[tuple[list[Any], list[Any]]] = [
+        ([{"role": "system", "content": "Write a haiku."}], [placeholder]),
+        ([{"role": "developer", "content": "Be brief."}, greeting], [
+            placeholder, {"role": "assistant", "content": [{"text": "Hi! How can I help?"}]},
+            placeholder]),
+    ]
+    for messages, sent in prompts:
+        assert answered_both_ways(bedrock.chat, "claude", messages) == [
+            ("claude", "fake-bedrock: .")] * 2
+        assert [request["messages"] for request in bedrock.fake.script.requests[-2:]] == [
+            sent, sent]

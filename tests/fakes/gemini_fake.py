@@ -5,8 +5,9 @@ Strict as the real API is, in Google's error shape (``{"error": {"code", "messag
 "status", "details"}}``): no key is 403 PERMISSION_DENIED, a wrong one 400
 INVALID_ARGUMENT "API key not valid" (reason API_KEY_INVALID); an unknown field
 anywhere in the body, a Schema keyword Gemini lacks (``additionalProperties``), a role
-other than user/model, empty ``contents`` or ``parts``, a ``functionResponse`` that
-answers no ``functionCall`` of the turn before, are 400 INVALID_ARGUMENT. Only the
+other than user/model, empty ``contents`` or ``parts``, a single turn that is the
+model's, a ``functionResponse`` that answers no ``functionCall`` of the turn before,
+are 400 INVALID_ARGUMENT. Only the
 camelCase field names are accepted (Google also takes snake_case). Streams are
 ``alt=sse`` only: ``data: {GenerateContentResponse}\\r\\n\\r\\n``, as Google sends them.
 
@@ -98,6 +99,9 @@ def validate(body: Any, model: str) -> None:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise Invalid("* GenerateContentRequest.contents: contents is not specified")
+    if len(contents) == 1 and isinstance(contents[0], dict) and contents[0].get("role") == "model":
+        raise Invalid("Please ensure that single turn requests end with a user role or the role "
+                      "field is empty.")
     previous: dict[str, Any] | None = None
     for i, turn in enumerate(contents):
         _fields(turn, {"role", "parts"}, f"contents[{i}]")

@@ -16,7 +16,8 @@ provider serves both families, e.g. ``gemini-2.5-pro`` and ``claude-sonnet-4-5@2
 - anthropic: the Anthropic adapter as it is (``anthropic`` lists its translation), on
   ``:rawPredict`` and ``:streamRawPredict``; the body is the Messages API body without
   ``model`` (the URL names it) and with ``anthropic_version: vertex-2023-10-16`` in
-  place of the ``anthropic-version`` header.
+  place of the ``anthropic-version`` header. An image by http(s) URL is a 400 naming
+  it, unsent: Vertex refuses Anthropic's URL sources (it takes base64 ``data:`` URLs).
 
 Both go through one pooled client whose ``BearerAuth`` adds the service account's
 access token (``vertex_auth``: from ``credentials_file``, else Google's default
@@ -36,7 +37,7 @@ import httpx
 
 from aigw.compiler.graph import Provider
 
-from ..errors import NoDeploymentAvailable
+from ..errors import BadRequest, NoDeploymentAvailable
 from ..tokens import TokenCounter
 from ..upstream import Upstream
 from .anthropic import AnthropicAdapter
@@ -114,6 +115,30 @@ class _VertexAnthropic(AnthropicAdapter):
                  models: str) -> None:
         super().__init__(provider, counter)
         self.upstream = _RawPredict(provider, client, models)
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        _refuse_url_images(call)
+        return await super().complete(call)
+
+    def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        _refuse_url_images(call)  # before the stream starts: the next member may serve
+        return super().stream(call)
+
+
+def _refuse_url_images(call: ChatCall) -> None:
+    """Vertex refuses Anthropic's URL image sources ("URL sources are not supported"):
+    refused here by name, unsent, so that a group's next member may take the request."""
+    for index, message in enumerate(call.request.messages):
+        for number, part in enumerate(message.content if isinstance(message.content, list)
+                                      else []):
+            if part.type not in ("image_url", "input_image"):
+                continue
+            value = (part.model_extra or {}).get("image_url")
+            url = value.get("url") if isinstance(value, dict) else value
+            if isinstance(url, str) and url.startswith(("https://", "http://")):
+                raise BadRequest("Claude on Vertex takes images as base64 data: URLs, not "
+                                 "http(s) URLs.",
+                                 param=f"messages[{index}].content[{number}].image_url")
 
 
 class _RawPredict(Upstream):

@@ -18,8 +18,9 @@ Model endpoints require one of the tokens issued here (``revoke`` withdraws them
   answers, its script), handed the request as Gemini's API would receive it.
 - ``publishers/anthropic/models/{model}:rawPredict`` and ``:streamRawPredict`` need
   ``anthropic_version: vertex-2023-10-16`` and no ``model`` in the body (400
-  invalid_request_error otherwise), ``stream: true`` exactly on streamRawPredict; then
-  an ``AnthropicFake`` answers, the model moved into the body.
+  invalid_request_error otherwise), ``stream: true`` exactly on streamRawPredict, and
+  no image given by URL (Vertex refuses ``"source": {"type": "url"}`` with "URL sources
+  are not supported"); then an ``AnthropicFake`` answers, the model moved into the body.
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ class VertexFake:
             return anthropic_error(400, "model: Extra inputs are not permitted")
         if bool(body.get("stream")) != (method == "streamRawPredict"):
             return anthropic_error(400, "stream: must be true exactly on streamRawPredict")
+        for index, message in enumerate(body.get("messages") or []):
+            content = message.get("content") if isinstance(message, dict) else None
+            for number, block in enumerate(content if isinstance(content, list) else []):
+                if isinstance(block, dict) and (block.get("source") or {}).get("type") == "url":
+                    return anthropic_error(400, f"messages.{index}.content.{number}.image.source"
+                                           ".base64.data: URL sources are not supported")
         body = {name: value for name, value in body.items() if name != "anthropic_version"}
         headers = {"content-type": "application/json", "x-api-key": self.anthropic.api_key,
                    "anthropic-version": "2023-06-01"}

@@ -65,7 +65,7 @@ def _sections(fake: VertexFake) -> str:
       gemini: {{provider: gcp, model: gemini-2.5-flash, context_window: 1000000,
                 capabilities: [streaming, tools, vision]}}
       claude: {{provider: gcp, model: "{CLAUDE}", context_window: 200000,
-                max_output_tokens: 1024, capabilities: [streaming, tools]}}
+                max_output_tokens: 1024, capabilities: [streaming, tools, vision]}}
       pinned: {{provider: gcp-claude, model: my-sonnet, context_window: 200000,
                 max_output_tokens: 64}}
       denied: {{provider: elsewhere, model: gemini-2.5-flash, context_window: 1000000}}
@@ -213,6 +213,32 @@ async def test_claude_stream_reassembles_a_tool_call_and_the_answer_comes_back(
         {"role": "tool", "tool_call_id": "toolu_fake1", "content": "it is up there"}]})
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "tool said: it is up there"
+
+
+async def test_claude_on_vertex_takes_images_as_data_and_refuses_urls_unsent(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    """Vertex refuses Anthropic's URL image sources: the URL went, and came back as the
+    upstream's 400 with no parameter named (and no other member tried)."""
+    client = await _gateway(vertex_fake, make_gateway)
+    pixel = "R0lGODlhAQABAAAAACw="
+
+    def image(url: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": [{"type": "text", "text": "what is it"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+
+    answer = await client.post(CHAT, json={"model": "claude",
+                                           "messages": image(f"data:image/gif;base64,{pixel}")})
+    assert answer.status_code == 200, answer.text
+    assert vertex_fake.requests[-1]["messages"][0]["content"][1] == {
+        "type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": pixel}}
+    sent = len(vertex_fake.requests)
+    for stream in (False, True):
+        refused = await client.post(CHAT, json={
+            "model": "claude", "stream": stream, "messages": image("https://example.com/a.png")})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "messages[0].content[1].image_url"
+    assert len(vertex_fake.requests) == sent
 
 
 async def test_the_publisher_field_overrides_the_model_id(

@@ -399,7 +399,7 @@ class BedrockFake:
                     text, stop, matched = text[:text.index(sequence)], "stop_sequence", sequence
             pieces = text.split(" ")
             if len(pieces) > config.get("maxTokens", 4096):
-                text, stop = " ".join(pieces[:config["maxTokens"]]), "max_tokens"
+                text, stop, matched = " ".join(pieces[:config["maxTokens"]]), "max_tokens", None
             content.append({"text": text})
         output = len(_texts(content).split()) + sum(
             len(json.dumps(b["toolUse"]["input"]).split()) for b in content if "toolUse" in b)

@@ -100,6 +100,7 @@ def build_authorization(
     teams: Mapping[str, Team],
     keys: Sequence[ApiKey],
     pipelines: Sequence[str],
+    mcp_servers: Sequence[str] = (),
 ) -> Authorization:
     """The frozen Cedar model of a compiled config (its policies already validated)."""
     parsed = checked.parsed
@@ -114,6 +115,7 @@ def build_authorization(
         *({"uid": _uid("Team", name), "attrs": {}, "parents": []} for name in teams),
         *({"uid": _uid("Group", name), "attrs": {}, "parents": []} for name in groups),
         *({"uid": _uid("Pipeline", name), "attrs": {}, "parents": []} for name in pipelines),
+        *({"uid": _uid("McpServer", name), "attrs": {}, "parents": []} for name in mcp_servers),
         *(_key(key, found) for key in keys),
         *(_route(route, found) for route in routes.values()),
     ]

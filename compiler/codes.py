@@ -93,6 +93,9 @@ BASE_URL_USER_INFO_AND_KEY = _error("AGW330", "base_url user info and an api_key
                                     "Authorization headers")
 PASS_PARAM_READ = _error("AGW331", "pass_params lists a field the gateway reads itself")
 PASS_PARAMS_NOT_CHAT = _error("AGW332", "pass_params on a deployment that does not serve chat")
+MCP_LITERAL_SECRET = _error("AGW333", "MCP server header holds a literal credential")
+MCP_TOOL_TWICE = _error("AGW334", "MCP server's tools list a tool twice")
+MCP_NO_TOOLS = _warning("AGW335", "MCP server's tools allow none")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -3,13 +3,13 @@
     principals  ApiKey::"ci-bot" in Team::"eng"; User::"alice" (the request's ``user``)
                 in its key and in the key's team
     resources   Route (in its Group or Pipeline), Group, Deployment (in its groups),
-                Pipeline, Agent, Tool
-    actions     invoke (ApiKey|User -> Route|Pipeline|Agent), route (ApiKey|User ->
-                Deployment), call_tool (ApiKey|User|Pipeline|Agent -> Tool)
+                Pipeline, Agent, Tool, McpServer
+    actions     invoke (ApiKey|User -> Route|Pipeline|Agent|McpServer), route (ApiKey|User
+                -> Deployment), call_tool (ApiKey|User|Pipeline|Agent -> Tool)
 
 Cedar has no floats. Money and rates are ``decimal`` (four digits after the point,
 compared with ``.lessThan()`` and friends); milliseconds and tokens are ``Long``.
-Team, Group, Pipeline, Agent and Tool are enumerated types when the config defines
+Team, Group, Pipeline, Agent, Tool and McpServer are enumerated types when the config defines
 at least one, so a misspelt ``Team::"engg"`` fails validation in any Cedar tool.
 """
 
@@ -87,6 +87,7 @@ CONTEXT: Mapping[str, CedarType] = MappingProxyType({
     "hour_of_day": LONG,
     "tags": STRINGS,
     "route": STRING,
+    "tool": STRING,
 })
 # What each attribute and context field holds: in the schema file, and in the README.
 DOCS: Mapping[str, str] = MappingProxyType({
@@ -118,6 +119,7 @@ DOCS: Mapping[str, str] = MappingProxyType({
     "context.hour_of_day": "0-23, UTC",
     "context.tags": "header x-aigw-tags: a,b",
     "context.route": "the model (route) name the app sent",
+    "context.tool": 'the MCP tool a tools/call names (McpServer invoke); "" otherwise',
 })
 
 
@@ -132,11 +134,12 @@ ENTITY_TYPES: Mapping[str, tuple[tuple[str, ...], Mapping[str, CedarType]]] = Ma
     "Pipeline": ((), MappingProxyType({})),
     "Agent": ((), MappingProxyType({})),
     "Tool": ((), MappingProxyType({})),
+    "McpServer": ((), MappingProxyType({})),
 })
-ENUMERABLE = ("Team", "Group", "Pipeline", "Agent", "Tool")
+ENUMERABLE = ("Team", "Group", "Pipeline", "Agent", "Tool", "McpServer")
 PRINCIPALS = ("ApiKey", "User")
 ACTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType({
-    "invoke": (PRINCIPALS, ("Route", "Pipeline", "Agent")),
+    "invoke": (PRINCIPALS, ("Route", "Pipeline", "Agent", "McpServer")),
     "route": (PRINCIPALS, ("Deployment",)),
     "call_tool": ((*PRINCIPALS, "Pipeline", "Agent"), ("Tool",)),
 })
@@ -171,6 +174,7 @@ def entity_names(linked: Linked, validated: Validated) -> EntityNames:
             "Pipeline": ids("pipelines", linked.pipelines),
             "Agent": (),
             "Tool": (),
+            "McpServer": ids("mcp_servers", linked.mcp_servers),
         }),
         complete=validated.complete,
     )

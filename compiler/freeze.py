@@ -21,6 +21,7 @@ from .graph import (
     Deployment,
     Graph,
     Group,
+    McpServer,
     Pipeline,
     Policy,
     Price,
@@ -214,10 +215,21 @@ def freeze(
         keys_by_sha256=_frozen(keys),
         policies=policies,
         pipelines=frozen_pipelines,
+        mcp_servers=_frozen({
+            name: McpServer(
+                name=name,
+                url=item.url,
+                timeout_s=item.entry.spec.timeout_s,
+                tools=None if item.entry.spec.tools is None else frozenset(item.entry.spec.tools),
+                disabled_reason=item.disabled_reason,
+                headers=_frozen(dict(item.headers)),
+            )
+            for name, item in linked.mcp_servers.items()
+        }),
         warnings=warnings,
         authorization=build_authorization(
             checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
-            list(linked.pipelines),
+            list(linked.pipelines), list(linked.mcp_servers),
         ),
     )
 

@@ -260,6 +260,24 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class McpServer:
+    """An upstream MCP server (streamable HTTP) apps reach at ``/mcp/<name>``.
+
+    ``tools`` None lets every tool through; otherwise only those named are listed and
+    may be called. ``disabled_reason`` says why it cannot serve (an unset ${ENV})."""
+
+    name: str
+    url: str
+    timeout_s: float
+    tools: frozenset[str] | None
+    disabled_reason: str | None
+    headers: Mapping[str, str] = field(repr=False)
+
+    def allows(self, tool: str) -> bool:
+        return self.tools is None or tool in self.tools
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """One Cedar policy with its annotations and where it was written."""
 
@@ -285,5 +303,6 @@ class Graph:
     keys_by_sha256: Mapping[str, ApiKey]
     policies: tuple[Policy, ...]
     pipelines: Mapping[str, Pipeline]
+    mcp_servers: Mapping[str, McpServer]
     warnings: tuple[Diagnostic, ...]
     authorization: Authorization  # the policy set, schema and static Cedar entities

@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
+from .mcp_servers import LinkedMcpServer, link_mcp_servers
 from .served import link_served
 from .source import NodePath, Position, SourceMap
 from .spec import (
@@ -29,6 +30,7 @@ from .spec import (
     DeploymentSpec,
     GroupSpec,
     KeySpec,
+    McpServerSpec,
     ProviderSpec,
     RouteSpec,
     SettingsSpec,
@@ -114,6 +116,7 @@ class Linked:
     route_candidates: Mapping[str, tuple[str, ...]]
     pipelines: Mapping[str, str]
     served: Mapping[str, ServedServer]  # deployment -> the vLLM server aigw starts for it
+    mcp_servers: Mapping[str, LinkedMcpServer]
 
 
 def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
@@ -174,6 +177,12 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
             validated.documents[0].source_map.default,
             "add a 'routes:' section naming the models apps send",
         )
+    mcp_servers = link_mcp_servers(
+        _entries(tables, "mcp_servers", McpServerSpec),
+        lambda text, position, unset: _resolve_env(
+            text, position, environ, unset, sink,
+            "set it where aigw serves; until then this MCP server is disabled"),
+        lambda text: bool(_SECRET_LOOKING.search(text)), sink)
     settings = validated.gateway.settings if validated.gateway is not None else SettingsSpec()
     return Linked(
         settings=settings,
@@ -186,6 +195,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
         route_candidates=candidates,
         pipelines=pipelines,
         served=served,
+        mcp_servers=mcp_servers,
     )
 
 

@@ -451,6 +451,26 @@ class KeySpec(Spec):
         return self
 
 
+class McpServerSpec(Spec):
+    """An upstream MCP server speaking streamable HTTP, proxied at ``/mcp/<name>``."""
+
+    url: str = Field(
+        description="The server's MCP endpoint, e.g. https://mcp.example.com/mcp (or ${ENV_VAR})."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Headers sent to the server with every request; a credential only as "
+        "${ENV_VAR} (Authorization: Bearer ${GITHUB_TOKEN}).",
+    )
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0, description="The longest one request to the server may take, its answer included."
+    )
+    tools: list[str] | None = Field(
+        None,
+        description="The tools apps may see and call; unset: every tool the server offers.",
+    )
+
+
 class SectionsSpec(Spec):
     """The named sections; also the whole shape of an included file."""
 
@@ -461,6 +481,9 @@ class SectionsSpec(Spec):
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     teams: dict[str, TeamSpec] = Field(default_factory=dict)
     keys: dict[str, KeySpec] = Field(default_factory=dict)
+    mcp_servers: dict[str, McpServerSpec] = Field(
+        default_factory=dict, description="MCP servers apps reach through the gateway."
+    )
 
 
 class GatewaySpec(SectionsSpec):
@@ -485,4 +508,5 @@ NAMED_SECTIONS: tuple[str, ...] = (
     "routes",
     "teams",
     "keys",
+    "mcp_servers",
 )

@@ -72,12 +72,14 @@ class Facts:
     intent: str = ""
     tags: tuple[str, ...] = ()
     hour_of_day: int = field(default_factory=lambda: time.gmtime().tm_hour)
+    tool: str = ""  # the MCP tool a tools/call names
 
     def with_budget(self, remaining: float | None) -> Facts:
         """These facts with ``budget_remaining`` read (built, not ``dataclasses.replace``d:
         this runs once a request)."""
         return Facts(self.route, self.estimated_tokens, self.max_tokens, self.stream,
-                     self.latency_sla_ms, remaining, self.intent, self.tags, self.hour_of_day)
+                     self.latency_sla_ms, remaining, self.intent, self.tags, self.hour_of_day,
+                     self.tool)
 
     def values(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class Facts:
             "hour_of_day": self.hour_of_day,
             "tags": self.tags,
             "route": self.route,
+            "tool": self.tool,
         }
 
 

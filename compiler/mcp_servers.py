@@ -1,0 +1,96 @@
+"""Part of stage 3, link: the MCP servers apps reach through the gateway (``mcp_servers:``).
+
+Each entry's ``url`` and ``headers`` get their ${ENV} references resolved (an unset one
+disables that server and says why, as for a provider), and the rules that keep its
+credentials out of git and its allow-list meaningful are checked: a credential header
+written as a literal (AGW333), a tool named twice (AGW334), an allow-list that allows
+nothing (AGW335). A url that is not http(s) with a host is a schema error (AGW205).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import codes
+from .diagnostics import DiagnosticSink, shown_url
+from .source import Position
+from .spec import McpServerSpec
+
+if TYPE_CHECKING:
+    from .link import Entry
+
+# text, where it was written, the list unset names go into -> the text resolved
+Resolve = Callable[[str, Position, list[str]], str]
+# Header names that carry a credential: their value must come from the environment.
+_CREDENTIAL_NAME = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedMcpServer:
+    entry: Entry[McpServerSpec]
+    url: str
+    headers: Mapping[str, str]
+    disabled_reason: str | None
+
+
+def link_mcp_servers(
+    entries: Mapping[str, Entry[McpServerSpec]],
+    resolve: Resolve,
+    secret_looking: Callable[[str], bool],
+    sink: DiagnosticSink,
+) -> dict[str, LinkedMcpServer]:
+    """Name -> the server with its url and headers resolved; problems go to ``sink``."""
+    return {name: _link(entry, resolve, secret_looking, sink) for name, entry in entries.items()}
+
+
+def _link(
+    entry: Entry[McpServerSpec],
+    resolve: Resolve,
+    secret_looking: Callable[[str], bool],
+    sink: DiagnosticSink,
+) -> LinkedMcpServer:
+    spec = entry.spec
+    unset: list[str] = []
+    for header, value in spec.headers.items():
+        if "${" not in value and (_CREDENTIAL_NAME.search(header) or secret_looking(value)):
+            sink.add(
+                codes.MCP_LITERAL_SECRET,
+                f"MCP server '{entry.name}' sends header {header} with a literal value",
+                entry.value("headers", header),
+                f"keep credentials out of git: write {header}: ${{SOME_ENV_VAR}} (or "
+                "'Bearer ${SOME_ENV_VAR}') and set it where aigw runs",
+            )
+    url = resolve(spec.url, entry.value("url"), unset)
+    headers = {header: resolve(value, entry.value("headers", header), unset)
+               for header, value in spec.headers.items()}
+    parsed = urllib.parse.urlsplit(url)
+    if url and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+        sink.add(codes.SCHEMA_VALUE,
+                 f"MCP server '{entry.name}' has url {shown_url(url)!r}, which is not an "
+                 "http(s) URL with a host", entry.value("url"),
+                 "write the server's streamable HTTP endpoint, e.g. https://mcp.example.com/mcp")
+    _check_tools(entry, sink)
+    reason = f"environment variable {', '.join(unset)} is not set" if unset else None
+    return LinkedMcpServer(entry, url, headers, reason)
+
+
+def _check_tools(entry: Entry[McpServerSpec], sink: DiagnosticSink) -> None:
+    tools = entry.spec.tools
+    if tools is None:
+        return
+    if not tools:
+        sink.add(codes.MCP_NO_TOOLS,
+                 f"MCP server '{entry.name}' has an empty tools list: no tool can be listed "
+                 "or called", entry.value("tools"),
+                 "name the tools apps may call, or remove tools: to allow every one")
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool in seen:
+            sink.add(codes.MCP_TOOL_TWICE,
+                     f"MCP server '{entry.name}' lists tool '{tool}' twice",
+                     entry.value("tools", index), "list each tool once")
+        seen.add(tool)

@@ -463,7 +463,8 @@ class McpServerSpec(Spec):
         "${ENV_VAR} (Authorization: Bearer ${GITHUB_TOKEN}).",
     )
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        60.0, description="The longest one request to the server may take, its answer included."
+        60.0, description="The longest the server may take to start an answer, and between "
+        "two parts of a streamed one; past it the client gets a 504."
     )
     tools: list[str] | None = Field(
         None,

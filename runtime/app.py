@@ -38,6 +38,7 @@ from .errors import (
 from .exchange import Exchange
 from .incoming import client_gone, read_body
 from .live import Gateway, Live
+from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
 from .upstream_load import UpstreamLoadWatch
@@ -57,6 +58,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
     the ASGI lifespan, or on first use)."""
     workflows = workflows or Workflows(gateway)
     endpoints = _Endpoints(gateway, PipelineChat(workflows))
+    mcp = McpProxy()
     # The model endpoints are most of the traffic: they are called without Starlette's
     # routing and middleware layers (bench/BENCH.md, "What the profiles found").
     direct: dict[str, Endpoint] = {
@@ -80,8 +82,9 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             *workflow_routes(workflows),
             *admin_page_routes(gateway, workflows),
             *policy_routes(gateway),
+            *mcp_routes(mcp),
         ],
-        lifespan=partial(_lifespan, gateway, workflows),
+        lifespan=partial(_lifespan, gateway, workflows, mcp),
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -92,8 +95,10 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
 
 
 @asynccontextmanager
-async def _lifespan(gateway: Gateway, workflows: Workflows, app: object) -> AsyncIterator[None]:
-    """vLLM servers' metrics are read for as long as the app serves; pipelines run."""
+async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
+                    app: object) -> AsyncIterator[None]:
+    """vLLM servers' metrics are read for as long as the app serves; pipelines run; the
+    MCP proxy's client is closed at the end."""
     tasks = [asyncio.create_task(
         UpstreamLoadWatch(lambda: (gateway.live.graph, gateway.routing)).run(),
         name="aigw-upstream-load")]
@@ -110,6 +115,7 @@ async def _lifespan(gateway: Gateway, workflows: Workflows, app: object) -> Asyn
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await mcp.aclose()
 
 
 async def _publish_circuits(gateway: Gateway) -> None:

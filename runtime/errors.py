@@ -18,6 +18,9 @@
     ├── PipelineTimeout             504 pipeline_timeout (not done within the route's deadline)
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
+    ├── McpServerFailed             502 mcp_server_failed (an MCP server unreachable or failing)
+    │   ├── McpServerTimeout            504 mcp_server_timeout
+    │   └── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
     ├── ShutDown                    503 shutdown (cut by a shutdown; recorded, never sent)
     ├── Cancelled                   499 cancelled (its caller stopped waiting; recorded only)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
@@ -212,6 +215,25 @@ class StoreUnavailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "store_unavailable"
+
+
+class McpServerFailed(GatewayError):
+    """An MCP server behind /mcp/<name> could not be reached, or failed (never a refusal of
+    the client's own: those pass on as the server gave them)."""
+
+    status = 502
+    error_type = "api_error"
+    code = "mcp_server_failed"
+
+
+class McpServerTimeout(McpServerFailed):
+    status = 504
+    code = "mcp_server_timeout"
+
+
+class McpServerDisabled(McpServerFailed):
+    status = 503
+    code = "mcp_server_disabled"
 
 
 # What the official OpenAI and Anthropic SDKs read before retrying (an error a retry

@@ -424,6 +424,20 @@ class RequestGate:
                             f"'{pipeline}'{because}.", headers=self._headers(decision.policies))
         return decision
 
+    def check_invoke_mcp(self, server: str) -> Decision:
+        """As ``check_invoke``, for a message to MCP server ``server``
+        (``McpServer::"name"``; the tool a tools/call names is ``context.tool``)."""
+        decision = self.engine.decide(self.principal, INVOKE,
+                                      {"type": "McpServer", "id": server}, self.context)
+        if not decision.allowed:
+            because = ("" if self.hide_ids
+                       else f": denied by {', '.join(decision.policies)}" if decision.policies
+                       else ": no policy permits it")
+            tool = f" tool '{self.facts.tool}' of" if self.facts.tool else ""
+            raise Forbidden(f"Policy does not allow {self.describe} to use{tool} MCP server "
+                            f"'{server}'{because}.", headers=self._headers(decision.policies))
+        return decision
+
     def filter(self, candidates: Sequence[Candidate]) -> Filtered:
         """Split a tier's candidates into those the route policies permit and those they deny."""
         decisions = self.engine.route(self.principal, [c.deployment for c in candidates],

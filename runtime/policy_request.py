@@ -117,6 +117,20 @@ async def authorize_pipeline_again(
     gate.check_invoke_pipeline(pipeline, forbids_only=kept is None)
 
 
+async def authorize_mcp(
+    live: Live, key: ApiKey, user: str | None, server: str, tool: str, timeout_s: float,
+    headers: Headers,
+) -> None:
+    """The invoke check on ``McpServer::"server"`` for one message (``tool``: the tool a
+    tools/call names, else ""); a deny is a 403 naming the deciding policies."""
+    if not live.policy.enforced:
+        return
+    facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                  latency_sla_ms=latency_sla_ms(headers, timeout_s * 1000),
+                  tags=request_tags(headers), tool=tool)
+    (await _gate(live, key, user, facts)).check_invoke_mcp(server)
+
+
 def facts_to_keep(facts: Facts) -> dict[str, Any]:
     """What an execution keeps of the facts its request was checked with: what the
     request said (its route, tags, latency SLA, sizes), not what was true at that

@@ -126,6 +126,14 @@ class Metrics:
                                  ["route"], registry=registry)
         self.retries = Counter("aigw_retries", "Upstream attempts beyond the first.",
                                ["route"], registry=registry)
+        self.mcp_requests = Counter(
+            "aigw_mcp_requests", "MCP messages answered at /mcp/<server>, by outcome; tool is "
+            "set for tools/call.", ["server", "method", "tool", "team", "status"],
+            registry=registry)
+        self.mcp_latency = Histogram("aigw_mcp_request_duration_seconds",
+                                     "Time from an MCP message to the last byte of its answer.",
+                                     ["server", "method"], buckets=_LATENCY_BUCKETS,
+                                     registry=registry)
         self.cache = Counter("aigw_cache_lookups", "Response cache lookups.",
                              ["route", "result"], registry=registry)
         self.circuit = Gauge("aigw_circuit_state",

@@ -1,0 +1,421 @@
+"""MCP at ``/mcp/<server>``: JSON-RPC over streamable HTTP, proxied to the server's url.
+
+The gateway speaks the transport itself (a POST carries one JSON-RPC message; the
+answer is JSON, or an SSE stream of messages ending with the response) rather than
+run the official SDK's session machinery: a proxy needs to read one message, decide,
+forward it and pass the answer on, and the SDK's server would terminate sessions the
+upstream owns. What it does to a message, in order:
+
+    authenticate (an aigw key, as /v1) -> the server by name (404) -> parse (one
+    message; batches were dropped from MCP in 2025-06-18) -> Cedar invoke on
+    McpServer::"name" with context.tool (403) -> the allow-list (a tools/call of a
+    tool outside it is a JSON-RPC error; tools/list leaves those out) -> the server
+
+``Mcp-Session-Id`` is the upstream's: passed to the client as the server gave it and
+back on every later message, so a session lives where the spec puts it. GET (the
+server's own stream) is answered 405, as the spec allows; DELETE ends a session.
+Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
+MCP SDKs surface as it is. Egress as for providers: no redirects, no cookies, the
+client's aigw key never forwarded, and the server's header values scrubbed from
+anything shown or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from aigw.compiler.graph import McpServer
+
+from .auth import authenticate
+from .errors import (
+    BadRequest,
+    GatewayError,
+    McpServerDisabled,
+    McpServerFailed,
+    McpServerTimeout,
+    MethodNotAllowed,
+    NotFound,
+)
+from .incoming import read_body
+from .jsonio import dumps, loads
+from .live import Live
+from .policy_request import authorize_mcp
+from .telemetry.mcp import McpCall, finish_mcp, method_label
+from .telemetry.record import UNKNOWN
+from .telemetry.tracing import traced
+from .upstream import no_cookies, read_bounded
+
+log = logging.getLogger("aigw.mcp")
+
+SESSION = "mcp-session-id"
+PROTOCOL = "mcp-protocol-version"
+JSON = "application/json"
+SSE = "text/event-stream"
+# The most of an answer held whole (JSON, one SSE event, an error body).
+MAX_ANSWER_BYTES = 32 << 20
+_MAX_ERROR_BYTES = 64 << 10
+# JSON-RPC codes: the spec's own, and -32602 for a tool the server does not offer.
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, INTERNAL = -32700, -32600, -32602, -32603
+_SECRET_WORD = 12  # shortest word of a header value scrubbed from text shown
+
+
+def mcp_routes(proxy: McpProxy) -> list[Route]:
+    return [Route("/mcp/{server:path}", proxy.endpoint, methods=["POST", "GET", "DELETE"])]
+
+
+class McpProxy:
+    """The /mcp endpoint and its one pooled client (made on first use, for every server)."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # A cookie one caller was given would go with the next caller's request;
+            # a redirect could lead past the url the operator wrote.
+            self._client = httpx.AsyncClient(cookies=no_cookies(), follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def endpoint(self, request: Request) -> Response:
+        live: Live = request.scope["state"]["live"]
+        call = McpCall(UNKNOWN)
+        rpc_id: object = None
+        try:
+            key = authenticate(live.graph, request.headers)
+            call.key, call.team = key.name, key.team.name if key.team else None
+            name = request.path_params["server"]
+            server = live.graph.mcp_servers.get(name)
+            if server is None:
+                raise NotFound(f"MCP server '{name}' is not defined.")
+            call.server = name
+            if request.method == "GET":
+                call.method = "get"
+                raise MethodNotAllowed("This gateway offers no server-initiated stream; "
+                                       "POST messages.", headers={"allow": "POST, DELETE"})
+            if server.disabled_reason is not None:
+                raise McpServerDisabled(f"MCP server '{name}' is disabled: "
+                                        f"{server.disabled_reason}.")
+            user = request.headers.get(live.graph.settings.user_header) or None
+            if request.method == "DELETE":
+                call.method = "delete"
+                await authorize_mcp(live, key, user, name, "", server.timeout_s, request.headers)
+                return await self._delete(live, server, request, call)
+            message = _message(await read_body(request, live.graph.settings))
+            rpc_id = message.get("id")
+            method = message.get("method")
+            call.method = method_label(method if isinstance(method, str) else None)
+            tool = _tool(message) if method == "tools/call" else ""
+            await authorize_mcp(live, key, user, name, tool, server.timeout_s, request.headers)
+            if tool and not server.allows(tool):
+                call.error = "tool_not_allowed"
+                finish_mcp(live.telemetry.metrics, call)
+                return _rpc_error(rpc_id, INVALID_PARAMS, f"Tool '{tool}' is not available "
+                                  f"through MCP server '{name}'.", 200, {})
+            if tool and server.tools is not None:
+                call.tool = tool
+            return await self._forward(live, server, request, message, tool, call)
+        except GatewayError as exc:
+            status = exc.shown_status if isinstance(exc, _Refused) else exc.status
+            call.status, call.error = status, exc.code
+            finish_mcp(live.telemetry.metrics, call)
+            code = (PARSE_ERROR if exc.code == "mcp_parse_error"
+                    else INTERNAL if status >= 500 else INVALID_REQUEST)
+            return _rpc_error(rpc_id, code, exc.message, status, exc.headers,
+                              {"type": exc.error_type, "code": exc.shown_code})
+
+    async def _forward(self, live: Live, server: McpServer, request: Request,
+                       message: Mapping[str, Any], tool: str, call: McpCall) -> Response:
+        headers = {**server.headers, "content-type": JSON, "accept": f"{JSON}, {SSE}",
+                   **_passed(request.headers)}
+        body = dumps(message)
+        upstream = await self._send(server, "POST", headers, body)
+        try:
+            await _check(server, upstream)
+        except GatewayError:
+            await upstream.aclose()
+            raise
+        call.status = upstream.status_code
+        if tool:
+            call.tool = tool  # the server took the call: a tool it has
+        passed = _session_headers(upstream.headers)
+        if upstream.status_code == 202 or "id" not in message or "method" not in message:
+            await upstream.aclose()  # a notification or a response: nothing comes back
+            finish_mcp(live.telemetry.metrics, call)
+            return Response(status_code=upstream.status_code, headers=passed)
+        listing = message.get("method") == "tools/list" and server.tools is not None
+        accept = request.headers.get("accept", "")
+        takes_json = not accept or JSON in accept or "*/*" in accept
+        if upstream.headers.get("content-type", "").startswith(SSE):
+            events = _events(server, upstream, listing)
+            if SSE in accept or "*/*" in accept:
+                return StreamingResponse(_finishing(live, call, events), status_code=200,
+                                         media_type=SSE, headers=passed)
+            try:  # the client takes JSON only: the response, without what came before it
+                answer = await _response_of(events, message.get("id"))
+            finally:
+                await events.aclose()
+        else:
+            answer = await _json(server, upstream)
+            if listing:
+                answer = _filtered(answer, server)
+        finish_mcp(live.telemetry.metrics, call)
+        if not takes_json:
+            return Response(b"event: message\ndata: " + dumps(answer) + b"\n\n",
+                            media_type=SSE, headers=passed)
+        return Response(dumps(answer), media_type=JSON, headers=passed)
+
+    async def _delete(self, live: Live, server: McpServer, request: Request,
+                      call: McpCall) -> Response:
+        upstream = await self._send(server, "DELETE", {**server.headers,
+                                                       **_passed(request.headers)}, None)
+        await upstream.aclose()
+        call.status = upstream.status_code if upstream.status_code < 500 else 502
+        finish_mcp(live.telemetry.metrics, call)
+        return Response(status_code=call.status)
+
+    async def _send(self, server: McpServer, method: str, headers: Mapping[str, str],
+                    body: bytes | None) -> httpx.Response:
+        timeout = httpx.Timeout(server.timeout_s, connect=min(10.0, server.timeout_s))
+        request = self.client.build_request(method, server.url, headers=traced(headers),
+                                            content=body, timeout=timeout)
+        try:
+            return await self.client.send(request, stream=True, follow_redirects=False)
+        except httpx.TimeoutException as exc:
+            raise McpServerTimeout(f"MCP server '{server.name}' did not answer within "
+                                   f"{server.timeout_s:g} s.") from exc
+        except httpx.HTTPError as exc:
+            raise _unreachable(server, exc) from exc
+
+
+def _message(body: bytes) -> dict[str, Any]:
+    """The one JSON-RPC message a POST carries."""
+    try:
+        message = loads(body)
+    except ValueError:
+        raise _ParseError("The body is not JSON.") from None
+    if isinstance(message, list):
+        raise BadRequest("JSON-RPC batches are not supported (MCP dropped them in "
+                         "2025-06-18): send one message a POST.")
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise BadRequest('The body is not a JSON-RPC 2.0 message ({"jsonrpc": "2.0", ...}).')
+    method = message.get("method")
+    if method is not None and not isinstance(method, str):
+        raise BadRequest("A JSON-RPC method is a string.")
+    return message
+
+
+def _tool(message: Mapping[str, Any]) -> str:
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BadRequest("tools/call needs params.name, the tool to call.")
+    return name
+
+
+class _ParseError(BadRequest):
+    code = "mcp_parse_error"
+
+
+def _passed(headers: Mapping[str, str]) -> dict[str, str]:
+    """The protocol headers a client sends the server; never its Authorization (the aigw
+    key) nor anything else of its own."""
+    return {name: value for name in (SESSION, PROTOCOL)
+            if (value := headers.get(name)) is not None}
+
+
+def _session_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name in (SESSION, PROTOCOL)
+            if (value := headers.get(name)) is not None}
+
+
+async def _check(server: McpServer, upstream: httpx.Response) -> None:
+    """Raise for an answer that is not one: a redirect (not followed), the server's
+    refusal of the gateway's own credentials (401, 403), a failure (5xx); a refusal
+    of the message (another 4xx) passes on as the server worded it."""
+    status = upstream.status_code
+    if status < 300:
+        return
+    if 300 <= status < 400:
+        raise McpServerFailed(f"MCP server '{server.name}' answered with a redirect (HTTP "
+                              f"{status}), which the gateway does not follow.")
+    text = _scrub(await _error_text(upstream), server)
+    if status in (401, 403):
+        raise McpServerFailed(f"MCP server '{server.name}' refused the gateway's credentials "
+                              f"(HTTP {status}).")
+    if status >= 500:
+        raise McpServerFailed(f"MCP server '{server.name}' failed (HTTP {status}): {text}")
+    raise _Refused(status, text, _session_headers(upstream.headers))
+
+
+class _Refused(McpServerFailed):
+    """A 4xx the server gave the message, passed on with its status."""
+
+    error_type = "invalid_request_error"
+    code = "mcp_request_refused"
+
+    def __init__(self, status: int, text: str, headers: dict[str, str]) -> None:
+        super().__init__(text, headers=headers)
+        self.shown_status = status
+
+    @property
+    def shown_code(self) -> str | None:
+        return self.code
+
+
+async def _error_text(upstream: httpx.Response) -> str:
+    try:
+        raw = await read_bounded(upstream.aiter_bytes(), _MAX_ERROR_BYTES,
+                                 lambda: McpServerFailed("error body too large"))
+    except (httpx.HTTPError, McpServerFailed):
+        return "(no readable body)"
+    finally:
+        await upstream.aclose()
+    try:
+        found = loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:2000]
+    error = found.get("error") if isinstance(found, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:2000]
+    return raw.decode("utf-8", "replace")[:2000]
+
+
+async def _json(server: McpServer, upstream: httpx.Response) -> Any:
+    try:
+        raw = await read_bounded(upstream.aiter_bytes(), MAX_ANSWER_BYTES,
+                                 lambda: _too_large(server))
+    except httpx.HTTPError as exc:
+        raise _unreachable(server, exc) from exc
+    finally:
+        await upstream.aclose()
+    try:
+        return loads(raw)
+    except ValueError:
+        raise McpServerFailed(f"MCP server '{server.name}' answered with something that is "
+                              "not JSON.") from None
+
+
+async def _events(server: McpServer, upstream: httpx.Response,
+                  listing: bool) -> AsyncGenerator[bytes, None]:
+    """The server's SSE stream, one event at a time as bytes to send on; the response to
+    a tools/list with only the allowed tools (``listing``)."""
+    lines: list[str] = []
+    size = 0
+    try:
+        async for line in upstream.aiter_lines():
+            if line:
+                size += len(line)
+                if size > MAX_ANSWER_BYTES:
+                    raise _too_large(server)
+                lines.append(line)
+                continue
+            if lines:
+                yield _event(lines, server, listing)
+            lines, size = [], 0
+        if lines:
+            yield _event(lines, server, listing)
+    except httpx.TimeoutException as exc:
+        raise McpServerTimeout(f"MCP server '{server.name}' sent nothing for "
+                               f"{server.timeout_s:g} s.") from exc
+    except httpx.HTTPError as exc:
+        raise _unreachable(server, exc) from exc
+    finally:
+        await upstream.aclose()
+
+
+def _event(lines: list[str], server: McpServer, listing: bool) -> bytes:
+    data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+    if listing and data:
+        try:
+            message = loads("\n".join(data))
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and "result" in message:
+            kept = [line for line in lines if not line.startswith("data:")]
+            kept.append("data: " + dumps(_filtered(message, server)).decode())
+            lines = kept
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _response_of(events: AsyncIterator[bytes], rpc_id: object) -> Any:
+    """The JSON-RPC response to ``rpc_id`` among a stream's events."""
+    async for event in events:
+        data = [line[5:].removeprefix(" ") for line in event.decode().splitlines()
+                if line.startswith("data:")]
+        if not data:
+            continue
+        try:
+            message = loads("\n".join(data))
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("id") == rpc_id and "method" not in message:
+            return message
+    raise McpServerFailed("The MCP server's stream ended without a response.")
+
+
+async def _finishing(live: Live, call: McpCall, events: AsyncIterator[bytes]
+                     ) -> AsyncIterator[bytes]:
+    """``events``, with ``call`` counted once the stream ends, however it ends. A failure
+    after the first byte cannot change the status: it ends the stream (and is logged)."""
+    try:
+        async for event in events:
+            yield event
+    except GatewayError as exc:
+        call.error = exc.code
+        log.warning("MCP stream from '%s' ended early: %s", call.server, exc.message)
+    finally:
+        finish_mcp(live.telemetry.metrics, call)
+
+
+def _filtered(message: Any, server: McpServer) -> Any:
+    """A tools/list result with only the tools the allow-list names."""
+    result = message.get("result") if isinstance(message, dict) else None
+    tools = result.get("tools") if isinstance(result, dict) else None
+    if not isinstance(result, dict) or not isinstance(tools, list):
+        return message
+    kept = [tool for tool in tools if isinstance(tool, dict)
+            and isinstance(tool.get("name"), str) and server.allows(tool["name"])]
+    return {**message, "result": {**result, "tools": kept}}
+
+
+def _rpc_error(rpc_id: object, code: int, message: str, status: int,
+               headers: Mapping[str, str], data: Mapping[str, object] | None = None) -> Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = dict(data)
+    body = {"jsonrpc": "2.0", "id": rpc_id if isinstance(rpc_id, str | int) else None,
+            "error": error}
+    return Response(dumps(body), status_code=status, media_type=JSON, headers=dict(headers))
+
+
+def _unreachable(server: McpServer, exc: httpx.HTTPError) -> McpServerFailed:
+    detail = _scrub(str(exc) or type(exc).__name__, server)
+    return McpServerFailed(f"MCP server '{server.name}' is unreachable: {detail}")
+
+
+def _too_large(server: McpServer) -> McpServerFailed:
+    return McpServerFailed(f"MCP server '{server.name}' sent an answer larger than "
+                           f"{MAX_ANSWER_BYTES >> 20} MiB.")
+
+
+def _scrub(text: str, server: McpServer) -> str:
+    """``text`` without the server's header values (its credentials), each whole value
+    and each long word of one, nor its url (whose query may hold a key)."""
+    text = text.replace(server.url, f"MCP server '{server.name}'")
+    for value in server.headers.values():
+        for secret in (value, *value.split()):
+            if len(secret) >= _SECRET_WORD:
+                text = text.replace(secret, "***")
+    return text

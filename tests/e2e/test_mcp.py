@@ -1,0 +1,184 @@
+"""MCP through a real ``aigw serve``: a real MCP server (the official SDK's) behind it,
+and the official SDK's client in front, authenticated with aigw keys and authorized
+by Cedar."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import httpx2
+import pytest
+from mcp.client import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from ..conftest import DEV_KEY
+from ..fakes.mcp_server import PATH, RecordingMcpServer
+from ..fakes.serve import free_port, serving
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
+OUTSIDER_KEY = "sk-aigw-outsider"
+POLICIES = """
+@id("platform-uses-tools")
+permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"tools");
+
+@id("platform-uses-down")
+permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"down");
+
+@id("no-echo-for-anyone")
+forbid (principal, action == Action::"invoke", resource == McpServer::"tools")
+when { context.tool == "echo" };
+"""
+
+
+@dataclass
+class McpGateway:
+    server: Server
+    upstream: RecordingMcpServer
+
+    def url(self, name: str) -> str:
+        return f"{self.server.base_url}/mcp/{name}"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
+    upstream = RecordingMcpServer()
+    with serving(upstream.app) as base_url:
+        root = tmp_path_factory.mktemp("mcp") / "gw"
+        (root / "policies").mkdir(parents=True)
+        (root / "policies" / "mcp.cedar").write_text(POLICIES)
+        outsider = hashlib.sha256(OUTSIDER_KEY.encode()).hexdigest()
+        (root / "gateway.yaml").write_text(f"""
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{echo: {{deployment: e}}}}
+teams: {{platform: {{}}, others: {{}}}}
+keys:
+  dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
+  outsider: {{team: others, sha256: {outsider}}}
+mcp_servers:
+  tools:
+    url: {base_url}{PATH}
+    headers: {{Authorization: "Bearer ${{MCP_TEST_UPSTREAM_TOKEN}}"}}
+    timeout_s: 10
+    tools: [add, echo]
+  down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
+""")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MCP_TEST_UPSTREAM_TOKEN", UPSTREAM_TOKEN)
+            server = Server(root)
+        try:
+            server.wait_ready()
+            yield McpGateway(server, upstream)
+        finally:
+            server.stop()
+
+
+@asynccontextmanager
+async def session(url: str, key: str, statuses: list[int] | None = None
+                  ) -> AsyncIterator[ClientSession]:
+    """The official SDK's client session on ``url``, with ``key`` as its bearer token;
+    the HTTP status of every answer goes into ``statuses``."""
+    async def seen(response: httpx2.Response) -> None:
+        if statuses is not None:
+            statuses.append(response.status_code)
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
+                              event_hooks={"response": [seen]})
+    async with (http, streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write) as client):
+        yield client
+
+
+async def test_tools_are_listed_as_the_allow_list_has_them(gateway: McpGateway) -> None:
+    async with session(gateway.url("tools"), DEV_KEY) as client:
+        await client.initialize()
+        listed = await client.list_tools()
+    assert sorted(tool.name for tool in listed.tools) == ["add", "echo"]
+
+
+async def test_a_tool_call_goes_through_with_the_servers_own_credentials(
+    gateway: McpGateway,
+) -> None:
+    async with session(gateway.url("tools"), DEV_KEY) as client:
+        await client.initialize()
+        result = await client.call_tool("add", {"a": 2, "b": 40})
+    assert not result.is_error
+    assert result.structured_content == {"result": 42}
+    sent = gateway.upstream.headers[-1]
+    assert sent["authorization"] == f"Bearer {UPSTREAM_TOKEN}"  # never the aigw key
+    assert all(DEV_KEY not in value for headers in gateway.upstream.headers
+               for value in headers.values())
+    assert "mcp-session-id" in sent  # the upstream's session, passed through
+
+
+async def test_a_tool_outside_the_allow_list_is_refused(gateway: McpGateway) -> None:
+    calls = len(gateway.upstream.headers)
+    async with session(gateway.url("tools"), DEV_KEY) as client:
+        await client.initialize()
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("secret", {})
+        calls_after_initialize = len(gateway.upstream.headers)
+    assert "Tool 'secret' is not available through MCP server 'tools'" in str(refused.value)
+    assert calls_after_initialize - calls <= 3  # initialize, its notification, no call
+
+
+async def test_a_bad_key_is_a_401(gateway: McpGateway) -> None:
+    statuses: list[int] = []
+    async with session(gateway.url("tools"), "sk-not-a-key", statuses) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.initialize()
+    assert statuses == [401]
+    assert "Incorrect API key provided" in str(refused.value)
+
+
+async def test_cedar_forbids_a_tool_and_a_team(gateway: McpGateway) -> None:
+    statuses: list[int] = []
+    async with session(gateway.url("tools"), DEV_KEY, statuses) as client:
+        await client.initialize()
+        with pytest.raises(MCPError) as forbidden:
+            await client.call_tool("echo", {"text": "hi"})
+    assert 403 in statuses
+    assert "denied by no-echo-for-anyone" in str(forbidden.value)
+    statuses.clear()
+    async with session(gateway.url("tools"), OUTSIDER_KEY, statuses) as client:
+        with pytest.raises(MCPError) as outsider:
+            await client.initialize()
+    assert statuses == [403]
+    assert "no policy permits it" in str(outsider.value)
+
+
+async def test_a_server_that_is_down_is_a_clear_error(gateway: McpGateway) -> None:
+    statuses: list[int] = []
+    async with session(gateway.url("down"), DEV_KEY, statuses) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.initialize()
+    assert statuses == [502]
+    assert "MCP server 'down' is unreachable" in str(failed.value)
+    assert "Traceback" not in gateway.server.log
+
+
+def test_unknown_server_get_and_metrics(gateway: McpGateway) -> None:
+    auth = {"Authorization": f"Bearer {DEV_KEY}"}
+    unknown = httpx.post(gateway.url("nope"), headers=auth,
+                         json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["message"] == "MCP server 'nope' is not defined."
+    assert httpx.get(gateway.url("tools"), headers=auth).status_code == 405
+    batch = httpx.post(gateway.url("tools"), headers=auth, json=[{"jsonrpc": "2.0"}])
+    assert batch.status_code == 400
+    metrics = httpx.get(f"{gateway.server.base_url}/metrics", headers=auth).text
+    assert 'aigw_mcp_requests_total{method="tools/call",server="tools",status="200",' \
+           'team="platform",tool="add"}' in metrics
+    assert UPSTREAM_TOKEN not in metrics
+    log = gateway.server.log
+    assert '"endpoint":"mcp"' in log and '"mcp_server":"tools"' in log
+    assert UPSTREAM_TOKEN not in log and DEV_KEY not in log

@@ -1,0 +1,42 @@
+"""A real MCP server, built with the official SDK (``MCPServer``, FastMCP before mcp 2),
+speaking streamable HTTP: three tools, and the headers of every request it got."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+PATH = "/mcp"
+
+
+class RecordingMcpServer:
+    """``app`` serves the tools ``add``, ``echo`` and ``secret`` at ``/mcp``;
+    ``headers`` holds each request's headers as the server got them."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+        server = MCPServer("aigw-test-tools")
+
+        @server.tool()
+        def add(a: int, b: int) -> int:
+            """Add two numbers."""
+            return a + b
+
+        @server.tool()
+        def echo(text: str) -> str:
+            """Say it back."""
+            return text
+
+        @server.tool()
+        def secret() -> str:
+            """A tool the gateway's allow-list leaves out."""
+            return "the secret"
+
+        self._inner = server.streamable_http_app(streamable_http_path=PATH)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.headers.append({name.decode("latin-1"): value.decode("latin-1")
+                                 for name, value in scope["headers"]})
+        inner: ASGIApp = self._inner
+        await inner(scope, receive, send)

@@ -410,13 +410,11 @@ class RequestGate:
                             headers=self._headers(decision.policies))
         return decision
 
-    def check_invoke_pipeline(self, pipeline: str, *, forbids_only: bool = False) -> Decision:
-        """As ``check_invoke``, for running a pipeline directly (``Pipeline::"name"``).
-        ``forbids_only``: only a deny some forbid decided raises, not one for want of a
-        permit (see ``policy_request.authorize_pipeline_again``)."""
+    def check_invoke_pipeline(self, pipeline: str) -> Decision:
+        """As ``check_invoke``, for running a pipeline directly (``Pipeline::"name"``)."""
         decision = self.engine.decide(self.principal, INVOKE,
                                       {"type": "Pipeline", "id": pipeline}, self.context)
-        if not decision.allowed and (decision.policies or not forbids_only):
+        if not decision.allowed:
             because = ("" if self.hide_ids
                        else f": denied by {', '.join(decision.policies)}" if decision.policies
                        else ": no policy permits it")

@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from aigw.compiler.graph import ApiKey, Route
 
 from .admission import budget_remaining, subject_limits
-from .errors import BadRequest, StoreUnavailable
+from .errors import BadRequest, Forbidden, StoreUnavailable
 from .live import Live
 from .policy import Facts, RequestGate, principal_for
 from .store import Limits, Store
@@ -31,6 +31,15 @@ log = logging.getLogger("aigw.policy")
 SLA_HEADER = "x-aigw-latency-sla-ms"
 TAGS_HEADER = "x-aigw-tags"
 DEFAULT_DEADLINE_MS = 300_000  # a route's default deadline, for calls that have none
+
+# What an execution made before its request's facts were kept is asked with, and what its
+# deny adds: an older aigw kept none, so these are the facts of a request that sent no
+# x-aigw-tags and no x-aigw-latency-sla-ms, as the workflow API checks it.
+UNKEPT_FACTS = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                     latency_sla_ms=DEFAULT_DEADLINE_MS)
+UNKEPT = (f"The execution was made before aigw kept the facts of the request that started "
+          f"it, so it was asked as one with no {TAGS_HEADER} and no {SLA_HEADER}; start "
+          "it again to run it.")
 
 
 async def authorize(
@@ -100,12 +109,11 @@ async def authorize_pipeline_again(
     that made it (``kept``), what is true at the moment (its hour, the budget left)
     read now; a deny is a 403 as at the start.
 
-    An execution made before its request's facts were kept (``kept`` None) is asked
-    with none (no tags, the default latency SLA), and only a forbid stops it: it passed
-    the check when it was made, and a deny for want of a permit may be only for the
-    tags or SLA its request had and nothing kept."""
-    facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
-                  latency_sla_ms=DEFAULT_DEADLINE_MS) if kept is None else Facts(
+    An execution made before its request's facts were kept (``kept`` None) is asked with
+    those that can be told again (``UNKEPT_FACTS``), and fails closed: a deny stops it,
+    whether a forbid decided it or no policy permits it, and says why. Stopped only by a
+    forbid, it went on where policy now permits the pipeline to tagged requests alone."""
+    facts = UNKEPT_FACTS if kept is None else Facts(
         route=str(kept.get("route", "")),
         estimated_tokens=int(kept.get("estimated_tokens", 0)),
         max_tokens=kept.get("max_tokens"),
@@ -114,7 +122,12 @@ async def authorize_pipeline_again(
         tags=tuple(kept.get("tags", ())),
     )
     gate = await _gate(live, key, user, facts)
-    gate.check_invoke_pipeline(pipeline, forbids_only=kept is None)
+    try:
+        gate.check_invoke_pipeline(pipeline)
+    except Forbidden as exc:
+        if kept is not None:
+            raise
+        raise Forbidden(f"{exc.message} {UNKEPT}", headers=exc.headers) from exc
 
 
 async def authorize_mcp(

@@ -627,27 +627,31 @@ async def test_a_run_is_asked_again_with_the_tags_it_was_started_with(
         await second.aclose()
 
 
-async def test_a_run_made_before_its_request_was_kept_goes_on_unless_forbidden(
+async def test_a_run_made_before_its_request_was_kept_is_asked_as_one_without_headers(
     serve: Serve, tmp_path: Path, store_options: dict[str, Any]
 ) -> None:
     """An execution that kept no facts of its request (made by an older gateway) is asked
-    again with none: a deny for want of a permit lets it go on (its tags are unknown),
-    a forbid stops it."""
+    again as a request that sent no x-aigw-tags nor SLA: where policy permits the pipeline
+    only to tagged requests, it fails, saying why (only a forbid stopped it, so it went
+    on); where policy permits it to any request, it goes on."""
     served = await _serve_policed(serve, tmp_path, TAGGED, **store_options)
     running = Checkpoint(steps=(StepState("answer", StepStatus.RUNNING, 1, started_at=1.0),))
-    kept = await served.left_by_a_crash("slow", running)
-    done = await served.wait_for(kept, lambda e: e["status"] in ("failed", "succeeded"))
-    assert (done["status"], done["error"]) == ("succeeded", None)
-    await served.workflows.stop()  # nothing takes the next one before it is left so
-    (served.root / "policies" / "gateway.cedar").write_text(
-        TAGGED + '@id("no-slow")\nforbid (principal, action, resource == Pipeline::"slow");\n')
-    assert (await served.gateway.reload("test")).ok
     stopped = await served.left_by_a_crash("slow", running)
+    done = await served.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["error"]) == ("failed", (
+        "stopped as it resumed: Policy does not allow key 'dev' to run pipeline 'slow': no "
+        "policy permits it. The execution was made before aigw kept the facts of the "
+        "request that started it, so it was asked as one with no x-aigw-tags and no "
+        "x-aigw-latency-sla-ms; start it again to run it."))
+    assert done["usage"]["model_calls"] == 0
+    await served.workflows.stop()  # nothing takes the next one before it is left so
+    (served.root / "policies" / "gateway.cedar").write_text(EVERYTHING)
+    assert (await served.gateway.reload("test")).ok
+    kept = await served.left_by_a_crash("slow", running)
     second = served.with_new_runner()
     try:
-        done = await second.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
-        assert done["error"] == ("stopped as it resumed: Policy does not allow key 'dev' to "
-                                 "run pipeline 'slow': denied by no-slow.")
+        done = await second.wait_for(kept, lambda e: e["status"] in ("failed", "succeeded"))
+        assert (done["status"], done["error"]) == ("succeeded", None)
     finally:
         await second.aclose()
 

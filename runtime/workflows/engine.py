@@ -50,6 +50,7 @@ from ..store.executions import (
     StepStatus,
     abandon,
 )
+from .paths import missing_from
 
 log = logging.getLogger("aigw.workflows")
 
@@ -233,19 +234,21 @@ class Run:
             *events, NewEvent(f"execution_{status.value}", data=data or {}))))
 
     async def _drop_removed(self, pipeline: Pipeline) -> None:
-        """Close the running or waiting states of steps the pipeline no longer has (a
-        reload removed or renamed them): nothing runs them again, and an approval among
-        them stayed listed as waiting, holding the execution 'waiting' while it ran."""
-        def kept(path: str) -> bool:
-            return any(path == name or path.startswith((f"{name}/", f"{name}@"))
-                       for name in pipeline.steps)
-
-        closed, events = abandon(
-            (state for state in self.states.values() if not kept(state.step)),
-            f"abandoned: pipeline '{pipeline.name}' no longer has this step (a reload "
-            "removed or renamed it)", self.now())
+        """Close the running or waiting states of steps the pipelines no longer have (a
+        reload removed or renamed them), at any depth: a step of a pipeline a step runs
+        too. Nothing runs them again, and an approval among them stayed listed as
+        waiting, holding the execution 'waiting' while it ran."""
+        closed: list[StepState] = []
+        events: list[NewEvent] = []
+        for state in self.states.values():
+            missing = missing_from(self.pipelines, pipeline, state.step)
+            if missing is not None:
+                more = abandon((state,), f"abandoned: pipeline '{missing}' no longer has "
+                               "this step (a reload removed or renamed it)", self.now())
+                closed.extend(more[0])
+                events.extend(more[1])
         if closed:
-            await self._commit_states(closed, events)
+            await self._commit_states(tuple(closed), tuple(events))
 
     async def run_pipeline(self, pipeline: Pipeline, prefix: str, given: Any) -> Any:
         """Run ``pipeline``'s steps (their states under ``prefix``) and render its output."""

@@ -15,6 +15,7 @@ from aigw.runtime.providers import registry
 from aigw.runtime.providers.base import ChatAdapter, ChatCall, ChatResult
 from aigw.runtime.providers.echo import EchoAdapter
 from aigw.runtime.tokens import TokenCounter
+from aigw.runtime.workflows.paths import missing_from
 
 from .conftest import DEV_KEY, Serve, Served, approval_pipeline
 
@@ -102,13 +103,24 @@ async def test_an_approval_of_a_paused_execution_cancelled_by_the_store_is_close
                   "execution_cancelled")
 
 
+# 'publish' run as a step of another pipeline: its steps' states are 'inner/<step>'.
+WRAPPED = """
+input: {type: object}
+steps:
+  inner: {kind: pipeline, pipeline: publish, input: {text: "{{ input.text }}"}}
+output: {published: "{{ steps.inner.published }}"}
+"""
+
+
+@pytest.mark.parametrize(("pipeline", "prefix"), [("publish", ""), ("wrapped", "inner/")])
 async def test_an_approval_a_reload_renamed_is_closed_as_the_run_resumes(
-    serve: Serve, store_options: dict[str, Any]
+    serve: Serve, store_options: dict[str, Any], pipeline: str, prefix: str
 ) -> None:
     """Its state stayed waiting beside the renamed step's: listed, decidable, and holding
-    the execution 'waiting' until it ended."""
-    served = await serve({"publish": approval_pipeline()}, **store_options)
-    started = await served.start("publish", {"text": "hello"})
+    the execution 'waiting' until it ended. Renamed in a pipeline a step runs, it stayed
+    so even once the run resumed (only the execution's own pipeline was looked at)."""
+    served = await serve({"publish": approval_pipeline(), "wrapped": WRAPPED}, **store_options)
+    started = await served.start(pipeline, {"text": "hello"})
     await _settled(served, started["id"], "waiting")
     await served.workflows.stop()
     (served.root / "pipelines" / "publish.yaml").write_text(
@@ -118,23 +130,23 @@ async def test_an_approval_a_reload_renamed_is_closed_as_the_run_resumes(
     try:
         async def renamed_waits() -> bool:
             steps = await second.steps(started["id"])
-            return steps.get("approve", {}).get("status") == "waiting"
+            return steps.get(f"{prefix}approve", {}).get("status") == "waiting"
 
         for _ in range(200):
             if await renamed_waits():
                 break
             await asyncio.sleep(0.02)
-        state = (await second.steps(started["id"]))["sign_off"]
+        state = (await second.steps(started["id"]))[f"{prefix}sign_off"]
         assert (state["status"], state["error"]) == (
             "cancelled", "abandoned: pipeline 'publish' no longer has this step (a reload "
             "removed or renamed it)")
-        assert await _inbox(second) == ["approve"]
+        assert await _inbox(second) == [f"{prefix}approve"]
         page = await second.http.get("/admin", auth=("admin", DEV_KEY))
-        assert f"/{started['id']}/approve" in page.text
-        assert f"/{started['id']}/sign_off" not in page.text
+        assert f"/{started['id']}/{prefix}approve" in page.text
+        assert f"/{started['id']}/{prefix}sign_off" not in page.text
         decided = await second.http.post(f"/api/v1/executions/{started['id']}/approvals",
                                          json={"decision": "approve"})
-        assert decided.status_code == 200 and decided.json()["step"] == "approve"
+        assert decided.status_code == 200 and decided.json()["step"] == f"{prefix}approve"
         done = await _settled(second, started["id"], "succeeded")
         assert done["output"]["published"] == "published: hello"
     finally:
@@ -199,3 +211,47 @@ async def test_a_model_call_that_fails_unplanned_gives_its_hold_back_and_is_reco
     metrics = (await served.http.get("/metrics")).text
     assert 'route="fast",status="500"' in metrics
     assert 'route="fast",status="200"' not in metrics
+
+
+# A pipeline run by a step, by every item of a map and by a loop's action.
+AT_EVERY_DEPTH = """
+input: {type: object}
+steps:
+  sub: {kind: pipeline, pipeline: child, input: {}}
+  each:
+    kind: map
+    over: "[1]"
+    concurrency: 1
+    step: {kind: pipeline, pipeline: child, input: {}}
+  plan:
+    kind: loop
+    max_iterations: 1
+    planner: {expression: "'act'"}
+    actions:
+      act: {kind: pipeline, pipeline: child, input: {}}
+  note: {kind: transform, expression: "1"}
+output: "{{ steps.note }}"
+"""
+CHILD = """
+input: {type: object}
+steps:
+  ask: {kind: approval, message: "go?", timeout_s: 60}
+output: "{{ steps.ask }}"
+"""
+
+
+async def test_a_state_path_is_looked_up_at_every_depth(serve: Serve) -> None:
+    """Which pipeline no longer has a step on the way to a state (None: all are there)."""
+    served = await serve({"outer": AT_EVERY_DEPTH, "child": CHILD})
+    pipelines = served.gateway.live.graph.pipelines
+    found = {path: missing_from(pipelines, pipelines["outer"], path) for path in (
+        "sub", "sub/ask", "sub/gone", "gone", "gone/ask", "note/ask",
+        "each@1/0", "each@1/0/ask", "each@2/3/gone",
+        "plan@1/0/act", "plan@1/0/act/ask", "plan@1/0/act/gone", "plan@1/0/gone",
+        "note@1/0")}
+    assert found == {
+        "sub": None, "sub/ask": None, "sub/gone": "child", "gone": "outer",
+        "gone/ask": "outer", "note/ask": "outer",
+        "each@1/0": None, "each@1/0/ask": None, "each@2/3/gone": "child",
+        "plan@1/0/act": None, "plan@1/0/act/ask": None, "plan@1/0/act/gone": "child",
+        "plan@1/0/gone": "outer", "note@1/0": "outer"}

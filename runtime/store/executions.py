@@ -17,7 +17,9 @@ taken over). A checkpoint is atomic: step states, one memo (a completed model ca
 sub-step, so a resumed execution never repeats it; its cost is added to the
 execution's exactly once), events and the execution's status commit together. The
 checkpoint that ends an execution (and a cancel the store makes itself) closes the
-steps it leaves running or waiting (``abandon``).
+steps it leaves running or waiting (``abandon``). The one write without a lease is
+``record_lost``: a model call paid for whose answer a runner could not save in time
+(``workflows/unsaved.py``).
 """
 
 from __future__ import annotations
@@ -289,6 +291,14 @@ class ExecutionStore(Protocol):
         self, execution_id: str, owner: str, checkpoint: Checkpoint, now: float
     ) -> tuple[Event, ...]:
         """Write ``checkpoint`` if ``owner`` still holds the execution (else LeaseLost)."""
+        ...
+
+    async def record_lost(self, execution_id: str, memo: Memo, events: tuple[NewEvent, ...],
+                          now: float) -> bool:
+        """Write ``memo`` (a model call paid for whose answer the execution did not use,
+        under a key of its own) with ``events``, whoever holds the execution, ended or
+        not: its cost and tokens are added once, and ``events`` with them. False when it
+        was written before, or there is no such execution."""
         ...
 
     async def control(self, execution_id: str, action: str, now: float) -> Execution:

@@ -61,6 +61,7 @@ from .executions import (
     Execution,
     ExecutionConflict,
     LeaseLost,
+    Memo,
     NewEvent,
     NewExecution,
     Status,
@@ -83,26 +84,33 @@ _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
 _PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
 
+# A memo (key, value, cost, prompt and completion tokens, 1 for a model call), written
+# once: the first time, its cost and tokens are added to the execution's and to the
+# pipeline's costs. True when it was new. Shared by the scripts below.
+_ADD_MEMO = """
+local function add_memo(exec, memos, costs, pipeline, m)
+  if redis.call('HSETNX', memos, m[1], m[2]) == 0 then return false end
+  local totals = {cost = m[3], prompt_tokens = m[4], completion_tokens = m[5],
+                  model_calls = m[6]}
+  for name, amount in pairs(totals) do
+    local now = tonumber(redis.call('HGET', exec, name) or '0') + amount
+    redis.call('HSET', exec, name, tostring(now))
+    redis.call('HINCRBYFLOAT', costs, pipeline .. ':' .. name, amount)
+  end
+  return true
+end
+"""
+
 # KEYS: exec, steps, memo, events, costs, finished. ARGV: owner, now, payload (JSON), id.
 # Returns the sequence number the first event got.
-_COMMIT = """
+_COMMIT = _ADD_MEMO + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
   return redis.error_reply('LEASE_LOST')
 end
 local p = cjson.decode(ARGV[3])
 for _, s in ipairs(p.steps) do redis.call('HSET', KEYS[2], s[1], s[2]) end
 local pipeline = cjson.decode(redis.call('HGET', KEYS[1], 'pipeline'))
-if p.memo ~= cjson.null then
-  if redis.call('HSETNX', KEYS[3], p.memo[1], p.memo[2]) == 1 then
-    local totals = {cost = p.memo[3], prompt_tokens = p.memo[4],
-                    completion_tokens = p.memo[5], model_calls = p.memo[6]}
-    for name, amount in pairs(totals) do
-      local now = tonumber(redis.call('HGET', KEYS[1], name) or '0') + amount
-      redis.call('HSET', KEYS[1], name, tostring(now))
-      redis.call('HINCRBYFLOAT', KEYS[5], pipeline .. ':' .. name, amount)
-    end
-  end
-end
+if p.memo ~= cjson.null then add_memo(KEYS[1], KEYS[3], KEYS[5], pipeline, p.memo) end
 for name, value in pairs(p.fields) do redis.call('HSET', KEYS[1], name, value) end
 if p.final ~= cjson.null then
   redis.call('HINCRBY', KEYS[5], pipeline .. ':' .. p.final, 1)
@@ -111,6 +119,17 @@ end
 local first = redis.call('LLEN', KEYS[4]) + 1
 for _, e in ipairs(p.events) do redis.call('RPUSH', KEYS[4], e) end
 return first
+"""
+
+# A model call's answer recorded without a lease (``record_lost``): its memo, and its
+# events only if the memo is new. KEYS: exec, memo, events, costs. ARGV: the memo (as in
+# a commit's payload, JSON), the events (JSON). Returns 1 when it was new.
+_LOST = _ADD_MEMO + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local pipeline = cjson.decode(redis.call('HGET', KEYS[1], 'pipeline'))
+if not add_memo(KEYS[1], KEYS[2], KEYS[4], pipeline, cjson.decode(ARGV[1])) then return 0 end
+for _, e in ipairs(cjson.decode(ARGV[2])) do redis.call('RPUSH', KEYS[3], e) end
+return 1
 """
 
 # A new execution, with its idempotency key if it has one: the key is taken, and the
@@ -156,6 +175,7 @@ class RedisExecutions:
         self._ns = f"{namespace}:wf"
         self._create_script = client.register_script(_CREATE)
         self._commit_script = client.register_script(_COMMIT)
+        self._lost_script = client.register_script(_LOST)
         self._renew_script = client.register_script(_RENEW)
         self._entries: dict[str, str] = {}  # execution id -> stream entry this runner holds
         # Where the next XAUTOCLAIM goes on looking among the pending entries: each looks
@@ -432,6 +452,19 @@ class RedisExecutions:
                 Event(int(first) + offset, now, new.type, new.step, dict(new.data))
                 for offset, new in enumerate(checkpoint.events)
             )
+
+        return await self._guard(run)
+
+    async def record_lost(self, execution_id: str, memo: Memo, events: tuple[NewEvent, ...],
+                          now: float) -> bool:
+        async def run() -> bool:
+            payload = _payload(Checkpoint(memo=memo, events=events), now)
+            new = await self._lost_script(
+                keys=[self._x(execution_id), self._x(execution_id, "memo"),
+                      self._x(execution_id, "events"), self._key("costs")],
+                args=[json.dumps(payload["memo"]), json.dumps(payload["events"])],
+            )
+            return bool(new)
 
         return await self._guard(run)
 

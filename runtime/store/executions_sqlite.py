@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from .executions import (
     Execution,
     ExecutionConflict,
     LeaseLost,
+    Memo,
     NewEvent,
     NewExecution,
     Status,
@@ -170,6 +171,10 @@ class SQLiteExecutions:
         self, execution_id: str, owner: str, checkpoint: Checkpoint, now: float
     ) -> tuple[Event, ...]:
         return await self._db.call(partial(_commit, execution_id, owner, checkpoint, now))
+
+    async def record_lost(self, execution_id: str, memo: Memo, events: tuple[NewEvent, ...],
+                          now: float) -> bool:
+        return await self._db.call(partial(_record_lost, execution_id, memo, events, now))
 
     async def control(self, execution_id: str, action: str, now: float) -> Execution:
         return await self._db.call(partial(_control, execution_id, action, now))
@@ -378,17 +383,8 @@ def _commit(
         connection.execute("INSERT OR REPLACE INTO wf_steps VALUES (?, ?, ?)",
                            (execution_id, state.step, step_to_json(state)))
     changes: dict[str, Any] = {"updated_at": now}
-    memo = checkpoint.memo
-    if memo is not None:
-        cursor = connection.execute("INSERT OR IGNORE INTO wf_memos VALUES (?, ?, ?)",
-                                    (execution_id, memo.key, _dumps(memo.value)))
-        if cursor.rowcount == 1:
-            changes.update(
-                cost=held[1] + memo.cost,
-                prompt_tokens=held[2] + memo.prompt_tokens,
-                completion_tokens=held[3] + memo.completion_tokens,
-                model_calls=held[4] + int(memo.model_call),
-            )
+    if checkpoint.memo is not None:
+        changes.update(_add_memo(execution_id, checkpoint.memo, held[1:], connection))
     if checkpoint.status is not None:
         changes["status"] = checkpoint.status.value
         if checkpoint.status in FINAL:
@@ -399,17 +395,51 @@ def _commit(
     assignments = ", ".join(f'"{name}" = ?' for name in changes)
     connection.execute(f"UPDATE wf_executions SET {assignments} WHERE id = ?",
                        (*changes.values(), execution_id))
+    return _append(execution_id, checkpoint.events, now, connection)
+
+
+def _add_memo(execution_id: str, memo: Memo, totals: tuple[Any, ...],
+              connection: sqlite3.Connection) -> dict[str, Any]:
+    """Write ``memo`` once: the first time, the execution's new totals (``totals``: its
+    cost, prompt and completion tokens and model calls until now); else none."""
+    cursor = connection.execute("INSERT OR IGNORE INTO wf_memos VALUES (?, ?, ?)",
+                                (execution_id, memo.key, _dumps(memo.value)))
+    if cursor.rowcount != 1:
+        return {}
+    return {"cost": totals[0] + memo.cost, "prompt_tokens": totals[1] + memo.prompt_tokens,
+            "completion_tokens": totals[2] + memo.completion_tokens,
+            "model_calls": totals[3] + int(memo.model_call)}
+
+
+def _append(execution_id: str, new: Iterable[NewEvent], now: float,
+            connection: sqlite3.Connection) -> tuple[Event, ...]:
     last = connection.execute(
         "SELECT COALESCE(MAX(seq), 0) FROM wf_events WHERE execution_id = ?", (execution_id,)
     ).fetchone()[0]
     events = []
-    for offset, new in enumerate(checkpoint.events, start=1):
-        event = Event(last + offset, now, new.type, new.step, dict(new.data))
+    for seq, item in enumerate(new, start=last + 1):
+        event = Event(seq, now, item.type, item.step, dict(item.data))
         connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
-                           (execution_id, event.seq, now, new.type, new.step,
-                            _dumps(event.data)))
+                           (execution_id, seq, now, item.type, item.step, _dumps(event.data)))
         events.append(event)
     return tuple(events)
+
+
+def _record_lost(execution_id: str, memo: Memo, events: tuple[NewEvent, ...], now: float,
+                 connection: sqlite3.Connection) -> bool:
+    totals = connection.execute(
+        "SELECT cost, prompt_tokens, completion_tokens, model_calls FROM wf_executions "
+        "WHERE id = ?", (execution_id,)).fetchone()
+    if totals is None:
+        return False
+    changes = _add_memo(execution_id, memo, totals, connection)
+    if not changes:
+        return False
+    assignments = ", ".join(f'"{name}" = ?' for name in changes)
+    connection.execute(f"UPDATE wf_executions SET {assignments} WHERE id = ?",
+                       (*changes.values(), execution_id))
+    _append(execution_id, events, now, connection)
+    return True
 
 
 def _control(

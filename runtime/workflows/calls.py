@@ -84,6 +84,7 @@ class GatewayModels:
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
             cost=record.cost,
+            request=record.request_id,
         )
 
 

@@ -8,7 +8,8 @@ Each try of a step is checkpointed when it starts and when it ends. Inside a ste
 model call, map item, loop iteration, ensemble member and cascade tier is a memo keyed
 by where it is (``report@1``, ``items@2/3``), so an execution resumed after a crash
 runs again only the step that was in flight, and repeats none of its completed calls;
-a model's answer the store fails to save is saved again, never asked for again.
+a model's answer the store fails to save is saved again, never asked for again, and kept
+on disk meanwhile for a run resumed after this one stopped (``unsaved.py``).
 A step is skipped when its ``when`` is false, when a branch listing it chose other
 steps, or when every step it needs was skipped. Policy is asked again whenever the run
 goes on after a stop or a wait (resumed, started on a graph other than the one it was
@@ -51,6 +52,7 @@ from ..store.executions import (
     abandon,
 )
 from .paths import missing_from
+from .unsaved import UnsavedAnswers
 
 log = logging.getLogger("aigw.workflows")
 
@@ -98,6 +100,7 @@ class ModelAnswer:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    request: str = ""  # the spend ledger's id of the call
 
 
 class ModelCaller(Protocol):
@@ -139,6 +142,7 @@ class Services:
     # execution against its capacity meanwhile. Decided, the run goes on once what it
     # gives says True: a slot is its again.
     waiting: Callable[[str], AbstractContextManager[Callable[[], bool]]]
+    unsaved: UnsavedAnswers  # where an answer the store cannot save for now waits
     poll_s: float = 0.5
 
 
@@ -196,6 +200,8 @@ class Run:
         started = "execution_resumed" if self.states else "execution_started"
         await self.commit(Checkpoint(status=Status.RUNNING, events=(
             NewEvent(started, data={"runner": self.services.owner}),)))
+        if self.states:  # a step ran, and may have left answers it could not save
+            await self._recover()
         pipeline = self.pipelines.get(self.execution.pipeline)
         try:
             if pipeline is None:
@@ -223,6 +229,21 @@ class Run:
         await self._end(Status.SUCCEEDED, "the execution succeeded without it",
                         Checkpoint(output=output), {"output": output})
         return Status.SUCCEEDED
+
+    async def _recover(self) -> None:
+        """Save the answers a runner of this gateway could not (``unsaved``): this run uses
+        them rather than call the models again. One for a memo the execution holds
+        another answer for (another replica asked again meanwhile) is recorded as a call
+        paid for and lost."""
+        unsaved = self.services.unsaved
+        for item in await unsaved.of(self.id):
+            saved = self.memos.get(item.memo.key)
+            if saved is None:
+                await self.remember(item.memo, item.event, NewEvent(
+                    "model_answer_recovered", item.event.step, {"key": item.memo.key}))
+            elif saved.get("request") != item.request:
+                await self.services.store.record_lost(self.id, *item.lost(), self.now())
+            await unsaved.drop(self.id, item.memo.key)
 
     async def _end(self, status: Status, why: str, checkpoint: Checkpoint,
                    data: Mapping[str, Any] | None = None) -> None:
@@ -566,8 +587,8 @@ class Run:
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens}
         await self._keep(
-            Memo(key, {"text": answer.text, **data}, answer.cost, answer.prompt_tokens,
-                 answer.completion_tokens, model_call=True),
+            Memo(key, {"text": answer.text, **data, "request": answer.request}, answer.cost,
+                 answer.prompt_tokens, answer.completion_tokens, model_call=True),
             NewEvent("model_call", context.path, {"key": key, **data}),
         )
         return answer.text
@@ -579,8 +600,12 @@ class Run:
         unavailable the save is tried again, the step timeouts paused meanwhile, until
         it is saved, the lease is lost (``LeaseLost``: the runner holding the execution
         now goes on) or this run is stopped; a store that refuses the save itself (its
-        own error, which it would give again) fails the step, not to be tried again."""
+        own error, which it would give again) fails the step, not to be tried again.
+        Held in memory only, the answer was lost with a runner that stopped before the
+        store was back, and asked for again: it is kept on disk too (``unsaved``) until
+        the store has it."""
         tries = 0
+        kept = False
         with self._untimed():
             while True:
                 try:
@@ -589,7 +614,10 @@ class Run:
                     if not tries:
                         log.warning("execution %s: the answer of %s is not saved, the store "
                                     "is unavailable; trying again: %s", self.id, memo.key, exc)
+                        kept = await self.services.unsaved.put(self.id, memo, event)
                 except InternalError as exc:
+                    if kept:  # refused, as it would be again: nothing to save it for
+                        await self.services.unsaved.drop(self.id, memo.key)
                     raise StepFailed(f"model '{memo.value['model']}' answered, but the store "
                                      f"did not keep the answer: {exc.message}",
                                      retryable=False) from exc
@@ -597,6 +625,8 @@ class Run:
                     if tries:
                         log.info("execution %s: the answer of %s is saved after %d tries",
                                  self.id, memo.key, tries + 1)
+                    if kept:
+                        await self.services.unsaved.drop(self.id, memo.key)
                     return
                 tries += 1
                 await asyncio.sleep(min(0.05 * 2 ** tries, MAX_SAVE_BACKOFF_S))

@@ -11,7 +11,9 @@ Decided, such an execution goes on once a slot is free again, ahead of new work.
 Stopping cancels the tasks and lets go of their leases, so another replica, or this
 gateway once restarted, resumes them at once.
 Once an hour (and when it starts) it deletes the executions that ended longer ago than
-``settings.execution_retention_s``; every replica may, as a purge is idempotent.
+``settings.execution_retention_s``; every replica may, as a purge is idempotent. Once a
+lease period (and when it starts) it records the model answers this gateway's runs left
+unsaved (``unsaved.py``) for the executions another runner went on with.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from ..background import Background
 from ..errors import GatewayError, InternalError, StoreUnavailable
 from ..store.executions import (
+    FINAL,
     Checkpoint,
     Execution,
     ExecutionStore,
@@ -33,6 +36,7 @@ from ..store.executions import (
     Status,
     abandon,
 )
+from .unsaved import UnsavedAnswers
 
 log = logging.getLogger("aigw.workflows")
 
@@ -54,6 +58,7 @@ class Runner:
         poll_s: float = 0.5,
         retention_s: float | None = None,
         purge_every_s: float = PURGE_EVERY_S,
+        unsaved: UnsavedAnswers | None = None,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -64,6 +69,7 @@ class Runner:
         self._poll_s = poll_s
         self._retention_s = retention_s  # None: executions are kept forever
         self._purge_every_s = purge_every_s
+        self._unsaved = unsaved
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Executions with approvals waiting for a decision (how many each): their tasks
         # hold no slot of ``capacity`` meanwhile.
@@ -88,6 +94,9 @@ class Runner:
         if self._retention_s is not None:
             self._loops.append(asyncio.create_task(self._purge_loop(self._retention_s),
                                                    name="aigw-runner-purge"))
+        if self._unsaved is not None:
+            self._loops.append(asyncio.create_task(self._unsaved_loop(self._unsaved),
+                                                   name="aigw-runner-unsaved"))
 
     def wake(self) -> None:
         """Look for work now (an execution was created or resumed in this process)."""
@@ -228,6 +237,42 @@ class Runner:
             except Exception:
                 log.exception("purging old executions failed")
             await asyncio.sleep(self._purge_every_s)
+
+    async def _unsaved_loop(self, unsaved: UnsavedAnswers) -> None:
+        while not self._stopping:
+            try:
+                for execution_id in await unsaved.executions():
+                    if execution_id not in self.tasks:  # else its run here saves them
+                        await self._record_unsaved(unsaved, execution_id)
+            except StoreUnavailable as exc:
+                log.error("cannot record the answers left unsaved: %s", exc)
+            # The loop must outlive a bug, as the claim loop does.
+            except Exception:
+                log.exception("recording the answers left unsaved failed")
+            await asyncio.sleep(self.lease_s)
+
+    async def _record_unsaved(self, unsaved: UnsavedAnswers, execution_id: str) -> None:
+        """The answers left unsaved for ``execution_id``, once it is known what became of
+        them: saved after all (the store's reply was lost), or the call was made again by
+        the runner that went on with it, or it ended without them (a call paid for and
+        lost, recorded so). Otherwise they wait for a run that resumes it here."""
+        execution = await self.store.get(execution_id)
+        items = await unsaved.of(execution_id)
+        memos = await self.store.memos(execution_id) if execution is not None else {}
+        for item in items:
+            saved = memos.get(item.memo.key)
+            if execution is None:  # purged: there is nothing to record it on
+                log.warning("execution %s is gone: the answer of %s left unsaved is dropped",
+                            execution_id, item.memo.key)
+            elif saved is None and execution.status not in FINAL:
+                continue
+            elif saved is None or saved.get("request") != item.request:
+                try:
+                    await self.store.record_lost(execution_id, *item.lost(), self._clock())
+                except InternalError as exc:  # it would refuse it again: logged, let go
+                    log.error("execution %s: the answer of %s left unsaved cannot be "
+                              "recorded: %s", execution_id, item.memo.key, exc)
+            await unsaved.drop(execution_id, item.memo.key)
 
     async def _renew_loop(self) -> None:
         while not self._stopping:

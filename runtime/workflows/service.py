@@ -46,6 +46,7 @@ from .calls import GatewayModels, HttpxCaller
 from .engine import HttpCaller, ModelCaller, Run, Services
 from .kinds import act
 from .runner import Runner
+from .unsaved import FOLDER, UnsavedAnswers
 
 NAMESPACE_ENV = "AIGW_EXECUTIONS_NAMESPACE"
 
@@ -91,6 +92,9 @@ class Workflows:
         # to it; waiters of one execution are not woken by another's checkpoints.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._stopped = False
+        # Shared by every process serving this root: a restarted one finds what a
+        # stopped one left.
+        self.unsaved = UnsavedAnswers(gateway.root / FOLDER)
 
     async def start(self) -> None:
         """Open the store and start the runner (once; never again after ``stop``)."""
@@ -111,7 +115,7 @@ class Workflows:
             self._runner = Runner(self._store, self.owner, graph.settings.execution_lease_s,
                                   self.run_execution, self.clock, poll_s=self.poll_s,
                                   retention_s=graph.settings.execution_retention_s,
-                                  capacity=self._capacity)
+                                  capacity=self._capacity, unsaved=self.unsaved)
             self._runner.start()
 
     def _capacity(self) -> int:
@@ -151,7 +155,8 @@ class Workflows:
         assert self._store is not None and self._http is not None
         assert self._runner is not None  # it is what calls this
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
-                            self.wait, self._runner.waiting_for_decision, self.poll_s)
+                            self.wait, self._runner.waiting_for_decision, self.unsaved,
+                            self.poll_s)
         models = self._models(self.gateway, execution)
         run = Run(services, execution, live.graph.pipelines, models, act, live.graph.fingerprint)
         status = await run.run()

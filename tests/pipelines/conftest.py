@@ -173,10 +173,13 @@ class Served:
         response = await self.http.get(f"/api/v1/executions/{execution_id}/steps")
         return {state["step"]: state for state in response.json()["data"]}
 
-    def with_new_runner(self) -> Served:
+    def with_new_runner(self, models: Any = None) -> Served:
         """This gateway with a runner of its own on the same store, as after a restart
-        (or on another replica); stop it with ``aclose``."""
-        workflows = Workflows(self.gateway, namespace=self.workflows.namespace, poll_s=0.05)
+        (or on another replica), its model calls made by ``models`` if given (as
+        ``serve``'s); stop it with ``aclose``."""
+        options: dict[str, Any] = {"models": models} if models is not None else {}
+        workflows = Workflows(self.gateway, namespace=self.workflows.namespace, poll_s=0.05,
+                              **options)
         http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(self.gateway, workflows)),
             base_url="http://aigw.test", headers={"authorization": f"Bearer {DEV_KEY}"},

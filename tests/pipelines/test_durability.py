@@ -7,6 +7,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +158,36 @@ output: "{{ steps.only }}"
 OUTAGE_S = 1.0
 
 
-async def _check_saved_once(served: Served, models: AfterAnswer, outage: list[Any]) -> None:
+class _Outage:
+    """``AfterAnswer``'s ``then``: the store goes out (``begin``, run in a thread) as the
+    first answer is in, before the run saves it, and is back ``OUTAGE_S`` later
+    (``end``; with none, the test brings it back)."""
+
+    def __init__(self, begin: Callable[[], None], end: Callable[[], None] | None = None):
+        self.begin = begin
+        self.end = end
+        self.began = asyncio.Event()
+        self.over: asyncio.Task[None] | None = None
+
+    async def __call__(self, _execution_id: str) -> None:
+        if self.began.is_set():
+            return
+        await asyncio.to_thread(self.begin)
+        self.began.set()
+        if self.end is not None:
+            self.over = asyncio.create_task(self._back(self.end))
+
+    async def _back(self, end: Callable[[], None]) -> None:
+        await asyncio.sleep(OUTAGE_S)
+        await asyncio.to_thread(end)
+
+
+async def _check_saved_once(served: Served, models: AfterAnswer, outage: _Outage) -> None:
     """The execution succeeds with its one answer, saved once the store is back."""
     started = await served.start("saved", {})
-    for _ in range(500):
-        if outage:
-            break
-        await asyncio.sleep(0.01)
-    await outage[0]  # the store is back
+    await asyncio.wait_for(outage.began.wait(), 5)
+    assert outage.over is not None
+    await outage.over  # the store is back
     url = f"/api/v1/executions/{started['id']}"
     done = await _read_back(served, url, lambda e: e["status"] in ("failed", "succeeded"))
     assert (done["status"], done["output"]) == ("succeeded", "hi"), done
@@ -173,6 +196,7 @@ async def _check_saved_once(served: Served, models: AfterAnswer, outage: list[An
     assert [e["data"]["key"] for e in events if e["type"] == "model_call"] == ["only@1#0"]
     steps = (await _read_back(served, f"{url}/steps"))["data"]
     assert [(state["step"], state["attempts"]) for state in steps] == [("only", 1)]
+    assert await served.workflows.unsaved.executions() == ()  # not left on disk
 
 
 async def _read_back(served: Served, url: str,
@@ -198,24 +222,20 @@ def _refuse_memos(file: Path, refuse: bool) -> None:
                    else "DROP TRIGGER full")
 
 
+def _stop_redis(server: PrivateRedis) -> None:
+    with closing(redis.Redis.from_url(server.url)) as client:
+        client.save()  # what it holds comes back with it
+    server.stop()
+
+
 async def test_an_answer_the_embedded_store_fails_to_save_is_not_asked_for_again(
     serve: Serve, tmp_path: Path
 ) -> None:
     """A store failing to save a model's answer was a retryable failure of the step: the
     model was called again (billed again) for the same work, while the step timed out."""
-    outage: list[asyncio.Task[None]] = []
     file = tmp_path / "gw0" / "aigw.sqlite"
-
-    async def fail_writes(_execution_id: str) -> None:
-        async def back() -> None:
-            await asyncio.sleep(OUTAGE_S)
-            await asyncio.to_thread(_refuse_memos, file, False)
-
-        if not outage:
-            await asyncio.to_thread(_refuse_memos, file, True)
-            outage.append(asyncio.create_task(back()))
-
-    models = AfterAnswer(fail_writes)
+    outage = _Outage(partial(_refuse_memos, file, True), partial(_refuse_memos, file, False))
+    models = AfterAnswer(outage)
     served = await serve({"saved": SAVED}, models=models)
     await _check_saved_once(served, models, outage)
 
@@ -223,23 +243,85 @@ async def test_an_answer_the_embedded_store_fails_to_save_is_not_asked_for_again
 async def test_on_redis_an_answer_in_as_the_server_stops_is_saved_once_it_is_back(
     serve: Serve, private_redis: PrivateRedis
 ) -> None:
-    outage: list[asyncio.Task[None]] = []
-
-    async def stop_redis(_execution_id: str) -> None:
-        async def back() -> None:
-            await asyncio.sleep(OUTAGE_S)
-            await asyncio.to_thread(private_redis.start_on_same_port)
-
-        if not outage:
-            with closing(redis.Redis.from_url(private_redis.url)) as client:
-                client.save()  # what it holds comes back with it
-            private_redis.stop()
-            outage.append(asyncio.create_task(back()))
-
-    models = AfterAnswer(stop_redis)
+    outage = _Outage(partial(_stop_redis, private_redis), private_redis.start_on_same_port)
+    models = AfterAnswer(outage)
     served = await serve({"saved": SAVED}, models=models, store=private_redis.url,
                          namespace="aigw-test-saved")
     await _check_saved_once(served, models, outage)
+
+
+async def _stopped_unsaved(served: Served, outage: _Outage) -> str:
+    """Start 'saved' and stop the runner while the store is out with its answer unsaved
+    (once the gateway keeps the answer on disk, or a second has passed)."""
+    started = await served.start("saved", {})
+    await asyncio.wait_for(outage.began.wait(), 5)
+    for _ in range(100):
+        if any((served.root / "aigw-unsaved").glob("*.json")):
+            break
+        await asyncio.sleep(0.01)
+    await served.workflows.stop()
+    execution_id: str = started["id"]
+    return execution_id
+
+
+def _answers(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["type"], e["data"]["key"]) for e in events if e["type"].startswith("model_")]
+
+
+async def test_an_answer_left_unsaved_by_a_runner_that_stopped_is_not_asked_for_again(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Held in memory only while the store was out, the answer was lost with a runner
+    stopped before the store was back: the next one called the model again, paying
+    twice, and the execution counted one call."""
+    file = tmp_path / "gw0" / "aigw.sqlite"
+    outage = _Outage(partial(_refuse_memos, file, True))
+    models = AfterAnswer(outage)
+    served = await serve({"saved": SAVED}, models=models)
+    execution_id = await _stopped_unsaved(served, outage)
+    await asyncio.to_thread(_refuse_memos, file, False)
+    second = served.with_new_runner(models)
+    try:
+        done = await second.wait_for(execution_id, lambda e: e["status"] in ("failed",
+                                                                             "succeeded"))
+        assert (done["status"], done["output"]) == ("succeeded", "hi"), done
+        assert models.calls == 1 and done["usage"]["model_calls"] == 1
+        assert _answers(await second.events(execution_id)) == [
+            ("model_call", "only@1#0"), ("model_answer_recovered", "only@1#0")]
+        assert await second.workflows.unsaved.executions() == ()
+    finally:
+        await second.aclose()
+
+
+async def test_on_redis_an_answer_left_unsaved_is_recorded_when_another_replica_asked_again(
+    serve: Serve, private_redis: PrivateRedis
+) -> None:
+    """The replica that resumes the execution cannot read what the stopped one kept, and
+    calls the model again; the call left unsaved is recorded (its cost counted, an event
+    naming it) once the stopped replica is back. It was not recorded at all: the
+    execution read one call of two paid for."""
+    outage = _Outage(partial(_stop_redis, private_redis))
+    models = AfterAnswer(outage)
+    options = {"models": models, "store": private_redis.url, "namespace": "aigw-test-lost"}
+    first = await serve({"saved": SAVED}, **options)
+    execution_id = await _stopped_unsaved(first, outage)
+    await asyncio.to_thread(private_redis.start_on_same_port)
+    other = await serve({"saved": SAVED}, **options)  # a gateway of its own: another root
+    url = f"/api/v1/executions/{execution_id}"
+    done = await _read_back(other, url, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["usage"]["model_calls"], models.calls) == ("succeeded", 1, 2)
+    back = first.with_new_runner()
+    try:
+        counted = await _read_back(back, url, lambda e: e["usage"]["model_calls"] == 2)
+        assert counted["cost"] == 2 * done["cost"] and counted["status"] == "succeeded"
+        events = (await _read_back(back, f"{url}/events"))["data"]
+        assert _answers(events) == [("model_call", "only@1#0"),
+                                    ("model_answer_lost", "only@1#0")]
+        lost = events[-1]["data"]
+        assert lost["request"].startswith("chatcmpl-") and lost["cost"] == done["cost"]
+        assert await back.workflows.unsaved.executions() == ()
+    finally:
+        await back.aclose()
 
 
 async def test_on_redis_an_answer_the_store_refuses_fails_the_step_without_another_call(

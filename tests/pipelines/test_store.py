@@ -176,6 +176,29 @@ async def test_a_memo_is_written_and_costed_once(store: ExecutionStore) -> None:
     assert done is not None and done.output == [1] and done.finished_at == NOW
 
 
+async def test_a_lost_answer_is_recorded_once_without_a_lease(store: ExecutionStore) -> None:
+    """A call paid for whose answer a runner could not save: recorded whoever holds the
+    execution, ended or not; its cost counted and its events written once."""
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    await store.commit(execution.id, owner, Checkpoint(status=Status.SUCCEEDED, output=1), NOW)
+    lost = Memo("search@1#0#lost:r1", {"model": "fast"}, 0.25, 10, 5, model_call=True)
+    events = (NewEvent("model_answer_lost", "search", {"key": "search@1#0"}),)
+    assert await store.record_lost(execution.id, lost, events, NOW + 1)
+    assert not await store.record_lost(execution.id, lost, events, NOW + 2)
+    assert not await store.record_lost("exec_missing", lost, events, NOW + 2)
+    got = await store.get(execution.id)
+    assert got is not None and got.status is Status.SUCCEEDED
+    assert (got.cost, got.prompt_tokens, got.completion_tokens, got.model_calls) == (
+        0.25, 10, 5, 1)
+    assert await store.memos(execution.id) == {"search@1#0#lost:r1": {"model": "fast"}}
+    assert [(event.seq, event.type, event.step) for event in await store.events(execution.id)] \
+        == [(1, "model_answer_lost", "search")]
+    (row,) = await store.costs()
+    assert (row.cost, row.model_calls) == (0.25, 1)
+
+
 async def test_control_of_an_unheld_execution_changes_it_at_once(
     store: ExecutionStore,
 ) -> None:

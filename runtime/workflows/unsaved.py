@@ -1,0 +1,160 @@
+"""Model answers a run could not save, kept in local files until the store has them.
+
+A model call is paid for before its answer is saved as a memo. While the store is
+unavailable the run tries the save again (``Run._keep``), and first writes the answer
+here, on disk, so that it outlives a runner that stops before the store is back. Then
+whoever goes on with the execution:
+
+- a run resumed by this gateway (any process with the same root) saves the answer from
+  here and uses it, rather than call the model again (``Run._recover``);
+- where another replica resumed it and called the model again, or it ended without the
+  answer, the answer is recorded as a call paid for and lost (``ExecutionStore.
+  record_lost``, by the runner's sweep): the execution's cost, tokens and model calls
+  count both calls, and a ``model_answer_lost`` event names its memo key and its
+  request id in the spend ledger.
+
+One file per answer, written whole (a temporary file, synced, then renamed)::
+
+    <root>/aigw-unsaved/<execution id>.<sha256 of the memo key>.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..store.executions import Memo, NewEvent
+
+log = logging.getLogger("aigw.workflows")
+
+FOLDER = "aigw-unsaved"
+_ID = re.compile(r"[A-Za-z0-9_-]+")  # what an execution id is made of (``exec_<hex>``)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsaved:
+    """An answer of execution ``execution``: its memo and the event its save carries."""
+
+    execution: str
+    memo: Memo
+    event: NewEvent
+
+    @property
+    def request(self) -> str:
+        """The spend ledger's id of the call: which call a saved memo holds."""
+        return str(self.memo.value.get("request", ""))
+
+    def lost(self) -> tuple[Memo, tuple[NewEvent, ...]]:
+        """The call as one paid for whose answer the execution did not use: a memo of a key
+        of its own (its cost counted once, however often it is recorded) without the
+        text, which nothing reads, and the event that says so."""
+        value = {name: item for name, item in self.memo.value.items() if name != "text"}
+        memo = replace(self.memo, key=f"{self.memo.key}#lost:{self.request}", value=value)
+        return memo, (NewEvent("model_answer_lost", self.event.step,
+                               {**self.event.data, "request": self.request}),)
+
+
+class UnsavedAnswers:
+    """The answers under ``folder``; every call works off the event loop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    async def put(self, execution_id: str, memo: Memo, event: NewEvent) -> bool:
+        """Keep the answer (durably, once this returns True); False, logged, if the disk
+        would not take it: it is then held in memory only, as the run tries the save."""
+        try:
+            await asyncio.to_thread(self._write, execution_id, memo, event)
+        except (OSError, ValueError) as exc:
+            log.error("execution %s: the answer of %s could not be kept in %s either: %s",
+                      execution_id, memo.key, self.folder, exc)
+            return False
+        return True
+
+    async def of(self, execution_id: str) -> tuple[Unsaved, ...]:
+        """The answers kept for ``execution_id``."""
+        return await asyncio.to_thread(self._read, execution_id)
+
+    async def drop(self, execution_id: str, key: str) -> None:
+        """Forget the answer of memo ``key``: the store has it now."""
+        await asyncio.to_thread(self._remove, execution_id, key)
+
+    async def executions(self) -> tuple[str, ...]:
+        """The executions with answers kept."""
+        return await asyncio.to_thread(self._list)
+
+    def _path(self, execution_id: str, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.folder / f"{_checked(execution_id)}.{digest}.json"
+
+    def _write(self, execution_id: str, memo: Memo, event: NewEvent) -> None:
+        path = self._path(execution_id, memo.key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = {"execution": execution_id, "key": memo.key, "value": memo.value,
+                "cost": memo.cost, "prompt_tokens": memo.prompt_tokens,
+                "completion_tokens": memo.completion_tokens, "model_call": memo.model_call,
+                "event": {"type": event.type, "step": event.step, "data": dict(event.data)}}
+        # Several processes may share the folder (hypercorn's workers): a name of its own.
+        temporary = self.folder / f".{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(data, file, ensure_ascii=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)  # left only if it was not renamed
+        _sync(self.folder)  # the rename itself is on disk
+
+    def _read(self, execution_id: str) -> tuple[Unsaved, ...]:
+        found = []
+        for path in sorted(self.folder.glob(f"{_checked(execution_id)}.*.json")):
+            try:
+                found.append(_unsaved(json.loads(path.read_text(encoding="utf-8"))))
+            except FileNotFoundError:  # dropped meanwhile by another process
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("cannot read the unsaved answer %s: %s", path, exc)
+        return tuple(found)
+
+    def _remove(self, execution_id: str, key: str) -> None:
+        self._path(execution_id, key).unlink(missing_ok=True)
+
+    def _list(self) -> tuple[str, ...]:
+        try:
+            names = {path.name.partition(".")[0] for path in self.folder.glob("*.json")}
+        except OSError:
+            return ()
+        return tuple(sorted(name for name in names if _ID.fullmatch(name)))
+
+
+def _checked(execution_id: str) -> str:
+    """``execution_id``, a part of a file's name: nothing in it may lead elsewhere."""
+    if not _ID.fullmatch(execution_id):
+        raise ValueError(f"{execution_id!r} is not an execution id")
+    return execution_id
+
+
+def _unsaved(data: dict[str, Any]) -> Unsaved:
+    event = data["event"]
+    memo = Memo(str(data["key"]), data["value"], float(data["cost"]),
+                int(data["prompt_tokens"]), int(data["completion_tokens"]),
+                bool(data["model_call"]))
+    return Unsaved(str(data["execution"]), memo,
+                   NewEvent(str(event["type"]), event["step"], event["data"]))
+
+
+def _sync(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

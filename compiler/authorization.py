@@ -17,6 +17,7 @@ import cedarpy
 
 from .diagnostics import DiagnosticSink
 from .entity_model import (
+    PRICE_PARTS,
     EntityNames,
     cedar_decimal,
     cedar_schema_json,
@@ -146,8 +147,7 @@ def deployment_attributes(deployment: Deployment) -> dict[str, Any]:
         "kind": deployment.kind,
         "tags": list(deployment.tags),
         "capabilities": sorted(deployment.capabilities),
-        "price": {"input": cedar_decimal(deployment.price.input),
-                  "output": cedar_decimal(deployment.price.output)},
+        "price": {part: cedar_decimal(getattr(deployment.price, part)) for part in PRICE_PARTS},
         "context_window": deployment.context_window,
         "max_output_tokens": deployment.max_output_tokens,
         "self_hosted": is_self_hosted(deployment.provider.type, deployment.tags),

@@ -49,9 +49,13 @@ BOOL = CedarType("Bool", {"type": "Boolean"})
 STRING = CedarType("String", {"type": "String"})
 DECIMAL = CedarType("decimal", {"type": "Extension", "name": "decimal"})
 STRINGS = CedarType("Set<String>", {"type": "Set", "element": {"type": "String"}})
+# A deployment's prices, per million tokens: prompt cache reads and writes are input
+# tokens at ``cache_read`` and ``cache_write`` (the input price where the config names
+# none), as they are billed.
+PRICE_PARTS = ("input", "output", "cache_read", "cache_write")
 PRICE = CedarType(
-    "{input: decimal, output: decimal}",
-    {"type": "Record", "attributes": {"input": DECIMAL.json, "output": DECIMAL.json}},
+    "{" + ", ".join(f"{part}: decimal" for part in PRICE_PARTS) + "}",
+    {"type": "Record", "attributes": {part: DECIMAL.json for part in PRICE_PARTS}},
 )
 
 PRINCIPAL_ATTRIBUTES: Mapping[str, CedarType] = MappingProxyType({"admin": BOOL})
@@ -98,7 +102,8 @@ DOCS: Mapping[str, str] = MappingProxyType({
     "Deployment.provider": "the provider's name in gateway.yaml",
     "Deployment.provider_type": "echo, openai, anthropic, vllm, ...",
     "Deployment.kind": "chat or embeddings",
-    "Deployment.price": "per million tokens",
+    "Deployment.price": "per million tokens; cache_read and cache_write: the input price "
+                        "when not set",
     "Deployment.self_hosted": "provider type vllm or echo, or tagged self-hosted",
     "Deployment.average_latency_ms": "EWMA of whole-call latency; 0 until measured",
     "Deployment.p95_latency_ms": "over the last 200 calls; 0 until 5 are measured",
@@ -268,7 +273,7 @@ def encode_value(kind: CedarType, value: Any) -> Any:
     if kind is LONG:  # an int as it is (float() of a 400-digit one overflows), clamped
         return cedar_long(value if isinstance(value, int) else float(value))
     if kind is PRICE:
-        return {part: cedar_decimal(float(value[part])) for part in ("input", "output")}
+        return {part: cedar_decimal(float(value[part])) for part in PRICE_PARTS}
     if kind is STRINGS:
         return sorted(str(item) for item in value)
     return value

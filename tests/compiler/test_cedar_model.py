@@ -217,3 +217,35 @@ def test_reading_the_whole_context_or_another_deployment_is_noticed() -> None:
     assert "estimated_tokens" in found.context and "route" in found.context
     assert not found.live_isolated
     assert found.compared == set()
+
+
+def test_policies_read_a_deployments_cache_prices(write_gateway: WriteGateway) -> None:
+    """``resource.price`` had only input and output: a policy on price.cache_read (billed
+    since the cache prices came) failed ``aigw check``. A cache price the config leaves
+    out reads as the input price, as it is billed; a misspelt one still fails, placed."""
+    priced = GATEWAY.replace(
+        "price: {input: 0.15, output: 0.6}",
+        "price: {input: 0.15, output: 0.6, cache_read: 0.015}")
+    cheap_reads = ('@id("cheap-cache-reads")\n@priority("10")\n'
+                   'permit (principal, action == Action::"route", resource)\n'
+                   "when { resource.price.cache_read.lessThan(resource.price.input) && "
+                   'resource.price.cache_write.lessThan(decimal("1.0")) };\n')
+    root = write_gateway({"gateway.yaml": priced, "policies/a.cedar": PERMIT_ALL + cheap_reads})
+    result = compile_gateway(root, environ={})
+    assert result.diagnostics == ()
+    assert result.graph is not None
+    attributes = result.graph.authorization.deployment_attributes
+    assert attributes["small"]["price"] == {
+        "input": cedar_decimal(0.15), "output": cedar_decimal(0.6),
+        "cache_read": cedar_decimal(0.015), "cache_write": cedar_decimal(0.15)}
+
+    misspelt = write_gateway({"gateway.yaml": priced, "policies/a.cedar": PERMIT_ALL
+                              + cheap_reads.replace("price.cache_read", "price.cache_reed")},
+                             root=root.parent / "misspelt")
+    (error,) = compile_gateway(misspelt, environ={}).errors
+    assert error.code.id == "AGW406"
+    assert (error.position.file, error.position.line, error.position.column) == (
+        "policies/a.cedar", 8, 23)  # at the misspelt field
+    assert error.message == (
+        'policy "cheap-cache-reads": Deployment has no attribute `price.cache_reed`')
+    assert error.hint is not None

@@ -119,6 +119,26 @@ async def test_the_highest_permitting_priority_goes_first(policy_gateway: Factor
     assert served.headers["x-aigw-deployment"] == "local-b"  # strategy priority says local-a
 
 
+async def test_a_route_policy_reads_the_cache_prices(policy_gateway: Factory) -> None:
+    """A cache price is a deployment attribute as its input price is (the input price
+    where the config names none): a prompt-cache-heavy route can prefer cheap reads."""
+    prefer_cheap_reads = """
+    @id("prefer-cheap-cache-reads")
+    @priority("50")
+    permit (principal, action == Action::"route", resource)
+    when { resource.price.cache_read.lessThan(resource.price.input) };
+    """
+    gw = await policy_gateway(
+        {"base.cedar": PERMIT_ALL, "prefer.cedar": prefer_cheap_reads},
+        deployments="  cached: {provider: local, model: cached-1, context_window: 8192, "
+                    "price: {input: 1, output: 2, cache_read: 0.1}}",
+        groups="  caching: {members: [local-a, cached]}",
+        routes="  caching: {group: caching}")
+    served = await gw.client().post("/v1/chat/completions", json=chat("caching"))
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == "cached"  # strategy priority says local-a
+
+
 async def test_forbid_wins_over_a_permit_of_any_priority(policy_gateway: Factory) -> None:
     both = """
     @id("prefer-b")

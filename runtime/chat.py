@@ -402,7 +402,11 @@ def _labelled(span_manager: AbstractContextManager[Span], deployment: Deployment
 
 
 def span_failed(span: Span, exc: BaseException) -> None:
-    if isinstance(exc, GatewayError):
+    if isinstance(exc, BadRequest):
+        # A parameter this member cannot honour, refused before the call went out (the
+        # attempt loop's _Unsupported): no call was made, so the trace shows none.
+        span.discard()
+    elif isinstance(exc, GatewayError):
         span.error(str(exc.code))
     elif isinstance(exc, asyncio.CancelledError):
         # The attempt's timeout, a hedge that lost or the client gone: the span says the

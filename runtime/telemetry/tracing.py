@@ -10,7 +10,7 @@ and every span is a shared no-op. A client's W3C ``traceparent`` becomes the par
     chat {route}                 the request: aigw.route, aigw.graph, usage (with the prompt
                                  cache's reads and writes), aigw.fallback_hop
                                  (the fallbacks taken: 0 when the route's group served)
-    └── chat {upstream model}    one span per upstream attempt: gen_ai.provider.name, ...
+    └── chat {upstream model}    one span per call made upstream: gen_ai.provider.name, ...
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ class Span:
     def end(self) -> None:
         return None
 
+    def discard(self) -> None:
+        """No call was made after all (the attempt was refused before it went out): the
+        span is never ended, so never exported."""
+        return None
+
 
 NO_SPAN = Span()
 
@@ -92,6 +97,7 @@ NO_SPAN = Span()
 class _OtelSpan(Span):
     def __init__(self, span: Any) -> None:
         self.span = span
+        self.discarded = False
 
     def set(self, key: str, value: Any) -> None:
         if value is not None:
@@ -104,7 +110,11 @@ class _OtelSpan(Span):
         self.span.set_status(Status(StatusCode.ERROR, code))
 
     def end(self) -> None:
-        self.span.end()
+        if not self.discarded:  # an unended span is dropped: only ended ones are exported
+            self.span.end()
+
+    def discard(self) -> None:
+        self.discarded = True
 
 
 def _exporter(environ: Mapping[str, str]) -> Any:
@@ -187,15 +197,23 @@ class Tracing:
     def attempt(self, name: str, parent: Any, *, ends: bool = True) -> Iterator[Span]:
         """One upstream attempt, a child of the request span, current inside the block.
         ``ends=False``: a stream's, which its reader ends (``Span.end``) with the stream,
-        not when the first delta is in."""
+        not when the first delta is in. A span ``discard``ed in the block is not ended."""
         if not self.enabled or parent is None:
             yield NO_SPAN
             return
         from opentelemetry.trace import SpanKind
 
-        with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CLIENT,
-                                                end_on_exit=ends) as span:
-            yield _OtelSpan(span)
+        attempt: _OtelSpan | None = None
+        try:
+            with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CLIENT,
+                                                    end_on_exit=False) as span:
+                attempt = _OtelSpan(span)
+                yield attempt
+        finally:
+            # Ended here, not by the block (after it has noted an exception that left it),
+            # so that a span discarded inside it is not ended, and not exported.
+            if ends and attempt is not None:
+                attempt.end()
 
     def shutdown(self) -> None:
         if self._provider is not None:

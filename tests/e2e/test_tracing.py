@@ -145,10 +145,11 @@ def _span_named(receiver: OtlpReceiver, server: Server, name: str) -> dict[str, 
 @contextmanager
 def _traced_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver,
-    fake: OpenAIFake, sections: str,
+    fake: OpenAIFake, sections: str, providers: str = "",
 ) -> Iterator[tuple[openai.OpenAI, Server]]:
     """A real gateway exporting its traces to ``receiver``, with the provider ``up`` on
-    ``fake`` and ``sections`` (deployments, groups, routes: ``_llm``)."""
+    ``fake`` (and ``providers``: more entries, two spaces in) and ``sections``
+    (deployments, groups, routes: ``_llm``)."""
     with serving(receiver.app) as otlp, serving(fake.app) as upstream:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -156,7 +157,7 @@ def _traced_gateway(
         with sdk_gateway(tmp_path / "gw", (
             "providers:\n"
             f'  up: {{type: openai_compatible, base_url: "{upstream}/v1", '
-            'api_key: "${FAKE_OPENAI_KEY}"}\n' + sections
+            'api_key: "${FAKE_OPENAI_KEY}"}\n' + providers + sections
         )) as served:
             yield served
 
@@ -239,6 +240,42 @@ def test_an_attempt_that_timed_out_is_a_failed_span(
     attempts = [s for s in receiver.spans if s["name"] == "chat served-llm"]
     assert attempts and all(s["attributes"].get("error.type") == "cancelled"
                             for s in attempts), attempts
+
+
+def test_a_member_refusing_a_parameter_before_calling_has_no_attempt_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Anthropic member refuses ``seed`` before any call goes out, and the next member
+    serves: the refused member had an attempt span of its own (a call that was never
+    made), beside the one that served."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(
+        tmp_path, monkeypatch, receiver, fake,
+        "deployments:\n"
+        "  claude: {provider: ant, model: claude-x, context_window: 32000}\n"
+        "  llm: {provider: up, model: served-llm, context_window: 32000, "
+        "capabilities: [streaming]}\n"
+        "groups:\n"
+        "  g: {members: [claude, llm], retry: {attempts: 0}}\n"
+        "routes:\n"
+        "  r: {group: g}\n",
+        providers='  ant: {type: anthropic, base_url: "http://127.0.0.1:9", '
+                  'api_key: "sk-ant-never-called"}\n',
+    ) as (client, server):
+        for stream in (False, True):
+            answer = client.chat.completions.create(
+                model="r", seed=7, stream=stream, messages=[{"role": "user", "content": "x"}])
+            if stream:
+                list(answer)  # type: ignore[call-overload]
+        deadline = time.monotonic() + 15
+        while len(receiver.spans) < 4:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert len(fake.script.requests) == 2
+    assert sorted(s["name"] for s in receiver.spans) == [
+        "chat r", "chat r", "chat served-llm", "chat served-llm"], receiver.spans
+    assert all(s["attributes"]["aigw.attempts"] == 1
+               for s in receiver.spans if s["name"] == "chat r")
 
 
 def test_a_request_refused_before_routing_has_its_span(

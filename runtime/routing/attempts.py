@@ -7,7 +7,8 @@ each member with an open circuit is skipped; each attempt has a timeout; a retry
 failure is retried with exponential backoff and jitter that honours Retry-After. An
 overall deadline and a hard cap on attempts bound the whole loop; at the cap, or when
 the deadline leaves no time for another attempt, it stops with the last upstream error
-(a member skipped for its own quota made no attempt). Optionally the
+(a member skipped for its own quota made no attempt); a call the deadline cuts short is
+a 504 that says that upstream error too. Optionally the
 first attempt is hedged: the next member starts after a delay, the first answer wins
 and the other is cancelled (and never billed). A first attempt that fails before the
 delay started no race: it is retried as any other, and the next member is still next.
@@ -137,6 +138,9 @@ class AttemptLoop(Generic[T]):
         # attempt leaves the verdict (and a half-open probe) to ``stream_ended``.
         self.streaming = streaming
         self.trace = Trace()
+        # The last failure an upstream answered with (or its own timeout): a deadline that
+        # then cuts a call short says it too, not only which call it cut.
+        self._upstream_failure: UpstreamError | None = None
 
     async def run(self) -> Won[T]:
         queue: deque[_Tier] = deque([_Tier(self.route.group, "route")])  # type: ignore[arg-type]
@@ -336,10 +340,15 @@ class AttemptLoop(Generic[T]):
                 stats.breaker.release(permit)
                 message = (f"route '{self.route.name}' passed its deadline waiting for "
                            f"deployment '{candidate.deployment.name}'")
+                if self._upstream_failure is not None:  # what made it wait on this call
+                    message += f"; before that, {self._upstream_failure.message}"
             self.trace.add(f"  {candidate.deployment.name} timed out")
             self._failed(candidate, "upstream_timeout")
             error = UpstreamTimeout if own_timeout else _DeadlineCut
-            raise error(message, provider=candidate.deployment.provider.name) from None
+            timeout = error(message, provider=candidate.deployment.provider.name)
+            if own_timeout:
+                self._upstream_failure = timeout
+            raise timeout from None
         except DeploymentAtQuota:  # no call went out: not an attempt
             self.trace.attempts -= 1
             stats.requests -= 1
@@ -352,7 +361,8 @@ class AttemptLoop(Generic[T]):
             judge(self.state, candidate.deployment, permit, exc)
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
             self._failed(candidate, str(exc.code))
-            raise self._suspect_context(exc, candidate) from exc
+            self._upstream_failure = self._suspect_context(exc, candidate)
+            raise self._upstream_failure from exc
         except BadRequest as exc:  # this member cannot honour a parameter; another may
             self.trace.attempts -= 1  # refused before calling out: not an attempt either
             stats.requests -= 1

@@ -514,6 +514,28 @@ routes:
     assert response.status_code == 200, response.text
 
 
+async def test_a_deadline_cutting_a_call_short_says_the_upstream_error_before_it(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    """a failed with a 500, then the deadline ran out while b was answering: the client
+    was told only "passed its deadline waiting for deployment 'b'", never what a said."""
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+"""))
+    fleet.fakes["a"].script.actions.append(Action(status=500))
+    fleet.fakes["b"].script.actions.append(Action(delay_s=3.0))
+    response = await client.post(CHAT, json=_ask(), headers={"x-aigw-deadline-ms": "800"})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == {
+        "message": "route 'r' passed its deadline waiting for deployment 'b'; before that, "
+                   "provider 'p-a' failed: scripted failure 500",
+        "type": "api_error", "param": None, "code": "upstream_timeout"}
+    assert fleet.calls() == ["a", "b"]
+
+
 async def test_hedge_takes_the_first_answer_and_cancels_the_other(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

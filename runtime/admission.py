@@ -3,9 +3,13 @@
     admit    -> reserve 1 request, prompt + output tokens and the worst-case cost against
                 the key, its team and the end user, all at once (429 / 503 otherwise)
     attempt  -> each deployment with its own rpm/tpm quota is reserved per attempt
+    cut      -> a call made and not used (cut by its timeout or the deadline, a hedge's
+                loser, the client gone) is billed an estimate (``cut_short``)
     settle   -> the real tokens and cost are charged and the rest released, once,
-                when the answer is complete, the stream ends or is cut, or it failed
-    record   -> one ledger record per request, durable before the response completes
+                when the answer is complete, the stream ends or is cut, or it failed;
+                the calls cut short are charged with it, to the same budgets
+    record   -> one ledger record per request, durable before the response completes,
+                and one marked ``estimated`` per call cut short
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from urllib.parse import unquote
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
 from .background import Background
-from .errors import DeploymentAtQuota, ModelNotFound
+from .errors import Cancelled, DeploymentAtQuota, ModelNotFound
+from .providers.base import Usage
 from .response_cache import open_cache
 from .store import (
     Budget,
@@ -40,7 +45,7 @@ from .store import (
     open_store,
     tightest_remaining,
 )
-from .telemetry.record import RequestRecord
+from .telemetry.record import CutCall, RequestRecord
 
 log = logging.getLogger("aigw.limits")
 
@@ -308,12 +313,73 @@ class DeploymentQuotas:
         if hold is not None:
             await hold.store.release(hold.reservation)
 
+    async def failed(self, hold: Hold | None, deployment: Deployment, prompt_tokens: int,
+                     error: BaseException) -> None:
+        """An attempt at ``deployment`` ended in ``error`` before it answered: its hold is
+        given back, but for one cut short (cancelled: its timeout, the deadline, a hedge
+        that lost, the client gone) after its call went out, which the provider most
+        likely billed: that is billed its ``prompt_tokens`` (``cut_short``), and its hold
+        settled at them. Call it shielded from a cancellation."""
+        if isinstance(error, asyncio.CancelledError):
+            await self.settle(hold, cut_short(self._record, deployment, Usage(prompt_tokens, 0)))
+        else:
+            await self.release(hold)
+
+
+def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> int:
+    """Bill a call to ``deployment`` that ``record``'s request made and did not use: one
+    cut short (its timeout, the deadline, a hedge that lost, the client gone), whose
+    provider has most likely been paid for its prompt and for what it sent before the
+    cut, though it reported no usage; or a hedge's loser that answered too. ``usage``:
+    the prompt tokens aigw counted for the call's hold and the output it received, or
+    the loser's own. Settled with the request (``Exchange``), to the same budgets, and
+    written to the ledger as an ``estimated`` record of its own (``cut_records``).
+    Returns its tokens."""
+    cut = CutCall(deployment.name, deployment.provider.name, usage.prompt_tokens,
+                  usage.completion_tokens, usage.cached_tokens,
+                  deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
+                                        usage.cached_tokens, usage.cache_creation_tokens))
+    if record.cut is None:
+        record.cut = [cut]
+    else:
+        record.cut.append(cut)
+    return usage.total_tokens
+
+
+def cut_totals(cuts: list[CutCall]) -> tuple[int, float]:
+    """The tokens and cost of calls cut short, to settle with their request's."""
+    return (sum(cut.prompt_tokens + cut.completion_tokens for cut in cuts),
+            sum(cut.cost for cut in cuts))
+
 
 async def budget_remaining(store: Store, limits: tuple[Limits, ...]) -> float | None:
     """The least any budget of the request has left (None: no budget applies)."""
     if not any(limit.budget is not None for limit in limits):
         return None
     return tightest_remaining(await store.budgets(limits))
+
+
+def cut_records(record: RequestRecord, cuts: list[CutCall], graph: Graph,
+                user: str | None) -> tuple[LedgerRecord, ...]:
+    """An ``estimated`` ledger record for each call ``record``'s request cut short."""
+    at = time.time()
+    return tuple(LedgerRecord(
+        request_id=f"{record.request_id}:{cut.deployment}:{number}",
+        at=at,
+        key=record.key,
+        team=record.team,
+        user=user,
+        route=record.route,
+        deployment=cut.deployment,
+        tokens_in=cut.prompt_tokens,
+        tokens_out=cut.completion_tokens,
+        tokens_cached=cut.cached_tokens,
+        cost=cut.cost,
+        latency_ms=0.0,  # not timed: a call's own time is not kept, only the request's
+        status=Cancelled.status,  # aigw stopped waiting for it (or for its answer)
+        fingerprint=graph.fingerprint,
+        estimated=True,
+    ) for number, cut in enumerate(cuts, 1))
 
 
 def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> LedgerRecord:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
-from .admission import DeploymentQuotas, Hold
+from .admission import DeploymentQuotas, Hold, cut_short
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute, UpstreamError
 from .jsonio import JSONBody
@@ -149,7 +149,7 @@ def _loop(
     live: Live,
     chosen: Plan,
     attempt: Callable[[Candidate], Awaitable[T]],
-    discard: Callable[[T], Awaitable[None]],
+    discard: Callable[[Won[T]], Awaitable[None]],
     *,
     streaming: bool = False,
 ) -> AttemptLoop[T]:
@@ -205,9 +205,11 @@ async def complete(
     async def attempt(candidate: Candidate) -> ChatResult:
         return await call_upstream(
             live, record, quotas, candidate, _worst_tokens(chosen, candidate),
+            chosen.prompt_tokens,
             partial(candidate.adapter.complete, _call(chosen, candidate)), "chat", _noted)
 
-    won = await run_attempts(live, chosen.route, _loop(live, chosen, attempt, nothing), record)
+    won = await run_attempts(live, chosen.route,
+                             _loop(live, chosen, attempt, partial(bill_loser, record)), record)
     bill_answer(live, record, won)
     record.response_model = won.value.model
     record.finish_reasons = tuple(choice.finish_reason for choice in won.value.choices)
@@ -226,23 +228,24 @@ A = TypeVar("A", bound=Answer)
 
 async def call_upstream(
     live: Live, record: RequestRecord, quotas: DeploymentQuotas, candidate: Candidate,
-    hold_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
+    hold_tokens: int, prompt_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
     noted: Callable[[Span, A], None],
 ) -> A:
     """One attempt at a whole answer from ``candidate`` (``call``, GenAI's ``operation``:
     chat, embeddings): its deployment's own rpm/tpm held for ``hold_tokens`` (over it, the
     member is skipped, DeploymentAtQuota, and no call goes out) and settled with what the
-    answer used, or given back if the call failed or was cancelled; the upstream's time
-    counted as such, not as the gateway's overhead; the attempt's span, which ``noted``
-    labels with the answer."""
+    answer used; if the call failed its quota is given back, and if it was cut short
+    (cancelled) it is billed an estimate from ``prompt_tokens`` (``quotas.failed``); the
+    upstream's time counted as such, not as the gateway's overhead; the attempt's span,
+    which ``noted`` labels with the answer."""
     hold = await quotas.take(candidate.deployment, hold_tokens)
     record.waiting_upstream()
     with attempt_span(live, record, candidate, operation=operation) as span:
         try:
             result = await call()
-        except BaseException as exc:  # failed or cancelled: the quota is given back
+        except BaseException as exc:  # its quota given back, or a call cut short billed
             with anyio.CancelScope(shield=True):
-                await quotas.release(hold)
+                await quotas.failed(hold, candidate.deployment, prompt_tokens, exc)
             span_failed(span, exc)
             raise
         finally:
@@ -259,6 +262,11 @@ def _noted(span: Span, result: ChatResult) -> None:
     span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
     span.set(CACHE_READ_TOKENS, result.usage.cached_tokens or None)
     span.set(CACHE_WRITE_TOKENS, result.usage.cache_creation_tokens or None)
+
+
+async def bill_loser(record: RequestRecord, lost: Won[A]) -> None:
+    """A hedge's loser that answered too: billed what it used (its quota is settled)."""
+    cut_short(record, lost.candidate.deployment, lost.value.usage)
 
 
 def bill_answer(live: Live, record: RequestRecord, won: Won[A]) -> None:
@@ -293,9 +301,9 @@ async def stream(
                 first = await anext(deltas)
             except StopAsyncIteration:
                 first = None
-            except BaseException as exc:  # failed or cancelled: the quota is given back
+            except BaseException as exc:  # its quota given back, or a call cut short billed
                 with anyio.CancelScope(shield=True):
-                    await quotas.release(hold)
+                    await quotas.failed(hold, candidate.deployment, chosen.prompt_tokens, exc)
                 span_failed(span, exc)
                 span.end()
                 raise
@@ -304,10 +312,21 @@ async def stream(
             holds[candidate.deployment.name] = hold
             return first, deltas, span
 
-    async def discard(opened: Opened) -> None:
-        # A hedge that lost; its quota is settled by what it used: none.
-        await close_deltas(opened[1])
-        opened[2].end()
+    async def discard(lost: Won[Opened]) -> None:
+        # A hedge's loser, which had its first delta too: closed, and billed its prompt
+        # and that delta (its own usage, if that came in it), as a call cut short.
+        first, deltas, span = lost.value
+        await close_deltas(deltas)
+        span.end()
+        deployment = lost.candidate.deployment
+        if first is not None and first.usage is not None:
+            used = first.usage
+        else:
+            sent = SentOutput()
+            if first is not None:
+                sent.add(first)
+            used = Usage(chosen.prompt_tokens, sent.tokens(live.counter))
+        await quotas.settle(holds.pop(deployment.name, None), cut_short(record, deployment, used))
 
     won = await run_attempts(live, chosen.route,
                              _loop(live, chosen, attempt, discard, streaming=True), record)
@@ -316,14 +335,7 @@ async def stream(
     record.ttft_s = time.perf_counter() - record.started
     first, rest, span = won.value
     record.response_model = won.candidate.deployment.model
-    try:
-        for name, hold in holds.items():  # hedge losers' holds go back at once
-            if name != won.candidate.deployment.name:
-                await quotas.release(hold)
-    except BaseException:  # the stream will not reach ``_measured``: it gives no verdict,
-        stream_ended(live.routing, won, ended=False, error=None)  # and a probe goes back
-        raise
-    hold = holds.get(won.candidate.deployment.name)
+    hold = holds.get(won.candidate.deployment.name)  # its losers' were settled (discard)
     return _served(record, chosen, won), _measured(live, won, record, first, rest, hold, span)
 
 
@@ -432,11 +444,6 @@ def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
     return ChatCall(
         chosen.request, candidate.deployment, chosen.prompt_tokens, candidate.max_output_tokens
     )
-
-
-async def nothing(_value: object) -> None:
-    """Discards a hedge loser's whole answer: there is nothing to close."""
-    return None
 
 
 async def _measured(

@@ -25,9 +25,9 @@ from aigw.compiler.graph import ApiKey, Route
 from .admission import DeploymentQuotas, check_route_allowed
 from .chat import (
     bill_answer,
+    bill_loser,
     call_upstream,
     deadline_s,
-    nothing,
     overhead_header,
     resolve_route,
     run_attempts,
@@ -91,13 +91,13 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     async def attempt(candidate: Candidate) -> EmbeddingResult:
         call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
                              prompt_tokens)
-        return await call_upstream(live, record, quotas, candidate, prompt_tokens,
+        return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
                                    partial(candidate.adapter.embed, call), "embeddings", _noted)
 
     ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
     deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
-    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, nothing,
-                       gate=gate)
+    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
+                       partial(bill_loser, record), gate=gate)
     won = await run_attempts(live, route, loop, record)
     result, deployment = won.value, won.candidate.deployment
     bill_answer(live, record, won)

@@ -8,6 +8,9 @@
               the response completes), finish the telemetry record
     fail      release the hold, write the ledger record, finish the telemetry record
 
+Calls the attempt loop cut short (or hedges' losers) are billed either way: settled
+with the request, to its budgets, each with an estimated ledger record of its own.
+
 Both /v1/chat/completions and /v1/messages drive an ``Exchange``, so limits, budgets,
 the ledger and metrics behave the same whichever SDK the app uses.
 """
@@ -30,6 +33,8 @@ from .admission import (
     admit,
     budget_label,
     check_route_allowed,
+    cut_records,
+    cut_totals,
     ledger_record,
     subject_limits,
     worst_case,
@@ -308,10 +313,12 @@ class Exchange:
     async def _settle_and_record(self) -> None:
         record = self.record
         if self.admission is not None:
+            tokens, cost = record.prompt_tokens + record.completion_tokens, record.cost
+            if record.cut:  # the calls it cut short are charged with it
+                cut_tokens, cut_cost = cut_totals(record.cut)
+                tokens, cost = tokens + cut_tokens, cost + cut_cost
             try:
-                await self.admission.settle(
-                    record.prompt_tokens + record.completion_tokens, record.cost
-                )
+                await self.admission.settle(tokens, cost)
             except StoreUnavailable:
                 log.error("could not settle %s: the store is unavailable", record.request_id)
         await self._write_ledger()
@@ -334,7 +341,10 @@ class Exchange:
         self._closed = True
         if self.admission is not None:
             try:
-                await self.admission.release()
+                if record.cut:  # calls it made and cut short are charged all the same
+                    await self.admission.settle(*cut_totals(record.cut))
+                else:
+                    await self.admission.release()
             except StoreUnavailable:
                 log.error("could not release %s: the store is unavailable", record.request_id)
         if record.key is not None:  # unauthenticated requests are not attributable
@@ -343,7 +353,11 @@ class Exchange:
     async def _write_ledger(self) -> None:
         try:
             store = await self.live.store.get()
-            await store.record(ledger_record(self.record, self.live.graph, self.user))
+            record, graph = self.record, self.live.graph
+            await store.record(ledger_record(record, graph, self.user))
+            if record.cut:  # each call it cut short has its own, marked estimated
+                for cut in cut_records(record, record.cut, graph, self.user):
+                    await store.record(cut)
         except StoreUnavailable:
             log.error("ledger record %s not written: the store is unavailable",
                       self.record.request_id)

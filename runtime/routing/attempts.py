@@ -10,7 +10,8 @@ the deadline leaves no time for another attempt, it stops with the last upstream
 (a member skipped for its own quota made no attempt); a call the deadline cuts short is
 a 504 that says that upstream error too. Optionally the
 first attempt is hedged: the next member starts after a delay, the first answer wins
-and the other is cancelled (and never billed). A first attempt that fails before the
+and the other is cancelled (or, answered too, discarded) and billed, as any call cut
+short is (``admission.cut_short``). A first attempt that fails before the
 delay started no race: it is retried as any other, and the next member is still next.
 When both members of a race fail, the first goes on with its retries, then the other
 with its own: its attempt in the race was its first.
@@ -108,7 +109,8 @@ class _Hedge:
 
 
 class AttemptLoop(Generic[T]):
-    """Runs ``attempt(candidate)`` until one succeeds; ``discard`` cleans up a hedge loser."""
+    """Runs ``attempt(candidate)`` until one succeeds; ``discard`` cleans up (and bills) a
+    hedge's loser that answered too."""
 
     def __init__(
         self,
@@ -118,7 +120,7 @@ class AttemptLoop(Generic[T]):
         ask: Ask,
         deadline: float,
         attempt: Callable[[Candidate], Awaitable[T]],
-        discard: Callable[[T], Awaitable[None]],
+        discard: Callable[[Won[T]], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         *,
         gate: RequestGate | None = None,
@@ -468,9 +470,10 @@ class AttemptLoop(Generic[T]):
                 won = await loser
             except (asyncio.CancelledError, Exception):  # its own failure: nothing to close
                 continue
-            # It answered too, just later: closed, never billed, and no verdict given.
+            # It answered too, just later: closed and billed as a call cut short, and no
+            # verdict given.
             stream_ended(self.state, won, ended=False, error=None)
-            await self.discard(won.value)
+            await self.discard(won)
 
     def _nothing_to_try(self) -> GatewayError:
         denied = [d for d in self.trace.dropped if isinstance(d, Denied)]

@@ -182,6 +182,8 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
         value = getattr(record, name)
         if value is not None:
             fields[name] = value
+    if record.estimated:
+        fields["estimated"] = 1
     return fields
 
 
@@ -201,4 +203,5 @@ def decode_record(fields: dict[str, str]) -> LedgerRecord:
         status=int(fields["status"]),
         fingerprint=fields["fingerprint"],
         tokens_cached=int(fields.get("tokens_cached", 0)),  # absent from older records
+        estimated=fields.get("estimated") == "1",  # absent: a request's own record
     )

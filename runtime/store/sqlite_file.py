@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     latency_ms  REAL NOT NULL,
     status      INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
-    tokens_cached INTEGER NOT NULL DEFAULT 0
+    tokens_cached INTEGER NOT NULL DEFAULT 0,
+    estimated   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
 CREATE INDEX IF NOT EXISTS ledger_team_at ON ledger (team, at);
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 PRAGMA user_version = 2;
 """
 # Columns added since: a ledger file an older aigw wrote gets them when it is opened.
-_ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0",
+                  "estimated": "INTEGER NOT NULL DEFAULT 0"}
 
 _COLUMN = {
     Dimension.DAY: "day",
@@ -314,7 +316,7 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
     cursor = connection.execute(
         "INSERT OR IGNORE INTO ledger (request_id, at, day, \"key\", team, \"user\", route, "
         "deployment, tokens_in, tokens_out, cost_nanos, latency_ms, status, fingerprint, "
-        "tokens_cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "tokens_cached, estimated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.request_id,
             record.at,
@@ -331,6 +333,7 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
             record.status,
             record.fingerprint,
             record.tokens_cached,
+            int(record.estimated),
         ),
     )
     return cursor.rowcount == 1
@@ -374,9 +377,11 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
         if value is not None:
             conditions.append(sql)
             params.append(value)
-    totals = ["COUNT(*)", "SUM(status >= 400)", "SUM(tokens_in)", "SUM(tokens_out)",
-              "SUM(tokens_cached)"]
-    select = ", ".join([*columns, *totals, "SUM(cost_nanos)"])
+    # A call a request made and did not use (``estimated``) is no request itself.
+    totals = ["COUNT(*)", "SUM(NOT estimated)", "SUM(status >= 400 AND NOT estimated)",
+              "SUM(tokens_in)", "SUM(tokens_out)", "SUM(tokens_cached)", "SUM(cost_nanos)",
+              "SUM(CASE WHEN estimated THEN cost_nanos ELSE 0 END)"]
+    select = ", ".join([*columns, *totals])
     sql = f"SELECT {select} FROM ledger"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
@@ -384,8 +389,9 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
         sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
     rows = []
     for row in connection.execute(sql, params):
-        *group, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos = row
-        if not requests:
+        (*group, records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos,
+         estimated_nanos) = row
+        if not records:
             continue
         fields: dict[str, Any] = {d.value: v for d, v in zip(query.group_by, group, strict=True)}
         rows.append(
@@ -397,6 +403,7 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
                 tokens_out=tokens_out,
                 tokens_cached=tokens_cached,
                 cost=cost_nanos / NANOS,
+                estimated_cost=estimated_nanos / NANOS,
             )
         )
     return tuple(rows)

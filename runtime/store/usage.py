@@ -34,19 +34,24 @@ def _group(record: LedgerRecord, dimension: Dimension) -> str | None:
 class Totals:
     """Running sums for one group while records stream past."""
 
-    __slots__ = ("cost_nanos", "errors", "requests", "tokens_cached", "tokens_in", "tokens_out")
+    __slots__ = ("cost_nanos", "errors", "estimated_nanos", "requests", "tokens_cached",
+                 "tokens_in", "tokens_out")
 
     def __init__(self) -> None:
         self.requests = self.errors = self.tokens_in = self.tokens_out = self.cost_nanos = 0
-        self.tokens_cached = 0
+        self.tokens_cached = self.estimated_nanos = 0
 
     def add(self, record: LedgerRecord) -> None:
-        self.requests += 1
-        self.errors += record.status >= 400
+        cost = to_nanos(record.cost)
+        if record.estimated:  # a call a request made and did not use: no request itself
+            self.estimated_nanos += cost
+        else:
+            self.requests += 1
+            self.errors += record.status >= 400
         self.tokens_in += record.tokens_in
         self.tokens_out += record.tokens_out
         self.tokens_cached += record.tokens_cached
-        self.cost_nanos += to_nanos(record.cost)
+        self.cost_nanos += cost
 
 
 class Summary:
@@ -83,6 +88,7 @@ class Summary:
                     tokens_out=totals.tokens_out,
                     tokens_cached=totals.tokens_cached,
                     cost=totals.cost_nanos / NANOS,
+                    estimated_cost=totals.estimated_nanos / NANOS,
                 )
             )
         return tuple(rows)

@@ -223,7 +223,15 @@ def tightest_remaining(statuses: tuple[BudgetStatus, ...]) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRecord:
-    """One request, served or failed; recording the same ``request_id`` twice keeps one."""
+    """One request, served or failed; recording the same ``request_id`` twice keeps one.
+
+    ``estimated``: not a request but a call one made and did not use (cut by its timeout
+    or the request's deadline, a hedge's loser, the client gone), billed what it likely
+    cost the provider, which reported no usage for it: the prompt tokens aigw counted and
+    any output received, at the deployment's prices. Its ``request_id`` is the request's
+    with ``:<deployment>:<n>`` after it; summaries add its tokens and cost (and say how
+    much of the cost is such estimates) but do not count it as a request.
+    """
 
     request_id: str
     at: float
@@ -239,6 +247,7 @@ class LedgerRecord:
     status: int
     fingerprint: str
     tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
+    estimated: bool = False
 
 
 class Dimension(StrEnum):
@@ -279,6 +288,7 @@ class UsageRow:
     tokens_out: int = 0
     tokens_cached: int = 0  # of tokens_in
     cost: float = 0.0
+    estimated_cost: float = 0.0  # of cost: calls cut short, estimated (LedgerRecord.estimated)
 
 
 class Clock(Protocol):

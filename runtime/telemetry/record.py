@@ -66,6 +66,20 @@ class UpstreamFailure:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class CutCall:
+    """A call a request made and did not use, cut short (its timeout, the request's
+    deadline, a hedge that lost, the client gone) or discarded: billed what it likely cost
+    the provider, which reported no usage for it (``admission.cut_short``)."""
+
+    deployment: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: float
+
+
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
@@ -96,6 +110,8 @@ class RequestRecord:
     backoff_s: float = 0.0  # and before retrying them: not the gateway's own either
     ttft_s: float | None = None
     failures: list[UpstreamFailure] = field(default_factory=list)
+    # Calls cut short (or hedges' losers), billed on their own; None until there is one.
+    cut: list[CutCall] | None = None
     model: str | None = None  # as the client asked
     response_model: str | None = None  # as the upstream answered
     finish_reasons: tuple[str, ...] = ()
@@ -248,6 +264,14 @@ class Telemetry:
             if record.cache_write_tokens:
                 served.cache_write.inc(record.cache_write_tokens)
             served.cost.inc(record.cost)
+        if record.cut:  # calls cut short are billed, on their own deployments
+            for cut in record.cut:
+                charged = self._deployment(route, cut.deployment, cut.provider, team)
+                charged.tokens_in.inc(cut.prompt_tokens)
+                charged.tokens_out.inc(cut.completion_tokens)
+                if cut.cached_tokens:
+                    charged.cache_read.inc(cut.cached_tokens)
+                charged.cost.inc(cut.cost)
         if record.cache == "hit" or record.cache == "miss":  # a bypass looked nothing up
             metrics.cache.labels(route, record.cache).inc()
         if record.fallback_hop:

@@ -20,17 +20,24 @@ from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
 
-DEV_KEY_LINE = (
-    "keys:\n  dev: {admin: true, sha256: "
-    "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482}\n"
-)
+
+def dev_key_line(more: str = "") -> str:
+    """The ``keys`` section of the dev key alone; ``more``: more of its flow mapping (a
+    budget, say)."""
+    return ("keys:\n  dev: {admin: true, sha256: "
+            "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482"
+            + (f", {more}" if more else "") + "}\n")
+
+
+DEV_KEY_LINE = dev_key_line()
 
 
 class GatewayFactory(Protocol):
-    """Serves ``sections`` in-process, on ``routing`` when given (a test's clock)."""
+    """Serves ``sections`` in-process, on ``routing`` when given (a test's clock); ``dev``:
+    more of the dev key's entry (``dev_key_line``)."""
 
     def __call__(
-        self, sections: str, routing: RoutingState | None = None
+        self, sections: str, routing: RoutingState | None = None, *, dev: str = ""
     ) -> Awaitable[httpx.AsyncClient]: ...
 
 
@@ -111,10 +118,11 @@ async def make_gateway(
     clients: list[httpx.AsyncClient] = []
     gateways: list[Gateway] = []
 
-    async def factory(sections: str, routing: RoutingState | None = None) -> httpx.AsyncClient:
+    async def factory(sections: str, routing: RoutingState | None = None, *,
+                      dev: str = "") -> httpx.AsyncClient:
         root = tmp_path / f"gw{len(clients)}"
         root.mkdir()
-        text = "version: 1\n" + textwrap.dedent(sections).strip() + "\n" + DEV_KEY_LINE
+        text = "version: 1\n" + textwrap.dedent(sections).strip() + "\n" + dev_key_line(dev)
         (root / "gateway.yaml").write_text(text)
         gateway = Gateway(root, counter, routing=routing)
         gateways.append(gateway)

@@ -11,7 +11,9 @@ import re
 import httpx
 import pytest
 
+from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.routing.state import RoutingState
+from aigw.runtime.tokens import TokenCounter
 
 from ..fakes.brain import Action
 from ..providers.conftest import GatewayFactory
@@ -20,10 +22,12 @@ from .conftest import Fleet, JumpingClock
 CHAT = "/v1/chat/completions"
 
 
-def _config(fleet: Fleet, body: str, timeout_s: float = 5.0) -> str:
+def _config(fleet: Fleet, body: str, timeout_s: float = 5.0, price: str = "") -> str:
+    """``price``: every deployment's (a YAML flow mapping), where there is one."""
+    priced = f", price: {price}" if price else ""
     deployments = "\n".join(
         f"  {name}: {{provider: p-{name}, model: model-{name}, context_window: "
-        f"{1000 if name != 'big' else 100000}, capabilities: [streaming, tools]}}"
+        f"{1000 if name != 'big' else 100000}, capabilities: [streaming, tools]{priced}}}"
         for name in fleet.fakes
     )
     return f"{fleet.providers_yaml(timeout_s)}\ndeployments:\n{deployments}\n{body}"
@@ -559,6 +563,53 @@ routes:
     # The two calls overlapped: counted once, not each (their sum passed the request's
     # whole time, and the gateway's own overhead read 0).
     assert 0 < float(response.headers["x-aigw-overhead-ms"]) < 100
+
+
+async def test_calls_cut_short_are_billed_an_estimate(
+    fleet: Fleet, make_gateway: GatewayFactory, counter: TokenCounter
+) -> None:
+    """A call cut by its timeout, or a hedge's loser cancelled, had gone out: its provider
+    billed at least the prompt. Nothing recorded it, so the key's budget and the ledger
+    counted the answer that served only. Each is now billed the prompt tokens aigw
+    counted for its hold (no output came), in an estimated ledger record of its own
+    (no request of its own), and charged to the same budget: also when the request
+    failed (its deadline cut the call)."""
+    client = await make_gateway(_config(fleet, """
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+routes:
+  r: {group: g}
+  hedged: {group: g, hedge_after_ms: 50}
+""", timeout_s=0.3, price="{input: 1000000, output: 1000000}"),
+        dev="budget: {amount: 100000, period: total}")  # a unit a token: costs are counts
+    prompt = counter.count_request(ChatRequest.model_validate(_ask()))
+    fleet.fakes["a"].script.actions.append(Action(delay_s=2.0))  # cut by its 0.3 s timeout
+    response = await client.post(CHAT, json=_ask())
+    assert response.headers["x-aigw-deployment"] == "b", response.text
+    # a's first byte is due in 2 s: b, started after 50 ms, wins and a is cancelled.
+    fleet.fakes["a"].script.actions += [Action(delay_s=2.0), Action(delay_s=2.0)]
+    response = await client.post(CHAT, json={**_ask(), "model": "hedged"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-aigw-deployment"] == "b", response.text
+    _, text, _ = await _stream_text(client, {**_ask(), "model": "hedged"})
+    assert text == "b: hello"
+    fleet.fakes["a"].script.actions.append(Action(delay_s=2.0))
+    response = await client.post(CHAT, json=_ask(), headers={"x-aigw-deadline-ms": "150"})
+    assert response.status_code == 504, response.text
+    assert fleet.calls() == ["a", "b"] * 3 + ["a"]
+
+    rows = {row["deployment"]: row for row in (await client.get(
+        "/v1/costs/summary?group_by=deployment")).json()["data"]}
+    assert rows["a"] == {**rows["a"], "requests": 0, "errors": 0, "tokens_in": 4 * prompt,
+                         "tokens_out": 0, "cost": 4 * prompt, "estimated_cost": 4 * prompt}
+    assert (rows["b"]["requests"], rows["b"]["estimated_cost"]) == (3, 0)
+    assert (rows[None]["requests"], rows[None]["errors"], rows[None]["cost"]) == (1, 1, 0)
+    total = rows["a"]["cost"] + rows["b"]["cost"]
+    [budget] = (await client.get("/admin/budgets")).json()["data"]
+    assert (budget["name"], budget["spent"], budget["held"]) == ("dev", total, 0)
+    metrics = (await client.get("/metrics")).text
+    assert re.search(r'aigw_cost_total\{deployment="a",route="r",team="_none"\} '
+                     f"{2.0 * prompt}", metrics), metrics  # the 200 and the 504
 
 
 async def test_a_request_cancelled_during_a_hedge_gives_its_attempts_back(

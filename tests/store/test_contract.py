@@ -420,6 +420,25 @@ async def test_cached_prompt_tokens_are_summed(store: Store) -> None:
     )
 
 
+async def test_a_call_cut_short_adds_its_cost_but_is_no_request(store: Store) -> None:
+    """A call a request made and did not use (cut by its timeout, a hedge's loser) has an
+    estimated record of its own: its tokens and cost count, and the summary says how
+    much of the cost is such estimates; it is no request, nor an error."""
+    await store.record(ledger_record("req"))
+    await store.record(ledger_record("req:slow:1", deployment="slow", tokens_out=0,
+                                     cost=0.0001, latency_ms=0.0, status=499, estimated=True))
+
+    assert await store.summary(UsageQuery(group_by=())) == (
+        UsageRow(requests=1, tokens_in=200, tokens_out=20, cost=0.000127,
+                 estimated_cost=0.0001),
+    )
+    assert await store.summary(UsageQuery(group_by=(Dimension.DEPLOYMENT,))) == (
+        UsageRow(deployment="gpt-4o-mini", requests=1, tokens_in=100, tokens_out=20,
+                 cost=0.000027),
+        UsageRow(deployment="slow", tokens_in=100, cost=0.0001, estimated_cost=0.0001),
+    )
+
+
 async def test_usage_is_summed_by_team_key_model_and_day_with_filters(store: Store) -> None:
     day2 = 1_767_225_600.0 + DAY
     for record in (

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -230,16 +231,38 @@ def _warn_dev_key(host: str, dev_key_accepted: bool) -> None:
 RESPAWN_AFTER_UP_S = 10.0
 
 
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[Path]:
+    """The folder the workers share their metrics through (prometheus-client's
+    multiprocess mode), named in ``PROMETHEUS_MULTIPROC_DIR`` for them: the one the
+    environment names, emptied of an earlier run's files first, as the client asks
+    (they would count into this run: an old circuit shown open, old request counts);
+    else a temporary one, removed when the master ends however it ends (an exception
+    left it in /tmp, and one was made even when the environment named another)."""
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if named:
+        for kind in ("counter", "gauge", "histogram", "summary"):  # prometheus-client's
+            for stale in Path(named).glob(f"{kind}_*.db"):
+                stale.unlink(missing_ok=True)
+        yield Path(named)
+        return
+    made = tempfile.mkdtemp(prefix="aigw-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made  # before a worker imports the client
+    try:
+        yield Path(made)
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def _run_master(options: ServeOptions, config: Config, sockets: Any) -> int:
-    # Workers share metrics through files (prometheus-client's multiprocess mode); the
-    # variable must be set before a worker imports prometheus_client. A directory the
-    # environment names is emptied of an earlier run's files first, as the client asks:
-    # they would count into this run (an old circuit shown open, old request counts).
-    metrics_dir = tempfile.mkdtemp(prefix="aigw-metrics-")
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-    for kind in ("counter", "gauge", "histogram", "summary"):  # prometheus-client's own
-        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob(f"{kind}_*.db"):
-            stale.unlink(missing_ok=True)
+    with shared_metrics_dir():
+        return _supervise(options, config, sockets)
+
+
+def _supervise(options: ServeOptions, config: Config, sockets: Any) -> int:
+    """Start the workers, forward signals to them, start again one that ended after
+    it was up; returns the exit code once they have all ended."""
     context = multiprocessing.get_context("spawn")
     workers: list[Any] = []
     started: dict[int, float] = {}  # worker index -> when it was started
@@ -327,7 +350,6 @@ def _run_master(options: ServeOptions, config: Config, sockets: Any) -> int:
         exitcodes.append(1)  # no worker serves, and one could not start: a failure
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max(exitcodes, default=0)
 
 

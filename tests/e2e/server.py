@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,7 +39,12 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"serve-{self.port}.log"
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Its temporary files (a --workers master's metrics folder) in a folder of its
+        # own, removed when it is stopped or killed: one killed with -9 cannot remove
+        # them itself, and they piled up in /tmp.
+        self.tmp = root.parent / f"tmp-{self.port}"
+        self.tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -95,6 +101,7 @@ class Server:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=15)
         self._log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stop(self) -> int:
         if self._log.closed:
@@ -107,6 +114,7 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
         return self.process.returncode
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -457,6 +458,7 @@ def test_metrics_of_an_earlier_run_do_not_count_into_this_one(
         server = Server(gateway_dir, "--workers", "2")
         try:
             server.wait_ready()
+            assert not list(server.tmp.glob("aigw-metrics-*"))  # the named one serves
             for _ in range(3):
                 httpx.post(f"{server.base_url}/v1/chat/completions",
                            headers={"authorization": f"Bearer {DEV_KEY}"},
@@ -464,6 +466,36 @@ def test_metrics_of_an_earlier_run_do_not_count_into_this_one(
             assert echo_requests(server) == expected
         finally:
             assert server.stop() == 0, server.log
+
+
+def test_the_metrics_folder_made_for_workers_goes_however_the_master_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was removed only at a normal end: an exception left it in /tmp."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError), server_module.shared_metrics_dir() as folder:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
+        assert folder.parent == tmp_path and folder.is_dir()
+        raise RuntimeError("the master failed")
+    assert list(tmp_path.iterdir()) == []
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_no_metrics_folder_is_made_where_the_environment_names_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named = tmp_path / "metrics"
+    named.mkdir()
+    (named / "counter_123.db").write_bytes(b"an earlier run's")
+    (named / "notes.txt").write_text("not prometheus-client's")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(named))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with server_module.shared_metrics_dir() as folder:
+        assert folder == named
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics"]
+        assert [path.name for path in named.iterdir()] == ["notes.txt"]
+    assert named.is_dir() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(named)
 
 
 def test_a_worker_killed_while_it_starts_stops_the_gateway_with_a_failure(

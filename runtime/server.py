@@ -2,7 +2,8 @@
 
 With one worker the gateway runs in this process. With several, this process binds
 the sockets, starts the workers and forwards signals to them (SIGHUP: each worker
-hot-reloads; SIGTERM/SIGINT: each drains and stops).
+hot-reloads; SIGTERM/SIGINT: each drains and stops); a worker that reloaded for an API
+call asks it, through a pipe, to SIGHUP the others.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ def serve(options: ServeOptions) -> int:
     _configure_logging()
     config = _hypercorn_config(options)
     if options.workers <= 1:
-        return _run_worker(options, config, None)
+        return _run_worker(options, config, None, None)
     sockets = _bind(options, config)
     if sockets is None:
         return 1
@@ -104,15 +106,17 @@ def _hypercorn_config(options: ServeOptions) -> Config:
     return config
 
 
-def _run_worker(options: ServeOptions, config: Config, sockets: Any) -> int:
+def _run_worker(options: ServeOptions, config: Config, sockets: Any,
+                peers: Connection | None) -> int:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (e.g. on Windows)
-        return asyncio.run(_serve_async(options, config, sockets))
-    return uvloop.run(_serve_async(options, config, sockets))
+        return asyncio.run(_serve_async(options, config, sockets, peers))
+    return uvloop.run(_serve_async(options, config, sockets, peers))
 
 
-async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> int:
+async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
+                       peers: Connection | None) -> int:
     counter = await asyncio.to_thread(TokenCounter)
     try:
         gateway = await asyncio.to_thread(Gateway, options.root, counter)
@@ -154,9 +158,8 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any) -> i
     loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(gateway.reload("SIGHUP")))
     if EARLY_RELOAD.is_set():
         background.spawn(gateway.reload("SIGHUP"))
-    if sockets is not None:  # a worker: the master forwards SIGHUP to every worker (this
-        # one too, which then reloads again: the same files, the same graph)
-        gateway.reload_peers = lambda: _send_signal(os.getppid(), signal.SIGHUP)
+    if peers is not None:  # a worker: the master sends SIGHUP to every other worker
+        gateway.reload_peers = _asking_master(peers)
     if options.watch:
         background.spawn(_watch(gateway, shutdown))
 
@@ -255,6 +258,20 @@ def shared_metrics_dir() -> Iterator[Path]:
         shutil.rmtree(made, ignore_errors=True)
 
 
+def _asking_master(peers: Connection) -> Callable[[], None]:
+    """Asks the master to reload every worker but this one, through ``peers`` (a pipe
+    the master reads): a SIGHUP to the master reached this worker too, which had just
+    reloaded, and it compiled and counted the same files twice. Without blocking the
+    loop: a full pipe already holds a request the master has yet to read."""
+    os.set_blocking(peers.fileno(), False)
+
+    def ask() -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # the master has gone
+            os.write(peers.fileno(), b"r")
+
+    return ask
+
+
 def _run_master(options: ServeOptions, config: Config, sockets: Any) -> int:
     with shared_metrics_dir():
         return _supervise(options, config, sockets)
@@ -266,12 +283,15 @@ def _supervise(options: ServeOptions, config: Config, sockets: Any) -> int:
     context = multiprocessing.get_context("spawn")
     workers: list[Any] = []
     started: dict[int, float] = {}  # worker index -> when it was started
+    # worker index -> the reading end of its pipe: a byte on it asks to reload the others
+    asks: dict[int, Connection] = {}
     stopping = False
 
     def start(index: int) -> Any:
+        reader, writer = context.Pipe(duplex=False)
         worker = context.Process(target=_worker_main, daemon=False,
                                  args=(replace(options, supervise=index == 0), config, sockets,
-                                       os.getpid()))
+                                       os.getpid(), writer))
         # SIGHUP's default ends a process, and a worker takes seconds to import and
         # compile before it can reload: it is started with SIGHUP blocked (a signal mask
         # is inherited through fork and exec), so one sent meanwhile waits until
@@ -282,8 +302,26 @@ def _supervise(options: ServeOptions, config: Config, sockets: Any) -> int:
             worker.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            writer.close()  # the worker's now: its end reads as an end of file here
         started[index] = time.monotonic()
+        if index in asks:
+            asks.pop(index).close()
+        asks[index] = reader
         return worker
+
+    def reload_others(index: int) -> None:
+        """Read what worker ``index`` wrote: a reload it made, for the others to make."""
+        reader = asks[index]
+        try:
+            asked = os.read(reader.fileno(), 4096)
+        except OSError:
+            asked = b""
+        if not asked:  # the worker ended
+            asks.pop(index).close()
+            return
+        for other, worker in enumerate(workers):
+            if other != index and worker.pid is not None and worker.is_alive():
+                _send_signal(worker.pid, signal.SIGHUP)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -303,8 +341,11 @@ def _supervise(options: ServeOptions, config: Config, sockets: Any) -> int:
     while any(worker.is_alive() for worker in workers):
         # With a timeout: a worker's sentinel stays open while a process it started
         # holds it, and waitpid (``is_alive``) sees the end anyway.
-        multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()],
-                                        timeout=1.0)
+        ready = multiprocessing.connection.wait(
+            [*(w.sentinel for w in workers if w.is_alive()), *asks.values()], timeout=1.0)
+        for index, reader in list(asks.items()):
+            if reader in ready:
+                reload_others(index)
         for index, worker in enumerate(workers):
             if isinstance(worker, _Resting):
                 if stopping:
@@ -350,6 +391,8 @@ def _supervise(options: ServeOptions, config: Config, sockets: Any) -> int:
         exitcodes.append(1)  # no worker serves, and one could not start: a failure
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.close()
+    for reader in asks.values():
+        reader.close()
     return max(exitcodes, default=0)
 
 
@@ -395,7 +438,8 @@ def _send_signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _worker_main(options: ServeOptions, config: Config, sockets: Any, master: int) -> None:
+def _worker_main(options: ServeOptions, config: Config, sockets: Any, master: int,
+                 peers: Connection) -> None:
     # A master killed outright (kill -9) runs no shutdown: the kernel sends its workers
     # SIGTERM, so they drain and stop their vLLM servers instead of serving on as
     # orphans; one whose master died before this ends here.
@@ -410,5 +454,5 @@ def _worker_main(options: ServeOptions, config: Config, sockets: Any, master: in
     _configure_logging()
     # Ctrl-C reaches the whole process group; the master forwards it once instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise SystemExit(_run_worker(options, config, sockets))
+    raise SystemExit(_run_worker(options, config, sockets, peers))
 

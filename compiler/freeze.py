@@ -205,6 +205,7 @@ def freeze(
             store_outbox=settings.store_outbox,
             metrics_access=settings.metrics_access,
             body_read_timeout_s=settings.body_read_timeout_s,
+            max_request_json_containers=settings.max_request_json_containers,
             ledger_retention_days=settings.ledger_retention_days,
         ),
         providers=_frozen(providers),

@@ -45,6 +45,7 @@ class Settings:
     store_outbox: str = "aigw-outbox.sqlite"
     metrics_access: Literal["open", "admin"] = "open"
     body_read_timeout_s: float = 60.0
+    max_request_json_containers: int = 50_000
     ledger_retention_days: int | None = None
 
 

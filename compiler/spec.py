@@ -71,6 +71,14 @@ class SettingsSpec(Spec):
         "for it; past it the request gets a 408 (a client trickling its body in held its "
         "connection for ever).",
     )
+    max_request_json_containers: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        50_000,
+        description="The most JSON objects and arrays (together) a request body may hold; "
+        "one with more gets a 400 before it is parsed. Each costs the gateway 60 to 600 "
+        "bytes of memory while parsed against the 2 or 3 it takes to send, so a body of "
+        "empty arrays cost 20 to 35 times its size; at this bound it costs no more than a "
+        "body of short strings or numbers.",
+    )
     hide_policy_ids: bool = Field(
         False, description="Leave the deciding Cedar policy ids out of 403 responses."
     )

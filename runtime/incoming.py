@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -11,7 +12,15 @@ from starlette.types import Message, Receive
 
 from aigw.compiler.graph import Settings
 
-from .errors import Cancelled, GatewayError, PayloadTooLarge, RequestTimeout
+from .errors import BadRequest, Cancelled, GatewayError, PayloadTooLarge, RequestTimeout
+
+# An opening bracket (group 1), or a run of JSON strings (escapes and all) and what is
+# between them up to the next bracket: brackets inside strings are text, not structure.
+# A run is one match however many strings it holds, so a body takes at most two matches
+# a bracket outside its strings; possessive, as a run kept a backtracking point a string
+# (70 MB for 1 MiB of them).
+_OPENING_OR_STRINGS = re.compile(
+    rb'([\[{])|(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"\[{]*+)++', re.DOTALL)
 
 R = TypeVar("R")
 
@@ -21,7 +30,9 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
     smaller: an endpoint's own) without reading them all, and a body that takes more
     than ``body_read_timeout_s`` to arrive (from the first wait for it): a client
     trickling a byte every few seconds held its connection for ever. hypercorn's own
-    read_timeout cannot do it: it also runs while an answer that takes long is awaited."""
+    read_timeout cannot do it: it also runs while an answer that takes long is awaited.
+    And a body with more JSON objects and arrays than ``max_request_json_containers``
+    (see ``check_containers``)."""
     limit, timeout_s = settings.max_request_bytes, settings.body_read_timeout_s
     if bound is not None:
         limit = min(limit, bound)
@@ -48,7 +59,32 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
                 raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
             chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if size > 2 * settings.max_request_json_containers:  # "[]" is two bytes: a
+                # smaller body cannot hold too many, and is not looked at
+                check_containers(body, settings.max_request_json_containers)
+            return body
+
+
+def check_containers(body: bytes, most: int) -> None:
+    """A ``BadRequest`` for a JSON body with more than ``most`` objects and arrays, before
+    it is parsed: each becomes a Python dict, list or model of 60 to 600 bytes, so 1 MiB
+    of ``[[],[],...]`` in a field aigw passes on cost 22 MB while parsed, and one of
+    ``{"role":"user"}`` messages 36 MB (the 4 MiB body limit let a request take 140 MB).
+    Counted without building anything: the brackets first (those in strings too, at
+    memchr's speed), and only when they are too many, again outside strings (about
+    50 ms a MiB; ``re.sub`` cutting the strings out took 200 bytes of memory a string).
+    Nesting needs no bound of its own: the parser refuses more than 200 levels, and
+    every level is a container."""
+    if body.count(b"[") + body.count(b"{") <= most:
+        return
+    found = 0
+    for match in _OPENING_OR_STRINGS.finditer(body):
+        if match.lastindex:  # a bracket, not strings
+            found += 1
+            if found > most:
+                raise BadRequest(f"The request body holds more than {most} JSON objects and "
+                                 "arrays (settings.max_request_json_containers).")
 
 
 def _arrived(receive: Receive) -> bool:

@@ -5,6 +5,7 @@ deep for a recursive parser (found by a review helper)."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,12 +35,98 @@ async def test_a_number_too_large_for_a_float_reaches_cedar_clamped(
 
 
 async def test_a_body_nested_too_deep_is_a_400(client: httpx.AsyncClient) -> None:
-    deep = b"[" * 100_000 + b"]" * 100_000
+    deep = b"[" * 40_000 + b"]" * 40_000  # fewer than max_request_json_containers
     for path in ("/api/v1/executions", "/v1/pipelines/research", "/route"):
         response = await client.post(path, content=deep,
                                      headers={"content-type": "application/json"})
         assert response.status_code == 400, (path, response.text)
         assert "recursion limit" in response.json()["error"]["message"]
+
+
+MODEL_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
+               "/v1/messages/count_tokens")
+JSON_PATHS = (*MODEL_PATHS, "/v1/pipelines/research", "/api/v1/executions", "/route",
+              "/evaluate")
+
+
+def _with_empty_arrays(count: int) -> bytes:
+    """A chat request whose field ``x`` (passed on as it came) holds ``count`` empty
+    arrays: ``count + 4`` objects and arrays in all."""
+    return (b'{"model":"echo","messages":[{"role":"user","content":"hi"}],"x":['
+            + b",".join([b"[]"] * count) + b"]}")
+
+
+async def test_a_body_of_more_json_containers_than_the_bound_is_a_400_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """1 MiB of empty arrays in a field aigw passes on cost 22 MB while parsed, tiny
+    messages 36 MB: 32 such requests at once took gigabytes. Counted before parsing."""
+    served = await client.post("/v1/chat/completions", content=_with_empty_arrays(49_996))
+    assert served.status_code == 200, served.text  # 50,000: the bound itself
+    message = ("The request body holds more than 50000 JSON objects and arrays "
+               "(settings.max_request_json_containers).")
+    tiny_messages = (b'{"model":"echo","messages":['
+                     + b",".join([b'{"role":"user"}'] * 50_000) + b"]}")
+    for body in (_with_empty_arrays(49_997), b"[" * 100_000 + b"]" * 100_000, tiny_messages):
+        for path in JSON_PATHS:
+            response = await client.post(path, content=body,
+                                         headers={"content-type": "application/json"})
+            assert response.status_code == 400, (path, response.text)
+            if path.startswith("/v1/messages"):  # in Anthropic's shape there
+                assert response.json()["error"] == {"type": "invalid_request_error",
+                                                    "message": message}
+            else:
+                assert response.json()["error"] == {
+                    "message": message, "type": "invalid_request_error", "param": None,
+                    "code": "invalid_request"}
+
+
+async def test_the_json_containers_bound_is_the_settings(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  max_request_bytes: 4194304\n",
+        "  max_request_bytes: 4194304\n  max_request_json_containers: 10\n", 1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://aigw.test",
+            headers={"authorization": f"Bearer {DEV_KEY}"},
+        ) as client:
+            served = await client.post("/v1/chat/completions", content=_with_empty_arrays(6))
+            assert served.status_code == 200, served.text
+            refused = await client.post("/v1/chat/completions", content=_with_empty_arrays(7))
+            assert refused.status_code == 400, refused.text
+            assert "more than 10 JSON objects" in refused.json()["error"]["message"]
+    finally:
+        await gateway.aclose()
+
+
+async def test_brackets_in_strings_are_text_not_json_containers(
+    client: httpx.AsyncClient,
+) -> None:
+    code = '{"a": [1, [2]], "b\\": "[{"} ' * 20_000  # 100,000 brackets, all in a string
+    response = await client.post("/v1/chat/completions", json={
+        "model": "echo", "messages": [{"role": "user", "content": "hi"}], "x": [code, "{["]})
+    assert response.status_code == 200, response.text
+
+
+async def test_memory_for_a_body_of_containers_stays_near_its_size(
+    client: httpx.AsyncClient,
+) -> None:
+    """Peak memory while the gateway takes 1 MiB of empty arrays: 22 MB, 21 times the
+    body, when it parsed them; now it refuses them unparsed."""
+    body = _with_empty_arrays(350_000)
+    assert len(body) > 1 << 20
+    tracemalloc.start()
+    try:
+        response = await client.post("/v1/chat/completions", content=body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 400, response.text
+    assert peak < 4 * len(body), peak
 
 
 async def test_embeddings_of_token_ids_out_of_any_vocabulary_are_a_400(

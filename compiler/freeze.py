@@ -44,6 +44,7 @@ from .spec import (
     LimitsSpec,
     PerUserSpec,
     PriceSpec,
+    SubjectLimitsSpec,
 )
 
 V = TypeVar("V")
@@ -241,6 +242,7 @@ def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:
         tpm=limits.tpm if limits else None,
         budget=budget.amount if budget else None,
         period=budget.period if budget else "month",
+        max_parallel=limits.max_parallel if isinstance(limits, SubjectLimitsSpec) else None,
     )
 
 

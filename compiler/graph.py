@@ -51,16 +51,18 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """Rate limits and a budget of one subject; None means unlimited."""
+    """Rate limits, requests in flight and a budget of one subject; None means unlimited."""
 
     rpm: int | None = None
     tpm: int | None = None
     budget: float | None = None
     period: Literal["day", "month", "total"] = "month"
+    max_parallel: int | None = None
 
     @property
     def unlimited(self) -> bool:
-        return self.rpm is None and self.tpm is None and self.budget is None
+        return (self.rpm is None and self.tpm is None and self.budget is None
+                and self.max_parallel is None)
 
 
 @dataclass(frozen=True, slots=True)

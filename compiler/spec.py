@@ -176,6 +176,16 @@ class LimitsSpec(Spec):
         None, description="Tokens (in + out) per minute.")
 
 
+class SubjectLimitsSpec(LimitsSpec):
+    """A key's or a team's limits: rates, and how many of its requests may run at once."""
+
+    max_parallel: Annotated[int, Field(gt=0, le=MAX_LIMIT)] | None = Field(
+        None,
+        description="Requests in flight at once (a stream until its last byte, or until its "
+        "client leaves); one more gets a 429. Shared by the replicas on one Redis store.",
+    )
+
+
 class ProviderSpec(Spec):
     """An upstream API and how to reach it; credentials only as ${ENV_VAR} references."""
 
@@ -421,7 +431,7 @@ class TeamSpec(Spec):
     """A team of keys, with its budget and rate limits."""
 
     budget: BudgetSpec | None = None
-    limits: LimitsSpec | None = None
+    limits: SubjectLimitsSpec | None = None
     per_user: PerUserSpec | None = Field(None, description="Limits of each end user.")
 
 
@@ -435,7 +445,7 @@ class KeySpec(Spec):
     description: str | None = None
     routes: list[str] | None = Field(None, description="Routes this key may call (default all).")
     budget: BudgetSpec | None = None
-    limits: LimitsSpec | None = None
+    limits: SubjectLimitsSpec | None = None
     per_user: PerUserSpec | None = Field(
         None, description="Limits of each end user of this key (overrides the team's)."
     )

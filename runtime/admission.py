@@ -1,7 +1,9 @@
 """Admission and settlement: rate limits, budgets and the spend ledger on the request path.
 
     admit    -> reserve 1 request, prompt + output tokens and the worst-case cost against
-                the key, its team and the end user, all at once (429 / 503 otherwise)
+                the key, its team and the end user, all at once, and a place among
+                their requests in flight where they have a max_parallel (429 / 503
+                otherwise); the place is held until the request is settled
     attempt  -> each deployment with its own rpm/tpm quota is reserved per attempt
     cut      -> a call made and not used (cut by its timeout or the deadline, a hedge's
                 loser, the client gone) is billed an estimate (``cut_short``)
@@ -97,12 +99,14 @@ class StoreHandle:
         self._unchecked = False
 
     def keep(self, admission: Admission) -> None:
-        """Renew ``admission``'s budget holds every half TTL until it is settled: a hold
-        counts from the reservation, so a call longer than ``reservation_ttl_s`` let its
-        hold lapse while it ran, and others spent the budget it was to be charged to."""
+        """Renew ``admission``'s budget holds (and its places under max_parallel) every
+        half TTL until it is settled: a hold counts from the reservation, so a call
+        longer than ``reservation_ttl_s`` let its hold lapse while it ran, and others
+        spent the budget it was to be charged to."""
         reservation = admission.reservation
-        if reservation is None or not reservation.periods or admission.settled:
-            return  # no budget held: nothing lapses
+        if (reservation is None or not (reservation.periods or reservation.parallel)
+                or admission.settled):
+            return  # no budget nor place held: nothing lapses
         # By weak reference: a request dropped without a settle (a bug) must not hold its
         # budget for as long as the process lives; its hold lapses after the TTL, as before.
         admission.renewal = asyncio.get_running_loop().call_later(
@@ -139,7 +143,8 @@ def _limits(scope: Scope, name: str, quota: Quota) -> Limits | None:
     if quota.unlimited:
         return None
     budget = Budget(quota.budget, Period(quota.period)) if quota.budget is not None else None
-    return Limits(scope, name, rpm=quota.rpm, tpm=quota.tpm, budget=budget)
+    return Limits(scope, name, rpm=quota.rpm, tpm=quota.tpm, budget=budget,
+                  max_parallel=quota.max_parallel)
 
 
 def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:

@@ -13,6 +13,10 @@ Budgets are counters per (scope, name, period): ``spent`` plus ``held`` (the
 worst-case cost of reservations in flight). A request fits when
 ``spent + held + cost <= amount``; holds expire after the reservation's TTL.
 
+A ``max_parallel`` counts the reservations of a scope not settled yet: a request fits
+while fewer than it are. Each holds its place until it is settled, or its TTL lapses
+(a crashed gateway's), as a budget hold does; a request renews both while it runs.
+
 The Redis Lua scripts (``lua.py``) implement the same bucket and budget arithmetic;
 both stores then turn the raw levels into a ``Denied`` or a ``RateStatus`` here.
 """
@@ -82,6 +86,15 @@ class BudgetCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotCheck:
+    """Take a place among the at most ``cap`` requests of ``(scope, name)`` in flight."""
+
+    scope: Scope
+    name: str
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Everything one reservation checks, in the caller's scope order."""
 
@@ -90,6 +103,7 @@ class Plan:
     cost_nanos: int
     buckets: tuple[BucketCheck, ...]
     budgets: tuple[BudgetCheck, ...]
+    slots: tuple[SlotCheck, ...] = ()
 
 
 def period_key(period: Period, now: float) -> str:
@@ -152,7 +166,7 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
     shape = _shape(scopes)
     buckets = tuple(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
                     for fixed, scope, name, cap in shape.buckets)
-    return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now))
+    return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now), shape.slots)
 
 
 def budget_checks(limits: Sequence[Limits], now: float) -> tuple[BudgetCheck, ...]:
@@ -167,13 +181,16 @@ _BudgetSlot = tuple[Scope, str, Period, int]
 class _Shape:
     """The checks of some limits that do not depend on the request, in the caller's
     order: each rpm check as it is, each tpm check's bucket, each budget's counter and
-    amount; and the budget checks of the current periods, kept until a period ends."""
+    amount, each max_parallel; and the budget checks of the current periods, kept until
+    a period ends."""
 
-    __slots__ = ("_current", "_from", "_keys", "_until", "buckets", "budgets")
+    __slots__ = ("_current", "_from", "_keys", "_until", "buckets", "budgets", "slots")
 
-    def __init__(self, buckets: tuple[_BucketSlot, ...], budgets: tuple[_BudgetSlot, ...]):
+    def __init__(self, buckets: tuple[_BucketSlot, ...], budgets: tuple[_BudgetSlot, ...],
+                 slots: tuple[SlotCheck, ...] = ()):
         self.buckets = buckets
         self.budgets = budgets
+        self.slots = slots
         self._current: tuple[BudgetCheck, ...] = ()
         self._keys: tuple[str, ...] | None = None  # their period keys
         # They hold from the latest start of their periods until the first end.
@@ -227,6 +244,7 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
     seen: set[tuple[Scope, str]] = set()
     buckets: list[_BucketSlot] = []
     budgets: list[_BudgetSlot] = []
+    slots: list[SlotCheck] = []
     for item in limits:
         if (item.scope, item.name) in seen:
             raise ValueError(f"{item.subject} is listed twice")
@@ -239,13 +257,15 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
         if item.budget is not None:
             budgets.append((item.scope, item.name, item.budget.period,
                             to_nanos(item.budget.amount)))
-    return _Shape(tuple(buckets), tuple(budgets))
+        if item.max_parallel is not None:
+            slots.append(SlotCheck(item.scope, item.name, item.max_parallel))
+    return _Shape(tuple(buckets), tuple(budgets), tuple(slots))
 
 
 def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
     """The settle of a reservation: token buckets get ``reserved - used`` back
-    (``need`` is that refund, negative for an overrun), and the budgets are those of
-    the periods it was admitted in."""
+    (``need`` is that refund, negative for an overrun), the budgets are those of
+    the periods it was admitted in, and its places under max_parallel are given back."""
     if tokens < 0 or cost < 0:
         raise ValueError("tokens and cost of a settle cannot be negative")
     refund = reservation.tokens - tokens
@@ -255,12 +275,17 @@ def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
         if item.tpm is not None and refund != 0
     )
     return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
-                reservation_budgets(reservation))
+                reservation_budgets(reservation), reservation_slots(reservation))
 
 
 def reservation_budgets(reservation: Reservation) -> tuple[BudgetCheck, ...]:
     """The budget counters ``reservation`` holds: those of the periods it was admitted in."""
     return _shape(reservation.limits).checks_in(reservation.periods)
+
+
+def reservation_slots(reservation: Reservation) -> tuple[SlotCheck, ...]:
+    """The max_parallel places ``reservation`` holds."""
+    return _shape(reservation.limits).slots if reservation.parallel else ()
 
 
 def refill(level: float, since: float, cap: int, now: float) -> float:
@@ -271,11 +296,13 @@ def refill(level: float, since: float, cap: int, now: float) -> float:
 
 
 def decide(
-    checks: Plan, levels: Sequence[float], budgets: Sequence[tuple[int, int]], now: float
+    checks: Plan, levels: Sequence[float], budgets: Sequence[tuple[int, int]], now: float,
+    running: Sequence[int] = (),
 ) -> Denied | None:
     """The denial that waits longest among the checks that fail, or None if all pass.
 
-    ``levels`` are the buckets' levels now, ``budgets`` each counter's (spent, held).
+    ``levels`` are the buckets' levels now, ``budgets`` each counter's (spent, held),
+    ``running`` how many requests each max_parallel has in flight.
     """
     cost = checks.cost_nanos
     short = [
@@ -288,11 +315,16 @@ def decide(
         for budget, (spent, held) in zip(checks.budgets, budgets, strict=True)
         if spent + held + cost > budget.amount_nanos
     ]
-    if not short and not over:
+    full = [
+        (slot, count) for slot, count in zip(checks.slots, running, strict=True)
+        if count >= slot.cap
+    ] if checks.slots else []
+    if not short and not over and not full:
         return None
     rate = rate_status(checks, levels, granted=False)
     denials = [_bucket_denial(bucket, level, rate) for bucket, level in short]
     denials += [_budget_denial(b, spent, held, cost, now, rate) for b, spent, held in over]
+    denials += [_parallel_denial(slot, count, rate) for slot, count in full]
     return max(denials, key=lambda d: math.inf if d.retry_after is None else d.retry_after)
 
 
@@ -337,6 +369,16 @@ def _bucket_denial(bucket: BucketCheck, level: float, rate: RateStatus) -> Denie
         f"Requested {bucket.need}. Please try again in {format_duration(wait)}."
     )
     return Denied(bucket.scope, bucket.name, bucket.unit, message, wait, rate)
+
+
+def _parallel_denial(slot: SlotCheck, running: int, rate: RateStatus) -> Denied:
+    message = (
+        f"Concurrency limit reached for {slot.scope} '{slot.name}' on requests in flight "
+        f"(max_parallel): Limit {slot.cap}, In flight {running}. Try again when one of "
+        "them has ended."
+    )
+    # When one ends is not known (a stream may run for minutes): soon, as for a hold.
+    return Denied(slot.scope, slot.name, Exceeded.PARALLEL, message, HELD_RETRY_AFTER, rate)
 
 
 def _budget_denial(

@@ -1,8 +1,11 @@
 """The Redis store's Lua scripts: each check-and-update is one script, atomic in Redis.
 
 They mirror ``checks.py``: token buckets (hash ``level``, ``since``; refill cap/60 a
-second) and budget counters (hash ``spent``, ``held`` and ``h:<request id>`` per hold,
-plus a sorted set of holds by expiry). Time comes from the caller (ARGV), so every
+second), budget counters (hash ``spent``, ``held`` and ``h:<request id>`` per hold,
+plus a sorted set of holds by expiry) and the requests in flight under a max_parallel
+(a sorted set of request ids by hold expiry, after the budget keys in KEYS: a script
+counts them from the length of KEYS, so a settle an older version queued reads as
+before). Time comes from the caller (ARGV), so every
 replica and the tests share one notion of it; a bucket never moves back in time.
 Every key a script touches is passed in KEYS (but the old ledger records a retention
 deletes). Money is integer nanos.
@@ -67,15 +70,29 @@ local function expire_holds(hk, zk, now)
 end
 """
 
-# KEYS: reservation marker, then nb bucket hashes, then ng (budget hash, expiry set) pairs.
+# A max_parallel's set of requests in flight lives as long as its latest hold, and ms more.
+_PLACES = """
+local function keep_places(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
+-- Give up request `rid`'s places: in the sets KEYS[first..].
+local function leave_places(first, rid)
+  for k = first, #KEYS do redis.call('ZREM', KEYS[k], rid) end
+end
+"""
+
+# KEYS: reservation marker, then nb bucket hashes, then ng (budget hash, expiry set) pairs,
+#       then ns sets of requests in flight.
 # ARGV: now, request id, hold ttl s, marker ttl ms, cost, nb, ng, call nonce,
-#       nb x (cap, need), ng x (amount, keep s; 0 = keep forever).
-# Returns {granted (1/0, -1: request id already reserved), nb levels, ng x (spent, held)},
-# or {2}: this very call ran already (its nonce is in the marker) and was granted; the
-# client sent it again because the first reply was lost.
+#       nb x (cap, need), ng x (amount, keep s; 0 = keep forever), ns x cap.
+# Returns {granted (1/0, -1: request id already reserved), nb levels, ng x (spent, held),
+# ns x in flight}, or {2}: this very call ran already (its nonce is in the marker) and was
+# granted; the client sent it again because the first reply was lost.
 RESERVE = (
     _REFILL
     + _UNHOLD
+    + _PLACES
     + """
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local expires_at = now + tonumber(ARGV[3])
@@ -108,6 +125,15 @@ for j = 1, ng do
   out[#out + 1] = spent
   out[#out + 1] = held
 end
+local first_place = nb + 2 * ng + 2
+for k = first_place, #KEYS do
+  local cap = tonumber(ARGV[a])
+  a = a + 1
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  local running = redis.call('ZCARD', KEYS[k])
+  if running >= cap then ok = false end
+  out[#out + 1] = running
+end
 if not ok then return out end
 for i = 1, nb do
   local b = buckets[i]
@@ -123,13 +149,18 @@ for j = 1, ng do
     redis.call('EXPIRE', zk, keep)
   end
 end
+for k = first_place, #KEYS do
+  redis.call('ZADD', KEYS[k], expires_at, rid)
+  keep_places(KEYS[k], math.ceil(tonumber(ARGV[3]) * 1000) + 1000)
+end
 redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[4])
 out[1] = 1
 return out
 """
 )
 
-# KEYS: reservation marker, nb bucket hashes (tpm only), ng (budget hash, expiry set) pairs.
+# KEYS: reservation marker, nb bucket hashes (tpm only), ng (budget hash, expiry set) pairs,
+#       the sets of requests in flight it has a place in.
 # ARGV: now, request id, cost, nb, ng, nb x (cap, refund), ng x keep s, then "1" for a
 # settle sent from the outbox: it leaves the marker as "settled" for the rest of its life,
 # as another worker on the same outbox file may send it too.
@@ -138,6 +169,7 @@ return out
 SETTLE = (
     _REFILL
     + _UNHOLD
+    + _PLACES
     + """
 local now, rid, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local nb, ng = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -155,6 +187,7 @@ for j = 1, ng do
     redis.call('EXPIRE', zk, keep)
   end
 end
+leave_places(nb + 2 * ng + 2, rid)
 if ARGV[a] == '1' then
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then
@@ -171,13 +204,15 @@ return 1
 # held the request locally): whether Redis ran it already or runs it later (a call
 # buffered in a stalled server's socket runs when the server resumes). Sent through the
 # outbox, so once Redis answers again.
-# KEYS: reservation marker, nb bucket hashes, ng (budget hash, expiry set) pairs.
+# KEYS: reservation marker, nb bucket hashes, ng (budget hash, expiry set) pairs, the sets
+#       of requests in flight it would have a place in.
 # ARGV: now, request id, marker ttl ms, the lost call's nonce, nb, ng, nb x (cap, refund).
 # Returns 1 when it undid the hold; 0 when there was none: the marker is then a tombstone,
 # which the late call finds (not its nonce) and so grants nothing.
 ABANDON = (
     _REFILL
     + _UNHOLD
+    + _PLACES
     + """
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local nb, ng = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -191,23 +226,32 @@ refund_buckets(nb, 7, now)
 for j = 1, ng do
   unhold(KEYS[nb + 2 * j], KEYS[nb + 2 * j + 1], rid)
 end
+leave_places(nb + 2 * ng + 2, rid)
 return 1
 """
 )
 
-# Push back the expiry of a request's budget holds while its call runs; holds that lapsed
-# already (and a settled or abandoned reservation's) are left alone.
-# KEYS: reservation marker, ng (budget hash, expiry set) pairs.
-# ARGV: request id, now, the holds' new expiry, the marker's new ttl ms.
-# Returns how many holds it renewed.
-RENEW = """
+# Push back the expiry of a request's budget holds and places while its call runs; those
+# that lapsed already (and a settled or abandoned reservation's) are left alone.
+# KEYS: reservation marker, ng (budget hash, expiry set) pairs, sets of requests in flight.
+# ARGV: request id, now, the holds' new expiry, the marker's new ttl ms, ng.
+# Returns how many holds and places it renewed.
+RENEW = _PLACES + """
 local marker = redis.call('GET', KEYS[1])
 if not marker or marker == 'settled' or marker == 'abandoned' then return 0 end
 local now, renewed = tonumber(ARGV[2]), 0
-for j = 2, #KEYS, 2 do
+local ng = tonumber(ARGV[5])
+for j = 2, 2 * ng, 2 do
   local expires = tonumber(redis.call('ZSCORE', KEYS[j + 1], ARGV[1]))
   if expires and expires > now and redis.call('HEXISTS', KEYS[j], 'h:' .. ARGV[1]) == 1 then
     renewed = renewed + redis.call('ZADD', KEYS[j + 1], 'XX', 'CH', ARGV[3], ARGV[1])
+  end
+end
+for k = 2 * ng + 2, #KEYS do
+  local expires = tonumber(redis.call('ZSCORE', KEYS[k], ARGV[1]))
+  if expires and expires > now then
+    renewed = renewed + redis.call('ZADD', KEYS[k], 'XX', 'CH', ARGV[3], ARGV[1])
+    keep_places(KEYS[k], math.ceil((tonumber(ARGV[3]) - now) * 1000) + 1000)
   end
 end
 if renewed > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end

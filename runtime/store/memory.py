@@ -25,6 +25,7 @@ from .checks import (
 from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope, least_left
 
 Counter = tuple[str, str, str]  # (scope, name, period_key)
+Subject = tuple[str, str]  # (scope, name): whose requests in flight a max_parallel counts
 SWEEP_EVERY = 60.0
 
 
@@ -37,11 +38,13 @@ class _Bucket:
 @dataclass(frozen=True, slots=True)
 class _Open:
     """A reservation not settled yet: until ``deadline`` it holds its budget counters
-    (``holding``); after that, a settle is still accepted until the next deadline."""
+    and its places under max_parallel (``holding``); after that, a settle is still
+    accepted until the next deadline."""
 
     deadline: float
     counters: tuple[Counter, ...]
     holding: bool
+    places: tuple[Subject, ...] = ()
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class MemoryLimits:
         self.origin = origin
         self._buckets: dict[tuple[str, str, str], _Bucket] = {}
         self._budgets: dict[Counter, _Budget] = {}
+        self._running: dict[Subject, int] = {}  # requests in flight, of a max_parallel's
         self._open: dict[str, _Open] = {}
         self._timers: list[tuple[float, str]] = []  # (deadline, request id), some stale
         self._next_sweep = 0.0
@@ -82,7 +86,12 @@ class MemoryLimits:
         ]
         levels = [bucket.level for bucket in buckets]
         budgets = [self._budget(check.counter) for check in checks.budgets]
-        denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now)
+        places: tuple[Subject, ...] = ()
+        running: list[int] = []
+        if checks.slots:  # most limits have none: no work for them on every request
+            places = tuple((slot.scope, slot.name) for slot in checks.slots)
+            running = [self._running.get(place, 0) for place in places]
+        denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now, running)
         if denied is not None:
             return denied
         left = least_left((check.amount_nanos, budget.spent, budget.held)
@@ -94,7 +103,10 @@ class MemoryLimits:
             budget.held += checks.cost_nanos
             budget.holds[request_id] = checks.cost_nanos
         counters = tuple(check.counter for check in checks.budgets)
-        self._open[request_id] = _Open(expires_at, counters, holding=True)
+        if places:
+            for place, count in zip(places, running, strict=True):
+                self._running[place] = count + 1
+        self._open[request_id] = _Open(expires_at, counters, holding=True, places=places)
         heapq.heappush(self._timers, (expires_at, request_id))
         return Reservation(
             request_id=request_id,
@@ -106,6 +118,7 @@ class MemoryLimits:
             rate=rate_status(checks, levels, granted=True),
             origin=self.origin,
             budget_remaining=left,
+            parallel=bool(places),
         )
 
     def settle(self, reservation: Reservation, tokens: int, cost: float, now: float) -> Plan | None:
@@ -118,7 +131,7 @@ class MemoryLimits:
         if opened is None:
             return None
         if opened.holding:
-            self._unhold(reservation.request_id, opened.counters)
+            self._unhold(reservation.request_id, opened)
         if len(self._timers) > 2 * len(self._open) + 1024:  # drop the settled ones' timers
             self._timers = [(item.deadline, rid) for rid, item in self._open.items()]
             heapq.heapify(self._timers)
@@ -136,7 +149,7 @@ class MemoryLimits:
         opened = self._open.get(request_id)
         if opened is None or not opened.holding or now + ttl <= opened.deadline:
             return
-        self._open[request_id] = _Open(now + ttl, opened.counters, holding=True)
+        self._open[request_id] = _Open(now + ttl, opened.counters, True, opened.places)
         heapq.heappush(self._timers, (now + ttl, request_id))  # the old timer goes stale
 
     def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
@@ -174,10 +187,17 @@ class MemoryLimits:
             budget = self._budgets[counter] = _Budget(0)
         return budget
 
-    def _unhold(self, request_id: str, counters: tuple[Counter, ...]) -> None:
-        for counter in counters:
+    def _unhold(self, request_id: str, opened: _Open) -> None:
+        """Give back what ``opened`` holds: its budget holds and its places."""
+        for counter in opened.counters:
             budget = self._budgets[counter]
             budget.held -= budget.holds.pop(request_id, 0)
+        for place in opened.places:
+            left = self._running[place] - 1
+            if left:
+                self._running[place] = left
+            else:
+                del self._running[place]
 
     def _expire(self, now: float) -> None:
         """Drop the holds of reservations past their TTL, and forget old unsettled ones."""
@@ -188,7 +208,7 @@ class MemoryLimits:
             if opened is None or opened.deadline != deadline:
                 continue  # settled already, or the id was reserved again since
             if opened.holding:
-                self._unhold(request_id, opened.counters)
+                self._unhold(request_id, opened)
                 self._open[request_id] = _Open(deadline + SETTLE_GRACE, opened.counters, False)
                 heapq.heappush(timers, (deadline + SETTLE_GRACE, request_id))
             else:

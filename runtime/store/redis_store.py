@@ -7,6 +7,8 @@ reach another subject's key)::
     rate:<scope>:<name>:<requests|tokens>     token bucket (expires once full again)
     budget:<scope>:<name>:<period>            spent, held, h:<request id>
     budget:<scope>:<name>:<period>:holds      request ids by hold expiry
+    par:<scope>:<name>                        its requests in flight (max_parallel), by
+                                              hold expiry
     res:<request id>                          reserved and not yet settled (or "settled",
                                               by a settle sent from the outbox)
     charged:<request id>                      a locally made reservation, charged
@@ -69,11 +71,13 @@ from .checks import (
     SETTLE_GRACE,
     BudgetCheck,
     Plan,
+    SlotCheck,
     decide,
     keep_seconds,
     plan,
     rate_status,
     reservation_budgets,
+    reservation_slots,
     settle_plan,
 )
 from .memory import MemoryLimits
@@ -241,11 +245,14 @@ class RedisStore:
         if not self._reachable():
             return  # the hold keeps its expiry; renewing it later is the next call's
         keys = [self._key("res", quote(reservation.request_id, safe=""))]
-        for budget in reservation_budgets(reservation):
+        budgets = reservation_budgets(reservation)
+        for budget in budgets:
             keys += self._budget_keys(budget)
+        keys += [self._places_key(slot) for slot in reservation_slots(reservation)]
         try:
             await self._scripts["renew"](
-                keys=keys, args=[reservation.request_id, now, now + ttl, _marker_ms(ttl)])
+                keys=keys, args=[reservation.request_id, now, now + ttl, _marker_ms(ttl),
+                                 len(budgets)])
         except REDIS_ERRORS as exc:
             if not unreachable(exc):
                 self._failed_call("renew", exc)
@@ -329,6 +336,9 @@ class RedisStore:
         counter += f":{check.period_key}"
         return counter, counter + ":holds"
 
+    def _places_key(self, check: SlotCheck) -> str:
+        return self._key("par", check.scope.value, quote(check.name, safe=""))
+
     async def _reserve(
         self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str
     ) -> Reservation | Denied:
@@ -349,11 +359,16 @@ class RedisStore:
         for budget in checks.budgets:
             keys += self._budget_keys(budget)
             args += [budget.amount_nanos, keep_seconds(budget, now)]
+        for slot in checks.slots:
+            keys.append(self._places_key(slot))
+            args.append(slot.cap)
         reply: list[Any] = await self._scripts["reserve"](keys=keys, args=args)
         if reply[0] == -1:
             raise ValueError(f"request {request_id!r} already holds a reservation")
         levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
         counts = [int(value) for value in reply[1 + len(checks.buckets) :]]
+        pairs = 2 * len(checks.budgets)  # each budget's (spent, held), then each in flight
+        counts, running = counts[:pairs], counts[pairs:]
         if reply[0] in (1, 2):
             if reply[0] == 2:  # granted by this call's first run, whose reply was lost:
                 # what the buckets and budgets had left is not known, so no rate headers,
@@ -373,8 +388,10 @@ class RedisStore:
                 rate=rate,
                 origin="redis",
                 budget_remaining=left,
+                parallel=bool(checks.slots),
             )
-        denied = decide(checks, levels, list(zip(counts[::2], counts[1::2], strict=True)), now)
+        denied = decide(checks, levels, list(zip(counts[::2], counts[1::2], strict=True)), now,
+                        running)
         if denied is None:
             raise RuntimeError("the reserve script denied what checks.decide allows")
         return denied
@@ -394,6 +411,7 @@ class RedisStore:
         for budget in charge.budgets:
             keys += self._budget_keys(budget)
             args.append(keep_seconds(budget, now))
+        keys += [self._places_key(slot) for slot in charge.slots]
         return Invocation("settle", tuple(keys), tuple(args))
 
     def _abandon(
@@ -407,6 +425,7 @@ class RedisStore:
             args += [bucket.cap, bucket.need]
         for budget in checks.budgets:
             keys += self._budget_keys(budget)
+        keys += [self._places_key(slot) for slot in checks.slots]
         return Invocation("abandon", tuple(keys), tuple(args))
 
     def _charge(self, request_id: str, charge: Plan, now: float) -> Invocation:

@@ -48,6 +48,7 @@ class Exceeded(StrEnum):
     REQUESTS = "requests"
     TOKENS = "tokens"
     BUDGET = "budget"
+    PARALLEL = "parallel"  # requests in flight at once (max_parallel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Limits:
 
     The request path builds one per applicable scope from the graph, e.g.
     ``Limits(Scope.TEAM, "engineering", rpm=600, tpm=200_000, budget=Budget(500))``.
+    ``max_parallel`` caps the reservations held at once (requests in flight).
     """
 
     scope: Scope
@@ -73,11 +75,13 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     budget: Budget | None = None
+    max_parallel: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError(f"a {self.scope} limit needs a name")
-        for label, value in (("rpm", self.rpm), ("tpm", self.tpm)):
+        for label, value in (("rpm", self.rpm), ("tpm", self.tpm),
+                             ("max_parallel", self.max_parallel)):
             if value is not None and value <= 0:
                 raise ValueError(f"{self.scope} '{self.name}': {label} must be positive")
 
@@ -140,6 +144,8 @@ class Reservation:
     ``periods`` names the budget period each budgeted limit was charged to (spend is
     settled into the period the request was admitted in). ``origin`` is the store that
     holds it: "embedded", "redis", or "local" (Redis was down and fail_open applied).
+    ``parallel``: it holds a place under a ``max_parallel`` until it is settled (or its
+    TTL lapses), as it holds its budgets.
     """
 
     request_id: str
@@ -153,6 +159,7 @@ class Reservation:
     # The least any of its budgets had left before this hold (None: no budget applies):
     # what a policy reading ``context.budget_remaining`` sees, read with the hold.
     budget_remaining: float | None = None
+    parallel: bool = False
 
     @property
     def cost(self) -> float:

@@ -20,7 +20,7 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..redis_server import PrivateRedis
-from .server import Server
+from .server import Server, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,23 @@ def _digest(secret: str) -> str:
 
 
 def _gateway(root: Path, store: str, *, budget: float | None = None, tpm: int | None = None,
-             latency: str = "", settings: str = "") -> Path:
+             latency: str = "", settings: str = "", max_parallel: int | None = None) -> Path:
+    """With ``max_parallel``, key app has it, and a route ``broken`` goes to a server that
+    is not there."""
     root.mkdir(parents=True, exist_ok=True)
     team = []
     if budget is not None:
         team.append(f"budget: {{amount: {budget}, period: total}}")
     if tpm is not None:
         team.append(f"limits: {{tpm: {tpm}}}")
+    app_limits = broken_route = ""
+    deployments = "deployments:"
+    if max_parallel is not None:
+        app_limits = f", limits: {{max_parallel: {max_parallel}}}"
+        deployments = f"""  dead: {{type: vllm, base_url: "http://127.0.0.1:{free_port()}/v1"}}
+deployments:
+  broken: {{provider: dead, model: nobody-home, context_window: 8192}}"""
+        broken_route = "\n  broken: {deployment: broken}"
     (root / "gateway.yaml").write_text(f"""
 version: 1
 settings:
@@ -48,16 +58,16 @@ settings:
 {settings}
 providers:
   local: {{type: echo{latency}}}
-deployments:
+{deployments}
   paid: {{provider: local, model: paid-1, context_window: 100000,
          price: {{input: 1000000, output: 1000000}}}}
 routes:
-  paid: {{deployment: paid}}
+  paid: {{deployment: paid}}{broken_route}
 teams:
   app: {{{", ".join(team)}}}
   ops: {{}}
 keys:
-  app: {{team: app, sha256: {_digest(APP_KEY)}}}
+  app: {{team: app, sha256: {_digest(APP_KEY)}{app_limits}}}
   dev: {{team: ops, admin: true, sha256: {_digest(DEV_KEY)}}}
 """)
     return root
@@ -344,3 +354,79 @@ def test_a_redis_outage_mid_stream_leaves_streams_in_flight_alone(
                          json={"model": "paid", "messages": [{"role": "user", "content": "hi"}]})
     assert refused.status_code == 503  # new requests are refused (fail_closed)
     assert server.log.count("go on without their budget checks") == 1  # once, not a chunk
+
+
+def _held_stream(client: openai.OpenAI) -> openai.Stream[Any]:
+    """A stream of key app's that runs for about seven seconds, its first chunk read (it
+    holds its place from before its first chunk to after its last)."""
+    stream = client.chat.completions.create(
+        model="paid", stream=True, max_tokens=200,
+        messages=[{"role": "user", "content": _WORDS}])
+    next(iter(stream))
+    return stream
+
+
+def _ask(client: openai.OpenAI, model: str = "paid") -> None:
+    client.chat.completions.create(model=model, max_tokens=3,
+                                   messages=[{"role": "user", "content": "hi"}])
+
+
+def _until_served(client: openai.OpenAI) -> None:
+    """Until a request is served: a place is given back as the gateway sees its request
+    end, which may be a moment after its client has; within two seconds, less than what
+    is left of any stream or call the test has left to run."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            return _ask(client)
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "a place under max_parallel was never freed"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_max_parallel_holds_a_place_from_a_requests_start_to_its_end(
+    tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis, store: str
+) -> None:
+    """A key with max_parallel: 2: a third request while two streams run is a 429
+    naming the limit; a place is given back when a stream ends, when its client leaves
+    (a stream, or a call that timed out), and when a call fails. On Redis the two places
+    are shared by both replicas."""
+    latency = ", latency: {per_token_ms: 30}"
+    if store == "embedded":
+        servers = [_start(fleet, _gateway(tmp_path / "gw", "embedded", latency=latency,
+                                          max_parallel=2))]
+    else:
+        servers = [_start(fleet, _gateway(tmp_path / f"gw{i}", private_redis.url,
+                                          latency=latency, max_parallel=2))
+                   for i in range(2)]
+    clients = [openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=APP_KEY, max_retries=0)
+               for server in servers]
+    first, second = _held_stream(clients[0]), _held_stream(clients[-1])
+    with pytest.raises(openai.RateLimitError) as refused:
+        _ask(clients[0])
+    assert refused.value.status_code == 429
+    assert refused.value.body == {
+        "message": "Concurrency limit reached for key 'app' on requests in flight "
+                   "(max_parallel): Limit 2, In flight 2. Try again when one of them has ended.",
+        "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}
+    assert refused.value.response.headers["retry-after"] == "1"
+
+    first.close()  # its client leaves mid-stream
+    _until_served(clients[0])
+    third = _held_stream(clients[0])
+    with pytest.raises(openai.RateLimitError):
+        _ask(clients[-1])
+    assert list(second)  # to its end
+    _until_served(clients[-1])
+    assert list(third)
+    for _ in range(3):  # more failed calls than places
+        with pytest.raises(openai.APIStatusError) as failed:
+            _ask(clients[0], "broken")
+        assert failed.value.status_code >= 500
+    fourth = _held_stream(clients[0])  # the failed calls left both places free
+    with pytest.raises(openai.APITimeoutError):  # a call whose client stops waiting
+        clients[-1].with_options(timeout=0.5).chat.completions.create(
+            model="paid", max_tokens=200, messages=[{"role": "user", "content": _WORDS}])
+    _until_served(clients[-1])  # its answer would take five seconds more
+    fourth.close()

@@ -356,6 +356,69 @@ async def test_a_free_request_on_a_budget_is_held_and_released_like_any_other(
     assert (status.spent, status.held) == (0.5, 0.0)
 
 
+async def test_max_parallel_refuses_past_the_requests_in_flight_until_one_ends(
+    store: Store,
+) -> None:
+    limits = [Limits(Scope.KEY, "ci-bot", rpm=100, max_parallel=2)]
+    first = await granted(store, "r1", limits)
+    second = await granted(store, "r2", limits)
+
+    refused = await denied(store, "r3", limits)
+
+    assert (refused.scope, refused.name, refused.exceeded) == (
+        Scope.KEY, "ci-bot", Exceeded.PARALLEL)
+    assert refused.message == (
+        "Concurrency limit reached for key 'ci-bot' on requests in flight (max_parallel): "
+        "Limit 2, In flight 2. Try again when one of them has ended."
+    )
+    assert refused.retry_after == 1.0
+    assert isinstance(refused.error(), RateLimited)
+    assert refused.headers()["retry-after"] == "1"
+    await store.settle(first, tokens=0, cost=0.0)
+    third = await granted(store, "r3", limits)  # a refusal took no place
+    await denied(store, "r4", limits)
+    await store.release(second)
+    await store.release(second)  # once: the place is not given back twice
+    await granted(store, "r4", limits)
+    await denied(store, "r5", limits)
+    await store.settle(third, tokens=0, cost=0.0)
+    await granted(store, "r5", limits)
+
+
+async def test_a_team_max_parallel_counts_every_key_of_it(store: Store) -> None:
+    team = Limits(Scope.TEAM, "eng", max_parallel=3)
+    a, b = Limits(Scope.KEY, "a", max_parallel=2), Limits(Scope.KEY, "b", max_parallel=2)
+    await granted(store, "a1", [a, team])
+    await granted(store, "a2", [a, team])
+    assert (await denied(store, "a3", [a, team])).scope is Scope.KEY
+    b1 = await granted(store, "b1", [b, team])
+    refused = await denied(store, "b2", [b, team])
+    assert (refused.scope, refused.name) == (Scope.TEAM, "eng")
+    await store.settle(b1, tokens=0, cost=0.0)
+    await granted(store, "b2", [b, team])
+
+
+async def test_a_place_lapses_with_its_hold_unless_renewed(
+    store: Store, clock: ManualClock
+) -> None:
+    """A gateway that crashed mid-request never settles it: its place is free again
+    after the reservation's TTL, as its budget hold is; one still running renews it."""
+    limits = [Limits(Scope.KEY, "ci-bot", max_parallel=1)]
+    crashed = await store.reserve("r1", limits, tokens=0, cost=0.0, ttl=30.0)
+    assert isinstance(crashed, Reservation)
+    await denied(store, "r2", limits)
+    clock.advance(31.0)
+    running = await store.reserve("r2", limits, tokens=0, cost=0.0, ttl=30.0)
+    assert isinstance(running, Reservation)
+    await store.settle(crashed, tokens=0, cost=0.0)  # late: frees nobody else's place
+    for _ in range(3):  # 60 s in all, renewed every 20 s
+        clock.advance(20.0)
+        await store.renew(running, ttl=30.0)
+    await denied(store, "r3", limits)
+    await store.settle(running, tokens=0, cost=0.0)
+    await granted(store, "r3", limits)
+
+
 async def test_one_request_id_cannot_hold_two_reservations(store: Store) -> None:
     limits = [Limits(Scope.KEY, "ci-bot", rpm=10)]
     reservation = await granted(store, "r1", limits)

@@ -9,7 +9,8 @@ upstream owns. What it does to a message, in order:
     authenticate (an aigw key, as /v1) -> the server by name (404) -> parse (one
     message; batches were dropped from MCP in 2025-06-18) -> Cedar invoke on
     McpServer::"name" with context.tool (403) -> the allow-list (a tools/call of a
-    tool outside it is a JSON-RPC error; tools/list leaves those out) -> the server
+    tool outside it is a JSON-RPC error) -> the server; its tools/list answer keeps
+    only the tools the allow-list names and Cedar lets the caller call
 
 ``Mcp-Session-Id`` is the upstream's: passed to the client as the server gave it and
 back on every later message, so a session lives where the spec puts it. GET (the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -46,6 +48,7 @@ from .errors import (
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live
+from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.record import UNKNOWN
@@ -117,7 +120,8 @@ class McpProxy:
             method = message.get("method")
             call.method = method_label(method if isinstance(method, str) else None)
             tool = _tool(message) if method == "tools/call" else ""
-            await authorize_mcp(live, key, user, name, tool, server.timeout_s, request.headers)
+            gate = await authorize_mcp(live, key, user, name, tool, server.timeout_s,
+                                       request.headers)
             if tool and not server.allows(tool):
                 call.error = "tool_not_allowed"
                 finish_mcp(live.telemetry.metrics, call)
@@ -125,7 +129,11 @@ class McpProxy:
                                   f"through MCP server '{name}'.", 200, {})
             if tool and server.tools is not None:
                 call.tool = tool
-            return await self._forward(live, server, request, message, tool, call)
+            # A tools/list answer is filtered only when something can take a tool out.
+            filters = server.tools is not None or (
+                gate is not None and "tool" in live.policy.authorization.reads.context)
+            listing = _Listing(server, gate) if method == "tools/list" and filters else None
+            return await self._forward(live, server, request, message, tool, call, listing)
         except GatewayError as exc:
             status = exc.shown_status if isinstance(exc, _Refused) else exc.status
             call.status, call.error = status, exc.code
@@ -136,7 +144,8 @@ class McpProxy:
                               {"type": exc.error_type, "code": exc.shown_code})
 
     async def _forward(self, live: Live, server: McpServer, request: Request,
-                       message: Mapping[str, Any], tool: str, call: McpCall) -> Response:
+                       message: Mapping[str, Any], tool: str, call: McpCall,
+                       listing: _Listing | None) -> Response:
         headers = {**server.headers, "content-type": JSON, "accept": f"{JSON}, {SSE}",
                    **_passed(request.headers)}
         body = dumps(message)
@@ -154,7 +163,6 @@ class McpProxy:
             await upstream.aclose()  # a notification or a response: nothing comes back
             finish_mcp(live.telemetry.metrics, call)
             return Response(status_code=upstream.status_code, headers=passed)
-        listing = message.get("method") == "tools/list" and server.tools is not None
         accept = request.headers.get("accept", "")
         takes_json = not accept or JSON in accept or "*/*" in accept
         if upstream.headers.get("content-type", "").startswith(SSE):
@@ -168,8 +176,8 @@ class McpProxy:
                 await events.aclose()
         else:
             answer = await _json(server, upstream)
-            if listing:
-                answer = _filtered(answer, server)
+            if listing is not None:
+                answer = listing.filtered(answer)
         finish_mcp(live.telemetry.metrics, call)
         if not takes_json:
             return Response(b"event: message\ndata: " + dumps(answer) + b"\n\n",
@@ -308,9 +316,9 @@ async def _json(server: McpServer, upstream: httpx.Response) -> Any:
 
 
 async def _events(server: McpServer, upstream: httpx.Response,
-                  listing: bool) -> AsyncGenerator[bytes, None]:
+                  listing: _Listing | None) -> AsyncGenerator[bytes, None]:
     """The server's SSE stream, one event at a time as bytes to send on; the response to
-    a tools/list with only the allowed tools (``listing``)."""
+    a tools/list with only the tools ``listing`` keeps."""
     lines: list[str] = []
     size = 0
     try:
@@ -322,10 +330,10 @@ async def _events(server: McpServer, upstream: httpx.Response,
                 lines.append(line)
                 continue
             if lines:
-                yield _event(lines, server, listing)
+                yield _event(lines, listing)
             lines, size = [], 0
         if lines:
-            yield _event(lines, server, listing)
+            yield _event(lines, listing)
     except httpx.TimeoutException as exc:
         raise McpServerTimeout(f"MCP server '{server.name}' sent nothing for "
                                f"{server.timeout_s:g} s.") from exc
@@ -335,16 +343,16 @@ async def _events(server: McpServer, upstream: httpx.Response,
         await upstream.aclose()
 
 
-def _event(lines: list[str], server: McpServer, listing: bool) -> bytes:
+def _event(lines: list[str], listing: _Listing | None) -> bytes:
     data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
-    if listing and data:
+    if listing is not None and data:
         try:
             message = loads("\n".join(data))
         except ValueError:
             message = None
         if isinstance(message, dict) and "result" in message:
             kept = [line for line in lines if not line.startswith("data:")]
-            kept.append("data: " + dumps(_filtered(message, server)).decode())
+            kept.append("data: " + dumps(listing.filtered(message)).decode())
             lines = kept
     return ("\n".join(lines) + "\n\n").encode()
 
@@ -379,15 +387,26 @@ async def _finishing(live: Live, call: McpCall, events: AsyncIterator[bytes]
         finish_mcp(live.telemetry.metrics, call)
 
 
-def _filtered(message: Any, server: McpServer) -> Any:
-    """A tools/list result with only the tools the allow-list names."""
-    result = message.get("result") if isinstance(message, dict) else None
-    tools = result.get("tools") if isinstance(result, dict) else None
-    if not isinstance(result, dict) or not isinstance(tools, list):
-        return message
-    kept = [tool for tool in tools if isinstance(tool, dict)
-            and isinstance(tool.get("name"), str) and server.allows(tool["name"])]
-    return {**message, "result": {**result, "tools": kept}}
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What a tools/list answer keeps: the tools the allow-list names and Cedar lets this
+    caller call (``gate``: the message's own, None when no policies are enforced)."""
+
+    server: McpServer
+    gate: RequestGate | None
+
+    def filtered(self, message: Any) -> Any:
+        """``message`` (a tools/list response) with only the tools kept."""
+        result = message.get("result") if isinstance(message, dict) else None
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            return message
+        named = [tool for tool in tools if isinstance(tool, dict)
+                 and isinstance(tool.get("name"), str) and self.server.allows(tool["name"])]
+        if self.gate is not None:  # one Cedar call at most, for decisions not cached
+            allowed = self.gate.mcp_tools(self.server.name, [tool["name"] for tool in named])
+            named = [tool for tool in named if tool["name"] in allowed]
+        return {**message, "result": {**result, "tools": named}}
 
 
 def _rpc_error(rpc_id: object, code: int, message: str, status: int,

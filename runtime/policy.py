@@ -74,6 +74,12 @@ class Facts:
     hour_of_day: int = field(default_factory=lambda: time.gmtime().tm_hour)
     tool: str = ""  # the MCP tool a tools/call names
 
+    def with_tool(self, tool: str) -> Facts:
+        """These facts about MCP tool ``tool`` (built, as ``with_budget``)."""
+        return Facts(self.route, self.estimated_tokens, self.max_tokens, self.stream,
+                     self.latency_sla_ms, self.budget_remaining, self.intent, self.tags,
+                     self.hour_of_day, tool)
+
     def with_budget(self, remaining: float | None) -> Facts:
         """These facts with ``budget_remaining`` read (built, not ``dataclasses.replace``d:
         this runs once a request)."""
@@ -217,19 +223,40 @@ class PolicyEngine:
         deployment = self.graph.deployments.get(resource["id"])
         if action == _ROUTE and resource.get("type") == "Deployment" and deployment is not None:
             return self.route(principal, [deployment], context)[0]
-        key = ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()),
-               context.key, self._answers(context, self._resource_values(resource)))
-        if self._isolated and key in self._decisions:
-            return self._decisions[key]
-        members = () if self._isolated else tuple(self.graph.deployments.values())
-        entities = self._entities_for(principal, members, [self._live(d) for d in members])
-        request = {"principal": principal.uid, "action": dict(action),
-                   "resource": dict(resource), "context": context.text}
-        (answer,) = cedarpy.is_authorized_batch([request], self.authorization.policy_set, entities)
-        decision = self._decision(answer)
-        if self._isolated:
-            _remember(self._decisions, key, decision, _CACHE_DECISIONS)
-        return decision
+        return self.decide_each(principal, action, resource, (context,))[0]
+
+    def decide_each(self, principal: Principal, action: Mapping[str, str],
+                    resource: Mapping[str, str], contexts: Sequence[CedarContext]
+                    ) -> list[Decision]:
+        """``decide`` under each of ``contexts`` (one resource that is not a deployment): the
+        decisions not cached are asked in one Cedar call, each distinct key once (the tools
+        of an MCP server, most of which no policy names, share one)."""
+        if not self.enforced:
+            return [ALLOWED] * len(contexts)
+        head = ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()))
+        values = self._resource_values(resource)
+        keys = [(*head, context.key, self._answers(context, values)) for context in contexts]
+        found = [self._decisions.get(key) if self._isolated else None for key in keys]
+        missing: dict[tuple[object, ...], int] = {}  # key -> the first context with it
+        for i, item in enumerate(found):
+            if item is None:
+                missing.setdefault(keys[i], i)
+        if missing:
+            members = () if self._isolated else tuple(self.graph.deployments.values())
+            entities = self._entities_for(principal, members, [self._live(d) for d in members])
+            requests = [{"principal": principal.uid, "action": dict(action),
+                         "resource": dict(resource), "context": contexts[i].text}
+                        for i in missing.values()]
+            answers = cedarpy.is_authorized_batch(requests, self.authorization.policy_set,
+                                                  entities)
+            decided = {key: self._decision(answer)
+                       for key, answer in zip(missing, answers, strict=True)}
+            if self._isolated:
+                for key, decision in decided.items():
+                    _remember(self._decisions, key, decision, _CACHE_DECISIONS)
+            found = [item if item is not None else decided[key]
+                     for item, key in zip(found, keys, strict=True)]
+        return [item if item is not None else ALLOWED for item in found]
 
     def route(self, principal: Principal, deployments: Sequence[Deployment],
               context: CedarContext) -> list[Decision]:
@@ -435,6 +462,18 @@ class RequestGate:
             raise Forbidden(f"Policy does not allow {self.describe} to use{tool} MCP server "
                             f"'{server}'{because}.", headers=self._headers(decision.policies))
         return decision
+
+    def mcp_tools(self, server: str, tools: Sequence[str]) -> frozenset[str]:
+        """Those of ``tools`` the policies let this caller call on MCP server ``server``
+        (``context.tool`` each one's name), for a tools/list. When no policy reads
+        ``context.tool``, every tool gets the decision the message had (it passed)."""
+        if not self.engine.enforced or "tool" not in self.engine.authorization.reads.context:
+            return frozenset(tools)
+        contexts = [self.engine.context(self.facts.with_tool(tool)) for tool in tools]
+        decisions = self.engine.decide_each(self.principal, INVOKE,
+                                            {"type": "McpServer", "id": server}, contexts)
+        return frozenset(tool for tool, decision in zip(tools, decisions, strict=True)
+                         if decision.allowed)
 
     def filter(self, candidates: Sequence[Candidate]) -> Filtered:
         """Split a tier's candidates into those the route policies permit and those they deny."""

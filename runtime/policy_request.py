@@ -133,15 +133,18 @@ async def authorize_pipeline_again(
 async def authorize_mcp(
     live: Live, key: ApiKey, user: str | None, server: str, tool: str, timeout_s: float,
     headers: Headers,
-) -> None:
+) -> RequestGate | None:
     """The invoke check on ``McpServer::"server"`` for one message (``tool``: the tool a
-    tools/call names, else ""); a deny is a 403 naming the deciding policies."""
+    tools/call names, else ""); a deny is a 403 naming the deciding policies. Returns
+    the gate (None when no policies are enforced), which a tools/list filters with."""
     if not live.policy.enforced:
-        return
+        return None
     facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
                   latency_sla_ms=latency_sla_ms(headers, timeout_s * 1000),
                   tags=request_tags(headers), tool=tool)
-    (await _gate(live, key, user, facts)).check_invoke_mcp(server)
+    gate = await _gate(live, key, user, facts)
+    gate.check_invoke_mcp(server)
+    return gate
 
 
 def facts_to_keep(facts: Facts) -> dict[str, Any]:

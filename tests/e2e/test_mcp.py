@@ -32,16 +32,24 @@ permit (principal in Team::"platform", action == Action::"invoke", resource == M
 @id("platform-uses-down")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"down");
 
+@id("platform-uses-plain")
+permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"plain");
+
 @id("no-echo-for-anyone")
 forbid (principal, action == Action::"invoke", resource == McpServer::"tools")
 when { context.tool == "echo" };
+
+@id("no-secrets-from-plain")
+forbid (principal, action == Action::"invoke", resource == McpServer::"plain")
+when { context.tool == "secret" };
 """
 
 
 @dataclass
 class McpGateway:
     server: Server
-    upstream: RecordingMcpServer
+    upstream: RecordingMcpServer  # "tools": answers in SSE
+    plain: RecordingMcpServer  # "plain": answers in JSON (json_response)
 
     def url(self, name: str) -> str:
         return f"{self.server.base_url}/mcp/{name}"
@@ -49,8 +57,8 @@ class McpGateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
-    upstream = RecordingMcpServer()
-    with serving(upstream.app) as base_url:
+    upstream, plain = RecordingMcpServer(), RecordingMcpServer(json_response=True)
+    with serving(upstream.app) as base_url, serving(plain.app) as plain_url:
         root = tmp_path_factory.mktemp("mcp") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
@@ -70,6 +78,7 @@ mcp_servers:
     headers: {{Authorization: "Bearer ${{MCP_TEST_UPSTREAM_TOKEN}}"}}
     timeout_s: 10
     tools: [add, echo]
+  plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
 """)
         with pytest.MonkeyPatch.context() as patch:
@@ -77,7 +86,7 @@ mcp_servers:
             server = Server(root)
         try:
             server.wait_ready()
-            yield McpGateway(server, upstream)
+            yield McpGateway(server, upstream, plain)
         finally:
             server.stop()
 
@@ -98,11 +107,30 @@ async def session(url: str, key: str, statuses: list[int] | None = None
         yield client
 
 
-async def test_tools_are_listed_as_the_allow_list_has_them(gateway: McpGateway) -> None:
+async def test_tools_are_listed_as_the_allow_list_and_cedar_have_them(
+    gateway: McpGateway,
+) -> None:
     async with session(gateway.url("tools"), DEV_KEY) as client:
         await client.initialize()
         listed = await client.list_tools()
+    # secret: not in the allow-list; echo: in it, but a forbid names it
+    assert [tool.name for tool in listed.tools] == ["add"]
+
+
+async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
+    calls = len(gateway.plain.headers)
+    async with session(gateway.url("plain"), DEV_KEY) as client:
+        await client.initialize()
+        listed = await client.list_tools()
+        result = await client.call_tool("add", {"a": 1, "b": 2})
+        with pytest.raises(MCPError) as forbidden:
+            await client.call_tool("secret", {})
+    # no allow-list: every tool but the one a forbid names
     assert sorted(tool.name for tool in listed.tools) == ["add", "echo"]
+    assert result.structured_content == {"result": 3}
+    assert "denied by no-secrets-from-plain" in str(forbidden.value)
+    # initialize, its notification, tools/list, add (and the session's DELETE): not secret
+    assert len(gateway.plain.headers) - calls <= 5
 
 
 async def test_a_tool_call_goes_through_with_the_servers_own_credentials(

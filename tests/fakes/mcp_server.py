@@ -11,9 +11,10 @@ PATH = "/mcp"
 
 class RecordingMcpServer:
     """``app`` serves the tools ``add``, ``echo`` and ``secret`` at ``/mcp``;
-    ``headers`` holds each request's headers as the server got them."""
+    ``headers`` holds each request's headers as the server got them. With
+    ``json_response`` it answers each request with one JSON body, not an SSE stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_response: bool = False) -> None:
         self.headers: list[dict[str, str]] = []
         server = MCPServer("aigw-test-tools")
 
@@ -32,7 +33,8 @@ class RecordingMcpServer:
             """A tool the gateway's allow-list leaves out."""
             return "the secret"
 
-        self._inner = server.streamable_http_app(streamable_http_path=PATH)
+        self._inner = server.streamable_http_app(streamable_http_path=PATH,
+                                                 json_response=json_response)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

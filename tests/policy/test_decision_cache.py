@@ -9,7 +9,7 @@ import cedarpy
 import pytest
 
 from aigw.compiler import compile_gateway
-from aigw.runtime.policy import Facts, PolicyEngine, principal_for
+from aigw.runtime.policy import Facts, PolicyEngine, RequestGate, principal_for
 from aigw.runtime.policy_live import FixedLive
 
 from .conftest import PERMIT_ALL, SHIPPED_ROUTING, config
@@ -164,3 +164,37 @@ def test_a_context_value_compared_with_a_resource_attribute_is_part_of_the_key(
         return engine.route(principal, [deployment], engine.context(facts))[0].allowed
 
     assert [allowed(100), allowed(400), allowed(100), allowed(400)] == [False, True, False, True]
+
+
+def test_an_mcp_servers_tools_are_decided_in_one_cedar_call_then_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "gw"
+    (root / "policies").mkdir(parents=True)
+    (root / "gateway.yaml").write_text(
+        config() + 'mcp_servers:\n  files: {url: "http://127.0.0.1:9/mcp"}\n')
+    (root / "policies" / "base.cedar").write_text(PERMIT_ALL)
+    (root / "policies" / "tools.cedar").write_text(
+        '@id("no-rm")\n'
+        'forbid (principal, action == Action::"invoke", resource == McpServer::"files")\n'
+        'when { context.tool == "rm" };\n')
+    graph = compile_gateway(root, environ={}).graph
+    assert graph is not None
+    engine = PolicyEngine(graph, FixedLive({}))
+    key = next(k for k in graph.keys_by_sha256.values() if k.name == "alice")
+    principal = principal_for(graph.authorization, key, None)
+    calls = 0
+    real = cedarpy.is_authorized_batch
+
+    def counted(*args: object, **kwargs: object) -> list[cedarpy.AuthzResult]:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cedarpy, "is_authorized_batch", counted)
+    for _ in range(3):  # three tools/list requests, each with a gate of its own
+        facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                      latency_sla_ms=10_000, hour_of_day=12)
+        gate = RequestGate(engine, principal, facts, "key 'alice'")
+        assert gate.mcp_tools("files", ["ls", "rm", "cat", "cp"]) == {"ls", "cat", "cp"}
+    assert calls == 1  # the four tools' two distinct keys in one call; then all cached

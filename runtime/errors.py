@@ -5,6 +5,7 @@
     ├── Unauthorized                401 invalid_api_key
     ├── Forbidden                   403 permission_denied
     ├── ModelNotFound, NotFound     404
+    │   └── McpSessionUnknown           404 mcp_session_not_found (not this key's session)
     ├── MethodNotAllowed            405
     ├── RequestTimeout              408 request_timeout (the body took too long to arrive)
     ├── PayloadTooLarge             413 request_too_large
@@ -118,6 +119,13 @@ class NotFound(GatewayError):
     status = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class McpSessionUnknown(NotFound):
+    """An ``Mcp-Session-Id`` that is not one this key was given for this MCP server (the
+    spec's answer to a session that ended: a client starts a new one)."""
+
+    code = "mcp_session_not_found"
 
 
 class MethodNotAllowed(GatewayError):

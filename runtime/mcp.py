@@ -12,8 +12,10 @@ upstream owns. What it does to a message, in order:
     tool outside it is a JSON-RPC error) -> the server; its tools/list answer keeps
     only the tools the allow-list names and Cedar lets the caller call
 
-``Mcp-Session-Id`` is the upstream's: passed to the client as the server gave it and
-back on every later message, so a session lives where the spec puts it. GET (the
+``Mcp-Session-Id`` is the upstream's, sealed to the aigw key that opened the session
+(``mcp_session``): the client sees it sealed, the server only ever its own, and a
+message or DELETE whose id does not open under its key and server is a 404, the
+spec's answer for an unknown session. A session lives where the spec puts it. GET (the
 server's own stream) is answered 405, as the spec allows; DELETE ends a session.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
 MCP SDKs surface as it is. Egress as for providers: no redirects, no cookies, the
@@ -33,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from aigw.compiler.graph import McpServer
+from aigw.compiler.graph import ApiKey, McpServer
 
 from .auth import authenticate
 from .errors import (
@@ -42,12 +44,14 @@ from .errors import (
     McpServerDisabled,
     McpServerFailed,
     McpServerTimeout,
+    McpSessionUnknown,
     MethodNotAllowed,
     NotFound,
 )
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live
+from .mcp_session import open_sealed, seal
 from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
@@ -111,10 +115,11 @@ class McpProxy:
                 raise McpServerDisabled(f"MCP server '{name}' is disabled: "
                                         f"{server.disabled_reason}.")
             user = request.headers.get(live.graph.settings.user_header) or None
+            session = _session(request.headers, key, name)
             if request.method == "DELETE":
                 call.method = "delete"
                 await authorize_mcp(live, key, user, name, "", server.timeout_s, request.headers)
-                return await self._delete(live, server, request, call)
+                return await self._delete(live, server, session, call)
             message = _message(await read_body(request, live.graph.settings))
             rpc_id = message.get("id")
             method = message.get("method")
@@ -133,7 +138,8 @@ class McpProxy:
             filters = server.tools is not None or (
                 gate is not None and "tool" in live.policy.authorization.reads.context)
             listing = _Listing(server, gate) if method == "tools/list" and filters else None
-            return await self._forward(live, server, request, message, tool, call, listing)
+            return await self._forward(live, server, request, message, tool, session, call,
+                                       listing)
         except GatewayError as exc:
             status = exc.shown_status if isinstance(exc, _Refused) else exc.status
             call.status, call.error = status, exc.code
@@ -144,21 +150,25 @@ class McpProxy:
                               {"type": exc.error_type, "code": exc.shown_code})
 
     async def _forward(self, live: Live, server: McpServer, request: Request,
-                       message: Mapping[str, Any], tool: str, call: McpCall,
-                       listing: _Listing | None) -> Response:
+                       message: Mapping[str, Any], tool: str, session: _Session,
+                       call: McpCall, listing: _Listing | None) -> Response:
         headers = {**server.headers, "content-type": JSON, "accept": f"{JSON}, {SSE}",
-                   **_passed(request.headers)}
+                   **session.sent}
         body = dumps(message)
         upstream = await self._send(server, "POST", headers, body)
         try:
-            await _check(server, upstream)
+            await _check(server, upstream, session)
         except GatewayError:
             await upstream.aclose()
             raise
         call.status = upstream.status_code
         if tool:
             call.tool = tool  # the server took the call: a tool it has
-        passed = _session_headers(upstream.headers)
+        try:
+            passed = session.shown(server, upstream.headers)
+        except GatewayError:
+            await upstream.aclose()
+            raise
         if upstream.status_code == 202 or "id" not in message or "method" not in message:
             await upstream.aclose()  # a notification or a response: nothing comes back
             finish_mcp(live.telemetry.metrics, call)
@@ -184,10 +194,9 @@ class McpProxy:
                             media_type=SSE, headers=passed)
         return Response(dumps(answer), media_type=JSON, headers=passed)
 
-    async def _delete(self, live: Live, server: McpServer, request: Request,
+    async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
-        upstream = await self._send(server, "DELETE", {**server.headers,
-                                                       **_passed(request.headers)}, None)
+        upstream = await self._send(server, "DELETE", {**server.headers, **session.sent}, None)
         await upstream.aclose()
         call.status = upstream.status_code if upstream.status_code < 500 else 502
         finish_mcp(live.telemetry.metrics, call)
@@ -236,19 +245,41 @@ class _ParseError(BadRequest):
     code = "mcp_parse_error"
 
 
-def _passed(headers: Mapping[str, str]) -> dict[str, str]:
-    """The protocol headers a client sends the server; never its Authorization (the aigw
-    key) nor anything else of its own."""
-    return {name: value for name in (SESSION, PROTOCOL)
-            if (value := headers.get(name)) is not None}
+def _session(headers: Mapping[str, str], key: ApiKey, server: str) -> _Session:
+    """The protocol headers a client sends the server, its session id opened (an id that
+    does not open under ``key`` and ``server`` is ``McpSessionUnknown``); never its
+    Authorization (the aigw key) nor anything else of its own."""
+    sent = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
+    if (shown := headers.get(SESSION)) is not None:
+        opened = open_sealed(shown, key, server)
+        if opened is None:
+            raise McpSessionUnknown("Session not found: it ended, or it is not one this key "
+                                    f"was given for MCP server '{server}'.")
+        sent[SESSION] = opened
+    return _Session(key, server, sent)
 
 
-def _session_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name in (SESSION, PROTOCOL)
-            if (value := headers.get(name)) is not None}
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """A message's protocol headers both ways: ``sent`` to the server (its own session id),
+    and ``shown`` to the client (the server's id sealed to the caller's key)."""
+
+    key: ApiKey
+    server: str
+    sent: Mapping[str, str]
+
+    def shown(self, server: McpServer, headers: Mapping[str, str]) -> dict[str, str]:
+        shown = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
+        if (session := headers.get(SESSION)) is not None:
+            sealed = seal(session, self.key, self.server)
+            if sealed is None:
+                raise McpServerFailed(f"MCP server '{server.name}' sent a session id that "
+                                      "is not one (visible ASCII, at most 512 bytes).")
+            shown[SESSION] = sealed
+        return shown
 
 
-async def _check(server: McpServer, upstream: httpx.Response) -> None:
+async def _check(server: McpServer, upstream: httpx.Response, session: _Session) -> None:
     """Raise for an answer that is not one: a redirect (not followed), the server's
     refusal of the gateway's own credentials (401, 403), a failure (5xx); a refusal
     of the message (another 4xx) passes on as the server worded it."""
@@ -264,7 +295,7 @@ async def _check(server: McpServer, upstream: httpx.Response) -> None:
                               f"(HTTP {status}).")
     if status >= 500:
         raise McpServerFailed(f"MCP server '{server.name}' failed (HTTP {status}): {text}")
-    raise _Refused(status, text, _session_headers(upstream.headers))
+    raise _Refused(status, text, session.shown(server, upstream.headers))
 
 
 class _Refused(McpServerFailed):

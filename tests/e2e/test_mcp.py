@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import httpx2
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
 OUTSIDER_KEY = "sk-aigw-outsider"
+TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
 POLICIES = """
 @id("platform-uses-tools")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"tools");
@@ -50,6 +52,7 @@ class McpGateway:
     server: Server
     upstream: RecordingMcpServer  # "tools": answers in SSE
     plain: RecordingMcpServer  # "plain": answers in JSON (json_response)
+    root: Path
 
     def url(self, name: str) -> str:
         return f"{self.server.base_url}/mcp/{name}"
@@ -63,6 +66,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
         outsider = hashlib.sha256(OUTSIDER_KEY.encode()).hexdigest()
+        teammate = hashlib.sha256(TEAMMATE_KEY.encode()).hexdigest()
         (root / "gateway.yaml").write_text(f"""
 version: 1
 providers: {{local: {{type: echo}}}}
@@ -72,6 +76,7 @@ teams: {{platform: {{}}, others: {{}}}}
 keys:
   dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
   outsider: {{team: others, sha256: {outsider}}}
+  teammate: {{team: platform, sha256: {teammate}}}
 mcp_servers:
   tools:
     url: {base_url}{PATH}
@@ -86,19 +91,22 @@ mcp_servers:
             server = Server(root)
         try:
             server.wait_ready()
-            yield McpGateway(server, upstream, plain)
+            yield McpGateway(server, upstream, plain, root)
         finally:
             server.stop()
 
 
 @asynccontextmanager
-async def session(url: str, key: str, statuses: list[int] | None = None
-                  ) -> AsyncIterator[ClientSession]:
+async def session(url: str, key: str, statuses: list[int] | None = None,
+                  session_ids: list[str] | None = None) -> AsyncIterator[ClientSession]:
     """The official SDK's client session on ``url``, with ``key`` as its bearer token;
-    the HTTP status of every answer goes into ``statuses``."""
+    the HTTP status of every answer goes into ``statuses``, and the Mcp-Session-Id of
+    every answer that has one into ``session_ids``."""
     async def seen(response: httpx2.Response) -> None:
         if statuses is not None:
             statuses.append(response.status_code)
+        if session_ids is not None and "mcp-session-id" in response.headers:
+            session_ids.append(response.headers["mcp-session-id"])
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
                               event_hooks={"response": [seen]})
@@ -210,3 +218,53 @@ def test_unknown_server_get_and_metrics(gateway: McpGateway) -> None:
     log = gateway.server.log
     assert '"endpoint":"mcp"' in log and '"mcp_server":"tools"' in log
     assert UPSTREAM_TOKEN not in log and DEV_KEY not in log
+
+
+def rpc(url: str, key: str, session_id: str, method: str, params: dict[str, object],
+        ) -> httpx.Response:
+    """One JSON-RPC request to ``url`` in session ``session_id``, as any HTTP client can
+    send it (the SDK's client cannot be handed a session id)."""
+    headers = {"Authorization": f"Bearer {key}", "mcp-session-id": session_id,
+               "accept": "application/json", "mcp-protocol-version": "2025-06-18"}
+    return httpx.post(url, headers=headers, timeout=10,
+                      json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+
+
+async def test_a_session_is_bound_to_the_key_that_opened_it(
+    gateway: McpGateway, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, add = gateway.url("tools"), {"name": "add", "arguments": {"a": 1, "b": 1}}
+    shown: list[str] = []
+    async with session(url, DEV_KEY, session_ids=shown) as client:
+        await client.initialize()
+        await client.send_ping()
+        upstream_id = gateway.upstream.headers[-1]["mcp-session-id"]
+        session_id = shown[-1]
+        assert upstream_id not in session_id  # the server's own id is not shown
+        calls = len(gateway.upstream.headers)
+        # Another key that learns the id, as shown or as the server has it, gets a 404 as
+        # for an unknown session, and the server never hears of it.
+        for tried in (session_id, upstream_id):
+            stolen = rpc(url, TEAMMATE_KEY, tried, "tools/call", add)
+            assert stolen.status_code == 404
+            assert stolen.json()["error"]["message"].startswith("Session not found")
+        ended = httpx.delete(url, headers={"Authorization": f"Bearer {TEAMMATE_KEY}",
+                                           "mcp-session-id": session_id})
+        assert ended.status_code == 404
+        assert rpc(gateway.url("plain"), DEV_KEY, session_id, "ping", {}).status_code == 404
+        assert len(gateway.upstream.headers) == calls
+        result = await client.call_tool("add", {"a": 2, "b": 3})  # still the owner's
+        assert result.structured_content == {"result": 5}
+        assert gateway.upstream.headers[-1]["mcp-session-id"] == upstream_id  # its own id
+        # Stateless: another gateway on the same config (a replica, a restart) opens it.
+        monkeypatch.setenv("MCP_TEST_UPSTREAM_TOKEN", UPSTREAM_TOKEN)
+        replica = Server(gateway.root)
+        try:
+            replica.wait_ready()
+            replayed = rpc(f"{replica.base_url}/mcp/tools", DEV_KEY, session_id,
+                           "tools/call", add)
+        finally:
+            replica.stop()
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["result"]["structuredContent"] == {"result": 2}
+    assert gateway.upstream.headers[-2]["mcp-session-id"] == upstream_id

@@ -57,7 +57,7 @@ from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.record import UNKNOWN
 from .telemetry.tracing import traced
-from .upstream import no_cookies, read_bounded
+from .upstream import capped_lines, no_cookies, read_bounded
 
 log = logging.getLogger("aigw.mcp")
 
@@ -162,6 +162,7 @@ class McpProxy:
             await upstream.aclose()
             raise
         call.status = upstream.status_code
+        rpc_id = message.get("id")
         if tool:
             call.tool = tool  # the server took the call: a tool it has
         try:
@@ -178,8 +179,15 @@ class McpProxy:
         if upstream.headers.get("content-type", "").startswith(SSE):
             events = _events(server, upstream, listing)
             if SSE in accept or "*/*" in accept:
-                return StreamingResponse(_finishing(live, call, events), status_code=200,
-                                         media_type=SSE, headers=passed)
+                # The first event is read before the status is sent: a failure there (an
+                # answer over the cap, a server gone) is still an error at its own status.
+                try:
+                    first = await anext(events, b"")
+                except GatewayError:
+                    await events.aclose()
+                    raise
+                return StreamingResponse(_finishing(live, call, first, events, rpc_id),
+                                         status_code=200, media_type=SSE, headers=passed)
             try:  # the client takes JSON only: the response, without what came before it
                 answer = await _response_of(events, message.get("id"))
             finally:
@@ -353,7 +361,10 @@ async def _events(server: McpServer, upstream: httpx.Response,
     lines: list[str] = []
     size = 0
     try:
-        async for line in upstream.aiter_lines():
+        # capped_lines, not httpx's aiter_lines: that holds a line whole however long it
+        # grows, before any cap here could see it.
+        async for line in capped_lines(upstream.aiter_bytes(), MAX_ANSWER_BYTES,
+                                       lambda: _too_large(server)):
             if line:
                 size += len(line)
                 if size > MAX_ANSWER_BYTES:
@@ -404,16 +415,24 @@ async def _response_of(events: AsyncIterator[bytes], rpc_id: object) -> Any:
     raise McpServerFailed("The MCP server's stream ended without a response.")
 
 
-async def _finishing(live: Live, call: McpCall, events: AsyncIterator[bytes]
-                     ) -> AsyncIterator[bytes]:
-    """``events``, with ``call`` counted once the stream ends, however it ends. A failure
-    after the first byte cannot change the status: it ends the stream (and is logged)."""
+async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterator[bytes],
+                     rpc_id: object) -> AsyncIterator[bytes]:
+    """``first`` and the rest of ``events``, with ``call`` counted once the stream ends,
+    however it ends. A failure after the first byte cannot change the status: it ends the
+    stream with a JSON-RPC error answering ``rpc_id`` (so the client's request ends with
+    that error, not a wait for an answer that will not come), and is logged."""
     try:
+        if first:
+            yield first
         async for event in events:
             yield event
     except GatewayError as exc:
         call.error = exc.code
         log.warning("MCP stream from '%s' ended early: %s", call.server, exc.message)
+        error = {"jsonrpc": "2.0", "id": rpc_id if isinstance(rpc_id, str | int) else None,
+                 "error": {"code": INTERNAL, "message": exc.message,
+                           "data": {"type": exc.error_type, "code": exc.shown_code}}}
+        yield b"event: message\ndata: " + dumps(error) + b"\n\n"
     finally:
         finish_mcp(live.telemetry.metrics, call)
 

@@ -8,6 +8,7 @@ leaves here as an ``UpstreamError`` subclass with any provider key scrubbed out.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import re
@@ -334,11 +335,12 @@ async def read_bounded(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def capped_lines(chunks: AsyncIterable[bytes], provider: Provider) -> AsyncIterator[str]:
-    """A stream's lines (ended by LF or CRLF, the ending removed), none longer than the
-    provider's ``max_response_bytes``. aiohttp's own line reader stops at 512 KiB (an image
-    in one event is more), and httpx's has no bound at all."""
-    limit = provider.max_response_bytes
+async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
+                       too_big: Callable[[], Exception]) -> AsyncIterator[str]:
+    """A stream's lines (ended by LF or CRLF, the ending removed), none longer than
+    ``limit`` bytes: ``too_big()`` is raised as a line passes it, before it is held whole
+    (a provider's ``max_response_bytes``, an MCP server's answer cap). aiohttp's own line
+    reader stops at 512 KiB (an image in one event is more), and httpx's has no bound."""
     parts: list[bytes] = []  # the line so far, when it spans chunks
     size = 0
     async for chunk in chunks:
@@ -350,16 +352,22 @@ async def capped_lines(chunks: AsyncIterable[bytes], provider: Provider) -> Asyn
                 piece, parts, size = b"".join(parts), [], 0
             start = end + 1
             if len(piece) > limit:
-                raise too_large(provider, "a line")
+                raise too_big()
             yield piece.removesuffix(b"\r").decode("utf-8", "replace")
         if start < len(chunk):
             rest = chunk[start:]
             size += len(rest)
             if size > limit:
-                raise too_large(provider, "a line")
+                raise too_big()
             parts.append(rest)
     if parts:
         yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
+
+
+def provider_lines(chunks: AsyncIterable[bytes], provider: Provider) -> AsyncIterator[str]:
+    """``capped_lines`` at the provider's ``max_response_bytes``."""
+    return capped_lines(chunks, provider.max_response_bytes,
+                        functools.partial(too_large, provider, "a line"))
 
 
 class Upstream:
@@ -419,7 +427,7 @@ class Upstream:
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
-            lines = capped_lines(response.aiter_bytes(), self.provider)
+            lines = provider_lines(response.aiter_bytes(), self.provider)
             async for event in parse_sse(lines, self.provider):
                 yield event
         except httpx.HTTPError as exc:

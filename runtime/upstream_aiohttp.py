@@ -21,11 +21,11 @@ from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
 from .telemetry.tracing import traced
 from .upstream import (
-    capped_lines,
     classify,
     env_proxy,
     failure_from_response,
     parse_sse,
+    provider_lines,
     read_capped,
     scrub,
 )
@@ -129,7 +129,7 @@ class AiohttpUpstream:
                 raw = await read_capped(response.content.iter_any(), self.provider)
                 raise classify(failure_from_response(response.status, raw, response.headers),
                                self.provider)
-            lines = capped_lines(response.content.iter_any(), self.provider)
+            lines = provider_lines(response.content.iter_any(), self.provider)
             async for event in parse_sse(lines, self.provider):
                 yield event
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

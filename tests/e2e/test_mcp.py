@@ -4,6 +4,7 @@ by Cedar."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,8 @@ import pytest
 from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+
+from aigw.runtime.mcp import MAX_ANSWER_BYTES
 
 from ..conftest import DEV_KEY
 from ..fakes.mcp_server import PATH, RecordingMcpServer
@@ -82,7 +85,7 @@ mcp_servers:
     url: {base_url}{PATH}
     headers: {{Authorization: "Bearer ${{MCP_TEST_UPSTREAM_TOKEN}}"}}
     timeout_s: 10
-    tools: [add, echo]
+    tools: [add, echo, big]
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
 """)
@@ -122,7 +125,7 @@ async def test_tools_are_listed_as_the_allow_list_and_cedar_have_them(
         await client.initialize()
         listed = await client.list_tools()
     # secret: not in the allow-list; echo: in it, but a forbid names it
-    assert [tool.name for tool in listed.tools] == ["add"]
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big"]
 
 
 async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
@@ -134,7 +137,7 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
         with pytest.raises(MCPError) as forbidden:
             await client.call_tool("secret", {})
     # no allow-list: every tool but the one a forbid names
-    assert sorted(tool.name for tool in listed.tools) == ["add", "echo"]
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo"]
     assert result.structured_content == {"result": 3}
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
@@ -268,3 +271,27 @@ async def test_a_session_is_bound_to_the_key_that_opened_it(
     assert replayed.status_code == 200, replayed.text
     assert replayed.json()["result"]["structuredContent"] == {"result": 2}
     assert gateway.upstream.headers[-2]["mcp-session-id"] == upstream_id
+
+
+@pytest.mark.parametrize("log_first", [False, True], ids=["answer-first", "after-a-log"])
+async def test_an_answer_over_the_cap_is_a_clear_error(gateway: McpGateway,
+                                                      log_first: bool) -> None:
+    statuses: list[int] = []
+    progress: list[float] = []
+
+    async def progressed(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with session(gateway.url("tools"), DEV_KEY, statuses) as client:
+        await client.initialize()
+        with pytest.raises(MCPError) as failed:
+            async with asyncio.timeout(60):  # not a wait for an answer that never comes
+                await client.call_tool("big", {"size": MAX_ANSWER_BYTES + 1,
+                                               "log_first": log_first},
+                                       progress_callback=progressed if log_first else None)
+        assert (await client.call_tool("add", {"a": 1, "b": 1})).structured_content == {
+            "result": 2}  # the session goes on
+    assert "MCP server 'tools' sent an answer larger than 32 MiB" in str(failed.value)
+    # Before any of the stream went out, the status says it; after, the error event does.
+    assert (502 in statuses) is not log_first
+    assert progress == ([0.5] if log_first else [])

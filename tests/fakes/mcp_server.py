@@ -3,14 +3,14 @@ speaking streamable HTTP: three tools, and the headers of every request it got."
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PATH = "/mcp"
 
 
 class RecordingMcpServer:
-    """``app`` serves the tools ``add``, ``echo`` and ``secret`` at ``/mcp``;
+    """``app`` serves the tools ``add``, ``echo``, ``secret`` and ``big`` at ``/mcp``;
     ``headers`` holds each request's headers as the server got them. With
     ``json_response`` it answers each request with one JSON body, not an SSE stream."""
 
@@ -32,6 +32,14 @@ class RecordingMcpServer:
         def secret() -> str:
             """A tool the gateway's allow-list leaves out."""
             return "the secret"
+
+        @server.tool()
+        async def big(size: int, ctx: Context, log_first: bool = False) -> str:
+            """``size`` bytes of text in one answer (one SSE line), after a progress
+            notification on the same stream with ``log_first`` (and a progress token)."""
+            if log_first:
+                await ctx.report_progress(0.5, 1.0, "here it comes")
+            return "x" * size
 
         self._inner = server.streamable_http_app(streamable_http_path=PATH,
                                                  json_response=json_response)

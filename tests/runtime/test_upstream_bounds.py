@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from aigw.compiler.graph import Provider
 from aigw.runtime.errors import UpstreamResponseTooLarge
-from aigw.runtime.upstream import Upstream, capped_lines
+from aigw.runtime.upstream import Upstream, provider_lines
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
 from ..fakes.serve import serving
@@ -138,9 +138,9 @@ async def test_lines_are_split_across_chunks_and_line_endings() -> None:
             yield part
 
     provider = _provider("http://unused", 8)
-    lines = [line async for line in capped_lines(
+    lines = [line async for line in provider_lines(
         chunks(b"ab\r\ncd", b"e\n", b"\n", b"12345678\n", b"x\r", b"\ny\nlast"), provider)]
     assert lines == ["ab", "cde", "", "12345678", "x", "y", "last"]
     with pytest.raises(UpstreamResponseTooLarge):  # 9 bytes, across two chunks
-        async for _line in capped_lines(chunks(b"ok\n1234", b"56789\n"), provider):
+        async for _line in provider_lines(chunks(b"ok\n1234", b"56789\n"), provider):
             pass

@@ -165,6 +165,29 @@ def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
     return tuple(item for item in found if item is not None)
 
 
+def rpm_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
+    """``subject_limits`` with only their rpm: what an MCP message counts against (it has
+    no tokens and no cost)."""
+    return tuple(found for limits in subject_limits(key, user)
+                 if (found := _rpm_only(limits)) is not None)
+
+
+@functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
+def _rpm_only(limits: Limits) -> Limits | None:
+    return None if limits.rpm is None else Limits(limits.scope, limits.name, rpm=limits.rpm)
+
+
+async def count_request(store: Store, request_id: str, limits: tuple[Limits, ...]) -> None:
+    """Count one request against the rpm of ``limits``, nothing else (a 429 with
+    Retry-After when one has no room)."""
+    if not limits:
+        return
+    decision = await store.reserve(request_id, limits, tokens=0, cost=0.0)
+    if isinstance(decision, Denied):
+        raise decision.error()
+    await store.release(decision)  # a release still counts the request
+
+
 def _escaped(name: str) -> str:
     return name.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
 

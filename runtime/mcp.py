@@ -26,6 +26,7 @@ anything shown or logged.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from starlette.routing import Route
 
 from aigw.compiler.graph import ApiKey, McpServer
 
+from .admission import count_request, rpm_limits
 from .auth import authenticate
 from .errors import (
     BadRequest,
@@ -118,10 +120,12 @@ class McpProxy:
             session = _session(request.headers, key, name)
             if request.method == "DELETE":
                 call.method = "delete"
+                await _count(live, key, user)
                 await authorize_mcp(live, key, user, name, "", server.timeout_s, request.headers)
                 return await self._delete(live, server, session, call)
             message = _message(await read_body(request, live.graph.settings))
             rpc_id = message.get("id")
+            await _count(live, key, user)
             method = message.get("method")
             call.method = method_label(method if isinstance(method, str) else None)
             tool = _tool(message) if method == "tools/call" else ""
@@ -222,6 +226,13 @@ class McpProxy:
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
             raise _unreachable(server, exc) from exc
+
+
+async def _count(live: Live, key: ApiKey, user: str | None) -> None:
+    """Each message counts against the key's, team's and end user's rpm (429 past one)."""
+    limits = rpm_limits(key, user)
+    if limits:
+        await count_request(await live.store.get(), f"mcp-{uuid.uuid4().hex}", limits)
 
 
 def _message(body: bytes) -> dict[str, Any]:

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
 OUTSIDER_KEY = "sk-aigw-outsider"
 TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
+LIMITED_KEY = "sk-aigw-limited"  # of team platform, 3 requests a minute
 POLICIES = """
 @id("platform-uses-tools")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"tools");
@@ -70,6 +71,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
         outsider = hashlib.sha256(OUTSIDER_KEY.encode()).hexdigest()
         teammate = hashlib.sha256(TEAMMATE_KEY.encode()).hexdigest()
+        limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
         (root / "gateway.yaml").write_text(f"""
 version: 1
 providers: {{local: {{type: echo}}}}
@@ -80,6 +82,7 @@ keys:
   dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
   outsider: {{team: others, sha256: {outsider}}}
   teammate: {{team: platform, sha256: {teammate}}}
+  limited: {{team: platform, sha256: {limited}, limits: {{rpm: 3, tpm: 1}}}}
 mcp_servers:
   tools:
     url: {base_url}{PATH}
@@ -295,3 +298,16 @@ async def test_an_answer_over_the_cap_is_a_clear_error(gateway: McpGateway,
     # Before any of the stream went out, the status says it; after, the error event does.
     assert (502 in statuses) is not log_first
     assert progress == ([0.5] if log_first else [])
+
+
+def test_messages_count_against_the_keys_rpm_not_its_tpm(gateway: McpGateway) -> None:
+    headers = {"Authorization": f"Bearer {LIMITED_KEY}", "accept": "application/json"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    # tpm 1: a message has no tokens, so it never meets the tpm
+    answers = [httpx.post(gateway.url("tools"), headers=headers, json=ping) for _ in range(4)]
+    refused = answers[3]
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["id"] == 1
+    assert refused.json()["error"]["data"]["code"] == "rate_limit_exceeded"
+    assert all(answer.status_code != 429 for answer in answers[:3])

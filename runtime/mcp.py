@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -39,7 +40,7 @@ from starlette.routing import Route
 from aigw.compiler.graph import ApiKey, McpServer
 
 from .admission import count_request, rpm_limits
-from .auth import authenticate
+from .auth import authenticate, bearer_token
 from .errors import (
     BadRequest,
     GatewayError,
@@ -53,7 +54,7 @@ from .errors import (
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live
-from .mcp_session import open_sealed, seal
+from .mcp_session import open_sealed, seal, session_secret
 from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
@@ -117,7 +118,7 @@ class McpProxy:
                 raise McpServerDisabled(f"MCP server '{name}' is disabled: "
                                         f"{server.disabled_reason}.")
             user = request.headers.get(live.graph.settings.user_header) or None
-            session = _session(request.headers, key, name)
+            session = _session(request.headers, name)
             if request.method == "DELETE":
                 call.method = "delete"
                 await _count(live, key, user)
@@ -264,18 +265,22 @@ class _ParseError(BadRequest):
     code = "mcp_parse_error"
 
 
-def _session(headers: Mapping[str, str], key: ApiKey, server: str) -> _Session:
+def _session(headers: Headers, server: str) -> _Session:
     """The protocol headers a client sends the server, its session id opened (an id that
-    does not open under ``key`` and ``server`` is ``McpSessionUnknown``); never its
-    Authorization (the aigw key) nor anything else of its own."""
+    does not open under the key the client presents, authenticated already, and
+    ``server`` is ``McpSessionUnknown``); never its Authorization (the aigw key) nor
+    anything else of its own."""
+    token = bearer_token(headers)
+    assert token is not None  # authenticated
+    secret = session_secret(token)
     sent = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
     if (shown := headers.get(SESSION)) is not None:
-        opened = open_sealed(shown, key, server)
+        opened = open_sealed(shown, secret, server)
         if opened is None:
             raise McpSessionUnknown("Session not found: it ended, or it is not one this key "
                                     f"was given for MCP server '{server}'.")
         sent[SESSION] = opened
-    return _Session(key, server, sent)
+    return _Session(secret, server, sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,14 +288,14 @@ class _Session:
     """A message's protocol headers both ways: ``sent`` to the server (its own session id),
     and ``shown`` to the client (the server's id sealed to the caller's key)."""
 
-    key: ApiKey
+    secret: bytes  # the caller's key's (mcp_session.session_secret)
     server: str
     sent: Mapping[str, str]
 
     def shown(self, server: McpServer, headers: Mapping[str, str]) -> dict[str, str]:
         shown = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
         if (session := headers.get(SESSION)) is not None:
-            sealed = seal(session, self.key, self.server)
+            sealed = seal(session, self.secret, self.server)
             if sealed is None:
                 raise McpServerFailed(f"MCP server '{server.name}' sent a session id that "
                                       "is not one (visible ASCII, at most 512 bytes).")

@@ -1,16 +1,12 @@
-"""Session ids sealed to a key: they open under that key and server only, unchanged."""
+"""Session ids sealed to a key's secret: they open under that key and server only, unchanged."""
 
 from __future__ import annotations
 
-import hashlib
-
-from aigw.compiler.graph import ApiKey, Quota
-from aigw.runtime.mcp_session import open_sealed, seal
+from aigw.runtime.mcp_session import open_sealed, seal, session_secret
 
 
-def key(name: str) -> ApiKey:
-    return ApiKey(name, None, False, Quota(), Quota(), None,
-                  hashlib.sha256(f"sk-{name}".encode()).hexdigest())
+def key(name: str) -> bytes:
+    return session_secret(f"sk-{name}")
 
 
 def test_an_id_opens_only_under_its_key_and_server() -> None:

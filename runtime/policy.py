@@ -223,6 +223,10 @@ class PolicyEngine:
         deployment = self.graph.deployments.get(resource["id"])
         if action == _ROUTE and resource.get("type") == "Deployment" and deployment is not None:
             return self.route(principal, [deployment], context)[0]
+        if self._isolated:  # the common case, a cached decision, without decide_each's lists
+            found = self._decisions.get(self._decide_key(principal, action, resource, context))
+            if found is not None:
+                return found
         return self.decide_each(principal, action, resource, (context,))[0]
 
     def decide_each(self, principal: Principal, action: Mapping[str, str],
@@ -233,9 +237,7 @@ class PolicyEngine:
         of an MCP server, most of which no policy names, share one)."""
         if not self.enforced:
             return [ALLOWED] * len(contexts)
-        head = ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()))
-        values = self._resource_values(resource)
-        keys = [(*head, context.key, self._answers(context, values)) for context in contexts]
+        keys = [self._decide_key(principal, action, resource, context) for context in contexts]
         found = [self._decisions.get(key) if self._isolated else None for key in keys]
         missing: dict[tuple[object, ...], int] = {}  # key -> the first context with it
         for i, item in enumerate(found):
@@ -257,6 +259,11 @@ class PolicyEngine:
             found = [item if item is not None else decided[key]
                      for item, key in zip(found, keys, strict=True)]
         return [item if item is not None else ALLOWED for item in found]
+
+    def _decide_key(self, principal: Principal, action: Mapping[str, str],
+                    resource: Mapping[str, str], context: CedarContext) -> tuple[object, ...]:
+        return ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()),
+                context.key, self._answers(context, self._resource_values(resource)))
 
     def route(self, principal: Principal, deployments: Sequence[Deployment],
               context: CedarContext) -> list[Decision]:

@@ -7,8 +7,10 @@ transaction has committed: an awaited write is durable (``synchronous=FULL``: on
 disk, not just in the OS cache). ``post`` queues a job without waiting for it; it is
 still committed no later than any job queued after it.
 
-The tables: ``ledger`` (one row per request id) and ``budget_spend`` (what each
-budget counter has spent, so budgets survive a restart).
+The tables: ``ledger`` (one row per request id), ``ledger_daily`` (the ledger's totals
+per UTC day and key, team, route and deployment: a summary reads the days its
+window covers whole there, not their records) and ``budget_spend`` (what each budget
+counter has spent, so budgets survive a restart).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import StoreUnavailable
-from .usage import day_of
+from .usage import day_name, day_of, window_of
 from .values import NANOS, Dimension, LedgerRecord, UsageQuery, UsageRow, to_nanos
 
 log = logging.getLogger("aigw.store")
@@ -69,6 +71,56 @@ PRAGMA user_version = 2;
 # Columns added since: a ledger file an older aigw wrote gets them when it is opened.
 _ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0",
                   "estimated": "INTEGER NOT NULL DEFAULT 0"}
+
+# A row of ledger_daily per day and group. NULLs are all distinct in a UNIQUE index, so
+# the group's index reads a NULL as x'' (a blob, equal to no text, not even '').
+# (Not by the user: see usage.TOTALS_BY.)
+_GROUP = ", ".join(["day", *(f"ifnull({column}, x'')" for column in (
+    '"key"', "team", "route", "deployment"))])
+_SAME_GROUP = " AND ".join(["day = OLD.day", *(
+    f"ifnull({column}, x'') = ifnull(OLD.{column}, x'')"
+    for column in ('"key"', "team", "route", "deployment"))])
+# What a row of ledger_daily sums for its day and group.
+_FIGURES = ("records", "requests", "errors", "tokens_in", "tokens_out", "tokens_cached",
+            "cost_nanos", "estimated_nanos")
+
+
+def _record_figures(row: str = "") -> tuple[str, ...]:
+    """What a ledger row adds to its group's ``_FIGURES``, as SQL over its columns
+    (``row``: ``NEW.`` or ``OLD.`` in a trigger). An estimated record (a call a request
+    made and did not use) adds its tokens and cost, and is no request nor an error."""
+    return ("1", f"NOT {row}estimated", f"{row}status >= 400 AND NOT {row}estimated",
+            f"{row}tokens_in", f"{row}tokens_out", f"{row}tokens_cached", f"{row}cost_nanos",
+            f"CASE WHEN {row}estimated THEN {row}cost_nanos ELSE 0 END")
+
+
+# Kept by triggers, so in the very statement that inserts or deletes a ledger row (whole
+# or not at all, whichever process or aigw version runs it): a record is counted once.
+DAILY_SCHEMA = (
+    f"""CREATE TABLE ledger_daily (
+        day           TEXT NOT NULL,
+        "key"         TEXT,
+        team          TEXT,
+        route         TEXT,
+        deployment    TEXT,
+        {", ".join(f"{figure} INTEGER NOT NULL" for figure in _FIGURES)}
+    )""",
+    f"CREATE UNIQUE INDEX ledger_daily_group ON ledger_daily ({_GROUP})",
+    "CREATE INDEX ledger_daily_team ON ledger_daily (team, day)",
+    'CREATE INDEX ledger_daily_key ON ledger_daily ("key", day)',
+    f"""CREATE TRIGGER ledger_daily_add AFTER INSERT ON ledger BEGIN
+        INSERT INTO ledger_daily VALUES (NEW.day, NEW."key", NEW.team, NEW.route,
+            NEW.deployment, {", ".join(_record_figures("NEW."))})
+        ON CONFLICT ({_GROUP}) DO UPDATE SET
+            {", ".join(f"{figure} = {figure} + excluded.{figure}" for figure in _FIGURES)};
+    END""",
+    f"""CREATE TRIGGER ledger_daily_remove AFTER DELETE ON ledger BEGIN
+        UPDATE ledger_daily SET {", ".join(
+            f"{figure} = {figure} - ({added})"
+            for figure, added in zip(_FIGURES, _record_figures("OLD."), strict=True))}
+        WHERE {_SAME_GROUP};
+    END""",
+)
 
 _COLUMN = {
     Dimension.DAY: "day",
@@ -308,6 +360,24 @@ def create_schema(connection: sqlite3.Connection) -> None:
     for name, kind in _ADDED_COLUMNS.items():
         if name not in present:
             connection.execute(f"ALTER TABLE ledger ADD COLUMN {name} {kind}")
+    if not connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_daily'"
+    ).fetchone():
+        _add_daily_totals(connection)
+
+
+def _add_daily_totals(connection: sqlite3.Connection) -> None:
+    """Create ``ledger_daily`` and sum the records already in the ledger into it, in the
+    transaction that creates its triggers (no other writer gets between the two)."""
+    for statement in DAILY_SCHEMA:
+        connection.execute(statement)
+    figures = ", ".join(f"SUM({figure})" for figure in _record_figures())
+    columns = 'day, "key", team, route, deployment'
+    cursor = connection.execute(
+        f"INSERT INTO ledger_daily SELECT {columns}, {figures} FROM ledger GROUP BY {columns}")
+    if cursor.rowcount > 0:
+        log.warning("embedded store: summed the ledger's records into daily totals, once "
+                    "(they were written before those existed)")
 
 
 def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
@@ -340,8 +410,11 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
 
 
 def delete_records_before(cutoff: float, connection: sqlite3.Connection) -> None:
-    """Forget the ledger records older than ``cutoff`` (the ledger's retention)."""
+    """Forget the ledger records older than ``cutoff`` (the ledger's retention); their
+    days' totals lose them (a trigger), and the days with none left go."""
     connection.execute("DELETE FROM ledger WHERE at < ?", (cutoff,))
+    connection.execute("DELETE FROM ledger_daily WHERE day < ? AND records = 0",
+                       (day_of(cutoff),))
 
 
 def add_spend(charges: tuple[tuple[Counter, int], ...], connection: sqlite3.Connection) -> None:
@@ -364,34 +437,45 @@ def load_spend(counters: tuple[Counter, ...], connection: sqlite3.Connection) ->
 
 
 def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, ...]:
-    """The ledger summed per group (SQL text is built only from the fixed column map)."""
+    """The ledger summed per group: the days the window covers whole from
+    ``ledger_daily``, the partial days at its edges from their records (SQL text is built
+    only from the fixed column maps)."""
     columns = [_COLUMN[dimension] for dimension in query.group_by]
-    conditions: list[str] = []
+    owner = [(sql, value) for sql, value in (("team = ?", query.team), ('"key" = ?', query.key))
+             if value is not None]
+    parts: list[str] = []
     params: list[object] = []
-    for sql, value in (
-        ("at >= ?", query.since),
-        ("at < ?", query.until),
-        ("team = ?", query.team),
-        ('"key" = ?', query.key),
-    ):
-        if value is not None:
-            conditions.append(sql)
-            params.append(value)
-    # A call a request made and did not use (``estimated``) is no request itself.
-    totals = ["COUNT(*)", "SUM(NOT estimated)", "SUM(status >= 400 AND NOT estimated)",
-              "SUM(tokens_in)", "SUM(tokens_out)", "SUM(tokens_cached)", "SUM(cost_nanos)",
-              "SUM(CASE WHEN estimated THEN cost_nanos ELSE 0 END)"]
-    select = ", ".join([*columns, *totals])
-    sql = f"SELECT {select} FROM ledger"
-    if conditions:
-        sql += " WHERE " + " AND ".join(conditions)
+
+    def part(table: str, figures: tuple[str, ...],
+             conditions: list[tuple[str, object]]) -> None:
+        picked = [*owner, *conditions]
+        select = ", ".join([*columns, *(f"{figure} AS {name}"
+                                        for figure, name in zip(figures, _FIGURES, strict=True))])
+        sql = f"SELECT {select} FROM {table}"
+        if picked:
+            sql += " WHERE " + " AND ".join(condition for condition, _ in picked)
+        parts.append(sql)
+        params.extend(value for _, value in picked)
+
+    window = window_of(query)
+    if window.days is not None:
+        first, end = window.days
+        part("ledger_daily", _FIGURES, [
+            (sql, day_name(day)) for sql, day in (("day >= ?", first), ("day < ?", end))
+            if day is not None
+        ])
+    for low, high in window.edges:
+        part("ledger", _record_figures(),
+             [(sql, at) for sql, at in (("at >= ?", low), ("at < ?", high)) if at is not None])
+    totals = ", ".join(f"SUM({figure})" for figure in _FIGURES)
+    sql = f"SELECT {', '.join([*columns, totals])} FROM ({' UNION ALL '.join(parts)})"
     if columns:
         sql += f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}"
     rows = []
     for row in connection.execute(sql, params):
         (*group, records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos,
          estimated_nanos) = row
-        if not records:
+        if not records:  # none at all, or a group whose records a retention deleted
             continue
         fields: dict[str, Any] = {d.value: v for d, v in zip(query.group_by, group, strict=True)}
         rows.append(

@@ -74,3 +74,22 @@ def store(request: pytest.FixtureRequest) -> Store:
     """The same tests run against both stores."""
     chosen: Store = request.getfixturevalue(f"{request.param}_store")
     return chosen
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def kept_a_day(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, namespace: str,
+    redis_url: str,
+) -> AsyncIterator[Store]:
+    """Each store, keeping ledger records for one day."""
+    store: Store
+    if request.param == "embedded":
+        store = await EmbeddedStore.open(tmp_path / "store.sqlite", clock=clock,
+                                         ledger_retention=86_400.0)
+    else:
+        store = RedisStore.from_url(redis_url, namespace=namespace, clock=clock,
+                                    ledger_retention=86_400.0)
+    yield store
+    await store.aclose()
+    if request.param == "redis":
+        drop_namespace(redis_url, namespace)

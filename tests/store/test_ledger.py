@@ -5,7 +5,6 @@ wrote are indexed once, and records past the retention are deleted, on both stor
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,7 +13,6 @@ import redis
 
 from aigw.runtime.store import (
     Dimension,
-    EmbeddedStore,
     RedisStore,
     Store,
     UsageQuery,
@@ -25,7 +23,7 @@ from aigw.runtime.store.outbox import FileOutbox, Invocation
 from aigw.runtime.store.redis_ledger import encode_record
 
 from ..redis_server import PrivateRedis
-from .conftest import ManualClock, drop_namespace
+from .conftest import ManualClock
 from .test_contract import DAY, RECORD, ledger_record
 
 BUSY = [ledger_record(f"busy-{n}", key="busy", team="big", at=RECORD.at + n)
@@ -101,25 +99,6 @@ async def test_records_an_older_version_wrote_are_in_key_and_team_summaries(
     finally:
         client.close()
     assert caplog.text.count("indexing the ledger's 2501 records") == 1
-
-
-@pytest.fixture(params=["embedded", "redis"])
-async def kept_a_day(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, namespace: str,
-    redis_url: str,
-) -> AsyncIterator[Store]:
-    """Each store, keeping ledger records for one day."""
-    store: Store
-    if request.param == "embedded":
-        store = await EmbeddedStore.open(tmp_path / "store.sqlite", clock=clock,
-                                         ledger_retention=DAY)
-    else:
-        store = RedisStore.from_url(redis_url, namespace=namespace, clock=clock,
-                                    ledger_retention=DAY)
-    yield store
-    await store.aclose()
-    if request.param == "redis":
-        drop_namespace(redis_url, namespace)
 
 
 async def test_records_past_the_ledger_retention_are_deleted(

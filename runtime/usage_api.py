@@ -23,7 +23,7 @@ from .live import Live
 from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
 
 _NOT_A_TIME = "'{name}' must be a Unix time or an ISO 8601 date."
-# Without a window, a summary read every record ever written (on Redis, each one in turn).
+# Without a window, a summary covered every day ever recorded.
 DEFAULT_WINDOW_DAYS = 31
 _DIMENSIONS = ", ".join(dimension.value for dimension in Dimension)
 

@@ -8,7 +8,8 @@ counts them from the length of KEYS, so a settle an older version queued reads a
 before). Time comes from the caller (ARGV), so every
 replica and the tests share one notion of it; a bucket never moves back in time.
 Every key a script touches is passed in KEYS (but the old ledger records a retention
-deletes). Money is integer nanos.
+deletes, and what the one-off scripts for records an older aigw wrote make from those
+records). Money is integer nanos.
 """
 
 from __future__ import annotations
@@ -295,15 +296,39 @@ local function quoted(name)
 end
 """
 
-# KEYS: the record's hash, the ledger (request ids by time), then its indexes by key and by
-# team (as many as the record has a key and a team), sorted by time too.
+# Add a record's figures to its group's in a day's totals (hash `hk`, field `group`): eight
+# integers in one field, "records requests errors tokens_in tokens_out tokens_cached
+# cost_nanos estimated_nanos" (an estimated record, a call a request made and did not
+# use, is no request nor error: see redis_ledger.figures_of), one field, not eight, as a
+# summary's read of a day costs Python per field. Lua's numbers are doubles: exact while
+# a sum stays under 2**53, as budgets are held to.
+_ADD_UP = """
+local function add_up(hk, group, figures)
+  local sums, i = {0, 0, 0, 0, 0, 0, 0, 0}, 0
+  local were = redis.call('HGET', hk, group)
+  if were then
+    for n in string.gmatch(were, '%S+') do i = i + 1; sums[i] = tonumber(n) end
+  end
+  for j = 1, 8 do sums[j] = string.format('%.0f', sums[j] + figures[j]) end
+  redis.call('HSET', hk, group, table.concat(sums, ' '))
+end
+"""
+
+# KEYS: the record's hash, the ledger (request ids by time), its indexes by key and by
+# team (as many as the record has a key and a team), sorted by time too, then its day's
+# totals: the ledger's, then its key's and its team's (as many).
 # ARGV: request id, at, retention ms (0: forever), the cutoff time (records before it are
-# past the retention), the records' hash prefix, then field, value pairs.
-# Returns 1, or 0 if recorded already. With a retention, it drops up to 100 records past it
-# from each of its indexes, deleting their hashes (named from their request ids, percent-
-# encoded as Python's quote(safe="") does: the one place keys come from ARGV), and sets each
-# key to expire once nothing was written to it for the retention.
-RECORD = _QUOTED + """
+# past the retention), the records' hash prefix, the day's totals' ttl ms (0: forever),
+# the record's group (its field in the totals), its eight figures (as _ADD_UP adds them),
+# then the record's field, value pairs.
+# Returns 1, or 0 if recorded already: so a record is added to its day's totals once,
+# whichever replica writes it and however late (an outbox's). Its hash says so
+# ('rolled'), for the summing of records an older aigw wrote (ROLL_OLD_RECORDS).
+# With a retention, it drops up to 100 records past it from each of its indexes, deleting
+# their hashes (named from their request ids, percent-encoded as Python's quote(safe="")
+# does: the one place keys come from ARGV), and sets each key to expire once nothing was
+# written to it for the retention (a day's totals: once the whole day is past it).
+RECORD = _QUOTED + _ADD_UP + """
 local function hash_key(rid)
   return ARGV[5] .. quoted(rid)
 end
@@ -313,13 +338,18 @@ local function trim(zk, cutoff)
   return old
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-for i = 2, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+local m = (#KEYS - 1) / 2
+redis.call('HSET', KEYS[1], 'rolled', '1', unpack(ARGV, 16))
+for i = 2, m + 1 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+local figures = {}
+for j = 1, 8 do figures[j] = tonumber(ARGV[7 + j]) end
+for i = m + 2, #KEYS do add_up(KEYS[i], ARGV[7], figures) end
 local keep = tonumber(ARGV[3])
 if keep > 0 then
   for _, rid in ipairs(trim(KEYS[2], ARGV[4])) do redis.call('DEL', hash_key(rid)) end
-  for i = 3, #KEYS do trim(KEYS[i], ARGV[4]) end
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
+  for i = 3, m + 1 do trim(KEYS[i], ARGV[4]) end
+  for i = 1, m + 1 do redis.call('PEXPIRE', KEYS[i], keep) end
+  for i = m + 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
 return 1
 """
@@ -341,4 +371,78 @@ for i = 1, #page, 2 do
   if at == last then same = same + 1 else last, same = at, 1 end
 end
 return {#page / 2, last, same}
+"""
+
+# Add up to `count` records of the ledger, from score `low` (skipping the first `offset` at
+# it), to their days' totals, which records an older aigw wrote are missing: those whose
+# hash has no 'rolled' (RECORD's). The day, the keys and the group are made here as
+# redis_ledger.py makes them for RECORD (day_of: the UTC day, whole days since 1970
+# floored exactly as usage.day_number does; names percent-encoded).
+# KEYS: the ledger. ARGV: low, offset, count, the namespace's prefix ("aigw:"), the
+# retention ms (0: forever).
+# Returns {records read, the last one's score, how many of them had that score}.
+ROLL_OLD_RECORDS = _QUOTED + _ADD_UP + """
+local function day_of(at)
+  local z = math.floor(at / 86400)
+  if z * 86400 > at then z = z - 1 elseif (z + 1) * 86400 <= at then z = z + 1 end
+  local days = z
+  -- days since 1970-01-01 to a civil date (H. Hinnant's days_from_civil, inverted)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02d', y, m, d), days
+end
+local function part(name)
+  if name then return ' =' .. quoted(name) end
+  return ' '
+end
+local keep = tonumber(ARGV[5])
+local page = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES',
+                        'LIMIT', ARGV[2], ARGV[3])
+local last, same = ARGV[1], 0
+for i = 1, #page, 2 do
+  local rid, at = page[i], page[i + 1]
+  local hk = ARGV[4] .. 'rec:' .. quoted(rid)
+  local r = redis.call('HMGET', hk, 'rolled', 'status', 'key', 'team', 'route',
+                       'deployment', 'tokens_in', 'tokens_out', 'tokens_cached', 'cost_nanos',
+                       'estimated')
+  if r[2] and not r[1] then
+    local day, z = day_of(tonumber(at))
+    local base = ARGV[4] .. 'ledger:day:' .. day
+    local totals = {base}
+    if r[3] then totals[#totals + 1] = base .. ':key:' .. quoted(r[3]) end
+    if r[4] then totals[#totals + 1] = base .. ':team:' .. quoted(r[4]) end
+    local group = part(r[3]) .. part(r[4]) .. part(r[5]) .. part(r[6])
+    local cost, estimated = tonumber(r[10]), r[11] == '1'  -- a call cut short: no request
+    local figures = {1, estimated and 0 or 1,
+                     (not estimated and tonumber(r[2]) >= 400) and 1 or 0, tonumber(r[7]),
+                     tonumber(r[8]), tonumber(r[9] or '0'), cost, estimated and cost or 0}
+    local ttl = math.ceil(((z + 1) * 86400 - tonumber(at)) * 1000) + keep
+    for _, tk in ipairs(totals) do
+      add_up(tk, group, figures)
+      if keep > 0 then redis.call('PEXPIRE', tk, string.format('%d', ttl)) end
+    end
+    redis.call('HSET', hk, 'rolled', '1')
+  end
+  if at == last then same = same + 1 else last, same = at, 1 end
+end
+return {#page / 2, last, same}
+"""
+
+# Read records for a summary: one JSON text for them all, which Python parses at C speed
+# (as RESP, each value is a reply that redis-py parses in Python: ~100 us a record).
+# KEYS: the records' hashes. ARGV: the fields to read.
+# Returns a JSON array: per record, its fields' values (false where it has none).
+READ_RECORDS = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
+return cjson.encode(out)
 """

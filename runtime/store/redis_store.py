@@ -82,7 +82,7 @@ from .checks import (
 )
 from .memory import MemoryLimits
 from .outbox import Arg, Invocation, MemoryOutbox, Outbox
-from .redis_ledger import RedisLedger
+from .redis_ledger import RECORD_SCRIPT, RedisLedger
 from .values import (
     NANOS,
     BudgetStatus,
@@ -144,7 +144,7 @@ class RedisStore:
                 ("renew", lua.RENEW),
                 ("charge", lua.CHARGE),
                 ("budgets", lua.BUDGETS),
-                ("ledger_record", lua.RECORD),
+                (RECORD_SCRIPT, lua.RECORD),
             )
         }
         self._local = MemoryLimits("local")
@@ -284,7 +284,7 @@ class RedisStore:
     async def summary(self, query: UsageQuery) -> tuple[UsageRow, ...]:
         if self._reachable():
             try:
-                rows = await self._ledger.summary(query)
+                rows = await self._ledger.summary(query, self._clock.now())
             except REDIS_ERRORS as exc:
                 if not unreachable(exc):
                     raise self._failed_call("summary", exc) from exc

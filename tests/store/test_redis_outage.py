@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -89,10 +90,12 @@ async def eventually(what: str, condition: Callable[[], Awaitable[bool] | bool])
 
 
 async def in_ledger(url: str, request_ids: list[str]) -> bool:
-    """Whether Redis holds these ledger records (read straight from Redis)."""
+    """Whether Redis holds these ledger records (read straight from Redis; a record's
+    key has its request id percent-encoded)."""
     client = aioredis.Redis.from_url(url)
     try:
-        return all([await client.exists(f"aigw:rec:{rid}") for rid in request_ids])
+        return all([await client.exists(f"aigw:rec:{quote(rid, safe='')}")
+                    for rid in request_ids])
     except redis.ConnectionError:
         return False
     finally:

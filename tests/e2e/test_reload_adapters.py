@@ -156,11 +156,16 @@ def test_requests_a_shutdown_cuts_are_recorded_as_the_servers_cut_and_billed(
     assert shut["completion_tokens"] > 0 and shut["cost"] == pytest.approx(
         shut["prompt_tokens"] + shut["completion_tokens"])  # one currency unit a token
     with sqlite3.connect(root / "aigw.sqlite") as ledger:
-        rows = ledger.execute("SELECT status, tokens_out FROM ledger ORDER BY status, "
-                              "tokens_out").fetchall()
+        rows = ledger.execute("SELECT status, tokens_out FROM ledger WHERE NOT estimated "
+                              "ORDER BY status, tokens_out").fetchall()
+        # The answer still waited for: its call went out and was cut, so it is billed an
+        # estimate too (its prompt), in a record of its own.
+        cut_calls = ledger.execute("SELECT tokens_in, tokens_out FROM ledger WHERE "
+                                   "estimated").fetchall()
     ledger.close()
     assert [status for status, _ in rows] == [499, 503, 503]
     assert rows[2][1] == shut["completion_tokens"]
+    assert len(cut_calls) == 1 and cut_calls[0][0] > 0 and cut_calls[0][1] == 0
 
 
 def _unanswered(client: openai.OpenAI) -> None:

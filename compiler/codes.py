@@ -96,6 +96,7 @@ PASS_PARAMS_NOT_CHAT = _error("AGW332", "pass_params on a deployment that does n
 MCP_LITERAL_SECRET = _error("AGW333", "MCP server header holds a literal credential")
 MCP_TOOL_TWICE = _error("AGW334", "MCP server's tools list a tool twice")
 MCP_NO_TOOLS = _warning("AGW335", "MCP server's tools allow none")
+AGENT_URL = _error("AGW336", "agent URL cannot be called")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")
@@ -133,6 +134,7 @@ PYTHON_CALLABLE = _error("AGW511", "python step names no importable async functi
 STEP_NOT_ALLOWED = _error("AGW512", "not allowed in this kind of step")
 HTTP_DESTINATION = _error("AGW513", "http step's destination is not fixed")
 INPUT_UNDECLARED = _warning("AGW514", "template reads an input field its schema does not declare")
+REF_AGENT = _error("AGW515", "unknown agent")
 
 # AGW9xx: the compiler itself
 INTERNAL = _error("AGW901", "internal compiler error")

@@ -14,19 +14,22 @@ import importlib.util
 import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from . import codes
+from .agents import link_agent
 from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .mcp_servers import LinkedMcpServer, link_mcp_servers
+from .pipeline_graph import Agent
 from .served import link_served
 from .source import NodePath, Position, SourceMap
 from .spec import (
     ENV_NAME_PATTERN,
     NAMED_SECTIONS,
     READ_CHAT_PARAMS,
+    AgentSpec,
     DeploymentSpec,
     GroupSpec,
     KeySpec,
@@ -117,6 +120,7 @@ class Linked:
     pipelines: Mapping[str, str]
     served: Mapping[str, ServedServer]  # deployment -> the vLLM server aigw starts for it
     mcp_servers: Mapping[str, LinkedMcpServer]
+    agents: Mapping[str, Agent] = field(default_factory=dict)  # what agent steps call
 
 
 def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
@@ -184,6 +188,11 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
             "set it where aigw serves; until then this MCP server is disabled"),
         lambda text: bool(_SECRET_LOOKING.search(text)), sink)
     settings = validated.gateway.settings if validated.gateway is not None else SettingsSpec()
+    agents = {
+        name: link_agent(entry, lambda text, position, unset: _resolve_env(
+            text, position, environ, unset, sink), sink)
+        for name, entry in _entries(tables, "agents", AgentSpec).items()
+    }
     return Linked(
         settings=settings,
         providers=providers,
@@ -196,6 +205,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
         pipelines=pipelines,
         served=served,
         mcp_servers=mcp_servers,
+        agents=agents,
     )
 
 

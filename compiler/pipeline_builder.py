@@ -31,6 +31,8 @@ from .link import Linked
 from .load import YamlDocument
 from .pipeline_graph import (
     Action,
+    Agent,
+    AgentCall,
     Approval,
     Approvers,
     Branch,
@@ -50,6 +52,7 @@ from .pipeline_graph import (
     Transform,
 )
 from .pipeline_spec import (
+    AgentStepSpec,
     ApprovalStepSpec,
     BranchStepSpec,
     CascadeStepSpec,
@@ -121,6 +124,20 @@ class GatewayNames:
             "team": set(linked.teams) | set(validated.broken.get("teams", ())),
         }
         self.complete = validated.complete
+        self.agents = linked.agents
+        self.broken_agents = frozenset(validated.broken.get("agents", ()))
+
+    def agent(self, name: str) -> Agent | str | None:
+        """The agent ``name``; else the hint saying it is not defined (None: it is, but
+        its entry failed, or the file that may define it was lost: already reported)."""
+        found = self.agents.get(name)
+        if found is not None:
+            return found
+        if name in self.broken_agents or not self.complete:
+            return None
+        return did_you_mean(name, sorted(self.agents)) or (
+            f"agents: {', '.join(sorted(self.agents))}" if self.agents
+            else "define it under agents: in gateway.yaml, with its url")
 
     def problem(self, name: str) -> tuple[str, str] | None:
         """(message tail, hint) when ``name`` cannot serve a model call."""
@@ -322,6 +339,8 @@ class Builder:
             self.calls.append(Call(spec.pipeline, self.document.source_map.value(
                 (*path, "pipeline"))))
             return SubPipeline(spec.pipeline, self._value((*path, "input"), spec.input, visible))
+        if isinstance(spec, AgentStepSpec):
+            return self._agent(spec, path, visible)
         assert isinstance(spec, PythonStepSpec)
         args = tuple(
             (arg, self._value((*path, "args", arg), value, visible))
@@ -391,6 +410,15 @@ class Builder:
             message, hint = problem
             self.sink.add(codes.REF_MODEL, f"model '{model}' is {message}",
                           self.document.source_map.value(path), hint)
+
+    def _agent(self, spec: AgentStepSpec, path: NodePath, visible: _Visible) -> AgentCall:
+        agent = self.names.agent(spec.agent)
+        if isinstance(agent, str):
+            self.sink.add(codes.REF_AGENT, f"agent '{spec.agent}' is not defined",
+                          self.document.source_map.value((*path, "agent")), agent)
+        if not isinstance(agent, Agent):  # reported; the graph will not be built
+            agent = Agent(spec.agent, "", False, Egress(frozenset(), True), (), "undefined")
+        return AgentCall(agent, self._text((*path, "prompt"), spec.prompt, visible), spec.output)
 
     def _approvers(self, spec: ApprovalStepSpec, path: NodePath) -> Approvers | None:
         if spec.approvers is None:

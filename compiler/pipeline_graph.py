@@ -30,6 +30,7 @@ class StepKind(StrEnum):
     APPROVAL = "approval"
     PIPELINE = "pipeline"
     PYTHON = "python"
+    AGENT = "agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,27 @@ class Http:
     headers: tuple[tuple[str, Text], ...]
     body: Value | None
     egress: Egress  # where the rendered URL may go (compiler/egress.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A remote A2A agent of the ``agents:`` section, ready to call (compiler/agents.py)."""
+
+    name: str
+    url: str  # its ${ENV} references resolved
+    card: bool  # url is its agent card (the JSON-RPC endpoint is read from it), else the endpoint
+    egress: Egress  # the one origin its calls may reach: url's (a card's endpoint must be on it)
+    headers: tuple[tuple[str, str], ...]  # Authorization from api_key, then headers:
+    disabled_reason: str | None  # e.g. an ${ENV} credential is not set
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCall:
+    """A message to a remote agent; its reply (or its task's artifacts) is the output."""
+
+    agent: Agent
+    prompt: Text
+    output: Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +175,7 @@ class Python:
 
 Action = (
     Llm | Http | Transform | Branch | MapStep | Ensemble | Cascade | Loop | Approval
-    | SubPipeline | Python
+    | SubPipeline | Python | AgentCall
 )
 
 

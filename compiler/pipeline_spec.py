@@ -111,6 +111,18 @@ class HttpStepSpec(StepBaseSpec):
     )
 
 
+class AgentStepSpec(StepBaseSpec):
+    """A message to a remote A2A agent of the gateway's ``agents:`` section; the text of
+    its reply, or of its task's artifacts once the task is done, is the output."""
+
+    kind: Literal["agent"]
+    agent: str = Field(description="An agent of gateway.yaml's agents: section.")
+    prompt: str = Field(description="jinja2 template of the message's text.")
+    output: OutputFormat = Field(
+        "text", description="text: the reply's text parts joined (data parts as JSON); json: "
+        "its data part (several: a list of them), else its text parsed as JSON.")
+
+
 class TransformStepSpec(StepBaseSpec):
     """A jinja2 expression over what the step can see; its value is the output."""
 
@@ -239,13 +251,14 @@ StepSpec = Annotated[
     | LoopStepSpec
     | ApprovalStepSpec
     | PipelineStepSpec
-    | PythonStepSpec,
+    | PythonStepSpec
+    | AgentStepSpec,
     Field(discriminator="kind"),
 ]
 
 STEP_KINDS: tuple[str, ...] = (
     "llm", "http", "transform", "branch", "map", "ensemble", "cascade", "loop", "approval",
-    "pipeline", "python",
+    "pipeline", "python", "agent",
 )
 
 

@@ -225,6 +225,19 @@ class ProviderSpec(Spec):
     )
 
 
+class AgentSpec(Spec):
+    """A remote agent that speaks A2A (its JSON-RPC binding), for ``agent`` pipeline steps;
+    credentials only as ${ENV_VAR} references, as a provider's."""
+
+    url: str = Field(description="The agent's card (https://host/.well-known/agent-card.json), "
+                     "whose JSONRPC interface is then called, or its JSON-RPC endpoint.")
+    api_key: str | None = Field(
+        None, description="Sent as Authorization: Bearer; as ${ENV_VAR}, never a literal key.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers; secrets as ${ENV_VAR}.")
+    description: str | None = None
+
+
 class PriceSpec(Spec):
     """Price in currency units per million tokens."""
 
@@ -503,6 +516,8 @@ class SectionsSpec(Spec):
     mcp_servers: dict[str, McpServerSpec] = Field(
         default_factory=dict, description="MCP servers apps reach through the gateway."
     )
+    agents: dict[str, AgentSpec] = Field(
+        default_factory=dict, description="Remote A2A agents that pipeline steps call.")
 
 
 class GatewaySpec(SectionsSpec):
@@ -528,4 +543,5 @@ NAMED_SECTIONS: tuple[str, ...] = (
     "teams",
     "keys",
     "mcp_servers",
+    "agents",
 )

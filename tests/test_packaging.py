@@ -27,6 +27,19 @@ def test_compiler_imports_no_runtime_or_network_library() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_the_runtime_does_not_import_the_a2a_sdk() -> None:
+    """a2a-sdk is a test dependency (the agents agent steps call in tests): the
+    gateway speaks A2A's wire format itself."""
+    probe = (
+        "import sys, aigw.runtime.app, aigw.runtime.workflows.kinds\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'a2a'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_checked_in_schemas_are_fresh() -> None:
     for name, text in json_schemas().items():
         path = REPO / "schemas" / name

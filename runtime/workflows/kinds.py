@@ -12,6 +12,7 @@
     approval   a person's decision, or the default at the timeout
     pipeline   another pipeline's output
     python     an awaited function's result
+    agent      a remote A2A agent's reply (agents.py)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpx
 
 from aigw.compiler.egress import Egress, origin
 from aigw.compiler.pipeline_graph import (
+    AgentCall,
     Approval,
     Branch,
     Cascade,
@@ -45,6 +47,7 @@ from aigw.compiler.pipeline_graph import (
 from ..chat_request import ChatRequest, Message
 from ..errors import GatewayError
 from ..store.executions import NewEvent
+from .agents import call_agent
 from .engine import StepContext, StepFailed, Suspended, jsonable, truthy
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
@@ -77,6 +80,8 @@ async def act(context: StepContext, step: Step) -> Any:
         return await run.wait_for_decision(context, step, action)
     if isinstance(action, SubPipeline):
         return await _pipeline(context, action)
+    if isinstance(action, AgentCall):
+        return await call_agent(context, step, action)
     assert isinstance(action, Python)
     return await _python(context, action)
 

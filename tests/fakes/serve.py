@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: ASGIApp, ready_path: str = "/__ready") -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL."""
-    port = free_port()
+def serving(app: ASGIApp, ready_path: str = "/__ready", port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (on ``port``, for an app that must know its own URL;
+    else a free one) until the block ends; yields its base URL."""
+    port = port or free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None

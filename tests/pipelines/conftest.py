@@ -50,7 +50,7 @@ def digest(secret: str) -> str:
 
 def gateway_config(
     store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}",
-    settings: str = "", providers: str = "", deployments: str = "",
+    settings: str = "", providers: str = "", deployments: str = "", agents: str = "",
 ) -> str:
     return f"""
 version: 1
@@ -82,6 +82,7 @@ keys:
   alice: {{team: eng, sha256: {digest(ALICE_KEY)}}}
   bot: {{team: ops, sha256: {digest(BOT_KEY)}}}
   fast-only: {{routes: [fast], sha256: {digest(FAST_ONLY_KEY)}}}
+agents: {{{agents}}}
 """
 
 

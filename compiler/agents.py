@@ -1,0 +1,84 @@
+"""The ``agents:`` section linked: each remote A2A agent's URL checked and its credentials read.
+
+An agent is called by ``agent`` pipeline steps (runtime/workflows/agents.py) over the
+A2A JSON-RPC binding. Its ``url`` is written in the config, never templated, so its
+origin (scheme, host and port) is where every call to it goes; an agent card's
+endpoint must be on that origin too. Credentials come only from ${ENV} references: a
+literal api_key is warning ``AGW310``, an unset variable ``AGW309`` and disables the
+agent (a step calling it fails and says why), a URL aigw cannot call ``AGW336``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import codes
+from .diagnostics import DiagnosticSink, shown_url
+from .egress import Egress, origin
+from .pipeline_graph import Agent
+from .source import Position
+from .spec import AgentSpec
+
+if TYPE_CHECKING:
+    from .link import Entry
+
+# Where an agent card is published: A2A 1.0, and the name 0.x servers used.
+CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
+
+# Replaces each ${NAME} in the text at the position; appends unset names to the list.
+Resolve = Callable[[str, Position, list[str]], str]
+
+
+def link_agent(entry: Entry[AgentSpec], resolve: Resolve, sink: DiagnosticSink) -> Agent:
+    """``entry`` as the runtime calls it, reporting what is wrong with it."""
+    spec = entry.spec
+    unset: list[str] = []
+    url = resolve(spec.url, entry.value("url"), unset)
+    headers: list[tuple[str, str]] = []
+    if spec.api_key is not None:
+        if "${" not in spec.api_key:
+            sink.add(codes.LITERAL_SECRET, f"agent '{entry.name}' has a literal api_key in the "
+                     "config", entry.value("api_key"),
+                     "keep keys out of git: write api_key: ${SOME_ENV_VAR} and set it where "
+                     "aigw runs")
+        key = resolve(spec.api_key, entry.value("api_key"), unset)
+        headers.append(("authorization", f"Bearer {key}"))
+    for name, value in spec.headers.items():
+        headers.append((name.lower(), resolve(value, entry.value("headers", name), unset)))
+    reason = f"environment variable {', '.join(unset)} is not set" if unset else None
+    allowed, card = _origin(url, entry, sink) if not unset else (None, False)
+    return Agent(
+        name=entry.name,
+        url=url,
+        card=card,
+        egress=Egress(frozenset({allowed} if allowed else ()), True),
+        headers=tuple(headers),
+        disabled_reason=reason,
+    )
+
+
+def _origin(url: str, entry: Entry[AgentSpec], sink: DiagnosticSink) -> tuple[str | None, bool]:
+    """The origin ``url`` reaches and whether it is an agent card; None when it is not
+    a URL aigw can call (reported)."""
+    problem = None
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
+        problem = f"it does not parse ({exc})"
+    else:
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            problem = "it is not an http(s) URL with a host"
+        elif parsed.username is not None:
+            problem = "it has user info: send credentials with api_key or headers instead"
+        elif "{" in url:
+            problem = "it is not a template: an agent's URL is written out"
+    if problem is not None:
+        sink.add(codes.AGENT_URL, f"agent '{entry.name}' cannot be called at "
+                 f"{shown_url(url)!r}: {problem}", entry.value("url"),
+                 "write the agent card's URL (https://host/.well-known/agent-card.json) or "
+                 "its JSON-RPC endpoint")
+        return None, False
+    return origin(parsed.scheme, parsed.hostname or "", port), parsed.path.endswith(CARD_PATHS)

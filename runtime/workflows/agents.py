@@ -1,0 +1,206 @@
+"""The ``agent`` step: one message to a remote agent over A2A 1.0's JSON-RPC binding.
+
+    card          GET the agent card (when the agent's url is one); its JSONRPC
+                  interface is the endpoint, which must be on the card's origin
+    SendMessage   the rendered prompt as one text part
+      a Message   its parts are the answer
+      a Task      GetTask until the task is terminal (the step's timeout bounds the
+                  wait); completed: its artifacts' parts (without any, its status
+                  message's) are the answer; any other end fails the step, as does a
+                  task that asks for input or authentication: the step sends one
+                  message and has nobody to answer a question with
+
+Every call goes through the run's ``HttpCaller`` (calls.py), as an ``http`` step's: no
+redirects followed, no cookies kept, an answer bounded in size. Errors show the URL
+without user info or query, and never the agent's credentials, even where its answer
+quotes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from aigw.compiler.diagnostics import shown_url
+from aigw.compiler.egress import origin
+from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
+
+from ..store.executions import NewEvent
+from .engine import HttpAnswer, Run, StepContext, StepFailed
+
+PROTOCOL_VERSION = "1.0"
+# Waits between GetTask calls: from the first, growing to the longest.
+POLL_FIRST_S = 0.2
+POLL_LONGEST_S = 2.0
+# JSON-RPC errors worth another try (the step's retries): the server's own trouble.
+_RETRYABLE_RPC_CODES = frozenset({-32603})
+_DONE = "completed"
+# States that end a task, or need what a step cannot give; any other state still runs.
+_ENDS = {
+    "failed": "failed the task", "canceled": "canceled the task",
+    "rejected": "rejected the task", "input-required": "asks for more input (input-required)",
+    "auth-required": "asks for authentication (auth-required)",
+}
+
+
+async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any:
+    """Send the step's prompt to its agent; its reply (or finished task) is the output."""
+    agent = action.agent
+    if agent.disabled_reason is not None:
+        raise StepFailed(f"agent '{agent.name}' is disabled: {agent.disabled_reason}",
+                         retryable=False)
+    client = _Client(context.run, agent, step.timeout_s)
+    endpoint = await client.endpoint()
+    message = {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
+               "parts": [{"text": context.run.text(action.prompt, context.scope)}]}
+    result = await client.rpc(endpoint, "SendMessage", {"message": message})
+    if "message" in result:
+        return _answer(_parts(result["message"]), action.output, agent)
+    task = result.get("task")
+    if not isinstance(task, Mapping) or not isinstance(task.get("id"), str):
+        raise StepFailed(f"agent '{agent.name}' answered SendMessage with neither a message "
+                         "nor a task", retryable=False)
+    await context.run.emit(NewEvent("agent_task", context.path,
+                                    {"agent": agent.name, "task": task["id"]}))
+    wait = POLL_FIRST_S
+    while (state := _state(task)) not in (_DONE, *_ENDS):
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, POLL_LONGEST_S)
+        task = await client.rpc(endpoint, "GetTask", {"id": task["id"]})
+    if state != _DONE:
+        said = client.scrub(_text(_parts(task.get("status", {}).get("message"))))
+        raise StepFailed(f"agent '{agent.name}' {_ENDS[state]}" + (f": {said}" if said else ""),
+                         retryable=state == "failed")
+    parts = [part for artifact in task.get("artifacts") or () if isinstance(artifact, Mapping)
+             for part in _parts(artifact)]
+    return _answer(parts or _parts(task.get("status", {}).get("message")), action.output, agent)
+
+
+class _Client:
+    """One step's calls to one agent, through the run's ``HttpCaller``."""
+
+    def __init__(self, run: Run, agent: Agent, timeout: float) -> None:
+        self.run = run
+        self.agent = agent
+        self.timeout = timeout
+        self.headers = {**dict(agent.headers), "a2a-version": PROTOCOL_VERSION}
+
+    async def endpoint(self) -> str:
+        """The JSON-RPC endpoint: the agent's url, or what its card names."""
+        if not self.agent.card:
+            return self.agent.url
+        card = await self._json("GET", self.agent.url, None)
+        interfaces = card.get("supportedInterfaces") if isinstance(card, Mapping) else None
+        for interface in interfaces if isinstance(interfaces, list) else ():
+            if isinstance(interface, Mapping) and interface.get("protocolBinding") == "JSONRPC" \
+                    and str(interface.get("protocolVersion") or "1.0").startswith("1."):
+                url = str(interface.get("url") or "")
+                self._check_origin(url)
+                return url
+        raise StepFailed(f"the card of agent '{self.agent.name}' offers no JSONRPC interface "
+                         f"of A2A {PROTOCOL_VERSION}", retryable=False)
+
+    def _check_origin(self, url: str) -> None:
+        # The card is the agent's word, not the config's: an endpoint elsewhere could
+        # point the gateway, with the agent's credentials, at any host.
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            parsed = None
+        reached = origin(parsed.scheme, parsed.host, parsed.port) \
+            if parsed is not None and parsed.host and not parsed.userinfo else ""
+        if reached not in self.agent.egress.origins:
+            raise StepFailed(f"the card of agent '{self.agent.name}' names the endpoint "
+                             f"{shown_url(url)!r}, not on the card's origin "
+                             f"{next(iter(self.agent.egress.origins))}", retryable=False)
+
+    async def rpc(self, url: str, method: str, params: Mapping[str, Any]) -> Any:
+        """``method``'s result, or the step fails with the agent's error."""
+        request = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method,
+                   "params": dict(params)}
+        answer = await self._json("POST", url, request)
+        if not isinstance(answer, Mapping):
+            raise self._failed(f"{method} answered {type(answer).__name__}, not a JSON-RPC "
+                               "response", retryable=False)
+        error = answer.get("error")
+        if isinstance(error, Mapping):
+            code = error.get("code")
+            raise self._failed(f"{method} failed: {self.scrub(str(error.get('message')))} "
+                               f"(JSON-RPC error {code})", retryable=code in _RETRYABLE_RPC_CODES)
+        result = answer.get("result")
+        if not isinstance(result, Mapping):
+            raise self._failed(f"{method} answered no result", retryable=False)
+        return result
+
+    async def _json(self, method: str, url: str, body: Any) -> Any:
+        shown = shown_url(url)
+        try:
+            answer: HttpAnswer = await self.run.services.http(
+                method, url, self.headers, body, self.timeout)
+        except StepFailed as exc:  # its message quotes the URL as sent
+            raise StepFailed(self.scrub(str(exc).replace(url, shown)),
+                             retryable=exc.retryable) from exc
+        if 300 <= answer.status < 400:  # not followed: a redirect could lead anywhere
+            raise self._failed(f"{method} {shown} answered {answer.status} (redirects are not "
+                               "followed; configure the URL it points to)", retryable=False)
+        if answer.status >= 400:
+            raise self._failed(f"{method} {shown} answered {answer.status}: "
+                               f"{self.scrub(answer.text[:200])}",
+                               retryable=answer.status in (408, 425, 429) or answer.status >= 500)
+        try:
+            return json.loads(answer.text)
+        except ValueError as exc:
+            raise self._failed(f"{method} {shown} sent invalid JSON: {exc}",
+                               retryable=False) from exc
+
+    def _failed(self, message: str, *, retryable: bool) -> StepFailed:
+        return StepFailed(f"agent '{self.agent.name}': {message}", retryable=retryable)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the agent's credentials: an answer may quote what it was sent."""
+        for _name, value in self.agent.headers:
+            for secret in (value, value.removeprefix("Bearer ")):
+                if len(secret) >= 8:
+                    text = text.replace(secret, "***")
+        return text
+
+
+def _state(task: Mapping[str, Any]) -> str:
+    """A task's state as the spec names it: "TASK_STATE_INPUT_REQUIRED" is "input-required"."""
+    status = task.get("status")
+    state = str(status.get("state") or "") if isinstance(status, Mapping) else ""
+    return state.removeprefix("TASK_STATE_").lower().replace("_", "-")
+
+
+def _parts(message: Any) -> list[Mapping[str, Any]]:
+    parts = message.get("parts") if isinstance(message, Mapping) else None
+    return [part for part in parts if isinstance(part, Mapping)] if isinstance(parts, list) \
+        else []
+
+
+def _text(parts: list[Mapping[str, Any]]) -> str:
+    """Text parts as they are and data parts as JSON, a line each; files are left out."""
+    lines = [str(part["text"]) if "text" in part else json.dumps(part["data"])
+             for part in parts if "text" in part or "data" in part]
+    return "\n".join(lines)
+
+
+def _answer(parts: list[Mapping[str, Any]], output: str, agent: Agent) -> Any:
+    if output == "text":
+        return _text(parts)
+    data = [part["data"] for part in parts if "data" in part]
+    if data:
+        return data[0] if len(data) == 1 else data
+    text = _text(parts).strip()
+    if text.startswith("```"):  # a fenced block, as models often write JSON
+        text = text.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StepFailed(f"agent '{agent.name}' answered no JSON ({exc}): {text[:80]!r}",
+                         retryable=False) from exc

@@ -1,0 +1,148 @@
+"""``agent`` steps through a real ``aigw serve``, calling real A2A agents (a2a-sdk) on loopback.
+
+One gateway and one agents' server for the module: each test runs a pipeline with
+``POST /v1/pipelines/{name}`` and reads its output, or the error it failed with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.a2a_agents import Seen, a2a_agents
+from ..fakes.serve import free_port, serving
+from ..pipelines.conftest import gateway_config
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+AGENT_KEY = "a2a-secret-token-123"
+
+
+def _ask(agent: str, output: str = "text", timeout_s: float = 20) -> str:
+    return f"""
+input: {{type: object, required: [topic], properties: {{topic: {{type: string}}}}}}
+steps:
+  ask:
+    kind: agent
+    agent: {agent}
+    prompt: "Tell me about {{{{ input.topic }}}}"
+    output: {output}
+    timeout_s: {timeout_s}
+output: "{{{{ steps.ask }}}}"
+"""
+
+
+PIPELINES = {
+    "ask-echo": _ask("echo"),
+    "ask-slow": _ask("slow"),
+    "ask-slow-json": _ask("slow", output="json"),
+    "ask-broken": _ask("broken"),
+    "ask-curious": _ask("curious"),
+    "ask-stuck": _ask("stuck", timeout_s=1),
+    "ask-leaky": _ask("leaky"),
+    "ask-elsewhere": _ask("elsewhere"),
+}
+
+
+@dataclass
+class Agents:
+    gateway: Server
+    seen: Seen
+    port: int  # the agents'
+
+    def run(self, pipeline: str, topic: str) -> tuple[int, Any]:
+        response = httpx.post(f"{self.gateway.base_url}/v1/pipelines/{pipeline}",
+                              json={"topic": topic}, timeout=60,
+                              headers={"authorization": f"Bearer {DEV_KEY}"})
+        body = response.json()
+        if response.status_code == 200:
+            return 200, body["output"]
+        return response.status_code, body["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
+    port = free_port()
+    seen = Seen()
+    with serving(a2a_agents(f"http://127.0.0.1:{port}", seen), port=port) as base:
+        card = "/.well-known/agent-card.json"
+        lines = [
+            f"echo: {{url: '{base}/echo/', api_key: '${{A2A_AGENT_KEY}}'}}",
+            *(f"{name}: {{url: '{base}/{name}{card}'}}"
+              for name in ("slow", "broken", "curious", "stuck", "elsewhere")),
+            f"leaky: {{url: '{base}/leaky/'}}",
+        ]
+        root = tmp_path_factory.mktemp("agents") / "gw"
+        (root / "pipelines").mkdir(parents=True)
+        (root / "gateway.yaml").write_text(gateway_config(agents=", ".join(lines)))
+        for name, text in PIPELINES.items():
+            (root / "pipelines" / f"{name}.yaml").write_text(text)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("A2A_AGENT_KEY", AGENT_KEY)
+            gateway = Server(root)
+        try:
+            gateway.wait_ready()
+            yield Agents(gateway, seen, port)
+        finally:
+            gateway.stop()
+
+
+def test_an_agent_that_answers_with_a_message(agents: Agents) -> None:
+    assert agents.run("ask-echo", "tides") == (200, "echo: Tell me about tides")
+    _path, headers = next(item for item in agents.seen.requests if item[0] == "/echo/")
+    assert headers["authorization"] == f"Bearer {AGENT_KEY}"
+    assert headers["a2a-version"] == "1.0"
+
+
+def test_a_task_is_polled_until_it_completes_and_its_artifacts_are_the_output(
+    agents: Agents,
+) -> None:
+    status, output = agents.run("ask-slow", "moths")
+    assert status == 200
+    assert output.splitlines()[0] == "report on Tell me about moths"
+    assert json.loads(output.splitlines()[1]) == {"topic": "Tell me about moths", "sources": 2}
+    calls = [path for path, _ in agents.seen.requests if path.startswith("/slow/")]
+    assert calls[0] == "/slow/.well-known/agent-card.json"
+    assert len(calls) >= 3  # the card, SendMessage, then GetTask until it was done
+
+    status, output = agents.run("ask-slow-json", "owls")
+    assert (status, output) == (200, {"topic": "Tell me about owls", "sources": 2})
+
+
+def test_a_failed_task_fails_the_step_with_the_agents_reason(agents: Agents) -> None:
+    status, message = agents.run("ask-broken", "bees")
+    assert status == 502
+    assert message.endswith("agent 'broken' failed the task: the index is unavailable"), message
+
+
+def test_a_task_that_asks_for_input_fails_the_step_saying_so(agents: Agents) -> None:
+    status, message = agents.run("ask-curious", "wars")
+    assert status == 502
+    assert message.endswith("agent 'curious' asks for more input (input-required): which year "
+                            "do you mean?"), message
+
+
+def test_an_agent_slower_than_the_steps_timeout_fails_it(agents: Agents) -> None:
+    status, message = agents.run("ask-stuck", "glaciers")
+    assert status == 502
+    assert message.endswith("timed out after 1s"), message
+
+
+def test_redirects_and_card_endpoints_elsewhere_are_not_followed(agents: Agents) -> None:
+    status, message = agents.run("ask-leaky", "x")
+    assert status == 502
+    assert "agent 'leaky': POST http://127.0.0.1:" in message
+    assert message.endswith("answered 307 (redirects are not followed; configure the URL it "
+                            "points to)"), message
+    status, message = agents.run("ask-elsewhere", "x")
+    assert status == 502
+    assert message.endswith("the card of agent 'elsewhere' names the endpoint "
+                            "'http://169.254.169.254/latest/', not on the card's origin "
+                            f"http://127.0.0.1:{agents.port}"), message

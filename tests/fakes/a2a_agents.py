@@ -1,0 +1,149 @@
+"""Remote A2A agents for ``agent`` steps: a real A2A 1.0 server, built with the a2a-sdk.
+
+One Starlette app serves several agents, each under its own path with its card at
+``/<name>/.well-known/agent-card.json`` (the SDK's card route) and its JSON-RPC
+endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
+
+    echo     answers with one Message: "echo: <text>"
+    slow     answers at once with a working Task (as an agent does whose work is long),
+             completes it ``slow_s`` later with a text and a data artifact
+    broken   fails its task, saying why
+    curious  asks for more input (input-required)
+    stuck    works for ``stuck_s``: longer than any step waits
+    leaky    answers the JSON-RPC endpoint with a redirect to 169.254.169.254
+    elsewhere  its card names an endpoint on another host
+
+Every request's headers are recorded (``seen``), to check what the gateway sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from a2a.helpers.proto_helpers import (
+    new_data_artifact,
+    new_text_artifact,
+    new_text_message,
+    new_text_part,
+)
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types.a2a_pb2 import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    Message,
+    Role,
+    SendMessageRequest,
+    Task,
+    TaskState,
+    TaskStatus,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+@dataclass
+class Seen:
+    """What the agents were sent: each request's path and headers."""
+
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+
+class _Executor(AgentExecutor):
+    def __init__(self, name: str, slow_s: float, stuck_s: float) -> None:
+        self.name = name
+        self.slow_s = slow_s
+        self.stuck_s = stuck_s
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        text = context.get_user_input()
+        if self.name == "echo":
+            await event_queue.enqueue_event(new_text_message(f"echo: {text}", role=Role.ROLE_AGENT))
+            return
+        task_id, context_id = context.task_id or "", context.context_id or ""
+        await event_queue.enqueue_event(Task(
+            id=task_id, context_id=context_id,
+            status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+            history=[context.message] if context.message else []))
+        updater = TaskUpdater(event_queue, task_id, context_id)
+        await updater.start_work()
+        if self.name == "slow":
+            await asyncio.sleep(self.slow_s)
+            await updater.add_artifact([new_text_part(f"report on {text}")])
+            data = new_data_artifact("facts", {"topic": text, "sources": 2})
+            await updater.add_artifact(list(data.parts), name="facts")
+            await updater.complete()
+        elif self.name == "broken":
+            await updater.failed(updater.new_agent_message(
+                [new_text_part("the index is unavailable")]))
+        elif self.name == "curious":
+            await updater.requires_input(updater.new_agent_message(
+                [new_text_part("which year do you mean?")]))
+        else:  # stuck
+            await asyncio.sleep(self.stuck_s)
+            await updater.add_artifact(new_text_artifact("late", "too late").parts)
+            await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
+
+
+class _AtOnce(DefaultRequestHandler):
+    """The SDK's handler, answering SendMessage as soon as the task exists (as
+    ``returnImmediately`` asks): the agent's client then polls GetTask."""
+
+    async def on_message_send(self, params: SendMessageRequest,
+                              context: ServerCallContext) -> Message | Task:
+        params.configuration.return_immediately = True
+        return await super().on_message_send(params, context)
+
+
+def _card(name: str, endpoint: str) -> AgentCard:
+    return AgentCard(
+        name=name, description=f"The {name} test agent", version="1.0",
+        supported_interfaces=[AgentInterface(url=endpoint, protocol_binding="JSONRPC",
+                                             protocol_version="1.0")],
+        capabilities=AgentCapabilities(streaming=False),
+        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
+        skills=[AgentSkill(id=name, name=name, description=name, tags=["test"])],
+    )
+
+
+def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
+               stuck_s: float = 30.0) -> ASGIApp:
+    """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
+    mounts = []
+    for name in ("echo", "slow", "broken", "curious", "stuck", "leaky", "elsewhere"):
+        endpoint = f"{base_url}/{name}/"
+        if name == "elsewhere":
+            endpoint = "http://169.254.169.254/latest/"
+        executor = _Executor(name, slow_s, stuck_s)
+        card = _card(name, endpoint)
+        handler = (_AtOnce if name == "slow" else DefaultRequestHandler)(
+            executor, InMemoryTaskStore(), card)
+        routes = [*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
+        if name == "leaky":
+            routes = [*create_agent_card_routes(card), Route(
+                "/", lambda _request: RedirectResponse("http://169.254.169.254/", 307),
+                methods=["POST"])]
+        mounts.append(Mount(f"/{name}", routes=routes))
+    app = Starlette(routes=mounts)
+
+    async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            seen.requests.append((request.url.path, dict(request.headers)))
+        await app(scope, receive, send)
+
+    return recorded
+

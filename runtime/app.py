@@ -42,7 +42,7 @@ from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
 from .upstream_load import UpstreamLoadWatch
-from .workflows import PipelineChat, Workflows, workflow_routes
+from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
 CIRCUITS_PUBLISHED_EVERY_S = 1.0
 
@@ -80,6 +80,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             Route("/admin/status", endpoints.admin_status, methods=["GET"]),
             Route("/admin/reload", endpoints.admin_reload, methods=["POST"]),
             *workflow_routes(workflows),
+            *a2a_routes(workflows),
             *admin_page_routes(gateway, workflows),
             *policy_routes(gateway),
             *mcp_routes(mcp),

@@ -5,9 +5,12 @@
     kinds               what each kind of step does
     runner.Runner       claims executions (leases), renews them, resumes the orphaned
     api                 /api/v1/..., /ws/executions/{id}, /v1/pipelines/{name}
+    agents              the agent step: calls to remote A2A agents
+    a2a_api             /a2a/{name}: each pipeline as an A2A agent
 """
 
+from .a2a_api import a2a_routes
 from .api import PipelineChat, workflow_routes
 from .service import Workflows
 
-__all__ = ["PipelineChat", "Workflows", "workflow_routes"]
+__all__ = ["PipelineChat", "Workflows", "a2a_routes", "workflow_routes"]

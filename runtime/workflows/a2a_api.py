@@ -1,0 +1,215 @@
+"""Pipelines as A2A agents: an agent card and a JSON-RPC endpoint (A2A 1.0) per pipeline.
+
+    GET  /a2a/{pipeline}/.well-known/agent-card.json   its card: one skill, the pipeline
+    POST /a2a/{pipeline}                               SendMessage, GetTask, CancelTask
+
+Each pipeline is an agent with a base URL of its own, ``/a2a/{pipeline}``, and its card
+where A2A puts one under a base URL (the a2a-sdk's ``A2ACardResolver(client,
+base_url)`` reads ``{base_url}/.well-known/agent-card.json``). A task is an execution,
+and has its id: SendMessage starts one (the message's ``messageId`` is its idempotency
+key, so a resent message gets the same task) with the message's data part as input, or
+its text (a JSON object as is, else the input's one string field, else ``{"prompt":
+text}``), and waits for it as ``POST /v1/pipelines`` does unless ``returnImmediately``.
+An execution waiting for an approval is ``input-required`` (decided with POST
+/api/v1/executions/{id}/approvals); one that succeeded is ``completed``, its output
+the artifact ``output``. Callers authenticate with aigw API keys (Bearer), and Cedar's
+invoke check on ``Pipeline::"name"`` is made as for ``POST /v1/pipelines/{name}``;
+GetTask and CancelTask see only the key's own executions (an admin key's: all).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from aigw.compiler.graph import ApiKey, Graph
+
+from ..auth import authenticate
+from ..errors import BadRequest, Conflict, NotFound
+from ..policy_request import authorize_pipeline
+from ..store.executions import FINAL, Execution, Status
+from .service import Workflows, may_run
+
+PROTOCOL_VERSION = "1.0"
+# How long SendMessage waits for its task to settle, as POST /v1/pipelines waits; and
+# CancelTask for the runner holding the execution to stop it.
+SEND_WAIT_S = 300.0
+CANCEL_WAIT_S = 10.0
+# JSON-RPC's codes and A2A's own (A2A 1.0, JSON-RPC binding).
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
+TASK_NOT_FOUND, TASK_NOT_CANCELABLE = -32001, -32002
+
+_STATES = {
+    Status.QUEUED: "TASK_STATE_SUBMITTED", Status.RUNNING: "TASK_STATE_WORKING",
+    Status.PAUSED: "TASK_STATE_WORKING", Status.WAITING: "TASK_STATE_INPUT_REQUIRED",
+    Status.SUCCEEDED: "TASK_STATE_COMPLETED", Status.FAILED: "TASK_STATE_FAILED",
+    Status.CANCELLED: "TASK_STATE_CANCELED",
+}
+
+
+def a2a_routes(workflows: Workflows) -> list[BaseRoute]:
+    api = _A2a(workflows)
+    return [
+        Route("/a2a/{name}/.well-known/agent-card.json", api.card, methods=["GET"]),
+        Route("/a2a/{name}", api.rpc, methods=["POST"]),
+    ]
+
+
+class _RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _A2a:
+    def __init__(self, workflows: Workflows) -> None:
+        self.workflows = workflows
+
+    def _graph(self) -> Graph:
+        return self.workflows.gateway.live.graph
+
+    def _pipeline(self, request: Request) -> tuple[ApiKey, str]:
+        """The caller's key (else a 401) and the pipeline the path names, if that key may
+        run it (else a 404, as for a pipeline that does not exist)."""
+        key = authenticate(self._graph(), request.headers)
+        name: str = request.path_params["name"]
+        if name not in self._graph().pipelines or not may_run(key, self._graph(), name):
+            raise NotFound(f"No pipeline named '{name}'.")
+        return key, name
+
+    async def card(self, request: Request) -> Response:
+        _key, name = self._pipeline(request)
+        pipeline = self._graph().pipelines[name]
+        base = str(request.base_url).rstrip("/")
+        about = pipeline.description or f"Runs the aigw pipeline '{name}'."
+        return JSONResponse({
+            "name": name,
+            "description": about,
+            "supportedInterfaces": [{"url": f"{base}/a2a/{name}", "protocolBinding": "JSONRPC",
+                                     "protocolVersion": PROTOCOL_VERSION}],
+            "version": self._graph().fingerprint[:12],
+            "capabilities": {"streaming": False, "pushNotifications": False},
+            "securitySchemes": {"aigw": {"httpAuthSecurityScheme": {"scheme": "Bearer"}}},
+            "securityRequirements": [{"schemes": {"aigw": {"list": []}}}],
+            "defaultInputModes": ["text/plain", "application/json"],
+            "defaultOutputModes": ["text/plain", "application/json"],
+            "skills": [{"id": name, "name": name, "description": about, "tags": ["pipeline"]}],
+        })
+
+    async def rpc(self, request: Request) -> Response:
+        key, name = self._pipeline(request)
+        call_id: Any = None
+        try:
+            try:
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise _RpcError(PARSE_ERROR, f"the body is not JSON: {exc}") from exc
+            if not isinstance(body, dict) or body.get("jsonrpc") != "2.0" \
+                    or not isinstance(body.get("method"), str):
+                raise _RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
+            call_id = body.get("id")
+            params = body.get("params") or {}
+            if not isinstance(params, dict):
+                raise _RpcError(INVALID_PARAMS, "params must be an object")
+            result = await self._call(request, key, name, body["method"], params)
+        except _RpcError as exc:
+            return JSONResponse({"jsonrpc": "2.0", "id": call_id,
+                                 "error": {"code": exc.code, "message": exc.message}})
+        return JSONResponse({"jsonrpc": "2.0", "id": call_id, "result": result})
+
+    async def _call(self, request: Request, key: ApiKey, name: str, method: str,
+                    params: dict[str, Any]) -> dict[str, Any]:
+        if method == "SendMessage":
+            return await self._send(request, key, name, params)
+        if method not in ("GetTask", "CancelTask"):
+            raise _RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
+                            "agent takes SendMessage, GetTask and CancelTask")
+        task_id = params.get("id")
+        try:
+            execution = await self.workflows.execution(key, str(task_id))
+            if execution.pipeline != name:
+                raise NotFound(f"No execution '{task_id}'.")
+            if method == "CancelTask":
+                execution = await self.workflows.control(key, execution.id, "cancel")
+                execution = await self._settled(execution, CANCEL_WAIT_S, FINAL)
+        except NotFound:
+            raise _RpcError(TASK_NOT_FOUND, f"no task '{task_id}'") from None
+        except Conflict as exc:
+            raise _RpcError(TASK_NOT_CANCELABLE, exc.message) from exc
+        return task(execution)
+
+    async def _send(self, request: Request, key: ApiKey, name: str,
+                    params: dict[str, Any]) -> dict[str, Any]:
+        message = params.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
+            raise _RpcError(INVALID_PARAMS, "params.message with parts is required")
+        user = request.headers.get(self._graph().settings.user_header) or None
+        facts = await authorize_pipeline(self.workflows.gateway.live, key, user, name,
+                                         request.headers)
+        given = self._input(name, message["parts"])
+        message_id = message.get("messageId")
+        try:
+            execution, _ = await self.workflows.start_execution(
+                key, name, given, str(message_id) if message_id else None, user, facts)
+        except (BadRequest, Conflict) as exc:  # the input, or a messageId used before
+            raise _RpcError(INVALID_PARAMS, exc.message) from exc
+        configuration = params.get("configuration")
+        if not (isinstance(configuration, dict) and configuration.get("returnImmediately")):
+            execution = await self._settled(execution, SEND_WAIT_S,
+                                            FINAL | {Status.PAUSED, Status.WAITING})
+        return {"task": task(execution)}
+
+    def _input(self, name: str, parts: list[Any]) -> Any:
+        data = [part["data"] for part in parts if isinstance(part, dict) and "data" in part]
+        if data:
+            return data[0]
+        text = "\n".join(str(part["text"]) for part in parts
+                         if isinstance(part, dict) and "text" in part)
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+        field = self._graph().pipelines[name].chat_field
+        return {field: text} if field is not None else {"prompt": text}
+
+    async def _settled(self, execution: Execution, timeout: float,
+                       until: frozenset[Status]) -> Execution:
+        """The execution once its status is one of ``until`` (or after ``timeout``)."""
+        store = await self.workflows.store()
+        deadline = self.workflows.clock() + timeout
+        while execution.status not in until:
+            remaining = deadline - self.workflows.clock()
+            if remaining <= 0:
+                break
+            await self.workflows.wait(execution.id, min(self.workflows.poll_s, remaining))
+            execution = await store.get(execution.id) or execution
+        return execution
+
+
+def task(execution: Execution) -> dict[str, Any]:
+    """``execution`` as an A2A Task (its proto JSON form)."""
+    status: dict[str, Any] = {"state": _STATES[execution.status]}
+    said = {
+        Status.WAITING: f"waiting for an approval: POST /api/v1/executions/{execution.id}"
+                        "/approvals decides it",
+        Status.PAUSED: f"paused: POST /api/v1/executions/{execution.id}/resume goes on",
+        Status.FAILED: execution.error, Status.CANCELLED: execution.error,
+    }.get(execution.status)
+    if said:
+        status["message"] = {"messageId": f"{execution.id}:{execution.status.value}",
+                             "role": "ROLE_AGENT", "taskId": execution.id,
+                             "contextId": execution.id, "parts": [{"text": said}]}
+    found: dict[str, Any] = {"id": execution.id, "contextId": execution.id, "status": status}
+    if execution.status is Status.SUCCEEDED:
+        output = execution.output
+        part = {"text": output} if isinstance(output, str) else {"data": output}
+        found["artifacts"] = [{"artifactId": "output", "name": "output", "parts": [part]}]
+    return found
+

@@ -1,0 +1,123 @@
+"""Pipelines as A2A agents (``/a2a/{name}``), driven by the a2a-sdk's own client in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from a2a.client import ClientConfig, ClientFactory
+from a2a.helpers.proto_helpers import new_text_message
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    Role,
+    SendMessageRequest,
+    Task,
+    TaskState,
+)
+from a2a.utils.errors import InvalidParamsError
+from google.protobuf import json_format
+
+from .conftest import BOT_KEY, Serve, Served, approval_pipeline
+from .test_approvals import DENIED, EVERYTHING, NO_PUBLISH_FOR_BOT
+
+GREET = """
+description: Greets a topic.
+input: {type: object, required: [topic], properties: {topic: {type: string}}}
+steps:
+  greet: {kind: transform, expression: "'about ' + input.topic"}
+output: "{{ steps.greet }}"
+"""
+
+
+async def _client(served: Served, pipeline: str, *, polling: bool = False) -> object:
+    factory = ClientFactory(ClientConfig(httpx_client=served.http, streaming=False,
+                                         polling=polling))
+    return await factory.create_from_url(f"http://aigw.test/a2a/{pipeline}")
+
+
+async def _send(client: object, text: str) -> Task:
+    request = SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+    async for event in client.send_message(request):  # type: ignore[attr-defined]
+        assert event.HasField("task"), event
+        return event.task
+    raise AssertionError("no answer")
+
+
+async def test_a_pipeline_is_an_agent_whose_task_output_is_an_artifact(serve: Serve) -> None:
+    served = await serve({"greet": GREET})
+    card = (await served.http.get("/a2a/greet/.well-known/agent-card.json")).json()
+    assert card["supportedInterfaces"] == [{"url": "http://aigw.test/a2a/greet",
+                                            "protocolBinding": "JSONRPC",
+                                            "protocolVersion": "1.0"}]
+    assert card["skills"][0]["description"] == "Greets a topic."
+    client = await _client(served, "greet")
+    task = await _send(client, "owls")
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert [part.text for part in task.artifacts[0].parts] == ["about owls"]
+    assert (await served.get(task.id))["output"] == "about owls"  # the task is the execution
+
+
+async def test_a_task_sent_to_return_at_once_is_polled_with_get_task(serve: Serve) -> None:
+    served = await serve({"greet": GREET})
+    client = await _client(served, "greet", polling=True)
+    task = await _send(client, '{"topic": "moths"}')
+    while task.status.state != TaskState.TASK_STATE_COMPLETED:
+        assert task.status.state in (TaskState.TASK_STATE_SUBMITTED,
+                                     TaskState.TASK_STATE_WORKING)
+        task = await client.get_task(GetTaskRequest(id=task.id))  # type: ignore[attr-defined]
+    assert json_format.MessageToDict(task)["artifacts"][0]["parts"] == [{"text": "about moths"}]
+
+
+async def test_an_approval_is_input_required_and_cancel_task_cancels_it(serve: Serve) -> None:
+    served = await serve({"publish": approval_pipeline()})
+    client = await _client(served, "publish")
+    task = await _send(client, '{"text": "hello"}')
+    assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert "POST /api/v1/executions/" in task.status.message.parts[0].text
+    approved = await served.http.post(f"/api/v1/executions/{task.id}/approvals",
+                                      json={"decision": "approve"})
+    assert approved.status_code == 200, approved.text
+    await served.wait_for(task.id, lambda e: e["status"] == "succeeded")
+    done = await client.get_task(GetTaskRequest(id=task.id))  # type: ignore[attr-defined]
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    [part] = json_format.MessageToDict(done)["artifacts"][0]["parts"]
+    assert part["data"]["published"] == "published: hello"  # a JSON output: a data part
+
+    waiting = await _send(client, '{"text": "again"}')
+    cancelled = await client.cancel_task(  # type: ignore[attr-defined]
+        CancelTaskRequest(id=waiting.id))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+
+
+async def test_callers_need_a_key_and_see_only_their_own_tasks(serve: Serve) -> None:
+    served = await serve({"greet": GREET})
+    task = await _send(await _client(served, "greet"), "owls")
+    anonymous = await served.http.post("/a2a/greet", json={}, headers={"authorization": ""})
+    assert anonymous.status_code == 401
+    other = await served.http.post(
+        "/a2a/greet", headers={"authorization": f"Bearer {BOT_KEY}"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task.id}})
+    assert other.json() == {"jsonrpc": "2.0", "id": 1,
+                            "error": {"code": -32001, "message": f"no task '{task.id}'"}}
+    unknown = await served.http.post("/a2a/greet", json={"jsonrpc": "2.0", "id": 2,
+                                                         "method": "SendStreamingMessage"})
+    assert unknown.json()["error"]["code"] == -32601
+    assert (await served.http.get("/a2a/nope/.well-known/agent-card.json")).status_code == 404
+    with pytest.raises(InvalidParamsError, match="does not match pipeline 'greet'"):
+        await _send(await _client(served, "greet"), "{}")  # not the input the schema takes
+
+
+async def test_sending_a_message_is_checked_by_cedar_as_running_the_pipeline(
+    serve: Serve, tmp_path: Path
+) -> None:
+    root = tmp_path / "policed"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(EVERYTHING + NO_PUBLISH_FOR_BOT)
+    served = await serve({"publish": approval_pipeline()}, root=root)
+    refused = await served.http.post(
+        "/a2a/publish", headers={"authorization": f"Bearer {BOT_KEY}"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
+            "messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "{}"}]}}})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["message"] == DENIED

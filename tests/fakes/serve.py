@@ -22,6 +22,13 @@ def free_port() -> int:
         return port
 
 
+async def _cancel_pending() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextmanager
 def serving(app: ASGIApp, ready_path: str = "/__ready", port: int | None = None) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 (on ``port``, for an app that must know its own URL;
@@ -38,6 +45,9 @@ def serving(app: ASGIApp, ready_path: str = "/__ready", port: int | None = None)
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        # Tasks the app left running (an agent still at work) end here, in their own
+        # loop: collected later, in another test's, their cleanup could block that one.
+        loop.run_until_complete(_cancel_pending())
 
     thread = threading.Thread(target=run, name=f"fake-{port}", daemon=True)
     thread.start()

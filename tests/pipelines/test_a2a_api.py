@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,12 @@ async def test_a_task_sent_to_return_at_once_is_polled_with_get_task(serve: Serv
     served = await serve({"greet": GREET})
     client = await _client(served, "greet", polling=True)
     task = await _send(client, '{"topic": "moths"}')
-    while task.status.state != TaskState.TASK_STATE_COMPLETED:
+    for _ in range(200):
+        if task.status.state == TaskState.TASK_STATE_COMPLETED:
+            break
         assert task.status.state in (TaskState.TASK_STATE_SUBMITTED,
                                      TaskState.TASK_STATE_WORKING)
+        await asyncio.sleep(0.05)
         task = await client.get_task(GetTaskRequest(id=task.id))  # type: ignore[attr-defined]
     assert json_format.MessageToDict(task)["artifacts"][0]["parts"] == [{"text": "about moths"}]
 

@@ -108,7 +108,7 @@ async def ask(
                               max_completion_tokens=call.max_tokens,
                               temperature=call.temperature)
         try:
-            text = await run.call_model(context, model, request, f"{key}#{turn}")
+            text = await run.call_model(context, model, request, _turn(key, turn))
         except GatewayError as exc:  # the call's own: its answer's save raises none (_keep)
             raise StepFailed(f"model '{model}': {exc.message}",
                              retryable=exc.status == 429 or exc.status >= 500) from exc
@@ -121,6 +121,11 @@ async def ask(
                     Message(role="user", content=f"Your answer is not valid: {problem}. "
                             "Answer again with only the JSON.")]
     raise StepFailed(f"model '{model}' gave no valid JSON answer: {problem}")
+
+
+def _turn(key: str, turn: int) -> str:
+    """The memo key of a call's ``turn`` (0, then one per answer asked for again)."""
+    return f"{key}#{turn}"
 
 
 def _parse_json(text: str, call: ModelCall) -> tuple[Any, str]:
@@ -280,13 +285,22 @@ async def _loop(context: StepContext, action: Loop) -> dict[str, Any]:
 async def _plan(context: StepContext, action: Loop, scope: Mapping[str, Any], key: str) -> str:
     run = context.run
     names = [*action.actions, "done"]
+    kept = False
     if isinstance(action.planner, ModelCall):
         model = action.planner.models[0]
+        # A resumed run reads the answer it kept, given on the graph of its time.
+        kept = _turn(f"{key}/plan", 0) in run.memos
         text = str(await ask(context, action.planner, model, f"{key}/plan", scope))
         chosen = _named(text, names)
     else:
         chosen = str(run.evaluate(action.planner, scope)).strip()
     if chosen not in names:
+        # Retryable for a model: a new try of the loop asks again, on the graph serving.
+        if kept:  # not the model's mistake, most likely: say so
+            raise StepFailed(f"iteration {scope['iteration']}: the planner chose "
+                             f"{chosen[:80]!r} before the run resumed, which is none of the "
+                             f"actions now: {', '.join(names)} (a reload may have removed "
+                             "or renamed it)")
         raise StepFailed(f"the planner chose {chosen[:80]!r}, which is none of: "
                          f"{', '.join(names)}", retryable=isinstance(action.planner, ModelCall))
     return chosen

@@ -255,3 +255,59 @@ async def test_a_state_path_is_looked_up_at_every_depth(serve: Serve) -> None:
         "each@1/0": None, "each@1/0/ask": None, "each@2/3/gone": "child",
         "plan@1/0/act": None, "plan@1/0/act/ask": None, "plan@1/0/act/gone": "child",
         "plan@1/0/gone": "outer", "note@1/0": "outer"}
+
+
+
+# A loop whose planner (a model, whose answers are kept) chose an action that waits.
+LOOP_WAITS = """
+input: {type: object}
+steps:
+  plan:
+    kind: loop
+    max_iterations: 2
+    retries: {retries}
+    backoff_ms: 0
+    planner: {model: fast, prompt: "{% if iteration < 1 %}ask{% else %}done{% endif %}"}
+    actions:
+      ask: {kind: approval, message: "go?", timeout_s: 60}
+output: "{{ steps.plan.history }}"
+"""
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_a_loop_action_a_reload_renamed_is_planned_again_or_named_as_it_resumes(
+    serve: Serve, store_options: dict[str, Any], retries: int
+) -> None:
+    """The planner's kept answer names the action a reload renamed: the action's
+    approval is closed as a removed step's is, and the loop fails saying so (it read as
+    the planner's own mistake). A retry of the loop plans again, on the new graph."""
+    looping = LOOP_WAITS.replace("{retries}", str(retries))
+    served = await serve({"looping": looping}, **store_options)
+    started = await served.start("looping", {})
+    await _settled(served, started["id"], "waiting")
+    await served.workflows.stop()
+    (served.root / "pipelines" / "looping.yaml").write_text(looping.replace("ask", "confirm"))
+    assert (await served.gateway.reload("test")).ok
+    second = served.with_new_runner()
+    try:
+        if retries:
+            await second.wait_for(started["id"], lambda e: e["status"] == "waiting"
+                                  and e["runner"] is not None)
+            assert await _inbox(second) == ["plan@2/0/confirm"]
+            decided = await second.http.post(f"/api/v1/executions/{started['id']}/approvals",
+                                             json={"decision": "approve"})
+            assert decided.status_code == 200, decided.text
+            done = await _settled(second, started["id"], "succeeded")
+            assert [item["action"] for item in done["output"]] == ["confirm"]
+        else:
+            done = await _settled(second, started["id"], "failed")
+            assert done["error"] == (
+                "step 'plan' failed: iteration 0: the planner chose 'ask' before the run "
+                "resumed, which is none of the actions now: confirm, done (a reload may "
+                "have removed or renamed it)")
+        state = (await second.steps(started["id"]))["plan@1/0/ask"]
+        assert (state["status"], state["error"]) == (
+            "cancelled", "abandoned: pipeline 'looping' no longer has this step (a reload "
+            "removed or renamed it)")
+    finally:
+        await second.aclose()

@@ -426,6 +426,7 @@ class AttemptLoop(Generic[T]):
         its retries go on from it, and the partner's from its failure (``hedge.failed``)."""
         leader = asyncio.create_task(self._one(first))
         started = {leader}
+        discards: dict[asyncio.Task[Won[T]], asyncio.Future[None]] = {}  # see ``_bury``
         try:
             delay = self._hedge_delay(first)
             done, _ = await asyncio.wait({leader}, timeout=delay)
@@ -446,7 +447,7 @@ class AttemptLoop(Generic[T]):
                             loser.cancel()
                         # Both may have answered in the same round: the other's answer is
                         # discarded too (a stream closed now, not when it is collected).
-                        await self._bury((pending | done) - {task})
+                        await self._bury((pending | done) - {task}, discards)
                         return task.result()
             error = partner.exception()
             if isinstance(error, UpstreamError) and not isinstance(error, _UNCALLED):
@@ -456,24 +457,37 @@ class AttemptLoop(Generic[T]):
             # The request itself was cancelled (its client gone, a shutdown): its attempts
             # are its own. Left running, a winner's stream, quota hold and a half-open
             # circuit's probe (held until a stream ends) were never given back, and the
-            # deployment was skipped as "circuit open" until a restart.
-            unfinished = {task for task in started if not task.done()}
-            for task in unfinished:
+            # deployment was skipped as "circuit open" until a restart. Cancelled while a
+            # loser was discarded, the winner is nobody's either: discarded too.
+            for task in started:
                 task.cancel()
             with anyio.CancelScope(shield=True):
-                await self._bury(unfinished)
+                await self._bury(started, discards)
             raise
 
-    async def _bury(self, losers: set[asyncio.Task[Won[T]]]) -> None:
+    async def _bury(self, losers: set[asyncio.Task[Won[T]]],
+                    discards: dict[asyncio.Task[Won[T]], asyncio.Future[None]]) -> None:
+        """Close (and bill) those of ``losers`` that answered, each once: ``discards``
+        holds the discard begun for each. A discard runs in a task of its own, so that
+        the request cancelled meanwhile (its client gone, a shutdown) leaves it to finish:
+        cut halfway, a stream stayed open and its deployment's quota hold was kept until
+        it expired, refusing calls meanwhile."""
         for loser in losers:
-            try:
-                won = await loser
-            except (asyncio.CancelledError, Exception):  # its own failure: nothing to close
-                continue
-            # It answered too, just later: closed and billed as a call cut short, and no
-            # verdict given.
-            stream_ended(self.state, won, ended=False, error=None)
-            await self.discard(won)
+            if loser not in discards:
+                # Waited for, not awaited: a cancellation of this task is not the loser's
+                # failure, to be swallowed here.
+                await asyncio.wait((loser,))
+                if loser.cancelled() or loser.exception() is not None:
+                    continue  # its own failure: nothing to close
+                won = loser.result()
+                # It answered too, just later: closed and billed as a call cut short, and
+                # no verdict given.
+                stream_ended(self.state, won, ended=False, error=None)
+                discards[loser] = asyncio.ensure_future(self.discard(won))
+            await asyncio.wait((discards[loser],))
+        for loser in losers:  # the first that failed, once every one is done
+            if loser in discards:
+                discards[loser].result()
 
     def _nothing_to_try(self) -> GatewayError:
         denied = [d for d in self.trace.dropped if isinstance(d, Denied)]

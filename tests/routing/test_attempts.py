@@ -7,11 +7,17 @@ import json
 import logging
 import random
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
+from aigw.compiler.graph import Provider
 from aigw.runtime.chat_request import ChatRequest
+from aigw.runtime.providers import registry
+from aigw.runtime.providers.base import ChatAdapter, ChatCall, ChatDelta
+from aigw.runtime.providers.echo import EchoAdapter
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
 
@@ -883,3 +889,70 @@ routes:
         assert len(set(served)) == 1, served  # the KV cache of one server has it
         homes.add(served[0])
     assert len(homes) > 1  # different conversations spread over the members
+
+
+class _Gated(EchoAdapter):
+    """Echo, whose streams answer together (each first delta waits until both were
+    asked) and close slowly (until ``release``): a hedge's loser answered too, and its
+    discard is under way while the test cancels the request."""
+
+    asked: list[str]
+    both_asked: asyncio.Event
+    closing: asyncio.Event
+    release: asyncio.Event
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        self.asked.append(call.deployment.name)
+        if len(self.asked) == 2:
+            self.both_asked.set()
+        await self.both_asked.wait()
+        try:
+            async for delta in super().stream(call):
+                yield delta
+        finally:
+            self.closing.set()
+            await self.release.wait()
+
+
+async def test_a_request_cancelled_while_a_hedge_loser_is_discarded_settles_both_holds(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled (its client gone) while the loser that answered too was being closed,
+    the request left the rest of that discard undone and the winner unread: both
+    deployments' quota holds were kept until they expired, and their tpm refused calls
+    meanwhile. Both are settled now, and the next calls go out."""
+    gates: dict[str, Any] = {"asked": [], "both_asked": asyncio.Event(), "closing": asyncio.Event(),
+             "release": asyncio.Event()}
+
+    def gated(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+        adapter = _Gated(provider, counter)
+        adapter.__dict__.update(gates)
+        return adapter
+
+    monkeypatch.setattr(registry, "ADAPTERS", {**registry.ADAPTERS, "echo": gated})
+    client = await make_gateway("""
+providers:
+  pa: {type: echo}
+  pb: {type: echo}
+deployments:
+  a: {provider: pa, model: echo-a, context_window: 1000, limits: {tpm: 600}}
+  b: {provider: pb, model: echo-b, context_window: 1000, limits: {tpm: 600}}
+groups:
+  g: {members: [a, b], retry: {attempts: 0}}
+  only-a: {members: [a], retry: {attempts: 0}}
+  only-b: {members: [b], retry: {attempts: 0}}
+routes:
+  r: {group: g, hedge_after_ms: 50}
+  ra: {group: only-a}
+  rb: {group: only-b}
+""")
+    # Each call holds its worst case (~410 tokens) of its deployment's 600 a minute.
+    call = asyncio.create_task(client.post(CHAT, json=_ask(stream=True, max_tokens=400)))
+    await asyncio.wait_for(gates["closing"].wait(), 5)  # the loser's discard is under way
+    call.cancel()
+    gates["release"].set()  # the discard may end now (it is waited for)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for route in ("ra", "rb"):  # each room for another worst case: the holds were settled
+        response = await client.post(CHAT, json=_ask(model=route, max_tokens=400))
+        assert response.status_code == 200, response.text

@@ -102,6 +102,7 @@ def build_authorization(
     keys: Sequence[ApiKey],
     pipelines: Sequence[str],
     mcp_servers: Sequence[str] = (),
+    agents: Sequence[str] = (),
 ) -> Authorization:
     """The frozen Cedar model of a compiled config (its policies already validated)."""
     parsed = checked.parsed
@@ -117,6 +118,7 @@ def build_authorization(
         *({"uid": _uid("Group", name), "attrs": {}, "parents": []} for name in groups),
         *({"uid": _uid("Pipeline", name), "attrs": {}, "parents": []} for name in pipelines),
         *({"uid": _uid("McpServer", name), "attrs": {}, "parents": []} for name in mcp_servers),
+        *({"uid": _uid("Agent", name), "attrs": {}, "parents": []} for name in agents),
         *(_key(key, found) for key in keys),
         *(_route(route, found) for route in routes.values()),
     ]

@@ -177,7 +177,7 @@ def entity_names(linked: Linked, validated: Validated) -> EntityNames:
             "Deployment": ids("deployments", linked.deployments),
             "Route": ids("routes", linked.routes),
             "Pipeline": ids("pipelines", linked.pipelines),
-            "Agent": (),
+            "Agent": ids("agents", linked.agents),
             "Tool": (),
             "McpServer": ids("mcp_servers", linked.mcp_servers),
         }),

@@ -231,7 +231,7 @@ def freeze(
         warnings=warnings,
         authorization=build_authorization(
             checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
-            list(linked.pipelines), list(linked.mcp_servers),
+            list(linked.pipelines), list(linked.mcp_servers), list(linked.agents),
         ),
     )
 

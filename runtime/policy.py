@@ -456,6 +456,19 @@ class RequestGate:
                             f"'{pipeline}'{because}.", headers=self._headers(decision.policies))
         return decision
 
+    def check_invoke_agent(self, agent: str) -> Decision:
+        """As ``check_invoke``, for an ``agent`` step's message to ``agent``
+        (``Agent::"name"``)."""
+        decision = self.engine.decide(self.principal, INVOKE,
+                                      {"type": "Agent", "id": agent}, self.context)
+        if not decision.allowed:
+            because = ("" if self.hide_ids
+                       else f": denied by {', '.join(decision.policies)}" if decision.policies
+                       else ": no policy permits it")
+            raise Forbidden(f"Policy does not allow {self.describe} to call agent "
+                            f"'{agent}'{because}.", headers=self._headers(decision.policies))
+        return decision
+
     def check_invoke_mcp(self, server: str) -> Decision:
         """As ``check_invoke``, for a message to MCP server ``server``
         (``McpServer::"name"``; the tool a tools/call names is ``context.tool``)."""

@@ -9,7 +9,7 @@ request whose invoke policies do not, it comes with the request's reservation in
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
@@ -19,7 +19,7 @@ from aigw.compiler.graph import ApiKey, Route
 from .admission import budget_remaining, subject_limits
 from .errors import BadRequest, Forbidden, StoreUnavailable
 from .live import Live
-from .policy import Facts, RequestGate, principal_for
+from .policy import Decision, Facts, RequestGate, principal_for
 from .store import Limits, Store
 
 if TYPE_CHECKING:
@@ -113,6 +113,22 @@ async def authorize_pipeline_again(
     those that can be told again (``UNKEPT_FACTS``), and fails closed: a deny stops it,
     whether a forbid decided it or no policy permits it, and says why. Stopped only by a
     forbid, it went on where policy now permits the pipeline to tagged requests alone."""
+    await _authorize_again(live, key, user, kept,
+                           lambda gate: gate.check_invoke_pipeline(pipeline))
+
+
+async def authorize_agent(
+    live: Live, key: ApiKey, user: str | None, agent: str, kept: Mapping[str, Any] | None,
+) -> None:
+    """The invoke check on ``Agent::"name"`` for an execution's ``agent`` step, asked
+    as ``authorize_pipeline_again`` asks (the facts of the request that made it)."""
+    await _authorize_again(live, key, user, kept, lambda gate: gate.check_invoke_agent(agent))
+
+
+async def _authorize_again(
+    live: Live, key: ApiKey, user: str | None, kept: Mapping[str, Any] | None,
+    check: Callable[[RequestGate], Decision],
+) -> None:
     facts = UNKEPT_FACTS if kept is None else Facts(
         route=str(kept.get("route", "")),
         estimated_tokens=int(kept.get("estimated_tokens", 0)),
@@ -123,7 +139,7 @@ async def authorize_pipeline_again(
     )
     gate = await _gate(live, key, user, facts)
     try:
-        gate.check_invoke_pipeline(pipeline)
+        check(gate)
     except Forbidden as exc:
         if kept is not None:
             raise

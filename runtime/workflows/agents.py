@@ -1,5 +1,6 @@
 """The ``agent`` step: one message to a remote agent over A2A 1.0's JSON-RPC binding.
 
+    policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one); its JSONRPC
                   interface is the endpoint, which must be on the card's origin
     SendMessage   the rendered prompt as one text part
@@ -54,6 +55,8 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     if agent.disabled_reason is not None:
         raise StepFailed(f"agent '{agent.name}' is disabled: {agent.disabled_reason}",
                          retryable=False)
+    # As a pipeline step is checked on Pipeline::"name": a deny fails the step, untried.
+    await context.run.caller.check_agent(agent.name)
     client = _Client(context.run, agent, step.timeout_s)
     endpoint = await client.endpoint()
     message = {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",

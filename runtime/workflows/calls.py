@@ -1,5 +1,5 @@
 """The outside world of a step: model calls through the gateway's own serving core, the
-policy check on a pipeline a step runs, and HTTP tool calls.
+policy check on a pipeline or agent a step calls, and HTTP tool calls.
 
 A model call is an ``Exchange``, exactly like a request to /v1/chat/completions after
 authentication: routing, fallbacks and circuit breakers, the key's (and its team's)
@@ -25,7 +25,7 @@ from ..chat_request import ChatRequest
 from ..errors import Forbidden, GatewayError, InternalError
 from ..exchange import Exchange
 from ..live import Gateway, Live
-from ..policy_request import authorize_pipeline_again
+from ..policy_request import authorize_agent, authorize_pipeline_again
 from ..store.executions import Execution
 from ..upstream import no_cookies, read_bounded
 from .engine import HttpAnswer, ModelAnswer, StepFailed
@@ -97,6 +97,16 @@ class GatewayModels:
         try:
             await authorize_pipeline_again(live, self._key(live), self.user, pipeline,
                                            self.facts)
+        except Forbidden as exc:
+            raise StepFailed(exc.message, retryable=False) from exc
+
+    async def check_agent(self, agent: str) -> None:
+        """As ``check_pipeline``, for an ``agent`` step about to message ``agent``
+        (invoke on ``Agent::"name"``), as a key reaching a route or an MCP server is
+        checked on it."""
+        live = self.gateway.live
+        try:
+            await authorize_agent(live, self._key(live), self.user, agent, self.facts)
         except Forbidden as exc:
             raise StepFailed(exc.message, retryable=False) from exc
 

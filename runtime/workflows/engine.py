@@ -105,14 +105,18 @@ class ModelAnswer:
 
 class ModelCaller(Protocol):
     """One call through the gateway's serving core (routing, limits, budgets, ledger);
-    and its invoke check on a pipeline (one a step runs, or the execution's own, asked
-    again as it resumes)."""
+    and its invoke checks on a pipeline (one a step runs, or the execution's own, asked
+    again as it resumes) and on an agent a step messages."""
 
     async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer: ...
 
     async def check_pipeline(self, pipeline: str) -> None:
         """Raise ``StepFailed`` (not retryable) if policy does not let the execution's key
         and end user run ``pipeline`` (invoke on ``Pipeline::"name"``)."""
+
+    async def check_agent(self, agent: str) -> None:
+        """Raise ``StepFailed`` (not retryable) if policy does not let them message
+        ``agent`` (invoke on ``Agent::"name"``)."""
 
 
 @dataclass(frozen=True, slots=True)

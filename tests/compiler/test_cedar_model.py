@@ -68,6 +68,18 @@ def test_named_types_are_enumerated_from_the_config() -> None:
     assert "  current_error_rate: decimal,  // failed share of the breaker window" in text
 
 
+def test_agents_are_entities_policies_may_name(write_gateway: WriteGateway) -> None:
+    root = write_gateway({
+        "gateway.yaml": GATEWAY + "agents:\n  research: {url: 'https://agents.example/a2a/'}\n",
+        "policies/a.cedar": PERMIT_ALL + '@id("no-research")\nforbid (principal, action == '
+                                         'Action::"invoke", resource == Agent::"research");\n',
+    })
+    result = compile_gateway(root, environ={})
+    assert result.diagnostics == ()
+    assert result.graph is not None
+    assert 'entity Agent enum ["research"];' in result.graph.authorization.schema_text
+
+
 def test_self_hosted_is_vllm_echo_or_tagged() -> None:
     assert is_self_hosted("vllm", ())
     assert is_self_hosted("echo", ())

@@ -17,12 +17,16 @@ import pytest
 from ..conftest import DEV_KEY
 from ..fakes.a2a_agents import Seen, a2a_agents
 from ..fakes.serve import free_port, serving
-from ..pipelines.conftest import gateway_config
+from ..pipelines.conftest import BOT_KEY, gateway_config
+from ..pipelines.test_approvals import EVERYTHING
 from .server import Server
 
 pytestmark = pytest.mark.e2e
 
 AGENT_KEY = "a2a-secret-token-123"
+# Everything is permitted but the echo agent to key bot (team ops).
+POLICIES = EVERYTHING + ('@id("ops-may-not-ask-echo")\nforbid (principal in Team::"ops", '
+                         'action == Action::"invoke", resource == Agent::"echo");\n')
 
 
 def _ask(agent: str, output: str = "text", timeout_s: float = 20) -> str:
@@ -57,10 +61,10 @@ class Agents:
     seen: Seen
     port: int  # the agents'
 
-    def run(self, pipeline: str, topic: str) -> tuple[int, Any]:
+    def run(self, pipeline: str, topic: str, key: str = DEV_KEY) -> tuple[int, Any]:
         response = httpx.post(f"{self.gateway.base_url}/v1/pipelines/{pipeline}",
                               json={"topic": topic}, timeout=60,
-                              headers={"authorization": f"Bearer {DEV_KEY}"})
+                              headers={"authorization": f"Bearer {key}"})
         body = response.json()
         if response.status_code == 200:
             return 200, body["output"]
@@ -81,6 +85,8 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
         (root / "pipelines").mkdir(parents=True)
+        (root / "policies").mkdir()
+        (root / "policies" / "gateway.cedar").write_text(POLICIES)
         (root / "gateway.yaml").write_text(gateway_config(agents=", ".join(lines)))
         for name, text in PIPELINES.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
@@ -99,6 +105,16 @@ def test_an_agent_that_answers_with_a_message(agents: Agents) -> None:
     _path, headers = next(item for item in agents.seen.requests if item[0] == "/echo/")
     assert headers["authorization"] == f"Bearer {AGENT_KEY}"
     assert headers["a2a-version"] == "1.0"
+
+
+def test_policy_decides_who_may_call_an_agent_before_it_is_called(agents: Agents) -> None:
+    before = len(agents.seen.requests)
+    status, message = agents.run("ask-echo", "tides", key=BOT_KEY)
+    assert status == 502
+    assert message.endswith("Policy does not allow key 'bot' to call agent 'echo': denied by "
+                            "ops-may-not-ask-echo."), message
+    assert len(agents.seen.requests) == before  # not called, nor tried again
+    assert agents.run("ask-echo", "tides") == (200, "echo: Tell me about tides")
 
 
 def test_a_task_is_polled_until_it_completes_and_its_artifacts_are_the_output(

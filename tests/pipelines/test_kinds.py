@@ -35,6 +35,9 @@ class FakeModels:
     async def check_pipeline(self, pipeline: str) -> None:
         """Every pipeline may run (these tests have no policies)."""
 
+    async def check_agent(self, agent: str) -> None:
+        """Every agent may be called (these tests have no policies)."""
+
 
 class _Factory:
     def __init__(self, models: FakeModels) -> None:

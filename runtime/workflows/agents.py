@@ -6,7 +6,8 @@
     SendMessage   the rendered prompt as one text part
       a Message   its parts are the answer
       a Task      GetTask until the task is terminal (the step's timeout bounds the
-                  wait); completed: its artifacts' parts (without any, its status
+                  wait; when it passes, or the execution is cancelled, CancelTask);
+                  completed: its artifacts' parts (without any, its status
                   message's) are the answer; any other end fails the step, as does a
                   task that asks for input or authentication: the step sends one
                   message and has nobody to answer a question with
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -31,13 +33,18 @@ from aigw.compiler.diagnostics import shown_url
 from aigw.compiler.egress import origin
 from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
 
-from ..store.executions import NewEvent
+from ..errors import InternalError, StoreUnavailable
+from ..store.executions import LeaseLost, NewEvent
 from .engine import HttpAnswer, Run, StepContext, StepFailed
+
+log = logging.getLogger("aigw.workflows")
 
 PROTOCOL_VERSION = "1.0"
 # Waits between GetTask calls: from the first, growing to the longest.
 POLL_FIRST_S = 0.2
 POLL_LONGEST_S = 2.0
+# The most a step that gives up waits for its CancelTask to be answered.
+CANCEL_WAIT_S = 5.0
 # JSON-RPC errors worth another try (the step's retries): the server's own trouble.
 _RETRYABLE_RPC_CODES = frozenset({-32603})
 _DONE = "completed"
@@ -70,11 +77,13 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
                          "nor a task", retryable=False)
     await context.run.emit(NewEvent("agent_task", context.path,
                                     {"agent": agent.name, "task": task["id"]}))
-    wait = POLL_FIRST_S
-    while (state := _state(task)) not in (_DONE, *_ENDS):
-        await asyncio.sleep(wait)
-        wait = min(wait * 2, POLL_LONGEST_S)
-        task = await client.rpc(endpoint, "GetTask", {"id": task["id"]})
+    try:
+        task = await _settled(client, endpoint, task)
+    except asyncio.CancelledError:
+        if context.run.gives_up():  # not a shutdown: nobody will ask for this task again
+            await _cancel_task(context, client, endpoint, str(task["id"]))
+        raise
+    state = _state(task)
     if state != _DONE:
         said = client.scrub(_text(_parts(task.get("status", {}).get("message"))))
         raise StepFailed(f"agent '{agent.name}' {_ENDS[state]}" + (f": {said}" if said else ""),
@@ -82,6 +91,41 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     parts = [part for artifact in task.get("artifacts") or () if isinstance(artifact, Mapping)
              for part in _parts(artifact)]
     return _answer(parts or _parts(task.get("status", {}).get("message")), action.output, agent)
+
+
+async def _settled(client: _Client, endpoint: str, task: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``task`` once it is terminal, or needs what a step cannot give: GetTask until then."""
+    wait = POLL_FIRST_S
+    while _state(task) not in (_DONE, *_ENDS):
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, POLL_LONGEST_S)
+        task = await client.rpc(endpoint, "GetTask", {"id": task["id"]})
+    return task
+
+
+async def _cancel_task(context: StepContext, client: _Client, endpoint: str,
+                       task_id: str) -> None:
+    """CancelTask, so the agent stops work nobody waits for; best effort, within
+    ``CANCEL_WAIT_S``, shielded from the cancellation that led here, and recorded as an
+    ``agent_task_cancel`` event (the task's state then, or why it was not cancelled)."""
+    async def cancel() -> None:
+        detail: dict[str, Any] = {"agent": client.agent.name, "task": task_id}
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                detail["state"] = _state(await client.rpc(endpoint, "CancelTask",
+                                                          {"id": task_id}))
+        except StepFailed as exc:
+            detail["error"] = str(exc)
+        except TimeoutError:
+            detail["error"] = f"CancelTask had no answer in {CANCEL_WAIT_S:g}s"
+        try:
+            await context.run.emit(NewEvent("agent_task_cancel", context.path, detail))
+        except (StoreUnavailable, InternalError, LeaseLost) as exc:  # the cancel is sent
+            log.warning("execution %s: the cancel of agent task %s is not recorded: %s",
+                        context.run.id, task_id, exc)
+
+    # Its own task: this one is being cancelled, and a store write would see that.
+    await asyncio.shield(asyncio.ensure_future(cancel()))
 
 
 class _Client:

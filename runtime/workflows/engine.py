@@ -696,6 +696,12 @@ class Run:
             self._control = execution.control
         return self._control
 
+    def gives_up(self) -> bool:
+        """Whether the cancellation this task is in ends its work for good: a step's
+        timeout passed, or the execution is cancelled. Not a stop of the runner or a lost
+        lease, after which a run resumes the work where it was left."""
+        return self._control == "cancel" or any(limit.expired() for limit in _LIMITS.get())
+
     def now(self) -> float:
         return self.services.clock()
 

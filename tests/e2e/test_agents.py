@@ -7,7 +7,8 @@ One gateway and one agents' server for the module: each test runs a pipeline wit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ PIPELINES = {
     "ask-broken": _ask("broken"),
     "ask-curious": _ask("curious"),
     "ask-stuck": _ask("stuck", timeout_s=1),
+    "ask-stuck-long": _ask("stuck", timeout_s=60),
     "ask-leaky": _ask("leaky"),
     "ask-elsewhere": _ask("elsewhere"),
 }
@@ -60,15 +62,36 @@ class Agents:
     gateway: Server
     seen: Seen
     port: int  # the agents'
+    last: str = ""  # the execution the last ``run`` made
 
     def run(self, pipeline: str, topic: str, key: str = DEV_KEY) -> tuple[int, Any]:
         response = httpx.post(f"{self.gateway.base_url}/v1/pipelines/{pipeline}",
                               json={"topic": topic}, timeout=60,
                               headers={"authorization": f"Bearer {key}"})
         body = response.json()
+        self.last = body.get("execution", "")
         if response.status_code == 200:
             return 200, body["output"]
         return response.status_code, body["error"]["message"]
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        """``/api/v1/executions...`` as the dev key: the JSON answer."""
+        response = httpx.request(method, f"{self.gateway.base_url}/api/v1/executions{path}",
+                                 json=body, timeout=30,
+                                 headers={"authorization": f"Bearer {DEV_KEY}"})
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def events(self, execution: str, kind: str) -> list[dict[str, Any]]:
+        return [event["data"] for event in self.api("GET", f"/{execution}/events")["data"]
+                if event["type"] == kind]
+
+    def wait(self, check: Callable[[], Any], timeout: float = 20) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (found := check()):
+            assert time.monotonic() < deadline, "timed out waiting"
+            time.sleep(0.05)
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +168,27 @@ def test_a_task_that_asks_for_input_fails_the_step_saying_so(agents: Agents) -> 
                             "do you mean?"), message
 
 
-def test_an_agent_slower_than_the_steps_timeout_fails_it(agents: Agents) -> None:
+def test_an_agent_slower_than_the_steps_timeout_fails_it_and_its_task_is_cancelled(
+    agents: Agents,
+) -> None:
     status, message = agents.run("ask-stuck", "glaciers")
     assert status == 502
     assert message.endswith("timed out after 1s"), message
+    [task] = agents.events(agents.last, "agent_task")
+    assert ("stuck", task["task"]) in agents.seen.cancelled
+    assert agents.events(agents.last, "agent_task_cancel") == [
+        {"agent": "stuck", "task": task["task"], "state": "canceled"}]
+
+
+def test_cancelling_the_execution_cancels_the_agents_task(agents: Agents) -> None:
+    execution = agents.api("POST", "", {"pipeline": "ask-stuck-long",
+                                        "input": {"topic": "ice"}})["id"]
+    [task] = agents.wait(lambda: agents.events(execution, "agent_task"))
+    agents.api("POST", f"/{execution}/cancel")
+    agents.wait(lambda: agents.api("GET", f"/{execution}")["status"] == "cancelled")
+    assert ("stuck", task["task"]) in agents.seen.cancelled
+    assert agents.events(execution, "agent_task_cancel") == [
+        {"agent": "stuck", "task": task["task"], "state": "canceled"}]
 
 
 def test_redirects_and_card_endpoints_elsewhere_are_not_followed(agents: Agents) -> None:

@@ -9,11 +9,12 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              completes it ``slow_s`` later with a text and a data artifact
     broken   fails its task, saying why
     curious  asks for more input (input-required)
-    stuck    works for ``stuck_s``: longer than any step waits
+    stuck    as slow, but works for ``stuck_s``: longer than any step waits
     leaky    answers the JSON-RPC endpoint with a redirect to 169.254.169.254
     elsewhere  its card names an endpoint on another host
 
-Every request's headers are recorded (``seen``), to check what the gateway sent.
+Every request's headers are recorded (``seen``), to check what the gateway sent, and
+each message an agent takes and each task it is asked to cancel.
 """
 
 from __future__ import annotations
@@ -54,19 +55,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 @dataclass
 class Seen:
-    """What the agents were sent: each request's path and headers."""
+    """What the agents were sent: each request's path and headers, the messages they
+    took (agent, messageId) and the tasks they were asked to cancel (agent, task id)."""
 
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    cancelled: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Executor(AgentExecutor):
-    def __init__(self, name: str, slow_s: float, stuck_s: float) -> None:
+    def __init__(self, name: str, slow_s: float, stuck_s: float, seen: Seen) -> None:
         self.name = name
         self.slow_s = slow_s
         self.stuck_s = stuck_s
+        self.seen = seen
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         text = context.get_user_input()
+        if context.message is not None:
+            self.seen.messages.append((self.name, context.message.message_id))
         if self.name == "echo":
             await event_queue.enqueue_event(new_text_message(f"echo: {text}", role=Role.ROLE_AGENT))
             return
@@ -95,6 +102,7 @@ class _Executor(AgentExecutor):
             await updater.complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        self.seen.cancelled.append((self.name, context.task_id or ""))
         await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
 
@@ -127,9 +135,9 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
-        executor = _Executor(name, slow_s, stuck_s)
+        executor = _Executor(name, slow_s, stuck_s, seen)
         card = _card(name, endpoint)
-        handler = (_AtOnce if name == "slow" else DefaultRequestHandler)(
+        handler = (_AtOnce if name in ("slow", "stuck") else DefaultRequestHandler)(
             executor, InMemoryTaskStore(), card)
         routes = [*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
         if name == "leaky":

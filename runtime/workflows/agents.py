@@ -3,14 +3,17 @@
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one); its JSONRPC
                   interface is the endpoint, which must be on the card's origin
-    SendMessage   the rendered prompt as one text part
+    SendMessage   the rendered prompt as one text part, its messageId the execution's
+                  id and the try's key (the same however often it is sent)
       a Message   its parts are the answer
-      a Task      GetTask until the task is terminal (the step's timeout bounds the
-                  wait; when it passes, or the execution is cancelled, CancelTask);
-                  completed: its artifacts' parts (without any, its status
-                  message's) are the answer; any other end fails the step, as does a
-                  task that asks for input or authentication: the step sends one
-                  message and has nobody to answer a question with
+      a Task      kept in the execution (a memo), so a run that resumes the step polls
+                  it rather than send the message again; GetTask until the task is
+                  terminal (the step's timeout bounds the wait; when it passes, or the
+                  execution is cancelled, CancelTask); completed: its artifacts' parts
+                  (without any, its status message's) are the answer; any other end
+                  fails the step, as does a task that asks for input or
+                  authentication: the step sends one message and has nobody to
+                  answer a question with
 
 Every call goes through the run's ``HttpCaller`` (calls.py), as an ``http`` step's: no
 redirects followed, no cookies kept, an answer bounded in size. Errors show the URL
@@ -34,7 +37,7 @@ from aigw.compiler.egress import origin
 from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
 
 from ..errors import InternalError, StoreUnavailable
-from ..store.executions import LeaseLost, NewEvent
+from ..store.executions import LeaseLost, Memo, NewEvent
 from .engine import HttpAnswer, Run, StepContext, StepFailed
 
 log = logging.getLogger("aigw.workflows")
@@ -66,17 +69,26 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     await context.run.caller.check_agent(agent.name)
     client = _Client(context.run, agent, step.timeout_s)
     endpoint = await client.endpoint()
-    message = {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
-               "parts": [{"text": context.run.text(action.prompt, context.scope)}]}
-    result = await client.rpc(endpoint, "SendMessage", {"message": message})
-    if "message" in result:
-        return _answer(_parts(result["message"]), action.output, agent)
-    task = result.get("task")
-    if not isinstance(task, Mapping) or not isinstance(task.get("id"), str):
-        raise StepFailed(f"agent '{agent.name}' answered SendMessage with neither a message "
-                         "nor a task", retryable=False)
-    await context.run.emit(NewEvent("agent_task", context.path,
-                                    {"agent": agent.name, "task": task["id"]}))
+    memo = f"{context.key}#task"
+    kept = context.run.memos.get(memo)
+    if kept is not None and kept.get("agent") == agent.name:
+        # Resumed (a restart, another replica): the message was sent and its task made;
+        # sent again, the agent would do the work twice.
+        task: Mapping[str, Any] = {"id": kept["task"]}
+    else:
+        result = await client.rpc(endpoint, "SendMessage", {"message": {
+            # The same for every run of this try: an agent that dedupes by it sees a
+            # message the gateway had to send again (its answer lost) as the same one.
+            "messageId": f"{context.run.id}/{context.key}", "role": "ROLE_USER",
+            "parts": [{"text": context.run.text(action.prompt, context.scope)}]}})
+        if "message" in result:
+            return _answer(_parts(result["message"]), action.output, agent)
+        task = result.get("task")
+        if not isinstance(task, Mapping) or not isinstance(task.get("id"), str):
+            raise StepFailed(f"agent '{agent.name}' answered SendMessage with neither a "
+                             "message nor a task", retryable=False)
+        made = {"agent": agent.name, "task": task["id"]}
+        await context.run.remember(Memo(memo, made), NewEvent("agent_task", context.path, made))
     try:
         task = await _settled(client, endpoint, task)
     except asyncio.CancelledError:

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -52,6 +53,7 @@ PIPELINES = {
     "ask-curious": _ask("curious"),
     "ask-stuck": _ask("stuck", timeout_s=1),
     "ask-stuck-long": _ask("stuck", timeout_s=60),
+    "ask-patient": _ask("patient", timeout_s=60),
     "ask-leaky": _ask("leaky"),
     "ask-elsewhere": _ask("elsewhere"),
 }
@@ -63,6 +65,11 @@ class Agents:
     seen: Seen
     port: int  # the agents'
     last: str = ""  # the execution the last ``run`` made
+
+    def restart(self) -> None:
+        """kill -9 the gateway and start it again on its directory and store."""
+        self.gateway.kill()
+        self.gateway = _gateway(self.gateway.root)
 
     def run(self, pipeline: str, topic: str, key: str = DEV_KEY) -> tuple[int, Any]:
         response = httpx.post(f"{self.gateway.base_url}/v1/pipelines/{pipeline}",
@@ -103,7 +110,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         lines = [
             f"echo: {{url: '{base}/echo/', api_key: '${{A2A_AGENT_KEY}}'}}",
             *(f"{name}: {{url: '{base}/{name}{card}'}}"
-              for name in ("slow", "broken", "curious", "stuck", "elsewhere")),
+              for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere")),
             f"leaky: {{url: '{base}/leaky/'}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
@@ -113,14 +120,19 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         (root / "gateway.yaml").write_text(gateway_config(agents=", ".join(lines)))
         for name, text in PIPELINES.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("A2A_AGENT_KEY", AGENT_KEY)
-            gateway = Server(root)
+        found = Agents(_gateway(root), seen, port)
         try:
-            gateway.wait_ready()
-            yield Agents(gateway, seen, port)
+            yield found
         finally:
-            gateway.stop()
+            found.gateway.stop()
+
+
+def _gateway(root: Path) -> Server:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("A2A_AGENT_KEY", AGENT_KEY)
+        gateway = Server(root)
+    gateway.wait_ready()
+    return gateway
 
 
 def test_an_agent_that_answers_with_a_message(agents: Agents) -> None:
@@ -189,6 +201,22 @@ def test_cancelling_the_execution_cancels_the_agents_task(agents: Agents) -> Non
     assert ("stuck", task["task"]) in agents.seen.cancelled
     assert agents.events(execution, "agent_task_cancel") == [
         {"agent": "stuck", "task": task["task"], "state": "canceled"}]
+
+
+def test_a_gateway_restarted_mid_task_polls_it_rather_than_send_the_message_again(
+    agents: Agents,
+) -> None:
+    execution = agents.api("POST", "", {"pipeline": "ask-patient",
+                                        "input": {"topic": "tides"}})["id"]
+    [task] = agents.wait(lambda: agents.events(execution, "agent_task"))
+    agents.restart()  # the step was polling; a new runner takes the execution over
+    done = agents.wait(lambda: (found := agents.api("GET", f"/{execution}"))["status"]
+                       in ("succeeded", "failed") and found)
+    assert done["output"].startswith("report on Tell me about tides"), done
+    # One message, named after the execution and the try, and the task it made polled
+    assert [item for item in agents.seen.messages if item[0] == "patient"] == [
+        ("patient", f"{execution}/ask@1")]
+    assert agents.events(execution, "agent_task") == [task]
 
 
 def test_redirects_and_card_endpoints_elsewhere_are_not_followed(agents: Agents) -> None:

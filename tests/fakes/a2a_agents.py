@@ -9,6 +9,7 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              completes it ``slow_s`` later with a text and a data artifact
     broken   fails its task, saying why
     curious  asks for more input (input-required)
+    patient  as slow, but works for ``patient_s``: long enough to restart a gateway
     stuck    as slow, but works for ``stuck_s``: longer than any step waits
     leaky    answers the JSON-RPC endpoint with a redirect to 169.254.169.254
     elsewhere  its card names an endpoint on another host
@@ -52,6 +53,8 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+PATIENT_S = 3.0
+
 
 @dataclass
 class Seen:
@@ -66,7 +69,7 @@ class Seen:
 class _Executor(AgentExecutor):
     def __init__(self, name: str, slow_s: float, stuck_s: float, seen: Seen) -> None:
         self.name = name
-        self.slow_s = slow_s
+        self.slow_s = slow_s if name != "patient" else PATIENT_S
         self.stuck_s = stuck_s
         self.seen = seen
 
@@ -84,7 +87,7 @@ class _Executor(AgentExecutor):
             history=[context.message] if context.message else []))
         updater = TaskUpdater(event_queue, task_id, context_id)
         await updater.start_work()
-        if self.name == "slow":
+        if self.name in ("slow", "patient"):
             await asyncio.sleep(self.slow_s)
             await updater.add_artifact([new_text_part(f"report on {text}")])
             data = new_data_artifact("facts", {"topic": text, "sources": 2})
@@ -131,13 +134,14 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
                stuck_s: float = 30.0) -> ASGIApp:
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
-    for name in ("echo", "slow", "broken", "curious", "stuck", "leaky", "elsewhere"):
+    for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
+                 "elsewhere"):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
         executor = _Executor(name, slow_s, stuck_s, seen)
         card = _card(name, endpoint)
-        handler = (_AtOnce if name in ("slow", "stuck") else DefaultRequestHandler)(
+        handler = (_AtOnce if name in ("slow", "patient", "stuck") else DefaultRequestHandler)(
             executor, InMemoryTaskStore(), card)
         routes = [*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
         if name == "leaky":

@@ -2,7 +2,9 @@
 
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one); its JSONRPC
-                  interface is the endpoint, which must be on the card's origin
+                  interface is the endpoint, which must be on the card's origin; kept
+                  a minute (agent_cards.py), read again sooner if a call there fails
+                  as if the agent had moved
     SendMessage   the rendered prompt as one text part, its messageId the execution's
                   id and the try's key (the same however often it is sent)
       a Message   its parts are the answer
@@ -50,6 +52,8 @@ POLL_LONGEST_S = 2.0
 CANCEL_WAIT_S = 5.0
 # JSON-RPC errors worth another try (the step's retries): the server's own trouble.
 _RETRYABLE_RPC_CODES = frozenset({-32603})
+# Answers to a call that suggest the endpoint is no longer where the card said.
+_MOVED_STATUSES = frozenset({404, 405, 410})
 _DONE = "completed"
 # States that end a task, or need what a step cannot give; any other state still runs.
 _ENDS = {
@@ -68,7 +72,6 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     # As a pipeline step is checked on Pipeline::"name": a deny fails the step, untried.
     await context.run.caller.check_agent(agent.name)
     client = _Client(context.run, agent, step.timeout_s)
-    endpoint = await client.endpoint()
     memo = f"{context.key}#task"
     kept = context.run.memos.get(memo)
     if kept is not None and kept.get("agent") == agent.name:
@@ -76,7 +79,7 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
         # sent again, the agent would do the work twice.
         task: Mapping[str, Any] = {"id": kept["task"]}
     else:
-        result = await client.rpc(endpoint, "SendMessage", {"message": {
+        result = await client.call("SendMessage", {"message": {
             # The same for every run of this try: an agent that dedupes by it sees a
             # message the gateway had to send again (its answer lost) as the same one.
             "messageId": f"{context.run.id}/{context.key}", "role": "ROLE_USER",
@@ -90,10 +93,10 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
         made = {"agent": agent.name, "task": task["id"]}
         await context.run.remember(Memo(memo, made), NewEvent("agent_task", context.path, made))
     try:
-        task = await _settled(client, endpoint, task)
+        task = await _settled(client, task)
     except asyncio.CancelledError:
         if context.run.gives_up():  # not a shutdown: nobody will ask for this task again
-            await _cancel_task(context, client, endpoint, str(task["id"]))
+            await _cancel_task(context, client, str(task["id"]))
         raise
     state = _state(task)
     if state != _DONE:
@@ -105,18 +108,17 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     return _answer(parts or _parts(task.get("status", {}).get("message")), action.output, agent)
 
 
-async def _settled(client: _Client, endpoint: str, task: Mapping[str, Any]) -> Mapping[str, Any]:
+async def _settled(client: _Client, task: Mapping[str, Any]) -> Mapping[str, Any]:
     """``task`` once it is terminal, or needs what a step cannot give: GetTask until then."""
     wait = POLL_FIRST_S
     while _state(task) not in (_DONE, *_ENDS):
         await asyncio.sleep(wait)
         wait = min(wait * 2, POLL_LONGEST_S)
-        task = await client.rpc(endpoint, "GetTask", {"id": task["id"]})
+        task = await client.call("GetTask", {"id": task["id"]})
     return task
 
 
-async def _cancel_task(context: StepContext, client: _Client, endpoint: str,
-                       task_id: str) -> None:
+async def _cancel_task(context: StepContext, client: _Client, task_id: str) -> None:
     """CancelTask, so the agent stops work nobody waits for; best effort, within
     ``CANCEL_WAIT_S``, shielded from the cancellation that led here, and recorded as an
     ``agent_task_cancel`` event (the task's state then, or why it was not cancelled)."""
@@ -124,8 +126,7 @@ async def _cancel_task(context: StepContext, client: _Client, endpoint: str,
         detail: dict[str, Any] = {"agent": client.agent.name, "task": task_id}
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
-                detail["state"] = _state(await client.rpc(endpoint, "CancelTask",
-                                                          {"id": task_id}))
+                detail["state"] = _state(await client.call("CancelTask", {"id": task_id}))
         except StepFailed as exc:
             detail["error"] = str(exc)
         except TimeoutError:
@@ -140,6 +141,10 @@ async def _cancel_task(context: StepContext, client: _Client, endpoint: str,
     await asyncio.shield(asyncio.ensure_future(cancel()))
 
 
+class _Moved(StepFailed):
+    """A call that went unanswered, or was answered as if nothing were there (any more)."""
+
+
 class _Client:
     """One step's calls to one agent, through the run's ``HttpCaller``."""
 
@@ -148,9 +153,33 @@ class _Client:
         self.agent = agent
         self.timeout = timeout
         self.headers = {**dict(agent.headers), "a2a-version": PROTOCOL_VERSION}
+        self.cards = run.services.agent_cards
+        self._endpoint: str | None = None
+        self._kept = False  # the endpoint is what the card named to an earlier step
 
-    async def endpoint(self) -> str:
-        """The JSON-RPC endpoint: the agent's url, or what its card names."""
+    async def call(self, method: str, params: Mapping[str, Any]) -> Any:
+        """``method``'s result from the agent's endpoint. One its card named to an
+        earlier step is looked up again when the call suggests the agent has moved (no
+        answer, a redirect, 404, 405, 410), and the call made there if it has."""
+        if self._endpoint is None:
+            self._endpoint = self.cards.get(self.agent)
+            self._kept = self._endpoint is not None
+            if self._endpoint is None:
+                self._endpoint = await self._read_card()
+        try:
+            return await self.rpc(self._endpoint, method, params)
+        except _Moved:
+            if not self._kept:
+                raise
+            was, self._kept = self._endpoint, False
+            self.cards.drop(self.agent)
+            self._endpoint = await self._read_card()
+            if self._endpoint == was:
+                raise
+        return await self.rpc(self._endpoint, method, params)
+
+    async def _read_card(self) -> str:
+        """The JSON-RPC endpoint: the agent's url, or what its card names (kept)."""
         if not self.agent.card:
             return self.agent.url
         card = await self._json("GET", self.agent.url, None)
@@ -160,6 +189,7 @@ class _Client:
                     and str(interface.get("protocolVersion") or "1.0").startswith("1."):
                 url = str(interface.get("url") or "")
                 self._check_origin(url)
+                self.cards.put(self.agent, url)
                 return url
         raise StepFailed(f"the card of agent '{self.agent.name}' offers no JSONRPC interface "
                          f"of A2A {PROTOCOL_VERSION}", retryable=False)
@@ -202,23 +232,26 @@ class _Client:
             answer: HttpAnswer = await self.run.services.http(
                 method, url, self.headers, body, self.timeout)
         except StepFailed as exc:  # its message quotes the URL as sent
-            raise StepFailed(self.scrub(str(exc).replace(url, shown)),
-                             retryable=exc.retryable) from exc
+            raise _Moved(self.scrub(str(exc).replace(url, shown)),
+                         retryable=exc.retryable) from exc
         if 300 <= answer.status < 400:  # not followed: a redirect could lead anywhere
             raise self._failed(f"{method} {shown} answered {answer.status} (redirects are not "
-                               "followed; configure the URL it points to)", retryable=False)
+                               "followed; configure the URL it points to)", retryable=False,
+                               moved=True)
         if answer.status >= 400:
             raise self._failed(f"{method} {shown} answered {answer.status}: "
                                f"{self.scrub(answer.text[:200])}",
-                               retryable=answer.status in (408, 425, 429) or answer.status >= 500)
+                               retryable=answer.status in (408, 425, 429) or answer.status >= 500,
+                               moved=answer.status in _MOVED_STATUSES)
         try:
             return json.loads(answer.text)
         except ValueError as exc:
             raise self._failed(f"{method} {shown} sent invalid JSON: {exc}",
                                retryable=False) from exc
 
-    def _failed(self, message: str, *, retryable: bool) -> StepFailed:
-        return StepFailed(f"agent '{self.agent.name}': {message}", retryable=retryable)
+    def _failed(self, message: str, *, retryable: bool, moved: bool = False) -> StepFailed:
+        kind = _Moved if moved else StepFailed
+        return kind(f"agent '{self.agent.name}': {message}", retryable=retryable)
 
     def scrub(self, text: str) -> str:
         """``text`` without the agent's credentials: an answer may quote what it was sent."""

@@ -51,6 +51,7 @@ from ..store.executions import (
     StepStatus,
     abandon,
 )
+from .agent_cards import AgentCards
 from .paths import missing_from
 from .unsaved import UnsavedAnswers
 
@@ -147,6 +148,7 @@ class Services:
     # gives says True: a slot is its again.
     waiting: Callable[[str], AbstractContextManager[Callable[[], bool]]]
     unsaved: UnsavedAnswers  # where an answer the store cannot save for now waits
+    agent_cards: AgentCards  # the endpoints agent cards named, shared by the runs
     poll_s: float = 0.5
 
 

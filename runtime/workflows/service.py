@@ -42,6 +42,7 @@ from ..store.executions import (
 from ..store.executions_redis import RedisExecutions
 from ..store.executions_sqlite import SQLiteExecutions
 from ..telemetry.record import RequestRecord
+from .agent_cards import AgentCards
 from .calls import GatewayModels, HttpxCaller
 from .engine import HttpCaller, ModelCaller, Run, Services
 from .kinds import act
@@ -95,6 +96,7 @@ class Workflows:
         # Shared by every process serving this root: a restarted one finds what a
         # stopped one left.
         self.unsaved = UnsavedAnswers(gateway.root / FOLDER)
+        self.agent_cards = AgentCards()
 
     async def start(self) -> None:
         """Open the store and start the runner (once; never again after ``stop``)."""
@@ -156,7 +158,7 @@ class Workflows:
         assert self._runner is not None  # it is what calls this
         services = Services(self._store, self.owner, self._http, self.clock, self.notify,
                             self.wait, self._runner.waiting_for_decision, self.unsaved,
-                            self.poll_s)
+                            self.agent_cards, self.poll_s)
         models = self._models(self.gateway, execution)
         run = Run(services, execution, live.graph.pipelines, models, act, live.graph.fingerprint)
         status = await run.run()

@@ -54,6 +54,7 @@ PIPELINES = {
     "ask-stuck": _ask("stuck", timeout_s=1),
     "ask-stuck-long": _ask("stuck", timeout_s=60),
     "ask-patient": _ask("patient", timeout_s=60),
+    "ask-mover": _ask("mover"),
     "ask-leaky": _ask("leaky"),
     "ask-elsewhere": _ask("elsewhere"),
 }
@@ -110,7 +111,8 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         lines = [
             f"echo: {{url: '{base}/echo/', api_key: '${{A2A_AGENT_KEY}}'}}",
             *(f"{name}: {{url: '{base}/{name}{card}'}}"
-              for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere")),
+              for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere",
+                           "mover")),
             f"leaky: {{url: '{base}/leaky/'}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
@@ -217,6 +219,23 @@ def test_a_gateway_restarted_mid_task_polls_it_rather_than_send_the_message_agai
     assert [item for item in agents.seen.messages if item[0] == "patient"] == [
         ("patient", f"{execution}/ask@1")]
     assert agents.events(execution, "agent_task") == [task]
+
+
+def test_a_card_is_read_once_a_while_and_again_when_its_endpoint_moved(
+    agents: Agents,
+) -> None:
+    def calls(path: str) -> int:
+        return sum(1 for item, _ in agents.seen.requests if item == path)
+
+    card = "/mover/.well-known/agent-card.json"
+    for topic in ("a", "b"):
+        assert agents.run("ask-mover", topic) == (200, f"echo: Tell me about {topic}")
+    assert (calls(card), calls("/mover/")) == (1, 2)  # the card kept from the first run
+    agents.seen.moved = True
+    assert agents.run("ask-mover", "c") == (200, "echo: Tell me about c")
+    assert (calls(card), calls("/mover/"), calls("/mover/v2/")) == (2, 3, 1)
+    assert agents.run("ask-mover", "d") == (200, "echo: Tell me about d")
+    assert (calls(card), calls("/mover/v2/")) == (2, 2)
 
 
 def test_redirects_and_card_endpoints_elsewhere_are_not_followed(agents: Agents) -> None:

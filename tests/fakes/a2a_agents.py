@@ -9,10 +9,12 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              completes it ``slow_s`` later with a text and a data artifact
     broken   fails its task, saying why
     curious  asks for more input (input-required)
-    patient  as slow, but works for ``patient_s``: long enough to restart a gateway
+    patient  as slow, but works for ``PATIENT_S``: long enough to restart a gateway
     stuck    as slow, but works for ``stuck_s``: longer than any step waits
     leaky    answers the JSON-RPC endpoint with a redirect to 169.254.169.254
     elsewhere  its card names an endpoint on another host
+    mover    as echo; once ``seen.moved``, its card names ``/mover/v2/`` and ``/mover/``
+             answers 404
 
 Every request's headers are recorded (``seen``), to check what the gateway sent, and
 each message an agent takes and each task it is asked to cancel.
@@ -21,6 +23,7 @@ each message an agent takes and each task it is asked to cancel.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from a2a.helpers.proto_helpers import (
@@ -49,7 +52,7 @@ from a2a.types.a2a_pb2 import (
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse
+from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -64,6 +67,7 @@ class Seen:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)
     cancelled: list[tuple[str, str]] = field(default_factory=list)
+    moved: bool = False  # the mover agent's endpoint is /mover/v2/
 
 
 class _Executor(AgentExecutor):
@@ -77,7 +81,7 @@ class _Executor(AgentExecutor):
         text = context.get_user_input()
         if context.message is not None:
             self.seen.messages.append((self.name, context.message.message_id))
-        if self.name == "echo":
+        if self.name in ("echo", "mover"):
             await event_queue.enqueue_event(new_text_message(f"echo: {text}", role=Role.ROLE_AGENT))
             return
         task_id, context_id = context.task_id or "", context.context_id or ""
@@ -130,12 +134,25 @@ def _card(name: str, endpoint: str) -> AgentCard:
     )
 
 
+def _moved(seen: Seen, endpoint: str) -> Callable[[AgentCard], Awaitable[AgentCard]]:
+    """A card modifier: the card as it is until ``seen.moved``, then naming ``endpoint``."""
+    async def modify(card: AgentCard) -> AgentCard:
+        if not seen.moved:
+            return card
+        moved = AgentCard()
+        moved.CopyFrom(card)
+        moved.supported_interfaces[0].url = endpoint
+        return moved
+
+    return modify
+
+
 def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
                stuck_s: float = 30.0) -> ASGIApp:
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
     for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
-                 "elsewhere"):
+                 "elsewhere", "mover"):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
@@ -144,6 +161,9 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
         handler = (_AtOnce if name in ("slow", "patient", "stuck") else DefaultRequestHandler)(
             executor, InMemoryTaskStore(), card)
         routes = [*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
+        if name == "mover":
+            routes = [*create_agent_card_routes(card, _moved(seen, f"{base_url}/mover/v2/")),
+                      *create_jsonrpc_routes(handler, "/"), *create_jsonrpc_routes(handler, "/v2/")]
         if name == "leaky":
             routes = [*create_agent_card_routes(card), Route(
                 "/", lambda _request: RedirectResponse("http://169.254.169.254/", 307),
@@ -155,6 +175,9 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
         if scope["type"] == "http":
             request = Request(scope)
             seen.requests.append((request.url.path, dict(request.headers)))
+            if seen.moved and request.url.path == "/mover/":
+                await PlainTextResponse("not here", 404)(scope, receive, send)
+                return
         await app(scope, receive, send)
 
     return recorded

@@ -149,8 +149,8 @@ class RequestRecord:
 
 
 # GenAI's operation names, by the endpoint a record is for (chat and /v1/messages: chat;
-# /v1/pipelines/{name} runs an agent of sorts).
-_OPERATIONS = {"embeddings": "embeddings", "pipelines": "invoke_agent"}
+# /v1/pipelines/{name} and /a2a/{name} run an agent of sorts).
+_OPERATIONS = {"embeddings": "embeddings", "pipelines": "invoke_agent", "a2a": "invoke_agent"}
 
 
 def operation_name(record: RequestRecord) -> str:

@@ -15,6 +15,13 @@ An execution waiting for an approval is ``input-required`` (decided with POST
 the artifact ``output``. Callers authenticate with aigw API keys (Bearer), and Cedar's
 invoke check on ``Pipeline::"name"`` is made as for ``POST /v1/pipelines/{name}``;
 GetTask and CancelTask see only the key's own executions (an admin key's: all).
+
+Each POST is counted as ``POST /v1/pipelines/{name}`` is: an access log line (endpoint
+``a2a``), the request metrics of route ``pipeline:{name}``, and an ``invoke_agent``
+span its execution's model calls go under. A call the gateway refuses (no key: 401,
+policy: 403, no such pipeline: 404, ...) is answered with a JSON-RPC error object at
+that HTTP status, its OpenAI-style type and code in the error's ``data``, as the MCP
+proxy answers, so an A2A client shows why.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from starlette.routing import BaseRoute, Route
 from aigw.compiler.graph import ApiKey, Graph
 
 from ..auth import authenticate
-from ..errors import BadRequest, Conflict, NotFound
+from ..chat import new_record, overhead_header
+from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, Status
+from ..telemetry.record import RequestRecord
+from ..telemetry.tracing import traceparent
+from .api import pipeline_span
 from .service import Workflows, may_run
 
 PROTOCOL_VERSION = "1.0"
@@ -41,6 +52,7 @@ SEND_WAIT_S = 300.0
 CANCEL_WAIT_S = 10.0
 # JSON-RPC's codes and A2A's own (A2A 1.0, JSON-RPC binding).
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
+INTERNAL = -32603
 TASK_NOT_FOUND, TASK_NOT_CANCELABLE = -32001, -32002
 
 _STATES = {
@@ -102,8 +114,39 @@ class _A2a:
         })
 
     async def rpc(self, request: Request) -> Response:
+        """POST /a2a/{name}, logged, counted and traced (see the module's docstring)."""
+        live = self.workflows.gateway.live
+        record = new_record(live, "a2a")
+        call_id: list[Any] = [None]  # the request's id, once its body is read
+        try:
+            response = await self._rpc(request, record, call_id)
+        except GatewayError as exc:
+            record.status, record.error = exc.status, str(exc.code)
+            error = {"code": INTERNAL if exc.status >= 500 else INVALID_REQUEST,
+                     "message": exc.message,
+                     "data": {"type": exc.error_type, "code": exc.shown_code}}
+            return JSONResponse({"jsonrpc": "2.0", "id": call_id[0], "error": error},
+                                status_code=exc.status,
+                                headers={**exc.headers, **overhead_header(record)})
+        except Exception:
+            record.status, record.error = 500, "internal_error"
+            raise
+        else:
+            record.status = response.status_code
+            response.headers.update(overhead_header(record))
+            return response
+        finally:
+            live.telemetry.finish(record)
+
+    async def _rpc(self, request: Request, record: RequestRecord, call_id: list[Any]
+                   ) -> Response:
         key, name = self._pipeline(request)
-        call_id: Any = None
+        record.key, record.team = key.name, key.team.name if key.team else None
+        record.route, record.model = f"pipeline:{name}", name  # a declared one: bounded
+        live = self.workflows.gateway.live
+        live.telemetry.started(record)
+        record.span, record.trace_context = pipeline_span(live, f"invoke_agent {name}", name,
+                                                          request.headers)
         try:
             try:
                 body = json.loads(await request.body())
@@ -112,20 +155,21 @@ class _A2a:
             if not isinstance(body, dict) or body.get("jsonrpc") != "2.0" \
                     or not isinstance(body.get("method"), str):
                 raise _RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
-            call_id = body.get("id")
+            call_id[0] = body.get("id")
             params = body.get("params") or {}
             if not isinstance(params, dict):
                 raise _RpcError(INVALID_PARAMS, "params must be an object")
-            result = await self._call(request, key, name, body["method"], params)
+            result = await self._call(request, record, key, name, body["method"], params)
         except _RpcError as exc:
-            return JSONResponse({"jsonrpc": "2.0", "id": call_id,
+            record.error = str(exc.code)  # the JSON-RPC code, as the client got it
+            return JSONResponse({"jsonrpc": "2.0", "id": call_id[0],
                                  "error": {"code": exc.code, "message": exc.message}})
-        return JSONResponse({"jsonrpc": "2.0", "id": call_id, "result": result})
+        return JSONResponse({"jsonrpc": "2.0", "id": call_id[0], "result": result})
 
-    async def _call(self, request: Request, key: ApiKey, name: str, method: str,
-                    params: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
+                    method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "SendMessage":
-            return await self._send(request, key, name, params)
+            return await self._send(request, record, key, name, params)
         if method not in ("GetTask", "CancelTask"):
             raise _RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
                             "agent takes SendMessage, GetTask and CancelTask")
@@ -143,25 +187,31 @@ class _A2a:
             raise _RpcError(TASK_NOT_CANCELABLE, exc.message) from exc
         return task(execution)
 
-    async def _send(self, request: Request, key: ApiKey, name: str,
+    async def _send(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
                     params: dict[str, Any]) -> dict[str, Any]:
         message = params.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
             raise _RpcError(INVALID_PARAMS, "params.message with parts is required")
         user = request.headers.get(self._graph().settings.user_header) or None
+        record.user = user
         facts = await authorize_pipeline(self.workflows.gateway.live, key, user, name,
                                          request.headers)
         given = self._input(name, message["parts"])
         message_id = message.get("messageId")
         try:
             execution, _ = await self.workflows.start_execution(
-                key, name, given, str(message_id) if message_id else None, user, facts)
+                key, name, given, str(message_id) if message_id else None, user, facts,
+                traceparent(record.trace_context))
         except (BadRequest, Conflict) as exc:  # the input, or a messageId used before
             raise _RpcError(INVALID_PARAMS, exc.message) from exc
         configuration = params.get("configuration")
         if not (isinstance(configuration, dict) and configuration.get("returnImmediately")):
-            execution = await self._settled(execution, SEND_WAIT_S,
-                                            FINAL | {Status.PAUSED, Status.WAITING})
+            record.waiting_upstream()  # its steps' time, as POST /v1/pipelines counts it
+            try:
+                execution = await self._settled(execution, SEND_WAIT_S,
+                                                FINAL | {Status.PAUSED, Status.WAITING})
+            finally:
+                record.waited_upstream()
         return {"task": task(execution)}
 
     def _input(self, name: str, parts: list[Any]) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,17 @@ async def test_callers_need_a_key_and_see_only_their_own_tasks(serve: Serve) -> 
     served = await serve({"greet": GREET})
     task = await _send(await _client(served, "greet"), "owls")
     anonymous = await served.http.post("/a2a/greet", json={}, headers={"authorization": ""})
-    assert anonymous.status_code == 401
+    assert anonymous.status_code == 401  # a JSON-RPC error, for A2A clients to show
+    assert anonymous.json()["jsonrpc"] == "2.0"
+    assert anonymous.json()["error"]["code"] == -32600
+    assert anonymous.json()["error"]["data"] == {"type": "invalid_request_error",
+                                                 "code": "invalid_api_key"}
+    nowhere = await served.http.post("/a2a/nope", json={"jsonrpc": "2.0", "id": 3,
+                                                        "method": "GetTask"})
+    assert nowhere.status_code == 404
+    assert nowhere.json() == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32600, "message": "No pipeline named 'nope'.",
+        "data": {"type": "invalid_request_error", "code": "not_found"}}}
     other = await served.http.post(
         "/a2a/greet", headers={"authorization": f"Bearer {BOT_KEY}"},
         json={"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": task.id}})
@@ -124,4 +136,26 @@ async def test_sending_a_message_is_checked_by_cedar_as_running_the_pipeline(
         json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
             "messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "{}"}]}}})
     assert refused.status_code == 403, refused.text
-    assert refused.json()["error"]["message"] == DENIED
+    assert refused.json() == {"jsonrpc": "2.0", "id": 1, "error": {
+        "code": -32600, "message": DENIED,
+        "data": {"type": "permission_denied", "code": "permission_denied"}}}
+
+
+async def test_each_call_has_its_log_line_and_metrics(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """POST /a2a/{name} left no access log line and no metric, as POST /v1/pipelines does."""
+    served = await serve({"greet": GREET})
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    task = await _send(await _client(served, "greet"), "owls")
+    refused = await served.http.post("/a2a/greet", json={},
+                                     headers={"authorization": "Bearer sk-nobody"})
+    assert refused.status_code == 401
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    calls = [line for line in lines if line["endpoint"] == "a2a"]
+    assert [(line["route"], line["status"], line["key"]) for line in calls] == [
+        ("pipeline:greet", 200, "dev"), (None, 401, None)]
+    assert (await served.get(task.id))["status"] == "succeeded"
+    metrics = (await served.http.get("/metrics")).text
+    assert 'aigw_requests_total{deployment="_none",provider="_none",route="pipeline:greet",' \
+        'status="200",team="eng"} 1.0' in metrics

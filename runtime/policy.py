@@ -437,11 +437,7 @@ class RequestGate:
         """The invoke decision; a deny raises ``Forbidden`` naming the deciding policies."""
         decision = self.engine.invoke(self.principal, route, self.engine.invoke_context(self))
         if not decision.allowed:
-            because = ("" if self.hide_ids
-                       else f": denied by {', '.join(decision.policies)}" if decision.policies
-                       else ": no policy permits it")
-            raise Forbidden(f"Policy does not allow {self.describe} to call '{route}'{because}.",
-                            headers=self._headers(decision.policies))
+            raise self._refused(decision, f"call '{route}'")
         return decision
 
     def check_invoke_pipeline(self, pipeline: str) -> Decision:
@@ -449,11 +445,7 @@ class RequestGate:
         decision = self.engine.decide(self.principal, INVOKE,
                                       {"type": "Pipeline", "id": pipeline}, self.context)
         if not decision.allowed:
-            because = ("" if self.hide_ids
-                       else f": denied by {', '.join(decision.policies)}" if decision.policies
-                       else ": no policy permits it")
-            raise Forbidden(f"Policy does not allow {self.describe} to run pipeline "
-                            f"'{pipeline}'{because}.", headers=self._headers(decision.policies))
+            raise self._refused(decision, f"run pipeline '{pipeline}'")
         return decision
 
     def check_invoke_agent(self, agent: str) -> Decision:
@@ -462,11 +454,7 @@ class RequestGate:
         decision = self.engine.decide(self.principal, INVOKE,
                                       {"type": "Agent", "id": agent}, self.context)
         if not decision.allowed:
-            because = ("" if self.hide_ids
-                       else f": denied by {', '.join(decision.policies)}" if decision.policies
-                       else ": no policy permits it")
-            raise Forbidden(f"Policy does not allow {self.describe} to call agent "
-                            f"'{agent}'{because}.", headers=self._headers(decision.policies))
+            raise self._refused(decision, f"call agent '{agent}'")
         return decision
 
     def check_invoke_mcp(self, server: str) -> Decision:
@@ -475,12 +463,8 @@ class RequestGate:
         decision = self.engine.decide(self.principal, INVOKE,
                                       {"type": "McpServer", "id": server}, self.context)
         if not decision.allowed:
-            because = ("" if self.hide_ids
-                       else f": denied by {', '.join(decision.policies)}" if decision.policies
-                       else ": no policy permits it")
             tool = f" tool '{self.facts.tool}' of" if self.facts.tool else ""
-            raise Forbidden(f"Policy does not allow {self.describe} to use{tool} MCP server "
-                            f"'{server}'{because}.", headers=self._headers(decision.policies))
+            raise self._refused(decision, f"use{tool} MCP server '{server}'")
         return decision
 
     def mcp_tools(self, server: str, tools: Sequence[str]) -> frozenset[str]:
@@ -526,6 +510,15 @@ class RequestGate:
             f"{item.deployment} {item.reason}" for item in denied)
         return Forbidden(f"Policy allows no deployment of '{route}' to serve this request"
                          f"{detail}.", headers=self._headers(ids))
+
+    def _refused(self, decision: Decision, doing: str) -> Forbidden:
+        """The 403 for an invoke ``decision`` that denies ``doing`` ("call 'r'"), naming
+        the deciding policies unless they are hidden."""
+        because = ("" if self.hide_ids
+                   else f": denied by {', '.join(decision.policies)}" if decision.policies
+                   else ": no policy permits it")
+        return Forbidden(f"Policy does not allow {self.describe} to {doing}{because}.",
+                         headers=self._headers(decision.policies))
 
     def _reason(self, decision: Decision) -> str:
         if self.hide_ids:

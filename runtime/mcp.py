@@ -60,7 +60,7 @@ from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.record import UNKNOWN
 from .telemetry.tracing import traced
-from .upstream import capped_lines, no_cookies, read_bounded
+from .upstream import capped_lines, no_cookies, read_bounded, scrub_values
 
 log = logging.getLogger("aigw.mcp")
 
@@ -73,7 +73,6 @@ MAX_ANSWER_BYTES = 32 << 20
 _MAX_ERROR_BYTES = 64 << 10
 # JSON-RPC codes: the spec's own, and -32602 for a tool the server does not offer.
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, INTERNAL = -32700, -32600, -32602, -32603
-_SECRET_WORD = 12  # shortest word of a header value scrubbed from text shown
 
 
 def mcp_routes(proxy: McpProxy) -> list[Route]:
@@ -498,9 +497,5 @@ def _too_large(server: McpServer) -> McpServerFailed:
 def _scrub(text: str, server: McpServer) -> str:
     """``text`` without the server's header values (its credentials), each whole value
     and each long word of one, nor its url (whose query may hold a key)."""
-    text = text.replace(server.url, f"MCP server '{server.name}'")
-    for value in server.headers.values():
-        for secret in (value, *value.split()):
-            if len(secret) >= _SECRET_WORD:
-                text = text.replace(secret, "***")
-    return text
+    return scrub_values(text.replace(server.url, f"MCP server '{server.name}'"),
+                        server.headers.values())

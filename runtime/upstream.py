@@ -14,7 +14,7 @@ import math
 import re
 import time
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -228,7 +228,13 @@ def scrub(text: str, provider: Provider) -> str:
         text = text.replace(key, "***")
         if len(key) > 8:
             text = text.replace(key[-4:], "***")
-    for value in provider.headers.values():
+    return scrub_values(text, provider.headers.values())
+
+
+def scrub_values(text: str, values: Iterable[str]) -> str:
+    """``text`` without each of ``values`` (header values that may carry a credential):
+    each whole value and each long word of one (``Bearer sk-...``: the token)."""
+    for value in values:
         for secret in (value, *value.split()):
             if len(secret) >= _SECRET_WORD:
                 text = text.replace(secret, "***")

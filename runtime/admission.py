@@ -387,7 +387,7 @@ async def budget_remaining(store: Store, limits: tuple[Limits, ...]) -> float | 
     return tightest_remaining(await store.budgets(limits))
 
 
-def cut_records(record: RequestRecord, cuts: list[CutCall], graph: Graph,
+def cut_records(record: RequestRecord, graph: Graph,
                 user: str | None) -> tuple[LedgerRecord, ...]:
     """An ``estimated`` ledger record for each call ``record``'s request cut short."""
     at = time.time()
@@ -407,7 +407,7 @@ def cut_records(record: RequestRecord, cuts: list[CutCall], graph: Graph,
         status=Cancelled.status,  # aigw stopped waiting for it (or for its answer)
         fingerprint=graph.fingerprint,
         estimated=True,
-    ) for number, cut in enumerate(cuts, 1))
+    ) for number, cut in enumerate(record.cut or (), 1))
 
 
 def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> LedgerRecord:

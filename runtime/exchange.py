@@ -356,7 +356,7 @@ class Exchange:
             record, graph = self.record, self.live.graph
             await store.record(ledger_record(record, graph, self.user))
             if record.cut:  # each call it cut short has its own, marked estimated
-                for cut in cut_records(record, record.cut, graph, self.user):
+                for cut in cut_records(record, graph, self.user):
                     await store.record(cut)
         except StoreUnavailable:
             log.error("ledger record %s not written: the store is unavailable",

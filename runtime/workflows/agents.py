@@ -40,6 +40,7 @@ from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
 
 from ..errors import InternalError, StoreUnavailable
 from ..store.executions import LeaseLost, Memo, NewEvent
+from ..upstream import scrub_values
 from .engine import HttpAnswer, Run, StepContext, StepFailed
 
 log = logging.getLogger("aigw.workflows")
@@ -254,12 +255,9 @@ class _Client:
         return kind(f"agent '{self.agent.name}': {message}", retryable=retryable)
 
     def scrub(self, text: str) -> str:
-        """``text`` without the agent's credentials: an answer may quote what it was sent."""
-        for _name, value in self.agent.headers:
-            for secret in (value, value.removeprefix("Bearer ")):
-                if len(secret) >= 8:
-                    text = text.replace(secret, "***")
-        return text
+        """``text`` without the agent's credentials: an answer may quote what it was sent
+        (scrubbed as a provider's error text is)."""
+        return scrub_values(text, (value for _name, value in self.agent.headers))
 
 
 def _state(task: Mapping[str, Any]) -> str:

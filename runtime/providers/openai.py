@@ -6,6 +6,10 @@ with only the model id changed (and usage asked for on streams, so every answer 
 be billed). A request lowered from /v1/messages is sent without the Anthropic hints it
 kept (``ChatRequest.anthropic_hints``). ``azure_openai`` differs only in its URL,
 ``api-version`` and ``api-key``.
+
+An answer with fewer choices than the request's ``n`` is an upstream error: some
+compatible servers (Ollama's /v1) ignore ``n`` and answer one, which the client could
+not tell from a full answer; as an error, a group's next member can serve it.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class OpenAIAdapter:
         url = self.url(call.deployment.model, "chat/completions")
         usage: Usage | None = None
         ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
+        answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
         async for _event, data in self.upstream.post_sse(url, self.body(call, True), self._headers):
             if data.strip() == "[DONE]":
                 ended = True
@@ -102,6 +107,7 @@ class OpenAIAdapter:
                 )
             for delta in parse_chunk(chunk):
                 ended = ended or delta.finish_reason is not None
+                answered.add(delta.index)
                 yield delta
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
@@ -109,6 +115,8 @@ class OpenAIAdapter:
             raise UpstreamServerError(
                 f"provider '{self.provider.name}' ended the stream before its end "
                 "(no finish_reason, no [DONE])", provider=self.provider.name)
+        if len(answered) < call.request.n:  # streamed chunks tell only at the end
+            raise _fewer_choices(len(answered), call, self.provider)
         yield ChatDelta(usage=usage or unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
@@ -232,12 +240,22 @@ def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Prov
         raise UpstreamServerError(
             f"provider '{provider.name}' answered with no choices", provider=provider.name
         )
+    if call.request.n > 1 and len({c.index for c in choices}) < call.request.n:
+        raise _fewer_choices(len({c.index for c in choices}), call, provider)
     usage = document.get("usage")
     return ChatResult(
         model=str(document.get("model") or call.deployment.model),
         choices=tuple(choices),
         usage=_usage(usage) if usage else unreported_usage(call),
     )
+
+
+def _fewer_choices(answered: int, call: ChatCall, provider: Provider) -> UpstreamServerError:
+    return UpstreamServerError(
+        f"provider '{provider.name}' answered {answered} choice(s) where the request asked "
+        f"for n={call.request.n}: it does not honour 'n' (Ollama's /v1 ignores it); ask for "
+        "n=1 there, or route n>1 to a provider that honours it",
+        provider=provider.name, param="n")
 
 
 def parse_chunk(chunk: Mapping[str, Any]) -> list[ChatDelta]:

@@ -4,6 +4,9 @@ Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
 OpenAI's error objects with OpenAI's statuses. Streams follow the documented chunk
 shapes byte for byte (``data: {...}\\n\\n`` ... ``data: [DONE]\\n\\n``).
+
+It answers ``n`` choices, as OpenAI does; with ``ignores_n`` set it answers one
+whatever ``n`` asks, as Ollama's /v1 does.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ class OpenAIFake:
 
     def __init__(self, api_key: str = "sk-fake-openai-key-0123456789", *,
                  azure_api_version: str = "2024-10-21", name: str = "fake-openai",
-                 journal: list[str] | None = None) -> None:
+                 journal: list[str] | None = None, ignores_n: bool = False) -> None:
         self.api_key = api_key
+        self.ignores_n = ignores_n  # answer one choice whatever n asks (Ollama's /v1)
         self.name = name
         self.journal = journal  # shared by several fakes: the order they were called in
         self.azure_api_version = azure_api_version
@@ -167,7 +171,8 @@ class OpenAIFake:
         model = request.path_params.get("deployment") or body["model"]
         reply = reply_for(body, self.name)
         prompt_tokens = sum(len(_text(m.get("content")).split()) + 3 for m in body["messages"])
-        completion_tokens = len((reply.text or reply.arguments_json).split())
+        choices = 1 if self.ignores_n else int(body.get("n") or 1)
+        completion_tokens = len((reply.text or reply.arguments_json).split()) * choices
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,
                  "prompt_tokens_details": {
@@ -176,7 +181,7 @@ class OpenAIFake:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                self._chunks(model, reply, usage, include_usage, action, logprobs),
+                self._chunks(model, reply, usage, include_usage, action, logprobs, choices),
                 media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
                                    "annotations": []}
@@ -189,15 +194,15 @@ class OpenAIFake:
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": message,
+            "choices": [{"index": index, "message": message,
                          "logprobs": _logprobs(words(reply.text or "")) if logprobs else None,
-                         "finish_reason": finish}],
+                         "finish_reason": finish} for index in range(choices)],
             "usage": usage,
         }, headers=action.headers)
 
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action,
-                      logprobs: bool = False) -> AsyncIterator[bytes]:
+                      logprobs: bool = False, choices: int = 1) -> AsyncIterator[bytes]:
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
 
@@ -207,25 +212,29 @@ class OpenAIFake:
                 chunk["usage"] = usage_value
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            content = delta.get("content")
-            scored = _logprobs([content]) if logprobs and content else None
-            return {"index": 0, "delta": delta, "logprobs": scored, "finish_reason": finish}
+        events: list[bytes] = []
+        for index in range(choices):  # each choice's chunks in turn
+            def choice(delta: dict[str, Any], finish: str | None = None,
+                       index: int = index) -> dict[str, Any]:
+                content = delta.get("content")
+                scored = _logprobs([content]) if logprobs and content else None
+                return {"index": index, "delta": delta, "logprobs": scored,
+                        "finish_reason": finish}
 
-        events = [event([choice({"role": "assistant", "content": "", "refusal": None})])]
-        if reply.tool_name:
-            events.append(event([choice({"tool_calls": [{
-                "index": 0, "id": "call_fake_1", "type": "function",
-                "function": {"name": reply.tool_name, "arguments": ""}}]})]))
-            arguments = reply.arguments_json
-            for start in range(0, len(arguments), 7):
+            events.append(event([choice({"role": "assistant", "content": "", "refusal": None})]))
+            if reply.tool_name:
                 events.append(event([choice({"tool_calls": [{
-                    "index": 0, "function": {"arguments": arguments[start:start + 7]}}]})]))
-            events.append(event([choice({}, "tool_calls")]))
-        else:
-            for piece in words(reply.text or ""):
-                events.append(event([choice({"content": piece})]))
-            events.append(event([choice({}, "stop")]))
+                    "index": 0, "id": "call_fake_1", "type": "function",
+                    "function": {"name": reply.tool_name, "arguments": ""}}]})]))
+                arguments = reply.arguments_json
+                for start in range(0, len(arguments), 7):
+                    events.append(event([choice({"tool_calls": [{
+                        "index": 0, "function": {"arguments": arguments[start:start + 7]}}]})]))
+                events.append(event([choice({}, "tool_calls")]))
+            else:
+                for piece in words(reply.text or ""):
+                    events.append(event([choice({"content": piece})]))
+                events.append(event([choice({}, "stop")]))
         if include_usage:
             events.append(event([], usage))
         events.append(b"data: [DONE]\n\n")

@@ -543,3 +543,48 @@ def test_azure_api_versions_before_max_completion_tokens_are_sent_max_tokens() -
     assert adapter("2024-06-01").cap_field() == "max_tokens"
     assert adapter("2024-09-01-preview").cap_field() == "max_completion_tokens"
     assert adapter("2024-10-21").cap_field() == "max_completion_tokens"
+
+
+async def test_fewer_choices_than_n_asked_is_an_upstream_error_a_group_serves(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory
+) -> None:
+    """A server that ignores n (Ollama's /v1) answered one choice to n=2, and the client
+    could not tell it from a whole answer: it is a 502 naming n and the provider, whole
+    and streamed, and a group's next member serves the request."""
+    client = await make_gateway(_sections(openai_fake))
+    ask = {"model": "local", "messages": [{"role": "user", "content": "two ways"}], "n": 2}
+    whole = await client.post(CHAT, json=ask)
+    assert [choice["index"] for choice in whole.json()["choices"]] == [0, 1], whole.text
+    chunks = await _stream(client, ask)
+    assert {choice["index"] for chunk in chunks for choice in chunk["choices"]} == {0, 1}
+
+    openai_fake.ignores_n = True
+    short = await client.post(CHAT, json=ask)
+    assert short.status_code == 502, short.text
+    error = short.json()["error"]
+    assert (error["code"], error["param"]) == ("upstream_error", "n")
+    assert error["message"].startswith(
+        "provider 'compat' answered 1 choice(s) where the request asked for n=2")
+    async with client.stream("POST", CHAT, json={**ask, "stream": True}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1][6:])["error"]
+    assert (error["code"], error["param"]) == ("upstream_error", "n"), error
+
+    base = openai_fake.base_url  # type: ignore[attr-defined]
+    grouped = await make_gateway(f"""
+    providers:
+      ollama: {{type: openai_compatible, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+      backup: {{type: echo}}
+    deployments:
+      llama: {{provider: ollama, model: llama-3.1-8b, context_window: 32000}}
+      good: {{provider: backup, model: echo-model, context_window: 32000}}
+    groups:
+      pair: {{members: [llama, good], strategy: priority}}
+    routes:
+      pair: {{group: pair}}
+    """)
+    served = await grouped.post(CHAT, json={**ask, "model": "pair"})
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == "good"
+    assert len(served.json()["choices"]) == 2

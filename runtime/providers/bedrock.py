@@ -39,7 +39,11 @@ The request is translated by ``bedrock_wire``:
     top_k                           ``additionalModelRequestFields.top_k`` for a Claude
                                     model id; another model's is a 400 (left out when
                                     it came from /v1/messages: Anthropic's hint)
-    n > 1, seed, parallel_tool_calls: false, response_format json, logprobs, penalties...
+    response_format json_schema     ``outputConfig.textFormat`` (structured output: type
+                                    json_schema, ``structure.jsonSchema`` {schema as a
+                                    JSON string, name, description}); json_object is a
+                                    400 (Converse promises JSON only against a schema)
+    n > 1, seed, parallel_tool_calls: false, logprobs, penalties...
                                     400 naming the parameter (never silently dropped)
     user, store, metadata, ...      dropped: they change no answer
 

@@ -88,7 +88,6 @@ _NEUTRAL: Mapping[str, tuple[object, ...]] = MappingProxyType({
     "functions": (None,),
     "function_call": (None,),
     "parallel_tool_calls": (None, True),
-    "response_format": (None, {"type": "text"}),
 })
 
 
@@ -118,6 +117,9 @@ def converse_body(call: ChatCall) -> dict[str, Any]:
     tool_config = _tool_config(request, messages)
     if tool_config is not None:
         body["toolConfig"] = tool_config
+    text_format = _text_format((request.model_extra or {}).get("response_format"))
+    if text_format is not None:
+        body["outputConfig"] = {"textFormat": text_format}
     return body
 
 
@@ -133,7 +135,7 @@ def _refuse_unsupported(request: ChatRequest, claude: bool) -> None:
     if request.seed is not None:
         raise BadRequest("Bedrock's Converse API has no seed; remove 'seed'.", param="seed")
     for name, value in (request.model_extra or {}).items():
-        if value is None or name in _DROPPED:
+        if value is None or name in _DROPPED or name == "response_format":  # _text_format
             continue
         # top_k reaches Claude (converse_body); from /v1/messages, Anthropic's hint is
         # left out for another model, as OpenAI-format upstreams leave it out.
@@ -146,6 +148,32 @@ def _refuse_unsupported(request: ChatRequest, claude: bool) -> None:
         if value not in neutral:
             raise BadRequest(f"Bedrock's Converse API cannot honour '{name}' = "
                              f"{json.dumps(value)}.", param=name)
+
+
+def _text_format(response_format: object) -> dict[str, Any] | None:
+    """json_schema as Converse's structured output (``outputConfig.textFormat``, its
+    schema a JSON string); json_object has no Converse match: Converse promises JSON only
+    against a schema."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise BadRequest("response_format must be an object.", param="response_format")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind != "json_schema":
+        raise BadRequest("Bedrock's Converse API produces JSON only against a schema: use "
+                         "response_format {\"type\": \"json_schema\"}.", param="response_format")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(schema, dict):
+        raise BadRequest("response_format json_schema needs a schema.",
+                         param="response_format.json_schema.schema")
+    definition: dict[str, Any] = {"schema": json.dumps(schema)}
+    for field in ("name", "description"):  # ``strict`` is not sent: Converse's always is
+        if isinstance(spec.get(field), str):
+            definition[field] = spec[field]
+    return {"type": "json_schema", "structure": {"jsonSchema": definition}}
 
 
 def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],

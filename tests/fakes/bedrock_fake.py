@@ -13,7 +13,9 @@ Bedrock API key (``Authorization: Bearer``) is accepted instead when one is set.
 
 Bodies are checked as Converse checks them (unknown fields, roles alternating from
 user, blank text, content block unions, tool results answering the tool uses of the
-turn before, a toolConfig whenever tool blocks appear, toolChoice naming a tool).
+turn before, a toolConfig whenever tool blocks appear, toolChoice naming a tool,
+structured output's ``outputConfig.textFormat`` with its schema a JSON string holding
+an object). A text answer under a JSON schema is a JSON document that fits it.
 Errors carry ``x-amzn-ErrorType: <Type>:http://internal.amazon.com/...`` and
 ``{"message": ...}``. Streams are AWS event-stream frames (prelude, headers, JSON
 payload, both CRC32s), each frame sent in two pieces so that readers must reassemble.
@@ -59,7 +61,7 @@ from .brain import Action, Script, decide, words
 
 TOP_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
               "additionalModelRequestFields", "additionalModelResponseFieldPaths",
-              "promptVariables", "requestMetadata", "performanceConfig"}
+              "promptVariables", "requestMetadata", "performanceConfig", "outputConfig"}
 BLOCK_KINDS = {"text", "image", "toolUse", "toolResult", "cachePoint", "document",
                "reasoningContent"}
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
@@ -205,6 +207,41 @@ def validate(body: Any) -> None:
                       "toolResult content blocks.")
     if "toolConfig" in body:
         _tool_config(body["toolConfig"])
+    if "outputConfig" in body:
+        _output_config(body["outputConfig"])
+
+
+def _output_config(config: Any) -> None:
+    text_format = _fields(_fields(config, {"textFormat"}, "outputConfig").get("textFormat"),
+                          {"type", "structure"}, "outputConfig.textFormat")
+    if text_format.get("type") != "json_schema":
+        raise Invalid("outputConfig.textFormat.type: must be json_schema")
+    structure = _fields(text_format.get("structure"), {"jsonSchema"},
+                        "outputConfig.textFormat.structure")
+    definition = _fields(structure.get("jsonSchema"), {"schema", "name", "description"},
+                         "outputConfig.textFormat.structure.jsonSchema")
+    try:  # a String in the service model: the schema's JSON text, not an object
+        schema = json.loads(definition["schema"]) if isinstance(
+            definition.get("schema"), str) else None
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        raise Invalid("outputConfig.textFormat.structure.jsonSchema.schema: must be a JSON "
+                      "Schema object, as a JSON string")
+
+
+def fitting(schema: dict[str, Any], text: str) -> Any:
+    """A value that fits ``schema`` (the subset structured outputs use), its strings
+    ``text``."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: fitting(part, text) for name, part in
+                (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [fitting(schema.get("items") or {}, text)]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(str(kind), text)
 
 
 def _field_paths(paths: Any) -> None:
@@ -394,6 +431,10 @@ class BedrockFake:
             stop = "tool_use"
         else:
             text = reply.text or ""
+            text_format = (body.get("outputConfig") or {}).get("textFormat")
+            if text_format is not None:
+                schema = json.loads(text_format["structure"]["jsonSchema"]["schema"])
+                text = json.dumps(fitting(schema, text))
             for sequence in config.get("stopSequences") or []:
                 if sequence in text:
                     text, stop, matched = text[:text.index(sequence)], "stop_sequence", sequence

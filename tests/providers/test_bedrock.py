@@ -50,7 +50,7 @@ def _sections(fake: BedrockFake) -> str:
       local: {{type: echo}}
     deployments:
       claude: {{provider: aws, model: "{CLAUDE}", context_window: 200000,
-                max_output_tokens: 1024, capabilities: [streaming, tools, vision],
+                max_output_tokens: 1024, capabilities: [streaming, tools, vision, json_schema],
                 {CACHE_PRICED}}}
       profile: {{provider: aws, model: "{PROFILE}", context_window: 200000}}
       keyed: {{provider: aws-key, model: "amazon.nova-lite-v1:0", context_window: 300000,
@@ -624,6 +624,31 @@ async def test_a_parameter_converse_cannot_honour_is_refused_by_name(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert bedrock_fake.script.requests == []
+
+
+async def test_a_json_schema_is_sent_as_converse_structured_output(
+    bedrock_fake: BedrockFake, make_gateway: GatewayFactory
+) -> None:
+    """response_format json_schema was refused with a 400; Converse has structured output
+    (outputConfig.textFormat, the schema as a JSON string), which the answer fits, whole
+    and streamed."""
+    client = await _gateway(bedrock_fake, make_gateway)
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
+              "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+    ask = {"model": "claude", "messages": [{"role": "user", "content": "forecast"}],
+           "response_format": {"type": "json_schema", "json_schema": {
+               "name": "forecast", "strict": True, "schema": schema}}}
+    response = await client.post(CHAT, json=ask)
+    assert response.status_code == 200, response.text
+    fitting = {"city": "fake-bedrock: forecast", "days": 1}
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == fitting
+    text_format = bedrock_fake.script.requests[-1]["outputConfig"]["textFormat"]
+    definition = text_format["structure"]["jsonSchema"]
+    assert (text_format["type"], definition["name"]) == ("json_schema", "forecast")
+    assert json.loads(definition["schema"]) == schema
+    assert json.loads(_text(await _stream(client, ask))) == fitting
+    assert bedrock_fake.paths[-1].endswith("/converse-stream")
+    assert "outputConfig" in bedrock_fake.script.requests[-1]
 
 
 async def test_a_tool_conversation_needs_its_tools(

@@ -115,7 +115,7 @@ class OpenAIAdapter:
             raise UpstreamServerError(
                 f"provider '{self.provider.name}' ended the stream before its end "
                 "(no finish_reason, no [DONE])", provider=self.provider.name)
-        if len(answered) < call.request.n:  # streamed chunks tell only at the end
+        if call.request.n > 1 and len(answered) < call.request.n:  # told only at the end
             raise _fewer_choices(len(answered), call, self.provider)
         yield ChatDelta(usage=usage or unreported_usage(call))
 

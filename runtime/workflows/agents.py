@@ -6,7 +6,8 @@
                   a minute (agent_cards.py), read again sooner if a call there fails
                   as if the agent had moved
     SendMessage   the rendered prompt as one text part, its messageId the execution's
-                  id and the try's key (the same however often it is sent)
+                  id and the try's key (the same however often it is sent), asking for
+                  the task at once (``returnImmediately``) rather than when it ends
       a Message   its parts are the answer
       a Task      kept in the execution (a memo), so a run that resumes the step polls
                   it rather than send the message again; GetTask until the task is
@@ -84,7 +85,10 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
             # The same for every run of this try: an agent that dedupes by it sees a
             # message the gateway had to send again (its answer lost) as the same one.
             "messageId": f"{context.run.id}/{context.key}", "role": "ROLE_USER",
-            "parts": [{"text": context.run.text(action.prompt, context.scope)}]}})
+            "parts": [{"text": context.run.text(action.prompt, context.scope)}]},
+            # An agent that held the call until its task ended left no task id to keep,
+            # cancel or poll after a restart: a timeout or a stop cut it off blind.
+            "configuration": {"returnImmediately": True}})
         if "message" in result:
             return _answer(_parts(result["message"]), action.output, agent)
         task = result.get("task")

@@ -5,8 +5,9 @@ One Starlette app serves several agents, each under its own path with its card a
 endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
 
     echo     answers with one Message: "echo: <text>"
-    slow     answers at once with a working Task (as an agent does whose work is long),
-             completes it ``slow_s`` later with a text and a data artifact
+    slow     works on its Task, completing it ``slow_s`` later with a text and a data
+             artifact (SendMessage is answered with the Task at once only when it asks
+             for it with ``returnImmediately``, as the SDK's handler does)
     broken   fails its task, saying why
     curious  asks for more input (input-required)
     patient  as slow, but works for ``PATIENT_S``: long enough to restart a gateway
@@ -33,7 +34,6 @@ from a2a.helpers.proto_helpers import (
     new_text_part,
 )
 from a2a.server.agent_execution import AgentExecutor, RequestContext
-from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
@@ -43,9 +43,7 @@ from a2a.types.a2a_pb2 import (
     AgentCard,
     AgentInterface,
     AgentSkill,
-    Message,
     Role,
-    SendMessageRequest,
     Task,
     TaskState,
     TaskStatus,
@@ -113,16 +111,6 @@ class _Executor(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
 
-class _AtOnce(DefaultRequestHandler):
-    """The SDK's handler, answering SendMessage as soon as the task exists (as
-    ``returnImmediately`` asks): the agent's client then polls GetTask."""
-
-    async def on_message_send(self, params: SendMessageRequest,
-                              context: ServerCallContext) -> Message | Task:
-        params.configuration.return_immediately = True
-        return await super().on_message_send(params, context)
-
-
 def _card(name: str, endpoint: str) -> AgentCard:
     return AgentCard(
         name=name, description=f"The {name} test agent", version="1.0",
@@ -158,8 +146,9 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
             endpoint = "http://169.254.169.254/latest/"
         executor = _Executor(name, slow_s, stuck_s, seen)
         card = _card(name, endpoint)
-        handler = (_AtOnce if name in ("slow", "patient", "stuck") else DefaultRequestHandler)(
-            executor, InMemoryTaskStore(), card)
+        # The SDK's handler holds SendMessage until the task ends unless the call asks
+        # for it at once (returnImmediately), as the gateway does.
+        handler = DefaultRequestHandler(executor, InMemoryTaskStore(), card)
         routes = [*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
         if name == "mover":
             routes = [*create_agent_card_routes(card, _moved(seen, f"{base_url}/mover/v2/")),

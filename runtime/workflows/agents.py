@@ -11,12 +11,13 @@
       a Message   its parts are the answer
       a Task      kept in the execution (a memo), so a run that resumes the step polls
                   it rather than send the message again; GetTask until the task is
-                  terminal (the step's timeout bounds the wait; when it passes, or the
-                  execution is cancelled, CancelTask); completed: its artifacts' parts
-                  (without any, its status message's) are the answer; any other end
-                  fails the step, as does a task that asks for input or
-                  authentication: the step sends one message and has nobody to
-                  answer a question with
+                  terminal (the step's timeout bounds the wait; when it passes, the
+                  execution is cancelled or a step beside it fails, CancelTask: on
+                  any end but the run's own stop, as its runner stops or loses the
+                  lease); completed: its artifacts' parts (without any, its status
+                  message's) are the answer; any other end fails the step, as does a
+                  task that asks for input or authentication: the step sends one
+                  message and has nobody to answer a question with
 
 Every call goes through the run's ``HttpCaller`` (calls.py), as an ``http`` step's: no
 redirects followed, no cookies kept, an answer bounded in size. Errors show the URL
@@ -100,7 +101,7 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     try:
         task = await _settled(client, task)
     except asyncio.CancelledError:
-        if context.run.gives_up():  # not a shutdown: nobody will ask for this task again
+        if context.run.gives_up():  # not a stop: nobody will ask for this task again
             await _cancel_task(context, client, str(task["id"]))
         raise
     state = _state(task)

@@ -197,10 +197,15 @@ class Run:
         # waiting, and both left it waiting.
         self._approvals = asyncio.Lock()
         self._paused: dict[asyncio.Timeout, _Pause] = {}  # see ``_untimed``
+        # The run stops here, to be resumed (it lost the lease, or the store): the steps
+        # it cancels meanwhile are not given up (``gives_up``).
+        self.stopping = False
+        self._task: asyncio.Task[Any] | None = None  # the one running ``run``
 
     async def run(self) -> Status:
         """Run to a final status, or to paused; raises LeaseLost if another runner took it."""
         store = self.services.store
+        self._task = asyncio.current_task()
         self.states = {state.step: state for state in await store.steps(self.id)}
         self.memos = dict(await store.memos(self.id))
         started = "execution_resumed" if self.states else "execution_started"
@@ -314,6 +319,9 @@ class Run:
                     except Suspended:
                         continue
                     finished[name] = StepStatus.SUCCEEDED
+        except (LeaseLost, StoreUnavailable):
+            self.stopping = True
+            raise
         finally:
             for task in running:
                 task.cancel()
@@ -700,9 +708,11 @@ class Run:
 
     def gives_up(self) -> bool:
         """Whether the cancellation this task is in ends its work for good: a step's
-        timeout passed, or the execution is cancelled. Not a stop of the runner or a lost
-        lease, after which a run resumes the work where it was left."""
-        return self._control == "cancel" or any(limit.expired() for limit in _LIMITS.get())
+        timeout passed, the execution is cancelled, or a step beside it failed (a retry
+        works under keys of its own). Not a stop of the run itself, its runner stopping
+        or its lease or store lost, after which a run resumes the work where it was left."""
+        task = self._task
+        return not self.stopping and not (task is not None and task.cancelling())
 
     def now(self) -> float:
         return self.services.clock()

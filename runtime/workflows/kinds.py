@@ -45,10 +45,10 @@ from aigw.compiler.pipeline_graph import (
 )
 
 from ..chat_request import ChatRequest, Message
-from ..errors import GatewayError
-from ..store.executions import NewEvent
+from ..errors import GatewayError, StoreUnavailable
+from ..store.executions import LeaseLost, NewEvent
 from .agents import call_agent
-from .engine import StepContext, StepFailed, Suspended, jsonable, truthy
+from .engine import Run, StepContext, StepFailed, Suspended, jsonable, truthy
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
 
@@ -143,7 +143,7 @@ def _parse_json(text: str, call: ModelCall) -> tuple[Any, str]:
 
 async def _ensemble(context: StepContext, action: Ensemble) -> Any:
     call = action.call
-    answers = await _all([
+    answers = await _all(context.run, [
         ask(context, call, model, f"{context.key}/{index}")
         for index, model in enumerate(call.models)
     ])
@@ -255,7 +255,7 @@ async def _map(context: StepContext, action: MapStep) -> list[Any]:
                 _with(context, scope), action.step, f"{context.key}/{index}"
             )
 
-    await _all([worker() for _ in range(min(action.concurrency, len(items)))])
+    await _all(run, [worker() for _ in range(min(action.concurrency, len(items)))])
     return results
 
 
@@ -347,7 +347,7 @@ async def _python(context: StepContext, action: Python) -> Any:
         raise StepFailed(f"{action.function_name} raised {type(exc).__name__}: {exc}") from exc
 
 
-async def _all(awaitables: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+async def _all(run: Run, awaitables: list[Coroutine[Any, Any, Any]]) -> list[Any]:
     """Every result in order; the first failure cancels the others and is raised as is.
     One that gives way to a pause (``Suspended``) lets the others finish, or give way
     too, before it is raised: cancelled, their work in flight was lost."""
@@ -364,6 +364,9 @@ async def _all(awaitables: list[Coroutine[Any, Any, Any]]) -> list[Any]:
             if isinstance(task.exception(), Suspended):
                 raise Suspended()
         return [task.result() for task in tasks]
+    except (LeaseLost, StoreUnavailable):  # the others are cut off, not given up
+        run.stopping = True
+        raise
     finally:
         for task in tasks:
             task.cancel()

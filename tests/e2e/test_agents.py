@@ -55,6 +55,13 @@ PIPELINES = {
     "ask-stuck-long": _ask("stuck", timeout_s=60),
     "ask-patient": _ask("patient", timeout_s=60),
     "ask-mover": _ask("mover"),
+    # stuck's task is made (at once) before broken fails its own, 0.6 s in
+    "ask-stuck-beside-broken": _ask("stuck", timeout_s=60).replace("\noutput:", """
+  beside:
+    kind: agent
+    agent: broken
+    prompt: "Index {{ input.topic }}"
+output:"""),
     "ask-leaky": _ask("leaky"),
     "ask-elsewhere": _ask("elsewhere"),
 }
@@ -67,9 +74,13 @@ class Agents:
     port: int  # the agents'
     last: str = ""  # the execution the last ``run`` made
 
-    def restart(self) -> None:
-        """kill -9 the gateway and start it again on its directory and store."""
-        self.gateway.kill()
+    def restart(self, graceful: bool = False) -> None:
+        """kill -9 the gateway (or stop it, SIGTERM) and start it again on its directory
+        and store."""
+        if graceful:
+            self.gateway.stop()
+        else:
+            self.gateway.kill()
         self.gateway = _gateway(self.gateway.root)
 
     def run(self, pipeline: str, topic: str, key: str = DEV_KEY) -> tuple[int, Any]:
@@ -205,20 +216,37 @@ def test_cancelling_the_execution_cancels_the_agents_task(agents: Agents) -> Non
         {"agent": "stuck", "task": task["task"], "state": "canceled"}]
 
 
+def test_a_step_beside_that_fails_cancels_the_agents_task(agents: Agents) -> None:
+    status, message = agents.run("ask-stuck-beside-broken", "dunes")
+    assert status == 502
+    assert message.endswith("agent 'broken' failed the task: the index is unavailable"), message
+    [task] = [task for task in agents.events(agents.last, "agent_task")
+              if task["agent"] == "stuck"]
+    assert ("stuck", task["task"]) in agents.seen.cancelled
+    assert agents.events(agents.last, "agent_task_cancel") == [
+        {"agent": "stuck", "task": task["task"], "state": "canceled"}]
+
+
+@pytest.mark.parametrize("graceful", [False, True], ids=["killed", "stopped"])
 def test_a_gateway_restarted_mid_task_polls_it_rather_than_send_the_message_again(
-    agents: Agents,
+    agents: Agents, graceful: bool,
 ) -> None:
+    topic = f"tides {graceful}"
     execution = agents.api("POST", "", {"pipeline": "ask-patient",
-                                        "input": {"topic": "tides"}})["id"]
+                                        "input": {"topic": topic}})["id"]
     [task] = agents.wait(lambda: agents.events(execution, "agent_task"))
-    agents.restart()  # the step was polling; a new runner takes the execution over
+    # The step was polling; a new runner takes the execution over. Stopped, the runner
+    # cancelled the step, but not the agent's task: the run that resumes it polls it.
+    agents.restart(graceful)
     done = agents.wait(lambda: (found := agents.api("GET", f"/{execution}"))["status"]
                        in ("succeeded", "failed") and found)
-    assert done["output"].startswith("report on Tell me about tides"), done
+    assert done["output"].startswith(f"report on Tell me about {topic}"), done
     # One message, named after the execution and the try, and the task it made polled
-    assert [item for item in agents.seen.messages if item[0] == "patient"] == [
+    assert [item for item in agents.seen.messages if item[1].startswith(execution)] == [
         ("patient", f"{execution}/ask@1")]
     assert agents.events(execution, "agent_task") == [task]
+    assert ("patient", task["task"]) not in agents.seen.cancelled
+    assert agents.events(execution, "agent_task_cancel") == []
 
 
 def test_a_card_is_read_once_a_while_and_again_when_its_endpoint_moved(

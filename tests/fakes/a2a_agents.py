@@ -8,7 +8,7 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
     slow     works on its Task, completing it ``slow_s`` later with a text and a data
              artifact (SendMessage is answered with the Task at once only when it asks
              for it with ``returnImmediately``, as the SDK's handler does)
-    broken   fails its task, saying why
+    broken   fails its task, saying why, ``slow_s`` after it began
     curious  asks for more input (input-required)
     patient  as slow, but works for ``PATIENT_S``: long enough to restart a gateway
     stuck    as slow, but works for ``stuck_s``: longer than any step waits
@@ -96,6 +96,7 @@ class _Executor(AgentExecutor):
             await updater.add_artifact(list(data.parts), name="facts")
             await updater.complete()
         elif self.name == "broken":
+            await asyncio.sleep(self.slow_s)
             await updater.failed(updater.new_agent_message(
                 [new_text_part("the index is unavailable")]))
         elif self.name == "curious":

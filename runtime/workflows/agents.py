@@ -9,8 +9,9 @@
                   id and the try's key (the same however often it is sent), asking for
                   the task at once (``returnImmediately``) rather than when it ends
       a Message   its parts are the answer
-      a Task      kept in the execution (a memo), so a run that resumes the step polls
-                  it rather than send the message again; GetTask until the task is
+      a Task      kept in the execution (a memo, saved as a model's answer is:
+                  ``Run.keep``), so a run that resumes the step polls it rather than
+                  send the message again; GetTask until the task is
                   terminal (the step's timeout bounds the wait; when it passes, the
                   execution is cancelled or a step beside it fails, CancelTask: on
                   any end but the run's own stop, as its runner stops or loses the
@@ -81,6 +82,7 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
         # Resumed (a restart, another replica): the message was sent and its task made;
         # sent again, the agent would do the work twice.
         task: Mapping[str, Any] = {"id": kept["task"]}
+        made = None
     else:
         result = await client.call("SendMessage", {"message": {
             # The same for every run of this try: an agent that dedupes by it sees a
@@ -97,8 +99,16 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
             raise StepFailed(f"agent '{agent.name}' answered SendMessage with neither a "
                              "message nor a task", retryable=False)
         made = {"agent": agent.name, "task": task["id"]}
-        await context.run.remember(Memo(memo, made), NewEvent("agent_task", context.path, made))
     try:
+        if made is not None:
+            try:  # saved again while the store is out: sent again, the work is done twice
+                await context.run.keep(Memo(memo, made), NewEvent("agent_task", context.path,
+                                                                  made),
+                                       f"agent '{agent.name}' made task {task['id']!r}, but "
+                                       "the store did not keep it")
+            except StepFailed:  # refused, as it would be again: nobody will poll the task
+                await _cancel_task(context, client, str(task["id"]))
+                raise
         task = await _settled(client, task)
     except asyncio.CancelledError:
         if context.run.gives_up():  # not a stop: nobody will ask for this task again

@@ -600,24 +600,27 @@ class Run:
         data = {"model": model, "deployment": answer.deployment, "cost": answer.cost,
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens}
-        await self._keep(
+        await self.keep(
             Memo(key, {"text": answer.text, **data, "request": answer.request}, answer.cost,
                  answer.prompt_tokens, answer.completion_tokens, model_call=True),
             NewEvent("model_call", context.path, {"key": key, **data}),
+            f"model '{model}' answered, but the store did not keep the answer", on_disk=True,
         )
         return answer.text
 
-    async def _keep(self, memo: Memo, event: NewEvent) -> None:
-        """Save a model's answer as its memo. The call is made and billed: a failed save
-        must not end this try of the step (a retryable failure), as the next try, or the
-        run that resumes it, made the call again, billed again. So while the store is
+    async def keep(self, memo: Memo, event: NewEvent, refused: str, *,
+                   on_disk: bool = False) -> None:
+        """Save ``memo``, the record of work done outside that is not to be done again (a
+        model's answer, an agent's task). The work is done (billed, or under way): a
+        failed save must not end this try of the step (a retryable failure), as the next
+        try, or the run that resumes it, did the work again. So while the store is
         unavailable the save is tried again, the step timeouts paused meanwhile, until
         it is saved, the lease is lost (``LeaseLost``: the runner holding the execution
         now goes on) or this run is stopped; a store that refuses the save itself (its
-        own error, which it would give again) fails the step, not to be tried again.
-        Held in memory only, the answer was lost with a runner that stopped before the
-        store was back, and asked for again: it is kept on disk too (``unsaved``) until
-        the store has it."""
+        own error, which it would give again) fails the step, not to be tried again,
+        with ``refused`` and the store's error. Held in memory only, a model's answer
+        was lost with a runner that stopped before the store was back, and asked for
+        again: ``on_disk``, it is kept on disk too (``unsaved``) until the store has it."""
         tries = 0
         kept = False
         with self._untimed():
@@ -626,18 +629,16 @@ class Run:
                     await self.remember(memo, event)
                 except StoreUnavailable as exc:
                     if not tries:
-                        log.warning("execution %s: the answer of %s is not saved, the store "
-                                    "is unavailable; trying again: %s", self.id, memo.key, exc)
-                        kept = await self.services.unsaved.put(self.id, memo, event)
+                        log.warning("execution %s: %s is not saved, the store is "
+                                    "unavailable; trying again: %s", self.id, memo.key, exc)
+                        kept = on_disk and await self.services.unsaved.put(self.id, memo, event)
                 except InternalError as exc:
                     if kept:  # refused, as it would be again: nothing to save it for
                         await self.services.unsaved.drop(self.id, memo.key)
-                    raise StepFailed(f"model '{memo.value['model']}' answered, but the store "
-                                     f"did not keep the answer: {exc.message}",
-                                     retryable=False) from exc
+                    raise StepFailed(f"{refused}: {exc.message}", retryable=False) from exc
                 else:
                     if tries:
-                        log.info("execution %s: the answer of %s is saved after %d tries",
+                        log.info("execution %s: %s is saved after %d tries",
                                  self.id, memo.key, tries + 1)
                     if kept:
                         await self.services.unsaved.drop(self.id, memo.key)
@@ -692,7 +693,7 @@ class Run:
         """"pause" or "cancel" when asked for (read from the store at most every poll_s).
         A store that cannot be read now leaves it as last read: nobody can ask for a
         change meanwhile, and the run goes on (a step's answer waiting to be saved,
-        ``_keep``) until it must write."""
+        ``keep``) until it must write."""
         _lost_cancel()  # every loop of a run comes by here
         now = self.now()
         if now - self._checked >= self.services.poll_s:

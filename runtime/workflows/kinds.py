@@ -109,7 +109,7 @@ async def ask(
                               temperature=call.temperature)
         try:
             text = await run.call_model(context, model, request, _turn(key, turn))
-        except GatewayError as exc:  # the call's own: its answer's save raises none (_keep)
+        except GatewayError as exc:  # the call's own: its answer's save raises none (Run.keep)
             raise StepFailed(f"model '{model}': {exc.message}",
                              retryable=exc.status == 429 or exc.status >= 500) from exc
         if call.output == "text":

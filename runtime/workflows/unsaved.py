@@ -1,7 +1,7 @@
 """Model answers a run could not save, kept in local files until the store has them.
 
 A model call is paid for before its answer is saved as a memo. While the store is
-unavailable the run tries the save again (``Run._keep``), and first writes the answer
+unavailable the run tries the save again (``Run.keep``), and first writes the answer
 here, on disk, so that it outlives a runner that stops before the store is back. Then
 whoever goes on with the execution:
 

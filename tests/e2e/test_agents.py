@@ -19,7 +19,7 @@ import pytest
 from ..conftest import DEV_KEY
 from ..fakes.a2a_agents import Seen, a2a_agents
 from ..fakes.serve import free_port, serving
-from ..pipelines.conftest import BOT_KEY, gateway_config
+from ..pipelines.conftest import BOT_KEY, gateway_config, refuse_memos
 from ..pipelines.test_approvals import EVERYTHING
 from .server import Server
 
@@ -247,6 +247,31 @@ def test_a_gateway_restarted_mid_task_polls_it_rather_than_send_the_message_agai
     assert agents.events(execution, "agent_task") == [task]
     assert ("patient", task["task"]) not in agents.seen.cancelled
     assert agents.events(execution, "agent_task_cancel") == []
+
+
+def test_a_task_the_store_fails_to_save_is_saved_once_it_is_back_not_sent_again(
+    agents: Agents,
+) -> None:
+    """A task made as the store was out failed the try (or stopped the run), and the
+    message was sent again: the agent did the work twice."""
+    store = agents.gateway.root / "aigw.sqlite"
+    refuse_memos(store, True)
+    try:
+        execution = agents.api("POST", "", {"pipeline": "ask-slow",
+                                            "input": {"topic": "reefs"}})["id"]
+        agents.wait(lambda: any(item[1].startswith(execution)
+                                for item in agents.seen.messages))
+        time.sleep(1.0)  # the task is made: its save is tried meanwhile
+    finally:
+        refuse_memos(store, False)
+    done = agents.wait(lambda: (found := agents.api("GET", f"/{execution}"))["status"]
+                       in ("succeeded", "failed") and found)
+    assert done["output"].startswith("report on Tell me about reefs"), done
+    assert [item for item in agents.seen.messages if item[1].startswith(execution)] == [
+        ("slow", f"{execution}/ask@1")]
+    assert len(agents.events(execution, "agent_task")) == 1
+    assert f"execution {execution}: ask@1#task is not saved, the store is unavailable" \
+        in agents.gateway.log
 
 
 def test_a_card_is_read_once_a_while_and_again_when_its_endpoint_moved(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,15 @@ keys:
   fast-only: {{routes: [fast], sha256: {digest(FAST_ONLY_KEY)}}}
 agents: {{{agents}}}
 """
+
+
+def refuse_memos(file: Path, refuse: bool) -> None:
+    """Make the embedded file fail (or stop failing) every write of a memo: a store out,
+    as a full disk makes it."""
+    with closing(sqlite3.connect(file, isolation_level=None)) as db:
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON wf_memos BEGIN "
+                   "SELECT RAISE(ABORT, 'database or disk is full'); END" if refuse
+                   else "DROP TRIGGER full")
 
 
 APPROVAL = """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -18,7 +17,7 @@ import redis.asyncio as aioredis
 from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
 
 from ..redis_server import PrivateRedis
-from .conftest import AfterAnswer, Serve, Served
+from .conftest import AfterAnswer, Serve, Served, refuse_memos
 
 LONG = """
 input: {type: object}
@@ -214,14 +213,6 @@ async def _read_back(served: Served, url: str,
     raise AssertionError(f"gave up on {url}: {answer.text}")
 
 
-def _refuse_memos(file: Path, refuse: bool) -> None:
-    """Make the embedded file fail (or stop failing) every write of a memo."""
-    with closing(sqlite3.connect(file, isolation_level=None)) as db:
-        db.execute("CREATE TRIGGER full BEFORE INSERT ON wf_memos BEGIN "
-                   "SELECT RAISE(ABORT, 'database or disk is full'); END" if refuse
-                   else "DROP TRIGGER full")
-
-
 def _stop_redis(server: PrivateRedis) -> None:
     with closing(redis.Redis.from_url(server.url)) as client:
         client.save()  # what it holds comes back with it
@@ -234,7 +225,7 @@ async def test_an_answer_the_embedded_store_fails_to_save_is_not_asked_for_again
     """A store failing to save a model's answer was a retryable failure of the step: the
     model was called again (billed again) for the same work, while the step timed out."""
     file = tmp_path / "gw0" / "aigw.sqlite"
-    outage = _Outage(partial(_refuse_memos, file, True), partial(_refuse_memos, file, False))
+    outage = _Outage(partial(refuse_memos, file, True), partial(refuse_memos, file, False))
     models = AfterAnswer(outage)
     served = await serve({"saved": SAVED}, models=models)
     await _check_saved_once(served, models, outage)
@@ -275,11 +266,11 @@ async def test_an_answer_left_unsaved_by_a_runner_that_stopped_is_not_asked_for_
     stopped before the store was back: the next one called the model again, paying
     twice, and the execution counted one call."""
     file = tmp_path / "gw0" / "aigw.sqlite"
-    outage = _Outage(partial(_refuse_memos, file, True))
+    outage = _Outage(partial(refuse_memos, file, True))
     models = AfterAnswer(outage)
     served = await serve({"saved": SAVED}, models=models)
     execution_id = await _stopped_unsaved(served, outage)
-    await asyncio.to_thread(_refuse_memos, file, False)
+    await asyncio.to_thread(refuse_memos, file, False)
     second = served.with_new_runner(models)
     try:
         done = await second.wait_for(execution_id, lambda e: e["status"] in ("failed",

@@ -63,6 +63,7 @@ PIPELINES = {
     prompt: "Index {{ input.topic }}"
 output:"""),
     "ask-leaky": _ask("leaky"),
+    "ask-tattler": _ask("tattler"),
     "ask-elsewhere": _ask("elsewhere"),
 }
 
@@ -120,7 +121,8 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
     with serving(a2a_agents(f"http://127.0.0.1:{port}", seen), port=port) as base:
         card = "/.well-known/agent-card.json"
         lines = [
-            f"echo: {{url: '{base}/echo/', api_key: '${{A2A_AGENT_KEY}}'}}",
+            *(f"{name}: {{url: '{base}/{name}/', api_key: '${{A2A_AGENT_KEY}}'}}"
+              for name in ("echo", "tattler")),
             *(f"{name}: {{url: '{base}/{name}{card}'}}"
               for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere",
                            "mover")),
@@ -153,6 +155,21 @@ def test_an_agent_that_answers_with_a_message(agents: Agents) -> None:
     _path, headers = next(item for item in agents.seen.requests if item[0] == "/echo/")
     assert headers["authorization"] == f"Bearer {AGENT_KEY}"
     assert headers["a2a-version"] == "1.0"
+
+
+def test_an_agents_error_quoting_its_credential_shows_neither_in_the_step_nor_the_log(
+    agents: Agents,
+) -> None:
+    status, message = agents.run("ask-tattler", "tides")
+    assert status == 502
+    _path, headers = next(item for item in agents.seen.requests if item[0] == "/tattler/")
+    assert headers["authorization"] == f"Bearer {AGENT_KEY}"  # what it quotes back
+    assert "SendMessage failed: the credential" in message, message
+    assert AGENT_KEY not in message
+    events = agents.api("GET", f"/{agents.last}/events")["data"]
+    assert any(event["type"] == "step_failed" for event in events)
+    assert AGENT_KEY not in json.dumps(events)
+    assert AGENT_KEY not in agents.gateway.log
 
 
 def test_policy_decides_who_may_call_an_agent_before_it_is_called(agents: Agents) -> None:

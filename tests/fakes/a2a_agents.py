@@ -14,6 +14,8 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
     stuck    as slow, but works for ``stuck_s``: longer than any step waits
     leaky    answers the JSON-RPC endpoint with a redirect to 169.254.169.254
     elsewhere  its card names an endpoint on another host
+    tattler  refuses every message with an error quoting the Authorization header it
+             was sent (as a server echoing a bad credential does)
     mover    as echo; once ``seen.moved``, its card names ``/mover/v2/`` and ``/mover/``
              answers 404
 
@@ -48,6 +50,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
     TaskStatus,
 )
+from a2a.utils.errors import InvalidParamsError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
@@ -79,6 +82,9 @@ class _Executor(AgentExecutor):
         text = context.get_user_input()
         if context.message is not None:
             self.seen.messages.append((self.name, context.message.message_id))
+        if self.name == "tattler":
+            sent = context.call_context.state.get("headers", {}).get("authorization")
+            raise InvalidParamsError(f"the credential {sent!r} is not valid for this index")
         if self.name in ("echo", "mover"):
             await event_queue.enqueue_event(new_text_message(f"echo: {text}", role=Role.ROLE_AGENT))
             return
@@ -141,7 +147,7 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
     for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
-                 "elsewhere", "mover"):
+                 "elsewhere", "mover", "tattler"):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"

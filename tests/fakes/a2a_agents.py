@@ -69,6 +69,8 @@ class Seen:
     messages: list[tuple[str, str]] = field(default_factory=list)
     cancelled: list[tuple[str, str]] = field(default_factory=list)
     moved: bool = False  # the mover agent's endpoint is /mover/v2/
+    # Called with each message's (agent, messageId) as it is taken, on the agents' loop
+    on_message: Callable[[str, str], None] | None = None
 
 
 class _Executor(AgentExecutor):
@@ -82,6 +84,8 @@ class _Executor(AgentExecutor):
         text = context.get_user_input()
         if context.message is not None:
             self.seen.messages.append((self.name, context.message.message_id))
+            if self.seen.on_message is not None:
+                self.seen.on_message(self.name, context.message.message_id)
         if self.name == "tattler":
             sent = context.call_context.state.get("headers", {}).get("authorization")
             raise InvalidParamsError(f"the credential {sent!r} is not valid for this index")

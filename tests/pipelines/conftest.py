@@ -260,7 +260,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
     is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
-    ``deployments`` and ``settings`` lines under theirs."""
+    ``deployments``, ``settings`` and ``agents`` lines under theirs."""
     opened: list[Served] = []
 
     async def start(
@@ -273,6 +273,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         settings: str = "",
         providers: str = "",
         deployments: str = "",
+        agents: str = "",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -282,7 +283,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
         (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
                                                                 settings, providers,
-                                                                deployments))
+                                                                deployments, agents))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

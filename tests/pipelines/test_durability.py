@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 
 from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
 
+from ..fakes.a2a_agents import Seen, a2a_agents
+from ..fakes.serve import free_port, serving
 from ..redis_server import PrivateRedis
 from .conftest import AfterAnswer, Serve, Served, refuse_memos
 
@@ -155,6 +157,12 @@ steps:
 output: "{{ steps.only }}"
 """
 OUTAGE_S = 1.0
+ASK_STUCK = """
+input: {type: object}
+steps:
+  ask: {kind: agent, agent: stuck, prompt: "hi", timeout_s: 30}
+output: "{{ steps.ask }}"
+"""
 
 
 class _Outage:
@@ -336,3 +344,30 @@ async def test_on_redis_an_answer_the_store_refuses_fails_the_step_without_anoth
                              "the error is logged.")
     assert models.calls == 1
     assert (await served.steps(started["id"]))["only"]["attempts"] == 1
+
+
+async def test_on_redis_an_agents_task_the_store_refuses_fails_the_step_and_is_cancelled(
+    serve: Serve, redis_url: str, namespace: str
+) -> None:
+    """The store refusing to keep the task an agent made: nobody will poll it. The error
+    escaped the step as an internal error, and the task ran on at the agent."""
+    def break_memos(_agent: str, message_id: str) -> None:
+        execution_id = message_id.split("/")[0]
+        with closing(redis.Redis.from_url(redis_url)) as client:
+            client.set(f"{namespace}:wf:x:{execution_id}:memo", "not a hash")
+
+    port = free_port()
+    seen = Seen(on_message=break_memos)
+    with serving(a2a_agents(f"http://127.0.0.1:{port}", seen), port=port) as base:
+        served = await serve({"ask": ASK_STUCK}, store=redis_url, namespace=namespace,
+                             agents=f"stuck: {{url: '{base}/stuck/'}}")
+        started = await served.start("ask", {})
+        done = await served.wait_for(started["id"], lambda e: e["status"] in ("failed",
+                                                                              "succeeded"))
+        [cancel] = [event["data"] for event in await served.events(started["id"])
+                    if event["type"] == "agent_task_cancel"]
+    assert done["error"] == (f"step 'ask' failed: agent 'stuck' made task {cancel['task']!r}, "
+                             "but the store did not keep it: The executions store (redis) "
+                             "refused a call; the error is logged.")
+    assert seen.cancelled == [("stuck", cancel["task"])]
+    assert cancel["state"] == "canceled"

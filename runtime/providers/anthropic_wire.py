@@ -20,7 +20,7 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
-from .turns import TurnBlocks, split_turns
+from .turns import TurnBlocks, json_schema_spec, split_turns
 
 # Anthropic's stop_reason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -278,22 +278,8 @@ def _tool_choice(request: ChatRequest, parallel: object) -> dict[str, Any] | Non
 
 def _output_format(response_format: object) -> dict[str, Any] | None:
     """json_schema becomes a structured-output format; json_object has no Anthropic match."""
-    if response_format is None:
-        return None
-    if not isinstance(response_format, dict):
-        raise BadRequest("response_format must be an object.", param="response_format")
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise BadRequest("response_format json_schema needs a schema.",
-                             param="response_format.json_schema.schema")
-        return {"type": "json_schema", "schema": schema}
-    raise BadRequest("Anthropic models produce JSON only against a schema: use response_format "
-                     "{\"type\": \"json_schema\"}.", param="response_format")
+    spec = json_schema_spec(response_format, "Anthropic models produce")
+    return None if spec is None else {"type": "json_schema", "schema": spec["schema"]}
 
 
 def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:

@@ -20,7 +20,7 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
-from .turns import TurnBlocks, split_turns
+from .turns import TurnBlocks, json_schema_spec, split_turns
 
 # Converse's stopReason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -154,22 +154,10 @@ def _text_format(response_format: object) -> dict[str, Any] | None:
     """json_schema as Converse's structured output (``outputConfig.textFormat``, its
     schema a JSON string); json_object has no Converse match: Converse promises JSON only
     against a schema."""
-    if response_format is None:
+    spec = json_schema_spec(response_format, "Bedrock's Converse API produces")
+    if spec is None:
         return None
-    if not isinstance(response_format, dict):
-        raise BadRequest("response_format must be an object.", param="response_format")
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind != "json_schema":
-        raise BadRequest("Bedrock's Converse API produces JSON only against a schema: use "
-                         "response_format {\"type\": \"json_schema\"}.", param="response_format")
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if not isinstance(spec, dict) or not isinstance(schema, dict):
-        raise BadRequest("response_format json_schema needs a schema.",
-                         param="response_format.json_schema.schema")
-    definition: dict[str, Any] = {"schema": json.dumps(schema)}
+    definition: dict[str, Any] = {"schema": json.dumps(spec["schema"])}
     for field in ("name", "description"):  # ``strict`` is not sent: Converse's always is
         if isinstance(spec.get(field), str):
             definition[field] = spec[field]

@@ -8,6 +8,8 @@ and others' repairs give it) before the greeting, or as the only turn, rather th
 400 from the upstream. A greeting with no user turn after it gets one after it too:
 ending with the assistant's turn asks Claude to go on with that text (a prefill, which
 Claude 4.6 and later refuse), where OpenAI's models answer it with a message of their own.
+
+Both also produce JSON only against a schema: ``json_schema_spec`` reads and checks one.
 """
 
 from __future__ import annotations
@@ -74,3 +76,25 @@ def _placeholder(blocks: TurnBlocks) -> Block:
     """The minimal user turn put where the conversation has none."""
     message = Message(role="user", content=LEADING_USER_TEXT)
     return {"role": "user", "content": blocks.user(message, "messages")}
+
+
+def json_schema_spec(response_format: object, who_produces: str) -> dict[str, Any] | None:
+    """The ``json_schema`` object of an OpenAI ``response_format`` (with its ``schema``),
+    for a provider that produces JSON only against a schema (Anthropic, Converse): None
+    when there is no format or it is text; json_object or no schema is a ``BadRequest``
+    naming the parameter. ``who_produces`` opens the refusal: "Anthropic models produce"."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise BadRequest("response_format must be an object.", param="response_format")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind != "json_schema":
+        raise BadRequest(f"{who_produces} JSON only against a schema: use response_format "
+                         "{\"type\": \"json_schema\"}.", param="response_format")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise BadRequest("response_format json_schema needs a schema.",
+                         param="response_format.json_schema.schema")
+    return spec

@@ -36,13 +36,13 @@ from starlette.routing import BaseRoute, Route
 from aigw.compiler.graph import ApiKey, Graph
 
 from ..auth import authenticate
-from ..chat import new_record, overhead_header
+from ..chat import new_record
 from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, Status
 from ..telemetry.record import RequestRecord
 from ..telemetry.tracing import traceparent
-from .api import pipeline_span
+from .api import counted, pipeline_span
 from .service import Workflows, may_run
 
 PROTOCOL_VERSION = "1.0"
@@ -119,24 +119,13 @@ class _A2a:
         record = new_record(live, "a2a")
         call_id: list[Any] = [None]  # the request's id, once its body is read
         try:
-            response = await self._rpc(request, record, call_id)
-        except GatewayError as exc:
-            record.status, record.error = exc.status, str(exc.code)
+            return await counted(live, record, self._rpc(request, record, call_id))
+        except GatewayError as exc:  # as JSON-RPC's error object, at its HTTP status
             error = {"code": INTERNAL if exc.status >= 500 else INVALID_REQUEST,
                      "message": exc.message,
                      "data": {"type": exc.error_type, "code": exc.shown_code}}
             return JSONResponse({"jsonrpc": "2.0", "id": call_id[0], "error": error},
-                                status_code=exc.status,
-                                headers={**exc.headers, **overhead_header(record)})
-        except Exception:
-            record.status, record.error = 500, "internal_error"
-            raise
-        else:
-            record.status = response.status_code
-            response.headers.update(overhead_header(record))
-            return response
-        finally:
-            live.telemetry.finish(record)
+                                status_code=exc.status, headers=exc.headers)
 
     async def _rpc(self, request: Request, record: RequestRecord, call_id: list[Any]
                    ) -> Response:

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -299,21 +299,7 @@ class _Api:
         model request is (its model calls are counted on their own, with the ledger)."""
         live = self.workflows.gateway.live
         record = new_record(live, "pipelines")
-        try:
-            response = await self._call_pipeline(request, record)
-        except GatewayError as exc:
-            record.status, record.error = exc.status, str(exc.code)
-            exc.headers = {**exc.headers, **overhead_header(record)}
-            raise
-        except Exception:
-            record.status, record.error = 500, "internal_error"
-            raise
-        else:
-            record.status = response.status_code
-            response.headers.update(overhead_header(record))
-            return response
-        finally:
-            live.telemetry.finish(record)
+        return await counted(live, record, self._call_pipeline(request, record))
 
     async def _call_pipeline(self, request: Request, record: RequestRecord) -> Response:
         key = self._key(request)
@@ -406,6 +392,27 @@ async def _final(
         return await workflows.wait_final(execution_id, wait_s)
     finally:
         record.waited_upstream()
+
+
+async def counted(live: Live, record: RequestRecord, work: Awaitable[Response]) -> Response:
+    """``work``'s response, ``record`` finished with its status (the access log line, the
+    metrics) and the overhead header on it; a ``GatewayError`` is raised with the overhead
+    header added, for the caller's handler to answer (OpenAI's shape, or JSON-RPC's)."""
+    try:
+        response = await work
+    except GatewayError as exc:
+        record.status, record.error = exc.status, str(exc.code)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        raise
+    except Exception:
+        record.status, record.error = 500, "internal_error"
+        raise
+    else:
+        record.status = response.status_code
+        response.headers.update(overhead_header(record))
+        return response
+    finally:
+        live.telemetry.finish(record)
 
 
 def pipeline_span(

@@ -5,6 +5,7 @@
     kinds               what each kind of step does
     runner.Runner       claims executions (leases), renews them, resumes the orphaned
     api                 /api/v1/..., /ws/executions/{id}, /v1/pipelines/{name}
+    approvals           the approval step: a durable wait for a decision
     agents              the agent step: calls to remote A2A agents
     a2a_api             /a2a/{name}: each pipeline as an A2A agent
 """

@@ -33,14 +33,13 @@ from typing import Any, Protocol
 import jinja2
 
 from aigw.compiler.graph import Route
-from aigw.compiler.pipeline_graph import Approval, Pipeline, Step, StepKind
+from aigw.compiler.pipeline_graph import Pipeline, Step, StepKind
 from aigw.compiler.templates import Expr, Text, Value, render_value
 
 from ..chat_request import ChatRequest
 from ..errors import InternalError, StoreUnavailable
 from ..store.executions import (
     Checkpoint,
-    Decision,
     Execution,
     ExecutionStore,
     LeaseLost,
@@ -193,7 +192,7 @@ class Run:
         self._control: str | None = execution.control
         self._checked = 0.0
         # A waiting state and the execution's status commit one at a time
-        # (``_commit_states``): two approvals decided at once each saw the other still
+        # (``commit_states``): two approvals decided at once each saw the other still
         # waiting, and both left it waiting.
         self._approvals = asyncio.Lock()
         self._paused: dict[asyncio.Timeout, _Pause] = {}  # see ``_untimed``
@@ -280,7 +279,7 @@ class Run:
                 closed.extend(more[0])
                 events.extend(more[1])
         if closed:
-            await self._commit_states(tuple(closed), tuple(events))
+            await self.commit_states(tuple(closed), tuple(events))
 
     async def run_pipeline(self, pipeline: Pipeline, prefix: str, given: Any) -> Any:
         """Run ``pipeline``'s steps (their states under ``prefix``) and render its output."""
@@ -451,9 +450,9 @@ class Run:
                      and state.status in (StepStatus.RUNNING, StepStatus.WAITING))
         events = (*(NewEvent("step_abandoned", state.step, {"reason": reason})
                     for state in left), event)
-        await self._commit_states((*left, *states), events)
+        await self.commit_states((*left, *states), events)
 
-    async def _commit_states(self, states: tuple[StepState, ...],
+    async def commit_states(self, states: tuple[StepState, ...],
                              events: tuple[NewEvent, ...]) -> None:
         """Commit step states that start or end a wait, and the execution's status with
         them: waiting while any approval waits (this one or another beside it; one
@@ -510,76 +509,6 @@ class Run:
                                             MAX_BACKOFF_S))
         await self.remember(Memo(key, {"value": value}))
         return value
-
-    async def wait_for_decision(self, context: StepContext, step: Step, action: Approval) -> Any:
-        """An approval: wait (durably) for a decision, or take the default at the deadline."""
-        path = context.path
-        store = self.services.store
-        decision = await store.decision(self.id, path)
-        timed_out = False
-        if decision is None:
-            key = f"{path}#deadline"
-            if key not in self.memos:
-                # Who may decide is fixed when the wait begins, like its message: a reload
-                # or a restart of the runner does not change it while it waits.
-                memo = {"deadline": self.now() + step.timeout_s,
-                        "message": self.text(action.message, context.scope)}
-                if action.approvers is not None:
-                    memo["approvers"] = action.approvers.as_dict()
-                await self.remember(Memo(key, memo))
-            deadline = float(self.memos[key]["deadline"])
-            detail = {"message": self.memos[key]["message"], "deadline": deadline,
-                      "default": action.default}
-            if "approvers" in self.memos[key]:
-                detail["approvers"] = self.memos[key]["approvers"]
-            state = self.states.get(path)
-            await self._commit_states((
-                StepState(path, StepStatus.WAITING, state.attempts if state else 1,
-                          started_at=state.started_at if state else self.now(), detail=detail),),
-                (NewEvent("step_waiting", path, detail),))
-            with self.services.waiting(self.id) as take_slot:
-                while decision is None:
-                    remaining = deadline - self.now()
-                    if remaining <= 0:
-                        decision = Decision(action.default == "approve", None,
-                                            "no decision before the deadline", self.now())
-                        timed_out = True
-                        break
-                    await self._obey_control()
-                    await self.services.wait(self.id, min(self.services.poll_s, remaining))
-                    decision = await store.decision(self.id, path)
-                result = await self._decided(path, decision, timed_out)
-                # Its slot was other work's while it waited: it goes on once the runner
-                # has room again (taken at once, it ran past ``execution_capacity``).
-                while not take_slot():
-                    await self._obey_control()
-                    await self.services.wait(self.id, self.services.poll_s)
-            # The wait may have outlasted a reload that forbids the pipeline now.
-            await self.still_allowed(f"stopped after the decision on '{path}'")
-            return result
-        return await self._decided(path, decision, timed_out)
-
-    async def _decided(self, path: str, decision: Decision, timed_out: bool) -> dict[str, Any]:
-        """The approval's output, committed: out of WAITING at once (an approval inside a
-        map or a loop has no step of its own that a later commit would mark done, and
-        must not stay listed as waiting)."""
-        result = {"approved": decision.approve,
-                  "decision": "approve" if decision.approve else "reject",
-                  "by": decision.by, "comment": decision.comment, "timed_out": timed_out}
-        state = self.states.get(path)
-        decided = StepState(path, StepStatus.SUCCEEDED, state.attempts if state else 1, result,
-                            started_at=state.started_at if state else self.now(),
-                            finished_at=self.now())
-        await self._commit_states((decided,), (NewEvent("approval_decided", path, result),))
-        return result
-
-    async def _obey_control(self) -> None:
-        """Give way to a pause (the approval stays waiting) or a cancel asked for."""
-        control = await self.control()
-        if control == "pause":
-            raise Suspended()
-        if control == "cancel":
-            raise Stop("cancel")
 
     async def still_allowed(self, when: str) -> None:
         """``NoLongerAllowed`` (its message opening with ``when``) if policy, as it is now,

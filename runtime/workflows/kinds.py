@@ -9,7 +9,7 @@
     branch     the names of the steps it chooses
     map        the inline step for each item, at most ``concurrency`` at a time
     loop       planner -> action, until the planner says done or max_iterations
-    approval   a person's decision, or the default at the timeout
+    approval   a person's decision, or the default at the timeout (approvals.py)
     pipeline   another pipeline's output
     python     an awaited function's result
     agent      a remote A2A agent's reply (agents.py)
@@ -48,6 +48,7 @@ from ..chat_request import ChatRequest, Message
 from ..errors import GatewayError, StoreUnavailable
 from ..store.executions import LeaseLost, NewEvent
 from .agents import call_agent
+from .approvals import wait_for_decision
 from .engine import Run, StepContext, StepFailed, Suspended, jsonable, truthy
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
@@ -77,7 +78,7 @@ async def act(context: StepContext, step: Step) -> Any:
     if isinstance(action, Loop):
         return await _loop(context, action)
     if isinstance(action, Approval):
-        return await run.wait_for_decision(context, step, action)
+        return await wait_for_decision(context, step, action)
     if isinstance(action, SubPipeline):
         return await _pipeline(context, action)
     if isinstance(action, AgentCall):

@@ -13,9 +13,9 @@
                   ``Run.keep``), so a run that resumes the step polls it rather than
                   send the message again; GetTask until the task is
                   terminal (the step's timeout bounds the wait; when it passes, the
-                  execution is cancelled or a step beside it fails, CancelTask: on
-                  any end but the run's own stop, as its runner stops or loses the
-                  lease); completed: its artifacts' parts (without any, its status
+                  execution is cancelled, a step beside it fails or GetTask fails,
+                  CancelTask: on any end but the run's own stop, as its runner stops
+                  or loses the lease); completed: its artifacts' parts (without any, its status
                   message's) are the answer; any other end fails the step, as does a
                   task that asks for input or authentication: the step sends one
                   message and has nobody to answer a question with
@@ -101,15 +101,17 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
         made = {"agent": agent.name, "task": task["id"]}
     try:
         if made is not None:
-            try:  # saved again while the store is out: sent again, the work is done twice
-                await context.run.keep(Memo(memo, made), NewEvent("agent_task", context.path,
-                                                                  made),
-                                       f"agent '{agent.name}' made task {task['id']!r}, but "
-                                       "the store did not keep it")
-            except StepFailed:  # refused, as it would be again: nobody will poll the task
-                await _cancel_task(context, client, str(task["id"]))
-                raise
+            # Saved again while the store is out: sent again, the work is done twice.
+            await context.run.keep(Memo(memo, made), NewEvent("agent_task", context.path, made),
+                                   f"agent '{agent.name}' made task {task['id']!r}, but the "
+                                   "store did not keep it")
         task = await _settled(client, task)
+    except StepFailed:
+        # The memo refused, or GetTask failed (the agent unreachable, its answer
+        # unreadable, its JSON-RPC error): nobody will poll this task again, and a retry
+        # of the step makes another beside it.
+        await _cancel_task(context, client, str(task["id"]))
+        raise
     except asyncio.CancelledError:
         if context.run.gives_up():  # not a stop: nobody will ask for this task again
             await _cancel_task(context, client, str(task["id"]))

@@ -64,6 +64,9 @@ PIPELINES = {
 output:"""),
     "ask-leaky": _ask("leaky"),
     "ask-tattler": _ask("tattler"),
+    "ask-garbled": _ask("garbled", timeout_s=30).replace("    timeout_s:", """    retries: 1
+    backoff_ms: 10
+    timeout_s:"""),
     "ask-elsewhere": _ask("elsewhere"),
 }
 
@@ -125,7 +128,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
               for name in ("echo", "tattler")),
             *(f"{name}: {{url: '{base}/{name}{card}'}}"
               for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere",
-                           "mover")),
+                           "mover", "garbled")),
             f"leaky: {{url: '{base}/leaky/'}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
@@ -242,6 +245,23 @@ def test_a_step_beside_that_fails_cancels_the_agents_task(agents: Agents) -> Non
     assert ("stuck", task["task"]) in agents.seen.cancelled
     assert agents.events(agents.last, "agent_task_cancel") == [
         {"agent": "stuck", "task": task["task"], "state": "canceled"}]
+
+
+def test_a_task_whose_polling_fails_is_cancelled_before_the_step_tries_again(
+    agents: Agents,
+) -> None:
+    """GetTask answered 503 failed the try and left the task running: the retry made a
+    second one beside it, and the step's failure left both at work."""
+    status, message = agents.run("ask-garbled", "kelp")
+    assert status == 502
+    assert "agent 'garbled': POST http://127.0.0.1:" in message
+    assert message.endswith("answered 503: <html>down for maintenance</html>"), message
+    tasks = [task["task"] for task in agents.events(agents.last, "agent_task")]
+    assert len(tasks) == 2  # one a try
+    assert [("garbled", task) for task in tasks] == [
+        item for item in agents.seen.cancelled if item[1] in tasks]
+    assert agents.events(agents.last, "agent_task_cancel") == [
+        {"agent": "garbled", "task": task, "state": "canceled"} for task in tasks]
 
 
 @pytest.mark.parametrize("graceful", [False, True], ids=["killed", "stopped"])

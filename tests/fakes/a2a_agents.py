@@ -18,6 +18,8 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              was sent (as a server echoing a bad credential does)
     mover    as echo; once ``seen.moved``, its card names ``/mover/v2/`` and ``/mover/``
              answers 404
+    garbled  as stuck, but GetTask is answered 503 with an HTML page (as a proxy in
+             front of an agent that went down does); CancelTask still reaches it
 
 Every request's headers are recorded (``seen``), to check what the gateway sent, and
 each message an agent takes and each task it is asked to cancel.
@@ -26,6 +28,7 @@ each message an agent takes and each task it is asked to cancel.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -112,7 +115,7 @@ class _Executor(AgentExecutor):
         elif self.name == "curious":
             await updater.requires_input(updater.new_agent_message(
                 [new_text_part("which year do you mean?")]))
-        else:  # stuck
+        else:  # stuck, garbled
             await asyncio.sleep(self.stuck_s)
             await updater.add_artifact(new_text_artifact("late", "too late").parts)
             await updater.complete()
@@ -151,7 +154,7 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
     for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
-                 "elsewhere", "mover", "tattler"):
+                 "elsewhere", "mover", "tattler", "garbled"):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
@@ -178,7 +181,29 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
             if seen.moved and request.url.path == "/mover/":
                 await PlainTextResponse("not here", 404)(scope, receive, send)
                 return
+            if request.url.path == "/garbled/":
+                body = await Request(scope, receive).body()
+                if _method(body) == "GetTask":
+                    await PlainTextResponse("<html>down for maintenance</html>", 503,
+                                            media_type="text/html")(scope, receive, send)
+                    return
+                receive = _replay(body)
         await app(scope, receive, send)
 
     return recorded
 
+
+
+def _method(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("method"))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that gives ``body`` again, read once already to look at it."""
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive

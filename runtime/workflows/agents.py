@@ -10,15 +10,16 @@
                   the task at once (``returnImmediately``) rather than when it ends
       a Message   its parts are the answer
       a Task      kept in the execution (a memo, saved as a model's answer is:
-                  ``Run.keep``), so a run that resumes the step polls it rather than
-                  send the message again; GetTask until the task is
-                  terminal (the step's timeout bounds the wait; when it passes, the
-                  execution is cancelled, a step beside it fails or GetTask fails,
-                  CancelTask: on any end but the run's own stop, as its runner stops
-                  or loses the lease); completed: its artifacts' parts (without any, its status
-                  message's) are the answer; any other end fails the step, as does a
-                  task that asks for input or authentication: the step sends one
-                  message and has nobody to answer a question with
+                  ``Run.keep``, on disk while the store is out), so a run that
+                  resumes the step polls it rather than send the message again;
+                  GetTask until the task is terminal (the step's timeout bounds the
+                  wait; when it passes, the execution is cancelled, a step beside it
+                  fails or GetTask fails, CancelTask: on any end but the run's own
+                  stop, as its runner stops or loses the lease); completed: its
+                  artifacts' parts (without any, its status message's) are the
+                  answer; any other end fails the step, as does a task that asks for
+                  input or authentication: the step sends one message and has nobody
+                  to answer a question with
 
 Every call goes through the run's ``HttpCaller`` (calls.py), as an ``http`` step's: no
 redirects followed, no cookies kept, an answer bounded in size. Errors show the URL
@@ -102,9 +103,11 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
     try:
         if made is not None:
             # Saved again while the store is out: sent again, the work is done twice.
+            # Kept on disk meanwhile: a runner stopped before the store is back left the
+            # next run nothing to poll, and it sent the message again.
             await context.run.keep(Memo(memo, made), NewEvent("agent_task", context.path, made),
                                    f"agent '{agent.name}' made task {task['id']!r}, but the "
-                                   "store did not keep it")
+                                   "store did not keep it", on_disk=True)
         task = await _settled(client, task)
     except StepFailed:
         # The memo refused, or GetTask failed (the agent unreachable, its answer

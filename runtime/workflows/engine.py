@@ -8,8 +8,9 @@ Each try of a step is checkpointed when it starts and when it ends. Inside a ste
 model call, map item, loop iteration, ensemble member and cascade tier is a memo keyed
 by where it is (``report@1``, ``items@2/3``), so an execution resumed after a crash
 runs again only the step that was in flight, and repeats none of its completed calls;
-a model's answer the store fails to save is saved again, never asked for again, and kept
-on disk meanwhile for a run resumed after this one stopped (``unsaved.py``).
+a model's answer (or an agent's task) the store fails to save is saved again, never
+asked for again, and kept on disk meanwhile for a run resumed after this one stopped
+(``unsaved.py``).
 A step is skipped when its ``when`` is false, when a branch listing it chose other
 steps, or when every step it needs was skipped. Policy is asked again whenever the run
 goes on after a stop or a wait (resumed, started on a graph other than the one it was
@@ -241,17 +242,17 @@ class Run:
         return Status.SUCCEEDED
 
     async def _recover(self) -> None:
-        """Save the answers a runner of this gateway could not (``unsaved``): this run uses
-        them rather than call the models again. One for a memo the execution holds
-        another answer for (another replica asked again meanwhile) is recorded as a call
-        paid for and lost."""
+        """Save the memos a runner of this gateway could not (``unsaved``): this run uses
+        them rather than call the models or send the agents their messages again. One
+        for a key the execution holds other work under (another replica did it again
+        meanwhile) is recorded as work done and lost."""
         unsaved = self.services.unsaved
         for item in await unsaved.of(self.id):
             saved = self.memos.get(item.memo.key)
             if saved is None:
                 await self.remember(item.memo, item.event, NewEvent(
-                    "model_answer_recovered", item.event.step, {"key": item.memo.key}))
-            elif saved.get("request") != item.request:
+                    item.recovered, item.event.step, {"key": item.memo.key}))
+            elif not item.held_by(saved):
                 await self.services.store.record_lost(self.id, *item.lost(), self.now())
             await unsaved.drop(self.id, item.memo.key)
 
@@ -547,9 +548,10 @@ class Run:
         it is saved, the lease is lost (``LeaseLost``: the runner holding the execution
         now goes on) or this run is stopped; a store that refuses the save itself (its
         own error, which it would give again) fails the step, not to be tried again,
-        with ``refused`` and the store's error. Held in memory only, a model's answer
-        was lost with a runner that stopped before the store was back, and asked for
-        again: ``on_disk``, it is kept on disk too (``unsaved``) until the store has it."""
+        with ``refused`` and the store's error. Held in memory only, a model's answer (an
+        agent's task) was lost with a runner that stopped before the store was back, and
+        the work done again: ``on_disk``, it is kept on disk too (``unsaved``) until the
+        store has it."""
         tries = 0
         kept = False
         with self._untimed():

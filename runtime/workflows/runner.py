@@ -12,8 +12,9 @@ Stopping cancels the tasks and lets go of their leases, so another replica, or t
 gateway once restarted, resumes them at once.
 Once an hour (and when it starts) it deletes the executions that ended longer ago than
 ``settings.execution_retention_s``; every replica may, as a purge is idempotent. Once a
-lease period (and when it starts) it records the model answers this gateway's runs left
-unsaved (``unsaved.py``) for the executions another runner went on with.
+lease period (and when it starts) it records the model answers and agent tasks this
+gateway's runs left unsaved (``unsaved.py``) for the executions another runner went on
+with.
 """
 
 from __future__ import annotations
@@ -252,25 +253,25 @@ class Runner:
             await asyncio.sleep(self.lease_s)
 
     async def _record_unsaved(self, unsaved: UnsavedAnswers, execution_id: str) -> None:
-        """The answers left unsaved for ``execution_id``, once it is known what became of
-        them: saved after all (the store's reply was lost), or the call was made again by
-        the runner that went on with it, or it ended without them (a call paid for and
-        lost, recorded so). Otherwise they wait for a run that resumes it here."""
+        """The memos left unsaved for ``execution_id``, once it is known what became of
+        them: saved after all (the store's reply was lost), or the work was done again by
+        the runner that went on with it, or it ended without them (work done and lost,
+        recorded so). Otherwise they wait for a run that resumes it here."""
         execution = await self.store.get(execution_id)
         items = await unsaved.of(execution_id)
         memos = await self.store.memos(execution_id) if execution is not None else {}
         for item in items:
             saved = memos.get(item.memo.key)
             if execution is None:  # purged: there is nothing to record it on
-                log.warning("execution %s is gone: the answer of %s left unsaved is dropped",
+                log.warning("execution %s is gone: the memo %s left unsaved is dropped",
                             execution_id, item.memo.key)
             elif saved is None and execution.status not in FINAL:
                 continue
-            elif saved is None or saved.get("request") != item.request:
+            elif not item.held_by(saved):
                 try:
                     await self.store.record_lost(execution_id, *item.lost(), self._clock())
                 except InternalError as exc:  # it would refuse it again: logged, let go
-                    log.error("execution %s: the answer of %s left unsaved cannot be "
+                    log.error("execution %s: the memo %s left unsaved cannot be "
                               "recorded: %s", execution_id, item.memo.key, exc)
             await unsaved.drop(execution_id, item.memo.key)
 

@@ -1,21 +1,23 @@
-"""Model answers a run could not save, kept in local files until the store has them.
+"""Work a run could not save, kept in local files until the store has it.
 
-A model call is paid for before its answer is saved as a memo. While the store is
-unavailable the run tries the save again (``Run.keep``), and first writes the answer
-here, on disk, so that it outlives a runner that stops before the store is back. Then
-whoever goes on with the execution:
+A model call is paid for, and an agent's task made, before its memo is saved. While the
+store is unavailable the run tries the save again (``Run.keep``), and first writes the
+memo here, on disk, so that it outlives a runner that stops before the store is back.
+Then whoever goes on with the execution:
 
-- a run resumed by this gateway (any process with the same root) saves the answer from
-  here and uses it, rather than call the model again (``Run._recover``);
-- where another replica resumed it and called the model again, or it ended without the
-  answer, the answer is recorded as a call paid for and lost (``ExecutionStore.
-  record_lost``, by the runner's sweep): the execution's cost, tokens and model calls
-  count both calls, and a ``model_answer_lost`` event names its memo key and its
-  request id in the spend ledger.
+- a run resumed by this gateway (any process with the same root) saves the memo from
+  here and uses it, rather than call the model again or send the agent its message
+  again (``Run._recover``);
+- where another replica resumed it and did the work again, or it ended without the
+  memo, the work is recorded as done and lost (``ExecutionStore.record_lost``, by the
+  runner's sweep): for a model call the execution's cost, tokens and model calls count
+  both calls, and a ``model_answer_lost`` event names its memo key and its request id
+  in the spend ledger; for an agent's task an ``agent_task_lost`` event names the task
+  nobody polled.
 
-One file per answer, written whole (a temporary file, synced, then renamed)::
+One file per memo, written whole (a temporary file, synced, then renamed)::
 
-    <root>/aigw-unsaved/<execution id>.<sha256 of the memo key>.json
+    <root>/<settings.unsaved_dir>/<execution id>.<sha256 of the memo key>.json
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,54 +44,69 @@ _ID = re.compile(r"[A-Za-z0-9_-]+")  # what an execution id is made of (``exec_<
 
 @dataclass(frozen=True, slots=True)
 class Unsaved:
-    """An answer of execution ``execution``: its memo and the event its save carries."""
+    """A memo of execution ``execution`` (a model's answer, an agent's task) and the event
+    its save carries."""
 
     execution: str
     memo: Memo
     event: NewEvent
 
     @property
-    def request(self) -> str:
-        """The spend ledger's id of the call: which call a saved memo holds."""
-        return str(self.memo.value.get("request", ""))
+    def work(self) -> str:
+        """Which work the memo records, to tell whether a saved memo is this one: the
+        spend ledger's id of a model call, an agent's task id."""
+        return str(self.memo.value.get("request" if self.memo.model_call else "task", ""))
+
+    def held_by(self, saved: Mapping[str, Any] | None) -> bool:
+        """Whether ``saved``, the execution's memo under this key, records this work."""
+        return saved is not None and str(saved.get(
+            "request" if self.memo.model_call else "task", "")) == self.work
+
+    @property
+    def recovered(self) -> str:
+        """The event that says a run took the memo from here."""
+        return "model_answer_recovered" if self.memo.model_call else "agent_task_recovered"
 
     def lost(self) -> tuple[Memo, tuple[NewEvent, ...]]:
-        """The call as one paid for whose answer the execution did not use: a memo of a key
-        of its own (its cost counted once, however often it is recorded) without the
-        text, which nothing reads, and the event that says so."""
+        """The work as done but not used by the execution: a memo of a key of its own (a
+        call's cost counted once, however often it is recorded) without the text, which
+        nothing reads, and the event that says so."""
         value = {name: item for name, item in self.memo.value.items() if name != "text"}
-        memo = replace(self.memo, key=f"{self.memo.key}#lost:{self.request}", value=value)
+        memo = replace(self.memo, key=f"{self.memo.key}#lost:{self.work}", value=value)
+        if not self.memo.model_call:
+            return memo, (NewEvent("agent_task_lost", self.event.step,
+                                   {**self.event.data, "key": self.memo.key}),)
         return memo, (NewEvent("model_answer_lost", self.event.step,
-                               {**self.event.data, "request": self.request}),)
+                               {**self.event.data, "request": self.work}),)
 
 
 class UnsavedAnswers:
-    """The answers under ``folder``; every call works off the event loop."""
+    """The memos under ``folder``; every call works off the event loop."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     async def put(self, execution_id: str, memo: Memo, event: NewEvent) -> bool:
-        """Keep the answer (durably, once this returns True); False, logged, if the disk
+        """Keep the memo (durably, once this returns True); False, logged, if the disk
         would not take it: it is then held in memory only, as the run tries the save."""
         try:
             await asyncio.to_thread(self._write, execution_id, memo, event)
         except (OSError, ValueError) as exc:
-            log.error("execution %s: the answer of %s could not be kept in %s either: %s",
+            log.error("execution %s: %s could not be kept in %s either: %s",
                       execution_id, memo.key, self.folder, exc)
             return False
         return True
 
     async def of(self, execution_id: str) -> tuple[Unsaved, ...]:
-        """The answers kept for ``execution_id``."""
+        """The memos kept for ``execution_id``."""
         return await asyncio.to_thread(self._read, execution_id)
 
     async def drop(self, execution_id: str, key: str) -> None:
-        """Forget the answer of memo ``key``: the store has it now."""
+        """Forget memo ``key``: the store has it now."""
         await asyncio.to_thread(self._remove, execution_id, key)
 
     async def executions(self) -> tuple[str, ...]:
-        """The executions with answers kept."""
+        """The executions with memos kept."""
         return await asyncio.to_thread(self._list)
 
     def _path(self, execution_id: str, key: str) -> Path:
@@ -122,7 +140,7 @@ class UnsavedAnswers:
             except FileNotFoundError:  # dropped meanwhile by another process
                 continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("cannot read the unsaved answer %s: %s", path, exc)
+                log.error("cannot read the unsaved memo %s: %s", path, exc)
         return tuple(found)
 
     def _remove(self, execution_id: str, key: str) -> None:

@@ -163,6 +163,7 @@ steps:
   ask: {kind: agent, agent: stuck, prompt: "hi", timeout_s: 30}
 output: "{{ steps.ask }}"
 """
+ASK_SLOW = ASK_STUCK.replace("agent: stuck", "agent: slow")
 
 
 class _Outage:
@@ -249,11 +250,13 @@ async def test_on_redis_an_answer_in_as_the_server_stops_is_saved_once_it_is_bac
     await _check_saved_once(served, models, outage)
 
 
-async def _stopped_unsaved(served: Served, outage: _Outage) -> str:
-    """Start 'saved' and stop the runner while the store is out with its answer unsaved
-    (once the gateway keeps the answer on disk, or a second has passed)."""
-    started = await served.start("saved", {})
-    await asyncio.wait_for(outage.began.wait(), 5)
+async def _stopped_unsaved(served: Served, outage: _Outage | asyncio.Event,
+                           pipeline: str = "saved") -> str:
+    """Start ``pipeline`` and stop the runner while the store is out with its answer (or
+    task) unsaved (once the gateway keeps it on disk, or a second has passed)."""
+    started = await served.start(pipeline, {})
+    began = outage.began if isinstance(outage, _Outage) else outage
+    await asyncio.wait_for(began.wait(), 5)
     for _ in range(100):
         if any((served.root / "aigw-unsaved").glob("*.json")):
             break
@@ -290,6 +293,43 @@ async def test_an_answer_left_unsaved_by_a_runner_that_stopped_is_not_asked_for_
         assert await second.workflows.unsaved.executions() == ()
     finally:
         await second.aclose()
+
+
+async def test_an_agents_task_left_unsaved_by_a_runner_that_stopped_is_not_sent_again(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Held in memory only while the store was out, the task memo was lost with a runner
+    stopped before the store was back: the next one sent the message again, and the
+    agent did the work twice."""
+    file = tmp_path / "gw0" / "aigw.sqlite"
+    began = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def outage(_agent: str, _message_id: str) -> None:  # as the agent takes the message
+        refuse_memos(file, True)
+        loop.call_soon_threadsafe(began.set)
+
+    port = free_port()
+    seen = Seen(on_message=outage)
+    with serving(a2a_agents(f"http://127.0.0.1:{port}", seen), port=port) as base:
+        served = await serve({"ask": ASK_SLOW}, agents=f"slow: {{url: '{base}/slow/'}}")
+        execution_id = await _stopped_unsaved(served, began, "ask")
+        seen.on_message = None
+        await asyncio.to_thread(refuse_memos, file, False)
+        second = served.with_new_runner()
+        try:
+            done = await second.wait_for(execution_id, lambda e: e["status"] in (
+                "failed", "succeeded"))
+            events = await second.events(execution_id)
+        finally:
+            await second.aclose()
+    assert done["output"].startswith("report on hi"), done
+    assert seen.messages == [("slow", f"{execution_id}/ask@1")]
+    [task] = [e["data"] for e in events if e["type"] == "agent_task"]
+    assert [(e["type"], e["data"]) for e in events if e["type"] == "agent_task_recovered"] \
+        == [("agent_task_recovered", {"key": "ask@1#task"})]
+    assert seen.cancelled == [] and task["agent"] == "slow"
+    assert await served.workflows.unsaved.executions() == ()
 
 
 async def test_on_redis_an_answer_left_unsaved_is_recorded_when_another_replica_asked_again(

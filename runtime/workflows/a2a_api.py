@@ -14,7 +14,10 @@ An execution waiting for an approval is ``input-required`` (decided with POST
 /api/v1/executions/{id}/approvals); one that succeeded is ``completed``, its output
 the artifact ``output``. Callers authenticate with aigw API keys (Bearer), and Cedar's
 invoke check on ``Pipeline::"name"`` is made as for ``POST /v1/pipelines/{name}``;
-GetTask and CancelTask see only the key's own executions (an admin key's: all).
+GetTask and CancelTask see only the key's own executions (an admin key's: all). A card
+is refused as A2A's HTTP+JSON binding refuses a call (no key: 401, a pipeline the key
+may not run or that does not exist: 404), with google.rpc.Status's error object, not
+OpenAI's, as it is read by A2A clients.
 
 Each POST is counted as ``POST /v1/pipelines/{name}`` is: an access log line (endpoint
 ``a2a``), the request metrics of route ``pipeline:{name}``, and an ``invoke_agent``
@@ -55,6 +58,9 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600,
 INTERNAL = -32603
 TASK_NOT_FOUND, TASK_NOT_CANCELABLE = -32001, -32002
 
+# google.rpc's status names of the HTTP statuses a card's GET may be refused with.
+_RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+               404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
 _STATES = {
     Status.QUEUED: "TASK_STATE_SUBMITTED", Status.RUNNING: "TASK_STATE_WORKING",
     Status.PAUSED: "TASK_STATE_WORKING", Status.WAITING: "TASK_STATE_INPUT_REQUIRED",
@@ -95,7 +101,10 @@ class _A2a:
         return key, name
 
     async def card(self, request: Request) -> Response:
-        _key, name = self._pipeline(request)
+        try:
+            _key, name = self._pipeline(request)
+        except GatewayError as exc:
+            return card_error(exc)
         pipeline = self._graph().pipelines[name]
         base = str(request.base_url).rstrip("/")
         about = pipeline.description or f"Runs the aigw pipeline '{name}'."
@@ -230,6 +239,23 @@ class _A2a:
             await self.workflows.wait(execution.id, min(self.workflows.poll_s, remaining))
             execution = await store.get(execution.id) or execution
         return execution
+
+
+def card_error(exc: GatewayError) -> Response:
+    """A card the gateway will not give, as A2A answers a plain HTTP call (its HTTP+JSON
+    binding's error, google.rpc.Status: ``{"error": {"code", "status", "message",
+    "details"}}``) at the same status. A client's card resolver (the a2a-sdk's
+    ``A2ACardResolver``) goes by the status; a 401 says, as RFC 6750 asks, the scheme the
+    card would have named (Bearer)."""
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    status = _RPC_STATUS.get(exc.status, "INTERNAL" if exc.status >= 500 else "UNKNOWN")
+    details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": (exc.shown_code or exc.error_type).upper(), "domain": "aigw"}]
+    return JSONResponse({"error": {"code": exc.status, "status": status,
+                                   "message": exc.message, "details": details}},
+                        status_code=exc.status, headers=headers)
 
 
 def task(execution: Execution) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.client.errors import AgentCardResolutionError
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
@@ -21,7 +22,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import InvalidParamsError
 from google.protobuf import json_format
 
-from .conftest import BOT_KEY, Serve, Served, approval_pipeline
+from .conftest import BOT_KEY, DEV_KEY, FAST_ONLY_KEY, Serve, Served, approval_pipeline
 from .test_approvals import DENIED, EVERYTHING, NO_PUBLISH_FOR_BOT
 
 GREET = """
@@ -122,6 +123,34 @@ async def test_callers_need_a_key_and_see_only_their_own_tasks(serve: Serve) -> 
     assert (await served.http.get("/a2a/nope/.well-known/agent-card.json")).status_code == 404
     with pytest.raises(InvalidParamsError, match="does not match pipeline 'greet'"):
         await _send(await _client(served, "greet"), "{}")  # not the input the schema takes
+
+
+async def test_a_card_refused_is_answered_as_a2a_answers_an_http_call(serve: Serve) -> None:
+    """The card's GET is refused with A2A's HTTP+JSON error (google.rpc.Status), not the
+    OpenAI error object, and a 401 names the Bearer scheme."""
+    served = await serve({"greet": GREET})
+    card = await A2ACardResolver(served.http, "http://aigw.test/a2a/greet").get_agent_card()
+    assert card.name == "greet"
+    for key, pipeline, status, code in (
+        ("", "greet", 401, "UNAUTHENTICATED"), (DEV_KEY, "nope", 404, "NOT_FOUND"),
+        (FAST_ONLY_KEY, "greet", 404, "NOT_FOUND"),  # may not run it: as if it were not
+    ):
+        headers = {"authorization": f"Bearer {key}" if key else ""}
+        resolver = A2ACardResolver(served.http, f"http://aigw.test/a2a/{pipeline}")
+        with pytest.raises(AgentCardResolutionError) as refused:
+            await resolver.get_agent_card(http_kwargs={"headers": headers})
+        assert refused.value.status_code == status
+        answer = await served.http.get(f"/a2a/{pipeline}/.well-known/agent-card.json",
+                                       headers=headers)
+        error = answer.json()["error"]
+        assert (answer.status_code, error["code"], error["status"]) == (status, status, code)
+        assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+        assert "type" not in error and "param" not in error
+    assert answer.json()["error"]["message"] == "No pipeline named 'greet'."
+    anonymous = await served.http.get("/a2a/greet/.well-known/agent-card.json",
+                                      headers={"authorization": ""})
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.json()["error"]["details"][0]["reason"] == "INVALID_API_KEY"
 
 
 async def test_sending_a_message_is_checked_by_cedar_as_running_the_pipeline(

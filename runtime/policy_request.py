@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 
-from aigw.compiler.graph import ApiKey, Route
+from aigw.compiler.graph import ApiKey, Graph, Route, TargetKind
 
 from .admission import budget_remaining, subject_limits
 from .errors import BadRequest, Forbidden, StoreUnavailable
@@ -40,6 +40,10 @@ UNKEPT_FACTS = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False
 UNKEPT = (f"The execution was made before aigw kept the facts of the request that started "
           f"it, so it was asked as one with no {TAGS_HEADER} and no {SLA_HEADER}; start "
           "it again to run it.")
+UNKEPT_ROUTE = ("The execution was made before aigw kept the facts of the request that "
+                "started it, which may have come through route '{route}': it was asked as "
+                f"such a request with no {TAGS_HEADER} and no {SLA_HEADER}; start it again "
+                "to run it.")
 
 
 async def authorize(
@@ -102,48 +106,70 @@ async def authorize_pipeline(
 
 async def authorize_pipeline_again(
     live: Live, key: ApiKey, user: str | None, pipeline: str,
-    kept: Mapping[str, Any] | None,
+    kept: Mapping[str, Any] | None, made_for: str,
 ) -> None:
-    """The invoke check on ``Pipeline::"name"`` asked again for an execution (as it
-    resumes, or for a step that runs another pipeline) with the facts of the request
-    that made it (``kept``), what is true at the moment (its hour, the budget left)
-    read now; a deny is a 403 as at the start.
+    """The invoke check on ``Pipeline::"name"`` asked again for an execution of pipeline
+    ``made_for`` (as it resumes, or for a step that runs another pipeline) with the facts
+    of the request that made it (``kept``), what is true at the moment (its hour, the
+    budget left) read now; a deny is a 403 as at the start.
 
-    An execution made before its request's facts were kept (``kept`` None) is asked with
-    those that can be told again (``UNKEPT_FACTS``), and fails closed: a deny stops it,
-    whether a forbid decided it or no policy permits it, and says why. Stopped only by a
-    forbid, it went on where policy now permits the pipeline to tagged requests alone."""
-    await _authorize_again(live, key, user, kept,
+    An execution made before its request's facts were kept (``kept`` None) fails closed:
+    it is asked as each request that could have made it (``unkept_facts``), and a deny of
+    any (a forbid, or no permit) stops it, saying why. Asked as a workflow API request
+    alone, one made through a chat route went on where a forbid names that route."""
+    await _authorize_again(live, key, user, kept, made_for,
                            lambda gate: gate.check_invoke_pipeline(pipeline))
 
 
 async def authorize_agent(
     live: Live, key: ApiKey, user: str | None, agent: str, kept: Mapping[str, Any] | None,
+    made_for: str,
 ) -> None:
-    """The invoke check on ``Agent::"name"`` for an execution's ``agent`` step, asked
-    as ``authorize_pipeline_again`` asks (the facts of the request that made it)."""
-    await _authorize_again(live, key, user, kept, lambda gate: gate.check_invoke_agent(agent))
+    """The invoke check on ``Agent::"name"`` for an ``agent`` step of an execution of
+    pipeline ``made_for``, asked as ``authorize_pipeline_again`` asks (the facts of the
+    request that made it)."""
+    await _authorize_again(live, key, user, kept, made_for,
+                           lambda gate: gate.check_invoke_agent(agent))
 
 
 async def _authorize_again(
     live: Live, key: ApiKey, user: str | None, kept: Mapping[str, Any] | None,
-    check: Callable[[RequestGate], Decision],
+    made_for: str, check: Callable[[RequestGate], Decision],
 ) -> None:
-    facts = UNKEPT_FACTS if kept is None else Facts(
-        route=str(kept.get("route", "")),
-        estimated_tokens=int(kept.get("estimated_tokens", 0)),
-        max_tokens=kept.get("max_tokens"),
-        stream=bool(kept.get("stream", False)),
-        latency_sla_ms=int(kept.get("latency_sla_ms", DEFAULT_DEADLINE_MS)),
-        tags=tuple(kept.get("tags", ())),
-    )
-    gate = await _gate(live, key, user, facts)
-    try:
-        check(gate)
-    except Forbidden as exc:
-        if kept is not None:
-            raise
-        raise Forbidden(f"{exc.message} {UNKEPT}", headers=exc.headers) from exc
+    if kept is not None:
+        check(await _gate(live, key, user, Facts(
+            route=str(kept.get("route", "")),
+            estimated_tokens=int(kept.get("estimated_tokens", 0)),
+            max_tokens=kept.get("max_tokens"),
+            stream=bool(kept.get("stream", False)),
+            latency_sla_ms=int(kept.get("latency_sla_ms", DEFAULT_DEADLINE_MS)),
+            tags=tuple(kept.get("tags", ())),
+        )))
+        return
+    for facts in unkept_facts(live.graph, key, made_for):
+        gate = await _gate(live, key, user, facts)
+        try:
+            check(gate)
+        except Forbidden as exc:
+            why = UNKEPT_ROUTE.format(route=facts.route) if facts.route else UNKEPT
+            raise Forbidden(f"{exc.message} {why}", headers=exc.headers) from exc
+
+
+def unkept_facts(graph: Graph, key: ApiKey, pipeline: str) -> tuple[Facts, ...]:
+    """The requests that could have made an execution of ``pipeline`` by ``key`` that kept
+    no facts (an older aigw's): one to the workflow API, then one through each route
+    that runs ``pipeline`` and that ``key`` may use, its SLA the route's deadline. Their
+    tags and sizes cannot be told again: none are sent.
+
+    Which of them made it is not known, so each is asked: a policy that names a route
+    (``context.route``) is held to the execution as to the requests that route serves.
+    """
+    routes = (Facts(route=name, estimated_tokens=0, max_tokens=None, stream=False,
+                    latency_sla_ms=int(route.deadline_s * 1000))
+              for name, route in graph.routes.items()
+              if route.kind is TargetKind.PIPELINE and route.target == pipeline
+              and (key.routes is None or name in key.routes))
+    return (UNKEPT_FACTS, *routes)
 
 
 async def authorize_mcp(

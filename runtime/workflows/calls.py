@@ -48,6 +48,7 @@ class GatewayModels:
         self.key_name = execution.key
         self.user = execution.user
         self.facts = execution.facts
+        self.pipeline = execution.pipeline  # what made it, asked again without ``facts``
         # Its calls' spans go under the span of the request that made the execution.
         self.headers = Headers({"traceparent": execution.trace} if execution.trace else {})
 
@@ -96,7 +97,7 @@ class GatewayModels:
         live = self.gateway.live
         try:
             await authorize_pipeline_again(live, self._key(live), self.user, pipeline,
-                                           self.facts)
+                                           self.facts, self.pipeline)
         except Forbidden as exc:
             raise StepFailed(exc.message, retryable=False) from exc
 
@@ -106,7 +107,8 @@ class GatewayModels:
         checked on it."""
         live = self.gateway.live
         try:
-            await authorize_agent(live, self._key(live), self.user, agent, self.facts)
+            await authorize_agent(live, self._key(live), self.user, agent, self.facts,
+                                  self.pipeline)
         except Forbidden as exc:
             raise StepFailed(exc.message, retryable=False) from exc
 

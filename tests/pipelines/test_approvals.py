@@ -656,6 +656,39 @@ async def test_a_run_made_before_its_request_was_kept_is_asked_as_one_without_he
         await second.aclose()
 
 
+# 'slow' may not be run through the chat route 'research'; through the API it may.
+NOT_THROUGH_RESEARCH = EVERYTHING + (
+    '@id("no-slow-chat")\nforbid (principal, action == Action::"invoke", '
+    'resource == Pipeline::"slow") when { context.route == "research" };\n')
+
+
+async def test_a_run_made_before_its_request_was_kept_is_asked_as_each_route_to_it(
+    serve: Serve, tmp_path: Path, store_options: dict[str, Any]
+) -> None:
+    """An execution that kept no facts may have been made through a chat route to its
+    pipeline: asked as an API request alone, it went on where a forbid names that route.
+    It fails closed, saying which route it was asked as; with no such route to it (or
+    one its key may not use), it goes on."""
+    served = await _serve_policed(serve, tmp_path, NOT_THROUGH_RESEARCH,
+                                  extra_routes="  research: {pipeline: slow}", **store_options)
+    chat = await served.http.post("/v1/chat/completions", json={
+        "model": "research", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 403, chat.text  # as it is refused to a chat now
+    running = Checkpoint(steps=(StepState("answer", StepStatus.RUNNING, 1, started_at=1.0),))
+    stopped = await served.left_by_a_crash("slow", running)
+    done = await served.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["error"]) == ("failed", (
+        "stopped as it resumed: Policy does not allow key 'dev' to run pipeline 'slow': "
+        "denied by no-slow-chat. The execution was made before aigw kept the facts of the "
+        "request that started it, which may have come through route 'research': it was "
+        "asked as such a request with no x-aigw-tags and no x-aigw-latency-sla-ms; start "
+        "it again to run it."))
+    assert done["usage"]["model_calls"] == 0
+    kept = await _start(served, "slow")  # made now: its facts are kept, it goes on
+    done = await served.wait_for(kept, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["error"]) == ("succeeded", None)
+
+
 async def test_a_chat_with_a_pipeline_keeps_what_policy_was_asked_with(
     serve: Serve, tmp_path: Path
 ) -> None:

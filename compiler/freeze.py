@@ -204,6 +204,7 @@ def freeze(
             cache_max_entry_bytes=settings.cache_max_entry_bytes,
             execution_retention_s=settings.execution_retention_s,
             store_outbox=settings.store_outbox,
+            unsaved_dir=settings.unsaved_dir,
             metrics_access=settings.metrics_access,
             body_read_timeout_s=settings.body_read_timeout_s,
             max_request_json_containers=settings.max_request_json_containers,

@@ -43,6 +43,7 @@ class Settings:
     cache_max_entry_bytes: int = 1 << 20
     execution_retention_s: float = 30 * 86400.0
     store_outbox: str = "aigw-outbox.sqlite"
+    unsaved_dir: str = "aigw-unsaved"
     metrics_access: Literal["open", "admin"] = "open"
     body_read_timeout_s: float = 60.0
     max_request_json_containers: int = 50_000

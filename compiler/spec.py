@@ -101,6 +101,14 @@ class SettingsSpec(Spec):
         "none; 'memory' keeps them in memory only (lost if the gateway stops).",
         pattern=r"^\S+$",
     )
+    unsaved_dir: str = Field(
+        "aigw-unsaved",
+        description="The folder (relative to the gateway directory) where a pipeline's "
+        "model answer or agent task waits while the executions store cannot save it, so "
+        "a runner restarted meanwhile does not call the model, or message the agent, "
+        "again. Shared by the processes serving one gateway directory.",
+        pattern=r"^\S+$",
+    )
     reservation_ttl_s: Annotated[float, Field(gt=0)] = Field(
         900.0,
         description="A budget hold nobody settles (a crashed gateway) expires after this; "

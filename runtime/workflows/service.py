@@ -47,7 +47,7 @@ from .calls import GatewayModels, HttpxCaller
 from .engine import HttpCaller, ModelCaller, Run, Services
 from .kinds import act
 from .runner import Runner
-from .unsaved import FOLDER, UnsavedAnswers
+from .unsaved import UnsavedAnswers
 
 NAMESPACE_ENV = "AIGW_EXECUTIONS_NAMESPACE"
 
@@ -95,7 +95,7 @@ class Workflows:
         self._stopped = False
         # Shared by every process serving this root: a restarted one finds what a
         # stopped one left.
-        self.unsaved = UnsavedAnswers(gateway.root / FOLDER)
+        self.unsaved = UnsavedAnswers(gateway.root / gateway.live.graph.settings.unsaved_dir)
         self.agent_cards = AgentCards()
 
     async def start(self) -> None:
@@ -111,6 +111,7 @@ class Workflows:
             namespace = self.namespace or os.environ.get(NAMESPACE_ENV) or "aigw"
             self._store = await open_executions(graph.settings.store, self.gateway.root,
                                                 namespace)
+            await self.unsaved.check()
             if self._http is None:
                 self._own_http = HttpxCaller()
                 self._http = self._own_http

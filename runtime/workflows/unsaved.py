@@ -38,7 +38,6 @@ from ..store.executions import Memo, NewEvent
 
 log = logging.getLogger("aigw.workflows")
 
-FOLDER = "aigw-unsaved"
 _ID = re.compile(r"[A-Za-z0-9_-]+")  # what an execution id is made of (``exec_<hex>``)
 
 
@@ -86,6 +85,20 @@ class UnsavedAnswers:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    async def check(self) -> bool:
+        """Whether a memo can be kept here (the folder made if need be, a file written in
+        it); False, logged as a warning, if not: the runner still runs, holding a memo
+        the store cannot save for now in memory only, as it did before this folder."""
+        try:
+            await asyncio.to_thread(self._probe)
+        except OSError as exc:
+            log.warning("workflows: cannot keep unsaved answers in %s (%s); a model answer "
+                        "or agent task the store cannot save for now is held in memory "
+                        "only, and done again if the runner stops before the store is back "
+                        "(settings.unsaved_dir names a writable folder)", self.folder, exc)
+            return False
+        return True
+
     async def put(self, execution_id: str, memo: Memo, event: NewEvent) -> bool:
         """Keep the memo (durably, once this returns True); False, logged, if the disk
         would not take it: it is then held in memory only, as the run tries the save."""
@@ -112,6 +125,14 @@ class UnsavedAnswers:
     def _path(self, execution_id: str, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.folder / f"{_checked(execution_id)}.{digest}.json"
+
+    def _probe(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        probe = self.folder / f".{uuid.uuid4().hex}.tmp"
+        try:
+            probe.write_bytes(b"")
+        finally:
+            probe.unlink(missing_ok=True)
 
     def _write(self, execution_id: str, memo: Memo, event: NewEvent) -> None:
         path = self._path(execution_id, memo.key)

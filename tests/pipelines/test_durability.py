@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -258,7 +259,7 @@ async def _stopped_unsaved(served: Served, outage: _Outage | asyncio.Event,
     began = outage.began if isinstance(outage, _Outage) else outage
     await asyncio.wait_for(began.wait(), 5)
     for _ in range(100):
-        if any((served.root / "aigw-unsaved").glob("*.json")):
+        if any(served.workflows.unsaved.folder.glob("*.json")):
             break
         await asyncio.sleep(0.01)
     await served.workflows.stop()
@@ -300,7 +301,7 @@ async def test_an_agents_task_left_unsaved_by_a_runner_that_stopped_is_not_sent_
 ) -> None:
     """Held in memory only while the store was out, the task memo was lost with a runner
     stopped before the store was back: the next one sent the message again, and the
-    agent did the work twice."""
+    agent did the work twice. (Kept in the folder settings.unsaved_dir names.)"""
     file = tmp_path / "gw0" / "aigw.sqlite"
     began = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -312,8 +313,10 @@ async def test_an_agents_task_left_unsaved_by_a_runner_that_stopped_is_not_sent_
     port = free_port()
     seen = Seen(on_message=outage)
     with serving(a2a_agents(f"http://127.0.0.1:{port}", seen), port=port) as base:
-        served = await serve({"ask": ASK_SLOW}, agents=f"slow: {{url: '{base}/slow/'}}")
+        served = await serve({"ask": ASK_SLOW}, agents=f"slow: {{url: '{base}/slow/'}}",
+                             settings="  unsaved_dir: spill/memos")
         execution_id = await _stopped_unsaved(served, began, "ask")
+        assert len(list((served.root / "spill" / "memos").glob(f"{execution_id}.*.json"))) == 1
         seen.on_message = None
         await asyncio.to_thread(refuse_memos, file, False)
         second = served.with_new_runner()
@@ -330,6 +333,20 @@ async def test_an_agents_task_left_unsaved_by_a_runner_that_stopped_is_not_sent_
         == [("agent_task_recovered", {"key": "ask@1#task"})]
     assert seen.cancelled == [] and task["agent"] == "slow"
     assert await served.workflows.unsaved.executions() == ()
+
+
+async def test_a_folder_for_unsaved_answers_that_cannot_be_written_is_a_warning_at_start(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = await serve({"saved": SAVED}, settings="  unsaved_dir: gateway.yaml/unsaved")
+    with caplog.at_level(logging.WARNING, logger="aigw.workflows"):
+        done = await served.run("saved", {})
+    assert done["output"] == "hi"  # the runner runs all the same
+    [warning] = [record.getMessage() for record in caplog.records
+                 if "cannot keep unsaved answers" in record.getMessage()]
+    assert warning.startswith(
+        f"workflows: cannot keep unsaved answers in {served.root / 'gateway.yaml/unsaved'} ")
+    assert "(settings.unsaved_dir names a writable folder)" in warning
 
 
 async def test_on_redis_an_answer_left_unsaved_is_recorded_when_another_replica_asked_again(

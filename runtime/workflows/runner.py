@@ -14,7 +14,7 @@ Once an hour (and when it starts) it deletes the executions that ended longer ag
 ``settings.execution_retention_s``; every replica may, as a purge is idempotent. Once a
 lease period (and when it starts) it records the model answers and agent tasks this
 gateway's runs left unsaved (``unsaved.py``) for the executions another runner went on
-with.
+with, and lets go of those the store holds after all (of its own executions too).
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ class Runner:
         while not self._stopping:
             try:
                 for execution_id in await unsaved.executions():
-                    if execution_id not in self.tasks:  # else its run here saves them
-                        await self._record_unsaved(unsaved, execution_id)
+                    await self._record_unsaved(unsaved, execution_id,
+                                               held=execution_id in self.tasks)
             except StoreUnavailable as exc:
                 log.error("cannot record the answers left unsaved: %s", exc)
             # The loop must outlive a bug, as the claim loop does.
@@ -252,16 +252,23 @@ class Runner:
                 log.exception("recording the answers left unsaved failed")
             await asyncio.sleep(self.lease_s)
 
-    async def _record_unsaved(self, unsaved: UnsavedAnswers, execution_id: str) -> None:
+    async def _record_unsaved(self, unsaved: UnsavedAnswers, execution_id: str, *,
+                              held: bool = False) -> None:
         """The memos left unsaved for ``execution_id``, once it is known what became of
         them: saved after all (the store's reply was lost), or the work was done again by
         the runner that went on with it, or it ended without them (work done and lost,
-        recorded so). Otherwise they wait for a run that resumes it here."""
+        recorded so). Otherwise they wait for a run that resumes it here. ``held`` (a run
+        of this runner has it): only those saved after all are let go, the rest being its
+        run's to save. Skipped, one a try left as it was cancelled after a save that went
+        through unanswered stayed on disk while the run went on, waiting for an approval
+        a day, say."""
         execution = await self.store.get(execution_id)
         items = await unsaved.of(execution_id)
         memos = await self.store.memos(execution_id) if execution is not None else {}
         for item in items:
             saved = memos.get(item.memo.key)
+            if held and not item.held_by(saved):
+                continue
             if execution is None:  # purged: there is nothing to record it on
                 log.warning("execution %s is gone: the memo %s left unsaved is dropped",
                             execution_id, item.memo.key)

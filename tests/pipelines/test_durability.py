@@ -15,12 +15,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from aigw.runtime.store.executions import Checkpoint, NewEvent, StepState, StepStatus
+from aigw.runtime.store.executions import Checkpoint, Memo, NewEvent, StepState, StepStatus
 
 from ..fakes.a2a_agents import Seen, a2a_agents
 from ..fakes.serve import free_port, serving
 from ..redis_server import PrivateRedis
-from .conftest import AfterAnswer, Serve, Served, refuse_memos
+from .conftest import AfterAnswer, Serve, Served, approval_pipeline, refuse_memos
 
 LONG = """
 input: {type: object}
@@ -333,6 +333,32 @@ async def test_an_agents_task_left_unsaved_by_a_runner_that_stopped_is_not_sent_
         == [("agent_task_recovered", {"key": "ask@1#task"})]
     assert seen.cancelled == [] and task["agent"] == "slow"
     assert await served.workflows.unsaved.executions() == ()
+
+
+async def test_an_answer_left_on_disk_but_saved_goes_while_its_execution_waits_here(
+    serve: Serve,
+) -> None:
+    """A file left by a try cancelled after a save that went through unanswered: the
+    sweep passed over executions its runner held, so it stayed as long as the execution
+    waited for an approval (a run's own saves drop theirs; it reads the folder only as
+    it starts)."""
+    served = await serve({"publish": approval_pipeline()})
+    started = await served.start("publish", {"text": "hello"})
+    execution_id = started["id"]
+    await served.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    store = await served.workflows.store()
+    saved = (await store.memos(execution_id))["draft@1#0"]
+    memo = Memo("draft@1#0", saved, 2.0, 1, 1, model_call=True)
+    assert await served.workflows.unsaved.put(execution_id, memo, NewEvent(
+        "model_call", "draft", {"key": "draft@1#0"}))
+    for _ in range(300):  # the sweep runs once a lease period (2 s here)
+        if not await served.workflows.unsaved.executions():
+            break
+        await asyncio.sleep(0.02)
+    assert await served.workflows.unsaved.executions() == ()
+    done = await served.get(execution_id)
+    assert (done["status"], done["usage"]["model_calls"]) == ("waiting", 1)
+    assert not [e for e in await served.events(execution_id) if e["type"].startswith("model_a")]
 
 
 async def test_a_folder_for_unsaved_answers_that_cannot_be_written_is_a_warning_at_start(

@@ -15,6 +15,12 @@ Then whoever goes on with the execution:
   in the spend ledger; for an agent's task an ``agent_task_lost`` event names the task
   nobody polled.
 
+A host that never comes back takes its files with it: nothing else knows of the work
+(on Redis, the call's spend record waits in that host's outbox too), so the lost call
+is never recorded. Replicas whose ``settings.unsaved_dir`` is one shared folder (a
+network volume) recover each other's: the files are named by execution, written whole
+and renamed, and whichever runner resumes the execution, or sweeps, acts on them.
+
 One file per memo, written whole (a temporary file, synced, then renamed)::
 
     <root>/<settings.unsaved_dir>/<execution id>.<sha256 of the memo key>.json

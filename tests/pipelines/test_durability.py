@@ -406,6 +406,30 @@ async def test_on_redis_an_answer_left_unsaved_is_recorded_when_another_replica_
         await back.aclose()
 
 
+async def test_on_redis_replicas_sharing_the_unsaved_folder_recover_each_others_answers(
+    serve: Serve, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """A replica that never comes back: with a folder of its own, its answer is never
+    recorded and another replica calls the model again; with one they share, the
+    replica that resumes the execution saves it and calls nothing."""
+    outage = _Outage(partial(_stop_redis, private_redis))
+    models = AfterAnswer(outage)
+    shared = tmp_path / "shared-unsaved"
+    options = {"models": models, "store": private_redis.url, "namespace": "aigw-test-share",
+               "settings": f"  unsaved_dir: {shared}"}
+    gone = await serve({"saved": SAVED}, **options)
+    execution_id = await _stopped_unsaved(gone, outage)
+    await asyncio.to_thread(private_redis.start_on_same_port)
+    other = await serve({"saved": SAVED}, **options)  # another root, the same folder
+    url = f"/api/v1/executions/{execution_id}"
+    done = await _read_back(other, url, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (done["status"], done["output"], models.calls) == ("succeeded", "hi", 1), done
+    events = (await _read_back(other, f"{url}/events"))["data"]
+    assert _answers(events) == [("model_call", "only@1#0"),
+                                ("model_answer_recovered", "only@1#0")]
+    assert await other.workflows.unsaved.executions() == ()
+
+
 async def test_on_redis_an_answer_the_store_refuses_fails_the_step_without_another_call(
     serve: Serve, redis_url: str, namespace: str
 ) -> None:

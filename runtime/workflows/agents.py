@@ -66,6 +66,8 @@ _ENDS = {
     "rejected": "rejected the task", "input-required": "asks for more input (input-required)",
     "auth-required": "asks for authentication (auth-required)",
 }
+# Of those, the states in which the task is still open at the agent, waiting.
+_WAITING = frozenset({"input-required", "auth-required"})
 
 
 async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any:
@@ -120,6 +122,8 @@ async def call_agent(context: StepContext, step: Step, action: AgentCall) -> Any
             await _cancel_task(context, client, str(task["id"]))
         raise
     state = _state(task)
+    if state in _WAITING:  # not over at the agent: it would wait for an answer forever
+        await _cancel_task(context, client, str(task["id"]))
     if state != _DONE:
         said = client.scrub(_text(_parts(task.get("status", {}).get("message"))))
         raise StepFailed(f"agent '{agent.name}' {_ENDS[state]}" + (f": {said}" if said else ""),

@@ -211,6 +211,11 @@ def test_a_task_that_asks_for_input_fails_the_step_saying_so(agents: Agents) -> 
     assert status == 502
     assert message.endswith("agent 'curious' asks for more input (input-required): which year "
                             "do you mean?"), message
+    # The step gives up on the task, which would otherwise wait at the agent forever.
+    tasks = [task["task"] for task in agents.events(agents.last, "agent_task")]
+    assert tasks and all(("curious", task) in agents.seen.cancelled for task in tasks)
+    assert agents.events(agents.last, "agent_task_cancel") == [
+        {"agent": "curious", "task": task, "state": "canceled"} for task in tasks]
 
 
 def test_an_agent_slower_than_the_steps_timeout_fails_it_and_its_task_is_cancelled(

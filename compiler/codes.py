@@ -97,6 +97,13 @@ MCP_LITERAL_SECRET = _error("AGW333", "MCP server header holds a literal credent
 MCP_TOOL_TWICE = _error("AGW334", "MCP server's tools list a tool twice")
 MCP_NO_TOOLS = _warning("AGW335", "MCP server's tools allow none")
 AGENT_URL = _error("AGW336", "agent URL cannot be called")
+GUARDRAIL_PATTERN = _error("AGW337", "guardrail pattern is not a usable regular expression")
+GUARDRAIL_ENTITY = _error("AGW338", "unknown PII entity")
+REF_GUARDRAIL = _error("AGW339", "unknown guardrail")
+GUARDRAIL_LITERAL_SECRET = _error("AGW340", "guardrail webhook header holds a literal credential")
+GUARDRAIL_URL = _error("AGW341", "guardrail webhook URL cannot be called")
+GUARDRAIL_FIELD = _error("AGW342", "guardrail field missing, or not one its kind takes")
+GUARDRAIL_ROUTE = _error("AGW343", "route lists guardrails it cannot apply")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

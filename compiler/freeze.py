@@ -34,6 +34,7 @@ from .graph import (
     TargetKind,
     Team,
 )
+from .guardrails import route_guardrails
 from .link import Linked
 from .pipelines import attach_routes
 from .source import SourceFile
@@ -149,6 +150,7 @@ def freeze(
             hedge_at_p95=hedge == "p95",
             cache=RouteCache(route_spec.cache.ttl_s, route_spec.cache.scope)
             if route_spec.cache is not None else None,
+            guardrails=route_guardrails(route_spec, linked.guardrails),
         )
     teams = {
         name: Team(

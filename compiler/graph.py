@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 from .diagnostics import Diagnostic
+from .guardrail_graph import RouteGuardrails
 from .pipeline_graph import Pipeline as Pipeline
 
 if TYPE_CHECKING:
@@ -239,6 +240,7 @@ class Route:
     hedge_after_ms: float | None
     hedge_at_p95: bool
     cache: RouteCache | None = None
+    guardrails: RouteGuardrails | None = None  # None: none, and no work per request
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,15 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 from . import codes
 from .agents import link_agent
 from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
+from .guardrail_graph import Guardrail
+from .guardrails import check_route_guardrails, link_guardrails
 from .mcp_servers import LinkedMcpServer, link_mcp_servers
 from .pipeline_graph import Agent
 from .served import link_served
@@ -32,6 +35,7 @@ from .spec import (
     AgentSpec,
     DeploymentSpec,
     GroupSpec,
+    GuardrailSpec,
     KeySpec,
     McpServerSpec,
     ProviderSpec,
@@ -121,6 +125,7 @@ class Linked:
     served: Mapping[str, ServedServer]  # deployment -> the vLLM server aigw starts for it
     mcp_servers: Mapping[str, LinkedMcpServer]
     agents: Mapping[str, Agent] = field(default_factory=dict)  # what agent steps call
+    guardrails: Mapping[str, Guardrail] = field(default_factory=dict)
 
 
 def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
@@ -157,6 +162,12 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     for route in routes.values():
         _check_route(route, known_deployments, known_groups, known_pipelines, sink)
     routing_ok = sink.error_count == errors_before
+    guardrail_entries = _entries(tables, "guardrails", GuardrailSpec)
+    known_guardrails = _known(guardrail_entries, validated, "guardrails")
+    for route in routes.values():
+        check_route_guardrails(route, known_guardrails, sink, partial(
+            _unknown, sink, codes.REF_GUARDRAIL, "guardrail", known=known_guardrails,
+            where=f"route '{route.name}'", extra="guardrails are defined under guardrails:"))
     known_teams = _known(teams, validated, "teams")
     keys = _link_keys(_entries(tables, "keys", KeySpec), known_teams, environ, sink)
     known_routes = _known(routes, validated, "routes")
@@ -193,6 +204,13 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
             text, position, environ, unset, sink), sink)
         for name, entry in _entries(tables, "agents", AgentSpec).items()
     }
+    guardrails = link_guardrails(
+        guardrail_entries,
+        lambda text, position, unset: _resolve_env(
+            text, position, environ, unset, sink,
+            "set it where aigw serves; until then this guardrail's checker counts as "
+            "unreachable (its on_error decides)"),
+        lambda text: bool(_SECRET_LOOKING.search(text)), sink)
     return Linked(
         settings=settings,
         providers=providers,
@@ -206,6 +224,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
         served=served,
         mcp_servers=mcp_servers,
         agents=agents,
+        guardrails=guardrails,
     )
 
 

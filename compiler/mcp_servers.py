@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # text, where it was written, the list unset names go into -> the text resolved
 Resolve = Callable[[str, Position, list[str]], str]
 # Header names that carry a credential: their value must come from the environment.
-_CREDENTIAL_NAME = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
+CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ def _link(
     spec = entry.spec
     unset: list[str] = []
     for header, value in spec.headers.items():
-        if "${" not in value and (_CREDENTIAL_NAME.search(header) or secret_looking(value)):
+        if "${" not in value and (CREDENTIAL_HEADER.search(header) or secret_looking(value)):
             sink.add(
                 codes.MCP_LITERAL_SECRET,
                 f"MCP server '{entry.name}' sends header {header} with a literal value",

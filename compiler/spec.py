@@ -411,6 +411,11 @@ class RouteSpec(Spec):
     cache: CacheSpec | None = Field(
         None, description="Exact-match response cache (group and deployment routes)."
     )
+    guardrails: list[str] = Field(
+        default_factory=list,
+        description="Guardrails (of guardrails:) that check what this route sends to a model "
+        "and what comes back, in this order (group and deployment routes).",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteSpec:
@@ -511,6 +516,41 @@ class McpServerSpec(Spec):
     )
 
 
+class GuardrailSpec(Spec):
+    """A check routes attach by name: on what goes to a model (input), on what comes back
+    (output), or both; it blocks, redacts or only logs what it finds."""
+
+    kind: Literal["regex", "pii", "webhook"] = Field(
+        description="regex: patterns; pii: built-in recognizers (entities); webhook: an "
+        "external checker (url).")
+    on: list[Literal["input", "output"]] = Field(
+        default_factory=lambda: list[Literal["input", "output"]](["input", "output"]),
+        min_length=1, description="Which side it checks (default both).")
+    action: Literal["block", "redact", "log"] = Field(
+        "block",
+        description="block: refuse the request (input, 400 guardrail_blocked) or withhold "
+        "the answer (output, finish_reason content_filter); redact: replace what matched "
+        "([REDACTED], [EMAIL], ...; a webhook's text); log: only count and log it.")
+    patterns: list[str] | None = Field(
+        None, description="kind regex: Python regular expressions; any match acts.")
+    entities: list[str] | None = Field(
+        None, description="kind pii: email, phone, credit_card (Luhn-checked), ipv4, iban "
+        "(mod-97-checked), us_ssn.")
+    url: str | None = Field(
+        None, description="kind webhook: where {text, direction, route, key, team} is POSTed; "
+        "it answers {allow, reason?, text?}.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="kind webhook: headers sent with every check; a credential only as "
+        "${ENV_VAR} (Authorization: Bearer ${GUARD_TOKEN}).")
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="kind webhook: the longest a check may take.")
+    on_error: Literal["block", "allow"] = Field(
+        "block", description="kind webhook: what an unreachable, slow or failing checker "
+        "(a timeout, a 5xx, an unreadable answer) means.")
+    description: str | None = None
+
+
 class SectionsSpec(Spec):
     """The named sections; also the whole shape of an included file."""
 
@@ -526,6 +566,8 @@ class SectionsSpec(Spec):
     )
     agents: dict[str, AgentSpec] = Field(
         default_factory=dict, description="Remote A2A agents that pipeline steps call.")
+    guardrails: dict[str, GuardrailSpec] = Field(
+        default_factory=dict, description="Checks routes attach by name (routes' guardrails:).")
 
 
 class GatewaySpec(SectionsSpec):
@@ -552,4 +594,5 @@ NAMED_SECTIONS: tuple[str, ...] = (
     "keys",
     "mcp_servers",
     "agents",
+    "guardrails",
 )

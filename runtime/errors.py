@@ -2,6 +2,7 @@
 
     GatewayError                    status, OpenAI error type and code
     ├── BadRequest                  400 invalid_request_error
+    │   └── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
     ├── Unauthorized                401 invalid_api_key
     ├── Forbidden                   403 permission_denied
     ├── ModelNotFound, NotFound     404
@@ -95,6 +96,16 @@ class BadRequest(GatewayError):
     status = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+
+
+class GuardrailBlocked(BadRequest):
+    """An input guardrail refused the request: no call went out. The message names the
+    guardrail, never what it matched."""
+
+    code = "guardrail_blocked"
+
+    def __init__(self, guardrail: str) -> None:
+        super().__init__(f"The request was blocked by guardrail '{guardrail}'.")
 
 
 class Unauthorized(GatewayError):

@@ -27,6 +27,7 @@ import anyio
 from starlette.datastructures import Headers
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
+from aigw.compiler.guardrail_graph import Guardrail
 
 from .admission import (
     Admission,
@@ -49,6 +50,8 @@ from .errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from .guardrail_stream import guarded_stream
+from .guardrails import guard_request, guard_result
 from .incoming import unless_gone
 from .live import Live
 from .policy_request import authorize
@@ -103,10 +106,14 @@ class Exchange:
         plan = prepare(live, request, self.headers, record, route)
         check_route_allowed(key, plan.route)
         limits = subject_limits(key, self.user)
-        tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
-                                  request.n)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
+        guards = plan.route.guardrails
+        if guards is not None and guards.input:  # before the prompt is counted for limits
+            plan = await self._guarded(plan, guards.input)
+            request = plan.request
+        tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
+                                  request.n)
         self.admission = admission = await admit(store, record, limits, tokens, cost)
         live.store.keep(admission)
         if plan.gate is not None and plan.gate.budget_pending:
@@ -118,6 +125,15 @@ class Exchange:
             self._cache_key = cache_key(plan.route, request, key)
             self._storing = may_store(self.headers, plan.route, key)
         return plan
+
+    async def _guarded(self, plan: Plan, guardrails: tuple[Guardrail, ...]) -> Plan:
+        """``plan`` with its request's messages through the input guardrails (a block is
+        ``GuardrailBlocked``); a redacted prompt is counted again, as what is sent."""
+        request = await guard_request(guardrails, plan.request, self.record, self.live.guard)
+        if request is plan.request:
+            return plan
+        tokens = self.record.prompt_tokens = self.live.counter.count_request(request)
+        return Plan(plan.route, request, tokens, plan.deadline, plan.gate)
 
     def identify(self, key: ApiKey, user: str | None) -> None:
         """Whose request this is (for the ledger record, a refusal's too): ``key``, its
@@ -159,6 +175,13 @@ class Exchange:
         else:
             served, result = await unless_gone(complete(self.live, self.plan, self.record),
                                                    self.gone)
+        guards = self.plan.route.guardrails
+        if guards is not None and guards.output:
+            result, blocked = await guard_result(guards.output, result, self.record,
+                                                 self.live.guard)
+            self._storing = self._storing and not blocked
+            self.record.finish_reasons = tuple(choice.finish_reason
+                                               for choice in result.choices)
         try:
             rendered = render(served, result)
         except GatewayError as exc:
@@ -177,9 +200,17 @@ class Exchange:
             served, deltas = cached[0], replay(cached[1])
         else:
             served, deltas = await stream(self.live, self.plan, self.record)
-            if self._storing:
-                deltas = self._remembered(deltas, served.deployment)
+        guards = self.plan.route.guardrails
+        if guards is not None and guards.output:
+            deltas = guarded_stream(deltas, guards.output, guards.output_webhook, self.record,
+                                    self.live.guard, self._withheld)
+        if cached is None and self._storing:
+            deltas = self._remembered(deltas, served.deployment)
         return served, self._settled(deltas)
+
+    def _withheld(self) -> None:
+        """An output guardrail withheld a choice: the answer is not cached."""
+        self._storing = False
 
     async def _cached(self) -> tuple[Served, ChatResult] | None:
         """The route's cached answer to this request, billed as nothing; None on a miss."""

@@ -20,6 +20,7 @@ from aigw.compiler.graph import Graph
 from . import heap
 from .admission import StoreHandle
 from .background import Background
+from .guardrails import GuardClient
 from .policy import PolicyEngine
 from .policy_live import StateLive
 from .providers.base import ChatAdapter
@@ -94,6 +95,8 @@ class Live:
     policy: PolicyEngine  # Cedar for this graph, with its caches
     shutdown: Shutdown  # the gateway's, shared by every snapshot
     in_flight: InFlight = field(default_factory=InFlight)
+    # Asks webhook guardrails; one for the gateway, handed on by each reload.
+    guard: GuardClient = field(default_factory=GuardClient)
 
     @classmethod
     def build(
@@ -110,7 +113,8 @@ class Live:
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
         return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
-                   PolicyEngine(graph, StateLive(routing)), shutdown)
+                   PolicyEngine(graph, StateLive(routing)), shutdown,
+                   guard=previous.guard if previous is not None else GuardClient())
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -311,4 +315,5 @@ class Gateway:
             await adapter.aclose()
         self._closing.cancel()  # those still waiting for their requests: closed just now
         await self._closing.wait()
+        await self.live.guard.aclose()
         await self.store.aclose()

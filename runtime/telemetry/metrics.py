@@ -167,6 +167,10 @@ class Metrics:
             "aigw_budget_refusals", "Requests refused (429) or streams cut because a budget "
             "was spent; scope user counts the end users of the team or key named.",
             ["scope", "name"], registry=registry)
+        self.guardrail_actions = Counter(
+            "aigw_guardrail_actions", "Requests a guardrail acted on, by side (input, "
+            "output) and action (block, redact, log; error: its checker did not answer, and "
+            "its on_error decided).", ["guardrail", "direction", "action"], registry=registry)
         self.last_reload = Gauge("aigw_config_last_reload_success_timestamp_seconds",
                                  "When a reload last swapped in a new graph (Unix time).",
                                  registry=registry, multiprocess_mode="livemax")

@@ -124,6 +124,8 @@ class RequestRecord:
     # (scope, name) of the budget that refused the request or cut its stream; a user's
     # budget is named by its team (or "key:<key>"), as user ids are the client's own text.
     budget_refused: tuple[str, str] | None = None
+    # (guardrail, direction, action) of each guardrail that acted; None until one does.
+    guardrails: list[tuple[str, str, str]] | None = None
 
     def waiting_upstream(self) -> None:
         """A call to a provider is waited on from now (until ``waited_upstream``). The
@@ -283,6 +285,9 @@ class Telemetry:
                                              failure.error).inc()
         if record.budget_refused is not None:
             metrics.budget_refusals.labels(*record.budget_refused).inc()
+        if record.guardrails is not None:
+            for acted in record.guardrails:
+                metrics.guardrail_actions.labels(*acted).inc()
         self._end_span(record)
         if not ACCESS_LOG.enabled():
             return
@@ -307,6 +312,9 @@ class Telemetry:
             "cache_write_tokens": record.cache_write_tokens,
             "cost": record.cost,
             "cache": record.cache,
+            "guardrails": [f"{name}:{direction}:{action}"
+                           for name, direction, action in record.guardrails]
+            if record.guardrails is not None else None,
             "graph": record.graph,
         }).decode())
 
@@ -335,6 +343,8 @@ class Telemetry:
         span.set("aigw.cost", record.cost)
         if record.cache is not None:
             span.set("aigw.cache", record.cache)
+        if record.guardrails is not None:
+            span.set("aigw.guardrails", [":".join(acted) for acted in record.guardrails])
         span.set("http.response.status_code", record.sent_status or record.status)
         if record.error is not None:
             span.error(record.error)

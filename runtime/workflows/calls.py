@@ -24,6 +24,7 @@ from ..chat import new_record
 from ..chat_request import ChatRequest
 from ..errors import Forbidden, GatewayError, InternalError
 from ..exchange import Exchange
+from ..guardrails import withheld_by
 from ..live import Gateway, Live
 from ..policy_request import authorize_agent, authorize_pipeline_again
 from ..store.executions import Execution
@@ -78,6 +79,10 @@ class GatewayModels:
             live.in_flight.leave()
             live.telemetry.finish(record)
         choice = result.choices[0] if result.choices else None
+        guardrail = withheld_by(record)
+        if guardrail is not None:  # an empty answer would pass for the model's own
+            raise StepFailed(f"guardrail '{guardrail}' withheld the answer of model "
+                             f"'{route.name}'", retryable=False)
         return ModelAnswer(
             text=(choice.content or "") if choice is not None else "",
             deployment=served.deployment.name,

@@ -53,6 +53,7 @@ def digest(secret: str) -> str:
 def gateway_config(
     store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}",
     settings: str = "", providers: str = "", deployments: str = "", agents: str = "",
+    guardrails: str = "",
 ) -> str:
     return f"""
 version: 1
@@ -85,6 +86,7 @@ keys:
   bot: {{team: ops, sha256: {digest(BOT_KEY)}}}
   fast-only: {{routes: [fast], sha256: {digest(FAST_ONLY_KEY)}}}
 agents: {{{agents}}}
+guardrails: {{{guardrails}}}
 """
 
 
@@ -260,7 +262,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
     is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
-    ``deployments``, ``settings`` and ``agents`` lines under theirs."""
+    ``deployments``, ``settings``, ``agents`` and ``guardrails`` lines under theirs."""
     opened: list[Served] = []
 
     async def start(
@@ -274,6 +276,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         providers: str = "",
         deployments: str = "",
         agents: str = "",
+        guardrails: str = "",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -283,7 +286,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
         (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
                                                                 settings, providers,
-                                                                deployments, agents))
+                                                                deployments, agents,
+                                                                guardrails))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

@@ -1,0 +1,315 @@
+"""Guardrails: a route's checks on what goes to a model and what comes back.
+
+    input   every message's text (system, user, assistant, tool results; text parts),
+            before the prompt is counted and the cache looked up: a redacted prompt is
+            what is counted, cached and sent; a block is a 400 ``guardrail_blocked``
+            naming the guardrail (never what it matched), and no call goes out
+    output  each choice's text and tool-call arguments: a block withholds the choice
+            (no content, ``finish_reason: content_filter``; still billed, never cached),
+            a redact replaces what matched; streams: runtime/guardrail_stream.py
+
+The patterns were compiled by the compiler (compiler/guardrail_graph.py); here they
+are only run. Each guardrail finds its spans on the text as it came, then the route's
+guardrails decide in the order it lists them: a block wins, redactions are applied
+together, a log only counts. Webhooks then see the text the patterns left.
+
+What acted is written down in the request's record (``record.guardrails``): the
+``aigw_guardrail_actions_total`` metric, the access log's ``guardrails`` field and the
+request span's ``aigw.guardrails`` attribute come from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import httpx
+
+from aigw.compiler.guardrail_graph import Direction, Guardrail, Webhook
+
+from .chat_request import ChatRequest, ContentPart, Message
+from .errors import GuardrailBlocked
+from .providers.base import ChatResult, Choice
+from .telemetry.record import RequestRecord
+from .upstream import no_cookies, read_bounded, scrub_values
+
+log = logging.getLogger("aigw.guardrails")
+
+# The most of a checker's answer read: it holds one text at most.
+MAX_ANSWER_BYTES = 16 << 20
+
+
+class Withheld(Exception):
+    """A guardrail blocked a text (caught where the text is: never seen by a client)."""
+
+    def __init__(self, guardrail: str) -> None:
+        super().__init__(guardrail)
+        self.guardrail = guardrail
+
+
+Span = tuple[int, int, str]  # start, end, replacement
+
+
+def spans(guardrail: Guardrail, text: str) -> list[Span]:
+    """Where ``guardrail``'s patterns match ``text``, each span once (the first pattern
+    to claim a stretch of text keeps it), in order.
+
+    >>> from aigw.compiler.guardrail_graph import PII
+    >>> g = Guardrail("pii", "pii", "redact", frozenset({"input"}), (PII["email"],))
+    >>> spans(g, "mail a@b.io now")
+    [(5, 11, '[EMAIL]')]
+    """
+    found: list[Span] = []
+    for matcher in guardrail.matchers:
+        for match in matcher.pattern.finditer(text):
+            start, end = match.span()
+            if matcher.check is not None and not matcher.check(match.group()):
+                continue
+            if any(start < taken_end and taken_start < end for taken_start, taken_end, _ in found):
+                continue
+            found.append((start, end, matcher.label))
+    found.sort()
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What the pattern guardrails made of ``text[:cut]``: the text to let through, or
+    the guardrail that blocked it."""
+
+    text: str
+    cut: int
+    blocked_by: str | None
+
+
+def judge(guardrails: Sequence[Guardrail], text: str, direction: Direction,
+          record: RequestRecord, hold: int | None = None) -> Judged:
+    """Run the pattern guardrails over ``text``. With ``hold`` (a stream's text so far),
+    only a prefix is decided: the last ``hold`` characters, and any match reaching into
+    them, wait for more text, so that a pattern split across chunks still matches."""
+    found = [(guardrail, spans(guardrail, text)) for guardrail in guardrails
+             if guardrail.matchers]
+    cut = len(text) if hold is None else max(0, len(text) - hold)
+    if hold is not None:
+        moved = True
+        while moved:  # moving the cut back can put it inside another match
+            moved = False
+            for _guardrail, matched in found:
+                for start, end, _label in matched:
+                    if start < cut < end:
+                        cut, moved = start, True
+    redact: list[Span] = []
+    for guardrail, matched in found:
+        decided = [span for span in matched if span[1] <= cut]
+        if not decided:
+            continue
+        acted(record, guardrail, direction, guardrail.action)
+        if guardrail.action == "block":
+            return Judged("", cut, guardrail.name)
+        if guardrail.action == "redact":
+            redact.extend(decided)
+    return Judged(_redacted(text[:cut], redact), cut, None)
+
+
+def _redacted(text: str, found: list[Span]) -> str:
+    if not found:
+        return text
+    parts, position = [], 0
+    for start, end, label in sorted(found):
+        if start < position:  # overlaps one replaced already (another guardrail's)
+            if end > position:
+                position = end
+            continue
+        parts.append(text[position:start])
+        parts.append(label)
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def acted(record: RequestRecord, guardrail: Guardrail, direction: Direction,
+          action: str) -> None:
+    """Write down that ``guardrail`` acted (once per request, side and action)."""
+    entry = (guardrail.name, direction, action)
+    if record.guardrails is None:
+        record.guardrails = [entry]
+    elif entry not in record.guardrails:
+        record.guardrails.append(entry)
+
+
+class GuardClient:
+    """Asks the webhook guardrails, on one pooled client made on first use (shared by
+    every graph a reload brings). As http steps and agents are: redirects are not
+    followed (the URL the config wrote is where a text goes), cookies are not kept."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(cookies=no_cookies(), follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def check(self, guardrail: Guardrail, text: str, direction: Direction,
+                    record: RequestRecord) -> str:
+        """``text`` as the checker lets it through (its replacement, for a redact), or
+        ``Withheld``. A checker that cannot answer (disabled, unreachable, a timeout, a
+        non-2xx status, an unreadable answer) is what its ``on_error`` says."""
+        webhook = guardrail.webhook
+        assert webhook is not None
+        try:
+            allow, replacement = await self._ask(guardrail.name, webhook, {
+                "text": text, "direction": direction, "route": record.route,
+                "key": record.key, "team": record.team})
+        except _Unanswered as exc:
+            log.warning("guardrail %s (%s, request %s): %s; on_error %s", guardrail.name,
+                        direction, record.request_id, scrub_values(str(exc),
+                                                                   webhook.headers.values()),
+                        "allow" if webhook.allow_on_error else "block")
+            acted(record, guardrail, direction, "error")
+            if webhook.allow_on_error:
+                return text
+            acted(record, guardrail, direction, "block")
+            raise Withheld(guardrail.name) from None
+        if guardrail.action == "log":
+            if not allow or (replacement is not None and replacement != text):
+                acted(record, guardrail, direction, "log")
+            return text
+        if not allow:
+            acted(record, guardrail, direction, "block")
+            raise Withheld(guardrail.name)
+        if replacement is not None and replacement != text:
+            acted(record, guardrail, direction, "redact")
+            return replacement
+        return text
+
+    async def _ask(self, name: str, webhook: Webhook,
+                   body: dict[str, object]) -> tuple[bool, str | None]:
+        if webhook.disabled_reason is not None:
+            raise _Unanswered(f"the checker is disabled: {webhook.disabled_reason}")
+        try:
+            async with self.client.stream("POST", webhook.url, json=body,
+                                          headers=dict(webhook.headers),
+                                          timeout=webhook.timeout_s) as response:
+                raw = await read_bounded(response.aiter_bytes(), MAX_ANSWER_BYTES,
+                                         lambda: _Unanswered("its answer is too large"))
+        except httpx.TimeoutException:
+            raise _Unanswered(f"no answer within {webhook.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
+        if not 200 <= response.status_code < 300:
+            raise _Unanswered(f"it answered HTTP {response.status_code}")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise _Unanswered("its answer is not JSON") from None
+        allow = answer.get("allow") if isinstance(answer, dict) else None
+        text = answer.get("text") if isinstance(answer, dict) else None
+        if not isinstance(allow, bool) or not (text is None or isinstance(text, str)):
+            raise _Unanswered("its answer is not {\"allow\": true|false, \"text\"?: string}")
+        return allow, text
+
+
+class _Unanswered(Exception):
+    """The checker gave no usable answer."""
+
+
+async def check_text(guardrails: Sequence[Guardrail], text: str, direction: Direction,
+                     record: RequestRecord, client: GuardClient) -> str:
+    """One whole text through ``guardrails``: the patterns', then the webhooks'."""
+    judged = judge(guardrails, text, direction, record)
+    if judged.blocked_by is not None:
+        raise Withheld(judged.blocked_by)
+    text = judged.text
+    for guardrail in guardrails:
+        if guardrail.webhook is not None and text:
+            text = await client.check(guardrail, text, direction, record)
+    return text
+
+
+async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
+                        record: RequestRecord, client: GuardClient) -> ChatRequest:
+    """``request`` with every message's text checked; a block is ``GuardrailBlocked``."""
+    messages: list[Message] = []
+    changed = False
+    try:
+        for message in request.messages:
+            checked = await _message(guardrails, message, record, client)
+            changed = changed or checked is not message
+            messages.append(checked)
+    except Withheld as exc:
+        raise GuardrailBlocked(exc.guardrail) from None
+    return request.model_copy(update={"messages": messages}) if changed else request
+
+
+async def _message(guardrails: Sequence[Guardrail], message: Message, record: RequestRecord,
+                   client: GuardClient) -> Message:
+    content = message.content
+    if isinstance(content, str):
+        text = await check_text(guardrails, content, "input", record, client)
+        return message if text == content else message.model_copy(update={"content": text})
+    if not content:
+        return message
+    parts: list[ContentPart] = []
+    for part in content:
+        if part.type == "text" and part.text:
+            text = await check_text(guardrails, part.text, "input", record, client)
+            part = part if text == part.text else part.model_copy(update={"text": text})
+        parts.append(part)
+    if all(new is old for new, old in zip(parts, content, strict=True)):
+        return message
+    return message.model_copy(update={"content": parts})
+
+
+async def guard_result(guardrails: Sequence[Guardrail], result: ChatResult,
+                       record: RequestRecord, client: GuardClient) -> tuple[ChatResult, bool]:
+    """``result`` with each choice checked, and whether a choice was withheld."""
+    choices: list[Choice] = []
+    blocked = False
+    for choice in result.choices:
+        try:
+            checked = await _choice(guardrails, choice, record, client)
+        except Withheld:
+            checked, blocked = withheld(choice.index), True
+        choices.append(checked)
+    if all(new is old for new, old in zip(choices, result.choices, strict=True)):
+        return result, False
+    return replace(result, choices=tuple(choices)), blocked
+
+
+def withheld_by(record: RequestRecord) -> str | None:
+    """The output guardrail that withheld (a choice of) the request's answer, if one did."""
+    for name, direction, action in record.guardrails or ():
+        if direction == "output" and action == "block":
+            return name
+    return None
+
+
+def withheld(index: int) -> Choice:
+    """A choice a guardrail blocked: nothing of it is shown, as OpenAI's content filter."""
+    return Choice(index, None, "content_filter")
+
+
+async def _choice(guardrails: Sequence[Guardrail], choice: Choice, record: RequestRecord,
+                  client: GuardClient) -> Choice:
+    content = choice.content
+    if content:
+        content = await check_text(guardrails, content, "output", record, client)
+    calls = tuple([
+        call if not call.arguments else replace(call, arguments=await check_text(
+            guardrails, call.arguments, "output", record, client))
+        for call in choice.tool_calls])
+    if content == choice.content and all(
+            new.arguments == old.arguments for new, old in zip(calls, choice.tool_calls,
+                                                                strict=True)):
+        return choice
+    # Log probabilities would show the tokens a redaction took out.
+    return replace(choice, content=content, tool_calls=calls, logprobs=None)
+

@@ -1,0 +1,135 @@
+"""The guardrails' matching, on graphs the compiler built: the PII recognizers and their
+checks, several guardrails on one text, and a stream's hold-back (a match split across
+chunks however the upstream cut it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.guardrail_graph import RouteGuardrails
+from aigw.runtime.guardrail_stream import HOLD, guarded_stream
+from aigw.runtime.guardrails import GuardClient, judge
+from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
+from aigw.runtime.telemetry.record import RequestRecord
+
+GUARDRAILS = """
+guardrails:
+  pii: {kind: pii, entities: [email, phone, credit_card, ipv4, iban, us_ssn], action: redact}
+  secrets: {kind: regex, patterns: ['top secret', 'sk-[a-z]{8}'], action: block}
+  watch: {kind: regex, patterns: ['lighthouse'], action: log}
+"""
+
+
+@pytest.fixture
+def guards(tmp_path: Path) -> RouteGuardrails:
+    (tmp_path / "gateway.yaml").write_text(f"""version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{echo: {{provider: local, model: echo-1, context_window: 8192}}}}
+{GUARDRAILS}
+routes:
+  chat: {{deployment: echo, guardrails: [secrets, pii, watch]}}
+""")
+    result = compile_gateway(tmp_path, {})
+    assert result.graph is not None, result.diagnostics
+    found = result.graph.routes["chat"].guardrails
+    assert found is not None
+    return found
+
+
+def _record() -> RequestRecord:
+    return RequestRecord("chatcmpl-test", "chat", "graph")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("jane.doe+x@mail.example.org", "[EMAIL]"),
+    ("call (415) 555-0100 now", "call [PHONE] now"),
+    ("+44 20 7946 0958", "[PHONE]"),
+    ("4111-1111-1111-1111", "[CREDIT_CARD]"),
+    ("4111-1111-1111-1112", "4111-1111-1111-1112"),  # fails the Luhn check
+    ("SSN 078-05-1120.", "SSN [US_SSN]."),
+    ("from 192.168.10.254:8080", "from [IPV4]:8080"),
+    ("version 1.2.3.4.5", "version 1.2.3.4.5"),  # not an address
+    ("DE89 3704 0044 0532 0130 00", "[IBAN]"),
+    ("DE89 3704 0044 0532 0130 01", "DE89 3704 0044 0532 0130 01"),  # fails mod-97
+    ("in 2024 we had 12 people", "in 2024 we had 12 people"),
+])
+def test_pii_recognizers(guards: RouteGuardrails, text: str, expected: str) -> None:
+    assert judge(guards.input, text, "input", _record()).text == expected
+
+
+def test_a_block_wins_and_names_its_guardrail_and_the_record_says_who_acted(
+        guards: RouteGuardrails) -> None:
+    record = _record()
+    judged = judge(guards.input, "mail a@b.io the top secret at the lighthouse", "input",
+                   record)
+    assert judged.blocked_by == "secrets"
+    assert record.guardrails == [("secrets", "input", "block")]
+    record = _record()
+    judged = judge(guards.input, "mail a@b.io at the lighthouse", "output", record)
+    assert (judged.text, judged.blocked_by) == ("mail [EMAIL] at the lighthouse", None)
+    assert record.guardrails == [("pii", "output", "redact"), ("watch", "output", "log")]
+
+
+def test_a_hold_keeps_back_the_tail_and_any_match_reaching_into_it(
+        guards: RouteGuardrails) -> None:
+    judged = judge(guards.output, "x" * (HOLD + 10), "output", _record(), hold=HOLD)
+    assert judged.text == "x" * 10 and judged.cut == 10
+    # A match that starts before the hold-back line waits whole.
+    text = "y" * 5 + " a@b.io" + "z" * (HOLD - 3)
+    judged = judge(guards.output, text, "output", _record(), hold=HOLD)
+    assert judged.text == "y" * 5 + " " and judged.cut == 6
+
+
+async def _deltas(*pieces: ChatDelta) -> AsyncIterator[ChatDelta]:
+    for piece in pieces:
+        yield piece
+
+
+async def _run(guards: RouteGuardrails, *pieces: ChatDelta) -> tuple[list[ChatDelta], bool]:
+    blocked: list[bool] = []
+    out = [delta async for delta in guarded_stream(
+        _deltas(*pieces), guards.output, False, _record(), GuardClient(),
+        lambda: blocked.append(True))]
+    return out, bool(blocked)
+
+
+async def test_a_stream_matches_across_chunk_boundaries(guards: RouteGuardrails) -> None:
+    text = "w" * 300 + " write to jane@exa" + "mple.com today"
+    pieces = [ChatDelta(content=text[start:start + 3]) for start in range(0, len(text), 3)]
+    out, blocked = await _run(guards, *pieces, ChatDelta(finish_reason="stop"),
+                              ChatDelta(usage=Usage(10, 20)))
+    assert not blocked
+    assert "".join(d.content or "" for d in out) == "w" * 300 + " write to [EMAIL] today"
+    assert out[-2].finish_reason == "stop" and out[-1].usage == Usage(10, 20)
+    assert len([d for d in out if d.content]) > 2  # not held to the end
+
+
+async def test_a_stream_block_ends_the_choice_and_drops_the_rest(
+        guards: RouteGuardrails) -> None:
+    out, blocked = await _run(
+        guards, ChatDelta(content="a " * 200), ChatDelta(content="the top"),
+        ChatDelta(content=" secret is"), ChatDelta(content=" out"),
+        ChatDelta(finish_reason="stop"), ChatDelta(usage=Usage(1, 2)))
+    assert blocked
+    text = "".join(d.content or "" for d in out)
+    assert "top" not in text and "secret" not in text
+    assert [d.finish_reason for d in out if d.finish_reason] == ["content_filter"]
+    assert out[-1].usage == Usage(1, 2)  # still billed
+
+
+async def test_tool_call_arguments_are_held_and_checked_whole(
+        guards: RouteGuardrails) -> None:
+    out, blocked = await _run(
+        guards,
+        ChatDelta(tool_calls=(ToolCallDelta(0, id="call_1", name="send", arguments=""),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments='{"to": "bob@ex'),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments='ample.com"}'),)),
+        ChatDelta(finish_reason="tool_calls"))
+    assert not blocked and len(out) == 1
+    assert out[0].tool_calls == (ToolCallDelta(0, id="call_1", name="send",
+                                               arguments='{"to": "[EMAIL]"}'),)
+    assert out[0].finish_reason == "tool_calls"

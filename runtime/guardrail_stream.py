@@ -44,10 +44,13 @@ async def guarded_stream(
     """``deltas`` with ``guardrails`` run over each choice; ``whole``: hold each choice
     to its end (a webhook checks the output)."""
     choices: dict[int, _Choice] = {}
+    usage: ChatDelta | None = None
     try:
         async for delta in deltas:
-            if delta.usage is not None:
-                yield ChatDelta(usage=delta.usage)
+            if delta.usage is not None:  # last, after what a choice still holds
+                usage = ChatDelta(usage=delta.usage)
+                if delta == usage:
+                    continue
             state = choices.setdefault(delta.index, _Choice())
             if state.ended:
                 continue  # withheld: the rest of it is dropped
@@ -72,6 +75,15 @@ async def guarded_stream(
                 on_block()
                 yield ChatDelta(delta.index, finish_reason="content_filter")
             state.ended = True
+        for index, state in choices.items():  # an upstream that never said it finished
+            if not state.ended and (state.text or state.calls):
+                try:
+                    yield await _ending(ChatDelta(index), state, guardrails, record, client)
+                except Withheld:
+                    on_block()
+                    yield ChatDelta(index, finish_reason="content_filter")
+        if usage is not None:
+            yield usage
     finally:
         await close_deltas(deltas)
 

@@ -133,3 +133,11 @@ async def test_tool_call_arguments_are_held_and_checked_whole(
     assert out[0].tool_calls == (ToolCallDelta(0, id="call_1", name="send",
                                                arguments='{"to": "[EMAIL]"}'),)
     assert out[0].finish_reason == "tool_calls"
+
+
+async def test_a_stream_that_ends_without_a_finish_still_gives_what_it_held(
+        guards: RouteGuardrails) -> None:
+    out, blocked = await _run(guards, ChatDelta(content="ask "), ChatDelta(content="a@b.io"),
+                              ChatDelta(usage=Usage(3, 4)))
+    assert not blocked
+    assert [(d.content, d.usage) for d in out] == [("ask [EMAIL]", None), (None, Usage(3, 4))]

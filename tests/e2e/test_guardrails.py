@@ -79,6 +79,7 @@ guardrails:
   out-checker: {{kind: webhook, url: "{hook}/check", on: [output], timeout_s: 0.5}}
 routes:
   guarded: {{deployment: gpt, guardrails: [no-secrets, pii, watch]}}
+  guarded-cached: {{deployment: gpt, guardrails: [pii], cache: {{ttl_s: 600}}}}
   out-block: {{deployment: gpt, guardrails: [out-secret], cache: {{ttl_s: 600}}}}
   out-redact: {{deployment: gpt, guardrails: [out-redact]}}
   checked: {{deployment: gpt, guardrails: [checker]}}
@@ -132,6 +133,13 @@ def _last_access(server: Server, route: str) -> dict[str, Any]:
     return [line for line in _access(server) if line["route"] == route][-1]
 
 
+def _ledger(server: Server, route: str) -> dict[str, Any]:
+    rows = httpx.get(f"{server.base_url}/admin/spend?group_by=route",
+                     headers={"Authorization": f"Bearer {DEV_KEY}"}).json()["data"]
+    return next((row for row in rows if row["route"] == route),
+                {"requests": 0, "errors": 0})
+
+
 def _actions(server: Server) -> dict[tuple[str, str, str], float]:
     found: dict[tuple[str, str, str], float] = {}
     for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
@@ -147,6 +155,7 @@ def test_an_input_block_is_a_400_naming_the_guardrail_and_no_call_goes_out(
         client: openai.OpenAI, fake: OpenAIFake, server: Server) -> None:
     calls = len(fake.script.requests)
     before = _actions(server).get(("no-secrets", "input", "block"), 0)
+    ledger_before = _ledger(server, "guarded")
     secret = "sk-" + "A1b2C3d4" * 4
     with pytest.raises(openai.BadRequestError) as caught:
         _ask(client, "guarded", f"my key is {secret}")
@@ -160,6 +169,9 @@ def test_an_input_block_is_a_400_naming_the_guardrail_and_no_call_goes_out(
     assert line["guardrails"] == ["no-secrets:input:block"]
     assert secret not in server.log
     assert _actions(server)[("no-secrets", "input", "block")] == before + 1
+    ledger = _ledger(server, "guarded")  # a refused request, as other 400s are
+    assert (ledger["requests"], ledger["errors"]) == (ledger_before["requests"] + 1,
+                                                      ledger_before["errors"] + 1)
 
 
 def test_input_redaction_is_what_the_upstream_receives(
@@ -177,6 +189,18 @@ def test_input_redaction_is_what_the_upstream_receives(
         "mail [EMAIL] or call [PHONE]; card [CREDIT_CARD], not 4111 1111 1111 1112; "
         "host [IPV4]; IBAN [IBAN]; SSN [US_SSN]")}]
     assert _last_access(server, "guarded")["guardrails"] == ["pii:input:redact"]
+
+
+def test_a_redacted_prompt_is_what_the_cache_keys_on(
+        client: openai.OpenAI, fake: OpenAIFake) -> None:
+    calls = len(fake.script.requests)
+    first = client.chat.completions.with_raw_response.create(
+        model="guarded-cached", messages=[{"role": "user", "content": "mail ann@example.com"}])
+    second = client.chat.completions.with_raw_response.create(
+        model="guarded-cached", messages=[{"role": "user", "content": "mail bob@example.org"}])
+    assert (first.headers["x-aigw-cache"], second.headers["x-aigw-cache"]) == ("miss", "hit")
+    assert second.parse().choices[0].message.content == "fake-openai: mail [EMAIL]"
+    assert len(fake.script.requests) == calls + 1
 
 
 def test_a_tool_result_is_redacted_too(client: openai.OpenAI, fake: OpenAIFake) -> None:

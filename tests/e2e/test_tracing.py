@@ -353,3 +353,21 @@ def test_fallback_hop_counts_the_fallbacks_taken(
     assert (request["attributes"]["aigw.attempts"],
             request["attributes"]["aigw.fallback_hop"]) == (3, 2)
     assert 'aigw_fallbacks_total{route="r"} 1.0' in metrics  # one request served by one
+
+
+def test_the_request_span_names_the_guardrails_that_acted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
+        "deployments:\n"
+        "  llm: {provider: up, model: served-llm, context_window: 32000}\n"
+        "guardrails:\n"
+        "  pii: {kind: pii, entities: [email], action: redact, on: [input]}\n"
+        "routes:\n"
+        "  llm: {deployment: llm, guardrails: [pii]}\n"
+    )) as (client, server):
+        client.chat.completions.create(
+            model="llm", messages=[{"role": "user", "content": "mail a@example.com"}])
+        span = _span_named(receiver, server, "chat llm")
+    assert span["attributes"]["aigw.guardrails"] == ["pii:input:redact"]

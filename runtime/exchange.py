@@ -175,14 +175,11 @@ class Exchange:
         else:
             served, result = await unless_gone(complete(self.live, self.plan, self.record),
                                                    self.gone)
-        guards = self.plan.route.guardrails
-        if guards is not None and guards.output:
-            result, blocked = await guard_result(guards.output, result, self.record,
-                                                 self.live.guard)
-            self._storing = self._storing and not blocked
-            self.record.finish_reasons = tuple(choice.finish_reason
-                                               for choice in result.choices)
         try:
+            guards = self.plan.route.guardrails
+            if guards is not None and guards.output:  # in here: the call is billed however
+                # its check ends (a client that left while a webhook was asked, say)
+                result = await self._guarded_result(guards.output, result)
             rendered = render(served, result)
         except GatewayError as exc:
             self.record.status, self.record.error = exc.status, str(exc.code)
@@ -192,6 +189,14 @@ class Exchange:
         if cached is None:
             await self._remember(served.deployment, result)
         return served, rendered
+
+    async def _guarded_result(self, guardrails: tuple[Guardrail, ...],
+                              result: ChatResult) -> ChatResult:
+        """``result`` through the output guardrails; one they withheld is not cached."""
+        result, blocked = await guard_result(guardrails, result, self.record, self.live.guard)
+        self._storing = self._storing and not blocked
+        self.record.finish_reasons = tuple(choice.finish_reason for choice in result.choices)
+        return result
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
         assert self.plan is not None

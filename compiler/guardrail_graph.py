@@ -52,9 +52,13 @@ def iban_checksum(text: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
+# A date written with digits only (2024-01-15, 15.01.2024) has the shape of a phone number.
+_DATE = re.compile(r"\d{4}([-.])\d{2}\1\d{2}|\d{2}([-.])\d{2}\2\d{4}")
+
+
 def _phone_digits(text: str) -> bool:
     # A phone number has 8 to 15 digits (E.164); fewer is a year or a count, more a card.
-    return 8 <= sum(c.isdigit() for c in text) <= 15
+    return 8 <= sum(c.isdigit() for c in text) <= 15 and _DATE.fullmatch(text) is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,8 @@ def _record() -> RequestRecord:
     ("DE89 3704 0044 0532 0130 00", "[IBAN]"),
     ("DE89 3704 0044 0532 0130 01", "DE89 3704 0044 0532 0130 01"),  # fails mod-97
     ("in 2024 we had 12 people", "in 2024 we had 12 people"),
+    ("due 2024-01-15 or 15.01.2024", "due 2024-01-15 or 15.01.2024"),  # dates, not phones
+    ("call 415-555-0100", "call [PHONE]"),
 ])
 def test_pii_recognizers(guards: RouteGuardrails, text: str, expected: str) -> None:
     assert judge(guards.input, text, "input", _record()).text == expected

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import math
+import re
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -107,6 +110,8 @@ class OpenAIFake:
         # Prompt tokens OpenAI's automatic prompt caching read, reported in every chat
         # answer's usage.prompt_tokens_details.cached_tokens (at most the prompt).
         self.cached_tokens = 0
+        # Of an embedding whose request does not ask for ``dimensions``.
+        self.embedding_dimensions = 8
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -271,10 +276,10 @@ class OpenAIFake:
                     for i in inputs)):
             return _invalid("'$.input' is invalid. Please check the API reference: "
                             "https://platform.openai.com/docs/api-reference.", "input")
-        dimensions = int(body.get("dimensions") or 8)
+        dimensions = int(body.get("dimensions") or self.embedding_dimensions)
         data = []
         for index, text in enumerate(inputs):
-            vector = [float((len(str(text)) + i) % 7) / 7 for i in range(dimensions)]
+            vector = bag_of_words(str(text), dimensions)
             embedding: Any = vector
             if body.get("encoding_format") == "base64":
                 embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
@@ -284,6 +289,18 @@ class OpenAIFake:
         return JSONResponse({"object": "list", "data": data,
                              "model": request.path_params.get("deployment") or body.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def bag_of_words(text: str, dimensions: int) -> list[float]:
+    """A deterministic embedding that is close for texts of mostly the same words: each
+    word (lower case, punctuation left out) hashed to a dimension and a sign, the sum
+    normalised. Word order does not count, nor does a word said twice."""
+    vector = [0.0] * dimensions
+    for word in set(re.findall(r"[a-z0-9']+", text.lower())):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[int.from_bytes(digest[:4], "big") % dimensions] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(value * value for value in vector))
+    return [value / norm for value in vector] if norm else vector
 
 
 def _logprobs(tokens: list[str]) -> dict[str, Any]:

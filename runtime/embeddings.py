@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import struct
 from functools import partial
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
@@ -34,13 +34,15 @@ from .chat import (
 )
 from .chat_request import bad_request
 from .errors import BadRequest
-from .exchange import Exchange
 from .policy_request import authorize_route
 from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
 from .providers.registry import EMBEDS_TOKEN_IDS
-from .routing.attempts import AttemptLoop
+from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Candidate, EmbeddingAsk
 from .telemetry.tracing import Span
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 _MAX_INPUTS = 2048
 # The largest token id: past int32 is no vocabulary's (nor a number every server's
@@ -62,25 +64,42 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """Counted against the key's (its team's, the end user's) rpm, tpm and budget, and
     written to the spend ledger, as a chat completion is: ``exchange`` holds the limits,
     and the caller settles or releases them with the request's outcome."""
-    live, headers, record = exchange.live, exchange.headers, exchange.record
     try:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
     exchange.identify(key, request.user)
-    user = exchange.user
     inputs, token_ids = _inputs(request)
-    route = resolve_route(live.graph, request.model)
+    route = resolve_route(exchange.live.graph, request.model)
+    won = await embed(exchange, key, route, inputs, token_ids, request.dimensions,
+                      request.user, request.model)
+    return JSONResponse(
+        _body(won.value, request.encoding_format),
+        headers={"x-aigw-route": route.name, "x-aigw-deployment": won.candidate.deployment.name,
+                 "x-aigw-attempts": str(won.attempts), **overhead_header(exchange.record)},
+    )
+
+
+async def embed(
+    exchange: Exchange, key: ApiKey, route: Route, inputs: tuple[EmbeddingInput, ...],
+    token_ids: bool, dimensions: int | None, user: str | None, model: str,
+    timeout_s: float | None = None,
+) -> Won[EmbeddingResult]:
+    """Embed ``inputs`` through ``route`` for ``key`` (identified on ``exchange``): the
+    route allowed to it, its policies asked, its limits held and settled, the call
+    billed (``exchange.close``): /v1/embeddings' way, and a semantic cache's
+    (runtime/semantic_cache.py), which waits at most ``timeout_s`` for it."""
+    live, headers, record = exchange.live, exchange.headers, exchange.record
     # Each input tokenized once; token ids are their own count.
     counts = [len(item) if isinstance(item, tuple) else live.counter.count(item)
               for item in inputs]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
-    record.route, record.model, record.prompt_tokens = route.name, request.model, prompt_tokens
+    record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
     live.telemetry.started(record)
     record.span, record.trace_context = live.telemetry.tracing.request(
-        f"embeddings {request.model}", headers)
+        f"embeddings {model}", headers)
     check_route_allowed(key, route)
-    gate = await authorize_route(live, key, user, route, headers, prompt_tokens)
+    gate = await authorize_route(live, key, exchange.user, route, headers, prompt_tokens)
     _check_serves(route, token_ids)
     await exchange.admit(key, prompt_tokens, max(
         (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
@@ -89,24 +108,19 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> EmbeddingResult:
-        call = EmbeddingCall(candidate.deployment, inputs, request.dimensions, request.user,
-                             prompt_tokens)
+        call = EmbeddingCall(candidate.deployment, inputs, dimensions, user, prompt_tokens)
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
                                    partial(candidate.adapter.embed, call), "embeddings", _noted)
 
     ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
-    deadline = live.routing.clock() + deadline_s(route, headers)  # as a chat's
+    budget_s = deadline_s(route, headers)  # as a chat's
+    deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
     loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
                        partial(bill_loser, record), gate=gate)
     won = await run_attempts(live, route, loop, record)
-    result, deployment = won.value, won.candidate.deployment
     bill_answer(live, record, won)
     await exchange.close()
-    return JSONResponse(
-        _body(result, request.encoding_format),
-        headers={"x-aigw-route": route.name, "x-aigw-deployment": deployment.name,
-                 "x-aigw-attempts": str(won.attempts), **overhead_header(record)},
-    )
+    return won
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:

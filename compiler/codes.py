@@ -104,6 +104,9 @@ GUARDRAIL_LITERAL_SECRET = _error("AGW340", "guardrail webhook header holds a li
 GUARDRAIL_URL = _error("AGW341", "guardrail webhook URL cannot be called")
 GUARDRAIL_FIELD = _error("AGW342", "guardrail field missing, or not one its kind takes")
 GUARDRAIL_ROUTE = _error("AGW343", "route lists guardrails it cannot apply")
+SEMANTIC_NOT_EMBEDDINGS = _error("AGW344", "semantic cache names a route that does not "
+                                 "serve embeddings")
+SEMANTIC_NOT_CHAT = _error("AGW345", "semantic cache on a route that does not serve chat")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -30,6 +30,7 @@ from .graph import (
     RetryPolicy,
     Route,
     RouteCache,
+    SemanticCache,
     Settings,
     TargetKind,
     Team,
@@ -40,6 +41,7 @@ from .pipelines import attach_routes
 from .source import SourceFile
 from .spec import (
     BudgetSpec,
+    CacheSpec,
     CircuitBreakerSpec,
     GroupSpec,
     LimitsSpec,
@@ -148,8 +150,7 @@ def freeze(
             max_attempts=route_spec.max_attempts,
             hedge_after_ms=hedge if isinstance(hedge, float | int) else None,
             hedge_at_p95=hedge == "p95",
-            cache=RouteCache(route_spec.cache.ttl_s, route_spec.cache.scope)
-            if route_spec.cache is not None else None,
+            cache=_cache(route_spec.cache) if route_spec.cache is not None else None,
             guardrails=route_guardrails(route_spec, linked.guardrails),
         )
     teams = {
@@ -262,6 +263,13 @@ def _price(spec: PriceSpec) -> Price:
         cache_read=spec.input if spec.cache_read is None else spec.cache_read,
         cache_write=spec.input if spec.cache_write is None else spec.cache_write,
     )
+
+
+def _cache(spec: CacheSpec) -> RouteCache:
+    semantic = spec.semantic
+    return RouteCache(spec.ttl_s, spec.scope, SemanticCache(
+        semantic.embeddings, semantic.threshold, semantic.max_prompt_tokens, semantic.timeout_s,
+    ) if semantic is not None else None)
 
 
 def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:

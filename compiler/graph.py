@@ -217,11 +217,23 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticCache:
+    """A route cache's semantic lookup: conversations embedded by the route ``embeddings``
+    (of at most ``max_prompt_tokens``), served at a cosine similarity of ``threshold``."""
+
+    embeddings: str
+    threshold: float
+    max_prompt_tokens: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class RouteCache:
     """A route's response cache: answers live ``ttl_s``, shared within ``scope``."""
 
     ttl_s: float
     scope: Literal["team", "key", "shared"]
+    semantic: SemanticCache | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,6 +379,24 @@ class GroupSpec(Spec):
         return references
 
 
+class SemanticCacheSpec(Spec):
+    """Also answer a request whose conversation means the same as a cached one's."""
+
+    embeddings: str = Field(
+        description="The embeddings route of this gateway that embeds each conversation "
+        "(billed to the caller, as a call to /v1/embeddings is)."
+    )
+    threshold: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="Least cosine similarity of a cached conversation served."
+    )
+    max_prompt_tokens: Annotated[int, Field(ge=1, le=8192)] = Field(
+        2048, description="Longer prompts skip the semantic lookup (exact lookup only)."
+    )
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="Longest wait for the embedding; past it the lookup is a miss."
+    )
+
+
 class CacheSpec(Spec):
     """Answer a request the route has already answered from the cache, upstream untouched."""
 
@@ -389,6 +407,9 @@ class CacheSpec(Spec):
         "team",
         description="Who shares cached answers: the caller's team (a key without a team: "
         "that key), each key alone, or every caller of the route.",
+    )
+    semantic: SemanticCacheSpec | None = Field(
+        None, description="Serve a cached answer to a paraphrase too (text-only requests)."
     )
 
 

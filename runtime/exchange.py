@@ -40,7 +40,7 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, complete, prepare, stream
+from .chat import Plan, Served, complete, new_record, prepare, stream
 from .chat_request import ChatRequest
 from .errors import (
     BudgetExceeded,
@@ -57,6 +57,7 @@ from .live import Live
 from .policy_request import authorize
 from .providers.base import ChatDelta, ChatResult, Usage, close_deltas
 from .response_cache import (
+    CachedAnswer,
     StreamedAnswer,
     cache_key,
     cacheable,
@@ -66,6 +67,7 @@ from .response_cache import (
     may_store,
     replay,
 )
+from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
 from .telemetry.record import RequestRecord
 
 log = logging.getLogger("aigw.limits")
@@ -98,6 +100,9 @@ class Exchange:
         self.plan: Plan | None = None
         self._cache_key: str | None = None  # set when the route caches answers
         self._storing = False  # this request's answer may be cached (no Cache-Control no-store)
+        self._key: ApiKey | None = None
+        self._semantic: SemanticAsk | None = None  # on a route with a semantic cache
+        self._embedded: Embedded | None = None  # the conversation's, kept with the answer
         self._closed = False
 
     async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
@@ -124,6 +129,10 @@ class Exchange:
         if record.cache is not None:
             self._cache_key = cache_key(plan.route, request, key)
             self._storing = may_store(self.headers, plan.route, key)
+            route_cache = plan.route.cache
+            if record.cache == "miss" and route_cache is not None and route_cache.semantic:
+                self._key = key
+                self._semantic = semantic_ask(plan.route, request, key, plan.prompt_tokens)
         return plan
 
     async def _guarded(self, plan: Plan, guardrails: tuple[Guardrail, ...]) -> Plan:
@@ -134,6 +143,12 @@ class Exchange:
             return plan
         tokens = self.record.prompt_tokens = self.live.counter.count_request(request)
         return Plan(plan.route, request, tokens, plan.deadline, plan.gate)
+
+    def beside(self, endpoint: str) -> Exchange:
+        """An exchange of its own for a call this request makes on its behalf (its
+        semantic cache's embedding): the same headers and client, another record."""
+        return Exchange(self.live, new_record(self.live, endpoint), self.headers,
+                        self._current, self.gone)
 
     def identify(self, key: ApiKey, user: str | None) -> None:
         """Whose request this is (for the ledger record, a refusal's too): ``key``, its
@@ -157,8 +172,13 @@ class Exchange:
         return self.admission.headers() if self.admission is not None else {}
 
     def cache_headers(self) -> dict[str, str]:
-        """``x-aigw-cache: hit | miss | bypass`` on a route that caches answers."""
-        return {"x-aigw-cache": self.record.cache} if self.record.cache is not None else {}
+        """``x-aigw-cache: hit | miss | bypass`` on a route that caches answers; a semantic
+        hit is a hit, with ``x-aigw-cache-similarity``."""
+        record = self.record
+        if record.cache == "semantic_hit":
+            return {"x-aigw-cache": "hit",
+                    "x-aigw-cache-similarity": f"{record.cache_similarity or 0.0:.4f}"}
+        return {"x-aigw-cache": record.cache} if record.cache is not None else {}
 
     async def complete(self) -> tuple[Served, ChatResult]:
         return await self.complete_as(_as_is)
@@ -223,17 +243,13 @@ class Exchange:
             return None
         assert self.plan is not None
         live, record = self.live, self.record
-        value = await live.store.cache.get(self._cache_key)
-        answer = decode_answer(value, live.graph) if value is not None else None
+        answer = await self._entry(self._cache_key)
+        if answer is None and self._semantic is not None:
+            answer = await self._semantic_entry(self._semantic)
         if answer is None:
             return None
         deployment = live.graph.deployments[answer.deployment]
-        gate = self.plan.gate
-        if gate is not None and gate.deny([deployment]):
-            # The route policies would not let this caller be served by the deployment
-            # that gave the answer (now): a miss, served by one they permit.
-            return None
-        record.cache = "hit"
+        record.cache = "hit" if record.cache_similarity is None else "semantic_hit"
         record.deployment, record.provider = deployment.name, deployment.provider.name
         record.provider_type = deployment.provider.type
         record.response_model = answer.result.model
@@ -244,6 +260,34 @@ class Exchange:
         served = Served(record.request_id, int(time.time()), self.plan.route, deployment, 0)
         return served, answer.result
 
+    async def _entry(self, key: str) -> CachedAnswer | None:
+        """The entry ``key`` if this caller may be served it."""
+        live = self.live
+        value = await live.store.cache.get(key)
+        answer = decode_answer(value, live.graph) if value is not None else None
+        if answer is None:
+            return None
+        gate = self.plan.gate if self.plan is not None else None
+        if gate is not None and gate.deny([live.graph.deployments[answer.deployment]]):
+            # The route policies would not let this caller be served by the deployment
+            # that gave the answer (now): a miss, served by one they permit.
+            return None
+        return answer
+
+    async def _semantic_entry(self, ask: SemanticAsk) -> CachedAnswer | None:
+        """The entry of the nearest conversation, near enough; its similarity recorded."""
+        assert self._key is not None
+        self._embedded = embedded = await embed_conversation(self, self._key, ask)
+        if embedded is None:
+            return None
+        found = await nearest(self.live.store.cache, embedded, ask.semantic.threshold)
+        if found is None:
+            return None
+        answer = await self._entry(found[0])
+        if answer is not None:
+            self.record.cache_similarity = found[1]
+        return answer
+
     async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
         if not self._storing or not cacheable(result):
             return
@@ -253,7 +297,11 @@ class Exchange:
                               self.live.graph.settings.cache_max_entry_bytes)
         if entry is None:
             return  # served, not kept: one answer may be max_response_mb (64 MiB by default)
-        await self.live.store.cache.put(self._cache_key, entry, self.plan.route.cache.ttl_s)
+        cache, ttl_s = self.live.store.cache, self.plan.route.cache.ttl_s
+        await cache.put(self._cache_key, entry, ttl_s)
+        if self._embedded is not None:
+            await cache.add_vector(self._embedded.bucket, self._cache_key,
+                                   self._embedded.vector, ttl_s)
 
     async def _remembered(
         self, deltas: AsyncIterator[ChatDelta], deployment: Deployment

@@ -14,7 +14,10 @@ scope, or an admin key), ``no-store`` skips the cache entirely.
 
 Entries live where the store lives: in-process (least recently used dropped first,
 within a count and a byte budget) for the embedded store, in Redis (``SET ... PX``)
-when replicas share one. An answer larger than ``cache_max_entry_bytes`` is not kept
+when replicas share one. A route with ``semantic`` also keeps each entry's conversation
+embedding (runtime/semantic_cache.py) next to it: in-process, dropped with its entry
+(and counted in its bytes); in Redis, a hash per shape bucket of its most recent
+``RedisCache.MAX_VECTORS`` entries. An answer larger than ``cache_max_entry_bytes`` is not kept
 in either: one answer may be up to a provider's ``max_response_mb``, and in Redis the
 entries share memory with the limits and budgets. A cache that fails is a miss, never
 a failed request.
@@ -43,12 +46,15 @@ from aigw.compiler.graph import ApiKey, Graph, Route
 from .chat_request import ChatRequest
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, ToolCallDelta, Usage
 from .store.redis_store import disconnected
+from .vector_index import Rows, Vector, nearest_of
 
 log = logging.getLogger("aigw.cache")
 
-Lookup = Literal["hit", "miss", "bypass"]
+Lookup = Literal["hit", "semantic_hit", "miss", "bypass"]
 # Fields that shape how an answer is delivered, not what it says.
 _DELIVERY_FIELDS = {"stream", "stream_options", "user"}
+# A semantic cache's shape: all but the conversation, which is compared by meaning.
+SHAPE_FIELDS = {*_DELIVERY_FIELDS, "messages"}
 _ENTRY_VERSION = 1
 # A provider's content filter cut or withheld the answer: a verdict on this one sample
 # (filters are probabilistic and change), not an answer to serve for the whole TTL.
@@ -62,12 +68,19 @@ class CacheBackend(Protocol):
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
+    async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
+        """Keep the unit ``vector`` of the entry ``key`` (just put) in ``bucket``."""
+
+    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
+        """The entry key in ``bucket`` whose vector is nearest the unit ``vector``, and
+        their cosine similarity; None when the bucket holds none."""
+
     async def aclose(self) -> None: ...
 
 
 class LocalCache:
-    """In-process entries, at most ``max_entries`` of them and ``max_bytes`` of values,
-    the least recently used dropped first."""
+    """In-process entries, at most ``max_entries`` of them and ``max_bytes`` of values
+    (their vectors' too), the least recently used dropped first, with their vectors."""
 
     def __init__(self, max_entries: int, max_bytes: int = 128 << 20,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -75,8 +88,10 @@ class LocalCache:
             collections.OrderedDict())
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._bytes = 0  # of the values held
+        self._bytes = 0  # of the values (and vectors) held
         self._clock = clock
+        self._buckets: dict[str, Rows] = {}
+        self._vector_of: dict[str, tuple[str, int]] = {}  # entry key -> (bucket, its bytes)
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -90,22 +105,51 @@ class LocalCache:
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        self._drop(key)
         if len(value) > self._max_bytes:  # it would push out everything else, then itself
+            self._drop(key)
             return
+        old = self._entries.pop(key, None)  # a refresh: same messages, so its vector stays
+        if old is not None:
+            self._bytes -= len(old[1])
         self._entries[key] = (self._clock() + ttl_s, value)
         self._bytes += len(value)
+        self._bound()
+
+    def _bound(self) -> None:
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._bytes -= len(dropped)
+            self._drop(next(iter(self._entries)))
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry[1])
+        held = self._vector_of.pop(key, None)
+        if held is not None:
+            bucket, size = held
+            self._bytes -= size
+            rows = self._buckets[bucket]
+            rows.remove(key)
+            if not rows:
+                del self._buckets[bucket]
+
+    async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
+        if key not in self._entries or key in self._vector_of:  # not kept, or kept with one
+            return
+        rows = self._buckets.setdefault(bucket, Rows())
+        if not rows.add(key, vector):
+            return  # of another length than the bucket's: not comparable
+        self._vector_of[key] = (bucket, vector.nbytes)
+        self._bytes += vector.nbytes
+        self._bound()
+
+    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
+        rows = self._buckets.get(bucket)
+        return rows.nearest(vector) if rows is not None else None
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self._buckets.clear()
+        self._vector_of.clear()
         self._bytes = 0
 
 
@@ -123,6 +167,9 @@ class RedisCache:
 
     TIMEOUT_S = 0.25
     REST_S = 5.0
+    # Vectors kept per shape bucket, the most recent: a lookup reads them all (256 of
+    # 1,536 float32 dimensions: 1.5 MiB), within TIMEOUT_S.
+    MAX_VECTORS = 256
 
     def __init__(self, url: str, namespace: str = "aigw") -> None:
         self._redis: Redis = Redis.from_url(
@@ -131,6 +178,7 @@ class RedisCache:
         self._prefix = f"{namespace}:cache:"
         self._resting_until = 0.0
         self._refusals: set[tuple[str, str]] = set()  # (read or write, error type): logged
+        self._add_vector = self._redis.register_script(_ADD_VECTOR)
 
     def _resting(self) -> bool:
         return time.monotonic() < self._resting_until
@@ -166,8 +214,53 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._failed("write", exc)
 
+    async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
+        if self._resting():
+            return
+        now_ms = int(time.time() * 1000)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        try:
+            await self._add_vector(
+                keys=[f"{self._prefix}vectors:{{{bucket}}}", f"{self._prefix}ages:{{{bucket}}}"],
+                args=[key, vector.tobytes(), now_ms + ttl_ms, now_ms, self.MAX_VECTORS, ttl_ms])
+        except (RedisError, OSError) as exc:
+            self._failed("write", exc)
+
+    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
+        if self._resting():
+            return None
+        try:
+            stored = await self._redis.hgetall(f"{self._prefix}vectors:{{{bucket}}}")
+        except (RedisError, OSError) as exc:
+            self._failed("read", exc)
+            return None
+        return nearest_of(((key.decode(), blob) for key, blob in stored.items()  # not decoded
+                           if isinstance(key, bytes) and isinstance(blob, bytes)), vector)
+
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+# A bucket's vectors (a hash of entry key -> float32 bytes) and when each entry expires
+# (a sorted set): the expired and all but the MAX_VECTORS most recent dropped as one is
+# added, both keys expiring with the bucket's last entry.
+_ADD_VECTOR = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local over = redis.call('ZCARD', KEYS[2]) - #gone - tonumber(ARGV[5])
+if over > 0 then
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf', 'LIMIT', 0, over)
+  for _, key in ipairs(oldest) do gone[#gone + 1] = key end
+end
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return #gone
+"""
 
 
 def open_cache(store_url: str, max_entries: int, max_bytes: int = 128 << 20) -> CacheBackend:
@@ -205,8 +298,11 @@ def may_store(headers: Headers, route: Route, key: ApiKey) -> bool:
     return True
 
 
-def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
-    """A digest of everything that decides the answer, within the route's scope."""
+def cache_key(route: Route, request: ChatRequest, key: ApiKey,
+              leave_out: set[str] | None = None) -> str:
+    """A digest of everything that decides the answer, within the route's scope, but the
+    request fields ``leave_out`` names (default: those of delivery; a semantic cache's
+    shape: ``SHAPE_FIELDS``)."""
     assert route.cache is not None
     scope = route.cache.scope
     if scope == "shared":
@@ -220,7 +316,8 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
         "target": f"{route.kind.value}:{route.target}",
         "serves": [[deployment.name, deployment.model] for deployment in route.candidates],
         "owner": owner,
-        "request": request.model_dump(mode="json", exclude=_DELIVERY_FIELDS, exclude_none=True),
+        "request": request.model_dump(mode="json", exclude=leave_out or _DELIVERY_FIELDS,
+                                      exclude_none=True),
     }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

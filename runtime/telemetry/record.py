@@ -116,7 +116,9 @@ class RequestRecord:
     response_model: str | None = None  # as the upstream answered
     finish_reasons: tuple[str, ...] = ()
     policy_ids: tuple[str, ...] = ()  # the Cedar policies that permitted the deployment
-    cache: Literal["hit", "miss", "bypass"] | None = None  # None: the route caches nothing
+    # None: the route caches nothing
+    cache: Literal["hit", "semantic_hit", "miss", "bypass"] | None = None
+    cache_similarity: float | None = None  # a semantic hit's
     span: Span = NO_SPAN
     trace_context: Any = None
     finished: bool = False
@@ -274,7 +276,7 @@ class Telemetry:
                 if cut.cached_tokens:
                     charged.cache_read.inc(cut.cached_tokens)
                 charged.cost.inc(cut.cost)
-        if record.cache == "hit" or record.cache == "miss":  # a bypass looked nothing up
+        if record.cache is not None and record.cache != "bypass":  # a bypass looked nothing up
             metrics.cache.labels(route, record.cache).inc()
         if record.fallback_hop:
             metrics.fallbacks.labels(route).inc()
@@ -315,6 +317,7 @@ class Telemetry:
             "guardrails": [f"{name}:{direction}:{action}"
                            for name, direction, action in record.guardrails]
             if record.guardrails is not None else None,
+            "cache_similarity": record.cache_similarity,
             "graph": record.graph,
         }).decode())
 

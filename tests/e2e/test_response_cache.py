@@ -34,7 +34,10 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _gateway(root: Path, upstream: str, store: str = "embedded", settings: str = "") -> Path:
+def _gateway(root: Path, upstream: str, store: str = "embedded", settings: str = "",
+             deployments: str = "", routes: str = "") -> Path:
+    """The gateway of these tests; ``deployments`` and ``routes``: YAML lines (indented
+    two spaces) added to those sections."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(f"""
 version: 1
@@ -44,8 +47,8 @@ providers:
 deployments:
   gpt: {{provider: up, model: gpt-4o-mini, context_window: 128000,
         capabilities: [streaming, tools], price: {{input: 1000000, output: 1000000}}}}
-routes:
-  cached: {{deployment: gpt, cache: {{ttl_s: 600}}}}
+{deployments}routes:
+{routes}  cached: {{deployment: gpt, cache: {{ttl_s: 600}}}}
   brief: {{deployment: gpt, cache: {{ttl_s: 0.5, scope: shared}}}}
   per-key: {{deployment: gpt, cache: {{scope: key}}}}
   plain: {{deployment: gpt}}

@@ -1,0 +1,103 @@
+"""Unit vectors of one kind (a semantic cache's shape bucket) and the nearest of them.
+
+The semantic cache compares a conversation's embedding with those of the cached ones
+in the same bucket (runtime/semantic_cache.py): with every vector normalised, cosine
+similarity is a dot product, and a lookup one matrix-vector product.
+
+    >>> rows = Rows()
+    >>> rows.add("a", unit([1.0, 0.0]))
+    True
+    >>> rows.nearest(unit([1.0, 0.1]))[0]
+    'a'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+def unit(values: Sequence[float] | Vector) -> Vector | None:
+    """``values`` as a float32 vector of length 1; None for one that cannot be (all zero,
+    not finite), which is compared with nothing."""
+    vector = np.asarray(values, dtype=np.float32)
+    norm = float(np.linalg.norm(vector))
+    if vector.ndim != 1 or not vector.size or not np.isfinite(norm) or norm == 0.0:
+        return None
+    normalised: Vector = vector / np.float32(norm)
+    return normalised
+
+
+class Rows:
+    """Entry keys and their unit vectors, as the rows of one float32 matrix that grows by
+    doubling; a row removed is filled by the last one. All vectors of one ``Rows`` are
+    one embedding model's (the bucket says which), so of one length: one of another
+    length is refused rather than compared."""
+
+    def __init__(self) -> None:
+        self._matrix: Vector | None = None
+        self._keys: list[str] = []
+        self._rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str, vector: Vector) -> bool:
+        """Keep ``vector`` for ``key`` (replacing its own); False if of another length."""
+        matrix = self._matrix
+        if matrix is not None and matrix.shape[1] != vector.shape[0]:
+            return False
+        row = self._rows.get(key)
+        if row is None:
+            row = len(self._keys)
+            if matrix is None or row == matrix.shape[0]:
+                grown = np.zeros((max(8, row * 2), vector.shape[0]), dtype=np.float32)
+                if matrix is not None:
+                    grown[:row] = matrix
+                self._matrix = matrix = grown
+            self._keys.append(key)
+            self._rows[key] = row
+        assert matrix is not None
+        matrix[row] = vector
+        return True
+
+    def remove(self, key: str) -> None:
+        row = self._rows.pop(key, None)
+        if row is None or self._matrix is None:
+            return
+        last = len(self._keys) - 1
+        moved = self._keys.pop()
+        if row != last:  # the last row fills the hole
+            self._keys[row] = moved
+            self._rows[moved] = row
+            self._matrix[row] = self._matrix[last]
+
+    def nearest(self, vector: Vector) -> tuple[str, float] | None:
+        """The key whose vector is closest to ``vector``, and their cosine similarity."""
+        if not self._keys or self._matrix is None or self._matrix.shape[1] != vector.shape[0]:
+            return None
+        scores = self._matrix[:len(self._keys)] @ vector
+        best = int(np.argmax(scores))
+        return self._keys[best], float(scores[best])
+
+
+def nearest_of(stored: Iterable[tuple[str, bytes]], vector: Vector) -> tuple[str, float] | None:
+    """The nearest of vectors stored as float32 bytes (Redis' hash of a bucket): those of
+    another length (a model that changed under the same name) are passed over."""
+    width = vector.shape[0] * 4
+    keys: list[str] = []
+    blobs: list[bytes] = []
+    for key, blob in stored:
+        if len(blob) == width:
+            keys.append(key)
+            blobs.append(blob)
+    if not keys:
+        return None
+    matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
+    scores = matrix @ vector
+    best = int(np.argmax(scores))
+    return keys[best], float(scores[best])

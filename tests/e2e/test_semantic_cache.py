@@ -1,0 +1,228 @@
+"""The semantic cache with real ``aigw serve`` processes in front of the OpenAI fake
+(whose embeddings are a hashed bag of words: close for texts of mostly the same words),
+driven by the openai SDK: paraphrases served, other questions and shapes not, the
+threshold, scopes, an embeddings failure, the ledger, and Redis shared by replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from ..redis_server import PrivateRedis
+from .server import Server
+from .test_response_cache import (
+    ENG_KEY,
+    ENG_KEY_2,
+    OPS_KEY,
+    _access_lines,
+    _ask,
+    _client,
+    _gateway,
+    _lookups,
+    _streamed,
+)
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = "What is the capital of France?"
+SAME_WORDS = "what is the capital of france"  # not the same request: the same bag of words
+LONGER = "Tell me: what is the capital of France?"  # two words more: a similarity of ~0.88
+OTHER = "How do I bake sourdough bread?"
+
+DEPLOYMENTS = """\
+  vectors: {provider: up, model: text-embedding-3-small, kind: embeddings,
+            context_window: 8191, price: {input: 1000000, output: 0}}
+"""
+ROUTES = """\
+  embed: {deployment: vectors}
+  faq: {deployment: gpt, cache: {semantic: {embeddings: embed, threshold: 0.85}}}
+  strict: {deployment: gpt, cache: {semantic: {embeddings: embed, threshold: 0.99}}}
+  faq-key: {deployment: gpt, cache: {scope: key, semantic: {embeddings: embed, threshold: 0.85}}}
+"""
+
+
+def _semantic_gateway(root: Path, upstream: str, store: str = "embedded") -> Path:
+    return _gateway(root, upstream, store, deployments=DEPLOYMENTS, routes=ROUTES)
+
+
+@pytest.fixture
+def upstream(openai_upstream: tuple[OpenAIFake, str]) -> tuple[OpenAIFake, str]:
+    openai_upstream[0].embedding_dimensions = 256  # few collisions between words
+    return openai_upstream
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
+    server = Server(_semantic_gateway(tmp_path / "gw", upstream[1]))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _chats(fake: OpenAIFake) -> list[dict[str, Any]]:
+    return [body for body in fake.script.requests if "messages" in body]
+
+
+def _embeddings(fake: OpenAIFake) -> list[dict[str, Any]]:
+    return [body for body in fake.script.requests if "input" in body]
+
+
+def test_a_paraphrase_is_served_from_the_cache(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    fake = upstream[0]
+    client = _client(gateway)
+    first, headers, _ = _ask(client, QUESTION, model="faq")
+    assert headers["x-aigw-cache"] == "miss" and "x-aigw-cache-similarity" not in headers
+
+    again, headers, _ = _ask(client, SAME_WORDS, model="faq")
+    assert (headers["x-aigw-cache"], headers["x-aigw-cache-similarity"]) == ("hit", "1.0000")
+    assert again == first == f"fake-openai: {QUESTION}"
+    assert headers["x-aigw-attempts"] == "0"
+
+    near, headers, _ = _ask(client, LONGER, model="faq")
+    assert headers["x-aigw-cache"] == "hit" and near == first
+    assert 0.85 <= float(headers["x-aigw-cache-similarity"]) < 0.95
+
+    streamed, headers, _ = _streamed(client, SAME_WORDS, model="faq")
+    assert headers["x-aigw-cache"] == "hit" and streamed == first
+
+    other, headers, _ = _ask(client, OTHER, model="faq")
+    assert headers["x-aigw-cache"] == "miss" and other == f"fake-openai: {OTHER}"
+    assert len(_chats(fake)) == 2
+    # Each exact miss was embedded: the conversation, its role and its text.
+    assert [body["input"] for body in _embeddings(fake)] == [
+        [f"user: {text}"] for text in (QUESTION, SAME_WORDS, LONGER, SAME_WORDS, OTHER)]
+
+    # The exact entry is found first, without an embedding.
+    _, headers, _ = _ask(client, QUESTION, model="faq")
+    assert headers["x-aigw-cache"] == "hit" and "x-aigw-cache-similarity" not in headers
+    assert len(_embeddings(fake)) == 5
+
+
+def test_the_threshold_is_respected(gateway: Server, upstream: tuple[OpenAIFake, str]) -> None:
+    client = _client(gateway)
+    _ask(client, QUESTION, model="strict")
+    assert _ask(client, SAME_WORDS, model="strict")[1]["x-aigw-cache"] == "hit"
+    assert _ask(client, LONGER, model="strict")[1]["x-aigw-cache"] == "miss"
+    assert len(_chats(upstream[0])) == 2
+
+
+def test_another_conversation_or_shape_is_not_served(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    client = _client(gateway)
+    _ask(client, QUESTION, model="faq")
+    # Any field but the messages and delivery's is another shape: never compared.
+    assert _ask(client, SAME_WORDS, model="faq", temperature=0.5)[1]["x-aigw-cache"] == "miss"
+    assert _ask(client, SAME_WORDS, model="faq", max_tokens=9)[1]["x-aigw-cache"] == "miss"
+    assert _ask(client, SAME_WORDS, model="faq", user="else")[1]["x-aigw-cache"] == "hit"
+    # Another system prompt is another conversation.
+    raw = client.chat.completions.with_raw_response.create(model="faq", messages=[
+        {"role": "system", "content": "Answer in riddles about dragons and castles."},
+        {"role": "user", "content": SAME_WORDS}])
+    assert raw.headers["x-aigw-cache"] == "miss"
+    # Not text only (a tool's result): no semantic lookup, so no embedding.
+    embedded = len(_embeddings(upstream[0]))
+    raw = client.chat.completions.with_raw_response.create(model="faq", messages=[
+        {"role": "user", "content": SAME_WORDS},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Paris"}])
+    assert raw.headers["x-aigw-cache"] == "miss"
+    assert len(_embeddings(upstream[0])) == embedded
+    assert len(_chats(upstream[0])) == 5
+
+
+def test_entries_are_served_only_within_their_scope(gateway: Server) -> None:
+    _ask(_client(gateway, ENG_KEY), QUESTION, model="faq")
+    assert _ask(_client(gateway, ENG_KEY_2), SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "hit"
+    assert _ask(_client(gateway, OPS_KEY), SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "miss"
+
+    _ask(_client(gateway, ENG_KEY), QUESTION, model="faq-key")
+    assert _ask(_client(gateway, ENG_KEY_2), SAME_WORDS,
+                model="faq-key")[1]["x-aigw-cache"] == "miss"
+    assert _ask(_client(gateway, ENG_KEY), SAME_WORDS,
+                model="faq-key")[1]["x-aigw-cache"] == "hit"
+
+
+def test_an_embeddings_failure_is_a_miss_and_the_answer_is_served(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    fake = upstream[0]
+    client = _client(gateway)
+    _ask(client, QUESTION, model="faq")
+    fake.script.actions.append(Action(status=400))  # the embedding's call: not retried
+    answer, headers, _ = _ask(client, SAME_WORDS, model="faq")
+    assert headers["x-aigw-cache"] == "miss" and answer == f"fake-openai: {SAME_WORDS}"
+    # Too slow (the semantic cache's timeout_s, 2 s by default): a miss as well.
+    fake.script.actions.append(Action(delay_s=3))
+    _, headers, _ = _ask(client, LONGER, model="faq")
+    assert headers["x-aigw-cache"] == "miss"
+    assert len(_chats(fake)) == 3
+    lines = [line for line in _access_lines(gateway) if line["route"] == "embed"]
+    assert [line["status"] for line in lines] == [200, 400, 504]
+
+
+def test_the_embedding_is_billed_and_in_the_ledger(gateway: Server) -> None:
+    client = _client(gateway)
+    _ask(client, QUESTION, model="faq")
+    _ask(client, SAME_WORDS, model="faq")
+
+    assert _lookups(gateway) == {("faq", "miss"): 1.0, ("faq", "semantic_hit"): 1.0}
+    lines = _access_lines(gateway)
+    faq = [line for line in lines if line["route"] == "faq"]
+    assert [(line["cache"], line["cache_similarity"]) for line in faq] == [
+        ("miss", None), ("semantic_hit", 1.0)]
+    assert faq[1]["cost"] == 0 and faq[1]["deployment"] == "gpt"
+    embed = [line for line in lines if line["route"] == "embed"]
+    assert [(line["key"], line["endpoint"], line["deployment"]) for line in embed] == [
+        ("eng", "embeddings", "vectors")] * 2
+    assert all(line["cost"] > 0 for line in embed)
+
+    spend = httpx.get(f"{gateway.base_url}/admin/spend?group_by=key,route",
+                      headers={"authorization": f"Bearer {DEV_KEY}"}).json()["data"]
+    rows = {row["route"]: row for row in spend if row["key"] == "eng"}
+    assert rows["embed"]["requests"] == 2
+    assert rows["embed"]["cost"] == pytest.approx(sum(line["cost"] for line in embed))
+    assert rows["faq"]["requests"] == 2 and rows["faq"]["cost"] == faq[0]["cost"]
+
+
+def test_two_gateways_on_one_redis_share_their_vectors(
+    tmp_path: Path, upstream: tuple[OpenAIFake, str], private_redis: PrivateRedis,
+) -> None:
+    fake, base_url = upstream
+    with ExitStack() as stack:
+        servers = []
+        for name in ("a", "b"):
+            server = Server(_semantic_gateway(tmp_path / name, base_url, private_redis.url))
+            stack.callback(server.stop)
+            server.wait_ready()
+            servers.append(server)
+        first, headers, _ = _ask(_client(servers[0]), QUESTION, model="faq")
+        assert headers["x-aigw-cache"] == "miss"
+        second, headers, _ = _ask(_client(servers[1]), LONGER, model="faq")
+        assert headers["x-aigw-cache"] == "hit" and second == first
+        assert _ask(_client(servers[1]), OTHER, model="faq")[1]["x-aigw-cache"] == "miss"
+        assert _ask(_client(servers[0], OPS_KEY), SAME_WORDS,
+                    model="faq")[1]["x-aigw-cache"] == "miss"  # team eng's entry
+        assert len(_chats(fake)) == 3
+        store = redis.Redis.from_url(private_redis.url)
+        try:
+            buckets = store.keys("aigw:cache:vectors:*")
+            # eng's and ops' buckets (one shape, two owners): the first holds two entries
+            assert sorted(store.hlen(bucket) for bucket in buckets) == [1, 2]
+            assert all(0 < store.pttl(bucket) <= 3_600_000 for bucket in buckets)
+        finally:
+            store.close()

@@ -226,3 +226,34 @@ def test_two_gateways_on_one_redis_share_their_vectors(
             assert all(0 < store.pttl(bucket) <= 3_600_000 for bucket in buckets)
         finally:
             store.close()
+
+
+def test_a_semantic_hit_is_served_only_from_a_deployment_the_callers_policies_permit(
+    tmp_path: Path, upstream: tuple[OpenAIFake, str],
+) -> None:
+    fake, base_url = upstream
+    root = _gateway(
+        tmp_path / "gw", base_url,
+        deployments=DEPLOYMENTS + "  alt: {provider: up, model: gpt-4o, context_window: 128000}\n"
+        "groups:\n  pair: {strategy: priority, members: [gpt, alt]}\n",
+        routes="  embed: {deployment: vectors}\n"
+        "  everyone: {group: pair, cache: {scope: shared, semantic: {embeddings: embed}}}\n")
+    (root / "policies").mkdir()
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("invoke") permit (principal, action == Action::"invoke", resource);\n'
+        '@id("route") permit (principal, action == Action::"route", resource);\n'
+        '@id("ops-stay-off-gpt") forbid (principal in Team::"ops", action == Action::"route",'
+        ' resource == Deployment::"gpt");\n')
+    server = Server(root)
+    try:
+        server.wait_ready()
+        _, headers, _ = _ask(_client(server, ENG_KEY), QUESTION, model="everyone")
+        assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("miss", "gpt")
+        _, headers, _ = _ask(_client(server, ENG_KEY_2), SAME_WORDS, model="everyone")
+        assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("hit", "gpt")
+        # gpt's cached answer is not for ops: a miss, answered by the member they may use.
+        _, headers, _ = _ask(_client(server, OPS_KEY), SAME_WORDS.upper(), model="everyone")
+        assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("miss", "alt")
+        assert len(_chats(fake)) == 2
+    finally:
+        server.stop()

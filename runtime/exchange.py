@@ -2,8 +2,9 @@
 
     open      authenticate's key + the parsed request -> route allowed? -> plan ->
               admit (rate limits and budgets reserved, all scopes at once)
-    complete  / stream: the route's response cache (runtime/response_cache.py), then,
-              on a miss, the attempt loop (runtime/chat.py)
+    complete  / stream: the route's response cache (runtime/response_cache.py; on an
+              exact miss, its semantic lookup: runtime/semantic_cache.py), then, on a
+              miss, the attempt loop (runtime/chat.py)
     close     settle the real tokens and cost, write the ledger record (durable before
               the response completes), finish the telemetry record
     fail      release the hold, write the ledger record, finish the telemetry record

@@ -144,6 +144,16 @@ class LocalCache:
 
     async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
         rows = self._buckets.get(bucket)
+        found = rows.nearest(vector) if rows is not None else None
+        if found is None or self._entries[found[0]][0] > self._clock():
+            return found
+        # Expired (entries are dropped as they are read): the bucket's expired entries
+        # go at once, as they expire together (one TTL a route), then the nearest left.
+        now = self._clock()
+        assert rows is not None
+        for key in [key for key in rows if self._entries[key][0] <= now]:
+            self._drop(key)
+        rows = self._buckets.get(bucket)
         return rows.nearest(vector) if rows is not None else None
 
     async def aclose(self) -> None:
@@ -179,6 +189,7 @@ class RedisCache:
         self._resting_until = 0.0
         self._refusals: set[tuple[str, str]] = set()  # (read or write, error type): logged
         self._add_vector = self._redis.register_script(_ADD_VECTOR)
+        self._live_vectors = self._redis.register_script(_LIVE_VECTORS)
 
     def _resting(self) -> bool:
         return time.monotonic() < self._resting_until
@@ -230,11 +241,14 @@ class RedisCache:
         if self._resting():
             return None
         try:
-            stored = await self._redis.hgetall(f"{self._prefix}vectors:{{{bucket}}}")
+            stored = await self._live_vectors(
+                keys=[f"{self._prefix}vectors:{{{bucket}}}", f"{self._prefix}ages:{{{bucket}}}"],
+                args=[int(time.time() * 1000)])
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
             return None
-        return nearest_of(((key.decode(), blob) for key, blob in stored.items()  # not decoded
+        pairs = zip(stored[::2], stored[1::2], strict=True)  # the client does not decode
+        return nearest_of(((key.decode(), blob) for key, blob in pairs
                            if isinstance(key, bytes) and isinstance(blob, bytes)), vector)
 
     async def aclose(self) -> None:
@@ -260,6 +274,21 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return #gone
+"""
+# The vectors of a bucket's entries that have not expired (ARGV[1]: now, in ms), as
+# key, vector, key, vector...
+_LIVE_VECTORS = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+if #live == 0 then return {} end
+local vectors = redis.call('HMGET', KEYS[1], unpack(live))
+local found = {}
+for i, key in ipairs(live) do
+  if vectors[i] then
+    found[#found + 1] = key
+    found[#found + 1] = vectors[i]
+  end
+end
+return found
 """
 
 

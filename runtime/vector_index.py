@@ -13,7 +13,7 @@ similarity is a dot product, and a lookup one matrix-vector product.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,9 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
 
     def add(self, key: str, vector: Vector) -> bool:
         """Keep ``vector`` for ``key`` (replacing its own); False if of another length."""

@@ -114,6 +114,15 @@ async def test_local_vectors_are_evicted_with_their_entries_and_counted_in_bytes
     await cache.add_vector("bucket", "three", near, ttl_s=10)
     await cache.put("three", b"33", ttl_s=10)
     assert await cache.nearest("bucket", near) == ("three", pytest.approx(1.0))
+    # An expired entry is passed over (and dropped, with the bucket's other expired ones).
+    now = [0.0]
+    timed = LocalCache(max_entries=10, clock=lambda: now[0])
+    for name, ttl_s, vector in (("near", 1, near), ("gone", 1, near), ("far", 9, _vector(1, 1))):
+        await timed.put(name, b"x", ttl_s=ttl_s)
+        await timed.add_vector("bucket", name, vector, ttl_s=ttl_s)
+    now[0] = 2.0
+    assert await timed.nearest("bucket", near) == ("far", pytest.approx(0.5 ** 0.5))
+    assert len(timed._buckets["bucket"]) == 1
     # Vectors count against the byte budget: a 256-float vector (1 KiB) pushes out all.
     wide = LocalCache(max_entries=10, max_bytes=1500)
     for name in ("a", "b"):
@@ -136,8 +145,10 @@ async def test_redis_keeps_the_most_recent_vectors_of_a_bucket_expiring_with_the
         assert await cache.nearest("b", _vector(1.0, 0.0)) == ("k2", pytest.approx(1 / 1.04 ** 0.5))
         assert await cache.nearest("other", _vector(1.0, 0.0)) is None
         await cache.add_vector("short", "k0", _vector(1.0, 0.0), ttl_s=0.2)
-        await asyncio.sleep(0.4)
-        assert await cache.nearest("short", _vector(1.0, 0.0)) is None
+        await cache.add_vector("short", "k1", _vector(1.0, 1.0), ttl_s=0.2)
+        await cache.add_vector("short", "k4", _vector(0.0, 1.0), ttl_s=60)
+        await asyncio.sleep(0.4)  # the nearer ones expired: passed over
+        assert await cache.nearest("short", _vector(1.0, 0.0)) == ("k4", pytest.approx(0.0))
     finally:
         await admin.aclose()
         await cache.aclose()

@@ -26,6 +26,7 @@ from .guardrail_graph import Guardrail
 from .guardrails import check_route_guardrails, link_guardrails
 from .mcp_servers import LinkedMcpServer, link_mcp_servers
 from .pipeline_graph import Agent
+from .semantic_caches import check_semantic_caches
 from .served import link_served
 from .source import NodePath, Position, SourceMap
 from .spec import (
@@ -179,7 +180,14 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
     if routing_ok:
-        _check_semantic_caches(routes, known_routes, candidates, deployments, sink)
+        for name, entry in routes.items():
+            cache = entry.spec.cache
+            embeddings = cache.semantic.embeddings if cache and cache.semantic else None
+            if embeddings is not None and embeddings not in known_routes:
+                _unknown(sink, codes.REF_ROUTE, "route", embeddings, known_routes,
+                         entry.value("cache", "semantic", "embeddings"),
+                         f"route '{name}' semantic cache", "it names an embeddings route")
+        check_semantic_caches(routes, candidates, deployments, keys, sink)
     # Reachability is only worth saying about a routing table without errors: a typo
     # in a member or a route would otherwise also show as "not reachable" (and with no
     # routes at all, AGW316 already says it).
@@ -695,43 +703,6 @@ def _link_keys(
             owner_of_digest.setdefault(digest, name)
         linked[name] = LinkedKey(entry, digest)
     return linked
-
-
-def _check_semantic_caches(
-    routes: Mapping[str, Entry[RouteSpec]],
-    known_routes: Mapping[str, object],
-    candidates: Mapping[str, tuple[str, ...]],
-    deployments: Mapping[str, Entry[DeploymentSpec]],
-    sink: DiagnosticSink,
-) -> None:
-    """A semantic cache embeds each conversation through an embeddings route of this
-    gateway, and serves only chat: both are checked here, not on the first request."""
-
-    def kinds(route: str) -> set[str]:
-        return {deployments[m].spec.kind for m in candidates.get(route, ()) if m in deployments}
-
-    for name, entry in routes.items():
-        cache = entry.spec.cache
-        if cache is None or cache.semantic is None:
-            continue
-        where = entry.value("cache", "semantic", "embeddings")
-        embeddings = cache.semantic.embeddings
-        if embeddings not in known_routes:
-            _unknown(sink, codes.REF_ROUTE, "route", embeddings, known_routes, where,
-                     f"route '{name}' semantic cache", "it names an embeddings route")
-        elif embeddings in routes and (routes[embeddings].spec.pipeline is not None or (
-                kinds(embeddings) and "embeddings" not in kinds(embeddings))):
-            # (no kinds known: its deployments failed validation, and said so themselves)
-            serves = "a pipeline" if routes[embeddings].spec.pipeline is not None else "chat"
-            sink.add(codes.SEMANTIC_NOT_EMBEDDINGS,
-                     f"route '{name}' embeds its conversations through route '{embeddings}', "
-                     f"which serves {serves}, not embeddings", where,
-                     "name a route whose deployments have kind: embeddings")
-        if kinds(name) == {"embeddings"}:
-            sink.add(codes.SEMANTIC_NOT_CHAT,
-                     f"route '{name}' serves embeddings: its semantic cache would never be "
-                     "asked (only chat answers are cached)", entry.value("cache", "semantic"),
-                     "remove 'semantic', or put it on a chat route")
 
 
 def _route_candidates(spec: RouteSpec, groups: Mapping[str, Entry[GroupSpec]]) -> tuple[str, ...]:

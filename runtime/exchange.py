@@ -130,8 +130,11 @@ class Exchange:
         if record.cache is not None:
             self._cache_key = cache_key(plan.route, request, key)
             self._storing = may_store(self.headers, plan.route, key)
-            route_cache = plan.route.cache
-            if record.cache == "miss" and route_cache is not None and route_cache.semantic:
+            semantic = plan.route.cache.semantic if plan.route.cache is not None else None
+            # A key that may not call the embeddings route (AGW339) is looked up exactly
+            # only, rather than refused an embedding (a ledger record) every request.
+            if record.cache == "miss" and semantic is not None and (
+                    key.routes is None or semantic.embeddings in key.routes):
                 self._key = key
                 self._semantic = semantic_ask(plan.route, request, key, plan.prompt_tokens)
         return plan

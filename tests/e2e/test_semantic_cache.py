@@ -26,6 +26,7 @@ from .test_response_cache import (
     _access_lines,
     _ask,
     _client,
+    _digest,
     _gateway,
     _lookups,
     _streamed,
@@ -255,5 +256,28 @@ def test_a_semantic_hit_is_served_only_from_a_deployment_the_callers_policies_pe
         _, headers, _ = _ask(_client(server, OPS_KEY), SAME_WORDS.upper(), model="everyone")
         assert (headers["x-aigw-cache"], headers["x-aigw-deployment"]) == ("miss", "alt")
         assert len(_chats(fake)) == 2
+    finally:
+        server.stop()
+
+
+def test_a_key_that_may_not_call_the_embeddings_route_is_looked_up_exactly_only(
+    tmp_path: Path, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """Rather than an embedding refused (403, a ledger record) on every request (AGW339
+    says so at compile time)."""
+    fake, base_url = upstream
+    root = _semantic_gateway(tmp_path / "gw", base_url)
+    narrow = "sk-narrow-0004"
+    with (root / "gateway.yaml").open("a") as config:
+        config.write(f"  narrow: {{team: eng, routes: [faq], sha256: {_digest(narrow)}}}\n")
+    server = Server(root)
+    try:
+        server.wait_ready()
+        _ask(_client(server, ENG_KEY), QUESTION, model="faq")
+        assert _ask(_client(server, narrow), SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "miss"
+        assert _ask(_client(server, narrow), QUESTION, model="faq")[1]["x-aigw-cache"] == "hit"
+        assert len(_embeddings(fake)) == 1  # the eng key's only
+        assert [line["key"] for line in _access_lines(server) if line["route"] == "embed"] == [
+            "eng"]
     finally:
         server.stop()

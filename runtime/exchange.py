@@ -131,7 +131,7 @@ class Exchange:
             self._cache_key = cache_key(plan.route, request, key)
             self._storing = may_store(self.headers, plan.route, key)
             semantic = plan.route.cache.semantic if plan.route.cache is not None else None
-            # A key that may not call the embeddings route (AGW339) is looked up exactly
+            # A key that may not call the embeddings route (AGW346) is looked up exactly
             # only, rather than refused an embedding (a ledger record) every request.
             if record.cache == "miss" and semantic is not None and (
                     key.routes is None or semantic.embeddings in key.routes):

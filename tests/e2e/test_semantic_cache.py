@@ -263,7 +263,7 @@ def test_a_semantic_hit_is_served_only_from_a_deployment_the_callers_policies_pe
 def test_a_key_that_may_not_call_the_embeddings_route_is_looked_up_exactly_only(
     tmp_path: Path, upstream: tuple[OpenAIFake, str],
 ) -> None:
-    """Rather than an embedding refused (403, a ledger record) on every request (AGW339
+    """Rather than an embedding refused (403, a ledger record) on every request (AGW346
     says so at compile time)."""
     fake, base_url = upstream
     root = _semantic_gateway(tmp_path / "gw", base_url)

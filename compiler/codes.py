@@ -109,6 +109,7 @@ SEMANTIC_NOT_EMBEDDINGS = _error("AGW344", "semantic cache names a route that do
 SEMANTIC_NOT_CHAT = _error("AGW345", "semantic cache on a route that does not serve chat")
 SEMANTIC_KEY_NO_EMBEDDINGS = _warning("AGW346", "key may call a route with a semantic cache "
                                       "but not the route that embeds for it")
+REF_MCP_SERVER = _error("AGW347", "unknown MCP server")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

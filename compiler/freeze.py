@@ -175,6 +175,8 @@ def freeze(
             quota=_quota(key_spec.limits, key_spec.budget),
             per_user=per_user or (team.per_user if team else Quota()),
             routes=frozenset(key_spec.routes) if key_spec.routes is not None else None,
+            mcp_servers=(frozenset(key_spec.mcp_servers)
+                         if key_spec.mcp_servers is not None else None),
             sha256=item.sha256,
             own_per_user=per_user is not None,
         )

@@ -272,6 +272,7 @@ class ApiKey:
     quota: Quota
     per_user: Quota  # of each end user of this key: its own, else its team's
     routes: frozenset[str] | None  # the routes it may call; None: all
+    mcp_servers: frozenset[str] | None  # the MCP servers it may reach; None: all
     sha256: str = field(repr=False)
     # per_user is the key's own (not its team's): its users have counters of their own
     own_per_user: bool = False

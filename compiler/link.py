@@ -172,11 +172,18 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
     known_teams = _known(teams, validated, "teams")
     keys = _link_keys(_entries(tables, "keys", KeySpec), known_teams, environ, sink)
     known_routes = _known(routes, validated, "routes")
+    mcp_entries = _entries(tables, "mcp_servers", McpServerSpec)
+    known_mcp_servers = _known(mcp_entries, validated, "mcp_servers")
     for item in keys.values():
         for index, route_name in enumerate(item.entry.spec.routes or ()):
             if route_name not in known_routes:
                 _unknown(sink, codes.REF_ROUTE, "route", route_name, known_routes,
                          item.entry.value("routes", index), f"key '{item.entry.name}'")
+        for index, server_name in enumerate(item.entry.spec.mcp_servers or ()):
+            if server_name not in known_mcp_servers:
+                _unknown(sink, codes.REF_MCP_SERVER, "MCP server", server_name,
+                         known_mcp_servers, item.entry.value("mcp_servers", index),
+                         f"key '{item.entry.name}'")
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
     if routing_ok:
@@ -203,7 +210,7 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
             "add a 'routes:' section naming the models apps send",
         )
     mcp_servers = link_mcp_servers(
-        _entries(tables, "mcp_servers", McpServerSpec),
+        mcp_entries,
         lambda text, position, unset: _resolve_env(
             text, position, environ, unset, sink,
             "set it where aigw serves; until then this MCP server is disabled"),

@@ -491,6 +491,9 @@ class KeySpec(Spec):
     sha256: str | None = Field(None, description="Hex sha256 digest of the key.")
     description: str | None = None
     routes: list[str] | None = Field(None, description="Routes this key may call (default all).")
+    mcp_servers: list[str] | None = Field(
+        None, description="MCP servers this key may reach at /mcp/<name> (default all)."
+    )
     budget: BudgetSpec | None = None
     limits: SubjectLimitsSpec | None = None
     per_user: PerUserSpec | None = Field(

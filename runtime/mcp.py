@@ -6,11 +6,12 @@ run the official SDK's session machinery: a proxy needs to read one message, dec
 forward it and pass the answer on, and the SDK's server would terminate sessions the
 upstream owns. What it does to a message, in order:
 
-    authenticate (an aigw key, as /v1) -> the server by name (404) -> parse (one
-    message; batches were dropped from MCP in 2025-06-18) -> Cedar invoke on
-    McpServer::"name" with context.tool (403) -> the allow-list (a tools/call of a
-    tool outside it is a JSON-RPC error) -> the server; its tools/list answer keeps
-    only the tools the allow-list names and Cedar lets the caller call
+    authenticate (an aigw key, as /v1) -> the server by name, among the key's
+    ``mcp_servers`` (404) -> parse (one message; batches were dropped from MCP in
+    2025-06-18) -> Cedar invoke on McpServer::"name" with context.tool (403) -> the
+    allow-list (a tools/call of a tool outside it is a JSON-RPC error) -> the server;
+    its tools/list answer keeps only the tools the allow-list names and Cedar lets the
+    caller call
 
 ``Mcp-Session-Id`` is the upstream's, sealed to the aigw key that opened the session
 (``mcp_session``): the client sees it sealed, the server only ever its own, and a
@@ -106,7 +107,9 @@ class McpProxy:
             call.key, call.team = key.name, key.team.name if key.team else None
             name = request.path_params["server"]
             server = live.graph.mcp_servers.get(name)
-            if server is None:
+            # A server outside the key's mcp_servers is the same 404 as one not defined:
+            # a 403 would tell the key which names exist (as check_route_allowed).
+            if server is None or (key.mcp_servers is not None and name not in key.mcp_servers):
                 raise NotFound(f"MCP server '{name}' is not defined.")
             call.server = name
             if request.method == "GET":

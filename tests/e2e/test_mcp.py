@@ -31,6 +31,7 @@ UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
 OUTSIDER_KEY = "sk-aigw-outsider"
 TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
 LIMITED_KEY = "sk-aigw-limited"  # of team platform, 3 requests a minute
+PLAIN_ONLY_KEY = "sk-aigw-plain-only"  # of team platform, mcp_servers: [plain]
 POLICIES = """
 @id("platform-uses-tools")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"tools");
@@ -72,6 +73,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
         outsider = hashlib.sha256(OUTSIDER_KEY.encode()).hexdigest()
         teammate = hashlib.sha256(TEAMMATE_KEY.encode()).hexdigest()
         limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
+        plain_only = hashlib.sha256(PLAIN_ONLY_KEY.encode()).hexdigest()
         (root / "gateway.yaml").write_text(f"""
 version: 1
 providers: {{local: {{type: echo}}}}
@@ -83,6 +85,7 @@ keys:
   outsider: {{team: others, sha256: {outsider}}}
   teammate: {{team: platform, sha256: {teammate}}}
   limited: {{team: platform, sha256: {limited}, limits: {{rpm: 3, tpm: 1}}}}
+  plain-only: {{team: platform, sha256: {plain_only}, mcp_servers: [plain]}}
 mcp_servers:
   tools:
     url: {base_url}{PATH}
@@ -224,6 +227,33 @@ def test_unknown_server_get_and_metrics(gateway: McpGateway) -> None:
     log = gateway.server.log
     assert '"endpoint":"mcp"' in log and '"mcp_server":"tools"' in log
     assert UPSTREAM_TOKEN not in log and DEV_KEY not in log
+
+
+async def test_a_server_outside_the_keys_mcp_servers_is_not_defined_for_it(
+    gateway: McpGateway,
+) -> None:
+    """Cedar permits the key's team every server; the key's own mcp_servers narrows it,
+    and a server outside them is the 404 of one that is not defined, never reached."""
+    async with session(gateway.url("plain"), PLAIN_ONLY_KEY) as client:
+        await client.initialize()
+        result = await client.call_tool("add", {"a": 1, "b": 2})
+    assert result.structured_content == {"result": 3}
+    calls = len(gateway.upstream.headers)
+    statuses: list[int] = []
+    async with session(gateway.url("tools"), PLAIN_ONLY_KEY, statuses) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.initialize()
+    assert statuses == [404]
+    assert str(refused.value) == "MCP server 'tools' is not defined."
+    assert len(gateway.upstream.headers) == calls
+    auth = {"Authorization": f"Bearer {PLAIN_ONLY_KEY}"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    outside = httpx.post(gateway.url("tools"), headers=auth, json=ping)
+    unknown = httpx.post(gateway.url("nope"), headers=auth, json=ping)
+    assert outside.status_code == unknown.status_code == 404
+    assert outside.json() == {**unknown.json(), "error": {
+        **unknown.json()["error"], "message": "MCP server 'tools' is not defined."}}
+    assert httpx.delete(gateway.url("tools"), headers=auth).status_code == 404
 
 
 def rpc(url: str, key: str, session_id: str, method: str, params: dict[str, object],

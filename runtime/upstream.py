@@ -343,13 +343,26 @@ async def read_bounded(
 
 async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
                        too_big: Callable[[], Exception]) -> AsyncIterator[str]:
-    """A stream's lines (ended by LF or CRLF, the ending removed), none longer than
-    ``limit`` bytes: ``too_big()`` is raised as a line passes it, before it is held whole
-    (a provider's ``max_response_bytes``, an MCP server's answer cap). aiohttp's own line
-    reader stops at 512 KiB (an image in one event is more), and httpx's has no bound."""
+    """A stream's lines (ended by LF, CRLF or a CR alone, as SSE allows; the ending
+    removed), none longer than ``limit`` bytes: ``too_big()`` is raised as a line passes
+    it, before it is held whole (a provider's ``max_response_bytes``, an MCP server's
+    answer cap). aiohttp's own line reader stops at 512 KiB (an image in one event is
+    more), and httpx's has no bound."""
     parts: list[bytes] = []  # the line so far, when it spans chunks
     size = 0
+    after_cr = False  # the last chunk ended with a CR: an LF opening this one ends no line
     async for chunk in chunks:
+        if after_cr and chunk:
+            after_cr = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        if 0x0D in chunk:  # a CR; an int is a memchr, where b"\r" costs five times more
+            # Most streams end lines with LF and never get here. A CR ends a line
+            # everywhere (SSE has no CR inside a line), so CRLF and CR become LF.
+            after_cr = chunk[-1] == 0x0D
+            chunk = chunk.replace(b"\r\n", b"\n")
+            if 0x0D in chunk:
+                chunk = chunk.replace(b"\r", b"\n")
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             piece = chunk[start:end]
@@ -359,7 +372,7 @@ async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
             start = end + 1
             if len(piece) > limit:
                 raise too_big()
-            yield piece.removesuffix(b"\r").decode("utf-8", "replace")
+            yield piece.decode("utf-8", "replace")
         if start < len(chunk):
             rest = chunk[start:]
             size += len(rest)
@@ -367,7 +380,7 @@ async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
                 raise too_big()
             parts.append(rest)
     if parts:
-        yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
+        yield b"".join(parts).decode("utf-8", "replace")
 
 
 def provider_lines(chunks: AsyncIterable[bytes], provider: Provider) -> AsyncIterator[str]:

@@ -42,6 +42,9 @@ permit (principal in Team::"platform", action == Action::"invoke", resource == M
 @id("platform-uses-plain")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"plain");
 
+@id("platform-uses-cr")
+permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"cr");
+
 @id("no-echo-for-anyone")
 forbid (principal, action == Action::"invoke", resource == McpServer::"tools")
 when { context.tool == "echo" };
@@ -57,6 +60,7 @@ class McpGateway:
     server: Server
     upstream: RecordingMcpServer  # "tools": answers in SSE
     plain: RecordingMcpServer  # "plain": answers in JSON (json_response)
+    cr: RecordingMcpServer  # "cr": answers in SSE whose lines end with a CR alone
     root: Path
 
     def url(self, name: str) -> str:
@@ -66,7 +70,9 @@ class McpGateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
     upstream, plain = RecordingMcpServer(), RecordingMcpServer(json_response=True)
-    with serving(upstream.app) as base_url, serving(plain.app) as plain_url:
+    cr = RecordingMcpServer(cr_lines=True)
+    with (serving(upstream.app) as base_url, serving(plain.app) as plain_url,
+          serving(cr.app) as cr_url):
         root = tmp_path_factory.mktemp("mcp") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
@@ -93,6 +99,7 @@ mcp_servers:
     timeout_s: 10
     tools: [add, echo, big]
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
+  cr: {{url: "{cr_url}{PATH}", timeout_s: 10, tools: [add, big]}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
 """)
         with pytest.MonkeyPatch.context() as patch:
@@ -100,7 +107,7 @@ mcp_servers:
             server = Server(root)
         try:
             server.wait_ready()
-            yield McpGateway(server, upstream, plain, root)
+            yield McpGateway(server, upstream, plain, cr, root)
         finally:
             server.stop()
 
@@ -148,6 +155,30 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
     assert len(gateway.plain.headers) - calls <= 5
+
+
+async def test_a_server_whose_event_lines_end_with_a_cr(gateway: McpGateway) -> None:
+    """Read as LF-ended lines are: the allow-list filters tools/list (the old reader saw
+    one line, no event, and passed the list on whole), each event goes on as it comes (a
+    progress notification before the answer), and a JSON-only client gets the answer."""
+    progress: list[float] = []
+
+    async def progressed(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    shown: list[str] = []
+    async with session(gateway.url("cr"), DEV_KEY, session_ids=shown) as client:
+        await client.initialize()
+        listed = await client.list_tools()
+        big = await client.call_tool("big", {"size": 5, "log_first": True},
+                                     progress_callback=progressed)
+        answer = rpc(gateway.url("cr"), DEV_KEY, shown[-1], "tools/call",
+                     {"name": "add", "arguments": {"a": 1, "b": 2}})
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big"]
+    assert big.structured_content == {"result": "xxxxx"}
+    assert progress == [0.5]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"]["structuredContent"] == {"result": 3}
 
 
 async def test_a_tool_call_goes_through_with_the_servers_own_credentials(

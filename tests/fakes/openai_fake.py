@@ -6,7 +6,8 @@ OpenAI's error objects with OpenAI's statuses. Streams follow the documented chu
 shapes byte for byte (``data: {...}\\n\\n`` ... ``data: [DONE]\\n\\n``).
 
 It answers ``n`` choices, as OpenAI does; with ``ignores_n`` set it answers one
-whatever ``n`` asks, as Ollama's /v1 does.
+whatever ``n`` asks, as Ollama's /v1 does. ``line_ending`` ends a stream's lines with
+CRLF or a CR alone, which SSE allows as well as LF (servers behind some proxies send them).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class OpenAIFake:
         self.cached_tokens = 0
         # Of an embedding whose request does not ask for ``dimensions``.
         self.embedding_dimensions = 8
+        self.line_ending = "\n"  # of a stream's lines: "\n", "\r\n" or "\r"
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -208,6 +210,7 @@ class OpenAIFake:
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action,
                       logprobs: bool = False, choices: int = 1) -> AsyncIterator[bytes]:
+        end = self.line_ending
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
 
@@ -215,7 +218,7 @@ class OpenAIFake:
             chunk: dict[str, Any] = {**head, "choices": choices}
             if include_usage:
                 chunk["usage"] = usage_value
-            return f"data: {json.dumps(chunk)}\n\n".encode()
+            return f"data: {json.dumps(chunk)}{end}{end}".encode()
 
         events: list[bytes] = []
         for index in range(choices):  # each choice's chunks in turn
@@ -242,7 +245,7 @@ class OpenAIFake:
                 events.append(event([choice({}, "stop")]))
         if include_usage:
             events.append(event([], usage))
-        events.append(b"data: [DONE]\n\n")
+        events.append(f"data: [DONE]{end}{end}".encode())
         for number, item in enumerate(events):
             if action.cut_stream_after is not None and number >= action.cut_stream_after:
                 raise ConnectionResetError("scripted disconnect")

@@ -110,6 +110,22 @@ async def test_stream_reassembles_a_tool_call(
     assert all("usage" not in chunk for chunk in chunks)
 
 
+@pytest.mark.parametrize("ending", ["\r", "\r\n"], ids=["cr", "crlf"])
+async def test_a_stream_whose_lines_end_in_cr_reads_as_one_in_lf(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory, ending: str
+) -> None:
+    """SSE ends a line with LF, CRLF or a CR alone; each event is sent as a chunk of its
+    own, so an event's last CR and the blank line's sit at chunk edges."""
+    openai_fake.line_ending = ending
+    client = await make_gateway(_sections(openai_fake))
+    chunks = await _stream(client, {
+        "model": "gpt", "messages": [{"role": "user", "content": "over the sea"}]})
+    text = "".join(choice["delta"].get("content") or ""  # type: ignore[attr-defined]
+                   for chunk in chunks for choice in chunk["choices"])  # type: ignore[attr-defined]
+    assert text == "fake-openai: over the sea"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
+
+
 async def test_multi_turn_tool_conversation(
     openai_fake: OpenAIFake, make_gateway: GatewayFactory
 ) -> None:

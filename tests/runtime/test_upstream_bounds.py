@@ -141,6 +141,11 @@ async def test_lines_are_split_across_chunks_and_line_endings() -> None:
     lines = [line async for line in provider_lines(
         chunks(b"ab\r\ncd", b"e\n", b"\n", b"12345678\n", b"x\r", b"\ny\nlast"), provider)]
     assert lines == ["ab", "cde", "", "12345678", "x", "y", "last"]
+    # A CR alone ends a line too (SSE allows it); a CRLF split by a chunk edge, even
+    # an empty chunk, is one ending; a CR after a CR is an empty line.
+    lines = [line async for line in provider_lines(
+        chunks(b"a\rb\r", b"\rc\r\n", b"\n", b"d\r", b"", b"\ne\rlast\r"), provider)]
+    assert lines == ["a", "b", "", "c", "", "d", "e", "last"]
     with pytest.raises(UpstreamResponseTooLarge):  # 9 bytes, across two chunks
         async for _line in provider_lines(chunks(b"ok\n1234", b"56789\n"), provider):
             pass

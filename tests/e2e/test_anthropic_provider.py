@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 
 from ..fakes.anthropic_fake import AnthropicFake
@@ -45,7 +46,7 @@ def upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         f'  oai: {{type: openai, base_url: "{gpt_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
         "deployments:\n"
         "  sonnet: {provider: claude, model: claude-sonnet-4-5, context_window: 200000,\n"
-        "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
+        "           max_output_tokens: 4096, capabilities: [streaming, tools, json_schema]}\n"
         "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
         "        capabilities: [streaming, tools]}\n"
         "groups:\n"
@@ -83,6 +84,25 @@ def test_openai_sdk_chat_and_stream_through_anthropic(
     assert text == "fake-anthropic: streamed word by word"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+class Place(pydantic.BaseModel):
+    city: str
+    population: int
+
+
+def test_openai_sdk_structured_output_through_anthropic(
+    claude: tuple[openai.OpenAI, AnthropicFake],
+) -> None:
+    """response_format becomes output_config.format, which the fake answers with JSON of
+    the schema (plain text without it, which the SDK would fail to parse)."""
+    client, fake = claude
+    completion = client.chat.completions.parse(
+        model="claude", response_format=Place,
+        messages=[{"role": "user", "content": "The biggest city?"}])
+    assert completion.choices[0].message.parsed == Place(
+        city="fake-anthropic: The biggest city?", population=4)  # its words
+    assert fake.script.requests[-1]["output_config"]["format"]["type"] == "json_schema"
 
 
 def _streamed_turn(client: openai.OpenAI, messages: list[Any]) -> tuple[dict[str, Any], str]:

@@ -47,7 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterat
         "  local: {type: echo}\n"
         "deployments:\n"
         "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
-        "        capabilities: [streaming, tools, vision]}\n"
+        "        capabilities: [streaming, tools, vision, json_schema]}\n"
         "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
         "         capabilities: [json_schema]}\n"
         "routes:\n"
@@ -230,3 +230,14 @@ def test_sdk_structured_outputs_are_parsed(client: anthropic.Anthropic) -> None:
     parsed = client.messages.parse(model="echo", max_tokens=64, output_format=Place,
                                    messages=[{"role": "user", "content": '{"city": "Oslo"}'}])
     assert parsed.parsed_output == Place(city="Oslo")
+
+
+def test_sdk_structured_outputs_reach_an_openai_upstream(
+    client: anthropic.Anthropic, fake: OpenAIFake
+) -> None:
+    """The fake answers JSON of the schema only when response_format reaches it: the SDK
+    could not parse the plain text it answers otherwise."""
+    parsed = client.messages.parse(model="gpt", max_tokens=64, output_format=Place,
+                                   messages=[{"role": "user", "content": "Where is it?"}])
+    assert parsed.parsed_output == Place(city="fake-openai: Where is it?")
+    assert fake.script.requests[-1]["response_format"]["type"] == "json_schema"

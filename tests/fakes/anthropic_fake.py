@@ -10,7 +10,8 @@ the documented event sequence byte for byte (``event: name\\ndata: {json}\\n\\n`
 a ping after the first block starts).
 
 Answers come from ``brain.decide``; a tool call comes after a short text block, as
-Claude's do. The text is cut at ``max_tokens`` words or at a stop sequence, with the
+Claude's do; with ``output_config.format`` a text answer is JSON of its schema's shape
+(``brain.json_answer``). The text is cut at ``max_tokens`` words or at a stop sequence, with the
 matching stop reason. A ``cache_control`` breakpoint caches the prompt up to it:
 the first request writes it (``cache_creation_input_tokens``), the next read it.
 
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .brain import Action, Script, decide, words
+from .brain import Action, Script, decide, json_answer, words
 
 VERSION = "2023-06-01"
 PARAMETERS = {
@@ -293,6 +294,9 @@ class AnthropicFake:
             stop_reason = "tool_use"
         else:
             text = reply.text or ""
+            output_format = (body.get("output_config") or {}).get("format")
+            if output_format is not None:  # structured output: JSON of the schema's shape
+                text = json.dumps(json_answer(output_format["schema"], text))
             for stop in body.get("stop_sequences") or []:
                 if stop in text:
                     text, stop_sequence = text[:text.index(stop)], stop

@@ -3,6 +3,10 @@
 - the last message is a tool result        -> text: "tool said: <result>"
 - tools are offered (and not forbidden)    -> a call to the first tool, {"query": <user text>}
 - otherwise                                -> text: "<fake name>: <last user text>"
+- with a seed, that text is one of a few phrasings, chosen by the seed ("<fake name>
+  says: ..."), as a seed picks one of the answers a model might give
+- with structured output asked for            -> that text in JSON of the schema's shape
+  (``json_answer``)
 Failures are scripted per fake: each request pops the next ``Action`` if any.
 """
 
@@ -23,14 +27,60 @@ class Reply:
         return json.dumps(self.tool_arguments or {})
 
 
+# What a seeded answer says; none is the unseeded "<fake>: ...", so a seed that is lost
+# on the way shows.
+PHRASINGS = ("says", "heard", "repeats", "notes")
+
+
 def decide(
-    fake: str, user_text: str, tool_names: list[str], tool_result: str | None, tools_allowed: bool
+    fake: str, user_text: str, tool_names: list[str], tool_result: str | None,
+    tools_allowed: bool, seed: int | None = None,
 ) -> Reply:
     if tool_result is not None:
         return Reply(text=f"tool said: {tool_result}")
     if tool_names and tools_allowed:
         return Reply(tool_name=tool_names[0], tool_arguments={"query": user_text})
+    if seed is not None:
+        return Reply(text=f"{fake} {PHRASINGS[seed % len(PHRASINGS)]}: {user_text}")
     return Reply(text=f"{fake}: {user_text}")
+
+
+def json_answer(schema: object, text: str) -> object:
+    """A value of ``schema``'s shape (a JSON Schema as structured outputs take it): every
+    property of an object, one item of an array, ``text`` for a string, the first of an
+    enum or ``anyOf``; ``$ref`` within the schema followed (pydantic's ``$defs``).
+
+    >>> json_answer({"type": "object", "properties": {"city": {"type": "string"}}}, "Oslo")
+    {'city': 'Oslo'}
+    """
+    def value(node: object, depth: int) -> object:
+        if not isinstance(node, dict) or depth > 16:
+            return text
+        if "$ref" in node:
+            target: object = schema
+            for part in str(node["$ref"]).removeprefix("#/").split("/"):
+                target = target.get(part, {}) if isinstance(target, dict) else {}
+            return value(target, depth + 1)
+        if "const" in node:
+            return node["const"]
+        if node.get("enum"):
+            return node["enum"][0]
+        for choice in ("anyOf", "oneOf", "allOf"):
+            if node.get(choice):
+                return value(node[choice][0], depth + 1)
+        kind = node.get("type", "object" if "properties" in node else "string")
+        if isinstance(kind, list):
+            kind = next((item for item in kind if item != "null"), "null")
+        if kind == "object":
+            return {name: value(item, depth + 1)
+                    for name, item in (node.get("properties") or {}).items()}
+        if kind == "array":
+            return [value(node.get("items", {}), depth + 1)
+                    for _ in range(max(1, int(node.get("minItems", 1))))]
+        return {"integer": len(text.split()), "number": float(len(text.split())),
+                "boolean": True, "null": None}.get(kind, text)
+
+    return value(schema, 0)
 
 
 def words(text: str) -> list[str]:

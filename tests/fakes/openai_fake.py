@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .brain import Action, Reply, Script, decide, words
+from .brain import Action, Reply, Script, decide, json_answer, words
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -75,6 +75,26 @@ def _validate_chat(body: Any) -> JSONResponse | None:
         if tool.get("type") != "function" or "name" not in (tool.get("function") or {}):
             return _invalid("Invalid 'tools': each needs type 'function' and a function name.",
                             "tools")
+    return _validate_response_format(body.get("response_format"), messages)
+
+
+def _validate_response_format(value: Any, messages: list[Any]) -> JSONResponse | None:
+    """OpenAI's refusals of a ``response_format``, worded as it words them."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        return _invalid(f"Invalid value: '{kind}'. Supported values are: 'json_object', "
+                        "'json_schema', and 'text'.", "response_format.type")
+    if kind == "json_object" and "json" not in json.dumps(
+            [message.get("content") for message in messages]).lower():
+        return _invalid("'messages' must contain the word 'json' in some form, to use "
+                        "'response_format' of type 'json_object'.", "messages")
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            return _invalid("Missing required parameter: 'response_format.json_schema.name'.",
+                            "response_format.json_schema.name")
     return None
 
 
@@ -87,13 +107,22 @@ def _text(content: Any) -> str:
 
 
 def reply_for(body: dict[str, Any], fake: str = "fake-openai") -> Reply:
+    """The brain's answer; a ``seed`` picks its phrasing, and a ``response_format`` of
+    json_object or json_schema makes a text answer JSON (of the schema's shape)."""
     messages = body["messages"]
     last = messages[-1]
     users = [m for m in messages if m.get("role") == "user"]
     tool_names = [t["function"]["name"] for t in body.get("tools") or []]
     result = _text(last.get("content")) if last.get("role") == "tool" else None
-    return decide(fake, _text(users[-1].get("content")) if users else "", tool_names, result,
-                  body.get("tool_choice") != "none")
+    seed = body.get("seed")
+    reply = decide(fake, _text(users[-1].get("content")) if users else "", tool_names, result,
+                   body.get("tool_choice") != "none", seed if isinstance(seed, int) else None)
+    response_format = body.get("response_format") or {}
+    if reply.tool_name or response_format.get("type") not in ("json_object", "json_schema"):
+        return reply
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    answer = {"answer": reply.text} if schema is None else json_answer(schema, reply.text or "")
+    return Reply(text=json.dumps(answer))
 
 
 class OpenAIFake:

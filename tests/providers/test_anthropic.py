@@ -631,6 +631,9 @@ async def test_json_schema_becomes_a_structured_output_format(
     assert response.status_code == 200, response.text
     assert anthropic_fake.script.requests[-1]["output_config"] == {
         "format": {"type": "json_schema", "schema": schema}}
+    # The fake answers JSON of the schema only when output_config reached it.
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert json.loads(answer) == {"city": "fake-anthropic: x"}
 
 
 async def test_the_messages_apis_structured_outputs_reach_anthropic(
@@ -647,6 +650,7 @@ async def test_the_messages_apis_structured_outputs_reach_anthropic(
     assert answer.status_code == 200, answer.text
     assert anthropic_fake.script.requests[-1]["output_config"] == {
         "format": {"type": "json_schema", "schema": schema}}
+    assert json.loads(answer.json()["content"][0]["text"]) == {"city": "fake-anthropic: x"}
 
 
 async def test_embeddings_are_refused_by_the_adapter(

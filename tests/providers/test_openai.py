@@ -78,7 +78,8 @@ async def test_chat_passes_through_with_the_upstream_model_id(
         "temperature": 0.2, "seed": 7, "max_completion_tokens": 50,
     })
     assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["message"]["content"] == "fake-openai: hello there"
+    # The fake words its answer by the seed ("notes" for 7): a seed dropped would show.
+    assert response.json()["choices"][0]["message"]["content"] == "fake-openai notes: hello there"
     sent = openai_fake.script.requests[-1]
     assert sent["model"] == "gpt-4o-mini"
     assert (sent["temperature"], sent["seed"], sent["max_completion_tokens"]) == (0.2, 7, 50)
@@ -277,6 +278,34 @@ async def test_vision_and_json_schema_pass_through_unchanged(
     sent = openai_fake.script.requests[-1]
     assert sent["messages"][0]["content"][1] == image
     assert sent["response_format"] == schema
+    # The fake answers JSON of the schema only when it was sent one.
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert json.loads(answer) == {"a": "fake-openai: what is it?"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_a_seed_and_json_object_reach_the_upstream(
+    openai_fake: OpenAIFake, make_gateway: GatewayFactory, stream: bool
+) -> None:
+    """The fake words a seeded answer by its seed and answers json_object in JSON, as a
+    model does: each answer differs from the one it gives without them."""
+    client = await make_gateway(_sections(openai_fake))
+    ask = {"model": "gpt", "messages": [{"role": "user", "content": "reply in json"}]}
+
+    async def answer(**more: object) -> str:
+        if not stream:
+            response = await client.post(CHAT, json={**ask, **more})
+            assert response.status_code == 200, response.text
+            return str(response.json()["choices"][0]["message"]["content"])
+        return "".join(choice["delta"].get("content") or ""  # type: ignore[attr-defined]
+                       for chunk in await _stream(client, {**ask, **more})
+                       for choice in chunk["choices"])  # type: ignore[attr-defined]
+
+    assert await answer() == "fake-openai: reply in json"
+    assert await answer(seed=1) == await answer(seed=1) == "fake-openai heard: reply in json"
+    assert await answer(seed=2) == "fake-openai repeats: reply in json"
+    assert json.loads(await answer(response_format={"type": "json_object"})) == {
+        "answer": "fake-openai: reply in json"}
 
 
 async def test_a_deployment_without_vision_is_not_sent_images(
@@ -467,6 +496,7 @@ async def test_the_messages_apis_structured_outputs_are_a_strict_json_schema(
     assert openai_fake.script.requests[-1]["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "output", "schema": schema,
                                                "strict": True}}
+    assert json.loads(answer.json()["content"][0]["text"]) == {"city": "fake-openai: where?"}
     unable = await client.post("/v1/messages", json={
         "model": "local", "max_tokens": 10, "messages": [{"role": "user", "content": "where?"}],
         "output_config": {"format": {"type": "json_schema", "schema": schema}}})

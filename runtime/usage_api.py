@@ -2,8 +2,9 @@
 
 A key sees its own usage on /v1/costs/summary; an admin key sees everyone's, there and
 on the /admin endpoints. Figures come from the spend ledger (one record per request).
-A summary with no ``since`` covers the ``DEFAULT_WINDOW_DAYS`` before ``until`` (or now),
-and the body says which ``since`` and ``until`` it covers; ``since=0`` asks for all.
+A summary with no ``since`` starts at the UTC midnight ``DEFAULT_WINDOW_DAYS`` whole days
+before the day of ``until`` (or today) (``default_since``), and the body says which
+``since`` and ``until`` it covers; ``since=0`` asks for all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .auth import authenticate, require_admin
 from .errors import BadRequest
 from .live import Live
 from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
+from .store.usage import DAY_S, day_number
 
 _NOT_A_TIME = "'{name}' must be a Unix time or an ISO 8601 date."
 # Without a window, a summary covered every day ever recorded.
@@ -52,6 +54,18 @@ def _iso_seconds(text: str, name: str) -> float:
     return moment.timestamp()
 
 
+def default_since(until: float | None, now: float) -> float:
+    """Where a summary with no ``since`` starts: the UTC midnight ``DEFAULT_WINDOW_DAYS``
+    whole days before the day of ``until`` (or of ``now``). Not ``until`` less 31 days: a
+    window from midnight reads its days from their totals, where one from any time of
+    day read its first day's records one by one (and showed that day in part).
+
+    >>> default_since(None, 1767315600.0)  # 2026-01-02 01:00 UTC
+    1764633600.0
+    """
+    return float((day_number(now if until is None else until) - DEFAULT_WINDOW_DAYS) * DAY_S)
+
+
 def _query(request: Request, default: tuple[Dimension, ...]) -> UsageQuery:
     params = request.query_params
     raw = params.get("group_by")
@@ -66,7 +80,7 @@ def _query(request: Request, default: tuple[Dimension, ...]) -> UsageQuery:
     since = _timestamp(params.get("since"), "since")
     until = _timestamp(params.get("until"), "until")
     if since is None:
-        since = (time.time() if until is None else until) - DEFAULT_WINDOW_DAYS * 86_400
+        since = default_since(until, time.time())
     return UsageQuery(
         group_by=group_by or default,
         since=since,

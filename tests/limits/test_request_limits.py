@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.store import LedgerRecord, Reservation, Store
 from aigw.runtime.tokens import TokenCounter
+from aigw.runtime.usage_api import default_since
 
 from ..conftest import REPO
 from ..redis_server import PrivateRedis
@@ -283,8 +285,13 @@ async def test_a_summary_with_no_since_covers_the_last_31_days(
             alice = {"Authorization": f"Bearer {KEYS['alice']}"}
             body = (await http.get("/v1/costs/summary?group_by=key", headers=alice)).json()
             assert [row["requests"] for row in body["data"]] == [1]
-            assert now - 31 * 86_400 <= body["since"] <= time.time() - 31 * 86_400
+            # From the midnight 31 whole days before today (the test may cross one).
+            assert body["since"] in {default_since(None, now), default_since(None, time.time())}
+            assert body["since"] % 86_400 == 0 and body["since"] <= now - 31 * 86_400
             assert body["until"] is None
+            until = now - 86_400 / 2
+            body = (await http.get(f"/v1/costs/summary?until={until}", headers=alice)).json()
+            assert body["since"] == (until // 86_400 - 31) * 86_400
             every = (await http.get("/v1/costs/summary?group_by=key&since=0",
                                     headers=alice)).json()
             assert [row["requests"] for row in every["data"]] == [2]
@@ -292,6 +299,39 @@ async def test_a_summary_with_no_since_covers_the_last_31_days(
             spend = (await http.get("/admin/spend?key=alice", headers=dev)).json()["data"]
             assert [row["requests"] for row in spend] == [1]
     finally:
+        await gateway.aclose()
+
+
+async def test_a_summary_with_no_since_reads_the_days_totals_not_records(
+    tmp_path: Path, counter: TokenCounter, private_redis: PrivateRedis
+) -> None:
+    """It began 31 days before now at that time of day, so its first day was read record
+    by record (on Redis a hash each: a busy gateway's day of them) and shown in part; it
+    begins at a midnight, and every day of it comes from the days' totals."""
+    (tmp_path / "gateway.yaml").write_text(
+        limits_config().replace("store: embedded", f"store: {private_redis.url}"))
+    gateway = Gateway(tmp_path, counter)
+    watcher = redis.Redis.from_url(private_redis.url)
+    try:
+        store = await gateway.store.get()
+        first_day = default_since(None, time.time())
+        for n in range(5):  # early in the window's first day (before now less 31 days)
+            await store.record(LedgerRecord(
+                request_id=f"early{n}", at=first_day + 60 * n, key="alice", team="eng",
+                user=None, route="paid", deployment="paid", tokens_in=1, tokens_out=1,
+                cost=2.0, latency_ms=1.0, status=200, fingerprint="f" * 64))
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {KEYS['alice']}"}) as http:
+            await http.get("/v1/costs/summary")  # the one-off passes over older records
+            watcher.config_resetstat()
+            body = (await http.get("/v1/costs/summary")).json()
+        stats = watcher.info("commandstats")
+        assert "cmdstat_zrangebyscore" not in stats, stats  # no record read one by one
+        assert [(row["day"], row["requests"]) for row in body["data"]] == [
+            (datetime.datetime.fromtimestamp(first_day, datetime.UTC).date().isoformat(), 5)]
+    finally:
+        watcher.close()
         await gateway.aclose()
 
 

@@ -171,16 +171,21 @@ async def test_fail_open_answers_from_local_limits_and_goes_back_to_redis(
     assert traffic.outcomes[-1][1] == "redis"
 
 
-class _Link:
+class Link:
     """A TCP proxy in front of Redis whose replies, on the connections open when
     ``stall`` is called, come back late (a stalled link, as a loaded network gives),
+    whose calls on the connections open at ``hold`` reach Redis only at ``let_go``,
     and which ``cut`` breaks off: Redis keeps its data, but cannot be reached."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.delay_s = 0.0
+        self.held_calls = 0  # writes kept back since ``hold``
         self._open: list[asyncio.StreamWriter] = []
         self._stalled: set[int] = set()
+        self._held: set[int] = set()
+        self._going = asyncio.Event()
+        self._going.set()
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -192,6 +197,16 @@ class _Link:
     def stall(self, delay_s: float) -> None:
         self.delay_s = delay_s
         self._stalled = {id(writer) for writer in self._open}
+
+    def hold(self) -> None:
+        """Keep back what is sent from now on, on the connections open now, until
+        ``let_go``: such a call reaches Redis after calls sent later on other connections
+        (redis-py's retry of it, once its reply is overdue, among them)."""
+        self._held = {id(writer) for writer in self._open}
+        self._going.clear()
+
+    def let_go(self) -> None:
+        self._going.set()
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones."""
@@ -216,6 +231,9 @@ class _Link:
                 while data := await source.read(65536):
                     if replies and id(writer) in self._stalled:
                         await asyncio.sleep(self.delay_s)
+                    if not replies and id(writer) in self._held and not self._going.is_set():
+                        self.held_calls += 1
+                        await self._going.wait()
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -239,7 +257,7 @@ async def test_a_reserve_whose_reply_was_lost_is_not_taken_for_a_duplicate(
     """redis-py sends a script again when its reply times out. The second run found the
     first run's marker and answered "already reserved": a ValueError (a 500), and the
     first run's hold stayed for its whole TTL. Now the call knows its own mark."""
-    proxy = _Link(private_redis.port)
+    proxy = Link(private_redis.port)
     await proxy.start()
     store = RedisStore.from_url(proxy.url, timeout=0.3)
     limits = [Limits(Scope.KEY, "k", rpm=100, budget=Budget(1.0))]
@@ -341,7 +359,7 @@ _TEAM_T = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]
 async def _left_in_outbox(private_redis: PrivateRedis, path: Path) -> None:
     """Request r1 holds 1.0 of team t's budget in Redis; its settle (0.75) and ledger
     record are left in the outbox file ``path`` by a gateway that lost Redis and stopped."""
-    link = _Link(private_redis.port)
+    link = Link(private_redis.port)
     await link.start()
     first = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05,
                                 outbox=await FileOutbox.open(path))
@@ -393,7 +411,7 @@ async def test_an_idle_gateway_sends_its_outbox_once_redis_answers_again(
     """The outbox was sent only after a call reached Redis again: a replica with no
     traffic after an outage kept its settles and ledger records, and the holds it did
     not settle refused the other replicas' requests until their TTL (15 minutes)."""
-    link = _Link(private_redis.port)
+    link = Link(private_redis.port)
     await link.start()
     idle = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05)
     other = RedisStore.from_url(private_redis.url)  # another replica, on the same Redis
@@ -427,7 +445,7 @@ async def test_a_store_closed_while_redis_is_away_stops_probing(
     private_redis: PrivateRedis,
 ) -> None:
     """The task that probes Redis for the outbox ends when the store closes, at once."""
-    link = _Link(private_redis.port)
+    link = Link(private_redis.port)
     await link.start()
     link.cut()
     store = RedisStore.from_url(link.url, timeout=0.3, probe_interval=60.0)
@@ -546,7 +564,7 @@ async def test_what_a_stopped_gateway_left_is_sent_without_waiting_for_a_request
     early = await FileOutbox.open(path)  # a row of another version's script comes first
     await early.put(Invocation("settle_v9", ("aigw:res:x",), (1,)))
     await early.aclose()
-    link = _Link(private_redis.port)
+    link = Link(private_redis.port)
     await link.start()
     link.cut()  # the stopped gateway never reached Redis
     stopped = RedisStore.from_url(link.url, timeout=0.3, outbox=await FileOutbox.open(path))

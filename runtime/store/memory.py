@@ -152,6 +152,13 @@ class MemoryLimits:
         self._open[request_id] = _Open(now + ttl, opened.counters, True, opened.places)
         heapq.heappush(self._timers, (now + ttl, request_id))  # the old timer goes stale
 
+    def holds_until(self, request_id: str, now: float) -> float | None:
+        """When ``request_id``'s holds lapse, unless renewed; None if it holds nothing
+        now (settled, or lapsed)."""
+        self._expire(now)
+        opened = self._open.get(request_id)
+        return opened.deadline if opened is not None and opened.holding else None
+
     def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
         self._expire(now)
         statuses = []

@@ -11,7 +11,8 @@ reach another subject's key)::
                                               hold expiry
     res:<request id>                          reserved and not yet settled (or "settled",
                                               by a settle sent from the outbox)
-    charged:<request id>                      a locally made reservation, charged
+    charged:<request id>                      a locally made reservation: "held" while
+                                              Redis holds it too (adopted), then charged
     rec:<request id>, ledger...               the spend ledger (redis_ledger.py)
 
 When Redis cannot answer (connection refused, timeout, or refusing every write for now:
@@ -28,6 +29,25 @@ requests, and by a task of the store's own while the outbox holds writes);
 Redis refuses, a script's own failure) is not an outage: a healthy Redis refuses that
 call again and takes every other one, so it is that call's error (an ``InternalError``,
 logged), and a write is dropped, logged.
+
+Requests admitted locally and still running when Redis answers again are adopted:
+the ``adopt`` script holds in Redis what each holds here (its cost on each budget, its
+places under max_parallel, until its local hold's expiry), so the other replicas count
+it. While local reservations wait for that, the store's task probes Redis with their
+adoptions, so no request is needed to notice that it answers. A renewal sends the
+adoption again with the new expiry (``adopt`` moves an expiry forward only, and puts
+back a hold that lapsed while Redis was away); with Redis away, it is adopted again
+once Redis answers. Its settle (``settle_local``, written as any write: now or from the
+outbox) charges its cost and gives back what the adoption holds. Both are idempotent
+per request id through one marker, ``charged:<id>`` ("held", then charged): an
+adoption sent twice holds once, one that reaches Redis after the settle (a retried
+call, a stalled one) holds nothing, and the settle releases exactly what was adopted,
+or nothing if no adoption ran; so the two need no order, and an adoption is sent
+now or not at all (never queued, so none carries an old expiry, or holds after a
+restart for a request that ended). A replica that stops before the settle leaves the
+adopted hold to lapse at its expiry, as a crashed replica's holds do. Rate-limit
+buckets are not adopted: a local reservation took its tokens from the replica's own
+buckets, which refill within the minute, as Redis' do.
 
 How durable a written record is, is Redis' own setting: run it with ``appendonly
 yes`` (and ``appendfsync always`` for every write on disk before the reply).
@@ -143,11 +163,17 @@ class RedisStore:
                 ("abandon", lua.ABANDON),
                 ("renew", lua.RENEW),
                 ("charge", lua.CHARGE),
+                ("adopt", lua.ADOPT),
+                ("settle_local", lua.SETTLE_LOCAL),
                 ("budgets", lua.BUDGETS),
                 (RECORD_SCRIPT, lua.RECORD),
             )
         }
         self._local = MemoryLimits("local")
+        # Reservations made locally that hold something, until Redis holds it too
+        # (adopted) or they are settled; and those adopted, until they are settled.
+        self._unadopted: dict[str, Reservation] = {}
+        self._adopted: set[str] = set()
         self._ledger = RedisLedger(client, namespace, ledger_retention)
         self._down_since: float | None = None
         self._probe_at = 0.0
@@ -220,15 +246,24 @@ class RedisStore:
                 self._back()
                 return decision
         if self._mode is OnUnavailable.FAIL_OPEN:
-            return self._local.reserve(request_id, checks, now, ttl)
+            local = self._local.reserve(request_id, checks, now, ttl)
+            if isinstance(local, Reservation) and (local.parallel or (local.periods
+                                                                    and local.cost_nanos)):
+                self._unadopted[request_id] = local
+                self._start_flusher()  # which adopts it once Redis answers
+            return local
         raise self._unavailable()
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
         now = self._clock.now()
         if reservation.origin == self._local.origin:
+            request_id = reservation.request_id
+            self._unadopted.pop(request_id, None)
+            adopted = request_id in self._adopted
+            self._adopted.discard(request_id)
             charged = self._local.settle(reservation, tokens, cost, now)
-            if charged is not None and charged.budgets and charged.cost_nanos:
-                await self._write(self._charge(reservation.request_id, charged, now))
+            if charged is not None and (adopted or (charged.budgets and charged.cost_nanos)):
+                await self._write(self._settle_local(request_id, charged, now))
             return
         charge = settle_plan(reservation, tokens, cost)
         await self._write(self._settle(reservation.request_id, charge, now))
@@ -241,6 +276,8 @@ class RedisStore:
         ttl = self._ttl if ttl is None else ttl
         if reservation.origin == self._local.origin:
             self._local.renew(reservation.request_id, now, ttl)
+            if reservation.request_id in self._adopted:
+                await self._readopt(reservation, now)
             return
         if not self._reachable():
             return  # the hold keeps its expiry; renewing it later is the next call's
@@ -249,17 +286,35 @@ class RedisStore:
         for budget in budgets:
             keys += self._budget_keys(budget)
         keys += [self._places_key(slot) for slot in reservation_slots(reservation)]
+        await self._renewing(Invocation("renew", tuple(keys), (
+            reservation.request_id, now, now + ttl, _marker_ms(ttl), len(budgets))))
+
+    async def _readopt(self, reservation: Reservation, now: float) -> None:
+        """Renew an adopted reservation's holds in Redis: its adoption sent again with the
+        expiry its holds have here (``adopt`` moves an expiry forward only, and puts back
+        a hold that lapsed there while Redis was away). With Redis away, it is adopted
+        again once Redis answers."""
+        until = self._local.holds_until(reservation.request_id, now)
+        if until is None:
+            return  # lapsed here too: nothing to renew
+        if not (self._reachable()
+                and await self._renewing(self._adoption(reservation, until, now))):
+            self._unadopted[reservation.request_id] = reservation
+            self._start_flusher()
+
+    async def _renewing(self, invocation: Invocation) -> bool:
+        """Send a renewal now, never queued (the next renewal supersedes it); False if
+        Redis could not be reached."""
         try:
-            await self._scripts["renew"](
-                keys=keys, args=[reservation.request_id, now, now + ttl, _marker_ms(ttl),
-                                 len(budgets)])
+            await self._invoke(invocation)
         except REDIS_ERRORS as exc:
             if not unreachable(exc):
                 self._failed_call("renew", exc)
-                return
+                return True
             self._lost(exc)
-        else:
-            self._back()
+            return False
+        self._back()
+        return True
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
         now = self._clock.now()
@@ -428,12 +483,28 @@ class RedisStore:
         keys += [self._places_key(slot) for slot in checks.slots]
         return Invocation("abandon", tuple(keys), tuple(args))
 
-    def _charge(self, request_id: str, charge: Plan, now: float) -> Invocation:
+    def _adoption(self, reservation: Reservation, until: float, now: float) -> Invocation:
+        """The ``adopt`` of a local reservation whose holds here last until ``until``."""
+        request_id = reservation.request_id
+        budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
         keys = [self._key("charged", quote(request_id, safe=""))]
-        keys += [self._budget_keys(budget)[0] for budget in charge.budgets]
-        args: list[Arg] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
+        for budget in budgets:
+            keys += self._budget_keys(budget)
+        keys += [self._places_key(slot) for slot in reservation_slots(reservation)]
+        args: list[Arg] = [request_id, until, _marker_ms(until - now), reservation.cost_nanos,
+                           math.ceil((until - now) * 1000) + 1000, len(budgets)]
+        args += [keep_seconds(budget, now) for budget in budgets]
+        return Invocation("adopt", tuple(keys), tuple(args))
+
+    def _settle_local(self, request_id: str, charge: Plan, now: float) -> Invocation:
+        keys = [self._key("charged", quote(request_id, safe=""))]
+        for budget in charge.budgets:
+            keys += self._budget_keys(budget)
+        keys += [self._places_key(slot) for slot in charge.slots]
+        args: list[Arg] = [request_id, math.ceil(SETTLE_GRACE), charge.cost_nanos,
+                           len(charge.budgets)]
         args += [keep_seconds(budget, now) for budget in charge.budgets]
-        return Invocation("charge", tuple(keys), tuple(args))
+        return Invocation("settle_local", tuple(keys), tuple(args))
 
     async def _budgets(self, checks: Plan, now: float) -> tuple[BudgetStatus, ...]:
         keys = [key for budget in checks.budgets for key in self._budget_keys(budget)]
@@ -509,7 +580,7 @@ class RedisStore:
         return True
 
     def _waiting(self) -> bool:
-        return self._outbox.waiting or self._spill.waiting
+        return bool(self._unadopted) or self._outbox.waiting or self._spill.waiting
 
     async def _deliver(self) -> None:
         """Flush, and while writes are left (Redis is away), flush again at each probe:
@@ -523,6 +594,37 @@ class RedisStore:
             wait = max(self._probe_at - time.monotonic(), self._probe_interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _adopt(self) -> bool:
+        """Hold in Redis what the reservations made locally and still running hold here.
+        Sent now or not at all, never queued: one that cannot reach Redis is tried again
+        at the next probe with the expiry its holds have then (a queued one would carry
+        an old expiry, and hold for a request a restart ended). False when Redis could
+        not be reached."""
+        now = self._clock.now()
+        self._adopted = {rid for rid in self._adopted  # forget any never settled (a bug)
+                         if self._local.holds_until(rid, now) is not None}
+        for request_id in list(self._unadopted):
+            if not self._reachable():
+                return False
+            reservation = self._unadopted.pop(request_id, None)
+            now = self._clock.now()
+            until = self._local.holds_until(request_id, now)
+            if reservation is None or until is None:
+                continue  # settled meanwhile, or its holds lapsed: nothing to hold
+            self._adopted.add(request_id)  # its settle gives back what Redis may hold now
+            adoption = self._adoption(reservation, until, now)
+            try:
+                await self._invoke(adoption)
+            except REDIS_ERRORS as exc:
+                if not unreachable(exc):
+                    _dropped(adoption, exc)
+                    continue
+                self._lost(exc)
+                self._unadopted[request_id] = reservation
+                return False
+            self._back()
+        return True
 
     def _unavailable(self) -> StoreUnavailable:
         error = StoreUnavailable("The rate limit and budget store is unavailable; try again.")
@@ -552,7 +654,11 @@ class RedisStore:
         self._start_flusher()
 
     async def _flush(self) -> None:
-        """Deliver queued writes in order; stop at the first failure (kept for later)."""
+        """Adopt the local reservations (first: the other replicas should count them
+        soon, not after a backlog of ledger records), then deliver queued writes in
+        order; stop at the first failure (kept for later)."""
+        if self._unadopted and not await self._adopt():
+            return
         for outbox in (self._outbox, self._spill):
             try:
                 if not await self._drain(outbox):

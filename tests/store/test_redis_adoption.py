@@ -1,0 +1,192 @@
+"""Requests a replica admits locally while Redis refuses it (fail_open), still running
+when it answers again: Redis holds them too, so another replica on the same Redis
+counts their budget holds and places, and their settle gives those back once.
+
+The replica that admits locally reaches Redis through a link the tests cut; to make a
+write wait in the outbox at a chosen moment, Redis refuses writes (out of memory, which
+the store counts as unreachable) while it answers reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from aigw.runtime.store import (
+    Budget,
+    Denied,
+    Exceeded,
+    Limits,
+    OnUnavailable,
+    RedisStore,
+    Reservation,
+    Scope,
+)
+from aigw.runtime.store.outbox import FileOutbox, Invocation
+
+from ..redis_server import PrivateRedis
+from .conftest import ManualClock
+from .test_redis_outage import Link, eventually
+
+BOTH = [Limits(Scope.TEAM, "t", budget=Budget(10.0), max_parallel=1)]
+BUDGET = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]  # the same counter, alone
+PLACES = [Limits(Scope.TEAM, "t", max_parallel=1)]  # the same places, alone
+
+
+@asynccontextmanager
+async def writes_refused(url: str) -> AsyncIterator[None]:
+    """Redis out of memory: writes refused for now, reads answered (a script is refused
+    at its first write that takes memory, if it wrote nothing before)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")
+        yield
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.aclose()
+
+
+@asynccontextmanager
+async def replicas(
+    private_redis: PrivateRedis, clock: ManualClock, outbox: FileOutbox | None = None
+) -> AsyncIterator[tuple[RedisStore, RedisStore, Link]]:
+    """A fail_open replica on a link to Redis that the test may cut, and another replica
+    straight on the same Redis, both on ``clock``."""
+    link = Link(private_redis.port)
+    await link.start()
+    first = RedisStore.from_url(link.url, on_unavailable=OnUnavailable.FAIL_OPEN,
+                                clock=clock, probe_interval=0.05, timeout=0.5, outbox=outbox)
+    other = RedisStore.from_url(private_redis.url, clock=clock)
+    try:
+        yield first, other, link
+    finally:
+        await first.aclose()
+        await other.aclose()
+        await link.aclose()
+
+
+async def spent_held(store: RedisStore) -> tuple[float, float]:
+    (status,) = await store.budgets(BUDGET)
+    return status.spent, status.held
+
+
+async def admitted_locally(store: RedisStore, link: Link) -> Reservation:
+    """Request "long" (worst case 6.0 of team t's 10.0, its one place) admitted by
+    ``store`` from its local limits, its link to Redis cut (and left so); its hold
+    lasts 60 s."""
+    link.cut()
+    long = await store.reserve("long", BOTH, tokens=10, cost=6.0, ttl=60.0)
+    assert isinstance(long, Reservation) and long.origin == "local"
+    return long
+
+
+async def test_a_request_admitted_locally_is_held_in_redis_once_it_answers(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """The hold stayed in the replica: the other replica spent the budget (and took the
+    place) that the request was to be charged to, until it settled."""
+    async with replicas(private_redis, clock) as (first, other, link):
+        long = await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        over = await other.reserve("b1", BUDGET, tokens=1, cost=5.0)
+        assert isinstance(over, Denied) and over.exceeded is Exceeded.BUDGET
+        full = await other.reserve("p1", PLACES, tokens=1, cost=0.0)
+        assert isinstance(full, Denied) and full.exceeded is Exceeded.PARALLEL
+
+        clock.advance(50.0)
+        await first.renew(long, ttl=60.0)  # renewed in Redis too: now until 110 s
+        clock.advance(20.0)
+        assert await spent_held(other) == (0.0, 6.0)
+
+        await first.settle(long, tokens=10, cost=4.0)
+        assert await spent_held(other) == (4.0, 0.0)  # charged once, released once
+        assert isinstance(await other.reserve("p2", PLACES, tokens=1, cost=0.0), Reservation)
+
+
+async def test_an_adoption_sent_again_and_late_and_a_settle_sent_from_the_outbox_count_once(
+    private_redis: PrivateRedis, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A renewal sends the adoption again: held here by the link, and retried by redis-py
+    when its reply is overdue (one hold). The settle waits in the outbox (Redis refusing
+    writes), is sent from it, and once more by hand (as a second worker on the file
+    would); the held adoption reaches Redis after it: they change nothing."""
+    path = tmp_path / "aigw-outbox.sqlite"
+    reader = await FileOutbox.open(path)
+    async with replicas(private_redis, clock, await FileOutbox.open(path)) as (
+            first, other, link):
+        long = await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        link.hold()
+        clock.advance(30.0)
+        await first.renew(long, ttl=60.0)
+        assert link.held_calls >= 1
+        assert await spent_held(other) == (0.0, 6.0)
+
+        async with writes_refused(private_redis.url):
+            await first.settle(long, tokens=10, cost=4.0)
+            assert not first.available  # the settle waits in the outbox
+            settles = [call for _, call in await reader.oldest(10)
+                       if call.script == "settle_local"]
+            assert settles
+            assert await spent_held(other) == (0.0, 6.0)
+        await eventually("the settle from the outbox",
+                         lambda: _is(spent_held(other), (4.0, 0.0)))
+        await _send_again(settles, private_redis.url, tmp_path / "again.sqlite")
+
+        ran = await _scripts_run(private_redis.url)
+        link.let_go()
+        await eventually("the held calls to reach Redis",
+                         lambda: _ran_since(private_redis.url, ran + link.held_calls))
+        assert await spent_held(other) == (4.0, 0.0)  # charged once, released once
+        assert isinstance(await other.reserve("p1", PLACES, tokens=1, cost=0.0), Reservation)
+    await reader.aclose()
+
+
+async def test_an_adopted_hold_lapses_with_its_ttl_when_its_replica_stops(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    async with replicas(private_redis, clock) as (first, other, link):
+        await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        link.cut()  # the replica is gone: "long" is never settled
+        clock.advance(59.0)
+        assert await spent_held(other) == (0.0, 6.0)
+        clock.advance(2.0)
+        assert await spent_held(other) == (0.0, 0.0)  # lapsed, not charged
+        assert isinstance(await other.reserve("p1", PLACES, tokens=1, cost=0.0), Reservation)
+
+
+async def _is(found: Awaitable[tuple[float, float]], expected: tuple[float, float]) -> bool:
+    return await found == expected
+
+
+async def _scripts_run(url: str) -> int:
+    """How many script calls Redis has run (EVALSHA, as redis-py sends them)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def _ran_since(url: str, calls: int) -> bool:
+    return await _scripts_run(url) >= calls
+
+
+async def _send_again(calls: list[Invocation], url: str, path: Path) -> None:
+    """Send ``calls`` once more, from an outbox file of their own."""
+    assert calls
+    outbox = await FileOutbox.open(path)
+    for call in calls:
+        await outbox.put(call)
+    await RedisStore.from_url(url, outbox=outbox).aclose()  # which delivers them

@@ -583,9 +583,10 @@ class RedisStore:
         return bool(self._unadopted) or self._outbox.waiting or self._spill.waiting
 
     async def _deliver(self) -> None:
-        """Flush, and while writes are left (Redis is away), flush again at each probe:
-        else a replica with no traffic kept its settles until a request reached Redis,
-        and their holds refused the other replicas' requests until the holds' TTL."""
+        """Flush, and while writes (or adoptions) are left (Redis is away), flush again at
+        each probe: else a replica with no traffic kept its settles until a request
+        reached Redis, and their holds refused the other replicas' requests until the
+        holds' TTL (and its requests in flight went uncounted there)."""
         while not self._closing:
             self._wake.clear()
             await self._flush()
@@ -655,9 +656,10 @@ class RedisStore:
 
     async def _flush(self) -> None:
         """Adopt the local reservations (first: the other replicas should count them
-        soon, not after a backlog of ledger records), then deliver queued writes in
-        order; stop at the first failure (kept for later)."""
-        if self._unadopted and not await self._adopt():
+        soon, not after a backlog of ledger records; not once closing, their requests
+        ended), then deliver queued writes in order; stop at the first failure (kept for
+        later)."""
+        if self._unadopted and not self._closing and not await self._adopt():
             return
         for outbox in (self._outbox, self._spill):
             try:

@@ -51,14 +51,16 @@ async def writes_refused(url: str) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def replicas(
-    private_redis: PrivateRedis, clock: ManualClock, outbox: FileOutbox | None = None
+    private_redis: PrivateRedis, clock: ManualClock, outbox: FileOutbox | None = None,
+    probe_interval: float = 0.05,
 ) -> AsyncIterator[tuple[RedisStore, RedisStore, Link]]:
     """A fail_open replica on a link to Redis that the test may cut, and another replica
     straight on the same Redis, both on ``clock``."""
     link = Link(private_redis.port)
     await link.start()
     first = RedisStore.from_url(link.url, on_unavailable=OnUnavailable.FAIL_OPEN,
-                                clock=clock, probe_interval=0.05, timeout=0.5, outbox=outbox)
+                                clock=clock, probe_interval=probe_interval, timeout=0.5,
+                                outbox=outbox)
     other = RedisStore.from_url(private_redis.url, clock=clock)
     try:
         yield first, other, link
@@ -147,6 +149,22 @@ async def test_an_adoption_sent_again_and_late_and_a_settle_sent_from_the_outbox
         assert await spent_held(other) == (4.0, 0.0)  # charged once, released once
         assert isinstance(await other.reserve("p1", PLACES, tokens=1, cost=0.0), Reservation)
     await reader.aclose()
+
+
+async def test_a_replica_with_nothing_to_write_adopts_without_waiting_for_a_request(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """The request was admitted without trying Redis (a read had just failed; the next
+    try was not due), so no write waits in the outbox: the replica tries Redis on its
+    own while it has requests to adopt."""
+    async with replicas(private_redis, clock, probe_interval=0.5) as (first, other, link):
+        link.cut()
+        await first.budgets(BUDGET)  # answered locally: Redis is away
+        long = await first.reserve("long", BOTH, tokens=10, cost=6.0, ttl=60.0)
+        assert isinstance(long, Reservation) and long.origin == "local"
+        await link.mend()  # and no call on the replica from here on
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
 
 
 async def test_an_adopted_hold_lapses_with_its_ttl_when_its_replica_stops(

@@ -35,7 +35,7 @@ from aigw.runtime.store.usage import summarize
 from ..redis_server import PrivateRedis
 from .conftest import ManualClock
 from .test_contract import DAY, ledger_record
-from .test_redis_outage import _Link, eventually, in_ledger
+from .test_redis_outage import Link, eventually, in_ledger
 
 D = Dimension
 
@@ -202,7 +202,7 @@ async def test_records_sent_late_from_an_outbox_are_counted_once(
     on; they arrive later, into days whose totals were read meanwhile. A record sent
     twice (its reply lost, then sent again), and one an older aigw left in the outbox
     file (no days' totals in its script), are counted once too."""
-    link = _Link(private_redis.port)
+    link = Link(private_redis.port)
     await link.start()
     cut_off = RedisStore.from_url(link.url, timeout=0.3, probe_interval=0.05,
                                   outbox=MemoryOutbox())

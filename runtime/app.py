@@ -41,6 +41,7 @@ from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
+from .responses import create_response, not_stored
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
@@ -65,11 +66,13 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/chat/completions": endpoints.chat,
         "/v1/embeddings": endpoints.embeddings,
         "/v1/messages": endpoints.messages,
+        "/v1/responses": endpoints.responses,
     }
     app = Starlette(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in direct.items()),
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
+            Route("/v1/responses/{response_id}", endpoints.stored_response, methods=["GET"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
@@ -326,6 +329,14 @@ class _Endpoints:
         body = partial(read_body, request, live.graph.settings)
         return await create_message(live, request.headers, body, lambda: self.gateway.live,
                                     partial(client_gone, request.receive))
+
+    async def responses(self, request: Request) -> Response:
+        return await self._exchanged(request, "responses", create_response)
+
+    async def stored_response(self, request: Request) -> Response:
+        """GET /v1/responses/{id}: an OpenAI-shaped 404, as no response is stored."""
+        authenticate(_live(request).graph, request.headers)
+        raise not_stored(request.path_params["response_id"])
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)

@@ -1,0 +1,405 @@
+"""POST /v1/responses: OpenAI's Responses API in front of the serving core, any provider behind.
+
+    (app: authenticate, read body) -> parse and lower (responses_wire) -> exchange.open
+              -> complete | stream -> a Response object | the Responses stream events
+
+Stateless: the answer says ``"store": false`` and ``GET /v1/responses/{id}`` is a 404.
+Errors are OpenAI's error objects with chat's statuses (the app renders them); after a
+stream has started, a failure ends it with ``response.failed``. Answers are translated
+back from the core's OpenAI chat results:
+
+- the first (only) choice's text is a ``message`` output item with one ``output_text``
+  part (a refusal, a ``refusal`` part); each tool call a ``function_call`` item whose
+  ``call_id`` is the upstream's tool call id, so a later ``function_call_output`` finds it.
+- finish reason length -> status ``incomplete``, ``incomplete_details.reason``
+  ``max_output_tokens``; content_filter -> ``content_filter``; else ``completed``.
+- usage: input tokens (cached ones included, as OpenAI counts them), output tokens
+  (reasoning ones included), and their details.
+- ``model`` is the model that answered, as chat's ``model`` is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+
+from aigw.compiler.graph import ApiKey
+
+from .chat import Served, overhead_header
+from .errors import GatewayError, NotFound, RateLimited, UpstreamRateLimited
+from .exchange import Exchange
+from .jsonio import JSONBody
+from .live import Live
+from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage, close_deltas
+from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
+from .sse import settled_stream
+from .telemetry.record import RequestRecord
+
+__all__ = ["EventEncoder", "create_response", "echoed", "not_stored", "response_body"]
+
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
+    """POST /v1/responses for ``key`` (authenticated), the body read."""
+    live, record = exchange.live, exchange.record
+    request = parse(body)
+    await exchange.open(key, to_chat_request(request))
+    echo = echoed(request)
+    if not request.stream:
+        served, answer = await exchange.complete_as(
+            lambda served, result: response_body(served, result, echo))
+        return JSONBody(answer, headers={**served.headers(), **exchange.rate_headers(),
+                                         **exchange.cache_headers(), **overhead_header(record)})
+    served, deltas = await exchange.stream()
+    encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
+    headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
+               **overhead_header(record)}
+    return await settled_stream(_events(encoder, deltas, live, record), headers)
+
+
+def not_stored(response_id: str) -> NotFound:
+    """GET /v1/responses/{id}: nothing is kept, so no id is found."""
+    return NotFound(f"No response found with id '{response_id}': this gateway stores no "
+                    "responses.", param="response_id")
+
+
+def echoed(request: ResponsesRequest) -> dict[str, Any]:
+    """The request's fields a Response object repeats (the SDK's model requires some)."""
+    text_format = request.text.format if request.text is not None else None
+    choice = request.tool_choice
+    tool_choice = choice.model_dump() if isinstance(choice, ToolChoiceFunction) \
+        else choice or "auto"
+    reasoning = request.reasoning
+    return {
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "metadata": request.metadata or {},
+        "parallel_tool_calls": request.parallel_tool_calls is not False,
+        "previous_response_id": None,
+        "reasoning": {"effort": reasoning.effort if reasoning else None, "summary": None},
+        "store": False,
+        "temperature": request.temperature,
+        "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)
+                 if text_format is not None else {"type": "text"}},
+        "tool_choice": tool_choice,
+        "tools": [tool.model_dump() for tool in request.tools or ()],
+        "top_p": request.top_p,
+        "truncation": "disabled",
+        "user": request.user,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """A response's id and its items', from the gateway's request id, so that logs and
+    answers correlate: ``resp_<hex>``, ``msg_<hex>``, ``fc_<hex>_<n>``."""
+
+    hex: str
+
+    @property
+    def response(self) -> str:
+        return f"resp_{self.hex}"
+
+    def message(self, output_index: int = 0) -> str:
+        """The first message item's id is the response's hex; a later one's (text a
+        stream sent after a tool call) has its place in ``output`` too."""
+        return f"msg_{self.hex}" if output_index == 0 else f"msg_{self.hex}_{output_index}"
+
+    def call(self, number: int) -> str:
+        return f"fc_{self.hex}_{number}"
+
+
+def _ids(served: Served) -> _Ids:
+    return _Ids(served.request_id.removeprefix("chatcmpl-"))
+
+
+def usage_body(usage: Usage) -> dict[str, object]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens,
+                                 "cache_write_tokens": usage.cache_creation_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _status(finish_reason: str | None) -> tuple[str, dict[str, str] | None]:
+    reason = _INCOMPLETE.get(finish_reason or "")
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def _response(ids: _Ids, created: int, model: str, echo: dict[str, Any], status: str,
+              output: list[dict[str, Any]], usage: Usage | None,
+              incomplete: dict[str, str] | None = None,
+              error: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "id": ids.response,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": error,
+        "incomplete_details": incomplete,
+        "model": model,
+        "output": output,
+        "usage": usage_body(usage) if usage is not None else None,
+        **echo,
+    }
+
+
+def _message_item(item_id: str, parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": parts}
+
+
+def _text_part(kind: str, text: str) -> dict[str, Any]:
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _call_item(ids: _Ids, number: int, call_id: str, name: str, arguments: str,
+               status: str) -> dict[str, Any]:
+    return {"type": "function_call", "id": ids.call(number), "call_id": call_id,
+            "name": name, "arguments": arguments, "status": status}
+
+
+def response_body(served: Served, result: ChatResult, echo: dict[str, Any]) -> dict[str, Any]:
+    """A ``response`` object for the first (only) choice of a whole answer."""
+    ids = _ids(served)
+    choice = result.choices[0]
+    status, incomplete = _status(choice.finish_reason)
+    output: list[dict[str, Any]] = []
+    parts = [_text_part(kind, text) for kind, text in
+             (("output_text", choice.content), ("refusal", choice.refusal)) if text]
+    if parts:
+        output.append(_message_item(ids.message(), parts, status))
+    output.extend(_call_item(ids, number, call.id, call.name, call.arguments, "completed")
+                  for number, call in enumerate(choice.tool_calls))
+    return _response(ids, served.created, result.model, echo, status, output, result.usage,
+                     incomplete)
+
+
+def sse_event(data: dict[str, Any]) -> bytes:
+    """One server-sent event as OpenAI frames the Responses stream's: ``event:`` then
+    ``data:`` JSON, the event named by its ``type``."""
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"event: {data['type']}\ndata: {payload}\n\n".encode()
+
+
+@dataclass
+class _Call:
+    """A function call item being streamed: its place in ``output`` and its arguments."""
+
+    output_index: int
+    number: int
+    call_id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+
+class EventEncoder:
+    """Turns adapter deltas into the Responses stream's events, each numbered
+    (``sequence_number``) in order:
+
+        response.created, response.in_progress,
+        message: output_item.added, (content_part.added, output_text.delta...,
+                 output_text.done, content_part.done) per part, output_item.done
+        function call: output_item.added, function_call_arguments.delta...,
+                 function_call_arguments.done, output_item.done
+        response.completed | response.incomplete (with usage) | response.failed
+
+    The message item is closed as the first tool call opens (text after it opens
+    another). Tool calls stay open to the end: an OpenAI-format upstream may interleave
+    their argument fragments, and every event names its item (``output_index``,
+    ``item_id``). Deltas of choices other
+    than 0 are dropped: a Responses request never asks for more than one.
+    """
+
+    def __init__(self, ids: _Ids, created: int, model: str, echo: dict[str, Any]) -> None:
+        self._ids = ids
+        self._created = created
+        self._model = model
+        self._echo = echo
+        self._sequence = 0
+        self._outputs = 0  # output items opened
+        self._message: int | None = None  # the open message item's output index
+        self._parts: list[tuple[str, list[str]]] = []  # its parts: kind, text so far
+        self._closed_messages: dict[int, dict[str, Any]] = {}  # by output index
+        self._calls: dict[int, _Call] = {}  # by the upstream's tool call index
+        self._finish: str | None = None
+        self._usage: Usage | None = None
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        event = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return sse_event(event)
+
+    def _snapshot(self, status: str, output: list[dict[str, Any]], usage: Usage | None = None,
+                  incomplete: dict[str, str] | None = None,
+                  error: dict[str, str] | None = None) -> dict[str, Any]:
+        return _response(self._ids, self._created, self._model, self._echo, status, output,
+                         usage, incomplete, error)
+
+    def start(self) -> bytes:
+        return (self._event("response.created", response=self._snapshot("in_progress", []))
+                + self._event("response.in_progress",
+                              response=self._snapshot("in_progress", [])))
+
+    def encode(self, delta: ChatDelta) -> bytes:
+        if delta.usage is not None:
+            self._usage = delta.usage
+            return b""
+        if delta.index != 0:
+            return b""
+        out = b""
+        if delta.content:
+            out += self._text("output_text", delta.content)
+        if delta.refusal:
+            out += self._text("refusal", delta.refusal)
+        for call in delta.tool_calls:
+            out += self._call(call)
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
+        return out
+
+    def _text(self, kind: str, text: str) -> bytes:
+        out = b""
+        if self._message is None:  # text after a tool call opens a message of its own
+            self._message, self._parts = self._outputs, []
+            self._outputs += 1
+            out += self._event("response.output_item.added", output_index=self._message,
+                               item=_message_item(self._ids.message(self._message), [],
+                                                  "in_progress"))
+        if not self._parts or self._parts[-1][0] != kind:
+            out += self._close_part()
+            self._parts.append((kind, []))
+            out += self._event("response.content_part.added", **self._at_part(),
+                               part=_text_part(kind, ""))
+        self._parts[-1][1].append(text)
+        if kind == "output_text":
+            return out + self._event("response.output_text.delta", **self._at_part(),
+                                     delta=text, logprobs=[])
+        return out + self._event("response.refusal.delta", **self._at_part(), delta=text)
+
+    def _at_part(self) -> dict[str, Any]:
+        assert self._message is not None
+        return {"item_id": self._ids.message(self._message), "output_index": self._message,
+                "content_index": len(self._parts) - 1}
+
+    def _close_part(self) -> bytes:
+        if not self._parts or self._message is None:
+            return b""
+        kind, texts = self._parts[-1]
+        text = "".join(texts)
+        if kind == "output_text":
+            done = self._event("response.output_text.done", **self._at_part(), text=text,
+                               logprobs=[])
+        else:
+            done = self._event("response.refusal.done", **self._at_part(), refusal=text)
+        return done + self._event("response.content_part.done", **self._at_part(),
+                                  part=_text_part(kind, text))
+
+    def _close_message(self, status: str) -> bytes:
+        if self._message is None:
+            return b""
+        out = self._close_part()
+        item = _message_item(self._ids.message(self._message),
+                             [_text_part(kind, "".join(texts)) for kind, texts in self._parts],
+                             status)
+        out += self._event("response.output_item.done", output_index=self._message, item=item)
+        self._closed_messages[self._message] = item
+        self._message = None
+        return out
+
+    def _call(self, delta: ToolCallDelta) -> bytes:
+        out = b""
+        call = self._calls.get(delta.index)
+        if call is None:
+            out += self._close_message("completed")
+            number = len(self._calls)
+            call = _Call(self._outputs, number, delta.id or f"call_{self._ids.hex}_{number}",
+                         delta.name or "")
+            self._calls[delta.index] = call
+            self._outputs += 1
+            out += self._event("response.output_item.added", output_index=call.output_index,
+                               item=self._call_item(call, "in_progress"))
+        if delta.arguments:
+            call.arguments.append(delta.arguments)
+            out += self._event("response.function_call_arguments.delta",
+                               item_id=self._ids.call(call.number),
+                               output_index=call.output_index, delta=delta.arguments)
+        return out
+
+    def _call_item(self, call: _Call, status: str) -> dict[str, Any]:
+        return _call_item(self._ids, call.number, call.call_id, call.name,
+                          "".join(call.arguments), status)
+
+    def finish(self) -> bytes:
+        status, incomplete = _status(self._finish)
+        out = self._close_message(status)
+        for call in self._calls.values():
+            item = self._call_item(call, "completed")
+            out += self._event("response.function_call_arguments.done",
+                               item_id=item["id"], output_index=call.output_index,
+                               name=call.name, arguments=item["arguments"])
+            out += self._event("response.output_item.done", output_index=call.output_index,
+                               item=item)
+        done = "response.completed" if status == "completed" else "response.incomplete"
+        return out + self._event(done, response=self._snapshot(
+            status, self._items("completed"), self._usage, incomplete))
+
+    def _items(self, calls: str) -> list[dict[str, Any]]:
+        """Every item, in output order: the messages as closed (an open one as it
+        stands, incomplete), the calls with status ``calls``."""
+        by_index = {call.output_index: self._call_item(call, calls)
+                    for call in self._calls.values()}
+        by_index.update(self._closed_messages)
+        if self._message is not None:
+            by_index[self._message] = _message_item(
+                self._ids.message(self._message),
+                [_text_part(kind, "".join(texts)) for kind, texts in self._parts], "incomplete")
+        return [by_index[index] for index in sorted(by_index)]
+
+    def failed(self, error: GatewayError) -> bytes:
+        """``response.failed``: the stream cannot go on (the upstream failed after its
+        first byte, the budget ran out); the items so far with it."""
+        code = "rate_limit_exceeded" if isinstance(error, RateLimited | UpstreamRateLimited) \
+            else "server_error"
+        return self._event("response.failed", response=self._snapshot(
+            "failed", self._items("incomplete"), self._usage,
+            error={"code": code, "message": error.message}))
+
+
+async def _events(
+    encoder: EventEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
+) -> AsyncGenerator[bytes, None]:
+    ended = False
+    try:
+        # The first delta before the first event: the streams under this one have then
+        # started, and close (settling the request) however it ends (settled_stream).
+        delta = await anext(deltas, None)
+        yield encoder.start()
+        while delta is not None:
+            event = encoder.encode(delta)
+            if event:
+                yield event
+            delta = await anext(deltas, None)
+        yield encoder.finish()
+        ended = True
+    except GatewayError as exc:  # after the status line: the failure goes in the stream
+        record.error = str(exc.code)
+        ended = True
+        yield encoder.failed(exc)
+    finally:  # also when the client went away: settled, recorded and finished either way
+        if not ended:  # the client went away, or a shutdown cut it
+            record.error = live.shutdown.cut()[1]
+        with anyio.CancelScope(shield=True):
+            await close_deltas(deltas)
+        live.telemetry.finish(record)

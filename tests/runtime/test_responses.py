@@ -1,0 +1,206 @@
+"""POST /v1/responses in-process: the Responses API's shapes in, the echo gateway behind,
+answers and stream events that validate against the official SDK's own models."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, get_args
+
+import httpx
+import pydantic
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+
+from aigw.runtime.errors import UpstreamServerError
+from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
+from aigw.runtime.responses import EventEncoder, _Ids, echoed
+from aigw.runtime.responses_wire import field_path, parse, to_chat_request
+
+RESPONSES = "/v1/responses"
+# The SDK's stream event models by their type (its union has no discriminator pydantic uses)
+EVENTS: dict[str, type[pydantic.BaseModel]] = {
+    get_args(model.model_fields["type"].annotation)[0]: model
+    for model in get_args(get_args(ResponseStreamEvent)[0])}
+WEATHER = {"type": "function", "name": "get_weather", "strict": True,
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+# What a Response repeats of a request (the SDK's model requires some of it)
+ECHO = echoed(parse(b'{"model": "m", "input": "x"}'))
+
+
+def _events(raw: str) -> list[dict[str, Any]]:
+    """The stream's events, each checked against the SDK's model and its ``event:`` name."""
+    events = []
+    for frame in raw.split("\n\n"):
+        if not frame:
+            continue
+        name, data = frame.split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        EVENTS[event["type"]].model_validate(event)
+        events.append(event)
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    return events
+
+
+async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async with client.stream("POST", RESPONSES, json={**payload, "stream": True}) as response:
+        await response.aread()
+    assert response.status_code == 200, response.text
+    return _events(response.text)
+
+
+async def test_answer_validates_as_the_sdks_response(client: httpx.AsyncClient) -> None:
+    answer = await client.post(RESPONSES, json={
+        "model": "fast", "input": "Hello there, gateway!", "instructions": "Be brief.",
+        "temperature": 0.5, "user": "u-1"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    response = Response.model_validate(body)
+    assert response.output_text == "Hello there, gateway!"
+    assert response.id == "resp_" + answer.headers["x-request-id"].removeprefix("chatcmpl-")
+    assert (response.temperature, response.user, response.tool_choice) == (0.5, "u-1", "auto")
+    assert body["text"] == {"format": {"type": "text"}} and body["tools"] == []
+    assert body["usage"]["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
+
+
+async def test_forced_tool_gives_a_function_call_item(client: httpx.AsyncClient) -> None:
+    answer = await client.post(RESPONSES, json={
+        "model": "fast", "input": '{"city": "Oslo"}', "tools": [WEATHER],
+        "tool_choice": {"type": "function", "name": "get_weather"}})
+    response = Response.model_validate(answer.json())
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Oslo"}
+    assert call.id is not None and call.id.startswith("fc_")
+    assert response.tool_choice.type == "function"  # type: ignore[union-attr]
+
+
+async def test_stream_of_a_forced_tool(client: httpx.AsyncClient) -> None:
+    events = await _stream(client, {"model": "fast", "input": '{"city": "Oslo"}',
+                                    "tools": [WEATHER], "tool_choice": "required"})
+    assert [event["type"] for event in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    done = events[-1]["response"]
+    assert [item["type"] for item in done["output"]] == ["function_call"]
+    assert done["output"][0]["arguments"] == '{"city": "Oslo"}'
+    assert done["usage"]["output_tokens"] > 0
+
+
+def test_encoder_keeps_items_in_output_order_with_interleaved_calls() -> None:
+    encoder = EventEncoder(_Ids("abc"), 1, "m", ECHO)
+    raw = encoder.start()
+    for delta in (
+        ChatDelta(content="Let me "), ChatDelta(content="look."),
+        ChatDelta(tool_calls=(ToolCallDelta(0, "call_a", "first", '{"a"'),)),
+        ChatDelta(tool_calls=(ToolCallDelta(1, "call_b", "second", '{"b": 2}'),)),
+        ChatDelta(tool_calls=(ToolCallDelta(0, arguments=": 1}"),)),
+        ChatDelta(content="Done."),  # after the calls: a message of its own
+        ChatDelta(finish_reason="tool_calls"), ChatDelta(usage=Usage(7, 9)),
+    ):
+        raw += encoder.encode(delta)
+    events = _events((raw + encoder.finish()).decode())
+    added = [(event["output_index"], event["item"]["type"]) for event in events
+             if event["type"] == "response.output_item.added"]
+    assert added == [(0, "message"), (1, "function_call"), (2, "function_call"),
+                     (3, "message")]
+    # the message is closed as the first call opens; the calls stay open to the end
+    kinds = [event["type"] for event in events]
+    assert kinds.index("response.output_item.done") < kinds.index(
+        "response.function_call_arguments.delta")
+    final = Response.model_validate(events[-1]["response"])
+    assert [(item.type, getattr(item, "arguments", None)) for item in final.output] == [
+        ("message", None), ("function_call", '{"a": 1}'), ("function_call", '{"b": 2}'),
+        ("message", None)]
+    assert len({item.id for item in final.output}) == 4
+    assert final.output_text == "Let me look.Done."
+    assert final.usage is not None and final.usage.total_tokens == 16
+
+
+def test_encoder_refusal_and_failure() -> None:
+    encoder = EventEncoder(_Ids("abc"), 1, "m", ECHO)
+    raw = encoder.start() + encoder.encode(ChatDelta(refusal="I can't."))
+    raw += encoder.failed(UpstreamServerError("the upstream went away", provider="p"))
+    events = _events(raw.decode())
+    assert [event["type"] for event in events][2:] == [
+        "response.output_item.added", "response.content_part.added",
+        "response.refusal.delta", "response.failed"]
+    assert events[-1]["response"]["error"] == {"code": "server_error",
+                                               "message": "the upstream went away"}
+
+
+def test_lowering_into_chat_messages() -> None:
+    request = parse(json.dumps({
+        "model": "m", "instructions": "Be brief.", "input": [
+            {"role": "developer", "content": "Use metric units."},
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "Weather here?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA",
+                 "detail": "low"}]},
+            {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+             "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather",
+             "arguments": '{"city": "Oslo"}'},
+            {"type": "function_call", "call_id": "c2", "name": "get_weather",
+             "arguments": '{"city": "Bergen"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "5C"},
+            {"type": "function_call_output", "call_id": "c2",
+             "output": [{"type": "input_text", "text": "rain"}]},
+        ],
+        "tools": [WEATHER], "parallel_tool_calls": False, "max_output_tokens": 50,
+        "reasoning": {"effort": "low"}, "text": {"format": {"type": "json_object"}},
+    }).encode())
+    lowered = to_chat_request(request)
+    assert lowered.model_dump(exclude_none=True)["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": "Use metric units."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Weather here?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA",
+                                                "detail": "low"}}]},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "c2", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Bergen"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5C"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+    ]
+    assert lowered.tools == [{"type": "function", "function": {
+        "name": "get_weather", "parameters": WEATHER["parameters"], "strict": True}}]
+    assert lowered.output_limit == 50
+    assert lowered.model_extra == {"parallel_tool_calls": False, "reasoning_effort": "low",
+                                   "response_format": {"type": "json_object"}}
+
+
+def test_field_path_drops_union_tags() -> None:
+    assert field_path(("input", 0, "message", "content", 1, "input_image", "file_id")) == (
+        "input.0.content.1.file_id")
+    assert field_path(("text", "format", "json_schema", "name")) == "text.format.name"
+
+
+async def test_stored_responses_are_not_found(client: httpx.AsyncClient) -> None:
+    found = await client.get(f"{RESPONSES}/resp_123")
+    assert found.status_code == 404
+    assert found.json()["error"]["param"] == "response_id"
+    anonymous = await client.get(f"{RESPONSES}/resp_123", headers={"authorization": ""})
+    assert anonymous.status_code == 401
+
+
+async def test_each_request_logs_one_access_line(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw.access")
+    await client.post(RESPONSES, json={"model": "fast", "input": "a b c"})
+    await _stream(client, {"model": "fast", "input": "x y"})
+    await client.post(RESPONSES, json={"model": "missing", "input": "a"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "aigw.access"]
+    seen = [(line["endpoint"], line["route"], line["status"], line["stream"]) for line in lines]
+    assert seen == [
+        ("responses", "fast", 200, False),
+        ("responses", "fast", 200, True),
+        ("responses", None, 404, False),
+    ]
+    assert [line["completion_tokens"] for line in lines] == [3, 2, 0]

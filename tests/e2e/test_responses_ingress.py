@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
             "routes:\n"
             "  gpt: {deployment: gpt}\n"
             "  claude: {deployment: sonnet}\n"
-            "  echo: {deployment: echo}\n" + DEV_KEY_LINE
+            "  echo: {deployment: echo}\n"
+            "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n" + DEV_KEY_LINE
         )
         server = Server(root)
         try:
@@ -189,6 +191,25 @@ def test_function_call_round_trip_through_anthropic(client: openai.OpenAI) -> No
     assert answer.output_text == "tool said: full"
 
 
+def test_the_response_cache_answers_the_responses_api_too(
+    client: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    before = len(upstreams.gpt.script.requests)
+    answers = []
+    for _ in range(2):
+        raw = client.responses.with_raw_response.create(model="gpt-cached",
+                                                        input="cache me, Responses style")
+        answers.append((raw.headers["x-aigw-cache"], raw.parse()))
+    (first_state, first), (second_state, second) = answers
+    assert (first_state, second_state) == ("miss", "hit")
+    assert second.output_text == first.output_text == "fake-openai: cache me, Responses style"
+    assert second.id != first.id
+    with client.responses.stream(model="gpt-cached", input="cache me, Responses style") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == first.output_text
+    assert len(upstreams.gpt.script.requests) == before + 1  # replayed from the cache
+
+
 class Place(pydantic.BaseModel):
     city: str
 
@@ -240,20 +261,46 @@ def test_ledger_and_access_log_say_responses(client: openai.OpenAI, upstreams: U
     list(streamed.parse())
     streamed_id = streamed.headers["x-request-id"]
     server = upstreams.server
-    lines = {line["request_id"]: line for line in map(json.loads, (
-        text for text in server.log.splitlines() if text.startswith("{")))
-        if "request_id" in line}
-    assert (lines[request_id]["endpoint"], lines[request_id]["status"],
-            lines[request_id]["stream"], lines[request_id]["route"]) == (
+    whole, streamed_line = _access_line(server, request_id), _access_line(server, streamed_id)
+    assert whole is not None and streamed_line is not None
+    assert (whole["endpoint"], whole["status"], whole["stream"], whole["route"]) == (
         "responses", 200, False, "gpt")
-    assert (lines[streamed_id]["endpoint"], lines[streamed_id]["stream"],
-            lines[streamed_id]["completion_tokens"]) == ("responses", True, 3)
+    assert (streamed_line["endpoint"], streamed_line["stream"],
+            streamed_line["completion_tokens"]) == ("responses", True, 3)
     with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
         rows = ledger.execute("SELECT request_id, route, status, tokens_out FROM ledger "
                               "WHERE request_id IN (?, ?) ORDER BY tokens_out",
                               (request_id, streamed_id)).fetchall()
     ledger.close()
     assert sorted(rows) == sorted([(request_id, "gpt", 200, 3), (streamed_id, "gpt", 200, 3)])
+
+
+def test_a_client_leaving_a_stream_is_settled_as_chat_streams_are(
+    client: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    upstreams.gpt.script.actions.append(Action(event_delay_s=0.3))
+    raw = client.responses.with_raw_response.create(
+        model="gpt", input="a slow answer of many words", stream=True)
+    request_id = raw.headers["x-request-id"]
+    with raw.parse() as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break  # the client leaves after its first word
+    deadline = time.monotonic() + 10
+    while not (line := _access_line(upstreams.server, request_id)):
+        assert time.monotonic() < deadline, upstreams.server.log
+        time.sleep(0.1)
+    assert (line["endpoint"], line["stream"], line["status"], line["error"]) == (
+        "responses", True, 499, "client_disconnected")
+    assert line["completion_tokens"] > 0  # billed what it streamed
+
+
+def _access_line(server: Server, request_id: str) -> dict[str, Any] | None:
+    for text in server.log.splitlines():
+        if text.startswith("{") and f'"{request_id}"' in text:
+            line: dict[str, Any] = json.loads(text)
+            return line
+    return None
 
 
 @pytest.mark.parametrize(("ask", "param", "words"), [

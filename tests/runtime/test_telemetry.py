@@ -228,7 +228,7 @@ async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
 
 
 @pytest.mark.parametrize("shutdown", [False, True], ids=["client", "shutdown"])
-@pytest.mark.parametrize("path", [CHAT, "/v1/messages"])
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/responses"])
 async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
     gateway_dir: Path, counter: TokenCounter, path: str, shutdown: bool
 ) -> None:
@@ -244,9 +244,10 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                                      base_url="http://aigw.test",
                                      headers={"Authorization": f"Bearer {DEV_KEY}"}) as client:
             words = "one two three four five six seven eight"  # 640 ms to answer
-            call = asyncio.create_task(client.post(path, json={
+            body = {"model": "echo", "input": words} if path == "/v1/responses" else {
                 "model": "echo", "max_tokens": 100,
-                "messages": [{"role": "user", "content": words}]}))
+                "messages": [{"role": "user", "content": words}]}
+            call = asyncio.create_task(client.post(path, json=body))
             await asyncio.sleep(0.2)
             if shutdown:
                 gateway.shutdown.begin(0.0)  # its grace is over: what is cut now, it cut

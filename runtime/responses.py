@@ -88,7 +88,8 @@ def echoed(request: ResponsesRequest) -> dict[str, Any]:
         "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)
                  if text_format is not None else {"type": "text"}},
         "tool_choice": tool_choice,
-        "tools": [tool.model_dump() for tool in request.tools or ()],
+        "tools": [tool.model_dump(include={"type", "name", "description", "parameters",
+                                           "strict"}) for tool in request.tools or ()],
         "top_p": request.top_p,
         "truncation": "disabled",
         "user": request.user,

@@ -23,10 +23,14 @@ runs) is a 400 naming it rather than silently lost. Lowering decisions:
   needs the deployment's ``json_schema`` capability, as on chat).
 - ``max_output_tokens`` -> ``max_completion_tokens`` (OpenAI's reasoning models refuse
   ``max_tokens``; the OpenAI adapter sends servers that know only ``max_tokens`` that).
-- ``reasoning.effort`` -> ``reasoning_effort``; ``prompt_cache_key`` and
+- ``reasoning.effort`` -> ``reasoning_effort``, ``text.verbosity`` -> ``verbosity``
+  (upstreams that have neither refuse them, as on chat); ``prompt_cache_key`` and
   ``safety_identifier`` pass on as chat's (the adapters that cannot use them drop them).
-- ``store``, ``include``, ``service_tier``, ``stream_options`` and ``metadata`` are
-  accepted and not passed on (``metadata`` is echoed in the answer).
+- ``store``, ``include``, ``service_tier``, ``stream_options``,
+  ``prompt_cache_retention``, parts' ``prompt_cache_breakpoint`` and ``metadata`` are
+  accepted and not passed on (``metadata`` is echoed in the answer); fields of an
+  OpenAI-hosted feature on items and tools (``namespace``, ``caller``,
+  ``defer_loading``...) are accepted only null or off.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class _Wire(BaseModel):
 class InputText(_Wire):
     type: Literal["input_text"]
     text: str
+    prompt_cache_breakpoint: Any = None  # a caching hint: accepted, not passed on
 
 
 class InputImage(_Wire):
@@ -60,6 +65,7 @@ class InputImage(_Wire):
     image_url: str | None = None
     file_id: str | None = None
     detail: str | None = None
+    prompt_cache_breakpoint: Any = None
 
 
 class OutputText(_Wire):
@@ -115,6 +121,7 @@ class MessageItem(_Wire):
     content: list[Part]
     id: str | None = None
     status: str | None = None
+    phase: str | None = None  # OpenAI's label of an earlier answer (commentary...)
 
 
 class FunctionCallItem(_Wire):
@@ -124,6 +131,11 @@ class FunctionCallItem(_Wire):
     arguments: str
     id: str | None = None
     status: str | None = None
+    # Tool namespaces and programmatic callers are OpenAI-hosted features: only null,
+    # as an item the SDK dumped whole carries them.
+    namespace: None = None
+    caller: None = None
+    async_: Annotated[None, Field(alias="async")] = None
 
 
 class FunctionCallOutputItem(_Wire):
@@ -132,6 +144,9 @@ class FunctionCallOutputItem(_Wire):
     output: str | list[Part]
     id: str | None = None
     status: str | None = None
+    name: str | None = None
+    namespace: None = None
+    caller: None = None
 
 
 Item = Annotated[
@@ -162,6 +177,11 @@ class FunctionTool(_Wire):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    # OpenAI-hosted tool features (deferred loading, programmatic callers): only off.
+    defer_loading: Literal[False] | None = None
+    allowed_callers: None = None
+    output_schema: None = None
+    async_: Annotated[None, Field(alias="async")] = None
 
 
 class ToolChoiceFunction(_Wire):
@@ -200,6 +220,7 @@ TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSch
 
 class TextConfig(_Wire):
     format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
 
 
 class Reasoning(_Wire):
@@ -255,6 +276,7 @@ class ResponsesRequest(_Wire):
     include: list[str] | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_auto_truncation)] = None
     background: Annotated[bool | None, BeforeValidator(_no_background)] = None
@@ -323,6 +345,8 @@ def to_chat_request(request: ResponsesRequest) -> ChatRequest:
             body[name] = value
     if request.reasoning is not None and request.reasoning.effort is not None:
         body["reasoning_effort"] = request.reasoning.effort
+    if request.text is not None and request.text.verbosity is not None:
+        body["verbosity"] = request.text.verbosity
     text_format = request.text.format if request.text is not None else None
     if isinstance(text_format, TextFormatJsonObject):
         body["response_format"] = {"type": "json_object"}

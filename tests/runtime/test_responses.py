@@ -10,7 +10,12 @@ from typing import Any, get_args
 import httpx
 import pydantic
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import (
+    Response,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseStreamEvent,
+)
 
 from aigw.runtime.errors import UpstreamServerError
 from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
@@ -74,6 +79,7 @@ async def test_forced_tool_gives_a_function_call_item(client: httpx.AsyncClient)
     assert json.loads(call.arguments) == {"city": "Oslo"}
     assert call.id is not None and call.id.startswith("fc_")
     assert response.tool_choice.type == "function"  # type: ignore[union-attr]
+    assert answer.json()["tools"] == [{"description": None, **WEATHER}]
 
 
 async def test_stream_of_a_forced_tool(client: httpx.AsyncClient) -> None:
@@ -173,6 +179,22 @@ def test_lowering_into_chat_messages() -> None:
     assert lowered.output_limit == 50
     assert lowered.model_extra == {"parallel_tool_calls": False, "reasoning_effort": "low",
                                    "response_format": {"type": "json_object"}}
+
+
+def test_items_the_sdk_dumps_whole_are_accepted() -> None:
+    """Output items given back as the SDK's models dump them, null fields and all."""
+    message = ResponseOutputMessage.model_validate(
+        {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "Hi.", "annotations": []}]})
+    call = ResponseFunctionToolCall.model_validate(
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"})
+    request = parse(json.dumps({"model": "m", "input": [
+        {"role": "user", "content": "hi"},
+        message.model_dump(mode="json", by_alias=True),
+        call.model_dump(mode="json", by_alias=True),
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"}]}).encode())
+    assert [m["role"] for m in to_chat_request(request).model_dump()["messages"]] == [
+        "user", "assistant", "tool"]
 
 
 def test_field_path_drops_union_tags() -> None:

@@ -17,9 +17,11 @@ from openai.types.responses import (
     ResponseStreamEvent,
 )
 
+from aigw.runtime.chat import Served
 from aigw.runtime.errors import UpstreamServerError
-from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
-from aigw.runtime.responses import EventEncoder, _Ids, echoed
+from aigw.runtime.live import Gateway
+from aigw.runtime.providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
+from aigw.runtime.responses import EventEncoder, _Ids, echoed, response_body
 from aigw.runtime.responses_wire import field_path, parse, to_chat_request
 
 RESPONSES = "/v1/responses"
@@ -135,6 +137,30 @@ def test_encoder_refusal_and_failure() -> None:
         "response.refusal.delta", "response.failed"]
     assert events[-1]["response"]["error"] == {"code": "server_error",
                                                "message": "the upstream went away"}
+
+
+@pytest.mark.parametrize(("finish", "status", "reason"), [
+    ("stop", "completed", None), ("tool_calls", "completed", None),
+    ("length", "incomplete", "max_output_tokens"),
+    ("content_filter", "incomplete", "content_filter"),
+])
+def test_finish_reasons_give_the_response_status(
+    gateway: Gateway, finish: str, status: str, reason: str | None,
+) -> None:
+    route = gateway.live.graph.routes["echo"]
+    served = Served("chatcmpl-abc", 1, route, route.candidates[0], 1)
+    result = ChatResult("echo-1", (Choice(0, "Partly", finish, refusal="No more."),),
+                        Usage(5, 2, cached_tokens=1, reasoning_tokens=1))
+    response = Response.model_validate(response_body(served, result, ECHO))
+    assert response.status == status
+    assert (response.incomplete_details.reason if response.incomplete_details else None) == (
+        reason)
+    [message] = response.output
+    assert message.type == "message" and message.status == status
+    assert [part.type for part in message.content] == ["output_text", "refusal"]
+    assert response.usage is not None
+    assert response.usage.input_tokens_details.cached_tokens == 1
+    assert response.usage.output_tokens_details.reasoning_tokens == 1
 
 
 def test_lowering_into_chat_messages() -> None:

@@ -25,12 +25,11 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
@@ -57,9 +56,8 @@ from .providers.base import (
     ToolCall,
     ToolCallDelta,
     Usage,
-    close_deltas,
 )
-from .sse import settled_stream
+from .sse import encoded_events, settled_stream
 from .telemetry.record import RequestRecord
 
 __all__ = ["count_tokens", "create_message", "error_body", "error_status"]
@@ -185,7 +183,7 @@ async def _message(exchange: Exchange, read: Callable[[], Awaitable[bytes]]) -> 
     served, deltas = await exchange.stream()
     encoder = EventEncoder(message_id(served), served.deployment.model, chosen.prompt_tokens)
     headers = {**_headers(served, record), **exchange.rate_headers(), **exchange.cache_headers()}
-    return await settled_stream(_events(encoder, deltas, live, record), headers)
+    return await settled_stream(encoded_events(encoder, deltas, live, record), headers)
 
 
 def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
@@ -376,6 +374,11 @@ class EventEncoder:
             "usage": usage_body(usage),
         }) + sse_event("message_stop", {"type": "message_stop"})
 
+    def failed(self, error: GatewayError) -> bytes:
+        """An ``error`` event: what the SDK raises from a stream that failed after it
+        started."""
+        return sse_event("error", error_body(error))
+
     def _add(self, tool: int | None, part: str, call: ToolCallDelta | None) -> bytes:
         """``part`` of the text (``tool`` None) or of tool call ``tool``'s arguments."""
         block = self._open
@@ -435,30 +438,3 @@ class EventEncoder:
         return sse_event("content_block_delta", {
             "type": "content_block_delta", "index": self._blocks - 1, "delta": delta})
 
-
-async def _events(
-    encoder: EventEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
-) -> AsyncGenerator[bytes, None]:
-    ended = False
-    try:
-        # The first delta before the first event: the streams under this one have then
-        # started, and close (settling the request) however it ends (settled_stream).
-        delta = await anext(deltas, None)
-        yield encoder.start()
-        while delta is not None:
-            event = encoder.encode(delta)
-            if event:
-                yield event
-            delta = await anext(deltas, None)
-        yield encoder.finish()
-        ended = True
-    except GatewayError as exc:  # after the status line: the error goes in the stream
-        record.error = str(exc.code)
-        ended = True
-        yield sse_event("error", error_body(exc))
-    finally:  # also when the client went away: settled, recorded and finished either way
-        if not ended:  # the client went away, or a shutdown cut it
-            record.error = live.shutdown.cut()[1]
-        with anyio.CancelScope(shield=True):
-            await close_deltas(deltas)
-        live.telemetry.finish(record)

@@ -21,11 +21,11 @@ back from the core's OpenAI chat results:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-import anyio
 from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey
@@ -34,15 +34,14 @@ from .chat import Served, overhead_header
 from .errors import GatewayError, NotFound, RateLimited, UpstreamRateLimited
 from .exchange import Exchange
 from .jsonio import JSONBody
-from .live import Live
-from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage, close_deltas
+from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage
 from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
-from .sse import settled_stream
-from .telemetry.record import RequestRecord
+from .sse import encoded_events, settled_stream
 
 __all__ = ["EventEncoder", "create_response", "echoed", "not_stored", "response_body"]
 
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_INCOMPLETE: Mapping[str, str] = MappingProxyType(
+    {"length": "max_output_tokens", "content_filter": "content_filter"})
 
 
 async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -60,7 +59,7 @@ async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
     headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
                **overhead_header(record)}
-    return await settled_stream(_events(encoder, deltas, live, record), headers)
+    return await settled_stream(encoded_events(encoder, deltas, live, record), headers)
 
 
 def not_stored(response_id: str) -> NotFound:
@@ -377,30 +376,3 @@ class EventEncoder:
             "failed", self._items("incomplete"), self._usage,
             error={"code": code, "message": error.message}))
 
-
-async def _events(
-    encoder: EventEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
-) -> AsyncGenerator[bytes, None]:
-    ended = False
-    try:
-        # The first delta before the first event: the streams under this one have then
-        # started, and close (settling the request) however it ends (settled_stream).
-        delta = await anext(deltas, None)
-        yield encoder.start()
-        while delta is not None:
-            event = encoder.encode(delta)
-            if event:
-                yield event
-            delta = await anext(deltas, None)
-        yield encoder.finish()
-        ended = True
-    except GatewayError as exc:  # after the status line: the failure goes in the stream
-        record.error = str(exc.code)
-        ended = True
-        yield encoder.failed(exc)
-    finally:  # also when the client went away: settled, recorded and finished either way
-        if not ended:  # the client went away, or a shutdown cut it
-            record.error = live.shutdown.cut()[1]
-        with anyio.CancelScope(shield=True):
-            await close_deltas(deltas)
-        live.telemetry.finish(record)

@@ -1,15 +1,22 @@
-"""OpenAI chat completion objects and chunks, as JSON and as server-sent events."""
+"""OpenAI chat completion objects and chunks, as JSON and as server-sent events; the
+event loop every other wire format's stream runs (``encoded_events``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from . import jsonio
-from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
+from .errors import GatewayError
+from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage, close_deltas
+
+if TYPE_CHECKING:
+    from .live import Live
+    from .telemetry.record import RequestRecord
 
 DONE = b"data: [DONE]\n\n"
 
@@ -182,3 +189,47 @@ async def settled_stream(
     except StopAsyncIteration:
         first = b""
     return _SettledStream(first, events, headers)
+
+
+class StreamEncoder(Protocol):
+    """A wire format's stream events for the core's deltas (Anthropic's Messages,
+    OpenAI's Responses): its opening events, one delta's, its closing ones, and the
+    event that ends a stream which failed after it started."""
+
+    def start(self) -> bytes: ...
+
+    def encode(self, delta: ChatDelta) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    def failed(self, error: GatewayError) -> bytes: ...
+
+
+async def encoded_events(
+    encoder: StreamEncoder, deltas: AsyncIterator[ChatDelta], live: Live, record: RequestRecord
+) -> AsyncGenerator[bytes, None]:
+    """``deltas`` as ``encoder``'s events, for ``settled_stream``; the request is
+    settled, recorded and finished however the stream ends."""
+    ended = False
+    try:
+        # The first delta before the first event: the streams under this one have then
+        # started, and close (settling the request) however it ends (settled_stream).
+        delta = await anext(deltas, None)
+        yield encoder.start()
+        while delta is not None:
+            event = encoder.encode(delta)
+            if event:
+                yield event
+            delta = await anext(deltas, None)
+        yield encoder.finish()
+        ended = True
+    except GatewayError as exc:  # after the status line: the error goes in the stream
+        record.error = str(exc.code)
+        ended = True
+        yield encoder.failed(exc)
+    finally:  # also when the client went away: settled, recorded and finished either way
+        if not ended:  # the client went away, or a shutdown cut it
+            record.error = live.shutdown.cut()[1]
+        with anyio.CancelScope(shield=True):
+            await close_deltas(deltas)
+        live.telemetry.finish(record)

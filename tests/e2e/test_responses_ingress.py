@@ -30,6 +30,17 @@ LOOKUP: Any = {
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }
 
+POLICIES = """
+@id("keys-may-invoke-routes")
+permit (principal, action == Action::"invoke", resource);
+
+@id("any-deployment-may-serve")
+permit (principal, action == Action::"route", resource);
+
+@id("nobody-calls-locked")
+forbid (principal, action == Action::"invoke", resource == Route::"locked");
+"""
+
 
 @dataclass
 class Upstreams:
@@ -43,7 +54,8 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     """Both fakes and one server for the module: starting ``aigw serve`` takes seconds."""
     gpt, claude = OpenAIFake(), AnthropicFake()
     root = tmp_path_factory.mktemp("responses") / "gw"
-    root.mkdir()
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(POLICIES)
     with (pytest.MonkeyPatch.context() as env, serving(gpt.app) as gpt_url,
           serving(claude.app) as claude_url):
         env.setenv("FAKE_OPENAI_KEY", gpt.api_key)  # the server inherits them
@@ -66,7 +78,8 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
             "  gpt: {deployment: gpt}\n"
             "  claude: {deployment: sonnet}\n"
             "  echo: {deployment: echo}\n"
-            "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n" + DEV_KEY_LINE
+            "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n"
+            "  locked: {deployment: gpt}\n" + DEV_KEY_LINE
         )
         server = Server(root)
         try:
@@ -338,6 +351,9 @@ def test_other_errors_have_chat_statuses(upstreams: Upstreams, client: openai.Op
           openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key="sk-not-a-key",
                         max_retries=0) as stranger):
         stranger.responses.create(model="gpt", input="hi")
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:  # by Cedar
+        client.responses.create(model="locked", input="hi")
+    assert forbidden.value.code == "permission_denied"
     with pytest.raises(openai.NotFoundError) as stored:
         client.responses.retrieve("resp_123")
     assert "stores no responses" in stored.value.message

@@ -189,11 +189,17 @@ class ToolChoiceFunction(_Wire):
     name: Annotated[str, Field(min_length=1)]
 
 
+_CHOICES = ("auto", "none", "required")
+_GIVE_CHOICE = 'give auto, none, required or {"type": "function", "name": ...}'
+
+
 def _function_choice(value: object) -> object:
+    """Said what is accepted, rather than pydantic's words for the union's first member."""
     if isinstance(value, dict) and value.get("type") != "function":
         raise ValueError(f"a tool_choice of type {value.get('type')!r} names a tool this "
-                         "gateway does not offer: give auto, none, required or "
-                         '{"type": "function", "name": ...}')
+                         f"gateway does not offer: {_GIVE_CHOICE}")
+    if isinstance(value, str) and value not in _CHOICES:
+        raise ValueError(f"{value!r} is not a tool_choice: {_GIVE_CHOICE}")
     return value
 
 
@@ -260,7 +266,8 @@ class ResponsesRequest(_Wire):
     input: Annotated[list[Item], BeforeValidator(_as_items), Field(min_length=1)]
     instructions: str | None = None
     tools: list[Annotated[FunctionTool, BeforeValidator(_function_tool)]] | None = None
-    tool_choice: Annotated[Literal["auto", "none", "required"] | ToolChoiceFunction | None,
+    # The function first: a dict's error is then its own ("tool_choice.name: missing").
+    tool_choice: Annotated[ToolChoiceFunction | Literal["auto", "none", "required"] | None,
                            BeforeValidator(_function_choice)] = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None

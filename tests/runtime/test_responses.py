@@ -252,3 +252,49 @@ async def test_each_request_logs_one_access_line(
         ("responses", None, 404, False),
     ]
     assert [line["completion_tokens"] for line in lines] == [3, 2, 0]
+
+
+@pytest.mark.parametrize(("body", "param", "message"), [
+    ({"tool_choice": {"type": "function"}}, "tool_choice.name",
+     "Missing required parameter: 'tool_choice.name'."),
+    ({"tool_choice": "sometimes"}, "tool_choice",
+     "Invalid value for 'tool_choice': 'sometimes' is not a tool_choice: give auto, none, "
+     'required or {"type": "function", "name": ...}.'),
+    ({"tool_choice": {"type": "file_search"}}, "tool_choice",
+     "Invalid value for 'tool_choice': a tool_choice of type 'file_search' names a tool this "
+     'gateway does not offer: give auto, none, required or {"type": "function", "name": ...}.'),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input.0.content.0",
+     "Invalid value for 'input.0.content.0': 'input_file' parts cannot be passed on by this "
+     "gateway: input_text and input_image (a user's), output_text and refusal (an "
+     "assistant's) are accepted."),
+    ({"input": [{"role": "assistant", "content": [
+        {"type": "input_image", "image_url": "https://x/y.png"}]}]}, "input.0.content.0",
+     "Invalid value for 'input.0.content.0': an assistant message cannot hold an "
+     "'input_image' part."),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_image", "image_url": "https://x/y.png"}]}]}, "input.0.output.0",
+     "Invalid value for 'input.0.output.0': only text can be passed on in a "
+     "function_call_output (OpenAI-format tool messages hold only text); send an image in a "
+     "user message instead."),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0",
+     "Invalid value for 'input.0': item references need stored items: this gateway stores no "
+     "responses: send the whole conversation as 'input' (earlier output items included)."),
+    ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name",
+     "Missing required parameter: 'text.format.name'."),
+    ({"truncation": "auto"}, "truncation",
+     "Invalid value for 'truncation': this gateway does not drop input items to fit the "
+     'context window: leave it out, or give "disabled".'),
+    ({"background": True}, "background",
+     "Invalid value for 'background': background responses need stored responses, which "
+     "this gateway does not keep: leave it out, or stream the answer."),
+    ({"input": []}, "input",
+     "Invalid value for 'input': Value should have at least 1 item after validation, not 0."),
+])
+async def test_bad_bodies_are_400s_naming_the_parameter(
+    client: httpx.AsyncClient, body: dict[str, Any], param: str, message: str,
+) -> None:
+    answer = await client.post(RESPONSES, json={"model": "fast", "input": "hi", **body})
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"error": {"message": message, "type": "invalid_request_error",
+                                       "param": param, "code": "invalid_request"}}

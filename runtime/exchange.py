@@ -12,8 +12,8 @@
 Calls the attempt loop cut short (or hedges' losers) are billed either way: settled
 with the request, to its budgets, each with an estimated ledger record of its own.
 
-Both /v1/chat/completions and /v1/messages drive an ``Exchange``, so limits, budgets,
-the ledger and metrics behave the same whichever SDK the app uses.
+/v1/chat/completions, /v1/messages and /v1/responses all drive an ``Exchange``, so
+limits, budgets, the ledger and metrics behave the same whichever SDK the app uses.
 """
 
 from __future__ import annotations

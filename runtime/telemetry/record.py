@@ -152,8 +152,8 @@ class RequestRecord:
         return max(0.0, now - self.started - upstream - self.backoff_s)
 
 
-# GenAI's operation names, by the endpoint a record is for (chat and /v1/messages: chat;
-# /v1/pipelines/{name} and /a2a/{name} run an agent of sorts).
+# GenAI's operation names, by the endpoint a record is for (chat, /v1/messages and
+# /v1/responses: chat; /v1/pipelines/{name} and /a2a/{name} run an agent of sorts).
 _OPERATIONS = {"embeddings": "embeddings", "pipelines": "invoke_agent", "a2a": "invoke_agent"}
 
 

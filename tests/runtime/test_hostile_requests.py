@@ -44,7 +44,7 @@ async def test_a_body_nested_too_deep_is_a_400(client: httpx.AsyncClient) -> Non
 
 
 MODEL_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
-               "/v1/messages/count_tokens")
+               "/v1/messages/count_tokens", "/v1/responses")
 JSON_PATHS = (*MODEL_PATHS, "/v1/pipelines/research", "/api/v1/executions", "/route",
               "/evaluate")
 
@@ -162,8 +162,7 @@ async def test_a_caller_without_a_key_is_refused_before_its_body_is_read(
 ) -> None:
     """Each model endpoint read up to max_request_bytes (4 MiB) before it looked at the
     key: anyone could make the gateway hold that much a connection."""
-    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
-                 "/v1/messages/count_tokens"):
+    for path in MODEL_PATHS:
         sent: list[int] = []
         response = await client.post(path, content=_counted_body(sent),
                                      headers={"authorization": "", "x-api-key": "",
@@ -216,9 +215,7 @@ async def test_a_body_that_trickles_in_is_cut_off_with_a_408(
             transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://aigw.test",
             headers={"authorization": f"Bearer {DEV_KEY}", "content-type": "application/json"},
         ) as client:
-            for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
-                         "/v1/messages/count_tokens", "/v1/pipelines/research",
-                         "/api/v1/executions", "/route", "/evaluate"):
+            for path in JSON_PATHS:
                 sent: list[int] = []
                 response = await client.post(path, content=_trickled(sent))
                 assert response.status_code == 408, (path, response.text)

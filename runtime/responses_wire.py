@@ -388,7 +388,14 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
             lowered.append({"role": "tool", "tool_call_id": item.call_id,
                             "content": _tool_output(item, number)})
         elif item.role == "assistant":
-            lowered.append({"role": "assistant", "content": _assistant_text(item, number)})
+            text = _assistant_text(item, number)
+            last = lowered[-1] if lowered else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+                # Text said after its calls (a stream of this gateway's gives it an item
+                # of its own) stays in their turn: the tool messages must follow the calls.
+                last["content"] = (last["content"] or "") + text or None
+            else:
+                lowered.append({"role": "assistant", "content": text})
         else:
             lowered.append({"role": item.role, "content": _content(item, number)})
     return lowered

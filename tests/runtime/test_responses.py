@@ -177,6 +177,7 @@ def test_lowering_into_chat_messages() -> None:
              "arguments": '{"city": "Oslo"}'},
             {"type": "function_call", "call_id": "c2", "name": "get_weather",
              "arguments": '{"city": "Bergen"}'},
+            {"role": "assistant", "content": " Both."},
             {"type": "function_call_output", "call_id": "c1", "output": "5C"},
             {"type": "function_call_output", "call_id": "c2",
              "output": [{"type": "input_text", "text": "rain"}]},
@@ -192,7 +193,7 @@ def test_lowering_into_chat_messages() -> None:
             {"type": "text", "text": "Weather here?"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA",
                                                 "detail": "low"}}]},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"role": "assistant", "content": "Checking. Both.", "tool_calls": [
             {"id": "c1", "type": "function",
              "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
             {"id": "c2", "type": "function",

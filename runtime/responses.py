@@ -180,7 +180,7 @@ def response_body(served: Served, result: ChatResult, echo: dict[str, Any]) -> d
              (("output_text", choice.content), ("refusal", choice.refusal)) if text]
     if parts:
         output.append(_message_item(ids.message(), parts, status))
-    output.extend(_call_item(ids, number, call.id, call.name, call.arguments, "completed")
+    output.extend(_call_item(ids, number, call.id, call.name, call.arguments, status)
                   for number, call in enumerate(choice.tool_calls))
     return _response(ids, served.created, result.model, echo, status, output, result.usage,
                      incomplete)
@@ -344,8 +344,8 @@ class EventEncoder:
     def finish(self) -> bytes:
         status, incomplete = _status(self._finish)
         out = self._close_message(status)
-        for call in self._calls.values():
-            item = self._call_item(call, "completed")
+        for call in self._calls.values():  # cut at the output limit: incomplete too
+            item = self._call_item(call, status)
             out += self._event("response.function_call_arguments.done",
                                item_id=item["id"], output_index=call.output_index,
                                name=call.name, arguments=item["arguments"])
@@ -353,7 +353,7 @@ class EventEncoder:
                                item=item)
         done = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(done, response=self._snapshot(
-            status, self._items("completed"), self._usage, incomplete))
+            status, self._items(status), self._usage, incomplete))
 
     def _items(self, calls: str) -> list[dict[str, Any]]:
         """Every item, in output order: the messages as closed (an open one as it

@@ -127,6 +127,20 @@ def test_encoder_keeps_items_in_output_order_with_interleaved_calls() -> None:
     assert final.usage is not None and final.usage.total_tokens == 16
 
 
+def test_a_call_cut_at_the_output_limit_is_incomplete() -> None:
+    encoder = EventEncoder(_Ids("abc"), 1, "m", ECHO)
+    raw = encoder.start() + encoder.encode(
+        ChatDelta(tool_calls=(ToolCallDelta(0, "call_a", "first", '{"a": '),)))
+    raw += encoder.encode(ChatDelta(finish_reason="length")) + encoder.finish()
+    events = _events(raw.decode())
+    assert [event["item"]["status"] for event in events
+            if event["type"] == "response.output_item.done"] == ["incomplete"]
+    final = events[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [item["status"] for item in final["response"]["output"]] == ["incomplete"]
+
+
 def test_encoder_refusal_and_failure() -> None:
     encoder = EventEncoder(_Ids("abc"), 1, "m", ECHO)
     raw = encoder.start() + encoder.encode(ChatDelta(refusal="I can't."))

@@ -26,11 +26,12 @@ runs) is a 400 naming it rather than silently lost. Lowering decisions:
 - ``reasoning.effort`` -> ``reasoning_effort``, ``text.verbosity`` -> ``verbosity``
   (upstreams that have neither refuse them, as on chat); ``prompt_cache_key`` and
   ``safety_identifier`` pass on as chat's (the adapters that cannot use them drop them).
-- ``store``, ``include``, ``service_tier``, ``stream_options``,
-  ``prompt_cache_retention``, parts' ``prompt_cache_breakpoint`` and ``metadata`` are
-  accepted and not passed on (``metadata`` is echoed in the answer); fields of an
-  OpenAI-hosted feature on items and tools (``namespace``, ``caller``,
-  ``defer_loading``...) are accepted only null or off.
+- ``store``, ``include``, ``service_tier``, ``stream_options``, ``reasoning.summary``
+  (no reasoning items are given back), ``prompt_cache_retention``, parts'
+  ``prompt_cache_breakpoint`` and ``metadata`` are accepted and not passed on
+  (``metadata`` is echoed in the answer); fields of an OpenAI-hosted feature on items
+  and tools (``namespace``, ``caller``, ``defer_loading``...) are accepted only null or
+  off.
 """
 
 from __future__ import annotations

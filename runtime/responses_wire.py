@@ -14,7 +14,7 @@ runs) is a 400 naming it rather than silently lost. Lowering decisions:
   file stored at OpenAI, which no upstream of this gateway can read: refused); an
   assistant's ``output_text`` and ``refusal`` parts are its text.
 - ``function_call`` items -> the assistant's ``tool_calls`` (consecutive calls, and
-  the assistant text just before them, are one assistant message);
+  the assistant text of the same turn, are one assistant message);
   ``function_call_output`` items -> ``tool`` messages (text only, as OpenAI's are).
 - function ``tools`` (the flat shape) -> chat tools; ``strict`` is sent only where the
   app gave it. Any other tool type runs on OpenAI's servers: refused.

@@ -9,6 +9,7 @@ fast in a bare CI job.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,8 +58,11 @@ class CompileResult:
         return tuple(item for item in self.diagnostics if not item.is_error)
 
 
-def compile_gateway(root: str | Path, environ: Mapping[str, str] | None = None) -> CompileResult:
+def compile_gateway(
+    root: str | Path, environ: Mapping[str, str] | None = None, *, now: float | None = None
+) -> CompileResult:
     """Compile the gateway directory ``root``; ${ENV} references read ``environ`` (or os.environ).
+    Key expiry warnings are measured from ``now`` (epoch seconds; default the clock's).
 
     >>> result = compile_gateway(".")
     >>> result.ok, result.graph.fingerprint[:12] if result.graph else None  # doctest: +SKIP
@@ -72,7 +76,7 @@ def compile_gateway(root: str | Path, environ: Mapping[str, str] | None = None) 
         loaded = load(root, sink)
         sources = loaded.sources
         validated = validate(loaded, sink)
-        linked = link(validated, environ, sink)
+        linked = link(validated, environ, sink, time.time() if now is None else now)
         checked = check_cedar(loaded.policies, linked, validated, sink)
         policies = checked.policies
         pipelines = compile_pipelines(validated, linked, sources, sink)

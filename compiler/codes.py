@@ -110,6 +110,8 @@ SEMANTIC_NOT_CHAT = _error("AGW345", "semantic cache on a route that does not se
 SEMANTIC_KEY_NO_EMBEDDINGS = _warning("AGW346", "key may call a route with a semantic cache "
                                       "but not the route that embeds for it")
 REF_MCP_SERVER = _error("AGW347", "unknown MCP server")
+KEY_EXPIRES = _warning("AGW348", "key has expired, or expires within 7 days")
+PREVIOUS_SECRET_RETIRED = _warning("AGW349", "key's previous secret is past its until")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

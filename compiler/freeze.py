@@ -24,6 +24,7 @@ from .graph import (
     McpServer,
     Pipeline,
     Policy,
+    PreviousSecret,
     Price,
     Provider,
     Quota,
@@ -162,6 +163,7 @@ def freeze(
         for name, entry in linked.teams.items()
     }
     keys = {}
+    previous: dict[str, PreviousSecret] = {}
     for name, item in linked.keys.items():
         if item.sha256 is None:
             continue
@@ -179,7 +181,12 @@ def freeze(
                          if key_spec.mcp_servers is not None else None),
             sha256=item.sha256,
             own_per_user=per_user is not None,
+            expires_at=item.expires_at,
         )
+        for earlier in item.previous:
+            if earlier.sha256 is not None:
+                previous[earlier.sha256] = PreviousSecret(keys[item.sha256], earlier.until,
+                                                          earlier.sha256)
     settings = linked.settings
     frozen_pipelines = attach_routes(
         pipelines or {}, routes, groups, deployments,
@@ -221,6 +228,7 @@ def freeze(
         routes=_frozen(routes),
         teams=_frozen(teams),
         keys_by_sha256=_frozen(keys),
+        previous_by_sha256=_frozen(previous),
         policies=policies,
         pipelines=frozen_pipelines,
         mcp_servers=_frozen({

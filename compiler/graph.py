@@ -276,6 +276,19 @@ class ApiKey:
     sha256: str = field(repr=False)
     # per_user is the key's own (not its team's): its users have counters of their own
     own_per_user: bool = False
+    # epoch seconds from which it is refused (401 key_expired); None: it does not expire
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousSecret:
+    """A secret ``key`` had before a rotation: accepted as that same key (its limits,
+    budget, ledger name and Cedar principal) until ``until`` (epoch seconds; None: for
+    as long as the config lists it)."""
+
+    key: ApiKey
+    until: float | None
+    sha256: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,3 +338,5 @@ class Graph:
     mcp_servers: Mapping[str, McpServer]
     warnings: tuple[Diagnostic, ...]
     authorization: Authorization  # the policy set, schema and static Cedar entities
+    # Keys' earlier secrets during rotations, looked up only when keys_by_sha256 misses
+    previous_by_sha256: Mapping[str, PreviousSecret]

@@ -9,7 +9,6 @@ Problems are reported with "did you mean" hints; warnings do not stop the build.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import re
 import urllib.parse
@@ -24,6 +23,7 @@ from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .guardrail_graph import Guardrail
 from .guardrails import check_route_guardrails, link_guardrails
+from .keys import LinkedKey, link_keys
 from .mcp_servers import LinkedMcpServer, link_mcp_servers
 from .pipeline_graph import Agent
 from .semantic_caches import check_semantic_caches
@@ -107,12 +107,6 @@ class LinkedProvider:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkedKey:
-    entry: Entry[KeySpec]
-    sha256: str | None  # None: its ${ENV} secret is unset, so the key is not accepted
-
-
-@dataclass(frozen=True, slots=True)
 class Linked:
     settings: SettingsSpec
     providers: Mapping[str, LinkedProvider]
@@ -129,8 +123,11 @@ class Linked:
     guardrails: Mapping[str, Guardrail] = field(default_factory=dict)
 
 
-def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink) -> Linked:
-    """Resolve every name and ${ENV} reference in ``validated``."""
+def link(
+    validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink, now: float
+) -> Linked:
+    """Resolve every name and ${ENV} reference in ``validated``; ``now`` (epoch seconds)
+    is what key expiry warnings are measured from."""
     tables = _merge_sections(validated, sink)
     broken = validated.broken
     providers = {
@@ -170,7 +167,16 @@ def link(validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink)
             _unknown, sink, codes.REF_GUARDRAIL, "guardrail", known=known_guardrails,
             where=f"route '{route.name}'", extra="guardrails are defined under guardrails:"))
     known_teams = _known(teams, validated, "teams")
-    keys = _link_keys(_entries(tables, "keys", KeySpec), known_teams, environ, sink)
+    key_entries = _entries(tables, "keys", KeySpec)
+    for key_name, key_entry in key_entries.items():
+        team = key_entry.spec.team
+        if team is not None and team not in known_teams:
+            _unknown(sink, codes.REF_TEAM, "team", team, known_teams, key_entry.value("team"),
+                     f"key '{key_name}'")
+    keys = link_keys(
+        key_entries,
+        lambda text, position, unset: _resolve_env(text, position, environ, unset, sink),
+        now, sink)
     known_routes = _known(routes, validated, "routes")
     mcp_entries = _entries(tables, "mcp_servers", McpServerSpec)
     known_mcp_servers = _known(mcp_entries, validated, "mcp_servers")
@@ -675,41 +681,6 @@ def _check_route(
     if spec.pipeline is not None and spec.pipeline not in pipelines:
         _unknown(sink, codes.REF_PIPELINE, "pipeline", spec.pipeline, pipelines,
                  entry.value("pipeline"), where, "pipelines are the files pipelines/<name>.yaml")
-
-
-def _link_keys(
-    keys: Mapping[str, Entry[KeySpec]],
-    teams: Mapping[str, object],
-    environ: Mapping[str, str],
-    sink: DiagnosticSink,
-) -> dict[str, LinkedKey]:
-    linked: dict[str, LinkedKey] = {}
-    owner_of_digest: dict[str, str] = {}
-    for name, entry in keys.items():
-        spec = entry.spec
-        if spec.team is not None and spec.team not in teams:
-            _unknown(sink, codes.REF_TEAM, "team", spec.team, teams, entry.value("team"),
-                     f"key '{name}'")
-        digest = spec.sha256
-        if spec.secret is not None:
-            if "${" not in spec.secret:
-                sink.add(codes.LITERAL_SECRET, f"key '{name}' has a literal secret in the config",
-                         entry.value("secret"),
-                         "write secret: ${ENV_VAR}, or store only its sha256: digest")
-                secret: str | None = spec.secret
-            else:
-                unset: list[str] = []
-                secret = _resolve_env(spec.secret, entry.value("secret"), environ, unset, sink)
-                secret = None if unset or not secret else secret
-            digest = hashlib.sha256(secret.encode()).hexdigest() if secret is not None else None
-        if digest is not None:
-            if digest in owner_of_digest:
-                sink.add(codes.DUPLICATE_KEY_SECRET,
-                         f"key '{name}' has the same secret as key '{owner_of_digest[digest]}'",
-                         entry.key(), "give every key its own secret, so each can be revoked alone")
-            owner_of_digest.setdefault(digest, name)
-        linked[name] = LinkedKey(entry, digest)
-    return linked
 
 
 def _route_candidates(spec: RouteSpec, groups: Mapping[str, Entry[GroupSpec]]) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ from .diagnostics import DiagnosticSink
 from .spec import DeploymentSpec, RouteSpec
 
 if TYPE_CHECKING:
-    from .link import Entry, LinkedKey
+    from .keys import LinkedKey
+    from .link import Entry
 
 
 def check_semantic_caches(

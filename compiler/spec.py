@@ -7,10 +7,11 @@ them; the runtime never sees a spec.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -482,6 +483,68 @@ class TeamSpec(Spec):
     per_user: PerUserSpec | None = Field(None, description="Limits of each end user.")
 
 
+def moment_epoch(text: str) -> float | None:
+    """Epoch seconds of an ISO 8601 date or date and time, UTC where it names no zone;
+    None if ``text`` is neither. A date alone is that day's 00:00 UTC.
+
+    >>> moment_epoch("2026-12-15"), moment_epoch("2026-12-15T01:00:00+01:00")
+    (1797292800.0, 1797292800.0)
+    """
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _check_moment(text: str) -> str:
+    if moment_epoch(text) is None:
+        raise PydanticCustomError(
+            "moment", "expected a date (2026-12-15) or a date and time "
+            "(2026-12-15T18:00:00Z), found '{found}'", {"found": text})
+    return text
+
+
+# A date or a date and time as written; YAML's own dates arrive here as their ISO text.
+Moment = Annotated[str, AfterValidator(_check_moment)]
+
+
+def _one_secret(secret: str | None, sha256: str | None) -> None:
+    """Exactly one of ``secret`` and ``sha256``, the digest well formed."""
+    if (secret is None) == (sha256 is None):
+        raise PydanticCustomError(
+            "key_secret",
+            "needs exactly one of secret or sha256; it has {found}",
+            {"found": "neither" if secret is None else "both"},
+        )
+    if sha256 is not None and not SHA256_PATTERN.match(sha256):
+        length = len(sha256)
+        problem = "characters other than 0-9 a-f" if length == 64 else f"{length} characters"
+        raise PydanticCustomError(
+            "sha256",
+            "sha256 must be 64 lowercase hex digits; it has {problem}",
+            {"problem": problem},
+        )
+
+
+class PreviousSecretSpec(Spec):
+    """A secret a key had before its rotation: it is still that key until ``until``."""
+
+    secret: str | None = Field(None, description="The earlier key itself, as ${ENV_VAR}.")
+    sha256: str | None = Field(None, description="Hex sha256 digest of the earlier key.")
+    until: Moment | None = Field(
+        None, description="Refused from this date (00:00 UTC) or date and time on; "
+        "unset: accepted until it is taken out of previous."
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> PreviousSecretSpec:
+        _one_secret(self.secret, self.sha256)
+        return self
+
+
 class KeySpec(Spec):
     """An API key the gateway accepts: its secret as ${ENV_VAR}, or its sha256 digest."""
 
@@ -499,23 +562,17 @@ class KeySpec(Spec):
     per_user: PerUserSpec | None = Field(
         None, description="Limits of each end user of this key (overrides the team's)."
     )
+    expires: Moment | None = Field(
+        None, description="Refused from this date (00:00 UTC) or date and time on."
+    )
+    previous: list[PreviousSecretSpec] = Field(
+        default_factory=list,
+        description="Earlier secrets still accepted as this key during a rotation.",
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeySpec:
-        if (self.secret is None) == (self.sha256 is None):
-            raise PydanticCustomError(
-                "key_secret",
-                "needs exactly one of secret or sha256; it has {found}",
-                {"found": "neither" if self.secret is None else "both"},
-            )
-        if self.sha256 is not None and not SHA256_PATTERN.match(self.sha256):
-            length = len(self.sha256)
-            problem = "characters other than 0-9 a-f" if length == 64 else f"{length} characters"
-            raise PydanticCustomError(
-                "sha256",
-                "sha256 must be 64 lowercase hex digits; it has {problem}",
-                {"problem": problem},
-            )
+        _one_secret(self.secret, self.sha256)
         return self
 
 

@@ -243,14 +243,19 @@ def _report(
         )
     elif kind == "key_secret":
         sink.add(
-            codes.SCHEMA_KEY_SECRET, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
+            codes.SCHEMA_KEY_SECRET, f"{_key_subject(loc)} {error['msg']}", source_map.key(loc),
             "use 'secret: ${ENV_VAR}' or 'sha256: <hex digest of the key>'",
         )
     elif kind == "sha256":
         sink.add(
-            codes.SCHEMA_SHA256, f"{_subject(loc)}: {error['msg']}",
+            codes.SCHEMA_SHA256, f"{_key_subject(loc)}: {error['msg']}",
             source_map.value((*loc, "sha256")),
             "compute it with: printf %s \"$KEY\" | sha256sum",
+        )
+    elif kind == "moment":
+        sink.add(
+            codes.SCHEMA_VALUE, f"{_key_subject(loc[:-1])} {loc[-1]}: {error['msg']}",
+            source_map.value(loc), "a date alone is 00:00 UTC that day; a time with no zone is UTC",
         )
     else:
         expected = _expected(error)
@@ -358,6 +363,13 @@ def _subject(loc: NodePath) -> str:
     if len(loc) >= 2 and loc[0] in NAMED_SECTIONS:
         return f"{str(loc[0])[:-1]} '{loc[1]}'"
     return ".".join(str(part) for part in loc)
+
+
+def _key_subject(loc: NodePath) -> str:
+    """ "key 'ci'", or "key 'ci' previous[0]" for a loc inside one of its earlier secrets."""
+    if loc[:1] == ("keys",) and len(loc) >= 4 and loc[2] == "previous":
+        return f"{_subject(loc)} previous[{loc[3]}]"
+    return _subject(loc)
 
 
 def _describe(loc: NodePath) -> str:

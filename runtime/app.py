@@ -25,7 +25,7 @@ from aigw.compiler.graph import ApiKey
 
 from . import usage_api
 from .admin_page import admin_page_routes
-from .auth import authenticate, require_admin
+from .auth import authenticate, key_lifetimes, require_admin
 from .chat import chat_completions, new_record, overhead_header
 from .embeddings import embeddings
 from .errors import (
@@ -394,6 +394,7 @@ class _Endpoints:
                         for name, p in sorted(graph.providers.items())
                     },
                     "warnings": [item.as_dict() for item in graph.warnings],
+                    "keys": key_lifetimes(graph, time.time()),
                 },
                 "deployments": {
                     name: dataclasses.asdict(snapshot)

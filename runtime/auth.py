@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 from starlette.datastructures import Headers
 
 from aigw.compiler.graph import ApiKey, Graph
+from aigw.compiler.keys import shown_moment
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, KeyExpired, Unauthorized
 
 # sha256 of "sk-aigw-dev", the development key documented in the README and gateway.yaml.
 DEV_KEY_SHA256 = "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482"
@@ -40,18 +42,36 @@ def authenticate(graph: Graph, headers: Headers) -> ApiKey:
 def key_for(graph: Graph, token: str) -> ApiKey:
     """The key a secret is, or ``Unauthorized``. Digests are of the secret's UTF-8; a
     header value arrives decoded as latin-1, so a secret with non-ASCII characters is
-    also tried as the bytes that were sent."""
-    keys = graph.keys_by_sha256
-    key = keys.get(hashlib.sha256(token.encode()).hexdigest())
+    also tried as the bytes that were sent. Expiry is one comparison of epoch seconds,
+    made only for a key that has one."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    key = graph.keys_by_sha256.get(digest) or _previous(graph, digest)
     if key is None and not token.isascii():
         try:
             sent = token.encode("latin-1")
         except UnicodeEncodeError:  # not from a header: no other reading of it
             sent = b""
-        key = keys.get(hashlib.sha256(sent).hexdigest()) if sent else None
+        if sent:
+            digest = hashlib.sha256(sent).hexdigest()
+            key = graph.keys_by_sha256.get(digest) or _previous(graph, digest)
     if key is None:
         raise Unauthorized("Incorrect API key provided.")
+    if key.expires_at is not None and key.expires_at <= time.time():
+        raise KeyExpired(f"The API key '{key.name}' expired at {shown_moment(key.expires_at)}.")
     return key
+
+
+def _previous(graph: Graph, digest: str) -> ApiKey | None:
+    """The key whose earlier secret, still in its rotation, has ``digest``; looked for
+    only when no key's current secret has it."""
+    previous = graph.previous_by_sha256.get(digest)
+    if previous is None:
+        return None
+    if previous.until is not None and previous.until <= time.time():
+        # Said plainly: only a holder of the old secret sees it, and it tells them why.
+        raise Unauthorized(f"This API key was replaced; the key '{previous.key.name}' stopped "
+                           f"accepting it at {shown_moment(previous.until)}.")
+    return previous.key
 
 
 def require_admin(graph: Graph, headers: Headers) -> ApiKey:
@@ -63,3 +83,28 @@ def admin_only(key: ApiKey) -> ApiKey:
     if not key.admin:
         raise Forbidden(f"key '{key.name}' is not an admin key")
     return key
+
+
+def key_lifetimes(graph: Graph, now: float) -> dict[str, dict[str, object]]:
+    """Each key's expiry and the ends of its rotations' earlier secrets, for /admin/status.
+
+    >>> key_lifetimes(graph, time.time())  # doctest: +SKIP
+    {'ci-bot': {'expires_at': '2027-01-01T00:00:00Z', 'expired': False,
+                'previous': [{'until': '2026-12-15T00:00:00Z', 'refused': False}]}}
+    """
+    shown: dict[str, dict[str, object]] = {
+        key.name: {
+            "expires_at": None if key.expires_at is None else shown_moment(key.expires_at),
+            "expired": key.expires_at is not None and key.expires_at <= now,
+            "previous": [],
+        }
+        for key in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)
+    }
+    for previous in graph.previous_by_sha256.values():
+        entries = shown[previous.key.name]["previous"]
+        assert isinstance(entries, list)
+        entries.append({
+            "until": None if previous.until is None else shown_moment(previous.until),
+            "refused": previous.until is not None and previous.until <= now,
+        })
+    return shown

@@ -4,6 +4,7 @@
     ├── BadRequest                  400 invalid_request_error
     │   └── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
     ├── Unauthorized                401 invalid_api_key
+    │   └── KeyExpired                  401 key_expired (past the key's expires)
     ├── Forbidden                   403 permission_denied
     ├── ModelNotFound, NotFound     404
     │   └── McpSessionUnknown           404 mcp_session_not_found (not this key's session)
@@ -112,6 +113,10 @@ class Unauthorized(GatewayError):
     status = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class KeyExpired(Unauthorized):
+    code = "key_expired"
 
 
 class Forbidden(GatewayError):

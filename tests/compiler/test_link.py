@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aigw.compiler import CompileResult, Graph, compile_gateway
+from aigw.compiler.spec import moment_epoch
 
 WriteGateway = Callable[..., Path]
 
@@ -143,6 +144,56 @@ keys:
     assert list(keys) == [digest]
     assert keys[digest].name == "ci-bot"
     assert [item.code.id for item in result.diagnostics] == ["AGW309"]
+
+
+ROTATING_KEY = """\
+providers:
+  local: {type: echo}
+deployments:
+  a: {provider: local, model: m, context_window: 8192}
+routes:
+  chat: {deployment: a}
+keys:
+  ci-bot:
+    secret: "${NEW_KEY}"
+    expires: 2027-01-01
+    previous:
+      - {secret: "${OLD_KEY}", until: "2026-12-15T12:00:00+01:00"}
+      - {secret: "${UNSET_KEY}"}
+"""
+ROTATION_ENV = {"NEW_KEY": "sk-new", "OLD_KEY": "sk-old"}
+
+
+def test_a_previous_secret_is_the_same_key_until_its_date_in_epoch_seconds(
+    write_gateway: WriteGateway,
+) -> None:
+    graph = _graph(_compile(write_gateway, ROTATING_KEY, ROTATION_ENV))
+    new, old = (hashlib.sha256(secret).hexdigest() for secret in (b"sk-new", b"sk-old"))
+    key = graph.keys_by_sha256[new]
+    assert list(graph.keys_by_sha256) == [new]  # one key, listed once wherever keys are
+    assert list(graph.previous_by_sha256) == [old]  # the unset one is not accepted
+    assert graph.previous_by_sha256[old].key is key
+    assert graph.previous_by_sha256[old].until == 1797332400.0  # 2026-12-15T11:00:00Z
+    assert key.expires_at == 1798761600.0  # 2027-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(("now", "found"), [
+    ("2026-12-01T00:00:00Z", []),
+    ("2026-12-25T00:00:00Z", ["AGW348 key 'ci-bot' expires at 2027-01-01T00:00:00Z, within 7 days",
+                              "AGW349 key 'ci-bot' previous[0] is refused since "
+                              "2026-12-15T11:00:00Z"]),
+    ("2027-01-01T00:00:00Z", ["AGW348 key 'ci-bot' expired at 2027-01-01T00:00:00Z",
+                              "AGW349 key 'ci-bot' previous[0] is refused since "
+                              "2026-12-15T11:00:00Z"]),
+])
+def test_expiry_warnings_are_measured_from_now(
+    write_gateway: WriteGateway, now: str, found: list[str]
+) -> None:
+    root = write_gateway({"gateway.yaml": "version: 1\n" + ROTATING_KEY})
+    result = compile_gateway(root, ROTATION_ENV, now=moment_epoch(now))
+    assert result.ok
+    assert [f"{item.code.id} {item.message}" for item in result.diagnostics
+            if item.code.id != "AGW309"] == found
 
 
 def test_route_candidates_follow_fallbacks_in_order_each_once(

@@ -18,6 +18,8 @@ import httpx
 import openai
 import pytest
 
+from aigw.compiler.keys import shown_moment
+
 from ..conftest import DEV_KEY
 from ..redis_server import PrivateRedis
 from .server import Server, free_port
@@ -430,3 +432,77 @@ def test_max_parallel_holds_a_place_from_a_requests_start_to_its_end(
             model="paid", max_tokens=200, messages=[{"role": "user", "content": _WORDS}])
     _until_served(clients[-1])  # its answer would take five seconds more
     fourth.close()
+
+
+OLD_APP_KEY = "sk-app-0000"
+
+
+def _client(server: Server, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+
+
+def test_a_rotation_added_by_reload_takes_both_secrets_as_one_key_until_the_old_ones_until(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    """Key app gets its earlier secret back under previous: by a reload. Either secret is
+    key app: one max_parallel place between them, one name in the ledger. Past its
+    until, the old secret is refused with no reload, and the new one goes on."""
+    root = _gateway(tmp_path / "gw", "embedded", latency=", latency: {per_token_ms: 30}",
+                    max_parallel=1)
+    server = _start(fleet, root)
+    new, old = _client(server, APP_KEY), _client(server, OLD_APP_KEY)
+    with pytest.raises(openai.AuthenticationError):
+        _ask(old)
+    until = int(time.time()) + 15
+    _reload(server, root, "limits: {max_parallel: 1}",
+            f"limits: {{max_parallel: 1}}, previous: [{{sha256: {_digest(OLD_APP_KEY)}, "
+            f"until: '{shown_moment(until)}'}}]")
+
+    held = _held_stream(old)  # the old secret holds key app's one place
+    with pytest.raises(openai.RateLimitError) as refused:
+        _ask(new)
+    assert "for key 'app'" in refused.value.message
+    held.close()
+    _until_served(new)
+    _ask(old)
+    ledger = _admin(server, "/admin/spend?group_by=key")["data"]
+    assert isinstance(ledger, list) and [row["key"] for row in ledger] == ["app"]
+    graph = _admin(server, "/admin/status")["graph"]
+    assert isinstance(graph, dict)
+    assert graph["keys"]["app"] == {"expires_at": None, "expired": False, "previous": [
+        {"until": shown_moment(until), "refused": False}]}
+
+    time.sleep(max(0.0, until - time.time()) + 0.2)
+    with pytest.raises(openai.AuthenticationError) as retired:
+        _ask(old)
+    assert retired.value.body == {
+        "message": f"This API key was replaced; the key 'app' stopped accepting it at "
+                   f"{shown_moment(until)}.",
+        "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    _ask(new)
+
+
+def test_a_key_past_its_expiry_is_refused_401_key_expired_without_a_reload(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    root = _gateway(tmp_path / "gw", "embedded")
+    server = _start(fleet, root)
+    expires = int(time.time()) + 4
+    _reload(server, root, f"sha256: {_digest(APP_KEY)}",
+            f"sha256: {_digest(APP_KEY)}, expires: '{shown_moment(expires)}'")
+    client = _client(server, APP_KEY)
+    _ask(client)
+    graph = _admin(server, "/admin/status")["graph"]
+    assert isinstance(graph, dict)
+    assert graph["keys"]["app"] == {"expires_at": shown_moment(expires), "expired": False,
+                                    "previous": []}
+    assert [item["code"] for item in graph["warnings"]] == ["AGW348"]  # within 7 days
+
+    time.sleep(max(0.0, expires - time.time()) + 0.2)
+    with pytest.raises(openai.AuthenticationError) as expired:
+        _ask(client)
+    assert expired.value.status_code == 401
+    assert expired.value.body == {
+        "message": f"The API key 'app' expired at {shown_moment(expires)}.",
+        "type": "invalid_request_error", "param": None, "code": "key_expired"}
+    assert _admin(server, "/admin/status")["graph"]["keys"]["app"]["expired"] is True  # type: ignore[index]

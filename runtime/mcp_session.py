@@ -9,6 +9,10 @@ is the key as its client presents it (the bearer token, on every message): aigw 
 stores it (the config holds its sha256 digest, which a reader of the config would know,
 so the digest is not used), every replica sees it on each request, and so this holds
 across replicas and restarts with no state and no secret of aigw's own to distribute.
+During a key's rotation its old and new secrets are one key, but each seals its own
+sessions: a client that switches secrets gets a 404 for its old session id and opens
+a new one (as the MCP spec has it do), and whoever holds a leaked old secret can open
+no session of the new one's.
 
 The construction is a deterministic SIV from HMAC-SHA256 (a PRF), all stdlib::
 

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
 OUTSIDER_KEY = "sk-aigw-outsider"
 TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
+TEAMMATE_OLD_KEY = "sk-aigw-teammate-old"  # the secret teammate's rotation replaced
 LIMITED_KEY = "sk-aigw-limited"  # of team platform, 3 requests a minute
 PLAIN_ONLY_KEY = "sk-aigw-plain-only"  # of team platform, mcp_servers: [plain]
 POLICIES = """
@@ -78,6 +79,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
         outsider = hashlib.sha256(OUTSIDER_KEY.encode()).hexdigest()
         teammate = hashlib.sha256(TEAMMATE_KEY.encode()).hexdigest()
+        teammate_old = hashlib.sha256(TEAMMATE_OLD_KEY.encode()).hexdigest()
         limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
         plain_only = hashlib.sha256(PLAIN_ONLY_KEY.encode()).hexdigest()
         (root / "gateway.yaml").write_text(f"""
@@ -89,7 +91,7 @@ teams: {{platform: {{}}, others: {{}}}}
 keys:
   dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
   outsider: {{team: others, sha256: {outsider}}}
-  teammate: {{team: platform, sha256: {teammate}}}
+  teammate: {{team: platform, sha256: {teammate}, previous: [{{sha256: {teammate_old}}}]}}
   limited: {{team: platform, sha256: {limited}, limits: {{rpm: 3, tpm: 1}}}}
   plain-only: {{team: platform, sha256: {plain_only}, mcp_servers: [plain]}}
 mcp_servers:
@@ -335,6 +337,26 @@ async def test_a_session_is_bound_to_the_key_that_opened_it(
     assert replayed.status_code == 200, replayed.text
     assert replayed.json()["result"]["structuredContent"] == {"result": 2}
     assert gateway.upstream.headers[-2]["mcp-session-id"] == upstream_id
+
+
+async def test_a_session_opened_with_a_keys_old_secret_does_not_open_with_its_new_one(
+    gateway: McpGateway,
+) -> None:
+    """Both secrets are key teammate, but a session is sealed to the secret that opened
+    it: a client that switches secrets mid-rotation gets a 404 and starts a new session
+    (as the MCP spec has it do), and a leaked old secret's sessions stay its own."""
+    url = gateway.url("tools")
+    shown: list[str] = []
+    async with session(url, TEAMMATE_OLD_KEY, session_ids=shown) as client:
+        await client.initialize()
+        result = await client.call_tool("add", {"a": 2, "b": 3})
+        assert result.structured_content == {"result": 5}
+        calls = len(gateway.upstream.headers)
+        switched = rpc(url, TEAMMATE_KEY, shown[-1], "ping", {})
+        assert switched.status_code == 404
+        assert switched.json()["error"]["message"].startswith("Session not found")
+        assert len(gateway.upstream.headers) == calls
+        assert rpc(url, TEAMMATE_OLD_KEY, shown[-1], "ping", {}).status_code == 200
 
 
 @pytest.mark.parametrize("log_first", [False, True], ids=["answer-first", "after-a-log"])

@@ -7,7 +7,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,11 +15,8 @@ import pydantic
 import pytest
 
 from ..conftest import DEV_KEY
-from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
-from ..fakes.openai_fake import OpenAIFake
-from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
+from .responses_gateway import Upstreams, responses_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -30,63 +26,12 @@ LOOKUP: Any = {
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }
 
-POLICIES = """
-@id("keys-may-invoke-routes")
-permit (principal, action == Action::"invoke", resource);
-
-@id("any-deployment-may-serve")
-permit (principal, action == Action::"route", resource);
-
-@id("nobody-calls-locked")
-forbid (principal, action == Action::"invoke", resource == Route::"locked");
-"""
-
-
-@dataclass
-class Upstreams:
-    gpt: OpenAIFake
-    claude: AnthropicFake
-    server: Server
-
 
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     """Both fakes and one server for the module: starting ``aigw serve`` takes seconds."""
-    gpt, claude = OpenAIFake(), AnthropicFake()
-    root = tmp_path_factory.mktemp("responses") / "gw"
-    (root / "policies").mkdir(parents=True)
-    (root / "policies" / "gateway.cedar").write_text(POLICIES)
-    with (pytest.MonkeyPatch.context() as env, serving(gpt.app) as gpt_url,
-          serving(claude.app) as claude_url):
-        env.setenv("FAKE_OPENAI_KEY", gpt.api_key)  # the server inherits them
-        env.setenv("FAKE_ANTHROPIC_KEY", claude.api_key)
-        (root / "gateway.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f'  oai: {{type: openai, base_url: "{gpt_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-            f'  ant: {{type: anthropic, base_url: "{claude_url}", '
-            'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
-            "  local: {type: echo}\n"
-            "deployments:\n"
-            "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
-            "        capabilities: [streaming, tools, vision]}\n"
-            "  sonnet: {provider: ant, model: claude-sonnet-4-5, context_window: 200000,\n"
-            "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
-            "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
-            "         capabilities: [streaming, json_schema]}\n"
-            "routes:\n"
-            "  gpt: {deployment: gpt}\n"
-            "  claude: {deployment: sonnet}\n"
-            "  echo: {deployment: echo}\n"
-            "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n"
-            "  locked: {deployment: gpt}\n" + DEV_KEY_LINE
-        )
-        server = Server(root)
-        try:
-            server.wait_ready()
-            yield Upstreams(gpt, claude, server)
-        finally:
-            server.stop()
+    with responses_gateway(tmp_path_factory.mktemp("responses") / "gw") as served:
+        yield served
 
 
 @pytest.fixture

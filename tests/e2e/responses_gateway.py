@@ -1,0 +1,87 @@
+"""The gateway the /v1/responses end-to-end tests serve: routes on the OpenAI fake, the
+Anthropic fake and the echo provider, a real ``aigw serve`` in front of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+POLICIES = """
+@id("keys-may-invoke-routes")
+permit (principal, action == Action::"invoke", resource);
+
+@id("any-deployment-may-serve")
+permit (principal, action == Action::"route", resource);
+
+@id("nobody-calls-locked")
+forbid (principal, action == Action::"invoke", resource == Route::"locked");
+"""
+
+
+@dataclass
+class Upstreams:
+    gpt: OpenAIFake
+    claude: AnthropicFake
+    server: Server
+
+    def restart(self) -> None:
+        """Stop the gateway and serve its directory again, the fakes left running."""
+        self.server.stop()
+        self.server = Server(self.server.root)
+        self.server.wait_ready()
+
+
+def _gateway_yaml(gpt_url: str, claude_url: str, settings: str, keys: str) -> str:
+    return (
+        "version: 1\n"
+        f"settings: {{{settings}}}\n"
+        "providers:\n"
+        f'  oai: {{type: openai, base_url: "{gpt_url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        f'  ant: {{type: anthropic, base_url: "{claude_url}", '
+        'api_key: "${FAKE_ANTHROPIC_KEY}"}\n'
+        "  local: {type: echo}\n"
+        "deployments:\n"
+        "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
+        "        capabilities: [streaming, tools, vision]}\n"
+        "  sonnet: {provider: ant, model: claude-sonnet-4-5, context_window: 200000,\n"
+        "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
+        "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
+        "         capabilities: [streaming, json_schema]}\n"
+        "routes:\n"
+        "  gpt: {deployment: gpt}\n"
+        "  claude: {deployment: sonnet}\n"
+        "  echo: {deployment: echo}\n"
+        "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n"
+        "  locked: {deployment: gpt}\n" + keys
+    )
+
+
+@contextmanager
+def responses_gateway(root: Path, settings: str = "store: embedded",
+                      keys: str = DEV_KEY_LINE) -> Iterator[Upstreams]:
+    """Both fakes and ``aigw serve`` on ``root`` (a folder it makes) with ``settings`` (the
+    inside of its flow mapping) and ``keys`` (the keys section), until the block ends."""
+    gpt, claude = OpenAIFake(), AnthropicFake()
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "gateway.cedar").write_text(POLICIES)
+    with (pytest.MonkeyPatch.context() as env, serving(gpt.app) as gpt_url,
+          serving(claude.app) as claude_url):
+        env.setenv("FAKE_OPENAI_KEY", gpt.api_key)  # the server inherits them
+        env.setenv("FAKE_ANTHROPIC_KEY", claude.api_key)
+        (root / "gateway.yaml").write_text(_gateway_yaml(gpt_url, claude_url, settings, keys))
+        upstreams = Upstreams(gpt, claude, Server(root))
+        try:
+            upstreams.server.wait_ready()
+            yield upstreams
+        finally:
+            upstreams.server.stop()

@@ -221,6 +221,8 @@ def freeze(
             body_read_timeout_s=settings.body_read_timeout_s,
             max_request_json_containers=settings.max_request_json_containers,
             ledger_retention_days=settings.ledger_retention_days,
+            responses_ttl_s=settings.responses_ttl_s,
+            responses_max_bytes=settings.responses_max_bytes,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

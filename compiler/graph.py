@@ -49,6 +49,8 @@ class Settings:
     body_read_timeout_s: float = 60.0
     max_request_json_containers: int = 50_000
     ledger_retention_days: int | None = None
+    responses_ttl_s: float = 30 * 86400.0
+    responses_max_bytes: int = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,18 @@ class SettingsSpec(Spec):
         description="Largest answer the response cache keeps (as stored); a larger one is "
         "served but not kept, in the process or in Redis.",
     )
+    responses_ttl_s: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] = Field(
+        30 * 86400.0,
+        description="How long /v1/responses keeps a response (store: true, the default) "
+        "for previous_response_id and GET /v1/responses/{id}, in the store (the SQLite "
+        "file, or Redis).",
+    )
+    responses_max_bytes: PositiveInt = Field(
+        4 * 1024 * 1024,
+        description="Largest response /v1/responses keeps, as stored: the conversation "
+        "before it (input items, earlier turns included) and its output. A larger one is "
+        "answered but not kept (logged), so previous_response_id cannot name it.",
+    )
 
 
 class LatencySpec(Spec):

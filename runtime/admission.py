@@ -47,6 +47,7 @@ from .store import (
     open_store,
     tightest_remaining,
 )
+from .store.stored_responses import ResponseStore, open_responses
 from .telemetry.record import CutCall, RequestRecord
 
 log = logging.getLogger("aigw.limits")
@@ -54,7 +55,7 @@ log = logging.getLogger("aigw.limits")
 
 class StoreHandle:
     """The store named by ``settings.store``, opened on first use (it is async to open),
-    and the response cache that lives next to it."""
+    and the response cache and the kept responses (``/v1/responses``) that live next to it."""
 
     def __init__(
         self, url: str, root: Path, failure: str, ttl: float, sync: str,
@@ -70,6 +71,7 @@ class StoreHandle:
         self._outbox = outbox
         self._retention = ledger_retention_days * 86_400.0 if ledger_retention_days else None
         self._store: Store | None = None
+        self._responses: ResponseStore | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
         self._unchecked = False  # streams go on unchecked against budgets (store down)
@@ -85,6 +87,17 @@ class StoreHandle:
                     outbox=self._outbox, ledger_retention=self._retention,
                 )
         return self._store
+
+    async def responses(self) -> ResponseStore:
+        """Where ``/v1/responses`` keeps responses (opened on first use: a gateway that
+        serves none opens nothing)."""
+        if self._responses is not None:
+            return self._responses
+        async with self._lock:
+            if self._responses is None:
+                self._responses = await open_responses(self.url, self._root,
+                                                       self._sync.upper())
+        return self._responses
 
     def unchecked(self) -> None:
         """A stream's budget check found the store unavailable: logged once an outage
@@ -133,6 +146,9 @@ class StoreHandle:
     async def aclose(self) -> None:
         await self._finishing.wait()  # before the store closes underneath them
         await self.cache.aclose()
+        if self._responses is not None:
+            await self._responses.aclose()
+            self._responses = None
         if self._store is not None:
             await self._store.aclose()
             self._store = None

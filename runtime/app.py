@@ -41,7 +41,8 @@ from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
-from .responses import create_response, not_stored
+from .responses import create_response
+from .responses_stored import delete_response, get_response, input_items
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
@@ -72,7 +73,10 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in direct.items()),
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
-            Route("/v1/responses/{response_id}", endpoints.stored_response, methods=["GET"]),
+            Route("/v1/responses/{response_id}", endpoints.stored_response,
+                  methods=["GET", "DELETE"]),
+            Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items,
+                  methods=["GET"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
@@ -334,9 +338,15 @@ class _Endpoints:
         return await self._exchanged(request, "responses", create_response)
 
     async def stored_response(self, request: Request) -> Response:
-        """GET /v1/responses/{id}: an OpenAI-shaped 404, as no response is stored."""
-        authenticate(_live(request).graph, request.headers)
-        raise not_stored(request.path_params["response_id"])
+        """GET or DELETE /v1/responses/{id}: a response kept for the caller's key."""
+        live, response_id = _live(request), request.path_params["response_id"]
+        if request.method == "DELETE":
+            return await delete_response(live, request.headers, response_id)
+        return await get_response(live, request.headers, response_id)
+
+    async def response_input_items(self, request: Request) -> Response:
+        return await input_items(_live(request), request.headers,
+                                 request.path_params["response_id"], request.query_params)
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)

@@ -2,7 +2,8 @@
 
     GatewayError                    status, OpenAI error type and code
     ├── BadRequest                  400 invalid_request_error
-    │   └── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
+    │   ├── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
+    │   └── PreviousResponseNotFound    400 previous_response_not_found (none kept for this key)
     ├── Unauthorized                401 invalid_api_key
     │   └── KeyExpired                  401 key_expired (past the key's expires)
     ├── Forbidden                   403 permission_denied
@@ -129,6 +130,17 @@ class ModelNotFound(GatewayError):
     status = 404
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class PreviousResponseNotFound(BadRequest):
+    """A ``previous_response_id`` the gateway does not keep for this key: never kept
+    (``store: false``), expired, deleted, or another key's. OpenAI's status and code."""
+
+    code = "previous_response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Previous response with id '{response_id}' not found.",
+                         param="previous_response_id")
 
 
 class NotFound(GatewayError):

@@ -3,8 +3,10 @@
     (app: authenticate, read body) -> parse and lower (responses_wire) -> exchange.open
               -> complete | stream -> a Response object | the Responses stream events
 
-Stateless: the answer says ``"store": false`` and ``GET /v1/responses/{id}`` is a 404.
-Errors are OpenAI's error objects with chat's statuses (the app renders them); after a
+With ``store`` true (the default) the response is kept before it is answered (a stream's
+before its last event), and ``previous_response_id`` continues a kept one
+(runtime/responses_stored.py); ``store: false`` keeps nothing and reads nothing. Errors
+are OpenAI's error objects with chat's statuses (the app renders them); after a
 stream has started, a failure ends it with ``response.failed``. Answers are translated
 back from the core's OpenAI chat results:
 
@@ -21,7 +23,7 @@ back from the core's OpenAI chat results:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,14 +33,15 @@ from starlette.responses import Response
 from aigw.compiler.graph import ApiKey
 
 from .chat import Served, overhead_header
-from .errors import GatewayError, NotFound, RateLimited, UpstreamRateLimited
+from .errors import GatewayError, RateLimited, UpstreamRateLimited
 from .exchange import Exchange
 from .jsonio import JSONBody
 from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage
+from .responses_stored import continued, keep, kept_items
 from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
 from .sse import encoded_events, settled_stream
 
-__all__ = ["EventEncoder", "create_response", "echoed", "not_stored", "response_body"]
+__all__ = ["EventEncoder", "create_response", "echoed", "response_body"]
 
 _INCOMPLETE: Mapping[str, str] = MappingProxyType(
     {"length": "max_output_tokens", "content_filter": "content_filter"})
@@ -47,25 +50,44 @@ _INCOMPLETE: Mapping[str, str] = MappingProxyType(
 async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """POST /v1/responses for ``key`` (authenticated), the body read."""
     live, record = exchange.live, exchange.record
-    request = parse(body)
+    asked = parse(body)
+    echo = echoed(asked)  # this request's own fields: instructions are not carried over
+    request, earlier = await continued(live, key, asked)
     await exchange.open(key, to_chat_request(request))
-    echo = echoed(request)
     if not request.stream:
         served, answer = await exchange.complete_as(
             lambda served, result: response_body(served, result, echo))
+        if asked.store is not False:
+            await keep(live, key, asked.model, answer,
+                       kept_items(request, earlier, _ids(served).hex))
         return JSONBody(answer, headers={**served.headers(), **exchange.rate_headers(),
                                          **exchange.cache_headers(), **overhead_header(record)})
     served, deltas = await exchange.stream()
     encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
     headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
                **overhead_header(record)}
-    return await settled_stream(encoded_events(encoder, deltas, live, record), headers)
+    events = encoded_events(encoder, deltas, live, record)
+    if asked.store is not False:
+        items = kept_items(request, earlier, _ids(served).hex)
+        events = _kept_at_end(events, encoder,
+                              lambda final: keep(live, key, asked.model, final, items))
+    return await settled_stream(events, headers)
 
 
-def not_stored(response_id: str) -> NotFound:
-    """GET /v1/responses/{id}: nothing is kept, so no id is found."""
-    return NotFound(f"No response found with id '{response_id}': this gateway stores no "
-                    "responses.", param="response_id")
+async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncoder,
+                       kept: Callable[[dict[str, Any]], Awaitable[None]],
+                       ) -> AsyncGenerator[bytes, None]:
+    """``events``, the response kept before their last one (completed or incomplete) goes
+    out: an app that continues as soon as it reads it finds it. A failed stream is not
+    kept. Closing this closes ``events`` (whose ``finally`` settles the request)."""
+    try:
+        async for event in events:
+            final, encoder.final = encoder.final, None
+            if final is not None:
+                await kept(final)
+            yield event
+    finally:
+        await events.aclose()
 
 
 def echoed(request: ResponsesRequest) -> dict[str, Any]:
@@ -80,9 +102,9 @@ def echoed(request: ResponsesRequest) -> dict[str, Any]:
         "max_output_tokens": request.max_output_tokens,
         "metadata": request.metadata or {},
         "parallel_tool_calls": request.parallel_tool_calls is not False,
-        "previous_response_id": None,
+        "previous_response_id": request.previous_response_id,
         "reasoning": {"effort": reasoning.effort if reasoning else None, "summary": None},
-        "store": False,
+        "store": request.store is not False,
         "temperature": request.temperature,
         "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)
                  if text_format is not None else {"type": "text"}},
@@ -235,6 +257,8 @@ class EventEncoder:
         self._calls: dict[int, _Call] = {}  # by the upstream's tool call index
         self._finish: str | None = None
         self._usage: Usage | None = None
+        # The Response object ``finish`` closed the stream with, until it is kept.
+        self.final: dict[str, Any] | None = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -352,8 +376,8 @@ class EventEncoder:
             out += self._event("response.output_item.done", output_index=call.output_index,
                                item=item)
         done = "response.completed" if status == "completed" else "response.incomplete"
-        return out + self._event(done, response=self._snapshot(
-            status, self._items(status), self._usage, incomplete))
+        self.final = self._snapshot(status, self._items(status), self._usage, incomplete)
+        return out + self._event(done, response=self.final)
 
     def _items(self, calls: str) -> list[dict[str, Any]]:
         """Every item, in output order: the messages as closed (an open one as it

@@ -2,11 +2,13 @@
 
     ResponsesRequest (what the app sent) -> to_chat_request -> ChatRequest (what the core takes)
 
-Stateless: nothing is stored, so ``previous_response_id``, ``conversation`` and
-``item_reference`` items are refused with a 400 that says to send the whole
-conversation as ``input``. Unknown fields are refused (``extra="forbid"``), so that a
-feature the gateway cannot translate (hosted tools, reusable prompts, background
-runs) is a 400 naming it rather than silently lost. Lowering decisions:
+``previous_response_id`` names a kept response (runtime/responses_stored.py puts its
+conversation before ``input``); ``conversation`` (the Conversations API) and
+``item_reference`` items are refused with a 400 that says to send the conversation as
+``input`` or continue it with ``previous_response_id``. Unknown fields are refused
+(``extra="forbid"``), so that a feature the gateway cannot translate (hosted tools,
+reusable prompts, background runs) is a 400 naming it rather than silently lost.
+Lowering decisions:
 
 - ``input`` as a string -> one user message; ``instructions`` -> a system message first.
 - message items keep their role (user, system, developer, assistant); ``input_text``
@@ -26,7 +28,7 @@ runs) is a 400 naming it rather than silently lost. Lowering decisions:
 - ``reasoning.effort`` -> ``reasoning_effort``, ``text.verbosity`` -> ``verbosity``
   (upstreams that have neither refuse them, as on chat); ``prompt_cache_key`` and
   ``safety_identifier`` pass on as chat's (the adapters that cannot use them drop them).
-- ``store``, ``include``, ``service_tier``, ``stream_options``, ``reasoning.summary``
+- ``include``, ``service_tier``, ``stream_options``, ``reasoning.summary``
   (no reasoning items are given back), ``prompt_cache_retention``, parts'
   ``prompt_cache_breakpoint`` and ``metadata`` are accepted and not passed on
   (``metadata`` is echoed in the answer); fields of an OpenAI-hosted feature on items
@@ -47,8 +49,9 @@ from .errors import BadRequest
 _TAGS = frozenset({"message", "function_call", "function_call_output", "input_text",
                    "input_image", "output_text", "refusal", "text", "json_object",
                    "json_schema", "function", "str", "ToolChoiceFunction"})
-_STORED = ("this gateway stores no responses: send the whole conversation as 'input' "
-           "(earlier output items included)")
+_STORED = ("this gateway keeps no conversations nor items apart from responses: send the "
+           "whole conversation as 'input' (earlier output items included), or continue a "
+           "kept response with 'previous_response_id'")
 
 
 class _Wire(BaseModel):
@@ -105,7 +108,7 @@ def _as_item(value: object) -> object:
     kind = value.get("type", "message")
     if kind not in ("message", "function_call", "function_call_output"):
         if kind == "item_reference":
-            raise ValueError(f"item references need stored items: {_STORED}")
+            raise ValueError(f"item references are not followed: {_STORED}")
         raise ValueError(f"items of type {kind!r} cannot be passed on by this gateway: "
                          "message, function_call and function_call_output items are accepted")
     value = {**value, "type": kind}
@@ -236,7 +239,7 @@ class Reasoning(_Wire):
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-def _not_stored(value: object) -> object:
+def _no_conversation(value: object) -> object:
     if value is not None:
         raise ValueError(_STORED)
     return value
@@ -244,8 +247,8 @@ def _not_stored(value: object) -> object:
 
 def _no_background(value: object) -> object:
     if value:
-        raise ValueError("background responses need stored responses, which this gateway "
-                         "does not keep: leave it out, or stream the answer")
+        raise ValueError("background responses are not run by this gateway: leave it out, "
+                         "or stream the answer")
     return value
 
 
@@ -280,7 +283,7 @@ class ResponsesRequest(_Wire):
     metadata: dict[str, str] | None = None
     stream: Annotated[bool, BeforeValidator(_null_is_false)] = False
     stream_options: dict[str, Any] | None = None
-    store: bool | None = None
+    store: bool | None = None  # None is OpenAI's default: kept
     include: list[str] | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
@@ -288,8 +291,8 @@ class ResponsesRequest(_Wire):
     safety_identifier: str | None = None
     truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_auto_truncation)] = None
     background: Annotated[bool | None, BeforeValidator(_no_background)] = None
-    previous_response_id: Annotated[None, BeforeValidator(_not_stored)] = None
-    conversation: Annotated[None, BeforeValidator(_not_stored)] = None
+    previous_response_id: Annotated[str, Field(min_length=1)] | None = None
+    conversation: Annotated[None, BeforeValidator(_no_conversation)] = None
 
 
 def parse(body: bytes) -> ResponsesRequest:

@@ -59,7 +59,7 @@ def test_plain_text_over_either_adapter(
     [message] = response.output
     assert message.type == "message" and message.role == "assistant"
     assert [part.type for part in message.content] == ["output_text"]
-    assert response.store is False and response.metadata == {"ticket": "42"}
+    assert response.store is True and response.metadata == {"ticket": "42"}
     assert response.instructions == "Be brief." and response.max_output_tokens == 100
     assert response.usage is not None
     assert response.usage.output_tokens == 3  # the fakes' count: a word a token
@@ -262,8 +262,6 @@ def _access_line(server: Server, request_id: str) -> dict[str, Any] | None:
 
 
 @pytest.mark.parametrize(("ask", "param", "words"), [
-    ({"previous_response_id": "resp_123"}, "previous_response_id",
-     "send the whole conversation as 'input'"),
     ({"conversation": "conv_123"}, "conversation", "send the whole conversation as 'input'"),
     ({"tools": [{"type": "web_search"}]}, "tools.0", "'web_search' tools run on OpenAI's"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
@@ -301,7 +299,7 @@ def test_other_errors_have_chat_statuses(upstreams: Upstreams, client: openai.Op
     assert forbidden.value.code == "permission_denied"
     with pytest.raises(openai.NotFoundError) as stored:
         client.responses.retrieve("resp_123")
-    assert "stores no responses" in stored.value.message
+    assert stored.value.param == "response_id" and "'resp_123' not found" in stored.value.message
     # refused on the try and on its retry (last in the module: the member cools down)
     upstreams.gpt.script.actions.extend([Action(status=429, headers={"retry-after": "1"})] * 2)
     with pytest.raises(openai.RateLimitError) as limited:

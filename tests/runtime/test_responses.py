@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, get_args
 
 import httpx
@@ -17,12 +21,17 @@ from openai.types.responses import (
     ResponseStreamEvent,
 )
 
+from aigw.runtime.app import create_app
 from aigw.runtime.chat import Served
 from aigw.runtime.errors import UpstreamServerError
 from aigw.runtime.live import Gateway
 from aigw.runtime.providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 from aigw.runtime.responses import EventEncoder, _Ids, echoed, response_body
 from aigw.runtime.responses_wire import field_path, parse, to_chat_request
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
+from ..fakes.serve import free_port
 
 RESPONSES = "/v1/responses"
 # The SDK's stream event models by their type (its union has no discriminator pydantic uses)
@@ -244,12 +253,90 @@ def test_field_path_drops_union_tags() -> None:
     assert field_path(("text", "format", "json_schema", "name")) == "text.format.name"
 
 
-async def test_stored_responses_are_not_found(client: httpx.AsyncClient) -> None:
-    found = await client.get(f"{RESPONSES}/resp_123")
-    assert found.status_code == 404
-    assert found.json()["error"]["param"] == "response_id"
-    anonymous = await client.get(f"{RESPONSES}/resp_123", headers={"authorization": ""})
-    assert anonymous.status_code == 401
+async def test_unknown_responses_are_not_found(client: httpx.AsyncClient) -> None:
+    for method, path in (("GET", "resp_123"), ("DELETE", "resp_123"),
+                         ("GET", "resp_123/input_items")):
+        found = await client.request(method, f"{RESPONSES}/{path}")
+        assert found.status_code == 404
+        assert found.json()["error"]["param"] == "response_id"
+        anonymous = await client.request(method, f"{RESPONSES}/{path}",
+                                         headers={"authorization": ""})
+        assert anonymous.status_code == 401
+
+
+async def test_an_incomplete_stream_is_kept(client: httpx.AsyncClient) -> None:
+    events = await _stream(client, {"model": "fast", "input": "one two three four",
+                                    "max_output_tokens": 2})
+    assert events[-1]["type"] == "response.incomplete"
+    kept = await client.get(f"{RESPONSES}/{events[-1]['response']['id']}")
+    assert kept.status_code == 200, kept.text
+    assert Response.model_validate(kept.json()).status == "incomplete"
+    assert kept.json() == events[-1]["response"]
+
+
+async def test_input_items_paging_is_checked(client: httpx.AsyncClient) -> None:
+    answer = (await client.post(RESPONSES, json={"model": "fast", "input": "hi"})).json()
+    items = f"{RESPONSES}/{answer['id']}/input_items"
+    listed = (await client.get(items)).json()
+    assert [item["content"] for item in listed["data"]] == [[{"type": "input_text",
+                                                             "text": "hi"}]]
+    assert listed["first_id"] == listed["last_id"] == listed["data"][0]["id"]
+    for query, param in (("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
+                         ("order=up", "order"), ("after=msg_nope", "after")):
+        refused = await client.get(f"{items}?{query}")
+        assert refused.status_code == 400, query
+        assert refused.json()["error"]["param"] == param
+
+
+@asynccontextmanager
+async def _served_with(gateway_dir: Path, counter: TokenCounter, settings: str,
+                       store: str = "embedded") -> AsyncIterator[httpx.AsyncClient]:
+    """The shipped gateway on ``store`` with ``settings`` (YAML lines) added, in-process."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "settings:\n  store: embedded", f'settings:\n{settings}  store: "{store}"', 1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+                                     base_url="http://aigw.test",
+                                     headers={"Authorization": f"Bearer {DEV_KEY}"}) as http:
+            yield http
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
+    gateway_dir: Path, counter: TokenCounter, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _served_with(gateway_dir, counter, "  responses_max_bytes: 1500\n") as http:
+        small = (await http.post(RESPONSES, json={"model": "fast", "input": "hi"})).json()
+        large = await http.post(RESPONSES, json={"model": "fast", "input": "word " * 300})
+        assert large.status_code == 200
+        assert (await http.get(f"{RESPONSES}/{small['id']}")).status_code == 200
+        assert (await http.get(f"{RESPONSES}/{large.json()['id']}")).status_code == 404
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "aigw.responses"]
+    assert f"response {large.json()['id']} of key dev not kept" in warning
+    assert "over responses_max_bytes (1500)" in warning
+
+
+async def test_a_store_that_cannot_answer(
+    gateway_dir: Path, counter: TokenCounter, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis down (the limits failing open): answered and not kept, logged; a continuation
+    is a 503, at once while the store rests after the failure."""
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    async with _served_with(gateway_dir, counter, "  store_failure: fail_open\n",
+                            store=nobody) as http:
+        answer = await http.post(RESPONSES, json={"model": "fast", "input": "hi"})
+        assert answer.status_code == 200, answer.text
+        started = time.monotonic()
+        refused = await http.post(RESPONSES, json={
+            "model": "fast", "input": "more", "previous_response_id": answer.json()["id"]})
+        assert time.monotonic() - started < 0.5
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "store_unavailable"
+    assert any(f"response {answer.json()['id']} of key dev not kept" in r.getMessage()
+               for r in caplog.records if r.name == "aigw.responses")
 
 
 async def test_each_request_logs_one_access_line(
@@ -293,16 +380,18 @@ async def test_each_request_logs_one_access_line(
      "function_call_output (OpenAI-format tool messages hold only text); send an image in a "
      "user message instead."),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0",
-     "Invalid value for 'input.0': item references need stored items: this gateway stores no "
-     "responses: send the whole conversation as 'input' (earlier output items included)."),
+     "Invalid value for 'input.0': item references are not followed: this gateway keeps no "
+     "conversations nor items apart from responses: send the whole conversation as 'input' "
+     "(earlier output items included), or continue a kept response with "
+     "'previous_response_id'."),
     ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name",
      "Missing required parameter: 'text.format.name'."),
     ({"truncation": "auto"}, "truncation",
      "Invalid value for 'truncation': this gateway does not drop input items to fit the "
      'context window: leave it out, or give "disabled".'),
     ({"background": True}, "background",
-     "Invalid value for 'background': background responses need stored responses, which "
-     "this gateway does not keep: leave it out, or stream the answer."),
+     "Invalid value for 'background': background responses are not run by this gateway: "
+     "leave it out, or stream the answer."),
     ({"input": []}, "input",
      "Invalid value for 'input': Value should have at least 1 item after validation, not 0."),
 ])

@@ -1,0 +1,174 @@
+"""Kept responses: ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``.
+
+A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
+the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
+record: the key that made it (its name), the route, the response object as answered,
+and its ``input`` items: every item the model was given but the instructions, that is
+the conversation of the response it continued (that one's input, then its output),
+then the request's own items, each with an id (``msg_``/``fc_``/``fco_`` and the
+response's hex where the app gave none). So a continuation reads one record however
+long the chain, ``input_items`` pages that list, and ``responses_max_bytes`` bounds a
+whole conversation (a response over it is answered and not kept, logged).
+
+``previous_response_id`` puts that record's input items and output items before the
+request's own; instructions are not carried over (OpenAI's rule: each request gives its
+own). A response is the key's that made it: another key finds nothing (404, or a
+``previous_response_not_found`` 400), as for an id never kept; admin keys find any.
+Completed and incomplete (cut at the output limit) responses are kept, failed ones not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import Response
+
+from aigw.compiler.graph import ApiKey
+
+from . import jsonio
+from .auth import authenticate
+from .errors import BadRequest, NotFound, PreviousResponseNotFound, StoreUnavailable
+from .jsonio import JSONBody
+from .live import Live
+from .responses_wire import Item, ResponsesRequest
+from .store.stored_responses import KeptResponse
+
+log = logging.getLogger("aigw.responses")
+
+__all__ = ["continued", "delete_response", "get_response", "input_items", "keep",
+           "kept_items"]
+
+_ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
+_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_ORDERS = ("asc", "desc")
+
+
+async def _kept(live: Live, key: ApiKey, response_id: str) -> dict[str, Any] | None:
+    """The record of ``response_id`` if ``key`` may read it."""
+    store = await live.store.responses()
+    found: KeptResponse | None = await store.get(response_id)
+    if found is None or (found.key != key.name and not key.admin):
+        return None
+    record: dict[str, Any] = jsonio.loads(found.body)
+    return record
+
+
+async def continued(live: Live, key: ApiKey,
+                    request: ResponsesRequest) -> tuple[ResponsesRequest, list[dict[str, Any]]]:
+    """``request`` with the conversation of its ``previous_response_id`` before its own
+    input, and that conversation's items as kept (the new record starts with them)."""
+    previous = request.previous_response_id
+    if previous is None:
+        return request, []
+    record = await _kept(live, key, previous)
+    if record is None:
+        raise PreviousResponseNotFound(previous)
+    earlier: list[dict[str, Any]] = [*record["input"], *record["response"]["output"]]
+    try:
+        items = _ITEMS.validate_python(earlier)
+    except ValidationError as exc:  # kept by another aigw version, in a shape this one refuses
+        raise BadRequest(f"The response '{previous}' cannot be continued by this gateway "
+                         "version: send the whole conversation as 'input'.",
+                         param="previous_response_id") from exc
+    return request.model_copy(update={"input": [*items, *request.input]}), earlier
+
+
+def kept_items(request: ResponsesRequest, earlier: list[dict[str, Any]],
+               hex_id: str) -> list[dict[str, Any]]:
+    """The input items a kept response lists: ``earlier`` as kept, then the request's
+    own (``request.input`` ends with them), each given an id and a status if it has none."""
+    items = list(earlier)
+    for number, item in enumerate(request.input[len(earlier):], start=len(earlier)):
+        dumped = item.model_dump(by_alias=True, exclude_none=True)
+        dumped.setdefault("id", f"{_PREFIX[item.type]}_{hex_id}_{number}")
+        dumped.setdefault("status", "completed")  # the SDK's assistant message needs it
+        items.append(dumped)
+    return items
+
+
+async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
+               items: list[dict[str, Any]]) -> None:
+    """Keep ``response`` (a completed or incomplete one) and its input ``items``. Not
+    kept, logged, when it is over ``responses_max_bytes`` or the store cannot take it:
+    the answer itself is not failed for it."""
+    settings = live.graph.settings
+    body = jsonio.dumps({"key": key.name, "route": route, "input": items,
+                         "response": response})
+    if len(body) > settings.responses_max_bytes:
+        log.warning("response %s of key %s not kept: %d bytes with its conversation, over "
+                    "responses_max_bytes (%d); previous_response_id cannot name it",
+                    response["id"], key.name, len(body), settings.responses_max_bytes)
+        return
+    try:
+        store = await live.store.responses()
+        await store.put(response["id"], key.name, body, settings.responses_ttl_s)
+    except StoreUnavailable as exc:
+        log.warning("response %s of key %s not kept: %s", response["id"], key.name, exc)
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
+    """GET /v1/responses/{id}: the Response object as it was answered."""
+    record = await _kept(live, authenticate(live.graph, headers), response_id)
+    if record is None:
+        raise _not_found(response_id)
+    return JSONBody(record["response"])
+
+
+async def delete_response(live: Live, headers: Headers, response_id: str) -> Response:
+    """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing."""
+    key = authenticate(live.graph, headers)
+    if await _kept(live, key, response_id) is None:
+        raise _not_found(response_id)
+    store = await live.store.responses()
+    if not await store.delete(response_id):
+        raise _not_found(response_id)  # expired or deleted meanwhile
+    return JSONBody({"id": response_id, "object": "response", "deleted": True})
+
+
+async def input_items(live: Live, headers: Headers, response_id: str,
+                      query: QueryParams) -> Response:
+    """GET /v1/responses/{id}/input_items: a page of its input items, as OpenAI pages
+    them (``order`` desc by default, ``limit`` 1 to 100, 20 by default, ``after`` an
+    item id; ``include`` is accepted and changes nothing)."""
+    key = authenticate(live.graph, headers)
+    order = query.get("order", "desc")
+    if order not in _ORDERS:
+        raise BadRequest(f"Invalid value for 'order': {order!r} is not one of 'asc', "
+                         "'desc'.", param="order")
+    limit = _limit(query.get("limit", "20"))
+    record = await _kept(live, key, response_id)
+    if record is None:
+        raise _not_found(response_id)
+    items: list[dict[str, Any]] = record["input"]
+    if order == "desc":
+        items = items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise BadRequest(f"Invalid value for 'after': no input item of '{response_id}' "
+                             f"has id '{after}'.", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return JSONBody({"object": "list", "data": page,
+                     "first_id": page[0]["id"] if page else None,
+                     "last_id": page[-1]["id"] if page else None,
+                     "has_more": len(items) > limit})
+
+
+def _limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise BadRequest(f"Invalid value for 'limit': {text!r} is not an integer from 1 to "
+                         "100.", param="limit")
+    return limit

@@ -1,0 +1,206 @@
+"""Responses kept for ``previous_response_id`` and ``GET /v1/responses/{id}``, in the store.
+
+    ResponseStore                   the seam; ``open_responses(settings.store URL)``
+    ├── SQLiteResponses             embedded: a table beside the ledger in the SQLite file
+    └── RedisResponses              replicas: a key per response, expired by Redis
+
+A kept response is one opaque record (JSON bytes, built by runtime/responses_stored.py)
+under its id, with the name of the key that made it and when it expires. The write is
+awaited before the answer (or a stream's last event) goes out, as a ledger record is,
+so a client that continues at once finds it, whichever worker or replica serves the
+next turn: in SQLite it is committed with whatever else the file's writer thread has
+queued (group commit). A response past its expiry is not found; SQLite's expired rows
+are deleted by the first write each hour, Redis expires its own. After Redis did not
+answer, it is left alone for ``RedisResponses.REST_S`` (reads are 503s, writes not
+made, at once): a Redis that hangs must not hold every answer for its timeout.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..errors import StoreUnavailable
+from .redis_store import disconnected
+from .sqlite_file import SQLiteFile
+
+PURGE_EVERY_S = 3600.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id          TEXT PRIMARY KEY,
+    "key"       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    body        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptResponse:
+    """A kept response: the key that made it (its name) and its record."""
+
+    key: str
+    body: bytes
+
+
+class ResponseStore(Protocol):
+    """Where kept responses live; every method raises ``StoreUnavailable`` when the
+    store cannot answer."""
+
+    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
+        """Keep ``body`` under ``response_id`` for ``ttl_s`` seconds; a later read (from
+        this process, or any replica for Redis) finds it once this returns."""
+        ...
+
+    async def get(self, response_id: str) -> KeptResponse | None:
+        """The response, or None when it was never kept, has expired or was deleted."""
+        ...
+
+    async def delete(self, response_id: str) -> bool:
+        """Forget the response; False when there was none."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SQLiteResponses:
+    """``ResponseStore`` in the embedded store's SQLite file."""
+
+    def __init__(self, db: SQLiteFile, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+        self._purge_at = 0.0  # when expired rows are next deleted
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL",
+                   clock: Callable[[], float] = time.time) -> SQLiteResponses:
+        return cls(await SQLiteFile.open(path, synchronous=synchronous, schema=_create_table),
+                   clock)
+
+    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
+        now = self._clock()
+        await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body),
+                            single=True)
+        if now >= self._purge_at:  # queued, not awaited: at most once every PURGE_EVERY_S
+            self._purge_at = now + PURGE_EVERY_S
+            self._db.post(partial(_purge, now))
+
+    async def get(self, response_id: str) -> KeptResponse | None:
+        return await self._db.call(partial(_select, response_id, self._clock()), single=True)
+
+    async def delete(self, response_id: str) -> bool:
+        return await self._db.call(partial(_delete, response_id, self._clock()), single=True)
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+
+def _create_table(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def _insert(response_id: str, key: str, created_at: float, expires_at: float, body: bytes,
+            connection: sqlite3.Connection) -> None:
+    connection.execute(
+        'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body) '
+        "VALUES (?, ?, ?, ?, ?)", (response_id, key, created_at, expires_at, body))
+
+
+def _select(response_id: str, now: float,
+            connection: sqlite3.Connection) -> KeptResponse | None:
+    row = connection.execute('SELECT "key", body FROM responses WHERE id = ? AND expires_at > ?',
+                             (response_id, now)).fetchone()
+    return None if row is None else KeptResponse(row[0], bytes(row[1]))
+
+
+def _delete(response_id: str, now: float, connection: sqlite3.Connection) -> bool:
+    cursor = connection.execute("DELETE FROM responses WHERE id = ? AND expires_at > ?",
+                                (response_id, now))
+    return cursor.rowcount > 0
+
+
+def _purge(now: float, connection: sqlite3.Connection) -> None:
+    connection.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+
+
+class RedisResponses:
+    """``ResponseStore`` on Redis: ``<namespace>:response:<id>``, a hash of the key's
+    name and the record, expiring with the response."""
+
+    TIMEOUT_S = 1.0
+    REST_S = 5.0
+
+    def __init__(self, url: str, namespace: str = "aigw") -> None:
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S,
+            retry=Retry(NoBackoff(), 1))
+        self._prefix = f"{namespace}:response:"
+        self._resting_until = 0.0
+
+    def _check(self) -> None:
+        if time.monotonic() < self._resting_until:
+            raise StoreUnavailable("the response store (Redis) did not answer a moment ago")
+
+    def _failed(self, exc: RedisError | OSError) -> StoreUnavailable:
+        if disconnected(exc):
+            self._resting_until = time.monotonic() + self.REST_S
+        return StoreUnavailable(f"the response store (Redis) failed: {exc}")
+
+    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
+        self._check()
+        name = self._prefix + response_id
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(name, mapping={"key": key, "body": body})
+                pipe.pexpire(name, max(1, int(ttl_s * 1000)))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    async def get(self, response_id: str) -> KeptResponse | None:
+        self._check()
+        try:
+            found = await self._redis.hmget(self._prefix + response_id, ["key", "body"])
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+        key, body = found  # the client does not decode: bytes, or None when absent
+        if not isinstance(key, bytes) or not isinstance(body, bytes):
+            return None
+        return KeptResponse(key.decode(), body)
+
+    async def delete(self, response_id: str) -> bool:
+        self._check()
+        try:
+            return bool(await self._redis.delete(self._prefix + response_id))
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+async def open_responses(url: str, root: Path, synchronous: str = "FULL") -> ResponseStore:
+    """The response store of a ``settings.store`` URL: the embedded SQLite file (the
+    ledger's) or Redis."""
+    if url == "embedded" or url.startswith("embedded:"):
+        file = url.partition(":")[2] or "aigw.sqlite"
+        path = Path(file) if file == ":memory:" else root / file
+        return await SQLiteResponses.open(path, synchronous=synchronous)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisResponses(url)
+    raise ValueError(f"unknown store {url!r}")

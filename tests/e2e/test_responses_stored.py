@@ -1,0 +1,219 @@
+"""Kept responses end to end, on both stores: ``previous_response_id`` chains over the
+OpenAI and Anthropic fakes, ``client.responses.retrieve / delete / input_items``, keys
+that find only their own, ``store: false``, expiry and a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..providers.conftest import dev_key_line
+from .responses_gateway import Upstreams, responses_gateway
+
+pytestmark = pytest.mark.e2e
+
+ALICE, BOB = "sk-responses-alice", "sk-responses-bob"
+LOOKUP: Any = {
+    "type": "function", "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+}
+
+
+def _keys() -> str:
+    """The dev key (an admin) and two keys of apps, alice and bob."""
+    return dev_key_line() + "".join(
+        f"  {name}: {{sha256: {hashlib.sha256(secret.encode()).hexdigest()}}}\n"
+        for name, secret in (("alice", ALICE), ("bob", BOB)))
+
+
+def _store(request: pytest.FixtureRequest, kind: str) -> str:
+    return "embedded" if kind == "embedded" else str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def upstreams(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    # Kept in the shared test Redis: they expire within the hour.
+    settings = f'store: "{_store(request, request.param)}", responses_ttl_s: 3600'
+    with responses_gateway(tmp_path_factory.mktemp("kept") / "gw", settings,
+                           _keys()) as served:
+        yield served
+
+
+def _client(upstreams: Upstreams, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=key,
+                         max_retries=0)
+
+
+@pytest.fixture
+def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
+    with _client(upstreams, ALICE) as sdk:
+        yield sdk
+
+
+def _not_found_as_previous(client: openai.OpenAI, response_id: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="gpt", previous_response_id=response_id, input="more")
+    assert refused.value.body == {
+        "message": f"Previous response with id '{response_id}' not found.",
+        "type": "invalid_request_error", "param": "previous_response_id",
+        "code": "previous_response_not_found"}
+
+
+def test_two_turns_over_openai(alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = alice.responses.create(model="gpt", instructions="Be brief.",
+                                   input="my name is Ada")
+    assert first.store is True and first.previous_response_id is None
+    second = alice.responses.create(model="gpt", previous_response_id=first.id,
+                                    input="what is my name?")
+    assert second.previous_response_id == first.id
+    assert second.instructions is None  # not carried over, as OpenAI's are not
+    third = alice.responses.create(model="gpt", previous_response_id=second.id,
+                                   instructions="Be terse.", input="and again?")
+    assert third.output_text == "fake-openai: and again?"
+    # The whole chain, the first turn's instructions left behind, this turn's first.
+    assert upstreams.gpt.script.requests[-1]["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "fake-openai: my name is Ada"},
+        {"role": "user", "content": "what is my name?"},
+        {"role": "assistant", "content": "fake-openai: what is my name?"},
+        {"role": "user", "content": "and again?"},
+    ]
+
+
+def test_two_turns_over_anthropic(alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = alice.responses.create(model="claude", instructions="Be brief.",
+                                   input="my name is Ada")
+    second = alice.responses.create(model="claude", previous_response_id=first.id,
+                                    input="what is my name?")
+    assert second.output_text == "fake-anthropic: what is my name?"
+    sent = upstreams.claude.script.requests[-1]
+    assert "system" not in sent
+    assert sent["messages"] == [
+        {"role": role, "content": [{"type": "text", "text": text}]} for role, text in (
+            ("user", "my name is Ada"), ("assistant", "fake-anthropic: my name is Ada"),
+            ("user", "what is my name?"))]
+
+
+def test_a_stream_is_kept_and_continued(alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    completed = list(alice.responses.create(model="gpt", input="one two three", stream=True))[-1]
+    assert completed.type == "response.completed"
+    final = completed.response
+    assert final.store is True
+    assert alice.responses.retrieve(final.id).model_dump() == final.model_dump()
+    answer = alice.responses.create(model="gpt", previous_response_id=final.id,
+                                    input="four", stream=True)
+    events = list(answer)
+    assert events[-1].type == "response.completed"
+    assert upstreams.gpt.script.requests[-1]["messages"] == [
+        {"role": "user", "content": "one two three"},
+        {"role": "assistant", "content": "fake-openai: one two three"},
+        {"role": "user", "content": "four"},
+    ]
+
+
+def test_a_function_call_is_answered_by_its_output_alone(
+    alice: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    first = alice.responses.create(model="gpt", input="find the moon", tools=[LOOKUP])
+    [call] = first.output
+    assert call.type == "function_call"
+    answer = alice.responses.create(model="gpt", previous_response_id=first.id, tools=[LOOKUP],
+                                    input=[{"type": "function_call_output",
+                                            "call_id": call.call_id, "output": "it is full"}])
+    assert answer.output_text == "tool said: it is full"
+    assert upstreams.gpt.script.requests[-1]["messages"] == [
+        {"role": "user", "content": "find the moon"},
+        {"role": "assistant", "tool_calls": [
+            {"id": call.call_id, "type": "function",
+             "function": {"name": "lookup", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": "it is full"},
+    ]
+
+
+def test_retrieve_input_items_and_delete(alice: openai.OpenAI) -> None:
+    first = alice.responses.create(model="gpt", input="one")
+    second = alice.responses.create(model="gpt", previous_response_id=first.id,
+                                    input=[{"role": "user", "content": "two"}])
+    assert alice.responses.retrieve(second.id).model_dump() == second.model_dump()
+
+    page = alice.responses.input_items.list(second.id)  # newest first, by default
+    said = [(item.type, getattr(item, "role", None),
+             item.content[0].text)  # type: ignore[union-attr]
+            for item in page.data]
+    assert said == [("message", "user", "two"), ("message", "assistant", "fake-openai: one"),
+                    ("message", "user", "one")]
+    assert page.data[1].id == first.output[0].id  # an output item keeps its id
+    assert len({item.id for item in page.data}) == 3 and page.has_more is False
+    oldest = alice.responses.input_items.list(second.id, order="asc", limit=1)
+    assert [item.id for item in oldest.data] == [page.data[2].id] and oldest.has_more
+    following = alice.responses.input_items.list(second.id, order="asc", limit=5,
+                                                 after=oldest.data[0].id)
+    assert [item.id for item in following.data] == [page.data[1].id, page.data[0].id]
+
+    assert alice.responses.delete(second.id) is None
+    with pytest.raises(openai.NotFoundError) as gone:
+        alice.responses.retrieve(second.id)
+    assert gone.value.body == {"message": f"Response with id '{second.id}' not found.",
+                               "type": "invalid_request_error", "param": "response_id",
+                               "code": "not_found"}
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.delete(second.id)
+    _not_found_as_previous(alice, second.id)
+    assert alice.responses.retrieve(first.id).id == first.id  # its own record stays
+
+
+def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    kept = alice.responses.create(model="gpt", input="mine")
+    with _client(upstreams, BOB) as bob:
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(kept.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.input_items.list(kept.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.delete(kept.id)
+        _not_found_as_previous(bob, kept.id)
+    with _client(upstreams, DEV_KEY) as admin:  # an admin key reads any
+        assert admin.responses.retrieve(kept.id).output_text == "fake-openai: mine"
+    assert alice.responses.retrieve(kept.id).id == kept.id
+
+
+def test_store_false_keeps_nothing(alice: openai.OpenAI) -> None:
+    passing = alice.responses.create(model="gpt", input="forget me", store=False)
+    assert passing.store is False
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.retrieve(passing.id)
+    _not_found_as_previous(alice, passing.id)
+
+
+def test_a_restart_keeps_them(alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    kept = alice.responses.create(model="gpt", input="remember me")
+    upstreams.restart()
+    with _client(upstreams, ALICE) as again:
+        assert again.responses.retrieve(kept.id).model_dump() == kept.model_dump()
+        answer = again.responses.create(model="gpt", previous_response_id=kept.id,
+                                        input="who?")
+    assert answer.previous_response_id == kept.id
+    assert json.dumps(upstreams.gpt.script.requests[-1]["messages"]).count("remember me") == 2
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+def test_they_expire(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    settings = f'store: "{_store(request, kind)}", responses_ttl_s: 2'
+    with (responses_gateway(tmp_path / "gw", settings, _keys()) as served,
+          _client(served, ALICE) as alice):
+        kept = alice.responses.create(model="echo", input="short-lived")
+        assert alice.responses.retrieve(kept.id).id == kept.id
+        time.sleep(2.2)
+        with pytest.raises(openai.NotFoundError):
+            alice.responses.retrieve(kept.id)
+        _not_found_as_previous(alice, kept.id)

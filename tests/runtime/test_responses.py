@@ -17,6 +17,9 @@ import pytest
 from openai.types.responses import (
     Response,
     ResponseFunctionToolCall,
+    ResponseFunctionToolCallItem,
+    ResponseFunctionToolCallOutputItem,
+    ResponseInputMessageItem,
     ResponseOutputMessage,
     ResponseStreamEvent,
 )
@@ -272,6 +275,39 @@ async def test_an_incomplete_stream_is_kept(client: httpx.AsyncClient) -> None:
     assert kept.status_code == 200, kept.text
     assert Response.model_validate(kept.json()).status == "incomplete"
     assert kept.json() == events[-1]["response"]
+
+
+# The SDK's model of each kind of input item /input_items lists.
+ITEMS: dict[tuple[str, str | None], type[pydantic.BaseModel]] = {
+    ("message", "user"): ResponseInputMessageItem,
+    ("message", "assistant"): ResponseOutputMessage,
+    ("function_call", None): ResponseFunctionToolCallItem,
+    ("function_call_output", None): ResponseFunctionToolCallOutputItem,
+}
+
+
+async def test_input_items_of_a_chain_validate_as_the_sdks_items(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await client.post(RESPONSES, json={
+        "model": "fast", "input": '{"city": "Oslo"}', "instructions": "Be brief.",
+        "tools": [WEATHER], "tool_choice": "required"})).json()
+    [call] = first["output"]
+    second = await client.post(RESPONSES, json={
+        "model": "fast", "previous_response_id": first["id"], "tools": [WEATHER],
+        "input": [{"type": "function_call_output", "call_id": call["call_id"],
+                   "output": "5C"}, {"role": "assistant", "content": "It is 5C."},
+                  {"role": "user", "content": "thanks"}]})
+    assert second.status_code == 200, second.text
+    listed = (await client.get(f"{RESPONSES}/{second.json()['id']}/input_items",
+                               params={"order": "asc"})).json()
+    for item in listed["data"]:
+        ITEMS[item["type"], item.get("role")].model_validate(item)
+    assert [(item["type"], item.get("role")) for item in listed["data"]] == [
+        ("message", "user"), ("function_call", None), ("function_call_output", None),
+        ("message", "assistant"), ("message", "user")]  # the instructions are not an item
+    assert listed["data"][1] == call  # as answered, its id kept
+    assert len({item["id"] for item in listed["data"]}) == 5
 
 
 async def test_input_items_paging_is_checked(client: httpx.AsyncClient) -> None:

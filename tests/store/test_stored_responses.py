@@ -1,0 +1,87 @@
+"""Kept responses in both stores: put, get, delete, expiry, and the key they belong to."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aigw.runtime.errors import StoreUnavailable
+from aigw.runtime.store.stored_responses import (
+    PURGE_EVERY_S,
+    KeptResponse,
+    RedisResponses,
+    SQLiteResponses,
+)
+
+from ..fakes.serve import free_port
+from .conftest import ManualClock, drop_namespace
+
+
+@pytest.fixture
+async def sqlite_responses(tmp_path: Path,
+                           clock: ManualClock) -> AsyncIterator[SQLiteResponses]:
+    store = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def redis_responses(redis_url: str, namespace: str) -> AsyncIterator[RedisResponses]:
+    store = RedisResponses(redis_url, namespace)
+    yield store
+    await store.aclose()
+    drop_namespace(redis_url, namespace)
+
+
+async def test_sqlite_keeps_until_expiry_and_purges(
+    sqlite_responses: SQLiteResponses, clock: ManualClock, tmp_path: Path,
+) -> None:
+    await sqlite_responses.put("resp_1", "alice", b'{"a": 1}', ttl_s=60)
+    assert await sqlite_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}')
+    assert await sqlite_responses.get("resp_2") is None
+    clock.advance(61)
+    assert await sqlite_responses.get("resp_1") is None
+    assert await sqlite_responses.delete("resp_1") is False  # expired: nothing to forget
+    clock.advance(PURGE_EVERY_S)
+    await sqlite_responses.put("resp_3", "alice", b"{}", ttl_s=60)  # purges the expired
+    await sqlite_responses.get("resp_3")  # behind the purge on the writer thread
+    with sqlite3.connect(tmp_path / "aigw.sqlite") as connection:
+        assert connection.execute("SELECT id FROM responses").fetchall() == [("resp_3",)]
+    assert await sqlite_responses.delete("resp_3") is True
+    assert await sqlite_responses.get("resp_3") is None
+
+
+async def test_sqlite_keeps_them_across_a_reopen(tmp_path: Path, clock: ManualClock) -> None:
+    first = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    await first.put("resp_1", "alice", b"{}", ttl_s=60)
+    await first.aclose()
+    again = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    try:
+        assert await again.get("resp_1") == KeptResponse("alice", b"{}")
+    finally:
+        await again.aclose()
+
+
+async def test_redis_keeps_until_expiry(redis_responses: RedisResponses) -> None:
+    await redis_responses.put("resp_1", "alice", b'{"a": 1}', ttl_s=0.2)
+    assert await redis_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}')
+    await redis_responses.put("resp_2", "bob", b"{}", ttl_s=60)
+    assert await redis_responses.delete("resp_2") is True
+    assert await redis_responses.delete("resp_2") is False
+    await asyncio.sleep(0.3)
+    assert await redis_responses.get("resp_1") is None
+
+
+async def test_redis_down_is_unavailable_and_rests() -> None:
+    store = RedisResponses(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailable, match="failed"):
+            await store.get("resp_1")
+        with pytest.raises(StoreUnavailable, match="did not answer a moment ago"):
+            await store.put("resp_1", "alice", b"{}", ttl_s=60)  # not tried while it rests
+    finally:
+        await store.aclose()

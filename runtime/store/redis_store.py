@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -66,7 +65,6 @@ from dataclasses import replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -88,20 +86,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import InternalError, StoreUnavailable
 from . import lua
 from .checks import (
-    SETTLE_GRACE,
-    BudgetCheck,
     Plan,
-    SlotCheck,
     decide,
-    keep_seconds,
     plan,
     rate_status,
-    reservation_budgets,
-    reservation_slots,
     settle_plan,
 )
 from .memory import MemoryLimits
-from .outbox import Arg, Invocation, MemoryOutbox, Outbox
+from .outbox import Invocation, MemoryOutbox, Outbox
+from .redis_calls import RedisCalls
 from .redis_ledger import RECORD_SCRIPT, RedisLedger
 from .values import (
     NANOS,
@@ -150,7 +143,7 @@ class RedisStore:
         ledger_retention: float | None = None,
     ) -> None:
         self._redis = client
-        self._ns = namespace
+        self._calls = RedisCalls(namespace)
         self._mode = on_unavailable
         self._clock = clock or SystemClock()
         self._ttl = reservation_ttl
@@ -239,7 +232,7 @@ class RedisStore:
                 # Sent, perhaps run (or to run, from a stalled server's buffer; or run up
                 # to a failure): undone once Redis answers, or its hold would block the
                 # budget for ``ttl``.
-                await self._write(self._abandon(request_id, checks, now, ttl, nonce))
+                await self._write(self._calls.abandon(request_id, checks, now, ttl, nonce))
                 if not down:
                     raise self._failed_call("reserve", exc) from exc
             else:
@@ -263,10 +256,10 @@ class RedisStore:
             self._adopted.discard(request_id)
             charged = self._local.settle(reservation, tokens, cost, now)
             if charged is not None and (adopted or (charged.budgets and charged.cost_nanos)):
-                await self._write(self._settle_local(request_id, charged, now))
+                await self._write(self._calls.settle_local(request_id, charged, now))
             return
         charge = settle_plan(reservation, tokens, cost)
-        await self._write(self._settle(reservation.request_id, charge, now))
+        await self._write(self._calls.settle(reservation.request_id, charge, now))
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, tokens=0, cost=0.0)
@@ -281,13 +274,7 @@ class RedisStore:
             return
         if not self._reachable():
             return  # the hold keeps its expiry; renewing it later is the next call's
-        keys = [self._key("res", quote(reservation.request_id, safe=""))]
-        budgets = reservation_budgets(reservation)
-        for budget in budgets:
-            keys += self._budget_keys(budget)
-        keys += [self._places_key(slot) for slot in reservation_slots(reservation)]
-        await self._renewing(Invocation("renew", tuple(keys), (
-            reservation.request_id, now, now + ttl, _marker_ms(ttl), len(budgets))))
+        await self._renewing(self._calls.renew(reservation, now, ttl))
 
     async def _readopt(self, reservation: Reservation, now: float) -> None:
         """Renew an adopted reservation's holds in Redis: its adoption sent again with the
@@ -298,7 +285,7 @@ class RedisStore:
         if until is None:
             return  # lapsed here too: nothing to renew
         if not (self._reachable()
-                and await self._renewing(self._adoption(reservation, until, now))):
+                and await self._renewing(self._calls.adoption(reservation, until, now))):
             self._unadopted[reservation.request_id] = reservation
             self._start_flusher()
 
@@ -380,44 +367,11 @@ class RedisStore:
     ) -> None:
         await self.aclose()
 
-    def _key(self, *parts: str) -> str:
-        return ":".join((self._ns, *parts))
-
-    def _bucket_key(self, scope: str, name: str, unit: str) -> str:
-        return self._key("rate", scope, quote(name, safe=""), unit)
-
-    def _budget_keys(self, check: BudgetCheck) -> tuple[str, str]:
-        counter = self._key("budget", check.scope.value, quote(check.name, safe=""))
-        counter += f":{check.period_key}"
-        return counter, counter + ":holds"
-
-    def _places_key(self, check: SlotCheck) -> str:
-        return self._key("par", check.scope.value, quote(check.name, safe=""))
-
     async def _reserve(
         self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str
     ) -> Reservation | Denied:
-        keys = [self._key("res", quote(request_id, safe=""))]
-        args: list[str | int | float] = [
-            now,
-            request_id,
-            ttl,
-            _marker_ms(ttl),
-            checks.cost_nanos,
-            len(checks.buckets),
-            len(checks.budgets),
-            nonce,
-        ]
-        for bucket in checks.buckets:
-            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
-            args += [bucket.cap, bucket.need]
-        for budget in checks.budgets:
-            keys += self._budget_keys(budget)
-            args += [budget.amount_nanos, keep_seconds(budget, now)]
-        for slot in checks.slots:
-            keys.append(self._places_key(slot))
-            args.append(slot.cap)
-        reply: list[Any] = await self._scripts["reserve"](keys=keys, args=args)
+        reply: Any = await self._invoke(self._calls.reserve(request_id, checks, now, ttl,
+                                                            nonce))
         if reply[0] == -1:
             raise ValueError(f"request {request_id!r} already holds a reservation")
         levels = [float(level) for level in reply[1 : 1 + len(checks.buckets)]]
@@ -451,63 +405,8 @@ class RedisStore:
             raise RuntimeError("the reserve script denied what checks.decide allows")
         return denied
 
-    def _settle(self, request_id: str, charge: Plan, now: float) -> Invocation:
-        keys = [self._key("res", quote(request_id, safe=""))]
-        args: list[Arg] = [
-            now,
-            request_id,
-            charge.cost_nanos,
-            len(charge.buckets),
-            len(charge.budgets),
-        ]
-        for bucket in charge.buckets:
-            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
-            args += [bucket.cap, bucket.need]
-        for budget in charge.budgets:
-            keys += self._budget_keys(budget)
-            args.append(keep_seconds(budget, now))
-        keys += [self._places_key(slot) for slot in charge.slots]
-        return Invocation("settle", tuple(keys), tuple(args))
-
-    def _abandon(
-        self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str
-    ) -> Invocation:
-        keys = [self._key("res", quote(request_id, safe=""))]
-        args: list[Arg] = [now, request_id, _marker_ms(ttl), nonce,
-                           len(checks.buckets), len(checks.budgets)]
-        for bucket in checks.buckets:
-            keys.append(self._bucket_key(bucket.scope.value, bucket.name, bucket.unit.value))
-            args += [bucket.cap, bucket.need]
-        for budget in checks.budgets:
-            keys += self._budget_keys(budget)
-        keys += [self._places_key(slot) for slot in checks.slots]
-        return Invocation("abandon", tuple(keys), tuple(args))
-
-    def _adoption(self, reservation: Reservation, until: float, now: float) -> Invocation:
-        """The ``adopt`` of a local reservation whose holds here last until ``until``."""
-        request_id = reservation.request_id
-        budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
-        keys = [self._key("charged", quote(request_id, safe=""))]
-        for budget in budgets:
-            keys += self._budget_keys(budget)
-        keys += [self._places_key(slot) for slot in reservation_slots(reservation)]
-        args: list[Arg] = [request_id, until, _marker_ms(until - now), reservation.cost_nanos,
-                           math.ceil((until - now) * 1000) + 1000, len(budgets)]
-        args += [keep_seconds(budget, now) for budget in budgets]
-        return Invocation("adopt", tuple(keys), tuple(args))
-
-    def _settle_local(self, request_id: str, charge: Plan, now: float) -> Invocation:
-        keys = [self._key("charged", quote(request_id, safe=""))]
-        for budget in charge.budgets:
-            keys += self._budget_keys(budget)
-        keys += [self._places_key(slot) for slot in charge.slots]
-        args: list[Arg] = [request_id, math.ceil(SETTLE_GRACE), charge.cost_nanos,
-                           len(charge.budgets)]
-        args += [keep_seconds(budget, now) for budget in charge.budgets]
-        return Invocation("settle_local", tuple(keys), tuple(args))
-
     async def _budgets(self, checks: Plan, now: float) -> tuple[BudgetStatus, ...]:
-        keys = [key for budget in checks.budgets for key in self._budget_keys(budget)]
+        keys = [key for budget in checks.budgets for key in self._calls.budget_keys(budget)]
         reply: list[int] = await self._scripts["budgets"](keys=keys, args=[now]) if keys else []
         return tuple(
             BudgetStatus(
@@ -614,7 +513,7 @@ class RedisStore:
             if reservation is None or until is None:
                 continue  # settled meanwhile, or its holds lapsed: nothing to hold
             self._adopted.add(request_id)  # its settle gives back what Redis may hold now
-            adoption = self._adoption(reservation, until, now)
+            adoption = self._calls.adoption(reservation, until, now)
             try:
                 await self._invoke(adoption)
             except REDIS_ERRORS as exc:
@@ -721,11 +620,6 @@ def _settled_late(invocation: Invocation, answer: object) -> None:
                     "settled by a call whose reply was lost, or the reservation is gone "
                     "(older than its TTL and a day, or lost with Redis' data), and then "
                     "its spend was not charged to the budgets", invocation.keys[0])
-
-
-def _marker_ms(ttl: float) -> int:
-    """How long a reservation's marker lives: past its hold, for settles that come late."""
-    return math.ceil((ttl + SETTLE_GRACE) * 1000)
 
 
 # Redis refusing every call for now (full, a read-only replica, busy, short of replicas),

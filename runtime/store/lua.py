@@ -282,7 +282,8 @@ return 1
 # an outbox) is dropped by the next check of its budget, as any lapsed hold is.
 # KEYS: the marker (charged:<request id>), ng (budget hash, expiry set) pairs, the sets of
 #       requests in flight it has a place in.
-# ARGV: request id, hold expiry, marker ttl ms, cost, places ttl ms, ng, ng x keep s.
+# ARGV: the hold's name (adopted:<request id>, see redis_calls.adopted_hold), hold expiry,
+#       marker ttl ms, cost, places ttl ms, ng, ng x keep s.
 # Returns 1; 0 when it was settled already.
 ADOPT = (
     _PLACES
@@ -322,7 +323,8 @@ return 1
 # before or never runs (its marker now says charged, so a later one does nothing).
 # KEYS: the marker (charged:<request id>), ng (budget hash, expiry set) pairs, the sets of
 #       requests in flight it may have a place in.
-# ARGV: request id, marker ttl s, cost, ng, ng x keep s.
+# ARGV: the adoption's hold name (adopted:<request id>), marker ttl s, cost, ng,
+#       ng x keep s.
 # Returns 1; 0 when it was charged already.
 SETTLE_LOCAL = (
     _UNHOLD

@@ -113,7 +113,8 @@ class RedisCalls:
         for budget in budgets:
             keys += self.budget_keys(budget)
         keys += [self.places_key(slot) for slot in reservation_slots(reservation)]
-        args: list[Arg] = [request_id, until, marker_ms(until - now), reservation.cost_nanos,
+        args: list[Arg] = [adopted_hold(request_id), until, marker_ms(until - now),
+                           reservation.cost_nanos,
                            math.ceil((until - now) * 1000) + 1000, len(budgets)]
         args += [keep_seconds(budget, now) for budget in budgets]
         return Invocation("adopt", tuple(keys), tuple(args))
@@ -123,10 +124,19 @@ class RedisCalls:
         for budget in charge.budgets:
             keys += self.budget_keys(budget)
         keys += [self.places_key(slot) for slot in charge.slots]
-        args: list[Arg] = [request_id, math.ceil(SETTLE_GRACE), charge.cost_nanos,
-                           len(charge.budgets)]
+        args: list[Arg] = [adopted_hold(request_id), math.ceil(SETTLE_GRACE),
+                           charge.cost_nanos, len(charge.budgets)]
         args += [keep_seconds(budget, now) for budget in charge.budgets]
         return Invocation("settle_local", tuple(keys), tuple(args))
+
+
+def adopted_hold(request_id: str) -> str:
+    """The name an adoption holds under (its budget holds, its places): not the request
+    id, which a reserve of the same request that Redis ran late holds under (its reply
+    lost, the request admitted locally), and which that reserve's abandon gives back:
+    it gave back the adoption's hold with it, or that reserve, run after the adoption,
+    added its cost to ``held`` a second time under the one hold."""
+    return f"adopted:{request_id}"
 
 
 def marker_ms(ttl: float) -> int:

@@ -5,7 +5,8 @@ Keys live under ``<namespace>:`` (names are percent-encoded, so a user id cannot
 reach another subject's key)::
 
     rate:<scope>:<name>:<requests|tokens>     token bucket (expires once full again)
-    budget:<scope>:<name>:<period>            spent, held, h:<request id>
+    budget:<scope>:<name>:<period>            spent, held, h:<request id> (and
+                                              h:adopted:<request id>, an adoption's)
     budget:<scope>:<name>:<period>:holds      request ids by hold expiry
     par:<scope>:<name>                        its requests in flight (max_parallel), by
                                               hold expiry
@@ -44,7 +45,10 @@ adoption sent twice holds once, one that reaches Redis after the settle (a retri
 call, a stalled one) holds nothing, and the settle releases exactly what was adopted,
 or nothing if no adoption ran; so the two need no order, and an adoption is sent
 now or not at all (never queued, so none carries an old expiry, or holds after a
-restart for a request that ended). A replica that stops before the settle leaves the
+restart for a request that ended). It holds under a name of its own (``adopted:<id>``):
+a reserve of the request that Redis ran after its reply was given up on holds under the
+request id until its abandon gives that back (the two count it twice meanwhile, the
+safe way). A replica that stops before the settle leaves the
 adopted hold to lapse at its expiry, as a crashed replica's holds do. Rate-limit
 buckets are not adopted: a local reservation took its tokens from the replica's own
 buckets, which refill within the minute, as Redis' do.

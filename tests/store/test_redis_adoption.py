@@ -8,6 +8,7 @@ the store counts as unreachable) while it answers reads."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -181,6 +182,46 @@ async def test_an_adopted_hold_lapses_with_its_ttl_when_its_replica_stops(
         clock.advance(2.0)
         assert await spent_held(other) == (0.0, 0.0)  # lapsed, not charged
         assert isinstance(await other.reserve("p1", PLACES, tokens=1, cost=0.0), Reservation)
+
+
+async def test_an_adopted_request_stays_held_when_the_reserve_it_gave_up_on_is_undone(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """Redis stalled under the replica's reserve, which ran once Redis resumed: the
+    request was admitted locally meanwhile, and the reserve's undoing (abandon) queued.
+    The adoption's hold had the reserve's name (one per request id), so the undoing gave
+    it back: the request in flight went uncounted in Redis (its cost and its place)."""
+    assert private_redis.process is not None
+    async with replicas(private_redis, clock) as (first, other, _):
+        warm = await first.reserve("warm", [Limits(Scope.KEY, "w", rpm=100)], tokens=1,
+                                   cost=0.0)  # scripts loaded, a connection open
+        assert isinstance(warm, Reservation)
+        await first.release(warm)
+        private_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            long = await first.reserve("long", BOTH, tokens=10, cost=6.0, ttl=60.0)
+            assert isinstance(long, Reservation) and long.origin == "local"
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+        await eventually("the reserve undone and the request adopted",
+                         lambda: _markers(private_redis.url, "long", ("abandoned", "held")))
+        assert await spent_held(other) == (0.0, 6.0)
+        full = await other.reserve("p1", PLACES, tokens=1, cost=0.0)
+        assert isinstance(full, Denied) and full.exceeded is Exceeded.PARALLEL
+
+        await first.settle(long, tokens=10, cost=4.0)
+        assert await spent_held(other) == (4.0, 0.0)
+        assert isinstance(await other.reserve("p2", PLACES, tokens=1, cost=0.0), Reservation)
+
+
+async def _markers(url: str, request_id: str, expected: tuple[str, str]) -> bool:
+    """Whether the request's reservation marker and its adoption marker say ``expected``."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        found = await client.mget(f"aigw:res:{request_id}", f"aigw:charged:{request_id}")
+    finally:
+        await client.aclose()
+    return tuple(found) == expected
 
 
 async def _is(found: Awaitable[tuple[float, float]], expected: tuple[float, float]) -> bool:

@@ -259,9 +259,9 @@ if renewed > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return renewed
 """
 
-# Charge the spend of a reservation made locally while Redis was unreachable, once: as
-# an aigw before SETTLE_LOCAL queued it (kept for the rows such a version left in an
-# outbox file).
+# Charge the spend of a reservation made locally while Redis was unreachable, once: the
+# settle of one never adopted (ADOPT), as an aigw from before adoption writes it too, so
+# that either version reads the rows the other left in an outbox file.
 # KEYS: charge marker, ng budget hashes. ARGV: marker ttl s, cost, ng x keep s.
 CHARGE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end

@@ -159,6 +159,12 @@ class MemoryLimits:
         opened = self._open.get(request_id)
         return opened.deadline if opened is not None and opened.holding else None
 
+    def is_open(self, request_id: str, now: float) -> bool:
+        """Whether a settle of ``request_id`` would still be taken (its holds may have
+        lapsed: a settle is taken until a grace period after that)."""
+        self._expire(now)
+        return request_id in self._open
+
     def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
         self._expire(now)
         statuses = []

@@ -119,6 +119,16 @@ class RedisCalls:
         args += [keep_seconds(budget, now) for budget in budgets]
         return Invocation("adopt", tuple(keys), tuple(args))
 
+    def charge(self, request_id: str, charge: Plan, now: float) -> Invocation:
+        """The settle of a local reservation that was never adopted: the ``charge`` an
+        aigw from before adoption writes too, so a row of it that waits in an outbox file
+        is still read after a rollback (one of ``settle_local`` would be dropped)."""
+        keys = [self.key("charged", quote(request_id, safe=""))]
+        keys += [self.budget_keys(budget)[0] for budget in charge.budgets]
+        args: list[Arg] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
+        args += [keep_seconds(budget, now) for budget in charge.budgets]
+        return Invocation("charge", tuple(keys), tuple(args))
+
     def settle_local(self, request_id: str, charge: Plan, now: float) -> Invocation:
         keys = [self.key("charged", quote(request_id, safe=""))]
         for budget in charge.budgets:

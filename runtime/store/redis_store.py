@@ -39,7 +39,9 @@ adoptions, so no request is needed to notice that it answers. A renewal sends th
 adoption again with the new expiry (``adopt`` moves an expiry forward only, and puts
 back a hold that lapsed while Redis was away); with Redis away, it is adopted again
 once Redis answers. Its settle (``settle_local``, written as any write: now or from the
-outbox) charges its cost and gives back what the adoption holds. Both are idempotent
+outbox) charges its cost and gives back what the adoption holds (the settle of one never
+adopted is the ``charge`` an aigw from before adoption writes, and reads from an outbox
+file after a rollback). Both are idempotent
 per request id through one marker, ``charged:<id>`` ("held", then charged): an
 adoption sent twice holds once, one that reaches Redis after the settle (a retried
 call, a stalled one) holds nothing, and the settle releases exactly what was adopted,
@@ -259,8 +261,12 @@ class RedisStore:
             adopted = request_id in self._adopted
             self._adopted.discard(request_id)
             charged = self._local.settle(reservation, tokens, cost, now)
-            if charged is not None and (adopted or (charged.budgets and charged.cost_nanos)):
+            if charged is None:
+                return
+            if adopted:
                 await self._write(self._calls.settle_local(request_id, charged, now))
+            elif charged.budgets and charged.cost_nanos:  # no adopt was sent: none can run
+                await self._write(self._calls.charge(request_id, charged, now))
             return
         charge = settle_plan(reservation, tokens, cost)
         await self._write(self._calls.settle(reservation.request_id, charge, now))
@@ -506,8 +512,10 @@ class RedisStore:
         an old expiry, and hold for a request a restart ended). False when Redis could
         not be reached."""
         now = self._clock.now()
-        self._adopted = {rid for rid in self._adopted  # forget any never settled (a bug)
-                         if self._local.holds_until(rid, now) is not None}
+        # Forget any never settled (a bug): those the local limits forgot, whose settle
+        # does nothing. Not those whose holds lapsed here: their adoption may hold in
+        # Redis still (a hold put back by a renewal), and only settle_local gives it back.
+        self._adopted = {rid for rid in self._adopted if self._local.is_open(rid, now)}
         for request_id in list(self._unadopted):
             if not self._reachable():
                 return False

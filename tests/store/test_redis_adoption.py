@@ -214,6 +214,50 @@ async def test_an_adopted_request_stays_held_when_the_reserve_it_gave_up_on_is_u
         assert isinstance(await other.reserve("p2", PLACES, tokens=1, cost=0.0), Reservation)
 
 
+async def test_the_settle_of_a_request_never_adopted_waits_as_an_older_aigw_reads_it(
+    private_redis: PrivateRedis, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A request admitted and settled while Redis was away, its settle in the outbox file:
+    it waited as ``settle_local``, which an aigw from before adoption drops (a script it
+    does not have), so a gateway rolled back during the outage lost the spend of every
+    request it had admitted locally. A settle of a request never adopted is the charge
+    that version writes too."""
+    path = tmp_path / "aigw-outbox.sqlite"
+    reader = await FileOutbox.open(path)
+    async with replicas(private_redis, clock, await FileOutbox.open(path)) as (
+            first, other, link):
+        long = await admitted_locally(first, link)
+        await first.settle(long, tokens=10, cost=4.0)
+        waiting = [call.script for _, call in await reader.oldest(10)]
+        assert waiting == ["abandon", "charge"]  # the reserve it tried first, undone
+        await link.mend()
+        await eventually("the charge from the outbox",
+                         lambda: _is(spent_held(other), (4.0, 0.0)))
+    await reader.aclose()
+
+
+async def test_an_adopted_request_whose_hold_lapsed_here_is_still_released_by_its_settle(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """Its hold lapsed here (no renewal for longer than its TTL), so the store's check of
+    its adopted requests could forget it: its settle must still be the one that releases
+    what the adoption holds in Redis, and charges its cost once."""
+    async with replicas(private_redis, clock) as (first, other, link):
+        long = await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        clock.advance(61.0)  # its hold lapsed, here and in Redis
+        link.cut()
+        later = await first.reserve("later", PLACES, tokens=1, cost=0.0)
+        assert isinstance(later, Reservation) and later.origin == "local"
+        await link.mend()  # "later" is adopted: the adopted requests are looked over
+        await eventually("the later request adopted",
+                         lambda: _markers(private_redis.url, "later", ("abandoned", "held")))
+        await first.settle(long, tokens=10, cost=4.0)
+        assert await spent_held(other) == (4.0, 0.0)
+
+
 async def _markers(url: str, request_id: str, expected: tuple[str, str]) -> bool:
     """Whether the request's reservation marker and its adoption marker say ``expected``."""
     client = aioredis.Redis.from_url(url, decode_responses=True)

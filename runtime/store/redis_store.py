@@ -517,13 +517,16 @@ class RedisStore:
         # Redis still (a hold put back by a renewal), and only settle_local gives it back.
         self._adopted = {rid for rid in self._adopted if self._local.is_open(rid, now)}
         for request_id in list(self._unadopted):
-            if not self._reachable():
-                return False
-            reservation = self._unadopted.pop(request_id, None)
             now = self._clock.now()
             until = self._local.holds_until(request_id, now)
-            if reservation is None or until is None:
-                continue  # settled meanwhile, or its holds lapsed: nothing to hold
+            if until is None:  # settled meanwhile, or its holds lapsed: nothing to hold
+                self._unadopted.pop(request_id, None)
+                continue
+            if not self._reachable():  # checked after: a probe is for a call to Redis
+                return False
+            reservation = self._unadopted.pop(request_id, None)
+            if reservation is None:
+                continue
             self._adopted.add(request_id)  # its settle gives back what Redis may hold now
             adoption = self._calls.adoption(reservation, until, now)
             try:

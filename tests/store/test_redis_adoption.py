@@ -168,6 +168,26 @@ async def test_a_replica_with_nothing_to_write_adopts_without_waiting_for_a_requ
                          lambda: _is(spent_held(other), (0.0, 6.0)))
 
 
+async def test_requests_whose_holds_lapsed_here_do_not_hold_back_the_adoption_of_others(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """Each request waiting for adoption whose hold had lapsed here spent the store's
+    probe of Redis (one a probe interval) without a call to Redis: with 30 of them
+    before it, the request still running was adopted 30 probes (15 s) after Redis
+    answered, and the writes in the outbox waited as long."""
+    async with replicas(private_redis, clock, probe_interval=0.5) as (first, other, link):
+        link.cut()
+        for number in range(30):
+            lapsing = await first.reserve(f"lapsing-{number}", BUDGET, tokens=1, cost=0.1,
+                                          ttl=1.0)
+            assert isinstance(lapsing, Reservation) and lapsing.origin == "local"
+        clock.advance(2.0)  # never settled (nor renewed): their holds lapsed
+        await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+
+
 async def test_an_adopted_hold_lapses_with_its_ttl_when_its_replica_stops(
     private_redis: PrivateRedis, clock: ManualClock
 ) -> None:

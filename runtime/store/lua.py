@@ -259,9 +259,9 @@ if renewed > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return renewed
 """
 
-# Charge the spend of a reservation made locally while Redis was unreachable, once: the
-# settle of one never adopted (ADOPT), as an aigw from before adoption writes it too, so
-# that either version reads the rows the other left in an outbox file.
+# Charge the spend of a reservation made locally while Redis was unreachable, once (an
+# aigw from before adoption writes it too: either version reads the rows the other left
+# in an outbox file); then UNADOPT, if it was adopted.
 # KEYS: charge marker, ng budget hashes. ARGV: marker ttl s, cost, ng x keep s.
 CHARGE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
@@ -275,29 +275,28 @@ return 1
 
 # Hold in Redis what a reservation made locally while Redis was unreachable holds (its
 # cost on each budget, its places under max_parallel) while its call still runs, so
-# every replica counts it: once per request id, however often it is sent (HSETNX: the
-# hold is added where it is missing, never twice), and never after its settle
-# (SETTLE_LOCAL), which leaves the marker saying charged. Sent again, it pushes an
-# expiry forward, never back. A hold whose expiry is past (an adoption sent late, from
-# an outbox) is dropped by the next check of its budget, as any lapsed hold is.
+# every replica counts it: once, however often it is sent (HSETNX: the hold is added
+# where it is missing, never twice), and never after its settle, which leaves the marker
+# charged:<request id> (CHARGE, UNADOPT). Sent again, it pushes an expiry forward, never
+# back, and puts back a hold that lapsed. A hold whose expiry is past (an adoption that
+# arrived late) is dropped by the next check of its budget, as any lapsed hold is.
 # KEYS: the marker (charged:<request id>), ng (budget hash, expiry set) pairs, the sets of
 #       requests in flight it has a place in.
 # ARGV: the hold's name (adopted:<request id>, see redis_calls.adopted_hold), hold expiry,
-#       marker ttl ms, cost, places ttl ms, ng, ng x keep s.
+#       cost, places ttl ms, ng, ng x keep s.
 # Returns 1; 0 when it was settled already.
 ADOPT = (
     _PLACES
     + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local rid, expires_at = ARGV[1], tonumber(ARGV[2])
-local marker = redis.call('GET', KEYS[1])
-if marker and marker ~= 'held' then return 0 end
-local cost, ng = tonumber(ARGV[4]), tonumber(ARGV[6])
+local cost, ng = tonumber(ARGV[3]), tonumber(ARGV[5])
 local function hold_until(zk)
   local was = tonumber(redis.call('ZSCORE', zk, rid))
   if not was or was < expires_at then redis.call('ZADD', zk, expires_at, rid) end
 end
 for j = 1, ng do
-  local hk, zk, keep = KEYS[2 * j], KEYS[2 * j + 1], tonumber(ARGV[6 + j])
+  local hk, zk, keep = KEYS[2 * j], KEYS[2 * j + 1], tonumber(ARGV[5 + j])
   if redis.call('HSETNX', hk, 'h:' .. rid, cost) == 1 then
     redis.call('HINCRBY', hk, 'held', cost)
   end
@@ -309,41 +308,28 @@ for j = 1, ng do
 end
 for k = 2 * ng + 2, #KEYS do
   hold_until(KEYS[k])
-  keep_places(KEYS[k], tonumber(ARGV[5]))
-end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[1], 'held', 'PX', ARGV[3])
+  keep_places(KEYS[k], tonumber(ARGV[4]))
 end
 return 1
 """
 )
 
-# The settle of a reservation made locally: charge its cost to the budgets once, and give
-# back what ADOPT holds for it, if it ran (its marker says held); whether ADOPT ran
-# before or never runs (its marker now says charged, so a later one does nothing).
+# Give back what ADOPT holds for a reservation made locally, at its settle, after the
+# CHARGE of its cost (if any): whatever ADOPT did (nothing, if it never ran); and leave
+# the marker saying settled (CHARGE's), so an ADOPT that comes later holds nothing. Two
+# scripts, not one, so an aigw from before adoption, which has CHARGE but not this,
+# still charges the cost from an outbox file (and the hold lapses at its expiry).
 # KEYS: the marker (charged:<request id>), ng (budget hash, expiry set) pairs, the sets of
 #       requests in flight it may have a place in.
-# ARGV: the adoption's hold name (adopted:<request id>), marker ttl s, cost, ng,
-#       ng x keep s.
-# Returns 1; 0 when it was charged already.
-SETTLE_LOCAL = (
+# ARGV: the hold's name (adopted:<request id>), marker ttl s, ng.
+UNADOPT = (
     _UNHOLD
     + _PLACES
     + """
-local rid = ARGV[1]
-local marker = redis.call('GET', KEYS[1])
-if marker and marker ~= 'held' then return 0 end
-local cost, ng = tonumber(ARGV[3]), tonumber(ARGV[4])
-for j = 1, ng do
-  local hk, zk, keep = KEYS[2 * j], KEYS[2 * j + 1], tonumber(ARGV[4 + j])
-  if marker then unhold(hk, zk, rid) end
-  if cost > 0 then
-    redis.call('HINCRBY', hk, 'spent', cost)
-    if keep > 0 then redis.call('EXPIRE', hk, keep) end
-  end
-end
-if marker then leave_places(2 * ng + 2, rid) end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+local rid, ng = ARGV[1], tonumber(ARGV[3])
+for j = 1, ng do unhold(KEYS[2 * j], KEYS[2 * j + 1], rid) end
+leave_places(2 * ng + 2, rid)
+redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2])
 return 1
 """
 )

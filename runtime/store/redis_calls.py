@@ -107,37 +107,38 @@ class RedisCalls:
 
     def adoption(self, reservation: Reservation, until: float, now: float) -> Invocation:
         """The ``adopt`` of a local reservation whose holds here last until ``until``."""
-        request_id = reservation.request_id
         budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
-        keys = [self.key("charged", quote(request_id, safe=""))]
-        for budget in budgets:
-            keys += self.budget_keys(budget)
-        keys += [self.places_key(slot) for slot in reservation_slots(reservation)]
-        args: list[Arg] = [adopted_hold(request_id), until, marker_ms(until - now),
-                           reservation.cost_nanos,
+        keys = self._adopted_keys(reservation, budgets)
+        args: list[Arg] = [adopted_hold(reservation.request_id), until, reservation.cost_nanos,
                            math.ceil((until - now) * 1000) + 1000, len(budgets)]
         args += [keep_seconds(budget, now) for budget in budgets]
         return Invocation("adopt", tuple(keys), tuple(args))
 
+    def unadoption(self, reservation: Reservation) -> Invocation:
+        """The ``unadopt`` of a local reservation's adoption, at its settle."""
+        budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
+        keys = self._adopted_keys(reservation, budgets)
+        args: tuple[Arg, ...] = (adopted_hold(reservation.request_id),
+                                 math.ceil(SETTLE_GRACE), len(budgets))
+        return Invocation("unadopt", tuple(keys), args)
+
     def charge(self, request_id: str, charge: Plan, now: float) -> Invocation:
-        """The settle of a local reservation that was never adopted: the ``charge`` an
-        aigw from before adoption writes too, so a row of it that waits in an outbox file
-        is still read after a rollback (one of ``settle_local`` would be dropped)."""
+        """The charge of a local reservation's cost, at its settle (before its
+        ``unadopt``, if it was adopted)."""
         keys = [self.key("charged", quote(request_id, safe=""))]
         keys += [self.budget_keys(budget)[0] for budget in charge.budgets]
         args: list[Arg] = [math.ceil(SETTLE_GRACE), charge.cost_nanos]
         args += [keep_seconds(budget, now) for budget in charge.budgets]
         return Invocation("charge", tuple(keys), tuple(args))
 
-    def settle_local(self, request_id: str, charge: Plan, now: float) -> Invocation:
-        keys = [self.key("charged", quote(request_id, safe=""))]
-        for budget in charge.budgets:
+    def _adopted_keys(self, reservation: Reservation,
+                      budgets: tuple[BudgetCheck, ...]) -> list[str]:
+        """The marker, the budgets (hash, expiry set) and the places of an adoption."""
+        keys = [self.key("charged", quote(reservation.request_id, safe=""))]
+        for budget in budgets:
             keys += self.budget_keys(budget)
-        keys += [self.places_key(slot) for slot in charge.slots]
-        args: list[Arg] = [adopted_hold(request_id), math.ceil(SETTLE_GRACE),
-                           charge.cost_nanos, len(charge.budgets)]
-        args += [keep_seconds(budget, now) for budget in charge.budgets]
-        return Invocation("settle_local", tuple(keys), tuple(args))
+        keys += [self.places_key(slot) for slot in reservation_slots(reservation)]
+        return keys
 
 
 def adopted_hold(request_id: str) -> str:

@@ -12,8 +12,8 @@ reach another subject's key)::
                                               hold expiry
     res:<request id>                          reserved and not yet settled (or "settled",
                                               by a settle sent from the outbox)
-    charged:<request id>                      a locally made reservation: "held" while
-                                              Redis holds it too (adopted), then charged
+    charged:<request id>                      a locally made reservation, settled
+                                              (charged, its adoption given back)
     rec:<request id>, ledger...               the spend ledger (redis_ledger.py)
 
 When Redis cannot answer (connection refused, timeout, or refusing every write for now:
@@ -38,22 +38,24 @@ it. While local reservations wait for that, the store's task probes Redis with t
 adoptions, so no request is needed to notice that it answers. A renewal sends the
 adoption again with the new expiry (``adopt`` moves an expiry forward only, and puts
 back a hold that lapsed while Redis was away); with Redis away, it is adopted again
-once Redis answers. Its settle (``settle_local``, written as any write: now or from the
-outbox) charges its cost and gives back what the adoption holds (the settle of one never
-adopted is the ``charge`` an aigw from before adoption writes, and reads from an outbox
-file after a rollback). Both are idempotent
-per request id through one marker, ``charged:<id>`` ("held", then charged): an
-adoption sent twice holds once, one that reaches Redis after the settle (a retried
-call, a stalled one) holds nothing, and the settle releases exactly what was adopted,
-or nothing if no adoption ran; so the two need no order, and an adoption is sent
-now or not at all (never queued, so none carries an old expiry, or holds after a
-restart for a request that ended). It holds under a name of its own (``adopted:<id>``):
-a reserve of the request that Redis ran after its reply was given up on holds under the
-request id until its abandon gives that back (the two count it twice meanwhile, the
-safe way). A replica that stops before the settle leaves the
-adopted hold to lapse at its expiry, as a crashed replica's holds do. Rate-limit
-buckets are not adopted: a local reservation took its tokens from the replica's own
-buckets, which refill within the minute, as Redis' do.
+once Redis answers. An adoption is sent now or not at all (never queued, so none
+carries an old expiry, or holds after a restart for a request that ended). Its settle
+is two writes, each written as any write (now or from the outbox), in this order: the
+``charge`` of its cost (the settle of any local reservation, adopted or not, as an aigw
+from before adoption writes it, so either version reads the other's outbox rows), then
+``unadopt``, which gives back what the adoption holds (nothing if none ran). Both leave
+the marker ``charged:<id>``, and ``adopt`` holds nothing once it is there: an adoption
+sent twice holds once (``HSETNX``), and one that reaches Redis after the settle (a
+retried call, a stalled one) holds nothing, so adoptions and the settle need no order.
+Between the two writes the request is charged and held (counted twice, the safe way);
+an aigw from before adoption, reading them from an outbox file, charges the cost and
+leaves the hold to lapse at its expiry. An adoption holds under a name of its own
+(``adopted:<id>``): a reserve of the request that Redis ran after its reply was given
+up on holds under the request id until its abandon gives that back (the two count it
+twice meanwhile). A replica that stops before the settle leaves the adopted hold to
+lapse at its expiry, as a crashed replica's holds do. Rate-limit buckets are not
+adopted: a local reservation took its tokens from the replica's own buckets, which
+refill within the minute, as Redis' do.
 
 How durable a written record is, is Redis' own setting: run it with ``appendonly
 yes`` (and ``appendfsync always`` for every write on disk before the reply).
@@ -163,7 +165,7 @@ class RedisStore:
                 ("renew", lua.RENEW),
                 ("charge", lua.CHARGE),
                 ("adopt", lua.ADOPT),
-                ("settle_local", lua.SETTLE_LOCAL),
+                ("unadopt", lua.UNADOPT),
                 ("budgets", lua.BUDGETS),
                 (RECORD_SCRIPT, lua.RECORD),
             )
@@ -263,10 +265,10 @@ class RedisStore:
             charged = self._local.settle(reservation, tokens, cost, now)
             if charged is None:
                 return
-            if adopted:
-                await self._write(self._calls.settle_local(request_id, charged, now))
-            elif charged.budgets and charged.cost_nanos:  # no adopt was sent: none can run
+            if charged.budgets and charged.cost_nanos:
                 await self._write(self._calls.charge(request_id, charged, now))
+            if adopted:  # after the charge: counted twice meanwhile, never not at all
+                await self._write(self._calls.unadoption(reservation))
             return
         charge = settle_plan(reservation, tokens, cost)
         await self._write(self._calls.settle(reservation.request_id, charge, now))
@@ -514,7 +516,7 @@ class RedisStore:
         now = self._clock.now()
         # Forget any never settled (a bug): those the local limits forgot, whose settle
         # does nothing. Not those whose holds lapsed here: their adoption may hold in
-        # Redis still (a hold put back by a renewal), and only settle_local gives it back.
+        # Redis still (a hold put back by a renewal), and only unadopt gives it back.
         self._adopted = {rid for rid in self._adopted if self._local.is_open(rid, now)}
         for request_id in list(self._unadopted):
             now = self._clock.now()

@@ -26,6 +26,7 @@ from aigw.runtime.store import (
     Scope,
 )
 from aigw.runtime.store.outbox import FileOutbox, Invocation
+from aigw.runtime.store.redis_ledger import RECORD_SCRIPT
 
 from ..redis_server import PrivateRedis
 from .conftest import ManualClock
@@ -34,6 +35,8 @@ from .test_redis_outage import Link, eventually
 BOTH = [Limits(Scope.TEAM, "t", budget=Budget(10.0), max_parallel=1)]
 BUDGET = [Limits(Scope.TEAM, "t", budget=Budget(10.0))]  # the same counter, alone
 PLACES = [Limits(Scope.TEAM, "t", max_parallel=1)]  # the same places, alone
+# The scripts of an aigw from before adoption: it drops an outbox row of any other.
+_BEFORE_ADOPTION = ("reserve", "settle", "abandon", "renew", "charge", "budgets", RECORD_SCRIPT)
 
 
 @asynccontextmanager
@@ -136,8 +139,8 @@ async def test_an_adoption_sent_again_and_late_and_a_settle_sent_from_the_outbox
             await first.settle(long, tokens=10, cost=4.0)
             assert not first.available  # the settle waits in the outbox
             settles = [call for _, call in await reader.oldest(10)
-                       if call.script == "settle_local"]
-            assert settles
+                       if call.script in ("charge", "unadopt")]
+            assert [call.script for call in settles] == ["charge", "unadopt"]
             assert await spent_held(other) == (0.0, 6.0)
         await eventually("the settle from the outbox",
                          lambda: _is(spent_held(other), (4.0, 0.0)))
@@ -150,6 +153,35 @@ async def test_an_adoption_sent_again_and_late_and_a_settle_sent_from_the_outbox
         assert await spent_held(other) == (4.0, 0.0)  # charged once, released once
         assert isinstance(await other.reserve("p1", PLACES, tokens=1, cost=0.0), Reservation)
     await reader.aclose()
+
+
+async def test_an_aigw_from_before_adoption_charges_an_adopted_settle_it_finds_waiting(
+    private_redis: PrivateRedis, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A gateway rolled back while Redis was away, to a version that has no adoption,
+    sends the settles the newer one left in the outbox file and drops the rows of the
+    scripts it does not have (logged). The settle of an adopted request was one such
+    row (charge and release in one script): its spend was never charged. Its charge is
+    now a row of its own, as that version writes it; the hold lapses at its expiry."""
+    path = tmp_path / "aigw-outbox.sqlite"
+    reader = await FileOutbox.open(path)
+    async with replicas(private_redis, clock, await FileOutbox.open(path)) as (
+            first, other, link):
+        long = await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        link.cut()
+        await first.settle(long, tokens=10, cost=4.0)
+        assert not first.available  # the settle waits in the outbox
+        waiting = [call for _, call in await reader.oldest(10)
+                   if call.script in _BEFORE_ADOPTION]
+    await _send_again(waiting, private_redis.url, tmp_path / "older.sqlite")
+    await reader.aclose()
+    async with replicas(private_redis, clock) as (_, other, _):
+        assert await spent_held(other) == (4.0, 6.0)  # charged; held until it lapses
+        clock.advance(61.0)
+        assert await spent_held(other) == (4.0, 0.0)
 
 
 async def test_a_replica_with_nothing_to_write_adopts_without_waiting_for_a_request(
@@ -223,8 +255,8 @@ async def test_an_adopted_request_stays_held_when_the_reserve_it_gave_up_on_is_u
             assert isinstance(long, Reservation) and long.origin == "local"
         finally:
             private_redis.process.send_signal(signal.SIGCONT)
-        await eventually("the reserve undone and the request adopted",
-                         lambda: _markers(private_redis.url, "long", ("abandoned", "held")))
+        await eventually("the reserve undone (after the adoption: Redis answered)",
+                         lambda: _is_key(private_redis.url, "aigw:res:long", "abandoned"))
         assert await spent_held(other) == (0.0, 6.0)
         full = await other.reserve("p1", PLACES, tokens=1, cost=0.0)
         assert isinstance(full, Denied) and full.exceeded is Exceeded.PARALLEL
@@ -272,20 +304,27 @@ async def test_an_adopted_request_whose_hold_lapsed_here_is_still_released_by_it
         later = await first.reserve("later", PLACES, tokens=1, cost=0.0)
         assert isinstance(later, Reservation) and later.origin == "local"
         await link.mend()  # "later" is adopted: the adopted requests are looked over
-        await eventually("the later request adopted",
-                         lambda: _markers(private_redis.url, "later", ("abandoned", "held")))
+        await eventually("the later request adopted", lambda: _in_flight(private_redis.url,
+                                                                          "adopted:later"))
         await first.settle(long, tokens=10, cost=4.0)
         assert await spent_held(other) == (4.0, 0.0)
 
 
-async def _markers(url: str, request_id: str, expected: tuple[str, str]) -> bool:
-    """Whether the request's reservation marker and its adoption marker say ``expected``."""
+async def _is_key(url: str, key: str, expected: str) -> bool:
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        found = await client.mget(f"aigw:res:{request_id}", f"aigw:charged:{request_id}")
+        return bool(await client.get(key) == expected)
     finally:
         await client.aclose()
-    return tuple(found) == expected
+
+
+async def _in_flight(url: str, member: str) -> bool:
+    """Whether ``member`` has one of team t's places (max_parallel) in Redis."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return await client.zscore("aigw:par:team:t", member) is not None
+    finally:
+        await client.aclose()
 
 
 async def _is(found: Awaitable[tuple[float, float]], expected: tuple[float, float]) -> bool:

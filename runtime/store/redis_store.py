@@ -515,8 +515,8 @@ class RedisStore:
         not be reached."""
         now = self._clock.now()
         # Forget any never settled (a bug): those the local limits forgot, whose settle
-        # does nothing. Not those whose holds lapsed here: their adoption may hold in
-        # Redis still (a hold put back by a renewal), and only unadopt gives it back.
+        # does nothing. Not those whose holds lapsed here: their settle still gives back
+        # what the adoption holds (a replica whose clock is behind counts it still).
         self._adopted = {rid for rid in self._adopted if self._local.is_open(rid, now)}
         for request_id in list(self._unadopted):
             now = self._clock.now()

@@ -220,6 +220,30 @@ async def test_requests_whose_holds_lapsed_here_do_not_hold_back_the_adoption_of
                          lambda: _is(spent_held(other), (0.0, 6.0)))
 
 
+async def test_an_adopted_request_renewed_while_redis_is_away_again_is_held_once_it_answers(
+    private_redis: PrivateRedis, clock: ManualClock
+) -> None:
+    """Redis down, up (the request adopted), down again: the renewal cannot reach Redis,
+    whose hold lapses meanwhile; once Redis answers, the request is adopted again with
+    its new expiry (the hold put back once, not twice), and its settle gives it back."""
+    async with replicas(private_redis, clock) as (first, other, link):
+        long = await admitted_locally(first, link)
+        await link.mend()
+        await eventually("the other replica to count the hold",
+                         lambda: _is(spent_held(other), (0.0, 6.0)))
+        link.cut()
+        clock.advance(50.0)
+        await first.renew(long, ttl=60.0)  # here until 110 s; in Redis still until 60 s
+        clock.advance(20.0)
+        assert await spent_held(other) == (0.0, 0.0)  # lapsed there
+        await link.mend()
+        await eventually("the hold put back", lambda: _is(spent_held(other), (0.0, 6.0)))
+        clock.advance(30.0)  # 100 s: within the renewed hold
+        assert await spent_held(other) == (0.0, 6.0)
+        await first.settle(long, tokens=10, cost=4.0)
+        assert await spent_held(other) == (4.0, 0.0)
+
+
 async def test_an_adopted_hold_lapses_with_its_ttl_when_its_replica_stops(
     private_redis: PrivateRedis, clock: ManualClock
 ) -> None:

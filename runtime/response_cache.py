@@ -80,7 +80,8 @@ class CacheBackend(Protocol):
 
 class LocalCache:
     """In-process entries, at most ``max_entries`` of them and ``max_bytes`` of values
-    (their vectors' too), the least recently used dropped first, with their vectors."""
+    and of the matrices holding their vectors, the least recently used dropped first,
+    with their vectors."""
 
     def __init__(self, max_entries: int, max_bytes: int = 128 << 20,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -88,10 +89,10 @@ class LocalCache:
             collections.OrderedDict())
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._bytes = 0  # of the values (and vectors) held
+        self._bytes = 0  # of the values held, and the buckets' matrices
         self._clock = clock
         self._buckets: dict[str, Rows] = {}
-        self._vector_of: dict[str, tuple[str, int]] = {}  # entry key -> (bucket, its bytes)
+        self._vector_of: dict[str, str] = {}  # entry key -> the bucket of its vector
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -123,23 +124,26 @@ class LocalCache:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry[1])
-        held = self._vector_of.pop(key, None)
-        if held is not None:
-            bucket, size = held
-            self._bytes -= size
+        bucket = self._vector_of.pop(key, None)
+        if bucket is not None:
             rows = self._buckets[bucket]
+            held = rows.nbytes
             rows.remove(key)
+            self._bytes += rows.nbytes - held
             if not rows:
                 del self._buckets[bucket]
 
     async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
         if key not in self._entries or key in self._vector_of:  # not kept, or kept with one
             return
-        rows = self._buckets.setdefault(bucket, Rows())
+        rows = self._buckets.get(bucket)
+        if rows is None:
+            rows = self._buckets[bucket] = Rows()
+        held = rows.nbytes
         if not rows.add(key, vector):
             return  # of another length than the bucket's: not comparable
-        self._vector_of[key] = (bucket, vector.nbytes)
-        self._bytes += vector.nbytes
+        self._vector_of[key] = bucket
+        self._bytes += rows.nbytes - held
         self._bound()
 
     async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:

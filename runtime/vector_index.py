@@ -33,10 +33,13 @@ def unit(values: Sequence[float] | Vector) -> Vector | None:
 
 
 class Rows:
-    """Entry keys and their unit vectors, as the rows of one float32 matrix that grows by
-    doubling; a row removed is filled by the last one. All vectors of one ``Rows`` are
-    one embedding model's (the bucket says which), so of one length: one of another
-    length is refused rather than compared."""
+    """Entry keys and their unit vectors, as the rows of one float32 matrix with room for
+    a quarter more (``nbytes`` counts it all, for the cache's byte budget): a quarter, not
+    doubling, so that the cache's budget holds vectors rather than room, and a matrix
+    that grows past it evicts a fifth of its bucket, not half. A row removed is filled by
+    the last one. All vectors of one ``Rows``
+    are one embedding model's (the bucket says which), so of one ``width``: one of
+    another is refused rather than compared."""
 
     def __init__(self) -> None:
         self._matrix: Vector | None = None
@@ -49,23 +52,29 @@ class Rows:
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 
+    @property
+    def width(self) -> int | None:
+        """The vectors' length; None while there are none."""
+        return self._matrix.shape[1] if self._matrix is not None else None
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the matrix, its free rows too."""
+        return self._matrix.nbytes if self._matrix is not None else 0
+
     def add(self, key: str, vector: Vector) -> bool:
-        """Keep ``vector`` for ``key`` (replacing its own); False if of another length."""
-        matrix = self._matrix
-        if matrix is not None and matrix.shape[1] != vector.shape[0]:
+        """Keep ``vector`` for ``key`` (replacing its own); False if of another width."""
+        if self.width not in (None, vector.shape[0]):
             return False
         row = self._rows.get(key)
         if row is None:
             row = len(self._keys)
-            if matrix is None or row == matrix.shape[0]:
-                grown = np.zeros((max(8, row * 2), vector.shape[0]), dtype=np.float32)
-                if matrix is not None:
-                    grown[:row] = matrix
-                self._matrix = matrix = grown
+            if self._matrix is None or row == self._matrix.shape[0]:
+                self._resize(_room(row + 1), vector.shape[0])
             self._keys.append(key)
             self._rows[key] = row
-        assert matrix is not None
-        matrix[row] = vector
+        assert self._matrix is not None
+        self._matrix[row] = vector
         return True
 
     def remove(self, key: str) -> None:
@@ -78,6 +87,19 @@ class Rows:
             self._keys[row] = moved
             self._rows[moved] = row
             self._matrix[row] = self._matrix[last]
+        # Given back as the bucket empties: the largest it ever was is not what it holds.
+        if not self._keys:
+            self._matrix = None
+        elif len(self._keys) <= self._matrix.shape[0] // 2:
+            self._resize(_room(len(self._keys)), self._matrix.shape[1])
+
+    def _resize(self, rows: int, width: int) -> None:
+        """A matrix of ``rows`` rows (a copy: a view would hold on to the old one)."""
+        resized = np.zeros((rows, width), dtype=np.float32)
+        kept = len(self._keys)
+        if self._matrix is not None and kept:
+            resized[:kept] = self._matrix[:kept]
+        self._matrix = resized
 
     def nearest(self, vector: Vector) -> tuple[str, float] | None:
         """The key whose vector is closest to ``vector``, and their cosine similarity."""
@@ -86,6 +108,12 @@ class Rows:
         scores = self._matrix[:len(self._keys)] @ vector
         best = int(np.argmax(scores))
         return self._keys[best], float(scores[best])
+
+
+def _room(rows: int) -> int:
+    """The rows of a matrix made for ``rows`` vectors: a quarter more (none for fewer
+    than four, as a bucket a key often holds one)."""
+    return rows + rows // 4
 
 
 def nearest_of(stored: Iterable[tuple[str, bytes]], vector: Vector) -> tuple[str, float] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,31 @@ async def test_redis_keeps_the_most_recent_vectors_of_a_bucket_expiring_with_the
     finally:
         await admin.aclose()
         await cache.aclose()
+
+
+async def test_local_vectors_cost_no_more_memory_than_the_byte_budget() -> None:
+    """The matrices are counted as allocated: a bucket a key (one vector each) took eight
+    rows' room but counted one; one that grew and emptied kept its largest matrix."""
+    vectors = [_vector(*row) for row in np.random.default_rng(0).standard_normal((1000, 512))]
+    budget = 512 << 10  # 256 vectors of 2 KiB
+    tracemalloc.start()
+    try:
+        cache = LocalCache(max_entries=100_000, max_bytes=budget)
+        for index, vector in enumerate(vectors):  # a bucket each: scope key
+            await cache.put(f"k{index}", b"x", ttl_s=60)
+            await cache.add_vector(f"b{index}", f"k{index}", vector, ttl_s=60)
+        assert tracemalloc.get_traced_memory()[0] < budget * 1.5
+        await cache.aclose()
+
+        now = [0.0]
+        grown = LocalCache(max_entries=100_000, max_bytes=64 << 20, clock=lambda: now[0])
+        for index, vector in enumerate(vectors):  # one bucket, all but the last expire first
+            await grown.put(f"k{index}", b"x", ttl_s=1 if index < 999 else 60)
+            await grown.add_vector("b", f"k{index}", vector, ttl_s=60)
+        now[0] = 2.0
+        # the nearest expired: the expired go, and the one left is the nearest
+        assert (await grown.nearest("b", vectors[0]) or ("",))[0] == "k999"
+        assert tracemalloc.get_traced_memory()[0] < 256 << 10  # the matrix was 2 MiB
+    finally:
+        tracemalloc.stop()
+

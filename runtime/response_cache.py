@@ -137,11 +137,18 @@ class LocalCache:
         if key not in self._entries or key in self._vector_of:  # not kept, or kept with one
             return
         rows = self._buckets.get(bucket)
+        if rows is not None and rows.width != vector.shape[0]:
+            # The bucket's embedding model changed under its name (a reload): the vectors
+            # it holds compare with no new one, and would keep every new one out until
+            # they expired. They go (their entries stay, for exact hits).
+            for old in rows:
+                del self._vector_of[old]
+            self._bytes -= rows.nbytes
+            rows = None
         if rows is None:
             rows = self._buckets[bucket] = Rows()
         held = rows.nbytes
-        if not rows.add(key, vector):
-            return  # of another length than the bucket's: not comparable
+        rows.add(key, vector)
         self._vector_of[key] = bucket
         self._bytes += rows.nbytes - held
         self._bound()

@@ -181,3 +181,15 @@ async def test_local_vectors_cost_no_more_memory_than_the_byte_budget() -> None:
     finally:
         tracemalloc.stop()
 
+
+async def test_vectors_of_a_new_length_replace_their_buckets_old_ones() -> None:
+    """The embeddings model changed under its deployment's name (and model): the old
+    vectors were kept and every new one refused, no semantic hit until they expired."""
+    cache = LocalCache(max_entries=10)
+    for name, vector in (("old", _vector(1.0, 0.0)), ("new", _vector(1.0, 0.0, 0.0))):
+        await cache.put(name, b"x", ttl_s=60)
+        await cache.add_vector("bucket", name, vector, ttl_s=60)
+    assert await cache.nearest("bucket", _vector(1.0, 0.1, 0.0)) == (
+        "new", pytest.approx(0.995, abs=1e-3))
+    assert await cache.nearest("bucket", _vector(1.0, 0.0)) is None
+    assert await cache.get("old") == b"x"  # its entry stays, for an exact hit

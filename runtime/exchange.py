@@ -248,7 +248,9 @@ class Exchange:
         assert self.plan is not None
         live, record = self.live, self.record
         answer = await self._entry(self._cache_key)
-        if answer is None and self._semantic is not None:
+        # A resting cache (Redis away) can neither be read nor keep the answer: its
+        # embedding would be paid for nothing, each request.
+        if answer is None and self._semantic is not None and not live.store.cache.resting():
             answer = await self._semantic_entry(self._semantic)
         if answer is None:
             return None

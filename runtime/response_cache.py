@@ -75,6 +75,11 @@ class CacheBackend(Protocol):
         """The entry key in ``bucket`` whose vector is nearest the unit ``vector``, and
         their cosine similarity; None when the bucket holds none."""
 
+    def resting(self) -> bool:
+        """True while every lookup is a miss and nothing is kept (a Redis that did not
+        answer): a lookup that costs something first (a semantic cache's embedding,
+        billed) is not worth making."""
+
     async def aclose(self) -> None: ...
 
 
@@ -167,6 +172,9 @@ class LocalCache:
         rows = self._buckets.get(bucket)
         return rows.nearest(vector) if rows is not None else None
 
+    def resting(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         self._entries.clear()
         self._buckets.clear()
@@ -202,7 +210,7 @@ class RedisCache:
         self._add_vector = self._redis.register_script(_ADD_VECTOR)
         self._live_vectors = self._redis.register_script(_LIVE_VECTORS)
 
-    def _resting(self) -> bool:
+    def resting(self) -> bool:
         return time.monotonic() < self._resting_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
@@ -219,7 +227,7 @@ class RedisCache:
                         type(exc).__name__, exc)
 
     async def get(self, key: str) -> bytes | None:
-        if self._resting():
+        if self.resting():
             return None
         try:
             value = await self._redis.get(self._prefix + key)
@@ -229,7 +237,7 @@ class RedisCache:
         return value if isinstance(value, bytes) else None  # the client does not decode
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        if self._resting():
+        if self.resting():
             return
         try:
             await self._redis.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)))
@@ -237,7 +245,7 @@ class RedisCache:
             self._failed("write", exc)
 
     async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
-        if self._resting():
+        if self.resting():
             return
         now_ms = int(time.time() * 1000)
         ttl_ms = max(1, int(ttl_s * 1000))
@@ -249,7 +257,7 @@ class RedisCache:
             self._failed("write", exc)
 
     async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
-        if self._resting():
+        if self.resting():
             return None
         try:
             stored = await self._live_vectors(

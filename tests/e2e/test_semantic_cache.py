@@ -51,8 +51,9 @@ ROUTES = """\
 """
 
 
-def _semantic_gateway(root: Path, upstream: str, store: str = "embedded") -> Path:
-    return _gateway(root, upstream, store, deployments=DEPLOYMENTS, routes=ROUTES)
+def _semantic_gateway(root: Path, upstream: str, store: str = "embedded",
+                      settings: str = "") -> Path:
+    return _gateway(root, upstream, store, settings, deployments=DEPLOYMENTS, routes=ROUTES)
 
 
 @pytest.fixture
@@ -227,6 +228,27 @@ def test_two_gateways_on_one_redis_share_their_vectors(
             assert all(0 < store.pttl(bucket) <= 3_600_000 for bucket in buckets)
         finally:
             store.close()
+
+
+def test_while_redis_is_away_no_embedding_is_made_for_the_lookup(
+    tmp_path: Path, upstream: tuple[OpenAIFake, str], private_redis: PrivateRedis,
+) -> None:
+    """The cache rests (every lookup a miss, nothing kept): with store_failure: fail_open
+    each request was still embedded, billed, for a lookup that could not be read."""
+    fake, base_url = upstream
+    server = Server(_semantic_gateway(tmp_path / "gw", base_url, private_redis.url,
+                                      ", store_failure: fail_open"))
+    try:
+        server.wait_ready()
+        client = _client(server)
+        _ask(client, QUESTION, model="faq")
+        private_redis.stop()
+        for text in (SAME_WORDS, OTHER):
+            answer, headers, _ = _ask(client, text, model="faq")
+            assert headers["x-aigw-cache"] == "miss" and answer == f"fake-openai: {text}"
+        assert len(_embeddings(fake)) == 1 and len(_chats(fake)) == 3
+    finally:
+        server.stop()
 
 
 def test_a_semantic_hit_is_served_only_from_a_deployment_the_callers_policies_permit(

@@ -7,7 +7,7 @@ fingerprint of every source file, so a response can say which graph answered it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -151,7 +151,8 @@ def freeze(
             max_attempts=route_spec.max_attempts,
             hedge_after_ms=hedge if isinstance(hedge, float | int) else None,
             hedge_at_p95=hedge == "p95",
-            cache=_cache(route_spec.cache) if route_spec.cache is not None else None,
+            cache=_cache(route_spec.cache, linked.route_candidates, deployments)
+            if route_spec.cache is not None else None,
             guardrails=route_guardrails(route_spec, linked.guardrails),
         )
     teams = {
@@ -277,11 +278,19 @@ def _price(spec: PriceSpec) -> Price:
     )
 
 
-def _cache(spec: CacheSpec) -> RouteCache:
+def _cache(spec: CacheSpec, candidates: Mapping[str, Sequence[str]],
+           deployments: Mapping[str, Deployment]) -> RouteCache:
     semantic = spec.semantic
+    if semantic is None:
+        return RouteCache(spec.ttl_s, spec.scope, None)
+    # A conversation longer than every embeddings deployment's window fails its embedding
+    # (a refused request in the ledger, each time): it skips the lookup instead (the
+    # conversation embedded counts about as many tokens as the prompt).
+    windows = [deployments[name].context_window for name in candidates[semantic.embeddings]
+               if deployments[name].kind == "embeddings"]
+    longest = min(semantic.max_prompt_tokens, max(windows, default=semantic.max_prompt_tokens))
     return RouteCache(spec.ttl_s, spec.scope, SemanticCache(
-        semantic.embeddings, semantic.threshold, semantic.max_prompt_tokens, semantic.timeout_s,
-    ) if semantic is not None else None)
+        semantic.embeddings, semantic.threshold, longest, semantic.timeout_s))
 
 
 def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:

@@ -29,8 +29,11 @@ providers:
 deployments:
   small: {provider: local, model: echo-1, context_window: 8192}
   vectors: {provider: local, model: echo-embed, context_window: 8192, kind: embeddings}
+  narrow: {provider: local, model: echo-embed, context_window: 64, kind: embeddings}
 routes:
   embed: {deployment: vectors}
+  embed-narrow: {deployment: narrow}
+  faq-narrow: {deployment: small, cache: {semantic: {embeddings: embed-narrow}}}
   faq: {deployment: small, cache: {semantic: {embeddings: embed, max_prompt_tokens: 40}}}
   exact: {deployment: small, cache: {}}
 keys:
@@ -71,6 +74,16 @@ def test_only_text_conversations_within_the_size_are_looked_up(graph: Graph) -> 
     for messages in ([user, image], [user, tool]):
         assert conversation(parse_chat_request(_request(*messages)).messages) is None
     assert semantic_ask(graph.routes["exact"], parse_chat_request(_request(user)), key, 1) is None
+
+
+def test_a_prompt_no_embeddings_deployment_could_take_is_not_looked_up(graph: Graph) -> None:
+    """max_prompt_tokens (2048 by default) past the embeddings deployments' windows (64
+    here, 512 for many local models): each longer prompt's embedding was refused (422,
+    context_length_exceeded), a ledger record every time."""
+    route, key = graph.routes["faq-narrow"], next(iter(graph.keys_by_sha256.values()))
+    request = parse_chat_request(_request({"role": "user", "content": "hello"}))
+    assert semantic_ask(route, request, key, 64) is not None
+    assert semantic_ask(route, request, key, 65) is None
 
 
 def test_the_shape_is_all_but_the_messages_and_delivery(graph: Graph) -> None:

@@ -282,8 +282,13 @@ class Exchange:
 
     async def _semantic_entry(self, ask: SemanticAsk) -> CachedAnswer | None:
         """The entry of the nearest conversation, near enough; its similarity recorded."""
-        assert self._key is not None
-        self._embedded = embedded = await embed_conversation(self, self._key, ask)
+        assert self._key is not None and self.plan is not None
+        # Half of what is left of the request's deadline at most: the rest is the answer's
+        # on a miss (an embedding slow within timeout_s used it all: the request's 504).
+        wait_s = min(ask.semantic.timeout_s, (self.plan.deadline - self.live.routing.clock()) / 2)
+        if wait_s <= 0:
+            return None
+        self._embedded = embedded = await embed_conversation(self, self._key, ask, wait_s)
         if embedded is None:
             return None
         found = await nearest(self.live.store.cache, embedded, ask.semantic.threshold)

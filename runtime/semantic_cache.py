@@ -19,7 +19,8 @@ re-checked against the route policies as an exact hit is. A miss's answer, when 
 cached at all, is cached with its embedding.
 
 A lookup that fails (the embeddings call refused or failed or past ``timeout_s``, the
-cache unreachable) is a miss, never a failed request.
+cache unreachable) is a miss, never a failed request; it waits at most half of what is
+left of the request's deadline, so that a miss is still answered in time.
 """
 
 from __future__ import annotations
@@ -98,11 +99,12 @@ def conversation(messages: list[Message]) -> str | None:
     return "\n".join(lines)
 
 
-async def embed_conversation(exchange: Exchange, key: ApiKey,
-                             ask: SemanticAsk) -> Embedded | None:
+async def embed_conversation(exchange: Exchange, key: ApiKey, ask: SemanticAsk,
+                             wait_s: float) -> Embedded | None:
     """``ask``'s conversation embedded for ``key`` through the embeddings route, as a
     request of its own (``exchange.beside``): settled and in the ledger, refused or
-    failed too. None when it was refused or failed: the lookup is then a miss."""
+    failed too (past ``wait_s``, say). None when it was refused or failed: the lookup is
+    then a miss."""
     live = exchange.live
     route = live.graph.routes[ask.semantic.embeddings]  # the compiler checked it is one
     side = exchange.beside("embeddings")
@@ -110,7 +112,7 @@ async def embed_conversation(exchange: Exchange, key: ApiKey,
     user = exchange.plan.request.user if exchange.plan is not None else None
     try:
         won = await embed(side, key, route, (ask.text,), False, None, user, route.name,
-                          ask.semantic.timeout_s)
+                          wait_s)
     except GatewayError as exc:
         await side.fail(exc)
         live.telemetry.refused(side.record, side.headers)

@@ -177,6 +177,20 @@ def test_an_embeddings_failure_is_a_miss_and_the_answer_is_served(
     assert [line["status"] for line in lines] == [200, 400, 504]
 
 
+def test_a_slow_embedding_leaves_the_request_time_to_be_answered(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """It waited up to timeout_s (2 s) whatever the request's own deadline: an embedding
+    of 1.8 s left a 2 s request 0.2 s, and an upstream that answers in 0.4 s a 504."""
+    fake = upstream[0]
+    fake.script.actions += [Action(delay_s=1.8), Action(delay_s=0.4)]  # embedding, chat
+    client = _client(gateway, **{"x-aigw-deadline-ms": "2000"})
+    answer, headers, _ = _ask(client, QUESTION, model="faq")
+    assert headers["x-aigw-cache"] == "miss" and answer == f"fake-openai: {QUESTION}"
+    lines = _access_lines(gateway)
+    assert [(line["route"], line["status"]) for line in lines] == [("embed", 504), ("faq", 200)]
+
+
 def test_the_embedding_is_billed_and_in_the_ledger(gateway: Server) -> None:
     client = _client(gateway)
     _ask(client, QUESTION, model="faq")

@@ -291,13 +291,13 @@ class Exchange:
         self._embedded = embedded = await embed_conversation(self, self._key, ask, wait_s)
         if embedded is None:
             return None
-        found = await nearest(self.live.store.cache, embedded, ask.semantic.threshold)
-        if found is None:
-            return None
-        answer = await self._entry(found[0])
-        if answer is not None:
-            self.record.cache_similarity = found[1]
-        return answer
+        for key, similarity in await nearest(self.live.store.cache, embedded,
+                                             ask.semantic.threshold):
+            answer = await self._entry(key)
+            if answer is not None:
+                self.record.cache_similarity = similarity
+                return answer
+        return None
 
     async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
         if not self._storing or not cacheable(result):

@@ -71,9 +71,10 @@ class CacheBackend(Protocol):
     async def add_vector(self, bucket: str, key: str, vector: Vector, ttl_s: float) -> None:
         """Keep the unit ``vector`` of the entry ``key`` (just put) in ``bucket``."""
 
-    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
-        """The entry key in ``bucket`` whose vector is nearest the unit ``vector``, and
-        their cosine similarity; None when the bucket holds none."""
+    async def nearest(self, bucket: str, vector: Vector,
+                      count: int = 1) -> list[tuple[str, float]]:
+        """The keys of the ``count`` unexpired entries in ``bucket`` whose vectors are
+        nearest the unit ``vector``, nearest first, and their cosine similarities."""
 
     def resting(self) -> bool:
         """True while every lookup is a miss and nothing is kept (a Redis that did not
@@ -158,19 +159,19 @@ class LocalCache:
         self._bytes += rows.nbytes - held
         self._bound()
 
-    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
+    async def nearest(self, bucket: str, vector: Vector,
+                      count: int = 1) -> list[tuple[str, float]]:
         rows = self._buckets.get(bucket)
-        found = rows.nearest(vector) if rows is not None else None
-        if found is None or self._entries[found[0]][0] > self._clock():
+        found = rows.nearest(vector, count) if rows is not None else []
+        now = self._clock()
+        if rows is None or all(self._entries[key][0] > now for key, _ in found):
             return found
         # Expired (entries are dropped as they are read): the bucket's expired entries
         # go at once, as they expire together (one TTL a route), then the nearest left.
-        now = self._clock()
-        assert rows is not None
         for key in [key for key in rows if self._entries[key][0] <= now]:
             self._drop(key)
         rows = self._buckets.get(bucket)
-        return rows.nearest(vector) if rows is not None else None
+        return rows.nearest(vector, count) if rows is not None else []
 
     def resting(self) -> bool:
         return False
@@ -256,19 +257,21 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._failed("write", exc)
 
-    async def nearest(self, bucket: str, vector: Vector) -> tuple[str, float] | None:
+    async def nearest(self, bucket: str, vector: Vector,
+                      count: int = 1) -> list[tuple[str, float]]:
         if self.resting():
-            return None
+            return []
         try:
             stored = await self._live_vectors(
                 keys=[f"{self._prefix}vectors:{{{bucket}}}", f"{self._prefix}ages:{{{bucket}}}"],
                 args=[int(time.time() * 1000)])
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
-            return None
+            return []
         pairs = zip(stored[::2], stored[1::2], strict=True)  # the client does not decode
         return nearest_of(((key.decode(), blob) for key, blob in pairs
-                           if isinstance(key, bytes) and isinstance(blob, bytes)), vector)
+                           if isinstance(key, bytes) and isinstance(blob, bytes)), vector,
+                          count)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

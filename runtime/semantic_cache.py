@@ -15,7 +15,8 @@ route, the deployments that may serve it, the scope's owner, every request field
 the messages and those of delivery (``stream``, ``stream_options``, ``user``), and the
 embeddings deployment that made the vectors (another model's are not comparable). The
 nearest entry within the TTL is served if its cosine similarity reaches ``threshold``,
-re-checked against the route policies as an exact hit is. A miss's answer, when it is
+re-checked against the route policies as an exact hit is (one they deny: the next
+nearest, of ``CANDIDATES``). A miss's answer, when it is
 cached at all, is cached with its embedding.
 
 A lookup that fails (the embeddings call refused or failed or past ``timeout_s``, the
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 log = logging.getLogger("aigw.cache")
+# Entries tried, nearest first: the nearest may be one this caller is not served (its
+# deployment denied to them by the route policies, an entry Redis dropped), and the
+# next as near may be (theirs, from the deployment they are let use).
+CANDIDATES = 4
 _TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
 
 
@@ -136,11 +141,10 @@ async def embed_conversation(exchange: Exchange, key: ApiKey, ask: SemanticAsk,
 
 
 async def nearest(cache: CacheBackend, embedded: Embedded,
-                  threshold: float) -> tuple[str, float] | None:
-    """The key of the cached entry nearest ``embedded`` and their similarity, if it
-    reaches ``threshold``."""
-    found = await cache.nearest(embedded.bucket, embedded.vector)
+                  threshold: float) -> list[tuple[str, float]]:
+    """The keys of the cached entries nearest ``embedded`` whose similarity reaches
+    ``threshold`` (the few nearest: ``CANDIDATES``), nearest first, with it."""
+    found = await cache.nearest(embedded.bucket, embedded.vector, CANDIDATES)
     # float32 rounding: the same conversation may score 0.99999994
-    if found is None or found[1] < threshold - 1e-6:
-        return None
-    return found[0], min(1.0, found[1])
+    return [(key, min(1.0, similarity)) for key, similarity in found
+            if similarity >= threshold - 1e-6]

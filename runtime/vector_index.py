@@ -7,7 +7,7 @@ similarity is a dot product, and a lookup one matrix-vector product.
     >>> rows = Rows()
     >>> rows.add("a", unit([1.0, 0.0]))
     True
-    >>> rows.nearest(unit([1.0, 0.1]))[0]
+    >>> rows.nearest(unit([1.0, 0.1]))[0][0]
     'a'
 """
 
@@ -101,13 +101,12 @@ class Rows:
             resized[:kept] = self._matrix[:kept]
         self._matrix = resized
 
-    def nearest(self, vector: Vector) -> tuple[str, float] | None:
-        """The key whose vector is closest to ``vector``, and their cosine similarity."""
+    def nearest(self, vector: Vector, count: int = 1) -> list[tuple[str, float]]:
+        """The ``count`` keys whose vectors are closest to ``vector``, nearest first, and
+        their cosine similarities."""
         if not self._keys or self._matrix is None or self._matrix.shape[1] != vector.shape[0]:
-            return None
-        scores = self._matrix[:len(self._keys)] @ vector
-        best = int(np.argmax(scores))
-        return self._keys[best], float(scores[best])
+            return []
+        return _best(self._keys, self._matrix[:len(self._keys)] @ vector, count)
 
 
 def _room(rows: int) -> int:
@@ -116,9 +115,10 @@ def _room(rows: int) -> int:
     return rows + rows // 4
 
 
-def nearest_of(stored: Iterable[tuple[str, bytes]], vector: Vector) -> tuple[str, float] | None:
-    """The nearest of vectors stored as float32 bytes (Redis' hash of a bucket): those of
-    another length (a model that changed under the same name) are passed over."""
+def nearest_of(stored: Iterable[tuple[str, bytes]], vector: Vector,
+               count: int = 1) -> list[tuple[str, float]]:
+    """The ``count`` nearest of vectors stored as float32 bytes (Redis' hash of a bucket):
+    those of another length (a model that changed under the same name) are passed over."""
     width = vector.shape[0] * 4
     keys: list[str] = []
     blobs: list[bytes] = []
@@ -127,8 +127,12 @@ def nearest_of(stored: Iterable[tuple[str, bytes]], vector: Vector) -> tuple[str
             keys.append(key)
             blobs.append(blob)
     if not keys:
-        return None
+        return []
     matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
-    scores = matrix @ vector
-    best = int(np.argmax(scores))
-    return keys[best], float(scores[best])
+    return _best(keys, matrix @ vector, count)
+
+
+def _best(keys: Sequence[str], scores: Vector, count: int) -> list[tuple[str, float]]:
+    """The ``count`` best scores' keys, best first (of equal scores, the first row)."""
+    order = np.argsort(-scores, kind="stable")[:count]
+    return [(keys[int(row)], float(scores[row])) for row in order]

@@ -104,12 +104,12 @@ def test_rows_find_the_nearest_and_fill_the_holes_left() -> None:
     rows = Rows()
     for index in range(20):  # past the first allocation
         assert rows.add(f"k{index}", _vector(1.0, index / 10))
-    assert rows.nearest(_vector(1.0, 0.52)) == ("k5", pytest.approx(1.0, abs=1e-3))
+    assert rows.nearest(_vector(1.0, 0.52)) == [("k5", pytest.approx(1.0, abs=1e-3))]
     rows.remove("k5")
     rows.remove("k19")
     assert len(rows) == 18
-    assert rows.nearest(_vector(1.0, 0.52))[0] in {"k4", "k6"}
-    assert rows.nearest(_vector(1.0, 1.8))[0] == "k18"
+    assert [key for key, _ in rows.nearest(_vector(1.0, 0.52), 2)] == ["k6", "k4"]
+    assert rows.nearest(_vector(1.0, 1.8))[0][0] == "k18"
     assert not rows.add("other", _vector(1.0, 0.0, 0.0))  # another model's length
     assert unit([0.0, 0.0]) is None and unit([float("nan"), 1.0]) is None
 
@@ -119,15 +119,15 @@ async def test_local_vectors_are_evicted_with_their_entries_and_counted_in_bytes
     cache = LocalCache(max_entries=2, max_bytes=1000)
     await cache.put("one", b"1", ttl_s=10)
     await cache.add_vector("bucket", "one", near, ttl_s=10)
-    assert await cache.nearest("bucket", near) == ("one", pytest.approx(1.0))
+    assert await cache.nearest("bucket", near) == [("one", pytest.approx(1.0))]
     await cache.add_vector("bucket", "never-put", near, ttl_s=10)  # no entry: not kept
     await cache.put("two", b"2", ttl_s=10)
     await cache.put("three", b"3", ttl_s=10)  # "one" goes, and its vector with it
-    assert await cache.nearest("bucket", near) is None
+    assert await cache.nearest("bucket", near) == []
     # A refresh of an entry (its messages the same) keeps its vector.
     await cache.add_vector("bucket", "three", near, ttl_s=10)
     await cache.put("three", b"33", ttl_s=10)
-    assert await cache.nearest("bucket", near) == ("three", pytest.approx(1.0))
+    assert await cache.nearest("bucket", near) == [("three", pytest.approx(1.0))]
     # An expired entry is passed over (and dropped, with the bucket's other expired ones).
     now = [0.0]
     timed = LocalCache(max_entries=10, clock=lambda: now[0])
@@ -135,7 +135,7 @@ async def test_local_vectors_are_evicted_with_their_entries_and_counted_in_bytes
         await timed.put(name, b"x", ttl_s=ttl_s)
         await timed.add_vector("bucket", name, vector, ttl_s=ttl_s)
     now[0] = 2.0
-    assert await timed.nearest("bucket", near) == ("far", pytest.approx(0.5 ** 0.5))
+    assert await timed.nearest("bucket", near, 2) == [("far", pytest.approx(0.5 ** 0.5))]
     assert len(timed._buckets["bucket"]) == 1
     # Vectors count against the byte budget: a 256-float vector (1 KiB) pushes out all.
     wide = LocalCache(max_entries=10, max_bytes=1500)
@@ -156,13 +156,14 @@ async def test_redis_keeps_the_most_recent_vectors_of_a_bucket_expiring_with_the
             await cache.put(f"k{index}", b"v", ttl_s=60)
             await cache.add_vector("b", f"k{index}", _vector(1.0, index / 10), ttl_s=60)
         assert sorted(await admin.hkeys("semantic:cache:vectors:{b}")) == [b"k2", b"k3", b"k4"]
-        assert await cache.nearest("b", _vector(1.0, 0.0)) == ("k2", pytest.approx(1 / 1.04 ** 0.5))
-        assert await cache.nearest("other", _vector(1.0, 0.0)) is None
+        assert await cache.nearest("b", _vector(1.0, 0.0)) == [
+            ("k2", pytest.approx(1 / 1.04 ** 0.5))]
+        assert await cache.nearest("other", _vector(1.0, 0.0)) == []
         await cache.add_vector("short", "k0", _vector(1.0, 0.0), ttl_s=0.2)
         await cache.add_vector("short", "k1", _vector(1.0, 1.0), ttl_s=0.2)
         await cache.add_vector("short", "k4", _vector(0.0, 1.0), ttl_s=60)
         await asyncio.sleep(0.4)  # the nearer ones expired: passed over
-        assert await cache.nearest("short", _vector(1.0, 0.0)) == ("k4", pytest.approx(0.0))
+        assert await cache.nearest("short", _vector(1.0, 0.0), 3) == [("k4", pytest.approx(0.0))]
     finally:
         await admin.aclose()
         await cache.aclose()
@@ -189,7 +190,7 @@ async def test_local_vectors_cost_no_more_memory_than_the_byte_budget() -> None:
             await grown.add_vector("b", f"k{index}", vector, ttl_s=60)
         now[0] = 2.0
         # the nearest expired: the expired go, and the one left is the nearest
-        assert (await grown.nearest("b", vectors[0]) or ("",))[0] == "k999"
+        assert [key for key, _ in await grown.nearest("b", vectors[0], 2)] == ["k999"]
         assert tracemalloc.get_traced_memory()[0] < 256 << 10  # the matrix was 2 MiB
     finally:
         tracemalloc.stop()
@@ -202,7 +203,7 @@ async def test_vectors_of_a_new_length_replace_their_buckets_old_ones() -> None:
     for name, vector in (("old", _vector(1.0, 0.0)), ("new", _vector(1.0, 0.0, 0.0))):
         await cache.put(name, b"x", ttl_s=60)
         await cache.add_vector("bucket", name, vector, ttl_s=60)
-    assert await cache.nearest("bucket", _vector(1.0, 0.1, 0.0)) == (
-        "new", pytest.approx(0.995, abs=1e-3))
-    assert await cache.nearest("bucket", _vector(1.0, 0.0)) is None
+    assert await cache.nearest("bucket", _vector(1.0, 0.1, 0.0)) == [
+        ("new", pytest.approx(0.995, abs=1e-3))]
+    assert await cache.nearest("bucket", _vector(1.0, 0.0)) == []
     assert await cache.get("old") == b"x"  # its entry stays, for an exact hit

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import anyio
@@ -105,6 +106,9 @@ class Exchange:
         self._semantic: SemanticAsk | None = None  # on a route with a semantic cache
         self._embedded: Embedded | None = None  # the conversation's, kept with the answer
         self._closed = False
+        # A call made on behalf of another request (``beside``): its client's request
+        # and place in flight are that request's, so it holds tokens and cost only.
+        self._on_behalf = False
 
     async def open(self, key: ApiKey, request: ChatRequest, route: Route | None = None) -> Plan:
         record, live = self.record, self.live
@@ -151,8 +155,10 @@ class Exchange:
     def beside(self, endpoint: str) -> Exchange:
         """An exchange of its own for a call this request makes on its behalf (its
         semantic cache's embedding): the same headers and client, another record."""
-        return Exchange(self.live, new_record(self.live, endpoint), self.headers,
+        side = Exchange(self.live, new_record(self.live, endpoint), self.headers,
                         self._current, self.gone)
+        side._on_behalf = True
+        return side
 
     def identify(self, key: ApiKey, user: str | None) -> None:
         """Whose request this is (for the ledger record, a refusal's too): ``key``, its
@@ -168,8 +174,11 @@ class Exchange:
         request that is not a chat completion; ``close`` settles it, ``fail`` gives it
         back."""
         store = await self.live.store.get()
-        self.admission = await admit(store, self.record, subject_limits(key, self.user),
-                                     tokens, cost)
+        limits = subject_limits(key, self.user)
+        if self._on_behalf:  # counted as one more request, it halved a key's rpm, and
+            # with max_parallel: 1 it was refused the place its own request holds
+            limits = tuple(replace(item, rpm=None, max_parallel=None) for item in limits)
+        self.admission = await admit(store, self.record, limits, tokens, cost)
         self.live.store.keep(self.admission)
 
     def rate_headers(self) -> dict[str, str]:

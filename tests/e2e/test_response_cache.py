@@ -35,9 +35,9 @@ def _digest(secret: str) -> str:
 
 
 def _gateway(root: Path, upstream: str, store: str = "embedded", settings: str = "",
-             deployments: str = "", routes: str = "") -> Path:
-    """The gateway of these tests; ``deployments`` and ``routes``: YAML lines (indented
-    two spaces) added to those sections."""
+             deployments: str = "", routes: str = "", keys: str = "") -> Path:
+    """The gateway of these tests; ``deployments``, ``routes`` and ``keys``: YAML lines
+    (indented two spaces) added to those sections."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(f"""
 version: 1
@@ -60,7 +60,7 @@ keys:
   eng: {{team: eng, sha256: {_digest(ENG_KEY)}}}
   eng-2: {{team: eng, sha256: {_digest(ENG_KEY_2)}}}
   ops: {{team: ops, sha256: {_digest(OPS_KEY)}}}
-""")
+{keys}""")
     return root
 
 

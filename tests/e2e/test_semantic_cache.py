@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -52,8 +53,9 @@ ROUTES = """\
 
 
 def _semantic_gateway(root: Path, upstream: str, store: str = "embedded",
-                      settings: str = "") -> Path:
-    return _gateway(root, upstream, store, settings, deployments=DEPLOYMENTS, routes=ROUTES)
+                      settings: str = "", keys: str = "") -> Path:
+    return _gateway(root, upstream, store, settings, deployments=DEPLOYMENTS, routes=ROUTES,
+                    keys=keys)
 
 
 @pytest.fixture
@@ -319,5 +321,30 @@ def test_a_key_that_may_not_call_the_embeddings_route_is_looked_up_exactly_only(
         assert len(_embeddings(fake)) == 1  # the eng key's only
         assert [line["key"] for line in _access_lines(server) if line["route"] == "embed"] == [
             "eng"]
+    finally:
+        server.stop()
+
+
+LIMITED_KEY = "sk-semantic-limited"
+
+
+def test_the_embedding_is_part_of_its_request_for_rpm_and_max_parallel(
+    tmp_path: Path, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """The lookup's embedding is made on behalf of the request: it counted as a request
+    of its own against the key's rpm (halving it) and wanted a second place in flight,
+    so a key with max_parallel: 1 was refused every embedding and never hit."""
+    keys = (f"  limited: {{team: eng, sha256: {_digest(LIMITED_KEY)}, "
+            "limits: {rpm: 3, max_parallel: 1}}\n")
+    server = Server(_semantic_gateway(tmp_path / "gw", upstream[1], keys=keys))
+    try:
+        server.wait_ready()
+        client = _client(server, LIMITED_KEY).with_options(max_retries=0)
+        assert _ask(client, QUESTION, model="faq")[1]["x-aigw-cache"] == "miss"
+        assert _ask(client, SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "hit"
+        assert _ask(client, LONGER, model="faq")[1]["x-aigw-cache"] == "hit"
+        with pytest.raises(openai.RateLimitError):  # the fourth request of the minute
+            _ask(client, OTHER, model="faq")
+        assert len(_embeddings(upstream[0])) == 3
     finally:
         server.stop()

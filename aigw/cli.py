@@ -10,8 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aigw import __version__
-from aigw.compiler import CompileResult, compile_gateway, render_github, render_json, render_text
-from aigw.compiler.graph import Graph
+from aigw.compiler import (
+    CompileResult,
+    compile_gateway,
+    overview,
+    render_github,
+    render_json,
+    render_text,
+)
+from aigw.compiler.graph import ApiKey, Graph, PreviousSecret, Route
+from aigw.compiler.keys import shown_moment
 from aigw.compiler.schema import json_schemas
 from aigw.reload_signal import note_early_reloads
 
@@ -264,14 +272,14 @@ def describe_graph(graph: Graph) -> dict[str, object]:
                 "kind": r.kind.value,
                 "target": r.target,
                 "candidates": [d.name for d in r.candidates],
+                "cache": overview.route_cache(r.cache),
+                "guardrails": overview.route_guardrails(r.guardrails),
             }
             for name, r in graph.routes.items()
         },
         "teams": sorted(graph.teams),
-        "keys": [
-            {"name": k.name, "team": k.team.name if k.team else None, "admin": k.admin}
-            for k in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)
-        ],
+        "keys": [{"name": key.name, **overview.key_entry(key, previous)}
+                 for key, previous in overview.keys(graph)],
         "policies": [
             {"id": p.id, "file": p.file, "line": p.line, "priority": p.priority}
             for p in graph.policies
@@ -286,13 +294,48 @@ def _graph_text(graph: Graph) -> str:
         served = ", ".join(
             d.name + ("" if d.provider.enabled else " (disabled)") for d in route.candidates
         )
-        lines.append(f"  route {name} -> {route.kind.value} {route.target}: {served or '-'}")
+        lines.append(f"  route {name} -> {route.kind.value} {route.target}: {served or '-'}"
+                     + _route_extras(route))
+    for key, previous in overview.keys(graph):
+        lines.append(f"  key {key.name}{_key_extras(key, previous)}")
     lines.append(
         f"  {len(graph.providers)} providers, {len(graph.deployments)} deployments, "
         f"{len(graph.groups)} groups, {len(graph.routes)} routes, {len(graph.teams)} teams, "
         f"{len(graph.keys_by_sha256)} keys, {len(graph.policies)} policies"
     )
     return "\n".join(lines) + "\n"
+
+
+def _route_extras(route: Route) -> str:
+    """`` [cache 3600 s team, semantic via embed >= 0.95] [guardrails pii input,output redact]``"""
+    extras = ""
+    cache = route.cache
+    if cache is not None:
+        semantic = cache.semantic
+        extras += f" [cache {cache.ttl_s:g} s {cache.scope}" + (
+            f", semantic via {semantic.embeddings} >= {semantic.threshold:g}]"
+            if semantic is not None else "]")
+    if route.guardrails is not None:
+        named = {g.name: g for g in (*route.guardrails.input, *route.guardrails.output)}
+        extras += " [guardrails " + ", ".join(
+            f"{g.name} {','.join(sorted(g.sides))} {g.action}" for g in named.values()) + "]"
+    return extras
+
+
+def _key_extras(key: ApiKey, previous: list[PreviousSecret]) -> str:
+    """``: team eng, admin, mcp_servers docs, expires 2027-01-01T00:00:00Z, previous until
+    2026-12-15T00:00:00Z``; nothing for a key of no team with nothing limiting it."""
+    parts = [f"team {key.team.name}"] if key.team else []
+    if key.admin:
+        parts.append("admin")
+    for field, names in (("routes", key.routes), ("mcp_servers", key.mcp_servers)):
+        if names is not None:
+            parts.append(f"{field} {', '.join(sorted(names)) or '(none)'}")
+    if key.expires_at is not None:
+        parts.append(f"expires {shown_moment(key.expires_at)}")
+    parts.extend(f"previous until {'(while listed)' if p.until is None else shown_moment(p.until)}"
+                 for p in previous)
+    return f": {', '.join(parts)}" if parts else ""
 
 
 CEDAR_SCHEMA_FILE = "policies.cedarschema"

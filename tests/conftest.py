@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aigw.compiler.keys import shown_moment
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
@@ -50,6 +52,47 @@ deployments:
     circuit_breaker: {{consecutive_failures: 1, cooldown_s: {cooldown_s}}}
 """, 1).replace("routes:", "routes:\n  broken: {deployment: broken}", 1))
     return shipped
+
+
+GUARD_TOKEN = "guard-token-never-shown"  # $OPS_GUARD_TOKEN, the checker's credential
+CI_BOT_KEY, CI_BOT_OLD_KEY = "sk-aigw-ci-bot", "sk-aigw-ci-bot-old"
+
+
+def add_ops_features(gateway_dir: Path, expires: float, until: float) -> None:
+    """Give the shipped gateway what operators should see of routes and keys: a route
+    ``faq`` with a semantic cache and three guardrails (one a webhook whose credential
+    header comes from $OPS_GUARD_TOKEN), an MCP server ``docs``, and a key ``ci-bot``
+    limited to it, expiring at ``expires`` (epoch seconds), with an earlier secret
+    accepted until ``until``."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("\nroutes:", """
+guardrails:
+  secrets: {kind: regex, patterns: ['sk-[a-z]{8}'], on: [input]}
+  pii: {kind: pii, entities: [email], action: redact}
+  checker:
+    kind: webhook
+    url: "https://guard.example.com/check?token=abc"
+    headers: {Authorization: "Bearer ${OPS_GUARD_TOKEN}"}
+    on: [output]
+    action: log
+    on_error: allow
+mcp_servers:
+  docs: {url: "https://mcp.example.com/mcp"}
+routes:
+  faq:
+    group: fast
+    cache: {ttl_s: 600, scope: key, semantic: {embeddings: embed, threshold: 0.9}}
+    guardrails: [secrets, pii, checker]""", 1).replace("\nkeys:\n", f"""
+keys:
+  ci-bot:
+    team: default
+    sha256: {hashlib.sha256(CI_BOT_KEY.encode()).hexdigest()}
+    mcp_servers: [docs]
+    expires: '{shown_moment(expires)}'
+    previous:
+      - sha256: {hashlib.sha256(CI_BOT_OLD_KEY.encode()).hexdigest()}
+        until: '{shown_moment(until)}'
+""", 1))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,86 @@
+"""What an operator is shown of a graph's routes and keys: JSON-ready, no secret in it.
+
+``aigw compile --format json`` and ``GET /admin/status`` both list routes and keys;
+they build each entry here, so the two say the same thing in the same words. A key is
+shown by its name, never its secret or its digest; a guardrail webhook by its URL
+(shown as diagnostics show one: user info and query hidden) and the names of the
+headers it sends, never their values (a credential among them).
+
+>>> route_cache(RouteCache(3600.0, "team"))
+{'ttl_s': 3600.0, 'scope': 'team', 'semantic': None}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .diagnostics import shown_url
+from .graph import ApiKey, Graph, PreviousSecret, RouteCache
+from .guardrail_graph import Guardrail, RouteGuardrails
+from .keys import shown_moment
+
+
+def route_cache(cache: RouteCache | None) -> dict[str, object] | None:
+    """A route's response cache, with its semantic lookup if it has one; None: no cache."""
+    if cache is None:
+        return None
+    semantic = cache.semantic
+    return {
+        "ttl_s": cache.ttl_s,
+        "scope": cache.scope,
+        "semantic": None if semantic is None else {
+            "embeddings": semantic.embeddings,
+            "threshold": semantic.threshold,
+            "max_prompt_tokens": semantic.max_prompt_tokens,
+            "timeout_s": semantic.timeout_s,
+        },
+    }
+
+
+def route_guardrails(guardrails: RouteGuardrails | None) -> list[dict[str, object]]:
+    """A route's guardrails, each once (input side first), with the sides it checks."""
+    if guardrails is None:
+        return []
+    named = {g.name: g for g in (*guardrails.input, *guardrails.output)}
+    return [_guardrail(guardrail) for guardrail in named.values()]
+
+
+def _guardrail(guardrail: Guardrail) -> dict[str, object]:
+    shown: dict[str, object] = {
+        "name": guardrail.name,
+        "kind": guardrail.kind,
+        "on": sorted(guardrail.sides),
+        "action": guardrail.action,
+    }
+    webhook = guardrail.webhook
+    if webhook is not None:
+        shown["webhook"] = {
+            "url": shown_url(webhook.url),
+            "timeout_s": webhook.timeout_s,
+            "on_error": "allow" if webhook.allow_on_error else "block",
+            "headers": sorted(webhook.headers),  # names only: a value may be a credential
+            "disabled_reason": webhook.disabled_reason,
+        }
+    return shown
+
+
+def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:
+    """Every key the graph accepts, by name, with its rotations' earlier secrets."""
+    earlier: dict[str, list[PreviousSecret]] = {}
+    for previous in graph.previous_by_sha256.values():
+        earlier.setdefault(previous.key.name, []).append(previous)
+    return [(key, earlier.get(key.name, []))
+            for key in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)]
+
+
+def key_entry(key: ApiKey, previous: Iterable[PreviousSecret]) -> dict[str, object]:
+    """One key as configured: whose it is, what it may reach, and its secrets' end dates."""
+    return {
+        "team": key.team.name if key.team else None,
+        "admin": key.admin,
+        "routes": None if key.routes is None else sorted(key.routes),
+        "mcp_servers": None if key.mcp_servers is None else sorted(key.mcp_servers),
+        "expires_at": None if key.expires_at is None else shown_moment(key.expires_at),
+        "previous": [{"until": None if item.until is None else shown_moment(item.until)}
+                     for item in previous],
+    }

@@ -1,0 +1,75 @@
+"""``aigw compile``: the graph as an operator reads it, in text and JSON, with no secret in it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from aigw.cli import main
+from aigw.compiler.keys import shown_moment
+
+from .conftest import CI_BOT_KEY, CI_BOT_OLD_KEY, GUARD_TOKEN, add_ops_features
+
+EXPIRES, UNTIL = int(time.time()) + 30 * 86400, int(time.time()) + 10 * 86400
+
+
+@pytest.fixture
+def ops_dir(gateway_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPS_GUARD_TOKEN", GUARD_TOKEN)
+    add_ops_features(gateway_dir, EXPIRES, UNTIL)
+    return gateway_dir
+
+
+def _compiled(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(["compile", str(root), *args]) == 0
+    out: str = capsys.readouterr().out
+    for secret in (GUARD_TOKEN, CI_BOT_KEY, CI_BOT_OLD_KEY, "token=abc"):
+        assert secret not in out
+    return out
+
+
+def test_json_shows_a_routes_semantic_cache_and_guardrails(
+    ops_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    faq = json.loads(_compiled(ops_dir, capsys, "--format", "json"))["routes"]["faq"]
+    assert faq["cache"] == {"ttl_s": 600.0, "scope": "key", "semantic": {
+        "embeddings": "embed", "threshold": 0.9, "max_prompt_tokens": 2048, "timeout_s": 2.0}}
+    assert faq["guardrails"] == [
+        {"name": "secrets", "kind": "regex", "on": ["input"], "action": "block"},
+        {"name": "pii", "kind": "pii", "on": ["input", "output"], "action": "redact"},
+        # The webhook's header by name only: its value is the checker's credential.
+        {"name": "checker", "kind": "webhook", "on": ["output"], "action": "log",
+         "webhook": {"url": "https://guard.example.com/check?***", "timeout_s": 2.0,
+                     "on_error": "allow", "headers": ["authorization"],
+                     "disabled_reason": None}},
+    ]
+    fast = json.loads(_compiled(ops_dir, capsys, "--format", "json"))["routes"]["fast"]
+    assert fast["cache"] is None and fast["guardrails"] == []
+
+
+def test_json_shows_a_keys_mcp_servers_expiry_and_rotation_never_its_digests(
+    ops_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _compiled(ops_dir, capsys, "--format", "json")
+    keys = {key.pop("name"): key for key in json.loads(out)["keys"]}
+    assert keys["ci-bot"] == {
+        "team": "default", "admin": False, "routes": None, "mcp_servers": ["docs"],
+        "expires_at": shown_moment(EXPIRES), "previous": [{"until": shown_moment(UNTIL)}]}
+    assert keys["dev"] == {"team": "default", "admin": True, "routes": None,
+                           "mcp_servers": None, "expires_at": None, "previous": []}
+    assert "sha256" not in out and "2f0527c3d35a" not in out  # the dev key's digest
+
+
+def test_text_shows_the_same_on_the_route_and_key_lines(
+    ops_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _compiled(ops_dir, capsys).splitlines()
+    assert ("  route faq -> group fast: echo-small, echo-large [cache 600 s key, semantic via "
+            "embed >= 0.9] [guardrails secrets input block, pii input,output redact, checker "
+            "output log]") in lines
+    assert (f"  key ci-bot: team default, mcp_servers docs, expires {shown_moment(EXPIRES)}, "
+            f"previous until {shown_moment(UNTIL)}") in lines
+    assert "  key dev: team default, admin" in lines

@@ -73,14 +73,27 @@ def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:
             for key in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)]
 
 
-def key_entry(key: ApiKey, previous: Iterable[PreviousSecret]) -> dict[str, object]:
-    """One key as configured: whose it is, what it may reach, and its secrets' end dates."""
-    return {
+def key_entry(
+    key: ApiKey, previous: Iterable[PreviousSecret], now: float | None = None
+) -> dict[str, object]:
+    """One key as configured: whose it is, what it may reach, and its secrets' end dates;
+    given ``now`` (epoch seconds), also whether it has expired and which earlier secret
+    is refused already (what a running gateway says; a compiled config has no now)."""
+    entry: dict[str, object] = {
         "team": key.team.name if key.team else None,
         "admin": key.admin,
         "routes": None if key.routes is None else sorted(key.routes),
         "mcp_servers": None if key.mcp_servers is None else sorted(key.mcp_servers),
         "expires_at": None if key.expires_at is None else shown_moment(key.expires_at),
-        "previous": [{"until": None if item.until is None else shown_moment(item.until)}
-                     for item in previous],
+        "previous": [_previous(item, now) for item in previous],
     }
+    if now is not None:
+        entry["expired"] = key.expires_at is not None and key.expires_at <= now
+    return entry
+
+
+def _previous(item: PreviousSecret, now: float | None) -> dict[str, object]:
+    shown: dict[str, object] = {"until": None if item.until is None else shown_moment(item.until)}
+    if now is not None:
+        shown["refused"] = item.until is not None and item.until <= now
+    return shown

@@ -21,11 +21,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw import __version__
+from aigw.compiler import overview
 from aigw.compiler.graph import ApiKey
 
 from . import usage_api
 from .admin_page import admin_page_routes
-from .auth import authenticate, key_lifetimes, require_admin
+from .auth import authenticate, keys_status, require_admin
 from .chat import chat_completions, new_record, overhead_header
 from .embeddings import embeddings
 from .errors import (
@@ -392,6 +393,8 @@ class _Endpoints:
                             "kind": route.kind.value,
                             "target": route.target,
                             "candidates": [d.name for d in route.candidates],
+                            "cache": overview.route_cache(route.cache),
+                            "guardrails": overview.route_guardrails(route.guardrails),
                         }
                         for name, route in sorted(graph.routes.items())
                     },
@@ -404,7 +407,7 @@ class _Endpoints:
                         for name, p in sorted(graph.providers.items())
                     },
                     "warnings": [item.as_dict() for item in graph.warnings],
-                    "keys": key_lifetimes(graph, time.time()),
+                    "keys": keys_status(graph, time.time()),
                 },
                 "deployments": {
                     name: dataclasses.asdict(snapshot)

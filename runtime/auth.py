@@ -7,6 +7,7 @@ import time
 
 from starlette.datastructures import Headers
 
+from aigw.compiler import overview
 from aigw.compiler.graph import ApiKey, Graph
 from aigw.compiler.keys import shown_moment
 
@@ -85,26 +86,15 @@ def admin_only(key: ApiKey) -> ApiKey:
     return key
 
 
-def key_lifetimes(graph: Graph, now: float) -> dict[str, dict[str, object]]:
-    """Each key's expiry and the ends of its rotations' earlier secrets, for /admin/status.
+def keys_status(graph: Graph, now: float) -> dict[str, dict[str, object]]:
+    """Each key as ``aigw compile`` shows it (compiler/overview.py), with whether it has
+    expired and which of its rotations' earlier secrets are refused already, for
+    /admin/status.
 
-    >>> key_lifetimes(graph, time.time())  # doctest: +SKIP
-    {'ci-bot': {'expires_at': '2027-01-01T00:00:00Z', 'expired': False,
-                'previous': [{'until': '2026-12-15T00:00:00Z', 'refused': False}]}}
+    >>> keys_status(graph, time.time())["ci-bot"]  # doctest: +SKIP
+    {'team': 'eng', 'admin': False, 'routes': None, 'mcp_servers': ['docs'],
+     'expires_at': '2027-01-01T00:00:00Z', 'previous': [{'until': '2026-12-15T00:00:00Z',
+     'refused': False}], 'expired': False}
     """
-    shown: dict[str, dict[str, object]] = {
-        key.name: {
-            "expires_at": None if key.expires_at is None else shown_moment(key.expires_at),
-            "expired": key.expires_at is not None and key.expires_at <= now,
-            "previous": [],
-        }
-        for key in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)
-    }
-    for previous in graph.previous_by_sha256.values():
-        entries = shown[previous.key.name]["previous"]
-        assert isinstance(entries, list)
-        entries.append({
-            "until": None if previous.until is None else shown_moment(previous.until),
-            "refused": previous.until is not None and previous.until <= now,
-        })
-    return shown
+    return {key.name: overview.key_entry(key, previous, now)
+            for key, previous in overview.keys(graph)}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -95,6 +97,31 @@ keys:
 """, 1))
 
 
+# The key ci-bot of ops_dir: it expires within the week operators are warned of, and
+# its earlier secret is refused already.
+OPS_EXPIRES, OPS_UNTIL = int(time.time()) + 3 * 86400, int(time.time()) - 86400
+
+
+@pytest.fixture
+def ops_dir(gateway_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped gateway with add_ops_features, its checker's credential set."""
+    monkeypatch.setenv("OPS_GUARD_TOKEN", GUARD_TOKEN)
+    add_ops_features(gateway_dir, OPS_EXPIRES, OPS_UNTIL)
+    return gateway_dir
+
+
+@asynccontextmanager
+async def app_client(gateway: Gateway, key: str = DEV_KEY) -> AsyncIterator[httpx.AsyncClient]:
+    """The app of ``gateway`` in-process, called with ``key``."""
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://aigw.test",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as http:
+        yield http
+
+
 @pytest.fixture(scope="session")
 def counter() -> TokenCounter:
     return TokenCounter()
@@ -120,12 +147,7 @@ async def gateway(gateway_dir: Path, counter: TokenCounter) -> AsyncIterator[Gat
 
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(gateway))
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://aigw.test",
-        headers={"Authorization": f"Bearer {DEV_KEY}"},
-    ) as http:
+    async with app_client(gateway) as http:
         yield http
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,7 @@ import pytest
 from aigw.cli import main
 from aigw.compiler.keys import shown_moment
 
-from .conftest import CI_BOT_KEY, CI_BOT_OLD_KEY, GUARD_TOKEN, add_ops_features
-
-EXPIRES, UNTIL = int(time.time()) + 30 * 86400, int(time.time()) + 10 * 86400
-
-
-@pytest.fixture
-def ops_dir(gateway_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OPS_GUARD_TOKEN", GUARD_TOKEN)
-    add_ops_features(gateway_dir, EXPIRES, UNTIL)
-    return gateway_dir
+from .conftest import CI_BOT_KEY, CI_BOT_OLD_KEY, GUARD_TOKEN, OPS_EXPIRES, OPS_UNTIL
 
 
 def _compiled(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -57,7 +47,7 @@ def test_json_shows_a_keys_mcp_servers_expiry_and_rotation_never_its_digests(
     keys = {key.pop("name"): key for key in json.loads(out)["keys"]}
     assert keys["ci-bot"] == {
         "team": "default", "admin": False, "routes": None, "mcp_servers": ["docs"],
-        "expires_at": shown_moment(EXPIRES), "previous": [{"until": shown_moment(UNTIL)}]}
+        "expires_at": shown_moment(OPS_EXPIRES), "previous": [{"until": shown_moment(OPS_UNTIL)}]}
     assert keys["dev"] == {"team": "default", "admin": True, "routes": None,
                            "mcp_servers": None, "expires_at": None, "previous": []}
     assert "sha256" not in out and "2f0527c3d35a" not in out  # the dev key's digest
@@ -70,6 +60,6 @@ def test_text_shows_the_same_on_the_route_and_key_lines(
     assert ("  route faq -> group fast: echo-small, echo-large [cache 600 s key, semantic via "
             "embed >= 0.9] [guardrails secrets input block, pii input,output redact, checker "
             "output log]") in lines
-    assert (f"  key ci-bot: team default, mcp_servers docs, expires {shown_moment(EXPIRES)}, "
-            f"previous until {shown_moment(UNTIL)}") in lines
+    assert (f"  key ci-bot: team default, mcp_servers docs, expires {shown_moment(OPS_EXPIRES)}, "
+            f"previous until {shown_moment(OPS_UNTIL)}") in lines
     assert "  key dev: team default, admin" in lines

@@ -469,8 +469,10 @@ def test_a_rotation_added_by_reload_takes_both_secrets_as_one_key_until_the_old_
     assert isinstance(ledger, list) and [row["key"] for row in ledger] == ["app"]
     graph = _admin(server, "/admin/status")["graph"]
     assert isinstance(graph, dict)
-    assert graph["keys"]["app"] == {"expires_at": None, "expired": False, "previous": [
-        {"until": shown_moment(until), "refused": False}]}
+    assert graph["keys"]["app"] == {
+        "team": "app", "admin": False, "routes": None, "mcp_servers": None,
+        "expires_at": None, "expired": False,
+        "previous": [{"until": shown_moment(until), "refused": False}]}
 
     time.sleep(max(0.0, until - time.time()) + 0.2)
     with pytest.raises(openai.AuthenticationError) as retired:
@@ -494,8 +496,9 @@ def test_a_key_past_its_expiry_is_refused_401_key_expired_without_a_reload(
     _ask(client)
     graph = _admin(server, "/admin/status")["graph"]
     assert isinstance(graph, dict)
-    assert graph["keys"]["app"] == {"expires_at": shown_moment(expires), "expired": False,
-                                    "previous": []}
+    assert graph["keys"]["app"] == {
+        "team": "app", "admin": False, "routes": None, "mcp_servers": None,
+        "expires_at": shown_moment(expires), "expired": False, "previous": []}
     assert [item["code"] for item in graph["warnings"]] == ["AGW348"]  # within 7 days
 
     time.sleep(max(0.0, expires - time.time()) + 0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +13,12 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from aigw.cli import main
 from aigw.runtime.app import IndexedHeaders, SnapshotMiddleware, create_app
 from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, GUARD_TOKEN, app_client
 
 CHAT = "/v1/chat/completions"
 
@@ -220,6 +223,35 @@ async def test_admin_status_needs_an_admin_key(client: httpx.AsyncClient, gatewa
     assert status["graph"]["providers"]["local"]["enabled"] is True
     no_key = await client.get("/admin/status", headers={"Authorization": ""})
     _assert_openai_error(no_key, 401, "invalid_api_key")
+
+
+async def test_admin_status_shows_routes_cache_and_guardrails_and_keys_as_compile_does(
+    ops_dir: Path, counter: TokenCounter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same entries as ``aigw compile --format json``, and what only a running gateway
+    knows: whether a key has expired and an earlier secret is refused already."""
+    assert main(["compile", str(ops_dir), "--format", "json"]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    gateway = Gateway(ops_dir, counter)
+    try:
+        async with app_client(gateway) as client:
+            response = await client.get("/admin/status")
+    finally:
+        await gateway.aclose()
+    assert GUARD_TOKEN not in response.text and "sha256" not in response.text
+    graph = response.json()["graph"]
+    for name, route in compiled["routes"].items():
+        assert graph["routes"][name] == route
+    assert graph["routes"]["faq"]["cache"]["semantic"]["embeddings"] == "embed"
+    assert [g["name"] for g in graph["routes"]["faq"]["guardrails"]] == [
+        "secrets", "pii", "checker"]
+    for key in compiled["keys"]:
+        shown = graph["keys"][key.pop("name")]
+        assert {field: shown.pop(field) for field in ("expired", "previous")} == {
+            "expired": False,
+            "previous": [{**item, "refused": True} for item in key.pop("previous")]}
+        assert shown == key
+    assert graph["keys"]["ci-bot"]["mcp_servers"] == ["docs"]
 
 
 async def test_echo_embeddings_are_deterministic_and_normalised(client: httpx.AsyncClient) -> None:

@@ -316,9 +316,9 @@ def _route_extras(route: Route) -> str:
             f", semantic via {semantic.embeddings} >= {semantic.threshold:g}]"
             if semantic is not None else "]")
     if route.guardrails is not None:
-        named = {g.name: g for g in (*route.guardrails.input, *route.guardrails.output)}
         extras += " [guardrails " + ", ".join(
-            f"{g.name} {','.join(sorted(g.sides))} {g.action}" for g in named.values()) + "]"
+            f"{g.name} {','.join(sorted(g.sides))} {g.action}"
+            for g in overview.each_guardrail(route.guardrails)) + "]"
     return extras
 
 

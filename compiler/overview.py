@@ -37,12 +37,16 @@ def route_cache(cache: RouteCache | None) -> dict[str, object] | None:
     }
 
 
-def route_guardrails(guardrails: RouteGuardrails | None) -> list[dict[str, object]]:
-    """A route's guardrails, each once (input side first), with the sides it checks."""
+def each_guardrail(guardrails: RouteGuardrails | None) -> list[Guardrail]:
+    """A route's guardrails, each once: the graph keeps them by side, input first."""
     if guardrails is None:
         return []
-    named = {g.name: g for g in (*guardrails.input, *guardrails.output)}
-    return [_guardrail(guardrail) for guardrail in named.values()]
+    return list({g.name: g for g in (*guardrails.input, *guardrails.output)}.values())
+
+
+def route_guardrails(guardrails: RouteGuardrails | None) -> list[dict[str, object]]:
+    """A route's guardrails, each once (input side first), with the sides it checks."""
+    return [_guardrail(guardrail) for guardrail in each_guardrail(guardrails)]
 
 
 def _guardrail(guardrail: Guardrail) -> dict[str, object]:

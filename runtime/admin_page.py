@@ -1,10 +1,12 @@
 """GET /admin: one server-rendered page for a person, read-mostly.
 
 What ``/admin/status``, ``/admin/budgets`` and the executions API say, on one page:
-the graph being served and its last reload, the routes, each deployment's live state
-(circuit, in flight, latency, error rate, and a vLLM server's own queue, KV cache and
-prefix cache hits), the budgets, the executions waiting for a human (with approve and
-reject buttons) and the latest executions. Configuration is not edited here: it lives
+the graph being served and its last reload, a notice of keys that expire within a week
+(or have expired), the routes (with their cache and guardrails), each deployment's live
+state (circuit, in flight, latency, error rate, and a vLLM server's own queue, KV cache
+and prefix cache hits), the budgets, the keys (whose, what they may reach, when they
+and their rotations' earlier secrets end), the executions waiting for a human (with
+approve and reject buttons) and the latest executions. Configuration is not edited here: it lives
 in git.
 
 A browser signs in with HTTP Basic (any user name, an admin key as the password);
@@ -29,7 +31,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from aigw import __version__
-from aigw.compiler.graph import ApiKey, Graph
+from aigw.compiler import overview
+from aigw.compiler.graph import ApiKey, Graph, PreviousSecret, RouteCache
+from aigw.compiler.guardrail_graph import RouteGuardrails
+from aigw.compiler.keys import EXPIRY_NOTICE_S
 
 from .auth import admin_only, bearer_token, key_for
 from .errors import (
@@ -72,6 +77,10 @@ loaded {{ loaded_at }}.
 <span class="{{ 'ok' if reload.ok else 'bad' }}">{{ 'ok' if reload.ok else 'failed' }}</span>
 {% for d in reload.diagnostics %}<br><code>{{ d.code }} {{ d.file }}:{{ d.line }}:{{ d.column }}
 {{ d.message }}</code>{% endfor %}{% endif %}</p>
+{% if expiring %}<p class="bad">Keys that expire within 7 days:
+{% for k in expiring %}{{ k.name }} ({{ 'expired' if k.expired else 'expires' }} {{ k.expires }})
+{{- ", " if not loop.last }}{% endfor %}. Rotate them (a new secret, the old one under
+<code>previous:</code>) or move <code>expires</code> in the config.</p>{% endif %}
 
 <h2>Waiting for a decision</h2>
 {% if waiting %}<table><tr><th>execution</th><th>pipeline</th><th>step</th><th>message</th>
@@ -85,9 +94,10 @@ loaded {{ loaded_at }}.
 </table>{% else %}<p>Nothing is waiting.</p>{% endif %}
 
 <h2>Routes</h2>
-<table><tr><th>route</th><th>serves</th><th>candidates</th><th>cache</th></tr>
+<table><tr><th>route</th><th>serves</th><th>candidates</th><th>cache</th><th>guardrails</th></tr>
 {% for r in routes %}<tr><td>{{ r.name }}</td><td>{{ r.kind }} {{ r.target }}</td>
-<td>{{ r.candidates }}</td><td>{{ r.cache }}</td></tr>{% endfor %}</table>
+<td>{{ r.candidates }}</td><td>{{ r.cache }}</td><td>{{ r.guardrails }}</td></tr>
+{% endfor %}</table>
 
 <h2>Deployments</h2>
 <table><tr><th>deployment</th><th>provider</th><th>model</th><th>circuit</th>
@@ -105,6 +115,14 @@ loaded {{ loaded_at }}.
 <td>{{ b.amount }}</td><td>{{ b.spent }}</td><td>{{ b.held }}</td>
 <td class="{{ 'bad' if b.over else '' }}">{{ b.used }}</td></tr>{% endfor %}</table>
 {% else %}<p>{{ budgets_note }}</p>{% endif %}
+
+<h2>Keys</h2>
+<table><tr><th>key</th><th>team</th><th>admin</th><th>routes</th><th>MCP servers</th>
+<th>expires</th><th>earlier secrets</th></tr>
+{% for k in keys %}<tr><td>{{ k.name }}</td><td>{{ k.team }}</td><td>{{ k.admin }}</td>
+<td>{{ k.routes }}</td><td>{{ k.mcp_servers }}</td>
+<td class="{{ 'bad' if k.soon else '' }}">{{ k.expires }}</td><td>{{ k.previous }}</td></tr>
+{% endfor %}</table>
 
 <h2>Latest executions</h2>
 {% if executions %}<table><tr><th>execution</th><th>pipeline</th><th>status</th><th>key</th>
@@ -213,14 +231,16 @@ class _AdminPage:
             "routes": [
                 {"name": name, "kind": route.kind.value, "target": route.target,
                  "candidates": ", ".join(d.name for d in route.candidates),
-                 "cache": (f"{route.cache.ttl_s:g} s, {route.cache.scope}"
-                           if route.cache is not None else "")}
+                 "cache": _cache(route.cache), "guardrails": _guardrails(route.guardrails)}
                 for name, route in sorted(graph.routes.items())
             ],
             "deployments": [_deployment_row(name, graph, snapshot)
                             for name, snapshot in routing.snapshot().items()
                             if name in graph.deployments],
         }
+        now = time.time()
+        facts["keys"] = [_key_row(key, previous, now) for key, previous in overview.keys(graph)]
+        facts["expiring"] = [row for row in facts["keys"] if row["soon"]]
         try:
             facts["budgets"] = [
                 {"scope": b.scope.value, "name": b.name, "period": b.period.value,
@@ -269,6 +289,39 @@ class _AdminPage:
             ],
             "executions_note": "No executions yet.",
         }
+
+
+def _cache(cache: RouteCache | None) -> str:
+    """``600 s, key, semantic via embed >= 0.9``; empty for a route with no cache."""
+    if cache is None:
+        return ""
+    semantic = cache.semantic
+    return f"{cache.ttl_s:g} s, {cache.scope}" + (
+        f", semantic via {semantic.embeddings} ≥ {semantic.threshold:g}" if semantic else "")
+
+
+def _guardrails(guardrails: RouteGuardrails | None) -> str:
+    """``secrets (input: block), pii (input, output: redact)``, in the route's order."""
+    return ", ".join(f"{g.name} ({', '.join(sorted(g.sides))}: {g.action})"
+                     for g in overview.each_guardrail(guardrails))
+
+
+def _key_row(key: ApiKey, previous: list[PreviousSecret], now: float) -> dict[str, Any]:
+    soon = key.expires_at is not None and key.expires_at <= now + EXPIRY_NOTICE_S
+    return {
+        "name": key.name, "team": key.team.name if key.team else "",
+        "admin": "yes" if key.admin else "",
+        "routes": "all" if key.routes is None else ", ".join(sorted(key.routes)) or "none",
+        "mcp_servers": ("all" if key.mcp_servers is None
+                        else ", ".join(sorted(key.mcp_servers)) or "none"),
+        "expires": _when(key.expires_at) or "never", "soon": soon,
+        "expired": key.expires_at is not None and key.expires_at <= now,
+        "previous": "; ".join(
+            "accepted while listed" if item.until is None
+            else f"{'refused since' if item.until <= now else 'accepted until'} "
+                 f"{_when(item.until)}"
+            for item in previous),
+    }
 
 
 def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, Any]:

@@ -7,13 +7,17 @@ import asyncio
 import base64
 import html
 import re
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 
 from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, GUARD_TOKEN, OPS_EXPIRES, OPS_UNTIL, app_client
 from .conftest import ALICE_KEY, Serve, Served
 
 WAITS = """
@@ -128,3 +132,39 @@ async def test_a_decision_form_is_read_within_its_bounds(serve: Serve) -> None:
         assert large.status_code == 413, large.text
         assert len(sent) < 10  # 64 KiB is a form's bound
     assert (await served.get(started["id"]))["status"] == "waiting"
+
+
+async def test_the_page_shows_routes_cache_and_guardrails_and_keys_expiring_soon(
+    ops_dir: Path, counter: TokenCounter
+) -> None:
+    """Key ci-bot expires within the week: a notice at the top says so, and its row in
+    the keys table is marked; its earlier secret is past its until."""
+    gateway = Gateway(ops_dir, counter)
+    try:
+        async with app_client(gateway) as client:
+            page = await client.get("/admin")
+    finally:
+        await gateway.aclose()
+    text = page.text
+    assert page.status_code == 200 and GUARD_TOKEN not in text
+    assert re.search(r"<td>faq</td>.*?<td>600 s, key, semantic via embed ≥ 0.9</td>"
+                     r"<td>secrets \(input: block\), pii \(input, output: redact\), "
+                     r"checker \(output: log\)</td>", text, re.S)
+    expires = _when(OPS_EXPIRES)
+    notice = re.search(r'<p class="bad">Keys that expire within 7 days:\s*(.*?)</p>', text, re.S)
+    assert notice and notice.group(1).startswith(f"ci-bot (expires {expires}). Rotate them")
+    assert (f"<td>ci-bot</td><td>default</td><td></td>\n<td>all</td><td>docs</td>\n"
+            f'<td class="bad">{expires}</td><td>refused since {_when(OPS_UNTIL)}</td>') in text
+    assert ("<td>dev</td><td>default</td><td>yes</td>\n<td>all</td><td>all</td>\n"
+            '<td class="">never</td><td></td>') in text
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+async def test_the_page_has_no_expiry_notice_when_no_key_expires_soon(
+    client: httpx.AsyncClient,
+) -> None:
+    text = (await client.get("/admin")).text
+    assert "<h2>Keys</h2>" in text and "expire within 7 days" not in text

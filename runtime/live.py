@@ -200,6 +200,7 @@ class Gateway:
         # long as the gateway, across reloads.
         self.telemetry.metrics.servers.source = self.routing.snapshot
         self.telemetry.metrics.circuits = self.routing.circuits
+        self.telemetry.metrics.key_expiries.source = self._key_expiries
         settings = self._started = result.graph.settings  # what the store was opened with
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
@@ -218,6 +219,11 @@ class Gateway:
         self._closing = Background()  # adapters a reload dropped, closing once unused
         self._retired: list[ChatAdapter] = []  # dropped by a reload, not closed yet
         self._draining: list[Live] = []  # replaced graphs that may still have requests
+
+    def _key_expiries(self) -> dict[str, float]:
+        """Each key's expires in the graph served now (after a reload, the new one's)."""
+        return {key.name: key.expires_at for key in self.live.graph.keys_by_sha256.values()
+                if key.expires_at is not None}
 
     async def reload_everywhere(self, trigger: str) -> ReloadReport:
         """Reload here and, when it compiled, ask the other workers to (an API call

@@ -37,7 +37,7 @@ def test_alert_rules_pass_promtool_check() -> None:
     result = subprocess.run([_promtool(), "check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 rules found" in result.stdout
+    assert "8 rules found" in result.stdout
 
 
 def test_alert_rules_fire_as_their_unit_tests_say() -> None:
@@ -55,5 +55,15 @@ def test_dashboard_and_rules_query_only_exported_metrics() -> None:
     assert used and used <= exported, used - exported
     titles = {p["title"] for p in dashboard["panels"]}
     for needed in ("Cost per hour by team", "Cache hit rate", "Upstream failures by provider"
-                   " and class"):
+                   " and class", "Guardrail actions per second, by guardrail, side and action",
+                   "Semantic cache hits per second by route",
+                   "Keys: time left before expiry (keys with expires:)"):
         assert needed in titles
+    assert any('result="semantic_hit"' in text for text in expressions)
+
+
+def test_every_alert_rule_has_a_unit_test() -> None:
+    rules = (DEPLOY / "prometheus/alerts.yml").read_text()
+    tested = (DEPLOY / "prometheus/alerts_test.yml").read_text()
+    for name in re.findall(r"- alert: (\w+)", rules):
+        assert f"alertname: {name}" in tested, name

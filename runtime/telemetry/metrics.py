@@ -86,6 +86,34 @@ class ServerGauges(Collector):
         )
 
 
+class KeyExpiries(Collector):
+    """``aigw_key_expires_timestamp_seconds{key}``: when each key with ``expires`` is
+    refused from (Unix time), read at scrape time from the graph this process serves
+    (``source``), so a series per declared key and no more. Not a prometheus-client
+    gauge: with several workers those live in shared files that cannot lose a series,
+    so a key a reload dropped or stopped expiring would keep its date (and
+    KeyExpiringSoon firing) for as long as the gateway runs."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, float]] = dict
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        for key, expires_at in self.source().items():
+            family.add_metric([key], expires_at)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "aigw_key_expires_timestamp_seconds",
+            "When a key with expires: is refused from (Unix time); keys without are absent.",
+            labels=["key"])
+
+
 class Metrics:
     """Every metric aigw exports, in one registry per process."""
 
@@ -144,6 +172,8 @@ class Metrics:
         self._circuits_shown: set[tuple[str, ...]] = set()
         self.servers = ServerGauges()
         registry.register(self.servers)
+        self.key_expiries = KeyExpiries()
+        registry.register(self.key_expiries)
         self.served_restarts = Counter(
             "aigw_vllm_server_restarts", "Times aigw started a vLLM server again after it "
             "exited, hung or never came up.", ["deployment"], registry=registry)
@@ -213,6 +243,7 @@ class Metrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self.servers)  # this worker's view; not in the files
+            registry.register(self.key_expiries)  # this worker's graph; not in the files
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -331,6 +331,11 @@ def test_dev_key_on_a_public_address_warns_loudly(gateway_dir: Path) -> None:
 
 
 def test_metrics_add_up_across_workers(gateway_dir: Path) -> None:
+    """Whichever worker answers a scrape, the counters are every worker's and a key's
+    expiry is there (read from that worker's graph, not from the shared files)."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "    admin: true\n", "    admin: true\n    expires: '2031-01-01'\n", 1))
     server = Server(gateway_dir, "--workers", "2")
     try:
         server.wait_ready()
@@ -347,6 +352,8 @@ def test_metrics_add_up_across_workers(gateway_dir: Path) -> None:
                         if line.startswith("aigw_requests_total{") and 'route="echo"' in line
                         and 'status="200"' in line)
             assert float(line.rsplit(" ", 1)[1]) == 10.0
+            assert metric_sample(text, "aigw_key_expires_timestamp_seconds",
+                                 key="dev") == 1924992000  # 2031-01-01T00:00:00Z
     finally:
         assert server.stop() == 0, server.log
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aigw.compiler.keys import shown_moment
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.telemetry.record import ACCESS_LOG
 from aigw.runtime.telemetry.tracing import Tracing
 from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY, add_broken_route, metric_sample
+from ..conftest import DEV_KEY, OPS_EXPIRES, add_broken_route, app_client, metric_sample
 from ..fakes.serve import free_port
 
 CHAT = "/v1/chat/completions"
@@ -223,6 +224,29 @@ async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
             text = (await client.get("/metrics")).text
             assert 'aigw_circuit_state{deployment="broken"}' not in text
             assert 'aigw_circuit_state{deployment="echo-small"} 0.0' in text
+    finally:
+        await gateway.aclose()
+
+
+async def test_each_keys_expiry_is_a_gauge_of_the_graph_served(
+    ops_dir: Path, counter: TokenCounter
+) -> None:
+    """aigw_key_expires_timestamp_seconds has a series for each key with expires (what
+    KeyExpiringSoon reads), none for one without, and follows a reload."""
+    gateway = Gateway(ops_dir, counter)
+    try:
+        async with app_client(gateway) as client:
+            text = (await client.get("/metrics")).text
+            assert metric_sample(text, "aigw_key_expires_timestamp_seconds",
+                                 key="ci-bot") == OPS_EXPIRES
+            assert 'aigw_key_expires_timestamp_seconds{key="dev"}' not in text
+            config = ops_dir / "gateway.yaml"
+            config.write_text(config.read_text().replace(
+                f"expires: '{shown_moment(OPS_EXPIRES)}'", "expires: '2031-01-01'"))
+            assert (await gateway.reload("test")).ok
+            text = (await client.get("/metrics")).text
+            assert metric_sample(text, "aigw_key_expires_timestamp_seconds",
+                                 key="ci-bot") == 1924992000  # 2031-01-01T00:00:00Z
     finally:
         await gateway.aclose()
 

@@ -18,6 +18,7 @@ from aigw.compiler import (
     render_json,
     render_text,
 )
+from aigw.compiler.diagnostics import shown_url
 from aigw.compiler.graph import ApiKey, Graph, PreviousSecret, Route
 from aigw.compiler.keys import shown_moment
 from aigw.compiler.schema import json_schemas
@@ -236,7 +237,9 @@ def describe_graph(graph: Graph) -> dict[str, object]:
         "providers": {
             name: {
                 "type": p.type,
-                "base_url": p.base_url,
+                # As diagnostics show it: user info (sent as Basic auth) and a query can
+                # carry a credential.
+                "base_url": None if p.base_url is None else shown_url(p.base_url),
                 "enabled": p.enabled,
                 "disabled_reason": p.disabled_reason,
             }

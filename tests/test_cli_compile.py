@@ -63,3 +63,17 @@ def test_text_shows_the_same_on_the_route_and_key_lines(
     assert (f"  key ci-bot: team default, mcp_servers docs, expires {shown_moment(OPS_EXPIRES)}, "
             f"previous until {shown_moment(OPS_UNTIL)}") in lines
     assert "  key dev: team default, admin" in lines
+
+
+def test_json_hides_credentials_in_a_providers_base_url(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """User info in a base_url is a credential aigw sends as Basic auth."""
+    monkeypatch.setenv("OPS_VLLM_PASSWORD", GUARD_TOKEN)
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("  local: {type: echo}\n", """  local: {type: echo}
+  box: {type: vllm, base_url: "http://ops:${OPS_VLLM_PASSWORD}@127.0.0.1:9/v1"}
+""", 1))
+    providers = json.loads(_compiled(gateway_dir, capsys, "--format", "json"))["providers"]
+    assert providers["box"]["base_url"] == "http://***@127.0.0.1:9/v1"
+    assert providers["local"]["base_url"] is None

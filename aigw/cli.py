@@ -280,6 +280,8 @@ def describe_graph(graph: Graph) -> dict[str, object]:
             }
             for name, r in graph.routes.items()
         },
+        "mcp_servers": {name: overview.mcp_server(server)
+                        for name, server in graph.mcp_servers.items()},
         "teams": sorted(graph.teams),
         "keys": [{"name": key.name, **overview.key_entry(key, previous)}
                  for key, previous in overview.keys(graph)],

@@ -1,10 +1,12 @@
-"""What an operator is shown of a graph's routes and keys: JSON-ready, no secret in it.
+"""What an operator is shown of a graph's routes, MCP servers and keys: JSON-ready, no
+secret in it.
 
-``aigw compile --format json`` and ``GET /admin/status`` both list routes and keys;
+``aigw compile --format json`` and ``GET /admin/status`` both list routes, MCP servers
+and keys;
 they build each entry here, so the two say the same thing in the same words. A key is
-shown by its name, never its secret or its digest; a guardrail webhook by its URL
-(shown as diagnostics show one: user info and query hidden) and the names of the
-headers it sends, never their values (a credential among them).
+shown by its name, never its secret or its digest; a guardrail webhook or an MCP server
+by its URL (shown as diagnostics show one: user info and query hidden) and the names of
+the headers it sends, never their values (a credential among them).
 
 >>> route_cache(RouteCache(3600.0, "team"))
 {'ttl_s': 3600.0, 'scope': 'team', 'semantic': None}
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .diagnostics import shown_url
-from .graph import ApiKey, Graph, PreviousSecret, RouteCache
+from .graph import ApiKey, Graph, McpServer, PreviousSecret, RouteCache
 from .guardrail_graph import Guardrail, RouteGuardrails
 from .keys import shown_moment
 
@@ -66,6 +68,17 @@ def _guardrail(guardrail: Guardrail) -> dict[str, object]:
             "disabled_reason": webhook.disabled_reason,
         }
     return shown
+
+
+def mcp_server(server: McpServer) -> dict[str, object]:
+    """An MCP server of ``mcp_servers:``: where it is, which tools pass, why it is off."""
+    return {
+        "url": shown_url(server.url),
+        "timeout_s": server.timeout_s,
+        "tools": None if server.tools is None else sorted(server.tools),
+        "headers": sorted(server.headers),  # names only: a value may be a credential
+        "disabled_reason": server.disabled_reason,
+    }
 
 
 def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:

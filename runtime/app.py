@@ -406,6 +406,8 @@ class _Endpoints:
                         }
                         for name, p in sorted(graph.providers.items())
                     },
+                    "mcp_servers": {name: overview.mcp_server(server)
+                                    for name, server in sorted(graph.mcp_servers.items())},
                     "warnings": [item.as_dict() for item in graph.warnings],
                     "keys": keys_status(graph, time.time()),
                 },

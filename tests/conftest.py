@@ -79,7 +79,10 @@ guardrails:
     action: log
     on_error: allow
 mcp_servers:
-  docs: {url: "https://mcp.example.com/mcp"}
+  docs:
+    url: "https://mcp.example.com/mcp"
+    headers: {Authorization: "Bearer ${OPS_GUARD_TOKEN}"}
+    tools: [search]
 routes:
   faq:
     group: fast

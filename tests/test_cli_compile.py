@@ -51,6 +51,10 @@ def test_json_shows_a_keys_mcp_servers_expiry_and_rotation_never_its_digests(
     assert keys["dev"] == {"team": "default", "admin": True, "routes": None,
                            "mcp_servers": None, "expires_at": None, "previous": []}
     assert "sha256" not in out and "2f0527c3d35a" not in out  # the dev key's digest
+    # The servers keys name, with their headers by name only (the value is a credential).
+    assert json.loads(out)["mcp_servers"] == {"docs": {
+        "url": "https://mcp.example.com/mcp", "timeout_s": 60.0, "tools": ["search"],
+        "headers": ["Authorization"], "disabled_reason": None}}
 
 
 def test_text_shows_the_same_on_the_route_and_key_lines(

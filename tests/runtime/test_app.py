@@ -245,6 +245,7 @@ async def test_admin_status_shows_routes_cache_and_guardrails_and_keys_as_compil
     assert graph["routes"]["faq"]["cache"]["semantic"]["embeddings"] == "embed"
     assert [g["name"] for g in graph["routes"]["faq"]["guardrails"]] == [
         "secrets", "pii", "checker"]
+    assert graph["mcp_servers"] == compiled["mcp_servers"]
     for key in compiled["keys"]:
         shown = graph["keys"][key.pop("name")]
         assert {field: shown.pop(field) for field in ("expired", "previous")} == {

@@ -77,7 +77,7 @@ loaded {{ loaded_at }}.
 <span class="{{ 'ok' if reload.ok else 'bad' }}">{{ 'ok' if reload.ok else 'failed' }}</span>
 {% for d in reload.diagnostics %}<br><code>{{ d.code }} {{ d.file }}:{{ d.line }}:{{ d.column }}
 {{ d.message }}</code>{% endfor %}{% endif %}</p>
-{% if expiring %}<p class="bad">Keys that expire within 7 days:
+{% if expiring %}<p class="bad">Keys expired or expiring within 7 days:
 {% for k in expiring %}{{ k.name }} ({{ 'expired' if k.expired else 'expires' }} {{ k.expires }})
 {{- ", " if not loop.last }}{% endfor %}. Rotate them (a new secret, the old one under
 <code>previous:</code>) or move <code>expires</code> in the config.</p>{% endif %}

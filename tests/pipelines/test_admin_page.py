@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from aigw.compiler.keys import shown_moment
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
@@ -143,20 +144,34 @@ async def test_the_page_shows_routes_cache_and_guardrails_and_keys_expiring_soon
     try:
         async with app_client(gateway) as client:
             page = await client.get("/admin")
+            text = page.text
+            assert page.status_code == 200 and GUARD_TOKEN not in text
+            assert re.search(r"<td>faq</td>.*?<td>600 s, key, semantic via embed ≥ 0.9</td>"
+                             r"<td>secrets \(input: block\), pii \(input, output: redact\), "
+                             r"checker \(output: log\)</td>", text, re.S)
+            expires = _when(OPS_EXPIRES)
+            assert _expiry_notice(text).startswith(f"ci-bot (expires {expires}). Rotate them")
+            assert (f"<td>ci-bot</td><td>default</td><td></td>\n<td>all</td><td>docs</td>\n"
+                    f'<td class="bad">{expires}</td><td>refused since {_when(OPS_UNTIL)}</td>'
+                    ) in text
+            assert ("<td>dev</td><td>default</td><td>yes</td>\n<td>all</td><td>all</td>\n"
+                    '<td class="">never</td><td></td>') in text
+
+            config = ops_dir / "gateway.yaml"  # a key past its expiry, still configured
+            config.write_text(config.read_text().replace(
+                f"expires: '{shown_moment(OPS_EXPIRES)}'", f"expires: '{shown_moment(OPS_UNTIL)}'"))
+            assert (await gateway.reload("test")).ok
+            text = (await client.get("/admin")).text
+            assert _expiry_notice(text).startswith(f"ci-bot (expired {_when(OPS_UNTIL)}).")
     finally:
         await gateway.aclose()
-    text = page.text
-    assert page.status_code == 200 and GUARD_TOKEN not in text
-    assert re.search(r"<td>faq</td>.*?<td>600 s, key, semantic via embed ≥ 0.9</td>"
-                     r"<td>secrets \(input: block\), pii \(input, output: redact\), "
-                     r"checker \(output: log\)</td>", text, re.S)
-    expires = _when(OPS_EXPIRES)
-    notice = re.search(r'<p class="bad">Keys that expire within 7 days:\s*(.*?)</p>', text, re.S)
-    assert notice and notice.group(1).startswith(f"ci-bot (expires {expires}). Rotate them")
-    assert (f"<td>ci-bot</td><td>default</td><td></td>\n<td>all</td><td>docs</td>\n"
-            f'<td class="bad">{expires}</td><td>refused since {_when(OPS_UNTIL)}</td>') in text
-    assert ("<td>dev</td><td>default</td><td>yes</td>\n<td>all</td><td>all</td>\n"
-            '<td class="">never</td><td></td>') in text
+
+
+def _expiry_notice(page: str) -> str:
+    notice = re.search(r'<p class="bad">Keys expired or expiring within 7 days:\s*(.*?)</p>',
+                       page, re.S)
+    assert notice is not None
+    return notice.group(1)
 
 
 def _when(epoch: float) -> str:
@@ -167,4 +182,4 @@ async def test_the_page_has_no_expiry_notice_when_no_key_expires_soon(
     client: httpx.AsyncClient,
 ) -> None:
     text = (await client.get("/admin")).text
-    assert "<h2>Keys</h2>" in text and "expire within 7 days" not in text
+    assert "<h2>Keys</h2>" in text and "expiring within 7 days" not in text

@@ -20,6 +20,7 @@ request span's ``aigw.guardrails`` attribute come from it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -195,12 +196,14 @@ class GuardClient:
         if webhook.disabled_reason is not None:
             raise _Unanswered(f"the checker is disabled: {webhook.disabled_reason}")
         try:
-            async with self.client.stream("POST", webhook.url, json=body,
-                                          headers=dict(webhook.headers),
-                                          timeout=webhook.timeout_s) as response:
+            # timeout_s bounds the whole check: httpx's timeout is per read, so a checker
+            # sending its answer a byte at a time would hold the request for ever.
+            async with asyncio.timeout(webhook.timeout_s), self.client.stream(
+                    "POST", webhook.url, json=body, headers=dict(webhook.headers),
+                    timeout=webhook.timeout_s) as response:
                 raw = await read_bounded(response.aiter_bytes(), MAX_ANSWER_BYTES,
                                          lambda: _Unanswered("its answer is too large"))
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             raise _Unanswered(f"no answer within {webhook.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise _Unanswered(f"{type(exc).__name__}: {exc}") from None

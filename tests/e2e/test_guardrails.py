@@ -291,7 +291,7 @@ def test_the_webhook_denies_and_redacts(
     assert _last_access(server, "checked")["guardrails"] == ["checker:input:redact"]
 
 
-@pytest.mark.parametrize("trouble", ["hang", "crash", "garble"])
+@pytest.mark.parametrize("trouble", ["hang", "drip", "crash", "garble"])
 def test_a_checker_that_cannot_answer_is_what_on_error_says(
         client: openai.OpenAI, server: Server, trouble: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:

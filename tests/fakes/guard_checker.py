@@ -4,18 +4,20 @@ behind one): POST /check takes {text, direction, route, key, team} and answers
 
 What it answers is read from the text, so a test picks the verdict by what it sends:
 ``deny`` -> not allowed; ``redact-me`` -> allowed, with it replaced by ``[CHECKED]``;
-``hang`` -> no answer for 5 s; ``crash`` -> a 500; ``garble`` -> an answer that is not
+``hang`` -> no answer for 5 s; ``drip`` -> an allow sent a byte every 0.2 s (each
+read is quick, the whole answer slow); ``crash`` -> a 500; ``garble`` -> an answer that is not
 JSON; anything else -> allowed as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -38,6 +40,9 @@ class GuardChecker:
         text = body["text"]
         if "hang" in text:
             await asyncio.sleep(5)
+        if "drip" in text:
+            return StreamingResponse(_drip(b'{"allow": true}' + b" " * 40),
+                                     media_type="application/json")
         if "crash" in text:
             return JSONResponse({"error": "checker failed"}, status_code=500)
         if "garble" in text:
@@ -47,3 +52,9 @@ class GuardChecker:
         if "redact-me" in text:
             return JSONResponse({"allow": True, "text": text.replace("redact-me", "[CHECKED]")})
         return JSONResponse({"allow": True})
+
+
+async def _drip(answer: bytes) -> AsyncIterator[bytes]:
+    for byte in answer:
+        yield bytes([byte])
+        await asyncio.sleep(0.2)

@@ -143,7 +143,10 @@ def acted(record: RequestRecord, guardrail: Guardrail, direction: Direction,
 class GuardClient:
     """Asks the webhook guardrails, on one pooled client made on first use (shared by
     every graph a reload brings). As http steps and agents are: redirects are not
-    followed (the URL the config wrote is where a text goes), cookies are not kept."""
+    followed (the URL the config wrote is where a text goes), cookies are not kept.
+    Its connections are not capped: each check is bounded by its checker's timeout_s,
+    while a cap shared by every checker let one that hangs take all the connections,
+    and the other checkers' checks time out waiting for one."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
@@ -151,7 +154,8 @@ class GuardClient:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(cookies=no_cookies(), follow_redirects=False)
+            self._client = httpx.AsyncClient(cookies=no_cookies(), follow_redirects=False,
+                                             limits=httpx.Limits(max_connections=None))
         return self._client
 
     async def aclose(self) -> None:

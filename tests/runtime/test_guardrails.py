@@ -1,9 +1,11 @@
 """The guardrails' matching, on graphs the compiler built: the PII recognizers and their
-checks, several guardrails on one text, and a stream's hold-back (a match split across
-chunks however the upstream cut it)."""
+checks, several guardrails on one text, a stream's hold-back (a match split across
+chunks however the upstream cut it), and webhook checks against a real checker."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from aigw.runtime.guardrail_stream import HOLD, guarded_stream
 from aigw.runtime.guardrails import GuardClient, judge
 from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
 from aigw.runtime.telemetry.record import RequestRecord
+
+from ..fakes.guard_checker import GuardChecker
+from ..fakes.serve import serving
 
 GUARDRAILS = """
 guardrails:
@@ -143,3 +148,40 @@ async def test_a_stream_that_ends_without_a_finish_still_gives_what_it_held(
                               ChatDelta(usage=Usage(3, 4)))
     assert not blocked
     assert [(d.content, d.usage) for d in out] == [("ask [EMAIL]", None), (None, Usage(3, 4))]
+
+
+def _webhooks(tmp_path: Path, url: str) -> RouteGuardrails:
+    (tmp_path / "gateway.yaml").write_text(f"""version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{echo: {{provider: local, model: echo-1, context_window: 8192}}}}
+guardrails:
+  slow: {{kind: webhook, url: "{url}/check", timeout_s: 3, on: [input]}}
+  quick: {{kind: webhook, url: "{url}/check", timeout_s: 1, on: [input]}}
+routes:
+  chat: {{deployment: echo, guardrails: [slow, quick]}}
+""")
+    result = compile_gateway(tmp_path, {})
+    assert result.graph is not None, result.diagnostics
+    found = result.graph.routes["chat"].guardrails
+    assert found is not None
+    return found
+
+
+async def test_a_hanging_checker_does_not_hold_up_another_checkers_checks(tmp_path: Path) -> None:
+    checker = GuardChecker()
+    client = GuardClient()
+    with serving(checker.app) as url:
+        slow, quick = _webhooks(tmp_path, url).input
+        # More checks waiting on a checker that hangs than a default httpx pool holds
+        # connections (100): the next check, of another checker, still gets one.
+        hanging = [asyncio.create_task(client.check(slow, "please hang", "input", _record()))
+                   for _ in range(110)]
+        while len(checker.seen) < 100:  # all but those a default pool would keep waiting
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        assert await client.check(quick, "hello", "input", _record()) == "hello"
+        assert time.monotonic() - started < 1
+        for task in hanging:
+            task.cancel()
+        await asyncio.gather(*hanging, return_exceptions=True)
+        await client.aclose()

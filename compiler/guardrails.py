@@ -3,11 +3,12 @@
 Each guardrail is checked and lowered to what runs (compiler/guardrail_graph.py):
 patterns compiled once (one that does not compile, or matches the empty string:
 AGW337), PII entities looked up (AGW338), a webhook's URL and headers resolved from
-${ENV} (an unset one leaves the checker disabled, so its ``on_error`` decides), a
-credential header written as a literal (AGW340), a URL aigw cannot call (AGW341), a
-field its kind needs missing or one it does not take set (AGW342). A route naming a
-guardrail that is not defined is AGW339; guardrails on a pipeline route, AGW343: its
-steps' model calls go through routes of their own, whose guardrails apply.
+${ENV} (an unset one, or a header that is not ASCII text, leaves the checker disabled,
+so its ``on_error`` decides), a credential header written as a literal (AGW340), a URL
+aigw cannot call (AGW341), a field its kind needs missing or one it does not take set
+(AGW342). A route naming a guardrail that is not defined is AGW339; guardrails on a
+pipeline route, AGW343: its steps' model calls go through routes of their own, whose
+guardrails apply.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def _webhook(entry: Entry[GuardrailSpec], resolve: Resolve,
     if url and not unset:
         _check_url(entry, url, sink)
     reason = f"environment variable {', '.join(unset)} is not set" if unset else None
+    if reason is None:  # httpx cannot send one (a UnicodeEncodeError on every check)
+        odd = [name for name, value in headers.items() if not (name + value).isascii()]
+        reason = f"header {', '.join(odd)} is not ASCII text" if odd else None
     return Webhook(url, spec.timeout_s, spec.on_error == "allow", reason, headers)
 
 

@@ -14,7 +14,7 @@ import pytest
 from aigw.compiler import compile_gateway
 from aigw.compiler.guardrail_graph import RouteGuardrails
 from aigw.runtime.guardrail_stream import HOLD, guarded_stream
-from aigw.runtime.guardrails import GuardClient, judge
+from aigw.runtime.guardrails import GuardClient, Withheld, judge
 from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
 from aigw.runtime.telemetry.record import RequestRecord
 
@@ -150,17 +150,19 @@ async def test_a_stream_that_ends_without_a_finish_still_gives_what_it_held(
     assert [(d.content, d.usage) for d in out] == [("ask [EMAIL]", None), (None, Usage(3, 4))]
 
 
-def _webhooks(tmp_path: Path, url: str) -> RouteGuardrails:
+def _webhooks(tmp_path: Path, url: str, env: dict[str, str] | None = None) -> RouteGuardrails:
     (tmp_path / "gateway.yaml").write_text(f"""version: 1
 providers: {{local: {{type: echo}}}}
 deployments: {{echo: {{provider: local, model: echo-1, context_window: 8192}}}}
 guardrails:
   slow: {{kind: webhook, url: "{url}/check", timeout_s: 3, on: [input]}}
   quick: {{kind: webhook, url: "{url}/check", timeout_s: 1, on: [input]}}
+  tokened: {{kind: webhook, url: "{url}/check", on: [input],
+            headers: {{Authorization: "Bearer ${{GUARD_TOKEN}}"}}}}
 routes:
-  chat: {{deployment: echo, guardrails: [slow, quick]}}
+  chat: {{deployment: echo, guardrails: [slow, quick, tokened]}}
 """)
-    result = compile_gateway(tmp_path, {})
+    result = compile_gateway(tmp_path, env or {})
     assert result.graph is not None, result.diagnostics
     found = result.graph.routes["chat"].guardrails
     assert found is not None
@@ -171,7 +173,7 @@ async def test_a_hanging_checker_does_not_hold_up_another_checkers_checks(tmp_pa
     checker = GuardChecker()
     client = GuardClient()
     with serving(checker.app) as url:
-        slow, quick = _webhooks(tmp_path, url).input
+        slow, quick, _ = _webhooks(tmp_path, url).input
         # More checks waiting on a checker that hangs than a default httpx pool holds
         # connections (100): the next check, of another checker, still gets one.
         hanging = [asyncio.create_task(client.check(slow, "please hang", "input", _record()))
@@ -185,3 +187,16 @@ async def test_a_hanging_checker_does_not_hold_up_another_checkers_checks(tmp_pa
             task.cancel()
         await asyncio.gather(*hanging, return_exceptions=True)
         await client.aclose()
+
+
+async def test_a_header_that_is_not_ascii_disables_its_checker(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # httpx cannot send it (UnicodeEncodeError, a 500): the checker cannot answer, so
+    # its on_error decides, and the log says which header without showing its value.
+    tokened = _webhooks(tmp_path, "http://127.0.0.1:9", {"GUARD_TOKEN": "s\u00e9same"}).input[2]
+    record = _record()
+    with pytest.raises(Withheld):
+        await GuardClient().check(tokened, "hello", "input", record)
+    assert record.guardrails == [("tokened", "input", "error"), ("tokened", "input", "block")]
+    assert "header authorization is not ASCII text" in caplog.text
+    assert "s\u00e9same" not in caplog.text

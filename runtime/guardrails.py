@@ -1,6 +1,7 @@
 """Guardrails: a route's checks on what goes to a model and what comes back.
 
-    input   every message's text (system, user, assistant, tool results; text parts),
+    input   every message's text (system, user, assistant, tool results; text and
+            refusal parts), name, tool calls' arguments and the fields passed on unread,
             before the prompt is counted and the cache looked up: a redacted prompt is
             what is counted, cached and sent; a block is a 400 ``guardrail_blocked``
             naming the guardrail (never what it matched), and no call goes out
@@ -23,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 
@@ -258,21 +260,76 @@ async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
 
 async def _message(guardrails: Sequence[Guardrail], message: Message, record: RequestRecord,
                    client: GuardClient) -> Message:
+    """``message`` with every text it sends a model checked: its content (text and
+    refusal parts), name, tool calls' arguments and the fields aigw passes on unread
+    (a legacy ``function_call``, a ``reasoning_content`` sent back)."""
+
+    async def check(text: str) -> str:
+        return await check_text(guardrails, text, "input", record, client)
+
+    update: dict[str, Any] = {}
     content = message.content
     if isinstance(content, str):
-        text = await check_text(guardrails, content, "input", record, client)
-        return message if text == content else message.model_copy(update={"content": text})
-    if not content:
-        return message
-    parts: list[ContentPart] = []
-    for part in content:
-        if part.type == "text" and part.text:
-            text = await check_text(guardrails, part.text, "input", record, client)
-            part = part if text == part.text else part.model_copy(update={"text": text})
-        parts.append(part)
-    if all(new is old for new, old in zip(parts, content, strict=True)):
-        return message
-    return message.model_copy(update={"content": parts})
+        if content and (text := await check(content)) != content:
+            update["content"] = text
+    elif content:
+        parts = [await _part(part, check) for part in content]
+        if any(new is not old for new, old in zip(parts, content, strict=True)):
+            update["content"] = parts
+    if message.name and (name := await check(message.name)) != message.name:
+        update["name"] = name
+    if message.tool_calls:
+        calls = [await _call(call, check) for call in message.tool_calls]
+        if any(new is not old for new, old in zip(calls, message.tool_calls, strict=True)):
+            update["tool_calls"] = calls
+    for field_name, value in (message.model_extra or {}).items():
+        if (checked := await checked_strings(value, check)) is not value:
+            update[field_name] = checked
+    return message.model_copy(update=update) if update else message
+
+
+async def _part(part: ContentPart, check: Callable[[str], Awaitable[str]]) -> ContentPart:
+    if part.type == "text" and part.text and (text := await check(part.text)) != part.text:
+        return part.model_copy(update={"text": text})
+    refusal = (part.model_extra or {}).get("refusal") if part.type == "refusal" else None
+    if isinstance(refusal, str) and refusal and (text := await check(refusal)) != refusal:
+        return part.model_copy(update={"refusal": text})
+    return part
+
+
+async def _call(call: dict[str, Any], check: Callable[[str], Awaitable[str]]) -> dict[str, Any]:
+    """A tool call the client sends back, with its arguments checked (the id, type and
+    name are the client's and the model's bookkeeping, not text it reads)."""
+    function = call.get("function")
+    if not isinstance(function, dict):
+        return call
+    arguments = function.get("arguments")
+    checked = await checked_strings(arguments, check)  # a string, or what a client sent
+    if checked is arguments:
+        return call
+    return {**call, "function": {**function, "arguments": checked}}
+
+
+async def checked_strings(value: Any, check: Callable[[str], Awaitable[str]]) -> Any:
+    """``value`` (JSON: a field aigw passes on unread) with each string in it through
+    ``check``; ``value`` itself when nothing in it changed.
+
+    >>> import asyncio
+    >>> async def upper(text: str) -> str: return text.upper()
+    >>> asyncio.run(checked_strings({"function_call": {"arguments": "x", "n": 1}}, upper))
+    {'function_call': {'arguments': 'X', 'n': 1}}
+    """
+    if isinstance(value, str):
+        checked = await check(value) if value else value
+        return value if checked == value else checked
+    if isinstance(value, dict):
+        items = {name: await checked_strings(item, check) for name, item in value.items()}
+        return value if all(items[name] is value[name] for name in value) else items
+    if isinstance(value, list):
+        listed = [await checked_strings(item, check) for item in value]
+        return value if all(new is old for new, old in zip(listed, value, strict=True)) \
+            else listed
+    return value
 
 
 async def guard_result(guardrails: Sequence[Guardrail], result: ChatResult,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
@@ -215,6 +215,39 @@ def test_a_tool_result_is_redacted_too(client: openai.OpenAI, fake: OpenAIFake) 
     assert messages[-1]["content"] == "[EMAIL]"
 
 
+def test_every_text_a_message_sends_is_checked(
+        client: openai.OpenAI, fake: OpenAIFake) -> None:
+    # Not only content: tool calls' arguments, a legacy function_call, a refusal part
+    # and a name go to the model too.
+    client.chat.completions.create(model="guarded", messages=cast(Any, [
+        {"role": "user", "content": "who is on call?", "name": "ann"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "not bob@example.com"}]},
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "mail", "arguments": '{"to": "bob@example.com"}'}},
+        {"role": "function", "name": "mail", "content": "sent"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"who": "bob@example.com"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "on call"},
+    ]))
+    messages: Any = fake.script.requests[-1]["messages"]
+    assert messages[1]["content"] == [{"type": "refusal", "refusal": "not [EMAIL]"}]
+    assert messages[2]["function_call"] == {"name": "mail", "arguments": '{"to": "[EMAIL]"}'}
+    assert messages[4]["tool_calls"][0]["function"] == {"name": "lookup",
+                                                       "arguments": '{"who": "[EMAIL]"}'}
+    calls = len(fake.script.requests)
+    secret = "sk-" + "Q1w2E3r4" * 4
+    for message in ({"role": "user", "content": "hi", "name": secret},
+                    {"role": "assistant", "content": None, "tool_calls": [{
+                        "id": "call_1", "type": "function",
+                        "function": {"name": "f", "arguments": f'{{"key": "{secret}"}}'}}]}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="guarded", messages=cast(Any, [
+                message, {"role": "user", "content": "go on"}]))
+        assert caught.value.code == "guardrail_blocked"
+    assert len(fake.script.requests) == calls
+
+
 def test_log_only_passes_the_text_and_says_it_acted(
         client: openai.OpenAI, fake: OpenAIFake, server: Server) -> None:
     answer = _ask(client, "guarded", "meet at the lighthouse")
@@ -326,6 +359,15 @@ def test_messages_endpoint_runs_the_guardrails(server: Server, fake: OpenAIFake)
             sdk.messages.create(model="guarded", max_tokens=100, messages=[
                 {"role": "user", "content": "key sk-" + "Z9y8X7w6" * 4}])
         assert "no-secrets" in caught.value.message
+        sdk.messages.create(model="guarded", max_tokens=100, messages=[
+            {"role": "user", "content": "who?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                               "name": "lookup",
+                                               "input": {"who": "bob@example.com"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                          "content": "on call"}]}])
+        calls: Any = fake.script.requests[-1]["messages"][1]["tool_calls"]
+        assert calls[0]["function"]["arguments"] == '{"who": "[EMAIL]"}'
         withheld = sdk.messages.create(model="out-block", max_tokens=100, messages=[
             {"role": "user", "content": "the top secret"}])
         assert withheld.content == [] and withheld.stop_reason == "refusal"

@@ -2,8 +2,10 @@
 
 Each choice's text is held back by ``HOLD`` characters (and any match reaching into
 them), so that a pattern split across chunks still matches: what is let through is
-decided for good. Tool-call arguments are held to the end of their choice and checked
-whole (a redaction inside JSON arguments replaces the matched text only). A route with
+decided for good. Tool-call arguments, a refusal and the fields aigw passes on unread
+(a ``reasoning_content``, a legacy ``function_call``: their pieces joined) are held to
+the end of their choice and checked whole (a redaction inside JSON arguments replaces
+the matched text only). A route with
 a webhook on its output holds each choice to its end: the checker sees the whole text
 once, and the client gets it in one piece after the check.
 
@@ -15,12 +17,13 @@ billed, and ``on_block`` tells the exchange not to cache the answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aigw.compiler.guardrail_graph import Guardrail
 
-from .guardrails import GuardClient, Withheld, check_text, judge
+from .guardrails import GuardClient, Withheld, check_text, checked_strings, judge
 from .providers.base import ChatDelta, ToolCallDelta, close_deltas
 from .telemetry.record import RequestRecord
 
@@ -34,7 +37,13 @@ class _Choice:
     text: str = ""
     # Tool calls by index: [id, name, arguments so far], released at the choice's end.
     calls: dict[int, list[str | None]] = field(default_factory=dict)
+    refusal: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # the pieces so far, joined
     ended: bool = False
+
+    @property
+    def held(self) -> bool:
+        return bool(self.text or self.calls or self.refusal or self.extra)
 
 
 async def guarded_stream(
@@ -61,6 +70,9 @@ async def guarded_stream(
                 held[0] = held[0] or call.id
                 held[1] = held[1] or call.name
                 held[2] = (held[2] or "") + (call.arguments or "")
+            state.refusal += delta.refusal or ""
+            if delta.extra:
+                _join(state.extra, delta.extra)
             if delta.finish_reason is None:
                 out = _passing(delta, state, guardrails, whole, record)
                 if out is not None:
@@ -76,7 +88,7 @@ async def guarded_stream(
                 yield ChatDelta(delta.index, finish_reason="content_filter")
             state.ended = True
         for index, state in choices.items():  # an upstream that never said it finished
-            if not state.ended and (state.text or state.calls):
+            if not state.ended and state.held:
                 try:
                     yield await _ending(ChatDelta(index), state, guardrails, record, client)
                 except Withheld:
@@ -98,23 +110,41 @@ def _passing(delta: ChatDelta, state: _Choice, guardrails: Sequence[Guardrail], 
             state.ended = True
             return None
         text, state.text = judged.text, state.text[judged.cut:]
-    if text or delta.refusal is not None or delta.extra:
+    if text:
         # Log probabilities are left out: they would show what a redaction took out.
-        return ChatDelta(delta.index, content=text or None, refusal=delta.refusal,
-                         extra=delta.extra)
+        return ChatDelta(delta.index, content=text)
     return None
 
 
 async def _ending(delta: ChatDelta, state: _Choice, guardrails: Sequence[Guardrail],
                   record: RequestRecord, client: GuardClient) -> ChatDelta:
     """The rest of a choice, checked whole, with its finish; or ``Withheld``."""
-    text = await check_text(guardrails, state.text, "output", record, client) \
-        if state.text else ""
-    calls = []
-    for index, (call_id, name, arguments) in sorted(state.calls.items()):
-        if arguments:
-            arguments = await check_text(guardrails, arguments, "output", record, client)
-        calls.append(ToolCallDelta(index, id=call_id, name=name, arguments=arguments or ""))
+
+    async def check(text: str) -> str:
+        return await check_text(guardrails, text, "output", record, client) if text else ""
+
+    text = await check(state.text)
+    calls = [ToolCallDelta(index, id=call_id, name=name, arguments=await check(arguments or ""))
+             for index, (call_id, name, arguments) in sorted(state.calls.items())]
+    refusal = await check(state.refusal)
+    extra = await checked_strings(state.extra, check) if state.extra else None
     return ChatDelta(delta.index, content=text or None, tool_calls=tuple(calls),
-                     finish_reason=delta.finish_reason, refusal=delta.refusal,
-                     extra=delta.extra, stop_sequence=delta.stop_sequence)
+                     finish_reason=delta.finish_reason, refusal=refusal or None, extra=extra,
+                     stop_sequence=delta.stop_sequence)
+
+
+def _join(held: dict[str, Any], piece: Mapping[str, Any]) -> None:
+    """Add a delta's unread fields to what a choice holds, as a client joins them: strings
+    are pieces of one text (``reasoning_content``, ``function_call.arguments``), objects
+    are joined field by field, lists are items more; anything else, the last one given."""
+    for name, value in piece.items():
+        before = held.get(name)
+        if isinstance(before, str) and isinstance(value, str):
+            held[name] = before + value
+        elif isinstance(value, Mapping):
+            held[name] = before if isinstance(before, dict) else {}
+            _join(held[name], value)
+        elif isinstance(before, list) and isinstance(value, list):
+            held[name] = before + value
+        else:
+            held[name] = value

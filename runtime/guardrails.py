@@ -5,7 +5,8 @@
             before the prompt is counted and the cache looked up: a redacted prompt is
             what is counted, cached and sent; a block is a 400 ``guardrail_blocked``
             naming the guardrail (never what it matched), and no call goes out
-    output  each choice's text and tool-call arguments: a block withholds the choice
+    output  each choice's text, tool-call arguments, refusal and the fields passed on
+            unread (a reasoning_content): a block withholds the choice
             (no content, ``finish_reason: content_filter``; still billed, never cached),
             a redact replaces what matched; streams: runtime/guardrail_stream.py
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -322,7 +323,7 @@ async def checked_strings(value: Any, check: Callable[[str], Awaitable[str]]) ->
     if isinstance(value, str):
         checked = await check(value) if value else value
         return value if checked == value else checked
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         items = {name: await checked_strings(item, check) for name, item in value.items()}
         return value if all(items[name] is value[name] for name in value) else items
     if isinstance(value, list):
@@ -363,17 +364,21 @@ def withheld(index: int) -> Choice:
 
 async def _choice(guardrails: Sequence[Guardrail], choice: Choice, record: RequestRecord,
                   client: GuardClient) -> Choice:
-    content = choice.content
-    if content:
-        content = await check_text(guardrails, content, "output", record, client)
+    async def check(text: str) -> str:
+        return await check_text(guardrails, text, "output", record, client)
+
+    content = await check(choice.content) if choice.content else choice.content
     calls = tuple([
-        call if not call.arguments else replace(call, arguments=await check_text(
-            guardrails, call.arguments, "output", record, client))
+        call if not call.arguments else replace(call, arguments=await check(call.arguments))
         for call in choice.tool_calls])
-    if content == choice.content and all(
-            new.arguments == old.arguments for new, old in zip(calls, choice.tool_calls,
-                                                                strict=True)):
+    refusal = await check(choice.refusal) if choice.refusal else choice.refusal
+    # What aigw passes on unread (a legacy function_call, a reasoning_content) is the
+    # model's text too.
+    extra = await checked_strings(choice.extra, check)
+    if content == choice.content and refusal == choice.refusal and extra is choice.extra \
+            and all(new.arguments == old.arguments
+                    for new, old in zip(calls, choice.tool_calls, strict=True)):
         return choice
     # Log probabilities would show the tokens a redaction took out.
-    return replace(choice, content=content, tool_calls=calls, logprobs=None)
-
+    return replace(choice, content=content, tool_calls=calls, refusal=refusal, extra=extra,
+                   logprobs=None)

@@ -14,8 +14,8 @@ import pytest
 from aigw.compiler import compile_gateway
 from aigw.compiler.guardrail_graph import RouteGuardrails
 from aigw.runtime.guardrail_stream import HOLD, guarded_stream
-from aigw.runtime.guardrails import GuardClient, Withheld, judge
-from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
+from aigw.runtime.guardrails import GuardClient, Withheld, guard_result, judge, withheld
+from aigw.runtime.providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 from aigw.runtime.telemetry.record import RequestRecord
 
 from ..fakes.guard_checker import GuardChecker
@@ -200,3 +200,42 @@ async def test_a_header_that_is_not_ascii_disables_its_checker(
     assert record.guardrails == [("tokened", "input", "error"), ("tokened", "input", "block")]
     assert "header authorization is not ASCII text" in caplog.text
     assert "s\u00e9same" not in caplog.text
+
+
+async def test_a_refusal_and_the_fields_passed_on_unread_are_checked_too(
+        guards: RouteGuardrails) -> None:
+    # The model's text is not only content: a reasoning model's reasoning_content, a
+    # legacy function_call's arguments, a refusal.
+    answer = ChatResult("m", (
+        Choice(0, "ok", "stop", refusal="not to a@b.io", logprobs={"content": []},
+               extra={"reasoning_content": "mail a@b.io",
+                      "function_call": {"name": "mail", "arguments": '{"to": "a@b.io"}'}}),
+        Choice(1, "ok", "stop", extra={"reasoning_content": "the top secret"}),
+    ), Usage(1, 2))
+    result, blocked = await guard_result(guards.output, answer, _record(), GuardClient())
+    assert blocked
+    assert result.choices == (
+        Choice(0, "ok", "stop", refusal="not to [EMAIL]",
+               extra={"reasoning_content": "mail [EMAIL]",
+                      "function_call": {"name": "mail", "arguments": '{"to": "[EMAIL]"}'}}),
+        withheld(1))
+
+
+async def test_a_streams_refusal_and_unread_fields_are_held_and_checked_whole(
+        guards: RouteGuardrails) -> None:
+    out, blocked = await _run(
+        guards, ChatDelta(extra={"reasoning_content": "mail jane@exa"}),
+        ChatDelta(extra={"reasoning_content": "mple.com",
+                         "function_call": {"name": "mail", "arguments": '{"to": "a@'}}),
+        ChatDelta(refusal="not to b@", extra={"function_call": {"arguments": 'b.io"}'}}),
+        ChatDelta(refusal="c.io", finish_reason="function_call"))
+    assert not blocked and len(out) == 1
+    assert (out[0].refusal, out[0].extra, out[0].finish_reason) == (
+        "not to [EMAIL]", {"reasoning_content": "mail [EMAIL]",
+                           "function_call": {"name": "mail", "arguments": '{"to": "[EMAIL]"}'}},
+        "function_call")
+    out, blocked = await _run(guards, ChatDelta(extra={"reasoning_content": "the top "}),
+                              ChatDelta(extra={"reasoning_content": "secret"}),
+                              ChatDelta(content="fine", finish_reason="stop"))
+    assert blocked and [(d.content, d.extra, d.finish_reason) for d in out] == [
+        (None, None, "content_filter")]

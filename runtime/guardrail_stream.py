@@ -5,9 +5,9 @@ them), so that a pattern split across chunks still matches: what is let through 
 decided for good. Tool-call arguments, a refusal and the fields aigw passes on unread
 (a ``reasoning_content``, a legacy ``function_call``: their pieces joined) are held to
 the end of their choice and checked whole (a redaction inside JSON arguments replaces
-the matched text only). A route with
-a webhook on its output holds each choice to its end: the checker sees the whole text
-once, and the client gets it in one piece after the check.
+the matched text only). A route with a webhook on its output holds each choice to its
+end: the checker sees the whole text once, and the client gets it in one piece after
+the check.
 
 A block ends the choice at once with ``finish_reason: content_filter``; what was let
 through before it stays with the client (it was checked), the rest is dropped. The
@@ -43,6 +43,7 @@ class _Choice:
 
     @property
     def held(self) -> bool:
+        """Something of the choice waits to be checked."""
         return bool(self.text or self.calls or self.refusal or self.extra)
 
 

@@ -10,13 +10,12 @@ agent (a step calling it fails and says why), a URL aigw cannot call ``AGW336``.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
-from .egress import Egress, origin
+from .egress import Egress, endpoint, origin
 from .pipeline_graph import Agent
 from .source import Position
 from .spec import AgentSpec
@@ -62,23 +61,12 @@ def link_agent(entry: Entry[AgentSpec], resolve: Resolve, sink: DiagnosticSink) 
 def _origin(url: str, entry: Entry[AgentSpec], sink: DiagnosticSink) -> tuple[str | None, bool]:
     """The origin ``url`` reaches and whether it is an agent card; None when it is not
     a URL aigw can call (reported)."""
-    problem = None
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        port = parsed.port
-    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
-        problem = f"it does not parse ({exc})"
-    else:
-        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
-            problem = "it is not an http(s) URL with a host"
-        elif parsed.username is not None:
-            problem = "it has user info: send credentials with api_key or headers instead"
-        elif "{" in url:
-            problem = "it is not a template: an agent's URL is written out"
-    if problem is not None:
+    parsed = endpoint(url, "api_key or headers", "an agent's")
+    if isinstance(parsed, str):
         sink.add(codes.AGENT_URL, f"agent '{entry.name}' cannot be called at "
-                 f"{shown_url(url)!r}: {problem}", entry.value("url"),
+                 f"{shown_url(url)!r}: {parsed}", entry.value("url"),
                  "write the agent card's URL (https://host/.well-known/agent-card.json) or "
                  "its JSON-RPC endpoint")
         return None, False
-    return origin(parsed.scheme, parsed.hostname or "", port), parsed.path.endswith(CARD_PATHS)
+    return (origin(parsed.scheme, parsed.hostname or "", parsed.port),
+            parsed.path.endswith(CARD_PATHS))

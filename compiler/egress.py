@@ -70,3 +70,25 @@ def literal_origin(template: str) -> str | None:
     if parsed.username is not None or not parsed.hostname:
         return None
     return origin(parsed.scheme, parsed.hostname, port)
+
+
+def endpoint(url: str, credentials: str, whose: str) -> urllib.parse.SplitResult | str:
+    """``url`` parsed, for an endpoint aigw calls as written (an agent, a guardrail's
+    checker), or why it cannot be called: ``credentials`` says where they go instead of
+    user info, ``whose`` names the URL ("an agent's").
+
+    >>> endpoint("https://u@guard.internal/check", "headers", "a checker's")
+    'it has user info: send credentials with headers instead'
+    """
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
+        return f"it does not parse ({exc})"
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+        return "it is not an http(s) URL with a host"
+    if parsed.username is not None:
+        return f"it has user info: send credentials with {credentials} instead"
+    if "{" in url:
+        return f"it is not a template: {whose} URL is written out"
+    return parsed

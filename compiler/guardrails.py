@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import difflib
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
+from .egress import endpoint
 from .guardrail_graph import PII, Guardrail, Matcher, RouteGuardrails, Webhook
-from .mcp_servers import CREDENTIAL_HEADER
+from .mcp_servers import check_literal_headers
 from .source import Position
 from .spec import GuardrailSpec, RouteSpec
 
@@ -125,13 +125,8 @@ def _webhook(entry: Entry[GuardrailSpec], resolve: Resolve,
              secret_looking: Callable[[str], bool], sink: DiagnosticSink) -> Webhook:
     spec = entry.spec
     unset: list[str] = []
-    for header, value in spec.headers.items():
-        if "${" not in value and (CREDENTIAL_HEADER.search(header) or secret_looking(value)):
-            sink.add(codes.GUARDRAIL_LITERAL_SECRET,
-                     f"guardrail '{entry.name}' sends header {header} with a literal value",
-                     entry.value("headers", header),
-                     f"keep credentials out of git: write {header}: ${{SOME_ENV_VAR}} (or "
-                     "'Bearer ${SOME_ENV_VAR}') and set it where aigw runs")
+    check_literal_headers(f"guardrail '{entry.name}'", entry, spec.headers, secret_looking,
+                          codes.GUARDRAIL_LITERAL_SECRET, sink)
     url = resolve(spec.url, entry.value("url"), unset) if spec.url else ""
     headers = {header.lower(): resolve(value, entry.value("headers", header), unset)
                for header, value in spec.headers.items()}
@@ -145,20 +140,8 @@ def _webhook(entry: Entry[GuardrailSpec], resolve: Resolve,
 
 
 def _check_url(entry: Entry[GuardrailSpec], url: str, sink: DiagnosticSink) -> None:
-    problem = None
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        parsed.port  # noqa: B018 -- raises on a port that is not a number
-    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
-        problem = f"it does not parse ({exc})"
-    else:
-        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
-            problem = "it is not an http(s) URL with a host"
-        elif parsed.username is not None:
-            problem = "it has user info: send credentials with headers instead"
-        elif "{" in url:
-            problem = "it is not a template: a checker's URL is written out"
-    if problem is not None:
+    problem = endpoint(url, "headers", "a checker's")
+    if isinstance(problem, str):
         sink.add(codes.GUARDRAIL_URL, f"guardrail '{entry.name}' cannot call "
                  f"{shown_url(url)!r}: {problem}", entry.value("url"),
                  "write the checker's endpoint, e.g. https://guard.internal/check")

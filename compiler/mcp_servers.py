@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
@@ -55,15 +55,8 @@ def _link(
 ) -> LinkedMcpServer:
     spec = entry.spec
     unset: list[str] = []
-    for header, value in spec.headers.items():
-        if "${" not in value and (CREDENTIAL_HEADER.search(header) or secret_looking(value)):
-            sink.add(
-                codes.MCP_LITERAL_SECRET,
-                f"MCP server '{entry.name}' sends header {header} with a literal value",
-                entry.value("headers", header),
-                f"keep credentials out of git: write {header}: ${{SOME_ENV_VAR}} (or "
-                "'Bearer ${SOME_ENV_VAR}') and set it where aigw runs",
-            )
+    check_literal_headers(f"MCP server '{entry.name}'", entry, spec.headers, secret_looking,
+                          codes.MCP_LITERAL_SECRET, sink)
     url = resolve(spec.url, entry.value("url"), unset)
     headers = {header: resolve(value, entry.value("headers", header), unset)
                for header, value in spec.headers.items()}
@@ -76,6 +69,20 @@ def _link(
     _check_tools(entry, sink)
     reason = f"environment variable {', '.join(unset)} is not set" if unset else None
     return LinkedMcpServer(entry, url, headers, reason)
+
+
+def check_literal_headers(
+    owner: str, entry: Entry[Any], headers: Mapping[str, str],
+    secret_looking: Callable[[str], bool], code: codes.Code, sink: DiagnosticSink,
+) -> None:
+    """A header that carries a credential (by its name, or a value that looks like one)
+    written as a literal, not from ${ENV}, is ``code`` on its value: it would be in git."""
+    for header, value in headers.items():
+        if "${" not in value and (CREDENTIAL_HEADER.search(header) or secret_looking(value)):
+            sink.add(code, f"{owner} sends header {header} with a literal value",
+                     entry.value("headers", header),
+                     f"keep credentials out of git: write {header}: ${{SOME_ENV_VAR}} (or "
+                     "'Bearer ${SOME_ENV_VAR}') and set it where aigw runs")
 
 
 def _check_tools(entry: Entry[McpServerSpec], sink: DiagnosticSink) -> None:

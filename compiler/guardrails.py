@@ -8,7 +8,7 @@ so its ``on_error`` decides), a credential header written as a literal (AGW340),
 aigw cannot call (AGW341), a field its kind needs missing or one it does not take set
 (AGW342). A route naming a guardrail that is not defined is AGW339; guardrails on a
 pipeline route, AGW343: its steps' model calls go through routes of their own, whose
-guardrails apply.
+guardrails apply; on a route that serves embeddings, AGW343 too: they check chat only.
 """
 
 from __future__ import annotations
@@ -168,6 +168,21 @@ def check_route_guardrails(
         seen.add(name)
         if name not in known:
             unknown(name=name, position=entry.value("guardrails", index))
+
+
+def check_embeddings_routes(
+    routes: Mapping[str, Entry[RouteSpec]], kinds: Callable[[str], set[str]],
+    sink: DiagnosticSink,
+) -> None:
+    """Guardrails check chat (/v1/chat/completions, /v1/messages, llm steps): on a route
+    that serves embeddings they would check nothing, and its inputs would go out as sent."""
+    for name, entry in routes.items():
+        if entry.spec.guardrails and kinds(name) == {"embeddings"}:
+            sink.add(codes.GUARDRAIL_ROUTE,
+                     f"route '{name}' serves embeddings: guardrails do not apply to it",
+                     entry.key("guardrails"),
+                     "guardrails check chat requests; remove them here, or put them on a "
+                     "chat route")
 
 
 def route_guardrails(

@@ -22,7 +22,7 @@ from .agents import link_agent
 from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .guardrail_graph import Guardrail
-from .guardrails import check_route_guardrails, link_guardrails
+from .guardrails import check_embeddings_routes, check_route_guardrails, link_guardrails
 from .keys import LinkedKey, link_keys
 from .mcp_servers import LinkedMcpServer, link_mcp_servers
 from .pipeline_graph import Agent
@@ -201,6 +201,9 @@ def link(
                          entry.value("cache", "semantic", "embeddings"),
                          f"route '{name}' semantic cache", "it names an embeddings route")
         check_semantic_caches(routes, candidates, deployments, keys, sink)
+        check_embeddings_routes(routes, lambda route: {
+            deployments[m].spec.kind for m in candidates.get(route, ()) if m in deployments},
+            sink)
     # Reachability is only worth saying about a routing table without errors: a typo
     # in a member or a route would otherwise also show as "not reachable" (and with no
     # routes at all, AGW316 already says it).

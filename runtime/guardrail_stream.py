@@ -2,12 +2,13 @@
 
 Each choice's text is held back by ``HOLD`` characters (and any match reaching into
 them), so that a pattern split across chunks still matches: what is let through is
-decided for good. Tool-call arguments, a refusal and the fields aigw passes on unread
-(a ``reasoning_content``, a legacy ``function_call``: their pieces joined) are held to
-the end of their choice and checked whole (a redaction inside JSON arguments replaces
-the matched text only). A route with a webhook on its output holds each choice to its
-end: the checker sees the whole text once, and the client gets it in one piece after
-the check.
+decided for good, and its last ``HOLD`` characters are kept for the patterns that look
+behind them (``(?<=password=)``). Tool-call arguments, a refusal and the fields aigw
+passes on unread (a ``reasoning_content``, a legacy ``function_call``: their pieces
+joined) are held to the end of their choice and checked whole (a redaction inside JSON
+arguments replaces the matched text only). A route with a webhook on its output holds
+each choice to its end: the checker sees the whole text once, and the client gets it
+in one piece after the check.
 
 A block ends the choice at once with ``finish_reason: content_filter``; what was let
 through before it stays with the client (it was checked), the rest is dropped. The
@@ -34,7 +35,10 @@ HOLD = 256
 
 @dataclass(slots=True)
 class _Choice:
+    # The text held back, after the last HOLD characters that went out (``seen`` of them):
+    # a pattern that looks behind it (``(?<=password=)``) sees what came before.
     text: str = ""
+    seen: int = 0
     # Tool calls by index: [id, name, arguments so far], released at the choice's end.
     calls: dict[int, list[str | None]] = field(default_factory=dict)
     refusal: str = ""
@@ -44,7 +48,7 @@ class _Choice:
     @property
     def held(self) -> bool:
         """Something of the choice waits to be checked."""
-        return bool(self.text or self.calls or self.refusal or self.extra)
+        return bool(len(self.text) > self.seen or self.calls or self.refusal or self.extra)
 
 
 async def guarded_stream(
@@ -105,12 +109,14 @@ def _passing(delta: ChatDelta, state: _Choice, guardrails: Sequence[Guardrail], 
              record: RequestRecord) -> ChatDelta | None:
     """What of a choice may go out mid-stream (None: nothing now)."""
     text = ""
-    if not whole and state.text:
-        judged = judge(guardrails, state.text, "output", record, hold=HOLD)
+    if not whole and len(state.text) > state.seen:
+        judged = judge(guardrails, state.text, "output", record, hold=HOLD, seen=state.seen)
         if judged.blocked_by is not None:
             state.ended = True
             return None
-        text, state.text = judged.text, state.text[judged.cut:]
+        text = judged.text
+        keep = max(0, judged.cut - HOLD)
+        state.text, state.seen = state.text[keep:], judged.cut - keep
     if text:
         # Log probabilities are left out: they would show what a redaction took out.
         return ChatDelta(delta.index, content=text)
@@ -121,10 +127,11 @@ async def _ending(delta: ChatDelta, state: _Choice, guardrails: Sequence[Guardra
                   record: RequestRecord, client: GuardClient) -> ChatDelta:
     """The rest of a choice, checked whole, with its finish; or ``Withheld``."""
 
-    async def check(text: str) -> str:
-        return await check_text(guardrails, text, "output", record, client) if text else ""
+    async def check(text: str, seen: int = 0) -> str:
+        return await check_text(guardrails, text, "output", record, client, seen) \
+            if len(text) > seen else ""
 
-    text = await check(state.text)
+    text = await check(state.text, state.seen)
     calls = [ToolCallDelta(index, id=call_id, name=name, arguments=await check(arguments or ""))
              for index, (call_id, name, arguments) in sorted(state.calls.items())]
     refusal = await check(state.refusal)

@@ -80,8 +80,8 @@ def spans(guardrail: Guardrail, text: str) -> list[Span]:
 
 @dataclass(frozen=True, slots=True)
 class Judged:
-    """What the pattern guardrails made of ``text[:cut]``: the text to let through, or
-    the guardrail that blocked it."""
+    """What the pattern guardrails made of ``text[seen:cut]``: the text to let through,
+    or the guardrail that blocked it."""
 
     text: str
     cut: int
@@ -89,21 +89,24 @@ class Judged:
 
 
 def judge(guardrails: Sequence[Guardrail], text: str, direction: Direction,
-          record: RequestRecord, hold: int | None = None) -> Judged:
+          record: RequestRecord, hold: int | None = None, seen: int = 0) -> Judged:
     """Run the pattern guardrails over ``text``. With ``hold`` (a stream's text so far),
     only a prefix is decided: the last ``hold`` characters, and any match reaching into
-    them, wait for more text, so that a pattern split across chunks still matches."""
-    found = [(guardrail, spans(guardrail, text)) for guardrail in guardrails
-             if guardrail.matchers]
-    cut = len(text) if hold is None else max(0, len(text) - hold)
+    them, wait for more text, so that a pattern split across chunks still matches.
+    ``seen``: the first characters of ``text`` went out already; they are there for what
+    a pattern looks behind it at (a lookbehind such as ``(?<=password=)``, a word
+    boundary), and are not decided again."""
+    found = [(guardrail, [span for span in spans(guardrail, text) if span[1] > seen])
+             for guardrail in guardrails if guardrail.matchers]
+    cut = len(text) if hold is None else max(seen, len(text) - hold)
     if hold is not None:
         moved = True
         while moved:  # moving the cut back can put it inside another match
             moved = False
             for _guardrail, matched in found:
                 for start, end, _label in matched:
-                    if start < cut < end:
-                        cut, moved = start, True
+                    if start < cut < end and cut != max(start, seen):
+                        cut, moved = max(start, seen), True
     redact: list[Span] = []
     for guardrail, matched in found:
         decided = [span for span in matched if span[1] <= cut]
@@ -112,9 +115,10 @@ def judge(guardrails: Sequence[Guardrail], text: str, direction: Direction,
         acted(record, guardrail, direction, guardrail.action)
         if guardrail.action == "block":
             return Judged("", cut, guardrail.name)
-        if guardrail.action == "redact":
-            redact.extend(decided)
-    return Judged(_redacted(text[:cut], redact), cut, None)
+        if guardrail.action == "redact":  # of a match begun in what went out, the rest
+            redact.extend((max(start, seen) - seen, end - seen, label)
+                          for start, end, label in decided)
+    return Judged(_redacted(text[seen:cut], redact), cut, None)
 
 
 def _redacted(text: str, found: list[Span]) -> str:
@@ -232,9 +236,10 @@ class _Unanswered(Exception):
 
 
 async def check_text(guardrails: Sequence[Guardrail], text: str, direction: Direction,
-                     record: RequestRecord, client: GuardClient) -> str:
-    """One whole text through ``guardrails``: the patterns', then the webhooks'."""
-    judged = judge(guardrails, text, direction, record)
+                     record: RequestRecord, client: GuardClient, seen: int = 0) -> str:
+    """One whole text through ``guardrails`` (``text[seen:]``, with ``seen`` as in
+    ``judge``): the patterns', then the webhooks'."""
+    judged = judge(guardrails, text, direction, record, seen=seen)
     if judged.blocked_by is not None:
         raise Withheld(judged.blocked_by)
     text = judged.text

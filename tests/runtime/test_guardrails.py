@@ -26,6 +26,7 @@ guardrails:
   pii: {kind: pii, entities: [email, phone, credit_card, ipv4, iban, us_ssn], action: redact}
   secrets: {kind: regex, patterns: ['top secret', 'sk-[a-z]{8}'], action: block}
   watch: {kind: regex, patterns: ['lighthouse'], action: log}
+  passwords: {kind: regex, patterns: ['(?<=password=)\\S+'], action: redact}
 """
 
 
@@ -36,7 +37,7 @@ providers: {{local: {{type: echo}}}}
 deployments: {{echo: {{provider: local, model: echo-1, context_window: 8192}}}}
 {GUARDRAILS}
 routes:
-  chat: {{deployment: echo, guardrails: [secrets, pii, watch]}}
+  chat: {{deployment: echo, guardrails: [secrets, pii, watch, passwords]}}
 """)
     result = compile_gateway(tmp_path, {})
     assert result.graph is not None, result.diagnostics
@@ -113,6 +114,23 @@ async def test_a_stream_matches_across_chunk_boundaries(guards: RouteGuardrails)
     assert "".join(d.content or "" for d in out) == "w" * 300 + " write to [EMAIL] today"
     assert out[-2].finish_reason == "stop" and out[-1].usage == Usage(10, 20)
     assert len([d for d in out if d.content]) > 2  # not held to the end
+
+
+@pytest.mark.parametrize("size", [1, 4, 9])
+async def test_a_stream_matches_what_looks_behind_it_at_text_that_went_out(
+        guards: RouteGuardrails, size: int) -> None:
+    # The chunks are shorter than "password=hunter2": no piece of text the hold-back
+    # lets go of holds the match and what it looks behind it at together.
+    text = "w" * 300 + " password=hunter2 ok " + "z" * 300
+    pieces = [ChatDelta(content=text[start:start + size]) for start in range(0, len(text), size)]
+    out, blocked = await _run(guards, *pieces, ChatDelta(finish_reason="stop"))
+    assert not blocked
+    assert "".join(d.content or "" for d in out) == text.replace("hunter2", "[REDACTED]")
+    # Nor at the end of a stream, from the text the hold-back kept.
+    text = "w" * 300 + " password=hunter2"
+    pieces = [ChatDelta(content=text[start:start + size]) for start in range(0, len(text), size)]
+    out, blocked = await _run(guards, *pieces, ChatDelta(finish_reason="stop"))
+    assert "".join(d.content or "" for d in out) == text.replace("hunter2", "[REDACTED]")
 
 
 async def test_a_stream_block_ends_the_choice_and_drops_the_rest(

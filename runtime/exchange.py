@@ -118,14 +118,15 @@ class Exchange:
         limits = subject_limits(key, self.user)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
-        guards = plan.route.guardrails
-        if guards is not None and guards.input:  # before the prompt is counted for limits
-            plan = await self._guarded(plan, guards.input)
-            request = plan.request
         tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
                                   request.n)
         self.admission = admission = await admit(store, record, limits, tokens, cost)
         live.store.keep(admission)
+        guards = plan.route.guardrails
+        if guards is not None and guards.input:  # after the limits: a caller over them
+            # never reaches a checker, however often it asks (a 429 costs no webhook call)
+            plan = await self._guarded(plan, guards.input)
+            request = plan.request
         if plan.gate is not None and plan.gate.budget_pending:
             plan.gate.learn_budget(admission.reservation.budget_remaining
                                    if admission.reservation is not None else None)

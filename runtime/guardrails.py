@@ -252,16 +252,28 @@ async def check_text(guardrails: Sequence[Guardrail], text: str, direction: Dire
 async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
                         record: RequestRecord, client: GuardClient) -> ChatRequest:
     """``request`` with every message's text checked; a block is ``GuardrailBlocked``."""
-    messages: list[Message] = []
-    changed = False
+    messages: list[Message]
     try:
-        for message in request.messages:
-            checked = await _message(guardrails, message, record, client)
-            changed = changed or checked is not message
-            messages.append(checked)
-    except Withheld as exc:
-        raise GuardrailBlocked(exc.guardrail) from None
+        if any(guardrail.webhook is not None for guardrail in guardrails):
+            # One message after another, a long conversation waited for one checker
+            # call per text in turn: at once, the first block cancels the rest.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(_message(guardrails, message, record, client))
+                         for message in request.messages]
+            messages = [task.result() for task in tasks]
+        else:  # patterns only: no waiting, so no tasks
+            messages = [await _message(guardrails, message, record, client)
+                        for message in request.messages]
+    except* Withheld as group_of:
+        raise GuardrailBlocked(_first(group_of).guardrail) from None
+    changed = any(new is not old for new, old in zip(messages, request.messages, strict=True))
     return request.model_copy(update={"messages": messages}) if changed else request
+
+
+def _first(group_of: BaseExceptionGroup[Withheld]) -> Withheld:
+    """The first block of a group (all of them the same kind of refusal)."""
+    first = group_of.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _message(guardrails: Sequence[Guardrail], message: Message, record: RequestRecord,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from hashlib import sha256
 from typing import Any, cast
 
 import anthropic
@@ -25,6 +26,7 @@ from .server import Server
 pytestmark = pytest.mark.e2e
 
 GUARD_TOKEN = "guard-token-5f0c1e9a7b3d4c2e8f6a"
+LIMITED_KEY = "sk-guardrails-one-a-minute"
 # Longer than the stream's hold-back (guardrail_stream.HOLD): text before a match goes out.
 PREFIX = " ".join(f"word{number}" for number in range(60))
 
@@ -86,7 +88,9 @@ routes:
   lenient: {{deployment: gpt, guardrails: [lenient]}}
   out-checked: {{deployment: gpt, guardrails: [out-checker]}}
   plain: {{deployment: gpt}}
-""" + DEV_KEY_LINE)
+""" + DEV_KEY_LINE + f"""  limited: {{sha256: {sha256(LIMITED_KEY.encode()).hexdigest()},
+             limits: {{rpm: 1}}}}
+""")
     started = Server(root)
     started.wait_ready()
     yield started
@@ -337,6 +341,34 @@ def test_a_checker_that_cannot_answer_is_what_on_error_says(
     assert _last_access(server, "lenient")["guardrails"] == [
         "lenient:input:error", "lenient:output:error"]
     assert GUARD_TOKEN not in server.log
+
+
+def test_a_caller_over_its_limits_never_reaches_the_checker(
+        server: Server, checker: GuardChecker) -> None:
+    """The input checks run after the limits: a 429 costs the checker nothing, however
+    often a caller over its rpm asks."""
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=LIMITED_KEY,
+                       max_retries=0) as limited:
+        _ask(limited, "checked", "first of the minute")
+        asked = len(checker.seen)
+        for _ in range(3):
+            with pytest.raises(openai.RateLimitError):
+                _ask(limited, "checked", "one too many")
+    assert len(checker.seen) == asked
+
+
+def test_a_conversations_messages_are_checked_at_once(
+        client: openai.OpenAI, checker: GuardChecker) -> None:
+    """One after another, each of a long conversation's texts waited for the checker in
+    turn: a webhook's input checks run together."""
+    checker.most_at_once = 0
+    answer = client.chat.completions.create(model="checked", messages=[
+        {"role": "system", "content": "be slow to judge"},
+        {"role": "user", "content": "a slow question"},
+        {"role": "assistant", "content": "a slow answer"},
+        {"role": "user", "content": "another slow one"}])
+    assert answer.choices[0].message.content == "fake-openai: another slow one"
+    assert checker.most_at_once == 4
 
 
 def test_a_webhook_on_a_streams_output_checks_it_whole(

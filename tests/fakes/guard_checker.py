@@ -4,9 +4,9 @@ behind one): POST /check takes {text, direction, route, key, team} and answers
 
 What it answers is read from the text, so a test picks the verdict by what it sends:
 ``deny`` -> not allowed; ``redact-me`` -> allowed, with it replaced by ``[CHECKED]``;
-``hang`` -> no answer for 5 s; ``drip`` -> an allow sent a byte every 0.2 s (each
-read is quick, the whole answer slow); ``crash`` -> a 500; ``garble`` -> an answer that is not
-JSON; anything else -> allowed as it is.
+``hang`` -> no answer for 5 s; ``slow`` -> an allow after 0.2 s; ``drip`` -> an allow
+sent a byte every 0.2 s (each read is quick, the whole answer slow); ``crash`` -> a 500;
+``garble`` -> an answer that is not JSON; anything else -> allowed as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ class GuardChecker:
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []  # every body it was sent, in order
         self.headers: list[dict[str, str]] = []
+        self.checking = 0  # checks being answered now
+        self.most_at_once = 0  # the most checks it answered at once
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/check", self._check, methods=["POST"]),
@@ -40,6 +42,13 @@ class GuardChecker:
         text = body["text"]
         if "hang" in text:
             await asyncio.sleep(5)
+        if "slow" in text:
+            self.checking += 1
+            self.most_at_once = max(self.most_at_once, self.checking)
+            try:
+                await asyncio.sleep(0.2)
+            finally:
+                self.checking -= 1
         if "drip" in text:
             return StreamingResponse(_drip(b'{"allow": true}' + b" " * 40),
                                      media_type="application/json")

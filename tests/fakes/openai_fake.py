@@ -125,6 +125,15 @@ def reply_for(body: dict[str, Any], fake: str = "fake-openai") -> Reply:
     return Reply(text=json.dumps(answer))
 
 
+def _call_id(messages: list[Any]) -> str:
+    """``call_fake_<n>``, n one more than the tool calls the conversation holds: ids are
+    unique within a conversation, as OpenAI's are (an agent's history tells calls apart
+    by them), and a conversation's first call is ``call_fake_1``."""
+    earlier = sum(len(m.get("tool_calls") or ()) for m in messages
+                  if isinstance(m, dict) and m.get("role") == "assistant")
+    return f"call_fake_{earlier + 1}"
+
+
 class OpenAIFake:
     """The fake's state: its key, its script, and what it has seen."""
 
@@ -206,6 +215,7 @@ class OpenAIFake:
             return invalid
         model = request.path_params.get("deployment") or body["model"]
         reply = reply_for(body, self.name)
+        call_id = _call_id(body["messages"])
         prompt_tokens = sum(len(_text(m.get("content")).split()) + 3 for m in body["messages"])
         choices = 1 if self.ignores_n else int(body.get("n") or 1)
         completion_tokens = len((reply.text or reply.arguments_json).split()) * choices
@@ -217,13 +227,14 @@ class OpenAIFake:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                self._chunks(model, reply, usage, include_usage, action, logprobs, choices),
+                self._chunks(model, reply, usage, include_usage, action, logprobs, choices,
+                            call_id),
                 media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
                                    "annotations": []}
         finish = "stop"
         if reply.tool_name:
-            message["tool_calls"] = [{"id": "call_fake_1", "type": "function",
+            message["tool_calls"] = [{"id": call_id, "type": "function",
                                       "function": {"name": reply.tool_name,
                                                    "arguments": reply.arguments_json}}]
             finish = "tool_calls"
@@ -238,7 +249,8 @@ class OpenAIFake:
 
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action,
-                      logprobs: bool = False, choices: int = 1) -> AsyncIterator[bytes]:
+                      logprobs: bool = False, choices: int = 1,
+                      call_id: str = "call_fake_1") -> AsyncIterator[bytes]:
         end = self.line_ending
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
@@ -261,7 +273,7 @@ class OpenAIFake:
             events.append(event([choice({"role": "assistant", "content": "", "refusal": None})]))
             if reply.tool_name:
                 events.append(event([choice({"tool_calls": [{
-                    "index": 0, "id": "call_fake_1", "type": "function",
+                    "index": 0, "id": call_id, "type": "function",
                     "function": {"name": reply.tool_name, "arguments": ""}}]})]))
                 arguments = reply.arguments_json
                 for start in range(0, len(arguments), 7):

@@ -1,0 +1,133 @@
+"""The OpenAI Agents SDK (``openai-agents``, whose models speak the Responses API by
+default) against a real ``aigw serve``: an agent with a function tool, run whole and
+streamed, its turns chained by ``previous_response_id``, by
+``auto_previous_response_id`` and by a session that sends the whole history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pytest
+from agents import (
+    Agent,
+    OpenAIResponsesModel,
+    RunConfig,
+    Runner,
+    RunResult,
+    RunResultStreaming,
+    SQLiteSession,
+    function_tool,
+)
+
+from ..conftest import DEV_KEY
+from .responses_gateway import Upstreams, responses_gateway
+
+pytestmark = pytest.mark.e2e
+
+# Tracing would post the run to OpenAI's servers.
+QUIET = RunConfig(tracing_disabled=True)
+
+
+@function_tool
+def lookup(query: str) -> str:
+    """Look a thing up."""
+    return f"found {query}"
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    with responses_gateway(tmp_path_factory.mktemp("agents") / "gw") as served:
+        yield served
+
+
+@pytest.fixture
+async def client(upstreams: Upstreams) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{upstreams.server.base_url}/v1",
+                                  api_key=DEV_KEY, max_retries=0) as sdk:
+        yield sdk
+
+
+def _agent(client: openai.AsyncOpenAI, route: str) -> Agent[Any]:
+    return Agent(name="finder", instructions="Be brief.", tools=[lookup],
+                 model=OpenAIResponsesModel(model=route, openai_client=client))
+
+
+async def _streamed(agent: Agent[Any], text: str, **options: Any) -> RunResultStreaming:
+    run = Runner.run_streamed(agent, text, run_config=QUIET, **options)
+    kinds = [event.type async for event in run.stream_events()]
+    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+    return run
+
+
+def _sent(upstreams: Upstreams, route: str) -> list[Any]:
+    """The messages the last upstream request of ``route`` carried, as (role, text) pairs
+    and tool calls by name."""
+    if route == "gpt":
+        body = upstreams.gpt.script.requests[-1]
+        return [(m["role"], m.get("content") or [c["function"]["name"]
+                                                for c in m["tool_calls"]])
+                for m in body["messages"]]
+    body = upstreams.claude.script.requests[-1]
+    return [(m["role"], [block.get("text") or block.get("name") or block.get("content")
+                         for block in m["content"]]) for m in body["messages"]]
+
+
+@pytest.mark.parametrize("route", ["gpt", "claude"])
+async def test_an_agent_calls_its_tool_whole_and_streamed(
+        client: openai.AsyncOpenAI, route: str) -> None:
+    agent = _agent(client, route)
+    whole: RunResult = await Runner.run(agent, "find the moon", run_config=QUIET)
+    assert whole.final_output == "tool said: found find the moon"
+    # The Anthropic fake says a word before its tool call, as Claude does.
+    assert [item.type for item in whole.new_items][-3:] == [
+        "tool_call_item", "tool_call_output_item", "message_output_item"]
+    streamed = await _streamed(agent, "find the sun")
+    assert streamed.final_output == "tool said: found find the sun"
+
+
+async def test_turns_chained_by_previous_response_id(
+        client: openai.AsyncOpenAI, upstreams: Upstreams) -> None:
+    agent = _agent(client, "gpt")
+    first = await Runner.run(agent, "find the moon", run_config=QUIET)
+    second = await Runner.run(agent, "and the stars", run_config=QUIET,
+                              previous_response_id=first.last_response_id)
+    assert second.final_output == "tool said: found and the stars"
+    # The gateway put the first run's whole conversation before the second's.
+    assert _sent(upstreams, "gpt") == [
+        ("system", "Be brief."), ("user", "find the moon"), ("assistant", ["lookup"]),
+        ("tool", "found find the moon"), ("assistant", "tool said: found find the moon"),
+        ("user", "and the stars"), ("assistant", ["lookup"]),
+        ("tool", "found and the stars")]
+    third = await _streamed(agent, "and the sun", previous_response_id=second.last_response_id)
+    assert third.final_output == "tool said: found and the sun"
+    assert len(_sent(upstreams, "gpt")) == 12
+
+
+@pytest.mark.parametrize("route", ["gpt", "claude"])
+async def test_auto_previous_response_id_sends_only_the_new_items(
+        client: openai.AsyncOpenAI, upstreams: Upstreams, route: str) -> None:
+    agent = _agent(client, route)
+    whole = await Runner.run(agent, "find the moon", run_config=QUIET,
+                             auto_previous_response_id=True)
+    assert whole.final_output == "tool said: found find the moon"
+    streamed = await _streamed(agent, "find the sun", auto_previous_response_id=True)
+    assert streamed.final_output == "tool said: found find the sun"
+    # The tool's output went alone, the call it answers read from the kept response.
+    (asked, said), (called, calls), (answered, outputs) = _sent(upstreams, route)[-3:]
+    assert (asked, called, answered) == (("user", "assistant", "tool") if route == "gpt"
+                                         else ("user", "assistant", "user"))
+    assert "find the sun" in said and calls[-1] == "lookup"
+    assert "found find the sun" in outputs
+
+
+async def test_a_session_sends_the_whole_history(
+        client: openai.AsyncOpenAI, upstreams: Upstreams) -> None:
+    agent, session = _agent(client, "gpt"), SQLiteSession("agents-e2e")
+    await Runner.run(agent, "find the moon", run_config=QUIET, session=session)
+    streamed = await _streamed(agent, "and the stars", session=session)
+    assert streamed.final_output == "tool said: found and the stars"
+    assert [role for role, _ in _sent(upstreams, "gpt")] == [
+        "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool"]
+    session.close()

@@ -179,7 +179,8 @@ class SettingsSpec(Spec):
         4 * 1024 * 1024,
         description="Largest response /v1/responses keeps, as stored: the conversation "
         "before it (input items, earlier turns included) and its output. A larger one is "
-        "answered but not kept (logged), so previous_response_id cannot name it.",
+        "answered but not kept (logged), so previous_response_id cannot name it (the "
+        "error says why).",
     )
 
 

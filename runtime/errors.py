@@ -134,13 +134,14 @@ class ModelNotFound(GatewayError):
 
 class PreviousResponseNotFound(BadRequest):
     """A ``previous_response_id`` the gateway does not keep for this key: never kept
-    (``store: false``), expired, deleted, or another key's. OpenAI's status and code."""
+    (``store: false``, or ``why``: too large), expired, deleted, or another key's.
+    OpenAI's status and code."""
 
     code = "previous_response_not_found"
 
-    def __init__(self, response_id: str) -> None:
-        super().__init__(f"Previous response with id '{response_id}' not found.",
-                         param="previous_response_id")
+    def __init__(self, response_id: str, why: str | None = None) -> None:
+        super().__init__(f"Previous response with id '{response_id}' not found."
+                         + (f" {why}" if why else ""), param="previous_response_id")
 
 
 class NotFound(GatewayError):

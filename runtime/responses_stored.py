@@ -8,7 +8,8 @@ the conversation of the response it continued (that one's input, then its output
 then the request's own items, each with an id (``msg_``/``fc_``/``fco_`` and the
 response's hex where the app gave none). So a continuation reads one record however
 long the chain, ``input_items`` pages that list, and ``responses_max_bytes`` bounds a
-whole conversation (a response over it is answered and not kept, logged).
+whole conversation (a response over it is answered and not kept, logged: a marker
+kept in its place makes a continuation, a GET or input_items say why).
 
 ``previous_response_id`` puts that record's input items and output items before the
 request's own; instructions are not carried over (OpenAI's rule: each request gives its
@@ -44,15 +45,28 @@ __all__ = ["continued", "delete_response", "get_response", "input_items", "keep"
 _ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
 _PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
 _ORDERS = ("asc", "desc")
+# The field of a record that stands for a response answered and not kept (too large): a
+# continuation is told why, where "not found" would leave the app guessing.
+_NOT_KEPT = "not_kept"
 
 
-async def _kept(live: Live, key: ApiKey, response_id: str) -> dict[str, Any] | None:
-    """The record of ``response_id`` if ``key`` may read it."""
+async def _found(live: Live, key: ApiKey, response_id: str) -> dict[str, Any] | None:
+    """The record of ``response_id`` if ``key`` may read it: a kept response, or the
+    marker of one answered and not kept (``_NOT_KEPT``, why)."""
     store = await live.store.responses()
     found: KeptResponse | None = await store.get(response_id)
     if found is None or (found.key != key.name and not key.admin):
         return None
     record: dict[str, Any] = jsonio.loads(found.body)
+    return record
+
+
+async def _kept(live: Live, key: ApiKey, response_id: str) -> dict[str, Any]:
+    """The kept record of ``response_id`` for GET and input_items; else a 404 that says
+    why where the gateway knows."""
+    record = await _found(live, key, response_id)
+    if record is None or _NOT_KEPT in record:
+        raise _not_found(response_id, record[_NOT_KEPT] if record else None)
     return record
 
 
@@ -63,9 +77,9 @@ async def continued(live: Live, key: ApiKey,
     previous = request.previous_response_id
     if previous is None:
         return request, []
-    record = await _kept(live, key, previous)
-    if record is None:
-        raise PreviousResponseNotFound(previous)
+    record = await _found(live, key, previous)
+    if record is None or _NOT_KEPT in record:
+        raise PreviousResponseNotFound(previous, record[_NOT_KEPT] if record else None)
     earlier: list[dict[str, Any]] = [*record["input"], *record["response"]["output"]]
     try:
         items = _ITEMS.validate_python(earlier)
@@ -92,8 +106,9 @@ def kept_items(request: ResponsesRequest, earlier: list[dict[str, Any]],
 async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
                items: list[dict[str, Any]]) -> None:
     """Keep ``response`` (a completed or incomplete one) and its input ``items``. Not
-    kept, logged, when it is over ``responses_max_bytes`` or the store cannot take it:
-    the answer itself is not failed for it."""
+    kept, logged, when it is over ``responses_max_bytes`` (a marker is kept instead, so
+    that naming it says why) or the store cannot take it: the answer itself is not
+    failed for it."""
     settings = live.graph.settings
     body = jsonio.dumps({"key": key.name, "route": route, "input": items,
                          "response": response})
@@ -101,7 +116,10 @@ async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
         log.warning("response %s of key %s not kept: %d bytes with its conversation, over "
                     "responses_max_bytes (%d); previous_response_id cannot name it",
                     response["id"], key.name, len(body), settings.responses_max_bytes)
-        return
+        body = jsonio.dumps({"key": key.name, "route": route, _NOT_KEPT: (
+            f"It was answered and not kept: with its conversation it is {len(body)} bytes, "
+            f"over this gateway's responses_max_bytes ({settings.responses_max_bytes}). "
+            "Send the whole conversation as 'input'.")})
     try:
         store = await live.store.responses()
         await store.put(response["id"], key.name, body, settings.responses_ttl_s)
@@ -109,22 +127,22 @@ async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
         log.warning("response %s of key %s not kept: %s", response["id"], key.name, exc)
 
 
-def _not_found(response_id: str) -> NotFound:
-    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+def _not_found(response_id: str, why: str | None = None) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found." + (f" {why}" if why else ""),
+                    param="response_id")
 
 
 async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
     """GET /v1/responses/{id}: the Response object as it was answered."""
     record = await _kept(live, authenticate(live.graph, headers), response_id)
-    if record is None:
-        raise _not_found(response_id)
     return JSONBody(record["response"])
 
 
 async def delete_response(live: Live, headers: Headers, response_id: str) -> Response:
-    """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing."""
+    """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing.
+    The marker of one not kept is deleted as a response is (the app was told store: true)."""
     key = authenticate(live.graph, headers)
-    if await _kept(live, key, response_id) is None:
+    if await _found(live, key, response_id) is None:
         raise _not_found(response_id)
     store = await live.store.responses()
     if not await store.delete(response_id):
@@ -144,8 +162,6 @@ async def input_items(live: Live, headers: Headers, response_id: str,
                          "'desc'.", param="order")
     limit = _limit(query.get("limit", "20"))
     record = await _kept(live, key, response_id)
-    if record is None:
-        raise _not_found(response_id)
     items: list[dict[str, Any]] = record["input"]
     if order == "desc":
         items = items[::-1]

@@ -349,7 +349,25 @@ async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
         large = await http.post(RESPONSES, json={"model": "fast", "input": "word " * 300})
         assert large.status_code == 200
         assert (await http.get(f"{RESPONSES}/{small['id']}")).status_code == 200
-        assert (await http.get(f"{RESPONSES}/{large.json()['id']}")).status_code == 404
+        large_id = large.json()["id"]
+        why = ("It was answered and not kept: with its conversation it is 4036 bytes, over "
+               "this gateway's responses_max_bytes (1500). Send the whole conversation as "
+               "'input'.")
+        for path in (large_id, f"{large_id}/input_items"):
+            read = await http.get(f"{RESPONSES}/{path}")
+            assert read.status_code == 404
+            assert read.json()["error"]["message"] == (
+                f"Response with id '{large_id}' not found. {why}")
+        continued = await http.post(RESPONSES, json={
+            "model": "fast", "input": "more", "previous_response_id": large_id})
+        assert continued.status_code == 400
+        assert continued.json()["error"] == {
+            "message": f"Previous response with id '{large_id}' not found. {why}",
+            "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"}
+        assert (await http.delete(f"{RESPONSES}/{large_id}")).json()["deleted"] is True
+        assert (await http.get(f"{RESPONSES}/{large_id}")).json()["error"]["message"] == (
+            f"Response with id '{large_id}' not found.")
     [warning] = [r.getMessage() for r in caplog.records if r.name == "aigw.responses"]
     assert f"response {large.json()['id']} of key dev not kept" in warning
     assert "over responses_max_bytes (1500)" in warning

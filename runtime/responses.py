@@ -45,10 +45,23 @@ __all__ = ["EventEncoder", "create_response", "echoed", "response_body"]
 
 _INCOMPLETE: Mapping[str, str] = MappingProxyType(
     {"length": "max_output_tokens", "content_filter": "content_filter"})
+# The chat parameters the serving core's errors name, as a Responses request names them.
+_PARAMS: Mapping[str, str] = MappingProxyType({
+    "messages": "input", "max_completion_tokens": "max_output_tokens",
+    "max_tokens": "max_output_tokens", "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort", "verbosity": "text.verbosity"})
 
 
 async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """POST /v1/responses for ``key`` (authenticated), the body read."""
+    try:
+        return await _create(exchange, key, body)
+    except GatewayError as exc:  # raised before any answer went out: renamed in flight
+        exc.param = _PARAMS.get(exc.param or "", exc.param)
+        raise
+
+
+async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live, record = exchange.live, exchange.record
     asked = parse(body)
     echo = echoed(asked)  # this request's own fields: instructions are not carried over

@@ -456,3 +456,17 @@ async def test_bad_bodies_are_400s_naming_the_parameter(
     assert answer.status_code == 400, answer.text
     assert answer.json() == {"error": {"message": message, "type": "invalid_request_error",
                                        "param": param, "code": "invalid_request"}}
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"input": "word " * 140_000}, 422, "input"),
+    ({"max_output_tokens": 100_000}, 400, "max_output_tokens"),
+])
+async def test_errors_of_the_core_name_the_responses_parameter(
+    client: httpx.AsyncClient, body: dict[str, Any], status: int, param: str,
+) -> None:
+    """Routing refuses the lowered chat request: its error names the parameter the app
+    sent (``input``), not chat's (``messages``)."""
+    answer = await client.post(RESPONSES, json={"model": "fast", "input": "hi", **body})
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["param"] == param

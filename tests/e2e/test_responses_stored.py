@@ -104,6 +104,19 @@ def test_two_turns_over_anthropic(alice: openai.OpenAI, upstreams: Upstreams) ->
             ("user", "what is my name?"))]
 
 
+def test_a_continuation_is_checked_as_the_route_it_names(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A conversation kept on one route goes on on another (it is the key's own, and the
+    Responses API has no routes); the route a continuation names is authorized as any
+    request's: Cedar's forbid holds, whatever route the earlier turn was on."""
+    first = alice.responses.create(model="gpt", input="my name is Ada")
+    alice.responses.create(model="claude", previous_response_id=first.id, input="who?")
+    assert "my name is Ada" in json.dumps(upstreams.claude.script.requests[-1]["messages"])
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        alice.responses.create(model="locked", previous_response_id=first.id, input="who?")
+    assert forbidden.value.code == "permission_denied"
+
+
 def test_a_stream_is_kept_and_continued(alice: openai.OpenAI, upstreams: Upstreams) -> None:
     completed = list(alice.responses.create(model="gpt", input="one two three", stream=True))[-1]
     assert completed.type == "response.completed"

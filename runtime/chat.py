@@ -373,15 +373,13 @@ async def chat_completions(
         served, result = await exchange.complete()
         return JSONBody(
             completion_body(served.request_id, served.created, result),
-            headers={**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-                     **overhead_header(record)},
+            headers=exchange.answer_headers(served),
         )
     served, deltas = await exchange.stream()
     encoder = ChunkEncoder(
         served.request_id, served.created, served.deployment.model, request.include_usage
     )
-    headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-               **overhead_header(record)}
+    headers = exchange.answer_headers(served)
     return await settled_stream(_events(encoder, deltas, live, record), headers)
 
 

@@ -42,7 +42,7 @@ from .admission import (
     subject_limits,
     worst_case,
 )
-from .chat import Plan, Served, complete, new_record, prepare, stream
+from .chat import Plan, Served, complete, new_record, overhead_header, prepare, stream
 from .chat_request import ChatRequest
 from .errors import (
     BudgetExceeded,
@@ -181,6 +181,12 @@ class Exchange:
             limits = tuple(replace(item, rpm=None, max_parallel=None) for item in limits)
         self.admission = await admit(store, self.record, limits, tokens, cost)
         self.live.store.keep(self.admission)
+
+    def answer_headers(self, served: Served) -> dict[str, str]:
+        """An OpenAI-format answer's headers: who served it, the key's rate limits, the
+        cache's verdict and the gateway's overhead so far (so, taken last)."""
+        return {**served.headers(), **self.rate_headers(), **self.cache_headers(),
+                **overhead_header(self.record)}
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}

@@ -5,7 +5,8 @@
 
 With ``store`` true (the default) the response is kept before it is answered (a stream's
 before its last event), and ``previous_response_id`` continues a kept one
-(runtime/responses_stored.py); ``store: false`` keeps nothing and reads nothing. Errors
+(runtime/responses_stored.py); ``store: false`` keeps nothing (it may still continue a
+kept response, as on OpenAI). Errors
 are OpenAI's error objects with chat's statuses (the app renders them); after a
 stream has started, a failure ends it with ``response.failed``. Answers are translated
 back from the core's OpenAI chat results:
@@ -32,7 +33,7 @@ from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey
 
-from .chat import Served, overhead_header
+from .chat import Served
 from .errors import GatewayError, RateLimited, UpstreamRateLimited
 from .exchange import Exchange
 from .jsonio import JSONBody
@@ -73,12 +74,10 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         if asked.store is not False:
             await keep(live, key, asked.model, answer,
                        kept_items(request, earlier, _ids(served).hex))
-        return JSONBody(answer, headers={**served.headers(), **exchange.rate_headers(),
-                                         **exchange.cache_headers(), **overhead_header(record)})
+        return JSONBody(answer, headers=exchange.answer_headers(served))
     served, deltas = await exchange.stream()
     encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
-    headers = {**served.headers(), **exchange.rate_headers(), **exchange.cache_headers(),
-               **overhead_header(record)}
+    headers = exchange.answer_headers(served)
     events = encoded_events(encoder, deltas, live, record)
     if asked.store is not False:
         items = kept_items(request, earlier, _ids(served).hex)

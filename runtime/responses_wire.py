@@ -28,7 +28,8 @@ Lowering decisions:
 - ``reasoning.effort`` -> ``reasoning_effort``, ``text.verbosity`` -> ``verbosity``
   (upstreams that have neither refuse them, as on chat); ``prompt_cache_key`` and
   ``safety_identifier`` pass on as chat's (the adapters that cannot use them drop them).
-- ``include``, ``service_tier``, ``stream_options``, ``reasoning.summary``
+- ``include`` (but ``message.output_text.logprobs``: refused, rather than answered
+  without them), ``service_tier``, ``stream_options``, ``reasoning.summary``
   (no reasoning items are given back), ``prompt_cache_retention``, parts'
   ``prompt_cache_breakpoint`` and ``metadata`` are accepted and not passed on
   (``metadata`` is echoed in the answer); fields of an OpenAI-hosted feature on items
@@ -259,6 +260,15 @@ def _no_auto_truncation(value: object) -> object:
     return value
 
 
+def _no_logprobs(value: object) -> object:
+    """The other includables name output of OpenAI-hosted tools and reasoning items,
+    neither of which this gateway gives back: asking for them changes nothing."""
+    if isinstance(value, list) and "message.output_text.logprobs" in value:
+        raise ValueError("log probabilities are not given back by this gateway: leave "
+                         "'message.output_text.logprobs' out")
+    return value
+
+
 def _null_is_false(value: object) -> object:
     return False if value is None else value
 
@@ -284,7 +294,7 @@ class ResponsesRequest(_Wire):
     stream: Annotated[bool, BeforeValidator(_null_is_false)] = False
     stream_options: dict[str, Any] | None = None
     store: bool | None = None  # None is OpenAI's default: kept
-    include: list[str] | None = None
+    include: Annotated[list[str] | None, BeforeValidator(_no_logprobs)] = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None

@@ -448,6 +448,9 @@ async def test_each_request_logs_one_access_line(
      "leave it out, or stream the answer."),
     ({"input": []}, "input",
      "Invalid value for 'input': Value should have at least 1 item after validation, not 0."),
+    ({"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]}, "include",
+     "Invalid value for 'include': log probabilities are not given back by this gateway: "
+     "leave 'message.output_text.logprobs' out."),
 ])
 async def test_bad_bodies_are_400s_naming_the_parameter(
     client: httpx.AsyncClient, body: dict[str, Any], param: str, message: str,

@@ -8,11 +8,13 @@ A kept response is one opaque record (JSON bytes, built by runtime/responses_sto
 under its id, with the name of the key that made it and when it expires. The write is
 awaited before the answer (or a stream's last event) goes out, as a ledger record is,
 so a client that continues at once finds it, whichever worker or replica serves the
-next turn: in SQLite it is committed with whatever else the file's writer thread has
-queued (group commit). A response past its expiry is not found; SQLite's expired rows
-are deleted by the first write each hour, Redis expires its own. After Redis did not
-answer, it is left alone for ``RedisResponses.REST_S`` (reads are 503s, writes not
-made, at once): a Redis that hangs must not hold every answer for its timeout.
+next turn: in SQLite it is committed by a writer thread of its own on the ledger's
+file, with the other responses it has queued (group commit), taking the file's write
+lock in turn with the ledger's writer (and other workers'). A response past its
+expiry is not found; SQLite's expired rows are deleted by the first write each hour,
+Redis expires its own. After Redis did not answer, it is left alone for
+``RedisResponses.REST_S`` (reads are 503s, writes not made, at once): a Redis that
+hangs must not hold every answer for its timeout.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import openai
 import pytest
 from agents import (
     Agent,
+    ModelBehaviorError,
     OpenAIResponsesModel,
     RunConfig,
     Runner,
@@ -22,6 +23,7 @@ from agents import (
 )
 
 from ..conftest import DEV_KEY
+from ..fakes.brain import Action
 from .responses_gateway import Upstreams, responses_gateway
 
 pytestmark = pytest.mark.e2e
@@ -131,3 +133,14 @@ async def test_a_session_sends_the_whole_history(
     assert [role for role, _ in _sent(upstreams, "gpt")] == [
         "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool"]
     session.close()
+
+
+async def test_a_stream_cut_in_a_tool_call_fails_the_run(
+        client: openai.AsyncOpenAI, upstreams: Upstreams) -> None:
+    """The upstream goes away while the call's arguments stream: response.failed ends the
+    run with the SDK's error; the half call is not run as a tool."""
+    asked = len(upstreams.gpt.script.requests)
+    upstreams.gpt.script.actions.append(Action(cut_stream_after=3))
+    with pytest.raises(ModelBehaviorError, match=r"terminal event `response\.failed`"):
+        await _streamed(_agent(client, "gpt"), "find the moon")
+    assert len(upstreams.gpt.script.requests) == asked + 1  # no turn with a tool's output

@@ -13,7 +13,9 @@ kept in its place makes a continuation, a GET or input_items say why).
 
 ``previous_response_id`` puts that record's input items and output items before the
 request's own; instructions are not carried over (OpenAI's rule: each request gives its
-own). A response is the key's that made it: another key finds nothing (404, or a
+own). The continuation runs on the route its own ``model`` names, authorized as any
+request is: the earlier turns' route (kept, for the record) grants nothing, and may be
+gone. A response is the key's that made it: another key finds nothing (404, or a
 ``previous_response_not_found`` 400), as for an id never kept; admin keys find any.
 Completed and incomplete (cut at the output limit) responses are kept, failed ones not.
 """

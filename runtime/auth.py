@@ -58,8 +58,14 @@ def key_for(graph: Graph, token: str) -> ApiKey:
     if key is None:
         raise Unauthorized("Incorrect API key provided.")
     if key.expires_at is not None and key.expires_at <= time.time():
-        raise KeyExpired(f"The API key '{key.name}' expired at {shown_moment(key.expires_at)}.")
+        raise _named(KeyExpired(
+            f"The API key '{key.name}' expired at {shown_moment(key.expires_at)}."), key)
     return key
+
+
+def _named(refusal: Unauthorized, key: ApiKey) -> Unauthorized:
+    refusal.key_name, refusal.team_name = key.name, key.team.name if key.team else None
+    return refusal
 
 
 def _previous(graph: Graph, digest: str) -> ApiKey | None:
@@ -70,8 +76,9 @@ def _previous(graph: Graph, digest: str) -> ApiKey | None:
         return None
     if previous.until is not None and previous.until <= time.time():
         # Said plainly: only a holder of the old secret sees it, and it tells them why.
-        raise Unauthorized(f"This API key was replaced; the key '{previous.key.name}' stopped "
-                           f"accepting it at {shown_moment(previous.until)}.")
+        raise _named(Unauthorized(
+            f"This API key was replaced; the key '{previous.key.name}' stopped accepting it "
+            f"at {shown_moment(previous.until)}."), previous.key)
     return previous.key
 
 

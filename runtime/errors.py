@@ -114,6 +114,10 @@ class Unauthorized(GatewayError):
     status = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+    # The key a secret still names, refused anyway (expired, or an old secret past its
+    # rotation's ``until``): the access log says whose client still sends it.
+    key_name: str | None = None
+    team_name: str | None = None
 
 
 class KeyExpired(Unauthorized):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -509,3 +510,8 @@ def test_a_key_past_its_expiry_is_refused_401_key_expired_without_a_reload(
         "message": f"The API key 'app' expired at {shown_moment(expires)}.",
         "type": "invalid_request_error", "param": None, "code": "key_expired"}
     assert _admin(server, "/admin/status")["graph"]["keys"]["app"]["expired"] is True  # type: ignore[index]
+    # The access log names the key whose client still sends it (the ledger has no record:
+    # a refusal before admission costs nothing).
+    [refused] = [json.loads(line) for line in server.log.splitlines()
+                 if line.startswith("{") and '"key_expired"' in line]
+    assert (refused["status"], refused["key"], refused["team"]) == (401, "app", "app")

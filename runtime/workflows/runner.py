@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -68,6 +69,8 @@ class Runner:
         self._clock = clock
         self._capacity = capacity
         self._poll_s = poll_s
+        self._unclaimable_since: float | None = None  # the store refused claims from then
+        self._said_unclaimable = 0.0  # when the log last said so
         self._retention_s = retention_s  # None: executions are kept forever
         self._purge_every_s = purge_every_s
         self._unsaved = unsaved
@@ -160,10 +163,21 @@ class Runner:
                     claimed = await self.store.claim(self.owner, self.lease_s, self._clock(),
                                                      free)
                 except StoreUnavailable as exc:
-                    log.error("runner %s cannot claim work: %s", self.owner, exc)
+                    # Said when it starts and once a minute while it lasts, not each poll
+                    # (twice a second for as long as Redis is away).
+                    now = time.monotonic()
+                    if self._unclaimable_since is None or now - self._said_unclaimable >= 60:
+                        log.error("runner %s cannot claim work: %s", self.owner, exc)
+                        self._said_unclaimable = now
+                    self._unclaimable_since = self._unclaimable_since or now
                 # The loop must outlive a bug: without it this gateway runs nothing more.
                 except Exception:
                     log.exception("runner %s: claiming work failed", self.owner)
+                else:
+                    if self._unclaimable_since is not None:
+                        log.warning("runner %s claims work again, after %.0fs", self.owner,
+                                    time.monotonic() - self._unclaimable_since)
+                        self._unclaimable_since = None
                 finally:
                     # What it took is counted as tasks (below, before any wait) instead.
                     self._claiming = 0

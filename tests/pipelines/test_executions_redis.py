@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +19,7 @@ from aigw.runtime.store.executions import (
     new_owner,
 )
 from aigw.runtime.store.executions_redis import RedisExecutions
+from aigw.runtime.workflows.runner import Runner
 
 from ..redis_server import PrivateRedis
 
@@ -82,3 +86,28 @@ async def test_a_key_of_the_wrong_type_fails_that_call_not_the_store(
     assert caplog.text.count("Redis refused a call (WRONGTYPE") == 2
     found = await store.get(execution.id)  # every other call goes on
     assert found is not None and found.owner == owner
+
+
+async def test_a_runner_says_once_that_it_cannot_claim_work_and_when_it_can_again(
+    store: RedisExecutions, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis was away the runner logged an error at every poll (twice a second)."""
+    async def never_runs(execution_id: str) -> None:
+        raise AssertionError(execution_id)
+
+    runner = Runner(store, new_owner(), 10.0, never_runs, time.time, poll_s=0.02)
+    caplog.set_level(logging.INFO, logger="aigw.workflows")
+    private_redis.stop()
+    runner.start()
+    try:
+        await asyncio.sleep(0.5)
+        private_redis.start_on_same_port()
+        for _ in range(200):
+            if any("claims work again" in record.message for record in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.stop()
+    said = [record.message for record in caplog.records if "claim" in record.message]
+    assert len(said) == 2, said
+    assert "cannot claim work" in said[0] and "claims work again" in said[1]

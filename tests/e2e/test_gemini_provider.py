@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 
 from ..fakes.gemini_fake import GeminiFake
@@ -32,7 +34,7 @@ def gemini_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[o
         'api_key: "${FAKE_GEMINI_KEY}"}\n'
         "deployments:\n"
         "  flash: {provider: gem, model: gemini-2.5-flash, context_window: 1048576,\n"
-        "          capabilities: [streaming, tools]}\n"
+        "          capabilities: [streaming, tools, json_schema]}\n"
         "routes:\n"
         "  gemini: {deployment: flash}\n"
         "  cached: {deployment: flash, cache: {ttl_s: 600}}\n"
@@ -54,6 +56,34 @@ def test_openai_sdk_chat_and_stream_through_gemini(gemini_server: openai.OpenAI)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "fake-gemini: streamed word by word"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+class Sky(enum.StrEnum):
+    CLEAR = "clear"
+    CLOUDY = "cloudy"
+
+
+class Forecast(pydantic.BaseModel):
+    city: str
+    days: int
+    sky: Sky  # pydantic puts it in $defs, behind a $ref
+
+
+def test_openai_sdk_structured_output_through_gemini(gemini_server: openai.OpenAI) -> None:
+    """response_format becomes responseJsonSchema, which the fake answers with JSON of the
+    schema (plain text without it, which the SDK would fail to parse), whole and streamed."""
+    messages: list[Any] = [{"role": "user", "content": "Tomorrow in Oslo?"}]
+    fitting = Forecast(city="fake-gemini: Tomorrow in Oslo?", days=4, sky=Sky.CLEAR)
+    completion = gemini_server.chat.completions.parse(
+        model="gemini", response_format=Forecast, messages=messages)
+    assert completion.choices[0].message.parsed == fitting
+    with gemini_server.chat.completions.stream(
+            model="gemini", response_format=Forecast, messages=messages) as stream:
+        assert stream.get_final_completion().choices[0].message.parsed == fitting
+    loose = gemini_server.chat.completions.create(
+        model="gemini", response_format={"type": "json_object"}, messages=messages)
+    assert json.loads(loose.choices[0].message.content or "") == {
+        "answer": "fake-gemini: Tomorrow in Oslo?"}
 
 
 def test_an_answer_the_safety_filter_stopped_is_not_cached(

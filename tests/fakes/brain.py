@@ -48,7 +48,8 @@ def decide(
 def json_answer(schema: object, text: str) -> object:
     """A value of ``schema``'s shape (a JSON Schema as structured outputs take it): every
     property of an object, one item of an array, ``text`` for a string, the first of an
-    enum or ``anyOf``; ``$ref`` within the schema followed (pydantic's ``$defs``).
+    enum or ``anyOf``; ``$ref`` within the schema followed (pydantic's ``$defs``). Types
+    may be Gemini's capitals (``OBJECT``) as well as JSON Schema's.
 
     >>> json_answer({"type": "object", "properties": {"city": {"type": "string"}}}, "Oslo")
     {'city': 'Oslo'}
@@ -71,6 +72,7 @@ def json_answer(schema: object, text: str) -> object:
         kind = node.get("type", "object" if "properties" in node else "string")
         if isinstance(kind, list):
             kind = next((item for item in kind if item != "null"), "null")
+        kind = str(kind).lower()  # Gemini's own Schema spells types in capitals: "OBJECT"
         if kind == "object":
             return {name: value(item, depth + 1)
                     for name, item in (node.get("properties") or {}).items()}

@@ -7,14 +7,19 @@ INVALID_ARGUMENT "API key not valid" (reason API_KEY_INVALID); an unknown field
 anywhere in the body, a Schema keyword Gemini lacks (``additionalProperties``), a role
 other than user/model, empty ``contents`` or ``parts``, a single turn that is the
 model's, a ``functionResponse`` that answers no ``functionCall`` of the turn before,
-are 400 INVALID_ARGUMENT. Only the
+a ``responseMimeType`` outside Google's list, a ``responseSchema`` or
+``responseJsonSchema`` without a MIME type that takes it (application/json; text/x.enum
+for ``responseSchema``), both schemas at once, and function declarations with JSON
+output on models before Gemini 3 are 400 INVALID_ARGUMENT. Only the
 camelCase field names are accepted (Google also takes snake_case). Streams are
 ``alt=sse`` only: ``data: {GenerateContentResponse}\\r\\n\\r\\n``, as Google sends them.
 
-Answers come from ``brain.decide``. A user text containing ``BLOCKME`` ends with
-finishReason SAFETY and no content; one containing ``BLOCKPROMPT`` is refused with
-``promptFeedback.blockReason`` SAFETY and no candidates. Function calls carry a
-``thoughtSignature``; models named ``gemini-3*`` require it back, as Gemini 3 does.
+Answers come from ``brain.decide``; under ``responseMimeType`` application/json a text
+answer is JSON of the schema's shape (``brain.json_answer``; ``{"answer": ...}`` without a
+schema), under text/x.enum the schema's first enum value. A user text containing
+``BLOCKME`` ends with finishReason SAFETY and no content; one containing ``BLOCKPROMPT``
+is refused with ``promptFeedback.blockReason`` SAFETY and no candidates. Function calls
+carry a ``thoughtSignature``; models named ``gemini-3*`` require it back, as Gemini 3 does.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .brain import Action, Reply, Script, decide, words
+from .brain import Action, Reply, Script, decide, json_answer, words
 
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -49,6 +54,8 @@ GENERATION_FIELDS = {"stopSequences", "responseMimeType", "responseSchema", "res
                      "topP", "topK", "seed", "presencePenalty", "frequencyPenalty",
                      "responseLogprobs", "logprobs", "thinkingConfig"}
 MODES = {"AUTO", "ANY", "NONE", "VALIDATED"}
+MIME_TYPES = ("text/plain", "application/json", "application/xml", "application/yaml",
+              "text/x.enum")
 SIGNATURE = "c2lnbmVkLWJ5LWZha2UtZ2VtaW5p"  # base64 of "signed-by-fake-gemini"
 UNSIGNED = "skip_thought_signature_validator"  # Google's placeholder for a foreign call
 
@@ -129,7 +136,7 @@ def validate(body: Any, model: str) -> None:
             if "parameters" in declaration:
                 _schema(declaration["parameters"], f"{where}.parameters")
     _tool_config(body.get("toolConfig"), declared)
-    _generation_config(body.get("generationConfig"))
+    _generation_config(body.get("generationConfig"), bool(declared), model)
 
 
 def _part(part: dict[str, Any], turn: dict[str, Any], previous: dict[str, Any] | None,
@@ -174,19 +181,47 @@ def _tool_config(config: Any, declared: set[str]) -> None:
                       "name declared functions")
 
 
-def _generation_config(config: Any) -> None:
+def _generation_config(config: Any, tools: bool, model: str) -> None:
     if config is None:
         return
     _fields(config, GENERATION_FIELDS, "generation_config")
+    mime = config.get("responseMimeType", "text/plain")
+    if mime not in MIME_TYPES:
+        raise Invalid("* GenerateContentRequest.generation_config.response_mime_type: allowed "
+                      "mimetypes are text/plain, application/json, application/xml, "
+                      "application/yaml and text/x.enum")
     if "responseSchema" in config and "responseJsonSchema" in config:
         raise Invalid("responseSchema and responseJsonSchema cannot both be set")
-    if ("responseSchema" in config or "responseJsonSchema" in config) \
-            and config.get("responseMimeType") != "application/json":
-        raise Invalid("response_mime_type must be application/json with a response schema")
+    if "responseSchema" in config:  # Google's Schema, checked as tool parameters are
+        _schema(config["responseSchema"], "generation_config.response_schema")
+        if mime not in ("application/json", "text/x.enum"):
+            raise Invalid("response_mime_type must be application/json or text/x.enum with a "
+                          "response_schema")
+    if "responseJsonSchema" in config:
+        if not isinstance(config["responseJsonSchema"], (dict, bool)):
+            raise Invalid("Invalid value at 'generation_config.response_json_schema'")
+        if mime != "application/json":
+            raise Invalid("response_mime_type must be application/json with a "
+                          "response_json_schema")
+    # Gemini 2.5 answers either with calls or with JSON; Gemini 3 takes both at once.
+    if tools and mime == "application/json" and not model.startswith("gemini-3"):
+        raise Invalid("Tool use with a response mime type: 'application/json' is unsupported")
     if len(config.get("stopSequences") or []) > 5:
         raise Invalid("generation_config.stop_sequences: at most 5 stop sequences")
     if not 1 <= int(config.get("candidateCount", 1)) <= 8:
         raise Invalid("generation_config.candidate_count must be between 1 and 8")
+
+
+def structured(config: dict[str, Any], text: str) -> str:
+    """The answer in the form ``generationConfig`` asks: JSON of the schema's shape
+    (``{"answer": text}`` without one), or the schema's first enum value as text/x.enum."""
+    schema = config.get("responseJsonSchema", config.get("responseSchema"))
+    mime = config.get("responseMimeType")
+    if mime == "text/x.enum" and schema is not None:
+        return str(json_answer(schema, text))
+    if mime != "application/json":
+        return text
+    return json.dumps({"answer": text} if schema is None else json_answer(schema, text))
 
 
 def _texts(turn: dict[str, Any]) -> str:
@@ -294,9 +329,7 @@ class GeminiFake:
                       "thoughtSignature": SIGNATURE}]
             spent = len(reply.arguments_json.split())
         else:
-            text = reply.text or ""
-            if config.get("responseMimeType") == "application/json":
-                text = json.dumps({"answer": text})
+            text = structured(config, reply.text or "")
             for stop in config.get("stopSequences") or []:
                 text = text.split(stop)[0]
             pieces = text.split(" ")

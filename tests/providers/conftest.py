@@ -74,6 +74,22 @@ def unmarked(value: Any) -> Any:
     return value
 
 
+# A json_schema response_format whose shape a fake gives only when the schema reaches it
+# whole: a property that is not "answer", a count, an enum behind pydantic's $ref.
+# ``forecast(text)`` is the answer that fits it, its strings the fake's reply ``text``.
+FORECAST = {"type": "object", "additionalProperties": False, "required": ["city", "days", "sky"],
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                           "sky": {"$ref": "#/$defs/Sky"}},
+            "$defs": {"Sky": {"type": "string", "enum": ["clear", "cloudy"]}}}
+FORECAST_FORMAT = {"type": "json_schema", "json_schema": {"name": "forecast", "strict": True,
+                                                          "schema": FORECAST}}
+
+
+def forecast(text: str) -> dict[str, Any]:
+    """The answer that fits ``FORECAST`` (the fakes' ``json_answer``, spelled out)."""
+    return {"city": text, "days": len(text.split()), "sky": "clear"}
+
+
 # A deployment price with cache prices apart (per million tokens), for the billing tests:
 # a cache read costs a tenth of an input token, a cache write 1.25 times one.
 CACHE_PRICED = "price: {input: 1000, output: 2000, cache_read: 100, cache_write: 1250}"

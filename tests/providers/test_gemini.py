@@ -11,7 +11,15 @@ import pytest
 from ..fakes.brain import Action
 from ..fakes.gemini_fake import SIGNATURE, GeminiFake
 from ..fakes.scripted import Scripted, scripted_upstream
-from .conftest import CACHE_PRICED, GatewayFactory, billed, cache_priced_cost
+from .conftest import (
+    CACHE_PRICED,
+    FORECAST,
+    FORECAST_FORMAT,
+    GatewayFactory,
+    billed,
+    cache_priced_cost,
+    forecast,
+)
 
 CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
@@ -31,7 +39,7 @@ async def client(gemini_fake: GeminiFake, make_gateway: GatewayFactory) -> httpx
                max_output_tokens: 65536, capabilities: [streaming, tools, vision, json_schema],
                {CACHE_PRICED}}}
       pro3: {{provider: gem, model: gemini-3-pro-preview, context_window: 1048576,
-              capabilities: [streaming, tools]}}
+              capabilities: [streaming, tools, json_schema]}}
       emb: {{provider: gem, model: gemini-embedding-001, kind: embeddings,
              context_window: 2048}}
     routes:
@@ -337,23 +345,48 @@ async def test_the_output_cap_the_request_was_held_at_reaches_gemini(
     assert len(gemini_fake.script.requests) == sent
 
 
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
 async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
-    loose = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
-                                          "response_format": {"type": "json_object"}})
-    assert json.loads(loose.json()["choices"][0]["message"]["content"]) == {
+    """json_object is Gemini's JSON mode and json_schema its responseJsonSchema, the schema
+    sent whole: the answer has the schema's shape (the fake answers {"answer": ...} to bare
+    JSON mode and plain text to none), whole and streamed."""
+    loose = {"model": "flash", "messages": _user("hi"), "response_format": {"type": "json_object"}}
+    response = await client.post(CHAT, json=loose)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == {
         "answer": "fake-gemini: hi"}
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
         "responseMimeType": "application/json", "maxOutputTokens": 65536}
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
-              "required": ["answer"], "additionalProperties": False}
-    strict = await client.post(CHAT, json={"model": "flash", "messages": _user("hi"),
-                                           "response_format": {"type": "json_schema",
-                                                               "json_schema": {"name": "a",
-                                                                               "schema": schema}}})
-    assert strict.status_code == 200, strict.text
+    assert json.loads(_text(await _stream(client, loose))) == {"answer": "fake-gemini: hi"}
+
+    strict = {"model": "flash", "messages": _user("forecast"), "response_format": FORECAST_FORMAT}
+    fitting = forecast("fake-gemini: forecast")
+    response = await client.post(CHAT, json=strict)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == fitting
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
-        "responseMimeType": "application/json", "responseJsonSchema": schema,
+        "responseMimeType": "application/json", "responseJsonSchema": FORECAST,
         "maxOutputTokens": 65536}
+    assert json.loads(_text(await _stream(client, strict))) == fitting
+    assert gemini_fake.paths[-1].endswith(":streamGenerateContent?alt=sse")
+
+
+async def test_json_output_with_tools_is_gemini_3s(
+    gemini_fake: GeminiFake, client: httpx.AsyncClient
+) -> None:
+    """Gemini 2.5 refuses function declarations with JSON output (400 "Tool use with a
+    response mime type: 'application/json' is unsupported"); the refusal reaches the client
+    as a 400 with Google's words. Gemini 3 takes both, and calls the tool."""
+    ask = {"messages": _user("forecast"), "tools": TOOLS, "response_format": FORECAST_FORMAT}
+    refused = await client.post(CHAT, json={"model": "flash", **ask})
+    assert refused.status_code == 400, refused.text
+    assert "Tool use with a response mime type" in refused.json()["error"]["message"]
+    answered = await client.post(CHAT, json={"model": "pro3", **ask})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["choices"][0]["finish_reason"] == "tool_calls"
 
 
 @pytest.mark.parametrize(("extra", "param"), [

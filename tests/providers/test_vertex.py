@@ -25,7 +25,7 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.brain import Action
 from ..fakes.serve import serving
 from ..fakes.vertex_fake import VertexFake, make_key, make_service_account
-from .conftest import MARKED_MESSAGE, GatewayFactory
+from .conftest import FORECAST, FORECAST_FORMAT, MARKED_MESSAGE, GatewayFactory, forecast
 
 CHAT = "/v1/chat/completions"
 CLAUDE = "claude-sonnet-4-5@20250929"
@@ -63,7 +63,7 @@ def _sections(fake: VertexFake) -> str:
       elsewhere: {{{vertex}, project: someone-elses-project}}
     deployments:
       gemini: {{provider: gcp, model: gemini-2.5-flash, context_window: 1000000,
-                capabilities: [streaming, tools, vision]}}
+                capabilities: [streaming, tools, vision, json_schema]}}
       claude: {{provider: gcp, model: "{CLAUDE}", context_window: 200000,
                 max_output_tokens: 1024, capabilities: [streaming, tools, vision]}}
       pinned: {{provider: gcp-claude, model: my-sonnet, context_window: 200000,
@@ -147,6 +147,23 @@ async def test_gemini_stream_with_usage(
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert vertex_fake.paths[-1] == (
         f"{PREFIX}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+
+
+async def test_gemini_json_schema_answer_has_its_shape(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    """Gemini on Vertex takes the schema as the Gemini API does (responseJsonSchema): the
+    answer fits it, whole and streamed."""
+    client = await _gateway(vertex_fake, make_gateway)
+    ask = {"model": "gemini", "messages": [{"role": "user", "content": "forecast"}],
+           "response_format": FORECAST_FORMAT}
+    body = await _chat(client, "gemini", "forecast", response_format=FORECAST_FORMAT)
+    fitting = forecast("fake-gemini: forecast")
+    assert json.loads(body["choices"][0]["message"]["content"]) == fitting
+    assert vertex_fake.requests[-1]["generationConfig"] == {
+        "responseMimeType": "application/json", "responseJsonSchema": FORECAST}
+    assert json.loads(_text(await _stream(client, ask))) == fitting
+    assert vertex_fake.paths[-1].endswith(":streamGenerateContent?alt=sse")
 
 
 async def test_gemini_tool_call_round_trip(

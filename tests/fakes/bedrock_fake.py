@@ -15,7 +15,8 @@ Bodies are checked as Converse checks them (unknown fields, roles alternating fr
 user, blank text, content block unions, tool results answering the tool uses of the
 turn before, a toolConfig whenever tool blocks appear, toolChoice naming a tool,
 structured output's ``outputConfig.textFormat`` with its schema a JSON string holding
-an object). A text answer under a JSON schema is a JSON document that fits it.
+an object). A text answer under a JSON schema is a JSON document that fits it
+(``brain.json_answer``).
 Errors carry ``x-amzn-ErrorType: <Type>:http://internal.amazon.com/...`` and
 ``{"message": ...}``. Streams are AWS event-stream frames (prelude, headers, JSON
 payload, both CRC32s), each frame sent in two pieces so that readers must reassemble.
@@ -57,7 +58,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .brain import Action, Script, decide, words
+from .brain import Action, Script, decide, json_answer, words
 
 TOP_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
               "additionalModelRequestFields", "additionalModelResponseFieldPaths",
@@ -228,20 +229,6 @@ def _output_config(config: Any) -> None:
     if not isinstance(schema, dict):
         raise Invalid("outputConfig.textFormat.structure.jsonSchema.schema: must be a JSON "
                       "Schema object, as a JSON string")
-
-
-def fitting(schema: dict[str, Any], text: str) -> Any:
-    """A value that fits ``schema`` (the subset structured outputs use), its strings
-    ``text``."""
-    if "enum" in schema:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if kind == "object":
-        return {name: fitting(part, text) for name, part in
-                (schema.get("properties") or {}).items()}
-    if kind == "array":
-        return [fitting(schema.get("items") or {}, text)]
-    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(str(kind), text)
 
 
 def _field_paths(paths: Any) -> None:
@@ -434,7 +421,7 @@ class BedrockFake:
             text_format = (body.get("outputConfig") or {}).get("textFormat")
             if text_format is not None:
                 schema = json.loads(text_format["structure"]["jsonSchema"]["schema"])
-                text = json.dumps(fitting(schema, text))
+                text = json.dumps(json_answer(schema, text))
             for sequence in config.get("stopSequences") or []:
                 if sequence in text:
                     text, stop, matched = text[:text.index(sequence)], "stop_sequence", sequence

@@ -24,10 +24,13 @@ from ..fakes.bedrock_fake import BedrockFake
 from ..fakes.brain import Action
 from .conftest import (
     CACHE_PRICED,
+    FORECAST,
+    FORECAST_FORMAT,
     MARKED_MESSAGE,
     GatewayFactory,
     billed,
     cache_priced_cost,
+    forecast,
 )
 
 CHAT = "/v1/chat/completions"
@@ -633,19 +636,16 @@ async def test_a_json_schema_is_sent_as_converse_structured_output(
     (outputConfig.textFormat, the schema as a JSON string), which the answer fits, whole
     and streamed."""
     client = await _gateway(bedrock_fake, make_gateway)
-    schema = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
-              "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
     ask = {"model": "claude", "messages": [{"role": "user", "content": "forecast"}],
-           "response_format": {"type": "json_schema", "json_schema": {
-               "name": "forecast", "strict": True, "schema": schema}}}
+           "response_format": FORECAST_FORMAT}
     response = await client.post(CHAT, json=ask)
     assert response.status_code == 200, response.text
-    fitting = {"city": "fake-bedrock: forecast", "days": 1}
+    fitting = forecast("fake-bedrock: forecast")
     assert json.loads(response.json()["choices"][0]["message"]["content"]) == fitting
     text_format = bedrock_fake.script.requests[-1]["outputConfig"]["textFormat"]
     definition = text_format["structure"]["jsonSchema"]
     assert (text_format["type"], definition["name"]) == ("json_schema", "forecast")
-    assert json.loads(definition["schema"]) == schema
+    assert json.loads(definition["schema"]) == FORECAST
     assert json.loads(_text(await _stream(client, ask))) == fitting
     assert bedrock_fake.paths[-1].endswith("/converse-stream")
     assert "outputConfig" in bedrock_fake.script.requests[-1]

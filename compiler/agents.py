@@ -5,7 +5,8 @@ A2A JSON-RPC binding. Its ``url`` is written in the config, never templated, so 
 origin (scheme, host and port) is where every call to it goes; an agent card's
 endpoint must be on that origin too. Credentials come only from ${ENV} references: a
 literal api_key is warning ``AGW310``, an unset variable ``AGW309`` and disables the
-agent (a step calling it fails and says why), a URL aigw cannot call ``AGW336``.
+agent (a step calling it fails and says why), as an api_key or header that is not ASCII
+text does; a URL aigw cannot call is ``AGW336``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
 from .egress import Egress, endpoint, origin
+from .mcp_servers import not_ascii
 from .pipeline_graph import Agent
 from .source import Position
 from .spec import AgentSpec
@@ -46,7 +48,8 @@ def link_agent(entry: Entry[AgentSpec], resolve: Resolve, sink: DiagnosticSink) 
         headers.append(("authorization", f"Bearer {key}"))
     for name, value in spec.headers.items():
         headers.append((name.lower(), resolve(value, entry.value("headers", name), unset)))
-    reason = f"environment variable {', '.join(unset)} is not set" if unset else None
+    reason = (f"environment variable {', '.join(unset)} is not set" if unset
+              else not_ascii(headers))
     allowed, card = _origin(url, entry, sink) if not unset else (None, False)
     return Agent(
         name=entry.name,

@@ -22,7 +22,7 @@ from . import codes
 from .diagnostics import DiagnosticSink, shown_url
 from .egress import endpoint
 from .guardrail_graph import PII, Guardrail, Matcher, RouteGuardrails, Webhook
-from .mcp_servers import check_literal_headers
+from .mcp_servers import check_literal_headers, not_ascii
 from .source import Position
 from .spec import GuardrailSpec, RouteSpec
 
@@ -132,10 +132,8 @@ def _webhook(entry: Entry[GuardrailSpec], resolve: Resolve,
                for header, value in spec.headers.items()}
     if url and not unset:
         _check_url(entry, url, sink)
-    reason = f"environment variable {', '.join(unset)} is not set" if unset else None
-    if reason is None:  # httpx cannot send one (a UnicodeEncodeError on every check)
-        odd = [name for name, value in headers.items() if not (name + value).isascii()]
-        reason = f"header {', '.join(odd)} is not ASCII text" if odd else None
+    reason = (f"environment variable {', '.join(unset)} is not set" if unset
+              else not_ascii(headers.items()))
     return Webhook(url, spec.timeout_s, spec.on_error == "allow", reason, headers)
 
 

@@ -24,7 +24,7 @@ from .graph import ServedServer
 from .guardrail_graph import Guardrail
 from .guardrails import check_embeddings_routes, check_route_guardrails, link_guardrails
 from .keys import LinkedKey, link_keys
-from .mcp_servers import LinkedMcpServer, link_mcp_servers
+from .mcp_servers import LinkedMcpServer, link_mcp_servers, not_ascii
 from .pipeline_graph import Agent
 from .semantic_caches import check_semantic_caches
 from .served import link_served
@@ -364,6 +364,8 @@ def _link_provider(
              for name in ("region", "project", "location", "credentials_file")}
     if unset:
         reason = f"environment variable {', '.join(unset)} is not set"
+    elif (odd := not_ascii(headers.items(), api_key)) is not None:
+        reason = odd
     elif spec.type in _EXTRAS and not _installed(_EXTRAS[spec.type]):
         install = f"pip install 'aigw[{spec.type}]'"
         reason = f"provider type '{spec.type}' needs {_EXTRAS[spec.type]}: {install}"

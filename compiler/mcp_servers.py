@@ -1,7 +1,8 @@
 """Part of stage 3, link: the MCP servers apps reach through the gateway (``mcp_servers:``).
 
-Each entry's ``url`` and ``headers`` get their ${ENV} references resolved (an unset one
-disables that server and says why, as for a provider), and the rules that keep its
+Each entry's ``url`` and ``headers`` get their ${ENV} references resolved (an unset one,
+or a header that is not ASCII text, disables that server and says why, as for a
+provider), and the rules that keep its
 credentials out of git and its allow-list meaningful are checked: a credential header
 written as a literal (AGW333), a tool named twice (AGW334), an allow-list that allows
 nothing (AGW335). A url that is not http(s) with a host is a schema error (AGW205).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +68,23 @@ def _link(
                  "http(s) URL with a host", entry.value("url"),
                  "write the server's streamable HTTP endpoint, e.g. https://mcp.example.com/mcp")
     _check_tools(entry, sink)
-    reason = f"environment variable {', '.join(unset)} is not set" if unset else None
+    reason = (f"environment variable {', '.join(unset)} is not set" if unset
+              else not_ascii(headers.items()))
     return LinkedMcpServer(entry, url, headers, reason)
+
+
+def not_ascii(headers: Iterable[tuple[str, str]], key: str | None = None) -> str | None:
+    """Why these headers (and ``key``, an api_key) cannot be sent, naming each one that is
+    not ASCII text but never its value (it may carry a credential); None when all can.
+
+    httpx refuses them on every call (a UnicodeEncodeError), aiohttp sends them as UTF-8
+    that no server takes for the credential meant; so what sends them is disabled, as
+    for an unset ${ENV}. ``not_ascii([("x-token", "sésame")])`` is
+    ``"header x-token is not ASCII text"``.
+    """
+    odd = ["api_key"] if key is not None and not key.isascii() else []
+    odd += [f"header {name}" for name, value in headers if not (name + value).isascii()]
+    return f"{', '.join(odd)} {'is' if len(odd) == 1 else 'are'} not ASCII text" if odd else None
 
 
 def check_literal_headers(

@@ -81,6 +81,30 @@ routes:
     assert graph.deployments["b"].provider is graph.providers["backup"]
 
 
+def test_a_key_or_header_that_is_not_ascii_disables_the_provider(
+    write_gateway: WriteGateway,
+) -> None:
+    # httpx cannot send one (a UnicodeEncodeError and a traceback on every call), aiohttp
+    # sends it as UTF-8, which no upstream takes for the key meant: as an unset ${ENV}.
+    body = """\
+providers:
+  keyed: {type: gemini, base_url: "http://127.0.0.1:9", api_key: "${ODD}"}
+  headed: {type: openai, base_url: "http://127.0.0.1:9/v1", api_key: "${KEY}",
+           headers: {X-Team: "${ODD}", X-Plain: "${KEY}"}}
+deployments:
+  a: {provider: keyed, model: m, context_window: 8192}
+  b: {provider: headed, model: m, context_window: 8192}
+routes:
+  a: {deployment: a}
+  b: {deployment: b}
+"""
+    result = _compile(write_gateway, body, {"ODD": "s\u00e9same", "KEY": "sk-test-123"})
+    graph = _graph(result)
+    assert graph.providers["keyed"].disabled_reason == "api_key is not ASCII text"
+    assert graph.providers["headed"].disabled_reason == "header X-Team is not ASCII text"
+    assert not graph.providers["headed"].enabled
+
+
 def test_a_served_deployments_command_line_reads_env_references(
     write_gateway: WriteGateway,
 ) -> None:

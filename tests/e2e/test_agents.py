@@ -26,6 +26,7 @@ from .server import Server
 pytestmark = pytest.mark.e2e
 
 AGENT_KEY = "a2a-secret-token-123"
+ODD_KEY = "s\u00e9same-token-123"  # not ASCII: no HTTP client sends it as meant
 # Everything is permitted but the echo agent to key bot (team ops).
 POLICIES = EVERYTHING + ('@id("ops-may-not-ask-echo")\nforbid (principal in Team::"ops", '
                          'action == Action::"invoke", resource == Agent::"echo");\n')
@@ -68,6 +69,7 @@ output:"""),
     backoff_ms: 10
     timeout_s:"""),
     "ask-elsewhere": _ask("elsewhere"),
+    "ask-accented": _ask("accented"),
 }
 
 
@@ -130,6 +132,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
               for name in ("slow", "patient", "broken", "curious", "stuck", "elsewhere",
                            "mover", "garbled")),
             f"leaky: {{url: '{base}/leaky/'}}",
+            f"accented: {{url: '{base}/echo/', headers: {{X-Token: '${{A2A_ODD_KEY}}'}}}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
         (root / "pipelines").mkdir(parents=True)
@@ -148,6 +151,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
 def _gateway(root: Path) -> Server:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("A2A_AGENT_KEY", AGENT_KEY)
+        patch.setenv("A2A_ODD_KEY", ODD_KEY)
         gateway = Server(root)
     gateway.wait_ready()
     return gateway
@@ -173,6 +177,19 @@ def test_an_agents_error_quoting_its_credential_shows_neither_in_the_step_nor_th
     assert any(event["type"] == "step_failed" for event in events)
     assert AGENT_KEY not in json.dumps(events)
     assert AGENT_KEY not in agents.gateway.log
+
+
+def test_a_header_that_is_not_ascii_disables_its_agent(agents: Agents) -> None:
+    # httpx cannot send it. Each call failed, telling to encode it "in the template",
+    # which an agent's header has none of; it is disabled at compile time instead, as
+    # for an unset ${ENV}, saying which header but not its value.
+    before = len(agents.seen.requests)
+    status, message = agents.run("ask-accented", "tides")
+    assert status == 502
+    assert message.endswith("agent 'accented' is disabled: header x-token is not ASCII "
+                            "text"), message
+    assert len(agents.seen.requests) == before
+    assert ODD_KEY not in agents.gateway.log
 
 
 def test_policy_decides_who_may_call_an_agent_before_it_is_called(agents: Agents) -> None:

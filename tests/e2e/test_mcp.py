@@ -28,6 +28,7 @@ from .server import Server
 pytestmark = pytest.mark.e2e
 
 UPSTREAM_TOKEN = "mcp-upstream-token-5d1e8a73c0f2"
+ODD_TOKEN = "s\u00e9same-5d1e8a73"  # not ASCII: no HTTP client sends it as meant
 OUTSIDER_KEY = "sk-aigw-outsider"
 TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
 TEAMMATE_OLD_KEY = "sk-aigw-teammate-old"  # the secret teammate's rotation replaced
@@ -42,6 +43,10 @@ permit (principal in Team::"platform", action == Action::"invoke", resource == M
 
 @id("platform-uses-plain")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"plain");
+
+@id("platform-uses-accented")
+permit (principal in Team::"platform", action == Action::"invoke",
+        resource == McpServer::"accented");
 
 @id("platform-uses-cr")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"cr");
@@ -103,9 +108,11 @@ mcp_servers:
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   cr: {{url: "{cr_url}{PATH}", timeout_s: 10, tools: [add, big]}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
+  accented: {{url: "{base_url}{PATH}", headers: {{X-Token: "${{MCP_TEST_ODD_TOKEN}}"}}}}
 """)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MCP_TEST_UPSTREAM_TOKEN", UPSTREAM_TOKEN)
+            patch.setenv("MCP_TEST_ODD_TOKEN", ODD_TOKEN)
             server = Server(root)
         try:
             server.wait_ready()
@@ -242,6 +249,22 @@ async def test_a_server_that_is_down_is_a_clear_error(gateway: McpGateway) -> No
     assert statuses == [502]
     assert "MCP server 'down' is unreachable" in str(failed.value)
     assert "Traceback" not in gateway.server.log
+
+
+async def test_a_header_that_is_not_ascii_disables_its_server(gateway: McpGateway) -> None:
+    # httpx cannot send it: every message was a 500 with a traceback. The server is
+    # disabled at compile time, saying which header but not its value.
+    statuses: list[int] = []
+    calls = len(gateway.upstream.headers)
+    async with session(gateway.url("accented"), DEV_KEY, statuses) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.initialize()
+    assert statuses == [503]
+    assert str(failed.value) == ("MCP server 'accented' is disabled: header X-Token is not "
+                                 "ASCII text.")
+    assert len(gateway.upstream.headers) == calls
+    assert "Traceback" not in gateway.server.log
+    assert ODD_TOKEN not in gateway.server.log
 
 
 def test_unknown_server_get_and_metrics(gateway: McpGateway) -> None:

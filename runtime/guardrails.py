@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -182,8 +183,7 @@ class GuardClient:
                 "key": record.key, "team": record.team})
         except _Unanswered as exc:
             log.warning("guardrail %s (%s, request %s): %s; on_error %s", guardrail.name,
-                        direction, record.request_id, scrub_values(str(exc),
-                                                                   webhook.headers.values()),
+                        direction, record.request_id, _scrub(str(exc), webhook),
                         "allow" if webhook.allow_on_error else "block")
             acted(record, guardrail, direction, "error")
             if webhook.allow_on_error:
@@ -218,6 +218,10 @@ class GuardClient:
             raise _Unanswered(f"no answer within {webhook.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            # Not HTTPErrors: a ${ENV} made a URL httpx refuses (a bad host, a control
+            # character), which was a 500 with the URL's host in its traceback.
+            raise _Unanswered(f"its URL cannot be sent ({type(exc).__name__})") from None
         if not 200 <= response.status_code < 300:
             raise _Unanswered(f"it answered HTTP {response.status_code}")
         try:
@@ -229,6 +233,15 @@ class GuardClient:
         if not isinstance(allow, bool) or not (text is None or isinstance(text, str)):
             raise _Unanswered("its answer is not {\"allow\": true|false, \"text\"?: string}")
         return allow, text
+
+
+def _scrub(text: str, webhook: Webhook) -> str:
+    """``text`` without the checker's URL nor its query (a ${ENV} there may be a token,
+    ``?token=...``), as an MCP server's, nor its header values."""
+    query = urllib.parse.urlsplit(webhook.url).query
+    text = text.replace(webhook.url, "the checker's URL")
+    return scrub_values(text.replace(query, "***") if query else text,
+                        webhook.headers.values())
 
 
 class _Unanswered(Exception):

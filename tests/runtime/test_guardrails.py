@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aigw.compiler import compile_gateway
@@ -177,8 +178,9 @@ guardrails:
   quick: {{kind: webhook, url: "{url}/check", timeout_s: 1, on: [input]}}
   tokened: {{kind: webhook, url: "{url}/check", on: [input],
             headers: {{Authorization: "Bearer ${{GUARD_TOKEN}}"}}}}
+  queried: {{kind: webhook, url: "{url}/check?token=${{GUARD_QUERY}}", on: [input]}}
 routes:
-  chat: {{deployment: echo, guardrails: [slow, quick, tokened]}}
+  chat: {{deployment: echo, guardrails: [slow, quick, tokened, queried]}}
 """)
     result = compile_gateway(tmp_path, env or {})
     assert result.graph is not None, result.diagnostics
@@ -191,7 +193,7 @@ async def test_a_hanging_checker_does_not_hold_up_another_checkers_checks(tmp_pa
     checker = GuardChecker()
     client = GuardClient()
     with serving(checker.app) as url:
-        slow, quick, _ = _webhooks(tmp_path, url).input
+        slow, quick = _webhooks(tmp_path, url).input[:2]
         # More checks waiting on a checker that hangs than a default httpx pool holds
         # connections (100): the next check, of another checker, still gets one.
         hanging = [asyncio.create_task(client.check(slow, "please hang", "input", _record()))
@@ -218,6 +220,39 @@ async def test_a_header_that_is_not_ascii_disables_its_checker(
     assert record.guardrails == [("tokened", "input", "error"), ("tokened", "input", "block")]
     assert "header authorization is not ASCII text" in caplog.text
     assert "s\u00e9same" not in caplog.text
+
+
+async def test_a_token_in_the_checkers_url_is_not_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A transport whose error quotes the URL it could not reach (aiohttp's do): the
+    # log line says what failed without the token a ${ENV} put in its query.
+    token = "guard-query-token-8c1f"
+    queried = _webhooks(tmp_path, "http://127.0.0.1:9", {"GUARD_QUERY": token}).input[3]
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"Cannot connect to {request.url}", request=request)
+
+    client = GuardClient(httpx.AsyncClient(transport=httpx.MockTransport(unreachable)))
+    with pytest.raises(Withheld):
+        await client.check(queried, "hello", "input", _record())
+    await client.aclose()
+    assert "ConnectError: Cannot connect to the checker's URL" in caplog.text
+    assert token not in caplog.text
+
+
+async def test_a_url_httpx_refuses_is_the_checkers_error_not_a_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # httpx.InvalidURL is no HTTPError: it went out of the check, a 500 whose traceback
+    # quoted the host a ${ENV} made. Now the checker's on_error decides.
+    host = "10.0.0.256"
+    queried = _webhooks(tmp_path, "http://${GUARD_HOST}",
+                        {"GUARD_HOST": host, "GUARD_QUERY": "q"}).input[3]
+    record = _record()
+    with pytest.raises(Withheld):
+        await GuardClient().check(queried, "hello", "input", record)
+    assert record.guardrails == [("queried", "input", "error"), ("queried", "input", "block")]
+    assert "its URL cannot be sent (InvalidURL)" in caplog.text
+    assert host not in caplog.text
 
 
 async def test_a_refusal_and_the_fields_passed_on_unread_are_checked_too(

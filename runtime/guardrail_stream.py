@@ -10,8 +10,9 @@ arguments replaces the matched text only). A route with a webhook on its output 
 each choice to its end: the checker sees the whole text once, and the client gets it
 in one piece after the check.
 
-A block ends the choice at once with ``finish_reason: content_filter``; what was let
-through before it stays with the client (it was checked), the rest is dropped. The
+A block ends the choice at once with ``finish_reason: content_filter`` (the request's
+record and span say so too, as for a whole answer); what was let through before it
+stays with the client (it was checked), the rest is dropped. The
 upstream's stream is still read to its end, so the call is billed what the provider
 billed, and ``on_block`` tells the exchange not to cache the answer.
 """
@@ -59,6 +60,25 @@ async def guarded_stream(
     to its end (a webhook checks the output)."""
     choices: dict[int, _Choice] = {}
     usage: ChatDelta | None = None
+    # The finishes that went out, for the record once a choice was withheld: it had the
+    # upstream's (written as they came, under this stream), so a request span said
+    # "stop" where the client got content_filter.
+    finished: list[str] = []
+    blocked = False
+
+    def withhold(index: int) -> ChatDelta:
+        nonlocal blocked
+        on_block()
+        blocked = True
+        finished.append("content_filter")
+        return ChatDelta(index, finish_reason="content_filter")
+
+    async def ending(delta: ChatDelta, state: _Choice) -> ChatDelta:
+        out = await _ending(delta, state, guardrails, record, client)
+        if out.finish_reason is not None:
+            finished.append(out.finish_reason)
+        return out
+
     try:
         async for delta in deltas:
             if delta.usage is not None:  # last, after what a choice still holds
@@ -83,26 +103,25 @@ async def guarded_stream(
                 if out is not None:
                     yield out
                 if state.ended:
-                    on_block()
-                    yield ChatDelta(delta.index, finish_reason="content_filter")
+                    yield withhold(delta.index)
                 continue
             try:
-                yield await _ending(delta, state, guardrails, record, client)
+                yield await ending(delta, state)
             except Withheld:
-                on_block()
-                yield ChatDelta(delta.index, finish_reason="content_filter")
+                yield withhold(delta.index)
             state.ended = True
         for index, state in choices.items():  # an upstream that never said it finished
             if not state.ended and state.held:
                 try:
-                    yield await _ending(ChatDelta(index), state, guardrails, record, client)
+                    yield await ending(ChatDelta(index), state)
                 except Withheld:
-                    on_block()
-                    yield ChatDelta(index, finish_reason="content_filter")
+                    yield withhold(index)
         if usage is not None:
             yield usage
     finally:
         await close_deltas(deltas)
+        if blocked:  # after the upstream's stream (closed above) wrote its own
+            record.finish_reasons = tuple(finished)
 
 
 def _passing(delta: ChatDelta, state: _Choice, guardrails: Sequence[Guardrail], whole: bool,

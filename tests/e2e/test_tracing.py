@@ -371,3 +371,31 @@ def test_the_request_span_names_the_guardrails_that_acted(
             model="llm", messages=[{"role": "user", "content": "mail a@example.com"}])
         span = _span_named(receiver, server, "chat llm")
     assert span["attributes"]["aigw.guardrails"] == ["pii:input:redact"]
+
+
+def test_a_stream_a_guardrail_withheld_says_content_filter_as_a_whole_answer_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream's request span had the upstream's "stop" for the withheld choice. The
+    # attempt's span keeps it: it is what the upstream said.
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, (
+        "deployments:\n"
+        "  llm: {provider: up, model: served-llm, context_window: 32000}\n"
+        "guardrails:\n"
+        "  secret: {kind: regex, patterns: ['top secret'], action: block, on: [output]}\n"
+        "routes:\n"
+        "  llm: {deployment: llm, guardrails: [secret]}\n"
+        "  whole: {deployment: llm, guardrails: [secret]}\n"
+    )) as (client, server):
+        ask = [{"role": "user", "content": "a top secret plan"}]
+        chunks = list(client.chat.completions.create(model="llm", messages=ask, stream=True))
+        answer = client.chat.completions.create(model="whole", messages=ask)
+        streamed = _span_named(receiver, server, "chat llm")
+        whole = _span_named(receiver, server, "chat whole")
+        attempt = _span_named(receiver, server, "chat served-llm")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+    assert answer.choices[0].finish_reason == "content_filter"
+    assert whole["attributes"]["gen_ai.response.finish_reasons"] == ["content_filter"]
+    assert streamed["attributes"]["gen_ai.response.finish_reasons"] == ["content_filter"]
+    assert attempt["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]

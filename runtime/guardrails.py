@@ -67,9 +67,12 @@ def spans(guardrail: Guardrail, text: str) -> list[Span]:
     [(5, 11, '[EMAIL]')]
     """
     found: list[Span] = []
+    redacts = guardrail.action == "redact"
     for matcher in guardrail.matchers:
         for match in matcher.pattern.finditer(text):
             start, end = match.span()
+            if start == end and redacts:  # a lookahead alone, a \b: nothing to take out,
+                continue  # and its label would be put in between two characters
             if matcher.check is not None and not matcher.check(match.group()):
                 continue
             if any(start < taken_end and taken_start < end for taken_start, taken_end, _ in found):

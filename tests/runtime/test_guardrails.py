@@ -292,3 +292,25 @@ async def test_a_streams_refusal_and_unread_fields_are_held_and_checked_whole(
                               ChatDelta(content="fine", finish_reason="stop"))
     assert blocked and [(d.content, d.extra, d.finish_reason) for d in out] == [
         (None, None, "content_filter")]
+
+
+def test_a_match_of_no_characters_blocks_but_redacts_nothing(tmp_path: Path) -> None:
+    """A pattern that matches no characters (a lookahead alone, a word boundary) passes
+    the compiler's empty-string check; redacting with it put labels between characters."""
+    (tmp_path / "gateway.yaml").write_text("""version: 1
+providers: {local: {type: echo}}
+deployments: {echo: {provider: local, model: echo-1, context_window: 8192}}
+guardrails:
+  ahead: {kind: regex, patterns: ['(?=secret)'], action: block}
+  bounds: {kind: regex, patterns: ['\\bsecret\\b|\\b'], action: redact}
+routes:
+  blocked: {deployment: echo, guardrails: [ahead]}
+  redacted: {deployment: echo, guardrails: [bounds]}
+""")
+    graph = compile_gateway(tmp_path, {}).graph
+    assert graph is not None
+    blocked, redacted = graph.routes["blocked"].guardrails, graph.routes["redacted"].guardrails
+    assert blocked is not None and redacted is not None
+    assert judge(blocked.input, "my secret plan", "input", _record()).blocked_by == "ahead"
+    judged = judge(redacted.input, "my secret plan", "input", _record())
+    assert judged.text == "my [REDACTED] plan"

@@ -1,16 +1,18 @@
 """Responses kept for ``previous_response_id`` and ``GET /v1/responses/{id}``, in the store.
 
     ResponseStore                   the seam; ``open_responses(settings.store URL)``
-    ├── SQLiteResponses             embedded: a table beside the ledger in the SQLite file
+    ├── SQLiteResponses             embedded: a SQLite file of their own beside the ledger's
     └── RedisResponses              replicas: a key per response, expired by Redis
 
 A kept response is one opaque record (JSON bytes, built by runtime/responses_stored.py)
 under its id, with the name of the key that made it and when it expires. The write is
 awaited before the answer (or a stream's last event) goes out, as a ledger record is,
 so a client that continues at once finds it, whichever worker or replica serves the
-next turn: in SQLite it is committed by a writer thread of its own on the ledger's
-file, with the other responses it has queued (group commit), taking the file's write
-lock in turn with the ledger's writer (and other workers'). A response past its
+next turn: in SQLite it is committed by a writer thread of its own, with the other
+responses it has queued (group commit), in a file of its own beside the ledger's
+(``aigw-responses.sqlite`` beside ``aigw.sqlite``): a response of megabytes takes that
+file's write lock, never the ledger's, which every request's record and budget charge
+waits on. A response past its
 expiry is not found; SQLite's expired rows are deleted by the first write each hour,
 Redis expires its own. After Redis did not answer, it is left alone for
 ``RedisResponses.REST_S`` (reads are 503s, writes not made, at once): a Redis that
@@ -33,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
+from .factory import DEFAULT_FILE
 from .redis_store import disconnected
 from .sqlite_file import SQLiteFile
 
@@ -79,7 +82,7 @@ class ResponseStore(Protocol):
 
 
 class SQLiteResponses:
-    """``ResponseStore`` in the embedded store's SQLite file."""
+    """``ResponseStore`` in a SQLite file (``responses_file``)."""
 
     def __init__(self, db: SQLiteFile, clock: Callable[[], float] = time.time) -> None:
         self._db = db
@@ -196,13 +199,22 @@ class RedisResponses:
         await self._redis.aclose()
 
 
+def responses_file(url: str, root: Path) -> Path:
+    """The SQLite file of an ``embedded`` store URL's responses: the ledger's file's name
+    with ``-responses`` (``aigw.sqlite`` -> ``aigw-responses.sqlite``, in its folder);
+    ``:memory:`` stays in memory (a database of its own: each connection has one)."""
+    file = url.partition(":")[2] or DEFAULT_FILE
+    if file == ":memory:":
+        return Path(file)
+    ledger = root / file
+    return ledger.with_name(f"{ledger.stem}-responses{ledger.suffix}")
+
+
 async def open_responses(url: str, root: Path, synchronous: str = "FULL") -> ResponseStore:
-    """The response store of a ``settings.store`` URL: the embedded SQLite file (the
-    ledger's) or Redis."""
+    """The response store of a ``settings.store`` URL: a SQLite file beside the
+    embedded store's (``responses_file``) or Redis."""
     if url == "embedded" or url.startswith("embedded:"):
-        file = url.partition(":")[2] or "aigw.sqlite"
-        path = Path(file) if file == ":memory:" else root / file
-        return await SQLiteResponses.open(path, synchronous=synchronous)
+        return await SQLiteResponses.open(responses_file(url, root), synchronous=synchronous)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisResponses(url)
     raise ValueError(f"unknown store {url!r}")

@@ -10,21 +10,24 @@ from pathlib import Path
 import pytest
 
 from aigw.runtime.errors import StoreUnavailable
+from aigw.runtime.store import open_store
 from aigw.runtime.store.stored_responses import (
     PURGE_EVERY_S,
     KeptResponse,
     RedisResponses,
     SQLiteResponses,
+    open_responses,
 )
 
 from ..fakes.serve import free_port
 from .conftest import ManualClock, drop_namespace
+from .test_contract import ledger_record
 
 
 @pytest.fixture
 async def sqlite_responses(tmp_path: Path,
                            clock: ManualClock) -> AsyncIterator[SQLiteResponses]:
-    store = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    store = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
     yield store
     await store.aclose()
 
@@ -49,17 +52,17 @@ async def test_sqlite_keeps_until_expiry_and_purges(
     clock.advance(PURGE_EVERY_S)
     await sqlite_responses.put("resp_3", "alice", b"{}", ttl_s=60)  # purges the expired
     await sqlite_responses.get("resp_3")  # behind the purge on the writer thread
-    with sqlite3.connect(tmp_path / "aigw.sqlite") as connection:
+    with sqlite3.connect(tmp_path / "aigw-responses.sqlite") as connection:
         assert connection.execute("SELECT id FROM responses").fetchall() == [("resp_3",)]
     assert await sqlite_responses.delete("resp_3") is True
     assert await sqlite_responses.get("resp_3") is None
 
 
 async def test_sqlite_keeps_them_across_a_reopen(tmp_path: Path, clock: ManualClock) -> None:
-    first = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    first = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
     await first.put("resp_1", "alice", b"{}", ttl_s=60)
     await first.aclose()
-    again = await SQLiteResponses.open(tmp_path / "aigw.sqlite", clock=clock.now)
+    again = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
     try:
         assert await again.get("resp_1") == KeptResponse("alice", b"{}")
     finally:
@@ -85,3 +88,34 @@ async def test_redis_down_is_unavailable_and_rests() -> None:
             await store.put("resp_1", "alice", b"{}", ttl_s=60)  # not tried while it rests
     finally:
         await store.aclose()
+
+
+def _holding_responses(folder: Path) -> list[str]:
+    """The SQLite files in ``folder`` with a responses table."""
+    found = []
+    for path in sorted(folder.glob("*.sqlite")):
+        with sqlite3.connect(path) as connection:
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'responses'"
+                                  ).fetchone():
+                found.append(path.name)
+    return found
+
+
+async def test_embedded_responses_do_not_take_the_ledgers_write_lock(tmp_path: Path) -> None:
+    # A kept response of megabytes holds its file's write lock while it is written; the
+    # ledger's records (every request awaits its own) must not wait behind it.
+    ledger = await open_store("embedded", root=tmp_path)
+    responses = await open_responses("embedded", tmp_path)
+    try:
+        await responses.put("resp_1", "alice", b"{}", ttl_s=60)
+        assert _holding_responses(tmp_path) == ["aigw-responses.sqlite"]
+        writing = sqlite3.connect(tmp_path / "aigw-responses.sqlite", isolation_level=None)
+        writing.execute("BEGIN IMMEDIATE")  # as the response writer does, for a long write
+        try:
+            await asyncio.wait_for(ledger.record(ledger_record("req-1")), timeout=1.0)
+        finally:
+            writing.execute("ROLLBACK")
+            writing.close()
+    finally:
+        await responses.aclose()
+        await ledger.aclose()

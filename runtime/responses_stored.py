@@ -2,14 +2,17 @@
 
 A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
 the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
-record: the key that made it (its name), the route, the response object as answered,
-and its ``input`` items: every item the model was given but the instructions, that is
-the conversation of the response it continued (that one's input, then its output),
-then the request's own items, each with an id (``msg_``/``fc_``/``fco_`` and the
-response's hex where the app gave none). So a continuation reads one record however
-long the chain, ``input_items`` pages that list, and ``responses_max_bytes`` bounds a
-whole conversation (a response over it is answered and not kept, logged: a marker
-kept in its place makes a continuation, a GET or input_items say why).
+record of JSON lines: first the key that made it (its name), the route and the response
+object as answered, then its input items, one a line: every item the model was given
+but the instructions, that is the conversation of the response it continued (that
+one's input, then its output), then the request's own items, each with an id
+(``msg_``/``fc_``/``fco_`` and the response's hex where the app gave none). So a
+continuation reads one record however long the chain (and copies its lines into the
+next one unparsed), a GET parses the first line alone and ``input_items`` only the
+lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing it
+holds the event loop (on a worker thread too: the parser holds the GIL). That setting
+bounds a whole conversation (a response over it is answered and not kept, logged: a
+marker kept in its place makes a continuation, a GET or input_items say why).
 
 ``previous_response_id`` puts that record's input items and output items before the
 request's own; instructions are not carried over (OpenAI's rule: each request gives its
@@ -23,6 +26,7 @@ Completed and incomplete (cut at the output limit) responses are kept, failed on
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -52,39 +56,51 @@ _ORDERS = ("asc", "desc")
 _NOT_KEPT = "not_kept"
 
 
-async def _found(live: Live, key: ApiKey, response_id: str) -> dict[str, Any] | None:
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A kept record: its first line parsed (the response, or the marker of one not
+    kept) and its input items as they are kept, one JSON object a line, unparsed."""
+
+    head: dict[str, Any]
+    items: bytes
+
+    def lines(self) -> list[bytes]:
+        return self.items.split(b"\n") if self.items else []
+
+
+async def _found(live: Live, key: ApiKey, response_id: str) -> _Record | None:
     """The record of ``response_id`` if ``key`` may read it: a kept response, or the
     marker of one answered and not kept (``_NOT_KEPT``, why)."""
     store = await live.store.responses()
     found: KeptResponse | None = await store.get(response_id)
     if found is None or (found.key != key.name and not key.admin):
         return None
-    record: dict[str, Any] = jsonio.loads(found.body)
-    return record
+    head, _, items = found.body.partition(b"\n")  # compact JSON has no newline of its own
+    return _Record(jsonio.loads(head), items)
 
 
-async def _kept(live: Live, key: ApiKey, response_id: str) -> dict[str, Any]:
+async def _kept(live: Live, key: ApiKey, response_id: str) -> _Record:
     """The kept record of ``response_id`` for GET and input_items; else a 404 that says
     why where the gateway knows."""
     record = await _found(live, key, response_id)
-    if record is None or _NOT_KEPT in record:
-        raise _not_found(response_id, record[_NOT_KEPT] if record else None)
+    if record is None or _NOT_KEPT in record.head:
+        raise _not_found(response_id, record.head[_NOT_KEPT] if record else None)
     return record
 
 
 async def continued(live: Live, key: ApiKey,
-                    request: ResponsesRequest) -> tuple[ResponsesRequest, list[dict[str, Any]]]:
+                    request: ResponsesRequest) -> tuple[ResponsesRequest, list[bytes]]:
     """``request`` with the conversation of its ``previous_response_id`` before its own
-    input, and that conversation's items as kept (the new record starts with them)."""
+    input, and that conversation's items as kept lines (the new record starts with them)."""
     previous = request.previous_response_id
     if previous is None:
         return request, []
     record = await _found(live, key, previous)
-    if record is None or _NOT_KEPT in record:
-        raise PreviousResponseNotFound(previous, record[_NOT_KEPT] if record else None)
-    earlier: list[dict[str, Any]] = [*record["input"], *record["response"]["output"]]
-    try:
-        items = _ITEMS.validate_python(earlier)
+    if record is None or _NOT_KEPT in record.head:
+        raise PreviousResponseNotFound(previous, record.head[_NOT_KEPT] if record else None)
+    earlier = [*record.lines(), *map(jsonio.dumps, record.head["response"]["output"])]
+    try:  # parsed and validated in one pass, no dicts between
+        items = _ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")
     except ValidationError as exc:  # kept by another aigw version, in a shape this one refuses
         raise BadRequest(f"The response '{previous}' cannot be continued by this gateway "
                          "version: send the whole conversation as 'input'.",
@@ -92,28 +108,28 @@ async def continued(live: Live, key: ApiKey,
     return request.model_copy(update={"input": [*items, *request.input]}), earlier
 
 
-def kept_items(request: ResponsesRequest, earlier: list[dict[str, Any]],
-               hex_id: str) -> list[dict[str, Any]]:
-    """The input items a kept response lists: ``earlier`` as kept, then the request's
-    own (``request.input`` ends with them), each given an id and a status if it has none."""
+def kept_items(request: ResponsesRequest, earlier: list[bytes], hex_id: str) -> list[bytes]:
+    """The input items a kept response lists, a JSON line each: ``earlier`` as kept, then
+    the request's own (``request.input`` ends with them), each given an id and a status
+    if it has none."""
     items = list(earlier)
     for number, item in enumerate(request.input[len(earlier):], start=len(earlier)):
         dumped = item.model_dump(by_alias=True, exclude_none=True)
         dumped.setdefault("id", f"{_PREFIX[item.type]}_{hex_id}_{number}")
         dumped.setdefault("status", "completed")  # the SDK's assistant message needs it
-        items.append(dumped)
+        items.append(jsonio.dumps(dumped))
     return items
 
 
 async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
-               items: list[dict[str, Any]]) -> None:
+               items: list[bytes]) -> None:
     """Keep ``response`` (a completed or incomplete one) and its input ``items``. Not
     kept, logged, when it is over ``responses_max_bytes`` (a marker is kept instead, so
     that naming it says why) or the store cannot take it: the answer itself is not
     failed for it."""
     settings = live.graph.settings
-    body = jsonio.dumps({"key": key.name, "route": route, "input": items,
-                         "response": response})
+    body = b"\n".join([jsonio.dumps({"key": key.name, "route": route, "response": response}),
+                       *items])
     if len(body) > settings.responses_max_bytes:
         log.warning("response %s of key %s not kept: %d bytes with its conversation, over "
                     "responses_max_bytes (%d); previous_response_id cannot name it",
@@ -137,7 +153,7 @@ def _not_found(response_id: str, why: str | None = None) -> NotFound:
 async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
     """GET /v1/responses/{id}: the Response object as it was answered."""
     record = await _kept(live, authenticate(live.graph, headers), response_id)
-    return JSONBody(record["response"])
+    return JSONBody(record.head["response"])
 
 
 async def delete_response(live: Live, headers: Headers, response_id: str) -> Response:
@@ -163,22 +179,29 @@ async def input_items(live: Live, headers: Headers, response_id: str,
         raise BadRequest(f"Invalid value for 'order': {order!r} is not one of 'asc', "
                          "'desc'.", param="order")
     limit = _limit(query.get("limit", "20"))
-    record = await _kept(live, key, response_id)
-    items: list[dict[str, Any]] = record["input"]
+    lines = (await _kept(live, key, response_id)).lines()
     if order == "desc":
-        items = items[::-1]
+        lines.reverse()
     after = query.get("after")
     if after is not None:
-        ids = [item.get("id") for item in items]
-        if after not in ids:
-            raise BadRequest(f"Invalid value for 'after': no input item of '{response_id}' "
-                             f"has id '{after}'.", param="after")
-        items = items[ids.index(after) + 1:]
-    page = items[:limit]
+        lines = lines[_following(lines, after, response_id):]
+    page = [jsonio.loads(line) for line in lines[:limit]]  # only the page's items parsed
     return JSONBody({"object": "list", "data": page,
                      "first_id": page[0]["id"] if page else None,
                      "last_id": page[-1]["id"] if page else None,
-                     "has_more": len(items) > limit})
+                     "has_more": len(lines) > limit})
+
+
+def _following(lines: list[bytes], after: str, response_id: str) -> int:
+    """Where the items after the one whose id is ``after`` start in ``lines``. A line is
+    parsed only when its text has that id (a string's own quotes are escaped in JSON,
+    so none of a string's text matches)."""
+    needle = b'"id":' + jsonio.dumps(after)
+    for number, line in enumerate(lines):
+        if needle in line and jsonio.loads(line).get("id") == after:
+            return number + 1
+    raise BadRequest(f"Invalid value for 'after': no input item of '{response_id}' has id "
+                     f"'{after}'.", param="after")
 
 
 def _limit(text: str) -> int:

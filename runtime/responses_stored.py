@@ -21,6 +21,15 @@ request is: the earlier turns' route (kept, for the record) grants nothing, and 
 gone. A response is the key's that made it: another key finds nothing (404, or a
 ``previous_response_not_found`` 400), as for an id never kept; admin keys find any.
 Completed and incomplete (cut at the output limit) responses are kept, failed ones not.
+
+The earlier conversation is read before the route, Cedar and the limits are checked (it
+is part of what they count), so a key over its rpm still has its record read and
+parsed before its 429. That is accepted: only the key's own records are parsed (the key
+is compared first), each at most ``responses_max_bytes``, which costs about what
+parsing a request body of that size does (tens of milliseconds for 4 MiB), and any
+caller makes the gateway parse its body before the limits, over its rpm or not.
+Refusing earlier would take a look at the rpm that counts nothing, which the stores do
+not have.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
 the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
-record of JSON lines: first the key that made it (its name), the route and the response
-object as answered, then its input items, one a line: every item the model was given
+record of two parts: the key that made it (its name), the route and the response object
+as answered, then apart its input items, a JSON line each: every item the model was given
 but the instructions, that is the conversation of the response it continued (that
 one's input, then its output), then the request's own items, each with an id
 (``msg_``/``fc_``/``fco_`` and the response's hex where the app gave none). So a
 continuation reads one record however long the chain (and copies its lines into the
-next one unparsed), a GET parses the first line alone and ``input_items`` only the
-lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing it
+next one unparsed), a GET reads and parses the first part alone and ``input_items``
+parses only the lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing it
 holds the event loop (on a worker thread too: the parser holds the GIL). That setting
 bounds a whole conversation (a response over it is answered and not kept, logged: a
 marker kept in its place makes a continuation, a GET or input_items say why).
@@ -67,8 +67,9 @@ _NOT_KEPT = "not_kept"
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    """A kept record: its first line parsed (the response, or the marker of one not
-    kept) and its input items as they are kept, one JSON object a line, unparsed."""
+    """A kept record: its first part parsed (the response, or the marker of one not
+    kept) and its input items as they are kept, one JSON object a line, unparsed (empty
+    when not read)."""
 
     head: dict[str, Any]
     items: bytes
@@ -77,21 +78,22 @@ class _Record:
         return self.items.split(b"\n") if self.items else []
 
 
-async def _found(live: Live, key: ApiKey, response_id: str) -> _Record | None:
-    """The record of ``response_id`` if ``key`` may read it: a kept response, or the
-    marker of one answered and not kept (``_NOT_KEPT``, why)."""
+async def _found(live: Live, key: ApiKey, response_id: str,
+                 items: bool = True) -> _Record | None:
+    """The record of ``response_id`` if ``key`` may read it (its items too, if
+    ``items``): a kept response, or the marker of one answered and not kept
+    (``_NOT_KEPT``, why)."""
     store = await live.store.responses()
-    found: KeptResponse | None = await store.get(response_id)
+    found: KeptResponse | None = await store.get(response_id, items=items)
     if found is None or (found.key != key.name and not key.admin):
         return None
-    head, _, items = found.body.partition(b"\n")  # compact JSON has no newline of its own
-    return _Record(jsonio.loads(head), items)
+    return _Record(jsonio.loads(found.body), found.items)
 
 
-async def _kept(live: Live, key: ApiKey, response_id: str) -> _Record:
+async def _kept(live: Live, key: ApiKey, response_id: str, items: bool = True) -> _Record:
     """The kept record of ``response_id`` for GET and input_items; else a 404 that says
     why where the gateway knows."""
-    record = await _found(live, key, response_id)
+    record = await _found(live, key, response_id, items)
     if record is None or _NOT_KEPT in record.head:
         raise _not_found(response_id, record.head[_NOT_KEPT] if record else None)
     return record
@@ -137,19 +139,20 @@ async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
     that naming it says why) or the store cannot take it: the answer itself is not
     failed for it."""
     settings = live.graph.settings
-    body = b"\n".join([jsonio.dumps({"key": key.name, "route": route, "response": response}),
-                       *items])
-    if len(body) > settings.responses_max_bytes:
+    body = jsonio.dumps({"key": key.name, "route": route, "response": response})
+    lines = b"\n".join(items)  # compact JSON has no newline of its own
+    size = len(body) + len(lines)
+    if size > settings.responses_max_bytes:
         log.warning("response %s of key %s not kept: %d bytes with its conversation, over "
                     "responses_max_bytes (%d); previous_response_id cannot name it",
-                    response["id"], key.name, len(body), settings.responses_max_bytes)
-        body = jsonio.dumps({"key": key.name, "route": route, _NOT_KEPT: (
-            f"It was answered and not kept: with its conversation it is {len(body)} bytes, "
+                    response["id"], key.name, size, settings.responses_max_bytes)
+        body, lines = jsonio.dumps({"key": key.name, "route": route, _NOT_KEPT: (
+            f"It was answered and not kept: with its conversation it is {size} bytes, "
             f"over this gateway's responses_max_bytes ({settings.responses_max_bytes}). "
-            "Send the whole conversation as 'input'.")})
+            "Send the whole conversation as 'input'.")}), b""
     try:
         store = await live.store.responses()
-        await store.put(response["id"], key.name, body, settings.responses_ttl_s)
+        await store.put(response["id"], key.name, body, lines, settings.responses_ttl_s)
     except StoreUnavailable as exc:
         log.warning("response %s of key %s not kept: %s", response["id"], key.name, exc)
 
@@ -161,7 +164,7 @@ def _not_found(response_id: str, why: str | None = None) -> NotFound:
 
 async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
     """GET /v1/responses/{id}: the Response object as it was answered."""
-    record = await _kept(live, authenticate(live.graph, headers), response_id)
+    record = await _kept(live, authenticate(live.graph, headers), response_id, items=False)
     return JSONBody(record.head["response"])
 
 
@@ -169,7 +172,7 @@ async def delete_response(live: Live, headers: Headers, response_id: str) -> Res
     """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing.
     The marker of one not kept is deleted as a response is (the app was told store: true)."""
     key = authenticate(live.graph, headers)
-    if await _found(live, key, response_id) is None:
+    if await _found(live, key, response_id, items=False) is None:
         raise _not_found(response_id)
     store = await live.store.responses()
     if not await store.delete(response_id):

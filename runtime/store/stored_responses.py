@@ -4,8 +4,10 @@
     ├── SQLiteResponses             embedded: a SQLite file of their own beside the ledger's
     └── RedisResponses              replicas: a key per response, expired by Redis
 
-A kept response is one opaque record (JSON bytes, built by runtime/responses_stored.py)
-under its id, with the name of the key that made it and when it expires. The write is
+A kept response is two opaque parts (built by runtime/responses_stored.py) under its
+id, with the name of the key that made it and when it expires: its ``body`` (the
+response object) and its ``items`` (the conversation, up to megabytes), read only by
+the reads that need them (``get(id, items=False)`` reads the body alone). The write is
 awaited before the answer (or a stream's last event) goes out, as a ledger record is,
 so a client that continues at once finds it, whichever worker or replica serves the
 next turn: in SQLite it is committed by a writer thread of its own, with the other
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS responses (
     "key"       TEXT NOT NULL,
     created_at  REAL NOT NULL,
     expires_at  REAL NOT NULL,
-    body        BLOB NOT NULL
+    body        BLOB NOT NULL,
+    items       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)
 """
@@ -55,23 +58,27 @@ CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)
 
 @dataclass(frozen=True, slots=True)
 class KeptResponse:
-    """A kept response: the key that made it (its name) and its record."""
+    """A kept response: the key that made it (its name) and its parts (``items`` empty
+    when they were not read)."""
 
     key: str
     body: bytes
+    items: bytes = b""
 
 
 class ResponseStore(Protocol):
     """Where kept responses live; every method raises ``StoreUnavailable`` when the
     store cannot answer."""
 
-    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
-        """Keep ``body`` under ``response_id`` for ``ttl_s`` seconds; a later read (from
-        this process, or any replica for Redis) finds it once this returns."""
+    async def put(self, response_id: str, key: str, body: bytes, items: bytes,
+                  ttl_s: float) -> None:
+        """Keep ``body`` and ``items`` under ``response_id`` for ``ttl_s`` seconds; a later
+        read (from this process, or any replica for Redis) finds them once this returns."""
         ...
 
-    async def get(self, response_id: str) -> KeptResponse | None:
-        """The response, or None when it was never kept, has expired or was deleted."""
+    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
+        """The response (its items too unless ``items`` is False), or None when it was
+        never kept, has expired or was deleted."""
         ...
 
     async def delete(self, response_id: str) -> bool:
@@ -95,16 +102,18 @@ class SQLiteResponses:
         return cls(await SQLiteFile.open(path, synchronous=synchronous, schema=_create_table),
                    clock)
 
-    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
+    async def put(self, response_id: str, key: str, body: bytes, items: bytes,
+                  ttl_s: float) -> None:
         now = self._clock()
-        await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body),
+        await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body, items),
                             single=True)
         if now >= self._purge_at:  # queued, not awaited: at most once every PURGE_EVERY_S
             self._purge_at = now + PURGE_EVERY_S
             self._db.post(partial(_purge, now))
 
-    async def get(self, response_id: str) -> KeptResponse | None:
-        return await self._db.call(partial(_select, response_id, self._clock()), single=True)
+    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
+        return await self._db.call(partial(_select, response_id, self._clock(), items),
+                                   single=True)
 
     async def delete(self, response_id: str) -> bool:
         return await self._db.call(partial(_delete, response_id, self._clock()), single=True)
@@ -120,17 +129,18 @@ def _create_table(connection: sqlite3.Connection) -> None:
 
 
 def _insert(response_id: str, key: str, created_at: float, expires_at: float, body: bytes,
-            connection: sqlite3.Connection) -> None:
+            items: bytes, connection: sqlite3.Connection) -> None:
     connection.execute(
-        'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body) '
-        "VALUES (?, ?, ?, ?, ?)", (response_id, key, created_at, expires_at, body))
+        'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body, items) '
+        "VALUES (?, ?, ?, ?, ?, ?)", (response_id, key, created_at, expires_at, body, items))
 
 
-def _select(response_id: str, now: float,
+def _select(response_id: str, now: float, items: bool,
             connection: sqlite3.Connection) -> KeptResponse | None:
-    row = connection.execute('SELECT "key", body FROM responses WHERE id = ? AND expires_at > ?',
+    columns = '"key", body, items' if items else '"key", body, x\'\''
+    row = connection.execute(f"SELECT {columns} FROM responses WHERE id = ? AND expires_at > ?",
                              (response_id, now)).fetchone()
-    return None if row is None else KeptResponse(row[0], bytes(row[1]))
+    return None if row is None else KeptResponse(row[0], bytes(row[1]), bytes(row[2]))
 
 
 def _delete(response_id: str, now: float, connection: sqlite3.Connection) -> bool:
@@ -145,7 +155,7 @@ def _purge(now: float, connection: sqlite3.Connection) -> None:
 
 class RedisResponses:
     """``ResponseStore`` on Redis: ``<namespace>:response:<id>``, a hash of the key's
-    name and the record, expiring with the response."""
+    name and the response's parts, expiring with the response."""
 
     TIMEOUT_S = 1.0
     REST_S = 5.0
@@ -166,27 +176,30 @@ class RedisResponses:
             self._resting_until = time.monotonic() + self.REST_S
         return StoreUnavailable(f"the response store (Redis) failed: {exc}")
 
-    async def put(self, response_id: str, key: str, body: bytes, ttl_s: float) -> None:
+    async def put(self, response_id: str, key: str, body: bytes, items: bytes,
+                  ttl_s: float) -> None:
         self._check()
         name = self._prefix + response_id
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(name, mapping={"key": key, "body": body})
+                pipe.hset(name, mapping={"key": key, "body": body, "items": items})
                 pipe.pexpire(name, max(1, int(ttl_s * 1000)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
 
-    async def get(self, response_id: str) -> KeptResponse | None:
+    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
         self._check()
+        fields = ["key", "body", "items"] if items else ["key", "body"]
         try:
-            found = await self._redis.hmget(self._prefix + response_id, ["key", "body"])
+            found = await self._redis.hmget(self._prefix + response_id, fields)
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
-        key, body = found  # the client does not decode: bytes, or None when absent
+        key, body, *rest = found  # the client does not decode: bytes, or None when absent
         if not isinstance(key, bytes) or not isinstance(body, bytes):
             return None
-        return KeptResponse(key.decode(), body)
+        kept = rest[0] if rest and isinstance(rest[0], bytes) else b""
+        return KeptResponse(key.decode(), body, kept)
 
     async def delete(self, response_id: str) -> bool:
         self._check()

@@ -351,7 +351,7 @@ async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
         assert large.status_code == 200
         assert (await http.get(f"{RESPONSES}/{small['id']}")).status_code == 200
         large_id = large.json()["id"]
-        why = ("It was answered and not kept: with its conversation it is 4026 bytes, over "
+        why = ("It was answered and not kept: with its conversation it is 4025 bytes, over "
                "this gateway's responses_max_bytes (1500). Send the whole conversation as "
                "'input'.")
         for path in (large_id, f"{large_id}/input_items"):
@@ -374,20 +374,20 @@ async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
     assert "over responses_max_bytes (1500)" in warning
 
 
-async def test_a_kept_record_is_the_response_then_an_input_item_a_line(
+async def test_a_kept_record_is_the_response_apart_from_an_input_item_a_line(
     gateway_dir: Path, counter: TokenCounter,
 ) -> None:
-    """A record is up to responses_max_bytes: a GET parses its first line alone (the
-    response), input_items the lines of its page, not the whole conversation."""
+    """A record is up to responses_max_bytes: a GET reads and parses the response alone,
+    input_items the lines of its page, not the whole conversation."""
     async with _served_with(gateway_dir, counter, "") as http:
         first = (await http.post(RESPONSES, json={"model": "fast", "input": "one"})).json()
         second = (await http.post(RESPONSES, json={
             "model": "fast", "input": "two", "previous_response_id": first["id"]})).json()
         with sqlite3.connect(gateway_dir / "aigw-responses.sqlite") as connection:
-            [(body,)] = connection.execute("SELECT body FROM responses WHERE id = ?",
-                                           (second["id"],)).fetchall()
-        head, *lines = bytes(body).split(b"\n")
-        assert json.loads(head) == {"key": "dev", "route": "fast", "response": second}
+            [(body, kept)] = connection.execute(
+                "SELECT body, items FROM responses WHERE id = ?", (second["id"],)).fetchall()
+        assert json.loads(body) == {"key": "dev", "route": "fast", "response": second}
+        lines = bytes(kept).split(b"\n")
         items = f"{RESPONSES}/{second['id']}/input_items"
         listed = (await http.get(items, params={"order": "asc"})).json()["data"]
         assert [json.loads(line) for line in lines] == listed

@@ -43,14 +43,15 @@ async def redis_responses(redis_url: str, namespace: str) -> AsyncIterator[Redis
 async def test_sqlite_keeps_until_expiry_and_purges(
     sqlite_responses: SQLiteResponses, clock: ManualClock, tmp_path: Path,
 ) -> None:
-    await sqlite_responses.put("resp_1", "alice", b'{"a": 1}', ttl_s=60)
-    assert await sqlite_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}')
+    await sqlite_responses.put("resp_1", "alice", b'{"a": 1}', b'{"i": 1}', ttl_s=60)
+    assert await sqlite_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}', b'{"i": 1}')
+    assert await sqlite_responses.get("resp_1", items=False) == KeptResponse("alice", b'{"a": 1}')
     assert await sqlite_responses.get("resp_2") is None
     clock.advance(61)
     assert await sqlite_responses.get("resp_1") is None
     assert await sqlite_responses.delete("resp_1") is False  # expired: nothing to forget
     clock.advance(PURGE_EVERY_S)
-    await sqlite_responses.put("resp_3", "alice", b"{}", ttl_s=60)  # purges the expired
+    await sqlite_responses.put("resp_3", "alice", b"{}", b"", ttl_s=60)  # purges the expired
     await sqlite_responses.get("resp_3")  # behind the purge on the writer thread
     with sqlite3.connect(tmp_path / "aigw-responses.sqlite") as connection:
         assert connection.execute("SELECT id FROM responses").fetchall() == [("resp_3",)]
@@ -60,7 +61,7 @@ async def test_sqlite_keeps_until_expiry_and_purges(
 
 async def test_sqlite_keeps_them_across_a_reopen(tmp_path: Path, clock: ManualClock) -> None:
     first = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
-    await first.put("resp_1", "alice", b"{}", ttl_s=60)
+    await first.put("resp_1", "alice", b"{}", b"", ttl_s=60)
     await first.aclose()
     again = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
     try:
@@ -70,9 +71,10 @@ async def test_sqlite_keeps_them_across_a_reopen(tmp_path: Path, clock: ManualCl
 
 
 async def test_redis_keeps_until_expiry(redis_responses: RedisResponses) -> None:
-    await redis_responses.put("resp_1", "alice", b'{"a": 1}', ttl_s=0.2)
-    assert await redis_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}')
-    await redis_responses.put("resp_2", "bob", b"{}", ttl_s=60)
+    await redis_responses.put("resp_1", "alice", b'{"a": 1}', b'{"i": 1}', ttl_s=0.2)
+    assert await redis_responses.get("resp_1") == KeptResponse("alice", b'{"a": 1}', b'{"i": 1}')
+    assert await redis_responses.get("resp_1", items=False) == KeptResponse("alice", b'{"a": 1}')
+    await redis_responses.put("resp_2", "bob", b"{}", b"", ttl_s=60)
     assert await redis_responses.delete("resp_2") is True
     assert await redis_responses.delete("resp_2") is False
     await asyncio.sleep(0.3)
@@ -85,7 +87,7 @@ async def test_redis_down_is_unavailable_and_rests() -> None:
         with pytest.raises(StoreUnavailable, match="failed"):
             await store.get("resp_1")
         with pytest.raises(StoreUnavailable, match="did not answer a moment ago"):
-            await store.put("resp_1", "alice", b"{}", ttl_s=60)  # not tried while it rests
+            await store.put("resp_1", "alice", b"{}", b"", ttl_s=60)  # not tried while it rests
     finally:
         await store.aclose()
 
@@ -107,7 +109,7 @@ async def test_embedded_responses_do_not_take_the_ledgers_write_lock(tmp_path: P
     ledger = await open_store("embedded", root=tmp_path)
     responses = await open_responses("embedded", tmp_path)
     try:
-        await responses.put("resp_1", "alice", b"{}", ttl_s=60)
+        await responses.put("resp_1", "alice", b"{}", b"", ttl_s=60)
         assert _holding_responses(tmp_path) == ["aigw-responses.sqlite"]
         writing = sqlite3.connect(tmp_path / "aigw-responses.sqlite", isolation_level=None)
         writing.execute("BEGIN IMMEDIATE")  # as the response writer does, for a long write

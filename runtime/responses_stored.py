@@ -3,14 +3,15 @@
 A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
 the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
 record of two parts: the key that made it (its name), the route and the response object
-as answered, then apart its input items, a JSON line each: every item the model was given
+as answered; apart, its input items, a JSON line each: every item the model was given
 but the instructions, that is the conversation of the response it continued (that
 one's input, then its output), then the request's own items, each with an id
 (``msg_``/``fc_``/``fco_`` and the response's hex where the app gave none). So a
 continuation reads one record however long the chain (and copies its lines into the
 next one unparsed), a GET reads and parses the first part alone and ``input_items``
-parses only the lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing it
-holds the event loop (on a worker thread too: the parser holds the GIL). That setting
+parses only the lines of its page: a record is up to ``responses_max_bytes`` (4 MiB),
+and parsing it holds the event loop (on a worker thread too: the parser holds the
+GIL, so it is not moved to one). That setting
 bounds a whole conversation (a response over it is answered and not kept, logged: a
 marker kept in its place makes a continuation, a GET or input_items say why).
 

@@ -28,8 +28,9 @@ from ..guardrails import withheld_by
 from ..live import Gateway, Live
 from ..policy_request import authorize_agent, authorize_pipeline_again
 from ..store.executions import Execution
+from ..telemetry.record import RequestRecord
 from ..upstream import no_cookies, read_bounded
-from .engine import HttpAnswer, ModelAnswer, StepFailed
+from .engine import HttpAnswer, ModelAnswer, Spent, StepFailed
 
 
 def find_key(live: Live, name: str | None) -> ApiKey | None:
@@ -53,7 +54,7 @@ class GatewayModels:
         # Its calls' spans go under the span of the request that made the execution.
         self.headers = Headers({"traceparent": execution.trace} if execution.trace else {})
 
-    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
+    async def __call__(self, route: Route, request: ChatRequest, spent: Spent) -> ModelAnswer:
         live = self.gateway.live
         key = self._key(live)
         record = new_record(live, "pipeline")
@@ -78,6 +79,7 @@ class GatewayModels:
         finally:
             live.in_flight.leave()
             live.telemetry.finish(record)
+            billed(record, spent)  # the exchange is closed or failed: its bill is known
         choice = result.choices[0] if result.choices else None
         guardrail = withheld_by(record)
         if guardrail is not None:  # an empty answer would pass for the model's own
@@ -87,10 +89,11 @@ class GatewayModels:
             text=(choice.content or "") if choice is not None else "",
             deployment=served.deployment.name,
             # As billed: a cached answer (runtime/response_cache.py) spent no tokens.
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            cost=record.cost,
+            prompt_tokens=spent.prompt_tokens,
+            completion_tokens=spent.completion_tokens,
+            cost=spent.cost,
             request=record.request_id,
+            estimated=spent.estimated,
         )
 
 
@@ -123,6 +126,24 @@ class GatewayModels:
             raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
                              "longer accepted by the gateway", retryable=False)
         return key
+
+
+def billed(record: RequestRecord, spent: Spent) -> None:
+    """Fill ``spent`` with what the ledger has for ``record``'s call: its own record, and
+    the calls it cut short (a hedge's loser, one its timeout cut), each an ``estimated``
+    record of its own, settled with it to the same budgets."""
+    spent.request = record.request_id
+    spent.deployment = record.deployment or ""
+    # As ``ledger_record`` counts them: a prompt never sent (no deployment) is not billed.
+    spent.prompt_tokens = record.prompt_tokens if record.deployment else 0
+    spent.completion_tokens = record.completion_tokens
+    spent.cost = record.cost
+    for cut in record.cut or ():
+        spent.prompt_tokens += cut.prompt_tokens
+        spent.completion_tokens += cut.completion_tokens
+        spent.cost += cut.cost
+        spent.deployment = spent.deployment or cut.deployment
+        spent.estimated = True
 
 
 def current_route(live: Live, route: Route) -> Route:

@@ -102,6 +102,23 @@ class ModelAnswer:
     completion_tokens: int
     cost: float
     request: str = ""  # the spend ledger's id of the call
+    estimated: bool = False  # some of it billed as estimated (calls cut short)
+
+
+@dataclass(slots=True)
+class Spent:
+    """What one model call was billed, as the spend ledger has it, filled in by the
+    caller as the call ends, however it ends: a call that failed after the provider was
+    paid (an answer a guardrail withheld; one cut short by the step's timeout, billed as
+    an ``estimated`` ledger record) is charged to the key's budget, so it counts in the
+    execution's totals too, as ops reconcile them with the ledger."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    request: str = ""
+    deployment: str = ""
+    estimated: bool = False
 
 
 class ModelCaller(Protocol):
@@ -109,7 +126,10 @@ class ModelCaller(Protocol):
     and its invoke checks on a pipeline (one a step runs, or the execution's own, asked
     again as it resumes) and on an agent a step messages."""
 
-    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer: ...
+    async def __call__(self, route: Route, request: ChatRequest, spent: Spent) -> ModelAnswer:
+        """The answer; ``spent`` filled in with what the call was billed, even as it
+        raises."""
+        ...
 
     async def check_pipeline(self, pipeline: str) -> None:
         """Raise ``StepFailed`` (not retryable) if policy does not let the execution's key
@@ -526,10 +546,20 @@ class Run:
         if key in self.memos:
             return str(self.memos[key]["text"])
         route = context.pipeline.routes[model]
-        answer = await self.caller(route, request)
-        data = {"model": model, "deployment": answer.deployment, "cost": answer.cost,
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens}
+        spent = Spent()
+        try:
+            answer = await self.caller(route, request, spent)
+        except BaseException as exc:
+            if spent.cost or spent.prompt_tokens or spent.completion_tokens:
+                # A task of its own: a step cut by its timeout is still cancelling here,
+                # and a commit from it would raise that cancellation (``_lost_cancel``).
+                await asyncio.shield(self._count_failed(context, model, key, spent, exc))
+            raise
+        data: dict[str, Any] = {"model": model, "deployment": answer.deployment,
+                                "cost": answer.cost, "prompt_tokens": answer.prompt_tokens,
+                                "completion_tokens": answer.completion_tokens}
+        if answer.estimated:
+            data["estimated"] = True
         await self.keep(
             Memo(key, {"text": answer.text, **data, "request": answer.request}, answer.cost,
                  answer.prompt_tokens, answer.completion_tokens, model_call=True),
@@ -537,6 +567,26 @@ class Run:
             f"model '{model}' answered, but the store did not keep the answer", on_disk=True,
         )
         return answer.text
+
+    async def _count_failed(self, context: StepContext, model: str, key: str, spent: Spent,
+                            error: BaseException) -> None:
+        """Add a failed call's bill to the execution's totals, with a ``model_call`` event
+        saying it failed. A memo of its own (by the call's ledger id, so counted once):
+        not the answer's key, which the next try calls again. Tried once: the try is
+        failing anyway, and a store out (or a lease lost) must not hold it up."""
+        data: dict[str, Any] = {
+            "model": model, "deployment": spent.deployment, "cost": spent.cost,
+            "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
+            "failed": str(error) or type(error).__name__}
+        if spent.estimated:
+            data["estimated"] = True
+        memo = Memo(f"{key}!{spent.request}", {**data, "request": spent.request}, spent.cost,
+                    spent.prompt_tokens, spent.completion_tokens, model_call=True)
+        try:
+            await self.remember(memo, NewEvent("model_call", context.path, {"key": key, **data}))
+        except (StoreUnavailable, InternalError, LeaseLost) as exc:
+            log.warning("execution %s: the bill of failed call %s is not in its totals: %s",
+                        self.id, spent.request, exc)
 
     async def keep(self, memo: Memo, event: NewEvent, refused: str, *,
                    on_disk: bool = False) -> None:

@@ -37,7 +37,7 @@ from aigw.runtime.store.executions import (
 from aigw.runtime.tokens import TokenCounter
 from aigw.runtime.workflows import Workflows
 from aigw.runtime.workflows.calls import GatewayModels
-from aigw.runtime.workflows.engine import HttpCaller, ModelAnswer
+from aigw.runtime.workflows.engine import HttpCaller, ModelAnswer, Spent
 from aigw.runtime.workflows.service import open_executions
 
 DEV_KEY = "sk-aigw-dev"
@@ -187,6 +187,24 @@ class Served:
         response = await self.http.get(f"/api/v1/executions/{execution_id}/steps")
         return {state["step"]: state for state in response.json()["data"]}
 
+    async def spend(self) -> dict[str, Any]:
+        """The spend ledger's totals (all of it: a test's gateway serves one test)."""
+        response = await self.http.get("/admin/spend?group_by=route")
+        assert response.status_code == 200, response.text
+        rows = response.json()["data"]
+        return {name: sum(row[name] for row in rows)
+                for name in ("requests", "tokens_in", "tokens_out", "cost", "estimated_cost")}
+
+    async def assert_totals_are_the_ledgers(self, execution: dict[str, Any]) -> None:
+        """``execution``'s cost and usage are what the spend ledger billed for it (this
+        gateway's only execution)."""
+        spend = await self.spend()
+        assert spend["cost"] > 0, spend
+        assert execution["cost"] == pytest.approx(spend["cost"]), (execution, spend)
+        usage = execution["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == \
+            (spend["tokens_in"], spend["tokens_out"]), (execution, spend)
+
     def with_new_runner(self, models: Any = None) -> Served:
         """This gateway with a runner of its own on the same store, as after a restart
         (or on another replica), its model calls made by ``models`` if given (as
@@ -250,8 +268,8 @@ class _Answered(GatewayModels):
         self.execution_id = execution.id
         self.counter = counter
 
-    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
-        answer = await super().__call__(route, request)
+    async def __call__(self, route: Route, request: ChatRequest, spent: Spent) -> ModelAnswer:
+        answer = await super().__call__(route, request, spent)
         self.counter.calls += 1
         await self.counter.then(self.execution_id)
         return answer

@@ -57,9 +57,13 @@ async def _check_resumed(first: Served, execution_id: str) -> None:
         done = await second.wait_for(execution_id, lambda e: e["status"] == "succeeded", 20)
         assert done["output"] == "abcdef"
         events = await second.events(execution_id)
-        keys = Counter(e["data"]["key"] for e in events if e["type"] == "model_call")
-        assert len(keys) == 8 and set(keys.values()) == {1}  # each call made once
-        assert done["usage"]["model_calls"] == 8
+        calls = [e["data"] for e in events if e["type"] == "model_call"]
+        keys = Counter(call["key"] for call in calls if "failed" not in call)
+        assert len(keys) == 8 and set(keys.values()) == {1}  # each answer got once
+        # and a call the stop cut short, billed an estimate, is counted as well
+        cut = [call for call in calls if "failed" in call]
+        assert all(call["estimated"] and call["key"] in keys for call in cut), cut
+        assert done["usage"]["model_calls"] == 8 + len(cut)
         assert [e["type"] for e in events].count("execution_resumed") == 1
         started = Counter(e["step"] for e in events if e["type"] == "step_started")
         assert started == {"first": 1, "each": 1, "last": 1}  # "each" resumed, not restarted
@@ -120,6 +124,22 @@ async def test_a_model_call_cut_by_a_stop_is_recorded_as_cancelled(serve: Serve)
     assert spend.status_code == 200, spend.text
     rows = spend.json()["data"]
     assert [(row["route"], row["requests"], row["errors"]) for row in rows] == [("fast", 1, 1)]
+
+
+async def test_a_call_cut_by_its_steps_timeout_counts_in_the_executions_totals(
+        serve: Serve) -> None:
+    """Cut short after it went out, the call is billed an estimate (an ``estimated``
+    ledger record, charged to the budget), which the execution's totals showed as 0."""
+    timed = SLOW_CALL.replace('eight"}', 'eight", timeout_s: 0.3}')
+    served = await serve({"slow": timed}, latency=SLOW_ECHO)  # 8 tokens: 640 ms
+    body = await served.run("slow", {})
+    execution = await served.get(body["execution"])
+    assert execution["status"] == "failed" and "timed out" in execution["error"]
+    await served.assert_totals_are_the_ledgers(execution)
+    assert (await served.spend())["estimated_cost"] == pytest.approx(execution["cost"])
+    [call] = [e["data"] for e in await served.events(body["execution"])
+              if e["type"] == "model_call"]
+    assert call["estimated"] is True and call["cost"] == execution["cost"], call
 
 
 RETRIED = """

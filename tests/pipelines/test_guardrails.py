@@ -34,6 +34,21 @@ async def test_an_llm_step_whose_answer_is_withheld_fails(serve: Serve) -> None:
     assert "guardrail 'no-plans' withheld the answer of model 'careful'" in body["error"]
 
 
+
+async def test_a_withheld_answer_counts_in_the_executions_totals(serve: Serve) -> None:
+    """The call was billed (the ledger, the key's budget), but the execution's cost and
+    usage showed 0 for it: they are reconciled with the ledger."""
+    served = await serve({"about": PIPELINE}, extra_routes=CAREFUL, guardrails=GUARDRAILS)
+    body = await served.run("about", {"topic": "the secret plan"})
+    execution = await served.get(body["execution"])
+    assert execution["status"] == "failed" and execution["usage"]["model_calls"] == 1
+    await served.assert_totals_are_the_ledgers(execution)
+    [call] = [e["data"] for e in await served.events(body["execution"])
+              if e["type"] == "model_call"]
+    assert call["cost"] == execution["cost"] and "withheld" in call["failed"], call
+    assert "estimated" not in call
+
+
 async def test_a_call_cancelled_while_its_answer_is_checked_is_still_billed(
         serve: Serve) -> None:
     """The provider was paid once the answer came: cut off while a webhook guardrail

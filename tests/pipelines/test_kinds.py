@@ -12,7 +12,7 @@ from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
 from aigw.runtime.store.executions import Execution
 from aigw.runtime.workflows.calls import MAX_STEP_ANSWER_BYTES, HttpxCaller
-from aigw.runtime.workflows.engine import ModelAnswer
+from aigw.runtime.workflows.engine import ModelAnswer, Spent
 
 from ..fakes.cookie_setter import cookie_setter
 from ..fakes.openai_fake import OpenAIFake
@@ -27,7 +27,7 @@ class FakeModels:
         self.answers = answers
         self.calls: list[tuple[str, str]] = []
 
-    async def __call__(self, route: Route, request: ChatRequest) -> ModelAnswer:
+    async def __call__(self, route: Route, request: ChatRequest, spent: Spent) -> ModelAnswer:
         prompt = request.messages[-1].text()
         self.calls.append((route.name, prompt))
         return ModelAnswer(self.answers.get(route.name, prompt), route.name, 1, 1, 0.5)

@@ -53,7 +53,7 @@ def digest(secret: str) -> str:
 def gateway_config(
     store: str = "embedded", extra_routes: str = "", latency: str = "", eng: str = "{}",
     settings: str = "", providers: str = "", deployments: str = "", agents: str = "",
-    guardrails: str = "",
+    guardrails: str = "", groups: str = "",
 ) -> str:
     return f"""
 version: 1
@@ -73,6 +73,7 @@ deployments:
 groups:
   tiered: {{members: [cheap], fallbacks: [strong-group]}}
   strong-group: {{members: [strong]}}
+{groups}
 routes:
   fast: {{deployment: cheap}}
   smart: {{deployment: strong}}
@@ -280,7 +281,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
     is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
-    ``deployments``, ``settings``, ``agents`` and ``guardrails`` lines under theirs."""
+    ``deployments``, ``settings``, ``agents``, ``guardrails`` and ``groups`` lines under theirs."""
     opened: list[Served] = []
 
     async def start(
@@ -295,6 +296,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         deployments: str = "",
         agents: str = "",
         guardrails: str = "",
+        groups: str = "",
         http: HttpCaller | None = None,
         models: Any = None,
         namespace: str | None = None,
@@ -305,7 +307,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
                                                                 settings, providers,
                                                                 deployments, agents,
-                                                                guardrails))
+                                                                guardrails, groups))
         for name, text in pipelines.items():
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)

@@ -142,6 +142,27 @@ async def test_a_call_cut_by_its_steps_timeout_counts_in_the_executions_totals(
     assert call["estimated"] is True and call["cost"] == execution["cost"], call
 
 
+async def test_a_hedges_loser_counts_in_the_executions_totals(serve: Serve) -> None:
+    """The answer's call was counted, not the hedge it raced and cut short, which the
+    ledger bills (an ``estimated`` record, settled with it to the budget)."""
+    raced = SLOW_CALL.replace("model: fast", "model: raced")
+    served = await serve(
+        {"slow": raced}, latency=SLOW_ECHO,
+        deployments="  twin: {provider: local, model: cheap-1, context_window: 100000, "
+                    "price: {input: 1000000, output: 1000000}}",
+        groups="  twins: {members: [cheap, twin]}",
+        extra_routes="  raced: {group: twins, hedge_after_ms: 100}")
+    body = await served.run("slow", {})
+    assert body["status"] == "succeeded", body
+    execution = await served.get(body["execution"])
+    await served.assert_totals_are_the_ledgers(execution)
+    assert 0 < (await served.spend())["estimated_cost"] < execution["cost"]
+    [call] = [e["data"] for e in await served.events(body["execution"])
+              if e["type"] == "model_call"]
+    assert call["estimated"] is True and "failed" not in call, call
+    assert execution["usage"]["model_calls"] == 1
+
+
 RETRIED = """
 input: {type: object}
 steps:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,7 +37,7 @@ from .chat_request import ChatRequest, ContentPart, Message
 from .errors import GuardrailBlocked
 from .providers.base import ChatResult, Choice
 from .telemetry.record import RequestRecord
-from .upstream import no_cookies, read_bounded, scrub_values
+from .upstream import no_cookies, read_bounded, scrub_url, scrub_values
 
 log = logging.getLogger("aigw.guardrails")
 
@@ -239,11 +238,8 @@ class GuardClient:
 
 
 def _scrub(text: str, webhook: Webhook) -> str:
-    """``text`` without the checker's URL nor its query (a ${ENV} there may be a token,
-    ``?token=...``), as an MCP server's, nor its header values."""
-    query = urllib.parse.urlsplit(webhook.url).query
-    text = text.replace(webhook.url, "the checker's URL")
-    return scrub_values(text.replace(query, "***") if query else text,
+    """``text`` without the checker's URL nor its query, nor its header values."""
+    return scrub_values(scrub_url(text, webhook.url, "the checker's URL"),
                         webhook.headers.values())
 
 

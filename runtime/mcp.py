@@ -61,7 +61,7 @@ from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.record import UNKNOWN
 from .telemetry.tracing import traced
-from .upstream import capped_lines, no_cookies, read_bounded, scrub_values
+from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
 log = logging.getLogger("aigw.mcp")
 
@@ -499,6 +499,6 @@ def _too_large(server: McpServer) -> McpServerFailed:
 
 def _scrub(text: str, server: McpServer) -> str:
     """``text`` without the server's header values (its credentials), each whole value
-    and each long word of one, nor its url (whose query may hold a key)."""
-    return scrub_values(text.replace(server.url, f"MCP server '{server.name}'"),
+    and each long word of one, nor its url nor its query (which may hold a key)."""
+    return scrub_values(scrub_url(text, server.url, f"MCP server '{server.name}'"),
                         server.headers.values())

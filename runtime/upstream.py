@@ -13,6 +13,7 @@ import json
 import math
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -229,6 +230,15 @@ def scrub(text: str, provider: Provider) -> str:
         if len(key) > 8:
             text = text.replace(key[-4:], "***")
     return scrub_values(text, provider.headers.values())
+
+
+def scrub_url(text: str, url: str, shown: str) -> str:
+    """``text`` with ``url`` said as ``shown``, and its query cut out wherever it stands
+    (a ${ENV} there may be a token, ``?token=...``): an error may quote the URL as its
+    client normalised it (``:80`` dropped, the host lower-cased), not as written."""
+    query = urllib.parse.urlsplit(url).query
+    text = text.replace(url, shown)
+    return text.replace(query, "***") if query else text
 
 
 def scrub_values(text: str, values: Iterable[str]) -> str:

@@ -36,28 +36,37 @@ async def open_store(
     while Redis is unreachable: a file, relative to ``root``, or ``memory``) apply to
     Redis only.
     """
-    if url == "embedded" or url.startswith("embedded:"):
-        file = url.partition(":")[2] or DEFAULT_FILE
-        path = Path(file) if file == ":memory:" else (root or Path.cwd()) / file
+    path = embedded_file(url, root)
+    if path is not None:
         return await EmbeddedStore.open(
             path, clock=clock, reservation_ttl=reservation_ttl, synchronous=synchronous,
             ledger_retention=ledger_retention,
         )
+    outbox_file = None if outbox == "memory" else (root or Path.cwd()) / outbox
+    queued = await open_outbox(outbox_file, synchronous)
+    store = RedisStore.from_url(
+        url,
+        namespace=namespace,
+        on_unavailable=OnUnavailable(on_unavailable),
+        clock=clock,
+        reservation_ttl=reservation_ttl,
+        outbox=queued,
+        ledger_retention=ledger_retention,
+    )
+    if queued.waiting:  # what a stopped gateway left: sent now, not at the next request
+        store.flush_soon()
+    return store
+
+
+def embedded_file(url: str, root: Path | None) -> Path | None:
+    """The SQLite file a ``settings.store`` URL names (relative to ``root``, or cwd); None
+    for Redis. What lives in the store (limits and the ledger, executions, kept
+    responses) is opened by this one reading of the URL."""
+    if url == "embedded" or url.startswith("embedded:"):
+        file = url.partition(":")[2] or DEFAULT_FILE
+        return Path(file) if file == ":memory:" else (root or Path.cwd()) / file
     if url.startswith(("redis://", "rediss://", "unix://")):
-        outbox_file = None if outbox == "memory" else (root or Path.cwd()) / outbox
-        queued = await open_outbox(outbox_file, synchronous)
-        store = RedisStore.from_url(
-            url,
-            namespace=namespace,
-            on_unavailable=OnUnavailable(on_unavailable),
-            clock=clock,
-            reservation_ttl=reservation_ttl,
-            outbox=queued,
-            ledger_retention=ledger_retention,
-        )
-        if queued.waiting:  # what a stopped gateway left: sent now, not at the next request
-            store.flush_soon()
-        return store
+        return None
     raise ValueError(
         f"unknown store {url!r}: expected 'embedded', 'embedded:<file>' or a redis:// URL"
     )

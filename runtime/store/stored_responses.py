@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
-from .factory import DEFAULT_FILE
+from .factory import embedded_file
 from .redis_store import disconnected
 from .sqlite_file import SQLiteFile
 
@@ -212,22 +212,19 @@ class RedisResponses:
         await self._redis.aclose()
 
 
-def responses_file(url: str, root: Path) -> Path:
-    """The SQLite file of an ``embedded`` store URL's responses: the ledger's file's name
-    with ``-responses`` (``aigw.sqlite`` -> ``aigw-responses.sqlite``, in its folder);
+def responses_file(ledger: Path) -> Path:
+    """The SQLite file of the responses beside the ledger's ``ledger``: its name with
+    ``-responses`` (``aigw.sqlite`` -> ``aigw-responses.sqlite``, in its folder);
     ``:memory:`` stays in memory (a database of its own: each connection has one)."""
-    file = url.partition(":")[2] or DEFAULT_FILE
-    if file == ":memory:":
-        return Path(file)
-    ledger = root / file
+    if str(ledger) == ":memory:":
+        return ledger
     return ledger.with_name(f"{ledger.stem}-responses{ledger.suffix}")
 
 
 async def open_responses(url: str, root: Path, synchronous: str = "FULL") -> ResponseStore:
     """The response store of a ``settings.store`` URL: a SQLite file beside the
     embedded store's (``responses_file``) or Redis."""
-    if url == "embedded" or url.startswith("embedded:"):
-        return await SQLiteResponses.open(responses_file(url, root), synchronous=synchronous)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisResponses(url)
-    raise ValueError(f"unknown store {url!r}")
+    ledger = embedded_file(url, root)
+    if ledger is not None:
+        return await SQLiteResponses.open(responses_file(ledger), synchronous=synchronous)
+    return RedisResponses(url)

@@ -41,6 +41,7 @@ from ..store.executions import (
 )
 from ..store.executions_redis import RedisExecutions
 from ..store.executions_sqlite import SQLiteExecutions
+from ..store.factory import embedded_file
 from ..telemetry.record import RequestRecord
 from .agent_cards import AgentCards
 from .calls import GatewayModels, HttpxCaller
@@ -55,13 +56,10 @@ NAMESPACE_ENV = "AIGW_EXECUTIONS_NAMESPACE"
 async def open_executions(url: str, root: Path, namespace: str = "aigw") -> ExecutionStore:
     """The executions store of a ``settings.store`` URL: the embedded SQLite file (the
     same file as the spend ledger) or Redis."""
-    if url == "embedded" or url.startswith("embedded:"):
-        file = url.partition(":")[2] or "aigw.sqlite"
-        path = Path(file) if file == ":memory:" else root / file
+    path = embedded_file(url, root)
+    if path is not None:
         return await SQLiteExecutions.open(path)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisExecutions.from_url(url, namespace=namespace)
-    raise ValueError(f"unknown store {url!r}")
+    return RedisExecutions.from_url(url, namespace=namespace)
 
 
 class Workflows:

@@ -57,7 +57,7 @@ from .providers.base import (
     ToolCallDelta,
     Usage,
 )
-from .sse import encoded_events, settled_stream
+from .sse import encoded_events, named_event, settled_stream
 from .telemetry.record import RequestRecord
 
 __all__ = ["count_tokens", "create_message", "error_body", "error_status"]
@@ -272,12 +272,6 @@ def _tool_input(call: ToolCall, served: Served) -> dict[str, Any]:
     return parsed
 
 
-def sse_event(name: str, data: Mapping[str, object]) -> bytes:
-    """One server-sent event as Anthropic frames them: ``event:`` then ``data:`` JSON."""
-    payload = json.dumps(data, separators=(",", ":"))
-    return f"event: {name}\ndata: {payload}\n\n".encode()
-
-
 @dataclass
 class _Block:
     """A content block held back: its ``content_block_start`` and what it has so far."""
@@ -338,8 +332,8 @@ class EventEncoder:
             "stop_sequence": None,
             "usage": usage_body(Usage(self._prompt_tokens, 0)),
         }
-        return sse_event("message_start", {"type": "message_start", "message": message}) + (
-            sse_event("ping", {"type": "ping"})
+        return named_event("message_start", {"type": "message_start", "message": message}) + (
+            named_event("ping", {"type": "ping"})
         )
 
     def encode(self, delta: ChatDelta) -> bytes:
@@ -368,16 +362,16 @@ class EventEncoder:
         out = self._stop_block()
         while self._held:
             out += self._open_block(self._held.pop(0)) + self._stop_block()
-        return out + sse_event("message_delta", {
+        return out + named_event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": self._stop_sequence},
             "usage": usage_body(usage),
-        }) + sse_event("message_stop", {"type": "message_stop"})
+        }) + named_event("message_stop", {"type": "message_stop"})
 
     def failed(self, error: GatewayError) -> bytes:
         """An ``error`` event: what the SDK raises from a stream that failed after it
         started."""
-        return sse_event("error", error_body(error))
+        return named_event("error", error_body(error))
 
     def _add(self, tool: int | None, part: str, call: ToolCallDelta | None) -> bytes:
         """``part`` of the text (``tool`` None) or of tool call ``tool``'s arguments."""
@@ -417,7 +411,7 @@ class EventEncoder:
     def _open_block(self, block: _Block) -> bytes:
         self._open, index = block, self._blocks
         self._blocks += 1
-        out = sse_event("content_block_start", {
+        out = named_event("content_block_start", {
             "type": "content_block_start", "index": index, "content_block": block.start})
         if block.parts:
             out += self._delta("".join(block.parts), block.tool)
@@ -429,12 +423,12 @@ class EventEncoder:
         if self._open.tool is not None:
             self._closed.add(self._open.tool)
         self._open = None
-        return sse_event("content_block_stop",
+        return named_event("content_block_stop",
                          {"type": "content_block_stop", "index": self._blocks - 1})
 
     def _delta(self, part: str, tool: int | None) -> bytes:
         delta = ({"type": "text_delta", "text": part} if tool is None
                  else {"type": "input_json_delta", "partial_json": part})
-        return sse_event("content_block_delta", {
+        return named_event("content_block_delta", {
             "type": "content_block_delta", "index": self._blocks - 1, "delta": delta})
 

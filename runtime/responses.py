@@ -23,7 +23,6 @@ back from the core's OpenAI chat results:
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,7 +39,7 @@ from .jsonio import JSONBody
 from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage
 from .responses_stored import continued, keep, kept_items
 from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
-from .sse import encoded_events, settled_stream
+from .sse import encoded_events, named_event, settled_stream
 
 __all__ = ["EventEncoder", "create_response", "echoed", "response_body"]
 
@@ -220,13 +219,6 @@ def response_body(served: Served, result: ChatResult, echo: dict[str, Any]) -> d
                      incomplete)
 
 
-def sse_event(data: dict[str, Any]) -> bytes:
-    """One server-sent event as OpenAI frames the Responses stream's: ``event:`` then
-    ``data:`` JSON, the event named by its ``type``."""
-    payload = json.dumps(data, separators=(",", ":"))
-    return f"event: {data['type']}\ndata: {payload}\n\n".encode()
-
-
 @dataclass
 class _Call:
     """A function call item being streamed: its place in ``output`` and its arguments."""
@@ -275,7 +267,7 @@ class EventEncoder:
     def _event(self, kind: str, **fields: Any) -> bytes:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return sse_event(event)
+        return named_event(kind, event)
 
     def _snapshot(self, status: str, output: list[dict[str, Any]], usage: Usage | None = None,
                   incomplete: dict[str, str] | None = None,

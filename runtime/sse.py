@@ -3,6 +3,7 @@ event loop every other wire format's stream runs (``encoded_events``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from .telemetry.record import RequestRecord
 
 DONE = b"data: [DONE]\n\n"
+
+
+def named_event(name: str, data: Mapping[str, object]) -> bytes:
+    """One server-sent event as Anthropic's Messages and OpenAI's Responses streams frame
+    theirs: ``event:`` then ``data:`` JSON (a chat completion chunk has no ``event:``)."""
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
 def usage_body(usage: Usage) -> dict[str, object]:

@@ -35,7 +35,6 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     StoreUnavailable,
-    Unauthorized,
 )
 from .exchange import Exchange
 from .incoming import client_gone, read_body
@@ -283,8 +282,6 @@ class _Endpoints:
             response = await answer(exchange, key, body)
         except GatewayError as exc:
             await exchange.fail(exc)
-            if isinstance(exc, Unauthorized) and exc.key_name is not None:
-                record.key, record.team = exc.key_name, exc.team_name  # logged, not billed
             exc.headers = {**exc.headers, **overhead_header(record)}
             live.telemetry.refused(record, request.headers)
             live.telemetry.finish(record)

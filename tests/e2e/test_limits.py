@@ -512,6 +512,12 @@ def test_a_key_past_its_expiry_is_refused_401_key_expired_without_a_reload(
     assert _admin(server, "/admin/status")["graph"]["keys"]["app"]["expired"] is True  # type: ignore[index]
     # The access log names the key whose client still sends it (the ledger has no record:
     # a refusal before admission costs nothing).
-    [refused] = [json.loads(line) for line in server.log.splitlines()
-                 if line.startswith("{") and '"key_expired"' in line]
-    assert (refused["status"], refused["key"], refused["team"]) == (401, "app", "app")
+    # On /v1/messages (its own error handling) as on /v1/chat/completions.
+    messages = httpx.post(f"{server.base_url}/v1/messages", headers={"x-api-key": APP_KEY},
+                          json={"model": "paid", "max_tokens": 3,
+                                "messages": [{"role": "user", "content": "hi"}]})
+    assert messages.status_code == 401
+    refused = [json.loads(line) for line in server.log.splitlines()
+               if line.startswith("{") and '"key_expired"' in line]
+    assert [(line["status"], line["key"], line["team"]) for line in refused] == [
+        (401, "app", "app")] * 2

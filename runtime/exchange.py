@@ -184,9 +184,12 @@ class Exchange:
 
     def answer_headers(self, served: Served) -> dict[str, str]:
         """An OpenAI-format answer's headers: who served it, the key's rate limits, the
-        cache's verdict and the gateway's overhead so far (so, taken last)."""
-        return {**served.headers(), **self.rate_headers(), **self.cache_headers(),
-                **overhead_header(self.record)}
+        cache's verdict and the gateway's overhead so far (so, taken last). In one
+        dict, the cache asked only on a route that has one: every answer pays for this."""
+        admission, record = self.admission, self.record
+        return {**served.headers(), **(admission.headers() if admission is not None else {}),
+                **(self.cache_headers() if record.cache is not None else {}),
+                **overhead_header(record)}
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}

@@ -220,8 +220,13 @@ class McpProxy:
     async def _send(self, server: McpServer, method: str, headers: Mapping[str, str],
                     body: bytes | None) -> httpx.Response:
         timeout = httpx.Timeout(server.timeout_s, connect=min(10.0, server.timeout_s))
-        request = self.client.build_request(method, server.url, headers=traced(headers),
-                                            content=body, timeout=timeout)
+        try:
+            request = self.client.build_request(method, server.url, headers=traced(headers),
+                                                content=body, timeout=timeout)
+        except httpx.InvalidURL:  # no HTTPError: a host httpx refuses (10.0.0.256,
+            # a ${ENV}'s), which was a 500 whose traceback quoted it; as a checker's
+            raise McpServerFailed(f"MCP server '{server.name}' cannot be called: its URL "
+                                  "is not one the gateway can send (InvalidURL).") from None
         try:
             return await self.client.send(request, stream=True, follow_redirects=False)
         except httpx.TimeoutException as exc:

@@ -40,6 +40,9 @@ permit (principal in Team::"platform", action == Action::"invoke", resource == M
 
 @id("platform-uses-down")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"down");
+@id("platform-uses-badhost")
+permit (principal in Team::"platform", action == Action::"invoke",
+        resource == McpServer::"badhost");
 
 @id("platform-uses-plain")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"plain");
@@ -108,6 +111,7 @@ mcp_servers:
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   cr: {{url: "{cr_url}{PATH}", timeout_s: 10, tools: [add, big]}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
+  badhost: {{url: "http://10.0.0.256/mcp", timeout_s: 2}}
   accented: {{url: "{base_url}{PATH}", headers: {{X-Token: "${{MCP_TEST_ODD_TOKEN}}"}}}}
 """)
         with pytest.MonkeyPatch.context() as patch:
@@ -249,6 +253,17 @@ async def test_a_server_that_is_down_is_a_clear_error(gateway: McpGateway) -> No
     assert statuses == [502]
     assert "MCP server 'down' is unreachable" in str(failed.value)
     assert "Traceback" not in gateway.server.log
+
+
+async def test_a_url_httpx_refuses_is_a_clear_error_not_a_500(gateway: McpGateway) -> None:
+    # httpx.InvalidURL is no HTTPError: it was a 500 whose traceback quoted the host.
+    statuses: list[int] = []
+    async with session(gateway.url("badhost"), DEV_KEY, statuses) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.initialize()
+    assert statuses == [502]
+    assert "MCP server 'badhost' cannot be called" in str(failed.value)
+    assert "10.0.0.256" not in gateway.server.log
 
 
 async def test_a_header_that_is_not_ascii_disables_its_server(gateway: McpGateway) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
 TEAMMATE_OLD_KEY = "sk-aigw-teammate-old"  # the secret teammate's rotation replaced
 LIMITED_KEY = "sk-aigw-limited"  # of team platform, 3 requests a minute
 PLAIN_ONLY_KEY = "sk-aigw-plain-only"  # of team platform, mcp_servers: [plain]
+LAPSED_KEY = "sk-aigw-lapsed"  # of team platform, expired
 POLICIES = """
 @id("platform-uses-tools")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"tools");
@@ -102,6 +104,8 @@ keys:
   teammate: {{team: platform, sha256: {teammate}, previous: [{{sha256: {teammate_old}}}]}}
   limited: {{team: platform, sha256: {limited}, limits: {{rpm: 3, tpm: 1}}}}
   plain-only: {{team: platform, sha256: {plain_only}, mcp_servers: [plain]}}
+  lapsed: {{team: platform, sha256: {hashlib.sha256(LAPSED_KEY.encode()).hexdigest()},
+           expires: '2020-01-01T00:00:00Z'}}
 mcp_servers:
   tools:
     url: {base_url}{PATH}
@@ -227,6 +231,19 @@ async def test_a_bad_key_is_a_401(gateway: McpGateway) -> None:
             await client.initialize()
     assert statuses == [401]
     assert "Incorrect API key provided" in str(refused.value)
+
+
+async def test_an_expired_key_is_refused_and_named_in_the_access_log(
+        gateway: McpGateway) -> None:
+    statuses: list[int] = []
+    async with session(gateway.url("tools"), LAPSED_KEY, statuses) as client:
+        with pytest.raises(MCPError):
+            await client.initialize()
+    assert statuses == [401]
+    [refused] = [json.loads(line) for line in gateway.server.log.splitlines()
+                 if line.startswith("{") and '"key_expired"' in line]
+    assert (refused["endpoint"], refused["key"], refused["team"]) == ("mcp", "lapsed",
+                                                                      "platform")
 
 
 async def test_cedar_forbids_a_tool_and_a_team(gateway: McpGateway) -> None:

@@ -11,7 +11,6 @@ text does; a URL aigw cannot call is ``AGW336``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import codes
@@ -19,7 +18,7 @@ from .diagnostics import DiagnosticSink, shown_url
 from .egress import Egress, endpoint, origin
 from .mcp_servers import not_ascii
 from .pipeline_graph import Agent
-from .source import Position
+from .source import Resolve
 from .spec import AgentSpec
 
 if TYPE_CHECKING:
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
 
 # Where an agent card is published: A2A 1.0, and the name 0.x servers used.
 CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
-
-# Replaces each ${NAME} in the text at the position; appends unset names to the list.
-Resolve = Callable[[str, Position, list[str]], str]
 
 
 def link_agent(entry: Entry[AgentSpec], resolve: Resolve, sink: DiagnosticSink) -> Agent:

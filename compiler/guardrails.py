@@ -23,14 +23,12 @@ from .diagnostics import DiagnosticSink, shown_url
 from .egress import endpoint
 from .guardrail_graph import PII, Guardrail, Matcher, RouteGuardrails, Webhook
 from .mcp_servers import check_literal_headers, not_ascii
-from .source import Position
+from .source import Resolve
 from .spec import GuardrailSpec, RouteSpec
 
 if TYPE_CHECKING:
     from .link import Entry
 
-# text, where it was written, the list unset names go into -> the text resolved
-Resolve = Callable[[str, Position, list[str]], str]
 REDACTED = "[REDACTED]"
 # The fields only one kind takes, and what each kind needs.
 _KIND_FIELDS = {"patterns": "regex", "entities": "pii", "url": "webhook", "headers": "webhook",

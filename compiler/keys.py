@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import codes
 from .diagnostics import DiagnosticSink
-from .source import Position
+from .source import Position, Resolve
 from .spec import KeySpec, moment_epoch
 
 if TYPE_CHECKING:
     from .link import Entry
 
-# text, where it was written, the list unset names go into -> the text resolved
-Resolve = Callable[[str, Position, list[str]], str]
 # How far ahead `aigw check` looks for keys about to expire.
 EXPIRY_NOTICE_S = 7 * 24 * 3600.0
 

@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
-from .source import Position
+from .source import Resolve
 from .spec import McpServerSpec
 
 if TYPE_CHECKING:
     from .link import Entry
 
-# text, where it was written, the list unset names go into -> the text resolved
-Resolve = Callable[[str, Position, list[str]], str]
 # Header names that carry a credential: their value must come from the environment.
 CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
 

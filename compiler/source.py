@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -69,3 +69,8 @@ class SourceMap:
             if found is not None:
                 return found
         return None
+
+
+# A ${ENV} template resolved as a compile resolves it: the text, where it was written,
+# the list unset names go into -> the text resolved.
+Resolve = Callable[[str, Position, list[str]], str]

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
@@ -46,7 +46,9 @@ from aigw.compiler.graph import ApiKey, Graph, Route
 from .chat_request import ChatRequest
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, ToolCallDelta, Usage
 from .store.redis_store import disconnected
-from .vector_index import Rows, Vector, nearest_of
+
+if TYPE_CHECKING:  # numpy is imported by the first semantic cache, not at start
+    from .vector_index import Rows, Vector
 
 log = logging.getLogger("aigw.cache")
 
@@ -152,6 +154,7 @@ class LocalCache:
             self._bytes -= rows.nbytes
             rows = None
         if rows is None:
+            from .vector_index import Rows
             rows = self._buckets[bucket] = Rows()
         held = rows.nbytes
         rows.add(key, vector)
@@ -269,6 +272,7 @@ class RedisCache:
             self._failed("read", exc)
             return []
         pairs = zip(stored[::2], stored[1::2], strict=True)  # the client does not decode
+        from .vector_index import nearest_of
         return nearest_of(((key.decode(), blob) for key, blob in pairs
                            if isinstance(key, bytes) and isinstance(blob, bytes)), vector,
                           count)

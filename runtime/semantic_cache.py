@@ -38,10 +38,10 @@ from .chat_request import ChatRequest, Message
 from .embeddings import embed
 from .errors import GatewayError
 from .response_cache import SHAPE_FIELDS, CacheBackend, cache_key
-from .vector_index import Vector, unit
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy (vector_index) is imported by the first lookup, not at start
     from .exchange import Exchange
+    from .vector_index import Vector
 
 log = logging.getLogger("aigw.cache")
 # Entries tried, nearest first: the nearest may be one this caller is not served (its
@@ -131,6 +131,7 @@ async def embed_conversation(exchange: Exchange, key: ApiKey, ask: SemanticAsk,
         raise
     live.telemetry.finish(side.record)
     vectors = won.value.vectors
+    from .vector_index import unit
     vector = unit(vectors[0]) if vectors else None
     if vector is None:
         return None

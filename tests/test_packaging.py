@@ -40,6 +40,19 @@ def test_the_runtime_does_not_import_the_a2a_sdk() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_a_gateway_starts_without_numpy() -> None:
+    """numpy serves the semantic cache only: imported at start, it cost every gateway
+    0.1 s and its memory whether any route had a semantic cache or not."""
+    probe = (
+        "import sys, aigw.runtime.app, aigw.runtime.exchange\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'numpy'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_checked_in_schemas_are_fresh() -> None:
     for name, text in json_schemas().items():
         path = REPO / "schemas" / name

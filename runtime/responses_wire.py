@@ -483,6 +483,9 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
         raise BadRequest(f"Invalid value for 'tool_choice.name': no function named "
                          f"'{choice.name}' is in 'tools'.", param="tool_choice.name")
     if not request.tools:
+        if choice == "required":  # dropped with no tools, the answer was text, never a call
+            raise BadRequest("Invalid value for 'tool_choice': 'required' asks for a call to "
+                             "one of 'tools', and none were given.", param="tool_choice")
         return {}
     lowered: dict[str, Any] = {"tools": [_tool(tool) for tool in request.tools]}
     if isinstance(choice, ToolChoiceFunction):

@@ -438,6 +438,9 @@ async def test_each_request_logs_one_access_line(
 @pytest.mark.parametrize(("body", "param", "message"), [
     ({"tool_choice": {"type": "function"}}, "tool_choice.name",
      "Missing required parameter: 'tool_choice.name'."),
+    ({"tool_choice": "required"}, "tool_choice",
+     "Invalid value for 'tool_choice': 'required' asks for a call to one of 'tools', and "
+     "none were given."),
     ({"tool_choice": "sometimes"}, "tool_choice",
      "Invalid value for 'tool_choice': 'sometimes' is not a tool_choice: give auto, none, "
      'required or {"type": "function", "name": ...}.'),

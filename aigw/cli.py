@@ -306,7 +306,7 @@ def _graph_text(graph: Graph) -> str:
     lines.append(
         f"  {len(graph.providers)} providers, {len(graph.deployments)} deployments, "
         f"{len(graph.groups)} groups, {len(graph.routes)} routes, {len(graph.teams)} teams, "
-        f"{len(graph.keys_by_sha256)} keys, {len(graph.policies)} policies"
+        f"{len(graph.keys_by_name)} keys, {len(graph.policies)} policies"
     )
     return "\n".join(lines) + "\n"
 
@@ -436,11 +436,11 @@ def _run_route(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(graph.routes)) or "none"
         print(f"no route named '{args.model}' (routes: {known})", file=sys.stderr)
         return 1
-    if args.key is not None and not any(k.name == args.key for k in graph.keys_by_sha256.values()):
+    if args.key is not None and args.key not in graph.keys_by_name:
         print(f"no key named '{args.key}'", file=sys.stderr)
         return 1
     route = graph.routes[args.model]
-    key = next((k for k in graph.keys_by_sha256.values() if k.name == args.key), None)
+    key = graph.keys_by_name.get(args.key) if args.key is not None else None
     principal = (principal_for(graph.authorization, key, args.user) if key is not None
                  else Principal("ApiKey", "", None))
     facts = Facts(

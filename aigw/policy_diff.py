@@ -178,8 +178,8 @@ def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
     user no policy names (a request with any other ``user``: ``principal is User``
     matches it); the resources are the routes (with those a pipeline step makes up for
     a group or deployment it names), the pipelines and the deployments."""
-    keys_before = {k.name: k for k in before.keys_by_sha256.values()}
-    keys_after = {k.name: k for k in after.keys_by_sha256.values()}
+    keys_before = before.keys_by_name
+    keys_after = after.keys_by_name
     named = {ref.id for graph in (before, after) for body in graph.authorization.bodies
              for ref in entity_refs(body) if ref.type == "User"}
     users = [*sorted(named), _stand_in(named)]

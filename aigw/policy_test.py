@@ -231,9 +231,9 @@ def _state(graph: Graph, live: Mapping[str, Mapping[str, Any]]) -> RoutingState:
 def _key(graph: Graph, name: str | None) -> ApiKey | None:
     if name is None:
         return None
-    for key in graph.keys_by_sha256.values():
-        if key.name == name:
-            return key
+    key = graph.keys_by_name.get(name)
+    if key is not None:
+        return key
     raise FixtureError(f"request.key: no key '{name}' (keys need a secret or sha256 to count)")
 
 

@@ -163,15 +163,17 @@ def freeze(
         )
         for name, entry in linked.teams.items()
     }
-    keys = {}
+    keys: dict[str, ApiKey] = {}
+    by_name: dict[str, ApiKey] = {}
     previous: dict[str, PreviousSecret] = {}
     for name, item in linked.keys.items():
-        if item.sha256 is None:
-            continue
+        earlier = [(each.sha256, each.until) for each in item.previous if each.sha256 is not None]
+        if item.sha256 is None and not earlier:
+            continue  # no secret signs in as it
         key_spec = item.entry.spec
         team = teams[key_spec.team] if key_spec.team else None
         per_user = _per_user(key_spec.per_user) if key_spec.per_user else None
-        keys[item.sha256] = ApiKey(
+        key = by_name[name] = ApiKey(
             name=name,
             team=team,
             admin=key_spec.admin,
@@ -184,10 +186,12 @@ def freeze(
             own_per_user=per_user is not None,
             expires_at=item.expires_at,
         )
-        for earlier in item.previous:
-            if earlier.sha256 is not None:
-                previous[earlier.sha256] = PreviousSecret(keys[item.sha256], earlier.until,
-                                                          earlier.sha256)
+        if item.sha256 is not None:
+            keys[item.sha256] = key
+        # Whether or not the current secret is set: a rotation whose new ${ENV} is not
+        # set yet where aigw serves keeps the old secrets signing in until their until.
+        for digest, until in earlier:
+            previous[digest] = PreviousSecret(key, until, digest)
     settings = linked.settings
     frozen_pipelines = attach_routes(
         pipelines or {}, routes, groups, deployments,
@@ -232,6 +236,7 @@ def freeze(
         teams=_frozen(teams),
         keys_by_sha256=_frozen(keys),
         previous_by_sha256=_frozen(previous),
+        keys_by_name=_frozen(by_name),
         policies=policies,
         pipelines=frozen_pipelines,
         mcp_servers=_frozen({

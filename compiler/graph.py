@@ -275,7 +275,8 @@ class ApiKey:
     per_user: Quota  # of each end user of this key: its own, else its team's
     routes: frozenset[str] | None  # the routes it may call; None: all
     mcp_servers: frozenset[str] | None  # the MCP servers it may reach; None: all
-    sha256: str = field(repr=False)
+    # None: its current ${ENV} secret is unset, and only its previous: secrets sign in
+    sha256: str | None = field(repr=False)
     # per_user is the key's own (not its team's): its users have counters of their own
     own_per_user: bool = False
     # epoch seconds from which it is refused (401 key_expired); None: it does not expire
@@ -342,3 +343,6 @@ class Graph:
     authorization: Authorization  # the policy set, schema and static Cedar entities
     # Keys' earlier secrets during rotations, looked up only when keys_by_sha256 misses
     previous_by_sha256: Mapping[str, PreviousSecret]
+    # Every key some secret signs in as (current or previous), by name: a key whose
+    # current secret is unset is still its previous secrets' during a rotation
+    keys_by_name: Mapping[str, ApiKey]

@@ -1,8 +1,9 @@
 """Part of stage 3, link: the API keys (``keys:``), each secret down to its sha256 digest.
 
-A key's secret is written as ``${ENV}`` (resolved here; unset, the key is not
+A key's secret is written as ``${ENV}`` (resolved here; unset, that secret is not
 accepted) or as its digest. During a rotation a key lists its earlier secrets under
-``previous:``, each accepted as the same key until its ``until``. ``expires`` and
+``previous:``, each accepted as the same key until its ``until``, whether or not the
+current secret's ``${ENV}`` is set where aigw serves (AGW309 warns that it is not). ``expires`` and
 ``until`` are compiled to epoch seconds, so a request compares numbers and never parses
 a date. Checked: a literal secret (AGW310), one secret under two keys or twice under
 one (AGW315), a key expired or expiring within a week (AGW348), a previous secret
@@ -38,7 +39,7 @@ class LinkedPrevious:
 @dataclass(frozen=True, slots=True)
 class LinkedKey:
     entry: Entry[KeySpec]
-    sha256: str | None  # None: its ${ENV} secret is unset, so the key is not accepted
+    sha256: str | None  # None: its ${ENV} secret is unset (its previous ones may sign in)
     expires_at: float | None = None  # epoch seconds from which it is refused
     previous: tuple[LinkedPrevious, ...] = ()
 

@@ -87,7 +87,7 @@ def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:
     for previous in graph.previous_by_sha256.values():
         earlier.setdefault(previous.key.name, []).append(previous)
     return [(key, earlier.get(key.name, []))
-            for key in sorted(graph.keys_by_sha256.values(), key=lambda key: key.name)]
+            for key in sorted(graph.keys_by_name.values(), key=lambda key: key.name)]
 
 
 def key_entry(

@@ -395,7 +395,7 @@ class Exchange:
         out. A store that cannot answer now is not a budget run out: fail_closed refuses
         new requests, while one in flight goes on and settles through the outbox."""
         graph = self._current().graph
-        key = next((k for k in graph.keys_by_sha256.values() if k.name == self._key_name), None)
+        key = graph.keys_by_name.get(self._key_name) if self._key_name is not None else None
         if key is None:  # a reload removed the key: stop spending
             raise Unauthorized("The API key was revoked during this stream.")
         assert self.admission is not None

@@ -222,7 +222,7 @@ class Gateway:
 
     def _key_expiries(self) -> dict[str, float]:
         """Each key's expires in the graph served now (after a reload, the new one's)."""
-        return {key.name: key.expires_at for key in self.live.graph.keys_by_sha256.values()
+        return {key.name: key.expires_at for key in self.live.graph.keys_by_name.values()
                 if key.expires_at is not None}
 
     async def reload_everywhere(self, trigger: str) -> ReloadReport:

@@ -196,9 +196,9 @@ def subject(live: Live, user: str | None, key: ApiKey | None, team: str | None) 
 
 
 def _key(graph: Graph, name: str) -> ApiKey:
-    for key in graph.keys_by_sha256.values():
-        if key.name == name:
-            return key
+    key = graph.keys_by_name.get(name)
+    if key is not None:
+        return key
     raise BadRequest(f"There is no key '{name}'.", param="key")
 
 

@@ -121,7 +121,7 @@ async def declared_budgets(live: Live, user: str | None = None) -> tuple[BudgetS
     with ``user`` that end user's under each team and key (end users are not listed
     otherwise: their names are whatever clients send)."""
     limits: dict[tuple[Scope, str], Limits] = {}
-    for key in live.graph.keys_by_sha256.values():
+    for key in live.graph.keys_by_name.values():
         for item in subject_limits(key, user):
             if item.budget is not None:
                 limits[(item.scope, item.name)] = item

@@ -34,7 +34,7 @@ from .engine import HttpAnswer, ModelAnswer, Spent, StepFailed
 
 
 def find_key(live: Live, name: str | None) -> ApiKey | None:
-    return next((key for key in live.graph.keys_by_sha256.values() if key.name == name), None)
+    return live.graph.keys_by_name.get(name) if name is not None else None
 
 
 class GatewayModels:

@@ -201,6 +201,21 @@ def test_a_previous_secret_is_the_same_key_until_its_date_in_epoch_seconds(
     assert key.expires_at == 1798761600.0  # 2027-01-01T00:00:00Z
 
 
+def test_a_previous_secret_is_still_the_key_when_the_current_ones_env_is_unset(
+    write_gateway: WriteGateway,
+) -> None:
+    """Mid-rotation, the new secret's ${ENV} not set yet: the old secret still signs in
+    as the key (it was dropped with the key), and the unset one is still warned about."""
+    result = _compile(write_gateway, ROTATING_KEY, {"OLD_KEY": "sk-old"})
+    graph, old = _graph(result), hashlib.sha256(b"sk-old").hexdigest()
+    assert dict(graph.keys_by_sha256) == {}
+    assert list(graph.previous_by_sha256) == [old]
+    assert graph.previous_by_sha256[old].key is graph.keys_by_name["ci-bot"]
+    assert [(item.code.id, item.message) for item in result.diagnostics] == [
+        ("AGW309", "environment variable NEW_KEY is not set"),
+        ("AGW309", "environment variable UNSET_KEY is not set")]
+
+
 @pytest.mark.parametrize(("now", "found"), [
     ("2026-12-01T00:00:00Z", []),
     ("2026-12-25T00:00:00Z", ["AGW348 key 'ci-bot' expires at 2027-01-01T00:00:00Z, within 7 days",

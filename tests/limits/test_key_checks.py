@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from .conftest import ClientFactory, digest
 
@@ -36,3 +37,32 @@ async def test_a_secret_with_non_ascii_characters_signs_in(limited: ClientFactor
     wrong = await http.post("/v1/chat/completions", json=ask, headers={
         "Authorization": b"Bearer " + UNICODE_SECRET.encode()[:-1]})
     assert wrong.status_code == 401
+
+
+ROTATED_OLD = "sk-rotated-old-0006"
+
+
+async def test_a_previous_secret_signs_in_while_the_new_ones_env_is_unset(
+        limited: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation whose new ${ENV} is not set yet where aigw serves (a deploy that lags
+    the config): the old secret, listed under previous: and not past its until, still
+    signs in as the key. It was refused with the key, a 401 to every client mid-rotation.
+    A stream too, whose budget checks look the key up by name."""
+    monkeypatch.delenv("ROTATED_NEW", raising=False)
+    monkeypatch.setenv("ROTATED_OLD", ROTATED_OLD)
+    client = await limited(
+        extra_keys='  rotated: {team: eng, secret: "${ROTATED_NEW}", '
+                   'previous: [{secret: "${ROTATED_OLD}", until: 2999-01-01}]}\n',
+        settings="  stop_streams_over_budget: true")
+    old = {"Authorization": f"Bearer {ROTATED_OLD}"}
+    ask = {"model": "free", "messages": [{"role": "user", "content": "hi"}]}
+    answered = await client("dev").post("/v1/chat/completions", json=ask, headers=old)
+    assert answered.status_code == 200, answered.text
+    words = " ".join(f"w{number}" for number in range(40))  # past a budget check or two
+    streamed = await client("dev").post("/v1/chat/completions", headers=old, json={
+        **ask, "stream": True, "messages": [{"role": "user", "content": words}]})
+    assert streamed.status_code == 200 and "revoked" not in streamed.text
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    status = (await client("dev").get("/admin/status")).json()
+    assert status["graph"]["keys"]["rotated"]["previous"] == [
+        {"until": "2999-01-01T00:00:00Z", "refused": False}]

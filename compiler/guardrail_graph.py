@@ -91,16 +91,28 @@ PII: Mapping[str, Matcher] = MappingProxyType({
 
 
 @dataclass(frozen=True, slots=True)
+class VerdictCache:
+    """How many of a webhook's verdicts on input texts a process keeps, and how long."""
+
+    max_entries: int
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Webhook:
     """An external checker: POSTed {text, direction, route, key, team}, answering
     {allow, reason?, text?}. ``disabled_reason``: an unset ${ENV} (treated as an error
-    of the checker, so ``on_error`` decides)."""
+    of the checker, so ``on_error`` decides). ``cache``: None, each text is asked about
+    every time. ``fingerprint``: of the whole guardrail as configured (its ${ENV}s
+    resolved), so a reload that changes it reuses none of its old verdicts."""
 
     url: str
     timeout_s: float
     allow_on_error: bool
     disabled_reason: str | None
     headers: Mapping[str, str] = field(repr=False)
+    cache: VerdictCache | None
+    fingerprint: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

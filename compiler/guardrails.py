@@ -6,14 +6,18 @@ AGW337), PII entities looked up (AGW338), a webhook's URL and headers resolved f
 ${ENV} (an unset one, or a header that is not ASCII text, leaves the checker disabled,
 so its ``on_error`` decides), a credential header written as a literal (AGW340), a URL
 aigw cannot call (AGW341), a field its kind needs missing or one it does not take set
-(AGW342). A route naming a guardrail that is not defined is AGW339; guardrails on a
-pipeline route, AGW343: its steps' model calls go through routes of their own, whose
-guardrails apply; on a route that serves embeddings, AGW343 too: they check chat only.
+(AGW342). A webhook's ``cache`` (on unless ``false``) is lowered with a fingerprint of
+the whole guardrail, which the runtime keys its kept verdicts by. A route naming a
+guardrail that is not defined is AGW339; guardrails on a pipeline route, AGW343: its
+steps' model calls go through routes of their own, whose guardrails apply; on a route
+that serves embeddings, AGW343 too: they check chat only.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -21,10 +25,10 @@ from typing import TYPE_CHECKING
 from . import codes
 from .diagnostics import DiagnosticSink, shown_url
 from .egress import endpoint
-from .guardrail_graph import PII, Guardrail, Matcher, RouteGuardrails, Webhook
+from .guardrail_graph import PII, Guardrail, Matcher, RouteGuardrails, VerdictCache, Webhook
 from .mcp_servers import check_literal_headers, not_ascii
 from .source import Resolve
-from .spec import GuardrailSpec, RouteSpec
+from .spec import GuardrailCacheSpec, GuardrailSpec, RouteSpec
 
 if TYPE_CHECKING:
     from .link import Entry
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 REDACTED = "[REDACTED]"
 # The fields only one kind takes, and what each kind needs.
 _KIND_FIELDS = {"patterns": "regex", "entities": "pii", "url": "webhook", "headers": "webhook",
-                "timeout_s": "webhook", "on_error": "webhook"}
+                "timeout_s": "webhook", "on_error": "webhook", "cache": "webhook"}
 _NEEDS = {"regex": ("patterns", "patterns: ['sk-[A-Za-z0-9]{20,}']"),
           "pii": ("entities", f"entities: [{', '.join(PII)}]"),
           "webhook": ("url", "url: https://guard.internal/check")}
@@ -132,7 +136,22 @@ def _webhook(entry: Entry[GuardrailSpec], resolve: Resolve,
         _check_url(entry, url, sink)
     reason = (f"environment variable {', '.join(unset)} is not set" if unset
               else not_ascii(headers.items()))
-    return Webhook(url, spec.timeout_s, spec.on_error == "allow", reason, headers)
+    # Verdicts are kept on input texts only (a model's answer is new text each time).
+    cache = spec.cache if spec.cache is not False and "input" in spec.on else None
+    if cache is True:
+        cache = GuardrailCacheSpec()
+    return Webhook(url, spec.timeout_s, spec.on_error == "allow", reason, headers,
+                   VerdictCache(cache.max_entries, cache.ttl_s) if cache is not None else None,
+                   _fingerprint(spec, url, headers))
+
+
+def _fingerprint(spec: GuardrailSpec, url: str, headers: Mapping[str, str]) -> str:
+    """sha256 of the guardrail as it runs: what it was written as, with its ${ENV}s
+    resolved (a checker whose token or URL changed may judge otherwise), less its
+    description."""
+    written = spec.model_dump(mode="json", exclude={"description"})
+    written.update(url=url, headers=dict(sorted(headers.items())))
+    return hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()
 
 
 def _check_url(entry: Entry[GuardrailSpec], url: str, sink: DiagnosticSink) -> None:

@@ -66,6 +66,8 @@ def _guardrail(guardrail: Guardrail) -> dict[str, object]:
             "on_error": "allow" if webhook.allow_on_error else "block",
             "headers": sorted(webhook.headers),  # names only: a value may be a credential
             "disabled_reason": webhook.disabled_reason,
+            "cache": None if webhook.cache is None else {
+                "max_entries": webhook.cache.max_entries, "ttl_s": webhook.cache.ttl_s},
         }
     return shown
 

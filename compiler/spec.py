@@ -610,6 +610,16 @@ class McpServerSpec(Spec):
     )
 
 
+class GuardrailCacheSpec(Spec):
+    """How many of a webhook's verdicts on input texts are kept, and for how long."""
+
+    max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        10_000, description="Verdicts kept in each gateway process; the least recently "
+        "used go first.")
+    ttl_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        300.0, description="How long a verdict is reused before the checker is asked again.")
+
+
 class GuardrailSpec(Spec):
     """A check routes attach by name: on what goes to a model (input), on what comes back
     (output), or both; it blocks, redacts or only logs what it finds."""
@@ -642,6 +652,11 @@ class GuardrailSpec(Spec):
     on_error: Literal["block", "allow"] = Field(
         "block", description="kind webhook: what an unreachable, slow or failing checker "
         "(a timeout, a 5xx, an unreadable answer) means.")
+    cache: GuardrailCacheSpec | bool = Field(
+        default_factory=GuardrailCacheSpec,
+        description="kind webhook: reuse its verdicts (allow, block, a redaction) on input "
+        "texts it has judged, so a conversation sent again each turn asks only about its "
+        "new messages; an error is never kept. false: ask every time.")
     description: str | None = None
 
 

@@ -35,6 +35,7 @@ from aigw.compiler.guardrail_graph import Direction, Guardrail, Webhook
 
 from .chat_request import ChatRequest, ContentPart, Message
 from .errors import GuardrailBlocked
+from .guardrail_verdicts import Asked, Verdict, Verdicts
 from .providers.base import ChatResult, Choice
 from .telemetry.record import RequestRecord
 from .upstream import no_cookies, read_bounded, scrub_url, scrub_values
@@ -158,8 +159,12 @@ class GuardClient:
     while a cap shared by every checker let one that hangs take all the connections,
     and the other checkers' checks time out waiting for one."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient | None = None,
+                 verdicts: Verdicts | None = None) -> None:
         self._client = client
+        # Kept for input texts only: a conversation sends its earlier turns again, while
+        # a model's answer is new text each time.
+        self.verdicts = verdicts if verdicts is not None else Verdicts()
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -176,13 +181,20 @@ class GuardClient:
                     record: RequestRecord) -> str:
         """``text`` as the checker lets it through (its replacement, for a redact), or
         ``Withheld``. A checker that cannot answer (disabled, unreachable, a timeout, a
-        non-2xx status, an unreadable answer) is what its ``on_error`` says."""
+        non-2xx status, an unreadable answer) is what its ``on_error`` says. An input
+        text it answered about already, for the same route and key, is not sent again
+        while its verdict is kept (runtime/guardrail_verdicts.py)."""
         webhook = guardrail.webhook
         assert webhook is not None
+        asked: Asked = {"text": text, "direction": direction, "route": record.route,
+                        "key": record.key, "team": record.team}
+        keeps = direction == "input" and webhook.cache is not None
         try:
-            allow, replacement = await self._ask(guardrail.name, webhook, {
-                "text": text, "direction": direction, "route": record.route,
-                "key": record.key, "team": record.team})
+            verdict = self.verdicts.get(guardrail, asked) if keeps else None
+            if verdict is None:
+                verdict = await self._ask(guardrail.name, webhook, asked)
+                if keeps:  # only an answer: a checker that gave none is asked again
+                    self.verdicts.put(guardrail, asked, verdict)
         except _Unanswered as exc:
             log.warning("guardrail %s (%s, request %s): %s; on_error %s", guardrail.name,
                         direction, record.request_id, _scrub(str(exc), webhook),
@@ -192,6 +204,7 @@ class GuardClient:
                 return text
             acted(record, guardrail, direction, "block")
             raise Withheld(guardrail.name) from None
+        allow, replacement = verdict
         if guardrail.action == "log":
             if not allow or (replacement is not None and replacement != text):
                 acted(record, guardrail, direction, "log")
@@ -204,8 +217,7 @@ class GuardClient:
             return replacement
         return text
 
-    async def _ask(self, name: str, webhook: Webhook,
-                   body: dict[str, object]) -> tuple[bool, str | None]:
+    async def _ask(self, name: str, webhook: Webhook, body: Asked) -> Verdict:
         if webhook.disabled_reason is not None:
             raise _Unanswered(f"the checker is disabled: {webhook.disabled_reason}")
         try:

@@ -112,9 +112,12 @@ class Live:
         """Adapters of providers whose config did not change are kept, with their pools."""
         fresh = build_adapters(graph.providers, counter, _reusable(graph, previous))
         routing.sync(graph)
+        guard = previous.guard if previous is not None else GuardClient()
+        guard.verdicts.retain(guardrail for route in graph.routes.values()
+                              if route.guardrails is not None
+                              for guardrail in route.guardrails.input)
         return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
-                   PolicyEngine(graph, StateLive(routing)), shutdown,
-                   guard=previous.guard if previous is not None else GuardClient())
+                   PolicyEngine(graph, StateLive(routing)), shutdown, guard=guard)
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:

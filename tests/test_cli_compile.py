@@ -34,7 +34,7 @@ def test_json_shows_a_routes_semantic_cache_and_guardrails(
         {"name": "checker", "kind": "webhook", "on": ["output"], "action": "log",
          "webhook": {"url": "https://guard.example.com/check?***", "timeout_s": 2.0,
                      "on_error": "allow", "headers": ["authorization"],
-                     "disabled_reason": None}},
+                     "disabled_reason": None, "cache": None}},  # kept for input only
     ]
     fast = json.loads(_compiled(ops_dir, capsys, "--format", "json"))["routes"]["fast"]
     assert fast["cache"] is None and fast["guardrails"] == []

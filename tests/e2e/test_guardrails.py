@@ -79,6 +79,7 @@ guardrails:
     on_error: block
   lenient: {{kind: webhook, url: "{hook}/check", timeout_s: 0.5, on_error: allow}}
   out-checker: {{kind: webhook, url: "{hook}/check", on: [output], timeout_s: 0.5}}
+  unkept: {{kind: webhook, url: "{hook}/check", on: [input], timeout_s: 0.5, cache: false}}
 routes:
   guarded: {{deployment: gpt, guardrails: [no-secrets, pii, watch]}}
   guarded-cached: {{deployment: gpt, guardrails: [pii], cache: {{ttl_s: 600}}}}
@@ -87,6 +88,7 @@ routes:
   checked: {{deployment: gpt, guardrails: [checker]}}
   lenient: {{deployment: gpt, guardrails: [lenient]}}
   out-checked: {{deployment: gpt, guardrails: [out-checker]}}
+  unkept: {{deployment: gpt, guardrails: [unkept]}}
   plain: {{deployment: gpt}}
 """ + DEV_KEY_LINE + f"""  limited: {{sha256: {sha256(LIMITED_KEY.encode()).hexdigest()},
              limits: {{rpm: 1}}}}
@@ -369,6 +371,29 @@ def test_a_conversations_messages_are_checked_at_once(
         {"role": "user", "content": "another slow one"}])
     assert answer.choices[0].message.content == "fake-openai: another slow one"
     assert checker.most_at_once == 4
+
+
+def _three_turns(client: openai.OpenAI, model: str) -> None:
+    """A chat app's conversation: each turn sends the whole of it again."""
+    history: list[Any] = [{"role": "system", "content": f"you answer on {model}"}]
+    for turn in ("first", "second", "third"):
+        history.append({"role": "user", "content": f"the {turn} question on {model}"})
+        answer = client.chat.completions.create(model=model, messages=history)
+        history.append({"role": "assistant", "content": answer.choices[0].message.content})
+
+
+def test_a_webhook_is_asked_about_each_input_text_once_over_a_conversation(
+        client: openai.OpenAI, checker: GuardChecker) -> None:
+    """Its verdicts are kept: each turn asks about the new question and the answer sent
+    back, not the whole conversation again (2 + 2 + 2 checks, not 2 + 4 + 6)."""
+    before = len(checker.seen)
+    _three_turns(client, "checked")
+    asked = [seen["text"] for seen in checker.seen[before:] if seen["direction"] == "input"]
+    assert len(asked) == len(set(asked)) == 6
+    before = len(checker.seen)
+    _three_turns(client, "unkept")  # cache: false
+    asked = [seen["text"] for seen in checker.seen[before:] if seen["direction"] == "input"]
+    assert len(asked) == 2 + 4 + 6
 
 
 def test_a_webhook_on_a_streams_output_checks_it_whole(

@@ -15,6 +15,7 @@ import pytest
 from aigw.compiler import compile_gateway
 from aigw.compiler.guardrail_graph import RouteGuardrails
 from aigw.runtime.guardrail_stream import HOLD, guarded_stream
+from aigw.runtime.guardrail_verdicts import Verdicts
 from aigw.runtime.guardrails import GuardClient, Withheld, guard_result, judge, withheld
 from aigw.runtime.providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 from aigw.runtime.telemetry.record import RequestRecord
@@ -169,13 +170,15 @@ async def test_a_stream_that_ends_without_a_finish_still_gives_what_it_held(
     assert [(d.content, d.usage) for d in out] == [("ask [EMAIL]", None), (None, Usage(3, 4))]
 
 
-def _webhooks(tmp_path: Path, url: str, env: dict[str, str] | None = None) -> RouteGuardrails:
+def _webhooks(tmp_path: Path, url: str, env: dict[str, str] | None = None,
+              quick: str = "timeout_s: 1") -> RouteGuardrails:
+    """The route's webhook guardrails; ``quick``: the settings of the second one."""
     (tmp_path / "gateway.yaml").write_text(f"""version: 1
 providers: {{local: {{type: echo}}}}
 deployments: {{echo: {{provider: local, model: echo-1, context_window: 8192}}}}
 guardrails:
   slow: {{kind: webhook, url: "{url}/check", timeout_s: 3, on: [input]}}
-  quick: {{kind: webhook, url: "{url}/check", timeout_s: 1, on: [input]}}
+  quick: {{kind: webhook, url: "{url}/check", {quick}, on: [input, output]}}
   tokened: {{kind: webhook, url: "{url}/check", on: [input],
             headers: {{Authorization: "Bearer ${{GUARD_TOKEN}}"}}}}
   queried: {{kind: webhook, url: "{url}/check?token=${{GUARD_QUERY}}", on: [input]}}
@@ -314,3 +317,98 @@ routes:
     assert judge(blocked.input, "my secret plan", "input", _record()).blocked_by == "ahead"
     judged = judge(redacted.input, "my secret plan", "input", _record())
     assert judged.text == "my [REDACTED] plan"
+
+
+async def test_a_webhooks_verdicts_on_input_texts_are_kept(tmp_path: Path) -> None:
+    """A conversation is sent again every turn: each text the checker judged (an allow,
+    a block, a redaction) is not asked about again while its verdict is kept, and the
+    request still records what the guardrail did."""
+    checker, now = GuardChecker(), [0.0]
+    client = GuardClient(verdicts=Verdicts(clock=lambda: now[0]))
+    with serving(checker.app) as url:
+        quick = _webhooks(tmp_path, url).input[1]
+        for _ in range(2):
+            record = _record()
+            assert await client.check(quick, "hello", "input", record) == "hello"
+            assert await client.check(quick, "a redact-me word", "input", record) == \
+                "a [CHECKED] word"
+            with pytest.raises(Withheld):
+                await client.check(quick, "please deny", "input", record)
+            assert record.guardrails == [("quick", "input", "redact"),
+                                         ("quick", "input", "block")]
+        assert [seen["text"] for seen in checker.seen] == [
+            "hello", "a redact-me word", "please deny"]
+        # Not a checker that did not answer: its on_error is decided afresh each time.
+        for _ in range(2):
+            with pytest.raises(Withheld):
+                await client.check(quick, "please crash", "input", _record())
+        # Nor a model's answer (new text each time), nor another caller's question (a
+        # checker may judge by the route, key and team it is sent).
+        await client.check(quick, "hello", "output", _record())
+        other = _record()
+        other.key = "other"
+        await client.check(quick, "hello", "input", other)
+        assert len(checker.seen) == 7
+        now[0] = 299.0  # ttl_s is 300 by default
+        await client.check(quick, "hello", "input", _record())
+        assert len(checker.seen) == 7
+        now[0] = 301.0
+        await client.check(quick, "hello", "input", _record())
+        assert len(checker.seen) == 8
+        await client.aclose()
+
+
+async def test_a_reload_that_changes_a_webhook_reuses_none_of_its_verdicts(
+        tmp_path: Path) -> None:
+    checker, client = GuardChecker(), GuardClient()
+    with serving(checker.app) as url:
+        await client.check(_webhooks(tmp_path, url).input[1], "hello", "input", _record())
+        same = _webhooks(tmp_path, url).input[1]  # compiled again, as it was
+        await client.check(same, "hello", "input", _record())
+        assert len(checker.seen) == 1
+        changed = _webhooks(tmp_path, url, quick="timeout_s: 1.5").input[1]
+        await client.check(changed, "hello", "input", _record())
+        assert len(checker.seen) == 2
+        # A token the checker is called with changed: it may be another account's policy.
+        tokened = _webhooks(tmp_path, url, {"GUARD_TOKEN": "one"}).input[2]
+        retokened = _webhooks(tmp_path, url, {"GUARD_TOKEN": "two"}).input[2]
+        for guardrail in (tokened, tokened, retokened):
+            await client.check(guardrail, "hello", "input", _record())
+        assert len(checker.seen) == 4
+        # What a reload took out or changed is dropped, not kept for the process's life.
+        client.verdicts.retain([changed])
+        assert client.verdicts.get(changed, _asked("hello")) is not None
+        assert client.verdicts.get(retokened, _asked("hello")) is None
+        await client.aclose()
+
+
+async def test_a_webhooks_cache_is_bounded_and_can_be_turned_off(tmp_path: Path) -> None:
+    checker, client = GuardChecker(), GuardClient()
+    with serving(checker.app) as url:
+        one = _webhooks(tmp_path, url, quick="cache: {max_entries: 1}").input[1]
+        for text in ("first", "second", "first"):  # the least recently used went
+            await client.check(one, text, "input", _record())
+        assert len(checker.seen) == 3
+        off = _webhooks(tmp_path, url, quick="cache: false").input[1]
+        for _ in range(2):
+            await client.check(off, "hello", "input", _record())
+        assert len(checker.seen) == 5
+        await client.aclose()
+
+
+def test_a_cache_on_a_pattern_guardrail_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text("""version: 1
+providers: {local: {type: echo}}
+deployments: {echo: {provider: local, model: echo-1, context_window: 8192}}
+guardrails:
+  secrets: {kind: regex, patterns: ['top secret'], cache: false}
+routes:
+  chat: {deployment: echo, guardrails: [secrets]}
+""")
+    found = [(item.code.id, item.message) for item in compile_gateway(tmp_path, {}).diagnostics]
+    assert found == [("AGW342", "guardrail 'secrets' of kind regex does not take cache")]
+
+
+def _asked(text: str) -> dict[str, str | None]:
+    """What a check of ``text`` on input sends the checker, for a ``_record()``."""
+    return {"text": text, "direction": "input", "route": None, "key": None, "team": None}

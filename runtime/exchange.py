@@ -145,8 +145,9 @@ class Exchange:
         return plan
 
     async def _guarded(self, plan: Plan, guardrails: tuple[Guardrail, ...]) -> Plan:
-        """``plan`` with its request's messages through the input guardrails (a block is
-        ``GuardrailBlocked``); a redacted prompt is counted again, as what is sent."""
+        """``plan`` with its request's messages and tool definitions through the input
+        guardrails (a block is ``GuardrailBlocked``); a redacted prompt is counted again,
+        as what is sent."""
         request = await guard_request(guardrails, plan.request, self.record, self.live.guard)
         if request is plan.request:
             return plan

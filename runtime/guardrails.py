@@ -2,8 +2,9 @@
 
     input   every message's text (system, user, assistant, tool results; text and
             refusal parts), name, tool calls' arguments and the fields passed on unread,
-            before the prompt is counted and the cache looked up: a redacted prompt is
-            what is counted, cached and sent; a block is a 400 ``guardrail_blocked``
+            and the tools' descriptions (a function's, its parameters' schema's), before
+            the prompt is counted and the cache looked up: a redacted prompt is what is
+            counted, cached and sent; a block is a 400 ``guardrail_blocked``
             naming the guardrail (never what it matched), and no call goes out
     output  each choice's text, tool-call arguments, refusal and the fields passed on
             unread (a reasoning_content): a block withholds the choice
@@ -25,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import httpx
@@ -275,23 +277,38 @@ async def check_text(guardrails: Sequence[Guardrail], text: str, direction: Dire
 
 async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
                         record: RequestRecord, client: GuardClient) -> ChatRequest:
-    """``request`` with every message's text checked; a block is ``GuardrailBlocked``."""
-    messages: list[Message]
+    """``request`` with every message's text checked, and its tools' descriptions (the
+    model reads them as prompt text too); a block is ``GuardrailBlocked``."""
+    functions = (request.model_extra or {}).get("functions")  # the legacy tools
+    functions = functions if isinstance(functions, list) else []
+    checks: list[Callable[[], Coroutine[Any, Any, Any]]] = [
+        *(partial(_message, guardrails, message, record, client)
+          for message in request.messages),
+        *(partial(_tool, guardrails, tool, record, client) for tool in request.tools or ()),
+        *(partial(_function, guardrails, function, record, client) for function in functions)]
     try:
         if any(guardrail.webhook is not None for guardrail in guardrails):
-            # One message after another, a long conversation waited for one checker
-            # call per text in turn: at once, the first block cancels the rest.
+            # One text after another, a long conversation waited for one checker call
+            # per text in turn: at once, the first block cancels the rest.
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_message(guardrails, message, record, client))
-                         for message in request.messages]
-            messages = [task.result() for task in tasks]
+                tasks = [group.create_task(check()) for check in checks]
+            checked = [task.result() for task in tasks]
         else:  # patterns only: no waiting, so no tasks
-            messages = [await _message(guardrails, message, record, client)
-                        for message in request.messages]
+            checked = [await check() for check in checks]
     except* Withheld as group_of:
         raise GuardrailBlocked(_first(group_of).guardrail) from None
-    changed = any(new is not old for new, old in zip(messages, request.messages, strict=True))
-    return request.model_copy(update={"messages": messages}) if changed else request
+    update: dict[str, Any] = {}
+    count = len(request.messages)
+    messages: list[Message] = checked[:count]
+    if any(new is not old for new, old in zip(messages, request.messages, strict=True)):
+        update["messages"] = messages
+    tools: list[dict[str, Any]] = checked[count:count + len(request.tools or ())]
+    if any(new is not old for new, old in zip(tools, request.tools or (), strict=True)):
+        update["tools"] = tools
+    count += len(tools)
+    if any(new is not old for new, old in zip(checked[count:], functions, strict=True)):
+        update["functions"] = checked[count:]
+    return request.model_copy(update=update) if update else request
 
 
 def _first(group_of: BaseExceptionGroup[Withheld]) -> Withheld:
@@ -350,6 +367,85 @@ async def _call(call: dict[str, Any], check: Callable[[str], Awaitable[str]]) ->
     if checked is arguments:
         return call
     return {**call, "function": {**function, "arguments": checked}}
+
+
+async def _tool(guardrails: Sequence[Guardrail], tool: dict[str, Any], record: RequestRecord,
+                client: GuardClient) -> dict[str, Any]:
+    """A tool definition with its descriptions checked: a function's (``{"type":
+    "function", "function": {...}}``) or another kind's (``{"type": "custom", "custom":
+    {...}}``), as /v1/messages and /v1/responses lower theirs to it."""
+    kind = tool.get("type")
+    if not isinstance(kind, str) or not isinstance(inner := tool.get(kind), dict):
+        return tool
+    checked = await _function(guardrails, inner, record, client)
+    return tool if checked is inner else {**tool, kind: checked}
+
+
+async def _function(guardrails: Sequence[Guardrail], function: Any, record: RequestRecord,
+                    client: GuardClient) -> Any:
+    """A function's description and those in its parameters' JSON schema, checked as
+    input. A redaction replaces description text only: descriptions are annotations,
+    so what the schema accepts is unchanged. Its name, the parameters' names and the
+    schema's values (an enum, a default) are the client's interface, not checked."""
+    if not isinstance(function, dict):
+        return function
+
+    async def check(text: str) -> str:
+        return await check_text(guardrails, text, "input", record, client)
+
+    update: dict[str, Any] = {}
+    description = function.get("description")
+    if isinstance(description, str) and description \
+            and (text := await check(description)) != description:
+        update["description"] = text
+    parameters = function.get("parameters")
+    if (schema := await _schema(parameters, check)) is not parameters:
+        update["parameters"] = schema
+    return {**function, **update} if update else function
+
+
+# JSON Schema keywords whose value is a schema (or a list of them: items in drafts 4-7,
+# anyOf...), and those whose value maps names to schemas. The others hold values
+# (enum, const, default, examples), where a "description" key is data, not a description.
+_SUBSCHEMA = ("items", "additionalItems", "additionalProperties", "not", "if", "then", "else",
+              "contains", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+              "anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions",
+                   "dependentSchemas")
+
+
+async def _schema(schema: Any, check: Callable[[str], Awaitable[str]]) -> Any:
+    """``schema`` with each ``description`` in it through ``check``; ``schema`` itself
+    when none changed.
+
+    >>> import asyncio
+    >>> async def upper(text: str) -> str: return text.upper()
+    >>> asyncio.run(_schema({"type": "object", "properties": {"to": {
+    ...     "type": "string", "description": "who", "enum": [{"description": "x"}]}}}, upper))
+    {'type': 'object', 'properties': {'to': {'type': 'string', 'description': 'WHO', \
+'enum': [{'description': 'x'}]}}}
+    """
+    if isinstance(schema, list):
+        items = [await _schema(item, check) for item in schema]
+        return schema if all(new is old for new, old in zip(items, schema, strict=True)) \
+            else items
+    if not isinstance(schema, dict):
+        return schema
+    update: dict[str, Any] = {}
+    description = schema.get("description")
+    if isinstance(description, str) and description \
+            and (text := await check(description)) != description:
+        update["description"] = text
+    for word in _SUBSCHEMA:
+        if word in schema and (sub := await _schema(schema[word], check)) is not schema[word]:
+            update[word] = sub
+    for word in _SUBSCHEMA_MAPS:
+        named = schema.get(word)
+        if isinstance(named, dict):
+            subs = {name: await _schema(sub, check) for name, sub in named.items()}
+            if any(subs[name] is not named[name] for name in named):
+                update[word] = subs
+    return {**schema, **update} if update else schema
 
 
 async def checked_strings(value: Any, check: Callable[[str], Awaitable[str]]) -> Any:

@@ -456,3 +456,76 @@ def test_a_messages_stream_withheld_stops_as_a_refusal(server: Server) -> None:
             messages=[{"role": "user", "content": "the top secret"}]) as stream:
         final = stream.get_final_message()
     assert final.content == [] and final.stop_reason == "refusal"
+
+
+def _tool_with(description: str, about: str) -> dict[str, Any]:
+    """A chat tool whose description and a parameter's description are the texts given,
+    with an enum value (the client's interface, not checked) that looks like an email."""
+    return {"type": "function", "function": {
+        "name": "mail", "description": description, "parameters": {
+            "type": "object", "properties": {
+                "to": {"type": "string", "description": about},
+                "via": {"type": "string", "enum": ["relay@example.com"]}}}}}
+
+
+def _sent_tool(fake: OpenAIFake) -> Any:
+    return fake.script.requests[-1]["tools"][0]["function"]
+
+
+def test_tool_definitions_are_checked_as_input_on_chat(
+        client: openai.OpenAI, fake: OpenAIFake, checker: GuardChecker, server: Server) -> None:
+    """A tool's description and its parameters' go to the model as prompt text: they
+    are redacted (description text only, so the schema accepts what it did) and block."""
+    ask: Any = [{"role": "user", "content": "hi"}]
+    client.chat.completions.create(model="guarded", messages=ask, tools=[cast(Any, _tool_with(
+        "mails ops@example.com", "who, such as jane@example.com"))])
+    sent = _sent_tool(fake)
+    assert sent["description"] == "mails [EMAIL]"
+    assert sent["parameters"]["properties"] == {
+        "to": {"type": "string", "description": "who, such as [EMAIL]"},
+        "via": {"type": "string", "enum": ["relay@example.com"]}}
+    assert _last_access(server, "guarded")["guardrails"] == ["pii:input:redact"]
+    calls = len(fake.script.requests)
+    secret = "sk-" + "T1o2O3l4" * 4
+    for tool in (_tool_with(f"uses {secret}", "who"), _tool_with("mails", f"key {secret}")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="guarded", messages=ask,
+                                           tools=[cast(Any, tool)])
+        assert caught.value.code == "guardrail_blocked" and "no-secrets" in caught.value.message
+    # The legacy functions too, and a webhook is asked about them.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="checked", messages=ask, functions=[
+            cast(Any, _tool_with("please deny this tool", "who")["function"])])
+    assert caught.value.code == "guardrail_blocked"
+    assert checker.seen[-1]["text"] == "please deny this tool"
+    assert len(fake.script.requests) == calls
+
+
+def test_tool_definitions_are_checked_on_messages_and_responses(
+        client: openai.OpenAI, fake: OpenAIFake, server: Server) -> None:
+    schema = {"type": "object", "properties": {
+        "to": {"type": "string", "description": "who, such as jane@example.com"}}}
+    with anthropic.Anthropic(base_url=server.base_url, api_key=DEV_KEY,
+                             max_retries=0) as sdk:
+        sdk.messages.create(model="guarded", max_tokens=100, tools=[{
+            "name": "mail", "description": "mails ops@example.com", "input_schema": schema}],
+            messages=[{"role": "user", "content": "hi"}])
+        assert _sent_tool(fake)["description"] == "mails [EMAIL]"
+        assert _sent_tool(fake)["parameters"]["properties"]["to"]["description"] == \
+            "who, such as [EMAIL]"
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            sdk.messages.create(model="guarded", max_tokens=100, tools=[{
+                "name": "mail", "description": "uses sk-" + "M1s2G3s4" * 4,
+                "input_schema": schema}], messages=[{"role": "user", "content": "hi"}])
+        assert "no-secrets" in refused.value.message
+    client.responses.create(model="guarded", input="hi", tools=[{
+        "type": "function", "name": "mail", "description": "mails ops@example.com",
+        "parameters": schema, "strict": False}])
+    assert _sent_tool(fake)["description"] == "mails [EMAIL]"
+    assert _sent_tool(fake)["parameters"]["properties"]["to"]["description"] == \
+        "who, such as [EMAIL]"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="guarded", input="hi", tools=[{
+            "type": "function", "name": "mail", "description": "uses sk-" + "R1e2S3p4" * 4,
+            "parameters": schema, "strict": False}])
+    assert caught.value.code == "guardrail_blocked"

@@ -14,9 +14,17 @@ import pytest
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.guardrail_graph import RouteGuardrails
+from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.guardrail_stream import HOLD, guarded_stream
 from aigw.runtime.guardrail_verdicts import Verdicts
-from aigw.runtime.guardrails import GuardClient, Withheld, guard_result, judge, withheld
+from aigw.runtime.guardrails import (
+    GuardClient,
+    Withheld,
+    guard_request,
+    guard_result,
+    judge,
+    withheld,
+)
 from aigw.runtime.providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage
 from aigw.runtime.telemetry.record import RequestRecord
 
@@ -412,3 +420,29 @@ routes:
 def _asked(text: str) -> dict[str, str | None]:
     """What a check of ``text`` on input sends the checker, for a ``_record()``."""
     return {"text": text, "direction": "input", "route": None, "key": None, "team": None}
+
+
+async def test_a_tools_schema_descriptions_are_found_wherever_they_are(
+        guards: RouteGuardrails) -> None:
+    """Descriptions of nested schemas (anyOf, items, $defs) are read by the model too; a
+    property named "description" or "enum" is a schema, and a value (an enum, a
+    default) is the client's interface, left as it is."""
+    def mail(about: str) -> dict[str, object]:
+        return {"type": "string", "description": about}
+    schema = {"type": "object", "$defs": {"who": mail("a@b.io")}, "properties": {
+        "description": mail("c@d.io"),
+        "enum": {"anyOf": [mail("e@f.io"), {"type": "array", "items": mail("g@h.io")}]},
+        "via": {"type": "string", "enum": ["i@j.io"], "default": "i@j.io",
+                "examples": [{"description": "k@l.io"}]}}}
+    request = ChatRequest(model="chat", messages=[{"role": "user", "content": "hi"}],
+                          tools=[{"type": "function", "function": {
+                              "name": "mail", "parameters": schema}}])
+    checked = await guard_request(guards.input, request, _record(), GuardClient())
+    assert checked.tools is not None
+    assert checked.tools[0]["function"]["parameters"] == {
+        "type": "object", "$defs": {"who": mail("[EMAIL]")}, "properties": {
+            "description": mail("[EMAIL]"),
+            "enum": {"anyOf": [mail("[EMAIL]"), {"type": "array", "items": mail("[EMAIL]")}]},
+            "via": schema["properties"]["via"]}}  # type: ignore[index]
+    assert request.tools == [{"type": "function", "function": {  # the client's, untouched
+        "name": "mail", "parameters": schema}}]

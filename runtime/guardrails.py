@@ -184,8 +184,8 @@ class GuardClient:
         """``text`` as the checker lets it through (its replacement, for a redact), or
         ``Withheld``. A checker that cannot answer (disabled, unreachable, a timeout, a
         non-2xx status, an unreadable answer) is what its ``on_error`` says. An input
-        text it answered about already, for the same route and key, is not sent again
-        while its verdict is kept (runtime/guardrail_verdicts.py)."""
+        text it answered about already, for the same route, key and team, is not sent
+        again while its verdict is kept (runtime/guardrail_verdicts.py)."""
         webhook = guardrail.webhook
         assert webhook is not None
         asked: Asked = {"text": text, "direction": direction, "route": record.route,

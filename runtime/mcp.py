@@ -16,8 +16,10 @@ upstream owns. What it does to a message, in order:
 ``Mcp-Session-Id`` is the upstream's, sealed to the aigw key that opened the session
 (``mcp_session``): the client sees it sealed, the server only ever its own, and a
 message or DELETE whose id does not open under its key and server is a 404, the
-spec's answer for an unknown session. A session lives where the spec puts it. GET (the
-server's own stream) is answered 405, as the spec allows; DELETE ends a session.
+spec's answer for an unknown session. A session lives where the spec puts it. GET opens
+the server's own stream (its requests and notifications outside any POST's), passed on
+event by event with ``Last-Event-ID`` for a resumption, and ended after ``STREAM_LIFE_S``
+(the client opens it again); DELETE ends a session. Both are checked as a message is.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
 MCP SDKs surface as it is. Egress as for providers: no redirects, no cookies, the
 client's aigw key never forwarded, and the server's header values scrubbed from
@@ -26,17 +28,20 @@ anything shown or logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Send
 
 from aigw.compiler.graph import ApiKey, McpServer
 
@@ -49,7 +54,6 @@ from .errors import (
     McpServerFailed,
     McpServerTimeout,
     McpSessionUnknown,
-    MethodNotAllowed,
     NotFound,
     Unauthorized,
 )
@@ -70,6 +74,9 @@ SESSION = "mcp-session-id"
 PROTOCOL = "mcp-protocol-version"
 JSON = "application/json"
 SSE = "text/event-stream"
+LAST_EVENT_ID = "last-event-id"
+# The longest a GET stream is kept open before it is ended (and the client reopens it).
+STREAM_LIFE_S = 3600.0
 # The most of an answer held whole (JSON, one SSE event, an error body).
 MAX_ANSWER_BYTES = 32 << 20
 _MAX_ERROR_BYTES = 64 << 10
@@ -113,19 +120,17 @@ class McpProxy:
             if server is None or (key.mcp_servers is not None and name not in key.mcp_servers):
                 raise NotFound(f"MCP server '{name}' is not defined.")
             call.server = name
-            if request.method == "GET":
-                call.method = "get"
-                raise MethodNotAllowed("This gateway offers no server-initiated stream; "
-                                       "POST messages.", headers={"allow": "POST, DELETE"})
             if server.disabled_reason is not None:
                 raise McpServerDisabled(f"MCP server '{name}' is disabled: "
                                         f"{server.disabled_reason}.")
             user = request.headers.get(live.graph.settings.user_header) or None
             session = _session(request.headers, name)
-            if request.method == "DELETE":
-                call.method = "delete"
+            if request.method in ("GET", "DELETE"):
+                call.method = request.method.lower()
                 await _count(live, key, user)
                 await authorize_mcp(live, key, user, name, "", server.timeout_s, request.headers)
+                if request.method == "GET":
+                    return await self._stream(live, server, request, session, call)
                 return await self._delete(live, server, session, call)
             message = _message(await read_body(request, live.graph.settings))
             rpc_id = message.get("id")
@@ -214,6 +219,29 @@ class McpProxy:
                             media_type=SSE, headers=passed)
         return Response(dumps(answer), media_type=JSON, headers=passed)
 
+    async def _stream(self, live: Live, server: McpServer, request: Request,
+                      session: _Session, call: McpCall) -> Response:
+        """The server's own stream (GET): its events passed on as they come, for as long
+        as both ends keep it, ``STREAM_LIFE_S`` at most. A server without one answers
+        405, passed on as the spec has it."""
+        headers = {**server.headers, "accept": SSE, **session.sent}
+        if (last := request.headers.get(LAST_EVENT_ID)) is not None:
+            headers[LAST_EVENT_ID] = last  # the server replays what came after it
+        upstream = await self._send(server, "GET", headers, None, idle=True)
+        try:
+            await _check(server, upstream, session)
+            if not upstream.headers.get("content-type", "").startswith(SSE):
+                raise McpServerFailed(f"MCP server '{server.name}' answered a GET with "
+                                      "something that is not an event stream.")
+            passed = session.shown(server, upstream.headers)
+        except GatewayError:
+            await upstream.aclose()
+            raise
+        call.status = upstream.status_code
+        # Counted as it opens: its latency is the server's to answer, not the stream's life.
+        finish_mcp(live.telemetry.metrics, call)
+        return _ServerStream(_stream_events(server, upstream), passed)
+
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
         upstream = await self._send(server, "DELETE", {**server.headers, **session.sent}, None)
@@ -223,8 +251,11 @@ class McpProxy:
         return Response(status_code=call.status)
 
     async def _send(self, server: McpServer, method: str, headers: Mapping[str, str],
-                    body: bytes | None) -> httpx.Response:
-        timeout = httpx.Timeout(server.timeout_s, connect=min(10.0, server.timeout_s))
+                    body: bytes | None, idle: bool = False) -> httpx.Response:
+        """``idle``: the answer is a stream that may say nothing for as long as the server
+        has nothing to say (GET); only its start is timed."""
+        timeout = httpx.Timeout(None if idle else server.timeout_s,
+                                connect=min(10.0, server.timeout_s))
         try:
             request = self.client.build_request(method, server.url, headers=traced(headers),
                                                 content=body, timeout=timeout)
@@ -233,8 +264,11 @@ class McpProxy:
             raise McpServerFailed(f"MCP server '{server.name}' cannot be called: its URL "
                                   "is not one the gateway can send (InvalidURL).") from None
         try:
-            return await self.client.send(request, stream=True, follow_redirects=False)
-        except httpx.TimeoutException as exc:
+            if not idle:
+                return await self.client.send(request, stream=True, follow_redirects=False)
+            async with asyncio.timeout(server.timeout_s):
+                return await self.client.send(request, stream=True, follow_redirects=False)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise McpServerTimeout(f"MCP server '{server.name}' did not answer within "
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
@@ -463,6 +497,43 @@ async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncItera
         yield b"event: message\ndata: " + dumps(error) + b"\n\n"
     finally:
         finish_mcp(live.telemetry.metrics, call)
+
+
+async def _stream_events(server: McpServer,
+                         upstream: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The server's GET stream, event by event (capped as a POST's are). A failure ends
+    it, logged: no request waits on it, and the client opens it again."""
+    try:
+        async for event in _events(server, upstream, None):
+            yield event
+    except GatewayError as exc:
+        log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)
+    finally:  # shielded: a client that went away cancels this, and the server's end must go
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+
+
+class _ServerStream(StreamingResponse):
+    """A GET stream, ended after ``STREAM_LIFE_S`` (the client opens it again, with
+    ``Last-Event-ID``): nothing else bounds a stream that may be idle for hours, and a
+    client gone without a word (no FIN) would hold its server's stream for ever."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+        super().__init__(events, media_type=SSE,
+                         headers={**headers, "cache-control": "no-cache"})
+        self._events = events
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            with anyio.move_on_after(STREAM_LIFE_S):
+                async for event in self._events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:  # the life bound may fall while sending: the server's end is closed still
+            with anyio.CancelScope(shield=True):
+                await self._events.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ TEAMMATE_KEY = "sk-aigw-teammate"  # may use "tools" too: Cedar lets its team
 TEAMMATE_OLD_KEY = "sk-aigw-teammate-old"  # the secret teammate's rotation replaced
 LIMITED_KEY = "sk-aigw-limited"  # of team platform, 3 requests a minute
 PLAIN_ONLY_KEY = "sk-aigw-plain-only"  # of team platform, mcp_servers: [plain]
+STREAMER_KEY = "sk-aigw-streamer"  # of team platform, 1 request a minute
 LAPSED_KEY = "sk-aigw-lapsed"  # of team platform, expired
 POLICIES = """
 @id("platform-uses-tools")
@@ -53,6 +54,9 @@ permit (principal in Team::"platform", action == Action::"invoke", resource == M
 permit (principal in Team::"platform", action == Action::"invoke",
         resource == McpServer::"accented");
 
+@id("platform-uses-live")
+permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"live");
+
 @id("platform-uses-cr")
 permit (principal in Team::"platform", action == Action::"invoke", resource == McpServer::"cr");
 
@@ -70,8 +74,9 @@ when { context.tool == "secret" };
 class McpGateway:
     server: Server
     upstream: RecordingMcpServer  # "tools": answers in SSE
-    plain: RecordingMcpServer  # "plain": answers in JSON (json_response)
+    plain: RecordingMcpServer  # "plain": answers in JSON (json_response), has no GET stream
     cr: RecordingMcpServer  # "cr": answers in SSE whose lines end with a CR alone
+    live: RecordingMcpServer  # "live": keeps its events, for a GET's Last-Event-ID
     root: Path
 
     def url(self, name: str) -> str:
@@ -80,10 +85,11 @@ class McpGateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
-    upstream, plain = RecordingMcpServer(), RecordingMcpServer(json_response=True)
-    cr = RecordingMcpServer(cr_lines=True)
+    upstream = RecordingMcpServer()
+    plain = RecordingMcpServer(json_response=True, get_stream=False)
+    cr, live = RecordingMcpServer(cr_lines=True), RecordingMcpServer(resumable=True)
     with (serving(upstream.app) as base_url, serving(plain.app) as plain_url,
-          serving(cr.app) as cr_url):
+          serving(cr.app) as cr_url, serving(live.app) as live_url):
         root = tmp_path_factory.mktemp("mcp") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "mcp.cedar").write_text(POLICIES)
@@ -92,6 +98,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpGateway]:
         teammate_old = hashlib.sha256(TEAMMATE_OLD_KEY.encode()).hexdigest()
         limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
         plain_only = hashlib.sha256(PLAIN_ONLY_KEY.encode()).hexdigest()
+        streamer = hashlib.sha256(STREAMER_KEY.encode()).hexdigest()
         (root / "gateway.yaml").write_text(f"""
 version: 1
 providers: {{local: {{type: echo}}}}
@@ -104,6 +111,7 @@ keys:
   teammate: {{team: platform, sha256: {teammate}, previous: [{{sha256: {teammate_old}}}]}}
   limited: {{team: platform, sha256: {limited}, limits: {{rpm: 3, tpm: 1}}}}
   plain-only: {{team: platform, sha256: {plain_only}, mcp_servers: [plain]}}
+  streamer: {{team: platform, sha256: {streamer}, limits: {{rpm: 1}}}}
   lapsed: {{team: platform, sha256: {hashlib.sha256(LAPSED_KEY.encode()).hexdigest()},
            expires: '2020-01-01T00:00:00Z'}}
 mcp_servers:
@@ -114,6 +122,7 @@ mcp_servers:
     tools: [add, echo, big]
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   cr: {{url: "{cr_url}{PATH}", timeout_s: 10, tools: [add, big]}}
+  live: {{url: "{live_url}{PATH}", timeout_s: 10}}
   down: {{url: "http://127.0.0.1:{free_port()}/mcp", timeout_s: 2}}
   badhost: {{url: "http://10.0.0.256/mcp", timeout_s: 2}}
   accented: {{url: "{base_url}{PATH}", headers: {{X-Token: "${{MCP_TEST_ODD_TOKEN}}"}}}}
@@ -124,27 +133,34 @@ mcp_servers:
             server = Server(root)
         try:
             server.wait_ready()
-            yield McpGateway(server, upstream, plain, cr, root)
+            yield McpGateway(server, upstream, plain, cr, live, root)
         finally:
             server.stop()
 
 
 @asynccontextmanager
 async def session(url: str, key: str, statuses: list[int] | None = None,
-                  session_ids: list[str] | None = None) -> AsyncIterator[ClientSession]:
+                  session_ids: list[str] | None = None,
+                  notified: list[str] | None = None) -> AsyncIterator[ClientSession]:
     """The official SDK's client session on ``url``, with ``key`` as its bearer token;
-    the HTTP status of every answer goes into ``statuses``, and the Mcp-Session-Id of
-    every answer that has one into ``session_ids``."""
+    the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
+    every answer that has one into ``session_ids``, and the method of every notification
+    the server sends into ``notified``."""
     async def seen(response: httpx2.Response) -> None:
         if statuses is not None:
             statuses.append(response.status_code)
         if session_ids is not None and "mcp-session-id" in response.headers:
             session_ids.append(response.headers["mcp-session-id"])
 
+    async def handled(message: object) -> None:
+        method = getattr(message, "method", None)
+        if notified is not None and isinstance(method, str):
+            notified.append(method)
+
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
                               event_hooks={"response": [seen]})
     async with (http, streamable_http_client(url, http_client=http) as (read, write),
-                ClientSession(read, write) as client):
+                ClientSession(read, write, message_handler=handled) as client):
         yield client
 
 
@@ -167,7 +183,7 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
         with pytest.raises(MCPError) as forbidden:
             await client.call_tool("secret", {})
     # no allow-list: every tool but the one a forbid names
-    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo"]
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "notify"]
     assert result.structured_content == {"result": 3}
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
@@ -305,7 +321,10 @@ def test_unknown_server_get_and_metrics(gateway: McpGateway) -> None:
                          json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["message"] == "MCP server 'nope' is not defined."
-    assert httpx.get(gateway.url("tools"), headers=auth).status_code == 405
+    # A GET outside a session: the server's own refusal, passed on at its status
+    sessionless = httpx.get(gateway.url("tools"), headers=auth)
+    assert sessionless.status_code == 400
+    assert "session" in sessionless.json()["error"]["message"].lower()
     batch = httpx.post(gateway.url("tools"), headers=auth, json=[{"jsonrpc": "2.0"}])
     assert batch.status_code == 400
     metrics = httpx.get(f"{gateway.server.base_url}/metrics", headers=auth).text
@@ -449,3 +468,105 @@ def test_messages_count_against_the_keys_rpm_not_its_tpm(gateway: McpGateway) ->
     assert refused.json()["id"] == 1
     assert refused.json()["error"]["data"]["code"] == "rate_limit_exceeded"
     assert all(answer.status_code != 429 for answer in answers[:3])
+
+
+async def until(done: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait for ``done()``, which another process or thread makes true."""
+    async with asyncio.timeout(seconds):
+        while not done():
+            await asyncio.sleep(0.02)
+    assert done(), what
+
+
+def opened(url: str, key: str) -> str:
+    """A new session on ``url`` opened as any HTTP client can (initialize, then its
+    notification), with no GET stream of the SDK's; its Mcp-Session-Id as shown."""
+    headers = {"Authorization": f"Bearer {key}", "accept": "application/json"}
+    initialize = httpx.post(url, headers=headers, timeout=10, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}})
+    assert initialize.status_code == 200, initialize.text
+    shown = initialize.headers["mcp-session-id"]
+    done = httpx.post(url, headers={**headers, "mcp-session-id": shown,
+                                    "mcp-protocol-version": "2025-06-18"},
+                      json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert done.status_code == 202, done.text
+    return shown
+
+
+async def test_the_servers_get_stream_reaches_the_client(gateway: McpGateway) -> None:
+    """The SDK's client opens the session's GET stream; what the server sends outside any
+    call comes down it, and a Last-Event-ID GET replays what came after that event."""
+    live, notified, shown = gateway.live, list[str](), list[str]()
+    async with session(gateway.url("live"), DEV_KEY, session_ids=shown,
+                       notified=notified) as client:
+        await client.initialize()
+        await until(lambda: live.open_gets == 1, "the GET stream opened")
+        for _ in range(2):
+            assert (await client.call_tool("notify", {})).structured_content == {
+                "result": "sent"}
+        await until(lambda: notified.count("notifications/tools/list_changed") == 2,
+                    "both notifications came down the GET stream")
+        sent = live.gets[-1]
+        upstream_id = sent["mcp-session-id"]
+        assert upstream_id not in shown[-1]  # the server's own id, opened
+        assert "authorization" not in sent  # the client's aigw key stays with aigw
+        first, second = [event_id for event_id, stream, message in live.events.stored
+                         if stream == "_GET_stream" and message is not None]
+        headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown[-1],
+                   "accept": "text/event-stream", "last-event-id": first,
+                   "mcp-protocol-version": "2025-06-18"}
+        async with (httpx.AsyncClient(timeout=10) as http,
+                    http.stream("GET", gateway.url("live"), headers=headers) as replayed):
+            text = (await replayed.aread()).decode()
+        assert replayed.status_code == 200, text
+        assert live.gets[-1]["last-event-id"] == first
+        assert f"id: {second}" in text and f"id: {first}\n" not in text
+        assert "notifications/tools/list_changed" in text
+    log = [json.loads(line) for line in gateway.server.log.splitlines()
+           if line.startswith("{") and '"mcp_server":"live"' in line]
+    assert [(line["method"], line["status"]) for line in log
+            if line["method"] == "get"][-2:] == [("get", 200), ("get", 200)]
+
+
+async def test_a_client_that_leaves_its_get_stream_closes_the_servers(
+    gateway: McpGateway,
+) -> None:
+    """The server's end is closed with the client's: the server allows one GET stream a
+    session, and one left open would refuse the client's next (409)."""
+    url, live = gateway.url("live"), gateway.live
+    shown = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown,
+               "accept": "text/event-stream", "mcp-protocol-version": "2025-06-18"}
+    before = live.open_gets
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(2):
+            async with http.stream("GET", url, headers=headers) as stream:
+                assert stream.status_code == 200
+                await until(lambda: live.open_gets == before + 1, "the GET stream opened")
+            await until(lambda: live.open_gets == before, "the server's stream closed")
+
+
+def test_get_streams_are_checked_as_messages_are(gateway: McpGateway) -> None:
+    """Key, the key's mcp_servers, Cedar and rpm as for a message; a server without a
+    GET stream gives its 405."""
+    plain = opened(gateway.url("plain"), DEV_KEY)
+    sse = {"accept": "text/event-stream", "mcp-protocol-version": "2025-06-18"}
+
+    def get(name: str, key: str, session_id: str | None = None) -> httpx.Response:
+        session_header = {"mcp-session-id": session_id} if session_id else {}
+        return httpx.get(gateway.url(name), timeout=10, headers={
+            "Authorization": f"Bearer {key}", **sse, **session_header})
+
+    refused = get("plain", DEV_KEY, plain)
+    assert refused.status_code == 405, refused.text
+    assert refused.json()["error"]["message"] == "no GET stream here"
+    assert get("plain", TEAMMATE_KEY, plain).status_code == 404  # not its session
+    assert get("tools", "sk-not-a-key").status_code == 401
+    assert get("tools", PLAIN_ONLY_KEY).status_code == 404
+    assert "no policy permits it" in get("tools", OUTSIDER_KEY).json()["error"]["message"]
+    calls = len(gateway.upstream.gets)
+    assert get("tools", STREAMER_KEY).status_code == 400  # no session: the server's answer
+    assert get("tools", STREAMER_KEY).status_code == 429
+    assert len(gateway.upstream.gets) == calls + 1

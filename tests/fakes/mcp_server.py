@@ -1,23 +1,36 @@
 """A real MCP server, built with the official SDK (``MCPServer``, FastMCP before mcp 2),
-speaking streamable HTTP: three tools, and the headers of every request it got."""
+speaking streamable HTTP: a few tools, the headers of every message it got, and its GET
+streams (the server's own)."""
 
 from __future__ import annotations
 
+from mcp import types
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PATH = "/mcp"
 
 
 class RecordingMcpServer:
-    """``app`` serves the tools ``add``, ``echo``, ``secret`` and ``big`` at ``/mcp``;
-    ``headers`` holds each request's headers as the server got them. With
+    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big`` and ``notify`` at
+    ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server got them,
+    ``gets`` each GET's, and ``open_gets`` counts the GET streams open now. With
     ``json_response`` it answers each request with one JSON body, not an SSE stream; with
-    ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF)."""
+    ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
+    with ``get_stream`` False it has no GET stream (a 405, as the spec allows); with
+    ``resumable`` it keeps its events in ``events``, and a GET with ``Last-Event-ID``
+    replays those after it."""
 
-    def __init__(self, json_response: bool = False, cr_lines: bool = False) -> None:
+    def __init__(self, json_response: bool = False, cr_lines: bool = False,
+                 get_stream: bool = True, resumable: bool = False) -> None:
+        self.events = StoredEvents()
         self.headers: list[dict[str, str]] = []
+        self.gets: list[dict[str, str]] = []
+        self.open_gets = 0
         self.cr_lines = cr_lines
+        self.get_stream = get_stream
         server = MCPServer("aigw-test-tools")
 
         @server.tool()
@@ -43,15 +56,60 @@ class RecordingMcpServer:
                 await ctx.report_progress(0.5, 1.0, "here it comes")
             return "x" * size
 
-        self._inner = server.streamable_http_app(streamable_http_path=PATH,
-                                                 json_response=json_response)
+        @server.tool()
+        async def notify(ctx: Context) -> str:
+            """Say the tool list changed, outside this call: on the session's GET stream."""
+            await ctx.session.send_notification(types.ToolListChangedNotification())
+            return "sent"
+
+        self._inner = server.streamable_http_app(
+            streamable_http_path=PATH, json_response=json_response,
+            event_store=self.events if resumable else None)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.headers.append({name.decode("latin-1"): value.decode("latin-1")
-                                 for name, value in scope["headers"]})
         inner: ASGIApp = self._inner
-        await inner(scope, receive, _cr_lines(send) if self.cr_lines else send)
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in scope["headers"]}
+        if scope["method"] != "GET" or scope["path"] != PATH:
+            self.headers.append(headers)
+            await inner(scope, receive, _cr_lines(send) if self.cr_lines else send)
+            return
+        self.gets.append(headers)
+        if not self.get_stream:
+            await Response("no GET stream here", 405, headers={"allow": "POST, DELETE"})(
+                scope, receive, send)
+            return
+        self.open_gets += 1
+        try:
+            await inner(scope, receive, send)
+        finally:
+            self.open_gets -= 1
+
+
+class StoredEvents(EventStore):
+    """Every event the server sent, numbered from 1 (``stored``: event id, stream id,
+    message), in memory: what a resumption replays."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, str, types.JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        event_id = str(len(self.stored) + 1)
+        self.stored.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str,
+                                  send_callback: EventCallback) -> str | None:
+        streams = [stream for event_id, stream, _ in self.stored if event_id == last_event_id]
+        if not streams:
+            return None
+        for event_id, stream, message in self.stored[int(last_event_id):]:
+            if stream == streams[0] and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return streams[0]
 
 
 def _cr_lines(send: Send) -> Send:

@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import httpx2
 import pytest
-from mcp.client import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from aigw.runtime.mcp import MAX_ANSWER_BYTES
@@ -24,6 +20,7 @@ from aigw.runtime.mcp import MAX_ANSWER_BYTES
 from ..conftest import DEV_KEY
 from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import free_port, serving
+from .mcp_client import opened, rpc, session, until
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -136,32 +133,6 @@ mcp_servers:
             yield McpGateway(server, upstream, plain, cr, live, root)
         finally:
             server.stop()
-
-
-@asynccontextmanager
-async def session(url: str, key: str, statuses: list[int] | None = None,
-                  session_ids: list[str] | None = None,
-                  notified: list[str] | None = None) -> AsyncIterator[ClientSession]:
-    """The official SDK's client session on ``url``, with ``key`` as its bearer token;
-    the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
-    every answer that has one into ``session_ids``, and the method of every notification
-    the server sends into ``notified``."""
-    async def seen(response: httpx2.Response) -> None:
-        if statuses is not None:
-            statuses.append(response.status_code)
-        if session_ids is not None and "mcp-session-id" in response.headers:
-            session_ids.append(response.headers["mcp-session-id"])
-
-    async def handled(message: object) -> None:
-        method = getattr(message, "method", None)
-        if notified is not None and isinstance(method, str):
-            notified.append(method)
-
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
-                              event_hooks={"response": [seen]})
-    async with (http, streamable_http_client(url, http_client=http) as (read, write),
-                ClientSession(read, write, message_handler=handled) as client):
-        yield client
 
 
 async def test_tools_are_listed_as_the_allow_list_and_cedar_have_them(
@@ -363,16 +334,6 @@ async def test_a_server_outside_the_keys_mcp_servers_is_not_defined_for_it(
     assert httpx.delete(gateway.url("tools"), headers=auth).status_code == 404
 
 
-def rpc(url: str, key: str, session_id: str, method: str, params: dict[str, object],
-        ) -> httpx.Response:
-    """One JSON-RPC request to ``url`` in session ``session_id``, as any HTTP client can
-    send it (the SDK's client cannot be handed a session id)."""
-    headers = {"Authorization": f"Bearer {key}", "mcp-session-id": session_id,
-               "accept": "application/json", "mcp-protocol-version": "2025-06-18"}
-    return httpx.post(url, headers=headers, timeout=10,
-                      json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
-
-
 async def test_a_session_is_bound_to_the_key_that_opened_it(
     gateway: McpGateway, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -468,31 +429,6 @@ def test_messages_count_against_the_keys_rpm_not_its_tpm(gateway: McpGateway) ->
     assert refused.json()["id"] == 1
     assert refused.json()["error"]["data"]["code"] == "rate_limit_exceeded"
     assert all(answer.status_code != 429 for answer in answers[:3])
-
-
-async def until(done: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Wait for ``done()``, which another process or thread makes true."""
-    async with asyncio.timeout(seconds):
-        while not done():
-            await asyncio.sleep(0.02)
-    assert done(), what
-
-
-def opened(url: str, key: str) -> str:
-    """A new session on ``url`` opened as any HTTP client can (initialize, then its
-    notification), with no GET stream of the SDK's; its Mcp-Session-Id as shown."""
-    headers = {"Authorization": f"Bearer {key}", "accept": "application/json"}
-    initialize = httpx.post(url, headers=headers, timeout=10, json={
-        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}})
-    assert initialize.status_code == 200, initialize.text
-    shown = initialize.headers["mcp-session-id"]
-    done = httpx.post(url, headers={**headers, "mcp-session-id": shown,
-                                    "mcp-protocol-version": "2025-06-18"},
-                      json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-    assert done.status_code == 202, done.text
-    return shown
 
 
 async def test_the_servers_get_stream_reaches_the_client(gateway: McpGateway) -> None:

@@ -1,0 +1,74 @@
+"""The MCP client side of the e2e tests: the official SDK's client session, and the
+messages any HTTP client can send (the SDK's cannot be handed a session id)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import httpx2
+from mcp.client import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+
+@asynccontextmanager
+async def session(url: str, key: str, statuses: list[int] | None = None,
+                  session_ids: list[str] | None = None,
+                  notified: list[str] | None = None) -> AsyncIterator[ClientSession]:
+    """The official SDK's client session on ``url``, with ``key`` as its bearer token;
+    the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
+    every answer that has one into ``session_ids``, and the method of every notification
+    the server sends into ``notified``."""
+    async def seen(response: httpx2.Response) -> None:
+        if statuses is not None:
+            statuses.append(response.status_code)
+        if session_ids is not None and "mcp-session-id" in response.headers:
+            session_ids.append(response.headers["mcp-session-id"])
+
+    async def handled(message: object) -> None:
+        method = getattr(message, "method", None)
+        if notified is not None and isinstance(method, str):
+            notified.append(method)
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
+                              event_hooks={"response": [seen]})
+    async with (http, streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write, message_handler=handled) as client):
+        yield client
+
+
+def rpc(url: str, key: str, session_id: str, method: str, params: dict[str, object],
+        ) -> httpx.Response:
+    """One JSON-RPC request to ``url`` in session ``session_id``, as any HTTP client can
+    send it (the SDK's client cannot be handed a session id)."""
+    headers = {"Authorization": f"Bearer {key}", "mcp-session-id": session_id,
+               "accept": "application/json", "mcp-protocol-version": "2025-06-18"}
+    return httpx.post(url, headers=headers, timeout=10,
+                      json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+
+
+async def until(done: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait for ``done()``, which another process or thread makes true."""
+    async with asyncio.timeout(seconds):
+        while not done():
+            await asyncio.sleep(0.02)
+    assert done(), what
+
+
+def opened(url: str, key: str) -> str:
+    """A new session on ``url`` opened as any HTTP client can (initialize, then its
+    notification), with no GET stream of the SDK's; its Mcp-Session-Id as shown."""
+    headers = {"Authorization": f"Bearer {key}", "accept": "application/json"}
+    initialize = httpx.post(url, headers=headers, timeout=10, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}})
+    assert initialize.status_code == 200, initialize.text
+    shown = initialize.headers["mcp-session-id"]
+    done = httpx.post(url, headers={**headers, "mcp-session-id": shown,
+                                    "mcp-protocol-version": "2025-06-18"},
+                      json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert done.status_code == 202, done.text
+    return shown

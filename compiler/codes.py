@@ -112,6 +112,10 @@ SEMANTIC_KEY_NO_EMBEDDINGS = _warning("AGW346", "key may call a route with a sem
 REF_MCP_SERVER = _error("AGW347", "unknown MCP server")
 KEY_EXPIRES = _warning("AGW348", "key has expired, or expires within 7 days")
 PREVIOUS_SECRET_RETIRED = _warning("AGW349", "key's previous secret is past its until")
+MCP_TRANSPORT = _error("AGW350", "MCP server needs exactly one of url and command")
+MCP_COMMAND_NOT_FOUND = _warning("AGW351", "MCP server's command is not on PATH")
+MCP_OTHER_TRANSPORT = _error("AGW352", "MCP server field is for the other transport")
+MCP_LITERAL_ENV_SECRET = _error("AGW353", "MCP server env holds a literal credential")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -22,6 +22,7 @@ from .graph import (
     Graph,
     Group,
     McpServer,
+    McpStdio,
     Pipeline,
     Policy,
     PreviousSecret,
@@ -38,6 +39,7 @@ from .graph import (
 )
 from .guardrails import route_guardrails
 from .link import Linked
+from .mcp_servers import LinkedMcpServer
 from .pipelines import attach_routes
 from .source import SourceFile
 from .spec import (
@@ -242,11 +244,12 @@ def freeze(
         mcp_servers=_frozen({
             name: McpServer(
                 name=name,
-                url=item.url,
+                url=item.url or f"stdio://{name}",
                 timeout_s=item.entry.spec.timeout_s,
                 tools=None if item.entry.spec.tools is None else frozenset(item.entry.spec.tools),
                 disabled_reason=item.disabled_reason,
                 headers=_frozen(dict(item.headers)),
+                stdio=_stdio(item, root),
             )
             for name, item in linked.mcp_servers.items()
         }),
@@ -356,6 +359,21 @@ def _with_prefix_wants(groups: dict[str, Group]) -> dict[str, Group]:
 
 def _frozen(mapping: dict[str, V]) -> Mapping[str, V]:
     return MappingProxyType(mapping)
+
+
+def _stdio(item: LinkedMcpServer, root: Path) -> McpStdio | None:
+    """How a stdio server runs (None for a streamable HTTP one); its cwd made absolute,
+    from the config's folder, as a credentials_file is."""
+    spec = item.entry.spec
+    if spec.command is None:
+        return None
+    return McpStdio(
+        command=tuple(spec.command),
+        cwd=str(root / Path(spec.cwd).expanduser()) if spec.cwd else str(root),
+        idle_timeout_s=spec.idle_timeout_s,
+        max_sessions=spec.max_sessions,
+        env=_frozen(dict(item.env)),
+    )
 
 
 def _metrics_url(kind: str, configured: str | None, base_url: str | None) -> str | None:

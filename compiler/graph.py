@@ -295,8 +295,22 @@ class PreviousSecret:
 
 
 @dataclass(frozen=True, slots=True)
+class McpStdio:
+    """How a stdio MCP server is run: ``command`` in ``cwd`` with ``env`` added to the few
+    variables every program needs, one process a session, at most ``max_sessions``, each
+    stopped after ``idle_timeout_s`` without a message."""
+
+    command: tuple[str, ...]
+    cwd: str
+    idle_timeout_s: float
+    max_sessions: int
+    env: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class McpServer:
-    """An upstream MCP server (streamable HTTP) apps reach at ``/mcp/<name>``.
+    """An upstream MCP server apps reach at ``/mcp/<name>``: streamable HTTP at ``url``,
+    or, with ``stdio``, a command the gateway runs (``url`` is then ``stdio://<name>``).
 
     ``tools`` None lets every tool through; otherwise only those named are listed and
     may be called. ``disabled_reason`` says why it cannot serve (an unset ${ENV})."""
@@ -307,6 +321,7 @@ class McpServer:
     tools: frozenset[str] | None
     disabled_reason: str | None
     headers: Mapping[str, str] = field(repr=False)
+    stdio: McpStdio | None = None
 
     def allows(self, tool: str) -> bool:
         return self.tools is None or tool in self.tools

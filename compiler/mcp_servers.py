@@ -1,16 +1,21 @@
 """Part of stage 3, link: the MCP servers apps reach through the gateway (``mcp_servers:``).
 
-Each entry's ``url`` and ``headers`` get their ${ENV} references resolved (an unset one,
-or a header that is not ASCII text, disables that server and says why, as for a
-provider), and the rules that keep its
+An entry is a streamable HTTP server (``url``) or a stdio one (``command``): exactly one
+(AGW350), and no field of the other kind (AGW352). Its ``url``, ``headers`` and ``env``
+get their ${ENV} references resolved (an unset one, or a header that is not ASCII text,
+disables that server and says why, as for a provider), and the rules that keep its
 credentials out of git and its allow-list meaningful are checked: a credential header
-written as a literal (AGW333), a tool named twice (AGW334), an allow-list that allows
-nothing (AGW335). A url that is not http(s) with a host is a schema error (AGW205).
+or env value written as a literal (AGW333, AGW353), a tool named twice (AGW334), an
+allow-list that allows nothing (AGW335). A url that is not http(s) with a host is a
+schema error (AGW205); a command that is not on PATH a warning (AGW351: it may be
+installed where aigw serves, not where it is checked).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,11 +33,17 @@ if TYPE_CHECKING:
 CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
 
 
+# The fields only one kind of server reads.
+_HTTP_ONLY = ("headers",)
+_STDIO_ONLY = ("env", "cwd", "idle_timeout_s", "max_sessions")
+
+
 @dataclass(frozen=True, slots=True)
 class LinkedMcpServer:
     entry: Entry[McpServerSpec]
-    url: str
+    url: str  # "" for a stdio server
     headers: Mapping[str, str]
+    env: Mapping[str, str]
     disabled_reason: str | None
 
 
@@ -54,11 +65,15 @@ def _link(
 ) -> LinkedMcpServer:
     spec = entry.spec
     unset: list[str] = []
+    _check_transport(entry, sink)
     check_literal_headers(f"MCP server '{entry.name}'", entry, spec.headers, secret_looking,
                           codes.MCP_LITERAL_SECRET, sink)
-    url = resolve(spec.url, entry.value("url"), unset)
+    _check_literal_env(entry, secret_looking, sink)
+    url = resolve(spec.url, entry.value("url"), unset) if spec.url is not None else ""
     headers = {header: resolve(value, entry.value("headers", header), unset)
                for header, value in spec.headers.items()}
+    env = {name: resolve(value, entry.value("env", name), unset)
+           for name, value in spec.env.items()}
     parsed = urllib.parse.urlsplit(url)
     if url and (parsed.scheme not in ("http", "https") or not parsed.hostname):
         sink.add(codes.SCHEMA_VALUE,
@@ -68,7 +83,55 @@ def _link(
     _check_tools(entry, sink)
     reason = (f"environment variable {', '.join(unset)} is not set" if unset
               else not_ascii(headers.items()))
-    return LinkedMcpServer(entry, url, headers, reason)
+    return LinkedMcpServer(entry, url, headers, env, reason)
+
+
+def _check_transport(entry: Entry[McpServerSpec], sink: DiagnosticSink) -> None:
+    """Exactly one of url and command, no field of the other kind, and a command that
+    can be found (a warning: PATH where aigw serves may differ)."""
+    spec, name = entry.spec, entry.name
+    if (spec.url is None) == (spec.command is None):
+        both = spec.url is not None
+        found = "both url and command" if both else "neither url nor command"
+        sink.add(codes.MCP_TRANSPORT, f"MCP server '{name}' has {found}",
+                 entry.key("command") if both else entry.key(),
+                 "write url: for a server that speaks streamable HTTP, or command: [program, "
+                 "args...] for one the gateway starts and speaks to on stdin and stdout")
+        return
+    stdio = spec.command is not None
+    for field in sorted(spec.model_fields_set & set(_HTTP_ONLY if stdio else _STDIO_ONLY)):
+        sink.add(codes.MCP_OTHER_TRANSPORT,
+                 f"MCP server '{name}' sets {field}, which only a "
+                 f"{'streamable HTTP (url)' if stdio else 'stdio (command)'} server reads",
+                 entry.key(field),
+                 f"remove {field}:" + (" (a stdio server's credentials go in env:)"
+                                       if field == "headers" else ""))
+    program = spec.command[0] if spec.command else None
+    if program is not None and not _runnable(program):
+        sink.add(codes.MCP_COMMAND_NOT_FOUND,
+                 f"MCP server '{name}' runs '{program}', which is not "
+                 + ("an executable file" if os.sep in program else "on PATH here"),
+                 entry.value("command", 0),
+                 "install it where aigw serves (or write its full path); until then each "
+                 "initialize of this server is a 502")
+
+
+def _runnable(program: str) -> bool:
+    if os.sep in program:  # a path: relative ones are the cwd's, known only when run
+        return not os.path.isabs(program) or os.access(program, os.X_OK)
+    return shutil.which(program) is not None
+
+
+def _check_literal_env(entry: Entry[McpServerSpec], secret_looking: Callable[[str], bool],
+                       sink: DiagnosticSink) -> None:
+    """As for headers: a credential in env written as a literal would be in git."""
+    for name, value in entry.spec.env.items():
+        if "${" not in value and (CREDENTIAL_HEADER.search(name) or secret_looking(value)):
+            sink.add(codes.MCP_LITERAL_ENV_SECRET,
+                     f"MCP server '{entry.name}' sets env {name} to a literal value",
+                     entry.value("env", name),
+                     f"keep credentials out of git: write {name}: ${{SOME_ENV_VAR}} and set "
+                     "it where aigw runs")
 
 
 def not_ascii(headers: Iterable[tuple[str, str]], key: str | None = None) -> str | None:

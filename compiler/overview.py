@@ -74,13 +74,19 @@ def _guardrail(guardrail: Guardrail) -> dict[str, object]:
 
 def mcp_server(server: McpServer) -> dict[str, object]:
     """An MCP server of ``mcp_servers:``: where it is, which tools pass, why it is off."""
-    return {
+    shown: dict[str, object] = {
         "url": shown_url(server.url),
         "timeout_s": server.timeout_s,
         "tools": None if server.tools is None else sorted(server.tools),
         "headers": sorted(server.headers),  # names only: a value may be a credential
         "disabled_reason": server.disabled_reason,
     }
+    if server.stdio is not None:
+        shown.update(command=list(server.stdio.command), cwd=server.stdio.cwd,
+                     env=sorted(server.stdio.env),  # names only, as headers
+                     idle_timeout_s=server.stdio.idle_timeout_s,
+                     max_sessions=server.stdio.max_sessions)
+    return shown
 
 
 def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:

@@ -590,11 +590,33 @@ class KeySpec(Spec):
 
 
 class McpServerSpec(Spec):
-    """An upstream MCP server speaking streamable HTTP, proxied at ``/mcp/<name>``."""
+    """An upstream MCP server, proxied at ``/mcp/<name>``: one speaking streamable HTTP at
+    ``url``, or a ``command`` the gateway starts, a process a session, speaking on its
+    stdin and stdout (exactly one of the two)."""
 
-    url: str = Field(
-        description="The server's MCP endpoint, e.g. https://mcp.example.com/mcp (or ${ENV_VAR})."
+    url: str | None = Field(
+        None,
+        description="The server's MCP endpoint, e.g. https://mcp.example.com/mcp (or ${ENV_VAR}).",
     )
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1,
+        description="A stdio server: the program and its arguments, e.g. [npx, -y, "
+        "@modelcontextprotocol/server-filesystem, /srv/docs]; started for each session.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="A stdio server's environment beyond PATH, HOME, USER, LANG and the "
+        "like (the gateway's own is not passed on); a credential only as ${ENV_VAR}.",
+    )
+    cwd: str | None = Field(
+        None, description="A stdio server's working directory (relative: to the config's "
+        "folder, which is the default).")
+    idle_timeout_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        300.0, description="A stdio server: a session with no message for this long has its "
+        "process stopped (its id is then unknown, a 404).")
+    max_sessions: Annotated[int, Field(ge=1, le=1024)] = Field(
+        16, description="A stdio server: the most processes (sessions) at once; an "
+        "initialize past it is a 503.")
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="Headers sent to the server with every request; a credential only as "

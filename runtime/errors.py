@@ -24,7 +24,8 @@
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
     ├── McpServerFailed             502 mcp_server_failed (an MCP server unreachable or failing)
     │   ├── McpServerTimeout            504 mcp_server_timeout
-    │   └── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
+    │   ├── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
+    │   └── McpServerBusy               503 mcp_server_busy (a stdio server's max_sessions)
     ├── ShutDown                    503 shutdown (cut by a shutdown; recorded, never sent)
     ├── Cancelled                   499 cancelled (its caller stopped waiting; recorded only)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
@@ -275,6 +276,13 @@ class McpServerTimeout(McpServerFailed):
 class McpServerDisabled(McpServerFailed):
     status = 503
     code = "mcp_server_disabled"
+
+
+class McpServerBusy(McpServerFailed):
+    """A stdio MCP server already runs its max_sessions processes."""
+
+    status = 503
+    code = "mcp_server_busy"
 
 
 # What the official OpenAI and Anthropic SDKs read before retrying (an error a retry

@@ -1,4 +1,6 @@
-"""MCP at ``/mcp/<server>``: JSON-RPC over streamable HTTP, proxied to the server's url.
+"""MCP at ``/mcp/<server>``: JSON-RPC over streamable HTTP, proxied to the server's url
+(or, for a stdio server, to its processes through ``mcp_stdio``'s httpx transport, which
+answers as a streamable HTTP server would: every check below is the same for both).
 
 The gateway speaks the transport itself (a POST carries one JSON-RPC message; the
 answer is JSON, or an SSE stream of messages ending with the response) rather than
@@ -43,7 +45,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
-from aigw.compiler.graph import ApiKey, McpServer
+from aigw.compiler.graph import ApiKey, Graph, McpServer
 
 from .admission import count_request, rpm_limits
 from .auth import authenticate, bearer_token
@@ -61,6 +63,7 @@ from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live
 from .mcp_session import open_sealed, seal, session_secret
+from .mcp_stdio import StdioServer
 from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
@@ -89,10 +92,14 @@ def mcp_routes(proxy: McpProxy) -> list[Route]:
 
 
 class McpProxy:
-    """The /mcp endpoint and its one pooled client (made on first use, for every server)."""
+    """The /mcp endpoint, its one pooled client (made on first use, for every streamable
+    HTTP server) and the processes of its stdio servers, by server (``mcp_stdio``)."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
+        self._stdio: dict[str, StdioServer] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._graph: Graph | None = None  # the graph the stdio servers were last checked on
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -105,12 +112,40 @@ class McpProxy:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        await asyncio.gather(*(stdio.client.aclose() for stdio in self._stdio.values()),
+                             *self._stopping)
+
+    def _client_for(self, server: McpServer) -> httpx.AsyncClient:
+        """The client that reaches ``server``: the pooled one, or its stdio processes'."""
+        if server.stdio is None:
+            return self.client
+        stdio = self._stdio.get(server.name)
+        if stdio is None:
+            stdio = self._stdio[server.name] = StdioServer(server.name, server.stdio,
+                                                            MAX_ANSWER_BYTES)
+        return stdio.client
+
+    def _follow(self, graph: Graph) -> None:
+        """After a reload, the stdio servers it removed or changed how they run have their
+        processes stopped (their sessions end, as the spec lets a server end one) rather
+        than left to idle out; one identity check a message otherwise."""
+        if graph is self._graph:
+            return
+        self._graph = graph
+        for name, stdio in list(self._stdio.items()):
+            server = graph.mcp_servers.get(name)
+            if server is None or server.stdio != stdio.stdio:
+                del self._stdio[name]
+                task = asyncio.create_task(stdio.client.aclose())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
 
     async def endpoint(self, request: Request) -> Response:
         live: Live = request.scope["state"]["live"]
         call = McpCall(UNKNOWN)
         rpc_id: object = None
         try:
+            self._follow(live.graph)
             key = authenticate(live.graph, request.headers)
             call.key, call.team = key.name, key.team.name if key.team else None
             name = request.path_params["server"]
@@ -256,18 +291,19 @@ class McpProxy:
         has nothing to say (GET); only its start is timed."""
         timeout = httpx.Timeout(None if idle else server.timeout_s,
                                 connect=min(10.0, server.timeout_s))
+        client = self._client_for(server)
         try:
-            request = self.client.build_request(method, server.url, headers=traced(headers),
-                                                content=body, timeout=timeout)
+            request = client.build_request(method, server.url, headers=traced(headers),
+                                           content=body, timeout=timeout)
         except httpx.InvalidURL:  # no HTTPError: a host httpx refuses (10.0.0.256,
             # a ${ENV}'s), which was a 500 whose traceback quoted it; as a checker's
             raise McpServerFailed(f"MCP server '{server.name}' cannot be called: its URL "
                                   "is not one the gateway can send (InvalidURL).") from None
         try:
             if not idle:
-                return await self.client.send(request, stream=True, follow_redirects=False)
+                return await client.send(request, stream=True, follow_redirects=False)
             async with asyncio.timeout(server.timeout_s):
-                return await self.client.send(request, stream=True, follow_redirects=False)
+                return await client.send(request, stream=True, follow_redirects=False)
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise McpServerTimeout(f"MCP server '{server.name}' did not answer within "
                                    f"{server.timeout_s:g} s.") from exc

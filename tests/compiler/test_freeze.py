@@ -99,3 +99,25 @@ def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) ->
     assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(
         1.2 + 0.15 + 0.375 + 0.015)
     assert price.most(1_000_000, 1000) == pytest.approx(3.75 + 0.015)  # all written
+
+
+def test_a_stdio_mcp_server_is_frozen_with_its_cwd_from_the_config_folder(
+    write_gateway: WriteGateway,
+) -> None:
+    root = write_gateway({"gateway.yaml": GATEWAY + """\
+mcp_servers:
+  fs: {command: [sh, -c, "exec my-server"], cwd: data, env: {TOKEN: "${MCP_TOKEN}"}}
+  plain: {command: [sh]}
+  web: {url: "https://mcp.example.com/mcp"}
+"""})
+    graph = compile_gateway(root, {"MCP_TOKEN": "t0ken"}).graph
+    assert graph is not None
+    fs, plain = graph.mcp_servers["fs"], graph.mcp_servers["plain"]
+    assert fs.url == "stdio://fs" and fs.stdio is not None and plain.stdio is not None
+    assert fs.stdio.command == ("sh", "-c", "exec my-server")
+    assert (fs.stdio.cwd, plain.stdio.cwd) == (str(root / "data"), str(root))
+    assert (fs.stdio.idle_timeout_s, fs.stdio.max_sessions) == (300.0, 16)
+    assert dict(fs.stdio.env) == {"TOKEN": "t0ken"} and "t0ken" not in repr(fs)
+    with pytest.raises(TypeError):
+        fs.stdio.env["X"] = "y"  # type: ignore[index]
+    assert graph.mcp_servers["web"].stdio is None

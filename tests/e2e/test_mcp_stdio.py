@@ -1,0 +1,204 @@
+"""stdio MCP servers through a real ``aigw serve``: a process a session, started from a
+real server (the official SDK's FastMCP, run with this python), and the official SDK's
+client in front, as for a streamable HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aigw.compiler import compile_gateway
+
+from ..conftest import DEV_KEY
+from ..fakes import mcp_stdio_server
+from .mcp_client import opened, rpc, session, until
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+STDIO_TOKEN = "stdio-token-8c1f0e4b"
+SERVER = f"[{sys.executable}, {mcp_stdio_server.__file__}]"
+POLICIES = """
+@id("platform-uses-stdio")
+permit (principal in Team::"platform", action == Action::"invoke", resource);
+"""
+
+
+@dataclass
+class StdioGateway:
+    server: Server
+    root: Path
+
+    def url(self, name: str) -> str:
+        return f"{self.server.base_url}/mcp/{name}"
+
+
+def write_config(root: Path, fs_idle_s: float = 300) -> str:
+    """The gateway directory at ``root``; the fingerprint of the graph it compiles to."""
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "mcp.cedar").write_text(POLICIES)
+    (root / "gateway.yaml").write_text(f"""
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{echo: {{deployment: e}}}}
+teams: {{platform: {{}}}}
+keys:
+  dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
+mcp_servers:
+  fs:
+    command: {SERVER}
+    env: {{TEST_TOKEN: "${{MCP_STDIO_TOKEN}}"}}
+    timeout_s: 20
+    idle_timeout_s: {fs_idle_s}
+  idle: {{command: {SERVER}, idle_timeout_s: 1, timeout_s: 20}}
+  one: {{command: {SERVER}, max_sessions: 1, timeout_s: 20}}
+  missing: {{command: [aigw-no-such-mcp-server]}}
+""")
+    graph = compile_gateway(root, {"MCP_STDIO_TOKEN": STDIO_TOKEN}).graph
+    assert graph is not None
+    return graph.fingerprint
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StdioGateway]:
+    root = tmp_path_factory.mktemp("mcp-stdio") / "gw"
+    write_config(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MCP_STDIO_TOKEN", STDIO_TOKEN)
+        server = Server(root)
+    try:
+        server.wait_ready()
+        yield StdioGateway(server, root)
+    finally:
+        server.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def call(url: str, session_id: str, tool: str, **arguments: object) -> httpx.Response:
+    return rpc(url, DEV_KEY, session_id, "tools/call", {"name": tool, "arguments": arguments})
+
+
+async def test_tools_are_listed_called_and_the_server_heard(gateway: StdioGateway) -> None:
+    """A session's process answers; what it says during a call comes in the call's
+    stream, what it says after in the GET stream; DELETE (the SDK's, on leaving) stops
+    it."""
+    progress: list[float] = []
+    notified: list[str] = []
+    shown: list[str] = []
+
+    async def progressed(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with session(gateway.url("fs"), DEV_KEY, session_ids=shown,
+                       notified=notified) as client:
+        await client.initialize()
+        listed = await client.list_tools()
+        added = await client.call_tool("add", {"a": 2, "b": 40})
+        pid = (await client.call_tool("pid", {})).structured_content
+        token = await client.call_tool("environment", {"name": "TEST_TOKEN"})
+        leaked = await client.call_tool("environment", {"name": "MCP_STDIO_TOKEN"})
+        done = await client.call_tool("progress", {}, progress_callback=progressed)
+        await client.call_tool("notify", {})
+        await until(lambda: "notifications/tools/list_changed" in notified,
+                    "the notification after the call came down the GET stream")
+        assert pid is not None and alive(pid["result"])
+    assert {"add", "pid", "progress", "notify", "crash"} <= {tool.name for tool in listed.tools}
+    assert added.structured_content == {"result": 42}
+    assert token.structured_content == {"result": STDIO_TOKEN}
+    assert leaked.structured_content == {"result": ""}  # the gateway's own env stays its own
+    assert done.structured_content == {"result": "done"} and progress == [0.5]
+    assert shown[0].startswith("aigw1.")  # sealed as a streamable HTTP server's id is
+    await until(lambda: not alive(pid["result"]), "DELETE stopped the process")
+    assert f"aigw-test-stdio {pid['result']} starting" in gateway.server.log  # its stderr
+
+
+async def test_a_session_idle_past_its_timeout_is_stopped(gateway: StdioGateway) -> None:
+    url = gateway.url("idle")
+    session_id = opened(url, DEV_KEY)
+    pid = call(url, session_id, "pid").json()["result"]["structuredContent"]["result"]
+    await until(lambda: not alive(pid), "the idle process stopped")
+    ended = call(url, session_id, "add", a=1, b=2)
+    assert ended.status_code == 404
+    assert ended.json()["error"]["message"].startswith("Session not found")
+
+
+def test_sessions_past_max_sessions_are_refused(gateway: StdioGateway) -> None:
+    url = gateway.url("one")
+    first = opened(url, DEV_KEY)
+    refused = httpx.post(url, timeout=20, headers={
+        "Authorization": f"Bearer {DEV_KEY}", "accept": "application/json"}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["data"]["code"] == "mcp_server_busy"
+    ended = httpx.delete(url, headers={"Authorization": f"Bearer {DEV_KEY}",
+                                       "mcp-session-id": first})
+    assert ended.status_code == 200
+    second = opened(url, DEV_KEY)
+    assert call(url, second, "add", a=1, b=2).json()["result"]["structuredContent"] == {
+        "result": 3}
+    assert call(url, first, "add", a=1, b=2).status_code == 404
+
+
+def test_a_process_that_crashes_ends_its_session(gateway: StdioGateway) -> None:
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    crashed = call(url, session_id, "crash")
+    assert crashed.status_code == 502
+    assert crashed.json()["error"]["message"] == (
+        "MCP server 'fs' ended (its process exited with status 3) before it answered.")
+    assert call(url, session_id, "add", a=1, b=2).status_code == 404
+
+
+def test_a_command_that_is_not_there_is_a_clear_error(gateway: StdioGateway) -> None:
+    refused = httpx.post(gateway.url("missing"), timeout=20, headers={
+        "Authorization": f"Bearer {DEV_KEY}", "accept": "application/json"}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
+    assert refused.status_code == 502
+    assert refused.json()["error"]["message"] == (
+        "MCP server 'missing' could not start 'aigw-no-such-mcp-server': No such file or "
+        "directory.")
+
+
+async def test_a_reload_that_changes_how_it_runs_and_a_stop_end_its_processes(
+    gateway: StdioGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "gw"
+    write_config(root)
+    monkeypatch.setenv("MCP_STDIO_TOKEN", STDIO_TOKEN)
+    other = Server(root)
+    try:
+        other.wait_ready()
+        url = f"{other.base_url}/mcp/fs"
+        session_id = opened(url, DEV_KEY)
+        pid = call(url, session_id, "pid").json()["result"]["structuredContent"]["result"]
+        # Another replica did not start it: an unknown session there.
+        assert call(gateway.url("fs"), session_id, "pid").status_code == 404
+        fingerprint = write_config(root, fs_idle_s=200)
+        other.signal(signal.SIGHUP)
+        other.wait_for_graph(fingerprint)
+        assert call(url, session_id, "pid").status_code == 404
+        await until(lambda: not alive(pid), "the reload stopped the process")
+        session_id = opened(url, DEV_KEY)
+        pid = call(url, session_id, "pid").json()["result"]["structuredContent"]["result"]
+        assert alive(pid)
+    finally:
+        other.stop()
+    assert not alive(pid)

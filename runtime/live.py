@@ -61,15 +61,22 @@ class Shutdown:
     graceful timeout from the signal on. One for the gateway, shared by every snapshot,
     so that a request cut after it is recorded as the gateway's doing, not its client's."""
 
-    __slots__ = ("_cut_at",)
+    __slots__ = ("_began", "_cut_at")
 
     def __init__(self) -> None:
         self._cut_at: float | None = None
+        self._began = asyncio.Event()
 
     def begin(self, grace_s: float) -> None:
         """The gateway stops taking requests now; those in flight have ``grace_s``."""
         if self._cut_at is None:
             self._cut_at = time.monotonic() + grace_s
+            self._began.set()
+
+    async def began(self) -> None:
+        """Return once the shutdown has begun: a stream that can end early (an MCP GET
+        stream, which its client opens again) ends then, not at the grace's end."""
+        await self._began.wait()
 
     def cutting(self) -> bool:
         """Whether the grace is over: the server cuts requests no earlier."""

@@ -61,7 +61,7 @@ from .errors import (
 )
 from .incoming import read_body
 from .jsonio import dumps, loads
-from .live import Live
+from .live import Live, Shutdown
 from .mcp_session import open_sealed, seal, session_secret
 from .mcp_stdio import StdioServer
 from .policy import RequestGate
@@ -275,7 +275,7 @@ class McpProxy:
         call.status = upstream.status_code
         # Counted as it opens: its latency is the server's to answer, not the stream's life.
         finish_mcp(live.telemetry.metrics, call)
-        return _ServerStream(_stream_events(server, upstream), passed)
+        return _ServerStream(_stream_events(server, upstream), passed, live.shutdown)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
@@ -550,26 +550,38 @@ async def _stream_events(server: McpServer,
 
 
 class _ServerStream(StreamingResponse):
-    """A GET stream, ended after ``STREAM_LIFE_S`` (the client opens it again, with
-    ``Last-Event-ID``): nothing else bounds a stream that may be idle for hours, and a
-    client gone without a word (no FIN) would hold its server's stream for ever."""
+    """A GET stream, ended after ``STREAM_LIFE_S`` or when the gateway begins to shut down
+    (the client opens it again, with ``Last-Event-ID``): nothing else bounds a stream
+    that may be idle for hours, a client gone without a word (no FIN) would hold its
+    server's stream for ever, and a shutdown would wait out its grace for it."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str],
+                 shutdown: Shutdown) -> None:
         super().__init__(events, media_type=SSE,
                          headers={**headers, "cache-control": "no-cache"})
         self._events = events
+        self._shutdown = shutdown
 
     async def stream_response(self, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
-            with anyio.move_on_after(STREAM_LIFE_S):
-                async for event in self._events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            with anyio.move_on_after(STREAM_LIFE_S) as life:
+                watch = asyncio.create_task(self._end_at_shutdown(life))
+                try:
+                    async for event in self._events:
+                        await send({"type": "http.response.body", "body": event,
+                                    "more_body": True})
+                finally:
+                    watch.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:  # the life bound may fall while sending: the server's end is closed still
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()
+
+    async def _end_at_shutdown(self, life: anyio.CancelScope) -> None:
+        await self._shutdown.began()
+        life.cancel()
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,10 +101,13 @@ class StdioServer(httpx.AsyncBaseTransport):
     def _process(self, session_id: str) -> _Process:
         process = self.sessions.get(session_id)
         if process is None:
-            raise McpSessionUnknown(
-                f"Session not found: it ended (MCP server '{self.name}' runs a process a "
-                "session, and it stopped), or another gateway replica started it.")
+            raise self.unknown()
         return process
+
+    def unknown(self) -> McpSessionUnknown:
+        return McpSessionUnknown(
+            f"Session not found: it ended (MCP server '{self.name}' runs a process a "
+            "session, and it stopped), or another gateway replica started it.")
 
     async def _start(self) -> _Process:
         if len(self.sessions) + self._starting >= self.stdio.max_sessions:
@@ -160,6 +163,8 @@ class _Process:
     async def send(self, message: dict[str, Any], request: httpx.Request,
                    headers: dict[str, str]) -> httpx.Response:
         """``message`` on the process's stdin; for a request, the stream of its answer."""
+        if self.ended:  # it ended since it was looked up
+            raise self.owner.unknown()
         self.last = time.monotonic()
         read_s = request.extensions.get("timeout", {}).get("read")
         if "id" not in message or "method" not in message:  # a notification or a response
@@ -200,7 +205,8 @@ class _Process:
             log.info("MCP server '%s' pid %d: session ended (%s)", self.owner.name,
                      self.proc.pid, why)
         current = asyncio.current_task()
-        for task in self._tasks:
+        reading, stderr_task, idling = self._tasks
+        for task in (reading, idling):
             if task is not current:
                 task.cancel()
         with contextlib.suppress(ProcessLookupError):
@@ -212,6 +218,12 @@ class _Process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
+        # What it said last (a crash's traceback) is logged: its stderr ends with it,
+        # unless a child of its own still holds it open.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_S):
+                await asyncio.shield(stderr_task)
+        stderr_task.cancel()
 
     async def _write(self, line: bytes, timeout_s: float | None) -> None:
         stdin = self.proc.stdin
@@ -258,8 +270,8 @@ class _Process:
             log.warning("MCP server '%s' wrote JSON that is not a message (dropped)",
                         self.owner.name)
             return
-        if "method" not in message:  # a response: to the call with its id
-            queue = self.calls.get(dumps(message.get("id")))
+        if "method" not in message:  # a response: to the call with its id, which ends
+            queue = self.calls.pop(dumps(message.get("id")), None)
             if queue is None:
                 log.info("MCP server '%s' answered a request that no call waits for "
                          "(dropped)", self.owner.name)

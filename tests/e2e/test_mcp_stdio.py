@@ -4,10 +4,12 @@ client in front, as for a streamable HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +167,7 @@ def test_a_process_that_crashes_ends_its_session(gateway: StdioGateway) -> None:
     assert crashed.json()["error"]["message"] == (
         "MCP server 'fs' ended (its process exited with status 3) before it answered.")
     assert call(url, session_id, "add", a=1, b=2).status_code == 404
+    assert "aigw-test-stdio crashing" in gateway.server.log  # its last words are logged
 
 
 def test_a_command_that_is_not_there_is_a_clear_error(gateway: StdioGateway) -> None:
@@ -180,6 +183,8 @@ def test_a_command_that_is_not_there_is_a_clear_error(gateway: StdioGateway) -> 
 async def test_a_reload_that_changes_how_it_runs_and_a_stop_end_its_processes(
     gateway: StdioGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A stop ends the GET streams at once (their clients open them again elsewhere),
+    not after its 30 s grace, and then stops the processes."""
     root = tmp_path / "gw"
     write_config(root)
     monkeypatch.setenv("MCP_STDIO_TOKEN", STDIO_TOKEN)
@@ -199,6 +204,16 @@ async def test_a_reload_that_changes_how_it_runs_and_a_stop_end_its_processes(
         session_id = opened(url, DEV_KEY)
         pid = call(url, session_id, "pid").json()["result"]["structuredContent"]["result"]
         assert alive(pid)
+        headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
+                   "accept": "text/event-stream"}
+        async with (httpx.AsyncClient(timeout=20) as http,
+                    http.stream("GET", url, headers=headers) as stream):
+            assert stream.status_code == 200
+            started = time.monotonic()
+            stopping = asyncio.create_task(asyncio.to_thread(other.stop))
+            assert await stream.aread() == b""  # ended, not cut
+            assert await stopping == 0
+        assert time.monotonic() - started < 10
     finally:
         other.stop()
     assert not alive(pid)

@@ -57,7 +57,8 @@ async def notify(ctx: Context) -> str:
 
 @server.tool()
 def crash() -> str:
-    """The process ends without an answer."""
+    """The process ends without an answer, saying so on stderr."""
+    print("aigw-test-stdio crashing", file=sys.stderr, flush=True)
     os._exit(3)
 
 

@@ -181,7 +181,8 @@ class _Process:
             self.calls.pop(key, None)
             raise
         return httpx.Response(200, headers={**headers, "content-type": SSE},
-                              stream=_CallStream(self, key, queue, read_s))
+                              stream=_CallStream(self, key, queue, read_s,
+                                                 opening=message["method"] == "initialize"))
 
     def stream(self) -> httpx.Response:
         if self.events is not None:
@@ -279,18 +280,16 @@ class _Process:
                 queue.put_nowait((line, True))
             return
         method = str(message["method"])[:100]
-        call, events = next(iter(self.calls.values()), None), self.events
-        if call is None and events is None:
+        call = next(iter(self.calls.values()), None)
+        stream: asyncio.Queue[Any] | None = call if call is not None else self.events
+        if stream is None:
             log.info("MCP server '%s' sent %s with no stream open to take it (dropped)",
                      self.owner.name, method)
-        elif (call.qsize() if call is not None else events.qsize() if events is not None
-              else 0) >= _QUEUED:
+        elif stream.qsize() >= _QUEUED:
             log.warning("MCP server '%s' sent %s to a stream %d messages behind (dropped)",
                         self.owner.name, method, _QUEUED)
-        elif call is not None:
-            call.put_nowait((line, False))
-        elif events is not None:
-            events.put_nowait(line)
+        else:
+            stream.put_nowait((line, False) if call is not None else line)
 
     async def _log_stderr(self) -> None:
         stderr = self.proc.stderr
@@ -326,8 +325,10 @@ class _CallStream(httpx.AsyncByteStream):
     Nothing for ``read_s`` is a timeout, as between two parts of an HTTP server's."""
 
     def __init__(self, process: _Process, key: bytes, queue: asyncio.Queue[_Item],
-                 read_s: float | None) -> None:
+                 read_s: float | None, opening: bool) -> None:
         self._process, self._key, self._queue, self._read_s = process, key, queue, read_s
+        self._opening = opening  # an initialize: its process is the client's only once answered
+        self._answered = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -339,13 +340,20 @@ class _CallStream(httpx.AsyncByteStream):
             if isinstance(item, McpServerFailed):
                 raise item
             line, last = item
+            self._answered = last
             yield b"event: message\ndata: " + line + b"\n\n"
             if last:
                 return
 
     async def aclose(self) -> None:
-        self._process.calls.pop(self._key, None)
-        self._process.last = time.monotonic()
+        process = self._process
+        if process.calls.get(self._key) is self._queue:  # not a later call's with its id
+            del process.calls[self._key]
+        process.last = time.monotonic()
+        if self._opening and not self._answered:
+            # Its client never learnt the session's id: nobody could end or reach it.
+            with anyio.CancelScope(shield=True):
+                await process.stop("its initialize went unanswered")
 
 
 class _ServerStream(httpx.AsyncByteStream):

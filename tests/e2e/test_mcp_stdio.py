@@ -64,6 +64,8 @@ mcp_servers:
   idle: {{command: {SERVER}, idle_timeout_s: 1, timeout_s: 20}}
   one: {{command: {SERVER}, max_sessions: 1, timeout_s: 20}}
   missing: {{command: [aigw-no-such-mcp-server]}}
+  mute: {{command: [{sys.executable}, -c, "import time; time.sleep(60)"], timeout_s: 1,
+          max_sessions: 1}}
 """)
     graph = compile_gateway(root, {"MCP_STDIO_TOKEN": STDIO_TOKEN}).graph
     assert graph is not None
@@ -178,6 +180,17 @@ def test_a_command_that_is_not_there_is_a_clear_error(gateway: StdioGateway) -> 
     assert refused.json()["error"]["message"] == (
         "MCP server 'missing' could not start 'aigw-no-such-mcp-server': No such file or "
         "directory.")
+
+
+def test_a_process_that_never_answers_its_initialize_is_stopped(gateway: StdioGateway) -> None:
+    """Its client never learnt its session's id: left running, it would hold one of the
+    server's max_sessions until it idled out."""
+    for _ in range(2):  # the second is not refused as past max_sessions: 1
+        silent = httpx.post(gateway.url("mute"), timeout=20, headers={
+            "Authorization": f"Bearer {DEV_KEY}", "accept": "application/json"}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
+        assert silent.status_code == 504, silent.text
+    assert "session ended (its initialize went unanswered)" in gateway.server.log
 
 
 async def test_a_reload_that_changes_how_it_runs_and_a_stop_end_its_processes(

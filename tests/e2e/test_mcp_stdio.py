@@ -20,14 +20,14 @@ import pytest
 from aigw.compiler import compile_gateway
 
 from ..conftest import DEV_KEY
-from ..fakes import mcp_stdio_server
 from .mcp_client import opened, rpc, session, until
 from .server import Server
 
 pytestmark = pytest.mark.e2e
 
 STDIO_TOKEN = "stdio-token-8c1f0e4b"
-SERVER = f"[{sys.executable}, {mcp_stdio_server.__file__}]"
+# The fake run as a program (not imported here: it builds its server as it loads).
+SERVER = f"[{sys.executable}, {Path(__file__).parent.parent / 'fakes' / 'mcp_stdio_server.py'}]"
 POLICIES = """
 @id("platform-uses-stdio")
 permit (principal in Team::"platform", action == Action::"invoke", resource);

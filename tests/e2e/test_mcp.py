@@ -154,7 +154,7 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
         with pytest.raises(MCPError) as forbidden:
             await client.call_tool("secret", {})
     # no allow-list: every tool but the one a forbid names
-    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "notify"]
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "notify", "shout"]
     assert result.structured_content == {"result": 3}
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
@@ -482,6 +482,24 @@ async def test_a_client_that_leaves_its_get_stream_closes_the_servers(
                 assert stream.status_code == 200
                 await until(lambda: live.open_gets == before + 1, "the GET stream opened")
             await until(lambda: live.open_gets == before, "the server's stream closed")
+
+
+async def test_an_event_over_the_cap_ends_the_get_stream(gateway: McpGateway) -> None:
+    url, live = gateway.url("live"), gateway.live
+    shown = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown,
+               "accept": "text/event-stream", "mcp-protocol-version": "2025-06-18"}
+    before = live.open_gets
+    async with (httpx.AsyncClient(timeout=60) as http,
+                http.stream("GET", url, headers=headers) as stream):
+        await until(lambda: live.open_gets == before + 1, "the GET stream opened")
+        sent = await asyncio.to_thread(rpc, url, DEV_KEY, shown, "tools/call",
+                                       {"name": "shout", "arguments": {"size": MAX_ANSWER_BYTES}})
+        assert sent.json()["result"]["structuredContent"] == {"result": "sent"}
+        passed = await stream.aread()  # it ends: the event is not passed on, whole or cut
+    assert len(passed) < 1000
+    assert ("MCP GET stream from 'live' ended early: MCP server 'live' sent an answer larger "
+            "than 32 MiB") in gateway.server.log
 
 
 def test_get_streams_are_checked_as_messages_are(gateway: McpGateway) -> None:

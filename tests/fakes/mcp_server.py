@@ -14,9 +14,9 @@ PATH = "/mcp"
 
 
 class RecordingMcpServer:
-    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big`` and ``notify`` at
-    ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server got them,
-    ``gets`` each GET's, and ``open_gets`` counts the GET streams open now. With
+    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big``, ``notify`` and
+    ``shout`` at ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server
+    got them, ``gets`` each GET's, and ``open_gets`` counts the GET streams open now. With
     ``json_response`` it answers each request with one JSON body, not an SSE stream; with
     ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
     with ``get_stream`` False it has no GET stream (a 405, as the spec allows); with
@@ -60,6 +60,13 @@ class RecordingMcpServer:
         async def notify(ctx: Context) -> str:
             """Say the tool list changed, outside this call: on the session's GET stream."""
             await ctx.session.send_notification(types.ToolListChangedNotification())
+            return "sent"
+
+        @server.tool()
+        async def shout(size: int, ctx: Context) -> str:
+            """A notification ``size`` bytes long outside this call (on the GET stream)."""
+            await ctx.session.send_notification(types.ResourceUpdatedNotification(
+                params=types.ResourceUpdatedNotificationParams(uri="x" * size)))
             return "sent"
 
         self._inner = server.streamable_http_app(

@@ -524,3 +524,7 @@ def test_get_streams_are_checked_as_messages_are(gateway: McpGateway) -> None:
     assert get("tools", STREAMER_KEY).status_code == 400  # no session: the server's answer
     assert get("tools", STREAMER_KEY).status_code == 429
     assert len(gateway.upstream.gets) == calls + 1
+    metrics = httpx.get(f"{gateway.server.base_url}/metrics",
+                        headers={"Authorization": f"Bearer {DEV_KEY}"}).text
+    assert 'aigw_mcp_requests_total{method="get",server="plain",status="405",' \
+           'team="platform",tool=""}' in metrics

@@ -97,6 +97,7 @@ class McpProxy:
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
+        self._streams: httpx.AsyncClient | None = None  # GET streams'
         self._stdio: dict[str, StdioServer] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._graph: Graph | None = None  # the graph the stdio servers were last checked on
@@ -109,16 +110,28 @@ class McpProxy:
             self._client = httpx.AsyncClient(cookies=no_cookies(), follow_redirects=False)
         return self._client
 
+    @property
+    def streams(self) -> httpx.AsyncClient:
+        """The client for GET streams: each holds its connection for as long as it is open,
+        and a hundred of them (httpx's pool) would leave messages none."""
+        if self._streams is None:
+            self._streams = httpx.AsyncClient(
+                cookies=no_cookies(), follow_redirects=False,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+        return self._streams
+
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        for client in (self._client, self._streams):
+            if client is not None:
+                await client.aclose()
         await asyncio.gather(*(stdio.client.aclose() for stdio in self._stdio.values()),
                              *self._stopping)
 
-    def _client_for(self, server: McpServer) -> httpx.AsyncClient:
-        """The client that reaches ``server``: the pooled one, or its stdio processes'."""
+    def _client_for(self, server: McpServer, idle: bool) -> httpx.AsyncClient:
+        """The client that reaches ``server``: the pooled one (the streams' for an ``idle``
+        one), or its stdio processes'."""
         if server.stdio is None:
-            return self.client
+            return self.streams if idle else self.client
         stdio = self._stdio.get(server.name)
         if stdio is None:
             stdio = self._stdio[server.name] = StdioServer(server.name, server.stdio,
@@ -291,7 +304,7 @@ class McpProxy:
         has nothing to say (GET); only its start is timed."""
         timeout = httpx.Timeout(None if idle else server.timeout_s,
                                 connect=min(10.0, server.timeout_s))
-        client = self._client_for(server)
+        client = self._client_for(server, idle)
         try:
             request = client.build_request(method, server.url, headers=traced(headers),
                                            content=body, timeout=timeout)

@@ -353,28 +353,26 @@ class _Api:
             await websocket.close(code=4404)
             return
         await websocket.accept()
-        store = await self.workflows.store()
         after = _int(websocket.query_params.get("after"), 0, 0, 2**62)
         # What the client sends is not read (a follower only listens), but its close is:
         # unnoticed, the loop polled the store for a socket nobody held any more.
         closed = partial(_closed, websocket)
+        batches = self.workflows.follow(execution_id, after)
+        execution: Execution | None = None
         try:
-            while True:
-                execution = await store.get(execution_id)
-                events = await store.events(execution_id, after)
+            while (batch := await unless_gone(anext(batches, None), closed)) is not None:
+                execution, events = batch
                 for event in events:
                     await websocket.send_json(event.as_dict(execution_id))
                     after = event.seq
-                if execution is None or (execution.status in FINAL and not events):
-                    status = execution.status.value if execution else "gone"
-                    await websocket.send_json({"execution": execution_id, "seq": after,
-                                               "type": "end", "step": None, "status": status})
-                    await websocket.close()
-                    return
-                await unless_gone(self.workflows.wait(execution_id, self.workflows.poll_s),
-                                  closed)
+            status = execution.status.value if execution else "gone"
+            await websocket.send_json({"execution": execution_id, "seq": after,
+                                       "type": "end", "step": None, "status": status})
+            await websocket.close()
         except (WebSocketDisconnect, Cancelled):  # Cancelled: closed while we waited
             return
+        finally:
+            await batches.aclose()
 
     async def _execution(self, request: Request, key: ApiKey | None = None) -> Execution:
         key = key or self._key(request)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ..policy_request import facts_to_keep
 from ..store.executions import (
     FINAL,
     Decision,
+    Event,
     Execution,
     ExecutionStore,
     NewExecution,
@@ -189,6 +190,30 @@ class Workflows:
             waiters.discard(waiter)
             if not waiters and self._waiters.get(execution_id) is waiters:
                 del self._waiters[execution_id]
+
+    async def follow(
+        self, execution_id: str, after: int = 0, deadline: float | None = None
+    ) -> AsyncGenerator[tuple[Execution | None, tuple[Event, ...]], None]:
+        """The execution and its events after ``after``, then again each time something
+        changes about it (``wait``: woken by this process's changes, else after
+        ``poll_s``, for another replica's), until it is gone or has ended with all its
+        events given, or ``deadline`` (``clock``'s) has passed. What WS
+        /ws/executions/{id} and A2A's streams send is read here."""
+        store = await self.store()
+        while True:
+            execution = await store.get(execution_id)
+            events = await store.events(execution_id, after)
+            if events:
+                after = events[-1].seq
+            yield execution, events
+            if execution is None or (execution.status in FINAL and not events):
+                return
+            wait_s = self.poll_s
+            if deadline is not None:
+                wait_s = min(wait_s, deadline - self.clock())
+                if wait_s <= 0:
+                    return
+            await self.wait(execution_id, wait_s)
 
     # What the API does
 

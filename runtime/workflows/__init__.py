@@ -8,6 +8,8 @@
     approvals           the approval step: a durable wait for a decision
     agents              the agent step: calls to remote A2A agents
     a2a_api             /a2a/{name}: each pipeline as an A2A agent
+    a2a_stream          its streamed methods: a task's updates as SSE
+    a2a_wire            A2A's forms of a task, its status and output, and error codes
 """
 
 from .a2a_api import a2a_routes

@@ -1,7 +1,9 @@
 """Pipelines as A2A agents: an agent card and a JSON-RPC endpoint (A2A 1.0) per pipeline.
 
     GET  /a2a/{pipeline}/.well-known/agent-card.json   its card: one skill, the pipeline
-    POST /a2a/{pipeline}                               SendMessage, GetTask, CancelTask
+    POST /a2a/{pipeline}                               SendMessage, GetTask, CancelTask;
+                                                       SendStreamingMessage and
+                                                       SubscribeToTask (SSE, a2a_stream)
 
 Each pipeline is an agent with a base URL of its own, ``/a2a/{pipeline}``, and its card
 where A2A puts one under a base URL (the a2a-sdk's ``A2ACardResolver(client,
@@ -14,17 +16,20 @@ An execution waiting for an approval is ``input-required`` (decided with POST
 /api/v1/executions/{id}/approvals); one that succeeded is ``completed``, its output
 the artifact ``output``. Callers authenticate with aigw API keys (Bearer), and Cedar's
 invoke check on ``Pipeline::"name"`` is made as for ``POST /v1/pipelines/{name}``;
-GetTask and CancelTask see only the key's own executions (an admin key's: all). A card
-is refused as A2A's HTTP+JSON binding refuses a call (no key: 401, a pipeline the key
-may not run or that does not exist: 404), with google.rpc.Status's error object, not
-OpenAI's, as it is read by A2A clients.
+GetTask and CancelTask see only the key's own executions (an admin key's: all).
+SendStreamingMessage starts one as SendMessage does and streams its task's updates;
+SubscribeToTask streams those of a task GetTask may read, unless it has ended (A2A 1.0
+refuses that: UnsupportedOperationError). A card is refused as A2A's HTTP+JSON binding
+refuses a call (no key: 401, a pipeline the key may not run or that does not exist:
+404), with google.rpc.Status's error object, not OpenAI's, as it is read by A2A clients.
 
 Each POST is counted as ``POST /v1/pipelines/{name}`` is: an access log line (endpoint
 ``a2a``), the request metrics of route ``pipeline:{name}``, and an ``invoke_agent``
 span its execution's model calls go under. A call the gateway refuses (no key: 401,
 policy: 403, no such pipeline: 404, ...) is answered with a JSON-RPC error object at
 that HTTP status, its OpenAI-style type and code in the error's ``data``, as the MCP
-proxy answers, so an A2A client shows why.
+proxy answers, so an A2A client shows why; a stream is refused so, before it starts, and
+its line is written when it ends.
 """
 
 from __future__ import annotations
@@ -45,28 +50,30 @@ from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, Status
 from ..telemetry.record import RequestRecord
 from ..telemetry.tracing import traceparent
+from .a2a_stream import STREAM_S, task_stream
+from .a2a_wire import (
+    INTERNAL,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    TASK_NOT_CANCELABLE,
+    TASK_NOT_FOUND,
+    UNSUPPORTED_OPERATION,
+    task,
+)
 from .api import counted, pipeline_span
 from .service import Workflows, may_run
 
 PROTOCOL_VERSION = "1.0"
-# How long SendMessage waits for its task to settle, as POST /v1/pipelines waits; and
-# CancelTask for the runner holding the execution to stop it.
-SEND_WAIT_S = 300.0
+# How long SendMessage waits for its task to settle, as POST /v1/pipelines waits (and a
+# stream is open); and CancelTask for the runner holding the execution to stop it.
+SEND_WAIT_S = STREAM_S
 CANCEL_WAIT_S = 10.0
-# JSON-RPC's codes and A2A's own (A2A 1.0, JSON-RPC binding).
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-INTERNAL = -32603
-TASK_NOT_FOUND, TASK_NOT_CANCELABLE = -32001, -32002
 
 # google.rpc's status names of the HTTP statuses a card's GET may be refused with.
 _RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
-_STATES = {
-    Status.QUEUED: "TASK_STATE_SUBMITTED", Status.RUNNING: "TASK_STATE_WORKING",
-    Status.PAUSED: "TASK_STATE_WORKING", Status.WAITING: "TASK_STATE_INPUT_REQUIRED",
-    Status.SUCCEEDED: "TASK_STATE_COMPLETED", Status.FAILED: "TASK_STATE_FAILED",
-    Status.CANCELLED: "TASK_STATE_CANCELED",
-}
 
 
 def a2a_routes(workflows: Workflows) -> list[BaseRoute]:
@@ -114,7 +121,7 @@ class _A2a:
             "supportedInterfaces": [{"url": f"{base}/a2a/{name}", "protocolBinding": "JSONRPC",
                                      "protocolVersion": PROTOCOL_VERSION}],
             "version": self._graph().fingerprint[:12],
-            "capabilities": {"streaming": False, "pushNotifications": False},
+            "capabilities": {"streaming": True, "pushNotifications": False},
             "securitySchemes": {"aigw": {"httpAuthSecurityScheme": {"scheme": "Bearer"}}},
             "securityRequirements": [{"schemes": {"aigw": {"list": []}}}],
             "defaultInputModes": ["text/plain", "application/json"],
@@ -157,7 +164,13 @@ class _A2a:
             params = body.get("params") or {}
             if not isinstance(params, dict):
                 raise _RpcError(INVALID_PARAMS, "params must be an object")
-            result = await self._call(request, record, key, name, body["method"], params)
+            method = body["method"]
+            if method in ("SendStreamingMessage", "SubscribeToTask"):
+                execution = await self._start(request, record, key, name, params) \
+                    if method == "SendStreamingMessage" \
+                    else await self._subscribed(key, name, params)
+                return await task_stream(self.workflows, live, record, call_id[0], execution)
+            result = await self._call(request, record, key, name, method, params)
         except _RpcError as exc:
             record.error = str(exc.code)  # the JSON-RPC code, as the client got it
             return JSONResponse({"jsonrpc": "2.0", "id": call_id[0],
@@ -170,23 +183,59 @@ class _A2a:
             return await self._send(request, record, key, name, params)
         if method not in ("GetTask", "CancelTask"):
             raise _RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
-                            "agent takes SendMessage, GetTask and CancelTask")
+                            "agent takes SendMessage, SendStreamingMessage, GetTask, "
+                            "CancelTask and SubscribeToTask")
+        execution = await self._task(key, name, params)
+        if method == "CancelTask":
+            try:
+                execution = await self.workflows.control(key, execution.id, "cancel")
+            except NotFound:  # removed meanwhile
+                raise _RpcError(TASK_NOT_FOUND, f"no task '{execution.id}'") from None
+            except Conflict as exc:
+                raise _RpcError(TASK_NOT_CANCELABLE, exc.message) from exc
+            execution = await self._settled(execution, CANCEL_WAIT_S, FINAL)
+        return task(execution)
+
+    async def _task(self, key: ApiKey, name: str, params: dict[str, Any]) -> Execution:
+        """The execution ``params.id`` names, if it is this pipeline's and ``key`` may see
+        it (its own, or any for an admin key); else TaskNotFound, as for none."""
         task_id = params.get("id")
         try:
             execution = await self.workflows.execution(key, str(task_id))
-            if execution.pipeline != name:
-                raise NotFound(f"No execution '{task_id}'.")
-            if method == "CancelTask":
-                execution = await self.workflows.control(key, execution.id, "cancel")
-                execution = await self._settled(execution, CANCEL_WAIT_S, FINAL)
         except NotFound:
             raise _RpcError(TASK_NOT_FOUND, f"no task '{task_id}'") from None
-        except Conflict as exc:
-            raise _RpcError(TASK_NOT_CANCELABLE, exc.message) from exc
-        return task(execution)
+        if execution.pipeline != name:
+            raise _RpcError(TASK_NOT_FOUND, f"no task '{task_id}'")
+        return execution
+
+    async def _subscribed(self, key: ApiKey, name: str, params: dict[str, Any]) -> Execution:
+        """The task SubscribeToTask streams: one that has ended is refused, as A2A 1.0
+        requires (UnsupportedOperationError; GetTask reads it)."""
+        execution = await self._task(key, name, params)
+        if execution.status in FINAL:
+            raise _RpcError(UNSUPPORTED_OPERATION,
+                            f"task '{execution.id}' has already {execution.status.value}; "
+                            "GetTask reads it")
+        return execution
 
     async def _send(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
                     params: dict[str, Any]) -> dict[str, Any]:
+        execution = await self._start(request, record, key, name, params)
+        configuration = params.get("configuration")
+        if not (isinstance(configuration, dict) and configuration.get("returnImmediately")):
+            record.waiting_upstream()  # its steps' time, as POST /v1/pipelines counts it
+            try:
+                execution = await self._settled(execution, SEND_WAIT_S,
+                                                FINAL | {Status.PAUSED, Status.WAITING})
+            finally:
+                record.waited_upstream()
+        return {"task": task(execution)}
+
+    async def _start(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
+                     params: dict[str, Any]) -> Execution:
+        """The execution the message starts (or started, for a ``messageId`` sent before),
+        as POST /v1/pipelines/{name} starts one: Cedar's invoke check, the key's limits,
+        the input schema."""
         message = params.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
             raise _RpcError(INVALID_PARAMS, "params.message with parts is required")
@@ -202,15 +251,7 @@ class _A2a:
                 traceparent(record.trace_context))
         except (BadRequest, Conflict) as exc:  # the input, or a messageId used before
             raise _RpcError(INVALID_PARAMS, exc.message) from exc
-        configuration = params.get("configuration")
-        if not (isinstance(configuration, dict) and configuration.get("returnImmediately")):
-            record.waiting_upstream()  # its steps' time, as POST /v1/pipelines counts it
-            try:
-                execution = await self._settled(execution, SEND_WAIT_S,
-                                                FINAL | {Status.PAUSED, Status.WAITING})
-            finally:
-                record.waited_upstream()
-        return {"task": task(execution)}
+        return execution
 
     def _input(self, name: str, parts: list[Any]) -> Any:
         data = [part["data"] for part in parts if isinstance(part, dict) and "data" in part]
@@ -256,25 +297,3 @@ def card_error(exc: GatewayError) -> Response:
     return JSONResponse({"error": {"code": exc.status, "status": status,
                                    "message": exc.message, "details": details}},
                         status_code=exc.status, headers=headers)
-
-
-def task(execution: Execution) -> dict[str, Any]:
-    """``execution`` as an A2A Task (its proto JSON form)."""
-    status: dict[str, Any] = {"state": _STATES[execution.status]}
-    said = {
-        Status.WAITING: f"waiting for an approval: POST /api/v1/executions/{execution.id}"
-                        "/approvals decides it",
-        Status.PAUSED: f"paused: POST /api/v1/executions/{execution.id}/resume goes on",
-        Status.FAILED: execution.error, Status.CANCELLED: execution.error,
-    }.get(execution.status)
-    if said:
-        status["message"] = {"messageId": f"{execution.id}:{execution.status.value}",
-                             "role": "ROLE_AGENT", "taskId": execution.id,
-                             "contextId": execution.id, "parts": [{"text": said}]}
-    found: dict[str, Any] = {"id": execution.id, "contextId": execution.id, "status": status}
-    if execution.status is Status.SUCCEEDED:
-        output = execution.output
-        part = {"text": output} if isinstance(output, str) else {"data": output}
-        found["artifacts"] = [{"artifactId": "output", "name": "output", "parts": [part]}]
-    return found
-

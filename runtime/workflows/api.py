@@ -395,7 +395,8 @@ async def _final(
 async def counted(live: Live, record: RequestRecord, work: Awaitable[Response]) -> Response:
     """``work``'s response, ``record`` finished with its status (the access log line, the
     metrics) and the overhead header on it; a ``GatewayError`` is raised with the overhead
-    header added, for the caller's handler to answer (OpenAI's shape, or JSON-RPC's)."""
+    header added, for the caller's handler to answer (OpenAI's shape, or JSON-RPC's). A
+    stream's record (``record.stream``) is finished by the stream, as it ends."""
     try:
         response = await work
     except GatewayError as exc:
@@ -410,7 +411,8 @@ async def counted(live: Live, record: RequestRecord, work: Awaitable[Response]) 
         response.headers.update(overhead_header(record))
         return response
     finally:
-        live.telemetry.finish(record)
+        if not record.stream:
+            live.telemetry.finish(record)
 
 
 def pipeline_span(

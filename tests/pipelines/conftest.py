@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from a2a.client import Client, ClientConfig, ClientFactory
 
 from aigw.compiler.graph import Route
 from aigw.runtime.app import create_app
@@ -89,6 +90,15 @@ keys:
 agents: {{{agents}}}
 guardrails: {{{guardrails}}}
 """
+
+
+async def a2a_client(http: httpx.AsyncClient, url: str, *, streaming: bool = False,
+                     polling: bool = False) -> Client:
+    """The a2a-sdk's own client of the agent at ``url`` (a pipeline's ``/a2a/{name}``),
+    over ``http`` (which carries the key): its card read, as A2A clients start."""
+    factory = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming,
+                                         polling=polling))
+    return await factory.create_from_url(url)
 
 
 def refuse_memos(file: Path, refuse: bool) -> None:
@@ -281,7 +291,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     """``await serve({"name": yaml}, store=..., http=...)``: a gateway dir with these
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
     is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
-    ``deployments``, ``settings``, ``agents``, ``guardrails`` and ``groups`` lines under theirs."""
+    ``deployments``, ``settings``, ``agents``, ``guardrails`` and ``groups`` lines under theirs;
+    ``clock``: the workflows' (their seam for time)."""
     opened: list[Served] = []
 
     async def start(
@@ -301,6 +312,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         models: Any = None,
         namespace: str | None = None,
         root: Path | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> Served:
         root = root or tmp_path / f"gw{len(opened)}"
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
@@ -312,6 +324,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
             (root / "pipelines" / f"{name}.yaml").write_text(text)
         gateway = Gateway(root, counter)
         options: dict[str, Any] = {"models": models} if models is not None else {}
+        if clock is not None:
+            options["clock"] = clock
         workflows = Workflows(gateway, namespace=namespace, http=http, poll_s=0.05, **options)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(gateway, workflows)),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
-from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver
 from a2a.client.errors import AgentCardResolutionError
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.types.a2a_pb2 import (
@@ -16,13 +17,23 @@ from a2a.types.a2a_pb2 import (
     GetTaskRequest,
     Role,
     SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
     Task,
     TaskState,
 )
 from a2a.utils.errors import InvalidParamsError
 from google.protobuf import json_format
 
-from .conftest import BOT_KEY, DEV_KEY, FAST_ONLY_KEY, Serve, Served, approval_pipeline
+from .conftest import (
+    BOT_KEY,
+    DEV_KEY,
+    FAST_ONLY_KEY,
+    Serve,
+    Served,
+    a2a_client,
+    approval_pipeline,
+)
 from .test_approvals import DENIED, EVERYTHING, NO_PUBLISH_FOR_BOT
 
 GREET = """
@@ -35,9 +46,7 @@ output: "{{ steps.greet }}"
 
 
 async def _client(served: Served, pipeline: str, *, polling: bool = False) -> object:
-    factory = ClientFactory(ClientConfig(httpx_client=served.http, streaming=False,
-                                         polling=polling))
-    return await factory.create_from_url(f"http://aigw.test/a2a/{pipeline}")
+    return await a2a_client(served.http, f"http://aigw.test/a2a/{pipeline}", polling=polling)
 
 
 async def _send(client: object, text: str) -> Task:
@@ -118,7 +127,7 @@ async def test_callers_need_a_key_and_see_only_their_own_tasks(serve: Serve) -> 
     assert other.json() == {"jsonrpc": "2.0", "id": 1,
                             "error": {"code": -32001, "message": f"no task '{task.id}'"}}
     unknown = await served.http.post("/a2a/greet", json={"jsonrpc": "2.0", "id": 2,
-                                                         "method": "SendStreamingMessage"})
+                                                         "method": "ListTasks"})
     assert unknown.json()["error"]["code"] == -32601
     assert (await served.http.get("/a2a/nope/.well-known/agent-card.json")).status_code == 404
     with pytest.raises(InvalidParamsError, match="does not match pipeline 'greet'"):
@@ -188,3 +197,31 @@ async def test_each_call_has_its_log_line_and_metrics(
     metrics = (await served.http.get("/metrics")).text
     assert 'aigw_requests_total{deployment="_none",provider="_none",route="pipeline:greet",' \
         'status="200",team="eng"} 1.0' in metrics
+
+
+async def test_a_stream_ends_after_its_time_with_the_tasks_status(serve: Serve) -> None:
+    """A stream is open at most 300 s, as SendMessage waits: then it says where the task
+    stands and ends, and the client may subscribe again."""
+    ahead = [0.0]
+    served = await serve({"publish": approval_pipeline()},
+                         clock=lambda: time.time() + ahead[0])
+    started = await served.start("publish", {"text": "hello"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    paused = await served.http.post(f"/api/v1/executions/{started['id']}/pause")
+    assert paused.status_code == 202, paused.text
+    await served.wait_for(started["id"], lambda e: e["status"] == "paused")
+    client = await a2a_client(served.http, "http://aigw.test/a2a/publish", streaming=True)
+
+    async def subscribed() -> list[StreamResponse]:
+        request = SubscribeToTaskRequest(id=started["id"])
+        return [event async for event in client.subscribe(request)]  # type: ignore[attr-defined]
+
+    stream = asyncio.create_task(subscribed())
+    await asyncio.sleep(0.3)  # it follows the task now
+    assert not stream.done()
+    ahead[0] = 301.0
+    events = await asyncio.wait_for(stream, 10)
+    assert [event.WhichOneof("payload") for event in events] == ["task", "status_update"]
+    status = events[-1].status_update.status
+    assert status.state == TaskState.TASK_STATE_WORKING
+    assert status.message.parts[0].text.startswith("paused: POST /api/v1/executions/")

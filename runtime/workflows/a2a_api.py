@@ -47,7 +47,7 @@ from ..auth import authenticate
 from ..chat import new_record
 from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..policy_request import authorize_pipeline
-from ..store.executions import FINAL, Execution, Status
+from ..store.executions import FINAL, Execution, ExecutionConflict, Status
 from ..telemetry.record import RequestRecord
 from ..telemetry.tracing import traceparent
 from .a2a_stream import STREAM_S, task_stream
@@ -189,10 +189,10 @@ class _A2a:
         if method == "CancelTask":
             try:
                 execution = await self.workflows.control(key, execution.id, "cancel")
-            except NotFound:  # removed meanwhile
+            except (NotFound, KeyError):  # removed meanwhile
                 raise _RpcError(TASK_NOT_FOUND, f"no task '{execution.id}'") from None
-            except Conflict as exc:
-                raise _RpcError(TASK_NOT_CANCELABLE, exc.message) from exc
+            except ExecutionConflict as exc:  # it has ended
+                raise _RpcError(TASK_NOT_CANCELABLE, str(exc)) from exc
             execution = await self._settled(execution, CANCEL_WAIT_S, FINAL)
         return task(execution)
 

@@ -22,7 +22,7 @@ from a2a.types.a2a_pb2 import (
     Task,
     TaskState,
 )
-from a2a.utils.errors import InvalidParamsError
+from a2a.utils.errors import InvalidParamsError, TaskNotCancelableError
 from google.protobuf import json_format
 
 from .conftest import (
@@ -225,3 +225,14 @@ async def test_a_stream_ends_after_its_time_with_the_tasks_status(serve: Serve) 
     status = events[-1].status_update.status
     assert status.state == TaskState.TASK_STATE_WORKING
     assert status.message.parts[0].text.startswith("paused: POST /api/v1/executions/")
+
+
+async def test_cancelling_a_task_that_has_ended_is_task_not_cancelable(serve: Serve) -> None:
+    """The store's conflict (ExecutionConflict) was not the gateway's Conflict the code
+    caught: the call was a 500, where A2A names TaskNotCancelableError."""
+    served = await serve({"greet": GREET})
+    client = await _client(served, "greet")
+    task = await _send(client, "owls")
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    with pytest.raises(TaskNotCancelableError, match="has already succeeded"):
+        await client.cancel_task(CancelTaskRequest(id=task.id))  # type: ignore[attr-defined]

@@ -19,6 +19,10 @@ expiry is not found; SQLite's expired rows are deleted by the first write each h
 Redis expires its own. After Redis did not answer, it is left alone for
 ``RedisResponses.REST_S`` (reads are 503s, writes not made, at once): a Redis that
 hangs must not hold every answer for its timeout.
+
+The conversations of ``/v1/conversations`` live in the same store
+(runtime/store/conversations.py: ``ResponseStore.conversations()``), in tables of their
+own in the same file, or under keys of their own on the same Redis client.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
+from .conversations import ConversationStore, RedisConversations, SQLiteConversations
+from .conversations import create_tables as create_conversation_tables
+from .conversations import purge as purge_conversations
 from .factory import embedded_file
 from .redis_store import disconnected
 from .sqlite_file import SQLiteFile
@@ -85,6 +92,10 @@ class ResponseStore(Protocol):
         """Forget the response; False when there was none."""
         ...
 
+    def conversations(self) -> ConversationStore:
+        """The conversations (/v1/conversations), kept in the same store."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -95,6 +106,7 @@ class SQLiteResponses:
         self._db = db
         self._clock = clock
         self._purge_at = 0.0  # when expired rows are next deleted
+        self._conversations = SQLiteConversations(db, clock)
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL",
@@ -111,6 +123,9 @@ class SQLiteResponses:
             self._purge_at = now + PURGE_EVERY_S
             self._db.post(partial(_purge, now))
 
+    def conversations(self) -> ConversationStore:
+        return self._conversations
+
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
         return await self._db.call(partial(_select, response_id, self._clock(), items),
                                    single=True)
@@ -126,6 +141,7 @@ def _create_table(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
+    create_conversation_tables(connection)
 
 
 def _insert(response_id: str, key: str, created_at: float, expires_at: float, body: bytes,
@@ -151,6 +167,7 @@ def _delete(response_id: str, now: float, connection: sqlite3.Connection) -> boo
 
 def _purge(now: float, connection: sqlite3.Connection) -> None:
     connection.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+    purge_conversations(now, connection)
 
 
 class RedisResponses:
@@ -161,40 +178,45 @@ class RedisResponses:
     REST_S = 5.0
 
     def __init__(self, url: str, namespace: str = "aigw") -> None:
-        self._redis: Redis = Redis.from_url(
+        self.redis: Redis = Redis.from_url(
             url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S,
             retry=Retry(NoBackoff(), 1))
         self._prefix = f"{namespace}:response:"
         self._resting_until = 0.0
+        self._conversations = RedisConversations(self, namespace)
 
-    def _check(self) -> None:
+    def conversations(self) -> ConversationStore:
+        return self._conversations
+
+    def check(self) -> None:
+        """Refuses at once while Redis rests (it did not answer a moment ago)."""
         if time.monotonic() < self._resting_until:
             raise StoreUnavailable("the response store (Redis) did not answer a moment ago")
 
-    def _failed(self, exc: RedisError | OSError) -> StoreUnavailable:
+    def failed(self, exc: RedisError | OSError) -> StoreUnavailable:
         if disconnected(exc):
             self._resting_until = time.monotonic() + self.REST_S
         return StoreUnavailable(f"the response store (Redis) failed: {exc}")
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
                   ttl_s: float) -> None:
-        self._check()
+        self.check()
         name = self._prefix + response_id
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(name, mapping={"key": key, "body": body, "items": items})
                 pipe.pexpire(name, max(1, int(ttl_s * 1000)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
 
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
-        self._check()
+        self.check()
         fields = ["key", "body", "items"] if items else ["key", "body"]
         try:
-            found = await self._redis.hmget(self._prefix + response_id, fields)
+            found = await self.redis.hmget(self._prefix + response_id, fields)
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
         key, body, *rest = found  # the client does not decode: bytes, or None when absent
         if not isinstance(key, bytes) or not isinstance(body, bytes):
             return None
@@ -202,14 +224,14 @@ class RedisResponses:
         return KeptResponse(key.decode(), body, kept)
 
     async def delete(self, response_id: str) -> bool:
-        self._check()
+        self.check()
         try:
-            return bool(await self._redis.delete(self._prefix + response_id))
+            return bool(await self.redis.delete(self._prefix + response_id))
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()
 
 
 def responses_file(ledger: Path) -> Path:

@@ -1,0 +1,427 @@
+"""Conversations (``/v1/conversations``) kept beside the responses, in the same store.
+
+    ConversationStore               the seam; ``ResponseStore.conversations()`` gives it
+    ├── SQLiteConversations         embedded: tables of their own in the responses' file
+    └── RedisConversations          replicas: three keys a conversation, expired by Redis
+
+A conversation is the key that made it (its name), when it was made, its metadata (a
+JSON object, opaque here) and its items in order, each an opaque JSON object under an
+id unique in the conversation. Every write (made, items added or removed, metadata
+changed) sets its expiry ``ttl_s`` ahead: a conversation in use lives on, one left
+alone for ``ttl_s`` is forgotten whole. ``add`` checks the bounds and the ids in the
+same step that writes (one SQLite job, one Lua script), so that two writers at once
+cannot take a conversation past its bounds or give two items one id. Failures are
+``StoreUnavailable``, as the response store's are.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from .sqlite_file import SQLiteFile
+
+if TYPE_CHECKING:
+    from .stored_responses import RedisResponses
+
+# What adding items came to: written; no such conversation (never made, expired,
+# deleted); over a bound; an id already in the conversation.
+Added = Literal["added", "gone", "full", "duplicate"]
+Item = tuple[str, bytes]  # an item's id and its JSON object
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id          TEXT PRIMARY KEY,
+    "key"       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  REAL NOT NULL,
+    metadata    BLOB NOT NULL,
+    items       INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_expiry ON conversations (expires_at);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    conversation TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    id           TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    PRIMARY KEY (conversation, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS conversation_item_ids ON conversation_items (conversation, id)
+"""
+_ADDED: Mapping[bytes, Added] = MappingProxyType({
+    b"added": "added", b"gone": "gone", b"full": "full", b"duplicate": "duplicate"})
+_CHUNK = 500  # ids a statement names, well under SQLite's bound on parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How many items a conversation may hold, and how many bytes they may be in all."""
+
+    items: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeptConversation:
+    """A conversation: the key that made it (its name), when (Unix seconds), its
+    metadata and its items in order (empty when they were not read)."""
+
+    key: str
+    created_at: int
+    metadata: bytes
+    items: tuple[bytes, ...] = ()
+
+
+class ConversationStore(Protocol):
+    """Where conversations live; every method raises ``StoreUnavailable`` when the store
+    cannot answer."""
+
+    async def create(self, conversation_id: str, key: str, created_at: int, metadata: bytes,
+                     items: Sequence[Item], ttl_s: float) -> None:
+        """Keep a new conversation (its id is new: nothing is replaced) with ``items``."""
+        ...
+
+    async def get(self, conversation_id: str, *,
+                  items: bool = False) -> KeptConversation | None:
+        """The conversation (its items too if ``items``), or None when there is none."""
+        ...
+
+    async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
+        """Replace its metadata; False when there is no such conversation."""
+        ...
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Forget it and its items; False when there was none."""
+        ...
+
+    async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
+                  bounds: Bounds | None) -> Added:
+        """Append ``items`` (ids new to the conversation and distinct) unless that takes
+        it past ``bounds`` (None: not checked)."""
+        ...
+
+    async def item(self, conversation_id: str, item_id: str) -> bytes | None:
+        """One item of the conversation, or None."""
+        ...
+
+    async def remove(self, conversation_id: str, item_id: str, ttl_s: float) -> bool:
+        """Forget one item; False when the conversation has none of that id."""
+        ...
+
+
+class SQLiteConversations:
+    """``ConversationStore`` in the responses' SQLite file (its ``SQLiteFile``, whose
+    schema ``create_tables`` made). Expired rows are deleted by the responses' purge."""
+
+    def __init__(self, db: SQLiteFile, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(self, conversation_id: str, key: str, created_at: int, metadata: bytes,
+                     items: Sequence[Item], ttl_s: float) -> None:
+        await self._db.call(partial(_create, conversation_id, key, created_at,
+                                    self._clock() + ttl_s, metadata, tuple(items)))
+
+    async def get(self, conversation_id: str, *,
+                  items: bool = False) -> KeptConversation | None:
+        return await self._db.call(partial(_select, conversation_id, self._clock(), items))
+
+    async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
+        now = self._clock()
+        return await self._db.call(partial(_update, conversation_id, now, now + ttl_s,
+                                           metadata), single=True)
+
+    async def delete(self, conversation_id: str) -> bool:
+        return await self._db.call(partial(_delete, conversation_id, self._clock()))
+
+    async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
+                  bounds: Bounds | None) -> Added:
+        now = self._clock()
+        return await self._db.call(partial(_add, conversation_id, now, now + ttl_s,
+                                           tuple(items), bounds))
+
+    async def item(self, conversation_id: str, item_id: str) -> bytes | None:
+        return await self._db.call(partial(_item, conversation_id, item_id, self._clock()),
+                                   single=True)
+
+    async def remove(self, conversation_id: str, item_id: str, ttl_s: float) -> bool:
+        now = self._clock()
+        return await self._db.call(partial(_remove, conversation_id, item_id, now,
+                                           now + ttl_s))
+
+
+def create_tables(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def purge(now: float, connection: sqlite3.Connection) -> None:
+    """Delete the conversations expired by ``now``, and their items."""
+    connection.execute("DELETE FROM conversation_items WHERE conversation IN "
+                       "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
+    connection.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+
+
+def _insert_items(conversation_id: str, first: int, items: tuple[Item, ...],
+                  connection: sqlite3.Connection) -> None:
+    connection.executemany(
+        "INSERT INTO conversation_items (conversation, seq, id, body) VALUES (?, ?, ?, ?)",
+        [(conversation_id, first + number, item_id, body)
+         for number, (item_id, body) in enumerate(items)])
+
+
+def _create(conversation_id: str, key: str, created_at: int, expires_at: float,
+            metadata: bytes, items: tuple[Item, ...], connection: sqlite3.Connection) -> None:
+    connection.execute(
+        'INSERT INTO conversations (id, "key", created_at, expires_at, metadata, items, bytes) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?)", (conversation_id, key, created_at, expires_at,
+                                         metadata, len(items), _size(items)))
+    _insert_items(conversation_id, 0, items, connection)
+
+
+def _select(conversation_id: str, now: float, items: bool,
+            connection: sqlite3.Connection) -> KeptConversation | None:
+    row = connection.execute('SELECT "key", created_at, metadata FROM conversations '
+                             "WHERE id = ? AND expires_at > ?", (conversation_id, now)).fetchone()
+    if row is None:
+        return None
+    bodies: tuple[bytes, ...] = ()
+    if items:
+        bodies = tuple(bytes(body) for body, in connection.execute(
+            "SELECT body FROM conversation_items WHERE conversation = ? ORDER BY seq",
+            (conversation_id,)))
+    return KeptConversation(row[0], int(row[1]), bytes(row[2]), bodies)
+
+
+def _update(conversation_id: str, now: float, expires_at: float, metadata: bytes,
+            connection: sqlite3.Connection) -> bool:
+    return connection.execute(
+        "UPDATE conversations SET metadata = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
+        (metadata, expires_at, conversation_id, now)).rowcount > 0
+
+
+def _delete(conversation_id: str, now: float, connection: sqlite3.Connection) -> bool:
+    found = connection.execute("DELETE FROM conversations WHERE id = ? AND expires_at > ?",
+                               (conversation_id, now)).rowcount > 0
+    connection.execute("DELETE FROM conversation_items WHERE conversation = ?",
+                       (conversation_id,))
+    return found
+
+
+def _add(conversation_id: str, now: float, expires_at: float, items: tuple[Item, ...],
+         bounds: Bounds | None, connection: sqlite3.Connection) -> Added:
+    row = connection.execute("SELECT items, bytes FROM conversations WHERE id = ? AND "
+                             "expires_at > ?", (conversation_id, now)).fetchone()
+    if row is None:
+        return "gone"
+    count, size = row
+    if bounds is not None and (count + len(items) > bounds.items
+                               or size + _size(items) > bounds.bytes):
+        return "full"
+    ids = [item_id for item_id, _ in items]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        if connection.execute(
+                "SELECT 1 FROM conversation_items WHERE conversation = ? AND id IN "
+                f"({', '.join('?' * len(chunk))}) LIMIT 1",
+                (conversation_id, *chunk)).fetchone() is not None:
+            return "duplicate"
+    (first,) = connection.execute("SELECT ifnull(max(seq), -1) + 1 FROM conversation_items "
+                                  "WHERE conversation = ?", (conversation_id,)).fetchone()
+    _insert_items(conversation_id, first, items, connection)
+    connection.execute("UPDATE conversations SET items = items + ?, bytes = bytes + ?, "
+                       "expires_at = ? WHERE id = ?",
+                       (len(items), _size(items), expires_at, conversation_id))
+    return "added"
+
+
+def _item(conversation_id: str, item_id: str, now: float,
+          connection: sqlite3.Connection) -> bytes | None:
+    row = connection.execute(
+        "SELECT body FROM conversation_items JOIN conversations ON conversations.id = "
+        "conversation WHERE conversation = ? AND conversation_items.id = ? AND expires_at > ?",
+        (conversation_id, item_id, now)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _remove(conversation_id: str, item_id: str, now: float, expires_at: float,
+            connection: sqlite3.Connection) -> bool:
+    body = _item(conversation_id, item_id, now, connection)
+    if body is None:
+        return False
+    connection.execute("DELETE FROM conversation_items WHERE conversation = ? AND id = ?",
+                       (conversation_id, item_id))
+    connection.execute("UPDATE conversations SET items = items - 1, bytes = bytes - ?, "
+                       "expires_at = ? WHERE id = ?", (len(body), expires_at, conversation_id))
+    return True
+
+
+def _size(items: Sequence[Item]) -> int:
+    return sum(len(body) for _, body in items)
+
+
+# KEYS: the conversation's hash, its ids (a list, in order), its items (a hash by id).
+_EXPIRE = "for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end\n"
+# ARGV: ttl in ms, most items and bytes (0: unbounded), then an id and a body per item.
+ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+local ttl, added = ARGV[1], 0
+for i = 4, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then return 'duplicate' end
+  added = added + #ARGV[i + 1]
+end
+local most_items, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+if most_items > 0 and redis.call('HLEN', KEYS[3]) + (#ARGV - 3) / 2 > most_items then
+  return 'full'
+end
+if most_bytes > 0 and tonumber(redis.call('HGET', KEYS[1], 'bytes')) + added > most_bytes then
+  return 'full'
+end
+for i = 4, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBY', KEYS[1], 'bytes', added)
+""" + _EXPIRE + "return 'added'\n"
+# ARGV: the item's id, ttl in ms.
+REMOVE = """
+local ttl = ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local body = redis.call('HGET', KEYS[3], ARGV[1])
+if not body then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('LREM', KEYS[2], 1, ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'bytes', -#body)
+""" + _EXPIRE + "return 1\n"
+# ARGV: the metadata, ttl in ms.
+UPDATE = """
+local ttl = ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'metadata', ARGV[1])
+""" + _EXPIRE + "return 1\n"
+# The key's name, created_at and metadata, then the items' bodies in order (HMGET in
+# chunks: Lua's unpack has a bound on how many values it spreads).
+READ = """
+local head = redis.call('HMGET', KEYS[1], 'key', 'created_at', 'metadata')
+if not head[1] then return {} end
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = 1, #ids, 1000 do
+  local bodies = redis.call('HMGET', KEYS[3], unpack(ids, i, math.min(i + 999, #ids)))
+  for j = 1, #bodies do head[#head + 1] = bodies[j] end
+end
+return head
+"""
+
+
+class RedisConversations:
+    """``ConversationStore`` on the responses' Redis client: ``<namespace>:conversation:
+    <id>`` (a hash: key, created_at, metadata, bytes), ``...:ids`` and ``...:items``, all
+    three expiring together. Failures and rests are the response store's."""
+
+    def __init__(self, responses: RedisResponses, namespace: str = "aigw") -> None:
+        self._responses = responses
+        self._redis = responses.redis
+        self._prefix = f"{namespace}:conversation:"
+        self._add = self._redis.register_script(ADD)
+        self._remove = self._redis.register_script(REMOVE)
+        self._update = self._redis.register_script(UPDATE)
+        self._read = self._redis.register_script(READ)
+
+    def _keys(self, conversation_id: str) -> list[str]:
+        name = self._prefix + conversation_id
+        return [name, f"{name}:ids", f"{name}:items"]
+
+    async def create(self, conversation_id: str, key: str, created_at: int, metadata: bytes,
+                     items: Sequence[Item], ttl_s: float) -> None:
+        self._responses.check()
+        head, ids, bodies = self._keys(conversation_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(head, mapping={"key": key, "created_at": created_at,
+                                         "metadata": metadata, "bytes": _size(items)})
+                if items:
+                    pipe.rpush(ids, *(item_id for item_id, _ in items))
+                    pipe.hset(bodies, mapping=dict(items))
+                for name in (head, ids, bodies):
+                    pipe.pexpire(name, _ms(ttl_s))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+
+    async def get(self, conversation_id: str, *,
+                  items: bool = False) -> KeptConversation | None:
+        self._responses.check()
+        keys = self._keys(conversation_id)
+        try:
+            if items:
+                found = await self._read(keys=keys)
+            else:
+                found = await self._redis.hmget(keys[0], ["key", "created_at", "metadata"])
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        if not found or not isinstance(found[0], bytes):
+            return None
+        key, created_at, metadata, *bodies = found
+        return KeptConversation(key.decode(), int(created_at), metadata,
+                                tuple(body for body in bodies if isinstance(body, bytes)))
+
+    async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
+        return await self._script(self._update, conversation_id, metadata, _ms(ttl_s)) == 1
+
+    async def delete(self, conversation_id: str) -> bool:
+        self._responses.check()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for name in self._keys(conversation_id):
+                    pipe.delete(name)
+                found, *_ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        return bool(found)
+
+    async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
+                  bounds: Bounds | None) -> Added:
+        pairs = [part for item in items for part in item]
+        outcome = await self._script(
+            self._add, conversation_id, _ms(ttl_s), bounds.items if bounds else 0,
+            bounds.bytes if bounds else 0, *pairs)
+        return _ADDED[outcome if isinstance(outcome, bytes) else b""]
+
+    async def item(self, conversation_id: str, item_id: str) -> bytes | None:
+        self._responses.check()
+        head, _, bodies = self._keys(conversation_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.exists(head)
+                pipe.hget(bodies, item_id)
+                alive, body = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        return body if alive and isinstance(body, bytes) else None
+
+    async def remove(self, conversation_id: str, item_id: str, ttl_s: float) -> bool:
+        return await self._script(self._remove, conversation_id, item_id, _ms(ttl_s)) == 1
+
+    async def _script(self, script: AsyncScript, conversation_id: str,
+                      *args: str | bytes | int) -> bytes | int:
+        self._responses.check()
+        try:
+            found = await script(keys=self._keys(conversation_id), args=list(args))
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        assert isinstance(found, bytes | int)
+        return found
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))

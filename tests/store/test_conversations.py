@@ -1,0 +1,129 @@
+"""Conversations in both stores: made with items, items added in order within their
+bounds and with ids of their own, read, removed, metadata replaced, deleted, expired."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aigw.runtime.store.conversations import Bounds, ConversationStore, KeptConversation
+from aigw.runtime.store.stored_responses import (
+    PURGE_EVERY_S,
+    RedisResponses,
+    ResponseStore,
+    SQLiteResponses,
+)
+
+from .conftest import ManualClock, drop_namespace
+
+WIDE = Bounds(items=100, bytes=1 << 20)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def responses(request: pytest.FixtureRequest, tmp_path: Path,
+                    clock: ManualClock) -> AsyncIterator[ResponseStore]:
+    store: ResponseStore
+    if request.param == "sqlite":
+        store = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
+    else:
+        redis_url, namespace = (request.getfixturevalue("redis_url"),
+                                request.getfixturevalue("namespace"))
+        store = RedisResponses(redis_url, namespace)
+    yield store
+    await store.aclose()
+    if request.param == "redis":
+        drop_namespace(redis_url, namespace)
+
+
+@pytest.fixture
+def conversations(responses: ResponseStore) -> ConversationStore:
+    return responses.conversations()
+
+
+async def test_made_added_read_and_removed(conversations: ConversationStore) -> None:
+    await conversations.create("conv_1", "alice", 1700, b'{"a":"1"}',
+                               [("msg_1", b'{"id":"msg_1"}')], ttl_s=60)
+    assert await conversations.get("conv_1") == KeptConversation("alice", 1700, b'{"a":"1"}')
+    assert await conversations.add("conv_1", [("msg_2", b'{"id":"msg_2"}'),
+                                              ("msg_3", b'{"id":"msg_3"}')], 60, WIDE) == "added"
+    kept = await conversations.get("conv_1", items=True)
+    assert kept is not None and kept.items == (b'{"id":"msg_1"}', b'{"id":"msg_2"}',
+                                               b'{"id":"msg_3"}')
+    assert await conversations.item("conv_1", "msg_2") == b'{"id":"msg_2"}'
+    assert await conversations.remove("conv_1", "msg_2", 60) is True
+    assert await conversations.remove("conv_1", "msg_2", 60) is False
+    assert await conversations.item("conv_1", "msg_2") is None
+    kept = await conversations.get("conv_1", items=True)
+    assert kept is not None and kept.items == (b'{"id":"msg_1"}', b'{"id":"msg_3"}')
+    assert await conversations.update("conv_1", b'{"b":"2"}', 60) is True
+    assert await conversations.add("conv_1", [("msg_4", b"{}")], 60, None) == "added"
+    kept = await conversations.get("conv_1", items=True)
+    assert kept is not None and kept.metadata == b'{"b":"2"}' and len(kept.items) == 3
+    assert await conversations.delete("conv_1") is True
+    assert await conversations.delete("conv_1") is False
+    assert await conversations.get("conv_1") is None
+    assert await conversations.item("conv_1", "msg_1") is None
+    assert await conversations.add("conv_1", [("msg_5", b"{}")], 60, WIDE) == "gone"
+    assert await conversations.update("conv_1", b"{}", 60) is False
+
+
+async def test_bounds_and_ids_are_checked_as_items_are_added(
+        conversations: ConversationStore) -> None:
+    await conversations.create("conv_1", "alice", 1700, b"{}", [], ttl_s=60)
+    assert await conversations.get("conv_1", items=True) == KeptConversation("alice", 1700,
+                                                                             b"{}")
+    assert await conversations.add("conv_1", [("a", b"12345"), ("b", b"12345")], 60,
+                                   Bounds(items=2, bytes=10)) == "added"
+    assert await conversations.add("conv_1", [("c", b"1")], 60,
+                                   Bounds(items=3, bytes=10)) == "full"  # bytes
+    assert await conversations.add("conv_1", [("c", b"1")], 60,
+                                   Bounds(items=2, bytes=100)) == "full"  # items
+    assert await conversations.add("conv_1", [("c", b"1"), ("a", b"1")], 60,
+                                   WIDE) == "duplicate"
+    assert await conversations.remove("conv_1", "a", 60) is True  # makes room again
+    assert await conversations.add("conv_1", [("c", b"1")], 60,
+                                   Bounds(items=2, bytes=6)) == "added"
+    kept = await conversations.get("conv_1", items=True)
+    assert kept is not None and kept.items == (b"12345", b"1")
+
+
+async def test_sqlite_expires_and_purges_them(tmp_path: Path, clock: ManualClock) -> None:
+    store = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
+    conversations = store.conversations()
+    try:
+        await conversations.create("conv_1", "alice", 1700, b"{}", [("msg_1", b"{}")], 60)
+        clock.advance(50)
+        assert await conversations.add("conv_1", [("msg_2", b"{}")], 60, WIDE) == "added"
+        clock.advance(50)  # a write sets the expiry ahead
+        assert await conversations.item("conv_1", "msg_2") == b"{}"
+        clock.advance(61)
+        assert await conversations.get("conv_1") is None
+        assert await conversations.item("conv_1", "msg_1") is None
+        assert await conversations.add("conv_1", [("msg_3", b"{}")], 60, WIDE) == "gone"
+        clock.advance(PURGE_EVERY_S)
+        await store.put("resp_1", "alice", b"{}", b"", ttl_s=60)  # purges the expired
+        await store.get("resp_1")  # behind the purge on the writer thread
+        with sqlite3.connect(tmp_path / "aigw-responses.sqlite") as connection:
+            assert connection.execute("SELECT count(*) FROM conversations").fetchone() == (0,)
+            assert connection.execute("SELECT count(*) FROM conversation_items"
+                                      ).fetchone() == (0,)
+    finally:
+        await store.aclose()
+
+
+async def test_redis_expires_them(redis_url: str, namespace: str) -> None:
+    store = RedisResponses(redis_url, namespace)
+    conversations = store.conversations()
+    try:
+        await conversations.create("conv_1", "alice", 1700, b"{}", [("msg_1", b"{}")], 0.3)
+        assert await conversations.add("conv_1", [("msg_2", b"{}")], 0.3, WIDE) == "added"
+        await asyncio.sleep(0.4)
+        assert await conversations.get("conv_1", items=True) is None
+        assert await conversations.item("conv_1", "msg_1") is None
+    finally:
+        await store.aclose()
+        drop_namespace(redis_url, namespace)

@@ -105,8 +105,8 @@ class ConversationStore(Protocol):
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
                   bounds: Bounds | None) -> Added:
-        """Append ``items`` (ids new to the conversation and distinct) unless that takes
-        it past ``bounds`` (None: not checked)."""
+        """Append ``items`` unless that takes it past ``bounds`` (None: not checked), or
+        one of their ids is in it already or given twice (``"duplicate"``)."""
         ...
 
     async def item(self, conversation_id: str, item_id: str) -> bytes | None:
@@ -145,6 +145,8 @@ class SQLiteConversations:
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
                   bounds: Bounds | None) -> Added:
+        if _repeated(items):
+            return "duplicate"
         now = self._clock()
         return await self._db.call(partial(_add, conversation_id, now, now + ttl_s,
                                            tuple(items), bounds))
@@ -270,6 +272,11 @@ def _size(items: Sequence[Item]) -> int:
     return sum(len(body) for _, body in items)
 
 
+def _repeated(items: Sequence[Item]) -> bool:
+    """Whether two of ``items`` have one id (the scripts check those already kept)."""
+    return len({item_id for item_id, _ in items}) < len(items)
+
+
 # KEYS: the conversation's hash, its ids (a list, in order), its items (a hash by id).
 _EXPIRE = "for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end\n"
 # ARGV: ttl in ms, most items and bytes (0: unbounded), then an id and a body per item.
@@ -391,6 +398,8 @@ class RedisConversations:
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
                   bounds: Bounds | None) -> Added:
+        if _repeated(items):
+            return "duplicate"
         pairs = [part for item in items for part in item]
         outcome = await self._script(
             self._add, conversation_id, _ms(ttl_s), bounds.items if bounds else 0,

@@ -84,6 +84,8 @@ async def test_bounds_and_ids_are_checked_as_items_are_added(
                                    Bounds(items=2, bytes=100)) == "full"  # items
     assert await conversations.add("conv_1", [("c", b"1"), ("a", b"1")], 60,
                                    WIDE) == "duplicate"
+    assert await conversations.add("conv_1", [("c", b"1"), ("c", b"2")], 60,
+                                   WIDE) == "duplicate"
     assert await conversations.remove("conv_1", "a", 60) is True  # makes room again
     assert await conversations.add("conv_1", [("c", b"1")], 60,
                                    Bounds(items=2, bytes=6)) == "added"

@@ -3,18 +3,23 @@ Anthropic fake and the echo provider, a real ``aigw serve`` in front of them."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
+from ..providers.conftest import DEV_KEY_LINE, dev_key_line
 from .server import Server
+
+# The secrets of two apps' keys, which find only what they made themselves.
+ALICE, BOB = "sk-responses-alice", "sk-responses-bob"
 
 POLICIES = """
 @id("keys-may-invoke-routes")
@@ -85,3 +90,21 @@ def responses_gateway(root: Path, settings: str = "store: embedded",
             yield upstreams
         finally:
             upstreams.server.stop()
+
+
+def app_keys() -> str:
+    """The keys section: the dev key (an admin) and two keys of apps, alice and bob."""
+    return dev_key_line() + "".join(
+        f"  {name}: {{sha256: {hashlib.sha256(secret.encode()).hexdigest()}}}\n"
+        for name, secret in (("alice", ALICE), ("bob", BOB)))
+
+
+def store_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """``settings.store`` of a test parametrized by ``kind``: embedded, or the test Redis."""
+    return "embedded" if kind == "embedded" else str(request.getfixturevalue("redis_url"))
+
+
+def sdk(upstreams: Upstreams, key: str) -> openai.OpenAI:
+    """The official client, on the gateway, with ``key`` and no retries."""
+    return openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=key,
+                         max_retries=0)

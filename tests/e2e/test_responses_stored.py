@@ -4,7 +4,6 @@ that find only their own, ``store: false``, expiry and a restart."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -15,48 +14,30 @@ import openai
 import pytest
 
 from ..conftest import DEV_KEY
-from ..providers.conftest import dev_key_line
-from .responses_gateway import Upstreams, responses_gateway
+from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk, store_url
 
 pytestmark = pytest.mark.e2e
 
-ALICE, BOB = "sk-responses-alice", "sk-responses-bob"
 LOOKUP: Any = {
     "type": "function", "name": "lookup", "description": "Look a thing up",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }
 
 
-def _keys() -> str:
-    """The dev key (an admin) and two keys of apps, alice and bob."""
-    return dev_key_line() + "".join(
-        f"  {name}: {{sha256: {hashlib.sha256(secret.encode()).hexdigest()}}}\n"
-        for name, secret in (("alice", ALICE), ("bob", BOB)))
-
-
-def _store(request: pytest.FixtureRequest, kind: str) -> str:
-    return "embedded" if kind == "embedded" else str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def upstreams(request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     # Kept in the shared test Redis: they expire within the hour.
-    settings = f'store: "{_store(request, request.param)}", responses_ttl_s: 3600'
+    settings = f'store: "{store_url(request, request.param)}", responses_ttl_s: 3600'
     with responses_gateway(tmp_path_factory.mktemp("kept") / "gw", settings,
-                           _keys()) as served:
+                           app_keys()) as served:
         yield served
-
-
-def _client(upstreams: Upstreams, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=key,
-                         max_retries=0)
 
 
 @pytest.fixture
 def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
-    with _client(upstreams, ALICE) as sdk:
-        yield sdk
+    with sdk(upstreams, ALICE) as client:
+        yield client
 
 
 def _not_found_as_previous(client: openai.OpenAI, response_id: str) -> None:
@@ -187,7 +168,7 @@ def test_retrieve_input_items_and_delete(alice: openai.OpenAI) -> None:
 
 def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -> None:
     kept = alice.responses.create(model="gpt", input="mine")
-    with _client(upstreams, BOB) as bob:
+    with sdk(upstreams, BOB) as bob:
         with pytest.raises(openai.NotFoundError):
             bob.responses.retrieve(kept.id)
         with pytest.raises(openai.NotFoundError):
@@ -195,7 +176,7 @@ def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -
         with pytest.raises(openai.NotFoundError):
             bob.responses.delete(kept.id)
         _not_found_as_previous(bob, kept.id)
-    with _client(upstreams, DEV_KEY) as admin:  # an admin key reads any
+    with sdk(upstreams, DEV_KEY) as admin:  # an admin key reads any
         assert admin.responses.retrieve(kept.id).output_text == "fake-openai: mine"
     assert alice.responses.retrieve(kept.id).id == kept.id
 
@@ -211,7 +192,7 @@ def test_store_false_keeps_nothing(alice: openai.OpenAI) -> None:
 def test_a_restart_keeps_them(alice: openai.OpenAI, upstreams: Upstreams) -> None:
     kept = alice.responses.create(model="gpt", input="remember me")
     upstreams.restart()
-    with _client(upstreams, ALICE) as again:
+    with sdk(upstreams, ALICE) as again:
         assert again.responses.retrieve(kept.id).model_dump() == kept.model_dump()
         answer = again.responses.create(model="gpt", previous_response_id=kept.id,
                                         input="who?")
@@ -221,9 +202,9 @@ def test_a_restart_keeps_them(alice: openai.OpenAI, upstreams: Upstreams) -> Non
 
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
 def test_they_expire(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
-    settings = f'store: "{_store(request, kind)}", responses_ttl_s: 2'
-    with (responses_gateway(tmp_path / "gw", settings, _keys()) as served,
-          _client(served, ALICE) as alice):
+    settings = f'store: "{store_url(request, kind)}", responses_ttl_s: 2'
+    with (responses_gateway(tmp_path / "gw", settings, app_keys()) as served,
+          sdk(served, ALICE) as alice):
         kept = alice.responses.create(model="echo", input="short-lived")
         assert alice.responses.retrieve(kept.id).id == kept.id
         time.sleep(2.2)

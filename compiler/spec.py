@@ -182,6 +182,13 @@ class SettingsSpec(Spec):
         "answered but not kept (logged), so previous_response_id cannot name it (the "
         "error says why).",
     )
+    conversations_max_items: Annotated[int, Field(gt=0, le=100_000)] = Field(
+        10_000,
+        description="Most items a conversation (/v1/conversations) holds; its items are "
+        "also at most responses_max_bytes in all, and it is kept responses_ttl_s after its "
+        "last change. Adding items past either is a 400 (a response in the conversation "
+        "is refused before any upstream call).",
+    )
 
 
 class LatencySpec(Spec):

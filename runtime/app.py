@@ -28,6 +28,7 @@ from . import usage_api
 from .admin_page import admin_page_routes
 from .auth import authenticate, keys_status, require_admin
 from .chat import chat_completions, new_record, overhead_header
+from .conversations import conversation_routes
 from .embeddings import embeddings
 from .errors import (
     GatewayError,
@@ -78,6 +79,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
                   methods=["GET", "DELETE"]),
             Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items,
                   methods=["GET"]),
+            *conversation_routes(),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),

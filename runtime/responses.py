@@ -6,7 +6,8 @@
 With ``store`` true (the default) the response is kept before it is answered (a stream's
 before its last event), and ``previous_response_id`` continues a kept one
 (runtime/responses_stored.py); ``store: false`` keeps nothing (it may still continue a
-kept response, as on OpenAI). Errors
+kept response, as on OpenAI). ``conversation`` continues a conversation instead, and
+adds the turn to it at the same moment (runtime/conversations.py). Errors
 are OpenAI's error objects with chat's statuses (the app renders them); after a
 stream has started, a failure ends it with ``response.failed``. Answers are translated
 back from the core's OpenAI chat results:
@@ -33,9 +34,11 @@ from starlette.responses import Response
 from aigw.compiler.graph import ApiKey
 
 from .chat import Served
+from .conversations import add_turn, in_conversation
 from .errors import GatewayError, RateLimited, UpstreamRateLimited
 from .exchange import Exchange
 from .jsonio import JSONBody
+from .live import Live
 from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage
 from .responses_stored import continued, keep, kept_items
 from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
@@ -65,24 +68,35 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live, record = exchange.live, exchange.record
     asked = parse(body)
     echo = echoed(asked)  # this request's own fields: instructions are not carried over
-    request, earlier = await continued(live, key, asked)
+    request, earlier = await (continued(live, key, asked) if asked.conversation is None
+                              else in_conversation(live, key, asked))
     await exchange.open(key, to_chat_request(request))
     if not request.stream:
         served, answer = await exchange.complete_as(
             lambda served, result: response_body(served, result, echo))
-        if asked.store is not False:
-            await keep(live, key, asked.model, answer,
-                       kept_items(request, earlier, _ids(served).hex))
+        await _kept(live, key, asked, answer, kept_items(request, earlier, _ids(served).hex),
+                    len(earlier))
         return JSONBody(answer, headers=exchange.answer_headers(served))
     served, deltas = await exchange.stream()
     encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
     headers = exchange.answer_headers(served)
     events = encoded_events(encoder, deltas, live, record)
-    if asked.store is not False:
+    if asked.store is not False or asked.conversation is not None:
         items = kept_items(request, earlier, _ids(served).hex)
-        events = _kept_at_end(events, encoder,
-                              lambda final: keep(live, key, asked.model, final, items))
+        events = _kept_at_end(events, encoder, lambda final: _kept(
+            live, key, asked, final, items, len(earlier)))
     return await settled_stream(events, headers)
+
+
+async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict[str, Any],
+                items: list[bytes], earlier: int) -> None:
+    """The response kept (unless ``store: false``), and its turn added to its
+    ``conversation``: ``items`` are its input items as kept, the first ``earlier`` of
+    them the conversation's (or the previous response's) own."""
+    if asked.store is not False:
+        await keep(live, key, asked.model, response, items)
+    if asked.conversation is not None:
+        await add_turn(live, asked.conversation, response, items[earlier:])
 
 
 async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncoder,
@@ -114,6 +128,7 @@ def echoed(request: ResponsesRequest) -> dict[str, Any]:
         "metadata": request.metadata or {},
         "parallel_tool_calls": request.parallel_tool_calls is not False,
         "previous_response_id": request.previous_response_id,
+        "conversation": {"id": request.conversation} if request.conversation else None,
         "reasoning": {"effort": reasoning.effort if reasoning else None, "summary": None},
         "store": request.store is not False,
         "temperature": request.temperature,

@@ -50,15 +50,21 @@ from .auth import authenticate
 from .errors import BadRequest, NotFound, PreviousResponseNotFound, StoreUnavailable
 from .jsonio import JSONBody
 from .live import Live
-from .responses_wire import Item, ResponsesRequest
+from .responses_wire import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+    ResponsesRequest,
+)
 from .store.stored_responses import KeptResponse
 
 log = logging.getLogger("aigw.responses")
 
-__all__ = ["continued", "delete_response", "get_response", "input_items", "keep",
-           "kept_items"]
+__all__ = ["ITEMS", "continued", "delete_response", "get_response", "input_items",
+           "item_line", "items_page", "keep", "kept_items", "page_query"]
 
-_ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
+ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
 _PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
 _ORDERS = ("asc", "desc")
 # The field of a record that stands for a response answered and not kept (too large): a
@@ -112,7 +118,7 @@ async def continued(live: Live, key: ApiKey,
         raise PreviousResponseNotFound(previous, record.head[_NOT_KEPT] if record else None)
     earlier = [*record.lines(), *map(jsonio.dumps, record.head["response"]["output"])]
     try:  # parsed and validated in one pass, no dicts between
-        items = _ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")
+        items = ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")
     except ValidationError as exc:  # kept by another aigw version, in a shape this one refuses
         raise BadRequest(f"The response '{previous}' cannot be continued by this gateway "
                          "version: send the whole conversation as 'input'.",
@@ -126,11 +132,20 @@ def kept_items(request: ResponsesRequest, earlier: list[bytes], hex_id: str) -> 
     if it has none."""
     items = list(earlier)
     for number, item in enumerate(request.input[len(earlier):], start=len(earlier)):
-        dumped = item.model_dump(by_alias=True, exclude_none=True)
-        dumped.setdefault("id", f"{_PREFIX[item.type]}_{hex_id}_{number}")
-        dumped.setdefault("status", "completed")  # the SDK's assistant message needs it
-        items.append(jsonio.dumps(dumped))
+        # "_in": apart from the ids of the response's own output items (msg_<hex>_<n>),
+        # which a conversation holds beside these.
+        items.append(item_line(item, f"{_PREFIX[item.type]}_{hex_id}_in{number}"))
     return items
+
+
+def item_line(item: MessageItem | FunctionCallItem | FunctionCallOutputItem,
+              default_id: str) -> bytes:
+    """``item`` as it is kept, a line of compact JSON: with an id (``default_id`` where it
+    has none) and a status."""
+    dumped = item.model_dump(by_alias=True, exclude_none=True)
+    dumped.setdefault("id", default_id)
+    dumped.setdefault("status", "completed")  # the SDK's assistant message needs it
+    return jsonio.dumps(dumped)
 
 
 async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
@@ -187,25 +202,41 @@ async def input_items(live: Live, headers: Headers, response_id: str,
     them (``order`` desc by default, ``limit`` 1 to 100, 20 by default, ``after`` an
     item id; ``include`` is accepted and changes nothing)."""
     key = authenticate(live.graph, headers)
+    order, limit, after = page_query(query)  # checked before the store is read
+    return JSONBody(items_page((await _kept(live, key, response_id)).lines(), order, limit,
+                               after, response_id))
+
+
+def items_page(lines: list[bytes], order: str, limit: int, after: str | None,
+               owner: str) -> dict[str, Any]:
+    """A list object of the items kept as ``lines`` (oldest first), ``order``ed, from the
+    one after the item whose id is ``after``, at most ``limit``; ``owner`` (the response
+    or conversation holding them) named in errors."""
+    lines = lines[::-1] if order == "desc" else lines
+    if after is not None:
+        lines = lines[_following(lines, after, owner):]
+    page = [jsonio.loads(line) for line in lines[:limit]]  # only the page's items parsed
+    return {"object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(lines) > limit}
+
+
+def page_query(query: QueryParams) -> tuple[str, int, str | None]:
+    """A page's ``order``, ``limit`` and ``after``, checked (``include`` is accepted and
+    changes nothing)."""
+    return _order(query), _limit(query.get("limit", "20")), query.get("after")
+
+
+def _order(query: QueryParams) -> str:
     order = query.get("order", "desc")
     if order not in _ORDERS:
         raise BadRequest(f"Invalid value for 'order': {order!r} is not one of 'asc', "
                          "'desc'.", param="order")
-    limit = _limit(query.get("limit", "20"))
-    lines = (await _kept(live, key, response_id)).lines()
-    if order == "desc":
-        lines.reverse()
-    after = query.get("after")
-    if after is not None:
-        lines = lines[_following(lines, after, response_id):]
-    page = [jsonio.loads(line) for line in lines[:limit]]  # only the page's items parsed
-    return JSONBody({"object": "list", "data": page,
-                     "first_id": page[0]["id"] if page else None,
-                     "last_id": page[-1]["id"] if page else None,
-                     "has_more": len(lines) > limit})
+    return order
 
 
-def _following(lines: list[bytes], after: str, response_id: str) -> int:
+def _following(lines: list[bytes], after: str, owner: str) -> int:
     """Where the items after the one whose id is ``after`` start in ``lines``. A line is
     parsed only when its text has that id (a string's own quotes are escaped in JSON,
     so none of a string's text matches)."""
@@ -213,8 +244,8 @@ def _following(lines: list[bytes], after: str, response_id: str) -> int:
     for number, line in enumerate(lines):
         if needle in line and jsonio.loads(line).get("id") == after:
             return number + 1
-    raise BadRequest(f"Invalid value for 'after': no input item of '{response_id}' has id "
-                     f"'{after}'.", param="after")
+    raise BadRequest(f"Invalid value for 'after': no item of '{owner}' has id '{after}'.",
+                     param="after")
 
 
 def _limit(text: str) -> int:

@@ -3,9 +3,10 @@
     ResponsesRequest (what the app sent) -> to_chat_request -> ChatRequest (what the core takes)
 
 ``previous_response_id`` names a kept response (runtime/responses_stored.py puts its
-conversation before ``input``); ``conversation`` (the Conversations API) and
-``item_reference`` items are refused with a 400 that says to send the conversation as
-``input`` or continue it with ``previous_response_id``. Unknown fields are refused
+conversation before ``input``), ``conversation`` (an id, or ``{"id": ...}``) one of
+the Conversations API (runtime/conversations.py puts its items there), never both (a
+400, as OpenAI's); ``item_reference`` items are refused with a 400 that says to send
+the conversation as ``input`` or continue it. Unknown fields are refused
 (``extra="forbid"``), so that a feature the gateway cannot translate (hosted tools,
 reusable prompts, background runs) is a 400 naming it rather than silently lost.
 Lowering decisions:
@@ -50,9 +51,9 @@ from .errors import BadRequest
 _TAGS = frozenset({"message", "function_call", "function_call_output", "input_text",
                    "input_image", "output_text", "refusal", "text", "json_object",
                    "json_schema", "function", "str", "ToolChoiceFunction"})
-_STORED = ("this gateway keeps no conversations nor items apart from responses: send the "
+_STORED = ("this gateway keeps no items apart from responses and conversations: send the "
            "whole conversation as 'input' (earlier output items included), or continue a "
-           "kept response with 'previous_response_id'")
+           "kept response with 'previous_response_id' or a conversation with 'conversation'")
 
 
 class _Wire(BaseModel):
@@ -240,9 +241,12 @@ class Reasoning(_Wire):
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-def _no_conversation(value: object) -> object:
-    if value is not None:
-        raise ValueError(_STORED)
+def _conversation_id(value: object) -> object:
+    """``{"id": "conv_..."}`` is its id, as the SDK's ``ConversationParam`` allows."""
+    if isinstance(value, dict):
+        if set(value) != {"id"}:
+            raise ValueError('give a conversation\'s id, or {"id": ...}')
+        return value["id"]
     return value
 
 
@@ -302,7 +306,8 @@ class ResponsesRequest(_Wire):
     truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_auto_truncation)] = None
     background: Annotated[bool | None, BeforeValidator(_no_background)] = None
     previous_response_id: Annotated[str, Field(min_length=1)] | None = None
-    conversation: Annotated[None, BeforeValidator(_no_conversation)] = None
+    conversation: Annotated[Annotated[str, Field(min_length=1)] | None,
+                            BeforeValidator(_conversation_id)] = None
 
 
 def parse(body: bytes) -> ResponsesRequest:
@@ -311,7 +316,10 @@ def parse(body: bytes) -> ResponsesRequest:
     try:
         request = ResponsesRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise _bad_request(exc) from exc
+        raise bad_request_from(exc) from exc
+    if request.conversation is not None and request.previous_response_id is not None:
+        raise BadRequest("Mutually exclusive parameters: Ensure you are only providing one "
+                         "of: 'previous_response_id' or 'conversation'.", param="conversation")
     # A number too large for a float (1e999) parses as infinity, which no JSON encoder
     # will send upstream.
     if not finite(request.model_dump(include={"tools", "text"})):
@@ -319,7 +327,8 @@ def parse(body: bytes) -> ResponsesRequest:
     return request
 
 
-def _bad_request(exc: ValidationError) -> BadRequest:
+def bad_request_from(exc: ValidationError) -> BadRequest:
+    """The 400 of a body's first validation error, naming its parameter."""
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return BadRequest(f"We could not parse the JSON body of your request: {first['msg']}")

@@ -1,7 +1,8 @@
 """The OpenAI Agents SDK (``openai-agents``, whose models speak the Responses API by
 default) against a real ``aigw serve``: an agent with a function tool, run whole and
 streamed, its turns chained by ``previous_response_id``, by
-``auto_previous_response_id`` and by a session that sends the whole history."""
+``auto_previous_response_id``, by a session that sends the whole history, and by a
+conversation the gateway keeps (``OpenAIConversationsSession``, ``conversation_id``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from agents import (
     Agent,
     ModelBehaviorError,
+    OpenAIConversationsSession,
     OpenAIResponsesModel,
     RunConfig,
     Runner,
@@ -133,6 +135,47 @@ async def test_a_session_sends_the_whole_history(
     assert [role for role, _ in _sent(upstreams, "gpt")] == [
         "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool"]
     session.close()
+
+
+async def test_a_conversations_session_keeps_the_history_at_the_gateway(
+        client: openai.AsyncOpenAI, upstreams: Upstreams) -> None:
+    agent = _agent(client, "gpt")
+    session = OpenAIConversationsSession(openai_client=client)
+    await Runner.run(agent, "find the moon", run_config=QUIET, session=session)
+    streamed = await _streamed(agent, "and the stars", session=session)
+    assert streamed.final_output == "tool said: found and the stars"
+    assert _sent(upstreams, "gpt") == [
+        ("system", "Be brief."), ("user", "find the moon"), ("assistant", ["lookup"]),
+        ("tool", "found find the moon"), ("assistant", "tool said: found find the moon"),
+        ("user", "and the stars"), ("assistant", ["lookup"]), ("tool", "found and the stars")]
+    kept = await session.get_items()  # read back from the gateway
+    assert [item["type"] for item in kept] == [  # type: ignore[typeddict-item]
+        "message", "function_call", "function_call_output", "message"] * 2
+    # Another session instance on the same conversation sees it all.
+    again = OpenAIConversationsSession(conversation_id=session.session_id, openai_client=client)
+    third = await Runner.run(agent, "and the sun", run_config=QUIET, session=again)
+    assert third.final_output == "tool said: found and the sun"
+    assert len(_sent(upstreams, "gpt")) == 12
+    await session.clear_session()
+    with pytest.raises(openai.NotFoundError):
+        await client.conversations.retrieve(again.session_id)
+
+
+async def test_runs_in_a_conversation_the_gateway_keeps(
+        client: openai.AsyncOpenAI, upstreams: Upstreams) -> None:
+    """``conversation_id``: the SDK sends each turn's new items alone, as ``conversation``;
+    the gateway puts the earlier turns before them and adds the new ones."""
+    agent, conversation = _agent(client, "gpt"), await client.conversations.create()
+    await Runner.run(agent, "find the moon", run_config=QUIET, conversation_id=conversation.id)
+    second = await _streamed(agent, "and the stars", conversation_id=conversation.id)
+    assert second.final_output == "tool said: found and the stars"
+    assert _sent(upstreams, "gpt") == [
+        ("system", "Be brief."), ("user", "find the moon"), ("assistant", ["lookup"]),
+        ("tool", "found find the moon"), ("assistant", "tool said: found find the moon"),
+        ("user", "and the stars"), ("assistant", ["lookup"]), ("tool", "found and the stars")]
+    listed = await client.conversations.items.list(conversation.id, order="asc", limit=100)
+    assert [item.type for item in listed.data] == [
+        "message", "function_call", "function_call_output", "message"] * 2
 
 
 async def test_a_stream_cut_in_a_tool_call_fails_the_run(

@@ -262,7 +262,8 @@ def _access_line(server: Server, request_id: str) -> dict[str, Any] | None:
 
 
 @pytest.mark.parametrize(("ask", "param", "words"), [
-    ({"conversation": "conv_123"}, "conversation", "send the whole conversation as 'input'"),
+    ({"conversation": {"id": "conv_123", "name": "x"}}, "conversation",
+     "give a conversation's id"),
     ({"tools": [{"type": "web_search"}]}, "tools.0", "'web_search' tools run on OpenAI's"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
      "input.0.content.0.file_id", "files stored at OpenAI cannot be passed on"),

@@ -351,7 +351,7 @@ async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
         assert large.status_code == 200
         assert (await http.get(f"{RESPONSES}/{small['id']}")).status_code == 200
         large_id = large.json()["id"]
-        why = ("It was answered and not kept: with its conversation it is 4025 bytes, over "
+        why = ("It was answered and not kept: with its conversation it is 4047 bytes, over "
                "this gateway's responses_max_bytes (1500). Send the whole conversation as "
                "'input'.")
         for path in (large_id, f"{large_id}/input_items"):
@@ -463,9 +463,9 @@ async def test_each_request_logs_one_access_line(
      "user message instead."),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0",
      "Invalid value for 'input.0': item references are not followed: this gateway keeps no "
-     "conversations nor items apart from responses: send the whole conversation as 'input' "
+     "items apart from responses and conversations: send the whole conversation as 'input' "
      "(earlier output items included), or continue a kept response with "
-     "'previous_response_id'."),
+     "'previous_response_id' or a conversation with 'conversation'."),
     ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name",
      "Missing required parameter: 'text.format.name'."),
     ({"truncation": "auto"}, "truncation",

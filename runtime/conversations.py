@@ -1,0 +1,307 @@
+"""/v1/conversations: OpenAI's Conversations API, and ``conversation`` on /v1/responses.
+
+    POST   /v1/conversations                         made, with up to 20 items and metadata
+    GET    POST  DELETE  /v1/conversations/{id}      read, metadata replaced, deleted
+    POST   GET   /v1/conversations/{id}/items        up to 20 added; a page of them
+    GET    DELETE  /v1/conversations/{id}/items/{item_id}
+
+A conversation is kept in the store beside the kept responses (runtime/store/
+conversations.py) and is the key's that made it, as a kept response is: another key
+finds nothing (404), admin keys find any. Its items are what ``input`` takes (message,
+function_call and function_call_output items, checked as they are added, so that every
+item can be given to a model later), each kept with an id (the app's, or ``msg_``/
+``fc_``/``fco_`` and a random hex) unique in the conversation, and a status. A
+conversation is kept ``responses_ttl_s`` from its last change, holds at most
+``conversations_max_items`` items and ``responses_max_bytes`` of them (a record of a
+response holds as much): adding past either is a 400 that says so.
+
+``conversation`` on /v1/responses puts the conversation's items before ``input``, as
+``previous_response_id`` puts a kept response's (``in_conversation``), refusing before
+any upstream call a turn that would take it past its bounds. Once the response has
+completed (or is incomplete; a failed one adds nothing), its new input items and its
+output items are added (``add_turn``) before the answer (a stream's last event) goes
+out, whether or not the response itself is kept (``store``). The output is added even
+where it takes the conversation past its bounds (by one answer at most: the next turn
+is refused), rather than leaving the conversation without the turn its app was given.
+A turn the store cannot take (down, or the conversation deleted meanwhile) is answered
+and not added, logged, as a response not kept is.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from aigw.compiler.graph import ApiKey, Settings
+
+from . import jsonio
+from .auth import authenticate
+from .errors import BadRequest, NotFound, StoreUnavailable
+from .incoming import read_body
+from .jsonio import JSONBody
+from .live import Live
+from .responses_stored import ITEMS, item_line, items_page, page_query
+from .responses_wire import Item, ResponsesRequest, bad_request_from
+from .store.conversations import Bounds, ConversationStore, KeptConversation
+
+log = logging.getLogger("aigw.responses")
+
+__all__ = ["add_turn", "conversation_routes", "in_conversation"]
+
+MAX_ADDED = 20  # items one request may add, as OpenAI's
+_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_ID_BYTES = 48  # more than the id and status a new item is given, kept
+
+
+def _metadata(value: dict[str, str]) -> dict[str, str]:
+    """OpenAI's bounds: 16 pairs, keys up to 64 characters, values up to 512."""
+    if len(value) > 16:
+        raise ValueError("at most 16 key-value pairs")
+    for name, text in value.items():
+        if len(name) > 64:
+            raise ValueError(f"the key {name[:64]!r}... is over 64 characters")
+        if len(text) > 512:
+            raise ValueError(f"the value of {name!r} is over 512 characters")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateConversation(_Wire):
+    items: Annotated[list[Item], Field(max_length=MAX_ADDED)] | None = None
+    metadata: Metadata | None = None
+
+
+class UpdateConversation(_Wire):
+    metadata: Metadata | None  # required, as OpenAI's; null clears it
+
+
+class AddItems(_Wire):
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ADDED)]
+
+
+W = TypeVar("W", bound=_Wire)
+
+
+def conversation_routes() -> list[Route]:
+    return [
+        Route("/v1/conversations", _create, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}", _conversation,
+              methods=["GET", "POST", "DELETE"]),
+        Route("/v1/conversations/{conversation_id}/items", _items, methods=["GET", "POST"]),
+        Route("/v1/conversations/{conversation_id}/items/{item_id}", _item,
+              methods=["GET", "DELETE"]),
+    ]
+
+
+def _live(request: Request) -> Live:
+    live: Live = request.scope["state"]["live"]
+    return live
+
+
+async def _store(live: Live) -> ConversationStore:
+    return (await live.store.responses()).conversations()
+
+
+def _bounds(settings: Settings) -> Bounds:
+    return Bounds(items=settings.conversations_max_items, bytes=settings.responses_max_bytes)
+
+
+async def _body(request: Request, live: Live, model: type[W]) -> W:
+    """The body, read once the key was checked (``read_body``'s bounds), as ``model``."""
+    try:
+        return model.model_validate_json(await read_body(request, live.graph.settings))
+    except ValidationError as exc:
+        raise bad_request_from(exc) from exc
+
+
+def _not_found(conversation_id: str, param: str = "conversation_id") -> NotFound:
+    return NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
+
+
+async def _owned(live: Live, key: ApiKey, conversation_id: str, param: str = "conversation_id",
+                 items: bool = False) -> KeptConversation:
+    """The conversation if ``key`` may read it (its own, or any for an admin key)."""
+    kept = await (await _store(live)).get(conversation_id, items=items)
+    if kept is None or (kept.key != key.name and not key.admin):
+        raise _not_found(conversation_id, param)
+    return kept
+
+
+def _object(conversation_id: str, created_at: int, metadata: bytes) -> dict[str, Any]:
+    return {"id": conversation_id, "object": "conversation", "created_at": created_at,
+            "metadata": jsonio.loads(metadata)}
+
+
+def _new_items(items: Sequence[Any], given: set[str] | None = None) -> list[tuple[str, bytes]]:
+    """``items`` as kept, each with its id: the app's, else a new one. An id given twice,
+    or one the conversation holds (``given``), is a 400: an id names one item."""
+    hex_id = secrets.token_hex(12)
+    kept: list[tuple[str, bytes]] = []
+    seen = set(given or ())
+    for number, item in enumerate(items):
+        if item.id in seen:
+            raise BadRequest(f"Invalid value for 'items.{number}.id': '{item.id}' names "
+                             "another item already.", param=f"items.{number}.id")
+        item_id = item.id or f"{_PREFIX[item.type]}_{hex_id}_{number}"
+        seen.add(item_id)
+        kept.append((item_id, item_line(item, item_id)))
+    return kept
+
+
+def _full(conversation_id: str, settings: Settings, param: str) -> BadRequest:
+    return BadRequest(
+        f"Conversation '{conversation_id}' cannot take these items: it would hold more than "
+        f"{settings.conversations_max_items} items or {settings.responses_max_bytes} bytes "
+        "(this gateway's conversations_max_items and responses_max_bytes). Delete items "
+        "from it, or start another conversation.", param=param)
+
+
+def _list(items: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    data = [jsonio.loads(line) for _, line in items]
+    return {"object": "list", "data": data, "first_id": items[0][0] if items else None,
+            "last_id": items[-1][0] if items else None, "has_more": False}
+
+
+async def _create(request: Request) -> Response:
+    live = _live(request)
+    key = authenticate(live.graph, request.headers)
+    asked = await _body(request, live, CreateConversation)
+    settings = live.graph.settings
+    items = _new_items(asked.items or ())
+    conversation_id = f"conv_{secrets.token_hex(24)}"
+    if (len(items) > settings.conversations_max_items
+            or sum(len(line) for _, line in items) > settings.responses_max_bytes):
+        raise _full(conversation_id, settings, "items")
+    created_at, metadata = int(time.time()), jsonio.dumps(asked.metadata or {})
+    await (await _store(live)).create(conversation_id, key.name, created_at, metadata, items,
+                                      settings.responses_ttl_s)
+    return JSONBody(_object(conversation_id, created_at, metadata))
+
+
+async def _conversation(request: Request) -> Response:
+    """GET, POST (its metadata replaced) or DELETE /v1/conversations/{id}."""
+    live, conversation_id = _live(request), request.path_params["conversation_id"]
+    key = authenticate(live.graph, request.headers)
+    kept = await _owned(live, key, conversation_id)
+    store = await _store(live)
+    if request.method == "GET":
+        return JSONBody(_object(conversation_id, kept.created_at, kept.metadata))
+    if request.method == "DELETE":
+        if not await store.delete(conversation_id):
+            raise _not_found(conversation_id)  # expired or deleted meanwhile
+        return JSONBody({"id": conversation_id, "object": "conversation.deleted",
+                         "deleted": True})
+    metadata = jsonio.dumps((await _body(request, live, UpdateConversation)).metadata or {})
+    if not await store.update(conversation_id, metadata, live.graph.settings.responses_ttl_s):
+        raise _not_found(conversation_id)
+    return JSONBody(_object(conversation_id, kept.created_at, metadata))
+
+
+async def _items(request: Request) -> Response:
+    """GET (a page, as input_items pages) or POST (items added) .../items."""
+    live, conversation_id = _live(request), request.path_params["conversation_id"]
+    key = authenticate(live.graph, request.headers)
+    if request.method == "GET":
+        order, limit, after = page_query(request.query_params)
+        kept = await _owned(live, key, conversation_id, items=True)
+        return JSONBody(items_page(list(kept.items), order, limit, after, conversation_id))
+    await _owned(live, key, conversation_id)
+    items = _new_items((await _body(request, live, AddItems)).items)
+    settings = live.graph.settings
+    added = await (await _store(live)).add(conversation_id, items, settings.responses_ttl_s,
+                                           _bounds(settings))
+    if added == "gone":
+        raise _not_found(conversation_id)
+    if added == "full":
+        raise _full(conversation_id, settings, "items")
+    if added == "duplicate":
+        raise BadRequest("Invalid value for 'items': the conversation has an item with one "
+                         "of their ids already.", param="items")
+    return JSONBody(_list(items))
+
+
+async def _item(request: Request) -> Response:
+    """GET or DELETE .../items/{item_id}; a deletion answers the conversation."""
+    live = _live(request)
+    conversation_id, item_id = (request.path_params["conversation_id"],
+                                request.path_params["item_id"])
+    key = authenticate(live.graph, request.headers)
+    kept = await _owned(live, key, conversation_id)
+    store = await _store(live)
+    missing = NotFound(f"Item with id '{item_id}' not found in conversation "
+                       f"'{conversation_id}'.", param="item_id")
+    if request.method == "GET":
+        body = await store.item(conversation_id, item_id)
+        if body is None:
+            raise missing
+        return Response(body, media_type="application/json")  # as kept: compact JSON
+    if not await store.remove(conversation_id, item_id, live.graph.settings.responses_ttl_s):
+        raise missing
+    return JSONBody(_object(conversation_id, kept.created_at, kept.metadata))
+
+
+async def in_conversation(live: Live, key: ApiKey, request: ResponsesRequest,
+                          ) -> tuple[ResponsesRequest, list[bytes]]:
+    """``request`` (whose ``conversation`` is set) with the conversation's items before its
+    own input, and those items as kept (the response's record starts with them). A turn
+    that would take the conversation past its bounds, or give an id it holds, is a 400
+    here, before any upstream call."""
+    conversation_id = request.conversation
+    assert conversation_id is not None
+    earlier = list((await _owned(live, key, conversation_id, "conversation", True)).items)
+    try:  # parsed and validated in one pass, no dicts between
+        items = ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")
+    except ValidationError as exc:  # kept by another aigw version, in a shape this one refuses
+        raise BadRequest(f"The conversation '{conversation_id}' cannot be continued by this "
+                         "gateway version: send the whole conversation as 'input'.",
+                         param="conversation") from exc
+    held = {item.id for item in items}
+    for number, item in enumerate(request.input):
+        if item.id is not None:
+            if item.id in held:
+                raise BadRequest(f"Invalid value for 'input.{number}.id': '{item.id}' names "
+                                 "another item of the conversation already.",
+                                 param=f"input.{number}.id")
+            held.add(item.id)
+    settings = live.graph.settings
+    size = sum(map(len, earlier)) + sum(
+        len(item.model_dump_json(by_alias=True, exclude_none=True)) + _ID_BYTES
+        for item in request.input)
+    if (len(earlier) + len(request.input) > settings.conversations_max_items
+            or size > settings.responses_max_bytes):
+        raise _full(conversation_id, settings, "conversation")
+    return request.model_copy(update={"input": [*items, *request.input]}), earlier
+
+
+async def add_turn(live: Live, conversation_id: str, response: dict[str, Any],
+                   lines: list[bytes]) -> None:
+    """Add a response's new input items (``lines``, as kept, each with its id) and its
+    output items to its conversation; a turn not added is logged (the answer is not
+    failed for it: it was made, and billed)."""
+    items = [(jsonio.loads(line)["id"], line) for line in lines]
+    items += [(item["id"], jsonio.dumps(item)) for item in response["output"]]
+    try:
+        added = await (await _store(live)).add(conversation_id, items,
+                                               live.graph.settings.responses_ttl_s, None)
+    except StoreUnavailable as exc:
+        log.warning("response %s not added to conversation %s: %s", response["id"],
+                    conversation_id, exc)
+        return
+    if added != "added":
+        log.warning("response %s not added to conversation %s: %s", response["id"],
+                    conversation_id, "it is gone" if added == "gone"
+                    else "an item's id is in it already")

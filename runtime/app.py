@@ -28,6 +28,7 @@ from . import usage_api
 from .admin_page import admin_page_routes
 from .auth import authenticate, keys_status, require_admin
 from .chat import chat_completions, new_record, overhead_header
+from .completions import create_completion
 from .conversations import conversation_routes
 from .embeddings import embeddings
 from .errors import (
@@ -67,6 +68,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
     # routing and middleware layers (bench/BENCH.md, "What the profiles found").
     direct: dict[str, Endpoint] = {
         "/v1/chat/completions": endpoints.chat,
+        "/v1/completions": endpoints.completions,
         "/v1/embeddings": endpoints.embeddings,
         "/v1/messages": endpoints.messages,
         "/v1/responses": endpoints.responses,
@@ -327,6 +329,9 @@ class _Endpoints:
             log.warning("budget use left out of /metrics: the store is unavailable")
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._exchanged(request, "completions", create_completion)
 
     async def embeddings(self, request: Request) -> Response:
         return await self._exchanged(request, "embeddings", embeddings)

@@ -435,7 +435,7 @@ def _served(record: RequestRecord, chosen: Plan, won: Won[Any]) -> Served:
 
 
 def _worst_tokens(chosen: Plan, candidate: Candidate) -> int:
-    return chosen.prompt_tokens + candidate.max_output_tokens * chosen.request.n
+    return chosen.prompt_tokens + candidate.max_output_tokens * chosen.request.samples
 
 
 def _call(chosen: Plan, candidate: Candidate) -> ChatCall:

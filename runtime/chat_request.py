@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .errors import BadRequest
 
 
-def _null_is(default: object) -> BeforeValidator:
+def null_is(default: object) -> BeforeValidator:
     """OpenAI's spec lets an optional parameter be null, meaning what leaving it out
     means: for one with a default value rather than None, null is that default."""
     return BeforeValidator(lambda value: default if value is None else value)
@@ -49,7 +49,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: Annotated[bool, _null_is(False)] = False
+    include_usage: Annotated[bool, null_is(False)] = False
 
 
 class ChatRequest(BaseModel):
@@ -59,11 +59,11 @@ class ChatRequest(BaseModel):
 
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[Message], Field(min_length=1)]
-    stream: Annotated[bool, _null_is(False)] = False
+    stream: Annotated[bool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128), _null_is(1)] = 1
+    n: Annotated[int, Field(ge=1, le=128), null_is(1)] = 1
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | list[str] | None = None
@@ -78,6 +78,14 @@ class ChatRequest(BaseModel):
     # itself pass through as ever. A class's, not a private attribute: pydantic sets
     # those up (a deep copy of the default) on every request parsed.
     anthropic_hints: ClassVar[bool] = False
+    # True on a request from the legacy /v1/completions (``TextChatRequest``): its
+    # one user message is the prompt, which OpenAI-format upstreams get as a raw prompt.
+    text_completion: ClassVar[bool] = False
+
+    @property
+    def samples(self) -> int:
+        """How many completions the upstream writes (and bills) per request: ``n``."""
+        return self.n
 
     @property
     def output_limit(self) -> int | None:
@@ -106,12 +114,16 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return request
 
 
-def chat_request_from(body: dict[str, Any], *, anthropic_hints: bool = False) -> ChatRequest:
+def chat_request_from(body: dict[str, Any], *, anthropic_hints: bool = False,
+                      text_completion: bool = False) -> ChatRequest:
     """A request built by the gateway from another wire format (Anthropic's Messages):
     what does not validate (an empty content list, say) is the client's ``BadRequest``,
-    never a 500. ``anthropic_hints``: see ``ChatRequest.anthropic_hints``."""
+    never a 500. ``anthropic_hints``: see ``ChatRequest.anthropic_hints``;
+    ``text_completion``: a ``TextChatRequest``, from /v1/completions."""
+    kind: type[ChatRequest] = (HintedChatRequest if anthropic_hints else
+                               TextChatRequest if text_completion else ChatRequest)
     try:
-        return (HintedChatRequest if anthropic_hints else ChatRequest).model_validate(body)
+        return kind.model_validate(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
 
@@ -121,6 +133,44 @@ class HintedChatRequest(ChatRequest):
     ``ChatRequest.anthropic_hints``)."""
 
     anthropic_hints: ClassVar[bool] = True
+
+
+class TextParams(BaseModel):
+    """What only a raw-prompt completion takes (OpenAI's legacy /v1/completions): an
+    OpenAI-format upstream gets them as they came; no chat API has them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suffix: str | None = None
+    echo: Annotated[bool, null_is(False)] = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+
+    def asked(self) -> tuple[str, ...]:
+        """The parameters set that only a raw-prompt completion can honour.
+
+        >>> TextParams(suffix="}", best_of=1).asked()
+        ('suffix',)
+        """
+        asked = (("suffix", self.suffix is not None), ("echo", self.echo),
+                 ("logprobs", self.logprobs is not None),
+                 ("best_of", self.best_of is not None and self.best_of > 1))
+        return tuple(name for name, set_ in asked if set_)
+
+
+class TextChatRequest(ChatRequest):
+    """A /v1/completions request lowered into the chat core: its prompt is the one user
+    message (what guardrails check, caches key on and chat-only providers are sent);
+    ``completion`` holds the rest of what the legacy API takes."""
+
+    text_completion: ClassVar[bool] = True
+
+    completion: TextParams = Field(default_factory=TextParams)
+
+    @property
+    def samples(self) -> int:
+        """``best_of`` completions are written (and billed) to return ``n`` of them."""
+        return max(self.n, self.completion.best_of or 1)
 
 
 def finite(value: object) -> bool:

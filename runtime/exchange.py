@@ -12,8 +12,9 @@
 Calls the attempt loop cut short (or hedges' losers) are billed either way: settled
 with the request, to its budgets, each with an estimated ledger record of its own.
 
-/v1/chat/completions, /v1/messages and /v1/responses all drive an ``Exchange``, so
-limits, budgets, the ledger and metrics behave the same whichever SDK the app uses.
+/v1/chat/completions, /v1/completions, /v1/messages and /v1/responses all drive an
+``Exchange``, so limits, budgets, the ledger and metrics behave the same whichever SDK
+the app uses.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Exchange:
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
-                                  request.n)
+                                  request.samples)
         self.admission = admission = await admit(store, record, limits, tokens, cost)
         live.store.keep(admission)
         guards = plan.route.guardrails

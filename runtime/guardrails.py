@@ -2,9 +2,10 @@
 
     input   every message's text (system, user, assistant, tool results; text and
             refusal parts), name, tool calls' arguments and the fields passed on unread,
-            and the tools' descriptions (a function's, its parameters' schema's), before
-            the prompt is counted and the cache looked up: a redacted prompt is what is
-            counted, cached and sent; a block is a 400 ``guardrail_blocked``
+            the tools' descriptions (a function's, its parameters' schema's) and a
+            /v1/completions request's ``suffix``, before the prompt is counted and the
+            cache looked up: a redacted prompt is what is counted, cached and sent; a block
+            is a 400 ``guardrail_blocked``
             naming the guardrail (never what it matched), and no call goes out
     output  each choice's text, tool-call arguments, refusal and the fields passed on
             unread (a reasoning_content): a block withholds the choice
@@ -35,7 +36,7 @@ import httpx
 
 from aigw.compiler.guardrail_graph import Direction, Guardrail, Webhook
 
-from .chat_request import ChatRequest, ContentPart, Message
+from .chat_request import ChatRequest, ContentPart, Message, TextChatRequest
 from .errors import GuardrailBlocked
 from .guardrail_verdicts import Asked, Verdict, Verdicts
 from .providers.base import ChatResult, Choice
@@ -295,9 +296,17 @@ async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
             checked = [task.result() for task in tasks]
         else:  # patterns only: no waiting, so no tasks
             checked = [await check() for check in checks]
+        suffix_update: dict[str, Any] = {}
+        if isinstance(request, TextChatRequest) and request.completion.suffix:
+            # /v1/completions: the text after the gap is prompt too (fill in the middle)
+            suffix = request.completion.suffix
+            if (checked_suffix := await check_text(guardrails, suffix, "input", record,
+                                                   client)) != suffix:
+                suffix_update["completion"] = request.completion.model_copy(
+                    update={"suffix": checked_suffix})
     except* Withheld as group_of:
         raise GuardrailBlocked(_first(group_of).guardrail) from None
-    update: dict[str, Any] = {}
+    update: dict[str, Any] = suffix_update
     count = len(request.messages)
     messages: list[Message] = checked[:count]
     if any(new is not old for new, old in zip(messages, request.messages, strict=True)):

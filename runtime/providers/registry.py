@@ -50,6 +50,12 @@ ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
 # no gateway-side guess at it turns them back into the text the client meant.
 EMBEDS_TOKEN_IDS = frozenset({"echo", "openai", "openai_compatible", "vllm", "azure_openai"})
 
+# Provider types whose adapter sends a /v1/completions request to the upstream's own
+# /completions, the prompt as it came: only there do suffix, echo, logprobs (a count)
+# and best_of mean anything. The others (chat APIs only) get the prompt as one user
+# message, and a request with one of those parameters is not sent to them.
+COMPLETES_TEXT = frozenset({"openai", "openai_compatible", "vllm", "azure_openai"})
+
 
 def build_adapters(
     providers: Mapping[str, Provider],

@@ -2,7 +2,9 @@
 
 A member is dropped, with the reason kept for the 4xx/503 message, the debug trace
 and ``aigw route``, when its provider is disabled, it serves the other endpoint (chat,
-embeddings), it lacks a capability the request needs, the request asks for more output
+embeddings), it lacks a capability the request needs, its provider has a chat API only
+and a /v1/completions request sets a parameter only a raw prompt has (``suffix``,
+``echo``, ``logprobs``, ``best_of``), the request asks for more output
 than it writes (``max_output_tokens``), or the request cannot fit its context window (a
 chat's prompt plus output; an embeddings call's longest input). An ``Ask`` is what the
 attempt loop needs of a request, whichever endpoint it came to.
@@ -25,10 +27,10 @@ from typing import Protocol
 
 from aigw.compiler.graph import Deployment, Group, Route
 
-from ..chat_request import ChatRequest
+from ..chat_request import ChatRequest, TextChatRequest
 from ..errors import BadRequest, ContextWindowExceeded, GatewayError
 from ..providers.base import ChatAdapter
-from ..providers.registry import EMBEDS_TOKEN_IDS
+from ..providers.registry import COMPLETES_TEXT, EMBEDS_TOKEN_IDS
 from .state import RoutingState
 from .strategies import Demand, order, prefix_digest
 
@@ -90,8 +92,11 @@ def eligible(
     adapters: Mapping[str, ChatAdapter],
     request: ChatRequest,
     prompt_tokens: int,
+    text_only: tuple[str, ...] = (),
 ) -> tuple[list[Candidate], list[Dropped]]:
-    """Split ``group``'s members into those that can serve ``request`` and those that cannot."""
+    """Split ``group``'s members into those that can serve ``request`` and those that cannot.
+    ``text_only``: the raw-prompt parameters a /v1/completions request sets (suffix,
+    echo...), which only a provider in ``COMPLETES_TEXT`` can honour."""
     needs = required_capabilities(request)
     wanted = request.output_limit
     extras = request.model_extra
@@ -105,6 +110,11 @@ def eligible(
         if adapter is None:
             reason = deployment.provider.disabled_reason or "its provider has no adapter"
             dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            continue
+        if text_only and deployment.provider.type not in COMPLETES_TEXT:
+            dropped.append(Dropped(deployment.name, f"has a chat API only, which takes no "
+                                   f"'{text_only[0]}' (its provider is {deployment.provider.type})",
+                                   True, PARAM + text_only[0]))
             continue
         missing = needs - deployment.capabilities
         if missing:
@@ -168,18 +178,20 @@ class Ask(Protocol):
 class ChatAsk:
     """A chat completion (from /v1/chat/completions, /v1/messages or a pipeline's step)."""
 
-    __slots__ = ("adapters", "demand", "request", "window_tokens")
+    __slots__ = ("adapters", "demand", "request", "text_only", "window_tokens")
 
     def __init__(self, adapters: Mapping[str, ChatAdapter], route: Route, request: ChatRequest,
                  prompt_tokens: int) -> None:
         self.adapters = adapters
         self.request = request
+        self.text_only = (request.completion.asked() if isinstance(request, TextChatRequest)
+                          else ())
         self.window_tokens = prompt_tokens
         self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
                              chat_prefix(route, request))
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
-        return eligible(group, self.adapters, self.request, self.window_tokens)
+        return eligible(group, self.adapters, self.request, self.window_tokens, self.text_only)
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)

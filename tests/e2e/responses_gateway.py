@@ -1,5 +1,6 @@
-"""The gateway the /v1/responses end-to-end tests serve: routes on the OpenAI fake, the
-Anthropic fake and the echo provider, a real ``aigw serve`` in front of them."""
+"""The gateway the /v1/responses and /v1/completions end-to-end tests serve: routes on
+the OpenAI fake, the Anthropic fake and the echo provider (``spill``: the OpenAI fake,
+the Anthropic one when it fails), a real ``aigw serve`` in front of them."""
 
 from __future__ import annotations
 
@@ -62,12 +63,16 @@ def _gateway_yaml(gpt_url: str, claude_url: str, settings: str, keys: str) -> st
         "           max_output_tokens: 4096, capabilities: [streaming, tools]}\n"
         "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
         "         capabilities: [streaming, json_schema]}\n"
+        "groups:\n"
+        "  gpt-first: {members: [gpt], retry: {attempts: 0}, fallbacks: {on_error: [spare]}}\n"
+        "  spare: {members: [sonnet]}\n"
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
         "  claude: {deployment: sonnet}\n"
         "  echo: {deployment: echo}\n"
         "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n"
-        "  locked: {deployment: gpt}\n" + keys
+        "  locked: {deployment: gpt}\n"
+        "  spill: {group: gpt-first}\n" + keys
     )
 
 

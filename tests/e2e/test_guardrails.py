@@ -197,6 +197,22 @@ def test_input_redaction_is_what_the_upstream_receives(
     assert _last_access(server, "guarded")["guardrails"] == ["pii:input:redact"]
 
 
+def test_a_completions_prompt_and_suffix_are_checked_as_input(
+        client: openai.OpenAI, fake: OpenAIFake) -> None:
+    """/v1/completions: the prompt and the suffix (fill in the middle) are both prompt;
+    the suffix went upstream unchecked, past a block or a redaction."""
+    client.completions.create(model="guarded", prompt="mail jane.doe@example.com",
+                              suffix="or ops@example.com")
+    sent = fake.script.requests[-1]
+    assert (sent["prompt"], sent["suffix"]) == ("mail [EMAIL]", "or [EMAIL]")
+    calls = len(fake.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="guarded", prompt="key = '",
+                                  suffix="sk-" + "A1b2C3d4" * 4 + "'")
+    assert caught.value.code == "guardrail_blocked" and "no-secrets" in caught.value.message
+    assert len(fake.script.requests) == calls
+
+
 def test_a_redacted_prompt_is_what_the_cache_keys_on(
         client: openai.OpenAI, fake: OpenAIFake) -> None:
     calls = len(fake.script.requests)

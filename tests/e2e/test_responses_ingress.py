@@ -17,7 +17,6 @@ import pytest
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
 from .responses_gateway import Upstreams, responses_gateway
-from .server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -219,7 +218,7 @@ def test_ledger_and_access_log_say_responses(client: openai.OpenAI, upstreams: U
     list(streamed.parse())
     streamed_id = streamed.headers["x-request-id"]
     server = upstreams.server
-    whole, streamed_line = _access_line(server, request_id), _access_line(server, streamed_id)
+    whole, streamed_line = server.access_line(request_id), server.access_line(streamed_id)
     assert whole is not None and streamed_line is not None
     assert (whole["endpoint"], whole["status"], whole["stream"], whole["route"]) == (
         "responses", 200, False, "gpt")
@@ -245,20 +244,12 @@ def test_a_client_leaving_a_stream_is_settled_as_chat_streams_are(
             if event.type == "response.output_text.delta":
                 break  # the client leaves after its first word
     deadline = time.monotonic() + 10
-    while not (line := _access_line(upstreams.server, request_id)):
+    while not (line := upstreams.server.access_line(request_id)):
         assert time.monotonic() < deadline, upstreams.server.log
         time.sleep(0.1)
     assert (line["endpoint"], line["stream"], line["status"], line["error"]) == (
         "responses", True, 499, "client_disconnected")
     assert line["completion_tokens"] > 0  # billed what it streamed
-
-
-def _access_line(server: Server, request_id: str) -> dict[str, Any] | None:
-    for text in server.log.splitlines():
-        if text.startswith("{") and f'"{request_id}"' in text:
-            line: dict[str, Any] = json.loads(text)
-            return line
-    return None
 
 
 @pytest.mark.parametrize(("ask", "param", "words"), [

@@ -1,4 +1,7 @@
-"""A fake of OpenAI's API (and Azure OpenAI's URLs): chat completions, streaming, embeddings.
+"""A fake of OpenAI's API (and Azure OpenAI's URLs): chat completions, streaming, embeddings,
+and the legacy completions (``/v1/completions``: a raw prompt, ``suffix``, ``echo``, a
+count of ``logprobs``, ``best_of``; the answer cut at ``max_tokens`` words, 16 when left
+out, as OpenAI's default is).
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -36,6 +39,12 @@ CHAT_PARAMETERS = {
     "parallel_tool_calls", "response_format", "frequency_penalty", "presence_penalty",
     "logit_bias", "logprobs", "top_logprobs", "metadata", "store", "reasoning_effort",
     "service_tier", "modalities", "prediction", "audio", "web_search_options",
+}
+# POST /v1/completions (the legacy API), as OpenAI's API reference lists its parameters.
+COMPLETION_PARAMETERS = {
+    "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream",
+    "stream_options", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
+    "best_of", "logit_bias", "user", "seed",
 }
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -155,6 +164,7 @@ class OpenAIFake:
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", self._azure_chat,
                   methods=["POST"]),
@@ -295,6 +305,84 @@ class OpenAIFake:
             if number + 1 == action.stall_after:  # an upstream that stops mid-answer
                 await asyncio.sleep(action.stall_s)
 
+    async def _completions(self, request: Request) -> Response:
+        """The legacy completions API: the brain's answer to the prompt (and ``[suffix]``
+        after it, when one is sent), cut at ``max_tokens`` words."""
+        denied = self._authorized(request, False)
+        if denied:
+            return denied
+        body, action, failed = await self._load(request)
+        if failed:
+            return failed
+        if not isinstance(body, dict):
+            return _invalid("We could not parse the JSON body of your request.")
+        for name in body:
+            if name not in COMPLETION_PARAMETERS:
+                return _invalid(f"Unrecognized request argument supplied: {name}")
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            return _invalid("The fake takes one text prompt.", "prompt")
+        if body.get("stream") and (body.get("best_of") or 1) > 1:
+            return _invalid("Cannot stream results with best_of greater than 1.", "best_of")
+        said = decide(self.name, prompt, [], None, False).text or ""
+        if body.get("suffix"):
+            said += f" [{body['suffix']}]"
+        pieces = said.split(" ")
+        limit = int(body.get("max_tokens") or 16)
+        finish = "length" if len(pieces) > limit else "stop"
+        text = " ".join(pieces[:limit])
+        echoed = prompt + text if body.get("echo") else text
+        choices = int(body.get("n") or 1)
+        prompt_tokens = len(prompt.split()) + (len(body.get("suffix", "").split()))
+        completion_tokens = len(text.split()) * max(choices, int(body.get("best_of") or 1))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        scored = body.get("logprobs") is not None
+        head = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model"), "system_fingerprint": "fp_fake"}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                self._text_chunks(head, words(echoed), finish, choices, scored,
+                                  usage if include_usage else None, action),
+                media_type="text/event-stream")
+        return JSONResponse({**head, "choices": [
+            {"text": echoed, "index": index,
+             "logprobs": _text_logprobs(words(echoed)) if scored else None,
+             "finish_reason": finish} for index in range(choices)], "usage": usage},
+            headers=action.headers)
+
+    async def _text_chunks(self, head: dict[str, Any], pieces: list[str], finish: str,
+                           choices: int, scored: bool, usage: dict[str, Any] | None,
+                           action: Action) -> AsyncIterator[bytes]:
+        """A completions stream: a chunk a word, the last of a choice with its finish
+        reason; with usage asked for, ``"usage": null`` on each and a last chunk with it."""
+
+        def event(listed: list[dict[str, Any]], usage_value: Any = None) -> bytes:
+            chunk: dict[str, Any] = {**head, "choices": listed}
+            if usage is not None:
+                chunk["usage"] = usage_value
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        events = []
+        for index in range(choices):
+            for number, piece in enumerate(pieces):
+                last = number == len(pieces) - 1
+                events.append(event([{
+                    "text": piece, "index": index,
+                    "logprobs": _text_logprobs([piece]) if scored else None,
+                    "finish_reason": finish if last else None}]))
+        if usage is not None:
+            events.append(event([], usage))
+        events.append(b"data: [DONE]\n\n")
+        for number, item in enumerate(events):
+            if action.cut_stream_after is not None and number >= action.cut_stream_after:
+                raise ConnectionResetError("scripted disconnect")
+            yield item
+            await asyncio.sleep(action.event_delay_s)
+
     async def _azure_embeddings(self, request: Request) -> Response:
         return await self._embeddings(request, azure=True)
 
@@ -345,6 +433,16 @@ def bag_of_words(text: str, dimensions: int) -> list[float]:
         vector[int.from_bytes(digest[:4], "big") % dimensions] += 1.0 if digest[4] & 1 else -1.0
     norm = math.sqrt(sum(value * value for value in vector))
     return [value / norm for value in vector] if norm else vector
+
+
+def _text_logprobs(tokens: list[str]) -> dict[str, Any]:
+    """Log probabilities as the legacy completions API gives them (fixed values)."""
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    return {"tokens": tokens, "token_logprobs": [-0.25] * len(tokens),
+            "top_logprobs": [{token: -0.25} for token in tokens], "text_offset": offsets}
 
 
 def _logprobs(tokens: list[str]) -> dict[str, Any]:

@@ -32,10 +32,11 @@ from .policy import Facts, RequestGate
 from .policy_request import authorize_route
 from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
 from .providers.guard import SentOutput
+from .providers.registry import COMPLETES_TEXT
 from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate, ChatAsk
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
-from .telemetry.record import RequestRecord, UpstreamFailure
+from .telemetry.record import RequestRecord, UpstreamFailure, operation_name
 from .telemetry.tracing import (
     CACHE_READ_TOKENS,
     CACHE_WRITE_TOKENS,
@@ -135,7 +136,7 @@ def prepare(
         live.telemetry.started(record)
         if headers is not None:
             record.span, record.trace_context = live.telemetry.tracing.request(
-                f"chat {request.model}", headers
+                f"{operation_name(record)} {request.model}", headers
             )
     return Plan(route, request, prompt_tokens, live.routing.clock() + budget_s)
 
@@ -206,7 +207,8 @@ async def complete(
         return await call_upstream(
             live, record, quotas, candidate, _worst_tokens(chosen, candidate),
             chosen.prompt_tokens,
-            partial(candidate.adapter.complete, _call(chosen, candidate)), "chat", _noted)
+            partial(candidate.adapter.complete, _call(chosen, candidate)),
+            _operation(chosen, candidate), _noted)
 
     won = await run_attempts(live, chosen.route,
                              _loop(live, chosen, attempt, partial(bill_loser, record)), record)
@@ -296,7 +298,8 @@ async def stream(
         record.waiting_upstream()
         # The span lasts as long as the stream (``_measured`` ends it), not to its first
         # delta: its duration and usage are the whole call's.
-        with attempt_span(live, record, candidate, ends=False) as span:
+        with attempt_span(live, record, candidate, ends=False,
+                          operation=_operation(chosen, candidate)) as span:
             try:
                 first = await anext(deltas)
             except StopAsyncIteration:
@@ -436,6 +439,14 @@ def _served(record: RequestRecord, chosen: Plan, won: Won[Any]) -> Served:
 
 def _worst_tokens(chosen: Plan, candidate: Candidate) -> int:
     return chosen.prompt_tokens + candidate.max_output_tokens * chosen.request.samples
+
+
+def _operation(chosen: Plan, candidate: Candidate) -> str:
+    """GenAI's operation of one call: a /v1/completions prompt its upstream is sent raw
+    is a text_completion; the same prompt as a user message (a chat-only provider) a chat."""
+    if chosen.request.text_completion and candidate.deployment.provider.type in COMPLETES_TEXT:
+        return "text_completion"
+    return "chat"
 
 
 def _call(chosen: Plan, candidate: Candidate) -> ChatCall:

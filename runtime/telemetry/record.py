@@ -153,8 +153,10 @@ class RequestRecord:
 
 
 # GenAI's operation names, by the endpoint a record is for (chat, /v1/messages and
-# /v1/responses: chat; /v1/pipelines/{name} and /a2a/{name} run an agent of sorts).
-_OPERATIONS = {"embeddings": "embeddings", "pipelines": "invoke_agent", "a2a": "invoke_agent"}
+# /v1/responses: chat; /v1/completions: text_completion; /v1/pipelines/{name} and
+# /a2a/{name} run an agent of sorts).
+_OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
+               "pipelines": "invoke_agent", "a2a": "invoke_agent"}
 
 
 def operation_name(record: RequestRecord) -> str:

@@ -162,6 +162,24 @@ def _traced_gateway(
             yield served
 
 
+def test_a_completions_request_is_a_text_completion_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/v1/completions: the request and its raw-prompt call are GenAI text_completion
+    spans (they were named chat, as every request of the chat core was)."""
+    receiver, fake = OtlpReceiver(), OpenAIFake()
+    with _traced_gateway(tmp_path, monkeypatch, receiver, fake, _abc(
+        "routes:\n  r: {deployment: a}\n"
+    )) as (client, server):
+        client.completions.create(model="r", prompt="trace me")
+        request = _span_named(receiver, server, "text_completion r")
+        attempt = _span_named(receiver, server, "text_completion served-a")
+    assert request["attributes"]["gen_ai.operation.name"] == "text_completion"
+    assert request["attributes"]["gen_ai.usage.output_tokens"] == 3
+    assert attempt["parent_span_id"] == request["span_id"]
+    assert attempt["attributes"]["gen_ai.operation.name"] == "text_completion"
+
+
 def test_the_upstream_is_sent_its_attempts_traceparent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from hashlib import sha256
 from typing import Any
 
 import httpx
@@ -15,15 +16,23 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
+from ..providers.conftest import DEV_KEY_LINE
 from .responses_gateway import Upstreams, responses_gateway
 
 pytestmark = pytest.mark.e2e
 
 
+# A key whose tpm holds one completion of 1,000 tokens, not three (best_of=3).
+SMALL_KEY = "sk-completions-small-tpm"
+
+
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     """Both fakes and one server for the module: starting ``aigw serve`` takes seconds."""
-    with responses_gateway(tmp_path_factory.mktemp("completions") / "gw") as served:
+    digest = sha256(SMALL_KEY.encode()).hexdigest()
+    small = f"  small: {{sha256: {digest}, limits: {{tpm: 2500}}}}\n"
+    with responses_gateway(tmp_path_factory.mktemp("completions") / "gw",
+                           keys=DEV_KEY_LINE + small) as served:
         yield served
 
 
@@ -145,6 +154,49 @@ def test_ledger_and_access_log_say_completions(
                               "WHERE request_id IN (?, ?)", (request_id, streamed_id)).fetchall()
     ledger.close()
     assert sorted(rows) == sorted([(request_id, "gpt", 200, 3), (streamed_id, "gpt", 200, 3)])
+
+
+def test_best_of_is_held_and_billed_for_every_sample(
+    client: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    """best_of=3 writes three completions to return one: the key's limits hold three
+    (max_tokens each), and the upstream's usage, which counts all three, is billed."""
+    completion = client.completions.create(model="gpt", prompt="pick one", best_of=3)
+    assert len(completion.choices) == 1
+    assert completion.usage is not None and completion.usage.completion_tokens == 3 * 3
+    assert upstreams.gpt.script.requests[-1]["best_of"] == 3
+    with openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=SMALL_KEY,
+                       max_retries=0) as small:
+        with pytest.raises(openai.RateLimitError):
+            small.completions.create(model="gpt", prompt="pick one", max_tokens=1000,
+                                     best_of=3)
+        small.completions.create(model="gpt", prompt="pick one", max_tokens=1000)
+
+
+def test_the_response_cache_keeps_completions_apart_from_chat(client: openai.OpenAI) -> None:
+    """A raw-prompt answer is not a chat answer: the same text as a chat message is a
+    miss, and the same completion again a hit."""
+    first = client.completions.with_raw_response.create(model="gpt-cached", prompt="cache me")
+    again = client.completions.with_raw_response.create(model="gpt-cached", prompt="cache me")
+    chat = client.chat.completions.with_raw_response.create(
+        model="gpt-cached", messages=[{"role": "user", "content": "cache me"}],
+        max_tokens=16)
+    assert [raw.headers["x-aigw-cache"] for raw in (first, again, chat)] == [
+        "miss", "hit", "miss"]
+    assert again.parse().choices[0].text == first.parse().choices[0].text
+
+
+def test_a_failure_mid_stream_is_an_error_in_the_stream(
+    client: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    upstreams.gpt.script.actions.append(Action(cut_stream_after=2))  # after two words
+    texts: list[str] = []
+    with pytest.raises(openai.APIError) as failed:
+        for chunk in client.completions.create(model="gpt", prompt="one two three four",
+                                               stream=True):
+            texts.extend(choice.text for choice in chunk.choices)
+    assert "".join(texts) == "fake-openai: one"
+    assert "provider 'oai' is unreachable" in failed.value.message  # chat's error object
 
 
 @pytest.mark.parametrize(("ask", "param", "words"), [

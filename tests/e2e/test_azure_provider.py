@@ -58,6 +58,19 @@ def test_openai_sdk_through_azure(azure: tuple[openai.OpenAI, OpenAIFake]) -> No
     assert text == "fake-azure: one two"
 
 
+def test_legacy_completions_reach_the_azure_deployments_completions(
+    azure: tuple[openai.OpenAI, OpenAIFake],
+) -> None:
+    client, fake = azure
+    completion = client.completions.create(model="gpt", prompt="hello azure", suffix="end")
+    assert completion.choices[0].text == "fake-azure: hello azure [end]"
+    assert completion.model == "prod-gpt-4o"
+    assert "model" not in fake.script.requests[-1]  # the URL names the deployment
+    text = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="gpt", prompt="one two", stream=True) if chunk.choices)
+    assert text == "fake-azure: one two"
+
+
 def test_tool_conversation_reassembled_from_the_stream(
     azure: tuple[openai.OpenAI, OpenAIFake],
 ) -> None:

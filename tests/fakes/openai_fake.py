@@ -170,6 +170,8 @@ class OpenAIFake:
                   methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", self._azure_embeddings,
                   methods=["POST"]),
+            Route("/openai/deployments/{deployment}/completions", self._azure_completions,
+                  methods=["POST"]),
         ])
 
     async def _ready(self, request: Request) -> Response:
@@ -305,10 +307,13 @@ class OpenAIFake:
             if number + 1 == action.stall_after:  # an upstream that stops mid-answer
                 await asyncio.sleep(action.stall_s)
 
-    async def _completions(self, request: Request) -> Response:
+    async def _azure_completions(self, request: Request) -> Response:
+        return await self._completions(request, azure=True)
+
+    async def _completions(self, request: Request, azure: bool = False) -> Response:
         """The legacy completions API: the brain's answer to the prompt (and ``[suffix]``
         after it, when one is sent), cut at ``max_tokens`` words."""
-        denied = self._authorized(request, False)
+        denied = self._authorized(request, azure)
         if denied:
             return denied
         body, action, failed = await self._load(request)
@@ -341,7 +346,8 @@ class OpenAIFake:
                  "total_tokens": prompt_tokens + completion_tokens}
         scored = body.get("logprobs") is not None
         head = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-                "model": body.get("model"), "system_fingerprint": "fp_fake"}
+                "model": request.path_params.get("deployment") or body.get("model"),
+                "system_fingerprint": "fp_fake"}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(

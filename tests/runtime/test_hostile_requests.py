@@ -43,7 +43,7 @@ async def test_a_body_nested_too_deep_is_a_400(client: httpx.AsyncClient) -> Non
         assert "recursion limit" in response.json()["error"]["message"]
 
 
-MODEL_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages",
+MODEL_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
                "/v1/messages/count_tokens", "/v1/responses")
 JSON_PATHS = (*MODEL_PATHS, "/v1/pipelines/research", "/api/v1/executions", "/route",
               "/evaluate")

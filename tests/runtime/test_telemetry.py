@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -252,7 +253,7 @@ async def test_each_keys_expiry_is_a_gauge_of_the_graph_served(
 
 
 @pytest.mark.parametrize("shutdown", [False, True], ids=["client", "shutdown"])
-@pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/responses"])
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions", "/v1/messages", "/v1/responses"])
 async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
     gateway_dir: Path, counter: TokenCounter, path: str, shutdown: bool
 ) -> None:
@@ -268,9 +269,12 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                                      base_url="http://aigw.test",
                                      headers={"Authorization": f"Bearer {DEV_KEY}"}) as client:
             words = "one two three four five six seven eight"  # 640 ms to answer
-            body = {"model": "echo", "input": words} if path == "/v1/responses" else {
-                "model": "echo", "max_tokens": 100,
-                "messages": [{"role": "user", "content": words}]}
+            body: dict[str, Any] = {"model": "echo", "max_tokens": 100,
+                                    "messages": [{"role": "user", "content": words}]}
+            if path == "/v1/responses":
+                body = {"model": "echo", "input": words}
+            elif path == "/v1/completions":
+                body = {"model": "echo", "max_tokens": 100, "prompt": words}
             call = asyncio.create_task(client.post(path, json=body))
             await asyncio.sleep(0.2)
             if shutdown:

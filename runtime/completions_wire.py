@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from .chat_request import (
     StreamOptions,
     TextChatRequest,
+    TextParams,
     bad_request,
     chat_request_from,
     finite,
@@ -32,17 +33,14 @@ __all__ = ["CompletionRequest", "parse", "to_chat_request"]
 DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions, as OpenAI's API reference lists its parameters."""
+class CompletionRequest(TextParams):
+    """POST /v1/completions, as OpenAI's API reference lists its parameters (those only
+    a raw prompt has, suffix, echo, logprobs and best_of, are ``TextParams``')."""
 
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(min_length=1)]
     prompt: str | list[str] | list[int] | list[list[int]]
-    suffix: str | None = None
-    echo: Annotated[bool, null_is(False)] = False
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
     stream: Annotated[bool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1), null_is(DEFAULT_MAX_TOKENS)] = DEFAULT_MAX_TOKENS
@@ -55,7 +53,7 @@ class CompletionRequest(BaseModel):
 
 
 # The text-only parameters, kept apart from the chat ones in ``TextParams``.
-_TEXT_PARAMS = ("suffix", "echo", "logprobs", "best_of")
+_TEXT_PARAMS = frozenset(TextParams.model_fields)
 # Chat's own fields this API has not (messages, tools...): sent here, they are unknown
 # parameters, not extras to pass on (they would be read as chat's).
 _CHAT_ONLY = frozenset(TextChatRequest.model_fields) - frozenset(CompletionRequest.model_fields)

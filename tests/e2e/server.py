@@ -88,6 +88,14 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError(f"graph {fingerprint[:12]} never served:\n{self.log}")
 
+    def access_line(self, request_id: str) -> dict[str, Any] | None:
+        """The access log's line (JSON, in the process's output) of one request."""
+        for text in self.log.splitlines():
+            if text.startswith("{") and f'"{request_id}"' in text:
+                line: dict[str, Any] = json.loads(text)
+                return line
+        return None
+
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 

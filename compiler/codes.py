@@ -87,7 +87,7 @@ SERVE_ADDRESS_TAKEN = _error("AGW325", "two served deployments listen on one add
 # approval step still names it; a name that is not defined matches nobody.
 APPROVER_UNKNOWN = _warning("AGW326", "approvers name a key or team that is not defined")
 BASE_URL_OPERATION = _warning("AGW327", "base_url names an operation, not the API's root")
-GROUP_MIXED_KINDS = _warning("AGW328", "group mixes chat and embeddings deployments")
+GROUP_MIXED_KINDS = _warning("AGW328", "group mixes deployments of different kinds")
 WEIGHTS_UNUSED = _warning("AGW329", "weights given to a group whose strategy does not read them")
 BASE_URL_USER_INFO_AND_KEY = _error("AGW330", "base_url user info and an api_key: two "
                                     "Authorization headers")
@@ -116,6 +116,7 @@ MCP_TRANSPORT = _error("AGW350", "MCP server needs exactly one of url and comman
 MCP_COMMAND_NOT_FOUND = _warning("AGW351", "MCP server's command is not on PATH")
 MCP_OTHER_TRANSPORT = _error("AGW352", "MCP server field is for the other transport")
 MCP_LITERAL_ENV_SECRET = _error("AGW353", "MCP server env holds a literal credential")
+KIND_NOT_SERVED = _error("AGW354", "provider type does not serve the deployment's kind")
 
 # AGW4xx: Cedar policies
 CEDAR_SYNTAX = _error("AGW401", "Cedar syntax error")

@@ -284,6 +284,7 @@ def _price(spec: PriceSpec) -> Price:
         output=spec.output,
         cache_read=spec.input if spec.cache_read is None else spec.cache_read,
         cache_write=spec.input if spec.cache_write is None else spec.cache_write,
+        search_unit=spec.per_1k_search_units / 1000,
     )
 
 

@@ -109,7 +109,8 @@ class Provider:
 class Price:
     """Currency units per million tokens. Prompt tokens the provider read from its prompt
     cache, or wrote to it, are input tokens priced ``cache_read`` and ``cache_write``
-    (the input price where the config names none).
+    (the input price where the config names none). A rerank call's search units (Cohere's
+    billing unit) are priced ``search_unit`` each.
 
     >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
     1.38
@@ -119,14 +120,16 @@ class Price:
     output: float
     cache_read: float
     cache_write: float
+    search_unit: float = 0.0
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
-             cache_write_tokens: int = 0) -> float:
+             cache_write_tokens: int = 0, search_units: int = 0) -> float:
         """What a call cost; ``input_tokens`` counts the prompt's cached tokens too, as
         every adapter reports them (OpenAI's prompt_tokens does)."""
         fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
-        return (fresh * self.input + cache_read_tokens * self.cache_read
-                + cache_write_tokens * self.cache_write + output_tokens * self.output) / 1_000_000
+        return ((fresh * self.input + cache_read_tokens * self.cache_read
+                 + cache_write_tokens * self.cache_write + output_tokens * self.output)
+                / 1_000_000 + search_units * self.search_unit)
 
     def most(self, input_tokens: int, output_tokens: int) -> float:
         """The most a call of this size can cost, however much of its prompt the provider's
@@ -174,7 +177,7 @@ class Deployment:
     name: str
     provider: Provider
     model: str
-    kind: Literal["chat", "embeddings"]
+    kind: Literal["chat", "embeddings", "rerank"]
     context_window: int
     max_output_tokens: int
     price: Price

@@ -190,11 +190,14 @@ def check_embeddings_routes(
     sink: DiagnosticSink,
 ) -> None:
     """Guardrails check chat (/v1/chat/completions, /v1/messages, llm steps): on a route
-    that serves embeddings they would check nothing, and its inputs would go out as sent."""
+    that serves embeddings or rerank they would check nothing, and its inputs would go
+    out as sent."""
     for name, entry in routes.items():
-        if entry.spec.guardrails and kinds(name) == {"embeddings"}:
+        served = kinds(name)
+        if entry.spec.guardrails and len(served) == 1 and "chat" not in served:
             sink.add(codes.GUARDRAIL_ROUTE,
-                     f"route '{name}' serves embeddings: guardrails do not apply to it",
+                     f"route '{name}' serves {next(iter(served))}: guardrails do not apply "
+                     "to it",
                      entry.key("guardrails"),
                      "guardrails check chat requests; remove them here, or put them on a "
                      "chat route")

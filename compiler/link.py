@@ -24,6 +24,7 @@ from .graph import ServedServer
 from .guardrail_graph import Guardrail
 from .guardrails import check_embeddings_routes, check_route_guardrails, link_guardrails
 from .keys import LinkedKey, link_keys
+from .kinds import check_deployment_kind, check_group_kinds
 from .mcp_servers import LinkedMcpServer, link_mcp_servers, not_ascii
 from .pipeline_graph import Agent
 from .semantic_caches import check_semantic_caches
@@ -52,7 +53,7 @@ S = TypeVar("S", bound=Spec)
 # Provider types the runtime has an adapter for; the others compile but are disabled.
 SERVED_PROVIDER_TYPES = frozenset(
     {"echo", "openai", "openai_compatible", "vllm", "azure_openai", "anthropic", "gemini",
-     "bedrock", "vertex"}
+     "bedrock", "vertex", "cohere"}
 )
 # Types served only with an optional extra installed, and the module that extra brings.
 # The compiler looks for it (importlib.util.find_spec) and never imports it.
@@ -66,11 +67,10 @@ _NEEDS_FIELDS = {
     "vertex": (("project", "location"), "add project: ${GOOGLE_CLOUD_PROJECT} and location: "
                "us-east5 (or global)"),
 }
-_NO_EMBEDDINGS = frozenset({"anthropic", "bedrock", "vertex"})
 _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
-_NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
+_NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini", "cohere"})
 # The types whose api_key is sent as ``Authorization: Bearer``.
-_BEARER_KEY = frozenset({"openai", "openai_compatible", "vllm", "bedrock"})
+_BEARER_KEY = frozenset({"openai", "openai_compatible", "vllm", "bedrock", "cohere"})
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 # An unclosed reference: "${" and the name after it, as far as a name goes.
 _UNCLOSED_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_]*")
@@ -156,7 +156,7 @@ def link(
     for group in groups.values():
         _check_group(group, known_deployments, known_groups, sink)
     _check_fallback_cycles(groups, sink)
-    _check_group_kinds(groups, deployments, sink)
+    check_group_kinds(groups, deployments, sink)
     for route in routes.values():
         _check_route(route, known_deployments, known_groups, known_pipelines, sink)
     routing_ok = sink.error_count == errors_before
@@ -447,7 +447,8 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
                  f"{shown_url(url)!r}, which is "
                  "not an http(s) URL with a host", entry.value("base_url"),
                  "write the API's root URL, e.g. https://api.example.com/v1")
-    elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages")):
+    elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages",
+                                           "/rerank")):
         sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
                  f"an operation ({parsed.path})", entry.value("base_url"),
                  "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")
@@ -531,15 +532,8 @@ def _check_deployment(
         _unknown(sink, codes.REF_PROVIDER, "provider", spec.provider, providers,
                  entry.value("provider"), f"deployment '{entry.name}'")
     provider = providers.get(spec.provider)
-    if isinstance(provider, LinkedProvider) and spec.kind == "embeddings" \
-            and provider.entry.spec.type in _NO_EMBEDDINGS:
-        sink.add(
-            codes.NO_EMBEDDINGS_API,
-            f"deployment '{entry.name}' serves embeddings, but provider '{spec.provider}' "
-            f"of type '{provider.entry.spec.type}' has no embeddings API",
-            entry.value("kind"),
-            "serve embeddings from a provider that has them (openai, azure_openai, vllm, ...)",
-        )
+    if isinstance(provider, LinkedProvider):
+        check_deployment_kind(entry, provider.entry.spec.type, sink)
     if spec.max_output_tokens is not None and spec.max_output_tokens > spec.context_window:
         sink.add(
             codes.OUTPUT_EXCEEDS_CONTEXT,
@@ -551,6 +545,11 @@ def _check_deployment(
     _check_pass_params(entry, sink)
 
 
+# What an embeddings or a rerank call sends upstream: the fields the gateway reads.
+_SENT_FIELDS = {"embeddings": "input, dimensions and user",
+                "rerank": "query, documents, top_n and max_tokens_per_doc"}
+
+
 def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> None:
     listed = entry.spec.pass_params
     if listed is None:
@@ -559,7 +558,8 @@ def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> No
         sink.add(codes.PASS_PARAMS_NOT_CHAT,
                  f"deployment '{entry.name}' serves {entry.spec.kind}, and pass_params "
                  "applies to chat parameters only", entry.key("pass_params"),
-                 "remove pass_params: embeddings calls send only input, dimensions and user")
+                 f"remove pass_params: {entry.spec.kind} calls send only "
+                 f"{_SENT_FIELDS[entry.spec.kind]}")
     for index, name in enumerate(listed):
         if name in READ_CHAT_PARAMS:
             sink.add(codes.PASS_PARAM_READ,
@@ -611,40 +611,6 @@ def _check_group(
                  f"group '{entry.name}' gives weights, which strategy "
                  f"'{entry.spec.strategy}' does not read", entry.key("weights"),
                  "set strategy: weighted, or remove weights")
-
-
-def _check_group_kinds(
-    groups: Mapping[str, Entry[GroupSpec]],
-    deployments: Mapping[str, Entry[DeploymentSpec]],
-    sink: DiagnosticSink,
-) -> None:
-    """Chat requests use a group's chat deployments, embeddings requests its embeddings
-    ones: a group of both, or a fallback to a group of the other kind, serves some
-    requests with fewer deployments than it lists, with nothing said until they fail."""
-    kinds: dict[str, set[str]] = {
-        name: {deployments[m].spec.kind for m in entry.spec.members if m in deployments}
-        for name, entry in groups.items()
-    }
-    for name, entry in groups.items():
-        if len(kinds[name]) > 1:
-            chat = [m for m in entry.spec.members
-                    if m in deployments and deployments[m].spec.kind == "chat"]
-            embed = [m for m in entry.spec.members
-                     if m in deployments and deployments[m].spec.kind == "embeddings"]
-            sink.add(codes.GROUP_MIXED_KINDS,
-                     f"group '{entry.name}' mixes chat deployments ({', '.join(chat)}) and "
-                     f"embeddings deployments ({', '.join(embed)}); each request uses only "
-                     "those of its kind", entry.value("members"),
-                     "keep chat and embeddings models in groups of their own")
-            continue
-        for path, fallback in entry.spec.fallback_references():
-            theirs = kinds.get(fallback, set())
-            if len(kinds[name]) == 1 and len(theirs) == 1 and theirs != kinds[name]:
-                sink.add(codes.GROUP_MIXED_KINDS,
-                         f"group '{entry.name}' serves {next(iter(kinds[name]))} but falls back "
-                         f"to group '{fallback}', which serves {next(iter(theirs))}: no request "
-                         "that fails over finds a deployment there", entry.value(*path),
-                         "fall back to a group of the same kind")
 
 
 def _check_fallback_cycles(groups: Mapping[str, Entry[GroupSpec]], sink: DiagnosticSink) -> None:

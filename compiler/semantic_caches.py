@@ -37,15 +37,18 @@ def check_semantic_caches(
         if embeddings in routes and (routes[embeddings].spec.pipeline is not None or (
                 kinds(embeddings) and "embeddings" not in kinds(embeddings))):
             # (no kinds known: its deployments failed validation, and said so themselves)
-            serves = "a pipeline" if routes[embeddings].spec.pipeline is not None else "chat"
+            serves = "a pipeline" if routes[embeddings].spec.pipeline is not None \
+                else " and ".join(sorted(kinds(embeddings)))
             sink.add(codes.SEMANTIC_NOT_EMBEDDINGS,
                      f"route '{name}' embeds its conversations through route '{embeddings}', "
                      f"which serves {serves}, not embeddings", where,
                      "name a route whose deployments have kind: embeddings")
-        if kinds(name) == {"embeddings"}:
+        served = kinds(name)
+        if len(served) == 1 and "chat" not in served:
             sink.add(codes.SEMANTIC_NOT_CHAT,
-                     f"route '{name}' serves embeddings: its semantic cache would never be "
-                     "asked (only chat answers are cached)", entry.value("cache", "semantic"),
+                     f"route '{name}' serves {next(iter(served))}: its semantic cache would "
+                     "never be asked (only chat answers are cached)",
+                     entry.value("cache", "semantic"),
                      "remove 'semantic', or put it on a chat route")
     _check_keys(routes, keys, sink)
 

@@ -20,7 +20,7 @@ ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what ${NAME} and e
 
 ProviderType = Literal[
     "echo", "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vllm",
-    "bedrock", "vertex",
+    "bedrock", "vertex", "cohere",
 ]
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 Strategy = Literal[
@@ -268,7 +268,7 @@ class AgentSpec(Spec):
 
 
 class PriceSpec(Spec):
-    """Price in currency units per million tokens."""
+    """Price in currency units per million tokens (and, for rerank, per search unit)."""
 
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
@@ -279,6 +279,11 @@ class PriceSpec(Spec):
     cache_write: NonNegativeFloat | None = Field(
         None, description="Prompt tokens written to the provider's prompt cache (Anthropic's "
         "cache_creation_input_tokens, Bedrock's cacheWriteInputTokens); default: input.")
+    per_1k_search_units: NonNegativeFloat = Field(
+        0.0, description="Rerank deployments: price per 1,000 search units, as Cohere bills "
+        "rerank (a search unit is one query over up to 100 documents). The provider's count "
+        "is billed where it reports one, else the gateway's (documents / 100, rounded up). "
+        "Token-billed rerankers (Jina, a vLLM server) price input instead.")
 
 
 class ServeSpec(Spec):
@@ -320,8 +325,9 @@ class DeploymentSpec(Spec):
 
     provider: str
     model: str = Field(description="The upstream model id sent to the provider.")
-    kind: Literal["chat", "embeddings"] = Field(
-        "chat", description="What it serves: /v1/chat/completions or /v1/embeddings."
+    kind: Literal["chat", "embeddings", "rerank"] = Field(
+        "chat", description="What it serves: /v1/chat/completions, /v1/embeddings or /v1/rerank "
+        "(for rerank, context_window bounds the query; documents are the provider's to cut)."
     )
     context_window: PositiveInt
     max_output_tokens: PositiveInt | None = None

@@ -382,7 +382,8 @@ def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> in
     cut = CutCall(deployment.name, deployment.provider.name, usage.prompt_tokens,
                   usage.completion_tokens, usage.cached_tokens,
                   deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
-                                        usage.cached_tokens, usage.cache_creation_tokens))
+                                        usage.cached_tokens, usage.cache_creation_tokens,
+                                        usage.search_units))
     if record.cut is None:
         record.cut = [cut]
     else:

@@ -44,6 +44,7 @@ from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .policy_endpoints import policy_routes
+from .rerank import rerank
 from .responses import create_response
 from .responses_stored import delete_response, get_response, input_items
 from .upstream_load import UpstreamLoadWatch
@@ -70,6 +71,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/chat/completions": endpoints.chat,
         "/v1/completions": endpoints.completions,
         "/v1/embeddings": endpoints.embeddings,
+        "/v1/rerank": endpoints.rerank,
         "/v1/messages": endpoints.messages,
         "/v1/responses": endpoints.responses,
     }
@@ -335,6 +337,9 @@ class _Endpoints:
 
     async def embeddings(self, request: Request) -> Response:
         return await self._exchanged(request, "embeddings", embeddings)
+
+    async def rerank(self, request: Request) -> Response:
+        return await self._exchanged(request, "rerank", rerank)
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped

@@ -1,9 +1,10 @@
 """POST /v1/embeddings: authenticate, parse, resolve, call, encode (floats or base64).
 
-A call goes through the chat's attempt loop (routing/attempts.py) with an embeddings
-``Ask``: the route's members in its group's strategy order, skipped when unavailable,
-retried, and its fallback groups taken by the class of the last failure, as a chat's;
-a deployment's own rpm/tpm (``limits``) holds for it too.
+A call goes through the stages of runtime/route_call.py (the chat's attempt loop,
+routing/attempts.py) with an embeddings ``Ask``: the route's members in its group's
+strategy order, skipped when unavailable, retried, and its fallback groups taken by the
+class of the last failure, as a chat's; a deployment's own rpm/tpm (``limits``) holds
+for it too.
 ``input`` may be token ids (a list of ints, or a list of them, as OpenAI takes them):
 they are sent as they came to providers whose embeddings take them, and each counts one
 token. Members whose provider takes text only (Gemini) are skipped for them; a route with
@@ -14,30 +15,22 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from aigw.compiler.graph import ApiKey, Route
+from aigw.compiler.graph import ApiKey, Deployment, Route
 
-from .admission import DeploymentQuotas, check_route_allowed
-from .chat import (
-    bill_answer,
-    bill_loser,
-    call_upstream,
-    deadline_s,
-    overhead_header,
-    resolve_route,
-    run_attempts,
-)
+from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
-from .policy_request import authorize_route
 from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
 from .providers.registry import EMBEDS_TOKEN_IDS
-from .routing.attempts import AttemptLoop, Won
+from .route_call import answer_headers, call_route
+from .routing.attempts import Won
 from .routing.candidates import Candidate, EmbeddingAsk
 from .telemetry.tracing import Span
 
@@ -73,11 +66,8 @@ async def embeddings(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     route = resolve_route(exchange.live.graph, request.model)
     won = await embed(exchange, key, route, inputs, token_ids, request.dimensions,
                       request.user, request.model)
-    return JSONResponse(
-        _body(won.value, request.encoding_format),
-        headers={"x-aigw-route": route.name, "x-aigw-deployment": won.candidate.deployment.name,
-                 "x-aigw-attempts": str(won.attempts), **overhead_header(exchange.record)},
-    )
+    return JSONResponse(_body(won.value, request.encoding_format),
+                        headers=answer_headers(exchange, route, won))
 
 
 async def embed(
@@ -85,55 +75,33 @@ async def embed(
     token_ids: bool, dimensions: int | None, user: str | None, model: str,
     timeout_s: float | None = None,
 ) -> Won[EmbeddingResult]:
-    """Embed ``inputs`` through ``route`` for ``key`` (identified on ``exchange``): the
-    route allowed to it, its policies asked, its limits held and settled, the call
-    billed (``exchange.close``): /v1/embeddings' way, and a semantic cache's
+    """Embed ``inputs`` through ``route`` for ``key`` (identified on ``exchange``), through
+    the stages of runtime/route_call.py: /v1/embeddings' way, and a semantic cache's
     (runtime/semantic_cache.py), which waits at most ``timeout_s`` for it."""
-    live, headers, record = exchange.live, exchange.headers, exchange.record
+    live = exchange.live
     # Each input tokenized once; token ids are their own count.
     counts = [len(item) if isinstance(item, tuple) else live.counter.count(item)
               for item in inputs]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
-    record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
-    live.telemetry.started(record)
-    record.span, record.trace_context = live.telemetry.tracing.request(
-        f"embeddings {model}", headers)
-    check_route_allowed(key, route)
-    gate = await authorize_route(live, key, exchange.user, route, headers, prompt_tokens)
-    _check_serves(route, token_ids)
-    await exchange.admit(key, prompt_tokens, max(
-        (d.price.cost(prompt_tokens, 0) for d in route.candidates if d.kind == "embeddings"),
-        default=0.0))
 
-    quotas = DeploymentQuotas(live.store, record)
+    def call(candidate: Candidate) -> Callable[[], Awaitable[EmbeddingResult]]:
+        embedding = EmbeddingCall(candidate.deployment, inputs, dimensions, user, prompt_tokens)
+        return partial(candidate.adapter.embed, embedding)
 
-    async def attempt(candidate: Candidate) -> EmbeddingResult:
-        call = EmbeddingCall(candidate.deployment, inputs, dimensions, user, prompt_tokens)
-        return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   partial(candidate.adapter.embed, call), "embeddings", _noted)
-
-    ask = EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids)
-    budget_s = deadline_s(route, headers)  # as a chat's
-    deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
-    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
-                       partial(bill_loser, record), gate=gate)
-    won = await run_attempts(live, route, loop, record)
-    bill_answer(live, record, won)
-    await exchange.close()
-    return won
+    return await call_route(
+        exchange, key, route, kind="embeddings", model=model, prompt_tokens=prompt_tokens,
+        ask=EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids),
+        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
+        noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s)
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:
     span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
 
 
-def _check_serves(route: Route, token_ids: bool) -> None:
-    """A 400, before the request is admitted, for one no member of the route could take:
-    a chat route's, or token ids where every embeddings member takes text only."""
-    members = [d for d in route.candidates if d.kind == "embeddings"]
-    if not members:
-        raise BadRequest(f"'{route.name}' is a chat model; it does not serve embeddings.",
-                         param="model")
+def _check_serves(route: Route, token_ids: bool, members: list[Deployment]) -> None:
+    """A 400, before the request is admitted, for token ids where every embeddings
+    member of the route takes text only."""
     if token_ids and not any(d.provider.type in EMBEDS_TOKEN_IDS for d in members):
         types = sorted({d.provider.type for d in members})
         raise BadRequest(f"'input' holds token ids; no deployment of '{route.name}' takes them "

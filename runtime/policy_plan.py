@@ -3,8 +3,8 @@
 Used by the policy router (``POST /route``), ``aigw route`` and ``aigw test``: the
 invoke decision (on the route, and on the pipeline a pipeline route runs), then every
 group the request could reach in the attempt loop's order, each filtered by the route
-policies and ordered by @priority and strategy (for a route of embeddings deployments,
-what /v1/embeddings would try).
+policies and ordered by @priority and strategy (for a route of embeddings or rerank
+deployments, what /v1/embeddings or /v1/rerank would try).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from aigw.compiler.graph import Graph, TargetKind
 
 from .policy import INVOKE, Decision, Denied, Facts, PolicyEngine, Principal, RequestGate
-from .routing.explain import TierExplanation, explain, explain_embeddings, serves_embeddings
+from .routing.explain import TierExplanation, explain, explain_whole, served_kind
 from .routing.state import RoutingState
 
 
@@ -103,9 +103,10 @@ def plan_route(
     if not invoke.allowed or route.group is None:
         pipeline = route.target if route.group is None else None
         return RoutePlan(facts.route, principal, facts, invoke, (), pipeline)
-    if serves_embeddings(graph, facts.route):
-        tiers = explain_embeddings(graph, facts.route, facts.estimated_tokens, gate,
-                                   every_provider, state)
+    kind = served_kind(graph, facts.route)
+    if kind is not None:
+        tiers = explain_whole(graph, facts.route, kind, facts.estimated_tokens, gate,
+                              every_provider, state)
     else:
         tiers = explain(graph, facts.route, facts.estimated_tokens, facts.max_tokens,
                         facts.stream, state, gate, every_provider)

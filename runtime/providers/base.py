@@ -37,6 +37,7 @@ class Usage:
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     cache_creation_tokens: int = 0  # prompt tokens written to it (Anthropic bills these)
     reasoning_tokens: int = 0  # output tokens spent thinking (in completion_tokens too)
+    search_units: int = 0  # a rerank call's, as Cohere bills it (a query of <= 100 documents)
     # False: the provider reported none (an OpenAI-compatible server that ignores
     # include_usage, say); the adapters' guard counts the answer's tokens instead.
     reported: bool = True
@@ -44,7 +45,7 @@ class Usage:
     def __post_init__(self) -> None:
         # A provider's negative count would bill a credit and break the counters.
         if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-               self.cache_creation_tokens, self.reasoning_tokens) < 0:
+               self.cache_creation_tokens, self.reasoning_tokens, self.search_units) < 0:
             raise ValueError(f"negative token counts in {self}")
 
     @property
@@ -192,6 +193,79 @@ def embedding_vector(value: object, provider: Provider) -> tuple[float, ...]:
     return vector
 
 
+@dataclass(frozen=True, slots=True)
+class RerankCall:
+    """``documents`` ranked by relevance to ``query``; ``prompt_tokens``: the query with
+    each document, as the gateway counted them (the call's hold, and its bill where the
+    provider reports no count)."""
+
+    deployment: Deployment
+    query: str
+    documents: tuple[str, ...]
+    top_n: int | None
+    max_tokens_per_doc: int | None
+    prompt_tokens: int
+
+    @property
+    def search_units(self) -> int:
+        """Cohere's billing unit, where the provider reports none: a query over up to
+        100 documents."""
+        return -(-len(self.documents) // DOCUMENTS_PER_SEARCH_UNIT)
+
+
+DOCUMENTS_PER_SEARCH_UNIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    model: str
+    ranking: tuple[tuple[int, float], ...]  # (document index, relevance score), best first
+    prompt_tokens: int
+    search_units: int
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, 0, search_units=self.search_units)
+
+
+def parse_ranking(document: Mapping[str, Any], call: RerankCall,
+                  provider: Provider) -> tuple[tuple[int, float], ...]:
+    """The ``results`` of a Cohere- or Jina-shaped rerank answer, best first, at most
+    ``top_n``: an index out of range, twice, or a score that is not a finite number is
+    the provider's fault (which document would the client be shown?)."""
+    rows = document.get("results")
+    if not isinstance(rows, list) or len(rows) > len(call.documents):
+        raise UpstreamServerError(
+            f"provider '{provider.name}' returned "
+            f"{len(rows) if isinstance(rows, list) else 'no'} results for "
+            f"{len(call.documents)} documents", provider=provider.name)
+    ranking: dict[int, float] = {}
+    for row in rows:
+        index, score = row.get("index"), float(row.get("relevance_score"))
+        if isinstance(index, bool) or not isinstance(index, int) \
+                or not 0 <= index < len(call.documents) or index in ranking \
+                or not abs(score) < float("inf"):
+            raise UpstreamServerError(
+                f"provider '{provider.name}' returned a result that names no document once "
+                f"(index {index!r}) or has no finite score ({score!r})", provider=provider.name)
+        ranking[index] = score
+    best = sorted(ranking.items(), key=lambda pair: (-pair[1], pair[0]))
+    return tuple(best[:call.top_n] if call.top_n is not None else best)
+
+
+def reported_count(value: object, provider: Provider, what: str) -> int | None:
+    """A count a provider reported (tokens, search units), or None where it reported
+    none; a negative or non-numeric one is its fault, not a refund to bill."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= value < float("inf"):
+        raise UpstreamServerError(
+            f"provider '{provider.name}' reported {what} that is not a count ({value!r})",
+            provider=provider.name)
+    return int(value)
+
+
 class ChatAdapter(Protocol):
     """What every provider adapter offers. ``stream`` must end with a usage-only delta."""
 
@@ -200,6 +274,8 @@ class ChatAdapter(Protocol):
     def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]: ...
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult: ...
+
+    async def rerank(self, call: RerankCall) -> RerankResult: ...
 
     async def aclose(self) -> None: ...
 

@@ -5,8 +5,9 @@ the finish reason is "length"); streaming sends it word by word. When the reques
 forces a tool (``tool_choice`` "required" or a named function), echo calls it, with
 the last user message as arguments if that is a JSON object and ``{}`` otherwise, so
 tool flows can be exercised offline. Embeddings: a normalised bag of token ids, so
-texts sharing words get similar vectors. Tokens are counted with the gateway's
-tiktoken encoding.
+texts sharing words get similar vectors. Rerank: the share of the query's words each
+document holds (case folded), ties in the documents' order. Tokens are counted with
+the gateway's tiktoken encoding.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    RerankCall,
+    RerankResult,
     ToolCall,
     ToolCallDelta,
     Usage,
 )
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
+_TERM = re.compile(r"\w+")
 ECHO_EMBEDDING_DIMENSIONS = 256
 
 
@@ -127,6 +131,15 @@ class EchoAdapter:
             norm = math.sqrt(sum(value * value for value in vector)) or 1.0
             vectors.append(tuple(value / norm for value in vector))
         return EmbeddingResult(call.deployment.model, tuple(vectors), call.prompt_tokens)
+
+    async def rerank(self, call: RerankCall) -> RerankResult:
+        query = set(_TERM.findall(call.query.casefold()))
+        scores = [len(query & set(_TERM.findall(document.casefold()))) / (len(query) or 1)
+                  for document in call.documents]
+        await self._wait(0)
+        ranking = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
+        return RerankResult(call.deployment.model, tuple(ranking[:call.top_n]),
+                            call.prompt_tokens, call.search_units)
 
     async def aclose(self) -> None:
         return None

@@ -36,6 +36,8 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    RerankCall,
+    RerankResult,
     Usage,
     close_deltas,
 )
@@ -87,6 +89,12 @@ class GuardedAdapter:
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         try:
             return await self.inner.embed(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def rerank(self, call: RerankCall) -> RerankResult:
+        try:
+            return await self.inner.rerank(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

@@ -1,4 +1,5 @@
-"""OpenAI's chat and embeddings API, and every server that speaks it.
+"""OpenAI's chat and embeddings API, and every server that speaks it; and the Cohere/Jina
+shaped ``/rerank`` that OpenAI-compatible servers (vLLM, Jina, Infinity) serve beside it.
 
 A /v1/completions request (``ChatRequest.text_completion``) goes to the upstream's own
 legacy ``/completions``, its prompt raw (providers/openai_text.py).
@@ -33,10 +34,14 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    RerankCall,
+    RerankResult,
     ToolCall,
     ToolCallDelta,
     Usage,
     embedding_vector,
+    parse_ranking,
+    reported_count,
     unreported_usage,
 )
 from .openai_text import text_body, text_choices, text_deltas
@@ -167,6 +172,29 @@ class OpenAIAdapter:
             model=str(document.get("model") or call.deployment.model),
             vectors=tuple(embedding_vector(row.get("embedding"), self.provider) for row in rows),
             prompt_tokens=int(prompt_tokens),
+        )
+
+    async def rerank(self, call: RerankCall) -> RerankResult:
+        """``{base_url}/rerank`` (vLLM's and Jina's ``/v1/rerank``): the documents as text,
+        the ranking read from ``results``; tokens from ``usage`` (vLLM's total_tokens),
+        search units from Cohere's ``meta`` where a server sends them."""
+        body: dict[str, Any] = {"model": call.deployment.model, "query": call.query,
+                                "documents": list(call.documents)}
+        if call.top_n is not None:
+            body["top_n"] = call.top_n
+        document = await self.upstream.post_json(
+            self.url(call.deployment.model, "rerank"), body, self._headers)
+        usage = document.get("usage") or {}
+        tokens = reported_count(usage.get("total_tokens", usage.get("prompt_tokens")),
+                                self.provider, "tokens")
+        units = reported_count(
+            ((document.get("meta") or {}).get("billed_units") or {}).get("search_units"),
+            self.provider, "search units")
+        return RerankResult(
+            model=str(document.get("model") or call.deployment.model),
+            ranking=parse_ranking(document, call, self.provider),
+            prompt_tokens=call.prompt_tokens if tokens is None else tokens,
+            search_units=call.search_units if units is None else units,
         )
 
     async def aclose(self) -> None:

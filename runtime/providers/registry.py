@@ -10,6 +10,7 @@ from aigw.compiler.graph import Provider
 from ..tokens import TokenCounter
 from .anthropic import AnthropicAdapter
 from .base import AdapterFactory, ChatAdapter
+from .cohere import CohereAdapter
 from .echo import EchoAdapter
 from .gemini import GeminiAdapter
 from .guard import GuardedAdapter
@@ -41,6 +42,7 @@ ADAPTERS: Mapping[str, AdapterFactory] = MappingProxyType(
         "anthropic": AnthropicAdapter,
         "bedrock": _bedrock,
         "vertex": _vertex,
+        "cohere": CohereAdapter,
     }
 )
 

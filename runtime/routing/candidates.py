@@ -1,13 +1,13 @@
 """Which members of a group can serve a request at all, decided before any upstream call.
 
 A member is dropped, with the reason kept for the 4xx/503 message, the debug trace
-and ``aigw route``, when its provider is disabled, it serves the other endpoint (chat,
-embeddings), it lacks a capability the request needs, its provider has a chat API only
-and a /v1/completions request sets a parameter only a raw prompt has (``suffix``,
-``echo``, ``logprobs``, ``best_of``), the request asks for more output
+and ``aigw route``, when its provider is disabled, it serves another endpoint (chat,
+embeddings, rerank), it lacks a capability the request needs, its provider has a chat
+API only and a /v1/completions request sets a parameter only a raw prompt has
+(``suffix``, ``echo``, ``logprobs``, ``best_of``), the request asks for more output
 than it writes (``max_output_tokens``), or the request cannot fit its context window (a
-chat's prompt plus output; an embeddings call's longest input). An ``Ask`` is what the
-attempt loop needs of a request, whichever endpoint it came to.
+chat's prompt plus output; an embeddings call's longest input; a rerank call's query).
+An ``Ask`` is what the attempt loop needs of a request, whichever endpoint it came to.
 
 When no member fits, the error names what the client can change, as OpenAI's own
 errors do: only a window too small is a 422 ``context_length_exceeded`` (apps trim
@@ -46,7 +46,7 @@ class Candidate:
 
 WINDOW = "window"  # the prompt does not fit its context window (with the output asked for)
 OUTPUT = "output"  # max_tokens is past its max_output_tokens, or alone fills its window
-KIND = "kind"  # it serves the other endpoint (chat, embeddings)
+KIND = "kind"  # it serves another endpoint (chat, embeddings, rerank)
 TOKEN_IDS = "token_ids"  # its provider's embeddings take text, not token ids
 PARAM = "param:"  # + a parameter its pass_params leave out
 
@@ -105,7 +105,7 @@ def eligible(
     for deployment in group.members:
         adapter = adapters.get(deployment.provider.name)
         if deployment.kind != "chat":
-            dropped.append(Dropped(deployment.name, "is an embeddings model", True, KIND))
+            dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True, KIND))
             continue
         if adapter is None:
             reason = deployment.provider.disabled_reason or "its provider has no adapter"
@@ -147,6 +147,12 @@ def eligible(
             continue
         fit.append(Candidate(deployment, adapter, deployment.output_cap(prompt_tokens, wanted)))
     return fit, dropped
+
+
+def kind_name(deployment: Deployment) -> str:
+    """What a deployment is, for a request of another kind: 'a chat model', ..."""
+    return {"chat": "a chat model", "embeddings": "an embeddings model",
+            "rerank": "a rerank model"}[deployment.kind]
 
 
 def order_candidates(
@@ -227,7 +233,8 @@ class EmbeddingAsk:
         for deployment in group.members:
             adapter = self.adapters.get(deployment.provider.name)
             if deployment.kind != "embeddings":
-                dropped.append(Dropped(deployment.name, "is a chat model", True, KIND))
+                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
+                                       KIND))
             elif adapter is None:
                 reason = deployment.provider.disabled_reason or "its provider has no adapter"
                 dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
@@ -249,6 +256,44 @@ class EmbeddingAsk:
                               f"them ({reasons}): send the text instead.", param="input")
         return ContextWindowExceeded(
             f"No deployment of '{route}' can take this input: {reasons}.", param="input")
+
+
+class RerankAsk:
+    """A rerank call: its query must fit a member's window (``query_tokens``); the
+    documents are the provider's to cut (Cohere truncates each at max_tokens_per_doc)."""
+
+    __slots__ = ("adapters", "demand", "window_tokens")
+
+    def __init__(self, adapters: Mapping[str, ChatAdapter], prompt_tokens: int,
+                 query_tokens: int, search_units: int) -> None:
+        self.adapters = adapters
+        self.window_tokens = query_tokens
+        # No output, no stream; search units, for a strategy that weighs cost.
+        self.demand = Demand(prompt_tokens, 0, False, search_units=search_units)
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
+        fit: list[Candidate] = []
+        dropped: list[Dropped] = []
+        for deployment in group.members:
+            adapter = self.adapters.get(deployment.provider.name)
+            if deployment.kind != "rerank":
+                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
+                                       KIND))
+            elif adapter is None:
+                reason = deployment.provider.disabled_reason or "its provider has no adapter"
+                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            elif self.window_tokens > deployment.context_window:
+                dropped.append(Dropped(
+                    deployment.name, f"takes a query of at most {deployment.context_window} "
+                    f"tokens; this one has {self.window_tokens}", True))
+            else:
+                fit.append(Candidate(deployment, adapter, 0))
+        return fit, dropped
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        return ContextWindowExceeded(
+            f"No deployment of '{route}' can take this query: {reasons}.", param="query")
 
 
 def chat_prefix(route: Route, request: ChatRequest) -> int:

@@ -1,7 +1,7 @@
 """``aigw route``: what the gateway would do with a request, without calling anything.
 
-A chat goes through the attempt loop's tiers (``explain``), and so does an embeddings
-call (``explain_embeddings``), each with its own test of which members fit.
+A chat goes through the attempt loop's tiers (``explain``), and so do an embeddings and
+a rerank call (``explain_whole``), each with its own test of which members fit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..policy import Decision, RequestGate
 from ..providers.base import ChatAdapter
 from ..providers.registry import ADAPTERS
 from .attempts import fallbacks, untried_class
-from .candidates import Ask, ChatAsk, Dropped, EmbeddingAsk, order_candidates
+from .candidates import Ask, ChatAsk, Dropped, EmbeddingAsk, RerankAsk, order_candidates
 from .state import RoutingState
 from .strategies import expected_cost
 
@@ -68,27 +68,31 @@ def explain(
     return _tiers(graph, route.group, ask, state, gate)
 
 
-def serves_embeddings(graph: Graph, route_name: str) -> bool:
-    """Whether the route has embeddings deployments and no chat one to serve it: then
-    it is explained as ``POST /v1/embeddings`` serves it (``explain_embeddings``)."""
+def served_kind(graph: Graph, route_name: str) -> str | None:
+    """The one kind the route's deployments serve, when it is not chat (embeddings,
+    rerank): then it is explained as its endpoint serves it (``explain_whole``)."""
     kinds = {deployment.kind for deployment in graph.routes[route_name].candidates}
-    return kinds == {"embeddings"}
+    return next(iter(kinds)) if len(kinds) == 1 and kinds != {"chat"} else None
 
 
-def explain_embeddings(
+def explain_whole(
     graph: Graph,
     route_name: str,
+    kind: str,
     prompt_tokens: int,
     gate: RequestGate | None = None,
     every_provider: bool = False,
     state: RoutingState | None = None,
 ) -> list[TierExplanation]:
     """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens`` (of
-    text): the attempt loop's tiers, as for a chat (``explain``)."""
+    text), or ``POST /v1/rerank`` for a query of them over up to 100 documents (one
+    search unit; ``kind``): the attempt loop's tiers, as for a chat (``explain``)."""
     route = graph.routes[route_name]
     if route.group is None:
         return []
-    ask = EmbeddingAsk(_adapters(graph, every_provider), prompt_tokens, prompt_tokens, False)
+    adapters = _adapters(graph, every_provider)
+    ask: Ask = RerankAsk(adapters, prompt_tokens, prompt_tokens, 1) if kind == "rerank" \
+        else EmbeddingAsk(adapters, prompt_tokens, prompt_tokens, False)
     return _tiers(graph, route.group, ask, state, gate)
 
 

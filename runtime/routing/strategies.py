@@ -35,6 +35,7 @@ class Demand:
     output_tokens: int | None
     stream: bool
     prefix: int = 0  # prefix_affinity: a stable digest of the conversation's start
+    search_units: int = 0  # a rerank call's (lowest_cost weighs Cohere's price of them)
 
 
 def prefix_digest(texts: Sequence[str]) -> int:
@@ -90,7 +91,7 @@ def _lowest_latency(group: Group, members: list[Deployment], state: RoutingState
 def expected_cost(member: Deployment, demand: Demand) -> float:
     output = demand.output_tokens if demand.output_tokens is not None \
         else min(EXPECTED_OUTPUT_TOKENS, member.max_output_tokens)  # 0: an embeddings call
-    return member.price.cost(demand.prompt_tokens, output)
+    return member.price.cost(demand.prompt_tokens, output, search_units=demand.search_units)
 
 
 def _lowest_cost(group: Group, members: list[Deployment], state: RoutingState,

@@ -156,7 +156,7 @@ class RequestRecord:
 # /v1/responses: chat; /v1/completions: text_completion; /v1/pipelines/{name} and
 # /a2a/{name} run an agent of sorts).
 _OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
-               "pipelines": "invoke_agent", "a2a": "invoke_agent"}
+               "rerank": "rerank", "pipelines": "invoke_agent", "a2a": "invoke_agent"}
 
 
 def operation_name(record: RequestRecord) -> str:

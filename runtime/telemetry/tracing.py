@@ -31,6 +31,7 @@ PROVIDER_NAMES = {
     "gemini": "gcp.gemini",
     "vertex": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
+    "cohere": "cohere",
     "echo": "aigw.echo",
     "openai_compatible": "openai",
     "vllm": "openai",

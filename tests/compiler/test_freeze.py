@@ -81,6 +81,19 @@ def test_fingerprint_does_not_depend_on_the_directory(
     assert _graph(one).fingerprint == _graph(two).fingerprint
 
 
+def test_rerank_prices_search_units_per_thousand(write_gateway: WriteGateway) -> None:
+    """Cohere prices rerank per 1,000 search units: the config says it so, and a call's
+    cost adds its search units at a thousandth of that to its tokens' price."""
+    priced = GATEWAY.replace(
+        "context_window: 8192, tags: [free]}",
+        "context_window: 8192, tags: [free]}\n"
+        "  r: {provider: local, model: m, kind: rerank, context_window: 4096,\n"
+        "      price: {input: 0.5, per_1k_search_units: 2}}")
+    price = _graph(write_gateway({"gateway.yaml": priced})).deployments["r"].price
+    assert price.search_unit == 0.002
+    assert price.cost(1_000_000, 0, search_units=3) == pytest.approx(0.5 + 0.006)
+
+
 def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) -> None:
     """A config that names no cache price bills cached prompt tokens as input tokens, as
     before cache prices existed; one that names them gets them, each on its own."""
@@ -93,7 +106,7 @@ def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) ->
         "      price: {input: 3, output: 15, cache_read: 0}}")
     deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
     prices = {name: dataclasses.astuple(deployments[name].price) for name in "abc"}
-    assert prices == {"a": (3, 15, 3, 3), "b": (3, 15, 0.3, 3.75), "c": (3, 15, 0, 3)}
+    assert prices == {"a": (3, 15, 3, 3, 0), "b": (3, 15, 0.3, 3.75, 0), "c": (3, 15, 0, 3, 0)}
     price = deployments["b"].price
     # 400,000 fresh, 500,000 read and 100,000 written of a million prompt tokens; 1,000 out
     assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(

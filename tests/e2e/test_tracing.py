@@ -39,10 +39,21 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
         client.embeddings.create(  # it made no span, and dropped the client's trace
             model="embed", input="trace me",
             extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        httpx.post(f"{server.base_url}/v1/rerank", timeout=10, json={
+            "model": "rerank", "query": "trace me", "documents": ["me", "you"]},
+            headers={"authorization": f"Bearer {DEV_KEY}",
+                     "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}).raise_for_status()
         deadline = time.monotonic() + 15
-        while len(receiver.spans) < 4:
+        while len(receiver.spans) < 6:
             assert time.monotonic() < deadline, server.log
             time.sleep(0.1)
+    ranking = next(s for s in receiver.spans if s["name"] == "rerank rerank")
+    ranked = next(s for s in receiver.spans if s["name"] == "rerank echo-rerank-1")
+    assert ranking["trace_id"] == TRACE_ID and ranked["parent_span_id"] == ranking["span_id"]
+    assert ranking["attributes"]["gen_ai.operation.name"] == "rerank"
+    assert ranking["attributes"]["aigw.route"] == "rerank"
+    assert ranked["attributes"]["gen_ai.operation.name"] == "rerank"
+    assert ranked["attributes"]["gen_ai.usage.input_tokens"] == 2 * 2 + 1 + 1  # query twice
     embedding = next(s for s in receiver.spans if s["name"] == "embeddings embed")
     embedded = next(s for s in receiver.spans if s["name"] == "embeddings echo-embed-1")
     assert embedding["trace_id"] == TRACE_ID and embedding["parent_span_id"] == PARENT_ID

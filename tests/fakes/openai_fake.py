@@ -1,7 +1,9 @@
 """A fake of OpenAI's API (and Azure OpenAI's URLs): chat completions, streaming, embeddings,
 and the legacy completions (``/v1/completions``: a raw prompt, ``suffix``, ``echo``, a
 count of ``logprobs``, ``best_of``; the answer cut at ``max_tokens`` words, 16 when left
-out, as OpenAI's default is).
+out, as OpenAI's default is); and the rerank endpoint OpenAI-compatible servers serve
+beside them (vLLM's and Jina's ``/v1/rerank``: results best first, each with its
+document, and ``usage.total_tokens``).
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -32,6 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .brain import Action, Reply, Script, decide, json_answer, words
+from .cohere_fake import ranked
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -166,6 +169,7 @@ class OpenAIFake:
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/rerank", self._rerank, methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", self._azure_chat,
                   methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", self._azure_embeddings,
@@ -427,6 +431,34 @@ class OpenAIFake:
         return JSONResponse({"object": "list", "data": data,
                              "model": request.path_params.get("deployment") or body.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _rerank(self, request: Request) -> Response:
+        """vLLM's /v1/rerank: the Jina shape, every field but these refused (a Cohere-only
+        one such as max_tokens_per_doc must not reach it)."""
+        denied = self._authorized(request, False)
+        if denied:
+            return denied
+        body, _action, failed = await self._load(request)
+        if failed:
+            return failed
+        unknown = [name for name in body if name not in {"model", "query", "documents",
+                                                         "top_n", "return_documents"}]
+        if unknown:
+            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list) or not documents \
+                or not all(isinstance(text, str) for text in documents):
+            return _invalid("query must be a string and documents a non-empty list of them",
+                            "documents")
+        tokens = sum(len(query.split()) + len(text.split()) for text in documents)
+        return JSONResponse({
+            "id": f"rerank-{hashlib.sha256(query.encode()).hexdigest()[:16]}",
+            "model": body.get("model"),
+            "usage": {"total_tokens": tokens},
+            "results": [{"index": index, "document": {"text": documents[index]},
+                         "relevance_score": score}
+                        for index, score in ranked(query, documents, body.get("top_n"))],
+        })
 
 
 def bag_of_words(text: str, dimensions: int) -> list[float]:

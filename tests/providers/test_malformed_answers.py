@@ -1,6 +1,6 @@
 """What providers send that they should not: answers of the wrong shape, broken
-Retry-After headers, streams that stop short, no usage, negative usage, embeddings of
-the wrong shape. Each is a clean upstream error (a 502 the next member of a group can
+Retry-After headers, streams that stop short, no usage, negative usage, embeddings and
+rankings of the wrong shape. Each is a clean upstream error (a 502 the next member of a group can
 stand in for) or is counted by the gateway, never a 500 with a traceback.
 
 The upstream is scripted (tests/fakes/scripted.py): every request gets the answer the
@@ -332,6 +332,52 @@ async def test_embeddings_without_an_index_keep_the_order_they_came_in(
     response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a", "b"]})
     assert response.status_code == 200, response.text
     assert [row["embedding"] for row in response.json()["data"]] == [[0.1, 0.2], [0.3, 0.4]]
+
+
+RANKINGS = {
+    "no results": {"meta": {}},
+    "results a string": {"results": "abc"},
+    "more results than documents": {"results": [
+        {"index": i % 2, "relevance_score": 0.5} for i in range(3)]},
+    "index out of range": {"results": [{"index": 2, "relevance_score": 0.5}]},
+    "index twice": {"results": [{"index": 0, "relevance_score": 0.5},
+                                {"index": 0, "relevance_score": 0.4}]},
+    "index a string": {"results": [{"index": "0", "relevance_score": 0.5}]},
+    "score missing": {"results": [{"index": 0}]},
+    "score NaN": {"results": [{"index": 0, "relevance_score": "NaN"}]},
+    # Billed as they came, they refunded the budget.
+    "negative tokens": {"results": [{"index": 0, "relevance_score": 0.5}],
+                        "usage": {"total_tokens": -5},  # vLLM's, and Cohere's count:
+                        "meta": {"tokens": {"input_tokens": -5}}},
+    "negative search units": {"results": [{"index": 0, "relevance_score": 0.5}],
+                              "meta": {"billed_units": {"search_units": -1}}},
+}
+
+
+@pytest.mark.parametrize("body", RANKINGS.values(), ids=RANKINGS.keys())
+@pytest.mark.parametrize("route", ["cohere", "compatible"])
+async def test_rankings_of_the_wrong_shape_are_a_502(
+    make_gateway: GatewayFactory, scripted: Scripted, body: object, route: str
+) -> None:
+    client = await make_gateway(f"""
+        providers:
+          cohere: {{type: cohere, base_url: "{scripted.base_url}", api_key: "{PROVIDER_KEY}"}}
+          compatible: {{type: openai_compatible, base_url: "{scripted.base_url}/v1"}}
+        deployments:
+          cohere: {{provider: cohere, model: rerank-v3.5, kind: rerank, context_window: 4096}}
+          compatible: {{provider: compatible, model: bge, kind: rerank, context_window: 4096}}
+        routes:
+          cohere: {{deployment: cohere}}
+          compatible: {{deployment: compatible}}
+    """)
+    ask = {"model": route, "query": "q", "documents": ["a", "b"]}
+    scripted.now(body)
+    response = await client.post("/v1/rerank", json=ask)
+    assert response.status_code == 502, response.text
+    scripted.now({"results": [{"index": 1, "relevance_score": 0.2},
+                              {"index": 0, "relevance_score": 0.9}]})
+    response = await client.post("/v1/rerank", json=ask)
+    assert [row["index"] for row in response.json()["results"]] == [0, 1]  # best first
 
 
 def _gemini(scripted: Scripted) -> str:

@@ -139,7 +139,8 @@ async def test_stream_without_include_usage_has_no_usage_field(client: httpx.Asy
 async def test_models_lists_the_routes(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
-    assert [m["id"] for m in response.json()["data"]] == ["echo", "embed", "fast", "smart"]
+    assert [m["id"] for m in response.json()["data"]] == [
+        "echo", "embed", "fast", "rerank", "smart"]
 
 
 async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:
@@ -268,6 +269,21 @@ async def test_echo_embeddings_are_deterministic_and_normalised(client: httpx.As
     assert chat_model.json()["error"]["param"] == "model"
 
 
+async def test_the_default_gateway_reranks_offline(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/rerank", json={
+        "model": "rerank", "query": "moon landing", "top_n": 2, "return_documents": True,
+        "documents": ["the moon", "a landing on the moon", "tides"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"] == [
+        {"index": 1, "relevance_score": 1.0, "document": {"text": "a landing on the moon"}},
+        {"index": 0, "relevance_score": 0.5, "document": {"text": "the moon"}}]
+    assert body["meta"]["billed_units"] == {"search_units": 1}
+    assert body["usage"]["total_tokens"] > 0
+    assert response.headers["x-aigw-deployment"] == "echo-rerank"
+    assert body["id"] in response.headers["x-request-id"]
+
+
 async def test_echo_calls_a_forced_tool(client: httpx.AsyncClient) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     response = await client.post(CHAT, json={
@@ -301,7 +317,8 @@ async def test_an_unexpected_error_in_a_direct_endpoint_is_a_logged_openai_500(
 async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
     client: httpx.AsyncClient,
 ) -> None:
-    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"):
+    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/messages",
+                 "/v1/responses"):
         assert (await client.get(path)).status_code == 405
         assert (await client.put(path, json={})).status_code == 405
     response = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"})

@@ -1,0 +1,88 @@
+"""The stages of a call that is no chat (/v1/embeddings, /v1/rerank) through a route.
+
+    record -> route allowed -> Cedar invoke -> serves it? -> limits and budget held ->
+    attempt loop (members, retries, fallbacks, circuits, hedges) -> billed -> settled
+
+The chat's own pieces (``call_upstream``, ``run_attempts``, ``bill_answer``), run in the
+chat's order, so an embeddings call and a rerank call are counted, routed, billed, logged
+and traced alike; each endpoint brings only what differs: its ``Ask`` (which members fit)
+and the call made to a member's adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aigw.compiler.graph import ApiKey, Deployment, Route
+
+from .admission import DeploymentQuotas, check_route_allowed
+from .chat import (
+    A,
+    bill_answer,
+    bill_loser,
+    call_upstream,
+    deadline_s,
+    overhead_header,
+    run_attempts,
+)
+from .errors import BadRequest
+from .policy_request import authorize_route
+from .routing.attempts import AttemptLoop, Won
+from .routing.candidates import Ask, Candidate, kind_name
+from .telemetry.tracing import Span
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+
+async def call_route(
+    exchange: Exchange, key: ApiKey, route: Route, *, kind: str, model: str,
+    prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
+    call: Callable[[Candidate], Callable[[], Awaitable[A]]], noted: Callable[[Span, A], None],
+    check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
+) -> Won[A]:
+    """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
+    allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
+    then ``check`` asked of the members that are), its limits held for ``prompt_tokens``
+    and the dearest member's ``cost``, the call billed and settled (``exchange.close``).
+    Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
+    route's deadline."""
+    live, headers, record = exchange.live, exchange.headers, exchange.record
+    record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
+    live.telemetry.started(record)
+    record.span, record.trace_context = live.telemetry.tracing.request(f"{kind} {model}",
+                                                                       headers)
+    check_route_allowed(key, route)
+    gate = await authorize_route(live, key, exchange.user, route, headers, prompt_tokens)
+    members = [d for d in route.candidates if d.kind == kind]
+    if not members:
+        raise BadRequest(f"'{route.name}' is {kind_name(route.candidates[0])}; it does not "
+                         f"serve {kind}.", param="model")
+    if check is not None:
+        check(members)
+    await exchange.admit(key, prompt_tokens, max(map(cost, members)))
+
+    quotas = DeploymentQuotas(live.store, record)
+
+    async def attempt(candidate: Candidate) -> A:
+        return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
+                                   call(candidate), kind, noted)
+
+    budget_s = deadline_s(route, headers)  # as a chat's
+    deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
+    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
+                       partial(bill_loser, record), gate=gate)
+    won = await run_attempts(live, route, loop, record)
+    bill_answer(live, record, won)
+    await exchange.close()
+    return won
+
+
+def answer_headers(exchange: Exchange, route: Route, won: Won[A]) -> dict[str, str]:
+    """Who served the call, the key's rate limits, and the gateway's overhead (so, taken
+    last): a chat answer's headers (``Exchange.answer_headers``), but for the cache's."""
+    return {"x-aigw-route": route.name, "x-aigw-deployment": won.candidate.deployment.name,
+            "x-aigw-attempts": str(won.attempts), "x-request-id": exchange.record.request_id,
+            **exchange.rate_headers(), **overhead_header(exchange.record)}

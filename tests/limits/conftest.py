@@ -37,6 +37,8 @@ deployments:
   quota-2: {{provider: local, model: q2, context_window: 100000}}
   vectors: {{provider: local, model: embed-1, kind: embeddings, context_window: 8192,
             price: {{input: 1000000, output: 0}}}}
+  ranker: {{provider: local, model: rerank-1, kind: rerank, context_window: 8192,
+           price: {{input: 1000000, per_1k_search_units: 10000}}}}
 groups:
   quotas: {{members: [quota-1, quota-2]}}
 routes:
@@ -44,6 +46,7 @@ routes:
   free: {{deployment: quota-2}}
   quotas: {{group: quotas}}
   vectors: {{deployment: vectors}}
+  ranker: {{deployment: ranker}}
 teams:
   eng:
     budget: {{amount: 100, period: day}}

@@ -139,7 +139,8 @@ async def test_a_key_lists_and_finds_only_the_models_it_may_call(
     hidden = await bob.get("/v1/models/paid")
     assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
     everything = (await alice.get("/v1/models")).json()["data"]
-    assert [model["id"] for model in everything] == ["free", "paid", "quotas", "vectors"]
+    assert [model["id"] for model in everything] == ["free", "paid", "quotas", "ranker",
+                                                     "vectors"]
     assert (await alice.get("/v1/models/paid")).status_code == 200
 
 
@@ -411,6 +412,29 @@ async def test_embeddings_are_limited_budgeted_and_recorded(limited: ClientFacto
     assert vectors["tokens_in"] == 9 and vectors["cost"] == 9  # 3 tokens at 1 a token
     budgets = (await client("dev").get("/admin/budgets")).json()["data"]
     assert next(b for b in budgets if b["name"] == "eng")["spent"] == 9
+
+
+async def test_rerank_is_limited_budgeted_and_recorded(limited: ClientFactory) -> None:
+    """A rerank request counts against the key's rpm and its team's budget, and is in the
+    spend ledger, priced for its tokens and its search units, as an embeddings one is."""
+    client = await limited()
+    alice = client("alice")  # rpm 3; team eng: a budget of 100 a day
+    ask = {"model": "ranker", "query": "one two", "documents": ["one", "two three"]}
+    for _ in range(3):
+        answered = await alice.post("/v1/rerank", json=ask)
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["x-ratelimit-remaining-requests"]
+    refused = await alice.post("/v1/rerank", json=ask)
+    assert refused.status_code == 429, refused.text
+    spend = (await client("dev").get("/admin/spend?group_by=route")).json()["data"]
+    ranker = next(row for row in spend if row["route"] == "ranker")
+    assert (ranker["requests"], ranker["errors"]) == (4, 1)
+    # The query with each document, 7 tokens at 1 a token, and a search unit at 10.
+    assert ranker["tokens_in"] == 3 * 7 and ranker["cost"] == 3 * (7 + 10)
+    budgets = (await client("dev").get("/admin/budgets")).json()["data"]
+    assert next(b for b in budgets if b["name"] == "eng")["spent"] == 51
+    bob = client("bob")  # routes: [free]
+    assert (await bob.post("/v1/rerank", json=ask)).status_code == 404
 
 
 async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> None:

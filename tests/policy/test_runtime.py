@@ -188,6 +188,42 @@ async def test_embeddings_are_checked_too(policy_gateway: Factory) -> None:
         "vectors is forbidden by vectors-not-for-ops.")
 
 
+RANKERS = {
+    "deployments": "  ranker: {provider: local, model: rank-1, kind: rerank, "
+                   "context_window: 8192}\n"
+                   "  ranker-2: {provider: local, model: rank-2, kind: rerank, "
+                   "context_window: 8192, tags: [preferred]}",
+    "groups": "  rankers: {members: [ranker, ranker-2]}",
+    "routes": "  rank: {group: rankers}",
+}
+
+
+async def test_rerank_is_checked_and_explained_as_served(policy_gateway: Factory) -> None:
+    """Cedar's invoke on the route and route on each deployment hold for /v1/rerank as
+    for a chat, and POST /route explains a rerank route as /v1/rerank serves it."""
+    rules = """
+    @id("no-rerank-for-eng")
+    forbid (principal in Team::"eng", action == Action::"invoke", resource == Route::"rank");
+
+    @id("ranker-2-not-for-ops")
+    forbid (principal in Team::"ops", action == Action::"route",
+            resource == Deployment::"ranker-2");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "prefer.cedar": PREFER_TAGGED,
+                               "rank.cedar": rules}, **RANKERS)
+    body = {"model": "rank", "query": "hello", "documents": ["hello there", "bye"]}
+    invoke = await gw.client("alice").post("/v1/rerank", json=body)
+    assert (invoke.status_code, invoke.headers["x-aigw-policy-ids"]) == (
+        403, "no-rerank-for-eng")
+    # The preferred member is forbidden to ops: the other serves, as the router says.
+    answer = (await gw.client().post("/route", json={"model": "rank", "key": "ops"})).json()
+    assert (answer["allowed"], answer["deployment"], answer["alternatives"]) == (
+        True, "ranker", [])
+    served = await gw.client("ops").post("/v1/rerank", json=body)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == answer["deployment"]
+
+
 async def test_counting_a_messages_tokens_is_checked_as_sending_it_is(
     policy_gateway: Factory,
 ) -> None:

@@ -105,14 +105,6 @@ class Server:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def access_line(self, request_id: str) -> dict[str, Any] | None:
-        """The access log's JSON line for ``request_id``, once it is written."""
-        for text in self.log.splitlines():
-            if text.startswith("{") and f'"{request_id}"' in text:
-                line: dict[str, Any] = json.loads(text)
-                return line
-        return None
-
     def kill(self) -> None:
         """kill -9: no shutdown, no flush, nothing graceful."""
         self.process.send_signal(signal.SIGKILL)

@@ -48,7 +48,7 @@ from .errors import BadRequest, NotFound, StoreUnavailable
 from .incoming import read_body
 from .jsonio import JSONBody
 from .live import Live
-from .responses_stored import ITEMS, item_line, items_page, page_query
+from .responses_stored import ID_PREFIX, ITEMS, item_line, items_page, page_query
 from .responses_wire import Item, ResponsesRequest, bad_request_from
 from .store.conversations import Bounds, ConversationStore, KeptConversation
 
@@ -57,7 +57,6 @@ log = logging.getLogger("aigw.responses")
 __all__ = ["add_turn", "conversation_routes", "in_conversation"]
 
 MAX_ADDED = 20  # items one request may add, as OpenAI's
-_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
 _ID_BYTES = 48  # more than the id and status a new item is given, kept
 
 
@@ -156,7 +155,7 @@ def _new_items(items: Sequence[Any], given: set[str] | None = None) -> list[tupl
         if item.id in seen:
             raise BadRequest(f"Invalid value for 'items.{number}.id': '{item.id}' names "
                              "another item already.", param=f"items.{number}.id")
-        item_id = item.id or f"{_PREFIX[item.type]}_{hex_id}_{number}"
+        item_id = item.id or f"{ID_PREFIX[item.type]}_{hex_id}_{number}"
         seen.add(item_id)
         kept.append((item_id, item_line(item, item_id)))
     return kept

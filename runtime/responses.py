@@ -17,6 +17,10 @@ back from the core's OpenAI chat results:
   ``call_id`` is the upstream's tool call id, so a later ``function_call_output`` finds it.
 - finish reason length -> status ``incomplete``, ``incomplete_details.reason``
   ``max_output_tokens``; content_filter -> ``content_filter``; else ``completed``.
+- an OpenAI-format upstream's ``reasoning_content`` (DeepSeek's, vLLM's, Ollama's) is a
+  ``reasoning`` output item first, its text as one ``reasoning_text`` part (streamed as
+  ``response.reasoning_text.delta``), so that an app (the Agents SDK) sends it back as
+  it would OpenAI's; sent back, it is accepted and not passed on (responses_wire).
 - usage: input tokens (cached ones included, as OpenAI counts them), output tokens
   (reasoning ones included), and their details.
 - ``model`` is the model that answered, as chat's ``model`` is.
@@ -162,6 +166,9 @@ class _Ids:
     def call(self, number: int) -> str:
         return f"fc_{self.hex}_{number}"
 
+    def reasoning(self, output_index: int = 0) -> str:
+        return f"rs_{self.hex}" if output_index == 0 else f"rs_{self.hex}_{output_index}"
+
 
 def _ids(served: Served) -> _Ids:
     return _Ids(served.request_id.removeprefix("chatcmpl-"))
@@ -218,12 +225,26 @@ def _call_item(ids: _Ids, number: int, call_id: str, name: str, arguments: str,
             "name": name, "arguments": arguments, "status": status}
 
 
+def _reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": item_id, "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}], "status": status}
+
+
+def _reasoning_text(extra: Mapping[str, Any] | None) -> str:
+    """The reasoning an OpenAI-format upstream sent beside the answer, or ""."""
+    text = extra.get("reasoning_content") if extra else None
+    return text if isinstance(text, str) else ""
+
+
 def response_body(served: Served, result: ChatResult, echo: dict[str, Any]) -> dict[str, Any]:
     """A ``response`` object for the first (only) choice of a whole answer."""
     ids = _ids(served)
     choice = result.choices[0]
     status, incomplete = _status(choice.finish_reason)
     output: list[dict[str, Any]] = []
+    reasoning = _reasoning_text(choice.extra)
+    if reasoning:
+        output.append(_reasoning_item(ids.reasoning(), reasoning, status))
     parts = [_text_part(kind, text) for kind, text in
              (("output_text", choice.content), ("refusal", choice.refusal)) if text]
     if parts:
@@ -250,6 +271,8 @@ class EventEncoder:
     (``sequence_number``) in order:
 
         response.created, response.in_progress,
+        reasoning: output_item.added, reasoning_text.delta..., reasoning_text.done,
+                 output_item.done
         message: output_item.added, (content_part.added, output_text.delta...,
                  output_text.done, content_part.done) per part, output_item.done
         function call: output_item.added, function_call_arguments.delta...,
@@ -272,7 +295,8 @@ class EventEncoder:
         self._outputs = 0  # output items opened
         self._message: int | None = None  # the open message item's output index
         self._parts: list[tuple[str, list[str]]] = []  # its parts: kind, text so far
-        self._closed_messages: dict[int, dict[str, Any]] = {}  # by output index
+        self._closed_messages: dict[int, dict[str, Any]] = {}  # and reasoning, by index
+        self._reasoning: tuple[int, list[str]] | None = None  # the open one: index, texts
         self._calls: dict[int, _Call] = {}  # by the upstream's tool call index
         self._finish: str | None = None
         self._usage: Usage | None = None
@@ -302,6 +326,9 @@ class EventEncoder:
         if delta.index != 0:
             return b""
         out = b""
+        reasoning = _reasoning_text(delta.extra)
+        if reasoning:
+            out += self._reason(reasoning)
         if delta.content:
             out += self._text("output_text", delta.content)
         if delta.refusal:
@@ -312,8 +339,34 @@ class EventEncoder:
             self._finish = delta.finish_reason
         return out
 
-    def _text(self, kind: str, text: str) -> bytes:
+    def _reason(self, text: str) -> bytes:
         out = b""
+        if self._reasoning is None:
+            out += self._close_message("completed")  # reasoning after text: an item of its own
+            self._reasoning = (self._outputs, [])
+            self._outputs += 1
+            out += self._event("response.output_item.added", output_index=self._reasoning[0],
+                               item={**_reasoning_item(self._ids.reasoning(self._reasoning[0]),
+                                                       "", "in_progress"), "content": []})
+        index, texts = self._reasoning
+        texts.append(text)
+        return out + self._event("response.reasoning_text.delta",
+                                 item_id=self._ids.reasoning(index), output_index=index,
+                                 content_index=0, delta=text)
+
+    def _close_reasoning(self, status: str) -> bytes:
+        if self._reasoning is None:
+            return b""
+        index, texts = self._reasoning
+        item = _reasoning_item(self._ids.reasoning(index), "".join(texts), status)
+        self._closed_messages[index] = item
+        self._reasoning = None
+        return (self._event("response.reasoning_text.done", item_id=item["id"],
+                            output_index=index, content_index=0, text=item["content"][0]["text"])
+                + self._event("response.output_item.done", output_index=index, item=item))
+
+    def _text(self, kind: str, text: str) -> bytes:
+        out = self._close_reasoning("completed")
         if self._message is None:  # text after a tool call opens a message of its own
             self._message, self._parts = self._outputs, []
             self._outputs += 1
@@ -365,7 +418,7 @@ class EventEncoder:
         out = b""
         call = self._calls.get(delta.index)
         if call is None:
-            out += self._close_message("completed")
+            out += self._close_reasoning("completed") + self._close_message("completed")
             number = len(self._calls)
             call = _Call(self._outputs, number, delta.id or f"call_{self._ids.hex}_{number}",
                          delta.name or "")
@@ -386,7 +439,7 @@ class EventEncoder:
 
     def finish(self) -> bytes:
         status, incomplete = _status(self._finish)
-        out = self._close_message(status)
+        out = self._close_reasoning(status) + self._close_message(status)
         for call in self._calls.values():  # cut at the output limit: incomplete too
             item = self._call_item(call, status)
             out += self._event("response.function_call_arguments.done",
@@ -404,6 +457,10 @@ class EventEncoder:
         by_index = {call.output_index: self._call_item(call, calls)
                     for call in self._calls.values()}
         by_index.update(self._closed_messages)
+        if self._reasoning is not None:
+            index, texts = self._reasoning
+            by_index[index] = _reasoning_item(self._ids.reasoning(index), "".join(texts),
+                                              "incomplete")
         if self._message is not None:
             by_index[self._message] = _message_item(
                 self._ids.message(self._message),

@@ -55,17 +55,20 @@ from .responses_wire import (
     FunctionCallOutputItem,
     Item,
     MessageItem,
+    ReasoningItem,
     ResponsesRequest,
 )
 from .store.stored_responses import KeptResponse
 
 log = logging.getLogger("aigw.responses")
 
-__all__ = ["ITEMS", "continued", "delete_response", "get_response", "input_items",
+__all__ = ["ID_PREFIX", "ITEMS", "continued", "delete_response", "get_response", "input_items",
            "item_line", "items_page", "keep", "kept_items", "page_query"]
 
 ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
-_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+# The prefix of an id given to an item the app sent without one, by its type.
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
+             "reasoning": "rs"}
 _ORDERS = ("asc", "desc")
 # The field of a record that stands for a response answered and not kept (too large): a
 # continuation is told why, where "not found" would leave the app guessing.
@@ -134,11 +137,11 @@ def kept_items(request: ResponsesRequest, earlier: list[bytes], hex_id: str) -> 
     for number, item in enumerate(request.input[len(earlier):], start=len(earlier)):
         # "_in": apart from the ids of the response's own output items (msg_<hex>_<n>),
         # which a conversation holds beside these.
-        items.append(item_line(item, f"{_PREFIX[item.type]}_{hex_id}_in{number}"))
+        items.append(item_line(item, f"{ID_PREFIX[item.type]}_{hex_id}_in{number}"))
     return items
 
 
-def item_line(item: MessageItem | FunctionCallItem | FunctionCallOutputItem,
+def item_line(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem,
               default_id: str) -> bytes:
     """``item`` as it is kept, a line of compact JSON: with an id (``default_id`` where it
     has none) and a status."""

@@ -19,6 +19,11 @@ Lowering decisions:
 - ``function_call`` items -> the assistant's ``tool_calls`` (consecutive calls, and
   the assistant text of the same turn, are one assistant message);
   ``function_call_output`` items -> ``tool`` messages (text only, as OpenAI's are).
+- ``reasoning`` items (an earlier answer's reasoning, sent back by the SDKs) are
+  accepted and dropped: chat has no place for them, and neither the OpenAI-format
+  upstreams (which refuse or ignore a ``reasoning_content`` sent back) nor the
+  Anthropic adapter (which drops thinking blocks) take them. They stay in a kept
+  response's input items.
 - function ``tools`` (the flat shape) -> chat tools; ``strict`` is sent only where the
   app gave it. Any other tool type runs on OpenAI's servers: refused.
 - ``tool_choice`` auto/none/required/{type: function, name} -> the same in chat's shape.
@@ -48,7 +53,7 @@ from .chat_request import ChatRequest, chat_request_from, finite
 from .errors import BadRequest
 
 # The discriminator values pydantic puts into an error's location after a union site.
-_TAGS = frozenset({"message", "function_call", "function_call_output", "input_text",
+_TAGS = frozenset({"message", "function_call", "function_call_output", "reasoning", "input_text",
                    "input_image", "output_text", "refusal", "text", "json_object",
                    "json_schema", "function", "str", "ToolChoiceFunction"})
 _STORED = ("this gateway keeps no items apart from responses and conversations: send the "
@@ -108,11 +113,12 @@ def _as_item(value: object) -> object:
     if not isinstance(value, dict):
         return value
     kind = value.get("type", "message")
-    if kind not in ("message", "function_call", "function_call_output"):
+    if kind not in ("message", "function_call", "function_call_output", "reasoning"):
         if kind == "item_reference":
             raise ValueError(f"item references are not followed: {_STORED}")
         raise ValueError(f"items of type {kind!r} cannot be passed on by this gateway: "
-                         "message, function_call and function_call_output items are accepted")
+                         "message, function_call, function_call_output and reasoning items "
+                         "are accepted")
     value = {**value, "type": kind}
     content = value.get("content")
     if kind == "message" and isinstance(content, str):
@@ -155,8 +161,21 @@ class FunctionCallOutputItem(_Wire):
     caller: None = None
 
 
+class ReasoningItem(_Wire):
+    """A model's reasoning from an earlier turn, as OpenAI's clients send it back (the
+    Agents SDK does, with ``encrypted_content`` under ``store: false``): accepted and kept
+    with the history, never sent upstream, where a chat message has no place for it."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[Any] = []
+    content: list[Any] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
 Item = Annotated[
-    Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem,
+    Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem,
               Field(discriminator="type")],
     BeforeValidator(_as_item),
 ]
@@ -397,6 +416,8 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     if request.instructions:
         lowered.append({"role": "system", "content": request.instructions})
     for number, item in enumerate(request.input):
+        if isinstance(item, ReasoningItem):
+            continue  # no chat message holds it; the Anthropic adapter drops thinking too
         if isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments}}

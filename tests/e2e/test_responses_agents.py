@@ -6,6 +6,7 @@ conversation the gateway keeps (``OpenAIConversationsSession``, ``conversation_i
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -187,3 +188,28 @@ async def test_a_stream_cut_in_a_tool_call_fails_the_run(
     with pytest.raises(ModelBehaviorError, match=r"terminal event `response\.failed`"):
         await _streamed(_agent(client, "gpt"), "find the moon")
     assert len(upstreams.gpt.script.requests) == asked + 1  # no turn with a tool's output
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_reasoning_the_model_returned_goes_back_without_a_400(
+        client: openai.AsyncOpenAI, upstreams: Upstreams, stream: bool) -> None:
+    """A reasoning model (reasoning_content, as DeepSeek's and vLLM's) thinks before its
+    tool call: the gateway gives that back as a reasoning item, the SDK sends it back with
+    the tool's output (and later turns), and the gateway takes it without passing it on."""
+    agent = _agent(client, "gpt")
+    upstreams.gpt.script.actions.append(Action(reasoning="the moon needs a lookup"))
+    first: RunResult | RunResultStreaming = (
+        await _streamed(agent, "find the moon") if stream
+        else await Runner.run(agent, "find the moon", run_config=QUIET))
+    assert first.final_output == "tool said: found find the moon"
+    assert [item.type for item in first.new_items] == [
+        "reasoning_item", "tool_call_item", "tool_call_output_item", "message_output_item"]
+    [reasoning] = [item.raw_item for item in first.new_items if item.type == "reasoning_item"]
+    assert reasoning.content[0].text == "the moon needs a lookup"  # type: ignore[union-attr,index]
+    sent = upstreams.gpt.script.requests[-1]["messages"]
+    assert "reasoning" not in json.dumps(sent)  # chat has no place for it: dropped
+    second = await Runner.run(agent, "and the stars", run_config=QUIET,
+                              previous_response_id=first.last_response_id)
+    assert second.final_output == "tool said: found and the stars"
+    kept = await client.responses.input_items.list(second.last_response_id or "", order="asc")
+    assert "reasoning" in [item.type for item in kept.data]

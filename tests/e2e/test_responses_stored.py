@@ -211,3 +211,25 @@ def test_they_expire(request: pytest.FixtureRequest, tmp_path: Path, kind: str) 
         with pytest.raises(openai.NotFoundError):
             alice.responses.retrieve(kept.id)
         _not_found_as_previous(alice, kept.id)
+
+
+def test_reasoning_items_sent_back_are_kept_and_not_passed_on(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """What an app sends after a turn of OpenAI's reasoning model (``store: false``,
+    ``include: ["reasoning.encrypted_content"]``): the reasoning item is accepted, not
+    sent upstream, and listed with the input of a kept response."""
+    thought: Any = {"type": "reasoning", "id": "rs_openai_1", "encrypted_content": "gAAAA...",
+                    "summary": [{"type": "summary_text", "text": "look it up"}]}
+    history: Any = [{"role": "user", "content": "find the moon"}, thought,
+                    {"type": "function_call", "call_id": "call_1", "name": "lookup",
+                     "arguments": '{"query": "moon"}'},
+                    {"type": "function_call_output", "call_id": "call_1", "output": "full"}]
+    passing = alice.responses.create(model="gpt", input=history, tools=[LOOKUP], store=False,
+                                     include=["reasoning.encrypted_content"])
+    assert passing.output_text == "tool said: full"
+    assert "reasoning" not in json.dumps(upstreams.gpt.script.requests[-1]["messages"])
+    kept = alice.responses.create(model="gpt", input=history, tools=[LOOKUP])
+    listed = alice.responses.input_items.list(kept.id, order="asc")
+    assert [item.type for item in listed.data] == [
+        "message", "reasoning", "function_call", "function_call_output"]
+    assert listed.data[1].model_dump(exclude_none=True) == {**thought, "status": "completed"}

@@ -103,6 +103,9 @@ class Action:
     event_delay_s: float = 0.0  # between stream events (a long stream)
     stall_after: int | None = None  # then wait stall_s after N stream events (OpenAI fake)
     stall_s: float = 0.0
+    # Thought before answering: reasoning_content (whole, or streamed first) and its
+    # reasoning tokens, as DeepSeek's and vLLM's reasoning models send it (OpenAI fake).
+    reasoning: str | None = None
 
 
 @dataclass(slots=True)

@@ -234,11 +234,14 @@ class OpenAIFake:
         call_id = _call_id(body["messages"])
         prompt_tokens = sum(len(_text(m.get("content")).split()) + 3 for m in body["messages"])
         choices = 1 if self.ignores_n else int(body.get("n") or 1)
-        completion_tokens = len((reply.text or reply.arguments_json).split()) * choices
+        thought = len(action.reasoning.split()) if action.reasoning else 0
+        completion_tokens = (len((reply.text or reply.arguments_json).split()) + thought) * choices
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,
                  "prompt_tokens_details": {
                      "cached_tokens": min(self.cached_tokens, prompt_tokens)}}
+        if thought:
+            usage["completion_tokens_details"] = {"reasoning_tokens": thought * choices}
         logprobs = bool(body.get("logprobs"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -248,6 +251,8 @@ class OpenAIFake:
                 media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
                                    "annotations": []}
+        if action.reasoning:
+            message["reasoning_content"] = action.reasoning
         finish = "stop"
         if reply.tool_name:
             message["tool_calls"] = [{"id": call_id, "type": "function",
@@ -287,6 +292,8 @@ class OpenAIFake:
                         "finish_reason": finish}
 
             events.append(event([choice({"role": "assistant", "content": "", "refusal": None})]))
+            events.extend(event([choice({"reasoning_content": piece})])
+                          for piece in words(action.reasoning or "") if action.reasoning)
             if reply.tool_name:
                 events.append(event([choice({"tool_calls": [{
                     "index": 0, "id": call_id, "type": "function",

@@ -230,6 +230,8 @@ def freeze(
             ledger_retention_days=settings.ledger_retention_days,
             responses_ttl_s=settings.responses_ttl_s,
             responses_max_bytes=settings.responses_max_bytes,
+            responses_chain_max_depth=settings.responses_chain_max_depth,
+            responses_chain_max_bytes=settings.responses_chain_max_bytes,
             conversations_max_items=settings.conversations_max_items,
         ),
         providers=_frozen(providers),

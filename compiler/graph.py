@@ -51,6 +51,8 @@ class Settings:
     ledger_retention_days: int | None = None
     responses_ttl_s: float = 30 * 86400.0
     responses_max_bytes: int = 4 << 20
+    responses_chain_max_depth: int = 1000
+    responses_chain_max_bytes: int = 16 << 20
     conversations_max_items: int = 10_000
 
 

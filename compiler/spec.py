@@ -177,10 +177,22 @@ class SettingsSpec(Spec):
     )
     responses_max_bytes: PositiveInt = Field(
         4 * 1024 * 1024,
-        description="Largest response /v1/responses keeps, as stored: the conversation "
-        "before it (input items, earlier turns included) and its output. A larger one is "
-        "answered but not kept (logged), so previous_response_id cannot name it (the "
-        "error says why).",
+        description="Largest response /v1/responses keeps, as stored: its own input items "
+        "(those of the response it continued are not repeated; a conversation's are) and "
+        "its output. A larger one is answered but not kept (logged), so "
+        "previous_response_id cannot name it (the error says why).",
+    )
+    responses_chain_max_depth: Annotated[int, Field(gt=0, le=100_000)] = Field(
+        1000,
+        description="Most responses a previous_response_id chain may hold (each one and "
+        "those before it): a continuation that would make it longer, or listing the input "
+        "items of a longer one, is a 400 that says so.",
+    )
+    responses_chain_max_bytes: PositiveInt = Field(
+        16 * 1024 * 1024,
+        description="Most bytes a previous_response_id chain's kept records may hold in "
+        "all (its whole conversation, as stored); continuing or listing the input items of "
+        "a larger one is a 400 that says so.",
     )
     conversations_max_items: Annotated[int, Field(gt=0, le=100_000)] = Field(
         10_000,

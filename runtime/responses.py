@@ -97,8 +97,10 @@ async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict
     """The response kept (unless ``store: false``), and its turn added to its
     ``conversation``: ``items`` are its input items as kept, the first ``earlier`` of
     them the conversation's (or the previous response's) own."""
-    if asked.store is not False:
-        await keep(live, key, asked.model, response, items)
+    if asked.store is not False:  # a continuation keeps its own items, after its previous's
+        previous = asked.previous_response_id
+        await keep(live, key, asked.model, response, items[earlier:] if previous else items,
+                   previous)
     if asked.conversation is not None:
         await add_turn(live, asked.conversation, response, items[earlier:])
 

@@ -3,19 +3,24 @@
 A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
 the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
 record of two parts: the key that made it (its name), the route and the response object
-as answered; apart, its input items, a JSON line each: every item the model was given
-but the instructions, that is the conversation of the response it continued (that
-one's input, then its output), then the request's own items, each with an id
-(``msg_``/``fc_``/``fco_`` and the response's hex where the app gave none). So a
-continuation reads one record however long the chain (and copies its lines into the
-next one unparsed), a GET reads and parses the first part alone and ``input_items``
-parses only the lines of its page: a record is up to ``responses_max_bytes`` (4 MiB),
-and parsing it holds the event loop (on a worker thread too: the parser holds the
-GIL, so it is not moved to one). That setting
-bounds a whole conversation (a response over it is answered and not kept, logged: a
-marker kept in its place makes a continuation, a GET or input_items say why).
+as answered; apart, its own input items, a JSON line each (the request's items, each
+with an id: ``msg_``/``fc_``/``fco_``/``rs_`` and the response's hex where the app gave
+none), and beside them the id of the response it continued (``previous``). A
+continuation's record does not repeat the conversation before it: each turn is kept
+once, so a chain of n turns keeps n turns, not n²/2. Its whole input is read by walking
+the chain (``store.chain``: one round-trip, at most ``responses_chain_max_depth``
+records and ``responses_chain_max_bytes`` of them, else a 400), each record's key
+checked; a record not found on the way (expired, deleted) is a missing previous
+response. A record an older aigw kept has no ``previous`` and its whole conversation
+as items: a walk ends there, and reads it as it is. A GET reads and parses the first
+part alone; ``input_items`` parses the chain's bodies (their output items) and only the
+input lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing
+it holds the event loop (on a worker thread too: the parser holds the GIL, so it is not
+moved to one). That setting bounds one turn (a response over it is answered and not
+kept, logged: a marker kept in its place makes a continuation, a GET or input_items
+say why).
 
-``previous_response_id`` puts that record's input items and output items before the
+``previous_response_id`` puts the chain's input items and output items before the
 request's own; instructions are not carried over (OpenAI's rule: each request gives its
 own). The continuation runs on the route its own ``model`` names, authorized as any
 request is: the earlier turns' route (kept, for the record) grants nothing, and may be
@@ -24,10 +29,11 @@ gone. A response is the key's that made it: another key finds nothing (404, or a
 Completed and incomplete (cut at the output limit) responses are kept, failed ones not.
 
 The earlier conversation is read before the route, Cedar and the limits are checked (it
-is part of what they count), so a key over its rpm still has its record read and
-validated before its 429: only the key's own records (the key is compared first), each
-at most ``responses_max_bytes``, about 65 ms of CPU for 4 MiB, as parsing a request body
-of that size costs (which any caller makes the gateway do before the limits). Unlike a
+is part of what they count), so a key over its rpm still has its records read and
+validated before its 429: only the key's own records (the key is compared first), at
+most ``responses_chain_max_bytes`` (16 MiB) in all, about 65 ms of CPU a 4 MiB, as
+parsing a request body of that size costs (which any caller makes the gateway do
+before the limits). Unlike a
 body, it takes the caller a few hundred bytes a request. That is accepted for now:
 refusing earlier needs a look at the rpm that counts nothing, which neither store has
 (the embedded limiter and the Redis scripts would each need one).
@@ -36,7 +42,9 @@ refusing earlier needs a look at the rpm that counts nothing, which neither stor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -47,7 +55,13 @@ from aigw.compiler.graph import ApiKey
 
 from . import jsonio
 from .auth import authenticate
-from .errors import BadRequest, NotFound, PreviousResponseNotFound, StoreUnavailable
+from .errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PreviousResponseNotFound,
+    StoreUnavailable,
+)
 from .jsonio import JSONBody
 from .live import Live
 from .responses_wire import (
@@ -78,8 +92,8 @@ _NOT_KEPT = "not_kept"
 @dataclass(frozen=True, slots=True)
 class _Record:
     """A kept record: its first part parsed (the response, or the marker of one not
-    kept) and its input items as they are kept, one JSON object a line, unparsed (empty
-    when not read)."""
+    kept) and its own input items as they are kept, one JSON object a line, unparsed
+    (empty when not read)."""
 
     head: dict[str, Any]
     items: bytes
@@ -87,39 +101,92 @@ class _Record:
     def lines(self) -> list[bytes]:
         return self.items.split(b"\n") if self.items else []
 
+    def output(self) -> list[bytes]:
+        return [jsonio.dumps(item) for item in self.head["response"]["output"]]
 
-async def _found(live: Live, key: ApiKey, response_id: str,
-                 items: bool = True) -> _Record | None:
-    """The record of ``response_id`` if ``key`` may read it (its items too, if
-    ``items``): a kept response, or the marker of one answered and not kept
-    (``_NOT_KEPT``, why)."""
+
+async def _found(live: Live, key: ApiKey, response_id: str) -> _Record | None:
+    """The record of ``response_id`` (its body alone) if ``key`` may read it: a kept
+    response, or the marker of one answered and not kept (``_NOT_KEPT``, why)."""
     store = await live.store.responses()
-    found: KeptResponse | None = await store.get(response_id, items=items)
+    found: KeptResponse | None = await store.get(response_id, items=False)
     if found is None or (found.key != key.name and not key.admin):
         return None
     return _Record(jsonio.loads(found.body), found.items)
 
 
-async def _kept(live: Live, key: ApiKey, response_id: str, items: bool = True) -> _Record:
-    """The kept record of ``response_id`` for GET and input_items; else a 404 that says
-    why where the gateway knows."""
-    record = await _found(live, key, response_id, items)
+async def _kept(live: Live, key: ApiKey, response_id: str) -> _Record:
+    """The kept record of ``response_id`` for GET; else a 404 that says why where the
+    gateway knows."""
+    record = await _found(live, key, response_id)
     if record is None or _NOT_KEPT in record.head:
         raise _not_found(response_id, record.head[_NOT_KEPT] if record else None)
     return record
 
 
+async def _chain(live: Live, key: ApiKey, response_id: str,
+                 missing: Callable[[str | None], GatewayError],
+                 continuing: bool = False) -> list[_Record]:
+    """The records of ``response_id`` and of the responses before it, oldest first, read
+    in one round-trip; ``missing(why)`` is raised where one is not found for ``key``
+    (the first not kept, expired, deleted or another key's), a 400 where the chain is
+    over ``responses_chain_max_depth`` (counting the response that is ``continuing`` it)
+    or ``responses_chain_max_bytes``."""
+    settings = live.graph.settings
+    depth = settings.responses_chain_max_depth - continuing
+    most = settings.responses_chain_max_bytes
+    param = "previous_response_id" if continuing else "response_id"
+    store = await live.store.responses()
+    found = await store.chain(response_id, depth + 1, most)
+    records: list[_Record] = []
+    for link in found:
+        if link.key != key.name and not key.admin:
+            break
+        head = jsonio.loads(link.body)
+        if _NOT_KEPT in head:
+            raise missing(head[_NOT_KEPT])
+        records.append(_Record(head, link.items))
+    if not records:
+        raise missing(None)
+    if sum(len(link.body) + len(link.items) for link in found) > most:
+        raise BadRequest(f"The conversation of response '{response_id}' is too large: "
+                         f"this gateway's responses_chain_max_bytes is {most} bytes, as "
+                         "kept. Send the conversation (or its recent part) as 'input'.",
+                         param=param)
+    if len(found) > depth:
+        raise BadRequest(f"The chain of response '{response_id}' is too long: this "
+                         "gateway's responses_chain_max_depth is "
+                         f"{settings.responses_chain_max_depth} responses. Send the "
+                         "conversation (or its recent part) as 'input'.",
+                         param=param)
+    gone = found[len(records) - 1].previous  # where the walk stopped short of the start
+    if gone is not None:
+        raise missing(f"An earlier response of its conversation, '{gone}', is not kept "
+                      "(expired or deleted).")
+    return records[::-1]
+
+
+def _input_lines(records: list[_Record]) -> list[bytes]:
+    """The whole input of the newest of ``records`` (a chain, oldest first): each earlier
+    one's own input and output, then its own input."""
+    lines: list[bytes] = []
+    for record in records[:-1]:
+        lines += record.lines()
+        lines += record.output()
+    return lines + records[-1].lines()
+
+
 async def continued(live: Live, key: ApiKey,
                     request: ResponsesRequest) -> tuple[ResponsesRequest, list[bytes]]:
     """``request`` with the conversation of its ``previous_response_id`` before its own
-    input, and that conversation's items as kept lines (the new record starts with them)."""
+    input, and that conversation's items as kept lines (the new record's own items
+    follow them)."""
     previous = request.previous_response_id
     if previous is None:
         return request, []
-    record = await _found(live, key, previous)
-    if record is None or _NOT_KEPT in record.head:
-        raise PreviousResponseNotFound(previous, record.head[_NOT_KEPT] if record else None)
-    earlier = [*record.lines(), *map(jsonio.dumps, record.head["response"]["output"])]
+    records = await _chain(live, key, previous,
+                           lambda why: PreviousResponseNotFound(previous, why), continuing=True)
+    earlier = [*_input_lines(records), *records[-1].output()]
     try:  # parsed and validated in one pass, no dicts between
         items = ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")
     except ValidationError as exc:  # kept by another aigw version, in a shape this one refuses
@@ -152,26 +219,29 @@ def item_line(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | Re
 
 
 async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
-               items: list[bytes]) -> None:
-    """Keep ``response`` (a completed or incomplete one) and its input ``items``. Not
-    kept, logged, when it is over ``responses_max_bytes`` (a marker is kept instead, so
-    that naming it says why) or the store cannot take it: the answer itself is not
-    failed for it."""
+               items: list[bytes], previous: str | None = None) -> None:
+    """Keep ``response`` (a completed or incomplete one) and its own input ``items``, those
+    after the conversation of ``previous`` (the response it continued), which are read
+    from there. Not kept, logged, when it is over ``responses_max_bytes`` (a marker is
+    kept instead, so that naming it says why) or the store cannot take it: the answer
+    itself is not failed for it."""
     settings = live.graph.settings
     body = jsonio.dumps({"key": key.name, "route": route, "response": response})
     lines = b"\n".join(items)  # compact JSON has no newline of its own
     size = len(body) + len(lines)
     if size > settings.responses_max_bytes:
-        log.warning("response %s of key %s not kept: %d bytes with its conversation, over "
+        log.warning("response %s of key %s not kept: %d bytes with its input items, over "
                     "responses_max_bytes (%d); previous_response_id cannot name it",
                     response["id"], key.name, size, settings.responses_max_bytes)
         body, lines = jsonio.dumps({"key": key.name, "route": route, _NOT_KEPT: (
-            f"It was answered and not kept: with its conversation it is {size} bytes, "
+            f"It was answered and not kept: with its input items it is {size} bytes, "
             f"over this gateway's responses_max_bytes ({settings.responses_max_bytes}). "
             "Send the whole conversation as 'input'.")}), b""
+        previous = None  # a marker ends its chain
     try:
         store = await live.store.responses()
-        await store.put(response["id"], key.name, body, lines, settings.responses_ttl_s)
+        await store.put(response["id"], key.name, body, lines, settings.responses_ttl_s,
+                        previous)
     except StoreUnavailable as exc:
         log.warning("response %s of key %s not kept: %s", response["id"], key.name, exc)
 
@@ -183,7 +253,7 @@ def _not_found(response_id: str, why: str | None = None) -> NotFound:
 
 async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
     """GET /v1/responses/{id}: the Response object as it was answered."""
-    record = await _kept(live, authenticate(live.graph, headers), response_id, items=False)
+    record = await _kept(live, authenticate(live.graph, headers), response_id)
     return JSONBody(record.head["response"])
 
 
@@ -191,7 +261,7 @@ async def delete_response(live: Live, headers: Headers, response_id: str) -> Res
     """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing.
     The marker of one not kept is deleted as a response is (the app was told store: true)."""
     key = authenticate(live.graph, headers)
-    if await _found(live, key, response_id, items=False) is None:
+    if await _found(live, key, response_id) is None:
         raise _not_found(response_id)
     store = await live.store.responses()
     if not await store.delete(response_id):
@@ -206,8 +276,8 @@ async def input_items(live: Live, headers: Headers, response_id: str,
     item id; ``include`` is accepted and changes nothing)."""
     key = authenticate(live.graph, headers)
     order, limit, after = page_query(query)  # checked before the store is read
-    return JSONBody(items_page((await _kept(live, key, response_id)).lines(), order, limit,
-                               after, response_id))
+    records = await _chain(live, key, response_id, partial(_not_found, response_id))
+    return JSONBody(items_page(_input_lines(records), order, limit, after, response_id))
 
 
 def items_page(lines: list[bytes], order: str, limit: int, after: str | None,

@@ -5,9 +5,15 @@
     └── RedisResponses              replicas: a key per response, expired by Redis
 
 A kept response is two opaque parts (built by runtime/responses_stored.py) under its
-id, with the name of the key that made it and when it expires: its ``body`` (the
-response object) and its ``items`` (the conversation, up to megabytes), read only by
-the reads that need them (``get(id, items=False)`` reads the body alone). The write is
+id, with the name of the key that made it, when it expires and the id of the response
+it continued (``previous``): its ``body`` (the response object) and its ``items`` (its
+own input items), read only by the reads that need them (``get(id, items=False)``
+reads the body alone). ``chain(id)`` reads a response and the ones before it, following
+``previous``, in one round-trip: one job of the SQLite file's thread, one Lua script on
+Redis (which reads keys it finds in the records, not in KEYS: a chain's ids are known
+only as it is walked; the records are all under this store's prefix). A record an
+older aigw wrote has no ``previous`` (its ``items`` are its whole conversation), so a
+walk stops there. The write is
 awaited before the answer (or a stream's last event) goes out, as a ledger record is,
 so a client that continues at once finds it, whichever worker or replica serves the
 next turn: in SQLite it is committed by a writer thread of its own, with the other
@@ -62,15 +68,39 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)
 """
 
+# Walks a chain from ARGV[2] (ARGV[1] the prefix of the keys): at most ARGV[3] records,
+# stopping after the one that takes their parts past ARGV[4] bytes; each record is four
+# values (key, body, items, previous: "" for none), newest first.
+CHAIN = """
+local prefix, id = ARGV[1], ARGV[2]
+local links, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, bytes = {}, 0
+for _ = 1, links do
+  local v = redis.call('HMGET', prefix .. id, 'key', 'body', 'items', 'previous')
+  if not v[1] or not v[2] then break end
+  local items, previous = v[3] or '', v[4] or ''
+  out[#out + 1] = v[1]
+  out[#out + 1] = v[2]
+  out[#out + 1] = items
+  out[#out + 1] = previous
+  bytes = bytes + #v[2] + #items
+  if previous == '' or bytes > max_bytes then break end
+  id = previous
+end
+return out
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class KeptResponse:
-    """A kept response: the key that made it (its name) and its parts (``items`` empty
-    when they were not read)."""
+    """A kept response: the key that made it (its name), its parts (``items`` empty
+    when they were not read) and the id of the response it continued, whose items it
+    does not repeat (None: its ``items`` are its whole input)."""
 
     key: str
     body: bytes
     items: bytes = b""
+    previous: str | None = None
 
 
 class ResponseStore(Protocol):
@@ -78,14 +108,21 @@ class ResponseStore(Protocol):
     store cannot answer."""
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float) -> None:
-        """Keep ``body`` and ``items`` under ``response_id`` for ``ttl_s`` seconds; a later
-        read (from this process, or any replica for Redis) finds them once this returns."""
+                  ttl_s: float, previous: str | None = None) -> None:
+        """Keep ``body`` and ``items`` under ``response_id`` for ``ttl_s`` seconds, after
+        ``previous``; a later read (from this process, or any replica for Redis) finds them
+        once this returns."""
         ...
 
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
         """The response (its items too unless ``items`` is False), or None when it was
         never kept, has expired or was deleted."""
+        ...
+
+    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+        """The response and those before it (``previous``), newest first, with their
+        items: at most ``links``, ending with the first one not found, the first without
+        a ``previous``, or the one that takes their bodies and items past ``max_bytes``."""
         ...
 
     async def delete(self, response_id: str) -> bool:
@@ -115,10 +152,10 @@ class SQLiteResponses:
                    clock)
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float) -> None:
+                  ttl_s: float, previous: str | None = None) -> None:
         now = self._clock()
-        await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body, items),
-                            single=True)
+        await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body, items,
+                                    previous), single=True)
         if now >= self._purge_at:  # queued, not awaited: at most once every PURGE_EVERY_S
             self._purge_at = now + PURGE_EVERY_S
             self._db.post(partial(_purge, now))
@@ -129,6 +166,10 @@ class SQLiteResponses:
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
         return await self._db.call(partial(_select, response_id, self._clock(), items),
                                    single=True)
+
+    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+        return await self._db.call(partial(_chain, response_id, self._clock(), links,
+                                           max_bytes), single=True)
 
     async def delete(self, response_id: str) -> bool:
         return await self._db.call(partial(_delete, response_id, self._clock()), single=True)
@@ -141,22 +182,43 @@ def _create_table(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(responses)")}
+    if "previous" not in columns:  # a file an older aigw made: its rows have none
+        connection.execute("ALTER TABLE responses ADD COLUMN previous TEXT")
     create_conversation_tables(connection)
 
 
 def _insert(response_id: str, key: str, created_at: float, expires_at: float, body: bytes,
-            items: bytes, connection: sqlite3.Connection) -> None:
+            items: bytes, previous: str | None, connection: sqlite3.Connection) -> None:
     connection.execute(
-        'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body, items) '
-        "VALUES (?, ?, ?, ?, ?, ?)", (response_id, key, created_at, expires_at, body, items))
+        'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body, items, '
+        "previous) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (response_id, key, created_at, expires_at, body, items, previous))
+
+
+def _chain(response_id: str, now: float, links: int, max_bytes: int,
+           connection: sqlite3.Connection) -> list[KeptResponse]:
+    found: list[KeptResponse] = []
+    size, next_id = 0, response_id
+    while len(found) < links:
+        row = connection.execute('SELECT "key", body, items, previous FROM responses '
+                                 "WHERE id = ? AND expires_at > ?", (next_id, now)).fetchone()
+        if row is None:
+            break
+        found.append(KeptResponse(row[0], bytes(row[1]), bytes(row[2]), row[3]))
+        size += len(row[1]) + len(row[2])
+        if row[3] is None or size > max_bytes:
+            break
+        next_id = row[3]
+    return found
 
 
 def _select(response_id: str, now: float, items: bool,
             connection: sqlite3.Connection) -> KeptResponse | None:
-    columns = '"key", body, items' if items else '"key", body, x\'\''
+    columns = '"key", body, items, previous' if items else '"key", body, x\'\', previous'
     row = connection.execute(f"SELECT {columns} FROM responses WHERE id = ? AND expires_at > ?",
                              (response_id, now)).fetchone()
-    return None if row is None else KeptResponse(row[0], bytes(row[1]), bytes(row[2]))
+    return None if row is None else KeptResponse(row[0], bytes(row[1]), bytes(row[2]), row[3])
 
 
 def _delete(response_id: str, now: float, connection: sqlite3.Connection) -> bool:
@@ -184,6 +246,7 @@ class RedisResponses:
         self._prefix = f"{namespace}:response:"
         self._resting_until = 0.0
         self._conversations = RedisConversations(self, namespace)
+        self._chain = self.redis.register_script(CHAIN)
 
     def conversations(self) -> ConversationStore:
         return self._conversations
@@ -199,12 +262,14 @@ class RedisResponses:
         return StoreUnavailable(f"the response store (Redis) failed: {exc}")
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float) -> None:
+                  ttl_s: float, previous: str | None = None) -> None:
         self.check()
         name = self._prefix + response_id
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(name, mapping={"key": key, "body": body, "items": items})
+                if previous is not None:
+                    pipe.hset(name, "previous", previous)
                 pipe.pexpire(name, max(1, int(ttl_s * 1000)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -212,16 +277,27 @@ class RedisResponses:
 
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
         self.check()
-        fields = ["key", "body", "items"] if items else ["key", "body"]
+        fields = ["key", "body", "previous", "items"] if items else ["key", "body", "previous"]
         try:
             found = await self.redis.hmget(self._prefix + response_id, fields)
         except (RedisError, OSError) as exc:
             raise self.failed(exc) from exc
-        key, body, *rest = found  # the client does not decode: bytes, or None when absent
+        key, body, previous, *rest = found  # not decoded: bytes, or None when absent
         if not isinstance(key, bytes) or not isinstance(body, bytes):
             return None
         kept = rest[0] if rest and isinstance(rest[0], bytes) else b""
-        return KeptResponse(key.decode(), body, kept)
+        return KeptResponse(key.decode(), body, kept,
+                            previous.decode() if isinstance(previous, bytes) else None)
+
+    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+        self.check()
+        try:
+            found = await self._chain(args=[self._prefix, response_id, links, max_bytes])
+        except (RedisError, OSError) as exc:
+            raise self.failed(exc) from exc
+        assert isinstance(found, list)
+        return [KeptResponse(key.decode(), body, items, previous.decode() or None)
+                for key, body, items, previous in zip(*[iter(found)] * 4, strict=True)]
 
     async def delete(self, response_id: str) -> bool:
         self.check()

@@ -5,13 +5,16 @@ that find only their own, ``store: false``, expiry and a restart."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import redis
 
 from ..conftest import DEV_KEY
 from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk, store_url
@@ -233,3 +236,105 @@ def test_reasoning_items_sent_back_are_kept_and_not_passed_on(
     assert [item.type for item in listed.data] == [
         "message", "reasoning", "function_call", "function_call_output"]
     assert listed.data[1].model_dump(exclude_none=True) == {**thought, "status": "completed"}
+
+
+@dataclass
+class Chains:
+    """A gateway whose kept records are small (``responses_max_bytes: 4000``) and whose
+    chains are at most 20 responses, and the store it keeps them in."""
+
+    served: Upstreams
+    store: str  # "embedded", or the Redis URL
+
+    def as_an_older_aigw_kept(self, response_id: str, lines: list[bytes]) -> None:
+        """Rewrite the record of ``response_id`` as aigw kept records before chains: its
+        whole input as its items, no ``previous``."""
+        items = b"\n".join(lines)
+        if self.store == "embedded":
+            with sqlite3.connect(self.served.server.root / "aigw-responses.sqlite") as db:
+                db.execute("UPDATE responses SET items = ?, previous = NULL WHERE id = ?",
+                           (items, response_id))
+            db.close()
+            return
+        with redis.Redis.from_url(self.store) as client:
+            client.hset(f"aigw:response:{response_id}", "items", items)
+            client.hdel(f"aigw:response:{response_id}", "previous")
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def chains(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chains]:
+    url = store_url(request, request.param)
+    settings = (f'store: "{url}", responses_ttl_s: 3600, responses_max_bytes: 4000, '
+                "responses_chain_max_depth: 20")
+    with responses_gateway(tmp_path_factory.mktemp("chains") / "gw", settings,
+                           app_keys()) as served:
+        yield Chains(served, url)
+
+
+def _turns(client: openai.OpenAI, count: int, previous: str | None = None) -> list[str]:
+    """``count`` turns, each continuing the one before; their ids."""
+    ids: list[str] = []
+    for number in range(count):
+        previous = client.responses.create(model="gpt", previous_response_id=previous,
+                                           input=f"turn {number} " + "words " * 30).id
+        ids.append(previous)
+    return ids
+
+
+def test_a_long_chain_keeps_each_turn_once(chains: Chains) -> None:
+    """Each record holds its own input and output, not the turns before it: 20 turns of
+    ~600 bytes go on under a 4000-byte record (a whole-conversation record was over it
+    by the sixth turn), and the 21st is past responses_chain_max_depth."""
+    with sdk(chains.served, ALICE) as alice:
+        ids = _turns(alice, 20)
+        sent = chains.served.gpt.script.requests[-1]["messages"]
+        assert len(sent) == 39 and sent[0]["content"].startswith("turn 0 ")
+        listed = alice.responses.input_items.list(ids[-1], order="asc", limit=100)
+        assert len(listed.data) == 39 and not listed.has_more
+        assert [item.role for item in listed.data[:3]] == [  # type: ignore[union-attr]
+            "user", "assistant", "user"]
+        with pytest.raises(openai.BadRequestError) as deep:
+            alice.responses.create(model="gpt", previous_response_id=ids[-1], input="more")
+    assert deep.value.body == {
+        "message": f"The chain of response '{ids[-1]}' is too long: this gateway's "
+                   "responses_chain_max_depth is 20 responses. Send the conversation (or its "
+                   "recent part) as 'input'.",
+        "type": "invalid_request_error", "param": "previous_response_id",
+        "code": "invalid_request"}
+
+
+def test_a_gone_link_is_a_previous_response_not_found(chains: Chains) -> None:
+    with sdk(chains.served, ALICE) as alice:
+        first, second, third = _turns(alice, 3)
+        alice.responses.delete(second)
+        why = f"An earlier response of its conversation, '{second}', is not kept " \
+              "(expired or deleted)."
+        with pytest.raises(openai.BadRequestError) as refused:
+            alice.responses.create(model="gpt", previous_response_id=third, input="more")
+        assert refused.value.body == {
+            "message": f"Previous response with id '{third}' not found. {why}",
+            "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"}
+        with pytest.raises(openai.NotFoundError) as unlisted:
+            alice.responses.input_items.list(third)
+        assert unlisted.value.message.endswith(why)
+        assert alice.responses.retrieve(third).id == third  # the response itself is kept
+        assert len(alice.responses.input_items.list(first).data) == 1
+
+
+def test_a_record_an_older_aigw_kept_is_read_whole(chains: Chains) -> None:
+    """Records kept before chains hold their whole conversation and no previous: read as
+    they are, alone or at the start of a chain kept since."""
+    with sdk(chains.served, ALICE) as alice:
+        first, second = _turns(alice, 2)
+        whole = alice.responses.input_items.list(second, order="asc").data
+        chains.as_an_older_aigw_kept(second, [json.dumps(item.model_dump(exclude_none=True),
+                                                         separators=(",", ":")).encode()
+                                              for item in whole])
+        alice.responses.delete(first)  # an older record does not need the one before it
+        assert alice.responses.input_items.list(second, order="asc").data == whole
+        [third] = _turns(alice, 1, previous=second)
+        assert len(chains.served.gpt.script.requests[-1]["messages"]) == 5
+        listed = alice.responses.input_items.list(third, order="asc").data
+        assert listed[:3] == whole and len(listed) == 5

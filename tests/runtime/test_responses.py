@@ -351,7 +351,7 @@ async def test_a_response_over_responses_max_bytes_is_answered_not_kept(
         assert large.status_code == 200
         assert (await http.get(f"{RESPONSES}/{small['id']}")).status_code == 200
         large_id = large.json()["id"]
-        why = ("It was answered and not kept: with its conversation it is 4047 bytes, over "
+        why = ("It was answered and not kept: with its input items it is 4047 bytes, over "
                "this gateway's responses_max_bytes (1500). Send the whole conversation as "
                "'input'.")
         for path in (large_id, f"{large_id}/input_items"):
@@ -378,19 +378,22 @@ async def test_a_kept_record_is_the_response_apart_from_an_input_item_a_line(
     gateway_dir: Path, counter: TokenCounter,
 ) -> None:
     """A record is up to responses_max_bytes: a GET reads and parses the response alone,
-    input_items the lines of its page, not the whole conversation."""
+    input_items the lines of its page, not the whole conversation. A continuation's
+    record keeps its own input items and the id it continued, not the earlier turns."""
     async with _served_with(gateway_dir, counter, "") as http:
         first = (await http.post(RESPONSES, json={"model": "fast", "input": "one"})).json()
         second = (await http.post(RESPONSES, json={
             "model": "fast", "input": "two", "previous_response_id": first["id"]})).json()
         with sqlite3.connect(gateway_dir / "aigw-responses.sqlite") as connection:
-            [(body, kept)] = connection.execute(
-                "SELECT body, items FROM responses WHERE id = ?", (second["id"],)).fetchall()
+            [(body, kept, previous)] = connection.execute(
+                "SELECT body, items, previous FROM responses WHERE id = ?",
+                (second["id"],)).fetchall()
         assert json.loads(body) == {"key": "dev", "route": "fast", "response": second}
+        assert previous == first["id"]
         lines = bytes(kept).split(b"\n")
         items = f"{RESPONSES}/{second['id']}/input_items"
         listed = (await http.get(items, params={"order": "asc"})).json()["data"]
-        assert [json.loads(line) for line in lines] == listed
+        assert [json.loads(line) for line in lines] == listed[2:]
         assert [item["role"] for item in listed] == ["user", "assistant", "user"]
         after = await http.get(items, params={"order": "asc", "after": listed[0]["id"],
                                               "limit": 1})

@@ -121,3 +121,51 @@ async def test_embedded_responses_do_not_take_the_ledgers_write_lock(tmp_path: P
     finally:
         await responses.aclose()
         await ledger.aclose()
+
+
+async def test_sqlite_reads_a_chain_by_its_previous_links(
+        sqlite_responses: SQLiteResponses) -> None:
+    await _chain_walked(sqlite_responses)
+
+
+async def test_redis_reads_a_chain_by_its_previous_links(
+        redis_responses: RedisResponses) -> None:
+    await _chain_walked(redis_responses)
+
+
+async def _chain_walked(store: SQLiteResponses | RedisResponses) -> None:
+    """Three responses, each continuing the one before: read newest first, as far as the
+    links, the bytes and the records kept allow."""
+    await store.put("resp_1", "alice", b"{1}", b"[a]", ttl_s=60)
+    await store.put("resp_2", "alice", b"{2}", b"[b]", ttl_s=60, previous="resp_1")
+    await store.put("resp_3", "alice", b"{3}", b"[c]", ttl_s=60, previous="resp_2")
+    third, second, first = (KeptResponse("alice", b"{3}", b"[c]", "resp_2"),
+                            KeptResponse("alice", b"{2}", b"[b]", "resp_1"),
+                            KeptResponse("alice", b"{1}", b"[a]"))
+    assert await store.chain("resp_3", 10, 1000) == [third, second, first]
+    assert await store.get("resp_3") == third
+    assert await store.chain("resp_3", 2, 1000) == [third, second]  # at most 2 links
+    assert await store.chain("resp_3", 10, 7) == [third, second]  # 12 bytes read: past 7
+    assert await store.chain("resp_4", 10, 1000) == []
+    assert await store.delete("resp_2") is True
+    assert await store.chain("resp_3", 10, 1000) == [third]  # the walk stops at the gap
+
+
+async def test_a_file_an_older_aigw_made_gains_the_previous_column(
+        tmp_path: Path, clock: ManualClock) -> None:
+    file = tmp_path / "aigw-responses.sqlite"
+    with sqlite3.connect(file) as connection:  # the table as aigw made it before chains
+        connection.execute(
+            'CREATE TABLE responses (id TEXT PRIMARY KEY, "key" TEXT NOT NULL, created_at REAL '
+            "NOT NULL, expires_at REAL NOT NULL, body BLOB NOT NULL, items BLOB NOT NULL)")
+        connection.execute("INSERT INTO responses VALUES ('resp_old', 'alice', 0, ?, ?, ?)",
+                           (clock.now() + 60, b"{}", b"[whole]"))
+    connection.close()
+    store = await SQLiteResponses.open(file, clock=clock.now)
+    try:
+        await store.put("resp_new", "alice", b"{}", b"[own]", ttl_s=60, previous="resp_old")
+        assert await store.chain("resp_new", 10, 1000) == [
+            KeptResponse("alice", b"{}", b"[own]", "resp_old"),
+            KeptResponse("alice", b"{}", b"[whole]")]
+    finally:
+        await store.aclose()

@@ -4,7 +4,8 @@
               -> complete | stream -> a Response object | the Responses stream events
 
 With ``store`` true (the default) the response is kept before it is answered (a stream's
-before its last event), and ``previous_response_id`` continues a kept one
+before its last event, ``response.failed`` included; a stream the client left is kept
+``cancelled``), and ``previous_response_id`` continues a kept one
 (runtime/responses_stored.py); ``store: false`` keeps nothing (it may still continue a
 kept response, as on OpenAI). ``conversation`` continues a conversation instead, and
 adds the turn to it at the same moment (runtime/conversations.py). Errors
@@ -50,6 +51,9 @@ from .sse import encoded_events, named_event, settled_stream
 
 __all__ = ["EventEncoder", "create_response", "echoed", "response_body"]
 
+# The statuses of a response that ended before its answer did: its conversation gets
+# nothing (OpenAI's rule for a failed one), its own record keeps what it completed.
+_ENDED_SHORT = frozenset({"failed", "cancelled"})
 _INCOMPLETE: Mapping[str, str] = MappingProxyType(
     {"length": "max_output_tokens", "content_filter": "content_filter"})
 # The chat parameters the serving core's errors name, as a Responses request names them.
@@ -101,23 +105,29 @@ async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict
         previous = asked.previous_response_id
         await keep(live, key, asked.model, response, items[earlier:] if previous else items,
                    previous)
-    if asked.conversation is not None:
+    if asked.conversation is not None and response["status"] not in _ENDED_SHORT:
         await add_turn(live, asked.conversation, response, items[earlier:])
 
 
 async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncoder,
                        kept: Callable[[dict[str, Any]], Awaitable[None]],
                        ) -> AsyncGenerator[bytes, None]:
-    """``events``, the response kept before their last one (completed or incomplete) goes
-    out: an app that continues as soon as it reads it finds it. A failed stream is not
-    kept. Closing this closes ``events`` (whose ``finally`` settles the request)."""
+    """``events``, the response kept before their last one (completed, incomplete or
+    failed) goes out: an app that continues as soon as it reads it finds it. A stream the
+    client cut (or a shutdown) is kept ``cancelled``, with the items it had completed.
+    Closing this closes ``events`` (whose ``finally`` settles the request)."""
+    ended = False
     try:
         async for event in events:
             final, encoder.final = encoder.final, None
             if final is not None:
+                ended = True
                 await kept(final)
             yield event
     finally:
+        # Closed by the response (shielded, settled_stream), so awaiting here is safe.
+        if not ended:
+            await kept(encoder.cancelled())
         await events.aclose()
 
 
@@ -471,10 +481,22 @@ class EventEncoder:
 
     def failed(self, error: GatewayError) -> bytes:
         """``response.failed``: the stream cannot go on (the upstream failed after its
-        first byte, the budget ran out); the items so far with it."""
+        first byte, the budget ran out); the items so far with it. It is kept (``final``)
+        with the items it completed: a half-streamed call or text is no conversation to
+        go on from."""
         code = "rate_limit_exceeded" if isinstance(error, RateLimited | UpstreamRateLimited) \
             else "server_error"
-        return self._event("response.failed", response=self._snapshot(
-            "failed", self._items("incomplete"), self._usage,
-            error={"code": code, "message": error.message}))
+        failed = self._snapshot("failed", self._items("incomplete"), self._usage,
+                                error={"code": code, "message": error.message})
+        self.final = {**failed, "output": _completed(failed["output"])}
+        return self._event("response.failed", response=failed)
+
+    def cancelled(self) -> dict[str, Any]:
+        """The Response object of a stream the client cut: ``cancelled``, the items it
+        completed, the usage if the upstream had sent it."""
+        return self._snapshot("cancelled", _completed(self._items("incomplete")), self._usage)
+
+
+def _completed(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item for item in output if item["status"] == "completed"]
 

@@ -26,7 +26,11 @@ own). The continuation runs on the route its own ``model`` names, authorized as 
 request is: the earlier turns' route (kept, for the record) grants nothing, and may be
 gone. A response is the key's that made it: another key finds nothing (404, or a
 ``previous_response_not_found`` 400), as for an id never kept; admin keys find any.
-Completed and incomplete (cut at the output limit) responses are kept, failed ones not.
+Completed and incomplete (cut at the output limit) responses are kept, and so are
+streams that failed (``failed``, with their ``error``) or that the client cut
+(``cancelled``), with the output items they completed. A cancelled one can be
+continued (its completed items are its answer); a failed one cannot (a 400 that says
+to continue the one before it).
 
 The earlier conversation is read before the route, Cedar and the limits are checked (it
 is part of what they count), so a key over its rpm still has its records read and
@@ -186,6 +190,12 @@ async def continued(live: Live, key: ApiKey,
         return request, []
     records = await _chain(live, key, previous,
                            lambda why: PreviousResponseNotFound(previous, why), continuing=True)
+    failed = records[-1].head["response"]
+    if failed["status"] == "failed":  # its answer never came: nothing to go on from
+        raise BadRequest(f"Previous response with id '{previous}' failed "
+                         f"({failed['error']['message']}) and cannot be continued: continue "
+                         "the one before it, or send the conversation as 'input'.",
+                         param="previous_response_id")
     earlier = [*_input_lines(records), *records[-1].output()]
     try:  # parsed and validated in one pass, no dicts between
         items = ITEMS.validate_json(b"[" + b",".join(earlier) + b"]")

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from ..conftest import DEV_KEY
+from ..fakes.brain import Action
 from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk, store_url
 
 pytestmark = pytest.mark.e2e
@@ -338,3 +339,59 @@ def test_a_record_an_older_aigw_kept_is_read_whole(chains: Chains) -> None:
         assert len(chains.served.gpt.script.requests[-1]["messages"]) == 5
         listed = alice.responses.input_items.list(third, order="asc").data
         assert listed[:3] == whole and len(listed) == 5
+
+
+def test_a_stream_the_upstream_cut_is_kept_failed(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Kept as it ended: failed, with its error and the items it completed (the
+    reasoning, not the half message); it cannot be continued, the one before it can."""
+    first = alice.responses.create(model="gpt", input="hello")
+    # The role, the two words of reasoning and two of the answer, then the connection drops.
+    upstreams.gpt.script.actions.append(Action(reasoning="thinking hard", cut_stream_after=5))
+    with alice.responses.create(model="gpt", input="one two three four", stream=True,
+                                previous_response_id=first.id) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.failed"
+    sent = events[-1].response  # type: ignore[union-attr]
+    assert [item.type for item in sent.output] == ["reasoning", "message"]
+    kept = alice.responses.retrieve(sent.id)
+    assert (kept.status, kept.error and kept.error.code) == ("failed", "server_error")
+    assert kept.output == sent.output[:1]  # the message was cut: not kept
+    assert [item.type for item in alice.responses.input_items.list(sent.id).data] == [
+        "message", "message", "message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.responses.create(model="gpt", previous_response_id=sent.id, input="more")
+    assert refused.value.param == "previous_response_id"
+    assert f"Previous response with id '{sent.id}' failed (" in refused.value.message
+    assert alice.responses.create(model="gpt", previous_response_id=first.id,
+                                  input="again").status == "completed"
+
+
+def test_a_stream_the_client_left_is_kept_cancelled(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Kept cancelled, with the items completed before the client went; continued from
+    those."""
+    upstreams.gpt.script.actions.append(Action(reasoning="thinking hard", event_delay_s=0.3))
+    with alice.responses.create(model="gpt", input="a slow answer of many words",
+                                stream=True) as stream:
+        for event in stream:
+            if event.type == "response.created":
+                response_id = event.response.id
+            if event.type == "response.output_text.delta":
+                break  # the client leaves after the first word of the answer
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            kept = alice.responses.retrieve(response_id)
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, upstreams.server.log
+            time.sleep(0.1)
+    assert kept.status == "cancelled"
+    [reasoning] = kept.output
+    assert reasoning.type == "reasoning" and reasoning.status == "completed"
+    later = alice.responses.create(model="gpt", previous_response_id=response_id, input="go on")
+    assert later.output_text == "fake-openai: go on"
+    assert upstreams.gpt.script.requests[-1]["messages"] == [
+        {"role": "user", "content": "a slow answer of many words"},
+        {"role": "user", "content": "go on"}]

@@ -15,6 +15,7 @@ from typing import Any
 import openai
 import pytest
 import redis
+from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
@@ -42,6 +43,12 @@ def upstreams(request: pytest.FixtureRequest,
 def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
     with sdk(upstreams, ALICE) as client:
         yield client
+
+
+@function_tool(name_override="lookup")
+def _lookup(query: str) -> str:
+    """Look a thing up."""
+    return f"found {query}"
 
 
 def _not_found_as_previous(client: openai.OpenAI, response_id: str) -> None:
@@ -395,3 +402,25 @@ def test_a_stream_the_client_left_is_kept_cancelled(
     assert upstreams.gpt.script.requests[-1]["messages"] == [
         {"role": "user", "content": "a slow answer of many words"},
         {"role": "user", "content": "go on"}]
+
+
+async def test_an_agent_on_a_reasoning_model_chains_its_turns(upstreams: Upstreams) -> None:
+    """The Agents SDK's run against a reasoning model (reasoning_content): the reasoning
+    item goes back with the tool's output and stays in the kept chain the next run
+    continues."""
+    quiet = RunConfig(tracing_disabled=True)  # tracing would post the run to OpenAI
+    async with openai.AsyncOpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=ALICE,
+                                  max_retries=0) as client:
+        agent = Agent(name="finder", instructions="Be brief.", tools=[_lookup],
+                      model=OpenAIResponsesModel(model="gpt", openai_client=client))
+        upstreams.gpt.script.actions.append(Action(reasoning="the moon needs a lookup"))
+        first = await Runner.run(agent, "find the moon", run_config=quiet)
+        assert first.new_items[0].type == "reasoning_item"
+        second = await Runner.run(agent, "and the stars", run_config=quiet,
+                                  previous_response_id=first.last_response_id)
+        assert second.final_output == "tool said: found and the stars"
+        kept = await client.responses.input_items.list(second.last_response_id or "",
+                                                       order="asc")
+    assert [item.type for item in kept.data] == [
+        "message", "reasoning", "function_call", "function_call_output", "message",
+        "message", "function_call", "function_call_output"]

@@ -126,9 +126,11 @@ async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncode
             yield event
     finally:
         # Closed by the response (shielded, settled_stream), so awaiting here is safe.
-        if not ended:
-            await kept(encoder.cancelled())
-        await events.aclose()
+        try:
+            if not ended:
+                await kept(encoder.cancelled())
+        finally:  # the request is settled whatever keeping it did
+            await events.aclose()
 
 
 def echoed(request: ResponsesRequest) -> dict[str, Any]:

@@ -13,7 +13,9 @@ reads the body alone). ``chain(id)`` reads a response and the ones before it, fo
 Redis (which reads keys it finds in the records, not in KEYS: a chain's ids are known
 only as it is walked; the records are all under this store's prefix). A record an
 older aigw wrote has no ``previous`` (its ``items`` are its whole conversation), so a
-walk stops there. The write is
+walk stops there. Keeping a record that continues a chain makes the records before it
+expire no sooner than it does (a chain is read from its newest turn, so an older turn
+expiring first would cut the later ones off). The write is
 awaited before the answer (or a stream's last event) goes out, as a ledger record is,
 so a client that continues at once finds it, whichever worker or replica serves the
 next turn: in SQLite it is committed by a writer thread of its own, with the other
@@ -55,6 +57,9 @@ from .redis_store import disconnected
 from .sqlite_file import SQLiteFile
 
 PURGE_EVERY_S = 3600.0
+# How far a new record extends its chain's expiry: the bound of responses_chain_max_depth
+# (a chain is read no deeper than that; the walk ends at its start well before).
+MAX_CHAIN_LINKS = 100_001
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -88,6 +93,23 @@ for _ = 1, links do
   id = previous
 end
 return out
+"""
+
+# Keeps the chain before a new record (from ARGV[2], ARGV[1] the prefix) at least as long
+# as the new record (ARGV[3] ms), at most ARGV[4] records: a response is continued from
+# its newest turn, and each turn's record holds only its own items, so an older turn
+# that expired first would cut every later one off from its start.
+EXTEND = """
+local prefix, id = ARGV[1], ARGV[2]
+local ttl, links = tonumber(ARGV[3]), tonumber(ARGV[4])
+for _ = 1, links do
+  local name = prefix .. id
+  if redis.call('PTTL', name) < ttl then redis.call('PEXPIRE', name, ttl) end
+  local previous = redis.call('HGET', name, 'previous')
+  if not previous or previous == '' then break end
+  id = previous
+end
+return 0
 """
 
 
@@ -194,6 +216,13 @@ def _insert(response_id: str, key: str, created_at: float, expires_at: float, bo
         'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body, items, '
         "previous) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (response_id, key, created_at, expires_at, body, items, previous))
+    if previous is not None:  # the chain lives as long as its newest turn (see EXTEND)
+        connection.execute(
+            "WITH RECURSIVE chain(id, depth) AS (SELECT ?, 1 UNION ALL SELECT r.previous, "
+            "c.depth + 1 FROM responses r JOIN chain c ON r.id = c.id "
+            "WHERE r.previous IS NOT NULL AND c.depth < ?) "
+            "UPDATE responses SET expires_at = ? WHERE id IN (SELECT id FROM chain) "
+            "AND expires_at < ?", (previous, MAX_CHAIN_LINKS, expires_at, expires_at))
 
 
 def _chain(response_id: str, now: float, links: int, max_bytes: int,
@@ -247,6 +276,7 @@ class RedisResponses:
         self._resting_until = 0.0
         self._conversations = RedisConversations(self, namespace)
         self._chain = self.redis.register_script(CHAIN)
+        self._extend = self.redis.register_script(EXTEND)
 
     def conversations(self) -> ConversationStore:
         return self._conversations
@@ -268,9 +298,13 @@ class RedisResponses:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(name, mapping={"key": key, "body": body, "items": items})
+                ttl_ms = max(1, int(ttl_s * 1000))
                 if previous is not None:
                     pipe.hset(name, "previous", previous)
-                pipe.pexpire(name, max(1, int(ttl_s * 1000)))
+                pipe.pexpire(name, ttl_ms)
+                if previous is not None:
+                    await self._extend(args=[self._prefix, previous, ttl_ms, MAX_CHAIN_LINKS],
+                                       client=pipe)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise self.failed(exc) from exc

@@ -151,6 +151,34 @@ async def _chain_walked(store: SQLiteResponses | RedisResponses) -> None:
     assert await store.chain("resp_3", 10, 1000) == [third]  # the walk stops at the gap
 
 
+async def test_sqlite_keeps_a_chain_as_long_as_its_newest_turn(
+        sqlite_responses: SQLiteResponses, clock: ManualClock) -> None:
+    # Each turn holds only its own items: if the first turn expired on its own schedule,
+    # a conversation continued every day would lose its start after responses_ttl_s.
+    await sqlite_responses.put("resp_1", "alice", b"{1}", b"[a]", ttl_s=60)
+    clock.advance(40)
+    await sqlite_responses.put("resp_2", "alice", b"{2}", b"[b]", ttl_s=60, previous="resp_1")
+    clock.advance(40)  # 80 s after resp_1 was kept, 40 s after resp_2
+    await sqlite_responses.put("resp_3", "alice", b"{3}", b"[c]", ttl_s=60, previous="resp_2")
+    clock.advance(50)  # 130 s after resp_1: alive only through resp_3's 60 s
+    assert [kept.body for kept in await sqlite_responses.chain("resp_3", 10, 1000)] == [
+        b"{3}", b"{2}", b"{1}"]
+    clock.advance(11)
+    assert await sqlite_responses.chain("resp_3", 10, 1000) == []
+
+
+async def test_redis_keeps_a_chain_as_long_as_its_newest_turn(
+        redis_responses: RedisResponses) -> None:
+    await redis_responses.put("resp_1", "alice", b"{1}", b"[a]", ttl_s=0.3)
+    await redis_responses.put("resp_2", "alice", b"{2}", b"[b]", ttl_s=60, previous="resp_1")
+    await redis_responses.put("resp_3", "alice", b"{3}", b"[c]", ttl_s=60, previous="resp_2")
+    await asyncio.sleep(0.4)  # past resp_1's own expiry
+    assert [kept.body for kept in await redis_responses.chain("resp_3", 10, 1000)] == [
+        b"{3}", b"{2}", b"{1}"]
+    ttl_ms = await redis_responses.redis.pttl(redis_responses._prefix + "resp_1")
+    assert 59_000 < ttl_ms <= 60_000
+
+
 async def test_a_file_an_older_aigw_made_gains_the_previous_column(
         tmp_path: Path, clock: ManualClock) -> None:
     file = tmp_path / "aigw-responses.sqlite"

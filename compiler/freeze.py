@@ -287,6 +287,8 @@ def _price(spec: PriceSpec) -> Price:
         cache_read=spec.input if spec.cache_read is None else spec.cache_read,
         cache_write=spec.input if spec.cache_write is None else spec.cache_write,
         search_unit=spec.per_1k_search_units / 1000,
+        image=spec.per_image,
+        image_by_size=tuple(sorted(spec.per_image_by_size.items())),
     )
 
 

@@ -112,7 +112,8 @@ class Price:
     """Currency units per million tokens. Prompt tokens the provider read from its prompt
     cache, or wrote to it, are input tokens priced ``cache_read`` and ``cache_write``
     (the input price where the config names none). A rerank call's search units (Cohere's
-    billing unit) are priced ``search_unit`` each.
+    billing unit) are priced ``search_unit`` each; generated images ``image`` each, or
+    ``image_by_size`` where it names their size (DALL-E's prices differ by size).
 
     >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
     1.38
@@ -123,15 +124,36 @@ class Price:
     cache_read: float
     cache_write: float
     search_unit: float = 0.0
+    image: float = 0.0
+    image_by_size: tuple[tuple[str, float], ...] = ()  # (size, price), sorted by size
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
-             cache_write_tokens: int = 0, search_units: int = 0) -> float:
+             cache_write_tokens: int = 0, search_units: int = 0, images: int = 0,
+             image_size: str | None = None) -> float:
         """What a call cost; ``input_tokens`` counts the prompt's cached tokens too, as
         every adapter reports them (OpenAI's prompt_tokens does)."""
         fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
         return ((fresh * self.input + cache_read_tokens * self.cache_read
                  + cache_write_tokens * self.cache_write + output_tokens * self.output)
-                / 1_000_000 + search_units * self.search_unit)
+                / 1_000_000 + search_units * self.search_unit
+                + (images * self.image_price(image_size) if images else 0.0))
+
+    def image_price(self, size: str | None) -> float:
+        """One image of ``size``: its own price where one is given, else ``image``.
+
+        >>> Price(0, 0, 0, 0, image=0.04, image_by_size=(("1792x1024", 0.08),)).image_price(
+        ...     "1792x1024")
+        0.08
+        """
+        return next((price for named, price in self.image_by_size if named == size),
+                    self.image)
+
+    def dearest_image(self, size: str | None) -> float:
+        """What one image is held at before the call: its size's price where it is
+        priced, else the dearest (a size left to the model, ``auto``, may be any)."""
+        if any(named == size for named, _ in self.image_by_size):
+            return self.image_price(size)
+        return max([self.image, *(price for _, price in self.image_by_size)])
 
     def most(self, input_tokens: int, output_tokens: int) -> float:
         """The most a call of this size can cost, however much of its prompt the provider's
@@ -179,7 +201,7 @@ class Deployment:
     name: str
     provider: Provider
     model: str
-    kind: Literal["chat", "embeddings", "rerank"]
+    kind: Literal["chat", "embeddings", "rerank", "image", "moderation"]
     context_window: int
     max_output_tokens: int
     price: Price

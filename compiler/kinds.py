@@ -1,9 +1,10 @@
-"""What a deployment serves (``kind``: chat, embeddings, rerank), checked as ``link`` runs.
+"""What a deployment serves (``kind``: chat, embeddings, rerank, image, moderation),
+checked as ``link`` runs.
 
-A provider type serves the kinds its API has and its adapter speaks: a rerank deployment
-on a provider without a rerank API, or a chat one on ``cohere`` (whose adapter speaks
-only rerank), would fail every request; it is refused here instead. A group serves one
-kind: a request uses only the members of its own kind.
+A provider type serves the kinds its API has and its adapter speaks: a rerank, image or
+moderation deployment on a provider without that API, or a chat one on ``cohere`` (whose
+adapter speaks only rerank), would fail every request; it is refused here instead. A
+group serves one kind: a request uses only the members of its own kind.
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ RERANKS = frozenset({"cohere", "openai_compatible", "vllm", "echo"})
 RERANK_ONLY = frozenset({"cohere"})
 _RERANK_HINT = ("serve rerank from a provider that has it: cohere, or a vllm or "
                 "openai_compatible server with a /rerank endpoint")
+# Provider types whose OpenAI-shaped /images/generations the gateway speaks (echo draws
+# offline); Anthropic, Gemini, Bedrock and Vertex have none in that shape, vLLM none.
+IMAGES = frozenset({"openai", "azure_openai", "openai_compatible", "echo"})
+# And /moderations: Azure OpenAI has none (its deployments answer 404 there; it filters
+# content on every call instead, and Azure AI Content Safety is another API).
+MODERATES = frozenset({"openai", "openai_compatible", "echo"})
+SERVES = {"rerank": RERANKS, "image": IMAGES, "moderation": MODERATES}
+_HINTS = {"rerank": _RERANK_HINT,
+          "image": "serve images from openai, azure_openai or an openai_compatible server "
+                   "with /images/generations",
+          "moderation": "serve moderation from openai or an openai_compatible server with "
+                        "/moderations (Azure OpenAI filters content on its own calls instead)"}
+_APIS = {"rerank": "rerank API", "image": "image generation API",
+         "moderation": "moderation API"}
+# Every kind, in the order diagnostics list them.
+KINDS = ("chat", "embeddings", "rerank", "image", "moderation")
 
 
 def check_deployment_kind(entry: Entry[DeploymentSpec], provider_type: str,
@@ -47,10 +64,10 @@ def check_deployment_kind(entry: Entry[DeploymentSpec], provider_type: str,
             entry.value("kind"),
             "serve embeddings from a provider that has them (openai, azure_openai, vllm, ...)",
         )
-    elif kind == "rerank" and provider_type not in RERANKS:
+    elif kind in SERVES and provider_type not in SERVES[kind]:
         sink.add(codes.KIND_NOT_SERVED,
-                 f"deployment '{entry.name}' serves rerank, but provider '{provider}' of type "
-                 f"'{provider_type}' has no rerank API", entry.value("kind"), _RERANK_HINT)
+                 f"deployment '{entry.name}' serves {kind}, but provider '{provider}' of type "
+                 f"'{provider_type}' has no {_APIS[kind]}", entry.value("kind"), _HINTS[kind])
 
 
 def check_group_kinds(
@@ -59,7 +76,7 @@ def check_group_kinds(
     sink: DiagnosticSink,
 ) -> None:
     """Chat requests use a group's chat deployments, embeddings requests its embeddings
-    ones, rerank requests its rerank ones: a group of several kinds, or a fallback to a
+    ones, and so on for each kind: a group of several kinds, or a fallback to a
     group of another kind, serves some requests with fewer deployments than it lists,
     with nothing said until they fail."""
     kinds: dict[str, set[str]] = {
@@ -71,11 +88,11 @@ def check_group_kinds(
             listed = "; ".join(
                 f"{kind}: " + ", ".join(m for m in entry.spec.members
                                         if m in deployments and deployments[m].spec.kind == kind)
-                for kind in ("chat", "embeddings", "rerank") if kind in kinds[name])
+                for kind in KINDS if kind in kinds[name])
             sink.add(codes.GROUP_MIXED_KINDS,
                      f"group '{entry.name}' mixes deployments of several kinds ({listed}); "
                      "each request uses only those of its kind", entry.value("members"),
-                     "keep chat, embeddings and rerank models in groups of their own")
+                     "keep the models of each kind in groups of their own")
             continue
         for path, fallback in entry.spec.fallback_references():
             theirs = kinds.get(fallback, set())

@@ -448,7 +448,7 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
                  "not an http(s) URL with a host", entry.value("base_url"),
                  "write the API's root URL, e.g. https://api.example.com/v1")
     elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages",
-                                           "/rerank")):
+                                           "/rerank", "/images/generations", "/moderations")):
         sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
                  f"an operation ({parsed.path})", entry.value("base_url"),
                  "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")
@@ -545,9 +545,11 @@ def _check_deployment(
     _check_pass_params(entry, sink)
 
 
-# What an embeddings or a rerank call sends upstream: the fields the gateway reads.
+# What a call that is no chat sends upstream: the fields the gateway reads.
 _SENT_FIELDS = {"embeddings": "input, dimensions and user",
-                "rerank": "query, documents, top_n and max_tokens_per_doc"}
+                "rerank": "query, documents, top_n and max_tokens_per_doc",
+                "image": "the image request's own fields (prompt, n, size, quality, ...)",
+                "moderation": "input"}
 
 
 def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> None:

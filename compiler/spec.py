@@ -280,7 +280,8 @@ class AgentSpec(Spec):
 
 
 class PriceSpec(Spec):
-    """Price in currency units per million tokens (and, for rerank, per search unit)."""
+    """Price in currency units per million tokens (and, for rerank, per search unit; for
+    images, per image)."""
 
     input: NonNegativeFloat = 0.0
     output: NonNegativeFloat = 0.0
@@ -296,6 +297,16 @@ class PriceSpec(Spec):
         "rerank (a search unit is one query over up to 100 documents). The provider's count "
         "is billed where it reports one, else the gateway's (documents / 100, rounded up). "
         "Token-billed rerankers (Jina, a vLLM server) price input instead.")
+    per_image: NonNegativeFloat = Field(
+        0.0, description="Image deployments: price per image generated (DALL-E's way of "
+        "billing), for a size per_image_by_size does not name. Token-billed image models "
+        "(gpt-image-1) price input and output instead; a deployment may have both.")
+    per_image_by_size: dict[Annotated[str, Field(pattern=r"^(auto|[1-9][0-9]*x[1-9][0-9]*)$")],
+                            NonNegativeFloat] = Field(
+        default_factory=dict, description="Image deployments: price per image of a size, "
+        "e.g. {'1024x1024': 0.04, '1792x1024': 0.08}; quality is no price dimension here: "
+        "serve hd from a deployment of its own. A request that names no size (or one not "
+        "listed) is held at the dearest of these and per_image, and billed per_image.")
 
 
 class ServeSpec(Spec):
@@ -337,9 +348,10 @@ class DeploymentSpec(Spec):
 
     provider: str
     model: str = Field(description="The upstream model id sent to the provider.")
-    kind: Literal["chat", "embeddings", "rerank"] = Field(
-        "chat", description="What it serves: /v1/chat/completions, /v1/embeddings or /v1/rerank "
-        "(for rerank, context_window bounds the query; documents are the provider's to cut)."
+    kind: Literal["chat", "embeddings", "rerank", "image", "moderation"] = Field(
+        "chat", description="What it serves: /v1/chat/completions, /v1/embeddings, /v1/rerank, "
+        "/v1/images/generations (image) or /v1/moderations (moderation); for rerank, "
+        "context_window bounds the query, for image the prompt, for moderation the input."
     )
     context_window: PositiveInt
     max_output_tokens: PositiveInt | None = None

@@ -417,7 +417,10 @@ def _did_you_mean(word: str, choices: list[str]) -> str | None:
 
 
 def _description(model: type[BaseModel], loc: NodePath) -> str | None:
-    """The description of the spec field at ``loc``, if it has one."""
+    """The description of the spec field at ``loc``, if it has one (of the mapping, for
+    one of its keys)."""
+    if loc and loc[-1] == "[key]":
+        loc = loc[:-2]
     if not loc:
         return None
     parent = _unwrap(model)

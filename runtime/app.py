@@ -39,10 +39,12 @@ from .errors import (
     StoreUnavailable,
 )
 from .exchange import Exchange
+from .images import generate_images
 from .incoming import client_gone, read_body
 from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
+from .moderations import moderate
 from .policy_endpoints import policy_routes
 from .rerank import rerank
 from .responses import create_response
@@ -72,6 +74,8 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/completions": endpoints.completions,
         "/v1/embeddings": endpoints.embeddings,
         "/v1/rerank": endpoints.rerank,
+        "/v1/images/generations": endpoints.images,
+        "/v1/moderations": endpoints.moderations,
         "/v1/messages": endpoints.messages,
         "/v1/responses": endpoints.responses,
     }
@@ -340,6 +344,12 @@ class _Endpoints:
 
     async def rerank(self, request: Request) -> Response:
         return await self._exchanged(request, "rerank", rerank)
+
+    async def images(self, request: Request) -> Response:
+        return await self._exchanged(request, "images", generate_images)
+
+    async def moderations(self, request: Request) -> Response:
+        return await self._exchanged(request, "moderations", moderate)
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped

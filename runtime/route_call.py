@@ -1,4 +1,5 @@
-"""The stages of a call that is no chat (/v1/embeddings, /v1/rerank) through a route.
+"""The stages of a call that is no chat (/v1/embeddings, /v1/rerank, /v1/images/generations,
+/v1/moderations) through a route.
 
     record -> route allowed -> Cedar invoke -> serves it? -> limits and budget held ->
     attempt loop (members, retries, fallbacks, circuits, hedges) -> billed -> settled
@@ -42,18 +43,20 @@ async def call_route(
     prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
     call: Callable[[Candidate], Callable[[], Awaitable[A]]], noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
+    operation: str | None = None,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
     then ``check`` asked of the members that are), its limits held for ``prompt_tokens``
     and the dearest member's ``cost``, the call billed and settled (``exchange.close``).
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
-    route's deadline."""
+    route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
+    operation = operation or kind
     record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
     live.telemetry.started(record)
-    record.span, record.trace_context = live.telemetry.tracing.request(f"{kind} {model}",
-                                                                       headers)
+    record.span, record.trace_context = live.telemetry.tracing.request(
+        f"{operation} {model}", headers)
     check_route_allowed(key, route)
     gate = await authorize_route(live, key, exchange.user, route, headers, prompt_tokens)
     members = [d for d in route.candidates if d.kind == kind]
@@ -68,7 +71,7 @@ async def call_route(
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate), kind, noted)
+                                   call(candidate), operation, noted)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))

@@ -68,9 +68,14 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     StreamedTools,
+    not_served,
     unreported_usage,
 )
 
@@ -128,6 +133,12 @@ class AnthropicAdapter:
             f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
             "(anthropic), which has no rerank API."
         )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

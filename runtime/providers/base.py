@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aigw.compiler.graph import Deployment, Provider
 
 from ..chat_request import ChatRequest
-from ..errors import UpstreamServerError
+from ..errors import NoDeploymentAvailable, UpstreamServerError
 from ..tokens import TokenCounter
 
 
@@ -38,6 +38,8 @@ class Usage:
     cache_creation_tokens: int = 0  # prompt tokens written to it (Anthropic bills these)
     reasoning_tokens: int = 0  # output tokens spent thinking (in completion_tokens too)
     search_units: int = 0  # a rerank call's, as Cohere bills it (a query of <= 100 documents)
+    images: int = 0  # an image call's, priced per image (of ``image_size``)
+    image_size: str | None = None
     # False: the provider reported none (an OpenAI-compatible server that ignores
     # include_usage, say); the adapters' guard counts the answer's tokens instead.
     reported: bool = True
@@ -45,7 +47,8 @@ class Usage:
     def __post_init__(self) -> None:
         # A provider's negative count would bill a credit and break the counters.
         if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-               self.cache_creation_tokens, self.reasoning_tokens, self.search_units) < 0:
+               self.cache_creation_tokens, self.reasoning_tokens, self.search_units,
+               self.images) < 0:
             raise ValueError(f"negative token counts in {self}")
 
     @property
@@ -266,6 +269,85 @@ def reported_count(value: object, provider: Provider, what: str) -> int | None:
     return int(value)
 
 
+@dataclass(frozen=True, slots=True)
+class ImageCall:
+    """``n`` images of ``prompt``; ``params``: the request's other fields as the client
+    set them (size, quality, style, response_format, background, ...), for an
+    OpenAI-shaped upstream to take as they are."""
+
+    deployment: Deployment
+    prompt: str
+    n: int
+    size: str | None
+    response_format: str | None
+    params: Mapping[str, Any]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    url: str | None
+    b64_json: str | None
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """``answer``: the upstream's fields besides data and usage (gpt-image-1's size,
+    quality, background, output_format), passed on; ``usage``: its token usage as it
+    sent it, or None (DALL-E reports none)."""
+
+    model: str
+    created: int
+    images: tuple[GeneratedImage, ...]
+    size: str | None  # what the images are billed at: the answer's size, else the request's
+    prompt_tokens: int
+    output_tokens: int
+    answer: Mapping[str, Any]
+    reported_usage: Mapping[str, Any] | None
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.output_tokens, images=len(self.images),
+                     image_size=self.size)
+
+
+# One moderation input: text, or OpenAI's multi-modal parts ({type: text|image_url, ...}).
+ModerationInput = str | tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationCall:
+    """``input`` as the client sent it: a text, texts, or one list of parts; ``results``:
+    how many results the answer must hold (one a text, one for the parts)."""
+
+    deployment: Deployment
+    input: str | tuple[str, ...] | tuple[Mapping[str, Any], ...]
+    results: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationResult:
+    id: str
+    model: str
+    results: tuple[Mapping[str, Any], ...]  # OpenAI's: flagged, categories, category_scores
+    prompt_tokens: int
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, 0)
+
+
+def not_served(deployment: Deployment, provider: Provider, what: str) -> NoDeploymentAvailable:
+    """The error of an adapter asked for what its provider's API has not (images,
+    moderation): the compiler refuses such a deployment (AGW354), so it is never raised
+    for a config that compiled."""
+    return NoDeploymentAvailable(
+        f"Deployment '{deployment.name}' is on provider '{provider.name}' ({provider.type}), "
+        f"which has no {what} API this gateway speaks.")
+
+
 class ChatAdapter(Protocol):
     """What every provider adapter offers. ``stream`` must end with a usage-only delta."""
 
@@ -276,6 +358,10 @@ class ChatAdapter(Protocol):
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult: ...
 
     async def rerank(self, call: RerankCall) -> RerankResult: ...
+
+    async def generate_images(self, call: ImageCall) -> ImageResult: ...
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult: ...
 
     async def aclose(self) -> None: ...
 

@@ -95,9 +95,14 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     StreamedTools,
+    not_served,
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
@@ -175,6 +180,12 @@ class BedrockAdapter:
             f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
             "(bedrock), whose Converse API has no rerank."
         )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

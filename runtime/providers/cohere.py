@@ -27,8 +27,13 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
+    not_served,
     parse_ranking,
     reported_count,
 )
@@ -74,6 +79,12 @@ class CohereAdapter:
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         raise self._rerank_only(call.deployment.name)
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
     def _rerank_only(self, deployment: str) -> NoDeploymentAvailable:
         return NoDeploymentAvailable(

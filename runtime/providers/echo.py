@@ -6,8 +6,8 @@ forces a tool (``tool_choice`` "required" or a named function), echo calls it, w
 the last user message as arguments if that is a JSON object and ``{}`` otherwise, so
 tool flows can be exercised offline. Embeddings: a normalised bag of token ids, so
 texts sharing words get similar vectors. Rerank: the share of the query's words each
-document holds (case folded), ties in the documents' order. Tokens are counted with
-the gateway's tiktoken encoding.
+document holds (case folded), ties in the documents' order. Images and moderation:
+providers/echo_media.py. Tokens are counted with the gateway's tiktoken encoding.
 """
 
 from __future__ import annotations
@@ -28,12 +28,17 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     ToolCall,
     ToolCallDelta,
     Usage,
 )
+from .echo_media import echo_images, echo_moderation
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 _TERM = re.compile(r"\w+")
@@ -140,6 +145,14 @@ class EchoAdapter:
         ranking = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
         return RerankResult(call.deployment.model, tuple(ranking[:call.top_n]),
                             call.prompt_tokens, call.search_units)
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        await self._wait(0)
+        return echo_images(call)
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        await self._wait(0)
+        return echo_moderation(call)
 
     async def aclose(self) -> None:
         return None

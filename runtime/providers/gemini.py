@@ -108,12 +108,17 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     ToolCall,
     ToolCallDelta,
     Usage,
     embedding_vector,
+    not_served,
     unreported_usage,
 )
 from .gemini_wire import SIGNATURE_MARK, build_request
@@ -210,6 +215,12 @@ class GeminiAdapter:
             f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
             "(gemini), which has no rerank API."
         )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -36,6 +36,10 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     Usage,
@@ -95,6 +99,18 @@ class GuardedAdapter:
     async def rerank(self, call: RerankCall) -> RerankResult:
         try:
             return await self.inner.rerank(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        try:
+            return await self.inner.generate_images(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        try:
+            return await self.inner.moderate(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

@@ -1,5 +1,7 @@
 """OpenAI's chat and embeddings API, and every server that speaks it; and the Cohere/Jina
 shaped ``/rerank`` that OpenAI-compatible servers (vLLM, Jina, Infinity) serve beside it.
+Images and moderations (``/images/generations``, ``/moderations``) are read and written
+by providers/openai_media.py.
 
 A /v1/completions request (``ChatRequest.text_completion``) goes to the upstream's own
 legacy ``/completions``, its prompt raw (providers/openai_text.py).
@@ -34,6 +36,10 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
     ToolCall,
@@ -44,6 +50,7 @@ from .base import (
     reported_count,
     unreported_usage,
 )
+from .openai_media import image_body, moderation_body, parse_images, parse_moderation
 from .openai_text import text_body, text_choices, text_deltas
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -52,6 +59,8 @@ AZURE_API_VERSION = "2024-10-21"
 
 class OpenAIAdapter:
     """Chat completions and embeddings against an OpenAI-compatible ``/v1``."""
+
+    names_model_in_url = False  # Azure's URLs name the deployment, and its bodies do not
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -197,6 +206,17 @@ class OpenAIAdapter:
             search_units=call.search_units if units is None else units,
         )
 
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        document = await self.upstream.post_json(
+            self.url(call.deployment.model, "images/generations"),
+            image_body(call, self.names_model_in_url), self._headers)
+        return parse_images(document, call, self.provider)
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        document = await self.upstream.post_json(
+            self.url(call.deployment.model, "moderations"), moderation_body(call), self._headers)
+        return parse_moderation(document, call, self.provider)
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 
@@ -206,6 +226,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     The deployment's ``model`` is the Azure deployment name.
     """
+
+    names_model_in_url = True
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         super().__init__(provider, counter)

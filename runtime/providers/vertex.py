@@ -47,8 +47,13 @@ from .base import (
     ChatResult,
     EmbeddingCall,
     EmbeddingResult,
+    ImageCall,
+    ImageResult,
+    ModerationCall,
+    ModerationResult,
     RerankCall,
     RerankResult,
+    not_served,
 )
 from .gemini import GeminiAdapter
 from .vertex_auth import BearerAuth, GoogleTokens
@@ -107,6 +112,12 @@ class VertexAdapter:
             f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
             "(vertex), whose rerank this gateway does not serve."
         )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self._gemini.upstream.aclose()  # the client both publishers share

@@ -46,7 +46,7 @@ class Candidate:
 
 WINDOW = "window"  # the prompt does not fit its context window (with the output asked for)
 OUTPUT = "output"  # max_tokens is past its max_output_tokens, or alone fills its window
-KIND = "kind"  # it serves another endpoint (chat, embeddings, rerank)
+KIND = "kind"  # it serves another endpoint (chat, embeddings, rerank, image, moderation)
 TOKEN_IDS = "token_ids"  # its provider's embeddings take text, not token ids
 PARAM = "param:"  # + a parameter its pass_params leave out
 
@@ -152,7 +152,8 @@ def eligible(
 def kind_name(deployment: Deployment) -> str:
     """What a deployment is, for a request of another kind: 'a chat model', ..."""
     return {"chat": "a chat model", "embeddings": "an embeddings model",
-            "rerank": "a rerank model"}[deployment.kind]
+            "rerank": "a rerank model", "image": "an image model",
+            "moderation": "a moderation model"}[deployment.kind]
 
 
 def order_candidates(
@@ -294,6 +295,48 @@ class RerankAsk:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
         return ContextWindowExceeded(
             f"No deployment of '{route}' can take this query: {reasons}.", param="query")
+
+
+class InputAsk:
+    """An image or moderation call: members of its ``kind`` whose window takes its input
+    (``window_tokens``: the prompt, the longest text to moderate); the 422 names
+    ``param``."""
+
+    __slots__ = ("adapters", "demand", "kind", "param", "window_tokens")
+
+    def __init__(self, adapters: Mapping[str, ChatAdapter], kind: str, prompt_tokens: int,
+                 window_tokens: int, param: str) -> None:
+        self.adapters = adapters
+        self.kind = kind
+        self.window_tokens = window_tokens
+        self.param = param
+        self.demand = Demand(prompt_tokens, 0, False)  # no output tokens to weigh, no stream
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
+        fit: list[Candidate] = []
+        dropped: list[Dropped] = []
+        for deployment in group.members:
+            adapter = self.adapters.get(deployment.provider.name)
+            if deployment.kind != self.kind:
+                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
+                                       KIND))
+            elif adapter is None:
+                reason = deployment.provider.disabled_reason or "its provider has no adapter"
+                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            elif self.window_tokens > deployment.context_window:
+                dropped.append(Dropped(
+                    deployment.name, f"takes a {self.param} of at most "
+                    f"{deployment.context_window} tokens; this one has {self.window_tokens}",
+                    True))
+            else:
+                fit.append(Candidate(deployment, adapter, 0))
+        return fit, dropped
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        return ContextWindowExceeded(
+            f"No deployment of '{route}' can take this {self.param}: {reasons}.",
+            param=self.param)
 
 
 def chat_prefix(route: Route, request: ChatRequest) -> int:

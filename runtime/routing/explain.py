@@ -1,7 +1,7 @@
 """``aigw route``: what the gateway would do with a request, without calling anything.
 
-A chat goes through the attempt loop's tiers (``explain``), and so do an embeddings and
-a rerank call (``explain_whole``), each with its own test of which members fit.
+A chat goes through the attempt loop's tiers (``explain``), and so do the calls of the
+other kinds (``explain_whole``), each with its own test of which members fit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from ..policy import Decision, RequestGate
 from ..providers.base import ChatAdapter
 from ..providers.registry import ADAPTERS
 from .attempts import fallbacks, untried_class
-from .candidates import Ask, ChatAsk, Dropped, EmbeddingAsk, RerankAsk, order_candidates
+from .candidates import (
+    Ask,
+    ChatAsk,
+    Dropped,
+    EmbeddingAsk,
+    InputAsk,
+    RerankAsk,
+    order_candidates,
+)
 from .state import RoutingState
 from .strategies import expected_cost
 
@@ -70,7 +78,8 @@ def explain(
 
 def served_kind(graph: Graph, route_name: str) -> str | None:
     """The one kind the route's deployments serve, when it is not chat (embeddings,
-    rerank): then it is explained as its endpoint serves it (``explain_whole``)."""
+    rerank, image, moderation): then it is explained as its endpoint serves it
+    (``explain_whole``)."""
     kinds = {deployment.kind for deployment in graph.routes[route_name].candidates}
     return next(iter(kinds)) if len(kinds) == 1 and kinds != {"chat"} else None
 
@@ -86,13 +95,20 @@ def explain_whole(
 ) -> list[TierExplanation]:
     """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens`` (of
     text), or ``POST /v1/rerank`` for a query of them over up to 100 documents (one
-    search unit; ``kind``): the attempt loop's tiers, as for a chat (``explain``)."""
+    search unit), or an image or moderation call of a prompt or text of them (``kind``):
+    the attempt loop's tiers, as for a chat (``explain``)."""
     route = graph.routes[route_name]
     if route.group is None:
         return []
     adapters = _adapters(graph, every_provider)
-    ask: Ask = RerankAsk(adapters, prompt_tokens, prompt_tokens, 1) if kind == "rerank" \
-        else EmbeddingAsk(adapters, prompt_tokens, prompt_tokens, False)
+    ask: Ask
+    if kind == "rerank":
+        ask = RerankAsk(adapters, prompt_tokens, prompt_tokens, 1)
+    elif kind in ("image", "moderation"):
+        ask = InputAsk(adapters, kind, prompt_tokens, prompt_tokens,
+                       "prompt" if kind == "image" else "input")
+    else:
+        ask = EmbeddingAsk(adapters, prompt_tokens, prompt_tokens, False)
     return _tiers(graph, route.group, ask, state, gate)
 
 

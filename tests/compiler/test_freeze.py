@@ -94,6 +94,23 @@ def test_rerank_prices_search_units_per_thousand(write_gateway: WriteGateway) ->
     assert price.cost(1_000_000, 0, search_units=3) == pytest.approx(0.5 + 0.006)
 
 
+def test_images_are_priced_each_by_size_or_at_per_image(write_gateway: WriteGateway) -> None:
+    """DALL-E bills an image by its size: a size priced is billed and held at its price;
+    one not priced is billed per_image, and held at the dearest, as 'auto' may be any."""
+    priced = GATEWAY.replace(
+        "context_window: 8192, tags: [free]}",
+        "context_window: 8192, tags: [free]}\n"
+        "  d: {provider: local, model: dall-e-3, kind: image, context_window: 4000,\n"
+        "      price: {per_image: 0.04, per_image_by_size: {1792x1024: 0.08, 1024x1024: 0.04}}}")
+    price = _graph(write_gateway({"gateway.yaml": priced})).deployments["d"].price
+    assert price.image_by_size == (("1024x1024", 0.04), ("1792x1024", 0.08))
+    assert price.cost(0, 0, images=2, image_size="1792x1024") == pytest.approx(0.16)
+    assert price.cost(0, 0, images=2, image_size="512x512") == pytest.approx(0.08)
+    assert price.cost(0, 0, images=1) == pytest.approx(0.04)
+    assert price.dearest_image("1024x1024") == 0.04
+    assert price.dearest_image("auto") == price.dearest_image(None) == 0.08
+
+
 def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) -> None:
     """A config that names no cache price bills cached prompt tokens as input tokens, as
     before cache prices existed; one that names them gets them, each on its own."""
@@ -106,7 +123,8 @@ def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) ->
         "      price: {input: 3, output: 15, cache_read: 0}}")
     deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
     prices = {name: dataclasses.astuple(deployments[name].price) for name in "abc"}
-    assert prices == {"a": (3, 15, 3, 3, 0), "b": (3, 15, 0.3, 3.75, 0), "c": (3, 15, 0, 3, 0)}
+    assert prices == {"a": (3, 15, 3, 3, 0, 0, ()), "b": (3, 15, 0.3, 3.75, 0, 0, ()),
+                      "c": (3, 15, 0, 3, 0, 0, ())}
     price = deployments["b"].price
     # 400,000 fresh, 500,000 read and 100,000 written of a million prompt tokens; 1,000 out
     assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(

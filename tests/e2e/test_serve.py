@@ -73,7 +73,8 @@ def test_openai_sdk_chat_and_stream(server: Server, counter: TokenCounter) -> No
     assert text == "streamed word by word"
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == counter.count("streamed word by word")
-    assert [m.id for m in client.models.list()] == ["echo", "embed", "fast", "rerank", "smart"]
+    assert [m.id for m in client.models.list()] == [
+        "echo", "embed", "fast", "images", "moderation", "rerank", "smart"]
     assert client.models.retrieve("fast").id == "fast"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-nope")

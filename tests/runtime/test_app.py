@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -140,7 +141,7 @@ async def test_models_lists_the_routes(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
     assert [m["id"] for m in response.json()["data"]] == [
-        "echo", "embed", "fast", "rerank", "smart"]
+        "echo", "embed", "fast", "images", "moderation", "rerank", "smart"]
 
 
 async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:
@@ -284,6 +285,34 @@ async def test_the_default_gateway_reranks_offline(client: httpx.AsyncClient) ->
     assert body["id"] in response.headers["x-request-id"]
 
 
+async def test_the_default_gateway_draws_images_offline(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/images/generations", json={
+        "model": "images", "prompt": "a red square", "n": 2, "size": "256x256"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["created"], int) and "usage" not in body
+    first, second = (base64.b64decode(row["b64_json"]) for row in body["data"])
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and first != second  # one colour each
+    again = await client.post("/v1/images/generations", json={
+        "model": "images", "prompt": "a red square", "response_format": "url"})
+    assert again.json()["data"] == [
+        {"url": "data:image/png;base64," + body["data"][0]["b64_json"]}]  # deterministic
+    assert response.headers["x-aigw-deployment"] == "echo-image"
+
+
+async def test_the_default_gateway_moderates_offline(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/moderations", json={  # no model: the one route
+        "input": ["I will kill the process", "a quiet afternoon"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "echo-moderation-1" and body["id"].startswith("modr-")
+    flagged, calm = body["results"]
+    assert (flagged["flagged"], calm["flagged"]) == (True, False)
+    assert [name for name, hit in flagged["categories"].items() if hit] == ["violence"]
+    assert flagged["category_scores"]["violence"] == 1.0
+    assert response.headers["x-aigw-route"] == "moderation"
+
+
 async def test_echo_calls_a_forced_tool(client: httpx.AsyncClient) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     response = await client.post(CHAT, json={
@@ -317,8 +346,8 @@ async def test_an_unexpected_error_in_a_direct_endpoint_is_a_logged_openai_500(
 async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
     client: httpx.AsyncClient,
 ) -> None:
-    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/messages",
-                 "/v1/responses"):
+    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank",
+                 "/v1/images/generations", "/v1/moderations", "/v1/messages", "/v1/responses"):
         assert (await client.get(path)).status_code == 405
         assert (await client.put(path, json={})).status_code == 405
     response = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"})

@@ -1,0 +1,109 @@
+"""POST /v1/images/generations: images from a prompt, over the providers that draw them.
+
+Request, as OpenAI takes it: ``{model, prompt, n?, size?, quality?, style?,
+response_format? (url | b64_json), background?, output_format?, user?, ...}``; answer
+OpenAI's ``{created, data: [{url | b64_json, revised_prompt?}], usage?}`` (and the
+upstream's size, quality, background, output_format where it sent them). The fields
+besides ``model`` go to an OpenAI-shaped upstream as the client set them.
+
+The call goes through the stages of runtime/route_call.py, as an embeddings call does
+(key, Cedar, limits and budget, the attempt loop, billing, ledger, access log, metrics,
+tracing: GenAI's ``generate_content``). Its hold is ``n`` images at the size's price
+(``price.per_image_by_size``, else ``per_image``; the dearest where no size is priced),
+with the prompt's tokens and, for a token-billed model (gpt-image-1), ``n`` times the
+deployment's max_output_tokens at its output price; the bill is the images answered at
+the size they came in, with the tokens the answer's ``usage`` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from starlette.responses import JSONResponse, Response
+
+from aigw.compiler.graph import ApiKey, Deployment
+
+from .chat import resolve_route
+from .chat_request import bad_request
+from .providers.base import ImageCall, ImageResult
+from .route_call import answer_headers, call_route
+from .routing.candidates import Candidate, InputAsk
+from .telemetry.tracing import Span
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+# OpenAI's own bounds: 1 to 10 images a request (DALL-E 3 takes 1), a prompt of at most
+# 32,000 characters (gpt-image-1's; DALL-E's are shorter, and their API says so).
+MAX_IMAGES = 10
+MAX_PROMPT_CHARS = 32_000
+
+
+class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # newer fields (moderation, ...) pass through
+
+    model: Annotated[str, Field(min_length=1)]
+    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES)] = 1
+    size: Annotated[StrictStr, Field(pattern=r"^(auto|[1-9][0-9]*x[1-9][0-9]*)$")] | None = None
+    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    user: StrictStr | None = None
+    stream: Literal[False] | None = None  # a streamed image (partial_images) is not served
+
+
+async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
+    """Counted against the key's (its team's, the end user's) rpm, tpm and budget, and
+    written to the spend ledger, as an embeddings call is."""
+    try:
+        request = ImageRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise bad_request(exc) from exc
+    exchange.identify(key, request.user)
+    route = resolve_route(exchange.live.graph, request.model)
+    live = exchange.live
+    prompt_tokens = live.counter.count(request.prompt)
+    params = request.model_dump(exclude_none=True, exclude={"model", "prompt", "n"})
+
+    def call(candidate: Candidate) -> Callable[[], Awaitable[ImageResult]]:
+        drawing = ImageCall(candidate.deployment, request.prompt, request.n, request.size,
+                            request.response_format, params, prompt_tokens)
+        return partial(candidate.adapter.generate_images, drawing)
+
+    def held(deployment: Deployment) -> float:
+        price = deployment.price
+        return (price.cost(prompt_tokens, request.n * deployment.max_output_tokens)
+                + request.n * price.dearest_image(request.size))
+
+    won = await call_route(
+        exchange, key, route, kind="image", model=request.model, prompt_tokens=prompt_tokens,
+        ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
+        cost=held, call=call, noted=_noted, operation="generate_content")
+    return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
+
+
+def _noted(span: Span, result: ImageResult) -> None:
+    span.set("gen_ai.response.model", result.model)
+    span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
+    span.set("gen_ai.usage.output_tokens", result.output_tokens)
+
+
+def _body(result: ImageResult) -> dict[str, object]:
+    data: list[dict[str, Any]] = []
+    for image in result.images:
+        row: dict[str, Any] = {"b64_json": image.b64_json} if image.b64_json is not None \
+            else {"url": image.url}
+        if image.revised_prompt is not None:
+            row["revised_prompt"] = image.revised_prompt
+        data.append(row)
+    body: dict[str, object] = {**result.answer, "created": result.created, "data": data}
+    if result.reported_usage is not None:
+        body["usage"] = result.reported_usage
+    return body
+

@@ -106,7 +106,11 @@ def _input(raw: object) -> tuple[str | tuple[str, ...] | tuple[Mapping[str, Any]
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_INPUTS:
         raise BadRequest(f"'input' must be a string, or a list of 1 to {MAX_INPUTS} strings "
                          "or of text and image_url parts.", param="input")
-    if all(isinstance(item, str) for item in raw):
+    if isinstance(raw[0], str):  # texts: each a string
+        odd = next((index for index, item in enumerate(raw) if not isinstance(item, str)), None)
+        if odd is not None:
+            raise BadRequest(f"'input[{odd}]' must be a string, as the texts before it are "
+                             "(not a mix of strings and parts).", param=f"input[{odd}]")
         return tuple(raw), list(raw), len(raw)
     texts = []
     for index, part in enumerate(raw):
@@ -118,7 +122,7 @@ def _input(raw: object) -> tuple[str | tuple[str, ...] | tuple[Mapping[str, Any]
             continue
         else:
             raise BadRequest(
-                f"'input[{index}]' must be a string, or a part {{type: text, text}} or "
+                f"'input[{index}]' must be a part {{type: text, text}} or "
                 "{type: image_url, image_url: {url}} (not a mix of strings and parts).",
                 param=f"input[{index}]")
     return tuple(raw), texts, 1

@@ -325,7 +325,7 @@ class InputAsk:
                 dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
             elif self.window_tokens > deployment.context_window:
                 dropped.append(Dropped(
-                    deployment.name, f"takes a {self.param} of at most "
+                    deployment.name, f"takes {_article(self.param)} {self.param} of at most "
                     f"{deployment.context_window} tokens; this one has {self.window_tokens}",
                     True))
             else:
@@ -337,6 +337,10 @@ class InputAsk:
         return ContextWindowExceeded(
             f"No deployment of '{route}' can take this {self.param}: {reasons}.",
             param=self.param)
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def chat_prefix(route: Route, request: ChatRequest) -> int:

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -95,6 +96,19 @@ class Server:
                 line: dict[str, Any] = json.loads(text)
                 return line
         return None
+
+    def ledger_row(self, request_id: str) -> dict[str, Any]:
+        """The spend ledger's record of one request (the embedded store's SQLite file):
+        route, deployment, status, tokens_in, tokens_out and cost."""
+        with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
+            ledger.row_factory = sqlite3.Row
+            row = ledger.execute(
+                "SELECT route, deployment, status, tokens_in, tokens_out, "
+                "cost_nanos / 1e9 AS cost FROM ledger WHERE request_id = ?",
+                (request_id,)).fetchone()
+        ledger.close()
+        assert row is not None, f"no ledger record of {request_id}"
+        return dict(row)
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

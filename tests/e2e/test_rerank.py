@@ -6,7 +6,6 @@ httpx's, as a Cohere- or Jina-shaped client sends them."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +75,8 @@ def rerankers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reran
 
 
 def _ledger(server: Server, request_id: str) -> tuple[Any, ...]:
-    with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
-        row: tuple[Any, ...] = ledger.execute(
-            "SELECT route, deployment, status, tokens_in, cost_nanos / 1e9 FROM ledger "
-            "WHERE request_id = ?", (request_id,)).fetchone()
-    ledger.close()
-    return row
+    row = server.ledger_row(request_id)
+    return row["route"], row["deployment"], row["status"], row["tokens_in"], row["cost"]
 
 
 def test_cohere_ranks_best_first_with_top_n_and_documents(rerankers: Rerankers) -> None:

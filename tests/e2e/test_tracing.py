@@ -43,10 +43,25 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
             "model": "rerank", "query": "trace me", "documents": ["me", "you"]},
             headers={"authorization": f"Bearer {DEV_KEY}",
                      "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}).raise_for_status()
+        client.images.generate(model="images", prompt="trace me",
+                               extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        client.moderations.create(model="moderation", input="trace me")
         deadline = time.monotonic() + 15
-        while len(receiver.spans) < 6:
+        while len(receiver.spans) < 10:
             assert time.monotonic() < deadline, server.log
             time.sleep(0.1)
+    # Image generation is GenAI's generate_content; moderation has no well-known name.
+    drawing = next(s for s in receiver.spans if s["name"] == "generate_content images")
+    drawn = next(s for s in receiver.spans if s["name"] == "generate_content echo-image-1")
+    assert drawing["trace_id"] == TRACE_ID and drawn["parent_span_id"] == drawing["span_id"]
+    assert drawing["attributes"]["gen_ai.operation.name"] == "generate_content"
+    assert drawing["attributes"]["aigw.route"] == "images"
+    assert drawn["attributes"]["gen_ai.usage.input_tokens"] == 2
+    moderating = next(s for s in receiver.spans if s["name"] == "moderation moderation")
+    moderated = next(s for s in receiver.spans if s["name"] == "moderation echo-moderation-1")
+    assert moderated["parent_span_id"] == moderating["span_id"]
+    assert moderating["attributes"]["gen_ai.operation.name"] == "moderation"
+    assert moderated["attributes"]["gen_ai.usage.input_tokens"] == 2
     ranking = next(s for s in receiver.spans if s["name"] == "rerank rerank")
     ranked = next(s for s in receiver.spans if s["name"] == "rerank echo-rerank-1")
     assert ranking["trace_id"] == TRACE_ID and ranked["parent_span_id"] == ranking["span_id"]

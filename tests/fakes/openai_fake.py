@@ -3,7 +3,10 @@ and the legacy completions (``/v1/completions``: a raw prompt, ``suffix``, ``ech
 count of ``logprobs``, ``best_of``; the answer cut at ``max_tokens`` words, 16 when left
 out, as OpenAI's default is); and the rerank endpoint OpenAI-compatible servers serve
 beside them (vLLM's and Jina's ``/v1/rerank``: results best first, each with its
-document, and ``usage.total_tokens``).
+document, and ``usage.total_tokens``). Images (``/v1/images/generations``, Azure's too): a
+DALL-E model answers URLs, or base64 when asked, with a ``revised_prompt``; a gpt-image
+model always base64, with its ``usage`` in tokens and the size it drew. Moderations
+(``/v1/moderations``): a result an input, flagged for violence where it says "attack".
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -50,6 +53,11 @@ COMPLETION_PARAMETERS = {
     "best_of", "logit_bias", "user", "seed",
 }
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# POST /v1/images/generations, as OpenAI's API reference lists its parameters.
+IMAGE_PARAMETERS = {
+    "model", "prompt", "n", "size", "quality", "style", "response_format", "background",
+    "output_format", "output_compression", "moderation", "user", "stream", "partial_images",
+}
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None,
@@ -170,6 +178,10 @@ class OpenAIFake:
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/rerank", self._rerank, methods=["POST"]),
+            Route("/v1/images/generations", self._images, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/images/generations", self._azure_images,
+                  methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", self._azure_chat,
                   methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", self._azure_embeddings,
@@ -466,6 +478,83 @@ class OpenAIFake:
                          "relevance_score": score}
                         for index, score in ranked(query, documents, body.get("top_n"))],
         })
+
+    async def _azure_images(self, request: Request) -> Response:
+        return await self._images(request, azure=True)
+
+    async def _images(self, request: Request, azure: bool = False) -> Response:
+        denied = self._authorized(request, azure)
+        if denied:
+            return denied
+        body, _action, failed = await self._load(request)
+        if failed:
+            return failed
+        unknown = [name for name in body if name not in IMAGE_PARAMETERS]
+        if unknown:
+            return _invalid(f"Unknown parameter: '{unknown[0]}'.", unknown[0])
+        prompt, n = body.get("prompt"), body.get("n", 1)
+        if not isinstance(prompt, str) or not prompt:
+            return _invalid("Missing required parameter: 'prompt'.", "prompt")
+        if not isinstance(n, int) or not 1 <= n <= 10:
+            return _invalid(f"Invalid value for 'n': {n!r}.", "n")
+        model = str(request.path_params.get("deployment") or body.get("model") or "dall-e-2")
+        token_billed = model.startswith("gpt-image")
+        if token_billed and "response_format" in body:
+            return _invalid("Unknown parameter: 'response_format'.", "response_format")
+        digest = hashlib.sha256(f"{model}:{prompt}".encode()).hexdigest()[:12]
+        data: list[dict[str, Any]] = []
+        for index in range(n):
+            if token_billed or body.get("response_format") == "b64_json":
+                row: dict[str, Any] = {"b64_json": base64.b64encode(
+                    f"fake image {index} of {prompt}".encode()).decode()}
+            else:
+                row = {"url": f"https://images.fake.test/{digest}-{index}.png"}
+            if not token_billed:
+                row["revised_prompt"] = f"A picture of {prompt}"
+            data.append(row)
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if token_billed:
+            prompt_tokens = len(prompt.split())
+            answer.update(size=body.get("size", "1024x1024"), quality=body.get("quality", "high"),
+                          background="opaque", output_format="png",
+                          usage={"input_tokens": prompt_tokens, "output_tokens": 272 * n,
+                                 "total_tokens": prompt_tokens + 272 * n,
+                                 "input_tokens_details": {"text_tokens": prompt_tokens,
+                                                          "image_tokens": 0}})
+        return JSONResponse(answer)
+
+    async def _moderations(self, request: Request) -> Response:
+        denied = self._authorized(request, False)
+        if denied:
+            return denied
+        body, _action, failed = await self._load(request)
+        if failed:
+            return failed
+        unknown = [name for name in body if name not in {"model", "input"}]
+        if unknown:
+            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
+        raw = body.get("input")
+        if isinstance(raw, str):
+            texts = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
+            texts = raw
+        elif isinstance(raw, list) and raw and all(isinstance(item, dict) for item in raw):
+            texts = [" ".join(str(part.get("text", "")) for part in raw)]  # one result
+        else:
+            return _invalid("'$.input' is invalid.", "input")
+        categories = ("harassment", "hate", "illicit", "self-harm", "sexual", "violence")
+        results = []
+        for text in texts:
+            hit = "attack" in text.lower()
+            results.append({
+                "flagged": hit,
+                "categories": {name: hit and name == "violence" for name in categories},
+                "category_scores": {name: 0.9 if hit and name == "violence" else 0.01
+                                    for name in categories},
+                "category_applied_input_types": {name: ["text"] for name in categories}})
+        return JSONResponse({"id": f"modr-{hashlib.sha256(repr(raw).encode()).hexdigest()[:8]}",
+                             "model": body.get("model") or "omni-moderation-latest",
+                             "results": results})
 
 
 def bag_of_words(text: str, dimensions: int) -> list[float]:

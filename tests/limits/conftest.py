@@ -39,6 +39,9 @@ deployments:
             price: {{input: 1000000, output: 0}}}}
   ranker: {{provider: local, model: rerank-1, kind: rerank, context_window: 8192,
            price: {{input: 1000000, per_1k_search_units: 10000}}}}
+  painter: {{provider: local, model: image-1, kind: image, context_window: 8192,
+            price: {{per_image: 30}}}}
+  moderator: {{provider: local, model: moderation-1, kind: moderation, context_window: 8192}}
 groups:
   quotas: {{members: [quota-1, quota-2]}}
 routes:
@@ -47,6 +50,8 @@ routes:
   quotas: {{group: quotas}}
   vectors: {{deployment: vectors}}
   ranker: {{deployment: ranker}}
+  painter: {{deployment: painter}}
+  moderator: {{deployment: moderator}}
 teams:
   eng:
     budget: {{amount: 100, period: day}}

@@ -139,8 +139,8 @@ async def test_a_key_lists_and_finds_only_the_models_it_may_call(
     hidden = await bob.get("/v1/models/paid")
     assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
     everything = (await alice.get("/v1/models")).json()["data"]
-    assert [model["id"] for model in everything] == ["free", "paid", "quotas", "ranker",
-                                                     "vectors"]
+    assert [model["id"] for model in everything] == [
+        "free", "moderator", "paid", "painter", "quotas", "ranker", "vectors"]
     assert (await alice.get("/v1/models/paid")).status_code == 200
 
 
@@ -435,6 +435,48 @@ async def test_rerank_is_limited_budgeted_and_recorded(limited: ClientFactory) -
     assert next(b for b in budgets if b["name"] == "eng")["spent"] == 51
     bob = client("bob")  # routes: [free]
     assert (await bob.post("/v1/rerank", json=ask)).status_code == 404
+
+
+async def test_images_hold_n_images_against_the_budget_and_are_recorded(
+    limited: ClientFactory,
+) -> None:
+    """An image request holds its n images' price before the call: past the team's
+    budget it is refused and nothing is drawn; served, it is billed per image."""
+    client = await limited()
+    alice = client("alice")  # team eng: a budget of 100 a day; an image costs 30
+    over = await alice.post("/v1/images/generations",
+                            json={"model": "painter", "prompt": "a cat", "n": 4})
+    assert over.status_code == 429, over.text  # 120 held: past the budget
+    assert over.json()["error"]["code"] == "insufficient_quota"
+    drawn = await alice.post("/v1/images/generations",
+                             json={"model": "painter", "prompt": "a cat", "n": 3})
+    assert drawn.status_code == 200, drawn.text
+    assert len(drawn.json()["data"]) == 3
+    again = await alice.post("/v1/images/generations", json={"model": "painter", "prompt": "x"})
+    assert again.status_code == 429, again.text  # 90 spent, 30 more held: past 100
+    spend = (await client("dev").get("/admin/spend?group_by=route")).json()["data"]
+    painter = next(row for row in spend if row["route"] == "painter")
+    assert (painter["requests"], painter["errors"], painter["cost"]) == (3, 2, 90)
+    budgets = (await client("dev").get("/admin/budgets")).json()["data"]
+    assert next(b for b in budgets if b["name"] == "eng")["spent"] == 90
+
+
+async def test_moderation_is_free_but_rate_limited_and_recorded(limited: ClientFactory) -> None:
+    client = await limited()
+    alice = client("alice")  # rpm 3
+    for _ in range(3):
+        answered = await alice.post("/v1/moderations",
+                                    json={"model": "moderator", "input": "hello there"})
+        assert answered.status_code == 200, answered.text
+    refused = await alice.post("/v1/moderations", json={"model": "moderator", "input": "hi"})
+    assert refused.status_code == 429, refused.text
+    spend = (await client("dev").get("/admin/spend?group_by=route")).json()["data"]
+    moderator = next(row for row in spend if row["route"] == "moderator")
+    assert (moderator["requests"], moderator["errors"], moderator["cost"]) == (4, 1, 0)
+    assert moderator["tokens_in"] == 3 * 2
+    bob = client("bob")  # routes: [free]
+    assert (await bob.post("/v1/moderations",
+                           json={"model": "moderator", "input": "hi"})).status_code == 404
 
 
 async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> None:

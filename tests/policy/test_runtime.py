@@ -224,6 +224,44 @@ async def test_rerank_is_checked_and_explained_as_served(policy_gateway: Factory
     assert served.headers["x-aigw-deployment"] == answer["deployment"]
 
 
+MEDIA = {
+    "deployments": "  painter: {provider: local, model: image-1, kind: image, "
+                   "context_window: 8192}\n"
+                   "  moderator: {provider: local, model: moderation-1, kind: moderation, "
+                   "context_window: 8192}",
+    "routes": "  draw: {deployment: painter}\n  moderate: {deployment: moderator}",
+}
+
+
+async def test_images_and_moderations_are_checked_and_explained_as_served(
+    policy_gateway: Factory,
+) -> None:
+    """Cedar's invoke holds for /v1/images/generations and /v1/moderations as for a chat
+    (refused before any call, the policy named), and POST /route explains their routes."""
+    rules = """
+    @id("no-drawing-for-eng")
+    forbid (principal in Team::"eng", action == Action::"invoke", resource == Route::"draw");
+
+    @id("no-moderation-for-ops")
+    forbid (principal in Team::"ops", action == Action::"invoke",
+            resource == Route::"moderate");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "media.cedar": rules}, **MEDIA)
+    draw = {"model": "draw", "prompt": "a cat"}
+    moderate = {"model": "moderate", "input": "a cat"}
+    denied = await gw.client("alice").post("/v1/images/generations", json=draw)
+    assert (denied.status_code, denied.headers["x-aigw-policy-ids"]) == (
+        403, "no-drawing-for-eng")
+    assert denied.json()["error"]["code"] == "permission_denied"
+    refused = await gw.client("ops").post("/v1/moderations", json=moderate)
+    assert (refused.status_code, refused.headers["x-aigw-policy-ids"]) == (
+        403, "no-moderation-for-ops")
+    assert (await gw.client("ops").post("/v1/images/generations", json=draw)).status_code == 200
+    assert (await gw.client("alice").post("/v1/moderations", json=moderate)).status_code == 200
+    answer = (await gw.client().post("/route", json={"model": "draw", "key": "ops"})).json()
+    assert (answer["allowed"], answer["deployment"]) == (True, "painter")
+
+
 async def test_counting_a_messages_tokens_is_checked_as_sending_it_is(
     policy_gateway: Factory,
 ) -> None:

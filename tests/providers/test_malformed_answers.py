@@ -1,7 +1,8 @@
 """What providers send that they should not: answers of the wrong shape, broken
-Retry-After headers, streams that stop short, no usage, negative usage, embeddings and
-rankings of the wrong shape. Each is a clean upstream error (a 502 the next member of a group can
-stand in for) or is counted by the gateway, never a 500 with a traceback.
+Retry-After headers, streams that stop short, no usage, negative usage, embeddings,
+rankings, images and moderation results of the wrong shape. Each is a clean upstream
+error (a 502 the next member of a group can stand in for) or is counted by the gateway,
+never a 500 with a traceback.
 
 The upstream is scripted (tests/fakes/scripted.py): every request gets the answer the
 test last set, in the provider's wire format, as written."""
@@ -378,6 +379,45 @@ async def test_rankings_of_the_wrong_shape_are_a_502(
                               {"index": 0, "relevance_score": 0.9}]})
     response = await client.post("/v1/rerank", json=ask)
     assert [row["index"] for row in response.json()["results"]] == [0, 1]  # best first
+
+
+MEDIA = {
+    "fewer images than n": ("images", {"data": [{"url": "https://x.test/1.png"}]}),
+    "no data": ("images", {"created": 1}),
+    "an image with neither url nor b64_json": ("images", {"data": [{"url": 1}, {}]}),
+    "data a string": ("images", {"data": "abc"}),
+    "negative output tokens": ("images", {"data": [{"b64_json": "eA=="}] * 2,
+                                          "usage": {"input_tokens": 3, "output_tokens": -9}}),
+    "fewer results than inputs": ("moderations", {"results": [
+        {"flagged": False, "categories": {}, "category_scores": {}}]}),
+    "flagged a string": ("moderations", {"results": [
+        {"flagged": "no", "categories": {}, "category_scores": {}}] * 2}),
+    "no category_scores": ("moderations", {"results": [
+        {"flagged": False, "categories": {}}] * 2}),
+    "results a string": ("moderations", {"results": "abc"}),
+}
+
+
+@pytest.mark.parametrize(("endpoint", "body"), MEDIA.values(), ids=MEDIA.keys())
+async def test_images_and_moderations_of_the_wrong_shape_are_a_502(
+    make_gateway: GatewayFactory, scripted: Scripted, endpoint: str, body: object,
+) -> None:
+    client = await make_gateway(f"""
+        providers:
+          compatible: {{type: openai_compatible, base_url: "{scripted.base_url}/v1"}}
+        deployments:
+          painter: {{provider: compatible, model: sd, kind: image, context_window: 4096}}
+          guard: {{provider: compatible, model: guard, kind: moderation, context_window: 4096}}
+        routes:
+          images: {{deployment: painter}}
+          moderations: {{deployment: guard}}
+    """)
+    ask = {"model": "images", "prompt": "a cat", "n": 2} if endpoint == "images" \
+        else {"model": "moderations", "input": ["a", "b"]}
+    path = "/v1/images/generations" if endpoint == "images" else "/v1/moderations"
+    scripted.now(body)
+    response = await client.post(path, json=ask)
+    assert response.status_code == 502, response.text
 
 
 def _gemini(scripted: Scripted) -> str:

@@ -1,0 +1,183 @@
+"""A real ``aigw serve`` process serving POST /v1/images/generations over OpenAI's and
+Azure OpenAI's image APIs (the OpenAI fake) and echo's offline PNGs, asked with the
+official openai SDK: URLs and base64, ``n`` and the size billed per image in the ledger
+and the access log, gpt-image-1's tokens, a fallback between two upstreams, a route of
+another kind refused, and each bad request's 400."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from .server import Server, sdk_gateway
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "a lighthouse at dusk"
+
+
+@dataclass
+class Painters:
+    upstream: OpenAIFake
+    client: openai.OpenAI
+    server: Server
+
+    def post(self, **body: Any) -> httpx.Response:
+        return httpx.post(f"{self.server.base_url}/v1/images/generations", json=body,
+                          timeout=10, headers={"authorization": f"Bearer {DEV_KEY}"})
+
+
+@pytest.fixture
+def painters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Painters]:
+    upstream = OpenAIFake()
+    monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
+    with serving(upstream.app) as url, sdk_gateway(tmp_path / "gw", (
+        "providers:\n"
+        f'  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        f'  azure: {{type: azure_openai, base_url: "{url}", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "  local: {type: echo}\n"
+        "deployments:\n"
+        "  dall-e-3: {provider: openai, model: dall-e-3, kind: image, context_window: 4000,\n"
+        "             price: {per_image: 0.04, per_image_by_size: {1792x1024: 0.08}}}\n"
+        "  gpt-image: {provider: openai, model: gpt-image-1, kind: image,\n"
+        "              context_window: 32000, max_output_tokens: 4160,\n"
+        "              price: {input: 5, output: 40}}\n"
+        "  azure-dalle: {provider: azure, model: my-dalle, kind: image, context_window: 4000,\n"
+        "                price: {per_image: 0.05}}\n"
+        "  echo-image: {provider: local, model: echo-image, kind: image, context_window: 16}\n"
+        "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
+        "groups:\n"
+        "  draw: {members: [dall-e-3, azure-dalle], retry: {attempts: 0}}\n"
+        "routes:\n"
+        "  dall-e-3: {deployment: dall-e-3}\n"
+        "  gpt-image: {deployment: gpt-image}\n"
+        "  azure: {deployment: azure-dalle}\n"
+        "  draw: {group: draw}\n"
+        "  local: {deployment: echo-image}\n"
+        "  chat: {deployment: echo-chat}\n"
+    )) as (client, server):
+        yield Painters(upstream, client, server)
+
+
+def test_urls_are_answered_and_n_images_billed_at_their_size(painters: Painters) -> None:
+    raw = painters.client.images.with_raw_response.generate(
+        model="dall-e-3", prompt=PROMPT, n=2, size="1792x1024")
+    answer = raw.parse()
+    assert answer.data is not None and len(answer.data) == 2
+    assert all((image.url or "").startswith("https://images.fake.test/")
+               for image in answer.data)
+    assert answer.data[0].revised_prompt == f"A picture of {PROMPT}"
+    assert answer.data[0].b64_json is None and answer.usage is None
+    assert painters.upstream.script.requests[-1] == {
+        "model": "dall-e-3", "prompt": PROMPT, "n": 2, "size": "1792x1024"}
+    request_id = raw.headers["x-request-id"]
+    row = painters.server.ledger_row(request_id)
+    assert (row["route"], row["deployment"], row["status"]) == ("dall-e-3", "dall-e-3", 200)
+    assert row["cost"] == pytest.approx(2 * 0.08)  # the size's own price, twice
+    line = painters.server.access_line(request_id)
+    assert line is not None
+    assert (line["endpoint"], line["route"], line["status"]) == ("images", "dall-e-3", 200)
+    assert line["cost"] == pytest.approx(0.16)
+
+    unpriced = painters.client.images.with_raw_response.generate(
+        model="dall-e-3", prompt=PROMPT, size="1024x1024")
+    assert painters.server.ledger_row(unpriced.headers["x-request-id"])["cost"] == \
+        pytest.approx(0.04)  # per_image
+
+
+def test_base64_is_answered_when_asked(painters: Painters) -> None:
+    answer = painters.client.images.generate(model="dall-e-3", prompt=PROMPT,
+                                             response_format="b64_json", quality="hd",
+                                             style="natural")
+    assert answer.data is not None and answer.data[0].url is None
+    assert base64.b64decode(answer.data[0].b64_json or "") == f"fake image 0 of {PROMPT}".encode()
+    sent = painters.upstream.script.requests[-1]
+    assert (sent["response_format"], sent["quality"], sent["style"]) == ("b64_json", "hd",
+                                                                         "natural")
+
+
+def test_gpt_image_usage_is_passed_on_and_billed_in_tokens(painters: Painters) -> None:
+    raw = painters.client.images.with_raw_response.generate(
+        model="gpt-image", prompt=PROMPT, n=3, size="1024x1536", background="opaque")
+    answer = raw.parse()
+    assert answer.usage is not None
+    prompt_tokens = len(PROMPT.split())
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (prompt_tokens, 3 * 272)
+    assert (answer.size, answer.quality, answer.output_format) == ("1024x1536", "high", "png")
+    assert answer.data is not None and all(image.b64_json for image in answer.data)
+    row = painters.server.ledger_row(raw.headers["x-request-id"])
+    assert (row["tokens_in"], row["tokens_out"]) == (prompt_tokens, 3 * 272)
+    assert row["cost"] == pytest.approx((prompt_tokens * 5 + 3 * 272 * 40) / 1_000_000)
+
+
+def test_azure_is_called_at_its_deployments_url(painters: Painters) -> None:
+    answer = painters.client.images.generate(model="azure", prompt=PROMPT)
+    assert answer.data is not None and len(answer.data) == 1
+    assert painters.upstream.script.requests[-1] == {"prompt": PROMPT, "n": 1}  # no model
+    assert painters.upstream.script.headers[-1]["api-key"] == painters.upstream.api_key
+
+
+def test_a_failing_upstream_falls_back_to_the_next_member(painters: Painters) -> None:
+    painters.upstream.script.actions.append(Action(status=500))
+    raw = painters.client.images.with_raw_response.generate(model="draw", prompt=PROMPT)
+    assert (raw.headers["x-aigw-deployment"], raw.headers["x-aigw-attempts"]) == (
+        "azure-dalle", "2")
+    assert len(painters.upstream.script.requests) == 2  # dall-e-3 failed, then Azure
+    row = painters.server.ledger_row(raw.headers["x-request-id"])
+    assert (row["deployment"], row["cost"]) == ("azure-dalle", pytest.approx(0.05))
+
+
+def test_echo_draws_pngs_offline(painters: Painters) -> None:
+    answer = painters.client.images.generate(model="local", prompt=PROMPT, n=2)
+    assert answer.data is not None
+    pngs = [base64.b64decode(image.b64_json or "") for image in answer.data]
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in pngs) and pngs[0] != pngs[1]
+
+
+def test_a_route_of_another_kind_is_refused_both_ways(painters: Painters) -> None:
+    with pytest.raises(openai.BadRequestError) as drawn:
+        painters.client.images.generate(model="chat", prompt=PROMPT)
+    assert "'chat' is a chat model; it does not serve image" in str(drawn.value)
+    with pytest.raises(openai.BadRequestError) as chatted:
+        painters.client.chat.completions.create(
+            model="dall-e-3", messages=[{"role": "user", "content": "hi"}])
+    assert "dall-e-3 is an image model" in str(chatted.value)
+    assert painters.upstream.script.requests == []
+
+
+@pytest.mark.parametrize(("body", "status", "param", "words"), [
+    ({"n": 0}, 400, "n", "greater than or equal to 1"),
+    ({"n": 11}, 400, "n", "less than or equal to 10"),
+    ({"n": "2"}, 400, "n", "valid integer"),
+    ({"prompt": ""}, 400, "prompt", "at least 1 character"),
+    ({"prompt": "x" * 32_001}, 400, "prompt", "at most 32000 characters"),
+    ({"prompt": None}, 400, "prompt", "valid string"),
+    ({"size": "big"}, 400, "size", "'size'"),
+    ({"response_format": "png"}, 400, "response_format", "'url' or 'b64_json'"),
+    ({"quality": "ultra"}, 400, "quality", "'quality'"),
+    ({"stream": True}, 400, "stream", "'stream'"),
+    ({"model": "local", "prompt": " ".join(["word"] * 20)}, 422, "prompt",
+     "echo-image takes a prompt of at most 16 tokens; this one has 20"),
+])
+def test_bad_requests_are_refused_naming_the_field(
+    painters: Painters, body: dict[str, Any], status: int, param: str, words: str,
+) -> None:
+    response = painters.post(**{"model": "dall-e-3", "prompt": PROMPT, **body})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+    assert painters.upstream.script.requests == []  # refused before any call went out
+    missing = painters.post(model="dall-e-3")
+    assert (missing.status_code, missing.json()["error"]["param"]) == (400, "prompt")

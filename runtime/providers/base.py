@@ -294,7 +294,7 @@ class GeneratedImage:
 @dataclass(frozen=True, slots=True)
 class ImageResult:
     """``answer``: the upstream's fields besides data and usage (gpt-image-1's size,
-    quality, background, output_format), passed on; ``usage``: its token usage as it
+    quality, background, output_format), passed on; ``reported_usage``: its usage as it
     sent it, or None (DALL-E reports none)."""
 
     model: str
@@ -310,10 +310,6 @@ class ImageResult:
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.output_tokens, images=len(self.images),
                      image_size=self.size)
-
-
-# One moderation input: text, or OpenAI's multi-modal parts ({type: text|image_url, ...}).
-ModerationInput = str | tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,26 +229,9 @@ class EmbeddingAsk:
         self.demand = Demand(prompt_tokens, 0, False)  # no output, no stream
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
-        fit: list[Candidate] = []
-        dropped: list[Dropped] = []
-        for deployment in group.members:
-            adapter = self.adapters.get(deployment.provider.name)
-            if deployment.kind != "embeddings":
-                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
-                                       KIND))
-            elif adapter is None:
-                reason = deployment.provider.disabled_reason or "its provider has no adapter"
-                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
-            elif self.token_ids and deployment.provider.type not in EMBEDS_TOKEN_IDS:
-                dropped.append(Dropped(deployment.name, "takes text, not token ids", True,
-                                       TOKEN_IDS))
-            elif self.window_tokens > deployment.context_window:
-                dropped.append(Dropped(
-                    deployment.name, f"takes inputs of at most {deployment.context_window} "
-                    f"tokens; one has {self.window_tokens}", True))
-            else:
-                fit.append(Candidate(deployment, adapter, 0))
-        return fit, dropped
+        return _eligible_of_kind(group, self.adapters, "embeddings", self.window_tokens,
+                                 "takes inputs of at most {window} tokens; one has {tokens}",
+                                 self.token_ids)
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
@@ -273,23 +256,9 @@ class RerankAsk:
         self.demand = Demand(prompt_tokens, 0, False, search_units=search_units)
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
-        fit: list[Candidate] = []
-        dropped: list[Dropped] = []
-        for deployment in group.members:
-            adapter = self.adapters.get(deployment.provider.name)
-            if deployment.kind != "rerank":
-                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
-                                       KIND))
-            elif adapter is None:
-                reason = deployment.provider.disabled_reason or "its provider has no adapter"
-                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
-            elif self.window_tokens > deployment.context_window:
-                dropped.append(Dropped(
-                    deployment.name, f"takes a query of at most {deployment.context_window} "
-                    f"tokens; this one has {self.window_tokens}", True))
-            else:
-                fit.append(Candidate(deployment, adapter, 0))
-        return fit, dropped
+        return _eligible_of_kind(group, self.adapters, "rerank", self.window_tokens,
+                                 "takes a query of at most {window} tokens; this one has "
+                                 "{tokens}")
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
@@ -313,24 +282,10 @@ class InputAsk:
         self.demand = Demand(prompt_tokens, 0, False)  # no output tokens to weigh, no stream
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
-        fit: list[Candidate] = []
-        dropped: list[Dropped] = []
-        for deployment in group.members:
-            adapter = self.adapters.get(deployment.provider.name)
-            if deployment.kind != self.kind:
-                dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True,
-                                       KIND))
-            elif adapter is None:
-                reason = deployment.provider.disabled_reason or "its provider has no adapter"
-                dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
-            elif self.window_tokens > deployment.context_window:
-                dropped.append(Dropped(
-                    deployment.name, f"takes {_article(self.param)} {self.param} of at most "
-                    f"{deployment.context_window} tokens; this one has {self.window_tokens}",
-                    True))
-            else:
-                fit.append(Candidate(deployment, adapter, 0))
-        return fit, dropped
+        return _eligible_of_kind(
+            group, self.adapters, self.kind, self.window_tokens,
+            f"takes {_article(self.param)} {self.param} of at most {{window}} tokens; "
+            "this one has {tokens}")
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
@@ -341,6 +296,33 @@ class InputAsk:
 
 def _article(noun: str) -> str:
     return "an" if noun[:1] in "aeiou" else "a"
+
+
+def _eligible_of_kind(group: Group, adapters: Mapping[str, ChatAdapter], kind: str,
+                      window_tokens: int, too_long: str, token_ids: bool = False,
+                      ) -> tuple[list[Candidate], list[Dropped]]:
+    """The members of ``group`` that serve ``kind`` (embeddings, rerank: no output, no
+    capabilities) and take ``window_tokens``; ``too_long`` words a window too small
+    (``{window}``, ``{tokens}``). ``token_ids``: the input is token ids, which only an
+    ``EMBEDS_TOKEN_IDS`` provider takes. Chat has its own ``eligible``, the hot path."""
+    fit: list[Candidate] = []
+    dropped: list[Dropped] = []
+    for deployment in group.members:
+        adapter = adapters.get(deployment.provider.name)
+        if deployment.kind != kind:
+            dropped.append(Dropped(deployment.name, f"is {kind_name(deployment)}", True, KIND))
+        elif adapter is None:
+            reason = deployment.provider.disabled_reason or "its provider has no adapter"
+            dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+        elif token_ids and deployment.provider.type not in EMBEDS_TOKEN_IDS:
+            dropped.append(Dropped(deployment.name, "takes text, not token ids", True,
+                                   TOKEN_IDS))
+        elif window_tokens > deployment.context_window:
+            dropped.append(Dropped(deployment.name, too_long.format(
+                window=deployment.context_window, tokens=window_tokens), True))
+        else:
+            fit.append(Candidate(deployment, adapter, 0))
+    return fit, dropped
 
 
 def chat_prefix(route: Route, request: ChatRequest) -> int:

@@ -34,7 +34,7 @@ from aigw.compiler.graph import ApiKey
 from . import jsonio
 from .chat import Served
 from .completions_wire import parse, to_chat_request
-from .errors import GatewayError
+from .errors import GatewayError, params_renamed
 from .exchange import Exchange
 from .jsonio import JSONBody
 from .providers.base import ChatDelta, ChatResult
@@ -49,11 +49,7 @@ _PARAMS: Mapping[str, str] = MappingProxyType({
 
 async def create_completion(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """POST /v1/completions for ``key`` (authenticated), the body read."""
-    try:
-        return await _create(exchange, key, body)
-    except GatewayError as exc:  # raised before any answer went out: renamed in flight
-        exc.param = _PARAMS.get(exc.param or "", exc.param)
-        raise
+    return await params_renamed(_PARAMS, _create(exchange, key, body))
 
 
 async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:

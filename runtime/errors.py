@@ -54,8 +54,11 @@ and no message carries a provider key.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+_T = TypeVar("_T")
 
 
 class GatewayError(Exception):
@@ -295,6 +298,18 @@ def retry_after_headers(seconds: float) -> dict[str, str]:
     told does not come back early."""
     return {"retry-after": str(max(1, math.ceil(seconds))),
             "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
+
+
+async def params_renamed(params: Mapping[str, str], answer: Awaitable[_T]) -> _T:
+    """``answer`` awaited, an error it raises naming the parameter as the client's API
+    names it: an endpoint that lowers its request to chat's (/v1/completions,
+    /v1/responses) renames chat's ``messages``, ``max_completion_tokens``... through
+    ``params``. Only errors raised before any answer went out pass here."""
+    try:
+        return await answer
+    except GatewayError as exc:
+        exc.param = params.get(exc.param or "", exc.param)
+        raise
 
 
 class UpstreamError(GatewayError):

@@ -40,7 +40,7 @@ from aigw.compiler.graph import ApiKey
 
 from .chat import Served
 from .conversations import add_turn, in_conversation
-from .errors import GatewayError, RateLimited, UpstreamRateLimited
+from .errors import GatewayError, RateLimited, UpstreamRateLimited, params_renamed
 from .exchange import Exchange
 from .jsonio import JSONBody
 from .live import Live
@@ -65,11 +65,7 @@ _PARAMS: Mapping[str, str] = MappingProxyType({
 
 async def create_response(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     """POST /v1/responses for ``key`` (authenticated), the body read."""
-    try:
-        return await _create(exchange, key, body)
-    except GatewayError as exc:  # raised before any answer went out: renamed in flight
-        exc.param = _PARAMS.get(exc.param or "", exc.param)
-        raise
+    return await params_renamed(_PARAMS, _create(exchange, key, body))
 
 
 async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:

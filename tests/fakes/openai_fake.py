@@ -28,7 +28,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from starlette.applications import Starlette
@@ -52,12 +52,16 @@ COMPLETION_PARAMETERS = {
     "stream_options", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
     "best_of", "logit_bias", "user", "seed",
 }
+EMBEDDING_PARAMETERS = {"model", "input", "encoding_format", "dimensions", "user"}
+# vLLM's /v1/rerank (the Jina shape): a Cohere-only field such as max_tokens_per_doc is refused.
+RERANK_PARAMETERS = {"model", "query", "documents", "top_n", "return_documents"}
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # POST /v1/images/generations, as OpenAI's API reference lists its parameters.
 IMAGE_PARAMETERS = {
     "model", "prompt", "n", "size", "quality", "style", "response_format", "background",
     "output_format", "output_compression", "moderation", "user", "stream", "partial_images",
 }
+MODERATION_PARAMETERS = {"model", "input"}
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None,
@@ -70,12 +74,19 @@ def _invalid(message: str, param: str | None = None) -> JSONResponse:
     return _error(400, message, "invalid_request_error", None, param)
 
 
-def _validate_chat(body: Any) -> JSONResponse | None:
+def _unrecognized(body: Any, parameters: Collection[str]) -> JSONResponse | None:
+    """OpenAI's refusal of a body that is not an object, or names a parameter its
+    endpoint does not take (the first such, as OpenAI names it)."""
     if not isinstance(body, dict):
         return _invalid("We could not parse the JSON body of your request.")
     for name in body:
-        if name not in CHAT_PARAMETERS:
+        if name not in parameters:
             return _invalid(f"Unrecognized request argument supplied: {name}")
+    return None
+
+
+def _validate_chat(body: dict[str, Any]) -> JSONResponse | None:
+    """OpenAI's refusals of a chat request whose parameters are all chat's."""
     if not isinstance(body.get("model"), str):
         return _invalid("you must provide a model parameter")
     messages = body.get("messages")
@@ -180,13 +191,13 @@ class OpenAIFake:
             Route("/v1/rerank", self._rerank, methods=["POST"]),
             Route("/v1/images/generations", self._images, methods=["POST"]),
             Route("/v1/moderations", self._moderations, methods=["POST"]),
-            Route("/openai/deployments/{deployment}/images/generations", self._azure_images,
+            Route("/openai/deployments/{deployment}/images/generations", self._images,
                   methods=["POST"]),
-            Route("/openai/deployments/{deployment}/chat/completions", self._azure_chat,
+            Route("/openai/deployments/{deployment}/chat/completions", self._chat,
                   methods=["POST"]),
-            Route("/openai/deployments/{deployment}/embeddings", self._azure_embeddings,
+            Route("/openai/deployments/{deployment}/embeddings", self._embeddings,
                   methods=["POST"]),
-            Route("/openai/deployments/{deployment}/completions", self._azure_completions,
+            Route("/openai/deployments/{deployment}/completions", self._completions,
                   methods=["POST"]),
         ])
 
@@ -207,7 +218,16 @@ class OpenAIFake:
                           "invalid_request_error", "invalid_api_key")
         return None
 
-    async def _load(self, request: Request) -> tuple[Any, Action, JSONResponse | None]:
+    async def _load(self, request: Request, parameters: Collection[str],
+                    ) -> tuple[Any, Action, JSONResponse | None]:
+        """The request authorized (as Azure's, on a ``/openai/deployments/`` path), its
+        body read and journaled, the script's next action taken, and the body's
+        parameters checked against the endpoint's: a refusal or scripted failure is the
+        third item, to answer as is."""
+        azure = "deployment" in request.path_params
+        denied = self._authorized(request, azure)
+        if denied:
+            return None, Action(), denied
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -226,18 +246,13 @@ class OpenAIFake:
                                               "code": None}}
             return body, action, JSONResponse(error, status_code=action.status,
                                               headers=action.headers)
-        return body, action, None
+        return body, action, _unrecognized(body, parameters)
 
-    async def _azure_chat(self, request: Request) -> Response:
-        return await self._chat(request, azure=True)
-
-    async def _chat(self, request: Request, azure: bool = False) -> Response:
-        denied = self._authorized(request, azure)
-        if denied:
-            return denied
-        body, action, failed = await self._load(request)
+    async def _chat(self, request: Request) -> Response:
+        body, action, failed = await self._load(request, CHAT_PARAMETERS)
         if failed:
             return failed
+        azure = "deployment" in request.path_params  # the model is the path's
         invalid = _validate_chat({**body, "model": body.get("model", "azure")} if azure else body)
         if invalid:
             return invalid
@@ -330,23 +345,12 @@ class OpenAIFake:
             if number + 1 == action.stall_after:  # an upstream that stops mid-answer
                 await asyncio.sleep(action.stall_s)
 
-    async def _azure_completions(self, request: Request) -> Response:
-        return await self._completions(request, azure=True)
-
-    async def _completions(self, request: Request, azure: bool = False) -> Response:
+    async def _completions(self, request: Request) -> Response:
         """The legacy completions API: the brain's answer to the prompt (and ``[suffix]``
         after it, when one is sent), cut at ``max_tokens`` words."""
-        denied = self._authorized(request, azure)
-        if denied:
-            return denied
-        body, action, failed = await self._load(request)
+        body, action, failed = await self._load(request, COMPLETION_PARAMETERS)
         if failed:
             return failed
-        if not isinstance(body, dict):
-            return _invalid("We could not parse the JSON body of your request.")
-        for name in body:
-            if name not in COMPLETION_PARAMETERS:
-                return _invalid(f"Unrecognized request argument supplied: {name}")
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -412,20 +416,10 @@ class OpenAIFake:
             yield item
             await asyncio.sleep(action.event_delay_s)
 
-    async def _azure_embeddings(self, request: Request) -> Response:
-        return await self._embeddings(request, azure=True)
-
-    async def _embeddings(self, request: Request, azure: bool = False) -> Response:
-        denied = self._authorized(request, azure)
-        if denied:
-            return denied
-        body, _action, failed = await self._load(request)
+    async def _embeddings(self, request: Request) -> Response:
+        body, _action, failed = await self._load(request, EMBEDDING_PARAMETERS)
         if failed:
             return failed
-        allowed = {"model", "input", "encoding_format", "dimensions", "user"}
-        unknown = [name for name in body if name not in allowed]
-        if unknown:
-            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
         inputs = body.get("input")
         # A string, a list of them, one list of token ids, or a list of those.
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
@@ -452,18 +446,10 @@ class OpenAIFake:
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _rerank(self, request: Request) -> Response:
-        """vLLM's /v1/rerank: the Jina shape, every field but these refused (a Cohere-only
-        one such as max_tokens_per_doc must not reach it)."""
-        denied = self._authorized(request, False)
-        if denied:
-            return denied
-        body, _action, failed = await self._load(request)
+        """vLLM's /v1/rerank: the Jina shape, every field but RERANK_PARAMETERS refused."""
+        body, _action, failed = await self._load(request, RERANK_PARAMETERS)
         if failed:
             return failed
-        unknown = [name for name in body if name not in {"model", "query", "documents",
-                                                         "top_n", "return_documents"}]
-        if unknown:
-            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
         query, documents = body.get("query"), body.get("documents")
         if not isinstance(query, str) or not isinstance(documents, list) or not documents \
                 or not all(isinstance(text, str) for text in documents):
@@ -479,19 +465,10 @@ class OpenAIFake:
                         for index, score in ranked(query, documents, body.get("top_n"))],
         })
 
-    async def _azure_images(self, request: Request) -> Response:
-        return await self._images(request, azure=True)
-
-    async def _images(self, request: Request, azure: bool = False) -> Response:
-        denied = self._authorized(request, azure)
-        if denied:
-            return denied
-        body, _action, failed = await self._load(request)
+    async def _images(self, request: Request) -> Response:
+        body, _action, failed = await self._load(request, IMAGE_PARAMETERS)
         if failed:
             return failed
-        unknown = [name for name in body if name not in IMAGE_PARAMETERS]
-        if unknown:
-            return _invalid(f"Unknown parameter: '{unknown[0]}'.", unknown[0])
         prompt, n = body.get("prompt"), body.get("n", 1)
         if not isinstance(prompt, str) or not prompt:
             return _invalid("Missing required parameter: 'prompt'.", "prompt")
@@ -524,15 +501,9 @@ class OpenAIFake:
         return JSONResponse(answer)
 
     async def _moderations(self, request: Request) -> Response:
-        denied = self._authorized(request, False)
-        if denied:
-            return denied
-        body, _action, failed = await self._load(request)
+        body, _action, failed = await self._load(request, MODERATION_PARAMETERS)
         if failed:
             return failed
-        unknown = [name for name in body if name not in {"model", "input"}]
-        if unknown:
-            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}")
         raw = body.get("input")
         if isinstance(raw, str):
             texts = [raw]

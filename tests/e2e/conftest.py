@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .responses_gateway import alice, client, kept_upstreams  # noqa: F401  (re-exported fixtures)
 from .server import Server
 
 

@@ -1,18 +1,28 @@
 """The gateway the /v1/responses and /v1/completions end-to-end tests serve: routes on
 the OpenAI fake, the Anthropic fake and the echo provider (``spill``: the OpenAI fake,
-the Anthropic one when it fails), a real ``aigw serve`` in front of them."""
+the Anthropic one when it fails), a real ``aigw serve`` in front of them.
+
+A test module defines its own ``upstreams`` fixture (``responses_gateway`` with its
+settings and keys, or the shared ``kept_upstreams`` for one that keeps responses on
+both stores);
+the fixtures ``client`` (the dev key's SDK) and ``alice`` (an app key's) are shared,
+re-exported by the folder's conftest."""
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
+from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
@@ -113,3 +123,54 @@ def sdk(upstreams: Upstreams, key: str) -> openai.OpenAI:
     """The official client, on the gateway, with ``key`` and no retries."""
     return openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=key,
                          max_retries=0)
+
+
+# The stores a module whose responses are kept runs on, once each.
+STORES = ("embedded", "redis")
+
+
+@pytest.fixture(scope="module", params=STORES)
+def kept_upstreams(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    """The gateway of a module that keeps responses, on each of ``STORES`` (kept in the
+    shared test Redis too, so they expire within the hour), with alice's and bob's keys."""
+    settings = f'store: "{store_url(request, request.param)}", responses_ttl_s: 3600'
+    with responses_gateway(tmp_path_factory.mktemp("kept") / "gw", settings,
+                           app_keys()) as served:
+        yield served
+
+
+@pytest.fixture
+def client(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
+    """The dev key's SDK on the module's gateway."""
+    with sdk(upstreams, DEV_KEY) as dev:
+        yield dev
+
+
+@pytest.fixture
+def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
+    """Alice's app key's SDK on the module's gateway (``app_keys``)."""
+    with sdk(upstreams, ALICE) as app:
+        yield app
+
+
+def logged_and_billed(server: Server, endpoint: str, whole: str,
+                      streamed: str) -> dict[str, Any]:
+    """Checks a whole and a streamed answer of route ``gpt`` (3 tokens out each) are in
+    the access log as ``endpoint`` and in the ledger; returns the whole one's line."""
+    deadline = time.monotonic() + 10
+    while not (server.access_line(whole) and server.access_line(streamed)):
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+    whole_line, streamed_line = server.access_line(whole), server.access_line(streamed)
+    assert whole_line is not None and streamed_line is not None
+    assert (whole_line["endpoint"], whole_line["status"], whole_line["stream"],
+            whole_line["route"]) == (endpoint, 200, False, "gpt")
+    assert (streamed_line["endpoint"], streamed_line["stream"],
+            streamed_line["completion_tokens"]) == (endpoint, True, 3)
+    with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
+        rows = ledger.execute("SELECT request_id, route, status, tokens_out FROM ledger "
+                              "WHERE request_id IN (?, ?)", (whole, streamed)).fetchall()
+    ledger.close()
+    assert sorted(rows) == sorted([(whole, "gpt", 200, 3), (streamed, "gpt", 200, 3)])
+    return whole_line

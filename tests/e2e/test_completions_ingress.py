@@ -4,8 +4,6 @@ message to the Anthropic fake, and chat's pipeline (auth, Cedar, ledger, fallbac
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from collections.abc import Iterator
 from hashlib import sha256
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
 from ..providers.conftest import DEV_KEY_LINE
-from .responses_gateway import Upstreams, responses_gateway
+from .responses_gateway import Upstreams, logged_and_billed, responses_gateway, sdk
 
 pytestmark = pytest.mark.e2e
 
@@ -34,13 +32,6 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     with responses_gateway(tmp_path_factory.mktemp("completions") / "gw",
                            keys=DEV_KEY_LINE + small) as served:
         yield served
-
-
-@pytest.fixture
-def client(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=DEV_KEY,
-                       max_retries=0) as sdk:
-        yield sdk
 
 
 def test_a_prompt_reaches_an_openai_upstream_raw(
@@ -137,23 +128,8 @@ def test_ledger_and_access_log_say_completions(
                                                            stream=True)
     list(streamed.parse())
     streamed_id = streamed.headers["x-request-id"]
-    server = upstreams.server
-    deadline = time.monotonic() + 10
-    while not (server.access_line(request_id) and server.access_line(streamed_id)):
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.05)
-    whole, streamed_line = server.access_line(request_id), server.access_line(streamed_id)
-    assert whole is not None and streamed_line is not None
-    assert (whole["endpoint"], whole["status"], whole["stream"], whole["route"],
-            whole["prompt_tokens"], whole["completion_tokens"]) == (
-        "completions", 200, False, "gpt", 2, 3)
-    assert (streamed_line["endpoint"], streamed_line["stream"],
-            streamed_line["completion_tokens"]) == ("completions", True, 3)
-    with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
-        rows = ledger.execute("SELECT request_id, route, status, tokens_out FROM ledger "
-                              "WHERE request_id IN (?, ?)", (request_id, streamed_id)).fetchall()
-    ledger.close()
-    assert sorted(rows) == sorted([(request_id, "gpt", 200, 3), (streamed_id, "gpt", 200, 3)])
+    whole = logged_and_billed(upstreams.server, "completions", request_id, streamed_id)
+    assert (whole["prompt_tokens"], whole["completion_tokens"]) == (2, 3)
 
 
 def test_best_of_is_held_and_billed_for_every_sample(
@@ -241,9 +217,7 @@ def test_other_errors_have_chat_statuses(upstreams: Upstreams, client: openai.Op
     with pytest.raises(openai.NotFoundError) as unknown:
         client.completions.create(model="nope", prompt="hi")
     assert unknown.value.code == "model_not_found" and unknown.value.param == "model"
-    with (pytest.raises(openai.AuthenticationError),
-          openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key="sk-not-a-key",
-                        max_retries=0) as stranger):
+    with pytest.raises(openai.AuthenticationError), sdk(upstreams, "sk-not-a-key") as stranger:
         stranger.completions.create(model="gpt", prompt="hi")
     with pytest.raises(openai.PermissionDeniedError) as forbidden:  # by Cedar
         client.completions.create(model="locked", prompt="hi")

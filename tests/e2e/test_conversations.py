@@ -5,7 +5,6 @@ it refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +13,14 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk, store_url
+from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def upstreams(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
-    # Kept in the shared test Redis: they expire within the hour.
-    settings = f'store: "{store_url(request, request.param)}", responses_ttl_s: 3600'
-    with responses_gateway(tmp_path_factory.mktemp("conversations") / "gw", settings,
-                           app_keys()) as served:
-        yield served
-
-
-@pytest.fixture
-def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
-    with sdk(upstreams, ALICE) as client:
-        yield client
+@pytest.fixture(scope="module")
+def upstreams(kept_upstreams: Upstreams) -> Upstreams:
+    return kept_upstreams
 
 
 def _said(items: Any) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ its routes served by the OpenAI fake, the Anthropic fake and the echo provider."
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from .responses_gateway import Upstreams, responses_gateway
+from .responses_gateway import Upstreams, logged_and_billed, responses_gateway, sdk
 
 pytestmark = pytest.mark.e2e
 
@@ -31,13 +30,6 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     """Both fakes and one server for the module: starting ``aigw serve`` takes seconds."""
     with responses_gateway(tmp_path_factory.mktemp("responses") / "gw") as served:
         yield served
-
-
-@pytest.fixture
-def client(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=DEV_KEY,
-                       max_retries=0) as sdk:
-        yield sdk
 
 
 @pytest.mark.parametrize(("route", "said", "sent_system"), [
@@ -217,19 +209,7 @@ def test_ledger_and_access_log_say_responses(client: openai.OpenAI, upstreams: U
                                                          stream=True)
     list(streamed.parse())
     streamed_id = streamed.headers["x-request-id"]
-    server = upstreams.server
-    whole, streamed_line = server.access_line(request_id), server.access_line(streamed_id)
-    assert whole is not None and streamed_line is not None
-    assert (whole["endpoint"], whole["status"], whole["stream"], whole["route"]) == (
-        "responses", 200, False, "gpt")
-    assert (streamed_line["endpoint"], streamed_line["stream"],
-            streamed_line["completion_tokens"]) == ("responses", True, 3)
-    with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
-        rows = ledger.execute("SELECT request_id, route, status, tokens_out FROM ledger "
-                              "WHERE request_id IN (?, ?) ORDER BY tokens_out",
-                              (request_id, streamed_id)).fetchall()
-    ledger.close()
-    assert sorted(rows) == sorted([(request_id, "gpt", 200, 3), (streamed_id, "gpt", 200, 3)])
+    logged_and_billed(upstreams.server, "responses", request_id, streamed_id)
 
 
 def test_a_client_leaving_a_stream_is_settled_as_chat_streams_are(
@@ -282,9 +262,7 @@ def test_other_errors_have_chat_statuses(upstreams: Upstreams, client: openai.Op
     assert unknown.value.body == {
         "message": "The model 'nope' does not exist or you do not have access to it.",
         "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
-    with (pytest.raises(openai.AuthenticationError),
-          openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key="sk-not-a-key",
-                        max_retries=0) as stranger):
+    with pytest.raises(openai.AuthenticationError), sdk(upstreams, "sk-not-a-key") as stranger:
         stranger.responses.create(model="gpt", input="hi")
     with pytest.raises(openai.PermissionDeniedError) as forbidden:  # by Cedar
         client.responses.create(model="locked", input="hi")

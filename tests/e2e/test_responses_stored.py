@@ -29,20 +29,9 @@ LOOKUP: Any = {
 }
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def upstreams(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
-    # Kept in the shared test Redis: they expire within the hour.
-    settings = f'store: "{store_url(request, request.param)}", responses_ttl_s: 3600'
-    with responses_gateway(tmp_path_factory.mktemp("kept") / "gw", settings,
-                           app_keys()) as served:
-        yield served
-
-
-@pytest.fixture
-def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
-    with sdk(upstreams, ALICE) as client:
-        yield client
+@pytest.fixture(scope="module")
+def upstreams(kept_upstreams: Upstreams) -> Upstreams:
+    return kept_upstreams
 
 
 @function_tool(name_override="lookup")

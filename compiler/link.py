@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from . import codes
@@ -71,6 +72,10 @@ _NEEDS_BASE_URL = frozenset({"openai_compatible", "vllm", "azure_openai"})
 _NEEDS_API_KEY = frozenset({"openai", "azure_openai", "anthropic", "gemini", "cohere"})
 # The types whose api_key is sent as ``Authorization: Bearer``.
 _BEARER_KEY = frozenset({"openai", "openai_compatible", "vllm", "bedrock", "cohere"})
+# Provider types whose adapter writes the API version into the path, and the path it
+# calls (a base_url for them is the server's root: https://api.cohere.com).
+_APPENDS_VERSION: Mapping[str, str] = MappingProxyType({"cohere": "/v2/rerank"})
+_VERSION_AT_END = re.compile(r"/v\d+/?$")
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 # An unclosed reference: "${" and the name after it, as far as a name goes.
 _UNCLOSED_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_]*")
@@ -452,6 +457,17 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
         sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
                  f"an operation ({parsed.path})", entry.value("base_url"),
                  "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")
+    elif entry.spec.type in _APPENDS_VERSION and (
+            version := _VERSION_AT_END.search(parsed.path)) is not None:
+        # Cohere's adapter posts to {base_url}/v2/rerank: a base_url written the OpenAI
+        # way, with its version, would call /v2/v2/rerank, a 404 on every request.
+        root = urllib.parse.urlunsplit(parsed._replace(path=parsed.path[:version.start()]))
+        sink.add(codes.BASE_URL_VERSIONED, f"provider '{entry.name}' of type "
+                 f"'{entry.spec.type}' has a base_url that ends in an API version "
+                 f"({version.group().rstrip('/')}), which its adapter appends itself",
+                 entry.value("base_url"),
+                 f"write base_url: {shown_url(root)} (aigw calls "
+                 f"{_APPENDS_VERSION[entry.spec.type]} under it)")
 
 
 def _check_user_info(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) -> None:

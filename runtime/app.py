@@ -76,6 +76,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/rerank": endpoints.rerank,
         "/v1/images/generations": endpoints.images,
         "/v1/moderations": endpoints.moderations,
+        "/v2/rerank": endpoints.rerank,  # where Cohere's SDK (ClientV2) posts
         "/v1/messages": endpoints.messages,
         "/v1/responses": endpoints.responses,
     }

@@ -1,5 +1,8 @@
 """POST /v1/rerank: documents ranked by relevance to a query, over the providers that rank.
 
+``POST /v2/rerank`` is the same endpoint, at the path Cohere's own SDK (``ClientV2``)
+posts to, so that a Cohere client pointed at the gateway works unchanged.
+
 Request, as Cohere's and Jina's rerank take it: ``{model, query, documents: [str |
 {text}], top_n?, return_documents?, max_tokens_per_doc?}``. Answer, Cohere's v2 shape
 with Jina's ``usage`` beside it, so either kind of client reads it::

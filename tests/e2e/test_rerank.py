@@ -36,8 +36,9 @@ class Rerankers:
     client: openai.OpenAI
     server: Server
 
-    def rerank(self, **body: Any) -> httpx.Response:
-        return httpx.post(f"{self.server.base_url}/v1/rerank", json=body, timeout=10,
+    def rerank(self, path: str = "/v1/rerank", timeout: float = 10,
+               **body: Any) -> httpx.Response:
+        return httpx.post(f"{self.server.base_url}{path}", json=body, timeout=timeout,
                           headers={"authorization": f"Bearer {DEV_KEY}"})
 
 
@@ -114,6 +115,24 @@ def test_search_units_are_billed_in_the_ledger_and_logged(rerankers: Rerankers) 
     assert line is not None
     assert (line["endpoint"], line["route"], line["status"]) == ("rerank", "cohere", 200)
     assert line["cost"] == pytest.approx(0.006)
+
+
+def test_cohere_clients_path_v2_rerank_is_the_same_endpoint(rerankers: Rerankers) -> None:
+    """Cohere's SDK (``cohere.ClientV2(base_url=gateway)``) posts to /v2/rerank: no cohere
+    package is installed, so this is the request it sends, by httpx."""
+    v2 = rerankers.rerank("/v2/rerank", model="cohere", query=QUERY, documents=DOCUMENTS,
+                          top_n=2, max_tokens_per_doc=512)
+    assert v2.status_code == 200, v2.text
+    v1 = rerankers.rerank(model="cohere", query=QUERY, documents=DOCUMENTS, top_n=2,
+                          max_tokens_per_doc=512)
+    assert v2.json()["results"] == v1.json()["results"]
+    assert v2.json()["meta"]["billed_units"] == {"search_units": 1}
+    assert rerankers.cohere.script.requests[0] == rerankers.cohere.script.requests[1]
+    request_id = v2.headers["x-request-id"]
+    line = rerankers.server.access_line(request_id)
+    assert line is not None
+    assert (line["endpoint"], line["route"], line["status"]) == ("rerank", "cohere", 200)
+    assert _ledger(rerankers.server, request_id)[:3] == ("cohere", "cohere-rerank", 200)
 
 
 def test_a_vllm_server_ranks_through_its_rerank_endpoint(rerankers: Rerankers) -> None:

@@ -346,7 +346,7 @@ async def test_an_unexpected_error_in_a_direct_endpoint_is_a_logged_openai_500(
 async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
     client: httpx.AsyncClient,
 ) -> None:
-    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank",
+    for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v2/rerank",
                  "/v1/images/generations", "/v1/moderations", "/v1/messages", "/v1/responses"):
         assert (await client.get(path)).status_code == 405
         assert (await client.put(path, json={})).status_code == 405

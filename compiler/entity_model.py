@@ -51,8 +51,9 @@ DECIMAL = CedarType("decimal", {"type": "Extension", "name": "decimal"})
 STRINGS = CedarType("Set<String>", {"type": "Set", "element": {"type": "String"}})
 # A deployment's prices, per million tokens: prompt cache reads and writes are input
 # tokens at ``cache_read`` and ``cache_write`` (the input price where the config names
-# none), as they are billed.
-PRICE_PARTS = ("input", "output", "cache_read", "cache_write")
+# none), as they are billed; and a rerank call's search units, per 1,000 (0 where the
+# config names none), so that a route policy can compare rerank deployments by price.
+PRICE_PARTS = ("input", "output", "cache_read", "cache_write", "per_1k_search_units")
 PRICE = CedarType(
     "{" + ", ".join(f"{part}: decimal" for part in PRICE_PARTS) + "}",
     {"type": "Record", "attributes": {part: DECIMAL.json for part in PRICE_PARTS}},
@@ -103,7 +104,7 @@ DOCS: Mapping[str, str] = MappingProxyType({
     "Deployment.provider_type": "echo, openai, anthropic, vllm, ...",
     "Deployment.kind": "chat, embeddings, rerank, image or moderation",
     "Deployment.price": "per million tokens; cache_read and cache_write: the input price "
-                        "when not set",
+                        "when not set; per_1k_search_units: rerank's, 0 when not set",
     "Deployment.self_hosted": "provider type vllm or echo, or tagged self-hosted",
     "Deployment.average_latency_ms": "EWMA of whole-call latency; 0 until measured",
     "Deployment.p95_latency_ms": "over the last 200 calls; 0 until 5 are measured",

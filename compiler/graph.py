@@ -127,6 +127,12 @@ class Price:
     image: float = 0.0
     image_by_size: tuple[tuple[str, float], ...] = ()  # (size, price), sorted by size
 
+    @property
+    def per_1k_search_units(self) -> float:
+        """The search-unit price as the config writes it (and Cedar's ``price`` shows it:
+        a decimal keeps four places, too few for a price per unit)."""
+        return round(self.search_unit * 1000, 9)
+
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0, search_units: int = 0, images: int = 0,
              image_size: str | None = None) -> float:

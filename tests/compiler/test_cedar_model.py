@@ -249,7 +249,8 @@ def test_policies_read_a_deployments_cache_prices(write_gateway: WriteGateway) -
     attributes = result.graph.authorization.deployment_attributes
     assert attributes["small"]["price"] == {
         "input": cedar_decimal(0.15), "output": cedar_decimal(0.6),
-        "cache_read": cedar_decimal(0.015), "cache_write": cedar_decimal(0.15)}
+        "cache_read": cedar_decimal(0.015), "cache_write": cedar_decimal(0.15),
+        "per_1k_search_units": cedar_decimal(0)}
 
     misspelt = write_gateway({"gateway.yaml": priced, "policies/a.cedar": PERMIT_ALL
                               + cheap_reads.replace("price.cache_read", "price.cache_reed")},

@@ -262,6 +262,31 @@ async def test_images_and_moderations_are_checked_and_explained_as_served(
     assert (answer["allowed"], answer["deployment"]) == (True, "painter")
 
 
+async def test_a_route_policy_compares_rerank_deployments_by_search_unit_price(
+    policy_gateway: Factory,
+) -> None:
+    """Rerank's search-unit price is in ``price`` beside the token prices: a cost-aware
+    policy can keep a route on its cheaper reranker."""
+    cheap_search = """
+    @id("cheap-search-units")
+    @priority("50")
+    permit (principal, action == Action::"route", resource)
+    when { resource.price.per_1k_search_units.lessThan(decimal("2.0")) };
+    """
+    gw = await policy_gateway(
+        {"base.cedar": PERMIT_ALL, "cost.cedar": cheap_search},
+        deployments="  dear: {provider: local, model: rank-1, kind: rerank, "
+                    "context_window: 8192, price: {per_1k_search_units: 2.0}}\n"
+                    "  cheap: {provider: local, model: rank-2, kind: rerank, "
+                    "context_window: 8192, price: {per_1k_search_units: 0.5}}",
+        groups="  rankers: {members: [dear, cheap]}",
+        routes="  rank: {group: rankers}")
+    body = {"model": "rank", "query": "hello", "documents": ["hello there", "bye"]}
+    served = await gw.client().post("/v1/rerank", json=body)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == "cheap"  # strategy priority says dear
+
+
 async def test_counting_a_messages_tokens_is_checked_as_sending_it_is(
     policy_gateway: Factory,
 ) -> None:

@@ -358,14 +358,16 @@ class DeploymentQuotas:
             await hold.store.release(hold.reservation)
 
     async def failed(self, hold: Hold | None, deployment: Deployment, prompt_tokens: int,
-                     error: BaseException) -> None:
+                     error: BaseException, search_units: int = 0) -> None:
         """An attempt at ``deployment`` ended in ``error`` before it answered: its hold is
         given back, but for one cut short (cancelled: its timeout, the deadline, a hedge
         that lost, the client gone) after its call went out, which the provider most
-        likely billed: that is billed its ``prompt_tokens`` (``cut_short``), and its hold
-        settled at them. Call it shielded from a cancellation."""
+        likely billed: that is billed its ``prompt_tokens`` and ``search_units`` (a rerank
+        call's, which Cohere bills per call whatever it answered; ``cut_short``), and its
+        hold settled at the tokens. Call it shielded from a cancellation."""
         if isinstance(error, asyncio.CancelledError):
-            await self.settle(hold, cut_short(self._record, deployment, Usage(prompt_tokens, 0)))
+            used = Usage(prompt_tokens, 0, search_units=search_units)
+            await self.settle(hold, cut_short(self._record, deployment, used))
         else:
             await self.release(hold)
 

@@ -86,7 +86,7 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         exchange, key, route, kind="rerank", model=request.model, prompt_tokens=prompt_tokens,
         ask=RerankAsk(live.adapters, prompt_tokens, query_tokens, units),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
-        call=call, noted=_noted)
+        call=call, noted=_noted, search_units=units)
     return JSONResponse(
         _body(exchange.record.request_id, won.value, documents, request.return_documents),
         headers=answer_headers(exchange, route, won))

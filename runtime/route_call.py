@@ -44,11 +44,13 @@ async def call_route(
     call: Callable[[Candidate], Callable[[], Awaitable[A]]], noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
     operation: str | None = None,
+    search_units: int = 0,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
     then ``check`` asked of the members that are), its limits held for ``prompt_tokens``
-    and the dearest member's ``cost``, the call billed and settled (``exchange.close``).
+    and the dearest member's ``cost``, the call billed and settled (``exchange.close``);
+    a call cut short is billed ``prompt_tokens`` and ``search_units`` (a rerank call's).
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
@@ -71,7 +73,7 @@ async def call_route(
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate), operation, noted)
+                                   call(candidate), operation, noted, search_units)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))

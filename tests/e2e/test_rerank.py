@@ -63,9 +63,14 @@ def rerankers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reran
                 "  echo-rerank: {provider: local, model: echo-rerank, kind: rerank,"
                 " context_window: 8}\n"
                 "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
+                "  slow-cohere: {provider: cohere, model: rerank-v3.5, kind: rerank,\n"
+                "                context_window: 4096, timeout_s: 0.5,\n"
+                "                price: {per_1k_search_units: 2.0}}\n"
                 "groups:\n"
                 "  rerank: {members: [cohere-rerank, bge], retry: {attempts: 0}}\n"
+                "  slow: {members: [slow-cohere], retry: {attempts: 0}}\n"
                 "routes:\n"
+                "  slow: {group: slow}\n"
                 "  rerank: {group: rerank}\n"
                 "  cohere: {deployment: cohere-rerank}\n"
                 "  bge: {deployment: bge}\n"
@@ -133,6 +138,22 @@ def test_cohere_clients_path_v2_rerank_is_the_same_endpoint(rerankers: Rerankers
     assert line is not None
     assert (line["endpoint"], line["route"], line["status"]) == ("rerank", "cohere", 200)
     assert _ledger(rerankers.server, request_id)[:3] == ("cohere", "cohere-rerank", 200)
+
+
+def test_a_call_cut_short_is_billed_its_search_units_too(rerankers: Rerankers) -> None:
+    """A call cut at its attempt's timeout (as at the route's deadline, a hedge that lost,
+    a shutdown) went out, and Cohere bills it: the ledger's estimate of it holds the
+    search units it would be billed (120 documents: 2), not its tokens alone."""
+    rerankers.cohere.script.actions.append(Action(delay_s=3))
+    response = rerankers.rerank(model="slow", query=QUERY, documents=DOCUMENTS * 40)
+    assert response.status_code == 504, response.text
+    with sqlite3.connect(rerankers.server.root / "aigw.sqlite") as ledger:
+        cut = ledger.execute("SELECT deployment, tokens_in, cost_nanos / 1e9 FROM ledger "
+                             "WHERE estimated").fetchall()
+    ledger.close()
+    [(deployment, tokens_in, cost)] = cut
+    assert deployment == "slow-cohere" and tokens_in > 0
+    assert cost == pytest.approx(2 * 2.0 / 1000)  # $2 per 1,000 search units
 
 
 def test_a_vllm_server_ranks_through_its_rerank_endpoint(rerankers: Rerankers) -> None:

@@ -158,8 +158,10 @@ class Exchange:
     def beside(self, endpoint: str) -> Exchange:
         """An exchange of its own for a call this request makes on its behalf (its
         semantic cache's embedding): the same headers and client, another record."""
+        # Not watched for the client's leaving: the request it serves watches, and
+        # receive() has one reader.
         side = Exchange(self.live, new_record(self.live, endpoint), self.headers,
-                        self._current, self.gone)
+                        self._current)
         side._on_behalf = True
         return side
 

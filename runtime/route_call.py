@@ -29,6 +29,7 @@ from .chat import (
     run_attempts,
 )
 from .errors import BadRequest
+from .incoming import unless_gone
 from .policy_request import authorize_route
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Ask, Candidate, kind_name
@@ -79,7 +80,9 @@ async def call_route(
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
     loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
                        partial(bill_loser, record), gate=gate)
-    won = await run_attempts(live, route, loop, record)
+    # A client that leaves stops the call (a 499, the call billed as cut short), as a
+    # chat's does: it ran on to its end, billed and logged as a 200 no one received.
+    won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
     bill_answer(live, record, won)
     await exchange.close()
     return won

@@ -6,6 +6,8 @@ httpx's, as a Cohere- or Jina-shaped client sends them."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,26 @@ def test_a_call_cut_short_is_billed_its_search_units_too(rerankers: Rerankers) -
     [(deployment, tokens_in, cost)] = cut
     assert deployment == "slow-cohere" and tokens_in > 0
     assert cost == pytest.approx(2 * 2.0 / 1000)  # $2 per 1,000 search units
+
+
+def test_a_client_that_leaves_stops_the_call_billed_as_cut_short(
+    rerankers: Rerankers,
+) -> None:
+    """A client that stops waiting (a timeout of its own) stops the call, as a chat's:
+    a 499, and the call that went out billed its tokens and search units as cut short.
+    It ran on to its end, a 200 no one received."""
+    rerankers.cohere.script.actions.append(Action(delay_s=3))
+    with pytest.raises(httpx.TimeoutException):
+        rerankers.rerank(timeout=0.5, model="cohere", query=QUERY, documents=DOCUMENTS * 40)
+    rows: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 10
+    while len(rows) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with sqlite3.connect(rerankers.server.root / "aigw.sqlite") as ledger:
+            rows = ledger.execute("SELECT status, estimated, tokens_in > 0, "
+                                  "cost_nanos / 1e9 FROM ledger ORDER BY estimated").fetchall()
+        ledger.close()
+    assert rows == [(499, 0, 0, 0.0), (499, 1, 1, pytest.approx(2 * 2.0 / 1000))]
 
 
 def test_a_vllm_server_ranks_through_its_rerank_endpoint(rerankers: Rerankers) -> None:

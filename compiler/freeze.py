@@ -209,6 +209,7 @@ def freeze(
         settings=Settings(
             store=settings.store,
             max_request_bytes=settings.max_request_bytes,
+            max_audio_upload_bytes=settings.max_audio_upload_bytes,
             hide_policy_ids=settings.hide_policy_ids,
             log_level=settings.log_level,
             store_failure=settings.store_failure,
@@ -289,6 +290,8 @@ def _price(spec: PriceSpec) -> Price:
         search_unit=spec.per_1k_search_units / 1000,
         image=spec.per_image,
         image_by_size=tuple(sorted(spec.per_image_by_size.items())),
+        minute=spec.per_minute,
+        character=spec.per_1m_characters / 1_000_000,
     )
 
 

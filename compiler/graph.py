@@ -30,6 +30,7 @@ class TargetKind(StrEnum):
 class Settings:
     store: str
     max_request_bytes: int
+    max_audio_upload_bytes: int
     hide_policy_ids: bool
     log_level: Literal["debug", "info", "warning", "error"]
     store_failure: Literal["fail_closed", "fail_open"]
@@ -113,7 +114,8 @@ class Price:
     cache, or wrote to it, are input tokens priced ``cache_read`` and ``cache_write``
     (the input price where the config names none). A rerank call's search units (Cohere's
     billing unit) are priced ``search_unit`` each; generated images ``image`` each, or
-    ``image_by_size`` where it names their size (DALL-E's prices differ by size).
+    ``image_by_size`` where it names their size (DALL-E's prices differ by size); a
+    transcription's audio ``minute`` each, a speech call's input ``character`` each.
 
     >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
     1.38
@@ -126,6 +128,8 @@ class Price:
     search_unit: float = 0.0
     image: float = 0.0
     image_by_size: tuple[tuple[str, float], ...] = ()  # (size, price), sorted by size
+    minute: float = 0.0
+    character: float = 0.0
 
     @property
     def per_1k_search_units(self) -> float:
@@ -135,14 +139,16 @@ class Price:
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0, search_units: int = 0, images: int = 0,
-             image_size: str | None = None) -> float:
+             image_size: str | None = None, audio_seconds: float = 0.0,
+             characters: int = 0) -> float:
         """What a call cost; ``input_tokens`` counts the prompt's cached tokens too, as
         every adapter reports them (OpenAI's prompt_tokens does)."""
         fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
         return ((fresh * self.input + cache_read_tokens * self.cache_read
                  + cache_write_tokens * self.cache_write + output_tokens * self.output)
                 / 1_000_000 + search_units * self.search_unit
-                + (images * self.image_price(image_size) if images else 0.0))
+                + (images * self.image_price(image_size) if images else 0.0)
+                + audio_seconds / 60 * self.minute + characters * self.character)
 
     def image_price(self, size: str | None) -> float:
         """One image of ``size``: its own price where one is given, else ``image``.
@@ -207,7 +213,8 @@ class Deployment:
     name: str
     provider: Provider
     model: str
-    kind: Literal["chat", "embeddings", "rerank", "image", "moderation"]
+    kind: Literal["chat", "embeddings", "rerank", "image", "moderation", "transcription",
+                  "speech"]
     context_window: int
     max_output_tokens: int
     price: Price

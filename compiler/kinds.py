@@ -1,8 +1,8 @@
-"""What a deployment serves (``kind``: chat, embeddings, rerank, image, moderation),
-checked as ``link`` runs.
+"""What a deployment serves (``kind``: chat, embeddings, rerank, image, moderation,
+transcription, speech), checked as ``link`` runs.
 
-A provider type serves the kinds its API has and its adapter speaks: a rerank, image or
-moderation deployment on a provider without that API, or a chat one on ``cohere`` (whose
+A provider type serves the kinds its API has and its adapter speaks: a rerank, image,
+moderation or audio deployment on a provider without that API, or a chat one on ``cohere`` (whose
 adapter speaks only rerank), would fail every request; it is refused here instead. A
 group serves one kind: a request uses only the members of its own kind.
 """
@@ -35,16 +35,27 @@ IMAGES = frozenset({"openai", "azure_openai", "openai_compatible", "echo"})
 # And /moderations: Azure OpenAI has none (its deployments answer 404 there; it filters
 # content on every call instead, and Azure AI Content Safety is another API).
 MODERATES = frozenset({"openai", "openai_compatible", "echo"})
-SERVES = {"rerank": RERANKS, "image": IMAGES, "moderation": MODERATES}
+# The audio APIs (OpenAI's /audio/transcriptions and /audio/translations, /audio/speech,
+# as OpenAI, Azure OpenAI and compatible servers such as speaches serve them; vLLM serves
+# transcriptions, not speech), and echo's offline ones.
+TRANSCRIBES = frozenset({"openai", "azure_openai", "openai_compatible", "vllm", "echo"})
+SPEAKS = frozenset({"openai", "azure_openai", "openai_compatible", "echo"})
+SERVES = {"rerank": RERANKS, "image": IMAGES, "moderation": MODERATES,
+          "transcription": TRANSCRIBES, "speech": SPEAKS}
 _HINTS = {"rerank": _RERANK_HINT,
           "image": "serve images from openai, azure_openai or an openai_compatible server "
                    "with /images/generations",
           "moderation": "serve moderation from openai or an openai_compatible server with "
-                        "/moderations (Azure OpenAI filters content on its own calls instead)"}
+                        "/moderations (Azure OpenAI filters content on its own calls instead)",
+          "transcription": "serve transcription from a provider that has it: "
+                           + ", ".join(sorted(TRANSCRIBES - {"echo"})),
+          "speech": "serve speech from a provider that has it: "
+                    + ", ".join(sorted(SPEAKS - {"echo"}))}
 _APIS = {"rerank": "rerank API", "image": "image generation API",
-         "moderation": "moderation API"}
+         "moderation": "moderation API", "transcription": "transcription API",
+         "speech": "speech API"}
 # Every kind, in the order diagnostics list them.
-KINDS = ("chat", "embeddings", "rerank", "image", "moderation")
+KINDS = ("chat", "embeddings", "rerank", "image", "moderation", "transcription", "speech")
 
 
 def check_deployment_kind(entry: Entry[DeploymentSpec], provider_type: str,

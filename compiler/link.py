@@ -565,7 +565,9 @@ def _check_deployment(
 _SENT_FIELDS = {"embeddings": "input, dimensions and user",
                 "rerank": "query, documents, top_n and max_tokens_per_doc",
                 "image": "the image request's own fields (prompt, n, size, quality, ...)",
-                "moderation": "input"}
+                "moderation": "input",
+                "transcription": "the client's form fields, file included",
+                "speech": "the client's input, voice and format fields"}
 
 
 def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> None:

@@ -66,6 +66,12 @@ class SettingsSpec(Spec):
     max_request_bytes: PositiveInt = Field(
         4 * 1024 * 1024, description="Largest request body accepted; larger ones get a 413."
     )
+    max_audio_upload_bytes: PositiveInt = Field(
+        25 * 1024 * 1024,
+        description="Largest multipart body /v1/audio/transcriptions and /translations "
+        "accept (OpenAI's own cap on an audio file is 25 MB); larger ones get a 413, "
+        "refused as they pass it, never read whole.",
+    )
     body_read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         60.0,
         description="The longest a request's body may take to arrive, from the first wait "
@@ -307,6 +313,12 @@ class PriceSpec(Spec):
         "e.g. {'1024x1024': 0.04, '1792x1024': 0.08}; quality is no price dimension here: "
         "serve hd from a deployment of its own. A request that names no size (or one not "
         "listed) is held at the dearest of these and per_image, and billed per_image.")
+    per_minute: NonNegativeFloat = Field(
+        0.0, description="Transcription deployments: price per minute of audio, as OpenAI "
+        "bills whisper-1 (the duration the answer reports, else estimated from the upload).")
+    per_1m_characters: NonNegativeFloat = Field(
+        0.0, description="Speech deployments: price per million characters of input, as "
+        "OpenAI bills tts-1.")
 
 
 class ServeSpec(Spec):
@@ -348,10 +360,13 @@ class DeploymentSpec(Spec):
 
     provider: str
     model: str = Field(description="The upstream model id sent to the provider.")
-    kind: Literal["chat", "embeddings", "rerank", "image", "moderation"] = Field(
+    kind: Literal["chat", "embeddings", "rerank", "image", "moderation", "transcription",
+                  "speech"] = Field(
         "chat", description="What it serves: /v1/chat/completions, /v1/embeddings, /v1/rerank, "
-        "/v1/images/generations (image) or /v1/moderations (moderation); for rerank, "
-        "context_window bounds the query, for image the prompt, for moderation the input."
+        "/v1/images/generations (image), /v1/moderations (moderation), "
+        "/v1/audio/transcriptions and /translations (transcription), or /v1/audio/speech "
+        "(speech); for rerank, context_window bounds the query (documents are the "
+        "provider's to cut), for image the prompt, for moderation the input."
     )
     context_window: PositiveInt
     max_output_tokens: PositiveInt | None = None

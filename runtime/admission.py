@@ -385,7 +385,8 @@ def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> in
                   usage.completion_tokens, usage.cached_tokens,
                   deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
                                         usage.cached_tokens, usage.cache_creation_tokens,
-                                        usage.search_units, usage.images, usage.image_size))
+                                        usage.search_units, usage.images, usage.image_size,
+                                        usage.audio_seconds, usage.characters))
     if record.cut is None:
         record.cut = [cut]
     else:

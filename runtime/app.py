@@ -26,6 +26,7 @@ from aigw.compiler.graph import ApiKey
 
 from . import usage_api
 from .admin_page import admin_page_routes
+from .audio import speech, transcriptions, translations
 from .auth import authenticate, keys_status, require_admin
 from .chat import chat_completions, new_record, overhead_header
 from .completions import create_completion
@@ -77,6 +78,9 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/images/generations": endpoints.images,
         "/v1/moderations": endpoints.moderations,
         "/v2/rerank": endpoints.rerank,  # where Cohere's SDK (ClientV2) posts
+        "/v1/audio/transcriptions": endpoints.transcriptions,
+        "/v1/audio/translations": endpoints.translations,
+        "/v1/audio/speech": endpoints.speech,
         "/v1/messages": endpoints.messages,
         "/v1/responses": endpoints.responses,
     }
@@ -276,20 +280,23 @@ class _Endpoints:
 
     async def _exchanged(
         self, request: Request, endpoint: str,
-        answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]],
+        answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]], upload: bool = False,
     ) -> Response:
         """``answer``'s response to the request's key and body. The key is checked before
         the body is read: a caller without one cannot make the gateway hold megabytes.
         Failed or cancelled (a shutdown past its grace), the request's hold is given back
         and its ledger record written here; served, ``answer`` settled it, and a
-        stream's record is finished when the stream ends."""
+        stream's record is finished when the stream ends. ``upload``: the body is a file's
+        multipart form, bounded by ``max_audio_upload_bytes``."""
         live = _live(request)
         record = new_record(live, endpoint)
         exchange = Exchange(live, record, request.headers, lambda: self.gateway.live,
                             partial(client_gone, request.receive))
         try:
             key = authenticate(live.graph, request.headers)
-            body = await read_body(request, live.graph.settings)
+            settings = live.graph.settings
+            body = await read_body(request, settings, upload_limit=settings.max_audio_upload_bytes
+                                   if upload else None)
             response = await answer(exchange, key, body)
         except GatewayError as exc:
             await exchange.fail(exc)
@@ -351,6 +358,14 @@ class _Endpoints:
 
     async def moderations(self, request: Request) -> Response:
         return await self._exchanged(request, "moderations", moderate)
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._exchanged(request, "transcriptions", transcriptions, upload=True)
+
+    async def translations(self, request: Request) -> Response:
+        return await self._exchanged(request, "translations", translations, upload=True)
+
+    async def speech(self, request: Request) -> Response:
+        return await self._exchanged(request, "speech", speech)
 
     async def messages(self, request: Request) -> Response:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped

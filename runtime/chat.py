@@ -186,7 +186,8 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.cache_write_tokens = usage.cache_creation_tokens
     record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
                                         usage.cached_tokens, usage.cache_creation_tokens,
-                                        usage.search_units, usage.images, usage.image_size)
+                                        usage.search_units, usage.images, usage.image_size,
+                                        usage.audio_seconds, usage.characters)
 
 
 def _bill_sent(record: RequestRecord, deployment: Deployment, sent: SentOutput,

@@ -25,15 +25,19 @@ _OPENING_OR_STRINGS = re.compile(
 R = TypeVar("R")
 
 
-async def read_body(request: Request, settings: Settings, bound: int | None = None) -> bytes:
+async def read_body(request: Request, settings: Settings, bound: int | None = None, *,
+                    upload_limit: int | None = None) -> bytes:
     """The request body, refusing more than ``max_request_bytes`` (or ``bound``, where
     smaller: an endpoint's own) without reading them all, and a body that takes more
     than ``body_read_timeout_s`` to arrive (from the first wait for it): a client
     trickling a byte every few seconds held its connection for ever. hypercorn's own
     read_timeout cannot do it: it also runs while an answer that takes long is awaited.
     And a body with more JSON objects and arrays than ``max_request_json_containers``
-    (see ``check_containers``)."""
+    (see ``check_containers``). ``upload_limit``: a body that is an upload, not JSON (an
+    audio file's multipart form), refused past it instead of ``max_request_bytes``."""
     limit, timeout_s = settings.max_request_bytes, settings.body_read_timeout_s
+    if upload_limit is not None:
+        limit = upload_limit
     if bound is not None:
         limit = min(limit, bound)
     declared = request.headers.get("content-length")
@@ -60,8 +64,9 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
             chunks.append(chunk)
         if not message.get("more_body", False):
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if size > 2 * settings.max_request_json_containers:  # "[]" is two bytes: a
-                # smaller body cannot hold too many, and is not looked at
+            # "[]" is two bytes: a smaller body cannot hold too many, and is not looked
+            # at; nor is an upload, whose bytes are no JSON.
+            if upload_limit is None and size > 2 * settings.max_request_json_containers:
                 check_containers(body, settings.max_request_json_containers)
             return body
 

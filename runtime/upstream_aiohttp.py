@@ -10,7 +10,8 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -33,6 +34,39 @@ from .upstream import (
 log = logging.getLogger("aigw.upstream")
 
 
+@dataclass(frozen=True, slots=True)
+class FormFile:
+    """A file a multipart POST sends (an audio upload, sent on as the client sent it)."""
+
+    field: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """An answer passed through as the provider wrote it (a transcript as text, SRT, VTT
+    or JSON), read whole within ``max_response_mb``."""
+
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByteStream:
+    """An answer's body being read (speech audio): its status was checked, its bytes come
+    as they arrive (``chunks``, each chunk released as it is passed on); ``aclose`` lets
+    the connection go whether or not they were read."""
+
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    release: Callable[[], None]
+
+    def aclose(self) -> None:
+        self.release()
+
+
 class JsonUpstream(Protocol):
     """What an adapter calls: a JSON POST, a server-sent-events POST, and close."""
 
@@ -47,7 +81,21 @@ class JsonUpstream(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_upstream(provider: Provider) -> JsonUpstream:
+class AudioUpstream(JsonUpstream, Protocol):
+    """And what OpenAI's audio API takes: a multipart POST answered whole (a transcript),
+    a JSON POST answered in bytes as they come (speech)."""
+
+    async def post_form(
+        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        headers: Mapping[str, str],
+    ) -> RawAnswer: ...
+
+    async def post_streamed(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> ByteStream: ...
+
+
+def open_upstream(provider: Provider) -> AiohttpUpstream:
     """The fastest upstream client this machine has for ``provider``."""
     return AiohttpUpstream(provider)
 
@@ -137,6 +185,74 @@ class AiohttpUpstream:
         finally:
             self._streams.discard(response)
             response.release()
+
+    async def post_form(
+        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        headers: Mapping[str, str],
+    ) -> RawAnswer:
+        """A multipart/form-data POST (``fields`` in order, then the file); the answer read
+        whole, whatever its content type."""
+        form = aiohttp.FormData(quote_fields=False)
+        for name, value in fields:
+            form.add_field(name, value)
+        form.add_field(upload.field, upload.data, filename=upload.filename,
+                       content_type=upload.content_type)
+        try:
+            async with self._client().post(
+                url, data=form, headers=traced(headers), allow_redirects=False,
+                proxy=self._proxy(url),
+            ) as response:
+                raw = await read_capped(response.content.iter_any(), self.provider)
+                status, response_headers = response.status, response.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(exc) from None
+        self._check(status, raw, response_headers)
+        return RawAnswer(raw, response_headers.get("content-type", "application/octet-stream"))
+
+    async def post_streamed(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> ByteStream:
+        """A JSON POST whose answer's bytes are passed on as they come (speech audio):
+        the status is checked first, so a failure raises before any byte went on."""
+        try:
+            response = await self._client().post(
+                url, data=jsonio.dumps(body),
+                headers={**traced(headers), "content-type": "application/json"},
+                allow_redirects=False, proxy=self._proxy(url),
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(exc) from None
+        if response.status >= 300:
+            try:
+                raw = await read_capped(response.content.iter_any(), self.provider)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise self._transport_error(exc) from None
+            finally:
+                response.release()
+            self._check(response.status, raw, response.headers)
+        self._streams.add(response)
+
+        def release() -> None:
+            self._streams.discard(response)
+            response.release()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.content.iter_any():
+                    yield chunk
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise self._transport_error(exc) from None
+            finally:
+                release()
+
+        return ByteStream(response.headers.get("content-type", "application/octet-stream"),
+                          chunks(), release)
+
+    def _check(self, status: int, raw: bytes, headers: Mapping[str, str]) -> None:
+        if 300 <= status < 400:
+            raise self._redirected(status, headers)
+        if status >= 400:
+            raise classify(failure_from_response(status, raw, headers), self.provider)
 
     def _proxy(self, url: str) -> str | None:
         """The proxy HTTP(S)_PROXY names for ``url`` (None: none, or NO_PROXY spares it),

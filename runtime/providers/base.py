@@ -40,6 +40,8 @@ class Usage:
     search_units: int = 0  # a rerank call's, as Cohere bills it (a query of <= 100 documents)
     images: int = 0  # an image call's, priced per image (of ``image_size``)
     image_size: str | None = None
+    audio_seconds: float = 0.0  # a transcription's audio, as whisper is billed by the minute
+    characters: int = 0  # a speech call's input, as tts is billed
     # False: the provider reported none (an OpenAI-compatible server that ignores
     # include_usage, say); the adapters' guard counts the answer's tokens instead.
     reported: bool = True
@@ -48,7 +50,7 @@ class Usage:
         # A provider's negative count would bill a credit and break the counters.
         if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
                self.cache_creation_tokens, self.reasoning_tokens, self.search_units,
-               self.images) < 0:
+               self.images, self.audio_seconds, self.characters) < 0:
             raise ValueError(f"negative token counts in {self}")
 
     @property

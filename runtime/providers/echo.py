@@ -7,7 +7,8 @@ the last user message as arguments if that is a JSON object and ``{}`` otherwise
 tool flows can be exercised offline. Embeddings: a normalised bag of token ids, so
 texts sharing words get similar vectors. Rerank: the share of the query's words each
 document holds (case folded), ties in the documents' order. Images and moderation:
-providers/echo_media.py. Tokens are counted with the gateway's tiktoken encoding.
+providers/echo_media.py; audio: providers/echo_audio.py. Tokens are counted with the
+gateway's tiktoken encoding.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from aigw.compiler.graph import Provider
 
 from ..tokens import TokenCounter
+from .audio import SpeechCall, SpeechResult, TranscriptionCall, TranscriptionResult
 from .base import (
     ChatCall,
     ChatDelta,
@@ -38,6 +40,7 @@ from .base import (
     ToolCallDelta,
     Usage,
 )
+from .echo_audio import silence, transcript
 from .echo_media import echo_images, echo_moderation
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
@@ -153,6 +156,14 @@ class EchoAdapter:
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         await self._wait(0)
         return echo_moderation(call)
+
+    async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult:
+        await self._wait(0)
+        return transcript(call)
+
+    async def speak(self, call: SpeechCall) -> SpeechResult:
+        await self._wait(0)
+        return silence(call)
 
     async def aclose(self) -> None:
         return None

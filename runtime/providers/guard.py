@@ -28,6 +28,13 @@ from aigw.compiler.graph import Provider
 from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import scrub
+from .audio import (
+    SpeechCall,
+    SpeechResult,
+    TranscriptionCall,
+    TranscriptionResult,
+    audio_adapter,
+)
 from .base import (
     ChatAdapter,
     ChatCall,
@@ -111,6 +118,18 @@ class GuardedAdapter:
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         try:
             return await self.inner.moderate(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult:
+        try:
+            return await audio_adapter(self.inner, call.deployment).transcribe(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def speak(self, call: SpeechCall) -> SpeechResult:
+        try:
+            return await audio_adapter(self.inner, call.deployment).speak(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

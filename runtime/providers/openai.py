@@ -1,7 +1,7 @@
-"""OpenAI's chat and embeddings API, and every server that speaks it; and the Cohere/Jina
-shaped ``/rerank`` that OpenAI-compatible servers (vLLM, Jina, Infinity) serve beside it.
-Images and moderations (``/images/generations``, ``/moderations``) are read and written
-by providers/openai_media.py.
+"""OpenAI's chat, embeddings and audio API, and every server that speaks it; and the
+Cohere/Jina shaped ``/rerank`` that OpenAI-compatible servers (vLLM, Jina, Infinity) serve
+beside it. Images and moderations (``/images/generations``, ``/moderations``) are read
+and written by providers/openai_media.py.
 
 A /v1/completions request (``ChatRequest.text_completion``) goes to the upstream's own
 legacy ``/completions``, its prompt raw (providers/openai_text.py).
@@ -28,7 +28,14 @@ from aigw.compiler.graph import Provider
 from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import json_event, scrub
-from ..upstream_aiohttp import JsonUpstream, open_upstream
+from ..upstream_aiohttp import AudioUpstream, open_upstream
+from .audio import (
+    SpeechCall,
+    SpeechResult,
+    TranscriptionCall,
+    TranscriptionResult,
+    transcript_usage,
+)
 from .base import (
     ChatCall,
     ChatDelta,
@@ -64,7 +71,7 @@ class OpenAIAdapter:
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
-        self.upstream: JsonUpstream = open_upstream(provider)
+        self.upstream: AudioUpstream = open_upstream(provider)
         self._base = (provider.base_url or OPENAI_BASE_URL).rstrip("/")
         self._headers = {**provider.headers}
         if provider.api_key:
@@ -216,6 +223,21 @@ class OpenAIAdapter:
         document = await self.upstream.post_json(
             self.url(call.deployment.model, "moderations"), moderation_body(call), self._headers)
         return parse_moderation(document, call, self.provider)
+    async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult:
+        """``{base_url}/audio/transcriptions`` or ``/audio/translations``: the client's
+        form sent on, the model the deployment's; the answer passed through."""
+        answer = await self.upstream.post_form(
+            self.url(call.deployment.model, f"audio/{call.operation}"),
+            (("model", call.deployment.model), *call.fields), call.upload, self._headers)
+        return TranscriptionResult(answer.body, answer.content_type,
+                                   transcript_usage(answer.body, call, self.provider))
+
+    async def speak(self, call: SpeechCall) -> SpeechResult:
+        """``{base_url}/audio/speech``: the audio's bytes passed on as they come."""
+        audio = await self.upstream.post_streamed(
+            self.url(call.deployment.model, "audio/speech"),
+            {**call.body, "model": call.deployment.model}, self._headers)
+        return SpeechResult(audio, call.usage)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -153,7 +153,8 @@ def kind_name(deployment: Deployment) -> str:
     """What a deployment is, for a request of another kind: 'a chat model', ..."""
     return {"chat": "a chat model", "embeddings": "an embeddings model",
             "rerank": "a rerank model", "image": "an image model",
-            "moderation": "a moderation model"}[deployment.kind]
+            "moderation": "a moderation model", "transcription": "a transcription model",
+            "speech": "a speech model"}[deployment.kind]
 
 
 def order_candidates(
@@ -264,6 +265,30 @@ class RerankAsk:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
         return ContextWindowExceeded(
             f"No deployment of '{route}' can take this query: {reasons}.", param="query")
+
+
+class AudioAsk:
+    """A transcription or speech call: any enabled member of its kind fits (an upload or
+    a speech's input is no prompt to fit a context window; OpenAI caps both itself)."""
+
+    __slots__ = ("adapters", "demand", "kind", "window_tokens")
+
+    def __init__(self, adapters: Mapping[str, ChatAdapter], kind: str,
+                 prompt_tokens: int) -> None:
+        self.adapters = adapters
+        self.kind = kind
+        self.window_tokens = 0  # nothing to fit
+        self.demand = Demand(prompt_tokens, 0, False)
+
+    def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
+        return _eligible_of_kind(group, self.adapters, self.kind, 0, "")  # no window to fit
+
+    def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
+        reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
+        return BadRequest(f"No deployment of '{route}' serves {self.kind}: {reasons}.",
+                          param="model")
+
+
 
 
 class InputAsk:

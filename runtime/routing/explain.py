@@ -19,6 +19,7 @@ from ..providers.registry import ADAPTERS
 from .attempts import fallbacks, untried_class
 from .candidates import (
     Ask,
+    AudioAsk,
     ChatAsk,
     Dropped,
     EmbeddingAsk,
@@ -94,9 +95,9 @@ def explain_whole(
     state: RoutingState | None = None,
 ) -> list[TierExplanation]:
     """What ``POST /v1/embeddings`` would try for one input of ``prompt_tokens`` (of
-    text), or ``POST /v1/rerank`` for a query of them over up to 100 documents (one
-    search unit), or an image or moderation call of a prompt or text of them (``kind``):
-    the attempt loop's tiers, as for a chat (``explain``)."""
+    text), ``POST /v1/rerank`` for a query of them over up to 100 documents (one
+    search unit), an image or moderation call of a prompt or text of them, or
+    ``/v1/audio/*`` (``kind``): the attempt loop's tiers, as for a chat (``explain``)."""
     route = graph.routes[route_name]
     if route.group is None:
         return []
@@ -107,8 +108,10 @@ def explain_whole(
     elif kind in ("image", "moderation"):
         ask = InputAsk(adapters, kind, prompt_tokens, prompt_tokens,
                        "prompt" if kind == "image" else "input")
-    else:
+    elif kind == "embeddings":
         ask = EmbeddingAsk(adapters, prompt_tokens, prompt_tokens, False)
+    else:  # transcription, speech: /v1/audio/*
+        ask = AudioAsk(adapters, kind, prompt_tokens)
     return _tiers(graph, route.group, ask, state, gate)
 
 

@@ -159,7 +159,9 @@ class RequestRecord:
 # their own, as the conventions allow.
 _OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
                "rerank": "rerank", "images": "generate_content", "moderations": "moderation",
-               "pipelines": "invoke_agent", "a2a": "invoke_agent"}
+               "pipelines": "invoke_agent", "a2a": "invoke_agent",
+               "transcriptions": "transcription", "translations": "translation",
+               "speech": "speech"}
 
 
 def operation_name(record: RequestRecord) -> str:

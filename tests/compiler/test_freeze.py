@@ -111,6 +111,27 @@ def test_images_are_priced_each_by_size_or_at_per_image(write_gateway: WriteGate
     assert price.dearest_image("auto") == price.dearest_image(None) == 0.08
 
 
+def test_audio_prices_per_minute_and_per_million_characters(
+    write_gateway: WriteGateway,
+) -> None:
+    """OpenAI bills whisper per minute of audio and tts per million characters: a call's
+    cost adds its seconds at a sixtieth of the one and its characters at a millionth of
+    the other to its tokens' price (gpt-4o-transcribe's)."""
+    priced = GATEWAY.replace(
+        "context_window: 8192, tags: [free]}",
+        "context_window: 8192, tags: [free]}\n"
+        "  w: {provider: local, model: m, kind: transcription, context_window: 4096,\n"
+        "      price: {input: 2.5, output: 10, per_minute: 0.006}}\n"
+        "  s: {provider: local, model: m, kind: speech, context_window: 4096,\n"
+        "      price: {per_1m_characters: 15}}")
+    deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
+    whisper, speech = deployments["w"].price, deployments["s"].price
+    assert (whisper.minute, speech.character) == (0.006, 0.000015)
+    assert whisper.cost(1000, 100, audio_seconds=90) == pytest.approx(
+        0.0025 + 0.001 + 0.009)
+    assert speech.cost(0, 0, characters=4096) == pytest.approx(4096 * 15 / 1_000_000)
+
+
 def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) -> None:
     """A config that names no cache price bills cached prompt tokens as input tokens, as
     before cache prices existed; one that names them gets them, each on its own."""
@@ -123,8 +144,8 @@ def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) ->
         "      price: {input: 3, output: 15, cache_read: 0}}")
     deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
     prices = {name: dataclasses.astuple(deployments[name].price) for name in "abc"}
-    assert prices == {"a": (3, 15, 3, 3, 0, 0, ()), "b": (3, 15, 0.3, 3.75, 0, 0, ()),
-                      "c": (3, 15, 0, 3, 0, 0, ())}
+    assert prices == {"a": (3, 15, 3, 3, 0, 0, (), 0, 0), "b": (3, 15, 0.3, 3.75, 0, 0, (), 0, 0),
+                      "c": (3, 15, 0, 3, 0, 0, (), 0, 0)}
     price = deployments["b"].price
     # 400,000 fresh, 500,000 read and 100,000 written of a million prompt tokens; 1,000 out
     assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(

@@ -74,7 +74,8 @@ def test_openai_sdk_chat_and_stream(server: Server, counter: TokenCounter) -> No
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == counter.count("streamed word by word")
     assert [m.id for m in client.models.list()] == [
-        "echo", "embed", "fast", "images", "moderation", "rerank", "smart"]
+        "echo", "embed", "fast", "images", "moderation", "rerank", "smart", "speech",
+        "transcribe"]
     assert client.models.retrieve("fast").id == "fast"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-nope")

@@ -46,8 +46,9 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
         client.images.generate(model="images", prompt="trace me",
                                extra_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
         client.moderations.create(model="moderation", input="trace me")
+        client.audio.transcriptions.create(model="transcribe", file=("a.mp3", b"\xff" * 16000))
         deadline = time.monotonic() + 15
-        while len(receiver.spans) < 10:
+        while len(receiver.spans) < 12:
             assert time.monotonic() < deadline, server.log
             time.sleep(0.1)
     # Image generation is GenAI's generate_content; moderation has no well-known name.
@@ -69,6 +70,12 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert ranking["attributes"]["aigw.route"] == "rerank"
     assert ranked["attributes"]["gen_ai.operation.name"] == "rerank"
     assert ranked["attributes"]["gen_ai.usage.input_tokens"] == 2 * 2 + 1 + 1  # query twice
+    transcribing = next(s for s in receiver.spans if s["name"] == "transcription transcribe")
+    transcribed = next(s for s in receiver.spans
+                       if s["name"] == "transcription echo-transcribe-1")
+    assert transcribed["parent_span_id"] == transcribing["span_id"]
+    assert transcribing["attributes"]["gen_ai.operation.name"] == "transcription"
+    assert transcribed["attributes"]["gen_ai.operation.name"] == "transcription"
     embedding = next(s for s in receiver.spans if s["name"] == "embeddings embed")
     embedded = next(s for s in receiver.spans if s["name"] == "embeddings echo-embed-1")
     assert embedding["trace_id"] == TRACE_ID and embedding["parent_span_id"] == PARENT_ID

@@ -3,10 +3,11 @@ and the legacy completions (``/v1/completions``: a raw prompt, ``suffix``, ``ech
 count of ``logprobs``, ``best_of``; the answer cut at ``max_tokens`` words, 16 when left
 out, as OpenAI's default is); and the rerank endpoint OpenAI-compatible servers serve
 beside them (vLLM's and Jina's ``/v1/rerank``: results best first, each with its
-document, and ``usage.total_tokens``). Images (``/v1/images/generations``, Azure's too): a
-DALL-E model answers URLs, or base64 when asked, with a ``revised_prompt``; a gpt-image
-model always base64, with its ``usage`` in tokens and the size it drew. Moderations
-(``/v1/moderations``): a result an input, flagged for violence where it says "attack".
+document, and ``usage.total_tokens``); the audio endpoints (openai_audio.py). Images
+(``/v1/images/generations``, Azure's too): a DALL-E model answers URLs, or base64 when
+asked, with a ``revised_prompt``; a gpt-image model always base64, with its ``usage`` in
+tokens and the size it drew. Moderations (``/v1/moderations``): a result an input,
+flagged for violence where it says "attack".
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -38,6 +39,7 @@ from starlette.routing import Route
 
 from .brain import Action, Reply, Script, decide, json_answer, words
 from .cohere_fake import ranked
+from .openai_audio import AudioFake
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -165,7 +167,7 @@ def _call_id(messages: list[Any]) -> str:
     return f"call_fake_{earlier + 1}"
 
 
-class OpenAIFake:
+class OpenAIFake(AudioFake):
     """The fake's state: its key, its script, and what it has seen."""
 
     def __init__(self, api_key: str = "sk-fake-openai-key-0123456789", *,
@@ -199,6 +201,7 @@ class OpenAIFake:
                   methods=["POST"]),
             Route("/openai/deployments/{deployment}/completions", self._completions,
                   methods=["POST"]),
+            *self.audio_routes(),
         ])
 
     async def _ready(self, request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -141,7 +142,8 @@ async def test_models_lists_the_routes(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
     assert [m["id"] for m in response.json()["data"]] == [
-        "echo", "embed", "fast", "images", "moderation", "rerank", "smart"]
+        "echo", "embed", "fast", "images", "moderation", "rerank", "smart", "speech",
+        "transcribe"]
 
 
 async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:
@@ -313,6 +315,23 @@ async def test_the_default_gateway_moderates_offline(client: httpx.AsyncClient) 
     assert response.headers["x-aigw-route"] == "moderation"
 
 
+async def test_the_default_gateway_transcribes_and_speaks_offline(
+    client: httpx.AsyncClient,
+) -> None:
+    upload = b"ID3 not really an mp3" * 100
+    response = await client.post("/v1/audio/transcriptions", data={"model": "transcribe"},
+                                 files={"file": ("talk.mp3", upload, "audio/mpeg")})
+    assert response.status_code == 200, response.text
+    digest = hashlib.sha256(upload).hexdigest()[:16]
+    assert response.json()["text"] == f"echo transcript: {len(upload)} bytes, sha256 {digest}"
+    assert response.headers["x-aigw-deployment"] == "echo-transcribe"
+    spoken = await client.post("/v1/audio/speech", json={
+        "model": "speech", "input": "hello", "voice": "alloy"})
+    assert spoken.status_code == 200, spoken.text
+    assert (spoken.headers["content-type"], spoken.content[:4]) == ("audio/wav", b"RIFF")
+    assert spoken.headers["x-aigw-deployment"] == "echo-speech"
+
+
 async def test_echo_calls_a_forced_tool(client: httpx.AsyncClient) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     response = await client.post(CHAT, json={
@@ -347,7 +366,8 @@ async def test_the_direct_endpoints_answer_only_their_method_and_exact_path(
     client: httpx.AsyncClient,
 ) -> None:
     for path in (CHAT, "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v2/rerank",
-                 "/v1/images/generations", "/v1/moderations", "/v1/messages", "/v1/responses"):
+                 "/v1/images/generations", "/v1/moderations", "/v1/messages", "/v1/responses",
+                 "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"):
         assert (await client.get(path)).status_code == 405
         assert (await client.put(path, json={})).status_code == 405
     response = await client.post("/v1/embeddings", json={"model": "embed", "input": "hi"})

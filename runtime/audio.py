@@ -1,0 +1,226 @@
+"""POST /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech, as OpenAI
+serves them, over the providers that have them.
+
+Transcriptions and translations take OpenAI's multipart form (``file``, ``model``,
+``language``, ``prompt``, ``response_format``, ``temperature``,
+``timestamp_granularities[]``, ...): the body is refused past
+``settings.max_audio_upload_bytes`` as it arrives (413), the form's other fields go
+upstream as the client sent them, and the answer comes back as the provider wrote it in
+the asked format. Speech takes OpenAI's JSON (``model``, ``input``, ``voice``,
+``response_format``, ``speed``, ``instructions``); its audio is passed on to the client
+as the provider sends it, never held whole.
+
+Each call goes through the stages of runtime/route_call.py, as an embeddings call does
+(key, Cedar, limits and budget held, the attempt loop, billing, ledger, access log,
+metrics, tracing). A transcription is held for its upload's estimated length
+(providers/audio.py) and billed for what its answer reports; a speech call for its
+input's characters and tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import Response, StreamingResponse
+
+from aigw.compiler.graph import ApiKey
+
+from .chat import resolve_route
+from .chat_request import bad_request
+from .errors import BadRequest
+from .providers.audio import (
+    AUDIO_TOKENS_PER_SECOND,
+    TRANSCRIPT_TOKENS_PER_SECOND,
+    SpeechCall,
+    SpeechResult,
+    TranscriptionCall,
+    TranscriptionResult,
+    audio_adapter,
+    upload_seconds,
+)
+from .route_call import answer_headers, call_route
+from .routing.candidates import AudioAsk, Candidate
+from .telemetry.tracing import Span
+from .upstream_aiohttp import ByteStream, FormFile
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# OpenAI's cap on a speech's input.
+MAX_SPEECH_CHARACTERS = 4096
+# A form's fields besides the file: OpenAI's take about ten; more is no client of it.
+_MAX_FIELDS = 64
+
+
+async def transcriptions(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
+    return await _transcribe(exchange, key, body, "transcriptions")
+
+
+async def translations(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
+    return await _transcribe(exchange, key, body, "translations")
+
+
+async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
+                      operation: Literal["transcriptions", "translations"]) -> Response:
+    form = await _form(exchange, body)
+    try:
+        upload, fields = await _upload(form)
+    finally:
+        await form.close()
+    model = _field(fields, "model")
+    if not model:
+        raise BadRequest("Missing required parameter: 'model'.", param="model")
+    response_format = _field(fields, "response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise BadRequest(f"Invalid value for 'response_format': {response_format!r}; expected "
+                         f"one of {', '.join(RESPONSE_FORMATS)}.", param="response_format")
+    if (_field(fields, "stream") or "false").lower() not in ("false", "0"):
+        raise BadRequest("'stream' is not supported on /v1/audio/* by this gateway: leave it "
+                         "out to get the whole transcript.", param="stream")
+    _check_temperature(_field(fields, "temperature"))
+    exchange.identify(key, None)
+    route = resolve_route(exchange.live.graph, model)
+    live = exchange.live
+    prompt_tokens = live.counter.count(_field(fields, "prompt") or "")
+    seconds = upload_seconds(upload.data)
+    sent = tuple((name, value) for name, value in fields if name != "model")
+
+    def call(candidate: Candidate) -> Callable[[], Awaitable[TranscriptionResult]]:
+        transcription = TranscriptionCall(candidate.deployment, operation, sent, upload,
+                                          response_format, prompt_tokens, seconds)
+        return partial(audio_adapter(candidate.adapter, candidate.deployment).transcribe,
+                       transcription)
+
+    won = await call_route(
+        exchange, key, route, kind="transcription", model=model, prompt_tokens=prompt_tokens,
+        ask=AudioAsk(live.adapters, "transcription", prompt_tokens),
+        cost=lambda deployment: deployment.price.cost(
+            prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
+            round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
+        call=call, noted=_noted_transcript)
+    return Response(won.value.body, headers={**answer_headers(exchange, route, won),
+                                             "content-type": won.value.content_type})
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    input: str
+    voice: str | dict[str, Any]  # a built-in voice's name, or a custom one's {id}
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: Annotated[float, Field(ge=0.25, le=4.0)] | None = None
+    instructions: str | None = None
+    stream_format: Literal["audio"] | None = None  # "sse": not served here, a 400
+
+
+async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
+    try:
+        request = SpeechRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise bad_request(exc) from exc
+    if not request.input.strip():
+        raise BadRequest("'input' is empty: give the text to speak.", param="input")
+    if len(request.input) > MAX_SPEECH_CHARACTERS:
+        raise BadRequest(f"'input' has {len(request.input)} characters; the most is "
+                         f"{MAX_SPEECH_CHARACTERS}.", param="input")
+    exchange.identify(key, None)
+    route = resolve_route(exchange.live.graph, request.model)
+    live = exchange.live
+    prompt_tokens = live.counter.count(request.input)
+    characters = len(request.input)
+    sent = request.model_dump(exclude_none=True)
+
+    def call(candidate: Candidate) -> Callable[[], Awaitable[SpeechResult]]:
+        spoken = SpeechCall(candidate.deployment, sent, characters, prompt_tokens)
+        return partial(audio_adapter(candidate.adapter, candidate.deployment).speak, spoken)
+
+    won = await call_route(
+        exchange, key, route, kind="speech", model=request.model, prompt_tokens=prompt_tokens,
+        ask=AudioAsk(live.adapters, "speech", prompt_tokens),
+        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
+        call=call, noted=_noted_speech)
+    audio = won.value.audio
+    return StreamingResponse(_passed_on(audio), media_type=audio.content_type,
+                             headers=answer_headers(exchange, route, won))
+
+
+async def _passed_on(audio: ByteStream) -> AsyncIterator[bytes]:
+    """The audio's chunks as they come; the provider's connection let go however the
+    client's ends (it may go away mid-file)."""
+    try:
+        async for chunk in audio.chunks:
+            yield chunk
+    finally:
+        audio.aclose()
+
+
+async def _form(exchange: Exchange, body: bytes) -> FormData:
+    """The multipart form, parsed from the body already read (within its cap)."""
+    content_type = exchange.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise BadRequest("The request must be multipart/form-data, with the audio in 'file' "
+                         f"(it is {content_type or 'of no content type'}).", param="file")
+
+    async def chunks() -> AsyncGenerator[bytes]:
+        yield body
+
+    parser = MultiPartParser(exchange.headers, chunks(), max_files=1, max_fields=_MAX_FIELDS)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"The multipart body cannot be read: {exc.message}",
+                         param="file") from exc
+
+
+async def _upload(form: FormData) -> tuple[FormFile, tuple[tuple[str, str], ...]]:
+    """The form's file, and its other fields in order; 400s naming what is wrong."""
+    upload: FormFile | None = None
+    fields: list[tuple[str, str]] = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name != "file":
+                raise BadRequest(f"A file was sent as '{name}'; the audio goes in 'file'.",
+                                 param=name)
+            data = await value.read()
+            if not data:
+                raise BadRequest("'file' is empty.", param="file")
+            upload = FormFile("file", value.filename or "audio",
+                              value.content_type or "application/octet-stream", data)
+        else:
+            fields.append((name, value))
+    if upload is None:
+        raise BadRequest("Missing required parameter: 'file' (the audio, as a multipart "
+                         "file).", param="file")
+    return upload, tuple(fields)
+
+
+def _field(fields: tuple[tuple[str, str], ...], name: str) -> str | None:
+    return next((value for key, value in fields if key == name), None)
+
+
+def _check_temperature(value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = -1.0
+    if not 0 <= temperature <= 1:
+        raise BadRequest(f"Invalid value for 'temperature': {value!r}; expected a number "
+                         "from 0 to 1.", param="temperature")
+
+
+def _noted_transcript(span: Span, result: TranscriptionResult) -> None:
+    span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
+    span.set("gen_ai.usage.output_tokens", result.usage.completion_tokens)
+
+
+def _noted_speech(span: Span, result: SpeechResult) -> None:
+    span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)

@@ -1,0 +1,131 @@
+"""Audio calls (a transcription or translation, a speech), their answers, and the seam
+the adapters that serve them offer (``AudioAdapter``: OpenAI's API and echo's).
+
+A transcript is passed through as the provider wrote it (JSON, text, SRT, VTT); only its
+usage is read from it, where it is JSON. Speech audio is passed on as it arrives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from aigw.compiler.graph import Deployment, Provider
+
+from ..errors import NoDeploymentAvailable, UpstreamServerError
+from ..upstream_aiohttp import ByteStream, FormFile
+from .base import ChatAdapter, Usage, reported_count
+
+# What an upload whose length cannot be read from it (not a WAV file) is taken to last:
+# 16,000 bytes a second is MP3 at 128 kbit/s, the common rate. It is the transcription's
+# hold, and its bill where the answer reports no duration (text, SRT and VTT answers).
+ESTIMATED_BYTES_PER_SECOND = 16_000
+# A hold's estimate of a token-billed transcription (gpt-4o-transcribe): input audio
+# tokens a second, and transcript tokens a second (speech is ~150 words a minute).
+AUDIO_TOKENS_PER_SECOND = 10
+TRANSCRIPT_TOKENS_PER_SECOND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionCall:
+    """``upload`` transcribed (``operation`` "transcriptions") or translated to English
+    ("translations"); ``fields``: the client's other form fields, in its order, sent on
+    as they came (model set to the deployment's)."""
+
+    deployment: Deployment
+    operation: Literal["transcriptions", "translations"]
+    fields: tuple[tuple[str, str], ...]
+    upload: FormFile
+    response_format: str
+    prompt_tokens: int  # the ``prompt`` field's, as the gateway counted them
+    seconds: float  # the upload's length, read from a WAV file's header or estimated
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionResult:
+    body: bytes  # as the provider wrote it, in the asked response_format
+    content_type: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechCall:
+    """``body`` (the client's JSON: input, voice, response_format, ...) spoken; the model
+    is set to the deployment's when it is sent."""
+
+    deployment: Deployment
+    body: dict[str, Any]
+    characters: int
+    prompt_tokens: int  # the input's, as the gateway counted them
+
+    @property
+    def usage(self) -> Usage:
+        """A speech answer is bytes, with no usage in it: the input is what is billed
+        (tts-1's characters, gpt-4o-mini-tts's input tokens)."""
+        return Usage(self.prompt_tokens, 0, characters=self.characters)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResult:
+    audio: ByteStream  # its status checked; its bytes not read yet
+    usage: Usage
+
+
+@runtime_checkable
+class AudioAdapter(Protocol):
+    async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult: ...
+
+    async def speak(self, call: SpeechCall) -> SpeechResult: ...
+
+
+def audio_adapter(adapter: ChatAdapter, deployment: Deployment) -> AudioAdapter:
+    """``adapter`` as the audio seam; the compiler keeps audio deployments off providers
+    without one (AGW354), so the error is for a provider whose adapter lost it."""
+    if not isinstance(adapter, AudioAdapter):
+        raise NoDeploymentAvailable(
+            f"Deployment '{deployment.name}' is on provider '{deployment.provider.name}' "
+            f"({deployment.provider.type}), which has no audio API.")
+    return adapter
+
+
+def upload_seconds(data: bytes) -> float:
+    """How long an upload lasts: a WAV file's header tells; any other is estimated at
+    ``ESTIMATED_BYTES_PER_SECOND``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            with wave.open(io.BytesIO(data)) as audio:
+                return float(audio.getnframes() / audio.getframerate())
+        except (wave.Error, EOFError, ZeroDivisionError):
+            pass  # a damaged header: estimated as any other upload
+    return len(data) / ESTIMATED_BYTES_PER_SECOND
+
+
+def transcript_usage(body: bytes, call: TranscriptionCall, provider: Provider) -> Usage:
+    """What a transcript is billed for: the tokens its ``usage`` reports (OpenAI's
+    ``{"type": "tokens", input_tokens, output_tokens}``), and the audio's seconds, as
+    ``usage.seconds`` (``{"type": "duration"}``) or verbose_json's ``duration`` reports
+    them, else ``call.seconds``. A text, SRT or VTT answer reports neither."""
+    prompt, output, seconds = call.prompt_tokens, 0, call.seconds
+    if call.response_format not in ("json", "verbose_json"):
+        return Usage(prompt, output, audio_seconds=seconds)
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise UpstreamServerError(f"provider '{provider.name}' answered a transcript that is "
+                                  "not a JSON object", provider=provider.name)
+    usage = document.get("usage") or {}
+    if usage.get("type") == "tokens":
+        prompt = reported_count(usage.get("input_tokens"), provider, "tokens") or 0
+        output = reported_count(usage.get("output_tokens"), provider, "tokens") or 0
+    duration = usage.get("seconds") if usage.get("type") == "duration" \
+        else document.get("duration")
+    if duration is not None:
+        if isinstance(duration, bool) or not isinstance(duration, int | float) \
+                or not 0 <= duration < float("inf"):
+            raise UpstreamServerError(f"provider '{provider.name}' reported a duration that "
+                                      f"is not a number of seconds ({duration!r})",
+                                      provider=provider.name)
+        seconds = float(duration)
+    return Usage(prompt, output, audio_seconds=seconds)

@@ -1,0 +1,358 @@
+"""A real ``aigw serve`` process serving OpenAI's audio endpoints (/v1/audio/transcriptions,
+/translations and /speech) over OpenAI's API and an OpenAI-compatible server (speaches,
+say: their fakes), and echo's offline ones, through the official openai SDK: each answer
+format passed through, the bill in the ledger and the access log (per minute, per token,
+per character), a fallback between the two upstreams, speech passed on as it comes, an
+upload past the cap refused before it is read, and each bad request's 4xx."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import select
+import socket
+import sqlite3
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..fakes.openai_audio import speech_bytes, transcript_text
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from .server import Server, sdk_gateway
+
+pytestmark = pytest.mark.e2e
+
+UPLOAD_CAP = 200_000
+
+
+def wav(seconds: float, rate: int = 8000) -> bytes:
+    """A WAV file of silence ``seconds`` long (16-bit mono)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(rate)
+        audio.writeframes(b"\0\0" * int(rate * seconds))
+    return buffer.getvalue()
+
+
+@dataclass
+class Audio:
+    openai: OpenAIFake
+    speaches: OpenAIFake
+    client: openai.OpenAI
+    server: Server
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.server.base_url}/v1/audio/{path}", timeout=10,
+                          headers={"authorization": f"Bearer {DEV_KEY}"}, **kwargs)
+
+    def ledger(self, request_id: str) -> tuple[Any, ...]:
+        with sqlite3.connect(self.server.root / "aigw.sqlite") as ledger:
+            row: tuple[Any, ...] = ledger.execute(
+                "SELECT route, deployment, status, tokens_in, tokens_out, cost_nanos / 1e9 "
+                "FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
+        ledger.close()
+        return row
+
+
+@pytest.fixture
+def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
+    upstream, speaches = OpenAIFake(), OpenAIFake(name="fake-speaches")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
+    monkeypatch.setenv("FAKE_SPEACHES_KEY", speaches.api_key)
+    with serving(upstream.app) as openai_url, serving(speaches.app) as speaches_url, \
+            sdk_gateway(tmp_path / "gw", (
+                f"settings: {{max_audio_upload_bytes: {UPLOAD_CAP}}}\n"
+                "providers:\n"
+                f'  openai: {{type: openai, base_url: "{openai_url}/v1", '
+                'api_key: "${FAKE_OPENAI_KEY}"}\n'
+                f'  speaches: {{type: openai_compatible, base_url: "{speaches_url}/v1", '
+                'api_key: "${FAKE_SPEACHES_KEY}"}\n'
+                "  local: {type: echo}\n"
+                "deployments:\n"
+                "  whisper: {provider: openai, model: whisper-1, kind: transcription,\n"
+                "            context_window: 8192, price: {per_minute: 0.006}}\n"
+                "  gpt-4o-transcribe: {provider: openai, model: gpt-4o-transcribe,\n"
+                "            kind: transcription, context_window: 16000,\n"
+                "            price: {input: 2.5, output: 10.0}}\n"
+                "  faster-whisper: {provider: speaches, model: Systran/faster-whisper-small,\n"
+                "            kind: transcription, context_window: 8192,\n"
+                "            price: {per_minute: 0.001}}\n"
+                "  tts: {provider: openai, model: tts-1, kind: speech, context_window: 4096,\n"
+                "        price: {per_1m_characters: 15.0}}\n"
+                "  kokoro: {provider: speaches, model: kokoro, kind: speech,\n"
+                "           context_window: 4096}\n"
+                "  echo-transcribe: {provider: local, model: echo-t, kind: transcription,"
+                " context_window: 8192}\n"
+                "  echo-speech: {provider: local, model: echo-s, kind: speech,"
+                " context_window: 8192}\n"
+                "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
+                "groups:\n"
+                "  transcribe: {members: [whisper, faster-whisper], retry: {attempts: 0}}\n"
+                "  speak: {members: [tts, kokoro], retry: {attempts: 0}}\n"
+                "routes:\n"
+                "  whisper: {deployment: whisper}\n"
+                "  gpt-4o-transcribe: {deployment: gpt-4o-transcribe}\n"
+                "  transcribe: {group: transcribe}\n"
+                "  tts: {deployment: tts}\n"
+                "  speak: {group: speak}\n"
+                "  local-transcribe: {deployment: echo-transcribe}\n"
+                "  local-speech: {deployment: echo-speech}\n"
+                "  chat: {deployment: echo-chat}\n"
+            )) as (client, server):
+        yield Audio(upstream, speaches, client, server)
+
+
+def test_each_transcript_format_is_passed_through(audio: Audio) -> None:
+    upload = wav(2.0)
+    text = transcript_text(len(upload))
+    answer = audio.client.audio.transcriptions.create(
+        model="whisper", file=("speech.wav", upload, "audio/wav"), language="en",
+        prompt="A talk.", temperature=0.2)
+    assert answer.text == text
+    sent = audio.openai.script.requests[-1]
+    assert sent == {"model": "whisper-1", "language": "en", "prompt": "A talk.",
+                    "temperature": "0.2",
+                    "file": {"filename": "speech.wav", "content_type": "audio/wav",
+                             "size": len(upload)}}
+    assert audio.openai.script.headers[-1]["authorization"] == f"Bearer {audio.openai.api_key}"
+
+    assert audio.client.audio.transcriptions.create(
+        model="whisper", file=("speech.wav", upload), response_format="text") == f"{text}\n"
+    srt = audio.client.audio.transcriptions.create(
+        model="whisper", file=("speech.wav", upload), response_format="srt")
+    assert srt == f"1\n00:00:00,000 --> 00:00:42,500\n{text}\n"
+    vtt = audio.client.audio.transcriptions.create(
+        model="whisper", file=("speech.wav", upload), response_format="vtt")
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:42.500\n")
+    verbose = audio.client.audio.transcriptions.create(
+        model="whisper", file=("speech.wav", upload), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"])
+    assert (verbose.duration, verbose.language, verbose.text) == (42.5, "english", text)
+    assert verbose.words is not None and [w.word for w in verbose.words] == text.split()
+    assert audio.openai.script.requests[-1]["timestamp_granularities[]"] == ["word", "segment"]
+
+
+def test_a_translation_goes_to_the_translations_endpoint(audio: Audio) -> None:
+    upload = wav(1.0)
+    with pytest.deprecated_call():  # the SDK marks OpenAI's translations deprecated
+        response = audio.client.audio.translations.with_raw_response.create(
+            model="whisper", file=("speech.wav", upload))
+    assert response.parse().text == transcript_text(len(upload))
+    assert set(audio.openai.script.requests[-1]) == {"model", "file"}
+    line = audio.server.access_line(response.headers["x-request-id"])
+    assert line is not None
+    assert (line["endpoint"], line["route"], line["status"]) == ("translations", "whisper", 200)
+
+
+def test_whisper_is_billed_per_minute_of_the_duration_it_reports(audio: Audio) -> None:
+    response = audio.client.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("speech.wav", wav(2.0)), response_format="verbose_json")
+    request_id = response.headers["x-request-id"]
+    route, deployment, status, _, _, cost = audio.ledger(request_id)
+    assert (route, deployment, status) == ("whisper", "whisper", 200)
+    assert cost == pytest.approx(42.5 / 60 * 0.006)  # the answer's duration, not the file's
+    line = audio.server.access_line(request_id)
+    assert line is not None
+    assert (line["endpoint"], line["cost"]) == ("transcriptions", pytest.approx(cost))
+
+
+def test_a_transcript_without_a_duration_is_billed_for_the_upload(audio: Audio) -> None:
+    """text, SRT and VTT report no duration: a WAV file's header tells its length, any
+    other upload is taken at 16,000 bytes a second (MP3 at 128 kbit/s)."""
+    exact = audio.client.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("speech.wav", wav(3.0)), response_format="text")
+    assert audio.ledger(exact.headers["x-request-id"])[-1] == pytest.approx(3 / 60 * 0.006)
+    guessed = audio.client.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("speech.mp3", b"\xff\xfb" * 24_000, "audio/mpeg"),
+        response_format="srt")
+    assert audio.ledger(guessed.headers["x-request-id"])[-1] == pytest.approx(3 / 60 * 0.006)
+
+
+def test_a_token_billed_transcription_is_billed_for_its_usage(audio: Audio) -> None:
+    response = audio.client.audio.transcriptions.with_raw_response.create(
+        model="gpt-4o-transcribe", file=("speech.wav", wav(1.0)))
+    assert response.parse().usage.type == "tokens"  # passed through as OpenAI wrote it
+    _, _, _, tokens_in, tokens_out, cost = audio.ledger(response.headers["x-request-id"])
+    assert (tokens_in, tokens_out) == audio.openai.audio_tokens
+    assert cost == pytest.approx((120 * 2.5 + 30 * 10.0) / 1_000_000)
+
+
+def test_speech_is_streamed_through_with_its_content_type_and_billed(audio: Audio) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="tts", input=text, voice="alloy", response_format="wav",
+            speed=1.5) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        assert response.headers["x-aigw-deployment"] == "tts"
+        data = response.read()
+        request_id = response.headers["x-request-id"]
+    assert data == speech_bytes(text, audio.openai.speech_size)
+    assert audio.openai.script.requests[-1] == {"model": "tts-1", "input": text, "voice": "alloy",
+                                                "response_format": "wav", "speed": 1.5}
+    route, deployment, status, _, _, cost = audio.ledger(request_id)
+    assert (route, deployment, status) == ("tts", "tts", 200)
+    assert cost == pytest.approx(len(text) * 15.0 / 1_000_000)
+    line = audio.server.access_line(request_id)
+    assert line is not None and line["endpoint"] == "speech"
+    mp3 = audio.client.audio.speech.create(model="tts", input="hi", voice="alloy")
+    assert mp3.response.headers["content-type"] == "audio/mpeg"  # OpenAI's default format
+
+
+def test_speech_reaches_the_client_before_the_upstream_has_sent_it_all(audio: Audio) -> None:
+    audio.openai.speech_pause_s = 2.0  # between the first chunk and the rest
+    started = time.monotonic()
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="tts", input="hello", voice="alloy") as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        first_at = time.monotonic() - started
+        rest = b"".join(chunks)
+    assert first_at < 1.5, first_at  # not held until the whole file came
+    assert time.monotonic() - started >= 2.0
+    assert first + rest == speech_bytes("hello", audio.openai.speech_size)
+
+
+def test_a_failing_upstream_falls_back_to_the_next_member(audio: Audio) -> None:
+    audio.openai.script.actions.append(Action(status=500))
+    upload = wav(1.0)
+    response = audio.client.audio.transcriptions.with_raw_response.create(
+        model="transcribe", file=("speech.wav", upload))
+    assert (response.headers["x-aigw-deployment"], response.headers["x-aigw-attempts"]) == (
+        "faster-whisper", "2")
+    assert response.parse().text == transcript_text(len(upload))
+    assert audio.speaches.script.requests[-1]["model"] == "Systran/faster-whisper-small"
+    assert audio.speaches.script.requests[-1]["file"]["size"] == len(upload)  # sent again whole
+
+    audio.openai.script.actions.append(Action(status=503))
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="speak", input="fall back", voice="alloy") as spoken:
+        assert spoken.headers["x-aigw-deployment"] == "kokoro"
+        assert spoken.read() == speech_bytes("fall back", audio.speaches.speech_size)
+    assert audio.speaches.script.requests[-1]["model"] == "kokoro"
+
+
+def test_echo_transcribes_and_speaks_offline(audio: Audio) -> None:
+    upload = wav(1.5)
+    digest = hashlib.sha256(upload).hexdigest()[:16]
+    verbose = audio.client.audio.transcriptions.create(
+        model="local-transcribe", file=("speech.wav", upload), response_format="verbose_json")
+    assert verbose.text == f"echo transcript: {len(upload)} bytes, sha256 {digest}"
+    assert verbose.duration == 1.5
+    spoken = audio.client.audio.speech.create(model="local-speech", input="two words",
+                                              voice="alloy")
+    assert spoken.response.headers["content-type"] == "audio/wav"
+    with wave.open(io.BytesIO(spoken.content)) as silence:
+        assert silence.getnframes() / silence.getframerate() == pytest.approx(0.2)
+
+
+def test_an_upload_over_the_cap_is_refused(audio: Audio) -> None:
+    with pytest.raises(openai.APIStatusError) as refused:
+        audio.client.audio.transcriptions.create(model="whisper",
+                                                 file=("big.wav", b"\0" * (UPLOAD_CAP + 1)))
+    assert refused.value.status_code == 413
+    assert audio.openai.script.requests == []
+
+
+def test_an_upload_over_the_cap_is_refused_before_it_is_all_sent(audio: Audio) -> None:
+    """A chunked body (no Content-Length to refuse it by) is refused as it passes the cap:
+    the 413 comes while the client still has most of its 10 MB to send."""
+    host, port = audio.server.base_url.removeprefix("http://").split(":")
+    total, piece = 10 * 1024 * 1024, b"\0" * 65536
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: gw\r\n"
+            + f"authorization: Bearer {DEV_KEY}\r\n".encode()
+            + b"content-type: multipart/form-data; boundary=xx\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                sent += len(piece)
+        except OSError:  # the gateway answered and closed while we were sending
+            pass
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < total // 2, sent
+
+
+@pytest.mark.parametrize(("fields", "files", "param", "words"), [
+    ({"model": "whisper"}, {}, "file", "Missing required parameter: 'file'"),
+    ({"model": "whisper"}, {"file": ("a.wav", b"")}, "file", "'file' is empty"),
+    ({}, {"file": ("a.wav", b"RIFF")}, "model", "Missing required parameter: 'model'"),
+    ({"model": "whisper", "response_format": "mp4"}, {"file": ("a.wav", b"RIFF")},
+     "response_format", "expected one of json, text, srt, verbose_json, vtt"),
+    ({"model": "whisper", "temperature": "hot"}, {"file": ("a.wav", b"RIFF")},
+     "temperature", "expected a number from 0 to 1"),
+    ({"model": "whisper", "stream": "true"}, {"file": ("a.wav", b"RIFF")}, "stream",
+     "'stream' is not supported"),
+    ({"model": "whisper"}, {"audio": ("a.wav", b"RIFF")}, "audio",
+     "the audio goes in 'file'"),
+    ({"model": "chat"}, {"file": ("a.wav", b"RIFF")}, "model",
+     "'chat' is a chat model; it does not serve transcription"),
+])
+def test_bad_transcription_requests_are_refused_naming_the_field(
+    audio: Audio, fields: dict[str, str], files: dict[str, Any], param: str, words: str,
+) -> None:
+    # (None, value) parts: a multipart form even with no file in it
+    parts = {name: (None, value) for name, value in fields.items()} | files
+    response = audio.post("transcriptions", files=parts)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == (param, "invalid_request_error")
+    assert words in error["message"]
+    assert audio.openai.script.requests == []  # refused before any call went out
+
+
+def test_a_transcription_that_is_not_multipart_is_refused(audio: Audio) -> None:
+    response = audio.post("transcriptions", json={"model": "whisper", "file": "x"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "file"
+    assert "must be multipart/form-data" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"input": ""}, "input", "'input' is empty"),
+    ({"input": "x" * 4097}, "input", "'input' has 4097 characters; the most is 4096"),
+    ({"voice": None}, "voice", "'voice'"),
+    ({"response_format": "ogg"}, "response_format", "'response_format'"),
+    ({"speed": 5}, "speed", "'speed'"),
+    ({"stream_format": "sse"}, "stream_format", "'stream_format'"),
+    ({"model": "whisper"}, "model",
+     "'whisper' is a transcription model; it does not serve speech"),
+])
+def test_bad_speech_requests_are_refused_naming_the_field(
+    audio: Audio, body: dict[str, Any], param: str, words: str,
+) -> None:
+    sent = {name: value for name, value in
+            {"model": "tts", "input": "hello", "voice": "alloy", **body}.items()
+            if value is not None}
+    response = audio.post("speech", json=sent)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+    assert audio.openai.script.requests == []
+
+
+def test_an_audio_route_is_no_chat_model(audio: Audio) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        audio.client.chat.completions.create(
+            model="tts", messages=[{"role": "user", "content": "hi"}])
+    assert "tts is a speech model" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as embedded:
+        audio.client.embeddings.create(model="whisper", input="hi")
+    assert "'whisper' is a transcription model; it does not serve embeddings" \
+        in str(embedded.value)

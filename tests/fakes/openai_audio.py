@@ -1,0 +1,172 @@
+"""OpenAI's audio endpoints for the OpenAI fake (``OpenAIFake`` takes them in): the
+multipart ``/v1/audio/transcriptions`` and ``/translations``, and ``/v1/audio/speech``,
+with Azure OpenAI's deployment URLs for each.
+
+Shapes as OpenAI's API reference gives them: a ``json`` transcript is ``{"text",
+"usage"}`` (``{"type": "tokens", "input_tokens", "output_tokens", ...}`` for the
+gpt-4o-transcribe models, ``{"type": "duration", "seconds"}`` for whisper-1);
+``verbose_json`` is ``{"task", "language", "duration", "text", "segments"[, "words"]}``;
+``text``, ``srt`` and ``vtt`` are plain text. Speech is the audio's bytes, with the
+format's content type, sent in chunks (``speech_pause_s`` after the first one, for a test
+that the gateway passes the first on before the rest come).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+TRANSCRIPTION_FIELDS = {"model", "file", "language", "prompt", "response_format", "temperature",
+                        "timestamp_granularities[]", "include[]", "chunking_strategy", "stream"}
+TRANSLATION_FIELDS = {"model", "file", "prompt", "response_format", "temperature"}
+SPEECH_FIELDS = {"model", "input", "voice", "instructions", "response_format", "speed",
+                 "stream_format"}
+SPEECH_TYPES = {"mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac",
+                "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}
+
+
+def transcript_text(size: int) -> str:
+    return f"fake transcript of {size} bytes"
+
+
+def speech_bytes(text: str, size: int) -> bytes:
+    """What the fake speaks for ``text``: ``size`` bytes repeating the text's bytes."""
+    seed = text.encode() or b"\0"
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+class AudioFake:
+    """The audio half of ``OpenAIFake`` (its ``_authorized``, ``script`` and journal)."""
+
+    script: Any
+    journal: list[str] | None
+    name: str
+    # verbose_json's duration and whisper's usage.seconds; the tokens the gpt-4o models report.
+    audio_seconds = 42.5
+    audio_tokens = (120, 30)
+    speech_size = 48_000  # bytes of audio a speech answers
+    speech_pause_s = 0.0  # between its first chunk and the rest
+
+    def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
+        raise NotImplementedError
+
+    def audio_routes(self) -> list[Route]:
+        routes = []
+        for operation in ("transcriptions", "translations", "speech"):
+            handler = self._speech if operation == "speech" else self._transcription
+            routes.append(Route(f"/v1/audio/{operation}", handler, methods=["POST"]))
+            routes.append(Route(f"/openai/deployments/{{deployment}}/audio/{operation}",
+                                handler, methods=["POST"]))
+        return routes
+
+    async def _failure(self, request: Request, seen: dict[str, Any]) -> Response | None:
+        denied = self._authorized(request, "deployment" in request.path_params)
+        if denied:
+            return denied
+        self.script.requests.append(seen)
+        self.script.headers.append(dict(request.headers))
+        if self.journal is not None:
+            self.journal.append(self.name)
+        action = self.script.next()
+        if action.delay_s:
+            await asyncio.sleep(action.delay_s)
+        if action.status != 200:
+            return JSONResponse(action.body or {"error": {
+                "message": f"scripted failure {action.status}", "type": "server_error",
+                "param": None, "code": None}}, status_code=action.status)
+        return None
+
+    async def _transcription(self, request: Request) -> Response:
+        translation = request.url.path.endswith("/translations")
+        seen: dict[str, Any] = {}
+        size = 0
+        async with request.form() as form:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    size = len(await value.read())
+                    seen[name] = {"filename": value.filename,
+                                  "content_type": value.content_type, "size": size}
+                elif name in seen:  # a repeated field (timestamp_granularities[])
+                    earlier = seen[name]
+                    seen[name] = [*([earlier] if isinstance(earlier, str) else earlier), value]
+                else:
+                    seen[name] = value
+        failed = await self._failure(request, seen)
+        if failed:
+            return failed
+        allowed = TRANSLATION_FIELDS if translation else TRANSCRIPTION_FIELDS
+        unknown = [name for name in seen if name not in allowed]
+        if unknown:
+            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+        if "file" not in seen:
+            return _invalid("you must provide a file", "file")
+        model = str(seen.get("model") or "")
+        kind = seen.get("response_format", "json")
+        text = transcript_text(size)
+        if kind == "text":
+            return PlainTextResponse(f"{text}\n")
+        if kind in ("srt", "vtt"):
+            cue = f"1\n00:00:00,000 --> 00:00:42,500\n{text}\n"
+            return PlainTextResponse(cue if kind == "srt" else f"WEBVTT\n\n{cue.replace(',', '.')}")
+        if kind == "verbose_json":
+            document: dict[str, Any] = {
+                "task": "translate" if translation else "transcribe", "language": "english",
+                "duration": self.audio_seconds, "text": text,
+                "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": self.audio_seconds,
+                              "text": text, "tokens": [1, 2], "temperature": 0.0,
+                              "avg_logprob": -0.2, "compression_ratio": 1.1,
+                              "no_speech_prob": 0.01}]}
+            if "word" in seen.get("timestamp_granularities[]", ()):
+                document["words"] = [{"word": word, "start": 0.0, "end": 0.5}
+                                     for word in text.split()]
+            return JSONResponse(document)
+        if kind != "json":
+            return _invalid(f"response_format {kind!r} is not one of json, text, srt, "
+                            "verbose_json, vtt", "response_format")
+        if model.startswith("gpt-4o"):
+            fresh, written = self.audio_tokens
+            usage = {"type": "tokens", "input_tokens": fresh, "output_tokens": written,
+                     "total_tokens": fresh + written,
+                     "input_token_details": {"text_tokens": 0, "audio_tokens": fresh}}
+        else:
+            usage = {"type": "duration", "seconds": round(self.audio_seconds)}
+        return JSONResponse({"text": text, "usage": usage})
+
+    async def _speech(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _invalid("We could not parse the JSON body of your request.")
+        failed = await self._failure(request, body)
+        if failed:
+            return failed
+        unknown = [name for name in body if name not in SPEECH_FIELDS]
+        if unknown:
+            return _invalid(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+        text, voice = body.get("input"), body.get("voice")
+        if not isinstance(text, str) or not text or len(text) > 4096:
+            return _invalid("input must be a string of 1 to 4096 characters", "input")
+        if not voice:
+            return _invalid("you must provide a voice", "voice")
+        kind = body.get("response_format", "mp3")
+        data = speech_bytes(text, self.speech_size)
+        return StreamingResponse(self._spoken(data), media_type=SPEECH_TYPES[kind])
+
+    async def _spoken(self, data: bytes) -> AsyncIterator[bytes]:
+        step = 4096
+        yield data[:step]
+        await asyncio.sleep(self.speech_pause_s)
+        for start in range(step, len(data), step):
+            yield data[start:start + step]
+
+
+def _invalid(message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
+                                   "param": param, "code": None}}, status_code=400)

@@ -42,6 +42,10 @@ deployments:
   painter: {{provider: local, model: image-1, kind: image, context_window: 8192,
             price: {{per_image: 30}}}}
   moderator: {{provider: local, model: moderation-1, kind: moderation, context_window: 8192}}
+  speaker: {{provider: local, model: speak-1, kind: speech, context_window: 8192,
+            price: {{per_1m_characters: 1000000}}}}
+  listener: {{provider: local, model: listen-1, kind: transcription, context_window: 8192,
+             price: {{per_minute: 60}}}}
 groups:
   quotas: {{members: [quota-1, quota-2]}}
 routes:
@@ -52,6 +56,8 @@ routes:
   ranker: {{deployment: ranker}}
   painter: {{deployment: painter}}
   moderator: {{deployment: moderator}}
+  speaker: {{deployment: speaker}}
+  listener: {{deployment: listener}}
 teams:
   eng:
     budget: {{amount: 100, period: day}}

@@ -140,7 +140,8 @@ async def test_a_key_lists_and_finds_only_the_models_it_may_call(
     assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
     everything = (await alice.get("/v1/models")).json()["data"]
     assert [model["id"] for model in everything] == [
-        "free", "moderator", "paid", "painter", "quotas", "ranker", "vectors"]
+        "free", "listener", "moderator", "paid", "painter", "quotas", "ranker", "speaker",
+        "vectors"]
     assert (await alice.get("/v1/models/paid")).status_code == 200
 
 
@@ -477,6 +478,38 @@ async def test_moderation_is_free_but_rate_limited_and_recorded(limited: ClientF
     bob = client("bob")  # routes: [free]
     assert (await bob.post("/v1/moderations",
                            json={"model": "moderator", "input": "hi"})).status_code == 404
+
+
+async def test_audio_is_limited_budgeted_and_recorded(limited: ClientFactory) -> None:
+    """Speech and transcriptions count against the key's rpm and its team's budget (held
+    for a speech's characters before the call), and are in the spend ledger, priced per
+    character and per minute of audio."""
+    client = await limited(
+        extra_keys=f"  carol: {{team: eng, sha256: {digest(KEYS['carol'])}}}")
+    speak = {"model": "speaker", "input": "hello", "voice": "alloy"}  # 5 characters at 1
+    too_dear = await client("carol").post("/v1/audio/speech", json={**speak, "input": "x" * 101})
+    assert too_dear.status_code == 429, too_dear.text  # 101 held of a budget of 100
+    assert too_dear.json()["error"]["code"] == "insufficient_quota"
+    alice = client("alice")  # rpm 3; team eng: a budget of 100 a day
+    for _ in range(2):
+        spoken = await alice.post("/v1/audio/speech", json=speak)
+        assert spoken.status_code == 200, spoken.text
+        assert spoken.headers["x-ratelimit-remaining-requests"]
+    # Not a WAV file: taken at 16,000 bytes a second, so 2 s at 1 a second.
+    heard = await alice.post("/v1/audio/transcriptions", data={"model": "listener"},
+                             files={"file": ("talk.mp3", b"\xff" * 32_000, "audio/mpeg")})
+    assert heard.status_code == 200, heard.text
+    refused = await alice.post("/v1/audio/speech", json=speak)
+    assert refused.status_code == 429, refused.text
+    spend = (await client("dev").get("/admin/spend?group_by=route")).json()["data"]
+    speaker = next(row for row in spend if row["route"] == "speaker")
+    listener = next(row for row in spend if row["route"] == "listener")
+    assert (speaker["requests"], speaker["errors"], speaker["cost"]) == (4, 2, 10)
+    assert (listener["requests"], listener["cost"]) == (1, pytest.approx(2))
+    budgets = (await client("dev").get("/admin/budgets")).json()["data"]
+    assert next(b for b in budgets if b["name"] == "eng")["spent"] == pytest.approx(12)
+    bob = client("bob")  # routes: [free]
+    assert (await bob.post("/v1/audio/speech", json=speak)).status_code == 404
 
 
 async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> None:

@@ -287,6 +287,47 @@ async def test_a_route_policy_compares_rerank_deployments_by_search_unit_price(
     assert served.headers["x-aigw-deployment"] == "cheap"  # strategy priority says dear
 
 
+VOICES = {
+    "deployments": "  listener: {provider: local, model: listen-1, kind: transcription, "
+                   "context_window: 8192}\n"
+                   "  voice: {provider: local, model: voice-1, kind: speech, "
+                   "context_window: 8192}\n"
+                   "  voice-2: {provider: local, model: voice-2, kind: speech, "
+                   "context_window: 8192, tags: [preferred]}",
+    "groups": "  voices: {members: [voice, voice-2]}",
+    "routes": "  listen: {deployment: listener}\n  speak: {group: voices}",
+}
+
+
+async def test_audio_is_checked_and_explained_as_served(policy_gateway: Factory) -> None:
+    """Cedar's invoke on the route and route on each deployment hold for /v1/audio/* as
+    for a chat, and POST /route explains a speech route as /v1/audio/speech serves it."""
+    rules = """
+    @id("no-listening-for-eng")
+    forbid (principal in Team::"eng", action == Action::"invoke", resource == Route::"listen");
+
+    @id("voice-2-not-for-ops")
+    forbid (principal in Team::"ops", action == Action::"route",
+            resource == Deployment::"voice-2");
+    """
+    gw = await policy_gateway({"base.cedar": PERMIT_ALL, "prefer.cedar": PREFER_TAGGED,
+                               "audio.cedar": rules}, **VOICES)
+    invoke = await gw.client("alice").post("/v1/audio/transcriptions", data={"model": "listen"},
+                                           files={"file": ("a.mp3", b"\xff" * 100)})
+    assert (invoke.status_code, invoke.headers["x-aigw-policy-ids"]) == (
+        403, "no-listening-for-eng")
+    answer = (await gw.client().post("/route", json={"model": "speak", "key": "ops"})).json()
+    assert (answer["allowed"], answer["deployment"], answer["alternatives"]) == (
+        True, "voice", [])
+    served = await gw.client("ops").post("/v1/audio/speech", json={
+        "model": "speak", "input": "hello", "voice": "alloy"})
+    assert served.status_code == 200, served.text
+    assert served.headers["x-aigw-deployment"] == answer["deployment"]
+    heard = await gw.client("ops").post("/v1/audio/transcriptions", data={"model": "listen"},
+                                        files={"file": ("a.mp3", b"\xff" * 100)})
+    assert heard.status_code == 200, heard.text
+
+
 async def test_counting_a_messages_tokens_is_checked_as_sending_it_is(
     policy_gateway: Factory,
 ) -> None:

@@ -1,5 +1,6 @@
 """A real ``aigw serve`` process in front of Azure OpenAI's URLs (the OpenAI fake serves
-them), driven by the official openai SDK: chat, stream, a tool conversation, embeddings."""
+them), driven by the official openai SDK: chat, stream, a tool conversation, embeddings,
+audio."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import openai
 import pytest
 
+from ..fakes.openai_audio import speech_bytes, transcript_text
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
 from .server import sdk_gateway
@@ -37,9 +39,14 @@ def azure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ope
         "        capabilities: [streaming, tools]}\n"
         "  emb: {provider: az, model: prod-embedding, kind: embeddings,"
         " context_window: 8191}\n"
+        "  whisper: {provider: az, model: prod-whisper, kind: transcription,"
+        " context_window: 8192}\n"
+        "  tts: {provider: az, model: prod-tts, kind: speech, context_window: 4096}\n"
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
         "  emb: {deployment: emb}\n"
+        "  whisper: {deployment: whisper}\n"
+        "  tts: {deployment: tts}\n"
     )) as (client, _server):
         yield client, fake
 
@@ -101,3 +108,17 @@ def test_embeddings_through_azure(azure: tuple[openai.OpenAI, OpenAIFake]) -> No
     raw = client.embeddings.with_raw_response.create(model="emb", input="a",
                                                      encoding_format="base64")
     assert base64.b64decode(raw.parse().data[0].embedding)  # type: ignore[arg-type]
+
+
+def test_audio_reaches_the_azure_deployments_audio_urls(
+    azure: tuple[openai.OpenAI, OpenAIFake],
+) -> None:
+    client, fake = azure
+    transcript = client.audio.transcriptions.create(model="whisper",
+                                                    file=("a.mp3", b"\xff" * 100))
+    assert transcript.text == transcript_text(100)
+    assert fake.script.headers[-1]["api-key"] == fake.api_key  # and api-version, or a 404
+    assert fake.script.requests[-1]["model"] == "prod-whisper"
+    spoken = client.audio.speech.create(model="tts", input="hi azure", voice="alloy")
+    assert spoken.content == speech_bytes("hi azure", fake.speech_size)
+    assert fake.script.requests[-1]["model"] == "prod-tts"

@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response, StreamingResponse
@@ -145,10 +146,13 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         exchange, key, route, kind="speech", model=request.model, prompt_tokens=prompt_tokens,
         ask=AudioAsk(live.adapters, "speech", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
-        call=call, noted=_noted_speech)
+        call=call, noted=_noted_speech, release=lambda result: result.audio.aclose())
     audio = won.value.audio
+    # Released after the response too: a client gone before the first chunk never
+    # started the iterator, whose own ``finally`` would have let the connection go.
     return StreamingResponse(_passed_on(audio), media_type=audio.content_type,
-                             headers=answer_headers(exchange, route, won))
+                             headers=answer_headers(exchange, route, won),
+                             background=BackgroundTask(_released, audio))
 
 
 async def _passed_on(audio: ByteStream) -> AsyncIterator[bytes]:
@@ -159,6 +163,10 @@ async def _passed_on(audio: ByteStream) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         audio.aclose()
+
+
+async def _released(audio: ByteStream) -> None:
+    audio.aclose()  # async, so Starlette runs it on the loop, not in a thread
 
 
 async def _form(exchange: Exchange, body: bytes) -> FormData:

@@ -1,5 +1,5 @@
 """The stages of a call that is no chat (/v1/embeddings, /v1/rerank, /v1/images/generations,
-/v1/moderations) through a route.
+/v1/moderations, /v1/audio/*) through a route.
 
     record -> route allowed -> Cedar invoke -> serves it? -> limits and budget held ->
     attempt loop (members, retries, fallbacks, circuits, hedges) -> billed -> settled
@@ -13,7 +13,6 @@ and the call made to a member's adapter.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
@@ -46,6 +45,7 @@ async def call_route(
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
     operation: str | None = None,
     search_units: int = 0,
+    release: Callable[[A], None] | None = None,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
@@ -53,7 +53,9 @@ async def call_route(
     and the dearest member's ``cost``, the call billed and settled (``exchange.close``);
     a call cut short is billed ``prompt_tokens`` and ``search_units`` (a rerank call's).
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
-    route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``)."""
+    route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
+    lets go of an answer still being read (speech's open audio) that is not passed on: a
+    hedge's loser's, or the winner's when billing fails."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
     operation = operation or kind
     record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
@@ -78,13 +80,23 @@ async def call_route(
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
-    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt,
-                       partial(bill_loser, record), gate=gate)
+    async def discard(lost: Won[A]) -> None:
+        if release is not None:
+            release(lost.value)
+        await bill_loser(record, lost)
+
+    loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, discard,
+                       gate=gate)
     # A client that leaves stops the call (a 499, the call billed as cut short), as a
     # chat's does: it ran on to its end, billed and logged as a 200 no one received.
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
-    bill_answer(live, record, won)
-    await exchange.close()
+    try:
+        bill_answer(live, record, won)
+        await exchange.close()
+    except BaseException:
+        if release is not None:
+            release(won.value)
+        raise
     return won
 
 

@@ -224,6 +224,17 @@ def test_speech_reaches_the_client_before_the_upstream_has_sent_it_all(audio: Au
     assert first + rest == speech_bytes("hello", audio.openai.speech_size)
 
 
+def test_a_client_gone_mid_speech_lets_the_upstreams_answer_go(audio: Audio) -> None:
+    audio.openai.speech_pause_s = 30.0
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="tts", input="hello", voice="alloy") as response:
+        next(response.iter_bytes())
+    deadline = time.monotonic() + 10
+    while audio.openai.speeches_cut == 0:  # not held open until the pause ends
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_a_failing_upstream_falls_back_to_the_next_member(audio: Audio) -> None:
     audio.openai.script.actions.append(Action(status=500))
     upload = wav(1.0)

@@ -53,6 +53,7 @@ class AudioFake:
     audio_tokens = (120, 30)
     speech_size = 48_000  # bytes of audio a speech answers
     speech_pause_s = 0.0  # between its first chunk and the rest
+    speeches_cut = 0  # speech answers whose reader went away before their end
 
     def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
         raise NotImplementedError
@@ -161,10 +162,14 @@ class AudioFake:
 
     async def _spoken(self, data: bytes) -> AsyncIterator[bytes]:
         step = 4096
-        yield data[:step]
-        await asyncio.sleep(self.speech_pause_s)
-        for start in range(step, len(data), step):
-            yield data[start:start + step]
+        try:
+            yield data[:step]
+            await asyncio.sleep(self.speech_pause_s)
+            for start in range(step, len(data), step):
+                yield data[start:start + step]
+        except (asyncio.CancelledError, GeneratorExit):
+            self.speeches_cut += 1
+            raise
 
 
 def _invalid(message: str, param: str | None = None) -> JSONResponse:

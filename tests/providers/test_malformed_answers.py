@@ -1,8 +1,8 @@
 """What providers send that they should not: answers of the wrong shape, broken
 Retry-After headers, streams that stop short, no usage, negative usage, embeddings,
-rankings, images and moderation results of the wrong shape. Each is a clean upstream
-error (a 502 the next member of a group can stand in for) or is counted by the gateway,
-never a 500 with a traceback.
+rankings, images, moderation results and transcripts of the wrong shape. Each is a clean
+upstream error (a 502 the next member of a group can stand in for) or is counted by the
+gateway, never a 500 with a traceback.
 
 The upstream is scripted (tests/fakes/scripted.py): every request gets the answer the
 test last set, in the provider's wire format, as written."""
@@ -418,6 +418,41 @@ async def test_images_and_moderations_of_the_wrong_shape_are_a_502(
     scripted.now(body)
     response = await client.post(path, json=ask)
     assert response.status_code == 502, response.text
+
+
+TRANSCRIPTS = {
+    "not an object": b"[1, 2]",
+    "a negative duration": {"text": "hi", "usage": {"type": "duration", "seconds": -3}},
+    "a duration that is text": {"text": "hi", "duration": "long", "task": "transcribe"},
+    "negative tokens": {"text": "hi", "usage": {"type": "tokens", "input_tokens": -1,
+                                                "output_tokens": 2}},
+}
+
+
+@pytest.mark.parametrize("body", TRANSCRIPTS.values(), ids=TRANSCRIPTS.keys())
+async def test_transcripts_of_the_wrong_shape_are_a_502(
+    make_gateway: GatewayFactory, scripted: Scripted, body: object
+) -> None:
+    """A transcript's usage is billed as it is: one that is no count would refund the
+    budget, or break the bill. The text itself is passed through unread."""
+    client = await make_gateway(f"""
+        providers:
+          up: {{type: openai, base_url: "{scripted.base_url}/v1", api_key: "{PROVIDER_KEY}"}}
+        deployments:
+          whisper: {{provider: up, model: whisper-1, kind: transcription, context_window: 8000,
+                     price: {{per_minute: 0.006}}}}
+        routes:
+          whisper: {{deployment: whisper}}
+    """)
+    upload = {"file": ("a.mp3", b"\xff" * 100)}
+    scripted.now(body)
+    response = await client.post("/v1/audio/transcriptions", data={"model": "whisper"},
+                                 files=upload)
+    assert response.status_code == 502, response.text
+    scripted.now({"text": "hi", "usage": {"type": "duration", "seconds": 3}})
+    response = await client.post("/v1/audio/transcriptions", data={"model": "whisper"},
+                                 files=upload)
+    assert response.json() == {"text": "hi", "usage": {"type": "duration", "seconds": 3}}
 
 
 def _gemini(scripted: Scripted) -> str:

@@ -92,14 +92,18 @@ def audio_adapter(adapter: ChatAdapter, deployment: Deployment) -> AudioAdapter:
 
 
 def upload_seconds(data: bytes) -> float:
-    """How long an upload lasts: a WAV file's header tells; any other is estimated at
+    """How long an upload lasts: a PCM WAV file's samples after its header, at the rate
+    its header gives (not the frame count it claims: a header that says 0 would have its
+    audio billed as none); any other upload is estimated at
     ``ESTIMATED_BYTES_PER_SECOND``."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        file = io.BytesIO(data)
         try:
-            with wave.open(io.BytesIO(data)) as audio:
-                return float(audio.getnframes() / audio.getframerate())
+            with wave.open(file) as audio:  # read up to the samples' start
+                rate: int = audio.getframerate() * audio.getsampwidth() * audio.getnchannels()
+                return (len(data) - file.tell()) / rate
         except (wave.Error, EOFError, ZeroDivisionError):
-            pass  # a damaged header: estimated as any other upload
+            pass  # not PCM, or a damaged header: estimated as any other upload
     return len(data) / ESTIMATED_BYTES_PER_SECOND
 
 

@@ -169,11 +169,17 @@ def test_whisper_is_billed_per_minute_of_the_duration_it_reports(audio: Audio) -
 
 
 def test_a_transcript_without_a_duration_is_billed_for_the_upload(audio: Audio) -> None:
-    """text, SRT and VTT report no duration: a WAV file's header tells its length, any
-    other upload is taken at 16,000 bytes a second (MP3 at 128 kbit/s)."""
+    """text, SRT and VTT report no duration: a WAV file's samples at its header's rate
+    tell its length (not the count its header claims), any other upload is taken at
+    16,000 bytes a second (MP3 at 128 kbit/s)."""
     exact = audio.client.audio.transcriptions.with_raw_response.create(
         model="whisper", file=("speech.wav", wav(3.0)), response_format="text")
     assert audio.ledger(exact.headers["x-request-id"])[-1] == pytest.approx(3 / 60 * 0.006)
+    lying = bytearray(wav(3.0))
+    lying[40:44] = bytes(4)  # its data chunk claims no samples
+    claimed = audio.client.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("speech.wav", bytes(lying)), response_format="vtt")
+    assert audio.ledger(claimed.headers["x-request-id"])[-1] == pytest.approx(3 / 60 * 0.006)
     guessed = audio.client.audio.transcriptions.with_raw_response.create(
         model="whisper", file=("speech.mp3", b"\xff\xfb" * 24_000, "audio/mpeg"),
         response_format="srt")

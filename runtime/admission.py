@@ -427,6 +427,7 @@ def cut_records(record: RequestRecord, graph: Graph,
         status=Cancelled.status,  # aigw stopped waiting for it (or for its answer)
         fingerprint=graph.fingerprint,
         estimated=True,
+        batch=record.batch,
     ) for number, cut in enumerate(record.cut or (), 1))
 
 
@@ -446,4 +447,5 @@ def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> Ledg
         latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
         status=record.status,
         fingerprint=graph.fingerprint,
+        batch=record.batch,
     )

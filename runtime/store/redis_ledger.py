@@ -311,7 +311,7 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
         "status": record.status,
         "fingerprint": record.fingerprint,
     }
-    for name in ("key", "team", "user", "route", "deployment"):
+    for name in ("key", "team", "user", "route", "deployment", "batch"):
         value = getattr(record, name)
         if value is not None:
             fields[name] = value
@@ -322,7 +322,7 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
 
 RECORD_FIELDS = ("request_id", "at", "key", "team", "user", "route", "deployment", "tokens_in",
                  "tokens_out", "cost_nanos", "latency_ms", "status", "fingerprint",
-                 "tokens_cached", "estimated")
+                 "tokens_cached", "estimated", "batch")
 
 
 def decode_record(fields: dict[str, str]) -> LedgerRecord:
@@ -342,4 +342,5 @@ def decode_record(fields: dict[str, str]) -> LedgerRecord:
         fingerprint=fields["fingerprint"],
         tokens_cached=int(fields.get("tokens_cached", 0)),  # absent from older records
         estimated=fields.get("estimated") == "1",  # absent: a request's own record
+        batch=fields.get("batch"),
     )

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     status      INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
     tokens_cached INTEGER NOT NULL DEFAULT 0,
-    estimated   INTEGER NOT NULL DEFAULT 0
+    estimated   INTEGER NOT NULL DEFAULT 0,
+    batch       TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
 CREATE INDEX IF NOT EXISTS ledger_team_at ON ledger (team, at);
@@ -70,7 +71,7 @@ PRAGMA user_version = 2;
 """
 # Columns added since: a ledger file an older aigw wrote gets them when it is opened.
 _ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0",
-                  "estimated": "INTEGER NOT NULL DEFAULT 0"}
+                  "estimated": "INTEGER NOT NULL DEFAULT 0", "batch": "TEXT"}
 
 # A row of ledger_daily per day and group. NULLs are all distinct in a UNIQUE index, so
 # the group's index reads a NULL as x'' (a blob, equal to no text, not even '').
@@ -386,7 +387,8 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
     cursor = connection.execute(
         "INSERT OR IGNORE INTO ledger (request_id, at, day, \"key\", team, \"user\", route, "
         "deployment, tokens_in, tokens_out, cost_nanos, latency_ms, status, fingerprint, "
-        "tokens_cached, estimated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "tokens_cached, estimated, batch) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.request_id,
             record.at,
@@ -404,6 +406,7 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
             record.fingerprint,
             record.tokens_cached,
             int(record.estimated),
+            record.batch,
         ),
     )
     return cursor.rowcount == 1

@@ -255,6 +255,7 @@ class LedgerRecord:
     fingerprint: str
     tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
     estimated: bool = False
+    batch: str | None = None  # the batch (/v1/batches) the request was a line of
 
 
 class Dimension(StrEnum):

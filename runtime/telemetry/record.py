@@ -128,6 +128,7 @@ class RequestRecord:
     budget_refused: tuple[str, str] | None = None
     # (guardrail, direction, action) of each guardrail that acted; None until one does.
     guardrails: list[tuple[str, str, str]] | None = None
+    batch: str | None = None  # the batch (/v1/batches) this request is a line of
 
     def waiting_upstream(self) -> None:
         """A call to a provider is waited on from now (until ``waited_upstream``). The
@@ -326,6 +327,7 @@ class Telemetry:
             if record.guardrails is not None else None,
             "cache_similarity": record.cache_similarity,
             "graph": record.graph,
+            "batch": record.batch,
         }).decode())
 
     def _end_span(self, record: RequestRecord) -> None:

@@ -55,6 +55,11 @@ class Settings:
     responses_chain_max_depth: int = 1000
     responses_chain_max_bytes: int = 16 << 20
     conversations_max_items: int = 10_000
+    files_dir: str = "aigw-files"
+    files_max_bytes: int = 200 << 20
+    batch_max_lines: int = 50_000
+    batch_concurrency: int = 4
+    batches_concurrency: int = 8
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,33 @@ class SettingsSpec(Spec):
         "last change. Adding items past either is a 400 (a response in the conversation "
         "is refused before any upstream call).",
     )
+    files_dir: str = Field(
+        "aigw-files",
+        description="The folder (relative to the gateway directory) where /v1/files keeps "
+        "the bytes of uploaded files and of batches' output and error files (their "
+        "records are in the embedded store's aigw-batches.sqlite). Shared by the processes "
+        "serving one gateway directory.",
+        pattern=r"^\S+$",
+    )
+    files_max_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = Field(
+        200 * 1024 * 1024,
+        description="Largest file POST /v1/files takes (OpenAI's batch input limit, "
+        "200 MB); a larger upload is a 413.",
+    )
+    batch_max_lines: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        50_000,
+        description="Most requests one batch's input file may hold (OpenAI's limit); a "
+        "longer file fails the batch with a line error.",
+    )
+    batch_concurrency: Annotated[int, Field(gt=0, le=1000)] = Field(
+        4,
+        description="Requests of one batch in flight at once.",
+    )
+    batches_concurrency: Annotated[int, Field(gt=0, le=10_000)] = Field(
+        8,
+        description="Requests of all batches in flight at once in one gateway process, "
+        "so that batches never take the upstreams from interactive traffic.",
+    )
 
 
 class LatencySpec(Spec):

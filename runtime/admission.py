@@ -47,6 +47,8 @@ from .store import (
     open_store,
     tightest_remaining,
 )
+from .store.batches import SQLiteBatches, batches_file
+from .store.factory import embedded_file
 from .store.stored_responses import ResponseStore, open_responses
 from .telemetry.record import CutCall, RequestRecord
 
@@ -72,6 +74,7 @@ class StoreHandle:
         self._retention = ledger_retention_days * 86_400.0 if ledger_retention_days else None
         self._store: Store | None = None
         self._responses: ResponseStore | None = None
+        self._batches: SQLiteBatches | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
         self._unchecked = False  # streams go on unchecked against budgets (store down)
@@ -98,6 +101,22 @@ class StoreHandle:
                 self._responses = await open_responses(self.url, self._root,
                                                        self._sync.upper())
         return self._responses
+
+    async def batches(self, create: bool = True) -> SQLiteBatches | None:
+        """Where /v1/files and /v1/batches keep their records (opened on first use); None
+        on a Redis store, which they do not support (runtime/batches/__init__.py), and,
+        unless ``create``, while no file was ever uploaded (the runner looks for work
+        without making the file)."""
+        if self._batches is not None:
+            return self._batches
+        ledger = embedded_file(self.url, self._root)
+        if ledger is None or (not create and not batches_file(ledger).exists()):
+            return None
+        async with self._lock:
+            if self._batches is None:
+                self._batches = await SQLiteBatches.open(batches_file(ledger),
+                                                         synchronous=self._sync.upper())
+        return self._batches
 
     def unchecked(self) -> None:
         """A stream's budget check found the store unavailable: logged once an outage
@@ -149,6 +168,9 @@ class StoreHandle:
         if self._responses is not None:
             await self._responses.aclose()
             self._responses = None
+        if self._batches is not None:
+            await self._batches.aclose()
+            self._batches = None
         if self._store is not None:
             await self._store.aclose()
             self._store = None

@@ -27,7 +27,8 @@ from aigw.compiler.graph import ApiKey
 from . import usage_api
 from .admin_page import admin_page_routes
 from .audio import speech, transcriptions, translations
-from .auth import authenticate, keys_status, require_admin
+from .auth import authenticate, key_named, keys_status, require_admin
+from .batches import BatchRunner, LineAnswer, batch_routes
 from .chat import chat_completions, new_record, overhead_header
 from .completions import create_completion
 from .conversations import conversation_routes
@@ -58,6 +59,7 @@ CIRCUITS_PUBLISHED_EVERY_S = 1.0
 log = logging.getLogger("aigw.http")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Answer = Callable[[Exchange, ApiKey, bytes], Awaitable[Response]]
 
 
 def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
@@ -67,6 +69,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
     the ASGI lifespan, or on first use)."""
     workflows = workflows or Workflows(gateway)
     endpoints = _Endpoints(gateway, PipelineChat(workflows))
+    batches = BatchRunner(gateway, endpoints.batch_line)
     mcp = McpProxy()
     # The model endpoints are most of the traffic: they are called without Starlette's
     # routing and middleware layers (bench/BENCH.md, "What the profiles found").
@@ -93,6 +96,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items,
                   methods=["GET"]),
             *conversation_routes(),
+            *batch_routes(batches),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
@@ -108,7 +112,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             *policy_routes(gateway),
             *mcp_routes(mcp),
         ],
-        lifespan=partial(_lifespan, gateway, workflows, mcp),
+        lifespan=partial(_lifespan, gateway, workflows, mcp, batches),
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -120,9 +124,9 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
 
 @asynccontextmanager
 async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
-                    app: object) -> AsyncIterator[None]:
-    """vLLM servers' metrics are read for as long as the app serves; pipelines run; the
-    MCP proxy's client is closed at the end."""
+                    batches: BatchRunner, app: object) -> AsyncIterator[None]:
+    """vLLM servers' metrics are read for as long as the app serves; pipelines and
+    batches run; the MCP proxy's client is closed at the end."""
     tasks = [asyncio.create_task(
         UpstreamLoadWatch(lambda: (gateway.live.graph, gateway.routing)).run(),
         name="aigw-upstream-load")]
@@ -133,7 +137,7 @@ async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
         # left in its outbox file are sent without waiting for a request.
         await gateway.store.get()
     try:
-        async with workflows.lifespan(app):
+        async with workflows.lifespan(app), batches.running():
             yield
     finally:
         for task in tasks:
@@ -269,53 +273,89 @@ def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
 
 
+async def exchanged(exchange: Exchange, key: Callable[[], ApiKey],
+                    body: Callable[[], Awaitable[bytes]], answer: Answer) -> Response:
+    """``answer``'s response to ``key()`` and ``body()``. Failed or cancelled (a shutdown
+    past its grace), the request's hold is given back and its ledger record written here;
+    served, ``answer`` settled it, and a stream's record is finished when the stream ends."""
+    live, record = exchange.live, exchange.record
+    try:
+        response = await answer(exchange, key(), await body())
+    except GatewayError as exc:
+        await exchange.fail(exc)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        live.telemetry.refused(record, exchange.headers)
+        live.telemetry.finish(record)
+        raise
+    except asyncio.CancelledError:
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    except Exception:  # aigw's own fault (logged by the handler): still given back,
+        # recorded and counted, as any failure, rather than held until it expires
+        await exchange.fail(InternalError("The gateway had an internal error."))
+        live.telemetry.finish(record)
+        raise
+    if not record.stream:
+        live.telemetry.finish(record)
+    return response
+
+
+# A batch line's request has no headers of its own: its key is the batch's creator's.
+_BATCH_HEADERS = Headers({})
+
+
 class _Endpoints:
     def __init__(self, gateway: Gateway, pipelines: PipelineChat | None = None) -> None:
         self.gateway = gateway
         self.pipelines = pipelines
+        # What a batch's line may be (runtime/batches): the endpoint's name and answer.
+        self._batchable: dict[str, tuple[str, Answer]] = {
+            "/v1/chat/completions": ("chat", partial(chat_completions, pipelines=pipelines)),
+            "/v1/completions": ("completions", create_completion),
+            "/v1/embeddings": ("embeddings", embeddings),
+            "/v1/responses": ("responses", create_response),
+        }
 
     async def chat(self, request: Request) -> Response:
         return await self._exchanged(request, "chat",
                                      partial(chat_completions, pipelines=self.pipelines))
 
-    async def _exchanged(
-        self, request: Request, endpoint: str,
-        answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]], upload: bool = False,
-    ) -> Response:
+    async def _exchanged(self, request: Request, endpoint: str, answer: Answer,
+                         upload: bool = False) -> Response:
         """``answer``'s response to the request's key and body. The key is checked before
         the body is read: a caller without one cannot make the gateway hold megabytes.
-        Failed or cancelled (a shutdown past its grace), the request's hold is given back
-        and its ledger record written here; served, ``answer`` settled it, and a
-        stream's record is finished when the stream ends. ``upload``: the body is a file's
-        multipart form, bounded by ``max_audio_upload_bytes``."""
+        ``upload``: the body is a file's multipart form, bounded by
+        ``max_audio_upload_bytes``."""
         live = _live(request)
         record = new_record(live, endpoint)
         exchange = Exchange(live, record, request.headers, lambda: self.gateway.live,
                             partial(client_gone, request.receive))
+        settings = live.graph.settings
+        return await exchanged(exchange, partial(authenticate, live.graph, request.headers),
+                               partial(read_body, request, settings, upload_limit=(
+                                   settings.max_audio_upload_bytes if upload else None)),
+                               answer)
+
+    async def batch_line(self, key_name: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        """One line of ``batch`` answered as a POST of ``body`` to ``path`` by the key named
+        ``key_name`` is (the batch's creator): the same exchange, limits, routing, billing
+        and telemetry, its ledger record and access line marked with the batch."""
+        live = self.gateway.live
+        endpoint, answer = self._batchable[path]
+        record = new_record(live, endpoint)
+        record.batch = batch
+        exchange = Exchange(live, record, _BATCH_HEADERS, lambda: self.gateway.live)
+
+        async def read() -> bytes:
+            return body
+
         try:
-            key = authenticate(live.graph, request.headers)
-            settings = live.graph.settings
-            body = await read_body(request, settings, upload_limit=settings.max_audio_upload_bytes
-                                   if upload else None)
-            response = await answer(exchange, key, body)
+            response = await exchanged(exchange, partial(key_named, live.graph, key_name),
+                                       read, answer)
         except GatewayError as exc:
-            await exchange.fail(exc)
-            exc.headers = {**exc.headers, **overhead_header(record)}
-            live.telemetry.refused(record, request.headers)
-            live.telemetry.finish(record)
-            raise
-        except asyncio.CancelledError:
-            await exchange.cancelled()
-            live.telemetry.finish(record)
-            raise
-        except Exception:  # aigw's own fault (logged by the handler): still given back,
-            # recorded and counted, as any failure, rather than held until it expires
-            await exchange.fail(InternalError("The gateway had an internal error."))
-            live.telemetry.finish(record)
-            raise
-        if not record.stream:
-            live.telemetry.finish(record)
-        return response
+            return LineAnswer(exc.status, exc.body(), record.request_id, exc)
+        return LineAnswer(response.status_code, bytes(response.body), record.request_id)
 
     async def costs_summary(self, request: Request) -> Response:
         return await usage_api.costs_summary(_live(request), request)

@@ -63,6 +63,18 @@ def key_for(graph: Graph, token: str) -> ApiKey:
     return key
 
 
+def key_named(graph: Graph, name: str) -> ApiKey:
+    """The key called ``name`` in ``graph`` (a batch's lines run as the key that created
+    it), refused as its secret would be: gone from the config, or expired."""
+    key = graph.keys_by_name.get(name)
+    if key is None:
+        raise Unauthorized(f"The API key '{name}' is no longer in the gateway's config.")
+    if key.expires_at is not None and key.expires_at <= time.time():
+        raise _named(KeyExpired(
+            f"The API key '{key.name}' expired at {shown_moment(key.expires_at)}."), key)
+    return key
+
+
 def _named(refusal: Unauthorized, key: ApiKey) -> Unauthorized:
     refusal.key_name, refusal.team_name = key.name, key.team.name if key.team else None
     return refusal

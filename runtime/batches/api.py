@@ -1,0 +1,231 @@
+"""The HTTP side of /v1/files and /v1/batches: OpenAI's shapes, the caller's own only."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aigw.compiler.graph import ApiKey
+
+from ..auth import authenticate
+from ..conversations import Metadata
+from ..errors import BadRequest, Conflict, NotFound, NotImplementedRoute, PayloadTooLarge
+from ..incoming import read_body
+from ..live import Live
+from ..responses_wire import bad_request_from
+from ..store.batches import BatchRow, FileRow, SQLiteBatches
+from .input import check_input
+from .runner import BatchRunner, owner_of
+
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                   "/v1/responses")
+COMPLETION_WINDOW_S = 86_400
+_FORM_SLACK = 64 << 10  # of a multipart upload, beside the file: its boundaries and fields
+_PURPOSES = ("batch",)
+
+
+class CreateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                      "/v1/responses"]
+    completion_window: Literal["24h"]
+    metadata: Metadata | None = None
+
+
+def batch_routes(runner: BatchRunner) -> list[Route]:
+    api = _Api(runner)
+    return [
+        Route("/v1/files", api.files, methods=["GET", "POST"]),
+        Route("/v1/files/{file_id}", api.file, methods=["GET", "DELETE"]),
+        Route("/v1/files/{file_id}/content", api.content, methods=["GET"]),
+        Route("/v1/batches", api.batches, methods=["GET", "POST"]),
+        Route("/v1/batches/{batch_id}", api.batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", api.cancel, methods=["POST"]),
+    ]
+
+
+def _live(request: Request) -> Live:
+    live: Live = request.scope["state"]["live"]
+    return live
+
+
+def _owner(key: ApiKey) -> str:
+    return owner_of(key.team.name if key.team else None, key.name)
+
+
+def _limit(request: Request, default: int, most: int) -> int:
+    text = request.query_params.get("limit")
+    try:
+        limit = int(text) if text is not None else default
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be a whole number from 1 to {most}.", param="limit")
+    return limit
+
+
+def _page(objects: list[dict[str, Any]], limit: int) -> JSONResponse:
+    shown = objects[:limit]
+    return JSONResponse({"object": "list", "data": shown,
+                         "first_id": shown[0]["id"] if shown else None,
+                         "last_id": shown[-1]["id"] if shown else None,
+                         "has_more": len(objects) > limit})
+
+
+class _Api:
+    def __init__(self, runner: BatchRunner) -> None:
+        self.runner = runner
+
+    async def _caller(self, request: Request) -> tuple[Live, ApiKey, SQLiteBatches]:
+        live = _live(request)
+        key = authenticate(live.graph, request.headers)
+        store = await live.store.batches()
+        if store is None:
+            raise NotImplementedRoute(
+                "/v1/files and /v1/batches need the embedded store: this gateway's store "
+                "is Redis.")
+        return live, key, store
+
+    async def _file(self, store: SQLiteBatches, key: ApiKey, file_id: str,
+                    param: str = "file_id") -> FileRow:
+        row = await store.file(file_id)
+        if row is None or (row.owner != _owner(key) and not key.admin):
+            raise NotFound(f"No such File object: {file_id}", param=param)
+        return row
+
+    async def files(self, request: Request) -> Response:
+        live, key, store = await self._caller(request)
+        if request.method == "POST":
+            return await self._upload(request, live, key, store)
+        limit = _limit(request, 10_000, 10_000)
+        order = request.query_params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise BadRequest("order must be 'asc' or 'desc'.", param="order")
+        rows = await store.files(None if key.admin else _owner(key),
+                                 request.query_params.get("purpose"),
+                                 request.query_params.get("after"), limit, order == "desc")
+        return _page([row.as_object() for row in rows], limit)
+
+    async def _upload(self, request: Request, live: Live, key: ApiKey,
+                      store: SQLiteBatches) -> Response:
+        most = live.graph.settings.files_max_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > most + _FORM_SLACK:
+            raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
+                             "'purpose' fields.")
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest("Missing required parameter: 'file'.", param="file")
+            if purpose not in _PURPOSES:
+                raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {purpose!r}.",
+                                 param="purpose")
+            data = await upload.read(most + 1)
+            filename = upload.filename or "upload.jsonl"
+        if len(data) > most:
+            raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
+        row = FileRow(f"file-{secrets.token_hex(12)}", _owner(key), filename, purpose,
+                      len(data), int(time.time()))
+        await self.runner.files().write(row.id, data)
+        await store.put_file(row)
+        return JSONResponse(row.as_object())
+
+    async def file(self, request: Request) -> Response:
+        _, key, store = await self._caller(request)
+        row = await self._file(store, key, request.path_params["file_id"])
+        if request.method == "GET":
+            return JSONResponse(row.as_object())
+        await store.delete_file(row.id)
+        await self.runner.files().delete(row.id)
+        return JSONResponse({"id": row.id, "object": "file", "deleted": True})
+
+    async def content(self, request: Request) -> Response:
+        _, key, store = await self._caller(request)
+        row = await self._file(store, key, request.path_params["file_id"])
+        try:
+            data = await self.runner.files().read(row.id)
+        except FileNotFoundError as exc:
+            raise NotFound(f"The content of {row.id} is gone from this gateway's "
+                           "files_dir.", param="file_id") from exc
+        return Response(data, media_type="application/octet-stream")
+
+    async def _batch(self, store: SQLiteBatches, key: ApiKey, batch_id: str) -> BatchRow:
+        row = await store.batch(batch_id)
+        if row is None or (row.owner != _owner(key) and not key.admin):
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        return row
+
+    async def batches(self, request: Request) -> Response:
+        live, key, store = await self._caller(request)
+        if request.method == "POST":
+            return await self._create(request, live, key, store)
+        limit = _limit(request, 20, 100)
+        rows = await store.batches(None if key.admin else _owner(key),
+                                   request.query_params.get("after"), limit)
+        return _page([row.as_object() for row in rows], limit)
+
+    async def _create(self, request: Request, live: Live, key: ApiKey,
+                      store: SQLiteBatches) -> Response:
+        try:
+            asked = CreateBatch.model_validate_json(
+                await read_body(request, live.graph.settings))
+        except ValidationError as exc:
+            raise bad_request_from(exc) from exc
+        source = await self._file(store, key, asked.input_file_id, "input_file_id")
+        if source.purpose != "batch":
+            raise BadRequest(f"The file {source.id} has purpose {source.purpose!r}, not "
+                             "'batch'.", param="input_file_id")
+        settings = live.graph.settings
+        data = await self.runner.files().read(source.id)
+        checked = await anyio.to_thread.run_sync(
+            check_input, data, asked.endpoint, settings.batch_max_lines,
+            settings.max_request_bytes)
+        now = int(time.time())
+        doc: dict[str, Any] = {
+            "id": f"batch_{secrets.token_hex(12)}", "object": "batch",
+            "endpoint": asked.endpoint, "errors": None, "input_file_id": source.id,
+            "completion_window": asked.completion_window, "status": "in_progress",
+            "output_file_id": None, "error_file_id": None, "created_at": now,
+            "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
+            "finalizing_at": None, "completed_at": None, "failed_at": None,
+            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "metadata": asked.metadata, "total": len(checked.lines)}
+        if checked.errors:
+            doc.update({"status": "failed", "failed_at": now, "in_progress_at": None,
+                        "total": 0, "errors": {"object": "list", "data": list(checked.errors)}})
+        await store.put_batch(doc["id"], _owner(key), key.name, doc)
+        self.runner.poke()
+        row = await store.batch(doc["id"])
+        assert row is not None
+        return JSONResponse(row.as_object())
+
+    async def batch(self, request: Request) -> Response:
+        _, key, store = await self._caller(request)
+        row = await self._batch(store, key, request.path_params["batch_id"])
+        return JSONResponse(row.as_object())
+
+    async def cancel(self, request: Request) -> Response:
+        _, key, store = await self._caller(request)
+        row = await self._batch(store, key, request.path_params["batch_id"])
+        if row.status in ("validating", "in_progress"):
+            await store.change(row.id, {"status": "cancelling",
+                                        "cancelling_at": int(time.time())},
+                               only_from=("validating", "in_progress"))
+            self.runner.poke()
+        found = await store.batch(row.id)
+        assert found is not None
+        if found.status not in ("cancelling", "cancelled"):
+            raise Conflict(f"Cannot cancel a batch with status '{found.status}'.")
+        return JSONResponse(found.as_object())

@@ -1,0 +1,331 @@
+"""Runs batches in the background: each line through the gateway's own request path.
+
+A runner looks for work every second (and at once when this process creates or cancels
+a batch): it takes the lease of every running batch nobody holds, and renews it every
+third of ``execution_lease_s`` while it runs the batch. With several processes on one
+store file, exactly one runs a batch at a time; one that died leaves its lease to lapse,
+and the next claimant resumes the batch, skipping every line that has a row (a line is
+recorded as it finishes, fenced by the lease). A line sent but not yet recorded when its
+process died is sent again: the one request a crash can repeat.
+
+Lines run at most ``batch_concurrency`` at once per batch and ``batches_concurrency``
+at once in the process. A line refused by the gateway's own rate limits or budgets (a
+429 that is not the upstream's) is tried again later, until the completion window ends,
+rather than counted as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import GatewayError, InternalError, RateLimited
+from ..store.batches import BatchRow, FileRow, SQLiteBatches
+from .input import InputLine, check_input
+
+if TYPE_CHECKING:
+    from ..live import Gateway
+
+log = logging.getLogger("aigw.batches")
+
+LOOK_EVERY_S = 1.0
+# At a stop, lines in flight are waited for this long (no new one is sent), then cut:
+# one cut is sent again by whichever process resumes the batch.
+STOP_WAIT_S = 10.0
+RETRY_LIMITED_S = 1.0  # a line refused by our own limits waits this at least
+
+
+class LeaseLost(Exception):
+    """Another process holds the batch now: this one stops running it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineAnswer:
+    """What a line's request answered: its status, body and request id; ``error`` when
+    the gateway refused or failed it."""
+
+    status: int
+    body: Any  # the answer's JSON (bytes), or an error's body (a dict)
+    request_id: str
+    error: GatewayError | None = None
+
+    def parsed(self) -> Any:
+        return json.loads(self.body) if isinstance(self.body, bytes) else self.body
+
+
+LineCall = Callable[[str, str, bytes, str], Awaitable[LineAnswer]]
+
+
+class FileBytes:
+    """The bytes of files, one per file under ``folder``; written to a temporary name and
+    renamed, so a file is whole or absent."""
+
+    def __init__(self, folder: anyio.Path) -> None:
+        self.folder = folder
+
+    async def write(self, file_id: str, data: bytes) -> None:
+        await self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".{file_id}.part"
+        await temporary.write_bytes(data)
+        await temporary.rename(self.folder / file_id)
+
+    async def read(self, file_id: str) -> bytes:
+        return await (self.folder / file_id).read_bytes()
+
+    async def delete(self, file_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await (self.folder / file_id).unlink()
+
+
+def owner_of(team: str | None, key: str) -> str:
+    """Files and batches are their team's (any key of it finds them), else their key's."""
+    return f"team:{team}" if team is not None else f"key:{key}"
+
+
+class BatchRunner:
+    """Finds, leases and runs batches; ``call`` answers one line (runtime/app.py)."""
+
+    def __init__(self, gateway: Gateway, call: LineCall,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.gateway = gateway
+        self._call = call
+        self._clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    def files(self) -> FileBytes:
+        settings = self.gateway.live.graph.settings
+        return FileBytes(anyio.Path(self.gateway.root) / settings.files_dir)
+
+    def poke(self) -> None:
+        """Look for work now (a batch was created or cancelled here)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.gateway.live.graph.settings.batches_concurrency)
+        looking = asyncio.create_task(self._look(), name="aigw-batches")
+        try:
+            yield
+        finally:
+            self._stopping = True
+            looking.cancel()
+            if self._active:
+                await asyncio.wait(list(self._active.values()), timeout=STOP_WAIT_S)
+            for task in self._active.values():
+                task.cancel()
+            await asyncio.gather(looking, *self._active.values(), return_exceptions=True)
+
+    async def _look(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                store = await self.gateway.store.batches(create=False)
+                if store is not None:
+                    lease_s = self.gateway.live.graph.settings.execution_lease_s
+                    for batch_id in await store.claim(self.owner, lease_s, self._clock()):
+                        if batch_id not in self._active:
+                            self._active[batch_id] = asyncio.create_task(
+                                self._held(store, batch_id), name=f"aigw-batch-{batch_id}")
+            except GatewayError as exc:  # the store is down: looked for again in a second
+                log.warning("looking for batches to run failed: %s", exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), LOOK_EVERY_S)
+            self._wake.clear()
+
+    async def _held(self, store: SQLiteBatches, batch_id: str) -> None:
+        """Run the batch while renewing its lease; give the lease back at the end (a
+        stop too), so that another process, or this one restarted, takes it at once."""
+        lost = asyncio.Event()
+        renewing = asyncio.create_task(self._renew(store, batch_id, lost))
+        try:
+            await _unless(lost, self._run(store, batch_id))
+        except Exception:  # logged: the lease lapses and the batch is tried again
+            log.exception("running batch %s failed", batch_id)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            self._active.pop(batch_id, None)
+            if not lost.is_set():
+                with contextlib.suppress(GatewayError):
+                    await asyncio.shield(store.release(batch_id, self.owner))
+
+    async def _renew(self, store: SQLiteBatches, batch_id: str, lost: asyncio.Event) -> None:
+        lease_s = self.gateway.live.graph.settings.execution_lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            if not await store.renew(batch_id, self.owner, self._clock() + lease_s):
+                log.warning("batch %s: its lease was taken over; stopping here", batch_id)
+                lost.set()
+                return
+
+    async def _run(self, store: SQLiteBatches, batch_id: str) -> None:
+        row = await store.batch(batch_id)
+        if row is None:
+            return
+        if row.status == "in_progress":
+            if not await self._lines(store, row):
+                return  # the gateway is stopping: the batch is resumed where it stopped
+            row = await store.batch(batch_id)
+            assert row is not None
+        await self._finish(store, row)
+
+    async def _lines(self, store: SQLiteBatches, row: BatchRow) -> bool:
+        """Send the lines that have no outcome yet; False if the gateway's stop cut that
+        short (the batch is neither finished nor expired)."""
+        settings = self.gateway.live.graph.settings
+        data = await self.files().read(row.doc["input_file_id"])
+        checked = await anyio.to_thread.run_sync(
+            check_input, data, row.doc["endpoint"], settings.batch_max_lines,
+            settings.max_request_bytes)
+        done = {line.line for line in await store.lines(row.id)}
+        pending = [line for line in checked.lines if line.line not in done]
+        per_batch = asyncio.Semaphore(settings.batch_concurrency)
+        stop = _Stop(store, row.id, row.doc["expires_at"], self._clock,
+                     lambda: self._stopping)
+        async with asyncio.TaskGroup() as group:
+            for line in pending:
+                await per_batch.acquire()
+                if await stop.now():
+                    per_batch.release()
+                    break
+                group.create_task(self._line(store, row, line, per_batch, stop))
+        if self._stopping:
+            return False
+        if stop.expired:
+            done = {line.line for line in await store.lines(row.id)}
+            for line in checked.lines:
+                if line.line not in done:
+                    await store.line_done(row.id, self.owner, line.line, False, _line_json(
+                        line, None, {"code": "batch_expired", "message": "This request could "
+                                     "not be executed before the completion window expired."}))
+            await store.change(row.id, {"status": "expired", "expired_at": int(self._clock())},
+                               self.owner)
+        return True
+
+    async def _line(self, store: SQLiteBatches, row: BatchRow, line: InputLine,
+                    per_batch: asyncio.Semaphore, stop: _Stop) -> None:
+        assert self._slots is not None
+        try:
+            while True:
+                async with self._slots:
+                    answer = await self._answer(row, line)
+                limited = isinstance(answer.error, RateLimited)
+                if not limited or await stop.now():
+                    break
+                await asyncio.sleep(max(RETRY_LIMITED_S, _retry_after(answer.error)))
+            if limited:  # the window ended (or the batch was cancelled) while it waited
+                return
+            ok = 200 <= answer.status < 300
+            response = {"status_code": answer.status, "request_id": answer.request_id,
+                        "body": answer.parsed()}
+            if not await store.line_done(row.id, self.owner, line.line, ok,
+                                         _line_json(line, response, None)):
+                raise LeaseLost(row.id)  # the lease is another's: it resumes the batch
+        finally:
+            per_batch.release()
+
+    async def _answer(self, row: BatchRow, line: InputLine) -> LineAnswer:
+        try:
+            return await self._call(row.key, row.doc["endpoint"], line.body, row.id)
+        except Exception:  # one line's bug fails that line, not the batch
+            log.exception("batch %s line %d failed in the gateway", row.id, line.line)
+            error = InternalError("The gateway had an internal error; it is logged.")
+            return LineAnswer(error.status, error.body(), "", error)
+
+    async def _finish(self, store: SQLiteBatches, row: BatchRow) -> None:
+        """Write the output and error files of a batch whose lines are done (or stopped)
+        and give it its final status; done again from the start after a restart."""
+        now = int(self._clock())
+        final = {"in_progress": "completed", "finalizing": "completed",
+                 "cancelling": "cancelled"}.get(row.status)
+        if final is None and row.status != "expired":
+            return
+        if row.status == "in_progress":
+            await store.change(row.id, {"status": "finalizing", "finalizing_at": now},
+                               self.owner, only_from=("in_progress",))
+        lines = await store.lines(row.id)
+        changes: dict[str, Any] = {}
+        for ok, name in ((True, "output"), (False, "error")):
+            chosen = [line.result for line in lines if line.ok is ok]
+            if not chosen:
+                continue
+            data = ("\n".join(chosen) + "\n").encode()
+            file_id = f"file-{row.id}-{name}"
+            await self.files().write(file_id, data)
+            await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
+                                         "batch_output", len(data), now))
+            changes[f"{name}_file_id"] = file_id
+        if final is not None:
+            changes.update({"status": final, f"{final}_at": now})
+        await store.change(row.id, changes, self.owner)
+
+
+class _Stop:
+    """Whether a batch's lines should stop being sent: it was cancelled, its completion
+    window ended, or the gateway is stopping. The store is asked at most once a second."""
+
+    def __init__(self, store: SQLiteBatches, batch_id: str, expires_at: float,
+                 clock: Callable[[], float], stopping: Callable[[], bool]) -> None:
+        self._store, self._id, self._expires_at, self._clock = store, batch_id, expires_at, clock
+        self._stopping = stopping
+        self._asked = 0.0
+        self._cancelled = False
+        self.expired = False
+
+    async def now(self) -> bool:
+        now = self._clock()
+        if now >= self._expires_at:
+            self.expired = True
+        elif not self._cancelled and now - self._asked >= 1.0:
+            self._asked = now
+            row = await self._store.batch(self._id)
+            self._cancelled = row is None or row.status != "in_progress"
+        return self.expired or self._cancelled or self._stopping()
+
+
+def _retry_after(error: GatewayError | None) -> float:
+    """The seconds a refusal's Retry-After asks for (0 when it has none)."""
+    for name, value in (error.headers if error is not None else {}).items():
+        if name.lower() == "retry-after":
+            with contextlib.suppress(ValueError):
+                return float(value)
+    return 0.0
+
+
+def _line_json(line: InputLine, response: dict[str, Any] | None,
+               error: dict[str, Any] | None) -> str:
+    """A line of the output or error file, as OpenAI writes it."""
+    return json.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id,
+                       "response": response, "error": error})
+
+
+async def _unless(lost: asyncio.Event, work: Awaitable[None]) -> None:
+    """``work``, cancelled if ``lost`` is set first (the lease went to another)."""
+    task = asyncio.ensure_future(work)
+    waiting = asyncio.create_task(lost.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,318 @@
+"""Files (/v1/files) and batches (/v1/batches) in the embedded store: a SQLite file of
+their own beside the ledger's (``aigw.sqlite`` -> ``aigw-batches.sqlite``), the files'
+bytes in ``settings.files_dir``.
+
+    files         one row per file: its owner, name, purpose, size (bytes on disk)
+    batches       one row per batch: its object (JSON), status, and the lease of the
+                  process running it (``lease_owner`` until ``lease_until``)
+    batch_lines   one row per finished line of a batch: its outcome, as the output or
+                  error file will hold it
+
+A line's row is written (committed) as the line finishes, fenced by the lease: a process
+that lost its batch's lease writes nothing. After a restart, or when a lease lapses
+(its process died), the next claimant runs only the lines without a row, so a line that
+finished is never sent (nor billed) again. ``request_counts`` are counted from the line
+rows, so they cannot drift from what the output files hold.
+
+Every job runs on the file's one writer thread (``SQLiteFile``), so a claim (a check then
+a write) is atomic even when several worker processes share the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .sqlite_file import SQLiteFile
+
+# A batch is run (and so leased) while it is in one of these.
+RUNNING = ("in_progress", "finalizing", "cancelling")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id          TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    purpose     TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_created ON files (created_at, id);
+CREATE TABLE IF NOT EXISTS batches (
+    id          TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    "key"       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    doc         TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
+CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at, id);
+CREATE TABLE IF NOT EXISTS batch_lines (
+    batch_id    TEXT NOT NULL,
+    line        INTEGER NOT NULL,
+    ok          INTEGER NOT NULL,
+    result      TEXT NOT NULL,
+    PRIMARY KEY (batch_id, line)
+) WITHOUT ROWID
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+
+    def as_object(self) -> dict[str, Any]:
+        """OpenAI's file object."""
+        return {"id": self.id, "object": "file", "bytes": self.bytes,
+                "created_at": self.created_at, "filename": self.filename,
+                "purpose": self.purpose, "status": "processed", "expires_at": None,
+                "status_details": None}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    id: str
+    owner: str
+    key: str  # the name of the key that created it: its lines run as that key
+    doc: Mapping[str, Any]  # the batch object, request_counts aside
+    completed: int  # lines that finished with a 2xx
+    failed: int  # lines that did not
+
+    @property
+    def status(self) -> str:
+        status: str = self.doc["status"]
+        return status
+
+    def as_object(self) -> dict[str, Any]:
+        """OpenAI's batch object."""
+        total = self.doc.get("total", 0)
+        found = {name: value for name, value in self.doc.items() if name != "total"}
+        return {**found, "request_counts": {"total": total, "completed": self.completed,
+                                            "failed": self.failed}}
+
+
+@dataclass(frozen=True, slots=True)
+class LineRow:
+    line: int
+    ok: bool
+    result: str  # the output or error file's line (JSON)
+
+
+def batches_file(ledger: Path) -> Path:
+    """``aigw.sqlite`` -> ``aigw-batches.sqlite`` in its folder (``:memory:`` stays)."""
+    if str(ledger) == ":memory:":
+        return ledger
+    return ledger.with_name(f"{ledger.stem}-batches{ledger.suffix}")
+
+
+class SQLiteBatches:
+    """Files' and batches' records; open it with ``await SQLiteBatches.open(path)``."""
+
+    def __init__(self, db: SQLiteFile) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> SQLiteBatches:
+        return cls(await SQLiteFile.open(path, synchronous=synchronous, schema=_create_tables))
+
+    async def put_file(self, row: FileRow) -> None:
+        await self._db.call(partial(_put_file, row), single=True)
+
+    async def file(self, file_id: str) -> FileRow | None:
+        return await self._db.call(partial(_file, file_id), single=True)
+
+    async def files(self, owner: str | None, purpose: str | None, after: str | None,
+                    limit: int, newest_first: bool) -> tuple[FileRow, ...]:
+        """A page of files (``owner``'s, or all for None), ``limit`` + 1 asked for so that
+        the caller knows whether there are more."""
+        return await self._db.call(partial(_files, owner, purpose, after, limit, newest_first))
+
+    async def delete_file(self, file_id: str) -> bool:
+        return await self._db.call(partial(_delete_file, file_id), single=True)
+
+    async def put_batch(self, batch_id: str, owner: str, key: str,
+                        doc: Mapping[str, Any]) -> None:
+        await self._db.call(partial(_put_batch, batch_id, owner, key, doc), single=True)
+
+    async def batch(self, batch_id: str) -> BatchRow | None:
+        return await self._db.call(partial(_batch, batch_id))
+
+    async def batches(self, owner: str | None, after: str | None,
+                      limit: int) -> tuple[BatchRow, ...]:
+        """Newest first, after the batch ``after``; ``limit`` + 1 rows at most."""
+        return await self._db.call(partial(_batches, owner, after, limit))
+
+    async def change(self, batch_id: str, changes: Mapping[str, Any],
+                     lease_owner: str | None = None, only_from: tuple[str, ...] = ()) -> bool:
+        """Merge ``changes`` into the batch's object; False, nothing changed, when its
+        lease is not ``lease_owner``'s (if given) or its status not in ``only_from``."""
+        return await self._db.call(partial(_change, batch_id, dict(changes), lease_owner,
+                                           only_from))
+
+    async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
+        """Take the lease of every running batch that nobody holds now."""
+        return await self._db.call(partial(_claim, owner, now + lease_s, now))
+
+    async def renew(self, batch_id: str, owner: str, until: float) -> bool:
+        return await self._db.call(partial(_renew, batch_id, owner, until), single=True)
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        await self._db.call(partial(_renew, batch_id, owner, 0.0), single=True)
+
+    async def line_done(self, batch_id: str, owner: str, line: int, ok: bool,
+                        result: str) -> bool:
+        """Record a line's outcome if ``owner`` still holds the batch; False if not."""
+        return await self._db.call(partial(_line_done, batch_id, owner, line, ok, result),
+                                   single=True)
+
+    async def lines(self, batch_id: str) -> tuple[LineRow, ...]:
+        return await self._db.call(partial(_lines, batch_id))
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+
+def _create_tables(connection: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+_FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at"
+
+
+def _put_file(row: FileRow, connection: sqlite3.Connection) -> None:
+    connection.execute(f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       (row.id, row.owner, row.filename, row.purpose, row.bytes,
+                        row.created_at))
+
+
+def _file(file_id: str, connection: sqlite3.Connection) -> FileRow | None:
+    found = connection.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?",
+                               (file_id,)).fetchone()
+    return None if found is None else FileRow(*found)
+
+
+def _files(owner: str | None, purpose: str | None, after: str | None, limit: int,
+           newest_first: bool, connection: sqlite3.Connection) -> tuple[FileRow, ...]:
+    where, args = _owned(owner)
+    if purpose is not None:
+        where, args = where + " AND purpose = ?", [*args, purpose]
+    order = "DESC" if newest_first else "ASC"
+    if after is not None:
+        mark = connection.execute("SELECT created_at, id FROM files WHERE id = ?",
+                                  (after,)).fetchone()
+        if mark is not None:
+            sign = "<" if newest_first else ">"
+            where, args = where + f" AND (created_at, id) {sign} (?, ?)", [*args, *mark]
+    rows = connection.execute(
+        f"SELECT {_FILE_COLUMNS} FROM files WHERE {where} "
+        f"ORDER BY created_at {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
+    return tuple(FileRow(*row) for row in rows)
+
+
+def _owned(owner: str | None) -> tuple[str, list[Any]]:
+    return ("1", []) if owner is None else ("owner = ?", [owner])
+
+
+def _delete_file(file_id: str, connection: sqlite3.Connection) -> bool:
+    return connection.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
+
+
+def _put_batch(batch_id: str, owner: str, key: str, doc: Mapping[str, Any],
+               connection: sqlite3.Connection) -> None:
+    connection.execute(
+        'INSERT INTO batches (id, owner, "key", status, created_at, doc) '
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (batch_id, owner, key, doc["status"], doc["created_at"], json.dumps(dict(doc))))
+
+
+_BATCH = ('SELECT b.id, b.owner, b."key", b.doc, '
+          "(SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.ok), "
+          "(SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND NOT l.ok) "
+          "FROM batches b")
+
+
+def _batch_row(row: tuple[Any, ...]) -> BatchRow:
+    return BatchRow(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+
+
+def _batch(batch_id: str, connection: sqlite3.Connection) -> BatchRow | None:
+    found = connection.execute(_BATCH + " WHERE b.id = ?", (batch_id,)).fetchone()
+    return None if found is None else _batch_row(found)
+
+
+def _batches(owner: str | None, after: str | None, limit: int,
+             connection: sqlite3.Connection) -> tuple[BatchRow, ...]:
+    where, args = ("1", []) if owner is None else ("b.owner = ?", [owner])
+    if after is not None:
+        mark = connection.execute("SELECT created_at, id FROM batches WHERE id = ?",
+                                  (after,)).fetchone()
+        if mark is not None:
+            where, args = where + " AND (b.created_at, b.id) < (?, ?)", [*args, *mark]
+    rows = connection.execute(
+        _BATCH + f" WHERE {where} ORDER BY b.created_at DESC, b.id DESC LIMIT ?",
+        (*args, limit + 1)).fetchall()
+    return tuple(_batch_row(row) for row in rows)
+
+
+def _change(batch_id: str, changes: dict[str, Any], lease_owner: str | None,
+            only_from: tuple[str, ...], connection: sqlite3.Connection) -> bool:
+    found = connection.execute("SELECT doc, lease_owner FROM batches WHERE id = ?",
+                               (batch_id,)).fetchone()
+    if found is None or (lease_owner is not None and found[1] != lease_owner):
+        return False
+    doc = json.loads(found[0])
+    if only_from and doc["status"] not in only_from:
+        return False
+    doc.update(changes)
+    connection.execute("UPDATE batches SET doc = ?, status = ? WHERE id = ?",
+                       (json.dumps(doc), doc["status"], batch_id))
+    return True
+
+
+def _claim(owner: str, until: float, now: float,
+           connection: sqlite3.Connection) -> tuple[str, ...]:
+    marks = ", ".join("?" for _ in RUNNING)
+    ids = tuple(row[0] for row in connection.execute(
+        f"SELECT id FROM batches WHERE status IN ({marks}) AND lease_until < ? "
+        "ORDER BY created_at", (*RUNNING, now)))
+    for batch_id in ids:
+        connection.execute("UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                           (owner, until, batch_id))
+    return ids
+
+
+def _renew(batch_id: str, owner: str, until: float, connection: sqlite3.Connection) -> bool:
+    return connection.execute(
+        "UPDATE batches SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+        (until, batch_id, owner)).rowcount > 0
+
+
+def _line_done(batch_id: str, owner: str, line: int, ok: bool, result: str,
+               connection: sqlite3.Connection) -> bool:
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO batch_lines (batch_id, line, ok, result) "
+        "SELECT ?, ?, ?, ? WHERE EXISTS "
+        "(SELECT 1 FROM batches WHERE id = ? AND lease_owner = ?)",
+        (batch_id, line, int(ok), result, batch_id, owner))
+    return cursor.rowcount > 0
+
+
+def _lines(batch_id: str, connection: sqlite3.Connection) -> tuple[LineRow, ...]:
+    return tuple(LineRow(row[0], bool(row[1]), row[2]) for row in connection.execute(
+        "SELECT line, ok, result FROM batch_lines WHERE batch_id = ? ORDER BY line",
+        (batch_id,)))

@@ -1,0 +1,243 @@
+"""The Files and Batch APIs end to end: ``client.files.*`` and ``client.batches.*`` on a
+real ``aigw serve``, each line answered by the OpenAI fake (or the echo provider)
+through the gateway's own request path, the output and error files, cancelling, keys
+that find only their own, the spend ledger, and a gateway killed mid-batch that resumes
+without sending a finished line again."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk
+
+pytestmark = pytest.mark.e2e
+
+# One line at a time, so that a scripted upstream answer meets a known line; a lease
+# short enough that a killed gateway's batches are resumed within the test.
+SETTINGS = "store: embedded, batch_concurrency: 1, execution_lease_s: 2"
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    with responses_gateway(tmp_path_factory.mktemp("batches") / "gw", SETTINGS,
+                           app_keys()) as served:
+        yield served
+
+
+@pytest.fixture
+def alice(upstreams: Upstreams) -> Iterator[openai.OpenAI]:
+    upstreams.gpt.script.actions.clear()
+    with sdk(upstreams, ALICE) as client:
+        yield client
+
+
+def _line(custom_id: str, model: str = "gpt", url: str = "/v1/chat/completions",
+          **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": url,
+            "body": {"model": model, "messages": [{"role": "user", "content": custom_id}],
+                     **body}}
+
+
+def _jsonl(lines: list[Any]) -> bytes:
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n"
+                   for line in lines).encode()
+
+
+def _batch(client: openai.OpenAI, lines: list[Any],
+           endpoint: str = "/v1/chat/completions") -> Batch:
+    uploaded = client.files.create(file=("input.jsonl", _jsonl(lines)), purpose="batch")
+    return client.batches.create(input_file_id=uploaded.id, endpoint=endpoint,  # type: ignore[arg-type]
+                                 completion_window="24h")
+
+
+def _until(client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...],
+           timeout: float = 30.0) -> Batch:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses or time.monotonic() > deadline:
+            assert batch.status in statuses, batch
+            return batch
+        time.sleep(0.1)
+
+
+def _lines(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    """The output or error file's lines by custom_id."""
+    assert file_id is not None
+    found = [json.loads(text) for text in client.files.content(file_id).text.splitlines()]
+    return {line["custom_id"]: line for line in found}
+
+
+def test_each_line_is_answered_into_the_output_and_error_files(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    upstreams.gpt.script.actions[:] = [Action(), Action(status=400)]  # the second line's
+    made = _batch(alice, [_line("one"), _line("two"), _line("three", model="echo"),
+                          _line("four", model="locked")])
+    assert made.status == "in_progress" and made.request_counts is not None
+    assert made.request_counts.total == 4
+
+    done = _until(alice, made.id, ("completed",))
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
+    assert done.completed_at and done.finalizing_at and done.in_progress_at
+
+    output = _lines(alice, done.output_file_id)
+    assert sorted(output) == ["one", "three"]
+    one = output["one"]["response"]
+    assert one["status_code"] == 200 and output["one"]["error"] is None
+    assert one["body"]["choices"][0]["message"]["content"] == "fake-openai: one"
+    assert one["request_id"] and output["one"]["id"].startswith("batch_req_")
+    assert output["three"]["response"]["body"]["model"]  # the echo provider's answer
+
+    errors = _lines(alice, done.error_file_id)
+    assert errors["two"]["response"]["status_code"] == 400  # the upstream refused it
+    assert errors["four"]["response"]["status_code"] == 403  # Cedar forbids route locked
+    assert errors["four"]["response"]["body"]["error"]["code"] == "permission_denied"
+    assert alice.files.retrieve(done.output_file_id or "").purpose == "batch_output"
+
+    # Each line was a request of the gateway's own: in the access log and the spend
+    # ledger, marked with the batch.
+    logged = upstreams.server.access_line(one["request_id"])
+    assert logged is not None and logged["batch"] == made.id
+    assert logged["key"] == "alice" and logged["route"] == "gpt"
+    ledger = sqlite3.connect(upstreams.server.root / "aigw.sqlite")
+    rows = ledger.execute("SELECT request_id, status FROM ledger WHERE batch = ?",
+                          (made.id,)).fetchall()
+    ledger.close()
+    assert sorted(status for _, status in rows) == [200, 200, 400, 403]
+    assert one["request_id"] in {request_id for request_id, _ in rows}
+
+
+def test_a_bad_input_file_fails_the_batch_with_line_errors(alice: openai.OpenAI,
+                                                           upstreams: Upstreams) -> None:
+    calls = len(upstreams.gpt.script.requests)
+    failed = _batch(alice, [_line("a"), "{not json", _line("a"),
+                            _line("b", url="/v1/embeddings"), _line("c", stream=True)])
+    assert failed.status == "failed" and failed.failed_at
+    assert failed.errors is not None
+    assert [(error.line, error.code) for error in failed.errors.data or []] == [
+        (2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "mismatched_endpoint"),
+        (5, "invalid_request")]
+    time.sleep(1.5)  # the runner looks every second: a failed batch is never run
+    assert len(upstreams.gpt.script.requests) == calls
+
+
+def test_what_openai_refuses_at_create_is_a_400_or_404(alice: openai.OpenAI) -> None:
+    uploaded = alice.files.create(file=("in.jsonl", _jsonl([_line("x")])), purpose="batch")
+    with pytest.raises(openai.BadRequestError):
+        alice.batches.create(input_file_id=uploaded.id, endpoint="/v1/moderations",  # type: ignore[arg-type]
+                             completion_window="24h")
+    with pytest.raises(openai.BadRequestError):
+        alice.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                             completion_window="1h")  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        alice.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
+                             completion_window="24h")
+    with pytest.raises(openai.BadRequestError):
+        alice.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
+
+
+def test_a_cancelled_batch_stops_sending_lines(alice: openai.OpenAI,
+                                               upstreams: Upstreams) -> None:
+    upstreams.gpt.script.actions[:] = [Action(delay_s=0.3) for _ in range(10)]
+    made = _batch(alice, [_line(f"slow-{n}") for n in range(10)])
+    time.sleep(0.5)
+    cancelling = alice.batches.cancel(made.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    cancelled = _until(alice, made.id, ("cancelled",))
+    assert cancelled.cancelled_at and cancelled.request_counts is not None
+    assert 0 < cancelled.request_counts.completed < 10
+    assert len(_lines(alice, cancelled.output_file_id)) == cancelled.request_counts.completed
+    with pytest.raises(openai.ConflictError):
+        finished = _batch(alice, [_line("quick")])
+        alice.batches.cancel(_until(alice, finished.id, ("completed",)).id)
+
+
+def test_files_and_batches_are_their_owners_only(alice: openai.OpenAI,
+                                                 upstreams: Upstreams) -> None:
+    made = _batch(alice, [_line("mine")])
+    with sdk(upstreams, BOB) as bob, sdk(upstreams, DEV_KEY) as admin:
+        with pytest.raises(openai.NotFoundError):
+            bob.batches.retrieve(made.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.batches.cancel(made.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.files.content(made.input_file_id)
+        with pytest.raises(openai.NotFoundError):
+            bob.files.delete(made.input_file_id)
+        assert made.id not in {batch.id for batch in bob.batches.list()}
+        assert made.input_file_id not in {file.id for file in bob.files.list()}
+        assert admin.batches.retrieve(made.id).id == made.id  # admin keys find any
+        assert made.id in {batch.id for batch in admin.batches.list(limit=100)}
+    assert made.id in {batch.id for batch in alice.batches.list()}
+    assert alice.files.retrieve(made.input_file_id).filename == "input.jsonl"
+    _until(alice, made.id, ("completed",))
+    assert alice.files.delete(made.input_file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(made.input_file_id)
+
+
+@pytest.mark.parametrize("stop", ["kill", "term"])
+def test_a_gateway_stopped_mid_batch_resumes_without_resending_finished_lines(
+        alice: openai.OpenAI, upstreams: Upstreams, stop: str) -> None:
+    """Killed, the line in flight is sent again after the restart (its outcome was not
+    recorded); stopped (SIGTERM), the line in flight is waited for: none is sent twice."""
+    gpt = upstreams.gpt
+    gpt.script.actions[:] = [Action(delay_s=0.4) for _ in range(20)]
+    names = [f"resume-{stop}-{n}" for n in range(6)]
+    made = _batch(alice, [_line(name) for name in names])
+    deadline = time.monotonic() + 20
+    while True:
+        counts = alice.batches.retrieve(made.id).request_counts
+        assert counts is not None
+        if counts.completed >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    finished_before = set(_recorded(upstreams, made.id))
+    assert len(finished_before) >= 2
+    if stop == "kill":
+        upstreams.server.kill()
+    upstreams.restart()
+
+    with sdk(upstreams, ALICE) as client:
+        done = _until(client, made.id, ("completed",))
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+        assert sorted(_lines(client, done.output_file_id)) == sorted(names)
+    sent = Counter(request["messages"][0]["content"]  # type: ignore[index]
+                   for request in gpt.script.requests)
+    assert all(sent[name] == 1 for name in finished_before), sent
+    # killed: the one in flight then, sent again
+    assert sum(sent[name] for name in names) <= (7 if stop == "kill" else 6), sent
+
+
+def _recorded(upstreams: Upstreams, batch_id: str) -> list[str]:
+    """The custom ids of the lines the store has as finished."""
+    store = sqlite3.connect(upstreams.server.root / "aigw-batches.sqlite")
+    try:
+        return [json.loads(result)["custom_id"] for (result,) in store.execute(
+            "SELECT result FROM batch_lines WHERE batch_id = ?", (batch_id,))]
+    finally:
+        store.close()
+
+
+def test_a_redis_store_answers_501(tmp_path_factory: pytest.TempPathFactory,
+                                   redis_url: str) -> None:
+    with responses_gateway(tmp_path_factory.mktemp("batches-redis") / "gw",
+                           f'store: "{redis_url}"', app_keys()) as served:
+        answer = httpx.get(f"{served.server.base_url}/v1/batches",
+                           headers={"authorization": f"Bearer {ALICE}"})
+        assert answer.status_code == 501
+        assert answer.json()["error"]["code"] == "not_implemented"

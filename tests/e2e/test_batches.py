@@ -6,6 +6,7 @@ without sending a finished line again."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -27,12 +28,20 @@ pytestmark = pytest.mark.e2e
 # One line at a time, so that a scripted upstream answer meets a known line; a lease
 # short enough that a killed gateway's batches are resumed within the test.
 SETTINGS = "store: embedded, batch_concurrency: 1, execution_lease_s: 2"
+# Two keys of one team, which find each other's files and batches.
+CAROL, DAVE = "sk-batches-carol", "sk-batches-dave"
+
+
+def _keys() -> str:
+    return "teams: {ops: {}}\n" + app_keys() + "".join(
+        f"  {name}: {{team: ops, sha256: {hashlib.sha256(secret.encode()).hexdigest()}}}\n"
+        for name, secret in (("carol", CAROL), ("dave", DAVE)))
 
 
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     with responses_gateway(tmp_path_factory.mktemp("batches") / "gw", SETTINGS,
-                           app_keys()) as served:
+                           _keys()) as served:
         yield served
 
 
@@ -187,6 +196,27 @@ def test_files_and_batches_are_their_owners_only(alice: openai.OpenAI,
     assert alice.files.delete(made.input_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         alice.files.retrieve(made.input_file_id)
+
+
+def test_a_teams_keys_share_its_files_and_batches(upstreams: Upstreams) -> None:
+    with sdk(upstreams, CAROL) as carol, sdk(upstreams, DAVE) as dave, \
+            sdk(upstreams, ALICE) as alice:
+        made = _batch(carol, [_line("ours")])
+        assert dave.batches.retrieve(made.id).id == made.id
+        done = _until(dave, made.id, ("completed",))
+        assert sorted(_lines(dave, done.output_file_id)) == ["ours"]
+        with pytest.raises(openai.NotFoundError):
+            alice.batches.retrieve(made.id)
+
+
+def test_a_batch_of_responses(alice: openai.OpenAI) -> None:
+    made = _batch(alice, [{"custom_id": "r1", "method": "POST", "url": "/v1/responses",
+                           "body": {"model": "gpt", "input": "hello there"}}],
+                  endpoint="/v1/responses")
+    done = _until(alice, made.id, ("completed",))
+    body = _lines(alice, done.output_file_id)["r1"]["response"]["body"]
+    assert body["object"] == "response" and body["status"] == "completed"
+    assert body["output"][0]["content"][0]["text"] == "fake-openai: hello there"
 
 
 @pytest.mark.parametrize("stop", ["kill", "term"])

@@ -211,8 +211,8 @@ class SettingsSpec(Spec):
         "aigw-files",
         description="The folder (relative to the gateway directory) where /v1/files keeps "
         "the bytes of uploaded files and of batches' output and error files (their "
-        "records are in the embedded store's aigw-batches.sqlite). Shared by the processes "
-        "serving one gateway directory.",
+        "records are in the store: aigw-batches.sqlite beside the embedded one's file, or "
+        "Redis). With a Redis store, one folder every replica mounts.",
         pattern=r"^\S+$",
     )
     files_max_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = Field(

@@ -47,7 +47,8 @@ from .store import (
     open_store,
     tightest_remaining,
 )
-from .store.batches import SQLiteBatches, batches_file
+from .store.batches import BatchStore, SQLiteBatches, batches_file
+from .store.batches_redis import RedisBatches
 from .store.factory import embedded_file
 from .store.stored_responses import ResponseStore, open_responses
 from .telemetry.record import CutCall, RequestRecord
@@ -74,7 +75,7 @@ class StoreHandle:
         self._retention = ledger_retention_days * 86_400.0 if ledger_retention_days else None
         self._store: Store | None = None
         self._responses: ResponseStore | None = None
-        self._batches: SQLiteBatches | None = None
+        self._batches: BatchStore | None = None
         self._lock = asyncio.Lock()
         self._finishing = Background()  # settlements cut short, finishing on their own
         self._unchecked = False  # streams go on unchecked against budgets (store down)
@@ -102,20 +103,20 @@ class StoreHandle:
                                                        self._sync.upper())
         return self._responses
 
-    async def batches(self, create: bool = True) -> SQLiteBatches | None:
-        """Where /v1/files and /v1/batches keep their records (opened on first use); None
-        on a Redis store, which they do not support (runtime/batches/__init__.py), and,
-        unless ``create``, while no file was ever uploaded (the runner looks for work
-        without making the file)."""
+    async def batches(self, create: bool = True) -> BatchStore | None:
+        """Where /v1/files and /v1/batches keep their records (opened on first use): a
+        SQLite file beside the embedded store's, or the Redis store. Unless ``create``,
+        None while that file was never made (the runner looks for work without making it)."""
         if self._batches is not None:
             return self._batches
         ledger = embedded_file(self.url, self._root)
-        if ledger is None or (not create and not batches_file(ledger).exists()):
+        if ledger is not None and not create and not batches_file(ledger).exists():
             return None
         async with self._lock:
             if self._batches is None:
-                self._batches = await SQLiteBatches.open(batches_file(ledger),
-                                                         synchronous=self._sync.upper())
+                self._batches = (
+                    RedisBatches(self.url) if ledger is None else
+                    await SQLiteBatches.open(batches_file(ledger), synchronous=self._sync.upper()))
         return self._batches
 
     def unchecked(self) -> None:

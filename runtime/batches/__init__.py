@@ -16,10 +16,9 @@ record's ``batch``), metrics and the access log (``"batch": id``). The answers b
 the batch's output file (2xx) and error file (the rest), files like the uploads.
 
 Files and batches are their team's (any key of the team finds them; a key without a
-team, its own): others get a 404, admin keys find all. Their records are in the embedded
-store, in ``aigw-batches.sqlite`` beside ``aigw.sqlite`` (runtime/store/batches.py), the
-files' bytes in ``settings.files_dir``. A gateway whose store is Redis answers these
-endpoints with a 501: its replicas share no file system for the bytes.
+team, its own): others get a 404, admin keys find all. Their records are in the store
+(runtime/store/batches.py: ``aigw-batches.sqlite`` beside ``aigw.sqlite``, or Redis),
+the files' bytes in ``settings.files_dir``: with Redis, a folder every replica mounts.
 """
 
 from .api import BATCH_ENDPOINTS, batch_routes

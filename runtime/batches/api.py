@@ -17,11 +17,11 @@ from aigw.compiler.graph import ApiKey
 
 from ..auth import authenticate
 from ..conversations import Metadata
-from ..errors import BadRequest, Conflict, NotFound, NotImplementedRoute, PayloadTooLarge
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from ..incoming import read_body
 from ..live import Live
 from ..responses_wire import bad_request_from
-from ..store.batches import BatchRow, FileRow, SQLiteBatches
+from ..store.batches import BatchRow, BatchStore, FileRow
 from .input import check_input
 from .runner import BatchRunner, owner_of
 
@@ -86,17 +86,14 @@ class _Api:
     def __init__(self, runner: BatchRunner) -> None:
         self.runner = runner
 
-    async def _caller(self, request: Request) -> tuple[Live, ApiKey, SQLiteBatches]:
+    async def _caller(self, request: Request) -> tuple[Live, ApiKey, BatchStore]:
         live = _live(request)
         key = authenticate(live.graph, request.headers)
         store = await live.store.batches()
-        if store is None:
-            raise NotImplementedRoute(
-                "/v1/files and /v1/batches need the embedded store: this gateway's store "
-                "is Redis.")
+        assert store is not None  # made when asked for
         return live, key, store
 
-    async def _file(self, store: SQLiteBatches, key: ApiKey, file_id: str,
+    async def _file(self, store: BatchStore, key: ApiKey, file_id: str,
                     param: str = "file_id") -> FileRow:
         row = await store.file(file_id)
         if row is None or (row.owner != _owner(key) and not key.admin):
@@ -117,7 +114,7 @@ class _Api:
         return _page([row.as_object() for row in rows], limit)
 
     async def _upload(self, request: Request, live: Live, key: ApiKey,
-                      store: SQLiteBatches) -> Response:
+                      store: BatchStore) -> Response:
         most = live.graph.settings.files_max_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > most + _FORM_SLACK:
@@ -161,7 +158,7 @@ class _Api:
                            "files_dir.", param="file_id") from exc
         return Response(data, media_type="application/octet-stream")
 
-    async def _batch(self, store: SQLiteBatches, key: ApiKey, batch_id: str) -> BatchRow:
+    async def _batch(self, store: BatchStore, key: ApiKey, batch_id: str) -> BatchRow:
         row = await store.batch(batch_id)
         if row is None or (row.owner != _owner(key) and not key.admin):
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
@@ -177,7 +174,7 @@ class _Api:
         return _page([row.as_object() for row in rows], limit)
 
     async def _create(self, request: Request, live: Live, key: ApiKey,
-                      store: SQLiteBatches) -> Response:
+                      store: BatchStore) -> Response:
         try:
             asked = CreateBatch.model_validate_json(
                 await read_body(request, live.graph.settings))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import GatewayError, InternalError, RateLimited
-from ..store.batches import BatchRow, FileRow, SQLiteBatches
+from ..store.batches import BatchRow, BatchStore, FileRow
 from .input import InputLine, check_input
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class BatchRunner:
                 await asyncio.wait_for(self._wake.wait(), LOOK_EVERY_S)
             self._wake.clear()
 
-    async def _held(self, store: SQLiteBatches, batch_id: str) -> None:
+    async def _held(self, store: BatchStore, batch_id: str) -> None:
         """Run the batch while renewing its lease; give the lease back at the end (a
         stop too), so that another process, or this one restarted, takes it at once."""
         lost = asyncio.Event()
@@ -167,16 +167,16 @@ class BatchRunner:
                 with contextlib.suppress(GatewayError):
                     await asyncio.shield(store.release(batch_id, self.owner))
 
-    async def _renew(self, store: SQLiteBatches, batch_id: str, lost: asyncio.Event) -> None:
+    async def _renew(self, store: BatchStore, batch_id: str, lost: asyncio.Event) -> None:
         lease_s = self.gateway.live.graph.settings.execution_lease_s
         while True:
             await asyncio.sleep(lease_s / 3)
-            if not await store.renew(batch_id, self.owner, self._clock() + lease_s):
+            if not await store.renew(batch_id, self.owner, lease_s, self._clock()):
                 log.warning("batch %s: its lease was taken over; stopping here", batch_id)
                 lost.set()
                 return
 
-    async def _run(self, store: SQLiteBatches, batch_id: str) -> None:
+    async def _run(self, store: BatchStore, batch_id: str) -> None:
         row = await store.batch(batch_id)
         if row is None:
             return
@@ -187,7 +187,7 @@ class BatchRunner:
             assert row is not None
         await self._finish(store, row)
 
-    async def _lines(self, store: SQLiteBatches, row: BatchRow) -> bool:
+    async def _lines(self, store: BatchStore, row: BatchRow) -> bool:
         """Send the lines that have no outcome yet; False if the gateway's stop cut that
         short (the batch is neither finished nor expired)."""
         settings = self.gateway.live.graph.settings
@@ -220,7 +220,7 @@ class BatchRunner:
                                self.owner)
         return True
 
-    async def _line(self, store: SQLiteBatches, row: BatchRow, line: InputLine,
+    async def _line(self, store: BatchStore, row: BatchRow, line: InputLine,
                     per_batch: asyncio.Semaphore, stop: _Stop) -> None:
         assert self._slots is not None
         try:
@@ -250,7 +250,7 @@ class BatchRunner:
             error = InternalError("The gateway had an internal error; it is logged.")
             return LineAnswer(error.status, error.body(), "", error)
 
-    async def _finish(self, store: SQLiteBatches, row: BatchRow) -> None:
+    async def _finish(self, store: BatchStore, row: BatchRow) -> None:
         """Write the output and error files of a batch whose lines are done (or stopped)
         and give it its final status; done again from the start after a restart."""
         now = int(self._clock())
@@ -282,7 +282,7 @@ class _Stop:
     """Whether a batch's lines should stop being sent: it was cancelled, its completion
     window ended, or the gateway is stopping. The store is asked at most once a second."""
 
-    def __init__(self, store: SQLiteBatches, batch_id: str, expires_at: float,
+    def __init__(self, store: BatchStore, batch_id: str, expires_at: float,
                  clock: Callable[[], float], stopping: Callable[[], bool]) -> None:
         self._store, self._id, self._expires_at, self._clock = store, batch_id, expires_at, clock
         self._stopping = stopping

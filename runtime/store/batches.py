@@ -1,6 +1,11 @@
-"""Files (/v1/files) and batches (/v1/batches) in the embedded store: a SQLite file of
-their own beside the ledger's (``aigw.sqlite`` -> ``aigw-batches.sqlite``), the files'
-bytes in ``settings.files_dir``.
+"""Files (/v1/files) and batches (/v1/batches): their records, and the leases and
+finished lines of the batches being run. The files' bytes are in ``settings.files_dir``.
+
+    BatchStore                      the seam; ``open_batches(settings.store URL)``
+    ├── SQLiteBatches               embedded: a SQLite file of its own beside the ledger's
+    └── RedisBatches                replicas: runtime/store/batches_redis.py
+
+In SQLite (``aigw.sqlite`` -> ``aigw-batches.sqlite``):
 
     files         one row per file: its owner, name, purpose, size (bytes on disk)
     batches       one row per batch: its object (JSON), status, and the lease of the
@@ -26,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .sqlite_file import SQLiteFile
 
@@ -111,6 +116,56 @@ class LineRow:
     result: str  # the output or error file's line (JSON)
 
 
+class BatchStore(Protocol):
+    """Where files' and batches' records live; every method raises ``StoreUnavailable``
+    when the store cannot answer."""
+
+    async def put_file(self, row: FileRow) -> None: ...
+
+    async def file(self, file_id: str) -> FileRow | None: ...
+
+    async def files(self, owner: str | None, purpose: str | None, after: str | None,
+                    limit: int, newest_first: bool) -> tuple[FileRow, ...]:
+        """A page of files (``owner``'s, or all for None), ``limit`` + 1 asked for so that
+        the caller knows whether there are more."""
+        ...
+
+    async def delete_file(self, file_id: str) -> bool: ...
+
+    async def put_batch(self, batch_id: str, owner: str, key: str,
+                        doc: Mapping[str, Any]) -> None: ...
+
+    async def batch(self, batch_id: str) -> BatchRow | None: ...
+
+    async def batches(self, owner: str | None, after: str | None,
+                      limit: int) -> tuple[BatchRow, ...]:
+        """Newest first, after the batch ``after``; ``limit`` + 1 rows at most."""
+        ...
+
+    async def change(self, batch_id: str, changes: Mapping[str, Any],
+                     lease_owner: str | None = None, only_from: tuple[str, ...] = ()) -> bool:
+        """Merge ``changes`` into the batch's object; False, nothing changed, when its
+        lease is not ``lease_owner``'s (if given) or its status not in ``only_from``."""
+        ...
+
+    async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
+        """Take the lease of every running batch that nobody holds now."""
+        ...
+
+    async def renew(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool: ...
+
+    async def release(self, batch_id: str, owner: str) -> None: ...
+
+    async def line_done(self, batch_id: str, owner: str, line: int, ok: bool,
+                        result: str) -> bool:
+        """Record a line's outcome if ``owner`` still holds the batch; False if not."""
+        ...
+
+    async def lines(self, batch_id: str) -> tuple[LineRow, ...]: ...
+
+    async def aclose(self) -> None: ...
+
+
 def batches_file(ledger: Path) -> Path:
     """``aigw.sqlite`` -> ``aigw-batches.sqlite`` in its folder (``:memory:`` stays)."""
     if str(ledger) == ":memory:":
@@ -119,7 +174,7 @@ def batches_file(ledger: Path) -> Path:
 
 
 class SQLiteBatches:
-    """Files' and batches' records; open it with ``await SQLiteBatches.open(path)``."""
+    """``BatchStore`` in a SQLite file (``batches_file``); ``await SQLiteBatches.open(path)``."""
 
     def __init__(self, db: SQLiteFile) -> None:
         self._db = db
@@ -136,8 +191,6 @@ class SQLiteBatches:
 
     async def files(self, owner: str | None, purpose: str | None, after: str | None,
                     limit: int, newest_first: bool) -> tuple[FileRow, ...]:
-        """A page of files (``owner``'s, or all for None), ``limit`` + 1 asked for so that
-        the caller knows whether there are more."""
         return await self._db.call(partial(_files, owner, purpose, after, limit, newest_first))
 
     async def delete_file(self, file_id: str) -> bool:
@@ -152,29 +205,25 @@ class SQLiteBatches:
 
     async def batches(self, owner: str | None, after: str | None,
                       limit: int) -> tuple[BatchRow, ...]:
-        """Newest first, after the batch ``after``; ``limit`` + 1 rows at most."""
         return await self._db.call(partial(_batches, owner, after, limit))
 
     async def change(self, batch_id: str, changes: Mapping[str, Any],
                      lease_owner: str | None = None, only_from: tuple[str, ...] = ()) -> bool:
-        """Merge ``changes`` into the batch's object; False, nothing changed, when its
-        lease is not ``lease_owner``'s (if given) or its status not in ``only_from``."""
         return await self._db.call(partial(_change, batch_id, dict(changes), lease_owner,
                                            only_from))
 
     async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
-        """Take the lease of every running batch that nobody holds now."""
         return await self._db.call(partial(_claim, owner, now + lease_s, now))
 
-    async def renew(self, batch_id: str, owner: str, until: float) -> bool:
-        return await self._db.call(partial(_renew, batch_id, owner, until), single=True)
+    async def renew(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
+        return await self._db.call(partial(_renew, batch_id, owner, now + lease_s),
+                                   single=True)
 
     async def release(self, batch_id: str, owner: str) -> None:
         await self._db.call(partial(_renew, batch_id, owner, 0.0), single=True)
 
     async def line_done(self, batch_id: str, owner: str, line: int, ok: bool,
                         result: str) -> bool:
-        """Record a line's outcome if ``owner`` still holds the batch; False if not."""
         return await self._db.call(partial(_line_done, batch_id, owner, line, ok, result),
                                    single=True)
 

@@ -1,33 +1,43 @@
-"""The Files and Batch APIs end to end: ``client.files.*`` and ``client.batches.*`` on a
-real ``aigw serve``, each line answered by the OpenAI fake (or the echo provider)
-through the gateway's own request path, the output and error files, cancelling, keys
-that find only their own, the spend ledger, and a gateway killed mid-batch that resumes
-without sending a finished line again."""
+"""The Files and Batch APIs end to end, on both stores: ``client.files.*`` and
+``client.batches.*`` on a real ``aigw serve``, each line answered by the OpenAI fake (or
+the echo provider) through the gateway's own request path, the output and error files,
+cancelling, keys that find only their own, the spend ledger, and a gateway killed
+mid-batch that resumes without sending a finished line again."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
-import httpx
 import openai
 import pytest
+import redis
 from openai.types import Batch
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk
+from .responses_gateway import (
+    ALICE,
+    BOB,
+    Upstreams,
+    app_keys,
+    responses_gateway,
+    sdk,
+    store_url,
+)
 
 pytestmark = pytest.mark.e2e
 
 # One line at a time, so that a scripted upstream answer meets a known line; a lease
 # short enough that a killed gateway's batches are resumed within the test.
-SETTINGS = "store: embedded, batch_concurrency: 1, execution_lease_s: 2"
+SETTINGS = "batch_concurrency: 1, execution_lease_s: 2"
 # Two keys of one team, which find each other's files and batches.
 CAROL, DAVE = "sk-batches-carol", "sk-batches-dave"
 
@@ -38,11 +48,36 @@ def _keys() -> str:
         for name, secret in (("carol", CAROL), ("dave", DAVE)))
 
 
-@pytest.fixture(scope="module")
-def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
-    with responses_gateway(tmp_path_factory.mktemp("batches") / "gw", SETTINGS,
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def upstreams(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    settings = f'store: "{store_url(request, request.param)}", {SETTINGS}'
+    with responses_gateway(tmp_path_factory.mktemp("batches") / "gw", settings,
                            _keys()) as served:
         yield served
+
+
+def _redis(upstreams: Upstreams) -> redis.Redis | None:
+    """The gateway's Redis (None: its store is embedded)."""
+    url = re.search(r'store: "(redis://[^"]+)"',
+                    (upstreams.server.root / "gateway.yaml").read_text())
+    return redis.Redis.from_url(url[1], decode_responses=True) if url else None
+
+
+def _ledger(upstreams: Upstreams, request_id: str) -> tuple[str | None, int]:
+    """The batch and status of a request's spend ledger record."""
+    client = _redis(upstreams)
+    if client is not None:
+        with client:
+            found = client.hgetall(f"aigw:rec:{quote(request_id, safe='')}")
+        return found.get("batch"), int(found["status"])
+    ledger = sqlite3.connect(upstreams.server.root / "aigw.sqlite")
+    try:
+        batch, status = ledger.execute("SELECT batch, status FROM ledger WHERE request_id = ?",
+                                       (request_id,)).fetchone()
+    finally:
+        ledger.close()
+    return batch, status
 
 
 @pytest.fixture
@@ -121,12 +156,10 @@ def test_each_line_is_answered_into_the_output_and_error_files(
     logged = upstreams.server.access_line(one["request_id"])
     assert logged is not None and logged["batch"] == made.id
     assert logged["key"] == "alice" and logged["route"] == "gpt"
-    ledger = sqlite3.connect(upstreams.server.root / "aigw.sqlite")
-    rows = ledger.execute("SELECT request_id, status FROM ledger WHERE batch = ?",
-                          (made.id,)).fetchall()
-    ledger.close()
-    assert sorted(status for _, status in rows) == [200, 200, 400, 403]
-    assert one["request_id"] in {request_id for request_id, _ in rows}
+    request_ids = [line["response"]["request_id"] for line in [*output.values(),
+                                                               *errors.values()]]
+    assert sorted(_ledger(upstreams, request_id) for request_id in request_ids) == [
+        (made.id, 200), (made.id, 200), (made.id, 400), (made.id, 403)]
 
 
 def test_a_bad_input_file_fails_the_batch_with_line_errors(alice: openai.OpenAI,
@@ -255,19 +288,15 @@ def test_a_gateway_stopped_mid_batch_resumes_without_resending_finished_lines(
 
 def _recorded(upstreams: Upstreams, batch_id: str) -> list[str]:
     """The custom ids of the lines the store has as finished."""
+    client = _redis(upstreams)
+    if client is not None:
+        with client:
+            results = [value[1:] for value in
+                       client.hgetall(f"aigw:batch:{batch_id}:lines").values()]
+        return [json.loads(result)["custom_id"] for result in results]
     store = sqlite3.connect(upstreams.server.root / "aigw-batches.sqlite")
     try:
         return [json.loads(result)["custom_id"] for (result,) in store.execute(
             "SELECT result FROM batch_lines WHERE batch_id = ?", (batch_id,))]
     finally:
         store.close()
-
-
-def test_a_redis_store_answers_501(tmp_path_factory: pytest.TempPathFactory,
-                                   redis_url: str) -> None:
-    with responses_gateway(tmp_path_factory.mktemp("batches-redis") / "gw",
-                           f'store: "{redis_url}"', app_keys()) as served:
-        answer = httpx.get(f"{served.server.base_url}/v1/batches",
-                           headers={"authorization": f"Bearer {ALICE}"})
-        assert answer.status_code == 501
-        assert answer.json()["error"]["code"] == "not_implemented"

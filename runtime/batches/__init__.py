@@ -21,7 +21,9 @@ team, its own): others get a 404, admin keys find all. Their records are in the 
 the files' bytes in ``settings.files_dir``: with Redis, a folder every replica mounts.
 """
 
-from .api import BATCH_ENDPOINTS, batch_routes
+from .api import BATCH_ENDPOINTS, batch_doc, batch_routes
+from .input import check_input
 from .runner import BatchRunner, LineAnswer, LineCall
 
-__all__ = ["BATCH_ENDPOINTS", "BatchRunner", "LineAnswer", "LineCall", "batch_routes"]
+__all__ = ["BATCH_ENDPOINTS", "BatchRunner", "LineAnswer", "LineCall", "batch_doc",
+           "batch_routes", "check_input"]

@@ -22,7 +22,7 @@ from ..incoming import read_body
 from ..live import Live
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
-from .input import check_input
+from .input import Checked, check_input
 from .runner import BatchRunner, owner_of
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
@@ -80,6 +80,24 @@ def _page(objects: list[dict[str, Any]], limit: int) -> JSONResponse:
                          "first_id": shown[0]["id"] if shown else None,
                          "last_id": shown[-1]["id"] if shown else None,
                          "has_more": len(objects) > limit})
+
+
+def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
+              metadata: dict[str, str] | None, now: int) -> dict[str, Any]:
+    """A new batch's object (``request_counts`` aside: the store counts its lines):
+    ``in_progress``, or ``failed`` with the input's line errors."""
+    doc: dict[str, Any] = {
+        "id": f"batch_{secrets.token_hex(12)}", "object": "batch", "endpoint": endpoint,
+        "errors": None, "input_file_id": input_file_id, "completion_window": "24h",
+        "status": "in_progress", "output_file_id": None, "error_file_id": None,
+        "created_at": now, "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
+        "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+        "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
+        "total": len(checked.lines)}
+    if checked.errors:
+        doc.update({"status": "failed", "failed_at": now, "in_progress_at": None, "total": 0,
+                    "errors": {"object": "list", "data": list(checked.errors)}})
+    return doc
 
 
 class _Api:
@@ -189,19 +207,7 @@ class _Api:
         checked = await anyio.to_thread.run_sync(
             check_input, data, asked.endpoint, settings.batch_max_lines,
             settings.max_request_bytes)
-        now = int(time.time())
-        doc: dict[str, Any] = {
-            "id": f"batch_{secrets.token_hex(12)}", "object": "batch",
-            "endpoint": asked.endpoint, "errors": None, "input_file_id": source.id,
-            "completion_window": asked.completion_window, "status": "in_progress",
-            "output_file_id": None, "error_file_id": None, "created_at": now,
-            "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
-            "finalizing_at": None, "completed_at": None, "failed_at": None,
-            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-            "metadata": asked.metadata, "total": len(checked.lines)}
-        if checked.errors:
-            doc.update({"status": "failed", "failed_at": now, "in_progress_at": None,
-                        "total": 0, "errors": {"object": "list", "data": list(checked.errors)}})
+        doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()))
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

@@ -226,13 +226,12 @@ class BatchRunner:
         try:
             while True:
                 async with self._slots:
+                    if await stop.now():  # while it waited for a slot, or to try again
+                        return
                     answer = await self._answer(row, line)
-                limited = isinstance(answer.error, RateLimited)
-                if not limited or await stop.now():
+                if not isinstance(answer.error, RateLimited):
                     break
                 await asyncio.sleep(max(RETRY_LIMITED_S, _retry_after(answer.error)))
-            if limited:  # the window ended (or the batch was cancelled) while it waited
-                return
             ok = 200 <= answer.status < 300
             response = {"status_code": answer.status, "request_id": answer.request_id,
                         "body": answer.parsed()}

@@ -1,0 +1,139 @@
+"""The batch runner through its seam (the call that answers one line): a line refused by
+the gateway's own limits is tried again, not failed; one past the completion window is
+in the error file as ``batch_expired``; the store's lease keeps a second runner off a
+batch that one runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aigw.runtime.batches import BatchRunner, LineAnswer, batch_doc, check_input
+from aigw.runtime.errors import RateLimited
+from aigw.runtime.live import Gateway
+from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow
+from aigw.runtime.tokens import TokenCounter
+
+OK = json.dumps({"object": "chat.completion"}).encode()
+
+
+def one_at_a_time(gateway_dir: Path) -> None:
+    """The gateway at ``gateway_dir`` runs one line of a batch at a time."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("settings:\n", "settings:\n"
+                                                 "  batch_concurrency: 1\n", 1))
+
+
+def _input(count: int) -> bytes:
+    return "".join(json.dumps({
+        "custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": f"c{n}"}]}}) + "\n"
+        for n in range(count)).encode()
+
+
+async def _created(gateway: Gateway, runner: BatchRunner, count: int) -> tuple[BatchStore, str]:
+    """A batch of ``count`` lines, as POST /v1/batches makes it."""
+    store = await gateway.store.batches()
+    assert store is not None
+    data = _input(count)
+    await runner.files().write("file-in", data)
+    await store.put_file(FileRow("file-in", "key:dev", "in.jsonl", "batch", len(data), 0))
+    doc = batch_doc("/v1/chat/completions", "file-in",
+                    check_input(data, "/v1/chat/completions", 100, 1 << 20), None,
+                    int(time.time()))
+    await store.put_batch(doc["id"], "key:dev", "dev", doc)
+    return store, doc["id"]
+
+
+@asynccontextmanager
+async def _running(runner: BatchRunner) -> AsyncIterator[None]:
+    async with runner.running():
+        runner.poke()
+        yield
+
+
+async def _final(store: BatchStore, batch_id: str, timeout: float = 20.0) -> BatchRow:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await store.batch(batch_id)
+        assert row is not None
+        if row.status in ("completed", "expired", "cancelled", "failed"):
+            return row
+        assert time.monotonic() < deadline, row
+        await asyncio.sleep(0.05)
+
+
+async def _file_lines(runner: BatchRunner, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(text) for text in (await runner.files().read(file_id)).splitlines()]
+
+
+async def test_a_line_our_limits_refuse_is_tried_again_not_failed(gateway: Gateway) -> None:
+    calls: Counter[bytes] = Counter()
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        calls[body] += 1
+        assert (key, path) == ("dev", "/v1/chat/completions")
+        if sum(calls.values()) <= 2:  # the first two calls: the key's rpm is spent
+            refused = RateLimited("Rate limit reached.", headers={"Retry-After": "0"})
+            return LineAnswer(429, refused.body(), "req-limited", refused)
+        return LineAnswer(200, OK, f"req-{sum(calls.values())}")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 2)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert done.status == "completed" and (done.completed, done.failed) == (2, 0)
+    assert sum(calls.values()) == 4 and done.doc["error_file_id"] is None
+
+
+async def test_lines_left_when_the_window_ends_are_expired(
+        gateway_dir: Path, counter: TokenCounter) -> None:
+    one_at_a_time(gateway_dir)
+    gateway = Gateway(gateway_dir, counter)
+    now = [time.time()]
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        now[0] += 2 * 86_400  # the first line took the window and more
+        return LineAnswer(200, OK, "req-1")
+
+    runner = BatchRunner(gateway, call, clock=lambda: now[0])
+    store, batch_id = await _created(gateway, runner, 3)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert done.status == "expired" and done.doc["expired_at"]
+    assert (done.completed, done.failed) == (1, 2)
+    expired = await _file_lines(runner, done.doc["error_file_id"])
+    assert [(line["custom_id"], line["error"]["code"]) for line in expired] == [
+        ("c1", "batch_expired"), ("c2", "batch_expired")]
+    assert (await _file_lines(runner, done.doc["output_file_id"]))[0]["custom_id"] == "c0"
+    await gateway.aclose()
+
+
+async def test_a_leased_batch_is_run_by_one_runner(gateway: Gateway) -> None:
+    seen: list[str] = []
+
+    def answering(name: str) -> Any:
+        async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+            seen.append(name)
+            await asyncio.sleep(0.02)
+            return LineAnswer(200, OK, f"req-{len(seen)}")
+        return call
+
+    first, second = BatchRunner(gateway, answering("first")), BatchRunner(
+        gateway, answering("second"))
+    store, batch_id = await _created(gateway, first, 6)
+    assert await store.claim(first.owner, 30.0, time.time()) == (batch_id,)
+    async with _running(second):
+        await asyncio.sleep(1.5)  # it looked, and found the batch held
+        assert seen == []
+    await store.release(batch_id, first.owner)
+    async with _running(first):
+        done = await _final(store, batch_id)
+    assert (done.completed, done.failed) == (6, 0) and set(seen) == {"first"}

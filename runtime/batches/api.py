@@ -10,7 +10,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from aigw.compiler.graph import ApiKey
@@ -134,8 +134,10 @@ class _Api:
     async def _upload(self, request: Request, live: Live, key: ApiKey,
                       store: BatchStore) -> Response:
         most = live.graph.settings.files_max_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > most + _FORM_SLACK:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():  # the form parser spools all it is sent: it is bounded here
+            raise BadRequest("An upload needs a Content-Length header (the SDKs send one).")
+        if int(length) > most + _FORM_SLACK:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
@@ -169,12 +171,12 @@ class _Api:
     async def content(self, request: Request) -> Response:
         _, key, store = await self._caller(request)
         row = await self._file(store, key, request.path_params["file_id"])
-        try:
-            data = await self.runner.files().read(row.id)
-        except FileNotFoundError as exc:
+        path = self.runner.files().folder / row.id
+        if not await path.exists():
             raise NotFound(f"The content of {row.id} is gone from this gateway's "
-                           "files_dir.", param="file_id") from exc
-        return Response(data, media_type="application/octet-stream")
+                           "files_dir.", param="file_id")
+        # Sent from the disk a chunk at a time: a file is up to files_max_bytes.
+        return FileResponse(str(path), media_type="application/octet-stream")
 
     async def _batch(self, store: BatchStore, key: ApiKey, batch_id: str) -> BatchRow:
         row = await store.batch(batch_id)

@@ -191,7 +191,18 @@ class BatchRunner:
         """Send the lines that have no outcome yet; False if the gateway's stop cut that
         short (the batch is neither finished nor expired)."""
         settings = self.gateway.live.graph.settings
-        data = await self.files().read(row.doc["input_file_id"])
+        try:
+            data = await self.files().read(row.doc["input_file_id"])
+        except FileNotFoundError:  # deleted meanwhile (or files_dir is not the replicas' one)
+            log.error("batch %s: its input file %s is gone from %s; the batch failed",
+                      row.id, row.doc["input_file_id"], self.files().folder)
+            await store.change(row.id, {"status": "failed", "failed_at": int(self._clock()),
+                                        "errors": {"object": "list", "data": [{
+                                            "code": "input_file_missing", "line": None,
+                                            "param": "input_file_id", "message":
+                                            "The batch's input file was deleted."}]}},
+                               self.owner)
+            return True
         checked = await anyio.to_thread.run_sync(
             check_input, data, row.doc["endpoint"], settings.batch_max_lines,
             settings.max_request_bytes)

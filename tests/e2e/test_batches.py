@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import openai
 import pytest
 import redis
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.e2e
 
 # One line at a time, so that a scripted upstream answer meets a known line; a lease
 # short enough that a killed gateway's batches are resumed within the test.
-SETTINGS = "batch_concurrency: 1, execution_lease_s: 2"
+SETTINGS = "batch_concurrency: 1, execution_lease_s: 2, files_max_bytes: 65536"
 # Two keys of one team, which find each other's files and batches.
 CAROL, DAVE = "sk-batches-carol", "sk-batches-dave"
 
@@ -189,6 +190,23 @@ def test_what_openai_refuses_at_create_is_a_400_or_404(alice: openai.OpenAI) -> 
                              completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         alice.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
+
+
+def test_an_upload_over_files_max_bytes_is_a_413(alice: openai.OpenAI,
+                                                 upstreams: Upstreams) -> None:
+    for size in (70_000, 200_000):  # found once parsed; refused by its Content-Length
+        with pytest.raises(openai.APIStatusError) as refused:
+            alice.files.create(file=("big.jsonl", b"x" * size), purpose="batch")
+        assert refused.value.status_code == 413
+        assert "files_max_bytes (65536)" in refused.value.message
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is not known up front
+        yield b"--b\r\nContent-Disposition: form-data; name=purpose\r\n\r\nbatch\r\n--b--\r\n"
+
+    unsized = httpx.post(f"{upstreams.server.base_url}/v1/files", content=chunks(),
+                         headers={"authorization": f"Bearer {ALICE}",
+                                  "content-type": "multipart/form-data; boundary=b"})
+    assert unsized.status_code == 400 and "Content-Length" in unsized.json()["error"]["message"]
 
 
 def test_a_cancelled_batch_stops_sending_lines(alice: openai.OpenAI,

@@ -137,3 +137,16 @@ async def test_a_leased_batch_is_run_by_one_runner(gateway: Gateway) -> None:
     async with _running(first):
         done = await _final(store, batch_id)
     assert (done.completed, done.failed) == (6, 0) and set(seen) == {"first"}
+
+
+async def test_a_batch_whose_input_file_is_gone_fails(gateway: Gateway) -> None:
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        raise AssertionError("no line of it is sent")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 2)
+    await runner.files().delete("file-in")
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert done.status == "failed" and done.doc["failed_at"]
+    assert [error["code"] for error in done.doc["errors"]["data"]] == ["input_file_missing"]

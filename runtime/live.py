@@ -177,7 +177,9 @@ RESTART_SETTINGS = ("store", "store_failure", "store_outbox", "reservation_ttl_s
                     "ledger_sync", "ledger_retention_days", "cache_max_entries",
                     "cache_max_bytes",
                     # the pipeline runner's, read when it starts
-                    "execution_lease_s", "execution_retention_s", "unsaved_dir")
+                    "execution_lease_s", "execution_retention_s", "unsaved_dir",
+                    # the batch runner's (runtime/batches), read when it is made
+                    "files_dir", "batches_concurrency")
 
 
 class ConfigError(Exception):

@@ -101,6 +101,9 @@ class BatchRunner:
         self.gateway = gateway
         self._call = call
         self._clock = clock
+        started = gateway.live.graph.settings  # a reload does not move the files
+        self._files = FileBytes(anyio.Path(gateway.root) / started.files_dir)
+        self._concurrency = started.batches_concurrency
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -108,8 +111,7 @@ class BatchRunner:
         self._stopping = False
 
     def files(self) -> FileBytes:
-        settings = self.gateway.live.graph.settings
-        return FileBytes(anyio.Path(self.gateway.root) / settings.files_dir)
+        return self._files
 
     def poke(self) -> None:
         """Look for work now (a batch was created or cancelled here)."""
@@ -119,7 +121,7 @@ class BatchRunner:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.gateway.live.graph.settings.batches_concurrency)
+        self._slots = asyncio.Semaphore(self._concurrency)
         looking = asyncio.create_task(self._look(), name="aigw-batches")
         try:
             yield

@@ -107,7 +107,8 @@ async def test_a_reload_says_which_changed_settings_wait_for_a_restart(
     config.write_text(config.read_text().replace(
         "  max_request_bytes: 4194304\n",
         "  max_request_bytes: 2097152\n  cache_max_entries: 5\n  store_failure: fail_open\n"
-        "  execution_lease_s: 90\n  log_level: error\n"))
+        "  execution_lease_s: 90\n  log_level: error\n  files_dir: elsewhere\n"
+        "  batches_concurrency: 2\n  batch_concurrency: 2\n"))
     level = logging.getLogger("aigw").level
     try:
         report = (await client.post("/admin/reload")).json()
@@ -116,10 +117,13 @@ async def test_a_reload_says_which_changed_settings_wait_for_a_restart(
         logging.getLogger("aigw").setLevel(level)
     assert report["ok"] is True
     # The store and its cache were opened with the first graph's, the pipeline runner
-    # started with its lease; the request limit is read per request, so it applies now,
-    # as does the log level (it was set once, at start, and a reload said nothing).
+    # started with its lease, the batch runner with its folder and slots (a batch's own
+    # concurrency is read as it starts); the request limit is read per request, so it
+    # applies now, as does the log level (it was set once, at start, and a reload said
+    # nothing).
     assert report["restart_needed"] == ["store_failure", "cache_max_entries",
-                                        "execution_lease_s"]
+                                        "execution_lease_s", "files_dir",
+                                        "batches_concurrency"]
     assert gateway.live.graph.settings.max_request_bytes == 2097152
     assert reloaded_level == logging.ERROR
 

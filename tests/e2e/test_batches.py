@@ -260,6 +260,15 @@ def test_a_teams_keys_share_its_files_and_batches(upstreams: Upstreams) -> None:
             alice.batches.retrieve(made.id)
 
 
+def test_a_batch_of_legacy_completions(alice: openai.OpenAI) -> None:
+    made = _batch(alice, [{"custom_id": "c1", "method": "POST", "url": "/v1/completions",
+                           "body": {"model": "gpt", "prompt": "say this", "max_tokens": 5}}],
+                  endpoint="/v1/completions")
+    done = _until(alice, made.id, ("completed",))
+    body = _lines(alice, done.output_file_id)["c1"]["response"]["body"]
+    assert body["object"] == "text_completion" and body["choices"][0]["text"]
+
+
 def test_a_batch_of_responses(alice: openai.OpenAI) -> None:
     made = _batch(alice, [{"custom_id": "r1", "method": "POST", "url": "/v1/responses",
                            "body": {"model": "gpt", "input": "hello there"}}],
@@ -298,7 +307,7 @@ def test_a_gateway_stopped_mid_batch_resumes_without_resending_finished_lines(
         assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
         assert sorted(_lines(client, done.output_file_id)) == sorted(names)
     sent = Counter(request["messages"][0]["content"]  # type: ignore[index]
-                   for request in gpt.script.requests)
+                   for request in gpt.script.requests if "messages" in request)
     assert all(sent[name] == 1 for name in finished_before), sent
     # killed: the one in flight then, sent again
     assert sum(sent[name] for name in names) <= (7 if stop == "kill" else 6), sent

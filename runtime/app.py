@@ -350,11 +350,16 @@ class _Endpoints:
         async def read() -> bytes:
             return body
 
+        # In flight on its snapshot, as a request is: a reload closes the adapters it
+        # dropped only once nothing on the old graph still uses them.
+        live.in_flight.count += 1
         try:
             response = await exchanged(exchange, partial(key_named, live.graph, key_name),
                                        read, answer)
         except GatewayError as exc:
             return LineAnswer(exc.status, exc.body(), record.request_id, exc)
+        finally:
+            live.in_flight.leave()
         return LineAnswer(response.status_code, bytes(response.body), record.request_id)
 
     async def costs_summary(self, request: Request) -> Response:

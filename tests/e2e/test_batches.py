@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -247,6 +248,33 @@ def test_files_and_batches_are_their_owners_only(alice: openai.OpenAI,
     assert alice.files.delete(made.input_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         alice.files.retrieve(made.input_file_id)
+
+
+def test_a_line_in_flight_outlives_a_reload_that_drops_its_provider(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A reload closes the clients of providers it changed once nothing on the old graph
+    uses them: a batch's line in flight counts, as a request does."""
+    upstreams.gpt.script.actions[:] = [Action(delay_s=1.5)]
+    made = _batch(alice, [_line("through-a-reload")])
+    config = upstreams.server.root / "gateway.yaml"
+    before = config.read_text()
+    deadline = time.monotonic() + 10
+    while not upstreams.gpt.script.actions and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the line's call took its (slow) answer
+    while upstreams.gpt.script.actions and time.monotonic() < deadline:
+        time.sleep(0.02)
+    config.write_text(before.replace("{type: openai, ", "{type: openai, timeout_s: 59, ", 1))
+    reload = partial(httpx.post, f"{upstreams.server.base_url}/admin/reload",
+                     headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=30)
+    try:
+        assert reload().json()["ok"] is True
+        done = _until(alice, made.id, ("completed",))
+    finally:
+        config.write_text(before)
+        assert reload().json()["ok"] is True
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 0), _lines(
+        alice, done.error_file_id) if done.error_file_id else done
 
 
 def test_a_teams_keys_share_its_files_and_batches(upstreams: Upstreams) -> None:

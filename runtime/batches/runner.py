@@ -11,7 +11,8 @@ process died is sent again: the one request a crash can repeat.
 Lines run at most ``batch_concurrency`` at once per batch and ``batches_concurrency``
 at once in the process. A line refused by the gateway's own rate limits or budgets (a
 429 that is not the upstream's) is tried again later, until the completion window ends,
-rather than counted as failed.
+rather than counted as failed; one that waiting cannot help (``x-should-retry: false``:
+larger than a limit on its own, a budget that never resets) fails.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ class BatchRunner:
                     if await stop.now():  # while it waited for a slot, or to try again
                         return
                     answer = await self._answer(row, line)
-                if not isinstance(answer.error, RateLimited):
+                if not _waitable(answer.error):
                     break
                 await asyncio.sleep(max(RETRY_LIMITED_S, _retry_after(answer.error)))
             ok = 200 <= answer.status < 300
@@ -311,6 +312,13 @@ class _Stop:
             row = await self._store.batch(self._id)
             self._cancelled = row is None or row.status != "in_progress"
         return self.expired or self._cancelled or self._stopping()
+
+
+def _waitable(error: GatewayError | None) -> bool:
+    """Whether a line's refusal is one of the gateway's own limits that waiting can lift:
+    not a request over a limit on its own, nor a budget that never resets (they say
+    ``x-should-retry: false``), which fail the line."""
+    return isinstance(error, RateLimited) and error.headers.get("x-should-retry") != "false"
 
 
 def _retry_after(error: GatewayError | None) -> float:

@@ -93,6 +93,23 @@ async def test_a_line_our_limits_refuse_is_tried_again_not_failed(gateway: Gatew
     assert sum(calls.values()) == 4 and done.doc["error_file_id"] is None
 
 
+async def test_a_line_no_wait_can_help_fails_at_once(gateway: Gateway) -> None:
+    calls: list[bytes] = []
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        calls.append(body)  # over the key's total budget, which never resets
+        refused = RateLimited("Budget spent.", headers={"x-should-retry": "false"})
+        return LineAnswer(429, refused.body(), "req-over", refused)
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 1)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert (done.completed, done.failed, len(calls)) == (0, 1, 1)
+    failed = await _file_lines(runner, done.doc["error_file_id"])
+    assert failed[0]["response"]["status_code"] == 429
+
+
 async def test_lines_left_when_the_window_ends_are_expired(
         gateway_dir: Path, counter: TokenCounter) -> None:
     one_at_a_time(gateway_dir)

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from .sqlite_file import SQLiteFile
+from .sqlite_file import SQLiteFile, run_statements
 
 # A batch is run (and so leased) while it is in one of these.
 RUNNING = ("in_progress", "finalizing", "cancelling")
@@ -235,9 +235,7 @@ class SQLiteBatches:
 
 
 def _create_tables(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    run_statements(connection, SCHEMA)
 
 
 _FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from .sqlite_file import SQLiteFile
+from .sqlite_file import SQLiteFile, run_statements
 
 if TYPE_CHECKING:
     from .stored_responses import RedisResponses
@@ -162,9 +162,7 @@ class SQLiteConversations:
 
 
 def create_tables(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    run_statements(connection, SCHEMA)
 
 
 def purge(now: float, connection: sqlite3.Connection) -> None:

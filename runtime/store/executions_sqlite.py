@@ -39,7 +39,7 @@ from .executions import (
     control_change,
     new_execution_id,
 )
-from .sqlite_file import SQLiteFile
+from .sqlite_file import SQLiteFile, run_statements
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wf_executions (
@@ -196,9 +196,7 @@ class SQLiteExecutions:
 
 
 def _create_tables(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    run_statements(connection, SCHEMA)
     # Files written before an execution kept its end user, its request's facts or its
     # trace get the columns (empty).
     columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}

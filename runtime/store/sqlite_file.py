@@ -353,10 +353,16 @@ def _settle(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
             future.set_exception(error)
 
 
-def create_schema(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
+def run_statements(connection: sqlite3.Connection, script: str) -> None:
+    """Each ``;``-separated statement of ``script`` (a schema's CREATE ... IF NOT EXISTS),
+    in the connection's transaction: ``executescript`` would commit first."""
+    for statement in script.split(";"):
         if statement.strip():
             connection.execute(statement)
+
+
+def create_schema(connection: sqlite3.Connection) -> None:
+    run_statements(connection, SCHEMA)
     present = {row[1] for row in connection.execute("PRAGMA table_info(ledger)")}
     for name, kind in _ADDED_COLUMNS.items():
         if name not in present:

@@ -54,7 +54,7 @@ from .conversations import create_tables as create_conversation_tables
 from .conversations import purge as purge_conversations
 from .factory import embedded_file
 from .redis_store import disconnected
-from .sqlite_file import SQLiteFile
+from .sqlite_file import SQLiteFile, run_statements
 
 PURGE_EVERY_S = 3600.0
 # How far a new record extends its chain's expiry: the bound of responses_chain_max_depth
@@ -201,9 +201,7 @@ class SQLiteResponses:
 
 
 def _create_table(connection: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    run_statements(connection, SCHEMA)
     columns = {row[1] for row in connection.execute("PRAGMA table_info(responses)")}
     if "previous" not in columns:  # a file an older aigw made: its rows have none
         connection.execute("ALTER TABLE responses ADD COLUMN previous TEXT")

@@ -288,13 +288,6 @@ def reservation_slots(reservation: Reservation) -> tuple[SlotCheck, ...]:
     return _shape(reservation.limits).slots if reservation.parallel else ()
 
 
-def refill(level: float, since: float, cap: int, now: float) -> float:
-    """A bucket's level at ``now`` (levels below zero are debt, capped at ``cap``)."""
-    if now > since:
-        level += (now - since) * cap / SECONDS_PER_WINDOW
-    return min(level, float(cap))
-
-
 def decide(
     checks: Plan, levels: Sequence[float], budgets: Sequence[tuple[int, int]], now: float,
     running: Sequence[int] = (),
@@ -330,14 +323,18 @@ def decide(
 
 def rate_status(checks: Plan, levels: Sequence[float], *, granted: bool) -> RateStatus:
     """The tightest requests and tokens buckets, after this request if it was granted."""
+    # ``BucketCheck.rate`` written out (``cap / SECONDS_PER_WINDOW``, the same float):
+    # a property call for each of six reads a request.
     tightest: dict[Exceeded, tuple[float, BucketCheck]] = {}
     for bucket, level in zip(checks.buckets, levels, strict=True):
         after = level - bucket.need if granted else level
         best = tightest.get(bucket.unit)
         # Fewest whole units left first; among equals, the one that takes longest to fill.
-        if best is None or (math.floor(after), (after - bucket.cap) / bucket.rate) < (
+        if best is None or (
+            math.floor(after), (after - bucket.cap) / (bucket.cap / SECONDS_PER_WINDOW)
+        ) < (
             math.floor(best[0]),
-            (best[0] - best[1].cap) / best[1].rate,
+            (best[0] - best[1].cap) / (best[1].cap / SECONDS_PER_WINDOW),
         ):
             tightest[bucket.unit] = (after, bucket)
 
@@ -345,7 +342,8 @@ def rate_status(checks: Plan, levels: Sequence[float], *, granted: bool) -> Rate
         if unit not in tightest:
             return None
         after, bucket = tightest[unit]
-        return RateWindow(bucket.cap, math.floor(after), (bucket.cap - after) / bucket.rate)
+        return RateWindow(bucket.cap, math.floor(after),
+                          (bucket.cap - after) / (bucket.cap / SECONDS_PER_WINDOW))
 
     return RateStatus(window(Exceeded.REQUESTS), window(Exceeded.TOKENS))
 

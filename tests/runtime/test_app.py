@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from aigw.cli import main
 from aigw.runtime.app import IndexedHeaders, SnapshotMiddleware, create_app
+from aigw.runtime.jsonio import JSONBody, dumps
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
@@ -418,3 +419,22 @@ def test_indexed_headers_answer_as_starlettes_headers_do() -> None:
     with pytest.raises(KeyError):
         indexed["absent"]
     assert dict(indexed.items()) == dict(plain.items())
+
+
+@pytest.mark.parametrize("headers", [
+    None, {},
+    {"x-aigw-route": "fast", "X-Request-Id": "req-1", "x-ratelimit-reset-tokens": "6ms"},
+    {"x-aigw-route": "fast", "Content-Type": "application/json; charset=utf-8"},
+    {"content-length": "2", "x-aigw-route": "fast"},
+])
+@pytest.mark.parametrize("status", [200, 204, 429])
+def test_json_bodies_send_the_headers_starlette_would(
+    headers: dict[str, str] | None, status: int
+) -> None:
+    """JSONBody encodes header names once per process: the same list, in the same order,
+    as Starlette's own, the second time a name is seen as the first."""
+    for _ in range(2):
+        ours = JSONBody({"ok": True}, status_code=status, headers=headers)
+        theirs = Response(dumps({"ok": True}), status_code=status, headers=headers,
+                          media_type="application/json")
+        assert ours.raw_headers == theirs.raw_headers

@@ -188,6 +188,26 @@ def _limits(scope: Scope, name: str, quota: Quota) -> Limits | None:
 
 def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
     """Every scope a request by ``key`` (for end user ``user``) is counted against."""
+    if not user:  # most requests: the key's and its team's, the same for every request
+        kept = _key_limits.get(id(key))
+        if kept is not None and kept[0] is key:
+            return kept[1]
+        limits = _subject_limits(key, None)
+        if len(_key_limits) >= _MAX_KEYS:
+            _key_limits.clear()  # reloads leave old keys behind: rebuilt as they come
+        _key_limits[id(key)] = (key, limits)
+        return limits
+    return _subject_limits(key, user)
+
+
+# By the key objects' identities (frozen graph data, as ``_limits``' quotas): hashing a
+# key's quotas for ``_limits``' cache each request cost more than the rest of
+# ``subject_limits``. Each entry keeps its key alive, so an id is not reused meanwhile.
+_key_limits: dict[int, tuple[ApiKey, tuple[Limits, ...]]] = {}
+_MAX_KEYS = 4096
+
+
+def _subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
     found = [_limits(Scope.KEY, key.name, key.quota)]
     if key.team is not None:
         found.append(_limits(Scope.TEAM, key.team.name, key.team.quota))

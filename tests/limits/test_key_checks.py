@@ -4,9 +4,14 @@ signs in (found by a review helper)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 import pytest
+
+from aigw.compiler.graph import ApiKey, Quota, Team
+from aigw.runtime.admission import subject_limits
+from aigw.runtime.store.values import Scope
 
 from .conftest import ClientFactory, digest
 
@@ -66,3 +71,20 @@ async def test_a_previous_secret_signs_in_while_the_new_ones_env_is_unset(
     status = (await client("dev").get("/admin/status")).json()
     assert status["graph"]["keys"]["rotated"]["previous"] == [
         {"until": "2999-01-01T00:00:00Z", "refused": False}]
+
+
+def test_a_keys_scopes_follow_the_key_object_a_reload_gives() -> None:
+    """``subject_limits`` keeps a key's scopes by the key object: the same limits each
+    request, and a reloaded key (a new object, its quota changed) gets its new ones."""
+    team = Team("eng", Quota(rpm=10), Quota())
+    key = ApiKey("k", team, False, Quota(tpm=100), Quota(), None, None, "digest")
+    first = subject_limits(key, None)
+    assert subject_limits(key, None) is first
+    assert [(item.scope, item.name, item.rpm, item.tpm) for item in first] == [
+        (Scope.KEY, "k", None, 100), (Scope.TEAM, "eng", 10, None)]
+    reloaded = replace(key, quota=Quota(tpm=200))
+    assert [item.tpm for item in subject_limits(reloaded, None)] == [200, None]
+    assert subject_limits(key, None) is first
+    user = Quota(rpm=1)
+    per_user = replace(key, per_user=user)
+    assert [item.name for item in subject_limits(per_user, "u1")] == ["k", "eng", "eng/u1"]

@@ -216,7 +216,7 @@ async def complete(
                              _loop(live, chosen, attempt, partial(bill_loser, record)), record)
     bill_answer(live, record, won)
     record.response_model = won.value.model
-    record.finish_reasons = tuple(choice.finish_reason for choice in won.value.choices)
+    record.finish_reasons = tuple([choice.finish_reason for choice in won.value.choices])
     return _served(record, chosen, won), won.value
 
 

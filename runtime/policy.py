@@ -195,7 +195,7 @@ class PolicyEngine:
 
     def context(self, facts: Facts) -> CedarContext:
         values = facts.values()
-        raw = tuple(values[name] for name in self._encoder.names)
+        raw = tuple([values[name] for name in self._encoder.names])
         found = self._contexts.get(raw)
         if found is None:
             found = self._encoder.encode(values)
@@ -318,7 +318,7 @@ class PolicyEngine:
         return exact, answers
 
     def _answers(self, context: CedarContext, resource: Mapping[str, Any]) -> tuple[object, ...]:
-        return tuple(evaluate(context.values, resource) for evaluate in self._comparisons)
+        return tuple([evaluate(context.values, resource) for evaluate in self._comparisons])
 
     def _resource_values(self, resource: Mapping[str, str]) -> dict[str, Any]:
         """The attributes of a resource that is not a deployment, as comparisons see them."""

@@ -75,8 +75,8 @@ class ContextEncoder:
             comparable[qualified] = plain(encoded)
             if keyed:
                 exact.append(json.dumps(encoded, sort_keys=True))
-        own = tuple(evaluate(comparable, _NO_RESOURCE) for evaluate in self._own)
-        versus = tuple(comparable.get(name) for name in self._versus)
+        own = tuple([evaluate(comparable, _NO_RESOURCE) for evaluate in self._own])
+        versus = tuple([comparable.get(name) for name in self._versus])
         return CedarContext(dumps(record).decode(), (*exact, own), comparable, versus)
 
 

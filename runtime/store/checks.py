@@ -164,8 +164,10 @@ def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan
         raise ValueError("tokens and cost of a reservation cannot be negative")
     scopes = tuple(limits)
     shape = _shape(scopes)
-    buckets = tuple(fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
-                    for fixed, scope, name, cap in shape.buckets)
+    # tuple([...]), here and on the rest of the request path: a list comprehension is one
+    # call, where tuple() resumes a generator once an item and once more to end it.
+    buckets = tuple([fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
+                     for fixed, scope, name, cap in shape.buckets])
     return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now), shape.slots)
 
 
@@ -269,11 +271,11 @@ def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
     if tokens < 0 or cost < 0:
         raise ValueError("tokens and cost of a settle cannot be negative")
     refund = reservation.tokens - tokens
-    buckets = tuple(
+    buckets = tuple([
         BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, refund)
         for item in reservation.limits
         if item.tpm is not None and refund != 0
-    )
+    ])
     return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
                 reservation_budgets(reservation), reservation_slots(reservation))
 

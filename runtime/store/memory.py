@@ -67,7 +67,7 @@ class MemoryLimits:
         self._next_sweep = 0.0
 
     def missing(self, counters: tuple[Counter, ...]) -> tuple[Counter, ...]:
-        return tuple(counter for counter in counters if counter not in self._budgets)
+        return tuple([counter for counter in counters if counter not in self._budgets])
 
     def seed(self, counter: Counter, spent: int) -> None:
         """Start a budget counter at what was spent before (no-op if it already exists)."""
@@ -94,15 +94,15 @@ class MemoryLimits:
         denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now, running)
         if denied is not None:
             return denied
-        left = least_left((check.amount_nanos, budget.spent, budget.held)
-                          for check, budget in zip(checks.budgets, budgets, strict=True))
+        left = least_left([(check.amount_nanos, budget.spent, budget.held)
+                           for check, budget in zip(checks.budgets, budgets, strict=True)])
         for bucket, check in zip(buckets, checks.buckets, strict=True):
             bucket.level -= check.need
         expires_at = now + ttl
         for budget in budgets:
             budget.held += checks.cost_nanos
             budget.holds[request_id] = checks.cost_nanos
-        counters = tuple(check.counter for check in checks.budgets)
+        counters = tuple([check.counter for check in checks.budgets])
         if places:
             for place, count in zip(places, running, strict=True):
                 self._running[place] = count + 1
@@ -113,7 +113,7 @@ class MemoryLimits:
             limits=checks.limits,
             tokens=checks.tokens,
             cost_nanos=checks.cost_nanos,
-            periods=tuple(check.period_key for check in checks.budgets),
+            periods=tuple([check.period_key for check in checks.budgets]),
             expires_at=expires_at,
             rate=rate_status(checks, levels, granted=True),
             origin=self.origin,

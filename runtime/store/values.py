@@ -219,7 +219,7 @@ class BudgetStatus:
 def least_left(budgets: Iterable[tuple[int, int, int]]) -> float | None:
     """The least that any of ``budgets`` (amount, spent, held in nanos) has left, or
     None when there are none: ``tightest_remaining`` from the stores' raw figures."""
-    left = min((amount - spent - held for amount, spent, held in budgets), default=None)
+    left = min([amount - spent - held for amount, spent, held in budgets], default=None)
     return None if left is None else max(0, left) / NANOS
 
 

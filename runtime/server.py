@@ -206,6 +206,7 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
                 await following
         await gateway.aclose()
         gateway.telemetry.tracing.shutdown()
+        ACCESS_LOG.flush()  # the last turn's lines, if the loop stops before its end
     return 0
 
 

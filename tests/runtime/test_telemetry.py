@@ -202,6 +202,64 @@ async def test_served_access_lines_go_straight_to_their_stream_as_json(
 
 
 
+class _Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_access_lines_of_one_loop_turn_go_out_in_one_write() -> None:
+    """The first line of a turn of the event loop is written at once (before its answer
+    is sent); the lines of requests finishing after it in that turn (a batch of ledger
+    commits wakes many together) go out together at the turn's end, in order."""
+    stream = _Writes()
+    ACCESS_LOG.to_stream(stream)
+    try:
+        for number in range(3):
+            ACCESS_LOG.write(f'{{"n":{number}}}')
+        assert stream.writes == ['{"n":0}\n']
+        await asyncio.sleep(0)
+        assert stream.writes == ['{"n":0}\n', '{"n":1}\n{"n":2}\n']
+        ACCESS_LOG.write('{"n":3}')  # a new turn: at once again
+        assert stream.writes[-1] == '{"n":3}\n'
+    finally:
+        ACCESS_LOG.to_stream(None)
+    assert stream.getvalue().splitlines() == [f'{{"n":{number}}}' for number in range(4)]
+
+
+def test_access_lines_left_by_a_loop_that_stopped_mid_turn_are_not_lost() -> None:
+    """A loop stopped before its turn ended (``aigw serve``'s last turn) leaves lines
+    waiting: ``flush`` (serve's last step) writes them, as does the next line, first."""
+    stream = _Writes()
+    ACCESS_LOG.to_stream(stream)
+
+    def two_then_stop(loop: asyncio.AbstractEventLoop) -> None:
+        ACCESS_LOG.write('{"n":0}')
+        ACCESS_LOG.write('{"n":1}')
+        loop.stop()  # the loop ends with this batch of callbacks, before the turn's end
+
+    try:
+        for _ in range(2):
+            loop = asyncio.new_event_loop()
+            try:
+                loop.call_soon(two_then_stop, loop)
+                loop.run_forever()
+            finally:
+                loop.close()
+        assert stream.getvalue().splitlines() == ['{"n":0}', '{"n":1}', '{"n":0}']
+        ACCESS_LOG.flush()
+        assert stream.getvalue().splitlines() == ['{"n":0}', '{"n":1}', '{"n":0}', '{"n":1}']
+    finally:
+        ACCESS_LOG.to_stream(None)
+
+
+
 async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,
                                                        counter: TokenCounter) -> None:
     """The metric follows the breaker, not the last request: an open circuit turns

@@ -166,7 +166,8 @@ async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],
     try:
         won = await loop.run()
     finally:
-        log.debug("route %s trace: %s", route.name, " | ".join(loop.trace.steps))
+        if loop.trace.keep:  # the debug log is on
+            log.debug("route %s trace: %s", route.name, " | ".join(loop.trace.steps))
         record.attempts = loop.trace.attempts
         record.backoff_s = loop.trace.backoff_s
         record.failures.extend(UpstreamFailure(*failure) for failure in loop.trace.failures)

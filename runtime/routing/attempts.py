@@ -74,9 +74,13 @@ class Trace:
     backoff_s: float = 0.0  # waited before retries (backoff, a provider's Retry-After)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # deployment, provider, code
     policies: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment -> permits
+    # Whether ``steps`` are written down: only the debug log reads them, so with it off
+    # the lines every request makes (its candidates, its attempt) are not even built.
+    keep: bool = True
 
     def add(self, text: str) -> None:
-        self.steps.append(text)
+        if self.keep:
+            self.steps.append(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ class AttemptLoop(Generic[T]):
         # A stream's first delta is no verdict: the stream may fail after it. Its
         # attempt leaves the verdict (and a half-open probe) to ``stream_ended``.
         self.streaming = streaming
-        self.trace = Trace()
+        self.trace = Trace(keep=log.isEnabledFor(logging.DEBUG))
         # The last failure an upstream answered with (or its own timeout): a deadline that
         # then cuts a call short says it too, not only which call it cut.
         self._upstream_failure: UpstreamError | None = None
@@ -203,8 +207,9 @@ class AttemptLoop(Generic[T]):
         ordered = order_candidates(group, fit, self.state, self.ask.demand)
         if filtered is not None:
             ordered = filtered.by_priority(ordered)
-        self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
-                       f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
+        if self.trace.keep:
+            self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
+                           f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
         failure_class = untried_class(dropped)
         last_error: UpstreamError | None = None
         raced: UpstreamError | None = None  # the next member's failed call in a hedge race
@@ -323,7 +328,8 @@ class AttemptLoop(Generic[T]):
             raise _CircuitOpen(f"circuit of '{candidate.deployment.name}' is open",
                                provider=candidate.deployment.provider.name)
         self.trace.attempts += 1
-        self.trace.add(f"attempt {self.trace.attempts}: {candidate.deployment.name}")
+        if self.trace.keep:
+            self.trace.add(f"attempt {self.trace.attempts}: {candidate.deployment.name}")
         stats.in_flight += 1
         stats.requests += 1
         # Only the deployment's own timeout says it is unwell. The request's deadline is

@@ -213,23 +213,46 @@ class IndexedHeaders(Headers):
     """A request's headers as Starlette's ``Headers``, looked up in a dict built once:
     the request path asks for a dozen, most of them absent, and ``Headers`` scans the
     list for each (raising and catching a KeyError inside ``get`` for an absent one).
-    The first of repeated headers wins, as in ``Headers``; names arrive lowercased."""
+    The first of repeated headers wins, as in ``Headers``; names arrive lowercased.
+
+    The dict is of the bytes as they arrived, built backwards (so the first of repeated
+    names is written last): a client sends a dozen headers or more (the OpenAI SDK's
+    x-stainless-* ones), and decoding each name and value cost three calls a header,
+    for the few that are read. A value is decoded when it is read; the name asked for
+    is lowercased and encoded once per process (``_wire_name``)."""
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope=scope)
-        index: dict[str, str] = {}
-        for name, value in self.raw:
-            index.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        self._index = index
+        self._index = {name: value for name, value in reversed(self._list)}
 
     def __getitem__(self, key: str) -> str:
-        return self._index[key.lower()]
+        return self._index[_wire_name(key)].decode("latin-1")
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._index.get(key.lower(), default)
+        try:  # ``_wire_name``'s lookup, inline: half a dozen gets a request
+            name = _WIRE_NAMES[key]
+        except KeyError:
+            name = _wire_name(key)
+        value = self._index.get(name)
+        return default if value is None else value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._index
+        return isinstance(key, str) and _wire_name(key) in self._index
+
+
+# Header names as they arrive (lowercased bytes), by the names the code asks for: a few
+# dozen constants; the bound keeps a caller with names of its own from growing it.
+_WIRE_NAMES: dict[str, bytes] = {}
+
+
+def _wire_name(key: str) -> bytes:
+    try:
+        return _WIRE_NAMES[key]
+    except KeyError:
+        wire = key.lower().encode("latin-1")
+        if len(_WIRE_NAMES) < 256:
+            _WIRE_NAMES[key] = wire
+        return wire
 
 
 class _Request(Request):

@@ -407,10 +407,12 @@ async def test_an_error_in_a_direct_endpoints_stream_is_logged_and_ends_the_resp
 
 def test_indexed_headers_answer_as_starlettes_headers_do() -> None:
     raw = [(b"authorization", b"Bearer one"), (b"x-aigw-tags", b"a,b"),
-           (b"authorization", b"Bearer two"), (b"content-type", b"application/json")]
+           (b"authorization", b"Bearer two"), (b"content-type", b"application/json"),
+           (b"x-note", "café".encode("latin-1"))]
     scope = {"type": "http", "headers": raw}
     indexed, plain = IndexedHeaders(scope), Headers(scope=scope)
-    for name in ("authorization", "Authorization", "X-AIGW-TAGS", "content-type", "absent"):
+    for name in ("authorization", "Authorization", "X-AIGW-TAGS", "content-type", "absent",
+                 "X-Note", "x-note"):
         assert indexed.get(name) == plain.get(name), name
         assert (name in indexed) == (name in plain), name
     assert indexed["Authorization"] == "Bearer one"  # the first of repeated headers

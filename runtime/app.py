@@ -352,10 +352,11 @@ class _Endpoints:
         ``max_audio_upload_bytes``."""
         live = _live(request)
         record = new_record(live, endpoint)
-        exchange = Exchange(live, record, request.headers, lambda: self.gateway.live,
+        headers = request.headers  # a property: two calls each time it is read
+        exchange = Exchange(live, record, headers, lambda: self.gateway.live,
                             partial(client_gone, request.receive))
         settings = live.graph.settings
-        return await exchanged(exchange, partial(authenticate, live.graph, request.headers),
+        return await exchanged(exchange, partial(authenticate, live.graph, headers),
                                partial(read_body, request, settings, upload_limit=(
                                    settings.max_audio_upload_bytes if upload else None)),
                                answer)

@@ -9,6 +9,7 @@ call asks it, through a pipe, to SIGHUP the others.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -89,6 +90,9 @@ def _configure_logging() -> None:
     # The access log is one JSON object a line (it has its own "ts"), written as it is:
     # no timestamp formatting per request, and a line any log shipper parses as JSON.
     ACCESS_LOG.to_stream(sys.stderr)
+    # Lines of the loop's last turn, should the process leave by a path that skips
+    # _serve_async's own flush (an error on the way out).
+    atexit.register(ACCESS_LOG.flush)
 
 
 def _hypercorn_config(options: ServeOptions) -> Config:

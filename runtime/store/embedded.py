@@ -81,12 +81,17 @@ class EmbeddedStore:
         ttl: float | None = None,
     ) -> Reservation | Denied:
         checks = plan(limits, tokens, cost, self._clock.now())
-        await self._load(tuple([check.counter for check in checks.budgets]))
+        missing = self._limits.missing(tuple([check.counter for check in checks.budgets]))
+        if missing:  # the common case, none: no coroutine to start
+            await self._load(missing)
         ttl = self._ttl if ttl is None else ttl
         return self._limits.reserve(request_id, checks, self._clock.now(), ttl)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
-        await self._load(tuple([check.counter for check in reservation_budgets(reservation)]))
+        missing = self._limits.missing(
+            tuple([check.counter for check in reservation_budgets(reservation)]))
+        if missing:
+            await self._load(missing)
         charged = self._limits.settle(reservation, tokens, cost, self._clock.now())
         if charged is not None and charged.cost_nanos and charged.budgets:
             spend = tuple([(check.counter, charged.cost_nanos) for check in charged.budgets])

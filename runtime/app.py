@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -229,30 +230,17 @@ class IndexedHeaders(Headers):
         return self._index[_wire_name(key)].decode("latin-1")
 
     def get(self, key: str, default: Any = None) -> Any:
-        try:  # ``_wire_name``'s lookup, inline: half a dozen gets a request
-            name = _WIRE_NAMES[key]
-        except KeyError:
-            name = _wire_name(key)
-        value = self._index.get(name)
+        value = self._index.get(_wire_name(key))
         return default if value is None else value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
         return isinstance(key, str) and _wire_name(key) in self._index
 
 
-# Header names as they arrive (lowercased bytes), by the names the code asks for: a few
-# dozen constants; the bound keeps a caller with names of its own from growing it.
-_WIRE_NAMES: dict[str, bytes] = {}
-
-
+@functools.lru_cache(maxsize=256)  # the names the code asks for: a few dozen constants
 def _wire_name(key: str) -> bytes:
-    try:
-        return _WIRE_NAMES[key]
-    except KeyError:
-        wire = key.lower().encode("latin-1")
-        if len(_WIRE_NAMES) < 256:
-            _WIRE_NAMES[key] = wire
-        return wire
+    """A header name as it arrives: lowercased bytes."""
+    return key.lower().encode("latin-1")
 
 
 class _Request(Request):

@@ -1,21 +1,16 @@
 """Pipelines as A2A agents, streamed: a real ``aigw serve`` and the a2a-sdk's own client
-with streaming on (SendStreamingMessage, SubscribeToTask over SSE).
-
-One gateway for the module, its echo provider slowed down (per token) so an execution
-is reliably seen working before it ends.
+with streaming on (SendStreamingMessage, SubscribeToTask over SSE), on the gateway of
+a2a_gateway.py.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from a2a.client import Client
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.types.a2a_pb2 import (
     Role,
@@ -27,36 +22,17 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import TaskNotFoundError, UnsupportedOperationError
 
 from ..conftest import DEV_KEY
-from ..pipelines.conftest import BOT_KEY, a2a_client, gateway_config
+from ..pipelines.conftest import BOT_KEY
+from .a2a_gateway import a2a_agent as _agent
 from .server import Server
-from .test_workflows import APPROVAL, CHAIN, CHAIN_OUTPUT, SLOW
+from .test_workflows import CHAIN_OUTPUT
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("a2a") / "gw"
-    (root / "pipelines").mkdir(parents=True)
-    (root / "gateway.yaml").write_text(gateway_config(latency=SLOW))
-    for name, text in {"chain": CHAIN, "publish": APPROVAL}.items():
-        (root / "pipelines" / f"{name}.yaml").write_text(text)
-    server = Server(root)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@asynccontextmanager
-async def _agent(gateway: Server, pipeline: str,
-                 key: str = DEV_KEY) -> AsyncIterator[tuple[Client, httpx.AsyncClient]]:
-    """The a2a-sdk's streaming client of ``pipeline``'s agent, as ``key``, and its HTTP
-    client (for the gateway's own API); closing it closes the connections."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60,
-                                 headers={"authorization": f"Bearer {key}"}) as http:
-        yield await a2a_client(http, f"{gateway.base_url}/a2a/{pipeline}", streaming=True), http
+@pytest.fixture
+def gateway(a2a_gateway: Server) -> Server:
+    return a2a_gateway
 
 
 def _message(text: str) -> SendMessageRequest:

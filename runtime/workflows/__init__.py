@@ -10,6 +10,7 @@
     a2a_api             /a2a/{name}: each pipeline as an A2A agent
     a2a_stream          its streamed methods: a task's updates as SSE
     a2a_wire            A2A's forms of a task, its status and output, and error codes
+    a2a_v03             A2A 0.3's calls and shapes, translated to and from 1.0's
 """
 
 from .a2a_api import a2a_routes

@@ -1,9 +1,12 @@
-"""Pipelines as A2A agents: an agent card and a JSON-RPC endpoint (A2A 1.0) per pipeline.
+"""Pipelines as A2A agents: an agent card and a JSON-RPC endpoint (A2A 1.0, and 0.3) per
+pipeline.
 
     GET  /a2a/{pipeline}/.well-known/agent-card.json   its card: one skill, the pipeline
     POST /a2a/{pipeline}                               SendMessage, GetTask, CancelTask;
                                                        SendStreamingMessage and
-                                                       SubscribeToTask (SSE, a2a_stream)
+                                                       SubscribeToTask (SSE, a2a_stream);
+                                                       0.3's message/send, tasks/get, ...
+                                                       (a2a_v03)
 
 Each pipeline is an agent with a base URL of its own, ``/a2a/{pipeline}``, and its card
 where A2A puts one under a base URL (the a2a-sdk's ``A2ACardResolver(client,
@@ -22,6 +25,10 @@ SubscribeToTask streams those of a task GetTask may read, unless it has ended (A
 refuses that: UnsupportedOperationError). A card is refused as A2A's HTTP+JSON binding
 refuses a call (no key: 401, a pipeline the key may not run or that does not exist:
 404), with google.rpc.Status's error object, not OpenAI's, as it is read by A2A clients.
+A 0.3 call is served by the 1.0 method it maps to (a2a_v03: its params lowered, its
+result raised into 0.3's shapes), every check the same; the card lists a 0.3 interface
+at the same URL beside 1.0's, and 0.3's own fields for its clients. Push notifications
+are refused in both (PushNotificationNotSupportedError; the card says so too).
 
 Each POST is counted as ``POST /v1/pipelines/{name}`` is: an access log line (endpoint
 ``a2a``), the request metrics of route ``pipeline:{name}``, and an ``invoke_agent``
@@ -50,6 +57,7 @@ from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, ExecutionConflict, Status
 from ..telemetry.record import RequestRecord
 from ..telemetry.tracing import traceparent
+from . import a2a_v03
 from .a2a_stream import STREAM_S, task_stream
 from .a2a_wire import (
     INTERNAL,
@@ -57,15 +65,22 @@ from .a2a_wire import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    PUSH_NOT_SUPPORTED,
     TASK_NOT_CANCELABLE,
     TASK_NOT_FOUND,
     UNSUPPORTED_OPERATION,
+    RpcError,
     task,
 )
 from .api import counted, pipeline_span
 from .service import Workflows, may_run
 
 PROTOCOL_VERSION = "1.0"
+# The push notification config methods (1.0's; 0.3's are mapped to them) and what
+# refuses them, and a message that asks for one: the card says pushNotifications: false.
+_PUSH_CONFIG = "TaskPushNotificationConfig", "TaskPushNotificationConfigs"
+_NO_PUSH = ("push notifications are not supported; SendStreamingMessage (message/stream) "
+            "streams a task's updates, GetTask (tasks/get) reads it")
 # How long SendMessage waits for its task to settle, as POST /v1/pipelines waits (and a
 # stream is open); and CancelTask for the runner holding the execution to stop it.
 SEND_WAIT_S = STREAM_S
@@ -82,13 +97,6 @@ def a2a_routes(workflows: Workflows) -> list[BaseRoute]:
         Route("/a2a/{name}/.well-known/agent-card.json", api.card, methods=["GET"]),
         Route("/a2a/{name}", api.rpc, methods=["POST"]),
     ]
-
-
-class _RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _A2a:
@@ -113,17 +121,25 @@ class _A2a:
         except GatewayError as exc:
             return card_error(exc)
         pipeline = self._graph().pipelines[name]
-        base = str(request.base_url).rstrip("/")
+        url = f"{str(request.base_url).rstrip('/')}/a2a/{name}"
         about = pipeline.description or f"Runs the aigw pipeline '{name}'."
         return JSONResponse({
             "name": name,
             "description": about,
-            "supportedInterfaces": [{"url": f"{base}/a2a/{name}", "protocolBinding": "JSONRPC",
-                                     "protocolVersion": PROTOCOL_VERSION}],
+            # Both versions at one endpoint (A2A 1.0, 3.6.2), 1.0 preferred: first.
+            "supportedInterfaces": [
+                {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": version}
+                for version in (PROTOCOL_VERSION, a2a_v03.PROTOCOL_VERSION)],
+            # 0.3's clients read its own fields (1.0's ignore them): the endpoint, its
+            # transport and version, and the security scheme in 0.3's form beside 1.0's.
+            "url": url, "preferredTransport": "JSONRPC",
+            "protocolVersion": a2a_v03.PROTOCOL_VERSION,
             "version": self._graph().fingerprint[:12],
             "capabilities": {"streaming": True, "pushNotifications": False},
-            "securitySchemes": {"aigw": {"httpAuthSecurityScheme": {"scheme": "Bearer"}}},
+            "securitySchemes": {"aigw": {"httpAuthSecurityScheme": {"scheme": "Bearer"},
+                                         "type": "http", "scheme": "bearer"}},
             "securityRequirements": [{"schemes": {"aigw": {"list": []}}}],
+            "security": [{"aigw": []}],
             "defaultInputModes": ["text/plain", "application/json"],
             "defaultOutputModes": ["text/plain", "application/json"],
             "skills": [{"id": name, "name": name, "description": about, "tags": ["pipeline"]}],
@@ -156,22 +172,28 @@ class _A2a:
             try:
                 body = json.loads(await request.body())
             except ValueError as exc:
-                raise _RpcError(PARSE_ERROR, f"the body is not JSON: {exc}") from exc
+                raise RpcError(PARSE_ERROR, f"the body is not JSON: {exc}") from exc
             if not isinstance(body, dict) or body.get("jsonrpc") != "2.0" \
                     or not isinstance(body.get("method"), str):
-                raise _RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
+                raise RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
             call_id[0] = body.get("id")
             params = body.get("params") or {}
             if not isinstance(params, dict):
-                raise _RpcError(INVALID_PARAMS, "params must be an object")
-            method = body["method"]
+                raise RpcError(INVALID_PARAMS, "params must be an object")
+            # A2A 0.3's calls are served as 1.0's, translated here and only here.
+            method, legacy = a2a_v03.negotiated(body["method"], _version(request))
+            if legacy:
+                params = a2a_v03.params(params)
             if method in ("SendStreamingMessage", "SubscribeToTask"):
                 execution = await self._start(request, record, key, name, params) \
                     if method == "SendStreamingMessage" \
                     else await self._subscribed(key, name, params)
-                return await task_stream(self.workflows, live, record, call_id[0], execution)
+                return await task_stream(self.workflows, live, record, call_id[0], execution,
+                                         a2a_v03.as_v03 if legacy else a2a_v03.as_v10)
             result = await self._call(request, record, key, name, method, params)
-        except _RpcError as exc:
+            if legacy:
+                result = a2a_v03.result(result)
+        except RpcError as exc:
             record.error = str(exc.code)  # the JSON-RPC code, as the client got it
             return JSONResponse({"jsonrpc": "2.0", "id": call_id[0],
                                  "error": {"code": exc.code, "message": exc.message}})
@@ -181,18 +203,22 @@ class _A2a:
                     method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "SendMessage":
             return await self._send(request, record, key, name, params)
+        if method.endswith(_PUSH_CONFIG):
+            raise RpcError(PUSH_NOT_SUPPORTED, _NO_PUSH)
         if method not in ("GetTask", "CancelTask"):
-            raise _RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
-                            "agent takes SendMessage, SendStreamingMessage, GetTask, "
-                            "CancelTask and SubscribeToTask")
+            raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
+                           "agent takes SendMessage, SendStreamingMessage, GetTask, "
+                           "CancelTask and SubscribeToTask (A2A 1.0), or message/send, "
+                           "message/stream, tasks/get, tasks/cancel and tasks/resubscribe "
+                           "(A2A 0.3)")
         execution = await self._task(key, name, params)
         if method == "CancelTask":
             try:
                 execution = await self.workflows.control(key, execution.id, "cancel")
             except (NotFound, KeyError):  # removed meanwhile
-                raise _RpcError(TASK_NOT_FOUND, f"no task '{execution.id}'") from None
+                raise RpcError(TASK_NOT_FOUND, f"no task '{execution.id}'") from None
             except ExecutionConflict as exc:  # it has ended
-                raise _RpcError(TASK_NOT_CANCELABLE, str(exc)) from exc
+                raise RpcError(TASK_NOT_CANCELABLE, str(exc)) from exc
             execution = await self._settled(execution, CANCEL_WAIT_S, FINAL)
         return task(execution)
 
@@ -203,9 +229,9 @@ class _A2a:
         try:
             execution = await self.workflows.execution(key, str(task_id))
         except NotFound:
-            raise _RpcError(TASK_NOT_FOUND, f"no task '{task_id}'") from None
+            raise RpcError(TASK_NOT_FOUND, f"no task '{task_id}'") from None
         if execution.pipeline != name:
-            raise _RpcError(TASK_NOT_FOUND, f"no task '{task_id}'")
+            raise RpcError(TASK_NOT_FOUND, f"no task '{task_id}'")
         return execution
 
     async def _subscribed(self, key: ApiKey, name: str, params: dict[str, Any]) -> Execution:
@@ -213,9 +239,9 @@ class _A2a:
         requires (UnsupportedOperationError; GetTask reads it)."""
         execution = await self._task(key, name, params)
         if execution.status in FINAL:
-            raise _RpcError(UNSUPPORTED_OPERATION,
-                            f"task '{execution.id}' has already {execution.status.value}; "
-                            "GetTask reads it")
+            raise RpcError(UNSUPPORTED_OPERATION,
+                           f"task '{execution.id}' has already {execution.status.value}; "
+                           "GetTask reads it")
         return execution
 
     async def _send(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
@@ -238,7 +264,11 @@ class _A2a:
         the input schema."""
         message = params.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
-            raise _RpcError(INVALID_PARAMS, "params.message with parts is required")
+            raise RpcError(INVALID_PARAMS, "params.message with parts is required")
+        configuration = params.get("configuration")
+        if isinstance(configuration, dict) \
+                and configuration.get("taskPushNotificationConfig") is not None:
+            raise RpcError(PUSH_NOT_SUPPORTED, _NO_PUSH)
         user = request.headers.get(self._graph().settings.user_header) or None
         record.user = user
         facts = await authorize_pipeline(self.workflows.gateway.live, key, user, name,
@@ -250,7 +280,7 @@ class _A2a:
                 key, name, given, str(message_id) if message_id else None, user, facts,
                 traceparent(record.trace_context))
         except (BadRequest, Conflict) as exc:  # the input, or a messageId used before
-            raise _RpcError(INVALID_PARAMS, exc.message) from exc
+            raise RpcError(INVALID_PARAMS, exc.message) from exc
         return execution
 
     def _input(self, name: str, parts: list[Any]) -> Any:
@@ -280,6 +310,12 @@ class _A2a:
             await self.workflows.wait(execution.id, min(self.workflows.poll_s, remaining))
             execution = await store.get(execution.id) or execution
         return execution
+
+
+def _version(request: Request) -> str | None:
+    """The A2A version the call names: its ``A2A-Version`` header, else the query
+    parameter A2A 1.0 allows in its place."""
+    return request.headers.get("a2a-version") or request.query_params.get("A2A-Version")
 
 
 def card_error(exc: GatewayError) -> Response:

@@ -7,10 +7,22 @@ from typing import Any
 
 from ..store.executions import Execution, Status
 
-# JSON-RPC's codes and A2A's own (A2A 1.0, JSON-RPC binding).
+# JSON-RPC's codes and A2A's own (A2A 1.0, JSON-RPC binding; 0.3 has the same but the
+# last, which is 1.0's).
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 INTERNAL = -32603
 TASK_NOT_FOUND, TASK_NOT_CANCELABLE, UNSUPPORTED_OPERATION = -32001, -32002, -32004
+PUSH_NOT_SUPPORTED, VERSION_NOT_SUPPORTED = -32003, -32009
+
+class RpcError(Exception):
+    """A call answered with JSON-RPC's error object (HTTP 200): ``code`` is one of the
+    codes above."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 _STATES = {
     Status.QUEUED: "TASK_STATE_SUBMITTED", Status.RUNNING: "TASK_STATE_WORKING",

@@ -1,5 +1,5 @@
 """A real ``aigw serve`` whose pipelines are A2A agents, shared by the A2A e2e modules, and
-the a2a-sdk's client of them.
+the a2a-sdk's clients of them (1.0's, or its 0.3 client).
 
 Its echo provider is slowed down (per token) so an execution is reliably seen working
 before it ends.
@@ -37,11 +37,11 @@ def a2a_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @asynccontextmanager
 async def a2a_agent(gateway: Server, pipeline: str, key: str = DEV_KEY, *,
-                    streaming: bool = True
+                    streaming: bool = True, version: str = "1.0"
                     ) -> AsyncIterator[tuple[Client, httpx.AsyncClient]]:
-    """The a2a-sdk's client of ``pipeline``'s agent, as ``key``, and
+    """The a2a-sdk's client of ``pipeline``'s agent (A2A ``version``), as ``key``, and
     its HTTP client (for the gateway's own API); closing it closes the connections."""
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60,
                                  headers={"authorization": f"Bearer {key}"}) as http:
         yield await a2a_client(http, f"{gateway.base_url}/a2a/{pipeline}",
-                               streaming=streaming), http
+                               streaming=streaming, version=version), http

@@ -23,6 +23,8 @@ import httpx
 import pytest
 import redis
 from a2a.client import Client, ClientConfig, ClientFactory
+from a2a.compat.v0_3 import conversions as v03_conversions
+from a2a.compat.v0_3 import types as v03_types
 
 from aigw.compiler.graph import Route
 from aigw.runtime.app import create_app
@@ -93,12 +95,20 @@ guardrails: {{{guardrails}}}
 
 
 async def a2a_client(http: httpx.AsyncClient, url: str, *, streaming: bool = False,
-                     polling: bool = False) -> Client:
+                     polling: bool = False, version: str = "1.0") -> Client:
     """The a2a-sdk's own client of the agent at ``url`` (a pipeline's ``/a2a/{name}``),
-    over ``http`` (which carries the key): its card read, as A2A clients start."""
+    over ``http`` (which carries the key): its card read, as A2A clients start. Version
+    ``0.3`` is the SDK's A2A 0.3 client (its compat transport, which speaks 0.3's wire
+    and checks answers against 0.3's types), the card read as 0.3's clients read it:
+    its ``url``, ``preferredTransport`` and ``protocolVersion``."""
     factory = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming,
                                          polling=polling))
-    return await factory.create_from_url(url)
+    if version == "1.0":
+        return await factory.create_from_url(url)
+    read = (await http.get(f"{url}/.well-known/agent-card.json")).json()
+    card = v03_conversions.to_core_agent_card(v03_types.AgentCard.model_validate(read))
+    assert [i.protocol_version for i in card.supported_interfaces] == [version]
+    return factory.create(card)
 
 
 def refuse_memos(file: Path, refuse: bool) -> None:

@@ -60,9 +60,9 @@ async def _send(client: object, text: str) -> Task:
 async def test_a_pipeline_is_an_agent_whose_task_output_is_an_artifact(serve: Serve) -> None:
     served = await serve({"greet": GREET})
     card = (await served.http.get("/a2a/greet/.well-known/agent-card.json")).json()
-    assert card["supportedInterfaces"] == [{"url": "http://aigw.test/a2a/greet",
-                                            "protocolBinding": "JSONRPC",
-                                            "protocolVersion": "1.0"}]
+    assert card["supportedInterfaces"] == [  # 1.0 first: preferred (0.3: test_a2a_v03)
+        {"url": "http://aigw.test/a2a/greet", "protocolBinding": "JSONRPC",
+         "protocolVersion": version} for version in ("1.0", "0.3")]
     assert card["skills"][0]["description"] == "Greets a topic."
     client = await _client(served, "greet")
     task = await _send(client, "owls")

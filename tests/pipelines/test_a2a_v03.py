@@ -4,6 +4,8 @@ in 0.3's shapes, driven by the a2a-sdk's 0.3 client and by the spec's own payloa
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from typing import Any
 
 import pytest
@@ -156,6 +158,36 @@ async def test_the_a2a_version_header_picks_the_version_and_push_is_refused(
         answer = await _call(served, method, params)
         assert answer["error"]["code"] == -32003, (method, answer)
         assert answer["error"]["message"].startswith("push notifications are not supported")
+
+
+async def test_a_stream_whose_time_is_up_ends_with_a_final_status_update(
+    serve: Serve,
+) -> None:
+    """0.3's ``final`` marks the last event of a stream: the task's end, or, as here, the
+    status the task has when the stream's 300 s are up (it may be resubscribed to)."""
+    ahead = [0.0]
+    served = await serve({"publish": approval_pipeline()},
+                         clock=lambda: time.time() + ahead[0])
+    started = await served.start("publish", {"text": "hello"})
+    await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+
+    async def resubscribed() -> list[dict[str, Any]]:
+        async with served.http.stream("POST", "/a2a/publish", json={
+            "jsonrpc": "2.0", "id": 2, "method": "tasks/resubscribe",
+            "params": {"id": started["id"]}}) as answer:
+            return [json.loads(line.removeprefix("data: ")) async for line
+                    in answer.aiter_lines() if line.startswith("data: ")]
+
+    stream = asyncio.create_task(resubscribed())
+    await asyncio.sleep(0.3)  # it follows the task now
+    assert not stream.done()
+    ahead[0] = 301.0
+    task, last = [event["result"] for event in await asyncio.wait_for(stream, 10)]
+    assert (task["kind"], task["status"]["state"]) == ("task", "input-required")
+    assert (last["kind"], last["status"]["state"], last["final"]) == \
+        ("status-update", "input-required", True)
+    assert last["status"]["message"]["kind"] == "message"
+    assert last["status"]["message"]["role"] == "agent"
 
 
 def test_outputs_that_are_not_objects_are_held_as_0_3_data_parts_are() -> None:

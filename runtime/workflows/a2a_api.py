@@ -78,7 +78,9 @@ from .service import Workflows, may_run
 PROTOCOL_VERSION = "1.0"
 # The push notification config methods (1.0's; 0.3's are mapped to them) and what
 # refuses them, and a message that asks for one: the card says pushNotifications: false.
-_PUSH_CONFIG = "TaskPushNotificationConfig", "TaskPushNotificationConfigs"
+_PUSH_CONFIG = frozenset({
+    "CreateTaskPushNotificationConfig", "GetTaskPushNotificationConfig",
+    "ListTaskPushNotificationConfigs", "DeleteTaskPushNotificationConfig"})
 _NO_PUSH = ("push notifications are not supported; SendStreamingMessage (message/stream) "
             "streams a task's updates, GetTask (tasks/get) reads it")
 # How long SendMessage waits for its task to settle, as POST /v1/pipelines waits (and a
@@ -203,7 +205,7 @@ class _A2a:
                     method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "SendMessage":
             return await self._send(request, record, key, name, params)
-        if method.endswith(_PUSH_CONFIG):
+        if method in _PUSH_CONFIG:
             raise RpcError(PUSH_NOT_SUPPORTED, _NO_PUSH)
         if method not in ("GetTask", "CancelTask"):
             raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "

@@ -170,6 +170,10 @@ async def test_a_stream_whose_time_is_up_ends_with_a_final_status_update(
                          clock=lambda: time.time() + ahead[0])
     started = await served.start("publish", {"text": "hello"})
     await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
+    # Paused, it stays as it is while the clock jumps (a waiting approval would time out).
+    paused = await served.http.post(f"/api/v1/executions/{started['id']}/pause")
+    assert paused.status_code == 202, paused.text
+    await served.wait_for(started["id"], lambda e: e["status"] == "paused")
 
     async def resubscribed() -> list[dict[str, Any]]:
         async with served.http.stream("POST", "/a2a/publish", json={
@@ -183,11 +187,12 @@ async def test_a_stream_whose_time_is_up_ends_with_a_final_status_update(
     assert not stream.done()
     ahead[0] = 301.0
     task, last = [event["result"] for event in await asyncio.wait_for(stream, 10)]
-    assert (task["kind"], task["status"]["state"]) == ("task", "input-required")
+    assert (task["kind"], task["status"]["state"]) == ("task", "working")
     assert (last["kind"], last["status"]["state"], last["final"]) == \
-        ("status-update", "input-required", True)
-    assert last["status"]["message"]["kind"] == "message"
-    assert last["status"]["message"]["role"] == "agent"
+        ("status-update", "working", True)
+    said = last["status"]["message"]
+    assert (said["kind"], said["role"]) == ("message", "agent")
+    assert said["parts"][0]["text"].startswith("paused: POST /api/v1/executions/")
 
 
 def test_outputs_that_are_not_objects_are_held_as_0_3_data_parts_are() -> None:

@@ -10,7 +10,9 @@ aigw cannot call (AGW341), a field its kind needs missing or one it does not tak
 the whole guardrail, which the runtime keys its kept verdicts by. A route naming a
 guardrail that is not defined is AGW339; guardrails on a pipeline route, AGW343: its
 steps' model calls go through routes of their own, whose guardrails apply; on a route
-that serves embeddings, AGW343 too: they check chat only.
+that serves moderation, AGW343 too (a classifier itself), as is one on a route whose
+kind has none of its sides (an output guardrail on an embeddings route: nothing comes
+back to check).
 """
 
 from __future__ import annotations
@@ -185,22 +187,43 @@ def check_route_guardrails(
             unknown(name=name, position=entry.value("guardrails", index))
 
 
-def check_embeddings_routes(
+# What each kind of route's guardrails check: the texts it sends a model (embeddings'
+# inputs, a rerank call's query and documents, an image's prompt, a speech's input) and
+# those it returns (a transcript). A moderation model is a classifier itself: none.
+_CHECKED = {"chat": ("input", "output"), "embeddings": ("input",), "rerank": ("input",),
+            "image": ("input",), "speech": ("input",), "transcription": ("output",),
+            "moderation": ()}
+
+
+def check_served_kinds(
     routes: Mapping[str, Entry[RouteSpec]], kinds: Callable[[str], set[str]],
-    sink: DiagnosticSink,
+    sides: Callable[[str], frozenset[str] | None], sink: DiagnosticSink,
 ) -> None:
-    """Guardrails check chat (/v1/chat/completions, /v1/messages, llm steps): on a route
-    that serves embeddings or rerank they would check nothing, and its inputs would go
-    out as sent."""
+    """Guardrails on a route that serves one kind only check the sides that kind has
+    (``_CHECKED``): on a moderation route none, and a guardrail listed on a route where
+    none of its sides (``sides(name)``; None: not defined) is checked would check
+    nothing, and the route's texts would go out, or come back, as sent."""
     for name, entry in routes.items():
         served = kinds(name)
-        if entry.spec.guardrails and len(served) == 1 and "chat" not in served:
+        if not entry.spec.guardrails or len(served) != 1:
+            continue
+        kind = next(iter(served))
+        checked = _CHECKED.get(kind, ("input", "output"))
+        if not checked:
             sink.add(codes.GUARDRAIL_ROUTE,
-                     f"route '{name}' serves {next(iter(served))}: guardrails do not apply "
-                     "to it",
+                     f"route '{name}' serves {kind}: guardrails do not apply to it",
                      entry.key("guardrails"),
-                     "guardrails check chat requests; remove them here, or put them on a "
-                     "chat route")
+                     "a moderation model is a classifier itself; remove them here, and put "
+                     "guardrails on the routes whose texts you want checked")
+            continue
+        for index, guardrail in enumerate(entry.spec.guardrails):
+            on = sides(guardrail)
+            if on is not None and not on & set(checked):
+                sink.add(codes.GUARDRAIL_ROUTE,
+                         f"route '{name}' serves {kind}, whose {checked[0]} alone guardrails "
+                         f"check: guardrail '{guardrail}' (on: [{', '.join(sorted(on))}]) "
+                         "would check nothing", entry.value("guardrails", index),
+                         f"add {checked[0]} to the guardrail's on:, or remove it here")
 
 
 def route_guardrails(

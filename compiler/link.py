@@ -23,7 +23,7 @@ from .agents import link_agent
 from .diagnostics import DiagnosticSink, shown_url
 from .graph import ServedServer
 from .guardrail_graph import Guardrail
-from .guardrails import check_embeddings_routes, check_route_guardrails, link_guardrails
+from .guardrails import check_route_guardrails, check_served_kinds, link_guardrails
 from .keys import LinkedKey, link_keys
 from .kinds import check_deployment_kind, check_group_kinds
 from .mcp_servers import LinkedMcpServer, link_mcp_servers, not_ascii
@@ -206,9 +206,10 @@ def link(
                          entry.value("cache", "semantic", "embeddings"),
                          f"route '{name}' semantic cache", "it names an embeddings route")
         check_semantic_caches(routes, candidates, deployments, keys, sink)
-        check_embeddings_routes(routes, lambda route: {
+        check_served_kinds(routes, lambda route: {
             deployments[m].spec.kind for m in candidates.get(route, ()) if m in deployments},
-            sink)
+            lambda name: frozenset(guardrail_entries[name].spec.on)
+            if name in guardrail_entries else None, sink)
     # Reachability is only worth saying about a routing table without errors: a typo
     # in a member or a route would otherwise also show as "not reachable" (and with no
     # routes at all, AGW316 already says it).

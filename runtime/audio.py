@@ -47,6 +47,7 @@ from .providers.audio import (
 from .route_call import answer_headers, call_route
 from .routing.candidates import AudioAsk, Candidate
 from .telemetry.tracing import Span
+from .transcripts import checked_transcript
 from .upstream_aiohttp import ByteStream, FormFile
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     seconds = upload_seconds(upload.data)
     sent = tuple((name, value) for name, value in fields if name != "model")
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[TranscriptionResult]]:
+    def call(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[TranscriptionResult]]:
         transcription = TranscriptionCall(candidate.deployment, operation, sent, upload,
                                           response_format, prompt_tokens, seconds)
         return partial(audio_adapter(candidate.adapter, candidate.deployment).transcribe,
@@ -104,7 +106,7 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
         cost=lambda deployment: deployment.price.cost(
             prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
             round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
-        call=call, noted=_noted_transcript)
+        call=call, noted=_noted_transcript, checked=partial(checked_transcript, response_format))
     return Response(won.value.body, headers={**answer_headers(exchange, route, won),
                                              "content-type": won.value.content_type})
 
@@ -138,15 +140,19 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     characters = len(request.input)
     sent = request.model_dump(exclude_none=True)
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[SpeechResult]]:
-        spoken = SpeechCall(candidate.deployment, sent, characters, prompt_tokens)
+    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[SpeechResult]]:
+        # The input as the route's input guardrails left it.
+        spoken = SpeechCall(candidate.deployment, {**sent, "input": texts[0]}, characters,
+                            prompt_tokens)
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak, spoken)
 
     won = await call_route(
         exchange, key, route, kind="speech", model=request.model, prompt_tokens=prompt_tokens,
         ask=AudioAsk(live.adapters, "speech", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
-        call=call, noted=_noted_speech, release=lambda result: result.audio.aclose())
+        call=call, noted=_noted_speech, release=lambda result: result.audio.aclose(),
+        texts=(request.input,))
     audio = won.value.audio
     # Released after the response too: a client gone before the first chunk never
     # started the iterator, whose own ``finally`` would have let the connection go.

@@ -17,7 +17,7 @@ import base64
 import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.responses import JSONResponse, Response
@@ -84,15 +84,20 @@ async def embed(
               for item in inputs]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[EmbeddingResult]]:
-        embedding = EmbeddingCall(candidate.deployment, inputs, dimensions, user, prompt_tokens)
+    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[EmbeddingResult]]:
+        # Texts as the route's input guardrails left them; token ids are no text to check.
+        sent = inputs if token_ids else texts
+        embedding = EmbeddingCall(candidate.deployment, sent, dimensions, user, prompt_tokens)
         return partial(candidate.adapter.embed, embedding)
 
     return await call_route(
         exchange, key, route, kind="embeddings", model=model, prompt_tokens=prompt_tokens,
         ask=EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
-        noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s)
+        noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s,
+        # Texts alone when not token ids (no copy: a route without guardrails reads none).
+        texts=() if token_ids else cast("tuple[str, ...]", inputs))
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:

@@ -3,6 +3,7 @@
     GatewayError                    status, OpenAI error type and code
     ├── BadRequest                  400 invalid_request_error
     │   ├── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
+    │   │   └── OutputWithheld              an output guardrail blocked a whole answer (billed)
     │   └── PreviousResponseNotFound    400 previous_response_not_found (none kept for this key)
     ├── Unauthorized                401 invalid_api_key
     │   └── KeyExpired                  401 key_expired (past the key's expires)
@@ -112,6 +113,14 @@ class GuardrailBlocked(BadRequest):
 
     def __init__(self, guardrail: str) -> None:
         super().__init__(f"The request was blocked by guardrail '{guardrail}'.")
+
+
+class OutputWithheld(GuardrailBlocked):
+    """An output guardrail blocked an answer that has no choices to withhold one of (a
+    transcript): the call was made and is billed, and nothing of its answer is sent."""
+
+    def __init__(self, guardrail: str) -> None:
+        BadRequest.__init__(self, f"The answer was withheld by guardrail '{guardrail}'.")
 
 
 class Unauthorized(GatewayError):

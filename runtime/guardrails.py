@@ -58,6 +58,8 @@ class Withheld(Exception):
 
 
 Span = tuple[int, int, str]  # start, end, replacement
+# One text through a route's guardrails: as they let it through, or ``Withheld``.
+Check = Callable[[str], Awaitable[str]]
 
 
 def spans(guardrail: Guardrail, text: str) -> list[Span]:
@@ -274,6 +276,30 @@ async def check_text(guardrails: Sequence[Guardrail], text: str, direction: Dire
         if guardrail.webhook is not None and text:
             text = await client.check(guardrail, text, direction, record)
     return text
+
+
+async def guard_texts(guardrails: Sequence[Guardrail], texts: tuple[str, ...],
+                      direction: Direction, record: RequestRecord,
+                      client: GuardClient) -> tuple[str, ...]:
+    """Each of ``texts`` (an embeddings call's inputs, a rerank call's query and
+    documents, ...) through ``guardrails``; ``texts`` itself when none changed, and
+    ``Withheld`` for the first a guardrail blocked."""
+
+    async def check(text: str) -> str:
+        return await check_text(guardrails, text, direction, record, client) if text else text
+
+    try:
+        if any(guardrail.webhook is not None for guardrail in guardrails):
+            # At once, as a chat's messages are: a thousand documents asked one after
+            # another waited a thousand checker calls; the first block cancels the rest.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(check(text)) for text in texts]
+            checked = tuple(task.result() for task in tasks)
+        else:  # patterns only: no waiting, so no tasks
+            checked = tuple([await check(text) for text in texts])
+    except* Withheld as group_of:
+        raise _first(group_of) from None
+    return texts if checked == texts else checked
 
 
 async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,

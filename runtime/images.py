@@ -71,8 +71,10 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     prompt_tokens = live.counter.count(request.prompt)
     params = request.model_dump(exclude_none=True, exclude={"model", "prompt", "n"})
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[ImageResult]]:
-        drawing = ImageCall(candidate.deployment, request.prompt, request.n, request.size,
+    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[ImageResult]]:
+        (prompt,) = texts  # as the route's input guardrails left it
+        drawing = ImageCall(candidate.deployment, prompt, request.n, request.size,
                             request.response_format, params, prompt_tokens)
         return partial(candidate.adapter.generate_images, drawing)
 
@@ -84,7 +86,8 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     won = await call_route(
         exchange, key, route, kind="image", model=request.model, prompt_tokens=prompt_tokens,
         ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
-        cost=held, call=call, noted=_noted, operation="generate_content")
+        cost=held, call=call, noted=_noted, operation="generate_content",
+        texts=(request.prompt,))
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
 
 

@@ -58,7 +58,10 @@ async def moderate(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     counts = [live.counter.count(text) for text in texts]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[ModerationResult]]:
+    # No guardrails (compiler/guardrails.py refuses them here): a moderation model is a
+    # classifier itself, and what it is sent comes back as its verdict, not as text.
+    def call(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[ModerationResult]]:
         moderation = ModerationCall(candidate.deployment, sent, results, prompt_tokens)
         return partial(candidate.adapter.moderate, moderation)
 

@@ -77,8 +77,11 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                         for text in documents)
     units = -(-len(documents) // DOCUMENTS_PER_SEARCH_UNIT)
 
-    def call(candidate: Candidate) -> Callable[[], Awaitable[RerankResult]]:
-        ranking = RerankCall(candidate.deployment, request.query, documents, request.top_n,
+    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[RerankResult]]:
+        # The query and documents as the route's input guardrails left them (the answer
+        # returns the client's own documents, by index).
+        ranking = RerankCall(candidate.deployment, texts[0], texts[1:], request.top_n,
                              cap, prompt_tokens)
         return partial(candidate.adapter.rerank, ranking)
 
@@ -86,7 +89,7 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         exchange, key, route, kind="rerank", model=request.model, prompt_tokens=prompt_tokens,
         ask=RerankAsk(live.adapters, prompt_tokens, query_tokens, units),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
-        call=call, noted=_noted, search_units=units)
+        call=call, noted=_noted, search_units=units, texts=(request.query, *documents))
     return JSONResponse(
         _body(exchange.record.request_id, won.value, documents, request.return_documents),
         headers=answer_headers(exchange, route, won))

@@ -2,20 +2,28 @@
 /v1/moderations, /v1/audio/*) through a route.
 
     record -> route allowed -> Cedar invoke -> serves it? -> limits and budget held ->
-    attempt loop (members, retries, fallbacks, circuits, hedges) -> billed -> settled
+    input guardrails -> attempt loop (members, retries, fallbacks, circuits, hedges) ->
+    billed -> output guardrails -> settled
 
 The chat's own pieces (``call_upstream``, ``run_attempts``, ``bill_answer``), run in the
 chat's order, so an embeddings call and a rerank call are counted, routed, billed, logged
 and traced alike; each endpoint brings only what differs: its ``Ask`` (which members fit)
-and the call made to a member's adapter.
+and the call made to a member's adapter. Guardrails see the texts an endpoint names:
+its ``texts`` going out (an embeddings call's inputs, a rerank call's query and
+documents, an image's prompt, a speech's input), which the call is then made with, as
+the guardrails left them; and what ``checked`` walks of its answer (a transcript). A
+route without guardrails does none of this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
+from aigw.compiler.guardrail_graph import Guardrail
 
 from .admission import DeploymentQuotas, check_route_allowed
 from .chat import (
@@ -27,7 +35,8 @@ from .chat import (
     overhead_header,
     run_attempts,
 )
-from .errors import BadRequest
+from .errors import BadRequest, GuardrailBlocked, OutputWithheld
+from .guardrails import Check, Withheld, check_text, guard_texts
 from .incoming import unless_gone
 from .policy_request import authorize_route
 from .routing.attempts import AttemptLoop, Won
@@ -41,11 +50,14 @@ if TYPE_CHECKING:
 async def call_route(
     exchange: Exchange, key: ApiKey, route: Route, *, kind: str, model: str,
     prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
-    call: Callable[[Candidate], Callable[[], Awaitable[A]]], noted: Callable[[Span, A], None],
+    call: Callable[[Candidate, tuple[str, ...]], Callable[[], Awaitable[A]]],
+    noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
     operation: str | None = None,
     search_units: int = 0,
     release: Callable[[A], None] | None = None,
+    texts: tuple[str, ...] = (),
+    checked: Callable[[A, Check], Awaitable[A]] | None = None,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
@@ -55,7 +67,12 @@ async def call_route(
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
     lets go of an answer still being read (speech's open audio) that is not passed on: a
-    hedge's loser's, or the winner's when billing fails."""
+    hedge's loser's, or the winner's when billing fails.
+
+    The route's input guardrails check ``texts`` once its limits are held (a caller over
+    them never reaches a checker), and ``call`` gets them as they left them; a block is
+    ``GuardrailBlocked``, and no call goes out. Its output guardrails check the answer's
+    texts through ``checked``; a block there is ``OutputWithheld`` (the call is billed)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
     operation = operation or kind
     record.route, record.model, record.prompt_tokens = route.name, model, prompt_tokens
@@ -71,12 +88,18 @@ async def call_route(
     if check is not None:
         check(members)
     await exchange.admit(key, prompt_tokens, max(map(cost, members)))
+    guards = route.guardrails
+    if guards is not None and guards.input and texts:
+        try:
+            texts = await guard_texts(guards.input, texts, "input", record, live.guard)
+        except Withheld as exc:
+            raise GuardrailBlocked(exc.guardrail) from None
 
     quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate), operation, noted, search_units)
+                                   call(candidate, texts), operation, noted, search_units)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
@@ -92,12 +115,31 @@ async def call_route(
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
     try:
         bill_answer(live, record, won)
+        if guards is not None and guards.output and checked is not None:
+            won = await _guarded_answer(exchange, guards.output, won, checked)
         await exchange.close()
     except BaseException:
         if release is not None:
             release(won.value)
         raise
     return won
+
+
+async def _guarded_answer(exchange: Exchange, guardrails: tuple[Guardrail, ...], won: Won[A],
+                          checked: Callable[[A, Check], Awaitable[A]]) -> Won[A]:
+    """``won`` with its answer's texts through the output guardrails. A block is
+    ``OutputWithheld``, written down as the request's status before it is settled: the
+    call was made, and is billed."""
+    record = exchange.record
+    try:
+        value = await checked(won.value, partial(check_text, guardrails, direction="output",
+                                                 record=record, client=exchange.live.guard))
+    except Withheld as exc:
+        error = OutputWithheld(exc.guardrail)
+        record.status, record.error = error.status, str(error.code)
+        await exchange.close()
+        raise error from None
+    return won if value is won.value else replace(won, value=value)
 
 
 def answer_headers(exchange: Exchange, route: Route, won: Won[A]) -> dict[str, str]:

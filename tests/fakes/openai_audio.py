@@ -54,6 +54,7 @@ class AudioFake:
     speech_size = 48_000  # bytes of audio a speech answers
     speech_pause_s = 0.0  # between its first chunk and the rest
     speeches_cut = 0  # speech answers whose reader went away before their end
+    transcript: str | None = None  # what every transcript says (None: transcript_text)
 
     def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
         raise NotImplementedError
@@ -110,7 +111,7 @@ class AudioFake:
             return _invalid("you must provide a file", "file")
         model = str(seen.get("model") or "")
         kind = seen.get("response_format", "json")
-        text = transcript_text(size)
+        text = self.transcript if self.transcript is not None else transcript_text(size)
         if kind == "text":
             return PlainTextResponse(f"{text}\n")
         if kind in ("srt", "vtt"):

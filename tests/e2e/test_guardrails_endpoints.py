@@ -1,0 +1,207 @@
+"""Guardrails on the endpoints that are no chat, with a real ``aigw serve`` in front of the
+OpenAI fake and a webhook checker, through the official openai SDK: input guardrails on
+/v1/embeddings' inputs, /v1/rerank's query and documents, /v1/images/generations' prompt
+and /v1/audio/speech's input (a block is a 400 naming the guardrail and no call goes
+out; a redaction is what the upstream receives; a webhook's verdicts, kept), and output
+guardrails on a transcript in each of its formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ..fakes.guard_checker import GuardChecker
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from .server import Server, sdk_gateway
+from .test_audio import wav
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "sk-" + "A1b2C3d4" * 4
+
+
+@dataclass
+class Guarded:
+    upstream: OpenAIFake
+    checker: GuardChecker
+    client: openai.OpenAI
+    server: Server
+
+    def sent(self) -> dict[str, Any]:
+        """What the upstream received last."""
+        return self.upstream.script.requests[-1]
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    upstream, checker = OpenAIFake(), GuardChecker()
+    with pytest.MonkeyPatch.context() as env, serving(upstream.app) as url, \
+            serving(checker.app) as hook:
+        env.setenv("FAKE_OPENAI_KEY", upstream.api_key)
+        # Each kind once with patterns (blocks and redacts), once with a webhook.
+        routes = "".join(
+            f"  {kind}: {{deployment: {kind}, guardrails: [no-secrets, pii]}}\n"
+            f"  {kind}-checked: {{deployment: {kind}, guardrails: [{checker_name}]}}\n"
+            for kind, checker_name in (("embed", "checker"), ("rerank", "checker"),
+                                       ("image", "checker"), ("speech", "checker"),
+                                       ("transcribe", "out-checker")))
+        with sdk_gateway(tmp_path_factory.mktemp("guarded") / "gw", (
+                "providers:\n"
+                f'  oai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+                f'  vllm: {{type: openai_compatible, base_url: "{url}/v1", '
+                'api_key: "${FAKE_OPENAI_KEY}"}\n'
+                "deployments:\n"
+                "  embed: {provider: oai, model: text-embedding-3-small, kind: embeddings,\n"
+                "          context_window: 8192}\n"
+                "  rerank: {provider: vllm, model: BAAI/bge-reranker-v2-m3, kind: rerank,\n"
+                "           context_window: 8192}\n"
+                "  image: {provider: oai, model: dall-e-3, kind: image, context_window: 4000}\n"
+                "  speech: {provider: oai, model: tts-1, kind: speech, context_window: 4096}\n"
+                "  transcribe: {provider: oai, model: whisper-1, kind: transcription,\n"
+                "               context_window: 8192}\n"
+                "guardrails:\n"
+                "  no-secrets: {kind: regex, patterns: ['sk-[A-Za-z0-9]{20,}'], action: block}\n"
+                "  pii: {kind: pii, entities: [email, phone], action: redact}\n"
+                f'  checker: {{kind: webhook, url: "{hook}/check", on: [input], timeout_s: 2}}\n'
+                f'  out-checker: {{kind: webhook, url: "{hook}/check", on: [output],'
+                " timeout_s: 2}\n"
+                "routes:\n" + routes + "  embed-plain: {deployment: embed}\n"
+        )) as (client, server):
+            yield Guarded(upstream, checker, client, server)
+
+
+def _embed(client: openai.OpenAI, model: str, text: str) -> Any:
+    return client.embeddings.create(model=model, input=["first, plain", text])
+
+
+def _rerank(client: openai.OpenAI, model: str, text: str) -> Any:
+    # Rerank is no endpoint of the SDK's own: its generic post, as a client of it would.
+    return client.post("/rerank", cast_to=httpx.Response, body={
+        "model": model, "query": "which one", "documents": ["a plain one", text]}).json()
+
+
+def _image(client: openai.OpenAI, model: str, text: str) -> Any:
+    return client.images.generate(model=model, prompt=text)
+
+
+def _speech(client: openai.OpenAI, model: str, text: str) -> Any:
+    return client.audio.speech.create(model=model, voice="alloy", input=text).read()
+
+
+# Each input endpoint: how to call it, and the texts its upstream received.
+INPUTS: dict[str, tuple[Callable[[openai.OpenAI, str, str], Any],
+                        Callable[[dict[str, Any]], list[str]]]] = {
+    "embed": (_embed, lambda sent: list(sent["input"])),
+    "rerank": (_rerank, lambda sent: [sent["query"], *sent["documents"]]),
+    "image": (_image, lambda sent: [sent["prompt"]]),
+    "speech": (_speech, lambda sent: [sent["input"]]),
+}
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+def test_an_input_block_is_a_400_naming_the_guardrail_and_no_call_goes_out(
+        guarded: Guarded, kind: str) -> None:
+    call, _texts = INPUTS[kind]
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        call(guarded.client, kind, f"my key is {SECRET}")
+    assert caught.value.code == "guardrail_blocked"
+    assert "no-secrets" in caught.value.message and SECRET not in str(caught.value.body)
+    assert len(guarded.upstream.script.requests) == calls
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+def test_input_redaction_is_what_the_upstream_receives(guarded: Guarded, kind: str) -> None:
+    call, texts = INPUTS[kind]
+    call(guarded.client, kind, "mail jane.doe@example.com or call +1 415 555 0100")
+    assert texts(guarded.sent())[-1] == "mail [EMAIL] or call [PHONE]"
+
+
+def test_a_rerank_answer_returns_the_documents_the_client_sent(guarded: Guarded) -> None:
+    ranked = guarded.client.post("/rerank", cast_to=httpx.Response, body={
+        "model": "rerank", "query": "mail", "documents": ["to jane.doe@example.com"],
+        "return_documents": True}).json()
+    assert guarded.sent()["documents"] == ["to [EMAIL]"]
+    assert ranked["results"][0]["document"] == {"text": "to jane.doe@example.com"}
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+def test_a_webhook_denies_redacts_and_its_verdicts_are_kept(guarded: Guarded,
+                                                            kind: str) -> None:
+    call, texts = INPUTS[kind]
+    model = f"{kind}-checked"
+    with pytest.raises(openai.BadRequestError) as caught:
+        call(guarded.client, model, f"deny this {kind}")
+    assert caught.value.code == "guardrail_blocked" and "checker" in caught.value.message
+    before = len(guarded.checker.seen)
+    call(guarded.client, model, f"please redact-me {kind}")
+    assert texts(guarded.sent())[-1] == f"please [CHECKED] {kind}"
+    seen = guarded.checker.seen[-1]
+    assert (seen["text"], seen["direction"], seen["route"]) == (
+        f"please redact-me {kind}", "input", model)
+    asked = len(guarded.checker.seen)
+    call(guarded.client, model, f"please redact-me {kind}")  # the same texts again
+    assert texts(guarded.sent())[-1] == f"please [CHECKED] {kind}"
+    assert asked > before and len(guarded.checker.seen) == asked  # verdicts kept
+
+
+def test_a_route_without_guardrails_sends_the_inputs_as_they_came(guarded: Guarded) -> None:
+    _embed(guarded.client, "embed-plain", f"mail jane.doe@example.com, key {SECRET}")
+    assert guarded.sent()["input"][-1] == f"mail jane.doe@example.com, key {SECRET}"
+
+
+def _transcribe(guarded: Guarded, model: str, transcript: str, response_format: str) -> str:
+    guarded.upstream.transcript = transcript
+    try:
+        answer = guarded.client.audio.transcriptions.with_raw_response.create(
+            model=model, file=("talk.wav", wav(1.0)), response_format=response_format,
+            timestamp_granularities=["word"] if response_format == "verbose_json" else
+            openai.NOT_GIVEN)
+    finally:
+        guarded.upstream.transcript = None
+    return answer.text
+
+
+@pytest.mark.parametrize("response_format", ["json", "verbose_json", "text", "srt", "vtt"])
+def test_a_transcript_is_redacted_in_each_format(guarded: Guarded,
+                                                 response_format: str) -> None:
+    body = _transcribe(guarded, "transcribe", "write to jane.doe@example.com today",
+                       response_format)
+    assert "jane.doe@example.com" not in body
+    assert "write to [EMAIL] today" in body
+    if response_format == "srt":
+        assert body.startswith("1\n00:00:00,000 --> 00:00:42,500\n")
+    if response_format == "vtt":
+        assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:42.500\n")
+
+
+def test_a_transcript_an_output_guardrail_blocks_is_a_400_and_billed(guarded: Guarded) -> None:
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _transcribe(guarded, "transcribe", f"the key is {SECRET}", "json")
+    assert caught.value.code == "guardrail_blocked"
+    assert "no-secrets" in caught.value.message and SECRET not in str(caught.value.body)
+    line = [entry for entry in map(json.loads, (text for text in guarded.server.log.splitlines()
+                                                if text.startswith("{") and "request_id" in text))
+            if entry["route"] == "transcribe"][-1]
+    assert (line["status"], line["error"]) == (400, "guardrail_blocked")
+    assert line["guardrails"] == ["no-secrets:output:block"]
+    # The call was made, and is recorded as its deployment's (billed as it reported).
+    assert len(guarded.upstream.script.requests) == calls + 1
+    assert line["deployment"] == "transcribe"
+
+
+def test_a_webhook_judges_a_transcript(guarded: Guarded) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _transcribe(guarded, "transcribe-checked", "deny what was said", "text")
+    assert "out-checker" in caught.value.message
+    body = _transcribe(guarded, "transcribe-checked", "please redact-me now", "json")
+    assert "please [CHECKED] now" in body
+    assert guarded.checker.seen[-1]["direction"] == "output"

@@ -2,6 +2,7 @@
 
     POST   /v1/conversations                         made, with up to 20 items and metadata
     GET    POST  DELETE  /v1/conversations/{id}      read, metadata replaced, deleted
+                                                     (not its items: OpenAI's rule)
     POST   GET   /v1/conversations/{id}/items        up to 20 added; a page of them
     GET    DELETE  /v1/conversations/{id}/items/{item_id}
 

@@ -8,7 +8,9 @@ A conversation is the key that made it (its name), when it was made, its metadat
 JSON object, opaque here) and its items in order, each an opaque JSON object under an
 id unique in the conversation. Every write (made, items added or removed, metadata
 changed) sets its expiry ``ttl_s`` ahead: a conversation in use lives on, one left
-alone for ``ttl_s`` is forgotten whole. ``add`` checks the bounds and the ids in the
+alone for ``ttl_s`` is forgotten whole. Deleting one forgets it at once and leaves its
+items to that expiry (OpenAI deletes a conversation's items apart): the responses made
+in it are rebuilt from them. ``add`` checks the bounds and the ids in the
 same step that writes (one SQLite job, one Lua script), so that two writers at once
 cannot take a conversation past its bounds or give two items one id. Failures are
 ``StoreUnavailable``, as the response store's are.
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     expires_at  REAL NOT NULL,
     metadata    BLOB NOT NULL,
     items       INTEGER NOT NULL,
-    bytes       INTEGER NOT NULL
+    bytes       INTEGER NOT NULL,
+    deleted     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS conversations_expiry ON conversations (expires_at);
 CREATE TABLE IF NOT EXISTS conversation_items (
@@ -100,7 +103,9 @@ class ConversationStore(Protocol):
         ...
 
     async def delete(self, conversation_id: str) -> bool:
-        """Forget it and its items; False when there was none."""
+        """Forget it; False when there was none. Its items are not deleted with it (as
+        OpenAI's are not): the responses made in it still list them, until the expiry
+        they had."""
         ...
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
@@ -111,6 +116,12 @@ class ConversationStore(Protocol):
 
     async def item(self, conversation_id: str, item_id: str) -> bytes | None:
         """One item of the conversation, or None."""
+        ...
+
+    async def held(self, conversation_id: str, last: str) -> tuple[bytes, ...] | None:
+        """Its items in order up to the one whose id is ``last``, deleted or not (what a
+        response made in it read); None when they are gone (expired, or ``last``
+        removed)."""
         ...
 
     async def remove(self, conversation_id: str, item_id: str, ttl_s: float) -> bool:
@@ -160,9 +171,17 @@ class SQLiteConversations:
         return await self._db.call(partial(_remove, conversation_id, item_id, now,
                                            now + ttl_s))
 
+    async def held(self, conversation_id: str, last: str) -> tuple[bytes, ...] | None:
+        return await self._db.call(partial(_held, conversation_id, last, self._clock()),
+                                   single=True)
+
 
 def create_tables(connection: sqlite3.Connection) -> None:
     run_statements(connection, SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(conversations)")}
+    if "deleted" not in columns:  # a file an older aigw made
+        connection.execute("ALTER TABLE conversations ADD COLUMN deleted INTEGER NOT NULL "
+                           "DEFAULT 0")
 
 
 def purge(now: float, connection: sqlite3.Connection) -> None:
@@ -192,7 +211,8 @@ def _create(conversation_id: str, key: str, created_at: int, expires_at: float,
 def _select(conversation_id: str, now: float, items: bool,
             connection: sqlite3.Connection) -> KeptConversation | None:
     row = connection.execute('SELECT "key", created_at, metadata FROM conversations '
-                             "WHERE id = ? AND expires_at > ?", (conversation_id, now)).fetchone()
+                             "WHERE id = ? AND expires_at > ? AND deleted = 0",
+                             (conversation_id, now)).fetchone()
     if row is None:
         return None
     bodies: tuple[bytes, ...] = ()
@@ -206,22 +226,22 @@ def _select(conversation_id: str, now: float, items: bool,
 def _update(conversation_id: str, now: float, expires_at: float, metadata: bytes,
             connection: sqlite3.Connection) -> bool:
     return connection.execute(
-        "UPDATE conversations SET metadata = ?, expires_at = ? WHERE id = ? AND expires_at > ?",
+        "UPDATE conversations SET metadata = ?, expires_at = ? WHERE id = ? AND expires_at > ? "
+        "AND deleted = 0",
         (metadata, expires_at, conversation_id, now)).rowcount > 0
 
 
 def _delete(conversation_id: str, now: float, connection: sqlite3.Connection) -> bool:
-    found = connection.execute("DELETE FROM conversations WHERE id = ? AND expires_at > ?",
-                               (conversation_id, now)).rowcount > 0
-    connection.execute("DELETE FROM conversation_items WHERE conversation = ?",
-                       (conversation_id,))
-    return found
+    # Marked, not deleted: its items outlive it until its expiry (the purge deletes both)
+    return connection.execute("UPDATE conversations SET deleted = 1 WHERE id = ? AND "
+                              "expires_at > ? AND deleted = 0",
+                              (conversation_id, now)).rowcount > 0
 
 
 def _add(conversation_id: str, now: float, expires_at: float, items: tuple[Item, ...],
          bounds: Bounds | None, connection: sqlite3.Connection) -> Added:
     row = connection.execute("SELECT items, bytes FROM conversations WHERE id = ? AND "
-                             "expires_at > ?", (conversation_id, now)).fetchone()
+                             "expires_at > ? AND deleted = 0", (conversation_id, now)).fetchone()
     if row is None:
         return "gone"
     count, size = row
@@ -249,7 +269,8 @@ def _item(conversation_id: str, item_id: str, now: float,
           connection: sqlite3.Connection) -> bytes | None:
     row = connection.execute(
         "SELECT body FROM conversation_items JOIN conversations ON conversations.id = "
-        "conversation WHERE conversation = ? AND conversation_items.id = ? AND expires_at > ?",
+        "conversation WHERE conversation = ? AND conversation_items.id = ? AND expires_at > ? "
+        "AND deleted = 0",
         (conversation_id, item_id, now)).fetchone()
     return None if row is None else bytes(row[0])
 
@@ -264,6 +285,19 @@ def _remove(conversation_id: str, item_id: str, now: float, expires_at: float,
     connection.execute("UPDATE conversations SET items = items - 1, bytes = bytes - ?, "
                        "expires_at = ? WHERE id = ?", (len(body), expires_at, conversation_id))
     return True
+
+
+def _held(conversation_id: str, last: str, now: float,
+          connection: sqlite3.Connection) -> tuple[bytes, ...] | None:
+    row = connection.execute(
+        "SELECT seq FROM conversation_items JOIN conversations ON conversations.id = "
+        "conversation WHERE conversation = ? AND conversation_items.id = ? AND expires_at > ?",
+        (conversation_id, last, now)).fetchone()
+    if row is None:
+        return None
+    return tuple(bytes(body) for body, in connection.execute(
+        "SELECT body FROM conversation_items WHERE conversation = ? AND seq <= ? ORDER BY seq",
+        (conversation_id, row[0])))
 
 
 def _size(items: Sequence[Item]) -> int:
@@ -327,6 +361,22 @@ end
 return head
 """
 
+# Its items up to the one whose id is ARGV[1], whether or not its head is there (deleted);
+# none when that item is not.
+HELD = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+local last = 0
+for i = 1, #ids do
+  if ids[i] == ARGV[1] then last = i break end
+end
+local out = {}
+for i = 1, last, 1000 do
+  local bodies = redis.call('HMGET', KEYS[3], unpack(ids, i, math.min(i + 999, last)))
+  for j = 1, #bodies do out[#out + 1] = bodies[j] end
+end
+return out
+"""
+
 
 class RedisConversations:
     """``ConversationStore`` on the responses' Redis client: ``<namespace>:conversation:
@@ -341,6 +391,7 @@ class RedisConversations:
         self._remove = self._redis.register_script(REMOVE)
         self._update = self._redis.register_script(UPDATE)
         self._read = self._redis.register_script(READ)
+        self._held = self._redis.register_script(HELD)
 
     def _keys(self, conversation_id: str) -> list[str]:
         name = self._prefix + conversation_id
@@ -385,14 +436,10 @@ class RedisConversations:
 
     async def delete(self, conversation_id: str) -> bool:
         self._responses.check()
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for name in self._keys(conversation_id):
-                    pipe.delete(name)
-                found, *_ = await pipe.execute()
+        try:  # its head alone: its ids and items outlive it until their expiry
+            return bool(await self._redis.delete(self._keys(conversation_id)[0]))
         except (RedisError, OSError) as exc:
             raise self._responses.failed(exc) from exc
-        return bool(found)
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
                   bounds: Bounds | None) -> Added:
@@ -418,6 +465,15 @@ class RedisConversations:
 
     async def remove(self, conversation_id: str, item_id: str, ttl_s: float) -> bool:
         return await self._script(self._remove, conversation_id, item_id, _ms(ttl_s)) == 1
+
+    async def held(self, conversation_id: str, last: str) -> tuple[bytes, ...] | None:
+        self._responses.check()
+        try:
+            found = await self._held(keys=self._keys(conversation_id), args=[last])
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        bodies = tuple(body for body in found if isinstance(body, bytes))
+        return bodies or None  # ``last`` is one of them when found
 
     async def _script(self, script: AsyncScript, conversation_id: str,
                       *args: str | bytes | int) -> bytes | int:

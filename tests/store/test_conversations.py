@@ -71,6 +71,24 @@ async def test_made_added_read_and_removed(conversations: ConversationStore) -> 
     assert await conversations.update("conv_1", b"{}", 60) is False
 
 
+async def test_a_deleted_conversation_leaves_its_items_to_the_responses_made_in_it(
+        conversations: ConversationStore) -> None:
+    await conversations.create("conv_1", "alice", 1700, b"{}",
+                               [("msg_1", b'"1"'), ("msg_2", b'"2"')], ttl_s=60)
+    assert await conversations.add("conv_1", [("msg_3", b'"3"')], 60, WIDE) == "added"
+    assert await conversations.held("conv_1", "msg_2") == (b'"1"', b'"2"')
+    assert await conversations.delete("conv_1") is True
+    assert await conversations.get("conv_1", items=True) is None
+    assert await conversations.item("conv_1", "msg_1") is None
+    assert await conversations.add("conv_1", [("msg_4", b"{}")], 60, WIDE) == "gone"
+    assert await conversations.update("conv_1", b"{}", 60) is False
+    assert await conversations.delete("conv_1") is False
+    # OpenAI's rule: its items are not deleted with it, and expire as they would have
+    assert await conversations.held("conv_1", "msg_3") == (b'"1"', b'"2"', b'"3"')
+    assert await conversations.held("conv_1", "msg_9") is None
+    assert await conversations.held("conv_2", "msg_1") is None
+
+
 async def test_bounds_and_ids_are_checked_as_items_are_added(
         conversations: ConversationStore) -> None:
     await conversations.create("conv_1", "alice", 1700, b"{}", [], ttl_s=60)
@@ -106,6 +124,9 @@ async def test_sqlite_expires_and_purges_them(tmp_path: Path, clock: ManualClock
         assert await conversations.get("conv_1") is None
         assert await conversations.item("conv_1", "msg_1") is None
         assert await conversations.add("conv_1", [("msg_3", b"{}")], 60, WIDE) == "gone"
+        assert await conversations.held("conv_1", "msg_1") is None
+        await conversations.create("conv_2", "alice", 1700, b"{}", [("msg_1", b"{}")], 60)
+        assert await conversations.delete("conv_2") is True  # its items wait for the purge
         clock.advance(PURGE_EVERY_S)
         await store.put("resp_1", "alice", b"{}", b"", ttl_s=60)  # purges the expired
         await store.get("resp_1")  # behind the purge on the writer thread
@@ -123,9 +144,14 @@ async def test_redis_expires_them(redis_url: str, namespace: str) -> None:
     try:
         await conversations.create("conv_1", "alice", 1700, b"{}", [("msg_1", b"{}")], 0.3)
         assert await conversations.add("conv_1", [("msg_2", b"{}")], 0.3, WIDE) == "added"
+        await conversations.create("conv_2", "alice", 1700, b"{}", [("msg_1", b"{}")], 0.3)
+        assert await conversations.delete("conv_2") is True
         await asyncio.sleep(0.4)
         assert await conversations.get("conv_1", items=True) is None
         assert await conversations.item("conv_1", "msg_1") is None
+        assert await conversations.held("conv_2", "msg_1") is None
+        client = store.redis
+        assert await client.exists(f"{namespace}:conversation:conv_2:items") == 0
     finally:
         await store.aclose()
         drop_namespace(redis_url, namespace)

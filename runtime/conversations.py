@@ -25,7 +25,11 @@ out, whether or not the response itself is kept (``store``). The output is added
 where it takes the conversation past its bounds (by one answer at most: the next turn
 is refused), rather than leaving the conversation without the turn its app was given.
 A turn the store cannot take (down, or the conversation deleted meanwhile) is answered
-and not added, logged, as a response not kept is.
+and not added, logged, as a response not kept is. The response's own record (``store``)
+holds its new input items and names the conversation's last item before it, rather
+than repeating the conversation (runtime/responses_stored.py): a record of each turn
+of a long conversation grew with it, n²/2 in all, until one was over
+``responses_max_bytes``.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey
 
+from . import jsonio
 from .chat import Served
 from .conversations import add_turn, in_conversation
 from .errors import GatewayError, RateLimited, UpstreamRateLimited, params_renamed
@@ -98,9 +99,12 @@ async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict
     ``conversation``: ``items`` are its input items as kept, the first ``earlier`` of
     them the conversation's (or the previous response's) own."""
     if asked.store is not False:  # a continuation keeps its own items, after its previous's
+        # or its conversation's (up to the last it held, read from there: kept once)
         previous = asked.previous_response_id
-        await keep(live, key, asked.model, response, items[earlier:] if previous else items,
-                   previous)
+        after = jsonio.loads(items[earlier - 1])["id"] if asked.conversation and earlier \
+            else None
+        await keep(live, key, asked.model, response,
+                   items[earlier:] if previous or after else items, previous, after)
     if asked.conversation is not None and response["status"] not in _ENDED_SHORT:
         await add_turn(live, asked.conversation, response, items[earlier:])
 

@@ -12,7 +12,18 @@ the chain (``store.chain``: one round-trip, at most ``responses_chain_max_depth`
 records and ``responses_chain_max_bytes`` of them, else a 400), each record's key
 checked; a record not found on the way (expired, deleted) is a missing previous
 response. A record an older aigw kept has no ``previous`` and its whole conversation
-as items: a walk ends there, and reads it as it is. A GET reads and parses the first
+as items: a walk ends there, and reads it as it is. A response made in a
+``conversation`` does not repeat the conversation's items either (they are kept once,
+in the conversation, runtime/conversations.py): its record names the conversation (its
+response's ``conversation``) and the last item it held before the turn (``after``), and
+its input is that conversation's items up to that one, then its own, read in a second
+round-trip, whether or not the conversation was deleted since (its items are not); an
+item of it removed since is left out, and that item removed, or the items expired,
+makes it a missing previous response, as a gone turn of a chain does. A continuation
+of such a response by ``previous_response_id`` starts from that input and its output
+(what the model was sent and answered; OpenAI's documentation does not say otherwise).
+One made in a conversation by an older aigw holds the conversation whole, and is read
+as it is. A GET reads and parses the first
 part alone; ``input_items`` parses the chain's bodies (their output items) and only the
 input lines of its page: a record is up to ``responses_max_bytes`` (4 MiB), and parsing
 it holds the event loop (on a worker thread too: the parser holds the GIL, so it is not
@@ -91,6 +102,10 @@ _ORDERS = ("asc", "desc")
 # The field of a record that stands for a response answered and not kept (too large): a
 # continuation is told why, where "not found" would leave the app guessing.
 _NOT_KEPT = "not_kept"
+# The field of a record made in a conversation that names the conversation's last item
+# before the turn: its record holds its own input items, and reads the conversation's
+# (kept once, in the conversation) up to that one.
+_AFTER = "after"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +147,10 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
                  missing: Callable[[str | None], GatewayError],
                  continuing: bool = False) -> list[_Record]:
     """The records of ``response_id`` and of the responses before it, oldest first, read
-    in one round-trip; ``missing(why)`` is raised where one is not found for ``key``
-    (the first not kept, expired, deleted or another key's), a 400 where the chain is
+    in one round-trip (and a second for the items of the conversation the first was made
+    in, which its record does not repeat); ``missing(why)`` is raised where one is not
+    found for ``key`` (the first not kept, expired, deleted or another key's; the
+    conversation's items gone), a 400 where the chain is
     over ``responses_chain_max_depth`` (counting the response that is ``continuing`` it)
     or ``responses_chain_max_bytes``."""
     settings = live.graph.settings
@@ -152,11 +169,13 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
         records.append(_Record(head, link.items))
     if not records:
         raise missing(None)
-    if sum(len(link.body) + len(link.items) for link in found) > most:
-        raise BadRequest(f"The conversation of response '{response_id}' is too large: "
-                         f"this gateway's responses_chain_max_bytes is {most} bytes, as "
-                         "kept. Send the conversation (or its recent part) as 'input'.",
-                         param=param)
+    size = sum(len(link.body) + len(link.items) for link in found)
+    too_large = BadRequest(f"The conversation of response '{response_id}' is too large: "
+                           f"this gateway's responses_chain_max_bytes is {most} bytes, as "
+                           "kept. Send the conversation (or its recent part) as 'input'.",
+                           param=param)
+    if size > most:
+        raise too_large
     if len(found) > depth:
         raise BadRequest(f"The chain of response '{response_id}' is too long: this "
                          "gateway's responses_chain_max_depth is "
@@ -167,7 +186,30 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
     if gone is not None:
         raise missing(f"An earlier response of its conversation, '{gone}', is not kept "
                       "(expired or deleted).")
+    first = records[-1]  # the chain's start: made in a conversation, its items come first
+    held = await _conversation_items(live, first, missing)
+    if held:
+        if size + sum(map(len, held)) > most:
+            raise too_large
+        records[-1] = _Record(first.head, b"\n".join([*held, *first.lines()]))
     return records[::-1]
+
+
+async def _conversation_items(live: Live, first: _Record,
+                              missing: Callable[[str | None], GatewayError]) -> tuple[bytes, ...]:
+    """The items of the conversation the first turn of a chain was made in, up to the one
+    it started after (its record names it, ``_AFTER``); none where it names none (made in
+    no conversation, or an empty one; or kept by an older aigw, whose record holds them)."""
+    after = first.head.get(_AFTER)
+    if after is None:
+        return ()
+    conversation = first.head["response"]["conversation"]["id"]
+    store = await live.store.responses()
+    held = await store.conversations().held(conversation, after)
+    if held is None:
+        raise missing(f"The items of its conversation '{conversation}' are not kept "
+                      f"(expired, or its item '{after}' deleted).")
+    return held
 
 
 def _input_lines(records: list[_Record]) -> list[bytes]:
@@ -229,14 +271,21 @@ def item_line(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | Re
 
 
 async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
-               items: list[bytes], previous: str | None = None) -> None:
+               items: list[bytes], previous: str | None = None,
+               after: str | None = None) -> None:
     """Keep ``response`` (a completed or incomplete one) and its own input ``items``, those
-    after the conversation of ``previous`` (the response it continued), which are read
-    from there. Not kept, logged, when it is over ``responses_max_bytes`` (a marker is
+    after the conversation of ``previous`` (the response it continued), or after the item
+    ``after`` of the conversation it was made in (``response["conversation"]``), which are
+    read from there. Not kept, logged, when it is over ``responses_max_bytes`` (a marker is
     kept instead, so that naming it says why) or the store cannot take it: the answer
     itself is not failed for it."""
     settings = live.graph.settings
-    body = jsonio.dumps({"key": key.name, "route": route, "response": response})
+    head = {"key": key.name, "route": route, "response": response}
+    conversation = None
+    if after is not None:
+        conversation = response["conversation"]["id"]
+        head[_AFTER] = after
+    body = jsonio.dumps(head)
     lines = b"\n".join(items)  # compact JSON has no newline of its own
     size = len(body) + len(lines)
     if size > settings.responses_max_bytes:
@@ -247,11 +296,11 @@ async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
             f"It was answered and not kept: with its input items it is {size} bytes, "
             f"over this gateway's responses_max_bytes ({settings.responses_max_bytes}). "
             "Send the whole conversation as 'input'.")}), b""
-        previous = None  # a marker ends its chain
+        previous = conversation = None  # a marker ends its chain
     try:
         store = await live.store.responses()
         await store.put(response["id"], key.name, body, lines, settings.responses_ttl_s,
-                        previous)
+                        previous, conversation)
     except StoreUnavailable as exc:
         log.warning("response %s of key %s not kept: %s", response["id"], key.name, exc)
 

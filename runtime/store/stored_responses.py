@@ -4,29 +4,29 @@
     ├── SQLiteResponses             embedded: a SQLite file of their own beside the ledger's
     └── RedisResponses              replicas: a key per response, expired by Redis
 
-A kept response is two opaque parts (built by runtime/responses_stored.py) under its
-id, with the name of the key that made it, when it expires and the id of the response
-it continued (``previous``): its ``body`` (the response object) and its ``items`` (its
-own input items), read only by the reads that need them (``get(id, items=False)``
+A kept response is two opaque parts (built by runtime/responses_stored.py) under its id,
+with the name of the key that made it, when it expires, the id of the response it
+continued (``previous``) and that of the conversation it was made in (``conversation``,
+whose items it does not repeat): its ``body`` (the response object) and its ``items``
+(its own input items), read only by the reads that need them (``get(id, items=False)``
 reads the body alone). ``chain(id)`` reads a response and the ones before it, following
 ``previous``, in one round-trip: one job of the SQLite file's thread, one Lua script on
 Redis (which reads keys it finds in the records, not in KEYS: a chain's ids are known
-only as it is walked; the records are all under this store's prefix). A record an
-older aigw wrote has no ``previous`` (its ``items`` are its whole conversation), so a
-walk stops there. Keeping a record that continues a chain makes the records before it
-expire no sooner than it does (a chain is read from its newest turn, so an older turn
-expiring first would cut the later ones off). The write is
-awaited before the answer (or a stream's last event) goes out, as a ledger record is,
-so a client that continues at once finds it, whichever worker or replica serves the
-next turn: in SQLite it is committed by a writer thread of its own, with the other
-responses it has queued (group commit), in a file of its own beside the ledger's
-(``aigw-responses.sqlite`` beside ``aigw.sqlite``): a response of megabytes takes that
-file's write lock, never the ledger's, which every request's record and budget charge
-waits on. A response past its
-expiry is not found; SQLite's expired rows are deleted by the first write each hour,
-Redis expires its own. After Redis did not answer, it is left alone for
-``RedisResponses.REST_S`` (reads are 503s, writes not made, at once): a Redis that
-hangs must not hold every answer for its timeout.
+only as it is walked; the records are all under this store's prefix). A record an older
+aigw wrote has no ``previous`` (its ``items`` are its whole conversation), so a walk
+stops there. Keeping a record that continues a chain makes the records before it, and
+the conversation its first was made in, expire no sooner than it does (a chain is read
+from its newest turn, so an older turn or those items expiring first would cut the later
+ones off). The write is awaited before the answer (or a stream's last event) goes out,
+as a ledger record is, so a client that continues at once finds it, whichever worker or
+replica serves the next turn: in SQLite it is committed by a writer thread of its own,
+with the other responses it has queued (group commit), in a file of its own beside the
+ledger's (``aigw-responses.sqlite`` beside ``aigw.sqlite``): a response of megabytes
+takes that file's write lock, never the ledger's, which every request's record and
+budget charge waits on. A response past its expiry is not found; SQLite's expired rows
+are deleted by the first write each hour, Redis expires its own. After Redis did not
+answer, it is left alone for ``RedisResponses.REST_S`` (reads are 503s, writes not made,
+at once): a Redis that hangs must not hold every answer for its timeout.
 
 The conversations of ``/v1/conversations`` live in the same store
 (runtime/store/conversations.py: ``ResponseStore.conversations()``), in tables of their
@@ -95,19 +95,30 @@ end
 return out
 """
 
-# Keeps the chain before a new record (from ARGV[2], ARGV[1] the prefix) at least as long
-# as the new record (ARGV[3] ms), at most ARGV[4] records: a response is continued from
-# its newest turn, and each turn's record holds only its own items, so an older turn
-# that expired first would cut every later one off from its start.
+# Keeps a new record's chain (from ARGV[2], the new record; ARGV[1] the prefix) at least
+# as long as the new record (ARGV[3] ms), at most ARGV[4] records, and the conversation
+# that a record of it was made in (its three keys, ARGV[5] their prefix): a response is
+# continued from its newest turn, and each turn's record holds only its own items (the
+# first, the conversation's by reference), so an older turn or the conversation's items
+# expiring first would cut every later one off from its start.
 EXTEND = """
 local prefix, id = ARGV[1], ARGV[2]
 local ttl, links = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function extend(name)
+  if redis.call('PTTL', name) < ttl then redis.call('PEXPIRE', name, ttl) end
+end
 for _ = 1, links do
   local name = prefix .. id
-  if redis.call('PTTL', name) < ttl then redis.call('PEXPIRE', name, ttl) end
-  local previous = redis.call('HGET', name, 'previous')
-  if not previous or previous == '' then break end
-  id = previous
+  extend(name)
+  local v = redis.call('HMGET', name, 'previous', 'conversation')
+  if v[2] then
+    local conversation = ARGV[5] .. v[2]
+    extend(conversation)
+    extend(conversation .. ':ids')
+    extend(conversation .. ':items')
+  end
+  if not v[1] or v[1] == '' then break end
+  id = v[1]
 end
 return 0
 """
@@ -130,10 +141,12 @@ class ResponseStore(Protocol):
     store cannot answer."""
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float, previous: str | None = None) -> None:
+                  ttl_s: float, previous: str | None = None,
+                  conversation: str | None = None) -> None:
         """Keep ``body`` and ``items`` under ``response_id`` for ``ttl_s`` seconds, after
-        ``previous``; a later read (from this process, or any replica for Redis) finds them
-        once this returns."""
+        ``previous`` (its chain kept as long), or made in ``conversation`` (whose items it
+        does not repeat, kept as long); a later read (from this process, or any replica for
+        Redis) finds them once this returns."""
         ...
 
     async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
@@ -174,10 +187,11 @@ class SQLiteResponses:
                    clock)
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float, previous: str | None = None) -> None:
+                  ttl_s: float, previous: str | None = None,
+                  conversation: str | None = None) -> None:
         now = self._clock()
         await self._db.call(partial(_insert, response_id, key, now, now + ttl_s, body, items,
-                                    previous), single=True)
+                                    previous, conversation), single=True)
         if now >= self._purge_at:  # queued, not awaited: at most once every PURGE_EVERY_S
             self._purge_at = now + PURGE_EVERY_S
             self._db.post(partial(_purge, now))
@@ -203,24 +217,38 @@ class SQLiteResponses:
 def _create_table(connection: sqlite3.Connection) -> None:
     run_statements(connection, SCHEMA)
     columns = {row[1] for row in connection.execute("PRAGMA table_info(responses)")}
-    if "previous" not in columns:  # a file an older aigw made: its rows have none
-        connection.execute("ALTER TABLE responses ADD COLUMN previous TEXT")
+    for name in ("previous", "conversation"):
+        if name not in columns:  # a file an older aigw made: its rows have none
+            connection.execute(f"ALTER TABLE responses ADD COLUMN {name} TEXT")
     create_conversation_tables(connection)
 
 
+# The ids of a record's chain, from the record itself (the first parameter), at most the
+# second parameter of them.
+_CHAIN_IDS = ("WITH RECURSIVE chain(id, depth) AS (SELECT ?, 1 UNION ALL SELECT r.previous, "
+              "c.depth + 1 FROM responses r JOIN chain c ON r.id = c.id "
+              "WHERE r.previous IS NOT NULL AND c.depth < ?) ")
+
+
 def _insert(response_id: str, key: str, created_at: float, expires_at: float, body: bytes,
-            items: bytes, previous: str | None, connection: sqlite3.Connection) -> None:
+            items: bytes, previous: str | None, conversation: str | None,
+            connection: sqlite3.Connection) -> None:
     connection.execute(
         'INSERT OR REPLACE INTO responses (id, "key", created_at, expires_at, body, items, '
-        "previous) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (response_id, key, created_at, expires_at, body, items, previous))
-    if previous is not None:  # the chain lives as long as its newest turn (see EXTEND)
-        connection.execute(
-            "WITH RECURSIVE chain(id, depth) AS (SELECT ?, 1 UNION ALL SELECT r.previous, "
-            "c.depth + 1 FROM responses r JOIN chain c ON r.id = c.id "
-            "WHERE r.previous IS NOT NULL AND c.depth < ?) "
-            "UPDATE responses SET expires_at = ? WHERE id IN (SELECT id FROM chain) "
-            "AND expires_at < ?", (previous, MAX_CHAIN_LINKS, expires_at, expires_at))
+        "previous, conversation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (response_id, key, created_at, expires_at, body, items, previous, conversation))
+    if previous is None and conversation is None:
+        return
+    # The chain, and the conversation its first turn was made in, live as long as its
+    # newest turn (see EXTEND)
+    walk = (response_id, MAX_CHAIN_LINKS, expires_at, expires_at)
+    if previous is not None:
+        connection.execute(_CHAIN_IDS + "UPDATE responses SET expires_at = ? WHERE id IN "
+                           "(SELECT id FROM chain) AND expires_at < ?", walk)
+    connection.execute(
+        _CHAIN_IDS + "UPDATE conversations SET expires_at = ? WHERE id IN (SELECT conversation "
+        "FROM responses WHERE id IN (SELECT id FROM chain) AND conversation IS NOT NULL) "
+        "AND expires_at < ?", walk)
 
 
 def _chain(response_id: str, now: float, links: int, max_bytes: int,
@@ -271,6 +299,7 @@ class RedisResponses:
             url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S,
             retry=Retry(NoBackoff(), 1))
         self._prefix = f"{namespace}:response:"
+        self._conversation_prefix = f"{namespace}:conversation:"
         self._resting_until = 0.0
         self._conversations = RedisConversations(self, namespace)
         self._chain = self.redis.register_script(CHAIN)
@@ -290,7 +319,8 @@ class RedisResponses:
         return StoreUnavailable(f"the response store (Redis) failed: {exc}")
 
     async def put(self, response_id: str, key: str, body: bytes, items: bytes,
-                  ttl_s: float, previous: str | None = None) -> None:
+                  ttl_s: float, previous: str | None = None,
+                  conversation: str | None = None) -> None:
         self.check()
         name = self._prefix + response_id
         try:
@@ -299,9 +329,12 @@ class RedisResponses:
                 ttl_ms = max(1, int(ttl_s * 1000))
                 if previous is not None:
                     pipe.hset(name, "previous", previous)
+                if conversation is not None:
+                    pipe.hset(name, "conversation", conversation)
                 pipe.pexpire(name, ttl_ms)
-                if previous is not None:
-                    await self._extend(args=[self._prefix, previous, ttl_ms, MAX_CHAIN_LINKS],
+                if previous is not None or conversation is not None:
+                    await self._extend(args=[self._prefix, response_id, ttl_ms,
+                                             MAX_CHAIN_LINKS, self._conversation_prefix],
                                        client=pipe)
                 await pipe.execute()
         except (RedisError, OSError) as exc:

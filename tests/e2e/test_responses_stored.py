@@ -258,6 +258,20 @@ class Chains:
             client.hdel(f"aigw:response:{response_id}", "previous")
 
 
+    def kept_items(self, response_id: str) -> bytes:
+        """The items part of the record of ``response_id``, as kept."""
+        if self.store == "embedded":
+            with sqlite3.connect(self.served.server.root / "aigw-responses.sqlite") as db:
+                (items,) = db.execute("SELECT items FROM responses WHERE id = ?",
+                                      (response_id,)).fetchone()
+            db.close()
+            return bytes(items)
+        with redis.Redis.from_url(self.store) as client:
+            kept = client.hget(f"aigw:response:{response_id}", "items")
+        assert isinstance(kept, bytes)
+        return kept
+
+
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def chains(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chains]:
@@ -335,6 +349,48 @@ def test_a_record_an_older_aigw_kept_is_read_whole(chains: Chains) -> None:
         assert len(chains.served.gpt.script.requests[-1]["messages"]) == 5
         listed = alice.responses.input_items.list(third, order="asc").data
         assert listed[:3] == whole and len(listed) == 5
+
+
+def test_a_response_made_in_a_conversation_keeps_its_own_items(chains: Chains) -> None:
+    """Its record holds its own input and names the conversation's last item before it,
+    which are read from the conversation (kept once there): a record repeating the
+    conversation grew with each turn. Rebuilt, its input is what it was sent, for
+    input_items and for a previous_response_id naming it, also once the conversation is
+    deleted (its items are not)."""
+    with sdk(chains.served, ALICE) as alice:
+        conversation = alice.conversations.create(
+            items=[{"role": "user", "content": "my name is Ada"}])
+        ids = [alice.responses.create(model="gpt", conversation=conversation.id,
+                                      input=f"turn {number} " + "words " * 30).id
+               for number in range(4)]
+        assert b"\n" not in chains.kept_items(ids[-1])  # its one input item alone
+        held = alice.conversations.items.list(conversation.id, order="asc", limit=100).data
+        listed = alice.responses.input_items.list(ids[-1], order="asc", limit=100).data
+        assert [item.id for item in listed] == [item.id for item in held[:8]]
+        assert len(alice.responses.input_items.list(ids[0], limit=100).data) == 2
+        alice.responses.create(model="gpt", previous_response_id=ids[1], input="back")
+        sent = chains.served.gpt.script.requests[-1]["messages"]
+        assert [message["content"][:6] for message in sent] == [
+            "my nam", "turn 0", "fake-o", "turn 1", "fake-o", "back"]
+        alice.conversations.delete(conversation.id)
+        assert alice.responses.input_items.list(ids[-1], order="asc", limit=100).data == listed
+
+
+def test_a_conversation_item_gone_is_a_previous_response_not_found(chains: Chains) -> None:
+    with sdk(chains.served, ALICE) as alice:
+        conversation = alice.conversations.create(
+            items=[{"role": "user", "content": "one", "id": "msg_one"}])
+        made = alice.responses.create(model="gpt", conversation=conversation.id, input="two")
+        alice.conversations.items.delete("msg_one", conversation_id=conversation.id)
+        why = (f"The items of its conversation '{conversation.id}' are not kept (expired, "
+               "or its item 'msg_one' deleted).")
+        with pytest.raises(openai.BadRequestError) as refused:
+            alice.responses.create(model="gpt", previous_response_id=made.id, input="more")
+        assert refused.value.body["message"] == (  # type: ignore[index]
+            f"Previous response with id '{made.id}' not found. {why}")
+        with pytest.raises(openai.NotFoundError) as unlisted:
+            alice.responses.input_items.list(made.id)
+        assert unlisted.value.message.endswith(why)
 
 
 def test_a_stream_the_upstream_cut_is_kept_failed(

@@ -11,6 +11,7 @@ import pytest
 
 from aigw.runtime.errors import StoreUnavailable
 from aigw.runtime.store import open_store
+from aigw.runtime.store.conversations import KeptConversation
 from aigw.runtime.store.stored_responses import (
     PURGE_EVERY_S,
     KeptResponse,
@@ -179,7 +180,43 @@ async def test_redis_keeps_a_chain_as_long_as_its_newest_turn(
     assert 59_000 < ttl_ms <= 60_000
 
 
-async def test_a_file_an_older_aigw_made_gains_the_previous_column(
+async def test_sqlite_keeps_a_conversation_as_long_as_a_response_made_in_it(
+        sqlite_responses: SQLiteResponses, clock: ManualClock) -> None:
+    # A response made in a conversation holds its own items only: its conversation's
+    # items (deleted or not) must outlive it, and the chain continuing it.
+    conversations = sqlite_responses.conversations()
+    await conversations.create("conv_1", "alice", 1700, b"{}", [("msg_1", b"{}")], 60)
+    assert await conversations.delete("conv_1") is True
+    clock.advance(40)
+    await sqlite_responses.put("resp_1", "alice", b"{1}", b"[a]", ttl_s=60,
+                               conversation="conv_1")
+    clock.advance(40)
+    await sqlite_responses.put("resp_2", "alice", b"{2}", b"[b]", ttl_s=60, previous="resp_1")
+    clock.advance(50)  # 130 s after the conversation's last change, 50 s after resp_2
+    assert await conversations.held("conv_1", "msg_1") == (b"{}",)
+    clock.advance(11)
+    assert await conversations.held("conv_1", "msg_1") is None
+
+
+async def test_redis_keeps_a_conversation_as_long_as_a_response_made_in_it(
+        redis_responses: RedisResponses) -> None:
+    conversations = redis_responses.conversations()
+    await conversations.create("conv_1", "alice", 1700, b"{}", [("msg_1", b"{}")], 0.3)
+    await conversations.create("conv_2", "alice", 1700, b"{}", [("msg_1", b"{}")], 0.3)
+    assert await conversations.delete("conv_1") is True
+    await redis_responses.put("resp_1", "alice", b"{1}", b"[a]", ttl_s=0.3,
+                              conversation="conv_1")
+    await redis_responses.put("resp_2", "alice", b"{2}", b"[b]", ttl_s=60, previous="resp_1")
+    await redis_responses.put("resp_3", "alice", b"{3}", b"[c]", ttl_s=60,
+                              conversation="conv_2")
+    await asyncio.sleep(0.4)  # past the conversations' and resp_1's own expiry
+    assert await conversations.held("conv_1", "msg_1") == (b"{}",)
+    assert await conversations.held("conv_2", "msg_1") == (b"{}",)
+    assert (await conversations.get("conv_2", items=True) or KeptConversation("", 0, b"")
+            ).items == (b"{}",)
+
+
+async def test_a_file_an_older_aigw_made_gains_the_previous_and_conversation_columns(
         tmp_path: Path, clock: ManualClock) -> None:
     file = tmp_path / "aigw-responses.sqlite"
     with sqlite3.connect(file) as connection:  # the table as aigw made it before chains
@@ -192,6 +229,7 @@ async def test_a_file_an_older_aigw_made_gains_the_previous_column(
     store = await SQLiteResponses.open(file, clock=clock.now)
     try:
         await store.put("resp_new", "alice", b"{}", b"[own]", ttl_s=60, previous="resp_old")
+        await store.put("resp_conv", "alice", b"{}", b"[own]", ttl_s=60, conversation="c")
         assert await store.chain("resp_new", 10, 1000) == [
             KeptResponse("alice", b"{}", b"[own]", "resp_old"),
             KeptResponse("alice", b"{}", b"[whole]")]

@@ -39,7 +39,8 @@ from starlette.responses import Response
 from aigw.compiler.graph import ApiKey
 
 from . import jsonio
-from .chat import Served
+from .admission import check_route_allowed
+from .chat import Served, resolve_route
 from .conversations import add_turn, in_conversation
 from .errors import GatewayError, RateLimited, UpstreamRateLimited, params_renamed
 from .exchange import Exchange
@@ -73,6 +74,10 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live, record = exchange.live, exchange.record
     asked = parse(body)
     echo = echoed(asked)  # this request's own fields: instructions are not carried over
+    # The route's existence and the key's routes: before the earlier conversation is read
+    # (up to megabytes), as they need none of it. Cedar and the limits count its tokens,
+    # so they are asked after (exchange.open).
+    check_route_allowed(key, resolve_route(live.graph, asked.model))
     request, earlier = await (continued(live, key, asked) if asked.conversation is None
                               else in_conversation(live, key, asked))
     await exchange.open(key, to_chat_request(request))

@@ -43,15 +43,19 @@ streams that failed (``failed``, with their ``error``) or that the client cut
 continued (its completed items are its answer); a failed one cannot (a 400 that says
 to continue the one before it).
 
-The earlier conversation is read before the route, Cedar and the limits are checked (it
-is part of what they count), so a key over its rpm still has its records read and
-validated before its 429: only the key's own records (the key is compared first), at
-most ``responses_chain_max_bytes`` (16 MiB) in all, about 65 ms of CPU a 4 MiB, as
-parsing a request body of that size costs (which any caller makes the gateway do
-before the limits). Unlike a
-body, it takes the caller a few hundred bytes a request. That is accepted for now:
-refusing earlier needs a look at the rpm that counts nothing, which neither store has
-(the embedded limiter and the Redis scripts would each need one).
+The earlier conversation (a chain, or a ``conversation``'s items) is read once the
+model is known to name a route the key may call (a lookup: no store read for a model
+it cannot call), and before Cedar and the limits are asked (exchange.open): they count
+its tokens (Cedar's ``estimated_tokens``, the tpm and budget held by the same step that
+counts the rpm), so a key over its rpm or refused by Cedar still has its records read
+and validated before its 429 or 403: only the key's own records (the key is compared
+first), at most ``responses_chain_max_bytes`` (16 MiB) in all, about 65 ms of CPU a 4
+MiB, as parsing a request body of that size costs (which any caller makes the gateway
+do before the limits). Unlike a body, it takes the caller a few hundred bytes a
+request. That is accepted for now: refusing earlier needs a look at the rpm that counts
+nothing, which neither store has (the embedded limiter and the Redis scripts would each
+need one), and a Cedar decision asked without the tokens and again with them (two
+plans, two gates: a fork of exchange.open's stages).
 """
 
 from __future__ import annotations

@@ -163,6 +163,16 @@ def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -
     assert _said(alice.conversations.items.list(mine.id).data) == [("user", "mine")]
 
 
+def test_a_model_the_key_cannot_call_is_refused_before_the_store_is_read(
+        alice: openai.OpenAI) -> None:
+    # Neither the conversation nor the previous response is looked up (either may be
+    # megabytes): the model is refused first, as it needs none of them.
+    for earlier in ({"conversation": "conv_none"}, {"previous_response_id": "resp_none"}):
+        with pytest.raises(openai.NotFoundError) as refused:
+            alice.responses.create(model="no-such-model", input="hi", **earlier)
+        assert refused.value.body["param"] == "model"  # type: ignore[index]
+
+
 def test_previous_response_id_beside_it_is_refused(alice: openai.OpenAI) -> None:
     conversation = alice.conversations.create()
     kept = alice.responses.create(model="gpt", input="hi")

@@ -244,18 +244,25 @@ class Chains:
     store: str  # "embedded", or the Redis URL
 
     def as_an_older_aigw_kept(self, response_id: str, lines: list[bytes]) -> None:
-        """Rewrite the record of ``response_id`` as aigw kept records before chains: its
-        whole input as its items, no ``previous``."""
+        """Rewrite the record of ``response_id`` as aigw kept records before chains (and
+        before a response made in a conversation named where in it it began): its whole
+        input as its items, no ``previous``, no ``after``."""
         items = b"\n".join(lines)
         if self.store == "embedded":
             with sqlite3.connect(self.served.server.root / "aigw-responses.sqlite") as db:
-                db.execute("UPDATE responses SET items = ?, previous = NULL WHERE id = ?",
-                           (items, response_id))
+                (body,) = db.execute("SELECT body FROM responses WHERE id = ?",
+                                     (response_id,)).fetchone()
+                db.execute("UPDATE responses SET body = ?, items = ?, previous = NULL, "
+                           "conversation = NULL WHERE id = ?",
+                           (_without_after(body), items, response_id))
             db.close()
             return
         with redis.Redis.from_url(self.store) as client:
-            client.hset(f"aigw:response:{response_id}", "items", items)
-            client.hdel(f"aigw:response:{response_id}", "previous")
+            name = f"aigw:response:{response_id}"
+            body = client.hget(name, "body")
+            assert isinstance(body, bytes)
+            client.hset(name, mapping={"items": items, "body": _without_after(body)})
+            client.hdel(name, "previous", "conversation")
 
 
     def kept_items(self, response_id: str) -> bytes:
@@ -270,6 +277,12 @@ class Chains:
             kept = client.hget(f"aigw:response:{response_id}", "items")
         assert isinstance(kept, bytes)
         return kept
+
+
+def _without_after(body: bytes) -> bytes:
+    head = json.loads(body)
+    head.pop("after", None)
+    return json.dumps(head).encode()
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
@@ -374,6 +387,21 @@ def test_a_response_made_in_a_conversation_keeps_its_own_items(chains: Chains) -
             "my nam", "turn 0", "fake-o", "turn 1", "fake-o", "back"]
         alice.conversations.delete(conversation.id)
         assert alice.responses.input_items.list(ids[-1], order="asc", limit=100).data == listed
+
+
+def test_a_response_an_older_aigw_kept_in_a_conversation_is_read_whole(
+        chains: Chains) -> None:
+    with sdk(chains.served, ALICE) as alice:
+        conversation = alice.conversations.create(items=[{"role": "user", "content": "one"}])
+        made = alice.responses.create(model="gpt", conversation=conversation.id, input="two")
+        whole = alice.responses.input_items.list(made.id, order="asc").data
+        chains.as_an_older_aigw_kept(made.id, [json.dumps(item.model_dump(exclude_none=True),
+                                                          separators=(",", ":")).encode()
+                                               for item in whole])
+        alice.conversations.items.delete(whole[0].id, conversation_id=conversation.id)
+        assert alice.responses.input_items.list(made.id, order="asc").data == whole
+        alice.responses.create(model="gpt", previous_response_id=made.id, input="three")
+        assert len(chains.served.gpt.script.requests[-1]["messages"]) == 4
 
 
 def test_a_conversation_item_gone_is_a_previous_response_not_found(chains: Chains) -> None:

@@ -14,7 +14,9 @@ item can be given to a model later), each kept with an id (the app's, or ``msg_`
 ``fc_``/``fco_`` and a random hex) unique in the conversation, and a status. A
 conversation is kept ``responses_ttl_s`` from its last change, holds at most
 ``conversations_max_items`` items and ``responses_max_bytes`` of them (a record of a
-response holds as much): adding past either is a 400 that says so.
+response holds as much): adding past either is a 400 that says so. Deleted, it is
+gone from this API at once and its items stay to that expiry (or a kept response's
+made in it, which lists them).
 
 ``conversation`` on /v1/responses puts the conversation's items before ``input``, as
 ``previous_response_id`` puts a kept response's (``in_conversation``), refusing before

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import anyio
 from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey
@@ -130,12 +131,15 @@ async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncode
                 await kept(final)
             yield event
     finally:
-        # Closed by the response (shielded, settled_stream), so awaiting here is safe.
-        try:
-            if not ended:
-                await kept(encoder.cancelled())
-        finally:  # the request is settled whatever keeping it did
-            await events.aclose()
+        # Shielded: a client that leaves while the next event is awaited cancels this
+        # generator's task, and anyio cancels every await after that in its scope; the
+        # response's own aclose (settled_stream) comes only once this has ended.
+        with anyio.CancelScope(shield=True):
+            try:
+                if not ended:
+                    await kept(encoder.cancelled())
+            finally:  # the request is settled whatever keeping it did
+                await events.aclose()
 
 
 def echoed(request: ResponsesRequest) -> dict[str, Any]:

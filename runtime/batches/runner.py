@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import GatewayError, InternalError, RateLimited
-from ..store.batches import BatchRow, BatchStore, FileRow
+from ..store.batches import BatchRow, BatchStore, FileRow, LineRow
 from .input import InputLine, check_input
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ LOOK_EVERY_S = 1.0
 # one cut is sent again by whichever process resumes the batch.
 STOP_WAIT_S = 10.0
 RETRY_LIMITED_S = 1.0  # a line refused by our own limits waits this at least
+# The finished lines a finalizing batch reads from the store at a time: its output and
+# error files are written a page at a time, so memory does not grow with the batch.
+FINISH_PAGE = 500
 
 
 class LeaseLost(Exception):
@@ -81,6 +84,29 @@ class FileBytes:
         await temporary.write_bytes(data)
         await temporary.rename(self.folder / file_id)
 
+    async def write_split(self, ids: tuple[str, str],
+                          pages: AsyncIterator[tuple[LineRow, ...]]) -> tuple[int, int]:
+        """The lines of ``pages`` that are ok into the file ``ids[0]``, the others into
+        ``ids[1]``, a page at a time; the bytes of each (0: that file is not made)."""
+        await self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = tuple(self.folder / f".{file_id}.part" for file_id in ids)
+        sizes = [0, 0]
+        async with await anyio.open_file(temporary[0], "wb") as ok_file, \
+                await anyio.open_file(temporary[1], "wb") as error_file:
+            async for page in pages:
+                for index, out in enumerate((ok_file, error_file)):
+                    chunk = "".join(f"{line.result}\n" for line in page
+                                    if line.ok is (index == 0)).encode()
+                    if chunk:
+                        await out.write(chunk)
+                        sizes[index] += len(chunk)
+        for index, file_id in enumerate(ids):
+            if sizes[index]:
+                await temporary[index].rename(self.folder / file_id)
+            else:
+                await temporary[index].unlink()
+        return sizes[0], sizes[1]
+
     async def read(self, file_id: str) -> bytes:
         return await (self.folder / file_id).read_bytes()
 
@@ -98,10 +124,11 @@ class BatchRunner:
     """Finds, leases and runs batches; ``call`` answers one line (runtime/app.py)."""
 
     def __init__(self, gateway: Gateway, call: LineCall,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, page: int = FINISH_PAGE) -> None:
         self.gateway = gateway
         self._call = call
         self._clock = clock
+        self._page = page
         started = gateway.live.graph.settings  # a reload does not move the files
         self._files = FileBytes(anyio.Path(gateway.root) / started.files_dir)
         self._concurrency = started.batches_concurrency
@@ -209,7 +236,7 @@ class BatchRunner:
         checked = await anyio.to_thread.run_sync(
             check_input, data, row.doc["endpoint"], settings.batch_max_lines,
             settings.max_request_bytes)
-        done = {line.line for line in await store.lines(row.id)}
+        done = await store.done(row.id)
         pending = [line for line in checked.lines if line.line not in done]
         per_batch = asyncio.Semaphore(settings.batch_concurrency)
         stop = _Stop(store, row.id, row.doc["expires_at"], self._clock,
@@ -224,7 +251,7 @@ class BatchRunner:
         if self._stopping:
             return False
         if stop.expired:
-            done = {line.line for line in await store.lines(row.id)}
+            done = await store.done(row.id)
             for line in checked.lines:
                 if line.line not in done:
                     await store.line_done(row.id, self.owner, line.line, False, _line_json(
@@ -274,18 +301,15 @@ class BatchRunner:
         if row.status == "in_progress":
             await store.change(row.id, {"status": "finalizing", "finalizing_at": now},
                                self.owner, only_from=("in_progress",))
-        lines = await store.lines(row.id)
+        names = ("output", "error")
+        ids = (f"file-{row.id}-output", f"file-{row.id}-error")
+        sizes = await self.files().write_split(ids, _pages(store, row.id, self._page))
         changes: dict[str, Any] = {}
-        for ok, name in ((True, "output"), (False, "error")):
-            chosen = [line.result for line in lines if line.ok is ok]
-            if not chosen:
-                continue
-            data = ("\n".join(chosen) + "\n").encode()
-            file_id = f"file-{row.id}-{name}"
-            await self.files().write(file_id, data)
-            await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
-                                         "batch_output", len(data), now))
-            changes[f"{name}_file_id"] = file_id
+        for name, file_id, size in zip(names, ids, sizes, strict=True):
+            if size:
+                await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
+                                             "batch_output", size, now))
+                changes[f"{name}_file_id"] = file_id
         if final is not None:
             changes.update({"status": final, f"{final}_at": now})
         await store.change(row.id, changes, self.owner)
@@ -312,6 +336,15 @@ class _Stop:
             row = await self._store.batch(self._id)
             self._cancelled = row is None or row.status != "in_progress"
         return self.expired or self._cancelled or self._stopping()
+
+
+async def _pages(store: BatchStore, batch_id: str,
+                 page: int) -> AsyncIterator[tuple[LineRow, ...]]:
+    """A batch's finished lines, ``page`` at a time, in order."""
+    after = 0
+    while found := await store.lines(batch_id, after, page):
+        yield found
+        after = found[-1].line
 
 
 def _waitable(error: GatewayError | None) -> bool:

@@ -161,7 +161,15 @@ class BatchStore(Protocol):
         """Record a line's outcome if ``owner`` still holds the batch; False if not."""
         ...
 
-    async def lines(self, batch_id: str) -> tuple[LineRow, ...]: ...
+    async def done(self, batch_id: str) -> frozenset[int]:
+        """The numbers of the batch's finished lines (their results are not read)."""
+        ...
+
+    async def lines(self, batch_id: str, after: int, limit: int) -> tuple[LineRow, ...]:
+        """A page of finished lines: those numbered past ``after``, in order, ``limit`` at
+        most. Read a page at a time, so that a batch's results (gigabytes for 50,000 long
+        answers) are never all in memory."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -227,8 +235,11 @@ class SQLiteBatches:
         return await self._db.call(partial(_line_done, batch_id, owner, line, ok, result),
                                    single=True)
 
-    async def lines(self, batch_id: str) -> tuple[LineRow, ...]:
-        return await self._db.call(partial(_lines, batch_id))
+    async def done(self, batch_id: str) -> frozenset[int]:
+        return await self._db.call(partial(_done, batch_id))
+
+    async def lines(self, batch_id: str, after: int, limit: int) -> tuple[LineRow, ...]:
+        return await self._db.call(partial(_lines, batch_id, after, limit))
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -359,7 +370,13 @@ def _line_done(batch_id: str, owner: str, line: int, ok: bool, result: str,
     return cursor.rowcount > 0
 
 
-def _lines(batch_id: str, connection: sqlite3.Connection) -> tuple[LineRow, ...]:
+def _done(batch_id: str, connection: sqlite3.Connection) -> frozenset[int]:
+    return frozenset(row[0] for row in connection.execute(
+        "SELECT line FROM batch_lines WHERE batch_id = ?", (batch_id,)))
+
+
+def _lines(batch_id: str, after: int, limit: int,
+           connection: sqlite3.Connection) -> tuple[LineRow, ...]:
     return tuple(LineRow(row[0], bool(row[1]), row[2]) for row in connection.execute(
-        "SELECT line, ok, result FROM batch_lines WHERE batch_id = ? ORDER BY line",
-        (batch_id,)))
+        "SELECT line, ok, result FROM batch_lines WHERE batch_id = ? AND line > ? "
+        "ORDER BY line LIMIT ?", (batch_id, after, limit)))

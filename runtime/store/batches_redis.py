@@ -7,6 +7,7 @@
     <ns>:batches:running            the ids of batches in a RUNNING status
     <ns>:batch:<id>:lease           the id of the process running it, expiring with its lease
     <ns>:batch:<id>:lines           hash: line number -> "1" or "0" (2xx or not) + its result
+    <ns>:batch:<id>:order           sorted set of the finished lines' numbers, to page them
     <ns>:batch:<id>:counts          hash: completed, failed
 
 A line is recorded by a script that first checks the lease is the caller's (a process
@@ -37,6 +38,7 @@ _LINE_DONE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2])
 return 1
 """
 _RENEW = """
@@ -224,15 +226,25 @@ class RedisBatches:
                         result: str) -> bool:
         done = await self._do(lambda: self._line_done(
             keys=[self._key("batch", batch_id, "lease"), self._key("batch", batch_id, "lines"),
-                  self._key("batch", batch_id, "counts")],
+                  self._key("batch", batch_id, "counts"),
+                  self._key("batch", batch_id, "order")],
             args=[owner, line, ("1" if ok else "0") + result,
                   "completed" if ok else "failed"]))
         return bool(done)
 
-    async def lines(self, batch_id: str) -> tuple[LineRow, ...]:
-        found = await self._do(lambda: self.redis.hgetall(self._key("batch", batch_id, "lines")))
+    async def done(self, batch_id: str) -> frozenset[int]:
+        found = await self._do(lambda: self.redis.hkeys(self._key("batch", batch_id, "lines")))
+        return frozenset(int(line) for line in found)
+
+    async def lines(self, batch_id: str, after: int, limit: int) -> tuple[LineRow, ...]:
+        numbers: list[str] = await self._do(lambda: self.redis.zrangebyscore(
+            self._key("batch", batch_id, "order"), f"({after}", "+inf", start=0, num=limit))
+        if not numbers:
+            return ()
+        found = await self._do(lambda: self.redis.hmget(
+            self._key("batch", batch_id, "lines"), numbers))
         return tuple(LineRow(int(line), value[0] == "1", value[1:])
-                     for line, value in sorted(found.items(), key=lambda item: int(item[0])))
+                     for line, value in zip(numbers, found, strict=True) if value is not None)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

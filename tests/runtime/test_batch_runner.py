@@ -17,7 +17,7 @@ from typing import Any
 from aigw.runtime.batches import BatchRunner, LineAnswer, batch_doc, check_input
 from aigw.runtime.errors import RateLimited
 from aigw.runtime.live import Gateway
-from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow
+from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow, LineRow
 from aigw.runtime.tokens import TokenCounter
 
 OK = json.dumps({"object": "chat.completion"}).encode()
@@ -167,3 +167,40 @@ async def test_a_batch_whose_input_file_is_gone_fails(gateway: Gateway) -> None:
         done = await _final(store, batch_id)
     assert done.status == "failed" and done.doc["failed_at"]
     assert [error["code"] for error in done.doc["errors"]["data"]] == ["input_file_missing"]
+
+
+class _PagesRead:
+    """The gateway's batch store, noting the size of each page of results read from it."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+        self.pages: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def lines(self, batch_id: str, after: int, limit: int) -> tuple[LineRow, ...]:
+        found = await self._store.lines(batch_id, after, limit)
+        self.pages.append(len(found))
+        return found
+
+
+async def test_the_output_file_is_written_a_page_of_results_at_a_time(
+        gateway: Gateway) -> None:
+    """The finalizer held every line's result in memory at once (a 50,000-line batch of
+    long answers: gigabytes): it reads them from the store a page at a time."""
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        return LineAnswer(200, body, "req")  # the answer as long as the line
+
+    runner = BatchRunner(gateway, call, page=2)
+    store, batch_id = await _created(gateway, runner, 5)
+    paged = _PagesRead(store)
+    gateway.store._batches = paged  # type: ignore[assignment]  # the store it opened, watched
+    async with _running(runner):
+        done = await _final(paged, batch_id)  # type: ignore[arg-type]
+    assert paged.pages == [2, 2, 1, 0]
+    output = await _file_lines(runner, done.doc["output_file_id"])
+    assert [line["custom_id"] for line in output] == [f"c{n}" for n in range(5)]
+    found = await store.file(done.doc["output_file_id"])
+    assert found is not None and found.bytes == (
+        await runner.files().folder.joinpath(found.id).stat()).st_size

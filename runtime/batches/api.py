@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from aigw.compiler.graph import ApiKey
 
 from ..auth import authenticate
 from ..conversations import Metadata
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout
 from ..incoming import read_body
 from ..live import Live
 from ..responses_wire import bad_request_from
@@ -142,7 +143,14 @@ class _Api:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
                              "'purpose' fields.")
-        async with request.form(max_files=1, max_fields=8) as form:
+        timeout_s = live.graph.settings.body_read_timeout_s
+        try:  # as any body: a client trickling its upload held a worker and a connection
+            async with asyncio.timeout(timeout_s):
+                form = await request.form(max_files=1, max_fields=8)
+        except TimeoutError:
+            raise RequestTimeout(f"The upload did not arrive within {timeout_s:g} s "
+                                 "(settings.body_read_timeout_s).") from None
+        try:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("Missing required parameter: 'file'.", param="file")
@@ -151,6 +159,8 @@ class _Api:
                                  param="purpose")
             data = await upload.read(most + 1)
             filename = upload.filename or "upload.jsonl"
+        finally:
+            await form.close()
         if len(data) > most:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
         row = FileRow(f"file-{secrets.token_hex(12)}", _owner(key), filename, purpose,

@@ -231,3 +231,39 @@ async def test_a_body_that_trickles_in_is_cut_off_with_a_408(
                 assert len(sent) < 20, path  # cut off at about 0.3 s, not read to its end
     finally:
         await gateway.aclose()
+
+
+async def test_a_file_upload_that_trickles_in_is_cut_off_with_a_408(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    """A POST /v1/files was read by the form parser with no deadline: a client trickling
+    its upload held a worker and a connection for ever. It has body_read_timeout_s too."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  max_request_bytes: 4194304\n",
+        "  max_request_bytes: 4194304\n  body_read_timeout_s: 0.3\n", 1))
+    sent: list[int] = []
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield (b'--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+               b'--b\r\ncontent-disposition: form-data; name="file"; filename="in.jsonl"'
+               b"\r\n\r\n")
+        async for chunk in _trickled(sent):
+            yield chunk
+
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://aigw.test",
+            headers={"authorization": f"Bearer {DEV_KEY}", "content-length": "1000",
+                     "content-type": "multipart/form-data; boundary=b"},
+        ) as client:
+            response = await client.post("/v1/files", content=upload())
+        assert response.status_code == 408, response.text
+        assert response.json()["error"] == {
+            "message": "The upload did not arrive within 0.3 s "
+                       "(settings.body_read_timeout_s).",
+            "type": "invalid_request_error", "param": None, "code": "request_timeout"}
+        assert len(sent) < 20  # cut off at about 0.3 s, not read to its end
+    finally:
+        await gateway.aclose()

@@ -236,6 +236,7 @@ def freeze(
             conversations_max_items=settings.conversations_max_items,
             files_dir=settings.files_dir,
             files_max_bytes=settings.files_max_bytes,
+            batch_output_retention_s=settings.batch_output_retention_s,
             batch_max_lines=settings.batch_max_lines,
             batch_concurrency=settings.batch_concurrency,
             batches_concurrency=settings.batches_concurrency,

@@ -57,6 +57,7 @@ class Settings:
     conversations_max_items: int = 10_000
     files_dir: str = "aigw-files"
     files_max_bytes: int = 200 << 20
+    batch_output_retention_s: int = 30 * 86_400
     batch_max_lines: int = 50_000
     batch_concurrency: int = 4
     batches_concurrency: int = 8

@@ -220,6 +220,12 @@ class SettingsSpec(Spec):
         description="Largest file POST /v1/files takes (OpenAI's batch input limit, "
         "200 MB); a larger upload is a 413.",
     )
+    batch_output_retention_s: Annotated[int, Field(ge=3600, le=315_360_000)] = Field(
+        30 * 86_400,
+        description="How long a batch's output and error files are kept, from when they "
+        "are written, unless the batch asked otherwise (its output_expires_after); then "
+        "they are purged, bytes and records (OpenAI keeps them 30 days).",
+    )
     batch_max_lines: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
         50_000,
         description="Most requests one batch's input file may hold (OpenAI's limit); a "

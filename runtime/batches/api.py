@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -31,6 +31,15 @@ BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
 COMPLETION_WINDOW_S = 86_400
 _FORM_SLACK = 64 << 10  # of a multipart upload, beside the file: its boundaries and fields
 _PURPOSES = ("batch",)
+# OpenAI's range for a file's expires_after and a batch's output_expires_after
+EXPIRES_AFTER_S = (3600, 30 * 86_400)
+
+
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: Annotated[int, Field(ge=EXPIRES_AFTER_S[0], le=EXPIRES_AFTER_S[1])]
 
 
 class CreateBatch(BaseModel):
@@ -41,6 +50,7 @@ class CreateBatch(BaseModel):
                       "/v1/responses"]
     completion_window: Literal["24h"]
     metadata: Metadata | None = None
+    output_expires_after: ExpiresAfter | None = None
 
 
 def batch_routes(runner: BatchRunner) -> list[Route]:
@@ -83,10 +93,28 @@ def _page(objects: list[dict[str, Any]], limit: int) -> JSONResponse:
                          "has_more": len(objects) > limit})
 
 
+def _expires_after(anchor: object, seconds: object) -> int | None:
+    """An upload's ``expires_after[anchor]`` and ``[seconds]`` form fields (as the SDKs
+    send the object): the seconds it is kept, None when not given (kept until deleted)."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise BadRequest(f"expires_after.anchor must be 'created_at'; got {anchor!r}.",
+                         param="expires_after.anchor")
+    low, high = EXPIRES_AFTER_S
+    text = seconds if isinstance(seconds, str) else ""
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"expires_after.seconds must be a whole number from {low} to "
+                         f"{high}; got {seconds!r}.", param="expires_after.seconds")
+    return int(text)
+
+
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
-              metadata: dict[str, str] | None, now: int) -> dict[str, Any]:
+              metadata: dict[str, str] | None, now: int,
+              output_expires_s: int | None = None) -> dict[str, Any]:
     """A new batch's object (``request_counts`` aside: the store counts its lines):
-    ``in_progress``, or ``failed`` with the input's line errors."""
+    ``in_progress``, or ``failed`` with the input's line errors. ``output_expires_s``:
+    how long its output and error files are kept (None: batch_output_retention_s)."""
     doc: dict[str, Any] = {
         "id": f"batch_{secrets.token_hex(12)}", "object": "batch", "endpoint": endpoint,
         "errors": None, "input_file_id": input_file_id, "completion_window": "24h",
@@ -94,7 +122,7 @@ def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
         "created_at": now, "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
         "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
         "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
-        "total": len(checked.lines)}
+        "total": len(checked.lines), "output_expires_s": output_expires_s}
     if checked.errors:
         doc.update({"status": "failed", "failed_at": now, "in_progress_at": None, "total": 0,
                     "errors": {"object": "list", "data": list(checked.errors)}})
@@ -115,7 +143,8 @@ class _Api:
     async def _file(self, store: BatchStore, key: ApiKey, file_id: str,
                     param: str = "file_id") -> FileRow:
         row = await store.file(file_id)
-        if row is None or (row.owner != _owner(key) and not key.admin):
+        if row is None or (row.owner != _owner(key) and not key.admin) \
+                or row.expired(time.time()):  # gone, though not purged yet
             raise NotFound(f"No such File object: {file_id}", param=param)
         return row
 
@@ -129,7 +158,8 @@ class _Api:
             raise BadRequest("order must be 'asc' or 'desc'.", param="order")
         rows = await store.files(None if key.admin else _owner(key),
                                  request.query_params.get("purpose"),
-                                 request.query_params.get("after"), limit, order == "desc")
+                                 request.query_params.get("after"), limit, order == "desc",
+                                 time.time())
         return _page([row.as_object() for row in rows], limit)
 
     async def _upload(self, request: Request, live: Live, key: ApiKey,
@@ -157,14 +187,17 @@ class _Api:
             if purpose not in _PURPOSES:
                 raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {purpose!r}.",
                                  param="purpose")
+            expires_s = _expires_after(form.get("expires_after[anchor]"),
+                                       form.get("expires_after[seconds]"))
             data = await upload.read(most + 1)
             filename = upload.filename or "upload.jsonl"
         finally:
             await form.close()
         if len(data) > most:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
+        now = int(time.time())
         row = FileRow(f"file-{secrets.token_hex(12)}", _owner(key), filename, purpose,
-                      len(data), int(time.time()))
+                      len(data), now, None if expires_s is None else now + expires_s)
         await self.runner.files().write(row.id, data)
         await store.put_file(row)
         return JSONResponse(row.as_object())
@@ -219,7 +252,9 @@ class _Api:
         checked = await anyio.to_thread.run_sync(
             check_input, data, asked.endpoint, settings.batch_max_lines,
             settings.max_request_bytes)
-        doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()))
+        kept = asked.output_expires_after
+        doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()),
+                        None if kept is None else kept.seconds)
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

@@ -48,6 +48,10 @@ RETRY_LIMITED_S = 1.0  # a line refused by our own limits waits this at least
 # The finished lines a finalizing batch reads from the store at a time: its output and
 # error files are written a page at a time, so memory does not grow with the batch.
 FINISH_PAGE = 500
+# Expired files are purged (bytes, then record) this often, at most PURGE_PAGE a pass:
+# every process purges, so a pass is short however many files expired at once.
+PURGE_EVERY_S = 60.0
+PURGE_PAGE = 100
 
 
 class LeaseLost(Exception):
@@ -164,9 +168,13 @@ class BatchRunner:
 
     async def _look(self) -> None:
         assert self._wake is not None
+        purged = 0.0
         while True:
             try:
                 store = await self.gateway.store.batches(create=False)
+                if store is not None and self._clock() - purged >= PURGE_EVERY_S:
+                    purged = self._clock()
+                    await self.purge(store)
                 if store is not None:
                     lease_s = self.gateway.live.graph.settings.execution_lease_s
                     for batch_id in await store.claim(self.owner, lease_s, self._clock()):
@@ -178,6 +186,17 @@ class BatchRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOOK_EVERY_S)
             self._wake.clear()
+
+    async def purge(self, store: BatchStore, most: int = PURGE_PAGE) -> int:
+        """Delete up to ``most`` expired files, their bytes before their record (a crash
+        between leaves a record the next pass finds again, never bytes without one)."""
+        expired = await store.expired_files(self._clock(), most)
+        for row in expired:
+            await self.files().delete(row.id)
+            await store.delete_file(row.id)
+        if expired:
+            log.info("purged %d expired files", len(expired))
+        return len(expired)
 
     async def _held(self, store: BatchStore, batch_id: str) -> None:
         """Run the batch while renewing its lease; give the lease back at the end (a
@@ -304,11 +323,13 @@ class BatchRunner:
         names = ("output", "error")
         ids = (f"file-{row.id}-output", f"file-{row.id}-error")
         sizes = await self.files().write_split(ids, _pages(store, row.id, self._page))
+        kept = row.doc.get("output_expires_s") or \
+            self.gateway.live.graph.settings.batch_output_retention_s
         changes: dict[str, Any] = {}
         for name, file_id, size in zip(names, ids, sizes, strict=True):
             if size:
                 await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
-                                             "batch_output", size, now))
+                                             "batch_output", size, now, now + kept))
                 changes[f"{name}_file_id"] = file_id
         if final is not None:
             changes.update({"status": final, f"{final}_at": now})

@@ -7,7 +7,8 @@ finished lines of the batches being run. The files' bytes are in ``settings.file
 
 In SQLite (``aigw.sqlite`` -> ``aigw-batches.sqlite``):
 
-    files         one row per file: its owner, name, purpose, size (bytes on disk)
+    files         one row per file: its owner, name, purpose, size (bytes on disk), and
+                  when it expires (none: kept until deleted)
     batches       one row per batch: its object (JSON), status, and the lease of the
                   process running it (``lease_owner`` until ``lease_until``)
     batch_lines   one row per finished line of a batch: its outcome, as the output or
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS files (
     filename    TEXT NOT NULL,
     purpose     TEXT NOT NULL,
     bytes       INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_created ON files (created_at, id);
 CREATE TABLE IF NOT EXISTS batches (
@@ -78,13 +80,21 @@ class FileRow:
     purpose: str
     bytes: int
     created_at: int
+    expires_at: int | None = None  # then it is gone (a 404), and purged; None: kept
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def as_object(self) -> dict[str, Any]:
         """OpenAI's file object."""
         return {"id": self.id, "object": "file", "bytes": self.bytes,
                 "created_at": self.created_at, "filename": self.filename,
-                "purpose": self.purpose, "status": "processed", "expires_at": None,
-                "status_details": None}
+                "purpose": self.purpose, "status": "processed",
+                "expires_at": self.expires_at, "status_details": None}
+
+
+# Kept in a batch's object for the runner, not shown: its lines, its files' retention.
+_OURS = ("total", "output_expires_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,7 @@ class BatchRow:
     def as_object(self) -> dict[str, Any]:
         """OpenAI's batch object."""
         total = self.doc.get("total", 0)
-        found = {name: value for name, value in self.doc.items() if name != "total"}
+        found = {name: value for name, value in self.doc.items() if name not in _OURS}
         return {**found, "request_counts": {"total": total, "completed": self.completed,
                                             "failed": self.failed}}
 
@@ -125,9 +135,13 @@ class BatchStore(Protocol):
     async def file(self, file_id: str) -> FileRow | None: ...
 
     async def files(self, owner: str | None, purpose: str | None, after: str | None,
-                    limit: int, newest_first: bool) -> tuple[FileRow, ...]:
-        """A page of files (``owner``'s, or all for None), ``limit`` + 1 asked for so that
-        the caller knows whether there are more."""
+                    limit: int, newest_first: bool, now: float) -> tuple[FileRow, ...]:
+        """A page of files (``owner``'s, or all for None) not expired at ``now``,
+        ``limit`` + 1 asked for so that the caller knows whether there are more."""
+        ...
+
+    async def expired_files(self, now: float, limit: int) -> tuple[FileRow, ...]:
+        """At most ``limit`` files expired at ``now``, the longest expired first."""
         ...
 
     async def delete_file(self, file_id: str) -> bool: ...
@@ -198,8 +212,12 @@ class SQLiteBatches:
         return await self._db.call(partial(_file, file_id), single=True)
 
     async def files(self, owner: str | None, purpose: str | None, after: str | None,
-                    limit: int, newest_first: bool) -> tuple[FileRow, ...]:
-        return await self._db.call(partial(_files, owner, purpose, after, limit, newest_first))
+                    limit: int, newest_first: bool, now: float) -> tuple[FileRow, ...]:
+        return await self._db.call(partial(_files, owner, purpose, after, limit, newest_first,
+                                           now))
+
+    async def expired_files(self, now: float, limit: int) -> tuple[FileRow, ...]:
+        return await self._db.call(partial(_expired_files, now, limit))
 
     async def delete_file(self, file_id: str) -> bool:
         return await self._db.call(partial(_delete_file, file_id), single=True)
@@ -247,15 +265,21 @@ class SQLiteBatches:
 
 def _create_tables(connection: sqlite3.Connection) -> None:
     run_statements(connection, SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(files)")}
+    if "expires_at" not in columns:  # a file made before files expired
+        connection.execute("ALTER TABLE files ADD COLUMN expires_at INTEGER")
+    connection.execute("CREATE INDEX IF NOT EXISTS files_expiring ON files (expires_at) "
+                       "WHERE expires_at IS NOT NULL")
 
 
-_FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at"
+_FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at, expires_at"
 
 
 def _put_file(row: FileRow, connection: sqlite3.Connection) -> None:
-    connection.execute(f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                       (row.id, row.owner, row.filename, row.purpose, row.bytes,
-                        row.created_at))
+    connection.execute(
+        f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (row.id, row.owner, row.filename, row.purpose, row.bytes, row.created_at,
+         row.expires_at))
 
 
 def _file(file_id: str, connection: sqlite3.Connection) -> FileRow | None:
@@ -265,8 +289,10 @@ def _file(file_id: str, connection: sqlite3.Connection) -> FileRow | None:
 
 
 def _files(owner: str | None, purpose: str | None, after: str | None, limit: int,
-           newest_first: bool, connection: sqlite3.Connection) -> tuple[FileRow, ...]:
+           newest_first: bool, now: float,
+           connection: sqlite3.Connection) -> tuple[FileRow, ...]:
     where, args = _owned(owner)
+    where, args = where + " AND (expires_at IS NULL OR expires_at > ?)", [*args, now]
     if purpose is not None:
         where, args = where + " AND purpose = ?", [*args, purpose]
     order = "DESC" if newest_first else "ASC"
@@ -280,6 +306,13 @@ def _files(owner: str | None, purpose: str | None, after: str | None, limit: int
         f"SELECT {_FILE_COLUMNS} FROM files WHERE {where} "
         f"ORDER BY created_at {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
     return tuple(FileRow(*row) for row in rows)
+
+
+def _expired_files(now: float, limit: int,
+                   connection: sqlite3.Connection) -> tuple[FileRow, ...]:
+    return tuple(FileRow(*row) for row in connection.execute(
+        f"SELECT {_FILE_COLUMNS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? "
+        "ORDER BY expires_at LIMIT ?", (now, limit)))
 
 
 def _owned(owner: str | None) -> tuple[str, list[Any]]:

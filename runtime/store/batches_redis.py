@@ -1,7 +1,9 @@
 """``BatchStore`` on Redis, for replicas: files' and batches' records, leases and lines.
 
-    <ns>:file:<id>                  hash: owner, filename, purpose, bytes, created_at
+    <ns>:file:<id>                  hash: owner, filename, purpose, bytes, created_at[,
+                                    expires_at]
     <ns>:files[:owner:<owner>]      sorted sets of file ids by created_at (all, an owner's)
+    <ns>:files:expiring             sorted set of the ids of files that expire, by expires_at
     <ns>:batch:<id>                 hash: owner, key, doc (the batch object, JSON)
     <ns>:batches[:owner:<owner>]    sorted sets of batch ids by created_at
     <ns>:batches:running            the ids of batches in a RUNNING status
@@ -78,9 +80,13 @@ class RedisBatches:
     async def put_file(self, row: FileRow) -> None:
         async def put() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key("file", row.id), mapping={
+                fields: dict[str, Any] = {
                     "owner": row.owner, "filename": row.filename, "purpose": row.purpose,
-                    "bytes": row.bytes, "created_at": row.created_at})
+                    "bytes": row.bytes, "created_at": row.created_at}
+                if row.expires_at is not None:
+                    fields["expires_at"] = row.expires_at
+                    pipe.zadd(self._key("files", "expiring"), {row.id: row.expires_at})
+                pipe.hset(self._key("file", row.id), mapping=fields)
                 for index in (self._key("files"), self._key("files", "owner", row.owner)):
                     pipe.zadd(index, {row.id: row.created_at})
                 await pipe.execute()
@@ -91,15 +97,29 @@ class RedisBatches:
         return _file_row(file_id, found)
 
     async def files(self, owner: str | None, purpose: str | None, after: str | None,
-                    limit: int, newest_first: bool) -> tuple[FileRow, ...]:
+                    limit: int, newest_first: bool, now: float) -> tuple[FileRow, ...]:
         index = self._key("files") if owner is None else self._key("files", "owner", owner)
         rows: list[FileRow] = []
         async for file_id in self._ids(index, after, newest_first):
             row = await self.file(file_id)
-            if row is not None and (purpose is None or row.purpose == purpose):
+            if row is not None and (purpose is None or row.purpose == purpose) \
+                    and not row.expired(now):
                 rows.append(row)
                 if len(rows) > limit:
                     break
+        return tuple(rows)
+
+    async def expired_files(self, now: float, limit: int) -> tuple[FileRow, ...]:
+        expiring = self._key("files", "expiring")
+        ids: list[str] = await self._do(lambda: self.redis.zrangebyscore(
+            expiring, "-inf", now, start=0, num=limit))
+        rows: list[FileRow] = []
+        for file_id in ids:
+            row = await self.file(file_id)
+            if row is None:  # deleted meanwhile: its mark goes too
+                await self._do(partial(self.redis.zrem, expiring, file_id))
+            else:
+                rows.append(row)
         return tuple(rows)
 
     async def _ids(self, index: str, after: str | None,
@@ -130,6 +150,7 @@ class RedisBatches:
                 pipe.delete(self._key("file", file_id))
                 pipe.zrem(self._key("files"), file_id)
                 pipe.zrem(self._key("files", "owner", row.owner), file_id)
+                pipe.zrem(self._key("files", "expiring"), file_id)
                 await pipe.execute()
         await self._do(delete)
         return True
@@ -253,5 +274,7 @@ class RedisBatches:
 def _file_row(file_id: str, found: dict[str, str]) -> FileRow | None:
     if not found:
         return None
+    expires_at = found.get("expires_at")
     return FileRow(file_id, found["owner"], found["filename"], found["purpose"],
-                   int(found["bytes"]), int(found["created_at"]))
+                   int(found["bytes"]), int(found["created_at"]),
+                   None if expires_at is None else int(expires_at))

@@ -193,6 +193,34 @@ def test_what_openai_refuses_at_create_is_a_400_or_404(alice: openai.OpenAI) -> 
         alice.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
 
 
+def test_files_and_batch_outputs_take_openais_expiry(alice: openai.OpenAI) -> None:
+    """expires_after (a file) and output_expires_after (a batch's files), in OpenAI's
+    range; a file uploaded without one is kept until deleted, a batch's output by default
+    for batch_output_retention_s (30 days)."""
+    kept = alice.files.create(file=("in.jsonl", _jsonl([_line("x")])), purpose="batch",
+                              expires_after={"anchor": "created_at", "seconds": 3600})
+    assert kept.expires_at == kept.created_at + 3600
+    assert alice.files.retrieve(kept.id).expires_at == kept.expires_at
+    for seconds in (3599, 30 * 86_400 + 1):
+        with pytest.raises(openai.BadRequestError) as refused:
+            alice.files.create(file=("in.jsonl", b"{}"), purpose="batch",
+                               expires_after={"anchor": "created_at", "seconds": seconds})
+        assert refused.value.param == "expires_after.seconds"
+        with pytest.raises(openai.BadRequestError):
+            alice.batches.create(input_file_id=kept.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h", output_expires_after={
+                                     "anchor": "created_at", "seconds": seconds})
+    made = alice.batches.create(input_file_id=kept.id, endpoint="/v1/chat/completions",
+                                completion_window="24h", output_expires_after={
+                                    "anchor": "created_at", "seconds": 7200})
+    output = alice.files.retrieve(_until(alice, made.id, ("completed",)).output_file_id or "")
+    assert output.expires_at == output.created_at + 7200
+    plain = _until(alice, _batch(alice, [_line("y")]).id, ("completed",))
+    assert alice.files.retrieve(plain.input_file_id).expires_at is None
+    output = alice.files.retrieve(plain.output_file_id or "")
+    assert output.expires_at == output.created_at + 30 * 86_400
+
+
 def test_an_upload_over_files_max_bytes_is_a_413(alice: openai.OpenAI,
                                                  upstreams: Upstreams) -> None:
     for size in (70_000, 200_000):  # found once parsed; refused by its Content-Length

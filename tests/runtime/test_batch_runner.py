@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,11 +15,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
+from aigw.runtime.app import create_app
 from aigw.runtime.batches import BatchRunner, LineAnswer, batch_doc, check_input
 from aigw.runtime.errors import RateLimited
 from aigw.runtime.live import Gateway
-from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow, LineRow
+from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow, LineRow, SQLiteBatches
+from aigw.runtime.store.batches_redis import RedisBatches
 from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
 
 OK = json.dumps({"object": "chat.completion"}).encode()
 
@@ -37,7 +45,8 @@ def _input(count: int) -> bytes:
         for n in range(count)).encode()
 
 
-async def _created(gateway: Gateway, runner: BatchRunner, count: int) -> tuple[BatchStore, str]:
+async def _created(gateway: Gateway, runner: BatchRunner, count: int,
+                   output_expires_s: int | None = None) -> tuple[BatchStore, str]:
     """A batch of ``count`` lines, as POST /v1/batches makes it."""
     store = await gateway.store.batches()
     assert store is not None
@@ -46,7 +55,7 @@ async def _created(gateway: Gateway, runner: BatchRunner, count: int) -> tuple[B
     await store.put_file(FileRow("file-in", "key:dev", "in.jsonl", "batch", len(data), 0))
     doc = batch_doc("/v1/chat/completions", "file-in",
                     check_input(data, "/v1/chat/completions", 100, 1 << 20), None,
-                    int(time.time()))
+                    int(time.time()), output_expires_s)
     await store.put_batch(doc["id"], "key:dev", "dev", doc)
     return store, doc["id"]
 
@@ -204,3 +213,68 @@ async def test_the_output_file_is_written_a_page_of_results_at_a_time(
     found = await store.file(done.doc["output_file_id"])
     assert found is not None and found.bytes == (
         await runner.files().folder.joinpath(found.id).stat()).st_size
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def batch_store(request: pytest.FixtureRequest, tmp_path: Path,
+                      redis_url: str) -> AsyncIterator[BatchStore]:
+    """A batch store of each kind (Redis: a namespace of its own)."""
+    store: BatchStore = (await SQLiteBatches.open(tmp_path / "batches.sqlite")
+                         if request.param == "embedded" else
+                         RedisBatches(redis_url, namespace=f"test-{secrets.token_hex(6)}"))
+    yield store
+    await store.aclose()
+
+
+async def test_expired_files_are_purged_a_page_at_a_time(gateway: Gateway,
+                                                         batch_store: BatchStore) -> None:
+    """Files were kept for ever: an expired one is now purged, its bytes then its record,
+    at most a page of them a pass; one that has not expired (or never does) stays."""
+    runner = BatchRunner(gateway, _no_call)
+    now = int(time.time())
+    for n, expires_at in enumerate((now - 30, now - 20, now - 10, now + 3600, None)):
+        await runner.files().write(f"file-{n}", b"{}\n")
+        await batch_store.put_file(FileRow(f"file-{n}", "key:dev", "in.jsonl", "batch", 3,
+                                           now - 60, expires_at))
+    assert [row.id for row in await batch_store.files(None, None, None, 10, False, now)] == [
+        "file-3", "file-4"]  # the expired are listed no more
+    assert [await runner.purge(batch_store, most=2) for _ in range(3)] == [2, 1, 0]
+    for n in range(5):
+        assert (await batch_store.file(f"file-{n}") is None) is (n < 3)
+        assert await (runner.files().folder / f"file-{n}").exists() is (n >= 3)
+
+
+async def _no_call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+    raise AssertionError("no line is sent")
+
+
+async def test_an_expired_file_is_a_404_before_it_is_purged(gateway: Gateway) -> None:
+    store = await gateway.store.batches()
+    assert store is not None
+    runner = BatchRunner(gateway, _no_call)
+    await runner.files().write("file-old", b"{}\n")
+    await store.put_file(FileRow("file-old", "key:dev", "in.jsonl", "batch", 3, 0, 3600))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://aigw.test",
+        headers={"authorization": f"Bearer {DEV_KEY}"},
+    ) as client:
+        for path in ("/v1/files/file-old", "/v1/files/file-old/content"):
+            response = await client.get(path)
+            assert response.status_code == 404, path
+            assert response.json()["error"]["message"] == "No such File object: file-old"
+        assert (await client.get("/v1/files")).json()["data"] == []
+
+
+@pytest.mark.parametrize("asked", [3600, None])
+async def test_output_files_expire_as_the_batch_asked_or_the_setting_says(
+        gateway: Gateway, asked: int | None) -> None:
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        return LineAnswer(200, OK, "req")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 1, output_expires_s=asked)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    output = await store.file(done.doc["output_file_id"])
+    assert output is not None and output.expires_at == output.created_at + (asked or 30 * 86_400)
+    assert "output_expires_s" not in done.as_object()

@@ -51,6 +51,9 @@ FINISH_PAGE = 500
 # Expired files are purged (bytes, then record) this often, at most PURGE_PAGE a pass:
 # every process purges, so a pass is short however many files expired at once.
 PURGE_EVERY_S = 60.0
+# A batch whose input file this process cannot read (though the file's record is there)
+# is left to the others this long: its files_dir is not the one the file was uploaded to.
+ELSEWHERE_S = 60.0
 PURGE_PAGE = 100
 
 
@@ -140,6 +143,7 @@ class BatchRunner:
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._elsewhere: dict[str, float] = {}  # batch id -> when this process tries again
         self._stopping = False
 
     def files(self) -> FileBytes:
@@ -177,7 +181,11 @@ class BatchRunner:
                     await self.purge(store)
                 if store is not None:
                     lease_s = self.gateway.live.graph.settings.execution_lease_s
-                    for batch_id in await store.claim(self.owner, lease_s, self._clock()):
+                    now = self._clock()
+                    self._elsewhere = {batch_id: until for batch_id, until
+                                       in self._elsewhere.items() if until > now}
+                    for batch_id in await store.claim(self.owner, lease_s, now,
+                                                      frozenset(self._elsewhere)):
                         if batch_id not in self._active:
                             self._active[batch_id] = asyncio.create_task(
                                 self._held(store, batch_id), name=f"aigw-batch-{batch_id}")
@@ -231,18 +239,29 @@ class BatchRunner:
             return
         if row.status == "in_progress":
             if not await self._lines(store, row):
-                return  # the gateway is stopping: the batch is resumed where it stopped
+                return  # stopped here: the batch is resumed where it stopped
             row = await store.batch(batch_id)
             assert row is not None
         await self._finish(store, row)
 
     async def _lines(self, store: BatchStore, row: BatchRow) -> bool:
         """Send the lines that have no outcome yet; False if the gateway's stop cut that
-        short (the batch is neither finished nor expired)."""
+        short, or this process cannot read the input (the batch is neither finished nor
+        expired: it is resumed, here or by another process)."""
         settings = self.gateway.live.graph.settings
         try:
             data = await self.files().read(row.doc["input_file_id"])
-        except FileNotFoundError:  # deleted meanwhile (or files_dir is not the replicas' one)
+        except FileNotFoundError:
+            if self._clock() < row.doc["expires_at"] and \
+                    await store.file(row.doc["input_file_id"]) is not None:
+                # Not deleted: this process's files_dir is not where it was uploaded (a
+                # replica that does not mount the shared folder, another gateway on the
+                # same Redis). Failing it here failed every batch such a process claimed.
+                log.error("batch %s: its input file %s is not in this process's files_dir "
+                          "%s; left to the processes that have it", row.id,
+                          row.doc["input_file_id"], self.files().folder)
+                self._elsewhere[row.id] = self._clock() + ELSEWHERE_S
+                return False
             log.error("batch %s: its input file %s is gone from %s; the batch failed",
                       row.id, row.doc["input_file_id"], self.files().folder)
             await store.change(row.id, {"status": "failed", "failed_at": int(self._clock()),

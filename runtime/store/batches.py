@@ -162,8 +162,9 @@ class BatchStore(Protocol):
         lease is not ``lease_owner``'s (if given) or its status not in ``only_from``."""
         ...
 
-    async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
-        """Take the lease of every running batch that nobody holds now."""
+    async def claim(self, owner: str, lease_s: float, now: float,
+                    skip: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """Take the lease of every running batch that nobody holds now, but ``skip``."""
         ...
 
     async def renew(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool: ...
@@ -238,8 +239,9 @@ class SQLiteBatches:
         return await self._db.call(partial(_change, batch_id, dict(changes), lease_owner,
                                            only_from))
 
-    async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
-        return await self._db.call(partial(_claim, owner, now + lease_s, now))
+    async def claim(self, owner: str, lease_s: float, now: float,
+                    skip: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        return await self._db.call(partial(_claim, owner, now + lease_s, now, skip))
 
     async def renew(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
         return await self._db.call(partial(_renew, batch_id, owner, now + lease_s),
@@ -375,12 +377,12 @@ def _change(batch_id: str, changes: dict[str, Any], lease_owner: str | None,
     return True
 
 
-def _claim(owner: str, until: float, now: float,
+def _claim(owner: str, until: float, now: float, skip: frozenset[str],
            connection: sqlite3.Connection) -> tuple[str, ...]:
     marks = ", ".join("?" for _ in RUNNING)
     ids = tuple(row[0] for row in connection.execute(
         f"SELECT id FROM batches WHERE status IN ({marks}) AND lease_until < ? "
-        "ORDER BY created_at", (*RUNNING, now)))
+        "ORDER BY created_at", (*RUNNING, now)) if row[0] not in skip)
     for batch_id in ids:
         connection.execute("UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ?",
                            (owner, until, batch_id))

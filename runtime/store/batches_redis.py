@@ -223,10 +223,11 @@ class RedisBatches:
                         continue
         return await self._do(change)
 
-    async def claim(self, owner: str, lease_s: float, now: float) -> tuple[str, ...]:
+    async def claim(self, owner: str, lease_s: float, now: float,
+                    skip: frozenset[str] = frozenset()) -> tuple[str, ...]:
         running = await self._do(lambda: self.redis.smembers(self._key("batches", "running")))
         return tuple([batch_id for batch_id in sorted(running)
-                      if await self._take(batch_id, owner, lease_s)])
+                      if batch_id not in skip and await self._take(batch_id, owner, lease_s)])
 
     async def _take(self, batch_id: str, owner: str, lease_s: float) -> bool:
         lease = self._key("batch", batch_id, "lease")

@@ -34,6 +34,7 @@ from .responses_gateway import (
     sdk,
     store_url,
 )
+from .server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -367,6 +368,60 @@ def test_a_gateway_stopped_mid_batch_resumes_without_resending_finished_lines(
     assert all(sent[name] == 1 for name in finished_before), sent
     # killed: the one in flight then, sent again
     assert sum(sent[name] for name in names) <= (7 if stop == "kill" else 6), sent
+
+
+def test_two_gateways_on_one_store_send_each_line_once(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Two ``aigw serve`` on one store and files_dir (replicas): one holds the batch's
+    lease and runs it; stopped mid-batch, the other takes it over and runs only the lines
+    left. Each line reaches the upstream exactly once."""
+    gpt = upstreams.gpt
+    gpt.script.actions[:] = [Action(delay_s=0.3) for _ in range(20)]
+    replica = Server(upstreams.server.root)
+    try:
+        replica.wait_ready()
+        names = [f"replica-{n}" for n in range(8)]
+        made = _batch(alice, [_line(name) for name in names])
+        deadline = time.monotonic() + 20
+        while (holder := _holder(upstreams, made.id)) is None or len(
+                _recorded(upstreams, made.id)) < 2:
+            assert time.monotonic() < deadline, "the batch was not run"
+            time.sleep(0.05)
+        held_by_first = f":{upstreams.server.process.pid}:" in holder
+        assert held_by_first or f":{replica.process.pid}:" in holder, holder
+        (upstreams.server if held_by_first else replica).stop()  # waits for its lines
+        other = replica if held_by_first else upstreams.server
+        with openai.OpenAI(base_url=f"{other.base_url}/v1", api_key=ALICE,
+                           max_retries=0) as client:
+            done = _until(client, made.id, ("completed",))
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (8, 0)
+        after = _holder(upstreams, made.id)
+        assert after is None or f":{other.process.pid}:" in after  # it finished it
+    finally:
+        replica.stop()
+        if upstreams.server.process.poll() is not None:  # the module's gateway, again
+            upstreams.server = Server(upstreams.server.root)
+            upstreams.server.wait_ready()
+    sent = Counter(request["messages"][0]["content"]  # type: ignore[index]
+                   for request in gpt.script.requests if "messages" in request)
+    assert [sent[name] for name in names] == [1] * 8, sent
+
+
+def _holder(upstreams: Upstreams, batch_id: str) -> str | None:
+    """The lease owner (``host:pid:token``) of a batch, None when nobody holds it."""
+    client = _redis(upstreams)
+    if client is not None:
+        with client:
+            found: str | None = client.get(f"aigw:batch:{batch_id}:lease")
+            return found
+    store = sqlite3.connect(upstreams.server.root / "aigw-batches.sqlite")
+    try:
+        owner, until = store.execute("SELECT lease_owner, lease_until FROM batches "
+                                     "WHERE id = ?", (batch_id,)).fetchone()
+    finally:
+        store.close()
+    return owner if until > time.time() else None
 
 
 def _recorded(upstreams: Upstreams, batch_id: str) -> list[str]:

@@ -171,6 +171,7 @@ async def test_a_batch_whose_input_file_is_gone_fails(gateway: Gateway) -> None:
 
     runner = BatchRunner(gateway, call)
     store, batch_id = await _created(gateway, runner, 2)
+    await store.delete_file("file-in")  # as DELETE /v1/files/{id} does
     await runner.files().delete("file-in")
     async with _running(runner):
         done = await _final(store, batch_id)
@@ -278,3 +279,26 @@ async def test_output_files_expire_as_the_batch_asked_or_the_setting_says(
     output = await store.file(done.doc["output_file_id"])
     assert output is not None and output.expires_at == output.created_at + (asked or 30 * 86_400)
     assert "output_expires_s" not in done.as_object()
+
+
+async def test_a_batch_whose_input_is_not_in_this_files_dir_is_left_to_others(
+        gateway: Gateway) -> None:
+    """A process whose files_dir lacks the input file (a replica without the shared
+    folder, another gateway on the same Redis) failed every batch it claimed as
+    ``input_file_missing``: its record is there, so the batch is left to the others."""
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        return LineAnswer(200, OK, "req")
+
+    elsewhere, runner = BatchRunner(gateway, call), BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, elsewhere, 2)
+    data = await elsewhere.files().read("file-in")
+    await elsewhere.files().delete("file-in")  # not in this process's folder
+    async with _running(elsewhere):
+        await asyncio.sleep(1.5)  # it claimed the batch, found no input, and let it be
+        row = await store.batch(batch_id)
+        assert row is not None and row.status == "in_progress", row
+        await elsewhere.files().write("file-in", data)  # the folder of the one below
+        async with _running(runner):
+            done = await _final(store, batch_id)
+    assert done.status == "completed" and (done.completed, done.failed) == (2, 0)
+

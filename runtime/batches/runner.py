@@ -336,9 +336,16 @@ class BatchRunner:
                  "cancelling": "cancelled"}.get(row.status)
         if final is None and row.status != "expired":
             return
-        if row.status == "in_progress":
-            await store.change(row.id, {"status": "finalizing", "finalizing_at": now},
-                               self.owner, only_from=("in_progress",))
+        if row.status == "in_progress" and not await store.change(
+                row.id, {"status": "finalizing", "finalizing_at": now}, self.owner,
+                only_from=("in_progress",)):
+            # Cancelled since it was read (else its lease is lost): finished as it is now,
+            # not "completed" over the cancel the API has answered.
+            found = await store.batch(row.id)
+            if found is None or found.status == "in_progress":
+                raise LeaseLost(row.id)
+            await self._finish(store, found)
+            return
         names = ("output", "error")
         ids = (f"file-{row.id}-output", f"file-{row.id}-error")
         sizes = await self.files().write_split(ids, _pages(store, row.id, self._page))

@@ -302,3 +302,38 @@ async def test_a_batch_whose_input_is_not_in_this_files_dir_is_left_to_others(
             done = await _final(store, batch_id)
     assert done.status == "completed" and (done.completed, done.failed) == (2, 0)
 
+
+class _CancelledWhileFinalizing:
+    """The gateway's batch store, with a cancel (as POST .../cancel makes it) arriving
+    just before the runner moves the batch to ``finalizing``."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def change(self, batch_id: str, changes: Any, lease_owner: str | None = None,
+                     only_from: tuple[str, ...] = ()) -> bool:
+        if changes.get("status") == "finalizing":
+            await self._store.change(batch_id, {"status": "cancelling",
+                                                "cancelling_at": int(time.time())},
+                                     only_from=("validating", "in_progress"))
+        return await self._store.change(batch_id, changes, lease_owner, only_from)
+
+
+async def test_a_cancel_as_the_lines_end_is_not_overwritten_by_completed(
+        gateway: Gateway) -> None:
+    """The finalizer chose "completed" from the batch it read before the lines ended: a
+    cancel answered meanwhile ("cancelling") was overwritten. It ends cancelled."""
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        return LineAnswer(200, OK, "req")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 2)
+    gateway.store._batches = _CancelledWhileFinalizing(store)  # type: ignore[assignment]
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert (done.status, done.completed, done.failed) == ("cancelled", 2, 0)
+    assert done.doc["cancelled_at"] and done.doc["completed_at"] is None
+    assert done.doc["output_file_id"] is not None

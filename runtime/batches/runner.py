@@ -225,13 +225,29 @@ class BatchRunner:
                     await asyncio.shield(store.release(batch_id, self.owner))
 
     async def _renew(self, store: BatchStore, batch_id: str, lost: asyncio.Event) -> None:
+        """Renew the lease every third of it; set ``lost`` when another holds it, or when
+        the store has not renewed it for half of it. A store error ended this task while
+        the lines went on being sent: the lease lapsed, another process took the batch,
+        and both sent its lines."""
         lease_s = self.gateway.live.graph.settings.execution_lease_s
+        renewed = self._clock()
         while True:
             await asyncio.sleep(lease_s / 3)
-            if not await store.renew(batch_id, self.owner, lease_s, self._clock()):
+            try:
+                held = await store.renew(batch_id, self.owner, lease_s, self._clock())
+            except GatewayError as exc:
+                if self._clock() - renewed < lease_s / 2:
+                    log.warning("batch %s: renewing its lease failed (%s); trying again",
+                                batch_id, exc.message)
+                    continue
+                log.warning("batch %s: its lease could not be renewed; stopping here before "
+                            "it lapses", batch_id)
+                held = False
+            if not held:
                 log.warning("batch %s: its lease was taken over; stopping here", batch_id)
                 lost.set()
                 return
+            renewed = self._clock()
 
     async def _run(self, store: BatchStore, batch_id: str) -> None:
         row = await store.batch(batch_id)

@@ -20,7 +20,7 @@ import pytest
 
 from aigw.runtime.app import create_app
 from aigw.runtime.batches import BatchRunner, LineAnswer, batch_doc, check_input
-from aigw.runtime.errors import RateLimited
+from aigw.runtime.errors import RateLimited, StoreUnavailable
 from aigw.runtime.live import Gateway
 from aigw.runtime.store.batches import BatchRow, BatchStore, FileRow, LineRow, SQLiteBatches
 from aigw.runtime.store.batches_redis import RedisBatches
@@ -337,3 +337,45 @@ async def test_a_cancel_as_the_lines_end_is_not_overwritten_by_completed(
     assert (done.status, done.completed, done.failed) == ("cancelled", 2, 0)
     assert done.doc["cancelled_at"] and done.doc["completed_at"] is None
     assert done.doc["output_file_id"] is not None
+
+
+class _RenewFails:
+    """The gateway's batch store, down for every lease renewal (Redis gone a while)."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def renew(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
+        raise StoreUnavailable("the batch store (Redis) failed: connection refused")
+
+
+async def test_lines_are_sent_only_while_the_lease_is_held(
+        gateway_dir: Path, counter: TokenCounter) -> None:
+    """A store error renewing the lease ended the renewal while the lines went on: the
+    lease lapsed and another process could take the batch and send them too. Now the
+    runner stops before the lease lapses."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace("settings:\n", "settings:\n"
+                                                 "  batch_concurrency: 1\n"
+                                                 "  execution_lease_s: 0.6\n", 1))
+    gateway = Gateway(gateway_dir, counter)
+    lapsed: list[str] = []
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        if await store.claim("probe", 0.001, time.time()):  # another could take it
+            lapsed.append(json.loads(body)["messages"][0]["content"])
+        await asyncio.sleep(0.15)
+        return LineAnswer(200, OK, "req")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 12)
+    gateway.store._batches = _RenewFails(store)  # type: ignore[assignment]
+    async with _running(runner):
+        await asyncio.sleep(3.0)
+    assert lapsed == []
+    row = await store.batch(batch_id)
+    assert row is not None and row.completed > 0  # sent while it was held
+    await gateway.aclose()

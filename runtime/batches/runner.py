@@ -45,6 +45,7 @@ LOOK_EVERY_S = 1.0
 # one cut is sent again by whichever process resumes the batch.
 STOP_WAIT_S = 10.0
 RETRY_LIMITED_S = 1.0  # a line refused by our own limits waits this at least
+RECORD_AGAIN_S = 0.2  # a line's outcome the store did not take is offered again after
 # The finished lines a finalizing batch reads from the store at a time: its output and
 # error files are written a page at a time, so memory does not grow with the batch.
 FINISH_PAGE = 500
@@ -330,11 +331,24 @@ class BatchRunner:
             ok = 200 <= answer.status < 300
             response = {"status_code": answer.status, "request_id": answer.request_id,
                         "body": answer.parsed()}
-            if not await store.line_done(row.id, self.owner, line.line, ok,
-                                         _line_json(line, response, None)):
+            if not await self._record(store, row.id, line.line, ok,
+                                      _line_json(line, response, None)):
                 raise LeaseLost(row.id)  # the lease is another's: it resumes the batch
         finally:
             per_batch.release()
+
+    async def _record(self, store: BatchStore, batch_id: str, line: int, ok: bool,
+                      result: str) -> bool:
+        """``line_done``, tried again while the store is down: the line was answered (and
+        billed), and a store error here failed the whole batch, which sent it again. Not
+        for ever: a store down past half the lease stops the batch (``_renew``)."""
+        while True:
+            try:
+                return await store.line_done(batch_id, self.owner, line, ok, result)
+            except GatewayError as exc:
+                log.warning("batch %s line %d: recording it failed (%s); trying again",
+                            batch_id, line, exc.message)
+                await asyncio.sleep(RECORD_AGAIN_S)
 
     async def _answer(self, row: BatchRow, line: InputLine) -> LineAnswer:
         try:

@@ -379,3 +379,40 @@ async def test_lines_are_sent_only_while_the_lease_is_held(
     row = await store.batch(batch_id)
     assert row is not None and row.completed > 0  # sent while it was held
     await gateway.aclose()
+
+
+class _RecordFailsOnce:
+    """The gateway's batch store, down for the first try at recording each line."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+        self.refused: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def line_done(self, batch_id: str, owner: str, line: int, ok: bool,
+                        result: str) -> bool:
+        if line not in self.refused:
+            self.refused.add(line)
+            raise StoreUnavailable("the batch store (Redis) failed: connection reset")
+        return await self._store.line_done(batch_id, owner, line, ok, result)
+
+
+async def test_a_line_the_store_failed_to_record_is_not_sent_again(gateway: Gateway) -> None:
+    """A store error recording an answered (and billed) line failed the whole batch, and
+    its lines were sent again when it was resumed: the outcome is offered again."""
+    calls: Counter[bytes] = Counter()
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        calls[body] += 1
+        return LineAnswer(200, OK, "req")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 3)
+    flaky = _RecordFailsOnce(store)
+    gateway.store._batches = flaky  # type: ignore[assignment]
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert (done.status, done.completed, done.failed) == ("completed", 3, 0)
+    assert sorted(calls.values()) == [1, 1, 1] and len(flaky.refused) == 3

@@ -389,7 +389,13 @@ class BatchRunner:
                 changes[f"{name}_file_id"] = file_id
         if final is not None:
             changes.update({"status": final, f"{final}_at": now})
-        await store.change(row.id, changes, self.owner)
+        counted = await store.batch(row.id)
+        if counted is not None:
+            changes["counts"] = [counted.completed, counted.failed]
+        if await store.change(row.id, changes, self.owner):
+            # Its outcomes are in its files now: the store, which kept every result a
+            # second time for ever, keeps only their counts.
+            await store.forget_lines(row.id)
 
 
 class _Stop:

@@ -12,7 +12,7 @@ In SQLite (``aigw.sqlite`` -> ``aigw-batches.sqlite``):
     batches       one row per batch: its object (JSON), status, and the lease of the
                   process running it (``lease_owner`` until ``lease_until``)
     batch_lines   one row per finished line of a batch: its outcome, as the output or
-                  error file will hold it
+                  error file will hold it; dropped once those files are written
 
 A line's row is written (committed) as the line finishes, fenced by the lease: a process
 that lost its batch's lease writes nothing. After a restart, or when a lease lapses
@@ -93,8 +93,9 @@ class FileRow:
                 "expires_at": self.expires_at, "status_details": None}
 
 
-# Kept in a batch's object for the runner, not shown: its lines, its files' retention.
-_OURS = ("total", "output_expires_s")
+# Kept in a batch's object for the runner, not shown: its lines, its files' retention,
+# and once it is finished its lines' counts (their rows are forgotten then).
+_OURS = ("total", "output_expires_s", "counts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,10 @@ class BatchStore(Protocol):
         answers) are never all in memory."""
         ...
 
+    async def forget_lines(self, batch_id: str) -> None:
+        """Drop a finished batch's line rows (its files hold them; its object the counts)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -260,6 +265,9 @@ class SQLiteBatches:
 
     async def lines(self, batch_id: str, after: int, limit: int) -> tuple[LineRow, ...]:
         return await self._db.call(partial(_lines, batch_id, after, limit))
+
+    async def forget_lines(self, batch_id: str) -> None:
+        await self._db.call(partial(_forget_lines, batch_id), single=True)
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -340,7 +348,9 @@ _BATCH = ('SELECT b.id, b.owner, b."key", b.doc, '
 
 
 def _batch_row(row: tuple[Any, ...]) -> BatchRow:
-    return BatchRow(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+    doc = json.loads(row[3])
+    completed, failed = doc.get("counts") or (row[4], row[5])
+    return BatchRow(row[0], row[1], row[2], doc, completed, failed)
 
 
 def _batch(batch_id: str, connection: sqlite3.Connection) -> BatchRow | None:
@@ -403,6 +413,10 @@ def _line_done(batch_id: str, owner: str, line: int, ok: bool, result: str,
         "(SELECT 1 FROM batches WHERE id = ? AND lease_owner = ?)",
         (batch_id, line, int(ok), result, batch_id, owner))
     return cursor.rowcount > 0
+
+
+def _forget_lines(batch_id: str, connection: sqlite3.Connection) -> None:
+    connection.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))
 
 
 def _done(batch_id: str, connection: sqlite3.Connection) -> frozenset[int]:

@@ -9,6 +9,7 @@
     <ns>:batches:running            the ids of batches in a RUNNING status
     <ns>:batch:<id>:lease           the id of the process running it, expiring with its lease
     <ns>:batch:<id>:lines           hash: line number -> "1" or "0" (2xx or not) + its result
+                                    (it and :order dropped once the batch's files are written)
     <ns>:batch:<id>:order           sorted set of the finished lines' numbers, to page them
     <ns>:batch:<id>:counts          hash: completed, failed
 
@@ -267,6 +268,11 @@ class RedisBatches:
             self._key("batch", batch_id, "lines"), numbers))
         return tuple(LineRow(int(line), value[0] == "1", value[1:])
                      for line, value in zip(numbers, found, strict=True) if value is not None)
+
+    async def forget_lines(self, batch_id: str) -> None:
+        # UNLINK: a batch's lines are up to gigabytes, freed off Redis's main thread
+        await self._do(lambda: self.redis.unlink(self._key("batch", batch_id, "lines"),
+                                                 self._key("batch", batch_id, "order")))
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -209,6 +209,8 @@ async def test_the_output_file_is_written_a_page_of_results_at_a_time(
     async with _running(runner):
         done = await _final(paged, batch_id)  # type: ignore[arg-type]
     assert paged.pages == [2, 2, 1, 0]
+    assert await store.lines(batch_id, 0, 10) == ()  # in the file now, not twice
+    assert (done.completed, done.failed) == (5, 0)  # counted still
     output = await _file_lines(runner, done.doc["output_file_id"])
     assert [line["custom_id"] for line in output] == [f"c{n}" for n in range(5)]
     found = await store.file(done.doc["output_file_id"])

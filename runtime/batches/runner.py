@@ -312,8 +312,10 @@ class BatchRunner:
                     await store.line_done(row.id, self.owner, line.line, False, _line_json(
                         line, None, {"code": "batch_expired", "message": "This request could "
                                      "not be executed before the completion window expired."}))
-            await store.change(row.id, {"status": "expired", "expired_at": int(self._clock())},
-                               self.owner)
+            # Finalizing (a status that is resumed), and expired once its files are
+            # written: "expired" at once left a stop or crash before then with no files.
+            await store.change(row.id, {"status": "finalizing", "expiring": True,
+                                        "finalizing_at": int(self._clock())}, self.owner)
         return True
 
     async def _line(self, store: BatchStore, row: BatchRow, line: InputLine,
@@ -362,9 +364,10 @@ class BatchRunner:
         """Write the output and error files of a batch whose lines are done (or stopped)
         and give it its final status; done again from the start after a restart."""
         now = int(self._clock())
-        final = {"in_progress": "completed", "finalizing": "completed",
+        final = {"in_progress": "completed",
+                 "finalizing": "expired" if row.doc.get("expiring") else "completed",
                  "cancelling": "cancelled"}.get(row.status)
-        if final is None and row.status != "expired":
+        if final is None:
             return
         if row.status == "in_progress" and not await store.change(
                 row.id, {"status": "finalizing", "finalizing_at": now}, self.owner,

@@ -94,8 +94,9 @@ class FileRow:
 
 
 # Kept in a batch's object for the runner, not shown: its lines, its files' retention,
-# and once it is finished its lines' counts (their rows are forgotten then).
-_OURS = ("total", "output_expires_s", "counts")
+# once it is finished its lines' counts (their rows are forgotten then), and whether it
+# is finalizing because its window ended (it ends expired).
+_OURS = ("total", "output_expires_s", "counts", "expiring")
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,3 +418,46 @@ async def test_a_line_the_store_failed_to_record_is_not_sent_again(gateway: Gate
         done = await _final(store, batch_id)
     assert (done.status, done.completed, done.failed) == ("completed", 3, 0)
     assert sorted(calls.values()) == [1, 1, 1] and len(flaky.refused) == 3
+
+
+class _FilesFailOnce:
+    """The gateway's batch store, failing the first file record a finalizer writes (a
+    process stopped or killed while it wrote a batch's files)."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def put_file(self, row: FileRow) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("the batch store (Redis) failed: connection reset")
+        await self._store.put_file(row)
+
+
+async def test_an_expiring_batch_cut_while_finalizing_still_gets_its_files(
+        gateway_dir: Path, counter: TokenCounter) -> None:
+    """An ended window made the batch "expired" before its files were written: cut
+    there, it was never run again (expired is final) and had no output or error file."""
+    one_at_a_time(gateway_dir)
+    gateway = Gateway(gateway_dir, counter)
+    now = [time.time()]
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        now[0] += 2 * 86_400
+        return LineAnswer(200, OK, "req-1")
+
+    runner = BatchRunner(gateway, call, clock=lambda: now[0])
+    store, batch_id = await _created(gateway, runner, 3)
+    cut = _FilesFailOnce(store)
+    gateway.store._batches = cut  # type: ignore[assignment]
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert cut.failed and done.status == "expired" and done.doc["expired_at"]
+    assert (done.completed, done.failed) == (1, 2)
+    assert done.doc["output_file_id"] and done.doc["error_file_id"]
+    assert "expiring" not in done.as_object()
+    await gateway.aclose()

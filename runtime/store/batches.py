@@ -18,7 +18,8 @@ A line's row is written (committed) as the line finishes, fenced by the lease: a
 that lost its batch's lease writes nothing. After a restart, or when a lease lapses
 (its process died), the next claimant runs only the lines without a row, so a line that
 finished is never sent (nor billed) again. ``request_counts`` are counted from the line
-rows, so they cannot drift from what the output files hold.
+rows (kept in the batch's object when they are dropped, once its files are written), so
+they cannot drift from what the output files hold.
 
 Every job runs on the file's one writer thread (``SQLiteFile``), so a claim (a check then
 a write) is atomic even when several worker processes share the file.

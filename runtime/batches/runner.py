@@ -52,10 +52,10 @@ FINISH_PAGE = 500
 # Expired files are purged (bytes, then record) this often, at most PURGE_PAGE a pass:
 # every process purges, so a pass is short however many files expired at once.
 PURGE_EVERY_S = 60.0
+PURGE_PAGE = 100
 # A batch whose input file this process cannot read (though the file's record is there)
 # is left to the others this long: its files_dir is not the one the file was uploaded to.
 ELSEWHERE_S = 60.0
-PURGE_PAGE = 100
 
 
 class LeaseLost(Exception):
@@ -390,8 +390,7 @@ class BatchRunner:
                 await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
                                              "batch_output", size, now, now + kept))
                 changes[f"{name}_file_id"] = file_id
-        if final is not None:
-            changes.update({"status": final, f"{final}_at": now})
+        changes.update({"status": final, f"{final}_at": now})
         counted = await store.batch(row.id)
         if counted is not None:
             changes["counts"] = [counted.completed, counted.failed]

@@ -8,7 +8,9 @@ Transcriptions and translations take OpenAI's multipart form (``file``, ``model`
 upstream as the client sent them, and the answer comes back as the provider wrote it in
 the asked format. Speech takes OpenAI's JSON (``model``, ``input``, ``voice``,
 ``response_format``, ``speed``, ``instructions``); its audio is passed on to the client
-as the provider sends it, never held whole.
+as the provider sends it, never held whole. A transcription with ``stream=true`` and
+speech with ``stream_format: "sse"`` are answered in the provider's server-sent events,
+passed on as they come (runtime/audio_stream.py).
 
 Each call goes through the stages of runtime/route_call.py, as an embeddings call does
 (key, Cedar, limits and budget held, the attempt loop, billing, ledger, access log,
@@ -31,12 +33,14 @@ from starlette.responses import Response, StreamingResponse
 
 from aigw.compiler.graph import ApiKey
 
+from .audio_stream import passed_on
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
 from .providers.audio import (
     AUDIO_TOKENS_PER_SECOND,
     TRANSCRIPT_TOKENS_PER_SECOND,
+    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
@@ -82,9 +86,7 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     if response_format not in RESPONSE_FORMATS:
         raise BadRequest(f"Invalid value for 'response_format': {response_format!r}; expected "
                          f"one of {', '.join(RESPONSE_FORMATS)}.", param="response_format")
-    if (_field(fields, "stream") or "false").lower() not in ("false", "0"):
-        raise BadRequest("'stream' is not supported on /v1/audio/* by this gateway: leave it "
-                         "out to get the whole transcript.", param="stream")
+    streamed = (_field(fields, "stream") or "false").lower() not in ("false", "0")
     _check_temperature(_field(fields, "temperature"))
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, model)
@@ -93,20 +95,36 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     seconds = upload_seconds(upload.data)
     sent = tuple((name, value) for name, value in fields if name != "model")
 
+    def transcription(candidate: Candidate) -> TranscriptionCall:
+        return TranscriptionCall(candidate.deployment, operation, sent, upload,
+                                 response_format, prompt_tokens, seconds)
+
     def call(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
             [], Awaitable[TranscriptionResult]]:
-        transcription = TranscriptionCall(candidate.deployment, operation, sent, upload,
-                                          response_format, prompt_tokens, seconds)
         return partial(audio_adapter(candidate.adapter, candidate.deployment).transcribe,
-                       transcription)
+                       transcription(candidate))
 
-    won = await call_route(
-        exchange, key, route, kind="transcription", model=model, prompt_tokens=prompt_tokens,
-        ask=AudioAsk(live.adapters, "transcription", prompt_tokens),
+    def events(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[EventStream]]:
+        return partial(audio_adapter(candidate.adapter, candidate.deployment)
+                       .transcribe_events, transcription(candidate))
+
+    routed = partial(
+        call_route, exchange, key, route, kind="transcription", model=model,
+        prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "transcription", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(
             prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
-            round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
-        call=call, noted=_noted_transcript, checked=partial(checked_transcript, response_format))
+            round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds))
+    if streamed:
+        if route.guardrails is not None and route.guardrails.output:
+            # The output guardrails read a whole transcript; its events go out as they come.
+            raise BadRequest(f"'{route.name}' checks transcripts with output guardrails, "
+                             "which read the whole text: ask without 'stream'.",
+                             param="stream")
+        return await passed_on(exchange, route, await routed(
+            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+    won = await routed(call=call, noted=_noted_transcript,
+                       checked=partial(checked_transcript, response_format))
     return Response(won.value.body, headers={**answer_headers(exchange, route, won),
                                              "content-type": won.value.content_type})
 
@@ -120,7 +138,7 @@ class SpeechRequest(BaseModel):
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: Annotated[float, Field(ge=0.25, le=4.0)] | None = None
     instructions: str | None = None
-    stream_format: Literal["audio"] | None = None  # "sse": not served here, a 400
+    stream_format: Literal["audio", "sse"] | None = None
 
 
 async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -147,12 +165,23 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
                             prompt_tokens)
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak, spoken)
 
-    won = await call_route(
-        exchange, key, route, kind="speech", model=request.model, prompt_tokens=prompt_tokens,
-        ask=AudioAsk(live.adapters, "speech", prompt_tokens),
+    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[EventStream]]:
+        spoken = SpeechCall(candidate.deployment, {**sent, "input": texts[0]}, characters,
+                            prompt_tokens)
+        return partial(audio_adapter(candidate.adapter, candidate.deployment).speak_events,
+                       spoken)
+
+    routed = partial(
+        call_route, exchange, key, route, kind="speech", model=request.model,
+        prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "speech", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
-        call=call, noted=_noted_speech, release=lambda result: result.audio.aclose(),
         texts=(request.input,))
+    if request.stream_format == "sse":
+        return await passed_on(exchange, route, await routed(
+            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+    won = await routed(call=call, noted=_noted_speech,
+                       release=lambda result: result.audio.aclose())
     audio = won.value.audio
     # Released after the response too: a client gone before the first chunk never
     # started the iterator, whose own ``finally`` would have let the connection go.
@@ -237,4 +266,8 @@ def _noted_transcript(span: Span, result: TranscriptionResult) -> None:
 
 
 def _noted_speech(span: Span, result: SpeechResult) -> None:
+    span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
+
+
+def _noted_events(span: Span, result: EventStream) -> None:
     span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)

@@ -58,6 +58,7 @@ async def call_route(
     release: Callable[[A], None] | None = None,
     texts: tuple[str, ...] = (),
     checked: Callable[[A, Check], Awaitable[A]] | None = None,
+    settles: bool = True,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
@@ -67,7 +68,8 @@ async def call_route(
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
     lets go of an answer still being read (speech's open audio) that is not passed on: a
-    hedge's loser's, or the winner's when billing fails.
+    hedge's loser's, or the winner's when billing fails. ``settles`` False: the answer is
+    a stream, which the caller bills and settles as it ends (runtime/audio_stream.py).
 
     The route's input guardrails check ``texts`` once its limits are held (a caller over
     them never reaches a checker), and ``call`` gets them as they left them; a block is
@@ -103,6 +105,7 @@ async def call_route(
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
+
     async def discard(lost: Won[A]) -> None:
         if release is not None:
             release(lost.value)
@@ -113,6 +116,8 @@ async def call_route(
     # A client that leaves stops the call (a 499, the call billed as cut short), as a
     # chat's does: it ran on to its end, billed and logged as a 200 no one received.
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
+    if not settles:
+        return won
     try:
         bill_answer(live, record, won)
         if guards is not None and guards.output and checked is not None:

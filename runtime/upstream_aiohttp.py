@@ -82,8 +82,8 @@ class JsonUpstream(Protocol):
 
 
 class AudioUpstream(JsonUpstream, Protocol):
-    """And what OpenAI's audio API takes: a multipart POST answered whole (a transcript),
-    a JSON POST answered in bytes as they come (speech)."""
+    """And what OpenAI's audio API takes: a multipart POST answered whole (a transcript)
+    or in events (a streamed one), a JSON POST answered in bytes as they come (speech)."""
 
     async def post_form(
         self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
@@ -93,6 +93,11 @@ class AudioUpstream(JsonUpstream, Protocol):
     async def post_streamed(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> ByteStream: ...
+
+    def post_form_sse(
+        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[tuple[str, str]]: ...
 
 
 def open_upstream(provider: Provider) -> AiohttpUpstream:
@@ -155,17 +160,28 @@ class AiohttpUpstream:
             )
         return document
 
-    async def post_sse(
+    def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> AsyncIterator[tuple[str, str]]:
         """POST and yield each server-sent event; the status is checked before the first."""
-        payload = jsonio.dumps(body)
+        return self._events(url, jsonio.dumps(body),
+                            {**traced(headers), "content-type": "application/json",
+                             "accept": "text/event-stream"})
+
+    def post_form_sse(
+        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[tuple[str, str]]:
+        """A multipart POST (a streamed transcription) answered in server-sent events,
+        yielded as they come; the status is checked before the first."""
+        return self._events(url, _form(fields, upload),
+                            {**traced(headers), "accept": "text/event-stream"})
+
+    async def _events(self, url: str, data: bytes | aiohttp.FormData,
+                      headers: Mapping[str, str]) -> AsyncIterator[tuple[str, str]]:
         try:
             response = await self._client().post(
-                url, data=payload,
-                headers={**traced(headers), "content-type": "application/json",
-                         "accept": "text/event-stream"},
-                allow_redirects=False, proxy=self._proxy(url),
+                url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy(url),
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None
@@ -192,14 +208,9 @@ class AiohttpUpstream:
     ) -> RawAnswer:
         """A multipart/form-data POST (``fields`` in order, then the file); the answer read
         whole, whatever its content type."""
-        form = aiohttp.FormData(quote_fields=False)
-        for name, value in fields:
-            form.add_field(name, value)
-        form.add_field(upload.field, upload.data, filename=upload.filename,
-                       content_type=upload.content_type)
         try:
             async with self._client().post(
-                url, data=form, headers=traced(headers), allow_redirects=False,
+                url, data=_form(fields, upload), headers=traced(headers), allow_redirects=False,
                 proxy=self._proxy(url),
             ) as response:
                 raw = await read_capped(response.content.iter_any(), self.provider)
@@ -290,3 +301,13 @@ class AiohttpUpstream:
             await self._session.close()
             self._session = None
 
+
+
+def _form(fields: Sequence[tuple[str, str]], upload: FormFile) -> aiohttp.FormData:
+    """``fields`` in order, then the file, as the client sent them."""
+    form = aiohttp.FormData(quote_fields=False)
+    for name, value in fields:
+        form.add_field(name, value)
+    form.add_field(upload.field, upload.data, filename=upload.filename,
+                   content_type=upload.content_type)
+    return form

@@ -2,15 +2,19 @@
 the adapters that serve them offer (``AudioAdapter``: OpenAI's API and echo's).
 
 A transcript is passed through as the provider wrote it (JSON, text, SRT, VTT); only its
-usage is read from it, where it is JSON. Speech audio is passed on as it arrives.
+usage is read from it, where it is JSON. Speech audio is passed on as it arrives. A
+streamed answer (``EventStream``) is passed on event by event, and billed for what its
+last event reports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import wave
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from aigw.compiler.graph import Deployment, Provider
@@ -43,6 +47,14 @@ class TranscriptionCall:
     prompt_tokens: int  # the ``prompt`` field's, as the gateway counted them
     seconds: float  # the upload's length, read from a WAV file's header or estimated
 
+    @property
+    def estimate(self) -> Usage:
+        """What it is held for, and a stream cut before its usage came is billed: the
+        prompt's tokens and the audio's, and a transcript of the audio's length."""
+        return Usage(self.prompt_tokens + round(self.seconds * AUDIO_TOKENS_PER_SECOND),
+                     round(self.seconds * TRANSCRIPT_TOKENS_PER_SECOND),
+                     audio_seconds=self.seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class TranscriptionResult:
@@ -74,11 +86,79 @@ class SpeechResult:
     usage: Usage
 
 
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """An answer in server-sent events being read (a streamed transcription, speech with
+    ``stream_format: "sse"``): its status checked and its ``first`` event read, so a
+    member that fails is failed over before anything reached the client; the ``rest`` as
+    they come, each ``(event name, data)``. Its last event (of type ``done``) reports what
+    it is billed; ``usage``, until then: the estimate a stream cut before it is billed."""
+
+    first: tuple[str, str]
+    rest: AsyncIterator[tuple[str, str]]
+    usage: Usage
+    done: str  # transcript.text.done, speech.audio.done
+
+    def billed(self, data: str, provider: Provider) -> Usage | None:
+        """What ``data`` reports, if it is the ``done`` event: its ``usage``'s tokens
+        (``input_tokens``, ``output_tokens``), the estimate's where it reports none. Only
+        an event that names ``done`` is parsed, not each chunk of audio."""
+        if self.done not in data:
+            return None
+        try:
+            document = json.loads(data)
+        except ValueError:
+            return None  # not JSON: passed on, and not the last event
+        if not isinstance(document, dict) or document.get("type") != self.done:
+            return None
+        usage = document.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = reported_count(usage.get("input_tokens"), provider, "input tokens")
+        output = reported_count(usage.get("output_tokens"), provider, "output tokens")
+        return replace(self.usage,
+                       prompt_tokens=self.usage.prompt_tokens if prompt is None else prompt,
+                       completion_tokens=self.usage.completion_tokens if output is None
+                       else output)
+
+    def cut(self) -> None:
+        """Let the upstream's answer go, unread (a hedge's loser). Its generator does not
+        await as it closes, so the task that closes it ends in its first step."""
+        asyncio.get_running_loop().create_task(_closed(self.rest))
+
+
+async def _closed(events: AsyncIterator[tuple[str, str]]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def opened(events: AsyncIterator[tuple[str, str]], usage: Usage, done: str,
+                 provider: Provider) -> EventStream:
+    """``events`` as an ``EventStream``, once their first has come."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        raise UpstreamServerError(
+            f"provider '{provider.name}' answered no events where a stream was asked for "
+            "(does its model stream?)", provider=provider.name) from None
+    return EventStream(first, events, usage, done)
+
+
 @runtime_checkable
 class AudioAdapter(Protocol):
     async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult: ...
 
     async def speak(self, call: SpeechCall) -> SpeechResult: ...
+
+    async def transcribe_events(self, call: TranscriptionCall) -> EventStream:
+        """The transcript as ``transcript.text.delta`` events, then
+        ``transcript.text.done`` (``stream=true``)."""
+        ...
+
+    async def speak_events(self, call: SpeechCall) -> EventStream:
+        """The audio as ``speech.audio.delta`` events, then ``speech.audio.done``
+        (``stream_format: "sse"``)."""
+        ...
 
 
 def audio_adapter(adapter: ChatAdapter, deployment: Deployment) -> AudioAdapter:

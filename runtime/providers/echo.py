@@ -22,7 +22,14 @@ from collections.abc import AsyncIterator
 from aigw.compiler.graph import Provider
 
 from ..tokens import TokenCounter
-from .audio import SpeechCall, SpeechResult, TranscriptionCall, TranscriptionResult
+from .audio import (
+    EventStream,
+    SpeechCall,
+    SpeechResult,
+    TranscriptionCall,
+    TranscriptionResult,
+    opened,
+)
 from .base import (
     ChatCall,
     ChatDelta,
@@ -40,7 +47,7 @@ from .base import (
     ToolCallDelta,
     Usage,
 )
-from .echo_audio import silence, transcript
+from .echo_audio import silence, silence_events, transcript, transcript_events
 from .echo_media import echo_images, echo_moderation
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
@@ -164,6 +171,16 @@ class EchoAdapter:
     async def speak(self, call: SpeechCall) -> SpeechResult:
         await self._wait(0)
         return silence(call)
+
+    async def transcribe_events(self, call: TranscriptionCall) -> EventStream:
+        await self._wait(0)
+        return await opened(transcript_events(call), call.estimate, "transcript.text.done",
+                            self._provider)
+
+    async def speak_events(self, call: SpeechCall) -> EventStream:
+        await self._wait(0)
+        return await opened(silence_events(call), call.usage, "speech.audio.done",
+                            self._provider)
 
     async def aclose(self) -> None:
         return None

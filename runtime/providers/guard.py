@@ -29,6 +29,7 @@ from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import scrub
 from .audio import (
+    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
@@ -130,6 +131,18 @@ class GuardedAdapter:
     async def speak(self, call: SpeechCall) -> SpeechResult:
         try:
             return await audio_adapter(self.inner, call.deployment).speak(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def transcribe_events(self, call: TranscriptionCall) -> EventStream:
+        try:
+            return await audio_adapter(self.inner, call.deployment).transcribe_events(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def speak_events(self, call: SpeechCall) -> EventStream:
+        try:
+            return await audio_adapter(self.inner, call.deployment).speak_events(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

@@ -30,10 +30,12 @@ from ..tokens import TokenCounter
 from ..upstream import json_event, scrub
 from ..upstream_aiohttp import AudioUpstream, open_upstream
 from .audio import (
+    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
     TranscriptionResult,
+    opened,
     transcript_usage,
 )
 from .base import (
@@ -238,6 +240,22 @@ class OpenAIAdapter:
             self.url(call.deployment.model, "audio/speech"),
             {**call.body, "model": call.deployment.model}, self._headers)
         return SpeechResult(audio, call.usage)
+
+    async def transcribe_events(self, call: TranscriptionCall) -> EventStream:
+        """``/audio/transcriptions`` with ``stream=true`` (in ``call.fields``): the
+        events passed on as they come."""
+        events = self.upstream.post_form_sse(
+            self.url(call.deployment.model, f"audio/{call.operation}"),
+            (("model", call.deployment.model), *call.fields), call.upload, self._headers)
+        return await opened(events, call.estimate, "transcript.text.done", self.provider)
+
+    async def speak_events(self, call: SpeechCall) -> EventStream:
+        """``/audio/speech`` with ``stream_format: "sse"``: the events passed on as they
+        come."""
+        events = self.upstream.post_sse(
+            self.url(call.deployment.model, "audio/speech"),
+            {**call.body, "model": call.deployment.model}, self._headers)
+        return await opened(events, call.usage, "speech.audio.done", self.provider)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -7,8 +7,10 @@ upload past the cap refused before it is read, and each bad request's 4xx."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import select
 import socket
 import sqlite3
@@ -93,6 +95,8 @@ def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
                 "        price: {per_1m_characters: 15.0}}\n"
                 "  kokoro: {provider: speaches, model: kokoro, kind: speech,\n"
                 "           context_window: 4096}\n"
+                "  mini-tts: {provider: openai, model: gpt-4o-mini-tts, kind: speech,\n"
+                "             context_window: 2000, price: {input: 0.6, output: 12.0}}\n"
                 "  echo-transcribe: {provider: local, model: echo-t, kind: transcription,"
                 " context_window: 8192}\n"
                 "  echo-speech: {provider: local, model: echo-s, kind: speech,"
@@ -106,6 +110,7 @@ def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
                 "  gpt-4o-transcribe: {deployment: gpt-4o-transcribe}\n"
                 "  transcribe: {group: transcribe}\n"
                 "  tts: {deployment: tts}\n"
+                "  mini-tts: {deployment: mini-tts}\n"
                 "  speak: {group: speak}\n"
                 "  local-transcribe: {deployment: echo-transcribe}\n"
                 "  local-speech: {deployment: echo-speech}\n"
@@ -313,8 +318,6 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_all_sent(audio: Audio) -
      "response_format", "expected one of json, text, srt, verbose_json, vtt"),
     ({"model": "whisper", "temperature": "hot"}, {"file": ("a.wav", b"RIFF")},
      "temperature", "expected a number from 0 to 1"),
-    ({"model": "whisper", "stream": "true"}, {"file": ("a.wav", b"RIFF")}, "stream",
-     "'stream' is not supported"),
     ({"model": "whisper"}, {"audio": ("a.wav", b"RIFF")}, "audio",
      "the audio goes in 'file'"),
     ({"model": "chat"}, {"file": ("a.wav", b"RIFF")}, "model",
@@ -346,7 +349,7 @@ def test_a_transcription_that_is_not_multipart_is_refused(audio: Audio) -> None:
     ({"voice": None}, "voice", "'voice'"),
     ({"response_format": "ogg"}, "response_format", "'response_format'"),
     ({"speed": 5}, "speed", "'speed'"),
-    ({"stream_format": "sse"}, "stream_format", "'stream_format'"),
+    ({"stream_format": "chunks"}, "stream_format", "'stream_format'"),
     ({"model": "whisper"}, "model",
      "'whisper' is a transcription model; it does not serve speech"),
 ])
@@ -373,3 +376,111 @@ def test_an_audio_route_is_no_chat_model(audio: Audio) -> None:
         audio.client.embeddings.create(model="whisper", input="hi")
     assert "'whisper' is a transcription model; it does not serve embeddings" \
         in str(embedded.value)
+
+
+def _events(response: httpx.Response | Any) -> list[dict[str, Any]]:
+    """The ``data:`` of each server-sent event in a streamed answer."""
+    return [json.loads(line.removeprefix("data: ")) for line in response.iter_lines()
+            if line.startswith("data: ")]
+
+
+def _ledger_row(audio: Audio, request_id: str) -> tuple[Any, ...]:
+    """The request's ledger row, once its stream has been settled."""
+    deadline = time.monotonic() + 10
+    while (row := audio.ledger(request_id)) is None:
+        assert time.monotonic() < deadline, "no ledger row"
+        time.sleep(0.05)
+    return row
+
+
+def test_a_streamed_transcription_passes_its_events_on_and_bills_their_usage(
+    audio: Audio,
+) -> None:
+    upload = wav(1.0)
+    response = audio.client.audio.transcriptions.with_raw_response.create(
+        model="gpt-4o-transcribe", file=("speech.wav", upload), stream=True)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = list(response.parse())
+    text = transcript_text(len(upload))
+    assert [event.type for event in events] == (
+        ["transcript.text.delta"] * len(text.split()) + ["transcript.text.done"])
+    assert "".join(event.delta for event in events[:-1]) == text
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.text == text
+    assert done.usage is not None and done.usage.input_tokens == 120
+    assert audio.openai.script.requests[-1]["stream"] == "true"
+    _, _, status, tokens_in, tokens_out, cost = _ledger_row(audio, response.headers["x-request-id"])
+    assert (status, tokens_in, tokens_out) == (200, *audio.openai.audio_tokens)
+    assert cost == pytest.approx((120 * 2.5 + 30 * 10.0) / 1_000_000)
+    line = audio.server.access_line(response.headers["x-request-id"])
+    assert line is not None and (line["endpoint"], line["status"]) == ("transcriptions", 200)
+
+
+def test_speech_as_server_sent_events_is_passed_on_and_billed_its_usage(audio: Audio) -> None:
+    text = "Say it as events."
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="mini-tts", input=text, voice="alloy", stream_format="sse") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response)
+        request_id = response.headers["x-request-id"]
+    assert {event["type"] for event in events[:-1]} == {"speech.audio.delta"}
+    audio_bytes = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
+    assert audio_bytes == speech_bytes(text, audio.openai.speech_size)
+    assert events[-1]["type"] == "speech.audio.done"
+    assert audio.openai.script.requests[-1]["stream_format"] == "sse"
+    _, _, status, tokens_in, tokens_out, cost = _ledger_row(audio, request_id)
+    words = len(text.split())
+    assert (status, tokens_in, tokens_out) == (200, words, audio.openai.speech_tokens)
+    assert cost == pytest.approx((words * 0.6 + 400 * 12.0) / 1_000_000)
+
+
+def test_an_upstreams_refusal_of_a_stream_is_an_openai_error(audio: Audio) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        audio.client.audio.speech.create(model="tts", input="hi", voice="alloy",
+                                         stream_format="sse")
+    assert "not supported for tts-1" in str(refused.value)
+    assert refused.value.body is not None and audio.openai.api_key not in str(refused.value.body)
+
+
+@pytest.mark.parametrize("kind", ["transcription", "speech"])
+def test_a_client_gone_mid_stream_cuts_the_upstream_and_is_billed_as_cut(
+    audio: Audio, kind: str,
+) -> None:
+    audio.openai.speech_pause_s = 30.0  # after the first event
+    if kind == "speech":
+        opened = audio.client.audio.speech.with_streaming_response.create(
+            model="mini-tts", input="cut me off", voice="alloy", stream_format="sse")
+    else:
+        opened = audio.client.audio.transcriptions.with_streaming_response.create(
+            model="gpt-4o-transcribe", file=("speech.wav", wav(2.0)), stream=True)
+    with opened as response:
+        next(response.iter_lines())
+        request_id = response.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while audio.openai.speeches_cut == 0:  # not held open until the pause ends
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _, _, status, tokens_in, tokens_out, cost = _ledger_row(audio, request_id)
+    assert status == 499
+    if kind == "speech":  # the input it was held for, no audio tokens reported
+        assert tokens_out == 0 and cost == pytest.approx(tokens_in * 0.6 / 1_000_000)
+    else:  # the hold's estimate: 10 audio tokens and 4 transcript tokens a second
+        assert tokens_in >= 20 and tokens_out == 8
+        assert cost == pytest.approx((tokens_in * 2.5 + 8 * 10.0) / 1_000_000)
+
+
+def test_echo_streams_a_transcript_and_speech_offline(audio: Audio) -> None:
+    upload = wav(1.0)
+    events = list(audio.client.audio.transcriptions.create(
+        model="local-transcribe", file=("speech.wav", upload), stream=True))
+    digest = hashlib.sha256(upload).hexdigest()[:16]
+    assert events[-1].type == "transcript.text.done"
+    assert events[-1].text == f"echo transcript: {len(upload)} bytes, sha256 {digest}"
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="local-speech", input="two words", voice="alloy",
+            stream_format="sse") as response:
+        spoken = _events(response)
+    wav_bytes = b"".join(base64.b64decode(event["audio"]) for event in spoken[:-1])
+    with wave.open(io.BytesIO(wav_bytes)) as silence:
+        assert silence.getnframes() / silence.getframerate() == pytest.approx(0.2)
+    assert spoken[-1]["type"] == "speech.audio.done"

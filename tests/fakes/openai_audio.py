@@ -9,11 +9,20 @@ gpt-4o-transcribe models, ``{"type": "duration", "seconds"}`` for whisper-1);
 ``text``, ``srt`` and ``vtt`` are plain text. Speech is the audio's bytes, with the
 format's content type, sent in chunks (``speech_pause_s`` after the first one, for a test
 that the gateway passes the first on before the rest come).
+
+Streamed (server-sent events, ``data:`` lines only, as OpenAI sends them): a transcription
+with ``stream=true`` on a gpt-4o model is a ``{"type": "transcript.text.delta", "delta"}``
+a word, then ``{"type": "transcript.text.done", "text", "usage"}`` (whisper-1 ignores
+``stream``, as OpenAI's does); speech with ``stream_format: "sse"`` is ``{"type":
+"speech.audio.delta", "audio": base64}`` a chunk, then ``{"type": "speech.audio.done",
+"usage": {"input_tokens", "output_tokens", "total_tokens"}}`` (refused for tts-1 and
+tts-1-hd, as OpenAI's API reference says). ``speech_pause_s`` comes after the first event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,8 +61,9 @@ class AudioFake:
     audio_seconds = 42.5
     audio_tokens = (120, 30)
     speech_size = 48_000  # bytes of audio a speech answers
-    speech_pause_s = 0.0  # between its first chunk and the rest
-    speeches_cut = 0  # speech answers whose reader went away before their end
+    speech_pause_s = 0.0  # between its first chunk (or event) and the rest
+    speech_tokens = 400  # the audio tokens a streamed speech's usage reports
+    speeches_cut = 0  # speech answers (and streams) whose reader went away before their end
     transcript: str | None = None  # what every transcript says (None: transcript_text)
 
     def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
@@ -137,6 +147,11 @@ class AudioFake:
             usage = {"type": "tokens", "input_tokens": fresh, "output_tokens": written,
                      "total_tokens": fresh + written,
                      "input_token_details": {"text_tokens": 0, "audio_tokens": fresh}}
+            if seen.get("stream") == "true":
+                return self._events([
+                    *({"type": "transcript.text.delta", "delta": word if index == 0
+                       else f" {word}"} for index, word in enumerate(text.split(" "))),
+                    {"type": "transcript.text.done", "text": text, "usage": usage}])
         else:
             usage = {"type": "duration", "seconds": round(self.audio_seconds)}
         return JSONResponse({"text": text, "usage": usage})
@@ -159,18 +174,36 @@ class AudioFake:
             return _invalid("you must provide a voice", "voice")
         kind = body.get("response_format", "mp3")
         data = speech_bytes(text, self.speech_size)
-        return StreamingResponse(self._spoken(data), media_type=SPEECH_TYPES[kind])
+        if body.get("stream_format") == "sse":
+            if str(body.get("model")).startswith("tts-1"):
+                return _invalid("stream_format 'sse' is not supported for tts-1 and tts-1-hd",
+                                "stream_format")
+            used = len(text.split())
+            return self._events([
+                *({"type": "speech.audio.delta",
+                   "audio": base64.b64encode(data[start:start + 4096]).decode()}
+                  for start in range(0, len(data), 4096)),
+                {"type": "speech.audio.done", "usage": {
+                    "input_tokens": used, "output_tokens": self.speech_tokens,
+                    "total_tokens": used + self.speech_tokens}}])
+        return StreamingResponse(self._spoken([data[start:start + 4096] for start in
+                                               range(0, len(data), 4096)]),
+                                 media_type=SPEECH_TYPES[kind])
 
-    async def _spoken(self, data: bytes) -> AsyncIterator[bytes]:
-        step = 4096
+    def _events(self, events: list[dict[str, Any]]) -> StreamingResponse:
+        chunks = [f"data: {json.dumps(event)}\n\n".encode() for event in events]
+        return StreamingResponse(self._spoken(chunks), media_type="text/event-stream")
+
+    async def _spoken(self, chunks: list[bytes]) -> AsyncIterator[bytes]:
         try:
-            yield data[:step]
+            yield chunks[0]
             await asyncio.sleep(self.speech_pause_s)
-            for start in range(step, len(data), step):
-                yield data[start:start + step]
+            for chunk in chunks[1:]:
+                yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             self.speeches_cut += 1
             raise
+
 
 
 def _invalid(message: str, param: str | None = None) -> JSONResponse:

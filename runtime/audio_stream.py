@@ -1,0 +1,91 @@
+"""A streamed audio answer (a transcription with ``stream=true``, speech with
+``stream_format: "sse"``) passed on to the client event by event, as the provider sent
+them, and billed as it ends.
+
+The request was held and routed as a whole answer is (runtime/route_call.py, with
+``settles=False``); its stream is billed for the usage its last event reports
+(``transcript.text.done``, ``speech.audio.done``), else for the hold's estimate: a stream
+the client left, or one the upstream broke off, is billed that estimate and recorded as
+cut (499, or 503 in a shutdown). The upstream's answer is let go as soon as the client's
+stream ends, however it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.responses import StreamingResponse
+
+from aigw.compiler.graph import Route
+
+from .chat import bill_answer
+from .errors import GatewayError
+from .providers.audio import EventStream
+from .route_call import answer_headers
+from .routing.attempts import Won
+from .sse import error_event, settled_stream
+from .telemetry.record import UpstreamFailure
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+
+async def passed_on(exchange: Exchange, route: Route, won: Won[EventStream]) -> StreamingResponse:
+    """The ``text/event-stream`` response of ``won``'s events; the request is billed,
+    settled, recorded and finished when the stream ends."""
+    headers = answer_headers(exchange, route, won)
+    exchange.record.stream = True  # its record is finished by the stream, not the answer
+    return await settled_stream(_events(exchange, won), headers)
+
+
+async def _events(exchange: Exchange, won: Won[EventStream]) -> AsyncGenerator[bytes, None]:
+    live, record, stream = exchange.live, exchange.record, won.value
+    provider = won.candidate.deployment.provider
+    usage = None
+    ended = False
+    try:
+        name, data = stream.first
+        while True:
+            usage = stream.billed(data, provider) or usage
+            yield _event(name, data)
+            record.waiting_upstream()
+            try:
+                name, data = await anext(stream.rest)
+            except StopAsyncIteration:
+                break
+            finally:
+                record.waited_upstream()
+        ended = True
+    except GatewayError as exc:  # after the status line: the error goes in the stream
+        record.sent_status = record.status
+        record.status, record.error = exc.status, str(exc.code)
+        deployment = won.candidate.deployment
+        record.failures.append(UpstreamFailure(deployment.name, provider.name, str(exc.code)))
+        ended = True
+        yield error_event(exc.body())
+    finally:  # also when the client went away: the upstream cut, the call billed as such
+        if not ended:
+            record.sent_status = record.status
+            record.status, record.error = live.shutdown.cut()
+        # Shielded: a client that went away cancels the stream, not its settlement.
+        with anyio.CancelScope(shield=True):
+            try:
+                close = getattr(stream.rest, "aclose", None)
+                if close is not None:
+                    await close()
+            finally:
+                bill_answer(live, record, won if usage is None
+                            else replace(won, value=replace(stream, usage=usage)))
+                await exchange.close()
+        live.telemetry.finish(record)
+
+
+def _event(name: str, data: str) -> bytes:
+    """An event as the provider wrote it: its name where it gave one, its data's lines."""
+    lines = "data: " + data.replace("\n", "\ndata: ")
+    if name != "message":
+        lines = f"event: {name}\n{lines}"
+    return f"{lines}\n\n".encode()

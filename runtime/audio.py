@@ -10,7 +10,7 @@ the asked format. Speech takes OpenAI's JSON (``model``, ``input``, ``voice``,
 ``response_format``, ``speed``, ``instructions``); its audio is passed on to the client
 as the provider sends it, never held whole. A transcription with ``stream=true`` and
 speech with ``stream_format: "sse"`` are answered in the provider's server-sent events,
-passed on as they come (runtime/audio_stream.py).
+passed on as they come (runtime/media_stream.py).
 
 Each call goes through the stages of runtime/route_call.py, as an embeddings call does
 (key, Cedar, limits and budget held, the attempt loop, billing, ledger, access log,
@@ -33,14 +33,13 @@ from starlette.responses import Response, StreamingResponse
 
 from aigw.compiler.graph import ApiKey
 
-from .audio_stream import passed_on
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
+from .media_stream import passed_on
 from .providers.audio import (
     AUDIO_TOKENS_PER_SECOND,
     TRANSCRIPT_TOKENS_PER_SECOND,
-    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
@@ -48,6 +47,7 @@ from .providers.audio import (
     audio_adapter,
     upload_seconds,
 )
+from .providers.events import EventStream
 from .route_call import answer_headers, call_route
 from .routing.candidates import AudioAsk, Candidate
 from .telemetry.tracing import Span

@@ -13,6 +13,10 @@ tracing: GenAI's ``generate_content``). Its hold is ``n`` images at the size's p
 with the prompt's tokens and, for a token-billed model (gpt-image-1), ``n`` times the
 deployment's max_output_tokens at its output price; the bill is the images answered at
 the size they came in, with the tokens the answer's ``usage`` reports.
+
+``stream: true`` (gpt-image-1, one image, ``partial_images`` 0 to 3): OpenAI's events,
+``image_generation.partial_image`` then ``image_generation.completed``, passed on as
+they come (runtime/media_stream.py) and billed for the completed event's usage.
 """
 
 from __future__ import annotations
@@ -21,14 +25,25 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.responses import JSONResponse, Response
 
 from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
+from .errors import BadRequest
+from .media_stream import passed_on
 from .providers.base import ImageCall, ImageResult
+from .providers.events import EventStream, image_events_adapter
 from .route_call import answer_headers, call_route
 from .routing.candidates import Candidate, InputAsk
 from .telemetry.tracing import Span
@@ -55,7 +70,8 @@ class ImageRequest(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     user: StrictStr | None = None
-    stream: Literal[False] | None = None  # a streamed image (partial_images) is not served
+    stream: StrictBool | None = None
+    partial_images: Annotated[StrictInt, Field(ge=0, le=3)] | None = None
 
 
 async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -65,6 +81,9 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         request = ImageRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
+    if request.stream and request.n != 1:
+        raise BadRequest("A streamed generation ('stream': true) draws one image: leave 'n' "
+                         f"out or set it to 1 (it is {request.n}).", param="n")
     exchange.identify(key, request.user)
     route = resolve_route(exchange.live.graph, request.model)
     live = exchange.live
@@ -83,11 +102,23 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         return (price.cost(prompt_tokens, request.n * deployment.max_output_tokens)
                 + request.n * price.dearest_image(request.size))
 
-    won = await call_route(
-        exchange, key, route, kind="image", model=request.model, prompt_tokens=prompt_tokens,
+    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+            [], Awaitable[EventStream]]:
+        (prompt,) = texts  # as the route's input guardrails left it
+        drawing = ImageCall(candidate.deployment, prompt, 1, request.size,
+                            request.response_format, params, prompt_tokens)
+        return partial(image_events_adapter(candidate.adapter, candidate.deployment)
+                       .generate_image_events, drawing)
+
+    routed = partial(
+        call_route, exchange, key, route, kind="image", model=request.model,
+        prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
         ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
-        cost=held, call=call, noted=_noted, operation="generate_content",
         texts=(request.prompt,))
+    if request.stream:
+        return await passed_on(exchange, route, await routed(
+            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+    won = await routed(call=call, noted=_noted)
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
 
 
@@ -95,6 +126,10 @@ def _noted(span: Span, result: ImageResult) -> None:
     span.set("gen_ai.response.model", result.model)
     span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
     span.set("gen_ai.usage.output_tokens", result.output_tokens)
+
+
+def _noted_events(span: Span, result: EventStream) -> None:
+    span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
 
 
 def _body(result: ImageResult) -> dict[str, object]:

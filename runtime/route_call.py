@@ -69,7 +69,7 @@ async def call_route(
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
     lets go of an answer still being read (speech's open audio) that is not passed on: a
     hedge's loser's, or the winner's when billing fails. ``settles`` False: the answer is
-    a stream, which the caller bills and settles as it ends (runtime/audio_stream.py).
+    a stream, which the caller bills and settles as it ends (runtime/media_stream.py).
 
     The route's input guardrails check ``texts`` once its limits are held (a caller over
     them never reaches a checker), and ``call`` gets them as they left them; a block is

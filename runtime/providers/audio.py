@@ -9,12 +9,10 @@ last event reports.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import wave
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from aigw.compiler.graph import Deployment, Provider
@@ -22,6 +20,7 @@ from aigw.compiler.graph import Deployment, Provider
 from ..errors import NoDeploymentAvailable, UpstreamServerError
 from ..upstream_aiohttp import ByteStream, FormFile
 from .base import ChatAdapter, Usage, reported_count
+from .events import EventStream
 
 # What an upload whose length cannot be read from it (not a WAV file) is taken to last:
 # 16,000 bytes a second is MP3 at 128 kbit/s, the common rate. It is the transcription's
@@ -84,64 +83,6 @@ class SpeechCall:
 class SpeechResult:
     audio: ByteStream  # its status checked; its bytes not read yet
     usage: Usage
-
-
-@dataclass(frozen=True, slots=True)
-class EventStream:
-    """An answer in server-sent events being read (a streamed transcription, speech with
-    ``stream_format: "sse"``): its status checked and its ``first`` event read, so a
-    member that fails is failed over before anything reached the client; the ``rest`` as
-    they come, each ``(event name, data)``. Its last event (of type ``done``) reports what
-    it is billed; ``usage``, until then: the estimate a stream cut before it is billed."""
-
-    first: tuple[str, str]
-    rest: AsyncIterator[tuple[str, str]]
-    usage: Usage
-    done: str  # transcript.text.done, speech.audio.done
-
-    def billed(self, data: str, provider: Provider) -> Usage | None:
-        """What ``data`` reports, if it is the ``done`` event: its ``usage``'s tokens
-        (``input_tokens``, ``output_tokens``), the estimate's where it reports none. Only
-        an event that names ``done`` is parsed, not each chunk of audio."""
-        if self.done not in data:
-            return None
-        try:
-            document = json.loads(data)
-        except ValueError:
-            return None  # not JSON: passed on, and not the last event
-        if not isinstance(document, dict) or document.get("type") != self.done:
-            return None
-        usage = document.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
-        prompt = reported_count(usage.get("input_tokens"), provider, "input tokens")
-        output = reported_count(usage.get("output_tokens"), provider, "output tokens")
-        return replace(self.usage,
-                       prompt_tokens=self.usage.prompt_tokens if prompt is None else prompt,
-                       completion_tokens=self.usage.completion_tokens if output is None
-                       else output)
-
-    def cut(self) -> None:
-        """Let the upstream's answer go, unread (a hedge's loser). Its generator does not
-        await as it closes, so the task that closes it ends in its first step."""
-        asyncio.get_running_loop().create_task(_closed(self.rest))
-
-
-async def _closed(events: AsyncIterator[tuple[str, str]]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        await close()
-
-
-async def opened(events: AsyncIterator[tuple[str, str]], usage: Usage, done: str,
-                 provider: Provider) -> EventStream:
-    """``events`` as an ``EventStream``, once their first has come."""
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        raise UpstreamServerError(
-            f"provider '{provider.name}' answered no events where a stream was asked for "
-            "(does its model stream?)", provider=provider.name) from None
-    return EventStream(first, events, usage, done)
 
 
 @runtime_checkable

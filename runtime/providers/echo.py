@@ -23,12 +23,10 @@ from aigw.compiler.graph import Provider
 
 from ..tokens import TokenCounter
 from .audio import (
-    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
     TranscriptionResult,
-    opened,
 )
 from .base import (
     ChatCall,
@@ -48,7 +46,8 @@ from .base import (
     Usage,
 )
 from .echo_audio import silence, silence_events, transcript, transcript_events
-from .echo_media import echo_images, echo_moderation
+from .echo_media import echo_image_events, echo_images, echo_moderation
+from .events import EventStream, image_estimate, opened
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 _TERM = re.compile(r"\w+")
@@ -159,6 +158,11 @@ class EchoAdapter:
     async def generate_images(self, call: ImageCall) -> ImageResult:
         await self._wait(0)
         return echo_images(call)
+
+    async def generate_image_events(self, call: ImageCall) -> EventStream:
+        await self._wait(0)
+        return await opened(echo_image_events(call), image_estimate(call),
+                            "image_generation.completed", self._provider)
 
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         await self._wait(0)

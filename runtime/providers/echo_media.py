@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import struct
 import time
 import zlib
+from collections.abc import AsyncIterator
 from types import MappingProxyType
 
 from .base import (
@@ -60,6 +62,24 @@ def echo_images(call: ImageCall) -> ImageResult:
                       if call.response_format == "url" else GeneratedImage(None, encoded))
     return ImageResult(call.deployment.model, int(time.time()), tuple(images), call.size,
                        call.prompt_tokens, 0, {}, None)
+
+
+async def echo_image_events(call: ImageCall) -> AsyncIterator[tuple[str, str]]:
+    """The image as OpenAI streams one: ``partial_images`` partial images (the same PNG:
+    echo draws no better at the end), then ``image_generation.completed``."""
+    encoded = base64.b64encode(png(f"0:{call.prompt}".encode())).decode()
+    shown = {"created_at": int(time.time()), "size": call.size or "auto",
+             "quality": call.params.get("quality", "auto"),
+             "background": call.params.get("background", "auto"),
+             "output_format": call.params.get("output_format", "png"), "b64_json": encoded}
+    for index in range(int(call.params.get("partial_images", 0))):
+        yield "image_generation.partial_image", json.dumps(
+            {"type": "image_generation.partial_image", **shown, "partial_image_index": index})
+    yield "image_generation.completed", json.dumps(
+        {"type": "image_generation.completed", **shown, "usage": {
+            "input_tokens": call.prompt_tokens, "output_tokens": 0,
+            "total_tokens": call.prompt_tokens,
+            "input_tokens_details": {"text_tokens": call.prompt_tokens, "image_tokens": 0}}})
 
 
 def echo_moderation(call: ModerationCall) -> ModerationResult:

@@ -29,7 +29,6 @@ from ..errors import UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import scrub
 from .audio import (
-    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
@@ -53,6 +52,7 @@ from .base import (
     Usage,
     close_deltas,
 )
+from .events import EventStream, image_events_adapter
 
 log = logging.getLogger("aigw.upstream")
 
@@ -113,6 +113,13 @@ class GuardedAdapter:
     async def generate_images(self, call: ImageCall) -> ImageResult:
         try:
             return await self.inner.generate_images(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def generate_image_events(self, call: ImageCall) -> EventStream:
+        try:
+            return await image_events_adapter(self.inner, call.deployment) \
+                .generate_image_events(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

@@ -30,12 +30,10 @@ from ..tokens import TokenCounter
 from ..upstream import json_event, scrub
 from ..upstream_aiohttp import AudioUpstream, open_upstream
 from .audio import (
-    EventStream,
     SpeechCall,
     SpeechResult,
     TranscriptionCall,
     TranscriptionResult,
-    opened,
     transcript_usage,
 )
 from .base import (
@@ -59,6 +57,7 @@ from .base import (
     reported_count,
     unreported_usage,
 )
+from .events import EventStream, image_estimate, opened
 from .openai_media import image_body, moderation_body, parse_images, parse_moderation
 from .openai_text import text_body, text_choices, text_deltas
 
@@ -220,6 +219,15 @@ class OpenAIAdapter:
             self.url(call.deployment.model, "images/generations"),
             image_body(call, self.names_model_in_url), self._headers)
         return parse_images(document, call, self.provider)
+
+    async def generate_image_events(self, call: ImageCall) -> EventStream:
+        """``/images/generations`` with ``stream: true``: the events passed on as they
+        come."""
+        events = self.upstream.post_sse(
+            self.url(call.deployment.model, "images/generations"),
+            image_body(call, self.names_model_in_url), self._headers)
+        return await opened(events, image_estimate(call), "image_generation.completed",
+                            self.provider)
 
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         document = await self.upstream.post_json(

@@ -97,16 +97,22 @@ class Server:
                 return line
         return None
 
-    def ledger_row(self, request_id: str) -> dict[str, Any]:
+    def ledger_row(self, request_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """The spend ledger's record of one request (the embedded store's SQLite file):
-        route, deployment, status, tokens_in, tokens_out and cost."""
-        with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
-            ledger.row_factory = sqlite3.Row
-            row = ledger.execute(
-                "SELECT route, deployment, status, tokens_in, tokens_out, "
-                "cost_nanos / 1e9 AS cost FROM ledger WHERE request_id = ?",
-                (request_id,)).fetchone()
-        ledger.close()
+        route, deployment, status, tokens_in, tokens_out and cost. ``wait_s``: how long
+        to wait for it (a stream's is written as it ends, after its last byte went out)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
+                ledger.row_factory = sqlite3.Row
+                row = ledger.execute(
+                    "SELECT route, deployment, status, tokens_in, tokens_out, "
+                    "cost_nanos / 1e9 AS cost FROM ledger WHERE request_id = ?",
+                    (request_id,)).fetchone()
+            ledger.close()
+            if row is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         assert row is not None, f"no ledger record of {request_id}"
         return dict(row)
 

@@ -385,12 +385,8 @@ def _events(response: httpx.Response | Any) -> list[dict[str, Any]]:
 
 
 def _ledger_row(audio: Audio, request_id: str) -> tuple[Any, ...]:
-    """The request's ledger row, once its stream has been settled."""
-    deadline = time.monotonic() + 10
-    while (row := audio.ledger(request_id)) is None:
-        assert time.monotonic() < deadline, "no ledger row"
-        time.sleep(0.05)
-    return row
+    """The request's ledger row, once its stream has been settled (as it ends)."""
+    return tuple(audio.server.ledger_row(request_id, wait_s=10).values())
 
 
 def test_a_streamed_transcription_passes_its_events_on_and_bills_their_usage(

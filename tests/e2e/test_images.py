@@ -166,7 +166,8 @@ def test_a_route_of_another_kind_is_refused_both_ways(painters: Painters) -> Non
     ({"size": "big"}, 400, "size", "'size'"),
     ({"response_format": "png"}, 400, "response_format", "'url' or 'b64_json'"),
     ({"quality": "ultra"}, 400, "quality", "'quality'"),
-    ({"stream": True}, 400, "stream", "'stream'"),
+    ({"stream": True, "n": 2}, 400, "n", "A streamed generation ('stream': true) draws one"),
+    ({"partial_images": 4}, 400, "partial_images", "less than or equal to 3"),
     ({"model": "local", "prompt": " ".join(["word"] * 20)}, 422, "prompt",
      "echo-image takes a prompt of at most 16 tokens; this one has 20"),
 ])
@@ -181,3 +182,32 @@ def test_bad_requests_are_refused_naming_the_field(
     assert painters.upstream.script.requests == []  # refused before any call went out
     missing = painters.post(model="dall-e-3")
     assert (missing.status_code, missing.json()["error"]["param"]) == (400, "prompt")
+
+
+def test_a_streamed_gpt_image_passes_its_events_on_and_bills_the_completed_usage(
+    painters: Painters,
+) -> None:
+    raw = painters.client.images.with_raw_response.generate(
+        model="gpt-image", prompt=PROMPT, stream=True, partial_images=2, size="1024x1536")
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = list(raw.parse())
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + [
+        "image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]  # type: ignore[union-attr]
+    done = events[-1]
+    assert done.type == "image_generation.completed" and done.size == "1024x1536"
+    assert done.usage.output_tokens == 272
+    sent = painters.upstream.script.requests[-1]
+    assert (sent["stream"], sent["partial_images"], sent["n"]) == (True, 2, 1)
+    prompt_tokens = len(PROMPT.split())
+    row = painters.server.ledger_row(raw.headers["x-request-id"], wait_s=10)
+    assert (row["status"], row["tokens_in"], row["tokens_out"]) == (200, prompt_tokens, 272)
+    assert row["cost"] == pytest.approx((prompt_tokens * 5 + 272 * 40) / 1_000_000)
+
+
+def test_echo_streams_an_image_offline(painters: Painters) -> None:
+    events = list(painters.client.images.generate(model="local", prompt="a dot", stream=True,
+                                                  partial_images=1))
+    assert [event.type for event in events] == ["image_generation.partial_image",
+                                                "image_generation.completed"]
+    assert base64.b64decode(events[-1].b64_json).startswith(b"\x89PNG")

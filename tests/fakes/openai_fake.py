@@ -6,7 +6,9 @@ beside them (vLLM's and Jina's ``/v1/rerank``: results best first, each with its
 document, and ``usage.total_tokens``); the audio endpoints (openai_audio.py). Images
 (``/v1/images/generations``, Azure's too): a DALL-E model answers URLs, or base64 when
 asked, with a ``revised_prompt``; a gpt-image model always base64, with its ``usage`` in
-tokens and the size it drew. Moderations (``/v1/moderations``): a result an input,
+tokens and the size it drew; streamed (``stream: true``, gpt-image only, one image), its
+``partial_images`` as ``event: image_generation.partial_image`` events, then
+``image_generation.completed`` with the usage. Moderations (``/v1/moderations``): a result an input,
 flagged for violence where it says "attack".
 
 Requests are validated as strictly as the real API validates them: unknown
@@ -493,6 +495,10 @@ class OpenAIFake(AudioFake):
                 row["revised_prompt"] = f"A picture of {prompt}"
             data.append(row)
         answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if body.get("stream") is True:
+            if not token_billed:
+                return _invalid("Streaming is only supported for gpt-image models.", "stream")
+            return self._image_events(body, data[0]["b64_json"], len(prompt.split()))
         if token_billed:
             prompt_tokens = len(prompt.split())
             answer.update(size=body.get("size", "1024x1024"), quality=body.get("quality", "high"),
@@ -502,6 +508,26 @@ class OpenAIFake(AudioFake):
                                  "input_tokens_details": {"text_tokens": prompt_tokens,
                                                           "image_tokens": 0}})
         return JSONResponse(answer)
+
+    def _image_events(self, body: dict[str, Any], image: str,
+                      prompt_tokens: int) -> StreamingResponse:
+        """A gpt-image stream, as OpenAI's API reference shows its events."""
+        shown = {"created_at": int(time.time()), "size": body.get("size", "1024x1024"),
+                 "quality": body.get("quality", "high"), "background": "opaque",
+                 "output_format": "png"}
+        events = [("image_generation.partial_image",
+                   {"type": "image_generation.partial_image", "b64_json": image, **shown,
+                    "partial_image_index": index})
+                  for index in range(body.get("partial_images", 0))]
+        events.append(("image_generation.completed", {
+            "type": "image_generation.completed", "b64_json": image, **shown,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 272,
+                      "total_tokens": prompt_tokens + 272,
+                      "input_tokens_details": {"text_tokens": prompt_tokens,
+                                               "image_tokens": 0}}}))
+        chunks = [f"event: {name}\ndata: {json.dumps(event)}\n\n".encode()
+                  for name, event in events]
+        return StreamingResponse(self._spoken(chunks), media_type="text/event-stream")
 
     async def _moderations(self, request: Request) -> Response:
         body, _action, failed = await self._load(request, MODERATION_PARAMETERS)

@@ -1,13 +1,13 @@
-"""A streamed audio answer (a transcription with ``stream=true``, speech with
-``stream_format: "sse"``) passed on to the client event by event, as the provider sent
-them, and billed as it ends.
+"""A streamed answer (a transcription with ``stream=true``, speech with
+``stream_format: "sse"``, an image with ``stream: true``) passed on to the client event by
+event, as the provider sent them, and billed as it ends.
 
 The request was held and routed as a whole answer is (runtime/route_call.py, with
 ``settles=False``); its stream is billed for the usage its last event reports
-(``transcript.text.done``, ``speech.audio.done``), else for the hold's estimate: a stream
-the client left, or one the upstream broke off, is billed that estimate and recorded as
-cut (499, or 503 in a shutdown). The upstream's answer is let go as soon as the client's
-stream ends, however it ends.
+(``transcript.text.done``, ``speech.audio.done``, ``image_generation.completed``), else
+for the hold's estimate: a stream the client left, or one the upstream broke off, is
+billed that estimate and recorded as cut (499, or 503 in a shutdown). The upstream's
+answer is let go as soon as the client's stream ends, however it ends.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aigw.compiler.graph import Route
 
 from .chat import bill_answer
 from .errors import GatewayError
-from .providers.audio import EventStream
+from .providers.events import EventStream
 from .route_call import answer_headers
 from .routing.attempts import Won
 from .sse import error_event, settled_stream

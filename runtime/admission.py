@@ -401,15 +401,17 @@ class DeploymentQuotas:
             await hold.store.release(hold.reservation)
 
     async def failed(self, hold: Hold | None, deployment: Deployment, prompt_tokens: int,
-                     error: BaseException, search_units: int = 0) -> None:
+                     error: BaseException, cut: Usage | None = None) -> None:
         """An attempt at ``deployment`` ended in ``error`` before it answered: its hold is
         given back, but for one cut short (cancelled: its timeout, the deadline, a hedge
         that lost, the client gone) after its call went out, which the provider most
-        likely billed: that is billed its ``prompt_tokens`` and ``search_units`` (a rerank
-        call's, which Cohere bills per call whatever it answered; ``cut_short``), and its
-        hold settled at the tokens. Call it shielded from a cancellation."""
+        likely billed: that is billed ``cut`` where given (what the call is billed for
+        whatever it answers: a rerank call's search units, which Cohere bills per call; a
+        transcription's audio; a speech's characters; the images asked for), else its
+        ``prompt_tokens`` (``cut_short``), and its hold settled at the tokens. Call it
+        shielded from a cancellation."""
         if isinstance(error, asyncio.CancelledError):
-            used = Usage(prompt_tokens, 0, search_units=search_units)
+            used = Usage(prompt_tokens, 0) if cut is None else cut
             await self.settle(hold, cut_short(self._record, deployment, used))
         else:
             await self.release(hold)

@@ -47,6 +47,7 @@ from .providers.audio import (
     audio_adapter,
     upload_seconds,
 )
+from .providers.base import Usage
 from .providers.events import EventStream
 from .route_call import answer_headers, call_route
 from .routing.candidates import AudioAsk, Candidate
@@ -114,7 +115,10 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
         prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "transcription", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(
             prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
-            round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds))
+            round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
+        # Cut short, the audio sent was most likely billed (per minute, or its tokens).
+        cut=Usage(prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND), 0,
+                  audio_seconds=seconds))
     if streamed:
         if route.guardrails is not None and route.guardrails.output:
             # The output guardrails read a whole transcript; its events go out as they come.
@@ -176,6 +180,7 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         call_route, exchange, key, route, kind="speech", model=request.model,
         prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "speech", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
+        cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
         texts=(request.input,))
     if request.stream_format == "sse":
         return await passed_on(exchange, route, await routed(

@@ -234,14 +234,14 @@ A = TypeVar("A", bound=Answer)
 async def call_upstream(
     live: Live, record: RequestRecord, quotas: DeploymentQuotas, candidate: Candidate,
     hold_tokens: int, prompt_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
-    noted: Callable[[Span, A], None], search_units: int = 0,
+    noted: Callable[[Span, A], None], cut: Usage | None = None,
 ) -> A:
     """One attempt at a whole answer from ``candidate`` (``call``, GenAI's ``operation``:
     chat, embeddings): its deployment's own rpm/tpm held for ``hold_tokens`` (over it, the
     member is skipped, DeploymentAtQuota, and no call goes out) and settled with what the
     answer used; if the call failed its quota is given back, and if it was cut short
-    (cancelled) it is billed an estimate from ``prompt_tokens`` and ``search_units`` (a
-    rerank call's; ``quotas.failed``); the upstream's time counted as such, not as the
+    (cancelled) it is billed ``cut``, else an estimate from ``prompt_tokens``
+    (``quotas.failed``); the upstream's time counted as such, not as the
     gateway's overhead; the attempt's span, which ``noted`` labels with the answer."""
     hold = await quotas.take(candidate.deployment, hold_tokens)
     record.waiting_upstream()
@@ -250,8 +250,7 @@ async def call_upstream(
             result = await call()
         except BaseException as exc:  # its quota given back, or a call cut short billed
             with anyio.CancelScope(shield=True):
-                await quotas.failed(hold, candidate.deployment, prompt_tokens, exc,
-                                    search_units)
+                await quotas.failed(hold, candidate.deployment, prompt_tokens, exc, cut)
             span_failed(span, exc)
             raise
         finally:

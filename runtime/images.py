@@ -42,7 +42,7 @@ from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
 from .media_stream import passed_on
-from .providers.base import ImageCall, ImageResult
+from .providers.base import ImageCall, ImageResult, Usage
 from .providers.events import EventStream, image_events_adapter
 from .route_call import answer_headers, call_route
 from .routing.candidates import Candidate, InputAsk
@@ -113,6 +113,9 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     routed = partial(
         call_route, exchange, key, route, kind="image", model=request.model,
         prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
+        # Cut short, the images asked for were most likely drawn and billed.
+        cut=Usage(prompt_tokens, 0, images=1 if request.stream else request.n,
+                  image_size=request.size),
         ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
         texts=(request.prompt,))
     if request.stream:

@@ -33,7 +33,7 @@ from aigw.compiler.graph import ApiKey
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
-from .providers.base import DOCUMENTS_PER_SEARCH_UNIT, RerankCall, RerankResult
+from .providers.base import DOCUMENTS_PER_SEARCH_UNIT, RerankCall, RerankResult, Usage
 from .route_call import answer_headers, call_route
 from .routing.candidates import Candidate, RerankAsk
 from .telemetry.tracing import Span
@@ -89,7 +89,8 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         exchange, key, route, kind="rerank", model=request.model, prompt_tokens=prompt_tokens,
         ask=RerankAsk(live.adapters, prompt_tokens, query_tokens, units),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
-        call=call, noted=_noted, search_units=units, texts=(request.query, *documents))
+        call=call, noted=_noted, cut=Usage(prompt_tokens, 0, search_units=units),
+        texts=(request.query, *documents))
     return JSONResponse(
         _body(exchange.record.request_id, won.value, documents, request.return_documents),
         headers=answer_headers(exchange, route, won))

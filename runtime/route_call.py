@@ -39,6 +39,7 @@ from .errors import BadRequest, GuardrailBlocked, OutputWithheld
 from .guardrails import Check, Withheld, check_text, guard_texts
 from .incoming import unless_gone
 from .policy_request import authorize_route
+from .providers.base import Usage
 from .routing.attempts import AttemptLoop, Won
 from .routing.candidates import Ask, Candidate, kind_name
 from .telemetry.tracing import Span
@@ -54,7 +55,7 @@ async def call_route(
     noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
     operation: str | None = None,
-    search_units: int = 0,
+    cut: Usage | None = None,
     release: Callable[[A], None] | None = None,
     texts: tuple[str, ...] = (),
     checked: Callable[[A, Check], Awaitable[A]] | None = None,
@@ -64,7 +65,8 @@ async def call_route(
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
     then ``check`` asked of the members that are), its limits held for ``prompt_tokens``
     and the dearest member's ``cost``, the call billed and settled (``exchange.close``);
-    a call cut short is billed ``prompt_tokens`` and ``search_units`` (a rerank call's).
+    a call cut short is billed ``cut`` (what a member bills a call whatever it answers:
+    a rerank call's search units, a transcription's audio), else ``prompt_tokens``.
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
     lets go of an answer still being read (speech's open audio) that is not passed on: a
@@ -101,7 +103,7 @@ async def call_route(
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate, texts), operation, noted, search_units)
+                                   call(candidate, texts), operation, noted, cut)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))

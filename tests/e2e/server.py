@@ -97,6 +97,22 @@ class Server:
                 return line
         return None
 
+    def ledger_rows(self, count: int, wait_s: float = 10.0) -> list[dict[str, Any]]:
+        """The ledger's records (status, estimated, cost), the request's before those of
+        the calls it cut short, once it holds ``count`` of them or ``wait_s`` passed (a
+        request a client left is written as its calls are cut)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
+                ledger.row_factory = sqlite3.Row
+                rows = [dict(row) for row in ledger.execute(
+                    "SELECT status, estimated, cost_nanos / 1e9 AS cost FROM ledger "
+                    "ORDER BY estimated, at")]
+            ledger.close()
+            if len(rows) >= count or time.monotonic() >= deadline:
+                return rows
+            time.sleep(0.05)
+
     def ledger_row(self, request_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """The spend ledger's record of one request (the embedded store's SQLite file):
         route, deployment, status, tokens_in, tokens_out and cost. ``wait_s``: how long

@@ -55,8 +55,8 @@ class Audio:
     client: openai.OpenAI
     server: Server
 
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.server.base_url}/v1/audio/{path}", timeout=10,
+    def post(self, path: str, timeout: float = 10, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.server.base_url}/v1/audio/{path}", timeout=timeout,
                           headers={"authorization": f"Bearer {DEV_KEY}"}, **kwargs)
 
     def ledger(self, request_id: str) -> tuple[Any, ...]:
@@ -480,3 +480,24 @@ def test_echo_streams_a_transcript_and_speech_offline(audio: Audio) -> None:
     with wave.open(io.BytesIO(wav_bytes)) as silence:
         assert silence.getnframes() / silence.getframerate() == pytest.approx(0.2)
     assert spoken[-1]["type"] == "speech.audio.done"
+
+
+@pytest.mark.parametrize("kind", ["transcription", "speech"])
+def test_a_client_gone_before_the_answer_is_billed_what_the_call_costs_anyway(
+    audio: Audio, kind: str,
+) -> None:
+    """A client that stops waiting stops the call (a 499); the call that went out is
+    billed what the provider bills whatever it answers: the audio's minutes, the input's
+    characters (not the prompt's tokens alone, which these prices do not bill: 0)."""
+    audio.openai.script.actions.append(Action(delay_s=3))
+    with pytest.raises(httpx.TimeoutException):
+        if kind == "transcription":
+            audio.post("transcriptions", timeout=0.5, files={
+                "model": (None, "whisper"), "file": ("speech.wav", wav(3.0))})
+        else:
+            audio.post("speech", timeout=0.5,
+                       json={"model": "tts", "input": "hello there", "voice": "alloy"})
+    rows = audio.server.ledger_rows(2)
+    cost = 3 / 60 * 0.006 if kind == "transcription" else len("hello there") * 15 / 1e6
+    assert [(row["status"], row["estimated"]) for row in rows] == [(499, 0), (499, 1)]
+    assert rows[1]["cost"] == pytest.approx(cost)

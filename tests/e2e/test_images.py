@@ -211,3 +211,18 @@ def test_echo_streams_an_image_offline(painters: Painters) -> None:
     assert [event.type for event in events] == ["image_generation.partial_image",
                                                 "image_generation.completed"]
     assert base64.b64decode(events[-1].b64_json).startswith(b"\x89PNG")
+
+
+def test_a_client_gone_before_the_images_is_billed_the_images_asked_for(
+    painters: Painters,
+) -> None:
+    """The images of a call cut short were most likely drawn and billed: its estimate is
+    them at their size, not the prompt's tokens (which a per-image price bills at 0)."""
+    painters.upstream.script.actions.append(Action(delay_s=3))
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{painters.server.base_url}/v1/images/generations", timeout=0.5,
+                   headers={"authorization": f"Bearer {DEV_KEY}"},
+                   json={"model": "dall-e-3", "prompt": PROMPT, "n": 2, "size": "1792x1024"})
+    rows = painters.server.ledger_rows(2)
+    assert [(row["status"], row["estimated"]) for row in rows] == [(499, 0), (499, 1)]
+    assert rows[1]["cost"] == pytest.approx(2 * 0.08)

@@ -25,7 +25,7 @@ from typing import Any
 
 from aigw.compiler.graph import Provider
 
-from ..errors import UpstreamServerError
+from ..errors import BadRequest, UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import json_event, scrub
 from ..upstream_aiohttp import AudioUpstream, open_upstream
@@ -251,7 +251,12 @@ class OpenAIAdapter:
 
     async def transcribe_events(self, call: TranscriptionCall) -> EventStream:
         """``/audio/transcriptions`` with ``stream=true`` (in ``call.fields``): the
-        events passed on as they come."""
+        events passed on as they come. Not sent to whisper, which OpenAI says ignores
+        ``stream``: its whole answer, billed, would be no events to pass on (a 502, and
+        the audio sent again to each retry)."""
+        if call.deployment.model.startswith("whisper"):
+            raise BadRequest(f"'{call.deployment.model}' does not stream transcripts: leave "
+                             "'stream' out, or ask a gpt-4o transcribe model.", param="stream")
         events = self.upstream.post_form_sse(
             self.url(call.deployment.model, f"audio/{call.operation}"),
             (("model", call.deployment.model), *call.fields), call.upload, self._headers)

@@ -318,6 +318,8 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_all_sent(audio: Audio) -
      "response_format", "expected one of json, text, srt, verbose_json, vtt"),
     ({"model": "whisper", "temperature": "hot"}, {"file": ("a.wav", b"RIFF")},
      "temperature", "expected a number from 0 to 1"),
+    ({"model": "whisper", "stream": "true"}, {"file": ("a.wav", b"RIFF")}, "stream",
+     "'whisper-1' does not stream transcripts"),
     ({"model": "whisper"}, {"audio": ("a.wav", b"RIFF")}, "audio",
      "the audio goes in 'file'"),
     ({"model": "chat"}, {"file": ("a.wav", b"RIFF")}, "model",

@@ -503,3 +503,19 @@ def test_a_client_gone_before_the_answer_is_billed_what_the_call_costs_anyway(
     cost = 3 / 60 * 0.006 if kind == "transcription" else len("hello there") * 15 / 1e6
     assert [(row["status"], row["estimated"]) for row in rows] == [(499, 0), (499, 1)]
     assert rows[1]["cost"] == pytest.approx(cost)
+
+
+def test_a_stream_the_upstream_breaks_off_ends_in_an_error_event_billed_the_estimate(
+    audio: Audio,
+) -> None:
+    audio.openai.breaks_off = True
+    with audio.client.audio.speech.with_streaming_response.create(
+            model="mini-tts", input="broken off", voice="alloy", stream_format="sse") as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        request_id = response.headers["x-request-id"]
+    assert json.loads(lines[0].removeprefix("data: "))["type"] == "speech.audio.delta"
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_unreachable" and audio.openai.api_key not in str(error)
+    _, _, status, tokens_in, tokens_out, cost = _ledger_row(audio, request_id)
+    assert (status, tokens_out) == (502, 0)  # no usage came: the input it was held for
+    assert cost == pytest.approx(tokens_in * 0.6 / 1_000_000)

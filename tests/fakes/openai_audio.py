@@ -63,6 +63,7 @@ class AudioFake:
     speech_size = 48_000  # bytes of audio a speech answers
     speech_pause_s = 0.0  # between its first chunk (or event) and the rest
     speech_tokens = 400  # the audio tokens a streamed speech's usage reports
+    breaks_off = False  # a stream ends after its first chunk or event, its connection cut
     speeches_cut = 0  # speech answers (and streams) whose reader went away before their end
     transcript: str | None = None  # what every transcript says (None: transcript_text)
 
@@ -197,6 +198,8 @@ class AudioFake:
     async def _spoken(self, chunks: list[bytes]) -> AsyncIterator[bytes]:
         try:
             yield chunks[0]
+            if self.breaks_off:
+                raise ConnectionResetError("the fake broke the stream off")
             await asyncio.sleep(self.speech_pause_s)
             for chunk in chunks[1:]:
                 yield chunk

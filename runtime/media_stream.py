@@ -73,9 +73,7 @@ async def _events(exchange: Exchange, won: Won[EventStream]) -> AsyncGenerator[b
         # Shielded: a client that went away cancels the stream, not its settlement.
         with anyio.CancelScope(shield=True):
             try:
-                close = getattr(stream.rest, "aclose", None)
-                if close is not None:
-                    await close()
+                await stream.aclose()  # the upstream cut, if it was not at its end
             finally:
                 bill_answer(live, record, won if usage is None
                             else replace(won, value=replace(stream, usage=usage)))

@@ -56,13 +56,13 @@ class EventStream:
     def cut(self) -> None:
         """Let the upstream's answer go, unread (a hedge's loser). Its generator does not
         await as it closes, so the task that closes it ends in its first step."""
-        asyncio.get_running_loop().create_task(_closed(self.rest))
+        asyncio.get_running_loop().create_task(self.aclose())
 
-
-async def _closed(events: AsyncIterator[tuple[str, str]]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        await close()
+    async def aclose(self) -> None:
+        """Let the upstream's answer go, whether or not it was read to its end."""
+        close = getattr(self.rest, "aclose", None)  # an async generator's, as adapters give
+        if close is not None:
+            await close()
 
 
 async def opened(events: AsyncIterator[tuple[str, str]], usage: Usage, done: str,

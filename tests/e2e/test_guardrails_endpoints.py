@@ -182,6 +182,17 @@ def test_a_transcript_is_redacted_in_each_format(guarded: Guarded,
         assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:42.500\n")
 
 
+def test_a_streamed_transcript_is_refused_where_output_guardrails_read_it(
+        guarded: Guarded) -> None:
+    # Its events would go out as they come, past guardrails that read the whole text.
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        guarded.client.audio.transcriptions.create(
+            model="transcribe", file=("talk.wav", wav(1.0)), stream=True)
+    assert caught.value.param == "stream" and "output guardrails" in caught.value.message
+    assert len(guarded.upstream.script.requests) == calls
+
+
 def test_a_transcript_an_output_guardrail_blocks_is_a_400_and_billed(guarded: Guarded) -> None:
     calls = len(guarded.upstream.script.requests)
     with pytest.raises(openai.BadRequestError) as caught:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -18,7 +19,7 @@ from aigw.compiler.graph import ApiKey
 
 from ..auth import authenticate
 from ..conversations import Metadata
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout
+from ..errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, RequestTimeout
 from ..incoming import read_body
 from ..live import Live
 from ..responses_wire import bad_request_from
@@ -31,6 +32,7 @@ BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
 COMPLETION_WINDOW_S = 86_400
 _FORM_SLACK = 64 << 10  # of a multipart upload, beside the file: its boundaries and fields
 _PURPOSES = ("batch",)
+_CHUNK = 1 << 20  # of an upload, copied from the form's spool into files_dir at a time
 # OpenAI's range for a file's expires_after and a batch's output_expires_after
 EXPIRES_AFTER_S = (3600, 30 * 86_400)
 
@@ -109,6 +111,12 @@ def _expires_after(anchor: object, seconds: object) -> int | None:
     return int(text)
 
 
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    """An upload's bytes from its spool, ``_CHUNK`` at a time."""
+    while chunk := await upload.read(_CHUNK):
+        yield chunk
+
+
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
               metadata: dict[str, str] | None, now: int,
               output_expires_s: int | None = None) -> dict[str, Any]:
@@ -180,6 +188,8 @@ class _Api:
         except TimeoutError:
             raise RequestTimeout(f"The upload did not arrive within {timeout_s:g} s "
                                  "(settings.body_read_timeout_s).") from None
+        except ClientDisconnect:  # as read_body: the client went, not a bug of ours
+            raise GatewayError("client disconnected while sending the upload") from None
         try:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
@@ -189,16 +199,14 @@ class _Api:
                                  param="purpose")
             expires_s = _expires_after(form.get("expires_after[anchor]"),
                                        form.get("expires_after[seconds]"))
-            data = await upload.read(most + 1)
             filename = upload.filename or "upload.jsonl"
+            file_id = f"file-{secrets.token_hex(12)}"
+            size = await self.runner.files().write_chunks(file_id, _chunks(upload), most)
         finally:
             await form.close()
-        if len(data) > most:
-            raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
         now = int(time.time())
-        row = FileRow(f"file-{secrets.token_hex(12)}", _owner(key), filename, purpose,
-                      len(data), now, None if expires_s is None else now + expires_s)
-        await self.runner.files().write(row.id, data)
+        row = FileRow(file_id, _owner(key), filename, purpose, size, now,
+                      None if expires_s is None else now + expires_s)
         await store.put_file(row)
         return JSONResponse(row.as_object())
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import GatewayError, InternalError, RateLimited
+from ..errors import GatewayError, InternalError, PayloadTooLarge, RateLimited
 from ..store.batches import BatchRow, BatchStore, FileRow, LineRow
 from .input import InputLine, check_input
 
@@ -91,6 +91,30 @@ class FileBytes:
         temporary = self.folder / f".{file_id}.part"
         await temporary.write_bytes(data)
         await temporary.rename(self.folder / file_id)
+
+    async def write_chunks(self, file_id: str, chunks: AsyncIterator[bytes],
+                           most: int) -> int:
+        """``chunks`` into the file ``file_id`` as they come, so an upload is never whole in
+        memory; its size. Past ``most`` bytes it raises ``PayloadTooLarge``: then, as on
+        any failure (a cancel too), the part written is removed and no file is made."""
+        await self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".{file_id}.part"
+        size = 0
+        try:
+            async with await anyio.open_file(temporary, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > most:
+                        raise PayloadTooLarge(
+                            f"The file is over this gateway's files_max_bytes ({most}).")
+                    await out.write(chunk)
+            await temporary.rename(self.folder / file_id)
+        except BaseException:
+            # Synchronous: a cancelled task could not await the removal.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        return size
 
     async def write_split(self, ids: tuple[str, str],
                           pages: AsyncIterator[tuple[LineRow, ...]]) -> tuple[int, int]:

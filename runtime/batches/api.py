@@ -24,7 +24,7 @@ from ..incoming import read_body
 from ..live import Live
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
-from .input import Checked, check_input
+from .input import Checked, check_file
 from .runner import BatchRunner, owner_of
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
@@ -130,7 +130,7 @@ def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
         "created_at": now, "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
         "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
         "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
-        "total": len(checked.lines), "output_expires_s": output_expires_s}
+        "total": checked.total, "output_expires_s": output_expires_s}
     if checked.errors:
         doc.update({"status": "failed", "failed_at": now, "in_progress_at": None, "total": 0,
                     "errors": {"object": "list", "data": list(checked.errors)}})
@@ -256,10 +256,11 @@ class _Api:
             raise BadRequest(f"The file {source.id} has purpose {source.purpose!r}, not "
                              "'batch'.", param="input_file_id")
         settings = live.graph.settings
-        data = await self.runner.files().read(source.id)
-        checked = await anyio.to_thread.run_sync(
-            check_input, data, asked.endpoint, settings.batch_max_lines,
-            settings.max_request_bytes)
+        file = await anyio.to_thread.run_sync(self.runner.files().open, source.id)
+        with file:  # read a chunk at a time: it is up to files_max_bytes
+            checked = await anyio.to_thread.run_sync(
+                check_file, file, asked.endpoint, settings.batch_max_lines,
+                settings.max_request_bytes)
         kept = asked.output_expires_after
         doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()),
                         None if kept is None else kept.seconds)

@@ -5,15 +5,21 @@ in the file, ``url`` is the batch's endpoint, ``body`` a JSON object (not a stre
 batch line's answer is one document). What is wrong is reported as OpenAI reports it:
 the batch ``failed``, with ``errors.data`` of ``{code, line, message, param}``, at most
 ``MAX_ERRORS`` of them.
+
+The file (up to files_max_bytes) is read ``READ_CHUNK`` at a time, never whole: checking
+it holds one line and the custom_ids seen, and a resumed batch parses only the lines it
+has not finished, as they are sent (``pending_lines``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_ERRORS = 100
+READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +31,7 @@ class InputLine:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    lines: tuple[InputLine, ...]
+    total: int  # the lines that may run
     errors: tuple[dict[str, Any], ...]  # none: every line may run
 
 
@@ -33,35 +39,97 @@ def _error(code: str, line: int | None, message: str, param: str | None = None) 
     return {"code": code, "line": line, "message": message, "param": param}
 
 
-def check_input(data: bytes, endpoint: str, max_lines: int, max_line_bytes: int) -> Checked:
-    """The lines of ``data`` to run against ``endpoint``, or why none may run.
+def longest_line(max_line_bytes: int) -> int:
+    """The longest line read whole: its body re-encoded may be up to 6 times shorter (a
+    ``\\u0041`` is an ``A``), plus its custom_id and the rest."""
+    return 6 * max_line_bytes + (64 << 10)
 
-    >>> check_input(b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", '
-    ...             b'"body": {"model": "m", "input": "x"}}', "/v1/embeddings", 10, 1000).errors
-    ()
+
+def read_lines(file: BinaryIO, longest: int) -> Iterator[tuple[int, bytes | None]]:
+    """The lines of ``file``, numbered from 1 as ``bytes.splitlines`` numbers them, read
+    ``READ_CHUNK`` at a time. A line past ``longest`` bytes is ``None``, and the last.
+
+    >>> import io
+    >>> list(read_lines(io.BytesIO(b"a\\r\\nb\\n\\nc"), 10))
+    [(1, b'a'), (2, b'b'), (3, b''), (4, b'c')]
     """
-    lines: list[InputLine] = []
+    number, held = 0, bytearray()  # held: the start of a line whose end is not read yet
+    while chunk := file.read(READ_CHUNK):
+        start = max(len(held) - 1, 0)  # the breaks before it were cut at already
+        held += chunk
+        # After the last line break, but not a final \r: a \n may follow it.
+        cut = max(held.rfind(b"\n", start), held.rfind(b"\r", start, len(held) - 1)) + 1
+        for raw in held[:cut].splitlines():
+            number += 1
+            yield number, bytes(raw)
+        del held[:cut]
+        if len(held) > longest:
+            yield number + 1, None
+            return
+    for raw in held.splitlines():
+        number += 1
+        yield number, bytes(raw)
+
+
+def check_lines(lines: Iterable[tuple[int, bytes | None]], endpoint: str, max_lines: int,
+                max_line_bytes: int) -> Checked:
+    """How many of ``lines`` may run against ``endpoint``, or why none may."""
+    total = 0
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(data.splitlines(), 1):
-        if not raw.strip():
+    for number, raw in lines:
+        if raw is not None and not raw.strip():
             continue
-        if len(lines) >= max_lines:
+        if total >= max_lines:
             errors.append(_error("too_many_tasks", number,
                                  f"The input file has more than {max_lines} requests, this "
                                  "gateway's batch_max_lines."))
             break
-        found = _line(raw, number, endpoint, seen, max_line_bytes)
+        found = _too_large(number) if raw is None else \
+            _line(raw, number, endpoint, seen, max_line_bytes)
         if isinstance(found, InputLine):
-            lines.append(found)
+            total += 1
             seen.add(found.custom_id)
         else:
             errors.append(found)
         if len(errors) >= MAX_ERRORS:
             break
-    if not lines and not errors:
+    if not total and not errors:
         errors.append(_error("empty_file", None, "The input file has no requests."))
-    return Checked(tuple(lines), tuple(errors))
+    return Checked(total, tuple(errors))
+
+
+def check_input(data: bytes, endpoint: str, max_lines: int, max_line_bytes: int) -> Checked:
+    """``check_lines`` of a file in memory.
+
+    >>> check_input(b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", '
+    ...             b'"body": {"model": "m", "input": "x"}}', "/v1/embeddings", 10, 1000)
+    Checked(total=1, errors=())
+    """
+    return check_lines(enumerate(data.splitlines(), 1), endpoint, max_lines, max_line_bytes)
+
+
+def check_file(file: BinaryIO, endpoint: str, max_lines: int, max_line_bytes: int) -> Checked:
+    """``check_lines`` of a file on disk, read a chunk at a time (in a worker thread)."""
+    return check_lines(read_lines(file, longest_line(max_line_bytes)), endpoint, max_lines,
+                       max_line_bytes)
+
+
+def pending_lines(file: BinaryIO, endpoint: str, done: frozenset[int],
+                  max_line_bytes: int) -> Generator[InputLine, None, None]:
+    """The lines of a checked input file that are not ``done``, parsed as they are read."""
+    seen: set[str] = set()  # not kept: the file was checked when its batch was created
+    for number, raw in read_lines(file, longest_line(max_line_bytes)):
+        if raw is None or number in done or not raw.strip():
+            continue
+        found = _line(raw, number, endpoint, seen, max_line_bytes)
+        if isinstance(found, InputLine):
+            yield found
+
+
+def _too_large(number: int) -> dict[str, Any]:
+    return _error("request_too_large", number, "This line is over the gateway's "
+                  "max_request_bytes, many times over.", "body")
 
 
 def _line(raw: bytes, number: int, endpoint: str, seen: set[str],

@@ -25,15 +25,15 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
 from ..errors import GatewayError, InternalError, PayloadTooLarge, RateLimited
 from ..store.batches import BatchRow, BatchStore, FileRow, LineRow
-from .input import InputLine, check_input
+from .input import READ_CHUNK, InputLine, pending_lines
 
 if TYPE_CHECKING:
     from ..live import Gateway
@@ -49,6 +49,8 @@ RECORD_AGAIN_S = 0.2  # a line's outcome the store did not take is offered again
 # The finished lines a finalizing batch reads from the store at a time: its output and
 # error files are written a page at a time, so memory does not grow with the batch.
 FINISH_PAGE = 500
+# The lines of a running batch's input read (and parsed) at a time, in a worker thread.
+PENDING_PAGE = 256
 # Expired files are purged (bytes, then record) this often, at most PURGE_PAGE a pass:
 # every process purges, so a pass is short however many files expired at once.
 PURGE_EVERY_S = 60.0
@@ -142,6 +144,11 @@ class FileBytes:
     async def read(self, file_id: str) -> bytes:
         return await (self.folder / file_id).read_bytes()
 
+    def open(self, file_id: str) -> BinaryIO:
+        """The file to read a chunk at a time, in a worker thread (an input file is up to
+        files_max_bytes: it is never read whole)."""
+        return open(self.folder / file_id, "rb")  # the caller closes it
+
     async def delete(self, file_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             await (self.folder / file_id).unlink()
@@ -156,13 +163,14 @@ class BatchRunner:
     """Finds, leases and runs batches; ``call`` answers one line (runtime/app.py)."""
 
     def __init__(self, gateway: Gateway, call: LineCall,
-                 clock: Callable[[], float] = time.time, page: int = FINISH_PAGE) -> None:
+                 clock: Callable[[], float] = time.time, page: int = FINISH_PAGE,
+                 files: FileBytes | None = None) -> None:
         self.gateway = gateway
         self._call = call
         self._clock = clock
         self._page = page
         started = gateway.live.graph.settings  # a reload does not move the files
-        self._files = FileBytes(anyio.Path(gateway.root) / started.files_dir)
+        self._files = files or FileBytes(anyio.Path(gateway.root) / started.files_dir)
         self._concurrency = started.batches_concurrency
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake: asyncio.Event | None = None
@@ -291,7 +299,7 @@ class BatchRunner:
         expired: it is resumed, here or by another process)."""
         settings = self.gateway.live.graph.settings
         try:
-            data = await self.files().read(row.doc["input_file_id"])
+            file = await anyio.to_thread.run_sync(self.files().open, row.doc["input_file_id"])
         except FileNotFoundError:
             if self._clock() < row.doc["expires_at"] and \
                     await store.file(row.doc["input_file_id"]) is not None:
@@ -312,35 +320,49 @@ class BatchRunner:
                                             "The batch's input file was deleted."}]}},
                                self.owner)
             return True
-        checked = await anyio.to_thread.run_sync(
-            check_input, data, row.doc["endpoint"], settings.batch_max_lines,
-            settings.max_request_bytes)
-        done = await store.done(row.id)
-        pending = [line for line in checked.lines if line.line not in done]
         per_batch = asyncio.Semaphore(settings.batch_concurrency)
         stop = _Stop(store, row.id, row.doc["expires_at"], self._clock,
                      lambda: self._stopping)
-        async with asyncio.TaskGroup() as group:
-            for line in pending:
-                await per_batch.acquire()
-                if await stop.now():
-                    per_batch.release()
-                    break
-                group.create_task(self._line(store, row, line, per_batch, stop))
+        with file:
+            done = await store.done(row.id)
+            async with contextlib.aclosing(self._pending(file, row, done)) as pending, \
+                    asyncio.TaskGroup() as group:
+                async for line in pending:
+                    await per_batch.acquire()
+                    if await stop.now():
+                        per_batch.release()
+                        break
+                    group.create_task(self._line(store, row, line, per_batch, stop))
         if self._stopping:
             return False
         if stop.expired:
-            done = await store.done(row.id)
-            for line in checked.lines:
-                if line.line not in done:
-                    await store.line_done(row.id, self.owner, line.line, False, _line_json(
-                        line, None, {"code": "batch_expired", "message": "This request could "
-                                     "not be executed before the completion window expired."}))
+            file = await anyio.to_thread.run_sync(self.files().open, row.doc["input_file_id"])
+            with file:
+                done = await store.done(row.id)
+                async with contextlib.aclosing(self._pending(file, row, done)) as pending:
+                    async for line in pending:
+                        await store.line_done(row.id, self.owner, line.line, False, _line_json(
+                            line, None, {"code": "batch_expired", "message": "This request "
+                                         "could not be executed before the completion window "
+                                         "expired."}))
             # Finalizing (a status that is resumed), and expired once its files are
             # written: "expired" at once left a stop or crash before then with no files.
             await store.change(row.id, {"status": "finalizing", "expiring": True,
                                         "finalizing_at": int(self._clock())}, self.owner)
         return True
+
+    async def _pending(self, file: BinaryIO, row: BatchRow,
+                       done: frozenset[int]) -> AsyncGenerator[InputLine, None]:
+        """The batch's lines not ``done``, read from ``file`` a page at a time in a worker
+        thread: a resume parses only these, and holds a page of them."""
+        lines = pending_lines(file, row.doc["endpoint"], done,
+                              self.gateway.live.graph.settings.max_request_bytes)
+        try:
+            while page := await anyio.to_thread.run_sync(_page_of, lines):
+                for line in page:
+                    yield line
+        finally:
+            lines.close()
 
     async def _line(self, store: BatchStore, row: BatchRow, line: InputLine,
                     per_batch: asyncio.Semaphore, stop: _Stop) -> None:
@@ -454,6 +476,19 @@ async def _pages(store: BatchStore, batch_id: str,
     while found := await store.lines(batch_id, after, page):
         yield found
         after = found[-1].line
+
+
+def _page_of(lines: Iterator[InputLine]) -> list[InputLine]:
+    """The next lines of ``lines``: ``PENDING_PAGE`` of them, or fewer as long as they
+    are (a line's body is up to max_request_bytes)."""
+    page: list[InputLine] = []
+    size = 0
+    for line in lines:
+        page.append(line)
+        size += len(line.body)
+        if len(page) >= PENDING_PAGE or size >= READ_CHUNK:
+            break
+    return page
 
 
 def _waitable(error: GatewayError | None) -> bool:

@@ -6,6 +6,7 @@ batch that one runs."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import secrets
 import time
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import httpx
@@ -22,6 +23,7 @@ import pytest
 
 from aigw.runtime.app import create_app
 from aigw.runtime.batches import BatchRunner, LineAnswer, batch_doc, check_input
+from aigw.runtime.batches import input as batch_input
 from aigw.runtime.batches.runner import FileBytes
 from aigw.runtime.errors import PayloadTooLarge, RateLimited, StoreUnavailable
 from aigw.runtime.live import Gateway
@@ -41,23 +43,28 @@ def one_at_a_time(gateway_dir: Path) -> None:
                                                  "  batch_concurrency: 1\n", 1))
 
 
-def _input(count: int) -> bytes:
-    return "".join(json.dumps({
+def _input_line(n: int, pad: int = 0) -> bytes:
+    return json.dumps({
         "custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "m", "messages": [{"role": "user", "content": f"c{n}"}]}}) + "\n"
-        for n in range(count)).encode()
+        "body": {"model": "m", "messages": [{"role": "user", "content": f"c{n}" + "x" * pad}]},
+    }).encode() + b"\n"
+
+
+def _input(count: int, pad: int = 0) -> bytes:
+    return b"".join(_input_line(n, pad) for n in range(count))
 
 
 async def _created(gateway: Gateway, runner: BatchRunner, count: int,
-                   output_expires_s: int | None = None) -> tuple[BatchStore, str]:
-    """A batch of ``count`` lines, as POST /v1/batches makes it."""
+                   output_expires_s: int | None = None,
+                   pad: int = 0) -> tuple[BatchStore, str]:
+    """A batch of ``count`` lines (each ``pad`` bytes longer), as POST /v1/batches makes it."""
     store = await gateway.store.batches()
     assert store is not None
-    data = _input(count)
+    data = _input(count, pad)
     await runner.files().write("file-in", data)
     await store.put_file(FileRow("file-in", "key:dev", "in.jsonl", "batch", len(data), 0))
     doc = batch_doc("/v1/chat/completions", "file-in",
-                    check_input(data, "/v1/chat/completions", 100, 1 << 20), None,
+                    check_input(data, "/v1/chat/completions", 50_000, 1 << 20), None,
                     int(time.time()), output_expires_s)
     await store.put_batch(doc["id"], "key:dev", "dev", doc)
     return store, doc["id"]
@@ -560,3 +567,73 @@ async def test_a_failed_upload_leaves_no_file(gateway: Gateway, tmp_path: Path,
 async def _pieces(count: int) -> AsyncIterator[bytes]:
     for _ in range(count):
         yield _PIECE
+
+
+class _ReadsCounted(FileBytes):
+    """The runner's files, the size of each read of an opened one counted."""
+
+    def __init__(self, folder: anyio.Path) -> None:
+        super().__init__(folder)
+        self.reads: list[int] = []
+
+    def open(self, file_id: str) -> BinaryIO:
+        reads = self.reads
+
+        class Counted(io.FileIO):
+            def read(self, size: int = -1, /) -> bytes:
+                reads.append(size)
+                return super().read(size) or b""
+
+        return Counted(str(self.folder / file_id), "r")
+
+
+async def test_a_resumed_batch_reads_only_a_chunk_of_its_input_at_a_time(
+        gateway: Gateway) -> None:
+    """A resume read the whole input file and parsed every line (the finished ones too):
+    it reads a chunk at a time, and parses and sends only the lines not finished."""
+    sent: list[str] = []
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        sent.append(json.loads(body)["messages"][0]["content"][:6])
+        return LineAnswer(200, OK, "req")
+
+    files = _ReadsCounted(anyio.Path(gateway.root / gateway.live.graph.settings.files_dir))
+    runner = BatchRunner(gateway, call, files=files)
+    store, batch_id = await _created(gateway, runner, 300, pad=5000)  # 1.5 MB
+    assert await store.claim(runner.owner, 60, time.time()) == (batch_id,)
+    for line in range(1, 291):  # finished before the gateway stopped
+        assert await store.line_done(batch_id, runner.owner, line, True, "{}")
+    await store.release(batch_id, runner.owner)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert (done.completed, done.failed) == (300, 0)
+    assert sorted(sent) == sorted(f"c{n}xxxx"[:6] for n in range(290, 300))
+    assert files.reads and min(files.reads) > 0
+    assert max(files.reads) <= batch_input.READ_CHUNK
+
+
+async def test_a_50000_line_batch_is_checked_without_holding_its_file(
+        gateway: Gateway) -> None:
+    """Creating a batch read its whole input file and parsed all its lines into memory
+    (up to files_max_bytes, twice): it is checked a chunk at a time."""
+    store = await gateway.store.batches()
+    assert store is not None
+    folder = gateway.root / gateway.live.graph.settings.files_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "file-big").open("wb") as out:
+        for n in range(50_000):
+            out.write(_input_line(n, pad=1000))
+    size = (folder / "file-big").stat().st_size
+    await store.put_file(FileRow("file-big", "key:dev", "in.jsonl", "batch", size, 0))
+    async with app_client(gateway) as client:
+        tracemalloc.start()
+        try:
+            response = await client.post("/v1/batches", json={
+                "input_file_id": "file-big", "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert response.status_code == 200, response.text
+    assert response.json()["request_counts"]["total"] == 50_000
+    assert peak < 16 << 20, (peak, size)  # the custom_ids seen and a chunk, not 50 MB

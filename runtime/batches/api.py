@@ -119,10 +119,11 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
               metadata: dict[str, str] | None, now: int,
-              output_expires_s: int | None = None) -> dict[str, Any]:
+              output_expires_s: int | None = None, *, retention_s: int) -> dict[str, Any]:
     """A new batch's object (``request_counts`` aside: the store counts its lines):
     ``in_progress``, or ``failed`` with the input's line errors. ``output_expires_s``:
-    how long its output and error files are kept (None: batch_output_retention_s)."""
+    how long its output and error files are kept (None: ``retention_s``, the setting
+    batch_output_retention_s); a failed batch's record is kept as long."""
     doc: dict[str, Any] = {
         "id": f"batch_{secrets.token_hex(12)}", "object": "batch", "endpoint": endpoint,
         "errors": None, "input_file_id": input_file_id, "completion_window": "24h",
@@ -133,7 +134,8 @@ def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
         "total": checked.total, "output_expires_s": output_expires_s}
     if checked.errors:
         doc.update({"status": "failed", "failed_at": now, "in_progress_at": None, "total": 0,
-                    "errors": {"object": "list", "data": list(checked.errors)}})
+                    "errors": {"object": "list", "data": list(checked.errors)},
+                    "forget_at": now + (output_expires_s or retention_s)})
     return doc
 
 
@@ -263,7 +265,8 @@ class _Api:
                 settings.max_request_bytes)
         kept = asked.output_expires_after
         doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()),
-                        None if kept is None else kept.seconds)
+                        None if kept is None else kept.seconds,
+                        retention_s=settings.batch_output_retention_s)
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

@@ -51,8 +51,9 @@ RECORD_AGAIN_S = 0.2  # a line's outcome the store did not take is offered again
 FINISH_PAGE = 500
 # The lines of a running batch's input read (and parsed) at a time, in a worker thread.
 PENDING_PAGE = 256
-# Expired files are purged (bytes, then record) this often, at most PURGE_PAGE a pass:
-# every process purges, so a pass is short however many files expired at once.
+# Expired files (bytes, then record) and the records of batches finished as long ago
+# are purged this often, at most PURGE_PAGE of each a pass: every process purges, so a
+# pass is short however many expired at once.
 PURGE_EVERY_S = 60.0
 PURGE_PAGE = 100
 # A batch whose input file this process cannot read (though the file's record is there)
@@ -230,14 +231,19 @@ class BatchRunner:
 
     async def purge(self, store: BatchStore, most: int = PURGE_PAGE) -> int:
         """Delete up to ``most`` expired files, their bytes before their record (a crash
-        between leaves a record the next pass finds again, never bytes without one)."""
+        between leaves a record the next pass finds again, never bytes without one), and
+        up to ``most`` records of batches finished longer ago than their files are kept;
+        how many of each, together."""
         expired = await store.expired_files(self._clock(), most)
         for row in expired:
             await self.files().delete(row.id)
             await store.delete_file(row.id)
         if expired:
             log.info("purged %d expired files", len(expired))
-        return len(expired)
+        forgotten = await store.purge_batches(self._clock(), most)
+        if forgotten:
+            log.info("purged %d finished batches", forgotten)
+        return len(expired) + forgotten
 
     async def _held(self, store: BatchStore, batch_id: str) -> None:
         """Run the batch while renewing its lease; give the lease back at the end (a
@@ -313,7 +319,10 @@ class BatchRunner:
                 return False
             log.error("batch %s: its input file %s is gone from %s; the batch failed",
                       row.id, row.doc["input_file_id"], self.files().folder)
-            await store.change(row.id, {"status": "failed", "failed_at": int(self._clock()),
+            now = int(self._clock())
+            kept = row.doc.get("output_expires_s") or settings.batch_output_retention_s
+            await store.change(row.id, {"status": "failed", "failed_at": now,
+                                        "forget_at": now + kept,
                                         "errors": {"object": "list", "data": [{
                                             "code": "input_file_missing", "line": None,
                                             "param": "input_file_id", "message":
@@ -436,7 +445,8 @@ class BatchRunner:
                 await store.put_file(FileRow(file_id, row.owner, f"{row.id}_{name}.jsonl",
                                              "batch_output", size, now, now + kept))
                 changes[f"{name}_file_id"] = file_id
-        changes.update({"status": final, f"{final}_at": now})
+        # Its record is purged with its files (the setting's retention when it has none).
+        changes.update({"status": final, f"{final}_at": now, "forget_at": now + kept})
         counted = await store.batch(row.id)
         if counted is not None:
             changes["counts"] = [counted.completed, counted.failed]

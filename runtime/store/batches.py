@@ -9,8 +9,9 @@ In SQLite (``aigw.sqlite`` -> ``aigw-batches.sqlite``):
 
     files         one row per file: its owner, name, purpose, size (bytes on disk), and
                   when it expires (none: kept until deleted)
-    batches       one row per batch: its object (JSON), status, and the lease of the
-                  process running it (``lease_owner`` until ``lease_until``)
+    batches       one row per batch: its object (JSON), status, the lease of the
+                  process running it (``lease_owner`` until ``lease_until``), and once it
+                  is finished when its record is purged (``forget_at``: as its files)
     batch_lines   one row per finished line of a batch: its outcome, as the output or
                   error file will hold it; dropped once those files are written
 
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at  INTEGER NOT NULL,
     doc         TEXT NOT NULL,
     lease_owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
+    lease_until REAL NOT NULL DEFAULT 0,
+    forget_at   REAL
 );
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
 CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at, id);
@@ -95,9 +97,10 @@ class FileRow:
 
 
 # Kept in a batch's object for the runner, not shown: its lines, its files' retention,
-# once it is finished its lines' counts (their rows are forgotten then), and whether it
-# is finalizing because its window ended (it ends expired).
-_OURS = ("total", "output_expires_s", "counts", "expiring")
+# once it is finished its lines' counts (their rows are forgotten then) and when its
+# record is purged, and whether it is finalizing because its window ended (it ends
+# expired).
+_OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,12 @@ class BatchStore(Protocol):
         """Drop a finished batch's line rows (its files hold them; its object the counts)."""
         ...
 
+    async def purge_batches(self, now: float, limit: int) -> int:
+        """Delete at most ``limit`` finished batches whose ``forget_at`` (in their object,
+        set when they finish: when their output files expire) is past at ``now``, the
+        longest past first; how many."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -271,6 +280,9 @@ class SQLiteBatches:
     async def forget_lines(self, batch_id: str) -> None:
         await self._db.call(partial(_forget_lines, batch_id), single=True)
 
+    async def purge_batches(self, now: float, limit: int) -> int:
+        return await self._db.call(partial(_purge_batches, now, limit))
+
     async def aclose(self) -> None:
         await self._db.aclose()
 
@@ -282,6 +294,11 @@ def _create_tables(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE files ADD COLUMN expires_at INTEGER")
     connection.execute("CREATE INDEX IF NOT EXISTS files_expiring ON files (expires_at) "
                        "WHERE expires_at IS NOT NULL")
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(batches)")}
+    if "forget_at" not in columns:  # a store made before batches were purged
+        connection.execute("ALTER TABLE batches ADD COLUMN forget_at REAL")
+    connection.execute("CREATE INDEX IF NOT EXISTS batches_forgotten ON batches (forget_at) "
+                       "WHERE forget_at IS NOT NULL")
 
 
 _FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at, expires_at"
@@ -338,9 +355,10 @@ def _delete_file(file_id: str, connection: sqlite3.Connection) -> bool:
 def _put_batch(batch_id: str, owner: str, key: str, doc: Mapping[str, Any],
                connection: sqlite3.Connection) -> None:
     connection.execute(
-        'INSERT INTO batches (id, owner, "key", status, created_at, doc) '
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (batch_id, owner, key, doc["status"], doc["created_at"], json.dumps(dict(doc))))
+        'INSERT INTO batches (id, owner, "key", status, created_at, doc, forget_at) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (batch_id, owner, key, doc["status"], doc["created_at"], json.dumps(dict(doc)),
+         doc.get("forget_at")))
 
 
 _BATCH = ('SELECT b.id, b.owner, b."key", b.doc, '
@@ -384,8 +402,8 @@ def _change(batch_id: str, changes: dict[str, Any], lease_owner: str | None,
     if only_from and doc["status"] not in only_from:
         return False
     doc.update(changes)
-    connection.execute("UPDATE batches SET doc = ?, status = ? WHERE id = ?",
-                       (json.dumps(doc), doc["status"], batch_id))
+    connection.execute("UPDATE batches SET doc = ?, status = ?, forget_at = ? WHERE id = ?",
+                       (json.dumps(doc), doc["status"], doc.get("forget_at"), batch_id))
     return True
 
 
@@ -431,3 +449,13 @@ def _lines(batch_id: str, after: int, limit: int,
     return tuple(LineRow(row[0], bool(row[1]), row[2]) for row in connection.execute(
         "SELECT line, ok, result FROM batch_lines WHERE batch_id = ? AND line > ? "
         "ORDER BY line LIMIT ?", (batch_id, after, limit)))
+
+
+def _purge_batches(now: float, limit: int, connection: sqlite3.Connection) -> int:
+    ids = [row[0] for row in connection.execute(
+        "SELECT id FROM batches WHERE forget_at IS NOT NULL AND forget_at <= ? "
+        "ORDER BY forget_at LIMIT ?", (now, limit))]
+    for batch_id in ids:  # its lines were forgotten when its files were written, or it had none
+        connection.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))
+        connection.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+    return len(ids)

@@ -7,6 +7,8 @@
     <ns>:batch:<id>                 hash: owner, key, doc (the batch object, JSON)
     <ns>:batches[:owner:<owner>]    sorted sets of batch ids by created_at
     <ns>:batches:running            the ids of batches in a RUNNING status
+    <ns>:batches:forgetting         sorted set of finished batches' ids by forget_at (then
+                                    their keys are purged)
     <ns>:batch:<id>:lease           the id of the process running it, expiring with its lease
     <ns>:batch:<id>:lines           hash: line number -> "1" or "0" (2xx or not) + its result
                                     (it and :order dropped once the batch's files are written)
@@ -166,6 +168,8 @@ class RedisBatches:
                     pipe.zadd(index, {batch_id: doc["created_at"]})
                 if doc["status"] in RUNNING:
                     pipe.sadd(self._key("batches", "running"), batch_id)
+                if doc.get("forget_at") is not None:
+                    pipe.zadd(self._key("batches", "forgetting"), {batch_id: doc["forget_at"]})
                 await pipe.execute()
         await self._do(put)
 
@@ -218,6 +222,9 @@ class RedisBatches:
                             pipe.sadd(running, batch_id)
                         else:
                             pipe.srem(running, batch_id)
+                        if doc.get("forget_at") is not None:
+                            pipe.zadd(self._key("batches", "forgetting"),
+                                      {batch_id: doc["forget_at"]})
                         await pipe.execute()
                         return True
                     except WatchError:  # changed meanwhile (a line's lease renewed): again
@@ -273,6 +280,27 @@ class RedisBatches:
         # UNLINK: a batch's lines are up to gigabytes, freed off Redis's main thread
         await self._do(lambda: self.redis.unlink(self._key("batch", batch_id, "lines"),
                                                  self._key("batch", batch_id, "order")))
+
+    async def purge_batches(self, now: float, limit: int) -> int:
+        forgetting = self._key("batches", "forgetting")
+        ids: list[str] = await self._do(lambda: self.redis.zrangebyscore(
+            forgetting, "-inf", now, start=0, num=limit))
+        for batch_id in ids:
+            owner = await self._do(partial(self.redis.hget, self._key("batch", batch_id),
+                                           "owner"))
+
+            async def purge(batch_id: str = batch_id, owner: str | None = owner) -> None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.unlink(*(self._key("batch", batch_id, *part) for part in (
+                        (), ("counts",), ("lines",), ("order",), ("lease",))))
+                    pipe.zrem(self._key("batches"), batch_id)
+                    if owner is not None:
+                        pipe.zrem(self._key("batches", "owner", owner), batch_id)
+                    pipe.srem(self._key("batches", "running"), batch_id)
+                    pipe.zrem(forgetting, batch_id)
+                    await pipe.execute()
+            await self._do(purge)
+        return len(ids)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -65,7 +65,7 @@ async def _created(gateway: Gateway, runner: BatchRunner, count: int,
     await store.put_file(FileRow("file-in", "key:dev", "in.jsonl", "batch", len(data), 0))
     doc = batch_doc("/v1/chat/completions", "file-in",
                     check_input(data, "/v1/chat/completions", 50_000, 1 << 20), None,
-                    int(time.time()), output_expires_s)
+                    int(time.time()), output_expires_s, retention_s=30 * 86_400)
     await store.put_batch(doc["id"], "key:dev", "dev", doc)
     return store, doc["id"]
 
@@ -637,3 +637,43 @@ async def test_a_50000_line_batch_is_checked_without_holding_its_file(
     assert response.status_code == 200, response.text
     assert response.json()["request_counts"]["total"] == 50_000
     assert peak < 16 << 20, (peak, size)  # the custom_ids seen and a chunk, not 50 MB
+
+
+async def test_finished_batches_are_purged_a_page_at_a_time(
+        batch_store: BatchStore) -> None:
+    """Batch records were kept for ever: a finished one is purged once its forget_at (when
+    its files expire) is past, at most a page a pass; a running one, or one whose time
+    has not come, stays."""
+    now = int(time.time())
+    for n, forget_at in enumerate((now - 30, now - 20, now - 10, now + 3600, None)):
+        doc = {"status": "completed" if forget_at else "in_progress", "created_at": now - 60,
+               "forget_at": forget_at}
+        await batch_store.put_batch(f"batch_{n}", "key:dev", "dev", doc)
+    assert await batch_store.claim("me", 60, now) == ("batch_4",)
+    assert await batch_store.line_done("batch_4", "me", 1, True, "{}")
+    assert await batch_store.change("batch_4", {"status": "completed", "forget_at": now - 5})
+    assert [await batch_store.purge_batches(now, 2) for _ in range(4)] == [2, 2, 0, 0]
+    assert [row.id for row in await batch_store.batches(None, None, 10)] == ["batch_3"]
+    for n in (0, 1, 2, 4):
+        assert await batch_store.batch(f"batch_{n}") is None
+    assert await batch_store.lines("batch_4", 0, 10) == ()
+    if isinstance(batch_store, RedisBatches):  # nothing of theirs is left behind
+        assert await batch_store.redis.keys(f"{batch_store._ns}:batch:batch_[0124]*") == []
+
+
+async def test_a_finished_batch_is_forgotten_with_its_files(gateway: Gateway) -> None:
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        return LineAnswer(200, OK, "req")
+
+    later = [0.0]
+    runner = BatchRunner(gateway, call, clock=lambda: time.time() + later[0])
+    store, batch_id = await _created(gateway, runner, 1, output_expires_s=3600)
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    output = await store.file(done.doc["output_file_id"])
+    assert output is not None and done.doc["forget_at"] == output.expires_at
+    assert "forget_at" not in done.as_object()
+    assert await runner.purge(store) == 0
+    later[0] = 3601
+    assert await runner.purge(store) == 2  # its output file and its record
+    assert await store.batch(batch_id) is None

@@ -140,8 +140,10 @@ def _not_found(conversation_id: str, param: str = "conversation_id") -> NotFound
 
 async def _owned(live: Live, key: ApiKey, conversation_id: str, param: str = "conversation_id",
                  items: bool = False) -> KeptConversation:
-    """The conversation if ``key`` may read it (its own, or any for an admin key)."""
-    kept = await (await _store(live)).get(conversation_id, items=items)
+    """The conversation if ``key`` may read it (its own, or any for an admin key); its
+    items, if asked for, are read once that is known."""
+    kept = await (await _store(live)).get(conversation_id, items=items,
+                                          owner=None if key.admin else key.name)
     if kept is None or (kept.key != key.name and not key.admin):
         raise _not_found(conversation_id, param)
     return kept

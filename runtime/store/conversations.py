@@ -93,9 +93,12 @@ class ConversationStore(Protocol):
         """Keep a new conversation (its id is new: nothing is replaced) with ``items``."""
         ...
 
-    async def get(self, conversation_id: str, *,
-                  items: bool = False) -> KeptConversation | None:
-        """The conversation (its items too if ``items``), or None when there is none."""
+    async def get(self, conversation_id: str, *, items: bool = False,
+                  owner: str | None = None) -> KeptConversation | None:
+        """The conversation (its items too if ``items``), or None when there is none. With
+        an ``owner`` (a key's name; None for an admin's read, of any), its items are read
+        only where it is that key's: another key that knows its id does not make the store
+        read them (up to megabytes) only to be refused."""
         ...
 
     async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
@@ -142,9 +145,10 @@ class SQLiteConversations:
         await self._db.call(partial(_create, conversation_id, key, created_at,
                                     self._clock() + ttl_s, metadata, tuple(items)))
 
-    async def get(self, conversation_id: str, *,
-                  items: bool = False) -> KeptConversation | None:
-        return await self._db.call(partial(_select, conversation_id, self._clock(), items))
+    async def get(self, conversation_id: str, *, items: bool = False,
+                  owner: str | None = None) -> KeptConversation | None:
+        return await self._db.call(partial(_select, conversation_id, self._clock(), items,
+                                           owner))
 
     async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
         now = self._clock()
@@ -208,7 +212,7 @@ def _create(conversation_id: str, key: str, created_at: int, expires_at: float,
     _insert_items(conversation_id, 0, items, connection)
 
 
-def _select(conversation_id: str, now: float, items: bool,
+def _select(conversation_id: str, now: float, items: bool, owner: str | None,
             connection: sqlite3.Connection) -> KeptConversation | None:
     row = connection.execute('SELECT "key", created_at, metadata FROM conversations '
                              "WHERE id = ? AND expires_at > ? AND deleted = 0",
@@ -216,7 +220,7 @@ def _select(conversation_id: str, now: float, items: bool,
     if row is None:
         return None
     bodies: tuple[bytes, ...] = ()
-    if items:
+    if items and owner in (None, row[0]):
         bodies = tuple(bytes(body) for body, in connection.execute(
             "SELECT body FROM conversation_items WHERE conversation = ? ORDER BY seq",
             (conversation_id,)))
@@ -349,10 +353,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'metadata', ARGV[1])
 """ + _EXPIRE + "return 1\n"
 # The key's name, created_at and metadata, then the items' bodies in order (HMGET in
-# chunks: Lua's unpack has a bound on how many values it spreads).
+# chunks: Lua's unpack has a bound on how many values it spreads); the items only where
+# the key is ARGV[1] or ARGV[1] is empty (any key's: an admin's read).
 READ = """
 local head = redis.call('HMGET', KEYS[1], 'key', 'created_at', 'metadata')
 if not head[1] then return {} end
+if ARGV[1] ~= '' and head[1] ~= ARGV[1] then return head end
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = 1, #ids, 1000 do
   local bodies = redis.call('HMGET', KEYS[3], unpack(ids, i, math.min(i + 999, #ids)))
@@ -414,13 +420,13 @@ class RedisConversations:
         except (RedisError, OSError) as exc:
             raise self._responses.failed(exc) from exc
 
-    async def get(self, conversation_id: str, *,
-                  items: bool = False) -> KeptConversation | None:
+    async def get(self, conversation_id: str, *, items: bool = False,
+                  owner: str | None = None) -> KeptConversation | None:
         self._responses.check()
         keys = self._keys(conversation_id)
         try:
             if items:
-                found = await self._read(keys=keys)
+                found = await self._read(keys=keys, args=[owner or ""])
             else:
                 found = await self._redis.hmget(keys[0], ["key", "created_at", "metadata"])
         except (RedisError, OSError) as exc:

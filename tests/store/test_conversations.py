@@ -71,6 +71,18 @@ async def test_made_added_read_and_removed(conversations: ConversationStore) -> 
     assert await conversations.update("conv_1", b"{}", 60) is False
 
 
+async def test_items_are_read_for_their_owner_alone(conversations: ConversationStore) -> None:
+    await conversations.create("conv_1", "alice", 1700, b"{}",
+                               [("msg_1", b'"1"'), ("msg_2", b'"2"')], ttl_s=60)
+    # another key that knows the id gets the head (to be refused), never the items
+    assert await conversations.get("conv_1", items=True, owner="bob") == KeptConversation(
+        "alice", 1700, b"{}")
+    kept = await conversations.get("conv_1", items=True, owner="alice")
+    assert kept is not None and kept.items == (b'"1"', b'"2"')
+    kept = await conversations.get("conv_1", items=True)  # an admin's read: anyone's
+    assert kept is not None and kept.items == (b'"1"', b'"2"')
+
+
 async def test_a_deleted_conversation_leaves_its_items_to_the_responses_made_in_it(
         conversations: ConversationStore) -> None:
     await conversations.create("conv_1", "alice", 1700, b"{}",

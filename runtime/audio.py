@@ -95,20 +95,27 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     prompt_tokens = live.counter.count(_field(fields, "prompt") or "")
     seconds = upload_seconds(upload.data)
     sent = tuple((name, value) for name, value in fields if name != "model")
+    # Every prompt field (a client may repeat one), which the input guardrails check.
+    prompts = tuple(value for name, value in sent if name == "prompt")
 
-    def transcription(candidate: Candidate) -> TranscriptionCall:
-        return TranscriptionCall(candidate.deployment, operation, sent, upload,
+    def transcription(candidate: Candidate, texts: tuple[str, ...]) -> TranscriptionCall:
+        given = sent
+        if texts is not prompts:  # the prompts as the route's input guardrails left them
+            checked = iter(texts)
+            given = tuple((name, next(checked) if name == "prompt" else value)
+                          for name, value in sent)
+        return TranscriptionCall(candidate.deployment, operation, given, upload,
                                  response_format, prompt_tokens, seconds)
 
-    def call(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
             [], Awaitable[TranscriptionResult]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).transcribe,
-                       transcription(candidate))
+                       transcription(candidate, texts))
 
-    def events(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
             [], Awaitable[EventStream]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment)
-                       .transcribe_events, transcription(candidate))
+                       .transcribe_events, transcription(candidate, texts))
 
     routed = partial(
         call_route, exchange, key, route, kind="transcription", model=model,
@@ -118,7 +125,8 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
             round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
         # Cut short, the audio sent was most likely billed (per minute, or its tokens).
         cut=Usage(prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND), 0,
-                  audio_seconds=seconds))
+                  audio_seconds=seconds),
+        texts=prompts)
     if streamed:
         if route.guardrails is not None and route.guardrails.output:
             # The output guardrails read a whole transcript; its events go out as they come.
@@ -161,27 +169,31 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     prompt_tokens = live.counter.count(request.input)
     characters = len(request.input)
     sent = request.model_dump(exclude_none=True)
+    # The input, and the instructions (how to speak it: a text the model reads as well).
+    said = (request.input,) if request.instructions is None else (
+        request.input, request.instructions)
+
+    def spoken(candidate: Candidate, texts: tuple[str, ...]) -> SpeechCall:
+        # The texts as the route's input guardrails left them.
+        return SpeechCall(candidate.deployment, {**sent, **dict(zip(
+            ("input", "instructions"), texts, strict=False))}, characters, prompt_tokens)
 
     def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
             [], Awaitable[SpeechResult]]:
-        # The input as the route's input guardrails left it.
-        spoken = SpeechCall(candidate.deployment, {**sent, "input": texts[0]}, characters,
-                            prompt_tokens)
-        return partial(audio_adapter(candidate.adapter, candidate.deployment).speak, spoken)
+        return partial(audio_adapter(candidate.adapter, candidate.deployment).speak,
+                       spoken(candidate, texts))
 
     def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
             [], Awaitable[EventStream]]:
-        spoken = SpeechCall(candidate.deployment, {**sent, "input": texts[0]}, characters,
-                            prompt_tokens)
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak_events,
-                       spoken)
+                       spoken(candidate, texts))
 
     routed = partial(
         call_route, exchange, key, route, kind="speech", model=request.model,
         prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "speech", prompt_tokens),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
         cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
-        texts=(request.input,))
+        texts=said)
     if request.stream_format == "sse":
         return await passed_on(exchange, route, await routed(
             call=events, noted=_noted_events, release=EventStream.cut, settles=False))

@@ -10,9 +10,10 @@ chat's order, so an embeddings call and a rerank call are counted, routed, bille
 and traced alike; each endpoint brings only what differs: its ``Ask`` (which members fit)
 and the call made to a member's adapter. Guardrails see the texts an endpoint names:
 its ``texts`` going out (an embeddings call's inputs, a rerank call's query and
-documents, an image's prompt, a speech's input), which the call is then made with, as
-the guardrails left them; and what ``checked`` walks of its answer (a transcript). A
-route without guardrails does none of this.
+documents, an image's prompt, a speech's input and instructions, a transcription's
+prompts), which the call is then made with, as the guardrails left them; and what
+``checked`` walks of its answer (a transcript). A route without guardrails does none of
+this.
 """
 
 from __future__ import annotations

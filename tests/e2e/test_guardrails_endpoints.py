@@ -1,13 +1,15 @@
 """Guardrails on the endpoints that are no chat, with a real ``aigw serve`` in front of the
 OpenAI fake and a webhook checker, through the official openai SDK: input guardrails on
-/v1/embeddings' inputs, /v1/rerank's query and documents, /v1/images/generations' prompt
-and /v1/audio/speech's input (a block is a 400 naming the guardrail and no call goes
-out; a redaction is what the upstream receives; a webhook's verdicts, kept), and output
-guardrails on a transcript in each of its formats."""
+/v1/embeddings' inputs, /v1/rerank's query and documents, /v1/images/generations' prompt,
+/v1/audio/speech's input and instructions and a transcription's prompt (a block is a 400
+naming the guardrail and no call goes out; a redaction is what the upstream receives; a
+webhook's verdicts, kept), and output guardrails on a transcript in each of its
+formats."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +152,48 @@ def test_a_webhook_denies_redacts_and_its_verdicts_are_kept(guarded: Guarded,
     call(guarded.client, model, f"please redact-me {kind}")  # the same texts again
     assert texts(guarded.sent())[-1] == f"please [CHECKED] {kind}"
     assert asked > before and len(guarded.checker.seen) == asked  # verdicts kept
+
+
+def test_a_speech_s_instructions_are_checked_as_its_input(guarded: Guarded) -> None:
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        guarded.client.audio.speech.create(model="speech", voice="alloy", input="hello",
+                                           instructions=f"whisper {SECRET}").read()
+    assert caught.value.code == "guardrail_blocked" and "no-secrets" in caught.value.message
+    assert len(guarded.upstream.script.requests) == calls
+    guarded.client.audio.speech.create(model="speech", voice="alloy", input="hello",
+                                       instructions="sound like jane.doe@example.com").read()
+    assert guarded.sent()["instructions"] == "sound like [EMAIL]"
+    assert guarded.sent()["input"] == "hello"
+
+
+@pytest.mark.parametrize("operation", ["transcriptions", "translations"])
+def test_a_transcription_s_prompt_is_checked_as_its_input(guarded: Guarded,
+                                                          operation: str) -> None:
+    audio = getattr(guarded.client.audio, operation)
+    calls = len(guarded.upstream.script.requests)
+    # The SDK marks OpenAI's translations deprecated.
+    with warnings.catch_warnings(action="ignore", category=DeprecationWarning):
+        with pytest.raises(openai.BadRequestError) as caught:
+            audio.create(model="transcribe", file=("talk.wav", wav(1.0)),
+                         prompt=f"the key is {SECRET}")
+        assert caught.value.code == "guardrail_blocked"
+        assert "no-secrets" in caught.value.message
+        assert len(guarded.upstream.script.requests) == calls
+        audio.create(model="transcribe", file=("talk.wav", wav(1.0)),
+                     prompt="spelled jane.doe@example.com")
+    assert guarded.sent()["prompt"] == "spelled [EMAIL]"
+
+
+def test_every_prompt_of_a_transcription_is_checked(guarded: Guarded) -> None:
+    # A form may repeat a field; each one is sent on, so each one is checked.
+    answer = httpx.post(f"{guarded.client.base_url}audio/transcriptions",
+                        headers={"Authorization": f"Bearer {guarded.client.api_key}"},
+                        files={"file": ("talk.wav", wav(1.0))},
+                        data={"model": "transcribe",
+                              "prompt": ["plain", "mail jane.doe@example.com"]})
+    assert answer.status_code == 200, answer.text
+    assert guarded.sent()["prompt"] == ["plain", "mail [EMAIL]"]
 
 
 def test_a_route_without_guardrails_sends_the_inputs_as_they_came(guarded: Guarded) -> None:

@@ -137,7 +137,11 @@ class _A2a:
             "url": url, "preferredTransport": "JSONRPC",
             "protocolVersion": a2a_v03.PROTOCOL_VERSION,
             "version": self._graph().fingerprint[:12],
-            "capabilities": {"streaming": True, "pushNotifications": False},
+            # No extended card: GetExtendedAgentCard is refused, as 1.0 (3.3.4) and 0.3
+            # (supportsAuthenticatedExtendedCard) say for a card that says so.
+            "capabilities": {"streaming": True, "pushNotifications": False,
+                             "extendedAgentCard": False},
+            "supportsAuthenticatedExtendedCard": False,
             "securitySchemes": {"aigw": {"httpAuthSecurityScheme": {"scheme": "Bearer"},
                                          "type": "http", "scheme": "bearer"}},
             "securityRequirements": [{"schemes": {"aigw": {"list": []}}}],
@@ -170,6 +174,7 @@ class _A2a:
         live.telemetry.started(record)
         record.span, record.trace_context = pipeline_span(live, f"invoke_agent {name}", name,
                                                           request.headers)
+        method, legacy = "", False
         try:
             try:
                 body = json.loads(await request.body())
@@ -196,9 +201,10 @@ class _A2a:
             if legacy:
                 result = a2a_v03.result(result)
         except RpcError as exc:
-            record.error = str(exc.code)  # the JSON-RPC code, as the client got it
+            code = a2a_v03.error_code(method, exc.code) if legacy else exc.code
+            record.error = str(code)  # the JSON-RPC code, as the client got it
             return JSONResponse({"jsonrpc": "2.0", "id": call_id[0],
-                                 "error": {"code": exc.code, "message": exc.message}})
+                                 "error": {"code": code, "message": exc.message}})
         return JSONResponse({"jsonrpc": "2.0", "id": call_id[0], "result": result})
 
     async def _call(self, request: Request, record: RequestRecord, key: ApiKey, name: str,
@@ -207,6 +213,10 @@ class _A2a:
             return await self._send(request, record, key, name, params)
         if method in _PUSH_CONFIG:
             raise RpcError(PUSH_NOT_SUPPORTED, _NO_PUSH)
+        if method == "GetExtendedAgentCard":
+            raise RpcError(UNSUPPORTED_OPERATION, "this agent has no extended card "
+                           "(capabilities.extendedAgentCard: false): its card at "
+                           ".well-known/agent-card.json is the whole of it")
         if method not in ("GetTask", "CancelTask"):
             raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not supported; this "
                            "agent takes SendMessage, SendStreamingMessage, GetTask, "

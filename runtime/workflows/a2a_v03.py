@@ -23,7 +23,13 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .a2a_wire import METHOD_NOT_FOUND, VERSION_NOT_SUPPORTED, RpcError
+from .a2a_wire import (
+    EXTENDED_CARD_NOT_CONFIGURED,
+    METHOD_NOT_FOUND,
+    UNSUPPORTED_OPERATION,
+    VERSION_NOT_SUPPORTED,
+    RpcError,
+)
 
 PROTOCOL_VERSION = "0.3"
 
@@ -39,6 +45,7 @@ METHODS: Mapping[str, str] = MappingProxyType({
     "tasks/pushNotificationConfig/get": "GetTaskPushNotificationConfig",
     "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
     "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
+    "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
 })
 
 _STATES: Mapping[str, str] = MappingProxyType({
@@ -68,6 +75,16 @@ def negotiated(method: str, version: str | None) -> tuple[str, bool]:
             raise RpcError(METHOD_NOT_FOUND, f"method '{method}' is not A2A {said}'s, "
                            "the version the A2A-Version header names")
     return (METHODS[method], True) if legacy else (method, False)
+
+
+def error_code(method: str, code: int) -> int:
+    """The code 0.3 gives the error 1.0 answered ``method`` (1.0's) with: an agent without
+    an extended card refuses GetExtendedAgentCard with UnsupportedOperationError (1.0,
+    3.3.4), and agent/getAuthenticatedExtendedCard with 0.3's one error for it,
+    AuthenticatedExtendedCardNotConfiguredError; the others are the same in both."""
+    if method == "GetExtendedAgentCard" and code == UNSUPPORTED_OPERATION:
+        return EXTENDED_CARD_NOT_CONFIGURED
+    return code
 
 
 def params(given: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +121,10 @@ def stream_result(found: dict[str, Any], *, last: bool) -> dict[str, Any]:
                 "final": last or shown["state"] in _FINAL_STATES}
     if "artifactUpdate" in found:
         update = found["artifactUpdate"]
-        return {"kind": "artifact-update", "taskId": update["taskId"],
-                "contextId": update["contextId"], "artifact": artifact(update["artifact"]),
+        # 0.3's fields are 1.0's: ``append`` and ``lastChunk`` (false where 1.0 leaves
+        # them out, its JSON form's default) and ``metadata``, passed on as they are.
+        return {"kind": "artifact-update", **update, "artifact": artifact(update["artifact"]),
+                "append": update.get("append", False),
                 "lastChunk": update.get("lastChunk", False)}
     return message(found["message"])
 

@@ -101,7 +101,8 @@ def test_message_stream_is_sse_of_0_3_objects_the_last_one_final(a2a_gateway: Se
     assert (working["kind"], working["status"]["state"], working["final"]) == \
         ("status-update", "working", False)
     assert artifact == {"kind": "artifact-update", "taskId": task["id"],
-                        "contextId": task["id"], "lastChunk": True, "artifact": {
+                        "contextId": task["id"], "append": False, "lastChunk": True,
+                        "artifact": {
                             "artifactId": "output", "name": "output",
                             "parts": [{"kind": "text", "text": CHAIN_OUTPUT}]}}
     assert (completed["status"]["state"], completed["final"]) == ("completed", True)

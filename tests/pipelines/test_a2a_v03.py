@@ -160,6 +160,26 @@ async def test_the_a2a_version_header_picks_the_version_and_push_is_refused(
         assert answer["error"]["message"].startswith("push notifications are not supported")
 
 
+async def test_the_extended_card_is_refused_in_each_version_s_words(serve: Serve) -> None:
+    """The card says there is none (0.3's supportsAuthenticatedExtendedCard, 1.0's
+    capabilities.extendedAgentCard): 1.0 answers UnsupportedOperationError (3.3.4), 0.3
+    its one error for the method, AuthenticatedExtendedCardNotConfiguredError; neither
+    "method not found"."""
+    served = await serve({"greet": GREET})
+    card = (await served.http.get("/a2a/greet/.well-known/agent-card.json")).json()
+    assert card["supportsAuthenticatedExtendedCard"] is False
+    assert card["capabilities"]["extendedAgentCard"] is False
+    for method, headers, code in (
+        ("agent/getAuthenticatedExtendedCard", {}, -32007),
+        ("agent/getAuthenticatedExtendedCard", {"A2A-Version": "0.3"}, -32007),
+        ("GetExtendedAgentCard", {}, -32004),
+        ("GetExtendedAgentCard", {"A2A-Version": "1.0"}, -32004),
+    ):
+        answer = await _call(served, method, {}, **headers)
+        assert answer["error"]["code"] == code, (method, headers, answer)
+        assert "no extended card" in answer["error"]["message"]
+
+
 async def test_a_stream_whose_time_is_up_ends_with_a_final_status_update(
     serve: Serve,
 ) -> None:
@@ -199,3 +219,16 @@ def test_outputs_that_are_not_objects_are_held_as_0_3_data_parts_are() -> None:
     assert a2a_v03.part({"data": [1, 2]}) == {
         "kind": "data", "data": {"value": [1, 2]}, "metadata": {"data_part_compat": True}}
     assert a2a_v03.part({"data": {"a": 1}}) == {"kind": "data", "data": {"a": 1}}
+
+
+def test_an_artifact_update_keeps_append_last_chunk_and_metadata() -> None:
+    update = {"taskId": "t", "contextId": "t", "append": True, "lastChunk": False,
+              "metadata": {"seq": 2}, "artifact": {"artifactId": "a", "parts": [{"text": "x"}]}}
+    assert a2a_v03.stream_result({"artifactUpdate": update}, last=False) == {
+        "kind": "artifact-update", "taskId": "t", "contextId": "t", "append": True,
+        "lastChunk": False, "metadata": {"seq": 2},
+        "artifact": {"artifactId": "a", "parts": [{"kind": "text", "text": "x"}]}}
+    # 1.0's JSON leaves its defaults (false) out; 0.3's answer says them.
+    bare = {"taskId": "t", "contextId": "t", "artifact": update["artifact"]}
+    shown = a2a_v03.stream_result({"artifactUpdate": bare}, last=True)
+    assert (shown["append"], shown["lastChunk"]) == (False, False)

@@ -58,8 +58,9 @@ class Withheld(Exception):
 
 
 Span = tuple[int, int, str]  # start, end, replacement
-# One text through a route's guardrails: as they let it through, or ``Withheld``.
-Check = Callable[[str], Awaitable[str]]
+# Texts through a route's guardrails (``guard_texts``: at once where a webhook is among
+# them): as they let them through, the same tuple when none changed, or ``Withheld``.
+Check = Callable[[tuple[str, ...]], Awaitable[tuple[str, ...]]]
 
 
 def spans(guardrail: Guardrail, text: str) -> list[Span]:

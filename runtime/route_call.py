@@ -37,7 +37,7 @@ from .chat import (
     run_attempts,
 )
 from .errors import BadRequest, GuardrailBlocked, OutputWithheld
-from .guardrails import Check, Withheld, check_text, guard_texts
+from .guardrails import Check, Withheld, guard_texts
 from .incoming import unless_gone
 from .policy_request import authorize_route
 from .providers.base import Usage
@@ -140,7 +140,7 @@ async def _guarded_answer(exchange: Exchange, guardrails: tuple[Guardrail, ...],
     call was made, and is billed."""
     record = exchange.record
     try:
-        value = await checked(won.value, partial(check_text, guardrails, direction="output",
+        value = await checked(won.value, partial(guard_texts, guardrails, direction="output",
                                                  record=record, client=exchange.live.guard))
     except Withheld as exc:
         error = OutputWithheld(exc.guardrail)

@@ -7,8 +7,10 @@
     srt, vtt       each cue's text lines; the cue numbers, timings and the WEBVTT header
                    are the format's, and are kept as they came
 
-A body that is not the JSON its format says is checked whole, as text: a guardrail
-never lets a transcript through unread.
+A transcript's texts are checked in one ``Check``: at once where a webhook is among the
+guardrails (an hour's words asked one after another waited thousands of checker calls).
+A body that is not the JSON its format says is checked whole, as text: a guardrail never
+lets a transcript through unread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from typing import Any
 from .guardrails import Check, checked_strings
 from .providers.audio import TranscriptionResult
 
+# Where a verbose_json's texts are: a field of the answer (index None), or the ``key``
+# of the item ``index`` of the answer's list ``field``.
+_Place = tuple[str, int | None, str]
+
 
 async def checked_transcript(response_format: str, result: TranscriptionResult,
                              check: Check) -> TranscriptionResult:
@@ -30,7 +36,7 @@ async def checked_transcript(response_format: str, result: TranscriptionResult,
     elif response_format in ("srt", "vtt"):
         checked = await _checked_cues(text, check)
     else:
-        checked = await check(text) if text else text
+        (checked,) = await check((text,))
     return result if checked == text else replace(result, body=checked.encode())
 
 
@@ -40,31 +46,55 @@ async def _checked_json(text: str, check: Check) -> str:
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        return await check(text) if text else text
-    update: dict[str, Any] = {}
-    if isinstance(answer.get("text"), str) and answer["text"]:
-        update["text"] = await check(answer["text"])
+        return await _first(check, text)
+    places: list[_Place] = []
+    texts: list[str] = []
+    odd: list[tuple[str, int, str]] = []  # no string (no OpenAI answer's): its strings
+    if isinstance(answer.get("text"), str):
+        places.append(("text", None, "text"))
+        texts.append(answer["text"])
     for field, key in (("segments", "text"), ("words", "word")):
         items = answer.get(field)
-        if isinstance(items, list):
-            update[field] = [await _checked_item(item, key, check) for item in items]
-    changed = {name: value for name, value in update.items() if value != answer[name]}
-    return json.dumps({**answer, **changed}) if changed else text
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if isinstance(item, dict) and isinstance(item.get(key), str):
+                places.append((field, index, key))
+                texts.append(item[key])
+            elif isinstance(item, dict) and key in item:
+                odd.append((field, index, key))
+    changed = False
+    for (name, at, key), old, new in zip(places, texts, await check(tuple(texts)),
+                                         strict=True):
+        if new != old:
+            _put(answer, name, at, key, new)
+            changed = True
+    for name, position, key in odd:
+        value = answer[name][position][key]
+        found = await checked_strings(value, lambda one: _first(check, one))
+        if found is not value:
+            _put(answer, name, position, key, found)
+            changed = True
+    return json.dumps(answer) if changed else text
 
 
-async def _checked_item(item: Any, key: str, check: Check) -> Any:
-    if not isinstance(item, dict) or key not in item:
-        return item
-    return {**item, key: await checked_strings(item[key], check)}
+def _put(answer: dict[str, Any], field: str, index: int | None, key: str, value: Any) -> None:
+    if index is None:
+        answer[field] = value
+    else:
+        answer[field][index] = {**answer[field][index], key: value}
+
+
+async def _first(check: Check, text: str) -> str:
+    (checked,) = await check((text,))
+    return checked
 
 
 async def _checked_cues(text: str, check: Check) -> str:
-    """An SRT or WebVTT transcript with each cue's text lines checked, one at a time."""
+    """An SRT or WebVTT transcript with each cue's text lines checked."""
     lines = text.split("\n")
-    for index, line in enumerate(lines):
-        bare = line.strip()
-        if not bare or bare.isdigit() or "-->" in bare or (index == 0 and
-                                                          bare.startswith("WEBVTT")):
-            continue
-        lines[index] = await check(line)
+    cues = [index for index, line in enumerate(lines) if (bare := line.strip())
+            and not bare.isdigit() and "-->" not in bare
+            and not (index == 0 and bare.startswith("WEBVTT"))]
+    checked = await check(tuple(lines[index] for index in cues))
+    for index, line in zip(cues, checked, strict=True):
+        lines[index] = line
     return "\n".join(lines)

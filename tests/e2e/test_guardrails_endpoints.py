@@ -260,3 +260,13 @@ def test_a_webhook_judges_a_transcript(guarded: Guarded) -> None:
     body = _transcribe(guarded, "transcribe-checked", "please redact-me now", "json")
     assert "please [CHECKED] now" in body
     assert guarded.checker.seen[-1]["direction"] == "output"
+
+
+def test_a_transcript_s_texts_are_judged_at_once(guarded: Guarded) -> None:
+    # Each word of a verbose_json is checked: one after another, an hour's words waited
+    # thousands of checker calls (here each takes 0.2 s).
+    guarded.checker.most_at_once = 0
+    words = " ".join(f"slow-{index}" for index in range(8))
+    body = json.loads(_transcribe(guarded, "transcribe-checked", words, "verbose_json"))
+    assert [word["word"] for word in body["words"]] == words.split()
+    assert guarded.checker.most_at_once > 1

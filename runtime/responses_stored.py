@@ -162,7 +162,8 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
     most = settings.responses_chain_max_bytes
     param = "previous_response_id" if continuing else "response_id"
     store = await live.store.responses()
-    found = await store.chain(response_id, depth + 1, most)
+    found = await store.chain(response_id, depth + 1, most,
+                              owner=None if key.admin else key.name)
     records: list[_Record] = []
     for link in found:
         if link.key != key.name and not key.admin:

@@ -77,10 +77,12 @@ CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)
 # stopping after the one that takes their parts past ARGV[4] bytes; each record is four
 # values (key, body, items, previous: "" for none), newest first.
 CHAIN = """
-local prefix, id = ARGV[1], ARGV[2]
+local prefix, id, owner = ARGV[1], ARGV[2], ARGV[5]
 local links, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, bytes = {}, 0
 for _ = 1, links do
+  local key = redis.call('HGET', prefix .. id, 'key')
+  if not key or (owner ~= '' and key ~= owner) then break end
   local v = redis.call('HMGET', prefix .. id, 'key', 'body', 'items', 'previous')
   if not v[1] or not v[2] then break end
   local items, previous = v[3] or '', v[4] or ''
@@ -154,10 +156,14 @@ class ResponseStore(Protocol):
         never kept, has expired or was deleted."""
         ...
 
-    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+    async def chain(self, response_id: str, links: int, max_bytes: int,
+                    owner: str | None = None) -> list[KeptResponse]:
         """The response and those before it (``previous``), newest first, with their
         items: at most ``links``, ending with the first one not found, the first without
-        a ``previous``, or the one that takes their bodies and items past ``max_bytes``."""
+        a ``previous``, or the one that takes their bodies and items past ``max_bytes``.
+        With an ``owner`` (a key's name; None for an admin's read, of any), a record of
+        another key ends it too, before its body is read: another key that knows an id
+        does not make the store read up to ``max_bytes`` only to be refused."""
         ...
 
     async def delete(self, response_id: str) -> bool:
@@ -203,9 +209,10 @@ class SQLiteResponses:
         return await self._db.call(partial(_select, response_id, self._clock(), items),
                                    single=True)
 
-    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+    async def chain(self, response_id: str, links: int, max_bytes: int,
+                    owner: str | None = None) -> list[KeptResponse]:
         return await self._db.call(partial(_chain, response_id, self._clock(), links,
-                                           max_bytes), single=True)
+                                           max_bytes, owner), single=True)
 
     async def delete(self, response_id: str) -> bool:
         return await self._db.call(partial(_delete, response_id, self._clock()), single=True)
@@ -251,13 +258,14 @@ def _insert(response_id: str, key: str, created_at: float, expires_at: float, bo
         "AND expires_at < ?", walk)
 
 
-def _chain(response_id: str, now: float, links: int, max_bytes: int,
+def _chain(response_id: str, now: float, links: int, max_bytes: int, owner: str | None,
            connection: sqlite3.Connection) -> list[KeptResponse]:
     found: list[KeptResponse] = []
     size, next_id = 0, response_id
     while len(found) < links:
         row = connection.execute('SELECT "key", body, items, previous FROM responses '
-                                 "WHERE id = ? AND expires_at > ?", (next_id, now)).fetchone()
+                                 'WHERE id = ? AND expires_at > ? AND (? IS NULL OR "key" = ?)',
+                                 (next_id, now, owner, owner)).fetchone()
         if row is None:
             break
         found.append(KeptResponse(row[0], bytes(row[1]), bytes(row[2]), row[3]))
@@ -354,10 +362,12 @@ class RedisResponses:
         return KeptResponse(key.decode(), body, kept,
                             previous.decode() if isinstance(previous, bytes) else None)
 
-    async def chain(self, response_id: str, links: int, max_bytes: int) -> list[KeptResponse]:
+    async def chain(self, response_id: str, links: int, max_bytes: int,
+                    owner: str | None = None) -> list[KeptResponse]:
         self.check()
         try:
-            found = await self._chain(args=[self._prefix, response_id, links, max_bytes])
+            found = await self._chain(args=[self._prefix, response_id, links, max_bytes,
+                                            owner or ""])
         except (RedisError, OSError) as exc:
             raise self.failed(exc) from exc
         assert isinstance(found, list)

@@ -148,6 +148,12 @@ async def _chain_walked(store: SQLiteResponses | RedisResponses) -> None:
     assert await store.chain("resp_3", 2, 1000) == [third, second]  # at most 2 links
     assert await store.chain("resp_3", 10, 7) == [third, second]  # 12 bytes read: past 7
     assert await store.chain("resp_4", 10, 1000) == []
+    # Another key's records are not read: the walk ends before them.
+    assert await store.chain("resp_3", 10, 1000, owner="alice") == [third, second, first]
+    assert await store.chain("resp_3", 10, 1000, owner="bob") == []
+    await store.put("resp_5", "bob", b"{5}", b"[e]", ttl_s=60, previous="resp_3")
+    assert await store.chain("resp_5", 10, 1000, owner="bob") == [
+        KeptResponse("bob", b"{5}", b"[e]", "resp_3")]
     assert await store.delete("resp_2") is True
     assert await store.chain("resp_3", 10, 1000) == [third]  # the walk stops at the gap
 

@@ -132,7 +132,8 @@ async def _found(live: Live, key: ApiKey, response_id: str) -> _Record | None:
     """The record of ``response_id`` (its body alone) if ``key`` may read it: a kept
     response, or the marker of one answered and not kept (``_NOT_KEPT``, why)."""
     store = await live.store.responses()
-    found: KeptResponse | None = await store.get(response_id, items=False)
+    found: KeptResponse | None = await store.get(response_id, items=False,
+                                                 owner=None if key.admin else key.name)
     if found is None or (found.key != key.name and not key.admin):
         return None
     return _Record(jsonio.loads(found.body), found.items)

@@ -151,9 +151,11 @@ class ResponseStore(Protocol):
         Redis) finds them once this returns."""
         ...
 
-    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
+    async def get(self, response_id: str, *, items: bool = True,
+                  owner: str | None = None) -> KeptResponse | None:
         """The response (its items too unless ``items`` is False), or None when it was
-        never kept, has expired or was deleted."""
+        never kept, has expired or was deleted, or, with an ``owner`` (a key's name), is
+        another key's: its body is then not read."""
         ...
 
     async def chain(self, response_id: str, links: int, max_bytes: int,
@@ -205,8 +207,9 @@ class SQLiteResponses:
     def conversations(self) -> ConversationStore:
         return self._conversations
 
-    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
-        return await self._db.call(partial(_select, response_id, self._clock(), items),
+    async def get(self, response_id: str, *, items: bool = True,
+                  owner: str | None = None) -> KeptResponse | None:
+        return await self._db.call(partial(_select, response_id, self._clock(), items, owner),
                                    single=True)
 
     async def chain(self, response_id: str, links: int, max_bytes: int,
@@ -276,11 +279,12 @@ def _chain(response_id: str, now: float, links: int, max_bytes: int, owner: str 
     return found
 
 
-def _select(response_id: str, now: float, items: bool,
+def _select(response_id: str, now: float, items: bool, owner: str | None,
             connection: sqlite3.Connection) -> KeptResponse | None:
     columns = '"key", body, items, previous' if items else '"key", body, x\'\', previous'
-    row = connection.execute(f"SELECT {columns} FROM responses WHERE id = ? AND expires_at > ?",
-                             (response_id, now)).fetchone()
+    row = connection.execute(f"SELECT {columns} FROM responses WHERE id = ? AND expires_at > ? "
+                             'AND (? IS NULL OR "key" = ?)',
+                             (response_id, now, owner, owner)).fetchone()
     return None if row is None else KeptResponse(row[0], bytes(row[1]), bytes(row[2]), row[3])
 
 
@@ -348,10 +352,15 @@ class RedisResponses:
         except (RedisError, OSError) as exc:
             raise self.failed(exc) from exc
 
-    async def get(self, response_id: str, *, items: bool = True) -> KeptResponse | None:
+    async def get(self, response_id: str, *, items: bool = True,
+                  owner: str | None = None) -> KeptResponse | None:
         self.check()
         fields = ["key", "body", "previous", "items"] if items else ["key", "body", "previous"]
         try:
+            if owner is not None:  # its key first: another key's body is not read
+                key = await self.redis.hget(self._prefix + response_id, "key")
+                if key != owner.encode():
+                    return None
             found = await self.redis.hmget(self._prefix + response_id, fields)
         except (RedisError, OSError) as exc:
             raise self.failed(exc) from exc

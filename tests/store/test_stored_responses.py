@@ -145,6 +145,8 @@ async def _chain_walked(store: SQLiteResponses | RedisResponses) -> None:
                             KeptResponse("alice", b"{1}", b"[a]"))
     assert await store.chain("resp_3", 10, 1000) == [third, second, first]
     assert await store.get("resp_3") == third
+    assert await store.get("resp_3", owner="alice") == third
+    assert await store.get("resp_3", owner="bob") is None  # another key's: not read
     assert await store.chain("resp_3", 2, 1000) == [third, second]  # at most 2 links
     assert await store.chain("resp_3", 10, 7) == [third, second]  # 12 bytes read: past 7
     assert await store.chain("resp_4", 10, 1000) == []

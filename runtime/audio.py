@@ -88,6 +88,12 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
         raise BadRequest(f"Invalid value for 'response_format': {response_format!r}; expected "
                          f"one of {', '.join(RESPONSE_FORMATS)}.", param="response_format")
     streamed = (_field(fields, "stream") or "false").lower() not in ("false", "0")
+    if operation == "translations":
+        # OpenAI's translations endpoint has no stream: it refuses the field (as its other
+        # unknown ones), and would answer whole anyway, no events to pass on.
+        if streamed:
+            raise BadRequest("Translations do not stream: leave 'stream' out.", param="stream")
+        fields = tuple((name, value) for name, value in fields if name != "stream")
     _check_temperature(_field(fields, "temperature"))
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, model)

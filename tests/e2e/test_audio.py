@@ -161,6 +161,20 @@ def test_a_translation_goes_to_the_translations_endpoint(audio: Audio) -> None:
     assert (line["endpoint"], line["route"], line["status"]) == ("translations", "whisper", 200)
 
 
+def test_a_streamed_translation_is_refused_before_it_is_sent(audio: Audio) -> None:
+    """OpenAI's translations endpoint has no stream (it refuses the field): a 400 naming
+    it, nothing sent; ``stream=false`` is the default, left out of what is sent."""
+    with pytest.deprecated_call(), pytest.raises(openai.BadRequestError) as refused:
+        audio.client.audio.translations.create(model="whisper", file=("speech.wav", wav(1.0)),
+                                               extra_body={"stream": True})
+    assert refused.value.status_code == 400 and refused.value.param == "stream"
+    assert audio.openai.script.requests == []
+    with pytest.deprecated_call():
+        audio.client.audio.translations.create(model="whisper", file=("speech.wav", wav(1.0)),
+                                               extra_body={"stream": False})
+    assert set(audio.openai.script.requests[-1]) == {"model", "file"}
+
+
 def test_whisper_is_billed_per_minute_of_the_duration_it_reports(audio: Audio) -> None:
     response = audio.client.audio.transcriptions.with_raw_response.create(
         model="whisper", file=("speech.wav", wav(2.0)), response_format="verbose_json")

@@ -21,7 +21,9 @@ they come (runtime/media_stream.py) and billed for the completed event's usage.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -50,6 +52,8 @@ from .telemetry.tracing import Span
 
 if TYPE_CHECKING:
     from .exchange import Exchange
+
+log = logging.getLogger("aigw.routing")
 
 # OpenAI's own bounds: 1 to 10 images a request (DALL-E 3 takes 1), a prompt of at most
 # 32,000 characters (gpt-image-1's; DALL-E's are shorter, and their API says so).
@@ -95,7 +99,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         (prompt,) = texts  # as the route's input guardrails left it
         drawing = ImageCall(candidate.deployment, prompt, request.n, request.size,
                             request.response_format, params, prompt_tokens)
-        return partial(candidate.adapter.generate_images, drawing)
+        return partial(_drawn, candidate, drawing)
 
     def held(deployment: Deployment) -> float:
         price = deployment.price
@@ -123,6 +127,22 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
             call=events, noted=_noted_events, release=EventStream.cut, settles=False))
     won = await routed(call=call, noted=_noted)
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
+
+
+async def _drawn(candidate: Candidate, drawing: ImageCall) -> ImageResult:
+    """The images ``drawing`` asked for, at most its ``n``: an upstream that answered
+    more has the first ``n`` passed on and billed (a token-billed model's output tokens
+    in proportion), its excess logged. The hold was for ``n``, and the client asked for
+    ``n``; a 502 instead would bill nothing for images the provider most likely charged,
+    and send the prompt to the next member to be drawn and charged again."""
+    result = await candidate.adapter.generate_images(drawing)
+    if len(result.images) <= drawing.n:
+        return result
+    log.warning("deployment '%s' answered %d images where %d were asked: the first %d "
+                "passed on and billed", candidate.deployment.name, len(result.images),
+                drawing.n, drawing.n)
+    return replace(result, images=result.images[:drawing.n],
+                   output_tokens=result.output_tokens * drawing.n // len(result.images))
 
 
 def _noted(span: Span, result: ImageResult) -> None:

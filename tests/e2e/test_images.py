@@ -96,6 +96,23 @@ def test_urls_are_answered_and_n_images_billed_at_their_size(painters: Painters)
         pytest.approx(0.04)  # per_image
 
 
+@pytest.mark.parametrize(("model", "cost"), [
+    ("dall-e-3", 2 * 0.08), ("gpt-image", (4 * 5 + 2 * 272 * 40) / 1e6)])
+def test_an_upstream_that_draws_more_than_n_is_billed_n(
+    painters: Painters, model: str, cost: float,
+) -> None:
+    """The hold was for ``n`` images: the first ``n`` are passed on and billed (the
+    output tokens in proportion), the excess logged."""
+    painters.upstream.extra_images = 3
+    raw = painters.client.images.with_raw_response.generate(
+        model=model, prompt=PROMPT, n=2, size="1792x1024")
+    answer = raw.parse()
+    assert answer.data is not None and len(answer.data) == 2
+    row = painters.server.ledger_row(raw.headers["x-request-id"])
+    assert (row["status"], row["cost"]) == (200, pytest.approx(cost))
+    assert "answered 5 images where 2 were asked" in painters.server.log
+
+
 def test_base64_is_answered_when_asked(painters: Painters) -> None:
     answer = painters.client.images.generate(model="dall-e-3", prompt=PROMPT,
                                              response_format="b64_json", quality="hd",

@@ -187,6 +187,7 @@ class OpenAIFake(AudioFake):
         # Of an embedding whose request does not ask for ``dimensions``.
         self.embedding_dimensions = 8
         self.line_ending = "\n"  # of a stream's lines: "\n", "\r\n" or "\r"
+        self.extra_images = 0  # drawn beyond the n asked (an upstream that overdraws)
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -485,7 +486,7 @@ class OpenAIFake(AudioFake):
             return _invalid("Unknown parameter: 'response_format'.", "response_format")
         digest = hashlib.sha256(f"{model}:{prompt}".encode()).hexdigest()[:12]
         data: list[dict[str, Any]] = []
-        for index in range(n):
+        for index in range(n + self.extra_images):
             if token_billed or body.get("response_format") == "b64_json":
                 row: dict[str, Any] = {"b64_json": base64.b64encode(
                     f"fake image {index} of {prompt}".encode()).decode()}
@@ -503,8 +504,9 @@ class OpenAIFake(AudioFake):
             prompt_tokens = len(prompt.split())
             answer.update(size=body.get("size", "1024x1024"), quality=body.get("quality", "high"),
                           background="opaque", output_format="png",
-                          usage={"input_tokens": prompt_tokens, "output_tokens": 272 * n,
-                                 "total_tokens": prompt_tokens + 272 * n,
+                          usage={"input_tokens": prompt_tokens,
+                                 "output_tokens": 272 * len(data),
+                                 "total_tokens": prompt_tokens + 272 * len(data),
                                  "input_tokens_details": {"text_tokens": prompt_tokens,
                                                           "image_tokens": 0}})
         return JSONResponse(answer)

@@ -139,8 +139,8 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
             raise BadRequest(f"'{route.name}' checks transcripts with output guardrails, "
                              "which read the whole text: ask without 'stream'.",
                              param="stream")
-        return await passed_on(exchange, route, await routed(
-            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+        return await passed_on(exchange, route,
+                               partial(routed, call=events, noted=_noted_events))
     won = await routed(call=call, noted=_noted_transcript,
                        checked=partial(checked_transcript, response_format))
     return Response(won.value.body, headers={**answer_headers(exchange, route, won),
@@ -201,8 +201,8 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
         texts=said)
     if request.stream_format == "sse":
-        return await passed_on(exchange, route, await routed(
-            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+        return await passed_on(exchange, route,
+                               partial(routed, call=events, noted=_noted_events))
     won = await routed(call=call, noted=_noted_speech,
                        release=lambda result: result.audio.aclose())
     audio = won.value.audio

@@ -235,6 +235,7 @@ async def call_upstream(
     live: Live, record: RequestRecord, quotas: DeploymentQuotas, candidate: Candidate,
     hold_tokens: int, prompt_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
     noted: Callable[[Span, A], None], cut: Usage | None = None,
+    holds: dict[str, Hold | None] | None = None,
 ) -> A:
     """One attempt at a whole answer from ``candidate`` (``call``, GenAI's ``operation``:
     chat, embeddings): its deployment's own rpm/tpm held for ``hold_tokens`` (over it, the
@@ -242,7 +243,9 @@ async def call_upstream(
     answer used; if the call failed its quota is given back, and if it was cut short
     (cancelled) it is billed ``cut``, else an estimate from ``prompt_tokens``
     (``quotas.failed``); the upstream's time counted as such, not as the
-    gateway's overhead; the attempt's span, which ``noted`` labels with the answer."""
+    gateway's overhead; the attempt's span, which ``noted`` labels with the answer.
+    ``holds``: the answer is a stream, whose usage is known at its end: its hold is kept
+    there (by deployment) for the stream to settle, not settled with the estimate."""
     hold = await quotas.take(candidate.deployment, hold_tokens)
     record.waiting_upstream()
     with attempt_span(live, record, candidate, operation=operation) as span:
@@ -255,7 +258,10 @@ async def call_upstream(
             raise
         finally:
             record.waited_upstream()
-        await quotas.settle(hold, result.usage.total_tokens)
+        if holds is None:
+            await quotas.settle(hold, result.usage.total_tokens)
+        else:
+            holds[candidate.deployment.name] = hold
         if span is not NO_SPAN:  # untraced: nothing to label
             noted(span, result)
     return result

@@ -123,8 +123,8 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
         texts=(request.prompt,))
     if request.stream:
-        return await passed_on(exchange, route, await routed(
-            call=events, noted=_noted_events, release=EventStream.cut, settles=False))
+        return await passed_on(exchange, route,
+                               partial(routed, call=events, noted=_noted_events))
     won = await routed(call=call, noted=_noted)
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
 

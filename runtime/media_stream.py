@@ -3,16 +3,17 @@
 event, as the provider sent them, and billed as it ends.
 
 The request was held and routed as a whole answer is (runtime/route_call.py, with
-``settles=False``); its stream is billed for the usage its last event reports
-(``transcript.text.done``, ``speech.audio.done``, ``image_generation.completed``), else
-for the hold's estimate: a stream the client left, or one the upstream broke off, is
-billed that estimate and recorded as cut (499, or 503 in a shutdown). The upstream's
-answer is let go as soon as the client's stream ends, however it ends.
+``holds``); its stream is billed, and its deployment's own tpm settled, for the usage its
+last event reports (``transcript.text.done``, ``speech.audio.done``,
+``image_generation.completed``), else for the hold's estimate: a stream the client
+left, or one the upstream broke off, is billed that estimate and recorded as cut (499,
+or 503 in a shutdown). The upstream's answer is let go as soon as the client's stream
+ends, however it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from starlette.responses import StreamingResponse
 
 from aigw.compiler.graph import Route
 
+from .admission import DeploymentQuotas, Hold
 from .chat import bill_answer
 from .errors import GatewayError
 from .providers.events import EventStream
@@ -33,15 +35,21 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 
-async def passed_on(exchange: Exchange, route: Route, won: Won[EventStream]) -> StreamingResponse:
-    """The ``text/event-stream`` response of ``won``'s events; the request is billed,
-    settled, recorded and finished when the stream ends."""
+async def passed_on(exchange: Exchange, route: Route,
+                    routed: Callable[..., Awaitable[Won[EventStream]]]) -> StreamingResponse:
+    """The ``text/event-stream`` response of the events ``routed`` (``call_route`` with
+    all but ``release`` and ``holds``) opened; the request is billed, settled, recorded
+    and finished when the stream ends."""
+    holds: dict[str, Hold | None] = {}
+    won = await routed(release=EventStream.cut, holds=holds)
+    hold = holds.pop(won.candidate.deployment.name, None)  # its losers' were settled
     headers = answer_headers(exchange, route, won)
     exchange.record.stream = True  # its record is finished by the stream, not the answer
-    return await settled_stream(_events(exchange, won), headers)
+    return await settled_stream(_events(exchange, won, hold), headers)
 
 
-async def _events(exchange: Exchange, won: Won[EventStream]) -> AsyncGenerator[bytes, None]:
+async def _events(exchange: Exchange, won: Won[EventStream],
+                  hold: Hold | None) -> AsyncGenerator[bytes, None]:
     live, record, stream = exchange.live, exchange.record, won.value
     provider = won.candidate.deployment.provider
     usage = None
@@ -74,6 +82,8 @@ async def _events(exchange: Exchange, won: Won[EventStream]) -> AsyncGenerator[b
         with anyio.CancelScope(shield=True):
             try:
                 await stream.aclose()  # the upstream cut, if it was not at its end
+                # The deployment's own tpm, as a chat stream's: what it used, known now.
+                await DeploymentQuotas.settle(hold, (usage or stream.usage).total_tokens)
             finally:
                 bill_answer(live, record, won if usage is None
                             else replace(won, value=replace(stream, usage=usage)))

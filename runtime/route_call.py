@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from aigw.compiler.graph import ApiKey, Deployment, Route
 from aigw.compiler.guardrail_graph import Guardrail
 
-from .admission import DeploymentQuotas, check_route_allowed
+from .admission import DeploymentQuotas, Hold, check_route_allowed
 from .chat import (
     A,
     bill_answer,
@@ -60,7 +60,7 @@ async def call_route(
     release: Callable[[A], None] | None = None,
     texts: tuple[str, ...] = (),
     checked: Callable[[A, Check], Awaitable[A]] | None = None,
-    settles: bool = True,
+    holds: dict[str, Hold | None] | None = None,
 ) -> Won[A]:
     """``call`` made through ``route`` for ``key`` (identified on ``exchange``): the route
     allowed to it, its policies asked, a route with no member of ``kind`` refused (400,
@@ -71,8 +71,9 @@ async def call_route(
     Waits at most ``timeout_s`` where given (a semantic cache's embedding), else the
     route's deadline. Its spans are GenAI's ``operation`` (default: ``kind``). ``release``
     lets go of an answer still being read (speech's open audio) that is not passed on: a
-    hedge's loser's, or the winner's when billing fails. ``settles`` False: the answer is
-    a stream, which the caller bills and settles as it ends (runtime/media_stream.py).
+    hedge's loser's, or the winner's when billing fails. ``holds`` given: the answer is a
+    stream, which the caller bills and settles as it ends (runtime/media_stream.py),
+    with the winner's deployment's own tpm hold, kept there by deployment name.
 
     The route's input guardrails check ``texts`` once its limits are held (a caller over
     them never reaches a checker), and ``call`` gets them as they left them; a block is
@@ -104,7 +105,7 @@ async def call_route(
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate, texts), operation, noted, cut)
+                                   call(candidate, texts), operation, noted, cut, holds)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))
@@ -113,13 +114,16 @@ async def call_route(
         if release is not None:
             release(lost.value)
         await bill_loser(record, lost)
+        if holds is not None:  # a stream's loser: its quota settled as it was billed
+            await quotas.settle(holds.pop(lost.candidate.deployment.name, None),
+                                lost.value.usage.total_tokens)
 
     loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, discard,
                        gate=gate)
     # A client that leaves stops the call (a 499, the call billed as cut short), as a
     # chat's does: it ran on to its end, billed and logged as a 200 no one received.
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
-    if not settles:
+    if holds is not None:
         return won
     try:
         bill_answer(live, record, won)

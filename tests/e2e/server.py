@@ -20,7 +20,7 @@ import httpx
 import openai
 
 from ..conftest import DEV_KEY
-from ..providers.conftest import DEV_KEY_LINE
+from ..providers.conftest import dev_key_line
 
 
 def free_port() -> int:
@@ -164,12 +164,14 @@ class Server:
 
 
 @contextmanager
-def sdk_gateway(root: Path, sections: str) -> Iterator[tuple[openai.OpenAI, Server]]:
-    """``sections`` (the YAML after ``version: 1``; the admin dev key is added) served
-    from ``root`` by a real ``aigw serve``, and the official openai SDK pointed at it
-    (no retries of its own); stopped at the end."""
+def sdk_gateway(root: Path, sections: str,
+                dev: str = "") -> Iterator[tuple[openai.OpenAI, Server]]:
+    """``sections`` (the YAML after ``version: 1``; the admin dev key is added, with
+    ``dev``: more of its entry, a budget say) served from ``root`` by a real ``aigw
+    serve``, and the official openai SDK pointed at it (no retries of its own); stopped
+    at the end."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "gateway.yaml").write_text("version: 1\n" + sections + DEV_KEY_LINE)
+    (root / "gateway.yaml").write_text("version: 1\n" + sections + dev_key_line(dev))
     server = Server(root)
     try:
         server.wait_ready()

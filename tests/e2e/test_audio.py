@@ -17,6 +17,7 @@ import sqlite3
 import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,21 @@ class Audio:
 
 @pytest.fixture
 def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
+    with audio_gateway(tmp_path, monkeypatch) as served:
+        yield served
+
+
+@contextmanager
+def audio_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, settings: str = "",
+                  dev: str = "") -> Iterator[Audio]:
+    """The audio fixture's gateway; ``settings``: more of its settings' flow mapping,
+    ``dev``: more of the dev key's (a budget)."""
     upstream, speaches = OpenAIFake(), OpenAIFake(name="fake-speaches")
     monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
     monkeypatch.setenv("FAKE_SPEACHES_KEY", speaches.api_key)
     with serving(upstream.app) as openai_url, serving(speaches.app) as speaches_url, \
             sdk_gateway(tmp_path / "gw", (
-                f"settings: {{max_audio_upload_bytes: {UPLOAD_CAP}}}\n"
+                f"settings: {{max_audio_upload_bytes: {UPLOAD_CAP}{settings}}}\n"
                 "providers:\n"
                 f'  openai: {{type: openai, base_url: "{openai_url}/v1", '
                 'api_key: "${FAKE_OPENAI_KEY}"}\n'
@@ -88,6 +98,8 @@ def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
                 "  gpt-4o-transcribe: {provider: openai, model: gpt-4o-transcribe,\n"
                 "            kind: transcription, context_window: 16000,\n"
                 "            price: {input: 2.5, output: 10.0}}\n"
+                "  metered: {provider: openai, model: gpt-4o-transcribe, kind: transcription,\n"
+                "            context_window: 16000, limits: {tpm: 100}}\n"
                 "  faster-whisper: {provider: speaches, model: Systran/faster-whisper-small,\n"
                 "            kind: transcription, context_window: 8192,\n"
                 "            price: {per_minute: 0.001}}\n"
@@ -108,6 +120,7 @@ def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
                 "routes:\n"
                 "  whisper: {deployment: whisper}\n"
                 "  gpt-4o-transcribe: {deployment: gpt-4o-transcribe}\n"
+                "  metered: {deployment: metered}\n"
                 "  transcribe: {group: transcribe}\n"
                 "  tts: {deployment: tts}\n"
                 "  mini-tts: {deployment: mini-tts}\n"
@@ -115,7 +128,7 @@ def audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Audio]:
                 "  local-transcribe: {deployment: echo-transcribe}\n"
                 "  local-speech: {deployment: echo-speech}\n"
                 "  chat: {deployment: echo-chat}\n"
-            )) as (client, server):
+            ), dev) as (client, server):
         yield Audio(upstream, speaches, client, server)
 
 
@@ -444,6 +457,19 @@ def test_speech_as_server_sent_events_is_passed_on_and_billed_its_usage(audio: A
     words = len(text.split())
     assert (status, tokens_in, tokens_out) == (200, words, audio.openai.speech_tokens)
     assert cost == pytest.approx((words * 0.6 + 400 * 12.0) / 1_000_000)
+
+
+def test_a_streams_deployment_tpm_counts_the_usage_it_reported(audio: Audio) -> None:
+    """The deployment's own tpm (100) is settled with the stream's reported usage (150
+    tokens), not the hold's estimate of a second's audio (14): the next call is over it."""
+    response = audio.client.audio.transcriptions.with_raw_response.create(
+        model="metered", file=("speech.wav", wav(1.0)), stream=True)
+    assert list(response.parse())[-1].type == "transcript.text.done"
+    _ledger_row(audio, response.headers["x-request-id"])  # settled as it ended
+    sent = len(audio.openai.script.requests)
+    with pytest.raises(openai.RateLimitError):
+        audio.client.audio.transcriptions.create(model="metered", file=("speech.wav", wav(1.0)))
+    assert len(audio.openai.script.requests) == sent  # no call went out
 
 
 def test_an_upstreams_refusal_of_a_stream_is_an_openai_error(audio: Audio) -> None:

@@ -16,7 +16,8 @@ Each call goes through the stages of runtime/route_call.py, as an embeddings cal
 (key, Cedar, limits and budget held, the attempt loop, billing, ledger, access log,
 metrics, tracing). A transcription is held for its upload's estimated length
 (providers/audio.py) and billed for what its answer reports; a speech call for its
-input's characters and tokens.
+input's characters and tokens, and as events also for a bound on the audio tokens its
+last event reports (``SPEECH_AUDIO_TOKENS_PER_CHARACTER``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .providers.audio import (
     TranscriptionCall,
     TranscriptionResult,
     audio_adapter,
+    speech_audio_tokens,
     upload_seconds,
 )
 from .providers.base import Usage
@@ -194,10 +196,15 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak_events,
                        spoken(candidate, texts))
 
+    # Speech as events reports its audio tokens, billed at the output price: held for a
+    # bound on them, so the bill stays within the hold (but for the estimate's error).
+    audio_tokens = speech_audio_tokens(characters, request.speed) \
+        if request.stream_format == "sse" else 0
     routed = partial(
         call_route, exchange, key, route, kind="speech", model=request.model,
         prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "speech", prompt_tokens),
-        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, characters=characters),
+        cost=lambda deployment: deployment.price.cost(prompt_tokens, audio_tokens,
+                                                      characters=characters),
         cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
         texts=said)
     if request.stream_format == "sse":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import wave
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -30,6 +31,14 @@ ESTIMATED_BYTES_PER_SECOND = 16_000
 # tokens a second, and transcript tokens a second (speech is ~150 words a minute).
 AUDIO_TOKENS_PER_SECOND = 10
 TRANSCRIPT_TOKENS_PER_SECOND = 4
+# A hold's bound on the audio tokens a streamed speech reports (gpt-4o-mini-tts's
+# ``speech.audio.done`` usage, billed at the output price): OpenAI estimates its speech
+# at $0.015 a minute, at $12 per 1M audio tokens 1,250 tokens a minute (~21 a second);
+# speech runs ~15 characters a second (150 words a minute), so ~1.4 tokens a character
+# (one measurement found ~6 audio tokens a text token of ~4.7 characters: ~1.3). Rounded
+# up; a slower ``speed`` speaks longer, in proportion. Instructions that slow the voice
+# (or a language denser per character) are the estimate's error.
+SPEECH_AUDIO_TOKENS_PER_CHARACTER = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,11 @@ class AudioAdapter(Protocol):
         """The audio as ``speech.audio.delta`` events, then ``speech.audio.done``
         (``stream_format: "sse"``)."""
         ...
+
+
+def speech_audio_tokens(characters: int, speed: float | None) -> int:
+    """The audio tokens a speech of ``characters`` is held for, at ``speed`` (1 unset)."""
+    return math.ceil(characters * SPEECH_AUDIO_TOKENS_PER_CHARACTER / (speed or 1.0))
 
 
 def audio_adapter(adapter: ChatAdapter, deployment: Deployment) -> AudioAdapter:

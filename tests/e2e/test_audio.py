@@ -472,6 +472,32 @@ def test_a_streams_deployment_tpm_counts_the_usage_it_reported(audio: Audio) -> 
     assert len(audio.openai.script.requests) == sent  # no call went out
 
 
+def test_speech_as_events_is_held_for_its_audio_so_a_budget_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its hold bounds the audio tokens it reports (1.5 a character: 450 for these 300,
+    $0.0054), not its input alone: the second speech, which its 400 tokens ($0.0048 each)
+    would take past the $0.006 budget, is refused before it is sent."""
+    text = ("Read this sentence aloud. " * 12)[:300]
+    with audio_gateway(tmp_path, monkeypatch,
+                       dev="budget: {amount: 0.006, period: total}") as served:
+        def spoken() -> list[dict[str, Any]]:
+            with served.client.audio.speech.with_streaming_response.create(
+                    model="mini-tts", input=text, voice="alloy",
+                    stream_format="sse") as response:
+                events = _events(response)
+                _ledger_row(served, response.headers["x-request-id"])  # settled
+            return events
+
+        assert spoken()[-1]["type"] == "speech.audio.done"
+        with pytest.raises(openai.RateLimitError) as refused:
+            spoken()
+        assert "budget" in str(refused.value).lower()
+        assert len(served.openai.script.requests) == 1
+        spent = sum(row["cost"] for row in served.server.ledger_rows(1))
+        assert spent == pytest.approx((len(text.split()) * 0.6 + 400 * 12.0) / 1e6)
+
+
 def test_an_upstreams_refusal_of_a_stream_is_an_openai_error(audio: Audio) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         audio.client.audio.speech.create(model="tts", input="hi", voice="alloy",

@@ -77,7 +77,7 @@ log = logging.getLogger("aigw.limits")
 R = TypeVar("R")
 
 # How often (in streamed deltas) a stream checks that its budget has not run out.
-_BUDGET_CHECK_EVERY = 16
+BUDGET_CHECK_EVERY = 16
 
 
 class Exchange:
@@ -364,13 +364,13 @@ class Exchange:
         What a cut stream sent is billed underneath (``chat._measured``), before this one
         closes it and settles; a cached answer, replayed, costs nothing."""
         record = self.record
-        watch = self.live.graph.settings.stop_streams_over_budget and self.admission is not None
+        watch = self.watches_budget
         try:
             count = 0
             async for delta in deltas:
                 count += 1
-                if watch and count % _BUDGET_CHECK_EVERY == 0:
-                    await self._check_budget()
+                if watch and count % BUDGET_CHECK_EVERY == 0:
+                    await self.check_budget()
                 yield delta
         except GatewayError as exc:
             # After the status line: the client sees a 200 and an error event, but the
@@ -394,7 +394,14 @@ class Exchange:
                 finally:
                     await self.close()
 
-    async def _check_budget(self) -> None:
+    @property
+    def watches_budget(self) -> bool:
+        """Whether its stream is stopped when its budget runs out (a check every
+        ``BUDGET_CHECK_EVERY`` chunks or events): stop_streams_over_budget, and limits
+        held for it."""
+        return self.live.graph.settings.stop_streams_over_budget and self.admission is not None
+
+    async def check_budget(self) -> None:
         """Stop the stream (an error event) when its key was revoked or its budget ran
         out. A store that cannot answer now is not a budget run out: fail_closed refuses
         new requests, while one in flight goes on and settles through the outbox."""

@@ -24,7 +24,8 @@ from aigw.compiler.graph import Route
 
 from .admission import DeploymentQuotas, Hold
 from .chat import bill_answer
-from .errors import GatewayError
+from .errors import GatewayError, UpstreamError
+from .exchange import BUDGET_CHECK_EVERY
 from .providers.events import EventStream
 from .route_call import answer_headers
 from .routing.attempts import Won
@@ -54,11 +55,18 @@ async def _events(exchange: Exchange, won: Won[EventStream],
     provider = won.candidate.deployment.provider
     usage = None
     ended = False
+    watch, count = exchange.watches_budget, 0
     try:
         name, data = stream.first
         while True:
             usage = stream.billed(data, provider) or usage
             yield _event(name, data)
+            count += 1
+            if watch and count % BUDGET_CHECK_EVERY == 0:
+                # As a chat stream's (stop_streams_over_budget): the rest is not sent, nor
+                # billed but for the estimate. An image's few events never reach a check:
+                # its one billable event is the completed image.
+                await exchange.check_budget()
             record.waiting_upstream()
             try:
                 name, data = await anext(stream.rest)
@@ -70,8 +78,10 @@ async def _events(exchange: Exchange, won: Won[EventStream],
     except GatewayError as exc:  # after the status line: the error goes in the stream
         record.sent_status = record.status
         record.status, record.error = exc.status, str(exc.code)
-        deployment = won.candidate.deployment
-        record.failures.append(UpstreamFailure(deployment.name, provider.name, str(exc.code)))
+        if isinstance(exc, UpstreamError):  # not a budget's stopping it, no upstream's fault
+            deployment = won.candidate.deployment
+            record.failures.append(UpstreamFailure(deployment.name, provider.name,
+                                                   str(exc.code)))
         ended = True
         yield error_event(exc.body())
     finally:  # also when the client went away: the upstream cut, the call billed as such

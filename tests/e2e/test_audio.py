@@ -499,6 +499,32 @@ def test_speech_as_events_is_held_for_its_audio_so_a_budget_holds(
         assert spent == pytest.approx((len(text.split()) * 0.6 + 400 * 12.0) / 1e6)
 
 
+def test_speech_as_events_stops_when_its_budget_runs_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop_streams_over_budget, as for a chat stream: a reload that cuts the budget
+    mid-stream stops it at its next check (every 16 events) with an error event."""
+    with audio_gateway(tmp_path, monkeypatch, settings=", stop_streams_over_budget: true",
+                       dev="budget: {amount: 10, period: total}") as served:
+        served.openai.speech_size = 4096 * 40  # 40 events
+        served.openai.speech_pause_s = 1.0  # after the first
+        with served.client.audio.speech.with_streaming_response.create(
+                model="mini-tts", input="stop me", voice="alloy",
+                stream_format="sse") as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            assert json.loads(next(lines).removeprefix("data: "))["type"] == "speech.audio.delta"
+            config = served.server.root / "gateway.yaml"
+            config.write_text(config.read_text().replace("amount: 10,", "amount: 0.000001,"))
+            reloaded = httpx.post(f"{served.server.base_url}/admin/reload", timeout=30,
+                                  headers={"Authorization": f"Bearer {DEV_KEY}"})
+            assert reloaded.status_code == 200, reloaded.text
+            rest = [json.loads(line.removeprefix("data: ")) for line in lines]
+            request_id = response.headers["x-request-id"]
+        assert "budget ran out" in rest[-1]["error"]["message"]
+        assert len(rest) == 16  # 15 more events, then the error
+        assert _ledger_row(served, request_id)[2] == 429
+
+
 def test_an_upstreams_refusal_of_a_stream_is_an_openai_error(audio: Audio) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         audio.client.audio.speech.create(model="tts", input="hi", voice="alloy",

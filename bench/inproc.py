@@ -3,6 +3,8 @@
 Run: python bench/inproc.py [--requests 20000] [--concurrency 32] [--lean]
      python bench/inproc.py --base REF [--rounds 4]     (A/B: REF against the working tree)
      python bench/inproc.py --calls                      (Python calls a request, cProfile)
+     python bench/inproc.py --floor [--rounds 4]         (and bench/floor.py's pass-through)
+     python bench/inproc.py --profile PATH               (a cProfile of the requests, pstats)
 
 Why: under wrk (bench/ab.py) the same code measures 13% apart from one round to the
 next, because hypercorn, h11, wrk and the kernel's loopback all share the two cores.
@@ -19,7 +21,10 @@ is a larger share of this figure than of a wrk run's.
 With ``--base REF`` each round runs REF's code (laid out as bench/ab.py does) and the
 working tree's in fresh processes, order alternating, and prints both means.
 ``--calls`` counts the Python function calls of one request (deterministic: compare it
-across revisions when time is too noisy to).
+across revisions when time is too noisy to). ``--floor`` adds, each round, bench/floor.py's
+Starlette pass-through with aiohttp's client, driven the same way: what the stack costs in
+process before any gateway logic. ``--profile PATH`` writes a cProfile of ``--requests``
+requests at ``--concurrency`` (``python -m pstats PATH`` reads it).
 """
 
 from __future__ import annotations
@@ -106,19 +111,35 @@ async def drive(app: App, requests: int, concurrency: int) -> int:
     return failed
 
 
-async def measured(root: Path, requests: int, concurrency: int, calls: bool) -> dict[str, Any]:
+async def measured(root: Path, requests: int, concurrency: int, calls: bool,
+                   profile_to: str | None = None, floor_upstream: str | None = None
+                   ) -> dict[str, Any]:
     from aigw.runtime import heap
-    from aigw.runtime.app import create_app
-    from aigw.runtime.live import Gateway
-    from aigw.runtime.telemetry.record import ACCESS_LOG, access_log
-    from aigw.runtime.tokens import TokenCounter
 
-    # The access log on, as aigw serve has it: one JSON line a request to a line-buffered
-    # stream (serve's is stderr; here a file beside the gateway directory).
-    access_log.setLevel(logging.INFO)
-    ACCESS_LOG.to_stream(open(root.parent / "access.log", "w", buffering=1))  # noqa: SIM115
-    gateway = Gateway(root, TokenCounter())
-    app: App = create_app(gateway)  # type: ignore[assignment]
+    app: App
+    closing: Callable[[], Awaitable[None]]
+    if floor_upstream:
+        # bench/floor.py's pass-through with aiohttp's client: what aigw's stack costs in
+        # process before any gateway logic (hypercorn's share is in neither figure).
+        import floor
+
+        forwarder = floor.make_forwarder("aiohttp", floor_upstream + "/v1/chat/completions")
+        app = floor.create_app(forwarder)  # type: ignore[assignment]
+        closing = forwarder.aclose
+    else:
+        from aigw.runtime.app import create_app
+        from aigw.runtime.live import Gateway
+        from aigw.runtime.telemetry.record import ACCESS_LOG, access_log
+        from aigw.runtime.tokens import TokenCounter
+
+        # The access log on, as aigw serve has it: one JSON line a request to a
+        # line-buffered stream (serve's is stderr; here a file beside the gateway
+        # directory).
+        access_log.setLevel(logging.INFO)
+        ACCESS_LOG.to_stream(open(root.parent / "access.log", "w", buffering=1))  # noqa: SIM115
+        gateway = Gateway(root, TokenCounter())
+        app = create_app(gateway)  # type: ignore[assignment]
+        closing = gateway.aclose
     try:
         warm = await drive(app, min(2000, requests), concurrency)
         heap.freeze()  # as aigw serve does once it is up
@@ -130,13 +151,20 @@ async def measured(root: Path, requests: int, concurrency: int, calls: bool) -> 
             stats = pstats.Stats(profile)
             return {"calls_per_request": stats.total_calls / 200,  # type: ignore[attr-defined]
                     "failed": failed + warm}
+        if profile_to:
+            profile = cProfile.Profile()
+            profile.enable()
+            failed = await drive(app, requests, concurrency)
+            profile.disable()
+            profile.dump_stats(profile_to)
+            return {"profiled": profile_to, "failed": failed + warm}
         threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
         failed = await drive(app, requests, concurrency)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         after = _thread_cpu()
         main_thread = after.get(os.getpid(), 0.0) - threads.get(os.getpid(), 0.0)
     finally:
-        await gateway.aclose()
+        await closing()
     return {"cpu_us": cpu / requests * 1e6, "requests_per_s": requests / wall,
             "other_threads_us": (cpu - main_thread) / requests * 1e6, "failed": failed + warm}
 
@@ -161,7 +189,8 @@ def child(args: argparse.Namespace) -> None:
         run: Callable[..., Any] = uvloop.run
     except ImportError:
         run = asyncio.run
-    result = run(measured(Path(args.root), args.requests, args.concurrency, args.calls))
+    result = run(measured(Path(args.root), args.requests, args.concurrency, args.calls,
+                          args.profile, args.floor_upstream))
     print(json.dumps(result), flush=True)
 
 
@@ -174,11 +203,16 @@ def gateway_dir(work: Path, upstream_port: int, lean: bool) -> Path:
     return root
 
 
-def spawn(args: argparse.Namespace, root: Path, env: dict[str, str]) -> dict[str, Any]:
+def spawn(args: argparse.Namespace, root: Path, env: dict[str, str],
+          floor_upstream: str | None = None) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", "--root", str(root),
                "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+    if floor_upstream:
+        command += ["--floor-upstream", floor_upstream]
     if args.calls:
         command.append("--calls")
+    if args.profile:
+        command += ["--profile", str(Path(args.profile).resolve())]
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=root.parent)
     if done.returncode != 0:
@@ -198,6 +232,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", action="store_true",
                         help="count the Python calls of a request instead of timing")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="write a cProfile of --requests requests (pstats format) to PATH")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench/floor.py's aiohttp pass-through each round")
+    parser.add_argument("--floor-upstream", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,7 +250,9 @@ def main() -> None:
         upstream = targets.start_upstream(work, 1.0, 8, 1.0)
         envs = {"B": {}} if args.base is None else {
             "A": {"PYTHONPATH": str(base_tree(args.base, work))}, "B": {}}
-        rounds = 1 if args.calls else args.rounds
+        if args.floor:
+            envs["floor"] = {}
+        rounds = 1 if args.calls or args.profile else args.rounds
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in envs}
         try:
             for number in range(rounds):
@@ -220,15 +261,20 @@ def main() -> None:
                     round_dir = work / f"{name}{number}"
                     round_dir.mkdir()
                     result = spawn(args, gateway_dir(round_dir, upstream.port, args.lean),
-                                   envs[name])
+                                   envs[name], f"http://127.0.0.1:{upstream.port}"
+                                   if name == "floor" else None)
                     results[name].append(result)
                     print(f"round {number + 1} {name}: {json.dumps(result)}", flush=True)
         finally:
             upstream.stop()
     for name, rows in results.items():
-        label = args.base if name == "A" else "working tree"
+        label = {"A": args.base, "floor": "Starlette + aiohttp pass-through"}.get(
+            name, "working tree")
         if args.calls:
             print(f"{name} ({label}): {rows[0]['calls_per_request']:.1f} Python calls a request")
+            continue
+        if args.profile:
+            print(f"{name} ({label}): profile written to {rows[0]['profiled']}")
             continue
         cpu = [row["cpu_us"] for row in rows]
         print(f"{name} ({label}): CPU µs a request: median {statistics.median(cpu):,.0f}, "

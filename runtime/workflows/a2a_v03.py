@@ -1,5 +1,8 @@
 """A2A 0.3's JSON-RPC wire, translated at the edge to and from 1.0's, which the agents
-speak inside: one endpoint, one set of checks and one execution path for both.
+speak inside: one endpoint, one set of checks and one execution path for both; and the
+other way for ``agent`` steps calling a remote agent of 0.3 (agents.py), whose calls
+are made as 1.0's and raised into 0.3's (``CALLS``, ``raised_params``), and its
+answers lowered into 1.0's (``lowered_result``, ``lowered_task``).
 
 A 0.3 call names its method with a slash (``message/send``, ``tasks/get``, ...): its
 method is mapped to 1.0's (``SendMessage``, ``GetTask``), its params' few differences
@@ -54,8 +57,16 @@ _STATES: Mapping[str, str] = MappingProxyType({
     "TASK_STATE_CANCELED": "canceled", "TASK_STATE_FAILED": "failed",
     "TASK_STATE_REJECTED": "rejected", "TASK_STATE_AUTH_REQUIRED": "auth-required",
 })
+# 1.0's methods a 0.3 agent is called with, by their 0.3 names (streaming is not among
+# them: an agent step sends and polls).
+CALLS: Mapping[str, str] = MappingProxyType({
+    new: old for old, new in METHODS.items()
+    if new in ("SendMessage", "GetTask", "CancelTask")})
+
 _FINAL_STATES = frozenset({"completed", "canceled", "failed", "rejected"})
 _ROLES: Mapping[str, str] = MappingProxyType({"ROLE_USER": "user", "ROLE_AGENT": "agent"})
+_LOWER_STATES = MappingProxyType({old: new for new, old in _STATES.items()})
+_LOWER_ROLES = MappingProxyType({old: new for new, old in _ROLES.items()})
 
 
 def negotiated(method: str, version: str | None) -> tuple[str, bool]:
@@ -175,3 +186,90 @@ def as_v10(found: dict[str, Any], last: bool) -> dict[str, Any]:
 
 def as_v03(found: dict[str, Any], last: bool) -> dict[str, Any]:
     return stream_result(found, last=last)
+
+
+def raised_params(given: Mapping[str, Any]) -> dict[str, Any]:
+    """1.0's params as 0.3's, for a call to a 0.3 agent (``params`` the other way): a
+    message in 0.3's shape, ``returnImmediately`` as ``blocking: false``.
+
+    >>> raised_params({"configuration": {"returnImmediately": True}})
+    {'configuration': {'blocking': False}}
+    """
+    raised = dict(given)
+    if "message" in given:
+        raised["message"] = message(given["message"])
+    configuration = given.get("configuration")
+    if isinstance(configuration, Mapping):
+        raised["configuration"] = {
+            **{name: value for name, value in configuration.items()
+               if name not in ("returnImmediately", "taskPushNotificationConfig")},
+            "blocking": not configuration.get("returnImmediately", False)}
+    return raised
+
+
+# A 0.3 agent's answers are read as 1.0's: what a part of it lacks, or has of the wrong
+# type, is left as it is, for the step's own checks of 1.0's answers to refuse.
+
+def lowered_result(found: Mapping[str, Any]) -> dict[str, Any]:
+    """message/send's result (a Task or a Message, told by ``kind``) as SendMessage's."""
+    if found.get("kind", "message" if "messageId" in found else "task") == "message":
+        return {"message": _lowered_message(found)}
+    return {"task": lowered_task(found)}
+
+
+def lowered_task(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A 0.3 Task as 1.0's: its state ``TASK_STATE_...``, its messages' and artifacts'
+    parts without ``kind``."""
+    lowered = {name: value for name, value in found.items() if name != "kind"}
+    status = found.get("status")
+    if isinstance(status, Mapping):
+        state = status.get("state")
+        lowered["status"] = {**status, "state": _LOWER_STATES.get(
+            state, "TASK_STATE_UNSPECIFIED") if isinstance(state, str) else state}
+        if isinstance(status.get("message"), Mapping):
+            lowered["status"]["message"] = _lowered_message(status["message"])
+    for name, lower in (("artifacts", _lowered_parts), ("history", _lowered_message)):
+        if isinstance(found.get(name), list):
+            lowered[name] = [lower(each) if isinstance(each, Mapping) else each
+                             for each in found[name]]
+    return lowered
+
+
+def _lowered_message(found: Mapping[str, Any]) -> dict[str, Any]:
+    lowered = _lowered_parts(found)
+    role = found.get("role")
+    if isinstance(role, str):
+        lowered["role"] = _LOWER_ROLES.get(role, "ROLE_UNSPECIFIED")
+    return lowered
+
+
+def _lowered_parts(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A message or artifact with its parts as 1.0's."""
+    lowered = {name: value for name, value in found.items() if name != "kind"}
+    if isinstance(found.get("parts"), list):
+        lowered["parts"] = [_lowered_part(each) if isinstance(each, Mapping) else each
+                            for each in found["parts"]]
+    return lowered
+
+
+def _lowered_part(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A 0.3 part as 1.0's: a text or data part without ``kind`` (data that ``part``, or the
+    a2a-sdk, held under ``value`` given back as it was), a file part as 1.0's ``raw`` or
+    ``url`` with its ``mediaType`` and ``filename``."""
+    kind = found.get("kind")
+    lowered = {name: value for name, value in found.items() if name not in ("kind", "file")}
+    metadata = found.get("metadata")
+    if kind == "data" and isinstance(metadata, Mapping) and metadata.get("data_part_compat") \
+            and isinstance(found.get("data"), Mapping) and "value" in found["data"]:
+        lowered["data"] = found["data"]["value"]
+        rest = {name: value for name, value in metadata.items() if name != "data_part_compat"}
+        lowered.pop("metadata")
+        if rest:
+            lowered["metadata"] = rest
+    file = found.get("file")
+    if kind == "file" and isinstance(file, Mapping):
+        for old, new in (("bytes", "raw"), ("uri", "url"), ("mimeType", "mediaType"),
+                         ("name", "filename")):
+            if old in file:
+                lowered[new] = file[old]
+    return lowered

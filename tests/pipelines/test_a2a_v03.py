@@ -232,3 +232,33 @@ def test_an_artifact_update_keeps_append_last_chunk_and_metadata() -> None:
     bare = {"taskId": "t", "contextId": "t", "artifact": update["artifact"]}
     shown = a2a_v03.stream_result({"artifactUpdate": bare}, last=True)
     assert (shown["append"], shown["lastChunk"]) == (False, False)
+
+
+def test_a_0_3_agents_answers_are_read_as_the_1_0_ones_they_were_raised_from() -> None:
+    """An ``agent`` step calling a 0.3 agent lowers its answers: what ``task`` and
+    ``message`` raise comes back as it was, data held under ``value`` included."""
+    said = {"messageId": "m", "role": "ROLE_AGENT", "parts": [{"text": "done"}]}
+    found = {"id": "t", "contextId": "t",
+             "status": {"state": "TASK_STATE_COMPLETED", "message": said},
+             "artifacts": [{"artifactId": "a", "parts": [
+                 {"text": "x"}, {"data": [1, 2]}, {"data": {"a": 1}, "metadata": {"k": 1}}]}]}
+    assert a2a_v03.lowered_task(a2a_v03.task(found)) == found
+    assert a2a_v03.lowered_result(a2a_v03.message(said)) == {"message": said}
+    assert a2a_v03.lowered_result(a2a_v03.task(found)) == {"task": found}
+    file = {"kind": "file", "file": {"uri": "https://x/f.pdf", "mimeType": "application/pdf"}}
+    assert a2a_v03.lowered_task({"kind": "task", "id": "t", "artifacts": [
+        {"artifactId": "f", "parts": [file]}]})["artifacts"][0]["parts"] == [
+        {"url": "https://x/f.pdf", "mediaType": "application/pdf"}]
+
+
+def test_a_call_to_a_0_3_agent_is_raised_into_0_3s_params() -> None:
+    sent = {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "hi"}]},
+            "configuration": {"returnImmediately": True}}
+    assert a2a_v03.raised_params(sent) == {
+        "message": {"kind": "message", "messageId": "m", "role": "user",
+                    "parts": [{"kind": "text", "text": "hi"}]},
+        "configuration": {"blocking": False}}
+    assert a2a_v03.params(a2a_v03.raised_params(sent)) == {
+        **a2a_v03.raised_params(sent), "configuration": sent["configuration"]}
+    assert a2a_v03.CALLS == {"SendMessage": "message/send", "GetTask": "tasks/get",
+                             "CancelTask": "tasks/cancel"}

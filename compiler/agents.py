@@ -1,9 +1,10 @@
 """The ``agents:`` section linked: each remote A2A agent's URL checked and its credentials read.
 
 An agent is called by ``agent`` pipeline steps (runtime/workflows/agents.py) over the
-A2A JSON-RPC binding. Its ``url`` is written in the config, never templated, so its
-origin (scheme, host and port) is where every call to it goes; an agent card's
-endpoint must be on that origin too. Credentials come only from ${ENV} references: a
+A2A JSON-RPC binding, of A2A 1.0 or 0.3 (``a2a_version``, else as its card says). Its
+``url`` is written in the config, never templated, so its origin (scheme, host and
+port) is where every call to it goes; an agent card's endpoint must be on that origin
+too. Credentials come only from ${ENV} references: a
 literal api_key is warning ``AGW310``, an unset variable ``AGW309`` and disables the
 agent (a step calling it fails and says why), as an api_key or header that is not ASCII
 text does; a URL aigw cannot call is ``AGW336``.
@@ -54,6 +55,8 @@ def link_agent(entry: Entry[AgentSpec], resolve: Resolve, sink: DiagnosticSink) 
         egress=Egress(frozenset({allowed} if allowed else ()), True),
         headers=tuple(headers),
         disabled_reason=reason,
+        # An endpoint has no card to say which version it speaks: 1.0 unless told
+        a2a_version=spec.a2a_version or (None if card else "1.0"),
     )
 
 

@@ -1,10 +1,14 @@
-"""The ``agent`` step: one message to a remote agent over A2A 1.0's JSON-RPC binding.
+"""The ``agent`` step: one message to a remote agent over A2A 1.0's JSON-RPC binding, or
+0.3's (its methods ``message/send``, ``tasks/get``, ``tasks/cancel``: the calls below
+are made as 1.0's and translated at the wire, a2a_v03.py).
 
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one); its JSONRPC
-                  interface is the endpoint, which must be on the card's origin; kept
-                  a minute (agent_cards.py), read again sooner if a call there fails
-                  as if the agent had moved
+                  interface of the agent's ``a2a_version`` (else of 1.0, else of 0.3:
+                  1.0's ``supportedInterfaces``, 0.3's ``url`` and
+                  ``additionalInterfaces``) is the endpoint, which must be on the card's
+                  origin; kept a minute (agent_cards.py), read again sooner if a call
+                  there fails as if the agent had moved
     SendMessage   the rendered prompt as one text part, its messageId the execution's
                   id and the try's key (the same however often it is sent), asking for
                   the task at once (``returnImmediately``) rather than when it ends
@@ -45,11 +49,16 @@ from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
 from ..errors import InternalError, StoreUnavailable
 from ..store.executions import LeaseLost, Memo, NewEvent
 from ..upstream import scrub_values
+from . import a2a_v03
+from .a2a_wire import METHOD_NOT_FOUND
+from .agent_cards import Endpoint
 from .engine import HttpAnswer, Run, StepContext, StepFailed
 
 log = logging.getLogger("aigw.workflows")
 
 PROTOCOL_VERSION = "1.0"
+# The versions an agent may be called with: its card's interfaces are tried in this order.
+VERSIONS = (PROTOCOL_VERSION, a2a_v03.PROTOCOL_VERSION)
 # Waits between GetTask calls: from the first, growing to the longest.
 POLL_FIRST_S = 0.2
 POLL_LONGEST_S = 2.0
@@ -177,9 +186,9 @@ class _Client:
         self.run = run
         self.agent = agent
         self.timeout = timeout
-        self.headers = {**dict(agent.headers), "a2a-version": PROTOCOL_VERSION}
+        self.headers = dict(agent.headers)
         self.cards = run.services.agent_cards
-        self._endpoint: str | None = None
+        self._endpoint: Endpoint | None = None
         self._kept = False  # the endpoint is what the card named to an earlier step
 
     async def call(self, method: str, params: Mapping[str, Any]) -> Any:
@@ -203,21 +212,25 @@ class _Client:
                 raise
         return await self.rpc(self._endpoint, method, params)
 
-    async def _read_card(self) -> str:
+    async def _read_card(self) -> Endpoint:
         """The JSON-RPC endpoint: the agent's url, or what its card names (kept)."""
         if not self.agent.card:
-            return self.agent.url
+            return Endpoint(self.agent.url, self.agent.a2a_version or PROTOCOL_VERSION)
         card = await self._json("GET", self.agent.url, None)
-        interfaces = card.get("supportedInterfaces") if isinstance(card, Mapping) else None
-        for interface in interfaces if isinstance(interfaces, list) else ():
-            if isinstance(interface, Mapping) and interface.get("protocolBinding") == "JSONRPC" \
-                    and str(interface.get("protocolVersion") or "1.0").startswith("1."):
-                url = str(interface.get("url") or "")
-                self._check_origin(url)
-                self.cards.put(self.agent, url)
-                return url
+        offers = _offers(card) if isinstance(card, Mapping) else []
+        wanted = (self.agent.a2a_version,) if self.agent.a2a_version else VERSIONS
+        for version in wanted:
+            for binding, said, url in offers:
+                if binding == "JSONRPC" and _version(said) == version:
+                    self._check_origin(url)
+                    endpoint = Endpoint(url, version)
+                    self.cards.put(self.agent, endpoint)
+                    return endpoint
+        shown = ", ".join(f"{binding} {said}" for binding, said, _url in offers) or "none"
         raise StepFailed(f"the card of agent '{self.agent.name}' offers no JSONRPC interface "
-                         f"of A2A {PROTOCOL_VERSION}", retryable=False)
+                         f"of A2A {' or '.join(wanted)}"
+                         + (" (its a2a_version)" if self.agent.a2a_version else "")
+                         + f"; it offers: {shown}", retryable=False)
 
     def _check_origin(self, url: str) -> None:
         # The card is the agent's word, not the config's: an endpoint elsewhere could
@@ -233,29 +246,46 @@ class _Client:
                              f"{shown_url(url)!r}, not on the card's origin "
                              f"{next(iter(self.agent.egress.origins))}", retryable=False)
 
-    async def rpc(self, url: str, method: str, params: Mapping[str, Any]) -> Any:
-        """``method``'s result, or the step fails with the agent's error."""
-        request = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method,
-                   "params": dict(params)}
-        answer = await self._json("POST", url, request)
+    async def rpc(self, endpoint: Endpoint, method: str, params: Mapping[str, Any]) -> Any:
+        """``method``'s (1.0's) result, or the step fails with the agent's error. To an
+        agent of 0.3, the call is made with 0.3's method and params, and its result
+        read as 1.0's."""
+        legacy = endpoint.version == a2a_v03.PROTOCOL_VERSION
+        sent = a2a_v03.CALLS[method] if legacy else method
+        request = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": sent,
+                   "params": a2a_v03.raised_params(params) if legacy else dict(params)}
+        answer = await self._json("POST", endpoint.url, request, endpoint.version)
         if not isinstance(answer, Mapping):
-            raise self._failed(f"{method} answered {type(answer).__name__}, not a JSON-RPC "
+            raise self._failed(f"{sent} answered {type(answer).__name__}, not a JSON-RPC "
                                "response", retryable=False)
         error = answer.get("error")
         if isinstance(error, Mapping):
             code = error.get("code")
-            raise self._failed(f"{method} failed: {self.scrub(str(error.get('message')))} "
-                               f"(JSON-RPC error {code})", retryable=code in _RETRYABLE_RPC_CODES)
+            raise self._failed(f"{sent} failed: {self.scrub(str(error.get('message')))} "
+                               f"(JSON-RPC error {code})" + self._other_version(code, endpoint),
+                               retryable=code in _RETRYABLE_RPC_CODES)
         result = answer.get("result")
         if not isinstance(result, Mapping):
-            raise self._failed(f"{method} answered no result", retryable=False)
-        return result
+            raise self._failed(f"{sent} answered no result", retryable=False)
+        if not legacy:
+            return result
+        return a2a_v03.lowered_result(result) if method == "SendMessage" \
+            else a2a_v03.lowered_task(result)
 
-    async def _json(self, method: str, url: str, body: Any) -> Any:
+    def _other_version(self, code: Any, endpoint: Endpoint) -> str:
+        """A hint for a method the agent does not know, at an endpoint no card named: it
+        may speak the other version."""
+        if code != METHOD_NOT_FOUND or self.agent.card:
+            return ""
+        other = next(version for version in VERSIONS if version != endpoint.version)
+        return f"; if the agent speaks A2A {other}, set its a2a_version: '{other}'"
+
+    async def _json(self, method: str, url: str, body: Any,
+                    version: str = PROTOCOL_VERSION) -> Any:
         shown = shown_url(url)
         try:
             answer: HttpAnswer = await self.run.services.http(
-                method, url, self.headers, body, self.timeout)
+                method, url, {**self.headers, "a2a-version": version}, body, self.timeout)
         except StepFailed as exc:  # its message quotes the URL as sent
             raise _Moved(self.scrub(str(exc).replace(url, shown)),
                          retryable=exc.retryable) from exc
@@ -318,3 +348,34 @@ def _answer(parts: list[Mapping[str, Any]], output: str, agent: Agent) -> Any:
     except ValueError as exc:
         raise StepFailed(f"agent '{agent.name}' answered no JSON ({exc}): {text[:80]!r}",
                          retryable=False) from exc
+
+
+def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The card's interfaces as (binding, version, url), in its order of preference: 1.0's
+    ``supportedInterfaces`` (a version left out is 1.0), then a 0.3 card's own: its
+    ``url`` (in its ``preferredTransport``, JSONRPC if it names none) and its
+    ``additionalInterfaces``."""
+    found: list[tuple[str, str, str]] = []
+    interfaces = card.get("supportedInterfaces")
+    for interface in interfaces if isinstance(interfaces, list) else ():
+        if isinstance(interface, Mapping):
+            found.append((str(interface.get("protocolBinding")),
+                          str(interface.get("protocolVersion") or PROTOCOL_VERSION),
+                          str(interface.get("url") or "")))
+    said = card.get("protocolVersion")
+    if isinstance(said, str) and isinstance(card.get("url"), str):
+        found.append((str(card.get("preferredTransport") or "JSONRPC"), said, card["url"]))
+        others = card.get("additionalInterfaces")
+        for interface in others if isinstance(others, list) else ():
+            if isinstance(interface, Mapping):
+                found.append((str(interface.get("transport")), said,
+                              str(interface.get("url") or "")))
+    return found
+
+
+def _version(said: str) -> str | None:
+    """The version of ``VERSIONS`` an interface's ``protocolVersion`` is: any 1.x is 1.0,
+    0.3.x is 0.3; None for one this gateway does not speak."""
+    if said.startswith("1."):
+        return PROTOCOL_VERSION
+    return a2a_v03.PROTOCOL_VERSION if said == "0.3" or said.startswith("0.3.") else None

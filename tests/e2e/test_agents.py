@@ -70,6 +70,10 @@ output:"""),
     timeout_s:"""),
     "ask-elsewhere": _ask("elsewhere"),
     "ask-accented": _ask("accented"),
+    **{f"ask-{name}": _ask(name) for name in (
+        "old-echo", "old-slow", "old-broken", "old-direct", "old-unsaid", "old-as-new")},
+    "ask-old-slow-json": _ask("old-slow", output="json"),
+    "ask-old-stuck": _ask("old-stuck", timeout_s=1),
 }
 
 
@@ -133,6 +137,12 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
                            "mover", "garbled")),
             f"leaky: {{url: '{base}/leaky/'}}",
             f"accented: {{url: '{base}/echo/', headers: {{X-Token: '${{A2A_ODD_KEY}}'}}}}",
+            # A2A 0.3's agents: as their cards say, as the config says, or neither
+            *(f"{name}: {{url: '{base}/{name}{card}'}}"
+              for name in ("old-echo", "old-slow", "old-broken", "old-stuck")),
+            f"old-direct: {{url: '{base}/old-echo/', a2a_version: 0.3}}",
+            f"old-unsaid: {{url: '{base}/old-echo/'}}",
+            f"old-as-new: {{url: '{base}/old-echo{card}', a2a_version: '1.0'}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
         (root / "pipelines").mkdir(parents=True)
@@ -361,3 +371,53 @@ def test_redirects_and_card_endpoints_elsewhere_are_not_followed(agents: Agents)
     assert message.endswith("the card of agent 'elsewhere' names the endpoint "
                             "'http://169.254.169.254/latest/', not on the card's origin "
                             f"http://127.0.0.1:{agents.port}"), message
+
+
+def test_an_agent_of_a2a_0_3_is_called_in_0_3s_wire_format(agents: Agents) -> None:
+    """Its card says 0.3 (or the config does, for an endpoint without one): the step's
+    calls are 0.3's (message/send, tasks/get) and their answers read as 1.0's were."""
+    assert agents.run("ask-old-echo", "tides") == (200, "echo: Tell me about tides")
+    calls = [(path, headers) for path, headers in agents.seen.requests
+             if path.startswith("/old-echo/")]
+    assert [path for path, _ in calls] == ["/old-echo/.well-known/agent-card.json",
+                                           "/old-echo/"]
+    assert calls[1][1]["a2a-version"] == "0.3"
+    assert agents.run("ask-old-direct", "tides") == (200, "echo: Tell me about tides")
+
+    status, output = agents.run("ask-old-slow", "moths")
+    assert status == 200
+    assert output.splitlines()[0] == "report on Tell me about moths"
+    assert json.loads(output.splitlines()[1]) == {"topic": "Tell me about moths", "sources": 2}
+    status, output = agents.run("ask-old-slow-json", "owls")
+    assert (status, output) == (200, {"topic": "Tell me about owls", "sources": 2})
+    # Its task polled (tasks/get), not the message sent again: one a run
+    assert [sent.split("/")[1] for name, sent in agents.seen.messages
+            if name == "old-slow"] == ["ask@1", "ask@1"]
+
+
+def test_a_0_3_agents_failed_task_fails_the_step_and_one_that_times_out_is_cancelled(
+    agents: Agents,
+) -> None:
+    status, message = agents.run("ask-old-broken", "bees")
+    assert status == 502
+    assert message.endswith("agent 'old-broken' failed the task: the index is "
+                            "unavailable"), message
+    status, message = agents.run("ask-old-stuck", "glaciers")
+    assert status == 502
+    assert message.endswith("timed out after 1s"), message
+    [task] = agents.events(agents.last, "agent_task")
+    assert ("old-stuck", task["task"]) in agents.seen.cancelled  # by tasks/cancel
+    assert agents.events(agents.last, "agent_task_cancel") == [
+        {"agent": "old-stuck", "task": task["task"], "state": "canceled"}]
+
+
+def test_a_0_3_agent_called_as_1_0_fails_saying_which_version_to_set(agents: Agents) -> None:
+    status, message = agents.run("ask-old-unsaid", "x")
+    assert status == 502
+    assert message.endswith("agent 'old-unsaid': SendMessage failed: Method not found "
+                            "(JSON-RPC error -32601); if the agent speaks A2A 0.3, set its "
+                            "a2a_version: '0.3'"), message
+    status, message = agents.run("ask-old-as-new", "x")
+    assert status == 502
+    assert message.endswith("the card of agent 'old-as-new' offers no JSONRPC interface of "
+                            "A2A 1.0 (its a2a_version); it offers: JSONRPC 0.3.0"), message

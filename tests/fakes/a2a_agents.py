@@ -20,6 +20,11 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              answers 404
     garbled  as stuck, but GetTask is answered 503 with an HTML page (as a proxy in
              front of an agent that went down does); CancelTask still reaches it
+    old-echo, old-slow, old-broken, old-stuck
+             as echo, slow, broken and stuck, but agents of A2A 0.3 only: a card in
+             0.3's form (``protocolVersion: 0.3.0``, ``url``, ``preferredTransport``),
+             the SDK's 0.3 JSON-RPC (``message/send``, ``tasks/get``, ...), and 1.0's
+             methods refused with MethodNotFound, as a 0.3 server knows none of them
 
 Every request's headers are recorded (``seen``), to check what the gateway sent, and
 each message an agent takes and each task it is asked to cancel.
@@ -32,6 +37,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from a2a.compat.v0_3.conversions import to_compat_agent_card
 from a2a.helpers.proto_helpers import (
     new_data_artifact,
     new_text_artifact,
@@ -56,11 +62,13 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import InvalidParamsError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PATIENT_S = 3.0
+# The agents that speak A2A 0.3 only, each as the 1.0 agent after its "old-".
+OLD = ("old-echo", "old-slow", "old-broken", "old-stuck")
 
 
 @dataclass
@@ -79,6 +87,7 @@ class Seen:
 class _Executor(AgentExecutor):
     def __init__(self, name: str, slow_s: float, stuck_s: float, seen: Seen) -> None:
         self.name = name
+        self.acts = name.removeprefix("old-")  # what it does: an old-echo echoes
         self.slow_s = slow_s if name != "patient" else PATIENT_S
         self.stuck_s = stuck_s
         self.seen = seen
@@ -89,10 +98,10 @@ class _Executor(AgentExecutor):
             self.seen.messages.append((self.name, context.message.message_id))
             if self.seen.on_message is not None:
                 self.seen.on_message(self.name, context.message.message_id)
-        if self.name == "tattler":
+        if self.acts == "tattler":
             sent = context.call_context.state.get("headers", {}).get("authorization")
             raise InvalidParamsError(f"the credential {sent!r} is not valid for this index")
-        if self.name in ("echo", "mover"):
+        if self.acts in ("echo", "mover"):
             await event_queue.enqueue_event(new_text_message(f"echo: {text}", role=Role.ROLE_AGENT))
             return
         task_id, context_id = context.task_id or "", context.context_id or ""
@@ -102,17 +111,17 @@ class _Executor(AgentExecutor):
             history=[context.message] if context.message else []))
         updater = TaskUpdater(event_queue, task_id, context_id)
         await updater.start_work()
-        if self.name in ("slow", "patient"):
+        if self.acts in ("slow", "patient"):
             await asyncio.sleep(self.slow_s)
             await updater.add_artifact([new_text_part(f"report on {text}")])
             data = new_data_artifact("facts", {"topic": text, "sources": 2})
             await updater.add_artifact(list(data.parts), name="facts")
             await updater.complete()
-        elif self.name == "broken":
+        elif self.acts == "broken":
             await asyncio.sleep(self.slow_s)
             await updater.failed(updater.new_agent_message(
                 [new_text_part("the index is unavailable")]))
-        elif self.name == "curious":
+        elif self.acts == "curious":
             await updater.requires_input(updater.new_agent_message(
                 [new_text_part("which year do you mean?")]))
         else:  # stuck, garbled
@@ -125,11 +134,11 @@ class _Executor(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
 
-def _card(name: str, endpoint: str) -> AgentCard:
+def _card(name: str, endpoint: str, version: str = "1.0") -> AgentCard:
     return AgentCard(
         name=name, description=f"The {name} test agent", version="1.0",
         supported_interfaces=[AgentInterface(url=endpoint, protocol_binding="JSONRPC",
-                                             protocol_version="1.0")],
+                                             protocol_version=version)],
         capabilities=AgentCapabilities(streaming=False),
         default_input_modes=["text/plain"], default_output_modes=["text/plain"],
         skills=[AgentSkill(id=name, name=name, description=name, tags=["test"])],
@@ -154,7 +163,7 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
     for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
-                 "elsewhere", "mover", "tattler", "garbled"):
+                 "elsewhere", "mover", "tattler", "garbled", *OLD):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
@@ -167,6 +176,9 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
         if name == "mover":
             routes = [*create_agent_card_routes(card, _moved(seen, f"{base_url}/mover/v2/")),
                       *create_jsonrpc_routes(handler, "/"), *create_jsonrpc_routes(handler, "/v2/")]
+        if name in OLD:
+            routes = [_v03_card_route(_card(name, endpoint, "0.3.0")),
+                      *create_jsonrpc_routes(handler, "/", enable_v0_3_compat=True)]
         if name == "leaky":
             routes = [*create_agent_card_routes(card), Route(
                 "/", lambda _request: RedirectResponse("http://169.254.169.254/", 307),
@@ -181,6 +193,14 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
             if seen.moved and request.url.path == "/mover/":
                 await PlainTextResponse("not here", 404)(scope, receive, send)
                 return
+            if request.url.path.removesuffix("/") in [f"/{name}" for name in OLD]:
+                body = await Request(scope, receive).body()
+                if "/" not in _method(body):  # 1.0's: unknown to a 0.3 server
+                    await JSONResponse({"jsonrpc": "2.0", "id": json.loads(body).get("id"),
+                                        "error": {"code": -32601, "message": "Method not found"}}
+                                       )(scope, receive, send)
+                    return
+                receive = _replay(body)
             if request.url.path == "/garbled/":
                 body = await Request(scope, receive).body()
                 if _method(body) == "GetTask":
@@ -192,6 +212,15 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
 
     return recorded
 
+
+def _v03_card_route(card: AgentCard) -> Route:
+    """The card as a 0.3 agent serves it: the SDK's 0.3 AgentCard, as JSON."""
+    shown = to_compat_agent_card(card).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def serve(_request: Request) -> JSONResponse:
+        return JSONResponse(shown)
+
+    return Route("/.well-known/agent-card.json", serve, methods=["GET"])
 
 
 def _method(body: bytes) -> str:

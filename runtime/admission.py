@@ -21,9 +21,10 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote
 
@@ -187,27 +188,8 @@ def _limits(scope: Scope, name: str, quota: Quota) -> Limits | None:
 
 
 def subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
-    """Every scope a request by ``key`` (for end user ``user``) is counted against."""
-    if not user:  # most requests: the key's and its team's, the same for every request
-        kept = _key_limits.get(id(key))
-        if kept is not None and kept[0] is key:
-            return kept[1]
-        limits = _subject_limits(key, None)
-        if len(_key_limits) >= _MAX_KEYS:
-            _key_limits.clear()  # reloads leave old keys behind: rebuilt as they come
-        _key_limits[id(key)] = (key, limits)
-        return limits
-    return _subject_limits(key, user)
-
-
-# By the key objects' identities (frozen graph data, as ``_limits``' quotas): hashing a
-# key's quotas for ``_limits``' cache each request cost more than the rest of
-# ``subject_limits``. Each entry keeps its key alive, so an id is not reused meanwhile.
-_key_limits: dict[int, tuple[ApiKey, tuple[Limits, ...]]] = {}
-_MAX_KEYS = 4096
-
-
-def _subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
+    """Every scope a request by ``key`` (for end user ``user``) is counted against, worked
+    out afresh; a request asks its graph's ``KeyScopes``, which keeps a key's own."""
     found = [_limits(Scope.KEY, key.name, key.quota)]
     if key.team is not None:
         found.append(_limits(Scope.TEAM, key.team.name, key.team.quota))
@@ -224,11 +206,36 @@ def _subject_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
     return tuple(item for item in found if item is not None)
 
 
-def rpm_limits(key: ApiKey, user: str | None) -> tuple[Limits, ...]:
-    """``subject_limits`` with only their rpm: what an MCP message counts against (it has
-    no tokens and no cost)."""
-    return tuple(found for limits in subject_limits(key, user)
-                 if (found := _rpm_only(limits)) is not None)
+@dataclass(frozen=True, slots=True)
+class KeyScopes:
+    """Each key's own scopes (its and its team's) in one graph, worked out when the graph
+    goes live and dropped with it: most requests name no end user, and hashing a key's
+    quotas for ``_limits``' cache each request cost more than the rest of the lookup.
+
+    Kept by name with the key object itself, so a key of another graph (a request that
+    began before a reload, a key made by a test) is never answered with this graph's.
+    """
+
+    by_name: Mapping[str, tuple[ApiKey, tuple[Limits, ...]]]
+
+    @classmethod
+    def of(cls, graph: Graph) -> KeyScopes:
+        return cls(MappingProxyType({name: (key, subject_limits(key, None))
+                                     for name, key in graph.keys_by_name.items()}))
+
+    def limits(self, key: ApiKey, user: str | None) -> tuple[Limits, ...]:
+        """``subject_limits(key, user)``: the same tuple each request for no end user."""
+        if not user:
+            kept = self.by_name.get(key.name)
+            if kept is not None and kept[0] is key:
+                return kept[1]
+        return subject_limits(key, user)
+
+
+def rpm_limits(limits: tuple[Limits, ...]) -> tuple[Limits, ...]:
+    """``limits`` with only their rpm: what an MCP message counts against (it has no
+    tokens and no cost)."""
+    return tuple(found for item in limits if (found := _rpm_only(item)) is not None)
 
 
 @functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)

@@ -40,7 +40,6 @@ from .admission import (
     cut_records,
     cut_totals,
     ledger_record,
-    subject_limits,
     worst_case,
 )
 from .chat import Plan, Served, complete, new_record, overhead_header, prepare, stream
@@ -116,7 +115,7 @@ class Exchange:
         self.identify(key, request.user)
         plan = prepare(live, request, self.headers, record, route)
         check_route_allowed(key, plan.route)
-        limits = subject_limits(key, self.user)
+        limits = self.live.scopes.limits(key, self.user)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
         tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
@@ -179,7 +178,7 @@ class Exchange:
         request that is not a chat completion; ``close`` settles it, ``fail`` gives it
         back."""
         store = await self.live.store.get()
-        limits = subject_limits(key, self.user)
+        limits = self.live.scopes.limits(key, self.user)
         if self._on_behalf:  # counted as one more request, it halved a key's rpm, and
             # with max_parallel: 1 it was refused the place its own request holds
             limits = tuple(replace(item, rpm=None, max_parallel=None) for item in limits)
@@ -411,7 +410,8 @@ class Exchange:
             raise Unauthorized("The API key was revoked during this stream.")
         assert self.admission is not None
         try:
-            spent = await self.admission.spent_budget(subject_limits(key, self.user))
+            spent = await self.admission.spent_budget(
+                self._current().scopes.limits(key, self.user))
         except StoreUnavailable:
             self.live.store.unchecked()
             return

@@ -18,7 +18,7 @@ from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Graph
 
 from . import heap
-from .admission import StoreHandle
+from .admission import KeyScopes, StoreHandle
 from .background import Background
 from .guardrails import GuardClient
 from .policy import PolicyEngine
@@ -101,6 +101,7 @@ class Live:
     loaded_at: float
     policy: PolicyEngine  # Cedar for this graph, with its caches
     shutdown: Shutdown  # the gateway's, shared by every snapshot
+    scopes: KeyScopes  # each key's limits in this graph
     in_flight: InFlight = field(default_factory=InFlight)
     # Asks webhook guardrails; one for the gateway, handed on by each reload.
     guard: GuardClient = field(default_factory=GuardClient)
@@ -124,7 +125,8 @@ class Live:
                               if route.guardrails is not None
                               for guardrail in route.guardrails.input)
         return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
-                   PolicyEngine(graph, StateLive(routing)), shutdown, guard=guard)
+                   PolicyEngine(graph, StateLive(routing)), shutdown, KeyScopes.of(graph),
+                   guard=guard)
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:

@@ -326,7 +326,7 @@ class McpProxy:
 
 async def _count(live: Live, key: ApiKey, user: str | None) -> None:
     """Each message counts against the key's, team's and end user's rpm (429 past one)."""
-    limits = rpm_limits(key, user)
+    limits = rpm_limits(live.scopes.limits(key, user))
     if limits:
         await count_request(await live.store.get(), f"mcp-{uuid.uuid4().hex}", limits)
 

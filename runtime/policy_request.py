@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 
 from aigw.compiler.graph import ApiKey, Graph, Route, TargetKind
 
-from .admission import budget_remaining, subject_limits
+from .admission import budget_remaining
 from .errors import BadRequest, Forbidden, StoreUnavailable
 from .live import Live
 from .policy import Decision, Facts, RequestGate, principal_for
@@ -213,7 +213,7 @@ async def _gate(live: Live, key: ApiKey, user: str | None, facts: Facts,
     if engine.enforced and "budget_remaining" in reads.context and not budget_later:
         try:
             store = store or await live.store.get()
-            found = await budget_remaining(store, tuple(limits or subject_limits(key, user)))
+            found = await budget_remaining(store, tuple(limits or live.scopes.limits(key, user)))
             facts = facts.with_budget(found)
         except StoreUnavailable:
             log.warning("budget unknown for the policy context: the store is unavailable")

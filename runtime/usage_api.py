@@ -17,7 +17,6 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .admission import subject_limits
 from .auth import authenticate, require_admin
 from .errors import BadRequest
 from .live import Live
@@ -122,7 +121,7 @@ async def declared_budgets(live: Live, user: str | None = None) -> tuple[BudgetS
     otherwise: their names are whatever clients send)."""
     limits: dict[tuple[Scope, str], Limits] = {}
     for key in live.graph.keys_by_name.values():
-        for item in subject_limits(key, user):
+        for item in live.scopes.limits(key, user):
             if item.budget is not None:
                 limits[(item.scope, item.name)] = item
     if not limits:

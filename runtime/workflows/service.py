@@ -22,7 +22,7 @@ from typing import Any
 from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
-from ..admission import admit, subject_limits
+from ..admission import admit
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..live import Gateway
@@ -283,7 +283,7 @@ class Workflows:
         """Starting a run is a request: it takes one of the key's (its team's, its end
         user's) requests a minute, as a chat does, and is a 429 past them; else a key
         limited to 3 a minute could queue any number of runs, each input stored."""
-        limits = subject_limits(key, user)
+        limits = self.gateway.live.scopes.limits(key, user)
         if not limits:
             return  # nothing to count, nor a store to open for it
         record = RequestRecord(f"start-{os.urandom(16).hex()}", "pipeline",

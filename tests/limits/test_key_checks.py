@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
 from aigw.compiler.graph import ApiKey, Quota, Team
 from aigw.runtime.admission import subject_limits
+from aigw.runtime.live import Gateway
 from aigw.runtime.store.values import Scope
+from aigw.runtime.tokens import TokenCounter
 
-from .conftest import ClientFactory, digest
+from .conftest import ClientFactory, digest, limits_config
 
 UNICODE_SECRET = "sk-clé-ünïcode-0005"
 
@@ -73,18 +76,36 @@ async def test_a_previous_secret_signs_in_while_the_new_ones_env_is_unset(
         {"until": "2999-01-01T00:00:00Z", "refused": False}]
 
 
-def test_a_keys_scopes_follow_the_key_object_a_reload_gives() -> None:
-    """``subject_limits`` keeps a key's scopes by the key object: the same limits each
-    request, and a reloaded key (a new object, its quota changed) gets its new ones."""
+async def test_a_keys_scopes_are_its_graphs_and_a_reload_gives_new_ones(
+        tmp_path: Path, counter: TokenCounter) -> None:
+    """Each graph that goes live works out its keys' scopes once: the same tuple each
+    request. A reload builds the next graph's, with a changed quota; a key of the graph
+    it replaced (a request begun before it) still gets its own, never the other's."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    gateway = Gateway(tmp_path, counter)
+    try:
+        before = gateway.live
+        alice = before.graph.keys_by_name["alice"]
+        first = before.scopes.limits(alice, None)
+        assert before.scopes.limits(alice, None) is first
+        assert [(item.scope, item.name, item.rpm) for item in first] == [
+            (Scope.KEY, "alice", 3), (Scope.TEAM, "eng", None)]
+        (tmp_path / "gateway.yaml").write_text(
+            limits_config().replace("limits: {rpm: 3}", "limits: {rpm: 7}"))
+        assert (await gateway.reload("test")).ok
+        after = gateway.live
+        reloaded = after.graph.keys_by_name["alice"]
+        assert [item.rpm for item in after.scopes.limits(reloaded, None)] == [7, None]
+        assert [item.rpm for item in after.scopes.limits(alice, None)] == [3, None]
+        assert [item.rpm for item in before.scopes.limits(reloaded, None)] == [7, None]
+        assert [item.name for item in after.scopes.limits(reloaded, "u1")] == [
+            "alice", "eng", "eng/u1"]
+    finally:
+        await gateway.aclose()
+
+
+def test_a_keys_scopes_for_an_end_user_are_under_its_owner() -> None:
     team = Team("eng", Quota(rpm=10), Quota())
     key = ApiKey("k", team, False, Quota(tpm=100), Quota(), None, None, "digest")
-    first = subject_limits(key, None)
-    assert subject_limits(key, None) is first
-    assert [(item.scope, item.name, item.rpm, item.tpm) for item in first] == [
-        (Scope.KEY, "k", None, 100), (Scope.TEAM, "eng", 10, None)]
-    reloaded = replace(key, quota=Quota(tpm=200))
-    assert [item.tpm for item in subject_limits(reloaded, None)] == [200, None]
-    assert subject_limits(key, None) is first
-    user = Quota(rpm=1)
-    per_user = replace(key, per_user=user)
+    per_user = replace(key, per_user=Quota(rpm=1))
     assert [item.name for item in subject_limits(per_user, "u1")] == ["k", "eng", "eng/u1"]

@@ -10,6 +10,7 @@ that NaN and infinities become ``null`` rather than invalid JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pydantic_core import from_json, to_json
@@ -35,16 +36,15 @@ class JSONBody(Response):
         return dumps(content)
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        """As Starlette's, with each header name lowercased and encoded once per process
-        rather than per answer (a model answer has a dozen: who served it, the rate
-        limits, the overhead), which were three calls a header. The same list, in the
-        same order: the caller's headers, then the length and the type."""
+        """As Starlette's, with the names of a model answer's headers (who served it, the
+        rate limits, the overhead: a dozen) taken encoded from ``SENT_AS`` rather than
+        lowercased and encoded per answer, which were three calls a header. The same list,
+        in the same order: the caller's headers, then the length and the type. Headers
+        with any other name take Starlette's own path."""
         if headers:
-            names = _SENT_AS
             try:
-                raw = [(names[name], value.encode("latin-1")) for name, value in headers.items()]
+                raw = [(SENT_AS[name], value.encode("latin-1")) for name, value in headers.items()]
             except KeyError:
-                _learn(headers)
                 super().init_headers(headers)
                 return
             super().init_headers(None)  # content-length and content-type, as Starlette adds them
@@ -54,16 +54,15 @@ class JSONBody(Response):
             super().init_headers(headers)
 
 
-# Header names as sent, by the names the code gives. Never content-length nor
-# content-type: with one of those Starlette adds neither, so those answers take its own
-# path. The code's names are a few dozen constants; the bound is against a caller that
-# would pass names of its own.
-_SENT_AS: dict[str, bytes] = {}
-_MAX_NAMES = 256
-
-
-def _learn(headers: Mapping[str, str]) -> None:
-    for name in headers:
-        sent = name.lower().encode("latin-1")
-        if sent not in (b"content-length", b"content-type") and len(_SENT_AS) < _MAX_NAMES:
-            _SENT_AS[name] = sent
+# The headers of a model answer, as the gateway names them (``Exchange.answer_headers``:
+# ``Served.headers``, ``RateStatus.headers``, the cache's verdict, the overhead), by
+# their names as sent. Never content-length nor content-type: with one of those
+# Starlette adds neither, so those answers take its own path.
+ANSWER_HEADERS = (
+    "x-aigw-route", "x-aigw-deployment", "x-aigw-attempts", "x-request-id",
+    *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
+      for what in ("limit", "remaining", "reset")),
+    "x-aigw-cache", "x-aigw-cache-similarity", "x-aigw-overhead-ms",
+)
+SENT_AS: Mapping[str, bytes] = MappingProxyType(
+    {name: name.encode("latin-1") for name in ANSWER_HEADERS})

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from aigw.cli import main
 from aigw.runtime.app import IndexedHeaders, SnapshotMiddleware, create_app
-from aigw.runtime.jsonio import JSONBody, dumps
+from aigw.runtime.jsonio import SENT_AS, JSONBody, dumps
 from aigw.runtime.live import Gateway
 from aigw.runtime.tokens import TokenCounter
 
@@ -423,6 +423,28 @@ def test_indexed_headers_answer_as_starlettes_headers_do() -> None:
     assert dict(indexed.items()) == dict(plain.items())
 
 
+async def test_a_model_answers_headers_are_all_sent_encoded(
+        gateway_dir: Path, counter: TokenCounter) -> None:
+    """Every header a model answer carries (who served it, both rate limits, the cache's
+    verdict, the overhead) has its name in ``SENT_AS``, so none takes Starlette's slower
+    path: a header added to answers and not to the table fails here."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text()
+                      .replace("  default: {}", "  default: {limits: {rpm: 600, tpm: 200000}}")
+                      .replace("  # faq: {group: fast,", "  faq: {group: fast,"))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        async with app_client(gateway) as http:
+            answers = [await http.post(CHAT, json=_chat(model="faq")) for _ in range(2)]
+    finally:
+        await gateway.aclose()
+    assert [answer.headers["x-aigw-cache"] for answer in answers] == ["miss", "hit"]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        names = set(answer.headers) - {"content-length", "content-type", "x-aigw-graph"}
+        assert "x-ratelimit-remaining-tokens" in names and names <= set(SENT_AS)
+
+
 @pytest.mark.parametrize("headers", [
     None, {},
     {"x-aigw-route": "fast", "X-Request-Id": "req-1", "x-ratelimit-reset-tokens": "6ms"},
@@ -433,8 +455,8 @@ def test_indexed_headers_answer_as_starlettes_headers_do() -> None:
 def test_json_bodies_send_the_headers_starlette_would(
     headers: dict[str, str] | None, status: int
 ) -> None:
-    """JSONBody encodes header names once per process: the same list, in the same order,
-    as Starlette's own, the second time a name is seen as the first."""
+    """JSONBody sends the same header list as Starlette's own, in the same order, whether
+    a name is in ``SENT_AS`` or not."""
     for _ in range(2):
         ours = JSONBody({"ok": True}, status_code=status, headers=headers)
         theirs = Response(dumps({"ok": True}), status_code=status, headers=headers,

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from . import codes
 from .agents import link_agent
 from .diagnostics import DiagnosticSink, shown_url
+from .gateway_spec import SettingsSpec
 from .graph import ServedServer
 from .guardrail_graph import Guardrail
 from .guardrails import check_route_guardrails, check_served_kinds, link_guardrails
@@ -43,7 +44,6 @@ from .spec import (
     McpServerSpec,
     ProviderSpec,
     RouteSpec,
-    SettingsSpec,
     Spec,
     TeamSpec,
 )

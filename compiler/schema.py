@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .gateway_spec import GatewaySpec
 from .pipeline_spec import PipelineSpec
-from .spec import GatewaySpec, SectionsSpec
+from .spec import SectionsSpec
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

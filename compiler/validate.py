@@ -19,9 +19,10 @@ from pydantic_core import ErrorDetails
 
 from . import codes
 from .diagnostics import DiagnosticSink
+from .gateway_spec import GatewaySpec
 from .load import GATEWAY_FILE, Loaded, YamlDocument
 from .source import NodePath, SourceMap
-from .spec import NAME_PATTERN, NAMED_SECTIONS, GatewaySpec, SectionsSpec
+from .spec import NAME_PATTERN, NAMED_SECTIONS, SectionsSpec
 
 _TOP_LEVEL_ONLY = ("version", "settings")
 

@@ -27,6 +27,15 @@ def test_compiler_imports_no_runtime_or_network_library() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_every_module_is_under_800_lines() -> None:
+    """STYLE.md: aim for ~400 lines a module, never past ~800."""
+    long = {str(path.relative_to(REPO)): lines
+            for folder in ("compiler", "runtime", "aigw")
+            for path in sorted((REPO / folder).rglob("*.py"))
+            if (lines := len(path.read_text().splitlines())) > 800}
+    assert long == {}
+
+
 def test_the_runtime_does_not_import_the_a2a_sdk() -> None:
     """a2a-sdk is a test dependency (the agents agent steps call in tests): the
     gateway speaks A2A's wire format itself."""

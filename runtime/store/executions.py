@@ -24,12 +24,14 @@ steps it leaves running or waiting (``abandon``). The one write without a lease 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 
@@ -382,7 +384,7 @@ def check_decidable(execution_id: str, status: Status) -> None:
 # Changed by the store, not by a runner (its lease had lapsed): the lease goes too, so the
 # runner that let it lapse, if it is still at work, is fenced off (LeaseLost) rather than
 # renewing and committing over the pause or the cancel.
-_UNHELD: dict[str, Any] = {"owner": None, "lease_until": 0.0}
+_UNHELD: Mapping[str, Any] = MappingProxyType({"owner": None, "lease_until": 0.0})
 
 
 def claimable(execution: Execution, owner: str, now: float) -> bool:
@@ -432,3 +434,36 @@ def _alive(owner: str) -> bool:
 
 def new_execution_id() -> str:
     return f"exec_{uuid.uuid4().hex}"
+
+
+# The text both stores keep of a step's state, a decision and any JSON value: the same
+# in a SQLite column as in a Redis hash, so each reads what either wrote.
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON, as stored: ``json_text({"a": [1, "é"]}) == '{"a":[1,"é"]}'``."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def step_to_json(state: StepState) -> str:
+    return json_text(state.as_dict())
+
+
+def step_from_json(text: str) -> StepState:
+    data = json.loads(text)
+    data["status"] = StepStatus(data["status"])
+    return StepState(**data)
+
+
+def decision_to_json(decision: Decision) -> str:
+    return json_text({"approve": decision.approve, "by": decision.by,
+                      "comment": decision.comment, "at": decision.at})
+
+
+def decision_from_json(text: str) -> Decision:
+    return Decision(**json.loads(text))
+
+
+def in_start_order(states: Iterable[StepState]) -> tuple[StepState, ...]:
+    """An execution's steps as ``steps`` lists them: by when each started, then by path."""
+    return tuple(sorted(states, key=lambda state: (state.started_at or 0.0, state.step)))

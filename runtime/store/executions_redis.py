@@ -71,9 +71,14 @@ from .executions import (
     check_decidable,
     claimable,
     control_change,
+    decision_from_json,
+    decision_to_json,
+    in_start_order,
+    json_text,
     new_execution_id,
+    step_from_json,
+    step_to_json,
 )
-from .executions_sqlite import decision_to_dict, step_from_json, step_to_json
 from .redis_store import unreachable
 
 log = logging.getLogger("aigw.store")
@@ -305,8 +310,7 @@ class RedisExecutions:
     async def steps(self, execution_id: str) -> tuple[StepState, ...]:
         async def run() -> tuple[StepState, ...]:
             rows = await self._redis.hgetall(self._x(execution_id, "steps"))
-            states = [step_from_json(text) for text in rows.values()]
-            return tuple(sorted(states, key=lambda state: (state.started_at or 0.0, state.step)))
+            return in_start_order(map(step_from_json, rows.values()))
 
         return await self._guard(run)
 
@@ -524,7 +528,7 @@ class RedisExecutions:
             if text is None or step_from_json(text).status is not StepStatus.WAITING:
                 raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
             if not await self._redis.hsetnx(self._x(execution_id, "decisions"), step,
-                                            json.dumps(decision_to_dict(decision))):
+                                            decision_to_json(decision)):
                 raise ExecutionConflict(f"step '{step}' was decided already")
 
         await self._guard(run)
@@ -532,7 +536,7 @@ class RedisExecutions:
     async def decision(self, execution_id: str, step: str) -> Decision | None:
         async def run() -> Decision | None:
             text = await self._redis.hget(self._x(execution_id, "decisions"), step)
-            return Decision(**json.loads(text)) if text is not None else None
+            return decision_from_json(text) if text is not None else None
 
         return await self._guard(run)
 
@@ -658,7 +662,7 @@ class RedisExecutions:
 def _field(name: str, value: Any) -> str:
     if isinstance(value, Status):
         value = value.value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json_text(value)
 
 
 def _encode(execution: Execution) -> dict[str, str]:
@@ -694,7 +698,7 @@ def _payload(checkpoint: Checkpoint, now: float) -> dict[str, Any]:
     memo = checkpoint.memo
     return {
         "steps": [[state.step, step_to_json(state)] for state in checkpoint.steps],
-        "memo": [memo.key, json.dumps(memo.value, ensure_ascii=False), memo.cost,
+        "memo": [memo.key, json_text(memo.value), memo.cost,
                  memo.prompt_tokens, memo.completion_tokens, int(memo.model_call)]
         if memo is not None else None,
         "fields": fields_,

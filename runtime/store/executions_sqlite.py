@@ -37,7 +37,13 @@ from .executions import (
     check_decidable,
     claimable,
     control_change,
+    decision_from_json,
+    decision_to_json,
+    in_start_order,
+    json_text,
     new_execution_id,
+    step_from_json,
+    step_to_json,
 )
 from .sqlite_file import SQLiteFile, run_statements
 
@@ -205,10 +211,6 @@ def _create_tables(connection: sqlite3.Connection) -> None:
             connection.execute(f'ALTER TABLE wf_executions ADD COLUMN "{added}" TEXT')
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _row(row: tuple[Any, ...]) -> Execution:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["status"] = Status(values["status"])
@@ -243,10 +245,10 @@ def _create(
 
 def _write(connection: sqlite3.Connection, execution: Execution) -> None:
     values = [getattr(execution, name) for name in _COLUMNS]
-    values[_COLUMNS.index("input")] = _dumps(execution.input)
-    values[_COLUMNS.index("output")] = _dumps(execution.output)
+    values[_COLUMNS.index("input")] = json_text(execution.input)
+    values[_COLUMNS.index("output")] = json_text(execution.output)
     if execution.facts is not None:
-        values[_COLUMNS.index("facts")] = _dumps(execution.facts)
+        values[_COLUMNS.index("facts")] = json_text(execution.facts)
     values[_COLUMNS.index("status")] = execution.status.value
     placeholders = ", ".join("?" for _ in _COLUMNS)
     names = ", ".join(f'"{name}"' for name in _COLUMNS)
@@ -296,18 +298,7 @@ def _steps(execution_id: str, connection: sqlite3.Connection) -> tuple[StepState
     rows = connection.execute(
         "SELECT state FROM wf_steps WHERE execution_id = ?", (execution_id,)
     ).fetchall()
-    states = [step_from_json(row[0]) for row in rows]
-    return tuple(sorted(states, key=lambda state: (state.started_at or 0.0, state.step)))
-
-
-def step_to_json(state: StepState) -> str:
-    return _dumps(state.as_dict())
-
-
-def step_from_json(text: str) -> StepState:
-    data = json.loads(text)
-    data["status"] = StepStatus(data["status"])
-    return StepState(**data)
+    return in_start_order(step_from_json(row[0]) for row in rows)
 
 
 def _memos(execution_id: str, connection: sqlite3.Connection) -> dict[str, Any]:
@@ -386,7 +377,7 @@ def _commit(
     if checkpoint.status is not None:
         changes["status"] = checkpoint.status.value
         if checkpoint.status in FINAL:
-            changes.update(finished_at=now, output=_dumps(checkpoint.output),
+            changes.update(finished_at=now, output=json_text(checkpoint.output),
                            error=checkpoint.error, control=None)
     if checkpoint.clear_control:
         changes["control"] = None
@@ -401,7 +392,7 @@ def _add_memo(execution_id: str, memo: Memo, totals: tuple[Any, ...],
     """Write ``memo`` once: the first time, the execution's new totals (``totals``: its
     cost, prompt and completion tokens and model calls until now); else none."""
     cursor = connection.execute("INSERT OR IGNORE INTO wf_memos VALUES (?, ?, ?)",
-                                (execution_id, memo.key, _dumps(memo.value)))
+                                (execution_id, memo.key, json_text(memo.value)))
     if cursor.rowcount != 1:
         return {}
     return {"cost": totals[0] + memo.cost, "prompt_tokens": totals[1] + memo.prompt_tokens,
@@ -418,7 +409,7 @@ def _append(execution_id: str, new: Iterable[NewEvent], now: float,
     for seq, item in enumerate(new, start=last + 1):
         event = Event(seq, now, item.type, item.step, dict(item.data))
         connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
-                           (execution_id, seq, now, item.type, item.step, _dumps(event.data)))
+                           (execution_id, seq, now, item.type, item.step, json_text(event.data)))
         events.append(event)
     return tuple(events)
 
@@ -465,7 +456,7 @@ def _control(
                 (*events, NewEvent(f"execution_{execution.status.value}")), start=last + 1):
             connection.execute("INSERT INTO wf_events VALUES (?, ?, ?, ?, ?, ?)",
                                (execution_id, seq, now, event.type, event.step,
-                                _dumps(dict(event.data))))
+                                json_text(dict(event.data))))
     return execution
 
 
@@ -483,7 +474,7 @@ def _decide(
         raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
     inserted = connection.execute(
         "INSERT OR IGNORE INTO wf_decisions VALUES (?, ?, ?)",
-        (execution_id, step, _dumps(decision_to_dict(decision))),
+        (execution_id, step, decision_to_json(decision)),
     )
     if inserted.rowcount == 0:
         raise ExecutionConflict(f"step '{step}' was decided already")
@@ -494,12 +485,7 @@ def _decision(execution_id: str, step: str, connection: sqlite3.Connection) -> D
         "SELECT decision FROM wf_decisions WHERE execution_id = ? AND step = ?",
         (execution_id, step),
     ).fetchone()
-    return Decision(**json.loads(row[0])) if row is not None else None
-
-
-def decision_to_dict(decision: Decision) -> dict[str, Any]:
-    return {"approve": decision.approve, "by": decision.by, "comment": decision.comment,
-            "at": decision.at}
+    return decision_from_json(row[0]) if row is not None else None
 
 
 _TOTALS = ("COUNT(*) AS executions, SUM(status = 'succeeded') AS succeeded, "

@@ -22,13 +22,17 @@ idempotent by request id and returns once the record is durable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from .values import BudgetStatus, Denied, LedgerRecord, Limits, Reservation, UsageQuery, UsageRow
 
 
 class Store(Protocol):
-    """Rate limits, budgets and the spend ledger, embedded or shared through Redis."""
+    """Rate limits, budgets and the spend ledger, embedded or shared through Redis.
+
+    The stores subclass it for what is the same whatever holds the counters: ``release``
+    and ``async with``."""
 
     async def reserve(
         self,
@@ -53,7 +57,7 @@ class Store(Protocol):
     async def release(self, reservation: Reservation) -> None:
         """The call did not happen: give back the tokens and the budget hold (the
         request still counts against requests per minute). Same as settling zero."""
-        ...
+        await self.settle(reservation, tokens=0, cost=0.0)
 
     async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
         """The call still runs: its budget holds last ``ttl`` seconds from now (the
@@ -77,3 +81,14 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Finish pending writes and let go of files, threads and connections."""
         ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

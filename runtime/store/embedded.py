@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
+from .base import Store
 from .checks import budget_checks, plan, reservation_budgets
 from .memory import Counter, MemoryLimits
 from .sqlite_file import (
@@ -42,7 +42,7 @@ DEFAULT_TTL = 600.0
 TRIM_EVERY_S = 3600.0
 
 
-class EmbeddedStore:
+class EmbeddedStore(Store):
     """``Store`` for one process; open it with ``await EmbeddedStore.open(path)``."""
 
     def __init__(
@@ -97,9 +97,6 @@ class EmbeddedStore:
             spend = tuple([(check.counter, charged.cost_nanos) for check in charged.budgets])
             self._db.post(partial(add_spend, spend))
 
-    async def release(self, reservation: Reservation) -> None:
-        await self.settle(reservation, tokens=0, cost=0.0)
-
     async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
         self._limits.renew(reservation.request_id, self._clock.now(),
                            self._ttl if ttl is None else ttl)
@@ -121,17 +118,6 @@ class EmbeddedStore:
 
     async def aclose(self) -> None:
         await self._db.aclose()
-
-    async def __aenter__(self) -> EmbeddedStore:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _load(self, counters: tuple[Counter, ...]) -> None:
         """Bring budget counters this process has not seen yet in from SQLite."""

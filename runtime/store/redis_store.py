@@ -71,7 +71,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
-from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -93,6 +92,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import InternalError, StoreUnavailable
 from . import lua
+from .base import Store
 from .checks import (
     Plan,
     decide,
@@ -135,7 +135,7 @@ class OnUnavailable(StrEnum):
 FLUSH_BATCH = 256
 
 
-class RedisStore:
+class RedisStore(Store):
     """``Store`` shared by every replica on one Redis; build it with ``from_url``."""
 
     def __init__(
@@ -273,9 +273,6 @@ class RedisStore:
         charge = settle_plan(reservation, tokens, cost)
         await self._write(self._calls.settle(reservation.request_id, charge, now))
 
-    async def release(self, reservation: Reservation) -> None:
-        await self.settle(reservation, tokens=0, cost=0.0)
-
     async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
         now = self._clock.now()
         ttl = self._ttl if ttl is None else ttl
@@ -367,17 +364,6 @@ class RedisStore:
                 await self._spill.aclose()
             finally:
                 await self._redis.aclose()
-
-    async def __aenter__(self) -> RedisStore:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _reserve(
         self, request_id: str, checks: Plan, now: float, ttl: float, nonce: str

@@ -116,30 +116,17 @@ def period_end(period: Period, now: float) -> float | None:
     return _calendar(period, now)[1]
 
 
-# The current period of each kind, as (start, key, end): every request with a budget
-# asks for its key and end two or three times, and they change once a day at most.
-_current: dict[Period, tuple[float, str, float | None]] = {}
-
-
 def _calendar(period: Period, now: float) -> tuple[str, float | None]:
-    cached = _current.get(period)
-    if cached is not None and cached[0] <= now and (cached[2] is None or now < cached[2]):
-        return cached[1], cached[2]
-    start, key, end = _compute_period(period, now)
-    _current[period] = (start, key, end)
-    return key, end
-
-
-def _compute_period(period: Period, now: float) -> tuple[float, str, float | None]:
+    """The key and the end of the period containing ``now``: asked when a set of limits
+    is first seen and when a period ends (``_Shape`` keeps its budget checks until then)."""
     if period is Period.TOTAL:
-        return float("-inf"), "total", None
+        return "total", None
     when = datetime.fromtimestamp(now, UTC)
     if period is Period.DAY:
         start = now // DAY_SECONDS * DAY_SECONDS  # POSIX days are all 86,400 s
-        return start, f"{when.year:04d}-{when.month:02d}-{when.day:02d}", start + DAY_SECONDS
-    start = datetime(when.year, when.month, 1, tzinfo=UTC).timestamp()
+        return f"{when.year:04d}-{when.month:02d}-{when.day:02d}", start + DAY_SECONDS
     following = datetime(when.year + when.month // 12, when.month % 12 + 1, 1, tzinfo=UTC)
-    return start, f"{when.year:04d}-{when.month:02d}", following.timestamp()
+    return f"{when.year:04d}-{when.month:02d}", following.timestamp()
 
 
 @functools.lru_cache(maxsize=256)  # every settle asks; keys change once a day at most
@@ -156,24 +143,6 @@ def keep_seconds(check: BudgetCheck, now: float) -> int:
     if check.resets_at is None:
         return 0
     return max(1, math.ceil(check.resets_at - now + KEEP_AFTER_PERIOD))
-
-
-def plan(limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan:
-    """What ``reserve`` has to check for these scopes."""
-    if tokens < 0 or cost < 0:
-        raise ValueError("tokens and cost of a reservation cannot be negative")
-    scopes = tuple(limits)
-    shape = _shape(scopes)
-    # tuple([...]), here and on the rest of the request path: a list comprehension is one
-    # call, where tuple() resumes a generator once an item and once more to end it.
-    buckets = tuple([fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
-                     for fixed, scope, name, cap in shape.buckets])
-    return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now), shape.slots)
-
-
-def budget_checks(limits: Sequence[Limits], now: float) -> tuple[BudgetCheck, ...]:
-    """The budget counters of these scopes in the periods containing ``now``."""
-    return _shape(tuple(limits)).budget_checks(now)
 
 
 _BucketSlot = tuple[BucketCheck | None, Scope, str, int]  # a fixed check, or a tpm to fill in
@@ -223,25 +192,6 @@ class _Shape:
                                                                    strict=True))
 
 
-# By the identities of the Limits objects (the request path reuses them, see
-# admission._limits): hashing them field by field cost more than the work saved. Each
-# entry keeps its Limits alive, so an id cannot be reused while its entry exists.
-_shapes: dict[tuple[int, ...], tuple[tuple[Limits, ...], _Shape]] = {}
-_MAX_SHAPES = 4096
-
-
-def _shape(limits: tuple[Limits, ...]) -> _Shape:
-    ids = tuple(map(id, limits))
-    found = _shapes.get(ids)
-    if found is not None:
-        return found[1]
-    shape = _compute_shape(limits)
-    if len(_shapes) >= _MAX_SHAPES:
-        _shapes.clear()  # rare: only with many distinct end users; rebuilt as they come
-    _shapes[ids] = (limits, shape)
-    return shape
-
-
 def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
     seen: set[tuple[Scope, str]] = set()
     buckets: list[_BucketSlot] = []
@@ -263,31 +213,71 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
             slots.append(SlotCheck(item.scope, item.name, item.max_parallel))
     return _Shape(tuple(buckets), tuple(budgets), tuple(slots))
 
+class Shapes:
+    """The ``_Shape`` of each set of limits a store was asked about, by the identities of
+    its Limits objects: the request path reuses them (``KeyScopes``, admission's
+    ``_limits``), and hashing them field by field cost more than the work saved. Each
+    store makes its own and drops it when closed; each entry keeps its Limits alive, so
+    an id cannot be reused while its entry exists."""
 
-def settle_plan(reservation: Reservation, tokens: int, cost: float) -> Plan:
-    """The settle of a reservation: token buckets get ``reserved - used`` back
-    (``need`` is that refund, negative for an overrun), the budgets are those of
-    the periods it was admitted in, and its places under max_parallel are given back."""
-    if tokens < 0 or cost < 0:
-        raise ValueError("tokens and cost of a settle cannot be negative")
-    refund = reservation.tokens - tokens
-    buckets = tuple([
-        BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, refund)
-        for item in reservation.limits
-        if item.tpm is not None and refund != 0
-    ])
-    return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
-                reservation_budgets(reservation), reservation_slots(reservation))
+    __slots__ = ("_found",)
 
+    MOST = 4096  # past it, rare (many distinct end users), all are rebuilt as they come
 
-def reservation_budgets(reservation: Reservation) -> tuple[BudgetCheck, ...]:
-    """The budget counters ``reservation`` holds: those of the periods it was admitted in."""
-    return _shape(reservation.limits).checks_in(reservation.periods)
+    def __init__(self) -> None:
+        self._found: dict[tuple[int, ...], tuple[tuple[Limits, ...], _Shape]] = {}
 
+    def plan(self, limits: Sequence[Limits], tokens: int, cost: float, now: float) -> Plan:
+        """What ``reserve`` has to check for these scopes."""
+        if tokens < 0 or cost < 0:
+            raise ValueError("tokens and cost of a reservation cannot be negative")
+        scopes = tuple(limits)
+        shape = self._of(scopes)
+        # tuple([...]), here and on the rest of the request path: a list comprehension is
+        # one call, where tuple() resumes a generator once an item and once more to end it.
+        buckets = tuple([fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
+                         for fixed, scope, name, cap in shape.buckets])
+        return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now),
+                    shape.slots)
 
-def reservation_slots(reservation: Reservation) -> tuple[SlotCheck, ...]:
-    """The max_parallel places ``reservation`` holds."""
-    return _shape(reservation.limits).slots if reservation.parallel else ()
+    def budget_checks(self, limits: Sequence[Limits], now: float) -> tuple[BudgetCheck, ...]:
+        """The budget counters of these scopes in the periods containing ``now``."""
+        return self._of(tuple(limits)).budget_checks(now)
+
+    def settle_plan(self, reservation: Reservation, tokens: int, cost: float) -> Plan:
+        """The settle of a reservation: token buckets get ``reserved - used`` back
+        (``need`` is that refund, negative for an overrun), the budgets are those of
+        the periods it was admitted in, and its places under max_parallel are given back."""
+        if tokens < 0 or cost < 0:
+            raise ValueError("tokens and cost of a settle cannot be negative")
+        refund = reservation.tokens - tokens
+        buckets = tuple([
+            BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, refund)
+            for item in reservation.limits
+            if item.tpm is not None and refund != 0
+        ])
+        return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
+                    self.reservation_budgets(reservation), self.reservation_slots(reservation))
+
+    def reservation_budgets(self, reservation: Reservation) -> tuple[BudgetCheck, ...]:
+        """The budget counters ``reservation`` holds: those of the periods it was admitted in."""
+        return self._of(reservation.limits).checks_in(reservation.periods)
+
+    def reservation_slots(self, reservation: Reservation) -> tuple[SlotCheck, ...]:
+        """The max_parallel places ``reservation`` holds."""
+        return self._of(reservation.limits).slots if reservation.parallel else ()
+
+    def _of(self, limits: tuple[Limits, ...]) -> _Shape:
+        ids = tuple(map(id, limits))
+        found = self._found.get(ids)
+        if found is not None:
+            return found[1]
+        shape = _compute_shape(limits)
+        if len(self._found) >= self.MOST:
+            self._found.clear()
+        self._found[ids] = (limits, shape)
+        return shape
+
 
 
 def decide(

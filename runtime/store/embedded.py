@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from .base import Store
-from .checks import budget_checks, plan, reservation_budgets
+from .checks import Shapes
 from .memory import Counter, MemoryLimits
 from .sqlite_file import (
     SQLiteFile,
@@ -53,7 +53,8 @@ class EmbeddedStore(Store):
         self._db = db
         self._clock = clock or SystemClock()
         self._ttl = reservation_ttl
-        self._limits = MemoryLimits("embedded")
+        self._shapes = shapes = Shapes()
+        self._limits = MemoryLimits("embedded", shapes)
         self._retention = ledger_retention  # seconds a ledger record is kept; None: forever
         self._trim_at = 0.0  # when the records past the retention are next deleted
 
@@ -80,7 +81,7 @@ class EmbeddedStore(Store):
         cost: float,
         ttl: float | None = None,
     ) -> Reservation | Denied:
-        checks = plan(limits, tokens, cost, self._clock.now())
+        checks = self._shapes.plan(limits, tokens, cost, self._clock.now())
         missing = self._limits.missing(tuple([check.counter for check in checks.budgets]))
         if missing:  # the common case, none: no coroutine to start
             await self._load(missing)
@@ -89,7 +90,7 @@ class EmbeddedStore(Store):
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
         missing = self._limits.missing(
-            tuple([check.counter for check in reservation_budgets(reservation)]))
+            tuple([check.counter for check in self._shapes.reservation_budgets(reservation)]))
         if missing:
             await self._load(missing)
         charged = self._limits.settle(reservation, tokens, cost, self._clock.now())
@@ -102,7 +103,7 @@ class EmbeddedStore(Store):
                            self._ttl if ttl is None else ttl)
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
-        checks = budget_checks(limits, self._clock.now())
+        checks = self._shapes.budget_checks(limits, self._clock.now())
         await self._load(tuple(check.counter for check in checks))
         return self._limits.budgets(checks, self._clock.now())
 

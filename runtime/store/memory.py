@@ -17,10 +17,10 @@ from .checks import (
     SETTLE_GRACE,
     BudgetCheck,
     Plan,
+    Shapes,
     decide,
     period_key,
     rate_status,
-    settle_plan,
 )
 from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope, least_left
 
@@ -57,8 +57,9 @@ class _Budget:
 class MemoryLimits:
     """Token buckets, budget counters and the holds of reservations in flight."""
 
-    def __init__(self, origin: str) -> None:
+    def __init__(self, origin: str, shapes: Shapes) -> None:
         self.origin = origin
+        self._shapes = shapes  # its store's
         self._buckets: dict[tuple[str, str, str], _Bucket] = {}
         self._budgets: dict[Counter, _Budget] = {}
         self._running: dict[Subject, int] = {}  # requests in flight, of a max_parallel's
@@ -135,7 +136,7 @@ class MemoryLimits:
         if len(self._timers) > 2 * len(self._open) + 1024:  # drop the settled ones' timers
             self._timers = [(item.deadline, rid) for rid, item in self._open.items()]
             heapq.heapify(self._timers)
-        charge = settle_plan(reservation, tokens, cost)
+        charge = self._shapes.settle_plan(reservation, tokens, cost)
         for check in charge.budgets:
             self._budget(check.counter).spent += charge.cost_nanos
         for refund in charge.buckets:

@@ -10,10 +10,9 @@ from .checks import (
     SETTLE_GRACE,
     BudgetCheck,
     Plan,
+    Shapes,
     SlotCheck,
     keep_seconds,
-    reservation_budgets,
-    reservation_slots,
 )
 from .outbox import Arg, Invocation
 from .values import Reservation
@@ -22,8 +21,9 @@ from .values import Reservation
 class RedisCalls:
     """The keys of one namespace, and the ``Invocation`` of each script on them."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, shapes: Shapes) -> None:
         self._ns = namespace
+        self._shapes = shapes  # its store's
 
     def key(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -98,16 +98,16 @@ class RedisCalls:
 
     def renew(self, reservation: Reservation, now: float, ttl: float) -> Invocation:
         keys = [self.key("res", quote(reservation.request_id, safe=""))]
-        budgets = reservation_budgets(reservation)
+        budgets = self._shapes.reservation_budgets(reservation)
         for budget in budgets:
             keys += self.budget_keys(budget)
-        keys += [self.places_key(slot) for slot in reservation_slots(reservation)]
+        keys += [self.places_key(slot) for slot in self._shapes.reservation_slots(reservation)]
         return Invocation("renew", tuple(keys), (
             reservation.request_id, now, now + ttl, marker_ms(ttl), len(budgets)))
 
     def adoption(self, reservation: Reservation, until: float, now: float) -> Invocation:
         """The ``adopt`` of a local reservation whose holds here last until ``until``."""
-        budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
+        budgets = self._shapes.reservation_budgets(reservation) if reservation.cost_nanos else ()
         keys = self._adopted_keys(reservation, budgets)
         args: list[Arg] = [adopted_hold(reservation.request_id), until, reservation.cost_nanos,
                            math.ceil((until - now) * 1000) + 1000, len(budgets)]
@@ -116,7 +116,7 @@ class RedisCalls:
 
     def unadoption(self, reservation: Reservation) -> Invocation:
         """The ``unadopt`` of a local reservation's adoption, at its settle."""
-        budgets = reservation_budgets(reservation) if reservation.cost_nanos else ()
+        budgets = self._shapes.reservation_budgets(reservation) if reservation.cost_nanos else ()
         keys = self._adopted_keys(reservation, budgets)
         args: tuple[Arg, ...] = (adopted_hold(reservation.request_id),
                                  math.ceil(SETTLE_GRACE), len(budgets))
@@ -137,7 +137,7 @@ class RedisCalls:
         keys = [self.key("charged", quote(reservation.request_id, safe=""))]
         for budget in budgets:
             keys += self.budget_keys(budget)
-        keys += [self.places_key(slot) for slot in reservation_slots(reservation)]
+        keys += [self.places_key(slot) for slot in self._shapes.reservation_slots(reservation)]
         return keys
 
 

@@ -93,13 +93,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import InternalError, StoreUnavailable
 from . import lua
 from .base import Store
-from .checks import (
-    Plan,
-    decide,
-    plan,
-    rate_status,
-    settle_plan,
-)
+from .checks import Plan, Shapes, decide, rate_status
 from .memory import MemoryLimits
 from .outbox import Invocation, MemoryOutbox, Outbox
 from .redis_calls import RedisCalls
@@ -151,7 +145,8 @@ class RedisStore(Store):
         ledger_retention: float | None = None,
     ) -> None:
         self._redis = client
-        self._calls = RedisCalls(namespace)
+        self._shapes = shapes = Shapes()
+        self._calls = RedisCalls(namespace, shapes)
         self._mode = on_unavailable
         self._clock = clock or SystemClock()
         self._ttl = reservation_ttl
@@ -170,7 +165,7 @@ class RedisStore(Store):
                 (RECORD_SCRIPT, lua.RECORD),
             )
         }
-        self._local = MemoryLimits("local")
+        self._local = MemoryLimits("local", shapes)
         # Reservations made locally that hold something, until Redis holds it too
         # (adopted) or they are settled; and those adopted, until they are settled.
         self._unadopted: dict[str, Reservation] = {}
@@ -225,7 +220,7 @@ class RedisStore(Store):
         ttl: float | None = None,
     ) -> Reservation | Denied:
         now = self._clock.now()
-        checks = plan(limits, tokens, cost, now)
+        checks = self._shapes.plan(limits, tokens, cost, now)
         ttl = self._ttl if ttl is None else ttl
         if self._reachable():
             # This call's own mark: redis-py sends a script again when its reply times
@@ -270,7 +265,7 @@ class RedisStore(Store):
             if adopted:  # after the charge: counted twice meanwhile, never not at all
                 await self._write(self._calls.unadoption(reservation))
             return
-        charge = settle_plan(reservation, tokens, cost)
+        charge = self._shapes.settle_plan(reservation, tokens, cost)
         await self._write(self._calls.settle(reservation.request_id, charge, now))
 
     async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:
@@ -314,7 +309,7 @@ class RedisStore(Store):
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
         now = self._clock.now()
-        checks = plan(limits, 0, 0.0, now)
+        checks = self._shapes.plan(limits, 0, 0.0, now)
         if self._reachable():
             try:
                 statuses = await self._budgets(checks, now)

@@ -18,6 +18,7 @@ from aigw.runtime.store import (
     period_end,
     period_key,
 )
+from aigw.runtime.store.checks import Shapes
 
 NEW_YEAR = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -86,3 +87,23 @@ def test_limits_are_checked_when_built() -> None:
         Budget(-1.0)
     with pytest.raises(ValueError, match="budget amount"):
         Budget(float("inf"))
+
+
+def test_a_stores_shapes_are_its_own_and_follow_the_limits_objects() -> None:
+    """A store keeps what each set of limits checks (by the Limits objects, as the request
+    path reuses them) in a ``Shapes`` of its own: equal limits built anew, as a reload
+    builds them, are checked the same; a period that ends gives new budget checks; past
+    ``MOST`` sets it starts over rather than grow."""
+    shapes = Shapes()
+    team = Limits(Scope.TEAM, "eng", rpm=5, budget=Budget(10.0, Period.DAY))
+    first = shapes.plan((team,), tokens=3, cost=0.5, now=NEW_YEAR)
+    assert shapes.plan((team,), tokens=3, cost=0.5, now=NEW_YEAR).budgets is first.budgets
+    again = Limits(Scope.TEAM, "eng", rpm=5, budget=Budget(10.0, Period.DAY))
+    assert shapes.plan((again,), tokens=3, cost=0.5, now=NEW_YEAR) == first
+    assert Shapes().plan((team,), tokens=3, cost=0.5, now=NEW_YEAR) == first
+    tomorrow = shapes.budget_checks((team,), NEW_YEAR + 86_400)
+    assert [check.period_key for check in tomorrow] == ["2026-01-02"]
+    for number in range(Shapes.MOST + 1):
+        shapes.budget_checks((Limits(Scope.USER, f"eng/u{number}", rpm=1),), NEW_YEAR)
+    assert [check.period_key for check in shapes.budget_checks((team,), NEW_YEAR)] == [
+        "2026-01-01"]

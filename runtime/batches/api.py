@@ -119,11 +119,15 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
               metadata: dict[str, str] | None, now: int,
-              output_expires_s: int | None = None, *, retention_s: int) -> dict[str, Any]:
+              output_expires_s: int | None = None, *, retention_s: int,
+              max_line_bytes: int) -> dict[str, Any]:
     """A new batch's object (``request_counts`` aside: the store counts its lines):
     ``in_progress``, or ``failed`` with the input's line errors. ``output_expires_s``:
     how long its output and error files are kept (None: ``retention_s``, the setting
-    batch_output_retention_s); a failed batch's record is kept as long."""
+    batch_output_retention_s); a failed batch's record is kept as long.
+    ``max_line_bytes``: the max_request_bytes its lines were checked against, which a
+    resume reads them with (a reload that lowers the setting must not drop a line that
+    was accepted)."""
     doc: dict[str, Any] = {
         "id": f"batch_{secrets.token_hex(12)}", "object": "batch", "endpoint": endpoint,
         "errors": None, "input_file_id": input_file_id, "completion_window": "24h",
@@ -131,7 +135,8 @@ def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
         "created_at": now, "in_progress_at": now, "expires_at": now + COMPLETION_WINDOW_S,
         "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
         "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
-        "total": checked.total, "output_expires_s": output_expires_s}
+        "total": checked.total, "output_expires_s": output_expires_s,
+        "max_line_bytes": max_line_bytes}
     if checked.errors:
         doc.update({"status": "failed", "failed_at": now, "in_progress_at": None, "total": 0,
                     "errors": {"object": "list", "data": list(checked.errors)},
@@ -266,7 +271,8 @@ class _Api:
         kept = asked.output_expires_after
         doc = batch_doc(asked.endpoint, source.id, checked, asked.metadata, int(time.time()),
                         None if kept is None else kept.seconds,
-                        retention_s=settings.batch_output_retention_s)
+                        retention_s=settings.batch_output_retention_s,
+                        max_line_bytes=settings.max_request_bytes)
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

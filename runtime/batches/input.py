@@ -117,7 +117,9 @@ def check_file(file: BinaryIO, endpoint: str, max_lines: int, max_line_bytes: in
 
 def pending_lines(file: BinaryIO, endpoint: str, done: frozenset[int],
                   max_line_bytes: int) -> Generator[InputLine, None, None]:
-    """The lines of a checked input file that are not ``done``, parsed as they are read."""
+    """The lines of a checked input file that are not ``done``, parsed as they are read;
+    ``max_line_bytes`` is the limit the file was checked against (a line it accepted is
+    sent, whatever the setting is now)."""
     seen: set[str] = set()  # not kept: the file was checked when its batch was created
     for number, raw in read_lines(file, longest_line(max_line_bytes)):
         if raw is None or number in done or not raw.strip():

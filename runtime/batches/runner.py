@@ -363,9 +363,15 @@ class BatchRunner:
     async def _pending(self, file: BinaryIO, row: BatchRow,
                        done: frozenset[int]) -> AsyncGenerator[InputLine, None]:
         """The batch's lines not ``done``, read from ``file`` a page at a time in a worker
-        thread: a resume parses only these, and holds a page of them."""
-        lines = pending_lines(file, row.doc["endpoint"], done,
-                              self.gateway.live.graph.settings.max_request_bytes)
+        thread: a resume parses only these, and holds a page of them. They are read with
+        the max_request_bytes they were checked against when the batch was created: with
+        the setting as it is now, a reload that lowered it dropped the lines over it
+        without a trace (neither sent nor in the error file), and every line after the
+        first too long to read. A batch made before the limit was kept has only the
+        setting."""
+        checked_with = row.doc.get("max_line_bytes") or \
+            self.gateway.live.graph.settings.max_request_bytes
+        lines = pending_lines(file, row.doc["endpoint"], done, checked_with)
         try:
             while page := await anyio.to_thread.run_sync(_page_of, lines):
                 for line in page:

@@ -98,9 +98,9 @@ class FileRow:
 
 # Kept in a batch's object for the runner, not shown: its lines, its files' retention,
 # once it is finished its lines' counts (their rows are forgotten then) and when its
-# record is purged, and whether it is finalizing because its window ended (it ends
-# expired).
-_OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at")
+# record is purged, whether it is finalizing because its window ended (it ends
+# expired), and the max_request_bytes its lines were checked against.
+_OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at", "max_line_bytes")
 
 
 @dataclass(frozen=True, slots=True)

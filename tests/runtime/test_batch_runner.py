@@ -65,7 +65,8 @@ async def _created(gateway: Gateway, runner: BatchRunner, count: int,
     await store.put_file(FileRow("file-in", "key:dev", "in.jsonl", "batch", len(data), 0))
     doc = batch_doc("/v1/chat/completions", "file-in",
                     check_input(data, "/v1/chat/completions", 50_000, 1 << 20), None,
-                    int(time.time()), output_expires_s, retention_s=30 * 86_400)
+                    int(time.time()), output_expires_s, retention_s=30 * 86_400,
+                    max_line_bytes=1 << 20)
     await store.put_batch(doc["id"], "key:dev", "dev", doc)
     return store, doc["id"]
 
@@ -610,6 +611,38 @@ async def test_a_resumed_batch_reads_only_a_chunk_of_its_input_at_a_time(
     assert sorted(sent) == sorted(f"c{n}xxxx"[:6] for n in range(290, 300))
     assert files.reads and min(files.reads) > 0
     assert max(files.reads) <= batch_input.READ_CHUNK
+
+
+async def test_a_batch_runs_the_lines_its_create_accepted_after_a_reload(
+        gateway: Gateway) -> None:
+    """The runner read a batch's lines against max_request_bytes as it is now: a reload
+    that lowered it dropped the lines accepted over it, neither sent nor in the error
+    file. They are read with the limit the batch was checked against."""
+    sent: list[str] = []
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        sent.append(json.loads(body)["messages"][0]["content"][:2])
+        return LineAnswer(200, OK, "req")
+
+    data = b"".join(_input_line(n, pad=3000 if n % 2 == 0 else 0) for n in range(4))
+    async with app_client(gateway) as client:
+        uploaded = await client.post("/v1/files", files={"file": ("in.jsonl", data)},
+                                     data={"purpose": "batch"})
+        created = await client.post("/v1/batches", json={
+            "input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"})
+    assert created.json()["request_counts"]["total"] == 4, created.text
+    config = gateway.root / "gateway.yaml"
+    config.write_text(config.read_text().replace("max_request_bytes: 4194304",
+                                                 "max_request_bytes: 2000"))
+    assert (await gateway.reload("test")).ok
+    store = await gateway.store.batches()
+    assert store is not None
+    async with _running(BatchRunner(gateway, call)):
+        done = await _final(store, created.json()["id"])
+    assert (done.completed, done.failed) == (4, 0)
+    assert sorted(sent) == ["c0", "c1", "c2", "c3"]
+    assert "max_line_bytes" not in done.as_object()
 
 
 async def test_a_50000_line_batch_is_checked_without_holding_its_file(

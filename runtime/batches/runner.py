@@ -240,7 +240,8 @@ class BatchRunner:
             await store.delete_file(row.id)
         if expired:
             log.info("purged %d expired files", len(expired))
-        forgotten = await store.purge_batches(self._clock(), most)
+        forgotten = await store.purge_batches(
+            self._clock(), most, self.gateway.live.graph.settings.batch_output_retention_s)
         if forgotten:
             log.info("purged %d finished batches", forgotten)
         return len(expired) + forgotten

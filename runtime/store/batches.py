@@ -40,6 +40,8 @@ from .sqlite_file import SQLiteFile, run_statements
 
 # A batch is run (and so leased) while it is in one of these.
 RUNNING = ("in_progress", "finalizing", "cancelling")
+# And it is finished (for good: its record is purged once its forget_at is past) in these.
+FINISHED = ("completed", "failed", "cancelled", "expired")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -196,13 +198,29 @@ class BatchStore(Protocol):
         """Drop a finished batch's line rows (its files hold them; its object the counts)."""
         ...
 
-    async def purge_batches(self, now: float, limit: int) -> int:
+    async def purge_batches(self, now: float, limit: int, retention_s: float) -> int:
         """Delete at most ``limit`` finished batches whose ``forget_at`` (in their object,
         set when they finish: when their output files expire) is past at ``now``, the
-        longest past first; how many."""
+        longest past first; how many. A batch that finished before records were purged
+        has none: it is given one first (``forget_at_of``, ``retention_s`` for one that
+        asked for no retention of its own), so that it is not kept for ever."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+def forget_at_of(doc: Mapping[str, Any], retention_s: float) -> float:
+    """When the record of a finished batch made before records were purged goes: as
+    ``BatchRunner`` sets it when a batch finishes, its retention after it finished (its
+    ``completed_at``, ``failed_at``...; its creation if it has none).
+
+    >>> forget_at_of({"status": "completed", "created_at": 10, "completed_at": 50,
+    ...               "output_expires_s": None}, 100)
+    150
+    """
+    finished: float = doc.get(f"{doc['status']}_at") or doc["created_at"]
+    kept: float = doc.get("output_expires_s") or retention_s
+    return finished + kept
 
 
 def batches_file(ledger: Path) -> Path:
@@ -280,8 +298,8 @@ class SQLiteBatches:
     async def forget_lines(self, batch_id: str) -> None:
         await self._db.call(partial(_forget_lines, batch_id), single=True)
 
-    async def purge_batches(self, now: float, limit: int) -> int:
-        return await self._db.call(partial(_purge_batches, now, limit))
+    async def purge_batches(self, now: float, limit: int, retention_s: float) -> int:
+        return await self._db.call(partial(_purge_batches, now, limit, retention_s))
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -299,6 +317,10 @@ def _create_tables(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE batches ADD COLUMN forget_at REAL")
     connection.execute("CREATE INDEX IF NOT EXISTS batches_forgotten ON batches (forget_at) "
                        "WHERE forget_at IS NOT NULL")
+    # The running batches, and the finished ones made before records were purged: a purge
+    # finds the latter without reading every finished batch each pass.
+    connection.execute("CREATE INDEX IF NOT EXISTS batches_unforgotten ON batches (status) "
+                       "WHERE forget_at IS NULL")
 
 
 _FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at, expires_at"
@@ -451,7 +473,22 @@ def _lines(batch_id: str, after: int, limit: int,
         "ORDER BY line LIMIT ?", (batch_id, after, limit)))
 
 
-def _purge_batches(now: float, limit: int, connection: sqlite3.Connection) -> int:
+def _give_forget_at(limit: int, retention_s: float, connection: sqlite3.Connection) -> None:
+    """Give at most ``limit`` finished batches without a ``forget_at`` (finished before
+    records were purged) theirs, in their object and its column."""
+    marks = ", ".join("?" for _ in FINISHED)
+    for batch_id, text in connection.execute(
+            f"SELECT id, doc FROM batches WHERE forget_at IS NULL AND status IN ({marks}) "
+            "LIMIT ?", (*FINISHED, limit)).fetchall():
+        doc = json.loads(text)
+        doc["forget_at"] = forget_at_of(doc, retention_s)
+        connection.execute("UPDATE batches SET doc = ?, forget_at = ? WHERE id = ?",
+                           (json.dumps(doc), doc["forget_at"], batch_id))
+
+
+def _purge_batches(now: float, limit: int, retention_s: float,
+                   connection: sqlite3.Connection) -> int:
+    _give_forget_at(limit, retention_s, connection)
     ids = [row[0] for row in connection.execute(
         "SELECT id FROM batches WHERE forget_at IS NOT NULL AND forget_at <= ? "
         "ORDER BY forget_at LIMIT ?", (now, limit))]

@@ -9,6 +9,10 @@
     <ns>:batches:running            the ids of batches in a RUNNING status
     <ns>:batches:forgetting         sorted set of finished batches' ids by forget_at (then
                                     their keys are purged)
+    <ns>:batches:forgetting:complete  set once ``forgetting`` holds every finished batch
+                                    (those that finished before it existed are added,
+                                    with a forget_at from when they finished, by one scan
+                                    of ``batches``)
     <ns>:batch:<id>:lease           the id of the process running it, expiring with its lease
     <ns>:batch:<id>:lines           hash: line number -> "1" or "0" (2xx or not) + its result
                                     (it and :order dropped once the batch's files are written)
@@ -35,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
 
 from ..errors import StoreUnavailable
-from .batches import RUNNING, BatchRow, FileRow, LineRow
+from .batches import FINISHED, RUNNING, BatchRow, FileRow, LineRow, forget_at_of
 
 T = TypeVar("T")
 
@@ -281,8 +285,11 @@ class RedisBatches:
         await self._do(lambda: self.redis.unlink(self._key("batch", batch_id, "lines"),
                                                  self._key("batch", batch_id, "order")))
 
-    async def purge_batches(self, now: float, limit: int) -> int:
+    async def purge_batches(self, now: float, limit: int, retention_s: float) -> int:
         forgetting = self._key("batches", "forgetting")
+        if not await self._do(partial(self.redis.exists, self._key("batches", "forgetting",
+                                                                    "complete"))):
+            await self._index_forgetting(retention_s)
         ids: list[str] = await self._do(lambda: self.redis.zrangebyscore(
             forgetting, "-inf", now, start=0, num=limit))
         for batch_id in ids:
@@ -301,6 +308,33 @@ class RedisBatches:
                     await pipe.execute()
             await self._do(purge)
         return len(ids)
+
+    async def _index_forgetting(self, retention_s: float) -> None:
+        """Add the batches that finished before ``forgetting`` existed to it: one scan of
+        every batch, once per namespace (replicas doing it at once add the same; NX: a
+        batch's own forget_at is never moved)."""
+        index, start = self._key("batches"), 0
+
+        async def docs(ids: list[str]) -> list[str | None]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hget(self._key("batch", batch_id), "doc")
+                found: list[str | None] = await pipe.execute()
+                return found
+
+        while ids := await self._do(partial(self.redis.zrange, index, start, start + 499)):
+            start += len(ids)
+            unforgotten = {}
+            for batch_id, text in zip(ids, await self._do(partial(docs, ids)), strict=True):
+                doc = json.loads(text) if text is not None else None
+                if doc is not None and doc["status"] in FINISHED \
+                        and doc.get("forget_at") is None:
+                    unforgotten[batch_id] = forget_at_of(doc, retention_s)
+            if unforgotten:
+                await self._do(partial(self.redis.zadd, self._key("batches", "forgetting"),
+                                       unforgotten, nx=True))
+        await self._do(partial(self.redis.set, self._key("batches", "forgetting", "complete"),
+                               "1"))
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -685,13 +685,34 @@ async def test_finished_batches_are_purged_a_page_at_a_time(
     assert await batch_store.claim("me", 60, now) == ("batch_4",)
     assert await batch_store.line_done("batch_4", "me", 1, True, "{}")
     assert await batch_store.change("batch_4", {"status": "completed", "forget_at": now - 5})
-    assert [await batch_store.purge_batches(now, 2) for _ in range(4)] == [2, 2, 0, 0]
+    assert [await batch_store.purge_batches(now, 2, 86_400) for _ in range(4)] == [
+        2, 2, 0, 0]
     assert [row.id for row in await batch_store.batches(None, None, 10)] == ["batch_3"]
     for n in (0, 1, 2, 4):
         assert await batch_store.batch(f"batch_{n}") is None
     assert await batch_store.lines("batch_4", 0, 10) == ()
     if isinstance(batch_store, RedisBatches):  # nothing of theirs is left behind
         assert await batch_store.redis.keys(f"{batch_store._ns}:batch:batch_[0124]*") == []
+
+
+async def test_a_batch_finished_before_batches_were_purged_is_purged_too(
+        gateway: Gateway, batch_store: BatchStore) -> None:
+    """A batch that finished before records had a forget_at was kept for ever: the purge
+    gives it one, from when it finished and its retention (its own, else the setting's)."""
+    now, day = int(time.time()), 86_400
+    olds = {"batch_old": ("completed", now - 31 * day, None),  # past the setting's 30 days
+            "batch_asked": ("failed", now - 2 * 3600, 3600),  # past its own hour
+            "batch_recent": ("cancelled", now - day, None),
+            "batch_asked_long": ("expired", now - 31 * day, 40 * day)}
+    for batch_id, (status, finished, kept) in olds.items():
+        await batch_store.put_batch(batch_id, "key:dev", "dev", {  # as they were written
+            "status": status, "created_at": finished - 60, f"{status}_at": finished,
+            "output_expires_s": kept})
+    runner = BatchRunner(gateway, _no_call)
+    assert await runner.purge(batch_store) == 2
+    assert sorted(row.id for row in await batch_store.batches(None, None, 10)) == [
+        "batch_asked_long", "batch_recent"]
+    assert await runner.purge(batch_store) == 0
 
 
 async def test_a_finished_batch_is_forgotten_with_its_files(gateway: Gateway) -> None:

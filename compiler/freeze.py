@@ -240,6 +240,7 @@ def freeze(
             batch_max_lines=settings.batch_max_lines,
             batch_concurrency=settings.batch_concurrency,
             batches_concurrency=settings.batches_concurrency,
+            redis_namespace=settings.redis_namespace,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

@@ -57,6 +57,13 @@ class SettingsSpec(Spec):
         "spend and budget use.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redis_namespace: str = Field(
+        "aigw",
+        description="Redis store: the prefix of all the gateway's keys there; gateways that "
+        "share one Redis (two environments) need one each. 1 to 64 letters, digits, '_', "
+        "'.' or '-' (no ':', which separates the parts of a key).",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    )
     store_failure: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed",
         description="When Redis is unreachable: refuse with 503, or enforce local limits.",

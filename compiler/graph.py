@@ -61,6 +61,7 @@ class Settings:
     batch_max_lines: int = 50_000
     batch_concurrency: int = 4
     batches_concurrency: int = 8
+    redis_namespace: str = "aigw"
 
 
 @dataclass(frozen=True, slots=True)

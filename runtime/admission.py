@@ -64,10 +64,12 @@ class StoreHandle:
     def __init__(
         self, url: str, root: Path, failure: str, ttl: float, sync: str,
         cache_entries: int = 10_000, outbox: str = "memory", cache_bytes: int = 128 << 20,
-        ledger_retention_days: int | None = None,
+        ledger_retention_days: int | None = None, namespace: str = "aigw",
     ) -> None:
         self.url = url
-        self.cache = open_cache(url, cache_entries, cache_bytes)
+        # Every key in Redis is under it: two gateways on one Redis each have their own.
+        self.namespace = namespace
+        self.cache = open_cache(url, cache_entries, cache_bytes, namespace)
         self._root = root
         self._failure = failure
         self._ttl = ttl
@@ -90,6 +92,7 @@ class StoreHandle:
                     self.url, root=self._root, on_unavailable=self._failure,
                     reservation_ttl=self._ttl, synchronous=self._sync.upper(),
                     outbox=self._outbox, ledger_retention=self._retention,
+                    namespace=self.namespace,
                 )
         return self._store
 
@@ -101,7 +104,7 @@ class StoreHandle:
         async with self._lock:
             if self._responses is None:
                 self._responses = await open_responses(self.url, self._root,
-                                                       self._sync.upper())
+                                                       self._sync.upper(), self.namespace)
         return self._responses
 
     async def batches(self, create: bool = True) -> BatchStore | None:
@@ -116,7 +119,7 @@ class StoreHandle:
         async with self._lock:
             if self._batches is None:
                 self._batches = (
-                    RedisBatches(self.url) if ledger is None else
+                    RedisBatches(self.url, self.namespace) if ledger is None else
                     await SQLiteBatches.open(batches_file(ledger), synchronous=self._sync.upper()))
         return self._batches
 

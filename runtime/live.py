@@ -175,7 +175,8 @@ class ReloadReport:
 
 
 # Settings read once, when the store and its cache are opened: a reload cannot apply them.
-RESTART_SETTINGS = ("store", "store_failure", "store_outbox", "reservation_ttl_s",
+RESTART_SETTINGS = ("store", "redis_namespace", "store_failure", "store_outbox",
+                    "reservation_ttl_s",
                     "ledger_sync", "ledger_retention_days", "cache_max_entries",
                     "cache_max_bytes",
                     # the pipeline runner's, read when it starts
@@ -219,7 +220,7 @@ class Gateway:
         self.store = StoreHandle(
             settings.store, root, settings.store_failure, settings.reservation_ttl_s,
             settings.ledger_sync, settings.cache_max_entries, settings.store_outbox,
-            settings.cache_max_bytes, settings.ledger_retention_days,
+            settings.cache_max_bytes, settings.ledger_retention_days, settings.redis_namespace,
         )
         self.shutdown = Shutdown()
         self.live = Live.build(result.graph, counter, self.routing, self.telemetry, self.store,

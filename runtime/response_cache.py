@@ -318,10 +318,11 @@ return found
 """
 
 
-def open_cache(store_url: str, max_entries: int, max_bytes: int = 128 << 20) -> CacheBackend:
-    """The backend next to the store ``settings.store`` names."""
+def open_cache(store_url: str, max_entries: int, max_bytes: int = 128 << 20,
+               namespace: str = "aigw") -> CacheBackend:
+    """The backend next to the store ``settings.store`` names (Redis: under ``namespace``)."""
     if store_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisCache(store_url)
+        return RedisCache(store_url, namespace)
     return LocalCache(max_entries, max_bytes)
 
 

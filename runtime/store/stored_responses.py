@@ -403,10 +403,11 @@ def responses_file(ledger: Path) -> Path:
     return ledger.with_name(f"{ledger.stem}-responses{ledger.suffix}")
 
 
-async def open_responses(url: str, root: Path, synchronous: str = "FULL") -> ResponseStore:
+async def open_responses(url: str, root: Path, synchronous: str = "FULL",
+                         namespace: str = "aigw") -> ResponseStore:
     """The response store of a ``settings.store`` URL: a SQLite file beside the
-    embedded store's (``responses_file``) or Redis."""
+    embedded store's (``responses_file``) or Redis (under ``namespace``)."""
     ledger = embedded_file(url, root)
     if ledger is not None:
         return await SQLiteResponses.open(responses_file(ledger), synchronous=synchronous)
-    return RedisResponses(url)
+    return RedisResponses(url, namespace)

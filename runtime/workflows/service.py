@@ -107,7 +107,9 @@ class Workflows:
             if self._stopped:
                 raise StoreUnavailable("The gateway is shutting down; try another replica.")
             graph = self.gateway.live.graph
-            namespace = self.namespace or os.environ.get(NAMESPACE_ENV) or "aigw"
+            # The environment's, where a deployment set it before redis_namespace existed.
+            namespace = (self.namespace or os.environ.get(NAMESPACE_ENV)
+                         or graph.settings.redis_namespace)
             self._store = await open_executions(graph.settings.store, self.gateway.root,
                                                 namespace)
             await self.unsaved.check()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +27,7 @@ from openai.types import Batch
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
+from ..redis_server import PrivateRedis
 from .responses_gateway import (
     ALICE,
     BOB,
@@ -54,25 +57,34 @@ def _keys() -> str:
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def upstreams(request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
-    settings = f'store: "{store_url(request, request.param)}", {SETTINGS}'
+    # On the shared test Redis, a namespace of its own: another test session's gateway
+    # there must not take (or see) this one's batches.
+    settings = f'store: "{store_url(request, request.param)}", {SETTINGS}' + (
+        f", redis_namespace: batches-{secrets.token_hex(6)}" if request.param == "redis"
+        else "")
     with responses_gateway(tmp_path_factory.mktemp("batches") / "gw", settings,
                            _keys()) as served:
         yield served
 
 
-def _redis(upstreams: Upstreams) -> redis.Redis | None:
-    """The gateway's Redis (None: its store is embedded)."""
-    url = re.search(r'store: "(redis://[^"]+)"',
-                    (upstreams.server.root / "gateway.yaml").read_text())
-    return redis.Redis.from_url(url[1], decode_responses=True) if url else None
+def _redis(upstreams: Upstreams) -> tuple[redis.Redis, str] | None:
+    """The gateway's Redis and its namespace (None: its store is embedded)."""
+    config = (upstreams.server.root / "gateway.yaml").read_text()
+    url = re.search(r'store: "(redis://[^"]+)"', config)
+    if url is None:
+        return None
+    namespace = re.search(r"redis_namespace: ([\w.-]+)", config)
+    return (redis.Redis.from_url(url[1], decode_responses=True),
+            namespace[1] if namespace else "aigw")
 
 
 def _ledger(upstreams: Upstreams, request_id: str) -> tuple[str | None, int]:
     """The batch and status of a request's spend ledger record."""
-    client = _redis(upstreams)
-    if client is not None:
+    found_redis = _redis(upstreams)
+    if found_redis is not None:
+        client, namespace = found_redis
         with client:
-            found = client.hgetall(f"aigw:rec:{quote(request_id, safe='')}")
+            found = client.hgetall(f"{namespace}:rec:{quote(request_id, safe='')}")
         return found.get("batch"), int(found["status"])
     ledger = sqlite3.connect(upstreams.server.root / "aigw.sqlite")
     try:
@@ -408,12 +420,43 @@ def test_two_gateways_on_one_store_send_each_line_once(
     assert [sent[name] for name in names] == [1] * 8, sent
 
 
+def test_gateways_on_one_redis_in_two_namespaces_keep_apart(
+        tmp_path: Path, private_redis: PrivateRedis) -> None:
+    """Every Redis key was under "aigw": two gateways sharing one Redis (two environments)
+    listed, read and ran each other's files and batches. Each keeps to its
+    ``redis_namespace`` now, its limits, ledger and kept responses too."""
+    served = [responses_gateway(tmp_path / name, f'store: "{private_redis.url}", '
+                                f"redis_namespace: {name}, {SETTINGS}", _keys())
+              for name in ("staging", "prod")]
+    with served[0] as staging, served[1] as prod, sdk(staging, ALICE) as first, \
+            sdk(prod, ALICE) as second:
+        made = _batch(first, [_line("only-staging")])
+        assert _until(first, made.id, ("completed",)).request_counts.completed == 1  # type: ignore[union-attr]
+        first.responses.create(model="gpt", input="kept in staging")
+        theirs = second.files.create(file=("input.jsonl", _jsonl([_line("p")])),
+                                     purpose="batch")
+        assert [file.id for file in second.files.list()] == [theirs.id]
+        listed = {file.id for file in first.files.list()}
+        assert made.input_file_id in listed and theirs.id not in listed
+        assert second.batches.list().data == []
+        with pytest.raises(openai.NotFoundError):
+            second.batches.retrieve(made.id)
+        with pytest.raises(openai.NotFoundError):
+            second.files.retrieve(made.input_file_id)
+        with redis.Redis.from_url(private_redis.url, decode_responses=True) as client:
+            keys = list(client.scan_iter())
+        assert {key.partition(":")[0] for key in keys} == {"staging", "prod"}, keys
+        assert {"staging:rec", "staging:response"} <= {  # its ledger, its kept response
+            ":".join(key.split(":")[:2]) for key in keys}
+
+
 def _holder(upstreams: Upstreams, batch_id: str) -> str | None:
     """The lease owner (``host:pid:token``) of a batch, None when nobody holds it."""
-    client = _redis(upstreams)
-    if client is not None:
+    found_redis = _redis(upstreams)
+    if found_redis is not None:
+        client, namespace = found_redis
         with client:
-            found: str | None = client.get(f"aigw:batch:{batch_id}:lease")
+            found: str | None = client.get(f"{namespace}:batch:{batch_id}:lease")
             return found
     store = sqlite3.connect(upstreams.server.root / "aigw-batches.sqlite")
     try:
@@ -426,11 +469,12 @@ def _holder(upstreams: Upstreams, batch_id: str) -> str | None:
 
 def _recorded(upstreams: Upstreams, batch_id: str) -> list[str]:
     """The custom ids of the lines the store has as finished."""
-    client = _redis(upstreams)
-    if client is not None:
+    found_redis = _redis(upstreams)
+    if found_redis is not None:
+        client, namespace = found_redis
         with client:
             results = [value[1:] for value in
-                       client.hgetall(f"aigw:batch:{batch_id}:lines").values()]
+                       client.hgetall(f"{namespace}:batch:{batch_id}:lines").values()]
         return [json.loads(result)["custom_id"] for result in results]
     store = sqlite3.connect(upstreams.server.root / "aigw-batches.sqlite")
     try:

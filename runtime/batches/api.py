@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -26,13 +25,13 @@ from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
 from .input import Checked, check_file
 from .runner import BatchRunner, owner_of
+from .upload import UploadForm
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                    "/v1/responses")
 COMPLETION_WINDOW_S = 86_400
 _FORM_SLACK = 64 << 10  # of a multipart upload, beside the file: its boundaries and fields
 _PURPOSES = ("batch",)
-_CHUNK = 1 << 20  # of an upload, copied from the form's spool into files_dir at a time
 # OpenAI's range for a file's expires_after and a batch's output_expires_after
 EXPIRES_AFTER_S = (3600, 30 * 86_400)
 
@@ -111,12 +110,6 @@ def _expires_after(anchor: object, seconds: object) -> int | None:
     return int(text)
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    """An upload's bytes from its spool, ``_CHUNK`` at a time."""
-    while chunk := await upload.read(_CHUNK):
-        yield chunk
-
-
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
               metadata: dict[str, str] | None, now: int,
               output_expires_s: int | None = None, *, retention_s: int,
@@ -181,40 +174,55 @@ class _Api:
                       store: BatchStore) -> Response:
         most = live.graph.settings.files_max_bytes
         length = request.headers.get("content-length", "")
-        if not length.isdigit():  # the form parser spools all it is sent: it is bounded here
+        # Checked up front (a declared size over the cap is refused before a byte is
+        # read); a body longer than it says is cut at the cap as it arrives (UploadForm).
+        if not length.isdigit():
             raise BadRequest("An upload needs a Content-Length header (the SDKs send one).")
         if int(length) > most + _FORM_SLACK:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
             raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
                              "'purpose' fields.")
+        form = UploadForm(content_type)
+        file_id = f"file-{secrets.token_hex(12)}"
+        purpose: str = ""
+        expires_s: int | None = None
+
+        async def checked() -> AsyncIterator[bytes]:
+            """The file's bytes, then the fields checked: a refusal is raised before the
+            file is renamed into place, so it leaves nothing."""
+            nonlocal purpose, expires_s
+            async for data in form.file_bytes(request.stream(), most + _FORM_SLACK):
+                yield data
+            if form.filename is None:
+                raise BadRequest("Missing required parameter: 'file'.", param="file")
+            asked = form.fields.get("purpose")
+            if asked not in _PURPOSES:
+                raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {asked!r}.",
+                                 param="purpose")
+            purpose = asked
+            expires_s = _expires_after(form.fields.get("expires_after[anchor]"),
+                                       form.fields.get("expires_after[seconds]"))
+
         timeout_s = live.graph.settings.body_read_timeout_s
+        files = self.runner.files()
         try:  # as any body: a client trickling its upload held a worker and a connection
             async with asyncio.timeout(timeout_s):
-                form = await request.form(max_files=1, max_fields=8)
+                size = await files.write_chunks(file_id, checked(), most)
         except TimeoutError:
             raise RequestTimeout(f"The upload did not arrive within {timeout_s:g} s "
                                  "(settings.body_read_timeout_s).") from None
         except ClientDisconnect:  # as read_body: the client went, not a bug of ours
             raise GatewayError("client disconnected while sending the upload") from None
-        try:
-            upload, purpose = form.get("file"), form.get("purpose")
-            if not isinstance(upload, UploadFile):
-                raise BadRequest("Missing required parameter: 'file'.", param="file")
-            if purpose not in _PURPOSES:
-                raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {purpose!r}.",
-                                 param="purpose")
-            expires_s = _expires_after(form.get("expires_after[anchor]"),
-                                       form.get("expires_after[seconds]"))
-            filename = upload.filename or "upload.jsonl"
-            file_id = f"file-{secrets.token_hex(12)}"
-            size = await self.runner.files().write_chunks(file_id, _chunks(upload), most)
-        finally:
-            await form.close()
         now = int(time.time())
-        row = FileRow(file_id, _owner(key), filename, purpose, size, now,
-                      None if expires_s is None else now + expires_s)
-        await store.put_file(row)
+        row = FileRow(file_id, _owner(key), form.filename or "upload.jsonl", purpose, size,
+                      now, None if expires_s is None else now + expires_s)
+        try:
+            await store.put_file(row)
+        except GatewayError:  # no record: its bytes would be kept for ever, found by none
+            await files.delete(file_id)
+            raise
         return JSONResponse(row.as_object())
 
     async def file(self, request: Request) -> Response:

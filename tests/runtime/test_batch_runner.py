@@ -12,7 +12,7 @@ import secrets
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -477,23 +477,28 @@ async def test_an_expiring_batch_cut_while_finalizing_still_gets_its_files(
 _PIECE = b'{"custom_id": "x"}\n' * 3449  # 65,531 bytes, sent again and again
 
 
-async def _upload(client: httpx.AsyncClient, pieces: int) -> httpx.Response:
+async def _upload(client: httpx.AsyncClient, pieces: int, purpose: str = "batch",
+                  before_tail: Callable[[], None] = lambda: None,
+                  length: int | None = None) -> httpx.Response:
     """POST /v1/files of ``pieces`` copies of ``_PIECE``, streamed as a client sends it
-    (its Content-Length up front)."""
-    head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n"
+    (its Content-Length up front, ``length`` if given), ``purpose`` after the file;
+    ``before_tail`` is called once the file's bytes are sent, before the form's end."""
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n"
             b"Content-Type: application/jsonl\r\n\r\n")
-    tail = b"\r\n--b--\r\n"
+    tail = (b"\r\n--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n"
+            + purpose.encode() + b"\r\n--b--\r\n")
 
     async def body() -> AsyncIterator[bytes]:
         yield head
         for _ in range(pieces):
             yield _PIECE
+        before_tail()
         yield tail
 
-    length = len(head) + pieces * len(_PIECE) + len(tail)
+    sent = len(head) + pieces * len(_PIECE) + len(tail)
     return await client.post("/v1/files", content=body(), headers={
-        "content-type": "multipart/form-data; boundary=b", "content-length": str(length)})
+        "content-type": "multipart/form-data; boundary=b",
+        "content-length": str(sent if length is None else length)})
 
 
 def _files_in(gateway: Gateway) -> list[str]:
@@ -517,6 +522,65 @@ async def test_an_upload_is_written_to_disk_without_being_held_in_memory(
     assert response.json()["bytes"] == pieces * len(_PIECE)
     assert _files_in(gateway) == [response.json()["id"]]
     assert peak < 8 << 20, peak  # a few chunks, not the 31 MB
+
+
+async def test_an_upload_is_written_once_straight_into_files_dir(gateway: Gateway) -> None:
+    """An upload was spooled whole (to memory, then a temporary file), then copied into
+    files_dir: written twice. Its bytes reach files_dir, under a temporary name, as they
+    arrive; it is renamed once the form is whole and its fields are checked, and an
+    upload refused on the way (its purpose, past files_max_bytes) leaves nothing."""
+    config = gateway.root / "gateway.yaml"
+    config.write_text(config.read_text().replace("settings:\n", "settings:\n"
+                                                 "  files_max_bytes: 4194304\n", 1))
+    assert (await gateway.reload("test")).ok
+    folder = gateway.root / gateway.live.graph.settings.files_dir
+    arrived: list[int] = []
+
+    def look() -> None:  # the file's bytes are sent, the form's end not yet
+        arrived.extend(path.stat().st_size for path in folder.glob(".file-*.part"))
+
+    async with app_client(gateway) as client:
+        response = await _upload(client, 40, before_tail=look)
+        assert response.status_code == 200, response.text
+        assert arrived and arrived[0] >= 39 * len(_PIECE), arrived  # written as it came
+        assert _files_in(gateway) == [response.json()["id"]]
+        refused = await _upload(client, 3, purpose="fine-tune", before_tail=look)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "purpose"
+        assert _files_in(gateway) == [response.json()["id"]]  # its part was removed
+        over = await _upload(client, 4194304 // len(_PIECE) + 1, length=1000)  # it lied
+        assert over.status_code == 413, over.text
+        assert _files_in(gateway) == [response.json()["id"]]
+
+
+def _part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    named = f'name="{name}"' + ("" if filename is None else f'; filename="{filename}"')
+    return f"--b\r\nContent-Disposition: form-data; {named}\r\n\r\n".encode() + value + b"\r\n"
+
+
+_PURPOSE = _part("purpose", b"batch")
+
+
+@pytest.mark.parametrize(("form", "param", "message"), [
+    (_PURPOSE + b"--b--\r\n", "file", "Missing required parameter: 'file'."),
+    (_PURPOSE + _part("upload", b"{}", "a.jsonl") + b"--b--\r\n", "upload",
+     "A file was sent as 'upload'; the upload goes in 'file'."),
+    (_PURPOSE + _part("file", b"{}", "a") + _part("file", b"{}", "b") + b"--b--\r\n",
+     "file", "The upload has more than one file."),
+    (b"".join(_part(f"f{n}", b"x") for n in range(9)) + b"--b--\r\n", None,
+     "The upload has more than 8 fields."),
+    (_PURPOSE + _part("file", b"{}", "a") + b"--b\r\nno colon\r\n\r\n", None,
+     "The multipart body cannot be read"),
+])
+async def test_a_refused_form_is_a_400_that_leaves_nothing(
+        client: httpx.AsyncClient, gateway: Gateway, form: bytes, param: str | None,
+        message: str) -> None:
+    response = await client.post("/v1/files", content=form, headers={
+        "content-type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith(message)
+    assert response.json()["error"]["param"] == param
+    assert _files_in(gateway) == []
 
 
 async def _cut_upload(gateway: Gateway, pieces: int) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ prompt token. Streams map ``content_block_*`` events to deltas (a tool call's in
 its place among the ``tool_use`` blocks) and an ``error`` event to the ``UpstreamError``
 its type means (``overloaded_error`` -> ``UpstreamOverloaded``). Anthropic has no
 embeddings API: the compiler refuses ``kind: embeddings`` on an anthropic provider
-(AGW321) and ``embed`` says so too.
+(AGW321) and the adapter refuses it too (``Refusals``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any
 
 from aigw.compiler.graph import Provider
 
-from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
+from ..errors import UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import UpstreamFailure, classify, json_event
 from ..upstream_aiohttp import JsonUpstream, open_upstream
@@ -66,16 +66,8 @@ from .base import (
     ChatCall,
     ChatDelta,
     ChatResult,
-    EmbeddingCall,
-    EmbeddingResult,
-    ImageCall,
-    ImageResult,
-    ModerationCall,
-    ModerationResult,
-    RerankCall,
-    RerankResult,
+    Refusals,
     StreamedTools,
-    not_served,
     unreported_usage,
 )
 
@@ -83,8 +75,8 @@ ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-class AnthropicAdapter:
-    """Chat against Anthropic's Messages API, whole or streamed."""
+class AnthropicAdapter(Refusals):
+    """Chat against Anthropic's Messages API, whole or streamed; the rest refused."""
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -120,25 +112,6 @@ class AnthropicAdapter:
                 provider=self.provider.name,
             )
         yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
-
-    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(anthropic), which has no embeddings API."
-        )
-
-    async def rerank(self, call: RerankCall) -> RerankResult:
-        # The compiler refuses kind: rerank here (AGW354): never called.
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(anthropic), which has no rerank API."
-        )
-
-    async def generate_images(self, call: ImageCall) -> ImageResult:
-        raise not_served(call.deployment, self.provider, "image generation")
-
-    async def moderate(self, call: ModerationCall) -> ModerationResult:
-        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -18,9 +18,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from aigw.compiler.graph import Deployment, Provider
 
-from ..errors import NoDeploymentAvailable, UpstreamServerError
+from ..errors import UpstreamServerError
 from ..upstream_aiohttp import ByteStream, FormFile
-from .base import ChatAdapter, Usage, reported_count
+from .base import ChatAdapter, Usage, not_served, reported_count
 from .events import EventStream
 
 # What an upload whose length cannot be read from it (not a WAV file) is taken to last:
@@ -120,9 +120,7 @@ def audio_adapter(adapter: ChatAdapter, deployment: Deployment) -> AudioAdapter:
     """``adapter`` as the audio seam; the compiler keeps audio deployments off providers
     without one (AGW354), so the error is for a provider whose adapter lost it."""
     if not isinstance(adapter, AudioAdapter):
-        raise NoDeploymentAvailable(
-            f"Deployment '{deployment.name}' is on provider '{deployment.provider.name}' "
-            f"({deployment.provider.type}), which has no audio API.")
+        raise not_served(deployment, deployment.provider, "audio")
     return adapter
 
 

@@ -339,11 +339,39 @@ class ModerationResult:
 
 def not_served(deployment: Deployment, provider: Provider, what: str) -> NoDeploymentAvailable:
     """The error of an adapter asked for what its provider's API has not (images,
-    moderation): the compiler refuses such a deployment (AGW354), so it is never raised
-    for a config that compiled."""
+    moderation, ...; ``Refusals``): the compiler refuses such a deployment (AGW321,
+    AGW354), so it is never raised for a config that compiled."""
     return NoDeploymentAvailable(
         f"Deployment '{deployment.name}' is on provider '{provider.name}' ({provider.type}), "
         f"which has no {what} API this gateway speaks.")
+
+
+class Refusals:
+    """The calls of every API an adapter's provider lacks, each refused with
+    ``not_served``: an adapter inherits them and defines the calls its provider serves
+    (``class BedrockAdapter(Refusals)`` defines ``complete`` and ``stream``, and so
+    refuses embeddings, rerank, images and moderation alike)."""
+
+    provider: Provider
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        raise not_served(call.deployment, self.provider, "chat")
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        raise not_served(call.deployment, self.provider, "chat")
+        yield  # an async generator, as the protocol's stream is
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        raise not_served(call.deployment, self.provider, "embeddings")
+
+    async def rerank(self, call: RerankCall) -> RerankResult:
+        raise not_served(call.deployment, self.provider, "rerank")
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        raise not_served(call.deployment, self.provider, "image generation")
+
+    async def moderate(self, call: ModerationCall) -> ModerationResult:
+        raise not_served(call.deployment, self.provider, "moderation")
 
 
 class ChatAdapter(Protocol):

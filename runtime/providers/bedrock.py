@@ -79,7 +79,7 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from aigw.compiler.graph import Provider
 
-from ..errors import NoDeploymentAvailable, UpstreamError, UpstreamServerError
+from ..errors import UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import (
     Upstream,
@@ -93,16 +93,8 @@ from .base import (
     ChatCall,
     ChatDelta,
     ChatResult,
-    EmbeddingCall,
-    EmbeddingResult,
-    ImageCall,
-    ImageResult,
-    ModerationCall,
-    ModerationResult,
-    RerankCall,
-    RerankResult,
+    Refusals,
     StreamedTools,
-    not_served,
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
@@ -129,8 +121,8 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType({
 _TOO_LONG = ("too long", "context limit", "context window", "too many input tokens")
 
 
-class BedrockAdapter:
-    """Chat against Bedrock's Converse API, whole or streamed."""
+class BedrockAdapter(Refusals):
+    """Chat against Bedrock's Converse API, whole or streamed; the rest refused."""
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -167,25 +159,6 @@ class BedrockAdapter:
                 provider=self.provider.name,
             )
         yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
-
-    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(bedrock), whose Converse API has no embeddings."
-        )
-
-    async def rerank(self, call: RerankCall) -> RerankResult:
-        # The compiler refuses kind: rerank here (AGW354): never called.
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(bedrock), whose Converse API has no rerank."
-        )
-
-    async def generate_images(self, call: ImageCall) -> ImageResult:
-        raise not_served(call.deployment, self.provider, "image generation")
-
-    async def moderate(self, call: ModerationCall) -> ModerationResult:
-        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

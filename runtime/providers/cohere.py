@@ -8,32 +8,21 @@ billed, or the gateway's when it reports none. Its errors are ``{"message": ...}
 the HTTP status saying what (``upstream.failure_from_response`` reads them).
 
 Chat and embeddings deployments on a cohere provider are refused by the compiler
-(AGW354), so the other operations here are never called.
+(AGW354), so the refusals it inherits (``Refusals``) are never raised.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aigw.compiler.graph import Provider
 
-from ..errors import NoDeploymentAvailable
 from ..tokens import TokenCounter
 from ..upstream_aiohttp import JsonUpstream, open_upstream
 from .base import (
-    ChatCall,
-    ChatDelta,
-    ChatResult,
-    EmbeddingCall,
-    EmbeddingResult,
-    ImageCall,
-    ImageResult,
-    ModerationCall,
-    ModerationResult,
+    Refusals,
     RerankCall,
     RerankResult,
-    not_served,
     parse_ranking,
     reported_count,
 )
@@ -41,8 +30,9 @@ from .base import (
 COHERE_BASE_URL = "https://api.cohere.com"
 
 
-class CohereAdapter:
-    """Rerank against Cohere's v2 API (or a server that speaks it at ``base_url``)."""
+class CohereAdapter(Refusals):
+    """Rerank against Cohere's v2 API (or a server that speaks it at ``base_url``); the
+    rest refused."""
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -69,27 +59,6 @@ class CohereAdapter:
             prompt_tokens=call.prompt_tokens if tokens is None else tokens,
             search_units=call.search_units if units is None else units,
         )
-
-    async def complete(self, call: ChatCall) -> ChatResult:
-        raise self._rerank_only(call.deployment.name)
-
-    async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
-        raise self._rerank_only(call.deployment.name)
-        yield  # an async generator, as the protocol's stream is
-
-    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
-        raise self._rerank_only(call.deployment.name)
-
-    async def generate_images(self, call: ImageCall) -> ImageResult:
-        raise not_served(call.deployment, self.provider, "image generation")
-
-    async def moderate(self, call: ModerationCall) -> ModerationResult:
-        raise not_served(call.deployment, self.provider, "moderation")
-
-    def _rerank_only(self, deployment: str) -> NoDeploymentAvailable:
-        return NoDeploymentAvailable(
-            f"Deployment '{deployment}' is on provider '{self.provider.name}' (cohere), "
-            "which this gateway calls for rerank only.")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -92,7 +92,6 @@ from aigw.compiler.graph import Provider
 
 from ..errors import (
     BadRequest,
-    NoDeploymentAvailable,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamContentPolicy,
@@ -108,17 +107,11 @@ from .base import (
     Choice,
     EmbeddingCall,
     EmbeddingResult,
-    ImageCall,
-    ImageResult,
-    ModerationCall,
-    ModerationResult,
-    RerankCall,
-    RerankResult,
+    Refusals,
     ToolCall,
     ToolCallDelta,
     Usage,
     embedding_vector,
-    not_served,
     unreported_usage,
 )
 from .gemini_wire import SIGNATURE_MARK, build_request
@@ -138,8 +131,8 @@ MALFORMED_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"
                                "TOO_MANY_TOOL_CALLS"})
 
 
-class GeminiAdapter:
-    """Chat and embeddings against the Gemini API."""
+class GeminiAdapter(Refusals):
+    """Chat and embeddings against the Gemini API; the rest refused."""
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -208,19 +201,6 @@ class GeminiAdapter:
                 f"provider '{self.provider.name}' returned {len(vectors)} embeddings "
                 f"for {len(call.inputs)} inputs", provider=self.provider.name)
         return EmbeddingResult(call.deployment.model, vectors, call.prompt_tokens)
-
-    async def rerank(self, call: RerankCall) -> RerankResult:
-        # The compiler refuses kind: rerank here (AGW354): never called.
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(gemini), which has no rerank API."
-        )
-
-    async def generate_images(self, call: ImageCall) -> ImageResult:
-        raise not_served(call.deployment, self.provider, "image generation")
-
-    async def moderate(self, call: ModerationCall) -> ModerationResult:
-        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -37,7 +37,7 @@ import httpx
 
 from aigw.compiler.graph import Provider
 
-from ..errors import BadRequest, NoDeploymentAvailable
+from ..errors import BadRequest
 from ..tokens import TokenCounter
 from ..upstream import Upstream
 from .anthropic import AnthropicAdapter
@@ -45,15 +45,7 @@ from .base import (
     ChatCall,
     ChatDelta,
     ChatResult,
-    EmbeddingCall,
-    EmbeddingResult,
-    ImageCall,
-    ImageResult,
-    ModerationCall,
-    ModerationResult,
-    RerankCall,
-    RerankResult,
-    not_served,
+    Refusals,
 )
 from .gemini import GeminiAdapter
 from .vertex_auth import BearerAuth, GoogleTokens
@@ -75,8 +67,8 @@ def publisher_of(provider: Provider, model: str) -> str:
     return "anthropic" if model.startswith("claude") else "google"
 
 
-class VertexAdapter:
-    """Chat against Vertex AI, by the deployment's publisher."""
+class VertexAdapter(Refusals):
+    """Chat against Vertex AI, by the deployment's publisher; the rest refused."""
 
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
@@ -99,25 +91,6 @@ class VertexAdapter:
 
     def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         return self._adapter(call.deployment.model).stream(call)
-
-    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(vertex), whose embeddings this gateway does not serve."
-        )
-
-    async def rerank(self, call: RerankCall) -> RerankResult:
-        # The compiler refuses kind: rerank here (AGW354): never called.
-        raise NoDeploymentAvailable(
-            f"Deployment '{call.deployment.name}' is on provider '{self.provider.name}' "
-            "(vertex), whose rerank this gateway does not serve."
-        )
-
-    async def generate_images(self, call: ImageCall) -> ImageResult:
-        raise not_served(call.deployment, self.provider, "image generation")
-
-    async def moderate(self, call: ModerationCall) -> ModerationResult:
-        raise not_served(call.deployment, self.provider, "moderation")
 
     async def aclose(self) -> None:
         await self._gemini.upstream.aclose()  # the client both publishers share

@@ -16,9 +16,8 @@ import pytest
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Deployment
 from aigw.runtime.chat_request import ChatRequest
-from aigw.runtime.errors import NoDeploymentAvailable
 from aigw.runtime.providers.anthropic import AnthropicAdapter
-from aigw.runtime.providers.base import ChatCall, EmbeddingCall, Usage
+from aigw.runtime.providers.base import ChatCall, Usage
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import metric_sample
@@ -651,16 +650,6 @@ async def test_the_messages_apis_structured_outputs_reach_anthropic(
     assert anthropic_fake.script.requests[-1]["output_config"] == {
         "format": {"type": "json_schema", "schema": schema}}
     assert json.loads(answer.json()["content"][0]["text"]) == {"city": "fake-anthropic: x"}
-
-
-async def test_embeddings_are_refused_by_the_adapter(
-    anthropic_fake: AnthropicFake, counter: TokenCounter, tmp_path: Path
-) -> None:
-    deployment = _deployment(anthropic_fake, tmp_path)
-    adapter = AnthropicAdapter(deployment.provider, counter)
-    with pytest.raises(NoDeploymentAvailable, match="has no embeddings API"):
-        await adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))
-    await adapter.aclose()
 
 
 def test_the_fake_speaks_the_wire_format_the_official_sdk_reads(

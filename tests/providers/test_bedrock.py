@@ -15,8 +15,8 @@ import pytest
 from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Deployment
 from aigw.runtime.chat_request import ChatRequest
-from aigw.runtime.errors import NoDeploymentAvailable, UpstreamConnectionError
-from aigw.runtime.providers.base import ChatCall, EmbeddingCall, Usage
+from aigw.runtime.errors import UpstreamConnectionError
+from aigw.runtime.providers.base import ChatCall, Usage
 from aigw.runtime.providers.bedrock import BedrockAdapter
 from aigw.runtime.tokens import TokenCounter
 
@@ -665,16 +665,6 @@ async def test_a_tool_conversation_needs_its_tools(
                                                  **extra})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param
-
-
-async def test_embeddings_are_refused_by_the_adapter(
-    bedrock_fake: BedrockFake, counter: TokenCounter, tmp_path: Path
-) -> None:
-    deployment = _deployment(bedrock_fake, tmp_path)
-    adapter = BedrockAdapter(deployment.provider, counter)
-    with pytest.raises(NoDeploymentAvailable, match="no embeddings"):
-        await adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))
-    await adapter.aclose()
 
 
 def _compile(tmp_path: Path, providers: str, kind: str = "chat") -> CompileResult:

@@ -380,7 +380,8 @@ async def test_streams_end_with_a_usage_only_delta_and_embeddings_are_refused(
             deltas = [d async for d in adapter.stream(ChatCall(request, deployment, 3, 64))]
             assert deltas[-1].usage is not None and deltas[-1].content is None
             assert all(delta.usage is None for delta in deltas[:-1])
-        with pytest.raises(NoDeploymentAvailable, match="embeddings"):
+        with pytest.raises(NoDeploymentAvailable,
+                           match="has no embeddings API this gateway speaks"):
             await adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))
     finally:
         await adapter.aclose()

@@ -20,7 +20,16 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
-from .turns import TurnBlocks, json_schema_spec, split_turns
+from .turns import (
+    DROPPED_EXTRAS,
+    NEUTRAL_EXTRAS,
+    TurnBlocks,
+    json_schema_spec,
+    message_parts,
+    split_turns,
+    text_parts,
+    tool_input,
+)
 
 # Anthropic's stop_reason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -50,24 +59,6 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType({
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
-# Extras that only concern OpenAI's own dashboards, caching or abuse checks, or latency:
-# they cannot change the answer (Bedrock and Gemini drop the same).
-_DROPPED = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key",
-                      "safety_identifier"})
-# Extras that ask for something Anthropic lacks, each with the value that asks for nothing.
-_NEUTRAL: Mapping[str, tuple[object, ...]] = MappingProxyType({
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "modalities": (None, ["text"]),
-    "audio": (None,),
-    "reasoning_effort": (None,),
-    "web_search_options": (None,),
-    "functions": (None,),
-    "function_call": (None,),
-})
 _MAPPED = frozenset({"parallel_tool_calls", "response_format", "top_k"})
 
 
@@ -123,9 +114,9 @@ def _refuse_unsupported(request: ChatRequest, extras: Mapping[str, object]) -> N
     if request.temperature is not None and request.temperature > 1:
         raise BadRequest("Anthropic takes a temperature from 0 to 1.", param="temperature")
     for name, value in extras.items():
-        if name in _DROPPED or name in _MAPPED:
+        if name in DROPPED_EXTRAS or name in _MAPPED:
             continue
-        neutral = _NEUTRAL.get(name)
+        neutral = NEUTRAL_EXTRAS.get(name)
         if neutral is None:
             raise BadRequest(f"Unrecognized request argument for an Anthropic model: {name}",
                              param=name)
@@ -137,12 +128,6 @@ def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],
                                                         list[dict[str, Any]]]:
     """OpenAI messages as Anthropic's ``system`` blocks and user/assistant turns."""
     return split_turns(messages, _BLOCKS)
-
-
-def _parts(message: Message) -> list[ContentPart]:
-    if isinstance(message.content, str):
-        return [ContentPart(type="text", text=message.content)]
-    return list(message.content or [])
 
 
 def _text_block(part: ContentPart) -> dict[str, Any] | None:
@@ -160,20 +145,13 @@ def _marked(block: dict[str, Any], source: Mapping[str, Any] | None) -> dict[str
 
 
 def _text_blocks(message: Message, where: str) -> list[dict[str, Any]]:
-    blocks = []
-    for number, part in enumerate(_parts(message)):
-        if part.type != "text":
-            raise BadRequest(f"A {message.role} message can only hold text for Anthropic.",
-                             param=f"{where}.content[{number}]")
-        block = _text_block(part)
-        if block is not None:
-            blocks.append(block)
-    return blocks
+    blocks = (_text_block(part) for part in text_parts(message, where, "Anthropic"))
+    return [block for block in blocks if block is not None]
 
 
 def _user_blocks(message: Message, where: str) -> list[dict[str, Any]]:
     blocks = []
-    for number, part in enumerate(_parts(message)):
+    for number, part in enumerate(message_parts(message)):
         if part.type == "text":
             block = _text_block(part)
         elif part.type in ("image_url", "input_image"):
@@ -211,16 +189,9 @@ def _assistant_blocks(message: Message, where: str) -> list[dict[str, Any]]:
     blocks = _text_blocks(message, where)
     for number, call in enumerate(message.tool_calls or []):
         function = call.get("function") or {}
-        arguments = function.get("arguments") or "{}"
-        try:
-            tool_input = json.loads(arguments)
-        except ValueError:
-            tool_input = None
-        if not isinstance(tool_input, dict):
-            raise BadRequest("Tool call arguments must be a JSON object.",
-                             param=f"{where}.tool_calls[{number}].function.arguments")
+        arguments = tool_input(function, f"{where}.tool_calls[{number}].function.arguments")
         blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
-                       "input": tool_input})
+                       "input": arguments})
     return blocks
 
 
@@ -231,7 +202,7 @@ def _tool_result(message: Message, where: str) -> dict[str, Any]:
     text = message.text()
     if text:
         block["content"] = text
-    for part in _parts(message):  # a marked part marks the result: its text is one
+    for part in message_parts(message):  # a marked part marks the result: its text is one
         _marked(block, part.model_extra)
     return block
 

@@ -20,7 +20,16 @@ from aigw.compiler.graph import Provider
 from ..chat_request import ChatRequest, ContentPart, Message
 from ..errors import BadRequest, UpstreamServerError
 from .base import ChatCall, ChatResult, Choice, ToolCall, Usage, unreported_usage
-from .turns import TurnBlocks, json_schema_spec, split_turns
+from .turns import (
+    DROPPED_EXTRAS,
+    NEUTRAL_EXTRAS,
+    TurnBlocks,
+    json_schema_spec,
+    message_parts,
+    split_turns,
+    text_parts,
+    tool_input,
+)
 
 # Converse's stopReason as OpenAI's finish_reason.
 STOP_REASONS: Mapping[str, str] = MappingProxyType({
@@ -71,24 +80,9 @@ IMAGE_FORMATS: Mapping[str, str] = MappingProxyType({
 })
 _DATA_URL = re.compile(r"data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.+)", re.DOTALL)
 
-# Extras that only concern OpenAI's dashboards or latency: they cannot change the answer.
-_DROPPED = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key",
-                      "safety_identifier"})
-# Extras that ask for something Converse lacks, each with the values that ask for nothing.
+# Converse also cannot forbid parallel tool calls (Anthropic's Messages API can).
 _NEUTRAL: Mapping[str, tuple[object, ...]] = MappingProxyType({
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "modalities": (None, ["text"]),
-    "audio": (None,),
-    "reasoning_effort": (None,),
-    "web_search_options": (None,),
-    "functions": (None,),
-    "function_call": (None,),
-    "parallel_tool_calls": (None, True),
-})
+    **NEUTRAL_EXTRAS, "parallel_tool_calls": (None, True)})
 
 
 def converse_body(call: ChatCall) -> dict[str, Any]:
@@ -135,7 +129,7 @@ def _refuse_unsupported(request: ChatRequest, claude: bool) -> None:
     if request.seed is not None:
         raise BadRequest("Bedrock's Converse API has no seed; remove 'seed'.", param="seed")
     for name, value in (request.model_extra or {}).items():
-        if value is None or name in _DROPPED or name == "response_format":  # _text_format
+        if value is None or name in DROPPED_EXTRAS or name == "response_format":  # _text_format
             continue
         # top_k reaches Claude (converse_body); from /v1/messages, Anthropic's hint is
         # left out for another model, as OpenAI-format upstreams leave it out.
@@ -170,12 +164,6 @@ def translate_messages(messages: list[Message]) -> tuple[list[dict[str, Any]],
     return split_turns(messages, _BLOCKS)
 
 
-def _parts(message: Message) -> list[ContentPart]:
-    if isinstance(message.content, str):
-        return [ContentPart(type="text", text=message.content)]
-    return list(message.content or [])
-
-
 def _text(part: ContentPart) -> list[dict[str, Any]]:
     """A text block (Converse refuses blank ones), and a cache point where the client
     marked one with ``cache_control``."""
@@ -187,18 +175,12 @@ def _text(part: ContentPart) -> list[dict[str, Any]]:
 
 
 def _text_blocks(message: Message, where: str) -> list[dict[str, Any]]:
-    blocks = []
-    for number, part in enumerate(_parts(message)):
-        if part.type != "text":
-            raise BadRequest(f"A {message.role} message can only hold text for Bedrock.",
-                             param=f"{where}.content[{number}]")
-        blocks.extend(_text(part))
-    return blocks
+    return [block for part in text_parts(message, where, "Bedrock") for block in _text(part)]
 
 
 def _user_blocks(message: Message, where: str) -> list[dict[str, Any]]:
     blocks = []
-    for number, part in enumerate(_parts(message)):
+    for number, part in enumerate(message_parts(message)):
         if part.type == "text":
             blocks.extend(_text(part))
         elif part.type == "image_url":
@@ -225,15 +207,9 @@ def _assistant_blocks(message: Message, where: str) -> list[dict[str, Any]]:
     blocks = _text_blocks(message, where)
     for number, call in enumerate(message.tool_calls or []):
         function = call.get("function") or {}
-        try:
-            tool_input = json.loads(function.get("arguments") or "{}")
-        except ValueError:
-            tool_input = None
-        if not isinstance(tool_input, dict):
-            raise BadRequest("Tool call arguments must be a JSON object.",
-                             param=f"{where}.tool_calls[{number}].function.arguments")
+        arguments = tool_input(function, f"{where}.tool_calls[{number}].function.arguments")
         blocks.append({"toolUse": {"toolUseId": call.get("id"), "name": function.get("name"),
-                                   "input": tool_input}})
+                                   "input": arguments}})
     return blocks
 
 

@@ -9,21 +9,45 @@ and others' repairs give it) before the greeting, or as the only turn, rather th
 ending with the assistant's turn asks Claude to go on with that text (a prefill, which
 Claude 4.6 and later refuse), where OpenAI's models answer it with a message of their own.
 
-Both also produce JSON only against a schema: ``json_schema_spec`` reads and checks one.
+Both also produce JSON only against a schema (``json_schema_spec`` reads and checks
+one), lack the same OpenAI parameters (``NEUTRAL_EXTRAS``), and read message parts and
+tool-call arguments alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from ..chat_request import Message
+from ..chat_request import ContentPart, Message
 from ..errors import BadRequest
 
 Block = dict[str, Any]
 LEADING_USER_TEXT = "."  # the user turn put where a conversation has none
 BlockBuilder = Callable[[Message, str], list[Block]]
+
+# Extras that only concern OpenAI's own dashboards, caching or abuse checks, or latency:
+# they cannot change the answer, and are dropped (Gemini drops the same, bar prediction).
+DROPPED_EXTRAS = frozenset({"store", "metadata", "service_tier", "prediction",
+                            "prompt_cache_key", "safety_identifier"})
+# Extras that ask for something Messages and Converse lack, each with the values that ask
+# for nothing; another value is refused, never silently dropped.
+NEUTRAL_EXTRAS: Mapping[str, tuple[object, ...]] = MappingProxyType({
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None,),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +94,36 @@ def split_turns(messages: Sequence[Message], blocks: TurnBlocks) -> tuple[list[B
             turns.append(_placeholder(blocks))
         turns.insert(0, _placeholder(blocks))
     return system, turns
+
+
+def message_parts(message: Message) -> list[ContentPart]:
+    """A message's content as parts: a string is one text part."""
+    if isinstance(message.content, str):
+        return [ContentPart(type="text", text=message.content)]
+    return list(message.content or [])
+
+
+def text_parts(message: Message, where: str, label: str) -> list[ContentPart]:
+    """The parts of a message that may hold text only (system, developer, assistant);
+    another part is a ``BadRequest`` naming it."""
+    parts = message_parts(message)
+    for number, part in enumerate(parts):
+        if part.type != "text":
+            raise BadRequest(f"A {message.role} message can only hold text for {label}.",
+                             param=f"{where}.content[{number}]")
+    return parts
+
+
+def tool_input(function: Mapping[str, Any], param: str) -> dict[str, Any]:
+    """An assistant tool call's ``arguments`` (JSON text) as the object both APIs send;
+    anything but a JSON object is a ``BadRequest`` naming ``param``."""
+    try:
+        value = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BadRequest("Tool call arguments must be a JSON object.", param=param)
+    return value
 
 
 def _placeholder(blocks: TurnBlocks) -> Block:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import pytest
 
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Deployment, Graph
 from aigw.runtime.app import create_app
+from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.live import Gateway
+from aigw.runtime.providers.base import ChatCall
 from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
 
@@ -106,6 +110,20 @@ async def billed(client: httpx.AsyncClient) -> dict[str, float]:
     rows = (await client.get("/v1/costs/summary")).json()["data"]
     return {name: sum(row[name] for row in rows)
             for name in ("cost", "tokens_in", "tokens_out", "tokens_cached")}
+
+
+def compiled(root: Path, sections: str, environ: Mapping[str, str] | None = None) -> Graph:
+    """``sections`` (providers, deployments, routes) compiled as the gateway in ``root``,
+    for a test that drives an adapter itself; ``environ``: what ${ENV} references read."""
+    (root / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(sections))
+    result = compile_gateway(root, environ or {})
+    assert result.graph is not None, result.diagnostics
+    return result.graph
+
+
+def chat_call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:
+    """One attempt at ``deployment``: a 10-token prompt with room for 1024 more."""
+    return ChatCall(ChatRequest.model_validate(request), deployment, 10, 1024)
 
 
 @pytest.fixture

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Deployment
-from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.errors import NoDeploymentAvailable
 from aigw.runtime.providers.audio import audio_adapter
 from aigw.runtime.providers.base import (
     ChatAdapter,
-    ChatCall,
     EmbeddingCall,
     ImageCall,
     ModerationCall,
@@ -24,6 +20,8 @@ from aigw.runtime.providers.base import (
 )
 from aigw.runtime.providers.registry import ADAPTERS
 from aigw.runtime.tokens import TokenCounter
+
+from .conftest import chat_call, compiled
 
 # No call reaches an upstream: every one of these is refused before it is sent.
 SECTIONS = """
@@ -57,17 +55,13 @@ REFUSED = {
 
 
 def _deployment(tmp_path: Path, name: str) -> Deployment:
-    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(SECTIONS))
-    result = compile_gateway(tmp_path, {})
-    assert result.graph is not None, result.diagnostics
-    return result.graph.deployments[name]
+    return compiled(tmp_path, SECTIONS).deployments[name]
 
 
 def _calls(adapter: ChatAdapter, deployment: Deployment,
            api: str) -> list[Callable[[], Awaitable[object]]]:
     """The adapter's calls of ``api``: chat has two, whole and streamed."""
-    chat = ChatCall(ChatRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "x"}]}), deployment, 1, 16)
+    chat = chat_call(deployment, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     return {
         "chat": [lambda: adapter.complete(chat), lambda: anext(adapter.stream(chat))],
         "embeddings": [lambda: adapter.embed(EmbeddingCall(deployment, ("x",), None, None, 1))],

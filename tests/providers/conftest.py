@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from aigw.runtime.routing.state import RoutingState
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY
+from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
@@ -34,6 +37,14 @@ def dev_key_line(more: str = "") -> str:
 
 
 DEV_KEY_LINE = dev_key_line()
+
+CHAT = "/v1/chat/completions"
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a thing up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+# A 1x1 PNG, base64, for image parts.
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
+         "RU5ErkJggg==")
 
 
 class GatewayFactory(Protocol):
@@ -104,6 +115,42 @@ def cache_priced_cost(fresh: int, read: int, written: int, output: int) -> float
     return (fresh * 1000 + read * 100 + written * 1250 + output * 2000) / 1e6
 
 
+async def stream_chunks(client: httpx.AsyncClient,
+                        payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """``payload`` streamed to /v1/chat/completions: its chunks, the stream having ended
+    with ``[DONE]``."""
+    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        raw = (await response.aread()).decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def streamed_text(chunks: list[dict[str, Any]]) -> str:
+    """The first choice's content, as the chunks streamed it."""
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def streamed_tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    """Reassemble streamed tool calls the way OpenAI's clients do."""
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for call in choice["delta"].get("tool_calls", []):
+                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.get("id", "")
+                slot["name"] += call.get("function", {}).get("name", "")
+                slot["arguments"] += call.get("function", {}).get("arguments", "")
+    return calls
+
+
+def finish_reasons(chunks: list[dict[str, Any]]) -> list[str]:
+    """The first choice's finish reasons, as the chunks streamed them."""
+    return [c["choices"][0]["finish_reason"] for c in chunks
+            if c["choices"] and c["choices"][0]["finish_reason"]]
+
+
 async def billed(client: httpx.AsyncClient) -> dict[str, float]:
     """The ledger's totals over every request so far (cost, tokens_in, tokens_out,
     tokens_cached), as /v1/costs/summary gives them to the dev key."""
@@ -126,21 +173,38 @@ def chat_call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:
     return ChatCall(ChatRequest.model_validate(request), deployment, 10, 1024)
 
 
+class _Fake(Protocol):
+    api_key: str
+    app: Any
+
+
+@contextmanager
+def _served(fake: _Fake, key_variable: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``fake`` on loopback at its ``base_url``, its key in ``key_variable``."""
+    monkeypatch.setenv(key_variable, fake.api_key)
+    with serving(fake.app) as base_url:
+        fake.base_url = base_url  # type: ignore[attr-defined]
+        yield
+
+
 @pytest.fixture
 def openai_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIFake]:
     fake = OpenAIFake()
-    monkeypatch.setenv("FAKE_OPENAI_KEY", fake.api_key)
-    with serving(fake.app) as base_url:
-        fake.base_url = base_url  # type: ignore[attr-defined]
+    with _served(fake, "FAKE_OPENAI_KEY", monkeypatch):
         yield fake
 
 
 @pytest.fixture
 def gemini_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiFake]:
     fake = GeminiFake()
-    monkeypatch.setenv("FAKE_GEMINI_KEY", fake.api_key)
-    with serving(fake.app) as base_url:
-        fake.base_url = base_url
+    with _served(fake, "FAKE_GEMINI_KEY", monkeypatch):
+        yield fake
+
+
+@pytest.fixture
+def anthropic_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicFake]:
+    fake = AnthropicFake()
+    with _served(fake, "FAKE_ANTHROPIC_KEY", monkeypatch):
         yield fake
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +11,31 @@ import anthropic
 import httpx
 import pytest
 
-from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Deployment
-from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.providers.anthropic import AnthropicAdapter
-from aigw.runtime.providers.base import ChatCall, Usage
+from aigw.runtime.providers.base import Usage
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import metric_sample
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
-from ..fakes.serve import serving
 from .conftest import (
     CACHE_PRICED,
+    CHAT,
     EPHEMERAL,
     MARKED_MESSAGE,
+    PIXEL,
+    TOOLS,
     GatewayFactory,
     billed,
     cache_priced_cost,
+    chat_call,
+    compiled,
+    finish_reasons,
+    stream_chunks,
+    streamed_text,
+    streamed_tool_calls,
 )
-
-CHAT = "/v1/chat/completions"
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "Look a thing up",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
-PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
-         "RU5ErkJggg==")
-
-
-@pytest.fixture
-def anthropic_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicFake]:
-    fake = AnthropicFake()
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", fake.api_key)
-    with serving(fake.app) as base_url:
-        fake.base_url = base_url  # type: ignore[attr-defined]
-        yield fake
 
 
 def _sections(fake: AnthropicFake) -> str:
@@ -77,36 +65,6 @@ def _sections(fake: AnthropicFake) -> str:
 
 async def _gateway(fake: AnthropicFake, make_gateway: GatewayFactory) -> httpx.AsyncClient:
     return await make_gateway(_sections(fake))
-
-
-async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-def _text(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-
-
-def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for choice in chunk["choices"]:
-            for call in choice["delta"].get("tool_calls", []):
-                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                slot["id"] += call.get("id", "")
-                slot["name"] += call.get("function", {}).get("name", "")
-                slot["arguments"] += call.get("function", {}).get("arguments", "")
-    return calls
-
-
-def _finishes(chunks: list[dict[str, Any]]) -> list[str]:
-    return [c["choices"][0]["finish_reason"] for c in chunks
-            if c["choices"] and c["choices"][0]["finish_reason"]]
 
 
 async def test_plain_chat_is_translated_both_ways(
@@ -186,11 +144,11 @@ async def test_stream_text_with_usage(
     anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(anthropic_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "messages": [{"role": "user", "content": "a b c"}],
         "stream_options": {"include_usage": True}})
-    assert _text(chunks) == "fake-anthropic: a b c"
-    assert _finishes(chunks) == ["stop"]
+    assert streamed_text(chunks) == "fake-anthropic: a b c"
+    assert finish_reasons(chunks) == ["stop"]
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 4,
                                    "total_tokens": 10}
@@ -201,14 +159,14 @@ async def test_stream_reassembles_a_tool_call_after_text(
     anthropic_fake: AnthropicFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(anthropic_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "tools": TOOLS,
         "messages": [{"role": "user", "content": "find the moon"}]})
     # The tool_use block is Anthropic's block 1; it is OpenAI's tool call 0.
-    assert _tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
+    assert streamed_tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
                                        "arguments": json.dumps({"query": "find the moon"})}}
-    assert _text(chunks) == "I'll call lookup."
-    assert _finishes(chunks) == ["tool_calls"]
+    assert streamed_text(chunks) == "I'll call lookup."
+    assert finish_reasons(chunks) == ["tool_calls"]
     assert anthropic_fake.script.requests[-1]["tools"] == [{
         "name": "lookup", "description": "Look a thing up",
         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
@@ -228,10 +186,10 @@ async def test_a_streamed_tool_call_with_no_input_has_arguments_that_parse(
             {"type": "tool_use", "id": "toolu_b", "name": "now", "input": {}}],
         "stop_reason": "tool_use", "stop_sequence": None,
         "usage": {"input_tokens": 9, "output_tokens": 2}}))
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "tools": TOOLS,
         "messages": [{"role": "user", "content": "look it up, and the time"}]})
-    calls = _tool_calls(chunks)
+    calls = streamed_tool_calls(chunks)
     assert [(call["id"], json.loads(call["arguments"])) for call in calls.values()] == [
         ("toolu_a", {"query": "x"}), ("toolu_b", {})]
 
@@ -346,9 +304,9 @@ async def test_stop_reasons_map_to_finish_reasons(
         "content": [{"type": "text", "text": "I can"}], "stop_reason": "refusal",
         "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 2}}))
     assert await finish() == ("content_filter", "I can")
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "messages": [{"role": "user", "content": words}], "max_tokens": 2})
-    assert (_text(chunks), _finishes(chunks)) == ("fake-anthropic: one", ["length"])
+    assert (streamed_text(chunks), finish_reasons(chunks)) == ("fake-anthropic: one", ["length"])
 
 
 async def test_the_stop_sequence_matched_reaches_a_messages_api_client(
@@ -383,14 +341,8 @@ async def test_the_stop_sequence_matched_reaches_a_messages_api_client(
 
 def _deployment(fake: AnthropicFake, tmp_path: Path) -> Deployment:
     """The ``sonnet`` deployment, as the compiler builds it."""
-    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(_sections(fake)))
-    result = compile_gateway(tmp_path, {"FAKE_ANTHROPIC_KEY": fake.api_key})
-    assert result.graph is not None, result.errors
-    return result.graph.deployments["sonnet"]
-
-
-def _call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:
-    return ChatCall(ChatRequest.model_validate(request), deployment, 10, 1024)
+    graph = compiled(tmp_path, _sections(fake), {"FAKE_ANTHROPIC_KEY": fake.api_key})
+    return graph.deployments["sonnet"]
 
 
 async def test_usage_counts_cache_reads_and_writes_as_prompt_tokens(
@@ -403,8 +355,8 @@ async def test_usage_counts_cache_reads_and_writes_as_prompt_tokens(
                                         "cache_control": {"type": "ephemeral"}}]},
         {"role": "user", "content": "hi"}]}
     try:
-        first = await adapter.complete(_call(deployment, request))
-        deltas = [delta async for delta in adapter.stream(_call(deployment, request))]
+        first = await adapter.complete(chat_call(deployment, request))
+        deltas = [delta async for delta in adapter.stream(chat_call(deployment, request))]
     finally:
         await adapter.aclose()
     assert anthropic_fake.script.requests[0]["system"][0]["cache_control"] == {
@@ -468,7 +420,7 @@ async def test_cache_writes_and_reads_are_billed_at_their_prices(
     usages = []
     for _ in range(2):
         if stream:
-            chunks = await _stream(client, {**payload,
+            chunks = await stream_chunks(client, {**payload,
                                             "stream_options": {"include_usage": True}})
             usages.append(chunks[-1]["usage"])
         else:
@@ -557,7 +509,7 @@ async def test_an_error_event_mid_stream_ends_the_stream_with_its_meaning(
         raw = (await response.aread()).decode()
     events = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")
               if e and e != "data: [DONE]"]
-    assert _text(events[:-1]) == "fake-anthropic: a"
+    assert streamed_text(events[:-1]) == "fake-anthropic: a"
     assert events[-1]["error"]["code"] == "upstream_overloaded"
 
 

@@ -14,9 +14,8 @@ import pytest
 
 from aigw.compiler import CompileResult, compile_gateway
 from aigw.compiler.graph import Deployment
-from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.errors import UpstreamConnectionError
-from aigw.runtime.providers.base import ChatCall, Usage
+from aigw.runtime.providers.base import Usage
 from aigw.runtime.providers.bedrock import BedrockAdapter
 from aigw.runtime.tokens import TokenCounter
 
@@ -24,25 +23,26 @@ from ..fakes.bedrock_fake import BedrockFake
 from ..fakes.brain import Action
 from .conftest import (
     CACHE_PRICED,
+    CHAT,
     FORECAST,
     FORECAST_FORMAT,
     MARKED_MESSAGE,
+    PIXEL,
+    TOOLS,
     GatewayFactory,
     billed,
     cache_priced_cost,
+    chat_call,
+    compiled,
+    finish_reasons,
     forecast,
+    stream_chunks,
+    streamed_text,
+    streamed_tool_calls,
 )
 
-CHAT = "/v1/chat/completions"
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 PROFILE = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "Look a thing up",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
-PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
-         "RU5ErkJggg==")
-
-
 def _sections(fake: BedrockFake) -> str:
     base = fake.base_url  # type: ignore[attr-defined]
     return f"""
@@ -73,36 +73,6 @@ def _sections(fake: BedrockFake) -> str:
 
 async def _gateway(fake: BedrockFake, make_gateway: GatewayFactory) -> httpx.AsyncClient:
     return await make_gateway(_sections(fake))
-
-
-async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-def _text(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-
-
-def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for choice in chunk["choices"]:
-            for call in choice["delta"].get("tool_calls", []):
-                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                slot["id"] += call.get("id", "")
-                slot["name"] += call.get("function", {}).get("name", "")
-                slot["arguments"] += call.get("function", {}).get("arguments", "")
-    return calls
-
-
-def _finishes(chunks: list[dict[str, Any]]) -> list[str]:
-    return [c["choices"][0]["finish_reason"] for c in chunks
-            if c["choices"] and c["choices"][0]["finish_reason"]]
 
 
 async def test_plain_chat_is_signed_and_translated_both_ways(
@@ -180,11 +150,11 @@ async def test_stream_text_with_usage(
     bedrock_fake: BedrockFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(bedrock_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "messages": [{"role": "user", "content": "a b c"}],
         "stream_options": {"include_usage": True}})
-    assert _text(chunks) == "fake-bedrock: a b c"
-    assert _finishes(chunks) == ["stop"]
+    assert streamed_text(chunks) == "fake-bedrock: a b c"
+    assert finish_reasons(chunks) == ["stop"]
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 4,
                                    "total_tokens": 10}
@@ -195,14 +165,14 @@ async def test_stream_reassembles_a_tool_call_after_text(
     bedrock_fake: BedrockFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(bedrock_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "tools": TOOLS,
         "messages": [{"role": "user", "content": "find the moon"}]})
     # The toolUse block is Converse's block 1; it is OpenAI's tool call 0.
-    assert _tool_calls(chunks) == {0: {"id": "tooluse_fake1", "name": "lookup",
+    assert streamed_tool_calls(chunks) == {0: {"id": "tooluse_fake1", "name": "lookup",
                                        "arguments": json.dumps({"query": "find the moon"})}}
-    assert _text(chunks) == "I'll call lookup."
-    assert _finishes(chunks) == ["tool_calls"]
+    assert streamed_text(chunks) == "I'll call lookup."
+    assert finish_reasons(chunks) == ["tool_calls"]
     assert bedrock_fake.script.requests[-1]["toolConfig"] == {"tools": [{"toolSpec": {
         "name": "lookup", "description": "Look a thing up",
         "inputSchema": {"json": {"type": "object",
@@ -222,10 +192,10 @@ async def test_a_streamed_tool_call_with_no_input_has_arguments_that_parse(
         "stopReason": "tool_use",
         "usage": {"inputTokens": 9, "outputTokens": 2, "totalTokens": 11},
         "metrics": {"latencyMs": 5}}))
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "tools": TOOLS,
         "messages": [{"role": "user", "content": "look it up, and the time"}]})
-    calls = _tool_calls(chunks)
+    calls = streamed_tool_calls(chunks)
     assert [(call["id"], json.loads(call["arguments"])) for call in calls.values()] == [
         ("tooluse_a", {"query": "x"}), ("tooluse_b", {})]
 
@@ -347,9 +317,9 @@ async def test_stop_reasons_map_to_finish_reasons(
             "output": {"message": {"role": "assistant", "content": [{"text": "Sorry."}]}},
             "stopReason": reason, "usage": {"inputTokens": 4, "outputTokens": 1}}))
         assert await finish() == ("content_filter", "Sorry.")
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "messages": [{"role": "user", "content": words}], "max_tokens": 2})
-    assert (_text(chunks), _finishes(chunks)) == ("fake-bedrock: one", ["length"])
+    assert (streamed_text(chunks), finish_reasons(chunks)) == ("fake-bedrock: one", ["length"])
 
 
 async def test_a_stop_sequence_named_at_the_top_level_is_read_too(
@@ -394,14 +364,7 @@ async def test_a_malformed_answer_is_retried_and_a_temperature_over_1_refused_un
 
 
 def _deployment(fake: BedrockFake, tmp_path: Path, name: str = "claude") -> Deployment:
-    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(_sections(fake)))
-    result = compile_gateway(tmp_path, {"FAKE_BEDROCK_API_KEY": "unused"})
-    assert result.graph is not None, result.diagnostics
-    return result.graph.deployments[name]
-
-
-def _call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:
-    return ChatCall(ChatRequest.model_validate(request), deployment, 10, 1024)
+    return compiled(tmp_path, _sections(fake), {"FAKE_BEDROCK_API_KEY": "unused"}).deployments[name]
 
 
 async def test_cache_points_and_cached_usage(
@@ -414,8 +377,8 @@ async def test_cache_points_and_cached_usage(
                                         "cache_control": {"type": "ephemeral"}}]},
         {"role": "user", "content": "hi"}]}
     try:
-        first = await adapter.complete(_call(deployment, request))
-        deltas = [delta async for delta in adapter.stream(_call(deployment, request))]
+        first = await adapter.complete(chat_call(deployment, request))
+        deltas = [delta async for delta in adapter.stream(chat_call(deployment, request))]
     finally:
         await adapter.aclose()
     assert bedrock_fake.script.requests[0]["system"] == [
@@ -534,7 +497,7 @@ async def test_an_exception_frame_mid_stream_ends_the_stream_with_its_meaning(
         raw = (await response.aread()).decode()
     events = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")
               if e and e != "data: [DONE]"]
-    assert _text(events[:-1]) == "fake-bedrock: a"
+    assert streamed_text(events[:-1]) == "fake-bedrock: a"
     assert events[-1]["error"]["code"] == "rate_limit_exceeded"
 
 
@@ -561,7 +524,7 @@ async def test_a_dropped_stream_is_an_upstream_failure(
     request = {"model": "claude", "messages": [{"role": "user", "content": "a b c"}]}
     try:
         with pytest.raises(UpstreamConnectionError, match="provider 'aws' is unreachable"):
-            _ = [delta async for delta in adapter.stream(_call(deployment, request))]
+            _ = [delta async for delta in adapter.stream(chat_call(deployment, request))]
     finally:
         await adapter.aclose()
 
@@ -646,7 +609,7 @@ async def test_a_json_schema_is_sent_as_converse_structured_output(
     definition = text_format["structure"]["jsonSchema"]
     assert (text_format["type"], definition["name"]) == ("json_schema", "forecast")
     assert json.loads(definition["schema"]) == FORECAST
-    assert json.loads(_text(await _stream(client, ask))) == fitting
+    assert json.loads(streamed_text(await stream_chunks(client, ask))) == fitting
     assert bedrock_fake.paths[-1].endswith("/converse-stream")
     assert "outputConfig" in bedrock_fake.script.requests[-1]
 

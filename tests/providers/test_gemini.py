@@ -13,15 +13,18 @@ from ..fakes.gemini_fake import SIGNATURE, GeminiFake
 from ..fakes.scripted import Scripted, scripted_upstream
 from .conftest import (
     CACHE_PRICED,
+    CHAT,
     FORECAST,
     FORECAST_FORMAT,
     GatewayFactory,
     billed,
     cache_priced_cost,
     forecast,
+    stream_chunks,
+    streamed_text,
+    streamed_tool_calls,
 )
 
-CHAT = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {
     "name": "lookup", "description": "Look a thing up",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
@@ -51,28 +54,6 @@ async def client(gemini_fake: GeminiFake, make_gateway: GatewayFactory) -> httpx
 
 def _user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
-
-
-async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
-    """Reassemble streamed tool calls the way OpenAI's clients do."""
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for choice in chunk["choices"]:
-            for call in choice["delta"].get("tool_calls", []):
-                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                slot["id"] += call.get("id", "")
-                slot["name"] += call.get("function", {}).get("name", "")
-                slot["arguments"] += call.get("function", {}).get("arguments", "")
-    return calls
 
 
 async def test_plain_chat(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
@@ -109,7 +90,7 @@ async def test_a_prompt_with_no_user_turn_gets_a_placeholder_one(
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "fake-gemini: ."
         assert gemini_fake.script.requests[-1]["contents"] == sent
-        assert await _stream(client, {"model": "flash", "messages": messages})
+        assert await stream_chunks(client, {"model": "flash", "messages": messages})
 
 
 async def test_system_messages_become_the_system_instruction_and_roles_merge(
@@ -156,7 +137,7 @@ async def test_image_data_urls_become_inline_data(
 
 
 async def test_stream_text(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
-    chunks = await _stream(client, {"model": "flash", "messages": _user("a b c"),
+    chunks = await stream_chunks(client, {"model": "flash", "messages": _user("a b c"),
                                     "stream_options": {"include_usage": True}})
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "fake-gemini: a b c"
@@ -170,9 +151,9 @@ async def test_stream_text(gemini_fake: GeminiFake, client: httpx.AsyncClient) -
 async def test_streamed_function_call_is_reassembled(
     gemini_fake: GeminiFake, client: httpx.AsyncClient
 ) -> None:
-    chunks = await _stream(client, {"model": "flash", "tools": TOOLS,
+    chunks = await stream_chunks(client, {"model": "flash", "tools": TOOLS,
                                     "messages": _user("find the moon")})
-    assert _tool_calls(chunks) == {0: {"id": f"call_0.{SIGNATURE}", "name": "lookup",
+    assert streamed_tool_calls(chunks) == {0: {"id": f"call_0.{SIGNATURE}", "name": "lookup",
                                        "arguments": '{"query":"find the moon"}'}}
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes[-1] == "tool_calls"
@@ -345,10 +326,6 @@ async def test_the_output_cap_the_request_was_held_at_reaches_gemini(
     assert len(gemini_fake.script.requests) == sent
 
 
-def _text(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-
-
 async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.AsyncClient) -> None:
     """json_object is Gemini's JSON mode and json_schema its responseJsonSchema, the schema
     sent whole: the answer has the schema's shape (the fake answers {"answer": ...} to bare
@@ -360,7 +337,8 @@ async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.Asyn
         "answer": "fake-gemini: hi"}
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
         "responseMimeType": "application/json", "maxOutputTokens": 65536}
-    assert json.loads(_text(await _stream(client, loose))) == {"answer": "fake-gemini: hi"}
+    assert json.loads(streamed_text(await stream_chunks(client, loose))) == {
+        "answer": "fake-gemini: hi"}
 
     strict = {"model": "flash", "messages": _user("forecast"), "response_format": FORECAST_FORMAT}
     fitting = forecast("fake-gemini: forecast")
@@ -370,7 +348,7 @@ async def test_json_response_formats(gemini_fake: GeminiFake, client: httpx.Asyn
     assert gemini_fake.script.requests[-1]["generationConfig"] == {
         "responseMimeType": "application/json", "responseJsonSchema": FORECAST,
         "maxOutputTokens": 65536}
-    assert json.loads(_text(await _stream(client, strict))) == fitting
+    assert json.loads(streamed_text(await stream_chunks(client, strict))) == fitting
     assert gemini_fake.paths[-1].endswith(":streamGenerateContent?alt=sse")
 
 
@@ -414,7 +392,7 @@ async def test_safety_stop_is_content_filter(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
     assert (choice["finish_reason"], choice["message"]["content"]) == ("content_filter", None)
-    chunks = await _stream(client, {"model": "flash", "messages": _user("BLOCKME now")})
+    chunks = await stream_chunks(client, {"model": "flash", "messages": _user("BLOCKME now")})
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "content_filter"
 
 

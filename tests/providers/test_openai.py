@@ -6,7 +6,6 @@ import base64
 import json
 import struct
 
-import httpx
 import pytest
 
 from aigw.compiler.graph import Provider
@@ -18,18 +17,16 @@ from ..fakes.openai_fake import OpenAIFake
 from ..fakes.scripted import scripted_upstream
 from .conftest import (
     CACHE_PRICED,
+    CHAT,
     EPHEMERAL,
     MARKED_MESSAGE,
+    TOOLS,
     GatewayFactory,
     billed,
     cache_priced_cost,
+    stream_chunks,
     unmarked,
 )
-
-CHAT = "/v1/chat/completions"
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "Look a thing up",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
 
 
 def _sections(fake: OpenAIFake) -> str:
@@ -60,15 +57,6 @@ def _sections(fake: OpenAIFake) -> str:
     """
 
 
-async def _stream(client: httpx.AsyncClient, payload: dict[str, object]) -> list[dict[str, object]]:
-    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
 async def test_chat_passes_through_with_the_upstream_model_id(
     openai_fake: OpenAIFake, make_gateway: GatewayFactory
 ) -> None:
@@ -90,7 +78,7 @@ async def test_stream_reassembles_a_tool_call(
     openai_fake: OpenAIFake, make_gateway: GatewayFactory
 ) -> None:
     client = await make_gateway(_sections(openai_fake))
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "local", "tools": TOOLS,
         "messages": [{"role": "user", "content": "find the moon"}],
     })
@@ -119,7 +107,7 @@ async def test_a_stream_whose_lines_end_in_cr_reads_as_one_in_lf(
     own, so an event's last CR and the blank line's sit at chunk edges."""
     openai_fake.line_ending = ending
     client = await make_gateway(_sections(openai_fake))
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "gpt", "messages": [{"role": "user", "content": "over the sea"}]})
     text = "".join(choice["delta"].get("content") or ""  # type: ignore[attr-defined]
                    for chunk in chunks for choice in chunk["choices"])  # type: ignore[attr-defined]
@@ -156,7 +144,7 @@ async def test_azure_uses_deployment_urls_and_api_key_header(
     assert "model" not in openai_fake.script.requests[-1]
     assert openai_fake.script.headers[-1]["api-key"] == openai_fake.api_key
     assert "authorization" not in openai_fake.script.headers[-1]
-    chunks = await _stream(client, {"model": "azure",
+    chunks = await stream_chunks(client, {"model": "azure",
                                     "messages": [{"role": "user", "content": "a b c"}]})
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])  # type: ignore[index]
     assert text == "fake-openai: a b c"
@@ -298,7 +286,7 @@ async def test_a_seed_and_json_object_reach_the_upstream(
             assert response.status_code == 200, response.text
             return str(response.json()["choices"][0]["message"]["content"])
         return "".join(choice["delta"].get("content") or ""  # type: ignore[attr-defined]
-                       for chunk in await _stream(client, {**ask, **more})
+                       for chunk in await stream_chunks(client, {**ask, **more})
                        for choice in chunk["choices"])  # type: ignore[attr-defined]
 
     assert await answer() == "fake-openai: reply in json"
@@ -347,7 +335,7 @@ async def test_log_probabilities_reach_the_client(
     assert response.status_code == 200, response.text
     scored = response.json()["choices"][0]["logprobs"]["content"]
     assert "".join(item["token"] for item in scored) == "fake-openai: hello there"
-    chunks = await _stream(client, ask)
+    chunks = await stream_chunks(client, ask)
     streamed = [item for chunk in chunks for choice in chunk["choices"]
                 for item in (choice["logprobs"] or {}).get("content", [])]
     assert "".join(item["token"] for item in streamed) == "fake-openai: hello there"
@@ -391,7 +379,7 @@ async def test_message_fields_the_gateway_does_not_read_pass_through(
                       {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-audio",
                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
                       "[DONE]"])
-        chunks = await _stream(client, {"model": "gpt", "messages": [
+        chunks = await stream_chunks(client, {"model": "gpt", "messages": [
             {"role": "user", "content": "say hi"}], "modalities": ["text", "audio"]})
         assert [choice["delta"].get("audio") for chunk in chunks
                 for choice in chunk["choices"]] == [None, {"transcript": "hi"}, None]
@@ -568,7 +556,7 @@ async def test_cached_prompt_tokens_are_billed_at_the_cache_read_price(
     client = await make_gateway(_sections(openai_fake))
     payload = {"model": "gpt", "messages": [{"role": "user", "content": "hello there"}]}
     if stream:
-        chunks = await _stream(client, {**payload, "stream_options": {"include_usage": True}})
+        chunks = await stream_chunks(client, {**payload, "stream_options": {"include_usage": True}})
         usage = chunks[-1]["usage"]
     else:
         usage = (await client.post(CHAT, json=payload)).json()["usage"]
@@ -601,7 +589,7 @@ async def test_fewer_choices_than_n_asked_is_an_upstream_error_a_group_serves(
     ask = {"model": "local", "messages": [{"role": "user", "content": "two ways"}], "n": 2}
     whole = await client.post(CHAT, json=ask)
     assert [choice["index"] for choice in whole.json()["choices"]] == [0, 1], whole.text
-    chunks = await _stream(client, ask)
+    chunks = await stream_chunks(client, ask)
     assert {choice["index"] for chunk in chunks for choice in chunk["choices"]} == {0, 1}
 
     openai_fake.ignores_n = True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,22 @@ from aigw.runtime.tokens import TokenCounter
 from ..fakes.brain import Action
 from ..fakes.serve import serving
 from ..fakes.vertex_fake import VertexFake, make_key, make_service_account
-from .conftest import FORECAST, FORECAST_FORMAT, MARKED_MESSAGE, GatewayFactory, forecast
+from .conftest import (
+    CHAT,
+    FORECAST,
+    FORECAST_FORMAT,
+    MARKED_MESSAGE,
+    TOOLS,
+    GatewayFactory,
+    compiled,
+    forecast,
+    stream_chunks,
+    streamed_text,
+    streamed_tool_calls,
+)
 
-CHAT = "/v1/chat/completions"
 CLAUDE = "claude-sonnet-4-5@20250929"
 PREFIX = "/v1/projects/fake-project/locations/us-east5/publishers"
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "Look a thing up",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
-
-
 @pytest.fixture(scope="module")
 def key() -> RSAPrivateKey:
     return make_key()
@@ -95,31 +100,6 @@ async def _chat(client: httpx.AsyncClient, model: str, content: str,
     return body
 
 
-async def _stream(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-def _text(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-
-
-def _tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for choice in chunk["choices"]:
-            for call in choice["delta"].get("tool_calls", []):
-                slot = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                slot["id"] += call.get("id", "")
-                slot["name"] += call.get("function", {}).get("name", "")
-                slot["arguments"] += call.get("function", {}).get("arguments", "")
-    return calls
-
-
 async def test_gemini_on_vertex_with_a_service_account_token(
     vertex_fake: VertexFake, make_gateway: GatewayFactory
 ) -> None:
@@ -140,10 +120,10 @@ async def test_gemini_stream_with_usage(
     vertex_fake: VertexFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(vertex_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "gemini", "messages": [{"role": "user", "content": "a b c"}],
         "stream_options": {"include_usage": True}})
-    assert _text(chunks) == "fake-gemini: a b c"
+    assert streamed_text(chunks) == "fake-gemini: a b c"
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert vertex_fake.paths[-1] == (
         f"{PREFIX}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
@@ -162,7 +142,7 @@ async def test_gemini_json_schema_answer_has_its_shape(
     assert json.loads(body["choices"][0]["message"]["content"]) == fitting
     assert vertex_fake.requests[-1]["generationConfig"] == {
         "responseMimeType": "application/json", "responseJsonSchema": FORECAST}
-    assert json.loads(_text(await _stream(client, ask))) == fitting
+    assert json.loads(streamed_text(await stream_chunks(client, ask))) == fitting
     assert vertex_fake.paths[-1].endswith(":streamGenerateContent?alt=sse")
 
 
@@ -214,17 +194,17 @@ async def test_claude_stream_reassembles_a_tool_call_and_the_answer_comes_back(
     vertex_fake: VertexFake, make_gateway: GatewayFactory
 ) -> None:
     client = await _gateway(vertex_fake, make_gateway)
-    chunks = await _stream(client, {
+    chunks = await stream_chunks(client, {
         "model": "claude", "tools": TOOLS, "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "find the moon"}]})
-    assert _tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
+    assert streamed_tool_calls(chunks) == {0: {"id": "toolu_fake1", "name": "lookup",
                                        "arguments": json.dumps({"query": "find the moon"})}}
     assert chunks[-1]["usage"]["prompt_tokens"] > 0
     assert vertex_fake.paths[-1] == f"{PREFIX}/anthropic/models/{CLAUDE}:streamRawPredict"
     assert vertex_fake.requests[-1]["stream"] is True
     answer = await client.post(CHAT, json={"model": "claude", "tools": TOOLS, "messages": [
         {"role": "user", "content": "find the moon"},
-        {"role": "assistant", "content": _text(chunks), "tool_calls": [
+        {"role": "assistant", "content": streamed_text(chunks), "tool_calls": [
             {"id": "toolu_fake1", "type": "function", "function": {
                 "name": "lookup", "arguments": json.dumps({"query": "find the moon"})}}]},
         {"role": "tool", "tool_call_id": "toolu_fake1", "content": "it is up there"}]})
@@ -367,14 +347,12 @@ async def test_a_project_the_account_cannot_use_is_an_auth_failure(
 async def test_streams_end_with_a_usage_only_delta_and_embeddings_are_refused(
     vertex_fake: VertexFake, counter: TokenCounter, tmp_path: Path
 ) -> None:
-    (tmp_path / "gateway.yaml").write_text("version: 1\n" + textwrap.dedent(
-        _sections(vertex_fake)))
-    result = compile_gateway(tmp_path, {"FAKE_VERTEX_CREDENTIALS": _credentials()})
-    assert result.graph is not None, result.diagnostics
-    adapter = VertexAdapter(result.graph.providers["gcp"], counter)
+    graph = compiled(tmp_path, _sections(vertex_fake),
+                     {"FAKE_VERTEX_CREDENTIALS": _credentials()})
+    adapter = VertexAdapter(graph.providers["gcp"], counter)
     try:
         for name in ("gemini", "claude"):
-            deployment = result.graph.deployments[name]
+            deployment = graph.deployments[name]
             request = ChatRequest.model_validate({
                 "model": name, "messages": [{"role": "user", "content": "a b"}]})
             deltas = [d async for d in adapter.stream(ChatCall(request, deployment, 3, 64))]

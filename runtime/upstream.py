@@ -305,8 +305,9 @@ def _retry_delay(details: object) -> float | None:
     return None
 
 
-def json_event(data: str, provider: Provider) -> dict[str, Any]:
-    """One streamed event's JSON object; anything else is the provider's fault."""
+def json_event(data: str | bytes, provider: Provider) -> dict[str, Any]:
+    """One streamed event's JSON object (an SSE event's data, an event-stream frame's
+    payload); anything else is the provider's fault."""
     try:
         document = json.loads(data)
     except ValueError:

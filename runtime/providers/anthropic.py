@@ -50,7 +50,7 @@ from typing import Any
 
 from aigw.compiler.graph import Provider
 
-from ..errors import UpstreamError, UpstreamServerError
+from ..errors import UpstreamError
 from ..tokens import TokenCounter
 from ..upstream import UpstreamFailure, classify, json_event
 from ..upstream_aiohttp import JsonUpstream, open_upstream
@@ -68,6 +68,7 @@ from .base import (
     ChatResult,
     Refusals,
     StreamedTools,
+    stream_cut,
     unreported_usage,
 )
 
@@ -107,10 +108,7 @@ class AnthropicAdapter(Refusals):
             for delta in reader.read(json_event(data, self.provider)):
                 yield delta
         if not reader.stopped:
-            raise UpstreamServerError(
-                f"provider '{self.provider.name}' ended the stream before message_stop",
-                provider=self.provider.name,
-            )
+            raise stream_cut(self.provider, "message_stop")
         yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
 
     async def aclose(self) -> None:

@@ -337,6 +337,14 @@ class ModerationResult:
         return Usage(self.prompt_tokens, 0)
 
 
+def stream_cut(provider: Provider, end: str) -> UpstreamServerError:
+    """The error of a stream that closed cleanly before ``end``, the event (or field)
+    that ends a whole answer: what came is not a whole answer, so the client is told
+    rather than given an end it would trust."""
+    return UpstreamServerError(f"provider '{provider.name}' ended the stream before {end}",
+                               provider=provider.name)
+
+
 def not_served(deployment: Deployment, provider: Provider, what: str) -> NoDeploymentAvailable:
     """The error of an adapter asked for what its provider's API has not (images,
     moderation, ...; ``Refusals``): the compiler refuses such a deployment (AGW321,

@@ -85,6 +85,7 @@ from ..upstream import (
     Upstream,
     UpstreamFailure,
     classify,
+    json_event,
     make_client,
     retry_after,
     scrub,
@@ -95,6 +96,7 @@ from .base import (
     ChatResult,
     Refusals,
     StreamedTools,
+    stream_cut,
     unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
@@ -154,10 +156,7 @@ class BedrockAdapter(Refusals):
             for delta in reader.read(kind, event):
                 yield delta
         if not reader.stopped:
-            raise UpstreamServerError(
-                f"provider '{self.provider.name}' ended the stream before messageStop",
-                provider=self.provider.name,
-            )
+            raise stream_cut(self.provider, "messageStop")
         yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
 
     async def aclose(self) -> None:
@@ -273,14 +272,7 @@ class _BedrockUpstream(Upstream):
         if kind == "error":
             raise self._error(500, str(headers.get(":error-code", "")),
                               str(headers.get(":error-message", "")), None)
-        try:
-            document = json.loads(payload) if payload else {}
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise UpstreamServerError(
-                f"provider '{self.provider.name}' sent an event that is not a JSON object",
-                provider=self.provider.name)
+        document = json_event(payload, self.provider) if payload else {}
         return str(headers.get(":event-type", "")), document
 
     def _failure(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:

@@ -112,6 +112,7 @@ from .base import (
     ToolCallDelta,
     Usage,
     embedding_vector,
+    stream_cut,
     unreported_usage,
 )
 from .gemini_wire import SIGNATURE_MARK, build_request
@@ -169,9 +170,7 @@ class GeminiAdapter(Refusals):
                 if chunk.get("usageMetadata"):
                     usage = _usage(chunk["usageMetadata"], call)
         if not ended:
-            raise UpstreamServerError(
-                f"provider '{self.provider.name}' ended the stream before its end "
-                "(no finishReason)", provider=self.provider.name)
+            raise stream_cut(self.provider, "its end (no finishReason)")
         yield ChatDelta(usage=usage or unreported_usage(call))
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:

@@ -55,6 +55,7 @@ from .base import (
     embedding_vector,
     parse_ranking,
     reported_count,
+    stream_cut,
     unreported_usage,
 )
 from .events import EventStream, image_estimate, opened
@@ -140,10 +141,8 @@ class OpenAIAdapter:
                 yield delta
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
-        if not ended:  # the connection closed cleanly mid-answer: not a whole answer
-            raise UpstreamServerError(
-                f"provider '{self.provider.name}' ended the stream before its end "
-                "(no finish_reason, no [DONE])", provider=self.provider.name)
+        if not ended:  # the connection closed cleanly mid-answer
+            raise stream_cut(self.provider, "its end (no finish_reason, no [DONE])")
         if call.request.n > 1 and len(answered) < call.request.n:  # told only at the end
             raise _fewer_choices(len(answered), call, self.provider)
         yield ChatDelta(usage=usage or unreported_usage(call))

@@ -503,3 +503,29 @@ async def test_a_number_too_large_for_a_float_is_a_400(make_gateway: GatewayFact
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "presence_penalty"
     assert scripted.calls == 0
+
+
+async def test_an_anthropic_stream_without_message_stop_ends_in_an_error(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    """The connection closed cleanly before message_stop: not a whole answer."""
+    client = await make_gateway(f"""
+        providers:
+          claude: {{type: anthropic, base_url: "{scripted.base_url}", api_key: "{PROVIDER_KEY}"}}
+        deployments:
+          sonnet: {{provider: claude, model: claude-sonnet-4-5, context_window: 8000}}
+        routes:
+          chat: {{deployment: sonnet}}
+    """)
+    scripted.now([
+        {"type": "message_start", "message": {"usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                                                              "text": "Hi"}}])
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    assert json.loads(lines[-2][6:])["choices"][0]["delta"]["content"] == "Hi"
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] == "upstream_error"
+    assert "provider 'claude' ended the stream before message_stop" in error["message"]

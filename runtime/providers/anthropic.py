@@ -63,13 +63,11 @@ from .anthropic_wire import (
     usage,
 )
 from .base import (
+    BlockStream,
     ChatCall,
     ChatDelta,
     ChatResult,
     Refusals,
-    StreamedTools,
-    stream_cut,
-    unreported_usage,
 )
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -107,22 +105,16 @@ class AnthropicAdapter(Refusals):
                 continue
             for delta in reader.read(json_event(data, self.provider)):
                 yield delta
-        if not reader.stopped:
-            raise stream_cut(self.provider, "message_stop")
-        yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
+        yield reader.last(call, usage)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
 
 
-class _StreamReader:
+class _StreamReader(BlockStream):
     """Anthropic's stream events in, chat deltas out; keeps the running usage counts."""
 
-    def __init__(self, provider: Provider) -> None:
-        self.provider = provider
-        self.counts: dict[str, Any] = {}
-        self.stopped = False
-        self._tools = StreamedTools()
+    end = "message_stop"
 
     def read(self, event: Mapping[str, Any]) -> list[ChatDelta]:
         kind = event.get("type")

@@ -9,7 +9,7 @@ never mock the adapter's callers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -148,6 +148,27 @@ class StreamedTools:
             return []
         self._argued.add(block)
         return [ChatDelta(tool_calls=(ToolCallDelta(position, arguments="{}"),))]
+
+
+class BlockStream:
+    """What a reader of a stream of content blocks (Anthropic's Messages, Bedrock's
+    ConverseStream) keeps: the usage counts the provider sent, whether ``end`` (the event
+    that ends a whole answer) came, and the tool calls; ``last`` ends the stream."""
+
+    end = ""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.counts: dict[str, Any] = {}
+        self.stopped = False
+        self._tools = StreamedTools()
+
+    def last(self, call: ChatCall, usage: Callable[[Mapping[str, Any]], Usage]) -> ChatDelta:
+        """The usage-only delta a stream ends with, its counts read by ``usage``; a stream
+        cut before ``end`` is an error (``stream_cut``)."""
+        if not self.stopped:
+            raise stream_cut(self.provider, self.end)
+        return ChatDelta(usage=usage(self.counts) if self.counts else unreported_usage(call))
 
 
 _FLOAT32_MAX = 3.4028235e38  # the largest float32, as written: base64 packs "<f"

@@ -91,13 +91,11 @@ from ..upstream import (
     scrub,
 )
 from .base import (
+    BlockStream,
     ChatCall,
     ChatDelta,
     ChatResult,
     Refusals,
-    StreamedTools,
-    stream_cut,
-    unreported_usage,
 )
 from .bedrock_auth import AwsCredentials, SigV4
 from .bedrock_wire import converse_body, finish_reason, matched_stop, parse_converse, usage
@@ -150,27 +148,21 @@ class BedrockAdapter(Refusals):
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         url = self.url(call.deployment.model, "converse-stream")
-        reader = _StreamReader(self.provider.name)
+        reader = _StreamReader(self.provider)
         events = self.upstream.converse_stream(url, converse_body(call), self._headers)
         async for kind, event in events:
             for delta in reader.read(kind, event):
                 yield delta
-        if not reader.stopped:
-            raise stream_cut(self.provider, "messageStop")
-        yield ChatDelta(usage=usage(reader.counts) if reader.counts else unreported_usage(call))
+        yield reader.last(call, usage)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
 
 
-class _StreamReader:
+class _StreamReader(BlockStream):
     """ConverseStream events in, chat deltas out; keeps the usage of the metadata event."""
 
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-        self.counts: dict[str, Any] = {}
-        self.stopped = False
-        self._tools = StreamedTools()
+    end = "messageStop"
 
     def read(self, kind: str, event: Mapping[str, Any]) -> list[ChatDelta]:
         block = int(event.get("contentBlockIndex") or 0)
@@ -190,7 +182,7 @@ class _StreamReader:
         elif kind == "messageStop":
             self.stopped = True
             reason = str(event.get("stopReason") or "end_turn")
-            return [ChatDelta(finish_reason=finish_reason(reason, self.provider),
+            return [ChatDelta(finish_reason=finish_reason(reason, self.provider.name),
                               stop_sequence=matched_stop(
                                   reason, event.get("additionalModelResponseFields")))]
         elif kind == "metadata" and isinstance(event.get("usage"), dict):

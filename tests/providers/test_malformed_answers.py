@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ..fakes.bedrock_fake import event, frame
 from ..fakes.scripted import Scripted, scripted_upstream
 from .conftest import GatewayFactory
 
@@ -529,3 +530,30 @@ async def test_an_anthropic_stream_without_message_stop_ends_in_an_error(
     error = json.loads(lines[-1][6:])["error"]
     assert error["code"] == "upstream_error"
     assert "provider 'claude' ended the stream before message_stop" in error["message"]
+
+
+async def test_a_bedrock_stream_cut_before_message_stop_or_with_no_json_event_is_an_error(
+    make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    client = await make_gateway(f"""
+        providers:
+          aws: {{type: bedrock, region: us-east-1, base_url: "{scripted.base_url}",
+                 api_key: "{PROVIDER_KEY}"}}
+        deployments:
+          nova: {{provider: aws, model: amazon.nova-lite-v1:0, context_window: 8000}}
+        routes:
+          chat: {{deployment: nova}}
+    """)
+    started = event("messageStart", {"role": "assistant"})
+    text = event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}})
+    not_json = frame({":event-type": "contentBlockDelta", ":message-type": "event"}, b"[1]")
+    for frames, said in (([started, text], "ended the stream before messageStop"),
+                         ([started, text, not_json], "sent an event that is not a JSON object")):
+        scripted.now(b"".join(frames))
+        async with client.stream("POST", "/v1/chat/completions",
+                                 json={**CHAT, "stream": True}) as response:
+            lines = [line async for line in response.aiter_lines()
+                     if line.startswith("data: {")]
+        error = json.loads(lines[-1][6:])["error"]
+        assert error["code"] == "upstream_error"
+        assert f"provider 'aws' {said}" in error["message"]

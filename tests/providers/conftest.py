@@ -115,16 +115,26 @@ def cache_priced_cost(fresh: int, read: int, written: int, output: int) -> float
     return (fresh * 1000 + read * 100 + written * 1250 + output * 2000) / 1e6
 
 
-async def stream_chunks(client: httpx.AsyncClient,
-                        payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """``payload`` streamed to /v1/chat/completions: its chunks, the stream having ended
-    with ``[DONE]``."""
+async def _streamed(client: httpx.AsyncClient, payload: dict[str, Any]) -> list[str]:
+    """``payload`` streamed to /v1/chat/completions (a 200): each event's data."""
     async with client.stream("POST", CHAT, json={**payload, "stream": True}) as response:
         assert response.status_code == 200, await response.aread()
         raw = (await response.aread()).decode()
-    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    return [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+
+
+async def stream_chunks(client: httpx.AsyncClient,
+                        payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """``payload`` streamed: its chunks, the stream having ended with ``[DONE]``."""
+    events = await _streamed(client, payload)
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
+
+
+async def stream_events(client: httpx.AsyncClient,
+                        payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """``payload`` streamed: every event, a closing error event too, ``[DONE]`` or not."""
+    return [json.loads(e) for e in await _streamed(client, payload) if e != "[DONE]"]
 
 
 def streamed_text(chunks: list[dict[str, Any]]) -> str:

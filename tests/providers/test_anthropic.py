@@ -33,6 +33,7 @@ from .conftest import (
     compiled,
     finish_reasons,
     stream_chunks,
+    stream_events,
     streamed_text,
     streamed_tool_calls,
 )
@@ -502,13 +503,8 @@ async def test_an_error_event_mid_stream_ends_the_stream_with_its_meaning(
     client = await _gateway(anthropic_fake, make_gateway)
     overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     anthropic_fake.script.actions.append(Action(body=overloaded, cut_stream_after=5))
-    async with client.stream("POST", CHAT, json={
-        "model": "claude", "stream": True,
-        "messages": [{"role": "user", "content": "a b c"}]}) as response:
-        assert response.status_code == 200
-        raw = (await response.aread()).decode()
-    events = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")
-              if e and e != "data: [DONE]"]
+    events = await stream_events(client, {
+        "model": "claude", "messages": [{"role": "user", "content": "a b c"}]})
     assert streamed_text(events[:-1]) == "fake-anthropic: a"
     assert events[-1]["error"]["code"] == "upstream_overloaded"
 

@@ -37,6 +37,7 @@ from .conftest import (
     finish_reasons,
     forecast,
     stream_chunks,
+    stream_events,
     streamed_text,
     streamed_tool_calls,
 )
@@ -490,13 +491,8 @@ async def test_an_exception_frame_mid_stream_ends_the_stream_with_its_meaning(
     bedrock_fake.script.actions.append(Action(
         body={"exception": "throttlingException", "message": "Too many tokens"},
         cut_stream_after=3))
-    async with client.stream("POST", CHAT, json={
-        "model": "claude", "stream": True,
-        "messages": [{"role": "user", "content": "a b c"}]}) as response:
-        assert response.status_code == 200
-        raw = (await response.aread()).decode()
-    events = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")
-              if e and e != "data: [DONE]"]
+    events = await stream_events(client, {
+        "model": "claude", "messages": [{"role": "user", "content": "a b c"}]})
     assert streamed_text(events[:-1]) == "fake-bedrock: a"
     assert events[-1]["error"]["code"] == "rate_limit_exceeded"
 

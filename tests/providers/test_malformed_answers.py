@@ -17,7 +17,7 @@ import pytest
 
 from ..fakes.bedrock_fake import event, frame
 from ..fakes.scripted import Scripted, scripted_upstream
-from .conftest import GatewayFactory
+from .conftest import GatewayFactory, stream_events
 
 PROVIDER_KEY = "sk-scripted-provider-key-0123456789"
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "say hello"}]}
@@ -141,10 +141,8 @@ async def test_usage_the_provider_left_out_is_counted_from_the_answer(
     words = ["one", " two", " three", " four", " five"]
     scripted.now([*(_chunk({"content": word}) for word in words),
                                     _chunk({}, "stop"), "[DONE]"])
-    async with client.stream("POST", "/v1/chat/completions", json={
-            **CHAT, "stream": True, "stream_options": {"include_usage": True}}) as response:
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
-    usage = json.loads(lines[-1][6:])["usage"]
+    events = await stream_events(client, {**CHAT, "stream_options": {"include_usage": True}})
+    usage = events[-1]["usage"]
     assert usage["completion_tokens"] == 5  # "one two three four five"
     scripted.now(_completion([GOOD_MESSAGE]))  # no usage either
     answer = (await client.post("/v1/chat/completions", json=CHAT)).json()
@@ -481,17 +479,11 @@ async def test_gemini_errors_of_an_unexpected_shape_are_still_classified(
     scripted.now([
         {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}}]},
         {"error": {"code": "UNAVAILABLE", "message": "try later", "status": "UNAVAILABLE"}}])
-    async with client.stream("POST", "/v1/chat/completions",
-                             json={**CHAT, "stream": True}) as response:
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
-    assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_error"
+    assert (await stream_events(client, CHAT))[-1]["error"]["code"] == "upstream_error"
     # A stream that ends without a finishReason was cut.
     scripted.now([
         {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}}]}])
-    async with client.stream("POST", "/v1/chat/completions",
-                             json={**CHAT, "stream": True}) as response:
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
-    assert "before its end" in json.loads(lines[-1][6:])["error"]["message"]
+    assert "before its end" in (await stream_events(client, CHAT))[-1]["error"]["message"]
 
 
 async def test_a_number_too_large_for_a_float_is_a_400(make_gateway: GatewayFactory,
@@ -523,11 +515,9 @@ async def test_an_anthropic_stream_without_message_stop_ends_in_an_error(
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
                                                               "text": "Hi"}}])
-    async with client.stream("POST", "/v1/chat/completions",
-                             json={**CHAT, "stream": True}) as response:
-        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
-    assert json.loads(lines[-2][6:])["choices"][0]["delta"]["content"] == "Hi"
-    error = json.loads(lines[-1][6:])["error"]
+    events = await stream_events(client, CHAT)
+    assert events[-2]["choices"][0]["delta"]["content"] == "Hi"
+    error = events[-1]["error"]
     assert error["code"] == "upstream_error"
     assert "provider 'claude' ended the stream before message_stop" in error["message"]
 
@@ -550,10 +540,6 @@ async def test_a_bedrock_stream_cut_before_message_stop_or_with_no_json_event_is
     for frames, said in (([started, text], "ended the stream before messageStop"),
                          ([started, text, not_json], "sent an event that is not a JSON object")):
         scripted.now(b"".join(frames))
-        async with client.stream("POST", "/v1/chat/completions",
-                                 json={**CHAT, "stream": True}) as response:
-            lines = [line async for line in response.aiter_lines()
-                     if line.startswith("data: {")]
-        error = json.loads(lines[-1][6:])["error"]
+        error = (await stream_events(client, CHAT))[-1]["error"]
         assert error["code"] == "upstream_error"
         assert f"provider 'aws' {said}" in error["message"]

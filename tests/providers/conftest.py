@@ -25,6 +25,7 @@ from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
+from ..fakes.scripted import Scripted
 from ..fakes.serve import serving
 
 
@@ -176,6 +177,19 @@ def compiled(root: Path, sections: str, environ: Mapping[str, str] | None = None
     result = compile_gateway(root, environ or {})
     assert result.graph is not None, result.diagnostics
     return result.graph
+
+
+def gemini_on(upstream: Scripted, route: str = "flash") -> str:
+    """A gateway with one Gemini deployment, flash, on a scripted upstream, served as
+    ``route``."""
+    return f"""
+        providers:
+          gem: {{type: gemini, base_url: "{upstream.base_url}/v1beta", api_key: "AIza-test"}}
+        deployments:
+          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1000000}}
+        routes:
+          {route}: {{deployment: flash}}
+        """
 
 
 def chat_call(deployment: Deployment, request: dict[str, Any]) -> ChatCall:

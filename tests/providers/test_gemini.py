@@ -10,7 +10,7 @@ import pytest
 
 from ..fakes.brain import Action
 from ..fakes.gemini_fake import SIGNATURE, GeminiFake
-from ..fakes.scripted import Scripted, scripted_upstream
+from ..fakes.scripted import scripted_upstream
 from .conftest import (
     CACHE_PRICED,
     CHAT,
@@ -20,6 +20,7 @@ from .conftest import (
     billed,
     cache_priced_cost,
     forecast,
+    gemini_on,
     stream_chunks,
     streamed_text,
     streamed_tool_calls,
@@ -507,24 +508,12 @@ async def test_embeddings_in_batches_with_dimensions(
                         "content": {"parts": [{"text": "text 0"}]}, "outputDimensionality": 4}
 
 
-def _flash_on(upstream: Scripted) -> str:
-    """A gateway with one Gemini deployment, flash, on a scripted upstream."""
-    return f"""
-        providers:
-          gem: {{type: gemini, base_url: "{upstream.base_url}/v1beta", api_key: "AIza-test"}}
-        deployments:
-          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 1000000}}
-        routes:
-          flash: {{deployment: flash}}
-        """
-
-
 async def test_thinking_tokens_are_reported_as_reasoning_tokens(
     make_gateway: GatewayFactory,
 ) -> None:
     """thoughtsTokenCount was billed as output (it is) but not told apart."""
     with scripted_upstream() as upstream:
-        client = await make_gateway(_flash_on(upstream))
+        client = await make_gateway(gemini_on(upstream))
         upstream.now({"candidates": [{"content": {"role": "model", "parts": [{"text": "42"}]},
                                       "finishReason": "STOP", "index": 0}],
                       "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2,
@@ -573,7 +562,7 @@ async def test_finish_reasons_gemini_added_keep_their_meaning(
     MALFORMED_FUNCTION_CALL) and LANGUAGE (a refusal) were answered as a plain "stop"
     with no content: a 200 the client could not use, never retried."""
     with scripted_upstream() as upstream:
-        client = await make_gateway(_flash_on(upstream))
+        client = await make_gateway(gemini_on(upstream))
 
         def ending(reason: str) -> dict[str, Any]:
             return {"candidates": [{"content": {"role": "model", "parts": []},

@@ -17,7 +17,7 @@ import pytest
 
 from ..fakes.bedrock_fake import event, frame
 from ..fakes.scripted import Scripted, scripted_upstream
-from .conftest import GatewayFactory, stream_events
+from .conftest import GatewayFactory, gemini_on, stream_events
 
 PROVIDER_KEY = "sk-scripted-provider-key-0123456789"
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "say hello"}]}
@@ -454,21 +454,10 @@ async def test_transcripts_of_the_wrong_shape_are_a_502(
     assert response.json() == {"text": "hi", "usage": {"type": "duration", "seconds": 3}}
 
 
-def _gemini(scripted: Scripted) -> str:
-    return f"""
-        providers:
-          gem: {{type: gemini, base_url: "{scripted.base_url}/v1beta", api_key: "{PROVIDER_KEY}"}}
-        deployments:
-          flash: {{provider: gem, model: gemini-2.5-flash, context_window: 8000}}
-        routes:
-          chat: {{deployment: flash}}
-    """
-
-
 async def test_gemini_errors_of_an_unexpected_shape_are_still_classified(
     make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:
-    client = await make_gateway(_gemini(scripted))
+    client = await make_gateway(gemini_on(scripted, route="chat"))
     # RetryInfo details that are not objects: no retry advice, still a rate limit.
     scripted.now({"error": {"code": 429, "message": "quota",
                                               "status": "RESOURCE_EXHAUSTED",

@@ -135,7 +135,9 @@ def upload_seconds(data: bytes) -> float:
             with wave.open(file) as audio:  # read up to the samples' start
                 rate: int = audio.getframerate() * audio.getsampwidth() * audio.getnchannels()
                 return (len(data) - file.tell()) / rate
-        except (wave.Error, EOFError, ZeroDivisionError):
+        # RuntimeError: what wave raises for a chunk that claims to run past the one
+        # holding it (a client's bytes, not a bug of ours).
+        except (wave.Error, EOFError, ZeroDivisionError, RuntimeError):
             pass  # not PCM, or a damaged header: estimated as any other upload
     return len(data) / ESTIMATED_BYTES_PER_SECOND
 

@@ -283,3 +283,32 @@ async def test_an_upload_whose_wav_header_overruns_its_chunk_is_transcribed(
                                  files={"file": ("a.wav", OVERRUN_WAV, "audio/wav")})
     assert response.status_code == 200, response.text
     assert response.json()["text"].startswith("echo transcript: 64 bytes")
+
+
+FORM = "multipart/form-data; boundary=b"
+FILE_PART = (b'--b\r\ncontent-disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n'
+             b"{}\r\n")
+
+
+async def test_an_upload_the_form_parser_cannot_read_is_an_invalid_request(
+    client: httpx.AsyncClient,
+) -> None:
+    """Starlette's request.form() turns its parser's error into an HTTPException, which
+    came back as a 400 of type server_error, code internal_error: a client's broken
+    multipart body read as the gateway's own fault."""
+    purpose = b'--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+    for content_type, body, message in (
+        ("multipart/form-data", FILE_PART + b"--b--\r\n", "Missing boundary in multipart."),
+        (FORM, purpose + FILE_PART + FILE_PART + b"--b--\r\n",
+         "Too many files. Maximum number of files is 1."),
+        (FORM, b"--b\r\n\r\nx\r\n--b--\r\n",
+         'The Content-Disposition header field "name" must be provided.'),
+        (FORM, purpose * 9 + FILE_PART + b"--b--\r\n",
+         "Too many fields. Maximum number of fields is 8."),
+    ):
+        response = await client.post("/v1/files", content=body,
+                                     headers={"content-type": content_type})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {
+            "message": f"The multipart body cannot be read: {message}",
+            "type": "invalid_request_error", "param": "file", "code": "invalid_request"}

@@ -77,13 +77,20 @@ def _owner(key: ApiKey) -> str:
 
 def _limit(request: Request, default: int, most: int) -> int:
     text = request.query_params.get("limit")
-    try:
-        limit = int(text) if text is not None else default
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= most:
+    limit = default if text is None else _whole(text)
+    if limit is None or not 1 <= limit <= most:
         raise BadRequest(f"limit must be a whole number from 1 to {most}.", param="limit")
     return limit
+
+
+def _whole(text: str) -> int | None:
+    """``text`` as a whole number, where it is one in ASCII digits (str.isdigit passes
+    '²', which int refuses, and '٣', which it reads; 5,000 digits are past int's limit).
+
+    >>> _whole("3600"), _whole("²"), _whole(" 1"), _whole("9" * 5000)
+    (3600, None, None, None)
+    """
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def _page(objects: list[dict[str, Any]], limit: int) -> JSONResponse:
@@ -103,11 +110,11 @@ def _expires_after(anchor: object, seconds: object) -> int | None:
         raise BadRequest(f"expires_after.anchor must be 'created_at'; got {anchor!r}.",
                          param="expires_after.anchor")
     low, high = EXPIRES_AFTER_S
-    text = seconds if isinstance(seconds, str) else ""
-    if not text.isdigit() or not low <= int(text) <= high:
+    whole = _whole(seconds) if isinstance(seconds, str) else None
+    if whole is None or not low <= whole <= high:
         raise BadRequest(f"expires_after.seconds must be a whole number from {low} to "
                          f"{high}; got {seconds!r}.", param="expires_after.seconds")
-    return int(text)
+    return whole
 
 
 def batch_doc(endpoint: str, input_file_id: str, checked: Checked,
@@ -173,12 +180,12 @@ class _Api:
     async def _upload(self, request: Request, live: Live, key: ApiKey,
                       store: BatchStore) -> Response:
         most = live.graph.settings.files_max_bytes
-        length = request.headers.get("content-length", "")
+        length = _whole(request.headers.get("content-length", ""))
         # Checked up front (a declared size over the cap is refused before a byte is
         # read); a body longer than it says is cut at the cap as it arrives (UploadForm).
-        if not length.isdigit():
+        if length is None:
             raise BadRequest("An upload needs a Content-Length header (the SDKs send one).")
-        if int(length) > most + _FORM_SLACK:
+        if length > most + _FORM_SLACK:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):

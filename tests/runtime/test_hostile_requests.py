@@ -312,3 +312,20 @@ async def test_an_upload_the_form_parser_cannot_read_is_an_invalid_request(
         assert response.json()["error"] == {
             "message": f"The multipart body cannot be read: {message}",
             "type": "invalid_request_error", "param": "file", "code": "invalid_request"}
+
+
+async def test_an_upload_with_numbers_int_cannot_read_is_a_400(client: httpx.AsyncClient) -> None:
+    """str.isdigit() passes '²' (which int() refuses), '٣٦٠٠' (which it reads as 3600)
+    and 5,000 digits (past int()'s limit): each of expires_after[seconds] and
+    Content-Length was a 500, or an expiry written in no digits OpenAI reads."""
+    for seconds in ("²", "9" * 5000, "٣٦٠٠"):
+        response = await client.post("/v1/files", data={
+            "purpose": "batch", "expires_after[anchor]": "created_at",
+            "expires_after[seconds]": seconds}, files={"file": ("in.jsonl", b"{}")})
+        assert response.status_code == 400, (seconds, response.text)
+        assert response.json()["error"]["param"] == "expires_after.seconds"
+    for length in ("²".encode("latin-1"), b"9" * 5000):
+        response = await client.post("/v1/files", content=FILE_PART + b"--b--\r\n",
+                                     headers={"content-type": FORM, "content-length": length})
+        assert response.status_code == 400, (length, response.text)
+        assert "Content-Length" in response.json()["error"]["message"]

@@ -138,7 +138,7 @@ def _line(raw: bytes, number: int, endpoint: str, seen: set[str],
           max_line_bytes: int) -> InputLine | dict[str, Any]:
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a line nested thousands deep
         return _error("invalid_json_line", number,
                       "This line is not parseable as valid JSON.")
     if not isinstance(parsed, dict):

@@ -329,3 +329,26 @@ async def test_an_upload_with_numbers_int_cannot_read_is_a_400(client: httpx.Asy
                                      headers={"content-type": FORM, "content-length": length})
         assert response.status_code == 400, (length, response.text)
         assert "Content-Length" in response.json()["error"]["message"]
+
+
+async def test_a_batch_line_nested_too_deep_fails_the_batch_not_the_request(
+    client: httpx.AsyncClient,
+) -> None:
+    """json.loads raises RecursionError, not ValueError, for a line nested thousands
+    deep: creating the batch was a 500. The line is an invalid_json_line, as OpenAI
+    reports a line it cannot parse."""
+    good = (b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", '
+            b'"body": {"model": "embed", "input": "x"}}\n')
+    deep_body = good.replace(b'"x"', b"[" * 100_000 + b"]" * 100_000)
+    for deep in (b"[" * 100_000 + b"]" * 100_000, deep_body):
+        uploaded = await client.post("/v1/files", data={"purpose": "batch"},
+                                     files={"file": ("in.jsonl", good + deep + b"\n")})
+        assert uploaded.status_code == 200, uploaded.text
+        response = await client.post("/v1/batches", json={
+            "input_file_id": uploaded.json()["id"], "endpoint": "/v1/embeddings",
+            "completion_window": "24h"})
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "failed"
+        assert response.json()["errors"]["data"] == [{
+            "code": "invalid_json_line", "line": 2,
+            "message": "This line is not parseable as valid JSON.", "param": None}]

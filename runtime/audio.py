@@ -237,7 +237,7 @@ async def _released(audio: ByteStream) -> None:
 async def _form(exchange: Exchange, body: bytes) -> FormData:
     """The multipart form, parsed from the body already read (within its cap)."""
     content_type = exchange.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):  # any case (RFC 9110)
         raise BadRequest("The request must be multipart/form-data, with the audio in 'file' "
                          f"(it is {content_type or 'of no content type'}).", param="file")
 

@@ -188,7 +188,8 @@ class _Api:
         if length > most + _FORM_SLACK:
             raise PayloadTooLarge(f"The file is over this gateway's files_max_bytes ({most}).")
         content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
+        # A media type is case-insensitive (RFC 9110).
+        if not content_type.lower().startswith("multipart/form-data"):
             raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
                              "'purpose' fields.")
         form = UploadForm(content_type)

@@ -352,3 +352,20 @@ async def test_a_batch_line_nested_too_deep_fails_the_batch_not_the_request(
         assert response.json()["errors"]["data"] == [{
             "code": "invalid_json_line", "line": 2,
             "message": "This line is not parseable as valid JSON.", "param": None}]
+
+
+async def test_a_multipart_content_type_is_read_whatever_its_case(
+    client: httpx.AsyncClient,
+) -> None:
+    """A media type is case-insensitive (RFC 9110, 8.3.1): 'Multipart/Form-Data' was
+    refused as not multipart by the audio endpoints and /v1/files."""
+    audio = (b'--b\r\ncontent-disposition: form-data; name="model"\r\n\r\ntranscribe\r\n'
+             b'--b\r\ncontent-disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+             b"RIFF\r\n--b--\r\n")
+    upload = (b'--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+              + FILE_PART + b"--b--\r\n")
+    for path, body in (("/v1/audio/transcriptions", audio), ("/v1/audio/translations", audio),
+                       ("/v1/files", upload)):
+        response = await client.post(path, content=body, headers={
+            "content-type": "Multipart/Form-Data; boundary=b"})
+        assert response.status_code == 200, (path, response.text)

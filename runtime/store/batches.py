@@ -342,14 +342,14 @@ def _file(file_id: str, connection: sqlite3.Connection) -> FileRow | None:
 def _files(owner: str | None, purpose: str | None, after: str | None, limit: int,
            newest_first: bool, now: float,
            connection: sqlite3.Connection) -> tuple[FileRow, ...]:
-    where, args = _owned(owner)
-    where, args = where + " AND (expires_at IS NULL OR expires_at > ?)", [*args, now]
+    owned, owned_args = _owned(owner)
+    where, args = owned + " AND (expires_at IS NULL OR expires_at > ?)", [*owned_args, now]
     if purpose is not None:
         where, args = where + " AND purpose = ?", [*args, purpose]
     order = "DESC" if newest_first else "ASC"
-    if after is not None:
-        mark = connection.execute("SELECT created_at, id FROM files WHERE id = ?",
-                                  (after,)).fetchone()
+    if after is not None:  # the owner's own file only: another's is no cursor, as in Redis
+        mark = connection.execute(f"SELECT created_at, id FROM files WHERE id = ? AND {owned}",
+                                  (after, *owned_args)).fetchone()
         if mark is not None:
             sign = "<" if newest_first else ">"
             where, args = where + f" AND (created_at, id) {sign} (?, ?)", [*args, *mark]
@@ -403,9 +403,10 @@ def _batch(batch_id: str, connection: sqlite3.Connection) -> BatchRow | None:
 def _batches(owner: str | None, after: str | None, limit: int,
              connection: sqlite3.Connection) -> tuple[BatchRow, ...]:
     where, args = ("1", []) if owner is None else ("b.owner = ?", [owner])
-    if after is not None:
-        mark = connection.execute("SELECT created_at, id FROM batches WHERE id = ?",
-                                  (after,)).fetchone()
+    if after is not None:  # the owner's own batch only: another's is no cursor, as in Redis
+        owned, owned_args = _owned(owner)
+        mark = connection.execute(f"SELECT created_at, id FROM batches WHERE id = ? AND {owned}",
+                                  (after, *owned_args)).fetchone()
         if mark is not None:
             where, args = where + " AND (b.created_at, b.id) < (?, ?)", [*args, *mark]
     rows = connection.execute(

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
 
 from aigw.runtime.app import create_app
+from aigw.runtime.batches import batch_doc
+from aigw.runtime.batches.input import Checked
 from aigw.runtime.live import Gateway
+from aigw.runtime.store.batches import FileRow
 from aigw.runtime.tokens import TokenCounter
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, app_client
 
 HUGE = "9" * 400
 
@@ -369,3 +373,37 @@ async def test_a_multipart_content_type_is_read_whatever_its_case(
         response = await client.post(path, content=body, headers={
             "content-type": "Multipart/Form-Data; boundary=b"})
         assert response.status_code == 200, (path, response.text)
+
+
+OTHER_KEY = "sk-hostile-other-team"
+
+
+async def test_a_cursor_of_another_owners_file_or_batch_is_no_cursor(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    """The SQLite store placed ``after`` wherever the id was, whoever owned it: a listing
+    cut short by another team's file id told that the file exists (and the Redis store,
+    which looks in the owner's own index, did not)."""
+    config = gateway_dir / "gateway.yaml"
+    other = f"  other: {{team: t2, sha256: {sha256(OTHER_KEY.encode()).hexdigest()}}}\n"
+    config.write_text(config.read_text().replace("teams:\n", "teams:\n  t2: {}\n", 1)
+                      .replace("keys:\n", "keys:\n" + other, 1))
+    gateway = Gateway(gateway_dir, counter)
+    try:
+        store = await gateway.store.batches()
+        assert store is not None
+        for file_id, owner, created_at in (("file-theirs", "team:default", 1000),
+                                           ("file-mine", "team:t2", 2000)):
+            await store.put_file(FileRow(file_id, owner, "in.jsonl", "batch", 2, created_at))
+        for batch_id, owner, created_at in (("batch_theirs", "team:default", 1000),
+                                            ("batch_mine", "team:t2", 2000)):
+            doc = batch_doc("/v1/embeddings", "file-mine", Checked(1, ()), None, created_at,
+                            retention_s=3600)
+            await store.put_batch(batch_id, owner, "other", {**doc, "id": batch_id})
+        async with app_client(gateway, OTHER_KEY) as client:
+            files = await client.get("/v1/files", params={"after": "file-theirs"})
+            assert [row["id"] for row in files.json()["data"]] == ["file-mine"], files.text
+            batches = await client.get("/v1/batches", params={"after": "batch_theirs"})
+            assert [row["id"] for row in batches.json()["data"]] == ["batch_mine"], batches.text
+    finally:
+        await gateway.aclose()

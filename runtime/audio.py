@@ -100,11 +100,12 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, model)
     live = exchange.live
-    prompt_tokens = live.counter.count(_field(fields, "prompt") or "")
     seconds = upload_seconds(upload.data)
     sent = tuple((name, value) for name, value in fields if name != "model")
-    # Every prompt field (a client may repeat one), which the input guardrails check.
+    # Every prompt field (a client may repeat one), which the input guardrails check,
+    # and which are held for and billed.
     prompts = tuple(value for name, value in sent if name == "prompt")
+    prompt_tokens = sum(live.counter.count(prompt) for prompt in prompts)
 
     def transcription(candidate: Candidate, texts: tuple[str, ...]) -> TranscriptionCall:
         given = sent
@@ -275,7 +276,13 @@ async def _upload(form: FormData) -> tuple[FormFile, tuple[tuple[str, str], ...]
 
 
 def _field(fields: tuple[tuple[str, str], ...], name: str) -> str | None:
-    return next((value for key, value in fields if key == name), None)
+    """A field the gateway reads itself, given at most once: a repeated one is read here
+    as its first, and by an upstream perhaps as its last (text where the bill parses
+    JSON, events where a whole answer is awaited)."""
+    values = [value for key, value in fields if key == name]
+    if len(values) > 1:
+        raise BadRequest(f"'{name}' is given {len(values)} times: give it once.", param=name)
+    return values[0] if values else None
 
 
 def _check_temperature(value: str | None) -> None:

@@ -407,3 +407,27 @@ async def test_a_cursor_of_another_owners_file_or_batch_is_no_cursor(
             assert [row["id"] for row in batches.json()["data"]] == ["batch_mine"], batches.text
     finally:
         await gateway.aclose()
+
+
+async def test_a_transcription_form_that_repeats_a_field_the_gateway_reads_is_a_400(
+    client: httpx.AsyncClient,
+) -> None:
+    """The gateway read the first response_format (or stream) of a form, and sent them
+    all on: an upstream that reads the last answered in a format the gateway did not
+    expect (text where it parses JSON for the bill, events where it waits for a whole
+    answer), a 502 for a call the provider billed."""
+    for field, values in (("response_format", ["json", "text"]), ("stream", ["false", "true"]),
+                          ("model", ["transcribe", "transcribe"]),
+                          ("temperature", ["0", "0.5"])):
+        response = await client.post(
+            "/v1/audio/transcriptions", data={"model": "transcribe", field: values},
+            files={"file": ("a.wav", b"RIFF", "audio/wav")})
+        assert response.status_code == 400, (field, response.text)
+        assert response.json()["error"] == {
+            "message": f"'{field}' is given 2 times: give it once.",
+            "type": "invalid_request_error", "param": field, "code": "invalid_request"}
+    several = await client.post(  # a list's fields, and prompts, may repeat (each checked)
+        "/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF", "audio/wav")},
+        data={"model": "transcribe", "timestamp_granularities[]": ["word", "segment"],
+              "prompt": ["one", "two"]})
+    assert several.status_code == 200, several.text

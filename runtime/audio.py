@@ -22,6 +22,7 @@ last event reports (``SPEECH_AUDIO_TOKENS_PER_CHARACTER``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -65,6 +66,10 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 MAX_SPEECH_CHARACTERS = 4096
 # A form's fields besides the file: OpenAI's take about ten; more is no client of it.
 _MAX_FIELDS = 64
+# What aiohttp refuses in a header it writes (RFC 9110, 5.5): a part's name, filename or
+# content type holding one would fail the upstream call, and count against the
+# deployment, for a client's bytes. The form parser passes them on.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 async def transcriptions(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -258,10 +263,17 @@ async def _upload(form: FormData) -> tuple[FormFile, tuple[tuple[str, str], ...]
     upload: FormFile | None = None
     fields: list[tuple[str, str]] = []
     for name, value in form.multi_items():
+        if _CONTROL.search(name):
+            raise BadRequest(f"A form field's name holds a control character ({name!r}).",
+                             param=name)
         if isinstance(value, UploadFile):
             if name != "file":
                 raise BadRequest(f"A file was sent as '{name}'; the audio goes in 'file'.",
                                  param=name)
+            if _CONTROL.search(value.filename or "") or _CONTROL.search(value.content_type or ""):
+                raise BadRequest("The file's filename or content type holds a control "
+                                 f"character ({value.filename!r}, {value.content_type!r}).",
+                                 param="file")
             data = await value.read()
             if not data:
                 raise BadRequest("'file' is empty.", param="file")

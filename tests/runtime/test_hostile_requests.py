@@ -20,6 +20,8 @@ from aigw.runtime.store.batches import FileRow
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, app_client
+from ..fakes.openai_fake import OpenAIFake
+from ..providers.conftest import dev_key_line
 
 HUGE = "9" * 400
 
@@ -431,3 +433,56 @@ async def test_a_transcription_form_that_repeats_a_field_the_gateway_reads_is_a_
         data={"model": "transcribe", "timestamp_granularities[]": ["word", "segment"],
               "prompt": ["one", "two"]})
     assert several.status_code == 200, several.text
+
+
+def _transcription_form(file_disposition: bytes, file_type: bytes = b"audio/wav") -> bytes:
+    return (b'--b\r\ncontent-disposition: form-data; name="model"\r\n\r\nwhisper\r\n'
+            b"--b\r\ncontent-disposition: form-data; " + file_disposition
+            + b"\r\ncontent-type: " + file_type + b"\r\n\r\nRIFF\r\n--b--\r\n")
+
+
+async def test_a_form_part_named_with_a_control_character_is_a_400(
+    tmp_path: Path, counter: TokenCounter, openai_upstream: tuple[OpenAIFake, str]
+) -> None:
+    """The form parser takes a NUL (or any control character but CR and LF) in a part's
+    name, filename or content type; aiohttp refuses to write one into the upstream's
+    form (a header injection, it says): a 502, counted against the deployment, whose
+    circuit breaker one client could open for everyone."""
+    fake, url = openai_upstream
+    root = tmp_path / "gw"
+    root.mkdir()
+    (root / "gateway.yaml").write_text(f"""version: 1
+providers:
+  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+deployments:
+  whisper-1:
+    provider: openai
+    model: whisper-1
+    kind: transcription
+    context_window: 8000
+    circuit_breaker: {{consecutive_failures: 1, cooldown_s: 60}}
+routes:
+  whisper: {{deployment: whisper-1}}
+""" + dev_key_line())
+    gateway = Gateway(root, counter)
+    try:
+        async with app_client(gateway) as client:
+            for body, param in (
+                (_transcription_form(b'name="file"; filename="a\x00.wav"'), "file"),
+                (_transcription_form(b'name="file"; filename="a.wav"', b"audio/\x01wav"),
+                 "file"),
+                (_transcription_form(b'name="file"; filename="a.wav"').replace(
+                    b'name="model"', b'name="model"; x=1\r\n\r\nwhisper\r\n--b\r\n'
+                    b'content-disposition: form-data; name="lang\x7f"', 1), "lang\x7f"),
+            ):
+                response = await client.post("/v1/audio/transcriptions", content=body,
+                                             headers={"content-type": FORM})
+                assert response.status_code == 400, response.text
+                assert response.json()["error"]["param"] == param
+            assert not fake.script.requests  # refused before any call
+            served = await client.post("/v1/audio/transcriptions",
+                                       content=_transcription_form(b'name="file"; filename="a"'),
+                                       headers={"content-type": FORM})
+            assert served.status_code == 200, served.text  # its breaker was not opened
+    finally:
+        await gateway.aclose()

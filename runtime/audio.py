@@ -66,6 +66,8 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 MAX_SPEECH_CHARACTERS = 4096
 # A form's fields besides the file: OpenAI's take about ten; more is no client of it.
 _MAX_FIELDS = 64
+# A boolean form field's values (what the SDKs write, and what form readers take).
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
 # What aiohttp refuses in a header it writes (RFC 9110, 5.5): a part's name, filename or
 # content type holding one would fail the upstream call, and count against the
 # deployment, for a client's bytes. The form parser passes them on.
@@ -94,13 +96,16 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     if response_format not in RESPONSE_FORMATS:
         raise BadRequest(f"Invalid value for 'response_format': {response_format!r}; expected "
                          f"one of {', '.join(RESPONSE_FORMATS)}.", param="response_format")
-    streamed = (_field(fields, "stream") or "false").lower() not in ("false", "0")
+    streamed = _flag(fields, "stream")
     if operation == "translations":
         # OpenAI's translations endpoint has no stream: it refuses the field (as its other
         # unknown ones), and would answer whole anyway, no events to pass on.
         if streamed:
             raise BadRequest("Translations do not stream: leave 'stream' out.", param="stream")
         fields = tuple((name, value) for name, value in fields if name != "stream")
+    else:  # sent as read here: an upstream reading '1' otherwise would answer whole
+        fields = tuple((name, ("true" if streamed else "false") if name == "stream" else value)
+                       for name, value in fields)
     _check_temperature(_field(fields, "temperature"))
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, model)
@@ -295,6 +300,19 @@ def _field(fields: tuple[tuple[str, str], ...], name: str) -> str | None:
     if len(values) > 1:
         raise BadRequest(f"'{name}' is given {len(values)} times: give it once.", param=name)
     return values[0] if values else None
+
+
+def _flag(fields: tuple[tuple[str, str], ...], name: str) -> bool:
+    """A boolean form field: true, false, 1 or 0 in any case (what the SDKs write, and
+    what a form reader takes), False when left out; anything else a 400."""
+    value = _field(fields, name)
+    if value is None:
+        return False
+    flag = _FLAGS.get(value.lower())
+    if flag is None:
+        raise BadRequest(f"Invalid value for '{name}': {value!r}; expected true or false.",
+                         param=name)
+    return flag
 
 
 def _check_temperature(value: str | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from hashlib import sha256
 from pathlib import Path
 
@@ -441,6 +442,37 @@ def _transcription_form(file_disposition: bytes, file_type: bytes = b"audio/wav"
             + b"\r\ncontent-type: " + file_type + b"\r\n\r\nRIFF\r\n--b--\r\n")
 
 
+@asynccontextmanager
+async def _openai_audio(root: Path, counter: TokenCounter,
+                        url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway in-process whose routes ``whisper`` (whisper-1) and ``transcribe``
+    (gpt-4o-transcribe) are on the OpenAI fake at ``url``, each deployment's circuit
+    breaker opened by one failure."""
+    root.mkdir()
+    deployments = "".join(f"""
+  {model}:
+    provider: openai
+    model: {model}
+    kind: transcription
+    context_window: 8000
+    circuit_breaker: {{consecutive_failures: 1, cooldown_s: 60}}""" for model in (
+        "whisper-1", "gpt-4o-transcribe"))
+    (root / "gateway.yaml").write_text(f"""version: 1
+providers:
+  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
+deployments:{deployments}
+routes:
+  whisper: {{deployment: whisper-1}}
+  transcribe: {{deployment: gpt-4o-transcribe}}
+""" + dev_key_line())
+    gateway = Gateway(root, counter)
+    try:
+        async with app_client(gateway) as client:
+            yield client
+    finally:
+        await gateway.aclose()
+
+
 async def test_a_form_part_named_with_a_control_character_is_a_400(
     tmp_path: Path, counter: TokenCounter, openai_upstream: tuple[OpenAIFake, str]
 ) -> None:
@@ -449,40 +481,46 @@ async def test_a_form_part_named_with_a_control_character_is_a_400(
     form (a header injection, it says): a 502, counted against the deployment, whose
     circuit breaker one client could open for everyone."""
     fake, url = openai_upstream
-    root = tmp_path / "gw"
-    root.mkdir()
-    (root / "gateway.yaml").write_text(f"""version: 1
-providers:
-  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}
-deployments:
-  whisper-1:
-    provider: openai
-    model: whisper-1
-    kind: transcription
-    context_window: 8000
-    circuit_breaker: {{consecutive_failures: 1, cooldown_s: 60}}
-routes:
-  whisper: {{deployment: whisper-1}}
-""" + dev_key_line())
-    gateway = Gateway(root, counter)
-    try:
-        async with app_client(gateway) as client:
-            for body, param in (
-                (_transcription_form(b'name="file"; filename="a\x00.wav"'), "file"),
-                (_transcription_form(b'name="file"; filename="a.wav"', b"audio/\x01wav"),
-                 "file"),
-                (_transcription_form(b'name="file"; filename="a.wav"').replace(
-                    b'name="model"', b'name="model"; x=1\r\n\r\nwhisper\r\n--b\r\n'
-                    b'content-disposition: form-data; name="lang\x7f"', 1), "lang\x7f"),
-            ):
-                response = await client.post("/v1/audio/transcriptions", content=body,
-                                             headers={"content-type": FORM})
-                assert response.status_code == 400, response.text
-                assert response.json()["error"]["param"] == param
-            assert not fake.script.requests  # refused before any call
-            served = await client.post("/v1/audio/transcriptions",
-                                       content=_transcription_form(b'name="file"; filename="a"'),
-                                       headers={"content-type": FORM})
-            assert served.status_code == 200, served.text  # its breaker was not opened
-    finally:
-        await gateway.aclose()
+    async with _openai_audio(tmp_path / "gw", counter, url) as client:
+        for body, param in (
+            (_transcription_form(b'name="file"; filename="a\x00.wav"'), "file"),
+            (_transcription_form(b'name="file"; filename="a.wav"', b"audio/\x01wav"), "file"),
+            (_transcription_form(b'name="file"; filename="a.wav"').replace(
+                b'name="model"', b'name="model"; x=1\r\n\r\nwhisper\r\n--b\r\n'
+                b'content-disposition: form-data; name="lang\x7f"', 1), "lang\x7f"),
+        ):
+            response = await client.post("/v1/audio/transcriptions", content=body,
+                                         headers={"content-type": FORM})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["param"] == param
+        assert not fake.script.requests  # refused before any call
+        served = await client.post("/v1/audio/transcriptions",
+                                   content=_transcription_form(b'name="file"; filename="a"'),
+                                   headers={"content-type": FORM})
+        assert served.status_code == 200, served.text  # its breaker was not opened
+
+
+async def test_a_transcriptions_stream_flag_is_sent_as_the_gateway_read_it(
+    tmp_path: Path, counter: TokenCounter, openai_upstream: tuple[OpenAIFake, str]
+) -> None:
+    """'stream' was streamed unless it read false or 0, and sent on as written: an
+    upstream that reads only 'true' answered '1' or 'yes' whole, where the gateway
+    waited for events, a 502 counted against the deployment (its breaker opened by a
+    client). Now true, false, 1 and 0 are read (any case) and sent as true or false;
+    anything else is a 400."""
+    fake, url = openai_upstream
+    async with _openai_audio(tmp_path / "gw", counter, url) as client:
+        upload = {"file": ("a.wav", b"RIFF", "audio/wav")}
+        for given in ("yes", "no", ""):
+            refused = await client.post("/v1/audio/transcriptions", files=upload,
+                                        data={"model": "transcribe", "stream": given})
+            assert refused.status_code == 400, (given, refused.text)
+            assert refused.json()["error"]["param"] == "stream"
+        assert not fake.script.requests  # refused before any call
+        for given, streamed in (("1", True), ("TRUE", True), ("0", False), ("False", False)):
+            response = await client.post("/v1/audio/transcriptions", files=upload,
+                                         data={"model": "transcribe", "stream": given})
+            assert response.status_code == 200, (given, response.text)
+            assert response.headers["content-type"].startswith(
+                "text/event-stream" if streamed else "application/json"), given
+            assert fake.script.requests[-1]["stream"] == ("true" if streamed else "false")

@@ -28,6 +28,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -251,6 +252,14 @@ async def _form(exchange: Exchange, body: bytes) -> FormData:
     if not content_type.lower().startswith("multipart/form-data"):  # any case (RFC 9110)
         raise BadRequest("The request must be multipart/form-data, with the audio in 'file' "
                          f"(it is {content_type or 'of no content type'}).", param="file")
+
+    # The parser drops a part the body ends inside, silently (and leaves its spool
+    # open): an upload cut short in its file read as one without a file.
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise BadRequest("The multipart body ends before its closing boundary "
+                         f"('--{boundary.decode('latin-1')}--'): it was cut short.",
+                         param="file")
 
     async def chunks() -> AsyncGenerator[bytes]:
         yield body

@@ -524,3 +524,23 @@ async def test_a_transcriptions_stream_flag_is_sent_as_the_gateway_read_it(
             assert response.headers["content-type"].startswith(
                 "text/event-stream" if streamed else "application/json"), given
             assert fake.script.requests[-1]["stream"] == ("true" if streamed else "false")
+
+
+async def test_a_transcription_form_cut_short_is_named_so(client: httpx.AsyncClient) -> None:
+    """The form parser drops a part the body ends inside, silently: an upload cut short
+    in its file was 'Missing required parameter: file', and one cut in a field after
+    the file went on without that field."""
+    whole = (b'--b\r\ncontent-disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+             b'RIFF\r\n--b\r\ncontent-disposition: form-data; name="model"\r\n\r\ntranscribe'
+             b"\r\n--b--\r\n")
+    served = await client.post("/v1/audio/transcriptions", content=whole,
+                               headers={"content-type": FORM})
+    assert served.status_code == 200, served.text
+    for cut in (whole[:70], whole[:-9], b""):
+        response = await client.post("/v1/audio/transcriptions", content=cut,
+                                     headers={"content-type": FORM})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {
+            "message": "The multipart body ends before its closing boundary ('--b--'): it "
+                       "was cut short.",
+            "type": "invalid_request_error", "param": "file", "code": "invalid_request"}

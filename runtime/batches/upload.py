@@ -104,6 +104,9 @@ class UploadForm:
                              "Content-Disposition.")
         self._name = name
         if b"filename" not in options:
+            if name in self.fields:  # which copy would the gateway read? neither
+                raise BadRequest(f"The upload gives the field '{name}' more than once.",
+                                 param=name)
             if len(self.fields) >= MOST_FIELDS:
                 raise BadRequest(f"The upload has more than {MOST_FIELDS} fields.")
             return

@@ -300,25 +300,31 @@ FILE_PART = (b'--b\r\ncontent-disposition: form-data; name="file"; filename="in.
 async def test_an_upload_the_form_parser_cannot_read_is_an_invalid_request(
     client: httpx.AsyncClient,
 ) -> None:
-    """Starlette's request.form() turns its parser's error into an HTTPException, which
+    """Starlette's request.form() turned its parser's error into an HTTPException, which
     came back as a 400 of type server_error, code internal_error: a client's broken
-    multipart body read as the gateway's own fault."""
+    multipart body read as the gateway's own fault. The upload's own parser
+    (runtime/batches/upload.py) names what is wrong, as a client's error."""
     purpose = b'--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
     for content_type, body, message in (
-        ("multipart/form-data", FILE_PART + b"--b--\r\n", "Missing boundary in multipart."),
+        ("multipart/form-data", FILE_PART + b"--b--\r\n",
+         "The multipart/form-data upload has no boundary."),
         (FORM, purpose + FILE_PART + FILE_PART + b"--b--\r\n",
-         "Too many files. Maximum number of files is 1."),
+         "The upload has more than one file."),
         (FORM, b"--b\r\n\r\nx\r\n--b--\r\n",
-         'The Content-Disposition header field "name" must be provided.'),
-        (FORM, purpose * 9 + FILE_PART + b"--b--\r\n",
-         "Too many fields. Maximum number of fields is 8."),
+         "A part of the multipart upload has no name in its Content-Disposition."),
+        (FORM, purpose * 2 + FILE_PART + b"--b--\r\n",
+         "The upload gives the field 'purpose' more than once."),
+        (FORM, purpose + b"".join(
+            b'--b\r\ncontent-disposition: form-data; name="f%d"\r\n\r\nx\r\n' % number
+            for number in range(8)) + FILE_PART + b"--b--\r\n",
+         "The upload has more than 8 fields."),
     ):
         response = await client.post("/v1/files", content=body,
                                      headers={"content-type": content_type})
         assert response.status_code == 400, response.text
-        assert response.json()["error"] == {
-            "message": f"The multipart body cannot be read: {message}",
-            "type": "invalid_request_error", "param": "file", "code": "invalid_request"}
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
+        assert error["message"] == message
 
 
 async def test_an_upload_with_numbers_int_cannot_read_is_a_400(client: httpx.AsyncClient) -> None:
@@ -401,7 +407,7 @@ async def test_a_cursor_of_another_owners_file_or_batch_is_no_cursor(
         for batch_id, owner, created_at in (("batch_theirs", "team:default", 1000),
                                             ("batch_mine", "team:t2", 2000)):
             doc = batch_doc("/v1/embeddings", "file-mine", Checked(1, ()), None, created_at,
-                            retention_s=3600)
+                            retention_s=3600, max_line_bytes=1 << 20)
             await store.put_batch(batch_id, owner, "other", {**doc, "id": batch_id})
         async with app_client(gateway, OTHER_KEY) as client:
             files = await client.get("/v1/files", params={"after": "file-theirs"})

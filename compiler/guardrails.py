@@ -189,11 +189,11 @@ def check_route_guardrails(
 
 # What each kind of route's guardrails check: the texts it sends a model (embeddings'
 # inputs, a rerank call's query and documents, an image's prompt, a speech's input and
-# instructions, a transcription's prompt) and those it returns (a transcript). A
-# moderation model is a classifier itself: none.
+# instructions, a transcription's prompt) and those it returns (a transcript, an image's
+# revised_prompt). A moderation model is a classifier itself: none.
 _CHECKED = {"chat": ("input", "output"), "embeddings": ("input",), "rerank": ("input",),
-            "image": ("input",), "speech": ("input",), "transcription": ("input", "output"),
-            "moderation": ()}
+            "image": ("input", "output"), "speech": ("input",),
+            "transcription": ("input", "output"), "moderation": ()}
 
 
 def check_served_kinds(

@@ -14,9 +14,18 @@ with the prompt's tokens and, for a token-billed model (gpt-image-1), ``n`` time
 deployment's max_output_tokens at its output price; the bill is the images answered at
 the size they came in, with the tokens the answer's ``usage`` reports.
 
+The route's input guardrails check the prompt (the upstream is sent it as they left it);
+its output guardrails each image's ``revised_prompt`` (DALL-E 3 rewrites the prompt, and
+the client reads the rewrite): a redaction is what the client receives, a block
+withholds the whole answer (a 400 ``guardrail_blocked``, the images billed), as a
+transcript's is.
+
 ``stream: true`` (gpt-image-1, one image, ``partial_images`` 0 to 3): OpenAI's events,
 ``image_generation.partial_image`` then ``image_generation.completed``, passed on as
-they come (runtime/media_stream.py) and billed for the completed event's usage.
+they come (runtime/media_stream.py) and billed for the completed event's usage. They
+hold no text for output guardrails to read (an image, its size, quality, format and
+usage: gpt-image models do not revise the prompt, and DALL-E 3, which does, does not
+stream).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from aigw.compiler.graph import ApiKey, Deployment
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
+from .guardrails import Check
 from .media_stream import passed_on
 from .providers.base import ImageCall, ImageResult, Usage
 from .providers.events import EventStream, image_events_adapter
@@ -125,7 +135,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     if request.stream:
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))
-    won = await routed(call=call, noted=_noted)
+    won = await routed(call=call, noted=_noted, checked=_checked)
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
 
 
@@ -143,6 +153,21 @@ async def _drawn(candidate: Candidate, drawing: ImageCall) -> ImageResult:
                 drawing.n, drawing.n)
     return replace(result, images=result.images[:drawing.n],
                    output_tokens=result.output_tokens * drawing.n // len(result.images))
+
+
+async def _checked(result: ImageResult, check: Check) -> ImageResult:
+    """``result`` with each image's ``revised_prompt`` (DALL-E 3's rewrite of the prompt,
+    a text the client reads) through the route's output guardrails; ``result`` itself
+    when none changed. The images themselves are no text to read."""
+    revised = tuple(image.revised_prompt or "" for image in result.images)
+    if not any(revised):
+        return result
+    checked = await check(revised)
+    if checked is revised:
+        return result
+    return replace(result, images=tuple(
+        image if image.revised_prompt is None else replace(image, revised_prompt=text)
+        for image, text in zip(result.images, checked, strict=True)))
 
 
 def _noted(span: Span, result: ImageResult) -> None:

@@ -12,8 +12,8 @@ and the call made to a member's adapter. Guardrails see the texts an endpoint na
 its ``texts`` going out (an embeddings call's inputs, a rerank call's query and
 documents, an image's prompt, a speech's input and instructions, a transcription's
 prompts), which the call is then made with, as the guardrails left them; and what
-``checked`` walks of its answer (a transcript). A route without guardrails does none of
-this.
+``checked`` walks of its answer (a transcript, an image's revised_prompt). A route
+without guardrails does none of this.
 """
 
 from __future__ import annotations

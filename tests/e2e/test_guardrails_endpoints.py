@@ -4,7 +4,7 @@ OpenAI fake and a webhook checker, through the official openai SDK: input guardr
 /v1/audio/speech's input and instructions and a transcription's prompt (a block is a 400
 naming the guardrail and no call goes out; a redaction is what the upstream receives; a
 webhook's verdicts, kept), and output guardrails on a transcript in each of its
-formats."""
+formats and on an image's revised_prompt."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ class Guarded:
     def sent(self) -> dict[str, Any]:
         """What the upstream received last."""
         return self.upstream.script.requests[-1]
+
+    def last_line(self, route: str) -> dict[str, Any]:
+        """The access log's line of the last request to ``route``."""
+        return [entry for entry in map(json.loads, (
+            text for text in self.server.log.splitlines()
+            if text.startswith("{") and "request_id" in text)) if entry["route"] == route][-1]
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +207,37 @@ def test_a_route_without_guardrails_sends_the_inputs_as_they_came(guarded: Guard
     assert guarded.sent()["input"][-1] == f"mail jane.doe@example.com, key {SECRET}"
 
 
+def _drawn(guarded: Guarded, revised: str) -> Any:
+    """Two images drawn on the guarded route, whose upstream says it revised the prompt
+    to ``revised``."""
+    guarded.upstream.revised_prompt = revised
+    try:
+        return guarded.client.images.with_raw_response.generate(
+            model="image", prompt="a lighthouse", n=2)
+    finally:
+        guarded.upstream.revised_prompt = None
+
+
+def test_an_image_s_revised_prompt_is_redacted(guarded: Guarded) -> None:
+    answer = _drawn(guarded, "a lighthouse drawn for jane.doe@example.com").parse()
+    assert [image.revised_prompt for image in answer.data] == [
+        "a lighthouse drawn for [EMAIL]"] * 2
+
+
+def test_an_image_whose_revised_prompt_an_output_guardrail_blocks_is_a_400_and_billed(
+        guarded: Guarded) -> None:
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _drawn(guarded, f"a lighthouse, and the key {SECRET}")
+    assert caught.value.code == "guardrail_blocked"
+    assert "no-secrets" in caught.value.message and SECRET not in str(caught.value.body)
+    assert len(guarded.upstream.script.requests) == calls + 1  # drawn, and billed
+    line = guarded.last_line("image")
+    assert (line["status"], line["error"], line["deployment"]) == (
+        400, "guardrail_blocked", "image")
+    assert line["guardrails"] == ["no-secrets:output:block"]
+
+
 def _transcribe(guarded: Guarded, model: str, transcript: str, response_format: str) -> str:
     guarded.upstream.transcript = transcript
     try:
@@ -243,9 +280,7 @@ def test_a_transcript_an_output_guardrail_blocks_is_a_400_and_billed(guarded: Gu
         _transcribe(guarded, "transcribe", f"the key is {SECRET}", "json")
     assert caught.value.code == "guardrail_blocked"
     assert "no-secrets" in caught.value.message and SECRET not in str(caught.value.body)
-    line = [entry for entry in map(json.loads, (text for text in guarded.server.log.splitlines()
-                                                if text.startswith("{") and "request_id" in text))
-            if entry["route"] == "transcribe"][-1]
+    line = guarded.last_line("transcribe")
     assert (line["status"], line["error"]) == (400, "guardrail_blocked")
     assert line["guardrails"] == ["no-secrets:output:block"]
     # The call was made, and is recorded as its deployment's (billed as it reported).

@@ -188,6 +188,9 @@ class OpenAIFake(AudioFake):
         self.embedding_dimensions = 8
         self.line_ending = "\n"  # of a stream's lines: "\n", "\r\n" or "\r"
         self.extra_images = 0  # drawn beyond the n asked (an upstream that overdraws)
+        # What a DALL-E answer's images say the prompt was revised to (None: "A picture
+        # of" the prompt), for a test of the text a client reads that it did not write.
+        self.revised_prompt: str | None = None
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -493,7 +496,8 @@ class OpenAIFake(AudioFake):
             else:
                 row = {"url": f"https://images.fake.test/{digest}-{index}.png"}
             if not token_billed:
-                row["revised_prompt"] = f"A picture of {prompt}"
+                row["revised_prompt"] = self.revised_prompt if self.revised_prompt \
+                    is not None else f"A picture of {prompt}"
             data.append(row)
         answer: dict[str, Any] = {"created": int(time.time()), "data": data}
         if body.get("stream") is True:

@@ -113,29 +113,34 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     live = exchange.live
     seconds = upload_seconds(upload.data)
     sent = tuple((name, value) for name, value in fields if name != "model")
-    # Every prompt field (a client may repeat one), which the input guardrails check,
-    # and which are held for and billed.
+    # Every prompt field (a client may repeat one, and each is sent): the input
+    # guardrails check each, and each is counted.
     prompts = tuple(value for name, value in sent if name == "prompt")
-    prompt_tokens = sum(live.counter.count(prompt) for prompt in prompts)
 
-    def transcription(candidate: Candidate, texts: tuple[str, ...]) -> TranscriptionCall:
+    def count(texts: tuple[str, ...]) -> int:
+        return sum(map(live.counter.count, texts))
+
+    prompt_tokens = count(prompts)
+
+    def transcription(candidate: Candidate, texts: tuple[str, ...],
+                      tokens: int) -> TranscriptionCall:
         given = sent
         if texts is not prompts:  # the prompts as the route's input guardrails left them
             checked = iter(texts)
             given = tuple((name, next(checked) if name == "prompt" else value)
                           for name, value in sent)
         return TranscriptionCall(candidate.deployment, operation, given, upload,
-                                 response_format, prompt_tokens, seconds)
+                                 response_format, tokens, seconds)
 
-    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[TranscriptionResult]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).transcribe,
-                       transcription(candidate, texts))
+                       transcription(candidate, texts, tokens))
 
-    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def events(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EventStream]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment)
-                       .transcribe_events, transcription(candidate, texts))
+                       .transcribe_events, transcription(candidate, texts, tokens))
 
     routed = partial(
         call_route, exchange, key, route, kind="transcription", model=model,
@@ -146,7 +151,7 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
         # Cut short, the audio sent was most likely billed (per minute, or its tokens).
         cut=Usage(prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND), 0,
                   audio_seconds=seconds),
-        texts=prompts)
+        texts=prompts, count=count)
     if streamed:
         if route.guardrails is not None and route.guardrails.output:
             # The output guardrails read a whole transcript; its events go out as they come.
@@ -193,20 +198,20 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     said = (request.input,) if request.instructions is None else (
         request.input, request.instructions)
 
-    def spoken(candidate: Candidate, texts: tuple[str, ...]) -> SpeechCall:
-        # The texts as the route's input guardrails left them.
+    def spoken(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> SpeechCall:
+        # The texts as the route's input guardrails left them, billed by the input sent.
         return SpeechCall(candidate.deployment, {**sent, **dict(zip(
-            ("input", "instructions"), texts, strict=False))}, characters, prompt_tokens)
+            ("input", "instructions"), texts, strict=False))}, len(texts[0]), tokens)
 
-    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[SpeechResult]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak,
-                       spoken(candidate, texts))
+                       spoken(candidate, texts, tokens))
 
-    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def events(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EventStream]]:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak_events,
-                       spoken(candidate, texts))
+                       spoken(candidate, texts, tokens))
 
     # Speech as events reports its audio tokens, billed at the output price: held for a
     # bound on them, so the bill stays within the hold (but for the estimate's error).
@@ -218,7 +223,7 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         cost=lambda deployment: deployment.price.cost(prompt_tokens, audio_tokens,
                                                       characters=characters),
         cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
-        texts=said)
+        texts=said, count=lambda texts: live.counter.count(texts[0]))
     if request.stream_format == "sse":
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))

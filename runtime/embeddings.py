@@ -84,11 +84,11 @@ async def embed(
               for item in inputs]
     prompt_tokens, longest = sum(counts), max(counts, default=0)
 
-    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EmbeddingResult]]:
         # Texts as the route's input guardrails left them; token ids are no text to check.
         sent = inputs if token_ids else texts
-        embedding = EmbeddingCall(candidate.deployment, sent, dimensions, user, prompt_tokens)
+        embedding = EmbeddingCall(candidate.deployment, sent, dimensions, user, tokens)
         return partial(candidate.adapter.embed, embedding)
 
     return await call_route(
@@ -97,7 +97,8 @@ async def embed(
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
         noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s,
         # Texts alone when not token ids (no copy: a route without guardrails reads none).
-        texts=() if token_ids else cast("tuple[str, ...]", inputs))
+        texts=() if token_ids else cast("tuple[str, ...]", inputs),
+        count=lambda texts: sum(map(live.counter.count, texts)))
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:

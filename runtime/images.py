@@ -104,11 +104,11 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     prompt_tokens = live.counter.count(request.prompt)
     params = request.model_dump(exclude_none=True, exclude={"model", "prompt", "n"})
 
-    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[ImageResult]]:
         (prompt,) = texts  # as the route's input guardrails left it
         drawing = ImageCall(candidate.deployment, prompt, request.n, request.size,
-                            request.response_format, params, prompt_tokens)
+                            request.response_format, params, tokens)
         return partial(_drawn, candidate, drawing)
 
     def held(deployment: Deployment) -> float:
@@ -116,11 +116,11 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         return (price.cost(prompt_tokens, request.n * deployment.max_output_tokens)
                 + request.n * price.dearest_image(request.size))
 
-    def events(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def events(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EventStream]]:
         (prompt,) = texts  # as the route's input guardrails left it
         drawing = ImageCall(candidate.deployment, prompt, 1, request.size,
-                            request.response_format, params, prompt_tokens)
+                            request.response_format, params, tokens)
         return partial(image_events_adapter(candidate.adapter, candidate.deployment)
                        .generate_image_events, drawing)
 
@@ -131,7 +131,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         cut=Usage(prompt_tokens, 0, images=1 if request.stream else request.n,
                   image_size=request.size),
         ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
-        texts=(request.prompt,))
+        texts=(request.prompt,), count=lambda texts: live.counter.count(texts[0]))
     if request.stream:
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))

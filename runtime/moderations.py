@@ -60,7 +60,7 @@ async def moderate(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
 
     # No guardrails (compiler/guardrails.py refuses them here): a moderation model is a
     # classifier itself, and what it is sent comes back as its verdict, not as text.
-    def call(candidate: Candidate, _texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, _texts: tuple[str, ...], _tokens: int) -> Callable[
             [], Awaitable[ModerationResult]]:
         moderation = ModerationCall(candidate.deployment, sent, results, prompt_tokens)
         return partial(candidate.adapter.moderate, moderation)

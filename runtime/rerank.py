@@ -71,18 +71,23 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     live = exchange.live
     query_tokens = live.counter.count(request.query)
     cap = request.max_tokens_per_doc
-    # The query is read with each document (a cross-encoder's pairs); a document past
-    # max_tokens_per_doc is cut to it upstream.
-    prompt_tokens = sum(query_tokens + min(live.counter.count(text), cap or 1 << 62)
-                        for text in documents)
+
+    def count(texts: tuple[str, ...]) -> int:
+        # The query is read with each document (a cross-encoder's pairs); a document past
+        # max_tokens_per_doc is cut to it upstream.
+        query = query_tokens if texts[0] is request.query else live.counter.count(texts[0])
+        return sum(query + min(live.counter.count(text), cap or 1 << 62)
+                   for text in texts[1:])
+
+    prompt_tokens = count((request.query, *documents))
     units = -(-len(documents) // DOCUMENTS_PER_SEARCH_UNIT)
 
-    def call(candidate: Candidate, texts: tuple[str, ...]) -> Callable[
+    def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[RerankResult]]:
         # The query and documents as the route's input guardrails left them (the answer
         # returns the client's own documents, by index).
         ranking = RerankCall(candidate.deployment, texts[0], texts[1:], request.top_n,
-                             cap, prompt_tokens)
+                             cap, tokens)
         return partial(candidate.adapter.rerank, ranking)
 
     won = await call_route(
@@ -90,7 +95,7 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         ask=RerankAsk(live.adapters, prompt_tokens, query_tokens, units),
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
         call=call, noted=_noted, cut=Usage(prompt_tokens, 0, search_units=units),
-        texts=(request.query, *documents))
+        texts=(request.query, *documents), count=count)
     return JSONResponse(
         _body(exchange.record.request_id, won.value, documents, request.return_documents),
         headers=answer_headers(exchange, route, won))

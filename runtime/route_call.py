@@ -52,13 +52,14 @@ if TYPE_CHECKING:
 async def call_route(
     exchange: Exchange, key: ApiKey, route: Route, *, kind: str, model: str,
     prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
-    call: Callable[[Candidate, tuple[str, ...]], Callable[[], Awaitable[A]]],
+    call: Callable[[Candidate, tuple[str, ...], int], Callable[[], Awaitable[A]]],
     noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
     operation: str | None = None,
     cut: Usage | None = None,
     release: Callable[[A], None] | None = None,
     texts: tuple[str, ...] = (),
+    count: Callable[[tuple[str, ...]], int] | None = None,
     checked: Callable[[A, Check], Awaitable[A]] | None = None,
     holds: dict[str, Hold | None] | None = None,
 ) -> Won[A]:
@@ -76,7 +77,9 @@ async def call_route(
     with the winner's deployment's own tpm hold, kept there by deployment name.
 
     The route's input guardrails check ``texts`` once its limits are held (a caller over
-    them never reaches a checker), and ``call`` gets them as they left them; a block is
+    them never reaches a checker), and ``call`` gets them as they left them, with their
+    prompt tokens: ``prompt_tokens`` as given, or, where a guardrail redacted them,
+    ``count`` of what is sent (as a chat's redacted prompt is counted again). A block is
     ``GuardrailBlocked``, and no call goes out. Its output guardrails check the answer's
     texts through ``checked``; a block there is ``OutputWithheld`` (the call is billed)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
@@ -97,15 +100,25 @@ async def call_route(
     guards = route.guardrails
     if guards is not None and guards.input and texts:
         try:
-            texts = await guard_texts(guards.input, texts, "input", record, live.guard)
+            sent = await guard_texts(guards.input, texts, "input", record, live.guard)
         except Withheld as exc:
             raise GuardrailBlocked(exc.guardrail) from None
+        if sent is not texts and count is not None:
+            # What goes out is what the deployments' tpm holds, and what a member that
+            # reports no usage is billed. The key's hold stays as it was taken (before
+            # the checkers, as a chat's); it is settled with what was billed.
+            counted = count(sent)
+            if cut is not None:
+                cut = replace(cut, prompt_tokens=cut.prompt_tokens + counted - prompt_tokens)
+            prompt_tokens = record.prompt_tokens = counted
+        texts = sent
 
     quotas = DeploymentQuotas(live.store, record)
 
     async def attempt(candidate: Candidate) -> A:
         return await call_upstream(live, record, quotas, candidate, prompt_tokens, prompt_tokens,
-                                   call(candidate, texts), operation, noted, cut, holds)
+                                   call(candidate, texts, prompt_tokens), operation, noted, cut,
+                                   holds)
 
     budget_s = deadline_s(route, headers)  # as a chat's
     deadline = live.routing.clock() + (budget_s if timeout_s is None else min(budget_s, timeout_s))

@@ -18,6 +18,8 @@ import httpx
 import openai
 import pytest
 
+from aigw.runtime.tokens import TokenCounter
+
 from ..fakes.guard_checker import GuardChecker
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
@@ -130,6 +132,19 @@ def test_input_redaction_is_what_the_upstream_receives(guarded: Guarded, kind: s
     call, texts = INPUTS[kind]
     call(guarded.client, kind, "mail jane.doe@example.com or call +1 415 555 0100")
     assert texts(guarded.sent())[-1] == "mail [EMAIL] or call [PHONE]"
+
+
+def test_a_redacted_input_is_counted_as_it_is_sent(guarded: Guarded) -> None:
+    # DALL-E reports no usage: the image is billed the prompt tokens counted here, and
+    # the deployment's tpm held for them; they are those of the prompt the upstream got.
+    prompt = ("draw for alexandra.longname-example@subdomain.example.com and "
+              "bartholomew.other@another-domain.example.org")
+    _image(guarded.client, "image", prompt)
+    assert guarded.sent()["prompt"] == "draw for [EMAIL] and [EMAIL]"
+    counter = TokenCounter()
+    assert counter.count(prompt) > counter.count("draw for [EMAIL] and [EMAIL]")
+    assert guarded.last_line("image")["prompt_tokens"] == counter.count(
+        "draw for [EMAIL] and [EMAIL]")
 
 
 def test_a_rerank_answer_returns_the_documents_the_client_sent(guarded: Guarded) -> None:

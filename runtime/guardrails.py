@@ -25,6 +25,7 @@ request span's ``aigw.guardrails`` attribute come from it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -58,9 +59,6 @@ class Withheld(Exception):
 
 
 Span = tuple[int, int, str]  # start, end, replacement
-# Texts through a route's guardrails (``guard_texts``: at once where a webhook is among
-# them): as they let them through, the same tuple when none changed, or ``Withheld``.
-Check = Callable[[tuple[str, ...]], Awaitable[tuple[str, ...]]]
 
 
 def spans(guardrail: Guardrail, text: str) -> list[Span]:
@@ -106,6 +104,17 @@ def judge(guardrails: Sequence[Guardrail], text: str, direction: Direction,
     ``seen``: the first characters of ``text`` went out already; they are there for what
     a pattern looks behind it at (a lookbehind such as ``(?<=password=)``, a word
     boundary), and are not decided again."""
+    cut, blocked_by, redact = _decide(guardrails, text, direction, record, hold, seen)
+    if blocked_by is not None:
+        return Judged("", cut, blocked_by)
+    return Judged(_redacted(text[seen:cut], redact), cut, None)
+
+
+def _decide(guardrails: Sequence[Guardrail], text: str, direction: Direction,
+            record: RequestRecord, hold: int | None,
+            seen: int) -> tuple[int, str | None, list[Span]]:
+    """``judge``'s verdict: where it cut, the guardrail that blocked (if one did), and
+    the spans to redact in ``text[seen:cut]``."""
     found = [(guardrail, [span for span in spans(guardrail, text) if span[1] > seen])
              for guardrail in guardrails if guardrail.matchers]
     cut = len(text) if hold is None else max(seen, len(text) - hold)
@@ -124,11 +133,11 @@ def judge(guardrails: Sequence[Guardrail], text: str, direction: Direction,
             continue
         acted(record, guardrail, direction, guardrail.action)
         if guardrail.action == "block":
-            return Judged("", cut, guardrail.name)
+            return cut, guardrail.name, []
         if guardrail.action == "redact":  # of a match begun in what went out, the rest
             redact.extend((max(start, seen) - seen, end - seen, label)
                           for start, end, label in decided)
-    return Judged(_redacted(text[seen:cut], redact), cut, None)
+    return cut, None, redact
 
 
 def _redacted(text: str, found: list[Span]) -> str:
@@ -301,6 +310,114 @@ async def guard_texts(guardrails: Sequence[Guardrail], texts: tuple[str, ...],
     except* Withheld as group_of:
         raise _first(group_of) from None
     return texts if checked == texts else checked
+
+
+async def guard_joined(guardrails: Sequence[Guardrail], pieces: tuple[str, ...],
+                       direction: Direction, record: RequestRecord,
+                       client: GuardClient) -> tuple[str, ...]:
+    """``pieces`` of one text (a transcript's cue lines, its segments, its words) through
+    ``guardrails`` as that one text, so that a phrase split across two is found; as they
+    let them through, ``pieces`` itself when none changed, and ``Withheld`` for a block.
+
+    The patterns read the pieces joined by a space (none where one already ends or the
+    next begins with one), and a redaction lands in the pieces its match spans: its label
+    in the first, the rest of the match taken out of the others (a cue keeps its place
+    and timing). A webhook is sent them a line each, and a text it answers is split back
+    at those lines; one that did not keep them is asked about each piece alone.
+
+    >>> from aigw.compiler.guardrail_graph import PII
+    >>> g = Guardrail("pii", "pii", "redact", frozenset({"output"}), (PII["phone"],))
+    >>> asyncio.run(guard_joined([g], ("call +1 415", "555 0100 now"), "output",
+    ...                          RequestRecord("r", "audio", "g"), GuardClient()))
+    ('call [PHONE]', ' now')
+    """
+    joined, starts = _joined(pieces)
+    _cut, blocked_by, redact = _decide(guardrails, joined, direction, record, None, 0)
+    if blocked_by is not None:
+        raise Withheld(blocked_by)
+    checked = _spread(pieces, starts, redact) if redact else pieces
+    for guardrail in guardrails:
+        if guardrail.webhook is None or not any(checked):
+            continue
+        sent = "\n".join(checked)
+        answer = await client.check(guardrail, sent, direction, record)
+        if answer == sent:
+            continue
+        lines = tuple(answer.split("\n"))
+        checked = lines if len(lines) == len(checked) else await guard_texts(
+            (guardrail,), checked, direction, record, client)
+    return pieces if checked == pieces else checked
+
+
+def _joined(pieces: tuple[str, ...]) -> tuple[str, list[int]]:
+    """``pieces`` as one text, and where each begins in it."""
+    parts: list[str] = []
+    starts: list[int] = []
+    at = 0
+    for index, piece in enumerate(pieces):
+        if index and not (pieces[index - 1][-1:].isspace() or piece[:1].isspace()):
+            parts.append(" ")
+            at += 1
+        starts.append(at)
+        parts.append(piece)
+        at += len(piece)
+    return "".join(parts), starts
+
+
+def _spread(pieces: tuple[str, ...], starts: list[int], found: list[Span]) -> tuple[str, ...]:
+    """``found`` (spans of the pieces joined, at ``starts``) redacted in the pieces."""
+    merged: list[Span] = []
+    for start, end, label in sorted(found):
+        if merged and start < merged[-1][1]:  # overlaps one already (as ``_redacted``)
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), merged[-1][2])
+        else:
+            merged.append((start, end, label))
+    each: dict[int, list[Span]] = {}
+    for start, end, label in merged:
+        index = max(bisect.bisect_right(starts, start) - 1, 0)
+        while index < len(pieces) and starts[index] < end:
+            at = starts[index]
+            low, high = max(start, at) - at, min(end, at + len(pieces[index])) - at
+            if low < high:  # not in the space between two pieces alone
+                each.setdefault(index, []).append((low, high, label))
+                label = ""  # the label once, in the first piece the match reaches
+            index += 1
+    return tuple(_redacted(piece, each[index]) if index in each else piece
+                 for index, piece in enumerate(pieces))
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A route's guardrails on one side of one request, as an answer's texts are sent
+    through them (runtime/route_call.py's ``checked``: a transcript, an image's
+    revised_prompt)."""
+
+    guardrails: tuple[Guardrail, ...]
+    direction: Direction
+    record: RequestRecord
+    client: GuardClient
+
+    async def texts(self, texts: tuple[str, ...]) -> tuple[str, ...]:
+        """Each of ``texts`` alone (``guard_texts``)."""
+        return await guard_texts(self.guardrails, texts, self.direction, self.record,
+                                 self.client)
+
+    async def joined(self, texts: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        """Each of ``texts`` the pieces of one text (``guard_joined``); at once where a
+        webhook is among the guardrails, the first block cancelling the rest."""
+
+        async def check(pieces: tuple[str, ...]) -> tuple[str, ...]:
+            return await guard_joined(self.guardrails, pieces, self.direction, self.record,
+                                      self.client)
+
+        try:
+            if any(guardrail.webhook is not None for guardrail in self.guardrails):
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(check(pieces)) for pieces in texts]
+                return tuple(task.result() for task in tasks)
+            return tuple([await check(pieces) for pieces in texts])
+        except* Withheld as group_of:
+            raise _first(group_of) from None
 
 
 async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,

@@ -162,7 +162,7 @@ async def _checked(result: ImageResult, check: Check) -> ImageResult:
     revised = tuple(image.revised_prompt or "" for image in result.images)
     if not any(revised):
         return result
-    checked = await check(revised)
+    checked = await check.texts(revised)
     if checked is revised:
         return result
     return replace(result, images=tuple(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
@@ -157,8 +156,8 @@ async def _guarded_answer(exchange: Exchange, guardrails: tuple[Guardrail, ...],
     call was made, and is billed."""
     record = exchange.record
     try:
-        value = await checked(won.value, partial(guard_texts, guardrails, direction="output",
-                                                 record=record, client=exchange.live.guard))
+        value = await checked(won.value, Check(guardrails, "output", record,
+                                               exchange.live.guard))
     except Withheld as exc:
         error = OutputWithheld(exc.guardrail)
         record.status, record.error = error.status, str(error.code)

@@ -79,10 +79,13 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
                 "guardrails:\n"
                 "  no-secrets: {kind: regex, patterns: ['sk-[A-Za-z0-9]{20,}'], action: block}\n"
                 "  pii: {kind: pii, entities: [email, phone], action: redact}\n"
+                "  no-plans: {kind: regex, patterns: ['launch code'], on: [output],"
+                " action: block}\n"
                 f'  checker: {{kind: webhook, url: "{hook}/check", on: [input], timeout_s: 2}}\n'
                 f'  out-checker: {{kind: webhook, url: "{hook}/check", on: [output],'
                 " timeout_s: 2}\n"
                 "routes:\n" + routes + "  embed-plain: {deployment: embed}\n"
+                "  transcribe-plans: {deployment: transcribe, guardrails: [no-plans]}\n"
         )) as (client, server):
             yield Guarded(upstream, checker, client, server)
 
@@ -278,6 +281,39 @@ def test_a_transcript_is_redacted_in_each_format(guarded: Guarded,
         assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:42.500\n")
 
 
+@pytest.mark.parametrize("response_format", ["verbose_json", "srt", "vtt"])
+def test_a_phrase_said_across_two_cues_is_found(guarded: Guarded,
+                                                response_format: str) -> None:
+    # The cues (segments) "the launch" and "code is ready" say "launch code".
+    with pytest.raises(openai.BadRequestError) as caught:
+        _transcribe(guarded, "transcribe-plans", "the launch\ncode is ready",
+                    response_format)
+    assert caught.value.code == "guardrail_blocked" and "no-plans" in caught.value.message
+
+
+@pytest.mark.parametrize("response_format", ["srt", "vtt"])
+def test_a_redaction_across_two_cues_lands_in_both(guarded: Guarded,
+                                                   response_format: str) -> None:
+    # Neither cue holds a phone number's 8 digits; the two of them do.
+    body = _transcribe(guarded, "transcribe", "call me on +1 415\n555 0100 tomorrow",
+                       response_format)
+    mark = "," if response_format == "srt" else "."
+    cues = (f"1\n00:00:00{mark}000 --> 00:00:21{mark}250\ncall me on [PHONE]\n\n"
+            f"2\n00:00:21{mark}250 --> 00:00:42{mark}500\n tomorrow\n")
+    assert body == (cues if response_format == "srt" else f"WEBVTT\n\n{cues}")
+
+
+def test_a_redaction_across_segments_and_words_lands_in_each(guarded: Guarded) -> None:
+    body = json.loads(_transcribe(guarded, "transcribe", "call me on +1 415\n555 0100 tomorrow",
+                                  "verbose_json"))
+    assert body["text"] == "call me on [PHONE] tomorrow"
+    assert [segment["text"] for segment in body["segments"]] == [
+        "call me on [PHONE]", " tomorrow"]
+    assert [segment["start"] for segment in body["segments"]] == [0.0, 21.25]
+    assert [word["word"] for word in body["words"]] == [
+        "call", "me", "on", "[PHONE]", "", "", "", "tomorrow"]
+
+
 def test_a_streamed_transcript_is_refused_where_output_guardrails_read_it(
         guarded: Guarded) -> None:
     # Its events would go out as they come, past guardrails that read the whole text.
@@ -312,11 +348,27 @@ def test_a_webhook_judges_a_transcript(guarded: Guarded) -> None:
     assert guarded.checker.seen[-1]["direction"] == "output"
 
 
+@pytest.mark.parametrize(("said", "asked", "cues"), [
+    ("please redact-me\nnow", 1, ["please [CHECKED]", "now"]),
+    # A checker that did not keep the lines is asked about each cue alone.
+    ("one-line redact-me\nnow", 3, ["one-line [CHECKED]", "now"]),
+])
+def test_a_webhook_reads_the_cues_as_one_text(guarded: Guarded, said: str, asked: int,
+                                              cues: list[str]) -> None:
+    before = len(guarded.checker.seen)
+    body = _transcribe(guarded, "transcribe-checked", said, "srt")
+    assert body.split("\n")[2::4] == cues
+    assert guarded.checker.seen[before]["text"] == said
+    assert len(guarded.checker.seen) - before == asked
+
+
 def test_a_transcript_s_texts_are_judged_at_once(guarded: Guarded) -> None:
-    # Each word of a verbose_json is checked: one after another, an hour's words waited
-    # thousands of checker calls (here each takes 0.2 s).
+    # A verbose_json's text, its segments and its words are three checker calls, made at
+    # once (here each takes 0.2 s): word by word, an hour's words waited thousands.
     guarded.checker.most_at_once = 0
+    asked = len(guarded.checker.seen)
     words = " ".join(f"slow-{index}" for index in range(8))
     body = json.loads(_transcribe(guarded, "transcribe-checked", words, "verbose_json"))
     assert [word["word"] for word in body["words"]] == words.split()
+    assert len(guarded.checker.seen) - asked == 3
     assert guarded.checker.most_at_once > 1

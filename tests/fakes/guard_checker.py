@@ -6,7 +6,9 @@ What it answers is read from the text, so a test picks the verdict by what it se
 ``deny`` -> not allowed; ``redact-me`` -> allowed, with it replaced by ``[CHECKED]``;
 ``hang`` -> no answer for 5 s; ``slow`` -> an allow after 0.2 s; ``drip`` -> an allow
 sent a byte every 0.2 s (each read is quick, the whole answer slow); ``crash`` -> a 500;
-``garble`` -> an answer that is not JSON; anything else -> allowed as it is.
+``garble`` -> an answer that is not JSON; ``one-line`` -> allowed, its lines joined
+into one (a checker that does not keep them; ``redact-me`` replaced too); anything else
+-> allowed as it is.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class GuardChecker:
             return Response("<html>not json</html>", media_type="text/html")
         if "deny" in text:
             return JSONResponse({"allow": False, "reason": "denied by policy"})
+        if "one-line" in text and "\n" in text:
+            text = text.replace("\n", " ")
+            return JSONResponse({"allow": True, "text": text.replace("redact-me", "[CHECKED]")})
         if "redact-me" in text:
             return JSONResponse({"allow": True, "text": text.replace("redact-me", "[CHECKED]")})
         return JSONResponse({"allow": True})

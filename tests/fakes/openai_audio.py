@@ -65,7 +65,10 @@ class AudioFake:
     speech_tokens = 400  # the audio tokens a streamed speech's usage reports
     breaks_off = False  # a stream ends after its first chunk or event, its connection cut
     speeches_cut = 0  # speech answers (and streams) whose reader went away before their end
-    transcript: str | None = None  # what every transcript says (None: transcript_text)
+    # What every transcript says (None: transcript_text); a line break between two of its
+    # segments (srt's and vtt's cues, verbose_json's segments), which its text joins with
+    # a space.
+    transcript: str | None = None
 
     def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
         raise NotImplementedError
@@ -122,20 +125,27 @@ class AudioFake:
             return _invalid("you must provide a file", "file")
         model = str(seen.get("model") or "")
         kind = seen.get("response_format", "json")
-        text = self.transcript if self.transcript is not None else transcript_text(size)
+        said = (self.transcript if self.transcript is not None
+                else transcript_text(size)).split("\n")
+        text = " ".join(said)
+        share = self.audio_seconds / len(said)  # of the audio, each segment's
         if kind == "text":
             return PlainTextResponse(f"{text}\n")
         if kind in ("srt", "vtt"):
-            cue = f"1\n00:00:00,000 --> 00:00:42,500\n{text}\n"
-            return PlainTextResponse(cue if kind == "srt" else f"WEBVTT\n\n{cue.replace(',', '.')}")
+            mark = "," if kind == "srt" else "."
+            cues = "\n".join(f"{index + 1}\n{_clock(index * share, mark)} --> "
+                             f"{_clock((index + 1) * share, mark)}\n{segment}\n"
+                             for index, segment in enumerate(said))
+            return PlainTextResponse(cues if kind == "srt" else f"WEBVTT\n\n{cues}")
         if kind == "verbose_json":
             document: dict[str, Any] = {
                 "task": "translate" if translation else "transcribe", "language": "english",
                 "duration": self.audio_seconds, "text": text,
-                "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": self.audio_seconds,
-                              "text": text, "tokens": [1, 2], "temperature": 0.0,
-                              "avg_logprob": -0.2, "compression_ratio": 1.1,
-                              "no_speech_prob": 0.01}]}
+                "segments": [{"id": index, "seek": 0, "start": index * share,
+                              "end": (index + 1) * share, "text": segment, "tokens": [1, 2],
+                              "temperature": 0.0, "avg_logprob": -0.2,
+                              "compression_ratio": 1.1, "no_speech_prob": 0.01}
+                             for index, segment in enumerate(said)]}
             if "word" in seen.get("timestamp_granularities[]", ()):
                 document["words"] = [{"word": word, "start": 0.0, "end": 0.5}
                                      for word in text.split()]
@@ -207,6 +217,13 @@ class AudioFake:
             self.speeches_cut += 1
             raise
 
+
+
+def _clock(seconds: float, mark: str) -> str:
+    """A cue's time, as srt (``00:00:42,500``) or vtt (``00:00:42.500``) writes it."""
+    millis = round(seconds * 1000)
+    return (f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:"
+            f"{millis // 1000 % 60:02d}{mark}{millis % 1000:03d}")
 
 
 def _invalid(message: str, param: str | None = None) -> JSONResponse:

@@ -5,7 +5,7 @@
                    text whose words were left as they came would still show them)
     text           the body
     srt, vtt       each cue's text lines; the cue numbers, timings and the WEBVTT header
-                   are the format's, and are kept as they came
+                   are the format's, and are kept as they came (so are CRLF line endings)
 
 What comes in pieces (srt's and vtt's cue lines, verbose_json's segments, its words) is
 checked as the one text they make (``guard_joined``): a phrase said across two cues is
@@ -99,12 +99,17 @@ async def _first(check: Check, text: str) -> str:
 
 
 async def _checked_cues(text: str, check: Check) -> str:
-    """An SRT or WebVTT transcript with its cues' text lines checked, as one text."""
+    """An SRT or WebVTT transcript with its cues' text lines checked, as one text.
+
+    A CRLF transcript's lines are checked without their "\\r", which each keeps: read with
+    it, the "\\r" stood where the space joining two cues goes (a phrase across them was
+    not found), and a match that took it in took the line's ending out."""
     lines = text.split("\n")
     cues = [index for index, line in enumerate(lines) if (bare := line.strip())
             and not bare.isdigit() and "-->" not in bare
             and not (index == 0 and bare.startswith("WEBVTT"))]
-    (checked,) = await check.joined((tuple(lines[index] for index in cues),))
-    for index, line in zip(cues, checked, strict=True):
-        lines[index] = line
+    said = tuple(lines[index].removesuffix("\r") for index in cues)
+    (checked,) = await check.joined((said,))
+    for index, old, line in zip(cues, said, checked, strict=True):
+        lines[index] = line + lines[index][len(old):]
     return "\n".join(lines)

@@ -256,16 +256,24 @@ def test_an_image_whose_revised_prompt_an_output_guardrail_blocks_is_a_400_and_b
     assert line["guardrails"] == ["no-secrets:output:block"]
 
 
-def _transcribe(guarded: Guarded, model: str, transcript: str, response_format: str) -> str:
-    guarded.upstream.transcript = transcript
+def _transcribe(guarded: Guarded, model: str, transcript: str, response_format: str,
+                line_end: str = "\n") -> str:
+    """The transcript's body, whose srt's or vtt's lines the upstream ends in ``line_end``."""
+    guarded.upstream.transcript, guarded.upstream.cue_line_end = transcript, line_end
     try:
         answer = guarded.client.audio.transcriptions.with_raw_response.create(
             model=model, file=("talk.wav", wav(1.0)), response_format=response_format,
             timestamp_granularities=["word"] if response_format == "verbose_json" else
             openai.NOT_GIVEN)
     finally:
-        guarded.upstream.transcript = None
+        guarded.upstream.transcript, guarded.upstream.cue_line_end = None, "\n"
     return answer.text
+
+
+# Each format whose pieces are read as one text, and an srt's and a vtt's with CRLF lines
+# (whose "\r" must not stand where the space joining two cues goes).
+CUES = [("verbose_json", "\n"), ("srt", "\n"), ("vtt", "\n"), ("srt", "\r\n"),
+        ("vtt", "\r\n")]
 
 
 @pytest.mark.parametrize("response_format", ["json", "verbose_json", "text", "srt", "vtt"])
@@ -281,26 +289,28 @@ def test_a_transcript_is_redacted_in_each_format(guarded: Guarded,
         assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:42.500\n")
 
 
-@pytest.mark.parametrize("response_format", ["verbose_json", "srt", "vtt"])
-def test_a_phrase_said_across_two_cues_is_found(guarded: Guarded,
-                                                response_format: str) -> None:
+@pytest.mark.parametrize(("response_format", "line_end"), CUES)
+def test_a_phrase_said_across_two_cues_is_found(guarded: Guarded, response_format: str,
+                                                line_end: str) -> None:
     # The cues (segments) "the launch" and "code is ready" say "launch code".
     with pytest.raises(openai.BadRequestError) as caught:
         _transcribe(guarded, "transcribe-plans", "the launch\ncode is ready",
-                    response_format)
+                    response_format, line_end)
     assert caught.value.code == "guardrail_blocked" and "no-plans" in caught.value.message
 
 
-@pytest.mark.parametrize("response_format", ["srt", "vtt"])
-def test_a_redaction_across_two_cues_lands_in_both(guarded: Guarded,
-                                                   response_format: str) -> None:
-    # Neither cue holds a phone number's 8 digits; the two of them do.
+@pytest.mark.parametrize(("response_format", "line_end"), CUES[1:])
+def test_a_redaction_across_two_cues_lands_in_both(guarded: Guarded, response_format: str,
+                                                   line_end: str) -> None:
+    # Neither cue holds a phone number's 8 digits; the two of them do. Each line keeps
+    # its ending.
     body = _transcribe(guarded, "transcribe", "call me on +1 415\n555 0100 tomorrow",
-                       response_format)
+                       response_format, line_end)
     mark = "," if response_format == "srt" else "."
     cues = (f"1\n00:00:00{mark}000 --> 00:00:21{mark}250\ncall me on [PHONE]\n\n"
             f"2\n00:00:21{mark}250 --> 00:00:42{mark}500\n tomorrow\n")
-    assert body == (cues if response_format == "srt" else f"WEBVTT\n\n{cues}")
+    cues = cues if response_format == "srt" else f"WEBVTT\n\n{cues}"
+    assert body == cues.replace("\n", line_end)
 
 
 def test_a_redaction_across_segments_and_words_lands_in_each(guarded: Guarded) -> None:

@@ -69,6 +69,7 @@ class AudioFake:
     # segments (srt's and vtt's cues, verbose_json's segments), which its text joins with
     # a space.
     transcript: str | None = None
+    cue_line_end = "\n"  # an srt's and a vtt's line ending ("\r\n", as some servers write)
 
     def _authorized(self, request: Request, azure: bool) -> JSONResponse | None:
         raise NotImplementedError
@@ -136,7 +137,8 @@ class AudioFake:
             cues = "\n".join(f"{index + 1}\n{_clock(index * share, mark)} --> "
                              f"{_clock((index + 1) * share, mark)}\n{segment}\n"
                              for index, segment in enumerate(said))
-            return PlainTextResponse(cues if kind == "srt" else f"WEBVTT\n\n{cues}")
+            cues = cues if kind == "srt" else f"WEBVTT\n\n{cues}"
+            return PlainTextResponse(cues.replace("\n", self.cue_line_end))
         if kind == "verbose_json":
             document: dict[str, Any] = {
                 "task": "translate" if translation else "transcribe", "language": "english",

@@ -53,7 +53,7 @@ from .providers.audio import (
 )
 from .providers.base import Usage
 from .providers.events import EventStream
-from .route_call import answer_headers, call_route
+from .route_call import Weighed, answer_headers, call_route
 from .routing.candidates import AudioAsk, Candidate
 from .telemetry.tracing import Span
 from .transcripts import checked_transcript
@@ -117,10 +117,15 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     # guardrails check each, and each is counted.
     prompts = tuple(value for name, value in sent if name == "prompt")
 
-    def count(texts: tuple[str, ...]) -> int:
-        return sum(map(live.counter.count, texts))
+    def weigh(texts: tuple[str, ...]) -> Weighed:
+        tokens = sum(map(live.counter.count, texts))
+        # Cut short, the audio sent was most likely billed (per minute, or its tokens).
+        return Weighed(tokens, AudioAsk(live.adapters, "transcription", tokens),
+                       Usage(tokens + round(seconds * AUDIO_TOKENS_PER_SECOND), 0,
+                             audio_seconds=seconds))
 
-    prompt_tokens = count(prompts)
+    weighed = weigh(prompts)
+    prompt_tokens = weighed.prompt_tokens
 
     def transcription(candidate: Candidate, texts: tuple[str, ...],
                       tokens: int) -> TranscriptionCall:
@@ -144,14 +149,11 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
 
     routed = partial(
         call_route, exchange, key, route, kind="transcription", model=model,
-        prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "transcription", prompt_tokens),
+        prompt_tokens=prompt_tokens, ask=weighed.ask,
         cost=lambda deployment: deployment.price.cost(
             prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
             round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
-        # Cut short, the audio sent was most likely billed (per minute, or its tokens).
-        cut=Usage(prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND), 0,
-                  audio_seconds=seconds),
-        texts=prompts, count=count)
+        cut=weighed.cut, texts=prompts, weigh=weigh)
     if streamed:
         if route.guardrails is not None and route.guardrails.output:
             # The output guardrails read a whole transcript; its events go out as they come.
@@ -191,12 +193,20 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, request.model)
     live = exchange.live
-    prompt_tokens = live.counter.count(request.input)
     characters = len(request.input)
     sent = request.model_dump(exclude_none=True)
     # The input, and the instructions (how to speak it: a text the model reads as well).
     said = (request.input,) if request.instructions is None else (
         request.input, request.instructions)
+
+    def weigh(texts: tuple[str, ...]) -> Weighed:
+        # Billed by the input (its characters, or tokens), cut short too: as it is sent.
+        tokens = live.counter.count(texts[0])
+        return Weighed(tokens, AudioAsk(live.adapters, "speech", tokens),
+                       Usage(tokens, 0, characters=len(texts[0])))
+
+    weighed = weigh(said)
+    prompt_tokens = weighed.prompt_tokens
 
     def spoken(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> SpeechCall:
         # The texts as the route's input guardrails left them, billed by the input sent.
@@ -219,11 +229,10 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         if request.stream_format == "sse" else 0
     routed = partial(
         call_route, exchange, key, route, kind="speech", model=request.model,
-        prompt_tokens=prompt_tokens, ask=AudioAsk(live.adapters, "speech", prompt_tokens),
+        prompt_tokens=prompt_tokens, ask=weighed.ask,
         cost=lambda deployment: deployment.price.cost(prompt_tokens, audio_tokens,
                                                       characters=characters),
-        cut=Usage(prompt_tokens, 0, characters=characters),  # billed by its input
-        texts=said, count=lambda texts: live.counter.count(texts[0]))
+        cut=weighed.cut, texts=said, weigh=weigh)
     if request.stream_format == "sse":
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))

@@ -27,9 +27,10 @@ from aigw.compiler.graph import ApiKey, Deployment, Route
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
+from .live import Live
 from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
 from .providers.registry import EMBEDS_TOKEN_IDS
-from .route_call import answer_headers, call_route
+from .route_call import Weighed, answer_headers, call_route
 from .routing.attempts import Won
 from .routing.candidates import Candidate, EmbeddingAsk
 from .telemetry.tracing import Span
@@ -98,7 +99,16 @@ async def embed(
         noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s,
         # Texts alone when not token ids (no copy: a route without guardrails reads none).
         texts=() if token_ids else cast("tuple[str, ...]", inputs),
-        count=lambda texts: sum(map(live.counter.count, texts)))
+        weigh=partial(_weighed, live))
+
+
+def _weighed(live: Live, texts: tuple[str, ...]) -> Weighed:
+    """Texts (no token ids) the input guardrails redacted, as sent: each must fit a
+    member's window."""
+    counts = [live.counter.count(text) for text in texts]
+    prompt_tokens = sum(counts)
+    return Weighed(prompt_tokens, EmbeddingAsk(live.adapters, prompt_tokens,
+                                               max(counts, default=0), False))
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:

@@ -56,7 +56,7 @@ from .guardrails import Check
 from .media_stream import passed_on
 from .providers.base import ImageCall, ImageResult, Usage
 from .providers.events import EventStream, image_events_adapter
-from .route_call import answer_headers, call_route
+from .route_call import Weighed, answer_headers, call_route
 from .routing.candidates import Candidate, InputAsk
 from .telemetry.tracing import Span
 
@@ -101,8 +101,17 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     exchange.identify(key, request.user)
     route = resolve_route(exchange.live.graph, request.model)
     live = exchange.live
-    prompt_tokens = live.counter.count(request.prompt)
     params = request.model_dump(exclude_none=True, exclude={"model", "prompt", "n"})
+
+    def weigh(texts: tuple[str, ...]) -> Weighed:
+        tokens = live.counter.count(texts[0])
+        # Cut short, the images asked for were most likely drawn and billed.
+        return Weighed(tokens, InputAsk(live.adapters, "image", tokens, tokens, "prompt"),
+                       Usage(tokens, 0, images=1 if request.stream else request.n,
+                             image_size=request.size))
+
+    weighed = weigh((request.prompt,))
+    prompt_tokens = weighed.prompt_tokens
 
     def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[ImageResult]]:
@@ -127,11 +136,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     routed = partial(
         call_route, exchange, key, route, kind="image", model=request.model,
         prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
-        # Cut short, the images asked for were most likely drawn and billed.
-        cut=Usage(prompt_tokens, 0, images=1 if request.stream else request.n,
-                  image_size=request.size),
-        ask=InputAsk(live.adapters, "image", prompt_tokens, prompt_tokens, "prompt"),
-        texts=(request.prompt,), count=lambda texts: live.counter.count(texts[0]))
+        cut=weighed.cut, ask=weighed.ask, texts=(request.prompt,), weigh=weigh)
     if request.stream:
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))

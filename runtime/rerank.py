@@ -34,7 +34,7 @@ from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
 from .providers.base import DOCUMENTS_PER_SEARCH_UNIT, RerankCall, RerankResult, Usage
-from .route_call import answer_headers, call_route
+from .route_call import Weighed, answer_headers, call_route
 from .routing.candidates import Candidate, RerankAsk
 from .telemetry.tracing import Span
 
@@ -69,18 +69,20 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     documents = _texts(request)
     route = resolve_route(exchange.live.graph, request.model)
     live = exchange.live
-    query_tokens = live.counter.count(request.query)
     cap = request.max_tokens_per_doc
-
-    def count(texts: tuple[str, ...]) -> int:
-        # The query is read with each document (a cross-encoder's pairs); a document past
-        # max_tokens_per_doc is cut to it upstream.
-        query = query_tokens if texts[0] is request.query else live.counter.count(texts[0])
-        return sum(query + min(live.counter.count(text), cap or 1 << 62)
-                   for text in texts[1:])
-
-    prompt_tokens = count((request.query, *documents))
     units = -(-len(documents) // DOCUMENTS_PER_SEARCH_UNIT)
+
+    def weigh(texts: tuple[str, ...]) -> Weighed:
+        # The query is read with each document (a cross-encoder's pairs); a document past
+        # max_tokens_per_doc is cut to it upstream. The query must fit a member's window.
+        query = live.counter.count(texts[0])
+        tokens = sum(query + min(live.counter.count(text), cap or 1 << 62)
+                     for text in texts[1:])
+        return Weighed(tokens, RerankAsk(live.adapters, tokens, query, units),
+                       Usage(tokens, 0, search_units=units))
+
+    weighed = weigh((request.query, *documents))
+    prompt_tokens = weighed.prompt_tokens
 
     def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[RerankResult]]:
@@ -92,10 +94,10 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
 
     won = await call_route(
         exchange, key, route, kind="rerank", model=request.model, prompt_tokens=prompt_tokens,
-        ask=RerankAsk(live.adapters, prompt_tokens, query_tokens, units),
+        ask=weighed.ask,
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
-        call=call, noted=_noted, cut=Usage(prompt_tokens, 0, search_units=units),
-        texts=(request.query, *documents), count=count)
+        call=call, noted=_noted, cut=weighed.cut, texts=(request.query, *documents),
+        weigh=weigh)
     return JSONResponse(
         _body(exchange.record.request_id, won.value, documents, request.return_documents),
         headers=answer_headers(exchange, route, won))

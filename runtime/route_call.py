@@ -19,7 +19,7 @@ without guardrails does none of this.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
@@ -48,6 +48,17 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 
+@dataclass(frozen=True, slots=True)
+class Weighed:
+    """What a call's texts, as they are sent, weigh: their prompt tokens, the ``Ask`` that
+    picks the members whose window takes them, and what the call is billed cut short
+    (``None``: its prompt tokens)."""
+
+    prompt_tokens: int
+    ask: Ask
+    cut: Usage | None = None
+
+
 async def call_route(
     exchange: Exchange, key: ApiKey, route: Route, *, kind: str, model: str,
     prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
@@ -58,7 +69,7 @@ async def call_route(
     cut: Usage | None = None,
     release: Callable[[A], None] | None = None,
     texts: tuple[str, ...] = (),
-    count: Callable[[tuple[str, ...]], int] | None = None,
+    weigh: Callable[[tuple[str, ...]], Weighed] | None = None,
     checked: Callable[[A, Check], Awaitable[A]] | None = None,
     holds: dict[str, Hold | None] | None = None,
 ) -> Won[A]:
@@ -77,8 +88,9 @@ async def call_route(
 
     The route's input guardrails check ``texts`` once its limits are held (a caller over
     them never reaches a checker), and ``call`` gets them as they left them, with their
-    prompt tokens: ``prompt_tokens`` as given, or, where a guardrail redacted them,
-    ``count`` of what is sent (as a chat's redacted prompt is counted again). A block is
+    prompt tokens: ``prompt_tokens`` as given, or, where a guardrail redacted them, what
+    ``weigh`` makes of what is sent (as a chat's redacted prompt is counted again): its
+    tokens, the members whose window takes it (``ask``), its bill cut short. A block is
     ``GuardrailBlocked``, and no call goes out. Its output guardrails check the answer's
     texts through ``checked``; a block there is ``OutputWithheld`` (the call is billed)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
@@ -102,14 +114,14 @@ async def call_route(
             sent = await guard_texts(guards.input, texts, "input", record, live.guard)
         except Withheld as exc:
             raise GuardrailBlocked(exc.guardrail) from None
-        if sent is not texts and count is not None:
-            # What goes out is what the deployments' tpm holds, and what a member that
-            # reports no usage is billed. The key's hold stays as it was taken (before
-            # the checkers, as a chat's); it is settled with what was billed.
-            counted = count(sent)
-            if cut is not None:
-                cut = replace(cut, prompt_tokens=cut.prompt_tokens + counted - prompt_tokens)
-            prompt_tokens = record.prompt_tokens = counted
+        if sent is not texts and weigh is not None:
+            # What goes out is what must fit a member's window, what the deployments' tpm
+            # holds, and what a member that reports no usage (or a call cut short) is
+            # billed. The key's hold stays as it was taken (before the checkers, as a
+            # chat's); it is settled with what was billed.
+            weighed = weigh(sent)
+            prompt_tokens = record.prompt_tokens = weighed.prompt_tokens
+            ask, cut = weighed.ask, weighed.cut
         texts = sent
 
     quotas = DeploymentQuotas(live.store, record)

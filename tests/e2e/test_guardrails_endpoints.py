@@ -20,6 +20,7 @@ import pytest
 
 from aigw.runtime.tokens import TokenCounter
 
+from ..fakes.brain import Action
 from ..fakes.guard_checker import GuardChecker
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
@@ -62,6 +63,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
             for kind, checker_name in (("embed", "checker"), ("rerank", "checker"),
                                        ("image", "checker"), ("speech", "checker"),
                                        ("transcribe", "out-checker")))
+        routes += "".join(f"  {kind}-small: {{deployment: {kind}-small, "
+                          "guardrails: [no-secrets, pii]}\n"
+                          for kind in ("embed", "rerank", "image"))
         with sdk_gateway(tmp_path_factory.mktemp("guarded") / "gw", (
                 "providers:\n"
                 f'  oai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
@@ -73,9 +77,17 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
                 "  rerank: {provider: vllm, model: BAAI/bge-reranker-v2-m3, kind: rerank,\n"
                 "           context_window: 8192}\n"
                 "  image: {provider: oai, model: dall-e-3, kind: image, context_window: 4000}\n"
-                "  speech: {provider: oai, model: tts-1, kind: speech, context_window: 4096}\n"
+                "  speech: {provider: oai, model: tts-1, kind: speech, context_window: 4096,\n"
+                "           price: {per_1m_characters: 15.0}}\n"
                 "  transcribe: {provider: oai, model: whisper-1, kind: transcription,\n"
                 "               context_window: 8192}\n"
+                # Windows a redacted input fits (10 tokens), and the input as it came not.
+                "  embed-small: {provider: oai, model: text-embedding-3-small,\n"
+                "                kind: embeddings, context_window: 10}\n"
+                "  rerank-small: {provider: vllm, model: BAAI/bge-reranker-v2-m3,\n"
+                "                 kind: rerank, context_window: 10}\n"
+                "  image-small: {provider: oai, model: dall-e-3, kind: image,"
+                " context_window: 10}\n"
                 "guardrails:\n"
                 "  no-secrets: {kind: regex, patterns: ['sk-[A-Za-z0-9]{20,}'], action: block}\n"
                 "  pii: {kind: pii, entities: [email, phone], action: redact}\n"
@@ -148,6 +160,37 @@ def test_a_redacted_input_is_counted_as_it_is_sent(guarded: Guarded) -> None:
     assert counter.count(prompt) > counter.count("draw for [EMAIL] and [EMAIL]")
     assert guarded.last_line("image")["prompt_tokens"] == counter.count(
         "draw for [EMAIL] and [EMAIL]")
+
+
+@pytest.mark.parametrize("kind", ["embed", "rerank", "image"])
+def test_a_redacted_input_fits_a_window_as_it_is_sent(guarded: Guarded, kind: str) -> None:
+    # 24 tokens as it came, past the small deployments' 10-token windows; 9 as sent. (A
+    # rerank call's query is what must fit.)
+    prompt = ("draw for alexandra.longname-example@subdomain.example.com and "
+              "bartholomew.other@another-domain.example.org")
+    model = f"{kind}-small"
+    if kind == "rerank":
+        guarded.client.post("/rerank", cast_to=httpx.Response, body={
+            "model": model, "query": prompt, "documents": ["a plain one"]})
+        sent = guarded.sent()["query"]
+    else:
+        INPUTS[kind][0](guarded.client, model, prompt)
+        sent = INPUTS[kind][1](guarded.sent())[-1]
+    assert sent == "draw for [EMAIL] and [EMAIL]"
+    assert guarded.last_line(model)["deployment"] == model
+
+
+def test_a_speech_cut_short_is_billed_the_characters_sent(guarded: Guarded) -> None:
+    # The client stops waiting; tts-1 bills the characters it was sent: the redacted input.
+    before = len(guarded.server.ledger_rows(0))
+    guarded.upstream.script.actions.append(Action(delay_s=3))
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{guarded.client.base_url}audio/speech", timeout=0.5,
+                   headers={"Authorization": f"Bearer {guarded.client.api_key}"},
+                   json={"model": "speech", "voice": "alloy",
+                         "input": "mail alexandra.longname-example@subdomain.example.com"})
+    cut = [row for row in guarded.server.ledger_rows(before + 2) if row["estimated"]][-1]
+    assert cut["cost"] == pytest.approx(len("mail [EMAIL]") * 15 / 1e6)
 
 
 def test_a_rerank_answer_returns_the_documents_the_client_sent(guarded: Guarded) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -530,16 +531,40 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, wrong method, a handler's ``HTTPException``)
+    OpenAI-shaped: a 4xx is the client's (``invalid_request_error``), a 5xx the gateway's.
+    The exception's headers are kept: a 405 must say what is ``Allow``ed (RFC 9110)."""
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        wrong = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        wrong = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.",
+                                 headers=headers)
         if request.url.path.startswith("/v1/messages"):  # in the shape its SDK reads
             return JSONResponse(error_body(wrong), status_code=405, headers=wrong.headers)
         return _error_response(wrong)
     if exc.status_code == 404:
         return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))
-    error = GatewayError(str(exc.detail))
-    return JSONResponse(error.body(), status_code=exc.status_code)
+    return JSONResponse(_http_error_body(exc.status_code, str(exc.detail)),
+                        status_code=exc.status_code, headers=headers)
+
+
+def _http_error_body(status: int, message: str) -> dict[str, object]:
+    """The OpenAI error object for an HTTP status with no ``GatewayError`` of its own; its
+    code is the status's phrase (413: ``request_entity_too_large``).
+
+    >>> _http_error_body(400, "Bad Request")["error"]["type"]
+    'invalid_request_error'
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a status Python has no name for
+        phrase = "client error" if status < 500 else "server error"
+    return {"error": {
+        "message": message,
+        "type": "invalid_request_error" if status < 500 else "server_error",
+        "param": None,
+        "code": phrase.lower().replace(" ", "_").replace("-", "_"),
+    }}
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -217,7 +218,30 @@ async def test_prompt_too_big_for_the_first_member_goes_to_the_fallback(
 
 async def test_unknown_path_and_method_are_openai_shaped(client: httpx.AsyncClient) -> None:
     _assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
-    _assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
+    wrong_method = await client.get(CHAT)
+    error = _assert_openai_error(wrong_method, 405, "method_not_allowed")
+    assert error["type"] == "invalid_request_error"
+    assert wrong_method.headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
+    assert (await client.delete("/v1/messages")).headers["allow"] == "POST"
+
+
+async def test_a_starlette_http_error_is_the_clients_when_it_is_a_4xx(gateway: Gateway) -> None:
+    # A handler's (or Starlette's own, e.g. Request.form()'s) HTTPException: a 4xx was
+    # rendered as a server_error / internal_error.
+    async def refusing(request: Request) -> Response:
+        status = int(request.query_params["status"])
+        raise HTTPException(status, detail=f"refused with {status}", headers={"X-Why": "test"})
+
+    app = SnapshotMiddleware(Starlette(), gateway, {CHAT: refusing})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aigw.test") as http:
+        for status, code, kind in ((400, "bad_request", "invalid_request_error"),
+                                   (413, "request_entity_too_large", "invalid_request_error"),
+                                   (503, "service_unavailable", "server_error")):
+            response = await http.post(CHAT, params={"status": status}, json=_chat())
+            error = _assert_openai_error(response, status, code)
+            assert (error["type"], error["message"]) == (kind, f"refused with {status}")
+            assert response.headers["x-why"] == "test"
 
 
 async def test_admin_status_needs_an_admin_key(client: httpx.AsyncClient, gateway: Gateway) -> None:

@@ -201,7 +201,7 @@ class _Api:
             """The file's bytes, then the fields checked: a refusal is raised before the
             file is renamed into place, so it leaves nothing."""
             nonlocal purpose, expires_s
-            async for data in form.file_bytes(request.stream(), most + _FORM_SLACK):
+            async for data in form.file_bytes(request.stream(), most + _FORM_SLACK, length):
                 yield data
             if form.filename is None:
                 raise BadRequest("Missing required parameter: 'file'.", param="file")
@@ -221,8 +221,9 @@ class _Api:
         except TimeoutError:
             raise RequestTimeout(f"The upload did not arrive within {timeout_s:g} s "
                                  "(settings.body_read_timeout_s).") from None
-        except ClientDisconnect:  # as read_body: the client went, not a bug of ours
-            raise GatewayError("client disconnected while sending the upload") from None
+        except ClientDisconnect:  # the client went, not a bug of ours
+            raise BadRequest("The upload was cut short: the client closed the connection "
+                             "before its Content-Length was sent.", param="file") from None
         now = int(time.time())
         row = FileRow(file_id, _owner(key), form.filename or "upload.jsonl", purpose, size,
                       now, None if expires_s is None else now + expires_s)

@@ -46,17 +46,20 @@ class UploadForm:
         self._disposition = b""
         self._headers_size = 0
         self._data: list[bytes] = []  # the file's bytes the last chunk held
+        self._boundary = boundary.decode("latin-1")
+        self._ended = False  # the closing boundary has been read
         callbacks: MultipartCallbacks = {
             "on_part_begin": self._part_begins, "on_part_data": self._part_data,
             "on_part_end": self._part_ends, "on_header_field": self._header_name,
             "on_header_value": self._header_value, "on_header_end": self._header_ends,
-            "on_headers_finished": self._headers_end}
+            "on_headers_finished": self._headers_end, "on_end": self._form_ends}
         self._parser = MultipartParser(boundary, callbacks)
 
-    async def file_bytes(self, stream: AsyncIterator[bytes],
-                         most: int) -> AsyncIterator[bytes]:
+    async def file_bytes(self, stream: AsyncIterator[bytes], most: int,
+                         declared: int) -> AsyncIterator[bytes]:
         """The file's bytes in the form ``stream`` sends, as each chunk of it arrives; a
-        form over ``most`` bytes in all is a 413, one that cannot be parsed a 400."""
+        form over ``most`` bytes in all is a 413, one that cannot be parsed, or that ends
+        before its ``declared`` length or its closing boundary, a 400."""
         size = 0
         try:
             async for chunk in stream:
@@ -71,6 +74,17 @@ class UploadForm:
             self._parser.finalize()
         except FormParserError as exc:
             raise BadRequest(f"The multipart body cannot be read: {exc}") from exc
+        # The parser's finalize() does not check the form was whole: a part the body
+        # ends inside was taken as it was, a file cut short kept as a whole one.
+        if size < declared:
+            raise BadRequest(f"The upload was cut short: its body ended after {size} of "
+                             f"the {declared} bytes its Content-Length gave.", param="file")
+        if not self._ended:
+            raise BadRequest("The upload was cut short: its multipart body ends before "
+                             f"its closing boundary ('--{self._boundary}--').", param="file")
+
+    def _form_ends(self) -> None:
+        self._ended = True
 
     def _part_begins(self) -> None:
         self._file_part, self._name, self._disposition = False, "", b""

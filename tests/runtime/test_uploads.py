@@ -128,6 +128,26 @@ async def test_a_refused_form_is_a_400_that_leaves_nothing(
     assert _files_in(gateway) == []
 
 
+async def test_an_upload_cut_short_is_a_400_that_says_so(
+        client: httpx.AsyncClient, gateway: Gateway) -> None:
+    """python-multipart's finalize() does not check the form was whole: a file whose body
+    ended inside it was stored as a whole one (its purpose sent first), and one cut before
+    its part began was 'Missing required parameter: file'."""
+    whole = _PURPOSE + _part("file", b'{"custom_id": "a"}\n{"custom_id": "b"}', "a.jsonl")
+    short = "The upload was cut short: its multipart body ends before its closing boundary"
+    for form in (whole, whole[:-20], _PURPOSE):
+        response = await client.post("/v1/files", content=form, headers={
+            "content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == f"{short} ('--b--').", form
+        assert response.json()["error"]["param"] == "file"
+    stopped = await _upload(client, 2, length=3 * len(_PIECE))  # it promised more than it sent
+    assert stopped.status_code == 400, stopped.text
+    assert stopped.json()["error"]["message"].startswith(
+        "The upload was cut short: its body ended after 131239 of the 196593 bytes")
+    assert _files_in(gateway) == []
+
+
 async def _cut_upload(gateway: Gateway, pieces: int) -> list[dict[str, Any]]:
     """An upload whose client goes (``http.disconnect``) after ``pieces`` of its file, sent
     to the app as a server does; what the app sent back."""
@@ -157,8 +177,10 @@ async def _cut_upload(gateway: Gateway, pieces: int) -> list[dict[str, Any]]:
 
 async def test_a_failed_upload_leaves_no_file(gateway: Gateway, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    await _cut_upload(gateway, 20)  # the client went before the end
+    sent = await _cut_upload(gateway, 20)  # the client went before the end
     assert _files_in(gateway) == [] and "unhandled error" not in caplog.text
+    assert sent[0]["status"] == 400  # the client's doing, not the gateway's (it was a 500)
+    assert b"The upload was cut short: the client closed the connection" in sent[1]["body"]
     files = FileBytes(anyio.Path(tmp_path / "files"))
 
     async def gone() -> AsyncIterator[bytes]:

@@ -20,6 +20,9 @@ from typing import Any, BinaryIO
 
 MAX_ERRORS = 100
 READ_CHUNK = 1 << 20
+# The longest custom_id: OpenAI caps it too. It is copied into every output or error
+# line and held (with every other line's) while a file is checked for duplicates.
+MAX_CUSTOM_ID = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,11 @@ def _line(raw: bytes, number: int, endpoint: str, seen: set[str],
     if not isinstance(custom_id, str) or not custom_id:
         return _error("missing_required_parameter", number,
                       "Missing required parameter: 'custom_id' (a string).", "custom_id")
+    if len(custom_id) > MAX_CUSTOM_ID:
+        return _error("string_above_max_length", number,
+                      "Invalid 'custom_id': string too long. Expected a string with maximum "
+                      f"length {MAX_CUSTOM_ID}, but got a string with length "
+                      f"{len(custom_id)} instead.", "custom_id")
     if custom_id in seen:
         return _error("duplicate_custom_id", number,
                       f"The custom_id '{custom_id}' is used by an earlier line; each "

@@ -181,12 +181,17 @@ def test_a_bad_input_file_fails_the_batch_with_line_errors(alice: openai.OpenAI,
                                                            upstreams: Upstreams) -> None:
     calls = len(upstreams.gpt.script.requests)
     failed = _batch(alice, [_line("a"), "{not json", _line("a"),
-                            _line("b", url="/v1/embeddings"), _line("c", stream=True)])
+                            _line("b", url="/v1/embeddings"), _line("c", stream=True),
+                            _line("d" * 512), _line("e" * 513)])  # custom_id had no cap
     assert failed.status == "failed" and failed.failed_at
     assert failed.errors is not None
     assert [(error.line, error.code) for error in failed.errors.data or []] == [
         (2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "mismatched_endpoint"),
-        (5, "invalid_request")]
+        (5, "invalid_request"), (7, "string_above_max_length")]
+    too_long = (failed.errors.data or [])[-1]
+    assert (too_long.param, too_long.message) == ("custom_id", (
+        "Invalid 'custom_id': string too long. Expected a string with maximum length 512, "
+        "but got a string with length 513 instead."))
     time.sleep(1.5)  # the runner looks every second: a failed batch is never run
     assert len(upstreams.gpt.script.requests) == calls
 

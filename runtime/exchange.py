@@ -45,6 +45,7 @@ from .admission import (
 from .chat import Plan, Served, complete, new_record, overhead_header, prepare, stream
 from .chat_request import ChatRequest
 from .errors import (
+    BadRequest,
     BudgetExceeded,
     Cancelled,
     GatewayError,
@@ -77,6 +78,30 @@ R = TypeVar("R")
 
 # How often (in streamed deltas) a stream checks that its budget has not run out.
 BUDGET_CHECK_EVERY = 16
+# The longest end-user name (a body's ``user``, or the user header): it is a Cedar
+# entity's id, a ledger field and a limits scope, so one of megabytes was stored and
+# counted under. OpenAI documents no cap; its own ids are far shorter.
+MAX_USER = 256
+
+
+def end_user(given: str | None, headers: Headers, user_header: str) -> str | None:
+    """The end user a request is for: the body's ``user``, else the user header; every
+    endpoint (a pipeline's and an A2A task's too) reads it here, so the cap holds for all.
+
+    >>> end_user(None, Headers({"x-aigw-user": "alice"}), "x-aigw-user")
+    'alice'
+    """
+    if given:
+        if len(given) > MAX_USER:
+            raise BadRequest("Invalid 'user': string too long. Expected a string with "
+                             f"maximum length {MAX_USER}, but got a string with length "
+                             f"{len(given)} instead.", param="user")
+        return given
+    header = headers.get(user_header)
+    if header and len(header) > MAX_USER:
+        raise BadRequest(f"The {user_header} header is too long: an end user's name is "
+                         f"at most {MAX_USER} characters; it has {len(header)}.")
+    return header or None
 
 
 class Exchange:
@@ -169,7 +194,7 @@ class Exchange:
         team, and the end user the body names (``user``) or the user header does."""
         record = self.record
         record.key, record.team = key.name, key.team.name if key.team else None
-        self.user = user or self.headers.get(self.live.graph.settings.user_header) or None
+        self.user = end_user(user, self.headers, self.live.graph.settings.user_header)
         record.user = self.user
         self._key_name = key.name
 

@@ -53,6 +53,7 @@ from aigw.compiler.graph import ApiKey, Graph
 from ..auth import authenticate
 from ..chat import new_record
 from ..errors import BadRequest, Conflict, GatewayError, NotFound
+from ..exchange import end_user
 from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, ExecutionConflict, Status
 from ..telemetry.record import RequestRecord
@@ -281,7 +282,7 @@ class _A2a:
         if isinstance(configuration, dict) \
                 and configuration.get("taskPushNotificationConfig") is not None:
             raise RpcError(PUSH_NOT_SUPPORTED, _NO_PUSH)
-        user = request.headers.get(self._graph().settings.user_header) or None
+        user = end_user(None, request.headers, self._graph().settings.user_header)
         record.user = user
         facts = await authorize_pipeline(self.workflows.gateway.live, key, user, name,
                                          request.headers)

@@ -63,7 +63,7 @@ from ..errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from ..exchange import Exchange
+from ..exchange import Exchange, end_user
 from ..incoming import client_gone, read_body, unless_gone
 from ..live import Live
 from ..policy import Facts
@@ -128,7 +128,7 @@ class _Api:
         (as a chat request reads them)."""
         if given is not None and not isinstance(given, str):
             raise BadRequest("user must be a string.", param="user")
-        return given or request.headers.get(self._graph().settings.user_header) or None
+        return end_user(given, request.headers, self._graph().settings.user_header)
 
     async def _authorize(
         self, request: Request, key: ApiKey, pipeline: str, user: str | None

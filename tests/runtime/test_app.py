@@ -244,6 +244,25 @@ async def test_a_starlette_http_error_is_the_clients_when_it_is_a_4xx(gateway: G
             assert response.headers["x-why"] == "test"
 
 
+async def test_an_end_user_over_256_characters_is_a_400_on_every_endpoint(
+        client: httpx.AsyncClient) -> None:
+    """``user`` (or the user header) had no cap: it is a Cedar entity's id, a ledger field
+    and a limits scope, so a megabyte of it was stored and counted under."""
+    too_long = ("Invalid 'user': string too long. Expected a string with maximum length "
+                "256, but got a string with length 257 instead.")
+    for path, body in ((CHAT, _chat()), ("/v1/embeddings", {"model": "embed", "input": "hi"})):
+        served = await client.post(path, json={**body, "user": "u" * 256})
+        assert served.status_code == 200, served.text
+        refused = await client.post(path, json={**body, "user": "u" * 257})
+        error = _assert_openai_error(refused, 400, "invalid_request")
+        assert (error["param"], error["message"]) == ("user", too_long), path
+    by_header = await client.post("/v1/moderations", json={"model": "moderation", "input": "hi"},
+                                  headers={"x-aigw-user": "u" * 300})
+    error = _assert_openai_error(by_header, 400, "invalid_request")
+    assert error["message"] == ("The x-aigw-user header is too long: an end user's name is at "
+                                "most 256 characters; it has 300.")
+
+
 async def test_admin_status_needs_an_admin_key(client: httpx.AsyncClient, gateway: Gateway) -> None:
     response = await client.get("/admin/status")
     assert response.status_code == 200

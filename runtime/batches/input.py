@@ -33,6 +33,17 @@ class InputLine:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadLine:
+    """A line of a running batch's input that no longer parses as it did when the batch
+    was checked (its file changed under it, or a check added since refuses it): it is
+    failed with ``error``, in the error file and counted, not skipped."""
+
+    line: int
+    custom_id: str | None  # None: the line does not give a usable one
+    error: dict[str, Any]  # {code, message}, as the error file's lines have it
+
+
+@dataclass(frozen=True, slots=True)
 class Checked:
     total: int  # the lines that may run
     errors: tuple[dict[str, Any], ...]  # none: every line may run
@@ -119,17 +130,33 @@ def check_file(file: BinaryIO, endpoint: str, max_lines: int, max_line_bytes: in
 
 
 def pending_lines(file: BinaryIO, endpoint: str, done: frozenset[int],
-                  max_line_bytes: int) -> Generator[InputLine, None, None]:
+                  max_line_bytes: int) -> Generator[InputLine | UnreadLine, None, None]:
     """The lines of a checked input file that are not ``done``, parsed as they are read;
     ``max_line_bytes`` is the limit the file was checked against (a line it accepted is
-    sent, whatever the setting is now)."""
+    sent, whatever the setting is now). One that no longer parses is an ``UnreadLine``:
+    skipped, the batch's request_counts fell short of its total with no trace of it."""
     seen: set[str] = set()  # not kept: the file was checked when its batch was created
     for number, raw in read_lines(file, longest_line(max_line_bytes)):
-        if raw is None or number in done or not raw.strip():
+        if number in done or (raw is not None and not raw.strip()):
             continue
-        found = _line(raw, number, endpoint, seen, max_line_bytes)
+        found = _too_large(number) if raw is None else \
+            _line(raw, number, endpoint, seen, max_line_bytes)
         if isinstance(found, InputLine):
             yield found
+        else:
+            yield UnreadLine(number, None if raw is None else _custom_id_of(raw),
+                             {"code": found["code"], "message": found["message"]})
+
+
+def _custom_id_of(raw: bytes) -> str | None:
+    """The custom_id of a line that did not parse as a request, where it gives one."""
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    custom_id = parsed.get("custom_id") if isinstance(parsed, dict) else None
+    return custom_id if isinstance(custom_id, str) and len(custom_id) <= MAX_CUSTOM_ID \
+        else None
 
 
 def _too_large(number: int) -> dict[str, Any]:

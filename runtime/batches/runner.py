@@ -33,7 +33,7 @@ import anyio
 
 from ..errors import GatewayError, InternalError, PayloadTooLarge, RateLimited
 from ..store.batches import BatchRow, BatchStore, FileRow, LineRow
-from .input import READ_CHUNK, InputLine, pending_lines
+from .input import READ_CHUNK, InputLine, UnreadLine, pending_lines
 
 if TYPE_CHECKING:
     from ..live import Gateway
@@ -338,6 +338,11 @@ class BatchRunner:
             async with contextlib.aclosing(self._pending(file, row, done)) as pending, \
                     asyncio.TaskGroup() as group:
                 async for line in pending:
+                    if isinstance(line, UnreadLine):  # failed as it is: nothing to send
+                        if not await self._record(store, row.id, line.line, False,
+                                                  _line_json(line.custom_id, None, line.error)):
+                            raise LeaseLost(row.id)
+                        continue
                     await per_batch.acquire()
                     if await stop.now():
                         per_batch.release()
@@ -352,9 +357,9 @@ class BatchRunner:
                 async with contextlib.aclosing(self._pending(file, row, done)) as pending:
                     async for line in pending:
                         await store.line_done(row.id, self.owner, line.line, False, _line_json(
-                            line, None, {"code": "batch_expired", "message": "This request "
-                                         "could not be executed before the completion window "
-                                         "expired."}))
+                            line.custom_id, None, line.error if isinstance(line, UnreadLine)
+                            else {"code": "batch_expired", "message": "This request could "
+                                  "not be executed before the completion window expired."}))
             # Finalizing (a status that is resumed), and expired once its files are
             # written: "expired" at once left a stop or crash before then with no files.
             await store.change(row.id, {"status": "finalizing", "expiring": True,
@@ -362,7 +367,7 @@ class BatchRunner:
         return True
 
     async def _pending(self, file: BinaryIO, row: BatchRow,
-                       done: frozenset[int]) -> AsyncGenerator[InputLine, None]:
+                       done: frozenset[int]) -> AsyncGenerator[InputLine | UnreadLine, None]:
         """The batch's lines not ``done``, read from ``file`` a page at a time in a worker
         thread: a resume parses only these, and holds a page of them. They are read with
         the max_request_bytes they were checked against when the batch was created: with
@@ -396,7 +401,7 @@ class BatchRunner:
             response = {"status_code": answer.status, "request_id": answer.request_id,
                         "body": answer.parsed()}
             if not await self._record(store, row.id, line.line, ok,
-                                      _line_json(line, response, None)):
+                                      _line_json(line.custom_id, response, None)):
                 raise LeaseLost(row.id)  # the lease is another's: it resumes the batch
         finally:
             per_batch.release()
@@ -495,14 +500,14 @@ async def _pages(store: BatchStore, batch_id: str,
         after = found[-1].line
 
 
-def _page_of(lines: Iterator[InputLine]) -> list[InputLine]:
+def _page_of(lines: Iterator[InputLine | UnreadLine]) -> list[InputLine | UnreadLine]:
     """The next lines of ``lines``: ``PENDING_PAGE`` of them, or fewer as long as they
     are (a line's body is up to max_request_bytes)."""
-    page: list[InputLine] = []
+    page: list[InputLine | UnreadLine] = []
     size = 0
     for line in lines:
         page.append(line)
-        size += len(line.body)
+        size += len(line.body) if isinstance(line, InputLine) else 0
         if len(page) >= PENDING_PAGE or size >= READ_CHUNK:
             break
     return page
@@ -524,10 +529,10 @@ def _retry_after(error: GatewayError | None) -> float:
     return 0.0
 
 
-def _line_json(line: InputLine, response: dict[str, Any] | None,
+def _line_json(custom_id: str | None, response: dict[str, Any] | None,
                error: dict[str, Any] | None) -> str:
     """A line of the output or error file, as OpenAI writes it."""
-    return json.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id,
+    return json.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id,
                        "response": response, "error": error})
 
 

@@ -517,6 +517,34 @@ async def test_a_resumed_batch_reads_only_a_chunk_of_its_input_at_a_time(
     assert max(files.reads) <= batch_input.READ_CHUNK
 
 
+async def test_a_resumed_line_that_no_longer_parses_is_failed_not_skipped(
+        gateway: Gateway) -> None:
+    """A line the batch's check accepted but that no longer parses when it is sent (its
+    file changed under it, a check added since) was skipped without a trace: the
+    request_counts fell short of the total. It is failed, into the error file."""
+    sent: list[str] = []
+
+    async def call(key: str, path: str, body: bytes, batch: str) -> LineAnswer:
+        sent.append(json.loads(body)["messages"][0]["content"])
+        return LineAnswer(200, OK, "req")
+
+    runner = BatchRunner(gateway, call)
+    store, batch_id = await _created(gateway, runner, 4)
+    streamed = json.loads(_input_line(2))
+    streamed["body"]["stream"] = True
+    await runner.files().write("file-in", b"".join((
+        _input_line(0), b"{not json\n", json.dumps(streamed).encode() + b"\n",
+        _input_line(3))))
+    async with _running(runner):
+        done = await _final(store, batch_id)
+    assert (done.status, done.completed, done.failed) == ("completed", 2, 2)
+    assert sorted(sent) == ["c0", "c3"]
+    errors = await _file_lines(runner, done.doc["error_file_id"])
+    assert sorted((line["custom_id"] or "", line["error"]["code"]) for line in errors) == [
+        ("", "invalid_json_line"), ("c2", "invalid_request")]
+    assert all(line["response"] is None and line["error"]["message"] for line in errors)
+
+
 async def test_a_batch_runs_the_lines_its_create_accepted_after_a_reload(
         gateway: Gateway) -> None:
     """The runner read a batch's lines against max_request_bytes as it is now: a reload

@@ -55,6 +55,16 @@ def server_cpu_us(pid: int) -> float:
                for task in glob.glob(f"/proc/{pid}/task/*")) / 1000
 
 
+def warmed_run(server: targets.Server, seconds: float) -> tuple[measure.Throughput, float]:
+    """wrk for 3 s unmeasured, then for ``seconds``: that run, and the server's CPU (every
+    thread) a request over it, in µs."""
+    measure.closed_loop(server, 3)
+    before = server_cpu_us(server.process.pid)
+    run = measure.closed_loop(server, seconds)
+    used = server_cpu_us(server.process.pid) - before
+    return run, used / max(run.requests, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="the git revision A runs (B is the working tree)")
@@ -74,13 +84,10 @@ def main() -> None:
                     server = targets.start_aigw(work, upstream.port, lean=args.lean,
                                                 env=envs[name])
                     try:
-                        measure.closed_loop(server, 3)
-                        before = server_cpu_us(server.process.pid)
-                        run = measure.closed_loop(server, args.seconds)
-                        used = server_cpu_us(server.process.pid) - before
+                        run, cpu = warmed_run(server, args.seconds)
                     finally:
                         server.stop()
-                    rate, cpu = run.requests / run.seconds, used / max(run.requests, 1)
+                    rate = run.requests / run.seconds
                     results[name].append((rate, cpu))
                     print(f"round {round_number + 1} {name}: {rate:,.0f} requests/s, "
                           f"{cpu:,.0f} µs of server CPU a request", flush=True)

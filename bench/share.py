@@ -21,9 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import measure
 import targets
-from ab import server_cpu_us
+from ab import warmed_run
 
 TARGETS: dict[str, Callable[[Path, int], targets.Server]] = {
     "aigw, every stage on": lambda work, port: targets.start_aigw(work, port),
@@ -51,15 +50,12 @@ def main() -> None:
                     round_dir.mkdir()
                     server = TARGETS[name](round_dir, upstream.port)
                     try:
-                        measure.closed_loop(server, 3)
-                        before = server_cpu_us(server.process.pid)
-                        run = measure.closed_loop(server, args.seconds)
-                        used = server_cpu_us(server.process.pid) - before
+                        run, cpu = warmed_run(server, args.seconds)
                     finally:
                         server.stop()
                     if run.error_rate >= 0.01:
                         raise RuntimeError(f"{name}: {run.errors} errors in {run.requests}")
-                    rate, cpu = run.rps, used / max(run.requests, 1)
+                    rate = run.rps
                     results[name].append((rate, cpu))
                     print(f"round {number + 1} {name}: {rate:,.0f} requests/s, "
                           f"{cpu:,.0f} µs of server CPU a request", flush=True)

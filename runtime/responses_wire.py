@@ -127,11 +127,21 @@ def _as_item(value: object) -> object:
     return value
 
 
+def _empty_id_is_none(value: object) -> object:
+    """An item's ``id`` of ``""`` is no id: it is given one, as an absent one is. Kept as
+    ``""``, it was listed under the id it was given and read back with ``""``, and a
+    conversation's second item without one was refused as naming the first."""
+    return None if value == "" else value
+
+
+ItemId = Annotated[str | None, BeforeValidator(_empty_id_is_none)]
+
+
 class MessageItem(_Wire):
     type: Literal["message"]
     role: Literal["user", "assistant", "system", "developer"]
     content: list[Part]
-    id: str | None = None
+    id: ItemId = None
     status: str | None = None
     phase: str | None = None  # OpenAI's label of an earlier answer (commentary...)
 
@@ -141,7 +151,7 @@ class FunctionCallItem(_Wire):
     call_id: Annotated[str, Field(min_length=1)]
     name: Annotated[str, Field(min_length=1)]
     arguments: str
-    id: str | None = None
+    id: ItemId = None
     status: str | None = None
     # Tool namespaces and programmatic callers are OpenAI-hosted features: only null,
     # as an item the SDK dumped whole carries them.
@@ -154,7 +164,7 @@ class FunctionCallOutputItem(_Wire):
     type: Literal["function_call_output"]
     call_id: Annotated[str, Field(min_length=1)]
     output: str | list[Part]
-    id: str | None = None
+    id: ItemId = None
     status: str | None = None
     name: str | None = None
     namespace: None = None
@@ -167,7 +177,7 @@ class ReasoningItem(_Wire):
     with the history, never sent upstream, where a chat message has no place for it."""
 
     type: Literal["reasoning"]
-    id: str | None = None
+    id: ItemId = None
     summary: list[Any] = []
     content: list[Any] | None = None
     encrypted_content: str | None = None

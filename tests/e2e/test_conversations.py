@@ -97,6 +97,22 @@ def test_items_are_checked_as_input_is(alice: openai.OpenAI) -> None:
     assert too_long.value.body["param"] == "metadata"  # type: ignore[index]
 
 
+def test_an_empty_item_id_is_given_one(alice: openai.OpenAI) -> None:
+    # "" is no id: each such item is given one, listed and read back under it, and a
+    # second one is not refused as naming the first.
+    blank = {"role": "user", "content": "blank", "id": ""}
+    conversation = alice.conversations.create(items=[blank])
+    added = alice.conversations.items.create(conversation.id, items=[blank])
+    alice.responses.create(model="gpt", input=[blank], conversation=conversation.id)
+    alice.responses.create(model="gpt", input=[blank], conversation=conversation.id)
+    listed = alice.conversations.items.list(conversation.id, order="asc").data
+    assert len(listed) == 6 and all(item.id for item in listed)
+    assert len({item.id for item in listed}) == 6
+    assert added.first_id == added.data[0].id
+    assert alice.conversations.items.retrieve(
+        listed[1].id, conversation_id=conversation.id).id == listed[1].id
+
+
 def test_two_turns_through_responses(alice: openai.OpenAI, upstreams: Upstreams) -> None:
     conversation = alice.conversations.create(
         items=[{"role": "user", "content": "my name is Ada"}])

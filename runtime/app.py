@@ -52,7 +52,7 @@ from .moderations import moderate
 from .policy_endpoints import policy_routes
 from .rerank import rerank
 from .responses import create_response
-from .responses_stored import delete_response, get_response, input_items
+from .responses_stored import cancel_response, delete_response, get_response, input_items
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
@@ -97,6 +97,8 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
                   methods=["GET", "DELETE"]),
             Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items,
                   methods=["GET"]),
+            Route("/v1/responses/{response_id}/cancel", endpoints.cancel_response,
+                  methods=["POST"]),
             *conversation_routes(),
             *batch_routes(batches),
             Route("/v1/models", endpoints.models, methods=["GET"]),
@@ -440,6 +442,10 @@ class _Endpoints:
         if request.method == "DELETE":
             return await delete_response(live, request.headers, response_id)
         return await get_response(live, request.headers, response_id)
+
+    async def cancel_response(self, request: Request) -> Response:
+        return await cancel_response(_live(request), request.headers,
+                                     request.path_params["response_id"])
 
     async def response_input_items(self, request: Request) -> Response:
         return await input_items(_live(request), request.headers,

@@ -1,4 +1,5 @@
-"""Kept responses: ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``.
+"""Kept responses: ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``
+(and its ``cancel``, which OpenAI does only for background responses: a 400 here).
 
 A response whose request said ``store: true`` (OpenAI's default when absent) is kept in
 the store (runtime/store/stored_responses.py) for ``settings.responses_ttl_s``, as one
@@ -95,7 +96,8 @@ from .store.stored_responses import KeptResponse
 
 log = logging.getLogger("aigw.responses")
 
-__all__ = ["ID_PREFIX", "ITEMS", "continued", "delete_response", "get_response", "input_items",
+__all__ = ["ID_PREFIX", "ITEMS", "cancel_response", "continued", "delete_response",
+           "get_response", "input_items",
            "item_line", "items_page", "keep", "kept_items", "page_query"]
 
 ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
@@ -332,6 +334,17 @@ async def delete_response(live: Live, headers: Headers, response_id: str) -> Res
     if not await store.delete(response_id):
         raise _not_found(response_id)  # expired or deleted meanwhile
     return JSONBody({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel_response(live: Live, headers: Headers, response_id: str) -> Response:
+    """POST /v1/responses/{id}/cancel: OpenAI cancels only a background response, and this
+    gateway runs none (``background`` is refused), so a kept one has ended: a 400 that
+    says so (a 404 as GET's where the key finds none). An unknown endpoint's 404 told an
+    app the Responses API was not there."""
+    record = await _kept(live, authenticate(live.graph, headers), response_id)
+    raise BadRequest(f"Response with id '{response_id}' cannot be cancelled: only responses "
+                     "created with 'background': true can be, and this gateway runs none "
+                     f"(it is {record.head['response']['status']}).", param="response_id")
 
 
 async def input_items(live: Live, headers: Headers, response_id: str,

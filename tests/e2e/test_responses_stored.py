@@ -166,6 +166,22 @@ def test_retrieve_input_items_and_delete(alice: openai.OpenAI) -> None:
     assert alice.responses.retrieve(first.id).id == first.id  # its own record stays
 
 
+def test_cancel_says_only_a_background_response_can_be(alice: openai.OpenAI) -> None:
+    # OpenAI cancels only background responses, which this gateway refuses to make: a
+    # kept one has ended, and the SDK's cancel is told so, not sent to an unknown endpoint.
+    kept = alice.responses.create(model="gpt", input="done already")
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.responses.cancel(kept.id)
+    assert refused.value.body == {
+        "message": f"Response with id '{kept.id}' cannot be cancelled: only responses created "
+                   "with 'background': true can be, and this gateway runs none (it is "
+                   "completed).",
+        "type": "invalid_request_error", "param": "response_id", "code": "invalid_request"}
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.cancel("resp_never_kept")
+    assert alice.responses.retrieve(kept.id).status == "completed"
+
+
 def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -> None:
     kept = alice.responses.create(model="gpt", input="mine")
     with sdk(upstreams, BOB) as bob:
@@ -175,6 +191,9 @@ def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -
             bob.responses.input_items.list(kept.id)
         with pytest.raises(openai.NotFoundError):
             bob.responses.delete(kept.id)
+        with pytest.raises(openai.NotFoundError) as cancelled:
+            bob.responses.cancel(kept.id)
+        assert cancelled.value.body["param"] == "response_id"  # type: ignore[index]
         _not_found_as_previous(bob, kept.id)
     with sdk(upstreams, DEV_KEY) as admin:  # an admin key reads any
         assert admin.responses.retrieve(kept.id).output_text == "fake-openai: mine"

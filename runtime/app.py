@@ -44,7 +44,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .images import generate_images
-from .incoming import client_gone, read_body
+from .incoming import client_gone, queued, read_body
 from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
@@ -179,10 +179,22 @@ class SnapshotMiddleware:
         live = self.gateway.live  # read once: a reload swaps the reference, not this request's
         scope.setdefault("state", {})["live"] = live
         stamp = live.graph.fingerprint.encode()
+        drained: asyncio.Future[None] | None = None
 
         async def send_stamped(message: Message) -> None:
+            nonlocal drained
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
+                headers = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
+                if queued(receive):
+                    # Parts of the body wait unread (an answer given on the headers
+                    # alone). hypercorn queues at most 10 for the app, and puts the
+                    # disconnect behind them from within the answer's last send: with
+                    # the queue full, that put never returned and the connection hung,
+                    # the client's next request on it too. They are read and dropped
+                    # while the answer goes out, and hypercorn closes the connection.
+                    headers.append((b"connection", b"close"))
+                    drained = asyncio.ensure_future(client_gone(receive))
+                message["headers"] = headers
             await send(message)
 
         endpoint = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
@@ -194,6 +206,8 @@ class SnapshotMiddleware:
                 await _call(endpoint, scope, receive, send_stamped)
         finally:
             live.in_flight.leave()
+            if drained is not None:  # the answer is sent, and the connection closed
+                drained.cancel()
 
 
 def _with_overhead(send: Send) -> Send:

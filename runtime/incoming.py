@@ -48,7 +48,7 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
     size = 0
     deadline: float | None = None
     while True:
-        if _arrived(receive):  # the common case, the body here with the headers: no timer
+        if queued(receive):  # the common case, the body here with the headers: no timer
             message = await receive()
         else:
             if deadline is None:
@@ -92,9 +92,12 @@ def check_containers(body: bytes, most: int) -> None:
                                  "arrays (settings.max_request_json_containers).")
 
 
-def _arrived(receive: Receive) -> bool:
+def queued(receive: Receive) -> bool:
     """Whether the next message is already queued: hypercorn's ``receive`` is its
-    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived."""
+    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived.
+
+    Also how an answer finds parts of its request's body left unread (a 404 or a 413
+    given on the headers alone): see ``SnapshotMiddleware`` in app.py."""
     queue = getattr(receive, "__self__", None)
     return isinstance(queue, asyncio.Queue) and not queue.empty()
 

@@ -602,3 +602,25 @@ def test_a_body_that_trickles_in_gets_a_408_and_its_connection_closed(
         assert whole.choices[0].message.content == "still served"
     finally:
         server.stop()
+
+
+def test_an_answer_given_before_the_body_was_read_leaves_no_connection_hanging(
+    server: Server,
+) -> None:
+    """A 404 on the headers alone (no such conversation) to a 5 MB POST: hypercorn queues
+    at most 10 parts of a body for the app, and once the answer was sent it put the
+    disconnect behind them, which with the queue full never returned. The connection
+    hung, and so did the next request a client (the SDKs keep connections) sent on it."""
+    with httpx.Client(base_url=server.base_url, timeout=5.0,
+                      headers={"authorization": f"Bearer {DEV_KEY}"}) as client:
+        for _ in range(5):
+            refused = client.post("/v1/conversations/conv_none/items",
+                                  content=b"x" * (5 << 20),
+                                  headers={"content-type": "application/json"})
+            assert refused.status_code == 404, refused.text
+            assert refused.headers["connection"] == "close"
+            assert client.get("/health").status_code == 200
+        answered = client.post("/v1/chat/completions", json={
+            "model": "fast", "messages": [{"role": "user", "content": "kept alive"}]})
+        assert answered.status_code == 200
+        assert "connection" not in answered.headers  # a body read whole: kept alive

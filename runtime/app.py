@@ -44,7 +44,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .images import generate_images
-from .incoming import client_gone, queued, read_body
+from .incoming import client_gone, left_unread, read_body
 from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
@@ -185,8 +185,8 @@ class SnapshotMiddleware:
             nonlocal drained
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
-                if queued(receive):
-                    # Parts of the body wait unread (an answer given on the headers
+                if left_unread(receive):
+                    # Parts of a large body wait unread (an answer given on the headers
                     # alone). hypercorn queues at most 10 for the app, and puts the
                     # disconnect behind them from within the answer's last send: with
                     # the queue full, that put never returned and the connection hung,

@@ -48,7 +48,7 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
     size = 0
     deadline: float | None = None
     while True:
-        if queued(receive):  # the common case, the body here with the headers: no timer
+        if _arrived(receive):  # the common case, the body here with the headers: no timer
             message = await receive()
         else:
             if deadline is None:
@@ -92,14 +92,22 @@ def check_containers(body: bytes, most: int) -> None:
                                  "arrays (settings.max_request_json_containers).")
 
 
-def queued(receive: Receive) -> bool:
+def _arrived(receive: Receive) -> bool:
     """Whether the next message is already queued: hypercorn's ``receive`` is its
-    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived.
-
-    Also how an answer finds parts of its request's body left unread (a 404 or a 413
-    given on the headers alone): see ``SnapshotMiddleware`` in app.py."""
+    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived."""
     queue = getattr(receive, "__self__", None)
     return isinstance(queue, asyncio.Queue) and not queue.empty()
+
+
+def left_unread(receive: Receive) -> bool:
+    """Whether hypercorn's queue of the request's messages (``_arrived``) is half full or
+    more: parts of a large body left unread by an answer given on the headers alone (a
+    404, a 413), which would fill it. A body that came whole with its headers is two
+    messages (its data, its end) and a GET's one; neither can fill the queue, and the
+    connection stays open for the client's next request. See ``SnapshotMiddleware``
+    in app.py."""
+    queue = getattr(receive, "__self__", None)
+    return isinstance(queue, asyncio.Queue) and 0 < queue.maxsize <= 2 * queue.qsize()
 
 
 async def _before(deadline: float, receive: Receive, timeout_s: float) -> Message:

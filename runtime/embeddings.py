@@ -80,10 +80,8 @@ async def embed(
     the stages of runtime/route_call.py: /v1/embeddings' way, and a semantic cache's
     (runtime/semantic_cache.py), which waits at most ``timeout_s`` for it."""
     live = exchange.live
-    # Each input tokenized once; token ids are their own count.
-    counts = [len(item) if isinstance(item, tuple) else live.counter.count(item)
-              for item in inputs]
-    prompt_tokens, longest = sum(counts), max(counts, default=0)
+    weighed = _weighed(live, inputs, token_ids)
+    prompt_tokens = weighed.prompt_tokens
 
     def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EmbeddingResult]]:
@@ -94,21 +92,22 @@ async def embed(
 
     return await call_route(
         exchange, key, route, kind="embeddings", model=model, prompt_tokens=prompt_tokens,
-        ask=EmbeddingAsk(live.adapters, prompt_tokens, longest, token_ids),
+        ask=weighed.ask,
         cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
         noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s,
         # Texts alone when not token ids (no copy: a route without guardrails reads none).
         texts=() if token_ids else cast("tuple[str, ...]", inputs),
-        weigh=partial(_weighed, live))
+        weigh=partial(_weighed, live, token_ids=False))
 
 
-def _weighed(live: Live, texts: tuple[str, ...]) -> Weighed:
-    """Texts (no token ids) the input guardrails redacted, as sent: each must fit a
-    member's window."""
-    counts = [live.counter.count(text) for text in texts]
+def _weighed(live: Live, inputs: tuple[EmbeddingInput, ...], token_ids: bool) -> Weighed:
+    """The inputs as sent (as they came, or as the input guardrails redacted them): each
+    tokenized once (token ids are their own count), and each must fit a member's window."""
+    counts = [len(item) if isinstance(item, tuple) else live.counter.count(item)
+              for item in inputs]
     prompt_tokens = sum(counts)
     return Weighed(prompt_tokens, EmbeddingAsk(live.adapters, prompt_tokens,
-                                               max(counts, default=0), False))
+                                               max(counts, default=0), token_ids))
 
 
 def _noted(span: Span, result: EmbeddingResult) -> None:

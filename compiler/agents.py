@@ -1,7 +1,7 @@
 """The ``agents:`` section linked: each remote A2A agent's URL checked and its credentials read.
 
 An agent is called by ``agent`` pipeline steps (runtime/workflows/agents.py) over the
-A2A JSON-RPC binding, of A2A 1.0 or 0.3 (``a2a_version``, else as its card says). Its
+A2A JSON-RPC binding, of A2A 1.0, 0.3 or 0.2 (``a2a_version``, else as its card says). Its
 ``url`` is written in the config, never templated, so its origin (scheme, host and
 port) is where every call to it goes; an agent card's endpoint must be on that origin
 too. Credentials come only from ${ENV} references: a

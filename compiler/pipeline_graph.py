@@ -89,7 +89,7 @@ class Agent:
     egress: Egress  # the one origin its calls may reach: url's (a card's endpoint must be on it)
     headers: tuple[tuple[str, str], ...]  # Authorization from api_key, then headers:
     disabled_reason: str | None  # e.g. an ${ENV} credential is not set
-    # The A2A version it is called with ("1.0", "0.3"); None: the one its card prefers
+    # The A2A version it is called with ("1.0", "0.3", "0.2"); None: the one its card prefers
     a2a_version: str | None = None
 
 

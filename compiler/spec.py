@@ -129,14 +129,14 @@ class AgentSpec(Spec):
         None, description="Sent as Authorization: Bearer; as ${ENV_VAR}, never a literal key.")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra request headers; secrets as ${ENV_VAR}.")
-    a2a_version: Literal["1.0", "0.3"] | None = Field(
-        None, description="The A2A version the agent speaks: '1.0' or '0.3'. Default: as "
-        "its card says, 1.0 where it offers both; an agent whose url is its JSON-RPC "
-        "endpoint has no card to say: 1.0.")
+    a2a_version: Literal["1.0", "0.3", "0.2"] | None = Field(
+        None, description="The A2A version the agent speaks, Major.Minor: '1.0', '0.3' or "
+        "'0.2' (0.2.0 to 0.2.6). Default: as its card says, the newest where it offers "
+        "several; an agent whose url is its JSON-RPC endpoint has no card to say: 1.0.")
     description: str | None = None
 
     @field_validator("a2a_version", mode="before",
-                     json_schema_input_type=Literal["1.0", "0.3", 1.0, 0.3] | None)
+                     json_schema_input_type=Literal["1.0", "0.3", "0.2", 1.0, 0.3, 0.2] | None)
     @classmethod
     def _version_as_written(cls, value: object) -> object:
         # YAML reads an unquoted 0.3 or 1.0 (or 1) as a number: it means the version it

@@ -4,6 +4,14 @@ other way for ``agent`` steps calling a remote agent of 0.3 (agents.py), whose c
 are made as 1.0's and raised into 0.3's (``CALLS``, ``raised_params``), and its
 answers lowered into 1.0's (``lowered_result``, ``lowered_task``).
 
+An agent of A2A 0.2 (0.2.0 to 0.2.6: Google ADK's and the a2a-sdk's before 0.3) is
+called the same way: what a step sends and reads (``message/send``, ``tasks/get``,
+``tasks/cancel``, objects and parts with their ``kind``, kebab-case states) is 0.3's.
+Its differences are a card's (agents.py reads it: before 0.2.5 none names its
+``protocolVersion``), MessageSendConfiguration's ``acceptedOutputModes``, required
+until 0.2.6 (``raised_params`` sends it), and the ``A2A-Version`` header, which it
+predates: a call to it has none (``header``), as 1.0 reads one without it as 0.3's.
+
 A 0.3 call names its method with a slash (``message/send``, ``tasks/get``, ...): its
 method is mapped to 1.0's (``SendMessage``, ``GetTask``), its params' few differences
 (``configuration.blocking``) lowered into 1.0's, and the 1.0 result it gets is raised
@@ -35,6 +43,11 @@ from .a2a_wire import (
 )
 
 PROTOCOL_VERSION = "0.3"
+V02 = "0.2"
+# The versions whose agents are called in 0.3's wire format.
+LEGACY = (PROTOCOL_VERSION, V02)
+# What a step reads of an answer (agents.py): its text and data parts.
+ACCEPTED_OUTPUT_MODES = ("text/plain", "application/json")
 
 # 0.3's methods and the 1.0 methods that do their work (push notifications are refused
 # there, for both: the card says ``pushNotifications: false``).
@@ -188,9 +201,17 @@ def as_v03(found: dict[str, Any], last: bool) -> dict[str, Any]:
     return stream_result(found, last=last)
 
 
-def raised_params(given: Mapping[str, Any]) -> dict[str, Any]:
-    """1.0's params as 0.3's, for a call to a 0.3 agent (``params`` the other way): a
-    message in 0.3's shape, ``returnImmediately`` as ``blocking: false``.
+def header(version: str) -> str | None:
+    """The ``A2A-Version`` a call to an agent of ``version`` carries: None for 0.2, which
+    predates the header (an agent that serves 0.3 beside 1.0 reads a call without one as
+    0.3's, and 0.2's calls are 0.3's; ``0.2`` it would refuse)."""
+    return None if version == V02 else version
+
+
+def raised_params(given: Mapping[str, Any], version: str = PROTOCOL_VERSION) -> dict[str, Any]:
+    """1.0's params as 0.3's (or 0.2's), for a call to an agent of ``version``
+    (``params`` the other way): a message in 0.3's shape, ``returnImmediately`` as
+    ``blocking: false``; to 0.2, the ``acceptedOutputModes`` its schema requires.
 
     >>> raised_params({"configuration": {"returnImmediately": True}})
     {'configuration': {'blocking': False}}
@@ -204,6 +225,9 @@ def raised_params(given: Mapping[str, Any]) -> dict[str, Any]:
             **{name: value for name, value in configuration.items()
                if name not in ("returnImmediately", "taskPushNotificationConfig")},
             "blocking": not configuration.get("returnImmediately", False)}
+        if version == V02:  # optional from 0.2.6 on; before, an agent refuses a call without
+            raised["configuration"].setdefault("acceptedOutputModes",
+                                               list(ACCEPTED_OUTPUT_MODES))
     return raised
 
 

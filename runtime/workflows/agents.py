@@ -1,12 +1,12 @@
 """The ``agent`` step: one message to a remote agent over A2A 1.0's JSON-RPC binding, or
-0.3's (its methods ``message/send``, ``tasks/get``, ``tasks/cancel``: the calls below
-are made as 1.0's and translated at the wire, a2a_v03.py).
+0.3's or 0.2's (their methods ``message/send``, ``tasks/get``, ``tasks/cancel``: the
+calls below are made as 1.0's and translated at the wire, a2a_v03.py).
 
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one); its JSONRPC
-                  interface of the agent's ``a2a_version`` (else of 1.0, else of 0.3:
-                  1.0's ``supportedInterfaces``, 0.3's ``url`` and
-                  ``additionalInterfaces``) is the endpoint, which must be on the card's
+                  interface of the agent's ``a2a_version`` (else of 1.0, else of 0.3,
+                  else of 0.2: 1.0's ``supportedInterfaces``, 0.3's and 0.2's ``url``
+                  and ``additionalInterfaces``) is the endpoint, which must be on the card's
                   origin; kept a minute (agent_cards.py), read again sooner if a call
                   there fails as if the agent had moved
     SendMessage   the rendered prompt as one text part, its messageId the execution's
@@ -58,7 +58,7 @@ log = logging.getLogger("aigw.workflows")
 
 PROTOCOL_VERSION = "1.0"
 # The versions an agent may be called with: its card's interfaces are tried in this order.
-VERSIONS = (PROTOCOL_VERSION, a2a_v03.PROTOCOL_VERSION)
+VERSIONS = (PROTOCOL_VERSION, a2a_v03.PROTOCOL_VERSION, a2a_v03.V02)
 # Waits between GetTask calls: from the first, growing to the longest.
 POLL_FIRST_S = 0.2
 POLL_LONGEST_S = 2.0
@@ -216,7 +216,7 @@ class _Client:
         """The JSON-RPC endpoint: the agent's url, or what its card names (kept)."""
         if not self.agent.card:
             return Endpoint(self.agent.url, self.agent.a2a_version or PROTOCOL_VERSION)
-        card = await self._json("GET", self.agent.url, None)
+        card = await self._json("GET", self.agent.url, None, PROTOCOL_VERSION)
         offers = _offers(card) if isinstance(card, Mapping) else []
         wanted = (self.agent.a2a_version,) if self.agent.a2a_version else VERSIONS
         for version in wanted:
@@ -248,12 +248,13 @@ class _Client:
 
     async def rpc(self, endpoint: Endpoint, method: str, params: Mapping[str, Any]) -> Any:
         """``method``'s (1.0's) result, or the step fails with the agent's error. To an
-        agent of 0.3, the call is made with 0.3's method and params, and its result
-        read as 1.0's."""
-        legacy = endpoint.version == a2a_v03.PROTOCOL_VERSION
+        agent of 0.3 (or 0.2), the call is made with 0.3's method and params, and its
+        result read as 1.0's."""
+        legacy = endpoint.version in a2a_v03.LEGACY
         sent = a2a_v03.CALLS[method] if legacy else method
         request = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": sent,
-                   "params": a2a_v03.raised_params(params) if legacy else dict(params)}
+                   "params": a2a_v03.raised_params(params, endpoint.version) if legacy
+                   else dict(params)}
         answer = await self._json("POST", endpoint.url, request, endpoint.version)
         if not isinstance(answer, Mapping):
             raise self._failed(f"{sent} answered {type(answer).__name__}, not a JSON-RPC "
@@ -280,12 +281,14 @@ class _Client:
         other = next(version for version in VERSIONS if version != endpoint.version)
         return f"; if the agent speaks A2A {other}, set its a2a_version: '{other}'"
 
-    async def _json(self, method: str, url: str, body: Any,
-                    version: str = PROTOCOL_VERSION) -> Any:
+    async def _json(self, method: str, url: str, body: Any, version: str) -> Any:
+        """``method`` ``url``'s JSON answer, asked as A2A ``version`` (a2a_v03.header)."""
         shown = shown_url(url)
+        said = a2a_v03.header(version)
+        headers = self.headers if said is None else {**self.headers, "a2a-version": said}
         try:
             answer: HttpAnswer = await self.run.services.http(
-                method, url, {**self.headers, "a2a-version": version}, body, self.timeout)
+                method, url, headers, body, self.timeout)
         except StepFailed as exc:  # its message quotes the URL as sent
             raise _Moved(self.scrub(str(exc).replace(url, shown)),
                          retryable=exc.retryable) from exc
@@ -352,9 +355,11 @@ def _answer(parts: list[Mapping[str, Any]], output: str, agent: Agent) -> Any:
 
 def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """The card's interfaces as (binding, version, url), in its order of preference: 1.0's
-    ``supportedInterfaces`` (a version left out is 1.0), then a 0.3 card's own: its
-    ``url`` (in its ``preferredTransport``, JSONRPC if it names none) and its
-    ``additionalInterfaces``."""
+    ``supportedInterfaces`` (a version left out is 1.0), then a 0.3 or 0.2 card's own:
+    its ``url`` (in its ``preferredTransport``, JSONRPC if it names none) and its
+    ``additionalInterfaces``. A card of neither kind with a ``url`` is 0.2's from before
+    0.2.5, which named no ``protocolVersion`` (and before 0.2.4 no transport: JSON-RPC
+    was the only one)."""
     found: list[tuple[str, str, str]] = []
     interfaces = card.get("supportedInterfaces")
     for interface in interfaces if isinstance(interfaces, list) else ():
@@ -363,6 +368,8 @@ def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                           str(interface.get("protocolVersion") or PROTOCOL_VERSION),
                           str(interface.get("url") or "")))
     said = card.get("protocolVersion")
+    if said is None and interfaces is None:
+        said = a2a_v03.V02
     if isinstance(said, str) and isinstance(card.get("url"), str):
         found.append((str(card.get("preferredTransport") or "JSONRPC"), said, card["url"]))
         others = card.get("additionalInterfaces")
@@ -375,7 +382,8 @@ def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 def _version(said: str) -> str | None:
     """The version of ``VERSIONS`` an interface's ``protocolVersion`` is: any 1.x is 1.0,
-    0.3.x is 0.3; None for one this gateway does not speak."""
+    0.3.x is 0.3, 0.2.x is 0.2; None for one this gateway does not speak."""
     if said.startswith("1."):
         return PROTOCOL_VERSION
-    return a2a_v03.PROTOCOL_VERSION if said == "0.3" or said.startswith("0.3.") else None
+    return next((version for version in a2a_v03.LEGACY
+                 if said == version or said.startswith(f"{version}.")), None)

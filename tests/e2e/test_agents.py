@@ -71,7 +71,8 @@ output:"""),
     "ask-elsewhere": _ask("elsewhere"),
     "ask-accented": _ask("accented"),
     **{f"ask-{name}": _ask(name) for name in (
-        "old-echo", "old-slow", "old-broken", "old-direct", "old-unsaid", "old-as-new")},
+        "old-echo", "old-slow", "old-broken", "old-direct", "old-unsaid", "old-as-new",
+        "old-said", "older-echo", "older-slow", "older-direct", "older-said")},
     "ask-old-slow-json": _ask("old-slow", output="json"),
     "ask-old-stuck": _ask("old-stuck", timeout_s=1),
 }
@@ -143,6 +144,13 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
             f"old-direct: {{url: '{base}/old-echo/', a2a_version: 0.3}}",
             f"old-unsaid: {{url: '{base}/old-echo/'}}",
             f"old-as-new: {{url: '{base}/old-echo{card}', a2a_version: '1.0'}}",
+            f"old-said: {{url: '{base}/old-echo{card}', a2a_version: '0.3'}}",
+            # A2A 0.2's: their cards at 0.2's path, as they say or as the config says
+            *(f"{name}: {{url: '{base}/{name}/.well-known/agent.json'}}"
+              for name in ("older-echo", "older-slow")),
+            f"older-direct: {{url: '{base}/older-echo/', a2a_version: 0.2}}",
+            f"older-said: {{url: '{base}/older-echo/.well-known/agent.json', "
+            "a2a_version: '0.2'}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
         (root / "pipelines").mkdir(parents=True)
@@ -409,6 +417,29 @@ def test_a_0_3_agents_failed_task_fails_the_step_and_one_that_times_out_is_cance
     assert ("old-stuck", task["task"]) in agents.seen.cancelled  # by tasks/cancel
     assert agents.events(agents.last, "agent_task_cancel") == [
         {"agent": "old-stuck", "task": task["task"], "state": "canceled"}]
+
+
+def test_an_agent_of_a2a_0_2_is_called_in_0_3s_wire_format_as_0_2_requires(
+    agents: Agents,
+) -> None:
+    """Its card says 0.2 (0.2.5's ``protocolVersion``, or none before it), or the config
+    does: the calls are 0.3's, with the ``acceptedOutputModes`` 0.2 requires (the agent
+    refuses a message without) and without ``A2A-Version``, which 0.2 predates."""
+    start = len(agents.seen.requests)
+    assert agents.run("ask-older-echo", "tides") == (200, "echo: Tell me about tides")
+    calls = [(path, headers) for path, headers in agents.seen.requests[start:]
+             if path.startswith("/older-echo/")]
+    assert [path for path, _ in calls] == ["/older-echo/.well-known/agent.json",
+                                           "/older-echo/"]
+    assert "a2a-version" not in calls[1][1]
+    assert agents.run("ask-older-direct", "tides") == (200, "echo: Tell me about tides")
+
+    status, output = agents.run("ask-older-slow", "moths")
+    assert status == 200
+    assert output.splitlines()[0] == "report on Tell me about moths"
+    # Its task polled (tasks/get), not the message sent again
+    assert [name for name, _sent in agents.seen.messages if name == "older-slow"] == \
+        ["older-slow"]
 
 
 def test_a_0_3_agent_called_as_1_0_fails_saying_which_version_to_set(agents: Agents) -> None:

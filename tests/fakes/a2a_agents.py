@@ -25,6 +25,14 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              0.3's form (``protocolVersion: 0.3.0``, ``url``, ``preferredTransport``),
              the SDK's 0.3 JSON-RPC (``message/send``, ``tasks/get``, ...), and 1.0's
              methods refused with MethodNotFound, as a 0.3 server knows none of them
+    older-echo, older-slow
+             as echo and slow, but agents of A2A 0.2 (as Google ADK's and the a2a-sdk's
+             before 0.3 are): served as the old- agents are, but their card at 0.2's
+             ``/.well-known/agent.json`` in 0.2's form (older-echo's of 0.2.0 to 0.2.4,
+             without ``protocolVersion`` or ``preferredTransport``; older-slow's
+             ``protocolVersion: 0.2.5``), and a ``message/send`` without
+             ``configuration.acceptedOutputModes`` (which 0.2 requires until 0.2.6)
+             refused with InvalidParams, as the a2a-sdk 0.2's schema refuses it
 
 Every request's headers are recorded (``seen``), to check what the gateway sent, and
 each message an agent takes and each task it is asked to cancel.
@@ -69,6 +77,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 PATIENT_S = 3.0
 # The agents that speak A2A 0.3 only, each as the 1.0 agent after its "old-".
 OLD = ("old-echo", "old-slow", "old-broken", "old-stuck")
+# The agents that speak A2A 0.2, each as the 1.0 agent after its "older-".
+OLDER = ("older-echo", "older-slow")
 
 
 @dataclass
@@ -87,7 +97,8 @@ class Seen:
 class _Executor(AgentExecutor):
     def __init__(self, name: str, slow_s: float, stuck_s: float, seen: Seen) -> None:
         self.name = name
-        self.acts = name.removeprefix("old-")  # what it does: an old-echo echoes
+        # What it does: an old-echo (or older-echo) echoes
+        self.acts = name.removeprefix("older-").removeprefix("old-")
         self.slow_s = slow_s if name != "patient" else PATIENT_S
         self.stuck_s = stuck_s
         self.seen = seen
@@ -163,7 +174,7 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
     """The agents' app, for ``serving`` on ``base_url`` (the cards name it)."""
     mounts = []
     for name in ("echo", "slow", "patient", "broken", "curious", "stuck", "leaky",
-                 "elsewhere", "mover", "tattler", "garbled", *OLD):
+                 "elsewhere", "mover", "tattler", "garbled", *OLD, *OLDER):
         endpoint = f"{base_url}/{name}/"
         if name == "elsewhere":
             endpoint = "http://169.254.169.254/latest/"
@@ -179,6 +190,10 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
         if name in OLD:
             routes = [_v03_card_route(_card(name, endpoint, "0.3.0")),
                       *create_jsonrpc_routes(handler, "/", enable_v0_3_compat=True)]
+        if name in OLDER:
+            said = "0.2.5" if name == "older-slow" else None
+            routes = [_v02_card_route(_card(name, endpoint, "0.3.0"), said),
+                      *create_jsonrpc_routes(handler, "/", enable_v0_3_compat=True)]
         if name == "leaky":
             routes = [*create_agent_card_routes(card), Route(
                 "/", lambda _request: RedirectResponse("http://169.254.169.254/", 307),
@@ -193,12 +208,12 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
             if seen.moved and request.url.path == "/mover/":
                 await PlainTextResponse("not here", 404)(scope, receive, send)
                 return
-            if request.url.path.removesuffix("/") in [f"/{name}" for name in OLD]:
+            if request.url.path.removesuffix("/") in [f"/{name}" for name in (*OLD, *OLDER)]:
                 body = await Request(scope, receive).body()
-                if "/" not in _method(body):  # 1.0's: unknown to a 0.3 server
+                refused = _refused_by_v03(body, older=request.url.path.startswith("/older-"))
+                if refused is not None:
                     await JSONResponse({"jsonrpc": "2.0", "id": json.loads(body).get("id"),
-                                        "error": {"code": -32601, "message": "Method not found"}}
-                                       )(scope, receive, send)
+                                        "error": refused})(scope, receive, send)
                     return
                 receive = _replay(body)
             if request.url.path == "/garbled/":
@@ -221,6 +236,38 @@ def _v03_card_route(card: AgentCard) -> Route:
         return JSONResponse(shown)
 
     return Route("/.well-known/agent-card.json", serve, methods=["GET"])
+
+
+def _v02_card_route(card: AgentCard, protocol_version: str | None) -> Route:
+    """The card as a 0.2 agent serves it, at 0.2's path: 0.3's, but with the
+    ``protocolVersion`` of 0.2.5 on; without it (0.2.0 to 0.2.4), nor the transports
+    0.2.4 and 0.2.5 added."""
+    shown = to_compat_agent_card(card).model_dump(mode="json", by_alias=True, exclude_none=True)
+    if protocol_version is None:
+        for name in ("protocolVersion", "preferredTransport", "additionalInterfaces"):
+            shown.pop(name, None)
+    else:
+        shown["protocolVersion"] = protocol_version
+
+    async def serve(_request: Request) -> JSONResponse:
+        return JSONResponse(shown)
+
+    return Route("/.well-known/agent.json", serve, methods=["GET"])
+
+
+def _refused_by_v03(body: bytes, *, older: bool) -> dict[str, object] | None:
+    """The JSON-RPC error a 0.3 server (``older``: 0.2) answers the call ``body`` with
+    before the SDK's own 0.3 handling sees it, if it is one it refuses there: any 1.0
+    method, and to 0.2, a message/send without ``configuration.acceptedOutputModes``."""
+    method = _method(body)
+    if "/" not in method:  # 1.0's: unknown to a 0.3 server
+        return {"code": -32601, "message": "Method not found"}
+    configuration = json.loads(body).get("params", {}).get("configuration")
+    if older and method == "message/send" and isinstance(configuration, dict) \
+            and "acceptedOutputModes" not in configuration:
+        return {"code": -32602, "message": "Invalid params: "
+                "configuration.acceptedOutputModes: Field required"}
+    return None
 
 
 def _method(body: bytes) -> str:

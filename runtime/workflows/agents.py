@@ -3,7 +3,8 @@
 calls below are made as 1.0's and translated at the wire, a2a_v03.py).
 
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
-    card          GET the agent card (when the agent's url is one); its JSONRPC
+    card          GET the agent card (when the agent's url is one), with the agent's
+                  ``a2a_version`` as ``A2A-Version`` (a2a_v03.header); its JSONRPC
                   interface of the agent's ``a2a_version`` (else of 1.0, else of 0.3,
                   else of 0.2: 1.0's ``supportedInterfaces``, 0.3's and 0.2's ``url``
                   and ``additionalInterfaces``) is the endpoint, which must be on the card's
@@ -216,7 +217,10 @@ class _Client:
         """The JSON-RPC endpoint: the agent's url, or what its card names (kept)."""
         if not self.agent.card:
             return Endpoint(self.agent.url, self.agent.a2a_version or PROTOCOL_VERSION)
-        card = await self._json("GET", self.agent.url, None, PROTOCOL_VERSION)
+        # Asked in the version its calls will speak (0.2: none, as they have none): not
+        # as 1.0's to an agent configured as 0.3's.
+        card = await self._json("GET", self.agent.url, None,
+                                self.agent.a2a_version or PROTOCOL_VERSION)
         offers = _offers(card) if isinstance(card, Mapping) else []
         wanted = (self.agent.a2a_version,) if self.agent.a2a_version else VERSIONS
         for version in wanted:

@@ -442,6 +442,20 @@ def test_an_agent_of_a2a_0_2_is_called_in_0_3s_wire_format_as_0_2_requires(
         ["older-slow"]
 
 
+def test_an_agents_card_is_asked_for_in_the_version_it_is_configured_to_speak(
+    agents: Agents,
+) -> None:
+    """``A2A-Version`` on the card's GET is the agent's a2a_version (none for 0.2), as on
+    its calls; not 1.0 to an agent configured as 0.3."""
+    start = len(agents.seen.requests)
+    assert agents.run("ask-old-said", "tides") == (200, "echo: Tell me about tides")
+    assert agents.run("ask-older-said", "tides") == (200, "echo: Tell me about tides")
+    assert [(path, headers.get("a2a-version")) for path, headers
+            in agents.seen.requests[start:] if path.startswith(("/old-echo/", "/older-echo/"))] == [
+        ("/old-echo/.well-known/agent-card.json", "0.3"), ("/old-echo/", "0.3"),
+        ("/older-echo/.well-known/agent.json", None), ("/older-echo/", None)]
+
+
 def test_a_0_3_agent_called_as_1_0_fails_saying_which_version_to_set(agents: Agents) -> None:
     status, message = agents.run("ask-old-unsaid", "x")
     assert status == 502

@@ -2,6 +2,7 @@
 pipeline.
 
     GET  /a2a/{pipeline}/.well-known/agent-card.json   its card: one skill, the pipeline
+    GET  /a2a/{pipeline}/.well-known/agent.json        the same, where 0.2's clients look
     POST /a2a/{pipeline}                               SendMessage, GetTask, CancelTask;
                                                        SendStreamingMessage and
                                                        SubscribeToTask (SSE, a2a_stream);
@@ -10,7 +11,9 @@ pipeline.
 
 Each pipeline is an agent with a base URL of its own, ``/a2a/{pipeline}``, and its card
 where A2A puts one under a base URL (the a2a-sdk's ``A2ACardResolver(client,
-base_url)`` reads ``{base_url}/.well-known/agent-card.json``). A task is an execution,
+base_url)`` reads ``{base_url}/.well-known/agent-card.json``; before 0.3, and Google
+ADK's, ``agent.json``: a 0.2 client then calls it as a 0.3 one does, without
+``A2A-Version``, which 0.2 predates, and with 0.3's methods). A task is an execution,
 and has its id: SendMessage starts one (the message's ``messageId`` is its idempotency
 key, so a resent message gets the same task) with the message's data part as input, or
 its text (a JSON object as is, else the input's one string field, else ``{"prompt":
@@ -98,6 +101,7 @@ def a2a_routes(workflows: Workflows) -> list[BaseRoute]:
     api = _A2a(workflows)
     return [
         Route("/a2a/{name}/.well-known/agent-card.json", api.card, methods=["GET"]),
+        Route("/a2a/{name}/.well-known/agent.json", api.card, methods=["GET"]),
         Route("/a2a/{name}", api.rpc, methods=["POST"]),
     ]
 

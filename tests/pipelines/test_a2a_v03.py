@@ -81,6 +81,20 @@ async def test_the_card_names_the_0_3_interface_for_both_kinds_of_client(
     assert parsed.security_schemes["aigw"].http_auth_security_scheme.scheme == "bearer"
 
 
+async def test_a_0_2_client_finds_the_card_where_0_2_put_it_and_is_served_as_0_3s(
+    serve: Serve,
+) -> None:
+    """A2A 0.2's clients (the a2a-sdk's before 0.3, Google ADK's) read the card at
+    ``/.well-known/agent.json`` and call 0.3's methods, with no ``A2A-Version`` and with
+    the ``acceptedOutputModes`` 0.2 required."""
+    served = await serve({"greet": GREET})
+    old = await served.http.get("/a2a/greet/.well-known/agent.json")
+    assert old.status_code == 200, old.text
+    assert old.json() == (await served.http.get("/a2a/greet/.well-known/agent-card.json")).json()
+    sent = await _call(served, "message/send", _joke("m-02", acceptedOutputModes=["text"]))
+    assert sent["result"]["status"] == {"state": "completed"}
+
+
 async def test_a_0_3_client_sends_gets_and_cancels_tasks(serve: Serve) -> None:
     served = await serve({"greet": GREET, "publish": approval_pipeline()})
     client = await _client(served, "greet")

@@ -21,7 +21,7 @@ CARD_TTL_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where an agent's JSON-RPC calls go, and the A2A version ("1.0", "0.3") they speak."""
+    """Where an agent's JSON-RPC calls go, and the A2A version ("1.0", "0.3", "0.2") they speak."""
 
     url: str
     version: str

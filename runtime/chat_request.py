@@ -14,6 +14,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .errors import BadRequest
 
+# The largest token id a prompt or an input may hold: past int32 is no vocabulary's (nor
+# a number every server's tensors hold).
+MAX_TOKEN_ID = 2**31 - 1
+
 
 def null_is(default: object) -> BeforeValidator:
     """OpenAI's spec lets an optional parameter be null, meaning what leaving it out

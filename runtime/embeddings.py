@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey, Deployment, Route
 
 from .chat import resolve_route
-from .chat_request import bad_request
+from .chat_request import MAX_TOKEN_ID, bad_request
 from .errors import BadRequest
 from .live import Live
 from .providers.base import EmbeddingCall, EmbeddingInput, EmbeddingResult
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 _MAX_INPUTS = 2048
-# The largest token id: past int32 is no vocabulary's (nor a number every server's
-# tensors hold).
-_MAX_TOKEN_ID = 2**31 - 1
 
 
 class EmbeddingRequest(BaseModel):
@@ -144,8 +141,8 @@ def _inputs(request: EmbeddingRequest) -> tuple[tuple[EmbeddingInput, ...], bool
     for tokens in ids:
         if not tokens:
             raise BadRequest("'input' holds an empty list of token ids.", param="input")
-        if min(tokens) < 0 or max(tokens) > _MAX_TOKEN_ID:
-            raise BadRequest(f"'input' holds a token id out of range (0 to {_MAX_TOKEN_ID}).",
+        if min(tokens) < 0 or max(tokens) > MAX_TOKEN_ID:
+            raise BadRequest(f"'input' holds a token id out of range (0 to {MAX_TOKEN_ID}).",
                              param="input")
     return (tuple(ids), True) if ids else (tuple(texts), False)
 

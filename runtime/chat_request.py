@@ -165,11 +165,16 @@ class TextParams(BaseModel):
 class TextChatRequest(ChatRequest):
     """A /v1/completions request lowered into the chat core: its prompt is the one user
     message (what guardrails check, caches key on and chat-only providers are sent);
-    ``completion`` holds the rest of what the legacy API takes."""
+    ``completion`` holds the rest of what the legacy API takes.
+
+    ``prompt_ids``: a prompt of token ids, as it came, sent as it came to the upstream's
+    own /completions; the user message then holds them written out (``"1 2 3"``), what
+    the echo provider answers, and no text a guardrail could check."""
 
     text_completion: ClassVar[bool] = True
 
     completion: TextParams = Field(default_factory=TextParams)
+    prompt_ids: tuple[int, ...] | None = None
 
     @property
     def samples(self) -> int:

@@ -14,6 +14,11 @@ One design for every route, so that a group may mix providers:
 - Chat-only providers (anthropic, gemini, bedrock, vertex, echo) get the prompt as one
   user message. A request with ``suffix``, ``echo``, ``logprobs`` or ``best_of`` > 1
   is not sent to them: with none left to serve it, a 400 names the parameter.
+- A prompt of token ids goes as it came to the OpenAI-format deployments, and to echo
+  (``registry.COMPLETES_TOKEN_IDS``), which answers the ids written out; the chat-only
+  ones are skipped for it (with none left, a 400 names ``prompt``). It counts one token
+  an id; the exact cache keys on the ids, the semantic one is not asked, and a route
+  with input guardrails refuses it (400 naming ``prompt``): they read text.
 
 Everything between is chat's own pipeline (``Exchange``): key auth, Cedar, limits and
 budgets, the response cache, routing and fallbacks, guardrails, billing, the ledger,

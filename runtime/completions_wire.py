@@ -4,8 +4,12 @@
         -> TextChatRequest(messages=[user "def f("], completion=TextParams(suffix=...))
 
 One prompt a request: a string, or a list holding one string (what the SDK sends for
-``prompt=[text]``). Several prompts and token ids are a 400 naming ``prompt``: the
-gateway does not fan a request out, and token ids are in a tokenizer it cannot know.
+``prompt=[text]``), or token ids: a list of ints (or a list holding one), each 0 to
+``MAX_TOKEN_ID``, as OpenAI's API and vLLM take them. Several prompts are a 400 naming
+``prompt``: the gateway does not fan a request out. Token ids are in the tokenizer of
+the model that made them, which the gateway cannot know: they go as they came to an
+OpenAI-format deployment's own /completions (``prompt_ids``), count one token each, and
+no chat-only provider is sent them (runtime/completions.py).
 ``max_tokens`` is 16 when left out or null, as OpenAI's API (and vLLM's) default it,
 so the hold, the cap and every provider agree on what the client asked for. The other
 parameters (presence_penalty, logit_bias...) pass on as chat's unknown ones do.
@@ -13,11 +17,12 @@ parameters (presence_penalty, logit_bias...) pass on as chat's unknown ones do.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StrictInt, ValidationError
 
 from .chat_request import (
+    MAX_TOKEN_ID,
     StreamOptions,
     TextChatRequest,
     TextParams,
@@ -40,7 +45,7 @@ class CompletionRequest(TextParams):
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(min_length=1)]
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     stream: Annotated[bool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1), null_is(DEFAULT_MAX_TOKENS)] = DEFAULT_MAX_TOKENS
@@ -71,7 +76,7 @@ def parse(body: bytes) -> CompletionRequest:
             raise BadRequest(f"Unrecognized request argument supplied: {name}")
         if not finite(value):
             raise BadRequest(f"Invalid value for '{name}': numbers must be finite.", param=name)
-    _one_text_prompt(request.prompt)
+    _one_prompt(request.prompt)
     if request.best_of is not None and request.best_of < request.n:
         raise BadRequest("best_of must be greater than or equal to n.", param="best_of")
     return request
@@ -83,29 +88,50 @@ def _bad_prompt(exc: ValidationError) -> BadRequest | None:
     first = exc.errors(include_url=False)[0]
     if first["loc"] and first["loc"][0] == "prompt" and first["type"] != "missing":
         return BadRequest("Invalid value for 'prompt': expected a string (or a list holding "
-                          "one string).", param="prompt")
+                          "one string), or token ids (a list of integers).", param="prompt")
     return None
 
 
-def _one_text_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> None:
+def _one_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> None:
+    """A 400 naming ``prompt`` unless it is one prompt: a text, or token ids in range."""
     if isinstance(prompt, str):
         return
     if not prompt:
         raise BadRequest("Invalid value for 'prompt': the list is empty.", param="prompt")
-    if not all(isinstance(item, str) for item in prompt):
-        raise BadRequest("'prompt' holds token ids; aigw takes text prompts only (token ids "
-                         "are in a tokenizer it cannot know): send the text.", param="prompt")
-    if len(prompt) > 1:
+    ids = prompt[0]
+    if isinstance(ids, int):  # one prompt of token ids: [1, 2, 3]
+        ids = cast("list[int]", prompt)
+    elif len(prompt) > 1:  # texts, or lists of token ids
         raise BadRequest(f"'prompt' holds {len(prompt)} prompts; aigw serves one prompt a "
                          "request: send each as a request of its own.", param="prompt")
+    elif isinstance(ids, str):
+        return
+    elif not ids:  # [[]]
+        raise BadRequest("Invalid value for 'prompt': its list of token ids is empty.",
+                         param="prompt")
+    if min(ids) < 0 or max(ids) > MAX_TOKEN_ID:
+        raise BadRequest(f"'prompt' holds a token id out of range (0 to {MAX_TOKEN_ID}).",
+                         param="prompt")
+
+
+def _picked(prompt: str | list[str] | list[int] | list[list[int]]) -> str | list[int]:
+    """The one prompt of a request ``parse()`` let through."""
+    if isinstance(prompt, str):
+        return prompt
+    first = prompt[0]
+    return first if isinstance(first, str | list) else cast("list[int]", prompt)
 
 
 def to_chat_request(request: CompletionRequest) -> TextChatRequest:
-    """The chat core's request for ``request``: its prompt as the one user message."""
-    prompt = request.prompt if isinstance(request.prompt, str) else request.prompt[0]
-    assert isinstance(prompt, str)  # parse() let only text through
+    """The chat core's request for ``request``: its prompt as the one user message (token
+    ids written out there, and kept as they came in ``prompt_ids``)."""
+    prompt = _picked(request.prompt)
     fields = request.model_dump(exclude_none=True, exclude={"prompt", *_TEXT_PARAMS})
-    fields["messages"] = [{"role": "user", "content": prompt}]
+    if isinstance(prompt, str):
+        fields["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        fields["messages"] = [{"role": "user", "content": " ".join(map(str, prompt))}]
+        fields["prompt_ids"] = tuple(prompt)
     fields["completion"] = request.model_dump(include=set(_TEXT_PARAMS), exclude_none=True)
     lowered = chat_request_from(fields, text_completion=True)
     assert isinstance(lowered, TextChatRequest)

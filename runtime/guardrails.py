@@ -38,7 +38,7 @@ import httpx
 from aigw.compiler.guardrail_graph import Direction, Guardrail, Webhook
 
 from .chat_request import ChatRequest, ContentPart, Message, TextChatRequest
-from .errors import GuardrailBlocked
+from .errors import BadRequest, GuardrailBlocked
 from .guardrail_verdicts import Asked, Verdict, Verdicts
 from .providers.base import ChatResult, Choice
 from .telemetry.record import RequestRecord
@@ -423,7 +423,12 @@ class Check:
 async def guard_request(guardrails: Sequence[Guardrail], request: ChatRequest,
                         record: RequestRecord, client: GuardClient) -> ChatRequest:
     """``request`` with every message's text checked, and its tools' descriptions (the
-    model reads them as prompt text too); a block is ``GuardrailBlocked``."""
+    model reads them as prompt text too); a block is ``GuardrailBlocked``. A prompt of
+    token ids (/v1/completions) is a 400 naming the first guardrail: ids are no text to
+    check, and a guardrail a client could step around by tokenizing its prompt is none."""
+    if isinstance(request, TextChatRequest) and request.prompt_ids is not None:
+        raise BadRequest(f"'prompt' holds token ids, which guardrail '{guardrails[0].name}' "
+                         "cannot check (it reads text): send the text.", param="prompt")
     functions = (request.model_extra or {}).get("functions")  # the legacy tools
     functions = functions if isinstance(functions, list) else []
     checks: list[Callable[[], Coroutine[Any, Any, Any]]] = [

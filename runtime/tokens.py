@@ -63,8 +63,12 @@ class TokenCounter:
         """Prompt tokens of a chat request: its conversation, and what else a provider
         reads (and bills) as prompt: the tool definitions and a response format's schema.
         Limits and budgets hold this much before the call, so leaving tools out would let
-        a request with a large prompt in them pass a hold it overspends many times."""
-        total = self.count_messages(request.messages)
+        a request with a large prompt in them pass a hold it overspends many times.
+        A /v1/completions prompt of token ids is their count, exactly."""
+        if isinstance(request, TextChatRequest) and request.prompt_ids is not None:
+            total = len(request.prompt_ids)  # its message is the ids written out
+        else:
+            total = self.count_messages(request.messages)
         if request.tools:
             total += self.count(jsonio.dumps(request.tools).decode())
         extra = request.model_extra

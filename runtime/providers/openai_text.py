@@ -2,10 +2,11 @@
 body for an OpenAI-format upstream, and its answers and stream chunks read back.
 
 The request reaches the chat core as a ``TextChatRequest``; here its one user message
-is the ``prompt`` again (as the input guardrails left it), with ``suffix``, ``echo``,
-``logprobs`` and ``best_of`` and the parameters passed on unread. A choice's ``text``
-is the core's content and its ``logprobs`` (tokens, token_logprobs, top_logprobs,
-text_offset) pass through as they came.
+is the ``prompt`` again (as the input guardrails left it), or its ``prompt_ids`` as they
+came (token ids: a list of ints, as OpenAI's API and vLLM take them), with ``suffix``,
+``echo``, ``logprobs`` and ``best_of`` and the parameters passed on unread. A choice's
+``text`` is the core's content and its ``logprobs`` (tokens, token_logprobs,
+top_logprobs, text_offset) pass through as they came.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from ..chat_request import TextChatRequest
 from .base import ChatCall, ChatDelta, Choice
 
 # Chat's fields a completions body has no place for (the prompt is sent as ``prompt``).
-_NOT_SENT = frozenset({"messages", "completion", "stream", "stream_options", "tools",
-                       "tool_choice", "max_completion_tokens"})
+_NOT_SENT = frozenset({"messages", "completion", "prompt_ids", "stream", "stream_options",
+                       "tools", "tool_choice", "max_completion_tokens"})
 
 
 def text_body(call: ChatCall, stream: bool) -> dict[str, Any]:
@@ -27,7 +28,8 @@ def text_body(call: ChatCall, stream: bool) -> dict[str, Any]:
     assert isinstance(request, TextChatRequest)
     body = request.model_dump(exclude_none=True, exclude=set(_NOT_SENT))
     body["model"] = call.deployment.model
-    body["prompt"] = request.messages[0].text()
+    ids = request.prompt_ids
+    body["prompt"] = request.messages[0].text() if ids is None else list(ids)
     body.update(request.completion.model_dump(exclude_none=True, exclude_defaults=True))
     body["stream"] = stream
     if stream:  # so every answer can be billed, as chat's streams ask

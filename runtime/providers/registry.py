@@ -58,6 +58,13 @@ EMBEDS_TOKEN_IDS = frozenset({"echo", "openai", "openai_compatible", "vllm", "az
 # message, and a request with one of those parameters is not sent to them.
 COMPLETES_TEXT = frozenset({"openai", "openai_compatible", "vllm", "azure_openai"})
 
+# Provider types that serve a /v1/completions prompt of token ids: those of
+# ``COMPLETES_TEXT``, sent them as they came, and echo, which answers them written out
+# (``"1 2 3"``) so a gateway without keys can be tried with them, as its embeddings take
+# them. A chat API has no place for ids, and no gateway-side guess at the tokenizer
+# that made them turns them back into the text the client meant.
+COMPLETES_TOKEN_IDS = COMPLETES_TEXT | {"echo"}
+
 
 def build_adapters(
     providers: Mapping[str, Provider],

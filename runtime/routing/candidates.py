@@ -30,7 +30,7 @@ from aigw.compiler.graph import Deployment, Group, Route
 from ..chat_request import ChatRequest, TextChatRequest
 from ..errors import BadRequest, ContextWindowExceeded, GatewayError
 from ..providers.base import ChatAdapter
-from ..providers.registry import COMPLETES_TEXT, EMBEDS_TOKEN_IDS
+from ..providers.registry import COMPLETES_TEXT, COMPLETES_TOKEN_IDS, EMBEDS_TOKEN_IDS
 from .state import RoutingState
 from .strategies import Demand, order, prefix_digest
 
@@ -93,10 +93,12 @@ def eligible(
     request: ChatRequest,
     prompt_tokens: int,
     text_only: tuple[str, ...] = (),
+    token_ids: bool = False,
 ) -> tuple[list[Candidate], list[Dropped]]:
     """Split ``group``'s members into those that can serve ``request`` and those that cannot.
     ``text_only``: the raw-prompt parameters a /v1/completions request sets (suffix,
-    echo...), which only a provider in ``COMPLETES_TEXT`` can honour."""
+    echo...), which only a provider in ``COMPLETES_TEXT`` can honour; ``token_ids``:
+    its prompt is token ids, which only one in ``COMPLETES_TOKEN_IDS`` takes."""
     needs = required_capabilities(request)
     wanted = request.output_limit
     extras = request.model_extra
@@ -110,6 +112,11 @@ def eligible(
         if adapter is None:
             reason = deployment.provider.disabled_reason or "its provider has no adapter"
             dropped.append(Dropped(deployment.name, f"is disabled: {reason}", False))
+            continue
+        if token_ids and deployment.provider.type not in COMPLETES_TOKEN_IDS:
+            dropped.append(Dropped(deployment.name, f"has a chat API only, which takes no "
+                                   f"token ids for 'prompt' (its provider is "
+                                   f"{deployment.provider.type})", True, PARAM + "prompt"))
             continue
         if text_only and deployment.provider.type not in COMPLETES_TEXT:
             dropped.append(Dropped(deployment.name, f"has a chat API only, which takes no "
@@ -186,20 +193,22 @@ class Ask(Protocol):
 class ChatAsk:
     """A chat completion (from /v1/chat/completions, /v1/messages or a pipeline's step)."""
 
-    __slots__ = ("adapters", "demand", "request", "text_only", "window_tokens")
+    __slots__ = ("adapters", "demand", "request", "text_only", "token_ids", "window_tokens")
 
     def __init__(self, adapters: Mapping[str, ChatAdapter], route: Route, request: ChatRequest,
                  prompt_tokens: int) -> None:
         self.adapters = adapters
         self.request = request
-        self.text_only = (request.completion.asked() if isinstance(request, TextChatRequest)
-                          else ())
+        text = request if isinstance(request, TextChatRequest) else None
+        self.text_only = text.completion.asked() if text is not None else ()
+        self.token_ids = text is not None and text.prompt_ids is not None
         self.window_tokens = prompt_tokens
         self.demand = Demand(prompt_tokens, request.output_limit, request.stream,
                              chat_prefix(route, request))
 
     def eligible(self, group: Group) -> tuple[list[Candidate], list[Dropped]]:
-        return eligible(group, self.adapters, self.request, self.window_tokens, self.text_only)
+        return eligible(group, self.adapters, self.request, self.window_tokens, self.text_only,
+                        self.token_ids)
 
     def unfit(self, route: str, dropped: Sequence[Dropped]) -> GatewayError:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)

@@ -1,9 +1,11 @@
 """A real ``aigw serve`` behind the official openai SDK's legacy completions
-(``client.completions``): raw prompts to the OpenAI fake's own /v1/completions, one user
-message to the Anthropic fake, and chat's pipeline (auth, Cedar, ledger, fallbacks) between."""
+(``client.completions``): raw prompts and token ids to the OpenAI fake's own
+/v1/completions, one user message to the Anthropic fake (never token ids), and chat's
+pipeline (auth, Cedar, limits, the cache, ledger, fallbacks) between."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from hashlib import sha256
 from typing import Any
@@ -20,15 +22,17 @@ from .responses_gateway import Upstreams, logged_and_billed, responses_gateway, 
 pytestmark = pytest.mark.e2e
 
 
-# A key whose tpm holds one completion of 1,000 tokens, not three (best_of=3).
-SMALL_KEY = "sk-completions-small-tpm"
+# Keys whose tpm holds one completion of 1,000 tokens, not three (best_of=3), or a prompt
+# of 2,490 token ids and 10 out.
+SMALL_KEY, IDS_KEY = "sk-completions-small-tpm", "sk-completions-ids-tpm"
 
 
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     """Both fakes and one server for the module: starting ``aigw serve`` takes seconds."""
-    digest = sha256(SMALL_KEY.encode()).hexdigest()
-    small = f"  small: {{sha256: {digest}, limits: {{tpm: 2500}}}}\n"
+    small = "".join(f"  {name}: {{sha256: {sha256(secret.encode()).hexdigest()}, "
+                    "limits: {tpm: 2500}}\n"
+                    for name, secret in (("small", SMALL_KEY), ("ids", IDS_KEY)))
     with responses_gateway(tmp_path_factory.mktemp("completions") / "gw",
                            keys=DEV_KEY_LINE + small) as served:
         yield served
@@ -58,6 +62,50 @@ def test_a_prompt_reaches_an_openai_upstream_raw(
         "model": "gpt-4o-mini", "prompt": "def add(a, b):", "suffix": "return total",
         "echo": True, "logprobs": 2, "max_tokens": 40, "n": 1, "presence_penalty": 0.5,
         "stream": False}
+
+
+def test_token_ids_reach_an_openai_upstream_as_they_came(
+    client: openai.OpenAI, upstreams: Upstreams,
+) -> None:
+    """A prompt of token ids (vLLM's clients, evaluation harnesses) goes to the upstream's
+    own /completions unchanged, whole and streamed; a list holding one list of them too."""
+    raw = client.completions.with_raw_response.create(model="gpt", prompt=[11, 12],
+                                                      logprobs=1)
+    completion = raw.parse()
+    assert completion.choices[0].text == "fake-openai: 11 12"  # the fake reads them so
+    assert completion.usage is not None and completion.usage.prompt_tokens == 2
+    assert upstreams.gpt.script.requests[-1] == {
+        "model": "gpt-4o-mini", "prompt": [11, 12], "logprobs": 1, "max_tokens": 16, "n": 1,
+        "stream": False}
+    streamed = client.completions.with_raw_response.create(
+        model="gpt", prompt=[[11, 2**31 - 1]], stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed.parse() if chunk.choices) == (
+        f"fake-openai: 11 {2**31 - 1}")
+    assert upstreams.gpt.script.requests[-1]["prompt"] == [11, 2**31 - 1]
+    # Usage and spend: the access log and the ledger, one token an id in.
+    ids = (raw.headers["x-request-id"], streamed.headers["x-request-id"])
+    logged_and_billed(upstreams.server, "completions", *ids)
+    with sqlite3.connect(upstreams.server.root / "aigw.sqlite") as ledger:
+        tokens_in = ledger.execute("SELECT tokens_in FROM ledger WHERE request_id IN (?, ?)",
+                                   ids).fetchall()
+    ledger.close()
+    assert tokens_in == [(2,), (2,)]
+
+
+def test_token_ids_are_held_as_one_token_each(upstreams: Upstreams) -> None:
+    """The key's tpm (2,500) holds the ids' count and max_tokens, exactly: no tokenizer's
+    guess at them, nor a chat message's overhead."""
+    with sdk(upstreams, IDS_KEY) as held:
+        with pytest.raises(openai.RateLimitError):
+            held.completions.create(model="gpt", prompt=[7] * 2491, max_tokens=10)
+        held.completions.create(model="gpt", prompt=[7] * 2490, max_tokens=10)
+
+
+def test_echo_answers_token_ids_written_out(client: openai.OpenAI) -> None:
+    """The echo provider (a gateway with no keys) takes them, so they can be tried."""
+    completion = client.completions.create(model="echo", prompt=[1, 2, 3])
+    assert completion.choices[0].text == "1 2 3"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 3
 
 
 def test_a_stream_from_an_openai_upstream_has_text_chunks_and_usage(
@@ -162,6 +210,16 @@ def test_the_response_cache_keeps_completions_apart_from_chat(client: openai.Ope
     assert again.parse().choices[0].text == first.parse().choices[0].text
 
 
+
+def test_the_response_cache_keys_on_token_ids(client: openai.OpenAI) -> None:
+    """Token ids are another prompt than the same numbers as text (which the upstream
+    would tokenize otherwise), and other ids another again."""
+    asks = ([5, 6], [5, 6], "5 6", [5, 7])
+    raws = [client.completions.with_raw_response.create(model="gpt-cached", prompt=prompt)
+            for prompt in asks]
+    assert [raw.headers["x-aigw-cache"] for raw in raws] == ["miss", "hit", "miss", "miss"]
+
+
 def test_a_failure_mid_stream_is_an_error_in_the_stream(
     client: openai.OpenAI, upstreams: Upstreams,
 ) -> None:
@@ -182,11 +240,18 @@ def test_a_failure_mid_stream_is_an_error_in_the_stream(
     ({"model": "claude", "logprobs": 1}, "logprobs", "takes no 'logprobs'"),
     ({"model": "claude", "best_of": 2}, "best_of", "takes no 'best_of'"),
     ({"model": "claude", "n": 2}, "n", "'n' must be 1"),
-    ({"prompt": [1, 2, 3]}, "prompt", "'prompt' holds token ids"),
-    ({"prompt": [[1, 2], [3]]}, "prompt", "'prompt' holds token ids"),
+    ({"model": "claude", "prompt": [1, 2, 3]}, "prompt",
+     "sonnet has a chat API only, which takes no token ids for 'prompt' (its provider is "
+     "anthropic)"),
+    ({"prompt": [[1, 2], [3]]}, "prompt", "'prompt' holds 2 prompts"),
     ({"prompt": ["one", "two"]}, "prompt", "'prompt' holds 2 prompts"),
     ({"prompt": []}, "prompt", "the list is empty"),
+    ({"prompt": [[]]}, "prompt", "its list of token ids is empty"),
+    ({"prompt": [1, 2**31]}, "prompt", "a token id out of range (0 to 2147483647)"),
+    ({"prompt": [-1]}, "prompt", "a token id out of range"),
     ({"prompt": 7}, "prompt", "expected a string"),
+    ({"prompt": [1, "two"]}, "prompt", "or token ids (a list of integers)"),
+    ({"prompt": [1.5]}, "prompt", "or token ids (a list of integers)"),
     ({"n": 3, "best_of": 2}, "best_of", "greater than or equal to n"),
     ({"logprobs": 6}, "logprobs", "less than or equal to 5"),
     ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),

@@ -213,6 +213,24 @@ def test_a_completions_prompt_and_suffix_are_checked_as_input(
     assert len(fake.script.requests) == calls
 
 
+
+def test_a_completions_prompt_of_token_ids_is_refused_where_guardrails_check_input(
+        client: openai.OpenAI, fake: OpenAIFake) -> None:
+    """Token ids are no text a guardrail can check, and a guardrail a client could step
+    around by tokenizing its prompt would be none: a 400 naming the first guardrail, and
+    no call. A route without input guardrails sends them."""
+    calls = len(fake.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="guarded", prompt=[1, 2, 3])
+    assert (caught.value.param, caught.value.code) == ("prompt", "invalid_request")
+    assert cast(Any, caught.value.body)["message"] == (
+        "'prompt' holds token ids, which guardrail 'no-secrets' cannot check (it reads "
+        "text): send the text.")
+    assert len(fake.script.requests) == calls
+    client.completions.create(model="out-redact", prompt=[1, 2, 3])
+    assert fake.script.requests[-1]["prompt"] == [1, 2, 3]
+
+
 def test_a_redacted_prompt_is_what_the_cache_keys_on(
         client: openai.OpenAI, fake: OpenAIFake) -> None:
     calls = len(fake.script.requests)

@@ -115,6 +115,19 @@ def test_a_paraphrase_is_served_from_the_cache(
     assert len(_embeddings(fake)) == 5
 
 
+def test_a_completions_prompt_of_token_ids_is_looked_up_exactly_only(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """Token ids are numbers whose meaning no embedding reads: not embedded, nor served
+    another prompt's answer; the same ids again are an exact hit."""
+    client = _client(gateway)
+    _ask(client, "1 2 3", model="faq")
+    heads = [client.completions.with_raw_response.create(model="faq", prompt=[1, 2, 3])
+             .headers["x-aigw-cache"] for _ in range(2)]
+    assert heads == ["miss", "hit"]
+    assert [body["input"] for body in _embeddings(upstream[0])] == [["user: 1 2 3"]]
+
+
 def test_the_threshold_is_respected(gateway: Server, upstream: tuple[OpenAIFake, str]) -> None:
     client = _client(gateway)
     _ask(client, QUESTION, model="strict")

@@ -1,15 +1,15 @@
 """A fake of OpenAI's API (and Azure OpenAI's URLs): chat completions, streaming, embeddings,
-and the legacy completions (``/v1/completions``: a raw prompt, ``suffix``, ``echo``, a
-count of ``logprobs``, ``best_of``; the answer cut at ``max_tokens`` words, 16 when left
-out, as OpenAI's default is); and the rerank endpoint OpenAI-compatible servers serve
-beside them (vLLM's and Jina's ``/v1/rerank``: results best first, each with its
-document, and ``usage.total_tokens``); the audio endpoints (openai_audio.py). Images
-(``/v1/images/generations``, Azure's too): a DALL-E model answers URLs, or base64 when
-asked, with a ``revised_prompt``; a gpt-image model always base64, with its ``usage`` in
-tokens and the size it drew; streamed (``stream: true``, gpt-image only, one image), its
-``partial_images`` as ``event: image_generation.partial_image`` events, then
-``image_generation.completed`` with the usage. Moderations (``/v1/moderations``): a result an input,
-flagged for violence where it says "attack".
+and the legacy completions (``/v1/completions``: a raw prompt or token ids (read written
+out), ``suffix``, ``echo``, a count of ``logprobs``, ``best_of``; the answer cut at
+``max_tokens`` words, 16 when left out, as OpenAI's default is); and the rerank endpoint
+OpenAI-compatible servers serve beside them (vLLM's and Jina's ``/v1/rerank``: results best
+first, each with its document, and ``usage.total_tokens``); the audio endpoints
+(openai_audio.py). Images (``/v1/images/generations``, Azure's too): a DALL-E model answers
+URLs, or base64 when asked, with a ``revised_prompt``; a gpt-image model always base64, with
+its ``usage`` in tokens and the size it drew; streamed (``stream: true``, gpt-image only,
+one image), its ``partial_images`` as ``event: image_generation.partial_image`` events, then
+``image_generation.completed`` with the usage. Moderations (``/v1/moderations``): a result
+an input, flagged for violence where it says "attack".
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -361,10 +361,14 @@ class OpenAIFake(AudioFake):
         if failed:
             return failed
         prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
+        ids = prompt if isinstance(prompt, list) and prompt and all(
+            type(token) is int for token in prompt) else None
+        if ids is not None:  # token ids: the fake has no tokenizer, so reads them written out
+            prompt = " ".join(map(str, ids))
         if not isinstance(prompt, str):
-            return _invalid("The fake takes one text prompt.", "prompt")
+            return _invalid("The fake takes one prompt: a text, or token ids.", "prompt")
         if body.get("stream") and (body.get("best_of") or 1) > 1:
             return _invalid("Cannot stream results with best_of greater than 1.", "best_of")
         said = decide(self.name, prompt, [], None, False).text or ""
@@ -376,7 +380,8 @@ class OpenAIFake(AudioFake):
         text = " ".join(pieces[:limit])
         echoed = prompt + text if body.get("echo") else text
         choices = int(body.get("n") or 1)
-        prompt_tokens = len(prompt.split()) + (len(body.get("suffix", "").split()))
+        prompt_tokens = (len(prompt.split()) if ids is None else len(ids)) + (
+            len(body.get("suffix", "").split()))
         completion_tokens = len(text.split()) * max(choices, int(body.get("best_of") or 1))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}

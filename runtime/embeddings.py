@@ -113,7 +113,13 @@ def _noted(span: Span, result: EmbeddingResult) -> None:
 
 def _check_serves(route: Route, token_ids: bool, members: list[Deployment]) -> None:
     """A 400, before the request is admitted, for token ids where every embeddings
-    member of the route takes text only."""
+    member of the route takes text only, or where the route's input guardrails would
+    check the input: ids are no text to check, and a guardrail a client could step
+    around by tokenizing its input is none (as a completions prompt's)."""
+    guards = route.guardrails
+    if token_ids and guards is not None and guards.input:
+        raise BadRequest(f"'input' holds token ids, which guardrail '{guards.input[0].name}' "
+                         "cannot check (it reads text): send the text.", param="input")
     if token_ids and not any(d.provider.type in EMBEDS_TOKEN_IDS for d in members):
         types = sorted({d.provider.type for d in members})
         raise BadRequest(f"'input' holds token ids; no deployment of '{route.name}' takes them "

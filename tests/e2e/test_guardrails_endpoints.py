@@ -12,7 +12,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -140,6 +140,23 @@ def test_an_input_block_is_a_400_naming_the_guardrail_and_no_call_goes_out(
     assert caught.value.code == "guardrail_blocked"
     assert "no-secrets" in caught.value.message and SECRET not in str(caught.value.body)
     assert len(guarded.upstream.script.requests) == calls
+
+
+def test_embeddings_token_ids_are_refused_where_guardrails_check_input(
+        guarded: Guarded) -> None:
+    """Token ids are no text a guardrail can check (they went upstream unchecked, past
+    a block or a redaction): a 400 naming the first guardrail, and no call, as for a
+    completions prompt of ids. A route without input guardrails sends them."""
+    calls = len(guarded.upstream.script.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        guarded.client.embeddings.create(model="embed", input=[[1, 2, 3], [4]])
+    assert (caught.value.param, caught.value.code) == ("input", "invalid_request")
+    assert cast(Any, caught.value.body)["message"] == (
+        "'input' holds token ids, which guardrail 'no-secrets' cannot check (it reads "
+        "text): send the text.")
+    assert len(guarded.upstream.script.requests) == calls
+    guarded.client.embeddings.create(model="embed-plain", input=[[1, 2, 3], [4]])
+    assert guarded.sent()["input"] == [[1, 2, 3], [4]]
 
 
 @pytest.mark.parametrize("kind", INPUTS)

@@ -1,0 +1,292 @@
+"""MCP servers whose sessions the gateway holds (a stdio server's process, an HTTP+SSE
+server's event stream), spoken to as streamable HTTP: an httpx transport (the one-method
+seam, ``handle_async_request``, that the proxy in ``mcp`` sends every server's messages
+through) that keeps one upstream connection a session.
+
+What it answers, as a streamable HTTP server would::
+
+    POST initialize, no session    open a session (max_sessions at most: 503 past it),
+                                   its answer with Mcp-Session-Id: a new random id
+    POST a request                 the message to the server; an SSE stream of what the
+                                   server says until the response with the request's id
+    POST a notification, response  the message to the server; 202
+    GET                            an SSE stream of what it says outside any call
+    DELETE                         the session ended; 200
+
+A response goes to the call with its id; a notification or request of the server's goes
+to an open call's stream (neither stdio nor HTTP+SSE says which call it belongs to: the
+oldest open), else to the GET stream, else it is dropped with a log line. A session is
+ended on DELETE, after ``idle_timeout_s`` with no message, when the gateway stops, and
+when its upstream end does; its id is then unknown (404), as it is to every other
+replica: a session lives in the gateway process that opened it, so several replicas
+need sticky sessions for these servers. Each transport is a subclass pair: a
+``HeldServer`` that opens a ``HeldSession``, which delivers a message and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+
+from .errors import McpServerBusy, McpServerFailed, McpSessionUnknown
+from .jsonio import dumps, loads
+
+log = logging.getLogger("aigw.mcp")
+
+SESSION = "mcp-session-id"
+SSE = "text/event-stream"
+_QUEUED = 1024  # messages of the server's held for a stream; past it they are dropped
+# What a call's stream is given: a message of the server's and whether it is the
+# response (the last), or the failure that ends the call.
+_Item = tuple[bytes, bool] | McpServerFailed
+
+
+class HeldServer(httpx.AsyncBaseTransport):
+    """One server's sessions, by session id; ``client`` sends through them."""
+
+    ends = "ended it"  # how a session of this transport ends, for the 404 that follows
+
+    def __init__(self, name: str, idle_timeout_s: float, max_sessions: int) -> None:
+        self.name = name
+        self.idle_timeout_s = idle_timeout_s
+        self.max_sessions = max_sessions
+        self.sessions: dict[str, HeldSession] = {}
+        self._opening = 0
+        self.client = httpx.AsyncClient(transport=self)
+
+    async def open(self, session_id: str, read_s: float | None) -> HeldSession:
+        """A new session's upstream end, with the id the client will know it by."""
+        raise NotImplementedError
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session_id = request.headers.get(SESSION)
+        if request.method == "POST":
+            message: dict[str, Any] = loads(await request.aread())  # one, checked by the proxy
+            if session_id is not None:
+                return await self._session(session_id).send(message, request, {})
+            if message.get("method") != "initialize":
+                return refusal(400, "Bad Request: a message other than initialize needs the "
+                               "Mcp-Session-Id that its session's initialize answered with.")
+            session = await self._open(request.extensions.get("timeout", {}).get("read"))
+            return await session.send(message, request, {SESSION: session.id})
+        if session_id is None:
+            return refusal(400, "Bad Request: no Mcp-Session-Id.")
+        session = self._session(session_id)
+        if request.method == "GET":
+            return session.stream()
+        with anyio.CancelScope(shield=True):  # DELETE: a client that leaves ends it still
+            await session.stop("ended by its client")
+        return httpx.Response(200)
+
+    async def aclose(self) -> None:
+        """End every session (the gateway stops, or a reload changed how they run)."""
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*(session.stop("the gateway stops")
+                                   for session in list(self.sessions.values())))
+
+    def _session(self, session_id: str) -> HeldSession:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise self.unknown()
+        return session
+
+    def unknown(self) -> McpSessionUnknown:
+        return McpSessionUnknown(f"Session not found: it ended (MCP server '{self.name}' "
+                                 f"{self.ends}), or another gateway replica opened it.")
+
+    async def _open(self, read_s: float | None) -> HeldSession:
+        if len(self.sessions) + self._opening >= self.max_sessions:
+            raise McpServerBusy(
+                f"MCP server '{self.name}' has {self.max_sessions} sessions already "
+                "(its max_sessions): end one (DELETE), or wait for one to idle out.")
+        self._opening += 1
+        try:
+            session = await self.open(secrets.token_urlsafe(24), read_s)
+        finally:
+            self._opening -= 1
+        self.sessions[session.id] = session
+        return session
+
+
+def refusal(status: int, text: str) -> httpx.Response:
+    return httpx.Response(status, json={"jsonrpc": "2.0", "id": None,
+                                        "error": {"code": -32600, "message": text}})
+
+
+class HeldSession:
+    """One session: what it was asked (``calls``, by request id), its GET stream, and the
+    task that ends it when idle. A subclass reads what the server says and hands each
+    message to ``route``; ``deliver`` and ``close`` are its transport's."""
+
+    label = "session"  # what the log calls it: a process's pid
+
+    def __init__(self, session_id: str, owner: HeldServer) -> None:
+        self.id = session_id
+        self.owner = owner
+        self.calls: dict[bytes, asyncio.Queue[_Item]] = {}
+        self.events: asyncio.Queue[bytes | None] | None = None  # the GET stream's, when open
+        self.last = time.monotonic()
+        self.ended = False
+        self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle")]
+
+    async def deliver(self, message: bytes, read_s: float | None) -> httpx.Response | None:
+        """``message`` to the server: None once it has it, or the server's refusal of it
+        (an HTTP answer, which the proxy passes on as it would a streamable server's)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """The upstream end closed (``tasks`` cancelled already)."""
+        raise NotImplementedError
+
+    async def send(self, message: dict[str, Any], request: httpx.Request,
+                   headers: dict[str, str]) -> httpx.Response:
+        """``message`` to the server; for a request, the stream of its answer."""
+        if self.ended:  # it ended since it was looked up
+            raise self.owner.unknown()
+        self.last = time.monotonic()
+        read_s = request.extensions.get("timeout", {}).get("read")
+        opening = message.get("method") == "initialize"
+        if "id" not in message or "method" not in message:  # a notification or a response
+            return await self.deliver(dumps(message), read_s) or httpx.Response(
+                202, headers=headers)
+        key = dumps(message["id"])
+        if key in self.calls:
+            return refusal(400, "Bad Request: a request with this id is still in progress.")
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.calls[key] = queue
+        try:
+            refused = await self.deliver(dumps(message), read_s)
+        except BaseException:
+            self.calls.pop(key, None)
+            if opening:  # its client will never learn the session's id
+                with anyio.CancelScope(shield=True):
+                    await self.stop("its initialize could not be sent")
+            raise
+        if refused is not None:
+            self.calls.pop(key, None)
+            if opening:
+                await self.stop("its initialize was refused")
+            return refused
+        return httpx.Response(200, headers={**headers, "content-type": SSE},
+                              stream=_CallStream(self, key, queue, read_s, opening))
+
+    def stream(self) -> httpx.Response:
+        if self.events is not None:
+            return refusal(409, "Conflict: only one GET stream a session.")
+        self.events = asyncio.Queue()
+        return httpx.Response(200, headers={"content-type": SSE},
+                              stream=_ServerStream(self, self.events))
+
+    async def stop(self, why: str) -> None:
+        """End the session: its calls fail, its GET stream ends, its upstream end closes."""
+        if not self.ended:
+            self.ended = True
+            self.owner.sessions.pop(self.id, None)
+            failed = McpServerFailed(f"MCP server '{self.owner.name}' ended ({why}) before "
+                                     "it answered.")
+            for queue in self.calls.values():
+                queue.put_nowait(failed)
+            if self.events is not None:
+                self.events.put_nowait(None)
+            log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        await self.close()
+
+    def route(self, raw: bytes) -> None:
+        """One message the server sent, to the stream waiting for it."""
+        try:
+            message = loads(raw)
+        except ValueError:
+            log.warning("MCP server '%s' sent a message that is not JSON (dropped): %.200s",
+                        self.owner.name, raw.decode("utf-8", "replace"))
+            return
+        if not isinstance(message, dict):
+            log.warning("MCP server '%s' sent JSON that is not a message (dropped)",
+                        self.owner.name)
+            return
+        if "method" not in message:  # a response: to the call with its id, which ends
+            queue = self.calls.pop(dumps(message.get("id")), None)
+            if queue is None:
+                log.info("MCP server '%s' answered a request that no call waits for "
+                         "(dropped)", self.owner.name)
+            else:
+                queue.put_nowait((raw, True))
+            return
+        method = str(message["method"])[:100]
+        call = next(iter(self.calls.values()), None)
+        stream: asyncio.Queue[Any] | None = call if call is not None else self.events
+        if stream is None:
+            log.info("MCP server '%s' sent %s with no stream open to take it (dropped)",
+                     self.owner.name, method)
+        elif stream.qsize() >= _QUEUED:
+            log.warning("MCP server '%s' sent %s to a stream %d messages behind (dropped)",
+                        self.owner.name, method, _QUEUED)
+        else:
+            stream.put_nowait((raw, False) if call is not None else raw)
+
+    async def _idle(self) -> None:
+        idle_s = self.owner.idle_timeout_s
+        while (left := self.last + idle_s - time.monotonic()) > 0 or self.calls:
+            await asyncio.sleep(left if left > 0 else idle_s)
+        await self.stop(f"idle for {idle_s:g} s")
+
+
+class _CallStream(httpx.AsyncByteStream):
+    """A call's answer as SSE: what the server sent while it was open, then its response.
+    Nothing for ``read_s`` is a timeout, as between two parts of an HTTP server's."""
+
+    def __init__(self, session: HeldSession, key: bytes, queue: asyncio.Queue[_Item],
+                 read_s: float | None, opening: bool) -> None:
+        self._session, self._key, self._queue, self._read_s = session, key, queue, read_s
+        self._opening = opening  # an initialize: its session is the client's only once answered
+        self._answered = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self._read_s):
+                    item = await self._queue.get()
+            except TimeoutError:
+                raise httpx.ReadTimeout("no answer in time") from None
+            if isinstance(item, McpServerFailed):
+                raise item
+            raw, last = item
+            self._answered = last
+            yield b"event: message\ndata: " + raw + b"\n\n"
+            if last:
+                return
+
+    async def aclose(self) -> None:
+        session = self._session
+        if session.calls.get(self._key) is self._queue:  # not a later call's with its id
+            del session.calls[self._key]
+        session.last = time.monotonic()
+        if self._opening and not self._answered:
+            # Its client never learnt the session's id: nobody could end or reach it.
+            with anyio.CancelScope(shield=True):
+                await session.stop("its initialize went unanswered")
+
+
+class _ServerStream(httpx.AsyncByteStream):
+    """The GET stream: what the server sends outside any call, until the session ends."""
+
+    def __init__(self, session: HeldSession, queue: asyncio.Queue[bytes | None]) -> None:
+        self._session, self._queue = session, queue
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (item := await self._queue.get()) is not None:
+            yield b"event: message\ndata: " + item + b"\n\n"
+
+    async def aclose(self) -> None:
+        if self._session.events is self._queue:
+            self._session.events = None

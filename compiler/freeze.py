@@ -22,6 +22,7 @@ from .graph import (
     Graph,
     Group,
     McpServer,
+    McpSse,
     McpStdio,
     Pipeline,
     Policy,
@@ -261,6 +262,8 @@ def freeze(
                 disabled_reason=item.disabled_reason,
                 headers=_frozen(dict(item.headers)),
                 stdio=_stdio(item, root),
+                sse=McpSse(item.entry.spec.idle_timeout_s, item.entry.spec.max_sessions)
+                if item.entry.spec.transport == "sse" else None,
             )
             for name, item in linked.mcp_servers.items()
         }),

@@ -356,9 +356,20 @@ class McpStdio:
 
 
 @dataclass(frozen=True, slots=True)
+class McpSse:
+    """How the sessions of a server speaking the HTTP+SSE transport (protocol 2024-11-05)
+    are held: an event stream a session, at most ``max_sessions``, each closed after
+    ``idle_timeout_s`` without a message."""
+
+    idle_timeout_s: float
+    max_sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class McpServer:
-    """An upstream MCP server apps reach at ``/mcp/<name>``: streamable HTTP at ``url``,
-    or, with ``stdio``, a command the gateway runs (``url`` is then ``stdio://<name>``).
+    """An upstream MCP server apps reach at ``/mcp/<name>``: streamable HTTP at ``url``;
+    with ``sse``, the older HTTP+SSE transport at ``url`` (its SSE endpoint); or, with
+    ``stdio``, a command the gateway runs (``url`` is then ``stdio://<name>``).
 
     ``tools`` None lets every tool through; otherwise only those named are listed and
     may be called. ``disabled_reason`` says why it cannot serve (an unset ${ENV})."""
@@ -370,6 +381,7 @@ class McpServer:
     disabled_reason: str | None
     headers: Mapping[str, str] = field(repr=False)
     stdio: McpStdio | None = None
+    sse: McpSse | None = None
 
     def allows(self, tool: str) -> bool:
         return self.tools is None or tool in self.tools

@@ -1,7 +1,8 @@
 """Part of stage 3, link: the MCP servers apps reach through the gateway (``mcp_servers:``).
 
-An entry is a streamable HTTP server (``url``) or a stdio one (``command``): exactly one
-(AGW350), and no field of the other kind (AGW352). Its ``url``, ``headers`` and ``env``
+An entry is a server at ``url`` (speaking streamable HTTP, or with ``transport: sse`` the
+older HTTP+SSE transport) or a stdio one (``command``): exactly one of url and command
+(AGW350), and no field that its kind does not read (AGW352). Its ``url``, ``headers`` and ``env``
 get their ${ENV} references resolved (an unset one, or a header that is not ASCII text,
 disables that server and says why, as for a provider), and the rules that keep its
 credentials out of git and its allow-list meaningful are checked: a credential header
@@ -33,9 +34,20 @@ if TYPE_CHECKING:
 CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|session", re.IGNORECASE)
 
 
-# The fields only one kind of server reads.
-_HTTP_ONLY = ("headers",)
-_STDIO_ONLY = ("env", "cwd", "idle_timeout_s", "max_sessions")
+# The fields only some kinds of server read, and which: "url" (streamable HTTP), "sse"
+# (url with transport: sse) and "command" (stdio). The gateway holds the sessions of the
+# last two, so only they are told how long to keep one and how many.
+_READ_BY: Mapping[str, tuple[str, ...]] = {
+    "headers": ("url", "sse"), "transport": ("url", "sse"), "env": ("command",),
+    "cwd": ("command",), "idle_timeout_s": ("command", "sse"),
+    "max_sessions": ("command", "sse"),
+}
+_READERS = {("url", "sse"): "a url", ("command",): "a stdio (command)",
+            ("command", "sse"): "a stdio (command) or an sse (transport: sse)"}
+_WHY_NOT = {"headers": " (a stdio server's credentials go in env:)",
+            "transport": " (a stdio server speaks on its stdin and stdout)",
+            "idle_timeout_s": " (a streamable HTTP server ends its sessions itself)",
+            "max_sessions": " (a streamable HTTP server limits its sessions itself)"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,8 @@ def _link(
         sink.add(codes.SCHEMA_VALUE,
                  f"MCP server '{entry.name}' has url {shown_url(url)!r}, which is not an "
                  "http(s) URL with a host", entry.value("url"),
+                 "write the server's SSE endpoint, e.g. https://mcp.example.com/sse"
+                 if spec.transport == "sse" else
                  "write the server's streamable HTTP endpoint, e.g. https://mcp.example.com/mcp")
     _check_tools(entry, sink)
     reason = (f"environment variable {', '.join(unset)} is not set" if unset
@@ -95,17 +109,18 @@ def _check_transport(entry: Entry[McpServerSpec], sink: DiagnosticSink) -> None:
         found = "both url and command" if both else "neither url nor command"
         sink.add(codes.MCP_TRANSPORT, f"MCP server '{name}' has {found}",
                  entry.key("command") if both else entry.key(),
-                 "write url: for a server that speaks streamable HTTP, or command: [program, "
-                 "args...] for one the gateway starts and speaks to on stdin and stdout")
+                 "write url: for a server that speaks streamable HTTP (and transport: sse for "
+                 "one that speaks the older HTTP+SSE), or command: [program, args...] for one "
+                 "the gateway starts and speaks to on stdin and stdout")
         return
-    stdio = spec.command is not None
-    for field in sorted(spec.model_fields_set & set(_HTTP_ONLY if stdio else _STDIO_ONLY)):
-        sink.add(codes.MCP_OTHER_TRANSPORT,
-                 f"MCP server '{name}' sets {field}, which only a "
-                 f"{'streamable HTTP (url)' if stdio else 'stdio (command)'} server reads",
-                 entry.key(field),
-                 f"remove {field}:" + (" (a stdio server's credentials go in env:)"
-                                       if field == "headers" else ""))
+    kind = "command" if spec.command is not None else spec.transport.replace(
+        "streamable_http", "url")
+    for field in sorted(spec.model_fields_set & _READ_BY.keys()):
+        if kind not in _READ_BY[field]:
+            sink.add(codes.MCP_OTHER_TRANSPORT,
+                     f"MCP server '{name}' sets {field}, which only "
+                     f"{_READERS[_READ_BY[field]]} server reads", entry.key(field),
+                     f"remove {field}:" + _WHY_NOT.get(field, ""))
     program = spec.command[0] if spec.command else None
     if program is not None and not _runnable(program):
         sink.add(codes.MCP_COMMAND_NOT_FOUND,

@@ -503,13 +503,21 @@ class KeySpec(Spec):
 
 
 class McpServerSpec(Spec):
-    """An upstream MCP server, proxied at ``/mcp/<name>``: one speaking streamable HTTP at
-    ``url``, or a ``command`` the gateway starts, a process a session, speaking on its
-    stdin and stdout (exactly one of the two)."""
+    """An upstream MCP server, proxied at ``/mcp/<name>``: one reached at ``url`` (speaking
+    streamable HTTP, or with ``transport: sse`` the older HTTP+SSE transport), or a
+    ``command`` the gateway starts, a process a session, speaking on its stdin and stdout
+    (exactly one of url and command)."""
 
     url: str | None = Field(
         None,
-        description="The server's MCP endpoint, e.g. https://mcp.example.com/mcp (or ${ENV_VAR}).",
+        description="The server's MCP endpoint, e.g. https://mcp.example.com/mcp (or "
+        "${ENV_VAR}); with transport: sse, its SSE endpoint, e.g. https://mcp.example.com/sse.",
+    )
+    transport: Literal["streamable_http", "sse"] = Field(
+        "streamable_http",
+        description="What the server at url speaks: streamable_http (MCP 2025-03-26 and "
+        "later), or sse, the HTTP+SSE transport of 2024-11-05 (the gateway holds an event "
+        "stream a session; apps still speak streamable HTTP to the gateway).",
     )
     command: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, min_length=1,
@@ -525,11 +533,12 @@ class McpServerSpec(Spec):
         None, description="A stdio server's working directory (relative: to the config's "
         "folder, which is the default).")
     idle_timeout_s: Annotated[float, Field(gt=0, le=86400)] = Field(
-        300.0, description="A stdio server: a session with no message for this long has its "
-        "process stopped (its id is then unknown, a 404).")
+        300.0, description="A stdio or sse server: a session with no message for this long "
+        "is ended (its process stopped, its event stream closed; its id is then unknown, "
+        "a 404).")
     max_sessions: Annotated[int, Field(ge=1, le=1024)] = Field(
-        16, description="A stdio server: the most processes (sessions) at once; an "
-        "initialize past it is a 503.")
+        16, description="A stdio or sse server: the most sessions (processes, event "
+        "streams) at once; an initialize past it is a 503.")
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="Headers sent to the server with every request; a credential only as "

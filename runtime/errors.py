@@ -26,7 +26,7 @@
     ├── McpServerFailed             502 mcp_server_failed (an MCP server unreachable or failing)
     │   ├── McpServerTimeout            504 mcp_server_timeout
     │   ├── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
-    │   └── McpServerBusy               503 mcp_server_busy (a stdio server's max_sessions)
+    │   └── McpServerBusy               503 mcp_server_busy (its max_sessions)
     ├── ShutDown                    503 shutdown (cut by a shutdown; recorded, never sent)
     ├── Cancelled                   499 cancelled (its caller stopped waiting; recorded only)
     └── UpstreamError               502 a provider failed; ``retryable``: may another try work?
@@ -291,7 +291,7 @@ class McpServerDisabled(McpServerFailed):
 
 
 class McpServerBusy(McpServerFailed):
-    """A stdio MCP server already runs its max_sessions processes."""
+    """A stdio or HTTP+SSE MCP server already has its max_sessions sessions."""
 
     status = 503
     code = "mcp_server_busy"

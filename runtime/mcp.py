@@ -1,6 +1,7 @@
 """MCP at ``/mcp/<server>``: JSON-RPC over streamable HTTP, proxied to the server's url
-(or, for a stdio server, to its processes through ``mcp_stdio``'s httpx transport, which
-answers as a streamable HTTP server would: every check below is the same for both).
+(or, for a server whose sessions the gateway holds, a stdio server's processes or an
+HTTP+SSE server's event streams, through ``mcp_held``'s httpx transport, which answers as
+a streamable HTTP server would: every check below is the same for all).
 
 The gateway speaks the transport itself (a POST carries one JSON-RPC message; the
 answer is JSON, or an SSE stream of messages ending with the response) rather than
@@ -62,7 +63,9 @@ from .errors import (
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live, Shutdown
+from .mcp_held import HeldServer
 from .mcp_session import open_sealed, seal, session_secret
+from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer
 from .policy import RequestGate
 from .policy_request import authorize_mcp
@@ -93,14 +96,15 @@ def mcp_routes(proxy: McpProxy) -> list[Route]:
 
 class McpProxy:
     """The /mcp endpoint, its one pooled client (made on first use, for every streamable
-    HTTP server) and the processes of its stdio servers, by server (``mcp_stdio``)."""
+    HTTP server) and the sessions it holds of its stdio and HTTP+SSE servers, by server,
+    each with what it was opened from (``_held_as``)."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
         self._streams: httpx.AsyncClient | None = None  # GET streams'
-        self._stdio: dict[str, StdioServer] = {}
+        self._held: dict[str, tuple[object, HeldServer]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
-        self._graph: Graph | None = None  # the graph the stdio servers were last checked on
+        self._graph: Graph | None = None  # the graph the held servers were last checked on
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -124,32 +128,40 @@ class McpProxy:
         for client in (self._client, self._streams):
             if client is not None:
                 await client.aclose()
-        await asyncio.gather(*(stdio.client.aclose() for stdio in self._stdio.values()),
+        await asyncio.gather(*(held.client.aclose() for _, held in self._held.values()),
                              *self._stopping)
 
     def _client_for(self, server: McpServer, idle: bool) -> httpx.AsyncClient:
         """The client that reaches ``server``: the pooled one (the streams' for an ``idle``
-        one), or its stdio processes'."""
-        if server.stdio is None:
+        one), or the one through the sessions it holds of it."""
+        held_as = _held_as(server)
+        if held_as is None:
             return self.streams if idle else self.client
-        stdio = self._stdio.get(server.name)
-        if stdio is None:
-            stdio = self._stdio[server.name] = StdioServer(server.name, server.stdio,
-                                                            MAX_ANSWER_BYTES)
-        return stdio.client
+        found = self._held.get(server.name)
+        if found is not None:
+            return found[1].client
+        held: HeldServer
+        if server.sse is not None:
+            held = SseServer(server, server.sse, MAX_ANSWER_BYTES)
+        else:
+            assert server.stdio is not None  # held_as says it is one or the other
+            held = StdioServer(server.name, server.stdio, MAX_ANSWER_BYTES)
+        self._held[server.name] = (held_as, held)
+        return held.client
 
     def _follow(self, graph: Graph) -> None:
-        """After a reload, the stdio servers it removed or changed how they run have their
-        processes stopped (their sessions end, as the spec lets a server end one) rather
-        than left to idle out; one identity check a message otherwise."""
+        """After a reload, the held servers it removed or changed how they are reached have
+        their sessions ended (as the spec lets a server end one: processes stopped, event
+        streams closed) rather than left to idle out; one identity check a message
+        otherwise."""
         if graph is self._graph:
             return
         self._graph = graph
-        for name, stdio in list(self._stdio.items()):
+        for name, (held_as, held) in list(self._held.items()):
             server = graph.mcp_servers.get(name)
-            if server is None or server.stdio != stdio.stdio:
-                del self._stdio[name]
-                task = asyncio.create_task(stdio.client.aclose())
+            if server is None or _held_as(server) != held_as:
+                del self._held[name]
+                task = asyncio.create_task(held.client.aclose())
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
 
@@ -322,6 +334,16 @@ class McpProxy:
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
             raise _unreachable(server, exc) from exc
+
+
+def _held_as(server: McpServer) -> object | None:
+    """What the sessions the gateway holds of ``server`` were opened from (a change ends
+    them), None for a streamable HTTP server, whose sessions are its own."""
+    if server.stdio is not None:
+        return server.stdio
+    if server.sse is not None:
+        return server.sse, server.url, dict(server.headers)
+    return None
 
 
 async def _count(live: Live, key: ApiKey, user: str | None) -> None:

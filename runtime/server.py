@@ -144,14 +144,16 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
                     "own rate limits and budgets, so a key may get up to %d times its "
                     "limits; set settings.store to a redis:// URL to share them",
                     options.workers, options.workers)
-    stdio = sorted(name for name, server in graph.mcp_servers.items() if server.stdio)
-    if options.workers > 1 and options.supervise and stdio:
-        # A stdio server's session is a process of the worker that started it: another
-        # worker that takes one of its messages knows no such session (a 404).
-        log.warning("serving with --workers %d: the stdio MCP servers (%s) keep each "
-                    "session in the worker that started it, and a message another worker "
-                    "takes is a 404; serve them with --workers 1",
-                    options.workers, ", ".join(stdio))
+    held = sorted(name for name, server in graph.mcp_servers.items()
+                  if server.stdio or server.sse)
+    if options.workers > 1 and options.supervise and held:
+        # A stdio server's session is a process of the worker that started it, an HTTP+SSE
+        # server's an event stream of the worker that opened it: another worker that takes
+        # one of its messages knows no such session (a 404).
+        log.warning("serving with --workers %d: the stdio and HTTP+SSE MCP servers (%s) "
+                    "keep each session in the worker that opened it, and a message another "
+                    "worker takes is a 404; serve them with --workers 1",
+                    options.workers, ", ".join(held))
     for warning in graph.warnings:
         log.warning("%s %s %s", warning.code.id, warning.position, warning.message)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from aigw.compiler import Graph, compile_gateway
+from aigw.compiler.graph import McpSse
 
 WriteGateway = Callable[..., Path]
 
@@ -173,3 +174,19 @@ mcp_servers:
     with pytest.raises(TypeError):
         fs.stdio.env["X"] = "y"  # type: ignore[index]
     assert graph.mcp_servers["web"].stdio is None
+    assert graph.mcp_servers["web"].sse is None
+
+
+def test_an_sse_mcp_server_is_frozen_with_how_its_sessions_are_held(
+    write_gateway: WriteGateway,
+) -> None:
+    root = write_gateway({"gateway.yaml": GATEWAY + """\
+mcp_servers:
+  legacy: {url: "https://mcp.example.com/sse", transport: sse, max_sessions: 4}
+  web: {url: "https://mcp.example.com/mcp", transport: streamable_http}
+"""})
+    graph = _graph(root)
+    legacy = graph.mcp_servers["legacy"]
+    assert legacy.url == "https://mcp.example.com/sse" and legacy.stdio is None
+    assert legacy.sse == McpSse(idle_timeout_s=300.0, max_sessions=4)
+    assert graph.mcp_servers["web"].sse is None

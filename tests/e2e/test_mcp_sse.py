@@ -5,6 +5,7 @@ stream a session, held by the gateway, to a real server (the official SDK's, its
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from aigw.compiler import compile_gateway
 
 from ..conftest import DEV_KEY
 from ..fakes.mcp_sse_server import ELSEWHERE, MUTE, PATH, SseMcpServer
@@ -41,7 +44,9 @@ class SseGateway:
         return f"{self.server.base_url}/mcp/{name}"
 
 
-def write_config(root: Path, upstream: str, other: str, dying: str) -> None:
+def write_config(root: Path, upstream: str, other: str, dying: str, one_idle_s: float = 300,
+                 ) -> str:
+    """The gateway directory at ``root``; the fingerprint of the graph it compiles to."""
     (root / "policies").mkdir(parents=True, exist_ok=True)
     (root / "policies" / "mcp.cedar").write_text(POLICIES)
     (root / "gateway.yaml").write_text(f"""
@@ -59,12 +64,16 @@ mcp_servers:
     headers: {{Authorization: "Bearer ${{MCP_SSE_TOKEN}}"}}
     timeout_s: 10
   idle: {{url: "{other}{PATH}", transport: sse, idle_timeout_s: 1, timeout_s: 10}}
-  one: {{url: "{other}{PATH}", transport: sse, max_sessions: 1, timeout_s: 10}}
+  one: {{url: "{other}{PATH}", transport: sse, max_sessions: 1, timeout_s: 10,
+         idle_timeout_s: {one_idle_s}}}
   mute: {{url: "{other}{MUTE}", transport: sse, timeout_s: 1}}
   elsewhere: {{url: "{other}{ELSEWHERE}", transport: sse, timeout_s: 10}}
   dying: {{url: "{dying}{PATH}", transport: sse, timeout_s: 10}}
   down: {{url: "http://127.0.0.1:{free_port()}{PATH}", transport: sse, timeout_s: 10}}
 """)
+    graph = compile_gateway(root, {"MCP_SSE_TOKEN": SSE_TOKEN}).graph
+    assert graph is not None
+    return graph.fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -217,17 +226,25 @@ async def test_a_server_that_dies_fails_its_calls_with_502_and_ends_its_sessions
     assert again.json()["error"]["message"].startswith("MCP server 'dying' is unreachable: ")
 
 
-async def test_a_gateway_that_stops_closes_its_event_streams(
+async def test_a_reload_that_changes_the_server_and_a_stop_close_its_event_streams(
     gateway: SseGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    other = gateway.other
-    root = tmp_path / "gw"
+    other, root = gateway.other, tmp_path / "gw"
     write_config(root, "http://127.0.0.1:9", gateway.other_url, "http://127.0.0.1:9")
     monkeypatch.setenv("MCP_SSE_TOKEN", SSE_TOKEN)
     stopping = Server(root)
     try:
         stopping.wait_ready()
-        opened(f"{stopping.base_url}/mcp/one", DEV_KEY)
+        url = f"{stopping.base_url}/mcp/one"
+        session_id = opened(url, DEV_KEY)
+        assert other.open_streams == 1
+        fingerprint = write_config(root, "http://127.0.0.1:9", gateway.other_url,
+                                   "http://127.0.0.1:9", one_idle_s=200)
+        stopping.signal(signal.SIGHUP)
+        stopping.wait_for_graph(fingerprint)
+        assert call(url, session_id, "add", a=1, b=2).status_code == 404
+        await closed(other, "the reload closed the event stream")
+        opened(url, DEV_KEY)
         assert other.open_streams == 1
     finally:
         stopping.stop()

@@ -179,8 +179,9 @@ class _Stream(HeldSession):
                 timeout=httpx.Timeout(read_s, connect=min(_CONNECT_S, read_s or _CONNECT_S)))
             answer = await server.upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:
+            within = f"within {read_s:g} s" if read_s is not None else "in time"
             raise McpServerTimeout(f"MCP server '{server.name}' did not take a message "
-                                   f"within {read_s:g} s.") from exc
+                                   f"{within}.") from exc
         except httpx.HTTPError as exc:
             raise server.unreachable(exc) from exc
         try:

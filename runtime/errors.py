@@ -302,6 +302,19 @@ class McpServerBusy(McpServerFailed):
 NO_RETRY = MappingProxyType({"x-should-retry": "false"})
 
 
+def quoted(value: str, most: int = 64) -> str:
+    """A client's ``value`` as an error message shows it: quoted, and cut to ``most``
+    characters with its length said (a query value can be kilobytes, and a message that
+    repeats it whole is as large).
+
+    >>> quoted("asc"), quoted("x" * 100, 4)
+    ("'asc'", "'xxxx'... (100 characters)")
+    """
+    if len(value) <= most:
+        return repr(value)
+    return f"{value[:most]!r}... ({len(value)} characters)"
+
+
 def retry_after_headers(seconds: float) -> dict[str, str]:
     """``Retry-After`` and ``retry-after-ms``, rounded up: a client that waits what it is
     told does not come back early."""

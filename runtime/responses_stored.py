@@ -81,9 +81,11 @@ from .errors import (
     NotFound,
     PreviousResponseNotFound,
     StoreUnavailable,
+    quoted,
 )
 from .jsonio import JSONBody
 from .live import Live
+from .paging import page_limit, page_order
 from .responses_wire import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -104,7 +106,6 @@ ITEMS: TypeAdapter[list[Item]] = TypeAdapter(list[Item])
 # The prefix of an id given to an item the app sent without one, by its type.
 ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
              "reasoning": "rs"}
-_ORDERS = ("asc", "desc")
 # The field of a record that stands for a response answered and not kept (too large): a
 # continuation is told why, where "not found" would leave the app guessing.
 _NOT_KEPT = "not_kept"
@@ -376,15 +377,8 @@ def items_page(lines: list[bytes], order: str, limit: int, after: str | None,
 def page_query(query: QueryParams) -> tuple[str, int, str | None]:
     """A page's ``order``, ``limit`` and ``after``, checked (``include`` is accepted and
     changes nothing)."""
-    return _order(query), _limit(query.get("limit", "20")), query.get("after")
-
-
-def _order(query: QueryParams) -> str:
-    order = query.get("order", "desc")
-    if order not in _ORDERS:
-        raise BadRequest(f"Invalid value for 'order': {order!r} is not one of 'asc', "
-                         "'desc'.", param="order")
-    return order
+    return page_order(query.get("order")), page_limit(query.get("limit"), 20, 100), \
+        query.get("after")
 
 
 def _following(lines: list[bytes], after: str, owner: str) -> int:
@@ -395,16 +389,5 @@ def _following(lines: list[bytes], after: str, owner: str) -> int:
     for number, line in enumerate(lines):
         if needle in line and jsonio.loads(line).get("id") == after:
             return number + 1
-    raise BadRequest(f"Invalid value for 'after': no item of '{owner}' has id '{after}'.",
-                     param="after")
-
-
-def _limit(text: str) -> int:
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise BadRequest(f"Invalid value for 'limit': {text!r} is not an integer from 1 to "
-                         "100.", param="limit")
-    return limit
+    raise BadRequest(f"Invalid value for 'after': no item of '{owner}' has id "
+                     f"{quoted(after)}.", param="after")

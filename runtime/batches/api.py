@@ -21,6 +21,7 @@ from ..conversations import Metadata
 from ..errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, RequestTimeout
 from ..incoming import read_body
 from ..live import Live
+from ..paging import page_limit, page_order, whole_number
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
 from .input import Checked, check_file
@@ -75,24 +76,6 @@ def _owner(key: ApiKey) -> str:
     return owner_of(key.team.name if key.team else None, key.name)
 
 
-def _limit(request: Request, default: int, most: int) -> int:
-    text = request.query_params.get("limit")
-    limit = default if text is None else _whole(text)
-    if limit is None or not 1 <= limit <= most:
-        raise BadRequest(f"limit must be a whole number from 1 to {most}.", param="limit")
-    return limit
-
-
-def _whole(text: str) -> int | None:
-    """``text`` as a whole number, where it is one in ASCII digits (str.isdigit passes
-    '²', which int refuses, and '٣', which it reads; 5,000 digits are past int's limit).
-
-    >>> _whole("3600"), _whole("²"), _whole(" 1"), _whole("9" * 5000)
-    (3600, None, None, None)
-    """
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
-
-
 def _page(objects: list[dict[str, Any]], limit: int) -> JSONResponse:
     shown = objects[:limit]
     return JSONResponse({"object": "list", "data": shown,
@@ -110,7 +93,7 @@ def _expires_after(anchor: object, seconds: object) -> int | None:
         raise BadRequest(f"expires_after.anchor must be 'created_at'; got {anchor!r}.",
                          param="expires_after.anchor")
     low, high = EXPIRES_AFTER_S
-    whole = _whole(seconds) if isinstance(seconds, str) else None
+    whole = whole_number(seconds) if isinstance(seconds, str) else None
     if whole is None or not low <= whole <= high:
         raise BadRequest(f"expires_after.seconds must be a whole number from {low} to "
                          f"{high}; got {seconds!r}.", param="expires_after.seconds")
@@ -167,10 +150,8 @@ class _Api:
         live, key, store = await self._caller(request)
         if request.method == "POST":
             return await self._upload(request, live, key, store)
-        limit = _limit(request, 10_000, 10_000)
-        order = request.query_params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise BadRequest("order must be 'asc' or 'desc'.", param="order")
+        limit = page_limit(request.query_params.get("limit"), 10_000, 10_000)
+        order = page_order(request.query_params.get("order"))
         rows = await store.files(None if key.admin else _owner(key),
                                  request.query_params.get("purpose"),
                                  request.query_params.get("after"), limit, order == "desc",
@@ -180,7 +161,7 @@ class _Api:
     async def _upload(self, request: Request, live: Live, key: ApiKey,
                       store: BatchStore) -> Response:
         most = live.graph.settings.files_max_bytes
-        length = _whole(request.headers.get("content-length", ""))
+        length = whole_number(request.headers.get("content-length", ""))
         # Checked up front (a declared size over the cap is refused before a byte is
         # read); a body longer than it says is cut at the cap as it arrives (UploadForm).
         if length is None:
@@ -263,7 +244,7 @@ class _Api:
         live, key, store = await self._caller(request)
         if request.method == "POST":
             return await self._create(request, live, key, store)
-        limit = _limit(request, 20, 100)
+        limit = page_limit(request.query_params.get("limit"), 20, 100)
         rows = await store.batches(None if key.admin else _owner(key),
                                    request.query_params.get("after"), limit)
         return _page([row.as_object() for row in rows], limit)

@@ -62,10 +62,12 @@ from ..errors import (
     PipelineTimeout,
     StoreUnavailable,
     Unauthorized,
+    quoted,
 )
 from ..exchange import Exchange, end_user
 from ..incoming import client_gone, read_body, unless_gone
 from ..live import Live
+from ..paging import page_limit, whole_number
 from ..policy import Facts
 from ..policy_request import authorize_pipeline
 from ..providers.base import ChatDelta, ChatResult, Choice, Usage
@@ -189,7 +191,7 @@ class _Api:
     async def executions(self, request: Request) -> Response:
         key = self._key(request)
         store = await self.workflows.store()
-        limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        limit = page_limit(request.query_params.get("limit"), 100, 1000)
         statuses = None
         if "status" in request.query_params:
             try:
@@ -216,7 +218,7 @@ class _Api:
     async def events(self, request: Request) -> Response:
         execution = await self._execution(request)
         store = await self.workflows.store()
-        after = _int(request.query_params.get("after"), 0, 0, 2**62)
+        after = _after(request.query_params.get("after"))
         events = await store.events(execution.id, after)
         return JSONResponse({"object": "list", "execution": execution.id,
                              "data": [event.as_dict(execution.id) for event in events]})
@@ -280,7 +282,7 @@ class _Api:
     async def approvals(self, request: Request) -> Response:
         """The approvals waiting for a decision this key may make (its inbox)."""
         key = self._key(request)
-        limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        limit = page_limit(request.query_params.get("limit"), 100, 1000)
         found = await self.workflows.inbox(key, limit)
         data = [{"execution": execution.id, "pipeline": execution.pipeline, "step": state.step,
                  "started_by": execution.key, **(state.detail or {})}
@@ -353,7 +355,7 @@ class _Api:
             await websocket.close(code=4404)
             return
         await websocket.accept()
-        after = _int(websocket.query_params.get("after"), 0, 0, 2**62)
+        after = _after(websocket.query_params.get("after"))
         # What the client sends is not read (a follower only listens), but its close is:
         # unnoticed, the loop polled the store for a socket nobody held any more.
         closed = partial(_closed, websocket)
@@ -599,13 +601,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _int(text: str | None, default: int, low: int, high: int) -> int:
-    if text is None:
-        return default
-    try:
-        return max(low, min(high, int(text)))
-    except ValueError:
-        raise BadRequest(f"{text!r} is not an integer.") from None
+def _after(text: str | None) -> int:
+    """``?after=``: the number of the last event the client has, 0 (none) when absent."""
+    after = 0 if text is None else whole_number(text)
+    if after is None:
+        raise BadRequest(f"Invalid value for 'after': {quoted(text or '')} is not a whole "
+                         "number.", param="after")
+    return after
 
 
 def _wait_s(text: str | None) -> float:
@@ -618,6 +620,6 @@ def _wait_s(text: str | None) -> float:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
         raise BadRequest(f"wait_s must be a number of seconds from 0 to {MAX_WAIT_S:g} (longer "
-                         f"is cut to {MAX_WAIT_S:g}); got {text!r}.", param="wait_s")
+                         f"is cut to {MAX_WAIT_S:g}); got {quoted(text)}.", param="wait_s")
     return min(seconds, MAX_WAIT_S)
 

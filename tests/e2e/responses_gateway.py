@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +123,26 @@ def sdk(upstreams: Upstreams, key: str) -> openai.OpenAI:
     """The official client, on the gateway, with ``key`` and no retries."""
     return openai.OpenAI(base_url=f"{upstreams.server.base_url}/v1", api_key=key,
                          max_retries=0)
+
+
+# Query values a list endpoint refuses, by parameter (OpenAI's limit is a whole number
+# from 1 to the endpoint's most; order asc or desc; after an item's id). The long ones
+# are kilobytes, which the 400 is not to repeat.
+REFUSED_PAGES = (("limit", "0"), ("limit", "101"), ("limit", " 5"), ("limit", "1_0"),
+                 ("limit", "9" * 8000), ("order", "up"), ("order", "o" * 8000),
+                 ("after", "a" * 8000))
+
+
+def assert_pages_refused(listed: Callable[..., object],
+                         refused: tuple[tuple[str, str], ...] = REFUSED_PAGES) -> None:
+    """Each of ``refused`` (a parameter and its value) in the query of ``listed`` (an SDK
+    list method, its other arguments given) is a 400 naming that parameter, whose
+    message shows at most the first few dozen characters of the value."""
+    for param, value in refused:
+        with pytest.raises(openai.BadRequestError) as bad:
+            listed(extra_query={param: value})
+        assert bad.value.body["param"] == param, (param, value)  # type: ignore[index]
+        assert len(bad.value.message) < 300, (param, len(bad.value.message))
 
 
 # The stores a module whose responses are kept runs on, once each.

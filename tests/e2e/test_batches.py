@@ -33,6 +33,7 @@ from .responses_gateway import (
     BOB,
     Upstreams,
     app_keys,
+    assert_pages_refused,
     responses_gateway,
     sdk,
     store_url,
@@ -294,6 +295,16 @@ def test_files_and_batches_are_their_owners_only(alice: openai.OpenAI,
     assert alice.files.delete(made.input_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         alice.files.retrieve(made.input_file_id)
+
+
+def test_a_bad_page_query_is_a_400_that_names_it(alice: openai.OpenAI) -> None:
+    # As the Responses API's lists: OpenAI's bounds (files: up to 10,000), the value shown
+    # cut short. An unknown ``after`` is no error here: the page after it is empty; a
+    # batch list has no ``order``.
+    long = ("limit", "9" * 8000)
+    assert_pages_refused(alice.batches.list, (("limit", "0"), ("limit", "101"), long))
+    assert_pages_refused(alice.files.list, (("limit", "0"), ("limit", "10001"), long,
+                                            ("order", "o" * 8000)))
 
 
 def test_a_line_in_flight_outlives_a_reload_that_drops_its_provider(

@@ -5,6 +5,7 @@ it refused."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk
+from .responses_gateway import (
+    ALICE,
+    BOB,
+    Upstreams,
+    app_keys,
+    assert_pages_refused,
+    responses_gateway,
+    sdk,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -95,6 +104,11 @@ def test_items_are_checked_as_input_is(alice: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as too_long:
         alice.conversations.create(metadata={"k": "v" * 513})
     assert too_long.value.body["param"] == "metadata"  # type: ignore[index]
+
+
+def test_a_bad_page_query_is_a_400_that_names_it(alice: openai.OpenAI) -> None:
+    conversation = alice.conversations.create(items=[{"role": "user", "content": "one"}])
+    assert_pages_refused(partial(alice.conversations.items.list, conversation.id))
 
 
 def test_an_empty_item_id_is_given_one(alice: openai.OpenAI) -> None:

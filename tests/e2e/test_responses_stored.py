@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from .responses_gateway import ALICE, BOB, Upstreams, app_keys, responses_gateway, sdk, store_url
+from .responses_gateway import (
+    ALICE,
+    BOB,
+    Upstreams,
+    app_keys,
+    assert_pages_refused,
+    responses_gateway,
+    sdk,
+    store_url,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -164,6 +174,19 @@ def test_retrieve_input_items_and_delete(alice: openai.OpenAI) -> None:
         alice.responses.delete(second.id)
     _not_found_as_previous(alice, second.id)
     assert alice.responses.retrieve(first.id).id == first.id  # its own record stays
+
+
+def test_a_bad_page_query_is_a_400_that_names_it(alice: openai.OpenAI) -> None:
+    # A value of kilobytes was repeated whole in the message; " 5" and "1_0", which int
+    # reads, were taken as 5 and 10.
+    kept = alice.responses.create(model="gpt", input="one")
+    assert_pages_refused(partial(alice.responses.input_items.list, kept.id))
+    with pytest.raises(openai.BadRequestError) as bad:
+        alice.responses.input_items.list(kept.id, extra_query={"limit": "9" * 8000})
+    assert bad.value.body == {  # type: ignore[comparison-overlap]
+        "message": f"Invalid value for 'limit': '{'9' * 64}'... (8000 characters) is not an "
+                   "integer from 1 to 100.",
+        "type": "invalid_request_error", "param": "limit", "code": "invalid_request"}
 
 
 def test_cancel_says_only_a_background_response_can_be(alice: openai.OpenAI) -> None:

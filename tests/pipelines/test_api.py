@@ -302,6 +302,23 @@ async def test_a_key_sees_only_its_own_executions(serve: Serve) -> None:
     assert (await served.http.get("/api/v1/costs/summary", headers=alice)).status_code == 403
 
 
+async def test_a_bad_list_query_is_a_400_that_names_it(serve: Serve) -> None:
+    # ``limit`` out of bounds was cut to them, and a bad value repeated whole (kilobytes)
+    # in a message that named no parameter.
+    served = await serve({"slow": SLOW})
+    started = await served.start("slow", {})
+    for path, param, value in (
+            ("/api/v1/executions", "limit", "0"), ("/api/v1/executions", "limit", "1001"),
+            ("/api/v1/executions", "limit", "9" * 8000), ("/api/v1/approvals", "limit", "-1"),
+            (f"/api/v1/executions/{started['id']}/events", "after", "a" * 8000)):
+        refused = await served.http.get(path, params={param: value})
+        assert refused.status_code == 400, (path, param, value)
+        error = refused.json()["error"]
+        assert error["param"] == param and len(error["message"]) < 200, error
+    listed = await served.http.get("/api/v1/executions", params={"limit": "1000"})
+    assert [item["id"] for item in listed.json()["data"]] == [started["id"]]
+
+
 ECHO_PIPELINE = """
 input: {type: object, required: [topic], properties: {topic: {type: string}}}
 steps:

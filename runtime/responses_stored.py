@@ -12,8 +12,9 @@ once, so a chain of n turns keeps n turns, not n²/2. Its whole input is read by
 the chain (``store.chain``: one round-trip, at most ``responses_chain_max_depth``
 records and ``responses_chain_max_bytes`` of them, else a 400), each record's key
 checked; a record not found on the way (expired, deleted) is a missing previous
-response. A record an older aigw kept has no ``previous`` and its whole conversation
-as items: a walk ends there, and reads it as it is. A response made in a
+response (``input_items`` lists the turns kept after it). A record an older aigw kept
+has no ``previous`` and its whole conversation as items: a walk ends there, and reads
+it as it is. A response made in a
 ``conversation`` does not repeat the conversation's items either (they are kept once,
 in the conversation, runtime/conversations.py): its record names the conversation (its
 response's ``conversation``) and the last item it held before the turn (``after``), and
@@ -153,14 +154,16 @@ async def _kept(live: Live, key: ApiKey, response_id: str) -> _Record:
 
 async def _chain(live: Live, key: ApiKey, response_id: str,
                  missing: Callable[[str | None], GatewayError],
-                 continuing: bool = False) -> list[_Record]:
+                 continuing: bool = False, whole: bool = True) -> list[_Record]:
     """The records of ``response_id`` and of the responses before it, oldest first, read
     in one round-trip (and a second for the items of the conversation the first was made
     in, which its record does not repeat); ``missing(why)`` is raised where one is not
     found for ``key`` (the first not kept, expired, deleted or another key's; the
     conversation's items gone), a 400 where the chain is
     over ``responses_chain_max_depth`` (counting the response that is ``continuing`` it)
-    or ``responses_chain_max_bytes``."""
+    or ``responses_chain_max_bytes``. Not ``whole``, only the first missing raises: an
+    earlier one missing ends the records there (the conversation's items gone, they are
+    left out)."""
     settings = live.graph.settings
     depth = settings.responses_chain_max_depth - continuing
     most = settings.responses_chain_max_bytes
@@ -174,6 +177,8 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
             break
         head = jsonio.loads(link.body)
         if _NOT_KEPT in head:
+            if records and not whole:
+                break
             raise missing(head[_NOT_KEPT])
         records.append(_Record(head, link.items))
     if not records:
@@ -193,10 +198,12 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
                          param=param)
     gone = found[len(records) - 1].previous  # where the walk stopped short of the start
     if gone is not None:
+        if not whole:
+            return records[::-1]
         raise missing(f"An earlier response of its conversation, '{gone}', is not kept "
                       "(expired or deleted).")
     first = records[-1]  # the chain's start: made in a conversation, its items come first
-    held = await _conversation_items(live, first, missing)
+    held = await _conversation_items(live, first, missing if whole else None)
     if held:
         if size + sum(map(len, held)) > most:
             raise too_large
@@ -205,10 +212,12 @@ async def _chain(live: Live, key: ApiKey, response_id: str,
 
 
 async def _conversation_items(live: Live, first: _Record,
-                              missing: Callable[[str | None], GatewayError]) -> tuple[bytes, ...]:
+                              missing: Callable[[str | None], GatewayError] | None,
+                              ) -> tuple[bytes, ...]:
     """The items of the conversation the first turn of a chain was made in, up to the one
     it started after (its record names it, ``_AFTER``); none where it names none (made in
-    no conversation, or an empty one; or kept by an older aigw, whose record holds them)."""
+    no conversation, or an empty one; or kept by an older aigw, whose record holds them).
+    Gone, ``missing(why)`` is raised (none where it is None)."""
     after = first.head.get(_AFTER)
     if after is None:
         return ()
@@ -216,6 +225,8 @@ async def _conversation_items(live: Live, first: _Record,
     store = await live.store.responses()
     held = await store.conversations().held(conversation, after)
     if held is None:
+        if missing is None:
+            return ()
         raise missing(f"The items of its conversation '{conversation}' are not kept "
                       f"(expired, or its item '{after}' deleted).")
     return held
@@ -352,10 +363,15 @@ async def input_items(live: Live, headers: Headers, response_id: str,
                       query: QueryParams) -> Response:
     """GET /v1/responses/{id}/input_items: a page of its input items, as OpenAI pages
     them (``order`` desc by default, ``limit`` 1 to 100, 20 by default, ``after`` an
-    item id; ``include`` is accepted and changes nothing)."""
+    item id; ``include`` is accepted and changes nothing). Where an earlier turn of its
+    conversation is gone (expired, deleted; or the conversation's items it was made
+    after), those kept are listed: the turns since and its own. A GET answers the
+    response, so a 404 here told an app it was gone; a continuation's input cannot go
+    without them, and refuses it (``previous_response_not_found``)."""
     key = authenticate(live.graph, headers)
     order, limit, after = page_query(query)  # checked before the store is read
-    records = await _chain(live, key, response_id, partial(_not_found, response_id))
+    records = await _chain(live, key, response_id, partial(_not_found, response_id),
+                           whole=False)
     return JSONBody(items_page(_input_lines(records), order, limit, after, response_id))
 
 

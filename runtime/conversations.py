@@ -27,11 +27,20 @@ out, whether or not the response itself is kept (``store``). The output is added
 where it takes the conversation past its bounds (by one answer at most: the next turn
 is refused), rather than leaving the conversation without the turn its app was given.
 A turn the store cannot take (down, or the conversation deleted meanwhile) is answered
-and not added, logged, as a response not kept is. The response's own record (``store``)
-holds its new input items and names the conversation's last item before it, rather
-than repeating the conversation (runtime/responses_stored.py): a record of each turn
-of a long conversation grew with it, n²/2 in all, until one was over
-``responses_max_bytes``.
+and not added, logged, as a response not kept is. The ids the app gave its input items
+are claimed in the conversation before the turn goes upstream (``claim``): two turns at
+once giving one id met only when the second was added, after it was answered and billed,
+and it was left out, logged. The second is now a 409 before its call, as adding an id the
+conversation holds is a 400: an id names one item. A 409, not the 400, as the first turn
+may yet fail and free the id: the official SDKs retry a 409, and find the id added (the
+400) or free. The claim ends when the turn is added or ends short (failed, cancelled,
+refused), or lapses after ``reservation_ttl_s`` (a gateway stopped mid-turn; a turn
+longer than that may see its id taken, and is then not added, logged, as before).
+
+The response's own record (``store``) holds its new input items and names the
+conversation's last item before it, rather than repeating the conversation
+(runtime/responses_stored.py): a record of each turn of a long conversation grew with
+it, n²/2 in all, until one was over ``responses_max_bytes``.
 """
 
 from __future__ import annotations
@@ -40,8 +49,10 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -51,7 +62,7 @@ from aigw.compiler.graph import ApiKey, Settings
 
 from . import jsonio
 from .auth import authenticate
-from .errors import BadRequest, NotFound, StoreUnavailable
+from .errors import BadRequest, Conflict, NotFound, StoreUnavailable, quoted
 from .incoming import read_body
 from .jsonio import JSONBody
 from .live import Live
@@ -61,7 +72,8 @@ from .store.conversations import Bounds, ConversationStore, KeptConversation
 
 log = logging.getLogger("aigw.responses")
 
-__all__ = ["add_turn", "conversation_routes", "in_conversation"]
+__all__ = ["Claim", "add_turn", "claim", "conversation_routes", "in_conversation",
+           "release"]
 
 MAX_ADDED = 20  # items one request may add, as OpenAI's
 _ID_BYTES = 48  # more than the id and status a new item is given, kept
@@ -295,21 +307,73 @@ async def in_conversation(live: Live, key: ApiKey, request: ResponsesRequest,
     return request.model_copy(update={"input": [*items, *request.input]}), earlier
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The ids the app gave a turn's input items, held in its conversation under
+    ``token`` while the turn runs."""
+
+    conversation: str
+    ids: tuple[str, ...]
+    token: str
+
+
+async def claim(live: Live, request: ResponsesRequest) -> Claim | None:
+    """Hold the ids the app gave ``request``'s own input items (``in_conversation`` found
+    none in the conversation) until its turn is added or ``release``d; None where it gave
+    none (no store call). A 409 where another turn in flight holds one."""
+    conversation_id = request.conversation
+    assert conversation_id is not None
+    ids = tuple(item.id for item in request.input if item.id)
+    if not ids:
+        return None
+    held = Claim(conversation_id, ids, secrets.token_hex(12))
+    outcome = await (await _store(live)).claim(conversation_id, ids, held.token,
+                                               live.graph.settings.reservation_ttl_s)
+    shown = ", ".join(map(quoted, ids[:3])) + (", ..." if len(ids) > 3 else "")
+    if outcome == "gone":
+        raise _not_found(conversation_id, "conversation")
+    if outcome == "duplicate":  # added since it was read
+        raise BadRequest(f"Invalid value for 'input': an id of its items ({shown}) names "
+                         "another item of the conversation already.", param="input")
+    if outcome == "in_flight":
+        raise Conflict(f"Invalid value for 'input': an id of its items ({shown}) names an "
+                       f"item of another turn of conversation '{conversation_id}' in "
+                       "progress. Retry once it has ended, or give the item another id.",
+                       param="input")
+    return held
+
+
+async def release(live: Live, held: Claim | None) -> None:
+    """End ``held`` (a turn that adds nothing); where the store cannot, it lapses. Shielded:
+    a turn cut by its client releases too."""
+    if held is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await (await _store(live)).release(held.conversation, held.ids, held.token)
+        except StoreUnavailable as exc:
+            log.warning("the ids %s of conversation %s not released (they lapse): %s",
+                        held.ids, held.conversation, exc)
+
+
 async def add_turn(live: Live, conversation_id: str, response: dict[str, Any],
-                   lines: list[bytes]) -> None:
+                   lines: list[bytes], held: Claim | None = None) -> None:
     """Add a response's new input items (``lines``, as kept, each with its id) and its
-    output items to its conversation; a turn not added is logged (the answer is not
-    failed for it: it was made, and billed)."""
+    output items to its conversation (their ids ``held`` by the turn, if it gave any); a
+    turn not added is logged (the answer is not failed for it: it was made, and
+    billed)."""
     items = [(jsonio.loads(line)["id"], line) for line in lines]
     items += [(item["id"], jsonio.dumps(item)) for item in response["output"]]
     try:
         added = await (await _store(live)).add(conversation_id, items,
-                                               live.graph.settings.responses_ttl_s, None)
+                                               live.graph.settings.responses_ttl_s, None,
+                                               held.token if held else "")
     except StoreUnavailable as exc:
         log.warning("response %s not added to conversation %s: %s", response["id"],
                     conversation_id, exc)
         return
     if added != "added":
+        await release(live, held)
         log.warning("response %s not added to conversation %s: %s", response["id"],
                     conversation_id, "it is gone" if added == "gone"
                     else "an item's id is in it already")

@@ -42,7 +42,7 @@ from aigw.compiler.graph import ApiKey
 from . import jsonio
 from .admission import check_route_allowed
 from .chat import Served, resolve_route
-from .conversations import add_turn, in_conversation
+from .conversations import Claim, add_turn, claim, in_conversation, release
 from .errors import GatewayError, RateLimited, UpstreamRateLimited, params_renamed
 from .exchange import Exchange
 from .jsonio import JSONBody
@@ -79,31 +79,44 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     # (up to megabytes), as they need none of it. Cedar and the limits count its tokens,
     # so they are asked after (exchange.open).
     check_route_allowed(key, resolve_route(live.graph, asked.model))
-    request, earlier = await (continued(live, key, asked) if asked.conversation is None
-                              else in_conversation(live, key, asked))
-    await exchange.open(key, to_chat_request(request))
-    if not request.stream:
-        served, answer = await exchange.complete_as(
-            lambda served, result: response_body(served, result, echo))
-        await _kept(live, key, asked, answer, kept_items(request, earlier, _ids(served).hex),
-                    len(earlier))
-        return JSONBody(answer, headers=exchange.answer_headers(served))
-    served, deltas = await exchange.stream()
-    encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
-    headers = exchange.answer_headers(served)
-    events = encoded_events(encoder, deltas, live, record)
-    if asked.store is not False or asked.conversation is not None:
-        items = kept_items(request, earlier, _ids(served).hex)
-        events = _kept_at_end(events, encoder, lambda final: _kept(
-            live, key, asked, final, items, len(earlier)))
-    return await settled_stream(events, headers)
+    held: Claim | None = None
+    if asked.conversation is None:
+        request, earlier = await continued(live, key, asked)
+    else:
+        request, earlier = await in_conversation(live, key, asked)
+        held = await claim(live, asked)  # before the limits and the call: a 409 costs nothing
+    handed = False  # whether the claim is the answer's to end (_kept), else this one's
+    try:
+        await exchange.open(key, to_chat_request(request))
+        if not request.stream:
+            served, answer = await exchange.complete_as(
+                lambda served, result: response_body(served, result, echo))
+            handed = True
+            await _kept(live, key, asked, answer,
+                        kept_items(request, earlier, _ids(served).hex), len(earlier), held)
+            return JSONBody(answer, headers=exchange.answer_headers(served))
+        served, deltas = await exchange.stream()
+        encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
+        headers = exchange.answer_headers(served)
+        events = encoded_events(encoder, deltas, live, record)
+        if asked.store is not False or asked.conversation is not None:
+            items = kept_items(request, earlier, _ids(served).hex)
+            events = _kept_at_end(events, encoder, lambda final: _kept(
+                live, key, asked, final, items, len(earlier), held))
+        streamed = await settled_stream(events, headers)  # started: it ends the claim
+        handed = True
+        return streamed
+    finally:
+        if not handed:  # refused, failed or cut before its answer: nothing is added
+            await release(live, held)
 
 
 async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict[str, Any],
-                items: list[bytes], earlier: int) -> None:
+                items: list[bytes], earlier: int, held: Claim | None = None) -> None:
     """The response kept (unless ``store: false``), and its turn added to its
     ``conversation``: ``items`` are its input items as kept, the first ``earlier`` of
-    them the conversation's (or the previous response's) own."""
+    them the conversation's (or the previous response's) own; ``held``, the ids of its
+    own that it claimed there, are added with them or released."""
     if asked.store is not False:  # a continuation keeps its own items, after its previous's
         # or its conversation's (up to the last it held, read from there: kept once)
         previous = asked.previous_response_id
@@ -112,7 +125,9 @@ async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict
         await keep(live, key, asked.model, response,
                    items[earlier:] if previous or after else items, previous, after)
     if asked.conversation is not None and response["status"] not in _ENDED_SHORT:
-        await add_turn(live, asked.conversation, response, items[earlier:])
+        await add_turn(live, asked.conversation, response, items[earlier:], held)
+    else:
+        await release(live, held)
 
 
 async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncoder,

@@ -12,7 +12,11 @@ alone for ``ttl_s`` is forgotten whole. Deleting one forgets it at once and leav
 items to that expiry (OpenAI deletes a conversation's items apart): the responses made
 in it are rebuilt from them. ``add`` checks the bounds and the ids in the
 same step that writes (one SQLite job, one Lua script), so that two writers at once
-cannot take a conversation past its bounds or give two items one id. Failures are
+cannot take a conversation past its bounds or give two items one id. A turn in flight
+(``conversation`` on /v1/responses) whose input items have the app's ids ``claim``s them
+first, under a token of its own, for ``lease_s``: another turn, or items added meanwhile,
+cannot take them (``in_flight``, ``duplicate``), and the turn's own ``add`` (with its
+token) turns its claims into items, or ``release`` drops them. Failures are
 ``StoreUnavailable``, as the response store's are.
 """
 
@@ -35,8 +39,12 @@ if TYPE_CHECKING:
     from .stored_responses import RedisResponses
 
 # What adding items came to: written; no such conversation (never made, expired,
-# deleted); over a bound; an id already in the conversation.
+# deleted); over a bound; an id already in the conversation (or claimed by a turn in
+# flight).
 Added = Literal["added", "gone", "full", "duplicate"]
+# What claiming ids came to: claimed; no such conversation; an id in the conversation
+# already; an id claimed by another turn in flight.
+Claimed = Literal["claimed", "gone", "duplicate", "in_flight"]
 Item = tuple[str, bytes]  # an item's id and its JSON object
 
 SCHEMA = """
@@ -58,10 +66,20 @@ CREATE TABLE IF NOT EXISTS conversation_items (
     body         BLOB NOT NULL,
     PRIMARY KEY (conversation, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS conversation_item_ids ON conversation_items (conversation, id)
+CREATE UNIQUE INDEX IF NOT EXISTS conversation_item_ids ON conversation_items (conversation, id);
+CREATE TABLE IF NOT EXISTS conversation_claims (
+    conversation TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    token        TEXT NOT NULL,
+    expires_at   REAL NOT NULL,
+    PRIMARY KEY (conversation, id)
+) WITHOUT ROWID
 """
 _ADDED: Mapping[bytes, Added] = MappingProxyType({
     b"added": "added", b"gone": "gone", b"full": "full", b"duplicate": "duplicate"})
+_CLAIMED: Mapping[bytes, Claimed] = MappingProxyType({
+    b"claimed": "claimed", b"gone": "gone", b"duplicate": "duplicate",
+    b"in_flight": "in_flight"})
 _CHUNK = 500  # ids a statement names, well under SQLite's bound on parameters
 
 
@@ -112,9 +130,20 @@ class ConversationStore(Protocol):
         ...
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
-                  bounds: Bounds | None) -> Added:
+                  bounds: Bounds | None, token: str = "") -> Added:
         """Append ``items`` unless that takes it past ``bounds`` (None: not checked), or
-        one of their ids is in it already or given twice (``"duplicate"``)."""
+        one of their ids is in it already, given twice or claimed under another token
+        than ``token`` (``"duplicate"``); ``token``'s claims of their ids end."""
+        ...
+
+    async def claim(self, conversation_id: str, ids: Sequence[str], token: str,
+                    lease_s: float) -> Claimed:
+        """Hold ``ids`` (none in it, nor claimed by another token) for the items of a
+        turn in flight, until ``token``'s ``add`` or ``release``, or ``lease_s``."""
+        ...
+
+    async def release(self, conversation_id: str, ids: Sequence[str], token: str) -> None:
+        """End ``token``'s claims of ``ids`` (a turn that added nothing)."""
         ...
 
     async def item(self, conversation_id: str, item_id: str) -> bytes | None:
@@ -159,12 +188,21 @@ class SQLiteConversations:
         return await self._db.call(partial(_delete, conversation_id, self._clock()))
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
-                  bounds: Bounds | None) -> Added:
+                  bounds: Bounds | None, token: str = "") -> Added:
         if _repeated(items):
             return "duplicate"
         now = self._clock()
         return await self._db.call(partial(_add, conversation_id, now, now + ttl_s,
-                                           tuple(items), bounds))
+                                           tuple(items), bounds, token))
+
+    async def claim(self, conversation_id: str, ids: Sequence[str], token: str,
+                    lease_s: float) -> Claimed:
+        now = self._clock()
+        return await self._db.call(partial(_claim, conversation_id, tuple(ids), token, now,
+                                           now + lease_s))
+
+    async def release(self, conversation_id: str, ids: Sequence[str], token: str) -> None:
+        await self._db.call(partial(_release, conversation_id, tuple(ids), token))
 
     async def item(self, conversation_id: str, item_id: str) -> bytes | None:
         return await self._db.call(partial(_item, conversation_id, item_id, self._clock()),
@@ -193,6 +231,7 @@ def purge(now: float, connection: sqlite3.Connection) -> None:
     connection.execute("DELETE FROM conversation_items WHERE conversation IN "
                        "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
     connection.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+    connection.execute("DELETE FROM conversation_claims WHERE expires_at <= ?", (now,))
 
 
 def _insert_items(conversation_id: str, first: int, items: tuple[Item, ...],
@@ -243,7 +282,7 @@ def _delete(conversation_id: str, now: float, connection: sqlite3.Connection) ->
 
 
 def _add(conversation_id: str, now: float, expires_at: float, items: tuple[Item, ...],
-         bounds: Bounds | None, connection: sqlite3.Connection) -> Added:
+         bounds: Bounds | None, token: str, connection: sqlite3.Connection) -> Added:
     row = connection.execute("SELECT items, bytes FROM conversations WHERE id = ? AND "
                              "expires_at > ? AND deleted = 0", (conversation_id, now)).fetchone()
     if row is None:
@@ -253,20 +292,57 @@ def _add(conversation_id: str, now: float, expires_at: float, items: tuple[Item,
                                or size + _size(items) > bounds.bytes):
         return "full"
     ids = [item_id for item_id, _ in items]
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        if connection.execute(
-                "SELECT 1 FROM conversation_items WHERE conversation = ? AND id IN "
-                f"({', '.join('?' * len(chunk))}) LIMIT 1",
-                (conversation_id, *chunk)).fetchone() is not None:
-            return "duplicate"
+    if (_any_of(connection, "conversation_items", conversation_id, ids)
+            or _any_of(connection, "conversation_claims", conversation_id, ids,
+                       "AND expires_at > ? AND token != ?", (now, token))):
+        return "duplicate"
     (first,) = connection.execute("SELECT ifnull(max(seq), -1) + 1 FROM conversation_items "
                                   "WHERE conversation = ?", (conversation_id,)).fetchone()
     _insert_items(conversation_id, first, items, connection)
     connection.execute("UPDATE conversations SET items = items + ?, bytes = bytes + ?, "
                        "expires_at = ? WHERE id = ?",
                        (len(items), _size(items), expires_at, conversation_id))
+    if token:
+        _release(conversation_id, tuple(ids), token, connection)
     return "added"
+
+
+def _any_of(connection: sqlite3.Connection, table: str, conversation_id: str,
+            ids: Sequence[str], more: str = "", values: tuple[object, ...] = ()) -> bool:
+    """Whether ``table`` has a row of the conversation with one of ``ids`` (``more``: a
+    condition on it, with its ``values``)."""
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        if connection.execute(
+                f"SELECT 1 FROM {table} WHERE conversation = ? AND id IN "
+                f"({', '.join('?' * len(chunk))}) {more} LIMIT 1",
+                (conversation_id, *chunk, *values)).fetchone() is not None:
+            return True
+    return False
+
+
+def _claim(conversation_id: str, ids: tuple[str, ...], token: str, now: float,
+           expires_at: float, connection: sqlite3.Connection) -> Claimed:
+    if connection.execute("SELECT 1 FROM conversations WHERE id = ? AND expires_at > ? AND "
+                          "deleted = 0", (conversation_id, now)).fetchone() is None:
+        return "gone"
+    if _any_of(connection, "conversation_items", conversation_id, ids):
+        return "duplicate"
+    if _any_of(connection, "conversation_claims", conversation_id, ids,
+               "AND expires_at > ?", (now,)):
+        return "in_flight"
+    connection.executemany(  # over a lapsed claim of another turn
+        "INSERT OR REPLACE INTO conversation_claims (conversation, id, token, expires_at) "
+        "VALUES (?, ?, ?, ?)", [(conversation_id, item_id, token, expires_at)
+                                for item_id in ids])
+    return "claimed"
+
+
+def _release(conversation_id: str, ids: tuple[str, ...], token: str,
+             connection: sqlite3.Connection) -> None:
+    connection.executemany("DELETE FROM conversation_claims WHERE conversation = ? AND id = ? "
+                           "AND token = ?", [(conversation_id, item_id, token)
+                                             for item_id in ids])
 
 
 def _item(conversation_id: str, item_id: str, now: float,
@@ -313,29 +389,70 @@ def _repeated(items: Sequence[Item]) -> bool:
     return len({item_id for item_id, _ in items}) < len(items)
 
 
-# KEYS: the conversation's hash, its ids (a list, in order), its items (a hash by id).
+# KEYS: the conversation's hash, its ids (a list, in order), its items (a hash by id),
+# the claims of turns in flight (a hash: id -> "<lease end, Unix ms>:<token>").
 _EXPIRE = "for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end\n"
-# ARGV: ttl in ms, most items and bytes (0: unbounded), then an id and a body per item.
-ADD = """
+# Whether ``id`` is claimed by another token than ``token`` whose lease has not ended
+_CLAIMED_BY_ANOTHER = """
+local function claimed(id, token)
+  local held = redis.call('HGET', KEYS[4], id)
+  if not held then return false end
+  local ends, by = string.match(held, '^(%d+):(.*)$')
+  local now = redis.call('TIME')
+  return by ~= token and tonumber(ends) > now[1] * 1000 + math.floor(now[2] / 1000)
+end
+"""
+# ARGV: ttl in ms, most items and bytes (0: unbounded), the token whose claims the items
+# are ('' for none), then an id and a body per item.
+ADD = _CLAIMED_BY_ANOTHER + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
-local ttl, added = ARGV[1], 0
-for i = 4, #ARGV, 2 do
+local ttl, token, added = ARGV[1], ARGV[4], 0
+local claims = redis.call('EXISTS', KEYS[4]) == 1
+for i = 5, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then return 'duplicate' end
+  if claims and claimed(ARGV[i], token) then return 'duplicate' end
   added = added + #ARGV[i + 1]
 end
 local most_items, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-if most_items > 0 and redis.call('HLEN', KEYS[3]) + (#ARGV - 3) / 2 > most_items then
+if most_items > 0 and redis.call('HLEN', KEYS[3]) + (#ARGV - 4) / 2 > most_items then
   return 'full'
 end
 if most_bytes > 0 and tonumber(redis.call('HGET', KEYS[1], 'bytes')) + added > most_bytes then
   return 'full'
 end
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   redis.call('RPUSH', KEYS[2], ARGV[i])
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  if claims then redis.call('HDEL', KEYS[4], ARGV[i]) end  -- an item now, or lapsed
 end
 redis.call('HINCRBY', KEYS[1], 'bytes', added)
 """ + _EXPIRE + "return 'added'\n"
+# ARGV: the lease in ms, the token, then the ids.
+CLAIM = _CLAIMED_BY_ANOTHER + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+for i = 3, #ARGV do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then return 'duplicate' end
+  if claimed(ARGV[i], ARGV[2]) then return 'in_flight' end
+end
+local now = redis.call('TIME')
+local held = string.format('%d:%s', now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[1],
+                           ARGV[2])
+for i = 3, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], held) end
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[4], ARGV[1])  -- kept as long as its longest lease
+end
+return 'claimed'
+"""
+# ARGV: the token, then the ids.
+RELEASE = """
+for i = 2, #ARGV do
+  local held = redis.call('HGET', KEYS[4], ARGV[i])
+  if held and string.match(held, '^%d+:(.*)$') == ARGV[1] then
+    redis.call('HDEL', KEYS[4], ARGV[i])
+  end
+end
+return 1
+"""
 # ARGV: the item's id, ttl in ms.
 REMOVE = """
 local ttl = ARGV[2]
@@ -387,7 +504,8 @@ return out
 class RedisConversations:
     """``ConversationStore`` on the responses' Redis client: ``<namespace>:conversation:
     <id>`` (a hash: key, created_at, metadata, bytes), ``...:ids`` and ``...:items``, all
-    three expiring together. Failures and rests are the response store's."""
+    three expiring together, and ``...:claims`` (expiring with its longest lease).
+    Failures and rests are the response store's."""
 
     def __init__(self, responses: RedisResponses, namespace: str = "aigw") -> None:
         self._responses = responses
@@ -398,15 +516,17 @@ class RedisConversations:
         self._update = self._redis.register_script(UPDATE)
         self._read = self._redis.register_script(READ)
         self._held = self._redis.register_script(HELD)
+        self._claim = self._redis.register_script(CLAIM)
+        self._release = self._redis.register_script(RELEASE)
 
     def _keys(self, conversation_id: str) -> list[str]:
         name = self._prefix + conversation_id
-        return [name, f"{name}:ids", f"{name}:items"]
+        return [name, f"{name}:ids", f"{name}:items", f"{name}:claims"]
 
     async def create(self, conversation_id: str, key: str, created_at: int, metadata: bytes,
                      items: Sequence[Item], ttl_s: float) -> None:
         self._responses.check()
-        head, ids, bodies = self._keys(conversation_id)
+        head, ids, bodies, _ = self._keys(conversation_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(head, mapping={"key": key, "created_at": created_at,
@@ -448,18 +568,26 @@ class RedisConversations:
             raise self._responses.failed(exc) from exc
 
     async def add(self, conversation_id: str, items: Sequence[Item], ttl_s: float,
-                  bounds: Bounds | None) -> Added:
+                  bounds: Bounds | None, token: str = "") -> Added:
         if _repeated(items):
             return "duplicate"
         pairs = [part for item in items for part in item]
         outcome = await self._script(
             self._add, conversation_id, _ms(ttl_s), bounds.items if bounds else 0,
-            bounds.bytes if bounds else 0, *pairs)
+            bounds.bytes if bounds else 0, token, *pairs)
         return _ADDED[outcome if isinstance(outcome, bytes) else b""]
+
+    async def claim(self, conversation_id: str, ids: Sequence[str], token: str,
+                    lease_s: float) -> Claimed:
+        outcome = await self._script(self._claim, conversation_id, _ms(lease_s), token, *ids)
+        return _CLAIMED[outcome if isinstance(outcome, bytes) else b""]
+
+    async def release(self, conversation_id: str, ids: Sequence[str], token: str) -> None:
+        await self._script(self._release, conversation_id, token, *ids)
 
     async def item(self, conversation_id: str, item_id: str) -> bytes | None:
         self._responses.check()
-        head, _, bodies = self._keys(conversation_id)
+        head, _, bodies, _ = self._keys(conversation_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(head)

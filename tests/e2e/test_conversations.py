@@ -5,6 +5,9 @@ it refused."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -153,6 +156,65 @@ def test_two_turns_through_responses(alice: openai.OpenAI, upstreams: Upstreams)
     assert listed.data[2].id == first.output[0].id  # an output item keeps its id
     # The response kept (store) lists the conversation before it as its input.
     assert len(alice.responses.input_items.list(events[-1].response.id).data) == 4
+
+
+def _in_flight(upstreams: Upstreams, turn: Callable[[], object]) -> Future[object]:
+    """``turn`` started on a thread and held by the upstream (a second) once it is there."""
+    asked = len(upstreams.gpt.script.requests)
+    upstreams.gpt.script.actions.append(Action(delay_s=1.0))
+    started = ThreadPoolExecutor(max_workers=1).submit(turn)
+    deadline = time.monotonic() + 10
+    while len(upstreams.gpt.script.requests) == asked:
+        assert time.monotonic() < deadline and not started.done(), started
+        time.sleep(0.01)
+    return started
+
+
+def test_an_item_id_a_turn_in_flight_gave_is_refused_before_the_call(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Two turns at once giving one item id: the second was answered and billed, then left
+    out of the conversation (a log line said so). It is a 409 before its call now; the
+    first is added; once it is, the id is the 400 of an id the conversation holds."""
+    conversation = alice.conversations.create()
+    mine = [{"role": "user", "content": "hello", "id": "msg_mine"}]
+    first = _in_flight(upstreams, lambda: alice.responses.create(
+        model="gpt", input=mine, conversation=conversation.id))
+    asked = len(upstreams.gpt.script.requests)
+    for stream in (False, True):
+        with pytest.raises(openai.ConflictError) as busy:
+            alice.responses.create(model="gpt", input=mine, conversation=conversation.id,
+                                   stream=stream)
+        assert busy.value.body == {  # type: ignore[comparison-overlap]
+            "message": "Invalid value for 'input': an id of its items ('msg_mine') names an "
+                       f"item of another turn of conversation '{conversation.id}' in "
+                       "progress. Retry once it has ended, or give the item another id.",
+            "type": "invalid_request_error", "param": "input", "code": "conflict"}
+    with pytest.raises(openai.BadRequestError):  # nor added beside it
+        alice.conversations.items.create(conversation.id, items=mine)
+    assert len(upstreams.gpt.script.requests) == asked  # no call went out
+    first.result(timeout=10)
+    assert _said(alice.conversations.items.list(conversation.id, order="asc").data) == [
+        ("user", "hello"), ("assistant", "fake-openai: hello")]
+    with pytest.raises(openai.BadRequestError) as held:
+        alice.responses.create(model="gpt", input=mine, conversation=conversation.id)
+    assert held.value.body["param"] == "input.0.id"  # type: ignore[index]
+
+
+def test_a_turn_that_adds_nothing_frees_its_item_ids(
+        alice: openai.OpenAI, upstreams: Upstreams) -> None:
+    # Failed upstream, whole or streamed: the id is free again, and the next turn takes it
+    conversation = alice.conversations.create()
+    mine = [{"role": "user", "content": "hello", "id": "msg_free"}]
+    upstreams.gpt.script.actions.append(Action(status=400))
+    with pytest.raises(openai.BadRequestError):
+        alice.responses.create(model="gpt", input=mine, conversation=conversation.id)
+    upstreams.gpt.script.actions.append(Action(cut_stream_after=2))
+    events = list(alice.responses.create(model="gpt", input=mine, stream=True,
+                                         conversation=conversation.id))
+    assert events[-1].type == "response.failed"
+    alice.responses.create(model="gpt", input=mine, conversation=conversation.id)
+    assert alice.conversations.items.list(conversation.id, order="asc").data[0].id == \
+        "msg_free"
 
 
 def test_a_failed_response_adds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -> None:

@@ -123,6 +123,40 @@ async def test_bounds_and_ids_are_checked_as_items_are_added(
     assert kept is not None and kept.items == (b"12345", b"1")
 
 
+async def test_ids_claimed_by_a_turn_in_flight_are_its_own(
+        conversations: ConversationStore) -> None:
+    await conversations.create("conv_1", "alice", 1700, b"{}", [("a", b"1")], ttl_s=60)
+    assert await conversations.claim("conv_1", ["a"], "t1", 60) == "duplicate"
+    assert await conversations.claim("conv_1", ["b", "c"], "t1", 60) == "claimed"
+    assert await conversations.claim("conv_1", ["c"], "t2", 60) == "in_flight"
+    # Nor added by another (the items API: no token), nor by another turn
+    assert await conversations.add("conv_1", [("c", b"2")], 60, WIDE) == "duplicate"
+    assert await conversations.add("conv_1", [("b", b"2")], 60, WIDE, "t2") == "duplicate"
+    assert await conversations.add("conv_1", [("b", b"2"), ("x", b"3")], 60, WIDE,
+                                   "t1") == "added"  # its claim of "b" is an item now
+    assert await conversations.claim("conv_1", ["b"], "t2", 60) == "duplicate"
+    await conversations.release("conv_1", ["c"], "t2")  # another's: changes nothing
+    assert await conversations.claim("conv_1", ["c"], "t2", 60) == "in_flight"
+    await conversations.release("conv_1", ["c"], "t1")
+    assert await conversations.claim("conv_1", ["c"], "t2", 60) == "claimed"
+    assert await conversations.claim("conv_9", ["c"], "t2", 60) == "gone"
+    kept = await conversations.get("conv_1", items=True)
+    assert kept is not None and kept.items == (b"1", b"2", b"3")
+
+
+async def test_a_claim_lapses_after_its_lease(responses: ResponseStore,
+                                              clock: ManualClock) -> None:
+    # A gateway stopped mid-turn releases nothing: its claims end with their lease
+    conversations = responses.conversations()
+    await conversations.create("conv_1", "alice", 1700, b"{}", [], ttl_s=60)
+    assert await conversations.claim("conv_1", ["a"], "t1", 0.2) == "claimed"
+    assert await conversations.claim("conv_1", ["a"], "t2", 0.2) == "in_flight"
+    clock.advance(0.3)  # the embedded store's clock; Redis's own (TIME) is waited for
+    if isinstance(responses, RedisResponses):
+        await asyncio.sleep(0.3)
+    assert await conversations.add("conv_1", [("a", b"1")], 60, WIDE) == "added"
+
+
 async def test_sqlite_expires_and_purges_them(tmp_path: Path, clock: ManualClock) -> None:
     store = await SQLiteResponses.open(tmp_path / "aigw-responses.sqlite", clock=clock.now)
     conversations = store.conversations()

@@ -46,6 +46,7 @@ it, n²/2 in all, until one was over ``responses_max_bytes``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -76,6 +77,10 @@ __all__ = ["Claim", "add_turn", "claim", "conversation_routes", "in_conversation
            "release"]
 
 MAX_ADDED = 20  # items one request may add, as OpenAI's
+# The ids this gateway gives conversations (``_create``): any other names none. Looked up,
+# "<id>:ids" and "<id>:items" were in Redis another conversation's own keys, of another
+# type: a 503 (or a 500) where there is nothing to find.
+_CONVERSATION_ID = re.compile(r"conv_[0-9a-f]{48}")
 _ID_BYTES = 48  # more than the id and status a new item is given, kept
 
 
@@ -154,6 +159,8 @@ async def _owned(live: Live, key: ApiKey, conversation_id: str, param: str = "co
                  items: bool = False) -> KeptConversation:
     """The conversation if ``key`` may read it (its own, or any for an admin key); its
     items, if asked for, are read once that is known."""
+    if _CONVERSATION_ID.fullmatch(conversation_id) is None:
+        raise _not_found(conversation_id, param)
     kept = await (await _store(live)).get(conversation_id, items=items,
                                           owner=None if key.admin else key.name)
     if kept is None or (kept.key != key.name and not key.admin):

@@ -255,6 +255,23 @@ def test_another_key_finds_nothing(alice: openai.OpenAI, upstreams: Upstreams) -
     assert _said(alice.conversations.items.list(mine.id).data) == [("user", "mine")]
 
 
+def test_an_id_not_of_a_conversation_finds_none(alice: openai.OpenAI) -> None:
+    # In Redis "<id>:ids" and "<id>:items" are the conversation's other keys: reading
+    # them as one was a 503 that quoted Redis's WRONGTYPE error, or a 500.
+    made = alice.conversations.create(
+        items=[{"role": "user", "content": "one", "id": "key"},
+               {"role": "user", "content": "two", "id": "created_at"}])
+    for suffix in (":ids", ":items"):
+        with pytest.raises(openai.NotFoundError):
+            alice.conversations.retrieve(made.id + suffix)
+        with pytest.raises(openai.NotFoundError):
+            alice.conversations.items.list(made.id + suffix)
+        with pytest.raises(openai.NotFoundError) as turn:
+            alice.responses.create(model="gpt", input="hi", conversation=made.id + suffix)
+        assert turn.value.body["param"] == "conversation"  # type: ignore[index]
+    assert len(alice.conversations.items.list(made.id).data) == 2
+
+
 def test_a_model_the_key_cannot_call_is_refused_before_the_store_is_read(
         alice: openai.OpenAI) -> None:
     # Neither the conversation nor the previous response is looked up (either may be

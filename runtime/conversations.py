@@ -152,7 +152,7 @@ async def _body(request: Request, live: Live, model: type[W]) -> W:
 
 
 def _not_found(conversation_id: str, param: str = "conversation_id") -> NotFound:
-    return NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
+    return NotFound(f"Conversation with id {quoted(conversation_id)} not found.", param=param)
 
 
 async def _owned(live: Live, key: ApiKey, conversation_id: str, param: str = "conversation_id",
@@ -181,7 +181,7 @@ def _new_items(items: Sequence[Any], given: set[str] | None = None) -> list[tupl
     seen = set(given or ())
     for number, item in enumerate(items):
         if item.id in seen:
-            raise BadRequest(f"Invalid value for 'items.{number}.id': '{item.id}' names "
+            raise BadRequest(f"Invalid value for 'items.{number}.id': {quoted(item.id)} names "
                              "another item already.", param=f"items.{number}.id")
         item_id = item.id or f"{ID_PREFIX[item.type]}_{hex_id}_{number}"
         seen.add(item_id)
@@ -269,7 +269,7 @@ async def _item(request: Request) -> Response:
     key = authenticate(live.graph, request.headers)
     kept = await _owned(live, key, conversation_id)
     store = await _store(live)
-    missing = NotFound(f"Item with id '{item_id}' not found in conversation "
+    missing = NotFound(f"Item with id {quoted(item_id)} not found in conversation "
                        f"'{conversation_id}'.", param="item_id")
     if request.method == "GET":
         body = await store.item(conversation_id, item_id)
@@ -300,7 +300,7 @@ async def in_conversation(live: Live, key: ApiKey, request: ResponsesRequest,
     for number, item in enumerate(request.input):
         if item.id is not None:
             if item.id in held:
-                raise BadRequest(f"Invalid value for 'input.{number}.id': '{item.id}' names "
+                raise BadRequest(f"Invalid value for 'input.{number}.id': {quoted(item.id)} names "
                                  "another item of the conversation already.",
                                  param=f"input.{number}.id")
             held.add(item.id)

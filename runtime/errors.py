@@ -157,7 +157,7 @@ class PreviousResponseNotFound(BadRequest):
     code = "previous_response_not_found"
 
     def __init__(self, response_id: str, why: str | None = None) -> None:
-        super().__init__(f"Previous response with id '{response_id}' not found."
+        super().__init__(f"Previous response with id {quoted(response_id)} not found."
                          + (f" {why}" if why else ""), param="previous_response_id")
 
 

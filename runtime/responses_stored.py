@@ -326,7 +326,8 @@ async def keep(live: Live, key: ApiKey, route: str, response: dict[str, Any],
 
 
 def _not_found(response_id: str, why: str | None = None) -> NotFound:
-    return NotFound(f"Response with id '{response_id}' not found." + (f" {why}" if why else ""),
+    return NotFound(f"Response with id {quoted(response_id)} not found."
+                    + (f" {why}" if why else ""),
                     param="response_id")
 
 

@@ -272,6 +272,23 @@ def test_an_id_not_of_a_conversation_finds_none(alice: openai.OpenAI) -> None:
     assert len(alice.conversations.items.list(made.id).data) == 2
 
 
+def test_an_id_of_the_apps_is_shown_cut_short(alice: openai.OpenAI) -> None:
+    # Ids from the path or the body were repeated whole in the error: kilobytes of them.
+    made = alice.conversations.create()
+    long = "i" * 100_000
+    twice = [{"role": "user", "content": "x", "id": long}] * 2
+    for refused in (lambda: alice.conversations.retrieve("c" * 8000),
+                    lambda: alice.conversations.items.retrieve("i" * 8000,
+                                                               conversation_id=made.id),
+                    lambda: alice.conversations.items.create(made.id, items=twice),
+                    lambda: alice.responses.create(model="gpt", input=twice,
+                                                   conversation=made.id)):
+        with pytest.raises(openai.APIStatusError) as error:
+            refused()
+        assert error.value.status_code in (400, 404)
+        assert len(error.value.message) < 300, error.value.message[:100]
+
+
 def test_a_model_the_key_cannot_call_is_refused_before_the_store_is_read(
         alice: openai.OpenAI) -> None:
     # Neither the conversation nor the previous response is looked up (either may be

@@ -189,6 +189,17 @@ def test_a_bad_page_query_is_a_400_that_names_it(alice: openai.OpenAI) -> None:
         "type": "invalid_request_error", "param": "limit", "code": "invalid_request"}
 
 
+def test_a_long_response_id_is_shown_cut_short(alice: openai.OpenAI) -> None:
+    # From the path or the body, it was repeated whole in the error: kilobytes of it.
+    with pytest.raises(openai.NotFoundError) as unknown:
+        alice.responses.retrieve("resp_" + "x" * 8000)
+    assert unknown.value.body["message"] == (  # type: ignore[index]
+        f"Response with id '{'resp_' + 'x' * 59}'... (8005 characters) not found.")
+    with pytest.raises(openai.BadRequestError) as previous:
+        alice.responses.create(model="gpt", input="hi", previous_response_id="r" * 100_000)
+    assert len(previous.value.message) < 200
+
+
 def test_cancel_says_only_a_background_response_can_be(alice: openai.OpenAI) -> None:
     # OpenAI cancels only background responses, which this gateway refuses to make: a
     # kept one has ended, and the SDK's cancel is told so, not sent to an unknown endpoint.

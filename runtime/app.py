@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -40,6 +39,7 @@ from .errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    StatusError,
     StoreUnavailable,
 )
 from .exchange import Exchange
@@ -564,27 +564,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _error_response(wrong)
     if exc.status_code == 404:
         return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))
-    return JSONResponse(_http_error_body(exc.status_code, str(exc.detail)),
-                        status_code=exc.status_code, headers=headers)
-
-
-def _http_error_body(status: int, message: str) -> dict[str, object]:
-    """The OpenAI error object for an HTTP status with no ``GatewayError`` of its own; its
-    code is the status's phrase (413: ``request_entity_too_large``).
-
-    >>> _http_error_body(400, "Bad Request")["error"]["type"]
-    'invalid_request_error'
-    """
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:  # a status Python has no name for
-        phrase = "client error" if status < 500 else "server error"
-    return {"error": {
-        "message": message,
-        "type": "invalid_request_error" if status < 500 else "server_error",
-        "param": None,
-        "code": phrase.lower().replace(" ", "_").replace("-", "_"),
-    }}
+    return _error_response(StatusError(exc.status_code, str(exc.detail), headers=headers))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -17,6 +17,8 @@
     ├── RateLimited                 429 rate_limit_exceeded (with Retry-After)
     │   └── BudgetExceeded          429 insufficient_quota (a budget has no room left)
     ├── InternalError               500
+    ├── StatusError                 any status with no error of its own (Starlette's own
+    │                               HTTPException): its code the status's phrase
     ├── NotImplementedRoute         501 not_implemented
     ├── Conflict                    409 conflict (e.g. resuming an execution that is not paused)
     ├── PipelineFailed              502 pipeline_failed (an execution ended without an output)
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Mapping
+from http import HTTPStatus
 from types import MappingProxyType
 from typing import ClassVar, TypeVar
 
@@ -65,9 +68,10 @@ _T = TypeVar("_T")
 class GatewayError(Exception):
     """Base of every error a client can see."""
 
-    status: ClassVar[int] = 500
-    error_type: ClassVar[str] = "server_error"
-    code: ClassVar[str | None] = "internal_error"
+    # Set by each class; per instance only by StatusError (a status met at run time).
+    status: int = 500
+    error_type: str = "server_error"
+    code: str | None = "internal_error"
     # True where the same request would fail the same way however often it is sent: the
     # official SDKs retry a 5xx (twice, by default) unless told not to.
     final: ClassVar[bool] = False
@@ -213,6 +217,27 @@ class BudgetExceeded(RateLimited):
 
 class InternalError(GatewayError):
     status = 500
+
+
+class StatusError(GatewayError):
+    """An HTTP status with no error of its own (a Starlette ``HTTPException``: a
+    handler's, or its own): a 4xx is the client's (``invalid_request_error``), a 5xx the
+    gateway's (``server_error``); its code is the status's phrase.
+
+    >>> StatusError(413, "Too large").code
+    'request_entity_too_large'
+    """
+
+    def __init__(self, status: int, message: str, *,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.error_type = "invalid_request_error" if status < 500 else "server_error"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:  # a status Python has no name for
+            phrase = "client error" if status < 500 else "server error"
+        self.code = phrase.lower().replace(" ", "_").replace("-", "_")
 
 
 class Cancelled(GatewayError):

@@ -22,16 +22,12 @@ last event reports (``SPEECH_AUDIO_TOKENS_PER_CHARACTER``).
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from python_multipart.multipart import parse_options_header
 from starlette.background import BackgroundTask
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response, StreamingResponse
 
 from aigw.compiler.graph import ApiKey
@@ -40,6 +36,7 @@ from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
 from .media_stream import passed_on
+from .multipart import FormWords, MultipartForm
 from .providers.audio import (
     AUDIO_TOKENS_PER_SECOND,
     TRANSCRIPT_TOKENS_PER_SECOND,
@@ -67,12 +64,13 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 MAX_SPEECH_CHARACTERS = 4096
 # A form's fields besides the file: OpenAI's take about ten; more is no client of it.
 _MAX_FIELDS = 64
+# The most bytes of one (Starlette's parser's cap, kept): a diarizing model's
+# known_speaker_references[] are a few seconds of audio each, as data URLs.
+_FIELD_MOST = 1 << 20
+_FORM = FormWords(file="the audio", cut_short="The multipart body ends before its closing "
+                  "boundary ('{closing}'): it was cut short.")
 # A boolean form field's values (what the SDKs write, and what form readers take).
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
-# What aiohttp refuses in a header it writes (RFC 9110, 5.5): a part's name, filename or
-# content type holding one would fail the upstream call, and count against the
-# deployment, for a client's bytes. The form parser passes them on.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 async def transcriptions(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -85,11 +83,7 @@ async def translations(exchange: Exchange, key: ApiKey, body: bytes) -> Response
 
 async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
                       operation: Literal["transcriptions", "translations"]) -> Response:
-    form = await _form(exchange, body)
-    try:
-        upload, fields = await _upload(form)
-    finally:
-        await form.close()
+    upload, fields = _upload(exchange, body)
     model = _field(fields, "model")
     if not model:
         raise BadRequest("Missing required parameter: 'model'.", param="model")
@@ -260,59 +254,25 @@ async def _released(audio: ByteStream) -> None:
     audio.aclose()  # async, so Starlette runs it on the loop, not in a thread
 
 
-async def _form(exchange: Exchange, body: bytes) -> FormData:
-    """The multipart form, parsed from the body already read (within its cap)."""
+def _upload(exchange: Exchange, body: bytes) -> tuple[FormFile, tuple[tuple[str, str], ...]]:
+    """The form's file, and its other fields in order, from the body already read
+    (within its cap); 400s naming what is wrong (runtime/multipart.py)."""
     content_type = exchange.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # any case (RFC 9110)
         raise BadRequest("The request must be multipart/form-data, with the audio in 'file' "
                          f"(it is {content_type or 'of no content type'}).", param="file")
-
-    # The parser drops a part the body ends inside, silently (and leaves its spool
-    # open): an upload cut short in its file read as one without a file.
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
-    if boundary and b"--" + boundary + b"--" not in body:
-        raise BadRequest("The multipart body ends before its closing boundary "
-                         f"('--{boundary.decode('latin-1')}--'): it was cut short.",
-                         param="file")
-
-    async def chunks() -> AsyncGenerator[bytes]:
-        yield body
-
-    parser = MultiPartParser(exchange.headers, chunks(), max_files=1, max_fields=_MAX_FIELDS)
-    try:
-        return await parser.parse()
-    except MultiPartException as exc:
-        raise BadRequest(f"The multipart body cannot be read: {exc.message}",
-                         param="file") from exc
-
-
-async def _upload(form: FormData) -> tuple[FormFile, tuple[tuple[str, str], ...]]:
-    """The form's file, and its other fields in order; 400s naming what is wrong."""
-    upload: FormFile | None = None
-    fields: list[tuple[str, str]] = []
-    for name, value in form.multi_items():
-        if _CONTROL.search(name):
-            raise BadRequest(f"A form field's name holds a control character ({name!r}).",
-                             param=name)
-        if isinstance(value, UploadFile):
-            if name != "file":
-                raise BadRequest(f"A file was sent as '{name}'; the audio goes in 'file'.",
-                                 param=name)
-            if _CONTROL.search(value.filename or "") or _CONTROL.search(value.content_type or ""):
-                raise BadRequest("The file's filename or content type holds a control "
-                                 f"character ({value.filename!r}, {value.content_type!r}).",
-                                 param="file")
-            data = await value.read()
-            if not data:
-                raise BadRequest("'file' is empty.", param="file")
-            upload = FormFile("file", value.filename or "audio",
-                              value.content_type or "application/octet-stream", data)
-        else:
-            fields.append((name, value))
-    if upload is None:
+    form = MultipartForm(content_type, _FORM, most_fields=_MAX_FIELDS, field_most=_FIELD_MOST)
+    data = form.write(body)
+    # No declared length to check: read_body read the whole body, and one that ended
+    # before its Content-Length was the client's disconnect.
+    form.end(len(body), None)
+    if form.filename is None:
         raise BadRequest("Missing required parameter: 'file' (the audio, as a multipart "
                          "file).", param="file")
-    return upload, tuple(fields)
+    if not data:
+        raise BadRequest("'file' is empty.", param="file")
+    return FormFile("file", form.filename or "audio",
+                    form.file_type or "application/octet-stream", data), form.fields
 
 
 def _field(fields: tuple[tuple[str, str], ...], name: str) -> str | None:

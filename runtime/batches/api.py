@@ -21,17 +21,22 @@ from ..conversations import Metadata
 from ..errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, RequestTimeout
 from ..incoming import read_body
 from ..live import Live
+from ..multipart import FormWords, MultipartForm
 from ..paging import page_limit, page_order, whole_number
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
 from .input import Checked, check_file
 from .runner import BatchRunner, owner_of
-from .upload import UploadForm
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                    "/v1/responses")
 COMPLETION_WINDOW_S = 86_400
 _FORM_SLACK = 64 << 10  # of a multipart upload, beside the file: its boundaries and fields
+_FORM = FormWords(file="the upload", cut_short="The upload was cut short: its multipart body "
+                  "ends before its closing boundary ('{closing}').")
+# An upload's fields beside the file (OpenAI's takes three), and the most bytes of one.
+_MOST_FIELDS = 8
+_FIELD_MOST = 64 << 10
 _PURPOSES = ("batch",)
 # OpenAI's range for a file's expires_after and a batch's output_expires_after
 EXPIRES_AFTER_S = (3600, 30 * 86_400)
@@ -163,7 +168,7 @@ class _Api:
         most = live.graph.settings.files_max_bytes
         length = whole_number(request.headers.get("content-length", ""))
         # Checked up front (a declared size over the cap is refused before a byte is
-        # read); a body longer than it says is cut at the cap as it arrives (UploadForm).
+        # read); a body longer than it says is cut at the cap as it arrives (MultipartForm).
         if length is None:
             raise BadRequest("An upload needs a Content-Length header (the SDKs send one).")
         if length > most + _FORM_SLACK:
@@ -173,7 +178,12 @@ class _Api:
         if not content_type.lower().startswith("multipart/form-data"):
             raise BadRequest("Upload a file as multipart/form-data, with 'file' and "
                              "'purpose' fields.")
-        form = UploadForm(content_type)
+        # Its file is written to files_dir as it arrives, once (Starlette's form parser
+        # spooled it first, then it was copied); its fields are checked once the
+        # whole form has (wherever they were in it), before the file is renamed into place,
+        # so a refused upload leaves nothing behind.
+        form = MultipartForm(content_type, _FORM, most_fields=_MOST_FIELDS,
+                             field_most=_FIELD_MOST, unique=True)
         file_id = f"file-{secrets.token_hex(12)}"
         purpose: str = ""
         expires_s: int | None = None
@@ -186,13 +196,13 @@ class _Api:
                 yield data
             if form.filename is None:
                 raise BadRequest("Missing required parameter: 'file'.", param="file")
-            asked = form.fields.get("purpose")
+            asked = form.field("purpose")
             if asked not in _PURPOSES:
                 raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {asked!r}.",
                                  param="purpose")
             purpose = asked
-            expires_s = _expires_after(form.fields.get("expires_after[anchor]"),
-                                       form.fields.get("expires_after[seconds]"))
+            expires_s = _expires_after(form.field("expires_after[anchor]"),
+                                       form.field("expires_after[seconds]"))
 
         timeout_s = live.graph.settings.body_read_timeout_s
         files = self.runner.files()

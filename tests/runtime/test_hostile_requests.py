@@ -303,7 +303,7 @@ async def test_an_upload_the_form_parser_cannot_read_is_an_invalid_request(
     """Starlette's request.form() turned its parser's error into an HTTPException, which
     came back as a 400 of type server_error, code internal_error: a client's broken
     multipart body read as the gateway's own fault. The upload's own parser
-    (runtime/batches/upload.py) names what is wrong, as a client's error."""
+    (runtime/multipart.py) names what is wrong, as a client's error."""
     purpose = b'--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
     for content_type, body, message in (
         ("multipart/form-data", FILE_PART + b"--b--\r\n",

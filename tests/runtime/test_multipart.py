@@ -1,0 +1,90 @@
+"""runtime/multipart.py through the app: POST /v1/files and the audio endpoints read
+their forms with the one reader, and refuse the same hostile forms the same way (each
+had checks the other lacked)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+FORM = "multipart/form-data; boundary=b"
+PATHS = ("/v1/files", "/v1/audio/transcriptions")
+
+
+def _part(name: bytes, value: bytes, filename: bytes | None = None,
+          content_type: bytes | None = None) -> bytes:
+    named = b'name="' + name + b'"' + (b"" if filename is None else
+                                       b'; filename="' + filename + b'"')
+    typed = b"" if content_type is None else b"\r\ncontent-type: " + content_type
+    return (b"--b\r\ncontent-disposition: form-data; " + named + typed + b"\r\n\r\n" + value
+            + b"\r\n")
+
+
+# What both endpoints read: /v1/files its purpose, the audio endpoints their model (each
+# passes the other's field over: a form of both is served by both).
+_FIELDS = _part(b"model", b"transcribe") + _part(b"purpose", b"batch")
+_FILE = _part(b"file", b"RIFF", b"a.wav", b"audio/wav")
+_END = b"--b--\r\n"
+
+
+async def test_a_form_both_endpoints_read_is_served_by_both(client: httpx.AsyncClient) -> None:
+    for path in PATHS:
+        response = await client.post(path, content=_FIELDS + _FILE + _END,
+                                     headers={"content-type": FORM})
+        assert response.status_code == 200, (path, response.text)
+
+
+@pytest.mark.parametrize(("content_type", "form", "param", "words"), [
+    ("multipart/form-data", _FIELDS + _FILE + _END, None,
+     "The multipart/form-data upload has no boundary."),
+    (FORM, _FIELDS + _FILE + _FILE + _END, "file", "The upload has more than one file."),
+    (FORM, _FIELDS + _part(b"upload", b"RIFF", b"a.wav") + _END, "upload",
+     "A file was sent as 'upload'"),
+    (FORM, _FIELDS + b"--b\r\n\r\nx\r\n" + _FILE + _END, None,
+     "A part of the multipart upload has no name in its Content-Disposition."),
+    (FORM, _FIELDS + b"".join(_part(b"f%d" % n, b"x") for n in range(64)) + _FILE + _END,
+     None, "The upload has more than "),
+    (FORM, _FIELDS + _part(b"prompt", b"x" * ((1 << 20) + 1)) + _FILE + _END, "prompt",
+     "The upload's field 'prompt' is over "),
+    # A control character in a part's name, its filename or content type: /v1/files
+    # stored such a filename, and showed it in every listing of its files.
+    (FORM, _FIELDS + _part(b"file", b"RIFF", b"a\x00.wav") + _END, "file",
+     "The file's filename or content type holds a control character"),
+    (FORM, _FIELDS + _part(b"file", b"RIFF", b"a.wav", b"audio/\x01wav") + _END, "file",
+     "The file's filename or content type holds a control character"),
+    (FORM, _FIELDS + _part(b"lang\x7f", b"en") + _FILE + _END, "lang\x7f",
+     "A form field's name holds a control character"),
+    (FORM, _FIELDS + _FILE, "file", "closing boundary ('--b--')"),
+    (FORM, _FIELDS + _FILE + b"--b\r\nno colon\r\n\r\n", None,
+     "The multipart body cannot be read"),
+], ids=["no-boundary", "two-files", "misplaced-file", "no-name", "too-many-fields",
+        "field-too-large", "filename-control", "content-type-control",
+        "name-control", "cut-short", "unreadable"])
+async def test_a_hostile_form_is_refused_alike_by_both_endpoints(
+        client: httpx.AsyncClient, content_type: str, form: bytes, param: str | None,
+        words: str) -> None:
+    for path in PATHS:
+        response = await client.post(path, content=form, headers={"content-type": content_type})
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
+        assert (error["param"], words in error["message"]) == (param, True), (path, error)
+    listed = await client.get("/v1/files")
+    assert listed.json()["data"] == []  # the upload refused kept nothing
+
+
+async def test_a_form_cut_short_after_a_file_holding_its_closing_delimiter_is_refused(
+        client: httpx.AsyncClient) -> None:
+    """The audio form's was the body searched for '--b--': a file that holds it (not at a
+    line's start, so not a delimiter) passed for a whole form, and a field the body ended
+    inside went unread, the call made without it."""
+    form = (_FIELDS + _part(b"file", b"RIFF x--b--", b"a.wav")
+            + _part(b"language", b"en") + _END)
+    for path in PATHS:
+        served = await client.post(path, content=form, headers={"content-type": FORM})
+        assert served.status_code == 200, (path, served.text)
+        cut = await client.post(path, content=form[:-12], headers={"content-type": FORM})
+        assert cut.status_code == 400, (path, cut.text)
+        error = cut.json()["error"]
+        assert (error["param"], "closing boundary ('--b--')" in error["message"]) == (
+            "file", True), (path, error)

@@ -38,6 +38,7 @@ from .app import create_app
 from .auth import DEV_KEY_SHA256
 from .background import Background
 from .live import ConfigError, Gateway
+from .store.namespaces import retired_variable_refusal
 from .telemetry.record import ACCESS_LOG
 from .tokens import TokenCounter
 from .vllm_serve import ServedFleet, parent_death_signal
@@ -127,6 +128,12 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
     except ConfigError as exc:
         sys.stderr.write(render_text(exc.result.diagnostics, exc.result.sources))
         sys.stderr.write(f"aigw: not serving: the config in {options.root} has errors\n")
+        return 1
+    settings = gateway.live.graph.settings
+    refusal = retired_variable_refusal(settings.store, settings.redis_namespace, os.environ)
+    if refusal is not None:
+        sys.stderr.write(f"aigw: not serving: {refusal}\n")
+        await gateway.aclose()
         return 1
     if sockets is None:  # one process: hypercorn binds below; a port in use is said now
         probe = _bind(options, config)

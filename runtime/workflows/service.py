@@ -51,8 +51,6 @@ from .kinds import act
 from .runner import Runner
 from .unsaved import UnsavedAnswers
 
-NAMESPACE_ENV = "AIGW_EXECUTIONS_NAMESPACE"
-
 
 async def open_executions(url: str, root: Path, namespace: str = "aigw") -> ExecutionStore:
     """The executions store of a ``settings.store`` URL: the embedded SQLite file (the
@@ -71,7 +69,6 @@ class Workflows:
         self,
         gateway: Gateway,
         *,
-        namespace: str | None = None,
         http: HttpCaller | None = None,
         models: Callable[[Gateway, Execution], ModelCaller] = GatewayModels,
         clock: Callable[[], float] = time.time,
@@ -80,7 +77,6 @@ class Workflows:
         self.gateway = gateway
         self._models = models
         self.owner = new_owner()
-        self.namespace = namespace
         self.clock = clock
         self.poll_s = poll_s
         self._http = http
@@ -107,11 +103,9 @@ class Workflows:
             if self._stopped:
                 raise StoreUnavailable("The gateway is shutting down; try another replica.")
             graph = self.gateway.live.graph
-            # The environment's, where a deployment set it before redis_namespace existed.
-            namespace = (self.namespace or os.environ.get(NAMESPACE_ENV)
-                         or graph.settings.redis_namespace)
+            # Under the namespace of every other key: one prefix for the whole gateway.
             self._store = await open_executions(graph.settings.store, self.gateway.root,
-                                                namespace)
+                                                graph.settings.redis_namespace)
             await self.unsaved.check()
             if self._http is None:
                 self._own_http = HttpxCaller()

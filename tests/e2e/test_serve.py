@@ -528,9 +528,10 @@ def test_a_worker_killed_while_it_starts_stops_the_gateway_with_a_failure(
         server.stop()
 
 
-def _aigw(*args: str) -> subprocess.CompletedProcess[str]:
+def _aigw(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aigw", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "AIGW_ADMIN_KEY": "k"})
+                          text=True, timeout=60,
+                          env={**os.environ, "AIGW_ADMIN_KEY": "k", **environ})
 
 
 def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(gateway_dir: Path) -> None:
@@ -548,6 +549,34 @@ def test_serve_on_a_port_in_use_or_out_of_range_says_so_in_one_line(gateway_dir:
     result = _aigw("serve", str(gateway_dir), "--port", "99999")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "expected a port (0 to 65535), got '99999'" in result.stderr
+
+
+def test_serve_refuses_the_retired_variable_that_moved_executions_alone(
+    gateway_dir: Path, redis_url: str
+) -> None:
+    """AIGW_EXECUTIONS_NAMESPACE put the executions under another prefix than every
+    other key, silently. It is no longer read: set to another namespace than
+    settings.redis_namespace, the gateway does not start (what a previous run left there
+    would be left unread) and says what to set; set to the same, it warns and serves."""
+    config = gateway_dir / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  store: embedded", f"  store: {redis_url}\n  redis_namespace: aigw-test-ns", 1))
+    with socket.socket() as taken:  # where the check passes, serving stops at the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        moved = _aigw("serve", str(gateway_dir), "--port", port,
+                      AIGW_EXECUTIONS_NAMESPACE="aigw-old")
+        same = _aigw("serve", str(gateway_dir), "--port", port,
+                     AIGW_EXECUTIONS_NAMESPACE="aigw-test-ns")
+    assert moved.returncode == 1 and "Traceback" not in moved.stderr
+    assert ("aigw: not serving: AIGW_EXECUTIONS_NAMESPACE='aigw-old' is no longer read: "
+            "executions are kept under settings.redis_namespace ('aigw-test-ns') with every "
+            "other key. Set settings.redis_namespace: aigw-old to serve the executions kept "
+            "under 'aigw-old:wf:'") in moved.stderr
+    assert "cannot listen" not in moved.stderr
+    assert "AIGW_EXECUTIONS_NAMESPACE is set but no longer read" in same.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in same.stderr
 
 
 def test_reload_against_something_that_is_no_gateway_says_so(gateway_dir: Path) -> None:

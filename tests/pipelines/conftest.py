@@ -231,8 +231,7 @@ class Served:
         (or on another replica), its model calls made by ``models`` if given (as
         ``serve``'s); stop it with ``aclose``."""
         options: dict[str, Any] = {"models": models} if models is not None else {}
-        workflows = Workflows(self.gateway, namespace=self.workflows.namespace, poll_s=0.05,
-                              **options)
+        workflows = Workflows(self.gateway, poll_s=0.05, **options)
         http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(self.gateway, workflows)),
             base_url="http://aigw.test", headers={"authorization": f"Bearer {DEV_KEY}"},
@@ -251,7 +250,7 @@ class Served:
         gateway's runner (started by the next request) to resume."""
         graph = self.gateway.live.graph
         store = await open_executions(graph.settings.store, self.root,
-                                      self.workflows.namespace or "aigw")
+                                      graph.settings.redis_namespace)
         try:
             now = time.time()
             execution, _ = await store.create(
@@ -302,7 +301,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
     pipelines, served in-process; everything is stopped at the end of the test. ``eng``
     is team eng's spec (its budgets), ``extra_routes`` lines added under routes, ``providers``,
     ``deployments``, ``settings``, ``agents``, ``guardrails`` and ``groups`` lines under theirs;
-    ``clock``: the workflows' (their seam for time)."""
+    ``clock``: the workflows' (their seam for time); ``namespace``: settings.redis_namespace."""
     opened: list[Served] = []
 
     async def start(
@@ -325,6 +324,8 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         clock: Callable[[], float] | None = None,
     ) -> Served:
         root = root or tmp_path / f"gw{len(opened)}"
+        if namespace is not None:  # every key of this gateway's under it, as configured
+            settings = f"  redis_namespace: {namespace}\n{settings}"
         (root / "pipelines").mkdir(parents=True, exist_ok=True)
         (root / "gateway.yaml").write_text(gateway_config(store, extra_routes, latency, eng,
                                                                 settings, providers,
@@ -336,7 +337,7 @@ async def serve(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Serve]:
         options: dict[str, Any] = {"models": models} if models is not None else {}
         if clock is not None:
             options["clock"] = clock
-        workflows = Workflows(gateway, namespace=namespace, http=http, poll_s=0.05, **options)
+        workflows = Workflows(gateway, http=http, poll_s=0.05, **options)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(gateway, workflows)),
             base_url="http://aigw.test", headers={"authorization": f"Bearer {DEV_KEY}"},

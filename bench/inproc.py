@@ -129,15 +129,16 @@ async def measured(root: Path, requests: int, concurrency: int, calls: bool,
     else:
         from aigw.runtime.app import create_app
         from aigw.runtime.live import Gateway
-        from aigw.runtime.telemetry.record import ACCESS_LOG, access_log
+        from aigw.runtime.telemetry import record
         from aigw.runtime.tokens import TokenCounter
 
         # The access log on, as aigw serve has it: one JSON line a request to a
         # line-buffered stream (serve's is stderr; here a file beside the gateway
-        # directory).
-        access_log.setLevel(logging.INFO)
-        ACCESS_LOG.to_stream(open(root.parent / "access.log", "w", buffering=1))  # noqa: SIM115
+        # directory). The gateway's own; a --base from before it had one: the process's.
+        record.access_log.setLevel(logging.INFO)
         gateway = Gateway(root, TokenCounter())
+        sink = getattr(record, "ACCESS_LOG", None) or gateway.telemetry.access_log
+        sink.to_stream(open(root.parent / "access.log", "w", buffering=1))  # noqa: SIM115
         app = create_app(gateway)  # type: ignore[assignment]
         closing = gateway.aclose
     try:

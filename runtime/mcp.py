@@ -202,7 +202,7 @@ class McpProxy:
                                        request.headers)
             if tool and not server.allows(tool):
                 call.error = "tool_not_allowed"
-                finish_mcp(live.telemetry.metrics, call)
+                finish_mcp(live.telemetry, call)
                 return _rpc_error(rpc_id, INVALID_PARAMS, f"Tool '{tool}' is not available "
                                   f"through MCP server '{name}'.", 200, {})
             if tool and server.tools is not None:
@@ -220,7 +220,7 @@ class McpProxy:
                 # Refused by name (expired, an old secret past its rotation): the access
                 # log says whose client still sends it, as Exchange.fail has it on /v1.
                 call.key, call.team = exc.key_name, exc.team_name
-            finish_mcp(live.telemetry.metrics, call)
+            finish_mcp(live.telemetry, call)
             code = (PARSE_ERROR if exc.code == "mcp_parse_error"
                     else INTERNAL if status >= 500 else INVALID_REQUEST)
             return _rpc_error(rpc_id, code, exc.message, status, exc.headers,
@@ -249,7 +249,7 @@ class McpProxy:
             raise
         if upstream.status_code == 202 or "id" not in message or "method" not in message:
             await upstream.aclose()  # a notification or a response: nothing comes back
-            finish_mcp(live.telemetry.metrics, call)
+            finish_mcp(live.telemetry, call)
             return Response(status_code=upstream.status_code, headers=passed)
         accept = request.headers.get("accept", "")
         takes_json = not accept or JSON in accept or "*/*" in accept
@@ -273,7 +273,7 @@ class McpProxy:
             answer = await _json(server, upstream)
             if listing is not None:
                 answer = listing.filtered(answer)
-        finish_mcp(live.telemetry.metrics, call)
+        finish_mcp(live.telemetry, call)
         if not takes_json:
             return Response(b"event: message\ndata: " + dumps(answer) + b"\n\n",
                             media_type=SSE, headers=passed)
@@ -299,7 +299,7 @@ class McpProxy:
             raise
         call.status = upstream.status_code
         # Counted as it opens: its latency is the server's to answer, not the stream's life.
-        finish_mcp(live.telemetry.metrics, call)
+        finish_mcp(live.telemetry, call)
         return _ServerStream(_stream_events(server, upstream), passed, live.shutdown)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
@@ -307,7 +307,7 @@ class McpProxy:
         upstream = await self._send(server, "DELETE", {**server.headers, **session.sent}, None)
         await upstream.aclose()
         call.status = upstream.status_code if upstream.status_code < 500 else 502
-        finish_mcp(live.telemetry.metrics, call)
+        finish_mcp(live.telemetry, call)
         return Response(status_code=call.status)
 
     async def _send(self, server: McpServer, method: str, headers: Mapping[str, str],
@@ -567,7 +567,7 @@ async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncItera
                            "data": {"type": exc.error_type, "code": exc.shown_code}}}
         yield b"event: message\ndata: " + dumps(error) + b"\n\n"
     finally:
-        finish_mcp(live.telemetry.metrics, call)
+        finish_mcp(live.telemetry, call)
 
 
 async def _stream_events(server: McpServer,

@@ -39,7 +39,7 @@ from .auth import DEV_KEY_SHA256
 from .background import Background
 from .live import ConfigError, Gateway
 from .store.namespaces import retired_variable_refusal
-from .telemetry.record import ACCESS_LOG
+from .telemetry.record import AccessLog
 from .tokens import TokenCounter
 from .vllm_serve import ServedFleet, parent_death_signal
 
@@ -88,12 +88,15 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream request at INFO; the access log already has one line each.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # The access log is one JSON object a line (it has its own "ts"), written as it is:
-    # no timestamp formatting per request, and a line any log shipper parses as JSON.
-    ACCESS_LOG.to_stream(sys.stderr)
+
+
+def _access_log_to_stderr(access_log: AccessLog) -> None:
+    """The gateway's access log is one JSON object a line (it has its own "ts"), written
+    as it is: no timestamp formatting per request, and a line any log shipper parses."""
+    access_log.to_stream(sys.stderr)
     # Lines of the loop's last turn, should the process leave by a path that skips
     # _serve_async's own flush (an error on the way out).
-    atexit.register(ACCESS_LOG.flush)
+    atexit.register(access_log.flush)
 
 
 def _hypercorn_config(options: ServeOptions) -> Config:
@@ -142,6 +145,7 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
             return 1
         for sock in (*probe.secure_sockets, *probe.insecure_sockets):
             sock.close()  # hypercorn binds its own (SO_REUSEADDR)
+    _access_log_to_stderr(gateway.telemetry.access_log)
     graph = gateway.live.graph
     logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
@@ -219,7 +223,8 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
                 await following
         await gateway.aclose()
         gateway.telemetry.tracing.shutdown()
-        ACCESS_LOG.flush()  # the last turn's lines, if the loop stops before its end
+        # The last turn's lines, if the loop stops before its end.
+        gateway.telemetry.access_log.flush()
     return 0
 
 

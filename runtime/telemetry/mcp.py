@@ -13,8 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..jsonio import dumps
-from .metrics import Metrics
-from .record import ACCESS_LOG, UNKNOWN
+from .record import UNKNOWN, Telemetry
 
 # MCP's own methods (2025-11-25), as metric labels; notifications are one label.
 METHODS = frozenset({
@@ -50,18 +49,20 @@ class McpCall:
     finished: bool = False
 
 
-def finish_mcp(metrics: Metrics, call: McpCall) -> None:
+def finish_mcp(telemetry: Telemetry, call: McpCall) -> None:
     """Count ``call`` once and write its access-log line."""
     if call.finished:
         return
     call.finished = True
     elapsed = time.perf_counter() - call.started
+    metrics = telemetry.metrics
     metrics.mcp_requests.labels(call.server, call.method, call.tool, call.team or UNKNOWN,
                                 str(call.status)).inc()
     metrics.mcp_latency.labels(call.server, call.method).observe(elapsed)
-    if not ACCESS_LOG.enabled():
+    access_log = telemetry.access_log
+    if not access_log.enabled():
         return
-    ACCESS_LOG.write(dumps({
+    access_log.write(dumps({
         "ts": round(time.time(), 3),
         "request_id": call.request_id,
         "endpoint": "mcp",

@@ -41,7 +41,10 @@ class AccessLog:
     commits wakes many together) go in one write at the turn's end: one system call,
     and one wake-up of whatever reads the stream, instead of one a line. A request
     alone in its turn (the usual case at low rates) has its line written before its
-    answer is sent, as before. ``flush`` writes what is left (a stop, a new stream)."""
+    answer is sent, as before. ``flush`` writes what is left (a stop, a new stream).
+
+    One for each ``Telemetry`` (a gateway's), not one for the process: ``aigw serve``
+    points its gateway's at stderr, and another app in the process keeps its own."""
 
     def __init__(self) -> None:
         self._stream: TextIO | None = None
@@ -97,8 +100,6 @@ class AccessLog:
         with contextlib.suppress(OSError, ValueError):
             self._stream.write(text)
 
-
-ACCESS_LOG = AccessLog()
 
 UNKNOWN = "_none"  # label value when a stage was not reached (e.g. a 404 has no route)
 
@@ -233,11 +234,13 @@ class _ServedChildren:
 
 
 class Telemetry:
-    """Where finished records go: Prometheus metrics and the access log."""
+    """Where finished records go: Prometheus metrics, spans and the access log."""
 
-    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None,
+                 access_log: AccessLog | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.tracing = tracing or Tracing()
+        self.access_log = access_log or AccessLog()
         # Bound children by label values: ``labels()`` validates and locks on every call,
         # and the label values are graph names, so these tables stay small.
         self._served: dict[tuple[str, str, str, str], _ServedChildren] = {}
@@ -343,9 +346,10 @@ class Telemetry:
             for acted in record.guardrails:
                 metrics.guardrail_actions.labels(*acted).inc()
         self._end_span(record)
-        if not ACCESS_LOG.enabled():
+        access_log = self.access_log
+        if not access_log.enabled():
             return
-        ACCESS_LOG.write(dumps({
+        access_log.write(dumps({
             "ts": round(time.time(), 3),
             "request_id": record.request_id,
             "endpoint": record.endpoint,

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 log = logging.getLogger("aigw")
@@ -44,15 +45,18 @@ CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 
 
-# Whether any Tracing in this process exports spans: upstream calls carry their
-# attempt's traceparent only then (``traced``), and cost one lookup otherwise.
-_exporting = False
+# Set (to True) inside an exporting ``Tracing.attempt``, for that attempt's context only:
+# its upstream call carries the attempt's traceparent (``traced``). Per context, not a
+# process-wide switch: an app whose tracing is off, beside one whose is on, never calls
+# into OpenTelemetry, and its calls cost one lookup.
+_IN_ATTEMPT: ContextVar[bool] = ContextVar("aigw_in_traced_attempt", default=False)
 
 
 def traced(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the current span's W3C ``traceparent`` (the upstream attempt's,
-    when called inside it), so that an upstream that traces joins the request's trace."""
-    if not _exporting:
+    """``headers`` with the current span's W3C ``traceparent`` when called inside an
+    exporting attempt (``Tracing.attempt``), so that an upstream that traces joins the
+    request's trace; else ``headers`` themselves."""
+    if not _IN_ATTEMPT.get():
         return headers
     from opentelemetry.propagate import inject
 
@@ -166,8 +170,6 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        global _exporting
-        _exporting = True
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aigw")})
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -209,7 +211,14 @@ class Tracing:
             with self._tracer.start_as_current_span(name, context=parent, kind=SpanKind.CLIENT,
                                                     end_on_exit=False) as span:
                 attempt = _OtelSpan(span)
-                yield attempt
+                inside = _IN_ATTEMPT.set(True)
+                try:
+                    yield attempt
+                finally:
+                    # A block left in another context than it began in has nothing of
+                    # ours to reset there (OpenTelemetry's own detach says so in the log).
+                    with contextlib.suppress(ValueError):
+                        _IN_ATTEMPT.reset(inside)
         finally:
             # Ended here, not by the block (after it has noted an exception that left it),
             # so that a span discarded inside it is not ended, and not exported.

@@ -16,12 +16,13 @@ import pytest
 from aigw.compiler.keys import shown_moment
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
-from aigw.runtime.telemetry.record import ACCESS_LOG
-from aigw.runtime.telemetry.tracing import Tracing
+from aigw.runtime.telemetry.record import AccessLog
+from aigw.runtime.telemetry.tracing import Tracing, traced
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY, OPS_EXPIRES, add_broken_route, app_client, metric_sample
-from ..fakes.serve import free_port
+from ..fakes.otlp_receiver import OtlpReceiver
+from ..fakes.serve import free_port, serving
 
 CHAT = "/v1/chat/completions"
 
@@ -176,12 +177,12 @@ async def test_one_json_log_line_per_request_without_secrets(
 
 
 async def test_served_access_lines_go_straight_to_their_stream_as_json(
-    client: httpx.AsyncClient,
+    gateway: Gateway, client: httpx.AsyncClient,
 ) -> None:
     """As ``aigw serve`` writes them: one JSON object a line, no logging prefix, and the
     logger's level still decides whether they are written."""
     stream = io.StringIO()
-    ACCESS_LOG.to_stream(stream)
+    gateway.telemetry.access_log.to_stream(stream)
     access = logging.getLogger("aigw.access")
     try:
         access.setLevel(logging.INFO)
@@ -191,7 +192,7 @@ async def test_served_access_lines_go_straight_to_their_stream_as_json(
         await client.post(CHAT, json={"model": "fast",
                                       "messages": [{"role": "user", "content": "hi"}]})
     finally:
-        ACCESS_LOG.to_stream(None)
+        gateway.telemetry.access_log.to_stream(None)
         access.setLevel(logging.NOTSET)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
@@ -199,6 +200,56 @@ async def test_served_access_lines_go_straight_to_their_stream_as_json(
     assert line["route"] == "fast" and line["status"] == 200 and line["key"] == "dev"
     assert abs(line["ts"] - time.time()) < 60
     assert "sk-aigw-dev" not in stream.getvalue()
+
+
+async def test_two_gateways_in_one_process_keep_their_access_logs_apart(
+    gateway_dir: Path, counter: TokenCounter
+) -> None:
+    """The access log was one for the process: pointing one app's at a stream took every
+    app's lines there. Each gateway's telemetry now has its own."""
+    first, second = Gateway(gateway_dir, counter), Gateway(gateway_dir, counter)
+    streams = io.StringIO(), io.StringIO()
+    first.telemetry.access_log.to_stream(streams[0])
+    access = logging.getLogger("aigw.access")
+    access.setLevel(logging.INFO)
+    try:
+        async with app_client(first) as one, app_client(second) as two:
+            for client, user in ((one, "first"), (two, "second"), (one, "first-again")):
+                response = await client.post(CHAT, json={
+                    "model": "fast", "user": user,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                assert response.status_code == 200, response.text
+    finally:
+        access.setLevel(logging.NOTSET)
+        await first.aclose()
+        await second.aclose()
+    assert len(streams[0].getvalue().splitlines()) == 2
+    assert streams[1].getvalue() == ""  # the second's went to the logger, as by default
+
+
+def test_one_apps_tracing_does_not_turn_on_another_apps_trace_propagation() -> None:
+    """Whether upstream calls carried a traceparent was a process-wide flag that the
+    first exporting Tracing set: an app with tracing off, beside one with it on, went
+    through OpenTelemetry's propagator for each of its upstream calls. Now a call
+    carries one only inside an exporting attempt."""
+    headers = {"authorization": "Bearer upstream"}
+    receiver = OtlpReceiver()
+    with serving(receiver.app) as otlp:
+        on = Tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp})
+        off = Tracing({})
+        try:
+            assert on.enabled and not off.enabled
+            assert traced(headers) is headers  # in no attempt: the headers as they are
+            with off.attempt("chat untraced", None):
+                assert traced(headers) is headers
+            span, context = on.request("chat fast", {})
+            with on.attempt("chat echo-1", context):
+                carried = traced(headers)
+            span.end()
+            assert carried["traceparent"].startswith("00-") and carried is not headers
+            assert traced(headers) is headers
+        finally:
+            on.shutdown()
 
 
 
@@ -219,17 +270,18 @@ async def test_access_lines_of_one_loop_turn_go_out_in_one_write() -> None:
     is sent); the lines of requests finishing after it in that turn (a batch of ledger
     commits wakes many together) go out together at the turn's end, in order."""
     stream = _Writes()
-    ACCESS_LOG.to_stream(stream)
+    access_log = AccessLog()
+    access_log.to_stream(stream)
     try:
         for number in range(3):
-            ACCESS_LOG.write(f'{{"n":{number}}}')
+            access_log.write(f'{{"n":{number}}}')
         assert stream.writes == ['{"n":0}\n']
         await asyncio.sleep(0)
         assert stream.writes == ['{"n":0}\n', '{"n":1}\n{"n":2}\n']
-        ACCESS_LOG.write('{"n":3}')  # a new turn: at once again
+        access_log.write('{"n":3}')  # a new turn: at once again
         assert stream.writes[-1] == '{"n":3}\n'
     finally:
-        ACCESS_LOG.to_stream(None)
+        access_log.to_stream(None)
     assert stream.getvalue().splitlines() == [f'{{"n":{number}}}' for number in range(4)]
 
 
@@ -237,11 +289,12 @@ def test_access_lines_left_by_a_loop_that_stopped_mid_turn_are_not_lost() -> Non
     """A loop stopped before its turn ended (``aigw serve``'s last turn) leaves lines
     waiting: ``flush`` (serve's last step) writes them, as does the next line, first."""
     stream = _Writes()
-    ACCESS_LOG.to_stream(stream)
+    access_log = AccessLog()
+    access_log.to_stream(stream)
 
     def two_then_stop(loop: asyncio.AbstractEventLoop) -> None:
-        ACCESS_LOG.write('{"n":0}')
-        ACCESS_LOG.write('{"n":1}')
+        access_log.write('{"n":0}')
+        access_log.write('{"n":1}')
         loop.stop()  # the loop ends with this batch of callbacks, before the turn's end
 
     try:
@@ -253,10 +306,10 @@ def test_access_lines_left_by_a_loop_that_stopped_mid_turn_are_not_lost() -> Non
             finally:
                 loop.close()
         assert stream.getvalue().splitlines() == ['{"n":0}', '{"n":1}', '{"n":0}']
-        ACCESS_LOG.flush()
+        access_log.flush()
         assert stream.getvalue().splitlines() == ['{"n":0}', '{"n":1}', '{"n":0}', '{"n":1}']
     finally:
-        ACCESS_LOG.to_stream(None)
+        access_log.to_stream(None)
 
 
 

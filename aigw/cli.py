@@ -33,6 +33,7 @@ examples:
   aigw schema                     write JSON Schemas and the Cedar schema into ./schemas/
   aigw test                       run the routing tests in policies/tests/
   aigw check --against main       show the Cedar decisions this change flips
+  aigw namespaces                 list the key namespaces on the gateway's Redis
 """
 
 
@@ -143,6 +144,19 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--budget-remaining", type=float, default=None)
     route.add_argument("--tag", action="append", default=[], help="a request tag (repeatable)")
     route.set_defaults(run=_run_route)
+
+    namespaces = _command(
+        commands,
+        "namespaces",
+        "list the key namespaces on the gateway's Redis, with their key counts",
+        "aigw namespaces\n  aigw namespaces ./gw --store redis://redis:6379/0",
+        "Every prefix of keys on the Redis database (one SCAN of it), the namespaces "
+        "gateways started under first; the config's settings.redis_namespace is marked *. "
+        "A changed redis_namespace leaves the old one's keys behind: they show here.",
+    )
+    namespaces.add_argument("--store", default=None, metavar="URL",
+                            help="the Redis URL (default: the config's settings.store)")
+    namespaces.set_defaults(run=_run_namespaces)
 
     reload = _command(
         commands,
@@ -418,6 +432,31 @@ def _run_serve(args: argparse.Namespace) -> int:
             graceful_timeout_s=args.graceful_timeout,
         )
     )
+
+
+def _run_namespaces(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aigw.runtime.store.namespaces import listed, render_namespaces
+    from aigw.runtime.store.redis_store import REDIS_ERRORS
+
+    result = compile_gateway(args.dir)
+    if result.graph is None:
+        _print_diagnostics(result, "text", sys.stderr, args.dir)
+        return 1
+    settings = result.graph.settings
+    url = args.store or settings.store
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        print(f"settings.store is {url!r}, not Redis: no namespaces (pass --store URL)",
+              file=sys.stderr)
+        return 1
+    try:
+        uses = asyncio.run(listed(url))
+    except REDIS_ERRORS as exc:
+        print(f"aigw: cannot list the namespaces on {shown_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_namespaces(uses, settings.redis_namespace))
+    return 0
 
 
 def _run_route(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ from .policy_endpoints import policy_routes
 from .rerank import rerank
 from .responses import create_response
 from .responses_stored import cancel_response, delete_response, get_response, input_items
+from .store.namespaces import warn_of_namespaces_left
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
@@ -140,6 +141,10 @@ async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
         # A Redis store is opened at once (it does not connect yet): writes an earlier run
         # left in its outbox file are sent without waiting for a request.
         await gateway.store.get()
+        settings = gateway.live.graph.settings
+        tasks.append(asyncio.create_task(
+            warn_of_namespaces_left(settings.store, settings.redis_namespace, gateway.root),
+            name="aigw-namespaces"))
     try:
         async with workflows.lifespan(app), batches.running():
             yield

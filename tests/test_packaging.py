@@ -102,7 +102,8 @@ def test_aigw_check_on_the_shipped_config_exits_zero() -> None:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("check", "compile", "schema", "serve", "reload", "test", "route"):
+    for command in ("check", "compile", "schema", "serve", "reload", "test", "route",
+                    "namespaces"):
         result = subprocess.run(
             [sys.executable, "-m", "aigw", command, "--help"],
             capture_output=True,

@@ -461,6 +461,10 @@ def test_gateways_on_one_redis_in_two_namespaces_keep_apart(
             second.files.retrieve(made.input_file_id)
         with redis.Redis.from_url(private_redis.url, decode_responses=True) as client:
             keys = list(client.scan_iter())
+            recorded = set(client.hkeys("aigw.namespaces"))
+        # One key outside them: the record of the namespaces gateways started under.
+        keys.remove("aigw.namespaces")
+        assert recorded == {"staging", "prod"}
         assert {key.partition(":")[0] for key in keys} == {"staging", "prod"}, keys
         assert {"staging:rec", "staging:response"} <= {  # its ledger, its kept response
             ":".join(key.split(":")[:2]) for key in keys}

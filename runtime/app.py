@@ -44,7 +44,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .images import generate_images
-from .incoming import client_gone, left_unread, read_body
+from .incoming import body_arriving, client_gone, read_body
 from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
@@ -185,18 +185,30 @@ class SnapshotMiddleware:
         scope.setdefault("state", {})["live"] = live
         stamp = live.graph.fingerprint.encode()
         drained: asyncio.Future[None] | None = None
+        ended = False  # the app has read the request's last message
+
+        async def receive_noted() -> Message:
+            nonlocal ended
+            message = await receive()
+            ended = not message.get("more_body", False)
+            return message
+
+        # read_body asks hypercorn's queue whether the body is here (incoming._queue_of)
+        receive_noted.__wrapped__ = receive  # type: ignore[attr-defined]
 
         async def send_stamped(message: Message) -> None:
             nonlocal drained
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
-                if left_unread(receive):
-                    # Parts of a large body wait unread (an answer given on the headers
-                    # alone). hypercorn queues at most 10 for the app, and puts the
-                    # disconnect behind them from within the answer's last send: with
-                    # the queue full, that put never returned and the connection hung,
-                    # the client's next request on it too. They are read and dropped
-                    # while the answer goes out, and hypercorn closes the connection.
+                if not ended and body_arriving(receive):
+                    # An answer given before the body came whole (on the headers alone:
+                    # a 404, a 413). hypercorn queues at most 10 of its parts for the
+                    # app, and puts the disconnect behind them from within the answer's
+                    # last send: once the rest filled the queue, that put never returned
+                    # and the connection hung, the client's next request on it too. The
+                    # parts are read and dropped while the answer goes out, and hypercorn
+                    # closes the connection. (Asked of the queue, not of how full it is
+                    # now: the answer may go before a fast client's body fills it.)
                     headers.append((b"connection", b"close"))
                     drained = asyncio.ensure_future(client_gone(receive))
                 message["headers"] = headers
@@ -206,9 +218,9 @@ class SnapshotMiddleware:
         live.in_flight.count += 1  # until its body is sent (a stream's last byte too)
         try:
             if endpoint is None or scope.get("root_path"):
-                await self.app(scope, receive, _with_overhead(send_stamped))
+                await self.app(scope, receive_noted, _with_overhead(send_stamped))
             else:
-                await _call(endpoint, scope, receive, send_stamped)
+                await _call(endpoint, scope, receive_noted, send_stamped)
         finally:
             live.in_flight.leave()
             if drained is not None:  # the answer is sent, and the connection closed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -92,22 +92,31 @@ def check_containers(body: bytes, most: int) -> None:
                                  "arrays (settings.max_request_json_containers).")
 
 
+def _queue_of(receive: Receive) -> asyncio.Queue[Message] | None:
+    """hypercorn's queue of a request's messages: its ``receive`` is the queue's ``get``
+    (or wraps it, naming it ``__wrapped__``, as functools does). None for another."""
+    queue = getattr(getattr(receive, "__wrapped__", receive), "__self__", None)
+    return queue if isinstance(queue, asyncio.Queue) else None
+
+
 def _arrived(receive: Receive) -> bool:
-    """Whether the next message is already queued: hypercorn's ``receive`` is its
-    ``asyncio.Queue``'s ``get``. Any other ``receive`` reads as not yet arrived."""
-    queue = getattr(receive, "__self__", None)
-    return isinstance(queue, asyncio.Queue) and not queue.empty()
+    """Whether the next message is already queued (``_queue_of``). Any other
+    ``receive`` reads as not yet arrived."""
+    queue = _queue_of(receive)
+    return queue is not None and not queue.empty()
 
 
-def left_unread(receive: Receive) -> bool:
-    """Whether hypercorn's queue of the request's messages (``_arrived``) is half full or
-    more: parts of a large body left unread by an answer given on the headers alone (a
-    404, a 413), which would fill it. A body that came whole with its headers is two
-    messages (its data, its end) and a GET's one; neither can fill the queue, and the
-    connection stays open for the client's next request. See ``SnapshotMiddleware``
-    in app.py."""
-    queue = getattr(receive, "__self__", None)
-    return isinstance(queue, asyncio.Queue) and 0 < queue.maxsize <= 2 * queue.qsize()
+def body_arriving(receive: Receive) -> bool:
+    """Whether the rest of a request's body is still on its way, parts of it to be
+    queued behind what hypercorn's queue of the request's messages (``_queue_of``) holds:
+    the queue holds no end of the body (hypercorn queues one, ``more_body`` false, for
+    every request, a GET's too). Asked only while the app has not read the end itself.
+    See ``SnapshotMiddleware`` in app.py."""
+    queue = _queue_of(receive)
+    if queue is None:
+        return False
+    held: Iterable[Message] = getattr(queue, "_queue", ())  # a deque; Queue has no peek
+    return all(message.get("more_body", False) for message in held)
 
 
 async def _before(deadline: float, receive: Receive, timeout_s: float) -> Message:

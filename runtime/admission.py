@@ -160,6 +160,8 @@ class StoreHandle:
     async def _renewed(self, admission: Admission) -> None:
         assert admission.reservation is not None
         await admission.store.renew(admission.reservation, ttl=self._ttl)
+        if admission.more is not None:
+            await admission.store.renew(admission.more, ttl=self._ttl)
         self.keep(admission)
 
     def finish(self, work: Coroutine[Any, Any, None]) -> None:
@@ -242,6 +244,14 @@ def rpm_limits(limits: tuple[Limits, ...]) -> tuple[Limits, ...]:
 
 
 @functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
+def _held_only(limits: Limits) -> Limits | None:
+    """``limits`` without its rpm and max_parallel: what a hold's top-up counts against."""
+    if limits.tpm is None and limits.budget is None:
+        return None
+    return Limits(limits.scope, limits.name, tpm=limits.tpm, budget=limits.budget)
+
+
+@functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
 def _rpm_only(limits: Limits) -> Limits | None:
     return None if limits.rpm is None else Limits(limits.scope, limits.name, rpm=limits.rpm)
 
@@ -305,6 +315,8 @@ class Admission:
     limits: tuple[Limits, ...]
     settled: bool = False
     renewal: asyncio.TimerHandle | None = None  # its holds' next renewal (StoreHandle.keep)
+    # What ``grow`` held beside it: the request as sent weighs more than as it came.
+    more: Reservation | None = None
 
     def headers(self) -> dict[str, str]:
         return self.reservation.headers() if self.reservation is not None else {}
@@ -319,6 +331,8 @@ class Admission:
         self._stop_renewing()
         if self.reservation is not None:
             await self.store.settle(self.reservation, tokens=tokens, cost=cost)
+        if self.more is not None:  # the whole bill went to the first: this one is given back
+            await self.store.release(self.more)
         self.settled = True
 
     async def release(self) -> None:
@@ -327,7 +341,27 @@ class Admission:
         self._stop_renewing()
         if self.reservation is not None:
             await self.store.release(self.reservation)
+        if self.more is not None:
+            await self.store.release(self.more)
         self.settled = True
+
+    async def grow(self, record: RequestRecord, tokens: int, cost: float) -> None:
+        """Hold ``tokens`` and ``cost`` more against the same tokens per minute and budgets
+        (not another request, nor another place in flight), all or nothing: a 429 as
+        ``admit``'s where they do not fit. Once a request: what its input guardrails sent
+        weighs more than what was held before they ran (a redaction longer than what it
+        took out)."""
+        limits = tuple(found for item in self.limits
+                       if (found := _held_only(item)) is not None)
+        if self.settled or self.more is not None or not limits or (tokens <= 0 and cost <= 0):
+            return
+        decision = await self.store.reserve(f"{record.request_id}:more", limits,
+                                            tokens=max(tokens, 0), cost=max(cost, 0.0))
+        if isinstance(decision, Denied):
+            if decision.exceeded is Exceeded.BUDGET:
+                record.budget_refused = budget_label(decision.scope, decision.name)
+            raise decision.error()
+        self.more = decision
 
     def _stop_renewing(self) -> None:
         if self.renewal is not None:

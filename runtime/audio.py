@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from aigw.compiler.graph import ApiKey
+from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
@@ -144,8 +144,8 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     routed = partial(
         call_route, exchange, key, route, kind="transcription", model=model,
         prompt_tokens=prompt_tokens, ask=weighed.ask,
-        cost=lambda deployment: deployment.price.cost(
-            prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
+        cost=lambda deployment, sent: deployment.price.cost(
+            sent.prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),
             round(seconds * TRANSCRIPT_TOKENS_PER_SECOND), audio_seconds=seconds),
         cut=weighed.cut, texts=prompts, weigh=weigh)
     if streamed:
@@ -217,15 +217,18 @@ async def speech(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         return partial(audio_adapter(candidate.adapter, candidate.deployment).speak_events,
                        spoken(candidate, texts, tokens))
 
-    # Speech as events reports its audio tokens, billed at the output price: held for a
-    # bound on them, so the bill stays within the hold (but for the estimate's error).
-    audio_tokens = speech_audio_tokens(characters, request.speed) \
-        if request.stream_format == "sse" else 0
+    def held(deployment: Deployment, sent: Weighed) -> float:
+        # As it is sent: a redaction longer than what it took out is spoken, and billed.
+        spoken = sent.cut.characters if sent.cut is not None else characters
+        # Speech as events reports its audio tokens, billed at the output price: held for
+        # a bound on them, so the bill stays within the hold (but for the estimate's error).
+        audio_tokens = speech_audio_tokens(spoken, request.speed) \
+            if request.stream_format == "sse" else 0
+        return deployment.price.cost(sent.prompt_tokens, audio_tokens, characters=spoken)
+
     routed = partial(
         call_route, exchange, key, route, kind="speech", model=request.model,
-        prompt_tokens=prompt_tokens, ask=weighed.ask,
-        cost=lambda deployment: deployment.price.cost(prompt_tokens, audio_tokens,
-                                                      characters=characters),
+        prompt_tokens=prompt_tokens, ask=weighed.ask, cost=held,
         cut=weighed.cut, texts=said, weigh=weigh)
     if request.stream_format == "sse":
         return await passed_on(exchange, route,

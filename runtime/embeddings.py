@@ -90,7 +90,7 @@ async def embed(
     return await call_route(
         exchange, key, route, kind="embeddings", model=model, prompt_tokens=prompt_tokens,
         ask=weighed.ask,
-        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
+        cost=lambda deployment, sent: deployment.price.cost(sent.prompt_tokens, 0), call=call,
         noted=_noted, check=partial(_check_serves, route, token_ids), timeout_s=timeout_s,
         # Texts alone when not token ids (no copy: a route without guardrails reads none).
         texts=() if token_ids else cast("tuple[str, ...]", inputs),

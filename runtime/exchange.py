@@ -150,8 +150,14 @@ class Exchange:
         guards = plan.route.guardrails
         if guards is not None and guards.input:  # after the limits: a caller over them
             # never reaches a checker, however often it asks (a 429 costs no webhook call)
+            held = plan.prompt_tokens
             plan = await self._guarded(plan, guards.input)
             request = plan.request
+            if plan.prompt_tokens > held:  # a redaction longer than what it took out: the
+                # hold covers what is sent, which is what the upstream bills
+                more, dearer = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
+                                          request.samples)
+                await self.grow(more - tokens, dearer - cost)
         if plan.gate is not None and plan.gate.budget_pending:
             plan.gate.learn_budget(admission.reservation.budget_remaining
                                    if admission.reservation is not None else None)
@@ -209,6 +215,12 @@ class Exchange:
             limits = tuple(replace(item, rpm=None, max_parallel=None) for item in limits)
         self.admission = await admit(store, self.record, limits, tokens, cost)
         self.live.store.keep(self.admission)
+
+    async def grow(self, tokens: int, cost: float) -> None:
+        """Hold ``tokens`` and ``cost`` more (where either is more than nothing) for the
+        request ``admit`` held: what its input guardrails send weighs more than it did."""
+        if self.admission is not None and (tokens > 0 or cost > 0):
+            await self.admission.grow(self.record, tokens, cost)
 
     def answer_headers(self, served: Served) -> dict[str, str]:
         """An OpenAI-format answer's headers: who served it, the key's rate limits, the

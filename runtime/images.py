@@ -120,9 +120,9 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
                             request.response_format, params, tokens)
         return partial(_drawn, candidate, drawing)
 
-    def held(deployment: Deployment) -> float:
+    def held(deployment: Deployment, sent: Weighed) -> float:
         price = deployment.price
-        return (price.cost(prompt_tokens, request.n * deployment.max_output_tokens)
+        return (price.cost(sent.prompt_tokens, request.n * deployment.max_output_tokens)
                 + request.n * price.dearest_image(request.size))
 
     def events(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[

@@ -68,7 +68,7 @@ async def moderate(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     won = await call_route(
         exchange, key, route, kind="moderation", model=route.name, prompt_tokens=prompt_tokens,
         ask=InputAsk(live.adapters, "moderation", prompt_tokens, longest, "input"),
-        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0), call=call,
+        cost=lambda deployment, _sent: deployment.price.cost(prompt_tokens, 0), call=call,
         noted=_noted)
     result = won.value
     return JSONResponse(

@@ -95,7 +95,8 @@ async def rerank(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
     won = await call_route(
         exchange, key, route, kind="rerank", model=request.model, prompt_tokens=prompt_tokens,
         ask=weighed.ask,
-        cost=lambda deployment: deployment.price.cost(prompt_tokens, 0, search_units=units),
+        cost=lambda deployment, sent: deployment.price.cost(sent.prompt_tokens, 0,
+                                                      search_units=units),
         call=call, noted=_noted, cut=weighed.cut, texts=(request.query, *documents),
         weigh=weigh)
     return JSONResponse(

@@ -61,7 +61,7 @@ class Weighed:
 
 async def call_route(
     exchange: Exchange, key: ApiKey, route: Route, *, kind: str, model: str,
-    prompt_tokens: int, ask: Ask, cost: Callable[[Deployment], float],
+    prompt_tokens: int, ask: Ask, cost: Callable[[Deployment, Weighed], float],
     call: Callable[[Candidate, tuple[str, ...], int], Callable[[], Awaitable[A]]],
     noted: Callable[[Span, A], None],
     check: Callable[[list[Deployment]], None] | None = None, timeout_s: float | None = None,
@@ -90,7 +90,8 @@ async def call_route(
     them never reaches a checker), and ``call`` gets them as they left them, with their
     prompt tokens: ``prompt_tokens`` as given, or, where a guardrail redacted them, what
     ``weigh`` makes of what is sent (as a chat's redacted prompt is counted again): its
-    tokens, the members whose window takes it (``ask``), its bill cut short. A block is
+    tokens, the members whose window takes it (``ask``), its bill cut short, and, where it
+    weighs more than what came (``cost`` of it dearer), a hold grown to it. A block is
     ``GuardrailBlocked``, and no call goes out. Its output guardrails check the answer's
     texts through ``checked``; a block there is ``OutputWithheld`` (the call is billed)."""
     live, headers, record = exchange.live, exchange.headers, exchange.record
@@ -107,7 +108,9 @@ async def call_route(
                          f"serve {kind}.", param="model")
     if check is not None:
         check(members)
-    await exchange.admit(key, prompt_tokens, max(map(cost, members)))
+    weighed = Weighed(prompt_tokens, ask, cut)
+    held = max(cost(member, weighed) for member in members)
+    await exchange.admit(key, prompt_tokens, held)
     guards = route.guardrails
     if guards is not None and guards.input and texts:
         try:
@@ -117,9 +120,12 @@ async def call_route(
         if sent is not texts and weigh is not None:
             # What goes out is what must fit a member's window, what the deployments' tpm
             # holds, and what a member that reports no usage (or a call cut short) is
-            # billed. The key's hold stays as it was taken (before the checkers, as a
-            # chat's); it is settled with what was billed.
+            # billed. The key's hold, taken before the checkers (as a chat's), is grown
+            # where what goes out weighs more (a redaction longer than what it took out):
+            # never less than the upstream bills.
             weighed = weigh(sent)
+            dearer = max(cost(member, weighed) for member in members)
+            await exchange.grow(weighed.prompt_tokens - prompt_tokens, dearer - held)
             prompt_tokens = record.prompt_tokens = weighed.prompt_tokens
             ask, cut = weighed.ask, weighed.cut
         texts = sent

@@ -21,8 +21,10 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def limits_config(extra_keys: str = "", settings: str = "") -> str:
-    """One currency unit per token (price 1e6 per million), so costs are token counts."""
+def limits_config(extra_keys: str = "", settings: str = "", extra_routes: str = "") -> str:
+    """One currency unit per token (price 1e6 per million), so costs are token counts.
+    Guardrail ``stretch`` redacts each "x" of an input as "[REDACTED]": what is sent
+    weighs more than what came, for ``extra_routes`` to name."""
     return f"""
 version: 1
 settings:
@@ -58,6 +60,9 @@ routes:
   moderator: {{deployment: moderator}}
   speaker: {{deployment: speaker}}
   listener: {{deployment: listener}}
+{extra_routes}
+guardrails:
+  stretch: {{kind: regex, patterns: ['x'], action: redact, on: [input]}}
 teams:
   eng:
     budget: {{amount: 100, period: day}}
@@ -80,10 +85,12 @@ async def limited(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Client
     gateways: list[Gateway] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def build(extra_keys: str = "", settings: str = "") -> Callable[[str], httpx.AsyncClient]:
+    async def build(extra_keys: str = "", settings: str = "", extra_routes: str = "",
+                    store: str = "embedded") -> Callable[[str], httpx.AsyncClient]:
         root = tmp_path / f"gw{len(gateways)}"
         root.mkdir()
-        (root / "gateway.yaml").write_text(limits_config(extra_keys, settings))
+        (root / "gateway.yaml").write_text(limits_config(extra_keys, settings, extra_routes)
+                                           .replace("store: embedded", f"store: {store}"))
         gateway = Gateway(root, counter)
         gateways.append(gateway)
         app = create_app(gateway)

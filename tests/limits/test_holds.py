@@ -1,0 +1,64 @@
+"""What a request holds against its key's budget before its call: never less than what
+the upstream bills it (in-process app, embedded store)."""
+
+from __future__ import annotations
+
+from ..redis_server import PrivateRedis
+from .conftest import ClientFactory
+
+STRETCHED = ("  stretched: {deployment: paid, guardrails: [stretch]}\n"
+             "  stretched-vectors: {deployment: vectors, guardrails: [stretch]}\n")
+
+
+async def test_a_chat_redacted_longer_is_held_as_it_is_sent(limited: ClientFactory) -> None:
+    """Guardrail ``stretch`` makes each "x" ten characters: the hold was the prompt as it
+    came (20 "x", 26 tokens and 5 out, within the team's 100), so the call went out and
+    was billed as sent (126 in), past the budget. Now the hold grows to what is sent,
+    refused where it does not fit; one that fits holds it, and gives it back settled."""
+    await _chat_held_as_sent(limited, "embedded")
+
+
+async def test_a_chat_redacted_longer_is_held_as_it_is_sent_on_redis(
+    private_redis: PrivateRedis, limited: ClientFactory
+) -> None:
+    """As on the embedded store: the top-up counts against tpm and budgets alone."""
+    await _chat_held_as_sent(limited, private_redis.url)
+
+
+async def _chat_held_as_sent(limited: ClientFactory, store: str) -> None:
+    client = await limited(extra_routes=STRETCHED, store=store)
+    alice, dev = client("alice"), client("dev")
+    long = {"model": "stretched", "max_tokens": 5,
+            "messages": [{"role": "user", "content": " ".join(["x"] * 20)}]}
+    refused = await alice.post("/v1/chat/completions", json=long)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    short = {**long, "messages": [{"role": "user", "content": "x x"}]}
+    answered = await alice.post("/v1/chat/completions", json=short)
+    assert answered.status_code == 200, answered.text
+    usage = answered.json()["usage"]
+    assert usage["prompt_tokens"] == 6 + 2 * 6  # "[REDACTED]" is six tokens
+    budgets = {(b["scope"], b["name"]): b
+               for b in (await dev.get("/admin/budgets")).json()["data"]}
+    team = budgets[("team", "eng")]
+    assert (team["spent"], team["held"]) == (usage["total_tokens"], 0)
+
+
+async def test_an_embedding_redacted_longer_is_held_as_it_is_sent(
+    limited: ClientFactory,
+) -> None:
+    """As a chat's: 20 "x" hold 20 of the team's 100; sent as 120 tokens, billed 120."""
+    client = await limited(extra_routes=STRETCHED)
+    alice, dev = client("alice"), client("dev")
+    refused = await alice.post("/v1/embeddings", json={"model": "stretched-vectors",
+                                                       "input": " ".join(["x"] * 20)})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    answered = await alice.post("/v1/embeddings", json={"model": "stretched-vectors",
+                                                        "input": "x x"})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["usage"]["prompt_tokens"] == 12
+    budgets = {(b["scope"], b["name"]): b
+               for b in (await dev.get("/admin/budgets")).json()["data"]}
+    assert (budgets[("team", "eng")]["spent"], budgets[("team", "eng")]["held"]) == (12, 0)
+

@@ -158,14 +158,29 @@ class Price:
                 + audio_seconds / 60 * self.minute + characters * self.character)
 
     def image_price(self, size: str | None) -> float:
-        """One image of ``size``: its own price where one is given, else ``image``.
+        """One image of ``size``: its own price where one is given, else ``image``; where
+        sizes alone are priced, the dearest of them, as it was held: an image of a size
+        the table does not name (a request that named none, an answer's ``auto``) was
+        billed nothing.
 
         >>> Price(0, 0, 0, 0, image=0.04, image_by_size=(("1792x1024", 0.08),)).image_price(
         ...     "1792x1024")
         0.08
+        >>> Price(0, 0, 0, 0, image_by_size=(("1024x1024", 0.04), ("1792x1024", 0.08))
+        ...       ).image_price(None)
+        0.08
         """
-        return next((price for named, price in self.image_by_size if named == size),
-                    self.image)
+        price = next((price for named, price in self.image_by_size if named == size), None)
+        if price is not None:
+            return price
+        return self.image if self.image or not self.image_by_size else self.dearest_image(size)
+
+    def prices_image(self, size: str) -> bool:
+        """Whether an image of ``size`` has a price of its own here (or the one every size
+        has: ``image``, or none priced at all, a token-billed model's); ``auto`` is the
+        model's choice, billed at the size it answers."""
+        return (size == "auto" or self.image > 0 or not self.image_by_size
+                or any(named == size for named, _ in self.image_by_size))
 
     def dearest_image(self, size: str | None) -> float:
         """What one image is held at before the call: its size's price where it is

@@ -172,8 +172,10 @@ class PriceSpec(Spec):
                             NonNegativeFloat] = Field(
         default_factory=dict, description="Image deployments: price per image of a size, "
         "e.g. {'1024x1024': 0.04, '1792x1024': 0.08}; quality is no price dimension here: "
-        "serve hd from a deployment of its own. A request that names no size (or one not "
-        "listed) is held at the dearest of these and per_image, and billed per_image.")
+        "serve hd from a deployment of its own. A request naming no size (or auto) is held "
+        "at the dearest of these and per_image, and billed at the size it comes in: "
+        "per_image for one not listed, else the dearest of these. Without per_image, a "
+        "request naming a size not listed is a 400.")
     per_minute: NonNegativeFloat = Field(
         0.0, description="Transcription deployments: price per minute of audio, as OpenAI "
         "bills whisper-1 (the duration the answer reports, else estimated from the upload).")

@@ -12,7 +12,9 @@ tracing: GenAI's ``generate_content``). Its hold is ``n`` images at the size's p
 (``price.per_image_by_size``, else ``per_image``; the dearest where no size is priced),
 with the prompt's tokens and, for a token-billed model (gpt-image-1), ``n`` times the
 deployment's max_output_tokens at its output price; the bill is the images answered at
-the size they came in, with the tokens the answer's ``usage`` reports.
+the size they came in (one the table does not name: ``per_image``, else the dearest
+size, never nothing), with the tokens the answer's ``usage`` reports. A size that no
+member prices, where sizes alone are priced, is a 400 naming ``size``.
 
 The route's input guardrails check the prompt (the upstream is sent it as they left it);
 its output guardrails each image's ``revised_prompt`` (DALL-E 3 rewrites the prompt, and
@@ -136,12 +138,26 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     routed = partial(
         call_route, exchange, key, route, kind="image", model=request.model,
         prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
+        check=partial(_check_size, route.name, request.size),
         cut=weighed.cut, ask=weighed.ask, texts=(request.prompt,), weigh=weigh)
     if request.stream:
         return await passed_on(exchange, route,
                                partial(routed, call=events, noted=_noted_events))
     won = await routed(call=call, noted=_noted, checked=_checked)
     return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
+
+
+def _check_size(route: str, size: str | None, members: list[Deployment]) -> None:
+    """A 400 naming ``size``, before the request is admitted, for a size no member of
+    the route prices: priced by size alone, a deployment's table is the sizes it draws
+    (the upstream's own are the model's, which aigw does not know). Passed on, it was
+    held at the dearest size and billed nothing, or, by an upstream that drew it, an
+    image aigw has no price for."""
+    if size is None or any(member.price.prices_image(size) for member in members):
+        return
+    sizes = sorted({named for member in members for named, _ in member.price.image_by_size})
+    raise BadRequest(f"Invalid value: '{size}'. Supported values for '{route}' are: "
+                     + ", ".join(f"'{named}'" for named in sizes) + ".", param="size")
 
 
 async def _drawn(candidate: Candidate, drawing: ImageCall) -> ImageResult:

@@ -43,6 +43,8 @@ deployments:
            price: {{input: 1000000, per_1k_search_units: 10000}}}}
   painter: {{provider: local, model: image-1, kind: image, context_window: 8192,
             price: {{per_image: 30}}}}
+  sized-painter: {{provider: local, model: image-2, kind: image, context_window: 8192,
+                  price: {{per_image_by_size: {{1024x1024: 10, 1792x1024: 20}}}}}}
   moderator: {{provider: local, model: moderation-1, kind: moderation, context_window: 8192}}
   speaker: {{provider: local, model: speak-1, kind: speech, context_window: 8192,
             price: {{per_1m_characters: 1000000}}}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..redis_server import PrivateRedis
 from .conftest import ClientFactory
 
+SIZED = "  sized: {deployment: sized-painter}\n"
 STRETCHED = ("  stretched: {deployment: paid, guardrails: [stretch]}\n"
              "  stretched-vectors: {deployment: vectors, guardrails: [stretch]}\n")
 
@@ -62,3 +63,28 @@ async def test_an_embedding_redacted_longer_is_held_as_it_is_sent(
                for b in (await dev.get("/admin/budgets")).json()["data"]}
     assert (budgets[("team", "eng")]["spent"], budgets[("team", "eng")]["held"]) == (12, 0)
 
+
+async def test_an_image_is_billed_at_a_priced_size_and_one_no_member_prices_is_a_400(
+    limited: ClientFactory,
+) -> None:
+    """``sized-painter`` prices 1024x1024 at 10 and 1792x1024 at 20, and no other size:
+    512x512 was held at 20 and drawn, billed nothing (per_image, unset), as was a request
+    naming no size. A size it does not price is now a 400 naming ``size``; one naming
+    none is billed as held, the dearest, never nothing."""
+    client = await limited(extra_routes=SIZED)
+    alice, dev = client("alice"), client("dev")
+    refused = await alice.post("/v1/images/generations",
+                               json={"model": "sized", "prompt": "a cat", "size": "512x512"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == {
+        "message": "Invalid value: '512x512'. Supported values for 'sized' are: "
+                   "'1024x1024', '1792x1024'.",
+        "type": "invalid_request_error", "param": "size", "code": "invalid_request"}
+    for size in ("1024x1024", None, "auto"):
+        asked = {"model": "sized", "prompt": "a cat"} | ({"size": size} if size else {})
+        drawn = await alice.post("/v1/images/generations", json=asked)
+        assert drawn.status_code == 200, drawn.text
+    budgets = {(b["scope"], b["name"]): b
+               for b in (await dev.get("/admin/budgets")).json()["data"]}
+    assert (budgets[("team", "eng")]["spent"], budgets[("team", "eng")]["held"]) == (
+        10 + 20 + 20, 0)

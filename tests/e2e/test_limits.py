@@ -337,6 +337,43 @@ def test_a_key_revoked_by_reload_stops_its_streams_saying_so(
     assert 0 < len(_text(received)) < len(_WORDS)
 
 
+def test_a_stream_begun_before_its_keys_expiry_goes_to_its_end_billed_to_the_key(
+    tmp_path: Path, fleet: ExitStack
+) -> None:
+    """A key is checked when its request starts, as OpenAI checks one: a stream that its
+    key's ``expires`` passes goes on to its end (its budget checks, which stop a revoked
+    key's streams, do not stop it), and is billed to the key; the next request is a 401."""
+    root = _gateway(tmp_path / "gw", "embedded", budget=10_000,
+                    latency=", latency: {per_token_ms: 60}",
+                    settings="  stop_streams_over_budget: true")
+    server = _start(fleet, root)
+    expires = int(time.time()) + 5
+    _reload(server, root, f"sha256: {_digest(APP_KEY)}",
+            f"sha256: {_digest(APP_KEY)}, expires: '{shown_moment(expires)}'")
+    chunks, received = _stream(server)  # about ten seconds of answer, begun before expiry
+    late = 0
+    for chunk in chunks:
+        received.append(chunk)
+        late += time.time() > expires + 0.5
+    assert late > 16  # the server sent on past the expiry (and checked the budget there)
+    assert _text(received).split() == _WORDS.split()
+    assert received[-1].choices == [] or received[-1].choices[0].finish_reason == "stop"
+    deadline = time.monotonic() + 10
+    while not (rows := _admin(server, "/admin/spend?group_by=key")["data"]):
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+    assert isinstance(rows, list)
+    [app] = rows
+    assert (app["key"], app["requests"], app["errors"]) == ("app", 1, 0)
+    assert app["tokens_out"] == 160  # the whole answer: 80 words of 2 tokens each
+    budget = _team_budget(server)
+    assert (budget["spent"], budget["held"]) == (app["cost"], 0)
+    assert app["cost"] == app["tokens_in"] + app["tokens_out"]
+    with pytest.raises(openai.AuthenticationError) as expired:
+        _ask(_client(server, APP_KEY))
+    assert expired.value.body["code"] == "key_expired"  # type: ignore[index]
+
+
 def test_a_redis_outage_mid_stream_leaves_streams_in_flight_alone(
     tmp_path: Path, fleet: ExitStack, private_redis: PrivateRedis
 ) -> None:

@@ -327,14 +327,19 @@ class McpServerBusy(McpServerFailed):
 NO_RETRY = MappingProxyType({"x-should-retry": "false"})
 
 
-def quoted(value: str, most: int = 64) -> str:
-    """A client's ``value`` as an error message shows it: quoted, and cut to ``most``
-    characters with its length said (a query value can be kilobytes, and a message that
-    repeats it whole is as large).
+def quoted(value: object, most: int = 64) -> str:
+    """A client's ``value`` as an error message shows it: quoted (a string; another JSON
+    value as Python writes it), and cut to ``most`` characters with its length said (a
+    query value can be kilobytes, and a message that repeats it whole is as large).
 
-    >>> quoted("asc"), quoted("x" * 100, 4)
-    ("'asc'", "'xxxx'... (100 characters)")
+    >>> quoted("asc"), quoted("x" * 100, 4), quoted(7), quoted([1] * 50, 6)
+    ("'asc'", "'xxxx'... (100 characters)", '7', '[1, 1,... (150 characters)')
     """
+    if not isinstance(value, str):
+        written = repr(value)
+        if len(written) <= most:
+            return written
+        return f"{written[:most]}... ({len(written)} characters)"
     if len(value) <= most:
         return repr(value)
     return f"{value[:most]!r}... ({len(value)} characters)"

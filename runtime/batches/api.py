@@ -18,7 +18,15 @@ from aigw.compiler.graph import ApiKey
 
 from ..auth import authenticate
 from ..conversations import Metadata
-from ..errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, RequestTimeout
+from ..errors import (
+    BadRequest,
+    Conflict,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    quoted,
+)
 from ..incoming import read_body
 from ..live import Live
 from ..multipart import FormWords, MultipartForm
@@ -95,13 +103,13 @@ def _expires_after(anchor: object, seconds: object) -> int | None:
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
-        raise BadRequest(f"expires_after.anchor must be 'created_at'; got {anchor!r}.",
+        raise BadRequest(f"expires_after.anchor must be 'created_at'; got {quoted(anchor)}.",
                          param="expires_after.anchor")
     low, high = EXPIRES_AFTER_S
     whole = whole_number(seconds) if isinstance(seconds, str) else None
     if whole is None or not low <= whole <= high:
         raise BadRequest(f"expires_after.seconds must be a whole number from {low} to "
-                         f"{high}; got {seconds!r}.", param="expires_after.seconds")
+                         f"{high}; got {quoted(seconds)}.", param="expires_after.seconds")
     return whole
 
 
@@ -198,8 +206,8 @@ class _Api:
                 raise BadRequest("Missing required parameter: 'file'.", param="file")
             asked = form.field("purpose")
             if asked not in _PURPOSES:
-                raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got {asked!r}.",
-                                 param="purpose")
+                raise BadRequest(f"purpose must be one of {list(_PURPOSES)}; got "
+                                 f"{quoted(asked)}.", param="purpose")
             purpose = asked
             expires_s = _expires_after(form.field("expires_after[anchor]"),
                                        form.field("expires_after[seconds]"))

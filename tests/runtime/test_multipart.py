@@ -88,3 +88,20 @@ async def test_a_form_cut_short_after_a_file_holding_its_closing_delimiter_is_re
         error = cut.json()["error"]
         assert (error["param"], "closing boundary ('--b--')" in error["message"]) == (
             "file", True), (path, error)
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({b"purpose": b"y" * 60_000}, "purpose"),
+    ({b"purpose": b"batch", b"expires_after[anchor]": b"y" * 60_000}, "expires_after.anchor"),
+    ({b"purpose": b"batch", b"expires_after[anchor]": b"created_at",
+      b"expires_after[seconds]": b"9" * 60_000}, "expires_after.seconds"),
+], ids=["purpose", "anchor", "seconds"])
+async def test_an_uploads_bad_field_is_shown_cut_short(
+        client: httpx.AsyncClient, fields: dict[bytes, bytes], param: str) -> None:
+    """A field's value (up to 64 KiB) was repeated whole in its 400."""
+    form = b"".join(_part(name, value) for name, value in fields.items()) + _FILE + _END
+    response = await client.post("/v1/files", content=form, headers={"content-type": FORM})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert len(error["message"]) < 300 and "(60000 characters)" in error["message"], error

@@ -4,13 +4,17 @@ messages any HTTP client can send (the SDK's cannot be handed a session id)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import httpx2
 from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+
+from ..conftest import DEV_KEY
 
 
 @asynccontextmanager
@@ -72,3 +76,28 @@ def opened(url: str, key: str) -> str:
                       json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     assert done.status_code == 202, done.text
     return shown
+
+
+def write_mcp_gateway(root: Path, servers: str) -> None:
+    """A gateway directory at ``root``: an echo route, the dev key (an admin of team
+    platform, which Cedar lets invoke every MCP server), and ``servers``, the YAML
+    under ``mcp_servers:`` (each line indented two spaces)."""
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "mcp.cedar").write_text(
+        '@id("platform-uses-mcp")\n'
+        'permit (principal in Team::"platform", action == Action::"invoke", resource);\n')
+    (root / "gateway.yaml").write_text(f"""
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{echo: {{deployment: e}}}}
+teams: {{platform: {{}}}}
+keys:
+  dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
+mcp_servers:
+{servers}""")
+
+
+def call(url: str, session_id: str, tool: str, **arguments: object) -> httpx.Response:
+    """A tools/call of ``tool`` in session ``session_id``, as the dev key."""
+    return rpc(url, DEV_KEY, session_id, "tools/call", {"name": tool, "arguments": arguments})

@@ -4,7 +4,6 @@ stream a session, held by the gateway, to a real server (the official SDK's, its
 
 from __future__ import annotations
 
-import hashlib
 import signal
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,16 +18,12 @@ from aigw.compiler import compile_gateway
 from ..conftest import DEV_KEY
 from ..fakes.mcp_sse_server import ELSEWHERE, MUTE, PATH, SseMcpServer
 from ..fakes.serve import free_port, serving
-from .mcp_client import opened, rpc, session, until
+from .mcp_client import call, opened, session, until, write_mcp_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
 
 SSE_TOKEN = "mcp-sse-token-0b7d2e91f4a6"
-POLICIES = """
-@id("platform-uses-mcp")
-permit (principal in Team::"platform", action == Action::"invoke", resource);
-"""
 
 
 @dataclass
@@ -47,17 +42,7 @@ class SseGateway:
 def write_config(root: Path, upstream: str, other: str, dying: str, one_idle_s: float = 300,
                  ) -> str:
     """The gateway directory at ``root``; the fingerprint of the graph it compiles to."""
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "policies" / "mcp.cedar").write_text(POLICIES)
-    (root / "gateway.yaml").write_text(f"""
-version: 1
-providers: {{local: {{type: echo}}}}
-deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
-routes: {{echo: {{deployment: e}}}}
-teams: {{platform: {{}}}}
-keys:
-  dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
-mcp_servers:
+    write_mcp_gateway(root, f"""\
   legacy:
     url: {upstream}{PATH}
     transport: sse
@@ -92,10 +77,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SseGateway]:
             yield SseGateway(server, upstream, other, other_url, dying, stop_dying)
         finally:
             server.stop()
-
-
-def call(url: str, session_id: str, tool: str, **arguments: object) -> httpx.Response:
-    return rpc(url, DEV_KEY, session_id, "tools/call", {"name": tool, "arguments": arguments})
 
 
 def initialize(url: str) -> httpx.Response:

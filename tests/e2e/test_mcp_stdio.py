@@ -5,7 +5,6 @@ client in front, as for a streamable HTTP server."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ import pytest
 from aigw.compiler import compile_gateway
 
 from ..conftest import DEV_KEY
-from .mcp_client import opened, rpc, session, until
+from .mcp_client import call, opened, session, until, write_mcp_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -28,10 +27,6 @@ pytestmark = pytest.mark.e2e
 STDIO_TOKEN = "stdio-token-8c1f0e4b"
 # The fake run as a program (not imported here: it builds its server as it loads).
 SERVER = f"[{sys.executable}, {Path(__file__).parent.parent / 'fakes' / 'mcp_stdio_server.py'}]"
-POLICIES = """
-@id("platform-uses-stdio")
-permit (principal in Team::"platform", action == Action::"invoke", resource);
-"""
 
 
 @dataclass
@@ -45,17 +40,7 @@ class StdioGateway:
 
 def write_config(root: Path, fs_idle_s: float = 300) -> str:
     """The gateway directory at ``root``; the fingerprint of the graph it compiles to."""
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "policies" / "mcp.cedar").write_text(POLICIES)
-    (root / "gateway.yaml").write_text(f"""
-version: 1
-providers: {{local: {{type: echo}}}}
-deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
-routes: {{echo: {{deployment: e}}}}
-teams: {{platform: {{}}}}
-keys:
-  dev: {{admin: true, team: platform, sha256: {hashlib.sha256(DEV_KEY.encode()).hexdigest()}}}
-mcp_servers:
+    write_mcp_gateway(root, f"""\
   fs:
     command: {SERVER}
     env: {{TEST_TOKEN: "${{MCP_STDIO_TOKEN}}"}}
@@ -92,10 +77,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def call(url: str, session_id: str, tool: str, **arguments: object) -> httpx.Response:
-    return rpc(url, DEV_KEY, session_id, "tools/call", {"name": tool, "arguments": arguments})
 
 
 async def test_tools_are_listed_called_and_the_server_heard(gateway: StdioGateway) -> None:

@@ -102,7 +102,8 @@ DOCS: Mapping[str, str] = MappingProxyType({
     "Route.target": "the name of that group, deployment or pipeline",
     "Deployment.provider": "the provider's name in gateway.yaml",
     "Deployment.provider_type": "echo, openai, anthropic, vllm, ...",
-    "Deployment.kind": "chat, embeddings, rerank, image, moderation, transcription or speech",
+    "Deployment.kind": "chat, embeddings, rerank, image, moderation, transcription, speech "
+                       "or realtime",
     "Deployment.price": "per million tokens; cache_read and cache_write: the input price "
                         "when not set; per_1k_search_units: rerank's, 0 when not set",
     "Deployment.self_hosted": "provider type vllm or echo, or tagged self-hosted",

@@ -236,7 +236,7 @@ class Deployment:
     provider: Provider
     model: str
     kind: Literal["chat", "embeddings", "rerank", "image", "moderation", "transcription",
-                  "speech"]
+                  "speech", "realtime"]
     context_window: int
     max_output_tokens: int
     price: Price

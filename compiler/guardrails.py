@@ -193,7 +193,9 @@ def check_route_guardrails(
 # revised_prompt). A moderation model is a classifier itself: none.
 _CHECKED = {"chat": ("input", "output"), "embeddings": ("input",), "rerank": ("input",),
             "image": ("input", "output"), "speech": ("input",),
-            "transcription": ("input", "output"), "moderation": ()}
+            "transcription": ("input", "output"), "moderation": (),
+            # A realtime session's events (audio, mostly) are relayed as they come: none.
+            "realtime": ()}
 
 
 def check_served_kinds(

@@ -1,5 +1,5 @@
 """What a deployment serves (``kind``: chat, embeddings, rerank, image, moderation,
-transcription, speech), checked as ``link`` runs.
+transcription, speech, realtime), checked as ``link`` runs.
 
 A provider type serves the kinds its API has and its adapter speaks: a rerank, image,
 moderation or audio deployment on a provider without that API, or a chat one on ``cohere`` (whose
@@ -40,8 +40,12 @@ MODERATES = frozenset({"openai", "openai_compatible", "echo"})
 # transcriptions, not speech), and echo's offline ones.
 TRANSCRIBES = frozenset({"openai", "azure_openai", "openai_compatible", "vllm", "echo"})
 SPEAKS = frozenset({"openai", "azure_openai", "openai_compatible", "echo"})
+# OpenAI's Realtime WebSocket (/v1/realtime?model=), as OpenAI, Azure OpenAI (its
+# /openai/realtime) and compatible servers serve it; echo has none: a session is relayed
+# to a real upstream, and there is nothing offline to relay to.
+REALTIME = frozenset({"openai", "azure_openai", "openai_compatible"})
 SERVES = {"rerank": RERANKS, "image": IMAGES, "moderation": MODERATES,
-          "transcription": TRANSCRIBES, "speech": SPEAKS}
+          "transcription": TRANSCRIBES, "speech": SPEAKS, "realtime": REALTIME}
 _HINTS = {"rerank": _RERANK_HINT,
           "image": "serve images from openai, azure_openai or an openai_compatible server "
                    "with /images/generations",
@@ -50,12 +54,15 @@ _HINTS = {"rerank": _RERANK_HINT,
           "transcription": "serve transcription from a provider that has it: "
                            + ", ".join(sorted(TRANSCRIBES - {"echo"})),
           "speech": "serve speech from a provider that has it: "
-                    + ", ".join(sorted(SPEAKS - {"echo"}))}
+                    + ", ".join(sorted(SPEAKS - {"echo"})),
+          "realtime": "serve realtime sessions from a provider that has OpenAI's Realtime "
+                      "API: " + ", ".join(sorted(REALTIME))}
 _APIS = {"rerank": "rerank API", "image": "image generation API",
          "moderation": "moderation API", "transcription": "transcription API",
-         "speech": "speech API"}
+         "speech": "speech API", "realtime": "Realtime API"}
 # Every kind, in the order diagnostics list them.
-KINDS = ("chat", "embeddings", "rerank", "image", "moderation", "transcription", "speech")
+KINDS = ("chat", "embeddings", "rerank", "image", "moderation", "transcription", "speech",
+         "realtime")
 
 
 def check_deployment_kind(entry: Entry[DeploymentSpec], provider_type: str,

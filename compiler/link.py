@@ -568,7 +568,8 @@ _SENT_FIELDS = {"embeddings": "input, dimensions and user",
                 "image": "the image request's own fields (prompt, n, size, quality, ...)",
                 "moderation": "input",
                 "transcription": "the client's form fields, file included",
-                "speech": "the client's input, voice and format fields"}
+                "speech": "the client's input, voice and format fields",
+                "realtime": "the client's WebSocket events, as they come"}
 
 
 def _check_pass_params(entry: Entry[DeploymentSpec], sink: DiagnosticSink) -> None:

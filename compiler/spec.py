@@ -224,12 +224,13 @@ class DeploymentSpec(Spec):
     provider: str
     model: str = Field(description="The upstream model id sent to the provider.")
     kind: Literal["chat", "embeddings", "rerank", "image", "moderation", "transcription",
-                  "speech"] = Field(
+                  "speech", "realtime"] = Field(
         "chat", description="What it serves: /v1/chat/completions, /v1/embeddings, /v1/rerank, "
         "/v1/images/generations (image), /v1/moderations (moderation), "
-        "/v1/audio/transcriptions and /translations (transcription), or /v1/audio/speech "
-        "(speech); for rerank, context_window bounds the query (documents are the "
-        "provider's to cut), for image the prompt, for moderation the input."
+        "/v1/audio/transcriptions and /translations (transcription), /v1/audio/speech "
+        "(speech), or the /v1/realtime WebSocket (realtime); for rerank, context_window "
+        "bounds the query (documents are the provider's to cut), for image the prompt, for "
+        "moderation the input."
     )
     context_window: PositiveInt
     max_output_tokens: PositiveInt | None = None

@@ -18,7 +18,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw import __version__
@@ -50,6 +50,7 @@ from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .moderations import moderate
 from .policy_endpoints import policy_routes
+from .realtime import realtime
 from .rerank import rerank
 from .responses import create_response
 from .responses_stored import cancel_response, delete_response, get_response, input_items
@@ -94,6 +95,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in direct.items()),
             Route("/v1/messages/count_tokens", endpoints.count_tokens, methods=["POST"]),
+            WebSocketRoute("/v1/realtime", partial(realtime, gateway)),
             Route("/v1/responses/{response_id}", endpoints.stored_response,
                   methods=["GET", "DELETE"]),
             Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items,

@@ -9,6 +9,7 @@ the others keep ``Upstream``. Both raise the same ``UpstreamError`` classes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ class JsonUpstream(Protocol):
 
 class AudioUpstream(JsonUpstream, Protocol):
     """And what OpenAI's audio API takes: a multipart POST answered whole (a transcript)
-    or in events (a streamed one), a JSON POST answered in bytes as they come (speech)."""
+    or in events (a streamed one), a JSON POST answered in bytes as they come (speech),
+    and its Realtime API's WebSocket."""
+
+    async def ws_connect(self, url: str,
+                         headers: Mapping[str, str]) -> aiohttp.ClientWebSocketResponse: ...
 
     async def post_form(
         self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
@@ -111,6 +116,10 @@ class AiohttpUpstream:
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
+        # Realtime sessions' WebSockets (``ws_connect``), in a pool of their own: each holds
+        # its connection for as long as the session lasts, and in the calls' pool a few
+        # hundred would leave no connection for a chat call to the same provider.
+        self._sockets: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str | None] = {}  # by URL: the proxy the environment names
         self._streams: set[aiohttp.ClientResponse] = set()  # being read: closed by aclose
         self._timeout = aiohttp.ClientTimeout(
@@ -292,6 +301,28 @@ class AiohttpUpstream:
         return UpstreamConnectionError(f"provider '{name}' is unreachable: {detail}",
                                        provider=name)
 
+    async def ws_connect(self, url: str,
+                         headers: Mapping[str, str]) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to ``url`` (a Realtime session's), its handshake within the
+        provider's timeout; a refused handshake is the ``UpstreamError`` its status says
+        (401, 404, 429, ...), an unreachable upstream a connection error or a timeout."""
+        if self._sockets is None or self._sockets.closed:
+            self._sockets = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+                cookie_jar=aiohttp.DummyCookieJar())
+        try:
+            return await asyncio.wait_for(self._sockets.ws_connect(
+                url, headers=traced(headers), proxy=self._proxy(url), autoclose=False,
+                # No receive timeout: a session may be quiet for minutes between turns.
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                max_msg_size=self.provider.max_response_bytes), self.provider.timeout_s)
+        except aiohttp.WSServerHandshakeError as exc:
+            # aiohttp reads no body of a refused handshake: the status says what failed.
+            raise classify(failure_from_response(exc.status, exc.message.encode(),
+                                                 exc.headers or {}), self.provider) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(exc) from None
+
     async def aclose(self) -> None:
         # A stream still being read is cut, so its reader gets an error: closing the
         # session alone left it waiting on a connection nobody would feed again.
@@ -300,6 +331,9 @@ class AiohttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._sockets is not None:  # the Realtime sessions still open end with it
+            await self._sockets.close()
+            self._sockets = None
 
 
 

@@ -23,6 +23,8 @@ import logging
 import traceback
 from collections.abc import AsyncIterator
 
+import aiohttp
+
 from aigw.compiler.graph import Provider
 
 from ..errors import UpstreamServerError
@@ -53,6 +55,7 @@ from .base import (
     close_deltas,
 )
 from .events import EventStream, image_events_adapter
+from .realtime import RealtimeCall, realtime_adapter
 
 log = logging.getLogger("aigw.upstream")
 
@@ -152,6 +155,10 @@ class GuardedAdapter:
             return await audio_adapter(self.inner, call.deployment).speak_events(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
+
+    async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
+        # Nothing to read: the handshake's answer is the upstream's, the events the client's.
+        return await realtime_adapter(self.inner, call.deployment).realtime(call)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
 
 from aigw.compiler.graph import Provider
 
@@ -61,9 +64,12 @@ from .base import (
 from .events import EventStream, image_estimate, opened
 from .openai_media import image_body, moderation_body, parse_images, parse_moderation
 from .openai_text import text_body, text_choices, text_deltas
+from .realtime import RealtimeCall
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
+# The api-version Azure OpenAI serves /openai/realtime at (the GA one above has none).
+AZURE_REALTIME_API_VERSION = "2024-10-01-preview"
 
 
 class OpenAIAdapter:
@@ -269,6 +275,14 @@ class OpenAIAdapter:
             {**call.body, "model": call.deployment.model}, self._headers)
         return await opened(events, call.usage, "speech.audio.done", self.provider)
 
+    async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
+        headers = {**self._headers, "openai-beta": "realtime=v1"} if call.beta else self._headers
+        return await self.upstream.ws_connect(self.realtime_url(call.deployment.model), headers)
+
+    def realtime_url(self, model: str) -> str:
+        """OpenAI's ``wss://api.openai.com/v1/realtime?model=``; an http base is ws."""
+        return f"{_websocket(self._base)}/realtime?{urlencode({'model': model})}"
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 
@@ -297,10 +311,23 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         body.pop("model", None)  # the URL names the deployment
         return body
 
+    def realtime_url(self, model: str) -> str:
+        """Azure's ``/openai/realtime``, which the GA version (AZURE_API_VERSION) does
+        not serve: the provider's api_version where it names one, else the preview's."""
+        version = self.provider.api_version or AZURE_REALTIME_API_VERSION
+        query = urlencode({"api-version": version, "deployment": model})
+        return f"{_websocket(self._base)}/openai/realtime?{query}"
+
     def cap_field(self) -> str:
         """Azure takes max_completion_tokens from API version 2024-09-01-preview on;
         older versions know max_tokens only."""
         return "max_completion_tokens" if self._version >= "2024-09-01" else "max_tokens"
+
+
+def _websocket(base: str) -> str:
+    """``base`` with its scheme as a WebSocket's: https is wss, http ws."""
+    scheme, sep, rest = base.partition("://")
+    return {"https": "wss", "http": "ws"}.get(scheme.lower(), scheme) + sep + rest
 
 
 def _operation(call: ChatCall) -> str:

@@ -161,7 +161,7 @@ def kind_name(deployment: Deployment) -> str:
     return {"chat": "a chat model", "embeddings": "an embeddings model",
             "rerank": "a rerank model", "image": "an image model",
             "moderation": "a moderation model", "transcription": "a transcription model",
-            "speech": "a speech model"}[deployment.kind]
+            "speech": "a speech model", "realtime": "a realtime model"}[deployment.kind]
 
 
 def order_candidates(

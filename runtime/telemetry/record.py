@@ -174,6 +174,7 @@ class RequestRecord:
     # (guardrail, direction, action) of each guardrail that acted; None until one does.
     guardrails: list[tuple[str, str, str]] | None = None
     batch: str | None = None  # the batch (/v1/batches) this request is a line of
+    responses: int | None = None  # a Realtime session's, each billed (runtime/realtime.py)
 
     def waiting_upstream(self) -> None:
         """A call to a provider is waited on from now (until ``waited_upstream``). The
@@ -207,7 +208,7 @@ _OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
                "rerank": "rerank", "images": "generate_content", "moderations": "moderation",
                "pipelines": "invoke_agent", "a2a": "invoke_agent",
                "transcriptions": "transcription", "translations": "translation",
-               "speech": "speech"}
+               "speech": "speech", "realtime": "realtime"}
 
 
 def operation_name(record: RequestRecord) -> str:
@@ -376,6 +377,7 @@ class Telemetry:
             "cache_similarity": record.cache_similarity,
             "graph": record.graph,
             "batch": record.batch,
+            "responses": record.responses,
         }).decode())
 
     def _end_span(self, record: RequestRecord) -> None:

@@ -164,14 +164,14 @@ class Server:
 
 
 @contextmanager
-def sdk_gateway(root: Path, sections: str,
-                dev: str = "") -> Iterator[tuple[openai.OpenAI, Server]]:
+def sdk_gateway(root: Path, sections: str, dev: str = "",
+                keys: str = "") -> Iterator[tuple[openai.OpenAI, Server]]:
     """``sections`` (the YAML after ``version: 1``; the admin dev key is added, with
-    ``dev``: more of its entry, a budget say) served from ``root`` by a real ``aigw
-    serve``, and the official openai SDK pointed at it (no retries of its own); stopped
-    at the end."""
+    ``dev``: more of its entry, a budget say, and ``keys``: more keys' lines) served from
+    ``root`` by a real ``aigw serve``, and the official openai SDK pointed at it (no
+    retries of its own); stopped at the end."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "gateway.yaml").write_text("version: 1\n" + sections + dev_key_line(dev))
+    (root / "gateway.yaml").write_text("version: 1\n" + sections + dev_key_line(dev, keys))
     server = Server(root)
     try:
         server.wait_ready()

@@ -29,12 +29,12 @@ from ..fakes.scripted import Scripted
 from ..fakes.serve import serving
 
 
-def dev_key_line(more: str = "") -> str:
+def dev_key_line(more: str = "", keys: str = "") -> str:
     """The ``keys`` section of the dev key alone; ``more``: more of its flow mapping (a
-    budget, say)."""
+    budget, say); ``keys``: more keys' lines, after it."""
     return ("keys:\n  dev: {admin: true, sha256: "
             "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482"
-            + (f", {more}" if more else "") + "}\n")
+            + (f", {more}" if more else "") + "}\n" + keys)
 
 
 DEV_KEY_LINE = dev_key_line()

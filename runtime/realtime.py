@@ -1,0 +1,436 @@
+"""GET /v1/realtime?model=<route>: OpenAI's Realtime API, a WebSocket relayed to one of the
+route's ``kind: realtime`` deployments.
+
+    accept -> key (Authorization, or the browser's ``openai-insecure-api-key.<key>``
+    subprotocol) -> route allowed -> Cedar invoke -> limits held (runtime/route_call.py)
+    -> the upstream's WebSocket opened (the attempt loop: the group's next member when
+    one cannot be reached; never after it is open) -> events relayed both ways, each
+    ``response.done`` billed -> both ends closed, the session settled and logged
+
+The WebSocket is accepted before anything is checked, as OpenAI's API does: a refusal
+(a bad key, an unknown model, a route the key may not call, a limit, every upstream
+down) is an ``error`` event in OpenAI's shape, then a close whose reason is the error's
+``type.code`` (close codes in ``_CLOSE_CODES``). The upstream is opened with the
+provider's key, never the client's, and only ``OpenAI-Beta`` is passed on (it picks the
+protocol's version).
+
+A connection counts as one request at connect (rpm, and a place under max_parallel for
+as long as it lasts). Each ``response.done`` carries the response's usage: it is billed
+then, at the deployment's token prices (audio tokens at the text prices: the price
+table has no audio rates), charged to the budgets and written to the ledger as a record
+of its own (``<session id>:<n>``); the session's tokens are charged to tpm as it ends.
+Between responses the session holds an empty reservation against its budgets (the
+*tab*); when the next one is refused, a budget ran out: the session is closed after the
+response that spent it, with an ``insufficient_quota`` error event. A key a reload
+removed ends its sessions the same way. The access log has one line per session (its
+responses, tokens and cost), and the metrics count it as one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+from starlette.datastructures import Headers
+from starlette.websockets import WebSocket
+
+from aigw.compiler.graph import ApiKey
+
+from .admission import Admission, DeploymentQuotas, Hold, admit
+from .auth import authenticate
+from .chat import new_record, resolve_route
+from .errors import (
+    BadRequest,
+    BudgetExceeded,
+    GatewayError,
+    StoreUnavailable,
+    Unauthorized,
+    UpstreamConnectionError,
+)
+from .exchange import Exchange
+from .providers.base import Usage
+from .providers.realtime import RealtimeCall, realtime_adapter
+from .route_call import call_route
+from .routing.attempts import Won
+from .routing.candidates import AudioAsk, Candidate
+from .store.values import LedgerRecord
+from .telemetry.record import RequestRecord
+from .telemetry.tracing import Span
+
+if TYPE_CHECKING:
+    from .live import Gateway, Live
+
+log = logging.getLogger("aigw.realtime")
+
+# The browser's way to send a key (it cannot set headers on a WebSocket): a subprotocol.
+KEY_PROTOCOL = "openai-insecure-api-key."
+BETA_PROTOCOL = "openai-beta.realtime-v1"
+# A refusal's close code by its status: 3000 and 3003 are IANA's registered
+# "Unauthorized" and "Forbidden" (OpenAI closes a bad key with 3000), 1013 "try again
+# later" (a rate limit, an upstream at its own), 1011 the upstream's failure; the rest
+# (a bad request, an unknown model, a spent budget) 1008, a policy violation.
+_CLOSE_CODES = {401: 3000, 403: 3003, 429: 1013, 503: 1013}
+POLICY_VIOLATION = 1008
+SERVER_ERROR = 1011
+NORMAL = 1000
+# The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
+_SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
+# What a ``response.done`` event has, looked for before a frame is parsed: most frames
+# are audio deltas, passed on unread.
+_DONE = '"response.done"'
+
+
+async def realtime(gateway: Gateway, websocket: WebSocket) -> None:
+    """One Realtime session, on the graph live when it connected (a reload meanwhile
+    serves new sessions; this one keeps its adapters until it ends)."""
+    live = gateway.live
+    live.in_flight.count += 1
+    try:
+        await _session(gateway, live, websocket)
+    finally:
+        live.in_flight.leave()
+
+
+@dataclass(slots=True)
+class _Opened:
+    """An upstream WebSocket; ``usage`` is what the attempt loop bills a hedge's loser,
+    closed as soon as it lost: nothing."""
+
+    socket: aiohttp.ClientWebSocketResponse
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+    closing: asyncio.Future[bool] | None = None  # a loser's close, kept while it runs
+
+
+async def _session(gateway: Gateway, live: Live, websocket: WebSocket) -> None:
+    offered = [name.strip() for value in websocket.headers.getlist("sec-websocket-protocol")
+               for name in value.split(",")]
+    headers = _headers(websocket.headers, offered)
+    # The subprotocol a browser offers besides its key (OpenAI answers "realtime").
+    await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+    record = new_record(live, "realtime")
+    record.stream = True  # a session: timed as a stream is, from connect to close
+    exchange = Exchange(live, record, headers, lambda: gateway.live)
+    try:
+        key, won, hold = await _open(exchange, headers, websocket.query_params.get("model"),
+                                     BETA_PROTOCOL in offered)
+    except GatewayError as exc:
+        await exchange.fail(exc)
+        live.telemetry.refused(record, headers)
+        live.telemetry.finish(record)
+        await _refuse(websocket, exc)
+        return
+    except asyncio.CancelledError:
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    await _Relay(exchange, key, won, hold, websocket, lambda: gateway.live).run()
+
+
+def _headers(headers: Headers, offered: list[str]) -> Headers:
+    """The handshake's headers, with a subprotocol's key as ``Authorization`` where the
+    handshake has none (a browser's)."""
+    given = next((name[len(KEY_PROTOCOL):] for name in offered
+                  if name.startswith(KEY_PROTOCOL)), None)
+    if given is None or "authorization" in headers:
+        return headers
+    return Headers(raw=[*headers.raw, (b"authorization", f"Bearer {given}".encode())])
+
+
+async def _open(exchange: Exchange, headers: Headers, model: str | None,
+                beta_protocol: bool) -> tuple[ApiKey, Won[_Opened], Hold | None]:
+    """The caller's key and the upstream's WebSocket, opened through the route's members
+    as any call is (its limits held, its policies asked); its deployment's tpm hold."""
+    live = exchange.live
+    key = authenticate(live.graph, headers)
+    if not model:
+        raise BadRequest("Missing required parameter: 'model' (the route, as "
+                         "/v1/realtime?model=...).", param="model")
+    exchange.identify(key, None)
+    route = resolve_route(live.graph, model)
+    beta = beta_protocol or headers.get("openai-beta", "").strip().lower() == "realtime=v1"
+
+    def call(candidate: Candidate, _texts: tuple[str, ...], _tokens: int) -> Callable[
+            [], Awaitable[_Opened]]:
+        adapter = realtime_adapter(candidate.adapter, candidate.deployment)
+        return partial(_connected, adapter.realtime(RealtimeCall(candidate.deployment, beta)))
+
+    holds: dict[str, Hold | None] = {}
+    # Held at nothing: a session's tokens are unknown until its responses are done, and
+    # each is charged as it is (the tab). The connection itself is the request counted.
+    won = await call_route(exchange, key, route, kind="realtime", model=model,
+                           prompt_tokens=0, ask=AudioAsk(live.adapters, "realtime", 0),
+                           cost=lambda _deployment: 0.0, call=call, noted=_noted,
+                           release=_let_go, holds=holds)
+    return key, won, holds.pop(won.candidate.deployment.name, None)
+
+
+async def _connected(opening: Awaitable[aiohttp.ClientWebSocketResponse]) -> _Opened:
+    return _Opened(await opening)
+
+
+def _noted(span: Span, opened: _Opened) -> None:
+    """An attempt's span ends at the handshake: a session's usage is its record's."""
+
+
+def _let_go(opened: _Opened) -> None:
+    """A hedge's loser (open too late): closed in a task, as the attempt loop lets go of
+    a loser without waiting (and the close waits for the upstream's close frame)."""
+    opened.closing = asyncio.ensure_future(opened.socket.close())
+
+
+async def _refuse(websocket: WebSocket, error: GatewayError) -> None:
+    await websocket.send_text(_error_event(error))
+    await websocket.close(_close_code(error), _reason(error))
+
+
+def _close_code(error: GatewayError) -> int:
+    if isinstance(error, BudgetExceeded):
+        return POLICY_VIOLATION  # not a wait: the budget's period has to turn
+    return _CLOSE_CODES.get(error.status, SERVER_ERROR if error.status >= 500
+                            else POLICY_VIOLATION)
+
+
+def _reason(error: GatewayError) -> str:
+    """The close reason OpenAI gives: the error's ``type.code``, within the 123 bytes a
+    close frame holds."""
+    return f"{error.error_type}.{error.shown_code or ''}".rstrip(".")[:123]
+
+
+def _error_event(error: GatewayError) -> str:
+    """OpenAI's ``error`` server event for ``error``."""
+    return json.dumps({"type": "error", "event_id": f"event_{os.urandom(12).hex()}",
+                       "error": {**error.body()["error"], "event_id": None}})  # type: ignore[dict-item]
+
+
+@dataclass(slots=True)
+class _Ending:
+    """How the relay ended: the close code and reason each end is sent, and the error
+    event the client gets first (the gateway's own ending: a budget, a revoked key)."""
+
+    client_code: int
+    client_reason: str = ""
+    upstream_code: int = NORMAL
+    error: GatewayError | None = None
+
+
+class _Relay:
+    """One open session: the client's frames to the upstream, the upstream's to the
+    client, each ``response.done`` billed, until either end closes."""
+
+    def __init__(self, exchange: Exchange, key: ApiKey, won: Won[_Opened], hold: Hold | None,
+                 websocket: WebSocket, current: Callable[[], Live]) -> None:
+        self.exchange = exchange
+        self.current = current  # the gateway's live graph now (after any reload)
+        self.live = exchange.live
+        self.record = exchange.record
+        self.key = key
+        self.deployment = won.candidate.deployment
+        self.won = won
+        self.hold = hold
+        self.upstream = won.value.socket
+        self.websocket = websocket
+        self.tab: Admission | None = None
+        self.responses = 0
+
+    async def run(self) -> None:
+        live, record = self.live, self.record
+        record.responses = 0
+        stats = live.routing.of(self.deployment)
+        stats.observe_latency((live.routing.clock() - self.won.started) * 1000)  # connect
+        ending = _Ending(NORMAL)
+        try:
+            try:
+                self.tab = await self._tab()
+            except BudgetExceeded as exc:  # spent by another request since the connect
+                ending = _Ending(POLICY_VIOLATION, _reason(exc), error=exc)
+            else:
+                ending = await self._relayed()
+        finally:
+            with anyio.CancelScope(shield=True):  # a shutdown past its grace: settled all the same
+                await self._closed(ending)
+
+    async def _relayed(self) -> _Ending:
+        inbound = asyncio.ensure_future(self._from_client())
+        outbound = asyncio.ensure_future(self._from_upstream())
+        try:
+            done, _pending = await asyncio.wait((inbound, outbound),
+                                                return_when=asyncio.FIRST_COMPLETED)
+            if outbound in done:
+                return outbound.result()
+            ending = inbound.result()
+            # Closed while its reader waits, which reads the close frame that answers:
+            # cancelled, aiohttp's reader drops the connection (1006 upstream).
+            await self.upstream.close(code=ending.upstream_code)
+            return ending
+        finally:
+            for task in (inbound, outbound):
+                task.cancel()
+            await asyncio.gather(inbound, outbound, return_exceptions=True)
+
+    async def _from_client(self) -> _Ending:
+        """The client's frames, passed on as they come; its close, passed on too."""
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                # hypercorn reports 1006 for any close the app did not start (it keeps
+                # the client's code to itself): the upstream is closed normally then.
+                code = message.get("code", NORMAL)
+                return _Ending(NORMAL, upstream_code=code if code in _SENDABLE else NORMAL)
+            text = message.get("text")
+            try:
+                if text is not None:
+                    await self.upstream.send_str(text)
+                else:
+                    await self.upstream.send_bytes(message.get("bytes") or b"")
+            except (aiohttp.ClientError, ConnectionError):  # the upstream is closing: its
+                # close frame (or its end) is what the other direction reads next
+                return await asyncio.Future()  # the other direction ends the relay
+
+    async def _from_upstream(self) -> _Ending:
+        """The upstream's frames, passed on as they come, each ``response.done`` billed;
+        its close code passed on, or the gateway's ending when the bill stops it."""
+        while True:
+            message = await self.upstream.receive()
+            if message.type is aiohttp.WSMsgType.TEXT:
+                await self.websocket.send_text(message.data)
+                if _DONE in message.data:
+                    stopped = await self._billed(message.data)
+                    if stopped is not None:
+                        return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                await self.websocket.send_bytes(message.data)
+            elif message.type is aiohttp.WSMsgType.CLOSE:
+                code = message.data
+                return _Ending(code if code in _SENDABLE else NORMAL, message.extra or "")
+            else:  # CLOSED, ERROR: it went without a close frame
+                error = UpstreamConnectionError(
+                    f"provider '{self.deployment.provider.name}' ended the session without "
+                    "closing it", provider=self.deployment.provider.name)
+                return _Ending(SERVER_ERROR, _reason(error), error=error)
+
+    async def _billed(self, data: str) -> GatewayError | None:
+        """Bill a ``response.done`` event's usage; the error that ends the session when
+        its budget has run out (or its key was revoked), else None."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return None
+        response = event.get("response") if isinstance(event, dict) else None
+        if not isinstance(event, dict) or event.get("type") != "response.done" \
+                or not isinstance(response, dict):
+            return None
+        usage = response_usage(response.get("usage"))
+        cost = self.deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
+                                          usage.cached_tokens)
+        record, live = self.record, self.live
+        self.responses += 1
+        record.responses = self.responses
+        record.prompt_tokens += usage.prompt_tokens
+        record.completion_tokens += usage.completion_tokens
+        record.cached_tokens += usage.cached_tokens
+        record.cost += cost
+        live.routing.of(self.deployment).add_usage(live.routing.clock(), usage.total_tokens)
+        try:
+            if self.tab is not None:
+                await self.tab.settle(usage.total_tokens, cost)
+                self.tab = None
+            store = await live.store.get()
+            await store.record(self._ledger_record(usage, cost))
+            return await self._next_tab()
+        except StoreUnavailable:  # a response in flight is not refused for it: the store's
+            # outbox settles what it can; the next response is billed as usual
+            log.error("realtime response %s:%d not billed: the store is unavailable",
+                      record.request_id, self.responses)
+            return None
+
+    async def _next_tab(self) -> GatewayError | None:
+        """The next response's tab; the error that ends the session when it is refused,
+        or when a reload removed the key (it stops spending, as a stream does)."""
+        if self.key.name not in self.current().graph.keys_by_name:
+            return Unauthorized("The API key was revoked during this session.")
+        try:
+            self.tab = await self._tab()
+        except BudgetExceeded as exc:
+            return exc
+        return None
+
+    async def _tab(self) -> Admission:
+        """An empty reservation against the session's budgets (none: nothing held), which
+        the next response is charged to; refused (``BudgetExceeded``) once one is spent."""
+        exchange = self.exchange
+        assert exchange.admission is not None
+        limits = tuple(replace(item, rpm=None, tpm=None, max_parallel=None)
+                       for item in exchange.admission.limits if item.budget is not None)
+        # A record of its own: a reservation's id is unique, and a refusal names its budget.
+        tab_record = RequestRecord(f"{self.record.request_id}:tab{self.responses}",
+                                   "realtime", self.record.graph)
+        store = await self.live.store.get()
+        try:
+            tab = await admit(store, tab_record, limits, 0, 0.0)
+        finally:
+            if tab_record.budget_refused is not None:
+                self.record.budget_refused = tab_record.budget_refused
+        self.live.store.keep(tab)
+        return tab
+
+    def _ledger_record(self, usage: Usage, cost: float) -> LedgerRecord:
+        record = self.record
+        return LedgerRecord(
+            request_id=f"{record.request_id}:{self.responses}", at=time.time(),
+            key=record.key, team=record.team, user=self.exchange.user, route=record.route,
+            deployment=self.deployment.name, tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens, cost=cost,
+            latency_ms=0.0,  # a response's time is the upstream's to tell: not reported
+            status=200, fingerprint=self.live.graph.fingerprint, batch=None)
+
+    async def _closed(self, ending: _Ending) -> None:
+        """Both ends closed (the error event first), the session settled and logged."""
+        record, live = self.record, self.live
+        if ending.error is not None:
+            record.status, record.error = ending.error.status, str(ending.error.code)
+        await self.upstream.close(code=ending.upstream_code)
+        try:
+            if ending.error is not None:
+                await self.websocket.send_text(_error_event(ending.error))
+            await self.websocket.close(ending.client_code, ending.client_reason[:123])
+        except (RuntimeError, OSError):  # the client has gone already
+            pass
+        tokens = record.prompt_tokens + record.completion_tokens
+        try:
+            if self.tab is not None:
+                await self.tab.release()
+            if self.exchange.admission is not None:  # tpm charged, the place given back
+                await self.exchange.admission.settle(tokens, 0.0)
+            await DeploymentQuotas.settle(self.hold, tokens)
+        except StoreUnavailable:
+            log.error("could not settle realtime session %s: the store is unavailable",
+                      record.request_id)
+        live.telemetry.finish(record)
+
+
+def response_usage(usage: object) -> Usage:
+    """A ``response.done``'s ``response.usage``: input (cached included), output tokens.
+
+    >>> response_usage({"input_tokens": 120, "output_tokens": 40,
+    ...                 "input_token_details": {"cached_tokens": 64}}).cached_tokens
+    64
+    """
+    if not isinstance(usage, dict):
+        return Usage(0, 0)
+    details = usage.get("input_token_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
+                 _count(cached))
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0

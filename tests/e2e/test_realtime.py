@@ -1,0 +1,252 @@
+"""A real ``aigw serve`` relaying OpenAI's Realtime API (GET /v1/realtime, a WebSocket) to a
+fake Realtime upstream, driven by the official openai SDK's realtime client: events
+relayed both ways, each ``response.done`` billed to the ledger and the key's spend, the
+session's access-log line, a budget spent mid-session closing it after that response,
+and each refusal (a bad key, an unknown model, a route the key may not call, every
+upstream down) an error event and a close."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..conftest import DEV_KEY
+from ..fakes.openai_realtime import USAGE, RealtimeFake
+from ..fakes.serve import free_port
+from .server import Server, sdk_gateway
+
+pytestmark = pytest.mark.e2e
+
+NARROW_KEY = "sk-aigw-narrow"
+# The deployment's prices: a response (USAGE: 120 input tokens, 20 of them cached at 0.4,
+# and 40 output) costs (100 * 4 + 20 * 0.4 + 40 * 16) / 1e6.
+RESPONSE_COST = (100 * 4.0 + 20 * 0.4 + 40 * 16.0) / 1_000_000
+
+
+@dataclass
+class Realtime:
+    upstream: RealtimeFake
+    server: Server
+
+    def client(self, key: str = DEV_KEY) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.server.base_url}/v1", api_key=key,
+                                  max_retries=0)
+
+
+@contextmanager
+def realtime_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     dev: str = "") -> Iterator[Realtime]:
+    """A gateway with a realtime route on the fake (``realtime``), a group whose first
+    member's upstream is down (``fallback``), one whose every member is (``down``), and a
+    chat route; the dev key (``dev``: more of it) and a key that may call ``chat`` only."""
+    upstream = RealtimeFake()
+    monkeypatch.setenv("FAKE_REALTIME_KEY", upstream.api_key)
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
+    with upstream.serving() as url, sdk_gateway(tmp_path / "gw", (
+            "providers:\n"
+            f'  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_REALTIME_KEY}}"}}\n'
+            f'  gone: {{type: openai_compatible, base_url: "{down}", '
+            'api_key: "${FAKE_REALTIME_KEY}"}\n'
+            "  local: {type: echo}\n"
+            "deployments:\n"
+            "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
+            "                 context_window: 32000,\n"
+            "                 price: {input: 4.0, output: 16.0, cache_read: 0.4}}\n"
+            "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
+            "                  context_window: 32000}\n"
+            "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
+            "groups:\n"
+            "  fallback: {members: [gone-realtime, gpt-realtime], retry: {attempts: 0}}\n"
+            "  down: {members: [gone-realtime], retry: {attempts: 0}}\n"
+            "routes:\n"
+            "  realtime: {deployment: gpt-realtime}\n"
+            "  fallback: {group: fallback}\n"
+            "  down: {group: down}\n"
+            "  chat: {deployment: echo-chat}\n"
+    ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n") as (_client, server):
+        yield Realtime(upstream, server)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Realtime]:
+    with realtime_gateway(tmp_path, monkeypatch) as served:
+        yield served
+
+
+@asynccontextmanager
+async def connected(gateway: Realtime, model: str,
+                    key: str = DEV_KEY) -> AsyncIterator[AsyncRealtimeConnection]:
+    async with gateway.client(key) as client, client.realtime.connect(model=model) as connection:
+        yield connection
+
+
+async def until(connection: AsyncRealtimeConnection, kind: str) -> list[Any]:
+    """The events received up to and including the first of type ``kind``."""
+    events = []
+    while True:
+        event = await asyncio.wait_for(connection.recv(), 10)
+        events.append(event)
+        if event.type == kind:
+            return events
+
+
+async def said(connection: AsyncRealtimeConnection, text: str) -> list[Any]:
+    """One turn: ``text`` as a user message, a response asked for, its events to done."""
+    await connection.conversation.item.create(item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await connection.response.create()
+    return await until(connection, "response.done")
+
+
+def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Realtime) -> None:
+    async def session() -> tuple[list[Any], list[Any], list[Any]]:
+        async with connected(gateway, "realtime") as connection:
+            created = await until(connection, "session.created")
+            await connection.session.update(session={"type": "realtime",
+                                                     "instructions": "Be brief."})
+            await until(connection, "session.updated")
+            return created, await said(connection, "hello there"), await said(connection,
+                                                                             "again")
+
+    created, first, second = asyncio.run(session())
+    assert created[-1].session.model == "gpt-realtime"  # the deployment's model upstream
+    deltas = "".join(event.delta for event in first if event.type == "response.output_text.delta")
+    assert deltas.strip() == "You said: hello there"
+    assert second[-1].response.usage.input_tokens == USAGE["input_tokens"]
+
+    upstream = gateway.upstream.sessions[0]
+    assert upstream.query == {"model": "gpt-realtime"}
+    assert [event["type"] for event in upstream.events] == [
+        "session.update", "conversation.item.create", "response.create",
+        "conversation.item.create", "response.create"]
+    assert upstream.events[0]["session"]["instructions"] == "Be brief."
+
+    # Each response is a ledger record of its own, at the deployment's prices.
+    rows = gateway.server.ledger_rows(2)
+    assert [row["status"] for row in rows] == [200, 200]
+    assert [row["cost"] for row in rows] == pytest.approx([RESPONSE_COST] * 2)
+    spend = httpx.get(f"{gateway.server.base_url}/admin/spend?group_by=key",
+                      headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    assert spend["data"][0]["cost"] == pytest.approx(2 * RESPONSE_COST)
+    assert spend["data"][0]["requests"] == 2
+
+    line = _session_line(gateway.server)
+    assert (line["route"], line["deployment"], line["status"]) == (
+        "realtime", "gpt-realtime", 200)
+    assert line["responses"] == 2
+    assert (line["prompt_tokens"], line["completion_tokens"], line["cached_tokens"]) == (240, 80,
+                                                                                         40)
+    assert line["cost"] == pytest.approx(2 * RESPONSE_COST)
+    assert upstream.close_code == 1000  # the client's close, passed on
+
+
+def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime) -> None:
+    async def session() -> list[Any]:
+        async with connected(gateway, "realtime") as connection:
+            return await said(connection, "hi")
+
+    events = asyncio.run(session())
+    headers = gateway.upstream.sessions[0].headers
+    assert headers["authorization"] == f"Bearer {gateway.upstream.api_key}"
+    assert DEV_KEY not in json.dumps(headers)
+    assert gateway.upstream.api_key not in json.dumps([event.to_dict() for event in events])
+
+
+def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(
+        gateway: Realtime) -> None:
+    async def session() -> list[Any]:
+        async with connected(gateway, "fallback") as connection:
+            return await said(connection, "hi")
+
+    assert asyncio.run(session())[-1].type == "response.done"
+    line = _session_line(gateway.server)
+    assert (line["deployment"], line["attempts"], line["responses"]) == ("gpt-realtime", 2, 1)
+
+
+@pytest.mark.parametrize(("key", "model", "code", "error_code"), [
+    ("sk-aigw-wrong", "realtime", 3000, "invalid_api_key"),
+    (DEV_KEY, "no-such-model", 1008, "model_not_found"),
+    (NARROW_KEY, "realtime", 1008, "model_not_found"),
+    (DEV_KEY, "chat", 1008, "invalid_request"),  # a chat route: no realtime member
+    (DEV_KEY, "down", 1011, None),  # every member unreachable: the upstream's error
+], ids=["bad-key", "unknown-model", "route-not-allowed", "not-realtime", "upstream-down"])
+def test_a_refused_session_is_an_error_event_then_a_close(
+        gateway: Realtime, key: str, model: str, code: int, error_code: str | None) -> None:
+    async def session() -> tuple[Any, ConnectionClosed]:
+        async with connected(gateway, model, key) as connection:
+            event = await asyncio.wait_for(connection.recv(), 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return event, closed.value
+
+    event, closed = asyncio.run(session())
+    assert event.type == "error"
+    if error_code is not None:
+        assert event.error.code == error_code
+    assert closed.rcvd is not None and closed.rcvd.code == code
+    assert gateway.upstream.sessions == []  # nothing reached the upstream
+    assert DEV_KEY not in event.error.message and NARROW_KEY not in event.error.message
+
+
+def test_a_budget_spent_mid_session_closes_it_after_that_response(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first response takes the budget past its amount: it is passed on whole and
+    billed, then the session ends with an insufficient_quota error event; a new session
+    is refused at connect."""
+    async def session(served: Realtime) -> tuple[list[Any], Any, int]:
+        async with connected(served, "realtime") as connection:
+            events = await said(connection, "hi")
+            error = await asyncio.wait_for(connection.recv(), 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events, error, _code(closed.value)
+
+    budget = f"budget: {{amount: {RESPONSE_COST / 2}, period: total}}"
+    with realtime_gateway(tmp_path, monkeypatch, dev=budget) as served:
+        events, error, code = asyncio.run(session(served))
+        assert events[-1].type == "response.done"
+        assert (error.type, error.error.code, code) == ("error", "insufficient_quota", 1008)
+        line = _session_line(served.server)
+        assert (line["status"], line["responses"]) == (429, 1)
+        assert served.server.ledger_rows(1)[0]["cost"] == pytest.approx(RESPONSE_COST)
+        assert served.upstream.sessions[0].close_code == 1000
+
+        _, refused, code = asyncio.run(_first_event(served))
+        assert (refused.error.code, code) == ("insufficient_quota", 1008)
+
+
+async def _first_event(served: Realtime) -> tuple[None, Any, int]:
+    async with connected(served, "realtime") as connection:
+        event = await asyncio.wait_for(connection.recv(), 10)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(connection.recv(), 10)
+        return None, event, _code(closed.value)
+
+
+def _code(closed: ConnectionClosed) -> int | None:
+    """The close code the gateway sent."""
+    return closed.rcvd.code if closed.rcvd is not None else None
+
+
+def _session_line(server: Server) -> dict[str, Any]:
+    """The access log's line of the last realtime session (written as it ends)."""
+    for _ in range(100):
+        lines = [json.loads(text) for text in server.log.splitlines()
+                 if text.startswith("{") and '"endpoint":"realtime"' in text.replace(" ", "")]
+        if lines:
+            return lines[-1]
+        asyncio.run(asyncio.sleep(0.05))
+    raise AssertionError(f"no realtime access line:\n{server.log}")

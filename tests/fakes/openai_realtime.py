@@ -1,0 +1,158 @@
+"""OpenAI's Realtime API as a WebSocket server (``/v1/realtime?model=``, and Azure's
+``/openai/realtime?api-version=&deployment=``), speaking the GA event protocol.
+
+As OpenAI's API reference gives it: on connect the server sends ``session.created``;
+``session.update`` is answered ``session.updated``; ``conversation.item.create`` is
+``conversation.item.created`` (its text kept); ``input_audio_buffer.append`` is taken
+silently; ``response.create`` is ``response.created``, a ``response.output_text.delta``
+a word of the answer (``"You said: "`` and the last text given), ``response.output_text
+.done``, then ``response.done`` whose ``response.usage`` is ``USAGE``. A wrong key is an
+``error`` event (``invalid_request_error`` / ``invalid_api_key``), then a close with
+3000, as OpenAI's API does. A user message of ``HANG_UP`` closes the session with
+``HANG_UP_CODE``. Each session's handshake headers and the close code its client sent
+are kept for the test to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+# What each response reports using: 120 input tokens (20 of them cached; 80 audio),
+# 40 output tokens (30 audio).
+USAGE: dict[str, Any] = {
+    "total_tokens": 160, "input_tokens": 120, "output_tokens": 40,
+    "input_token_details": {"cached_tokens": 20, "text_tokens": 40, "audio_tokens": 80,
+                            "cached_tokens_details": {"text_tokens": 20, "audio_tokens": 0}},
+    "output_token_details": {"text_tokens": 10, "audio_tokens": 30},
+}
+# A text event that ends the session from the upstream's side: closed with this code.
+HANG_UP = "hang up"
+HANG_UP_CODE = 4000
+
+
+@dataclass
+class Session:
+    """One connection as the fake saw it: its handshake, the events it got, and the close
+    code its client sent (None while open)."""
+
+    path: str
+    headers: dict[str, str]
+    query: dict[str, str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+
+
+class RealtimeFake:
+    """Served on a websockets server (it reports the close code a client sends; an ASGI
+    server tells its app none)."""
+
+    def __init__(self, api_key: str = "sk-fake-realtime-upstream") -> None:
+        self.api_key = api_key
+        self.sessions: list[Session] = []
+        self._ids = itertools.count(1)
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """Listen on a free loopback port until the block ends; yields its http:// URL."""
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        ports: list[int] = []  # set once it listens
+
+        async def run() -> None:
+            async with serve(self._session, "127.0.0.1", 0, compression=None) as server:
+                ports.append(next(iter(server.sockets)).getsockname()[1])
+                await stop.wait()
+
+        thread = threading.Thread(target=loop.run_until_complete, args=(run(),),
+                                  name="fake-realtime", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not ports:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the realtime fake did not start")
+            time.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{ports[0]}"
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(10)
+            loop.close()
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}"
+
+    async def _session(self, websocket: ServerConnection) -> None:
+        request = websocket.request
+        assert request is not None
+        target = urlsplit(request.path)
+        session = Session(target.path, {name.lower(): value for name, value
+                                        in request.headers.raw_items()},
+                          dict(parse_qsl(target.query)))
+        self.sessions.append(session)
+        given = session.headers.get("authorization") or \
+            f"Bearer {session.headers.get('api-key', '')}"
+        if given != f"Bearer {self.api_key}":
+            await self._send(websocket, "error", error={
+                "type": "invalid_request_error", "code": "invalid_api_key",
+                "message": "Incorrect API key provided.", "param": None, "event_id": None})
+            await websocket.close(3000, "invalid_request_error.invalid_api_key")
+            return
+        model = session.query.get("model") or session.query.get("deployment")
+        await self._send(websocket, "session.created", session={
+            "id": self._id("sess"), "object": "realtime.session", "type": "realtime",
+            "model": model, "output_modalities": ["audio"]})
+        said = ""
+        try:
+            async for message in websocket:
+                event = json.loads(message)
+                session.events.append(event)
+                kind = event.get("type")
+                if kind == "session.update":
+                    await self._send(websocket, "session.updated", session={
+                        "id": "sess", "object": "realtime.session", "type": "realtime",
+                        "model": model, **event.get("session", {})})
+                elif kind == "conversation.item.create":
+                    item = {"id": self._id("item"), **event["item"]}
+                    said = " ".join(part.get("text", "") for part in item.get("content", []))
+                    await self._send(websocket, "conversation.item.created",
+                                     previous_item_id=None, item=item)
+                    if said == HANG_UP:
+                        await websocket.close(HANG_UP_CODE, "hung up")
+                elif kind == "response.create":
+                    await self._respond(websocket, said)
+        except ConnectionClosed:
+            pass
+        session.close_code = websocket.close_code
+
+    async def _respond(self, websocket: ServerConnection, said: str) -> None:
+        response_id, item_id = self._id("resp"), self._id("item")
+        response = {"id": response_id, "object": "realtime.response", "status": "in_progress",
+                    "output": [], "usage": None}
+        await self._send(websocket, "response.created", response=response)
+        text = f"You said: {said}"
+        for word in text.split(" "):
+            await self._send(websocket, "response.output_text.delta", response_id=response_id,
+                             item_id=item_id, output_index=0, content_index=0,
+                             delta=word + " ")
+        await self._send(websocket, "response.output_text.done", response_id=response_id,
+                         item_id=item_id, output_index=0, content_index=0, text=text)
+        await self._send(websocket, "response.done", response={
+            **response, "status": "completed", "usage": USAGE,
+            "output": [{"id": item_id, "type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text}]}]})
+
+    async def _send(self, websocket: ServerConnection, kind: str, **fields: Any) -> None:
+        await websocket.send(json.dumps({"event_id": self._id("event"), "type": kind,
+                                         **fields}))

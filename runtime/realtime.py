@@ -58,7 +58,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .providers.base import Usage
-from .providers.realtime import RealtimeCall, realtime_adapter
+from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
@@ -160,8 +160,9 @@ async def _open(exchange: Exchange, headers: Headers, model: str | None,
 
     def call(candidate: Candidate, _texts: tuple[str, ...], _tokens: int) -> Callable[
             [], Awaitable[_Opened]]:
-        adapter = realtime_adapter(candidate.adapter, candidate.deployment)
-        return partial(_connected, adapter.realtime(RealtimeCall(candidate.deployment, beta)))
+        # Opened when the attempt is made (after the deployment's own quota is taken).
+        return partial(_connected, realtime_adapter(candidate.adapter, candidate.deployment),
+                       RealtimeCall(candidate.deployment, beta))
 
     holds: dict[str, Hold | None] = {}
     # Held at nothing: a session's tokens are unknown until its responses are done, and
@@ -173,8 +174,8 @@ async def _open(exchange: Exchange, headers: Headers, model: str | None,
     return key, won, holds.pop(won.candidate.deployment.name, None)
 
 
-async def _connected(opening: Awaitable[aiohttp.ClientWebSocketResponse]) -> _Opened:
-    return _Opened(await opening)
+async def _connected(adapter: RealtimeAdapter, call: RealtimeCall) -> _Opened:
+    return _Opened(await adapter.realtime(call))
 
 
 def _noted(span: Span, opened: _Opened) -> None:

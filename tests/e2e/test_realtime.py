@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ import httpx
 import openai
 import pytest
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import USAGE, RealtimeFake
+from ..fakes.openai_realtime import HANG_UP, HANG_UP_CODE, USAGE, RealtimeFake, Session
 from ..fakes.serve import free_port
 from .server import Server, sdk_gateway
 
@@ -41,48 +44,58 @@ class Realtime:
     server: Server
 
     def client(self, key: str = DEV_KEY) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.server.base_url}/v1", api_key=key,
-                                  max_retries=0)
+        # The beta client connects to wss:// of the base URL unless told where.
+        return openai.AsyncOpenAI(
+            base_url=f"{self.server.base_url}/v1", api_key=key, max_retries=0,
+            websocket_base_url=f"{self.server.base_url.replace('http', 'ws', 1)}/v1")
 
 
 @contextmanager
-def realtime_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                     dev: str = "") -> Iterator[Realtime]:
+def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
     chat route; the dev key (``dev``: more of it) and a key that may call ``chat`` only."""
     upstream = RealtimeFake()
-    monkeypatch.setenv("FAKE_REALTIME_KEY", upstream.api_key)
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
-    with upstream.serving() as url, sdk_gateway(tmp_path / "gw", (
-            "providers:\n"
-            f'  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_REALTIME_KEY}}"}}\n'
-            f'  gone: {{type: openai_compatible, base_url: "{down}", '
-            'api_key: "${FAKE_REALTIME_KEY}"}\n'
-            "  local: {type: echo}\n"
-            "deployments:\n"
-            "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
-            "                 context_window: 32000,\n"
-            "                 price: {input: 4.0, output: 16.0, cache_read: 0.4}}\n"
-            "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
-            "                  context_window: 32000}\n"
-            "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
-            "groups:\n"
-            "  fallback: {members: [gone-realtime, gpt-realtime], retry: {attempts: 0}}\n"
-            "  down: {members: [gone-realtime], retry: {attempts: 0}}\n"
-            "routes:\n"
-            "  realtime: {deployment: gpt-realtime}\n"
-            "  fallback: {group: fallback}\n"
-            "  down: {group: down}\n"
-            "  chat: {deployment: echo-chat}\n"
-    ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n") as (_client, server):
-        yield Realtime(upstream, server)
+    with pytest.MonkeyPatch.context() as monkeypatch, upstream.serving() as url:
+        monkeypatch.setenv("FAKE_REALTIME_KEY", upstream.api_key)
+        with sdk_gateway(root, (
+                "providers:\n"
+                f'  openai: {{type: openai, base_url: "{url}/v1", '
+                'api_key: "${FAKE_REALTIME_KEY}"}\n'
+                f'  gone: {{type: openai_compatible, base_url: "{down}", '
+                'api_key: "${FAKE_REALTIME_KEY}"}\n'
+                "  local: {type: echo}\n"
+                "deployments:\n"
+                "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
+                "                 context_window: 32000,\n"
+                "                 price: {input: 4.0, output: 16.0, cache_read: 0.4}}\n"
+                "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
+                "                  context_window: 32000}\n"
+                "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
+                "groups:\n"
+                "  fallback: {members: [gone-realtime, gpt-realtime], retry: {attempts: 0}}\n"
+                "  down: {members: [gone-realtime], retry: {attempts: 0}}\n"
+                "routes:\n"
+                "  realtime: {deployment: gpt-realtime}\n"
+                "  fallback: {group: fallback}\n"
+                "  down: {group: down}\n"
+                "  chat: {deployment: echo-chat}\n"
+        ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n") as (_, server):
+            yield Realtime(upstream, server)
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Realtime]:
-    with realtime_gateway(tmp_path, monkeypatch) as served:
+def gateway(tmp_path: Path) -> Iterator[Realtime]:
+    with realtime_gateway(tmp_path / "gw") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realtime]:
+    """One gateway for the refusals (none reaches the upstream, nor bills)."""
+    with realtime_gateway(tmp_path_factory.mktemp("refusing")) as served:
         yield served
 
 
@@ -150,18 +163,54 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
     assert (line["prompt_tokens"], line["completion_tokens"], line["cached_tokens"]) == (240, 80,
                                                                                          40)
     assert line["cost"] == pytest.approx(2 * RESPONSE_COST)
-    assert upstream.close_code == 1000  # the client's close, passed on
+    assert _upstream_close(upstream) == 1000  # the client's close, passed on
+
+
+def test_the_upstreams_close_code_is_passed_on(gateway: Realtime) -> None:
+    async def session() -> tuple[list[Any], ConnectionClosed]:
+        async with connected(gateway, "realtime") as connection:
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": HANG_UP}]})
+            events = await until(connection, "conversation.item.created")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events, closed.value
+
+    events, closed = asyncio.run(session())
+    assert events[-1].item.content[0].text == HANG_UP  # relayed before the close
+    assert closed.rcvd is not None
+    assert (closed.rcvd.code, closed.rcvd.reason) == (HANG_UP_CODE, "hung up")
+    line = _session_line(gateway.server)
+    assert (line["status"], line["responses"], line["cost"]) == (200, 0, 0.0)
 
 
 def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime) -> None:
-    async def session() -> list[Any]:
+    """The SDK's GA client, its beta one (whose OpenAI-Beta header is passed on), and a
+    browser's (its key a subprotocol, as it can set no header): the upstream sees the
+    provider's key only, and the client never sees it."""
+    async def sessions() -> tuple[list[Any], Any, str | None]:
         async with connected(gateway, "realtime") as connection:
-            return await said(connection, "hi")
+            events = await said(connection, "hi")
+        async with gateway.client() as client, \
+                client.beta.realtime.connect(model="realtime") as beta:
+            created = await asyncio.wait_for(beta.recv(), 10)
+        url = gateway.server.base_url.replace("http", "ws", 1) + "/v1/realtime?model=realtime"
+        async with connect(url, subprotocols=[Subprotocol("realtime"), Subprotocol(
+                f"openai-insecure-api-key.{DEV_KEY}"), Subprotocol("openai-beta.realtime-v1")]
+                           ) as browser:
+            assert json.loads(await asyncio.wait_for(browser.recv(), 10))["type"] == \
+                "session.created"
+            return events, created, browser.subprotocol
 
-    events = asyncio.run(session())
-    headers = gateway.upstream.sessions[0].headers
-    assert headers["authorization"] == f"Bearer {gateway.upstream.api_key}"
-    assert DEV_KEY not in json.dumps(headers)
+    events, created, subprotocol = asyncio.run(sessions())
+    assert (created.type, subprotocol) == ("session.created", "realtime")
+    ga, beta, browser = gateway.upstream.sessions
+    for session in (ga, beta, browser):
+        assert session.headers["authorization"] == f"Bearer {gateway.upstream.api_key}"
+        assert DEV_KEY not in json.dumps(session.headers)
+    assert "openai-beta" not in ga.headers
+    assert beta.headers["openai-beta"] == browser.headers["openai-beta"] == "realtime=v1"
     assert gateway.upstream.api_key not in json.dumps([event.to_dict() for event in events])
 
 
@@ -184,9 +233,9 @@ def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(
     (DEV_KEY, "down", 1011, None),  # every member unreachable: the upstream's error
 ], ids=["bad-key", "unknown-model", "route-not-allowed", "not-realtime", "upstream-down"])
 def test_a_refused_session_is_an_error_event_then_a_close(
-        gateway: Realtime, key: str, model: str, code: int, error_code: str | None) -> None:
+        refusing: Realtime, key: str, model: str, code: int, error_code: str | None) -> None:
     async def session() -> tuple[Any, ConnectionClosed]:
-        async with connected(gateway, model, key) as connection:
+        async with connected(refusing, model, key) as connection:
             event = await asyncio.wait_for(connection.recv(), 10)
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(connection.recv(), 10)
@@ -197,12 +246,11 @@ def test_a_refused_session_is_an_error_event_then_a_close(
     if error_code is not None:
         assert event.error.code == error_code
     assert closed.rcvd is not None and closed.rcvd.code == code
-    assert gateway.upstream.sessions == []  # nothing reached the upstream
+    assert refusing.upstream.sessions == []  # nothing reached the upstream
     assert DEV_KEY not in event.error.message and NARROW_KEY not in event.error.message
 
 
-def test_a_budget_spent_mid_session_closes_it_after_that_response(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:
     """The first response takes the budget past its amount: it is passed on whole and
     billed, then the session ends with an insufficient_quota error event; a new session
     is refused at connect."""
@@ -215,14 +263,14 @@ def test_a_budget_spent_mid_session_closes_it_after_that_response(
             return events, error, _code(closed.value)
 
     budget = f"budget: {{amount: {RESPONSE_COST / 2}, period: total}}"
-    with realtime_gateway(tmp_path, monkeypatch, dev=budget) as served:
+    with realtime_gateway(tmp_path / "gw", dev=budget) as served:
         events, error, code = asyncio.run(session(served))
         assert events[-1].type == "response.done"
         assert (error.type, error.error.code, code) == ("error", "insufficient_quota", 1008)
         line = _session_line(served.server)
         assert (line["status"], line["responses"]) == (429, 1)
         assert served.server.ledger_rows(1)[0]["cost"] == pytest.approx(RESPONSE_COST)
-        assert served.upstream.sessions[0].close_code == 1000
+        assert _upstream_close(served.upstream.sessions[0]) == 1000
 
         _, refused, code = asyncio.run(_first_event(served))
         assert (refused.error.code, code) == ("insufficient_quota", 1008)
@@ -234,6 +282,15 @@ async def _first_event(served: Realtime) -> tuple[None, Any, int]:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(connection.recv(), 10)
         return None, event, _code(closed.value)
+
+
+def _upstream_close(session: Session) -> int | None:
+    """The close code the upstream got, once it got one (it may come after the client's)."""
+    for _ in range(100):
+        if session.close_code is not None:
+            break
+        time.sleep(0.05)
+    return session.close_code
 
 
 def _code(closed: ConnectionClosed) -> int | None:

@@ -302,6 +302,8 @@ def _price(spec: PriceSpec) -> Price:
         image_by_size=tuple(sorted(spec.per_image_by_size.items())),
         minute=spec.per_minute,
         character=spec.per_1m_characters / 1_000_000,
+        audio_input=spec.input if spec.audio_input is None else spec.audio_input,
+        audio_output=spec.output if spec.audio_output is None else spec.audio_output,
     )
 
 

@@ -122,7 +122,9 @@ class Price:
     (the input price where the config names none). A rerank call's search units (Cohere's
     billing unit) are priced ``search_unit`` each; generated images ``image`` each, or
     ``image_by_size`` where it names their size (DALL-E's prices differ by size); a
-    transcription's audio ``minute`` each, a speech call's input ``character`` each.
+    transcription's audio ``minute`` each, a speech call's input ``character`` each. A
+    Realtime response's audio tokens (of its input and output tokens) are priced
+    ``audio_input`` (those not read from the cache) and ``audio_output``.
 
     >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
     1.38
@@ -137,6 +139,8 @@ class Price:
     image_by_size: tuple[tuple[str, float], ...] = ()  # (size, price), sorted by size
     minute: float = 0.0
     character: float = 0.0
+    audio_input: float = 0.0
+    audio_output: float = 0.0
 
     @property
     def per_1k_search_units(self) -> float:
@@ -147,12 +151,18 @@ class Price:
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0, search_units: int = 0, images: int = 0,
              image_size: str | None = None, audio_seconds: float = 0.0,
-             characters: int = 0) -> float:
+             characters: int = 0, audio_input_tokens: int = 0,
+             audio_output_tokens: int = 0) -> float:
         """What a call cost; ``input_tokens`` counts the prompt's cached tokens too, as
-        every adapter reports them (OpenAI's prompt_tokens does)."""
-        fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
+        every adapter reports them (OpenAI's prompt_tokens does), and its fresh audio
+        tokens (``audio_input_tokens``), as ``output_tokens`` counts the audio's."""
+        fresh = max(0, input_tokens - cache_read_tokens - cache_write_tokens
+                    - audio_input_tokens)
+        text_out = max(0, output_tokens - audio_output_tokens)
         return ((fresh * self.input + cache_read_tokens * self.cache_read
-                 + cache_write_tokens * self.cache_write + output_tokens * self.output)
+                 + cache_write_tokens * self.cache_write + text_out * self.output
+                 + audio_input_tokens * self.audio_input
+                 + audio_output_tokens * self.audio_output)
                 / 1_000_000 + search_units * self.search_unit
                 + (images * self.image_price(image_size) if images else 0.0)
                 + audio_seconds / 60 * self.minute + characters * self.character)

@@ -182,6 +182,12 @@ class PriceSpec(Spec):
     per_1m_characters: NonNegativeFloat = Field(
         0.0, description="Speech deployments: price per million characters of input, as "
         "OpenAI bills tts-1.")
+    audio_input: NonNegativeFloat | None = Field(
+        None, description="Realtime deployments: price per million audio input tokens (not "
+        "read from the prompt cache, which cache_read prices); default: input.")
+    audio_output: NonNegativeFloat | None = Field(
+        None, description="Realtime deployments: price per million audio output tokens; "
+        "default: output.")
 
 
 class ServeSpec(Spec):

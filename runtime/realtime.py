@@ -16,9 +16,10 @@ protocol's version).
 
 A connection counts as one request at connect (rpm, and a place under max_parallel for
 as long as it lasts). Each ``response.done`` carries the response's usage: it is billed
-then, at the deployment's token prices (audio tokens at the text prices: the price
-table has no audio rates), charged to the budgets and written to the ledger as a record
-of its own (``<session id>:<n>``); the session's tokens are charged to tpm as it ends.
+then, at the deployment's token prices (its audio tokens at ``audio_input`` and
+``audio_output``, which default to the text prices), charged to the budgets and written
+to the ledger as a record of its own (``<session id>:<n>``); the session's tokens are
+charged to tpm as it ends.
 Between responses the session holds an empty reservation against its budgets (the
 *tab*); when the next one is refused, a budget ran out: the session is closed after the
 response that spent it, with an ``insufficient_quota`` error event. A key a reload
@@ -43,7 +44,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.websockets import WebSocket
 
-from aigw.compiler.graph import ApiKey
+from aigw.compiler.graph import ApiKey, Price
 
 from .admission import Admission, DeploymentQuotas, Hold, admit
 from .auth import authenticate
@@ -329,9 +330,8 @@ class _Relay:
         if not isinstance(event, dict) or event.get("type") != "response.done" \
                 or not isinstance(response, dict):
             return None
-        usage = response_usage(response.get("usage"))
-        cost = self.deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
-                                          usage.cached_tokens)
+        reported = response_usage(response.get("usage"))
+        usage, cost = reported.tokens, reported.cost(self.deployment.price)
         record, live = self.record, self.live
         self.responses += 1
         record.responses = self.responses
@@ -418,19 +418,48 @@ class _Relay:
         live.telemetry.finish(record)
 
 
-def response_usage(usage: object) -> Usage:
-    """A ``response.done``'s ``response.usage``: input (cached included), output tokens.
+@dataclass(frozen=True, slots=True)
+class ResponseUsage:
+    """A ``response.done``'s usage: its tokens (input counts the cached and the audio
+    ones, output the audio ones), and of them the audio tokens priced on their own: the
+    input's not read from the cache, and the output's."""
 
-    >>> response_usage({"input_tokens": 120, "output_tokens": 40,
-    ...                 "input_token_details": {"cached_tokens": 64}}).cached_tokens
-    64
+    tokens: Usage
+    audio_input: int
+    audio_output: int
+
+    def cost(self, price: Price) -> float:
+        tokens = self.tokens
+        return price.cost(tokens.prompt_tokens, tokens.completion_tokens, tokens.cached_tokens,
+                          audio_input_tokens=self.audio_input,
+                          audio_output_tokens=self.audio_output)
+
+
+def response_usage(usage: object) -> ResponseUsage:
+    """A ``response.done``'s ``response.usage``, as OpenAI's API reference gives it
+    (``input_token_details``: ``cached_tokens``, ``audio_tokens``, and of the cached,
+    ``cached_tokens_details.audio_tokens``; ``output_token_details.audio_tokens``); what
+    it leaves out, or gives as no count, is 0.
+
+    >>> response_usage({"input_tokens": 120, "output_tokens": 40, "input_token_details": {
+    ...     "cached_tokens": 20, "audio_tokens": 80}}).audio_input
+    80
     """
     if not isinstance(usage, dict):
-        return Usage(0, 0)
-    details = usage.get("input_token_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
-                 _count(cached))
+        return ResponseUsage(Usage(0, 0), 0, 0)
+    given = _details(usage, "input_token_details")
+    cached = _details(given, "cached_tokens_details")
+    output = _details(usage, "output_token_details")
+    tokens = Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
+                   _count(given.get("cached_tokens")))
+    fresh_audio = max(0, _count(given.get("audio_tokens")) - _count(cached.get("audio_tokens")))
+    return ResponseUsage(tokens, min(fresh_audio, tokens.prompt_tokens),
+                         min(_count(output.get("audio_tokens")), tokens.completion_tokens))
+
+
+def _details(usage: dict[str, object], name: str) -> dict[str, object]:
+    found = usage.get(name)
+    return found if isinstance(found, dict) else {}
 
 
 def _count(value: object) -> int:

@@ -133,6 +133,29 @@ def test_audio_prices_per_minute_and_per_million_characters(
     assert speech.cost(0, 0, characters=4096) == pytest.approx(4096 * 15 / 1_000_000)
 
 
+def test_audio_token_prices_default_to_the_input_and_output_prices(
+    write_gateway: WriteGateway,
+) -> None:
+    """A Realtime response's audio tokens are priced on their own where the config says
+    (gpt-realtime's audio is 8x its text in, 4x out), else as text; cached audio is
+    priced as any cached token."""
+    priced = GATEWAY.replace(
+        "context_window: 8192, tags: [free]}",
+        "context_window: 8192, tags: [free], price: {input: 4, output: 16}}\n"
+        "  b: {provider: local, model: m, context_window: 8192,\n"
+        "      price: {input: 4, output: 16, cache_read: 0.4, audio_input: 32,\n"
+        "              audio_output: 64}}")
+    deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
+    plain, audio = deployments["a"].price, deployments["b"].price
+    assert (plain.audio_input, plain.audio_output) == (4, 16)
+    # 120 in: 20 cached, 80 fresh audio, 20 fresh text; 40 out: 30 audio, 10 text.
+    assert audio.cost(120, 40, cache_read_tokens=20, audio_input_tokens=80,
+                      audio_output_tokens=30) == pytest.approx(
+        (20 * 4 + 20 * 0.4 + 80 * 32 + 10 * 16 + 30 * 64) / 1_000_000)
+    assert plain.cost(120, 40, audio_input_tokens=80, audio_output_tokens=30) == \
+        pytest.approx(plain.cost(120, 40))
+
+
 def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) -> None:
     """A config that names no cache price bills cached prompt tokens as input tokens, as
     before cache prices existed; one that names them gets them, each on its own."""
@@ -145,8 +168,9 @@ def test_cache_prices_default_to_the_input_price(write_gateway: WriteGateway) ->
         "      price: {input: 3, output: 15, cache_read: 0}}")
     deployments = _graph(write_gateway({"gateway.yaml": priced})).deployments
     prices = {name: dataclasses.astuple(deployments[name].price) for name in "abc"}
-    assert prices == {"a": (3, 15, 3, 3, 0, 0, (), 0, 0), "b": (3, 15, 0.3, 3.75, 0, 0, (), 0, 0),
-                      "c": (3, 15, 0, 3, 0, 0, (), 0, 0)}
+    assert prices == {"a": (3, 15, 3, 3, 0, 0, (), 0, 0, 3, 15),
+                      "b": (3, 15, 0.3, 3.75, 0, 0, (), 0, 0, 3, 15),
+                      "c": (3, 15, 0, 3, 0, 0, (), 0, 0, 3, 15)}
     price = deployments["b"].price
     # 400,000 fresh, 500,000 read and 100,000 written of a million prompt tokens; 1,000 out
     assert price.cost(1_000_000, 1000, 500_000, 100_000) == pytest.approx(

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.e2e
 
 NARROW_KEY = "sk-aigw-narrow"
 # The deployment's prices: a response (USAGE: 120 input tokens, 20 of them cached at 0.4,
-# and 40 output) costs (100 * 4 + 20 * 0.4 + 40 * 16) / 1e6.
-RESPONSE_COST = (100 * 4.0 + 20 * 0.4 + 40 * 16.0) / 1_000_000
+# 80 audio at 32 and 20 text at 4; 40 output, 30 audio at 64 and 10 text at 16) costs:
+RESPONSE_COST = (20 * 4.0 + 20 * 0.4 + 80 * 32.0 + 10 * 16.0 + 30 * 64.0) / 1_000_000
 
 
 @dataclass
@@ -70,7 +70,8 @@ def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
                 "deployments:\n"
                 "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
                 "                 context_window: 32000,\n"
-                "                 price: {input: 4.0, output: 16.0, cache_read: 0.4}}\n"
+                "                 price: {input: 4.0, output: 16.0, cache_read: 0.4,\n"
+                "                         audio_input: 32.0, audio_output: 64.0}}\n"
                 "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
                 "                  context_window: 32000}\n"
                 "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"

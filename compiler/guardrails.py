@@ -198,6 +198,12 @@ _CHECKED = {"chat": ("input", "output"), "embeddings": ("input",), "rerank": ("i
             "realtime": ()}
 
 
+# Why a kind's routes have no guardrails, for the hint.
+_UNCHECKED = {"moderation": "a moderation model is a classifier itself",
+              "realtime": "a realtime session's events (audio, mostly) are relayed as they "
+                          "come, unread"}
+
+
 def check_served_kinds(
     routes: Mapping[str, Entry[RouteSpec]], kinds: Callable[[str], set[str]],
     sides: Callable[[str], frozenset[str] | None], sink: DiagnosticSink,
@@ -215,9 +221,8 @@ def check_served_kinds(
         if not checked:
             sink.add(codes.GUARDRAIL_ROUTE,
                      f"route '{name}' serves {kind}: guardrails do not apply to it",
-                     entry.key("guardrails"),
-                     "a moderation model is a classifier itself; remove them here, and put "
-                     "guardrails on the routes whose texts you want checked")
+                     entry.key("guardrails"), _UNCHECKED[kind] + "; remove them here, and "
+                     "put guardrails on the routes whose texts you want checked")
             continue
         for index, guardrail in enumerate(entry.spec.guardrails):
             on = sides(guardrail)

@@ -66,8 +66,12 @@ def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 f'  gone: {{type: openai_compatible, base_url: "{down}", '
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
+                f'  azure: {{type: azure_openai, base_url: "{url}", '
+                'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 "  local: {type: echo}\n"
                 "deployments:\n"
+                "  azure-realtime: {provider: azure, model: my-realtime, kind: realtime,\n"
+                "                   context_window: 32000}\n"
                 "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
                 "                 context_window: 32000,\n"
                 "                 price: {input: 4.0, output: 16.0, cache_read: 0.4,\n"
@@ -80,6 +84,7 @@ def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
                 "  down: {members: [gone-realtime], retry: {attempts: 0}}\n"
                 "routes:\n"
                 "  realtime: {deployment: gpt-realtime}\n"
+                "  azure: {deployment: azure-realtime}\n"
                 "  fallback: {group: fallback}\n"
                 "  down: {group: down}\n"
                 "  chat: {deployment: echo-chat}\n"
@@ -213,6 +218,21 @@ def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime)
     assert "openai-beta" not in ga.headers
     assert beta.headers["openai-beta"] == browser.headers["openai-beta"] == "realtime=v1"
     assert gateway.upstream.api_key not in json.dumps([event.to_dict() for event in events])
+
+
+def test_an_azure_openai_session_opens_its_deployments_realtime_url(gateway: Realtime) -> None:
+    """Azure's /openai/realtime, its deployment named in the query, the preview
+    api-version (its GA one has no realtime), and its key in api-key."""
+    async def session() -> list[Any]:
+        async with connected(gateway, "azure") as connection:
+            return await said(connection, "hi")
+
+    assert asyncio.run(session())[-1].type == "response.done"
+    upstream = gateway.upstream.sessions[0]
+    assert upstream.path == "/openai/realtime"
+    assert upstream.query == {"api-version": "2024-10-01-preview", "deployment": "my-realtime"}
+    assert upstream.headers["api-key"] == gateway.upstream.api_key
+    assert "authorization" not in upstream.headers
 
 
 def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, metric_sample
 from ..fakes.openai_realtime import HANG_UP, HANG_UP_CODE, USAGE, RealtimeFake, Session
 from ..fakes.serve import free_port
 from .server import Server, sdk_gateway
@@ -171,6 +171,12 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
     assert line["cost"] == pytest.approx(2 * RESPONSE_COST)
     assert _upstream_close(upstream) == 1000  # the client's close, passed on
 
+    metrics = httpx.get(f"{gateway.server.base_url}/metrics").text
+    served = {"route": "realtime", "deployment": "gpt-realtime"}
+    assert metric_sample(metrics, "aigw_requests_total", status="200", **served) == 1
+    assert metric_sample(metrics, "aigw_cost_total", **served) == pytest.approx(
+        2 * RESPONSE_COST)
+
 
 def test_the_upstreams_close_code_is_passed_on(gateway: Realtime) -> None:
     async def session() -> tuple[list[Any], ConnectionClosed]:
@@ -255,20 +261,33 @@ def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(
 ], ids=["bad-key", "unknown-model", "route-not-allowed", "not-realtime", "upstream-down"])
 def test_a_refused_session_is_an_error_event_then_a_close(
         refusing: Realtime, key: str, model: str, code: int, error_code: str | None) -> None:
-    async def session() -> tuple[Any, ConnectionClosed]:
-        async with connected(refusing, model, key) as connection:
-            event = await asyncio.wait_for(connection.recv(), 10)
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(connection.recv(), 10)
-            return event, closed.value
-
-    event, closed = asyncio.run(session())
+    event, closed_with = asyncio.run(_refusal(refusing, model, key))
     assert event.type == "error"
     if error_code is not None:
         assert event.error.code == error_code
-    assert closed.rcvd is not None and closed.rcvd.code == code
+    assert closed_with == code
     assert refusing.upstream.sessions == []  # nothing reached the upstream
     assert DEV_KEY not in event.error.message and NARROW_KEY not in event.error.message
+
+
+def test_a_session_holds_its_keys_place_under_max_parallel_until_it_ends(
+        tmp_path: Path) -> None:
+    """With max_parallel: 1, a second session while one is open is refused (1013, as a
+    rate limit); once the first has ended, another is admitted."""
+    async def while_open(served: Realtime) -> tuple[Any, int | None]:
+        async with connected(served, "realtime") as first:
+            await until(first, "session.created")
+            return await _refusal(served, "realtime")
+
+    async def again(served: Realtime) -> str:
+        async with connected(served, "realtime") as connection:
+            return str((await until(connection, "session.created"))[-1].type)
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {max_parallel: 1}") as served:
+        refused, code = asyncio.run(while_open(served))
+        assert (refused.error.code, code) == ("rate_limit_exceeded", 1013)
+        _session_line(served.server, status=200)  # written once the first is settled
+        assert asyncio.run(again(served)) == "session.created"
 
 
 def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:
@@ -293,16 +312,17 @@ def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path
         assert served.server.ledger_rows(1)[0]["cost"] == pytest.approx(RESPONSE_COST)
         assert _upstream_close(served.upstream.sessions[0]) == 1000
 
-        _, refused, code = asyncio.run(_first_event(served))
+        refused, code = asyncio.run(_refusal(served, "realtime"))
         assert (refused.error.code, code) == ("insufficient_quota", 1008)
 
 
-async def _first_event(served: Realtime) -> tuple[None, Any, int]:
-    async with connected(served, "realtime") as connection:
+async def _refusal(served: Realtime, model: str, key: str = DEV_KEY) -> tuple[Any, int | None]:
+    """A refused session's error event and close code."""
+    async with connected(served, model, key) as connection:
         event = await asyncio.wait_for(connection.recv(), 10)
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(connection.recv(), 10)
-        return None, event, _code(closed.value)
+        return event, _code(closed.value)
 
 
 def _upstream_close(session: Session) -> int | None:
@@ -319,12 +339,15 @@ def _code(closed: ConnectionClosed) -> int | None:
     return closed.rcvd.code if closed.rcvd is not None else None
 
 
-def _session_line(server: Server) -> dict[str, Any]:
-    """The access log's line of the last realtime session (written as it ends)."""
+def _session_line(server: Server, status: int | None = None) -> dict[str, Any]:
+    """The access log's line of the last realtime session (written as it ends), or of the
+    last that ended with ``status``."""
     for _ in range(100):
-        lines = [json.loads(text) for text in server.log.splitlines()
-                 if text.startswith("{") and '"endpoint":"realtime"' in text.replace(" ", "")]
+        lines = [line for line in (json.loads(text) for text in server.log.splitlines()
+                                   if text.startswith("{"))
+                 if line.get("endpoint") == "realtime"
+                 and (status is None or line["status"] == status)]
         if lines:
             return lines[-1]
-        asyncio.run(asyncio.sleep(0.05))
+        time.sleep(0.05)
     raise AssertionError(f"no realtime access line:\n{server.log}")

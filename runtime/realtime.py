@@ -53,6 +53,7 @@ from .errors import (
     BadRequest,
     BudgetExceeded,
     GatewayError,
+    InternalError,
     StoreUnavailable,
     Unauthorized,
     UpstreamConnectionError,
@@ -64,7 +65,7 @@ from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
 from .store.values import LedgerRecord
-from .telemetry.record import RequestRecord
+from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
 
 if TYPE_CHECKING:
@@ -133,6 +134,11 @@ async def _session(gateway: Gateway, live: Live, websocket: WebSocket) -> None:
         await exchange.cancelled()
         live.telemetry.finish(record)
         raise
+    except Exception:  # aigw's own fault (logged as the app's error): given back and
+        # recorded all the same, rather than held until the hold expires
+        await exchange.fail(InternalError("The gateway had an internal error."))
+        live.telemetry.finish(record)
+        raise
     await _Relay(exchange, key, won, hold, websocket, lambda: gateway.live).run()
 
 
@@ -191,7 +197,7 @@ def _let_go(opened: _Opened) -> None:
 
 async def _refuse(websocket: WebSocket, error: GatewayError) -> None:
     await websocket.send_text(_error_event(error))
-    await websocket.close(_close_code(error), _reason(error))
+    await websocket.close(_close_code(error), _fitted(_reason(error)))
 
 
 def _close_code(error: GatewayError) -> int:
@@ -202,15 +208,21 @@ def _close_code(error: GatewayError) -> int:
 
 
 def _reason(error: GatewayError) -> str:
-    """The close reason OpenAI gives: the error's ``type.code``, within the 123 bytes a
-    close frame holds."""
-    return f"{error.error_type}.{error.shown_code or ''}".rstrip(".")[:123]
+    """The close reason OpenAI gives: the error's ``type.code``."""
+    return f"{error.error_type}.{error.shown_code or ''}".rstrip(".")
+
+
+def _fitted(reason: str) -> str:
+    """``reason`` within the 123 bytes a close frame holds (an upstream's may be longer)."""
+    return reason.encode()[:123].decode(errors="ignore")
 
 
 def _error_event(error: GatewayError) -> str:
     """OpenAI's ``error`` server event for ``error``."""
     return json.dumps({"type": "error", "event_id": f"event_{os.urandom(12).hex()}",
-                       "error": {**error.body()["error"], "event_id": None}})  # type: ignore[dict-item]
+                       "error": {"type": error.error_type, "code": error.shown_code,
+                                 "message": error.message, "param": error.param,
+                                 "event_id": None}})
 
 
 @dataclass(slots=True)
@@ -250,10 +262,9 @@ class _Relay:
         stats.observe_latency((live.routing.clock() - self.won.started) * 1000)  # connect
         ending = _Ending(NORMAL)
         try:
-            try:
-                self.tab = await self._tab()
-            except BudgetExceeded as exc:  # spent by another request since the connect
-                ending = _Ending(POLICY_VIOLATION, _reason(exc), error=exc)
+            stopped = await self._next_tab()  # a budget spent by another since the connect
+            if stopped is not None:
+                ending = _Ending(_close_code(stopped), _reason(stopped), error=stopped)
             else:
                 ending = await self._relayed()
         finally:
@@ -314,9 +325,12 @@ class _Relay:
                 code = message.data
                 return _Ending(code if code in _SENDABLE else NORMAL, message.extra or "")
             else:  # CLOSED, ERROR: it went without a close frame
+                provider = self.deployment.provider.name
                 error = UpstreamConnectionError(
-                    f"provider '{self.deployment.provider.name}' ended the session without "
-                    "closing it", provider=self.deployment.provider.name)
+                    f"provider '{provider}' ended the session without closing it",
+                    provider=provider)
+                self.record.failures.append(UpstreamFailure(self.deployment.name, provider,
+                                                            str(error.code)))
                 return _Ending(SERVER_ERROR, _reason(error), error=error)
 
     async def _billed(self, data: str) -> GatewayError | None:
@@ -346,22 +360,26 @@ class _Relay:
                 self.tab = None
             store = await live.store.get()
             await store.record(self._ledger_record(usage, cost))
-            return await self._next_tab()
-        except StoreUnavailable:  # a response in flight is not refused for it: the store's
-            # outbox settles what it can; the next response is billed as usual
+        except StoreUnavailable:  # a session is not ended for it: the next response is
+            # billed as usual once the store answers
             log.error("realtime response %s:%d not billed: the store is unavailable",
                       record.request_id, self.responses)
-            return None
+        return await self._next_tab()
 
     async def _next_tab(self) -> GatewayError | None:
         """The next response's tab; the error that ends the session when it is refused,
-        or when a reload removed the key (it stops spending, as a stream does)."""
+        or when a reload removed the key (it stops spending, as a stream does). A store
+        that cannot answer is not a budget run out (as for a stream: fail_closed refuses
+        new requests, not one in flight): the response after is charged to no tab."""
         if self.key.name not in self.current().graph.keys_by_name:
             return Unauthorized("The API key was revoked during this session.")
         try:
             self.tab = await self._tab()
         except BudgetExceeded as exc:
             return exc
+        except StoreUnavailable:
+            log.error("realtime session %s holds no budget tab: the store is unavailable",
+                      self.record.request_id)
         return None
 
     async def _tab(self) -> Admission:
@@ -402,7 +420,7 @@ class _Relay:
         try:
             if ending.error is not None:
                 await self.websocket.send_text(_error_event(ending.error))
-            await self.websocket.close(ending.client_code, ending.client_reason[:123])
+            await self.websocket.close(ending.client_code, _fitted(ending.client_reason))
         except (RuntimeError, OSError):  # the client has gone already
             pass
         tokens = record.prompt_tokens + record.completion_tokens

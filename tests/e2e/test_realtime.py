@@ -26,7 +26,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from ..conftest import DEV_KEY, metric_sample
-from ..fakes.openai_realtime import HANG_UP, HANG_UP_CODE, USAGE, RealtimeFake, Session
+from ..fakes.openai_realtime import (
+    DROP,
+    HANG_UP,
+    HANG_UP_CODE,
+    USAGE,
+    RealtimeFake,
+    Session,
+)
 from ..fakes.serve import free_port
 from .server import Server, sdk_gateway
 
@@ -178,23 +185,36 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
         2 * RESPONSE_COST)
 
 
-def test_the_upstreams_close_code_is_passed_on(gateway: Realtime) -> None:
-    async def session() -> tuple[list[Any], ConnectionClosed]:
+def test_the_upstreams_close_is_passed_on(gateway: Realtime) -> None:
+    """An upstream's close code and reason reach the client; one that drops its connection
+    unclosed is an error event and a 1011, and counted as the deployment's failure."""
+    async def ended(text: str) -> tuple[list[Any], ConnectionClosed]:
         async with connected(gateway, "realtime") as connection:
             await connection.conversation.item.create(item={
-                "type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": HANG_UP}]})
-            events = await until(connection, "conversation.item.created")
+                "type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                "text": text}]})
+            events = []
             with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(connection.recv(), 10)
+                while True:
+                    events.append(await asyncio.wait_for(connection.recv(), 10))
             return events, closed.value
 
-    events, closed = asyncio.run(session())
-    assert events[-1].item.content[0].text == HANG_UP  # relayed before the close
+    events, closed = asyncio.run(ended(HANG_UP))
+    assert [event.type for event in events] == ["session.created", "conversation.item.created"]
     assert closed.rcvd is not None
     assert (closed.rcvd.code, closed.rcvd.reason) == (HANG_UP_CODE, "hung up")
     line = _session_line(gateway.server)
     assert (line["status"], line["responses"], line["cost"]) == (200, 0, 0.0)
+
+    events, closed = asyncio.run(ended(DROP))
+    assert [event.type for event in events] == ["session.created", "conversation.item.created",
+                                                "error"]
+    assert events[-1].error.code == "upstream_unreachable"
+    assert _code(closed) == 1011
+    assert _session_line(gateway.server, status=502)["error"] == "upstream_unreachable"
+    metrics = httpx.get(f"{gateway.server.base_url}/metrics").text
+    assert metric_sample(metrics, "aigw_upstream_failures_total", deployment="gpt-realtime",
+                         error="upstream_unreachable") == 1
 
 
 def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime) -> None:

@@ -9,8 +9,8 @@ a word of the answer (``"You said: "`` and the last text given), ``response.outp
 .done``, then ``response.done`` whose ``response.usage`` is ``USAGE``. A wrong key is an
 ``error`` event (``invalid_request_error`` / ``invalid_api_key``), then a close with
 3000, as OpenAI's API does. A user message of ``HANG_UP`` closes the session with
-``HANG_UP_CODE``. Each session's handshake headers and the close code its client sent
-are kept for the test to read.
+``HANG_UP_CODE``, one of ``DROP`` drops the connection unclosed. Each session's handshake
+headers and the close code its client sent are kept for the test to read.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ USAGE: dict[str, Any] = {
 # A text event that ends the session from the upstream's side: closed with this code.
 HANG_UP = "hang up"
 HANG_UP_CODE = 4000
+# And one that drops its connection, with no close frame.
+DROP = "drop the line"
 
 
 @dataclass
@@ -130,6 +132,8 @@ class RealtimeFake:
                                      previous_item_id=None, item=item)
                     if said == HANG_UP:
                         await websocket.close(HANG_UP_CODE, "hung up")
+                    elif said == DROP:
+                        websocket.transport.abort()
                 elif kind == "response.create":
                     await self._respond(websocket, said)
         except ConnectionClosed:

@@ -312,7 +312,8 @@ class AiohttpUpstream:
                 cookie_jar=aiohttp.DummyCookieJar())
         try:
             return await asyncio.wait_for(self._sockets.ws_connect(
-                url, headers=traced(headers), proxy=self._proxy(url), autoclose=False,
+                url, headers=traced(headers), proxy=self._proxy(http_scheme(url)),
+                autoclose=False,
                 # No receive timeout: a session may be quiet for minutes between turns.
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
                 max_msg_size=self.provider.max_response_bytes), self.provider.timeout_s)
@@ -335,6 +336,17 @@ class AiohttpUpstream:
             await self._sockets.close()
             self._sockets = None
 
+
+
+def http_scheme(url: str) -> str:
+    """``url`` with a WebSocket's scheme as HTTP's, which the environment names proxies by
+    (HTTPS_PROXY is a wss:// URL's too).
+
+    >>> http_scheme("wss://api.openai.com/v1/realtime?model=gpt-realtime")
+    'https://api.openai.com/v1/realtime?model=gpt-realtime'
+    """
+    scheme, sep, rest = url.partition("://")
+    return {"wss": "https", "ws": "http"}.get(scheme.lower(), scheme) + sep + rest
 
 
 def _form(fields: Sequence[tuple[str, str]], upload: FormFile) -> aiohttp.FormData:

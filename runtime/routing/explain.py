@@ -110,7 +110,7 @@ def explain_whole(
                        "prompt" if kind == "image" else "input")
     elif kind == "embeddings":
         ask = EmbeddingAsk(adapters, prompt_tokens, prompt_tokens, False)
-    else:  # transcription, speech: /v1/audio/*
+    else:  # transcription, speech (/v1/audio/*), realtime (/v1/realtime)
         ask = AudioAsk(adapters, kind, prompt_tokens)
     return _tiers(graph, route.group, ask, state, gate)
 

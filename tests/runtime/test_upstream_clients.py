@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from aigw.compiler.graph import Provider
-from aigw.runtime.errors import UpstreamConnectionError, UpstreamServerError
+from aigw.runtime.errors import UpstreamConnectionError, UpstreamError, UpstreamServerError
 from aigw.runtime.upstream import make_client
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
@@ -118,6 +118,38 @@ async def test_calls_go_through_the_proxy_the_environment_names(
         with pytest.raises((UpstreamConnectionError, httpx.TransportError)):  # to nowhere
             await _post(client, nowhere)
     assert [path for path in through if "/v1/messages" in path] == [f"{nowhere}/v1/messages"]
+
+
+async def test_a_realtime_websocket_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ws:// (wss://) URL is proxied as http:// (https://) is: HTTP_PROXY (HTTPS_PROXY)
+    names its proxy too, and a Realtime session reaches its provider through it."""
+    through: list[str] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        through.append(scope["path"])
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    nowhere = f"ws://localhost:{free_port()}"
+    with serving(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        upstream = AiohttpUpstream(_provider(nowhere))
+        try:
+            with pytest.raises(UpstreamError) as refused:  # the proxy's 404, not nowhere's
+                await upstream.ws_connect(f"{nowhere}/v1/realtime?model=m", {})
+        finally:
+            await upstream.aclose()
+    assert not isinstance(refused.value, UpstreamConnectionError)
+    assert any(path.endswith("/v1/realtime") for path in through)
 
 
 async def _post(client: str, base: str) -> object:

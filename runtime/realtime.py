@@ -89,6 +89,7 @@ _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000
 # What a ``response.done`` event has, looked for before a frame is parsed: most frames
 # are audio deltas, passed on unread.
 _DONE = '"response.done"'
+_CREATED = '"response.created"'  # when a response started: its ledger record's latency
 
 
 async def realtime(gateway: Gateway, websocket: WebSocket) -> None:
@@ -254,6 +255,7 @@ class _Relay:
         self.websocket = websocket
         self.tab: Admission | None = None
         self.responses = 0
+        self.response_started = time.perf_counter()  # the last response.created's
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -315,10 +317,12 @@ class _Relay:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
                 await self.websocket.send_text(message.data)
-                if _DONE in message.data:
+                if _DONE in message.data:  # the bill first: what matters if both were
                     stopped = await self._billed(message.data)
                     if stopped is not None:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
+                elif _CREATED in message.data:
+                    self.response_started = time.perf_counter()
             elif message.type is aiohttp.WSMsgType.BINARY:
                 await self.websocket.send_bytes(message.data)
             elif message.type is aiohttp.WSMsgType.CLOSE:
@@ -408,7 +412,8 @@ class _Relay:
             key=record.key, team=record.team, user=self.exchange.user, route=record.route,
             deployment=self.deployment.name, tokens_in=usage.prompt_tokens,
             tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens, cost=cost,
-            latency_ms=0.0,  # a response's time is the upstream's to tell: not reported
+            # From its response.created: the model's time, as a call's is the upstream's.
+            latency_ms=round((time.perf_counter() - self.response_started) * 1000, 3),
             status=200, fingerprint=self.live.graph.fingerprint, batch=None)
 
     async def _closed(self, ending: _Ending) -> None:

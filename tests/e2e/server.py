@@ -98,15 +98,16 @@ class Server:
         return None
 
     def ledger_rows(self, count: int, wait_s: float = 10.0) -> list[dict[str, Any]]:
-        """The ledger's records (status, estimated, cost), the request's before those of
-        the calls it cut short, once it holds ``count`` of them or ``wait_s`` passed (a
-        request a client left is written as its calls are cut)."""
+        """The ledger's records (status, estimated, cost, latency_ms), the request's before
+        those of the calls it cut short, once it holds ``count`` of them or ``wait_s``
+        passed (a request a client left is written as its calls are cut)."""
         deadline = time.monotonic() + wait_s
         while True:
             with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
                 ledger.row_factory = sqlite3.Row
                 rows = [dict(row) for row in ledger.execute(
-                    "SELECT status, estimated, cost_nanos / 1e9 AS cost FROM ledger "
+                    "SELECT status, estimated, cost_nanos / 1e9 AS cost, latency_ms "
+                    "FROM ledger "
                     "ORDER BY estimated, at")]
             ledger.close()
             if len(rows) >= count or time.monotonic() >= deadline:

@@ -163,6 +163,7 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
     # Each response is a ledger record of its own, at the deployment's prices.
     rows = gateway.server.ledger_rows(2)
     assert [row["status"] for row in rows] == [200, 200]
+    assert all(row["latency_ms"] > 0 for row in rows)  # from response.created
     assert [row["cost"] for row in rows] == pytest.approx([RESPONSE_COST] * 2)
     spend = httpx.get(f"{gateway.server.base_url}/admin/spend?group_by=key",
                       headers={"authorization": f"Bearer {DEV_KEY}"}).json()

@@ -58,10 +58,11 @@ class Realtime:
 
 
 @contextmanager
-def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
+def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
-    chat route; the dev key (``dev``: more of it) and a key that may call ``chat`` only."""
+    chat route; the dev key (``dev``: more of it), a key that may call ``chat`` only, and
+    ``keys``: more keys' lines."""
     upstream = RealtimeFake()
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
@@ -95,7 +96,7 @@ def realtime_gateway(root: Path, dev: str = "") -> Iterator[Realtime]:
                 "  fallback: {group: fallback}\n"
                 "  down: {group: down}\n"
                 "  chat: {deployment: echo-chat}\n"
-        ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n") as (_, server):
+        ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n{keys}") as (_, server):
             yield Realtime(upstream, server)
 
 
@@ -309,6 +310,34 @@ def test_a_session_holds_its_keys_place_under_max_parallel_until_it_ends(
         assert (refused.error.code, code) == ("rate_limit_exceeded", 1013)
         _session_line(served.server, status=200)  # written once the first is settled
         assert asyncio.run(again(served)) == "session.created"
+
+
+def test_a_key_a_reload_removed_ends_its_session_after_the_response(tmp_path: Path) -> None:
+    """The response in flight is passed on whole and billed; then an invalid_api_key
+    error event and a 3000 close, as for a bad key."""
+    caller = "sk-aigw-caller"
+    line = f"  caller: {{sha256: {hashlib.sha256(caller.encode()).hexdigest()}}}\n"
+
+    async def session(served: Realtime) -> tuple[list[Any], Any, int | None]:
+        async with connected(served, "realtime", caller) as connection:
+            await said(connection, "hi")
+            config = served.server.root / "gateway.yaml"
+            config.write_text(config.read_text().replace(line, ""))
+            reloaded = httpx.post(f"{served.server.base_url}/admin/reload", timeout=30,
+                                  headers={"authorization": f"Bearer {DEV_KEY}"})
+            assert reloaded.status_code == 200, reloaded.text
+            events = await said(connection, "again")
+            error = await asyncio.wait_for(connection.recv(), 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events, error, _code(closed.value)
+
+    with realtime_gateway(tmp_path / "gw", keys=line) as served:
+        events, error, code = asyncio.run(session(served))
+        assert events[-1].type == "response.done"
+        assert (error.error.code, code) == ("invalid_api_key", 3000)
+        assert len(served.server.ledger_rows(2)) == 2  # both responses billed
+        assert _session_line(served.server)["status"] == 401
 
 
 def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:

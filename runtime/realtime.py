@@ -177,7 +177,7 @@ async def _open(exchange: Exchange, headers: Headers, model: str | None,
     # each is charged as it is (the tab). The connection itself is the request counted.
     won = await call_route(exchange, key, route, kind="realtime", model=model,
                            prompt_tokens=0, ask=AudioAsk(live.adapters, "realtime", 0),
-                           cost=lambda _deployment: 0.0, call=call, noted=_noted,
+                           cost=lambda _deployment, _sent: 0.0, call=call, noted=_noted,
                            release=_let_go, holds=holds)
     return key, won, holds.pop(won.candidate.deployment.name, None)
 

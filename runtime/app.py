@@ -43,6 +43,8 @@ from .errors import (
     StoreUnavailable,
 )
 from .exchange import Exchange
+from .gemini_api import error_body as gemini_error_body
+from .gemini_api import get_model, list_models, model_call
 from .images import generate_images
 from .incoming import body_arriving, client_gone, read_body
 from .live import Gateway, Live
@@ -104,6 +106,8 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
                   methods=["POST"]),
             *conversation_routes(),
             *batch_routes(batches),
+            Route("/v1beta/models", endpoints.gemini_models, methods=["GET"]),
+            Route("/v1beta/models/{name:path}", endpoints.gemini_model, methods=["GET", "POST"]),
             Route("/v1/models", endpoints.models, methods=["GET"]),
             Route("/v1/models/{name:path}", endpoints.model, methods=["GET"]),
             Route("/health", endpoints.health, methods=["GET"]),
@@ -484,6 +488,19 @@ class _Endpoints:
         return await input_items(_live(request), request.headers,
                                  request.path_params["response_id"], request.query_params)
 
+    async def gemini_models(self, request: Request) -> Response:
+        return list_models(_live(request), request.headers, request.query_params)
+
+    async def gemini_model(self, request: Request) -> Response:
+        """GET a Model, or POST ``{route}:generateContent`` and its siblings; the body
+        is read inside, so that its errors are Gemini-shaped."""
+        live, name = _live(request), request.path_params["name"]
+        if request.method == "GET":
+            return get_model(live, request.headers, request.query_params, name)
+        body = partial(read_body, request, live.graph.settings)
+        return await model_call(live, request.headers, request.query_params, name, body,
+                                lambda: self.gateway.live, partial(client_gone, request.receive))
+
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)
         body = partial(read_body, request, live.graph.settings)
@@ -580,6 +597,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                                  headers=headers)
         if request.url.path.startswith("/v1/messages"):  # in the shape its SDK reads
             return JSONResponse(error_body(wrong), status_code=405, headers=wrong.headers)
+        if request.url.path.startswith("/v1beta/"):
+            return JSONResponse(gemini_error_body(wrong), status_code=405, headers=wrong.headers)
         return _error_response(wrong)
     if exc.status_code == 404:
         return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))

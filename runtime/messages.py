@@ -208,7 +208,7 @@ def message_body(served: Served, result: ChatResult) -> dict[str, object]:
     if choice.refusal:
         content.append({"type": "text", "text": choice.refusal})
     content.extend(
-        {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call, served)}
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call, served)}
         for call in choice.tool_calls
     )
     return {
@@ -257,7 +257,8 @@ def usage_body(usage: Usage) -> dict[str, int]:
     }
 
 
-def _tool_input(call: ToolCall, served: Served) -> dict[str, Any]:
+def tool_input(call: ToolCall, served: Served) -> dict[str, Any]:
+    """A tool call's arguments as the JSON object they must be (else the upstream's 502)."""
     try:
         parsed = json.loads(call.arguments) if call.arguments.strip() else {}
     except ValueError:

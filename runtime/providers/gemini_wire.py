@@ -47,6 +47,9 @@ SIGNATURE_MARK = "."  # call_<n>.<thoughtSignature>: "." is not in base64's alph
 # from another model) has none: Google's placeholder for such calls skips the check.
 UNSIGNED_CALL = "skip_thought_signature_validator"
 _MODEL_GENERATION = re.compile(r"gemini-(\d+)")
+# OpenAI's tool_choice strings and Gemini's functionCallingConfig modes (the Gemini
+# ingress reads it the other way).
+CALLING_MODES = MappingProxyType({"auto": "AUTO", "required": "ANY", "none": "NONE"})
 
 
 def build_request(call: ChatCall) -> dict[str, Any]:
@@ -335,11 +338,10 @@ def function_calling_config(tool_choice: str | dict[str, Any] | None) -> dict[st
         if tool_choice.get("type") != "function" or not isinstance(name, str):
             raise BadRequest("'tool_choice' must name a function.", param="tool_choice")
         return {"mode": "ANY", "allowedFunctionNames": [name]}
-    modes = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
-    if tool_choice not in modes:
-        raise BadRequest(f"'tool_choice' must be one of {', '.join(modes)} or a function.",
-                         param="tool_choice")
-    return {"mode": modes[tool_choice]}
+    if tool_choice not in CALLING_MODES:
+        raise BadRequest(f"'tool_choice' must be one of {', '.join(CALLING_MODES)} or a "
+                         "function.", param="tool_choice")
+    return {"mode": CALLING_MODES[tool_choice]}
 
 
 # generationConfig.candidateCount takes 1 to 8; a larger n would be Gemini's 400, which

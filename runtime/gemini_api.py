@@ -1,0 +1,352 @@
+"""Gemini's own API (v1beta) in front of the serving core, any provider behind.
+
+    POST /v1beta/models/{route}:generateContent        a GenerateContentResponse
+    POST /v1beta/models/{route}:streamGenerateContent  ?alt=sse: one per event
+    POST /v1beta/models/{route}:countTokens            {"totalTokens": n}
+    GET  /v1beta/models[/{route}]                       the key's routes as Models
+
+The key is the gateway's, in ``x-goog-api-key`` (what google-genai sends) or ``?key=``;
+it is never sent upstream. The request is lowered by ``gemini_api_wire`` and runs the
+same ``Exchange`` as /v1/chat/completions; the answer is raised back:
+
+- finish reason length -> MAX_TOKENS, content_filter (or a refusal) -> SAFETY, others
+  -> STOP (the outbound adapter's table read the other way).
+- tool calls -> ``functionCall`` parts with the upstream's call id, which the app sends
+  back in its ``functionResponse`` (google-genai keeps it).
+- usage -> ``usageMetadata``: the completion less its reasoning is
+  ``candidatesTokenCount``, the reasoning ``thoughtsTokenCount``, cache reads
+  ``cachedContentTokenCount``.
+- a stream sends text as it comes; function calls, whose arguments an OpenAI-format
+  upstream streams in pieces, are sent whole in the last event, with the finish
+  reason and the usage.
+
+Every failure is ``google.rpc.Status``-shaped, ``{"error": {"code", "message",
+"status"}}``; after a stream has started it is such an object as the stream's last
+event, which google-genai raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import JSONResponse, Response
+
+from aigw.compiler.graph import ApiKey, Graph, Route
+
+from .admission import check_route_allowed
+from .auth import bearer_token, key_for
+from .chat import Served, new_record, overhead_header, resolve_route
+from .chat_request import chat_request_from
+from .errors import (
+    BadRequest,
+    GatewayError,
+    InternalError,
+    NotFound,
+    Unauthorized,
+    UpstreamServerError,
+)
+from .exchange import Exchange
+from .gemini_api_wire import (
+    CountTokensRequest,
+    GenerateContentRequest,
+    chat_messages,
+    parse,
+    to_chat_request,
+    tools_of,
+)
+from .live import Live
+from .messages import tool_input
+from .policy_request import authorize_route
+from .providers.base import ChatDelta, ChatResult, ToolCall, Usage
+from .providers.gemini import FINISH_REASONS
+from .sse import encoded_events, settled_stream
+from .telemetry.record import RequestRecord
+
+__all__ = ["error_body", "get_model", "list_models", "model_call"]
+
+# The first Gemini reason for each OpenAI one (STOP, MAX_TOKENS, SAFETY).
+_FINISH: Mapping[str, str] = MappingProxyType(
+    {finish: reason for reason, finish in reversed(list(FINISH_REASONS.items()))})
+_STATUS: Mapping[int, str] = MappingProxyType({
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 408: "DEADLINE_EXCEEDED", 409: "ABORTED",
+    413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+})
+_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+
+log = logging.getLogger("aigw.http")
+
+Body = Callable[[], Awaitable[bytes]]
+
+
+def error_body(error: GatewayError) -> dict[str, object]:
+    """``google.rpc.Status`` for a gateway error; 422 (no deployment's window holds the
+    prompt) is a 400, as Gemini answers a prompt that is too long."""
+    code = 400 if error.status == 422 else error.status
+    status = _STATUS.get(code, "INTERNAL" if code >= 500 else "FAILED_PRECONDITION")
+    return {"error": {"code": code, "message": error.message, "status": status}}
+
+
+def error_response(error: GatewayError) -> Response:
+    body = error_body(error)
+    code = body["error"]["code"]  # type: ignore[index]
+    return JSONResponse(body, status_code=code, headers=error.headers)
+
+
+def gemini_key(graph: Graph, headers: Headers, query: QueryParams) -> ApiKey:
+    """The caller's key: ``x-goog-api-key``, ``?key=``, or as the other APIs take it."""
+    token = headers.get("x-goog-api-key") or query.get("key") or bearer_token(headers)
+    if not token:
+        raise Unauthorized("You didn't provide an API key: give it in an x-goog-api-key "
+                           "header (as google-genai does) or a key query parameter.")
+    return key_for(graph, token)
+
+
+async def model_call(
+    live: Live, headers: Headers, query: QueryParams, name: str, body: Body,
+    current: Callable[[], Live] | None = None, gone: Callable[[], Awaitable[None]] | None = None,
+) -> Response:
+    """POST /v1beta/models/{name}, ``name`` being ``route:method``."""
+    route, _, method = name.rpartition(":")
+    if method not in _METHODS or not route:
+        return error_response(NotFound(
+            f"Unknown method '{name}': this gateway serves {', '.join(_METHODS)}."))
+    if method == "countTokens":
+        return await count_tokens(live, headers, query, route, body)
+    stream = method == "streamGenerateContent"
+    if stream and query.get("alt") != "sse":
+        return error_response(BadRequest(
+            "streamGenerateContent: this gateway streams server-sent events only; "
+            "add ?alt=sse (google-genai does)."))
+    record = new_record(live, "generate_content")
+    exchange = Exchange(live, record, headers, current, gone)
+    try:
+        response = await _generate(exchange, query, route, body, stream)
+    except asyncio.CancelledError:  # a shutdown past its grace period
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    except Exception as exc:
+        if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
+            log.exception("unhandled error on POST %s", name, exc_info=exc)
+            exc = InternalError("The gateway had an internal error; it is logged.")
+        await exchange.fail(exc)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        response = error_response(exc)
+        record.status = response.status_code
+        live.telemetry.refused(record, headers)
+        live.telemetry.finish(record)
+        return response
+    if not record.stream:  # a stream's record is finished when the stream ends
+        live.telemetry.finish(record)
+    return response
+
+
+async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Body,
+                    stream: bool) -> Response:
+    live, record = exchange.live, exchange.record
+    key = gemini_key(live.graph, exchange.headers, query)  # before the body is read
+    request = parse(GenerateContentRequest, await read())
+    await exchange.open(key, to_chat_request(_route_name(route), request, stream))
+    if not stream:
+        served, body = await exchange.complete_as(response_body)
+        return JSONResponse(body, headers={**_headers(served, record), **exchange.rate_headers(),
+                                           **exchange.cache_headers()})
+    served, deltas = await exchange.stream()
+    encoder = ChunkEncoder(response_id(served), served)
+    headers = {**_headers(served, record), **exchange.rate_headers(), **exchange.cache_headers()}
+    return await settled_stream(encoded_events(encoder, deltas, live, record), headers)
+
+
+async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: str,
+                       body: Body) -> Response:
+    """``:countTokens``: the prompt tokens the gateway plans a request with, for a
+    principal that may send it (the key's routes and Cedar's invoke check)."""
+    try:
+        key = gemini_key(live.graph, headers, query)
+        request = parse(CountTokensRequest, await body()).request()
+        route = resolve_route(live.graph, _route_name(name))
+        check_route_allowed(key, route)
+        planned = chat_request_from({"model": route.name, "messages": chat_messages(request),
+                                     **tools_of(request)})
+        tokens = live.counter.count_request(planned)
+        user = headers.get(live.graph.settings.user_header) or None
+        await authorize_route(live, key, user, route, headers, tokens)
+    except GatewayError as exc:
+        return error_response(exc)
+    except Exception:  # in Gemini's shape too, whatever failed
+        log.exception("countTokens failed")
+        return error_response(InternalError("The gateway had an internal error; it is logged."))
+    return JSONResponse({"totalTokens": tokens})
+
+
+def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
+    """GET /v1beta/models: the routes this key may call by name, as /v1/models lists
+    them, in Gemini's Model shape; one page."""
+    try:
+        key = gemini_key(live.graph, headers, query)
+    except GatewayError as exc:
+        return error_response(exc)
+    models = [model_body(route) for name, route in sorted(live.graph.routes.items())
+              if key.routes is None or name in key.routes]
+    return JSONResponse({"models": models})
+
+
+def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
+    try:
+        key = gemini_key(live.graph, headers, query)
+        route = live.graph.routes.get(_route_name(name))
+        if route is None or (key.routes is not None and route.name not in key.routes):
+            raise NotFound(f"models/{_route_name(name)} is not found.")
+    except GatewayError as exc:
+        return error_response(exc)
+    return JSONResponse(model_body(route))
+
+
+def model_body(route: Route) -> dict[str, object]:
+    """A route as Gemini's Model: the limits are those every deployment behind it holds."""
+    candidates = route.candidates
+    return {
+        "name": f"models/{route.name}",
+        "version": "aigw",
+        "displayName": route.name,
+        "description": route.description or "",
+        "inputTokenLimit": min((each.context_window for each in candidates), default=0),
+        "outputTokenLimit": min((each.max_output_tokens for each in candidates), default=0),
+        "supportedGenerationMethods": list(_METHODS),
+    }
+
+
+def _route_name(name: str) -> str:
+    """``models/gpt`` names route ``gpt``; google-genai adds the prefix, curl may not."""
+    return name.removeprefix("models/")
+
+
+def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
+    return {**served.headers(), **overhead_header(record)}
+
+
+def response_id(served: Served) -> str:
+    """The gateway's request id without its prefix, so logs and answers correlate."""
+    return served.request_id.removeprefix("chatcmpl-")
+
+
+def response_body(served: Served, result: ChatResult) -> dict[str, object]:
+    """A GenerateContentResponse for the first (only) choice of a result."""
+    choice = result.choices[0]
+    parts: list[dict[str, object]] = []
+    text = (choice.content or "") + (choice.refusal or "")
+    if text:
+        parts.append({"text": text})
+    parts.extend(_call_part(call, served) for call in choice.tool_calls)
+    reason = finish_reason(choice.finish_reason, bool(choice.refusal))
+    return _chunk(parts, reason, result.usage, result.model, response_id(served))
+
+
+def finish_reason(finish: str, refused: bool) -> str:
+    """Gemini's ``finishReason`` for an OpenAI finish reason.
+
+    >>> finish_reason("tool_calls", refused=False)
+    'STOP'
+    """
+    return "SAFETY" if refused else _FINISH.get(finish, "STOP")
+
+
+def usage_metadata(usage: Usage) -> dict[str, int]:
+    """Gemini counts the model's thinking apart from its answer; the total is both."""
+    metadata = {
+        "promptTokenCount": usage.prompt_tokens,
+        "candidatesTokenCount": max(0, usage.completion_tokens - usage.reasoning_tokens),
+        "totalTokenCount": usage.prompt_tokens + usage.completion_tokens,
+    }
+    if usage.cached_tokens:
+        metadata["cachedContentTokenCount"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        metadata["thoughtsTokenCount"] = usage.reasoning_tokens
+    return metadata
+
+
+def _call_part(call: ToolCall, served: Served) -> dict[str, object]:
+    return {"functionCall": {"id": call.id, "name": call.name, "args": tool_input(call, served)}}
+
+
+def _chunk(parts: list[dict[str, object]], reason: str | None, usage: Usage | None,
+           model: str, answer_id: str) -> dict[str, object]:
+    candidate: dict[str, object] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if reason is not None:
+        candidate["finishReason"] = reason
+    chunk: dict[str, object] = {"candidates": [candidate]}
+    if usage is not None:
+        chunk["usageMetadata"] = usage_metadata(usage)
+    chunk["modelVersion"] = model
+    chunk["responseId"] = answer_id
+    return chunk
+
+
+def _event(data: Mapping[str, object]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ChunkEncoder:
+    """Adapter deltas as ``streamGenerateContent?alt=sse`` events: a chunk per piece of
+    text, and a last chunk with the function calls (whole: Gemini's arrive whole, and
+    google-genai reads each part as it comes), the finish reason and the usage.
+    Deltas of choices other than 0 are dropped: a Gemini request asks for one."""
+
+    def __init__(self, answer_id: str, served: Served) -> None:
+        self._id = answer_id
+        self._model = served.deployment.model
+        self._served = served
+        self._calls: dict[int, list[str]] = {}  # tool call index -> id, name, arguments...
+        self._finish: str | None = None
+        self._refused = False
+        self._usage: Usage | None = None
+
+    def start(self) -> bytes:
+        return b""
+
+    def encode(self, delta: ChatDelta) -> bytes:
+        if delta.usage is not None:
+            self._usage = delta.usage
+            return b""
+        if delta.index != 0:
+            return b""
+        for call in delta.tool_calls:
+            held = self._calls.setdefault(call.index, ["", ""])
+            held[0] = held[0] or call.id or ""
+            held[1] = held[1] or call.name or ""
+            held.append(call.arguments or "")
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
+        self._refused = self._refused or bool(delta.refusal)
+        text = (delta.content or "") + (delta.refusal or "")
+        if not text:
+            return b""
+        return _event(_chunk([{"text": text}], None, None, self._model, self._id))
+
+    def finish(self) -> bytes:
+        parts: list[dict[str, object]] = []
+        for index, (call_id, name, *arguments) in sorted(self._calls.items()):
+            try:
+                args = json.loads("".join(arguments) or "{}")
+            except ValueError:
+                args = None
+            if not isinstance(args, dict):  # the stream's error event, as a refusal is
+                deployment = self._served.deployment
+                raise UpstreamServerError(
+                    f"deployment '{deployment.name}' called tool '{name}' (call {index}) "
+                    "with arguments that are not a JSON object.",
+                    provider=deployment.provider.name)
+            parts.append({"functionCall": {"id": call_id, "name": name, "args": args}})
+        reason = finish_reason(self._finish or "stop", self._refused)
+        return _event(_chunk(parts, reason, self._usage, self._model, self._id))
+
+    def failed(self, error: GatewayError) -> bytes:
+        """A ``google.rpc.Status`` as an event: what google-genai raises mid-stream."""
+        return _event(error_body(error))

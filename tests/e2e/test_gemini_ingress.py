@@ -1,0 +1,213 @@
+"""A real ``aigw serve`` behind Google's own SDK (google-genai), its routes served by the
+OpenAI fake and the echo provider."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from ..conftest import DEV_KEY
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.serve import serving
+from ..providers.conftest import DEV_KEY_LINE
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+NARROW_KEY = "sk-gemini-echo-only"
+LOOKUP = types.FunctionDeclaration(
+    name="lookup", description="Look a thing up",
+    parameters=types.Schema(type=types.Type.OBJECT,
+                            properties={"query": types.Schema(type=types.Type.STRING)}),
+)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[OpenAIFake]:
+    """One fake and one server for the module: starting ``aigw serve`` takes seconds."""
+    upstream = OpenAIFake()
+    with pytest.MonkeyPatch.context() as env, serving(upstream.app) as base_url:
+        env.setenv("FAKE_OPENAI_KEY", upstream.api_key)  # the server inherits it
+        upstream.base_url = base_url  # type: ignore[attr-defined]
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("gemini") / "gw"
+    root.mkdir()
+    base = fake.base_url  # type: ignore[attr-defined]
+    narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
+    (root / "gateway.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f'  oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
+        "  local: {type: echo}\n"
+        "deployments:\n"
+        "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
+        "        max_output_tokens: 4096, capabilities: [streaming, tools, vision, json_schema],\n"
+        "        price: {input: 1.0, output: 2.0}}\n"
+        "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
+        "         capabilities: [streaming, json_schema]}\n"
+        "routes:\n"
+        "  gpt: {deployment: gpt}\n"
+        "  echo: {deployment: echo}\n" + DEV_KEY_LINE
+        + f"  narrow: {{routes: [echo], sha256: {narrow}}}\n"
+    )
+    started = Server(root)
+    started.wait_ready()
+    yield started
+    started.stop()
+
+
+def _client(server: Server, api_key: str = DEV_KEY) -> genai.Client:
+    return genai.Client(api_key=api_key, http_options=types.HttpOptions(
+        base_url=server.base_url, api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1)))
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[genai.Client]:
+    with _client(server) as sdk:
+        yield sdk
+
+
+def test_generate_content_is_served_by_an_openai_upstream(
+    client: genai.Client, fake: OpenAIFake, server: Server
+) -> None:
+    answer = client.models.generate_content(
+        model="gpt", contents="hello there",
+        config=types.GenerateContentConfig(system_instruction="Be brief.", temperature=0.5,
+                                           max_output_tokens=100, top_k=5))
+    assert answer.text == "fake-openai: hello there"
+    assert answer.candidates and answer.candidates[0].finish_reason == types.FinishReason.STOP
+    assert answer.model_version == "gpt-4o-mini"
+    usage = answer.usage_metadata
+    assert usage is not None
+    assert (usage.prompt_token_count, usage.candidates_token_count,
+            usage.total_token_count) == (10, 3, 13)  # the fake's count: words + 3
+    sent = fake.script.requests[-1]
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "hello there"}]
+    assert sent["temperature"] == 0.5 and sent["max_completion_tokens"] == 100
+    assert "top_k" not in sent  # OpenAI refuses it; kept only for upstreams that take it
+    # Billed, in the ledger and the access log, as a request of its own endpoint.
+    request_id = f"chatcmpl-{answer.response_id}"
+    row = server.ledger_row(request_id, wait_s=5)
+    assert (row["route"], row["deployment"], row["status"]) == ("gpt", "gpt", 200)
+    assert (row["tokens_in"], row["tokens_out"]) == (10, 3) and row["cost"] > 0
+    line = server.access_line(request_id)
+    assert line is not None and line["endpoint"] == "generate_content"
+
+
+def test_stream_gives_text_then_finish_and_usage(client: genai.Client, server: Server) -> None:
+    chunks = list(client.models.generate_content_stream(
+        model="gpt", contents="streamed word by word"))
+    assert "".join(chunk.text or "" for chunk in chunks) == "fake-openai: streamed word by word"
+    assert len(chunks) > 2  # as it came, not one answer at the end
+    last = chunks[-1]
+    assert last.candidates and last.candidates[0].finish_reason == types.FinishReason.STOP
+    assert last.usage_metadata is not None
+    assert last.usage_metadata.candidates_token_count == 5
+    row = server.ledger_row(f"chatcmpl-{last.response_id}", wait_s=5)
+    assert (row["route"], row["status"], row["tokens_out"]) == ("gpt", 200, 5)
+
+
+def test_the_echo_provider_answers_whole_and_streamed(client: genai.Client) -> None:
+    whole = client.models.generate_content(model="echo", contents="say it back")
+    streamed = client.models.generate_content_stream(model="echo", contents="say it back")
+    assert whole.text and whole.text == "".join(chunk.text or "" for chunk in streamed)
+
+
+def test_function_calling_round_trip(client: genai.Client, fake: OpenAIFake) -> None:
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[LOOKUP])],
+        tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+            mode=types.FunctionCallingConfigMode.AUTO)),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    question = types.Content(role="user", parts=[types.Part(text="find the moon")])
+    for streamed in (False, True):
+        if streamed:
+            chunks = list(client.models.generate_content_stream(
+                model="gpt", contents=[question], config=config))
+            calls = [call for chunk in chunks for call in chunk.function_calls or ()]
+            content = types.Content(role="model", parts=[types.Part(function_call=calls[0])])
+        else:
+            first = client.models.generate_content(model="gpt", contents=[question],
+                                                   config=config)
+            calls = first.function_calls or []
+            assert first.candidates and first.candidates[0].content is not None
+            content = first.candidates[0].content
+        assert [(call.id, call.name, call.args) for call in calls] == [
+            ("call_fake_1", "lookup", {"query": "find the moon"})]
+    sent = fake.script.requests[-1]
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "lookup", "description": "Look a thing up",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+    assert sent["tool_choice"] == "auto"
+
+    result = types.Part.from_function_response(name="lookup", response={"result": "full"})
+    assert result.function_response is not None
+    result.function_response.id = calls[0].id  # as an app answers the call it was given
+    answer = client.models.generate_content(
+        model="gpt", config=config,
+        contents=[question, content, types.Content(role="user", parts=[result])])
+    assert answer.text == 'tool said: {"result": "full"}'
+    assert fake.script.requests[-1]["messages"][1:] == [
+        {"role": "assistant", "tool_calls": [
+            {"id": "call_fake_1", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"query": "find the moon"}'}}]},
+        {"role": "tool", "tool_call_id": "call_fake_1", "content": '{"result": "full"}'},
+    ]
+
+
+def test_count_tokens_and_models(client: genai.Client) -> None:
+    counted = client.models.count_tokens(model="gpt", contents="how many tokens is this")
+    assert counted.total_tokens is not None and counted.total_tokens > 0
+    names = [model.name for model in client.models.list()]
+    assert names == ["models/echo", "models/gpt"]
+    model = client.models.get(model="gpt")
+    assert (model.input_token_limit, model.output_token_limit) == (128000, 4096)
+
+
+def test_errors_are_googles_shape(server: Server, client: genai.Client) -> None:
+    with _client(server, "sk-not-a-key") as bad_key, pytest.raises(errors.ClientError) as bad:
+        bad_key.models.generate_content(model="gpt", contents="x")
+    assert (bad.value.code, bad.value.status) == (401, "UNAUTHENTICATED")
+    with pytest.raises(errors.ClientError) as missing:
+        client.models.generate_content(model="nope", contents="x")
+    assert (missing.value.code, missing.value.status) == (404, "NOT_FOUND")
+    with _client(server, NARROW_KEY) as narrow:
+        assert [model.name for model in narrow.models.list()] == ["models/echo"]
+        with pytest.raises(errors.ClientError) as refused:
+            narrow.models.generate_content(model="gpt", contents="x")
+        assert refused.value.code == 404
+        with pytest.raises(errors.ClientError):
+            narrow.models.get(model="gpt")
+    with pytest.raises(errors.ClientError) as two:
+        client.models.generate_content(model="gpt", contents="x", config=types.
+                                       GenerateContentConfig(candidate_count=2))
+    assert (two.value.code, two.value.status) == (400, "INVALID_ARGUMENT")
+    assert "candidateCount" in (two.value.message or "")
+    with pytest.raises(errors.ClientError) as unknown:
+        client.models.generate_content(model="gpt", contents="x", config=types.
+                                       GenerateContentConfig(safety_settings=[types.SafetySetting(
+                                           category=types.HarmCategory.HARM_CATEGORY_HATE_SPEECH,
+                                           threshold=types.HarmBlockThreshold.BLOCK_NONE)]))
+    assert "safetySettings" in (unknown.value.message or "")
+
+
+def test_the_key_may_come_in_the_query(server: Server) -> None:
+    url = f"{server.base_url}/v1beta/models/echo:generateContent"
+    body = {"contents": [{"parts": [{"text": "by query"}]}]}
+    answer = httpx.post(url, params={"key": DEV_KEY}, json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["candidates"][0]["content"]["parts"]
+    nothing = httpx.post(url, json=body, timeout=10)
+    assert nothing.status_code == 401
+    assert nothing.json()["error"]["status"] == "UNAUTHENTICATED"

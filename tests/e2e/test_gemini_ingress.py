@@ -3,18 +3,21 @@ OpenAI fake and the echo provider."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 
 import httpx
+import pydantic
 import pytest
 from google import genai
 from google.genai import errors, types
 
 from ..conftest import DEV_KEY
+from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE
+from ..providers.conftest import DEV_KEY_LINE, PIXEL
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -211,3 +214,43 @@ def test_the_key_may_come_in_the_query(server: Server) -> None:
     nothing = httpx.post(url, json=body, timeout=10)
     assert nothing.status_code == 401
     assert nothing.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+class Place(pydantic.BaseModel):
+    city: str
+
+
+def test_structured_output_is_parsed(client: genai.Client, fake: OpenAIFake) -> None:
+    """``response_schema`` (a pydantic class, sent as Gemini's Schema) reaches the echo
+    deployment, which answers with the JSON it was sent, and the OpenAI fake, which
+    answers JSON of the schema only when response_format reaches it."""
+    config = types.GenerateContentConfig(response_mime_type="application/json",
+                                         response_schema=Place)
+    echoed = client.models.generate_content(model="echo", contents='{"city": "Oslo"}',
+                                            config=config)
+    assert echoed.parsed == Place(city="Oslo")
+    answered = client.models.generate_content(model="gpt", contents="Where is it?",
+                                              config=config)
+    assert answered.parsed == Place(city="fake-openai: Where is it?")
+    assert fake.script.requests[-1]["response_format"]["type"] == "json_schema"
+
+
+def test_an_image_reaches_the_upstream_as_a_data_url(
+    client: genai.Client, fake: OpenAIFake
+) -> None:
+    png = base64.b64decode(PIXEL)
+    client.models.generate_content(model="gpt", contents=[
+        "what is this?", types.Part.from_bytes(data=png, mime_type="image/png")])
+    assert fake.script.requests[-1]["messages"][-1]["content"][1] == {
+        "type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+
+
+def test_failure_mid_stream_reaches_the_sdk_as_an_error(
+    client: genai.Client, fake: OpenAIFake
+) -> None:
+    fake.script.actions.append(Action(cut_stream_after=3))  # after a first word has gone out
+    with pytest.raises(errors.ServerError) as failed:
+        for _chunk in client.models.generate_content_stream(model="gpt",
+                                                            contents="one two three"):
+            pass
+    assert failed.value.code == 502

@@ -15,6 +15,7 @@ from google.genai import errors, types
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
+from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
 from ..providers.conftest import DEV_KEY_LINE, PIXEL
@@ -41,7 +42,17 @@ def fake() -> Iterator[OpenAIFake]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterator[Server]:
+def gemini() -> Iterator[GeminiFake]:
+    upstream = GeminiFake()
+    with pytest.MonkeyPatch.context() as env, serving(upstream.app) as base_url:
+        env.setenv("FAKE_GEMINI_KEY", upstream.api_key)
+        upstream.base_url = base_url
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake,
+           gemini: GeminiFake) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("gemini") / "gw"
     root.mkdir()
     base = fake.base_url  # type: ignore[attr-defined]
@@ -51,7 +62,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterat
         "providers:\n"
         f'  oai: {{type: openai, base_url: "{base}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
         "  local: {type: echo}\n"
+        f'  gem: {{type: gemini, base_url: "{gemini.base_url}/v1beta", '
+        'api_key: "${FAKE_GEMINI_KEY}"}\n'
         "deployments:\n"
+        "  flash: {provider: gem, model: gemini-2.5-flash, context_window: 1048576,\n"
+        "          capabilities: [streaming, tools, json_schema]}\n"
         "  gpt: {provider: oai, model: gpt-4o-mini, context_window: 128000,\n"
         "        max_output_tokens: 4096, capabilities: [streaming, tools, vision, json_schema],\n"
         "        price: {input: 1.0, output: 2.0}}\n"
@@ -59,7 +74,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake) -> Iterat
         "         capabilities: [streaming, json_schema]}\n"
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
-        "  echo: {deployment: echo}\n" + DEV_KEY_LINE
+        "  echo: {deployment: echo}\n"
+        "  flash: {deployment: flash}\n" + DEV_KEY_LINE
         + f"  narrow: {{routes: [echo], sha256: {narrow}}}\n"
     )
     started = Server(root)
@@ -173,7 +189,7 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
     counted = client.models.count_tokens(model="gpt", contents="how many tokens is this")
     assert counted.total_tokens is not None and counted.total_tokens > 0
     names = [model.name for model in client.models.list()]
-    assert names == ["models/echo", "models/gpt"]
+    assert names == ["models/echo", "models/flash", "models/gpt"]
     model = client.models.get(model="gpt")
     assert (model.input_token_limit, model.output_token_limit) == (128000, 4096)
 
@@ -254,3 +270,31 @@ def test_failure_mid_stream_reaches_the_sdk_as_an_error(
                                                             contents="one two three"):
             pass
     assert failed.value.code == 502
+
+
+def test_a_gemini_upstream_gets_the_call_and_its_answer_back(
+    client: genai.Client, gemini: GeminiFake
+) -> None:
+    """Gemini in, Gemini out: the conversation reaches it as the app wrote it, with the
+    provider's key (never the gateway's), and the call's thoughtSignature, which Gemini 3
+    wants back, comes back with it (kept in the call's id)."""
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[LOOKUP])],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    question = types.Content(role="user", parts=[types.Part(text="find the moon")])
+    first = client.models.generate_content(model="flash", contents=[question], config=config)
+    (call,) = first.function_calls or []
+    assert (call.name, call.args) == ("lookup", {"query": "find the moon"})
+    assert first.candidates and first.candidates[0].content is not None
+    result = types.Part.from_function_response(name="lookup", response={"result": "full"})
+    answer = client.models.generate_content(model="flash", config=config, contents=[
+        question, first.candidates[0].content, types.Content(role="user", parts=[result])])
+    assert answer.text and "full" in answer.text
+    assert gemini.script.headers[-1]["x-goog-api-key"] == gemini.api_key
+    assert gemini.script.requests[-1]["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": {"name": "lookup",
+                                                      "args": {"query": "find the moon"}},
+                                     "thoughtSignature": "c2lnbmVkLWJ5LWZha2UtZ2VtaW5p"}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "lookup",
+                                                         "response": {"result": "full"}}}]},
+    ]

@@ -210,8 +210,10 @@ def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Re
 
 
 def model_body(route: Route) -> dict[str, object]:
-    """A route as Gemini's Model: the limits are those every deployment behind it holds."""
+    """A route as Gemini's Model: the limits are those every deployment behind it holds;
+    a route of another kind (embeddings, images...) or a pipeline's has no method here."""
     candidates = route.candidates
+    chat = bool(candidates) and all(each.kind == "chat" for each in candidates)
     return {
         "name": f"models/{route.name}",
         "version": "aigw",
@@ -219,7 +221,7 @@ def model_body(route: Route) -> dict[str, object]:
         "description": route.description or "",
         "inputTokenLimit": min((each.context_window for each in candidates), default=0),
         "outputTokenLimit": min((each.max_output_tokens for each in candidates), default=0),
-        "supportedGenerationMethods": list(_METHODS),
+        "supportedGenerationMethods": list(_METHODS) if chat else [],
     }
 
 

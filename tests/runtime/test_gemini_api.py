@@ -230,3 +230,14 @@ def test_stream_calls_in_pieces_are_sent_whole_at_the_end() -> None:
 def test_a_prompt_too_long_is_invalid_argument() -> None:
     assert error_body(ContextWindowExceeded("too long"))["error"] == {
         "code": 400, "message": "too long", "status": "INVALID_ARGUMENT"}
+
+
+async def test_models_name_their_methods_by_kind(client: httpx.AsyncClient) -> None:
+    models = {model["name"]: model for model in
+              (await client.get("/v1beta/models")).json()["models"]}
+    assert models["models/echo"]["supportedGenerationMethods"] == [
+        "generateContent", "streamGenerateContent", "countTokens"]
+    assert models["models/embed"]["supportedGenerationMethods"] == []
+    assert models["models/echo"]["description"] == "Repeats the last user message."
+    one = await client.get("/v1beta/models/models/echo")  # as a name, prefix and all
+    assert one.json() == models["models/echo"]

@@ -94,6 +94,14 @@ class Content(_Wire):
     parts: Annotated[list[Part], Field(min_length=1)]
 
 
+class SystemInstruction(_Wire):
+    """Its role, if any, is not read (Google's API ignores it; clients write "user",
+    "system" or none)."""
+
+    role: str | None = None
+    parts: Annotated[list[Part], Field(min_length=1)]
+
+
 class FunctionDeclaration(_Wire):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,127}$")]
     description: str | None = None
@@ -133,7 +141,7 @@ class GenerateContentRequest(_Wire):
     """The body of ``models/{model}:generateContent`` and ``:streamGenerateContent``."""
 
     contents: Annotated[list[Content], Field(min_length=1)]
-    system_instruction: Content | None = None
+    system_instruction: SystemInstruction | None = None
     tools: list[Tool] | None = None
     tool_config: ToolConfig | None = None
     generation_config: GenerationConfig | None = None
@@ -253,13 +261,15 @@ def chat_messages(request: GenerateContentRequest) -> list[dict[str, Any]]:
     pending: list[tuple[str, str]] = []  # (id, name) of calls not yet answered, in order
     for number, content in enumerate(request.contents):
         if content.role == "model":
-            lowered.append(_assistant(content, number, pending))
+            turn = _assistant(content, number, pending)
+            if turn["content"] is not None or "tool_calls" in turn:  # not thoughts alone
+                lowered.append(turn)
         else:
             lowered.extend(_user(content, number, pending))
     return lowered
 
 
-def _system(content: Content) -> dict[str, Any]:
+def _system(content: SystemInstruction) -> dict[str, Any]:
     texts = []
     for position, part in enumerate(content.parts):
         if part.text is None:

@@ -20,6 +20,7 @@ from aigw.runtime.gemini_api_wire import (
 from aigw.runtime.live import Gateway
 from aigw.runtime.providers.base import ChatDelta, ToolCallDelta, Usage
 
+from ..providers.conftest import PIXEL
 from .test_messages import _Failing, _serve_with
 
 GENERATE = "/v1beta/models/echo:generateContent"
@@ -51,10 +52,12 @@ def _chunks(raw: str) -> list[dict[str, Any]]:
 
 def test_a_conversation_with_calls_is_lowered_into_openai_messages() -> None:
     lowered = _lowered({
-        "systemInstruction": {"parts": [{"text": "Be brief."}, {"text": "Be kind."}]},
+        "systemInstruction": {"role": "system",
+                              "parts": [{"text": "Be brief."}, {"text": "Be kind."}]},
         "contents": [
             {"role": "user", "parts": [{"text": "weather?"},
                                        {"inlineData": {"mimeType": "image/png", "data": "AAA"}}]},
+            {"role": "model", "parts": [{"text": "pondering", "thought": True}]},
             {"role": "model", "parts": [
                 {"text": "hmm", "thought": True},
                 {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}},
@@ -72,13 +75,13 @@ def test_a_conversation_with_calls_is_lowered_into_openai_messages() -> None:
             {"type": "text", "text": "weather?"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
         {"role": "assistant", "tool_calls": [
-            {"id": "call_1_1", "type": "function",
+            {"id": "call_2_1", "type": "function",
              "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
-            {"id": "call_1_2", "type": "function",
+            {"id": "call_2_2", "type": "function",
              "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]},
         # Answers without ids answer the calls of their name in order.
-        {"role": "tool", "tool_call_id": "call_1_1", "content": '{"sky": "grey"}'},
-        {"role": "tool", "tool_call_id": "call_1_2", "content": '{"sky": "blue"}'},
+        {"role": "tool", "tool_call_id": "call_2_1", "content": '{"sky": "grey"}'},
+        {"role": "tool", "tool_call_id": "call_2_2", "content": '{"sky": "blue"}'},
     ]
     assert (lowered["stop"], lowered["max_completion_tokens"], lowered["top_p"]) == (
         ["END"], 50, 0.5)
@@ -241,3 +244,12 @@ async def test_models_name_their_methods_by_kind(client: httpx.AsyncClient) -> N
     assert models["models/echo"]["description"] == "Repeats the last user message."
     one = await client.get("/v1beta/models/models/echo")  # as a name, prefix and all
     assert one.json() == models["models/echo"]
+
+
+async def test_an_image_needs_a_route_whose_models_take_images(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"contents": [{"parts": [{"text": "what is it?"}, {"inlineData": {
+        "mimeType": "image/png", "data": PIXEL}}]}]}
+    message = _assert_error(await client.post(GENERATE, json=body), 400, "INVALID_ARGUMENT")
+    assert "vision" in message

@@ -34,7 +34,7 @@ from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
-from .errors import BadRequest
+from .errors import BadRequest, quoted
 from .media_stream import passed_on
 from .multipart import FormWords, MultipartForm
 from .providers.audio import (
@@ -89,8 +89,9 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
         raise BadRequest("Missing required parameter: 'model'.", param="model")
     response_format = _field(fields, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
-        raise BadRequest(f"Invalid value for 'response_format': {response_format!r}; expected "
-                         f"one of {', '.join(RESPONSE_FORMATS)}.", param="response_format")
+        raise BadRequest(f"Invalid value for 'response_format': {quoted(response_format)}; "
+                         f"expected one of {', '.join(RESPONSE_FORMATS)}.",
+                         param="response_format")
     streamed = _flag(fields, "stream")
     if operation == "translations":
         # OpenAI's translations endpoint has no stream: it refuses the field (as its other
@@ -296,7 +297,7 @@ def _flag(fields: tuple[tuple[str, str], ...], name: str) -> bool:
         return False
     flag = _FLAGS.get(value.lower())
     if flag is None:
-        raise BadRequest(f"Invalid value for '{name}': {value!r}; expected true or false.",
+        raise BadRequest(f"Invalid value for '{name}': {quoted(value)}; expected true or false.",
                          param=name)
     return flag
 
@@ -309,7 +310,7 @@ def _check_temperature(value: str | None) -> None:
     except ValueError:
         temperature = -1.0
     if not 0 <= temperature <= 1:
-        raise BadRequest(f"Invalid value for 'temperature': {value!r}; expected a number "
+        raise BadRequest(f"Invalid value for 'temperature': {quoted(value)}; expected a number "
                          "from 0 to 1.", param="temperature")
 
 

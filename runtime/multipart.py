@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, quoted
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 HEADERS_MOST = 64 << 10
 # What aiohttp refuses in a header it writes (RFC 9110, 5.5); the parser passes them on.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_PARAM_MOST = 64  # characters of a field's name an error names as its param
 
 
 @dataclass(frozen=True)
@@ -169,26 +170,26 @@ class MultipartForm:
             raise BadRequest("A part of the multipart upload has no name in its "
                              "Content-Disposition.")
         if _CONTROL.search(name):
-            raise BadRequest(f"A form field's name holds a control character ({name!r}).",
-                             param=name)
+            raise BadRequest(f"A form field's name holds a control character ({quoted(name)}).",
+                             param=_param(name))
         self._name = name
         if b"filename" not in options:
             if self.unique and any(key == name for key, _ in self._fields):
-                raise BadRequest(f"The upload gives the field '{name}' more than once.",
-                                 param=name)
+                raise BadRequest(f"The upload gives the field {quoted(name)} more than once.",
+                                 param=_param(name))
             if len(self._fields) >= self.most_fields:
                 raise BadRequest(f"The upload has more than {self.most_fields} fields.")
             return
         if name != "file":
-            raise BadRequest(f"A file was sent as '{name}'; {self.words.file} goes in "
-                             "'file'.", param=name)
+            raise BadRequest(f"A file was sent as {quoted(name)}; {self.words.file} goes in "
+                             "'file'.", param=_param(name))
         if self.filename is not None:
             raise BadRequest("The upload has more than one file.", param="file")
         filename = _decoded(options[b"filename"])
         file_type = None if self._part_type is None else _decoded(self._part_type)
         if _CONTROL.search(filename) or _CONTROL.search(file_type or ""):
             raise BadRequest("The file's filename or content type holds a control "
-                             f"character ({filename!r}, {file_type!r}).", param="file")
+                             f"character ({quoted(filename)}, {quoted(file_type)}).", param="file")
         self._file_part = True
         self.filename, self.file_type = filename, file_type
 
@@ -198,12 +199,18 @@ class MultipartForm:
             return
         self._value += data[start:end]
         if len(self._value) > self.field_most:
-            raise BadRequest(f"The upload's field '{self._name}' is over {self.field_most} "
-                             "bytes.", param=self._name)
+            raise BadRequest(f"The upload's field {quoted(self._name)} is over "
+                             f"{self.field_most} bytes.", param=_param(self._name))
 
     def _part_ends(self) -> None:
         if not self._file_part:
             self._fields.append((self._name, _decoded(bytes(self._value))))
+
+
+def _param(name: str) -> str | None:
+    """A form field's name as an error's ``param``: None where it is too long to be any
+    endpoint's (a part's headers may be 64 KiB, and an error repeated it whole)."""
+    return name if len(name) <= _PARAM_MOST else None
 
 
 def _decoded(raw: bytes) -> str:

@@ -105,3 +105,34 @@ async def test_an_uploads_bad_field_is_shown_cut_short(
     error = response.json()["error"]
     assert error["param"] == param
     assert len(error["message"]) < 300 and "(60000 characters)" in error["message"], error
+
+
+_LONG = b"y" * 60_000  # within a field's bytes (1 MiB on the audio endpoints)
+_NAME = b"y" * 4_000  # within the parser's bound on a part's header (4 KiB and some)
+
+
+@pytest.mark.parametrize(("path", "form", "param"), [
+    ("/v1/files", _part(b"purpose", b"batch") + _part(_NAME, b"1") + _part(_NAME, b"2")
+     + _FILE + _END, None),
+    ("/v1/files", _part(b"purpose", b"batch") + _part(_NAME, b"RIFF", b"a.wav") + _END, None),
+    ("/v1/files", _part(b"purpose", b"batch") + _part(b"\x01" + _NAME, b"x") + _FILE + _END,
+     None),
+    ("/v1/files", _part(b"purpose", b"batch") + _part(b"file", b"RIFF", b"\x01" + _NAME)
+     + _END, "file"),
+    ("/v1/audio/transcriptions", _FIELDS + _part(b"response_format", _LONG) + _FILE + _END,
+     "response_format"),
+    ("/v1/audio/transcriptions", _FIELDS + _part(b"stream", _LONG) + _FILE + _END, "stream"),
+    ("/v1/audio/transcriptions", _FIELDS + _part(b"temperature", _LONG) + _FILE + _END,
+     "temperature"),
+], ids=["field-name-twice", "file-part-name", "control-name", "control-filename",
+        "response-format", "stream", "temperature"])
+async def test_a_forms_long_name_or_value_is_shown_cut_short(
+        client: httpx.AsyncClient, path: str, form: bytes, param: str | None) -> None:
+    """An audio field's value (up to 1 MiB), or a part's name or filename (4 KiB), was
+    repeated whole in its 400 (a name in its param too), as the files' purpose was: an
+    answer as large as the form, four times that where each byte is escaped."""
+    response = await client.post(path, content=form, headers={"content-type": FORM})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert len(error["message"]) < 400 and " characters)" in error["message"], error

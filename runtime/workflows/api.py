@@ -354,8 +354,10 @@ class _Api:
         except NotFound:
             await websocket.close(code=4404)
             return
-        await websocket.accept()
+        # Checked before the accept: a 400 is an HTTP answer, which a socket accepted
+        # can no longer give (Starlette sent it after the accept, which the server refused)
         after = _after(websocket.query_params.get("after"))
+        await websocket.accept()
         # What the client sends is not read (a follower only listens), but its close is:
         # unnoticed, the loop polled the store for a socket nobody held any more.
         closed = partial(_closed, websocket)

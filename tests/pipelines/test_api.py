@@ -468,6 +468,40 @@ async def _eventually(check: Any) -> Any:
     pytest.fail("gave up waiting")
 
 
+def _follow_scope(execution_id: str, query: bytes = b"") -> dict[str, Any]:
+    """The ASGI scope of a WebSocket that follows ``execution_id`` (the dev key's)."""
+    path = f"/ws/executions/{execution_id}"
+    return {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "scheme": "ws", "path": path, "raw_path": path.encode(), "query_string": query,
+            "root_path": "", "headers": [(b"authorization", f"Bearer {DEV_KEY}".encode())],
+            "server": ("aigw.test", 80), "client": ("127.0.0.1", 50000), "subprotocols": [],
+            "extensions": {"websocket.http.response": {}}}  # as hypercorn gives it
+
+
+async def test_a_websocket_followers_bad_after_is_a_400_before_the_accept(
+        serve: Serve) -> None:
+    """``?after=`` was checked after the socket was accepted: its 400 went out as an HTTP
+    answer on an open socket, which hypercorn refuses (an error logged, the socket
+    closed as an internal error), so the client never saw why."""
+    served = await serve({"publish": approval_pipeline()})
+    started = await served.start("publish", {"text": "hello"})
+    app = create_app(served.gateway, served.workflows)
+    client: asyncio.Queue[Message] = asyncio.Queue()
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await client.put({"type": "websocket.connect"})
+    await asyncio.wait_for(app(_follow_scope(started["id"], b"after=-1"), client.get, send), 5)
+    assert [message["type"] for message in sent] == [
+        "websocket.http.response.start", "websocket.http.response.body"]
+    assert sent[0]["status"] == 400
+    error = json.loads(sent[1]["body"])["error"]
+    assert (error["param"], error["message"]) == (
+        "after", "Invalid value for 'after': '-1' is not a whole number.")
+
+
 async def test_a_websocket_follower_ends_when_its_client_closes(serve: Serve) -> None:
     """The follower never read from its socket: closed while no event came (an approval
     waiting for days), it went on polling the store for nobody."""
@@ -475,11 +509,7 @@ async def test_a_websocket_follower_ends_when_its_client_closes(serve: Serve) ->
     started = await served.start("publish", {"text": "hello"})
     await served.wait_for(started["id"], lambda e: e["status"] == "waiting")
     app = create_app(served.gateway, served.workflows)
-    path = f"/ws/executions/{started['id']}"
-    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "scheme": "ws", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "headers": [(b"authorization", f"Bearer {DEV_KEY}".encode())],
-             "server": ("aigw.test", 80), "client": ("127.0.0.1", 50000), "subprotocols": []}
+    scope = _follow_scope(started["id"])
     client: asyncio.Queue[Message] = asyncio.Queue()
     sent: list[Message] = []
 

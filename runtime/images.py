@@ -53,7 +53,7 @@ from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
-from .errors import BadRequest
+from .errors import BadRequest, quoted
 from .guardrails import Check
 from .media_stream import passed_on
 from .providers.base import ImageCall, ImageResult, Usage
@@ -156,7 +156,7 @@ def _check_size(route: str, size: str | None, members: list[Deployment]) -> None
     if size is None or any(member.price.prices_image(size) for member in members):
         return
     sizes = sorted({named for member in members for named, _ in member.price.image_by_size})
-    raise BadRequest(f"Invalid value: '{size}'. Supported values for '{route}' are: "
+    raise BadRequest(f"Invalid value: {quoted(size)}. Supported values for '{route}' are: "
                      + ", ".join(f"'{named}'" for named in sizes) + ".", param="size")
 
 

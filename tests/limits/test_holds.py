@@ -80,6 +80,13 @@ async def test_an_image_is_billed_at_a_priced_size_and_one_no_member_prices_is_a
         "message": "Invalid value: '512x512'. Supported values for 'sized' are: "
                    "'1024x1024', '1792x1024'.",
         "type": "invalid_request_error", "param": "size", "code": "invalid_request"}
+    # A size of the pattern's digits is as long as the body allows: shown cut short.
+    long = await alice.post("/v1/images/generations", json={
+        "model": "sized", "prompt": "a cat", "size": "1" * 100_000 + "x1"})
+    assert long.status_code == 400, long.text[:300]
+    error = long.json()["error"]
+    assert error["param"] == "size" and "(100002 characters)" in error["message"], error
+    assert len(error["message"]) < 300, error
     for size in ("1024x1024", None, "auto"):
         asked = {"model": "sized", "prompt": "a cat"} | ({"size": size} if size else {})
         drawn = await alice.post("/v1/images/generations", json=asked)

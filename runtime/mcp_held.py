@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -43,9 +43,37 @@ log = logging.getLogger("aigw.mcp")
 SESSION = "mcp-session-id"
 SSE = "text/event-stream"
 _QUEUED = 1024  # messages of the server's held for a stream; past it they are dropped
+# And the bytes: 1,024 messages of up to the transport's cap each (tens of MiB) would be
+# gigabytes held for one client that does not read. Past it a message is dropped too,
+# unless the stream holds none (one message is always let through, whatever its size).
+_QUEUED_BYTES = 64 << 20
 # What a call's stream is given: a message of the server's and whether it is the
 # response (the last), or the failure that ends the call.
 _Item = tuple[bytes, bool] | McpServerFailed
+_T = TypeVar("_T")
+
+
+class _Backlog(asyncio.Queue[_T]):
+    """A stream's queue of the server's messages, knowing how many bytes it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_bytes = 0
+
+    def _put(self, item: _T) -> None:
+        super()._put(item)
+        self.held_bytes += _size(item)
+
+    def _get(self) -> _T:
+        item = super()._get()
+        self.held_bytes -= _size(item)
+        return item
+
+
+def _size(item: object) -> int:
+    if isinstance(item, bytes):
+        return len(item)
+    return len(item[0]) if isinstance(item, tuple) else 0  # a failure, the end: nothing
 
 
 class HeldServer(httpx.AsyncBaseTransport):
@@ -130,8 +158,8 @@ class HeldSession:
     def __init__(self, session_id: str, owner: HeldServer) -> None:
         self.id = session_id
         self.owner = owner
-        self.calls: dict[bytes, asyncio.Queue[_Item]] = {}
-        self.events: asyncio.Queue[bytes | None] | None = None  # the GET stream's, when open
+        self.calls: dict[bytes, _Backlog[_Item]] = {}
+        self.events: _Backlog[bytes | None] | None = None  # the GET stream's, when open
         self.last = time.monotonic()
         self.ended = False
         self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle")]
@@ -159,7 +187,7 @@ class HeldSession:
         key = dumps(message["id"])
         if key in self.calls:
             return refusal(400, "Bad Request: a request with this id is still in progress.")
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        queue: _Backlog[_Item] = _Backlog()
         self.calls[key] = queue
         try:
             refused = await self.deliver(dumps(message), read_s)
@@ -180,7 +208,7 @@ class HeldSession:
     def stream(self) -> httpx.Response:
         if self.events is not None:
             return refusal(409, "Conflict: only one GET stream a session.")
-        self.events = asyncio.Queue()
+        self.events = _Backlog()
         return httpx.Response(200, headers={"content-type": SSE},
                               stream=_ServerStream(self, self.events))
 
@@ -224,13 +252,15 @@ class HeldSession:
             return
         method = str(message["method"])[:100]
         call = next(iter(self.calls.values()), None)
-        stream: asyncio.Queue[Any] | None = call if call is not None else self.events
+        stream: _Backlog[Any] | None = call if call is not None else self.events
         if stream is None:
             log.info("MCP server '%s' sent %s with no stream open to take it (dropped)",
                      self.owner.name, method)
-        elif stream.qsize() >= _QUEUED:
-            log.warning("MCP server '%s' sent %s to a stream %d messages behind (dropped)",
-                        self.owner.name, method, _QUEUED)
+        elif stream.qsize() >= _QUEUED or (
+                stream.held_bytes and stream.held_bytes + len(raw) > _QUEUED_BYTES):
+            log.warning("MCP server '%s' sent %s to a stream %d messages (%d bytes) behind "
+                        "(dropped)", self.owner.name, method, stream.qsize(),
+                        stream.held_bytes)
         else:
             stream.put_nowait((raw, False) if call is not None else raw)
 

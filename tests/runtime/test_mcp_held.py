@@ -1,0 +1,35 @@
+"""runtime/mcp_held.py: what a held session (stdio, HTTP+SSE) keeps for a stream its
+client does not read."""
+
+from __future__ import annotations
+
+import json
+
+from aigw.runtime.mcp_held import _QUEUED_BYTES, HeldServer, HeldSession
+
+
+async def test_a_stream_nobody_reads_holds_a_bounded_number_of_bytes() -> None:
+    """1,024 messages of up to the transport's cap (tens of MiB) each were held for a
+    GET stream its client did not read: gigabytes for one session. Past _QUEUED_BYTES a
+    message is dropped; the first is let through whatever its size."""
+    session = HeldSession("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        session.stream()
+        events = session.events
+        assert events is not None
+        big = json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                          "params": {"data": "x" * (_QUEUED_BYTES + 1)}}).encode()
+        session.route(big)
+        assert events.qsize() == 1  # alone, it goes through
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
+                           "params": {"data": "y" * (1 << 20)}}).encode()
+        session.route(note)
+        assert events.qsize() == 1  # behind it, dropped
+        assert events.get_nowait() == big and events.held_bytes == 0
+        for _ in range(200):  # 200 MiB sent to a stream that reads none
+            session.route(note)
+        assert events.held_bytes <= _QUEUED_BYTES
+        assert events.qsize() == _QUEUED_BYTES // len(note)
+    finally:
+        for task in session.tasks:
+            task.cancel()

@@ -36,7 +36,7 @@ from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest, quoted
 from .media_stream import passed_on
-from .multipart import FormWords, MultipartForm
+from .multipart import FormWords, MultipartForm, flag_field, single_field
 from .providers.audio import (
     AUDIO_TOKENS_PER_SECOND,
     TRANSCRIPT_TOKENS_PER_SECOND,
@@ -69,8 +69,6 @@ _MAX_FIELDS = 64
 _FIELD_MOST = 1 << 20
 _FORM = FormWords(file="the audio", cut_short="The multipart body ends before its closing "
                   "boundary ('{closing}'): it was cut short.")
-# A boolean form field's values (what the SDKs write, and what form readers take).
-_FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
 
 async def transcriptions(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
@@ -84,15 +82,15 @@ async def translations(exchange: Exchange, key: ApiKey, body: bytes) -> Response
 async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
                       operation: Literal["transcriptions", "translations"]) -> Response:
     upload, fields = _upload(exchange, body)
-    model = _field(fields, "model")
+    model = single_field(fields, "model")
     if not model:
         raise BadRequest("Missing required parameter: 'model'.", param="model")
-    response_format = _field(fields, "response_format") or "json"
+    response_format = single_field(fields, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise BadRequest(f"Invalid value for 'response_format': {quoted(response_format)}; "
                          f"expected one of {', '.join(RESPONSE_FORMATS)}.",
                          param="response_format")
-    streamed = _flag(fields, "stream")
+    streamed = flag_field(fields, "stream")
     if operation == "translations":
         # OpenAI's translations endpoint has no stream: it refuses the field (as its other
         # unknown ones), and would answer whole anyway, no events to pass on.
@@ -102,7 +100,7 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
     else:  # sent as read here: an upstream reading '1' otherwise would answer whole
         fields = tuple((name, ("true" if streamed else "false") if name == "stream" else value)
                        for name, value in fields)
-    _check_temperature(_field(fields, "temperature"))
+    _check_temperature(single_field(fields, "temperature"))
     exchange.identify(key, None)
     route = resolve_route(exchange.live.graph, model)
     live = exchange.live
@@ -277,29 +275,6 @@ def _upload(exchange: Exchange, body: bytes) -> tuple[FormFile, tuple[tuple[str,
         raise BadRequest("'file' is empty.", param="file")
     return FormFile("file", form.filename or "audio",
                     form.file_type or "application/octet-stream", data), form.fields
-
-
-def _field(fields: tuple[tuple[str, str], ...], name: str) -> str | None:
-    """A field the gateway reads itself, given at most once: a repeated one is read here
-    as its first, and by an upstream perhaps as its last (text where the bill parses
-    JSON, events where a whole answer is awaited)."""
-    values = [value for key, value in fields if key == name]
-    if len(values) > 1:
-        raise BadRequest(f"'{name}' is given {len(values)} times: give it once.", param=name)
-    return values[0] if values else None
-
-
-def _flag(fields: tuple[tuple[str, str], ...], name: str) -> bool:
-    """A boolean form field: true, false, 1 or 0 in any case (what the SDKs write, and
-    what a form reader takes), False when left out; anything else a 400."""
-    value = _field(fields, name)
-    if value is None:
-        return False
-    flag = _FLAGS.get(value.lower())
-    if flag is None:
-        raise BadRequest(f"Invalid value for '{name}': {quoted(value)}; expected true or false.",
-                         param=name)
-    return flag
 
 
 def _check_temperature(value: str | None) -> None:

@@ -1,15 +1,17 @@
 """The gateway's one multipart/form-data reader, fed a chunk of the body at a time, and
 the one place a client's hostile form is refused: POST /v1/files writes its file's bytes
-to disk as they arrive (``file_bytes``); the audio endpoints, which send their file on
-whole, feed the body they read within its cap (``write``, then ``end``).
+to disk as they arrive (``file_bytes``); the audio endpoints and image edits, which send
+their files on whole, feed the body they read within its cap (``write``, then ``end``;
+image edits take several, kept apart with ``keeps_files``: ``uploads``).
 
 A form is refused with a 400 that names what is wrong when it has no boundary; a part
 with no name, or headers over ``HEADERS_MOST`` bytes; a control character in a part's
-name, or in the file's filename or content type (aiohttp refuses to write one into an
+name, or in a file's filename or content type (aiohttp refuses to write one into an
 upstream's form: a 502 counted against the deployment, for a client's bytes); a file
-part not named 'file', or a second one; more than ``most_fields`` fields beside the
-file, or one over ``field_most`` bytes; a field given twice, where the endpoint reads
-each once (``unique``); a body the parser cannot read; and a form cut short, ending
+part not named as the endpoint's files are (``files``: 'file' for most), or more than
+``most_files`` of them; more than ``most_fields`` fields beside the files, or one over
+``field_most`` bytes; a field given twice, where the endpoint reads each once
+(``unique``); a body the parser cannot read; and a form cut short, ending
 before its closing boundary or before its declared length: python-multipart's
 ``finalize()`` takes a part the body ends inside as it was, a file cut short as a whole
 one (Starlette's parser dropped it, silently).
@@ -21,8 +23,8 @@ are the endpoint's own.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
@@ -48,23 +50,66 @@ class FormWords:
     cut_short: str  # a form ended before its closing boundary, shown as ``{closing}``
 
 
+@dataclass(frozen=True, slots=True)
+class FormUpload:
+    """One file part of a form read with ``keeps_files``, as the client sent it."""
+
+    field: str
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+# A form's boolean field's values (what the SDKs write, and what form readers take).
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def single_field(fields: Sequence[tuple[str, str]], name: str) -> str | None:
+    """A field the gateway reads itself, given at most once: a repeated one is read here
+    as its first, and by an upstream perhaps as its last (text where the bill parses
+    JSON, events where a whole answer is awaited)."""
+    values = [value for key, value in fields if key == name]
+    if len(values) > 1:
+        raise BadRequest(f"'{name}' is given {len(values)} times: give it once.", param=name)
+    return values[0] if values else None
+
+
+def flag_field(fields: Sequence[tuple[str, str]], name: str) -> bool:
+    """A boolean form field: true, false, 1 or 0 in any case (what the SDKs write, and
+    what a form reader takes), False when left out; anything else a 400."""
+    value = single_field(fields, name)
+    if value is None:
+        return False
+    flag = _FLAGS.get(value.lower())
+    if flag is None:
+        raise BadRequest(f"Invalid value for '{name}': {quoted(value)}; expected true or false.",
+                         param=name)
+    return flag
+
+
 class MultipartForm:
     """One multipart form, fed a chunk of its body at a time: its fields in order, and
     its file's name and content type once the file's part has begun (the file's bytes
-    are what ``write`` returns).
+    are what ``write`` returns; with ``keeps_files``, each file is kept whole, in
+    ``uploads``, and ``write`` returns nothing).
 
-    ``most_fields``: the most fields beside the file; ``field_most``: the most bytes of
-    one; ``unique``: a field given twice is refused (which copy would be read? neither).
+    ``most_fields``: the most fields beside the files; ``field_most``: the most bytes of
+    one; ``unique``: a field given twice is refused (which copy would be read? neither);
+    ``files``: the names a file part may have; ``most_files``: the most file parts.
     """
 
     def __init__(self, content_type: str, words: FormWords, *, most_fields: int,
-                 field_most: int, unique: bool = False) -> None:
+                 field_most: int, unique: bool = False, files: tuple[str, ...] = ("file",),
+                 most_files: int = 1, keeps_files: bool = False) -> None:
         _, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequest("The multipart/form-data upload has no boundary.")
         self.words = words
         self.most_fields, self.field_most, self.unique = most_fields, field_most, unique
+        self.files, self.most_files, self.keeps_files = files, most_files, keeps_files
+        self._uploads: list[FormUpload] = []  # the files kept whole (``keeps_files``)
+        self._file_count = 0
         self._fields: list[tuple[str, str]] = []
         self.filename: str | None = None  # None: no file part (yet)
         self.file_type: str | None = None  # the file part's Content-Type, if it gave one
@@ -90,6 +135,11 @@ class MultipartForm:
         """The fields beside the file, in the order the form gave them."""
         return tuple(self._fields)
 
+    @property
+    def uploads(self) -> tuple[FormUpload, ...]:
+        """The files, in the order the form gave them (``keeps_files``)."""
+        return tuple(self._uploads)
+
     def field(self, name: str) -> str | None:
         """The value of the field ``name`` (its first), None when the form has none."""
         return next((value for key, value in self._fields if key == name), None)
@@ -100,6 +150,8 @@ class MultipartForm:
             self._parser.write(chunk)
         except FormParserError as exc:
             raise BadRequest(f"The multipart body cannot be read: {exc}") from exc
+        if self.keeps_files:
+            return b""  # a file's bytes go into ``uploads`` as its part ends
         data = b"".join(self._data)
         self._data.clear()
         return data
@@ -180,18 +232,25 @@ class MultipartForm:
             if len(self._fields) >= self.most_fields:
                 raise BadRequest(f"The upload has more than {self.most_fields} fields.")
             return
-        if name != "file":
+        if name not in self.files:
             raise BadRequest(f"A file was sent as {quoted(name)}; {self.words.file} goes in "
-                             "'file'.", param=_param(name))
-        if self.filename is not None:
-            raise BadRequest("The upload has more than one file.", param="file")
+                             + " or ".join(f"'{named}'" for named in self.files) + ".",
+                             param=_param(name))
+        if self._file_count >= self.most_files:
+            raise BadRequest("The upload has more than "
+                             + ("one file." if self.most_files == 1
+                                else f"{self.most_files} files."), param=_param(name))
+        self._file_count += 1
         filename = _decoded(options[b"filename"])
         file_type = None if self._part_type is None else _decoded(self._part_type)
         if _CONTROL.search(filename) or _CONTROL.search(file_type or ""):
             raise BadRequest("The file's filename or content type holds a control "
                              f"character ({quoted(filename)}, {quoted(file_type)}).", param="file")
         self._file_part = True
-        self.filename, self.file_type = filename, file_type
+        if self.filename is None:
+            self.filename, self.file_type = filename, file_type
+        if self.keeps_files:
+            self._uploads.append(FormUpload(name, filename, file_type, b""))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file_part:
@@ -205,6 +264,9 @@ class MultipartForm:
     def _part_ends(self) -> None:
         if not self._file_part:
             self._fields.append((self._name, _decoded(bytes(self._value))))
+        elif self.keeps_files:  # the part's bytes, whole: each file is kept apart
+            self._uploads[-1] = replace(self._uploads[-1], data=b"".join(self._data))
+            self._data.clear()
 
 
 def _param(name: str) -> str | None:

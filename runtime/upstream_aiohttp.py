@@ -37,7 +37,8 @@ log = logging.getLogger("aigw.upstream")
 
 @dataclass(frozen=True, slots=True)
 class FormFile:
-    """A file a multipart POST sends (an audio upload, sent on as the client sent it)."""
+    """A file a multipart POST sends (an audio upload, an image to edit: sent on as the
+    client sent it)."""
 
     field: str
     filename: str
@@ -91,7 +92,7 @@ class AudioUpstream(JsonUpstream, Protocol):
                          headers: Mapping[str, str]) -> aiohttp.ClientWebSocketResponse: ...
 
     async def post_form(
-        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        self, url: str, fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile],
         headers: Mapping[str, str],
     ) -> RawAnswer: ...
 
@@ -100,7 +101,7 @@ class AudioUpstream(JsonUpstream, Protocol):
     ) -> ByteStream: ...
 
     def post_form_sse(
-        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        self, url: str, fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile],
         headers: Mapping[str, str],
     ) -> AsyncIterator[tuple[str, str]]: ...
 
@@ -178,12 +179,12 @@ class AiohttpUpstream:
                              "accept": "text/event-stream"})
 
     def post_form_sse(
-        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        self, url: str, fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile],
         headers: Mapping[str, str],
     ) -> AsyncIterator[tuple[str, str]]:
         """A multipart POST (a streamed transcription) answered in server-sent events,
         yielded as they come; the status is checked before the first."""
-        return self._events(url, _form(fields, upload),
+        return self._events(url, _form(fields, uploads),
                             {**traced(headers), "accept": "text/event-stream"})
 
     async def _events(self, url: str, data: bytes | aiohttp.FormData,
@@ -212,14 +213,14 @@ class AiohttpUpstream:
             response.release()
 
     async def post_form(
-        self, url: str, fields: Sequence[tuple[str, str]], upload: FormFile,
+        self, url: str, fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile],
         headers: Mapping[str, str],
     ) -> RawAnswer:
-        """A multipart/form-data POST (``fields`` in order, then the file); the answer read
+        """A multipart/form-data POST (``fields`` in order, then the files); the answer read
         whole, whatever its content type."""
         try:
             async with self._client().post(
-                url, data=_form(fields, upload), headers=traced(headers), allow_redirects=False,
+                url, data=_form(fields, uploads), headers=traced(headers), allow_redirects=False,
                 proxy=self._proxy(url),
             ) as response:
                 raw = await read_capped(response.content.iter_any(), self.provider)
@@ -337,7 +338,6 @@ class AiohttpUpstream:
             self._sockets = None
 
 
-
 def http_scheme(url: str) -> str:
     """``url`` with a WebSocket's scheme as HTTP's, which the environment names proxies by
     (HTTPS_PROXY is a wss:// URL's too).
@@ -349,11 +349,12 @@ def http_scheme(url: str) -> str:
     return {"wss": "https", "ws": "http"}.get(scheme.lower(), scheme) + sep + rest
 
 
-def _form(fields: Sequence[tuple[str, str]], upload: FormFile) -> aiohttp.FormData:
-    """``fields`` in order, then the file, as the client sent them."""
+def _form(fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile]) -> aiohttp.FormData:
+    """``fields`` in order, then the files in theirs, as the client sent them."""
     form = aiohttp.FormData(quote_fields=False)
     for name, value in fields:
         form.add_field(name, value)
-    form.add_field(upload.field, upload.data, filename=upload.filename,
-                   content_type=upload.content_type)
+    for upload in uploads:
+        form.add_field(upload.field, upload.data, filename=upload.filename,
+                       content_type=upload.content_type)
     return form

@@ -243,7 +243,7 @@ class OpenAIAdapter:
         form sent on, the model the deployment's; the answer passed through."""
         answer = await self.upstream.post_form(
             self.url(call.deployment.model, f"audio/{call.operation}"),
-            (("model", call.deployment.model), *call.fields), call.upload, self._headers)
+            (("model", call.deployment.model), *call.fields), (call.upload,), self._headers)
         return TranscriptionResult(answer.body, answer.content_type,
                                    transcript_usage(answer.body, call, self.provider))
 
@@ -264,7 +264,7 @@ class OpenAIAdapter:
                              "'stream' out, or ask a gpt-4o transcribe model.", param="stream")
         events = self.upstream.post_form_sse(
             self.url(call.deployment.model, f"audio/{call.operation}"),
-            (("model", call.deployment.model), *call.fields), call.upload, self._headers)
+            (("model", call.deployment.model), *call.fields), (call.upload,), self._headers)
         return await opened(events, call.estimate, "transcript.text.done", self.provider)
 
     async def speak_events(self, call: SpeechCall) -> EventStream:

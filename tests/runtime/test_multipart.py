@@ -7,6 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from aigw.runtime.multipart import FormUpload, FormWords, MultipartForm
+
 FORM = "multipart/form-data; boundary=b"
 PATHS = ("/v1/files", "/v1/audio/transcriptions")
 
@@ -136,3 +138,19 @@ async def test_a_forms_long_name_or_value_is_shown_cut_short(
     error = response.json()["error"]
     assert error["param"] == param
     assert len(error["message"]) < 400 and " characters)" in error["message"], error
+def test_several_files_are_kept_apart_whatever_the_chunks() -> None:
+    """An image edit's form (``keeps_files``): each file whole under its own name, in the
+    form's order, however the body's chunks cut its parts."""
+    first, second = bytes(range(256)) + b"\r\n--a", b"\x89PNG\r\n" * 40
+    body = (_part(b"prompt", b"a cat") + _part(b"image[]", first, b"a.png", b"image/png")
+            + _part(b"image[]", second, b"b.png") + _part(b"mask", b"M", b"m.png") + _END)
+    form = MultipartForm(FORM, FormWords(file="an image", cut_short="cut"), most_fields=8,
+                         field_most=64, files=("image[]", "mask"), most_files=3,
+                         keeps_files=True)
+    for start in range(0, len(body), 7):
+        assert form.write(body[start:start + 7]) == b""
+    form.end(len(body), None)
+    assert form.fields == (("prompt", "a cat"),)
+    assert form.uploads == (FormUpload("image[]", "a.png", "image/png", first),
+                            FormUpload("image[]", "b.png", None, second),
+                            FormUpload("mask", "m.png", None, b"M"))

@@ -211,6 +211,7 @@ def freeze(
             store=settings.store,
             max_request_bytes=settings.max_request_bytes,
             max_audio_upload_bytes=settings.max_audio_upload_bytes,
+            max_image_upload_bytes=settings.max_image_upload_bytes,
             hide_policy_ids=settings.hide_policy_ids,
             log_level=settings.log_level,
             store_failure=settings.store_failure,

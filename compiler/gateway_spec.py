@@ -32,6 +32,12 @@ class SettingsSpec(Spec):
         "accept (OpenAI's own cap on an audio file is 25 MB); larger ones get a 413, "
         "refused as they pass it, never read whole.",
     )
+    max_image_upload_bytes: PositiveInt = Field(
+        50 * 1024 * 1024,
+        description="Largest multipart body /v1/images/edits accepts, its images and mask "
+        "together (OpenAI's own cap is 50 MB an image for gpt-image-1, 4 MB for dall-e-2); "
+        "larger ones get a 413, refused as they pass it, never read whole.",
+    )
     body_read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         60.0,
         description="The longest a request's body may take to arrive, from the first wait "

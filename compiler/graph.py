@@ -31,6 +31,7 @@ class Settings:
     store: str
     max_request_bytes: int
     max_audio_upload_bytes: int
+    max_image_upload_bytes: int
     hide_policy_ids: bool
     log_level: Literal["debug", "info", "warning", "error"]
     store_failure: Literal["fail_closed", "fail_open"]

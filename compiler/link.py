@@ -454,7 +454,8 @@ def _check_base_url(url: str, entry: Entry[ProviderSpec], sink: DiagnosticSink) 
                  "not an http(s) URL with a host", entry.value("base_url"),
                  "write the API's root URL, e.g. https://api.example.com/v1")
     elif parsed.path.rstrip("/").endswith(("/chat/completions", "/embeddings", "/messages",
-                                           "/rerank", "/images/generations", "/moderations")):
+                                           "/rerank", "/images/generations", "/images/edits",
+                                           "/moderations")):
         sink.add(codes.BASE_URL_OPERATION, f"provider '{entry.name}' has a base_url that names "
                  f"an operation ({parsed.path})", entry.value("base_url"),
                  "give the API's root (e.g. .../v1): aigw appends /chat/completions itself")

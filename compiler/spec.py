@@ -232,7 +232,7 @@ class DeploymentSpec(Spec):
     kind: Literal["chat", "embeddings", "rerank", "image", "moderation", "transcription",
                   "speech", "realtime"] = Field(
         "chat", description="What it serves: /v1/chat/completions, /v1/embeddings, /v1/rerank, "
-        "/v1/images/generations (image), /v1/moderations (moderation), "
+        "/v1/images/generations and /edits (image), /v1/moderations (moderation), "
         "/v1/audio/transcriptions and /translations (transcription), /v1/audio/speech "
         "(speech), or the /v1/realtime WebSocket (realtime); for rerank, context_window "
         "bounds the query (documents are the provider's to cut), for image the prompt, for "

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -45,6 +45,7 @@ from .errors import (
 from .exchange import Exchange
 from .gemini_api import error_body as gemini_error_body
 from .gemini_api import get_model, list_models, model_call
+from .image_edits import edit_images
 from .images import generate_images
 from .incoming import body_arriving, client_gone, read_body
 from .live import Gateway, Live
@@ -85,6 +86,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
         "/v1/embeddings": endpoints.embeddings,
         "/v1/rerank": endpoints.rerank,
         "/v1/images/generations": endpoints.images,
+        "/v1/images/edits": endpoints.image_edits,
         "/v1/moderations": endpoints.moderations,
         "/v2/rerank": endpoints.rerank,  # where Cohere's SDK (ClientV2) posts
         "/v1/audio/transcriptions": endpoints.transcriptions,
@@ -373,20 +375,21 @@ class _Endpoints:
                                      partial(chat_completions, pipelines=self.pipelines))
 
     async def _exchanged(self, request: Request, endpoint: str, answer: Answer,
-                         upload: bool = False) -> Response:
+                         upload: Literal["audio", "image"] | None = None) -> Response:
         """``answer``'s response to the request's key and body. The key is checked before
         the body is read: a caller without one cannot make the gateway hold megabytes.
-        ``upload``: the body is a file's multipart form, bounded by
-        ``max_audio_upload_bytes``."""
+        ``upload``: the body is a multipart form of audio or images, bounded by
+        ``max_audio_upload_bytes`` or ``max_image_upload_bytes``."""
         live = _live(request)
         record = new_record(live, endpoint)
         headers = request.headers  # a property: two calls each time it is read
         exchange = Exchange(live, record, headers, lambda: self.gateway.live,
                             partial(client_gone, request.receive))
         settings = live.graph.settings
+        limit = None if upload is None else settings.max_audio_upload_bytes \
+            if upload == "audio" else settings.max_image_upload_bytes
         return await exchanged(exchange, partial(authenticate, live.graph, headers),
-                               partial(read_body, request, settings, upload_limit=(
-                                   settings.max_audio_upload_bytes if upload else None)),
+                               partial(read_body, request, settings, upload_limit=limit),
                                answer)
 
     async def batch_line(self, key_name: str, path: str, body: bytes, batch: str) -> LineAnswer:
@@ -453,13 +456,16 @@ class _Endpoints:
     async def images(self, request: Request) -> Response:
         return await self._exchanged(request, "images", generate_images)
 
+    async def image_edits(self, request: Request) -> Response:
+        return await self._exchanged(request, "image_edits", edit_images, upload="image")
+
     async def moderations(self, request: Request) -> Response:
         return await self._exchanged(request, "moderations", moderate)
     async def transcriptions(self, request: Request) -> Response:
-        return await self._exchanged(request, "transcriptions", transcriptions, upload=True)
+        return await self._exchanged(request, "transcriptions", transcriptions, upload="audio")
 
     async def translations(self, request: Request) -> Response:
-        return await self._exchanged(request, "translations", translations, upload=True)
+        return await self._exchanged(request, "translations", translations, upload="audio")
 
     async def speech(self, request: Request) -> Response:
         return await self._exchanged(request, "speech", speech)

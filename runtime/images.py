@@ -97,9 +97,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         request = ImageRequest.model_validate_json(body)
     except ValidationError as exc:
         raise bad_request(exc) from exc
-    if request.stream and request.n != 1:
-        raise BadRequest("A streamed generation ('stream': true) draws one image: leave 'n' "
-                         f"out or set it to 1 (it is {request.n}).", param="n")
+    check_stream(request)
     exchange.identify(key, request.user)
     route = resolve_route(exchange.live.graph, request.model)
     live = exchange.live
@@ -123,9 +121,7 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         return partial(_drawn, candidate, drawing)
 
     def held(deployment: Deployment, sent: Weighed) -> float:
-        price = deployment.price
-        return (price.cost(sent.prompt_tokens, request.n * deployment.max_output_tokens)
-                + request.n * price.dearest_image(request.size))
+        return images_held(deployment, sent.prompt_tokens, request.n, request.size)
 
     def events(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[EventStream]]:
@@ -138,16 +134,32 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
     routed = partial(
         call_route, exchange, key, route, kind="image", model=request.model,
         prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
-        check=partial(_check_size, route.name, request.size),
+        check=partial(check_size, route.name, request.size),
         cut=weighed.cut, ask=weighed.ask, texts=(request.prompt,), weigh=weigh)
     if request.stream:
         return await passed_on(exchange, route,
-                               partial(routed, call=events, noted=_noted_events))
-    won = await routed(call=call, noted=_noted, checked=_checked)
-    return JSONResponse(_body(won.value), headers=answer_headers(exchange, route, won))
+                               partial(routed, call=events, noted=noted_image_events))
+    won = await routed(call=call, noted=noted_images, checked=checked_images)
+    return JSONResponse(images_body(won.value), headers=answer_headers(exchange, route, won))
 
 
-def _check_size(route: str, size: str | None, members: list[Deployment]) -> None:
+def check_stream(request: ImageRequest) -> None:
+    """A streamed image (``stream: true``) is one image: another ``n`` is a 400."""
+    if request.stream and request.n != 1:
+        raise BadRequest("A streamed image ('stream': true) is one image: leave 'n' out or "
+                         f"set it to 1 (it is {request.n}).", param="n")
+
+
+def images_held(deployment: Deployment, input_tokens: int, n: int, size: str | None) -> float:
+    """What ``n`` images of ``size`` are held at: the input's tokens, ``n`` times the
+    deployment's max_output_tokens (a token-billed model's), and ``n`` images at the
+    size's price (the dearest where the size is not priced)."""
+    price = deployment.price
+    return (price.cost(input_tokens, n * deployment.max_output_tokens)
+            + n * price.dearest_image(size))
+
+
+def check_size(route: str, size: str | None, members: list[Deployment]) -> None:
     """A 400 naming ``size``, before the request is admitted, for a size no member of
     the route prices: priced by size alone, a deployment's table is the sizes it draws
     (the upstream's own are the model's, which aigw does not know). Passed on, it was
@@ -166,17 +178,21 @@ async def _drawn(candidate: Candidate, drawing: ImageCall) -> ImageResult:
     in proportion), its excess logged. The hold was for ``n``, and the client asked for
     ``n``; a 502 instead would bill nothing for images the provider most likely charged,
     and send the prompt to the next member to be drawn and charged again."""
-    result = await candidate.adapter.generate_images(drawing)
+    return at_most_n(await candidate.adapter.generate_images(drawing), drawing)
+
+
+def at_most_n(result: ImageResult, drawing: ImageCall) -> ImageResult:
+    """``result`` cut to the ``n`` images ``drawing`` asked for (see ``_drawn``)."""
     if len(result.images) <= drawing.n:
         return result
     log.warning("deployment '%s' answered %d images where %d were asked: the first %d "
-                "passed on and billed", candidate.deployment.name, len(result.images),
+                "passed on and billed", drawing.deployment.name, len(result.images),
                 drawing.n, drawing.n)
     return replace(result, images=result.images[:drawing.n],
                    output_tokens=result.output_tokens * drawing.n // len(result.images))
 
 
-async def _checked(result: ImageResult, check: Check) -> ImageResult:
+async def checked_images(result: ImageResult, check: Check) -> ImageResult:
     """``result`` with each image's ``revised_prompt`` (DALL-E 3's rewrite of the prompt,
     a text the client reads) through the route's output guardrails; ``result`` itself
     when none changed. The images themselves are no text to read."""
@@ -191,17 +207,17 @@ async def _checked(result: ImageResult, check: Check) -> ImageResult:
         for image, text in zip(result.images, checked, strict=True)))
 
 
-def _noted(span: Span, result: ImageResult) -> None:
+def noted_images(span: Span, result: ImageResult) -> None:
     span.set("gen_ai.response.model", result.model)
     span.set("gen_ai.usage.input_tokens", result.prompt_tokens)
     span.set("gen_ai.usage.output_tokens", result.output_tokens)
 
 
-def _noted_events(span: Span, result: EventStream) -> None:
+def noted_image_events(span: Span, result: EventStream) -> None:
     span.set("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
 
 
-def _body(result: ImageResult) -> dict[str, object]:
+def images_body(result: ImageResult) -> dict[str, object]:
     data: list[dict[str, Any]] = []
     for image in result.images:
         row: dict[str, Any] = {"b64_json": image.b64_json} if image.b64_json is not None \

@@ -48,6 +48,7 @@ from .base import (
 from .echo_audio import silence, silence_events, transcript, transcript_events
 from .echo_media import echo_image_events, echo_images, echo_moderation
 from .events import EventStream, image_estimate, opened
+from .image_edits import ImageEditCall
 
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 _TERM = re.compile(r"\w+")
@@ -163,6 +164,16 @@ class EchoAdapter:
         await self._wait(0)
         return await opened(echo_image_events(call), image_estimate(call),
                             "image_generation.completed", self._provider)
+
+    async def edit_images(self, call: ImageEditCall) -> ImageResult:
+        await self._wait(0)
+        return echo_images(call.drawing)
+
+    async def edit_image_events(self, call: ImageEditCall) -> EventStream:
+        await self._wait(0)
+        return await opened(echo_image_events(call.drawing, "image_edit"),
+                            image_estimate(call.drawing), "image_edit.completed",
+                            self._provider)
 
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         await self._wait(0)

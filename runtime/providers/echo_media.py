@@ -1,7 +1,8 @@
 """The echo provider's images and moderations: deterministic and offline, for demos and tests.
 
 Images: each an 8x8 PNG of one colour, taken from the prompt and the image's index (the
-same request draws the same images), whatever the size asked for; base64 unless the
+same request draws the same images), whatever the size asked for (an edit's too: the
+images it was given are not read); base64 unless the
 request asks for ``url``, then a ``data:`` URL, which needs no server either.
 Moderation: a demonstration only, no classifier. A text is flagged for a category when
 it holds one of a few fixed words (``FLAGGED_WORDS``, case folded, whole words); image
@@ -64,19 +65,21 @@ def echo_images(call: ImageCall) -> ImageResult:
                        call.prompt_tokens, 0, {}, None)
 
 
-async def echo_image_events(call: ImageCall) -> AsyncIterator[tuple[str, str]]:
+async def echo_image_events(call: ImageCall, events: str = "image_generation",
+                            ) -> AsyncIterator[tuple[str, str]]:
     """The image as OpenAI streams one: ``partial_images`` partial images (the same PNG:
-    echo draws no better at the end), then ``image_generation.completed``."""
+    echo draws no better at the end), then ``image_generation.completed`` (``events``:
+    ``image_edit`` for an edit's)."""
     encoded = base64.b64encode(png(f"0:{call.prompt}".encode())).decode()
     shown = {"created_at": int(time.time()), "size": call.size or "auto",
              "quality": call.params.get("quality", "auto"),
              "background": call.params.get("background", "auto"),
              "output_format": call.params.get("output_format", "png"), "b64_json": encoded}
     for index in range(int(call.params.get("partial_images", 0))):
-        yield "image_generation.partial_image", json.dumps(
-            {"type": "image_generation.partial_image", **shown, "partial_image_index": index})
-    yield "image_generation.completed", json.dumps(
-        {"type": "image_generation.completed", **shown, "usage": {
+        yield f"{events}.partial_image", json.dumps(
+            {"type": f"{events}.partial_image", **shown, "partial_image_index": index})
+    yield f"{events}.completed", json.dumps(
+        {"type": f"{events}.completed", **shown, "usage": {
             "input_tokens": call.prompt_tokens, "output_tokens": 0,
             "total_tokens": call.prompt_tokens,
             "input_tokens_details": {"text_tokens": call.prompt_tokens, "image_tokens": 0}}})

@@ -55,6 +55,7 @@ from .base import (
     close_deltas,
 )
 from .events import EventStream, image_events_adapter
+from .image_edits import ImageEditCall, image_edit_adapter
 from .realtime import RealtimeCall, realtime_adapter
 
 log = logging.getLogger("aigw.upstream")
@@ -123,6 +124,19 @@ class GuardedAdapter:
         try:
             return await image_events_adapter(self.inner, call.deployment) \
                 .generate_image_events(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def edit_images(self, call: ImageEditCall) -> ImageResult:
+        try:
+            return await image_edit_adapter(self.inner, call.deployment).edit_images(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
+
+    async def edit_image_events(self, call: ImageEditCall) -> EventStream:
+        try:
+            return await image_edit_adapter(self.inner, call.deployment) \
+                .edit_image_events(call)
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
 

@@ -62,7 +62,14 @@ from .base import (
     unreported_usage,
 )
 from .events import EventStream, image_estimate, opened
-from .openai_media import image_body, moderation_body, parse_images, parse_moderation
+from .image_edits import ImageEditCall
+from .openai_media import (
+    edit_answer,
+    image_body,
+    moderation_body,
+    parse_images,
+    parse_moderation,
+)
 from .openai_text import text_body, text_choices, text_deltas
 from .realtime import RealtimeCall
 
@@ -233,6 +240,29 @@ class OpenAIAdapter:
             image_body(call, self.names_model_in_url), self._headers)
         return await opened(events, image_estimate(call), "image_generation.completed",
                             self.provider)
+
+    async def edit_images(self, call: ImageEditCall) -> ImageResult:
+        """``{base_url}/images/edits``: the client's form sent on (its images and mask as
+        they came), the model the deployment's where the URL does not name it."""
+        answer = await self.upstream.post_form(
+            self.url(call.deployment.model, "images/edits"), self._edit_fields(call),
+            call.files, self._headers)
+        return parse_images(edit_answer(answer.body, self.provider), call.drawing,
+                            self.provider)
+
+    async def edit_image_events(self, call: ImageEditCall) -> EventStream:
+        """``/images/edits`` with ``stream=true`` (in ``call.fields``): the events passed
+        on as they come."""
+        events = self.upstream.post_form_sse(
+            self.url(call.deployment.model, "images/edits"), self._edit_fields(call),
+            call.files, self._headers)
+        return await opened(events, image_estimate(call.drawing), "image_edit.completed",
+                            self.provider)
+
+    def _edit_fields(self, call: ImageEditCall) -> tuple[tuple[str, str], ...]:
+        if self.names_model_in_url:
+            return call.fields
+        return (("model", call.deployment.model), *call.fields)
 
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         document = await self.upstream.post_json(

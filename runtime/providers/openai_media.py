@@ -1,4 +1,5 @@
-"""OpenAI's ``/images/generations`` and ``/moderations``: the bodies sent and the answers read.
+"""OpenAI's ``/images/generations`` (and ``/images/edits``) and ``/moderations``: the
+bodies sent and the answers read.
 
 Images: ``{model, prompt, n, size?, quality?, ...}`` in, ``{created, data: [{url |
 b64_json, revised_prompt?}], usage?, size?, ...}`` out; ``usage`` (gpt-image-1's:
@@ -13,6 +14,7 @@ tell it from a whole answer, and a group's next member may serve it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +39,19 @@ def image_body(call: ImageCall, named: bool) -> dict[str, Any]:
     if not named:
         body["model"] = call.deployment.model
     return body
+
+
+def edit_answer(raw: bytes, provider: Provider) -> dict[str, Any]:
+    """An edit's answer (a multipart POST's, read as bytes) as its JSON object; anything
+    else is the provider's fault."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise UpstreamServerError(f"provider '{provider.name}' answered an image edit with "
+                                  "something that is not a JSON object", provider=provider.name)
+    return document
 
 
 def parse_images(document: Mapping[str, Any], call: ImageCall,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .a2a_gateway import a2a_gateway  # noqa: F401  (a re-exported fixture)
+from .painters_gateway import painters  # noqa: F401  (a re-exported fixture)
 from .responses_gateway import alice, client, kept_upstreams  # noqa: F401  (re-exported fixtures)
 from .server import Server
 

@@ -7,9 +7,6 @@ another kind refused, and each bad request's 400."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,56 +15,9 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
-from ..fakes.openai_fake import OpenAIFake
-from ..fakes.serve import serving
-from .server import Server, sdk_gateway
+from .painters_gateway import PROMPT, Painters
 
 pytestmark = pytest.mark.e2e
-
-PROMPT = "a lighthouse at dusk"
-
-
-@dataclass
-class Painters:
-    upstream: OpenAIFake
-    client: openai.OpenAI
-    server: Server
-
-    def post(self, **body: Any) -> httpx.Response:
-        return httpx.post(f"{self.server.base_url}/v1/images/generations", json=body,
-                          timeout=10, headers={"authorization": f"Bearer {DEV_KEY}"})
-
-
-@pytest.fixture
-def painters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Painters]:
-    upstream = OpenAIFake()
-    monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
-    with serving(upstream.app) as url, sdk_gateway(tmp_path / "gw", (
-        "providers:\n"
-        f'  openai: {{type: openai, base_url: "{url}/v1", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-        f'  azure: {{type: azure_openai, base_url: "{url}", api_key: "${{FAKE_OPENAI_KEY}}"}}\n'
-        "  local: {type: echo}\n"
-        "deployments:\n"
-        "  dall-e-3: {provider: openai, model: dall-e-3, kind: image, context_window: 4000,\n"
-        "             price: {per_image: 0.04, per_image_by_size: {1792x1024: 0.08}}}\n"
-        "  gpt-image: {provider: openai, model: gpt-image-1, kind: image,\n"
-        "              context_window: 32000, max_output_tokens: 4160,\n"
-        "              price: {input: 5, output: 40}}\n"
-        "  azure-dalle: {provider: azure, model: my-dalle, kind: image, context_window: 4000,\n"
-        "                price: {per_image: 0.05}}\n"
-        "  echo-image: {provider: local, model: echo-image, kind: image, context_window: 16}\n"
-        "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
-        "groups:\n"
-        "  draw: {members: [dall-e-3, azure-dalle], retry: {attempts: 0}}\n"
-        "routes:\n"
-        "  dall-e-3: {deployment: dall-e-3}\n"
-        "  gpt-image: {deployment: gpt-image}\n"
-        "  azure: {deployment: azure-dalle}\n"
-        "  draw: {group: draw}\n"
-        "  local: {deployment: echo-image}\n"
-        "  chat: {deployment: echo-chat}\n"
-    )) as (client, server):
-        yield Painters(upstream, client, server)
 
 
 def test_urls_are_answered_and_n_images_billed_at_their_size(painters: Painters) -> None:
@@ -183,7 +133,7 @@ def test_a_route_of_another_kind_is_refused_both_ways(painters: Painters) -> Non
     ({"size": "big"}, 400, "size", "'size'"),
     ({"response_format": "png"}, 400, "response_format", "'url' or 'b64_json'"),
     ({"quality": "ultra"}, 400, "quality", "'quality'"),
-    ({"stream": True, "n": 2}, 400, "n", "A streamed generation ('stream': true) draws one"),
+    ({"stream": True, "n": 2}, 400, "n", "A streamed image ('stream': true) is one image"),
     ({"partial_images": 4}, 400, "partial_images", "less than or equal to 3"),
     ({"model": "local", "prompt": " ".join(["word"] * 20)}, 422, "prompt",
      "echo-image takes a prompt of at most 16 tokens; this one has 20"),

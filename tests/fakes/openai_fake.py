@@ -8,8 +8,9 @@ first, each with its document, and ``usage.total_tokens``); the audio endpoints
 URLs, or base64 when asked, with a ``revised_prompt``; a gpt-image model always base64, with
 its ``usage`` in tokens and the size it drew; streamed (``stream: true``, gpt-image only,
 one image), its ``partial_images`` as ``event: image_generation.partial_image`` events, then
-``image_generation.completed`` with the usage. Moderations (``/v1/moderations``): a result
-an input, flagged for violence where it says "attack".
+``image_generation.completed`` with the usage; edits (``/v1/images/edits``, multipart:
+openai_image_edits.py) the same images, ``image_edit.*`` events. Moderations
+(``/v1/moderations``): a result an input, flagged for violence where it says "attack".
 
 Requests are validated as strictly as the real API validates them: unknown
 parameters, bad roles, tool messages without ``tool_call_id``, a wrong key, all get
@@ -42,6 +43,7 @@ from starlette.routing import Route
 from .brain import Action, Reply, Script, decide, json_answer, words
 from .cohere_fake import ranked
 from .openai_audio import AudioFake
+from .openai_image_edits import ImageEditFake
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -169,7 +171,7 @@ def _call_id(messages: list[Any]) -> str:
     return f"call_fake_{earlier + 1}"
 
 
-class OpenAIFake(AudioFake):
+class OpenAIFake(AudioFake, ImageEditFake):
     """The fake's state: its key, its script, and what it has seen."""
 
     def __init__(self, api_key: str = "sk-fake-openai-key-0123456789", *,
@@ -208,6 +210,7 @@ class OpenAIFake(AudioFake):
             Route("/openai/deployments/{deployment}/completions", self._completions,
                   methods=["POST"]),
             *self.audio_routes(),
+            *self.image_edit_routes(),
         ])
 
     async def _ready(self, request: Request) -> Response:
@@ -483,6 +486,13 @@ class OpenAIFake(AudioFake):
         body, _action, failed = await self._load(request, IMAGE_PARAMETERS)
         if failed:
             return failed
+        return self._drawn(request, body, "image_generation", 0)
+
+    def _drawn(self, request: Request, body: dict[str, Any], events: str,
+               image_tokens: int) -> Response:
+        """The images ``body`` asks for (a generation's, or an edit's read from its form);
+        ``events``: the stream's event names' prefix; ``image_tokens``: the input images'
+        tokens a gpt-image model reports."""
         prompt, n = body.get("prompt"), body.get("n", 1)
         if not isinstance(prompt, str) or not prompt:
             return _invalid("Missing required parameter: 'prompt'.", "prompt")
@@ -505,39 +515,36 @@ class OpenAIFake(AudioFake):
                     is not None else f"A picture of {prompt}"
             data.append(row)
         answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        tokens = {"input_tokens": len(prompt.split()) + image_tokens,
+                  "input_tokens_details": {"text_tokens": len(prompt.split()),
+                                           "image_tokens": image_tokens}}
         if body.get("stream") is True:
             if not token_billed:
                 return _invalid("Streaming is only supported for gpt-image models.", "stream")
-            return self._image_events(body, data[0]["b64_json"], len(prompt.split()))
+            return self._image_events(body, data[0]["b64_json"], tokens, events)
         if token_billed:
-            prompt_tokens = len(prompt.split())
             answer.update(size=body.get("size", "1024x1024"), quality=body.get("quality", "high"),
                           background="opaque", output_format="png",
-                          usage={"input_tokens": prompt_tokens,
-                                 "output_tokens": 272 * len(data),
-                                 "total_tokens": prompt_tokens + 272 * len(data),
-                                 "input_tokens_details": {"text_tokens": prompt_tokens,
-                                                          "image_tokens": 0}})
+                          usage={**tokens, "output_tokens": 272 * len(data),
+                                 "total_tokens": tokens["input_tokens"] + 272 * len(data)})
         return JSONResponse(answer)
 
-    def _image_events(self, body: dict[str, Any], image: str,
-                      prompt_tokens: int) -> StreamingResponse:
+    def _image_events(self, body: dict[str, Any], image: str, tokens: dict[str, Any],
+                      events: str) -> StreamingResponse:
         """A gpt-image stream, as OpenAI's API reference shows its events."""
         shown = {"created_at": int(time.time()), "size": body.get("size", "1024x1024"),
                  "quality": body.get("quality", "high"), "background": "opaque",
                  "output_format": "png"}
-        events = [("image_generation.partial_image",
-                   {"type": "image_generation.partial_image", "b64_json": image, **shown,
+        listed = [(f"{events}.partial_image",
+                   {"type": f"{events}.partial_image", "b64_json": image, **shown,
                     "partial_image_index": index})
                   for index in range(body.get("partial_images", 0))]
-        events.append(("image_generation.completed", {
-            "type": "image_generation.completed", "b64_json": image, **shown,
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": 272,
-                      "total_tokens": prompt_tokens + 272,
-                      "input_tokens_details": {"text_tokens": prompt_tokens,
-                                               "image_tokens": 0}}}))
+        listed.append((f"{events}.completed", {
+            "type": f"{events}.completed", "b64_json": image, **shown,
+            "usage": {**tokens, "output_tokens": 272,
+                      "total_tokens": tokens["input_tokens"] + 272}}))
         chunks = [f"event: {name}\ndata: {json.dumps(event)}\n\n".encode()
-                  for name, event in events]
+                  for name, event in listed]
         return StreamingResponse(self._spoken(chunks), media_type="text/event-stream")
 
     async def _moderations(self, request: Request) -> Response:

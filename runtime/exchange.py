@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import anyio
 from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey, Deployment, Route
 from aigw.compiler.guardrail_graph import Guardrail
@@ -49,6 +50,7 @@ from .errors import (
     BudgetExceeded,
     Cancelled,
     GatewayError,
+    InternalError,
     ShutDown,
     StoreUnavailable,
     Unauthorized,
@@ -532,3 +534,39 @@ class Exchange:
 
 def _as_is(_served: Served, result: ChatResult) -> ChatResult:
     return result
+
+
+async def in_its_shape(
+    live: Live, endpoint: str, headers: Headers, current: Callable[[], Live] | None,
+    gone: Callable[[], Awaitable[None]] | None,
+    serve: Callable[[Exchange], Awaitable[Response]],
+    error_response: Callable[[GatewayError], Response],
+) -> Response:
+    """One request of an API whose errors are not OpenAI's (Anthropic's /v1/messages,
+    Gemini's generateContent): ``serve`` drives its ``Exchange``; whatever it raises is
+    failed on the exchange (hold released, ledger written) and answered by
+    ``error_response``, so the app's OpenAI-shaped handlers see none. The request's
+    record is finished here, or when its stream ends."""
+    record = new_record(live, endpoint)
+    exchange = Exchange(live, record, headers, current, gone)
+    try:
+        response = await serve(exchange)
+    except asyncio.CancelledError:  # a shutdown past its grace period
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    except Exception as exc:
+        if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
+            logging.getLogger("aigw.http").exception("unhandled error on endpoint %s", endpoint,
+                                                     exc_info=exc)
+            exc = InternalError("The gateway had an internal error; it is logged.")
+        await exchange.fail(exc)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        response = error_response(exc)
+        record.status = response.status_code
+        live.telemetry.refused(record, headers)
+        live.telemetry.finish(record)
+        return response
+    if not record.stream:  # a stream's record is finished when the stream ends
+        live.telemetry.finish(record)
+    return response

@@ -27,7 +27,6 @@ event, which google-genai raises.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +39,7 @@ from aigw.compiler.graph import ApiKey, Graph, Route
 
 from .admission import check_route_allowed
 from .auth import bearer_token, key_for
-from .chat import Served, new_record, overhead_header, resolve_route
+from .chat import Served, overhead_header, resolve_route
 from .chat_request import chat_request_from
 from .errors import (
     BadRequest,
@@ -50,7 +49,7 @@ from .errors import (
     Unauthorized,
     UpstreamServerError,
 )
-from .exchange import Exchange
+from .exchange import Exchange, in_its_shape
 from .gemini_api_wire import (
     CountTokensRequest,
     GenerateContentRequest,
@@ -124,28 +123,9 @@ async def model_call(
         return error_response(BadRequest(
             "streamGenerateContent: this gateway streams server-sent events only; "
             "add ?alt=sse (google-genai does)."))
-    record = new_record(live, "generate_content")
-    exchange = Exchange(live, record, headers, current, gone)
-    try:
-        response = await _generate(exchange, query, route, body, stream)
-    except asyncio.CancelledError:  # a shutdown past its grace period
-        await exchange.cancelled()
-        live.telemetry.finish(record)
-        raise
-    except Exception as exc:
-        if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
-            log.exception("unhandled error on POST %s", name, exc_info=exc)
-            exc = InternalError("The gateway had an internal error; it is logged.")
-        await exchange.fail(exc)
-        exc.headers = {**exc.headers, **overhead_header(record)}
-        response = error_response(exc)
-        record.status = response.status_code
-        live.telemetry.refused(record, headers)
-        live.telemetry.finish(record)
-        return response
-    if not record.stream:  # a stream's record is finished when the stream ends
-        live.telemetry.finish(record)
-    return response
+    return await in_its_shape(
+        live, "generate_content", headers, current, gone,
+        lambda exchange: _generate(exchange, query, route, body, stream), error_response)
 
 
 async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Body,

@@ -21,7 +21,6 @@ OpenAI-shaped results:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -35,10 +34,10 @@ from starlette.responses import JSONResponse, Response
 
 from .admission import check_route_allowed
 from .auth import authenticate
-from .chat import Served, new_record, overhead_header, resolve_route
+from .chat import Served, overhead_header, resolve_route
 from .chat_request import chat_request_from
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
-from .exchange import Exchange
+from .exchange import Exchange, in_its_shape
 from .live import Live
 from .messages_wire import (
     CountTokensRequest,
@@ -95,28 +94,8 @@ async def create_message(
     The request's record is finished here, or when its stream ends; the app's handlers
     would answer errors in OpenAI's shape, so none reaches them.
     """
-    record = new_record(live, "messages")
-    exchange = Exchange(live, record, headers, current, gone)
-    try:
-        response = await _message(exchange, body)
-    except asyncio.CancelledError:  # a shutdown past its grace period
-        await exchange.cancelled()
-        live.telemetry.finish(record)
-        raise
-    except Exception as exc:
-        if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
-            log.exception("unhandled error on POST /v1/messages", exc_info=exc)
-            exc = InternalError("The gateway had an internal error; it is logged.")
-        await exchange.fail(exc)
-        exc.headers = {**exc.headers, **overhead_header(record)}
-        response = _error_response(exc)
-        record.status = response.status_code
-        live.telemetry.refused(record, headers)
-        live.telemetry.finish(record)
-        return response
-    if not record.stream:  # a stream's record is finished when the stream ends
-        live.telemetry.finish(record)
-    return response
+    return await in_its_shape(live, "messages", headers, current, gone,
+                              lambda exchange: _message(exchange, body), _error_response)
 
 
 async def count_tokens(

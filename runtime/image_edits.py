@@ -29,30 +29,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
 from .errors import BadRequest
-from .images import (
-    ImageRequest,
-    at_most_n,
-    check_size,
-    check_stream,
-    checked_images,
-    images_body,
-    images_held,
-    noted_image_events,
-    noted_images,
-)
-from .media_stream import passed_on
+from .images import ImageRequest, at_most_n, check_stream, drawn, images_held
 from .multipart import FormUpload, FormWords, MultipartForm, flag_field
 from .providers.base import ImageCall, ImageResult, Usage
 from .providers.events import EventStream
 from .providers.image_edits import ImageEditCall, image_edit_adapter
-from .route_call import Weighed, answer_headers, call_route
+from .route_call import Weighed
 from .routing.candidates import Candidate, InputAsk
 from .upstream_aiohttp import FormFile
 
@@ -133,16 +122,7 @@ async def edit_images(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         return images_held(deployment, sent.prompt_tokens + image_tokens, request.n,
                            request.size)
 
-    routed = partial(
-        call_route, exchange, key, route, kind="image", model=request.model,
-        prompt_tokens=weighed.prompt_tokens, cost=held, operation="generate_content",
-        check=partial(check_size, route.name, request.size),
-        cut=weighed.cut, ask=weighed.ask, texts=(request.prompt,), weigh=weigh)
-    if request.stream:
-        return await passed_on(exchange, route,
-                               partial(routed, call=events, noted=noted_image_events))
-    won = await routed(call=call, noted=noted_images, checked=checked_images)
-    return JSONResponse(images_body(won.value), headers=answer_headers(exchange, route, won))
+    return await drawn(exchange, key, route, request, weighed, weigh, held, call, events)
 
 
 async def _edited(candidate: Candidate, call: ImageEditCall) -> ImageResult:

@@ -36,7 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -49,7 +49,7 @@ from pydantic import (
 )
 from starlette.responses import JSONResponse, Response
 
-from aigw.compiler.graph import ApiKey, Deployment
+from aigw.compiler.graph import ApiKey, Deployment, Route
 
 from .chat import resolve_route
 from .chat_request import bad_request
@@ -111,7 +111,6 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
                              image_size=request.size))
 
     weighed = weigh((request.prompt,))
-    prompt_tokens = weighed.prompt_tokens
 
     def call(candidate: Candidate, texts: tuple[str, ...], tokens: int) -> Callable[
             [], Awaitable[ImageResult]]:
@@ -131,9 +130,23 @@ async def generate_images(exchange: Exchange, key: ApiKey, body: bytes) -> Respo
         return partial(image_events_adapter(candidate.adapter, candidate.deployment)
                        .generate_image_events, drawing)
 
+    return await drawn(exchange, key, route, request, weighed, weigh, held, call, events)
+
+
+_T = TypeVar("_T")
+_Called = Callable[[Candidate, tuple[str, ...], int], Callable[[], Awaitable[_T]]]
+
+
+async def drawn(exchange: Exchange, key: ApiKey, route: Route, request: ImageRequest,
+                weighed: Weighed, weigh: Callable[[tuple[str, ...]], Weighed],
+                held: Callable[[Deployment, Weighed], float], call: _Called[ImageResult],
+                events: _Called[EventStream]) -> Response:
+    """``route`` called for images (drawn or edited: ``call`` and ``events`` make the
+    attempts), its prompt through the input guardrails: the events passed on as they
+    come when streamed, else the images answered whole."""
     routed = partial(
         call_route, exchange, key, route, kind="image", model=request.model,
-        prompt_tokens=prompt_tokens, cost=held, operation="generate_content",
+        prompt_tokens=weighed.prompt_tokens, cost=held, operation="generate_content",
         check=partial(check_size, route.name, request.size),
         cut=weighed.cut, ask=weighed.ask, texts=(request.prompt,), weigh=weigh)
     if request.stream:

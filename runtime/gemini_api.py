@@ -1,7 +1,8 @@
 """Gemini's own API (v1beta) in front of the serving core, any provider behind.
 
     POST /v1beta/models/{route}:generateContent        a GenerateContentResponse
-    POST /v1beta/models/{route}:streamGenerateContent  ?alt=sse: one per event
+    POST /v1beta/models/{route}:streamGenerateContent  ?alt=sse: one per event; else
+                                                        a JSON array, elements as they come
     POST /v1beta/models/{route}:countTokens            {"totalTokens": n}
     GET  /v1beta/models[/{route}]                       the key's routes as Models
 
@@ -22,7 +23,7 @@ same ``Exchange`` as /v1/chat/completions; the answer is raised back:
 
 Every failure is ``google.rpc.Status``-shaped, ``{"error": {"code", "message",
 "status"}}``; after a stream has started it is such an object as the stream's last
-event, which google-genai raises.
+event (or the array's last element), which google-genai raises.
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ async def model_call(
     if method == "countTokens":
         return await count_tokens(live, headers, query, route, body)
     stream = method == "streamGenerateContent"
-    if stream and query.get("alt") != "sse":
+    if stream and query.get("alt", "json") not in ("sse", "json"):
         return error_response(BadRequest(
-            "streamGenerateContent: this gateway streams server-sent events only; "
-            "add ?alt=sse (google-genai does)."))
+            f"alt: '{query['alt']}' is not a stream this gateway sends; give sse "
+            "(server-sent events, as google-genai asks) or json (a JSON array, the default)."))
     return await in_its_shape(
         live, "generate_content", headers, current, gone,
         lambda exchange: _generate(exchange, query, route, body, stream), error_response)
@@ -139,9 +140,11 @@ async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Bo
         return JSONResponse(body, headers={**_headers(served, record), **exchange.rate_headers(),
                                            **exchange.cache_headers()})
     served, deltas = await exchange.stream()
-    encoder = ChunkEncoder(response_id(served), served)
+    array = query.get("alt") != "sse"
+    encoder = ChunkEncoder(response_id(served), served, array=array)
     headers = {**_headers(served, record), **exchange.rate_headers(), **exchange.cache_headers()}
-    return await settled_stream(encoded_events(encoder, deltas, live, record), headers)
+    return await settled_stream(encoded_events(encoder, deltas, live, record), headers,
+                                "application/json" if array else "text/event-stream")
 
 
 async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: str,
@@ -271,17 +274,20 @@ def _chunk(parts: list[dict[str, object]], reason: str | None, usage: Usage | No
     return chunk
 
 
-def _event(data: Mapping[str, object]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
 class ChunkEncoder:
-    """Adapter deltas as ``streamGenerateContent?alt=sse`` events: a chunk per piece of
-    text, and a last chunk with the function calls (whole: Gemini's arrive whole, and
-    google-genai reads each part as it comes), the finish reason and the usage.
-    Deltas of choices other than 0 are dropped: a Gemini request asks for one."""
+    """Adapter deltas as ``streamGenerateContent`` chunks: one per piece of text, and a
+    last chunk with the function calls (whole: Gemini's arrive whole, and google-genai
+    reads each part as it comes), the finish reason and the usage. Deltas of choices
+    other than 0 are dropped: a Gemini request asks for one.
 
-    def __init__(self, answer_id: str, served: Served) -> None:
+    With ``?alt=sse`` each chunk is an event; without it (``array``) the chunks are the
+    elements of one JSON array, written as Google's API writes it: ``[`` before the
+    first, ``\n,\r\n`` between two, ``\n]`` after the last, each sent as it comes, so
+    a client may parse element by element or the whole body at the end."""
+
+    def __init__(self, answer_id: str, served: Served, array: bool = False) -> None:
+        self._array = array
+        self._opened = False  # an array's "[" has gone out
         self._id = answer_id
         self._model = served.deployment.model
         self._served = served
@@ -310,7 +316,7 @@ class ChunkEncoder:
         text = (delta.content or "") + (delta.refusal or "")
         if not text:
             return b""
-        return _event(_chunk([{"text": text}], None, None, self._model, self._id))
+        return self._event(_chunk([{"text": text}], None, None, self._model, self._id))
 
     def finish(self) -> bytes:
         parts: list[dict[str, object]] = []
@@ -327,8 +333,18 @@ class ChunkEncoder:
                     provider=deployment.provider.name)
             parts.append({"functionCall": {"id": call_id, "name": name, "args": args}})
         reason = finish_reason(self._finish or "stop", self._refused)
-        return _event(_chunk(parts, reason, self._usage, self._model, self._id))
+        return self._event(_chunk(parts, reason, self._usage, self._model, self._id),
+                           last=True)
 
     def failed(self, error: GatewayError) -> bytes:
-        """A ``google.rpc.Status`` as an event: what google-genai raises mid-stream."""
-        return _event(error_body(error))
+        """A ``google.rpc.Status`` as an event (an array's last element): what
+        google-genai raises mid-stream."""
+        return self._event(error_body(error), last=True)
+
+    def _event(self, data: Mapping[str, object], last: bool = False) -> bytes:
+        encoded = json.dumps(data, separators=(",", ":")).encode()
+        if not self._array:
+            return b"data: " + encoded + b"\n\n"
+        opening = b"\n,\r\n" if self._opened else b"["
+        self._opened = True
+        return opening + encoded + (b"\n]" if last else b"")

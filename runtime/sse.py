@@ -160,8 +160,8 @@ class _SettledStream(StreamingResponse):
     ends: its ``finally`` settles the request and writes its records."""
 
     def __init__(self, first: bytes, events: AsyncGenerator[bytes, None],
-                 headers: Mapping[str, str]) -> None:
-        super().__init__(_chained(first, events), media_type="text/event-stream",
+                 headers: Mapping[str, str], media_type: str) -> None:
+        super().__init__(_chained(first, events), media_type=media_type,
                          headers={**headers, "cache-control": "no-cache"})
         self._events = events
 
@@ -180,10 +180,12 @@ async def _chained(first: bytes, events: AsyncIterator[bytes]) -> AsyncIterator[
 
 
 async def settled_stream(
-    events: AsyncGenerator[bytes, None], headers: Mapping[str, str]
+    events: AsyncGenerator[bytes, None], headers: Mapping[str, str],
+    media_type: str = "text/event-stream",
 ) -> StreamingResponse:
     """The event-stream response for ``events``, a generator that settles and records
-    its request in its ``finally``.
+    its request in its ``finally``; ``media_type`` for a stream of another framing
+    (Gemini's JSON array).
 
     Its first event is read here, before the response exists, so that it and every
     generator under it (down to the provider's) have started and are inside their
@@ -196,7 +198,7 @@ async def settled_stream(
         first = await anext(events)
     except StopAsyncIteration:
         first = b""
-    return _SettledStream(first, events, headers)
+    return _SettledStream(first, events, headers, media_type)
 
 
 class StreamEncoder(Protocol):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pydantic
@@ -270,6 +273,50 @@ def test_failure_mid_stream_reaches_the_sdk_as_an_error(
                                                             contents="one two three"):
             pass
     assert failed.value.code == 502
+
+
+def _array_elements(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The elements of Google's streamed JSON array as they arrive: each starts on a line
+    of its own after ``[`` or ``,`` (the framing Google's API writes)."""
+    held = ""
+    for line in lines:
+        stripped = line.strip()
+        if stripped in (",", "]"):
+            continue
+        held += stripped.removeprefix("[").removesuffix("]")
+        try:
+            element = json.loads(held)
+        except ValueError:  # not yet whole
+            continue
+        held = ""
+        yield element
+
+
+def test_a_stream_without_alt_sse_is_a_json_array_sent_as_it_comes(
+    server: Server, fake: OpenAIFake
+) -> None:
+    """REST clients (Google's curl examples) leave ``alt`` out and read a JSON array;
+    its elements come as the upstream's words do, and a failure is its last element."""
+    url = f"{server.base_url}/v1beta/models/gpt:streamGenerateContent"
+    body = {"contents": [{"parts": [{"text": "one two three four"}]}]}
+    headers = {"x-goog-api-key": DEV_KEY}
+    fake.script.actions.append(Action(event_delay_s=0.3))
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=10) as response:
+        assert response.headers["content-type"] == "application/json"
+        arrived = [(time.monotonic(), element)
+                   for element in _array_elements(response.iter_lines())]
+    texts = [part["text"] for _, element in arrived
+             for part in element["candidates"][0]["content"]["parts"]]
+    assert "".join(texts) == "fake-openai: one two three four"
+    assert arrived[-1][1]["candidates"][0]["finishReason"] == "STOP"
+    assert arrived[-1][0] - arrived[0][0] > 0.6  # read one by one, not all at the end
+    fake.script.actions.append(Action(cut_stream_after=3))
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=10) as response:
+        raw = response.read()
+    elements = json.loads(raw)  # still one valid array
+    assert elements[0]["candidates"][0]["content"]["parts"][0]["text"]
+    assert elements[-1]["error"]["code"] == 502
+    assert elements[-1]["error"]["status"] == "UNAVAILABLE"
 
 
 def test_a_gemini_upstream_gets_the_call_and_its_answer_back(

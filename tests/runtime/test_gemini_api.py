@@ -168,9 +168,30 @@ async def test_failure_mid_stream_is_a_status_event(
     assert chunks[-1] == {"error": {"code": 502, "message": "it broke", "status": "UNAVAILABLE"}}
 
 
+async def test_a_stream_without_alt_sse_is_one_json_array(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    """Google's default framing: ``[`` chunk ``\n,\r\n`` chunk ... ``\n]``, parsed whole
+    here; the e2e test reads it element by element."""
+    path = STREAM.removesuffix("?alt=sse")
+    async with client.stream("POST", path, json=_ask()) as response:
+        raw = (await response.aread()).decode()
+    assert response.headers["content-type"] == "application/json"
+    assert raw.startswith("[{") and raw.endswith("}\n]") and "\n,\r\n{" in raw
+    chunks = json.loads(raw)
+    parts = [part for chunk in chunks for part in chunk["candidates"][0]["content"]["parts"]]
+    assert "".join(part["text"] for part in parts) == "Hello there, gateway!"
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    _serve_with(gateway, _Failing(UpstreamServerError("it broke"), after_first_delta=True))
+    async with client.stream("POST", path, json=_ask()) as response:
+        failed = json.loads((await response.aread()).decode())
+    assert failed[0]["candidates"][0]["content"]["parts"] == [{"text": "partial "}]
+    assert failed[-1] == {"error": {"code": 502, "message": "it broke", "status": "UNAVAILABLE"}}
+
+
 @pytest.mark.parametrize(("method", "path", "code", "status"), [
     ("POST", "/v1beta/models/echo:embedContent", 404, "NOT_FOUND"),
-    ("POST", "/v1beta/models/echo:streamGenerateContent", 400, "INVALID_ARGUMENT"),
+    ("POST", "/v1beta/models/echo:streamGenerateContent?alt=proto", 400, "INVALID_ARGUMENT"),
     ("DELETE", "/v1beta/models/echo", 405, "INVALID_ARGUMENT"),
     ("GET", "/v1beta/models/nope", 404, "NOT_FOUND"),
 ])

@@ -27,7 +27,7 @@ outbound adapter's tables (``providers.gemini_wire``) the other way:
 - ``tools[].functionDeclarations`` -> function tools (``parametersJsonSchema`` as is,
   ``parameters`` made JSON Schema); ``toolConfig.functionCallingConfig`` mode
   AUTO/ANY/NONE -> auto/required/none, ANY with one ``allowedFunctionNames`` -> that
-  function.
+  function, with several -> only those tools, required.
 """
 
 from __future__ import annotations
@@ -351,30 +351,32 @@ def _blob_part(blob: Blob, where: str) -> dict[str, Any]:
 
 
 def tools_of(request: GenerateContentRequest) -> dict[str, Any]:
-    """``tools`` and ``tool_choice``, or nothing when the request declares no function."""
+    """``tools`` and ``tool_choice``, or nothing when the request declares no function.
+
+    ``allowedFunctionNames`` (mode ANY only, as Google documents it) holds the model to
+    those functions: one is OpenAI's named choice; several are the only tools sent, with
+    ``required``, which is the same promise (a call, of one of them)."""
     declarations = [each for tool in request.tools or () for each in tool.function_declarations]
     calling = request.tool_config.function_calling_config if request.tool_config else None
     if not declarations:
         return {}
-    lowered: dict[str, Any] = {"tools": [_tool(each) for each in declarations]}
     if calling is None or calling.mode == "MODE_UNSPECIFIED":
-        return lowered
+        return {"tools": [_tool(each) for each in declarations]}
     allowed = calling.allowed_function_names or []
     if allowed and calling.mode != "ANY":
         raise BadRequest("toolConfig.functionCallingConfig.allowedFunctionNames: only "
                          "with mode ANY.", param="toolConfig.functionCallingConfig")
-    if len(allowed) > 1:
-        raise BadRequest("toolConfig.functionCallingConfig.allowedFunctionNames: this "
-                         "gateway can hold the model to one function, not several.",
-                         param="toolConfig.functionCallingConfig.allowedFunctionNames")
     names = {each.name for each in declarations}
-    if allowed and allowed[0] not in names:
-        raise BadRequest(f"toolConfig.functionCallingConfig.allowedFunctionNames: no "
-                         f"function named '{allowed[0]}' is declared.",
-                         param="toolConfig.functionCallingConfig.allowedFunctionNames")
-    lowered["tool_choice"] = ({"type": "function", "function": {"name": allowed[0]}}
-                              if allowed else _TOOL_CHOICES[calling.mode])
-    return lowered
+    for name in allowed:
+        if name not in names:
+            raise BadRequest(f"toolConfig.functionCallingConfig.allowedFunctionNames: no "
+                             f"function named '{name}' is declared.",
+                             param="toolConfig.functionCallingConfig.allowedFunctionNames")
+    if len(set(allowed)) == 1:
+        return {"tools": [_tool(each) for each in declarations],
+                "tool_choice": {"type": "function", "function": {"name": allowed[0]}}}
+    kept = [each for each in declarations if not allowed or each.name in allowed]
+    return {"tools": [_tool(each) for each in kept], "tool_choice": _TOOL_CHOICES[calling.mode]}
 
 
 def _tool(declaration: FunctionDeclaration) -> dict[str, Any]:

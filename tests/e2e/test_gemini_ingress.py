@@ -188,6 +188,27 @@ def test_function_calling_round_trip(client: genai.Client, fake: OpenAIFake) -> 
     ]
 
 
+def test_several_allowed_functions_reach_the_upstream_alone(
+    client: genai.Client, fake: OpenAIFake
+) -> None:
+    """Mode ANY with several allowed names: the upstream is sent only those tools, and
+    must call one of them."""
+    other = types.FunctionDeclaration(name="clock", description="Tell the time")
+    unused = types.FunctionDeclaration(name="news", description="Read the news")
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[LOOKUP, other, unused])],
+        tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+            mode=types.FunctionCallingConfigMode.ANY,
+            allowed_function_names=["lookup", "clock"])),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    answer = client.models.generate_content(model="gpt", contents="find the moon",
+                                            config=config)
+    assert [call.name for call in answer.function_calls or ()] == ["lookup"]
+    sent = fake.script.requests[-1]
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["lookup", "clock"]
+    assert sent["tool_choice"] == "required"
+
+
 def test_count_tokens_and_models(client: genai.Client) -> None:
     counted = client.models.count_tokens(model="gpt", contents="how many tokens is this")
     assert counted.total_tokens is not None and counted.total_tokens > 0

@@ -105,6 +105,22 @@ def test_tools_schemas_and_calling_modes_are_lowered() -> None:
         "tool_choice"] == "none"  # proto names are read too
 
 
+def test_several_allowed_functions_are_the_only_tools_sent_and_one_is_required() -> None:
+    declarations = [{"name": name} for name in ("weather", "time", "news")]
+    body = _ask(tools=[{"functionDeclarations": declarations}], toolConfig={
+        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["news", "weather"]}})
+    lowered = _lowered(body)
+    assert [tool["function"]["name"] for tool in lowered["tools"]] == ["weather", "news"]
+    assert lowered["tool_choice"] == "required"
+    for config, named in (({"mode": "ANY", "allowedFunctionNames": ["weather", "nope"]},
+                           "no function named 'nope'"),
+                          ({"mode": "AUTO", "allowedFunctionNames": ["weather", "time"]},
+                           "only with mode ANY")):
+        with pytest.raises(BadRequest) as refused:
+            _lowered({**body, "toolConfig": {"functionCallingConfig": config}})
+        assert named in refused.value.message
+
+
 def test_response_schemas_become_json_schema_response_formats() -> None:
     schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}}
     lowered = _lowered(_ask(generationConfig={"responseMimeType": "application/json",

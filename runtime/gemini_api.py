@@ -4,7 +4,7 @@
     POST /v1beta/models/{route}:streamGenerateContent  ?alt=sse: one per event; else
                                                         a JSON array, elements as they come
     POST /v1beta/models/{route}:countTokens            {"totalTokens": n}
-    GET  /v1beta/models[/{route}]                       the key's routes as Models
+    GET  /v1beta/models[/{route}]                       the key's routes as Models, paged
 
 The key is the gateway's, in ``x-goog-api-key`` (what google-genai sends) or ``?key=``;
 it is never sent upstream. The request is lowered by ``gemini_api_wire`` and runs the
@@ -28,6 +28,7 @@ event (or the array's last element), which google-genai raises.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -79,6 +80,7 @@ _STATUS: Mapping[int, str] = MappingProxyType({
     501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 })
 _METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+_PAGE, _MAX_PAGE = 50, 1000  # Google's default and largest pageSize for models.list
 
 log = logging.getLogger("aigw.http")
 
@@ -171,14 +173,43 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
 
 def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
     """GET /v1beta/models: the routes this key may call by name, as /v1/models lists
-    them, in Gemini's Model shape; one page."""
+    them, in Gemini's Model shape, sorted by name and paged as Google's API pages:
+    ``pageSize`` (50 unless given, at most 1,000) and the ``nextPageToken`` of the
+    page before as ``pageToken``."""
     try:
         key = gemini_key(live.graph, headers, query)
+        size, after = _page(query)
     except GatewayError as exc:
         return error_response(exc)
-    models = [model_body(route) for name, route in sorted(live.graph.routes.items())
-              if key.routes is None or name in key.routes]
-    return JSONResponse({"models": models})
+    names = [name for name in sorted(live.graph.routes)
+             if name > after and (key.routes is None or name in key.routes)]
+    page = names[:size]
+    body: dict[str, object] = {"models": [model_body(live.graph.routes[name]) for name in page]}
+    if len(names) > size:
+        body["nextPageToken"] = _page_token(page[-1])
+    return JSONResponse(body)
+
+
+def _page(query: QueryParams) -> tuple[int, str]:
+    """``pageSize`` and the name a ``pageToken`` names: the page starts after it. The
+    token is the last name of the page before, opaque to the client (base64url), so a
+    route added or removed between two pages moves no other route."""
+    given = query.get("pageSize") or "0"
+    if not given.isdigit():
+        raise BadRequest(f"pageSize: '{given}' is not a whole number of models.",
+                         param="pageSize")
+    size = min(int(given), _MAX_PAGE) or _PAGE
+    token = query.get("pageToken") or ""
+    try:
+        after = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError) as exc:
+        raise BadRequest("pageToken: not a token this gateway gave; give the "
+                         "nextPageToken of the page before.", param="pageToken") from exc
+    return size, after
+
+
+def _page_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode("ascii")
 
 
 def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:

@@ -214,6 +214,9 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
     assert counted.total_tokens is not None and counted.total_tokens > 0
     names = [model.name for model in client.models.list()]
     assert names == ["models/echo", "models/flash", "models/gpt"]
+    paged = client.models.list(config=types.ListModelsConfig(page_size=2))
+    assert len(paged.page) == 2  # the SDK's pager asks for the next page as it is read
+    assert [model.name for model in paged] == names
     model = client.models.get(model="gpt")
     assert (model.input_token_limit, model.output_token_limit) == (128000, 4096)
 

@@ -283,6 +283,26 @@ async def test_models_name_their_methods_by_kind(client: httpx.AsyncClient) -> N
     assert one.json() == models["models/echo"]
 
 
+async def test_models_are_paged_by_name(client: httpx.AsyncClient) -> None:
+    every = [model["name"] for model in (await client.get("/v1beta/models")).json()["models"]]
+    assert every == sorted(every) and len(every) > 3
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = (await client.get("/v1beta/models",
+                                 params={"pageSize": 2, "pageToken": token})).json()
+        assert len(page["models"]) <= 2
+        seen += [model["name"] for model in page["models"]]
+        if "nextPageToken" not in page:
+            break
+        token = page["nextPageToken"]
+    assert seen == every
+    for params, named in (({"pageSize": "-1"}, "pageSize"), ({"pageToken": "!!"}, "pageToken")):
+        message = _assert_error(await client.get("/v1beta/models", params=params), 400,
+                                "INVALID_ARGUMENT")
+        assert message.startswith(named)
+
+
 async def test_an_image_needs_a_route_whose_models_take_images(
     client: httpx.AsyncClient,
 ) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pydantic
 import pytest
@@ -21,7 +22,7 @@ from ..fakes.brain import Action
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
-from ..providers.conftest import DEV_KEY_LINE, PIXEL
+from ..providers.conftest import PIXEL, dev_key_line
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -78,8 +79,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake,
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
         "  echo: {deployment: echo}\n"
-        "  flash: {deployment: flash}\n" + DEV_KEY_LINE
-        + f"  narrow: {{routes: [echo], sha256: {narrow}}}\n"
+        "  flash: {deployment: flash}\n"
+        # A budget, so that a request holds an amount until it settles (a leaked hold
+        # would show in /admin/budgets).
+        + dev_key_line("budget: {amount: 1000, period: total}",
+                       f"  narrow: {{routes: [echo], sha256: {narrow}}}\n")
     )
     started = Server(root)
     started.wait_ready()
@@ -219,6 +223,56 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
     assert [model.name for model in paged] == names
     model = client.models.get(model="gpt")
     assert (model.input_token_limit, model.output_token_limit) == (128000, 4096)
+
+
+# google-genai's async client subclasses aiohttp's session when aiohttp is installed (as
+# an app's would be), which aiohttp warns about: the SDK's warning, not the gateway's.
+_AIOHTTP_SUBCLASS = pytest.mark.filterwarnings(
+    "ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
+
+
+@_AIOHTTP_SUBCLASS
+async def test_the_async_sdk_generates_and_streams(server: Server) -> None:
+    async with _client(server).aio as sdk:
+        answer = await sdk.models.generate_content(model="gpt", contents="hello async")
+        assert answer.text == "fake-openai: hello async"
+        chunks = [chunk async for chunk in await sdk.models.generate_content_stream(
+            model="gpt", contents="streamed async")]
+    assert "".join(chunk.text or "" for chunk in chunks) == "fake-openai: streamed async"
+    assert chunks[-1].candidates and chunks[-1].candidates[0].finish_reason == "STOP"
+    row = server.ledger_row(f"chatcmpl-{chunks[-1].response_id}", wait_s=5)
+    assert (row["route"], row["status"], row["tokens_out"]) == ("gpt", 200, 3)
+
+
+@_AIOHTTP_SUBCLASS
+async def test_an_async_stream_closed_early_is_billed_and_holds_nothing(
+    server: Server, fake: OpenAIFake
+) -> None:
+    fake.script.actions.append(Action(event_delay_s=0.3))
+    async with _client(server).aio as sdk:
+        stream = await sdk.models.generate_content_stream(
+            model="gpt", contents="a slow answer of many words")
+        first = await anext(stream)  # the app leaves after its first words
+        await stream.aclose()
+    request_id = f"chatcmpl-{first.response_id}"
+    deadline = time.monotonic() + 10
+    while not (line := server.access_line(request_id)):
+        assert time.monotonic() < deadline, server.log
+        await anyio.sleep(0.1)
+    assert (line["endpoint"], line["stream"], line["status"], line["error"]) == (
+        "generate_content", True, 499, "client_disconnected")
+    row = server.ledger_row(request_id, wait_s=5)
+    assert row["status"] == 499 and 0 < row["tokens_out"] < 8 and row["cost"] > 0
+    budget = _key_budget(server)
+    assert budget["held"] == 0 and budget["spent"] > 0  # settled, not left held
+
+
+def _key_budget(server: Server) -> dict[str, float]:
+    response = httpx.get(f"{server.base_url}/admin/budgets",
+                         headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, float]] = response.json()["data"]
+    return next(row for row in rows if row["name"] == "dev")
 
 
 def test_errors_are_googles_shape(server: Server, client: genai.Client) -> None:

@@ -76,8 +76,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: OpenAIFake,
         "        price: {input: 1.0, output: 2.0}}\n"
         "  echo: {provider: local, model: echo-1, context_window: 8192,\n"
         "         capabilities: [streaming, json_schema]}\n"
+        "guardrails:\n"
+        "  no-secrets: {kind: regex, patterns: ['sk-[A-Za-z0-9]{20,}'], action: block}\n"
         "routes:\n"
         "  gpt: {deployment: gpt}\n"
+        "  gpt-cached: {deployment: gpt, cache: {ttl_s: 600}}\n"
+        "  guarded: {deployment: gpt, guardrails: [no-secrets]}\n"
         "  echo: {deployment: echo}\n"
         "  flash: {deployment: flash}\n"
         # A budget, so that a request holds an amount until it settles (a leaked hold
@@ -217,7 +221,8 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
     counted = client.models.count_tokens(model="gpt", contents="how many tokens is this")
     assert counted.total_tokens is not None and counted.total_tokens > 0
     names = [model.name for model in client.models.list()]
-    assert names == ["models/echo", "models/flash", "models/gpt"]
+    assert names == ["models/echo", "models/flash", "models/gpt", "models/gpt-cached",
+                     "models/guarded"]
     paged = client.models.list(config=types.ListModelsConfig(page_size=2))
     assert len(paged.page) == 2  # the SDK's pager asks for the next page as it is read
     assert [model.name for model in paged] == names
@@ -229,6 +234,33 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
 # an app's would be), which aiohttp warns about: the SDK's warning, not the gateway's.
 _AIOHTTP_SUBCLASS = pytest.mark.filterwarnings(
     "ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
+
+
+def test_a_cached_route_answers_the_same_question_from_its_cache(
+    client: genai.Client, fake: OpenAIFake
+) -> None:
+    calls = len(fake.script.requests)
+    config = types.GenerateContentConfig(temperature=0)
+    answers = [client.models.generate_content(model="gpt-cached", contents="cache me please",
+                                              config=config) for _ in range(2)]
+    sent = [answer.sdk_http_response.headers if answer.sdk_http_response else None
+            for answer in answers]
+    assert [headers and headers.get("x-aigw-cache") for headers in sent] == ["miss", "hit"]
+    assert answers[1].text == answers[0].text == "fake-openai: cache me please"
+    assert len(fake.script.requests) == calls + 1  # the second never went upstream
+
+
+def test_an_input_guardrail_block_is_googles_400_naming_it(
+    client: genai.Client, fake: OpenAIFake, server: Server
+) -> None:
+    calls = len(fake.script.requests)
+    secret = "sk-" + "A1b2C3d4" * 4
+    with pytest.raises(errors.ClientError) as blocked:
+        client.models.generate_content(model="guarded", contents=f"my key is {secret}")
+    assert (blocked.value.code, blocked.value.status) == (400, "INVALID_ARGUMENT")
+    assert "no-secrets" in (blocked.value.message or "")
+    assert secret not in str(blocked.value.details)
+    assert len(fake.script.requests) == calls  # no call went out
 
 
 @_AIOHTTP_SUBCLASS

@@ -313,7 +313,7 @@ class ChunkEncoder:
 
     With ``?alt=sse`` each chunk is an event; without it (``array``) the chunks are the
     elements of one JSON array, written as Google's API writes it: ``[`` before the
-    first, ``\n,\r\n`` between two, ``\n]`` after the last, each sent as it comes, so
+    first, ``\\n,\\r\\n`` between two, ``\\n]`` after the last, each sent as it comes, so
     a client may parse element by element or the whole body at the end."""
 
     def __init__(self, answer_id: str, served: Served, array: bool = False) -> None:

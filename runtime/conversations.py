@@ -67,7 +67,7 @@ from .errors import BadRequest, Conflict, NotFound, StoreUnavailable, quoted
 from .incoming import read_body
 from .jsonio import JSONBody
 from .live import Live
-from .responses_stored import ID_PREFIX, ITEMS, item_line, items_page, page_query
+from .responses_stored import ID_PREFIX, ITEMS, item_line, page_query
 from .responses_wire import Item, ResponsesRequest, bad_request_from
 from .store.conversations import Bounds, ConversationStore, KeptConversation
 
@@ -244,8 +244,16 @@ async def _items(request: Request) -> Response:
     key = authenticate(live.graph, request.headers)
     if request.method == "GET":
         order, limit, after = page_query(request.query_params)
-        kept = await _owned(live, key, conversation_id, items=True)
-        return JSONBody(items_page(list(kept.items), order, limit, after, conversation_id))
+        await _owned(live, key, conversation_id)  # its head alone: the page is read apart
+        page = await (await _store(live)).page(conversation_id, order, limit, after)
+        if page is None:
+            assert after is not None
+            raise BadRequest(f"Invalid value for 'after': no item of '{conversation_id}' has "
+                             f"id {quoted(after)}.", param="after")
+        data = [jsonio.loads(line) for line in page.items]
+        return JSONBody({"object": "list", "data": data,
+                         "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None, "has_more": page.more})
     await _owned(live, key, conversation_id)
     items = _new_items((await _body(request, live, AddItems)).items)
     settings = live.graph.settings

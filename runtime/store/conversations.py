@@ -102,6 +102,14 @@ class KeptConversation:
     items: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ItemsPage:
+    """A page of a conversation's items, in the order asked for, and whether more follow."""
+
+    items: tuple[bytes, ...]
+    more: bool
+
+
 class ConversationStore(Protocol):
     """Where conversations live; every method raises ``StoreUnavailable`` when the store
     cannot answer."""
@@ -117,6 +125,14 @@ class ConversationStore(Protocol):
         an ``owner`` (a key's name; None for an admin's read, of any), its items are read
         only where it is that key's: another key that knows its id does not make the store
         read them (up to megabytes) only to be refused."""
+        ...
+
+    async def page(self, conversation_id: str, order: str, limit: int,
+                   after: str | None) -> ItemsPage | None:
+        """Up to ``limit`` of its items in ``order`` (``asc``: oldest first, or ``desc``),
+        from the one after the item whose id is ``after``; None where it holds no such
+        item. A range read: the page's items alone are read, not the conversation's (up to
+        thousands, megabytes), so paging through one reads each item once."""
         ...
 
     async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
@@ -178,6 +194,10 @@ class SQLiteConversations:
                   owner: str | None = None) -> KeptConversation | None:
         return await self._db.call(partial(_select, conversation_id, self._clock(), items,
                                            owner))
+
+    async def page(self, conversation_id: str, order: str, limit: int,
+                   after: str | None) -> ItemsPage | None:
+        return await self._db.call(partial(_page, conversation_id, order, limit, after))
 
     async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
         now = self._clock()
@@ -264,6 +284,26 @@ def _select(conversation_id: str, now: float, items: bool, owner: str | None,
             "SELECT body FROM conversation_items WHERE conversation = ? ORDER BY seq",
             (conversation_id,)))
     return KeptConversation(row[0], int(row[1]), bytes(row[2]), bodies)
+
+
+def _page(conversation_id: str, order: str, limit: int, after: str | None,
+          connection: sqlite3.Connection) -> ItemsPage | None:
+    """One read of ``limit`` + 1 rows by the primary key (conversation, seq): the one more
+    tells whether more follow."""
+    start: int | None = None
+    if after is not None:
+        row = connection.execute("SELECT seq FROM conversation_items WHERE conversation = ? "
+                                 "AND id = ?", (conversation_id, after)).fetchone()
+        if row is None:
+            return None
+        start = row[0]
+    ascending = order == "asc"
+    since = "" if start is None else "AND seq > ?" if ascending else "AND seq < ?"
+    bodies = [bytes(body) for body, in connection.execute(
+        f"SELECT body FROM conversation_items WHERE conversation = ? {since} "
+        f"ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
+        (conversation_id, *(() if start is None else (start,)), limit + 1))]
+    return ItemsPage(tuple(bodies[:limit]), len(bodies) > limit)
 
 
 def _update(conversation_id: str, now: float, expires_at: float, metadata: bytes,
@@ -484,6 +524,44 @@ end
 return head
 """
 
+# A page: ARGV the order ('asc' or 'desc'), the limit, the id it starts after ('' for
+# none). The ids' positions from the list (LPOS compares ids, reads no item), then the
+# page's bodies alone; {1 if more follow else 0, bodies...}, or nil where ``after`` is
+# not one of its ids.
+PAGE = """
+local limit, last = tonumber(ARGV[2]), redis.call('LLEN', KEYS[2]) - 1
+local first, stop, more
+if ARGV[1] == 'asc' then
+  first = 0
+  if ARGV[3] ~= '' then
+    local at = redis.call('LPOS', KEYS[2], ARGV[3])
+    if not at then return nil end
+    first = at + 1
+  end
+  stop = math.min(first + limit - 1, last)
+  more = last > stop
+else
+  stop = last
+  if ARGV[3] ~= '' then
+    local at = redis.call('LPOS', KEYS[2], ARGV[3])
+    if not at then return nil end
+    stop = at - 1
+  end
+  first = math.max(stop - limit + 1, 0)
+  more = first > 0
+end
+local out = {more and 1 or 0}
+if stop < first then return out end
+local ids = redis.call('LRANGE', KEYS[2], first, stop)
+local bodies = redis.call('HMGET', KEYS[3], unpack(ids))
+if ARGV[1] == 'asc' then
+  for i = 1, #bodies do out[#out + 1] = bodies[i] end
+else
+  for i = #bodies, 1, -1 do out[#out + 1] = bodies[i] end
+end
+return out
+"""
+
 # Its items up to the one whose id is ARGV[1], whether or not its head is there (deleted);
 # none when that item is not.
 HELD = """
@@ -516,6 +594,7 @@ class RedisConversations:
         self._update = self._redis.register_script(UPDATE)
         self._read = self._redis.register_script(READ)
         self._held = self._redis.register_script(HELD)
+        self._page = self._redis.register_script(PAGE)
         self._claim = self._redis.register_script(CLAIM)
         self._release = self._redis.register_script(RELEASE)
 
@@ -556,6 +635,19 @@ class RedisConversations:
         key, created_at, metadata, *bodies = found
         return KeptConversation(key.decode(), int(created_at), metadata,
                                 tuple(body for body in bodies if isinstance(body, bytes)))
+
+    async def page(self, conversation_id: str, order: str, limit: int,
+                   after: str | None) -> ItemsPage | None:
+        self._responses.check()
+        try:
+            found = await self._page(keys=self._keys(conversation_id),
+                                     args=[order, limit, after or ""])
+        except (RedisError, OSError) as exc:
+            raise self._responses.failed(exc) from exc
+        if found is None:
+            return None
+        more, *bodies = found
+        return ItemsPage(tuple(body for body in bodies if isinstance(body, bytes)), more == 1)
 
     async def update(self, conversation_id: str, metadata: bytes, ttl_s: float) -> bool:
         return await self._script(self._update, conversation_id, metadata, _ms(ttl_s)) == 1

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from aigw.runtime.store.conversations import Bounds, ConversationStore, KeptConversation
+from aigw.runtime.store.conversations import (
+    Bounds,
+    ConversationStore,
+    ItemsPage,
+    KeptConversation,
+)
 from aigw.runtime.store.stored_responses import (
     PURGE_EVERY_S,
     RedisResponses,
@@ -99,6 +104,36 @@ async def test_a_deleted_conversation_leaves_its_items_to_the_responses_made_in_
     assert await conversations.held("conv_1", "msg_3") == (b'"1"', b'"2"', b'"3"')
     assert await conversations.held("conv_1", "msg_9") is None
     assert await conversations.held("conv_2", "msg_1") is None
+
+
+async def test_a_page_reads_its_items_alone(conversations: ConversationStore) -> None:
+    """A page is a range read: ``limit`` items (and whether more follow) from the one after
+    ``after``, in either order, not the whole conversation sliced (a page of a 10k-item
+    conversation read all 4 MB of it)."""
+    items = [(f"m{n}", b'{"n":%d}' % n) for n in range(250)]
+    await conversations.create("conv_1", "alice", 1700, b"{}", items[:100], ttl_s=60)
+    assert await conversations.add("conv_1", items[100:], 60, None) == "added"
+    bodies = [body for _, body in items]
+    assert await conversations.page("conv_1", "asc", 3, None) == ItemsPage(
+        tuple(bodies[:3]), True)
+    assert await conversations.page("conv_1", "desc", 3, None) == ItemsPage(
+        tuple(bodies[:-4:-1]), True)
+    assert await conversations.page("conv_1", "asc", 3, "m120") == ItemsPage(
+        tuple(bodies[121:124]), True)
+    assert await conversations.page("conv_1", "desc", 3, "m120") == ItemsPage(
+        tuple(bodies[119:116:-1]), True)
+    assert await conversations.page("conv_1", "asc", 100, "m200") == ItemsPage(
+        tuple(bodies[201:]), False)
+    assert await conversations.page("conv_1", "desc", 100, "m50") == ItemsPage(
+        tuple(bodies[49::-1]), False)
+    assert await conversations.page("conv_1", "asc", 5, "m249") == ItemsPage((), False)
+    assert await conversations.page("conv_1", "desc", 5, "m0") == ItemsPage((), False)
+    assert await conversations.remove("conv_1", "m121", 60) is True
+    assert await conversations.page("conv_1", "asc", 2, "m120") == ItemsPage(
+        (bodies[122], bodies[123]), True)
+    assert await conversations.page("conv_1", "asc", 2, "m121") is None  # removed
+    assert await conversations.page("conv_1", "asc", 2, "nope") is None
+    assert await conversations.page("conv_9", "desc", 2, None) == ItemsPage((), False)
 
 
 async def test_bounds_and_ids_are_checked_as_items_are_added(

@@ -152,11 +152,15 @@ async def unless_gone(
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.ensure_future(gone())
-    left = False
+    left = ended = False
 
     def on_gone(done: asyncio.Future[None]) -> None:
         nonlocal left
-        if not done.cancelled() and done.exception() is None:
+        # ``ended``: the client left as ``work`` ended, in one turn of the loop; this
+        # callback was already scheduled, and removing it no longer stopped it. Its cancel
+        # fell on whatever the task awaited next (the answer's settlement, a turn being
+        # kept and added to its conversation): billed, and then lost.
+        if not ended and not done.cancelled() and done.exception() is None:
             left = True
             task.cancel()
 
@@ -168,5 +172,6 @@ async def unless_gone(
             raise Cancelled(f"The client went away before {awaited}.") from None
         raise
     finally:
+        ended = True
         watcher.remove_done_callback(on_gone)
         watcher.cancel()

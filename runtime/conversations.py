@@ -34,8 +34,8 @@ and it was left out, logged. The second is now a 409 before its call, as adding 
 conversation holds is a 400: an id names one item. A 409, not the 400, as the first turn
 may yet fail and free the id: the official SDKs retry a 409, and find the id added (the
 400) or free. The claim ends when the turn is added or ends short (failed, cancelled,
-refused), or lapses after ``reservation_ttl_s`` (a gateway stopped mid-turn; a turn
-longer than that may see its id taken, and is then not added, logged, as before).
+refused); its lease, ``reservation_ttl_s``, is renewed every half lease while the turn
+runs (a long stream kept it), so that it lapses only where a gateway stopped mid-turn.
 
 The response's own record (``store``) holds its new input items and names the
 conversation's last item before it, rather than repeating the conversation
@@ -45,10 +45,12 @@ it, n²/2 in all, until one was over ``responses_max_bytes``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -322,14 +324,17 @@ async def in_conversation(live: Live, key: ApiKey, request: ResponsesRequest,
     return request.model_copy(update={"input": [*items, *request.input]}), earlier
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Claim:
     """The ids the app gave a turn's input items, held in its conversation under
-    ``token`` while the turn runs."""
+    ``token`` while the turn runs, its lease renewed (``renewal``) until it has
+    ``ended`` (added or released): mutable for that alone, as an ``Admission`` is."""
 
     conversation: str
     ids: tuple[str, ...]
     token: str
+    ended: bool = False
+    renewal: asyncio.TimerHandle | None = None
 
 
 async def claim(live: Live, request: ResponsesRequest) -> Claim | None:
@@ -355,7 +360,55 @@ async def claim(live: Live, request: ResponsesRequest) -> Claim | None:
                        f"item of another turn of conversation '{conversation_id}' in "
                        "progress. Retry once it has ended, or give the item another id.",
                        param="input")
+    _keep(live, held)
     return held
+
+
+def _keep(live: Live, held: Claim) -> None:
+    """Renew ``held``'s lease every half lease until its turn has ended: the lease is
+    ``reservation_ttl_s`` from the claim, and a turn longer than that (a long stream) let
+    it lapse, another turn or an app's items took an id, and the turn was answered, billed
+    and then not added. By weak reference, as an ``Admission``'s holds are renewed: a turn
+    dropped without ending (a bug) lets its claim lapse, rather than hold it for as long as
+    the process lives."""
+    lease_s = live.graph.settings.reservation_ttl_s
+    held.renewal = asyncio.get_running_loop().call_later(
+        lease_s / 2, _renew, live, weakref.ref(held), lease_s)
+
+
+def _renew(live: Live, ref: weakref.ref[Claim], lease_s: float) -> None:
+    held = ref()
+    if held is None or held.ended:
+        return
+    held.renewal = None
+    live.store.finish(_renewed(live, held, lease_s))
+
+
+async def _renewed(live: Live, held: Claim, lease_s: float) -> None:
+    """One renewal: its own claim again, under its token (which holds it already)."""
+    try:
+        outcome = await (await _store(live)).claim(held.conversation, held.ids, held.token,
+                                                   lease_s)
+    except StoreUnavailable as exc:  # tried again at the next half lease
+        log.warning("the ids %s of conversation %s not renewed: %s", held.ids,
+                    held.conversation, exc)
+        outcome = "claimed"
+    if held.ended:  # added or released meanwhile: a claim made again after that is dropped
+        if outcome == "claimed":
+            await release(live, held)
+        return
+    if outcome != "claimed":  # lapsed (the store was away) and taken, or conversation gone
+        log.warning("the ids %s of conversation %s are no longer the turn's: %s", held.ids,
+                    held.conversation, outcome)
+        return
+    _keep(live, held)
+
+
+def _ended(held: Claim) -> None:
+    held.ended = True
+    if held.renewal is not None:
+        held.renewal.cancel()
+        held.renewal = None
 
 
 async def release(live: Live, held: Claim | None) -> None:
@@ -363,6 +416,7 @@ async def release(live: Live, held: Claim | None) -> None:
     a turn cut by its client releases too."""
     if held is None:
         return
+    _ended(held)
     with anyio.CancelScope(shield=True):
         try:
             await (await _store(live)).release(held.conversation, held.ids, held.token)
@@ -379,6 +433,8 @@ async def add_turn(live: Live, conversation_id: str, response: dict[str, Any],
     billed)."""
     items = [(jsonio.loads(line)["id"], line) for line in lines]
     items += [(item["id"], jsonio.dumps(item)) for item in response["output"]]
+    if held is not None:
+        _ended(held)
     try:
         added = await (await _store(live)).add(conversation_id, items,
                                                live.graph.settings.responses_ttl_s, None,

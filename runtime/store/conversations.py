@@ -155,7 +155,8 @@ class ConversationStore(Protocol):
     async def claim(self, conversation_id: str, ids: Sequence[str], token: str,
                     lease_s: float) -> Claimed:
         """Hold ``ids`` (none in it, nor claimed by another token) for the items of a
-        turn in flight, until ``token``'s ``add`` or ``release``, or ``lease_s``."""
+        turn in flight, until ``token``'s ``add`` or ``release``, or ``lease_s``; claimed
+        again by ``token``, their lease is renewed."""
         ...
 
     async def release(self, conversation_id: str, ids: Sequence[str], token: str) -> None:
@@ -369,9 +370,9 @@ def _claim(conversation_id: str, ids: tuple[str, ...], token: str, now: float,
     if _any_of(connection, "conversation_items", conversation_id, ids):
         return "duplicate"
     if _any_of(connection, "conversation_claims", conversation_id, ids,
-               "AND expires_at > ?", (now,)):
+               "AND expires_at > ? AND token != ?", (now, token)):
         return "in_flight"
-    connection.executemany(  # over a lapsed claim of another turn
+    connection.executemany(  # over a lapsed claim of another turn, or its own (renewed)
         "INSERT OR REPLACE INTO conversation_claims (conversation, id, token, expires_at) "
         "VALUES (?, ?, ?, ?)", [(conversation_id, item_id, token, expires_at)
                                 for item_id in ids])

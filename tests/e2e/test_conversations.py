@@ -20,11 +20,13 @@ from ..fakes.brain import Action
 from .responses_gateway import (
     ALICE,
     BOB,
+    STORES,
     Upstreams,
     app_keys,
     assert_pages_refused,
     responses_gateway,
     sdk,
+    store_url,
 )
 
 pytestmark = pytest.mark.e2e
@@ -198,6 +200,28 @@ def test_an_item_id_a_turn_in_flight_gave_is_refused_before_the_call(
     with pytest.raises(openai.BadRequestError) as held:
         alice.responses.create(model="gpt", input=mine, conversation=conversation.id)
     assert held.value.body["param"] == "input.0.id"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_turn_longer_than_its_lease_keeps_its_item_ids(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    """The ids a turn claimed were held ``reservation_ttl_s`` and no longer: a turn longer
+    than that (a long stream) saw an app's items take them, and was answered, billed and
+    then not added. Its lease is renewed while it runs."""
+    settings = (f'store: "{store_url(request, kind)}", responses_ttl_s: 3600, '
+                "reservation_ttl_s: 0.4")
+    with responses_gateway(tmp_path / "gw", settings, app_keys()) as served, \
+            sdk(served, ALICE) as alice:
+        conversation = alice.conversations.create()
+        mine = [{"role": "user", "content": "hello", "id": "msg_long"}]
+        first = _in_flight(served, lambda: alice.responses.create(  # held 1 s upstream
+            model="gpt", input=mine, conversation=conversation.id))
+        time.sleep(0.6)  # past its first lease
+        with pytest.raises(openai.BadRequestError):  # still the turn's
+            alice.conversations.items.create(conversation.id, items=mine)
+        first.result(timeout=10)
+        assert _said(alice.conversations.items.list(conversation.id, order="asc").data) == [
+            ("user", "hello"), ("assistant", "fake-openai: hello")]
 
 
 def test_a_turn_that_adds_nothing_frees_its_item_ids(

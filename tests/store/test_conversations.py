@@ -164,6 +164,7 @@ async def test_ids_claimed_by_a_turn_in_flight_are_its_own(
     assert await conversations.claim("conv_1", ["a"], "t1", 60) == "duplicate"
     assert await conversations.claim("conv_1", ["b", "c"], "t1", 60) == "claimed"
     assert await conversations.claim("conv_1", ["c"], "t2", 60) == "in_flight"
+    assert await conversations.claim("conv_1", ["c"], "t1", 60) == "claimed"  # renewed
     # Nor added by another (the items API: no token), nor by another turn
     assert await conversations.add("conv_1", [("c", b"2")], 60, WIDE) == "duplicate"
     assert await conversations.add("conv_1", [("b", b"2")], 60, WIDE, "t2") == "duplicate"
@@ -181,14 +182,23 @@ async def test_ids_claimed_by_a_turn_in_flight_are_its_own(
 
 async def test_a_claim_lapses_after_its_lease(responses: ResponseStore,
                                               clock: ManualClock) -> None:
-    # A gateway stopped mid-turn releases nothing: its claims end with their lease
+    # A gateway stopped mid-turn releases nothing: its claims end with their lease. A turn
+    # in flight renews it, claiming its ids again under its own token.
     conversations = responses.conversations()
+
+    async def wait(seconds: float) -> None:  # the embedded store's clock; Redis's (TIME)
+        clock.advance(seconds)
+        if isinstance(responses, RedisResponses):
+            await asyncio.sleep(seconds)
+
     await conversations.create("conv_1", "alice", 1700, b"{}", [], ttl_s=60)
-    assert await conversations.claim("conv_1", ["a"], "t1", 0.2) == "claimed"
-    assert await conversations.claim("conv_1", ["a"], "t2", 0.2) == "in_flight"
-    clock.advance(0.3)  # the embedded store's clock; Redis's own (TIME) is waited for
-    if isinstance(responses, RedisResponses):
-        await asyncio.sleep(0.3)
+    assert await conversations.claim("conv_1", ["a"], "t1", 0.4) == "claimed"
+    assert await conversations.claim("conv_1", ["a"], "t2", 0.4) == "in_flight"
+    await wait(0.3)
+    assert await conversations.claim("conv_1", ["a"], "t1", 0.4) == "claimed"  # renewed
+    await wait(0.3)  # past the first lease, within the renewed one
+    assert await conversations.claim("conv_1", ["a"], "t2", 0.4) == "in_flight"
+    await wait(0.5)
     assert await conversations.add("conv_1", [("a", b"1")], 60, WIDE) == "added"
 
 

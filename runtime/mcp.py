@@ -133,18 +133,20 @@ class McpProxy:
 
     def _client_for(self, server: McpServer, idle: bool) -> httpx.AsyncClient:
         """The client that reaches ``server``: the pooled one (the streams' for an ``idle``
-        one), or the one through the sessions it holds of it."""
-        held_as = _held_as(server)
-        if held_as is None:
+        one), or the one through the sessions it holds of it. What a held server was opened
+        from (``_held_as``, a copy of an HTTP+SSE server's headers) is taken once, when it
+        is first held: only ``_follow`` compares it, once a graph."""
+        if server.stdio is None and server.sse is None:
             return self.streams if idle else self.client
         found = self._held.get(server.name)
         if found is not None:
             return found[1].client
+        held_as = _held_as(server)
         held: HeldServer
         if server.sse is not None:
             held = SseServer(server, server.sse, MAX_ANSWER_BYTES)
         else:
-            assert server.stdio is not None  # held_as says it is one or the other
+            assert server.stdio is not None  # checked above: it is one or the other
             held = StdioServer(server.name, server.stdio, MAX_ANSWER_BYTES)
         self._held[server.name] = (held_as, held)
         return held.client

@@ -4,7 +4,10 @@ client does not read."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 
+from aigw.compiler.graph import McpServer, McpSse
+from aigw.runtime.mcp import McpProxy
 from aigw.runtime.mcp_held import _QUEUED_BYTES, HeldServer, HeldSession
 
 
@@ -33,3 +36,38 @@ async def test_a_stream_nobody_reads_holds_a_bounded_number_of_bytes() -> None:
     finally:
         for task in session.tasks:
             task.cancel()
+
+
+class _CountedHeaders(Mapping[str, str]):
+    """A server's headers that count how often they are read whole."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers, self.reads = headers, 0
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+
+async def test_a_held_servers_messages_do_not_copy_its_headers_each() -> None:
+    """Every message to an HTTP+SSE server built what its sessions were opened from, a
+    dict of its headers, to find its client; only a reload's check compares that. Now
+    it is taken once, when the server is first held."""
+    headers = _CountedHeaders({"authorization": "Bearer upstream"})
+    server = McpServer(name="legacy", url="http://127.0.0.1:9/sse", timeout_s=5.0,
+                       tools=None, disabled_reason=None, headers=headers,
+                       sse=McpSse(idle_timeout_s=60.0, max_sessions=4))
+    proxy = McpProxy()
+    try:
+        client = proxy._client_for(server, idle=False)
+        opened = headers.reads
+        assert all(proxy._client_for(server, idle=False) is client for _ in range(3))
+        assert headers.reads == opened
+    finally:
+        await proxy.aclose()

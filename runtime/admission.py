@@ -22,7 +22,7 @@ import logging
 import time
 import weakref
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -319,7 +319,14 @@ class Admission:
     more: Reservation | None = None
 
     def headers(self) -> dict[str, str]:
-        return self.reservation.headers() if self.reservation is not None else {}
+        """The x-ratelimit-* headers: the tokens window as ``grow``'s top-up left it, read
+        after both holds (the requests window is the first's: the top-up is no request)."""
+        if self.reservation is None:
+            return {}
+        rate = self.reservation.rate
+        if self.more is not None and self.more.rate.tokens is not None:
+            rate = replace(rate, tokens=self.more.rate.tokens)
+        return rate.headers()
 
     # ``settled`` is set once the store has answered: a settle cut short by a
     # cancellation can be made again (the stores settle a reservation once, whatever
@@ -350,7 +357,12 @@ class Admission:
         (not another request, nor another place in flight), all or nothing: a 429 as
         ``admit``'s where they do not fit. Once a request: what its input guardrails sent
         weighs more than what was held before they ran (a redaction longer than what it
-        took out)."""
+        took out).
+
+        A policy's ``context.budget_remaining`` needs no second decision: it is what the
+        budgets had left before this request held anything (``Reservation``), which the
+        top-up does not change; the request was allowed on that, and the top-up is
+        refused where the budget cannot hold it."""
         limits = tuple(found for item in self.limits
                        if (found := _held_only(item)) is not None)
         if self.settled or self.more is not None or not limits or (tokens <= 0 and cost <= 0):

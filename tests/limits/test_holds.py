@@ -4,7 +4,7 @@ the upstream bills it (in-process app, embedded store)."""
 from __future__ import annotations
 
 from ..redis_server import PrivateRedis
-from .conftest import ClientFactory
+from .conftest import KEYS, ClientFactory, digest
 
 SIZED = "  sized: {deployment: sized-painter}\n"
 STRETCHED = ("  stretched: {deployment: paid, guardrails: [stretch]}\n"
@@ -95,3 +95,19 @@ async def test_an_image_is_billed_at_a_priced_size_and_one_no_member_prices_is_a
                for b in (await dev.get("/admin/budgets")).json()["data"]}
     assert (budgets[("team", "eng")]["spent"], budgets[("team", "eng")]["held"]) == (
         10 + 20 + 20, 0)
+
+
+async def test_the_rate_headers_count_the_hold_as_it_grew(limited: ClientFactory) -> None:
+    """x-ratelimit-remaining-tokens was read with the hold on the prompt as it came
+    (8 tokens and 5 out), not the one it grew to as sent (18 and 5): the client was told
+    of ten tokens the gateway held from it. Now the tokens window is the grown hold's."""
+    carol = f"  carol: {{team: ops, sha256: {digest(KEYS['carol'])}, limits: {{tpm: 1000}}}}\n"
+    client = await limited(extra_keys=carol, extra_routes=STRETCHED)
+    answered = await client("carol").post("/v1/chat/completions", json={
+        "model": "stretched", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x x"}]})
+    assert answered.status_code == 200, answered.text
+    sent = answered.json()["usage"]["prompt_tokens"]
+    assert sent == 6 + 2 * 6
+    assert answered.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert answered.headers["x-ratelimit-remaining-tokens"] == str(1000 - sent - 5)

@@ -11,8 +11,9 @@ The WebSocket is accepted before anything is checked, as OpenAI's API does: a re
 (a bad key, an unknown model, a route the key may not call, a limit, every upstream
 down) is an ``error`` event in OpenAI's shape, then a close whose reason is the error's
 ``type.code`` (close codes in ``_CLOSE_CODES``). The upstream is opened with the
-provider's key, never the client's, and only ``OpenAI-Beta`` is passed on (it picks the
-protocol's version).
+provider's key, never the client's; of the handshake only ``OpenAI-Beta`` is passed on
+(it picks the protocol's version), and of the query only the parameters OpenAI's URL
+takes besides ``model`` (``_PASSED``: ``intent``, ``call_id``).
 
 A connection counts as one request at connect (rpm, and a place under max_parallel for
 as long as it lasts). Each ``response.done`` carries the response's usage: it is billed
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.websockets import WebSocket
 
 from aigw.compiler.graph import ApiKey, Price
@@ -76,6 +77,12 @@ log = logging.getLogger("aigw.realtime")
 # The browser's way to send a key (it cannot set headers on a WebSocket): a subprotocol.
 KEY_PROTOCOL = "openai-insecure-api-key."
 BETA_PROTOCOL = "openai-beta.realtime-v1"
+# The query parameters OpenAI's /v1/realtime takes besides model (its API reference,
+# "Realtime: connect"): ``intent`` (a transcription session) and ``call_id`` (joining a
+# call). Passed on as given; nothing else of the client's query goes upstream (a key
+# some clients put there, parameters the upstream might read in ways we do not know).
+_PASSED = ("intent", "call_id")
+_INTENTS = ("realtime", "transcription")
 # A refusal's close code by its status: 3000 and 3003 are IANA's registered
 # "Unauthorized" and "Forbidden" (OpenAI closes a bad key with 3000), 1013 "try again
 # later" (a rate limit, an upstream at its own), 1011 the upstream's failure; the rest
@@ -123,7 +130,7 @@ async def _session(gateway: Gateway, live: Live, websocket: WebSocket) -> None:
     record.stream = True  # a session: timed as a stream is, from connect to close
     exchange = Exchange(live, record, headers, lambda: gateway.live)
     try:
-        key, won, hold = await _open(exchange, headers, websocket.query_params.get("model"),
+        key, won, hold = await _open(exchange, headers, websocket.query_params,
                                      BETA_PROTOCOL in offered)
     except GatewayError as exc:
         await exchange.fail(exc)
@@ -153,15 +160,17 @@ def _headers(headers: Headers, offered: list[str]) -> Headers:
     return Headers(raw=[*headers.raw, (b"authorization", f"Bearer {given}".encode())])
 
 
-async def _open(exchange: Exchange, headers: Headers, model: str | None,
+async def _open(exchange: Exchange, headers: Headers, query: QueryParams,
                 beta_protocol: bool) -> tuple[ApiKey, Won[_Opened], Hold | None]:
     """The caller's key and the upstream's WebSocket, opened through the route's members
     as any call is (its limits held, its policies asked); its deployment's tpm hold."""
     live = exchange.live
     key = authenticate(live.graph, headers)
+    model = query.get("model")
     if not model:
         raise BadRequest("Missing required parameter: 'model' (the route, as "
                          "/v1/realtime?model=...).", param="model")
+    passed = _passed(query)
     exchange.identify(key, None)
     route = resolve_route(live.graph, model)
     beta = beta_protocol or headers.get("openai-beta", "").strip().lower() == "realtime=v1"
@@ -170,7 +179,7 @@ async def _open(exchange: Exchange, headers: Headers, model: str | None,
             [], Awaitable[_Opened]]:
         # Opened when the attempt is made (after the deployment's own quota is taken).
         return partial(_connected, realtime_adapter(candidate.adapter, candidate.deployment),
-                       RealtimeCall(candidate.deployment, beta))
+                       RealtimeCall(candidate.deployment, beta, passed))
 
     holds: dict[str, Hold | None] = {}
     # Held at nothing: a session's tokens are unknown until its responses are done, and
@@ -180,6 +189,16 @@ async def _open(exchange: Exchange, headers: Headers, model: str | None,
                            cost=lambda _deployment, _sent: 0.0, call=call, noted=_noted,
                            release=_let_go, holds=holds)
     return key, won, holds.pop(won.candidate.deployment.name, None)
+
+
+def _passed(query: QueryParams) -> tuple[tuple[str, str], ...]:
+    """The client's ``_PASSED`` parameters, for the upstream's URL; an ``intent`` OpenAI
+    has not is a 400 here rather than the upstream's refused handshake."""
+    intent = query.get("intent")
+    if intent is not None and intent not in _INTENTS:
+        raise BadRequest(f"Invalid value for 'intent': '{intent}' (expected one of "
+                         f"{', '.join(_INTENTS)}).", param="intent")
+    return tuple((name, query[name]) for name in _PASSED if name in query)
 
 
 async def _connected(adapter: RealtimeAdapter, call: RealtimeCall) -> _Opened:

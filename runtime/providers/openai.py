@@ -307,11 +307,13 @@ class OpenAIAdapter:
 
     async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
         headers = {**self._headers, "openai-beta": "realtime=v1"} if call.beta else self._headers
-        return await self.upstream.ws_connect(self.realtime_url(call.deployment.model), headers)
+        return await self.upstream.ws_connect(
+            self.realtime_url(call.deployment.model, call.query), headers)
 
-    def realtime_url(self, model: str) -> str:
-        """OpenAI's ``wss://api.openai.com/v1/realtime?model=``; an http base is ws."""
-        return f"{_websocket(self._base)}/realtime?{urlencode({'model': model})}"
+    def realtime_url(self, model: str, query: tuple[tuple[str, str], ...] = ()) -> str:
+        """OpenAI's ``wss://api.openai.com/v1/realtime?model=`` and ``query``; an http
+        base is ws."""
+        return f"{_websocket(self._base)}/realtime?{urlencode((('model', model), *query))}"
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -341,12 +343,13 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         body.pop("model", None)  # the URL names the deployment
         return body
 
-    def realtime_url(self, model: str) -> str:
+    def realtime_url(self, model: str, query: tuple[tuple[str, str], ...] = ()) -> str:
         """Azure's ``/openai/realtime``, which the GA version (AZURE_API_VERSION) does
-        not serve: the provider's api_version where it names one, else the preview's."""
+        not serve: the provider's api_version where it names one, else the preview's;
+        ``query`` after them (Azure takes OpenAI's ``intent``)."""
         version = self.provider.api_version or AZURE_REALTIME_API_VERSION
-        query = urlencode({"api-version": version, "deployment": model})
-        return f"{_websocket(self._base)}/openai/realtime?{query}"
+        encoded = urlencode((("api-version", version), ("deployment", model), *query))
+        return f"{_websocket(self._base)}/openai/realtime?{encoded}"
 
     def cap_field(self) -> str:
         """Azure takes max_completion_tokens from API version 2024-09-01-preview on;

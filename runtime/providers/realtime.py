@@ -21,10 +21,13 @@ from .base import ChatAdapter, not_served
 @dataclass(frozen=True, slots=True)
 class RealtimeCall:
     """A session to open on ``deployment``; ``beta``: the client speaks the beta protocol
-    (``OpenAI-Beta: realtime=v1``), which the upstream is asked for too."""
+    (``OpenAI-Beta: realtime=v1``), which the upstream is asked for too; ``query``: the
+    client's query parameters OpenAI's URL takes besides ``model`` (``intent``,
+    ``call_id``), added to the upstream's."""
 
     deployment: Deployment
     beta: bool
+    query: tuple[tuple[str, str], ...] = ()
 
 
 @runtime_checkable

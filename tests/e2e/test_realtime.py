@@ -114,9 +114,12 @@ def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realtime]:
 
 
 @asynccontextmanager
-async def connected(gateway: Realtime, model: str,
-                    key: str = DEV_KEY) -> AsyncIterator[AsyncRealtimeConnection]:
-    async with gateway.client(key) as client, client.realtime.connect(model=model) as connection:
+async def connected(gateway: Realtime, model: str, key: str = DEV_KEY,
+                    query: dict[str, str] | None = None
+                    ) -> AsyncIterator[AsyncRealtimeConnection]:
+    """A session on route ``model``; ``query``: more of the URL's query parameters."""
+    async with gateway.client(key) as client, client.realtime.connect(
+            model=model, extra_query=query or {}) as connection:
         yield connection
 
 
@@ -261,6 +264,31 @@ def test_an_azure_openai_session_opens_its_deployments_realtime_url(gateway: Rea
     assert upstream.query == {"api-version": "2024-10-01-preview", "deployment": "my-realtime"}
     assert upstream.headers["api-key"] == gateway.upstream.api_key
     assert "authorization" not in upstream.headers
+
+
+def test_openais_query_parameters_go_upstream_and_no_others(gateway: Realtime) -> None:
+    """Only ``model`` (the deployment's) went upstream: a transcription session
+    (``intent=transcription``) opened as a conversation, and ``call_id`` (joining a call)
+    was dropped. Now the documented parameters go on, on OpenAI's URL and Azure's; a
+    key or anything else in the query does not; an intent OpenAI has not is a 400."""
+    given = {"intent": "transcription", "call_id": "rtc_u1_9c2f", "api-key": DEV_KEY,
+             "foo": "bar"}
+
+    async def sessions() -> Any:
+        for route in ("realtime", "azure"):
+            async with connected(gateway, route, query=given) as connection:
+                await asyncio.wait_for(connection.recv(), 10)
+        async with connected(gateway, "realtime", query={"intent": "dictation"}) as refused:
+            return await asyncio.wait_for(refused.recv(), 10)
+
+    refused = asyncio.run(sessions())
+    openai_session, azure_session = gateway.upstream.sessions
+    passed = {"intent": "transcription", "call_id": "rtc_u1_9c2f"}
+    assert openai_session.query == {"model": "gpt-realtime", **passed}
+    assert azure_session.query == {"api-version": "2024-10-01-preview",
+                                   "deployment": "my-realtime", **passed}
+    assert (refused.type, refused.error.param) == ("error", "intent")
+    assert "realtime, transcription" in refused.error.message
 
 
 def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(

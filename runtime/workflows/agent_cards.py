@@ -21,10 +21,13 @@ CARD_TTL_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where an agent's JSON-RPC calls go, and the A2A version ("1.0", "0.3", "0.2") they speak."""
+    """Where an agent's JSON-RPC calls go, and the A2A version ("1.0", "0.3", "0.2") they
+    speak; ``unsaid``: a card named it without a ``protocolVersion`` (0.2 before 0.2.5,
+    or an A2A 0.1 card that does not give itself away)."""
 
     url: str
     version: str
+    unsaid: bool = False
 
 
 class AgentCards:

@@ -9,7 +9,7 @@ calls below are made as 1.0's and translated at the wire, a2a_v03.py).
                   else of 0.2: 1.0's ``supportedInterfaces``, 0.3's and 0.2's ``url``
                   and ``additionalInterfaces``) is the endpoint, which must be on the card's
                   origin; kept a minute (agent_cards.py), read again sooner if a call
-                  there fails as if the agent had moved
+                  there fails as if the agent had moved; an A2A 0.1 card fails the step
     SendMessage   the rendered prompt as one text part, its messageId the execution's
                   id and the try's key (the same however often it is sent), asking for
                   the task at once (``returnImmediately``) rather than when it ends
@@ -60,6 +60,12 @@ log = logging.getLogger("aigw.workflows")
 PROTOCOL_VERSION = "1.0"
 # The versions an agent may be called with: its card's interfaces are tried in this order.
 VERSIONS = (PROTOCOL_VERSION, a2a_v03.PROTOCOL_VERSION, a2a_v03.V02)
+# A2A 0.1 (tasks/send, tasks/get), which the gateway does not speak. Its card names no
+# protocolVersion, as 0.2's before 0.2.5 do; where it has ``authentication`` (0.1's field,
+# which 0.2.0 replaced with ``securitySchemes``) it is known as 0.1's, else its agent
+# shows itself only by answering message/send with MethodNotFound (``_other_version``).
+V01 = "0.1"
+_V01_UNSUPPORTED = "is not supported: the agent needs A2A 0.2 or later"
 # Waits between GetTask calls: from the first, growing to the longest.
 POLL_FIRST_S = 0.2
 POLL_LONGEST_S = 2.0
@@ -222,12 +228,18 @@ class _Client:
         card = await self._json("GET", self.agent.url, None,
                                 self.agent.a2a_version or PROTOCOL_VERSION)
         offers = _offers(card) if isinstance(card, Mapping) else []
+        if any(said == V01 for _binding, said, _url in offers):
+            raise StepFailed(f"the card of agent '{self.agent.name}' is an A2A 0.1 card (it has "
+                             f"0.1's authentication field): A2A 0.1 (tasks/send) "
+                             f"{_V01_UNSUPPORTED}", retryable=False)
+        unsaid = isinstance(card, Mapping) and card.get("protocolVersion") is None \
+            and card.get("supportedInterfaces") is None
         wanted = (self.agent.a2a_version,) if self.agent.a2a_version else VERSIONS
         for version in wanted:
             for binding, said, url in offers:
                 if binding == "JSONRPC" and _version(said) == version:
                     self._check_origin(url)
-                    endpoint = Endpoint(url, version)
+                    endpoint = Endpoint(url, version, unsaid)
                     self.cards.put(self.agent, endpoint)
                     return endpoint
         shown = ", ".join(f"{binding} {said}" for binding, said, _url in offers) or "none"
@@ -267,7 +279,8 @@ class _Client:
         if isinstance(error, Mapping):
             code = error.get("code")
             raise self._failed(f"{sent} failed: {self.scrub(str(error.get('message')))} "
-                               f"(JSON-RPC error {code})" + self._other_version(code, endpoint),
+                               f"(JSON-RPC error {code})"
+                               + self._other_version(code, endpoint, method),
                                retryable=code in _RETRYABLE_RPC_CODES)
         result = answer.get("result")
         if not isinstance(result, Mapping):
@@ -277,13 +290,21 @@ class _Client:
         return a2a_v03.lowered_result(result) if method == "SendMessage" \
             else a2a_v03.lowered_task(result)
 
-    def _other_version(self, code: Any, endpoint: Endpoint) -> str:
-        """A hint for a method the agent does not know, at an endpoint no card named: it
-        may speak the other version."""
-        if code != METHOD_NOT_FOUND or self.agent.card:
+    def _other_version(self, code: Any, endpoint: Endpoint, method: str) -> str:
+        """A hint for a method the agent does not know: at an endpoint no card named, it
+        may speak another version; asked as 0.2 (its card, if any, saying no version), it
+        may speak 0.1, which has no message/send."""
+        if code != METHOD_NOT_FOUND:
             return ""
-        other = next(version for version in VERSIONS if version != endpoint.version)
-        return f"; if the agent speaks A2A {other}, set its a2a_version: '{other}'"
+        hint = ""
+        if not self.agent.card:
+            others = [version for version in VERSIONS if version != endpoint.version]
+            hint = (f"; if the agent speaks A2A {' or '.join(others)}, set its a2a_version: "
+                    + " or ".join(f"'{version}'" for version in others))
+        if method == "SendMessage" and endpoint.version == a2a_v03.V02 \
+                and (endpoint.unsaid or not self.agent.card):
+            hint += f"; if it speaks A2A 0.1 (tasks/send), that {_V01_UNSUPPORTED}"
+        return hint
 
     async def _json(self, method: str, url: str, body: Any, version: str) -> Any:
         """``method`` ``url``'s JSON answer, asked as A2A ``version`` (a2a_v03.header)."""
@@ -363,7 +384,7 @@ def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     its ``url`` (in its ``preferredTransport``, JSONRPC if it names none) and its
     ``additionalInterfaces``. A card of neither kind with a ``url`` is 0.2's from before
     0.2.5, which named no ``protocolVersion`` (and before 0.2.4 no transport: JSON-RPC
-    was the only one)."""
+    was the only one), or, with ``authentication``, 0.1's (``V01``)."""
     found: list[tuple[str, str, str]] = []
     interfaces = card.get("supportedInterfaces")
     for interface in interfaces if isinstance(interfaces, list) else ():
@@ -373,7 +394,7 @@ def _offers(card: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                           str(interface.get("url") or "")))
     said = card.get("protocolVersion")
     if said is None and interfaces is None:
-        said = a2a_v03.V02
+        said = V01 if "authentication" in card else a2a_v03.V02
     if isinstance(said, str) and isinstance(card.get("url"), str):
         found.append((str(card.get("preferredTransport") or "JSONRPC"), said, card["url"]))
         others = card.get("additionalInterfaces")

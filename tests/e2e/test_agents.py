@@ -72,7 +72,8 @@ output:"""),
     "ask-accented": _ask("accented"),
     **{f"ask-{name}": _ask(name) for name in (
         "old-echo", "old-slow", "old-broken", "old-direct", "old-unsaid", "old-as-new",
-        "old-said", "older-echo", "older-slow", "older-direct", "older-said")},
+        "old-said", "older-echo", "older-slow", "older-direct", "older-said", "oldest",
+        "oldest-open", "oldest-direct")},
     "ask-old-slow-json": _ask("old-slow", output="json"),
     "ask-old-stuck": _ask("old-stuck", timeout_s=1),
 }
@@ -151,6 +152,10 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
             f"older-direct: {{url: '{base}/older-echo/', a2a_version: 0.2}}",
             f"older-said: {{url: '{base}/older-echo/.well-known/agent.json', "
             "a2a_version: '0.2'}",
+            # A2A 0.1's, which the gateway does not speak
+            f"oldest: {{url: '{base}/oldest-echo/.well-known/agent.json'}}",
+            f"oldest-open: {{url: '{base}/oldest-open/.well-known/agent.json'}}",
+            f"oldest-direct: {{url: '{base}/oldest-echo/', a2a_version: '0.2'}}",
         ]
         root = tmp_path_factory.mktemp("agents") / "gw"
         (root / "pipelines").mkdir(parents=True)
@@ -460,9 +465,35 @@ def test_a_0_3_agent_called_as_1_0_fails_saying_which_version_to_set(agents: Age
     status, message = agents.run("ask-old-unsaid", "x")
     assert status == 502
     assert message.endswith("agent 'old-unsaid': SendMessage failed: Method not found "
-                            "(JSON-RPC error -32601); if the agent speaks A2A 0.3, set its "
-                            "a2a_version: '0.3'"), message
+                            "(JSON-RPC error -32601); if the agent speaks A2A 0.3 or 0.2, set "
+                            "its a2a_version: '0.3' or '0.2'"), message
     status, message = agents.run("ask-old-as-new", "x")
     assert status == 502
     assert message.endswith("the card of agent 'old-as-new' offers no JSONRPC interface of "
                             "A2A 1.0 (its a2a_version); it offers: JSONRPC 0.3.0"), message
+
+
+def test_an_a2a_0_1_agent_fails_its_step_saying_0_1_is_not_supported(agents: Agents) -> None:
+    """A 0.1 card (a url, no protocolVersion) was read as 0.2's, and the step failed with
+    a bare MethodNotFound from message/send (0.1 has tasks/send). Now a card with 0.1's
+    authentication field fails the step before any call; one without it, or an agent
+    called as 0.2 without a card, fails on the MethodNotFound saying 0.1 is not
+    supported and what the agent needs."""
+    sent = len(agents.seen.requests)
+    status, message = agents.run("ask-oldest", "x")
+    assert status == 502
+    assert message.endswith("the card of agent 'oldest' is an A2A 0.1 card (it has 0.1's "
+                            "authentication field): A2A 0.1 (tasks/send) is not supported: "
+                            "the agent needs A2A 0.2 or later"), message
+    assert [path for path, _headers in agents.seen.requests[sent:]] == \
+        ["/oldest-echo/.well-known/agent.json"]  # its card only: no call
+    unsupported = ("; if it speaks A2A 0.1 (tasks/send), that is not supported: the agent "
+                   "needs A2A 0.2 or later")
+    status, message = agents.run("ask-oldest-open", "x")
+    assert status == 502
+    assert message.endswith("agent 'oldest-open': message/send failed: Method not found "
+                            f"(JSON-RPC error -32601){unsupported}"), message
+    status, message = agents.run("ask-oldest-direct", "x")
+    assert status == 502
+    assert message.endswith("(JSON-RPC error -32601); if the agent speaks A2A 1.0 or 0.3, set "
+                            f"its a2a_version: '1.0' or '0.3'{unsupported}"), message

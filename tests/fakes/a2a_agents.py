@@ -33,6 +33,12 @@ endpoint at ``/<name>/`` (the SDK's dispatcher and default request handler):
              ``protocolVersion: 0.2.5``), and a ``message/send`` without
              ``configuration.acceptedOutputModes`` (which 0.2 requires until 0.2.6)
              refused with InvalidParams, as the a2a-sdk 0.2's schema refuses it
+    oldest-echo, oldest-open
+             agents of A2A 0.1: a card at ``/.well-known/agent.json`` in 0.1's form (its
+             JSON schema: no ``protocolVersion``, ``capabilities.stateTransitionHistory``;
+             oldest-echo's with 0.1's ``authentication``, oldest-open's without, as one
+             of an agent open to all), and JSON-RPC of 0.1's methods (``tasks/send``
+             answered with an echo's completed Task), any other MethodNotFound
 
 Every request's headers are recorded (``seen``), to check what the gateway sent, and
 each message an agent takes and each task it is asked to cancel.
@@ -79,6 +85,12 @@ PATIENT_S = 3.0
 OLD = ("old-echo", "old-slow", "old-broken", "old-stuck")
 # The agents that speak A2A 0.2, each as the 1.0 agent after its "older-".
 OLDER = ("older-echo", "older-slow")
+# The agents that speak A2A 0.1.
+OLDEST = ("oldest-echo", "oldest-open")
+# A2A 0.1's JSON-RPC methods.
+_V01_METHODS = ("tasks/send", "tasks/sendSubscribe", "tasks/get", "tasks/cancel",
+                "tasks/pushNotification/set", "tasks/pushNotification/get",
+                "tasks/resubscribe")
 
 
 @dataclass
@@ -199,6 +211,8 @@ def a2a_agents(base_url: str, seen: Seen, *, slow_s: float = 0.6,
                 "/", lambda _request: RedirectResponse("http://169.254.169.254/", 307),
                 methods=["POST"])]
         mounts.append(Mount(f"/{name}", routes=routes))
+    mounts.extend(Mount(f"/{name}", routes=_v01_routes(name, f"{base_url}/{name}/"))
+                  for name in OLDEST)
     app = Starlette(routes=mounts)
 
     async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,6 +267,37 @@ def _v02_card_route(card: AgentCard, protocol_version: str | None) -> Route:
         return JSONResponse(shown)
 
     return Route("/.well-known/agent.json", serve, methods=["GET"])
+
+
+def _v01_routes(name: str, endpoint: str) -> list[Route]:
+    """An A2A 0.1 agent: its card (0.1's AgentCard) and its JSON-RPC endpoint."""
+    card: dict[str, object] = {
+        "name": name, "description": f"The {name} agent", "url": endpoint, "version": "1.0.0",
+        "capabilities": {"streaming": False, "pushNotifications": False,
+                         "stateTransitionHistory": False},
+        "defaultInputModes": ["text"], "defaultOutputModes": ["text"],
+        "skills": [{"id": "echo", "name": "Echo"}]}
+    if name == "oldest-echo":
+        card["authentication"] = {"schemes": ["bearer"]}
+
+    async def serve_card(_request: Request) -> JSONResponse:
+        return JSONResponse(card)
+
+    async def rpc(request: Request) -> JSONResponse:
+        call = json.loads(await request.body())
+        if call.get("method") not in _V01_METHODS:
+            return JSONResponse({"jsonrpc": "2.0", "id": call.get("id"),
+                                 "error": {"code": -32601, "message": "Method not found"}})
+        params = call.get("params", {})
+        text = " ".join(str(part.get("text", "")) for part
+                        in params.get("message", {}).get("parts", []))
+        return JSONResponse({"jsonrpc": "2.0", "id": call.get("id"), "result": {
+            "id": params.get("id"), "sessionId": params.get("sessionId"),
+            "status": {"state": "completed"},
+            "artifacts": [{"parts": [{"type": "text", "text": f"echo: {text}"}]}]}})
+
+    return [Route("/.well-known/agent.json", serve_card, methods=["GET"]),
+            Route("/", rpc, methods=["POST"])]
 
 
 def _refused_by_v03(body: bytes, *, older: bool) -> dict[str, object] | None:

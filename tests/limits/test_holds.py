@@ -101,8 +101,18 @@ async def test_the_rate_headers_count_the_hold_as_it_grew(limited: ClientFactory
     """x-ratelimit-remaining-tokens was read with the hold on the prompt as it came
     (8 tokens and 5 out), not the one it grew to as sent (18 and 5): the client was told
     of ten tokens the gateway held from it. Now the tokens window is the grown hold's."""
+    await _rate_headers_as_grown(limited, "embedded")
+
+
+async def test_the_rate_headers_count_the_hold_as_it_grew_on_redis(
+    private_redis: PrivateRedis, limited: ClientFactory
+) -> None:
+    await _rate_headers_as_grown(limited, private_redis.url)
+
+
+async def _rate_headers_as_grown(limited: ClientFactory, store: str) -> None:
     carol = f"  carol: {{team: ops, sha256: {digest(KEYS['carol'])}, limits: {{tpm: 1000}}}}\n"
-    client = await limited(extra_keys=carol, extra_routes=STRETCHED)
+    client = await limited(extra_keys=carol, extra_routes=STRETCHED, store=store)
     answered = await client("carol").post("/v1/chat/completions", json={
         "model": "stretched", "max_tokens": 5,
         "messages": [{"role": "user", "content": "x x"}]})

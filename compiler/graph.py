@@ -123,9 +123,9 @@ class Price:
     (the input price where the config names none). A rerank call's search units (Cohere's
     billing unit) are priced ``search_unit`` each; generated images ``image`` each, or
     ``image_by_size`` where it names their size (DALL-E's prices differ by size); a
-    transcription's audio ``minute`` each, a speech call's input ``character`` each. A
-    Realtime response's audio tokens (of its input and output tokens) are priced
-    ``audio_input`` (those not read from the cache) and ``audio_output``.
+    transcription's audio ``minute`` each, a speech call's input ``character`` each. Audio
+    tokens (of a chat's, a response's or a Realtime response's input and output tokens)
+    are priced ``audio_input`` (those not read from the cache) and ``audio_output``.
 
     >>> Price(3.0, 15.0, 0.3, 3.75).cost(1_000_000, 0, cache_read_tokens=600_000)
     1.38

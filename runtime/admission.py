@@ -484,10 +484,7 @@ def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> in
     Returns its tokens."""
     cut = CutCall(deployment.name, deployment.provider.name, usage.prompt_tokens,
                   usage.completion_tokens, usage.cached_tokens,
-                  deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
-                                        usage.cached_tokens, usage.cache_creation_tokens,
-                                        usage.search_units, usage.images, usage.image_size,
-                                        usage.audio_seconds, usage.characters))
+                  usage.cost(deployment.price))
     if record.cut is None:
         record.cut = [cut]
     else:

@@ -185,10 +185,9 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.completion_tokens = usage.completion_tokens
     record.cached_tokens = usage.cached_tokens
     record.cache_write_tokens = usage.cache_creation_tokens
-    record.cost = deployment.price.cost(usage.prompt_tokens, usage.completion_tokens,
-                                        usage.cached_tokens, usage.cache_creation_tokens,
-                                        usage.search_units, usage.images, usage.image_size,
-                                        usage.audio_seconds, usage.characters)
+    record.audio_input_tokens = usage.audio_input_tokens
+    record.audio_output_tokens = usage.audio_output_tokens
+    record.cost = usage.cost(deployment.price)
 
 
 def _bill_sent(record: RequestRecord, deployment: Deployment, sent: SentOutput,

@@ -45,7 +45,7 @@ import anyio
 from starlette.datastructures import Headers, QueryParams
 from starlette.websockets import WebSocket
 
-from aigw.compiler.graph import ApiKey, Price
+from aigw.compiler.graph import ApiKey
 
 from .admission import Admission, DeploymentQuotas, Hold, admit
 from .auth import authenticate
@@ -367,14 +367,16 @@ class _Relay:
         if not isinstance(event, dict) or event.get("type") != "response.done" \
                 or not isinstance(response, dict):
             return None
-        reported = response_usage(response.get("usage"))
-        usage, cost = reported.tokens, reported.cost(self.deployment.price)
+        usage = response_usage(response.get("usage"))
+        cost = usage.cost(self.deployment.price)
         record, live = self.record, self.live
         self.responses += 1
         record.responses = self.responses
         record.prompt_tokens += usage.prompt_tokens
         record.completion_tokens += usage.completion_tokens
         record.cached_tokens += usage.cached_tokens
+        record.audio_input_tokens += usage.audio_input_tokens
+        record.audio_output_tokens += usage.audio_output_tokens
         record.cost += cost
         live.routing.of(self.deployment).add_usage(live.routing.clock(), usage.total_tokens)
         try:
@@ -460,43 +462,26 @@ class _Relay:
         live.telemetry.finish(record)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseUsage:
-    """A ``response.done``'s usage: its tokens (input counts the cached and the audio
-    ones, output the audio ones), and of them the audio tokens priced on their own: the
-    input's not read from the cache, and the output's."""
-
-    tokens: Usage
-    audio_input: int
-    audio_output: int
-
-    def cost(self, price: Price) -> float:
-        tokens = self.tokens
-        return price.cost(tokens.prompt_tokens, tokens.completion_tokens, tokens.cached_tokens,
-                          audio_input_tokens=self.audio_input,
-                          audio_output_tokens=self.audio_output)
-
-
-def response_usage(usage: object) -> ResponseUsage:
+def response_usage(usage: object) -> Usage:
     """A ``response.done``'s ``response.usage``, as OpenAI's API reference gives it
     (``input_token_details``: ``cached_tokens``, ``audio_tokens``, and of the cached,
     ``cached_tokens_details.audio_tokens``; ``output_token_details.audio_tokens``); what
-    it leaves out, or gives as no count, is 0.
+    it leaves out, or gives as no count, is 0. Its audio tokens: the input's not read
+    from the cache, and the output's.
 
     >>> response_usage({"input_tokens": 120, "output_tokens": 40, "input_token_details": {
-    ...     "cached_tokens": 20, "audio_tokens": 80}}).audio_input
+    ...     "cached_tokens": 20, "audio_tokens": 80}}).audio_input_tokens
     80
     """
     if not isinstance(usage, dict):
-        return ResponseUsage(Usage(0, 0), 0, 0)
+        return Usage(0, 0)
     given = _details(usage, "input_token_details")
     cached = _details(given, "cached_tokens_details")
     output = _details(usage, "output_token_details")
-    tokens = Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
-                   _count(given.get("cached_tokens")))
     fresh_audio = max(0, _count(given.get("audio_tokens")) - _count(cached.get("audio_tokens")))
-    return ResponseUsage(tokens, min(fresh_audio, tokens.prompt_tokens),
-                         min(_count(output.get("audio_tokens")), tokens.completion_tokens))
+    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
+                 _count(given.get("cached_tokens")), audio_input_tokens=fresh_audio,
+                 audio_output_tokens=_count(output.get("audio_tokens")))
 
 
 def _details(usage: dict[str, object], name: str) -> dict[str, object]:

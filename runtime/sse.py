@@ -35,10 +35,19 @@ def usage_body(usage: Usage) -> dict[str, object]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    given: dict[str, int] = {}
+    written: dict[str, int] = {}
     if usage.cached_tokens:
-        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+        given["cached_tokens"] = usage.cached_tokens
     if usage.reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+        written["reasoning_tokens"] = usage.reasoning_tokens
+    if usage.audio_input_tokens or usage.audio_output_tokens:  # a spoken chat's, as OpenAI's
+        given["audio_tokens"] = usage.audio_input_tokens
+        written["audio_tokens"] = usage.audio_output_tokens
+    if given:
+        body["prompt_tokens_details"] = given
+    if written:
+        body["completion_tokens_details"] = written
     return body
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aigw.compiler.graph import Deployment, Provider
+from aigw.compiler.graph import Deployment, Price, Provider
 
 from ..chat_request import ChatRequest
 from ..errors import NoDeploymentAvailable, UpstreamServerError
@@ -42,6 +42,10 @@ class Usage:
     image_size: str | None = None
     audio_seconds: float = 0.0  # a transcription's audio, as whisper is billed by the minute
     characters: int = 0  # a speech call's input, as tts is billed
+    # Of prompt_tokens: audio not read from the provider's cache; of completion_tokens:
+    # audio. Priced at the deployment's audio prices (8-16x the text ones at OpenAI).
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
     # False: the provider reported none (an OpenAI-compatible server that ignores
     # include_usage, say); the adapters' guard counts the answer's tokens instead.
     reported: bool = True
@@ -50,12 +54,25 @@ class Usage:
         # A provider's negative count would bill a credit and break the counters.
         if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
                self.cache_creation_tokens, self.reasoning_tokens, self.search_units,
-               self.images, self.audio_seconds, self.characters) < 0:
+               self.images, self.audio_seconds, self.characters, self.audio_input_tokens,
+               self.audio_output_tokens) < 0:
             raise ValueError(f"negative token counts in {self}")
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def cost(self, price: Price) -> float:
+        """What this usage costs at ``price``: every kind of token, unit and second it
+        counts at its own price (the one place a call's usage is priced)."""
+        # An upstream's audio count past the prompt's uncached share (or its output)
+        # is billed as the share: the text tokens are not billed below nothing.
+        fresh = self.prompt_tokens - self.cached_tokens - self.cache_creation_tokens
+        return price.cost(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                          self.cache_creation_tokens, self.search_units, self.images,
+                          self.image_size, self.audio_seconds, self.characters,
+                          min(self.audio_input_tokens, max(0, fresh)),
+                          min(self.audio_output_tokens, self.completion_tokens))
 
 
 def unreported_usage(call: ChatCall) -> Usage:

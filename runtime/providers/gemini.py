@@ -296,9 +296,23 @@ def _usage(usage: Mapping[str, Any], call: ChatCall) -> Usage:
         usage.get("toolUsePromptTokenCount") or 0)
     thoughts = int(usage.get("thoughtsTokenCount") or 0)
     completion = int(usage.get("candidatesTokenCount") or 0) + thoughts
+    # Audio (inlineData of an audio type) is counted in the totals and, by modality, in
+    # the details: the prompt's not read from the cache, and the answer's.
+    audio_in = max(0, _modality(usage, "promptTokensDetails", "AUDIO")
+                   - _modality(usage, "cacheTokensDetails", "AUDIO"))
     return Usage(prompt or call.prompt_tokens, completion,
                  cached_tokens=int(usage.get("cachedContentTokenCount") or 0),
-                 reasoning_tokens=thoughts)
+                 reasoning_tokens=thoughts, audio_input_tokens=audio_in,
+                 audio_output_tokens=_modality(usage, "candidatesTokensDetails", "AUDIO"))
+
+
+def _modality(usage: Mapping[str, Any], details: str, modality: str) -> int:
+    """The tokens of ``modality`` in ``usage[details]``, a list of ``{modality,
+    tokenCount}`` (Gemini's ModalityTokenCount); 0 where it names none."""
+    listed = usage.get(details)
+    return sum(int(item.get("tokenCount") or 0) for item in listed
+               if isinstance(item, dict) and item.get("modality") == modality) \
+        if isinstance(listed, list) else 0
 
 
 def _raise_if_blocked(document: Mapping[str, Any], provider: Provider) -> None:

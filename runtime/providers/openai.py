@@ -491,11 +491,15 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
     # in completion_tokens; they are output, billed as such. For OpenAI's own figures
     # total_tokens is prompt + completion, so this changes nothing there.
     completion = max(completion, int(usage.get("total_tokens") or 0) - prompt)
+    # Audio (gpt-4o-audio-preview's input_audio parts and spoken answers) is counted in
+    # prompt_tokens and completion_tokens and, of them, in the details' audio_tokens.
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_tokens=int(details.get("cached_tokens") or 0),
         reasoning_tokens=int(output.get("reasoning_tokens") or 0),
+        audio_input_tokens=int(details.get("audio_tokens") or 0),
+        audio_output_tokens=int(output.get("audio_tokens") or 0),
     )
 
 

@@ -148,6 +148,8 @@ class RequestRecord:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens: written to it
+    audio_input_tokens: int = 0  # of prompt_tokens: audio, billed at the audio price
+    audio_output_tokens: int = 0  # of completion_tokens: audio
     cost: float = 0.0
     upstream_s: float = 0.0  # time spent waiting on providers (``waiting_upstream``)
     upstream_waits: int = 0  # calls waited on now: two while a hedge races
@@ -370,6 +372,8 @@ class Telemetry:
             "completion_tokens": record.completion_tokens,
             "cached_tokens": record.cached_tokens,
             "cache_write_tokens": record.cache_write_tokens,
+            "audio_input_tokens": record.audio_input_tokens,
+            "audio_output_tokens": record.audio_output_tokens,
             "cost": record.cost,
             "cache": record.cache,
             "guardrails": [f"{name}:{direction}:{action}"

@@ -25,7 +25,9 @@ carry a ``thoughtSignature``; models named ``gemini-3*`` require it back, as Gem
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -224,6 +226,15 @@ def structured(config: dict[str, Any], text: str) -> str:
     return json.dumps({"answer": text} if schema is None else json_answer(schema, text))
 
 
+def _audio_tokens(contents: list[dict[str, Any]]) -> int:
+    """The audio of ``inlineData`` parts of an audio type, at Gemini's 32 tokens a
+    second, its seconds at 16,000 bytes a second (the fake reads no header)."""
+    size = sum(len(base64.b64decode(part["inlineData"]["data"]))
+               for turn in contents for part in turn.get("parts", [])
+               if str((part.get("inlineData") or {}).get("mimeType", "")).startswith("audio/"))
+    return math.ceil(size / 16_000 * 32)
+
+
 def _texts(turn: dict[str, Any]) -> str:
     return "".join(str(part.get("text", "")) for part in turn.get("parts", []))
 
@@ -347,10 +358,14 @@ class GeminiFake:
                                                "probability": "HIGH", "blocked": True}]
             candidates.append(candidate)
         completion = spent * len(candidates)
+        heard = _audio_tokens(body["contents"])
+        details = [{"modality": "TEXT", "tokenCount": prompt}]
+        if heard:  # Gemini counts audio in the prompt, and details it by modality
+            details.append({"modality": "AUDIO", "tokenCount": heard})
+            prompt += heard
         usage: dict[str, Any] = {
             "promptTokenCount": prompt, "candidatesTokenCount": completion,
-            "totalTokenCount": prompt + completion,
-            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
+            "totalTokenCount": prompt + completion, "promptTokensDetails": details}
         if self.cached_tokens:
             usage["cachedContentTokenCount"] = self.cached_tokens
         if "BLOCKPROMPT" in user_text:

@@ -44,6 +44,13 @@ from .brain import Action, Reply, Script, decide, json_answer, words
 from .cohere_fake import ranked
 from .openai_audio import AudioFake
 from .openai_image_edits import ImageEditFake
+from .openai_spoken import (
+    input_audio_tokens,
+    output_audio_tokens,
+    speaks,
+    spoken_deltas,
+    spoken_message,
+)
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -275,21 +282,31 @@ class OpenAIFake(AudioFake, ImageEditFake):
         choices = 1 if self.ignores_n else int(body.get("n") or 1)
         thought = len(action.reasoning.split()) if action.reasoning else 0
         completion_tokens = (len((reply.text or reply.arguments_json).split()) + thought) * choices
+        audio_in = input_audio_tokens(body["messages"])
+        audio_out = output_audio_tokens(reply.text or "") * choices if speaks(body) else 0
+        prompt_tokens += audio_in
+        completion_tokens += audio_out
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,
                  "prompt_tokens_details": {
                      "cached_tokens": min(self.cached_tokens, prompt_tokens)}}
         if thought:
             usage["completion_tokens_details"] = {"reasoning_tokens": thought * choices}
+        if audio_in or audio_out:  # as OpenAI details a spoken chat's
+            usage["prompt_tokens_details"]["audio_tokens"] = audio_in
+            usage["completion_tokens_details"] = {"reasoning_tokens": thought * choices,
+                                                  "audio_tokens": audio_out}
         logprobs = bool(body.get("logprobs"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 self._chunks(model, reply, usage, include_usage, action, logprobs, choices,
-                            call_id),
+                            call_id, speaks(body)),
                 media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
                                    "annotations": []}
+        if speaks(body) and not reply.tool_name:
+            message = spoken_message(reply.text or "")
         if action.reasoning:
             message["reasoning_content"] = action.reasoning
         finish = "stop"
@@ -310,7 +327,8 @@ class OpenAIFake(AudioFake, ImageEditFake):
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action,
                       logprobs: bool = False, choices: int = 1,
-                      call_id: str = "call_fake_1") -> AsyncIterator[bytes]:
+                      call_id: str = "call_fake_1", spoken: bool = False,
+                      ) -> AsyncIterator[bytes]:
         end = self.line_ending
         head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
@@ -342,6 +360,9 @@ class OpenAIFake(AudioFake, ImageEditFake):
                     events.append(event([choice({"tool_calls": [{
                         "index": 0, "function": {"arguments": arguments[start:start + 7]}}]})]))
                 events.append(event([choice({}, "tool_calls")]))
+            elif spoken:
+                events.extend(event([choice(delta)]) for delta in spoken_deltas(reply.text or ""))
+                events.append(event([choice({}, "stop")]))
             else:
                 for piece in words(reply.text or ""):
                     events.append(event([choice({"content": piece})]))

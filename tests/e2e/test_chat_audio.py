@@ -1,0 +1,152 @@
+"""A real ``aigw serve`` process serving a spoken chat (gpt-4o-audio-preview: ``modalities``
+with "audio", an ``audio`` voice and format, ``input_audio`` parts) over OpenAI's chat API
+(the OpenAI fake), through the official openai SDK: the request passed on as it came, the
+answer's ``message.audio`` (a stream's ``delta.audio``) passed back, its audio tokens billed
+at the deployment's audio prices in the ledger and the access log."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from ..fakes.openai_fake import OpenAIFake
+from ..fakes.openai_spoken import AUDIO_ID, input_audio_tokens, output_audio_tokens, speech
+from ..fakes.serve import serving
+from .server import Server, sdk_gateway
+
+pytestmark = pytest.mark.e2e
+
+# gpt-4o-audio-preview's prices: its audio 16 and 8 times its text.
+INPUT, OUTPUT, AUDIO_INPUT, AUDIO_OUTPUT = 2.5, 10.0, 40.0, 80.0
+
+
+def wav_base64(seconds: float, rate: int = 8000) -> str:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(rate)
+        audio.writeframes(b"\0\0" * int(rate * seconds))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+MESSAGES: list[Any] = [{"role": "user", "content": [
+    {"type": "text", "text": "What is said in this recording?"},
+    {"type": "input_audio", "input_audio": {"data": wav_base64(2.0), "format": "wav"}}]}]
+SPOKEN: dict[str, Any] = {"modalities": ["text", "audio"],
+                          "audio": {"voice": "alloy", "format": "wav"}}
+
+
+@dataclass
+class Spoken:
+    upstream: OpenAIFake
+    client: openai.OpenAI
+    server: Server
+
+
+@contextmanager
+def spoken_gateway(root: Path, dev: str = "") -> Iterator[Spoken]:
+    """A route ``speaker`` to gpt-4o-audio-preview on the OpenAI fake, at its prices;
+    ``dev``: more of the dev key's entry (a budget)."""
+    upstream = OpenAIFake()
+    with pytest.MonkeyPatch.context() as monkeypatch, serving(upstream.app) as url:
+        monkeypatch.setenv("FAKE_OPENAI_KEY", upstream.api_key)
+        with sdk_gateway(root, (
+                "providers:\n"
+                f'  openai: {{type: openai, base_url: "{url}/v1", '
+                'api_key: "${FAKE_OPENAI_KEY}"}\n'
+                "deployments:\n"
+                "  gpt-4o-audio: {provider: openai, model: gpt-4o-audio-preview,\n"
+                "                 context_window: 128000, max_output_tokens: 16384,\n"
+                f"                 price: {{input: {INPUT}, output: {OUTPUT},\n"
+                f"                         audio_input: {AUDIO_INPUT}, "
+                f"audio_output: {AUDIO_OUTPUT}}}}}\n"
+                "routes:\n"
+                "  speaker: {deployment: gpt-4o-audio}\n"
+        ), dev) as (client, server):
+            yield Spoken(upstream, client, server)
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spoken]:
+    with spoken_gateway(tmp_path_factory.mktemp("spoken") / "gw") as served:
+        yield served
+
+
+def billed(prompt: int, completion: int, audio_in: int, audio_out: int) -> float:
+    """What a spoken chat's usage costs at gpt-4o-audio-preview's prices."""
+    return ((prompt - audio_in) * INPUT + audio_in * AUDIO_INPUT
+            + (completion - audio_out) * OUTPUT + audio_out * AUDIO_OUTPUT) / 1_000_000
+
+
+def test_a_spoken_chat_is_passed_through_and_its_audio_billed_at_audio_prices(
+    spoken: Spoken,
+) -> None:
+    raw = spoken.client.chat.completions.with_raw_response.create(
+        model="speaker", messages=MESSAGES, **SPOKEN)
+    answer = raw.parse()
+    sent = spoken.upstream.script.requests[-1]
+    assert (sent["messages"], sent["modalities"], sent["audio"]) == (
+        MESSAGES, SPOKEN["modalities"], SPOKEN["audio"])
+    message = answer.choices[0].message
+    assert message.content is None and message.audio is not None
+    transcript = message.audio.transcript
+    assert transcript and (message.audio.id, message.audio.data) == (AUDIO_ID,
+                                                                     speech(transcript))
+    audio_in, audio_out = input_audio_tokens(MESSAGES), output_audio_tokens(transcript)
+    assert audio_in == 20 and audio_out > 0  # two seconds at 10 a second
+    usage = answer.usage
+    assert usage is not None
+    request_id = raw.headers["x-request-id"]
+    row = spoken.server.ledger_row(request_id)
+    assert (row["tokens_in"], row["tokens_out"]) == (usage.prompt_tokens,
+                                                     usage.completion_tokens)
+    assert row["cost"] == pytest.approx(billed(usage.prompt_tokens, usage.completion_tokens,
+                                               audio_in, audio_out))
+    assert usage.prompt_tokens_details is not None
+    assert usage.completion_tokens_details is not None
+    assert (usage.prompt_tokens_details.audio_tokens,
+            usage.completion_tokens_details.audio_tokens) == (audio_in, audio_out)
+    line = spoken.server.access_line(request_id)
+    assert line is not None
+    assert (line["audio_input_tokens"], line["audio_output_tokens"]) == (audio_in, audio_out)
+    assert line["cost"] == pytest.approx(row["cost"])
+
+
+def test_a_streamed_spoken_chat_passes_delta_audio_on_and_is_billed_at_audio_prices(
+    spoken: Spoken,
+) -> None:
+    raw = spoken.client.chat.completions.with_raw_response.create(
+        model="speaker", messages=MESSAGES, stream=True,
+        stream_options={"include_usage": True}, **SPOKEN)
+    pieces, usage = [], None
+    for chunk in raw.parse():
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            audio = choice.delta.to_dict().get("audio")
+            if audio is not None:
+                pieces.append(audio)
+    sent = spoken.upstream.script.requests[-1]
+    assert (sent["messages"], sent["modalities"], sent["audio"]) == (
+        MESSAGES, SPOKEN["modalities"], SPOKEN["audio"])
+    transcript = "".join(piece.get("transcript", "") for piece in pieces)
+    assert pieces[0]["id"] == AUDIO_ID
+    assert [piece["data"] for piece in pieces if "data" in piece] == [speech(transcript)]
+    assert "expires_at" in pieces[-1]
+    audio_in, audio_out = input_audio_tokens(MESSAGES), output_audio_tokens(transcript)
+    assert usage is not None
+    row = spoken.server.ledger_row(raw.headers["x-request-id"], wait_s=5.0)
+    assert row["cost"] == pytest.approx(billed(usage.prompt_tokens, usage.completion_tokens,
+                                               audio_in, audio_out))
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.audio_tokens == audio_out

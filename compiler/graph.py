@@ -200,11 +200,22 @@ class Price:
             return self.image_price(size)
         return max([self.image, *(price for _, price in self.image_by_size)])
 
-    def most(self, input_tokens: int, output_tokens: int) -> float:
+    def most(self, input_tokens: int, output_tokens: int, audio_input_tokens: int = 0,
+             audio_output: bool = False) -> float:
         """The most a call of this size can cost, however much of its prompt the provider's
-        cache reads or writes: what budgets hold before the call."""
+        cache reads or writes: what budgets hold before the call. Of ``input_tokens``,
+        ``audio_input_tokens`` are audio; with ``audio_output`` (a chat that asks for
+        spoken answers) any output token may be audio, none known beforehand.
+
+        >>> Price(2.5, 10.0, 1.25, 2.5, audio_input=40.0, audio_output=80.0).most(
+        ...     1_000, 100, audio_input_tokens=600, audio_output=True)
+        0.033
+        """
         dearest = max(self.input, self.cache_read, self.cache_write)
-        return (input_tokens * dearest + output_tokens * self.output) / 1_000_000
+        audio = min(audio_input_tokens, input_tokens)
+        out = max(self.output, self.audio_output) if audio_output else self.output
+        return ((input_tokens - audio) * dearest + audio * max(dearest, self.audio_input)
+                + output_tokens * out) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

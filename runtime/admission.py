@@ -294,15 +294,19 @@ def check_route_allowed(key: ApiKey, route: Route) -> None:
 
 
 def worst_case(
-    route: Route, prompt_tokens: int, output_limit: int | None, choices: int = 1
+    route: Route, prompt_tokens: int, output_limit: int | None, choices: int = 1,
+    audio_input_tokens: int = 0, audio_output: bool = False,
 ) -> tuple[int, float]:
     """Tokens and cost to hold for a request before knowing which deployment serves it:
-    each of its ``choices`` (``n``) may write as much as a call to it is capped at."""
+    each of its ``choices`` (``n``) may write as much as a call to it is capped at. Of
+    the prompt, ``audio_input_tokens`` are held at the audio input price, and with
+    ``audio_output`` the output at the dearer of the output prices (``Price.most``)."""
     tokens, cost = prompt_tokens, 0.0
     for deployment in route.candidates:
         out = deployment.output_cap(prompt_tokens, output_limit) * choices
         tokens = max(tokens, prompt_tokens + out)
-        cost = max(cost, deployment.price.most(prompt_tokens, out))
+        cost = max(cost, deployment.price.most(prompt_tokens, out, audio_input_tokens,
+                                               audio_output))
     return tokens, cost
 
 

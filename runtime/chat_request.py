@@ -100,6 +100,13 @@ class ChatRequest(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def speaks(self) -> bool:
+        """Whether it asks for spoken answers (``modalities`` with "audio"), whose output
+        tokens are billed at the audio output price."""
+        modalities = (self.model_extra or {}).get("modalities")
+        return isinstance(modalities, list) and "audio" in modalities
+
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse and validate a request body; any problem is a ``BadRequest`` naming the field."""

@@ -74,6 +74,7 @@ from .response_cache import (
 )
 from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
 from .telemetry.record import RequestRecord
+from .tokens import audio_prompt_tokens
 
 log = logging.getLogger("aigw.limits")
 R = TypeVar("R")
@@ -145,8 +146,7 @@ class Exchange:
         limits = self.live.scopes.limits(key, self.user)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
-        tokens, cost = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
-                                  request.samples)
+        tokens, cost = _worst_case(plan, request)
         self.admission = admission = await admit(store, record, limits, tokens, cost)
         live.store.keep(admission)
         guards = plan.route.guardrails
@@ -157,8 +157,7 @@ class Exchange:
             request = plan.request
             if plan.prompt_tokens > held:  # a redaction longer than what it took out: the
                 # hold covers what is sent, which is what the upstream bills
-                more, dearer = worst_case(plan.route, plan.prompt_tokens, request.output_limit,
-                                          request.samples)
+                more, dearer = _worst_case(plan, request)
                 await self.grow(more - tokens, dearer - cost)
         if plan.gate is not None and plan.gate.budget_pending:
             plan.gate.learn_budget(admission.reservation.budget_remaining
@@ -530,6 +529,13 @@ class Exchange:
         except StoreUnavailable:
             log.error("ledger record %s not written: the store is unavailable",
                       self.record.request_id)
+
+
+def _worst_case(plan: Plan, request: ChatRequest) -> tuple[int, float]:
+    """What ``request`` holds (``worst_case``), its audio at the audio prices: a hold
+    held at text prices would let a spoken answer overrun a budget 8-16 times."""
+    return worst_case(plan.route, plan.prompt_tokens, request.output_limit, request.samples,
+                      audio_prompt_tokens(request.messages), request.speaks)
 
 
 def _as_is(_served: Served, result: ChatResult) -> ChatResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 
 import tiktoken
@@ -26,6 +28,16 @@ _PROMPT_FIELDS = ("response_format", "functions")
 _IMAGE_TOKENS_LOW = 85
 _IMAGE_TOKENS = 765
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+# What an ``input_audio`` part (base64 wav or mp3) is held as, before the provider says
+# what it cost: its seconds at OpenAI's ~10 input audio tokens a second (Realtime's
+# "1 token per 100 ms" of user audio). A WAV file's seconds come from the byte rate its
+# header gives (the first 64 characters of its base64 decoded, nothing more); any other
+# audio's from its length at 16,000 bytes a second (MP3 at 128 kbit/s, the common rate:
+# a lower bit rate lasts longer than held). Only an estimate: the provider's usage is
+# what is billed, at the audio input price.
+_AUDIO_TOKENS_PER_SECOND = 10
+_ESTIMATED_BYTES_PER_SECOND = 16_000
+_WAV_HEADER_CHARACTERS = 64  # base64 of a canonical header's first 48 bytes
 
 
 class TokenCounter:
@@ -53,6 +65,8 @@ class TokenCounter:
             if isinstance(message.content, list):
                 total += sum(_image_tokens(part) for part in message.content
                              if part.type in _IMAGE_PARTS)
+                total += sum(_audio_tokens(part) for part in message.content
+                             if part.type == "input_audio")
             if message.name:
                 total += _TOKENS_PER_NAME + self.count(message.name)
             if message.tool_calls:
@@ -85,3 +99,35 @@ def _image_tokens(part: ContentPart) -> int:
     image = (part.model_extra or {}).get("image_url")
     detail = image.get("detail") if isinstance(image, dict) else None
     return _IMAGE_TOKENS_LOW if detail == "low" else _IMAGE_TOKENS
+
+
+def audio_prompt_tokens(messages: Sequence[Message]) -> int:
+    """Of a conversation's prompt tokens (``count_messages``), its ``input_audio``
+    parts' estimate: what a hold prices at the audio input price."""
+    return sum(_audio_tokens(part) for message in messages
+               if isinstance(message.content, list)
+               for part in message.content if part.type == "input_audio")
+
+
+def _audio_tokens(part: ContentPart) -> int:
+    audio = (part.model_extra or {}).get("input_audio")
+    if not isinstance(audio, dict) or not isinstance(data := audio.get("data"), str):
+        return 0
+    # The bytes the base64 holds: 3 every 4 characters, less its padding.
+    size = len(data) * 3 // 4 - (2 if data.endswith("==") else data.endswith("="))
+    rate = _ESTIMATED_BYTES_PER_SECOND
+    if audio.get("format") == "wav":
+        rate = _wav_byte_rate(data[:_WAV_HEADER_CHARACTERS]) or rate
+    return -(-size * _AUDIO_TOKENS_PER_SECOND // rate)  # rounded up
+
+
+def _wav_byte_rate(head: str) -> int | None:
+    """The byte rate a canonical WAV header gives (RIFF, WAVE, then its ``fmt `` chunk:
+    the rate at byte 28), None for anything else."""
+    try:
+        header = base64.b64decode(head, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if header[:4] != b"RIFF" or header[8:16] != b"WAVEfmt " or len(header) < 32:
+        return None
+    return int.from_bytes(header[28:32], "little") or None

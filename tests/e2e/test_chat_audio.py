@@ -2,7 +2,8 @@
 with "audio", an ``audio`` voice and format, ``input_audio`` parts) over OpenAI's chat API
 (the OpenAI fake), through the official openai SDK: the request passed on as it came, the
 answer's ``message.audio`` (a stream's ``delta.audio``) passed back, its audio tokens billed
-at the deployment's audio prices in the ledger and the access log."""
+at the deployment's audio prices in the ledger and the access log, and a hold priced at the
+audio output price, so that a budget the spoken answer would overrun refuses it up front."""
 
 from __future__ import annotations
 
@@ -150,3 +151,20 @@ def test_a_streamed_spoken_chat_passes_delta_audio_on_and_is_billed_at_audio_pri
                                                audio_in, audio_out))
     assert usage.completion_tokens_details is not None
     assert usage.completion_tokens_details.audio_tokens == audio_out
+
+
+def test_a_spoken_answer_is_held_at_the_audio_output_price(tmp_path: Path) -> None:
+    """1,000 output tokens held at the text price ($0.01) fit a $0.02 budget; spoken,
+    they may cost $0.08, and the request is refused before it is sent."""
+    with spoken_gateway(tmp_path / "gw", dev="budget: {amount: 0.02, period: total}") as served:
+        text = served.client.chat.completions.create(
+            model="speaker", messages=[{"role": "user", "content": "Hello"}],
+            max_completion_tokens=1000)
+        assert text.choices[0].message.content
+        asked = len(served.upstream.script.requests)
+        with pytest.raises(openai.RateLimitError) as refused:
+            served.client.chat.completions.create(
+                model="speaker", messages=[{"role": "user", "content": "Hello"}],
+                max_completion_tokens=1000, **SPOKEN)
+        assert "budget" in str(refused.value).lower()
+        assert len(served.upstream.script.requests) == asked  # never sent

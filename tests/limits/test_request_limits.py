@@ -631,6 +631,22 @@ def test_a_hold_prices_the_prompt_at_its_dearest_cache_price(tmp_path: Path) -> 
     assert worst_case(graph.routes["free"], 9, 5) == (14, 0)
 
 
+def test_a_hold_prices_audio_at_the_audio_prices(tmp_path: Path) -> None:
+    """A spoken answer's output tokens may all be audio, and the prompt's audio parts are
+    audio: held at text prices, a spoken chat overran its hold 8-16 times."""
+    (tmp_path / "gateway.yaml").write_text(limits_config().replace(
+        "price: {input: 1000000, output: 1000000}}",
+        "price: {input: 1000000, output: 1000000, audio_input: 3000000,\n"
+        "                                audio_output: 8000000}}", 1))
+    graph = compile_gateway(tmp_path, environ={}).graph
+    assert graph is not None
+    paid = graph.routes["paid"]
+    assert worst_case(paid, 9, 5) == (14, 9 + 5)
+    # 4 of the 9 prompt tokens audio at 3; the 5 out at 8, when audio is asked for
+    assert worst_case(paid, 9, 5, audio_input_tokens=4) == (14, 5 + 4 * 3 + 5)
+    assert worst_case(paid, 9, 5, audio_output=True) == (14, 9 + 5 * 8)
+
+
 def test_a_hold_counts_the_output_the_call_is_capped_at(tmp_path: Path) -> None:
     """With no max_output_tokens (so the context window's) and no max_tokens, a call can
     write what the window has left after the prompt, and is capped there: the hold

@@ -183,10 +183,12 @@ class PriceSpec(Spec):
         0.0, description="Speech deployments: price per million characters of input, as "
         "OpenAI bills tts-1.")
     audio_input: NonNegativeFloat | None = Field(
-        None, description="Realtime deployments: price per million audio input tokens (not "
-        "read from the prompt cache, which cache_read prices); default: input.")
+        None, description="Price per million audio input tokens (not read from the prompt "
+        "cache, which cache_read prices) of chat, responses and realtime calls; default: "
+        "input.")
     audio_output: NonNegativeFloat | None = Field(
-        None, description="Realtime deployments: price per million audio output tokens; "
+        None, description="Price per million audio output tokens of chat, responses and "
+        "realtime calls (a chat asking for audio is held at the dearer of output and this); "
         "default: output.")
 
 

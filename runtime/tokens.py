@@ -104,9 +104,13 @@ def _image_tokens(part: ContentPart) -> int:
 def audio_prompt_tokens(messages: Sequence[Message]) -> int:
     """Of a conversation's prompt tokens (``count_messages``), its ``input_audio``
     parts' estimate: what a hold prices at the audio input price."""
-    return sum(_audio_tokens(part) for message in messages
-               if isinstance(message.content, list)
-               for part in message.content if part.type == "input_audio")
+    total = 0  # a loop, not a generator: every chat request's hold asks, most of no audio
+    for message in messages:
+        if isinstance(message.content, list):
+            for part in message.content:
+                if part.type == "input_audio":
+                    total += _audio_tokens(part)
+    return total
 
 
 def _audio_tokens(part: ContentPart) -> int:

@@ -13,7 +13,9 @@ down) is an ``error`` event in OpenAI's shape, then a close whose reason is the 
 ``type.code`` (close codes in ``_CLOSE_CODES``). The upstream is opened with the
 provider's key, never the client's; of the handshake only ``OpenAI-Beta`` is passed on
 (it picks the protocol's version), and of the query only the parameters OpenAI's URL
-takes besides ``model`` (``_PASSED``: ``intent``, ``call_id``).
+takes besides ``model`` (``_PASSED``: ``intent``, ``call_id``); the upstream's error
+events and close reason reach the client with that key scrubbed, as a call's upstream
+error does.
 
 A connection counts as one request at connect (rpm, and a place under max_parallel for
 as long as it lasts). Each ``response.done`` carries the response's usage: it is billed
@@ -68,6 +70,7 @@ from .routing.candidates import AudioAsk, Candidate
 from .store.values import LedgerRecord
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
+from .upstream import scrub
 
 if TYPE_CHECKING:
     from .live import Gateway, Live
@@ -97,6 +100,10 @@ _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000
 # are audio deltas, passed on unread.
 _DONE = '"response.done"'
 _CREATED = '"response.created"'  # when a response started: its ledger record's latency
+# What an event that may quote the provider's key has (an ``error`` event, a failed
+# response's error): OpenAI's refusal of a key shows its tail. A quote inside a JSON
+# string is escaped, so no text or audio delta has it.
+_ERROR = '"error"'
 
 
 async def realtime(gateway: Gateway, websocket: WebSocket) -> None:
@@ -335,18 +342,22 @@ class _Relay:
         while True:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
-                await self.websocket.send_text(message.data)
-                if _DONE in message.data:  # the bill first: what matters if both were
-                    stopped = await self._billed(message.data)
+                data = message.data
+                if _ERROR in data:  # scrubbed as a call's upstream error is
+                    data = scrub(data, self.deployment.provider)
+                await self.websocket.send_text(data)
+                if _DONE in data:  # the bill first: what matters if both were
+                    stopped = await self._billed(data)
                     if stopped is not None:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
-                elif _CREATED in message.data:
+                elif _CREATED in data:
                     self.response_started = time.perf_counter()
             elif message.type is aiohttp.WSMsgType.BINARY:
                 await self.websocket.send_bytes(message.data)
             elif message.type is aiohttp.WSMsgType.CLOSE:
                 code = message.data
-                return _Ending(code if code in _SENDABLE else NORMAL, message.extra or "")
+                return _Ending(code if code in _SENDABLE else NORMAL,
+                               scrub(message.extra or "", self.deployment.provider))
             else:  # CLOSED, ERROR: it went without a close frame
                 provider = self.deployment.provider.name
                 error = UpstreamConnectionError(

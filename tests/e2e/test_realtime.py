@@ -40,6 +40,8 @@ from .server import Server, sdk_gateway
 pytestmark = pytest.mark.e2e
 
 NARROW_KEY = "sk-aigw-narrow"
+# A provider key the upstream does not take (route ``stale``): it answers an error event.
+STALE_KEY = "sk-stale-provider-key-9q4w"
 # The deployment's prices: a response (USAGE: 120 input tokens, 20 of them cached at 0.4,
 # 80 audio at 32 and 20 text at 4; 40 output, 30 audio at 64 and 10 text at 16) costs:
 RESPONSE_COST = (20 * 4.0 + 20 * 0.4 + 80 * 32.0 + 10 * 16.0 + 30 * 64.0) / 1_000_000
@@ -61,8 +63,9 @@ class Realtime:
 def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
-    chat route; the dev key (``dev``: more of it), a key that may call ``chat`` only, and
-    ``keys``: more keys' lines."""
+    chat route, and one whose provider's key the upstream refuses (``stale``); the dev key
+    (``dev``: more of it), a key that may call ``chat`` only, and ``keys``: more keys'
+    lines."""
     upstream = RealtimeFake()
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
@@ -76,6 +79,7 @@ def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Real
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 f'  azure: {{type: azure_openai, base_url: "{url}", '
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
+                f'  stale: {{type: openai, base_url: "{url}/v1", api_key: "{STALE_KEY}"}}\n'
                 "  local: {type: echo}\n"
                 "deployments:\n"
                 "  azure-realtime: {provider: azure, model: my-realtime, kind: realtime,\n"
@@ -86,6 +90,8 @@ def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Real
                 "                         audio_input: 32.0, audio_output: 64.0}}\n"
                 "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
                 "                  context_window: 32000}\n"
+                "  stale-realtime: {provider: stale, model: gpt-realtime, kind: realtime,\n"
+                "                   context_window: 32000}\n"
                 "  echo-chat: {provider: local, model: echo-1, context_window: 8192}\n"
                 "groups:\n"
                 "  fallback: {members: [gone-realtime, gpt-realtime], retry: {attempts: 0}}\n"
@@ -95,6 +101,7 @@ def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Real
                 "  azure: {deployment: azure-realtime}\n"
                 "  fallback: {group: fallback}\n"
                 "  down: {group: down}\n"
+                "  stale: {deployment: stale-realtime}\n"
                 "  chat: {deployment: echo-chat}\n"
         ), dev, keys=f"  narrow: {{sha256: {narrow}, routes: [chat]}}\n{keys}") as (_, server):
             yield Realtime(upstream, server)
@@ -249,6 +256,21 @@ def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime)
     assert "openai-beta" not in ga.headers
     assert beta.headers["openai-beta"] == browser.headers["openai-beta"] == "realtime=v1"
     assert gateway.upstream.api_key not in json.dumps([event.to_dict() for event in events])
+
+
+def test_an_upstreams_error_event_never_shows_the_provider_key(gateway: Realtime) -> None:
+    """An upstream refusing the provider's key says so in an error event that shows the
+    key's tail, as OpenAI's does: the client gets the event with the key scrubbed, as a
+    call's upstream error is, and the close after it."""
+    async def refused() -> tuple[Any, int | None]:
+        return await _refusal(gateway, "stale")
+
+    event, code = asyncio.run(refused())
+    assert (event.type, event.error.code) == ("error", "invalid_api_key")
+    assert STALE_KEY[-4:] not in event.error.message
+    assert "Incorrect API key provided" in event.error.message
+    assert code == 3000
+    assert gateway.upstream.sessions[0].headers["authorization"] == f"Bearer {STALE_KEY}"
 
 
 def test_an_azure_openai_session_opens_its_deployments_realtime_url(gateway: Realtime) -> None:

@@ -7,9 +7,10 @@ As OpenAI's API reference gives it: on connect the server sends ``session.create
 silently; ``response.create`` is ``response.created``, a ``response.output_text.delta``
 a word of the answer (``"You said: "`` and the last text given), ``response.output_text
 .done``, then ``response.done`` whose ``response.usage`` is ``USAGE``. A wrong key is an
-``error`` event (``invalid_request_error`` / ``invalid_api_key``), then a close with
-3000, as OpenAI's API does. A user message of ``HANG_UP`` closes the session with
-``HANG_UP_CODE``, one of ``DROP`` drops the connection unclosed. Each session's handshake
+``error`` event (``invalid_request_error`` / ``invalid_api_key``, the message showing
+the given key's last four characters), then a close with 3000, as OpenAI's API does.
+A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
+drops the connection unclosed. Each session's handshake
 headers and the close code its client sent are kept for the test to read.
 """
 
@@ -108,7 +109,9 @@ class RealtimeFake:
         if given != f"Bearer {self.api_key}":
             await self._send(websocket, "error", error={
                 "type": "invalid_request_error", "code": "invalid_api_key",
-                "message": "Incorrect API key provided.", "param": None, "event_id": None})
+                # OpenAI's message shows the tail of the key it was given.
+                "message": f"Incorrect API key provided: sk-...{given[-4:]}.", "param": None,
+                "event_id": None})
             await websocket.close(3000, "invalid_request_error.invalid_api_key")
             return
         model = session.query.get("model") or session.query.get("deployment")

@@ -282,6 +282,7 @@ class _Relay:
         self.tab: Admission | None = None
         self.responses = 0
         self.response_started = time.perf_counter()  # the last response.created's
+        self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -347,7 +348,11 @@ class _Relay:
                     data = scrub(data, self.deployment.provider)
                 await self.websocket.send_text(data)
                 if _DONE in data:  # the bill first: what matters if both were
-                    stopped = await self._billed(data)
+                    # In a task the session's end waits for, not cancels: a client may
+                    # leave as soon as it has the response.done, and the bill (a store's
+                    # round trips) was cut with the relay, the response never billed.
+                    self.billing = asyncio.ensure_future(self._billed(data))
+                    stopped = await asyncio.shield(self.billing)
                     if stopped is not None:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
                 elif _CREATED in data:
@@ -451,6 +456,8 @@ class _Relay:
     async def _closed(self, ending: _Ending) -> None:
         """Both ends closed (the error event first), the session settled and logged."""
         record, live = self.record, self.live
+        if self.billing is not None:  # finished, whatever ended the relay meanwhile
+            await asyncio.gather(self.billing, return_exceptions=True)
         if ending.error is not None:
             record.status, record.error = ending.error.status, str(ending.error.code)
         await self.upstream.close(code=ending.upstream_code)

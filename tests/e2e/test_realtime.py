@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -35,6 +36,7 @@ from ..fakes.openai_realtime import (
     Session,
 )
 from ..fakes.serve import free_port
+from ..redis_server import PrivateRedis
 from .server import Server, sdk_gateway
 
 pytestmark = pytest.mark.e2e
@@ -60,19 +62,21 @@ class Realtime:
 
 
 @contextmanager
-def realtime_gateway(root: Path, dev: str = "", keys: str = "") -> Iterator[Realtime]:
+def realtime_gateway(root: Path, dev: str = "", keys: str = "",
+                     settings: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
     chat route, and one whose provider's key the upstream refuses (``stale``); the dev key
     (``dev``: more of it), a key that may call ``chat`` only, and ``keys``: more keys'
-    lines."""
+    lines; ``settings``: the settings section's entries."""
     upstream = RealtimeFake()
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
     with pytest.MonkeyPatch.context() as monkeypatch, upstream.serving() as url:
         monkeypatch.setenv("FAKE_REALTIME_KEY", upstream.api_key)
         with sdk_gateway(root, (
-                "providers:\n"
+                (f"settings: {{{settings}}}\n" if settings else "")
+                + "providers:\n"
                 f'  openai: {{type: openai, base_url: "{url}/v1", '
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 f'  gone: {{type: openai_compatible, base_url: "{down}", '
@@ -388,6 +392,33 @@ def test_a_key_a_reload_removed_ends_its_session_after_the_response(tmp_path: Pa
         assert (error.error.code, code) == ("invalid_api_key", 3000)
         assert len(served.server.ledger_rows(2)) == 2  # both responses billed
         assert _session_line(served.server)["status"] == 401
+
+
+def test_a_response_the_client_leaves_after_is_billed(tmp_path: Path,
+                                                      private_redis: PrivateRedis) -> None:
+    """A client may leave as soon as it has a response's response.done, which is passed on
+    before it is billed: the bill under way (Redis stalled here, as a slow store is) is
+    finished as the session ends, not cancelled with the relay (the response went
+    unbilled, its ledger record and its budget charge lost)."""
+    async def session(served: Realtime) -> None:
+        async with connected(served, "realtime") as connection:
+            await until(connection, "session.created")
+            private_redis.process.send_signal(signal.SIGSTOP)
+            try:
+                await said(connection, "hi")
+            except BaseException:
+                private_redis.process.send_signal(signal.SIGCONT)
+                raise
+        await asyncio.sleep(0.3)  # the client has gone; Redis answers within its timeout
+        private_redis.process.send_signal(signal.SIGCONT)
+
+    with realtime_gateway(tmp_path / "gw", settings=f'store: "{private_redis.url}"') as served:
+        asyncio.run(session(served))
+        assert _session_line(served.server)["responses"] == 1
+        spend = httpx.get(f"{served.server.base_url}/admin/spend?group_by=key",
+                          headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+        assert spend["data"][0]["requests"] == 1
+        assert spend["data"][0]["cost"] == pytest.approx(RESPONSE_COST)
 
 
 def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ as long as it lasts). Each ``response.done`` carries the response's usage: it is
 then, at the deployment's token prices (its audio tokens at ``audio_input`` and
 ``audio_output``, which default to the text prices), charged to the budgets and written
 to the ledger as a record of its own (``<session id>:<n>``); the session's tokens are
-charged to tpm as it ends.
+charged to tpm as it ends. A client that leaves within a response has it cancelled
+upstream, and the ``response.done`` that answers (``_CANCEL_WAIT_S``) billed.
 Between responses the session holds an empty reservation against its budgets (the
 *tab*); when the next one is refused, a budget ran out: the session is closed after the
 response that spent it, with an ``insufficient_quota`` error event. A key a reload
@@ -33,6 +34,7 @@ responses, tokens and cost), and the metrics count it as one request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -104,6 +106,10 @@ _CREATED = '"response.created"'  # when a response started: its ledger record's 
 # response's error): OpenAI's refusal of a key shows its tail. A quote inside a JSON
 # string is escaped, so no text or audio delta has it.
 _ERROR = '"error"'
+# What a client that leaves within a response has the upstream do (its response.done,
+# with what was made, is then billed), and how long that response.done is waited for.
+_CANCEL = json.dumps({"type": "response.cancel"})
+_CANCEL_WAIT_S = 10.0
 
 
 async def realtime(gateway: Gateway, websocket: WebSocket) -> None:
@@ -283,6 +289,8 @@ class _Relay:
         self.responses = 0
         self.response_started = time.perf_counter()  # the last response.created's
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
+        self.responding = False  # a response.created has come, its response.done not yet
+        self.client_gone = False  # what the upstream sends now goes to no one
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -309,6 +317,15 @@ class _Relay:
             if outbound in done:
                 return outbound.result()
             ending = inbound.result()
+            if self.responding:
+                # The client left within a response (it may have had all of its deltas):
+                # the response is cancelled, and the response.done that answers, with what
+                # the upstream bills, is read and billed by the other direction. It was
+                # never billed.
+                self.client_gone = True
+                with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                    await self.upstream.send_str(_CANCEL)
+                await asyncio.wait((outbound,), timeout=_CANCEL_WAIT_S)
             # Closed while its reader waits, which reads the close frame that answers:
             # cancelled, aiohttp's reader drops the connection (1006 upstream).
             await self.upstream.close(code=ending.upstream_code)
@@ -346,8 +363,10 @@ class _Relay:
                 data = message.data
                 if _ERROR in data:  # scrubbed as a call's upstream error is
                     data = scrub(data, self.deployment.provider)
-                await self.websocket.send_text(data)
+                if not self.client_gone:
+                    await self.websocket.send_text(data)
                 if _DONE in data:  # the bill first: what matters if both were
+                    self.responding = False
                     # In a task the session's end waits for, not cancels: a client may
                     # leave as soon as it has the response.done, and the bill (a store's
                     # round trips) was cut with the relay, the response never billed.
@@ -355,10 +374,14 @@ class _Relay:
                     stopped = await asyncio.shield(self.billing)
                     if stopped is not None:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
+                    if self.client_gone:  # the response it left within, billed
+                        return _Ending(NORMAL)
                 elif _CREATED in data:
                     self.response_started = time.perf_counter()
+                    self.responding = True
             elif message.type is aiohttp.WSMsgType.BINARY:
-                await self.websocket.send_bytes(message.data)
+                if not self.client_gone:
+                    await self.websocket.send_bytes(message.data)
             elif message.type is aiohttp.WSMsgType.CLOSE:
                 code = message.data
                 return _Ending(code if code in _SENDABLE else NORMAL,

@@ -31,6 +31,7 @@ from ..fakes.openai_realtime import (
     DROP,
     HANG_UP,
     HANG_UP_CODE,
+    SLOW,
     USAGE,
     RealtimeFake,
     Session,
@@ -419,6 +420,28 @@ def test_a_response_the_client_leaves_after_is_billed(tmp_path: Path,
                           headers={"authorization": f"Bearer {DEV_KEY}"}).json()
         assert spend["data"][0]["requests"] == 1
         assert spend["data"][0]["cost"] == pytest.approx(RESPONSE_COST)
+
+
+def test_a_response_the_client_leaves_in_the_middle_of_is_cancelled_and_billed(
+        gateway: Realtime) -> None:
+    """A client that leaves once it has what it wanted of a response (its deltas), before
+    the response.done that bills it: the response is cancelled upstream, and the
+    response.done that answers, with the usage the upstream bills, is billed to the key.
+    It was not billed at all."""
+    async def session() -> None:
+        async with connected(gateway, "realtime") as connection:
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                "text": SLOW}]})
+            await connection.response.create()
+            await until(connection, "response.output_text.delta")
+
+    asyncio.run(session())
+    rows = gateway.server.ledger_rows(1)
+    assert [row["cost"] for row in rows] == pytest.approx([RESPONSE_COST])
+    line = _session_line(gateway.server)
+    assert (line["status"], line["responses"]) == (200, 1)
+    assert gateway.upstream.sessions[0].events[-1]["type"] == "response.cancel"
 
 
 def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ a word of the answer (``"You said: "`` and the last text given), ``response.outp
 ``error`` event (``invalid_request_error`` / ``invalid_api_key``, the message showing
 the given key's last four characters), then a close with 3000, as OpenAI's API does.
 A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
-drops the connection unclosed. Each session's handshake
+drops the connection unclosed; one of ``SLOW`` is answered slowly, and can be
+cancelled (``response.cancel``). Each session's handshake
 headers and the close code its client sent are kept for the test to read.
 """
 
@@ -43,6 +44,9 @@ HANG_UP = "hang up"
 HANG_UP_CODE = 4000
 # And one that drops its connection, with no close frame.
 DROP = "drop the line"
+# One whose response comes a word every 0.2 s; a response.cancel meanwhile ends it with
+# a response.done of status cancelled (its usage USAGE), as OpenAI's API does.
+SLOW = "take your time"
 
 
 @dataclass
@@ -119,6 +123,8 @@ class RealtimeFake:
             "id": self._id("sess"), "object": "realtime.session", "type": "realtime",
             "model": model, "output_modalities": ["audio"]})
         said = ""
+        cancelled = asyncio.Event()  # the client's response.cancel
+        responding: asyncio.Future[None] | None = None  # a SLOW response, answered meanwhile
         try:
             async for message in websocket:
                 event = json.loads(message)
@@ -137,22 +143,37 @@ class RealtimeFake:
                         await websocket.close(HANG_UP_CODE, "hung up")
                     elif said == DROP:
                         websocket.transport.abort()
+                elif kind == "response.create" and said == SLOW:  # cancel read meanwhile
+                    cancelled.clear()
+                    responding = asyncio.ensure_future(
+                        self._respond(websocket, said, cancelled))
                 elif kind == "response.create":
-                    await self._respond(websocket, said)
+                    await self._respond(websocket, said, cancelled)
+                elif kind == "response.cancel":
+                    cancelled.set()
         except ConnectionClosed:
             pass
+        if responding is not None:
+            await asyncio.gather(responding, return_exceptions=True)
         session.close_code = websocket.close_code
 
-    async def _respond(self, websocket: ServerConnection, said: str) -> None:
+    async def _respond(self, websocket: ServerConnection, said: str,
+                       cancelled: asyncio.Event) -> None:
         response_id, item_id = self._id("resp"), self._id("item")
         response = {"id": response_id, "object": "realtime.response", "status": "in_progress",
                     "output": [], "usage": None}
         await self._send(websocket, "response.created", response=response)
         text = f"You said: {said}"
         for word in text.split(" "):
+            if cancelled.is_set():  # what was made is billed all the same
+                await self._send(websocket, "response.done", response={
+                    **response, "status": "cancelled", "usage": USAGE})
+                return
             await self._send(websocket, "response.output_text.delta", response_id=response_id,
                              item_id=item_id, output_index=0, content_index=0,
                              delta=word + " ")
+            if said == SLOW:
+                await asyncio.sleep(0.2)
         await self._send(websocket, "response.output_text.done", response_id=response_id,
                          item_id=item_id, output_index=0, content_index=0, text=text)
         await self._send(websocket, "response.done", response={

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from .chat_request import ChatRequest, chat_request_from, finite
-from .errors import BadRequest
+from .errors import BadRequest, quoted
 from .messages_wire import field_path
 from .providers.gemini_wire import AUDIO_TYPES, CALLING_MODES
 
@@ -336,7 +336,7 @@ def _answered(answer: FunctionResponse, pending: list[tuple[str, str]], where: s
             del pending[index]
             return call_id
     raise BadRequest(f"{where}.functionResponse: it answers no earlier functionCall "
-                     f"named '{answer.name}'.", param=f"{where}.functionResponse")
+                     f"named {quoted(answer.name)}.", param=f"{where}.functionResponse")
 
 
 def _blob_part(blob: Blob, where: str) -> dict[str, Any]:
@@ -346,7 +346,7 @@ def _blob_part(blob: Blob, where: str) -> dict[str, Any]:
     audio = _AUDIO_FORMATS.get(blob.mime_type)
     if audio is not None:
         return {"type": "input_audio", "input_audio": {"data": blob.data, "format": audio}}
-    raise BadRequest(f"{where}.mimeType: '{blob.mime_type}' cannot be passed on; this "
+    raise BadRequest(f"{where}.mimeType: {quoted(blob.mime_type)} cannot be passed on; this "
                      "gateway takes images and wav or mp3 audio.", param=f"{where}.mimeType")
 
 
@@ -370,7 +370,7 @@ def tools_of(request: GenerateContentRequest) -> dict[str, Any]:
     for name in allowed:
         if name not in names:
             raise BadRequest(f"toolConfig.functionCallingConfig.allowedFunctionNames: no "
-                             f"function named '{name}' is declared.",
+                             f"function named {quoted(name)} is declared.",
                              param="toolConfig.functionCallingConfig.allowedFunctionNames")
     if len(set(allowed)) == 1:
         return {"tools": [_tool(each) for each in declarations],

@@ -149,6 +149,23 @@ def test_what_cannot_be_passed_on_is_a_400_naming_it(body: dict[str, Any], named
     assert refused.value.message.startswith(f"{named}"), refused.value.message
 
 
+@pytest.mark.parametrize("body", [
+    {"contents": [{"role": "user", "parts": [{"functionResponse": {
+        "name": "w" * 100_000, "response": {}}}]}]},
+    {"contents": [{"role": "user", "parts": [{"inlineData": {
+        "mimeType": "x" * 100_000, "data": "AAA"}}]}]},
+    _ask(tools=[{"functionDeclarations": [{"name": "weather"}]}], toolConfig={
+        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["w" * 100_000]}}),
+])
+def test_a_value_the_app_sent_is_shown_cut_short_in_its_400(body: dict[str, Any]) -> None:
+    """A function's name or a part's MIME type (bounded by the body alone) was repeated
+    whole in the error, as other endpoints' refusals no longer do."""
+    with pytest.raises(BadRequest) as refused:
+        _lowered(body)
+    assert "(100000 characters)" in refused.value.message
+    assert len(refused.value.message) < 400, len(refused.value.message)
+
+
 async def test_generate_content_is_a_generate_content_response(
     client: httpx.AsyncClient,
 ) -> None:

@@ -23,7 +23,8 @@ then, at the deployment's token prices (its audio tokens at ``audio_input`` and
 ``audio_output``, which default to the text prices), charged to the budgets and written
 to the ledger as a record of its own (``<session id>:<n>``); the session's tokens are
 charged to tpm as it ends. A client that leaves within a response has it cancelled
-upstream, and the ``response.done`` that answers (``_CANCEL_WAIT_S``) billed.
+upstream, and the ``response.done`` that answers (``_CANCEL_WAIT_S``) billed. When the
+gateway stops, a session ends after its response in flight, closed with 1012.
 Between responses the session holds an empty reservation against its budgets (the
 *tab*); when the next one is refused, a budget ran out: the session is closed after the
 response that spent it, with an ``insufficient_quota`` error event. A key a reload
@@ -95,6 +96,8 @@ _INTENTS = ("realtime", "transcription")
 _CLOSE_CODES = {401: 3000, 403: 3003, 429: 1013, 503: 1013}
 POLICY_VIOLATION = 1008
 SERVER_ERROR = 1011
+SERVICE_RESTART = 1012  # the gateway is stopping: a client opens another session
+_STOPPING = "the gateway is shutting down"
 NORMAL = 1000
 # The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
@@ -291,6 +294,7 @@ class _Relay:
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
         self.responding = False  # a response.created has come, its response.done not yet
         self.client_gone = False  # what the upstream sends now goes to no one
+        self.stopping = False  # the gateway is: the session ends after its response
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -311,11 +315,23 @@ class _Relay:
     async def _relayed(self) -> _Ending:
         inbound = asyncio.ensure_future(self._from_client())
         outbound = asyncio.ensure_future(self._from_upstream())
+        stop = asyncio.ensure_future(self.live.shutdown.began())
+        waited = {inbound, outbound, stop}
         try:
-            done, _pending = await asyncio.wait((inbound, outbound),
-                                                return_when=asyncio.FIRST_COMPLETED)
-            if outbound in done:
-                return outbound.result()
+            while True:
+                done, _pending = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+                if outbound in done:
+                    return outbound.result()
+                if inbound in done:
+                    break
+                # The gateway is stopping: the session ends now, or after the response in
+                # flight (billed by its response.done), with 1012 so that its client opens
+                # another. It was held open to the grace's end, then cut.
+                waited.discard(stop)
+                self.stopping = True
+                if not self.responding:
+                    await self.upstream.close()
+                    return _Ending(SERVICE_RESTART, _STOPPING)
             ending = inbound.result()
             if self.responding:
                 # The client left within a response (it may have had all of its deltas):
@@ -331,9 +347,9 @@ class _Relay:
             await self.upstream.close(code=ending.upstream_code)
             return ending
         finally:
-            for task in (inbound, outbound):
+            for task in (inbound, outbound, stop):
                 task.cancel()
-            await asyncio.gather(inbound, outbound, return_exceptions=True)
+            await asyncio.gather(inbound, outbound, stop, return_exceptions=True)
 
     async def _from_client(self) -> _Ending:
         """The client's frames, passed on as they come; its close, passed on too."""
@@ -376,6 +392,8 @@ class _Relay:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
                     if self.client_gone:  # the response it left within, billed
                         return _Ending(NORMAL)
+                    if self.stopping:
+                        return _Ending(SERVICE_RESTART, _STOPPING)
                 elif _CREATED in data:
                     self.response_started = time.perf_counter()
                     self.responding = True

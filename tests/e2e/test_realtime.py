@@ -444,6 +444,33 @@ def test_a_response_the_client_leaves_in_the_middle_of_is_cancelled_and_billed(
     assert gateway.upstream.sessions[0].events[-1]["type"] == "response.cancel"
 
 
+def test_a_stop_ends_a_session_after_its_response_in_flight(gateway: Realtime) -> None:
+    """At a stop a session ends after the response in flight, billed, with 1012 (service
+    restart: its client opens another), not held open to the grace's end and cut there
+    (the response unbilled, the client told nothing)."""
+    async def session() -> tuple[list[Any], int | None, float]:
+        async with connected(gateway, "realtime") as connection:
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                "text": SLOW}]})
+            await connection.response.create()
+            await until(connection, "response.output_text.delta")
+            gateway.server.process.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            events = await until(connection, "response.done")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events, _code(closed.value), time.monotonic() - stopped
+
+    events, code, waited = asyncio.run(session())
+    assert events[-1].response.status == "completed"
+    assert code == 1012
+    assert waited < 5, waited
+    assert gateway.server.process.wait(10) == 0
+    assert [row["cost"] for row in gateway.server.ledger_rows(1)] == pytest.approx(
+        [RESPONSE_COST])
+
+
 def test_a_budget_spent_mid_session_closes_it_after_that_response(tmp_path: Path) -> None:
     """The first response takes the budget past its amount: it is passed on whole and
     billed, then the session ends with an insufficient_quota error event; a new session

@@ -292,7 +292,9 @@ class _Relay:
         self.responses = 0
         self.response_started = time.perf_counter()  # the last response.created's
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
-        self.responding = False  # a response.created has come, its response.done not yet
+        # Responses whose response.created has come and their response.done not yet (an
+        # out-of-band one, ``conversation: none``, may run beside the conversation's).
+        self.responding = 0
         self.client_gone = False  # what the upstream sends now goes to no one
         self.stopping = False  # the gateway is: the session ends after its response
 
@@ -325,7 +327,7 @@ class _Relay:
                 if inbound in done:
                     break
                 # The gateway is stopping: the session ends now, or after the response in
-                # flight (billed by its response.done), with 1012 so that its client opens
+                # flight (each billed by its response.done), with 1012 so that its client opens
                 # another. It was held open to the grace's end, then cut.
                 waited.discard(stop)
                 self.stopping = True
@@ -382,7 +384,7 @@ class _Relay:
                 if not self.client_gone:
                     await self.websocket.send_text(data)
                 if _DONE in data:  # the bill first: what matters if both were
-                    self.responding = False
+                    self.responding = max(0, self.responding - 1)
                     # In a task the session's end waits for, not cancels: a client may
                     # leave as soon as it has the response.done, and the bill (a store's
                     # round trips) was cut with the relay, the response never billed.
@@ -390,13 +392,13 @@ class _Relay:
                     stopped = await asyncio.shield(self.billing)
                     if stopped is not None:
                         return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
-                    if self.client_gone:  # the response it left within, billed
+                    if self.client_gone and not self.responding:  # those it left, billed
                         return _Ending(NORMAL)
-                    if self.stopping:
+                    if self.stopping and not self.responding:
                         return _Ending(SERVICE_RESTART, _STOPPING)
                 elif _CREATED in data:
                     self.response_started = time.perf_counter()
-                    self.responding = True
+                    self.responding += 1
             elif message.type is aiohttp.WSMsgType.BINARY:
                 if not self.client_gone:
                     await self.websocket.send_bytes(message.data)

@@ -428,20 +428,26 @@ def test_a_response_the_client_leaves_in_the_middle_of_is_cancelled_and_billed(
     the response.done that bills it: the response is cancelled upstream, and the
     response.done that answers, with the usage the upstream bills, is billed to the key.
     It was not billed at all."""
-    async def session() -> None:
+    async def session(out_of_band: bool) -> None:
         async with connected(gateway, "realtime") as connection:
             await connection.conversation.item.create(item={
                 "type": "message", "role": "user", "content": [{"type": "input_text",
                                                                 "text": SLOW}]})
             await connection.response.create()
+            if out_of_band:  # a second response beside it, billed too
+                await connection.response.create(response={"conversation": "none"})
             await until(connection, "response.output_text.delta")
 
-    asyncio.run(session())
+    asyncio.run(session(out_of_band=False))
     rows = gateway.server.ledger_rows(1)
     assert [row["cost"] for row in rows] == pytest.approx([RESPONSE_COST])
     line = _session_line(gateway.server)
     assert (line["status"], line["responses"]) == (200, 1)
     assert gateway.upstream.sessions[0].events[-1]["type"] == "response.cancel"
+
+    asyncio.run(session(out_of_band=True))
+    assert [row["cost"] for row in gateway.server.ledger_rows(3)] == pytest.approx(
+        [RESPONSE_COST] * 3)
 
 
 def test_a_stop_ends_a_session_after_its_response_in_flight(gateway: Realtime) -> None:

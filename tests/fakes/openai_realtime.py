@@ -44,8 +44,9 @@ HANG_UP = "hang up"
 HANG_UP_CODE = 4000
 # And one that drops its connection, with no close frame.
 DROP = "drop the line"
-# One whose response comes a word every 0.2 s; a response.cancel meanwhile ends it with
-# a response.done of status cancelled (its usage USAGE), as OpenAI's API does.
+# One whose response comes a word every 0.2 s (several at once where asked for: an
+# out-of-band response runs beside the conversation's); a response.cancel meanwhile ends
+# them with a response.done of status cancelled (its usage USAGE).
 SLOW = "take your time"
 
 
@@ -124,7 +125,7 @@ class RealtimeFake:
             "model": model, "output_modalities": ["audio"]})
         said = ""
         cancelled = asyncio.Event()  # the client's response.cancel
-        responding: asyncio.Future[None] | None = None  # a SLOW response, answered meanwhile
+        responding: list[asyncio.Future[None]] = []  # SLOW responses, answered meanwhile
         try:
             async for message in websocket:
                 event = json.loads(message)
@@ -145,16 +146,15 @@ class RealtimeFake:
                         websocket.transport.abort()
                 elif kind == "response.create" and said == SLOW:  # cancel read meanwhile
                     cancelled.clear()
-                    responding = asyncio.ensure_future(
-                        self._respond(websocket, said, cancelled))
+                    responding.append(asyncio.ensure_future(
+                        self._respond(websocket, said, cancelled)))
                 elif kind == "response.create":
                     await self._respond(websocket, said, cancelled)
                 elif kind == "response.cancel":
                     cancelled.set()
         except ConnectionClosed:
             pass
-        if responding is not None:
-            await asyncio.gather(responding, return_exceptions=True)
+        await asyncio.gather(*responding, return_exceptions=True)
         session.close_code = websocket.close_code
 
     async def _respond(self, websocket: ServerConnection, said: str,

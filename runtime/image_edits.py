@@ -35,7 +35,7 @@ from aigw.compiler.graph import ApiKey, Deployment
 
 from .chat import resolve_route
 from .chat_request import bad_request
-from .errors import BadRequest
+from .errors import BadRequest, quoted
 from .images import ImageRequest, at_most_n, check_stream, drawn, images_held
 from .multipart import FormUpload, FormWords, MultipartForm, flag_field
 from .providers.base import ImageCall, ImageResult, Usage
@@ -162,7 +162,7 @@ def _files(uploads: tuple[FormUpload, ...]) -> tuple[FormFile, ...]:
             raise BadRequest(f"The upload has more than one '{name}'.", param=name)
     for upload in uploads:
         if not upload.data:
-            raise BadRequest(f"'{upload.field}' ({upload.filename!r}) is empty.",
+            raise BadRequest(f"'{upload.field}' ({quoted(upload.filename)}) is empty.",
                              param=upload.field)
     return tuple(FormFile(upload.field, upload.filename or "image",
                           upload.content_type or "application/octet-stream", upload.data)
@@ -179,7 +179,7 @@ def _request(fields: tuple[tuple[str, str], ...]) -> ImageEditRequest:
             try:
                 values[name] = int(value)
             except ValueError:
-                raise BadRequest(f"Invalid value for '{name}': {value!r}; expected an "
+                raise BadRequest(f"Invalid value for '{name}': {quoted(value)}; expected an "
                                  "integer.", param=name) from None
     if "stream" in values:
         values["stream"] = flag_field(fields, "stream")

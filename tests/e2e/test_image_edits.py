@@ -151,6 +151,10 @@ _MASK = ("mask", ("mask.png", MASK, "image/png"))
      "goes in 'image' or 'image[]' or 'mask' or 'markup'"),
     ({}, [("image", ("x.png", b"", "image/png"))], "image", "'image' ('x.png') is empty"),
     ({"n": "two"}, [_IMAGE], "n", "expected an integer"),
+    # A value or a filename (up to 1 MiB, and the parser's header bound) is cut short.
+    ({"n": "7" * 100_000}, [_IMAGE], "n", "... (100000 characters); expected an integer"),
+    ({}, [("image", ("x" * 1_000, b"", "image/png"))], "image",
+     "... (1000 characters)) is empty"),
     ({"n": "11"}, [_IMAGE], "n", "less than or equal to 10"),
     ({"size": "big"}, [_IMAGE], "size", "'size'"),
     ({"prompt": ""}, [_IMAGE], "prompt", "at least 1 character"),

@@ -25,7 +25,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
@@ -53,6 +53,8 @@ from .store.batches_redis import RedisBatches
 from .store.factory import embedded_file
 from .store.stored_responses import ResponseStore, open_responses
 from .telemetry.record import CutCall, RequestRecord
+
+T = TypeVar("T")
 
 log = logging.getLogger("aigw.limits")
 
@@ -164,10 +166,10 @@ class StoreHandle:
             await admission.store.renew(admission.more, ttl=self._ttl)
         self.keep(admission)
 
-    def finish(self, work: Coroutine[Any, Any, None]) -> None:
+    def finish(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` (the settlement of a request whose task was cancelled half-way
         through it) in a task of its own, which ``aclose`` waits for."""
-        self._finishing.spawn(work)
+        return self._finishing.spawn(work)
 
     async def aclose(self) -> None:
         await self._finishing.wait()  # before the store closes underneath them

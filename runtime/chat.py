@@ -45,6 +45,7 @@ from .telemetry.tracing import (
     Span,
 )
 from .tokens import TokenCounter
+from .uncancelled import uncancelled
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -251,8 +252,10 @@ async def call_upstream(
         try:
             result = await call()
         except BaseException as exc:  # its quota given back, or a call cut short billed
-            with anyio.CancelScope(shield=True):
-                await quotas.failed(hold, candidate.deployment, prompt_tokens, exc, cut)
+            with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
+                await uncancelled(partial(quotas.failed, hold, candidate.deployment,
+                                          prompt_tokens, exc, cut),
+                                  live.store.finish, again=True)
             span_failed(span, exc)
             raise
         finally:
@@ -313,8 +316,10 @@ async def stream(
             except StopAsyncIteration:
                 first = None
             except BaseException as exc:  # its quota given back, or a call cut short billed
-                with anyio.CancelScope(shield=True):
-                    await quotas.failed(hold, candidate.deployment, chosen.prompt_tokens, exc)
+                with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
+                    await uncancelled(partial(quotas.failed, hold, candidate.deployment,
+                                              chosen.prompt_tokens, exc),
+                                      live.store.finish, again=True)
                 span_failed(span, exc)
                 span.end()
                 raise
@@ -527,10 +532,15 @@ async def _measured(
         if record.finish_reasons:
             span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
         span.end()
-        # Shielded: a client that went away cancels the stream, not its clean-up.
+        # Shielded: a client that went away cancels the stream, not its clean-up; and a
+        # task cancelled outright (no anyio shield stops it) settles all the same.
         with anyio.CancelScope(shield=True):
-            await close_deltas(rest)
-            await DeploymentQuotas.settle(hold, record.prompt_tokens + record.completion_tokens)
+            try:
+                await close_deltas(rest)
+            finally:
+                await uncancelled(partial(DeploymentQuotas.settle, hold,
+                                          record.prompt_tokens + record.completion_tokens),
+                                  live.store.finish, again=True)
 
 
 async def _events(

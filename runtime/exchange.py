@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -75,6 +76,7 @@ from .response_cache import (
 from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
 from .telemetry.record import RequestRecord
 from .tokens import audio_prompt_tokens
+from .uncancelled import uncancelled
 
 log = logging.getLogger("aigw.limits")
 R = TypeVar("R")
@@ -423,8 +425,8 @@ class Exchange:
             record.status, record.error = self.live.shutdown.cut()
             raise
         finally:
-            # Shielded: a client that went away cancels the stream, not its settlement
-            # (and a task cancelled outright, which no anyio shield stops, still settles).
+            # Shielded: a client that went away cancels the stream, not its settlement;
+            # and ``close`` settles a task cancelled outright, which no anyio shield stops.
             with anyio.CancelScope(shield=True):
                 try:
                     await close_deltas(deltas)
@@ -467,11 +469,7 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
-        try:
-            await self._settle_and_record()
-        except asyncio.CancelledError:
-            self.live.store.finish(self._settle_and_record())
-            raise
+        await uncancelled(self._settle_and_record, self.live.store.finish, again=True)
 
     async def _settle_and_record(self) -> None:
         record = self.record
@@ -493,7 +491,7 @@ class Exchange:
         the hold to expire and the request unrecorded."""
         error = (ShutDown("the gateway shut down before the request was served")
                  if self.live.shutdown.cutting() else Cancelled("the request was cancelled"))
-        await asyncio.shield(self.fail(error))
+        await uncancelled(partial(self.fail, error), self.live.store.finish)
 
     async def fail(self, error: GatewayError) -> None:
         """Release the hold and record a failed request (once)."""

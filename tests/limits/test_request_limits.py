@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from aigw.compiler import compile_gateway
 from aigw.runtime.admission import deployment_limits, worst_case
 from aigw.runtime.app import create_app
 from aigw.runtime.live import Gateway
-from aigw.runtime.store import LedgerRecord, Reservation, Store
+from aigw.runtime.store import Denied, LedgerRecord, Limits, Reservation, Scope, Store
 from aigw.runtime.tokens import TokenCounter
 from aigw.runtime.usage_api import default_since
 
@@ -523,11 +524,15 @@ async def test_embeddings_respect_the_keys_routes(limited: ClientFactory) -> Non
 
 
 class _SlowSettle:
-    """The gateway's store, with every settle waiting first (a slow Redis round trip)."""
+    """The gateway's store, with every settle and release waiting first (a slow Redis
+    round trip), and a deployment's hold too (``reserving``), once ``slow_deployments``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.settling = asyncio.Event()
+        self.releasing = asyncio.Event()
+        self.reserving = asyncio.Event()
+        self.slow_deployments = False
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
@@ -536,6 +541,18 @@ class _SlowSettle:
         self.settling.set()
         await asyncio.sleep(0.1)
         await self.store.settle(reservation, tokens=tokens, cost=cost)
+
+    async def release(self, reservation: Reservation) -> None:
+        self.releasing.set()
+        await asyncio.sleep(0.1)
+        await self.store.release(reservation)
+
+    async def reserve(self, request_id: str, limits: Sequence[Limits], *, tokens: int,
+                      cost: float, ttl: float | None = None) -> Reservation | Denied:
+        if self.slow_deployments and limits[0].scope is Scope.DEPLOYMENT:
+            self.reserving.set()
+            await asyncio.sleep(5)
+        return await self.store.reserve(request_id, limits, tokens=tokens, cost=cost, ttl=ttl)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
@@ -572,6 +589,43 @@ async def test_a_request_cancelled_while_it_settles_is_still_billed_and_recorded
             budgets = (await http.get("/admin/budgets", headers=dev)).json()["data"]
             team = next(b for b in budgets if b["name"] == "eng")
             assert (team["spent"], team["held"]) == (12, 0)
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_request_cancelled_again_while_its_hold_is_given_back_ends_released(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """A request cancelled before it was served (a client gone, waiting for its
+    deployment's hold), and cancelled again while its hold is given back (a shutdown past
+    its grace): when its task has ended, its hold is given back and its ledger record
+    written, before the server goes on to close the store. An ``asyncio.shield`` left the
+    release to a task of its own that no one waited for, and the store closed under it:
+    the hold lapsed unbilled, the record was lost (this failed before)."""
+    (tmp_path / "gateway.yaml").write_text(limits_config())
+    gateway = Gateway(tmp_path, counter)
+    try:
+        slow = _SlowSettle(await gateway.store.get())
+        gateway.store._store = slow  # type: ignore[assignment]  # the store it opened, slowed
+        slow.slow_deployments = True
+        app = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test") as http:
+            headers = {"Authorization": f"Bearer {KEYS['alice']}"}
+            call = asyncio.create_task(http.post(CHAT, headers=headers, json=_ask(
+                "quotas", max_tokens=5, user="c1")))
+            await asyncio.wait_for(slow.reserving.wait(), 5)
+            call.cancel()
+            await asyncio.wait_for(slow.releasing.wait(), 5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            dev = {"Authorization": f"Bearer {KEYS['dev']}"}
+            rows = (await http.get("/admin/spend?group_by=user", headers=dev)).json()["data"]
+            assert [(row["user"], row["requests"], row["errors"]) for row in rows] == [
+                ("c1", 1, 1)]
+            budgets = (await http.get("/admin/budgets", headers=dev)).json()["data"]
+            team = next(b for b in budgets if b["name"] == "eng")
+            assert (team["spent"], team["held"]) == (0, 0)
     finally:
         await gateway.aclose()
 

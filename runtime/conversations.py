@@ -53,6 +53,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -72,6 +73,7 @@ from .live import Live
 from .responses_stored import ID_PREFIX, ITEMS, item_line, page_query
 from .responses_wire import Item, ResponsesRequest, bad_request_from
 from .store.conversations import Bounds, ConversationStore, KeptConversation
+from .uncancelled import uncancelled
 
 log = logging.getLogger("aigw.responses")
 
@@ -417,12 +419,16 @@ async def release(live: Live, held: Claim | None) -> None:
     if held is None:
         return
     _ended(held)
-    with anyio.CancelScope(shield=True):
-        try:
-            await (await _store(live)).release(held.conversation, held.ids, held.token)
-        except StoreUnavailable as exc:
-            log.warning("the ids %s of conversation %s not released (they lapse): %s",
-                        held.ids, held.conversation, exc)
+    with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
+        await uncancelled(partial(_released, live, held), live.store.finish, again=True)
+
+
+async def _released(live: Live, held: Claim) -> None:
+    try:  # again after a cut: a claim released already is not this token's any more
+        await (await _store(live)).release(held.conversation, held.ids, held.token)
+    except StoreUnavailable as exc:
+        log.warning("the ids %s of conversation %s not released (they lapse): %s",
+                    held.ids, held.conversation, exc)
 
 
 async def add_turn(live: Live, conversation_id: str, response: dict[str, Any],

@@ -73,6 +73,7 @@ from .routing.candidates import AudioAsk, Candidate
 from .store.values import LedgerRecord
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
+from .uncancelled import uncancelled
 from .upstream import scrub
 
 if TYPE_CHECKING:
@@ -438,6 +439,15 @@ class _Relay:
         record.audio_output_tokens += usage.audio_output_tokens
         record.cost += cost
         live.routing.of(self.deployment).add_usage(live.routing.clock(), usage.total_tokens)
+        # Billed whole though a shutdown cancels the session meanwhile: its tab settled at
+        # the response's cost, not released by the session's end as if nothing was spent.
+        await uncancelled(partial(self._bill, usage, cost), live.store.finish, again=True)
+        return await self._next_tab()
+
+    async def _bill(self, usage: Usage, cost: float) -> None:
+        """A response's tab settled and its ledger record written; safe to run again (a
+        hold is settled once, a record id written once)."""
+        record, live = self.record, self.live
         try:
             if self.tab is not None:
                 await self.tab.settle(usage.total_tokens, cost)
@@ -448,7 +458,6 @@ class _Relay:
             # billed as usual once the store answers
             log.error("realtime response %s:%d not billed: the store is unavailable",
                       record.request_id, self.responses)
-        return await self._next_tab()
 
     async def _next_tab(self) -> GatewayError | None:
         """The next response's tab; the error that ends the session when it is refused,
@@ -503,13 +512,22 @@ class _Relay:
             await asyncio.gather(self.billing, return_exceptions=True)
         if ending.error is not None:
             record.status, record.error = ending.error.status, str(ending.error.code)
-        await self.upstream.close(code=ending.upstream_code)
         try:
-            if ending.error is not None:
-                await self.websocket.send_text(_error_event(ending.error))
-            await self.websocket.close(ending.client_code, _fitted(ending.client_reason))
-        except (RuntimeError, OSError):  # the client has gone already
-            pass
+            await self.upstream.close(code=ending.upstream_code)
+            try:
+                if ending.error is not None:
+                    await self.websocket.send_text(_error_event(ending.error))
+                await self.websocket.close(ending.client_code, _fitted(ending.client_reason))
+            except (RuntimeError, OSError):  # the client has gone already
+                pass
+        finally:  # cancelled outright meanwhile (no anyio shield stops that): settled still
+            await uncancelled(self._settle, live.store.finish, again=True)
+        live.telemetry.finish(record)
+
+    async def _settle(self) -> None:
+        """The session's holds settled at its tokens; safe to run again (each hold is
+        settled once)."""
+        record = self.record
         tokens = record.prompt_tokens + record.completion_tokens
         try:
             if self.tab is not None:
@@ -520,7 +538,6 @@ class _Relay:
         except StoreUnavailable:
             log.error("could not settle realtime session %s: the store is unavailable",
                       record.request_id)
-        live.telemetry.finish(record)
 
 
 def response_usage(usage: object) -> Usage:

@@ -29,8 +29,9 @@ back from the core's OpenAI chat results:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -51,6 +52,7 @@ from .providers.base import ChatDelta, ChatResult, ToolCallDelta, Usage
 from .responses_stored import continued, keep, kept_items
 from .responses_wire import ResponsesRequest, ToolChoiceFunction, parse, to_chat_request
 from .sse import encoded_events, named_event, settled_stream
+from .uncancelled import Spawn, uncancelled
 
 __all__ = ["EventEncoder", "create_response", "echoed", "response_body"]
 
@@ -92,8 +94,10 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
             served, answer = await exchange.complete_as(
                 lambda served, result: response_body(served, result, echo))
             handed = True
-            await _kept(live, key, asked, answer,
-                        kept_items(request, earlier, _ids(served).hex), len(earlier), held)
+            # Kept (the turn added, the claim ended) though a shutdown cancels it meanwhile.
+            await uncancelled(partial(_kept, live, key, asked, answer, kept_items(
+                request, earlier, _ids(served).hex), len(earlier), held),
+                live.store.finish, again=True)
             return JSONBody(answer, headers=exchange.answer_headers(served))
         served, deltas = await exchange.stream()
         encoder = EventEncoder(_ids(served), served.created, served.deployment.model, echo)
@@ -102,7 +106,7 @@ async def _create(exchange: Exchange, key: ApiKey, body: bytes) -> Response:
         if asked.store is not False or asked.conversation is not None:
             items = kept_items(request, earlier, _ids(served).hex)
             events = _kept_at_end(events, encoder, lambda final: _kept(
-                live, key, asked, final, items, len(earlier), held))
+                live, key, asked, final, items, len(earlier), held), live.store.finish)
         streamed = await settled_stream(events, headers)  # started: it ends the claim
         handed = True
         return streamed
@@ -131,12 +135,13 @@ async def _kept(live: Live, key: ApiKey, asked: ResponsesRequest, response: dict
 
 
 async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncoder,
-                       kept: Callable[[dict[str, Any]], Awaitable[None]],
-                       ) -> AsyncGenerator[bytes, None]:
+                       kept: Callable[[dict[str, Any]], Coroutine[Any, Any, None]],
+                       spawn: Spawn[None]) -> AsyncGenerator[bytes, None]:
     """``events``, the response kept before their last one (completed, incomplete or
     failed) goes out: an app that continues as soon as it reads it finds it. A stream the
     client cut (or a shutdown) is kept ``cancelled``, with the items it had completed.
-    Closing this closes ``events`` (whose ``finally`` settles the request)."""
+    Closing this closes ``events`` (whose ``finally`` settles the request). ``spawn``
+    keeps a cut stream's keeping to its end though the task is cancelled outright."""
     ended = False
     try:
         async for event in events:
@@ -151,8 +156,8 @@ async def _kept_at_end(events: AsyncGenerator[bytes, None], encoder: EventEncode
         # response's own aclose (settled_stream) comes only once this has ended.
         with anyio.CancelScope(shield=True):
             try:
-                if not ended:
-                    await kept(encoder.cancelled())
+                if not ended:  # and cancelled outright (no anyio shield stops that): kept
+                    await uncancelled(partial(kept, encoder.cancelled()), spawn, again=True)
             finally:  # the request is settled whatever keeping it did
                 await events.aclose()
 

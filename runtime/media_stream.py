@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,6 +32,7 @@ from .route_call import answer_headers
 from .routing.attempts import Won
 from .sse import error_event, settled_stream
 from .telemetry.record import UpstreamFailure
+from .uncancelled import uncancelled
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -88,17 +90,22 @@ async def _events(exchange: Exchange, won: Won[EventStream],
         if not ended:
             record.sent_status = record.status
             record.status, record.error = live.shutdown.cut()
-        # Shielded: a client that went away cancels the stream, not its settlement.
+        # Shielded: a client that went away cancels the stream, not its settlement; and
+        # a task cancelled outright (no anyio shield stops it) settles all the same.
         with anyio.CancelScope(shield=True):
             try:
                 await stream.aclose()  # the upstream cut, if it was not at its end
-                # The deployment's own tpm, as a chat stream's: what it used, known now.
-                await DeploymentQuotas.settle(hold, (usage or stream.usage).total_tokens)
             finally:
-                bill_answer(live, record, won if usage is None
-                            else replace(won, value=replace(stream, usage=usage)))
-                await exchange.close()
-        live.telemetry.finish(record)
+                try:  # the deployment's own tpm, as a chat stream's: what it used, known now
+                    await uncancelled(partial(DeploymentQuotas.settle, hold, (
+                        usage or stream.usage).total_tokens), live.store.finish, again=True)
+                finally:
+                    bill_answer(live, record, won if usage is None
+                                else replace(won, value=replace(stream, usage=usage)))
+                    try:
+                        await exchange.close()
+                    finally:
+                        live.telemetry.finish(record)
 
 
 def _event(name: str, data: str) -> bytes:

@@ -249,6 +249,8 @@ async def encoded_events(
     finally:  # also when the client went away: settled, recorded and finished either way
         if not ended:  # the client went away, or a shutdown cut it
             record.error = live.shutdown.cut()[1]
-        with anyio.CancelScope(shield=True):
-            await close_deltas(deltas)
-        live.telemetry.finish(record)
+        try:
+            with anyio.CancelScope(shield=True):
+                await close_deltas(deltas)  # settles and records (``Exchange.close``)
+        finally:  # counted though the task is cancelled outright meanwhile
+            live.telemetry.finish(record)

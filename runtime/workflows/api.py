@@ -83,6 +83,7 @@ from ..store.executions import (
 )
 from ..telemetry.record import RequestRecord
 from ..telemetry.tracing import Span, traceparent
+from ..uncancelled import uncancelled
 from .service import Workflows, chat_input, may_decide, may_run
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -520,14 +521,18 @@ class PipelineChat:
     async def _cancel(self, key: ApiKey, execution_id: str) -> None:
         """Cancel an execution nobody can collect; shielded, as the request that started
         it may itself be cancelled."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.workflows.control(key, execution_id, "cancel")
-            except ExecutionConflict:
-                pass  # it ended meanwhile
-            except (StoreUnavailable, InternalError) as exc:
-                log.error("could not cancel execution %s, which no request waits for: %s",
-                          execution_id, exc)
+        with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
+            await uncancelled(partial(self._cancelled, key, execution_id),
+                              self.workflows.gateway.live.store.finish)
+
+    async def _cancelled(self, key: ApiKey, execution_id: str) -> None:
+        try:
+            await self.workflows.control(key, execution_id, "cancel")
+        except ExecutionConflict:
+            pass  # it ended meanwhile
+        except (StoreUnavailable, InternalError) as exc:
+            log.error("could not cancel execution %s, which no request waits for: %s",
+                      execution_id, exc)
 
 
 def _describe(pipeline: Pipeline, graph: Graph) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from starlette import types as asgi
 
 from aigw.compiler import compile_gateway
 from aigw.runtime.admission import deployment_limits, worst_case
@@ -626,6 +627,47 @@ async def test_a_request_cancelled_again_while_its_hold_is_given_back_ends_relea
             budgets = (await http.get("/admin/budgets", headers=dev)).json()["data"]
             team = next(b for b in budgets if b["name"] == "eng")
             assert (team["spent"], team["held"]) == (0, 0)
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_stream_cancelled_while_its_deployment_hold_settles_frees_the_tpm(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    """A stream whose task is cancelled outright (a shutdown past its grace) while its
+    deployment's tpm hold is settled at what it used: the hold is settled all the same.
+    Under an anyio shield the settle stopped half-way, and the deployment's tpm stayed
+    held at the worst case until the hold expired, refusing calls (this failed before).
+    Served as ASGI 2.4 is (uvicorn's): no Starlette task group, whose anyio scope turned
+    the cancellation into one the shield held against, around the stream."""
+    (tmp_path / "gateway.yaml").write_text(limits_config().replace(
+        "limits: {rpm: 1}", "limits: {tpm: 1000}").replace(
+        "  free: {deployment: quota-2}",
+        "  free: {deployment: quota-2}\n  one: {deployment: quota-1}"))
+    gateway = Gateway(tmp_path, counter)
+    try:
+        slow = _SlowSettle(await gateway.store.get())
+        gateway.store._store = slow  # type: ignore[assignment]  # the store it opened, slowed
+        inner = create_app(gateway)
+
+        async def asgi_2_4(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+            await inner({**scope, "asgi": {"version": "3.0", "spec_version": "2.4"}},
+                        receive, send)
+
+        app = httpx.ASGITransport(app=asgi_2_4)
+        async with httpx.AsyncClient(transport=app, base_url="http://aigw.test") as http:
+            call = asyncio.create_task(http.post(
+                CHAT, headers={"Authorization": f"Bearer {KEYS['dev']}"},
+                json=_ask("one", max_tokens=50, stream=True)))
+            await asyncio.wait_for(slow.settling.wait(), 5)  # the deployment's, first
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        limits = deployment_limits(gateway.live.graph.deployments["quota-1"])
+        assert limits is not None
+        # 9 tokens in and 3 out used; 59 held (the prompt and max_tokens) unless settled
+        probe = await slow.store.reserve("probe", (limits,), tokens=1000 - 20, cost=0.0)
+        assert isinstance(probe, Reservation), probe
     finally:
         await gateway.aclose()
 

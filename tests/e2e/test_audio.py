@@ -31,22 +31,12 @@ from ..fakes.brain import Action
 from ..fakes.openai_audio import speech_bytes, transcript_text
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
+from ..media import wav
 from .server import Server, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
 UPLOAD_CAP = 200_000
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    """A WAV file of silence ``seconds`` long (16-bit mono)."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(b"\0\0" * int(rate * seconds))
-    return buffer.getvalue()
 
 
 @dataclass

@@ -7,9 +7,6 @@ audio output price, so that a budget the spoken answer would overrun refuses it 
 
 from __future__ import annotations
 
-import base64
-import io
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,22 +19,13 @@ import pytest
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.openai_spoken import AUDIO_ID, input_audio_tokens, output_audio_tokens, speech
 from ..fakes.serve import serving
+from ..media import wav_base64
 from .server import Server, sdk_gateway
 
 pytestmark = pytest.mark.e2e
 
 # gpt-4o-audio-preview's prices: its audio 16 and 8 times its text.
 INPUT, OUTPUT, AUDIO_INPUT, AUDIO_OUTPUT = 2.5, 10.0, 40.0, 80.0
-
-
-def wav_base64(seconds: float, rate: int = 8000) -> str:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(b"\0\0" * int(rate * seconds))
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 MESSAGES: list[Any] = [{"role": "user", "content": [

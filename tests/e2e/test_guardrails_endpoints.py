@@ -24,8 +24,8 @@ from ..fakes.brain import Action
 from ..fakes.guard_checker import GuardChecker
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import serving
+from ..media import wav
 from .server import Server, sdk_gateway
-from .test_audio import wav
 
 pytestmark = pytest.mark.e2e
 

@@ -7,16 +7,14 @@ Anthropic and Bedrock take and answer no audio: nothing to read there."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import wave
 from typing import Any
 
 import pytest
 
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.scripted import scripted_upstream
+from ..media import wav_base64
 from .conftest import CHAT, GatewayFactory, billed
 
 # Per million: audio 16 and 32 times the text input price (cache reads at the input's).
@@ -129,22 +127,12 @@ async def test_gemini_audio_by_modality_is_billed_at_audio_prices(
         (40 * 1 + 10 * 1 + 50 * 16 + 10 * 2 + 40 * 32) / 1e6)
 
 
-def _wav(seconds: float, rate: int = 8000) -> str:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(b"\0\0" * int(rate * seconds))
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
 async def test_gemini_input_audio_is_billed_at_the_audio_input_price(
     gemini_fake: GeminiFake, make_gateway: GatewayFactory, stream: bool,
 ) -> None:
     client = await make_gateway(_gemini_on(gemini_fake.base_url, "${FAKE_GEMINI_KEY}"))
-    audio = _wav(1.0)  # 16,044 bytes: 33 AUDIO tokens as the fake counts them
+    audio = wav_base64(1.0)  # 16,044 bytes: 33 AUDIO tokens as the fake counts them
     messages = [{"role": "user", "content": [
         {"type": "text", "text": "what is said?"},
         {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]}]

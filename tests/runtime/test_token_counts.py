@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import io
-import wave
 
 from aigw.runtime.chat_request import ChatRequest
 from aigw.runtime.completions_wire import parse, to_chat_request
 from aigw.runtime.tokens import TokenCounter, audio_prompt_tokens
+
+from ..media import wav_base64
 
 PICTURE = "data:image/png;base64," + "iVBORw0KGgo" * 2000  # its bytes are not read
 
@@ -28,22 +28,12 @@ def test_images_in_a_prompt_are_held_as_providers_bill_them(counter: TokenCounte
     assert counter.count_request(_request(high, low, high)) == text_only + 765 * 2 + 85
 
 
-def _wav(seconds: float, rate: int) -> str:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(b"\0\0" * int(rate * seconds))
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_audio_in_a_prompt_is_held_at_ten_tokens_a_second(counter: TokenCounter) -> None:
     """A WAV file's seconds at the byte rate its header gives; an MP3's (any other's) at
     16,000 bytes a second, from its base64 length: 10 audio tokens a second, held at the
     audio input price (``audio_prompt_tokens``). They were held as no tokens at all."""
     text_only = counter.count_request(_request())
-    wav = {"type": "input_audio", "input_audio": {"data": _wav(3.0, 24_000), "format": "wav"}}
+    wav = {"type": "input_audio", "input_audio": {"data": wav_base64(3.0, 24_000), "format": "wav"}}
     mp3 = {"type": "input_audio", "input_audio": {
         "data": base64.b64encode(b"\xff" * 32_000).decode(), "format": "mp3"}}
     assert counter.count_request(_request(wav)) == text_only + 31  # 3 s and its header

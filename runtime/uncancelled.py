@@ -33,8 +33,7 @@ async def uncancelled(work: Callable[[], Coroutine[Any, Any, T]], spawn: Spawn[T
     recorded once, whatever the stores are asked after). It runs in the caller's task,
     no task of its own, and only a cancelled run is run again, whole, in one: the common,
     uncancelled case costs nothing more. Otherwise it runs in its own task from the start.
-
-    >>> await uncancelled(exchange.close_now, live.store.finish, again=True)
+    As in ``await uncancelled(exchange.close_now, live.store.finish, again=True)``.
     """
     if again:
         try:

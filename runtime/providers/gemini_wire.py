@@ -268,7 +268,7 @@ def gemini_schema(
     only where Gemini has the field (see ``SCHEMA_FIELDS``; ``gemini`` lists what is lost).
 
     >>> gemini_schema({"type": ["string", "null"], "format": "email"}, {}, (), "p")
-    {'type': 'string', 'nullable': True}
+    {'nullable': True, 'type': 'string'}
     """
     ref = schema.get("$ref")
     if isinstance(ref, str):

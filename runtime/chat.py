@@ -23,8 +23,8 @@ from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Route, TargetKind
 
-from .admission import DeploymentQuotas, Hold, cut_short
-from .chat_request import ChatRequest, parse_chat_request
+from .admission import DeploymentQuotas, Hold, check_route_allowed, cut_short
+from .chat_request import ChatRequest, chat_request_from, parse_chat_request
 from .errors import BadRequest, GatewayError, ModelNotFound, NotImplementedRoute, UpstreamError
 from .jsonio import JSONBody
 from .live import Live
@@ -563,3 +563,18 @@ async def _events(
                 await close_deltas(deltas)  # settles and records (``Exchange.close``)
         finally:  # counted though the task is cancelled outright meanwhile
             live.telemetry.finish(record)
+
+
+async def planned_tokens(live: Live, key: ApiKey, headers: Headers, model: str,
+                         messages: list[dict[str, Any]], tools: dict[str, Any]) -> int:
+    """A count-tokens endpoint's answer (Anthropic's, Gemini's): the prompt tokens the
+    route ``model`` plans a request of ``messages`` and ``tools`` with, for a principal
+    that may send it (the key's routes and Cedar's invoke check, as on a call: a count
+    tells what the route's planning does with a prompt)."""
+    route = resolve_route(live.graph, model)
+    check_route_allowed(key, route)
+    planned = chat_request_from({"model": route.name, "messages": messages, **tools})
+    tokens = live.counter.count_request(planned)
+    user = headers.get(live.graph.settings.user_header) or None
+    await authorize_route(live, key, user, route, headers, tokens)
+    return tokens

@@ -39,10 +39,8 @@ from starlette.responses import JSONResponse, Response
 
 from aigw.compiler.graph import ApiKey, Graph, Route
 
-from .admission import check_route_allowed
 from .auth import bearer_token, key_for
-from .chat import Served, overhead_header, resolve_route
-from .chat_request import chat_request_from
+from .chat import Served, overhead_header, planned_tokens
 from .errors import (
     BadRequest,
     GatewayError,
@@ -62,7 +60,6 @@ from .gemini_api_wire import (
 )
 from .live import Live
 from .messages import tool_input
-from .policy_request import authorize_route
 from .providers.base import ChatDelta, ChatResult, ToolCall, Usage
 from .providers.gemini import FINISH_REASONS
 from .sse import encoded_events, settled_stream
@@ -156,13 +153,8 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     try:
         key = gemini_key(live.graph, headers, query)
         request = parse(CountTokensRequest, await body()).request()
-        route = resolve_route(live.graph, _route_name(name))
-        check_route_allowed(key, route)
-        planned = chat_request_from({"model": route.name, "messages": chat_messages(request),
-                                     **tools_of(request)})
-        tokens = live.counter.count_request(planned)
-        user = headers.get(live.graph.settings.user_header) or None
-        await authorize_route(live, key, user, route, headers, tokens)
+        tokens = await planned_tokens(live, key, headers, _route_name(name),
+                                      chat_messages(request), tools_of(request))
     except GatewayError as exc:
         return error_response(exc)
     except Exception:  # in Gemini's shape too, whatever failed

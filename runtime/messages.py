@@ -32,10 +32,8 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
-from .admission import check_route_allowed
 from .auth import authenticate
-from .chat import Served, overhead_header, resolve_route
-from .chat_request import chat_request_from
+from .chat import Served, overhead_header, planned_tokens
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange, in_its_shape
 from .live import Live
@@ -47,7 +45,6 @@ from .messages_wire import (
     to_chat_request,
     tools_of,
 )
-from .policy_request import authorize_route
 from .providers.base import (
     ChatDelta,
     ChatResult,
@@ -107,14 +104,9 @@ async def count_tokens(
     try:
         key = authenticate(live.graph, headers)
         request = parse(CountTokensRequest, await body())
-        route = resolve_route(live.graph, request.model)
-        check_route_allowed(key, route)
         # As the request would be planned: the conversation and the tools.
-        planned = chat_request_from(
-            {"model": request.model, "messages": chat_messages(request), **tools_of(request)})
-        tokens = live.counter.count_request(planned)
-        user = headers.get(live.graph.settings.user_header) or None
-        await authorize_route(live, key, user, route, headers, tokens)
+        tokens = await planned_tokens(live, key, headers, request.model,
+                                      chat_messages(request), tools_of(request))
     except GatewayError as exc:
         return _error_response(exc)
     except Exception:  # in Anthropic's shape too, whatever failed

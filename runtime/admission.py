@@ -490,7 +490,8 @@ def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> in
     Returns its tokens."""
     cut = CutCall(deployment.name, deployment.provider.name, usage.prompt_tokens,
                   usage.completion_tokens, usage.cached_tokens,
-                  usage.cost(deployment.price))
+                  usage.cost(deployment.price), usage.audio_input_tokens,
+                  usage.audio_output_tokens)
     if record.cut is None:
         record.cut = [cut]
     else:
@@ -526,6 +527,8 @@ def cut_records(record: RequestRecord, graph: Graph,
         tokens_in=cut.prompt_tokens,
         tokens_out=cut.completion_tokens,
         tokens_cached=cut.cached_tokens,
+        tokens_audio_in=cut.audio_input_tokens,
+        tokens_audio_out=cut.audio_output_tokens,
         cost=cut.cost,
         latency_ms=0.0,  # not timed: a call's own time is not kept, only the request's
         status=Cancelled.status,  # aigw stopped waiting for it (or for its answer)
@@ -547,6 +550,8 @@ def ledger_record(record: RequestRecord, graph: Graph, user: str | None) -> Ledg
         tokens_in=record.prompt_tokens if record.deployment else 0,
         tokens_out=record.completion_tokens,
         tokens_cached=record.cached_tokens,
+        tokens_audio_in=record.audio_input_tokens,
+        tokens_audio_out=record.audio_output_tokens,
         cost=record.cost,
         latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
         status=record.status,

@@ -500,7 +500,9 @@ class _Relay:
             request_id=f"{record.request_id}:{self.responses}", at=time.time(),
             key=record.key, team=record.team, user=self.exchange.user, route=record.route,
             deployment=self.deployment.name, tokens_in=usage.prompt_tokens,
-            tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens, cost=cost,
+            tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens,
+            tokens_audio_in=usage.audio_input_tokens,
+            tokens_audio_out=usage.audio_output_tokens, cost=cost,
             # From its response.created: the model's time, as a call's is the upstream's.
             latency_ms=round((time.perf_counter() - self.response_started) * 1000, 3),
             status=200, fingerprint=self.live.graph.fingerprint, batch=None)

@@ -359,20 +359,22 @@ local function quoted(name)
 end
 """
 
-# Add a record's figures to its group's in a day's totals (hash `hk`, field `group`): eight
+# Add a record's figures to its group's in a day's totals (hash `hk`, field `group`): ten
 # integers in one field, "records requests errors tokens_in tokens_out tokens_cached
-# cost_nanos estimated_nanos" (an estimated record, a call a request made and did not
-# use, is no request nor error: see redis_ledger.figures_of), one field, not eight, as a
-# summary's read of a day costs Python per field. Lua's numbers are doubles: exact while
-# a sum stays under 2**53, as budgets are held to.
+# cost_nanos estimated_nanos tokens_audio_in tokens_audio_out" (an estimated record, a
+# call a request made and did not use, is no request nor error: see
+# redis_ledger.figures_of), one field, not ten, as a summary's read of a day costs Python
+# per field. A field an older aigw wrote has the first eight: the rest are 0 (and an older
+# aigw's add_up keeps the figures past its eight as they are). Lua's numbers are doubles:
+# exact while a sum stays under 2**53, as budgets are held to.
 _ADD_UP = """
 local function add_up(hk, group, figures)
-  local sums, i = {0, 0, 0, 0, 0, 0, 0, 0}, 0
+  local sums, i = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
   local were = redis.call('HGET', hk, group)
   if were then
     for n in string.gmatch(were, '%S+') do i = i + 1; sums[i] = tonumber(n) end
   end
-  for j = 1, 8 do sums[j] = string.format('%.0f', sums[j] + figures[j]) end
+  for j = 1, 10 do sums[j] = string.format('%.0f', sums[j] + figures[j]) end
   redis.call('HSET', hk, group, table.concat(sums, ' '))
 end
 """
@@ -382,7 +384,7 @@ end
 # totals: the ledger's, then its key's and its team's (as many).
 # ARGV: request id, at, retention ms (0: forever), the cutoff time (records before it are
 # past the retention), the records' hash prefix, the day's totals' ttl ms (0: forever),
-# the record's group (its field in the totals), its eight figures (as _ADD_UP adds them),
+# the record's group (its field in the totals), its ten figures (as _ADD_UP adds them),
 # then the record's field, value pairs.
 # Returns 1, or 0 if recorded already: so a record is added to its day's totals once,
 # whichever replica writes it and however late (an outbox's). Its hash says so
@@ -402,10 +404,10 @@ local function trim(zk, cutoff)
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local m = (#KEYS - 1) / 2
-redis.call('HSET', KEYS[1], 'rolled', '1', unpack(ARGV, 16))
+redis.call('HSET', KEYS[1], 'rolled', '1', unpack(ARGV, 18))
 for i = 2, m + 1 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 local figures = {}
-for j = 1, 8 do figures[j] = tonumber(ARGV[7 + j]) end
+for j = 1, 10 do figures[j] = tonumber(ARGV[7 + j]) end
 for i = m + 2, #KEYS do add_up(KEYS[i], ARGV[7], figures) end
 local keep = tonumber(ARGV[3])
 if keep > 0 then
@@ -476,7 +478,7 @@ for i = 1, #page, 2 do
   local hk = ARGV[4] .. 'rec:' .. quoted(rid)
   local r = redis.call('HMGET', hk, 'rolled', 'status', 'key', 'team', 'route',
                        'deployment', 'tokens_in', 'tokens_out', 'tokens_cached', 'cost_nanos',
-                       'estimated')
+                       'estimated', 'tokens_audio_in', 'tokens_audio_out')
   if r[2] and not r[1] then
     local day, z = day_of(tonumber(at))
     local base = ARGV[4] .. 'ledger:day:' .. day
@@ -487,7 +489,8 @@ for i = 1, #page, 2 do
     local cost, estimated = tonumber(r[10]), r[11] == '1'  -- a call cut short: no request
     local figures = {1, estimated and 0 or 1,
                      (not estimated and tonumber(r[2]) >= 400) and 1 or 0, tonumber(r[7]),
-                     tonumber(r[8]), tonumber(r[9] or '0'), cost, estimated and cost or 0}
+                     tonumber(r[8]), tonumber(r[9] or '0'), cost, estimated and cost or 0,
+                     tonumber(r[12] or '0'), tonumber(r[13] or '0')}
     local ttl = math.ceil(((z + 1) * 86400 - tonumber(at)) * 1000) + keep
     for _, tk in ipairs(totals) do
       add_up(tk, group, figures)

@@ -18,7 +18,8 @@ A record, its index entries and its days' totals are written by one script
 in its day's totals once, whichever replica wrote it and however late (from an outbox).
 A day's totals have a field per group (key, team, route, deployment; not the user, see
 usage.TOTALS_BY), `` =ci-bot =engineering =fast =gpt-4o`` (names percent-encoded after
-``=``; a space alone for none), holding its eight figures (``figures_of``). So a
+``=``; a space alone for none), holding its ten figures (``figures_of``; an older aigw's
+eight, the audio tokens after them 0). So a
 summary reads the days its window covers whole from the totals of the narrowest of the
 ledger, the key and the team, one hash a day, and only the partial days at its edges
 record by record, from the narrowest index.
@@ -63,10 +64,11 @@ PAGE = 500
 INDEX_PAGE = 1000  # records a call of the script that indexes old ones reads (~1 ms)
 DAYS_PAGE = 100  # days' totals read in one round trip
 # The script that writes a record. Older versions' names, in outbox rows they left:
-# "record" (no indexes) and "ledger_record" (no days' totals), and where in their ARGV
-# the record's field, value pairs start.
-RECORD_SCRIPT = "ledger_record_totals"
-_OLDER_RECORD_SCRIPTS = {"record": 2, "ledger_record": 5}
+# "record" (no indexes), "ledger_record" (no days' totals) and "ledger_record_totals"
+# (eight figures: no audio tokens), and where in their ARGV the record's field, value
+# pairs start.
+RECORD_SCRIPT = "ledger_record_audio"
+_OLDER_RECORD_SCRIPTS = {"record": 2, "ledger_record": 5, "ledger_record_totals": 15}
 
 
 class RedisLedger:
@@ -128,8 +130,9 @@ class RedisLedger:
         return Invocation(RECORD_SCRIPT, tuple(keys), tuple(args))
 
     def upgraded(self, invocation: Invocation) -> Invocation:
-        """An outbox row an older aigw left (scripts ``record``, ``ledger_record``: no
-        indexes, no days' totals) as this version writes it."""
+        """An outbox row an older aigw left (scripts ``record``, ``ledger_record``,
+        ``ledger_record_totals``: no indexes, no days' totals, no audio tokens in them) as
+        this version writes it."""
         start = _OLDER_RECORD_SCRIPTS.get(invocation.script)
         if start is None:
             return invocation
@@ -274,27 +277,32 @@ def group_of(record: LedgerRecord) -> str:
 
 def figures_of(record: LedgerRecord) -> tuple[int, ...]:
     """What ``record`` adds to its group's day's totals, as ``usage.Totals`` sums them:
-    records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos and
-    estimated_nanos. An estimated record (a call a request made and did not use) adds its
-    tokens and cost, and is no request nor an error (lua.ROLL_OLD_RECORDS: the same)."""
+    records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos,
+    estimated_nanos, tokens_audio_in and tokens_audio_out. An estimated record (a call a
+    request made and did not use) adds its tokens and cost, and is no request nor an error
+    (lua.ROLL_OLD_RECORDS: the same)."""
     cost = round(record.cost * NANOS)
+    audio = (record.tokens_audio_in, record.tokens_audio_out)
     if record.estimated:
-        return 1, 0, 0, record.tokens_in, record.tokens_out, record.tokens_cached, cost, cost
+        return (1, 0, 0, record.tokens_in, record.tokens_out, record.tokens_cached, cost,
+                cost, *audio)
     return (1, 1, int(record.status >= 400), record.tokens_in, record.tokens_out,
-            record.tokens_cached, cost, 0)
+            record.tokens_cached, cost, 0, *audio)
 
 
 def add_day(summary: Summary, day: str, fields: dict[str, str]) -> None:
-    """One day's totals (a hash: a field per group, its eight figures in one) into
-    ``summary``."""
+    """One day's totals (a hash: a field per group, its ten figures in one; eight in
+    a field an older aigw wrote alone, its audio tokens none) into ``summary``."""
     for group, figures in fields.items():
         owner: dict[Dimension, str | None] = {Dimension.DAY: day}
         for dimension, name in zip(TOTALS_BY, group[1:].split(" "), strict=True):
             owner[dimension] = unquote(name[1:]) if name else None
         totals = Totals()
         (totals.records, totals.requests, totals.errors, totals.tokens_in, totals.tokens_out,
-         totals.tokens_cached, totals.cost_nanos,
-         totals.estimated_nanos) = map(int, figures.split(" "))
+         totals.tokens_cached, totals.cost_nanos, totals.estimated_nanos,
+         *audio) = map(int, figures.split(" "))
+        if audio:
+            totals.tokens_audio_in, totals.tokens_audio_out = audio
         summary.add_day(owner, totals)
 
 
@@ -315,6 +323,9 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
         value = getattr(record, name)
         if value is not None:
             fields[name] = value
+    for name in ("tokens_audio_in", "tokens_audio_out"):  # most records have none
+        if count := getattr(record, name):
+            fields[name] = count
     if record.estimated:
         fields["estimated"] = 1
     return fields
@@ -322,7 +333,7 @@ def encode_record(record: LedgerRecord) -> dict[str, str | int | float]:
 
 RECORD_FIELDS = ("request_id", "at", "key", "team", "user", "route", "deployment", "tokens_in",
                  "tokens_out", "cost_nanos", "latency_ms", "status", "fingerprint",
-                 "tokens_cached", "estimated", "batch")
+                 "tokens_cached", "estimated", "batch", "tokens_audio_in", "tokens_audio_out")
 
 
 def decode_record(fields: dict[str, str]) -> LedgerRecord:
@@ -341,6 +352,9 @@ def decode_record(fields: dict[str, str]) -> LedgerRecord:
         status=int(fields["status"]),
         fingerprint=fields["fingerprint"],
         tokens_cached=int(fields.get("tokens_cached", 0)),  # absent from older records
+        # absent from older records, and from a record with no audio
+        tokens_audio_in=int(fields.get("tokens_audio_in", 0)),
+        tokens_audio_out=int(fields.get("tokens_audio_out", 0)),
         estimated=fields.get("estimated") == "1",  # absent: a request's own record
         batch=fields.get("batch"),
     )

@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS ledger (
     fingerprint TEXT NOT NULL,
     tokens_cached INTEGER NOT NULL DEFAULT 0,
     estimated   INTEGER NOT NULL DEFAULT 0,
-    batch       TEXT
+    batch       TEXT,
+    tokens_audio_in  INTEGER NOT NULL DEFAULT 0,
+    tokens_audio_out INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
 CREATE INDEX IF NOT EXISTS ledger_team_at ON ledger (team, at);
@@ -67,11 +69,13 @@ CREATE TABLE IF NOT EXISTS budget_spend (
     spent_nanos INTEGER NOT NULL,
     PRIMARY KEY (scope, name, period)
 ) WITHOUT ROWID;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 """
 # Columns added since: a ledger file an older aigw wrote gets them when it is opened.
 _ADDED_COLUMNS = {"tokens_cached": "INTEGER NOT NULL DEFAULT 0",
-                  "estimated": "INTEGER NOT NULL DEFAULT 0", "batch": "TEXT"}
+                  "estimated": "INTEGER NOT NULL DEFAULT 0", "batch": "TEXT",
+                  "tokens_audio_in": "INTEGER NOT NULL DEFAULT 0",
+                  "tokens_audio_out": "INTEGER NOT NULL DEFAULT 0"}
 
 # A row of ledger_daily per day and group. NULLs are all distinct in a UNIQUE index, so
 # the group's index reads a NULL as x'' (a blob, equal to no text, not even '').
@@ -81,9 +85,10 @@ _GROUP = ", ".join(["day", *(f"ifnull({column}, x'')" for column in (
 _SAME_GROUP = " AND ".join(["day = OLD.day", *(
     f"ifnull({column}, x'') = ifnull(OLD.{column}, x'')"
     for column in ('"key"', "team", "route", "deployment"))])
-# What a row of ledger_daily sums for its day and group.
+# What a row of ledger_daily sums for its day and group. The audio tokens came later: a
+# file whose ledger_daily lacks them gets them (as 0: its records had none) when opened.
 _FIGURES = ("records", "requests", "errors", "tokens_in", "tokens_out", "tokens_cached",
-            "cost_nanos", "estimated_nanos")
+            "cost_nanos", "estimated_nanos", "tokens_audio_in", "tokens_audio_out")
 
 
 def _record_figures(row: str = "") -> tuple[str, ...]:
@@ -92,11 +97,28 @@ def _record_figures(row: str = "") -> tuple[str, ...]:
     made and did not use) adds its tokens and cost, and is no request nor an error."""
     return ("1", f"NOT {row}estimated", f"{row}status >= 400 AND NOT {row}estimated",
             f"{row}tokens_in", f"{row}tokens_out", f"{row}tokens_cached", f"{row}cost_nanos",
-            f"CASE WHEN {row}estimated THEN {row}cost_nanos ELSE 0 END")
+            f"CASE WHEN {row}estimated THEN {row}cost_nanos ELSE 0 END",
+            f"{row}tokens_audio_in", f"{row}tokens_audio_out")
 
 
+_DAILY_COLUMNS = ", ".join(['day, "key", team, route, deployment', *_FIGURES])
 # Kept by triggers, so in the very statement that inserts or deletes a ledger row (whole
 # or not at all, whichever process or aigw version runs it): a record is counted once.
+# They name every figure: a file that gains figures has them made again (``_add_figures``).
+DAILY_TRIGGERS = (
+    f"""CREATE TRIGGER ledger_daily_add AFTER INSERT ON ledger BEGIN
+        INSERT INTO ledger_daily ({_DAILY_COLUMNS}) VALUES (NEW.day, NEW."key", NEW.team,
+            NEW.route, NEW.deployment, {", ".join(_record_figures("NEW."))})
+        ON CONFLICT ({_GROUP}) DO UPDATE SET
+            {", ".join(f"{figure} = {figure} + excluded.{figure}" for figure in _FIGURES)};
+    END""",
+    f"""CREATE TRIGGER ledger_daily_remove AFTER DELETE ON ledger BEGIN
+        UPDATE ledger_daily SET {", ".join(
+            f"{figure} = {figure} - ({added})"
+            for figure, added in zip(_FIGURES, _record_figures("OLD."), strict=True))}
+        WHERE {_SAME_GROUP};
+    END""",
+)
 DAILY_SCHEMA = (
     f"""CREATE TABLE ledger_daily (
         day           TEXT NOT NULL,
@@ -109,18 +131,7 @@ DAILY_SCHEMA = (
     f"CREATE UNIQUE INDEX ledger_daily_group ON ledger_daily ({_GROUP})",
     "CREATE INDEX ledger_daily_team ON ledger_daily (team, day)",
     'CREATE INDEX ledger_daily_key ON ledger_daily ("key", day)',
-    f"""CREATE TRIGGER ledger_daily_add AFTER INSERT ON ledger BEGIN
-        INSERT INTO ledger_daily VALUES (NEW.day, NEW."key", NEW.team, NEW.route,
-            NEW.deployment, {", ".join(_record_figures("NEW."))})
-        ON CONFLICT ({_GROUP}) DO UPDATE SET
-            {", ".join(f"{figure} = {figure} + excluded.{figure}" for figure in _FIGURES)};
-    END""",
-    f"""CREATE TRIGGER ledger_daily_remove AFTER DELETE ON ledger BEGIN
-        UPDATE ledger_daily SET {", ".join(
-            f"{figure} = {figure} - ({added})"
-            for figure, added in zip(_FIGURES, _record_figures("OLD."), strict=True))}
-        WHERE {_SAME_GROUP};
-    END""",
+    *DAILY_TRIGGERS,
 )
 
 _COLUMN = {
@@ -367,10 +378,24 @@ def create_schema(connection: sqlite3.Connection) -> None:
     for name, kind in _ADDED_COLUMNS.items():
         if name not in present:
             connection.execute(f"ALTER TABLE ledger ADD COLUMN {name} {kind}")
-    if not connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_daily'"
-    ).fetchone():
+    daily = {row[1] for row in connection.execute("PRAGMA table_info(ledger_daily)")}
+    if not daily:
         _add_daily_totals(connection)
+    elif missing := [figure for figure in _FIGURES if figure not in daily]:
+        _add_figures(connection, missing)
+
+
+def _add_figures(connection: sqlite3.Connection, missing: list[str]) -> None:
+    """Give an older file's ``ledger_daily`` the figures it lacks, as 0 (its records
+    have none of them: their columns were added as 0 too), and its triggers made again
+    to sum them, in one transaction: a record written after counts them."""
+    for figure in missing:
+        connection.execute(f"ALTER TABLE ledger_daily ADD COLUMN {figure} INTEGER NOT NULL "
+                           "DEFAULT 0")
+    for trigger in ("ledger_daily_add", "ledger_daily_remove"):
+        connection.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    for statement in DAILY_TRIGGERS:
+        connection.execute(statement)
 
 
 def _add_daily_totals(connection: sqlite3.Connection) -> None:
@@ -393,8 +418,8 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
     cursor = connection.execute(
         "INSERT OR IGNORE INTO ledger (request_id, at, day, \"key\", team, \"user\", route, "
         "deployment, tokens_in, tokens_out, cost_nanos, latency_ms, status, fingerprint, "
-        "tokens_cached, estimated, batch) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "tokens_cached, estimated, batch, tokens_audio_in, tokens_audio_out) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.request_id,
             record.at,
@@ -413,6 +438,8 @@ def insert_record(record: LedgerRecord, connection: sqlite3.Connection) -> bool:
             record.tokens_cached,
             int(record.estimated),
             record.batch,
+            record.tokens_audio_in,
+            record.tokens_audio_out,
         ),
     )
     return cursor.rowcount == 1
@@ -483,7 +510,7 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
     rows = []
     for row in connection.execute(sql, params):
         (*group, records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos,
-         estimated_nanos) = row
+         estimated_nanos, tokens_audio_in, tokens_audio_out) = row
         if not records:  # none at all, or a group whose records a retention deleted
             continue
         fields: dict[str, Any] = {d.value: v for d, v in zip(query.group_by, group, strict=True)}
@@ -495,6 +522,8 @@ def usage(query: UsageQuery, connection: sqlite3.Connection) -> tuple[UsageRow, 
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
                 tokens_cached=tokens_cached,
+                tokens_audio_in=tokens_audio_in,
+                tokens_audio_out=tokens_audio_out,
                 cost=cost_nanos / NANOS,
                 estimated_cost=estimated_nanos / NANOS,
             )

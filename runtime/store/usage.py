@@ -116,11 +116,13 @@ class Totals:
     ones (calls a request made and did not use), whose cost ``estimated_nanos`` sums."""
 
     __slots__ = ("cost_nanos", "errors", "estimated_nanos", "records", "requests",
-                 "tokens_cached", "tokens_in", "tokens_out")
+                 "tokens_audio_in", "tokens_audio_out", "tokens_cached", "tokens_in",
+                 "tokens_out")
 
     def __init__(self) -> None:
         self.records = self.requests = self.errors = self.tokens_in = self.tokens_out = 0
         self.tokens_cached = self.cost_nanos = self.estimated_nanos = 0
+        self.tokens_audio_in = self.tokens_audio_out = 0
 
     def add(self, record: LedgerRecord) -> None:
         cost = to_nanos(record.cost)
@@ -133,6 +135,8 @@ class Totals:
         self.tokens_in += record.tokens_in
         self.tokens_out += record.tokens_out
         self.tokens_cached += record.tokens_cached
+        self.tokens_audio_in += record.tokens_audio_in
+        self.tokens_audio_out += record.tokens_audio_out
         self.cost_nanos += cost
 
     def merge(self, other: Totals) -> None:
@@ -142,6 +146,8 @@ class Totals:
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
         self.tokens_cached += other.tokens_cached
+        self.tokens_audio_in += other.tokens_audio_in
+        self.tokens_audio_out += other.tokens_audio_out
         self.cost_nanos += other.cost_nanos
         self.estimated_nanos += other.estimated_nanos
 
@@ -194,6 +200,8 @@ class Summary:
                     tokens_in=totals.tokens_in,
                     tokens_out=totals.tokens_out,
                     tokens_cached=totals.tokens_cached,
+                    tokens_audio_in=totals.tokens_audio_in,
+                    tokens_audio_out=totals.tokens_audio_out,
                     cost=totals.cost_nanos / NANOS,
                     estimated_cost=totals.estimated_nanos / NANOS,
                 )

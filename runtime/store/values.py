@@ -254,6 +254,8 @@ class LedgerRecord:
     status: int
     fingerprint: str
     tokens_cached: int = 0  # of tokens_in: read from the provider's prompt cache
+    tokens_audio_in: int = 0  # of tokens_in: audio (billed at the audio input price)
+    tokens_audio_out: int = 0  # of tokens_out: audio (spoken answers)
     estimated: bool = False
     batch: str | None = None  # the batch (/v1/batches) the request was a line of
 
@@ -295,6 +297,8 @@ class UsageRow:
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_cached: int = 0  # of tokens_in
+    tokens_audio_in: int = 0  # of tokens_in
+    tokens_audio_out: int = 0  # of tokens_out
     cost: float = 0.0
     estimated_cost: float = 0.0  # of cost: calls cut short, estimated (LedgerRecord.estimated)
 

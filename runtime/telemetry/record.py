@@ -123,6 +123,8 @@ class CutCall:
     completion_tokens: int
     cached_tokens: int
     cost: float
+    audio_input_tokens: int = 0  # of prompt_tokens, as ``RequestRecord``'s
+    audio_output_tokens: int = 0  # of completion_tokens
 
 
 @dataclass(slots=True)

@@ -116,7 +116,8 @@ class Server:
 
     def ledger_row(self, request_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """The spend ledger's record of one request (the embedded store's SQLite file):
-        route, deployment, status, tokens_in, tokens_out and cost. ``wait_s``: how long
+        route, deployment, status, tokens_in, tokens_out (and of them tokens_audio_in,
+        tokens_audio_out) and cost. ``wait_s``: how long
         to wait for it (a stream's is written as it ends, after its last byte went out)."""
         deadline = time.monotonic() + wait_s
         while True:
@@ -124,6 +125,7 @@ class Server:
                 ledger.row_factory = sqlite3.Row
                 row = ledger.execute(
                     "SELECT route, deployment, status, tokens_in, tokens_out, "
+                    "tokens_audio_in, tokens_audio_out, "
                     "cost_nanos / 1e9 AS cost FROM ledger WHERE request_id = ?",
                     (request_id,)).fetchone()
             ledger.close()

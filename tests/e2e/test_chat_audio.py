@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -99,6 +100,7 @@ def test_a_spoken_chat_is_passed_through_and_its_audio_billed_at_audio_prices(
     row = spoken.server.ledger_row(request_id)
     assert (row["tokens_in"], row["tokens_out"]) == (usage.prompt_tokens,
                                                      usage.completion_tokens)
+    assert (row["tokens_audio_in"], row["tokens_audio_out"]) == (audio_in, audio_out)
     assert row["cost"] == pytest.approx(billed(usage.prompt_tokens, usage.completion_tokens,
                                                audio_in, audio_out))
     assert usage.prompt_tokens_details is not None
@@ -137,6 +139,7 @@ def test_a_streamed_spoken_chat_passes_delta_audio_on_and_is_billed_at_audio_pri
     row = spoken.server.ledger_row(raw.headers["x-request-id"], wait_s=5.0)
     assert row["cost"] == pytest.approx(billed(usage.prompt_tokens, usage.completion_tokens,
                                                audio_in, audio_out))
+    assert (row["tokens_audio_in"], row["tokens_audio_out"]) == (audio_in, audio_out)
     assert usage.completion_tokens_details is not None
     assert usage.completion_tokens_details.audio_tokens == audio_out
 
@@ -156,3 +159,31 @@ def test_a_spoken_answer_is_held_at_the_audio_output_price(tmp_path: Path) -> No
                 max_completion_tokens=1000, **SPOKEN)
         assert "budget" in str(refused.value).lower()
         assert len(served.upstream.script.requests) == asked  # never sent
+
+
+def test_the_usage_api_and_admin_spend_sum_audio_tokens(tmp_path: Path) -> None:
+    """A spoken chat whole and one streamed: /v1/costs/summary and /admin/spend give
+    their audio tokens, summed, beside the text tokens they are of."""
+    with spoken_gateway(tmp_path / "gw") as served:
+        usages = []
+        whole = served.client.chat.completions.create(model="speaker", messages=MESSAGES,
+                                                      **SPOKEN)
+        usages.append(whole.usage)
+        for chunk in served.client.chat.completions.create(
+                model="speaker", messages=MESSAGES, stream=True,
+                stream_options={"include_usage": True}, **SPOKEN):
+            if chunk.usage is not None:
+                usages.append(chunk.usage)
+        served.server.ledger_rows(2, wait_s=5.0)  # a stream's is written as it ends
+        audio_in = sum(usage.prompt_tokens_details.audio_tokens for usage in usages
+                       if usage is not None and usage.prompt_tokens_details is not None)
+        audio_out = sum(usage.completion_tokens_details.audio_tokens for usage in usages
+                        if usage is not None and usage.completion_tokens_details is not None)
+        assert audio_in == 2 * input_audio_tokens(MESSAGES) and audio_out > 0
+        for path in ("/v1/costs/summary?group_by=route", "/admin/spend?group_by=route"):
+            answer = httpx.get(f"{served.server.base_url}{path}",
+                               headers={"authorization": f"Bearer {served.client.api_key}"})
+            assert answer.status_code == 200, answer.text
+            (row,) = answer.json()["data"]
+            assert (row["route"], row["requests"], row["tokens_audio_in"],
+                    row["tokens_audio_out"]) == ("speaker", 2, audio_in, audio_out), path

@@ -93,7 +93,8 @@ async def test_per_user_budgets_are_separate_and_refuse_with_insufficient_quota(
     summary = (await client("dev").get("/v1/costs/summary?group_by=key")).json()["data"]
     assert summary == [{"day": None, "team": None, "key": "alice", "user": None, "route": None,
                         "deployment": None, "requests": 4, "errors": 1, "tokens_in": 27,
-                        "tokens_out": 9, "tokens_cached": 0, "cost": 36.0,
+                        "tokens_out": 9, "tokens_cached": 0, "tokens_audio_in": 0,
+                        "tokens_audio_out": 0, "cost": 36.0,
                         "estimated_cost": 0.0}]
     # An end user's budget is listed when asked for by name (it was not listed at all).
     budgets = (await client("dev").get("/admin/budgets?user=u1")).json()["data"]

@@ -70,6 +70,8 @@ def records(count: int, prefix: str, seed: int) -> list[LedgerRecord]:
             deployment=rng.choice(["gpt-4o", "mini", *(["cut"] if estimated else [])]),
             tokens_in=rng.randrange(1000), tokens_out=rng.randrange(300),
             tokens_cached=rng.choice([0, 0, rng.randrange(100)]),
+            tokens_audio_in=rng.choice([0, 0, rng.randrange(200)]),
+            tokens_audio_out=rng.choice([0, 0, rng.randrange(300)]),
             cost=rng.randrange(10**7) / 1e9,
             status=499 if estimated else rng.choice([200, 200, 200, 429, 500]),
             estimated=estimated))

@@ -30,7 +30,14 @@ from .jsonio import JSONBody
 from .live import Live
 from .policy import Facts, RequestGate
 from .policy_request import authorize_route
-from .providers.base import ChatCall, ChatDelta, ChatResult, Usage, close_deltas
+from .providers.base import (
+    ChatCall,
+    ChatDelta,
+    ChatResult,
+    Usage,
+    close_deltas,
+    unreported_usage,
+)
 from .providers.guard import SentOutput
 from .providers.registry import COMPLETES_TEXT
 from .routing.attempts import AttemptLoop, Won, stream_ended
@@ -44,7 +51,7 @@ from .telemetry.tracing import (
     PROVIDER_NAMES,
     Span,
 )
-from .tokens import TokenCounter
+from .tokens import STREAMED_AUDIO_FORMAT
 from .uncancelled import uncancelled
 
 if TYPE_CHECKING:
@@ -191,14 +198,6 @@ def _bill(record: RequestRecord, deployment: Deployment, usage: Usage) -> None:
     record.cost = usage.cost(deployment.price)
 
 
-def _bill_sent(record: RequestRecord, deployment: Deployment, sent: SentOutput,
-               counter: TokenCounter) -> None:
-    """Bill a stream cut before its upstream reported usage: the output it sent, counted
-    as an answer whose upstream reports no usage is (providers/guard.py)."""
-    record.completion_tokens = sent.tokens(counter)
-    record.cost = deployment.price.cost(record.prompt_tokens, record.completion_tokens)
-
-
 async def complete(
     live: Live, chosen: Plan, record: RequestRecord | None = None
 ) -> tuple[Served, ChatResult]:
@@ -318,7 +317,8 @@ async def stream(
             except BaseException as exc:  # its quota given back, or a call cut short billed
                 with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
                     await uncancelled(partial(quotas.failed, hold, candidate.deployment,
-                                              chosen.prompt_tokens, exc),
+                                              chosen.prompt_tokens, exc,
+                                              _unanswered(chosen, candidate)),
                                       live.store.finish, again=True)
                 span_failed(span, exc)
                 span.end()
@@ -338,10 +338,10 @@ async def stream(
         if first is not None and first.usage is not None:
             used = first.usage
         else:
-            sent = SentOutput()
+            sent = SentOutput(STREAMED_AUDIO_FORMAT)
             if first is not None:
                 sent.add(first)
-            used = Usage(chosen.prompt_tokens, sent.tokens(live.counter))
+            used = sent.counted(_unanswered(chosen, lost.candidate), live.counter)
         await quotas.settle(holds.pop(deployment.name, None), cut_short(record, deployment, used))
 
     won = await run_attempts(live, chosen.route,
@@ -352,7 +352,8 @@ async def stream(
     first, rest, span = won.value
     record.response_model = won.candidate.deployment.model
     hold = holds.get(won.candidate.deployment.name)  # its losers' were settled (discard)
-    return _served(record, chosen, won), _measured(live, won, record, first, rest, hold, span)
+    return _served(record, chosen, won), _measured(
+        live, won, record, first, rest, hold, partial(_unanswered, chosen, won.candidate), span)
 
 
 class PipelineChat(Protocol):
@@ -468,6 +469,12 @@ def _call(chosen: Plan, candidate: Candidate) -> ChatCall:
     )
 
 
+def _unanswered(chosen: Plan, candidate: Candidate) -> Usage:
+    """What a call to ``candidate`` cut before its usage came is billed for its prompt:
+    as one whose upstream reports none (its audio parts as audio tokens)."""
+    return unreported_usage(_call(chosen, candidate))
+
+
 async def _measured(
     live: Live,
     won: Won[Any],
@@ -475,16 +482,18 @@ async def _measured(
     first: ChatDelta | None,
     rest: AsyncIterator[ChatDelta],
     hold: Hold | None,
+    unanswered: Callable[[], Usage],
     span: Span = NO_SPAN,
 ) -> AsyncIterator[ChatDelta]:
     """The stream as the client sees it: in flight to its end, timed, billed once, and
     judged at its end (the breaker's verdict on the deployment). Cut before the upstream
-    reported usage, it is billed what it sent, before the deployment's own tpm is
-    settled (a cut reaches this, the innermost stream, first)."""
+    reported usage, it is billed ``unanswered()`` (its prompt) and what it sent (a spoken
+    answer's audio too, at the audio price), before the deployment's own tpm is settled
+    (a cut reaches this, the innermost stream, first)."""
     deployment = won.candidate.deployment
     stats = live.routing.of(deployment)
     stats.in_flight += 1
-    sent = SentOutput()
+    sent = SentOutput(STREAMED_AUDIO_FORMAT)
     billed = ended = False
     error: BaseException | None = None
     try:
@@ -522,8 +531,8 @@ async def _measured(
     finally:
         stats.in_flight -= 1
         stream_ended(live.routing, won, ended, error)
-        if not billed:
-            _bill_sent(record, deployment, sent, live.counter)
+        if not billed:  # as an answer whose upstream reports no usage (providers/guard.py)
+            _bill(record, deployment, sent.counted(unanswered(), live.counter))
         span.set("gen_ai.response.model", record.response_model)
         span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
         span.set("gen_ai.usage.output_tokens", record.completion_tokens)

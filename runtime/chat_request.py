@@ -107,6 +107,14 @@ class ChatRequest(BaseModel):
         modalities = (self.model_extra or {}).get("modalities")
         return isinstance(modalities, list) and "audio" in modalities
 
+    @property
+    def audio_format(self) -> str | None:
+        """The format a whole spoken answer's audio is asked in (``audio.format``); a
+        streamed one's is pcm16 whatever is asked (``tokens.STREAMED_AUDIO_FORMAT``)."""
+        audio = (self.model_extra or {}).get("audio")
+        chosen = audio.get("format") if isinstance(audio, dict) else None
+        return chosen if isinstance(chosen, str) else None
+
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse and validate a request body; any problem is a ``BadRequest`` naming the field."""

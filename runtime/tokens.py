@@ -38,6 +38,15 @@ _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_TOKENS_PER_SECOND = 10
 _ESTIMATED_BYTES_PER_SECOND = 16_000
 _WAV_HEADER_CHARACTERS = 64  # base64 of a canonical header's first 48 bytes
+# What a spoken answer's audio is billed as where no usage came for it (a stream cut
+# before its usage, an upstream that reports none): its seconds at OpenAI's ~20 output
+# audio tokens a second, twice the input's above (Realtime's "1 token per 50 ms" of
+# assistant audio; providers/audio.py's figure for speech, from OpenAI's price per minute,
+# comes to ~21). A streamed answer's audio is pcm16, 24 kHz mono: 48,000 bytes a second;
+# a whole answer's is in the format asked, read as an input_audio part's is.
+_SPOKEN_TOKENS_PER_SECOND = 20
+PCM16_BYTES_PER_SECOND = 48_000
+STREAMED_AUDIO_FORMAT = "pcm16"
 
 
 class TokenCounter:
@@ -117,12 +126,30 @@ def _audio_tokens(part: ContentPart) -> int:
     audio = (part.model_extra or {}).get("input_audio")
     if not isinstance(audio, dict) or not isinstance(data := audio.get("data"), str):
         return 0
-    # The bytes the base64 holds: 3 every 4 characters, less its padding.
-    size = len(data) * 3 // 4 - (2 if data.endswith("==") else data.endswith("="))
-    rate = _ESTIMATED_BYTES_PER_SECOND
-    if audio.get("format") == "wav":
-        rate = _wav_byte_rate(data[:_WAV_HEADER_CHARACTERS]) or rate
-    return -(-size * _AUDIO_TOKENS_PER_SECOND // rate)  # rounded up
+    rate = audio_byte_rate(data, audio.get("format"))
+    return -(-base64_size(data) * _AUDIO_TOKENS_PER_SECOND // rate)  # rounded up
+
+
+def spoken_tokens(size: int, byte_rate: int) -> int:
+    """The output audio tokens of ``size`` bytes of a spoken answer's audio, at
+    ``byte_rate`` (``audio_byte_rate``): ``spoken_tokens(48_000, PCM16_BYTES_PER_SECOND)
+    == 20``, a second's."""
+    return -(-size * _SPOKEN_TOKENS_PER_SECOND // byte_rate)  # rounded up
+
+
+def base64_size(data: str) -> int:
+    """The bytes base64 ``data`` holds: 3 every 4 characters, less its padding."""
+    return len(data) * 3 // 4 - (2 if data.endswith("==") else data.endswith("="))
+
+
+def audio_byte_rate(data: str, audio_format: object) -> int:
+    """Bytes a second of the base64 audio ``data`` in ``audio_format``: a WAV file's from
+    its header, pcm16's 48,000, any other's MP3's 16,000 (at 128 kbit/s)."""
+    if audio_format == "pcm16":
+        return PCM16_BYTES_PER_SECOND
+    if audio_format == "wav":
+        return _wav_byte_rate(data[:_WAV_HEADER_CHARACTERS]) or _ESTIMATED_BYTES_PER_SECOND
+    return _ESTIMATED_BYTES_PER_SECOND
 
 
 def _wav_byte_rate(head: str) -> int | None:

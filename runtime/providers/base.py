@@ -17,7 +17,7 @@ from aigw.compiler.graph import Deployment, Price, Provider
 
 from ..chat_request import ChatRequest
 from ..errors import NoDeploymentAvailable, UpstreamServerError
-from ..tokens import TokenCounter
+from ..tokens import TokenCounter, audio_prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,10 @@ class Usage:
 
 def unreported_usage(call: ChatCall) -> Usage:
     """The usage of an answer whose provider reported none: the prompt as the gateway
-    counted it, the output to be counted from the answer (``GuardedAdapter``)."""
-    return Usage(call.prompt_tokens, 0, reported=False)
+    counted it, its ``input_audio`` parts as audio tokens (as its hold priced them), the
+    output to be counted from the answer (``GuardedAdapter``)."""
+    return Usage(call.prompt_tokens, 0, reported=False,
+                 audio_input_tokens=audio_prompt_tokens(call.request.messages))
 
 
 @dataclass(frozen=True, slots=True)

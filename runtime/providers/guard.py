@@ -28,7 +28,13 @@ import aiohttp
 from aigw.compiler.graph import Provider
 
 from ..errors import UpstreamServerError
-from ..tokens import TokenCounter
+from ..tokens import (
+    STREAMED_AUDIO_FORMAT,
+    TokenCounter,
+    audio_byte_rate,
+    base64_size,
+    spoken_tokens,
+)
 from ..upstream import scrub
 from .audio import (
     SpeechCall,
@@ -83,19 +89,21 @@ class GuardedAdapter:
             raise self._unreadable(exc) from None
         if result.usage.reported:
             return result
-        output = SentOutput()
+        output = SentOutput(call.request.audio_format)
         for choice in result.choices:
             output.add(choice)
-        return dataclasses.replace(result, usage=self._counted(result.usage, output))
+        return dataclasses.replace(result, usage=output.counted(result.usage, self.counter))
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         deltas = self.inner.stream(call)
-        output = SentOutput()  # what was answered, counted if no usage is reported
+        # What was answered, counted if no usage is reported.
+        output = SentOutput(STREAMED_AUDIO_FORMAT)
         try:
             async for delta in deltas:
                 output.add(delta)
                 if delta.usage is not None and not delta.usage.reported:
-                    delta = dataclasses.replace(delta, usage=self._counted(delta.usage, output))
+                    delta = dataclasses.replace(
+                        delta, usage=output.counted(delta.usage, self.counter))
                 yield delta
         except UNREADABLE as exc:
             raise self._unreadable(exc) from None
@@ -177,9 +185,6 @@ class GuardedAdapter:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    def _counted(self, usage: Usage, output: SentOutput) -> Usage:
-        return Usage(usage.prompt_tokens, output.tokens(self.counter))
-
     def _unreadable(self, exc: Exception) -> UpstreamServerError:
         name = self.provider.name
         # The traceback as text, scrubbed: the exception can quote the answer, and the
@@ -194,15 +199,20 @@ class GuardedAdapter:
 
 class SentOutput:
     """What an answer sent that its output tokens are counted from where its provider
-    gave no count: content, refusal, and each tool call's name and arguments. The
-    gateway's one estimate of output tokens, so that an answer or stream whose upstream
-    reported no usage (``GuardedAdapter``) and a stream cut before its usage
-    (``chat._measured``) are counted alike."""
+    gave no count: content, refusal, each tool call's name and arguments, and a spoken
+    answer's transcript (text tokens) and audio (audio tokens, from its bytes: see
+    ``tokens.spoken_tokens``). The gateway's one estimate of output tokens, so that an
+    answer or stream whose upstream reported no usage (``GuardedAdapter``) and a stream
+    cut before its usage (``chat._measured``) are counted alike. ``audio_format``: what
+    the audio is in (``tokens.STREAMED_AUDIO_FORMAT`` for a stream's)."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_audio_bytes", "_audio_format", "_audio_rate", "_parts")
 
-    def __init__(self) -> None:
+    def __init__(self, audio_format: str | None) -> None:
         self._parts: list[str] = []
+        self._audio_format = audio_format
+        self._audio_bytes = 0
+        self._audio_rate = 0  # bytes a second, read from the first piece of audio
 
     def add(self, piece: Choice | ChatDelta) -> None:
         """Keep what a whole choice, or a piece of a stream, said."""
@@ -216,6 +226,25 @@ class SentOutput:
                 parts.append(tool.name)
             if tool.arguments:
                 parts.append(tool.arguments)
+        audio = piece.extra.get("audio") if piece.extra else None
+        if isinstance(audio, dict):  # a spoken answer's message.audio (delta.audio)
+            if isinstance(transcript := audio.get("transcript"), str) and transcript:
+                parts.append(transcript)
+            if isinstance(data := audio.get("data"), str) and data:
+                if not self._audio_rate:
+                    self._audio_rate = audio_byte_rate(data, self._audio_format)
+                self._audio_bytes += base64_size(data)
 
     def tokens(self, counter: TokenCounter) -> int:
-        return counter.count("".join(self._parts)) if self._parts else 0
+        """Its output tokens: text and audio."""
+        text = counter.count("".join(self._parts)) if self._parts else 0
+        return text + self.audio_tokens()
+
+    def audio_tokens(self) -> int:
+        return spoken_tokens(self._audio_bytes, self._audio_rate) if self._audio_bytes else 0
+
+    def counted(self, unreported: Usage, counter: TokenCounter) -> Usage:
+        """``unreported`` (the prompt as the gateway counted it, ``unreported_usage``)
+        with this output: what the answer is billed."""
+        return dataclasses.replace(unreported, completion_tokens=self.tokens(counter),
+                                   audio_output_tokens=self.audio_tokens())

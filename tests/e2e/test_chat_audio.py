@@ -7,6 +7,7 @@ audio output price, so that a budget the spoken answer would overrun refuses it 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,8 +18,15 @@ import httpx
 import openai
 import pytest
 
+from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
-from ..fakes.openai_spoken import AUDIO_ID, input_audio_tokens, output_audio_tokens, speech
+from ..fakes.openai_spoken import (
+    AUDIO_ID,
+    input_audio_tokens,
+    output_audio_tokens,
+    speech,
+    spoken_pcm,
+)
 from ..fakes.serve import serving
 from ..media import wav_base64
 from .server import Server, sdk_gateway
@@ -132,7 +140,8 @@ def test_a_streamed_spoken_chat_passes_delta_audio_on_and_is_billed_at_audio_pri
         MESSAGES, SPOKEN["modalities"], SPOKEN["audio"])
     transcript = "".join(piece.get("transcript", "") for piece in pieces)
     assert pieces[0]["id"] == AUDIO_ID
-    assert [piece["data"] for piece in pieces if "data" in piece] == [speech(transcript)]
+    assert b"".join(base64.b64decode(piece["data"]) for piece in pieces
+                    if "data" in piece) == spoken_pcm(transcript)
     assert "expires_at" in pieces[-1]
     audio_in, audio_out = input_audio_tokens(MESSAGES), output_audio_tokens(transcript)
     assert usage is not None
@@ -187,3 +196,76 @@ def test_the_usage_api_and_admin_spend_sum_audio_tokens(tmp_path: Path) -> None:
             (row,) = answer.json()["data"]
             assert (row["route"], row["requests"], row["tokens_audio_in"],
                     row["tokens_audio_out"]) == ("speaker", 2, audio_in, audio_out), path
+
+
+def test_a_spoken_stream_cut_before_its_usage_is_billed_the_audio_it_delivered(
+    spoken: Spoken,
+) -> None:
+    """Three words spoken (each its transcript, then its audio as pcm16), then the
+    upstream's connection drops, before its usage: billed its prompt's audio at the audio
+    input price, the transcript as text, and the audio delivered at the audio output
+    price (its seconds, at 48,000 bytes a second, at ~20 tokens a second). It was billed
+    the transcript alone, at the text price: 9 tokens of a spoken answer's ~30."""
+    spoken.upstream.script.actions.append(Action(cut_stream_after=7))  # the role's, 3 x 2
+    raw = spoken.client.chat.completions.with_raw_response.create(
+        model="speaker", messages=MESSAGES, stream=True,
+        stream_options={"include_usage": True}, **SPOKEN)
+    pieces: list[dict[str, Any]] = []
+    with pytest.raises(openai.APIError):
+        for chunk in raw.parse():
+            for choice in chunk.choices:
+                audio = choice.delta.to_dict().get("audio")
+                if audio is not None:
+                    pieces.append(audio)
+    delivered = b"".join(base64.b64decode(piece["data"]) for piece in pieces if "data" in piece)
+    transcript = "".join(piece.get("transcript", "") for piece in pieces)
+    assert len(transcript.split()) == 3 and delivered == spoken_pcm(transcript)
+    audio_in, audio_out = input_audio_tokens(MESSAGES), len(delivered) * 20 // 48_000
+    assert audio_out == output_audio_tokens(transcript) == 24
+
+    row = spoken.server.ledger_row(raw.headers["x-request-id"], wait_s=5.0)
+    assert row["status"] >= 500
+    # The gateway's estimate of the input audio counts the WAV file's header too: a token.
+    assert (row["tokens_audio_in"], row["tokens_audio_out"]) == (audio_in + 1, audio_out)
+    assert row["tokens_out"] > audio_out  # and the transcript's text tokens
+    assert row["cost"] == pytest.approx(billed(row["tokens_in"], row["tokens_out"],
+                                               audio_in + 1, audio_out))
+
+
+def test_an_answer_without_usage_bills_its_audio_at_audio_prices(spoken: Spoken) -> None:
+    """An upstream that leaves usage out (whole, or a stream that ignores include_usage):
+    the gateway counts the answer, its input_audio parts as audio input tokens (as its
+    hold estimated them: 10 a second of the file) and its spoken audio as audio output tokens (a WAV
+    file's seconds from its header, a stream's pcm16 at 48,000 bytes a second). Both
+    were billed at the text prices, the spoken audio not at all."""
+    spoken.upstream.reports_usage = False
+    try:
+        whole = spoken.client.chat.completions.with_raw_response.create(
+            model="speaker", messages=MESSAGES, **SPOKEN)
+        streamed = spoken.client.chat.completions.with_raw_response.create(
+            model="speaker", messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True}, **SPOKEN)
+        chunks = list(streamed.parse())
+    finally:
+        spoken.upstream.reports_usage = True
+    message = whole.parse().choices[0].message
+    assert message.audio is not None
+    transcripts = [message.audio.transcript, "".join(
+        choice.delta.to_dict().get("audio", {}).get("transcript", "")
+        for chunk in chunks for choice in chunk.choices)]
+    usages = [whole.parse().usage, chunks[-1].usage]  # as the gateway counted them
+    audio_in = input_audio_tokens(MESSAGES)  # the input's WAV header is counted too, below
+    # The header of the whole answer's WAV file is counted as audio too: a token.
+    for raw, transcript, usage, header in zip((whole, streamed), transcripts, usages, (1, 0),
+                                              strict=True):
+        audio_out = output_audio_tokens(transcript) + header
+        row = spoken.server.ledger_row(raw.headers["x-request-id"], wait_s=5.0)
+        assert (row["tokens_audio_in"], row["tokens_audio_out"]) == (audio_in + 1, audio_out)
+        assert row["tokens_out"] > audio_out  # the transcript's text too
+        assert row["cost"] == pytest.approx(billed(row["tokens_in"], row["tokens_out"],
+                                                   audio_in + 1, audio_out))
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert usage.completion_tokens_details is not None
+        assert (usage.prompt_tokens_details.audio_tokens,
+                usage.completion_tokens_details.audio_tokens) == (
+            audio_in + 1, audio_out)

@@ -193,6 +193,9 @@ class OpenAIFake(AudioFake, ImageEditFake):
         # Prompt tokens OpenAI's automatic prompt caching read, reported in every chat
         # answer's usage.prompt_tokens_details.cached_tokens (at most the prompt).
         self.cached_tokens = 0
+        # False: chat answers leave usage out, and streams ignore include_usage (as some
+        # OpenAI-compatible servers do).
+        self.reports_usage = True
         # Of an embedding whose request does not ask for ``dimensions``.
         self.embedding_dimensions = 8
         self.line_ending = "\n"  # of a stream's lines: "\n", "\r\n" or "\r"
@@ -298,7 +301,8 @@ class OpenAIFake(AudioFake, ImageEditFake):
                                                   "audio_tokens": audio_out}
         logprobs = bool(body.get("logprobs"))
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            include_usage = self.reports_usage and bool(
+                (body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 self._chunks(model, reply, usage, include_usage, action, logprobs, choices,
                             call_id, speaks(body)),
@@ -315,14 +319,16 @@ class OpenAIFake(AudioFake, ImageEditFake):
                                       "function": {"name": reply.tool_name,
                                                    "arguments": reply.arguments_json}}]
             finish = "tool_calls"
-        return JSONResponse({
+        answer = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake",
             "choices": [{"index": index, "message": message,
                          "logprobs": _logprobs(words(reply.text or "")) if logprobs else None,
                          "finish_reason": finish} for index in range(choices)],
-            "usage": usage,
-        }, headers=action.headers)
+        }
+        if self.reports_usage:
+            answer["usage"] = usage
+        return JSONResponse(answer, headers=action.headers)
 
     async def _chunks(self, model: str, reply: Reply, usage: dict[str, Any],
                       include_usage: bool, action: Action,

@@ -210,7 +210,7 @@ async def complete(
             live, record, quotas, candidate, _worst_tokens(chosen, candidate),
             chosen.prompt_tokens,
             partial(candidate.adapter.complete, _call(chosen, candidate)),
-            _operation(chosen, candidate), _noted)
+            _operation(chosen, candidate), _noted, partial(_unanswered, chosen, candidate))
 
     won = await run_attempts(live, chosen.route,
                              _loop(live, chosen, attempt, partial(bill_loser, record)), record)
@@ -233,16 +233,17 @@ A = TypeVar("A", bound=Answer)
 async def call_upstream(
     live: Live, record: RequestRecord, quotas: DeploymentQuotas, candidate: Candidate,
     hold_tokens: int, prompt_tokens: int, call: Callable[[], Awaitable[A]], operation: str,
-    noted: Callable[[Span, A], None], cut: Usage | None = None,
+    noted: Callable[[Span, A], None], cut: Usage | Callable[[], Usage] | None = None,
     holds: dict[str, Hold | None] | None = None,
 ) -> A:
     """One attempt at a whole answer from ``candidate`` (``call``, GenAI's ``operation``:
     chat, embeddings): its deployment's own rpm/tpm held for ``hold_tokens`` (over it, the
     member is skipped, DeploymentAtQuota, and no call goes out) and settled with what the
     answer used; if the call failed its quota is given back, and if it was cut short
-    (cancelled) it is billed ``cut``, else an estimate from ``prompt_tokens``
-    (``quotas.failed``); the upstream's time counted as such, not as the
-    gateway's overhead; the attempt's span, which ``noted`` labels with the answer.
+    (cancelled) it is billed ``cut`` (or what it returns, asked only then), else an
+    estimate from ``prompt_tokens`` (``quotas.failed``); the upstream's time counted as
+    such, not as the gateway's overhead; the attempt's span, which ``noted`` labels with
+    the answer.
     ``holds``: the answer is a stream, whose usage is known at its end: its hold is kept
     there (by deployment) for the stream to settle, not settled with the estimate."""
     hold = await quotas.take(candidate.deployment, hold_tokens)
@@ -253,7 +254,7 @@ async def call_upstream(
         except BaseException as exc:  # its quota given back, or a call cut short billed
             with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
                 await uncancelled(partial(quotas.failed, hold, candidate.deployment,
-                                          prompt_tokens, exc, cut),
+                                          prompt_tokens, exc, cut() if callable(cut) else cut),
                                   live.store.finish, again=True)
             span_failed(span, exc)
             raise

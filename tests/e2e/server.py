@@ -98,7 +98,8 @@ class Server:
         return None
 
     def ledger_rows(self, count: int, wait_s: float = 10.0) -> list[dict[str, Any]]:
-        """The ledger's records (status, estimated, cost, latency_ms), the request's before
+        """The ledger's records (status, estimated, cost, latency_ms, tokens_in,
+        tokens_out, tokens_audio_in, tokens_audio_out), the request's before
         those of the calls it cut short, once it holds ``count`` of them or ``wait_s``
         passed (a request a client left is written as its calls are cut)."""
         deadline = time.monotonic() + wait_s
@@ -106,8 +107,8 @@ class Server:
             with sqlite3.connect(self.root / "aigw.sqlite") as ledger:
                 ledger.row_factory = sqlite3.Row
                 rows = [dict(row) for row in ledger.execute(
-                    "SELECT status, estimated, cost_nanos / 1e9 AS cost, latency_ms "
-                    "FROM ledger "
+                    "SELECT status, estimated, cost_nanos / 1e9 AS cost, latency_ms, "
+                    "tokens_in, tokens_out, tokens_audio_in, tokens_audio_out FROM ledger "
                     "ORDER BY estimated, at")]
             ledger.close()
             if len(rows) >= count or time.monotonic() >= deadline:

@@ -269,3 +269,21 @@ def test_an_answer_without_usage_bills_its_audio_at_audio_prices(spoken: Spoken)
         assert (usage.prompt_tokens_details.audio_tokens,
                 usage.completion_tokens_details.audio_tokens) == (
             audio_in + 1, audio_out)
+
+
+def test_a_spoken_call_cut_before_it_answered_bills_its_input_audio_at_the_audio_price(
+    spoken: Spoken,
+) -> None:
+    """The request's deadline passes while the upstream is still thinking: the call that
+    went out is billed its prompt (an estimated record of its own), its input_audio parts
+    as audio input tokens, as its hold priced them. They were billed at the text price."""
+    before = len(spoken.server.ledger_rows(0))
+    spoken.upstream.script.actions.append(Action(delay_s=3.0))
+    with pytest.raises(openai.APIStatusError):
+        spoken.client.chat.completions.create(
+            model="speaker", messages=MESSAGES, extra_headers={"x-aigw-deadline-ms": "500"},
+            **SPOKEN)
+    row = [row for row in spoken.server.ledger_rows(before + 2) if row["estimated"]][-1]
+    audio_in = input_audio_tokens(MESSAGES) + 1  # the WAV file's header counted too
+    assert (row["tokens_audio_in"], row["tokens_out"]) == (audio_in, 0)
+    assert row["cost"] == pytest.approx(billed(row["tokens_in"], 0, audio_in, 0))

@@ -18,11 +18,13 @@ A record, its index entries and its days' totals are written by one script
 in its day's totals once, whichever replica wrote it and however late (from an outbox).
 A day's totals have a field per group (key, team, route, deployment; not the user, see
 usage.TOTALS_BY), `` =ci-bot =engineering =fast =gpt-4o`` (names percent-encoded after
-``=``; a space alone for none), holding its ten figures (``figures_of``; an older aigw's
-eight, the audio tokens after them 0). So a
-summary reads the days its window covers whole from the totals of the narrowest of the
-ledger, the key and the team, one hash a day, and only the partial days at its edges
-record by record, from the narrowest index.
+``=``; a space alone for none), holding its ten figures (``figures_of``). So a summary
+reads the days its window covers whole from the totals of the narrowest of the ledger,
+the key and the team, one hash a day, and only the partial days at its edges record by
+record, from the narrowest index. The last two figures, the audio tokens, came later: a
+field an older aigw wrote has eight (read as no audio), and its script, adding to a
+field of ten, keeps the two; but its summaries cannot read a field of ten (they fail
+until it is upgraded).
 
 With a retention (``ledger_retention_days``), each record's script also drops up to a
 hundred records older than the retention from the indexes it writes (deleting their

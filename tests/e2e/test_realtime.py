@@ -179,6 +179,8 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
     # Each response is a ledger record of its own, at the deployment's prices.
     rows = gateway.server.ledger_rows(2)
     assert [row["status"] for row in rows] == [200, 200]
+    # Its audio tokens too: the fresh input audio's, the output's.
+    assert [(row["tokens_audio_in"], row["tokens_audio_out"]) for row in rows] == [(80, 30)] * 2
     assert all(row["latency_ms"] > 0 for row in rows)  # from response.created
     assert [row["cost"] for row in rows] == pytest.approx([RESPONSE_COST] * 2)
     spend = httpx.get(f"{gateway.server.base_url}/admin/spend?group_by=key",

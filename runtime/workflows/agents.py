@@ -4,7 +4,8 @@ calls below are made as 1.0's and translated at the wire, a2a_v03.py).
 
     policy        invoke on ``Agent::"name"`` for the execution's key and end user
     card          GET the agent card (when the agent's url is one), with the agent's
-                  ``a2a_version`` as ``A2A-Version`` (a2a_v03.header); its JSONRPC
+                  ``a2a_version`` as ``A2A-Version`` (a2a_v03.header; none when it has
+                  none: the card's versions are what says it); its JSONRPC
                   interface of the agent's ``a2a_version`` (else of 1.0, else of 0.3,
                   else of 0.2: 1.0's ``supportedInterfaces``, 0.3's and 0.2's ``url``
                   and ``additionalInterfaces``) is the endpoint, which must be on the card's
@@ -224,9 +225,10 @@ class _Client:
         if not self.agent.card:
             return Endpoint(self.agent.url, self.agent.a2a_version or PROTOCOL_VERSION)
         # Asked in the version its calls will speak (0.2: none, as they have none): not
-        # as 1.0's to an agent configured as 0.3's.
-        card = await self._json("GET", self.agent.url, None,
-                                self.agent.a2a_version or PROTOCOL_VERSION)
+        # as 1.0's to an agent configured as 0.3's. Of an agent whose version is not
+        # known, with none (A2A 1.0, 3.6.1: a version is said by a client that knows it
+        # speaks one, and an agent reads none as 0.3): the card says which it speaks.
+        card = await self._json("GET", self.agent.url, None, self.agent.a2a_version)
         offers = _offers(card) if isinstance(card, Mapping) else []
         if any(said == V01 for _binding, said, _url in offers):
             raise StepFailed(f"the card of agent '{self.agent.name}' is an A2A 0.1 card (it has "
@@ -306,10 +308,11 @@ class _Client:
             hint += f"; if it speaks A2A 0.1 (tasks/send), that {_V01_UNSUPPORTED}"
         return hint
 
-    async def _json(self, method: str, url: str, body: Any, version: str) -> Any:
-        """``method`` ``url``'s JSON answer, asked as A2A ``version`` (a2a_v03.header)."""
+    async def _json(self, method: str, url: str, body: Any, version: str | None) -> Any:
+        """``method`` ``url``'s JSON answer, asked as A2A ``version`` (a2a_v03.header);
+        ``None``: a card's GET for an agent whose version is not known, said in no header."""
         shown = shown_url(url)
-        said = a2a_v03.header(version)
+        said = None if version is None else a2a_v03.header(version)
         headers = self.headers if said is None else {**self.headers, "a2a-version": said}
         try:
             answer: HttpAnswer = await self.run.services.http(

@@ -73,7 +73,7 @@ output:"""),
     **{f"ask-{name}": _ask(name) for name in (
         "old-echo", "old-slow", "old-broken", "old-direct", "old-unsaid", "old-as-new",
         "old-said", "older-echo", "older-slow", "older-direct", "older-said", "oldest",
-        "oldest-open", "oldest-direct")},
+        "oldest-open", "oldest-direct", "unversioned-echo", "unversioned-old")},
     "ask-old-slow-json": _ask("old-slow", output="json"),
     "ask-old-stuck": _ask("old-stuck", timeout_s=1),
 }
@@ -146,6 +146,9 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
             f"old-unsaid: {{url: '{base}/old-echo/'}}",
             f"old-as-new: {{url: '{base}/old-echo{card}', a2a_version: '1.0'}}",
             f"old-said: {{url: '{base}/old-echo{card}', a2a_version: '0.3'}}",
+            # Cards of agents whose version only the card says, read by no other test
+            f"unversioned-echo: {{url: '{base}/echo{card}'}}",
+            f"unversioned-old: {{url: '{base}/old-echo{card}'}}",
             # A2A 0.2's: their cards at 0.2's path, as they say or as the config says
             *(f"{name}: {{url: '{base}/{name}/.well-known/agent.json'}}"
               for name in ("older-echo", "older-slow")),
@@ -459,6 +462,21 @@ def test_an_agents_card_is_asked_for_in_the_version_it_is_configured_to_speak(
             in agents.seen.requests[start:] if path.startswith(("/old-echo/", "/older-echo/"))] == [
         ("/old-echo/.well-known/agent-card.json", "0.3"), ("/old-echo/", "0.3"),
         ("/older-echo/.well-known/agent.json", None), ("/older-echo/", None)]
+
+
+def test_the_card_of_an_agent_of_no_a2a_version_is_asked_for_without_one(
+    agents: Agents,
+) -> None:
+    """Its version not known, the card's GET says none (A2A 1.0, 3.6.1: an agent reads
+    none as 0.3; it was asked as 1.0's); the calls then speak the version the card
+    names: 1.0's or 0.3's."""
+    start = len(agents.seen.requests)
+    assert agents.run("ask-unversioned-echo", "tides") == (200, "echo: Tell me about tides")
+    assert agents.run("ask-unversioned-old", "tides") == (200, "echo: Tell me about tides")
+    assert [(path, headers.get("a2a-version")) for path, headers
+            in agents.seen.requests[start:]] == [
+        ("/echo/.well-known/agent-card.json", None), ("/echo/", "1.0"),
+        ("/old-echo/.well-known/agent-card.json", None), ("/old-echo/", "0.3")]
 
 
 def test_a_0_3_agent_called_as_1_0_fails_saying_which_version_to_set(agents: Agents) -> None:

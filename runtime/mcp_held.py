@@ -10,12 +10,17 @@ What it answers, as a streamable HTTP server would::
     POST a request                 the message to the server; an SSE stream of what the
                                    server says until the response with the request's id
     POST a notification, response  the message to the server; 202
-    GET                            an SSE stream of what it says outside any call
+    GET                            an SSE stream of what it says outside any call, each
+                                   event with its id; with Last-Event-ID, those after it
+                                   again first (and an older GET stream of the session
+                                   ended: its client has left it)
     DELETE                         the session ended; 200
 
 A response goes to the call with its id; a notification or request of the server's goes
 to an open call's stream (neither stdio nor HTTP+SSE says which call it belongs to: the
-oldest open), else to the GET stream, else it is dropped with a log line. A session is
+oldest open), else to the GET stream's replay (``_Replay``), which keeps it, whether a GET
+stream is open or not, for the stream to send and for a client that reconnects with
+``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again. A session is
 ended on DELETE, after ``idle_timeout_s`` with no message, when the gateway stops, and
 when its upstream end does; its id is then unknown (404), as it is to every other
 replica: a session lives in the gateway process that opened it, so several replicas
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -41,6 +47,7 @@ from .jsonio import dumps, loads
 log = logging.getLogger("aigw.mcp")
 
 SESSION = "mcp-session-id"
+LAST_EVENT_ID = "last-event-id"
 SSE = "text/event-stream"
 _QUEUED = 1024  # messages of the server's held for a stream; past it they are dropped
 # And the bytes: 1,024 messages of up to the transport's cap each (tens of MiB) would be
@@ -108,7 +115,7 @@ class HeldServer(httpx.AsyncBaseTransport):
             return refusal(400, "Bad Request: no Mcp-Session-Id.")
         session = self._session(session_id)
         if request.method == "GET":
-            return session.stream()
+            return session.stream(request.headers.get(LAST_EVENT_ID))
         with anyio.CancelScope(shield=True):  # DELETE: a client that leaves ends it still
             await session.stop("ended by its client")
         return httpx.Response(200)
@@ -159,7 +166,8 @@ class HeldSession:
         self.id = session_id
         self.owner = owner
         self.calls: dict[bytes, _Backlog[_Item]] = {}
-        self.events: _Backlog[bytes | None] | None = None  # the GET stream's, when open
+        self.replay = _Replay()  # what the server said outside any call
+        self.reader: _ServerStream | None = None  # the GET stream, when open
         self.last = time.monotonic()
         self.ended = False
         self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle")]
@@ -205,12 +213,15 @@ class HeldSession:
         return httpx.Response(200, headers={**headers, "content-type": SSE},
                               stream=_CallStream(self, key, queue, read_s, opening))
 
-    def stream(self) -> httpx.Response:
-        if self.events is not None:
+    def stream(self, last_event_id: str | None = None) -> httpx.Response:
+        """The GET stream: from the message after ``last_event_id`` (a reconnect), else
+        from the first no stream has sent. A reconnect takes over the session's stream,
+        whose client has left it though its end may not have noticed yet."""
+        if self.reader is not None and last_event_id is None:
             return refusal(409, "Conflict: only one GET stream a session.")
-        self.events = _Backlog()
-        return httpx.Response(200, headers={"content-type": SSE},
-                              stream=_ServerStream(self, self.events))
+        self.reader = _ServerStream(self, self.replay.start(last_event_id, self.owner.name))
+        self.replay.wake()  # a stream taken over ends
+        return httpx.Response(200, headers={"content-type": SSE}, stream=self.reader)
 
     async def stop(self, why: str) -> None:
         """End the session: its calls fail, its GET stream ends, its upstream end closes."""
@@ -221,8 +232,7 @@ class HeldSession:
                                      "it answered.")
             for queue in self.calls.values():
                 queue.put_nowait(failed)
-            if self.events is not None:
-                self.events.put_nowait(None)
+            self.replay.wake()
             log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
         current = asyncio.current_task()
         for task in self.tasks:
@@ -252,17 +262,17 @@ class HeldSession:
             return
         method = str(message["method"])[:100]
         call = next(iter(self.calls.values()), None)
-        stream: _Backlog[Any] | None = call if call is not None else self.events
-        if stream is None:
-            log.info("MCP server '%s' sent %s with no stream open to take it (dropped)",
-                     self.owner.name, method)
-        elif stream.qsize() >= _QUEUED or (
-                stream.held_bytes and stream.held_bytes + len(raw) > _QUEUED_BYTES):
+        if call is None:
+            if not self.replay.add(raw):
+                log.warning("MCP server '%s' sent %s to a GET stream %d messages (%d bytes) "
+                            "behind (dropped)", self.owner.name, method,
+                            len(self.replay.kept), self.replay.held_bytes)
+        elif call.qsize() >= _QUEUED or (
+                call.held_bytes and call.held_bytes + len(raw) > _QUEUED_BYTES):
             log.warning("MCP server '%s' sent %s to a stream %d messages (%d bytes) behind "
-                        "(dropped)", self.owner.name, method, stream.qsize(),
-                        stream.held_bytes)
+                        "(dropped)", self.owner.name, method, call.qsize(), call.held_bytes)
         else:
-            stream.put_nowait((raw, False) if call is not None else raw)
+            call.put_nowait((raw, False))
 
     async def _idle(self) -> None:
         idle_s = self.owner.idle_timeout_s
@@ -307,16 +317,88 @@ class _CallStream(httpx.AsyncByteStream):
                 await session.stop("its initialize went unanswered")
 
 
-class _ServerStream(httpx.AsyncByteStream):
-    """The GET stream: what the server sends outside any call, until the session ends."""
+class _Replay:
+    """What the server said outside any call, each message under its event id (1, 2,
+    ... in the session), kept for the GET stream: those no stream has sent yet and,
+    behind them, those one has, for a client that reconnects with ``Last-Event-ID``.
+    Bounded as a call's stream is, by ``_QUEUED`` messages and ``_QUEUED_BYTES`` in all:
+    the oldest sent go first; a message that would still not fit is dropped (the
+    stream is that far behind), unless none is kept (one is let through, whatever its
+    size)."""
 
-    def __init__(self, session: HeldSession, queue: asyncio.Queue[bytes | None]) -> None:
-        self._session, self._queue = session, queue
+    def __init__(self) -> None:
+        self.kept: deque[tuple[int, bytes]] = deque()
+        self.held_bytes = 0
+        self.last_id = 0  # the id of the newest message kept (none yet: 0)
+        self.sent = 0  # the id of the newest message a stream sent
+        self.change = asyncio.Event()  # set (and replaced) by ``wake``
+
+    def add(self, raw: bytes) -> bool:
+        """Keep ``raw`` under the next id; False: dropped, as it does not fit."""
+        while self.kept and self.kept[0][0] <= self.sent and self._full(len(raw)):
+            self.held_bytes -= len(self.kept.popleft()[1])
+        if self.kept and self._full(len(raw)):
+            return False
+        self.last_id += 1
+        self.kept.append((self.last_id, raw))
+        self.held_bytes += len(raw)
+        self.wake()
+        return True
+
+    def _full(self, adding: int) -> bool:
+        return len(self.kept) >= _QUEUED or self.held_bytes + adding > _QUEUED_BYTES
+
+    def after(self, event_id: int) -> tuple[int, bytes] | None:
+        """The message kept after ``event_id`` (the oldest kept, if that one is gone)."""
+        if not self.kept or event_id >= self.last_id:
+            return None
+        return self.kept[max(0, event_id - self.kept[0][0] + 1)]
+
+    def start(self, last_event_id: str | None, server: str) -> int:
+        """The id a GET stream starts after: its ``Last-Event-ID``, else (none, or one
+        this session did not give) the newest a stream sent."""
+        if last_event_id is None:
+            return self.sent
+        said = last_event_id.strip()
+        if not said.isdecimal() or int(said) > self.last_id:
+            log.info("MCP server '%s': a GET stream resumed after an event id its session "
+                     "did not give (%.40r): from the messages not yet sent", server, said)
+            return self.sent
+        lost = (self.kept[0][0] if self.kept else self.last_id + 1) - int(said) - 1
+        if lost > 0:
+            log.warning("MCP server '%s': a GET stream resumed after event %s, of which "
+                        "%d messages are no longer kept", server, said, lost)
+        return int(said)
+
+    def wake(self) -> None:
+        """Wake the streams waiting: a message came, a stream was taken over, or the
+        session ended."""
+        self.change.set()
+        self.change = asyncio.Event()
+
+
+class _ServerStream(httpx.AsyncByteStream):
+    """The GET stream: what the server sends outside any call, each event with its id,
+    from the message after ``after``; until the session ends (what was kept for it sent
+    first) or another GET stream takes over."""
+
+    def __init__(self, session: HeldSession, after: int) -> None:
+        self._session, self._after = session, after
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while (item := await self._queue.get()) is not None:
-            yield b"event: message\ndata: " + item + b"\n\n"
+        session, replay = self._session, self._session.replay
+        while session.reader is self:
+            change = replay.change
+            found = replay.after(self._after)
+            if found is None:
+                if session.ended:
+                    return
+                await change.wait()
+                continue
+            self._after, raw = found
+            replay.sent = max(replay.sent, self._after)
+            yield b"id: %d\nevent: message\ndata: %s\n\n" % (self._after, raw)
 
     async def aclose(self) -> None:
-        if self._session.events is self._queue:
-            self._session.events = None
+        if self._session.reader is self:
+            self._session.reader = None

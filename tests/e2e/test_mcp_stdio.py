@@ -5,11 +5,12 @@ client in front, as for a streamable HTTP server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,63 @@ async def test_tools_are_listed_called_and_the_server_heard(gateway: StdioGatewa
     assert shown[0].startswith("aigw1.")  # sealed as a streamable HTTP server's id is
     await until(lambda: not alive(pid["result"]), "DELETE stopped the process")
     assert f"aigw-test-stdio {pid['result']} starting" in gateway.server.log  # its stderr
+
+
+async def _said(stream: httpx.Response, count: int) -> list[tuple[str | None, str]]:
+    """The next ``count`` events of a GET stream of resources said to be updated: each
+    as its event id (None without one) and the resource's URI."""
+    found: list[tuple[str | None, str]] = []
+    lines: list[str] = []
+    events: AsyncIterator[str] = stream.aiter_lines()
+    async with asyncio.timeout(10):
+        while len(found) < count:
+            line = await anext(events)
+            if line:
+                lines.append(line)
+                continue
+            if lines:
+                data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
+                event_id = next((line[3:].strip() for line in lines if line.startswith("id:")),
+                                None)
+                found.append((event_id, json.loads(data)["params"]["uri"]))
+            lines = []
+    return found
+
+
+async def test_a_get_stream_resumed_with_last_event_id_has_what_was_said_while_away(
+    gateway: StdioGateway,
+) -> None:
+    """A held session's GET events had no ids, and what the server said while its
+    client was away (between a GET stream's end and the next) was dropped: a client that
+    reconnected with ``Last-Event-ID`` had lost it. Now each event has its id, and a GET
+    with ``Last-Event-ID`` has what came after it first (MCP streamable HTTP's
+    resumability); one without begins with what no stream has sent."""
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
+               "mcp-protocol-version": "2025-06-18", "accept": "text/event-stream"}
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with http.stream("GET", url, headers=headers) as stream:
+            assert stream.status_code == 200
+            assert call(url, session_id, "chatter", prefix="here", count=1).status_code == 200
+            [(seen, uri)] = await _said(stream, 1)
+        assert seen is not None and uri == "memo://here/0"
+        assert call(url, session_id, "chatter", prefix="away", count=3).status_code == 200
+        await asyncio.sleep(1.0)  # said 0.2 s after the call, while no stream is open
+        async with http.stream("GET", url, headers={**headers, "last-event-id": seen}) \
+                as stream:
+            assert stream.status_code == 200
+            resumed = await _said(stream, 3)
+        assert [uri for _id, uri in resumed] == [f"memo://away/{n}" for n in range(3)]
+        ids = [int(seen), *(int(event_id or 0) for event_id, _uri in resumed)]
+        assert ids == sorted(set(ids))
+        # Resumed after the last, nothing again: what the server says next
+        async with http.stream("GET", url, headers={**headers,
+                                                    "last-event-id": str(ids[-1])}) as stream:
+            assert call(url, session_id, "chatter", prefix="next", count=1).status_code == 200
+            [(after, uri)] = await _said(stream, 1)
+        assert uri == "memo://next/0" and int(after or 0) > ids[-1]
+        assert (await http.delete(url, headers=headers)).status_code == 200
 
 
 async def test_a_session_idle_past_its_timeout_is_stopped(gateway: StdioGateway) -> None:

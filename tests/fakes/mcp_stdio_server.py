@@ -56,6 +56,24 @@ async def notify(ctx: Context) -> str:
 
 
 @server.tool()
+async def chatter(prefix: str, count: int, ctx: Context) -> str:
+    """``count`` resources said to be updated (``memo://<prefix>/<n>``), a moment after
+    this call has been answered: with no call open, they go to the session's GET
+    stream, or are kept for it while its client is away."""
+    session = ctx.session
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        for n in range(count):
+            await session.send_resource_updated(f"memo://{prefix}/{n}")
+
+    task = asyncio.create_task(later())
+    _later.add(task)
+    task.add_done_callback(_later.discard)
+    return "soon"
+
+
+@server.tool()
 def crash() -> str:
     """The process ends without an answer, saying so on stderr."""
     print("aigw-test-stdio crashing", file=sys.stderr, flush=True)

@@ -4,35 +4,116 @@ client does not read."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator, Mapping
+from typing import cast
 
 from aigw.compiler.graph import McpServer, McpSse
 from aigw.runtime.mcp import McpProxy
 from aigw.runtime.mcp_held import _QUEUED_BYTES, HeldServer, HeldSession
 
 
+class _Session(HeldSession):
+    """A held session with no upstream end to close."""
+
+    async def close(self) -> None:
+        return None
+
+
+def _note(data: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                       "params": {"data": data}}).encode()
+
+
+def _reader(session: HeldSession, last_event_id: str | None = None,
+            ) -> AsyncGenerator[bytes, None]:
+    """A GET stream of ``session``'s, as its events."""
+    answer = session.stream(last_event_id)
+    assert answer.status_code == 200
+    stream = answer.stream
+    assert isinstance(stream, AsyncIterable)
+    return cast("AsyncGenerator[bytes, None]", aiter(stream))
+
+
+def _event(event_id: int, raw: bytes) -> bytes:
+    return b"id: %d\nevent: message\ndata: %s\n\n" % (event_id, raw)
+
+
 async def test_a_stream_nobody_reads_holds_a_bounded_number_of_bytes() -> None:
     """1,024 messages of up to the transport's cap (tens of MiB) each were held for a
     GET stream its client did not read: gigabytes for one session. Past _QUEUED_BYTES a
-    message is dropped; the first is let through whatever its size."""
+    message is dropped; the first is let through whatever its size; what was sent is
+    kept for a resumption only while it fits."""
     session = HeldSession("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    events = _reader(session)
     try:
-        session.stream()
-        events = session.events
-        assert events is not None
-        big = json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
-                          "params": {"data": "x" * (_QUEUED_BYTES + 1)}}).encode()
+        replay = session.replay
+        big = _note("x" * (_QUEUED_BYTES + 1))
         session.route(big)
-        assert events.qsize() == 1  # alone, it goes through
-        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
-                           "params": {"data": "y" * (1 << 20)}}).encode()
+        assert len(replay.kept) == 1  # alone, it goes through
+        note = _note("y" * (1 << 20))
         session.route(note)
-        assert events.qsize() == 1  # behind it, dropped
-        assert events.get_nowait() == big and events.held_bytes == 0
+        assert len(replay.kept) == 1  # behind it, dropped
+        assert await anext(events) == _event(1, big)
         for _ in range(200):  # 200 MiB sent to a stream that reads none
             session.route(note)
-        assert events.held_bytes <= _QUEUED_BYTES
-        assert events.qsize() == _QUEUED_BYTES // len(note)
+        assert replay.held_bytes <= _QUEUED_BYTES
+        assert len(replay.kept) == _QUEUED_BYTES // len(note)  # the big one gone first
+    finally:
+        await events.aclose()
+        for task in session.tasks:
+            task.cancel()
+
+
+async def test_a_get_stream_resumed_has_what_came_after_its_last_event_id() -> None:
+    """A GET with Last-Event-ID has the messages after it again, then the new ones, and
+    takes over the stream its client left (whose end had not noticed: it ends); a GET
+    without one, while a stream is open, is still refused."""
+    session = HeldSession("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    first = _reader(session)
+    second = None
+    try:
+        for n in range(3):
+            session.route(_note(f"m{n}"))
+        assert await anext(first) == _event(1, _note("m0"))
+        assert await anext(first) == _event(2, _note("m1"))  # sent, its client gone
+        assert session.stream().status_code == 409
+        second = _reader(session, "1")
+        assert await anext(second) == _event(2, _note("m1"))
+        assert await anext(second) == _event(3, _note("m2"))
+        session.route(_note("m3"))
+        assert await anext(second) == _event(4, _note("m3"))
+        assert [event async for event in first] == []  # taken over: ended
+    finally:
+        await first.aclose()
+        if second is not None:
+            await second.aclose()
+        for task in session.tasks:
+            task.cancel()
+
+
+async def test_what_is_said_with_no_stream_open_is_kept_for_the_next() -> None:
+    """Said while no GET stream is open (its client between two): kept, and the next
+    stream begins with what no stream has sent; an id the session did not give is
+    read as none, and one older than what is kept resumes from the oldest kept."""
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        session.route(_note("early"))
+        events = _reader(session)
+        assert await anext(events) == _event(1, _note("early"))
+        await events.aclose()
+        for n, unknown in enumerate(("99", "abc"), start=2):
+            session.route(_note(f"away {n}"))
+            events = _reader(session, unknown)
+            assert await anext(events) == _event(n, _note(f"away {n}"))
+            await events.aclose()
+        for _ in range(2):  # as if pushed out by others
+            session.replay.kept.popleft()
+        events = _reader(session, "0")
+        assert await anext(events) == _event(3, _note("away 3"))
+        await events.aclose()
+        await session.stop("the test ends")
+        assert [event async for event in _reader(session, "2")] == [
+            _event(3, _note("away 3"))]  # what is kept, then the end
     finally:
         for task in session.tasks:
             task.cancel()

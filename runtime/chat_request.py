@@ -85,6 +85,12 @@ class ChatRequest(BaseModel):
     # True on a request from the legacy /v1/completions (``TextChatRequest``): its
     # one user message is the prompt, which OpenAI-format upstreams get as a raw prompt.
     text_completion: ClassVar[bool] = False
+    # True on a request from Gemini's API whose functionCallingConfig mode is VALIDATED
+    # (``ValidatedChatRequest``): the model answers text or calls a function, its calls
+    # held to their schemas. In OpenAI's terms it is tool_choice auto with strict
+    # functions (where a schema can be strict); a Gemini-family adapter sends VALIDATED
+    # itself, which holds every schema, strict or not.
+    validated_calls: ClassVar[bool] = False
 
     @property
     def samples(self) -> int:
@@ -134,13 +140,19 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 
 
 def chat_request_from(body: dict[str, Any], *, anthropic_hints: bool = False,
-                      text_completion: bool = False) -> ChatRequest:
+                      text_completion: bool = False,
+                      validated_calls: bool = False) -> ChatRequest:
     """A request built by the gateway from another wire format (Anthropic's Messages):
     what does not validate (an empty content list, say) is the client's ``BadRequest``,
     never a 500. ``anthropic_hints``: see ``ChatRequest.anthropic_hints``;
-    ``text_completion``: a ``TextChatRequest``, from /v1/completions."""
-    kind: type[ChatRequest] = (HintedChatRequest if anthropic_hints else
-                               TextChatRequest if text_completion else ChatRequest)
+    ``text_completion``: a ``TextChatRequest``, from /v1/completions;
+    ``validated_calls``: see ``ChatRequest.validated_calls``."""
+    kind: type[ChatRequest]
+    if validated_calls:
+        kind = HintedValidatedChatRequest if anthropic_hints else ValidatedChatRequest
+    else:
+        kind = (HintedChatRequest if anthropic_hints else
+                TextChatRequest if text_completion else ChatRequest)
     try:
         return kind.model_validate(body)
     except ValidationError as exc:
@@ -152,6 +164,19 @@ class HintedChatRequest(ChatRequest):
     ``ChatRequest.anthropic_hints``)."""
 
     anthropic_hints: ClassVar[bool] = True
+
+
+class ValidatedChatRequest(ChatRequest):
+    """A request from Gemini's API of function calling mode VALIDATED (see
+    ``ChatRequest.validated_calls``)."""
+
+    validated_calls: ClassVar[bool] = True
+
+
+class HintedValidatedChatRequest(HintedChatRequest):
+    """Of mode VALIDATED, with the top_k that Gemini's API keeps as Anthropic's is."""
+
+    validated_calls: ClassVar[bool] = True
 
 
 class TextParams(BaseModel):

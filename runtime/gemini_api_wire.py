@@ -27,7 +27,11 @@ outbound adapter's tables (``providers.gemini_wire``) the other way:
 - ``tools[].functionDeclarations`` -> function tools (``parametersJsonSchema`` as is,
   ``parameters`` made JSON Schema); ``toolConfig.functionCallingConfig`` mode
   AUTO/ANY/NONE -> auto/required/none, ANY with one ``allowedFunctionNames`` -> that
-  function, with several -> only those tools, required.
+  function, with several -> only those tools, required. VALIDATED (text or a call, the
+  call held to its schema) -> auto, with only the ``allowedFunctionNames`` tools if
+  given, each ``strict`` where its schema can be (every object's properties required,
+  none other allowed: ``strict_schema``); a Gemini-family deployment is sent VALIDATED
+  itself (``ChatRequest.validated_calls``).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class Tool(_Wire):
 
 
 class FunctionCallingConfig(_Wire):
-    mode: Literal["AUTO", "ANY", "NONE", "MODE_UNSPECIFIED"] = "AUTO"
+    mode: Literal["AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED"] = "AUTO"
     allowed_function_names: list[str] | None = None
 
 
@@ -210,9 +214,12 @@ def to_chat_request(route: str, request: GenerateContentRequest, stream: bool) -
     if response_format is not None:
         body["response_format"] = response_format
     body.update(tools_of(request))
+    calling = request.tool_config.function_calling_config if request.tool_config else None
     # top_k as Anthropic's ingress sends it: kept for upstreams that take it, never sent
     # to OpenAI-format ones, which refuse it.
-    return chat_request_from(body, anthropic_hints=config.top_k is not None)
+    return chat_request_from(body, anthropic_hints=config.top_k is not None,
+                             validated_calls="tools" in body and calling is not None
+                             and calling.mode == "VALIDATED")
 
 
 def _response_format(config: GenerationConfig) -> dict[str, Any] | None:
@@ -353,9 +360,11 @@ def _blob_part(blob: Blob, where: str) -> dict[str, Any]:
 def tools_of(request: GenerateContentRequest) -> dict[str, Any]:
     """``tools`` and ``tool_choice``, or nothing when the request declares no function.
 
-    ``allowedFunctionNames`` (mode ANY only, as Google documents it) holds the model to
-    those functions: one is OpenAI's named choice; several are the only tools sent, with
-    ``required``, which is the same promise (a call, of one of them)."""
+    ``allowedFunctionNames`` (modes ANY and VALIDATED, as Google documents it) holds the
+    model to those functions: under ANY one is OpenAI's named choice; several are the
+    only tools sent, with ``required``, which is the same promise (a call, of one of
+    them). Under VALIDATED they are the only tools sent, with ``auto`` (the model may
+    answer in text), each ``strict`` where its schema can be."""
     declarations = [each for tool in request.tools or () for each in tool.function_declarations]
     calling = request.tool_config.function_calling_config if request.tool_config else None
     if not declarations:
@@ -363,23 +372,26 @@ def tools_of(request: GenerateContentRequest) -> dict[str, Any]:
     if calling is None or calling.mode == "MODE_UNSPECIFIED":
         return {"tools": [_tool(each) for each in declarations]}
     allowed = calling.allowed_function_names or []
-    if allowed and calling.mode != "ANY":
+    if allowed and calling.mode not in ("ANY", "VALIDATED"):
         raise BadRequest("toolConfig.functionCallingConfig.allowedFunctionNames: only "
-                         "with mode ANY.", param="toolConfig.functionCallingConfig")
+                         "with mode ANY or VALIDATED.", param="toolConfig.functionCallingConfig")
     names = {each.name for each in declarations}
     for name in allowed:
         if name not in names:
             raise BadRequest(f"toolConfig.functionCallingConfig.allowedFunctionNames: no "
                              f"function named {quoted(name)} is declared.",
                              param="toolConfig.functionCallingConfig.allowedFunctionNames")
+    kept = [each for each in declarations if not allowed or each.name in allowed]
+    if calling.mode == "VALIDATED":
+        return {"tools": [_tool(each, validated=True) for each in kept], "tool_choice": "auto"}
     if len(set(allowed)) == 1:
         return {"tools": [_tool(each) for each in declarations],
                 "tool_choice": {"type": "function", "function": {"name": allowed[0]}}}
-    kept = [each for each in declarations if not allowed or each.name in allowed]
     return {"tools": [_tool(each) for each in kept], "tool_choice": _TOOL_CHOICES[calling.mode]}
 
 
-def _tool(declaration: FunctionDeclaration) -> dict[str, Any]:
+def _tool(declaration: FunctionDeclaration, validated: bool = False) -> dict[str, Any]:
+    """A function tool; ``validated`` (mode VALIDATED): strict, where its schema can be."""
     parameters = declaration.parameters_json_schema
     if parameters is None and declaration.parameters is not None:
         parameters = json_schema(declaration.parameters)
@@ -389,4 +401,51 @@ def _tool(declaration: FunctionDeclaration) -> dict[str, Any]:
     }
     if declaration.description is not None:
         function["description"] = declaration.description
+    strict = strict_schema(function["parameters"]) if validated else None
+    if strict is not None:
+        function["parameters"], function["strict"] = strict, True
     return {"type": "function", "function": function}
+
+
+def strict_schema(schema: Any) -> dict[str, Any] | None:
+    """``schema`` as OpenAI's strict function calling takes it, where it means the same:
+    each object's properties all ``required`` and no others allowed (written
+    ``additionalProperties: false``, as strict asks); None where it cannot be (an
+    optional property, other properties allowed, a ``$ref``), which a strict schema
+    would change.
+
+    >>> strict_schema({"type": "object", "properties": {"q": {"type": "string"}},
+    ...                "required": ["q"]})["additionalProperties"]
+    False
+    >>> strict_schema({"type": "object", "properties": {"q": {"type": "string"}}}) is None
+    True
+    """
+    if not isinstance(schema, dict) or "$ref" in schema:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):
+            properties = {name: strict_schema(sub) for name, sub in value.items()}
+            if any(sub is None for sub in properties.values()):
+                return None
+            out[key] = properties
+        elif key == "items":
+            items = strict_schema(value)
+            if items is None:
+                return None
+            out[key] = items
+        elif key in ("anyOf", "oneOf") and isinstance(value, list):
+            options = [strict_schema(sub) for sub in value]
+            if any(sub is None for sub in options):
+                return None
+            out[key] = options
+        else:
+            out[key] = value
+    kind = schema.get("type")
+    if kind == "object" or (isinstance(kind, list) and "object" in kind):
+        if schema.get("additionalProperties", False) is not False:
+            return None
+        if set(schema.get("required") or ()) != set(schema.get("properties") or {}):
+            return None
+        out["additionalProperties"] = False
+    return out

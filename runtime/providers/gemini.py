@@ -32,7 +32,9 @@ OpenAI -> Gemini
                             than enum/date-time/float/double/int32/int64, empty
                             ``properties`` (and parameters with none).
     tool_choice             auto/required/none -> AUTO/ANY/NONE; a named function ->
-                            ANY with ``allowedFunctionNames``
+                            ANY with ``allowedFunctionNames``; auto on a request of
+                            Gemini's ingress in mode VALIDATED -> VALIDATED
+                            (``ChatRequest.validated_calls``)
     temperature, top_p, top_k, seed, presence_penalty, frequency_penalty, stop, n
                             ``generationConfig`` temperature, topP, topK, seed,
                             presencePenalty, frequencyPenalty, stopSequences,

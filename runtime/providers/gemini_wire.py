@@ -69,6 +69,10 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     if request.tools:
         body["tools"] = [{"functionDeclarations": function_declarations(request.tools)}]
         config = function_calling_config(request.tool_choice)
+        if request.validated_calls and config.get("mode", "AUTO") == "AUTO":
+            # Gemini's own mode, as its ingress was asked: calls held to every schema,
+            # not only to those OpenAI's strict could take.
+            config = {"mode": "VALIDATED"}
         if config:
             body["toolConfig"] = {"functionCallingConfig": config}
     elif request.tool_choice not in (None, "none", "auto"):

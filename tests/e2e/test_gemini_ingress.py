@@ -217,6 +217,50 @@ def test_several_allowed_functions_reach_the_upstream_alone(
     assert sent["tool_choice"] == "required"
 
 
+def _validated(*declarations: types.FunctionDeclaration,
+               allowed: list[str] | None = None) -> types.GenerateContentConfig:
+    return types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=list(declarations))],
+        tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+            mode=types.FunctionCallingConfigMode.VALIDATED, allowed_function_names=allowed)),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+
+
+def test_validated_calls_reach_openai_as_strict_auto_and_gemini_as_validated(
+    client: genai.Client, fake: OpenAIFake, gemini: GeminiFake
+) -> None:
+    """Mode VALIDATED was refused (400). An OpenAI upstream is sent auto with the
+    allowed functions alone, strict where their schemas can be (every property
+    required); a Gemini one is sent VALIDATED itself."""
+    required = types.FunctionDeclaration(
+        name="lookup", description="Look a thing up",
+        parameters=types.Schema(type=types.Type.OBJECT, required=["query"],
+                                properties={"query": types.Schema(type=types.Type.STRING)}))
+    news = types.FunctionDeclaration(name="news", description="Read the news")
+    answer = client.models.generate_content(model="gpt", contents="find the moon",
+                                            config=_validated(required, news,
+                                                              allowed=["lookup"]))
+    assert [call.name for call in answer.function_calls or ()] == ["lookup"]
+    sent = fake.script.requests[-1]
+    assert sent["tool_choice"] == "auto"
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "lookup", "description": "Look a thing up", "strict": True,
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                       "required": ["query"], "additionalProperties": False}}}]
+    client.models.generate_content(model="gpt", contents="find the moon",
+                                   config=_validated(LOOKUP, news))
+    assert [(tool["function"]["name"], tool["function"].get("strict"))
+            for tool in fake.script.requests[-1]["tools"]] == [("lookup", None),
+                                                                ("news", True)]
+    answer = client.models.generate_content(model="flash", contents="find the moon",
+                                            config=_validated(LOOKUP, news))
+    assert [call.name for call in answer.function_calls or ()] == ["lookup"]
+    sent = gemini.script.requests[-1]
+    assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "VALIDATED"}}
+    assert [each["name"] for each in sent["tools"][0]["functionDeclarations"]] == \
+        ["lookup", "news"]
+
+
 def test_count_tokens_and_models(client: genai.Client) -> None:
     counted = client.models.count_tokens(model="gpt", contents="how many tokens is this")
     assert counted.total_tokens is not None and counted.total_tokens > 0

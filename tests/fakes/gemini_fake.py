@@ -178,9 +178,10 @@ def _tool_config(config: Any, declared: set[str]) -> None:
         raise Invalid(f"Invalid value at 'tool_config.function_calling_config.mode': "
                       f"{calling.get('mode')!r}")
     names = calling.get("allowedFunctionNames")
-    if names is not None and (calling.get("mode") != "ANY" or not set(names) <= declared):
-        raise Invalid("allowed_function_names should only be set when the mode is ANY, and "
-                      "name declared functions")
+    if names is not None and (calling.get("mode") not in ("ANY", "VALIDATED")
+                              or not set(names) <= declared):
+        raise Invalid("allowed_function_names should only be set when the mode is ANY or "
+                      "VALIDATED, and name declared functions")
 
 
 def _generation_config(config: Any, tools: bool, model: str) -> None:

@@ -121,6 +121,40 @@ def test_several_allowed_functions_are_the_only_tools_sent_and_one_is_required()
         assert named in refused.value.message
 
 
+def test_validated_is_auto_with_strict_functions_where_their_schemas_can_be() -> None:
+    """Mode VALIDATED (text, or a call held to its schema) was refused. It is OpenAI's
+    auto with strict functions: a schema whose every property is required is made
+    strict (no other properties), one with an optional property kept as it is (strict
+    would make it required); allowedFunctionNames are the only tools sent, auto still
+    (one name is no forced call, as under ANY). Gemini deployments are told VALIDATED."""
+    city = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}
+    loose = {"type": "object", "properties": {"topic": {"type": "string"}}}
+    declarations = [{"name": "weather", "parameters": city},
+                    {"name": "news", "parametersJsonSchema": loose}, {"name": "time"}]
+    body = _ask(tools=[{"functionDeclarations": declarations}],
+                toolConfig={"functionCallingConfig": {"mode": "VALIDATED"}})
+    request = to_chat_request("echo", parse(GenerateContentRequest, json.dumps(body).encode()),
+                              False)
+    assert request.validated_calls
+    lowered = request.model_dump(exclude_none=True)
+    assert lowered["tool_choice"] == "auto"
+    assert lowered["tools"] == [
+        {"type": "function", "function": {"name": "weather", "strict": True, "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": False}}},
+        {"type": "function", "function": {"name": "news", "parameters": loose}},
+        {"type": "function", "function": {"name": "time", "strict": True, "parameters": {
+            "type": "object", "properties": {}, "additionalProperties": False}}}]
+    allowed = _lowered({**body, "toolConfig": {"functionCallingConfig": {
+        "mode": "VALIDATED", "allowedFunctionNames": ["weather"]}}})
+    assert [tool["function"]["name"] for tool in allowed["tools"]] == ["weather"]
+    assert allowed["tool_choice"] == "auto"
+    plain = to_chat_request("echo", parse(GenerateContentRequest, json.dumps(
+        {**body, "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}}}).encode()), False)
+    assert not plain.validated_calls
+    assert all("strict" not in tool["function"] for tool in plain.model_dump()["tools"])
+
+
 def test_response_schemas_become_json_schema_response_formats() -> None:
     schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}}
     lowered = _lowered(_ask(generationConfig={"responseMimeType": "application/json",

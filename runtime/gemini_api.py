@@ -3,7 +3,11 @@
     POST /v1beta/models/{route}:generateContent        a GenerateContentResponse
     POST /v1beta/models/{route}:streamGenerateContent  ?alt=sse: one per event; else
                                                         a JSON array, elements as they come
-    POST /v1beta/models/{route}:countTokens            {"totalTokens": n}
+    POST /v1beta/models/{route}:countTokens            {"totalTokens": n}: counted by the
+                                                        deployment the route would try
+                                                        first where it can (Gemini's,
+                                                        Vertex's), else by the gateway;
+                                                        ``x-aigw-counted-by`` says which
     GET  /v1beta/models[/{route}]                       the key's routes as Models, paged
 
 The key is the gateway's, in ``x-goog-api-key`` (what google-genai sends) or ``?key=``;
@@ -60,8 +64,9 @@ from .gemini_api_wire import (
 )
 from .live import Live
 from .messages import tool_input
-from .providers.base import ChatDelta, ChatResult, ToolCall, Usage
+from .providers.base import ChatCall, ChatDelta, ChatResult, CountsTokens, ToolCall, Usage
 from .providers.gemini import FINISH_REASONS
+from .routing.explain import explain
 from .sse import encoded_events, settled_stream
 from .telemetry.record import RequestRecord
 
@@ -77,6 +82,7 @@ _STATUS: Mapping[int, str] = MappingProxyType({
     501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 })
 _METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+COUNTED_BY = "x-aigw-counted-by"  # a countTokens answer's: deployment or gateway
 _PAGE, _MAX_PAGE = 50, 1000  # Google's default and largest pageSize for models.list
 
 log = logging.getLogger("aigw.http")
@@ -148,19 +154,53 @@ async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Bo
 
 async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: str,
                        body: Body) -> Response:
-    """``:countTokens``: the prompt tokens the gateway plans a request with, for a
-    principal that may send it (the key's routes and Cedar's invoke check)."""
+    """``:countTokens``, for a principal that may send the request (the key's routes and
+    Cedar's invoke check): the deployment's own count where the route would try one that
+    counts exactly first (``deployment_count``), else the prompt tokens the gateway
+    plans the request with. ``x-aigw-counted-by`` says which (``deployment``, with
+    ``x-aigw-deployment``, or ``gateway``)."""
     try:
         key = gemini_key(live.graph, headers, query)
         request = parse(CountTokensRequest, await body()).request()
-        tokens = await planned_tokens(live, key, headers, _route_name(name),
-                                      chat_messages(request), tools_of(request))
+        route = _route_name(name)
+        tokens = await planned_tokens(live, key, headers, route, chat_messages(request),
+                                      tools_of(request))
+        counted = await deployment_count(live, route, request, tokens)
     except GatewayError as exc:
         return error_response(exc)
     except Exception:  # in Gemini's shape too, whatever failed
         log.exception("countTokens failed")
         return error_response(InternalError("The gateway had an internal error; it is logged."))
-    return JSONResponse({"totalTokens": tokens})
+    if counted is None:
+        return JSONResponse({"totalTokens": tokens}, headers={COUNTED_BY: "gateway"})
+    deployment, total = counted
+    return JSONResponse({"totalTokens": total},
+                        headers={COUNTED_BY: "deployment", "x-aigw-deployment": deployment})
+
+
+async def deployment_count(live: Live, route: str, request: GenerateContentRequest,
+                           planned: int) -> tuple[str, int] | None:
+    """(deployment, its count) of the deployment a request of the route would try first
+    (its order as ``aigw route`` shows it, with no live statistics: the shared routing
+    state is not the count's to touch, and a count is no call to balance), where its
+    adapter counts exactly (``CountsTokens``: Gemini, Vertex's Gemini), asked with the
+    provider's credentials (never shown: a failure is logged by the adapter's scrubbed
+    message). None where it cannot, or its count failed: the gateway's count answers."""
+    tiers = explain(live.graph, route, planned, None)
+    first = next((tier.order[0][0] for tier in tiers if tier.order), None)
+    deployment = live.graph.deployments.get(first) if first is not None else None
+    adapter = live.adapters.get(deployment.provider.name) if deployment is not None else None
+    if deployment is None or not isinstance(adapter, CountsTokens):
+        return None
+    call = ChatCall(to_chat_request(route, request, False), deployment, planned,
+                    deployment.max_output_tokens)
+    try:
+        total = await adapter.count_tokens(call)
+    except GatewayError as exc:
+        log.warning("countTokens: deployment '%s' did not count the prompt (%s); the "
+                    "gateway's count answers", deployment.name, exc.message)
+        return None
+    return None if total is None else (deployment.name, total)
 
 
 def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:

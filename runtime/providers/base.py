@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aigw.compiler.graph import Deployment, Price, Provider
 
@@ -420,6 +420,17 @@ class Refusals:
 
     async def moderate(self, call: ModerationCall) -> ModerationResult:
         raise not_served(call.deployment, self.provider, "moderation")
+
+
+@runtime_checkable
+class CountsTokens(Protocol):
+    """An adapter whose provider counts a prompt's tokens exactly for its model (Gemini's
+    and Vertex's ``countTokens``): what count-tokens endpoints ask, where they can."""
+
+    async def count_tokens(self, call: ChatCall) -> int | None:
+        """The prompt tokens of ``call`` as its model counts them; None: this
+        deployment's model has no such count here (Claude on Vertex)."""
+        ...
 
 
 class ChatAdapter(Protocol):

@@ -175,6 +175,29 @@ class GeminiAdapter(Refusals):
             raise stream_cut(self.provider, "its end (no finishReason)")
         yield ChatDelta(usage=usage or unreported_usage(call))
 
+    async def count_tokens(self, call: ChatCall) -> int | None:
+        """``countTokens`` of the prompt as it would be sent (contents, system
+        instruction, tools): Gemini's own count for the model, which its tokenizer
+        makes exact where the gateway's is an estimate."""
+        sent = build_request(call)
+        prompt: dict[str, Any] = {name: sent[name] for name in
+                                  ("contents", "systemInstruction", "tools") if name in sent}
+        with _key_refusals():
+            document = await self.upstream.post_json(
+                self.url(call.deployment.model, "countTokens"),
+                self.count_body(call.deployment.model, prompt), self._headers)
+        total = document.get("totalTokens")
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise UpstreamServerError(f"provider '{self.provider.name}' answered countTokens "
+                                      "without a totalTokens count",
+                                      provider=self.provider.name)
+        return total
+
+    def count_body(self, model: str, prompt: dict[str, Any]) -> dict[str, Any]:
+        """Gemini's API counts a prompt with a system instruction or tools only as a
+        whole ``generateContentRequest``, which names its model."""
+        return {"generateContentRequest": {"model": model_path(model), **prompt}}
+
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         texts = [item for item in call.inputs if isinstance(item, str)]
         if len(texts) != len(call.inputs):  # routing sends none (registry.EMBEDS_TOKEN_IDS)

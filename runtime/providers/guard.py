@@ -49,6 +49,7 @@ from .base import (
     ChatDelta,
     ChatResult,
     Choice,
+    CountsTokens,
     EmbeddingCall,
     EmbeddingResult,
     ImageCall,
@@ -109,6 +110,15 @@ class GuardedAdapter:
             raise self._unreadable(exc) from None
         finally:  # a client that goes away closes this stream, and so the provider's
             await close_deltas(deltas)
+
+    async def count_tokens(self, call: ChatCall) -> int | None:
+        """The inner adapter's exact count (``CountsTokens``); None where it has none."""
+        if not isinstance(self.inner, CountsTokens):
+            return None
+        try:
+            return await self.inner.count_tokens(call)
+        except UNREADABLE as exc:
+            raise self._unreadable(exc) from None
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         try:

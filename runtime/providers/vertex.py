@@ -92,6 +92,12 @@ class VertexAdapter(Refusals):
     def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         return self._adapter(call.deployment.model).stream(call)
 
+    async def count_tokens(self, call: ChatCall) -> int | None:
+        """Gemini's count on Vertex; None for Claude, whose count Vertex does not serve
+        as Anthropic's API does."""
+        adapter = self._adapter(call.deployment.model)
+        return await adapter.count_tokens(call) if adapter is self._gemini else None
+
     async def aclose(self) -> None:
         await self._gemini.upstream.aclose()  # the client both publishers share
 
@@ -105,6 +111,10 @@ class _VertexGemini(GeminiAdapter):
 
     def url(self, model: str, method: str) -> str:
         return f"{self._models}/{model}:{method}"
+
+    def count_body(self, model: str, prompt: dict[str, Any]) -> dict[str, Any]:
+        """Vertex's countTokens takes the prompt's fields themselves."""
+        return prompt
 
 
 class _VertexAnthropic(AnthropicAdapter):

@@ -274,6 +274,54 @@ def test_count_tokens_and_models(client: genai.Client) -> None:
     assert (model.input_token_limit, model.output_token_limit) == (128000, 4096)
 
 
+def test_count_tokens_asks_a_gemini_deployment_and_falls_back_to_the_gateways_count(
+    client: genai.Client, server: Server, gemini: GeminiFake
+) -> None:
+    """countTokens answered with the gateway's estimate even where the route's
+    deployment is Gemini's, whose own count is exact. Now the deployment is asked (with
+    the provider's key, never the gateway's), and says what a call's promptTokenCount
+    will be; a route of another provider, or a count that fails, is the gateway's.
+    ``x-aigw-counted-by`` says which."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "how many tokens is this"}]}],
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "tools": [{"functionDeclarations": [{"name": "lookup"}]}]}
+
+    def count(route: str) -> httpx.Response:
+        return httpx.post(f"{server.base_url}/v1beta/models/{route}:countTokens", timeout=30,
+                          headers={"x-goog-api-key": DEV_KEY},
+                          json={"generateContentRequest": body})
+
+    counted = count("flash")
+    assert counted.status_code == 200, counted.text
+    assert (counted.headers["x-aigw-counted-by"], counted.headers["x-aigw-deployment"]) == \
+        ("deployment", "flash")
+    assert gemini.paths[-1] == "/v1beta/models/gemini-2.5-flash:countTokens"
+    assert gemini.script.headers[-1]["x-goog-api-key"] == gemini.api_key
+    asked = gemini.script.requests[-1]["generateContentRequest"]
+    assert asked["model"] == "models/gemini-2.5-flash"
+    assert asked["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    answer = client.models.generate_content(
+        model="flash", contents="how many tokens is this",
+        config=types.GenerateContentConfig(system_instruction="Be brief.", tools=[
+            types.Tool(function_declarations=[types.FunctionDeclaration(name="lookup")])]))
+    assert answer.usage_metadata is not None
+    assert counted.json() == {"totalTokens": answer.usage_metadata.prompt_token_count}
+
+    other = count("gpt")
+    assert other.status_code == 200 and other.headers["x-aigw-counted-by"] == "gateway"
+    assert "x-aigw-deployment" not in other.headers and other.json()["totalTokens"] > 0
+
+    # A count that fails (its message quoting the provider's key) is the gateway's.
+    gemini.script.actions.append(Action(status=400, body={"error": {
+        "code": 400, "status": "INVALID_ARGUMENT",
+        "message": f"API key not valid: {gemini.api_key}"}}))
+    fallen = count("flash")
+    assert fallen.status_code == 200 and fallen.headers["x-aigw-counted-by"] == "gateway"
+    assert fallen.json()["totalTokens"] > 0
+    assert gemini.api_key not in fallen.text and gemini.api_key not in server.log
+    assert "countTokens: deployment 'flash' did not count the prompt" in server.log
+
+
 # google-genai's async client subclasses aiohttp's session when aiohttp is installed (as
 # an app's would be), which aiohttp warns about: the SDK's warning, not the gateway's.
 _AIOHTTP_SUBCLASS = pytest.mark.filterwarnings(

@@ -1,5 +1,5 @@
 """A fake of Google's Gemini API (generativelanguage v1beta): generateContent, its SSE stream,
-embedContent and batchEmbedContents.
+countTokens, embedContent and batchEmbedContents.
 
 Strict as the real API is, in Google's error shape (``{"error": {"code", "message",
 "status", "details"}}``): no key is 403 PERMISSION_DENIED, a wrong one 400
@@ -20,6 +20,10 @@ schema), under text/x.enum the schema's first enum value. A user text containing
 ``BLOCKME`` ends with finishReason SAFETY and no content; one containing ``BLOCKPROMPT``
 is refused with ``promptFeedback.blockReason`` SAFETY and no candidates. Function calls
 carry a ``thoughtSignature``; models named ``gemini-3*`` require it back, as Gemini 3 does.
+
+``countTokens`` takes ``contents`` or a ``generateContentRequest`` (checked as a
+request is, its ``model`` the URL's), not both, and answers ``totalTokens``: what the
+request's ``usageMetadata.promptTokenCount`` would be.
 """
 
 from __future__ import annotations
@@ -236,6 +240,14 @@ def _audio_tokens(contents: list[dict[str, Any]]) -> int:
     return math.ceil(size / 16_000 * 32)
 
 
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's count of a request's prompt: each turn's words and 3, the system
+    instruction's words, and the audio."""
+    prompt = sum(len(_texts(t).split()) + 3 for t in body["contents"])
+    prompt += len(_texts(body.get("systemInstruction") or {}).split())
+    return prompt + _audio_tokens(body["contents"])
+
+
 def _texts(turn: dict[str, Any]) -> str:
     return "".join(str(part.get("text", "")) for part in turn.get("parts", []))
 
@@ -315,6 +327,8 @@ class GeminiFake:
                 candidates, usage = self._answer(body, model)  # before the status line
                 return StreamingResponse(self._stream(candidates, usage, model, action),
                                          media_type="text/event-stream")
+            if method == "countTokens":
+                return self._count(body, model)
             if method == "batchEmbedContents":
                 return self._batch_embed(body, resource)
             if method == "embedContent":
@@ -328,8 +342,7 @@ class GeminiFake:
         validate(body, model)
         config = body.get("generationConfig") or {}
         reply = reply_for(body)
-        prompt = sum(len(_texts(t).split()) + 3 for t in body["contents"])
-        prompt += len(_texts(body.get("systemInstruction") or {}).split())
+        prompt = _prompt_tokens(body)
         user_text = " ".join(_texts(t) for t in body["contents"] if t["role"] == "user")
         parts: list[dict[str, Any]]
         finish = "STOP"
@@ -360,10 +373,9 @@ class GeminiFake:
             candidates.append(candidate)
         completion = spent * len(candidates)
         heard = _audio_tokens(body["contents"])
-        details = [{"modality": "TEXT", "tokenCount": prompt}]
+        details = [{"modality": "TEXT", "tokenCount": prompt - heard}]
         if heard:  # Gemini counts audio in the prompt, and details it by modality
             details.append({"modality": "AUDIO", "tokenCount": heard})
-            prompt += heard
         usage: dict[str, Any] = {
             "promptTokenCount": prompt, "candidatesTokenCount": completion,
             "totalTokenCount": prompt + completion, "promptTokensDetails": details}
@@ -372,6 +384,23 @@ class GeminiFake:
         if "BLOCKPROMPT" in user_text:
             return [], {"promptTokenCount": prompt, "totalTokenCount": prompt}
         return candidates, usage
+
+    def _count(self, body: Any, model: str) -> Response:
+        """countTokens: the prompt of ``contents`` or of a ``generateContentRequest``."""
+        _fields(body, {"contents", "generateContentRequest"}, "")
+        if "contents" in body and "generateContentRequest" in body:
+            raise Invalid("contents and generate_content_request cannot both be set")
+        if "generateContentRequest" in body:
+            request = dict(_fields(body["generateContentRequest"], REQUEST_FIELDS | {"model"},
+                                   "generate_content_request"))
+            if request.pop("model", None) != f"models/{model}":
+                raise Invalid("* CountTokensRequest.generate_content_request.model: the "
+                              "model of the request must be the model of the URL")
+        else:
+            request = {"contents": body.get("contents")}
+        validate(request, model)
+        return JSONResponse({"totalTokens": _prompt_tokens(request), "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": _prompt_tokens(request)}]})
 
     def _generate(self, body: Any, model: str) -> Response:
         candidates, usage = self._answer(body, model)

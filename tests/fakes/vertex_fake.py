@@ -15,7 +15,10 @@ Model endpoints require one of the tokens issued here (``revoke`` withdraws them
 
 - ``publishers/google/models/{model}:generateContent`` and
   ``:streamGenerateContent?alt=sse`` are served by a ``GeminiFake`` (its checks, its
-  answers, its script), handed the request as Gemini's API would receive it.
+  answers, its script), handed the request as Gemini's API would receive it; so is
+  ``:countTokens``, whose body on Vertex is the prompt's fields themselves (contents,
+  systemInstruction, tools; any other is 400), handed on as Gemini's
+  ``generateContentRequest``.
 - ``publishers/anthropic/models/{model}:rawPredict`` and ``:streamRawPredict`` need
   ``anthropic_version: vertex-2023-10-16`` and no ``model`` in the body (400
   invalid_request_error otherwise), ``stream: true`` exactly on streamRawPredict, and
@@ -48,6 +51,7 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 AUDIENCE = "https://oauth2.googleapis.com/token"  # whatever the file's token_uri says
 VERSION = "vertex-2023-10-16"
+COUNTED_FIELDS = {"contents", "systemInstruction", "tools", "generationConfig"}
 
 
 def make_key() -> rsa.RSAPrivateKey:
@@ -173,6 +177,13 @@ class VertexFake:
             self.requests.append(json.loads(body))
         except ValueError:
             self.requests.append({"_": body.decode(errors="replace")})
+        if params["publisher"] == "google" and method == "countTokens":
+            flat = json.loads(body)
+            if not isinstance(flat, dict) or not set(flat) <= COUNTED_FIELDS:
+                return google_error(400, "Invalid JSON payload received. Unknown name in "
+                                    f"CountTokensRequest: {sorted(set(flat) - COUNTED_FIELDS)}")
+            body = json.dumps({"generateContentRequest": {
+                "model": f"models/{model}", **flat}}).encode()
         if params["publisher"] == "google":
             return _Forward(self.gemini.app, f"/v1beta/models/{model}:{method}",
                             request.url.query, {"content-type": "application/json",

@@ -116,6 +116,30 @@ async def test_gemini_on_vertex_with_a_service_account_token(
     assert vertex_fake.token_requests == 1
 
 
+async def test_count_tokens_of_gemini_on_vertex_is_vertexs_and_of_claude_the_gateways(
+    vertex_fake: VertexFake, make_gateway: GatewayFactory
+) -> None:
+    """Gemini's countTokens ingress asks a Gemini model on Vertex (its body the prompt's
+    fields themselves, with the service account's token); Claude on Vertex has no such
+    count there: the gateway's answers."""
+    client = await _gateway(vertex_fake, make_gateway)
+    prompt = {"contents": [{"role": "user", "parts": [{"text": "how many tokens is this"}]}],
+              "systemInstruction": {"parts": [{"text": "Be brief."}]}}
+    counted = await client.post("/v1beta/models/gemini:countTokens",
+                                json={"generateContentRequest": prompt})
+    assert counted.status_code == 200, counted.text
+    assert counted.headers["x-aigw-counted-by"] == "deployment"
+    assert counted.json() == {"totalTokens": 10}  # the fake's: 5 words + 3, 2 of system
+    assert vertex_fake.paths == [f"{PREFIX}/google/models/gemini-2.5-flash:countTokens"]
+    assert vertex_fake.requests[-1] == prompt
+    assert vertex_fake.authorizations[-1].startswith("Bearer ya29.fake-token-1-")
+    claude = await client.post("/v1beta/models/claude:countTokens",
+                               json={"generateContentRequest": prompt})
+    assert claude.status_code == 200, claude.text
+    assert claude.headers["x-aigw-counted-by"] == "gateway"
+    assert len(vertex_fake.paths) == 1  # Vertex not asked
+
+
 async def test_gemini_stream_with_usage(
     vertex_fake: VertexFake, make_gateway: GatewayFactory
 ) -> None:

@@ -367,7 +367,7 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey,
         owner = f"team:{key.team.name}"
     else:
         owner = f"key:{key.name}"
-    identity = {
+    identity: dict[str, object] = {
         "route": route.name,
         "target": f"{route.kind.value}:{route.target}",
         "serves": [[deployment.name, deployment.model] for deployment in route.candidates],
@@ -375,6 +375,8 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey,
         "request": request.model_dump(mode="json", exclude=leave_out or _DELIVERY_FIELDS,
                                       exclude_none=True),
     }
+    if request.validated_calls:  # a Gemini deployment is asked another thing (VALIDATED)
+        identity["validated_calls"] = True
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

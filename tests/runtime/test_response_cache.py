@@ -13,7 +13,7 @@ import redis.asyncio
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
-from aigw.runtime.chat_request import parse_chat_request
+from aigw.runtime.chat_request import chat_request_from, parse_chat_request
 from aigw.runtime.providers.base import (
     ChatDelta,
     ChatResult,
@@ -84,6 +84,13 @@ def test_the_key_follows_what_decides_the_answer(graph: Graph) -> None:
                   _body("hi", tools=[{"type": "function", "function": {"name": "f"}}])):
         assert cache_key(route, parse_chat_request(other), keys["a"]) != base
     assert cache_key(route, parse_chat_request(_body("hi")), keys["c"]) != base  # no team
+    # Gemini's mode VALIDATED, which a Gemini deployment is sent as it is (a request the
+    # same as auto's in OpenAI's shape where no schema can be strict)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}}}}]
+    auto = json.loads(_body("hi", tools=tools, tool_choice="auto"))
+    assert cache_key(route, chat_request_from(auto, validated_calls=True), keys["a"]) != \
+        cache_key(route, chat_request_from(auto), keys["a"])
     shared = graph.routes["shared"]
     assert (cache_key(shared, parse_chat_request(_body("hi")), keys["a"])
             == cache_key(shared, parse_chat_request(_body("hi")), keys["c"]))

@@ -11,6 +11,8 @@ and every span is a shared no-op. A client's W3C ``traceparent`` becomes the par
                                  cache's reads and writes), aigw.fallback_hop
                                  (the fallbacks taken: 0 when the route's group served)
     └── chat {upstream model}    one span per call made upstream: gen_ai.provider.name, ...
+
+MCP messages at /mcp/<server> have spans of their own (``mcp_tracing``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,13 @@ class Span:
     def set(self, key: str, value: Any) -> None:
         return None
 
-    def error(self, code: str) -> None:
+    def error(self, code: str, description: str | None = None) -> None:
+        return None
+
+    def rename(self, name: str) -> None:
+        return None
+
+    def link(self, context: Any) -> None:
         return None
 
     def end(self) -> None:
@@ -108,11 +116,23 @@ class _OtelSpan(Span):
         if value is not None:
             self.span.set_attribute(key, value)
 
-    def error(self, code: str) -> None:
+    def error(self, code: str, description: str | None = None) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         self.span.set_attribute("error.type", code)
-        self.span.set_status(Status(StatusCode.ERROR, code))
+        self.span.set_status(Status(StatusCode.ERROR, description or code))
+
+    def rename(self, name: str) -> None:
+        self.span.update_name(name)
+
+    def link(self, context: Any) -> None:
+        """Link the span of ``context`` (an OpenTelemetry context) to this one, when it
+        has a valid one."""
+        from opentelemetry import trace
+
+        linked = trace.get_current_span(context).get_span_context()
+        if linked.is_valid:
+            self.span.add_link(linked)
 
     def end(self) -> None:
         if not self.discarded:  # an unended span is dropped: only ended ones are exported
@@ -194,6 +214,19 @@ class Tracing:
         parent = extract(dict(headers))
         span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
                                        start_time=started_ns)
+        return _OtelSpan(span), trace.set_span_in_context(span)
+
+    def start(self, name: str, parent: Any, *, server: bool,
+              started_ns: int | None = None) -> tuple[Span, Any]:
+        """A span of ``name`` under ``parent`` (an OpenTelemetry context, None for a new
+        trace), SERVER (``server``) or CLIENT kind, begun at ``started_ns`` (epoch
+        nanoseconds; now when None), not made current; and the context its children
+        are started in. Only called with tracing on."""
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        span = self._tracer.start_span(name, context=parent, start_time=started_ns,
+                                       kind=SpanKind.SERVER if server else SpanKind.CLIENT)
         return _OtelSpan(span), trace.set_span_in_context(span)
 
     @contextlib.contextmanager

@@ -24,9 +24,10 @@ the server's own stream (its requests and notifications outside any POST's), pas
 event by event with ``Last-Event-ID`` for a resumption, and ended after ``STREAM_LIFE_S``
 (the client opens it again); DELETE ends a session. Both are checked as a message is.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
-MCP SDKs surface as it is. Egress as for providers: no redirects, no cookies, the
-client's aigw key never forwarded, and the server's header values scrubbed from
-anything shown or logged.
+MCP SDKs surface as it is. With tracing on, a message and its call upstream are spans
+(``telemetry.mcp_tracing``), the call's trace context sent in its ``params._meta``.
+Egress as for providers: no redirects, no cookies, the client's aigw key never
+forwarded, and the server's header values scrubbed from anything shown or logged.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ from .mcp_stdio import StdioServer
 from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
+from .telemetry.mcp_tracing import traced_http, traced_message
 from .telemetry.record import UNKNOWN
-from .telemetry.tracing import traced
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
 log = logging.getLogger("aigw.mcp")
@@ -189,6 +190,9 @@ class McpProxy:
             session = _session(request.headers, name)
             if request.method in ("GET", "DELETE"):
                 call.method = request.method.lower()
+                if live.telemetry.tracing.enabled:
+                    call.trace = traced_http(live.telemetry.tracing, call, request.method,
+                                             request.headers, live.graph.fingerprint)
                 await _count(live, key, user)
                 await authorize_mcp(live, key, user, name, "", server.timeout_s, request.headers)
                 if request.method == "GET":
@@ -196,6 +200,9 @@ class McpProxy:
                 return await self._delete(live, server, session, call)
             message = _message(await read_body(request, live.graph.settings))
             rpc_id = message.get("id")
+            if live.telemetry.tracing.enabled:
+                call.trace = traced_message(live.telemetry.tracing, call, request.headers,
+                                            message, live.graph.fingerprint)
             await _count(live, key, user)
             method = message.get("method")
             call.method = method_label(method if isinstance(method, str) else None)
@@ -204,9 +211,11 @@ class McpProxy:
                                        request.headers)
             if tool and not server.allows(tool):
                 call.error = "tool_not_allowed"
+                refusal = f"Tool '{tool}' is not available through MCP server '{name}'."
+                if call.trace is not None:
+                    call.trace.failed(INVALID_PARAMS, call.error, refusal, {})
                 finish_mcp(live.telemetry, call)
-                return _rpc_error(rpc_id, INVALID_PARAMS, f"Tool '{tool}' is not available "
-                                  f"through MCP server '{name}'.", 200, {})
+                return _rpc_error(rpc_id, INVALID_PARAMS, refusal, 200, {})
             if tool and server.tools is not None:
                 call.tool = tool
             # A tools/list answer is filtered only when something can take a tool out.
@@ -222,9 +231,16 @@ class McpProxy:
                 # Refused by name (expired, an old secret past its rotation): the access
                 # log says whose client still sends it, as Exchange.fail has it on /v1.
                 call.key, call.team = exc.key_name, exc.team_name
-            finish_mcp(live.telemetry, call)
             code = (PARSE_ERROR if exc.code == "mcp_parse_error"
                     else INTERNAL if status >= 500 else INVALID_REQUEST)
+            if call.trace is None and live.telemetry.tracing.enabled:
+                # Refused before its message was read: a span still, that the client's
+                # trace shows where it ended.
+                call.trace = traced_http(live.telemetry.tracing, call, request.method,
+                                         request.headers, live.graph.fingerprint)
+            if call.trace is not None:
+                call.trace.failed(code, exc.code, exc.message, exc.headers)
+            finish_mcp(live.telemetry, call)
             return _rpc_error(rpc_id, code, exc.message, status, exc.headers,
                               {"type": exc.error_type, "code": exc.shown_code})
 
@@ -233,8 +249,10 @@ class McpProxy:
                        call: McpCall, listing: _Listing | None) -> Response:
         headers = {**server.headers, "content-type": JSON, "accept": f"{JSON}, {SSE}",
                    **session.sent}
-        body = dumps(message)
-        upstream = await self._send(server, "POST", headers, body)
+        sent = message
+        if call.trace is not None:
+            sent = call.trace.sending(_transport(server), message, headers)
+        upstream = await self._send(server, "POST", headers, dumps(sent))
         try:
             await _check(server, upstream, session)
         except GatewayError:
@@ -249,6 +267,8 @@ class McpProxy:
         except GatewayError:
             await upstream.aclose()
             raise
+        if call.trace is not None:
+            call.trace.answered_with(upstream.headers, passed)
         if upstream.status_code == 202 or "id" not in message or "method" not in message:
             await upstream.aclose()  # a notification or a response: nothing comes back
             finish_mcp(live.telemetry, call)
@@ -275,6 +295,8 @@ class McpProxy:
             answer = await _json(server, upstream)
             if listing is not None:
                 answer = listing.filtered(answer)
+        if call.trace is not None:
+            call.trace.answered(answer)
         finish_mcp(live.telemetry, call)
         if not takes_json:
             return Response(b"event: message\ndata: " + dumps(answer) + b"\n\n",
@@ -289,6 +311,8 @@ class McpProxy:
         headers = {**server.headers, "accept": SSE, **session.sent}
         if (last := request.headers.get(LAST_EVENT_ID)) is not None:
             headers[LAST_EVENT_ID] = last  # the server replays what came after it
+        if call.trace is not None:
+            call.trace.calling(_transport(server), headers)
         upstream = await self._send(server, "GET", headers, None, idle=True)
         try:
             await _check(server, upstream, session)
@@ -306,7 +330,10 @@ class McpProxy:
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
-        upstream = await self._send(server, "DELETE", {**server.headers, **session.sent}, None)
+        headers = {**server.headers, **session.sent}
+        if call.trace is not None:
+            call.trace.calling(_transport(server), headers)
+        upstream = await self._send(server, "DELETE", headers, None)
         await upstream.aclose()
         call.status = upstream.status_code if upstream.status_code < 500 else 502
         finish_mcp(live.telemetry, call)
@@ -320,7 +347,7 @@ class McpProxy:
                                 connect=min(10.0, server.timeout_s))
         client = self._client_for(server, idle)
         try:
-            request = client.build_request(method, server.url, headers=traced(headers),
+            request = client.build_request(method, server.url, headers=headers,
                                            content=body, timeout=timeout)
         except httpx.InvalidURL:  # no HTTPError: a host httpx refuses (10.0.0.256,
             # a ${ENV}'s), which was a 500 whose traceback quoted it; as a checker's
@@ -336,6 +363,11 @@ class McpProxy:
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
             raise _unreachable(server, exc) from exc
+
+
+def _transport(server: McpServer) -> str:
+    """``server``'s ``network.transport``: a pipe for stdio, else HTTP's TCP."""
+    return "pipe" if server.stdio is not None else "tcp"
 
 
 def _held_as(server: McpServer) -> object | None:
@@ -556,14 +588,21 @@ async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncItera
     however it ends. A failure after the first byte cannot change the status: it ends the
     stream with a JSON-RPC error answering ``rpc_id`` (so the client's request ends with
     that error, not a wait for an answer that will not come), and is logged."""
+    trace = call.trace
     try:
         if first:
+            if trace is not None:
+                trace.event(first, rpc_id)
             yield first
         async for event in events:
+            if trace is not None:
+                trace.event(event, rpc_id)
             yield event
     except GatewayError as exc:
         call.error = exc.code
         log.warning("MCP stream from '%s' ended early: %s", call.server, exc.message)
+        if trace is not None:
+            trace.failed(INTERNAL, exc.code, exc.message, {})
         error = {"jsonrpc": "2.0", "id": rpc_id if isinstance(rpc_id, str | int) else None,
                  "error": {"code": INTERNAL, "message": exc.message,
                            "data": {"type": exc.error_type, "code": exc.shown_code}}}

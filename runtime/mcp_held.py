@@ -35,7 +35,8 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import anyio
@@ -43,6 +44,7 @@ import httpx
 
 from .errors import McpServerBusy, McpServerFailed, McpSessionUnknown
 from .jsonio import dumps, loads
+from .telemetry.mcp_tracing import CARRIED
 
 log = logging.getLogger("aigw.mcp")
 
@@ -58,6 +60,7 @@ _QUEUED_BYTES = 64 << 20
 # response (the last), or the failure that ends the call.
 _Item = tuple[bytes, bool] | McpServerFailed
 _T = TypeVar("_T")
+_UNTRACED: Mapping[str, str] = MappingProxyType({})
 
 
 class _Backlog(asyncio.Queue[_T]):
@@ -150,6 +153,13 @@ class HeldServer(httpx.AsyncBaseTransport):
         return session
 
 
+def _carried(headers: httpx.Headers) -> Mapping[str, str]:
+    """The W3C trace context among ``headers`` (the proxy puts it there with tracing on)."""
+    if "traceparent" not in headers:
+        return _UNTRACED
+    return {key: headers[key] for key in CARRIED if key in headers}
+
+
 def refusal(status: int, text: str) -> httpx.Response:
     return httpx.Response(status, json={"jsonrpc": "2.0", "id": None,
                                         "error": {"code": -32600, "message": text}})
@@ -172,9 +182,11 @@ class HeldSession:
         self.ended = False
         self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle")]
 
-    async def deliver(self, message: bytes, read_s: float | None) -> httpx.Response | None:
+    async def deliver(self, message: bytes, read_s: float | None,
+                      carried: Mapping[str, str]) -> httpx.Response | None:
         """``message`` to the server: None once it has it, or the server's refusal of it
-        (an HTTP answer, which the proxy passes on as it would a streamable server's)."""
+        (an HTTP answer, which the proxy passes on as it would a streamable server's).
+        ``carried``: the proxy's trace context headers, for a transport that has headers."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -189,8 +201,9 @@ class HeldSession:
         self.last = time.monotonic()
         read_s = request.extensions.get("timeout", {}).get("read")
         opening = message.get("method") == "initialize"
+        carried = _carried(request.headers)
         if "id" not in message or "method" not in message:  # a notification or a response
-            return await self.deliver(dumps(message), read_s) or httpx.Response(
+            return await self.deliver(dumps(message), read_s, carried) or httpx.Response(
                 202, headers=headers)
         key = dumps(message["id"])
         if key in self.calls:
@@ -198,7 +211,7 @@ class HeldSession:
         queue: _Backlog[_Item] = _Backlog()
         self.calls[key] = queue
         try:
-            refused = await self.deliver(dumps(message), read_s)
+            refused = await self.deliver(dumps(message), read_s, carried)
         except BaseException:
             self.calls.pop(key, None)
             if opening:  # its client will never learn the session's id

@@ -170,12 +170,13 @@ class _Stream(HeldSession):
         self._reading = asyncio.create_task(self._read(events), name=f"mcp-{server.name}-sse")
         self.tasks.append(self._reading)
 
-    async def deliver(self, message: bytes, read_s: float | None) -> httpx.Response | None:
+    async def deliver(self, message: bytes, read_s: float | None,
+                      carried: Mapping[str, str]) -> httpx.Response | None:
         server = self.server
         try:
             request = server.upstream.build_request(
                 "POST", self.endpoint, content=message,
-                headers={**server.headers, "content-type": JSON},
+                headers={**server.headers, **carried, "content-type": JSON},
                 timeout=httpx.Timeout(read_s, connect=min(_CONNECT_S, read_s or _CONNECT_S)))
             answer = await server.upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 
 import httpx
 
@@ -76,7 +77,9 @@ class _Process(HeldSession):
         self._stderr = asyncio.create_task(self._log_stderr(), name=f"mcp-{owner.name}-stderr")
         self.tasks.append(asyncio.create_task(self._read(), name=f"mcp-{owner.name}-stdout"))
 
-    async def deliver(self, message: bytes, read_s: float | None) -> httpx.Response | None:
+    async def deliver(self, message: bytes, read_s: float | None,
+                      carried: Mapping[str, str]) -> httpx.Response | None:
+        # No headers here: the trace context is the message's own params._meta.
         stdin = self.proc.stdin
         assert stdin is not None
         try:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..jsonio import dumps
 from .record import UNKNOWN, Telemetry
+
+if TYPE_CHECKING:
+    from .mcp_tracing import McpTrace
 
 # MCP's own methods (2025-11-25), as metric labels; notifications are one label.
 METHODS = frozenset({
@@ -47,13 +51,16 @@ class McpCall:
     status: int = 200
     error: str | None = None  # the gateway's error code, or the JSON-RPC error's
     finished: bool = False
+    trace: McpTrace | None = None  # its spans: None with tracing off (``mcp_tracing``)
 
 
 def finish_mcp(telemetry: Telemetry, call: McpCall) -> None:
-    """Count ``call`` once and write its access-log line."""
+    """Count ``call`` once, end its spans and write its access-log line."""
     if call.finished:
         return
     call.finished = True
+    if call.trace is not None:
+        call.trace.end(call)
     elapsed = time.perf_counter() - call.started
     metrics = telemetry.metrics
     metrics.mcp_requests.labels(call.server, call.method, call.tool, call.team or UNKNOWN,

@@ -20,8 +20,11 @@ from ..conftest import DEV_KEY
 @asynccontextmanager
 async def session(url: str, key: str, statuses: list[int] | None = None,
                   session_ids: list[str] | None = None,
-                  notified: list[str] | None = None) -> AsyncIterator[ClientSession]:
-    """The official SDK's client session on ``url``, with ``key`` as its bearer token;
+                  notified: list[str] | None = None,
+                  headers: dict[str, str] | None = None,
+                  timeout_s: float = 5.0) -> AsyncIterator[ClientSession]:
+    """The official SDK's client session on ``url``, with ``key`` as its bearer token
+    (and ``headers`` on every request; ``timeout_s`` for each answer to begin);
     the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
     every answer that has one into ``session_ids``, and the method of every notification
     the server sends into ``notified``."""
@@ -36,7 +39,8 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
         if notified is not None and isinstance(method, str):
             notified.append(method)
 
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}", **(headers or {})},
+                              timeout=timeout_s,
                               event_hooks={"response": [seen]})
     async with (http, streamable_http_client(url, http_client=http) as (read, write),
                 ClientSession(read, write, message_handler=handled) as client):

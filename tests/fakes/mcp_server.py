@@ -21,10 +21,12 @@ class RecordingMcpServer:
     ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
     with ``get_stream`` False it has no GET stream (a 405, as the spec allows); with
     ``resumable`` it keeps its events in ``events``, and a GET with ``Last-Event-ID``
-    replays those after it."""
+    replays those after it; with ``traced`` it has the tool ``traceparent`` too, which
+    answers with the ``traceparent`` its call's ``params._meta`` carried ("" if none)."""
 
     def __init__(self, json_response: bool = False, cr_lines: bool = False,
-                 get_stream: bool = True, resumable: bool = False) -> None:
+                 get_stream: bool = True, resumable: bool = False,
+                 traced: bool = False) -> None:
         self.events = StoredEvents()
         self.headers: list[dict[str, str]] = []
         self.gets: list[dict[str, str]] = []
@@ -69,6 +71,9 @@ class RecordingMcpServer:
                 params=types.ResourceUpdatedNotificationParams(uri="x" * size)))
             return "sent"
 
+        if traced:
+            server.tool(name="traceparent")(_traceparent)
+
         self._inner = server.streamable_http_app(
             streamable_http_path=PATH, json_response=json_response,
             event_store=self.events if resumable else None)
@@ -94,6 +99,12 @@ class RecordingMcpServer:
             await inner(scope, receive, send)
         finally:
             self.open_gets -= 1
+
+
+def _traceparent(ctx: Context) -> str:
+    """The ``traceparent`` in this call's ``params._meta`` ("" if none)."""
+    meta = ctx.request_context.meta or {}
+    return str(meta.get("traceparent", ""))
 
 
 class StoredEvents(EventStore):

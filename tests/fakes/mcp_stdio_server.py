@@ -74,6 +74,13 @@ async def chatter(prefix: str, count: int, ctx: Context) -> str:
 
 
 @server.tool()
+def traceparent(ctx: Context) -> str:
+    """The ``traceparent`` in this call's ``params._meta`` ("" if none)."""
+    meta = ctx.request_context.meta or {}
+    return str(meta.get("traceparent", ""))
+
+
+@server.tool()
 def crash() -> str:
     """The process ends without an answer, saying so on stderr."""
     print("aigw-test-stdio crashing", file=sys.stderr, flush=True)

@@ -1,4 +1,7 @@
-"""A loopback OTLP/HTTP trace receiver: decodes ExportTraceServiceRequest protobufs."""
+"""A loopback OTLP/HTTP trace receiver: decodes ExportTraceServiceRequest protobufs.
+
+A span's ``kind`` is OTLP's number (2 SERVER, 3 CLIENT), its ``status`` (code, message)
+OTLP's (2 ERROR), its ``links`` the (trace id, span id) of each."""
 
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ class OtlpReceiver:
                         "span_id": span.span_id.hex(),
                         "parent_span_id": span.parent_span_id.hex(),
                         "attributes": {a.key: _value(a.value) for a in span.attributes},
+                        "kind": span.kind,
+                        "status": (span.status.code, span.status.message),
+                        "links": [(link.trace_id.hex(), link.span_id.hex())
+                                  for link in span.links],
                     })
         return Response(ExportTraceServiceResponse().SerializeToString(),
                         media_type="application/x-protobuf")

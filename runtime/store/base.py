@@ -46,7 +46,9 @@ class Store(Protocol):
         """Take 1 request and ``tokens`` from every rate limit and hold ``cost`` against
         every budget in ``limits``, all or nothing; the hold lasts ``ttl`` seconds
         (the store's default when None). Raises ``StoreUnavailable`` when the store
-        cannot answer and the store is set to fail closed."""
+        cannot answer and the store is set to fail closed. A reserve whose caller is
+        cancelled holds nothing once the cancellation reaches the caller: it was never
+        made, or it is undone (the caller never learns of it, so nobody would settle it)."""
         ...
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:

@@ -202,9 +202,9 @@ return 1
 )
 
 # Undo a reserve whose reply was lost, which the gateway gave up on (it answered 503, or
-# held the request locally): whether Redis ran it already or runs it later (a call
-# buffered in a stalled server's socket runs when the server resumes). Sent through the
-# outbox, so once Redis answers again.
+# held the request locally), or whose caller was cancelled while it waited: whether Redis
+# ran it already or runs it later (a call buffered in a stalled server's socket runs when
+# the server resumes). Sent through the outbox, so once Redis answers again.
 # KEYS: reservation marker, nb bucket hashes, ng (budget hash, expiry set) pairs, the sets
 #       of requests in flight it would have a place in.
 # ARGV: now, request id, marker ttl ms, the lost call's nonce, nb, ng, nb x (cap, refund).

@@ -71,6 +71,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -90,7 +91,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..background import Background
 from ..errors import InternalError, StoreUnavailable
+from ..uncancelled import uncancelled
 from . import lua
 from .base import Store
 from .checks import Plan, Shapes, decide, rate_status
@@ -179,6 +182,7 @@ class RedisStore(Store):
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the flusher's wait for its next probe, cut short
         self._closing = False  # set by aclose: the flusher stops probing
+        self._finishing = Background()  # abandons of cancelled reserves, run on their own
 
     @classmethod
     def from_url(
@@ -228,6 +232,11 @@ class RedisStore(Store):
             nonce = os.urandom(8).hex()
             try:
                 decision = await self._reserve(request_id, checks, now, ttl, nonce)
+            except asyncio.CancelledError:
+                # The caller is gone with the reply (its client, a shutdown), which may be
+                # a grant: it would hold for ``ttl`` with nobody to settle it.
+                await self._abandon(request_id, checks, now, ttl, nonce)
+                raise
             except REDIS_ERRORS as exc:
                 down = unreachable(exc)
                 if down:
@@ -235,7 +244,7 @@ class RedisStore(Store):
                 # Sent, perhaps run (or to run, from a stalled server's buffer; or run up
                 # to a failure): undone once Redis answers, or its hold would block the
                 # budget for ``ttl``.
-                await self._write(self._calls.abandon(request_id, checks, now, ttl, nonce))
+                await self._abandon(request_id, checks, now, ttl, nonce)
                 if not down:
                     raise self._failed_call("reserve", exc) from exc
             else:
@@ -249,6 +258,15 @@ class RedisStore(Store):
                 self._start_flusher()  # which adopts it once Redis answers
             return local
         raise self._unavailable()
+
+    async def _abandon(self, request_id: str, checks: Plan, now: float, ttl: float,
+                       nonce: str) -> None:
+        """Undo the reserve call ``nonce`` whose reply the caller will not have, whether
+        Redis ran it or runs it later: written now or queued, though the caller is
+        cancelled meanwhile (an abandon is safe to send twice: the second finds the first's
+        tombstone)."""
+        abandon = self._calls.abandon(request_id, checks, now, ttl, nonce)
+        await uncancelled(partial(self._write, abandon), self._finishing.spawn, again=True)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
         now = self._clock.now()
@@ -343,6 +361,7 @@ class RedisStore(Store):
     async def aclose(self) -> None:
         """Write what is still queued if Redis answers, then close the connections (what
         Redis did not take stays in a file outbox for the next start)."""
+        await self._finishing.wait()  # their writes go out, or into the outbox, first
         self._closing = True
         self._wake.set()
         try:

@@ -175,7 +175,9 @@ class Link:
     """A TCP proxy in front of Redis whose replies, on the connections open when
     ``stall`` is called, come back late (a stalled link, as a loaded network gives),
     whose calls on the connections open at ``hold`` reach Redis only at ``let_go``,
-    and which ``cut`` breaks off: Redis keeps its data, but cannot be reached."""
+    which ``keep_reply`` can have keep back one reply that Redis gave (the call ran;
+    its caller waits on), and which ``cut`` breaks off: Redis keeps its data, but
+    cannot be reached."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -186,6 +188,11 @@ class Link:
         self._held: set[int] = set()
         self._going = asyncio.Event()
         self._going.set()
+        self._marker = b""  # in the call whose reply ``keep_reply`` keeps
+        self._calls_left = 0  # calls with the marker to let by before the one kept
+        self._answering: set[int] = set()  # connections whose next reply may be kept
+        self.reply_kept = asyncio.Event()
+        self._replies_go = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -207,6 +214,18 @@ class Link:
 
     def let_go(self) -> None:
         self._going.set()
+
+    def keep_reply(self, marker: bytes, nth: int = 1) -> None:
+        """Keep back Redis' reply (an array: a script's answer, not an error such as
+        NOSCRIPT) to the ``nth`` call from now that holds ``marker`` (a script's sha1),
+        setting ``reply_kept``, until ``let_replies_go``."""
+        self._marker, self._calls_left = marker, nth
+        self.reply_kept.clear()
+        self._replies_go.clear()
+
+    def let_replies_go(self) -> None:
+        self._marker = b""
+        self._replies_go.set()
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones."""
@@ -231,6 +250,15 @@ class Link:
                 while data := await source.read(65536):
                     if replies and id(writer) in self._stalled:
                         await asyncio.sleep(self.delay_s)
+                    if not replies and self._marker and self._marker in data:
+                        self._answering.add(id(writer))
+                    if replies and id(writer) in self._answering:
+                        self._answering.discard(id(writer))
+                        if data.startswith(b"*") and self._marker:
+                            self._calls_left -= 1
+                            if not self._calls_left:
+                                self.reply_kept.set()
+                                await self._replies_go.wait()
                     if not replies and id(writer) in self._held and not self._going.is_set():
                         self.held_calls += 1
                         await self._going.wait()

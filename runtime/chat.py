@@ -164,7 +164,8 @@ def _loop(
 ) -> AttemptLoop[T]:
     ask = ChatAsk(live.adapters, chosen.route, chosen.request, chosen.prompt_tokens)
     return AttemptLoop(live.graph, live.routing, chosen.route, ask, chosen.deadline, attempt,
-                       discard, gate=chosen.gate, streaming=streaming)
+                       discard, gate=chosen.gate, streaming=streaming,
+                       finish=live.store.finish)
 
 
 async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],

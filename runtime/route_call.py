@@ -149,7 +149,7 @@ async def call_route(
                                 lost.value.usage.total_tokens)
 
     loop = AttemptLoop(live.graph, live.routing, route, ask, deadline, attempt, discard,
-                       gate=gate)
+                       gate=gate, finish=live.store.finish)
     # A client that leaves stops the call (a 499, the call billed as cut short), as a
     # chat's does: it ran on to its end, billed and logged as a 200 no one received.
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)

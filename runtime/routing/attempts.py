@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -46,6 +47,7 @@ from ..errors import (
     retry_after_headers,
 )
 from ..policy import Denied, RequestGate
+from ..uncancelled import Spawn, uncancelled
 from .breaker import Permit
 from .candidates import Ask, Candidate, Dropped, order_candidates
 from .state import RoutingState
@@ -129,6 +131,7 @@ class AttemptLoop(Generic[T]):
         *,
         gate: RequestGate | None = None,
         streaming: bool = False,
+        finish: Spawn[None],
     ) -> None:
         assert route.group is not None
         self.graph = graph
@@ -143,6 +146,9 @@ class AttemptLoop(Generic[T]):
         # A stream's first delta is no verdict: the stream may fail after it. Its
         # attempt leaves the verdict (and a half-open probe) to ``stream_ended``.
         self.streaming = streaming
+        # Runs a hedge's burial on its own (kept: the store closes after it) when the
+        # request is cancelled outright while it buries (``StoreHandle.finish``).
+        self.finish = finish
         self.trace = Trace(keep=log.isEnabledFor(logging.DEBUG))
         # The last failure an upstream answered with (or its own timeout): a deadline that
         # then cuts a call short says it too, not only which call it cut.
@@ -467,8 +473,9 @@ class AttemptLoop(Generic[T]):
             # loser was discarded, the winner is nobody's either: discarded too.
             for task in started:
                 task.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._bury(started, discards)
+            with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
+                await uncancelled(partial(self._bury, started, discards), self.finish,
+                                  again=True)
             raise
 
     async def _bury(self, losers: set[asyncio.Task[Won[T]]],
@@ -477,7 +484,8 @@ class AttemptLoop(Generic[T]):
         holds the discard begun for each. A discard runs in a task of its own, so that
         the request cancelled meanwhile (its client gone, a shutdown) leaves it to finish:
         cut halfway, a stream stayed open and its deployment's quota hold was kept until
-        it expired, refusing calls meanwhile."""
+        it expired, refusing calls meanwhile. Safe to run again after a cut (each discard
+        is begun once), as ``uncancelled`` does."""
         for loser in losers:
             if loser not in discards:
                 # Waited for, not awaited: a cancellation of this task is not the loser's

@@ -51,6 +51,7 @@ from aigw.compiler.graph import ApiKey, Graph, McpServer
 
 from .admission import count_request, rpm_limits
 from .auth import authenticate, bearer_token
+from .background import Background
 from .errors import (
     BadRequest,
     GatewayError,
@@ -73,6 +74,7 @@ from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.mcp_tracing import traced_http, traced_message
 from .telemetry.record import UNKNOWN
+from .uncancelled import Spawn, uncancelled
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
 log = logging.getLogger("aigw.mcp")
@@ -105,6 +107,7 @@ class McpProxy:
         self._streams: httpx.AsyncClient | None = None  # GET streams'
         self._held: dict[str, tuple[object, HeldServer]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self._finishing = Background()  # GET streams' upstream closes, each in a task of its own
         self._graph: Graph | None = None  # the graph the held servers were last checked on
 
     @property
@@ -130,7 +133,7 @@ class McpProxy:
             if client is not None:
                 await client.aclose()
         await asyncio.gather(*(held.client.aclose() for _, held in self._held.values()),
-                             *self._stopping)
+                             *self._stopping, self._finishing.wait())
 
     def _client_for(self, server: McpServer, idle: bool) -> httpx.AsyncClient:
         """The client that reaches ``server``: the pooled one (the streams' for an ``idle``
@@ -326,7 +329,8 @@ class McpProxy:
         call.status = upstream.status_code
         # Counted as it opens: its latency is the server's to answer, not the stream's life.
         finish_mcp(live.telemetry, call)
-        return _ServerStream(_stream_events(server, upstream), passed, live.shutdown)
+        return _ServerStream(_stream_events(server, upstream), upstream, passed, live.shutdown,
+                             self._finishing.spawn)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
@@ -614,15 +618,13 @@ async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncItera
 async def _stream_events(server: McpServer,
                          upstream: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The server's GET stream, event by event (capped as a POST's are). A failure ends
-    it, logged: no request waits on it, and the client opens it again."""
+    it, logged: no request waits on it, and the client opens it again. Its ``upstream``
+    is closed by the ``_ServerStream`` that sends it, however it ends."""
     try:
         async for event in _events(server, upstream, None):
             yield event
     except GatewayError as exc:
         log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)
-    finally:  # shielded: a client that went away cancels this, and the server's end must go
-        with anyio.CancelScope(shield=True):
-            await upstream.aclose()
 
 
 class _ServerStream(StreamingResponse):
@@ -631,12 +633,15 @@ class _ServerStream(StreamingResponse):
     that may be idle for hours, a client gone without a word (no FIN) would hold its
     server's stream for ever, and a shutdown would wait out its grace for it."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str],
-                 shutdown: Shutdown) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], upstream: httpx.Response,
+                 headers: Mapping[str, str], shutdown: Shutdown,
+                 finish: Spawn[None]) -> None:
         super().__init__(events, media_type=SSE,
                          headers={**headers, "cache-control": "no-cache"})
         self._events = events
+        self._upstream = upstream
         self._shutdown = shutdown
+        self._finish = finish
 
     async def stream_response(self, send: Send) -> None:
         try:
@@ -651,9 +656,15 @@ class _ServerStream(StreamingResponse):
                 finally:
                     watch.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:  # the life bound may fall while sending: the server's end is closed still
+        finally:  # the life bound may fall while sending, the client leave before the
+            # first event: the server's end is closed still, in a task of its own, though
+            # this one is cancelled outright (a shutdown past its grace). httpx closes a
+            # response once: a close cut half-way was never finished, and the server held
+            # the stream open for nobody (a second GET of the session refused, on some).
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()
+                if not self._upstream.is_closed:  # not by the server's end (read to it)
+                    await uncancelled(self._upstream.aclose, self._finish)
 
     async def _end_at_shutdown(self, life: anyio.CancelScope) -> None:
         await self._shutdown.began()

@@ -35,16 +35,19 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import anyio
 import httpx
 
+from .background import Background
 from .errors import McpServerBusy, McpServerFailed, McpSessionUnknown
 from .jsonio import dumps, loads
 from .telemetry.mcp_tracing import CARRIED
+from .uncancelled import uncancelled
 
 log = logging.getLogger("aigw.mcp")
 
@@ -97,6 +100,7 @@ class HeldServer(httpx.AsyncBaseTransport):
         self.max_sessions = max_sessions
         self.sessions: dict[str, HeldSession] = {}
         self._opening = 0
+        self._finishing = Background()  # session ends cut short, finishing on their own
         self.client = httpx.AsyncClient(transport=self)
 
     async def open(self, session_id: str, read_s: float | None) -> HeldSession:
@@ -119,15 +123,22 @@ class HeldServer(httpx.AsyncBaseTransport):
         session = self._session(session_id)
         if request.method == "GET":
             return session.stream(request.headers.get(LAST_EVENT_ID))
-        with anyio.CancelScope(shield=True):  # DELETE: a client that leaves ends it still
-            await session.stop("ended by its client")
+        # DELETE: a client that leaves ends it still, and so does a task cancelled outright
+        await session.ended_by("ended by its client")
         return httpx.Response(200)
 
     async def aclose(self) -> None:
         """End every session (the gateway stops, or a reload changed how they run)."""
+        sessions = list(self.sessions.values())
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(*(session.stop("the gateway stops")
-                                   for session in list(self.sessions.values())))
+            await uncancelled(partial(_stopped, sessions, "the gateway stops"), self.finish,
+                              again=True)
+            await self._finishing.wait()
+
+    def finish(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """Run ``work`` (a session's end, cut short by a cancellation) in a task of its
+        own, which ``aclose`` waits for."""
+        return self._finishing.spawn(work)
 
     def _session(self, session_id: str) -> HeldSession:
         session = self.sessions.get(session_id)
@@ -158,6 +169,8 @@ def _carried(headers: httpx.Headers) -> Mapping[str, str]:
     if "traceparent" not in headers:
         return _UNTRACED
     return {key: headers[key] for key in CARRIED if key in headers}
+async def _stopped(sessions: list[HeldSession], why: str) -> None:
+    await asyncio.gather(*(session.stop(why) for session in sessions))
 
 
 def refusal(status: int, text: str) -> httpx.Response:
@@ -190,7 +203,8 @@ class HeldSession:
         raise NotImplementedError
 
     async def close(self) -> None:
-        """The upstream end closed (``tasks`` cancelled already)."""
+        """The upstream end closed (``tasks`` cancelled already); run again after a cut
+        (``ended_by``), what the first run left open."""
         raise NotImplementedError
 
     async def send(self, message: dict[str, Any], request: httpx.Request,
@@ -215,13 +229,12 @@ class HeldSession:
         except BaseException:
             self.calls.pop(key, None)
             if opening:  # its client will never learn the session's id
-                with anyio.CancelScope(shield=True):
-                    await self.stop("its initialize could not be sent")
+                await self.ended_by("its initialize could not be sent")
             raise
         if refused is not None:
             self.calls.pop(key, None)
             if opening:
-                await self.stop("its initialize was refused")
+                await self.ended_by("its initialize was refused")
             return refused
         return httpx.Response(200, headers={**headers, "content-type": SSE},
                               stream=_CallStream(self, key, queue, read_s, opening))
@@ -236,8 +249,17 @@ class HeldSession:
         self.replay.wake()  # a stream taken over ends
         return httpx.Response(200, headers={"content-type": SSE}, stream=self.reader)
 
+    async def ended_by(self, why: str) -> None:
+        """``stop``, to its end though the calling task is cancelled meanwhile, outright
+        too (a shutdown past its grace): cut half-way, a stdio process that ignores
+        SIGTERM was never killed and ran on with nobody to end it (its session's id gone
+        from ``sessions``)."""
+        with anyio.CancelScope(shield=True):
+            await uncancelled(partial(self.stop, why), self.owner.finish, again=True)
+
     async def stop(self, why: str) -> None:
-        """End the session: its calls fail, its GET stream ends, its upstream end closes."""
+        """End the session: its calls fail, its GET stream ends, its upstream end closes.
+        Safe to run again (its end is said once; its upstream end is closed again)."""
         if not self.ended:
             self.ended = True
             self.owner.sessions.pop(self.id, None)
@@ -249,7 +271,9 @@ class HeldSession:
             log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
         current = asyncio.current_task()
         for task in self.tasks:
-            if task is not current:
+            # Once: run again (``ended_by``), a second cancel would cut the task's own
+            # cleanup (httpcore closing the event stream it read, under an anyio shield).
+            if task is not current and not task.cancelling():
                 task.cancel()
         await self.close()
 
@@ -326,8 +350,7 @@ class _CallStream(httpx.AsyncByteStream):
         session.last = time.monotonic()
         if self._opening and not self._answered:
             # Its client never learnt the session's id: nobody could end or reach it.
-            with anyio.CancelScope(shield=True):
-                await session.stop("its initialize went unanswered")
+            await session.ended_by("its initialize went unanswered")
 
 
 class _Replay:

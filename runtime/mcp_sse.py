@@ -128,6 +128,12 @@ class SseServer(HeldServer):
 
 
 async def _closed(response: httpx.Response | None) -> None:
+    """Close a response: a POST's answer, or an event stream (which ends the server's
+    session). An anyio shield is enough, though a task cancelled outright cuts it: a
+    POST's answer holds nothing at the server (it took the message, or refused it), and
+    an event stream is closed by httpcore as soon as a read of it is cancelled (the
+    session's reader, cancelled when the session stops; ``open``'s own reads), in the
+    reader's task. A cut close here leaves only httpx's bookkeeping undone."""
     if response is not None:
         with anyio.CancelScope(shield=True):
             await response.aclose()
@@ -189,8 +195,7 @@ class _Stream(HeldSession):
             if answer.is_success:
                 return None
             if answer.status_code == 404:  # its session is gone: no message reaches it
-                with anyio.CancelScope(shield=True):
-                    await self.stop("the server no longer knows it (HTTP 404)")
+                await self.ended_by("the server no longer knows it (HTTP 404)")
                 raise server.unknown()
             with contextlib.suppress(httpx.HTTPError, McpServerFailed):
                 refusal = await read_bounded(answer.aiter_bytes(), _MAX_REFUSAL_BYTES,

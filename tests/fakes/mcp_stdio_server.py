@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 from mcp import types
@@ -88,5 +89,7 @@ def crash() -> str:
 
 
 if __name__ == "__main__":
+    if os.environ.get("AIGW_TEST_IGNORE_SIGTERM"):  # a server that stops only when killed
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"aigw-test-stdio {os.getpid()} starting", file=sys.stderr, flush=True)
     server.run("stdio")

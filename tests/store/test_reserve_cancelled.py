@@ -12,7 +12,7 @@ import pytest
 from aigw.runtime.store import Budget, Limits, RedisStore, Reservation, Scope, Store, lua
 
 from ..redis_server import PrivateRedis
-from .test_redis_outage import Link
+from .test_redis_outage import Link, eventually
 
 RESERVE_SHA = hashlib.sha1(lua.RESERVE.encode()).hexdigest().encode()
 
@@ -79,8 +79,7 @@ async def test_a_redis_reserve_cancelled_before_it_ran_never_holds(
         await _all_free(store, limits, "warm")
         proxy.hold()  # the connection open now: its next call waits in the proxy
         reserving = asyncio.create_task(store.reserve("req-1", limits, tokens=100, cost=1.0))
-        while not proxy.held_calls:
-            await asyncio.sleep(0.01)
+        await eventually("the call to reach the proxy", lambda: proxy.held_calls > 0)
         await _cancelled(reserving, storm=False)  # its abandon goes by another connection
         proxy.let_go()
         await _all_free(store, limits, "after")

@@ -19,6 +19,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from aigw.compiler.graph import ApiKey, Graph, TargetKind
 from aigw.compiler.pipeline_graph import Pipeline
 
@@ -44,6 +46,7 @@ from ..store.executions_redis import RedisExecutions
 from ..store.executions_sqlite import SQLiteExecutions
 from ..store.factory import embedded_file
 from ..telemetry.record import RequestRecord
+from ..uncancelled import uncancelled
 from .agent_cards import AgentCards
 from .calls import GatewayModels, HttpxCaller
 from .engine import HttpCaller, ModelCaller, Run, Services
@@ -285,7 +288,10 @@ class Workflows:
         record = RequestRecord(f"start-{os.urandom(16).hex()}", "pipeline",
                                self.gateway.live.graph.fingerprint)
         admission = await admit(await self.gateway.store.get(), record, limits, 0, 0.0)
-        await admission.release()
+        # Given back though the task is cancelled meanwhile (its client gone, a shutdown):
+        # else its place under a max_parallel stayed taken until the hold expired.
+        with anyio.CancelScope(shield=True):
+            await uncancelled(admission.release, self.gateway.store.finish, again=True)
 
     async def waiting(self, key: ApiKey, execution_id: str) -> tuple[Execution, list[StepState]]:
         """The execution and its steps waiting for a decision, as ``key`` may see them: the

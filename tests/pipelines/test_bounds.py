@@ -3,10 +3,13 @@ make, the items a map runs, and how often a key may start runs."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from jinja2.exceptions import SecurityError
 
 from aigw.compiler.templates import compile_expr, new_environment
+from aigw.runtime.store import Reservation, Store
 
 from .conftest import ALICE_KEY, Serve
 
@@ -154,3 +157,43 @@ async def test_starting_a_run_counts_against_the_keys_requests_a_minute(serve: S
     direct = await served.http.post("/v1/pipelines/mapped", headers=alice,
                                     json={"numbers": [1]})
     assert direct.status_code == 429
+
+
+class _SlowRelease:
+    """The gateway's store, whose releases wait for ``go`` (a slow Redis round trip)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.releasing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def release(self, reservation: Reservation) -> None:
+        self.releasing.set()
+        await self.go.wait()
+        await self.store.release(reservation)
+
+
+async def test_a_run_start_cancelled_while_it_gives_its_place_back_frees_it(
+    serve: Serve,
+) -> None:
+    """Starting a run takes a place under the key's max_parallel, as a request does, and
+    gives it back at once. Given back unshielded, a start whose task was cancelled
+    meanwhile (its client gone) left the place held until the hold expired (10 minutes),
+    refusing the team's every request (this failed before)."""
+    served = await serve({"mapped": MAPPED}, eng="{limits: {max_parallel: 1}}")
+    slow = _SlowRelease(await served.gateway.store.get())
+    served.gateway.store._store = slow  # type: ignore[assignment]  # the store it opened, slowed
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    start = {"pipeline": "mapped", "input": {"numbers": [1]}}
+    call = asyncio.create_task(served.http.post("/api/v1/executions", headers=alice,
+                                                json=start))
+    await asyncio.wait_for(slow.releasing.wait(), 5)
+    call.cancel()
+    slow.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    answer = await served.http.post("/api/v1/executions", headers=alice, json=start)
+    assert answer.status_code == 201, answer.text

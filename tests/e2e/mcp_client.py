@@ -22,12 +22,13 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
                   session_ids: list[str] | None = None,
                   notified: list[str] | None = None,
                   headers: dict[str, str] | None = None,
-                  timeout_s: float = 5.0) -> AsyncIterator[ClientSession]:
+                  timeout_s: float = 30.0) -> AsyncIterator[ClientSession]:
     """The official SDK's client session on ``url``, with ``key`` as its bearer token
     (and ``headers`` on every request; ``timeout_s`` for each answer to begin);
     the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
     every answer that has one into ``session_ids``, and the method of every notification
-    the server sends into ``notified``."""
+    the server sends into ``notified``. The timeout is generous: on a busy machine a
+    stdio server's python, or a 32 MiB answer, takes seconds to begin."""
     async def seen(response: httpx2.Response) -> None:
         if statuses is not None:
             statuses.append(response.status_code)

@@ -238,8 +238,8 @@ class SnapshotMiddleware:
 def _with_overhead(send: Send) -> Send:
     """``send``, stamping ``x-aigw-overhead-ms`` on a response that has none: the model
     endpoints set their own (upstream time excluded); the rest (an unknown path, a 405,
-    /v1/models, count_tokens) call no upstream, so all their time is the gateway's (but
-    Gemini's countTokens, which may ask its deployment: that time is counted in)."""
+    /v1/models, count_tokens) call no upstream, so all their time is the gateway's
+    (Gemini's countTokens, when it asks its deployment, sets its own)."""
     started = time.perf_counter()
 
     async def send_timed(message: Message) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 
@@ -158,7 +159,9 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     Cedar's invoke check): the deployment's own count where the route would try one that
     counts exactly first (``deployment_count``), else the prompt tokens the gateway
     plans the request with. ``x-aigw-counted-by`` says which (``deployment``, with
-    ``x-aigw-deployment``, or ``gateway``)."""
+    ``x-aigw-deployment``, or ``gateway``). A deployment's time counting is left out of
+    its ``x-aigw-overhead-ms``, as a model endpoint's upstream time is."""
+    started = time.perf_counter()
     try:
         key = gemini_key(live.graph, headers, query)
         request = parse(CountTokensRequest, await body()).request()
@@ -173,19 +176,22 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
         return error_response(InternalError("The gateway had an internal error; it is logged."))
     if counted is None:
         return JSONResponse({"totalTokens": tokens}, headers={COUNTED_BY: "gateway"})
-    deployment, total = counted
+    deployment, total, upstream_s = counted
+    overhead_ms = (time.perf_counter() - started - upstream_s) * 1000
     return JSONResponse({"totalTokens": total},
-                        headers={COUNTED_BY: "deployment", "x-aigw-deployment": deployment})
+                        headers={COUNTED_BY: "deployment", "x-aigw-deployment": deployment,
+                                 "x-aigw-overhead-ms": f"{overhead_ms:.3f}"})
 
 
 async def deployment_count(live: Live, route: str, request: GenerateContentRequest,
-                           planned: int) -> tuple[str, int] | None:
-    """(deployment, its count) of the deployment a request of the route would try first
-    (its order as ``aigw route`` shows it, with no live statistics: the shared routing
-    state is not the count's to touch, and a count is no call to balance), where its
-    adapter counts exactly (``CountsTokens``: Gemini, Vertex's Gemini), asked with the
-    provider's credentials (never shown: a failure is logged by the adapter's scrubbed
-    message). None where it cannot, or its count failed: the gateway's count answers."""
+                           planned: int) -> tuple[str, int, float] | None:
+    """(deployment, its count, the seconds it took) of the deployment a request of the
+    route would try first (its order as ``aigw route`` shows it, with no live
+    statistics: the shared routing state is not the count's to touch, and a count is no
+    call to balance), where its adapter counts exactly (``CountsTokens``: Gemini,
+    Vertex's Gemini), asked with the provider's credentials (never shown: a failure is
+    logged by the adapter's scrubbed message). None where it cannot, or its count
+    failed: the gateway's count answers."""
     tiers = explain(live.graph, route, planned, None)
     first = next((tier.order[0][0] for tier in tiers if tier.order), None)
     deployment = live.graph.deployments.get(first) if first is not None else None
@@ -194,13 +200,14 @@ async def deployment_count(live: Live, route: str, request: GenerateContentReque
         return None
     call = ChatCall(to_chat_request(route, request, False), deployment, planned,
                     deployment.max_output_tokens)
+    asked = time.perf_counter()
     try:
         total = await adapter.count_tokens(call)
     except GatewayError as exc:
         log.warning("countTokens: deployment '%s' did not count the prompt (%s); the "
                     "gateway's count answers", deployment.name, exc.message)
         return None
-    return None if total is None else (deployment.name, total)
+    return None if total is None else (deployment.name, total, time.perf_counter() - asked)
 
 
 def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:

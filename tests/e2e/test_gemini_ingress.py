@@ -307,6 +307,12 @@ def test_count_tokens_asks_a_gemini_deployment_and_falls_back_to_the_gateways_co
     assert answer.usage_metadata is not None
     assert counted.json() == {"totalTokens": answer.usage_metadata.prompt_token_count}
 
+    # The deployment's time counting is not the gateway's overhead.
+    gemini.script.actions.append(Action(delay_s=1.0))
+    slow = count("flash")
+    assert slow.headers["x-aigw-counted-by"] == "deployment"
+    assert float(slow.headers["x-aigw-overhead-ms"]) < 1000
+
     other = count("gpt")
     assert other.status_code == 200 and other.headers["x-aigw-counted-by"] == "gateway"
     assert "x-aigw-deployment" not in other.headers and other.json()["totalTokens"] > 0

@@ -117,6 +117,10 @@ MCP_COMMAND_NOT_FOUND = _warning("AGW351", "MCP server's command is not on PATH"
 MCP_OTHER_TRANSPORT = _error("AGW352", "MCP server field is for the other transport")
 MCP_LITERAL_ENV_SECRET = _error("AGW353", "MCP server env holds a literal credential")
 KIND_NOT_SERVED = _error("AGW354", "provider type does not serve the deployment's kind")
+REF_PASSTHROUGH = _error("AGW355", "unknown pass-through")
+PASSTHROUGH_PROVIDER = _error("AGW356", "pass-through to a provider type it cannot authenticate "
+                              "a raw request for")
+PASSTHROUGH_PATH = _error("AGW357", "pass-through path is not a usable glob")
 BASE_URL_VERSIONED = _error("AGW370", "base_url ends in an API version its adapter appends")
 
 # AGW4xx: Cedar policies

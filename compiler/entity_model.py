@@ -3,14 +3,14 @@
     principals  ApiKey::"ci-bot" in Team::"eng"; User::"alice" (the request's ``user``)
                 in its key and in the key's team
     resources   Route (in its Group or Pipeline), Group, Deployment (in its groups),
-                Pipeline, Agent, Tool, McpServer
-    actions     invoke (ApiKey|User -> Route|Pipeline|Agent|McpServer), route (ApiKey|User
-                -> Deployment), call_tool (ApiKey|User|Pipeline|Agent -> Tool)
+                Pipeline, Agent, Tool, McpServer, Passthrough
+    actions     invoke (ApiKey|User -> Route|Pipeline|Agent|McpServer|Passthrough), route
+                (ApiKey|User -> Deployment), call_tool (ApiKey|User|Pipeline|Agent -> Tool)
 
 Cedar has no floats. Money and rates are ``decimal`` (four digits after the point,
 compared with ``.lessThan()`` and friends); milliseconds and tokens are ``Long``.
-Team, Group, Pipeline, Agent, Tool and McpServer are enumerated types when the config defines
-at least one, so a misspelt ``Team::"engg"`` fails validation in any Cedar tool.
+Team, Group, Pipeline, Agent, Tool, McpServer and Passthrough are enumerated types when the
+config defines at least one, so a misspelt ``Team::"engg"`` fails validation in any Cedar tool.
 """
 
 from __future__ import annotations
@@ -142,11 +142,12 @@ ENTITY_TYPES: Mapping[str, tuple[tuple[str, ...], Mapping[str, CedarType]]] = Ma
     "Agent": ((), MappingProxyType({})),
     "Tool": ((), MappingProxyType({})),
     "McpServer": ((), MappingProxyType({})),
+    "Passthrough": ((), MappingProxyType({})),
 })
-ENUMERABLE = ("Team", "Group", "Pipeline", "Agent", "Tool", "McpServer")
+ENUMERABLE = ("Team", "Group", "Pipeline", "Agent", "Tool", "McpServer", "Passthrough")
 PRINCIPALS = ("ApiKey", "User")
 ACTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType({
-    "invoke": (PRINCIPALS, ("Route", "Pipeline", "Agent", "McpServer")),
+    "invoke": (PRINCIPALS, ("Route", "Pipeline", "Agent", "McpServer", "Passthrough")),
     "route": (PRINCIPALS, ("Deployment",)),
     "call_tool": ((*PRINCIPALS, "Pipeline", "Agent"), ("Tool",)),
 })
@@ -182,6 +183,7 @@ def entity_names(linked: Linked, validated: Validated) -> EntityNames:
             "Agent": ids("agents", linked.agents),
             "Tool": (),
             "McpServer": ids("mcp_servers", linked.mcp_servers),
+            "Passthrough": ids("passthrough", linked.passthrough),
         }),
         complete=validated.complete,
     )

@@ -7,6 +7,7 @@ fingerprint of every source file, so a response can say which graph answered it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from .graph import (
     McpServer,
     McpSse,
     McpStdio,
+    Passthrough,
     Pipeline,
     Policy,
     PreviousSecret,
@@ -188,6 +190,8 @@ def freeze(
             sha256=item.sha256,
             own_per_user=per_user is not None,
             expires_at=item.expires_at,
+            passthrough=(frozenset(key_spec.passthrough)
+                         if key_spec.passthrough is not None else None),
         )
         if item.sha256 is not None:
             keys[item.sha256] = key
@@ -243,6 +247,7 @@ def freeze(
             batch_concurrency=settings.batch_concurrency,
             batches_concurrency=settings.batches_concurrency,
             redis_namespace=settings.redis_namespace,
+            max_passthrough_bytes=settings.max_passthrough_bytes,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),
@@ -272,8 +277,30 @@ def freeze(
         authorization=build_authorization(
             checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
             list(linked.pipelines), list(linked.mcp_servers), list(linked.agents),
+            list(linked.passthrough),
         ),
+        passthrough=_frozen({
+            name: Passthrough(
+                name=name,
+                provider=providers[item.entry.spec.provider],
+                globs=tuple(item.entry.spec.paths),
+                paths=re.compile(item.pattern),
+                methods=frozenset(item.entry.spec.methods),
+                prices=_prices_of(providers[item.entry.spec.provider].name, deployments),
+            )
+            for name, item in linked.passthrough.items()
+        }),
     )
+
+
+def _prices_of(provider: str, deployments: Mapping[str, Deployment]) -> Mapping[str, Deployment]:
+    """Model id -> the first deployment (as written) that serves it on ``provider``: whose
+    price a pass-through's answer naming that model is billed at."""
+    found: dict[str, Deployment] = {}
+    for deployment in deployments.values():
+        if deployment.provider.name == provider:
+            found.setdefault(deployment.model, deployment)
+    return _frozen(found)
 
 
 def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:

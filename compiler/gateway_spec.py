@@ -38,6 +38,12 @@ class SettingsSpec(Spec):
         "together (OpenAI's own cap is 50 MB an image for gpt-image-1, 4 MB for dall-e-2); "
         "larger ones get a 413, refused as they pass it, never read whole.",
     )
+    max_passthrough_bytes: PositiveInt = Field(
+        512 * 1024 * 1024,
+        description="Largest request body a pass-through (passthrough:) sends on (OpenAI's "
+        "own cap on a file is 512 MB); larger ones get a 413, refused as they pass it, "
+        "never held whole. Answers are streamed back, whatever their size.",
+    )
     body_read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         60.0,
         description="The longest a request's body may take to arrive, from the first wait "

@@ -7,9 +7,11 @@ in the sense of "decide later": the runtime only looks things up.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from .diagnostics import Diagnostic
@@ -63,6 +65,7 @@ class Settings:
     batch_concurrency: int = 4
     batches_concurrency: int = 8
     redis_namespace: str = "aigw"
+    max_passthrough_bytes: int = 512 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +369,7 @@ class ApiKey:
     own_per_user: bool = False
     # epoch seconds from which it is refused (401 key_expired); None: it does not expire
     expires_at: float | None = None
+    passthrough: frozenset[str] | None = None  # the pass-throughs it may use; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,32 @@ class McpServer:
 
 
 @dataclass(frozen=True, slots=True)
+class Passthrough:
+    """A provider API apps reach raw at ``/passthrough/<name>/<path>``: a ``method`` of
+    ``methods`` on a path ``paths`` match (compiled from the globs as written, which
+    ``globs`` keeps for messages), sent to ``provider`` with its credentials. An answer's
+    usage is billed at the price of the provider's deployment serving the model it
+    names (``prices``: model id -> deployment), else as nothing."""
+
+    name: str
+    provider: Provider
+    globs: tuple[str, ...]
+    paths: re.Pattern[str]
+    methods: frozenset[str]
+    prices: Mapping[str, Deployment]
+
+    def allows(self, path: str) -> bool:
+        """Whether ``path`` (as sent, from its leading /) is one ``globs`` allows.
+
+        >>> import re
+        >>> Passthrough("p", None, (), re.compile(r"/v1/files(?:/.*)?"), frozenset(), {}
+        ...             ).allows("/v1/files/file-1/content")  # type: ignore[arg-type]
+        True
+        """
+        return self.paths.fullmatch(path) is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """One Cedar policy with its annotations and where it was written."""
 
@@ -458,3 +488,5 @@ class Graph:
     # Every key some secret signs in as (current or previous), by name: a key whose
     # current secret is unset is still its previous secrets' during a rotation
     keys_by_name: Mapping[str, ApiKey]
+    passthrough: Mapping[str, Passthrough] = field(
+        default_factory=lambda: MappingProxyType({}))

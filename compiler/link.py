@@ -28,6 +28,7 @@ from .guardrails import check_route_guardrails, check_served_kinds, link_guardra
 from .keys import LinkedKey, link_keys
 from .kinds import check_deployment_kind, check_group_kinds
 from .mcp_servers import LinkedMcpServer, link_mcp_servers, not_ascii
+from .passthrough import LinkedPassthrough, link_passthrough
 from .pipeline_graph import Agent
 from .semantic_caches import check_semantic_caches
 from .served import link_served
@@ -42,6 +43,7 @@ from .spec import (
     GuardrailSpec,
     KeySpec,
     McpServerSpec,
+    PassthroughSpec,
     ProviderSpec,
     RouteSpec,
     Spec,
@@ -79,6 +81,8 @@ _VERSION_AT_END = re.compile(r"/v\d+/?$")
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 # An unclosed reference: "${" and the name after it, as far as a name goes.
 _UNCLOSED_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_]*")
+# A section's entry, said in a message, where its name is no plural of it.
+_SINGULAR = MappingProxyType({"passthrough": "pass-through"})
 _SECRET_LOOKING = re.compile(r"^(sk-|sk_|xai-|gsk_|AIza|AKIA)|^[A-Za-z0-9_\-]{32,}$")
 
 
@@ -126,6 +130,7 @@ class Linked:
     mcp_servers: Mapping[str, LinkedMcpServer]
     agents: Mapping[str, Agent] = field(default_factory=dict)  # what agent steps call
     guardrails: Mapping[str, Guardrail] = field(default_factory=dict)
+    passthrough: Mapping[str, LinkedPassthrough] = field(default_factory=dict)
 
 
 def link(
@@ -185,6 +190,13 @@ def link(
     known_routes = _known(routes, validated, "routes")
     mcp_entries = _entries(tables, "mcp_servers", McpServerSpec)
     known_mcp_servers = _known(mcp_entries, validated, "mcp_servers")
+    passthrough_entries = _entries(tables, "passthrough", PassthroughSpec)
+    known_passthrough = _known(passthrough_entries, validated, "passthrough")
+    for passthrough in passthrough_entries.values():
+        if passthrough.spec.provider not in known_providers:
+            _unknown(sink, codes.REF_PROVIDER, "provider", passthrough.spec.provider,
+                     known_providers, passthrough.value("provider"),
+                     f"pass-through '{passthrough.name}'")
     for item in keys.values():
         for index, route_name in enumerate(item.entry.spec.routes or ()):
             if route_name not in known_routes:
@@ -195,6 +207,12 @@ def link(
                 _unknown(sink, codes.REF_MCP_SERVER, "MCP server", server_name,
                          known_mcp_servers, item.entry.value("mcp_servers", index),
                          f"key '{item.entry.name}'")
+        for index, passthrough_name in enumerate(item.entry.spec.passthrough or ()):
+            if passthrough_name not in known_passthrough:
+                _unknown(sink, codes.REF_PASSTHROUGH, "pass-through", passthrough_name,
+                         known_passthrough, item.entry.value("passthrough", index),
+                         f"key '{item.entry.name}'", "pass-throughs are defined under "
+                         "passthrough:")
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
     if routing_ok:
@@ -257,6 +275,7 @@ def link(
         mcp_servers=mcp_servers,
         agents=agents,
         guardrails=guardrails,
+        passthrough=link_passthrough(passthrough_entries, providers, sink),
     )
 
 
@@ -300,7 +319,7 @@ def _merge_sections(
                 if first is not None:
                     sink.add(
                         codes.DUPLICATE_NAME,
-                        f"{section[:-1]} '{name}' is defined twice",
+                        f"{_SINGULAR.get(section, section[:-1])} '{name}' is defined twice",
                         entry.key(),
                         f"first defined at {first.key()}; names must be unique across files",
                     )

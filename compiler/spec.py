@@ -494,6 +494,10 @@ class KeySpec(Spec):
     mcp_servers: list[str] | None = Field(
         None, description="MCP servers this key may reach at /mcp/<name> (default all)."
     )
+    passthrough: list[str] | None = Field(
+        None, description="Pass-throughs this key may use at /passthrough/<name>/... "
+        "(default all)."
+    )
     budget: BudgetSpec | None = None
     limits: SubjectLimitsSpec | None = None
     per_user: PerUserSpec | None = Field(
@@ -565,6 +569,27 @@ class McpServerSpec(Spec):
     )
 
 
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class PassthroughSpec(Spec):
+    """A provider API the gateway does not model (vector stores, fine-tuning jobs, message
+    batches, a vLLM server's /tokenize), reached as it is at ``/passthrough/<name>/<path>``
+    with the provider's credentials: the caller's aigw key never goes upstream."""
+
+    provider: str = Field(description="The provider whose API and credentials it uses.")
+    paths: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        description="The paths allowed, under the provider's root (its base_url without a "
+        "trailing API version: https://api.openai.com for OpenAI's), as globs: * is any "
+        "text within one path segment, /** any number of segments (none too), e.g. "
+        "/v1/vector_stores/**. Any other path is a 404.")
+    methods: list[HttpMethod] = Field(
+        default_factory=lambda: list[HttpMethod](["GET", "POST"]), min_length=1,
+        description="The HTTP methods allowed (default GET and POST); another is a 405.")
+    description: str | None = None
+
+
 class GuardrailCacheSpec(Spec):
     """How many of a webhook's verdicts on input texts are kept, and for how long."""
 
@@ -632,6 +657,9 @@ class SectionsSpec(Spec):
         default_factory=dict, description="Remote A2A agents that pipeline steps call.")
     guardrails: dict[str, GuardrailSpec] = Field(
         default_factory=dict, description="Checks routes attach by name (routes' guardrails:).")
+    passthrough: dict[str, PassthroughSpec] = Field(
+        default_factory=dict, description="Provider APIs apps reach raw through the gateway, "
+        "at /passthrough/<name>/<path>, governed by keys, policies and limits.")
 
 
 NAMED_SECTIONS: tuple[str, ...] = (
@@ -644,4 +672,5 @@ NAMED_SECTIONS: tuple[str, ...] = (
     "mcp_servers",
     "agents",
     "guardrails",
+    "passthrough",
 )

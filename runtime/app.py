@@ -30,7 +30,7 @@ from .admin_page import admin_page_routes
 from .audio import speech, transcriptions, translations
 from .auth import authenticate, key_named, keys_status, require_admin
 from .batches import BatchRunner, LineAnswer, batch_routes
-from .chat import chat_completions, new_record, overhead_header
+from .chat import chat_completions, new_record
 from .completions import create_completion
 from .conversations import conversation_routes
 from .embeddings import embeddings
@@ -42,7 +42,7 @@ from .errors import (
     StatusError,
     StoreUnavailable,
 )
-from .exchange import Exchange
+from .exchange import Exchange, exchanged
 from .gemini_api import error_body as gemini_error_body
 from .gemini_api import get_model, list_models, model_call
 from .image_edits import edit_images
@@ -325,34 +325,6 @@ def _live(request: Request) -> Live:
 
 def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-
-
-async def exchanged(exchange: Exchange, key: Callable[[], ApiKey],
-                    body: Callable[[], Awaitable[bytes]], answer: Answer) -> Response:
-    """``answer``'s response to ``key()`` and ``body()``. Failed or cancelled (a shutdown
-    past its grace), the request's hold is given back and its ledger record written here;
-    served, ``answer`` settled it, and a stream's record is finished when the stream ends."""
-    live, record = exchange.live, exchange.record
-    try:
-        response = await answer(exchange, key(), await body())
-    except GatewayError as exc:
-        await exchange.fail(exc)
-        exc.headers = {**exc.headers, **overhead_header(record)}
-        live.telemetry.refused(record, exchange.headers)
-        live.telemetry.finish(record)
-        raise
-    except asyncio.CancelledError:
-        await exchange.cancelled()
-        live.telemetry.finish(record)
-        raise
-    except Exception:  # aigw's own fault (logged by the handler): still given back,
-        # recorded and counted, as any failure, rather than held until it expires
-        await exchange.fail(InternalError("The gateway had an internal error."))
-        live.telemetry.finish(record)
-        raise
-    if not record.stream:
-        live.telemetry.finish(record)
-    return response
 
 
 # A batch line's request has no headers of its own: its key is the batch's creator's.

@@ -540,6 +540,36 @@ def _as_is(_served: Served, result: ChatResult) -> ChatResult:
     return result
 
 
+async def exchanged(exchange: Exchange, key: Callable[[], ApiKey],
+                    body: Callable[[], Awaitable[bytes]],
+                    answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]],
+                    ) -> Response:
+    """``answer``'s response to ``key()`` and ``body()``. Failed or cancelled (a shutdown
+    past its grace), the request's hold is given back and its ledger record written here;
+    served, ``answer`` settled it, and a stream's record is finished when the stream ends."""
+    live, record = exchange.live, exchange.record
+    try:
+        response = await answer(exchange, key(), await body())
+    except GatewayError as exc:
+        await exchange.fail(exc)
+        exc.headers = {**exc.headers, **overhead_header(record)}
+        live.telemetry.refused(record, exchange.headers)
+        live.telemetry.finish(record)
+        raise
+    except asyncio.CancelledError:
+        await exchange.cancelled()
+        live.telemetry.finish(record)
+        raise
+    except Exception:  # aigw's own fault (logged by the handler): still given back,
+        # recorded and counted, as any failure, rather than held until it expires
+        await exchange.fail(InternalError("The gateway had an internal error."))
+        live.telemetry.finish(record)
+        raise
+    if not record.stream:
+        live.telemetry.finish(record)
+    return response
+
+
 async def in_its_shape(
     live: Live, endpoint: str, headers: Headers, current: Callable[[], Live] | None,
     gone: Callable[[], Awaitable[None]] | None,

@@ -25,6 +25,7 @@
     ├── PipelineTimeout             504 pipeline_timeout (not done within the route's deadline)
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
+    ├── PassthroughUnavailable      503 passthrough_unavailable (its provider is disabled)
     ├── McpServerFailed             502 mcp_server_failed (an MCP server unreachable or failing)
     │   ├── McpServerTimeout            504 mcp_server_timeout
     │   ├── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
@@ -294,6 +295,14 @@ class StoreUnavailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "store_unavailable"
+
+
+class PassthroughUnavailable(GatewayError):
+    """A pass-through whose provider cannot be called (its ${ENV} key is not set)."""
+
+    status = 503
+    error_type = "api_error"
+    code = "passthrough_unavailable"
 
 
 class McpServerFailed(GatewayError):

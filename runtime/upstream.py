@@ -58,8 +58,12 @@ _CONTEXT_PHRASES = (
 _POLICY_PHRASES = ("content policy", "content_policy", "content management policy", "safety")
 
 
-def make_client(provider: Provider) -> httpx.AsyncClient:
-    """A pooled client for one provider, with its limits and timeouts from the config."""
+def make_client(provider: Provider, native: bool = False) -> httpx.AsyncClient:
+    """A pooled client for one provider, with its limits and timeouts from the config.
+    ``native``: on httpx's own transport, whatever is installed: an error a streamed
+    request body raises (a pass-through's size cap) comes out of ``send`` as it is, the
+    connection dropped, where aiohttp's writes the body in a task of its own and the
+    request went on to time out."""
     limits = httpx.Limits(
         max_connections=provider.max_connections,
         max_keepalive_connections=provider.max_connections,
@@ -68,7 +72,9 @@ def make_client(provider: Provider) -> httpx.AsyncClient:
     timeout = httpx.Timeout(provider.timeout_s, connect=min(10.0, provider.timeout_s))
     try:
         from httpx_aiohttp import AiohttpTransport
-    except ImportError:  # the optional fast transport is not installed
+        if native:
+            raise ImportError("httpx's own transport asked for")
+    except ImportError:  # the optional fast transport is not installed (or not wanted)
 
         def build(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
             return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)

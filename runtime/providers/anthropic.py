@@ -69,6 +69,7 @@ from .base import (
     ChatResult,
     Refusals,
 )
+from .raw import RawTarget, api_root
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -82,7 +83,8 @@ class AnthropicAdapter(Refusals):
         self.upstream: JsonUpstream = open_upstream(provider)
         base = (provider.base_url or ANTHROPIC_BASE_URL).rstrip("/")
         # The root is what Anthropic documents; a root given with OpenAI's habit of /v1 works too.
-        self._url = f"{base.removesuffix('/v1')}/v1/messages"
+        self._root = base.removesuffix('/v1')
+        self._url = f"{self._root}/v1/messages"
         self._headers = {
             **provider.headers,
             "anthropic-version": provider.api_version or ANTHROPIC_VERSION,
@@ -106,6 +108,10 @@ class AnthropicAdapter(Refusals):
             for delta in reader.read(json_event(data, self.provider)):
                 yield delta
         yield reader.last(call, usage)
+
+    def raw_target(self) -> RawTarget:
+        """The pass-through seam (providers/raw.py): ``x-api-key`` and ``anthropic-version``."""
+        return RawTarget(api_root(self._root), self._headers)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -26,6 +26,7 @@ from .base import (
     parse_ranking,
     reported_count,
 )
+from .raw import RawTarget, api_root
 
 COHERE_BASE_URL = "https://api.cohere.com"
 
@@ -37,7 +38,8 @@ class CohereAdapter(Refusals):
     def __init__(self, provider: Provider, counter: TokenCounter) -> None:
         self.provider = provider
         self.upstream: JsonUpstream = open_upstream(provider)
-        self._url = f"{(provider.base_url or COHERE_BASE_URL).rstrip('/')}/v2/rerank"
+        self._root = (provider.base_url or COHERE_BASE_URL).rstrip('/')
+        self._url = f"{self._root}/v2/rerank"
         self._headers = {**provider.headers, "authorization": f"Bearer {provider.api_key}"}
 
     async def rerank(self, call: RerankCall) -> RerankResult:
@@ -59,6 +61,10 @@ class CohereAdapter(Refusals):
             prompt_tokens=call.prompt_tokens if tokens is None else tokens,
             search_units=call.search_units if units is None else units,
         )
+
+    def raw_target(self) -> RawTarget:
+        """The pass-through seam (providers/raw.py): its key as ``Authorization: Bearer``."""
+        return RawTarget(api_root(self._root), self._headers)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -118,6 +118,7 @@ from .base import (
     unreported_usage,
 )
 from .gemini_wire import SIGNATURE_MARK, build_request
+from .raw import RawTarget, api_root
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
@@ -225,6 +226,10 @@ class GeminiAdapter(Refusals):
                 f"provider '{self.provider.name}' returned {len(vectors)} embeddings "
                 f"for {len(call.inputs)} inputs", provider=self.provider.name)
         return EmbeddingResult(call.deployment.model, vectors, call.prompt_tokens)
+
+    def raw_target(self) -> RawTarget:
+        """The pass-through seam (providers/raw.py): its key as ``x-goog-api-key``."""
+        return RawTarget(api_root(self._base), self._headers)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

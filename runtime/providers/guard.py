@@ -63,6 +63,7 @@ from .base import (
 )
 from .events import EventStream, image_events_adapter
 from .image_edits import ImageEditCall, image_edit_adapter
+from .raw import RawTarget, raw_adapter
 from .realtime import RealtimeCall, realtime_adapter
 
 log = logging.getLogger("aigw.upstream")
@@ -191,6 +192,9 @@ class GuardedAdapter:
     async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
         # Nothing to read: the handshake's answer is the upstream's, the events the client's.
         return await realtime_adapter(self.inner, call.deployment).realtime(call)
+
+    def raw_target(self) -> RawTarget:
+        return raw_adapter(self.inner, self.provider.name).raw_target()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

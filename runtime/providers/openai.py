@@ -71,6 +71,7 @@ from .openai_media import (
     parse_moderation,
 )
 from .openai_text import text_body, text_choices, text_deltas
+from .raw import RawTarget, api_root
 from .realtime import RealtimeCall
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -314,6 +315,11 @@ class OpenAIAdapter:
         """OpenAI's ``wss://api.openai.com/v1/realtime?model=`` and ``query``; an http
         base is ws."""
         return f"{_websocket(self._base)}/realtime?{urlencode((('model', model), *query))}"
+
+    def raw_target(self) -> RawTarget:
+        """The pass-through seam (providers/raw.py): the server's root and its key as
+        ``Authorization: Bearer`` (Azure's as ``api-key``)."""
+        return RawTarget(api_root(self._base), self._headers)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -52,6 +52,7 @@ from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
 from .moderations import moderate
+from .passthrough import PassthroughProxy, passthrough_routes
 from .policy_endpoints import policy_routes
 from .realtime import realtime
 from .rerank import rerank
@@ -78,6 +79,7 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
     endpoints = _Endpoints(gateway, PipelineChat(workflows))
     batches = BatchRunner(gateway, endpoints.batch_line)
     mcp = McpProxy()
+    passthrough = PassthroughProxy()
     # The model endpoints are most of the traffic: they are called without Starlette's
     # routing and middleware layers (bench/BENCH.md, "What the profiles found").
     direct: dict[str, Endpoint] = {
@@ -124,8 +126,9 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
             *admin_page_routes(gateway, workflows),
             *policy_routes(gateway),
             *mcp_routes(mcp),
+            *passthrough_routes(passthrough),
         ],
-        lifespan=partial(_lifespan, gateway, workflows, mcp, batches),
+        lifespan=partial(_lifespan, gateway, workflows, mcp, batches, passthrough),
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -137,9 +140,10 @@ def create_app(gateway: Gateway, workflows: Workflows | None = None) -> ASGIApp:
 
 @asynccontextmanager
 async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
-                    batches: BatchRunner, app: object) -> AsyncIterator[None]:
+                    batches: BatchRunner, passthrough: PassthroughProxy,
+                    app: object) -> AsyncIterator[None]:
     """vLLM servers' metrics are read for as long as the app serves; pipelines and
-    batches run; the MCP proxy's client is closed at the end."""
+    batches run; the MCP proxy's and the pass-throughs' clients are closed at the end."""
     tasks = [asyncio.create_task(
         UpstreamLoadWatch(lambda: (gateway.live.graph, gateway.routing)).run(),
         name="aigw-upstream-load")]
@@ -161,6 +165,7 @@ async def _lifespan(gateway: Gateway, workflows: Workflows, mcp: McpProxy,
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await mcp.aclose()
+        await passthrough.aclose()
 
 
 async def _publish_circuits(gateway: Gateway) -> None:

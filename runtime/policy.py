@@ -469,6 +469,15 @@ class RequestGate:
             raise self._refused(decision, f"use{tool} MCP server '{server}'")
         return decision
 
+    def check_invoke_passthrough(self, name: str) -> Decision:
+        """As ``check_invoke``, for a request through pass-through ``name``
+        (``Passthrough::"name"``)."""
+        decision = self.engine.decide(self.principal, INVOKE,
+                                      {"type": "Passthrough", "id": name}, self.context)
+        if not decision.allowed:
+            raise self._refused(decision, f"use pass-through '{name}'")
+        return decision
+
     def mcp_tools(self, server: str, tools: Sequence[str]) -> frozenset[str]:
         """Those of ``tools`` the policies let this caller call on MCP server ``server``
         (``context.tool`` each one's name), for a tools/list. When no policy reads

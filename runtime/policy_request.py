@@ -189,6 +189,19 @@ async def authorize_mcp(
     return gate
 
 
+async def authorize_passthrough(live: Live, key: ApiKey, user: str | None, name: str,
+                                timeout_s: float, headers: Headers) -> None:
+    """The invoke check on ``Passthrough::"name"`` for one request; a deny is a 403
+    naming the deciding policies."""
+    if not live.policy.enforced:
+        return
+    facts = Facts(route="", estimated_tokens=0, max_tokens=None, stream=False,
+                  latency_sla_ms=latency_sla_ms(headers, timeout_s * 1000),
+                  tags=request_tags(headers))
+    gate = await _gate(live, key, user, facts)
+    gate.check_invoke_passthrough(name)
+
+
 def facts_to_keep(facts: Facts) -> dict[str, Any]:
     """What an execution keeps of the facts its request was checked with: what the
     request said (its route, tags, latency SLA, sizes), not what was true at that

@@ -1,0 +1,417 @@
+"""Pass-through at ``/passthrough/<name>/<path>``: a provider API the gateway does not
+model (vector stores, fine-tuning jobs, message batches, a vLLM server's /tokenize),
+reached with the provider's credentials and governed as the modelled endpoints are.
+
+    authenticate (an aigw key, as /v1) -> the pass-through by name, among the key's
+    ``passthrough`` (404, as one not defined) -> its methods (405) and path globs
+    (404) -> Cedar invoke on Passthrough::"name" (403) -> the key's, its team's and
+    the end user's rpm and max_parallel (429) -> the provider's root and credentials,
+    as its adapter sends them (providers/raw.py) -> the body streamed up, refused past
+    ``settings.max_passthrough_bytes`` (413) -> the answer streamed back as the upstream
+    gave it (its status, headers and body) -> settle: the usage it reports billed at the
+    price of the provider's deployment of the model it names, else nothing; the ledger
+    record, access line and metrics (route label ``passthrough:<name>``, never the path)
+
+What goes upstream is the client's request less its aigw key (in whichever header a
+provider reads one from), its cookies, hop-by-hop headers and the gateway's own
+(``x-aigw-*``, the end-user header); the provider's ``headers:`` and credentials are
+added. ``accept-encoding: identity`` is asked for, so the usage can be read as it goes
+by. The provider's key and header values are scrubbed from every answer: an error
+answer (read whole, bounded) as a call's upstream error is, a streamed one where the
+key itself appears (masked to its own length, so a ``content-length`` holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+
+import anyio
+import httpx
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from aigw.compiler.graph import ApiKey, Deployment, Passthrough, Provider
+
+from .auth import authenticate
+from .chat import new_record
+from .errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PassthroughUnavailable,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamConnectionError,
+    UpstreamTimeout,
+)
+from .exchange import Exchange, exchanged
+from .live import Live
+from .passthrough_usage import UsageReader
+from .policy_request import authorize_passthrough
+from .providers.raw import RawTarget, raw_adapter
+from .sse import settled_stream
+from .telemetry.record import RequestRecord
+from .telemetry.tracing import traced
+from .upstream import make_client, scrub
+
+log = logging.getLogger("aigw.passthrough")
+
+PREFIX = "/passthrough/"
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # HEAD comes with GET
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
+                        "proxy-authorization", "proxy-connection", "te", "trailer",
+                        "trailers", "transfer-encoding", "upgrade"})
+# The client's headers that never go upstream besides those: its aigw key in any header a
+# provider reads a key from (the provider's own are added), its cookies, what httpx sets.
+_KEPT_BACK = HOP_BY_HOP | {"host", "authorization", "x-api-key", "api-key",
+                           "x-goog-api-key", "cookie", "accept-encoding", "expect"}
+# The upstream's headers that never reach the client besides the hop-by-hop ones.
+_NOT_ANSWERED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
+# The most of an error answer read (to scrub it whole); the rest is cut.
+MAX_ERROR_BYTES = 1 << 20
+# The shortest header value masked in a streamed answer, as ``scrub_values``' words.
+_SECRET_WORD = 12
+
+
+def passthrough_routes(proxy: PassthroughProxy) -> list[Route]:
+    return [Route(PREFIX + "{name}/{path:path}", proxy.endpoint, methods=METHODS)]
+
+
+class PassthroughProxy:
+    """The /passthrough endpoint and its pooled clients, one per provider as its config
+    last read (made on first use, closed when the app stops)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[object, ...], httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def _client(self, provider: Provider) -> httpx.AsyncClient:
+        # By what the client is made from: a reload that changes none keeps its pool.
+        made_of = (provider.name, provider.timeout_s, provider.max_connections)
+        client = self._clients.get(made_of)
+        if client is None:
+            client = self._clients[made_of] = make_client(provider, native=True)
+        return client
+
+    async def endpoint(self, request: Request) -> Response:
+        live: Live = request.scope["state"]["live"]
+        record = new_record(live, "passthrough")
+        # Not watched for its client's leaving: the body is the upstream's to read, and
+        # a client gone mid-answer ends the stream (``_relayed``).
+        exchange = Exchange(live, record, request.headers)
+
+        async def nothing() -> bytes:  # the body is streamed up, never read here
+            return b""
+
+        async def answer(exchange: Exchange, key: ApiKey, _body: bytes) -> Response:
+            return await self._serve(live, exchange, key, request)
+
+        return await exchanged(exchange, lambda: authenticate(live.graph, request.headers),
+                               nothing, answer)
+
+    async def _serve(self, live: Live, exchange: Exchange, key: ApiKey,
+                     request: Request) -> Response:
+        record, graph = exchange.record, live.graph
+        exchange.identify(key, None)
+        name = request.path_params["name"]
+        passthrough = graph.passthrough.get(name)
+        # One outside the key's passthrough is the same 404 as one not defined: a 403
+        # would tell the key which names exist (as check_route_allowed).
+        if passthrough is None or (key.passthrough is not None and name not in key.passthrough):
+            raise NotFound(f"Pass-through '{name}' is not defined.")
+        record.route = f"passthrough:{name}"
+        provider = passthrough.provider
+        record.provider, record.provider_type = provider.name, provider.type
+        method = "GET" if request.method == "HEAD" else request.method
+        if method not in passthrough.methods:
+            raise MethodNotAllowed(f"Pass-through '{name}' does not allow {request.method}; "
+                                   f"it allows {', '.join(sorted(passthrough.methods))}.",
+                                   headers={"allow": ", ".join(sorted(passthrough.methods))})
+        path = _path(request)
+        if path is None or not passthrough.allows(path):
+            raise NotFound(f"Pass-through '{name}' does not allow this path.")
+        await authorize_passthrough(live, key, exchange.user, name, provider.timeout_s,
+                                    request.headers)
+        declared = request.headers.get("content-length")
+        limit = graph.settings.max_passthrough_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of "
+                                  f"{limit} (settings.max_passthrough_bytes).")
+        await exchange.admit(key, 0, 0.0)
+        live.telemetry.started(record)
+        adapter = live.adapters.get(provider.name)
+        if adapter is None:
+            raise PassthroughUnavailable(f"Pass-through '{name}' is unavailable: provider "
+                                         f"'{provider.name}' is "
+                                         f"disabled ({provider.disabled_reason or 'not served'}).")
+        target = raw_adapter(adapter, provider.name).raw_target()
+        upstream = await self._send(live, record, passthrough, target, request, path)
+        return await _answered(live, exchange, passthrough, target, upstream)
+
+    async def _send(self, live: Live, record: RequestRecord, passthrough: Passthrough,
+                    target: RawTarget, request: Request, path: str) -> httpx.Response:
+        """The request sent on, its answer's status and headers come (its body to come)."""
+        provider, settings = passthrough.provider, live.graph.settings
+        headers = _sent_headers(request.headers, target, settings.user_header)
+        query = request.scope.get("query_string", b"")
+        url = target.root + path + ("?" + query.decode("latin-1") if query else "")
+        has_body = "content-length" in request.headers or \
+            "transfer-encoding" in request.headers
+        content = _body(request.receive, settings.max_passthrough_bytes,
+                        settings.body_read_timeout_s) if has_body else None
+        client = self._client(provider)
+        record.waiting_upstream()
+        try:
+            sent = client.build_request(request.method, url, headers=traced(headers),
+                                        content=content)
+            return await client.send(sent, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"provider '{provider.name}' timed out: "
+                                  f"{scrub(str(exc) or type(exc).__name__, provider)}",
+                                  provider=provider.name) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise UpstreamConnectionError(
+                f"provider '{provider.name}' is unreachable: "
+                f"{scrub(str(exc) or type(exc).__name__, provider)}",
+                provider=provider.name) from None
+        finally:
+            record.waited_upstream()
+
+
+def _path(request: Request) -> str | None:
+    """The path after ``/passthrough/<name>`` as the client sent it (still
+    percent-encoded, as it goes upstream); None for one that could climb out of what the
+    globs allow once a server decodes it (a dot segment, an encoded / or \\)."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    parts = raw.decode("latin-1").split("/", 3)  # "", "passthrough", name, the rest
+    if len(parts) < 4:
+        return None
+    path = "/" + parts[3]
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+        return None
+    segments = lowered.replace("%2e", ".").split("/")
+    return None if any(segment in (".", "..") for segment in segments) else path
+
+
+def _sent_headers(headers: Headers, target: RawTarget, user_header: str) -> dict[str, str]:
+    """The client's headers as they go upstream (``_KEPT_BACK`` and the gateway's own
+    left out), with the provider's headers and credentials, and no compression."""
+    named = {value.strip().lower() for value in headers.get("connection", "").split(",")}
+    user = user_header.lower()
+    sent = {name: value for name, value in headers.items()
+            if name not in _KEPT_BACK and name not in named and name != user
+            and not name.startswith("x-aigw-")}
+    sent.update({name.lower(): value for name, value in target.headers.items()})
+    sent["accept-encoding"] = "identity"
+    return sent
+
+
+async def _body(receive: Receive, limit: int, timeout_s: float) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, refused past ``limit`` bytes (413) and past
+    ``timeout_s`` of waiting for it (408), never held whole."""
+    size = 0
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s "
+                                 "(settings.body_read_timeout_s).") from None
+        if message["type"] == "http.disconnect":
+            raise GatewayError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes "
+                                  "(settings.max_passthrough_bytes).")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
+                    target: RawTarget, upstream: httpx.Response) -> Response:
+    """The upstream's answer, passed on: an error read whole (bounded) and scrubbed, any
+    other streamed as it comes, its usage read on the way and billed as it ends."""
+    record, provider = exchange.record, passthrough.provider
+    record.status = upstream.status_code
+    headers = {name: value for name, value in upstream.headers.items()
+               if name.lower() not in _NOT_ANSWERED}
+    if upstream.status_code >= 400:
+        try:
+            body = await _error_body(upstream)
+        finally:
+            await upstream.aclose()
+        record.error = f"upstream_{upstream.status_code}"
+        shown = scrub(body.decode("utf-8", "replace"), provider).encode()
+        headers.pop("content-length", None)
+        await exchange.close()
+        return Response(shown, status_code=upstream.status_code, headers=headers)
+    record.stream = True  # finished when its last byte went out, or its client left
+    reader = UsageReader(upstream.headers.get("content-type", ""))
+    masks = _secrets(provider, target)
+    return _Droppable(await settled_stream(
+        _relayed(live, exchange, passthrough, upstream, reader, masks), headers,
+        upstream.headers.get("content-type", "")))
+
+
+class _Dropped(Exception):
+    """The upstream cut an answer part of which the client has: its connection is
+    dropped, so that it sees the answer cut (an answer ended cleanly would read as whole)."""
+
+
+class _Droppable(Response):
+    """``inner``, ended without its last message when the stream is ``_Dropped``: the
+    server closes the connection, and nothing is raised past here (recorded and logged
+    already, it needs no traceback)."""
+
+    def __init__(self, inner: Response) -> None:  # no body of its own: inner's
+        self.inner = inner
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with contextlib.suppress(_Dropped):
+            await self.inner(scope, receive, send)
+
+
+async def _error_body(upstream: httpx.Response) -> bytes:
+    """An error answer's body, cut at ``MAX_ERROR_BYTES`` (an error page can be
+    megabytes) or where the upstream cut it."""
+    body = bytearray()
+    try:
+        async for chunk in upstream.aiter_raw():
+            body += chunk
+            if len(body) >= MAX_ERROR_BYTES:
+                break
+    except httpx.HTTPError:
+        pass  # what came is shown: the status says what went wrong
+    return bytes(body[:MAX_ERROR_BYTES])
+
+
+def _secrets(provider: Provider, target: RawTarget) -> tuple[bytes, ...]:
+    """What is masked in a streamed answer: the provider's key and header values (those
+    long enough to be a credential), longest first."""
+    values = {provider.api_key or "", *provider.headers.values(), *target.headers.values()}
+    words = {word for value in values for word in (value, *value.split())
+             if len(word) >= _SECRET_WORD}
+    return tuple(sorted((word.encode() for word in words), key=len, reverse=True))
+
+
+async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
+                   upstream: httpx.Response, reader: UsageReader,
+                   masks: tuple[bytes, ...]) -> AsyncGenerator[bytes, None]:
+    """The answer's bytes as they come, masked; in its ``finally`` (however it ends) the
+    request is billed what the answer reported, settled and recorded."""
+    record = exchange.record
+    held = b""  # the tail of what came that a key could begin, and the next part end
+    sent = False
+    record.waiting_upstream()  # the answer comes at the upstream's pace: not overhead
+    try:
+        async for chunk in upstream.aiter_raw():
+            reader.feed(chunk)
+            text = _masked(held + chunk, masks)
+            cut = len(text) - _unfinished(text, masks)
+            held = text[cut:]
+            if cut:
+                sent = True
+                yield text[:cut]
+        if held:
+            yield held
+    except httpx.HTTPError as exc:
+        # The upstream cut its answer: before its first part, a 502 error; after, the
+        # client's answer is cut too (its connection dropped), and logged.
+        provider = passthrough.provider
+        failure = UpstreamConnectionError(
+            f"provider '{provider.name}' cut its answer to pass-through '{passthrough.name}': "
+            f"{scrub(str(exc) or type(exc).__name__, provider)}", provider=provider.name)
+        log.warning("%s", failure.message)
+        record.status, record.error = failure.status, str(failure.code)
+        if sent:
+            raise _Dropped from None
+        raise failure from None
+    except (asyncio.CancelledError, GeneratorExit):
+        record.sent_status = record.status
+        record.status, record.error = live.shutdown.cut()
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await upstream.aclose()
+            finally:
+                record.waited_upstream()
+                _bill(record, passthrough, reader)
+                await exchange.close()
+                live.telemetry.finish(record)
+
+
+def _unfinished(data: bytes, masks: tuple[bytes, ...]) -> int:
+    """How many of ``data``'s last bytes begin one of ``masks``: held back until the next
+    part tells whether the mask goes on there (most parts end in none, and go at once).
+
+    >>> _unfinished(b"key: sk-pro", (b"sk-provider-1",)), _unfinished(b"ok", (b"sk-1",))
+    (6, 0)
+    """
+    longest = 0
+    for mask in masks:
+        for size in range(min(len(mask) - 1, len(data)), longest, -1):
+            if data.endswith(mask[:size]):
+                longest = size
+                break
+    return longest
+
+
+def _masked(data: bytes, masks: tuple[bytes, ...]) -> bytes:
+    for mask in masks:
+        if mask in data:
+            data = data.replace(mask, b"*" * len(mask))
+    return data
+
+
+def _bill(record: RequestRecord, passthrough: Passthrough, reader: UsageReader) -> None:
+    """The answer's usage on the request's record, at the price of the provider's
+    deployment of the model it names (none: its tokens counted, nothing billed)."""
+    reported = reader.reported()
+    if reported is None:
+        return
+    usage = reported.usage
+    record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    record.cached_tokens = usage.cached_tokens
+    record.cache_write_tokens = usage.cache_creation_tokens
+    record.response_model = reported.model
+    deployment = priced(passthrough.prices, reported.model)
+    if deployment is not None:
+        record.deployment = deployment.name
+        record.cost = usage.cost(deployment.price)
+
+
+def priced(prices: Mapping[str, Deployment], model: str | None) -> Deployment | None:
+    """The deployment whose price bills an answer naming ``model``: the one of that id,
+    else the one whose id ``model`` is a dated snapshot of (``gpt-4o-mini-2024-07-18``
+    of ``gpt-4o-mini``), the longest such; None for a model no deployment serves.
+
+    >>> from types import SimpleNamespace as D
+    >>> priced({"gpt-4o": D(name="big"), "gpt-4o-mini": D(name="small")},
+    ...        "gpt-4o-mini-2024-07-18").name  # type: ignore[dict-item]
+    'small'
+    """
+    if model is None:
+        return None
+    found = prices.get(model)
+    if found is not None:
+        return found
+    snapshots = [name for name in prices if model.startswith(name + "-")]
+    return prices[max(snapshots, key=len)] if snapshots else None

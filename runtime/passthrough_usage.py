@@ -1,0 +1,137 @@
+"""What a pass-through's answer says it used: the ``usage`` (and the ``model``) of an
+OpenAI or Anthropic shaped JSON answer, or of the events of such a stream, read from the
+bytes as they go by to the client, never holding the answer back.
+
+    OpenAI chat, completions, embeddings    {model, usage: {prompt_tokens, completion_tokens,
+                                             prompt_tokens_details: {cached_tokens}}}
+    OpenAI Responses (and response.* events) {model, usage: {input_tokens, output_tokens,
+                                             input_tokens_details: {cached_tokens}}}, or
+                                             {response: {...}} in an event
+    Anthropic Messages (and its events)     {model, usage: {input_tokens, output_tokens,
+                                             cache_read_input_tokens,
+                                             cache_creation_input_tokens}}, message_start's
+                                             {message: {...}}, message_delta's {usage}
+
+A stream's counts are the largest each event reported (Anthropic's message_delta
+repeats the output so far). Anything else (a file, an answer past ``MAX_JSON_BYTES``,
+an event line past ``MAX_LINE_BYTES``, JSON of another shape) reports nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .providers.base import Usage
+
+# The most of a JSON answer kept to read its usage: a larger one is passed on unread.
+MAX_JSON_BYTES = 8 << 20
+# The longest event line read; a longer one is passed on unread.
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """The model an answer names (None: none) and the usage it reports."""
+
+    model: str | None
+    usage: Usage
+
+
+class UsageReader:
+    """Fed an answer's bytes as they go by (``feed``), then asked what it reported
+    (``reported``). ``kind`` is the answer's content type: JSON is kept whole (up to
+    ``MAX_JSON_BYTES``) and read at the end; an event stream is read a line at a time."""
+
+    def __init__(self, content_type: str) -> None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        self._events = media == "text/event-stream"
+        self._json = not self._events and (media == "application/json"
+                                           or media.endswith("+json"))
+        self._kept = bytearray()
+        self._skipping = False  # within an event line too long to read
+        self._model: str | None = None
+        self._counts: dict[str, int] = {}
+
+    def feed(self, chunk: bytes) -> None:
+        if self._json:
+            if len(self._kept) + len(chunk) > MAX_JSON_BYTES:
+                self._json = False
+                self._kept.clear()
+            else:
+                self._kept += chunk
+        elif self._events:
+            self._lines(chunk)
+
+    def reported(self) -> Reported | None:
+        """The usage the answer reported, once it has all gone by; None where it reported
+        none."""
+        if self._json and self._kept:
+            self._read(bytes(self._kept))
+            self._kept.clear()
+        elif self._events and self._kept and not self._skipping:
+            self._line(bytes(self._kept))
+        if not self._counts:
+            return None
+        counts = self._counts
+        cached = counts.get("cached", 0)
+        written = counts.get("written", 0)
+        prompt = counts.get("input", 0)
+        if counts.get("anthropic"):  # Anthropic's input_tokens leaves out the cache's
+            prompt += cached + written
+        return Reported(self._model, Usage(prompt, counts.get("output", 0), cached, written))
+
+    def _lines(self, chunk: bytes) -> None:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if not self._skipping:
+                self._kept += chunk[start:end]
+                self._line(bytes(self._kept))
+            self._kept.clear()
+            self._skipping = False
+            start = end + 1
+        if not self._skipping:
+            self._kept += chunk[start:]
+            if len(self._kept) > MAX_LINE_BYTES:
+                self._kept.clear()
+                self._skipping = True
+
+    def _line(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if line.startswith(b"data:"):
+            self._read(line[5:].strip())
+
+    def _read(self, text: bytes) -> None:
+        try:
+            document = json.loads(text)
+        except ValueError:  # [DONE], or not JSON at all: nothing reported
+            return
+        if not isinstance(document, dict):
+            return
+        for holder in (document, document.get("message"), document.get("response")):
+            if isinstance(holder, dict):
+                self._take(holder)
+
+    def _take(self, holder: Mapping[str, Any]) -> None:
+        model = holder.get("model")
+        if self._model is None and isinstance(model, str) and model:
+            self._model = model
+        usage = holder.get("usage")
+        if not isinstance(usage, dict):
+            return
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        found = {
+            "input": usage.get("prompt_tokens", usage.get("input_tokens")),
+            "output": usage.get("completion_tokens", usage.get("output_tokens")),
+            "cached": usage.get("cache_read_input_tokens",
+                                details.get("cached_tokens") if isinstance(details, dict)
+                                else None),
+            "written": usage.get("cache_creation_input_tokens"),
+            "anthropic": 1 if "cache_read_input_tokens" in usage
+            or "cache_creation_input_tokens" in usage else None,
+        }
+        for name, value in found.items():
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                self._counts[name] = max(self._counts.get(name, 0), value)

@@ -1,0 +1,283 @@
+"""Pass-through (``passthrough:``) through a real ``aigw serve``: the official SDKs call
+provider APIs the gateway does not model, the provider's key injected and never shown,
+the caller's aigw key never sent on, governed by keys, Cedar and limits, and billed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.openai_platform import OpenAIPlatformFake
+from ..fakes.serve import serving
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+OPENAI_KEY = "sk-provider-platform-7f3a9c2e41b8d6"
+ANTHROPIC_KEY = "sk-ant-provider-5b1e0c9d77aa42"
+NARROW_KEY = "sk-aigw-narrow"  # passthrough: [] (none)
+BLOCKED_KEY = "sk-aigw-blocked"  # Cedar forbids it openai-raw
+SLOW_KEY = "sk-aigw-slow"  # 1 request a minute
+SINGLE_KEY = "sk-aigw-single"  # 1 request at a time
+UPLOAD_CAP = 8 << 20
+POLICIES = """
+@id("everyone")
+permit (principal, action, resource);
+
+@id("blocked-keeps-off-openai")
+forbid (principal in ApiKey::"blocked", action == Action::"invoke",
+        resource == Passthrough::"openai-raw");
+"""
+
+
+@dataclass
+class Gateway:
+    server: Server
+    platform: OpenAIPlatformFake
+    claude: AnthropicFake
+
+    def openai(self, key: str = DEV_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.server.base_url}/passthrough/openai-raw/v1",
+                             api_key=key, max_retries=0)
+
+    def url(self, path: str) -> str:
+        return f"{self.server.base_url}{path}"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    platform = OpenAIPlatformFake(api_key=OPENAI_KEY)
+    claude = AnthropicFake(api_key=ANTHROPIC_KEY)
+    with serving(platform.app) as platform_url, serving(claude.app) as claude_url:
+        root = tmp_path_factory.mktemp("passthrough") / "gw"
+        (root / "policies").mkdir(parents=True)
+        (root / "policies" / "passthrough.cedar").write_text(POLICIES)
+        (root / "gateway.yaml").write_text(f"""
+version: 1
+settings: {{max_passthrough_bytes: {UPLOAD_CAP}}}
+providers:
+  openai: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_OPENAI_KEY}}"}}
+  claude: {{type: anthropic, base_url: "{claude_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
+deployments:
+  sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
+           price: {{input: 3, output: 15}}}}
+routes: {{sonnet: {{deployment: sonnet}}}}
+keys:
+  dev: {{admin: true, sha256: {_digest(DEV_KEY)}}}
+  narrow: {{sha256: {_digest(NARROW_KEY)}, passthrough: []}}
+  blocked: {{sha256: {_digest(BLOCKED_KEY)}}}
+  slow: {{sha256: {_digest(SLOW_KEY)}, limits: {{rpm: 1}}}}
+  single: {{sha256: {_digest(SINGLE_KEY)}, limits: {{max_parallel: 1}}}}
+passthrough:
+  openai-raw:
+    provider: openai
+    paths: ["/v1/vector_stores/**", "/v1/files/**"]
+    methods: [GET, POST, DELETE]
+  anthropic-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
+""")
+        environ = {**os.environ, "PT_OPENAI_KEY": OPENAI_KEY, "PT_ANTHROPIC_KEY": ANTHROPIC_KEY}
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("PT_OPENAI_KEY", "PT_ANTHROPIC_KEY"):
+                patch.setenv(name, environ[name])
+            server = Server(root)
+        try:
+            server.wait_ready()
+            yield Gateway(server, platform, claude)
+        finally:
+            server.stop()
+
+
+def test_vector_stores_through_the_openai_sdk_with_the_provider_key(gateway: Gateway) -> None:
+    client = gateway.openai()
+    gateway.platform.seen.clear()
+    created = client.vector_stores.with_raw_response.create(name="docs")
+    store = created.parse()
+    assert store.name == "docs" and store.id.startswith("vs_")
+    assert client.vector_stores.retrieve(store.id).id == store.id
+    assert store.id in [item.id for item in client.vector_stores.list()]
+    assert client.vector_stores.delete(store.id).deleted is True
+    # Every request went up with the provider's key, none with the caller's.
+    assert len(gateway.platform.seen) == 4
+    for headers in gateway.platform.seen:
+        assert headers["authorization"] == f"Bearer {OPENAI_KEY}"
+        assert not any(DEV_KEY in value for value in headers.values())
+    row = _last_ledger_row(gateway.server, "passthrough:openai-raw")
+    assert row["status"] == 200 and row["cost"] == 0 and row["deployment"] is None
+
+
+def test_files_stream_both_ways_within_the_size_cap(gateway: Gateway) -> None:
+    client = gateway.openai()
+    data = os.urandom(6 << 20)
+    uploaded = client.files.create(file=("big.bin", data), purpose="assistants")
+    assert uploaded.bytes == len(data)
+    assert gateway.platform.files[uploaded.id] == data
+    with client.files.with_streaming_response.content(uploaded.id) as answer:
+        assert answer.headers["content-length"] == str(len(data))
+        assert b"".join(answer.iter_bytes()) == data
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("huge.bin", os.urandom(UPLOAD_CAP + 1)), purpose="assistants")
+    assert refused.value.status_code == 413
+    assert "max_passthrough_bytes" in refused.value.message
+
+
+def test_an_answer_is_passed_on_as_it_comes_not_when_it_ends(gateway: Gateway) -> None:
+    gateway.platform.release.clear()
+    url = gateway.url("/passthrough/openai-raw/v1/files/file-held/content")
+    with httpx.stream("GET", url, headers={"authorization": f"Bearer {DEV_KEY}"},
+                      timeout=10) as answer:
+        parts = answer.iter_raw()
+        assert next(parts) == b"first part;"  # while the upstream still holds the rest
+        gateway.platform.release.set()
+        assert b"".join(parts) == b"the rest"
+
+
+def test_a_chunked_upload_past_the_cap_is_refused_as_it_passes_it(gateway: Gateway) -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(UPLOAD_CAP // (1 << 20) + 2):
+            yield b"x" * (1 << 20)
+
+    # No content-length: counted as it comes, the upstream reading it (a JSON body).
+    answer = httpx.post(gateway.url("/passthrough/openai-raw/v1/vector_stores"),
+                        content=body(), headers={"authorization": f"Bearer {DEV_KEY}",
+                                                 "content-type": "application/json"},
+                        timeout=30)
+    assert answer.status_code == 413
+    assert "max_passthrough_bytes" in answer.json()["error"]["message"]
+
+
+def test_an_anthropic_stream_is_passed_on_and_billed_at_the_deployment_price(
+        gateway: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url("/passthrough/anthropic-raw"),
+                                 api_key=DEV_KEY, max_retries=0)
+    with client.messages.stream(model="claude-sonnet-4-6-20260101", max_tokens=64,
+                                messages=[{"role": "user", "content": "hello there"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text
+    row = _last_ledger_row(gateway.server, "passthrough:anthropic-raw")
+    usage = final.usage
+    assert row["deployment"] == "sonnet" and row["status"] == 200
+    assert (row["tokens_in"], row["tokens_out"]) == (usage.input_tokens, usage.output_tokens)
+    expected = (usage.input_tokens * 3 + usage.output_tokens * 15) / 1_000_000
+    assert row["cost"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_paths_and_methods_outside_the_allow_list_are_refused(gateway: Gateway) -> None:
+    headers = {"authorization": f"Bearer {DEV_KEY}"}
+    before = len(gateway.platform.seen)
+    for path in ("/passthrough/openai-raw/v1/fine_tuning/jobs",
+                 "/passthrough/openai-raw/v1/vector_stores/%2e%2e/fine_tuning/jobs",
+                 "/passthrough/openai-raw/v1/vector_stores%2F..%2Ffine_tuning",
+                 "/passthrough/nowhere/v1/vector_stores"):
+        answer = httpx.get(gateway.url(path), headers=headers)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "not_found"
+    answer = httpx.put(gateway.url("/passthrough/openai-raw/v1/vector_stores"), headers=headers)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "DELETE, GET, POST"
+    assert len(gateway.platform.seen) == before  # nothing went upstream
+
+
+def test_a_key_not_allowed_the_passthrough_is_refused(gateway: Gateway) -> None:
+    before = len(gateway.platform.seen)
+    with pytest.raises(openai.NotFoundError):  # not its to know the name exists
+        gateway.openai(NARROW_KEY).vector_stores.list()
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        gateway.openai(BLOCKED_KEY).vector_stores.list()
+    assert "blocked-keeps-off-openai" in forbidden.value.message
+    with pytest.raises(openai.AuthenticationError):
+        gateway.openai("sk-not-a-key").vector_stores.list()
+    assert len(gateway.platform.seen) == before
+
+
+def test_the_key_rate_limit_applies(gateway: Gateway) -> None:
+    client = gateway.openai(SLOW_KEY)
+    client.vector_stores.list()
+    with pytest.raises(openai.RateLimitError):
+        client.vector_stores.list()
+
+
+def test_a_stream_holds_its_place_until_its_client_leaves_and_is_recorded(
+        gateway: Gateway) -> None:
+    gateway.platform.release.clear()
+    url = gateway.url("/passthrough/openai-raw/v1/files/file-held/content")
+    client = gateway.openai(SINGLE_KEY)
+    with httpx.stream("GET", url, headers={"authorization": f"Bearer {SINGLE_KEY}"},
+                      timeout=10) as answer:
+        parts = answer.iter_raw()  # kept: a generator let go of closes the response
+        assert next(parts) == b"first part;"
+        with pytest.raises(openai.RateLimitError):  # its one place is this stream's
+            client.vector_stores.list()
+    # The client left mid-answer: recorded as such, and its place given back.
+    row = _last_ledger_row(gateway.server, "passthrough:openai-raw", status=499)
+    assert row["cost"] == 0
+    client.vector_stores.list()
+    gateway.platform.release.set()
+
+
+def test_an_upstream_that_cuts_its_answer_cuts_the_clients_and_is_recorded(
+        gateway: Gateway) -> None:
+    url = gateway.url("/passthrough/openai-raw/v1/files/file-cut/content")
+    with pytest.raises(httpx.HTTPError), httpx.stream(
+            "GET", url, headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=10) as answer:
+        answer.read()
+    row = _last_ledger_row(gateway.server, "passthrough:openai-raw", status=502)
+    assert row["deployment"] is None
+    assert OPENAI_KEY not in gateway.server.log
+
+
+def test_the_provider_key_is_scrubbed_from_an_error_answer_and_the_log(
+        gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        gateway.openai().vector_stores.create(name="echo-key")
+    assert refused.value.status_code == 400
+    body = refused.value.response.text
+    assert "refused for key" in body
+    assert OPENAI_KEY not in body and OPENAI_KEY[-4:] not in body
+    assert OPENAI_KEY not in gateway.server.log
+    assert DEV_KEY not in gateway.server.log
+
+
+def test_metrics_label_the_passthrough_never_the_path(gateway: Gateway) -> None:
+    client = gateway.openai()
+    store = client.vector_stores.create(name="metrics")
+    client.vector_stores.retrieve(store.id)
+    page = httpx.get(gateway.url("/metrics")).text
+    assert 'route="passthrough:openai-raw"' in page
+    assert store.id not in page and "vector_stores" not in page
+
+
+def _last_ledger_row(server: Server, route: str,
+                     status: int | None = None) -> dict[str, object]:
+    """The latest ledger record of ``route`` (of ``status``, where given), waited for (a
+    stream's is written as it ends)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
+            ledger.row_factory = sqlite3.Row
+            row = ledger.execute(
+                "SELECT route, deployment, status, tokens_in, tokens_out, "
+                "cost_nanos / 1e9 AS cost FROM ledger WHERE route = ? "
+                "AND (? IS NULL OR status = ?) ORDER BY at DESC LIMIT 1",
+                (route, status, status)).fetchone()
+        ledger.close()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert row is not None, f"no ledger record of {route}"
+    return dict(row)

@@ -1,0 +1,58 @@
+"""What a pass-through's answer reported, read as its bytes go by (runtime/passthrough_usage.py)."""
+
+from __future__ import annotations
+
+import json
+
+from aigw.runtime.passthrough_usage import MAX_JSON_BYTES, UsageReader
+from aigw.runtime.providers.base import Usage
+
+
+def _fed(content_type: str, *parts: bytes) -> UsageReader:
+    reader = UsageReader(content_type)
+    for part in parts:
+        reader.feed(part)
+    return reader
+
+
+def test_an_openai_answer_in_pieces_reports_its_model_and_usage() -> None:
+    body = json.dumps({"id": "chatcmpl-1", "model": "gpt-4o-mini-2024-07-18", "usage": {
+        "prompt_tokens": 12, "completion_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 4}}}).encode()
+    reported = _fed("application/json; charset=utf-8", body[:7], body[7:]).reported()
+    assert reported is not None
+    assert reported.model == "gpt-4o-mini-2024-07-18"
+    assert reported.usage == Usage(12, 5, cached_tokens=4)
+
+
+def test_an_anthropic_stream_reports_its_cache_as_prompt_tokens() -> None:
+    start = {"type": "message_start", "message": {"model": "claude-sonnet-4-6", "usage": {
+        "input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20}}}
+    delta = {"type": "message_delta", "usage": {"output_tokens": 42}}
+    stream = (f"event: message_start\r\ndata: {json.dumps(start)}\r\n\r\n"
+              f"event: message_delta\ndata: {json.dumps(delta)}\n\n").encode()
+    # split inside a line: a line is read once it is whole
+    reported = _fed("text/event-stream", stream[:30], stream[30:90], stream[90:]).reported()
+    assert reported is not None and reported.model == "claude-sonnet-4-6"
+    assert reported.usage == Usage(130, 42, cached_tokens=100, cache_creation_tokens=20)
+
+
+def test_a_responses_stream_reports_the_completed_responses_usage() -> None:
+    done = {"type": "response.completed", "response": {"model": "gpt-4.1", "usage": {
+        "input_tokens": 8, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 0}}}}
+    reported = _fed("text/event-stream",
+                    f"data: {json.dumps(done)}".encode()).reported()  # no final newline
+    assert reported is not None and reported.usage == Usage(8, 3)
+
+
+def test_files_other_json_and_oversized_answers_report_nothing() -> None:
+    assert _fed("application/octet-stream", b'{"usage": {"prompt_tokens": 3}}').reported() \
+        is None
+    assert _fed("application/json", b'{"object": "vector_store"}').reported() is None
+    assert _fed("application/json", b"[1, 2]").reported() is None
+    assert _fed("text/event-stream", b"data: [DONE]\n\n").reported() is None
+    big = b'{"usage": {"prompt_tokens": 3}, "pad": "' + b"x" * MAX_JSON_BYTES + b'"}'
+    assert _fed("application/json", big[:100], big[100:]).reported() is None
+    assert _fed("application/json", b'{"usage": {"prompt_tokens": -1, '
+                b'"completion_tokens": true}}').reported() is None

@@ -48,7 +48,8 @@ class SettingsSpec(Spec):
         60.0,
         description="The longest a request's body may take to arrive, from the first wait "
         "for it; past it the request gets a 408 (a client trickling its body in held its "
-        "connection for ever).",
+        "connection for ever). A pass-through's body, which may be a large upload, is "
+        "timed a part at a time: the longest wait for its next part.",
     )
     max_request_json_containers: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         50_000,

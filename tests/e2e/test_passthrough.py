@@ -31,6 +31,7 @@ BLOCKED_KEY = "sk-aigw-blocked"  # Cedar forbids it openai-raw
 SLOW_KEY = "sk-aigw-slow"  # 1 request a minute
 SINGLE_KEY = "sk-aigw-single"  # 1 request at a time
 UPLOAD_CAP = 8 << 20
+PART_WAIT_S = 1.5  # settings.body_read_timeout_s
 POLICIES = """
 @id("everyone")
 permit (principal, action, resource);
@@ -69,7 +70,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         (root / "policies" / "passthrough.cedar").write_text(POLICIES)
         (root / "gateway.yaml").write_text(f"""
 version: 1
-settings: {{max_passthrough_bytes: {UPLOAD_CAP}}}
+settings: {{max_passthrough_bytes: {UPLOAD_CAP}, body_read_timeout_s: {PART_WAIT_S}}}
 providers:
   openai: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_OPENAI_KEY}}"}}
   claude: {{type: anthropic, base_url: "{claude_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
@@ -158,6 +159,20 @@ def test_a_chunked_upload_past_the_cap_is_refused_as_it_passes_it(gateway: Gatew
                         timeout=30)
     assert answer.status_code == 413
     assert "max_passthrough_bytes" in answer.json()["error"]["message"]
+
+
+def test_a_slow_upload_is_timed_a_part_at_a_time_not_whole(gateway: Gateway) -> None:
+    def body() -> Iterator[bytes]:
+        for part in (b'{"name": ', b'"slo', b'w-up', b'load"', b"}"):
+            yield part
+            time.sleep(PART_WAIT_S / 2)  # 2.5 waits in all: longer than one may be
+
+    answer = httpx.post(gateway.url("/passthrough/openai-raw/v1/vector_stores"),
+                        content=body(), headers={"authorization": f"Bearer {DEV_KEY}",
+                                                 "content-type": "application/json"},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["name"] == "slow-upload"
 
 
 def test_an_anthropic_stream_is_passed_on_and_billed_at_the_deployment_price(

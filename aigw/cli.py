@@ -296,6 +296,8 @@ def describe_graph(graph: Graph) -> dict[str, object]:
         },
         "mcp_servers": {name: overview.mcp_server(server)
                         for name, server in graph.mcp_servers.items()},
+        "passthrough": {name: overview.passthrough(entry)
+                        for name, entry in graph.passthrough.items()},
         "teams": sorted(graph.teams),
         "keys": [{"name": key.name, **overview.key_entry(key, previous)}
                  for key, previous in overview.keys(graph)],
@@ -315,6 +317,9 @@ def _graph_text(graph: Graph) -> str:
         )
         lines.append(f"  route {name} -> {route.kind.value} {route.target}: {served or '-'}"
                      + _route_extras(route))
+    for name, entry in sorted(graph.passthrough.items()):
+        lines.append(f"  passthrough {name} -> {entry.provider.name}: {', '.join(entry.globs)} "
+                     f"[{', '.join(sorted(entry.methods))}]")
     for key, previous in overview.keys(graph):
         lines.append(f"  key {key.name}{_key_extras(key, previous)}")
     lines.append(
@@ -347,7 +352,8 @@ def _key_extras(key: ApiKey, previous: list[PreviousSecret]) -> str:
     parts = [f"team {key.team.name}"] if key.team else []
     if key.admin:
         parts.append("admin")
-    for field, names in (("routes", key.routes), ("mcp_servers", key.mcp_servers)):
+    for field, names in (("routes", key.routes), ("mcp_servers", key.mcp_servers),
+                         ("passthrough", key.passthrough)):
         if names is not None:
             parts.append(f"{field} {', '.join(sorted(names)) or '(none)'}")
     if key.expires_at is not None:

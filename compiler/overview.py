@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .diagnostics import shown_url
-from .graph import ApiKey, Graph, McpServer, PreviousSecret, RouteCache
+from .graph import ApiKey, Graph, McpServer, Passthrough, PreviousSecret, RouteCache
 from .guardrail_graph import Guardrail, RouteGuardrails
 from .keys import shown_moment
 
@@ -89,6 +89,12 @@ def mcp_server(server: McpServer) -> dict[str, object]:
     return shown
 
 
+def passthrough(entry: Passthrough) -> dict[str, object]:
+    """A pass-through of ``passthrough:``: its provider, path globs and methods."""
+    return {"provider": entry.provider.name, "paths": list(entry.globs),
+            "methods": sorted(entry.methods)}
+
+
 def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:
     """Every key the graph accepts, by name, with its rotations' earlier secrets."""
     earlier: dict[str, list[PreviousSecret]] = {}
@@ -109,6 +115,7 @@ def key_entry(
         "admin": key.admin,
         "routes": None if key.routes is None else sorted(key.routes),
         "mcp_servers": None if key.mcp_servers is None else sorted(key.mcp_servers),
+        "passthrough": None if key.passthrough is None else sorted(key.passthrough),
         "expires_at": None if key.expires_at is None else shown_moment(key.expires_at),
         "previous": [_previous(item, now) for item in previous],
     }

@@ -544,6 +544,8 @@ class _Endpoints:
                     },
                     "mcp_servers": {name: overview.mcp_server(server)
                                     for name, server in sorted(graph.mcp_servers.items())},
+                    "passthrough": {name: overview.passthrough(entry)
+                                    for name, entry in sorted(graph.passthrough.items())},
                     "warnings": [item.as_dict() for item in graph.warnings],
                     "keys": keys_status(graph, time.time()),
                 },

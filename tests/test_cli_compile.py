@@ -47,9 +47,11 @@ def test_json_shows_a_keys_mcp_servers_expiry_and_rotation_never_its_digests(
     keys = {key.pop("name"): key for key in json.loads(out)["keys"]}
     assert keys["ci-bot"] == {
         "team": "default", "admin": False, "routes": None, "mcp_servers": ["docs"],
+        "passthrough": None,
         "expires_at": shown_moment(OPS_EXPIRES), "previous": [{"until": shown_moment(OPS_UNTIL)}]}
     assert keys["dev"] == {"team": "default", "admin": True, "routes": None,
-                           "mcp_servers": None, "expires_at": None, "previous": []}
+                           "mcp_servers": None, "passthrough": None, "expires_at": None,
+                           "previous": []}
     assert "sha256" not in out and "2f0527c3d35a" not in out  # the dev key's digest
     # The servers keys name, with their headers by name only (the value is a credential).
     assert json.loads(out)["mcp_servers"] == {"docs": {
@@ -81,3 +83,21 @@ def test_json_hides_credentials_in_a_providers_base_url(
     providers = json.loads(_compiled(gateway_dir, capsys, "--format", "json"))["providers"]
     assert providers["box"]["base_url"] == "http://***@127.0.0.1:9/v1"
     assert providers["local"]["base_url"] is None
+
+
+def test_a_passthrough_and_the_keys_it_narrows_show_in_json_and_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = Path(__file__).parent / "compiler" / "cases" / "ok-passthrough" / "gateway.yaml"
+    (tmp_path / "gateway.yaml").write_text(case.read_text())
+    monkeypatch.setenv("SET_KEY", "sk-set-key-0123456789")
+    out = json.loads(_compiled(tmp_path, capsys, "--format", "json"))
+    assert out["passthrough"] == {"openai-raw": {
+        "provider": "openai",
+        "paths": ["/v1/vector_stores/**", "/v1/files/*/content", "/v1/fine_tuning/**/events"],
+        "methods": ["DELETE", "GET", "POST"]}}
+    assert [key["passthrough"] for key in out["keys"]] == [["openai-raw"]]
+    lines = _compiled(tmp_path, capsys).splitlines()
+    assert ("  passthrough openai-raw -> openai: /v1/vector_stores/**, /v1/files/*/content, "
+            "/v1/fine_tuning/**/events [DELETE, GET, POST]") in lines
+    assert "  key ci-bot: passthrough openai-raw" in lines

@@ -509,6 +509,7 @@ def test_a_rotation_added_by_reload_takes_both_secrets_as_one_key_until_the_old_
     assert isinstance(graph, dict)
     assert graph["keys"]["app"] == {
         "team": "app", "admin": False, "routes": None, "mcp_servers": None,
+        "passthrough": None,
         "expires_at": None, "expired": False,
         "previous": [{"until": shown_moment(until), "refused": False}]}
 
@@ -536,6 +537,7 @@ def test_a_key_past_its_expiry_is_refused_401_key_expired_without_a_reload(
     assert isinstance(graph, dict)
     assert graph["keys"]["app"] == {
         "team": "app", "admin": False, "routes": None, "mcp_servers": None,
+        "passthrough": None,
         "expires_at": shown_moment(expires), "expired": False, "previous": []}
     assert [item["code"] for item in graph["warnings"]] == ["AGW348"]  # within 7 days
 

@@ -12,8 +12,10 @@ reached with the provider's credentials and governed as the modelled endpoints a
     price of the provider's deployment of the model it names, else nothing; the ledger
     record, access line and metrics (route label ``passthrough:<name>``, never the path)
 
-What goes upstream is the client's request less its aigw key (in whichever header a
-provider reads one from), its cookies, hop-by-hop headers and the gateway's own
+The aigw key is read as any provider's SDK sends it (``Authorization: Bearer``,
+``x-api-key``, ``x-goog-api-key`` or ``?key=``). What goes upstream is the client's
+request less that key (in whichever header a provider reads one from, or a ``key``
+query parameter), its cookies, hop-by-hop headers and the gateway's own
 (``x-aigw-*``, the end-user header); the provider's ``headers:`` and credentials are
 added. ``accept-encoding: identity`` is asked for, so the usage can be read as it goes
 by. The provider's key and header values are scrubbed from every answer: an error
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import anyio
@@ -38,7 +41,6 @@ from starlette.types import Receive, Scope, Send
 
 from aigw.compiler.graph import ApiKey, Deployment, Passthrough, Provider
 
-from .auth import authenticate
 from .chat import new_record
 from .errors import (
     GatewayError,
@@ -51,6 +53,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .exchange import Exchange, exchanged
+from .gemini_api import gemini_key
 from .live import Live
 from .passthrough_usage import UsageReader
 from .policy_request import authorize_passthrough
@@ -116,8 +119,11 @@ class PassthroughProxy:
         async def answer(exchange: Exchange, key: ApiKey, _body: bytes) -> Response:
             return await self._serve(live, exchange, key, request)
 
-        return await exchanged(exchange, lambda: authenticate(live.graph, request.headers),
-                               nothing, answer)
+        # The key as any provider's SDK sends it (google-genai's in x-goog-api-key or
+        # ?key=), so an app needs only its SDK's base URL changed.
+        return await exchanged(
+            exchange, lambda: gemini_key(live.graph, request.headers, request.query_params),
+            nothing, answer)
 
     async def _serve(self, live: Live, exchange: Exchange, key: ApiKey,
                      request: Request) -> Response:
@@ -163,8 +169,8 @@ class PassthroughProxy:
         """The request sent on, its answer's status and headers come (its body to come)."""
         provider, settings = passthrough.provider, live.graph.settings
         headers = _sent_headers(request.headers, target, settings.user_header)
-        query = request.scope.get("query_string", b"")
-        url = target.root + path + ("?" + query.decode("latin-1") if query else "")
+        query = _without_key(request.scope.get("query_string", b"").decode("latin-1"))
+        url = target.root + path + ("?" + query if query else "")
         has_body = "content-length" in request.headers or \
             "transfer-encoding" in request.headers
         content = _body(request.receive, settings.max_passthrough_bytes,
@@ -202,6 +208,18 @@ def _path(request: Request) -> str | None:
         return None
     segments = lowered.replace("%2e", ".").split("/")
     return None if any(segment in (".", "..") for segment in segments) else path
+
+
+def _without_key(query: str) -> str:
+    """``query`` as sent, less its ``key`` parameters (where an app may give its aigw key,
+    as Gemini's API takes one): every other byte of it as it came.
+
+    >>> _without_key("alt=sse&key=sk-aigw-dev&pageSize=2"), _without_key("k%65y=x")
+    ('alt=sse&pageSize=2', '')
+    """
+    kept = [part for part in query.split("&")
+            if urllib.parse.unquote_plus(part.partition("=")[0]) != "key"]
+    return "&".join(part for part in kept if part)
 
 
 def _sent_headers(headers: Headers, target: RawTarget, user_header: str) -> dict[str, str]:

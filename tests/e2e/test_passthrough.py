@@ -15,9 +15,12 @@ import anthropic
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import types
 
 from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.gemini_fake import GeminiFake
 from ..fakes.openai_platform import OpenAIPlatformFake
 from ..fakes.serve import serving
 from .server import Server
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 OPENAI_KEY = "sk-provider-platform-7f3a9c2e41b8d6"
 ANTHROPIC_KEY = "sk-ant-provider-5b1e0c9d77aa42"
+GEMINI_KEY = "AIzaProviderGeminiKey0123456789abc"
 NARROW_KEY = "sk-aigw-narrow"  # passthrough: [] (none)
 BLOCKED_KEY = "sk-aigw-blocked"  # Cedar forbids it openai-raw
 SLOW_KEY = "sk-aigw-slow"  # 1 request a minute
@@ -47,6 +51,7 @@ class Gateway:
     server: Server
     platform: OpenAIPlatformFake
     claude: AnthropicFake
+    gemini: GeminiFake
 
     def openai(self, key: str = DEV_KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.server.base_url}/passthrough/openai-raw/v1",
@@ -64,7 +69,9 @@ def _digest(key: str) -> str:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     platform = OpenAIPlatformFake(api_key=OPENAI_KEY)
     claude = AnthropicFake(api_key=ANTHROPIC_KEY)
-    with serving(platform.app) as platform_url, serving(claude.app) as claude_url:
+    gemini = GeminiFake(api_key=GEMINI_KEY)
+    with (serving(platform.app) as platform_url, serving(claude.app) as claude_url,
+          serving(gemini.app) as gemini_url):
         root = tmp_path_factory.mktemp("passthrough") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "passthrough.cedar").write_text(POLICIES)
@@ -74,6 +81,7 @@ settings: {{max_passthrough_bytes: {UPLOAD_CAP}, body_read_timeout_s: {PART_WAIT
 providers:
   openai: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_OPENAI_KEY}}"}}
   claude: {{type: anthropic, base_url: "{claude_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
+  google: {{type: gemini, base_url: "{gemini_url}/v1beta", api_key: "${{PT_GEMINI_KEY}}"}}
 deployments:
   sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
            price: {{input: 3, output: 15}}}}
@@ -90,15 +98,16 @@ passthrough:
     paths: ["/v1/vector_stores/**", "/v1/files/**"]
     methods: [GET, POST, DELETE]
   anthropic-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
+  gemini-raw: {{provider: google, paths: ["/v1beta/models/*"], methods: [POST]}}
 """)
-        environ = {**os.environ, "PT_OPENAI_KEY": OPENAI_KEY, "PT_ANTHROPIC_KEY": ANTHROPIC_KEY}
         with pytest.MonkeyPatch.context() as patch:
-            for name in ("PT_OPENAI_KEY", "PT_ANTHROPIC_KEY"):
-                patch.setenv(name, environ[name])
+            for name, value in (("PT_OPENAI_KEY", OPENAI_KEY), ("PT_ANTHROPIC_KEY", ANTHROPIC_KEY),
+                                ("PT_GEMINI_KEY", GEMINI_KEY)):
+                patch.setenv(name, value)
             server = Server(root)
         try:
             server.wait_ready()
-            yield Gateway(server, platform, claude)
+            yield Gateway(server, platform, claude, gemini)
         finally:
             server.stop()
 
@@ -190,6 +199,25 @@ def test_an_anthropic_stream_is_passed_on_and_billed_at_the_deployment_price(
     assert (row["tokens_in"], row["tokens_out"]) == (usage.input_tokens, usage.output_tokens)
     expected = (usage.input_tokens * 3 + usage.output_tokens * 15) / 1_000_000
     assert row["cost"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_google_genai_passes_its_key_as_google_takes_it_and_the_providers_goes_on(
+        gateway: Gateway) -> None:
+    with genai.Client(api_key=DEV_KEY, http_options=types.HttpOptions(
+            base_url=gateway.url("/passthrough/gemini-raw"), api_version="v1beta",
+            retry_options=types.HttpRetryOptions(attempts=1))) as client:
+        answer = client.models.generate_content(model="gemini-2.5-flash", contents="hello")
+    assert answer.text
+    sent = gateway.gemini.script.headers[-1]
+    assert sent["x-goog-api-key"] == GEMINI_KEY
+    assert not any(DEV_KEY in value for value in sent.values())
+    # The aigw key in ?key= (Google's other way) is taken, and never sent on.
+    answer_raw = httpx.post(
+        gateway.url("/passthrough/gemini-raw/v1beta/models/gemini-2.5-flash:generateContent"
+                    f"?key={DEV_KEY}"),
+        json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert answer_raw.status_code == 200
+    assert gateway.gemini.paths[-1] == "/v1beta/models/gemini-2.5-flash:generateContent"
 
 
 def test_paths_and_methods_outside_the_allow_list_are_refused(gateway: Gateway) -> None:

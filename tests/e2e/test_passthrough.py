@@ -82,6 +82,7 @@ providers:
   openai: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_OPENAI_KEY}}"}}
   claude: {{type: anthropic, base_url: "{claude_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
   google: {{type: gemini, base_url: "{gemini_url}/v1beta", api_key: "${{PT_GEMINI_KEY}}"}}
+  unkeyed: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_UNSET_KEY}}"}}
 deployments:
   sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
            price: {{input: 3, output: 15}}}}
@@ -99,11 +100,13 @@ passthrough:
     methods: [GET, POST, DELETE]
   anthropic-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
   gemini-raw: {{provider: google, paths: ["/v1beta/models/*"], methods: [POST]}}
+  unkeyed-raw: {{provider: unkeyed, paths: ["/v1/vector_stores/**"]}}
 """)
         with pytest.MonkeyPatch.context() as patch:
             for name, value in (("PT_OPENAI_KEY", OPENAI_KEY), ("PT_ANTHROPIC_KEY", ANTHROPIC_KEY),
                                 ("PT_GEMINI_KEY", GEMINI_KEY)):
                 patch.setenv(name, value)
+            patch.delenv("PT_UNSET_KEY", raising=False)
             server = Server(root)
         try:
             server.wait_ready()
@@ -246,6 +249,20 @@ def test_a_key_not_allowed_the_passthrough_is_refused(gateway: Gateway) -> None:
     with pytest.raises(openai.AuthenticationError):
         gateway.openai("sk-not-a-key").vector_stores.list()
     assert len(gateway.platform.seen) == before
+
+
+def test_a_passthrough_whose_provider_is_disabled_says_why_and_sends_nothing(
+        gateway: Gateway) -> None:
+    before = len(gateway.platform.seen)
+    answer = httpx.get(gateway.url("/passthrough/unkeyed-raw/v1/vector_stores"),
+                       headers={"authorization": f"Bearer {DEV_KEY}"})
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "passthrough_unavailable"
+    assert "PT_UNSET_KEY is not set" in error["message"]
+    assert len(gateway.platform.seen) == before
+    row = _last_ledger_row(gateway.server, "passthrough:unkeyed-raw")
+    assert row["status"] == 503
 
 
 def test_the_key_rate_limit_applies(gateway: Gateway) -> None:

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anthropic
 import httpx
@@ -52,10 +52,16 @@ class Gateway:
     platform: OpenAIPlatformFake
     claude: AnthropicFake
     gemini: GeminiFake
+    clients: dict[str, openai.OpenAI] = field(default_factory=dict)
 
     def openai(self, key: str = DEV_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.server.base_url}/passthrough/openai-raw/v1",
-                             api_key=key, max_retries=0)
+        """The openai SDK at the pass-through openai-raw, with ``key``: one a key, closed
+        with the gateway."""
+        if key not in self.clients:
+            self.clients[key] = openai.OpenAI(
+                base_url=f"{self.server.base_url}/passthrough/openai-raw/v1", api_key=key,
+                max_retries=0)
+        return self.clients[key]
 
     def url(self, path: str) -> str:
         return f"{self.server.base_url}{path}"
@@ -108,10 +114,13 @@ passthrough:
                 patch.setenv(name, value)
             patch.delenv("PT_UNSET_KEY", raising=False)
             server = Server(root)
+        gateway = Gateway(server, platform, claude, gemini)
         try:
             server.wait_ready()
-            yield Gateway(server, platform, claude, gemini)
+            yield gateway
         finally:
+            for client in gateway.clients.values():
+                client.close()
             server.stop()
 
 
@@ -191,8 +200,9 @@ def test_an_anthropic_stream_is_passed_on_and_billed_at_the_deployment_price(
         gateway: Gateway) -> None:
     client = anthropic.Anthropic(base_url=gateway.url("/passthrough/anthropic-raw"),
                                  api_key=DEV_KEY, max_retries=0)
-    with client.messages.stream(model="claude-sonnet-4-6-20260101", max_tokens=64,
-                                messages=[{"role": "user", "content": "hello there"}]) as stream:
+    with client, client.messages.stream(
+            model="claude-sonnet-4-6-20260101", max_tokens=64,
+            messages=[{"role": "user", "content": "hello there"}]) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text

@@ -1,5 +1,5 @@
 """What a pass-through's answer says it used: the ``usage`` (and the ``model``) of an
-OpenAI or Anthropic shaped JSON answer, or of the events of such a stream, read from the
+OpenAI, Anthropic or Gemini shaped JSON answer, or of the events of such a stream, read from the
 bytes as they go by to the client, never holding the answer back.
 
     OpenAI chat, completions, embeddings    {model, usage: {prompt_tokens, completion_tokens,
@@ -11,6 +11,8 @@ bytes as they go by to the client, never holding the answer back.
                                              cache_read_input_tokens,
                                              cache_creation_input_tokens}}, message_start's
                                              {message: {...}}, message_delta's {usage}
+    Gemini generateContent (and its stream)  {modelVersion, usageMetadata: {promptTokenCount,
+                                             candidatesTokenCount, cachedContentTokenCount}}
 
 A stream's counts are the largest each event reported (Anthropic's message_delta
 repeats the output so far). Anything else (a file, an answer past ``MAX_JSON_BYTES``,
@@ -108,18 +110,21 @@ class UsageReader:
             document = json.loads(text)
         except ValueError:  # [DONE], or not JSON at all: nothing reported
             return
-        if not isinstance(document, dict):
-            return
-        for holder in (document, document.get("message"), document.get("response")):
-            if isinstance(holder, dict):
-                self._take(holder)
+        # A list: Gemini's streamGenerateContent without alt=sse, one JSON array
+        for item in document if isinstance(document, list) else (document,):
+            if not isinstance(item, dict):
+                continue
+            for holder in (item, item.get("message"), item.get("response")):
+                if isinstance(holder, dict):
+                    self._take(holder)
 
     def _take(self, holder: Mapping[str, Any]) -> None:
-        model = holder.get("model")
+        model = holder.get("model", holder.get("modelVersion"))
         if self._model is None and isinstance(model, str) and model:
             self._model = model
         usage = holder.get("usage")
         if not isinstance(usage, dict):
+            self._google(holder.get("usageMetadata"))
             return
         details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
         found = {
@@ -132,6 +137,18 @@ class UsageReader:
             "anthropic": 1 if "cache_read_input_tokens" in usage
             or "cache_creation_input_tokens" in usage else None,
         }
+        self._count(found)
+
+    def _count(self, found: Mapping[str, object]) -> None:
         for name, value in found.items():
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 self._counts[name] = max(self._counts.get(name, 0), value)
+
+    def _google(self, usage: object) -> None:
+        """Gemini's ``usageMetadata``, whose prompt count holds its cached tokens, as
+        OpenAI's does."""
+        if not isinstance(usage, dict):
+            return
+        self._count({"input": usage.get("promptTokenCount"),
+                     "output": usage.get("candidatesTokenCount"),
+                     "cached": usage.get("cachedContentTokenCount")})

@@ -92,7 +92,9 @@ providers:
 deployments:
   sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
            price: {{input: 3, output: 15}}}}
-routes: {{sonnet: {{deployment: sonnet}}}}
+  flash: {{provider: google, model: gemini-2.5-flash, context_window: 1048576,
+          price: {{input: 0.3, output: 2.5}}}}
+routes: {{sonnet: {{deployment: sonnet}}, flash: {{deployment: flash}}}}
 keys:
   dev: {{admin: true, sha256: {_digest(DEV_KEY)}}}
   narrow: {{sha256: {_digest(NARROW_KEY)}, passthrough: []}}
@@ -214,13 +216,18 @@ def test_an_anthropic_stream_is_passed_on_and_billed_at_the_deployment_price(
     assert row["cost"] == pytest.approx(expected, abs=1e-9)
 
 
-def test_google_genai_passes_its_key_as_google_takes_it_and_the_providers_goes_on(
+def test_google_genai_passes_its_key_as_google_takes_it_the_providers_goes_on_billed(
         gateway: Gateway) -> None:
     with genai.Client(api_key=DEV_KEY, http_options=types.HttpOptions(
             base_url=gateway.url("/passthrough/gemini-raw"), api_version="v1beta",
             retry_options=types.HttpRetryOptions(attempts=1))) as client:
         answer = client.models.generate_content(model="gemini-2.5-flash", contents="hello")
     assert answer.text
+    row = _last_ledger_row(gateway.server, "passthrough:gemini-raw")
+    usage = answer.usage_metadata
+    assert usage is not None and row["deployment"] == "flash"
+    assert row["cost"] == pytest.approx(((usage.prompt_token_count or 0) * 0.3 + (
+        usage.candidates_token_count or 0) * 2.5) / 1_000_000, abs=1e-9)
     sent = gateway.gemini.script.headers[-1]
     assert sent["x-goog-api-key"] == GEMINI_KEY
     assert not any(DEV_KEY in value for value in sent.values())

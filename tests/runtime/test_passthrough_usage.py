@@ -46,11 +46,23 @@ def test_a_responses_stream_reports_the_completed_responses_usage() -> None:
     assert reported is not None and reported.usage == Usage(8, 3)
 
 
+def test_a_gemini_stream_and_array_report_their_usage_metadata() -> None:
+    chunk = {"candidates": [], "modelVersion": "gemini-2.5-flash", "usageMetadata": {
+        "promptTokenCount": 20, "candidatesTokenCount": 7, "cachedContentTokenCount": 16}}
+    streamed = _fed("text/event-stream", f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+    whole = _fed("application/json", json.dumps([chunk, {"candidates": []}]).encode())
+    for reader in (streamed, whole):
+        reported = reader.reported()
+        assert reported is not None and reported.model == "gemini-2.5-flash"
+        assert reported.usage == Usage(20, 7, cached_tokens=16)
+
+
 def test_files_other_json_and_oversized_answers_report_nothing() -> None:
     assert _fed("application/octet-stream", b'{"usage": {"prompt_tokens": 3}}').reported() \
         is None
     assert _fed("application/json", b'{"object": "vector_store"}').reported() is None
     assert _fed("application/json", b"[1, 2]").reported() is None
+    assert _fed("application/json", b'"usage"').reported() is None
     assert _fed("text/event-stream", b"data: [DONE]\n\n").reported() is None
     big = b'{"usage": {"prompt_tokens": 3}, "pad": "' + b"x" * MAX_JSON_BYTES + b'"}'
     assert _fed("application/json", big[:100], big[100:]).reported() is None

@@ -246,6 +246,15 @@ class McpProxy:
             finish_mcp(live.telemetry, call)
             return _rpc_error(rpc_id, code, exc.message, status, exc.headers,
                               {"type": exc.error_type, "code": exc.shown_code})
+        except asyncio.CancelledError:
+            # Cut mid-call (a shutdown past its grace): counted and logged all the same,
+            # as 503 or 499 as a chat request cut is; finish_mcp awaits nothing, so a
+            # further cancel cannot stop it half-way.
+            call.status, call.error = live.shutdown.cut()
+            if call.trace is not None:
+                call.trace.failed(INTERNAL, call.error, "The request was cut.", {})
+            finish_mcp(live.telemetry, call)
+            raise
 
     async def _forward(self, live: Live, server: McpServer, request: Request,
                        message: Mapping[str, Any], tool: str, session: _Session,

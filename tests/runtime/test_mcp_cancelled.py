@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
+import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from starlette import types as asgi
+from starlette.responses import Response
 
 from aigw.compiler.graph import McpServer, McpSse, McpStdio
 from aigw.runtime.app import create_app
@@ -192,3 +197,48 @@ async def _called_notify(app: asgi.ASGIApp, shown: str) -> None:
             json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                   "params": {"name": "notify", "arguments": {}}})
         assert answer.status_code == 200, answer.text
+
+
+async def test_a_message_whose_task_is_cancelled_mid_call_is_counted_and_logged(
+    tmp_path: Path, counter: TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message cut while its server had not answered (a shutdown past its grace) was
+    neither in /metrics nor in the access log: only a refusal reached the count. It is
+    counted as 499 (503 once the grace is over), as a chat request cut is."""
+    asked = threading.Event()
+
+    async def unanswering(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/__ready":
+            await Response("ready")(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            asked.set()
+            await asyncio.sleep(3600)
+
+    with serving(unanswering) as url:
+        write_mcp_gateway(tmp_path, f"  mute: {{url: {url}/mcp, timeout_s: 60}}\n")
+        gateway = Gateway(tmp_path, counter)
+        logged = io.StringIO()
+        caplog.set_level(logging.INFO, logger="aigw.access")
+        gateway.telemetry.access_log.to_stream(logged)
+        try:
+            app = create_app(gateway)
+            # Its lifespan closes the MCP client (and the connection the cut call left).
+            async with (app.app.router.lifespan_context(app.app),  # type: ignore[attr-defined]
+                        httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                          base_url="http://aigw.test") as http):
+                posting = asyncio.create_task(http.post("/mcp/mute", json=INITIALIZE, headers={
+                    "authorization": f"Bearer {DEV_KEY}", "accept": "application/json"}))
+                await until(asked.is_set, "the server asked")
+                await _cancelled_again_and_again(posting)  # type: ignore[arg-type]
+            counted = gateway.telemetry.metrics.registry.get_sample_value(
+                "aigw_mcp_requests_total", {"server": "mute", "method": "initialize",
+                                            "tool": "", "team": "platform",
+                                            "status": "499"})
+            assert counted == 1
+            gateway.telemetry.access_log.flush()
+            line = json.loads(logged.getvalue().splitlines()[-1])
+            assert (line["mcp_server"], line["status"], line["error"]) == (
+                "mute", 499, "client_disconnected")
+        finally:
+            await gateway.aclose()

@@ -403,6 +403,9 @@ class Telemetry:
         if record.finish_reasons:
             span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
         span.set("aigw.route", record.route)
+        # Who asked, by name (never the secret), as the access log and MCP's spans have it.
+        span.set("aigw.key", record.key)
+        span.set("aigw.team", record.team)
         if record.policy_ids:
             span.set("aigw.policy_ids", list(record.policy_ids))
         span.set("aigw.deployment", record.deployment)

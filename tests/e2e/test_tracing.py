@@ -97,6 +97,7 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attributes["gen_ai.usage.output_tokens"] == 2
     assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert attributes["aigw.route"] == "fast"
+    assert (attributes["aigw.key"], attributes["aigw.team"]) == ("dev", "default")
     assert len(attributes["aigw.graph"]) == 64
     assert attributes["aigw.fallback_hop"] == 0
     assert "any-deployment-may-serve" in attributes["aigw.policy_ids"]

@@ -359,36 +359,41 @@ local function quoted(name)
 end
 """
 
-# Add a record's figures to its group's in a day's totals (hash `hk`, field `group`): ten
+# Add a record's figures to its group's in a day's totals (hash `hk`, field `group`): eight
 # integers in one field, "records requests errors tokens_in tokens_out tokens_cached
-# cost_nanos estimated_nanos tokens_audio_in tokens_audio_out" (an estimated record, a
-# call a request made and did not use, is no request nor error: see
-# redis_ledger.figures_of), one field, not ten, as a summary's read of a day costs Python
-# per field. A field an older aigw wrote has the first eight: the rest are 0 (and an older
-# aigw's add_up keeps the figures past its eight as they are). Lua's numbers are doubles:
-# exact while a sum stays under 2**53, as budgets are held to.
+# cost_nanos estimated_nanos" (an estimated record, a call a request made and did not
+# use, is no request nor error: see redis_ledger.figures_of), one field, not eight, as a
+# summary's read of a day costs Python per field; or, in the day's audio totals (the
+# totals' key and ':audio'), the two "tokens_audio_in tokens_audio_out". The audio tokens
+# have their own hash so that the totals' fields stay as an older aigw writes and reads
+# them (its summaries read every field of the totals' hash, eight figures each): both
+# versions write and read one day's totals during a rolling upgrade. Lua's numbers are
+# doubles: exact while a sum stays under 2**53, as budgets are held to.
 _ADD_UP = """
 local function add_up(hk, group, figures)
-  local sums, i = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
+  local sums, i = {}, 0
+  for j = 1, #figures do sums[j] = 0 end
   local were = redis.call('HGET', hk, group)
   if were then
     for n in string.gmatch(were, '%S+') do i = i + 1; sums[i] = tonumber(n) end
   end
-  for j = 1, 10 do sums[j] = string.format('%.0f', sums[j] + figures[j]) end
+  for j = 1, #figures do sums[j] = string.format('%.0f', sums[j] + figures[j]) end
   redis.call('HSET', hk, group, table.concat(sums, ' '))
 end
 """
 
 # KEYS: the record's hash, the ledger (request ids by time), its indexes by key and by
 # team (as many as the record has a key and a team), sorted by time too, then its day's
-# totals: the ledger's, then its key's and its team's (as many).
+# totals: the ledger's, then its key's and its team's (as many), then their audio totals
+# (as many, in that order).
 # ARGV: request id, at, retention ms (0: forever), the cutoff time (records before it are
 # past the retention), the records' hash prefix, the day's totals' ttl ms (0: forever),
-# the record's group (its field in the totals), its ten figures (as _ADD_UP adds them),
-# then the record's field, value pairs.
+# the record's group (its field in the totals), its eight figures (as _ADD_UP adds them),
+# its two audio figures, then the record's field, value pairs.
 # Returns 1, or 0 if recorded already: so a record is added to its day's totals once,
 # whichever replica writes it and however late (an outbox's). Its hash says so
 # ('rolled'), for the summing of records an older aigw wrote (ROLL_OLD_RECORDS).
+# A record with no audio (most) writes no audio totals.
 # With a retention, it drops up to 100 records past it from each of its indexes, deleting
 # their hashes (named from their request ids, percent-encoded as Python's quote(safe="")
 # does: the one place keys come from ARGV), and sets each key to expire once nothing was
@@ -403,18 +408,21 @@ local function trim(zk, cutoff)
   return old
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local m = (#KEYS - 1) / 2
+local m = (#KEYS - 1) / 3
 redis.call('HSET', KEYS[1], 'rolled', '1', unpack(ARGV, 18))
 for i = 2, m + 1 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
-local figures = {}
-for j = 1, 10 do figures[j] = tonumber(ARGV[7 + j]) end
-for i = m + 2, #KEYS do add_up(KEYS[i], ARGV[7], figures) end
+local figures, audio = {}, {tonumber(ARGV[16]), tonumber(ARGV[17])}
+for j = 1, 8 do figures[j] = tonumber(ARGV[7 + j]) end
+local last = 3 * m + 1  -- the last of the totals written
+if audio[1] == 0 and audio[2] == 0 then last = 2 * m + 1 end
+for i = m + 2, 2 * m + 1 do add_up(KEYS[i], ARGV[7], figures) end
+for i = 2 * m + 2, last do add_up(KEYS[i], ARGV[7], audio) end
 local keep = tonumber(ARGV[3])
 if keep > 0 then
   for _, rid in ipairs(trim(KEYS[2], ARGV[4])) do redis.call('DEL', hash_key(rid)) end
   for i = 3, m + 1 do trim(KEYS[i], ARGV[4]) end
   for i = 1, m + 1 do redis.call('PEXPIRE', KEYS[i], keep) end
-  for i = m + 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  for i = m + 2, last do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
 return 1
 """
@@ -439,10 +447,11 @@ return {#page / 2, last, same}
 """
 
 # Add up to `count` records of the ledger, from score `low` (skipping the first `offset` at
-# it), to their days' totals, which records an older aigw wrote are missing: those whose
-# hash has no 'rolled' (RECORD's). The day, the keys and the group are made here as
-# redis_ledger.py makes them for RECORD (day_of: the UTC day, whole days since 1970
-# floored exactly as usage.day_number does; names percent-encoded).
+# it), to their days' totals (and audio totals, a record with audio tokens), which
+# records an older aigw wrote are missing: those whose hash has no 'rolled' (RECORD's).
+# The day, the keys and the group are made here as redis_ledger.py makes them for RECORD
+# (day_of: the UTC day, whole days since 1970 floored exactly as usage.day_number does;
+# names percent-encoded).
 # KEYS: the ledger. ARGV: low, offset, count, the namespace's prefix ("aigw:"), the
 # retention ms (0: forever).
 # Returns {records read, the last one's score, how many of them had that score}.
@@ -489,12 +498,20 @@ for i = 1, #page, 2 do
     local cost, estimated = tonumber(r[10]), r[11] == '1'  -- a call cut short: no request
     local figures = {1, estimated and 0 or 1,
                      (not estimated and tonumber(r[2]) >= 400) and 1 or 0, tonumber(r[7]),
-                     tonumber(r[8]), tonumber(r[9] or '0'), cost, estimated and cost or 0,
-                     tonumber(r[12] or '0'), tonumber(r[13] or '0')}
-    local ttl = math.ceil(((z + 1) * 86400 - tonumber(at)) * 1000) + keep
+                     tonumber(r[8]), tonumber(r[9] or '0'), cost, estimated and cost or 0}
+    local audio = {tonumber(r[12] or '0'), tonumber(r[13] or '0')}
+    local written = {}
     for _, tk in ipairs(totals) do
       add_up(tk, group, figures)
-      if keep > 0 then redis.call('PEXPIRE', tk, string.format('%d', ttl)) end
+      written[#written + 1] = tk
+      if audio[1] ~= 0 or audio[2] ~= 0 then  -- as redis_ledger.audio_totals names them
+        add_up(tk .. ':audio', group, audio)
+        written[#written + 1] = tk .. ':audio'
+      end
+    end
+    local ttl = math.ceil(((z + 1) * 86400 - tonumber(at)) * 1000) + keep
+    if keep > 0 then
+      for _, tk in ipairs(written) do redis.call('PEXPIRE', tk, string.format('%d', ttl)) end
     end
     redis.call('HSET', hk, 'rolled', '1')
   end

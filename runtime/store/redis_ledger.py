@@ -8,6 +8,8 @@ and totals per UTC day.
     ledger:day:<day>             the day's totals (a hash): every record's
     ledger:day:<day>:key:<key>   ... one key's
     ledger:day:<day>:team:<team> ... one team's
+    ledger:day:<day>:audio       the audio tokens of the day's totals (a hash, as they
+    ... :key:<key>:audio         are): of every record's, one key's and one team's
     ledger:indexed               set once the records written before the key and team
                                  indexes existed are in them
     ledger:rolled                set once the records written before the days' totals
@@ -18,13 +20,16 @@ A record, its index entries and its days' totals are written by one script
 in its day's totals once, whichever replica wrote it and however late (from an outbox).
 A day's totals have a field per group (key, team, route, deployment; not the user, see
 usage.TOTALS_BY), `` =ci-bot =engineering =fast =gpt-4o`` (names percent-encoded after
-``=``; a space alone for none), holding its ten figures (``figures_of``). So a summary
-reads the days its window covers whole from the totals of the narrowest of the ledger,
-the key and the team, one hash a day, and only the partial days at its edges record by
-record, from the narrowest index. The last two figures, the audio tokens, came later: a
-field an older aigw wrote has eight (read as no audio), and its script, adding to a
-field of ten, keeps the two; but its summaries cannot read a field of ten (they fail
-until it is upgraded).
+``=``; a space alone for none), holding its eight figures (``figures_of``), and the
+same field of the day's audio totals its two audio tokens (``audio_totals``; none for a
+group with no audio). So a summary reads the days its window covers whole from the totals of
+the narrowest of the ledger, the key and the team, two hashes a day, and only the partial
+days at its edges record by record, from the narrowest index. The audio tokens came
+later, and have hashes of their own so that the totals stay as the version before them
+writes and reads them (its summaries read every field of a day's totals, eight figures
+each): during a rolling upgrade both versions add to and read the same days' totals,
+an older replica's summaries without the audio tokens, and a newer one's with those of
+the records it wrote.
 
 With a retention (``ledger_retention_days``), each record's script also drops up to a
 hundred records older than the retention from the indexes it writes (deleting their
@@ -67,8 +72,7 @@ INDEX_PAGE = 1000  # records a call of the script that indexes old ones reads (~
 DAYS_PAGE = 100  # days' totals read in one round trip
 # The script that writes a record. Older versions' names, in outbox rows they left:
 # "record" (no indexes), "ledger_record" (no days' totals) and "ledger_record_totals"
-# (eight figures: no audio tokens), and where in their ARGV the record's field, value
-# pairs start.
+# (no audio tokens), and where in their ARGV the record's field, value pairs start.
 RECORD_SCRIPT = "ledger_record_audio"
 _OLDER_RECORD_SCRIPTS = {"record": 2, "ledger_record": 5, "ledger_record_totals": 15}
 
@@ -119,14 +123,16 @@ class RedisLedger:
         day = day_number(record.at)
         keys = [self._rec(record.request_id), self._key("ledger"),
                 *self._indexes(record.key, record.team),
-                *self._day_totals(day, record.key, record.team)]
+                *(totals := self._day_totals(day, record.key, record.team)),
+                *(audio_totals(key) for key in totals)]
         cutoff = record.at - self._keep_ms / 1000
         # The day's totals go when all of the day is past the retention.
         totals_ms = (math.ceil(((day + 1) * DAY_S - record.at) * 1000) + self._keep_ms
                      if self._keep_ms else 0)
         args: list[Arg] = [record.request_id, record.at, self._keep_ms, cutoff,
                            self._key("rec", ""), totals_ms, group_of(record),
-                           *figures_of(record)]
+                           *figures_of(record), record.tokens_audio_in,
+                           record.tokens_audio_out]
         for field, value in encode_record(record).items():
             args += [field, value]
         return Invocation(RECORD_SCRIPT, tuple(keys), tuple(args))
@@ -201,9 +207,12 @@ class RedisLedger:
             numbers = range(start, min(end, start + DAYS_PAGE))
             pipe = self._redis.pipeline(transaction=False)
             for day in numbers:  # the narrowest totals: the key's, the team's or the ledger's
-                pipe.hgetall(self._day_totals(day, key, team)[-1])
-            for day, fields in zip(numbers, await pipe.execute(), strict=True):
-                add_day(summary, day_name(day), fields)
+                narrowest = self._day_totals(day, key, team)[-1]
+                pipe.hgetall(narrowest)
+                pipe.hgetall(audio_totals(narrowest))
+            read = await pipe.execute()
+            for day, fields, audio in zip(numbers, read[::2], read[1::2], strict=True):
+                add_day(summary, day_name(day), fields, audio)
 
     async def _walk(
         self, index: str, since: float | None, until: float | None
@@ -279,32 +288,38 @@ def group_of(record: LedgerRecord) -> str:
 
 def figures_of(record: LedgerRecord) -> tuple[int, ...]:
     """What ``record`` adds to its group's day's totals, as ``usage.Totals`` sums them:
-    records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos,
-    estimated_nanos, tokens_audio_in and tokens_audio_out. An estimated record (a call a
-    request made and did not use) adds its tokens and cost, and is no request nor an error
-    (lua.ROLL_OLD_RECORDS: the same)."""
+    records, requests, errors, tokens_in, tokens_out, tokens_cached, cost_nanos and
+    estimated_nanos (its audio tokens go to the day's audio totals). An estimated record
+    (a call a request made and did not use) adds its tokens and cost, and is no request
+    nor an error (lua.ROLL_OLD_RECORDS: the same)."""
     cost = round(record.cost * NANOS)
-    audio = (record.tokens_audio_in, record.tokens_audio_out)
     if record.estimated:
-        return (1, 0, 0, record.tokens_in, record.tokens_out, record.tokens_cached, cost,
-                cost, *audio)
+        return 1, 0, 0, record.tokens_in, record.tokens_out, record.tokens_cached, cost, cost
     return (1, 1, int(record.status >= 400), record.tokens_in, record.tokens_out,
-            record.tokens_cached, cost, 0, *audio)
+            record.tokens_cached, cost, 0)
 
 
-def add_day(summary: Summary, day: str, fields: dict[str, str]) -> None:
-    """One day's totals (a hash: a field per group, its ten figures in one; eight in
-    a field an older aigw wrote alone, its audio tokens none) into ``summary``."""
+def audio_totals(totals: str) -> str:
+    """The key of the audio tokens of the day's totals ``totals`` (a key's and a team's
+    name is percent-encoded: no ':' in it, so this names no other totals)."""
+    return f"{totals}:audio"
+
+
+def add_day(summary: Summary, day: str, fields: dict[str, str],
+            audio: dict[str, str]) -> None:
+    """One day's totals (a hash: a field per group, its eight figures in one) and its
+    audio totals (the same fields, two figures; none for a group with no audio) into
+    ``summary``."""
     for group, figures in fields.items():
         owner: dict[Dimension, str | None] = {Dimension.DAY: day}
         for dimension, name in zip(TOTALS_BY, group[1:].split(" "), strict=True):
             owner[dimension] = unquote(name[1:]) if name else None
         totals = Totals()
         (totals.records, totals.requests, totals.errors, totals.tokens_in, totals.tokens_out,
-         totals.tokens_cached, totals.cost_nanos, totals.estimated_nanos,
-         *audio) = map(int, figures.split(" "))
-        if audio:
-            totals.tokens_audio_in, totals.tokens_audio_out = audio
+         totals.tokens_cached, totals.cost_nanos,
+         totals.estimated_nanos) = map(int, figures.split(" "))
+        if group in audio:
+            totals.tokens_audio_in, totals.tokens_audio_out = map(int, audio[group].split(" "))
         summary.add_day(owner, totals)
 
 

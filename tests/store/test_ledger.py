@@ -54,7 +54,7 @@ async def test_a_keys_or_teams_summary_reads_only_its_own_records(
                                  cost=2 * RECORD.cost),)
         team = await store.summary(UsageQuery(group_by=(Dimension.TEAM,), team="small"))
         assert [(row.team, row.requests) for row in team] == [("small", 2)]
-        assert _hgetalls(watcher) == 2  # the day's totals of each, not 302 records
+        assert _hgetalls(watcher) == 2 * 2  # the day's totals of each and their audio, not 302
         busy = await store.summary(UsageQuery(group_by=(), key="busy", team="big",
                                               since=RECORD.at + 100))
         assert [row.requests for row in busy] == [200]  # paged from its own index

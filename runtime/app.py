@@ -59,6 +59,7 @@ from .rerank import rerank
 from .responses import create_response
 from .responses_stored import cancel_response, delete_response, get_response, input_items
 from .store.namespaces import warn_of_namespaces_left
+from .telemetry.record import ANSWERED_AS, answered_as
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
 
@@ -183,7 +184,9 @@ async def _publish_circuits(gateway: Gateway) -> None:
 
 class SnapshotMiddleware:
     """Pins the live graph for the whole request and stamps ``x-aigw-graph`` on the
-    response; a POST to one of the ``direct`` paths goes straight to its endpoint."""
+    response, and ``x-request-id`` (the id of its access-log line, ``answered_as``) on
+    one that has none: an error's, whichever handler answered it. A POST to one of the
+    ``direct`` paths goes straight to its endpoint."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway, direct: Mapping[str, Endpoint]) -> None:
         self.app = app
@@ -195,7 +198,8 @@ class SnapshotMiddleware:
             await self.app(scope, receive, send)
             return
         live = self.gateway.live  # read once: a reload swaps the reference, not this request's
-        scope.setdefault("state", {})["live"] = live
+        state = scope.setdefault("state", {})
+        state["live"] = live
         stamp = live.graph.fingerprint.encode()
         drained: asyncio.Future[None] | None = None
         ended = False  # the app has read the request's last message
@@ -213,6 +217,12 @@ class SnapshotMiddleware:
             nonlocal drained
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), (b"x-aigw-graph", stamp)]
+                # The id of the request's access-log line, on every answer (an error's
+                # too: only a model's answer sets its own), once its record was made.
+                answered = state.get(ANSWERED_AS)
+                if answered is not None and not any(name.lower() == b"x-request-id"
+                                                    for name, _value in headers):
+                    headers.append((b"x-request-id", answered.encode("latin-1")))
                 if not ended and body_arriving(receive):
                     # An answer given before the body came whole (on the headers alone:
                     # a 404, a 413). hypercorn queues at most 10 of its parts for the
@@ -360,6 +370,7 @@ class _Endpoints:
         ``max_audio_upload_bytes`` or ``max_image_upload_bytes``."""
         live = _live(request)
         record = new_record(live, endpoint)
+        answered_as(request.scope, record.request_id)
         headers = request.headers  # a property: two calls each time it is read
         exchange = Exchange(live, record, headers, lambda: self.gateway.live,
                             partial(client_gone, request.receive))
@@ -452,7 +463,7 @@ class _Endpoints:
         live = _live(request)  # the body is read inside, so its errors are Anthropic-shaped
         body = partial(read_body, request, live.graph.settings)
         return await create_message(live, request.headers, body, lambda: self.gateway.live,
-                                    partial(client_gone, request.receive))
+                                    partial(client_gone, request.receive), request.scope)
 
     async def responses(self, request: Request) -> Response:
         return await self._exchanged(request, "responses", create_response)
@@ -483,7 +494,8 @@ class _Endpoints:
             return get_model(live, request.headers, request.query_params, name)
         body = partial(read_body, request, live.graph.settings)
         return await model_call(live, request.headers, request.query_params, name, body,
-                                lambda: self.gateway.live, partial(client_gone, request.receive))
+                                lambda: self.gateway.live, partial(client_gone, request.receive),
+                                request.scope)
 
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from starlette.datastructures import Headers
@@ -74,7 +74,7 @@ from .response_cache import (
     replay,
 )
 from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
-from .telemetry.record import RequestRecord
+from .telemetry.record import RequestRecord, answered_as
 from .tokens import audio_prompt_tokens
 from .uncancelled import uncancelled
 
@@ -575,13 +575,17 @@ async def in_its_shape(
     gone: Callable[[], Awaitable[None]] | None,
     serve: Callable[[Exchange], Awaitable[Response]],
     error_response: Callable[[GatewayError], Response],
+    scope: MutableMapping[str, Any] | None = None,
 ) -> Response:
     """One request of an API whose errors are not OpenAI's (Anthropic's /v1/messages,
     Gemini's generateContent): ``serve`` drives its ``Exchange``; whatever it raises is
     failed on the exchange (hold released, ledger written) and answered by
     ``error_response``, so the app's OpenAI-shaped handlers see none. The request's
-    record is finished here, or when its stream ends."""
+    record is finished here, or when its stream ends; its id is the answer's
+    (``answered_as``) when the request's ASGI ``scope`` is given."""
     record = new_record(live, endpoint)
+    if scope is not None:
+        answered_as(scope, record.request_id)
     exchange = Exchange(live, record, headers, current, gone)
     try:
         response = await serve(exchange)

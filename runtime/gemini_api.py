@@ -36,8 +36,9 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from types import MappingProxyType
+from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse, Response
@@ -117,8 +118,10 @@ def gemini_key(graph: Graph, headers: Headers, query: QueryParams) -> ApiKey:
 async def model_call(
     live: Live, headers: Headers, query: QueryParams, name: str, body: Body,
     current: Callable[[], Live] | None = None, gone: Callable[[], Awaitable[None]] | None = None,
+    scope: MutableMapping[str, Any] | None = None,
 ) -> Response:
-    """POST /v1beta/models/{name}, ``name`` being ``route:method``."""
+    """POST /v1beta/models/{name}, ``name`` being ``route:method``; ``scope``: the
+    request's, whose answer gets the request's id (``exchange.in_its_shape``)."""
     route, _, method = name.rpartition(":")
     if method not in _METHODS or not route:
         return error_response(NotFound(
@@ -132,7 +135,8 @@ async def model_call(
             "(server-sent events, as google-genai asks) or json (a JSON array, the default)."))
     return await in_its_shape(
         live, "generate_content", headers, current, gone,
-        lambda exchange: _generate(exchange, query, route, body, stream), error_response)
+        lambda exchange: _generate(exchange, query, route, body, stream), error_response,
+        scope)
 
 
 async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Body,

@@ -73,7 +73,7 @@ from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.mcp_tracing import traced_http, traced_message
-from .telemetry.record import UNKNOWN
+from .telemetry.record import UNKNOWN, answered_as
 from .uncancelled import Spawn, uncancelled
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
@@ -174,6 +174,7 @@ class McpProxy:
     async def endpoint(self, request: Request) -> Response:
         live: Live = request.scope["state"]["live"]
         call = McpCall(UNKNOWN)
+        answered_as(request.scope, call.request_id)
         rpc_id: object = None
         try:
             self._follow(live.graph)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -84,15 +84,17 @@ async def create_message(
     body: Callable[[], Awaitable[bytes]],
     current: Callable[[], Live] | None = None,
     gone: Callable[[], Awaitable[None]] | None = None,
+    scope: MutableMapping[str, Any] | None = None,
 ) -> Response:
     """POST /v1/messages. ``body()`` reads the body, once the key is known, so that a 413
     is Anthropic-shaped too; ``gone()`` returns once the client has gone (after it).
 
     The request's record is finished here, or when its stream ends; the app's handlers
-    would answer errors in OpenAI's shape, so none reaches them.
+    would answer errors in OpenAI's shape, so none reaches them. ``scope``: the request's,
+    whose answer gets the request's id (``exchange.in_its_shape``).
     """
     return await in_its_shape(live, "messages", headers, current, gone,
-                              lambda exchange: _message(exchange, body), _error_response)
+                              lambda exchange: _message(exchange, body), _error_response, scope)
 
 
 async def count_tokens(

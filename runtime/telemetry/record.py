@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -102,6 +102,17 @@ class AccessLog:
 
 
 UNKNOWN = "_none"  # label value when a stage was not reached (e.g. a 404 has no route)
+
+
+def answered_as(scope: MutableMapping[str, Any], request_id: str) -> None:
+    """Say that the HTTP request of ``scope`` is the one whose access-log line has
+    ``request_id``: app.SnapshotMiddleware stamps it on the request's answer as
+    ``x-request-id``, whatever the answer is (an error's too), unless the answer names
+    it already. A client can then quote the id of any request, failed or not, to ops."""
+    scope.setdefault("state", {})[ANSWERED_AS] = request_id
+
+
+ANSWERED_AS = "request_id"  # the key in an ASGI scope's "state" that answered_as sets
 
 
 @dataclass(slots=True)

@@ -59,7 +59,7 @@ from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..exchange import end_user
 from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, ExecutionConflict, Status
-from ..telemetry.record import RequestRecord
+from ..telemetry.record import RequestRecord, answered_as
 from ..telemetry.tracing import traceparent
 from . import a2a_v03
 from .a2a_stream import STREAM_S, task_stream
@@ -160,6 +160,7 @@ class _A2a:
         """POST /a2a/{name}, logged, counted and traced (see the module's docstring)."""
         live = self.workflows.gateway.live
         record = new_record(live, "a2a")
+        answered_as(request.scope, record.request_id)
         call_id: list[Any] = [None]  # the request's id, once its body is read
         try:
             return await counted(live, record, self._rpc(request, record, call_id))

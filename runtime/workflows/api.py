@@ -81,7 +81,7 @@ from ..store.executions import (
     Status,
     StepState,
 )
-from ..telemetry.record import RequestRecord
+from ..telemetry.record import RequestRecord, answered_as
 from ..telemetry.tracing import Span, traceparent
 from ..uncancelled import uncancelled
 from .service import Workflows, chat_input, may_decide, may_run
@@ -302,6 +302,7 @@ class _Api:
         model request is (its model calls are counted on their own, with the ledger)."""
         live = self.workflows.gateway.live
         record = new_record(live, "pipelines")
+        answered_as(request.scope, record.request_id)
         return await counted(live, record, self._call_pipeline(request, record))
 
     async def _call_pipeline(self, request: Request, record: RequestRecord) -> Response:

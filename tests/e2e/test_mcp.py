@@ -220,6 +220,17 @@ async def test_a_bad_key_is_a_401(gateway: McpGateway) -> None:
     assert "Incorrect API key provided" in str(refused.value)
 
 
+def test_an_answer_carries_the_id_of_its_access_line(gateway: McpGateway) -> None:
+    """A refusal's too, as on /v1 (tests/e2e/test_request_ids.py): it had none."""
+    refused = httpx.post(gateway.url("tools"), headers={"authorization": "Bearer sk-not-a-key"},
+                         json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert refused.status_code == 401
+    (request_id,) = refused.headers.get_list("x-request-id")
+    line = gateway.server.access_line(request_id)
+    assert line is not None
+    assert (line["endpoint"], line["status"]) == ("mcp", 401)
+
+
 async def test_an_expired_key_is_refused_and_named_in_the_access_log(
         gateway: McpGateway) -> None:
     statuses: list[int] = []

@@ -262,13 +262,16 @@ def test_a_client_that_stops_waiting_for_a_pipeline_ends_only_its_wait(
     """POST /v1/pipelines/{name} waited all its wait_s (any number: 1e999 was for ever)
     for a client long gone, polling the store: a thousand such waits held half a core.
     Now wait_s is a number from 0 to 300, and the wait ends with its client (a 499 in
-    the access log); the execution runs on, for GET /api/v1/executions/{id}."""
+    the access log); the execution runs on, for GET /api/v1/executions/{id}. Each
+    refusal carries the id of its access-log line (``x-request-id``)."""
     server = started(_gateway(tmp_path / "gw", {"publish": APPROVAL}))
+    refused_ids = []
     for wait_s in ("1e999", "inf", "nan", "-1", "soon"):
         refused = httpx.post(f"{server.base_url}/v1/pipelines/publish?wait_s={wait_s}",
                              json={"text": "hello"}, headers=AUTH, timeout=5)
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "wait_s"
+        refused_ids += refused.headers.get_list("x-request-id")
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
         httpx.post(f"{server.base_url}/v1/pipelines/publish?wait_s=300",
                    json={"text": "hello"}, headers=AUTH, timeout=1)
@@ -278,6 +281,7 @@ def test_a_client_that_stops_waiting_for_a_pipeline_ends_only_its_wait(
         time.sleep(0.05)
     assert [(line["route"], line["status"], line["error"]) for line in lines] == [
         (None, 400, "invalid_request")] * 5 + [("pipeline:publish", 499, "cancelled")]
+    assert [line["request_id"] for line in lines[:5]] == refused_ids
     (execution,) = _get(server, "/api/v1/executions")["data"]
     assert execution["status"] == "waiting"  # for its approval: the run goes on
 

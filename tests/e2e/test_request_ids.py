@@ -1,0 +1,106 @@
+"""Every answer carries the request's id (``x-request-id``), its errors' too, and it is
+the id of the request's access-log line: a client quoting a failed request's id to ops
+points them at its line. Before, only a model's answer had one: a 400, 401, 429 or an
+upstream's 5xx came with none (real ``aigw serve``, the official SDKs)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from ..conftest import DEV_KEY
+from ..fakes.brain import Action
+from ..providers.conftest import DEV_KEY_LINE
+from .responses_gateway import Upstreams, responses_gateway, sdk
+
+pytestmark = pytest.mark.e2e
+
+ONCE_A_MINUTE = "sk-request-ids-one-rpm"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    digest = hashlib.sha256(ONCE_A_MINUTE.encode()).hexdigest()
+    keys = DEV_KEY_LINE + f"  once: {{sha256: {digest}, limits: {{rpm: 1}}}}\n"
+    with responses_gateway(tmp_path_factory.mktemp("request-ids") / "gw", keys=keys) as served:
+        yield served
+
+
+def logged_as(upstreams: Upstreams, headers: httpx.Headers, status: int) -> dict[str, Any]:
+    """The access-log line of the answer whose ``headers`` are given: it has the one
+    ``x-request-id`` they carry, and the answer's ``status``."""
+    (request_id,) = headers.get_list("x-request-id")
+    deadline = time.monotonic() + 5.0
+    while (line := upstreams.server.access_line(request_id)) is None:
+        assert time.monotonic() < deadline, f"no access-log line has {request_id}"
+        time.sleep(0.05)
+    assert (line["request_id"], line["status"]) == (request_id, status)
+    return line
+
+
+def refused(call: Callable[[], object]) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        call()
+    return caught.value
+
+
+def test_a_400_carries_the_id_of_its_access_line(upstreams: Upstreams) -> None:
+    with sdk(upstreams, DEV_KEY) as client:
+        error = refused(lambda: client.chat.completions.create(model="gpt", messages=[]))
+        embedding = refused(lambda: client.embeddings.create(model="gpt", input="hi"))
+    assert error.status_code == embedding.status_code == 400
+    assert logged_as(upstreams, error.response.headers, 400)["error"] is not None
+    assert logged_as(upstreams, embedding.response.headers, 400)["endpoint"] == "embeddings"
+
+
+def test_a_401_carries_the_id_of_its_access_line(upstreams: Upstreams) -> None:
+    with sdk(upstreams, "sk-nobody-has-this-key") as client:
+        error = refused(lambda: client.chat.completions.create(model="gpt", messages=HELLO))
+    assert error.status_code == 401
+    logged_as(upstreams, error.response.headers, 401)
+
+
+def test_a_429_carries_the_id_of_its_access_line(upstreams: Upstreams) -> None:
+    with sdk(upstreams, ONCE_A_MINUTE) as client:
+        served = client.chat.completions.with_raw_response.create(model="gpt",
+                                                                  messages=HELLO)
+        logged_as(upstreams, served.headers, 200)  # one id on a model's answer, as before
+        error = refused(lambda: client.chat.completions.create(model="gpt", messages=HELLO))
+    assert error.status_code == 429
+    assert logged_as(upstreams, error.response.headers, 429)["key"] == "once"
+
+
+def test_an_upstreams_5xx_carries_the_id_of_its_access_line(upstreams: Upstreams) -> None:
+    upstreams.gpt.script.actions += [Action(status=500)] * 5  # its retries fail too
+    try:
+        with sdk(upstreams, DEV_KEY) as client:
+            error = refused(lambda: client.chat.completions.create(model="gpt",
+                                                                   messages=HELLO))
+    finally:
+        upstreams.gpt.script.actions.clear()
+    assert error.status_code == 502
+    assert logged_as(upstreams, error.response.headers, 502)["route"] == "gpt"
+
+
+def test_anthropic_and_gemini_shaped_errors_carry_the_id_of_their_access_line(
+    upstreams: Upstreams,
+) -> None:
+    base_url = upstreams.server.base_url
+    with (anthropic.Anthropic(base_url=base_url, api_key="sk-nobody-has-this-key",
+                              max_retries=0) as claude,
+          pytest.raises(anthropic.AuthenticationError) as caught):
+        claude.messages.create(model="claude", max_tokens=10,
+                               messages=[{"role": "user", "content": "hello"}])
+    logged_as(upstreams, caught.value.response.headers, 401)
+    gemini = httpx.post(f"{base_url}/v1beta/models/gpt:generateContent",
+                        headers={"x-goog-api-key": DEV_KEY}, content=b"{not json")
+    assert gemini.status_code == 400
+    logged_as(upstreams, gemini.headers, 400)

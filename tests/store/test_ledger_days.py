@@ -334,5 +334,7 @@ async def test_days_past_the_retention_are_summed_no_more(
         client = redis.Redis.from_url(redis_url)
         try:
             assert 0 < client.pttl(f"{namespace}:ledger:day:2027-12-31") <= 2 * DAY * 1000
+            # and the day's audio tokens with them (some of its records have audio)
+            assert 0 < client.pttl(f"{namespace}:ledger:day:2027-12-31:audio") <= 2 * DAY * 1000
         finally:
             client.close()

@@ -59,7 +59,7 @@ from .passthrough_usage import UsageReader
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
 from .sse import settled_stream
-from .telemetry.record import RequestRecord
+from .telemetry.record import RequestRecord, answered_as
 from .telemetry.tracing import traced
 from .upstream import make_client, scrub
 
@@ -109,6 +109,7 @@ class PassthroughProxy:
     async def endpoint(self, request: Request) -> Response:
         live: Live = request.scope["state"]["live"]
         record = new_record(live, "passthrough")
+        answered_as(request.scope, record.request_id)  # its x-request-id, an error's too
         # Not watched for its client's leaving: the body is the upstream's to read, and
         # a client gone mid-answer ends the stream (``_relayed``).
         exchange = Exchange(live, record, request.headers)

@@ -280,6 +280,13 @@ def test_a_passthrough_whose_provider_is_disabled_says_why_and_sends_nothing(
     assert len(gateway.platform.seen) == before
     row = _last_ledger_row(gateway.server, "passthrough:unkeyed-raw")
     assert row["status"] == 503
+    # The refusal carries the id of its access line, for the client to quote to ops.
+    (request_id,) = answer.headers.get_list("x-request-id")
+    deadline = time.monotonic() + 10
+    while (line := gateway.server.access_line(request_id)) is None:
+        assert time.monotonic() < deadline, f"no access-log line has {request_id}"
+        time.sleep(0.05)
+    assert line["status"] == 503
 
 
 def test_the_key_rate_limit_applies(gateway: Gateway) -> None:

@@ -103,6 +103,7 @@ def build_authorization(
     pipelines: Sequence[str],
     mcp_servers: Sequence[str] = (),
     agents: Sequence[str] = (),
+    issuers: Sequence[str] = (),
 ) -> Authorization:
     """The frozen Cedar model of a compiled config (its policies already validated)."""
     parsed = checked.parsed
@@ -119,6 +120,7 @@ def build_authorization(
         *({"uid": _uid("Pipeline", name), "attrs": {}, "parents": []} for name in pipelines),
         *({"uid": _uid("McpServer", name), "attrs": {}, "parents": []} for name in mcp_servers),
         *({"uid": _uid("Agent", name), "attrs": {}, "parents": []} for name in agents),
+        *({"uid": _uid("Issuer", name), "attrs": {}, "parents": []} for name in issuers),
         *(_key(key, found) for key in keys),
         *(_route(route, found) for route in routes.values()),
     ]

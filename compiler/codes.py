@@ -56,6 +56,7 @@ SCHEMA_NAME = _error("AGW208", "invalid name")
 SCHEMA_SHA256 = _error("AGW209", "invalid sha256 digest")
 SCHEMA_KEY_SECRET = _error("AGW210", "key needs exactly one of secret or sha256")
 SCHEMA_INCLUDE_SECTION = _error("AGW211", "section not allowed in an included file")
+SCHEMA_ISSUER_JWKS = _error("AGW212", "issuer needs exactly one of jwks_url and jwks_file")
 
 # AGW3xx: references, names and the graph
 REF_PROVIDER = _error("AGW301", "unknown provider")
@@ -117,6 +118,9 @@ MCP_COMMAND_NOT_FOUND = _warning("AGW351", "MCP server's command is not on PATH"
 MCP_OTHER_TRANSPORT = _error("AGW352", "MCP server field is for the other transport")
 MCP_LITERAL_ENV_SECRET = _error("AGW353", "MCP server env holds a literal credential")
 KIND_NOT_SERVED = _error("AGW354", "provider type does not serve the deployment's kind")
+ISSUER_JWKS_URL = _error("AGW355", "issuer's jwks_url cannot be fetched safely")
+ISSUER_JWKS_FILE = _error("AGW356", "issuer's jwks_file holds no usable public key")
+DUPLICATE_ISSUER = _error("AGW357", "two issuers accept the same iss")
 BASE_URL_VERSIONED = _error("AGW370", "base_url ends in an API version its adapter appends")
 
 # AGW4xx: Cedar policies

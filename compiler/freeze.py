@@ -21,6 +21,8 @@ from .graph import (
     Deployment,
     Graph,
     Group,
+    Issuer,
+    IssuerTeams,
     McpServer,
     McpSse,
     McpStdio,
@@ -48,6 +50,7 @@ from .spec import (
     CacheSpec,
     CircuitBreakerSpec,
     GroupSpec,
+    IssuerTeamSpec,
     LimitsSpec,
     PerUserSpec,
     PriceSpec,
@@ -252,6 +255,8 @@ def freeze(
         keys_by_sha256=_frozen(keys),
         previous_by_sha256=_frozen(previous),
         keys_by_name=_frozen(by_name),
+        issuers_by_iss=_frozen({issuer.issuer: issuer
+                                for issuer in _issuers(linked, teams).values()}),
         policies=policies,
         pipelines=frozen_pipelines,
         mcp_servers=_frozen({
@@ -272,8 +277,39 @@ def freeze(
         authorization=build_authorization(
             checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
             list(linked.pipelines), list(linked.mcp_servers), list(linked.agents),
+            list(linked.issuers),
         ),
     )
+
+
+def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
+    frozen: dict[str, Issuer] = {}
+    for name, item in linked.issuers.items():
+        spec = item.entry.spec
+        team: Team | IssuerTeams | None
+        if isinstance(spec.team, IssuerTeamSpec):
+            team = IssuerTeams(
+                spec.team.claim,
+                tuple((value, teams[team_name]) for value, team_name in spec.team.map.items()),
+                teams[spec.team.default] if spec.team.default is not None else None)
+        else:
+            team = teams[spec.team] if spec.team is not None else None
+        frozen[name] = Issuer(
+            name=name,
+            issuer=spec.issuer,
+            audiences=tuple(spec.audiences),
+            algorithms=tuple(dict.fromkeys(spec.algorithms)),
+            jwks_url=spec.jwks_url,
+            jwks=item.jwks,
+            team=team,
+            principal_claim=spec.principal_claim,
+            routes=frozenset(spec.routes) if spec.routes is not None else None,
+            mcp_servers=frozenset(spec.mcp_servers) if spec.mcp_servers is not None else None,
+            quota=_quota(spec.limits, spec.budget),
+            leeway_s=spec.leeway_s,
+            jwks_max_age_s=spec.jwks_max_age_s,
+        )
+    return frozen
 
 
 def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from .diagnostics import Diagnostic
@@ -366,6 +367,42 @@ class ApiKey:
     own_per_user: bool = False
     # epoch seconds from which it is refused (401 key_expired); None: it does not expire
     expires_at: float | None = None
+    # A caller signed in with a JWT: the issuer's name and the token's principal claim
+    # (its Cedar principal is Subject::"<subject>" in Issuer::"<issuer>"); None for a key.
+    issuer: str | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerTeams:
+    """How a claim picks a caller's team: the first of ``choices`` (claim value, team)
+    whose value the token holds, else ``default`` (None: refused)."""
+
+    claim: str
+    choices: tuple[tuple[str, Team], ...]
+    default: Team | None
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An identity provider whose JWTs sign callers in: a token whose ``iss`` is
+    ``issuer``, signed with one of ``algorithms`` by a key from ``jwks_url`` (or the
+    inline ``jwks``, a JWKS as JSON text), with an ``aud`` among ``audiences``. Its
+    caller is named by ``principal_claim`` and has ``quota`` of its own."""
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    jwks_url: str | None
+    jwks: str | None
+    team: Team | IssuerTeams | None
+    principal_claim: str
+    routes: frozenset[str] | None
+    mcp_servers: frozenset[str] | None
+    quota: Quota
+    leeway_s: float
+    jwks_max_age_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,3 +495,5 @@ class Graph:
     # Every key some secret signs in as (current or previous), by name: a key whose
     # current secret is unset is still its previous secrets' during a rotation
     keys_by_name: Mapping[str, ApiKey]
+    # Identity providers by the iss their tokens carry (issuers:)
+    issuers_by_iss: Mapping[str, Issuer] = field(default_factory=lambda: MappingProxyType({}))

@@ -26,8 +26,8 @@ from .codes import Code
 from .policy_analysis import entity_refs
 
 # The principals an end user's entity is in: a User tied to one of these is that key's
-# (or team's) user, as its app names it.
-_OWNERS = ("ApiKey", "Team")
+# (or team's, or a JWT caller's) user, as its app names it.
+_OWNERS = ("ApiKey", "Subject", "Issuer", "Team")
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,6 +308,7 @@ def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
             quota=_quota(spec.limits, spec.budget),
             leeway_s=spec.leeway_s,
             jwks_max_age_s=spec.jwks_max_age_s,
+            jwks_refetch_s=spec.jwks_refetch_s,
         )
     return frozen
 

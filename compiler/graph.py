@@ -403,6 +403,7 @@ class Issuer:
     quota: Quota
     leeway_s: float
     jwks_max_age_s: float
+    jwks_refetch_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,9 +563,13 @@ class IssuerSpec(Spec):
     limits: SubjectLimitsSpec | None = Field(None, description="Each caller's own limits.")
     leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(
         30.0, description="Clock skew allowed when exp, nbf and iat are checked.")
-    jwks_max_age_s: Annotated[float, Field(ge=30, le=86_400)] = Field(
+    jwks_max_age_s: Annotated[float, Field(ge=1, le=86_400)] = Field(
         300.0, description="How long fetched keys are used before they are fetched again "
         "(kept, and used, while the provider cannot be reached).")
+    jwks_refetch_s: Annotated[float, Field(ge=1, le=3600)] = Field(
+        10.0, description="The fewest seconds between two fetches that tokens naming a "
+        "kid the keys lack (a rotation) cause: a flood of made-up kids costs the provider "
+        "one request in this long.")
     description: str | None = None
 
     @model_validator(mode="after")

@@ -37,9 +37,9 @@ from types import MappingProxyType
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse, Response
 
-from aigw.compiler.graph import ApiKey, Graph, Route
+from aigw.compiler.graph import ApiKey, Route
 
-from .auth import bearer_token, key_for
+from .auth import bearer_token, caller_for
 from .chat import Served, overhead_header, planned_tokens
 from .errors import (
     BadRequest,
@@ -98,13 +98,13 @@ def error_response(error: GatewayError) -> Response:
     return JSONResponse(body, status_code=code, headers=error.headers)
 
 
-def gemini_key(graph: Graph, headers: Headers, query: QueryParams) -> ApiKey:
-    """The caller's key: ``x-goog-api-key``, ``?key=``, or as the other APIs take it."""
+async def gemini_key(live: Live, headers: Headers, query: QueryParams) -> ApiKey:
+    """The caller's key (or JWT): ``x-goog-api-key``, ``?key=``, or as the other APIs take it."""
     token = headers.get("x-goog-api-key") or query.get("key") or bearer_token(headers)
     if not token:
         raise Unauthorized("You didn't provide an API key: give it in an x-goog-api-key "
                            "header (as google-genai does) or a key query parameter.")
-    return key_for(graph, token)
+    return await caller_for(live, token)
 
 
 async def model_call(
@@ -131,7 +131,7 @@ async def model_call(
 async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Body,
                     stream: bool) -> Response:
     live, record = exchange.live, exchange.record
-    key = gemini_key(live.graph, exchange.headers, query)  # before the body is read
+    key = await gemini_key(live, exchange.headers, query)  # before the body is read
     request = parse(GenerateContentRequest, await read())
     await exchange.open(key, to_chat_request(_route_name(route), request, stream))
     if not stream:
@@ -151,7 +151,7 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     """``:countTokens``: the prompt tokens the gateway plans a request with, for a
     principal that may send it (the key's routes and Cedar's invoke check)."""
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         request = parse(CountTokensRequest, await body()).request()
         tokens = await planned_tokens(live, key, headers, _route_name(name),
                                       chat_messages(request), tools_of(request))
@@ -163,13 +163,13 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     return JSONResponse({"totalTokens": tokens})
 
 
-def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
+async def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
     """GET /v1beta/models: the routes this key may call by name, as /v1/models lists
     them, in Gemini's Model shape, sorted by name and paged as Google's API pages:
     ``pageSize`` (50 unless given, at most 1,000) and the ``nextPageToken`` of the
     page before as ``pageToken``."""
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         size, after = _page(query)
     except GatewayError as exc:
         return error_response(exc)
@@ -204,9 +204,9 @@ def _page_token(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).decode("ascii")
 
 
-def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
+async def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         route = live.graph.routes.get(_route_name(name))
         if route is None or (key.routes is not None and route.name not in key.routes):
             raise NotFound(f"models/{_route_name(name)} is not found.")

@@ -39,6 +39,20 @@ FILE_KEY = SigningKey.rsa("offline-1")
 AIRGAPPED = "https://idp.internal.test/"
 UNREACHABLE = "https://down.example.test/"
 HI = [{"role": "user", "content": "hi"}]
+SUMMARY = """\
+input:
+  type: object
+  required: [text]
+  properties:
+    text: {type: string}
+steps:
+  summary:
+    kind: llm
+    model: chat
+    prompt: "{{ input.text }}"
+output:
+  summary: "{{ steps.summary }}"
+"""
 
 POLICY = """\
 @id("everyone")
@@ -104,6 +118,8 @@ def gateway(provider: JwksServer, tmp_path_factory: pytest.TempPathFactory) -> I
     root = tmp_path_factory.mktemp("jwt") / "gw"
     (root / "policies").mkdir(parents=True)
     (root / "policies" / "jwt.cedar").write_text(POLICY)
+    (root / "pipelines").mkdir()
+    (root / "pipelines" / "summary.yaml").write_text(SUMMARY)
     (root / "jwks.json").write_text(json.dumps({"keys": [FILE_KEY.public_jwk()]}))
     (root / "gateway.yaml").write_text(_gateway_yaml(provider.url))  # type: ignore[attr-defined]
     server = Server(root)
@@ -295,6 +311,18 @@ def test_a_token_signs_in_on_the_other_endpoints(gateway: Server) -> None:
                         headers={"x-goog-api-key": token},
                         json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
     assert gemini.status_code == 200, gemini.text
+
+
+def test_a_pipeline_runs_its_steps_as_the_tokens_caller(gateway: Server) -> None:
+    token = RSA_KEY.sign(claims("pia", groups=["llm-eng"]))
+    response = httpx.post(f"{gateway.base_url}/v1/pipelines/summary", json={"text": "hello"},
+                          headers={"authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "succeeded", response.text
+    with sqlite3.connect(gateway.root / "aigw.sqlite") as ledger:
+        rows = ledger.execute('SELECT team FROM ledger WHERE "key" = ?', ("corp#pia",)).fetchall()
+    ledger.close()
+    assert rows and {team for (team,) in rows} == {"engineering"}
 
 
 def test_a_tokens_caller_is_never_an_admin(gateway: Server) -> None:

@@ -8,6 +8,7 @@ an rpm of its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -29,9 +30,12 @@ from ..fakes.jwks_server import (
     hmac_with_public_key,
     unsigned,
 )
+from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import free_port, serving
 from ..providers.conftest import DEV_KEY_LINE
+from .mcp_client import session
 from .server import Server
+from .test_realtime import connected, realtime_gateway, said, until
 
 RSA_KEY = SigningKey.rsa("rsa-1")
 EC_KEY = SigningKey.ec("ec-1")
@@ -347,3 +351,70 @@ def test_a_gateway_without_issuers_refuses_a_jwt_as_a_wrong_key(tmp_path: Path) 
         assert error["code"] == "invalid_api_key"
     finally:
         server.stop()
+
+
+def test_a_realtime_session_signed_in_with_a_token_bills_each_response(tmp_path: Path) -> None:
+    root = tmp_path / "gw"
+    root.mkdir()
+    (root / "jwks.json").write_text(json.dumps({"keys": [FILE_KEY.public_jwk()]}))
+    issuer = (f"issuers:\n  airgapped: {{issuer: '{AIRGAPPED}', jwks_file: jwks.json, "
+              f"audiences: [{AUDIENCE}]}}\n")
+    token = FILE_KEY.sign(claims("rae", iss=AIRGAPPED))
+
+    async def session(gateway: Any) -> list[Any]:
+        async with connected(gateway, "realtime", key=token) as connection:
+            await until(connection, "session.created")
+            return [(await said(connection, text))[-1] for text in ("hello", "again")]
+
+    with realtime_gateway(root, keys=issuer) as gateway:
+        done = asyncio.run(session(gateway))
+        assert [event.type for event in done] == ["response.done", "response.done"]
+        with sqlite3.connect(root / "aigw.sqlite") as ledger:
+            keys = [key for (key,) in ledger.execute('SELECT "key" FROM ledger')]
+        ledger.close()
+        assert keys == ["airgapped#rae", "airgapped#rae"]
+
+
+def test_an_mcp_session_signed_in_with_a_token_calls_the_tools_its_issuer_allows(
+        tmp_path: Path) -> None:
+    upstream = RecordingMcpServer()
+    root = tmp_path / "gw"
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "mcp.cedar").write_text(
+        '@id("airgapped-tools")\npermit (principal in Issuer::"airgapped", '
+        'action == Action::"invoke", resource == McpServer::"tools");\n')
+    (root / "jwks.json").write_text(json.dumps({"keys": [FILE_KEY.public_jwk()]}))
+    token = FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="mo@corp.test"))
+
+    async def added(url: str) -> Any:
+        async with session(url, token) as client:
+            await client.initialize()
+            return await client.call_tool("add", {"a": 2, "b": 40})
+
+    with serving(upstream.app) as base_url:
+        (root / "gateway.yaml").write_text(f"""\
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{echo: {{deployment: e}}}}
+mcp_servers:
+  tools: {{url: "{base_url}{PATH}", timeout_s: 10}}
+  other: {{url: "{base_url}{PATH}", timeout_s: 10}}
+issuers:
+  airgapped: {{issuer: "{AIRGAPPED}", jwks_file: jwks.json, audiences: [{AUDIENCE}],
+              principal_claim: email, mcp_servers: [tools]}}
+""" + DEV_KEY_LINE)
+        server = Server(root)
+        try:
+            server.wait_ready()
+            result = asyncio.run(added(f"{server.base_url}/mcp/tools"))
+            assert result.structured_content == {"result": 42}
+            assert all(token not in value for headers in upstream.headers
+                       for value in headers.values())
+            outside = httpx.post(
+                f"{server.base_url}/mcp/other", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                headers={"authorization": f"Bearer {token}",
+                         "accept": "application/json, text/event-stream"})
+            assert outside.status_code == 404, outside.text
+        finally:
+            server.stop()

@@ -20,6 +20,7 @@ reached the keys fetched last are used, however old.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -47,6 +48,7 @@ MAX_JWKS_BYTES = 1 << 20
 # Key types by the algorithm families that sign with them.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _SHOWN = 120  # the most characters of a claim a message repeats
+_PREPARED_KEYS = 256
 # Callers remembered by name, for the work they started that outlives their request.
 RECENT_CALLERS = 10_000
 
@@ -85,17 +87,15 @@ class Identities:
         self._sets: dict[str, _KeySet] = {}
         self._files: dict[str, Mapping[str, Mapping[str, Any]]] = {}  # jwks_file text -> keys
         self._renewing = Background()  # fetches of key sets past their max age
+        # (id of a JWK, algorithm) -> that JWK and the PyJWK made of it
+        self._prepared: dict[tuple[int, str], tuple[Mapping[str, Any], jwt.PyJWK]] = {}
         # Callers signed in lately, by name: an execution or batch they started runs
         # as them, in the team their token's claim gave them, after the request.
         self._recent: OrderedDict[str, ApiKey] = OrderedDict()
 
     async def caller(self, graph: Graph, token: str) -> ApiKey:
         """The caller ``token`` signs in, or ``TokenRefused`` saying why not."""
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise TokenRefused("The bearer token is not a well-formed JWT.") from exc
+        header, unverified = _unverified(token)
         claimed = unverified.get("iss")
         issuer = graph.issuers_by_iss.get(claimed) if isinstance(claimed, str) else None
         if issuer is None:
@@ -150,11 +150,19 @@ class Identities:
             raise TokenRefused(
                 f"The token's signing key (kid {_shown(kid)}) is not among issuer "
                 f"'{issuer.name}''s keys for {algorithm}.")
-        try:
-            return jwt.PyJWK(dict(found), algorithm=algorithm)
-        except jwt.PyJWTError as exc:
-            raise TokenRefused(
-                f"Issuer '{issuer.name}''s key {_shown(kid)} cannot verify {algorithm}.") from exc
+        # Made once a key and algorithm (a key set fetched again is a new mapping).
+        prepared = (id(found), algorithm)
+        made = self._prepared.get(prepared)
+        if made is None or made[0] is not found:
+            try:
+                made = (found, jwt.PyJWK(dict(found), algorithm=algorithm))
+            except jwt.PyJWTError as exc:
+                raise TokenRefused(f"Issuer '{issuer.name}''s key {_shown(kid)} cannot "
+                                   f"verify {algorithm}.") from exc
+            self._prepared[prepared] = made
+            if len(self._prepared) > _PREPARED_KEYS:
+                self._prepared.pop(next(iter(self._prepared)))
+        return made[1]
 
     async def _fetched(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
         """The keys of ``issuer.jwks_url``: fetched first when there are none yet or they
@@ -217,6 +225,19 @@ class Identities:
         await self._renewing.wait()
         if self._client is not None:
             await self._client.aclose()
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A token's header and claims as written, to pick its issuer and key: nothing in
+    them is trusted until PyJWT has verified the signature over them."""
+    try:
+        header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                          for part in token.split(".", 2)[:2])
+    except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+        raise TokenRefused("The bearer token is not a well-formed JWT.") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise TokenRefused("The bearer token is not a well-formed JWT.")
+    return header, claims
 
 
 def _by_kid(document: Any) -> dict[str, Mapping[str, Any]]:

@@ -581,6 +581,7 @@ class _Endpoints:
                                     for name, server in sorted(graph.mcp_servers.items())},
                     "warnings": [item.as_dict() for item in graph.warnings],
                     "keys": keys_status(graph, time.time()),
+                    "issuers": live.identities.status(graph),
                 },
                 "deployments": {
                     name: dataclasses.asdict(snapshot)

@@ -71,6 +71,7 @@ class _KeySet:
     keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fetched_at: float | None = None  # monotonic; None: never fetched
     tried_at: float = float("-inf")
+    failed: bool = False  # the last fetch failed
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -205,8 +206,30 @@ class Identities:
             log.warning("issuer '%s': fetching its keys from %s failed (%s); %s", name, url,
                         type(exc).__name__, "keeping those fetched before"
                         if state.fetched_at is not None else "none to use yet")
+            state.failed = True
             return
-        state.keys, state.fetched_at = keys, self._clock()
+        state.keys, state.fetched_at, state.failed = keys, self._clock(), False
+
+    def status(self, graph: Graph) -> dict[str, dict[str, object]]:
+        """Each issuer of ``graph`` with the kids of the keys it verifies with now, how
+        long ago they were fetched (None: never, or from its jwks_file) and whether the
+        last fetch failed, for /admin/status."""
+        shown: dict[str, dict[str, object]] = {}
+        for issuer in sorted(graph.issuers_by_iss.values(), key=lambda item: item.name):
+            state = self._sets.get(issuer.jwks_url) if issuer.jwks_url is not None else None
+            keys = (_by_kid(json.loads(issuer.jwks)) if issuer.jwks is not None
+                    else state.keys if state is not None else {})
+            fetched = state.fetched_at if state is not None else None
+            shown[issuer.name] = {
+                "issuer": issuer.issuer,
+                "jwks": issuer.jwks_url or "jwks_file",
+                "audiences": list(issuer.audiences),
+                "algorithms": list(issuer.algorithms),
+                "kids": sorted(keys),
+                "fetched_s_ago": None if fetched is None else round(self._clock() - fetched, 1),
+                "last_fetch_failed": state.failed if state is not None else False,
+            }
+        return shown
 
     async def _get(self, url: str) -> bytes:
         if self._client is None:

@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from ..conftest import DEV_KEY
 from ..fakes.jwks_server import (
     AUDIENCE,
     ISSUER,
@@ -101,6 +102,7 @@ issuers:
     audiences: [{AUDIENCE}]
     team: research
     principal_claim: email
+    routes: [chat]
   unreachable:
     issuer: {UNREACHABLE}
     jwks_url: http://127.0.0.1:{free_port()}/jwks.json
@@ -278,10 +280,28 @@ def test_an_issuer_whose_keys_were_never_fetched_is_a_503_while_it_is_down(
     assert error["code"] == "identity_provider_unavailable"
 
 
-def test_an_air_gapped_issuer_verifies_with_its_key_file(gateway: Server) -> None:
+def test_admin_status_shows_each_issuers_keys_and_its_last_fetch(gateway: Server) -> None:
+    _chat(gateway, RSA_KEY.sign(claims("stan", groups=["llm-eng"])))
+    with pytest.raises(openai.InternalServerError):
+        _chat(gateway, RSA_KEY.sign(claims("stan", iss=UNREACHABLE)))
+    status = httpx.get(f"{gateway.base_url}/admin/status",
+                       headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    issuers = status["graph"]["issuers"]
+    assert issuers["corp"]["kids"] == ["ec-1", "rsa-1"]
+    assert issuers["corp"]["fetched_s_ago"] is not None
+    assert (issuers["unreachable"]["kids"], issuers["unreachable"]["fetched_s_ago"],
+            issuers["unreachable"]["last_fetch_failed"]) == ([], None, True)
+    assert issuers["airgapped"]["kids"] == ["offline-1"]
+
+
+def test_an_air_gapped_issuer_verifies_with_its_key_file_and_keeps_to_its_routes(
+        gateway: Server) -> None:
     raw = _chat(gateway, FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="ann@corp.test")))
     row = _ledger(gateway, raw.headers["x-request-id"])
     assert (row["key"], row["team"]) == ("airgapped#ann@corp.test", "research")
+    with pytest.raises(openai.NotFoundError):  # a route outside the issuer's routes
+        _chat(gateway, FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="ann@corp.test")),
+              "secret")
 
 
 def test_cedar_decides_on_the_subject_of_a_token(gateway: Server) -> None:

@@ -136,10 +136,10 @@ CEDAR_UNKNOWN_ENTITY = _error("AGW409", "policy names an entity the config does 
 CEDAR_INVALID = _error("AGW410", "policy does not validate against the schema")
 CEDAR_TEMPLATE = _error("AGW411", "policy templates are not supported")
 CEDAR_NO_PERMIT = _warning("AGW412", "no policy permits an action")
-CEDAR_KEY_EQUALS = _error("AGW413", "forbid matches keys only (== or is ApiKey), which their "
-                          "end users escape")
-CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit matches keys only (== or is ApiKey), "
-                                   "denying their end users")
+CEDAR_KEY_EQUALS = _error("AGW413", "forbid matches keys only (== or is ApiKey or Subject), "
+                          "which their end users escape")
+CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit matches keys only (== or is ApiKey or "
+                                   "Subject), denying their end users")
 CEDAR_ANNOTATION = _warning("AGW415", "annotation aigw does not read, spelt like one it does")
 CEDAR_USER_UNTIED = _warning("AGW416", "policy names an end user but no key: user ids are the "
                              "client's own word")

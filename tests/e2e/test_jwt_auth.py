@@ -64,7 +64,7 @@ POLICY = """\
 permit (principal, action, resource);
 
 @id("mallory-not-secret")
-forbid (principal == Subject::"mallory", action == Action::"invoke", resource == Route::"secret");
+forbid (principal in Subject::"mallory", action == Action::"invoke", resource == Route::"secret");
 """
 
 
@@ -310,6 +310,8 @@ def test_cedar_decides_on_the_subject_of_a_token(gateway: Server) -> None:
     with pytest.raises(openai.PermissionDeniedError) as refused:
         _chat(gateway, mallory, "secret")
     assert "mallory-not-secret" in refused.value.response.text
+    with _client(gateway, mallory) as client, pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="secret", messages=HI, user="someone-else")
     _chat(gateway, RSA_KEY.sign(claims("mike", groups=["llm-eng"])), "secret")
 
 

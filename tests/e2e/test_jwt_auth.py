@@ -231,9 +231,11 @@ def test_a_token_whose_claim_maps_to_no_team_is_refused(gateway: Server) -> None
         "not-yet-valid", "no-exp", "key-of-another-algorithm"])
 def test_a_token_that_does_not_verify_is_a_401_that_says_why(
         gateway: Server, made: Any, said: str) -> None:
-    error = _refused(gateway, made(), openai.AuthenticationError)
+    token = made()
+    error = _refused(gateway, token, openai.AuthenticationError)
     assert error["code"] == "invalid_token"
     assert said in error["message"]
+    assert token not in gateway.log
 
 
 def test_a_new_signing_key_is_fetched_when_a_token_names_it(

@@ -178,6 +178,7 @@ class Identities:
             assert state.fetched_at is not None
             if (self._clock() - state.fetched_at >= issuer.jwks_max_age_s and due
                     and not state.lock.locked()):
+                state.tried_at = self._clock()  # one renewal, however many ask meanwhile
                 self._renewing.spawn(self._refresh(state, url, issuer.name),
                                      name=f"jwks {issuer.name}")
             return state.keys

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import jwt
 
+from aigw.compiler import overview
 from aigw.compiler.graph import ApiKey, Graph, Issuer, IssuerTeams, Quota, Team
 from aigw.compiler.keys import shown_moment
 
@@ -212,20 +213,18 @@ class Identities:
         state.keys, state.fetched_at, state.failed = keys, self._clock(), False
 
     def status(self, graph: Graph) -> dict[str, dict[str, object]]:
-        """Each issuer of ``graph`` with the kids of the keys it verifies with now, how
+        """Each issuer of ``graph`` as ``aigw compile`` shows it, with the kids of the keys
+        it verifies with now, how
         long ago they were fetched (None: never, or from its jwks_file) and whether the
         last fetch failed, for /admin/status."""
         shown: dict[str, dict[str, object]] = {}
-        for issuer in sorted(graph.issuers_by_iss.values(), key=lambda item: item.name):
+        for issuer in overview.issuers(graph):
             state = self._sets.get(issuer.jwks_url) if issuer.jwks_url is not None else None
             keys = (_by_kid(json.loads(issuer.jwks)) if issuer.jwks is not None
                     else state.keys if state is not None else {})
             fetched = state.fetched_at if state is not None else None
             shown[issuer.name] = {
-                "issuer": issuer.issuer,
-                "jwks": issuer.jwks_url or "jwks_file",
-                "audiences": list(issuer.audiences),
-                "algorithms": list(issuer.algorithms),
+                **overview.issuer_entry(issuer),
                 "kids": sorted(keys),
                 "fetched_s_ago": None if fetched is None else round(self._clock() - fetched, 1),
                 "last_fetch_failed": state.failed if state is not None else False,

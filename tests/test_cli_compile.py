@@ -81,3 +81,21 @@ def test_json_hides_credentials_in_a_providers_base_url(
     providers = json.loads(_compiled(gateway_dir, capsys, "--format", "json"))["providers"]
     assert providers["box"]["base_url"] == "http://***@127.0.0.1:9/v1"
     assert providers["local"]["base_url"] is None
+
+
+def test_issuers_are_shown_with_what_their_tokens_must_carry(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(__file__).parent / "compiler" / "cases" / "ok-issuers"
+    issuers = json.loads(_compiled(root, capsys, "--format", "json"))["issuers"]
+    assert issuers["corp"] == {
+        "issuer": "https://login.example.com/",
+        "jwks": "https://login.example.com/.well-known/jwks.json",
+        "audiences": ["aigw"], "algorithms": ["RS256", "ES256"],
+        "team": {"claim": "groups", "map": {"llm-eng": "engineering",
+                                            "llm-research": "research"}, "default": None},
+        "principal_claim": "sub", "routes": None, "mcp_servers": None}
+    assert issuers["airgapped"]["jwks"] == "jwks_file"
+    text = _compiled(root, capsys)
+    assert ("  issuer corp https://login.example.com/: aud aigw, RS256, ES256, team by groups, "
+            "principal sub\n") in text

@@ -301,6 +301,8 @@ def describe_graph(graph: Graph) -> dict[str, object]:
         "teams": sorted(graph.teams),
         "keys": [{"name": key.name, **overview.key_entry(key, previous)}
                  for key, previous in overview.keys(graph)],
+        "issuers": {issuer.name: overview.issuer_entry(issuer)
+                    for issuer in overview.issuers(graph)},
         "policies": [
             {"id": p.id, "file": p.file, "line": p.line, "priority": p.priority}
             for p in graph.policies
@@ -322,6 +324,13 @@ def _graph_text(graph: Graph) -> str:
                      f"[{', '.join(sorted(entry.methods))}]")
     for key, previous in overview.keys(graph):
         lines.append(f"  key {key.name}{_key_extras(key, previous)}")
+    for issuer in overview.issuers(graph):
+        shown_issuer = overview.issuer_entry(issuer)
+        team = shown_issuer["team"]
+        shown = (f"team by {team['claim']}" if isinstance(team, dict)
+                 else f"team {team}" if team else "no team")
+        lines.append(f"  issuer {issuer.name} {issuer.issuer}: aud {', '.join(issuer.audiences)}, "
+                     f"{', '.join(issuer.algorithms)}, {shown}, principal {issuer.principal_claim}")
     lines.append(
         f"  {len(graph.providers)} providers, {len(graph.deployments)} deployments, "
         f"{len(graph.groups)} groups, {len(graph.routes)} routes, {len(graph.teams)} teams, "

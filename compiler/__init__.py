@@ -76,7 +76,7 @@ def compile_gateway(
         loaded = load(root, sink)
         sources = loaded.sources
         validated = validate(loaded, sink)
-        linked = link(validated, environ, sink, time.time() if now is None else now)
+        linked = link(validated, environ, sink, time.time() if now is None else now, root)
         checked = check_cedar(loaded.policies, linked, validated, sink)
         policies = checked.policies
         pipelines = compile_pipelines(validated, linked, sources, sink)

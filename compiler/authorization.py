@@ -104,6 +104,7 @@ def build_authorization(
     mcp_servers: Sequence[str] = (),
     agents: Sequence[str] = (),
     passthrough: Sequence[str] = (),
+    issuers: Sequence[str] = (),
 ) -> Authorization:
     """The frozen Cedar model of a compiled config (its policies already validated)."""
     parsed = checked.parsed
@@ -122,6 +123,7 @@ def build_authorization(
         *({"uid": _uid("Agent", name), "attrs": {}, "parents": []} for name in agents),
         *({"uid": _uid("Passthrough", name), "attrs": {}, "parents": []}
           for name in passthrough),
+        *({"uid": _uid("Issuer", name), "attrs": {}, "parents": []} for name in issuers),
         *(_key(key, found) for key in keys),
         *(_route(route, found) for route in routes.values()),
     ]

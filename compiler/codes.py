@@ -56,6 +56,7 @@ SCHEMA_NAME = _error("AGW208", "invalid name")
 SCHEMA_SHA256 = _error("AGW209", "invalid sha256 digest")
 SCHEMA_KEY_SECRET = _error("AGW210", "key needs exactly one of secret or sha256")
 SCHEMA_INCLUDE_SECTION = _error("AGW211", "section not allowed in an included file")
+SCHEMA_ISSUER_JWKS = _error("AGW212", "issuer needs exactly one of jwks_url and jwks_file")
 
 # AGW3xx: references, names and the graph
 REF_PROVIDER = _error("AGW301", "unknown provider")
@@ -121,6 +122,9 @@ REF_PASSTHROUGH = _error("AGW355", "unknown pass-through")
 PASSTHROUGH_PROVIDER = _error("AGW356", "pass-through to a provider type it cannot authenticate "
                               "a raw request for")
 PASSTHROUGH_PATH = _error("AGW357", "pass-through path is not a usable glob")
+ISSUER_JWKS_URL = _error("AGW358", "issuer's jwks_url cannot be fetched safely")
+ISSUER_JWKS_FILE = _error("AGW359", "issuer's jwks_file holds no usable public key")
+DUPLICATE_ISSUER = _error("AGW360", "two issuers accept the same iss")
 BASE_URL_VERSIONED = _error("AGW370", "base_url ends in an API version its adapter appends")
 
 # AGW4xx: Cedar policies
@@ -136,10 +140,10 @@ CEDAR_UNKNOWN_ENTITY = _error("AGW409", "policy names an entity the config does 
 CEDAR_INVALID = _error("AGW410", "policy does not validate against the schema")
 CEDAR_TEMPLATE = _error("AGW411", "policy templates are not supported")
 CEDAR_NO_PERMIT = _warning("AGW412", "no policy permits an action")
-CEDAR_KEY_EQUALS = _error("AGW413", "forbid matches keys only (== or is ApiKey), which their "
-                          "end users escape")
-CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit matches keys only (== or is ApiKey), "
-                                   "denying their end users")
+CEDAR_KEY_EQUALS = _error("AGW413", "forbid matches keys only (== or is ApiKey or Subject), "
+                          "which their end users escape")
+CEDAR_KEY_EQUALS_PERMIT = _warning("AGW414", "permit matches keys only (== or is ApiKey or "
+                                   "Subject), denying their end users")
 CEDAR_ANNOTATION = _warning("AGW415", "annotation aigw does not read, spelt like one it does")
 CEDAR_USER_UNTIED = _warning("AGW416", "policy names an end user but no key: user ids are the "
                              "client's own word")

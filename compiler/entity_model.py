@@ -1,16 +1,20 @@
 """The Cedar entity model generated from the linked config: types, attributes, context.
 
-    principals  ApiKey::"ci-bot" in Team::"eng"; User::"alice" (the request's ``user``)
-                in its key and in the key's team
+    principals  ApiKey::"ci-bot" in Team::"eng"; Subject::"<sub>" (a caller signed in
+                with a JWT, its issuer's principal_claim) in Issuer::"corp" and in its
+                team; User::"alice" (the request's ``user``) in its key (or subject)
+                and in that one's team
     resources   Route (in its Group or Pipeline), Group, Deployment (in its groups),
                 Pipeline, Agent, Tool, McpServer, Passthrough
-    actions     invoke (ApiKey|User -> Route|Pipeline|Agent|McpServer|Passthrough), route
-                (ApiKey|User -> Deployment), call_tool (ApiKey|User|Pipeline|Agent -> Tool)
+    actions     invoke (ApiKey|Subject|User -> Route|Pipeline|Agent|McpServer|Passthrough),
+                route (ApiKey|Subject|User -> Deployment), call_tool (ApiKey|Subject|User|
+                Pipeline|Agent -> Tool)
 
 Cedar has no floats. Money and rates are ``decimal`` (four digits after the point,
 compared with ``.lessThan()`` and friends); milliseconds and tokens are ``Long``.
-Team, Group, Pipeline, Agent, Tool, McpServer and Passthrough are enumerated types when the
-config defines at least one, so a misspelt ``Team::"engg"`` fails validation in any Cedar tool.
+Team, Issuer, Group, Pipeline, Agent, Tool, McpServer and Passthrough are enumerated types
+when the config defines at least one, so a misspelt ``Team::"engg"`` fails validation in
+any Cedar tool.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ CONTEXT: Mapping[str, CedarType] = MappingProxyType({
 DOCS: Mapping[str, str] = MappingProxyType({
     "ApiKey.admin": "an admin key",
     "User.admin": "the user's key is an admin key",
+    "Subject.admin": "always false: a caller signed in with a JWT is never an admin",
     "Route.kind": "group, deployment or pipeline",
     "Route.target": "the name of that group, deployment or pipeline",
     "Deployment.provider": "the provider's name in gateway.yaml",
@@ -133,8 +138,10 @@ DOCS: Mapping[str, str] = MappingProxyType({
 # Entity type -> (parent types, attributes). Enumerable types have neither.
 ENTITY_TYPES: Mapping[str, tuple[tuple[str, ...], Mapping[str, CedarType]]] = MappingProxyType({
     "Team": ((), MappingProxyType({})),
+    "Issuer": ((), MappingProxyType({})),
     "ApiKey": (("Team",), PRINCIPAL_ATTRIBUTES),
-    "User": (("ApiKey", "Team"), PRINCIPAL_ATTRIBUTES),
+    "Subject": (("Issuer", "Team"), PRINCIPAL_ATTRIBUTES),
+    "User": (("ApiKey", "Subject", "Team"), PRINCIPAL_ATTRIBUTES),
     "Group": ((), MappingProxyType({})),
     "Deployment": (("Group",), MappingProxyType({**DEPLOYMENT_STATIC, **DEPLOYMENT_LIVE})),
     "Route": (("Group", "Pipeline"), ROUTE_ATTRIBUTES),
@@ -144,8 +151,9 @@ ENTITY_TYPES: Mapping[str, tuple[tuple[str, ...], Mapping[str, CedarType]]] = Ma
     "McpServer": ((), MappingProxyType({})),
     "Passthrough": ((), MappingProxyType({})),
 })
-ENUMERABLE = ("Team", "Group", "Pipeline", "Agent", "Tool", "McpServer", "Passthrough")
-PRINCIPALS = ("ApiKey", "User")
+ENUMERABLE = ("Team", "Issuer", "Group", "Pipeline", "Agent", "Tool", "McpServer",
+              "Passthrough")
+PRINCIPALS = ("ApiKey", "Subject", "User")
 ACTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType({
     "invoke": (PRINCIPALS, ("Route", "Pipeline", "Agent", "McpServer", "Passthrough")),
     "route": (PRINCIPALS, ("Deployment",)),
@@ -176,6 +184,7 @@ def entity_names(linked: Linked, validated: Validated) -> EntityNames:
         MappingProxyType({
             "Team": ids("teams", linked.teams),
             "ApiKey": ids("keys", linked.keys),
+            "Issuer": ids("issuers", linked.issuers),
             "Group": ids("groups", linked.groups),
             "Deployment": ids("deployments", linked.deployments),
             "Route": ids("routes", linked.routes),

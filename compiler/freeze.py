@@ -22,6 +22,8 @@ from .graph import (
     Deployment,
     Graph,
     Group,
+    Issuer,
+    IssuerTeams,
     McpServer,
     McpSse,
     McpStdio,
@@ -50,6 +52,7 @@ from .spec import (
     CacheSpec,
     CircuitBreakerSpec,
     GroupSpec,
+    IssuerTeamSpec,
     LimitsSpec,
     PerUserSpec,
     PriceSpec,
@@ -257,6 +260,8 @@ def freeze(
         keys_by_sha256=_frozen(keys),
         previous_by_sha256=_frozen(previous),
         keys_by_name=_frozen(by_name),
+        issuers_by_iss=_frozen({issuer.issuer: issuer
+                                for issuer in _issuers(linked, teams).values()}),
         policies=policies,
         pipelines=frozen_pipelines,
         mcp_servers=_frozen({
@@ -278,6 +283,7 @@ def freeze(
             checked, deployments, groups, {**routes, **made}, teams, list(keys.values()),
             list(linked.pipelines), list(linked.mcp_servers), list(linked.agents),
             list(linked.passthrough),
+            list(linked.issuers),
         ),
         passthrough=_frozen({
             name: Passthrough(
@@ -301,6 +307,35 @@ def _prices_of(provider: str, deployments: Mapping[str, Deployment]) -> Mapping[
         if deployment.provider.name == provider:
             found.setdefault(deployment.model, deployment)
     return _frozen(found)
+def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
+    frozen: dict[str, Issuer] = {}
+    for name, item in linked.issuers.items():
+        spec = item.entry.spec
+        team: Team | IssuerTeams | None
+        if isinstance(spec.team, IssuerTeamSpec):
+            team = IssuerTeams(
+                spec.team.claim,
+                tuple((value, teams[team_name]) for value, team_name in spec.team.map.items()),
+                teams[spec.team.default] if spec.team.default is not None else None)
+        else:
+            team = teams[spec.team] if spec.team is not None else None
+        frozen[name] = Issuer(
+            name=name,
+            issuer=spec.issuer,
+            audiences=tuple(spec.audiences),
+            algorithms=tuple(dict.fromkeys(spec.algorithms)),
+            jwks_url=spec.jwks_url,
+            jwks=item.jwks,
+            team=team,
+            principal_claim=spec.principal_claim,
+            routes=frozenset(spec.routes) if spec.routes is not None else None,
+            mcp_servers=frozenset(spec.mcp_servers) if spec.mcp_servers is not None else None,
+            quota=_quota(spec.limits, spec.budget),
+            leeway_s=spec.leeway_s,
+            jwks_max_age_s=spec.jwks_max_age_s,
+            jwks_refetch_s=spec.jwks_refetch_s,
+        )
+    return frozen
 
 
 def _quota(limits: LimitsSpec | None, budget: BudgetSpec | None) -> Quota:

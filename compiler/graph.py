@@ -370,6 +370,43 @@ class ApiKey:
     # epoch seconds from which it is refused (401 key_expired); None: it does not expire
     expires_at: float | None = None
     passthrough: frozenset[str] | None = None  # the pass-throughs it may use; None: all
+    # A caller signed in with a JWT: the issuer's name and the token's principal claim
+    # (its Cedar principal is Subject::"<subject>" in Issuer::"<issuer>"); None for a key.
+    issuer: str | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerTeams:
+    """How a claim picks a caller's team: the first of ``choices`` (claim value, team)
+    whose value the token holds, else ``default`` (None: refused)."""
+
+    claim: str
+    choices: tuple[tuple[str, Team], ...]
+    default: Team | None
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An identity provider whose JWTs sign callers in: a token whose ``iss`` is
+    ``issuer``, signed with one of ``algorithms`` by a key from ``jwks_url`` (or the
+    inline ``jwks``, a JWKS as JSON text), with an ``aud`` among ``audiences``. Its
+    caller is named by ``principal_claim`` and has ``quota`` of its own."""
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    jwks_url: str | None
+    jwks: str | None
+    team: Team | IssuerTeams | None
+    principal_claim: str
+    routes: frozenset[str] | None
+    mcp_servers: frozenset[str] | None
+    quota: Quota
+    leeway_s: float
+    jwks_max_age_s: float
+    jwks_refetch_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,3 +527,5 @@ class Graph:
     keys_by_name: Mapping[str, ApiKey]
     passthrough: Mapping[str, Passthrough] = field(
         default_factory=lambda: MappingProxyType({}))
+    # Identity providers by the iss their tokens carry (issuers:)
+    issuers_by_iss: Mapping[str, Issuer] = field(default_factory=lambda: MappingProxyType({}))

@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
@@ -25,6 +26,7 @@ from .gateway_spec import SettingsSpec
 from .graph import ServedServer
 from .guardrail_graph import Guardrail
 from .guardrails import check_route_guardrails, check_served_kinds, link_guardrails
+from .issuers import LinkedIssuer, link_issuers
 from .keys import LinkedKey, link_keys
 from .kinds import check_deployment_kind, check_group_kinds
 from .mcp_servers import LinkedMcpServer, link_mcp_servers, not_ascii
@@ -41,6 +43,7 @@ from .spec import (
     DeploymentSpec,
     GroupSpec,
     GuardrailSpec,
+    IssuerSpec,
     KeySpec,
     McpServerSpec,
     PassthroughSpec,
@@ -124,6 +127,7 @@ class Linked:
     routes: Mapping[str, Entry[RouteSpec]]
     teams: Mapping[str, Entry[TeamSpec]]
     keys: Mapping[str, LinkedKey]
+    issuers: Mapping[str, LinkedIssuer]
     route_candidates: Mapping[str, tuple[str, ...]]
     pipelines: Mapping[str, str]
     served: Mapping[str, ServedServer]  # deployment -> the vLLM server aigw starts for it
@@ -134,10 +138,12 @@ class Linked:
 
 
 def link(
-    validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink, now: float
+    validated: Validated, environ: Mapping[str, str], sink: DiagnosticSink, now: float,
+    root: Path = Path("."),
 ) -> Linked:
     """Resolve every name and ${ENV} reference in ``validated``; ``now`` (epoch seconds)
-    is what key expiry warnings are measured from."""
+    is what key expiry warnings are measured from; an issuer's jwks_file is read from
+    the gateway directory ``root``."""
     tables = _merge_sections(validated, sink)
     broken = validated.broken
     providers = {
@@ -213,6 +219,10 @@ def link(
                          known_passthrough, item.entry.value("passthrough", index),
                          f"key '{item.entry.name}'", "pass-throughs are defined under "
                          "passthrough:")
+    issuers = link_issuers(
+        _entries(tables, "issuers", IssuerSpec), known_teams, known_routes, known_mcp_servers,
+        root, lambda code, kind, name, known, position, where: _unknown(
+            sink, code, kind, name, known, position, where), sink)
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}
     if routing_ok:
@@ -269,6 +279,7 @@ def link(
         routes=routes,
         teams=teams,
         keys=keys,
+        issuers=issuers,
         route_candidates=candidates,
         pipelines=pipelines,
         served=served,

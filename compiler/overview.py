@@ -17,7 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .diagnostics import shown_url
-from .graph import ApiKey, Graph, McpServer, Passthrough, PreviousSecret, RouteCache
+from .graph import (
+    ApiKey,
+    Graph,
+    Issuer,
+    IssuerTeams,
+    McpServer,
+    Passthrough,
+    PreviousSecret,
+    RouteCache,
+)
 from .guardrail_graph import Guardrail, RouteGuardrails
 from .keys import shown_moment
 
@@ -102,6 +111,28 @@ def keys(graph: Graph) -> list[tuple[ApiKey, list[PreviousSecret]]]:
         earlier.setdefault(previous.key.name, []).append(previous)
     return [(key, earlier.get(key.name, []))
             for key in sorted(graph.keys_by_name.values(), key=lambda key: key.name)]
+
+
+def issuers(graph: Graph) -> list[Issuer]:
+    """Every issuer whose tokens the graph accepts, by name."""
+    return sorted(graph.issuers_by_iss.values(), key=lambda issuer: issuer.name)
+
+
+def issuer_entry(issuer: Issuer) -> dict[str, object]:
+    """One issuer as configured: what its tokens must carry, and whose callers they are."""
+    team = issuer.team
+    return {
+        "issuer": issuer.issuer,
+        "jwks": issuer.jwks_url or "jwks_file",
+        "audiences": list(issuer.audiences),
+        "algorithms": list(issuer.algorithms),
+        "team": {"claim": team.claim, "map": {value: each.name for value, each in team.choices},
+                 "default": team.default.name if team.default is not None else None}
+        if isinstance(team, IssuerTeams) else team.name if team is not None else None,
+        "principal_claim": issuer.principal_claim,
+        "routes": None if issuer.routes is None else sorted(issuer.routes),
+        "mcp_servers": None if issuer.mcp_servers is None else sorted(issuer.mcp_servers),
+    }
 
 
 def key_entry(

@@ -26,8 +26,13 @@ from .codes import Code
 from .policy_analysis import entity_refs
 
 # The principals an end user's entity is in: a User tied to one of these is that key's
-# (or team's) user, as its app names it.
-_OWNERS = ("ApiKey", "Team")
+# (or team's, or a JWT caller's) user, as its app names it.
+_OWNERS = ("ApiKey", "Subject", "Issuer", "Team")
+# The principals an end user's User entity is a child of: matching one with == or is
+# misses its requests that name an end user (AGW413/414).
+_CALLERS = ("ApiKey", "Subject")
+_WHO = {"ApiKey": "key", "Subject": "token caller"}
+_AMONG = {"ApiKey": 'ApiKey::"k"', "Subject": 'Issuer::"i"'}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,45 +61,47 @@ def _key_only(
     forbid = body.get("effect") == "forbid"
     scope = body.get("principal") or {}
     entity = scope.get("entity") or {}
-    if scope.get("op") == "==" and entity.get("type") == "ApiKey":
-        key = json.dumps(entity.get("id", ""))
+    if scope.get("op") == "==" and entity.get("type") in _CALLERS:
+        kind, key = entity["type"], json.dumps(entity.get("id", ""))
         offset, width = _find(text, code, r"\bprincipal\b")
-        yield _key_finding(forbid, f"principal == ApiKey::{key}", offset, width,
-                           f"write principal in ApiKey::{key}: it matches the key and the end "
-                           "users of its requests")
-    elif scope.get("op") == "is" and scope.get("entity_type") == "ApiKey":
+        yield _key_finding(forbid, f"principal == {kind}::{key}", offset, width,
+                           f"write principal in {kind}::{key}: it matches the {_WHO[kind]} "
+                           "and the end users of its requests")
+    elif scope.get("op") == "is" and scope.get("entity_type") in _CALLERS:
+        kind = scope["entity_type"]
         owner = (scope.get("in") or {}).get("entity") or {}
-        written = "principal is ApiKey" + (
+        written = f"principal is {kind}" + (
             f" in {owner.get('type')}::{json.dumps(owner.get('id', ''))}" if owner else "")
-        offset, width = _find(text, code, r"\bprincipal\s+is\s+ApiKey\b")
-        hint = (f"write principal in {written.partition(' in ')[2]}: it matches its keys and "
-                "the end users of their requests" if owner
-                else "write principal alone: it matches every key and end user")
+        offset, width = _find(text, code, rf"\bprincipal\s+is\s+{kind}\b")
+        hint = (f"write principal in {written.partition(' in ')[2]}: it matches its "
+                f"{_WHO[kind]}s and the end users of their requests" if owner
+                else f"write principal alone: it matches every {_WHO[kind]} and end user")
         yield _key_finding(forbid, written, offset, width, hint)
     after = _when_offset(text, code)
     for node in _when_bodies(body):
-        for test in _key_tests(node):
+        for kind, test in _key_tests(node):
             if test is None:
-                offset, width = _find(text, code, r"\bprincipal\s+is\s+ApiKey\b", after)
-                yield _key_finding(forbid, "principal is ApiKey in a when condition", offset,
+                offset, width = _find(text, code, rf"\bprincipal\s+is\s+{kind}\b", after)
+                yield _key_finding(forbid, f"principal is {kind} in a when condition", offset,
                                    width, "leave the test out, or test principal in "
-                                   'ApiKey::"k" (or Team::"t"): that matches the keys and '
-                                   "the end users of their requests")
+                                   f'{_AMONG[kind]} (or Team::"t"): that matches the '
+                                   f"{_WHO[kind]}s and the end users of their requests")
                 continue
-            literal = rf"ApiKey\s*::\s*{re.escape(json.dumps(test))}"
+            literal = rf"{kind}\s*::\s*{re.escape(json.dumps(test))}"
             offset, width = _find(
                 text, code, rf"\bprincipal\s*==\s*{literal}|{literal}\s*==\s*principal\b", after)
-            yield _key_finding(forbid, f"principal == ApiKey::{json.dumps(test)} in a when "
+            yield _key_finding(forbid, f"principal == {kind}::{json.dumps(test)} in a when "
                                "condition", offset, width,
-                               f"write principal in ApiKey::{json.dumps(test)}: it matches the "
-                               "key and the end users of its requests")
+                               f"write principal in {kind}::{json.dumps(test)}: it matches the "
+                               f"{_WHO[kind]} and the end users of its requests")
 
 
 def _key_finding(forbid: bool, written: str, offset: int, width: int,
                  hint: str) -> PrincipalFinding:
-    keys = "that key" if "==" in written else "those keys"
+    who = "caller" if "Subject" in written.partition(" in ")[0] else "key"
+    keys = f"that {who}" if "==" in written else f"those {who}s"
     missed = (f"does not apply to requests of {keys} that name an end user (their principal "
-              "is User::, a child of the key)")
+              f"is User::, a child of the {who})")
     if forbid:
         return PrincipalFinding(codes.CEDAR_KEY_EQUALS, f"forbid with {written} {missed}, so a "
                                 "client escapes it by sending a user", offset, width, hint)
@@ -108,10 +115,10 @@ def _when_bodies(body: Mapping[str, Any]) -> Iterator[Any]:
             yield condition.get("body")
 
 
-def _key_tests(node: Any) -> Iterator[str | None]:
-    """The keys a condition matches with ``principal == ApiKey::"k"`` (their ids) and its
-    ``principal is ApiKey`` tests (None), outside any ``!`` (a negated test makes the
-    policy apply to more, not fewer, principals)."""
+def _key_tests(node: Any) -> Iterator[tuple[str, str | None]]:
+    """The callers a condition matches with ``principal == ApiKey::"k"`` (or ``Subject``),
+    as (type, id), and its ``principal is ApiKey`` tests, as (type, None), outside any
+    ``!`` (a negated test makes the policy apply to more, not fewer, principals)."""
     if isinstance(node, list):
         for item in node:
             yield from _key_tests(item)
@@ -125,13 +132,13 @@ def _key_tests(node: Any) -> Iterator[str | None]:
         sides = (equal.get("left"), equal.get("right"))
         for one, other in (sides, sides[::-1]):
             uid = _entity(other)
-            if _is_principal(one) and uid is not None and uid.get("type") == "ApiKey":
-                yield str(uid.get("id", ""))
+            if _is_principal(one) and uid is not None and uid.get("type") in _CALLERS:
+                yield str(uid["type"]), str(uid.get("id", ""))
                 return
     test = node.get("is")
     if isinstance(test, dict) and _is_principal(test.get("left")) \
-            and test.get("entity_type") == "ApiKey":
-        yield None
+            and test.get("entity_type") in _CALLERS:
+        yield str(test["entity_type"]), None
         return
     for value in node.values():
         yield from _key_tests(value)

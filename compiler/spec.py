@@ -517,6 +517,74 @@ class KeySpec(Spec):
         return self
 
 
+# What a token may be signed with: public-key algorithms only. "none" forges nothing
+# needed, and with HS256 (a shared secret) whoever holds the published keys could sign.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+]
+
+
+class IssuerTeamSpec(Spec):
+    """The team a token's caller is in, read from one of the token's claims."""
+
+    claim: str = Field(description="The claim naming the caller's groups or roles (a string "
+                       "or a list of strings), e.g. groups.")
+    map: dict[str, str] = Field(
+        min_length=1, description="Claim value -> team; the first entry whose value the "
+        "token holds decides.")
+    default: str | None = Field(
+        None, description="The team of a caller whose token holds none of the values; "
+        "without it such a caller is refused (403).")
+
+
+class IssuerSpec(Spec):
+    """An identity provider (OIDC) whose signed JWTs apps may send as their bearer token."""
+
+    issuer: str = Field(description="The tokens' iss claim, exactly as the provider writes "
+                        "it, e.g. https://login.example.com/")
+    jwks_url: str | None = Field(
+        None, description="Where the provider publishes its signing keys (https; http only "
+        "on loopback), e.g. https://login.example.com/.well-known/jwks.json")
+    jwks_file: str | None = Field(
+        None, description="A JSON Web Key Set file beside gateway.yaml, for gateways that "
+        "cannot reach the provider (exactly one of jwks_url and jwks_file).")
+    audiences: list[str] = Field(
+        min_length=1, description="Values of the aud claim that name this gateway; a token "
+        "must carry one.")
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: list[JwtAlgorithm](["RS256"]), min_length=1,
+        description="Signature algorithms accepted (public-key ones only).")
+    team: str | IssuerTeamSpec | None = Field(
+        None, description="The team of every caller of this issuer, or how a claim picks it.")
+    principal_claim: str = Field(
+        "sub", description="The claim naming the caller: its ledger name, its rpm/tpm "
+        "counters' and its Cedar principal (Subject::\"<value>\").")
+    routes: list[str] | None = Field(None, description="Routes its callers may call "
+                                     "(default all).")
+    mcp_servers: list[str] | None = Field(
+        None, description="MCP servers its callers may reach at /mcp/<name> (default all).")
+    budget: BudgetSpec | None = Field(None, description="Each caller's own budget.")
+    limits: SubjectLimitsSpec | None = Field(None, description="Each caller's own limits.")
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(
+        30.0, description="Clock skew allowed when exp, nbf and iat are checked.")
+    jwks_max_age_s: Annotated[float, Field(ge=1, le=86_400)] = Field(
+        300.0, description="How long fetched keys are used before they are fetched again "
+        "(kept, and used, while the provider cannot be reached).")
+    jwks_refetch_s: Annotated[float, Field(ge=1, le=3600)] = Field(
+        10.0, description="The fewest seconds between two fetches that tokens naming a "
+        "kid the keys lack (a rotation) cause: a flood of made-up kids costs the provider "
+        "one request in this long.")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSpec:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise PydanticCustomError(
+                "issuer_jwks", "needs exactly one of jwks_url and jwks_file, found "
+                "{found}", {"found": "both" if self.jwks_url else "neither"})
+        return self
+
+
 class McpServerSpec(Spec):
     """An upstream MCP server, proxied at ``/mcp/<name>``: one reached at ``url`` (speaking
     streamable HTTP, or with ``transport: sse`` the older HTTP+SSE transport), or a
@@ -650,6 +718,8 @@ class SectionsSpec(Spec):
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     teams: dict[str, TeamSpec] = Field(default_factory=dict)
     keys: dict[str, KeySpec] = Field(default_factory=dict)
+    issuers: dict[str, IssuerSpec] = Field(
+        default_factory=dict, description="Identity providers whose JWTs sign apps in.")
     mcp_servers: dict[str, McpServerSpec] = Field(
         default_factory=dict, description="MCP servers apps reach through the gateway."
     )
@@ -669,6 +739,7 @@ NAMED_SECTIONS: tuple[str, ...] = (
     "routes",
     "teams",
     "keys",
+    "issuers",
     "mcp_servers",
     "agents",
     "guardrails",

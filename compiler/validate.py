@@ -253,6 +253,20 @@ def _report(
             source_map.value((*loc, "sha256")),
             "compute it with: printf %s \"$KEY\" | sha256sum",
         )
+    elif kind == "issuer_jwks":
+        sink.add(
+            codes.SCHEMA_ISSUER_JWKS, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
+            "give jwks_url: the provider's https JWKS endpoint, or jwks_file: a JWKS file "
+            "beside gateway.yaml where the gateway cannot reach the provider",
+        )
+    elif kind == "literal_error" and loc[:1] == ("issuers",) and "algorithms" in loc:
+        sink.add(
+            codes.SCHEMA_VALUE,
+            f"invalid value {_found_value(error['input'])}{where}: {_expected(error)}",
+            source_map.value(loc),
+            "only public-key algorithms: with none anyone can forge a token, and with HS* "
+            "the verifying key is a shared secret (whoever holds the JWKS could sign)",
+        )
     elif kind == "moment":
         sink.add(
             codes.SCHEMA_VALUE, f"{_key_subject(loc[:-1])} {loc[-1]}: {error['msg']}",

@@ -41,6 +41,7 @@ from .errors import (
     NotFound,
     StatusError,
     StoreUnavailable,
+    Unauthorized,
 )
 from .exchange import Exchange, exchanged
 from .gemini_api import error_body as gemini_error_body
@@ -342,6 +343,18 @@ def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
 
 
+async def _named_key(live: Live, name: str) -> ApiKey:
+    """The batch creator called ``name``: a key of the config, or a JWT's caller the
+    gateway still knows (runtime/identity.py)."""
+    try:
+        return key_named(live.graph, name)
+    except Unauthorized:
+        caller = live.identities.named(live.graph, name)
+        if caller is None:
+            raise
+        return caller
+
+
 # A batch line's request has no headers of its own: its key is the batch's creator's.
 _BATCH_HEADERS = Headers({})
 
@@ -377,7 +390,7 @@ class _Endpoints:
         settings = live.graph.settings
         limit = None if upload is None else settings.max_audio_upload_bytes \
             if upload == "audio" else settings.max_image_upload_bytes
-        return await exchanged(exchange, partial(authenticate, live.graph, headers),
+        return await exchanged(exchange, partial(authenticate, live, headers),
                                partial(read_body, request, settings, upload_limit=limit),
                                answer)
 
@@ -398,7 +411,7 @@ class _Endpoints:
         # dropped only once nothing on the old graph still uses them.
         live.in_flight.count += 1
         try:
-            response = await exchanged(exchange, partial(key_named, live.graph, key_name),
+            response = await exchanged(exchange, partial(_named_key, live, key_name),
                                        read, answer)
         except GatewayError as exc:
             return LineAnswer(exc.status, exc.body(), record.request_id, exc)
@@ -484,14 +497,14 @@ class _Endpoints:
                                  request.path_params["response_id"], request.query_params)
 
     async def gemini_models(self, request: Request) -> Response:
-        return list_models(_live(request), request.headers, request.query_params)
+        return await list_models(_live(request), request.headers, request.query_params)
 
     async def gemini_model(self, request: Request) -> Response:
         """GET a Model, or POST ``{route}:generateContent`` and its siblings; the body
         is read inside, so that its errors are Gemini-shaped."""
         live, name = _live(request), request.path_params["name"]
         if request.method == "GET":
-            return get_model(live, request.headers, request.query_params, name)
+            return await get_model(live, request.headers, request.query_params, name)
         body = partial(read_body, request, live.graph.settings)
         return await model_call(live, request.headers, request.query_params, name, body,
                                 lambda: self.gateway.live, partial(client_gone, request.receive),
@@ -507,7 +520,7 @@ class _Endpoints:
         OpenAI's model objects. Cedar policies are not asked: whether they permit a call
         can depend on the request (its tokens, tags, the time), not on its name alone."""
         live = _live(request)
-        key = authenticate(live.graph, request.headers)
+        key = await authenticate(live, request.headers)
         created = int(live.loaded_at)
         data = [_model(name, created) for name in sorted(live.graph.routes)
                 if key.routes is None or name in key.routes]
@@ -515,7 +528,7 @@ class _Endpoints:
 
     async def model(self, request: Request) -> Response:
         live = _live(request)
-        key = authenticate(live.graph, request.headers)
+        key = await authenticate(live, request.headers)
         name = request.path_params["name"]
         if name not in live.graph.routes or (key.routes is not None and name not in key.routes):
             raise NotFound(f"The model '{name}' does not exist.", param="model")
@@ -560,6 +573,7 @@ class _Endpoints:
                                     for name, entry in sorted(graph.passthrough.items())},
                     "warnings": [item.as_dict() for item in graph.warnings],
                     "keys": keys_status(graph, time.time()),
+                    "issuers": live.identities.status(graph),
                 },
                 "deployments": {
                     name: dataclasses.asdict(snapshot)

@@ -1,9 +1,11 @@
-"""Authentication: a bearer key to the ApiKey the graph knows it by (only digests are kept)."""
+"""Authentication: a bearer key to the ApiKey the graph knows it by (only digests are kept),
+or a bearer JWT of one of the graph's issuers to the caller it names (runtime/identity.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 
@@ -12,6 +14,10 @@ from aigw.compiler.graph import ApiKey, Graph
 from aigw.compiler.keys import shown_moment
 
 from .errors import Forbidden, KeyExpired, Unauthorized
+from .identity import looks_like_jwt
+
+if TYPE_CHECKING:
+    from .live import Live
 
 # sha256 of "sk-aigw-dev", the development key documented in the README and gateway.yaml.
 DEV_KEY_SHA256 = "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482"
@@ -28,16 +34,30 @@ def bearer_token(headers: Headers) -> str | None:
     return headers.get("x-api-key") or None
 
 
-def authenticate(graph: Graph, headers: Headers) -> ApiKey:
-    """The caller's key, or ``Unauthorized``. The key itself is never logged or echoed."""
-    token = bearer_token(headers)
+async def authenticate(live: Live, headers: Headers) -> ApiKey:
+    """The caller's key (or the caller a JWT signs in), or ``Unauthorized``. The key or
+    token itself is never logged or echoed."""
+    return await caller_for(live, _required(bearer_token(headers)))
+
+
+async def caller_for(live: Live, token: str) -> ApiKey:
+    """The key ``token`` is or, when the graph has issuers and it is shaped like a JWT
+    and no key's current secret, the caller it signs in."""
+    graph = live.graph
+    if (graph.issuers_by_iss and looks_like_jwt(token)
+            and hashlib.sha256(token.encode()).hexdigest() not in graph.keys_by_sha256):
+        return await live.identities.caller(graph, token)
+    return key_for(graph, token)
+
+
+def _required(token: str | None) -> str:
     if token is None:
         raise Unauthorized(
             "You didn't provide an API key. You need to provide your API key in an "
             "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
             "or in an x-api-key header."
         )
-    return key_for(graph, token)
+    return token
 
 
 def key_for(graph: Graph, token: str) -> ApiKey:
@@ -95,7 +115,8 @@ def _previous(graph: Graph, digest: str) -> ApiKey | None:
 
 
 def require_admin(graph: Graph, headers: Headers) -> ApiKey:
-    return admin_only(authenticate(graph, headers))
+    """The admin key of the request; a JWT's caller is never an admin."""
+    return admin_only(key_for(graph, _required(bearer_token(headers))))
 
 
 def admin_only(key: ApiKey) -> ApiKey:

@@ -6,7 +6,8 @@
     │   │   └── OutputWithheld              an output guardrail blocked a whole answer (billed)
     │   └── PreviousResponseNotFound    400 previous_response_not_found (none kept for this key)
     ├── Unauthorized                401 invalid_api_key
-    │   └── KeyExpired                  401 key_expired (past the key's expires)
+    │   ├── KeyExpired                  401 key_expired (past the key's expires)
+    │   └── TokenRefused                401 invalid_token (a JWT of issuers: that does not verify)
     ├── Forbidden                   403 permission_denied
     ├── ModelNotFound, NotFound     404
     │   └── McpSessionUnknown           404 mcp_session_not_found (not this key's session)
@@ -26,6 +27,7 @@
     ├── NoDeploymentAvailable       503 no_deployment_available
     ├── StoreUnavailable            503 store_unavailable (limits/budgets/ledger store down)
     ├── PassthroughUnavailable      503 passthrough_unavailable (its provider is disabled)
+    ├── IdentityProviderUnavailable 503 identity_provider_unavailable (no JWKS fetched yet)
     ├── McpServerFailed             502 mcp_server_failed (an MCP server unreachable or failing)
     │   ├── McpServerTimeout            504 mcp_server_timeout
     │   ├── McpServerDisabled           503 mcp_server_disabled (its ${ENV} is not set)
@@ -140,6 +142,14 @@ class Unauthorized(GatewayError):
 
 class KeyExpired(Unauthorized):
     code = "key_expired"
+
+
+class TokenRefused(Unauthorized):
+    """A JWT that names an issuer of the config's, or looks like one, and does not verify:
+    expired, for another audience, signed with a key or algorithm the issuer does not
+    use. The message says which, never the token."""
+
+    code = "invalid_token"
 
 
 class Forbidden(GatewayError):
@@ -303,6 +313,13 @@ class PassthroughUnavailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "passthrough_unavailable"
+class IdentityProviderUnavailable(GatewayError):
+    """A token's issuer publishes its keys at a jwks_url the gateway has not fetched them
+    from yet, and cannot now (once fetched, keys are used while the provider is down)."""
+
+    status = 503
+    error_type = "api_error"
+    code = "identity_provider_unavailable"
 
 
 class McpServerFailed(GatewayError):

@@ -58,6 +58,7 @@ from .errors import (
 )
 from .guardrail_stream import guarded_stream
 from .guardrails import guard_request, guard_result
+from .identity import caller_in
 from .incoming import unless_gone
 from .live import Live
 from .policy_request import authorize
@@ -124,7 +125,7 @@ class Exchange:
         self.gone = gone
         # The gateway's live snapshot now (after any reload), for limits that changed.
         self._current = current or (lambda: live)
-        self._key_name: str | None = None
+        self._caller: ApiKey | None = None
         self.record = record
         self.headers = headers
         self.user: str | None = None
@@ -205,7 +206,7 @@ class Exchange:
         record.key, record.team = key.name, key.team.name if key.team else None
         self.user = end_user(user, self.headers, self.live.graph.settings.user_header)
         record.user = self.user
-        self._key_name = key.name
+        self._caller = key
 
     async def admit(self, key: ApiKey, tokens: int, cost: float) -> None:
         """Hold ``key``'s limits (its team's and the end user's too) for an identified
@@ -445,7 +446,7 @@ class Exchange:
         out. A store that cannot answer now is not a budget run out: fail_closed refuses
         new requests, while one in flight goes on and settles through the outbox."""
         graph = self._current().graph
-        key = graph.keys_by_name.get(self._key_name) if self._key_name is not None else None
+        key = caller_in(graph, self._caller) if self._caller is not None else None
         if key is None:  # a reload removed the key: stop spending
             raise Unauthorized("The API key was revoked during this stream.")
         assert self.admission is not None
@@ -540,7 +541,7 @@ def _as_is(_served: Served, result: ChatResult) -> ChatResult:
     return result
 
 
-async def exchanged(exchange: Exchange, key: Callable[[], ApiKey],
+async def exchanged(exchange: Exchange, key: Callable[[], Awaitable[ApiKey]],
                     body: Callable[[], Awaitable[bytes]],
                     answer: Callable[[Exchange, ApiKey, bytes], Awaitable[Response]],
                     ) -> Response:
@@ -549,7 +550,7 @@ async def exchanged(exchange: Exchange, key: Callable[[], ApiKey],
     served, ``answer`` settled it, and a stream's record is finished when the stream ends."""
     live, record = exchange.live, exchange.record
     try:
-        response = await answer(exchange, key(), await body())
+        response = await answer(exchange, await key(), await body())
     except GatewayError as exc:
         await exchange.fail(exc)
         exc.headers = {**exc.headers, **overhead_header(record)}

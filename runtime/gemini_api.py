@@ -43,9 +43,9 @@ from typing import Any
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse, Response
 
-from aigw.compiler.graph import ApiKey, Graph, Route
+from aigw.compiler.graph import ApiKey, Route
 
-from .auth import bearer_token, key_for
+from .auth import bearer_token, caller_for
 from .chat import Served, overhead_header, planned_tokens
 from .errors import (
     BadRequest,
@@ -106,13 +106,13 @@ def error_response(error: GatewayError) -> Response:
     return JSONResponse(body, status_code=code, headers=error.headers)
 
 
-def gemini_key(graph: Graph, headers: Headers, query: QueryParams) -> ApiKey:
-    """The caller's key: ``x-goog-api-key``, ``?key=``, or as the other APIs take it."""
+async def gemini_key(live: Live, headers: Headers, query: QueryParams) -> ApiKey:
+    """The caller's key (or JWT): ``x-goog-api-key``, ``?key=``, or as the other APIs take it."""
     token = headers.get("x-goog-api-key") or query.get("key") or bearer_token(headers)
     if not token:
         raise Unauthorized("You didn't provide an API key: give it in an x-goog-api-key "
                            "header (as google-genai does) or a key query parameter.")
-    return key_for(graph, token)
+    return await caller_for(live, token)
 
 
 async def model_call(
@@ -142,7 +142,7 @@ async def model_call(
 async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Body,
                     stream: bool) -> Response:
     live, record = exchange.live, exchange.record
-    key = gemini_key(live.graph, exchange.headers, query)  # before the body is read
+    key = await gemini_key(live, exchange.headers, query)  # before the body is read
     request = parse(GenerateContentRequest, await read())
     await exchange.open(key, to_chat_request(_route_name(route), request, stream))
     if not stream:
@@ -167,7 +167,7 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     its ``x-aigw-overhead-ms``, as a model endpoint's upstream time is."""
     started = time.perf_counter()
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         request = parse(CountTokensRequest, await body()).request()
         route = _route_name(name)
         tokens = await planned_tokens(live, key, headers, route, chat_messages(request),
@@ -214,13 +214,13 @@ async def deployment_count(live: Live, route: str, request: GenerateContentReque
     return None if total is None else (deployment.name, total, time.perf_counter() - asked)
 
 
-def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
+async def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
     """GET /v1beta/models: the routes this key may call by name, as /v1/models lists
     them, in Gemini's Model shape, sorted by name and paged as Google's API pages:
     ``pageSize`` (50 unless given, at most 1,000) and the ``nextPageToken`` of the
     page before as ``pageToken``."""
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         size, after = _page(query)
     except GatewayError as exc:
         return error_response(exc)
@@ -255,9 +255,9 @@ def _page_token(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).decode("ascii")
 
 
-def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
+async def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
     try:
-        key = gemini_key(live.graph, headers, query)
+        key = await gemini_key(live, headers, query)
         route = live.graph.routes.get(_route_name(name))
         if route is None or (key.routes is not None and route.name not in key.routes):
             raise NotFound(f"models/{_route_name(name)} is not found.")

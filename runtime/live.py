@@ -21,6 +21,7 @@ from . import heap
 from .admission import KeyScopes, StoreHandle
 from .background import Background
 from .guardrails import GuardClient
+from .identity import Identities
 from .policy import PolicyEngine
 from .policy_live import StateLive
 from .providers.base import ChatAdapter
@@ -105,6 +106,8 @@ class Live:
     in_flight: InFlight = field(default_factory=InFlight)
     # Asks webhook guardrails; one for the gateway, handed on by each reload.
     guard: GuardClient = field(default_factory=GuardClient)
+    # Issuers' fetched signing keys (JWT sign-in); handed on too, so a reload refetches none.
+    identities: Identities = field(default_factory=Identities)
 
     @classmethod
     def build(
@@ -124,9 +127,10 @@ class Live:
         guard.verdicts.retain(guardrail for route in graph.routes.values()
                               if route.guardrails is not None
                               for guardrail in route.guardrails.input)
+        identities = previous.identities if previous is not None else Identities()
         return cls(graph, fresh, counter, routing, telemetry, store, time.time(),
                    PolicyEngine(graph, StateLive(routing)), shutdown, KeyScopes.of(graph),
-                   guard=guard)
+                   guard=guard, identities=identities)
 
 
 def _reusable(graph: Graph, previous: Live | None) -> Mapping[str, ChatAdapter]:
@@ -337,4 +341,5 @@ class Gateway:
         self._closing.cancel()  # those still waiting for their requests: closed just now
         await self._closing.wait()
         await self.live.guard.aclose()
+        await self.live.identities.aclose()
         await self.store.aclose()

@@ -178,7 +178,7 @@ class McpProxy:
         rpc_id: object = None
         try:
             self._follow(live.graph)
-            key = authenticate(live.graph, request.headers)
+            key = await authenticate(live, request.headers)
             call.key, call.team = key.name, key.team.name if key.team else None
             name = request.path_params["server"]
             server = live.graph.mcp_servers.get(name)

@@ -104,7 +104,7 @@ async def count_tokens(
     for a principal that may send it (the key's routes and Cedar's invoke check, as on
     /v1/messages: a count tells what the route's planning does with a prompt)."""
     try:
-        key = authenticate(live.graph, headers)
+        key = await authenticate(live, headers)
         request = parse(CountTokensRequest, await body())
         # As the request would be planned: the conversation and the tools.
         tokens = await planned_tokens(live, key, headers, request.model,
@@ -145,7 +145,7 @@ def _error_response(error: GatewayError) -> Response:
 
 async def _message(exchange: Exchange, read: Callable[[], Awaitable[bytes]]) -> Response:
     live, record = exchange.live, exchange.record
-    key = authenticate(live.graph, exchange.headers)  # before the body is read
+    key = await authenticate(live, exchange.headers)  # before the body is read
     request = parse(MessagesRequest, await read())
     chosen = await exchange.open(key, to_chat_request(request))
     if not request.stream:

@@ -123,7 +123,7 @@ class PassthroughProxy:
         # The key as any provider's SDK sends it (google-genai's in x-goog-api-key or
         # ?key=), so an app needs only its SDK's base URL changed.
         return await exchanged(
-            exchange, lambda: gemini_key(live.graph, request.headers, request.query_params),
+            exchange, lambda: gemini_key(live, request.headers, request.query_params),
             nothing, answer)
 
     async def _serve(self, live: Live, exchange: Exchange, key: ApiKey,

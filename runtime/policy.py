@@ -108,7 +108,9 @@ class Principal:
 
     entity_type: str
     id: str
-    entity: str | None  # the User entity as JSON (an ApiKey is among the static entities)
+    # The entities that are the request's own (a User, a JWT's Subject) as JSON objects
+    # joined by commas; an ApiKey is among the static entities
+    entity: str | None
 
     @property
     def uid(self) -> dict[str, str]:
@@ -119,15 +121,22 @@ class Principal:
 
 
 def principal_for(authorization: Authorization, key: ApiKey, user: str | None) -> Principal:
-    """``ApiKey::"name"``, or ``User::"user"`` in that key and its team."""
+    """``ApiKey::"name"`` (or, signed in with a JWT, ``Subject::"sub"`` in its issuer and
+    team), or ``User::"user"`` in that key (or subject) and its team."""
+    admin = {"admin": key.admin} if "admin" in authorization.reads.attributes else {}
+    team = [{"type": "Team", "id": key.team.name}] if key.team is not None else []
+    entities: list[str] = []
+    if key.issuer is not None and key.subject is not None:
+        owner = {"type": "Subject", "id": key.subject}
+        entities.append(json.dumps({"uid": owner, "attrs": admin, "parents": [
+            {"type": "Issuer", "id": key.issuer}, *team]}, separators=(",", ":")))
+    else:
+        owner = {"type": "ApiKey", "id": key.name}
     if not user:
-        return Principal("ApiKey", key.name, None)
-    parents = [{"type": "ApiKey", "id": key.name}]
-    if key.team is not None:
-        parents.append({"type": "Team", "id": key.team.name})
-    attrs = {"admin": key.admin} if "admin" in authorization.reads.attributes else {}
-    entity = {"uid": {"type": "User", "id": user}, "attrs": attrs, "parents": parents}
-    return Principal("User", user, json.dumps(entity, separators=(",", ":")))
+        return Principal(owner["type"], owner["id"], ",".join(entities) or None)
+    entity = {"uid": {"type": "User", "id": user}, "attrs": admin, "parents": [owner, *team]}
+    entities.append(json.dumps(entity, separators=(",", ":")))
+    return Principal("User", user, ",".join(entities))
 
 
 @dataclass(frozen=True, slots=True)

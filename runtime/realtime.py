@@ -65,6 +65,7 @@ from .errors import (
     UpstreamConnectionError,
 )
 from .exchange import Exchange
+from .identity import caller_in
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
 from .route_call import call_route
@@ -182,7 +183,7 @@ async def _open(exchange: Exchange, headers: Headers, query: QueryParams,
     """The caller's key and the upstream's WebSocket, opened through the route's members
     as any call is (its limits held, its policies asked); its deployment's tpm hold."""
     live = exchange.live
-    key = authenticate(live.graph, headers)
+    key = await authenticate(live, headers)
     model = query.get("model")
     if not model:
         raise BadRequest("Missing required parameter: 'model' (the route, as "
@@ -464,7 +465,7 @@ class _Relay:
         or when a reload removed the key (it stops spending, as a stream does). A store
         that cannot answer is not a budget run out (as for a stream: fail_closed refuses
         new requests, not one in flight): the response after is charged to no tab."""
-        if self.key.name not in self.current().graph.keys_by_name:
+        if caller_in(self.current().graph, self.key) is None:
             return Unauthorized("The API key was revoked during this session.")
         try:
             self.tab = await self._tab()

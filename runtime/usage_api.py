@@ -103,7 +103,7 @@ async def _summary(live: Live, query: UsageQuery) -> Response:
 
 async def costs_summary(live: Live, request: Request) -> Response:
     """GET /v1/costs/summary?group_by=team,route,day&since=2026-11-01&team=eng"""
-    key = authenticate(live.graph, request.headers)
+    key = await authenticate(live, request.headers)
     query = _query(request, (Dimension.DAY, Dimension.ROUTE))
     if not key.admin:  # a key sees only its own usage
         query = dataclasses.replace(query, key=key.name, team=None)

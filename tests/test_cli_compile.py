@@ -101,3 +101,21 @@ def test_a_passthrough_and_the_keys_it_narrows_show_in_json_and_text(
     assert ("  passthrough openai-raw -> openai: /v1/vector_stores/**, /v1/files/*/content, "
             "/v1/fine_tuning/**/events [DELETE, GET, POST]") in lines
     assert "  key ci-bot: passthrough openai-raw" in lines
+
+
+def test_issuers_are_shown_with_what_their_tokens_must_carry(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(__file__).parent / "compiler" / "cases" / "ok-issuers"
+    issuers = json.loads(_compiled(root, capsys, "--format", "json"))["issuers"]
+    assert issuers["corp"] == {
+        "issuer": "https://login.example.com/",
+        "jwks": "https://login.example.com/.well-known/jwks.json",
+        "audiences": ["aigw"], "algorithms": ["RS256", "ES256"],
+        "team": {"claim": "groups", "map": {"llm-eng": "engineering",
+                                            "llm-research": "research"}, "default": None},
+        "principal_claim": "sub", "routes": None, "mcp_servers": None}
+    assert issuers["airgapped"]["jwks"] == "jwks_file"
+    text = _compiled(root, capsys)
+    assert ("  issuer corp https://login.example.com/: aud aigw, RS256, ES256, team by groups, "
+            "principal sub\n") in text

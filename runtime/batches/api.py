@@ -146,7 +146,7 @@ class _Api:
 
     async def _caller(self, request: Request) -> tuple[Live, ApiKey, BatchStore]:
         live = _live(request)
-        key = authenticate(live.graph, request.headers)
+        key = await authenticate(live, request.headers)
         store = await live.store.batches()
         assert store is not None  # made when asked for
         return live, key, store

@@ -113,10 +113,10 @@ class _A2a:
     def _graph(self) -> Graph:
         return self.workflows.gateway.live.graph
 
-    def _pipeline(self, request: Request) -> tuple[ApiKey, str]:
+    async def _pipeline(self, request: Request) -> tuple[ApiKey, str]:
         """The caller's key (else a 401) and the pipeline the path names, if that key may
         run it (else a 404, as for a pipeline that does not exist)."""
-        key = authenticate(self._graph(), request.headers)
+        key = await authenticate(self.workflows.gateway.live, request.headers)
         name: str = request.path_params["name"]
         if name not in self._graph().pipelines or not may_run(key, self._graph(), name):
             raise NotFound(f"No pipeline named '{name}'.")
@@ -124,7 +124,7 @@ class _A2a:
 
     async def card(self, request: Request) -> Response:
         try:
-            _key, name = self._pipeline(request)
+            _key, name = await self._pipeline(request)
         except GatewayError as exc:
             return card_error(exc)
         pipeline = self._graph().pipelines[name]
@@ -173,7 +173,7 @@ class _A2a:
 
     async def _rpc(self, request: Request, record: RequestRecord, call_id: list[Any]
                    ) -> Response:
-        key, name = self._pipeline(request)
+        key, name = await self._pipeline(request)
         record.key, record.team = key.name, key.team.name if key.team else None
         record.route, record.model = f"pipeline:{name}", name  # a declared one: bounded
         live = self.workflows.gateway.live

@@ -123,8 +123,8 @@ class _Api:
     def _graph(self) -> Graph:
         return self.workflows.gateway.live.graph
 
-    def _key(self, request: Request) -> ApiKey:
-        return authenticate(self._graph(), request.headers)
+    async def _key(self, request: Request) -> ApiKey:
+        return await authenticate(self.workflows.gateway.live, request.headers)
 
     def _user(self, request: Request, given: object = None) -> str | None:
         """The end user a run is for: ``given`` (the body's ``user``), else the user header
@@ -144,7 +144,7 @@ class _Api:
                                         request.headers)
 
     async def templates(self, request: Request) -> Response:
-        self._key(request)
+        await self._key(request)
         graph = self._graph()
         data = [_template(path, graph) for path in sorted(TEMPLATES_DIR.glob("*.yaml"))]
         return JSONResponse({"object": "list", "data": data})
@@ -152,14 +152,14 @@ class _Api:
     async def pipelines(self, request: Request) -> Response:
         """The pipelines this key may run (a key limited to some routes: those a route of
         its own runs)."""
-        key = self._key(request)
+        key = await self._key(request)
         graph = self._graph()
         data = [_describe(pipeline, graph) for name, pipeline in sorted(graph.pipelines.items())
                 if may_run(key, graph, name)]
         return JSONResponse({"object": "list", "data": data})
 
     async def create(self, request: Request) -> Response:
-        key = self._key(request)
+        key = await self._key(request)
         body = await _json_object(request)
         name = body.get("pipeline") or body.get("template")
         if not isinstance(name, str) or not name:
@@ -190,7 +190,7 @@ class _Api:
                             headers={"location": f"/api/v1/executions/{execution.id}"})
 
     async def executions(self, request: Request) -> Response:
-        key = self._key(request)
+        key = await self._key(request)
         store = await self.workflows.store()
         limit = page_limit(request.query_params.get("limit"), 100, 1000)
         statuses = None
@@ -234,7 +234,7 @@ class _Api:
         return await self._control(request, "cancel")
 
     async def _control(self, request: Request, action: str) -> Response:
-        key = self._key(request)
+        key = await self._key(request)
         try:
             execution = await self.workflows.control(
                 key, request.path_params["execution_id"], action
@@ -246,7 +246,7 @@ class _Api:
         return JSONResponse(execution.as_dict(), status_code=202)
 
     async def approve(self, request: Request) -> Response:
-        key = self._key(request)
+        key = await self._key(request)
         body = await _json_object(request)  # first: what is waiting is read just before deciding
         execution, waiting = await self.workflows.waiting(key, request.path_params["execution_id"])
         verdict = body.get("decision")
@@ -282,7 +282,7 @@ class _Api:
 
     async def approvals(self, request: Request) -> Response:
         """The approvals waiting for a decision this key may make (its inbox)."""
-        key = self._key(request)
+        key = await self._key(request)
         limit = page_limit(request.query_params.get("limit"), 100, 1000)
         found = await self.workflows.inbox(key, limit)
         data = [{"execution": execution.id, "pipeline": execution.pipeline, "step": state.step,
@@ -306,7 +306,7 @@ class _Api:
         return await counted(live, record, self._call_pipeline(request, record))
 
     async def _call_pipeline(self, request: Request, record: RequestRecord) -> Response:
-        key = self._key(request)
+        key = await self._key(request)
         record.key, record.team = key.name, key.team.name if key.team else None
         name = request.path_params["name"]
         given = await _json_body(request)
@@ -348,7 +348,7 @@ class _Api:
         token = websocket.query_params.get("api_key")
         headers = Headers({"authorization": f"Bearer {token}"}) if token else websocket.headers
         try:
-            key = authenticate(self._graph(), headers)
+            key = await authenticate(self.workflows.gateway.live, headers)
             await self.workflows.execution(key, execution_id)
         except Unauthorized:
             await websocket.close(code=4401)
@@ -381,7 +381,7 @@ class _Api:
             await batches.aclose()
 
     async def _execution(self, request: Request, key: ApiKey | None = None) -> Execution:
-        key = key or self._key(request)
+        key = key or await self._key(request)
         return await self.workflows.execution(key, request.path_params["execution_id"])
 
 

@@ -34,7 +34,10 @@ from .engine import HttpAnswer, ModelAnswer, Spent, StepFailed
 
 
 def find_key(live: Live, name: str | None) -> ApiKey | None:
-    return live.graph.keys_by_name.get(name) if name is not None else None
+    """The key (or JWT's caller, runtime/identity.py) called ``name`` in the graph now."""
+    if name is None:
+        return None
+    return live.graph.keys_by_name.get(name) or live.identities.named(live.graph, name)
 
 
 class GatewayModels:

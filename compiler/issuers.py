@@ -1,0 +1,163 @@
+"""Part of stage 3, link: the identity providers (``issuers:``) whose JWTs sign apps in.
+
+Checked: the teams, routes and MCP servers an issuer names (AGW304, AGW302-style
+"did you mean" through the caller's ``unknown``), a ``jwks_url`` a man in the middle
+could answer (plain http off loopback, AGW358), a ``jwks_file`` that is not a JSON Web
+Key Set of public keys (AGW359: unreadable, a malformed, private or shared-secret key,
+no signing key for any of the issuer's algorithms), and two issuers with one ``iss`` (AGW360:
+a token would be one's or the other's by chance).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import codes
+from .diagnostics import DiagnosticSink
+from .source import Position
+from .spec import IssuerSpec, IssuerTeamSpec
+
+if TYPE_CHECKING:
+    from .link import Entry
+
+# Reports a name ``kind`` that is not among ``known``: (code, kind, name, known,
+# position, where) -> None; link's own ``_unknown`` with its "did you mean" hint.
+Unknown = Callable[[codes.Code, str, str, Mapping[str, object], Position, str], None]
+
+# JWK key types by the algorithm families that sign with them.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# Members only a private (or shared-secret) JWK has.
+_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedIssuer:
+    entry: Entry[IssuerSpec]
+    jwks: str | None  # jwks_file's key set as JSON text, checked; None: fetched from jwks_url
+
+
+def link_issuers(
+    issuers: Mapping[str, Entry[IssuerSpec]],
+    known_teams: Mapping[str, object],
+    known_routes: Mapping[str, object],
+    known_mcp_servers: Mapping[str, object],
+    root: Path,
+    unknown: Unknown,
+    sink: DiagnosticSink,
+) -> dict[str, LinkedIssuer]:
+    """Name -> the issuer with its key file read; problems go to ``sink``."""
+    linked: dict[str, LinkedIssuer] = {}
+    by_iss: dict[str, str] = {}
+    for name, entry in issuers.items():
+        spec = entry.spec
+        where = f"issuer '{name}'"
+        for team, path in _teams(spec.team):
+            if team not in known_teams:
+                unknown(codes.REF_TEAM, "team", team, known_teams, entry.value(*path), where)
+        for index, route in enumerate(spec.routes or ()):
+            if route not in known_routes:
+                unknown(codes.REF_ROUTE, "route", route, known_routes,
+                        entry.value("routes", index), where)
+        for index, server in enumerate(spec.mcp_servers or ()):
+            if server not in known_mcp_servers:
+                unknown(codes.REF_MCP_SERVER, "MCP server", server, known_mcp_servers,
+                        entry.value("mcp_servers", index), where)
+        if spec.jwks_url is not None:
+            _check_url(spec.jwks_url, entry.value("jwks_url"), where, sink)
+        jwks = (_read_key_set(root / spec.jwks_file, spec.algorithms, entry.value("jwks_file"),
+                              where, sink)
+                if spec.jwks_file is not None else None)
+        first = by_iss.setdefault(spec.issuer, name)
+        if first != name:
+            sink.add(codes.DUPLICATE_ISSUER,
+                     f"{where} accepts iss '{spec.issuer}', as issuer '{first}' does",
+                     entry.value("issuer"),
+                     "a token names one issuer: merge the two (list both audiences under one)")
+        linked[name] = LinkedIssuer(entry, jwks)
+    return linked
+
+
+def _teams(team: str | IssuerTeamSpec | None) -> list[tuple[str, tuple[str | int, ...]]]:
+    """Every team name ``team`` holds, with its path under the issuer."""
+    if team is None:
+        return []
+    if isinstance(team, str):
+        return [(team, ("team",))]
+    found: list[tuple[str, tuple[str | int, ...]]] = [
+        (value, ("team", "map", claim)) for claim, value in team.map.items()]
+    if team.default is not None:
+        found.append((team.default, ("team", "default")))
+    return found
+
+
+def _check_url(url: str, position: Position, where: str, sink: DiagnosticSink) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return
+    if parsed.scheme == "http" and parsed.hostname and _loopback(parsed.hostname):
+        return
+    sink.add(codes.ISSUER_JWKS_URL, f"{where} jwks_url '{url}' is not an https URL", position,
+             "keys fetched over plain http can be swapped on the way, and then anyone can "
+             "sign in: write https://... (http only to a loopback address)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_key_set(
+    path: Path, algorithms: Sequence[str], position: Position, where: str, sink: DiagnosticSink
+) -> str | None:
+    """The file's key set as JSON text, or None (with an error) when it is not a set of
+    public keys some algorithm of the issuer's can verify with."""
+    problem: str | None
+    try:
+        document: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"is not JSON ({exc})"
+    else:
+        problem = _key_set_problem(document, algorithms)
+        if problem is None:
+            return json.dumps(document, sort_keys=True)
+    sink.add(codes.ISSUER_JWKS_FILE, f"{where} jwks_file '{path.name}' {problem}", position,
+             "export the provider's JWKS (its jwks_uri, as JSON: {\"keys\": [...]}) and keep "
+             "the file beside gateway.yaml")
+    return None
+
+
+def _key_set_problem(document: Any, algorithms: Sequence[str]) -> str | None:
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or not keys:
+        return 'has no "keys" list'
+    import jwt  # only for a config with a key file: `aigw check` stays quick without
+
+    usable = {_KEY_TYPES[algorithm[:2]] for algorithm in algorithms}
+    verifying = 0
+    for index, key in enumerate(keys):
+        if not isinstance(key, dict):
+            return f"keys[{index}] is not a JSON object"
+        secret = [member for member in _PRIVATE_MEMBERS if member in key]
+        if secret:
+            return (f"keys[{index}] holds private key material ({', '.join(secret)}): "
+                    "publish only public keys")
+        try:
+            jwt.PyJWK(key)
+        except jwt.PyJWTError as exc:
+            return f"keys[{index}] is not a usable key ({exc})"
+        verifying += key.get("kty") in usable and key.get("use", "sig") == "sig"
+    if not verifying:
+        return f"has no signing key for {', '.join(algorithms)}"
+    return None

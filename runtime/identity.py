@@ -1,0 +1,359 @@
+"""Sign-in with a JWT: a bearer token from an identity provider of ``issuers:`` to its caller.
+
+A bearer token shaped like a JWT (three base64url parts) whose ``iss`` names an issuer
+of the graph is verified with PyJWT against that issuer's published keys: the
+algorithm among the issuer's (never ``none``, never HS*), the signature, ``exp``,
+``nbf`` and ``iat`` (with the issuer's leeway), ``iss`` and ``aud``. Its caller is an
+``ApiKey`` made for the request: named ``<issuer>#<principal>`` (``#`` is in no config
+name, so no key shares its counters or ledger rows), in the team the issuer maps it to,
+with the issuer's routes and per-caller quota.
+
+Keys from a ``jwks_url`` are kept for the gateway's life, across reloads, and fetched
+again when older than ``jwks_max_age_s`` (in the background, the old ones serving
+meanwhile) or, the token waiting, when it names a ``kid`` the set lacks
+(a rotation), at most once per the issuer's ``jwks_refetch_s`` however many tokens
+name unknown kids: a flood of made-up kids costs the provider one request that often. One
+fetch at a time per URL, the others waiting for it. While the provider cannot be
+reached the keys fetched last are used, however old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+from aigw.compiler import overview
+from aigw.compiler.graph import ApiKey, Graph, Issuer, IssuerTeams, Quota, Team
+from aigw.compiler.keys import shown_moment
+
+from .background import Background
+from .errors import Forbidden, IdentityProviderUnavailable, TokenRefused
+
+log = logging.getLogger("aigw.identity")
+
+# Three base64url parts, the last (the signature) possibly empty: what alg "none" sends.
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+FETCH_TIMEOUT_S = 5.0
+MAX_JWKS_BYTES = 1 << 20
+# Key types by the algorithm families that sign with them.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_SHOWN = 120  # the most characters of a claim a message repeats
+_PREPARED_KEYS = 256
+# Callers remembered by name, for the work they started that outlives their request.
+RECENT_CALLERS = 10_000
+
+Fetch = Callable[[str], Awaitable[bytes]]
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Whether ``token`` has a JWT's shape (a key's secret never has two dots).
+
+    >>> looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"), looks_like_jwt("sk-aigw-dev")
+    (True, False)
+    """
+    return _JWT_SHAPE.fullmatch(token) is not None
+
+
+@dataclass(slots=True)
+class _KeySet:
+    """One jwks_url's keys as last fetched (kid -> JWK), and when."""
+
+    keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fetched_at: float | None = None  # monotonic; None: never fetched
+    tried_at: float = float("-inf")
+    failed: bool = False  # the last fetch failed
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Identities:
+    """The key sets of every issuer's jwks_url, and the verification of tokens against
+    them. One for the gateway, handed on by each reload; ``fetch`` is the seam a test
+    may replace (default: an httpx GET that follows no redirect)."""
+
+    def __init__(self, fetch: Fetch | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._client: httpx.AsyncClient | None = None
+        self._fetch = fetch or self._get
+        self._clock = clock
+        self._sets: dict[str, _KeySet] = {}
+        self._files: dict[str, Mapping[str, Mapping[str, Any]]] = {}  # jwks_file text -> keys
+        self._renewing = Background()  # fetches of key sets past their max age
+        # (id of a JWK, algorithm) -> that JWK and the PyJWK made of it
+        self._prepared: dict[tuple[int, str], tuple[Mapping[str, Any], jwt.PyJWK]] = {}
+        # Callers signed in lately, by name: an execution or batch they started runs
+        # as them, in the team their token's claim gave them, after the request.
+        self._recent: OrderedDict[str, ApiKey] = OrderedDict()
+
+    async def caller(self, graph: Graph, token: str) -> ApiKey:
+        """The caller ``token`` signs in, or ``TokenRefused`` saying why not."""
+        header, unverified = _unverified(token)
+        claimed = unverified.get("iss")
+        issuer = graph.issuers_by_iss.get(claimed) if isinstance(claimed, str) else None
+        if issuer is None:
+            raise TokenRefused(
+                f"The token's issuer {_shown(claimed)} is not one this gateway accepts.")
+        algorithm = header.get("alg")
+        if algorithm not in issuer.algorithms:
+            raise TokenRefused(
+                f"The token is signed with alg {_shown(algorithm)}, which issuer "
+                f"'{issuer.name}' does not accept (it accepts {', '.join(issuer.algorithms)}).")
+        key = await self._key(issuer, header.get("kid"), algorithm)
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=list(issuer.audiences),
+                issuer=issuer.issuer, leeway=issuer.leeway_s,
+                options={"require": ["exp", "iss", "aud"]})
+        except jwt.PyJWTError as exc:
+            raise TokenRefused(_refusal(exc, issuer, unverified)) from exc
+        caller = _caller(issuer, claims)
+        self._recent[caller.name] = caller
+        self._recent.move_to_end(caller.name)
+        if len(self._recent) > RECENT_CALLERS:
+            self._recent.popitem(last=False)
+        return caller
+
+    def named(self, graph: Graph, name: str) -> ApiKey | None:
+        """The caller called ``name`` (``<issuer>#<principal>``) as ``graph`` has it: its
+        issuer's routes and quota now; its team the issuer's fixed one or, where a claim
+        picks it, the one its token gave it when it last signed in here (None once that
+        is forgotten, or the issuer or team left the config)."""
+        issuer_name, hash_sign, subject = name.partition("#")
+        issuer = next((item for item in graph.issuers_by_iss.values()
+                       if item.name == issuer_name), None)
+        if not hash_sign or issuer is None:
+            return None
+        if not isinstance(issuer.team, IssuerTeams):
+            return _made(issuer, subject, issuer.team)
+        recent = self._recent.get(name)
+        team = graph.teams.get(recent.team.name) if recent is not None and recent.team else None
+        return _made(issuer, subject, team) if team is not None else None
+
+    async def _key(self, issuer: Issuer, kid: object, algorithm: str) -> jwt.PyJWK:
+        if issuer.jwks is not None:
+            keys = self._files.get(issuer.jwks)
+            if keys is None:
+                keys = self._files[issuer.jwks] = _by_kid(json.loads(issuer.jwks))
+        else:
+            assert issuer.jwks_url is not None  # the compiler makes sure of one of the two
+            keys = await self._fetched(issuer, kid)
+        found = _pick(keys, kid, algorithm)
+        if found is None:
+            raise TokenRefused(
+                f"The token's signing key (kid {_shown(kid)}) is not among issuer "
+                f"'{issuer.name}''s keys for {algorithm}.")
+        # Made once a key and algorithm (a key set fetched again is a new mapping).
+        prepared = (id(found), algorithm)
+        made = self._prepared.get(prepared)
+        if made is None or made[0] is not found:
+            try:
+                made = (found, jwt.PyJWK(dict(found), algorithm=algorithm))
+            except jwt.PyJWTError as exc:
+                raise TokenRefused(f"Issuer '{issuer.name}''s key {_shown(kid)} cannot "
+                                   f"verify {algorithm}.") from exc
+            self._prepared[prepared] = made
+            if len(self._prepared) > _PREPARED_KEYS:
+                self._prepared.pop(next(iter(self._prepared)))
+        return made[1]
+
+    async def _fetched(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
+        """The keys of ``issuer.jwks_url``: fetched first when there are none yet or they
+        lack ``kid`` (as its jwks_refetch_s allows); when they are only older than its
+        max age, used as they are while a fetch in the background renews them."""
+        url = issuer.jwks_url
+        assert url is not None
+        state = self._sets.setdefault(url, _KeySet())
+        known = state.fetched_at is not None and (not isinstance(kid, str) or kid in state.keys)
+        due = self._clock() - state.tried_at >= issuer.jwks_refetch_s
+        if known:
+            assert state.fetched_at is not None
+            if (self._clock() - state.fetched_at >= issuer.jwks_max_age_s and due
+                    and not state.lock.locked()):
+                state.tried_at = self._clock()  # one renewal, however many ask meanwhile
+                self._renewing.spawn(self._refresh(state, url, issuer.name),
+                                     name=f"jwks {issuer.name}")
+            return state.keys
+        if due or state.lock.locked():
+            async with state.lock:
+                # Another request may have fetched while this one waited.
+                if (self._clock() - state.tried_at >= issuer.jwks_refetch_s
+                        and (state.fetched_at is None
+                             or (isinstance(kid, str) and kid not in state.keys))):
+                    await self._refresh_now(state, url, issuer.name)
+        if state.fetched_at is None:
+            raise IdentityProviderUnavailable(
+                f"The keys of issuer '{issuer.name}' could not be fetched; try again shortly.")
+        return state.keys
+
+    async def _refresh(self, state: _KeySet, url: str, name: str) -> None:
+        async with state.lock:
+            await self._refresh_now(state, url, name)
+
+    async def _refresh_now(self, state: _KeySet, url: str, name: str) -> None:
+        state.tried_at = self._clock()
+        try:
+            document = json.loads(await self._fetch(url))
+            keys = _by_kid(document)
+        except (httpx.HTTPError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("issuer '%s': fetching its keys from %s failed (%s); %s", name, url,
+                        type(exc).__name__, "keeping those fetched before"
+                        if state.fetched_at is not None else "none to use yet")
+            state.failed = True
+            return
+        state.keys, state.fetched_at, state.failed = keys, self._clock(), False
+
+    def status(self, graph: Graph) -> dict[str, dict[str, object]]:
+        """Each issuer of ``graph`` as ``aigw compile`` shows it, with the kids of the keys
+        it verifies with now, how
+        long ago they were fetched (None: never, or from its jwks_file) and whether the
+        last fetch failed, for /admin/status."""
+        shown: dict[str, dict[str, object]] = {}
+        for issuer in overview.issuers(graph):
+            state = self._sets.get(issuer.jwks_url) if issuer.jwks_url is not None else None
+            keys = (_by_kid(json.loads(issuer.jwks)) if issuer.jwks is not None
+                    else state.keys if state is not None else {})
+            fetched = state.fetched_at if state is not None else None
+            shown[issuer.name] = {
+                **overview.issuer_entry(issuer),
+                "kids": sorted(keys),
+                "fetched_s_ago": None if fetched is None else round(self._clock() - fetched, 1),
+                "last_fetch_failed": state.failed if state is not None else False,
+            }
+        return shown
+
+    async def _get(self, url: str) -> bytes:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False)
+        async with self._client.stream("GET", url, headers={"accept": "application/json"}) as got:
+            got.raise_for_status()
+            body = bytearray()
+            async for chunk in got.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError(f"a key set over {MAX_JWKS_BYTES} bytes")
+            return bytes(body)
+
+    async def aclose(self) -> None:
+        self._renewing.cancel()
+        await self._renewing.wait()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A token's header and claims as written, to pick its issuer and key: nothing in
+    them is trusted until PyJWT has verified the signature over them."""
+    try:
+        header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                          for part in token.split(".", 2)[:2])
+    except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+        raise TokenRefused("The bearer token is not a well-formed JWT.") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise TokenRefused("The bearer token is not a well-formed JWT.")
+    return header, claims
+
+
+def _by_kid(document: Any) -> dict[str, Mapping[str, Any]]:
+    """A JWKS's public signing keys by kid ("" for a key with none)."""
+    keys = document["keys"]
+    if not isinstance(keys, list):
+        raise ValueError("keys is not a list")
+    return {str(key.get("kid", "")): key for key in keys
+            if isinstance(key, dict) and key.get("use", "sig") == "sig" and "d" not in key
+            and key.get("kty") in _KEY_TYPES.values()}
+
+
+def _pick(keys: Mapping[str, Mapping[str, Any]], kid: object,
+          algorithm: str) -> Mapping[str, Any] | None:
+    """The key ``kid`` names, if it suits ``algorithm``; with no kid, the one key that
+    suits it (a provider with a single key may leave kid out)."""
+    def suits(key: Mapping[str, Any]) -> bool:
+        return (key.get("kty") == _KEY_TYPES[algorithm[:2]]
+                and key.get("alg", algorithm) == algorithm)
+
+    if isinstance(kid, str):
+        found = keys.get(kid)
+        return found if found is not None and suits(found) else None
+    suiting = [key for key in keys.values() if suits(key)]
+    return suiting[0] if len(suiting) == 1 else None
+
+
+def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any]) -> str:
+    """Why a token of ``issuer`` was refused, in the caller's terms."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        exp = unverified.get("exp")
+        when = f" at {shown_moment(exp)}" if isinstance(exp, int | float) else ""
+        return f"The token expired{when}; get a new one from issuer '{issuer.name}'."
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "The token is not valid yet (its nbf or iat is in the future)."
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return (f"The token's audience {_shown(unverified.get('aud'))} is not this gateway "
+                f"(issuer '{issuer.name}' tokens must name one of: "
+                f"{', '.join(issuer.audiences)}).")
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"The token has no '{exc.claim}' claim."
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return f"The token's signature does not verify with issuer '{issuer.name}''s key."
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return "The token's iat claim is not a time."
+    return f"The token does not verify ({type(exc).__name__})."
+
+
+def _caller(issuer: Issuer, claims: Mapping[str, Any]) -> ApiKey:
+    principal = claims.get(issuer.principal_claim)
+    if isinstance(principal, int) and not isinstance(principal, bool):
+        principal = str(principal)
+    if not isinstance(principal, str) or not principal:
+        raise TokenRefused(
+            f"The token has no '{issuer.principal_claim}' claim naming its caller "
+            f"(issuer '{issuer.name}' names callers by it).")
+    return _made(issuer, principal, _team(issuer, claims))
+
+
+def _made(issuer: Issuer, principal: str, team: Team | None) -> ApiKey:
+    return ApiKey(
+        name=f"{issuer.name}#{principal}", team=team, admin=False, quota=issuer.quota,
+        per_user=team.per_user if team is not None else Quota(),
+        routes=issuer.routes, mcp_servers=issuer.mcp_servers, sha256=None,
+        issuer=issuer.name, subject=principal)
+
+
+def caller_in(graph: Graph, key: ApiKey) -> ApiKey | None:
+    """``key`` as ``graph`` has it, None once a reload took it out: a key by its name; a
+    JWT's caller (verified when its request began) while its issuer is in the config."""
+    if key.issuer is None:
+        return graph.keys_by_name.get(key.name)
+    present = any(item.name == key.issuer for item in graph.issuers_by_iss.values())
+    return key if present else None
+
+
+def _team(issuer: Issuer, claims: Mapping[str, Any]) -> Team | None:
+    if not isinstance(issuer.team, IssuerTeams):
+        return issuer.team
+    rule = issuer.team
+    held = claims.get(rule.claim)
+    values = {held} if isinstance(held, str) else (
+        {item for item in held if isinstance(item, str)} if isinstance(held, list) else set())
+    for value, team in rule.choices:
+        if value in values:
+            return team
+    if rule.default is not None:
+        return rule.default
+    raise Forbidden(
+        f"The token's '{rule.claim}' claim holds none of the values issuer "
+        f"'{issuer.name}' maps to a team ({', '.join(value for value, _ in rule.choices)}).")
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

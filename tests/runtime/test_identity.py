@@ -1,0 +1,130 @@
+"""runtime/identity.py through its seams: the key fetch (a coroutine) and the clock.
+
+How often the provider is asked is the point here: many tokens at once naming a kid
+the keys lack share one fetch, a provider that cannot be reached is asked again only
+after jwks_refetch_s, and keys past their max age keep verifying while a renewal fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from aigw.compiler import compile_gateway
+from aigw.compiler.graph import Graph
+from aigw.runtime.errors import IdentityProviderUnavailable, TokenRefused
+from aigw.runtime.identity import Identities, looks_like_jwt
+
+from ..fakes.jwks_server import ISSUER, SigningKey, claims
+
+KEY = SigningKey.rsa("k1")
+ROTATED = SigningKey.rsa("k2")
+
+
+class Provider:
+    """The fetch seam: answers the keys it publishes, or fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.published = [KEY]
+        self.down = False
+        self.fetches = 0
+        self.delay_s = 0.0
+
+    async def fetch(self, url: str) -> bytes:
+        self.fetches += 1
+        await asyncio.sleep(self.delay_s)
+        if self.down:
+            raise ValueError("unreachable")
+        return json.dumps({"keys": [key.public_jwk() for key in self.published]}).encode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Graph:
+    (tmp_path / "gateway.yaml").write_text(f"""\
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{chat: {{deployment: e}}}}
+teams: {{eng: {{}}}}
+issuers:
+  corp: {{issuer: "{ISSUER}", jwks_url: "https://login.example.test/jwks", audiences: [aigw],
+         team: eng, jwks_max_age_s: 60, jwks_refetch_s: 10}}
+""")
+    result = compile_gateway(tmp_path, {})
+    assert result.graph is not None, result.diagnostics
+    return result.graph
+
+
+async def test_tokens_at_once_naming_a_new_kid_share_one_fetch(graph: Graph) -> None:
+    provider, clock = Provider(), Clock()
+    identities = Identities(provider.fetch, clock)
+    await identities.caller(graph, KEY.sign(claims("a")))
+    provider.published = [KEY, ROTATED]
+    provider.delay_s = 0.05
+    clock.now += 11
+    callers = await asyncio.gather(*(identities.caller(graph, ROTATED.sign(claims(f"u{i}")))
+                                     for i in range(40)))
+    assert {caller.name for caller in callers} == {f"corp#u{i}" for i in range(40)}
+    assert provider.fetches == 2
+
+
+async def test_an_unknown_kid_refetches_at_most_once_a_refetch_interval(graph: Graph) -> None:
+    provider, clock = Provider(), Clock()
+    identities = Identities(provider.fetch, clock)
+    await identities.caller(graph, KEY.sign(claims("a")))
+    for index in range(30):
+        clock.now += 1
+        with pytest.raises(TokenRefused, match="is not among issuer 'corp''s keys"):
+            await identities.caller(graph, KEY.sign(claims("a"), kid=f"made-up-{index}"))
+    assert provider.fetches == 1 + 3  # the first, then one each 10 s of the 30
+
+
+async def test_a_provider_never_reached_is_a_503_asked_again_only_after_the_interval(
+        graph: Graph) -> None:
+    provider, clock = Provider(), Clock()
+    provider.down = True
+    identities = Identities(provider.fetch, clock)
+    token = KEY.sign(claims("a"))
+    for _ in range(5):
+        with pytest.raises(IdentityProviderUnavailable):
+            await identities.caller(graph, token)
+    assert provider.fetches == 1
+    provider.down = False
+    clock.now += 10
+    assert (await identities.caller(graph, token)).name == "corp#a"
+    assert provider.fetches == 2
+
+
+async def test_stale_keys_verify_while_their_renewal_fails(graph: Graph) -> None:
+    provider, clock = Provider(), Clock()
+    identities = Identities(provider.fetch, clock)
+    token = KEY.sign(claims("a"))
+    await identities.caller(graph, token)
+    provider.down = True
+    clock.now += 120  # past jwks_max_age_s
+    callers = await asyncio.gather(*(identities.caller(graph, token) for _ in range(20)))
+    assert {caller.name for caller in callers} == {"corp#a"}
+    await asyncio.sleep(0.01)
+    assert (await identities.caller(graph, token)).name == "corp#a"
+    await identities.aclose()
+    assert provider.fetches == 2  # one renewal tried, in the background
+
+
+def test_a_jwt_has_three_base64url_parts_and_a_key_has_not() -> None:
+    assert looks_like_jwt(KEY.sign(claims("a")))
+    assert looks_like_jwt("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.")  # alg none: no signature
+    assert not looks_like_jwt("sk-aigw-dev")
+    assert not looks_like_jwt("a.b")
+    assert not looks_like_jwt("a.b.c.d")
+    assert not looks_like_jwt("a b.c.d")

@@ -313,8 +313,11 @@ class OpenAIAdapter:
 
     def realtime_url(self, model: str, query: tuple[tuple[str, str], ...] = ()) -> str:
         """OpenAI's ``wss://api.openai.com/v1/realtime?model=`` and ``query``; an http
-        base is ws."""
-        return f"{_websocket(self._base)}/realtime?{urlencode((('model', model), *query))}"
+        base is ws. A transcription session (``intent=transcription``) names no model:
+        OpenAI's guide ("Realtime transcription") has its URL omit it, as one with a model
+        opens a conversation session, which refuses the transcription session.update."""
+        named = () if ("intent", "transcription") in query else (("model", model),)
+        return f"{_websocket(self._base)}/realtime?{urlencode((*named, *query))}"
 
     def raw_target(self) -> RawTarget:
         """The pass-through seam (providers/raw.py): the server's root and its key as

@@ -313,11 +313,32 @@ def test_openais_query_parameters_go_upstream_and_no_others(gateway: Realtime) -
     refused = asyncio.run(sessions())
     openai_session, azure_session = gateway.upstream.sessions
     passed = {"intent": "transcription", "call_id": "rtc_u1_9c2f"}
-    assert openai_session.query == {"model": "gpt-realtime", **passed}
+    assert openai_session.query == passed  # a transcription session names no model
     assert azure_session.query == {"api-version": "2024-10-01-preview",
                                    "deployment": "my-realtime", **passed}
     assert (refused.type, refused.error.param) == ("error", "intent")
     assert "realtime, transcription" in refused.error.message
+
+
+def test_a_transcription_session_opens_upstream_with_no_model(gateway: Realtime) -> None:
+    """OpenAI's transcription sessions are opened with ``intent=transcription`` and no
+    model: with the deployment's model in the URL too, the upstream opened a conversation
+    session, which refuses a transcription session.update. A session without the intent
+    still names its model."""
+    async def session() -> tuple[list[Any], list[Any]]:
+        async with connected(gateway, "realtime",
+                             query={"intent": "transcription"}) as connection:
+            created = await until(connection, "session.created")
+            await connection.session.update(session={
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}})
+            updated = [await asyncio.wait_for(connection.recv(), 10)]
+        return created, updated
+
+    created, updated = asyncio.run(session())
+    assert created[-1].session.type == "transcription"
+    assert [event.type for event in updated] == ["session.updated"], updated
+    assert gateway.upstream.sessions[0].query == {"intent": "transcription"}
 
 
 def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(

@@ -11,7 +11,11 @@ a word of the answer (``"You said: "`` and the last text given), ``response.outp
 the given key's last four characters), then a close with 3000, as OpenAI's API does.
 A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
 drops the connection unclosed; one of ``SLOW`` is answered slowly, and can be
-cancelled (``response.cancel``). Each session's handshake
+cancelled (``response.cancel``). ``input_audio_buffer.commit`` stands for the end of a
+turn that server VAD detects: the server starts a (slow) response of its own, as
+OpenAI's does with ``turn_detection`` on. ``intent=transcription`` with no model opens a
+transcription session; with a model the session is a conversation, which refuses a
+transcription ``session.update`` as OpenAI's does. Each session's handshake
 headers and the close code its client sent are kept for the test to read.
 """
 
@@ -120,8 +124,12 @@ class RealtimeFake:
             await websocket.close(3000, "invalid_request_error.invalid_api_key")
             return
         model = session.query.get("model") or session.query.get("deployment")
+        # A transcription session is one asked for with no model (OpenAI's guide, "Realtime
+        # transcription"); with a model the URL opens a conversation, whatever the intent.
+        kind_of_session = "transcription" if model is None and \
+            session.query.get("intent") == "transcription" else "realtime"
         await self._send(websocket, "session.created", session={
-            "id": self._id("sess"), "object": "realtime.session", "type": "realtime",
+            "id": self._id("sess"), "object": "realtime.session", "type": kind_of_session,
             "model": model, "output_modalities": ["audio"]})
         said = ""
         cancelled = asyncio.Event()  # the client's response.cancel
@@ -131,9 +139,16 @@ class RealtimeFake:
                 event = json.loads(message)
                 session.events.append(event)
                 kind = event.get("type")
-                if kind == "session.update":
+                if kind == "session.update" and \
+                        event.get("session", {}).get("type", kind_of_session) != kind_of_session:
+                    await self._send(websocket, "error", error={
+                        "type": "invalid_request_error", "code": "invalid_parameter",
+                        "message": "Passing a transcription session update event to a "
+                        "realtime session is not allowed.", "param": None,
+                        "event_id": event.get("event_id")})
+                elif kind == "session.update":
                     await self._send(websocket, "session.updated", session={
-                        "id": "sess", "object": "realtime.session", "type": "realtime",
+                        "id": "sess", "object": "realtime.session", "type": kind_of_session,
                         "model": model, **event.get("session", {})})
                 elif kind == "conversation.item.create":
                     item = {"id": self._id("item"), **event["item"]}
@@ -144,6 +159,13 @@ class RealtimeFake:
                         await websocket.close(HANG_UP_CODE, "hung up")
                     elif said == DROP:
                         websocket.transport.abort()
+                elif kind == "input_audio_buffer.commit":  # the end of a turn, as server
+                    # VAD detects it: the server starts a response of its own, slowly
+                    await self._send(websocket, "input_audio_buffer.committed",
+                                     previous_item_id=None, item_id=self._id("item"))
+                    cancelled.clear()
+                    responding.append(asyncio.ensure_future(
+                        self._respond(websocket, SLOW, cancelled)))
                 elif kind == "response.create" and said == SLOW:  # cancel read meanwhile
                     cancelled.clear()
                     responding.append(asyncio.ensure_future(

@@ -258,6 +258,19 @@ def _rpm_only(limits: Limits) -> Limits | None:
     return None if limits.rpm is None else Limits(limits.scope, limits.name, rpm=limits.rpm)
 
 
+def rate_limits(limits: tuple[Limits, ...]) -> tuple[Limits, ...]:
+    """``limits`` with only their rpm and tpm: what each response of a Realtime session
+    counts against (the session holds the place in flight, its tab the budgets)."""
+    return tuple(found for item in limits if (found := _rates_only(item)) is not None)
+
+
+@functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
+def _rates_only(limits: Limits) -> Limits | None:
+    if limits.rpm is None and limits.tpm is None:
+        return None
+    return Limits(limits.scope, limits.name, rpm=limits.rpm, tpm=limits.tpm)
+
+
 async def count_request(store: Store, request_id: str, limits: tuple[Limits, ...]) -> None:
     """Count one request against the rpm of ``limits``, nothing else (a 429 with
     Retry-After when one has no room)."""

@@ -18,11 +18,14 @@ events and close reason reach the client with that key scrubbed, as a call's ups
 error does.
 
 A connection counts as one request at connect (rpm, and a place under max_parallel for
-as long as it lasts). Each ``response.done`` carries the response's usage: it is billed
-then, at the deployment's token prices (its audio tokens at ``audio_input`` and
-``audio_output``, which default to the text prices), charged to the budgets and written
-to the ledger as a record of its own (``<session id>:<n>``); the session's tokens are
-charged to tpm as it ends. A client that leaves within a response has it cancelled
+as long as it lasts), and each response as one more (runtime/realtime_limits.py: the
+client's ``response.create`` counted before it is passed on, a response the upstream
+starts on its own at its ``response.created``; one over the rpm or tpm is refused with
+an ``error`` event, the session kept open). Each ``response.done`` carries the
+response's usage: its tokens are charged to tpm then, and it is billed at the
+deployment's token prices (its audio tokens at ``audio_input`` and ``audio_output``,
+which default to the text prices), charged to the budgets and written to the ledger as
+a record of its own (``<session id>:<n>``). A client that leaves within a response has it cancelled
 upstream, and the ``response.done`` that answers (``_CANCEL_WAIT_S``) billed. When the
 gateway stops, a session ends after its response in flight, closed with 1012.
 Between responses the session holds an empty reservation against its budgets (the
@@ -68,6 +71,7 @@ from .exchange import Exchange
 from .identity import caller_in
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
+from .realtime_limits import ResponseCounts
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
@@ -107,6 +111,9 @@ _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000
 # are audio deltas, passed on unread.
 _DONE = '"response.done"'
 _CREATED = '"response.created"'  # when a response started: its ledger record's latency
+# What a client's ``response.create`` has (counted against the rates before it is passed
+# on); its other frames, most of them audio appended, are passed on unread.
+_ASK = '"response.create"'
 # What an event that may quote the provider's key has (an ``error`` event, a failed
 # response's error): OpenAI's refusal of a key shows its tail. A quote inside a JSON
 # string is escaped, so no text or audio delta has it.
@@ -255,12 +262,22 @@ def _fitted(reason: str) -> str:
     return reason.encode()[:123].decode(errors="ignore")
 
 
-def _error_event(error: GatewayError) -> str:
-    """OpenAI's ``error`` server event for ``error``."""
+def _error_event(error: GatewayError, about: object = None) -> str:
+    """OpenAI's ``error`` server event for ``error``; ``about``: the ``event_id`` of the
+    client's event it refuses, where it gave one."""
     return json.dumps({"type": "error", "event_id": f"event_{os.urandom(12).hex()}",
                        "error": {"type": error.error_type, "code": error.shown_code,
                                  "message": error.message, "param": error.param,
-                                 "event_id": None}})
+                                 "event_id": about if isinstance(about, str) else None}})
+
+
+def _event(text: str) -> dict[str, object]:
+    """A frame's event (an empty one where it is no JSON object: passed on as it is)."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 @dataclass(slots=True)
@@ -291,6 +308,9 @@ class _Relay:
         self.upstream = won.value.socket
         self.websocket = websocket
         self.tab: Admission | None = None
+        assert exchange.admission is not None  # held at connect, else no relay
+        self.counts = ResponseCounts(self.live.store, self.record.request_id,
+                                     exchange.admission.limits)
         self.responses = 0
         self.response_started = time.perf_counter()  # the last response.created's
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
@@ -365,6 +385,8 @@ class _Relay:
                 code = message.get("code", NORMAL)
                 return _Ending(NORMAL, upstream_code=code if code in _SENDABLE else NORMAL)
             text = message.get("text")
+            if text is not None and _ASK in text and await self._refused(text):
+                continue
             try:
                 if text is not None:
                     await self.upstream.send_str(text)
@@ -373,6 +395,18 @@ class _Relay:
             except (aiohttp.ClientError, ConnectionError):  # the upstream is closing: its
                 # close frame (or its end) is what the other direction reads next
                 return await asyncio.Future()  # the other direction ends the relay
+
+    async def _refused(self, text: str) -> bool:
+        """Whether the client's ``response.create`` is refused by its rates (the client
+        told so); it was passed on however many a session asked for."""
+        event = _event(text)
+        if event.get("type") != "response.create":
+            return False
+        refused = await self.counts.asked()
+        if refused is None:
+            return False
+        await self.websocket.send_text(_error_event(refused, event.get("event_id")))
+        return True
 
     async def _from_upstream(self) -> _Ending:
         """The upstream's frames, passed on as they come, each ``response.done`` billed;
@@ -401,6 +435,7 @@ class _Relay:
                 elif _CREATED in data:
                     self.response_started = time.perf_counter()
                     self.responding += 1
+                    await self._started(data)
             elif message.type is aiohttp.WSMsgType.BINARY:
                 if not self.client_gone:
                     await self.websocket.send_bytes(message.data)
@@ -416,6 +451,22 @@ class _Relay:
                 self.record.failures.append(UpstreamFailure(self.deployment.name, provider,
                                                             str(error.code)))
                 return _Ending(SERVER_ERROR, _reason(error), error=error)
+
+    async def _started(self, data: str) -> None:
+        """A response the upstream started on its own (server VAD) counted; one its rates
+        refuse is cancelled upstream (its response.done, with what was made, billed) and
+        the client told. It ran uncounted, however many a session had."""
+        refused = await self.counts.started()
+        if refused is None:
+            return
+        response = _event(data).get("response")
+        cancel = {"type": "response.cancel"}
+        if isinstance(response, dict) and isinstance(response.get("id"), str):
+            cancel["response_id"] = response["id"]
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):  # it is closing
+            await self.upstream.send_str(json.dumps(cancel))
+        if not self.client_gone:
+            await self.websocket.send_text(_error_event(refused))
 
     async def _billed(self, data: str) -> GatewayError | None:
         """Bill a ``response.done`` event's usage; the error that ends the session when
@@ -440,16 +491,20 @@ class _Relay:
         record.audio_output_tokens += usage.audio_output_tokens
         record.cost += cost
         live.routing.of(self.deployment).add_usage(live.routing.clock(), usage.total_tokens)
+        held = self.counts.done(usage.total_tokens)
         # Billed whole though a shutdown cancels the session meanwhile: its tab settled at
         # the response's cost, not released by the session's end as if nothing was spent.
-        await uncancelled(partial(self._bill, usage, cost), live.store.finish, again=True)
+        await uncancelled(partial(self._bill, usage, cost, held), live.store.finish,
+                          again=True)
         return await self._next_tab()
 
-    async def _bill(self, usage: Usage, cost: float) -> None:
-        """A response's tab settled and its ledger record written; safe to run again (a
-        hold is settled once, a record id written once)."""
+    async def _bill(self, usage: Usage, cost: float, held: Admission | None) -> None:
+        """A response's tokens charged to tpm, its tab settled and its ledger record
+        written; safe to run again (a hold is settled once, a record id written once)."""
         record, live = self.record, self.live
         try:
+            if held is not None:
+                await held.settle(usage.total_tokens, 0.0)
             if self.tab is not None:
                 await self.tab.settle(usage.total_tokens, cost)
                 self.tab = None
@@ -535,8 +590,10 @@ class _Relay:
         try:
             if self.tab is not None:
                 await self.tab.release()
-            if self.exchange.admission is not None:  # tpm charged, the place given back
-                await self.exchange.admission.settle(tokens, 0.0)
+            await self.counts.close()
+            if self.exchange.admission is not None:  # the place given back; to tpm, the
+                # tokens of responses that had no hold of their own (refused, yet billed)
+                await self.exchange.admission.settle(self.counts.unheld_tokens, 0.0)
             await DeploymentQuotas.settle(self.hold, tokens)
         except StoreUnavailable:
             log.error("could not settle realtime session %s: the store is unavailable",

@@ -1,0 +1,90 @@
+"""The limits a Realtime session (runtime/realtime.py) is held to while it is open: each
+of its responses counted as a request against its key's, team's and end user's rpm and
+tpm, as a chat request is.
+
+    response.create (the client's) -> counted before it is passed on; refused: not
+        passed on, the client answered an ``error`` event (the session goes on)
+    response.created -> one the client asked for was counted then; one the upstream
+        started on its own (server VAD) is counted now; refused: cancelled upstream
+        (``response.cancel``), the client answered an ``error`` event, and its
+        ``response.done`` (with what was made) billed as any
+    response.done -> its tokens charged to tpm (the hold of a response counted)
+
+A response holds no tokens while it runs (what it will use is not known, as a chat
+request's ``max_tokens`` tells): it is admitted while the tokens bucket is not in debt,
+and its tokens are taken at its ``response.done``, which may put the bucket in debt and
+refuse the next until it refills. The tokens of a response that had no hold (refused,
+yet billed) are charged to tpm as the session ends, with the session's own hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+from .admission import Admission, StoreHandle, rate_limits
+from .errors import GatewayError
+from .store import Denied, Limits
+
+
+class ResponseCounts:
+    """One session's responses counted against ``limits``' rpm and tpm (``limits``: the
+    session's own, as held at connect)."""
+
+    def __init__(self, handle: StoreHandle, request_id: str,
+                 limits: tuple[Limits, ...]) -> None:
+        self._handle = handle
+        self._request_id = request_id
+        self._limits = rate_limits(limits)
+        self._numbers = itertools.count(1)
+        # Holds not settled yet, oldest first: which response settles which does not
+        # matter (each holds nothing against the same buckets), only that each is once.
+        self._held: deque[Admission] = deque()
+        self._asked = 0  # the client's response.creates passed on, not started yet
+        self.unheld_tokens = 0  # of responses that had no hold: charged at the session's end
+
+    async def asked(self) -> GatewayError | None:
+        """A client's ``response.create``: counted; the refusal (it is not passed on)."""
+        refused = await self._count()
+        if refused is None:
+            self._asked += 1
+        return refused
+
+    async def started(self) -> GatewayError | None:
+        """A ``response.created``: one the client asked for is counted already, one the
+        upstream started on its own (server VAD) now; its refusal (it is cancelled)."""
+        if self._asked:
+            self._asked -= 1
+            return None
+        return await self._count()
+
+    def done(self, tokens: int) -> Admission | None:
+        """A ``response.done`` of ``tokens``: the hold to settle at them (the caller
+        settles it, safe to repeat); with none, they are charged as the session ends."""
+        if self._held:
+            return self._held.popleft()
+        self.unheld_tokens += tokens
+        return None
+
+    async def close(self) -> None:
+        """The holds of responses never done (asked, then refused upstream; or cut by the
+        session's end) settled at no tokens: each was a request all the same. Safe to
+        run again."""
+        while self._held:
+            await self._held[0].settle(0, 0.0)
+            self._held.popleft()
+
+    async def _count(self) -> GatewayError | None:
+        if not self._limits:
+            return None
+        try:
+            store = await self._handle.get()
+            decision = await store.reserve(f"{self._request_id}:response{next(self._numbers)}",
+                                           self._limits, tokens=0, cost=0.0)
+        except GatewayError as exc:  # the store cannot answer (fail_closed): refused, as
+            # a chat request is then
+            return exc
+        if isinstance(decision, Denied):
+            return decision.error()
+        self._held.append(Admission(store, decision, self._limits))
+        return None

@@ -1,0 +1,96 @@
+"""A real ``aigw serve`` relaying OpenAI's Realtime API to its fake (tests/e2e/test_realtime.py
+has the gateway), held to its key's limits for the session's whole life: each response
+counted against the rpm and tpm as a request is, one over them refused in the session
+(an error event, the session kept open), a response the upstream starts on its own
+(server VAD) cancelled when refused."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..fakes.openai_realtime import SLOW
+from .test_realtime import Realtime, connected, realtime_gateway, said, until
+
+pytestmark = pytest.mark.e2e
+
+
+async def _asked(connection: Any, text: str, event_id: str) -> None:
+    await connection.conversation.item.create(item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await until(connection, "conversation.item.created")
+    await connection.response.create(event_id=event_id)
+
+
+@pytest.mark.parametrize(("limit", "unit"), [("rpm: 3", "RPM"), ("tpm: 200", "TPM")])
+def test_a_response_over_the_keys_rate_is_refused_and_the_session_goes_on(
+        tmp_path: Path, limit: str, unit: str) -> None:
+    """rpm 3: the connect and two responses fit, the third does not; tpm 200: a response
+    uses 160 tokens, charged as it is done, so the second puts the bucket in debt and the
+    third does not fit. The third response.create is answered an error event naming it,
+    is not passed on, and the session goes on. A session's responses were never counted:
+    a client ran as many as it liked in one socket."""
+    async def session(served: Realtime) -> tuple[Any, list[Any]]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, "hi")
+            await said(connection, "again")
+            await _asked(connection, "once more", "evt_third")
+            refused = await asyncio.wait_for(connection.recv(), 10)
+            await connection.session.update(session={"type": "realtime",
+                                                     "instructions": "Be brief."})
+            return refused, await until(connection, "session.updated")
+
+    with realtime_gateway(tmp_path / "gw", dev=f"limits: {{{limit}}}") as served:
+        refused, after = asyncio.run(session(served))
+        assert (refused.type, refused.error.type, refused.error.code) == (
+            "error", "rate_limit_error", "rate_limit_exceeded"), refused
+        assert refused.error.event_id == "evt_third"
+        assert unit in refused.error.message
+        assert [event.type for event in after] == ["session.updated"]  # still open
+        upstream = served.upstream.sessions[0]
+        assert [event["type"] for event in upstream.events].count("response.create") == 2
+        assert len(served.server.ledger_rows(2)) == 2
+
+
+def test_a_response_the_upstream_starts_over_the_rate_is_cancelled(tmp_path: Path) -> None:
+    """A response the upstream starts on its own (server VAD, at the end of a turn) counts
+    as one the client asked for: over the rpm, it is cancelled upstream and the client
+    gets an error event; its response.done, cancelled, is billed. It ran uncounted."""
+    async def session(served: Realtime) -> list[Any]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, "hi")
+            await connection.input_audio_buffer.commit()
+            return await until(connection, "response.done")
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 2}") as served:
+        events = asyncio.run(session(served))
+        kinds = [event.type for event in events]
+        assert "error" in kinds and kinds.index("response.created") < kinds.index("error")
+        assert events[kinds.index("error")].error.code == "rate_limit_exceeded"
+        assert events[-1].response.status == "cancelled"
+        upstream = served.upstream.sessions[0]
+        cancel = upstream.events[-1]
+        assert cancel["type"] == "response.cancel"
+        assert cancel["response_id"] == events[kinds.index("response.created")].response.id
+        assert len(served.server.ledger_rows(2)) == 2  # what it made, billed all the same
+
+
+def test_a_response_under_the_rate_runs_and_counts(tmp_path: Path) -> None:
+    """Under the rpm, a response the client asks for and one the upstream starts both run
+    whole, and a third is refused: both were counted."""
+    async def session(served: Realtime) -> tuple[list[Any], Any]:
+        async with connected(served, "realtime") as connection:
+            await connection.input_audio_buffer.commit()
+            started = await until(connection, "response.done")
+            await _asked(connection, SLOW, "evt_second")
+            await until(connection, "response.done")
+            await _asked(connection, "hi", "evt_third")
+            return started, await asyncio.wait_for(connection.recv(), 10)
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 3}") as served:
+        started, refused = asyncio.run(session(served))
+        assert started[-1].response.status == "completed"
+        assert (refused.type, refused.error.event_id) == ("error", "evt_third")

@@ -251,6 +251,7 @@ def freeze(
             batches_concurrency=settings.batches_concurrency,
             redis_namespace=settings.redis_namespace,
             max_passthrough_bytes=settings.max_passthrough_bytes,
+            realtime_max_session_s=settings.realtime_max_session_s,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

@@ -120,6 +120,13 @@ class SettingsSpec(Spec):
     user_header: str = Field(
         "x-aigw-user", description="Header naming the end user when the body has no 'user'."
     )
+    realtime_max_session_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        3600.0,
+        description="Longest a Realtime session (/v1/realtime) stays open (OpenAI's own cap "
+        "is 60 minutes): then, after its response in flight (billed), it is closed with "
+        "1001 after a session_expired error event. A session also ends when its key "
+        "expires (key_expired, 3000).",
+    )
     execution_lease_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0,
         description="A pipeline execution whose gateway stopped renewing its lease this long "

@@ -66,6 +66,7 @@ class Settings:
     batches_concurrency: int = 8
     redis_namespace: str = "aigw"
     max_passthrough_bytes: int = 512 << 20
+    realtime_max_session_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

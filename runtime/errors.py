@@ -4,7 +4,8 @@
     ├── BadRequest                  400 invalid_request_error
     │   ├── GuardrailBlocked            400 guardrail_blocked (an input guardrail; no call made)
     │   │   └── OutputWithheld              an output guardrail blocked a whole answer (billed)
-    │   └── PreviousResponseNotFound    400 previous_response_not_found (none kept for this key)
+    │   ├── PreviousResponseNotFound    400 previous_response_not_found (none kept for this key)
+    │   └── SessionExpired              400 session_expired (a Realtime session's maximum length)
     ├── Unauthorized                401 invalid_api_key
     │   ├── KeyExpired                  401 key_expired (past the key's expires)
     │   └── TokenRefused                401 invalid_token (a JWT of issuers: that does not verify)
@@ -128,6 +129,13 @@ class OutputWithheld(GuardrailBlocked):
 
     def __init__(self, guardrail: str) -> None:
         BadRequest.__init__(self, f"The answer was withheld by guardrail '{guardrail}'.")
+
+
+class SessionExpired(BadRequest):
+    """A Realtime session reached its maximum length (``realtime_max_session_s``): closed,
+    as OpenAI closes one past its own cap, with this code."""
+
+    code = "session_expired"
 
 
 class Unauthorized(GatewayError):

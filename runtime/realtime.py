@@ -31,7 +31,10 @@ gateway stops, a session ends after its response in flight, closed with 1012.
 Between responses the session holds an empty reservation against its budgets (the
 *tab*); when the next one is refused, a budget ran out: the session is closed after the
 response that spent it, with an ``insufficient_quota`` error event. A key a reload
-removed ends its sessions the same way. The access log has one line per session (its
+removed ends its sessions the same way, and so does a key's ``expires`` (``key_expired``,
+3000) or the session's maximum length, ``realtime_max_session_s`` (``session_expired``,
+1001, as OpenAI closes a session past its own cap), waited for while the session is
+idle too. The access log has one line per session (its
 responses, tokens and cost), and the metrics count it as one request.
 """
 
@@ -63,6 +66,7 @@ from .errors import (
     BudgetExceeded,
     GatewayError,
     InternalError,
+    SessionExpired,
     StoreUnavailable,
     Unauthorized,
     UpstreamConnectionError,
@@ -71,7 +75,7 @@ from .exchange import Exchange
 from .identity import caller_in
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
-from .realtime_limits import ResponseCounts
+from .realtime_limits import ResponseCounts, outlived
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
@@ -105,6 +109,7 @@ SERVER_ERROR = 1011
 SERVICE_RESTART = 1012  # the gateway is stopping: a client opens another session
 _STOPPING = "the gateway is shutting down"
 NORMAL = 1000
+GOING_AWAY = 1001
 # The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
 # What a ``response.done`` event has, looked for before a frame is parsed: most frames
@@ -248,6 +253,8 @@ async def _refuse(websocket: WebSocket, error: GatewayError) -> None:
 def _close_code(error: GatewayError) -> int:
     if isinstance(error, BudgetExceeded):
         return POLICY_VIOLATION  # not a wait: the budget's period has to turn
+    if isinstance(error, SessionExpired):
+        return GOING_AWAY  # as OpenAI closes one past its own cap
     return _CLOSE_CODES.get(error.status, SERVER_ERROR if error.status >= 500
                             else POLICY_VIOLATION)
 
@@ -278,6 +285,10 @@ def _event(text: str) -> dict[str, object]:
     except ValueError:
         return {}
     return event if isinstance(event, dict) else {}
+
+
+def _ended_by(error: GatewayError) -> _Ending:
+    return _Ending(_close_code(error), _reason(error), error=error)
 
 
 @dataclass(slots=True)
@@ -318,7 +329,10 @@ class _Relay:
         # out-of-band one, ``conversation: none``, may run beside the conversation's).
         self.responding = 0
         self.client_gone = False  # what the upstream sends now goes to no one
-        self.stopping = False  # the gateway is: the session ends after its response
+        # How the session ends once no response is in flight: the gateway is stopping, or
+        # the session's key expired, or its maximum length passed.
+        self.closing: _Ending | None = None
+        self.opened_at = time.time()
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -329,7 +343,7 @@ class _Relay:
         try:
             stopped = await self._next_tab()  # a budget spent by another since the connect
             if stopped is not None:
-                ending = _Ending(_close_code(stopped), _reason(stopped), error=stopped)
+                ending = _ended_by(stopped)
             else:
                 ending = await self._relayed()
         finally:
@@ -340,7 +354,10 @@ class _Relay:
         inbound = asyncio.ensure_future(self._from_client())
         outbound = asyncio.ensure_future(self._from_upstream())
         stop = asyncio.ensure_future(self.live.shutdown.began())
-        waited = {inbound, outbound, stop}
+        deadline = asyncio.ensure_future(outlived(
+            lambda: self.current().graph, self.key.name, self.opened_at,
+            self.live.graph.settings.realtime_max_session_s))
+        waited = {inbound, outbound, stop, deadline}
         try:
             while True:
                 done, _pending = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
@@ -348,14 +365,19 @@ class _Relay:
                     return outbound.result()
                 if inbound in done:
                     break
-                # The gateway is stopping: the session ends now, or after the response in
-                # flight (each billed by its response.done), with 1012 so that its client opens
-                # another. It was held open to the grace's end, then cut.
-                waited.discard(stop)
-                self.stopping = True
-                if not self.responding:
+                # The gateway is stopping (1012, so that its client opens another: it was
+                # held open to the grace's end, then cut), or the session must end (its key
+                # expired or was removed, its maximum length: it went on as long as its
+                # client liked): now, or after the responses in flight (each billed by its
+                # response.done).
+                for ended in done:
+                    waited.discard(ended)
+                    self.closing = self.closing or (
+                        _Ending(SERVICE_RESTART, _STOPPING) if ended is stop
+                        else _ended_by(deadline.result()))
+                if self.closing is not None and not self.responding:
                     await self.upstream.close()
-                    return _Ending(SERVICE_RESTART, _STOPPING)
+                    return self.closing
             ending = inbound.result()
             if self.responding:
                 # The client left within a response (it may have had all of its deltas):
@@ -371,9 +393,9 @@ class _Relay:
             await self.upstream.close(code=ending.upstream_code)
             return ending
         finally:
-            for task in (inbound, outbound, stop):
+            for task in (inbound, outbound, stop, deadline):
                 task.cancel()
-            await asyncio.gather(inbound, outbound, stop, return_exceptions=True)
+            await asyncio.gather(inbound, outbound, stop, deadline, return_exceptions=True)
 
     async def _from_client(self) -> _Ending:
         """The client's frames, passed on as they come; its close, passed on too."""
@@ -427,11 +449,11 @@ class _Relay:
                     self.billing = asyncio.ensure_future(self._billed(data))
                     stopped = await asyncio.shield(self.billing)
                     if stopped is not None:
-                        return _Ending(_close_code(stopped), _reason(stopped), error=stopped)
+                        return _ended_by(stopped)
                     if self.client_gone and not self.responding:  # those it left, billed
                         return _Ending(NORMAL)
-                    if self.stopping and not self.responding:
-                        return _Ending(SERVICE_RESTART, _STOPPING)
+                    if self.closing is not None and not self.responding:
+                        return self.closing
                 elif _CREATED in data:
                     self.response_started = time.perf_counter()
                     self.responding += 1

@@ -1,6 +1,7 @@
 """The limits a Realtime session (runtime/realtime.py) is held to while it is open: each
 of its responses counted as a request against its key's, team's and end user's rpm and
-tpm, as a chat request is.
+tpm, as a chat request is; and its end, when its key expires (or a reload removed it)
+or it reaches ``realtime_max_session_s`` (``outlived``).
 
     response.create (the client's) -> counted before it is passed on; refused: not
         passed on, the client answered an ``error`` event (the session goes on)
@@ -19,12 +20,22 @@ yet billed) are charged to tpm as the session ends, with the session's own hold.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import deque
+from collections.abc import Callable
+
+from aigw.compiler.graph import Graph
 
 from .admission import Admission, StoreHandle, rate_limits
-from .errors import GatewayError
+from .auth import key_named
+from .errors import GatewayError, SessionExpired, Unauthorized
 from .store import Denied, Limits
+
+# How often an open session reads its key again: a reload may move its expires, or
+# remove it, while the session waits for neither.
+_RECHECK_S = 60.0
 
 
 class ResponseCounts:
@@ -88,3 +99,32 @@ class ResponseCounts:
             return decision.error()
         self._held.append(Admission(store, decision, self._limits))
         return None
+
+
+async def outlived(graph: Callable[[], Graph], key_name: str, opened_at: float,
+                   longest_s: float) -> GatewayError:
+    """Wait until a session opened at ``opened_at`` (epoch seconds) must end, and say
+    why: its key expired, or is gone from the current graph (``graph()``), or the
+    session is ``longest_s`` old.
+
+    >>> _duration(3600.0), _duration(90.0), _duration(1.5)
+    ('60 minutes', '90 seconds', '1.5 seconds')
+    """
+    ends_at = opened_at + longest_s
+    while True:
+        now = time.time()
+        try:
+            key = key_named(graph(), key_name)
+        except Unauthorized as exc:  # KeyExpired among them
+            return exc
+        if ends_at <= now:
+            return SessionExpired(
+                f"Your session hit the maximum duration of {_duration(longest_s)}.")
+        until = ends_at if key.expires_at is None else min(ends_at, key.expires_at)
+        await asyncio.sleep(min(until - now, _RECHECK_S))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} minutes"
+    return f"{seconds:g} seconds"

@@ -2,18 +2,34 @@
 has the gateway), held to its key's limits for the session's whole life: each response
 counted against the rpm and tpm as a request is, one over them refused in the session
 (an error event, the session kept open), a response the upstream starts on its own
-(server VAD) cancelled when refused."""
+(server VAD) cancelled when refused; and ended, after its response in flight, at its
+maximum length or its key's expiry."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
+from aigw.compiler.keys import shown_moment
+
+from ..conftest import DEV_KEY
 from ..fakes.openai_realtime import SLOW
-from .test_realtime import Realtime, connected, realtime_gateway, said, until
+from .test_realtime import (
+    Realtime,
+    _code,
+    _session_line,
+    connected,
+    realtime_gateway,
+    said,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +110,60 @@ def test_a_response_under_the_rate_runs_and_counts(tmp_path: Path) -> None:
         started, refused = asyncio.run(session(served))
         assert started[-1].response.status == "completed"
         assert (refused.type, refused.error.event_id) == ("error", "evt_third")
+
+
+def test_a_session_at_its_maximum_length_ends_after_its_response(tmp_path: Path) -> None:
+    """realtime_max_session_s: 1, a response under way as it passes: the response goes
+    on whole and is billed, then a session_expired error event and a 1001 close (as
+    OpenAI closes a session past its own cap). A session went on as long as its client
+    liked."""
+    async def session(served: Realtime) -> tuple[list[Any], Any, int | None, float]:
+        async with connected(served, "realtime") as connection:
+            await until(connection, "session.created")
+            opened = time.monotonic()
+            await _asked(connection, SLOW, "evt_slow")  # about a second of answer
+            events = await until(connection, "response.done")
+            error = await asyncio.wait_for(connection.recv(), 10)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events, error, _code(closed.value), time.monotonic() - opened
+
+    with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 1") as served:
+        events, error, code, lasted = asyncio.run(session(served))
+        assert events[-1].response.status == "completed"
+        assert (error.type, error.error.code) == ("error", "session_expired")
+        assert "maximum duration of 1 seconds" in error.error.message
+        assert code == 1001
+        assert lasted < 5, lasted
+        assert len(served.server.ledger_rows(1)) == 1
+        assert _session_line(served.server)["status"] == 400
+
+
+def test_a_sessions_key_expiring_ends_it_though_it_is_idle(tmp_path: Path) -> None:
+    """A key's ``expires`` passing ends its open session, idle or not (after its
+    response in flight, billed): a key_expired error event and a 3000 close, as a bad
+    key's refusal. Revocation ended a session; expiry did not, ever."""
+    caller = "sk-aigw-expiring"
+    line = f"  expiring: {{sha256: {hashlib.sha256(caller.encode()).hexdigest()}}}\n"
+
+    async def session(served: Realtime) -> tuple[Any, int | None]:
+        async with connected(served, "realtime", caller) as connection:
+            await said(connection, "hi")
+            error = await asyncio.wait_for(connection.recv(), 15)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return error, _code(closed.value)
+
+    with realtime_gateway(tmp_path / "gw", keys=line) as served:
+        expires = int(time.time()) + 3  # from now: the gateway took its time to start
+        config = served.server.root / "gateway.yaml"
+        config.write_text(config.read_text().replace(
+            line, line.replace("}\n", f", expires: '{shown_moment(expires)}'}}\n")))
+        reloaded = httpx.post(f"{served.server.base_url}/admin/reload", timeout=30,
+                              headers={"authorization": f"Bearer {DEV_KEY}"})
+        assert reloaded.status_code == 200, reloaded.text
+        error, code = asyncio.run(session(served))
+        assert time.time() >= expires
+        assert (error.type, error.error.code, code) == ("error", "key_expired", 3000)
+        assert len(served.server.ledger_rows(1)) == 1
+        assert _session_line(served.server)["status"] == 401

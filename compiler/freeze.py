@@ -252,6 +252,7 @@ def freeze(
             redis_namespace=settings.redis_namespace,
             max_passthrough_bytes=settings.max_passthrough_bytes,
             realtime_max_session_s=settings.realtime_max_session_s,
+            websocket_ping_interval_s=settings.websocket_ping_interval_s,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

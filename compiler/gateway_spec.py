@@ -120,6 +120,14 @@ class SettingsSpec(Spec):
     user_header: str = Field(
         "x-aigw-user", description="Header naming the end user when the body has no 'user'."
     )
+    websocket_ping_interval_s: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        20.0,
+        description="Seconds between the pings the gateway sends on each WebSocket (a "
+        "Realtime session's); a client that has not answered the one before (nor sent "
+        "anything) is dropped then, and its place under max_parallel given back. Unset: "
+        "no pings, and a vanished client holds its place until TCP gives up. Read at "
+        "start (a reload does not change it).",
+    )
     realtime_max_session_s: Annotated[float, Field(gt=0, le=86400)] = Field(
         3600.0,
         description="Longest a Realtime session (/v1/realtime) stays open (OpenAI's own cap "

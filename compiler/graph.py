@@ -67,6 +67,7 @@ class Settings:
     redis_namespace: str = "aigw"
     max_passthrough_bytes: int = 512 << 20
     realtime_max_session_s: float = 3600.0
+    websocket_ping_interval_s: float | None = 20.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,9 @@ RESTART_SETTINGS = ("store", "redis_namespace", "store_failure", "store_outbox",
                     # the pipeline runner's, read when it starts
                     "execution_lease_s", "execution_retention_s", "unsaved_dir",
                     # the batch runner's (runtime/batches), read when it is made
-                    "files_dir", "batches_concurrency")
+                    "files_dir", "batches_concurrency",
+                    # hypercorn's, read as it starts serving
+                    "websocket_ping_interval_s")
 
 
 class ConfigError(Exception):

@@ -33,7 +33,7 @@ from aigw.compiler import render_text
 from aigw.compiler.served import is_loopback
 from aigw.reload_signal import EARLY_RELOAD, note_early_reloads
 
-from . import heap
+from . import heap, ws_keepalive
 from .app import create_app
 from .auth import DEV_KEY_SHA256
 from .background import Background
@@ -147,6 +147,11 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
             sock.close()  # hypercorn binds its own (SO_REUSEADDR)
     _access_log_to_stderr(gateway.telemetry.access_log)
     graph = gateway.live.graph
+    # Each WebSocket pinged, and one whose client stopped answering dropped: a vanished
+    # Realtime client held its place under max_parallel until TCP gave up.
+    config.websocket_ping_interval = graph.settings.websocket_ping_interval_s
+    if config.websocket_ping_interval is not None:
+        ws_keepalive.install()
     logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
     if options.workers > 1 and options.supervise and graph.settings.store == "embedded":

@@ -2,14 +2,20 @@
 has the gateway), held to its key's limits for the session's whole life: each response
 counted against the rpm and tpm as a request is, one over them refused in the session
 (an error event, the session kept open), a response the upstream starts on its own
-(server VAD) cancelled when refused; and ended, after its response in flight, at its
-maximum length or its key's expiry."""
+(server VAD) cancelled when refused; ended, after its response in flight, at its
+maximum length or its key's expiry; and dropped, its place given back, when its client
+stops answering pings."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +173,62 @@ def test_a_sessions_key_expiring_ends_it_though_it_is_idle(tmp_path: Path) -> No
         assert (error.type, error.error.code, code) == ("error", "key_expired", 3000)
         assert len(served.server.ledger_rows(1)) == 1
         assert _session_line(served.server)["status"] == 401
+
+
+def test_a_client_that_stops_answering_pings_is_dropped_and_its_place_given_back(
+        tmp_path: Path) -> None:
+    """websocket_ping_interval_s: 0.5, max_parallel: 2. A client that answers the pings
+    (the SDK's) stays, idle or not; one that has stopped reading (a raw socket that
+    upgraded, then went quiet: a hung or vanished client) is closed with 1011 "keepalive
+    ping timeout", its session ended and its place under max_parallel given back, so a
+    third session is admitted. It held its place until TCP gave up (never, here)."""
+    async def sessions(served: Realtime) -> tuple[list[Any], str]:
+        async with connected(served, "realtime") as kept:
+            await until(kept, "session.created")
+            with _quiet_client(served) as quiet:
+                await asyncio.sleep(2.5)  # five pings: the quiet one answered none
+                async with connected(served, "realtime") as third:
+                    created = await asyncio.wait_for(third.recv(), 10)
+                ended = _read_to_end(quiet)
+            return [created, *await said(kept, "still here")], ended
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {max_parallel: 2}",
+                          settings="websocket_ping_interval_s: 0.5") as served:
+        events, ended = asyncio.run(sessions(served))
+        assert events[0].type == "session.created"  # the quiet client's place, given back
+        assert events[-1].type == "response.done"  # the answering client still served
+        assert "keepalive ping timeout" in ended
+
+
+@contextmanager
+def _quiet_client(served: Realtime) -> Iterator[socket.socket]:
+    """A client that opens a session (its handshake, answered 101) and then reads and
+    sends nothing, so answers no ping."""
+    port = int(served.server.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as quiet:
+        quiet.sendall((
+            "GET /v1/realtime?model=realtime HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Authorization: Bearer {DEV_KEY}\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += quiet.recv(1)  # the handshake only: the events after it stay unread
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        yield quiet
+
+
+def _read_to_end(quiet: socket.socket) -> str:
+    """What the gateway sent the quiet client, to the connection's end (10 s at most)."""
+    deadline = time.monotonic() + 10
+    received = b""
+    while time.monotonic() < deadline:  # a ping every interval, and no end: ends here
+        quiet.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = quiet.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received.decode("latin-1")

@@ -424,7 +424,10 @@ class _Relay:
         event = _event(text)
         if event.get("type") != "response.create":
             return False
-        refused = await self.counts.asked()
+        # A session ending after its responses in flight starts no more (else one more
+        # each time kept it open past its end).
+        refused = self.closing.error if self.closing is not None else None
+        refused = refused or await self.counts.asked()
         if refused is None:
             return False
         await self.websocket.send_text(_error_event(refused, event.get("event_id")))

@@ -128,28 +128,35 @@ def test_a_response_under_the_rate_runs_and_counts(tmp_path: Path) -> None:
 
 
 def test_a_session_at_its_maximum_length_ends_after_its_response(tmp_path: Path) -> None:
-    """realtime_max_session_s: 1, a response under way as it passes: the response goes
-    on whole and is billed, then a session_expired error event and a 1001 close (as
-    OpenAI closes a session past its own cap). A session went on as long as its client
-    liked."""
+    """realtime_max_session_s: 0.5, a response under way as it passes: the response goes
+    on whole and is billed (a response.create meanwhile is refused: the session starts no
+    more), then a session_expired error event and a 1001 close (as OpenAI closes a
+    session past its own cap). A session went on as long as its client liked."""
     async def session(served: Realtime) -> tuple[list[Any], Any, int | None, float]:
         async with connected(served, "realtime") as connection:
             await until(connection, "session.created")
             opened = time.monotonic()
             await _asked(connection, SLOW, "evt_slow")  # about a second of answer
+            await asyncio.sleep(0.7)
+            await connection.response.create(event_id="evt_late")
             events = await until(connection, "response.done")
             error = await asyncio.wait_for(connection.recv(), 10)
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(connection.recv(), 10)
             return events, error, _code(closed.value), time.monotonic() - opened
 
-    with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 1") as served:
+    with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 0.5") as served:
         events, error, code, lasted = asyncio.run(session(served))
         assert events[-1].response.status == "completed"
+        late = [event for event in events if event.type == "error"]
+        assert [(event.error.code, event.error.event_id) for event in late] == [
+            ("session_expired", "evt_late")]
         assert (error.type, error.error.code) == ("error", "session_expired")
-        assert "maximum duration of 1 seconds" in error.error.message
+        assert "maximum duration of 0.5 seconds" in error.error.message
         assert code == 1001
         assert lasted < 5, lasted
+        upstream = served.upstream.sessions[0]
+        assert [event["type"] for event in upstream.events].count("response.create") == 1
         assert len(served.server.ledger_rows(1)) == 1
         assert _session_line(served.server)["status"] == 400
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from hypercorn.protocol import h2, h11
 from hypercorn.protocol.events import Body, Data, Event, StreamClosed
@@ -37,11 +38,19 @@ class KeptAliveWSStream(WSStream):
 
     heard = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set once the stream is closed: the pings stop then, not an interval later (the
+        # connection's tasks, which a stopping server waits for, ended that late).
+        self._ended = asyncio.Event()
+
     async def handle(self, event: Event) -> None:
         if isinstance(event, (Body, Data)):  # the client's bytes (HTTP/2's, HTTP/1.1's once
             # upgraded): its pongs among them
             self.heard = True
         await super().handle(event)
+        if self.closed:
+            self._ended.set()
 
     async def _send_pings(self) -> None:
         interval = self.config.websocket_ping_interval
@@ -52,7 +61,8 @@ class KeptAliveWSStream(WSStream):
             # room in a full buffer: the check below is made all the same.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._send_wsproto_event(Ping()), interval)
-            await self.context.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), interval)
             if not self.heard and not self.closed:
                 await self._dropped()
                 return

@@ -355,7 +355,7 @@ class _Relay:
         outbound = asyncio.ensure_future(self._from_upstream())
         stop = asyncio.ensure_future(self.live.shutdown.began())
         deadline = asyncio.ensure_future(outlived(
-            lambda: self.current().graph, self.key.name, self.opened_at,
+            lambda: self.current().graph, self.key, self.opened_at,
             self.live.graph.settings.realtime_max_session_s))
         waited = {inbound, outbound, stop, deadline}
         try:

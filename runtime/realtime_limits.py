@@ -26,11 +26,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aigw.compiler.graph import Graph
+from aigw.compiler.graph import ApiKey, Graph
 
 from .admission import Admission, StoreHandle, rate_limits
 from .auth import key_named
 from .errors import GatewayError, SessionExpired, Unauthorized
+from .identity import caller_in
 from .store import Denied, Limits
 
 # How often an open session reads its key again: a reload may move its expires, or
@@ -101,11 +102,11 @@ class ResponseCounts:
         return None
 
 
-async def outlived(graph: Callable[[], Graph], key_name: str, opened_at: float,
+async def outlived(graph: Callable[[], Graph], key: ApiKey, opened_at: float,
                    longest_s: float) -> GatewayError:
     """Wait until a session opened at ``opened_at`` (epoch seconds) must end, and say
-    why: its key expired, or is gone from the current graph (``graph()``), or the
-    session is ``longest_s`` old.
+    why: its key expired, or is gone from the current graph (``graph()``; a JWT's
+    caller: its issuer is), or the session is ``longest_s`` old.
 
     >>> _duration(3600.0), _duration(90.0), _duration(1.5)
     ('60 minutes', '90 seconds', '1.5 seconds')
@@ -114,14 +115,24 @@ async def outlived(graph: Callable[[], Graph], key_name: str, opened_at: float,
     while True:
         now = time.time()
         try:
-            key = key_named(graph(), key_name)
+            current = _current(graph(), key)
         except Unauthorized as exc:  # KeyExpired among them
             return exc
         if ends_at <= now:
             return SessionExpired(
                 f"Your session hit the maximum duration of {_duration(longest_s)}.")
-        until = ends_at if key.expires_at is None else min(ends_at, key.expires_at)
+        until = ends_at if current.expires_at is None else min(ends_at, current.expires_at)
         await asyncio.sleep(min(until - now, _RECHECK_S))
+
+
+def _current(graph: Graph, key: ApiKey) -> ApiKey:
+    """``key`` as ``graph`` has it: a key by its name (refused as its secret would be);
+    a JWT's caller while its issuer is configured (a key's name would never be its)."""
+    if key.issuer is None:
+        return key_named(graph, key.name)
+    if caller_in(graph, key) is None:
+        raise Unauthorized(f"The issuer '{key.issuer}' is no longer in the gateway's config.")
+    return key
 
 
 def _duration(seconds: float) -> str:

@@ -65,8 +65,9 @@ class Server:
             env=env,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> str:
-        """Wait for /health; returns the fingerprint of the graph being served."""
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Wait for /health; returns the fingerprint of the graph being served. The wait
+        is long for a loaded machine (several workers each compiling the config)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -332,6 +332,7 @@ def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
             principal_claim=spec.principal_claim,
             routes=frozenset(spec.routes) if spec.routes is not None else None,
             mcp_servers=frozenset(spec.mcp_servers) if spec.mcp_servers is not None else None,
+            passthrough=frozenset(spec.passthrough) if spec.passthrough is not None else None,
             quota=_quota(spec.limits, spec.budget),
             leeway_s=spec.leeway_s,
             jwks_max_age_s=spec.jwks_max_age_s,

@@ -405,6 +405,7 @@ class Issuer:
     principal_claim: str
     routes: frozenset[str] | None
     mcp_servers: frozenset[str] | None
+    passthrough: frozenset[str] | None
     quota: Quota
     leeway_s: float
     jwks_max_age_s: float

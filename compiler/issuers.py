@@ -47,6 +47,7 @@ def link_issuers(
     known_teams: Mapping[str, object],
     known_routes: Mapping[str, object],
     known_mcp_servers: Mapping[str, object],
+    known_passthrough: Mapping[str, object],
     root: Path,
     unknown: Unknown,
     sink: DiagnosticSink,
@@ -68,6 +69,10 @@ def link_issuers(
             if server not in known_mcp_servers:
                 unknown(codes.REF_MCP_SERVER, "MCP server", server, known_mcp_servers,
                         entry.value("mcp_servers", index), where)
+        for index, passthrough in enumerate(spec.passthrough or ()):
+            if passthrough not in known_passthrough:
+                unknown(codes.REF_PASSTHROUGH, "pass-through", passthrough, known_passthrough,
+                        entry.value("passthrough", index), where)
         if spec.jwks_url is not None:
             _check_url(spec.jwks_url, entry.value("jwks_url"), where, sink)
         jwks = (_read_key_set(root / spec.jwks_file, spec.algorithms, entry.value("jwks_file"),

@@ -221,7 +221,7 @@ def link(
                          "passthrough:")
     issuers = link_issuers(
         _entries(tables, "issuers", IssuerSpec), known_teams, known_routes, known_mcp_servers,
-        root, lambda code, kind, name, known, position, where: _unknown(
+        known_passthrough, root, lambda code, kind, name, known, position, where: _unknown(
             sink, code, kind, name, known, position, where), sink)
 
     candidates = {name: _route_candidates(entry.spec, groups) for name, entry in routes.items()}

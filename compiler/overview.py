@@ -132,6 +132,7 @@ def issuer_entry(issuer: Issuer) -> dict[str, object]:
         "principal_claim": issuer.principal_claim,
         "routes": None if issuer.routes is None else sorted(issuer.routes),
         "mcp_servers": None if issuer.mcp_servers is None else sorted(issuer.mcp_servers),
+        "passthrough": None if issuer.passthrough is None else sorted(issuer.passthrough),
     }
 
 

@@ -563,6 +563,9 @@ class IssuerSpec(Spec):
                                      "(default all).")
     mcp_servers: list[str] | None = Field(
         None, description="MCP servers its callers may reach at /mcp/<name> (default all).")
+    passthrough: list[str] | None = Field(
+        None, description="Pass-throughs its callers may use at /passthrough/<name>/... "
+        "(default all).")
     budget: BudgetSpec | None = Field(None, description="Each caller's own budget.")
     limits: SubjectLimitsSpec | None = Field(None, description="Each caller's own limits.")
     leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(

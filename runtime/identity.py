@@ -324,7 +324,8 @@ def _made(issuer: Issuer, principal: str, team: Team | None) -> ApiKey:
     return ApiKey(
         name=f"{issuer.name}#{principal}", team=team, admin=False, quota=issuer.quota,
         per_user=team.per_user if team is not None else Quota(),
-        routes=issuer.routes, mcp_servers=issuer.mcp_servers, sha256=None,
+        routes=issuer.routes, mcp_servers=issuer.mcp_servers, passthrough=issuer.passthrough,
+        sha256=None,
         issuer=issuer.name, subject=principal)
 
 

@@ -114,7 +114,7 @@ def test_issuers_are_shown_with_what_their_tokens_must_carry(
         "audiences": ["aigw"], "algorithms": ["RS256", "ES256"],
         "team": {"claim": "groups", "map": {"llm-eng": "engineering",
                                             "llm-research": "research"}, "default": None},
-        "principal_claim": "sub", "routes": None, "mcp_servers": None}
+        "principal_claim": "sub", "routes": None, "mcp_servers": None, "passthrough": None}
     assert issuers["airgapped"]["jwks"] == "jwks_file"
     text = _compiled(root, capsys)
     assert ("  issuer corp https://login.example.com/: aud aigw, RS256, ES256, team by groups, "

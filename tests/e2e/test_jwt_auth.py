@@ -75,6 +75,9 @@ settings:
   stop_streams_over_budget: true
 providers:
   local: {{type: echo}}
+  idp: {{type: openai_compatible, base_url: "{jwks_url.rsplit("/", 1)[0]}/v1"}}
+passthrough:
+  idp-raw: {{provider: idp, paths: [/jwks.json], methods: [GET]}}
 deployments:
   echo-small: {{provider: local, model: echo-1, context_window: 8192,
                price: {{input: 1, output: 1}}}}
@@ -103,6 +106,7 @@ issuers:
     team: research
     principal_claim: email
     routes: [chat]
+    passthrough: []
   unreachable:
     issuer: {UNREACHABLE}
     jwks_url: http://127.0.0.1:{free_port()}/jwks.json
@@ -304,6 +308,20 @@ def test_an_air_gapped_issuer_verifies_with_its_key_file_and_keeps_to_its_routes
     with pytest.raises(openai.NotFoundError):  # a route outside the issuer's routes
         _chat(gateway, FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="ann@corp.test")),
               "secret")
+
+
+def test_an_issuers_passthrough_list_narrows_its_callers_as_a_keys_does(
+        gateway: Server) -> None:
+    """A token's caller could use every pass-through: the issuer had no passthrough: to
+    narrow it with, as a key has."""
+    url = f"{gateway.base_url}/passthrough/idp-raw/jwks.json"
+    corp = RSA_KEY.sign(claims("ann", groups=["llm-eng"]))
+    served = httpx.get(url, headers={"authorization": f"Bearer {corp}"})
+    assert served.status_code == 200, served.text
+    assert [key["kid"] for key in served.json()["keys"]][:1] == ["rsa-1"]
+    narrowed = FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="ann@corp.test"))
+    refused = httpx.get(url, headers={"authorization": f"Bearer {narrowed}"})
+    assert refused.status_code == 404, refused.text  # as for a name not defined
 
 
 def test_cedar_decides_on_the_subject_of_a_token(gateway: Server) -> None:

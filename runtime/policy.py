@@ -274,7 +274,7 @@ class PolicyEngine:
     def _decide_key(self, principal: Principal, action: Mapping[str, str],
                     resource: Mapping[str, str], context: CedarContext) -> tuple[object, ...]:
         return ("decide", *_who(principal), tuple(action.items()), tuple(resource.items()),
-                context.key, self._answers(context, self._resource_values(resource)))
+                context.key, self._resource_answers(resource, context))
 
     def route(self, principal: Principal, deployments: Sequence[Deployment],
               context: CedarContext) -> list[Decision]:
@@ -327,6 +327,22 @@ class PolicyEngine:
             answers = self._answers(context, resource)
             _remember(self._outcomes, key, answers, _CACHE_JSON)
         return exact, answers
+
+    def _resource_answers(self, resource: Mapping[str, str],
+                          context: CedarContext) -> tuple[object, ...]:
+        """How the comparisons with resource attributes come out for a resource that is not
+        a deployment (a route, on every request's invoke decision): its attributes are the
+        graph's, so the outcome is a function of the context's key and the values it sets
+        against resources, computed once for each."""
+        if not self._comparisons:
+            return ()
+        key = ("resource", resource.get("type"), resource.get("id"), context.key,
+               context.versus_resource)
+        answers = self._outcomes.get(key)
+        if answers is None:
+            answers = self._answers(context, self._resource_values(resource))
+            _remember(self._outcomes, key, answers, _CACHE_JSON)
+        return answers
 
     def _answers(self, context: CedarContext, resource: Mapping[str, Any]) -> tuple[object, ...]:
         return tuple([evaluate(context.values, resource) for evaluate in self._comparisons])

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from aigw.compiler.entity_model import CONTEXT, cedar_decimal, encode_value
+from aigw.compiler.entity_model import (
+    BOOL,
+    CONTEXT,
+    DECIMAL,
+    LONG,
+    STRING,
+    CedarType,
+    cedar_decimal,
+    encode_value,
+)
 from aigw.compiler.policy_analysis import Comparison, Operand, Reads
 
 from .jsonio import dumps
@@ -34,12 +43,18 @@ _ORDER: Mapping[str, Callable[[Any, Any], bool]] = {
 class CedarContext:
     """The context record as Cedar gets it, and what decisions about it are keyed by."""
 
-    text: str
+    record: Mapping[str, Any]  # in Cedar's JSON form
     key: tuple[object, ...]
     values: Mapping[str, Any]  # "context.x" -> the value, comparable
     # The values of the fields some comparison sets against a resource attribute: how
     # those come out depends on the value itself, not on the comparisons in ``key``.
     versus_resource: tuple[object, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The record as JSON text: written only when Cedar is asked (a decision not
+        cached), not for every request whose remaining budget made a new context."""
+        return dumps(self.record).decode()
 
 
 class ContextEncoder:
@@ -49,9 +64,11 @@ class ContextEncoder:
 
     def __init__(self, reads: Reads) -> None:
         self.names = tuple(sorted(reads.context))
-        # (field, "context.field", its Cedar type, whether its exact value is in the key)
+        # (field, "context.field", its Cedar type, whether its exact value is in the key,
+        # how ``plain`` turns its JSON form into what comparisons see)
         self._fields = tuple(
-            (name, f"context.{name}", CONTEXT[name], f"context.{name}" not in reads.compared)
+            (name, f"context.{name}", CONTEXT[name], f"context.{name}" not in reads.compared,
+             _plain_form(CONTEXT[name]))
             for name in self.names
         )
         self._own = tuple(compile_comparison(item) for item in reads.comparisons
@@ -65,19 +82,32 @@ class ContextEncoder:
         record: dict[str, Any] = {}
         exact: list[str] = []
         comparable: dict[str, Any] = {}
-        for name, qualified, kind, keyed in self._fields:
+        for name, qualified, kind, keyed, form in self._fields:
             value = values.get(name)
             if name == "budget_remaining" and value is None:
                 encoded = cedar_decimal(float("inf"))
             else:
                 encoded = encode_value(kind, value)
             record[name] = encoded
-            comparable[qualified] = plain(encoded)
+            # ``plain``, its branch known from the type: two calls a field fewer
+            comparable[qualified] = (encoded if form is _AS_IS
+                                     else Decimal(encoded["__extn"]["arg"]) if form is _DECIMAL
+                                     else plain(encoded))
             if keyed:
                 exact.append(json.dumps(encoded, sort_keys=True))
         own = tuple([evaluate(comparable, _NO_RESOURCE) for evaluate in self._own])
         versus = tuple([comparable.get(name) for name in self._versus])
-        return CedarContext(dumps(record).decode(), (*exact, own), comparable, versus)
+        return CedarContext(record, (*exact, own), comparable, versus)
+
+
+_AS_IS, _DECIMAL, _OTHER = "as is", "decimal", "other"
+
+
+def _plain_form(kind: CedarType) -> str:
+    """Which branch of ``plain`` a value of ``kind`` in Cedar's JSON form takes."""
+    if kind is DECIMAL:
+        return _DECIMAL
+    return _AS_IS if kind is LONG or kind is BOOL or kind is STRING else _OTHER
 
 
 _NO_RESOURCE: Mapping[str, Any] = {}

@@ -33,7 +33,7 @@ class StateLive:
     def values(self, deployment: Deployment, fields: Sequence[str]) -> tuple[object, ...]:
         stats = self.state.of(deployment)
         now = self.state.clock()
-        return tuple(_READERS[name](stats, deployment, now) for name in fields)
+        return tuple([_READERS[name](stats, deployment, now) for name in fields])
 
 
 def _error_rate(stats: DeploymentStats, deployment: Deployment, now: float) -> float:

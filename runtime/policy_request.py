@@ -250,5 +250,7 @@ def latency_sla_ms(headers: Headers, deadline_ms: float) -> int:
 
 
 def request_tags(headers: Headers) -> tuple[str, ...]:
-    raw = headers.get(TAGS_HEADER, "")
+    raw = headers.get(TAGS_HEADER)
+    if not raw:  # most requests send none: no split, set and sort for nothing
+        return ()
     return tuple(sorted({tag.strip() for tag in raw.split(",") if tag.strip()}))

@@ -142,7 +142,7 @@ def prepare(
         record.stream = request.stream
         record.prompt_tokens = prompt_tokens
         live.telemetry.started(record)
-        if headers is not None:
+        if headers is not None and live.telemetry.tracing.enabled:
             record.span, record.trace_context = live.telemetry.tracing.request(
                 f"{operation_name(record)} {request.model}", headers
             )
@@ -206,8 +206,10 @@ async def complete(
     record = record or new_record(live, "chat")
     quotas = DeploymentQuotas(live.store, record)
 
-    async def attempt(candidate: Candidate) -> ChatResult:
-        return await call_upstream(
+    def attempt(candidate: Candidate) -> Awaitable[ChatResult]:
+        # call_upstream's coroutine itself, not one awaiting it: a frame fewer for each
+        # of the call's resumptions to pass through
+        return call_upstream(
             live, record, quotas, candidate, _worst_tokens(chosen, candidate),
             chosen.prompt_tokens,
             partial(candidate.adapter.complete, _call(chosen, candidate)),

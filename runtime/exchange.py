@@ -247,8 +247,10 @@ class Exchange:
                     "x-aigw-cache-similarity": f"{record.cache_similarity or 0.0:.4f}"}
         return {"x-aigw-cache": record.cache} if record.cache is not None else {}
 
-    async def complete(self) -> tuple[Served, ChatResult]:
-        return await self.complete_as(_as_is)
+    def complete(self) -> Awaitable[tuple[Served, ChatResult]]:
+        """The whole answer as it came (``complete_as``'s coroutine itself: no frame of
+        its own for every resumption of the request to pass through)."""
+        return self.complete_as(_as_is)
 
     async def complete_as(self, render: Callable[[Served, ChatResult], R]) -> tuple[Served, R]:
         """The whole answer, rendered by ``render`` before the request is settled and

@@ -38,13 +38,17 @@ class JSONBody(Response):
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         """As Starlette's, with the names of a model answer's headers (who served it, the
         rate limits, the overhead: a dozen) taken encoded from ``SENT_AS`` rather than
-        lowercased and encoded per answer, which were three calls a header. The same list,
-        in the same order: the caller's headers, then the length and the type. Headers
-        with any other name take Starlette's own path."""
+        lowercased and encoded per answer, which were three calls a header, and their
+        values encoded together, in one string a line each (no header value holds a line
+        break), rather than one call a value. The same list, in the same order: the
+        caller's headers, then the length and the type. Headers with any other name (or
+        a value with a line break, which HTTP refuses anyway) take Starlette's own path."""
         if headers:
             try:
-                raw = [(SENT_AS[name], value.encode("latin-1")) for name, value in headers.items()]
-            except KeyError:
+                names = [SENT_AS[name] for name in headers]
+                values = "\n".join(headers.values()).encode("latin-1").split(b"\n")
+                raw = list(zip(names, values, strict=True))
+            except (KeyError, ValueError):
                 super().init_headers(headers)
                 return
             super().init_headers(None)  # content-length and content-type, as Starlette adds them

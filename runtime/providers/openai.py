@@ -492,8 +492,9 @@ def _unread(message: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
-    details = usage.get("prompt_tokens_details") or {}
-    output = usage.get("completion_tokens_details") or {}
+    # Absent where a server sends none (vLLM, most compatible ones): not asked then.
+    details = usage.get("prompt_tokens_details")
+    output = usage.get("completion_tokens_details")
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     # xAI (and other compatible servers) count reasoning tokens in total_tokens only, not
@@ -505,10 +506,10 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_tokens=int(details.get("cached_tokens") or 0),
-        reasoning_tokens=int(output.get("reasoning_tokens") or 0),
-        audio_input_tokens=int(details.get("audio_tokens") or 0),
-        audio_output_tokens=int(output.get("audio_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0) if details else 0,
+        reasoning_tokens=int(output.get("reasoning_tokens") or 0) if output else 0,
+        audio_input_tokens=int(details.get("audio_tokens") or 0) if details else 0,
+        audio_output_tokens=int(output.get("audio_tokens") or 0) if output else 0,
     )
 
 

@@ -81,12 +81,14 @@ class EmbeddedStore(Store):
         cost: float,
         ttl: float | None = None,
     ) -> Reservation | Denied:
-        checks = self._shapes.plan(limits, tokens, cost, self._clock.now())
+        now = self._clock.now()
+        checks = self._shapes.plan(limits, tokens, cost, now)
         missing = self._limits.missing(tuple([check.counter for check in checks.budgets]))
         if missing:  # the common case, none: no coroutine to start
             await self._load(missing)
+            now = self._clock.now()  # SQLite was waited for
         ttl = self._ttl if ttl is None else ttl
-        return self._limits.reserve(request_id, checks, self._clock.now(), ttl)
+        return self._limits.reserve(request_id, checks, now, ttl)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
         missing = self._limits.missing(

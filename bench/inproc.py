@@ -3,6 +3,7 @@
 Run: python bench/inproc.py [--requests 20000] [--concurrency 32] [--lean]
      python bench/inproc.py --base REF [--rounds 4]     (A/B: REF against the working tree)
      python bench/inproc.py --calls                      (Python calls a request, cProfile)
+     python bench/inproc.py --calls --stream             (... of a streamed request)
      python bench/inproc.py --floor [--rounds 4]         (and bench/floor.py's pass-through)
      python bench/inproc.py --profile PATH               (a cProfile of the requests, pstats)
 
@@ -21,10 +22,13 @@ is a larger share of this figure than of a wrk run's.
 With ``--base REF`` each round runs REF's code (laid out as bench/ab.py does) and the
 working tree's in fresh processes, order alternating, and prints both means.
 ``--calls`` counts the Python function calls of one request (deterministic: compare it
-across revisions when time is too noisy to). ``--floor`` adds, each round, bench/floor.py's
-Starlette pass-through with aiohttp's client, driven the same way: what the stack costs in
-process before any gateway logic. ``--profile PATH`` writes a cProfile of ``--requests``
-requests at ``--concurrency`` (``python -m pstats PATH`` reads it).
+across revisions when time is too noisy to). ``--stream`` makes every request a streamed
+one (``stream_options.include_usage``: the upstream's 8 deltas, then its usage); its
+count varies by about 1% from run to run, as the deltas arrive in one read or several.
+``--floor`` adds, each round, bench/floor.py's Starlette pass-through with aiohttp's
+client, driven the same way: what the stack costs in process before any gateway logic.
+``--profile PATH`` writes a cProfile of ``--requests`` requests at ``--concurrency``
+(``python -m pstats PATH`` reads it).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]],
 
 BODY = (b'{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark."}],'
         b'"max_tokens":16}')
+STREAM_BODY = BODY[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
 
 
 def scope_for(body: bytes) -> dict[str, Any]:
@@ -70,7 +75,7 @@ def scope_for(body: bytes) -> dict[str, Any]:
     }
 
 
-async def one_request(app: App) -> int:
+async def one_request(app: App, body: bytes = BODY) -> int:
     """One request through the app; its status."""
     sent = False
     status = 0
@@ -80,7 +85,7 @@ async def one_request(app: App) -> int:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": BODY, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await finished.wait()
         return {"type": "http.disconnect"}
 
@@ -91,11 +96,11 @@ async def one_request(app: App) -> int:
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             finished.set()
 
-    await app(scope_for(BODY), receive, send)
+    await app(scope_for(body), receive, send)
     return status
 
 
-async def drive(app: App, requests: int, concurrency: int) -> int:
+async def drive(app: App, requests: int, concurrency: int, body: bytes = BODY) -> int:
     """``requests`` requests, ``concurrency`` at a time; how many failed."""
     remaining = requests
     failed = 0
@@ -104,7 +109,7 @@ async def drive(app: App, requests: int, concurrency: int) -> int:
         nonlocal remaining, failed
         while remaining > 0:
             remaining -= 1
-            if await one_request(app) != 200:
+            if await one_request(app, body) != 200:
                 failed += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -112,8 +117,8 @@ async def drive(app: App, requests: int, concurrency: int) -> int:
 
 
 async def measured(root: Path, requests: int, concurrency: int, calls: bool,
-                   profile_to: str | None = None, floor_upstream: str | None = None
-                   ) -> dict[str, Any]:
+                   profile_to: str | None = None, floor_upstream: str | None = None,
+                   body: bytes = BODY) -> dict[str, Any]:
     from aigw.runtime import heap
 
     app: App
@@ -142,12 +147,12 @@ async def measured(root: Path, requests: int, concurrency: int, calls: bool,
         app = create_app(gateway)  # type: ignore[assignment]
         closing = gateway.aclose
     try:
-        warm = await drive(app, min(2000, requests), concurrency)
+        warm = await drive(app, min(2000, requests), concurrency, body)
         heap.freeze()  # as aigw serve does once it is up
         if calls:
             profile = cProfile.Profile()
             profile.enable()
-            failed = await drive(app, 200, 1)
+            failed = await drive(app, 200, 1, body)
             profile.disable()
             stats = pstats.Stats(profile)
             return {"calls_per_request": stats.total_calls / 200,  # type: ignore[attr-defined]
@@ -155,12 +160,12 @@ async def measured(root: Path, requests: int, concurrency: int, calls: bool,
         if profile_to:
             profile = cProfile.Profile()
             profile.enable()
-            failed = await drive(app, requests, concurrency)
+            failed = await drive(app, requests, concurrency, body)
             profile.disable()
             profile.dump_stats(profile_to)
             return {"profiled": profile_to, "failed": failed + warm}
         threads, cpu, wall = _thread_cpu(), time.process_time(), time.perf_counter()
-        failed = await drive(app, requests, concurrency)
+        failed = await drive(app, requests, concurrency, body)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         after = _thread_cpu()
         main_thread = after.get(os.getpid(), 0.0) - threads.get(os.getpid(), 0.0)
@@ -191,7 +196,8 @@ def child(args: argparse.Namespace) -> None:
     except ImportError:
         run = asyncio.run
     result = run(measured(Path(args.root), args.requests, args.concurrency, args.calls,
-                          args.profile, args.floor_upstream))
+                          args.profile, args.floor_upstream,
+                          STREAM_BODY if args.stream else BODY))
     print(json.dumps(result), flush=True)
 
 
@@ -212,6 +218,8 @@ def spawn(args: argparse.Namespace, root: Path, env: dict[str, str],
         command += ["--floor-upstream", floor_upstream]
     if args.calls:
         command.append("--calls")
+    if args.stream:
+        command.append("--stream")
     if args.profile:
         command += ["--profile", str(Path(args.profile).resolve())]
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
@@ -233,6 +241,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", action="store_true",
                         help="count the Python calls of a request instead of timing")
+    parser.add_argument("--stream", action="store_true",
+                        help="every request streamed (with its usage at the end)")
     parser.add_argument("--profile", metavar="PATH",
                         help="write a cProfile of --requests requests (pstats format) to PATH")
     parser.add_argument("--floor", action="store_true",

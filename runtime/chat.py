@@ -537,14 +537,15 @@ async def _measured(
         stream_ended(live.routing, won, ended, error)
         if not billed:  # as an answer whose upstream reports no usage (providers/guard.py)
             _bill(record, deployment, sent.counted(unanswered(), live.counter))
-        span.set("gen_ai.response.model", record.response_model)
-        span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
-        span.set("gen_ai.usage.output_tokens", record.completion_tokens)
-        span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
-        span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
-        if record.finish_reasons:
-            span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
-        span.end()
+        if span is not NO_SPAN:  # untraced: nothing to label
+            span.set("gen_ai.response.model", record.response_model)
+            span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
+            span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+            span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
+            span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
+            if record.finish_reasons:
+                span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+            span.end()
         # Shielded: a client that went away cancels the stream, not its clean-up; and a
         # task cancelled outright (no anyio shield stops it) settles all the same.
         with anyio.CancelScope(shield=True):

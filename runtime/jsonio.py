@@ -27,13 +27,9 @@ def loads(raw: bytes | str) -> Any:
     return from_json(raw)
 
 
-class JSONBody(Response):
-    """Starlette's ``JSONResponse``, rendered by ``dumps``."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
+class AnswerHeaders(Response):
+    """A response with a model answer's headers (``ANSWER_HEADERS``), encoded cheaply:
+    ``JSONBody``, and a stream's (runtime/sse.py)."""
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         """As Starlette's, with the names of a model answer's headers (who served it, the
@@ -58,15 +54,25 @@ class JSONBody(Response):
             super().init_headers(headers)
 
 
+class JSONBody(AnswerHeaders):
+    """Starlette's ``JSONResponse``, rendered by ``dumps``."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
 # The headers of a model answer, as the gateway names them (``Exchange.answer_headers``:
-# ``Served.headers``, ``RateStatus.headers``, the cache's verdict, the overhead), by
-# their names as sent. Never content-length nor content-type: with one of those
-# Starlette adds neither, so those answers take its own path.
+# ``Served.headers``, ``RateStatus.headers``, the cache's verdict, the overhead; and a
+# stream's cache-control), by their names as sent. Never content-length nor
+# content-type: with one of those Starlette adds neither, so those answers take its own
+# path.
 ANSWER_HEADERS = (
     "x-aigw-route", "x-aigw-deployment", "x-aigw-attempts", "x-request-id",
     *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
       for what in ("limit", "remaining", "reset")),
-    "x-aigw-cache", "x-aigw-cache-similarity", "x-aigw-overhead-ms",
+    "x-aigw-cache", "x-aigw-cache-similarity", "x-aigw-overhead-ms", "cache-control",
 )
 SENT_AS: Mapping[str, bytes] = MappingProxyType(
     {name: name.encode("latin-1") for name in ANSWER_HEADERS})

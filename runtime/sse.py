@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import jsonio
 from .errors import GatewayError
+from .jsonio import AnswerHeaders
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCallDelta, Usage, close_deltas
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def error_event(body: dict[str, object]) -> bytes:
     return b"data: " + jsonio.dumps(body) + b"\n\n"
 
 
-class _SettledStream(StreamingResponse):
+class _SettledStream(AnswerHeaders, StreamingResponse):
     """A stream whose events' generator is closed when the response ends, however it
     ends: its ``finally`` settles the request and writes its records."""
 

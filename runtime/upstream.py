@@ -26,6 +26,7 @@ import httpx
 
 from aigw.compiler.graph import Provider
 
+from . import jsonio
 from .errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -313,11 +314,17 @@ def _retry_delay(details: object) -> float | None:
 
 def json_event(data: str | bytes, provider: Provider) -> dict[str, Any]:
     """One streamed event's JSON object (an SSE event's data, an event-stream frame's
-    payload); anything else is the provider's fault."""
+    payload); anything else is the provider's fault. Parsed by pydantic-core (one call,
+    where the standard library's decoder made ten an event: a stream's events are most of
+    its parsing), and by the standard library only where pydantic-core refuses what it
+    reads (the escape of a lone surrogate)."""
     try:
-        document = json.loads(data)
+        document = jsonio.loads(data)
     except ValueError:
-        document = None
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None
     if not isinstance(document, dict):
         raise UpstreamServerError(
             f"provider '{provider.name}' sent an event that is not a JSON object",
@@ -506,10 +513,11 @@ async def parse_sse(
                 yield event or "message", "\n".join(data)
             event, data, size = "", [], 0
             continue
-        if line.startswith(":"):
+        # Indexed and sliced, not startswith(): no call for each line of every stream
+        if line[0] == ":":
             continue  # a comment, used as a keep-alive
         field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value[1:] if value[:1] == " " else value
         if field == "event":
             event = value
         elif field == "data":

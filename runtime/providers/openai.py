@@ -449,30 +449,34 @@ def _fewer_choices(answered: int, call: ChatCall, provider: Provider) -> Upstrea
 
 
 def parse_chunk(chunk: Mapping[str, Any]) -> list[ChatDelta]:
+    """The deltas of one chunk that say something (a bare role delta says nothing). Every
+    chunk of a stream comes through here: no generator for the tool calls of a delta that
+    has none (most), no second list for those that say something."""
     deltas = []
     for position, choice in enumerate(chunk.get("choices") or []):
         delta = choice.get("delta") or {}
-        deltas.append(
-            ChatDelta(
-                index=int(choice.get("index", position)),
-                content=delta.get("content") or None,
-                tool_calls=tuple(
-                    ToolCallDelta(
-                        index=int(c.get("index", 0)),
-                        id=c.get("id"),
-                        name=(c.get("function") or {}).get("name"),
-                        arguments=(c.get("function") or {}).get("arguments"),
-                    )
-                    for c in delta.get("tool_calls") or []
-                ),
-                finish_reason=choice.get("finish_reason"),
-                refusal=delta.get("refusal"),
-                logprobs=choice.get("logprobs"),
-                extra=_unread(delta),
-            )
+        calls = delta.get("tool_calls")
+        parsed = ChatDelta(
+            index=int(choice.get("index", position)),
+            content=delta.get("content") or None,
+            tool_calls=tuple([
+                ToolCallDelta(
+                    index=int(c.get("index", 0)),
+                    id=c.get("id"),
+                    name=(c.get("function") or {}).get("name"),
+                    arguments=(c.get("function") or {}).get("arguments"),
+                )
+                for c in calls
+            ]) if calls else (),
+            finish_reason=choice.get("finish_reason"),
+            refusal=delta.get("refusal"),
+            logprobs=choice.get("logprobs"),
+            extra=_unread(delta),
         )
-    return [d for d in deltas if d.content or d.tool_calls or d.finish_reason or d.refusal
-            or d.logprobs is not None or d.extra]
+        if (parsed.content or parsed.tool_calls or parsed.finish_reason or parsed.refusal
+                or parsed.logprobs is not None or parsed.extra):
+            deltas.append(parsed)
+    return deltas
 
 
 # What the gateway reads of a message or a delta; the rest passes through (_unread).

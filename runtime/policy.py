@@ -315,7 +315,7 @@ class PolicyEngine:
         of a field read otherwise, the outcome of the comparisons of the others."""
         if not self._comparisons:
             return values, ()
-        exact = tuple(values[i] for i in self._live_exact)
+        exact = tuple([values[i] for i in self._live_exact])
         # The context's key says how its comparisons with literals came out; comparisons
         # with this deployment's attributes need the values they compare as well.
         key = (deployment.name, values, context.key, context.versus_resource)

@@ -139,7 +139,9 @@ class OpenAIAdapter:
         ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
         answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
         async for _event, data in self.upstream.post_sse(url, self.body(call, True), self._headers):
-            if data.strip() == "[DONE]":
+            # A chunk (a JSON object) is told from the end by its first character, with no
+            # strip() call for each of a stream's chunks.
+            if data[:1] != "{" and data.strip() == "[DONE]":
                 ended = True
                 break
             chunk = json_event(data, self.provider)

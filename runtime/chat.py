@@ -43,7 +43,7 @@ from .providers.registry import COMPLETES_TEXT
 from .routing.attempts import AttemptLoop, Won, stream_ended
 from .routing.candidates import Candidate, ChatAsk
 from .sse import ChunkEncoder, completion_body, error_event, settled_stream
-from .telemetry.record import RequestRecord, UpstreamFailure, operation_name
+from .telemetry.record import RequestRecord, UpstreamFailure, label_answer, operation_name
 from .telemetry.tracing import (
     CACHE_READ_TOKENS,
     CACHE_WRITE_TOKENS,
@@ -538,13 +538,7 @@ async def _measured(
         if not billed:  # as an answer whose upstream reports no usage (providers/guard.py)
             _bill(record, deployment, sent.counted(unanswered(), live.counter))
         if span is not NO_SPAN:  # untraced: nothing to label
-            span.set("gen_ai.response.model", record.response_model)
-            span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
-            span.set("gen_ai.usage.output_tokens", record.completion_tokens)
-            span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
-            span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
-            if record.finish_reasons:
-                span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+            label_answer(span, record)
             span.end()
         # Shielded: a client that went away cancels the stream, not its clean-up; and a
         # task cancelled outright (no anyio shield stops it) settles all the same.

@@ -252,6 +252,20 @@ class _ServedChildren:
     statuses: dict[int, Any]
 
 
+
+def label_answer(span: Span, record: RequestRecord) -> None:
+    """What ``record``'s answer came to, on ``span`` (the request's, or a stream's
+    attempt): the model that answered, the tokens (with the prompt cache's reads and
+    writes) and the finish reasons, as the GenAI conventions name them."""
+    span.set("gen_ai.response.model", record.response_model)
+    span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
+    span.set("gen_ai.usage.output_tokens", record.completion_tokens)
+    span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
+    span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
+    if record.finish_reasons:
+        span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+
+
 class Telemetry:
     """Where finished records go: Prometheus metrics, spans and the access log."""
 
@@ -406,15 +420,9 @@ class Telemetry:
             return
         span.set("gen_ai.operation.name", operation_name(record))
         span.set("gen_ai.request.model", record.model)
-        span.set("gen_ai.response.model", record.response_model)
         if record.provider_type is not None:
             span.set("gen_ai.provider.name", PROVIDER_NAMES.get(record.provider_type, "aigw"))
-        span.set("gen_ai.usage.input_tokens", record.prompt_tokens)
-        span.set("gen_ai.usage.output_tokens", record.completion_tokens)
-        span.set(CACHE_READ_TOKENS, record.cached_tokens or None)
-        span.set(CACHE_WRITE_TOKENS, record.cache_write_tokens or None)
-        if record.finish_reasons:
-            span.set("gen_ai.response.finish_reasons", list(record.finish_reasons))
+        label_answer(span, record)
         span.set("aigw.route", record.route)
         # Who asked, by name (never the secret), as the access log and MCP's spans have it.
         span.set("aigw.key", record.key)

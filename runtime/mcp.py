@@ -66,7 +66,7 @@ from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live, Shutdown
 from .mcp_held import HeldServer
-from .mcp_session import open_sealed, seal, session_secret
+from .mcp_session import caller_secret, open_sealed, seal, session_secret
 from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer
 from .policy import RequestGate
@@ -191,7 +191,7 @@ class McpProxy:
                 raise McpServerDisabled(f"MCP server '{name}' is disabled: "
                                         f"{server.disabled_reason}.")
             user = request.headers.get(live.graph.settings.user_header) or None
-            session = _session(request.headers, name)
+            session = _session(request.headers, key, name)
             if request.method in ("GET", "DELETE"):
                 call.method = request.method.lower()
                 if live.telemetry.tracing.enabled:
@@ -430,14 +430,14 @@ class _ParseError(BadRequest):
     code = "mcp_parse_error"
 
 
-def _session(headers: Headers, server: str) -> _Session:
+def _session(headers: Headers, key: ApiKey, server: str) -> _Session:
     """The protocol headers a client sends the server, its session id opened (an id that
     does not open under the key the client presents, authenticated already, and
     ``server`` is ``McpSessionUnknown``); never its Authorization (the aigw key) nor
     anything else of its own."""
     token = bearer_token(headers)
     assert token is not None  # authenticated
-    secret = session_secret(token)
+    secret = session_secret(token) if key.issuer is None else caller_secret(key.name)
     sent = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
     if (shown := headers.get(SESSION)) is not None:
         opened = open_sealed(shown, secret, server)

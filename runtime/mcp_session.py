@@ -44,6 +44,18 @@ def session_secret(token: str) -> bytes:
     return hashlib.sha256(b"aigw-mcp-session\0" + token.encode("utf-8", "replace")).digest()
 
 
+def caller_secret(caller: str) -> bytes:
+    """The sealing secret of a caller signed in with a JWT (``<issuer>#<principal>``):
+    its token is renewed every hour or so, and a session sealed to the token would end
+    with it. Sealed to the caller's name, an id opens for that caller only, whatever
+    token it presents next; another caller (another name) opens none of it. What it
+    gives up against a key's: whoever knows the name and sees a shown id reads the
+    server's id in it (and still cannot send it: the server is the gateway's to reach).
+    A key's own secret never starts with "aigw-jwt-caller", so the two never meet."""
+    return hashlib.sha256(b"aigw-mcp-session\0aigw-jwt-caller\0"
+                          + caller.encode("utf-8", "replace")).digest()
+
+
 def seal(server_id: str, secret: bytes, server: str) -> str | None:
     """The id the client of the key whose ``session_secret`` is ``secret`` sees for the
     server's ``server_id`` on MCP server ``server``; None for an id no spec-abiding

@@ -34,7 +34,7 @@ from ..fakes.jwks_server import (
 from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import free_port, serving
 from ..providers.conftest import DEV_KEY_LINE
-from .mcp_client import session
+from .mcp_client import opened, rpc, session
 from .server import Server
 from .test_realtime import connected, realtime_gateway, said, until
 
@@ -458,5 +458,18 @@ issuers:
                 headers={"authorization": f"Bearer {token}",
                          "accept": "application/json, text/event-stream"})
             assert outside.status_code == 404, outside.text
+
+            # A session outlives the token that opened it: the client's next token (its
+            # identity provider's refresh) goes on in it; another caller's opens none.
+            url = f"{server.base_url}/mcp/tools"
+            shown = opened(url, token)
+            time.sleep(1.1)  # a later iat and exp: a token of other bytes
+            renewed = FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="mo@corp.test"))
+            assert renewed != token
+            answer = rpc(url, renewed, shown, "tools/call", {"name": "add",
+                                                            "arguments": {"a": 1, "b": 2}})
+            assert answer.status_code == 200, answer.text
+            other = FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="eve@corp.test"))
+            assert rpc(url, other, shown, "ping", {}).status_code == 404
         finally:
             server.stop()

@@ -458,11 +458,7 @@ class DeploymentQuotas:
         request_id = f"{self._record.request_id}:{deployment.name}:{self._attempts}"
         decision = await store.reserve(request_id, (limits,), tokens=tokens, cost=0.0)
         if isinstance(decision, Denied):
-            raise DeploymentAtQuota(
-                f"deployment '{deployment.name}' is at its own quota: {decision.message}",
-                provider=deployment.provider.name, retry_after=decision.retry_after,
-                headers=decision.rate.headers(),
-            )
+            raise at_quota(deployment, decision)
         return Hold(store, decision)
 
     @staticmethod
@@ -490,6 +486,15 @@ class DeploymentQuotas:
             await self.settle(hold, cut_short(self._record, deployment, used))
         else:
             await self.release(hold)
+
+
+def at_quota(deployment: Deployment, denied: Denied) -> DeploymentAtQuota:
+    """What a reservation against ``deployment``'s own quota refused is."""
+    return DeploymentAtQuota(
+        f"deployment '{deployment.name}' is at its own quota: {denied.message}",
+        provider=deployment.provider.name, retry_after=denied.retry_after,
+        headers=denied.rate.headers(),
+    )
 
 
 def cut_short(record: RequestRecord, deployment: Deployment, usage: Usage) -> int:

@@ -18,11 +18,16 @@ events and close reason reach the client with that key scrubbed, as a call's ups
 error does.
 
 A connection counts as one request at connect (rpm, and a place under max_parallel for
-as long as it lasts), and each response as one more (runtime/realtime_limits.py: the
-client's ``response.create`` counted before it is passed on, a response the upstream
-starts on its own at its ``response.created``; one over the rpm or tpm is refused with
-an ``error`` event, the session kept open). Each ``response.done`` carries the
-response's usage: its tokens are charged to tpm then, and it is billed at the
+as long as it lasts), against its key's limits and its deployment's own quota, and each
+response as one more against both (runtime/realtime_limits.py: the client's
+``response.create`` counted before it is passed on, a response the upstream starts on
+its own at its ``response.created``; one over the rpm or tpm is refused with an
+``error`` event, the session kept open). Each ``response.done`` carries the response's
+usage: its tokens are charged to both tpm then, and the client is sent a
+``rate_limits.updated`` of the gateway's limits (the key's, team's and user's, as a chat
+answer's ``x-ratelimit-*`` headers; none where none applies). The upstream's
+``rate_limits.updated`` is dropped, not passed on: it tells the limits of the provider's
+key, which every client shares, and no client's own. The response is billed at the
 deployment's token prices (its audio tokens at ``audio_input`` and ``audio_output``,
 which default to the text prices), charged to the budgets and written to the ledger as
 a record of its own (``<session id>:<n>``). A client that leaves within a response has it cancelled
@@ -75,11 +80,11 @@ from .exchange import Exchange
 from .identity import caller_in
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
-from .realtime_limits import ResponseCounts, outlived
+from .realtime_limits import ResponseCounts, ResponseHolds, outlived
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
-from .store.values import LedgerRecord
+from .store.values import LedgerRecord, RateStatus
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
 from .uncancelled import uncancelled
@@ -116,6 +121,10 @@ _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000
 # are audio deltas, passed on unread.
 _DONE = '"response.done"'
 _CREATED = '"response.created"'  # when a response started: its ledger record's latency
+# The upstream's ``rate_limits.updated``: the provider's limits on its key, which every
+# client of the gateway shares (and should not see); dropped, the client is sent the
+# gateway's own after each response.done.
+_RATES = '"rate_limits.updated"'
 # What a client's ``response.create`` has (counted against the rates before it is passed
 # on); its other frames, most of them audio appended, are passed on unread.
 _ASK = '"response.create"'
@@ -278,6 +287,17 @@ def _error_event(error: GatewayError, about: object = None) -> str:
                                  "event_id": about if isinstance(about, str) else None}})
 
 
+def _rates_event(rates: RateStatus) -> str:
+    """OpenAI's ``rate_limits.updated`` server event for the gateway's ``rates``."""
+    windows = (("requests", rates.requests), ("tokens", rates.tokens))
+    return json.dumps({"type": "rate_limits.updated",
+                       "event_id": f"event_{os.urandom(12).hex()}",
+                       "rate_limits": [{"name": name, "limit": window.limit,
+                                        "remaining": max(0, window.remaining),
+                                        "reset_seconds": round(max(0.0, window.reset), 3)}
+                                       for name, window in windows if window is not None]})
+
+
 def _event(text: str) -> dict[str, object]:
     """A frame's event (an empty one where it is no JSON object: passed on as it is)."""
     try:
@@ -321,7 +341,7 @@ class _Relay:
         self.tab: Admission | None = None
         assert exchange.admission is not None  # held at connect, else no relay
         self.counts = ResponseCounts(self.live.store, self.record.request_id,
-                                     exchange.admission.limits)
+                                     exchange.admission.limits, self.deployment)
         self.responses = 0
         self.response_started = time.perf_counter()  # the last response.created's
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
@@ -442,6 +462,8 @@ class _Relay:
                 data = message.data
                 if _ERROR in data:  # scrubbed as a call's upstream error is
                     data = scrub(data, self.deployment.provider)
+                elif _RATES in data and _event(data).get("type") == "rate_limits.updated":
+                    continue  # the provider's limits: the client is told the gateway's
                 if not self.client_gone:
                     await self.websocket.send_text(data)
                 if _DONE in data:  # the bill first: what matters if both were
@@ -451,6 +473,9 @@ class _Relay:
                     # round trips) was cut with the relay, the response never billed.
                     self.billing = asyncio.ensure_future(self._billed(data))
                     stopped = await asyncio.shield(self.billing)
+                    rates = self.counts.rates
+                    if rates is not None and not self.client_gone:
+                        await self.websocket.send_text(_rates_event(rates))
                     if stopped is not None:
                         return _ended_by(stopped)
                     if self.client_gone and not self.responding:  # those it left, billed
@@ -523,13 +548,13 @@ class _Relay:
                           again=True)
         return await self._next_tab()
 
-    async def _bill(self, usage: Usage, cost: float, held: Admission | None) -> None:
+    async def _bill(self, usage: Usage, cost: float, held: ResponseHolds | None) -> None:
         """A response's tokens charged to tpm, its tab settled and its ledger record
         written; safe to run again (a hold is settled once, a record id written once)."""
         record, live = self.record, self.live
         try:
             if held is not None:
-                await held.settle(usage.total_tokens, 0.0)
+                await held.settle(usage.total_tokens)
             if self.tab is not None:
                 await self.tab.settle(usage.total_tokens, cost)
                 self.tab = None
@@ -611,7 +636,6 @@ class _Relay:
         """The session's holds settled at its tokens; safe to run again (each hold is
         settled once)."""
         record = self.record
-        tokens = record.prompt_tokens + record.completion_tokens
         try:
             if self.tab is not None:
                 await self.tab.release()
@@ -619,7 +643,9 @@ class _Relay:
             if self.exchange.admission is not None:  # the place given back; to tpm, the
                 # tokens of responses that had no hold of their own (refused, yet billed)
                 await self.exchange.admission.settle(self.counts.unheld_tokens, 0.0)
-            await DeploymentQuotas.settle(self.hold, tokens)
+            # Of the session's own hold on its deployment's quota, as of its admission's:
+            # each response's tokens were charged by its own holds.
+            await DeploymentQuotas.settle(self.hold, self.counts.unheld_tokens)
         except StoreUnavailable:
             log.error("could not settle realtime session %s: the store is unavailable",
                       record.request_id)

@@ -1,7 +1,8 @@
 """The limits a Realtime session (runtime/realtime.py) is held to while it is open: each
 of its responses counted as a request against its key's, team's and end user's rpm and
-tpm, as a chat request is; and its end, when its key expires (or a reload removed it)
-or it reaches ``realtime_max_session_s`` (``outlived``).
+tpm, as a chat request is, and against its deployment's own rpm and tpm, as a chat
+request's attempt is; and its end, when its key expires (or a reload removed it) or it
+reaches ``realtime_max_session_s`` (``outlived``).
 
     response.create (the client's) -> counted before it is passed on; refused: not
         passed on, the client answered an ``error`` event (the session goes on)
@@ -9,51 +10,91 @@ or it reaches ``realtime_max_session_s`` (``outlived``).
         started on its own (server VAD) is counted now; refused: cancelled upstream
         (``response.cancel``), the client answered an ``error`` event, and its
         ``response.done`` (with what was made) billed as any
-    response.done -> its tokens charged to tpm (the hold of a response counted)
+    response.done -> its tokens charged to tpm (the holds of a response counted), and
+        the client told the gateway's limits (``rates``)
 
 A response holds no tokens while it runs (what it will use is not known, as a chat
 request's ``max_tokens`` tells): it is admitted while the tokens bucket is not in debt,
 and its tokens are taken at its ``response.done``, which may put the bucket in debt and
 refuse the next until it refills. The tokens of a response that had no hold (refused,
-yet billed) are charged to tpm as the session ends, with the session's own hold.
+yet billed) are charged to tpm as the session ends, with the session's own holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from aigw.compiler.graph import ApiKey, Graph
+from aigw.compiler.graph import ApiKey, Deployment, Graph
 
-from .admission import Admission, StoreHandle, rate_limits
+from .admission import (
+    Admission,
+    DeploymentQuotas,
+    Hold,
+    StoreHandle,
+    at_quota,
+    deployment_limits,
+    rate_limits,
+)
 from .auth import key_named
-from .errors import GatewayError, SessionExpired, Unauthorized
+from .errors import GatewayError, SessionExpired, StoreUnavailable, Unauthorized
 from .identity import caller_in
-from .store import Denied, Limits
+from .store import Denied, Limits, RateStatus, RateWindow
+from .store.checks import SECONDS_PER_WINDOW
 
 # How often an open session reads its key again: a reload may move its expires, or
 # remove it, while the session waits for neither.
 _RECHECK_S = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseHolds:
+    """One response's holds: on the key's (team's, user's) rates, and on its
+    deployment's own quota (None: it has none)."""
+
+    rates: Admission
+    quota: Hold | None
+
+    async def settle(self, tokens: int) -> None:
+        """Safe to repeat: a store settles a reservation once."""
+        await self.rates.settle(tokens, 0.0)
+        await DeploymentQuotas.settle(self.quota, tokens)
+
+
 class ResponseCounts:
     """One session's responses counted against ``limits``' rpm and tpm (``limits``: the
-    session's own, as held at connect)."""
+    session's own, as held at connect) and ``deployment``'s own quota."""
 
     def __init__(self, handle: StoreHandle, request_id: str,
-                 limits: tuple[Limits, ...]) -> None:
+                 limits: tuple[Limits, ...], deployment: Deployment) -> None:
         self._handle = handle
         self._request_id = request_id
         self._limits = rate_limits(limits)
+        self._deployment = deployment
+        self._quota = deployment_limits(deployment)
         self._numbers = itertools.count(1)
         # Holds not settled yet, oldest first: which response settles which does not
         # matter (each holds nothing against the same buckets), only that each is once.
-        self._held: deque[Admission] = deque()
+        self._held: deque[ResponseHolds] = deque()
         self._asked = 0  # the client's response.creates passed on, not started yet
         self.unheld_tokens = 0  # of responses that had no hold: charged at the session's end
+        # The tightest of ``limits``' windows as the store last told them, and when
+        # (monotonic): what ``rates`` works out from.
+        self._rates: tuple[RateStatus, float] | None = None
+
+    @property
+    def rates(self) -> RateStatus | None:
+        """The key's (team's, user's) rpm and tpm left now, as the ``x-ratelimit-*``
+        headers of a chat answer tell them: the store's answer to this session's last
+        count, refilled since and less the tokens charged since (None: none applies, or
+        nothing counted yet). Another caller's use since that count is not in it."""
+        return None if self._rates is None else self._rates[0]
 
     async def asked(self) -> GatewayError | None:
         """A client's ``response.create``: counted; the refusal (it is not passed on)."""
@@ -70,9 +111,10 @@ class ResponseCounts:
             return None
         return await self._count()
 
-    def done(self, tokens: int) -> Admission | None:
-        """A ``response.done`` of ``tokens``: the hold to settle at them (the caller
-        settles it, safe to repeat); with none, they are charged as the session ends."""
+    def done(self, tokens: int) -> ResponseHolds | None:
+        """A ``response.done`` of ``tokens``: the holds to settle at them (the caller
+        settles them, safe to repeat); with none, they are charged as the session ends."""
+        self._charged(tokens)
         if self._held:
             return self._held.popleft()
         self.unheld_tokens += tokens
@@ -83,23 +125,70 @@ class ResponseCounts:
         session's end) settled at no tokens: each was a request all the same. Safe to
         run again."""
         while self._held:
-            await self._held[0].settle(0, 0.0)
+            await self._held[0].settle(0)
             self._held.popleft()
 
     async def _count(self) -> GatewayError | None:
-        if not self._limits:
+        if not self._limits and self._quota is None:
             return None
+        request_id = f"{self._request_id}:response{next(self._numbers)}"
+        rates: Admission | None = None
         try:
             store = await self._handle.get()
-            decision = await store.reserve(f"{self._request_id}:response{next(self._numbers)}",
-                                           self._limits, tokens=0, cost=0.0)
-        except GatewayError as exc:  # the store cannot answer (fail_closed): refused, as
-            # a chat request is then
+            rates = Admission(store, None, self._limits)
+            if self._limits:
+                decision = await store.reserve(request_id, self._limits, tokens=0, cost=0.0)
+                self._rates = (decision.rate, time.monotonic())
+                if isinstance(decision, Denied):
+                    return decision.error()
+                rates.reservation = decision
+            quota = await self._quota_held(f"{request_id}:{self._deployment.name}")
+        except GatewayError as exc:  # over the deployment's quota, or the store cannot
+            # answer (fail_closed): refused, as a chat request is then; the key's hold
+            # given back (the request counted all the same, as a chat request's is)
+            if rates is not None:  # a hold of no budget: one the store missed refills
+                with contextlib.suppress(StoreUnavailable):
+                    await rates.release()
             return exc
-        if isinstance(decision, Denied):
-            return decision.error()
-        self._held.append(Admission(store, decision, self._limits))
+        self._held.append(ResponseHolds(rates, quota))
         return None
+
+    async def _quota_held(self, request_id: str) -> Hold | None:
+        """One request of no tokens held against the deployment's own quota
+        (``DeploymentAtQuota`` where it has no room), as a chat request's attempt is."""
+        if self._quota is None:
+            return None
+        store = await self._handle.get()
+        decision = await store.reserve(request_id, (self._quota,), tokens=0, cost=0.0)
+        if isinstance(decision, Denied):
+            raise at_quota(self._deployment, decision)
+        return Hold(store, decision)
+
+    def _charged(self, tokens: int) -> None:
+        """``rates`` brought up to now: refilled since the store was last asked, less
+        ``tokens``."""
+        if self._rates is None:
+            return
+        status, at = self._rates
+        now = time.monotonic()
+        self._rates = (RateStatus(_refilled(status.requests, now - at, 0),
+                                  _refilled(status.tokens, now - at, tokens)), now)
+
+
+def _refilled(window: RateWindow | None, seconds: float, taken: int) -> RateWindow | None:
+    """``window`` ``seconds`` later with ``taken`` more out of it: its bucket refills at
+    ``limit`` a minute up to ``limit`` (runtime/store/checks.py), and ``reset`` is how
+    long it takes to be full.
+
+    >>> _refilled(RateWindow(600, 300, 30.0), 1.0, 160)
+    RateWindow(limit=600, remaining=150, reset=45.0)
+    """
+    if window is None:
+        return None
+    per_second = window.limit / SECONDS_PER_WINDOW
+    level = window.limit - window.reset * per_second  # remaining, unrounded
+    level = min(window.limit, level + seconds * per_second) - taken
+    return RateWindow(window.limit, math.floor(level), (window.limit - level) / per_second)
 
 
 async def outlived(graph: Callable[[], Graph], key: ApiKey, opened_at: float,

@@ -64,12 +64,13 @@ class Realtime:
 
 @contextmanager
 def realtime_gateway(root: Path, dev: str = "", keys: str = "",
-                     settings: str = "") -> Iterator[Realtime]:
+                     settings: str = "", quota: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
     chat route, and one whose provider's key the upstream refuses (``stale``); the dev key
     (``dev``: more of it), a key that may call ``chat`` only, and ``keys``: more keys'
-    lines; ``settings``: the settings section's entries."""
+    lines; ``settings``: the settings section's entries; ``quota``: the ``limits`` of
+    the realtime route's deployment (``gpt-realtime``), its own quota."""
     upstream = RealtimeFake()
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
@@ -91,7 +92,8 @@ def realtime_gateway(root: Path, dev: str = "", keys: str = "",
                 "                   context_window: 32000}\n"
                 "  gpt-realtime: {provider: openai, model: gpt-realtime, kind: realtime,\n"
                 "                 context_window: 32000,\n"
-                "                 price: {input: 4.0, output: 16.0, cache_read: 0.4,\n"
+                + (f"                 limits: {{{quota}}},\n" if quota else "")
+                + "                 price: {input: 4.0, output: 16.0, cache_read: 0.4,\n"
                 "                         audio_input: 32.0, audio_output: 64.0}}\n"
                 "  gone-realtime: {provider: gone, model: gpt-realtime, kind: realtime,\n"
                 "                  context_window: 32000}\n"

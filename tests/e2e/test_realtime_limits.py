@@ -1,10 +1,11 @@
 """A real ``aigw serve`` relaying OpenAI's Realtime API to its fake (tests/e2e/test_realtime.py
-has the gateway), held to its key's limits for the session's whole life: each response
-counted against the rpm and tpm as a request is, one over them refused in the session
-(an error event, the session kept open), a response the upstream starts on its own
-(server VAD) cancelled when refused; ended, after its response in flight, at its
-maximum length or its key's expiry; and dropped, its place given back, when its client
-stops answering pings."""
+has the gateway), held to its key's limits and its deployment's own quota for the
+session's whole life: each response counted against the rpm and tpm as a request is, one
+over them refused in the session (an error event, the session kept open), a response the
+upstream starts on its own (server VAD) cancelled when refused, the client told the
+gateway's limits after each (not the provider's); ended, after its response in flight,
+at its maximum length or its key's expiry; and dropped, its place given back, when its
+client stops answering pings."""
 
 from __future__ import annotations
 
@@ -125,6 +126,103 @@ def test_a_response_under_the_rate_runs_and_counts(tmp_path: Path) -> None:
         started, refused = asyncio.run(session(served))
         assert started[-1].response.status == "completed"
         assert (refused.type, refused.error.event_id) == ("error", "evt_third")
+
+
+@pytest.mark.parametrize(("quota", "unit"), [("rpm: 3", "RPM"), ("tpm: 200", "TPM")])
+def test_a_response_over_the_deployments_quota_is_refused_and_the_session_goes_on(
+        tmp_path: Path, quota: str, unit: str) -> None:
+    """The deployment's own quota, the key unlimited. rpm 3: the connect and two
+    responses fit, the third does not; tpm 200: the second response's 160 tokens put the
+    deployment in debt. The third response.create is answered an error event naming it
+    and the deployment, is not passed on, and the session goes on. A session's responses
+    never counted against its deployment: one socket drove it past its provider's quota."""
+    async def session(served: Realtime) -> tuple[Any, list[Any]]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, "hi")
+            await said(connection, "again")
+            await _asked(connection, "once more", "evt_third")
+            refused = await asyncio.wait_for(connection.recv(), 10)
+            await connection.session.update(session={"type": "realtime",
+                                                     "instructions": "Be brief."})
+            return refused, await until(connection, "session.updated")
+
+    with realtime_gateway(tmp_path / "gw", quota=quota) as served:
+        refused, after = asyncio.run(session(served))
+        assert (refused.type, refused.error.type, refused.error.code) == (
+            "error", "rate_limit_error", "rate_limit_exceeded"), refused
+        assert refused.error.event_id == "evt_third"
+        assert "deployment 'gpt-realtime' is at its own quota" in refused.error.message
+        assert unit in refused.error.message
+        assert [event.type for event in after] == ["session.updated"]  # still open
+        upstream = served.upstream.sessions[0]
+        assert [event["type"] for event in upstream.events].count("response.create") == 2
+        assert len(served.server.ledger_rows(2)) == 2  # the two responses billed
+
+
+def test_a_sessions_tokens_are_charged_to_its_deployment_once(tmp_path: Path) -> None:
+    """tpm 400 on the deployment: a session of two responses (320 tokens) leaves room for
+    the next session's response. Each response's tokens are charged by its own hold; the
+    session's hold, settled as it ends, charges only those of responses that had none (a
+    guard: charged twice, the next session's connect found the deployment in debt)."""
+    async def session(served: Realtime, turns: int) -> list[Any]:
+        async with connected(served, "realtime") as connection:
+            return [await said(connection, f"turn {turn}") for turn in range(turns)]
+
+    with realtime_gateway(tmp_path / "gw", quota="tpm: 400") as served:
+        asyncio.run(session(served, 2))
+        assert len(served.server.ledger_rows(2)) == 2
+        [after] = asyncio.run(session(served, 1))
+        assert after[-1].response.status == "completed"
+
+
+def _rates(event: Any) -> dict[str, tuple[int, int]]:
+    return {limit.name: (limit.limit, limit.remaining) for limit in event.rate_limits}
+
+
+def test_the_client_is_told_the_gateways_rate_limits_after_each_response(
+        tmp_path: Path) -> None:
+    """The key's rpm 10 and tpm 1000: after each response.done the client gets a
+    ``rate_limits.updated`` of the gateway's (the connect and each response a request, a
+    response's 160 tokens charged at its done), as a chat answer's x-ratelimit-* headers
+    tell it; the upstream's, of the provider's key, never reaches it. The provider's
+    limits were passed on, and the gateway's never told."""
+    async def session(served: Realtime) -> list[list[Any]]:
+        async with connected(served, "realtime") as connection:
+            turns = []
+            for text in ("hi", "again"):
+                await said(connection, text)
+                turns.append(await until(connection, "rate_limits.updated"))
+            await connection.session.update(session={"type": "realtime",
+                                                     "instructions": "Be brief."})
+            turns.append(await until(connection, "session.updated"))
+            return turns
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 10, tpm: 1000}") as served:
+        first, second, rest = asyncio.run(session(served))
+        assert [event.type for event in first] == ["rate_limits.updated"]
+        assert _rates(first[0]) == {"requests": (10, 8), "tokens": (1000, 840)}
+        assert [event.type for event in second] == ["rate_limits.updated"]
+        assert _rates(second[0])["requests"] in ((10, 7), (10, 8))  # one refilled meanwhile
+        limit, remaining = _rates(second[0])["tokens"]
+        assert limit == 1000 and 680 <= remaining < 840, remaining
+        assert all(0 < limit.reset_seconds <= 60 for limit in second[0].rate_limits)
+        assert [event.type for event in rest] == ["session.updated"]  # the upstream's: dropped
+
+
+def test_the_upstreams_rate_limits_are_not_passed_on(tmp_path: Path) -> None:
+    """A key with no rpm nor tpm is told no rate limits, and not the provider's: the
+    upstream's rate_limits.updated (its limits on the gateway's provider key, which
+    every client shares) is dropped. It was passed on."""
+    async def session(served: Realtime) -> list[Any]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, "hi")
+            await connection.session.update(session={"type": "realtime",
+                                                     "instructions": "Be brief."})
+            return await until(connection, "session.updated")
+
+    with realtime_gateway(tmp_path / "gw") as served:
+        after = asyncio.run(session(served))
+        assert [event.type for event in after] == ["session.updated"]
 
 
 def test_a_session_at_its_maximum_length_ends_after_its_response(tmp_path: Path) -> None:

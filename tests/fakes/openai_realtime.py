@@ -6,8 +6,9 @@ As OpenAI's API reference gives it: on connect the server sends ``session.create
 ``conversation.item.created`` (its text kept); ``input_audio_buffer.append`` is taken
 silently; ``response.create`` is ``response.created``, a ``response.output_text.delta``
 a word of the answer (``"You said: "`` and the last text given), ``response.output_text
-.done``, then ``response.done`` whose ``response.usage`` is ``USAGE``. A wrong key is an
-``error`` event (``invalid_request_error`` / ``invalid_api_key``, the message showing
+.done``, then ``response.done`` whose ``response.usage`` is ``USAGE``, and after it (as
+OpenAI's does) ``rate_limits.updated``, the provider's limits (``RATE_LIMITS``). A wrong
+key is an ``error`` event (``invalid_request_error`` / ``invalid_api_key``, the message showing
 the given key's last four characters), then a close with 3000, as OpenAI's API does.
 A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
 drops the connection unclosed; one of ``SLOW`` is answered slowly, and can be
@@ -43,6 +44,12 @@ USAGE: dict[str, Any] = {
                             "cached_tokens_details": {"text_tokens": 20, "audio_tokens": 0}},
     "output_token_details": {"text_tokens": 10, "audio_tokens": 30},
 }
+# What each rate_limits.updated tells: the limits of the provider's key, as OpenAI gives
+# them (its API reference, "rate_limits.updated").
+RATE_LIMITS: list[dict[str, Any]] = [
+    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+    {"name": "tokens", "limit": 800000, "remaining": 799840, "reset_seconds": 0.012},
+]
 # A text event that ends the session from the upstream's side: closed with this code.
 HANG_UP = "hang up"
 HANG_UP_CODE = 4000
@@ -188,8 +195,8 @@ class RealtimeFake:
         text = f"You said: {said}"
         for word in text.split(" "):
             if cancelled.is_set():  # what was made is billed all the same
-                await self._send(websocket, "response.done", response={
-                    **response, "status": "cancelled", "usage": USAGE})
+                await self._done(websocket, {**response, "status": "cancelled",
+                                             "usage": USAGE})
                 return
             await self._send(websocket, "response.output_text.delta", response_id=response_id,
                              item_id=item_id, output_index=0, content_index=0,
@@ -198,10 +205,14 @@ class RealtimeFake:
                 await asyncio.sleep(0.2)
         await self._send(websocket, "response.output_text.done", response_id=response_id,
                          item_id=item_id, output_index=0, content_index=0, text=text)
-        await self._send(websocket, "response.done", response={
+        await self._done(websocket, {
             **response, "status": "completed", "usage": USAGE,
             "output": [{"id": item_id, "type": "message", "role": "assistant",
                         "content": [{"type": "output_text", "text": text}]}]})
+
+    async def _done(self, websocket: ServerConnection, response: dict[str, Any]) -> None:
+        await self._send(websocket, "response.done", response=response)
+        await self._send(websocket, "rate_limits.updated", rate_limits=RATE_LIMITS)
 
     async def _send(self, websocket: ServerConnection, kind: str, **fields: Any) -> None:
         await websocket.send(json.dumps({"event_id": self._id("event"), "type": kind,

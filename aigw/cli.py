@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     route.add_argument("--model", required=True, help="the model (route) name an app sends")
     route.add_argument("--key", default=None, help="the API key's name, to check access")
+    route.add_argument("--subject", default=None,
+                       help="a JWT's caller instead of a key: ISSUER#PRINCIPAL (corp#alice)")
+    route.add_argument("--team", default=None,
+                       help="the team the subject's issuer would map it to by its claim")
     route.add_argument("--prompt-tokens", type=int, default=100)
     route.add_argument("--max-tokens", type=int, default=None)
     route.add_argument("--stream", action="store_true")
@@ -475,6 +479,8 @@ def _run_namespaces(args: argparse.Namespace) -> int:
 
 
 def _run_route(args: argparse.Namespace) -> int:
+    from aigw.runtime.errors import BadRequest
+    from aigw.runtime.identity import stand_in
     from aigw.runtime.policy import Facts, PolicyEngine, Principal, principal_for
     from aigw.runtime.policy_live import StateLive
     from aigw.runtime.policy_plan import plan_route
@@ -495,6 +501,18 @@ def _run_route(args: argparse.Namespace) -> int:
         return 1
     route = graph.routes[args.model]
     key = graph.keys_by_name.get(args.key) if args.key is not None else None
+    if args.subject is not None or args.team is not None:
+        if args.subject is None:
+            print("--team names a subject's team: give the --subject too", file=sys.stderr)
+            return 2
+        if key is not None:
+            print("name a key (--key) or a subject (--subject), not both", file=sys.stderr)
+            return 2
+        try:
+            key = stand_in(graph, args.subject, args.team)
+        except BadRequest as exc:
+            print(f"--{exc.param or 'subject'}: {exc.message}", file=sys.stderr)
+            return 1
     principal = (principal_for(graph.authorization, key, args.user) if key is not None
                  else Principal("ApiKey", "", None))
     facts = Facts(
@@ -507,7 +525,13 @@ def _run_route(args: argparse.Namespace) -> int:
     state = RoutingState()
     state.sync(graph)
     plan = plan_route(graph, PolicyEngine(graph, StateLive(state)), principal, facts, state)
-    who = str(principal) if key is not None else "an unnamed key (pass --key NAME)"
+    if key is None:
+        who = "an unnamed key (pass --key NAME)"
+    elif key.issuer is None:
+        who = str(principal)
+    else:  # a JWT's caller: which issuer's, and in which team
+        team = f", team {key.team.name}" if key.team is not None else ""
+        who = f"{principal} ({key.name}{team})"
     if graph.authorization.enforced:
         verdict = "allowed" if plan.invoke.allowed else "denied"
         print(f"invoke as {who}: {verdict} by {', '.join(plan.invoke.policies) or 'no policy'}")

@@ -15,6 +15,15 @@ must come out::
         live: {echo-small: {average_latency_ms: 900}}
         expect: {decision: deny, policies: [tight-sla-forbids-slow]}
 
+      - name: a caller signed in with a JWT of issuer corp, mapped to team engineering
+        request: {subject: corp#alice, team: engineering, model: fast}
+        expect: {invoke: deny}
+
+A ``subject`` (``<issuer>#<principal>``, with the ``team`` the issuer's claim would map
+it to) is made as a token's caller is (runtime/identity.py), so its Cedar entities are
+a live request's: ``Subject::"alice"`` in ``Issuer::"corp"`` and its team. An
+``evaluate`` names one by ``subject`` too (its principal, or the key of a ``User``).
+
 Every provider counts as available (a key unset in CI disables nothing here), the
 hour of day is 12 unless a request says, and nothing is called.
 """
@@ -33,9 +42,12 @@ from typing import Any, Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from aigw.compiler.entity_model import CONTEXT, DEPLOYMENT_LIVE
 from aigw.compiler.graph import ApiKey, Graph
+from aigw.runtime.errors import BadRequest
+from aigw.runtime.identity import stand_in
 from aigw.runtime.policy import (
     Decision,
     Facts,
@@ -58,6 +70,8 @@ class _Spec(BaseModel):
 class RequestSpec(_Spec):
     model: str
     key: str | None = None
+    subject: str | None = Field(None, description="A JWT's caller: <issuer>#<principal>.")
+    team: str | None = Field(None, description="The team a subject's issuer maps it to.")
     user: str | None = None
     estimated_tokens: int = Field(100, ge=0)
     max_tokens: int | None = Field(None, ge=1)
@@ -70,11 +84,13 @@ class RequestSpec(_Spec):
 
 
 class EvaluateSpec(_Spec):
-    principal: str
+    principal: str | None = Field(None, description="Default: the subject.")
     action: str
     resource: str
     context: dict[str, Any] = Field(default_factory=dict)
     key: str | None = Field(None, description="For a User principal: its key.")
+    subject: str | None = Field(None, description="A JWT's caller, or a User's.")
+    team: str | None = Field(None, description="The team a subject's issuer maps it to.")
 
 
 class ExpectSpec(_Spec):
@@ -146,8 +162,10 @@ def run_tests(graph: Graph, root: Path, out: TextIO | None = None) -> int:
 
 def run_file(graph: Graph, path: Path, relative: str) -> list[Outcome]:
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = YAML(typ="safe", pure=True).load(text)
         fixture = FixtureSpec.model_validate(data)
+        tree = YAML(typ="safe", pure=True).compose(text)
     # ValueError and TypeError: what the YAML constructor raises for "!!int abc" or a date
     # 2024-13-45; RecursionError: thousands of nested brackets.
     except (OSError, YAMLError, ValidationError, ValueError, TypeError, RecursionError) as exc:
@@ -156,18 +174,61 @@ def run_file(graph: Graph, path: Path, relative: str) -> list[Outcome]:
     for index, raw in enumerate(fixture.cases, start=1):
         label = str(raw.get("name", f"case {index}"))
         merged = dict(raw)
-        if "request" in raw and isinstance(raw["request"], dict):
-            merged["request"] = {**fixture.defaults, **raw["request"]}
+        given = raw.get("request")
+        if isinstance(given, dict):
+            defaults = fixture.defaults
+            if CALLER & given.keys():  # a case's caller is its own: no defaulted key or team
+                defaults = {name: value for name, value in defaults.items()
+                            if name not in CALLER | {"team"}}
+            merged["request"] = {**defaults, **given}
         try:
             case = CaseSpec.model_validate(merged)
             outcomes.append(run_case(graph, case, relative))
-        except (ValidationError, FixtureError) as exc:
+        except ValidationError as exc:
             outcomes.append(Outcome(relative, label, (f"bad case: {_first_line(exc)}",)))
+        except FixtureError as exc:
+            where = _where(tree, relative, exc.at, index - 1, given)
+            outcomes.append(Outcome(relative, label, (f"bad case: {where}{exc}",)))
     return outcomes
 
 
+CALLER = frozenset({"key", "subject"})
+
+
 class FixtureError(ValueError):
-    """A case names something the graph does not have."""
+    """A case names something the graph does not have; ``at``: the field, as
+    ("request", "subject"), where a position can point at it."""
+
+    def __init__(self, message: str, at: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.at = at
+
+
+def _where(tree: Node | None, relative: str, at: tuple[str, ...], case: int,
+           request: object) -> str:
+    """``file:line:col: `` of the field ``at`` of case ``case`` (or, for a request field
+    the case took from ``defaults``, of that default); "" where it is not written."""
+    if not at:
+        return ""
+    path: tuple[str | int, ...] = ("cases", case, *at)
+    if (at[0] == "request" and len(at) > 1 and isinstance(request, dict)
+            and at[1] not in request):
+        path = ("defaults", *at[1:])
+    node = tree
+    for step in path:
+        node = _child(node, step)
+    if node is None:
+        return ""
+    mark = node.start_mark
+    return f"{relative}:{mark.line + 1}:{mark.column + 1}: "
+
+
+def _child(node: Node | None, step: str | int) -> Node | None:
+    if isinstance(node, SequenceNode) and isinstance(step, int):
+        return node.value[step] if step < len(node.value) else None
+    if isinstance(node, MappingNode) and isinstance(step, str):
+        return next((value for key, value in node.value if key.value == step), None)
+    return None
 
 
 def run_case(graph: Graph, case: CaseSpec, relative: str) -> Outcome:
@@ -200,9 +261,10 @@ def _plan(graph: Graph, engine: PolicyEngine, request: RequestSpec,
     route = graph.routes.get(request.model)
     if route is None:
         raise FixtureError(f"request.model: no route '{request.model}'")
-    key = _key(graph, request.key)
+    key = _caller(graph, request.key, request.subject, request.team, "request")
     if key is None:
-        raise FixtureError("request.key: name the caller's key (here or in defaults)")
+        raise FixtureError("request.key: name the caller's key or subject (here or in "
+                           "defaults)")
     facts = Facts(
         route=route.name, estimated_tokens=request.estimated_tokens,
         max_tokens=request.max_tokens, stream=request.stream,
@@ -237,16 +299,34 @@ def _key(graph: Graph, name: str | None) -> ApiKey | None:
     raise FixtureError(f"request.key: no key '{name}' (keys need a secret or sha256 to count)")
 
 
+def _caller(graph: Graph, key: str | None, subject: str | None, team: str | None,
+            field: str) -> ApiKey | None:
+    """The key named, or the stand-in for a JWT's caller (as a token would sign it in)."""
+    if subject is None:
+        if team is not None:
+            raise FixtureError(f"{field}.team: only a subject has a team named here (a "
+                               "key's is in the config)", (field, "team"))
+        return _key(graph, key)
+    if key is not None:
+        raise FixtureError(f"{field}: name a key or a subject, not both", (field, "subject"))
+    try:
+        return stand_in(graph, subject, team)
+    except BadRequest as exc:
+        param = exc.param or "subject"
+        # No team written: point at the subject that needs one.
+        at = (field, "subject" if team is None else param)
+        raise FixtureError(f"{field}.{param}: {exc.message}", at) from exc
+
+
 def _evaluate(graph: Graph, engine: PolicyEngine, spec: EvaluateSpec) -> Decision:
-    principal_type, principal_id = _uid(spec.principal)
     resource_type, resource_id = _uid(spec.resource)
-    if principal_type == "User":
-        key = _key(graph, spec.key)
-        if key is None:
-            raise FixtureError("evaluate: a User principal needs its key")
-        principal = principal_for(graph.authorization, key, principal_id)
+    caller = _caller(graph, spec.key, spec.subject, spec.team, "evaluate")
+    if spec.principal is None:
+        if spec.subject is None or caller is None:
+            raise FixtureError("evaluate: name a principal (or a subject)")
+        principal = principal_for(graph.authorization, caller, None)
     else:
-        principal = Principal(principal_type, principal_id, None)
+        principal = _principal(graph, spec, caller)
     unknown = sorted(set(spec.context) - set(CONTEXT))
     if unknown:
         raise FixtureError(f"evaluate.context: unknown field(s) {', '.join(unknown)}")
@@ -262,6 +342,33 @@ def _evaluate(graph: Graph, engine: PolicyEngine, spec: EvaluateSpec) -> Decisio
         return Decision(True, (), 0)
     return engine.decide(principal, {"type": "Action", "id": action},
                          {"type": resource_type, "id": resource_id}, context)
+
+
+def _principal(graph: Graph, spec: EvaluateSpec, caller: ApiKey | None) -> Principal:
+    """``spec.principal`` with the entities a request gives it: a User in its key (or
+    subject) and team, a Subject in its issuer and team."""
+    assert spec.principal is not None
+    principal_type, principal_id = _uid(spec.principal)
+    if principal_type == "User":
+        if caller is None:
+            raise FixtureError("evaluate: a User principal needs its key (or subject)")
+        return principal_for(graph.authorization, caller, principal_id)
+    if principal_type == "Subject":
+        # Without its issuer and team a Subject is in nothing, and a policy on
+        # Issuer::"corp" or a team would not hold for it as it does for a token's caller.
+        if caller is None or caller.subject is None:
+            raise FixtureError("evaluate: a Subject principal is named by subject: "
+                               f"<issuer>#{principal_id} (and team:), its issuer and team "
+                               "being its parents", ("evaluate", "principal"))
+        if caller.subject != principal_id:
+            raise FixtureError(f"evaluate.principal: subject '{spec.subject}' is "
+                               f'Subject::"{caller.subject}", not {spec.principal}',
+                               ("evaluate", "principal"))
+        return principal_for(graph.authorization, caller, None)
+    if spec.subject is not None:
+        raise FixtureError(f"evaluate: a {principal_type} principal takes no subject",
+                           ("evaluate", "subject"))
+    return Principal(principal_type, principal_id, None)
 
 
 def _uid(text: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import difflib
 import json
 import logging
 import re
@@ -38,7 +39,7 @@ from aigw.compiler.graph import ApiKey, Graph, Issuer, IssuerTeams, Quota, Team
 from aigw.compiler.keys import shown_moment
 
 from .background import Background
-from .errors import Forbidden, IdentityProviderUnavailable, TokenRefused
+from .errors import BadRequest, Forbidden, IdentityProviderUnavailable, TokenRefused
 
 log = logging.getLogger("aigw.identity")
 
@@ -327,6 +328,42 @@ def _made(issuer: Issuer, principal: str, team: Team | None) -> ApiKey:
         routes=issuer.routes, mcp_servers=issuer.mcp_servers, passthrough=issuer.passthrough,
         sha256=None,
         issuer=issuer.name, subject=principal)
+
+
+def stand_in(graph: Graph, subject: str, team: str | None) -> ApiKey:
+    """The caller a token of ``subject`` (``<issuer>#<principal>``) signs in, with no
+    token: made as ``Identities.caller`` makes it (the issuer's routes and quota, the
+    same Cedar entities), in ``team`` where the issuer picks one by a claim, for asking
+    policies about such a caller offline (``aigw test``, ``aigw route``, ``POST /route``).
+    A ``BadRequest`` says what is wrong, its ``param`` "subject" or "team"."""
+    issuer_name, hash_sign, principal = subject.partition("#")
+    if not hash_sign or not issuer_name or not principal:
+        raise BadRequest(f"A subject is written <issuer>#<principal> (corp#alice), not "
+                         f"'{subject}'.", param="subject")
+    issuers = {item.name: item for item in graph.issuers_by_iss.values()}
+    issuer = issuers.get(issuer_name)
+    if issuer is None:
+        close = difflib.get_close_matches(issuer_name, sorted(issuers), n=1, cutoff=0.6)
+        hint = (f"; did you mean '{close[0]}'?" if close
+                else f" (issuers: {', '.join(sorted(issuers))})" if issuers
+                else " (the config has no issuers:)")
+        raise BadRequest(f"There is no issuer '{issuer_name}'{hint}", param="subject")
+    rule = issuer.team
+    if isinstance(rule, IssuerTeams):
+        teams = {each.name: each for _value, each in rule.choices}
+        if rule.default is not None:
+            teams[rule.default.name] = rule.default
+        if team is None or team not in teams:
+            said = "name the team" if team is None else f"it gives no team '{team}'"
+            raise BadRequest(
+                f"Issuer '{issuer.name}' picks a caller's team by its '{rule.claim}' claim: "
+                f"{said} (one of {', '.join(teams)}).", param="team")
+        return _made(issuer, principal, teams[team])
+    fixed = rule.name if rule is not None else None
+    if team is not None and team != fixed:
+        puts = f"puts every caller in team '{fixed}'" if fixed else "gives its callers no team"
+        raise BadRequest(f"Issuer '{issuer.name}' {puts}, not '{team}'.", param="team")
+    return _made(issuer, principal, rule)
 
 
 def caller_in(graph: Graph, key: ApiKey) -> ApiKey | None:

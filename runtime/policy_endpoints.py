@@ -39,6 +39,7 @@ from . import jsonio
 from .auth import require_admin
 from .chat_request import bad_request
 from .errors import BadRequest, ModelNotFound
+from .identity import stand_in
 from .incoming import read_body
 from .live import Gateway, Live
 from .policy import Decision, Facts, Principal, principal_for
@@ -58,7 +59,10 @@ class RouteQuery(BaseModel):
     model: str
     key: str | None = Field(None, description="The key's name (default: the caller's).")
     user: str | None = None
-    team: str | None = Field(None, description="The user's team, when no key is named.")
+    subject: str | None = Field(None, description="A JWT's caller, <issuer>#<principal>, "
+                                "made as its token would sign it in.")
+    team: str | None = Field(None, description="The user's team, when no key is named; a "
+                             "subject's, where its issuer maps one by a claim.")
     # JSON bodies may carry NaN and Infinity (1e999 too): no budget figure, and no answer
     # could carry them back.
     budget_remaining: Annotated[float, Field(allow_inf_nan=False)] | None = None
@@ -105,8 +109,16 @@ class _PolicyEndpoints:
         route = live.graph.routes.get(query.model)
         if route is None:
             raise ModelNotFound(f"The model '{query.model}' does not exist.", param="model")
-        key = _key(live.graph, query.key) if query.key else caller if not query.user else None
-        principal = subject(live, query.user, key, query.team)
+        if query.subject is not None:
+            if query.key:
+                raise BadRequest("Name a key or a subject, not both.", param="subject")
+            principal = principal_for(live.graph.authorization,
+                                      stand_in(live.graph, query.subject, query.team),
+                                      query.user)
+        else:
+            key = (_key(live.graph, query.key) if query.key
+                   else caller if not query.user else None)
+            principal = subject(live, query.user, key, query.team)
         facts = Facts(
             route=route.name, estimated_tokens=query.estimated_tokens,
             max_tokens=query.max_tokens, stream=query.stream,

@@ -5,9 +5,10 @@ the graph being served and its last reload, a notice of keys that expire within 
 (or have expired), the routes (with their cache and guardrails), each deployment's live
 state (circuit, in flight, latency, error rate, and a vLLM server's own queue, KV cache
 and prefix cache hits), the budgets, the keys (whose, what they may reach, when they
-and their rotations' earlier secrets end), the executions waiting for a human (with
-approve and reject buttons) and the latest executions. Configuration is not edited here: it lives
-in git.
+and their rotations' earlier secrets end), the issuers whose JWTs sign callers in (their
+key ids, when those were fetched, whether the last fetch failed), the pass-throughs, the
+executions waiting for a human (with approve and reject buttons) and the latest
+executions. Configuration is not edited here: it lives in git.
 
 A browser signs in with HTTP Basic (any user name, an admin key as the password);
 ``Authorization: Bearer`` works as everywhere else. A decision is a form POST, and a
@@ -22,6 +23,7 @@ import binascii
 import datetime
 import time
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -118,11 +120,28 @@ loaded {{ loaded_at }}.
 
 <h2>Keys</h2>
 <table><tr><th>key</th><th>team</th><th>admin</th><th>routes</th><th>MCP servers</th>
-<th>expires</th><th>earlier secrets</th></tr>
+<th>pass-throughs</th><th>expires</th><th>earlier secrets</th></tr>
 {% for k in keys %}<tr><td>{{ k.name }}</td><td>{{ k.team }}</td><td>{{ k.admin }}</td>
-<td>{{ k.routes }}</td><td>{{ k.mcp_servers }}</td>
+<td>{{ k.routes }}</td><td>{{ k.mcp_servers }}</td><td>{{ k.passthrough }}</td>
 <td class="{{ 'bad' if k.soon else '' }}">{{ k.expires }}</td><td>{{ k.previous }}</td></tr>
 {% endfor %}</table>
+
+<h2>Issuers</h2>
+{% if issuers %}<table><tr><th>issuer</th><th>iss</th><th>keys from</th><th>audiences</th>
+<th>team</th><th>routes</th><th>pass-throughs</th><th>key ids</th><th>last fetch</th></tr>
+{% for i in issuers %}<tr><td>{{ i.name }}</td><td><code>{{ i.iss }}</code></td>
+<td><code>{{ i.jwks }}</code></td><td>{{ i.audiences }}</td><td>{{ i.team }}</td>
+<td>{{ i.routes }}</td><td>{{ i.passthrough }}</td><td><code>{{ i.kids }}</code></td>
+<td class="{{ 'bad' if i.failed else '' }}">{{ i.fetched }}</td></tr>{% endfor %}</table>
+{% else %}<p>No issuers: only keys sign in.</p>{% endif %}
+
+<h2>Pass-throughs</h2>
+{% if passthrough %}<table><tr><th>pass-through</th><th>provider</th><th>methods</th>
+<th>paths</th></tr>
+{% for x in passthrough %}<tr><td>{{ x.name }}</td>
+<td class="{{ '' if x.enabled else 'bad' }}">{{ x.provider }}</td><td>{{ x.methods }}</td>
+<td><code>{{ x.paths }}</code></td></tr>{% endfor %}</table>
+{% else %}<p>No pass-throughs.</p>{% endif %}
 
 <h2>Latest executions</h2>
 {% if executions %}<table><tr><th>execution</th><th>pipeline</th><th>status</th><th>key</th>
@@ -241,6 +260,15 @@ class _AdminPage:
         now = time.time()
         facts["keys"] = [_key_row(key, previous, now) for key, previous in overview.keys(graph)]
         facts["expiring"] = [row for row in facts["keys"] if row["soon"]]
+        facts["issuers"] = [_issuer_row(name, entry)
+                            for name, entry in live.identities.status(graph).items()]
+        facts["passthrough"] = [
+            {"name": name, "provider": f"{entry.provider.name} ({entry.provider.type})"
+             + ("" if entry.provider.name in live.adapters else ": disabled"),
+             "enabled": entry.provider.name in live.adapters,
+             "methods": ", ".join(sorted(entry.methods)), "paths": " ".join(entry.globs)}
+            for name, entry in sorted(graph.passthrough.items())
+        ]
         try:
             facts["budgets"] = [
                 {"scope": b.scope.value, "name": b.name, "period": b.period.value,
@@ -312,8 +340,8 @@ def _key_row(key: ApiKey, previous: list[PreviousSecret], now: float) -> dict[st
         "name": key.name, "team": key.team.name if key.team else "",
         "admin": "yes" if key.admin else "",
         "routes": "all" if key.routes is None else ", ".join(sorted(key.routes)) or "none",
-        "mcp_servers": ("all" if key.mcp_servers is None
-                        else ", ".join(sorted(key.mcp_servers)) or "none"),
+        "mcp_servers": _names(key.mcp_servers),
+        "passthrough": _names(key.passthrough),
         "expires": _when(key.expires_at) or "never", "soon": soon,
         "expired": key.expires_at is not None and key.expires_at <= now,
         "previous": "; ".join(
@@ -322,6 +350,36 @@ def _key_row(key: ApiKey, previous: list[PreviousSecret], now: float) -> dict[st
                  f"{_when(item.until)}"
             for item in previous),
     }
+
+
+def _names(names: frozenset[str] | None) -> str:
+    """What a key or issuer may reach: ``all`` (no list), ``none`` (an empty one)."""
+    return "all" if names is None else ", ".join(sorted(names)) or "none"
+
+
+def _issuer_row(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One issuer as ``Identities.status`` shows it, in words."""
+    team = entry["team"]
+    if isinstance(team, Mapping):
+        team = (f"by its {team['claim']} claim: "
+                + ", ".join(f"{value} → {each}" for value, each in team["map"].items())
+                + (f"; else {team['default']}" if team["default"] else "; else refused"))
+    ago = entry["fetched_s_ago"]
+    fetched = ("from its jwks_file" if entry["jwks"] == "jwks_file"
+               else "never" if ago is None else f"{ago:g} s ago")
+    if entry["last_fetch_failed"]:
+        fetched += " (the last fetch failed)"
+    return {
+        "name": name, "iss": entry["issuer"], "jwks": entry["jwks"],
+        "audiences": ", ".join(entry["audiences"]), "team": team or "",
+        "routes": _listed(entry["routes"]), "passthrough": _listed(entry["passthrough"]),
+        "kids": ", ".join(entry["kids"]) or "none", "fetched": fetched,
+        "failed": bool(entry["last_fetch_failed"]),
+    }
+
+
+def _listed(names: list[str] | None) -> str:
+    return "all" if names is None else ", ".join(names) or "none"
 
 
 def _deployment_row(name: str, graph: Graph, snapshot: Snapshot) -> dict[str, Any]:

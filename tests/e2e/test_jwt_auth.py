@@ -9,7 +9,9 @@ an rpm of its own.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -109,7 +111,7 @@ issuers:
     passthrough: []
   unreachable:
     issuer: {UNREACHABLE}
-    jwks_url: http://127.0.0.1:{free_port()}/jwks.json
+    jwks_url: "http://127.0.0.1:{free_port()}/jwks.json?tenant=<a>&v=2"
     audiences: [{AUDIENCE}]
     team: engineering
 """ + DEV_KEY_LINE
@@ -298,6 +300,40 @@ def test_admin_status_shows_each_issuers_keys_and_its_last_fetch(gateway: Server
     assert (issuers["unreachable"]["kids"], issuers["unreachable"]["fetched_s_ago"],
             issuers["unreachable"]["last_fetch_failed"]) == ([], None, True)
     assert issuers["airgapped"]["kids"] == ["offline-1"]
+
+
+def _page_row(page: str, first: str) -> list[str]:
+    """The cells, as text, of the admin page's table row whose first cell is ``first``."""
+    found = re.search(rf"<tr><td>{re.escape(first)}</td>.*?</tr>", page, re.S)
+    assert found is not None, f"no row {first!r} on the page"
+    return [html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", found.group(0), re.S)]
+
+
+def test_the_admin_page_shows_each_issuer_and_pass_through(gateway: Server) -> None:
+    """What /admin/status says of issuers (key ids, last fetch, its failure) and the
+    pass-throughs, on the page a person reads, escaped."""
+    _chat(gateway, RSA_KEY.sign(claims("page", groups=["llm-eng"])))
+    with pytest.raises(openai.InternalServerError):
+        _chat(gateway, RSA_KEY.sign(claims("page", iss=UNREACHABLE)))
+    answer = httpx.get(f"{gateway.base_url}/admin", auth=("admin", DEV_KEY))
+    assert answer.status_code == 200, answer.text
+    page = answer.text
+    corp = _page_row(page, "corp")
+    assert corp[:5] == ["corp", ISSUER, corp[2], AUDIENCE,
+                        "by its groups claim: llm-eng → engineering, llm-research → research; "
+                        "else refused"]
+    assert corp[5:8] == ["all", "all", "ec-1, rsa-1"]
+    assert re.fullmatch(r"[\d.]+ s ago", corp[8]), corp[8]
+    unreachable = _page_row(page, "unreachable")
+    assert unreachable[2].endswith("/jwks.json?tenant=<a>&v=2")
+    assert "?tenant=&lt;a&gt;&amp;v=2" in page and "<a>&v" not in page
+    assert unreachable[4:] == ["engineering", "all", "all", "none",
+                               "never (the last fetch failed)"]
+    assert _page_row(page, "airgapped")[4:] == ["research", "chat", "none", "offline-1",
+                                                "from its jwks_file"]
+    assert _page_row(page, "idp-raw") == ["idp-raw", "idp (openai_compatible)", "GET",
+                                          "/jwks.json"]
 
 
 def test_an_air_gapped_issuer_verifies_with_its_key_file_and_keeps_to_its_routes(

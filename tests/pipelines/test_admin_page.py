@@ -151,10 +151,12 @@ async def test_the_page_shows_routes_cache_and_guardrails_and_keys_expiring_soon
                              r"checker \(output: log\)</td>", text, re.S)
             expires = _when(OPS_EXPIRES)
             assert _expiry_notice(text).startswith(f"ci-bot (expires {expires}). Rotate them")
-            assert (f"<td>ci-bot</td><td>default</td><td></td>\n<td>all</td><td>docs</td>\n"
+            assert (f"<td>ci-bot</td><td>default</td><td></td>\n<td>all</td><td>docs</td>"
+                    "<td>all</td>\n"
                     f'<td class="bad">{expires}</td><td>refused since {_when(OPS_UNTIL)}</td>'
                     ) in text
-            assert ("<td>dev</td><td>default</td><td>yes</td>\n<td>all</td><td>all</td>\n"
+            assert ("<td>dev</td><td>default</td><td>yes</td>\n<td>all</td><td>all</td>"
+                    "<td>all</td>\n"
                     '<td class="">never</td><td></td>') in text
 
             config = ops_dir / "gateway.yaml"  # a key past its expiry, still configured

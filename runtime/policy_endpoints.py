@@ -85,7 +85,10 @@ class EvaluateQuery(BaseModel):
     resource: str | dict[str, str]
     context: dict[str, Any] = Field(default_factory=dict)
     key: str | None = Field(None, description="For a User principal: its key.")
-    team: str | None = Field(None, description="For a User principal without a key.")
+    subject: str | None = Field(None, description="For a Subject principal, or a User "
+                                "principal's: the JWT's caller, <issuer>#<principal>.")
+    team: str | None = Field(None, description="For a User principal without a key; a "
+                             "subject's, where its issuer maps one by a claim.")
 
 
 def policy_routes(gateway: Gateway) -> list[Route]:
@@ -139,7 +142,9 @@ class _PolicyEndpoints:
         principal_uid = _uid(query.principal, "principal")
         resource = _uid(query.resource, "resource")
         action = query.action.removeprefix('Action::"').removesuffix('"')
-        if principal_uid["type"] == "User":
+        if query.subject is not None or principal_uid["type"] == "Subject":
+            principal = _subject_principal(live.graph, query, principal_uid)
+        elif principal_uid["type"] == "User":
             key = _key(live.graph, query.key) if query.key else None
             principal = subject(live, principal_uid["id"], key, query.team)
         elif principal_uid["type"] == "ApiKey":
@@ -205,6 +210,25 @@ def subject(live: Live, user: str | None, key: ApiKey | None, team: str | None) 
         else {}
     entity = {"uid": {"type": "User", "id": user}, "attrs": attrs, "parents": parents}
     return Principal("User", user, json.dumps(entity, separators=(",", ":")))
+
+
+def _subject_principal(graph: Graph, query: EvaluateQuery, uid: dict[str, str]) -> Principal:
+    """A Subject principal (or a User of one) with its issuer and team as its parents,
+    as a token's caller has them: asked as in nothing, a policy on ``Issuer::"corp"`` or
+    the caller's team would not hold for it."""
+    if query.subject is None:
+        raise BadRequest(f'A Subject principal is named with its subject: "subject": '
+                         f'"<issuer>#{uid["id"]}" (and its "team"), its issuer and team '
+                         "being its parents.", param="subject")
+    if query.key:
+        raise BadRequest("Name a key or a subject, not both.", param="subject")
+    caller = stand_in(graph, query.subject, query.team)
+    if uid["type"] == "User":
+        return principal_for(graph.authorization, caller, uid["id"])
+    if uid["type"] != "Subject" or uid["id"] != caller.subject:
+        raise BadRequest(f"Subject '{query.subject}' is Subject::\"{caller.subject}\", not "
+                         f'{uid["type"]}::"{uid["id"]}".', param="principal")
+    return principal_for(graph.authorization, caller, None)
 
 
 def _key(graph: Graph, name: str) -> ApiKey:

@@ -242,3 +242,38 @@ async def test_route_endpoint_asks_as_a_subject(root: Path, counter: TokenCounte
                                                         "mean 'corp'?")
     finally:
         await gateway.aclose()
+
+
+async def test_evaluate_endpoint_asks_a_subject_in_its_issuer_and_team(
+    root: Path, counter: TokenCounter
+) -> None:
+    """A Subject principal was asked as in nothing: the engineering-only forbid's
+    ``unless`` never held for it, so even an engineering caller was refused."""
+    gateway = Gateway(root, counter)
+    files = 'Passthrough::"files-raw"'
+    try:
+        async with app_client(gateway, ADMIN) as client:
+            for team, decision in [("engineering", "allow"), ("research", "deny")]:
+                answer = await client.post("/evaluate", json={
+                    "principal": 'Subject::"alice"', "subject": "corp#alice", "team": team,
+                    "action": "invoke", "resource": files})
+                assert answer.status_code == 200, answer.text
+                assert (answer.json()["principal"], answer.json()["decision"]) == (
+                    'Subject::"alice"', decision)
+            user = (await client.post("/evaluate", json={
+                "principal": 'User::"carol"', "subject": "github-ci#bot",
+                "action": "invoke", "resource": files})).json()
+            assert (user["decision"], user["policies"]) == ("deny",
+                                                            ["raw-files-engineering-only"])
+            bare = await client.post("/evaluate", json={
+                "principal": 'Subject::"alice"', "action": "invoke", "resource": files})
+            assert bare.status_code == 400
+            assert bare.json()["error"]["param"] == "subject"
+            other = await client.post("/evaluate", json={
+                "principal": 'Subject::"mallory"', "subject": "corp#alice",
+                "team": "engineering", "action": "invoke", "resource": files})
+            assert other.status_code == 400
+            assert other.json()["error"]["message"] == (
+                "Subject 'corp#alice' is Subject::\"alice\", not Subject::\"mallory\".")
+    finally:
+        await gateway.aclose()

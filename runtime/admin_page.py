@@ -339,7 +339,7 @@ def _key_row(key: ApiKey, previous: list[PreviousSecret], now: float) -> dict[st
     return {
         "name": key.name, "team": key.team.name if key.team else "",
         "admin": "yes" if key.admin else "",
-        "routes": "all" if key.routes is None else ", ".join(sorted(key.routes)) or "none",
+        "routes": _names(key.routes),
         "mcp_servers": _names(key.mcp_servers),
         "passthrough": _names(key.passthrough),
         "expires": _when(key.expires_at) or "never", "soon": soon,

@@ -524,7 +524,8 @@ def _run_route(args: argparse.Namespace) -> int:
     )
     state = RoutingState()
     state.sync(graph)
-    plan = plan_route(graph, PolicyEngine(graph, StateLive(state)), principal, facts, state)
+    plan = plan_route(graph, PolicyEngine(graph, StateLive(state)), principal, facts, state,
+                      key=key)
     if key is None:
         who = "an unnamed key (pass --key NAME)"
     elif key.issuer is None:

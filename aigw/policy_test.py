@@ -274,7 +274,8 @@ def _plan(graph: Graph, engine: PolicyEngine, request: RequestSpec,
         tags=tuple(request.tags), hour_of_day=request.hour_of_day,
     )
     principal = principal_for(graph.authorization, key, request.user)
-    return plan_route(graph, engine, principal, facts, _state(graph, live), every_provider=True)
+    return plan_route(graph, engine, principal, facts, _state(graph, live), every_provider=True,
+                      key=key)
 
 
 def _state(graph: Graph, live: Mapping[str, Mapping[str, Any]]) -> RoutingState:

@@ -115,9 +115,9 @@ class _PolicyEndpoints:
         if query.subject is not None:
             if query.key:
                 raise BadRequest("Name a key or a subject, not both.", param="subject")
-            principal = principal_for(live.graph.authorization,
-                                      stand_in(live.graph, query.subject, query.team),
-                                      query.user)
+            key: ApiKey | None = stand_in(live.graph, query.subject, query.team)
+            assert key is not None
+            principal = principal_for(live.graph.authorization, key, query.user)
         else:
             key = (_key(live.graph, query.key) if query.key
                    else caller if not query.user else None)
@@ -131,7 +131,8 @@ class _PolicyEndpoints:
             tags=tuple(query.tags),
             **({"hour_of_day": query.hour_of_day} if query.hour_of_day is not None else {}),
         )
-        plan = plan_route(live.graph, live.policy, principal, facts, _shadow(live.routing))
+        plan = plan_route(live.graph, live.policy, principal, facts, _shadow(live.routing),
+                          key=key)
         return JSONResponse(plan.as_dict())
 
     async def evaluate(self, request: Request) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aigw.compiler.graph import Graph, TargetKind
+from aigw.compiler.graph import ApiKey, Graph, TargetKind
 
 from .policy import INVOKE, Decision, Denied, Facts, PolicyEngine, Principal, RequestGate
 from .routing.explain import TierExplanation, explain, explain_whole, served_kind
@@ -90,11 +90,18 @@ def plan_route(
     facts: Facts,
     state: RoutingState,
     every_provider: bool = False,
+    key: ApiKey | None = None,
 ) -> RoutePlan:
-    """Ask Cedar about ``facts.route`` for ``principal``; order what it permits."""
+    """Ask Cedar about ``facts.route`` for ``principal``; order what it permits. With the
+    caller's ``key`` (or JWT caller), a route outside its ``routes:`` is denied before
+    Cedar is asked, as a live request is refused (a 404: ``check_route_allowed``)."""
+    route = graph.routes[facts.route]
+    if key is not None and key.routes is not None and route.name not in key.routes:
+        outside = Decision(False, (), 0, (f"route '{route.name}' is not among the routes "
+                                          f"'{key.name}' may call (a live request: 404)",))
+        return RoutePlan(facts.route, principal, facts, outside, ())
     gate = RequestGate(engine, principal, facts, str(principal))
     invoke = engine.invoke(principal, facts.route, gate.context)
-    route = graph.routes[facts.route]
     if invoke.allowed and route.kind is TargetKind.PIPELINE:
         # As a chat to it is: the pipeline it runs is invoked too (``chat_completions``).
         ran = engine.decide(principal, INVOKE, {"type": "Pipeline", "id": route.target},

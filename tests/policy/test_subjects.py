@@ -33,6 +33,7 @@ groups:
   pair: {{members: [small, large]}}
 routes:
   fast: {{group: pair}}
+  other: {{deployment: small}}
 passthrough:
   files-raw: {{provider: upstream, paths: ["/v1/files/**"]}}
 teams:
@@ -55,6 +56,7 @@ issuers:
     jwks_url: https://token.actions.example.test/jwks
     audiences: [{AUDIENCE}]
     team: research
+    routes: [fast]
 """
 POLICIES = """\
 @id("anyone-may-invoke")
@@ -86,6 +88,9 @@ cases:
   - name: a github-ci caller, in its issuer's fixed team, never gets large
     request: {model: fast, subject: github-ci#repo:org/app}
     expect: {order: [small], denied: {large: [ci-never-large]}}
+  - name: a github-ci caller asks a route outside its issuer's routes (live, a 404)
+    request: {model: other, subject: github-ci#repo:org/app}
+    expect: {invoke: deny}
   - name: the key from defaults still asks as itself
     request: {model: fast}
     expect: {order: [small, large]}
@@ -148,7 +153,7 @@ def test_aigw_test_runs_cases_that_name_a_jwt_caller(
     assert main(["test", str(root)]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "FAIL" not in out
-    assert out.endswith("8 cases, 0 failed\n")
+    assert out.endswith("9 cases, 0 failed\n")
 
 
 def test_aigw_test_points_at_what_is_wrong_with_a_subject(

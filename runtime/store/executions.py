@@ -34,6 +34,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from .callers import TokenCaller
+
 
 class Status(StrEnum):
     QUEUED = "queued"
@@ -78,6 +80,10 @@ class Execution:
     output: Any = None
     error: str | None = None
     key: str | None = None  # the API key that started it
+    # A JWT's caller that started it: what makes that caller again as its steps run,
+    # on any replica, after a restart (its token is not kept). None: a key, or an
+    # execution made before this was kept.
+    caller: TokenCaller | None = None
     user: str | None = None  # the end user it runs for: their limits and budgets apply
     idempotency_key: str | None = None
     created_at: float = 0.0
@@ -216,6 +222,7 @@ class NewExecution:
     user: str | None = None
     facts: Mapping[str, Any] | None = None  # see ``Execution.facts``
     trace: str | None = None  # see ``Execution.trace``
+    caller: TokenCaller | None = None  # see ``Execution.caller``
 
 
 @dataclass(frozen=True, slots=True)

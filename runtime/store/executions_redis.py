@@ -52,6 +52,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import GatewayError, InternalError, StoreUnavailable
+from .callers import TokenCaller
 from .executions import (
     FINAL,
     Checkpoint,
@@ -217,7 +218,7 @@ class RedisExecutions:
                 input=new.input, key=new.key, user=new.user,
                 idempotency_key=new.idempotency_key,
                 created_at=now, updated_at=now, graph=new.graph, facts=new.facts,
-                trace=new.trace,
+                trace=new.trace, caller=new.caller,
             )
             keys = [self._x(execution.id), self._key("index"), self._key("costs"),
                     self._key("queue")]
@@ -662,6 +663,8 @@ class RedisExecutions:
 def _field(name: str, value: Any) -> str:
     if isinstance(value, Status):
         value = value.value
+    elif isinstance(value, TokenCaller):
+        value = value.as_json()
     return json_text(value)
 
 
@@ -675,6 +678,7 @@ def _decode(data: Mapping[str, str]) -> Execution:
         if name in data:
             values[name] = json.loads(data[name])
     values["status"] = Status(values["status"])
+    values["caller"] = TokenCaller.from_json(values.get("caller"))  # none before it was kept
     for name in ("cost", "lease_until"):
         values[name] = float(values.get(name) or 0.0)
     for name in ("prompt_tokens", "completion_tokens", "model_calls"):

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .callers import TokenCaller
 from .executions import (
     ACTIVE,
     FINAL,
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS wf_executions (
     output            TEXT,
     error             TEXT,
     "key"             TEXT,
+    caller            TEXT,
     "user"            TEXT,
     idempotency_key   TEXT,
     created_at        REAL NOT NULL,
@@ -203,10 +205,10 @@ class SQLiteExecutions:
 
 def _create_tables(connection: sqlite3.Connection) -> None:
     run_statements(connection, SCHEMA)
-    # Files written before an execution kept its end user, its request's facts or its
-    # trace get the columns (empty).
+    # Files written before an execution kept its end user, its request's facts, its
+    # trace or its JWT caller get the columns (empty).
     columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}
-    for added in ("user", "facts", "trace"):
+    for added in ("user", "facts", "trace", "caller"):
         if added not in columns:
             connection.execute(f'ALTER TABLE wf_executions ADD COLUMN "{added}" TEXT')
 
@@ -215,8 +217,9 @@ def _row(row: tuple[Any, ...]) -> Execution:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["status"] = Status(values["status"])
     values["input"] = json.loads(values["input"])
-    for name in ("output", "facts"):
+    for name in ("output", "facts", "caller"):
         values[name] = json.loads(values[name]) if values[name] is not None else None
+    values["caller"] = TokenCaller.from_json(values["caller"])
     return Execution(**values)
 
 
@@ -237,7 +240,7 @@ def _create(
     execution = Execution(
         id=new_execution_id(), pipeline=new.pipeline, status=Status.QUEUED, input=new.input,
         key=new.key, user=new.user, idempotency_key=new.idempotency_key, created_at=now,
-        updated_at=now, graph=new.graph, facts=new.facts, trace=new.trace,
+        updated_at=now, graph=new.graph, facts=new.facts, trace=new.trace, caller=new.caller,
     )
     _write(connection, execution)
     return execution, True
@@ -249,6 +252,8 @@ def _write(connection: sqlite3.Connection, execution: Execution) -> None:
     values[_COLUMNS.index("output")] = json_text(execution.output)
     if execution.facts is not None:
         values[_COLUMNS.index("facts")] = json_text(execution.facts)
+    if execution.caller is not None:
+        values[_COLUMNS.index("caller")] = json_text(execution.caller.as_json())
     values[_COLUMNS.index("status")] = execution.status.value
     placeholders = ", ".join("?" for _ in _COLUMNS)
     names = ", ".join(f'"{name}"' for name in _COLUMNS)

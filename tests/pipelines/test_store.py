@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from aigw.runtime.errors import InternalError
+from aigw.runtime.store.callers import TokenCaller
 from aigw.runtime.store.executions import (
     Checkpoint,
     Decision,
@@ -93,6 +94,37 @@ async def test_an_execution_keeps_the_facts_policy_was_asked_with(store: Executi
         (unkept.id, None), (made.id, facts)]
 
 
+async def test_an_execution_keeps_the_jwt_caller_that_started_it(store: ExecutionStore) -> None:
+    caller = TokenCaller("corp", "ada", "research")
+    made, _ = await store.create(
+        NewExecution("research", {}, "corp#ada", None, "f1ngerprint", caller=caller), NOW)
+    unkept, _ = await store.create(_new(), NOW + 1)
+    assert (made.caller, unkept.caller) == (caller, None)
+    assert [(item.id, item.caller) for item in await store.list()] == [
+        (unkept.id, None), (made.id, caller)]
+    owner = new_owner()
+    assert made.id in await store.claim(owner, LEASE, NOW + 2, 10)
+    await store.commit(made.id, owner, Checkpoint(status=Status.WAITING), NOW + 3)
+    found = await store.get(made.id)
+    assert found is not None and found.caller == caller  # kept through its checkpoints
+
+
+async def test_a_redis_execution_written_before_it_kept_its_caller_has_none(
+        redis_url: str, namespace: str) -> None:
+    store = RedisExecutions.from_url(redis_url, namespace=namespace)
+    try:
+        made, _ = await store.create(
+            NewExecution("research", {}, "corp#ada", None, "f",
+                         caller=TokenCaller("corp", "ada", None)), NOW)
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        async with client:  # the hash as the version before wrote it: no caller field
+            assert await client.hdel(f"{namespace}:wf:x:{made.id}", "caller") == 1
+        found = await store.get(made.id)
+        assert found is not None and found.caller is None and found.key == "corp#ada"
+    finally:
+        await store.aclose()
+
+
 async def test_a_file_written_before_executions_kept_a_user_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as old:  # the table as it was, with one execution
@@ -110,12 +142,14 @@ async def test_a_file_written_before_executions_kept_a_user_is_upgraded(tmp_path
     try:
         kept = await store.get("exec_old")
         assert kept is not None and kept.user is None and kept.key == "dev"
-        assert kept.facts is None  # nor the facts of its request
+        assert kept.facts is None and kept.caller is None  # nor its request's facts, caller
+        caller = TokenCaller("corp", "ada", "research")
         made, _ = await store.create(
-            NewExecution("research", {}, "alice", None, "f", user="u1", facts={"tags": []}),
-            NOW)
-        assert [(item.id, item.user, item.facts) for item in await store.list()] == [
-            (made.id, "u1", {"tags": []}), ("exec_old", None, None)]
+            NewExecution("research", {}, "alice", None, "f", user="u1", facts={"tags": []},
+                         caller=caller), NOW)
+        assert [(item.id, item.user, item.facts, item.caller)
+                for item in await store.list()] == [
+            (made.id, "u1", {"tags": []}, caller), ("exec_old", None, None, None)]
     finally:
         await store.aclose()
 

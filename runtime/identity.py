@@ -39,7 +39,14 @@ from aigw.compiler.graph import ApiKey, Graph, Issuer, IssuerTeams, Quota, Team
 from aigw.compiler.keys import shown_moment
 
 from .background import Background
-from .errors import BadRequest, Forbidden, IdentityProviderUnavailable, TokenRefused
+from .errors import (
+    BadRequest,
+    Forbidden,
+    IdentityProviderUnavailable,
+    TokenRefused,
+    Unauthorized,
+)
+from .store.callers import TokenCaller
 
 log = logging.getLogger("aigw.identity")
 
@@ -92,8 +99,9 @@ class Identities:
         self._renewing = Background()  # fetches of key sets past their max age
         # (id of a JWK, algorithm) -> that JWK and the PyJWK made of it
         self._prepared: dict[tuple[int, str], tuple[Mapping[str, Any], jwt.PyJWK]] = {}
-        # Callers signed in lately, by name: an execution or batch they started runs
-        # as them, in the team their token's claim gave them, after the request.
+        # Callers signed in lately, by name: an execution or batch they started before
+        # it kept its caller (``remade``) runs as them, in the team their token's claim
+        # gave them, while this process remembers it.
         self._recent: OrderedDict[str, ApiKey] = OrderedDict()
 
     async def caller(self, graph: Graph, token: str) -> ApiKey:
@@ -125,10 +133,12 @@ class Identities:
         return caller
 
     def named(self, graph: Graph, name: str) -> ApiKey | None:
-        """The caller called ``name`` (``<issuer>#<principal>``) as ``graph`` has it: its
-        issuer's routes and quota now; its team the issuer's fixed one or, where a claim
-        picks it, the one its token gave it when it last signed in here (None once that
-        is forgotten, or the issuer or team left the config)."""
+        """The caller called ``name`` (``<issuer>#<principal>``) as ``graph`` has it, for
+        an execution or batch recorded before work kept its caller (``remade`` is for
+        those that did): its issuer's routes and quota now; its team the issuer's fixed
+        one or, where a claim picks it, the one its token gave it when it last signed in
+        to this process (None once that is forgotten, or the issuer or team left the
+        config)."""
         issuer_name, hash_sign, subject = name.partition("#")
         issuer = next((item for item in graph.issuers_by_iss.values()
                        if item.name == issuer_name), None)
@@ -364,6 +374,45 @@ def stand_in(graph: Graph, subject: str, team: str | None) -> ApiKey:
         puts = f"puts every caller in team '{fixed}'" if fixed else "gives its callers no team"
         raise BadRequest(f"Issuer '{issuer.name}' {puts}, not '{team}'.", param="team")
     return _made(issuer, principal, rule)
+
+
+def token_caller(key: ApiKey) -> TokenCaller | None:
+    """What work ``key`` starts (an execution, a batch) keeps to run as it later: for a
+    JWT's caller its issuer, principal and team (never its token); None for a key of the
+    config, which is found again by its name."""
+    if key.issuer is None or key.subject is None:
+        return None
+    return TokenCaller(key.issuer, key.subject, key.team.name if key.team else None)
+
+
+def remade(graph: Graph, caller: TokenCaller) -> ApiKey:
+    """The JWT caller that started some work, as ``graph`` has it now, wherever and
+    whenever the work goes on: its issuer's routes and quota now; its team the issuer's
+    fixed one now (as a key's team is the config's) or, where a claim picked it, the one
+    the claim gave it then. ``Unauthorized`` once the issuer, or that team, left the
+    config (or the issuer picks teams by claim now and the caller had none)."""
+    issuer = next((item for item in graph.issuers_by_iss.values()
+                   if item.name == caller.issuer), None)
+    if issuer is None:
+        raise _refused(caller, f"its issuer '{caller.issuer}' is no longer in the "
+                               "gateway's config")
+    if not isinstance(issuer.team, IssuerTeams):
+        return _made(issuer, caller.principal, issuer.team)
+    if caller.team is None:
+        raise _refused(caller, f"issuer '{issuer.name}' now gives its callers a team by "
+                               f"their token's '{issuer.team.claim}' claim, and it had none "
+                               "when it started this work")
+    team = graph.teams.get(caller.team)
+    if team is None:
+        raise _refused(caller, f"its team '{caller.team}' (the one its token gave it when "
+                               "it started this work) is no longer in the gateway's config")
+    return _made(issuer, caller.principal, team)
+
+
+def _refused(caller: TokenCaller, why: str) -> Unauthorized:
+    refusal = Unauthorized(f"The caller '{caller.name}' is no longer accepted: {why}.")
+    refusal.key_name = caller.name  # the access log says whose work was refused
+    return refusal
 
 
 def caller_in(graph: Graph, key: ApiKey) -> ApiKey | None:

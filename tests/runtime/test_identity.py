@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
-from aigw.runtime.errors import IdentityProviderUnavailable, TokenRefused
-from aigw.runtime.identity import Identities, looks_like_jwt
+from aigw.runtime.errors import IdentityProviderUnavailable, TokenRefused, Unauthorized
+from aigw.runtime.identity import Identities, looks_like_jwt, remade, token_caller
+from aigw.runtime.store.callers import TokenCaller
 
 from ..fakes.jwks_server import ISSUER, SigningKey, claims
 
@@ -128,3 +130,63 @@ def test_a_jwt_has_three_base64url_parts_and_a_key_has_not() -> None:
     assert not looks_like_jwt("a.b")
     assert not looks_like_jwt("a.b.c.d")
     assert not looks_like_jwt("a b.c.d")
+
+
+def _compiled(root: Path, teams: str, issuers: str) -> Graph:
+    root.mkdir(exist_ok=True)
+    (root / "gateway.yaml").write_text(f"""\
+version: 1
+providers: {{local: {{type: echo}}}}
+deployments: {{e: {{provider: local, model: echo-1, context_window: 8192}}}}
+routes: {{chat: {{deployment: e}}}}
+teams: {teams}
+issuers:
+{issuers}""")
+    result = compile_gateway(root, {})
+    assert result.graph is not None, result.diagnostics
+    return result.graph
+
+
+CLAIMED = (f'  corp: {{issuer: "{ISSUER}", jwks_url: "https://login.example.test/jwks", '
+           "audiences: [aigw], team: {claim: groups, map: {g-eng: eng, g-ops: ops}}}\n")
+FIXED = ('  partner: {issuer: "https://partner.test/", jwks_url: "https://partner.test/jwks", '
+         "audiences: [aigw], team: eng}\n")
+
+
+async def test_a_kept_caller_is_made_again_in_the_team_its_claim_gave_it(
+        tmp_path: Path) -> None:
+    graph = _compiled(tmp_path / "a", "{eng: {}, ops: {}}", CLAIMED + FIXED)
+    identities = Identities(Provider().fetch, Clock())
+    signed_in = await identities.caller(graph, KEY.sign(claims("ada", groups=["g-ops"])))
+    kept = token_caller(signed_in)
+    assert kept == TokenCaller("corp", "ada", "ops")
+    assert TokenCaller.from_json(json.loads(json.dumps(kept.as_json()))) == kept
+    assert remade(graph, kept) == signed_in
+    # A fixed team is the issuer's as the config has it now, as a key's team is.
+    partner = remade(graph, TokenCaller("partner", "bo", "gone-team"))
+    assert (partner.name, partner.team and partner.team.name) == ("partner#bo", "eng")
+    # A key of the config is found again by its name: nothing of it is kept.
+    assert token_caller(replace(signed_in, name="dev", issuer=None, subject=None)) is None
+    await identities.aclose()
+
+
+def test_a_kept_caller_whose_team_or_issuer_left_the_config_is_refused(tmp_path: Path) -> None:
+    kept = TokenCaller("corp", "ada", "ops")
+    without_ops = _compiled(tmp_path / "a", "{eng: {}}", CLAIMED.replace(", g-ops: ops", ""))
+    with pytest.raises(Unauthorized) as refused:
+        remade(without_ops, kept)
+    assert refused.value.message == (
+        "The caller 'corp#ada' is no longer accepted: its team 'ops' (the one its token "
+        "gave it when it started this work) is no longer in the gateway's config.")
+    assert refused.value.key_name == "corp#ada"
+    without_corp = _compiled(tmp_path / "b", "{eng: {}}", FIXED)
+    with pytest.raises(Unauthorized) as gone:
+        remade(without_corp, kept)
+    assert gone.value.message == ("The caller 'corp#ada' is no longer accepted: its issuer "
+                                  "'corp' is no longer in the gateway's config.")
+    # It had no team (its issuer gave none then); its issuer picks one by claim now.
+    with pytest.raises(Unauthorized) as teamless:
+        remade(without_ops, TokenCaller("corp", "ada", None))
+    assert teamless.value.message == (
+        "The caller 'corp#ada' is no longer accepted: issuer 'corp' now gives its callers a "
+        "team by their token's 'groups' claim, and it had none when it started this work.")

@@ -46,6 +46,7 @@ from .errors import (
 from .exchange import Exchange, exchanged
 from .gemini_api import error_body as gemini_error_body
 from .gemini_api import get_model, list_models, model_call
+from .identity import remade
 from .image_edits import edit_images
 from .images import generate_images
 from .incoming import body_arriving, client_gone, read_body
@@ -59,6 +60,7 @@ from .realtime import realtime
 from .rerank import rerank
 from .responses import create_response
 from .responses_stored import cancel_response, delete_response, get_response, input_items
+from .store.callers import TokenCaller
 from .store.namespaces import warn_of_namespaces_left
 from .telemetry.record import ANSWERED_AS, answered_as
 from .upstream_load import UpstreamLoadWatch
@@ -343,16 +345,19 @@ def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
 
 
-async def _named_key(live: Live, name: str) -> ApiKey:
-    """The batch creator called ``name``: a key of the config, or a JWT's caller the
-    gateway still knows (runtime/identity.py)."""
+async def _named_key(live: Live, name: str, caller: TokenCaller | None) -> ApiKey:
+    """The batch creator called ``name``: a key of the config, or the JWT's caller the
+    batch kept (``caller``) made again as the graph has it now; of a batch created before
+    it kept one, the JWT's caller this process still remembers (runtime/identity.py)."""
+    if caller is not None:
+        return remade(live.graph, caller)
     try:
         return key_named(live.graph, name)
     except Unauthorized:
-        caller = live.identities.named(live.graph, name)
-        if caller is None:
+        remembered = live.identities.named(live.graph, name)
+        if remembered is None:
             raise
-        return caller
+        return remembered
 
 
 # A batch line's request has no headers of its own: its key is the batch's creator's.
@@ -394,10 +399,12 @@ class _Endpoints:
                                partial(read_body, request, settings, upload_limit=limit),
                                answer)
 
-    async def batch_line(self, key_name: str, path: str, body: bytes, batch: str) -> LineAnswer:
+    async def batch_line(self, key_name: str, caller: TokenCaller | None, path: str,
+                         body: bytes, batch: str) -> LineAnswer:
         """One line of ``batch`` answered as a POST of ``body`` to ``path`` by the key named
-        ``key_name`` is (the batch's creator): the same exchange, limits, routing, billing
-        and telemetry, its ledger record and access line marked with the batch."""
+        ``key_name`` (the batch's creator; ``caller``: the JWT's caller it was) is: the
+        same exchange, limits, routing, billing and telemetry, its ledger record and
+        access line marked with the batch."""
         live = self.gateway.live
         endpoint, answer = self._batchable[path]
         record = new_record(live, endpoint)
@@ -411,7 +418,7 @@ class _Endpoints:
         # dropped only once nothing on the old graph still uses them.
         live.in_flight.count += 1
         try:
-            response = await exchanged(exchange, partial(_named_key, live, key_name),
+            response = await exchanged(exchange, partial(_named_key, live, key_name, caller),
                                        read, answer)
         except GatewayError as exc:
             return LineAnswer(exc.status, exc.body(), record.request_id, exc)

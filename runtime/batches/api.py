@@ -27,6 +27,7 @@ from ..errors import (
     RequestTimeout,
     quoted,
 )
+from ..identity import token_caller
 from ..incoming import read_body
 from ..live import Live
 from ..multipart import FormWords, MultipartForm
@@ -289,6 +290,9 @@ class _Api:
                         None if kept is None else kept.seconds,
                         retention_s=settings.batch_output_retention_s,
                         max_line_bytes=settings.max_request_bytes)
+        caller = token_caller(key)
+        if caller is not None:  # its lines run as it wherever, whenever they run
+            doc["caller"] = caller.as_json()
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

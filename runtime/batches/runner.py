@@ -33,6 +33,7 @@ import anyio
 
 from ..errors import GatewayError, InternalError, PayloadTooLarge, RateLimited
 from ..store.batches import BatchRow, BatchStore, FileRow, LineRow
+from ..store.callers import TokenCaller
 from .input import READ_CHUNK, InputLine, UnreadLine, pending_lines
 
 if TYPE_CHECKING:
@@ -79,7 +80,9 @@ class LineAnswer:
         return json.loads(self.body) if isinstance(self.body, bytes) else self.body
 
 
-LineCall = Callable[[str, str, bytes, str], Awaitable[LineAnswer]]
+# A line's answer, asked as (the creator key's name, the JWT caller it was if one, the
+# endpoint's path, the line's body, the batch's id).
+LineCall = Callable[[str, TokenCaller | None, str, bytes, str], Awaitable[LineAnswer]]
 
 
 class FileBytes:
@@ -421,7 +424,8 @@ class BatchRunner:
 
     async def _answer(self, row: BatchRow, line: InputLine) -> LineAnswer:
         try:
-            return await self._call(row.key, row.doc["endpoint"], line.body, row.id)
+            return await self._call(row.key, row.caller, row.doc["endpoint"], line.body,
+                                    row.id)
         except Exception:  # one line's bug fails that line, not the batch
             log.exception("batch %s line %d failed in the gateway", row.id, line.line)
             error = InternalError("The gateway had an internal error; it is logged.")

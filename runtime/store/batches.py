@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from .callers import TokenCaller
 from .sqlite_file import SQLiteFile, run_statements
 
 # A batch is run (and so leased) while it is in one of these.
@@ -101,8 +102,10 @@ class FileRow:
 # Kept in a batch's object for the runner, not shown: its lines, its files' retention,
 # once it is finished its lines' counts (their rows are forgotten then) and when its
 # record is purged, whether it is finalizing because its window ended (it ends
-# expired), and the max_request_bytes its lines were checked against.
-_OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at", "max_line_bytes")
+# expired), the max_request_bytes its lines were checked against, and the JWT caller
+# that created it (``TokenCaller``: its lines run as it on any process, after a restart).
+_OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at", "max_line_bytes",
+         "caller")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,12 @@ class BatchRow:
     def status(self) -> str:
         status: str = self.doc["status"]
         return status
+
+    @property
+    def caller(self) -> TokenCaller | None:
+        """The JWT caller that created it, whose lines run as it; None: a key of the
+        config (``key``), or a batch created before this was kept."""
+        return TokenCaller.from_json(self.doc.get("caller"))
 
     def as_object(self) -> dict[str, Any]:
         """OpenAI's batch object."""

@@ -22,9 +22,10 @@ from aigw.compiler.graph import ApiKey, Route, TargetKind
 
 from ..chat import new_record
 from ..chat_request import ChatRequest
-from ..errors import Forbidden, GatewayError, InternalError
+from ..errors import Forbidden, GatewayError, InternalError, Unauthorized
 from ..exchange import Exchange
 from ..guardrails import withheld_by
+from ..identity import remade
 from ..live import Gateway, Live
 from ..policy_request import authorize_agent, authorize_pipeline_again
 from ..store.executions import Execution
@@ -34,7 +35,8 @@ from .engine import HttpAnswer, ModelAnswer, Spent, StepFailed
 
 
 def find_key(live: Live, name: str | None) -> ApiKey | None:
-    """The key (or JWT's caller, runtime/identity.py) called ``name`` in the graph now."""
+    """The key called ``name`` in the graph now (or the JWT's caller of an execution that
+    did not keep its ``caller``, while this process remembers it: runtime/identity.py)."""
     if name is None:
         return None
     return live.graph.keys_by_name.get(name) or live.identities.named(live.graph, name)
@@ -51,6 +53,7 @@ class GatewayModels:
     def __init__(self, gateway: Gateway, execution: Execution) -> None:
         self.gateway = gateway
         self.key_name = execution.key
+        self.caller = execution.caller  # a JWT's caller: made again from it each call
         self.user = execution.user
         self.facts = execution.facts
         self.pipeline = execution.pipeline  # what made it, asked again without ``facts``
@@ -124,6 +127,11 @@ class GatewayModels:
             raise StepFailed(exc.message, retryable=False) from exc
 
     def _key(self, live: Live) -> ApiKey:
+        if self.caller is not None:
+            try:
+                return remade(live.graph, self.caller)
+            except Unauthorized as exc:
+                raise StepFailed(exc.message, retryable=False) from exc
         key = find_key(live, self.key_name)
         if key is None:
             raise StepFailed(f"the key '{self.key_name}' that started this execution is no "

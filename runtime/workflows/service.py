@@ -27,6 +27,7 @@ from aigw.compiler.pipeline_graph import Pipeline
 from ..admission import admit
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from ..identity import token_caller
 from ..live import Gateway
 from ..policy import Facts
 from ..policy_request import facts_to_keep
@@ -246,7 +247,8 @@ class Workflows:
         store = await self.store()
         execution, created = await store.create(
             NewExecution(name, given, key.name, idempotency_key, graph.fingerprint, user,
-                         facts_to_keep(facts) if facts is not None else None, trace),
+                         facts_to_keep(facts) if facts is not None else None, trace,
+                         token_caller(key)),
             self.clock(),
         )
         if not created and (execution.pipeline, execution.input) != (name, given):

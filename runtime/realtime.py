@@ -163,9 +163,11 @@ async def _session(gateway: Gateway, live: Live, websocket: WebSocket) -> None:
     offered = [name.strip() for value in websocket.headers.getlist("sec-websocket-protocol")
                for name in value.split(",")]
     headers = _headers(websocket.headers, offered)
-    # The subprotocol a browser offers besides its key (OpenAI answers "realtime").
-    await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
     record = new_record(live, "realtime")
+    # The subprotocol a browser offers besides its key (OpenAI answers "realtime"); the
+    # handshake's answer names the session's access line, as an HTTP answer does.
+    await websocket.accept(subprotocol="realtime" if "realtime" in offered else None,
+                           headers=[(b"x-request-id", record.request_id.encode())])
     record.stream = True  # a session: timed as a stream is, from connect to close
     exchange = Exchange(live, record, headers, lambda: gateway.live)
     try:

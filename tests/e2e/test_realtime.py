@@ -354,6 +354,31 @@ def test_a_group_falls_back_to_its_next_member_when_one_cannot_be_reached(
     assert (line["deployment"], line["attempts"], line["responses"]) == ("gpt-realtime", 2, 1)
 
 
+def test_a_refused_handshake_names_the_access_line_of_its_session(refusing: Realtime) -> None:
+    """The handshake's answer carries the session's ``x-request-id``, as an HTTP answer
+    does: a client refused (here, a wrong key) can quote it to ops. Before, it had none."""
+
+    async def refused() -> str:
+        url = f"{refusing.server.base_url.replace('http', 'ws', 1)}/v1/realtime?model=realtime"
+        async with connect(url, additional_headers={"authorization": "Bearer sk-aigw-wrong"}
+                           ) as socket:
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(socket.recv(), 10)
+            assert socket.response is not None
+            return str(socket.response.headers["x-request-id"])
+
+    request_id = asyncio.run(refused())
+    for _ in range(100):  # written as the session ends
+        line = refusing.server.access_line(request_id)
+        if line is not None:
+            break
+        time.sleep(0.05)
+    assert line is not None, f"no access line has {request_id}"
+    assert (line["endpoint"], line["status"], line["error"]) == (
+        "realtime", 401, "invalid_api_key")
+
+
 @pytest.mark.parametrize(("key", "model", "code", "error_code"), [
     ("sk-aigw-wrong", "realtime", 3000, "invalid_api_key"),
     (DEV_KEY, "no-such-model", 1008, "model_not_found"),

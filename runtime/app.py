@@ -62,6 +62,7 @@ from .responses import create_response
 from .responses_stored import cancel_response, delete_response, get_response, input_items
 from .store.callers import TokenCaller
 from .store.namespaces import warn_of_namespaces_left
+from .telemetry.access import ACCESS, NOT_FOUND, AccessRecord, called_by, failed_with, finish_access
 from .telemetry.record import ANSWERED_AS, answered_as
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
@@ -244,13 +245,43 @@ class SnapshotMiddleware:
         live.in_flight.count += 1  # until its body is sent (a stream's last byte too)
         try:
             if endpoint is None or scope.get("root_path"):
-                await self.app(scope, receive_noted, _with_overhead(send_stamped))
+                await self._routed(scope, live, receive_noted, _with_overhead(send_stamped))
             else:
                 await _call(endpoint, scope, receive_noted, send_stamped)
         finally:
             live.in_flight.leave()
             if drained is not None:  # the answer is sent, and the connection closed
                 drained.cancel()
+
+
+    async def _routed(self, scope: Scope, live: Live, receive: Receive, send: Send) -> None:
+        """Through Starlette's router. A request that no endpoint claims with a record of
+        its own (``answered_as``) by the time its answer starts is given an access line
+        here, and its answer that line's id; the probes (/health, /metrics) are not."""
+        if scope["path"] in _UNLOGGED:
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        access = state[ACCESS] = AccessRecord(live.graph.fingerprint, scope["method"],
+                                              scope["path"])
+
+        async def send_noted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                access.status = message["status"]
+                state.setdefault(ANSWERED_AS, access.request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noted)
+        finally:
+            # Unless an endpoint claimed it (its own record has its line), or none
+            # started (the client left): the id not on an answer names the line still.
+            if state.get(ANSWERED_AS, access.request_id) == access.request_id:
+                finish_access(live.telemetry, access)
+
+
+# Probes, asked every few seconds: a line each would bury the requests.
+_UNLOGGED = frozenset({"/health", "/metrics"})
 
 
 def _with_overhead(send: Send) -> Send:
@@ -491,27 +522,33 @@ class _Endpoints:
     async def stored_response(self, request: Request) -> Response:
         """GET or DELETE /v1/responses/{id}: a response kept for the caller's key."""
         live, response_id = _live(request), request.path_params["response_id"]
+        key = called_by(request.scope, await authenticate(live, request.headers))
         if request.method == "DELETE":
-            return await delete_response(live, request.headers, response_id)
-        return await get_response(live, request.headers, response_id)
+            return await delete_response(live, key, response_id)
+        return await get_response(live, key, response_id)
 
     async def cancel_response(self, request: Request) -> Response:
-        return await cancel_response(_live(request), request.headers,
-                                     request.path_params["response_id"])
+        live = _live(request)
+        key = called_by(request.scope, await authenticate(live, request.headers))
+        return await cancel_response(live, key, request.path_params["response_id"])
 
     async def response_input_items(self, request: Request) -> Response:
-        return await input_items(_live(request), request.headers,
-                                 request.path_params["response_id"], request.query_params)
+        live = _live(request)
+        key = called_by(request.scope, await authenticate(live, request.headers))
+        return await input_items(live, key, request.path_params["response_id"],
+                                 request.query_params)
 
     async def gemini_models(self, request: Request) -> Response:
-        return await list_models(_live(request), request.headers, request.query_params)
+        return await list_models(_live(request), request.headers, request.query_params,
+                                 request.scope)
 
     async def gemini_model(self, request: Request) -> Response:
         """GET a Model, or POST ``{route}:generateContent`` and its siblings; the body
         is read inside, so that its errors are Gemini-shaped."""
         live, name = _live(request), request.path_params["name"]
         if request.method == "GET":
-            return await get_model(live, request.headers, request.query_params, name)
+            return await get_model(live, request.headers, request.query_params, name,
+                                   request.scope)
         body = partial(read_body, request, live.graph.settings)
         return await model_call(live, request.headers, request.query_params, name, body,
                                 lambda: self.gateway.live, partial(client_gone, request.receive),
@@ -520,14 +557,14 @@ class _Endpoints:
     async def count_tokens(self, request: Request) -> Response:
         live = _live(request)
         body = partial(read_body, request, live.graph.settings)
-        return await count_tokens(live, request.headers, body)
+        return await count_tokens(live, request.headers, body, request.scope)
 
     async def models(self, request: Request) -> Response:
         """The routes this key may call by name (its ``routes:``, if it has them), as
         OpenAI's model objects. Cedar policies are not asked: whether they permit a call
         can depend on the request (its tokens, tags, the time), not on its name alone."""
         live = _live(request)
-        key = await authenticate(live, request.headers)
+        key = called_by(request.scope, await authenticate(live, request.headers))
         created = int(live.loaded_at)
         data = [_model(name, created) for name in sorted(live.graph.routes)
                 if key.routes is None or name in key.routes]
@@ -535,7 +572,7 @@ class _Endpoints:
 
     async def model(self, request: Request) -> Response:
         live = _live(request)
-        key = await authenticate(live, request.headers)
+        key = called_by(request.scope, await authenticate(live, request.headers))
         name = request.path_params["name"]
         if name not in live.graph.routes or (key.routes is not None and name not in key.routes):
             raise NotFound(f"The model '{name}' does not exist.", param="model")
@@ -546,7 +583,7 @@ class _Endpoints:
 
     async def admin_status(self, request: Request) -> Response:
         live = _live(request)
-        require_admin(live.graph, request.headers)
+        called_by(request.scope, require_admin(live.graph, request.headers))
         graph = live.graph
         last = self.gateway.last_reload
         return JSONResponse(
@@ -591,7 +628,7 @@ class _Endpoints:
         )
 
     async def admin_reload(self, request: Request) -> Response:
-        require_admin(_live(request).graph, request.headers)
+        called_by(request.scope, require_admin(_live(request).graph, request.headers))
         report = await self.gateway.reload_everywhere("admin-api")
         return JSONResponse(report.as_dict(), status_code=200 if report.ok else 422)
 
@@ -602,6 +639,7 @@ def _error_response(error: GatewayError) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    failed_with(request.scope, exc)
     return _error_response(exc)
 
 
@@ -614,16 +652,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         wrong = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.",
                                  headers=headers)
+        failed_with(request.scope, wrong)
         if request.url.path.startswith("/v1/messages"):  # in the shape its SDK reads
             return JSONResponse(error_body(wrong), status_code=405, headers=wrong.headers)
         if request.url.path.startswith("/v1beta/"):
             return JSONResponse(gemini_error_body(wrong), status_code=405, headers=wrong.headers)
         return _error_response(wrong)
     if exc.status_code == 404:
-        return _error_response(NotFound(f"Unknown endpoint: {request.method} {request.url.path}."))
-    return _error_response(StatusError(exc.status_code, str(exc.detail), headers=headers))
+        unknown = NotFound(f"Unknown endpoint: {request.method} {request.url.path}.")
+        access = request.scope["state"].get(ACCESS)
+        if access is not None:  # no route has the path: not the endpoint its start names
+            access.endpoint = NOT_FOUND
+        failed_with(request.scope, unknown)
+        return _error_response(unknown)
+    error = StatusError(exc.status_code, str(exc.detail), headers=headers)
+    failed_with(request.scope, error)
+    return _error_response(error)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error_response(InternalError("The gateway had an internal error; it is logged."))
+    error = InternalError("The gateway had an internal error; it is logged.")
+    failed_with(request.scope, error)
+    return _error_response(error)

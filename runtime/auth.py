@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.datastructures import Headers
 
@@ -13,7 +13,7 @@ from aigw.compiler import overview
 from aigw.compiler.graph import ApiKey, Graph
 from aigw.compiler.keys import shown_moment
 
-from .errors import Forbidden, KeyExpired, Unauthorized
+from .errors import Forbidden, GatewayError, KeyExpired, Unauthorized
 from .identity import looks_like_jwt
 
 if TYPE_CHECKING:
@@ -95,7 +95,11 @@ def key_named(graph: Graph, name: str) -> ApiKey:
     return key
 
 
-def _named(refusal: Unauthorized, key: ApiKey) -> Unauthorized:
+E = TypeVar("E", bound=GatewayError)
+
+
+def _named(refusal: E, key: ApiKey) -> E:
+    """``refusal``, naming ``key`` as the one refused (``GatewayError.key_name``)."""
     refusal.key_name, refusal.team_name = key.name, key.team.name if key.team else None
     return refusal
 
@@ -122,7 +126,7 @@ def require_admin(graph: Graph, headers: Headers) -> ApiKey:
 def admin_only(key: ApiKey) -> ApiKey:
     """``key`` if it is an admin key, else ``Forbidden``."""
     if not key.admin:
-        raise Forbidden(f"key '{key.name}' is not an admin key")
+        raise _named(Forbidden(f"key '{key.name}' is not an admin key"), key)
     return key
 
 

@@ -73,6 +73,7 @@ from .live import Live
 from .responses_stored import ID_PREFIX, ITEMS, item_line, page_query
 from .responses_wire import Item, ResponsesRequest, bad_request_from
 from .store.conversations import Bounds, ConversationStore, KeptConversation
+from .telemetry.access import called_by
 from .uncancelled import uncancelled
 
 log = logging.getLogger("aigw.responses")
@@ -209,7 +210,7 @@ def _list(items: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
 
 async def _create(request: Request) -> Response:
     live = _live(request)
-    key = await authenticate(live, request.headers)
+    key = called_by(request.scope, await authenticate(live, request.headers))
     asked = await _body(request, live, CreateConversation)
     settings = live.graph.settings
     items = _new_items(asked.items or ())
@@ -226,7 +227,7 @@ async def _create(request: Request) -> Response:
 async def _conversation(request: Request) -> Response:
     """GET, POST (its metadata replaced) or DELETE /v1/conversations/{id}."""
     live, conversation_id = _live(request), request.path_params["conversation_id"]
-    key = await authenticate(live, request.headers)
+    key = called_by(request.scope, await authenticate(live, request.headers))
     kept = await _owned(live, key, conversation_id)
     store = await _store(live)
     if request.method == "GET":
@@ -245,7 +246,7 @@ async def _conversation(request: Request) -> Response:
 async def _items(request: Request) -> Response:
     """GET (a page, as input_items pages) or POST (items added) .../items."""
     live, conversation_id = _live(request), request.path_params["conversation_id"]
-    key = await authenticate(live, request.headers)
+    key = called_by(request.scope, await authenticate(live, request.headers))
     if request.method == "GET":
         order, limit, after = page_query(request.query_params)
         await _owned(live, key, conversation_id)  # its head alone: the page is read apart
@@ -278,7 +279,7 @@ async def _item(request: Request) -> Response:
     live = _live(request)
     conversation_id, item_id = (request.path_params["conversation_id"],
                                 request.path_params["item_id"])
-    key = await authenticate(live, request.headers)
+    key = called_by(request.scope, await authenticate(live, request.headers))
     kept = await _owned(live, key, conversation_id)
     store = await _store(live)
     missing = NotFound(f"Item with id {quoted(item_id)} not found in conversation "

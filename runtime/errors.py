@@ -79,6 +79,11 @@ class GatewayError(Exception):
     # True where the same request would fail the same way however often it is sent: the
     # official SDKs retry a 5xx (twice, by default) unless told not to.
     final: ClassVar[bool] = False
+    # The key refused by name (an expired one, an old secret past its rotation's
+    # ``until``, a key not admin on the admin API): the access log says whose client
+    # sent it.
+    key_name: str | None = None
+    team_name: str | None = None
 
     def __init__(
         self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
@@ -142,10 +147,6 @@ class Unauthorized(GatewayError):
     status = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
-    # The key a secret still names, refused anyway (expired, or an old secret past its
-    # rotation's ``until``): the access log says whose client still sends it.
-    key_name: str | None = None
-    team_name: str | None = None
 
 
 class KeyExpired(Unauthorized):

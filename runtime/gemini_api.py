@@ -70,6 +70,7 @@ from .providers.base import ChatCall, ChatDelta, ChatResult, CountsTokens, ToolC
 from .providers.gemini import FINISH_REASONS
 from .routing.explain import explain
 from .sse import encoded_events, settled_stream
+from .telemetry.access import called_by, failed_with
 from .telemetry.record import RequestRecord
 
 __all__ = ["error_body", "get_model", "list_models", "model_call"]
@@ -127,7 +128,7 @@ async def model_call(
         return error_response(NotFound(
             f"Unknown method '{name}': this gateway serves {', '.join(_METHODS)}."))
     if method == "countTokens":
-        return await count_tokens(live, headers, query, route, body)
+        return await count_tokens(live, headers, query, route, body, scope)
     stream = method == "streamGenerateContent"
     if stream and query.get("alt", "json") not in ("sse", "json"):
         return error_response(BadRequest(
@@ -158,7 +159,7 @@ async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Bo
 
 
 async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: str,
-                       body: Body) -> Response:
+                       body: Body, scope: MutableMapping[str, Any] | None = None) -> Response:
     """``:countTokens``, for a principal that may send the request (the key's routes and
     Cedar's invoke check): the deployment's own count where the route would try one that
     counts exactly first (``deployment_count``), else the prompt tokens the gateway
@@ -167,17 +168,20 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
     its ``x-aigw-overhead-ms``, as a model endpoint's upstream time is."""
     started = time.perf_counter()
     try:
-        key = await gemini_key(live, headers, query)
+        key = called_by(scope, await gemini_key(live, headers, query))
         request = parse(CountTokensRequest, await body()).request()
         route = _route_name(name)
         tokens = await planned_tokens(live, key, headers, route, chat_messages(request),
                                       tools_of(request))
         counted = await deployment_count(live, route, request, tokens)
     except GatewayError as exc:
+        failed_with(scope, exc)
         return error_response(exc)
     except Exception:  # in Gemini's shape too, whatever failed
         log.exception("countTokens failed")
-        return error_response(InternalError("The gateway had an internal error; it is logged."))
+        error = InternalError("The gateway had an internal error; it is logged.")
+        failed_with(scope, error)
+        return error_response(error)
     if counted is None:
         return JSONResponse({"totalTokens": tokens}, headers={COUNTED_BY: "gateway"})
     deployment, total, upstream_s = counted
@@ -214,15 +218,17 @@ async def deployment_count(live: Live, route: str, request: GenerateContentReque
     return None if total is None else (deployment.name, total, time.perf_counter() - asked)
 
 
-async def list_models(live: Live, headers: Headers, query: QueryParams) -> Response:
+async def list_models(live: Live, headers: Headers, query: QueryParams,
+                      scope: MutableMapping[str, Any] | None = None) -> Response:
     """GET /v1beta/models: the routes this key may call by name, as /v1/models lists
     them, in Gemini's Model shape, sorted by name and paged as Google's API pages:
     ``pageSize`` (50 unless given, at most 1,000) and the ``nextPageToken`` of the
     page before as ``pageToken``."""
     try:
-        key = await gemini_key(live, headers, query)
+        key = called_by(scope, await gemini_key(live, headers, query))
         size, after = _page(query)
     except GatewayError as exc:
+        failed_with(scope, exc)
         return error_response(exc)
     names = [name for name in sorted(live.graph.routes)
              if name > after and (key.routes is None or name in key.routes)]
@@ -255,13 +261,17 @@ def _page_token(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).decode("ascii")
 
 
-async def get_model(live: Live, headers: Headers, query: QueryParams, name: str) -> Response:
+async def get_model(live: Live, headers: Headers, query: QueryParams, name: str,
+                    scope: MutableMapping[str, Any] | None = None) -> Response:
+    """GET /v1beta/models/{name}; ``scope``: the request's, whose access line notes the
+    caller and the error (``telemetry.access``)."""
     try:
-        key = await gemini_key(live, headers, query)
+        key = called_by(scope, await gemini_key(live, headers, query))
         route = live.graph.routes.get(_route_name(name))
         if route is None or (key.routes is not None and route.name not in key.routes):
             raise NotFound(f"models/{_route_name(name)} is not found.")
     except GatewayError as exc:
+        failed_with(scope, exc)
         return error_response(exc)
     return JSONResponse(model_body(route))
 

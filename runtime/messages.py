@@ -54,6 +54,7 @@ from .providers.base import (
     Usage,
 )
 from .sse import encoded_events, named_event, settled_stream
+from .telemetry.access import called_by, failed_with
 from .telemetry.record import RequestRecord
 
 __all__ = ["count_tokens", "create_message", "error_body", "error_status"]
@@ -98,22 +99,27 @@ async def create_message(
 
 
 async def count_tokens(
-    live: Live, headers: Headers, body: Callable[[], Awaitable[bytes]]
+    live: Live, headers: Headers, body: Callable[[], Awaitable[bytes]],
+    scope: MutableMapping[str, Any] | None = None,
 ) -> Response:
     """POST /v1/messages/count_tokens: the prompt tokens the gateway plans a request with,
     for a principal that may send it (the key's routes and Cedar's invoke check, as on
-    /v1/messages: a count tells what the route's planning does with a prompt)."""
+    /v1/messages: a count tells what the route's planning does with a prompt).
+    ``scope``: the request's, whose access line notes the caller and the error."""
     try:
-        key = await authenticate(live, headers)
+        key = called_by(scope, await authenticate(live, headers))
         request = parse(CountTokensRequest, await body())
         # As the request would be planned: the conversation and the tools.
         tokens = await planned_tokens(live, key, headers, request.model,
                                       chat_messages(request), tools_of(request))
     except GatewayError as exc:
+        failed_with(scope, exc)
         return _error_response(exc)
     except Exception:  # in Anthropic's shape too, whatever failed
         log.exception("count_tokens failed")
-        return _error_response(InternalError("The gateway had an internal error; it is logged."))
+        error = InternalError("The gateway had an internal error; it is logged.")
+        failed_with(scope, error)
+        return _error_response(error)
     return JSONResponse({"input_tokens": tokens})
 
 

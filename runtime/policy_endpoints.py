@@ -46,6 +46,7 @@ from .policy import Decision, Facts, Principal, principal_for
 from .policy_live import StateLive
 from .policy_plan import decision_dict, plan_route
 from .routing.state import RoutingState
+from .telemetry.access import called_by
 
 _UID = re.compile(r'^(?P<type>[A-Za-z_]\w*)::(?P<id>".*")$')
 DEFAULT_SLA_MS = 300_000  # a route's default deadline
@@ -107,7 +108,7 @@ class _PolicyEndpoints:
 
     async def route(self, request: Request) -> Response:
         live: Live = request.state.live
-        caller = require_admin(live.graph, request.headers)
+        caller = called_by(request.scope, require_admin(live.graph, request.headers))
         query = _parse(RouteQuery, await read_json(request, live.graph.settings))
         route = live.graph.routes.get(query.model)
         if route is None:
@@ -137,7 +138,7 @@ class _PolicyEndpoints:
 
     async def evaluate(self, request: Request) -> Response:
         live: Live = request.state.live
-        require_admin(live.graph, request.headers)
+        called_by(request.scope, require_admin(live.graph, request.headers))
         query = _parse(EvaluateQuery,
                        await read_json(request, live.graph.settings))
         principal_uid = _uid(query.principal, "principal")
@@ -164,7 +165,7 @@ class _PolicyEndpoints:
         })
 
     async def reload(self, request: Request) -> Response:
-        require_admin(request.state.live.graph, request.headers)
+        called_by(request.scope, require_admin(request.state.live.graph, request.headers))
         report = await self.gateway.reload_everywhere("policies-api")
         graph = self.gateway.live.graph
         body = {**report.as_dict(), "policies": [p.id for p in graph.policies]}
@@ -172,7 +173,7 @@ class _PolicyEndpoints:
 
     async def models(self, request: Request) -> Response:
         live: Live = request.state.live
-        require_admin(live.graph, request.headers)
+        called_by(request.scope, require_admin(live.graph, request.headers))
         authorization = live.graph.authorization
         fields = tuple(DEPLOYMENT_LIVE)
         source = StateLive(live.routing)

@@ -69,13 +69,12 @@ from functools import partial
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from aigw.compiler.graph import ApiKey
 
 from . import jsonio
-from .auth import authenticate
 from .errors import (
     BadRequest,
     GatewayError,
@@ -331,16 +330,16 @@ def _not_found(response_id: str, why: str | None = None) -> NotFound:
                     param="response_id")
 
 
-async def get_response(live: Live, headers: Headers, response_id: str) -> Response:
-    """GET /v1/responses/{id}: the Response object as it was answered."""
-    record = await _kept(live, await authenticate(live, headers), response_id)
+async def get_response(live: Live, key: ApiKey, response_id: str) -> Response:
+    """GET /v1/responses/{id}: the Response object as it was answered, to ``key``
+    (authenticated)."""
+    record = await _kept(live, key, response_id)
     return JSONBody(record.head["response"])
 
 
-async def delete_response(live: Live, headers: Headers, response_id: str) -> Response:
+async def delete_response(live: Live, key: ApiKey, response_id: str) -> Response:
     """DELETE /v1/responses/{id}: forgotten; later reads and continuations find nothing.
     The marker of one not kept is deleted as a response is (the app was told store: true)."""
-    key = await authenticate(live, headers)
     if await _found(live, key, response_id) is None:
         raise _not_found(response_id)
     store = await live.store.responses()
@@ -349,18 +348,18 @@ async def delete_response(live: Live, headers: Headers, response_id: str) -> Res
     return JSONBody({"id": response_id, "object": "response", "deleted": True})
 
 
-async def cancel_response(live: Live, headers: Headers, response_id: str) -> Response:
+async def cancel_response(live: Live, key: ApiKey, response_id: str) -> Response:
     """POST /v1/responses/{id}/cancel: OpenAI cancels only a background response, and this
     gateway runs none (``background`` is refused), so a kept one has ended: a 400 that
     says so (a 404 as GET's where the key finds none). An unknown endpoint's 404 told an
     app the Responses API was not there."""
-    record = await _kept(live, await authenticate(live, headers), response_id)
+    record = await _kept(live, key, response_id)
     raise BadRequest(f"Response with id '{response_id}' cannot be cancelled: only responses "
                      "created with 'background': true can be, and this gateway runs none "
                      f"(it is {record.head['response']['status']}).", param="response_id")
 
 
-async def input_items(live: Live, headers: Headers, response_id: str,
+async def input_items(live: Live, key: ApiKey, response_id: str,
                       query: QueryParams) -> Response:
     """GET /v1/responses/{id}/input_items: a page of its input items, as OpenAI pages
     them (``order`` desc by default, ``limit`` 1 to 100, 20 by default, ``after`` an
@@ -369,7 +368,6 @@ async def input_items(live: Live, headers: Headers, response_id: str,
     after), those kept are listed: the turns since and its own. A GET answers the
     response, so a 404 here told an app it was gone; a continuation's input cannot go
     without them, and refuses it (``previous_response_not_found``)."""
-    key = await authenticate(live, headers)
     order, limit, after = page_query(query)  # checked before the store is read
     records = await _chain(live, key, response_id, partial(_not_found, response_id),
                            whole=False)

@@ -22,6 +22,7 @@ from .errors import BadRequest
 from .live import Live
 from .store import BudgetStatus, Dimension, Limits, Scope, UsageQuery
 from .store.usage import DAY_S, day_number
+from .telemetry.access import called_by
 
 _NOT_A_TIME = "'{name}' must be a Unix time or an ISO 8601 date."
 # Without a window, a summary covered every day ever recorded.
@@ -103,7 +104,7 @@ async def _summary(live: Live, query: UsageQuery) -> Response:
 
 async def costs_summary(live: Live, request: Request) -> Response:
     """GET /v1/costs/summary?group_by=team,route,day&since=2026-11-01&team=eng"""
-    key = await authenticate(live, request.headers)
+    key = called_by(request.scope, await authenticate(live, request.headers))
     query = _query(request, (Dimension.DAY, Dimension.ROUTE))
     if not key.admin:  # a key sees only its own usage
         query = dataclasses.replace(query, key=key.name, team=None)
@@ -111,7 +112,7 @@ async def costs_summary(live: Live, request: Request) -> Response:
 
 
 async def admin_spend(live: Live, request: Request) -> Response:
-    require_admin(live.graph, request.headers)
+    called_by(request.scope, require_admin(live.graph, request.headers))
     return await _summary(live, _query(request, (Dimension.TEAM, Dimension.KEY)))
 
 
@@ -133,7 +134,7 @@ async def declared_budgets(live: Live, user: str | None = None) -> tuple[BudgetS
 async def admin_budgets(live: Live, request: Request) -> Response:
     """Every budget the graph declares for teams and keys, for its current period
     (``?user=`` adds that end user's)."""
-    require_admin(live.graph, request.headers)
+    called_by(request.scope, require_admin(live.graph, request.headers))
     statuses = await declared_budgets(live, request.query_params.get("user") or None)
     return JSONResponse({"object": "list", "data": [
         {

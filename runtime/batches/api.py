@@ -34,6 +34,7 @@ from ..multipart import FormWords, MultipartForm
 from ..paging import page_limit, page_order, whole_number
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
+from ..telemetry.access import called_by
 from .input import Checked, check_file
 from .runner import BatchRunner, owner_of
 
@@ -147,7 +148,7 @@ class _Api:
 
     async def _caller(self, request: Request) -> tuple[Live, ApiKey, BatchStore]:
         live = _live(request)
-        key = await authenticate(live, request.headers)
+        key = called_by(request.scope, await authenticate(live, request.headers))
         store = await live.store.batches()
         assert store is not None  # made when asked for
         return live, key, store

@@ -81,6 +81,7 @@ from ..store.executions import (
     Status,
     StepState,
 )
+from ..telemetry.access import called_by
 from ..telemetry.record import RequestRecord, answered_as
 from ..telemetry.tracing import Span, traceparent
 from ..uncancelled import uncancelled
@@ -124,7 +125,8 @@ class _Api:
         return self.workflows.gateway.live.graph
 
     async def _key(self, request: Request) -> ApiKey:
-        return await authenticate(self.workflows.gateway.live, request.headers)
+        return called_by(request.scope,
+                         await authenticate(self.workflows.gateway.live, request.headers))
 
     def _user(self, request: Request, given: object = None) -> str | None:
         """The end user a run is for: ``given`` (the body's ``user``), else the user header
@@ -291,7 +293,7 @@ class _Api:
         return JSONResponse({"object": "list", "data": data})
 
     async def costs(self, request: Request) -> Response:
-        require_admin(self._graph(), request.headers)
+        called_by(request.scope, require_admin(self._graph(), request.headers))
         store = await self.workflows.store()
         rows = await store.costs()
         return JSONResponse({"object": "list", "data": [row.as_dict() for row in rows],

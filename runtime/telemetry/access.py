@@ -119,6 +119,10 @@ def finish_access(telemetry: Telemetry, access: AccessRecord) -> None:
         "path": access.path,
         "key": access.key,
         "team": access.team,
+        # Every line has the model lines' route and deployment (none here), so a reader
+        # of the log can count on the same fields in all of them.
+        "route": None,
+        "deployment": None,
         "status": access.status,
         "error": access.error,
         "latency_ms": round((time.perf_counter() - access.started) * 1000, 3),

@@ -70,7 +70,8 @@ def test_stored_responses_have_their_lines(upstreams: Upstreams) -> None:
     assert (deletion["method"], deletion["path"]) == ("DELETE", f"/v1/responses/{made.id}")
     assert line_of(upstreams, gone.value.response, 404, "responses_stored")["error"]
     for line in (deletion,):  # no model was called: nothing of one is claimed
-        assert "route" not in line and "prompt_tokens" not in line
+        assert (line["route"], line["deployment"]) == (None, None)
+        assert "prompt_tokens" not in line
 
 
 def test_conversations_files_and_batches_have_their_lines(upstreams: Upstreams) -> None:

@@ -526,11 +526,17 @@ class _Relay:
         try:
             event = json.loads(data)
         except ValueError:
-            return None
+            event = None
+        if isinstance(event, dict) and event.get("type", "response.done") != "response.done":
+            return None  # another event, naming one in what it carries
         response = event.get("response") if isinstance(event, dict) else None
-        if not isinstance(event, dict) or event.get("type") != "response.done" \
-                or not isinstance(response, dict):
-            return None
+        if not isinstance(response, dict):
+            # Billed at 0 tokens now: left unbilled, its holds (rpm, tpm, the quota) waited
+            # for the session's end and refused the responses after it meanwhile. Its text
+            # is not logged: it may hold what the user said.
+            log.warning("realtime deployment '%s' sent a response.done the gateway cannot "
+                        "read: billed at 0 tokens", self.deployment.name)
+            response = {}
         usage = response_usage(response.get("usage"))
         cost = usage.cost(self.deployment.price)
         record, live = self.record, self.live

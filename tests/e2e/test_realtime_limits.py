@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from aigw.compiler.keys import shown_moment
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import SLOW
+from ..fakes.openai_realtime import CUT_DONE, HOLLOW_DONE, SLOW
 from .test_realtime import (
     Realtime,
     _code,
@@ -182,6 +182,35 @@ def test_a_sessions_tokens_are_charged_to_its_deployment_once(tmp_path: Path) ->
         assert len(served.server.ledger_rows(2)) == 2
         [after] = asyncio.run(session(served, 1))
         assert after[-1].response.status == "completed"
+
+
+@pytest.mark.parametrize("unreadable", [CUT_DONE, HOLLOW_DONE])
+def test_a_response_done_the_gateway_cannot_read_is_billed_at_no_tokens_now(
+        tmp_path: Path, unreadable: str) -> None:
+    """A response.done cut short (not JSON) or with no response object: its response is
+    billed at 0 tokens as it comes (a ledger record, its holds on the rates and the
+    deployment's quota settled) and a warning names the deployment, not what the event
+    carried (the user's words); the session goes on, the next response billed as usual.
+    It was dropped: no record of the response, its holds left to the session's end."""
+    async def session(served: Realtime) -> list[Any]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, "hi")
+            await _asked(connection, unreadable, "evt_unreadable")
+            while b'"response.done"' not in await asyncio.wait_for(
+                    connection.recv_bytes(), 10):
+                pass
+            return await said(connection, "again")
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 10, tpm: 1000}",
+                          quota="rpm: 10") as served:
+        after = asyncio.run(session(served))
+        assert after[-1].response.status == "completed"
+        rows = served.server.ledger_rows(3)
+        assert [(row["tokens_in"], row["tokens_out"]) for row in rows] == [
+            (120, 40), (0, 0), (120, 40)]
+        assert "realtime deployment 'gpt-realtime' sent a response.done the gateway " \
+            "cannot read: billed at 0 tokens" in served.server.log
+        assert unreadable not in served.server.log
 
 
 def _rates(event: Any) -> dict[str, tuple[int, int]]:

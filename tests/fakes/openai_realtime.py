@@ -12,12 +12,14 @@ key is an ``error`` event (``invalid_request_error`` / ``invalid_api_key``, the 
 the given key's last four characters), then a close with 3000, as OpenAI's API does.
 A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
 drops the connection unclosed; one of ``SLOW`` is answered slowly, and can be
-cancelled (``response.cancel``). ``input_audio_buffer.commit`` stands for the end of a
-turn that server VAD detects: the server starts a (slow) response of its own, as
-OpenAI's does with ``turn_detection`` on. ``intent=transcription`` with no model opens a
-transcription session; with a model the session is a conversation, which refuses a
-transcription ``session.update`` as OpenAI's does. Each session's handshake
-headers and the close code its client sent are kept for the test to read.
+cancelled (``response.cancel``); one of ``CUT_DONE`` or ``HOLLOW_DONE`` is answered a
+``response.done`` cut short or with no ``response``. ``input_audio_buffer.commit``
+stands for the end of a turn that server VAD detects: the server starts a (slow)
+response of its own, as OpenAI's does with ``turn_detection`` on.
+``intent=transcription`` with no model opens a transcription session; with a model the
+session is a conversation, which refuses a transcription ``session.update`` as OpenAI's
+does. Each session's handshake headers and the close code its client sent are kept for
+the test to read.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ DROP = "drop the line"
 # out-of-band response runs beside the conversation's); a response.cancel meanwhile ends
 # them with a response.done of status cancelled (its usage USAGE).
 SLOW = "take your time"
+# Ones whose response.done comes unreadable: cut short (not JSON), or with no response
+# object; each still carries the text it answers, which nobody should log.
+CUT_DONE = "cut the bill short"
+HOLLOW_DONE = "leave the bill empty"
 
 
 @dataclass
@@ -205,6 +211,12 @@ class RealtimeFake:
                 await asyncio.sleep(0.2)
         await self._send(websocket, "response.output_text.done", response_id=response_id,
                          item_id=item_id, output_index=0, content_index=0, text=text)
+        if said in (CUT_DONE, HOLLOW_DONE):
+            done = json.dumps({"event_id": self._id("event"), "type": "response.done",
+                               "response_text": text})
+            await websocket.send(done[:-10] if said == CUT_DONE else done)
+            await self._send(websocket, "rate_limits.updated", rate_limits=RATE_LIMITS)
+            return
         await self._done(websocket, {
             **response, "status": "completed", "usage": USAGE,
             "output": [{"id": item_id, "type": "message", "role": "assistant",

@@ -65,7 +65,7 @@ from .errors import (
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live, Shutdown
-from .mcp_held import HeldServer
+from .mcp_held import HeldServer, ReplayBudget
 from .mcp_session import caller_secret, open_sealed, seal, session_secret
 from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer
@@ -109,6 +109,7 @@ class McpProxy:
         self._stopping: set[asyncio.Task[None]] = set()
         self._finishing = Background()  # GET streams' upstream closes, each in a task of its own
         self._graph: Graph | None = None  # the graph the held servers were last checked on
+        self._replays = ReplayBudget()  # what their sessions keep for GET streams, together
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -148,10 +149,10 @@ class McpProxy:
         held_as = _held_as(server)
         held: HeldServer
         if server.sse is not None:
-            held = SseServer(server, server.sse, MAX_ANSWER_BYTES)
+            held = SseServer(server, server.sse, MAX_ANSWER_BYTES, self._replays)
         else:
             assert server.stdio is not None  # checked above: it is one or the other
-            held = StdioServer(server.name, server.stdio, MAX_ANSWER_BYTES)
+            held = StdioServer(server.name, server.stdio, MAX_ANSWER_BYTES, self._replays)
         self._held[server.name] = (held_as, held)
         return held.client
 

@@ -18,14 +18,16 @@ What it answers, as a streamable HTTP server would::
 
 A response goes to the call with its id; a notification or request of the server's goes
 to an open call's stream (neither stdio nor HTTP+SSE says which call it belongs to: the
-oldest open), else to the GET stream's replay (``_Replay``), which keeps it, whether a GET
-stream is open or not, for the stream to send and for a client that reconnects with
-``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again. A session is
-ended on DELETE, after ``idle_timeout_s`` with no message, when the gateway stops, and
-when its upstream end does; its id is then unknown (404), as it is to every other
-replica: a session lives in the gateway process that opened it, so several replicas
-need sticky sessions for these servers. Each transport is a subclass pair: a
-``HeldServer`` that opens a ``HeldSession``, which delivers a message and closes.
+oldest open), else to the GET stream's replay (``_Replay``), which keeps it, whether a
+GET stream is open or not, for the stream to send and for a client that reconnects with
+``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again: a few until a GET
+stream is first opened, a sent one for minutes, and all sessions' within one
+``ReplayBudget`` of the gateway's. A session is ended on DELETE, after
+``idle_timeout_s`` with no message, when the gateway stops, and when its upstream end
+does; its id is then unknown (404), as it is to every other replica: a session lives in
+the gateway process that opened it, so several replicas need sticky sessions for these
+servers. Each transport is a subclass pair: a ``HeldServer`` that opens a
+``HeldSession``, which delivers a message and closes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -59,6 +62,19 @@ _QUEUED = 1024  # messages of the server's held for a stream; past it they are d
 # gigabytes held for one client that does not read. Past it a message is dropped too,
 # unless the stream holds none (one message is always let through, whatever its size).
 _QUEUED_BYTES = 64 << 20
+# What a session's replay keeps while no GET stream has ever been opened (most clients
+# only POST, and never will): the newest few, for one that opens it late. Its full
+# bound (above) kept 64 MiB a session for nobody. Constants, not settings: a client
+# resuming needs seconds of messages, not an operator's judgement.
+_UNREAD_KEPT = 64
+_UNREAD_KEPT_BYTES = 256 << 10
+# How long a message a stream sent is kept for a client to resume after: clients retry
+# within seconds (the SDKs' backoff is at most 30 s), and what they did not ask for
+# again by then is held for nobody.
+_REPLAY_HORIZON_S = 300.0
+# What every held session's replay keeps, together, in one gateway: a session past its
+# share of it keeps what it has (its oldest sent dropped first) and drops the new.
+_REPLAYS_BYTES = 256 << 20
 # What a call's stream is given: a message of the server's and whether it is the
 # response (the last), or the failure that ends the call.
 _Item = tuple[bytes, bool] | McpServerFailed
@@ -94,10 +110,13 @@ class HeldServer(httpx.AsyncBaseTransport):
 
     ends = "ended it"  # how a session of this transport ends, for the 404 that follows
 
-    def __init__(self, name: str, idle_timeout_s: float, max_sessions: int) -> None:
+    def __init__(self, name: str, idle_timeout_s: float, max_sessions: int,
+                 replays: ReplayBudget | None = None) -> None:
         self.name = name
         self.idle_timeout_s = idle_timeout_s
         self.max_sessions = max_sessions
+        # Shared by every held server of a gateway (its own, when none is given).
+        self.replays = ReplayBudget() if replays is None else replays
         self.sessions: dict[str, HeldSession] = {}
         self._opening = 0
         self._finishing = Background()  # session ends cut short, finishing on their own
@@ -189,7 +208,7 @@ class HeldSession:
         self.id = session_id
         self.owner = owner
         self.calls: dict[bytes, _Backlog[_Item]] = {}
-        self.replay = _Replay()  # what the server said outside any call
+        self.replay = _Replay(owner.replays)  # what the server said outside any call
         self.reader: _ServerStream | None = None  # the GET stream, when open
         self.last = time.monotonic()
         self.ended = False
@@ -267,6 +286,7 @@ class HeldSession:
                                      "it answered.")
             for queue in self.calls.values():
                 queue.put_nowait(failed)
+            self.replay.release()
             self.replay.wake()
             log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
         current = asyncio.current_task()
@@ -302,8 +322,9 @@ class HeldSession:
         if call is None:
             if not self.replay.add(raw):
                 log.warning("MCP server '%s' sent %s to a GET stream %d messages (%d bytes) "
-                            "behind (dropped)", self.owner.name, method,
-                            len(self.replay.kept), self.replay.held_bytes)
+                            "behind, the gateway's replays holding %d bytes (dropped)",
+                            self.owner.name, method, len(self.replay.kept),
+                            self.replay.held_bytes, self.owner.replays.held_bytes)
         elif call.qsize() >= _QUEUED or (
                 call.held_bytes and call.held_bytes + len(raw) > _QUEUED_BYTES):
             log.warning("MCP server '%s' sent %s to a stream %d messages (%d bytes) behind "
@@ -353,46 +374,113 @@ class _CallStream(httpx.AsyncByteStream):
             await session.ended_by("its initialize went unanswered")
 
 
+@dataclass(slots=True)
+class ReplayBudget:
+    """What the replays of a gateway's held sessions keep together (``cap_bytes`` at
+    most), how long one keeps a message a stream sent (``horizon_s``), and the clock
+    that is measured on (monotonic seconds; a test's own)."""
+
+    cap_bytes: int = _REPLAYS_BYTES
+    horizon_s: float = _REPLAY_HORIZON_S
+    clock: Callable[[], float] = time.monotonic
+    held_bytes: int = 0
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A message kept, under its event id; ``at``: when a stream last sent it, else
+    when it came."""
+
+    id: int
+    raw: bytes
+    at: float
+
+
 class _Replay:
     """What the server said outside any call, each message under its event id (1, 2,
     ... in the session), kept for the GET stream: those no stream has sent yet and,
     behind them, those one has, for a client that reconnects with ``Last-Event-ID``.
-    Bounded as a call's stream is, by ``_QUEUED`` messages and ``_QUEUED_BYTES`` in all:
-    the oldest sent go first; a message that would still not fit is dropped (the
-    stream is that far behind), unless none is kept (one is let through, whatever its
-    size)."""
 
-    def __init__(self) -> None:
-        self.kept: deque[tuple[int, bytes]] = deque()
+    Bounded, until a GET stream is first opened, by ``_UNREAD_KEPT`` messages and
+    ``_UNREAD_KEPT_BYTES``: the newest are kept, the oldest go. Once one was, as a call's
+    stream is, by ``_QUEUED`` messages and ``_QUEUED_BYTES``, and a message sent is kept
+    for the budget's ``horizon_s`` at most: the oldest sent go first; a message that would
+    still not fit is dropped (the stream is that far behind). Always by the budget, which
+    the gateway's replays share, as by its own bytes; one message is let through,
+    whatever its size, when none is kept."""
+
+    def __init__(self, budget: ReplayBudget) -> None:
+        self.kept: deque[_Kept] = deque()
         self.held_bytes = 0
         self.last_id = 0  # the id of the newest message kept (none yet: 0)
         self.sent = 0  # the id of the newest message a stream sent
+        self.read = False  # whether a GET stream was ever opened
         self.change = asyncio.Event()  # set (and replaced) by ``wake``
+        self._budget: ReplayBudget | None = budget  # None once released
+        self._clock, self._horizon_s = budget.clock, budget.horizon_s
 
     def add(self, raw: bytes) -> bool:
         """Keep ``raw`` under the next id; False: dropped, as it does not fit."""
-        while self.kept and self.kept[0][0] <= self.sent and self._full(len(raw)):
-            self.held_bytes -= len(self.kept.popleft()[1])
+        now = self._clock()
+        self._forget(now)
+        while self.kept and self._full(len(raw)) and (
+                not self.read or self.kept[0].id <= self.sent):
+            self._drop()
         if self.kept and self._full(len(raw)):
             return False
         self.last_id += 1
-        self.kept.append((self.last_id, raw))
-        self.held_bytes += len(raw)
+        self.kept.append(_Kept(self.last_id, raw, now))
+        self._held(len(raw))
         self.wake()
         return True
 
-    def _full(self, adding: int) -> bool:
-        return len(self.kept) >= _QUEUED or self.held_bytes + adding > _QUEUED_BYTES
+    def sending(self, kept: _Kept) -> None:
+        """``kept`` is being sent by a stream: the horizon counts from now."""
+        kept.at = self._clock()
+        self.sent = max(self.sent, kept.id)
 
-    def after(self, event_id: int) -> tuple[int, bytes] | None:
+    def release(self) -> None:
+        """The session ended: what it keeps (for a stream to finish) leaves the budget."""
+        if self._budget is not None:
+            self._budget.held_bytes -= self.held_bytes
+            self._budget = None
+
+    def _forget(self, now: float) -> None:
+        """The messages sent longer ago than the horizon: nobody resumes that late."""
+        horizon = now - self._horizon_s
+        while self.kept and self.kept[0].id <= self.sent and self.kept[0].at < horizon:
+            self._drop()
+
+    def _full(self, adding: int) -> bool:
+        count, size = (_QUEUED, _QUEUED_BYTES) if self.read else (
+            _UNREAD_KEPT, _UNREAD_KEPT_BYTES)
+        budget = self._budget
+        return len(self.kept) >= count or self.held_bytes + adding > size or (
+            budget is not None and budget.held_bytes + adding > budget.cap_bytes)
+
+    def _drop(self) -> None:
+        self._held(-len(self.kept.popleft().raw))
+
+    def _held(self, change: int) -> None:
+        self.held_bytes += change
+        if self._budget is not None:
+            self._budget.held_bytes += change
+
+    def after(self, event_id: int) -> _Kept | None:
         """The message kept after ``event_id`` (the oldest kept, if that one is gone)."""
         if not self.kept or event_id >= self.last_id:
             return None
-        return self.kept[max(0, event_id - self.kept[0][0] + 1)]
+        return self.kept[max(0, event_id - self.kept[0].id + 1)]
 
     def start(self, last_event_id: str | None, server: str) -> int:
         """The id a GET stream starts after: its ``Last-Event-ID``, else (none, or one
         this session did not give) the newest a stream sent."""
+        first = self.kept[0].id if self.kept else self.last_id + 1
+        if not self.read and first > 1:
+            log.info("MCP server '%s': a session's first GET stream opened; its %d "
+                     "oldest messages, said with none open, are no longer kept", server,
+                     first - 1)
+        self.read = True
         if last_event_id is None:
             return self.sent
         said = last_event_id.strip()
@@ -400,7 +488,7 @@ class _Replay:
             log.info("MCP server '%s': a GET stream resumed after an event id its session "
                      "did not give (%.40r): from the messages not yet sent", server, said)
             return self.sent
-        lost = (self.kept[0][0] if self.kept else self.last_id + 1) - int(said) - 1
+        lost = first - int(said) - 1
         if lost > 0:
             log.warning("MCP server '%s': a GET stream resumed after event %s, of which "
                         "%d messages are no longer kept", server, said, lost)
@@ -431,9 +519,9 @@ class _ServerStream(httpx.AsyncByteStream):
                     return
                 await change.wait()
                 continue
-            self._after, raw = found
-            replay.sent = max(replay.sent, self._after)
-            yield b"id: %d\nevent: message\ndata: %s\n\n" % (self._after, raw)
+            replay.sending(found)
+            self._after = found.id
+            yield b"id: %d\nevent: message\ndata: %s\n\n" % (found.id, found.raw)
 
     async def aclose(self) -> None:
         if self._session.reader is self:

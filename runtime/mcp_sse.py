@@ -27,7 +27,7 @@ import httpx
 from aigw.compiler.graph import McpServer, McpSse
 
 from .errors import McpServerFailed, McpServerTimeout
-from .mcp_held import SSE, HeldServer, HeldSession
+from .mcp_held import SSE, HeldServer, HeldSession, ReplayBudget
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
 JSON = "application/json"
@@ -41,8 +41,9 @@ class SseServer(HeldServer):
 
     ends = "holds an event stream a session, and it closed"
 
-    def __init__(self, server: McpServer, sse: McpSse, max_event: int) -> None:
-        super().__init__(server.name, sse.idle_timeout_s, sse.max_sessions)
+    def __init__(self, server: McpServer, sse: McpSse, max_event: int,
+                 replays: ReplayBudget | None = None) -> None:
+        super().__init__(server.name, sse.idle_timeout_s, sse.max_sessions, replays)
         self.url = server.url
         self.headers: Mapping[str, str] = server.headers
         self.max_event = max_event

@@ -23,7 +23,7 @@ import httpx
 from aigw.compiler.graph import McpStdio
 
 from .errors import McpServerFailed, McpServerTimeout
-from .mcp_held import HeldServer, HeldSession
+from .mcp_held import HeldServer, HeldSession, ReplayBudget
 
 log = logging.getLogger("aigw.mcp")
 
@@ -40,8 +40,9 @@ class StdioServer(HeldServer):
 
     ends = "runs a process a session, and it stopped"
 
-    def __init__(self, name: str, stdio: McpStdio, max_line: int) -> None:
-        super().__init__(name, stdio.idle_timeout_s, stdio.max_sessions)
+    def __init__(self, name: str, stdio: McpStdio, max_line: int,
+                 replays: ReplayBudget | None = None) -> None:
+        super().__init__(name, stdio.idle_timeout_s, stdio.max_sessions, replays)
         self.stdio = stdio
         self.max_line = max_line
 

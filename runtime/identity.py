@@ -60,6 +60,10 @@ _SHOWN = 120  # the most characters of a claim a message repeats
 _PREPARED_KEYS = 256
 # Callers remembered by name, for the work they started that outlives their request.
 RECENT_CALLERS = 10_000
+# What a token of a known issuer that failed verification is logged as: its principal
+# claim is the sender's to write, so it names nobody ("#" is in no config name, and an
+# issuer's callers are named <issuer>#<principal>).
+UNVERIFIED = "?"
 
 Fetch = Callable[[str], Awaitable[bytes]]
 
@@ -105,13 +109,27 @@ class Identities:
         self._recent: OrderedDict[str, ApiKey] = OrderedDict()
 
     async def caller(self, graph: Graph, token: str) -> ApiKey:
-        """The caller ``token`` signs in, or ``TokenRefused`` saying why not."""
+        """The caller ``token`` signs in, or ``TokenRefused`` saying why not (naming, for
+        the access log, the issuer of a token that named one: ``<issuer>#?``)."""
         header, unverified = _unverified(token)
         claimed = unverified.get("iss")
         issuer = graph.issuers_by_iss.get(claimed) if isinstance(claimed, str) else None
         if issuer is None:
             raise TokenRefused(
                 f"The token's issuer {_shown(claimed)} is not one this gateway accepts.")
+        try:
+            caller = await self._verify(issuer, token, header, unverified)
+        except TokenRefused as refusal:
+            _unverified_of(refusal, issuer)
+            raise
+        self._recent[caller.name] = caller
+        self._recent.move_to_end(caller.name)
+        if len(self._recent) > RECENT_CALLERS:
+            self._recent.popitem(last=False)
+        return caller
+
+    async def _verify(self, issuer: Issuer, token: str, header: Mapping[str, Any],
+                      unverified: Mapping[str, Any]) -> ApiKey:
         algorithm = header.get("alg")
         if algorithm not in issuer.algorithms:
             raise TokenRefused(
@@ -125,12 +143,7 @@ class Identities:
                 options={"require": ["exp", "iss", "aud"]})
         except jwt.PyJWTError as exc:
             raise TokenRefused(_refusal(exc, issuer, unverified)) from exc
-        caller = _caller(issuer, claims)
-        self._recent[caller.name] = caller
-        self._recent.move_to_end(caller.name)
-        if len(self._recent) > RECENT_CALLERS:
-            self._recent.popitem(last=False)
-        return caller
+        return _caller(issuer, claims)
 
     def named(self, graph: Graph, name: str) -> ApiKey | None:
         """The caller called ``name`` (``<issuer>#<principal>``) as ``graph`` has it, for
@@ -318,6 +331,13 @@ def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any])
     if isinstance(exc, jwt.InvalidIssuedAtError):
         return "The token's iat claim is not a time."
     return f"The token does not verify ({type(exc).__name__})."
+
+
+def _unverified_of(refusal: TokenRefused, issuer: Issuer) -> TokenRefused:
+    """``refusal`` of a token that names ``issuer``, naming in the access log the issuer
+    (its config's name, never the token's text) and no caller: ``<issuer>#?``."""
+    refusal.key_name = f"{issuer.name}#{UNVERIFIED}"
+    return refusal
 
 
 def _caller(issuer: Issuer, claims: Mapping[str, Any]) -> ApiKey:

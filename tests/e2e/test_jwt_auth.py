@@ -244,6 +244,31 @@ def test_a_token_that_does_not_verify_is_a_401_that_says_why(
     assert token not in gateway.log
 
 
+def _access_line(server: Server, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while (line := server.access_line(request_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line is not None, f"no access line of {request_id}"
+    return line
+
+
+def test_a_refused_token_names_its_issuer_and_no_caller_in_the_access_log(
+        gateway: Server) -> None:
+    """A token of a known issuer that fails verification is logged as ``<issuer>#?``:
+    its principal claim is the sender's to write; an unknown issuer is not named at all."""
+    for token, key in (
+            (RSA_KEY.sign(claims("bob", exp=int(time.time()) - 600)), "corp#?"),
+            (SigningKey.rsa("rsa-1").sign(claims("bob", groups=["llm-eng"])), "corp#?"),
+            (RSA_KEY.sign(claims("bob", aud="someone-else")), "corp#?"),
+            (RSA_KEY.sign(claims("bob", iss="https://evil.example.test/")), None)):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            _chat(gateway, token)
+        line = _access_line(gateway, refused.value.response.headers["x-request-id"])
+        assert (line["key"], line["team"], line["status"], line["error"]) == (
+            key, None, 401, "invalid_token")
+        assert "bob" not in json.dumps(line) and "evil" not in json.dumps(line)
+
+
 def test_a_new_signing_key_is_fetched_when_a_token_names_it(
         gateway: Server, provider: JwksServer) -> None:
     _chat(gateway, RSA_KEY.sign(claims("rotor", groups=["llm-eng"])))  # the old set, fetched

@@ -15,6 +15,18 @@ meanwhile) or, the token waiting, when it names a ``kid`` the set lacks
 name unknown kids: a flood of made-up kids costs the provider one request that often. One
 fetch at a time per URL, the others waiting for it. While the provider cannot be
 reached the keys fetched last are used, however old.
+
+A verified token's caller is kept (``_Verified``, by the sha256 of the token, never the
+token; the latest ``VERIFIED_CALLERS``), so that an app sending the same token until it
+expires pays for one signature check, not one a request. A kept caller stands while the
+graph's issuer for its ``iss`` is the very ``Issuer`` it was verified for (a reload
+makes new ones: changed, removed or not, the token is verified again, once), its ``exp``
+is not past (with the issuer's leeway, as PyJWT holds it), and the issuer's keys, asked
+as a fresh token would ask them (so a stale set is still renewed in the background and
+an unknown kid still refetched), still hold for its kid the key it was verified with: a
+key the provider took out of its JWKS (a rotation after a compromise) stops the tokens
+it signed once the set is fetched again. Refusals are never kept: a flood of bad tokens
+cannot push good ones out.
 """
 
 from __future__ import annotations
@@ -22,13 +34,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
+import hashlib
 import json
 import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -60,6 +73,8 @@ _SHOWN = 120  # the most characters of a claim a message repeats
 _PREPARED_KEYS = 256
 # Callers remembered by name, for the work they started that outlives their request.
 RECENT_CALLERS = 10_000
+# Verified tokens' callers kept, by the token's sha256 (the latest so many).
+VERIFIED_CALLERS = 4096
 # What a token of a known issuer that failed verification is logged as: its principal
 # claim is the sender's to write, so it names nobody ("#" is in no config name, and an
 # issuer's callers are named <issuer>#<principal>).
@@ -88,16 +103,35 @@ class _KeySet:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token's caller, and what it was verified against: its ``issuer`` (the graph's
+    object), the key (``jwk``, the issuer's for ``kid``) and algorithm that checked its
+    signature, and its ``exp``."""
+
+    issuer: Issuer
+    kid: object
+    algorithm: str
+    jwk: Mapping[str, Any]
+    expires: float
+    caller: ApiKey
+
+
 class Identities:
     """The key sets of every issuer's jwks_url, and the verification of tokens against
     them. One for the gateway, handed on by each reload; ``fetch`` is the seam a test
-    may replace (default: an httpx GET that follows no redirect)."""
+    may replace (default: an httpx GET that follows no redirect), ``clock`` (monotonic)
+    times fetches and ``wall`` (epoch seconds) is what a kept token's ``exp`` is held
+    to (PyJWT holds a token it verifies to the system's)."""
 
     def __init__(self, fetch: Fetch | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._client: httpx.AsyncClient | None = None
         self._fetch = fetch or self._get
         self._clock = clock
+        self._wall = wall
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()  # by sha256(token)
         self._sets: dict[str, _KeySet] = {}
         self._files: dict[str, Mapping[str, Mapping[str, Any]]] = {}  # jwks_file text -> keys
         self._renewing = Background()  # fetches of key sets past their max age
@@ -111,6 +145,10 @@ class Identities:
     async def caller(self, graph: Graph, token: str) -> ApiKey:
         """The caller ``token`` signs in, or ``TokenRefused`` saying why not (naming, for
         the access log, the issuer of a token that named one: ``<issuer>#?``)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        kept = await self._kept(graph, digest)
+        if kept is not None:
+            return self._signed_in(kept)
         header, unverified = _unverified(token)
         claimed = unverified.get("iss")
         issuer = graph.issuers_by_iss.get(claimed) if isinstance(claimed, str) else None
@@ -118,24 +156,24 @@ class Identities:
             raise TokenRefused(
                 f"The token's issuer {_shown(claimed)} is not one this gateway accepts.")
         try:
-            caller = await self._verify(issuer, token, header, unverified)
+            verified = await self._verify(issuer, token, header, unverified)
         except TokenRefused as refusal:
             _unverified_of(refusal, issuer)
             raise
-        self._recent[caller.name] = caller
-        self._recent.move_to_end(caller.name)
-        if len(self._recent) > RECENT_CALLERS:
-            self._recent.popitem(last=False)
-        return caller
+        self._verified[digest] = verified
+        if len(self._verified) > VERIFIED_CALLERS:
+            self._verified.popitem(last=False)
+        return self._signed_in(verified.caller)
 
     async def _verify(self, issuer: Issuer, token: str, header: Mapping[str, Any],
-                      unverified: Mapping[str, Any]) -> ApiKey:
+                      unverified: Mapping[str, Any]) -> _Verified:
         algorithm = header.get("alg")
         if algorithm not in issuer.algorithms:
             raise TokenRefused(
                 f"The token is signed with alg {_shown(algorithm)}, which issuer "
                 f"'{issuer.name}' does not accept (it accepts {', '.join(issuer.algorithms)}).")
-        key = await self._key(issuer, header.get("kid"), algorithm)
+        kid = header.get("kid")
+        jwk, key = await self._key(issuer, kid, algorithm)
         try:
             claims = jwt.decode(
                 token, key, algorithms=[algorithm], audience=list(issuer.audiences),
@@ -143,7 +181,42 @@ class Identities:
                 options={"require": ["exp", "iss", "aud"]})
         except jwt.PyJWTError as exc:
             raise TokenRefused(_refusal(exc, issuer, unverified)) from exc
-        return _caller(issuer, claims)
+        # exp as PyJWT read it to check it (int(), which refuses what is not a number).
+        return _Verified(issuer, kid, algorithm, jwk, int(claims["exp"]),
+                         _caller(issuer, claims))
+
+    async def _kept(self, graph: Graph, digest: bytes) -> ApiKey | None:
+        """The caller kept for the token of ``digest``, if it stands (the module's
+        docstring says when); one that does not is dropped, and the token verified
+        again, except one past its exp: refused here, as verifying it would be."""
+        verified = self._verified.get(digest)
+        if verified is None:
+            return None
+        issuer = verified.issuer
+        if graph.issuers_by_iss.get(issuer.issuer) is not issuer:
+            del self._verified[digest]
+            return None
+        if self._wall() >= verified.expires + issuer.leeway_s:
+            del self._verified[digest]
+            expired = TokenRefused(_expired(issuer, verified.expires))
+            raise _unverified_of(expired, issuer)
+        found = _pick(await self._keys(issuer, verified.kid), verified.kid, verified.algorithm)
+        if found is not verified.jwk:
+            if found is None or found != verified.jwk:  # gone from the set, or replaced
+                self._verified.pop(digest, None)
+                return None
+            # The same key in a set fetched again: identity is the quick check next time.
+            verified = replace(verified, jwk=found)
+        self._verified[digest] = verified
+        self._verified.move_to_end(digest)
+        return verified.caller
+
+    def _signed_in(self, caller: ApiKey) -> ApiKey:
+        self._recent[caller.name] = caller
+        self._recent.move_to_end(caller.name)
+        if len(self._recent) > RECENT_CALLERS:
+            self._recent.popitem(last=False)
+        return caller
 
     def named(self, graph: Graph, name: str) -> ApiKey | None:
         """The caller called ``name`` (``<issuer>#<principal>``) as ``graph`` has it, for
@@ -163,15 +236,21 @@ class Identities:
         team = graph.teams.get(recent.team.name) if recent is not None and recent.team else None
         return _made(issuer, subject, team) if team is not None else None
 
-    async def _key(self, issuer: Issuer, kid: object, algorithm: str) -> jwt.PyJWK:
+    async def _keys(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
+        """The keys ``issuer`` verifies a token naming ``kid`` with now."""
         if issuer.jwks is not None:
             keys = self._files.get(issuer.jwks)
             if keys is None:
                 keys = self._files[issuer.jwks] = _by_kid(json.loads(issuer.jwks))
-        else:
-            assert issuer.jwks_url is not None  # the compiler makes sure of one of the two
-            keys = await self._fetched(issuer, kid)
-        found = _pick(keys, kid, algorithm)
+            return keys
+        assert issuer.jwks_url is not None  # the compiler makes sure of one of the two
+        return await self._fetched(issuer, kid)
+
+    async def _key(self, issuer: Issuer, kid: object,
+                   algorithm: str) -> tuple[Mapping[str, Any], jwt.PyJWK]:
+        """The JWK that verifies a token of ``issuer`` naming ``kid``, and the PyJWK made
+        of it for ``algorithm``."""
+        found = _pick(await self._keys(issuer, kid), kid, algorithm)
         if found is None:
             raise TokenRefused(
                 f"The token's signing key (kid {_shown(kid)}) is not among issuer "
@@ -188,7 +267,7 @@ class Identities:
             self._prepared[prepared] = made
             if len(self._prepared) > _PREPARED_KEYS:
                 self._prepared.pop(next(iter(self._prepared)))
-        return made[1]
+        return made
 
     async def _fetched(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
         """The keys of ``issuer.jwks_url``: fetched first when there are none yet or they
@@ -315,9 +394,7 @@ def _pick(keys: Mapping[str, Mapping[str, Any]], kid: object,
 def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any]) -> str:
     """Why a token of ``issuer`` was refused, in the caller's terms."""
     if isinstance(exc, jwt.ExpiredSignatureError):
-        exp = unverified.get("exp")
-        when = f" at {shown_moment(exp)}" if isinstance(exp, int | float) else ""
-        return f"The token expired{when}; get a new one from issuer '{issuer.name}'."
+        return _expired(issuer, unverified.get("exp"))
     if isinstance(exc, jwt.ImmatureSignatureError):
         return "The token is not valid yet (its nbf or iat is in the future)."
     if isinstance(exc, jwt.InvalidAudienceError):
@@ -331,6 +408,11 @@ def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any])
     if isinstance(exc, jwt.InvalidIssuedAtError):
         return "The token's iat claim is not a time."
     return f"The token does not verify ({type(exc).__name__})."
+
+
+def _expired(issuer: Issuer, exp: object) -> str:
+    when = f" at {shown_moment(exp)}" if isinstance(exp, int | float) else ""
+    return f"The token expired{when}; get a new one from issuer '{issuer.name}'."
 
 
 def _unverified_of(refusal: TokenRefused, issuer: Issuer) -> TokenRefused:

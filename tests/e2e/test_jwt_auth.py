@@ -269,6 +269,21 @@ def test_a_refused_token_names_its_issuer_and_no_caller_in_the_access_log(
         assert "bob" not in json.dumps(line) and "evil" not in json.dumps(line)
 
 
+def test_a_kept_token_stops_once_its_key_leaves_the_providers_set(
+        gateway: Server, provider: JwksServer) -> None:
+    token = RSA_KEY.sign(claims("kim", groups=["llm-eng"]))
+    _chat(gateway, token)  # verified, and kept
+    provider.publish(EC_KEY)  # rsa-1 withdrawn, as after a compromise
+    time.sleep(1.1)  # past jwks_max_age_s
+    # The keys it has serve this one while they are renewed, in the background.
+    assert _chat(gateway, token).http_response.status_code == 200
+    time.sleep(0.3)
+    error = _refused(gateway, token, openai.AuthenticationError)
+    assert "kid 'rsa-1'" in error["message"]
+    provider.publish(RSA_KEY, EC_KEY)
+    time.sleep(1.1)  # the next test's rsa-1 token may fetch the keys again
+
+
 def test_a_new_signing_key_is_fetched_when_a_token_names_it(
         gateway: Server, provider: JwksServer) -> None:
     _chat(gateway, RSA_KEY.sign(claims("rotor", groups=["llm-eng"])))  # the old set, fetched

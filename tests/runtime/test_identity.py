@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from jwt.algorithms import RSAAlgorithm
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
@@ -190,3 +193,125 @@ def test_a_kept_caller_whose_team_or_issuer_left_the_config_is_refused(tmp_path:
     assert teamless.value.message == (
         "The caller 'corp#ada' is no longer accepted: issuer 'corp' now gives its callers a "
         "team by their token's 'groups' claim, and it had none when it started this work.")
+
+
+Verify = Callable[..., bool]
+
+
+@pytest.fixture
+def verifies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many RS256 signatures PyJWT checked: its algorithm's ``verify``, counted on
+    the way through (the check itself still made)."""
+    counted = [0]
+    checked: Verify = RSAAlgorithm.verify
+
+    def counting(self: RSAAlgorithm, message: bytes, key: object, signature: bytes) -> bool:
+        counted[0] += 1
+        return checked(self, message, key, signature)
+
+    monkeypatch.setattr(RSAAlgorithm, "verify", counting)
+    return counted
+
+
+async def test_a_token_verified_once_signs_in_again_without_its_signature_checked(
+        graph: Graph, verifies: list[int]) -> None:
+    identities = Identities(Provider().fetch, Clock())
+    token = KEY.sign(claims("ada"))
+    callers = [await identities.caller(graph, token) for _ in range(5)]
+    assert {caller.name for caller in callers} == {"corp#ada"}
+    assert verifies[0] == 1
+    await identities.caller(graph, KEY.sign(claims("bo")))
+    assert verifies[0] == 2
+    # A refusal is not kept: the same bad token is checked, and refused, each time.
+    forged = ROTATED.sign(claims("ada"), kid="k1")
+    for _ in range(2):
+        with pytest.raises(TokenRefused, match="signature does not verify") as refused:
+            await identities.caller(graph, forged)
+        assert refused.value.key_name == "corp#?"
+    assert verifies[0] == 4
+    assert (await identities.caller(graph, token)).name == "corp#ada"
+    assert verifies[0] == 4
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_kept_token_past_its_exp_is_refused_naming_its_issuer_only(
+        graph: Graph, verifies: list[int]) -> None:
+    wall = Wall()
+    identities = Identities(Provider().fetch, Clock(), wall)
+    exp = int(wall.now) + 120
+    token = KEY.sign(claims("ada", exp=exp))
+    await identities.caller(graph, token)
+    wall.now = exp + 30 - 1  # within the issuer's leeway (30 s unless set)
+    assert (await identities.caller(graph, token)).name == "corp#ada"
+    assert verifies[0] == 1
+    wall.now = exp + 30
+    with pytest.raises(TokenRefused, match=r"The token expired at .*issuer 'corp'") as refused:
+        await identities.caller(graph, token)
+    assert (refused.value.key_name, refused.value.team_name) == ("corp#?", None)
+    # A token naming an issuer the gateway does not have: the sender wrote that name.
+    with pytest.raises(TokenRefused) as stranger:
+        await identities.caller(graph, KEY.sign(claims("ada", iss="https://evil.test/")))
+    assert stranger.value.key_name is None
+
+
+async def test_a_kept_token_is_verified_again_after_a_reload_and_refused_without_its_issuer(
+        graph: Graph, tmp_path: Path, verifies: list[int]) -> None:
+    identities = Identities(Provider().fetch, Clock())
+    token = KEY.sign(claims("ada"))
+    await identities.caller(graph, token)
+    await identities.caller(graph, token)
+    assert verifies[0] == 1
+    # The same config compiled again: new Issuer objects, the token verified once more.
+    same = _compiled(tmp_path / "same", "{eng: {}}", (
+        f'  corp: {{issuer: "{ISSUER}", jwks_url: "https://login.example.test/jwks", '
+        "audiences: [aigw], team: eng, jwks_max_age_s: 60, jwks_refetch_s: 10}\n"))
+    for _ in range(2):
+        assert (await identities.caller(same, token)).name == "corp#ada"
+    assert verifies[0] == 2
+    # The issuer now wants another audience, then is gone: the kept caller is not served.
+    other_audience = _compiled(tmp_path / "aud", "{eng: {}}", (
+        f'  corp: {{issuer: "{ISSUER}", jwks_url: "https://login.example.test/jwks", '
+        "audiences: [elsewhere], team: eng}\n"))
+    with pytest.raises(TokenRefused, match="is not this gateway"):
+        await identities.caller(other_audience, token)
+    await identities.caller(same, token)
+    assert verifies[0] == 4
+    without_corp = _compiled(tmp_path / "gone", "{eng: {}}", FIXED)
+    with pytest.raises(TokenRefused, match="is not one this gateway accepts"):
+        await identities.caller(without_corp, token)
+
+
+async def test_a_kept_token_is_refused_once_its_key_leaves_the_providers_set(
+        graph: Graph, verifies: list[int]) -> None:
+    provider, clock = Provider(), Clock()
+    identities = Identities(provider.fetch, clock)
+    token = KEY.sign(claims("ada"))
+    for _ in range(2):
+        await identities.caller(graph, token)
+    assert verifies[0] == 1
+    provider.published = [ROTATED]  # k1 withdrawn, as after a compromise
+    clock.now += 61  # past jwks_max_age_s: the next sign-in renews the set
+    await identities.caller(graph, token)  # served by the set it has, while renewing
+    await asyncio.sleep(0.01)
+    assert provider.fetches == 2
+    with pytest.raises(TokenRefused, match="kid 'k1'") as refused:
+        await identities.caller(graph, token)
+    assert refused.value.key_name == "corp#?"
+    # Kept ones of a key still in the set stand across the renewal.
+    kept = ROTATED.sign(claims("bo"))
+    await identities.caller(graph, kept)
+    provider.published = [ROTATED, KEY]
+    clock.now += 61
+    await identities.caller(graph, kept)
+    await asyncio.sleep(0.01)
+    counted = verifies[0]
+    assert (await identities.caller(graph, kept)).name == "corp#bo"
+    assert verifies[0] == counted
+    await identities.aclose()

@@ -68,11 +68,28 @@ _LIMITS: ContextVar[tuple[asyncio.Timeout, ...]] = ContextVar("aigw_step_limits"
 
 
 class StepFailed(Exception):
-    """A step (or the whole execution) could not produce its output."""
+    """A step (or the whole execution) could not produce its output. Its message follows
+    a colon where it is told ("step 'draft' failed: ...", "stopped as it resumed: ..."),
+    so one made from an API error's sentence is kept as a clause (``clause``)."""
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
+        super().__init__(clause(message))
         self.retryable = retryable
+
+
+def clause(sentence: str) -> str:
+    """``sentence`` with its first word lower-cased where it is an ordinary word (not an
+    acronym, a name in quotes or a step's path), to follow a colon.
+
+    >>> clause("The API key 'dev' expired at 2026-12-15T00:00:00Z.")
+    "the API key 'dev' expired at 2026-12-15T00:00:00Z."
+    >>> clause("MCP server 'files' is down")
+    "MCP server 'files' is down"
+    """
+    first = sentence.partition(" ")[0]
+    if first[:1].isupper() and first[1:].isalpha() and first[1:].islower():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 class Stop(Exception):

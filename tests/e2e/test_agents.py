@@ -222,7 +222,7 @@ def test_policy_decides_who_may_call_an_agent_before_it_is_called(agents: Agents
     before = len(agents.seen.requests)
     status, message = agents.run("ask-echo", "tides", key=BOT_KEY)
     assert status == 502
-    assert message.endswith("Policy does not allow key 'bot' to call agent 'echo': denied by "
+    assert message.endswith("policy does not allow key 'bot' to call agent 'echo': denied by "
                             "ops-may-not-ask-echo."), message
     assert len(agents.seen.requests) == before  # not called, nor tried again
     assert agents.run("ask-echo", "tides") == (200, "echo: Tell me about tides")

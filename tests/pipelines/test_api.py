@@ -583,7 +583,7 @@ async def test_a_policy_on_a_pipeline_holds_when_another_runs_it(
     failed = await served.wait_for(started.json()["id"],
                                    lambda e: e["status"] in ("failed", "succeeded"))
     assert failed["error"] == (
-        "step 'call' failed: Policy does not allow user 'carol' of key 'alice' to run "
+        "step 'call' failed: policy does not allow user 'carol' of key 'alice' to run "
         "pipeline 'about': denied by no-about-for-alice.")
     steps = await served.steps(failed["id"])
     assert steps["call"]["attempts"] == 1  # a deny is not tried again

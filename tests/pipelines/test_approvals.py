@@ -512,7 +512,8 @@ async def test_a_try_that_failed_before_a_restart_is_not_taken_up_again(
 EVERYTHING = '@id("everything")\npermit (principal, action, resource);\n'
 NO_PUBLISH_FOR_BOT = ('@id("no-publish-for-bot")\nforbid (principal in ApiKey::"bot", '
                       'action == Action::"invoke", resource == Pipeline::"publish");\n')
-DENIED = ("Policy does not allow key 'bot' to run pipeline 'publish': denied by "
+# As an execution's error has it: the clause after a colon.
+DENIED = ("policy does not allow key 'bot' to run pipeline 'publish': denied by "
           "no-publish-for-bot.")
 
 
@@ -639,7 +640,7 @@ async def test_a_run_made_before_its_request_was_kept_is_asked_as_one_without_he
     stopped = await served.left_by_a_crash("slow", running)
     done = await served.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
     assert (done["status"], done["error"]) == ("failed", (
-        "stopped as it resumed: Policy does not allow key 'dev' to run pipeline 'slow': no "
+        "stopped as it resumed: policy does not allow key 'dev' to run pipeline 'slow': no "
         "policy permits it. The execution was made before aigw kept the facts of the "
         "request that started it, so it was asked as one with no x-aigw-tags and no "
         "x-aigw-latency-sla-ms; start it again to run it."))
@@ -678,7 +679,7 @@ async def test_a_run_made_before_its_request_was_kept_is_asked_as_each_route_to_
     stopped = await served.left_by_a_crash("slow", running)
     done = await served.wait_for(stopped, lambda e: e["status"] in ("failed", "succeeded"))
     assert (done["status"], done["error"]) == ("failed", (
-        "stopped as it resumed: Policy does not allow key 'dev' to run pipeline 'slow': "
+        "stopped as it resumed: policy does not allow key 'dev' to run pipeline 'slow': "
         "denied by no-slow-chat. The execution was made before aigw kept the facts of the "
         "request that started it, which may have come through route 'research': it was "
         "asked as such a request with no x-aigw-tags and no x-aigw-latency-sla-ms; start "

@@ -28,7 +28,7 @@ from aigw.compiler.graph import ApiKey
 from . import usage_api
 from .admin_page import admin_page_routes
 from .audio import speech, transcriptions, translations
-from .auth import authenticate, key_named, keys_status, require_admin
+from .auth import authenticate, keys_status, require_admin, work_key
 from .batches import BatchRunner, LineAnswer, batch_routes
 from .chat import chat_completions, new_record
 from .completions import create_completion
@@ -41,12 +41,10 @@ from .errors import (
     NotFound,
     StatusError,
     StoreUnavailable,
-    Unauthorized,
 )
 from .exchange import Exchange, exchanged
 from .gemini_api import error_body as gemini_error_body
 from .gemini_api import get_model, list_models, model_call
-from .identity import remade
 from .image_edits import edit_images
 from .images import generate_images
 from .incoming import body_arriving, client_gone, read_body
@@ -377,18 +375,8 @@ def _model(name: str, created: int) -> dict[str, Any]:
 
 
 async def _named_key(live: Live, name: str, caller: TokenCaller | None) -> ApiKey:
-    """The batch creator called ``name``: a key of the config, or the JWT's caller the
-    batch kept (``caller``) made again as the graph has it now; of a batch created before
-    it kept one, the JWT's caller this process still remembers (runtime/identity.py)."""
-    if caller is not None:
-        return remade(live.graph, caller)
-    try:
-        return key_named(live.graph, name)
-    except Unauthorized:
-        remembered = live.identities.named(live.graph, name)
-        if remembered is None:
-            raise
-        return remembered
+    """The batch creator called ``name``, as its lines run (``work_key``)."""
+    return work_key(live, name, caller)
 
 
 # A batch line's request has no headers of its own: its key is the batch's creator's.

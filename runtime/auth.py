@@ -14,10 +14,11 @@ from aigw.compiler.graph import ApiKey, Graph
 from aigw.compiler.keys import shown_moment
 
 from .errors import Forbidden, GatewayError, KeyExpired, Unauthorized
-from .identity import looks_like_jwt
+from .identity import looks_like_jwt, remade
 
 if TYPE_CHECKING:
     from .live import Live
+    from .store.callers import TokenCaller
 
 # sha256 of "sk-aigw-dev", the development key documented in the README and gateway.yaml.
 DEV_KEY_SHA256 = "2f0527c3d35a1f337ec6033b75e33c053e72e7122963d86dffe7c2f10bcbb482"
@@ -93,6 +94,23 @@ def key_named(graph: Graph, name: str) -> ApiKey:
         raise _named(KeyExpired(
             f"The API key '{key.name}' expired at {shown_moment(key.expires_at)}."), key)
     return key
+
+
+def work_key(live: Live, name: str, caller: TokenCaller | None) -> ApiKey:
+    """The caller that work runs as (a batch's lines, an execution's steps), refused as
+    its request would be now: a key of the config (gone, or past its ``expires``:
+    ``KeyExpired``), or the JWT's caller the work kept (``caller``) made again as the
+    graph has it; of work made before it kept one, the JWT's caller this process still
+    remembers (runtime/identity.py)."""
+    if caller is not None:
+        return remade(live.graph, caller)
+    try:
+        return key_named(live.graph, name)
+    except Unauthorized:  # KeyExpired too: a JWT caller's name is no key's
+        remembered = live.identities.named(live.graph, name)
+        if remembered is None:
+            raise
+        return remembered
 
 
 E = TypeVar("E", bound=GatewayError)

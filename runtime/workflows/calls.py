@@ -20,26 +20,18 @@ from starlette.datastructures import Headers
 
 from aigw.compiler.graph import ApiKey, Route, TargetKind
 
+from ..auth import work_key
 from ..chat import new_record
 from ..chat_request import ChatRequest
 from ..errors import Forbidden, GatewayError, InternalError, Unauthorized
 from ..exchange import Exchange
 from ..guardrails import withheld_by
-from ..identity import remade
 from ..live import Gateway, Live
 from ..policy_request import authorize_agent, authorize_pipeline_again
 from ..store.executions import Execution
 from ..telemetry.record import RequestRecord
 from ..upstream import no_cookies, read_bounded
 from .engine import HttpAnswer, ModelAnswer, Spent, StepFailed
-
-
-def find_key(live: Live, name: str | None) -> ApiKey | None:
-    """The key called ``name`` in the graph now (or the JWT's caller of an execution that
-    did not keep its ``caller``, while this process remembers it: runtime/identity.py)."""
-    if name is None:
-        return None
-    return live.graph.keys_by_name.get(name) or live.identities.named(live.graph, name)
 
 
 class GatewayModels:
@@ -126,17 +118,20 @@ class GatewayModels:
         except Forbidden as exc:
             raise StepFailed(exc.message, retryable=False) from exc
 
+    async def check_caller(self) -> None:
+        """``StepFailed`` if the execution's key or caller is refused now (``_key``)."""
+        self._key(self.gateway.live)
+
     def _key(self, live: Live) -> ApiKey:
-        if self.caller is not None:
-            try:
-                return remade(live.graph, self.caller)
-            except Unauthorized as exc:
-                raise StepFailed(exc.message, retryable=False) from exc
-        key = find_key(live, self.key_name)
-        if key is None:
-            raise StepFailed(f"the key '{self.key_name}' that started this execution is no "
-                             "longer accepted by the gateway", retryable=False)
-        return key
+        """The execution's key as the graph serving now has it, refused as a batch's line
+        is: gone from the config, past its ``expires`` (the ``KeyExpired`` message naming
+        when), a JWT caller whose issuer or team left the config."""
+        if self.key_name is None:
+            raise StepFailed("the execution was started by no key", retryable=False)
+        try:
+            return work_key(live, self.key_name, self.caller)
+        except Unauthorized as exc:
+            raise StepFailed(exc.message, retryable=False) from exc
 
 
 def billed(record: RequestRecord, spent: Spent) -> None:

@@ -156,6 +156,11 @@ class ModelCaller(Protocol):
         """Raise ``StepFailed`` (not retryable) if policy does not let them message
         ``agent`` (invoke on ``Agent::"name"``)."""
 
+    async def check_caller(self) -> None:
+        """Raise ``StepFailed`` (not retryable) if the gateway no longer accepts the
+        execution's key or JWT caller (gone from the config, past its ``expires``), as
+        it refuses a request from it or a batch's line; asked as each step's try begins."""
+
 
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
@@ -503,7 +508,10 @@ class Run:
                                          status=Status.WAITING if waiting else Status.RUNNING))
 
     async def attempt(self, context: StepContext, step: Step) -> Any:
-        """One try: the action under the step's timeout, then its output_schema."""
+        """One try: the action under the step's timeout, then its output_schema; none for
+        a key the gateway no longer accepts (an approval waiting when it expired goes on
+        waiting, and stops after the decision: a reload may move its ``expires``)."""
+        await self.caller.check_caller()
         if step.kind is StepKind.APPROVAL:
             output = await self._act(context, step)  # waits up to its own timeout_s
         else:

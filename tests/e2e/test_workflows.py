@@ -18,8 +18,10 @@ import httpx
 import openai
 import pytest
 
+from aigw.compiler.keys import shown_moment
+
 from ..conftest import DEV_KEY
-from ..pipelines.conftest import gateway_config
+from ..pipelines.conftest import ALICE_KEY, gateway_config
 from ..redis_server import PrivateRedis
 from .server import Server
 from .ws import WebSocketClient, WebSocketClosed
@@ -54,6 +56,13 @@ output: "{{ steps.s5 }}"
 """
 CHAIN_OUTPUT = "one two three four five six seven"
 SLOW = ", latency: {per_token_ms: 80}"
+
+# Eight sequential model calls, each answer a word longer: about four seconds in all.
+LONG_CHAIN = "".join((
+    'input: {type: object}\nsteps:\n  t1: {kind: llm, model: fast, prompt: "a b c"}\n',
+    *(f"  t{n}: {{kind: llm, model: fast, needs: [t{n - 1}], "
+      f'prompt: "{{{{ steps.t{n - 1} }}}} w"}}\n' for n in range(2, 9)),
+    'output: "{{ steps.t8 }}"\n'))
 
 
 def _gateway(root: Path, pipelines: dict[str, str], store: str = "embedded",
@@ -290,3 +299,47 @@ def _access_lines(server: Server, endpoint: str) -> list[dict[str, Any]]:
     return [line for line in map(json.loads, (text for text in server.log.splitlines()
                                               if text.startswith("{")))
             if line.get("endpoint") == endpoint]
+
+
+def test_an_expired_keys_execution_fails_its_next_step_as_its_batch_lines_are_refused(
+    tmp_path: Path, started: Callable[..., Server]
+) -> None:
+    """A reload gives 'alice' an ``expires`` a second or two away while her executions
+    run: the chain fails the step it is at with KeyExpired's message (its model calls
+    went on as the key's before), and one waiting for an approval stops after the
+    decision. Approvals wait on: a reload may move the key's ``expires`` again."""
+    root = _gateway(tmp_path / "gw", {"chain": LONG_CHAIN, "publish": APPROVAL})
+    server = started(root)
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    ids = []
+    for pipeline, given in (("chain", {}), ("publish", {"text": "hello"})):
+        response = httpx.post(f"{server.base_url}/api/v1/executions", headers=alice,
+                              json={"pipeline": pipeline, "input": given}, timeout=30)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    chain, publish = ids
+    _wait(server, publish, lambda e: e["status"] == "waiting")
+    _wait(server, chain, lambda e: e["usage"]["model_calls"] >= 1)
+    expires = int(time.time()) + 2
+    config = root / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "alice: {team: eng, ", f"alice: {{team: eng, expires: '{shown_moment(expires)}', "))
+    reloaded = httpx.post(f"{server.base_url}/admin/reload", headers=AUTH, timeout=30)
+    assert reloaded.status_code == 200, reloaded.text
+    expired = f"the API key 'alice' expired at {shown_moment(expires)}."
+
+    failed = _wait(server, chain, lambda e: e["status"] in ("failed", "succeeded"))
+    assert failed["status"] == "failed", failed
+    assert failed["usage"]["model_calls"] < 8, failed
+    step = next(e for e in _events(server, chain) if e["type"] == "step_failed")
+    assert step["data"]["error"] == expired, step
+    assert failed["error"] == f"step '{step['step']}' failed: {expired}", failed
+
+    while time.time() < expires + 0.2:
+        time.sleep(0.05)
+    decided = _post(server, f"/api/v1/executions/{publish}/approvals", {"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    stopped = _wait(server, publish, lambda e: e["status"] in ("failed", "succeeded"))
+    assert (stopped["status"], stopped["error"]) == (
+        "failed", f"stopped after the decision on 'sign_off': {expired}"), stopped
+    assert stopped["usage"]["model_calls"] == 1  # the draft, before the key expired

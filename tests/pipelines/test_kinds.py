@@ -38,6 +38,9 @@ class FakeModels:
     async def check_agent(self, agent: str) -> None:
         """Every agent may be called (these tests have no policies)."""
 
+    async def check_caller(self) -> None:
+        """The key is always accepted (these tests have no keys)."""
+
 
 class _Factory:
     def __init__(self, models: FakeModels) -> None:

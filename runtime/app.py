@@ -48,6 +48,7 @@ from .gemini_api import get_model, list_models, model_call
 from .image_edits import edit_images
 from .images import generate_images
 from .incoming import body_arriving, client_gone, read_body
+from .jsonio import dumps
 from .live import Gateway, Live
 from .mcp import McpProxy, mcp_routes
 from .messages import count_tokens, create_message, error_body
@@ -196,6 +197,9 @@ class SnapshotMiddleware:
         self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -275,6 +279,44 @@ class SnapshotMiddleware:
             # Unless an endpoint claimed it (its own record has its line), or none
             # started (the client left): the id not on an answer names the line still.
             if state.get(ANSWERED_AS, access.request_id) == access.request_id:
+                finish_access(live.telemetry, access)
+
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket goes to its endpoint as it came (/v1/realtime writes its session's
+        line). One to a path no route has, which Starlette's router refuses by closing
+        before the accept, is given a line here: endpoint not_found, status 403, as the
+        server answers such a refusal. Where the server lets an app answer a handshake
+        itself (ASGI's websocket.http.response, as hypercorn does), the 403 is sent here,
+        with the line's id (x-request-id), the graph and the error's body."""
+        live = self.gateway.live
+        access = AccessRecord(live.graph.fingerprint, "GET", scope["path"])
+        access.endpoint = NOT_FOUND
+        refused = False
+
+        async def send_refusal(message: Message) -> None:
+            nonlocal refused
+            # A route that matched named its endpoint in the scope (Router.app).
+            if message["type"] != "websocket.close" or "endpoint" in scope or refused:
+                await send(message)
+                return
+            refused = True
+            access.status = 403
+            unknown = NotFound(f"Unknown endpoint: GET {scope['path']}.")
+            access.error = str(unknown.code)
+            if "websocket.http.response" not in (scope.get("extensions") or {}):
+                await send(message)
+                return
+            await send({"type": "websocket.http.response.start", "status": 403, "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-aigw-graph", live.graph.fingerprint.encode()),
+                (b"x-request-id", access.request_id.encode())]})
+            await send({"type": "websocket.http.response.body", "body": dumps(unknown.body())})
+
+        try:
+            await self.app(scope, receive, send_refusal)
+        finally:
+            if refused:
                 finish_access(live.telemetry, access)
 
 

@@ -8,6 +8,8 @@ not see who deleted a stored response, nor count a misconfigured client's 404s (
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from ..conftest import DEV_KEY
 from ..providers.conftest import dev_key_line
 from .responses_gateway import Upstreams, responses_gateway, sdk
 from .test_request_ids import logged_as
+from .ws import refused_handshake
 
 pytestmark = pytest.mark.e2e
 
@@ -135,3 +138,21 @@ def test_an_unknown_path_or_method_has_its_line_and_a_bounded_count(
     assert "sk-not-a-label" not in metrics.text
     assert ('aigw_requests_total{deployment="_none",provider="_none",route="_none",'
             'status="404",team="_none"}') in metrics.text
+
+
+def test_a_websocket_to_an_unknown_path_has_its_line(upstreams: Upstreams) -> None:
+    """Starlette refuses it before the accept (the server answers 403): it had no line,
+    SnapshotMiddleware passing every WebSocket through, and its 403 no id."""
+    status, headers, body = refused_handshake(upstreams.server.port, "/v1/nowhere")
+    assert status == 403
+    deadline = time.monotonic() + 5.0
+    while (line := upstreams.server.access_line(headers["x-request-id"])) is None:
+        assert time.monotonic() < deadline, "no access-log line has its x-request-id"
+        time.sleep(0.05)
+    assert {name: line[name] for name in ("endpoint", "method", "path", "status", "error",
+                                          "key", "graph")} == {
+        "endpoint": "not_found", "method": "GET", "path": "/v1/nowhere", "status": 403,
+        "error": "not_found", "key": None, "graph": headers["x-aigw-graph"]}
+    assert json.loads(body)["error"] == {
+        "message": "Unknown endpoint: GET /v1/nowhere.", "type": "invalid_request_error",
+        "param": None, "code": "not_found"}

@@ -15,6 +15,7 @@ from wsproto.events import (
     Event,
     Ping,
     RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
@@ -80,3 +81,30 @@ class WebSocketClient:
             self._ws.receive_data(data)
             self._events.extend(self._ws.events())
         return self._events.popleft()
+
+
+def refused_handshake(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer to a handshake the server refuses."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        ws = WSConnection(ConnectionType.CLIENT)
+        sock.sendall(ws.send(Request(host=f"127.0.0.1:{port}", target=path)))
+        rejected: RejectConnection | None = None
+        body = b""
+        while True:
+            data = sock.recv(65536)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, RejectConnection):
+                    rejected = event
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        data = b""
+                else:
+                    raise AssertionError(f"unexpected handshake answer {event!r}")
+            if not data:
+                break
+    assert rejected is not None, "the handshake had no answer"
+    headers = {name.decode("latin-1"): value.decode("latin-1")
+               for name, value in rejected.headers}
+    return rejected.status_code, headers, body

@@ -48,6 +48,20 @@ async def _asked(connection: Any, text: str, event_id: str) -> None:
     await connection.response.create(event_id=event_id)
 
 
+async def _third_refused(served: Realtime) -> tuple[Any, list[Any]]:
+    """Two responses, then a third asked as ``evt_third``: what answered it (a refusal,
+    in these tests), and the events up to a session.update after it (the session goes
+    on)."""
+    async with connected(served, "realtime") as connection:
+        await said(connection, "hi")
+        await said(connection, "again")
+        await _asked(connection, "once more", "evt_third")
+        refused = await asyncio.wait_for(connection.recv(), 10)
+        await connection.session.update(session={"type": "realtime",
+                                                 "instructions": "Be brief."})
+        return refused, await until(connection, "session.updated")
+
+
 @pytest.mark.parametrize(("limit", "unit", "store"), [
     ("rpm: 3", "RPM", "embedded"), ("tpm: 200", "TPM", "embedded"),
     ("tpm: 200", "TPM", "redis")])
@@ -62,19 +76,9 @@ def test_a_response_over_the_keys_rate_is_refused_and_the_session_goes_on(
     settings = "" if store == "embedded" else \
         f'store: "{request.getfixturevalue("private_redis").url}"'
 
-    async def session(served: Realtime) -> tuple[Any, list[Any]]:
-        async with connected(served, "realtime") as connection:
-            await said(connection, "hi")
-            await said(connection, "again")
-            await _asked(connection, "once more", "evt_third")
-            refused = await asyncio.wait_for(connection.recv(), 10)
-            await connection.session.update(session={"type": "realtime",
-                                                     "instructions": "Be brief."})
-            return refused, await until(connection, "session.updated")
-
     with realtime_gateway(tmp_path / "gw", dev=f"limits: {{{limit}}}",
                           settings=settings) as served:
-        refused, after = asyncio.run(session(served))
+        refused, after = asyncio.run(_third_refused(served))
         assert (refused.type, refused.error.type, refused.error.code) == (
             "error", "rate_limit_error", "rate_limit_exceeded"), refused
         assert refused.error.event_id == "evt_third"
@@ -143,18 +147,8 @@ def test_a_response_over_the_deployments_quota_is_refused_and_the_session_goes_o
     settings = "" if store == "embedded" else \
         f'store: "{request.getfixturevalue("private_redis").url}"'
 
-    async def session(served: Realtime) -> tuple[Any, list[Any]]:
-        async with connected(served, "realtime") as connection:
-            await said(connection, "hi")
-            await said(connection, "again")
-            await _asked(connection, "once more", "evt_third")
-            refused = await asyncio.wait_for(connection.recv(), 10)
-            await connection.session.update(session={"type": "realtime",
-                                                     "instructions": "Be brief."})
-            return refused, await until(connection, "session.updated")
-
     with realtime_gateway(tmp_path / "gw", quota=quota, settings=settings) as served:
-        refused, after = asyncio.run(session(served))
+        refused, after = asyncio.run(_third_refused(served))
         assert (refused.type, refused.error.type, refused.error.code) == (
             "error", "rate_limit_error", "rate_limit_exceeded"), refused
         assert refused.error.event_id == "evt_third"

@@ -175,7 +175,8 @@ async def test_sending_a_message_is_checked_by_cedar_as_running_the_pipeline(
             "messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "{}"}]}}})
     assert refused.status_code == 403, refused.text
     assert refused.json() == {"jsonrpc": "2.0", "id": 1, "error": {
-        "code": -32600, "message": DENIED,
+        # The refusal on its own reads as a sentence (DENIED is as joined after a colon)
+        "code": -32600, "message": DENIED[:1].upper() + DENIED[1:],
         "data": {"type": "permission_denied", "code": "permission_denied"}}}
 
 

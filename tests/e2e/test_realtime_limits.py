@@ -62,6 +62,23 @@ async def _third_refused(served: Realtime) -> tuple[Any, list[Any]]:
         return refused, await until(connection, "session.updated")
 
 
+def _refused_and_going_on(served: Realtime, refused: Any, after: list[Any],
+                          unit: str) -> None:
+    """The third response was refused by a limit of ``unit`` (an error event naming the
+    event it refuses, not passed on), the session went on, and the two before it were
+    billed."""
+    assert (refused.type, refused.error.type, refused.error.code) == (
+        "error", "rate_limit_error", "rate_limit_exceeded"), refused
+    assert refused.error.event_id == "evt_third"
+    assert unit in refused.error.message
+    assert [event.type for event in after] == ["session.updated"]  # still open
+    upstream = served.upstream.sessions[0]
+    assert [event["type"] for event in upstream.events].count("response.create") == 2
+    spend = httpx.get(f"{served.server.base_url}/admin/spend?group_by=key",
+                      headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    assert spend["data"][0]["requests"] == 2  # the two responses billed
+
+
 @pytest.mark.parametrize(("limit", "unit", "store"), [
     ("rpm: 3", "RPM", "embedded"), ("tpm: 200", "TPM", "embedded"),
     ("tpm: 200", "TPM", "redis")])
@@ -79,16 +96,7 @@ def test_a_response_over_the_keys_rate_is_refused_and_the_session_goes_on(
     with realtime_gateway(tmp_path / "gw", dev=f"limits: {{{limit}}}",
                           settings=settings) as served:
         refused, after = asyncio.run(_third_refused(served))
-        assert (refused.type, refused.error.type, refused.error.code) == (
-            "error", "rate_limit_error", "rate_limit_exceeded"), refused
-        assert refused.error.event_id == "evt_third"
-        assert unit in refused.error.message
-        assert [event.type for event in after] == ["session.updated"]  # still open
-        upstream = served.upstream.sessions[0]
-        assert [event["type"] for event in upstream.events].count("response.create") == 2
-        spend = httpx.get(f"{served.server.base_url}/admin/spend?group_by=key",
-                          headers={"authorization": f"Bearer {DEV_KEY}"}).json()
-        assert spend["data"][0]["requests"] == 2  # the two responses billed
+        _refused_and_going_on(served, refused, after, unit)
 
 
 def test_a_response_the_upstream_starts_over_the_rate_is_cancelled(tmp_path: Path) -> None:
@@ -149,17 +157,8 @@ def test_a_response_over_the_deployments_quota_is_refused_and_the_session_goes_o
 
     with realtime_gateway(tmp_path / "gw", quota=quota, settings=settings) as served:
         refused, after = asyncio.run(_third_refused(served))
-        assert (refused.type, refused.error.type, refused.error.code) == (
-            "error", "rate_limit_error", "rate_limit_exceeded"), refused
-        assert refused.error.event_id == "evt_third"
+        _refused_and_going_on(served, refused, after, unit)
         assert "deployment 'gpt-realtime' is at its own quota" in refused.error.message
-        assert unit in refused.error.message
-        assert [event.type for event in after] == ["session.updated"]  # still open
-        upstream = served.upstream.sessions[0]
-        assert [event["type"] for event in upstream.events].count("response.create") == 2
-        spend = httpx.get(f"{served.server.base_url}/admin/spend?group_by=key",
-                          headers={"authorization": f"Bearer {DEV_KEY}"}).json()
-        assert spend["data"][0]["requests"] == 2  # the two responses billed
 
 
 def test_a_sessions_tokens_are_charged_to_its_deployment_once(tmp_path: Path) -> None:

@@ -61,18 +61,16 @@ def link_issuers(
         for team, path in _teams(spec.team):
             if team not in known_teams:
                 unknown(codes.REF_TEAM, "team", team, known_teams, entry.value(*path), where)
-        for index, route in enumerate(spec.routes or ()):
-            if route not in known_routes:
-                unknown(codes.REF_ROUTE, "route", route, known_routes,
-                        entry.value("routes", index), where)
-        for index, server in enumerate(spec.mcp_servers or ()):
-            if server not in known_mcp_servers:
-                unknown(codes.REF_MCP_SERVER, "MCP server", server, known_mcp_servers,
-                        entry.value("mcp_servers", index), where)
-        for index, passthrough in enumerate(spec.passthrough or ()):
-            if passthrough not in known_passthrough:
-                unknown(codes.REF_PASSTHROUGH, "pass-through", passthrough, known_passthrough,
-                        entry.value("passthrough", index), where)
+        # The names an issuer narrows its callers to, each list checked as a key's is.
+        narrowed = (("routes", spec.routes, codes.REF_ROUTE, "route", known_routes),
+                    ("mcp_servers", spec.mcp_servers, codes.REF_MCP_SERVER, "MCP server",
+                     known_mcp_servers),
+                    ("passthrough", spec.passthrough, codes.REF_PASSTHROUGH, "pass-through",
+                     known_passthrough))
+        for field_name, names, code, kind, known in narrowed:
+            for index, named in enumerate(names or ()):
+                if named not in known:
+                    unknown(code, kind, named, known, entry.value(field_name, index), where)
         if spec.jwks_url is not None:
             _check_url(spec.jwks_url, entry.value("jwks_url"), where, sink)
         jwks = (_read_key_set(root / spec.jwks_file, spec.algorithms, entry.value("jwks_file"),

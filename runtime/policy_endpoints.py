@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 from typing import Annotated, Any
 
@@ -45,7 +44,6 @@ from .live import Gateway, Live
 from .policy import Decision, Facts, Principal, principal_for
 from .policy_live import StateLive
 from .policy_plan import decision_dict, plan_route
-from .routing.state import RoutingState
 from .telemetry.access import called_by
 
 _UID = re.compile(r'^(?P<type>[A-Za-z_]\w*)::(?P<id>".*")$')
@@ -132,7 +130,7 @@ class _PolicyEndpoints:
             tags=tuple(query.tags),
             **({"hour_of_day": query.hour_of_day} if query.hour_of_day is not None else {}),
         )
-        plan = plan_route(live.graph, live.policy, principal, facts, _shadow(live.routing),
+        plan = plan_route(live.graph, live.policy, principal, facts, live.routing.shadow(),
                           key=key)
         return JSONResponse(plan.as_dict())
 
@@ -310,14 +308,6 @@ def _plain(facts: Facts) -> dict[str, Any]:
     values = facts.values()
     values["tags"] = list(facts.tags)
     return values
-
-
-def _shadow(state: RoutingState) -> RoutingState:
-    """The live stats, with strategy counters of its own: answering moves no round robin."""
-    shadow = RoutingState(state.clock, random.Random())
-    shadow.stats = state.stats
-    shadow.round_robin = dict(state.round_robin)
-    return shadow
 
 
 def _parse(model: type[Any], data: Any) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -49,7 +49,8 @@ from ..errors import (
 from ..policy import Denied, RequestGate
 from ..uncancelled import Spawn, uncancelled
 from .breaker import Permit
-from .candidates import Ask, Candidate, Dropped, order_candidates
+from .candidates import Ask, Candidate, Dropped
+from .choice import fallbacks, rank, unavailable, untried_class
 from .state import RoutingState
 
 log = logging.getLogger("aigw.routing")
@@ -201,18 +202,13 @@ class AttemptLoop(Generic[T]):
 
     async def _tier(self, tier: _Tier) -> tuple[Won[T] | None, str, UpstreamError | None]:
         group = tier.group
-        fit, dropped = self.ask.eligible(group)
-        filtered = self.gate.filter(fit) if self.gate is not None else None
-        if filtered is not None:
-            fit, dropped = filtered.permitted, [*dropped, *filtered.denied]
-            for name, decision in filtered.decisions.items():
-                self.trace.policies[name] = decision.policies
+        ranked = rank(group, self.ask, self.state, self.gate)
+        ordered, dropped = ranked.ordered, ranked.dropped
+        for name, decision in ranked.decisions.items():
+            self.trace.policies[name] = decision.policies
         self.trace.dropped.extend(dropped)
         for item in dropped:
             self.trace.add(f"{group.name}: drop {item.deployment}: {item.reason}")
-        ordered = order_candidates(group, fit, self.state, self.ask.demand)
-        if filtered is not None:
-            ordered = filtered.by_priority(ordered)
         if self.trace.keep:
             self.trace.add(f"{group.name} ({tier.reason}, {group.strategy}): "
                            f"{', '.join(c.deployment.name for c in ordered) or 'no candidates'}")
@@ -517,26 +513,6 @@ class AttemptLoop(Generic[T]):
             headers=retry_after_headers(min(waits)) if waits else None)
 
 
-def untried_class(dropped: Sequence[Dropped]) -> str:
-    """How a tier failed when none of its members is tried: "context_window" when some
-    were dropped as unfit for the request (too small, lacking a capability) and the
-    rest could not serve anyway (disabled, denied by policy), else "error" (none
-    unfit, or no members). A disabled member beside one too small sent a long prompt to
-    the error fallbacks (or to a 503), never to the context-window ones."""
-    return "context_window" if any(d.unfit for d in dropped) else "error"
-
-
-def fallbacks(group: Group, failure_class: str) -> tuple[str, ...]:
-    """The groups ``group`` falls back to after a failure of ``failure_class``."""
-    if failure_class == "rate_limit":
-        return group.on_rate_limit
-    if failure_class == "context_window":
-        return group.on_context_window
-    if failure_class == "content_policy":
-        return group.on_content_policy
-    return group.fallbacks
-
-
 class _Unsupported(UpstreamError):
     """A member refused a parameter before calling out; the next member may accept it."""
 
@@ -585,15 +561,6 @@ def stream_ended(
         judge(state, won.candidate.deployment, permit, error)
     else:
         state.of(won.candidate.deployment).breaker.release(permit)
-
-
-def unavailable(state: RoutingState, deployment: Deployment) -> str | None:
-    """Why no call should go to ``deployment`` now (its circuit is open, or the vLLM
-    server aigw runs for it is loading or down), or None."""
-    stats = state.of(deployment)
-    if not stats.breaker.available(state.clock()):
-        return "circuit open"
-    return stats.server_down
 
 
 def judge(

@@ -16,7 +16,6 @@ from ..chat_request import ChatRequest, Message
 from ..policy import Decision, RequestGate
 from ..providers.base import ChatAdapter
 from ..providers.registry import ADAPTERS
-from .attempts import fallbacks, untried_class
 from .candidates import (
     Ask,
     AudioAsk,
@@ -25,8 +24,8 @@ from .candidates import (
     EmbeddingAsk,
     InputAsk,
     RerankAsk,
-    order_candidates,
 )
+from .choice import fallbacks, rank, untried_class
 from .state import RoutingState
 from .strategies import expected_cost
 
@@ -137,19 +136,14 @@ def _tiers(
         if group.name in seen:
             continue
         seen.add(group.name)
-        fits, dropped = ask.eligible(group)
-        filtered = gate.filter(fits) if gate is not None else None
-        if filtered is not None:
-            fits, dropped = filtered.permitted, [*dropped, *filtered.denied]
-        ordered = order_candidates(group, fits, state, ask.demand)
-        if filtered is not None:
-            ordered = filtered.by_priority(ordered)
+        ranked = rank(group, ask, state, gate)
+        ordered, dropped = ranked.ordered, ranked.dropped
         tiers.append(TierExplanation(
             group.name, reason, group.strategy,
             tuple((c.deployment.name, expected_cost(c.deployment, ask.demand))
                   for c in ordered),
             tuple(dropped),
-            filtered.decisions if filtered is not None else {},
+            ranked.decisions,
         ))
         if ordered:  # any of these may fail, each in its own way
             labelled = [(name, "fallback") for name in group.fallbacks]
@@ -176,13 +170,13 @@ def render(route_name: str, tiers: list[TierExplanation], prompt_tokens: int,
              f"max_tokens {max_tokens if max_tokens is not None else 'unset'}"]
     for tier in tiers:
         lines.append(f"  group {tier.group} ({tier.reason}, strategy {tier.strategy})")
-        for rank, (name, cost) in enumerate(tier.order, start=1):
+        for place, (name, cost) in enumerate(tier.order, start=1):
             decision = tier.decisions.get(name)
             permitted = ""
             if decision is not None and decision.policies:
                 permitted = (f"  permitted by {', '.join(decision.policies)} "
                              f"(priority {decision.priority})")
-            lines.append(f"    {rank}. {name}  expected cost {cost:.6f}{permitted}")
+            lines.append(f"    {place}. {name}  expected cost {cost:.6f}{permitted}")
         for item in tier.dropped:
             lines.append(f"    dropped {item.deployment}: {item.reason}")
     return "\n".join(lines) + "\n"

@@ -163,6 +163,16 @@ class RoutingState:
         self._synced = frozenset(fresh)
         self.round_robin = {n: c for n, c in self.round_robin.items() if n in graph.groups}
 
+    def shadow(self) -> RoutingState:
+        """The live stats, read, with strategy counters of its own: an order taken from it
+        (the policy router's answer, the deployment a count asks) moves no round robin
+        and draws nothing from the live random numbers."""
+        shadow = RoutingState(self.clock, random.Random())
+        shadow.stats = dict(self.stats)
+        shadow.round_robin = dict(self.round_robin)
+        shadow._synced = self._synced
+        return shadow
+
     def of(self, deployment: Deployment) -> DeploymentStats:
         stats = self.stats.get(deployment.name)
         if stats is None:

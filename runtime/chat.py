@@ -573,16 +573,33 @@ async def _events(
             live.telemetry.finish(record)
 
 
-async def planned_tokens(live: Live, key: ApiKey, headers: Headers, model: str,
-                         messages: list[dict[str, Any]], tools: dict[str, Any]) -> int:
+@dataclass(frozen=True, slots=True)
+class PlannedCount:
+    """What a count-tokens endpoint answers from: the route, the request as the route
+    would plan it, its prompt tokens, and its Cedar gate (None: no policies), with which
+    the deployment that would serve it is picked (Gemini's count asks that one)."""
+
+    route: Route
+    request: ChatRequest
+    tokens: int
+    gate: RequestGate | None
+
+
+async def planned_count(live: Live, key: ApiKey, headers: Headers, model: str,
+                        messages: list[dict[str, Any]], tools: dict[str, Any],
+                        request: ChatRequest | None = None) -> PlannedCount:
     """A count-tokens endpoint's answer (Anthropic's, Gemini's): the prompt tokens the
     route ``model`` plans a request of ``messages`` and ``tools`` with, for a principal
     that may send it (the key's routes and Cedar's invoke check, as on a call: a count
-    tells what the route's planning does with a prompt)."""
+    tells what the route's planning does with a prompt). ``request``: the whole request
+    as the endpoint lowers it (its output limit and format pick deployments too), where
+    the endpoint has one."""
     route = resolve_route(live.graph, model)
     check_route_allowed(key, route)
     planned = chat_request_from({"model": route.name, "messages": messages, **tools})
     tokens = live.counter.count_request(planned)
     user = headers.get(live.graph.settings.user_header) or None
-    await authorize_route(live, key, user, route, headers, tokens)
-    return tokens
+    gate = await authorize_route(live, key, user, route, headers, tokens,
+                                 (request or planned).output_limit)
+    return PlannedCount(route, request or planned, tokens,
+                        gate if live.policy.enforced else None)

@@ -5,7 +5,9 @@
                                                         a JSON array, elements as they come
     POST /v1beta/models/{route}:countTokens            {"totalTokens": n}: counted by the
                                                         deployment the route would try
-                                                        first where it can (Gemini's,
+                                                        first for the caller now (Cedar,
+                                                        live stats, open circuits
+                                                        skipped) where it can (Gemini's,
                                                         Vertex's), else by the gateway;
                                                         ``x-aigw-counted-by`` says which
     GET  /v1beta/models[/{route}]                       the key's routes as Models, paged
@@ -46,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey, Route
 
 from .auth import bearer_token, caller_for
-from .chat import Served, overhead_header, planned_tokens
+from .chat import PlannedCount, Served, overhead_header, planned_count
 from .errors import (
     BadRequest,
     GatewayError,
@@ -68,7 +70,8 @@ from .live import Live
 from .messages import tool_input
 from .providers.base import ChatCall, ChatDelta, ChatResult, CountsTokens, ToolCall, Usage
 from .providers.gemini import FINISH_REASONS
-from .routing.explain import explain
+from .routing.candidates import ChatAsk
+from .routing.choice import first_choice
 from .sse import encoded_events, settled_stream
 from .telemetry.access import called_by, failed_with
 from .telemetry.record import RequestRecord
@@ -161,19 +164,20 @@ async def _generate(exchange: Exchange, query: QueryParams, route: str, read: Bo
 async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: str,
                        body: Body, scope: MutableMapping[str, Any] | None = None) -> Response:
     """``:countTokens``, for a principal that may send the request (the key's routes and
-    Cedar's invoke check): the deployment's own count where the route would try one that
-    counts exactly first (``deployment_count``), else the prompt tokens the gateway
-    plans the request with. ``x-aigw-counted-by`` says which (``deployment``, with
-    ``x-aigw-deployment``, or ``gateway``). A deployment's time counting is left out of
-    its ``x-aigw-overhead-ms``, as a model endpoint's upstream time is."""
+    Cedar's invoke check): the deployment's own count where the one the route would try
+    first for this caller now counts exactly (``deployment_count``), else the prompt
+    tokens the gateway plans the request with. ``x-aigw-counted-by`` says which
+    (``deployment``, with ``x-aigw-deployment``, or ``gateway``). A deployment's time
+    counting is left out of its ``x-aigw-overhead-ms``, as a model endpoint's upstream time is."""
     started = time.perf_counter()
     try:
         key = called_by(scope, await gemini_key(live, headers, query))
         request = parse(CountTokensRequest, await body()).request()
         route = _route_name(name)
-        tokens = await planned_tokens(live, key, headers, route, chat_messages(request),
-                                      tools_of(request))
-        counted = await deployment_count(live, route, request, tokens)
+        planned = await planned_count(live, key, headers, route, chat_messages(request),
+                                      tools_of(request), to_chat_request(route, request, False))
+        tokens = planned.tokens
+        counted = await deployment_count(live, planned)
     except GatewayError as exc:
         failed_with(scope, exc)
         return error_response(exc)
@@ -191,26 +195,33 @@ async def count_tokens(live: Live, headers: Headers, query: QueryParams, name: s
                                  "x-aigw-overhead-ms": f"{overhead_ms:.3f}"})
 
 
-async def deployment_count(live: Live, route: str, request: GenerateContentRequest,
-                           planned: int) -> tuple[str, int, float] | None:
-    """(deployment, its count, the seconds it took) of the deployment a request of the
-    route would try first (its order as ``aigw route`` shows it, with no live
-    statistics: the shared routing state is not the count's to touch, and a count is no
-    call to balance), where its adapter counts exactly (``CountsTokens``: Gemini,
-    Vertex's Gemini), asked with the provider's credentials (never shown: a failure is
-    logged by the adapter's scrubbed message). None where it cannot, or its count
-    failed: the gateway's count answers."""
-    tiers = explain(live.graph, route, planned, None)
-    first = next((tier.order[0][0] for tier in tiers if tier.order), None)
-    deployment = live.graph.deployments.get(first) if first is not None else None
-    adapter = live.adapters.get(deployment.provider.name) if deployment is not None else None
-    if deployment is None or not isinstance(adapter, CountsTokens):
+async def deployment_count(live: Live, planned: PlannedCount) -> tuple[str, int, float] | None:
+    """(deployment, its count, the seconds it took) of the deployment the attempt loop
+    would call first for the request now (``routing.choice.first_choice``: the members
+    that fit it, Cedar's route policies for this caller, the strategy on the live stats,
+    @priority, open circuits skipped, fallbacks), where its adapter counts exactly
+    (``CountsTokens``: Gemini, Vertex's Gemini), asked with the provider's credentials
+    (never shown: a failure is logged by the adapter's scrubbed message). None where it
+    cannot, or its count failed: the gateway's count answers.
+
+    A count is no call: it moves no round robin (the next request's member is the one
+    asked), holds nothing against the deployment's quotas (Google meters countTokens
+    apart from generation, and free), and gives its circuit no verdict (a count failing
+    says nothing sure of generation, and must not take a half-open circuit's probe).
+    Nor is another member asked after a failure: another model's count is no more the
+    served one's than the gateway's is."""
+    route = planned.route
+    if route.group is None:  # a pipeline's: no deployment serves it as one call
         return None
-    call = ChatCall(to_chat_request(route, request, False), deployment, planned,
-                    deployment.max_output_tokens)
+    ask = ChatAsk(live.adapters, route, planned.request, planned.tokens)
+    chosen = first_choice(live.graph, route.group, ask, live.routing.shadow(), planned.gate)
+    if chosen is None or not isinstance(chosen.adapter, CountsTokens):
+        return None
+    deployment = chosen.deployment
+    call = ChatCall(planned.request, deployment, planned.tokens, chosen.max_output_tokens)
     asked = time.perf_counter()
     try:
-        total = await adapter.count_tokens(call)
+        total = await chosen.adapter.count_tokens(call)
     except GatewayError as exc:
         log.warning("countTokens: deployment '%s' did not count the prompt (%s); the "
                     "gateway's count answers", deployment.name, exc.message)

@@ -33,7 +33,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from .auth import authenticate
-from .chat import Served, overhead_header, planned_tokens
+from .chat import Served, overhead_header, planned_count
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange, in_its_shape
 from .live import Live
@@ -110,8 +110,8 @@ async def count_tokens(
         key = called_by(scope, await authenticate(live, headers))
         request = parse(CountTokensRequest, await body())
         # As the request would be planned: the conversation and the tools.
-        tokens = await planned_tokens(live, key, headers, request.model,
-                                      chat_messages(request), tools_of(request))
+        tokens = (await planned_count(live, key, headers, request.model,
+                                      chat_messages(request), tools_of(request))).tokens
     except GatewayError as exc:
         failed_with(scope, exc)
         return _error_response(exc)

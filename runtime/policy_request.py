@@ -202,6 +202,24 @@ async def authorize_passthrough(live: Live, key: ApiKey, user: str | None, name:
     gate.check_invoke_passthrough(name)
 
 
+def kept_headers(kept: Mapping[str, Any] | None) -> dict[str, str]:
+    """The policy headers of the request whose facts an execution kept (its tags and
+    latency SLA), so that its model calls are authorized and routed as that request
+    would have been (a forbid on a deployment for tagged requests holds for its steps
+    too); none for an execution that kept no facts.
+
+    >>> kept_headers({"tags": ["eu", "release"], "latency_sla_ms": 400})
+    {'x-aigw-latency-sla-ms': '400', 'x-aigw-tags': 'eu,release'}
+    """
+    if kept is None:
+        return {}
+    headers = {SLA_HEADER: str(int(kept.get("latency_sla_ms", DEFAULT_DEADLINE_MS)))}
+    tags = [str(tag) for tag in kept.get("tags", ())]
+    if tags:
+        headers[TAGS_HEADER] = ",".join(tags)
+    return headers
+
+
 def facts_to_keep(facts: Facts) -> dict[str, Any]:
     """What an execution keeps of the facts its request was checked with: what the
     request said (its route, tags, latency SLA, sizes), not what was true at that

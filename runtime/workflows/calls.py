@@ -27,7 +27,7 @@ from ..errors import Forbidden, GatewayError, InternalError, Unauthorized
 from ..exchange import Exchange
 from ..guardrails import withheld_by
 from ..live import Gateway, Live
-from ..policy_request import authorize_agent, authorize_pipeline_again
+from ..policy_request import authorize_agent, authorize_pipeline_again, kept_headers
 from ..store.executions import Execution
 from ..telemetry.record import RequestRecord
 from ..upstream import no_cookies, read_bounded
@@ -49,8 +49,11 @@ class GatewayModels:
         self.user = execution.user
         self.facts = execution.facts
         self.pipeline = execution.pipeline  # what made it, asked again without ``facts``
-        # Its calls' spans go under the span of the request that made the execution.
-        self.headers = Headers({"traceparent": execution.trace} if execution.trace else {})
+        # Its calls are asked of Cedar with the tags and latency SLA of the request that
+        # made the execution (as its invoke checks are asked again), and their spans go
+        # under that request's span.
+        self.headers = Headers({**kept_headers(execution.facts),
+                                **({"traceparent": execution.trace} if execution.trace else {})})
 
     async def __call__(self, route: Route, request: ChatRequest, spent: Spent) -> ModelAnswer:
         live = self.gateway.live

@@ -55,6 +55,7 @@ from .messages import count_tokens, create_message, error_body
 from .moderations import moderate
 from .passthrough import PassthroughProxy, passthrough_routes
 from .policy_endpoints import policy_routes
+from .policy_request import TAGS_HEADER
 from .realtime import realtime
 from .rerank import rerank
 from .responses import create_response
@@ -461,16 +462,18 @@ class _Endpoints:
                                answer)
 
     async def batch_line(self, key_name: str, caller: TokenCaller | None, path: str,
-                         body: bytes, batch: str) -> LineAnswer:
+                         body: bytes, batch: str, tags: tuple[str, ...]) -> LineAnswer:
         """One line of ``batch`` answered as a POST of ``body`` to ``path`` by the key named
-        ``key_name`` (the batch's creator; ``caller``: the JWT's caller it was) is: the
-        same exchange, limits, routing, billing and telemetry, its ledger record and
-        access line marked with the batch."""
+        ``key_name`` (the batch's creator; ``caller``: the JWT's caller it was), with the
+        ``tags`` its creating request sent, is: the same exchange, limits, routing (Cedar
+        asked with those tags), billing and telemetry, its ledger record and access line
+        marked with the batch."""
         live = self.gateway.live
         endpoint, answer = self._batchable[path]
         record = new_record(live, endpoint)
         record.batch = batch
-        exchange = Exchange(live, record, _BATCH_HEADERS, lambda: self.gateway.live)
+        headers = Headers({TAGS_HEADER: ",".join(tags)}) if tags else _BATCH_HEADERS
+        exchange = Exchange(live, record, headers, lambda: self.gateway.live)
 
         async def read() -> bytes:
             return body

@@ -32,6 +32,7 @@ from ..incoming import read_body
 from ..live import Live
 from ..multipart import FormWords, MultipartForm
 from ..paging import page_limit, page_order, whole_number
+from ..policy_request import request_tags
 from ..responses_wire import bad_request_from
 from ..store.batches import BatchRow, BatchStore, FileRow
 from ..telemetry.access import called_by
@@ -294,6 +295,9 @@ class _Api:
         caller = token_caller(key)
         if caller is not None:  # its lines run as it wherever, whenever they run
             doc["caller"] = caller.as_json()
+        tags = request_tags(request.headers)
+        if tags:  # a line has no headers: routed as the request that made it, tagged so
+            doc["tags"] = list(tags)
         await store.put_batch(doc["id"], _owner(key), key.name, doc)
         self.runner.poke()
         row = await store.batch(doc["id"])

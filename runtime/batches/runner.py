@@ -81,8 +81,10 @@ class LineAnswer:
 
 
 # A line's answer, asked as (the creator key's name, the JWT caller it was if one, the
-# endpoint's path, the line's body, the batch's id).
-LineCall = Callable[[str, TokenCaller | None, str, bytes, str], Awaitable[LineAnswer]]
+# endpoint's path, the line's body, the batch's id, the x-aigw-tags its creating request
+# sent: Cedar asks each line with them, as it asked that request).
+LineCall = Callable[[str, TokenCaller | None, str, bytes, str, tuple[str, ...]],
+                    Awaitable[LineAnswer]]
 
 
 class FileBytes:
@@ -425,7 +427,7 @@ class BatchRunner:
     async def _answer(self, row: BatchRow, line: InputLine) -> LineAnswer:
         try:
             return await self._call(row.key, row.caller, row.doc["endpoint"], line.body,
-                                    row.id)
+                                    row.id, row.tags)
         except Exception:  # one line's bug fails that line, not the batch
             log.exception("batch %s line %d failed in the gateway", row.id, line.line)
             error = InternalError("The gateway had an internal error; it is logged.")

@@ -102,10 +102,11 @@ class FileRow:
 # Kept in a batch's object for the runner, not shown: its lines, its files' retention,
 # once it is finished its lines' counts (their rows are forgotten then) and when its
 # record is purged, whether it is finalizing because its window ended (it ends
-# expired), the max_request_bytes its lines were checked against, and the JWT caller
-# that created it (``TokenCaller``: its lines run as it on any process, after a restart).
+# expired), the max_request_bytes its lines were checked against, the JWT caller
+# that created it (``TokenCaller``: its lines run as it on any process, after a restart),
+# and the x-aigw-tags of the request that created it (its lines are asked with them).
 _OURS = ("total", "output_expires_s", "counts", "expiring", "forget_at", "max_line_bytes",
-         "caller")
+         "caller", "tags")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,12 @@ class BatchRow:
         """The JWT caller that created it, whose lines run as it; None: a key of the
         config (``key``), or a batch created before this was kept."""
         return TokenCaller.from_json(self.doc.get("caller"))
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The x-aigw-tags the request that created it sent, which Cedar asks each of its
+        lines with (none: it sent none, or it was created before they were kept)."""
+        return tuple(self.doc.get("tags", ()))
 
     def as_object(self) -> dict[str, Any]:
         """OpenAI's batch object."""

@@ -99,7 +99,7 @@ async def test_a_line_our_limits_refuse_is_tried_again_not_failed(gateway: Gatew
     calls: Counter[bytes] = Counter()
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         calls[body] += 1
         assert (key, path) == ("dev", "/v1/chat/completions")
         if sum(calls.values()) <= 2:  # the first two calls: the key's rpm is spent
@@ -119,7 +119,7 @@ async def test_a_line_no_wait_can_help_fails_at_once(gateway: Gateway) -> None:
     calls: list[bytes] = []
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         calls.append(body)  # over the key's total budget, which never resets
         refused = RateLimited("Budget spent.", headers={"x-should-retry": "false"})
         return LineAnswer(429, refused.body(), "req-over", refused)
@@ -140,7 +140,7 @@ async def test_lines_left_when_the_window_ends_are_expired(
     now = [time.time()]
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         now[0] += 2 * 86_400  # the first line took the window and more
         return LineAnswer(200, OK, "req-1")
 
@@ -162,7 +162,7 @@ async def test_a_leased_batch_is_run_by_one_runner(gateway: Gateway) -> None:
 
     def answering(name: str) -> Any:
         async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                       batch: str) -> LineAnswer:
+                       batch: str, tags: tuple[str, ...]) -> LineAnswer:
             seen.append(name)
             await asyncio.sleep(0.02)
             return LineAnswer(200, OK, f"req-{len(seen)}")
@@ -183,7 +183,7 @@ async def test_a_leased_batch_is_run_by_one_runner(gateway: Gateway) -> None:
 
 async def test_a_batch_whose_input_file_is_gone_fails(gateway: Gateway) -> None:
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         raise AssertionError("no line of it is sent")
 
     runner = BatchRunner(gateway, call)
@@ -217,7 +217,7 @@ async def test_the_output_file_is_written_a_page_of_results_at_a_time(
     """The finalizer held every line's result in memory at once (a 50,000-line batch of
     long answers: gigabytes): it reads them from the store a page at a time."""
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         return LineAnswer(200, body, "req")  # the answer as long as the line
 
     runner = BatchRunner(gateway, call, page=2)
@@ -266,7 +266,7 @@ async def test_expired_files_are_purged_a_page_at_a_time(gateway: Gateway,
 
 
 async def _no_call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
     raise AssertionError("no line is sent")
 
 
@@ -291,7 +291,7 @@ async def test_an_expired_file_is_a_404_before_it_is_purged(gateway: Gateway) ->
 async def test_output_files_expire_as_the_batch_asked_or_the_setting_says(
         gateway: Gateway, asked: int | None) -> None:
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         return LineAnswer(200, OK, "req")
 
     runner = BatchRunner(gateway, call)
@@ -309,7 +309,7 @@ async def test_a_batch_whose_input_is_not_in_this_files_dir_is_left_to_others(
     folder, another gateway on the same Redis) failed every batch it claimed as
     ``input_file_missing``: its record is there, so the batch is left to the others."""
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         return LineAnswer(200, OK, "req")
 
     elsewhere, runner = BatchRunner(gateway, call), BatchRunner(gateway, call)
@@ -350,7 +350,7 @@ async def test_a_cancel_as_the_lines_end_is_not_overwritten_by_completed(
     """The finalizer chose "completed" from the batch it read before the lines ended: a
     cancel answered meanwhile ("cancelling") was overwritten. It ends cancelled."""
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         return LineAnswer(200, OK, "req")
 
     runner = BatchRunner(gateway, call)
@@ -389,7 +389,7 @@ async def test_lines_are_sent_only_while_the_lease_is_held(
     lapsed: list[str] = []
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         if await store.claim("probe", 0.001, time.time()):  # another could take it
             lapsed.append(json.loads(body)["messages"][0]["content"])
         await asyncio.sleep(0.15)
@@ -430,7 +430,7 @@ async def test_a_line_the_store_failed_to_record_is_not_sent_again(gateway: Gate
     calls: Counter[bytes] = Counter()
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         calls[body] += 1
         return LineAnswer(200, OK, "req")
 
@@ -471,7 +471,7 @@ async def test_an_expiring_batch_cut_while_finalizing_still_gets_its_files(
     now = [time.time()]
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         now[0] += 2 * 86_400
         return LineAnswer(200, OK, "req-1")
 
@@ -513,7 +513,7 @@ async def test_a_resumed_batch_reads_only_a_chunk_of_its_input_at_a_time(
     sent: list[str] = []
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         sent.append(json.loads(body)["messages"][0]["content"][:6])
         return LineAnswer(200, OK, "req")
 
@@ -540,7 +540,7 @@ async def test_a_resumed_line_that_no_longer_parses_is_failed_not_skipped(
     sent: list[str] = []
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         sent.append(json.loads(body)["messages"][0]["content"])
         return LineAnswer(200, OK, "req")
 
@@ -569,7 +569,7 @@ async def test_a_batch_runs_the_lines_its_create_accepted_after_a_reload(
     sent: list[str] = []
 
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         sent.append(json.loads(body)["messages"][0]["content"][:2])
         return LineAnswer(200, OK, "req")
 
@@ -666,7 +666,7 @@ async def test_a_batch_finished_before_batches_were_purged_is_purged_too(
 
 async def test_a_finished_batch_is_forgotten_with_its_files(gateway: Gateway) -> None:
     async def call(key: str, caller: TokenCaller | None, path: str, body: bytes,
-                   batch: str) -> LineAnswer:
+                   batch: str, tags: tuple[str, ...]) -> LineAnswer:
         return LineAnswer(200, OK, "req")
 
     later = [0.0]

@@ -295,6 +295,7 @@ def freeze(
                 paths=re.compile(item.pattern),
                 methods=frozenset(item.entry.spec.methods),
                 prices=_prices_of(providers[item.entry.spec.provider].name, deployments),
+                hold_tokens=item.entry.spec.hold_tokens,
             )
             for name, item in linked.passthrough.items()
         }),

@@ -482,13 +482,14 @@ class Passthrough:
     paths: re.Pattern[str]
     methods: frozenset[str]
     prices: Mapping[str, Deployment]
+    hold_tokens: int  # what a POST whose body does not tell holds (runtime/passthrough_hold.py)
 
     def allows(self, path: str) -> bool:
         """Whether ``path`` (as sent, from its leading /) is one ``globs`` allows.
 
         >>> import re
-        >>> Passthrough("p", None, (), re.compile(r"/v1/files(?:/.*)?"), frozenset(), {}
-        ...             ).allows("/v1/files/file-1/content")  # type: ignore[arg-type]
+        >>> Passthrough("p", None, (), re.compile(r"/v1/files(?:/.*)?"), frozenset(), {},
+        ...             0).allows("/v1/files/file-1/content")  # type: ignore[arg-type]
         True
         """
         return self.paths.fullmatch(path) is not None

@@ -658,6 +658,15 @@ class PassthroughSpec(Spec):
     methods: list[HttpMethod] = Field(
         default_factory=lambda: list[HttpMethod](["GET", "POST"]), min_length=1,
         description="The HTTP methods allowed (default GET and POST); another is a 405.")
+    hold_tokens: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        4096,
+        description="What a POST holds against its caller's tokens per minute and "
+        "budgets before it is sent, where its body does not tell (not JSON, larger than "
+        "max_request_bytes, or naming no max_tokens, max_completion_tokens, "
+        "max_output_tokens nor generationConfig.maxOutputTokens): these tokens, at the "
+        "output price of the deployment of the model it names, else of the provider's "
+        "dearest. Settled to the usage its answer reports; 0 for an API whose requests "
+        "run no model (file uploads).")
     description: str | None = None
 
 

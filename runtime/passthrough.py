@@ -4,12 +4,15 @@ reached with the provider's credentials and governed as the modelled endpoints a
 
     authenticate (an aigw key, as /v1) -> the pass-through by name, among the key's
     ``passthrough`` (404, as one not defined) -> its methods (405) and path globs
-    (404) -> Cedar invoke on Passthrough::"name" (403) -> the key's, its team's and
-    the end user's rpm and max_parallel (429) -> the provider's root and credentials,
-    as its adapter sends them (providers/raw.py) -> the body streamed up, refused past
-    ``settings.max_passthrough_bytes`` (413) -> the answer streamed back as the upstream
-    gave it (its status, headers and body) -> settle: the usage it reports billed at the
-    price of the provider's deployment of the model it names, else nothing; the ledger
+    (404) -> Cedar invoke on Passthrough::"name" (403) -> the provider's root and
+    credentials, as its adapter sends them (providers/raw.py) -> a POST's body read
+    whole where it is as small as a chat body (its model and output cap) -> the key's,
+    its team's and the end user's rpm, max_parallel, tpm and budgets, holding what the
+    request may cost (passthrough_hold.py; 429) -> the body streamed up, refused past
+    ``settings.max_passthrough_bytes`` (413); a client gone while the upstream has not
+    answered a 499 -> the answer streamed back as the upstream gave it (its status,
+    headers and body) -> settle: the usage a POST's answer reports billed at the price
+    of the provider's deployment of the model it names, else nothing; the ledger
     record, access line and metrics (route label ``passthrough:<name>``, never the path)
 
 The aigw key is read as any provider's SDK sends it (``Authorization: Bearer``,
@@ -29,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 import httpx
@@ -39,7 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from aigw.compiler.graph import ApiKey, Deployment, Passthrough, Provider
+from aigw.compiler.graph import ApiKey, Passthrough, Provider
 
 from .chat import new_record
 from .errors import (
@@ -54,7 +57,9 @@ from .errors import (
 )
 from .exchange import Exchange, exchanged
 from .gemini_api import gemini_key
+from .incoming import client_gone, unless_gone
 from .live import Live
+from .passthrough_hold import billed_method, held, priced
 from .passthrough_usage import UsageReader
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
@@ -149,39 +154,56 @@ class PassthroughProxy:
             raise NotFound(f"Pass-through '{name}' does not allow this path.")
         await authorize_passthrough(live, key, exchange.user, name, provider.timeout_s,
                                     request.headers)
+        settings = graph.settings
         declared = request.headers.get("content-length")
-        limit = graph.settings.max_passthrough_bytes
+        limit = settings.max_passthrough_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of "
                                   f"{limit} (settings.max_passthrough_bytes).")
-        await exchange.admit(key, 0, 0.0)
-        live.telemetry.started(record)
         adapter = live.adapters.get(provider.name)
         if adapter is None:
             raise PassthroughUnavailable(f"Pass-through '{name}' is unavailable: provider "
                                          f"'{provider.name}' is "
                                          f"disabled ({provider.disabled_reason or 'not served'}).")
         target = raw_adapter(adapter, provider.name).raw_target()
-        upstream = await self._send(live, record, passthrough, target, request, path)
-        return await _answered(live, exchange, passthrough, target, upstream)
+        upload = _Upload(request.receive, limit, settings.body_read_timeout_s,
+                         "content-length" in request.headers
+                         or "transfer-encoding" in request.headers)
+        body = None
+        if billed_method(request.method) and upload.comes and not (
+                declared is not None and declared.isdigit()
+                and int(declared) > settings.max_request_bytes):
+            # Read whole where it is as small as a chat body may be, for the output cap
+            # and model a JSON one names: the hold is what that request may cost
+            body = await upload.whole(settings.max_request_bytes)
+        tokens, cost = held(passthrough, request.method, path, body,
+                            settings.max_request_json_containers)
+        await exchange.admit(key, tokens, cost)
+        live.telemetry.started(record)
+        upstream = await self._send(live, record, passthrough, target, request, path,
+                                    upload, body)
+        return await _answered(live, exchange, passthrough, target, upstream,
+                               billed_method(request.method))
 
     async def _send(self, live: Live, record: RequestRecord, passthrough: Passthrough,
-                    target: RawTarget, request: Request, path: str) -> httpx.Response:
-        """The request sent on, its answer's status and headers come (its body to come)."""
+                    target: RawTarget, request: Request, path: str, upload: _Upload,
+                    body: bytes | None) -> httpx.Response:
+        """The request sent on (``body`` where it was read whole, else ``upload`` as it
+        comes), its answer's status and headers come (its body to come). A client that
+        leaves meanwhile (once its body is all here) stops the wait: a 499, its hold given
+        back, where it held its place until a slow upstream answered or timed out."""
         provider, settings = passthrough.provider, live.graph.settings
         headers = _sent_headers(request.headers, target, settings.user_header)
         query = _without_key(request.scope.get("query_string", b"").decode("latin-1"))
         url = target.root + path + ("?" + query if query else "")
-        has_body = "content-length" in request.headers or \
-            "transfer-encoding" in request.headers
-        content = _body(request.receive, settings.max_passthrough_bytes,
-                        settings.body_read_timeout_s) if has_body else None
+        content = body if body is not None else upload.parts() if upload.comes else None
         client = self._client(provider)
         record.waiting_upstream()
         try:
             sent = client.build_request(request.method, url, headers=traced(headers),
                                         content=content)
-            return await client.send(sent, stream=True)
+            return await unless_gone(client.send(sent, stream=True), upload.gone,
+                                     "the upstream answered")
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"provider '{provider.name}' timed out: "
                                   f"{scrub(str(exc) or type(exc).__name__, provider)}",
@@ -236,36 +258,72 @@ def _sent_headers(headers: Headers, target: RawTarget, user_header: str) -> dict
     return sent
 
 
-async def _body(receive: Receive, limit: int, timeout_s: float) -> AsyncIterator[bytes]:
+class _Upload:
     """The request's body as it arrives, refused past ``limit`` bytes (413) and when no
-    part of it comes for ``timeout_s`` (408: a client trickling it in), never held whole.
-    Timed a part at a time, not whole as ``read_body`` does: an upload of hundreds of
-    megabytes may rightly take longer than the wait for a small JSON body."""
-    size = 0
-    while True:
+    part of it comes for ``timeout_s`` (408: a client trickling it in), never held whole
+    beyond what ``whole`` reads. Timed a part at a time, not whole as ``read_body`` does:
+    an upload of hundreds of megabytes may rightly take longer than the wait for a small
+    JSON body. ``comes``: the request has a body (a length, or chunks)."""
+
+    def __init__(self, receive: Receive, limit: int, timeout_s: float, comes: bool) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._timeout_s = timeout_s
+        self.comes = comes
+        self._size = 0
+        self._read: list[bytes] = []  # what ``whole`` read of a longer body, sent first
+        self._ended = asyncio.Event()  # its last part came: only a disconnect follows
+        if not comes:
+            self._ended.set()
+
+    async def _part(self) -> bytes:
         try:
-            async with asyncio.timeout(timeout_s):
-                message = await receive()
+            async with asyncio.timeout(self._timeout_s):
+                message = await self._receive()
         except TimeoutError:
-            raise RequestTimeout(f"No part of the request body came for {timeout_s:g} s "
-                                 "(settings.body_read_timeout_s).") from None
+            raise RequestTimeout(f"No part of the request body came for {self._timeout_s:g} "
+                                 "s (settings.body_read_timeout_s).") from None
         if message["type"] == "http.disconnect":
             raise GatewayError("client disconnected while sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes "
+        chunk: bytes = message.get("body", b"")
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {self._limit} bytes "
                                   "(settings.max_passthrough_bytes).")
-        if chunk:
-            yield chunk
         if not message.get("more_body", False):
-            return
+            self._ended.set()
+        return chunk
+
+    async def whole(self, most: int) -> bytes | None:
+        """The body, where it ends within ``most`` bytes; None for a longer one, what was
+        read of it kept to go first (``parts``)."""
+        while not self._ended.is_set():
+            self._read.append(await self._part())
+            if self._size > most:
+                return None
+        return b"".join(self._read)
+
+    async def parts(self) -> AsyncIterator[bytes]:
+        read, self._read = self._read, []
+        for chunk in read:
+            yield chunk
+        while not self._ended.is_set():
+            chunk = await self._part()
+            if chunk:
+                yield chunk
+
+    async def gone(self) -> None:
+        """Returns once the client has gone: watched from the body's end, as the messages
+        before it are the body's."""
+        await self._ended.wait()
+        await client_gone(self._receive)
 
 
 async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
-                    target: RawTarget, upstream: httpx.Response) -> Response:
+                    target: RawTarget, upstream: httpx.Response, billed: bool) -> Response:
     """The upstream's answer, passed on: an error read whole (bounded) and scrubbed, any
-    other streamed as it comes, its usage read on the way and billed as it ends."""
+    other streamed as it comes, its usage read on the way (``billed``: an answer to a
+    POST) and billed as it ends."""
     record, provider = exchange.record, passthrough.provider
     record.status = upstream.status_code
     headers = {name: value for name, value in upstream.headers.items()
@@ -281,7 +339,7 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
         await exchange.close()
         return Response(shown, status_code=upstream.status_code, headers=headers)
     record.stream = True  # finished when its last byte went out, or its client left
-    reader = UsageReader(upstream.headers.get("content-type", ""))
+    reader = UsageReader(upstream.headers.get("content-type", "") if billed else "")
     masks = _secrets(provider, target)
     return _Droppable(await settled_stream(
         _relayed(live, exchange, passthrough, upstream, reader, masks), headers,
@@ -416,22 +474,3 @@ def _bill(record: RequestRecord, passthrough: Passthrough, reader: UsageReader) 
     if deployment is not None:
         record.deployment = deployment.name
         record.cost = usage.cost(deployment.price)
-
-
-def priced(prices: Mapping[str, Deployment], model: str | None) -> Deployment | None:
-    """The deployment whose price bills an answer naming ``model``: the one of that id,
-    else the one whose id ``model`` is a dated snapshot of (``gpt-4o-mini-2024-07-18``
-    of ``gpt-4o-mini``), the longest such; None for a model no deployment serves.
-
-    >>> from types import SimpleNamespace as D
-    >>> priced({"gpt-4o": D(name="big"), "gpt-4o-mini": D(name="small")},
-    ...        "gpt-4o-mini-2024-07-18").name  # type: ignore[dict-item]
-    'small'
-    """
-    if model is None:
-        return None
-    found = prices.get(model)
-    if found is not None:
-        return found
-    snapshots = [name for name in prices if model.startswith(name + "-")]
-    return prices[max(snapshots, key=len)] if snapshots else None

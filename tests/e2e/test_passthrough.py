@@ -94,7 +94,10 @@ deployments:
            price: {{input: 3, output: 15}}}}
   flash: {{provider: google, model: gemini-2.5-flash, context_window: 1048576,
           price: {{input: 0.3, output: 2.5}}}}
-routes: {{sonnet: {{deployment: sonnet}}, flash: {{deployment: flash}}}}
+  mini: {{provider: openai, model: gpt-4o-mini, context_window: 128000,
+         price: {{input: 0.15, output: 0.6}}}}
+routes: {{sonnet: {{deployment: sonnet}}, flash: {{deployment: flash}},
+         mini: {{deployment: mini}}}}
 keys:
   dev: {{admin: true, sha256: {_digest(DEV_KEY)}}}
   narrow: {{sha256: {_digest(NARROW_KEY)}, passthrough: []}}
@@ -104,7 +107,7 @@ keys:
 passthrough:
   openai-raw:
     provider: openai
-    paths: ["/v1/vector_stores/**", "/v1/files/**"]
+    paths: ["/v1/vector_stores/**", "/v1/files/**", "/v1/responses/*"]
     methods: [GET, POST, DELETE]
   anthropic-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
   gemini-raw: {{provider: google, paths: ["/v1beta/models/*"], methods: [POST]}}
@@ -344,6 +347,22 @@ def test_metrics_label_the_passthrough_never_the_path(gateway: Gateway) -> None:
     page = httpx.get(gateway.url("/metrics")).text
     assert 'route="passthrough:openai-raw"' in page
     assert store.id not in page and "vector_stores" not in page
+
+
+def test_a_stored_response_fetched_again_is_not_billed_again(gateway: Gateway) -> None:
+    gateway.platform.responses["resp_stored"] = {
+        "id": "resp_stored", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": "gpt-4o-mini-2024-07-18", "output": [],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": 1200, "output_tokens": 300, "total_tokens": 1500,
+                  "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}}}
+    fetched = gateway.openai().responses.with_raw_response.retrieve("resp_stored")
+    usage = fetched.parse().usage
+    assert usage is not None and usage.output_tokens == 300
+    row = gateway.server.ledger_row(fetched.headers["x-request-id"], wait_s=10)
+    # Billed when it was made (a POST); a GET runs no model.
+    assert (row["deployment"], row["tokens_out"], row["cost"]) == (None, 0, 0)
 
 
 def _last_ledger_row(server: Server, route: str,

@@ -10,7 +10,8 @@ that quotes the key it was sent, as some providers' errors quote a credential. T
 content of file ``file-held`` is its first part, then the rest only once ``release`` is
 set: a test can tell that the first part reached it before the upstream had sent all.
 That of ``file-cut`` promises 1 MiB (its content-length) and drops the connection after
-its first part.
+its first part. A response made earlier (``responses``: id -> its object, usage and
+all) is retrieved at ``GET /v1/responses/{id}``, as OpenAI keeps them.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class OpenAIPlatformFake:
         self.stores: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
         self.release = threading.Event()  # file-held's rest may come
+        self.responses: dict[str, dict[str, Any]] = {}
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/vector_stores", self._stores, methods=["GET", "POST"]),
             Route("/v1/vector_stores/{store_id}", self._store, methods=["GET", "DELETE"]),
             Route("/v1/files", self._upload, methods=["POST"]),
             Route("/v1/files/{file_id}/content", self._content, methods=["GET"]),
+            Route("/v1/responses/{response_id}", self._response, methods=["GET"]),
         ])
 
     async def _ready(self, request: Request) -> Response:
@@ -97,6 +100,15 @@ class OpenAIPlatformFake:
             return JSONResponse({"id": store_id, "object": "vector_store.deleted",
                                  "deleted": True})
         return JSONResponse(self.stores[store_id])
+
+    async def _response(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        response_id = request.path_params["response_id"]
+        if response_id not in self.responses:
+            return _error(404, f"Response with id '{response_id}' not found.",
+                          "invalid_request_error", None)
+        return JSONResponse(self.responses[response_id])
 
     async def _upload(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:

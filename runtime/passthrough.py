@@ -11,9 +11,10 @@ reached with the provider's credentials and governed as the modelled endpoints a
     request may cost (passthrough_hold.py; 429) -> the body streamed up, refused past
     ``settings.max_passthrough_bytes`` (413); a client gone while the upstream has not
     answered a 499 -> the answer streamed back as the upstream gave it (its status,
-    headers and body) -> settle: the usage a POST's answer reports billed at the price
-    of the provider's deployment of the model it names, else nothing; the ledger
-    record, access line and metrics (route label ``passthrough:<name>``, never the path)
+    headers and body) -> settle: the usage a POST's answer reports (inflated, where
+    compressed) billed at the price of the provider's deployment of the model it
+    names, else nothing; the ledger record, access line and metrics (route label
+    ``passthrough:<name>``, never the path)
 
 The aigw key is read as any provider's SDK sends it (``Authorization: Bearer``,
 ``x-api-key``, ``x-goog-api-key`` or ``?key=``). What goes upstream is the client's
@@ -60,7 +61,7 @@ from .gemini_api import gemini_key
 from .incoming import client_gone, unless_gone
 from .live import Live
 from .passthrough_hold import billed_method, held, priced
-from .passthrough_usage import UsageReader
+from .passthrough_usage import Inflater, UsageReader, inflated
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
 from .sse import settled_stream
@@ -328,18 +329,25 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     record.status = upstream.status_code
     headers = {name: value for name, value in upstream.headers.items()
                if name.lower() not in _NOT_ANSWERED}
+    encoding = upstream.headers.get("content-encoding", "").strip().lower()
     if upstream.status_code >= 400:
         try:
             body = await _error_body(upstream)
         finally:
             await upstream.aclose()
         record.error = f"upstream_{upstream.status_code}"
-        shown = scrub(body.decode("utf-8", "replace"), provider).encode()
+        shown = body
+        if Inflater.reads(encoding):  # read (and sent) inflated, to be scrubbed: its
+            # bytes mangled as text went on as gzip, which no client could read
+            shown = inflated(body, encoding, MAX_ERROR_BYTES) or b""
+            headers.pop("content-encoding", None)
+        if encoding in ("", "identity") or Inflater.reads(encoding):
+            shown = scrub(shown.decode("utf-8", "replace"), provider).encode()
         headers.pop("content-length", None)
         await exchange.close()
         return Response(shown, status_code=upstream.status_code, headers=headers)
     record.stream = True  # finished when its last byte went out, or its client left
-    reader = UsageReader(upstream.headers.get("content-type", "") if billed else "")
+    reader = UsageReader(upstream.headers.get("content-type", "") if billed else "", encoding)
     masks = _secrets(provider, target)
     return _Droppable(await settled_stream(
         _relayed(live, exchange, passthrough, upstream, reader, masks), headers,

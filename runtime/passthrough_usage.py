@@ -17,12 +17,19 @@ bytes as they go by to the client, never holding the answer back.
 A stream's counts are the largest each event reported (Anthropic's message_delta
 repeats the output so far). Anything else (a file, an answer past ``MAX_JSON_BYTES``,
 an event line past ``MAX_LINE_BYTES``, JSON of another shape) reports nothing.
+
+The gateway asks for ``accept-encoding: identity``, but an upstream (or a proxy before
+it) may compress all the same: a ``gzip`` or ``deflate`` answer is read from a copy
+inflated as it goes by, a bounded piece at a time (``Inflater``), and only while there
+is something left to read; the client gets the bytes as they came. Another encoding
+(``br``, ``zstd``) reports nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +39,71 @@ from .providers.base import Usage
 MAX_JSON_BYTES = 8 << 20
 # The longest event line read; a longer one is passed on unread.
 MAX_LINE_BYTES = 1 << 20
+# The most of a compressed answer inflated to read it (a stream's events all together):
+# a bomb of a few kilobytes costs this much work and a piece of it in memory, no more.
+MAX_INFLATED_BYTES = 64 << 20
+# The most inflated at a time: the memory a compressed answer's reading takes.
+_INFLATED_PIECE = 64 << 10
+# zlib's window bits for each encoding read (deflate: zlib's wrapper, as RFC 9110 has it;
+# ``Inflater`` falls back to a raw stream, which some servers send instead).
+_WINDOW_BITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                "deflate": zlib.MAX_WBITS}
+
+
+class Inflater:
+    """A gzip or deflate body inflated as it comes, ``most`` bytes of it at most, a piece
+    at a time; ``failed`` once it is past ``most`` or not what its encoding says."""
+
+    def __init__(self, encoding: str, most: int = MAX_INFLATED_BYTES) -> None:
+        self._bits = _WINDOW_BITS[encoding]
+        self._inflater = zlib.decompressobj(self._bits)
+        self._left = most
+        self._started = False
+        self.failed = False
+
+    @staticmethod
+    def reads(encoding: str) -> bool:
+        """Whether a body of ``encoding`` (a Content-Encoding value) can be inflated."""
+        return encoding in _WINDOW_BITS
+
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """What ``chunk`` inflates to, a bounded piece at a time."""
+        data = chunk
+        while data and not self.failed:
+            try:
+                piece = self._inflater.decompress(data, min(_INFLATED_PIECE, self._left + 1))
+            except zlib.error:
+                if self._started or self._bits != zlib.MAX_WBITS:
+                    self.failed = True
+                    return
+                self._bits = -zlib.MAX_WBITS  # a raw deflate stream, not zlib's wrapper
+                self._inflater = zlib.decompressobj(self._bits)
+                continue
+            self._started = True
+            self._left -= len(piece)
+            if self._left < 0:
+                self.failed = True
+                return
+            if piece:
+                yield piece
+            data = self._inflater.unconsumed_tail
+
+
+def inflated(body: bytes, encoding: str, most: int) -> bytes | None:
+    """``body`` inflated from ``encoding``, cut at ``most`` bytes; None where it is not
+    what its encoding says.
+
+    >>> import gzip
+    >>> inflated(gzip.compress(b"x" * 10), "gzip", 4), inflated(b"plain", "gzip", 4)
+    (b'xxxx', None)
+    """
+    inflater = Inflater(encoding, most + _INFLATED_PIECE)
+    out = bytearray()
+    for piece in inflater.pieces(body):
+        out += piece
+        if len(out) >= most:
+            return bytes(out[:most])
+    return None if inflater.failed else bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +116,41 @@ class Reported:
 
 class UsageReader:
     """Fed an answer's bytes as they go by (``feed``), then asked what it reported
-    (``reported``). ``kind`` is the answer's content type: JSON is kept whole (up to
-    ``MAX_JSON_BYTES``) and read at the end; an event stream is read a line at a time."""
+    (``reported``). ``content_type`` is the answer's: JSON is kept whole (up to
+    ``MAX_JSON_BYTES``) and read at the end; an event stream is read a line at a time.
+    ``encoding`` is its Content-Encoding (none: as it is)."""
 
-    def __init__(self, content_type: str) -> None:
+    def __init__(self, content_type: str, encoding: str = "") -> None:
         media = content_type.split(";", 1)[0].strip().lower()
         self._events = media == "text/event-stream"
         self._json = not self._events and (media == "application/json"
                                            or media.endswith("+json"))
+        encoding = encoding.strip().lower()
+        self._inflater: Inflater | None = None
+        if encoding not in ("", "identity"):
+            if Inflater.reads(encoding):
+                self._inflater = Inflater(encoding)
+            else:
+                self._events = self._json = False
         self._kept = bytearray()
         self._skipping = False  # within an event line too long to read
         self._model: str | None = None
         self._counts: dict[str, int] = {}
 
     def feed(self, chunk: bytes) -> None:
+        inflater = self._inflater
+        if inflater is None:
+            self._feed(chunk)
+            return
+        for piece in inflater.pieces(chunk):
+            self._feed(piece)
+            if not (self._json or self._events):
+                return  # nothing left to read it for: inflated no further
+        if inflater.failed:
+            self._json = self._events = False
+            self._kept.clear()
+
+    def _feed(self, chunk: bytes) -> None:
         if self._json:
             if len(self._kept) + len(chunk) > MAX_JSON_BYTES:
                 self._json = False

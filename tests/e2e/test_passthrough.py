@@ -20,7 +20,9 @@ from google.genai import types
 
 from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
+from ..fakes.brain import Action
 from ..fakes.gemini_fake import GeminiFake
+from ..fakes.gzipping import gzipping
 from ..fakes.openai_platform import OpenAIPlatformFake
 from ..fakes.serve import serving
 from .server import Server
@@ -52,6 +54,7 @@ class Gateway:
     platform: OpenAIPlatformFake
     claude: AnthropicFake
     gemini: GeminiFake
+    squeezed: AnthropicFake  # behind a proxy that gzips its answers
     clients: dict[str, openai.OpenAI] = field(default_factory=dict)
 
     def openai(self, key: str = DEV_KEY) -> openai.OpenAI:
@@ -76,8 +79,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     platform = OpenAIPlatformFake(api_key=OPENAI_KEY)
     claude = AnthropicFake(api_key=ANTHROPIC_KEY)
     gemini = GeminiFake(api_key=GEMINI_KEY)
+    squeezed = AnthropicFake(api_key=ANTHROPIC_KEY)
     with (serving(platform.app) as platform_url, serving(claude.app) as claude_url,
-          serving(gemini.app) as gemini_url):
+          serving(gemini.app) as gemini_url,
+          serving(gzipping(squeezed.app)) as squeezed_url):
         root = tmp_path_factory.mktemp("passthrough") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "passthrough.cedar").write_text(POLICIES)
@@ -89,15 +94,18 @@ providers:
   claude: {{type: anthropic, base_url: "{claude_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
   google: {{type: gemini, base_url: "{gemini_url}/v1beta", api_key: "${{PT_GEMINI_KEY}}"}}
   unkeyed: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_UNSET_KEY}}"}}
+  squeezed: {{type: anthropic, base_url: "{squeezed_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
 deployments:
   sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
            price: {{input: 3, output: 15}}}}
   flash: {{provider: google, model: gemini-2.5-flash, context_window: 1048576,
           price: {{input: 0.3, output: 2.5}}}}
+  haiku: {{provider: squeezed, model: claude-haiku-4-5, context_window: 200000,
+          price: {{input: 1, output: 5}}}}
   mini: {{provider: openai, model: gpt-4o-mini, context_window: 128000,
          price: {{input: 0.15, output: 0.6}}}}
 routes: {{sonnet: {{deployment: sonnet}}, flash: {{deployment: flash}},
-         mini: {{deployment: mini}}}}
+         haiku: {{deployment: haiku}}, mini: {{deployment: mini}}}}
 keys:
   dev: {{admin: true, sha256: {_digest(DEV_KEY)}}}
   narrow: {{sha256: {_digest(NARROW_KEY)}, passthrough: []}}
@@ -112,6 +120,7 @@ passthrough:
   anthropic-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
   gemini-raw: {{provider: google, paths: ["/v1beta/models/*"], methods: [POST]}}
   unkeyed-raw: {{provider: unkeyed, paths: ["/v1/vector_stores/**"]}}
+  squeezed-raw: {{provider: squeezed, paths: ["/v1/messages"], methods: [POST]}}
 """)
         with pytest.MonkeyPatch.context() as patch:
             for name, value in (("PT_OPENAI_KEY", OPENAI_KEY), ("PT_ANTHROPIC_KEY", ANTHROPIC_KEY),
@@ -119,7 +128,7 @@ passthrough:
                 patch.setenv(name, value)
             patch.delenv("PT_UNSET_KEY", raising=False)
             server = Server(root)
-        gateway = Gateway(server, platform, claude, gemini)
+        gateway = Gateway(server, platform, claude, gemini, squeezed)
         try:
             server.wait_ready()
             yield gateway
@@ -349,6 +358,48 @@ def test_metrics_label_the_passthrough_never_the_path(gateway: Gateway) -> None:
     assert store.id not in page and "vector_stores" not in page
 
 
+def test_a_gzipped_answer_goes_on_as_it_came_and_its_usage_is_billed(
+        gateway: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url("/passthrough/squeezed-raw"),
+                                 api_key=DEV_KEY, max_retries=0)
+    with client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=64,
+            messages=[{"role": "user", "content": "one two three"}])
+        assert raw.headers["content-encoding"] == "gzip"  # the bytes as the upstream sent
+        usage = raw.parse().usage
+        row = _ledger_row_of(gateway.server, "passthrough:squeezed-raw", usage.output_tokens)
+        assert row["deployment"] == "haiku" and row["status"] == 200
+        assert (row["tokens_in"], row["tokens_out"]) == (usage.input_tokens,
+                                                         usage.output_tokens)
+        assert row["cost"] == pytest.approx(
+            (usage.input_tokens * 1 + usage.output_tokens * 5) / 1_000_000, abs=1e-12)
+        with client.messages.stream(
+                model="claude-haiku-4-5", max_tokens=64,
+                messages=[{"role": "user", "content": "a b c d e f g h i j k l"}]) as stream:
+            assert "".join(stream.text_stream)
+            final = stream.get_final_message().usage
+        row = _ledger_row_of(gateway.server, "passthrough:squeezed-raw", final.output_tokens)
+        assert row["deployment"] == "haiku"
+        assert (row["tokens_in"], row["tokens_out"]) == (final.input_tokens,
+                                                         final.output_tokens)
+
+
+def test_a_gzipped_error_answer_is_read_scrubbed_and_sent_readable(gateway: Gateway) -> None:
+    gateway.squeezed.script.actions.append(Action(status=400, body={
+        "type": "error", "error": {"type": "invalid_request_error",
+                                   "message": f"key {ANTHROPIC_KEY} may not do that"}}))
+    client = anthropic.Anthropic(base_url=gateway.url("/passthrough/squeezed-raw"),
+                                 api_key=DEV_KEY, max_retries=0)
+    with client, pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=8,
+                               messages=[{"role": "user", "content": "hi"}])
+    assert "content-encoding" not in refused.value.response.headers
+    message = refused.value.response.json()["error"]["message"]
+    assert message.startswith("key ") and message.endswith(" may not do that")
+    assert ANTHROPIC_KEY not in message
+
+
 def test_a_stored_response_fetched_again_is_not_billed_again(gateway: Gateway) -> None:
     gateway.platform.responses["resp_stored"] = {
         "id": "resp_stored", "object": "response", "created_at": int(time.time()),
@@ -363,6 +414,16 @@ def test_a_stored_response_fetched_again_is_not_billed_again(gateway: Gateway) -
     row = gateway.server.ledger_row(fetched.headers["x-request-id"], wait_s=10)
     # Billed when it was made (a POST); a GET runs no model.
     assert (row["deployment"], row["tokens_out"], row["cost"]) == (None, 0, 0)
+
+
+def _ledger_row_of(server: Server, route: str, tokens_out: int) -> dict[str, object]:
+    """The latest ledger record of ``route`` with ``tokens_out``, waited for (a stream's
+    is written as it ends)."""
+    deadline = time.monotonic() + 10
+    while (row := _last_ledger_row(server, route))["tokens_out"] != tokens_out:
+        assert time.monotonic() < deadline, row
+        time.sleep(0.05)
+    return row
 
 
 def _last_ledger_row(server: Server, route: str,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
-from aigw.runtime.passthrough_usage import MAX_JSON_BYTES, UsageReader
+from aigw.runtime.passthrough_usage import (
+    MAX_INFLATED_BYTES,
+    MAX_JSON_BYTES,
+    UsageReader,
+)
 from aigw.runtime.providers.base import Usage
 
 
@@ -68,3 +74,35 @@ def test_files_other_json_and_oversized_answers_report_nothing() -> None:
     assert _fed("application/json", big[:100], big[100:]).reported() is None
     assert _fed("application/json", b'{"usage": {"prompt_tokens": -1, '
                 b'"completion_tokens": true}}').reported() is None
+
+
+def test_a_gzipped_or_deflated_answer_in_pieces_reports_its_usage() -> None:
+    body = json.dumps({"model": "claude-haiku-4-5", "usage": {
+        "input_tokens": 9, "output_tokens": 4}}).encode()
+    zlib_wrapped = zlib.compress(body)
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # deflate as some servers send it
+    for encoding, squeezed in (("gzip", gzip.compress(body)), ("deflate", zlib_wrapped),
+                               ("deflate", raw.compress(body) + raw.flush())):
+        reader = UsageReader("application/json", encoding)
+        for at in range(0, len(squeezed), 5):
+            reader.feed(squeezed[at:at + 5])
+        reported = reader.reported()
+        assert reported is not None and reported.usage == Usage(9, 4), encoding
+
+
+def test_a_compressed_answer_is_inflated_only_as_far_as_it_is_read() -> None:
+    bomb = gzip.compress(b'{"usage": "' + b"x" * (MAX_JSON_BYTES + (4 << 20)) + b'"}')
+    reader = UsageReader("application/json", "gzip")
+    reader.feed(bomb)
+    assert reader.reported() is None
+    usage = b'data: {"usage": {"input_tokens": 1}}\n'
+    for padding, read in ((1 << 20, True), (MAX_INFLATED_BYTES, False)):
+        stream = gzip.compress(b"data: " + b"x" * padding + b"\n" + usage)
+        reader = UsageReader("text/event-stream", "gzip")
+        reader.feed(stream)
+        # An event stream inflated past the bound is read no further.
+        assert (reader.reported() is not None) is read
+    for unread in ("br", "zstd"):
+        reader = UsageReader("application/json", unread)
+        reader.feed(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
+        assert reader.reported() is None

@@ -79,7 +79,11 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
 # The client's headers that never go upstream besides those: its aigw key in any header a
 # provider reads a key from (the provider's own are added), its cookies, what httpx sets.
 _KEPT_BACK = HOP_BY_HOP | {"host", "authorization", "x-api-key", "api-key",
-                           "x-goog-api-key", "cookie", "accept-encoding", "expect"}
+                           "x-goog-api-key", "cookie", "accept-encoding", "expect",
+                           # which of the provider key's organizations and projects pays
+                           # and whose files it sees is the operator's (headers:), never
+                           # the caller's to choose
+                           "openai-organization", "openai-project"}
 # The upstream's headers that never reach the client besides the hop-by-hop ones.
 _NOT_ANSWERED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
 # The most of an error answer read (to scrub it whole); the rest is cut.

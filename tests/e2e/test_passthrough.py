@@ -400,6 +400,16 @@ def test_a_gzipped_error_answer_is_read_scrubbed_and_sent_readable(gateway: Gate
     assert ANTHROPIC_KEY not in message
 
 
+def test_the_caller_cannot_pick_the_provider_keys_organization_or_project(
+        gateway: Gateway) -> None:
+    with openai.OpenAI(base_url=gateway.url("/passthrough/openai-raw/v1"), api_key=DEV_KEY,
+                       organization="org-someone-else", project="proj_someone_else",
+                       max_retries=0) as client:
+        client.vector_stores.list()
+    sent = gateway.platform.seen[-1]
+    assert "openai-organization" not in sent and "openai-project" not in sent
+
+
 def test_a_stored_response_fetched_again_is_not_billed_again(gateway: Gateway) -> None:
     gateway.platform.responses["resp_stored"] = {
         "id": "resp_stored", "object": "response", "created_at": int(time.time()),

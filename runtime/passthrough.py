@@ -47,7 +47,7 @@ from aigw.compiler.graph import ApiKey, Passthrough, Provider
 
 from .chat import new_record
 from .errors import (
-    GatewayError,
+    Cancelled,
     MethodNotAllowed,
     NotFound,
     PassthroughUnavailable,
@@ -288,8 +288,9 @@ class _Upload:
         except TimeoutError:
             raise RequestTimeout(f"No part of the request body came for {self._timeout_s:g} "
                                  "s (settings.body_read_timeout_s).") from None
-        if message["type"] == "http.disconnect":
-            raise GatewayError("client disconnected while sending the body")
+        if message["type"] == "http.disconnect":  # a 499, as any client that left: it
+            # was a 500, counted in the gateway's error rate for a client's dropped upload
+            raise Cancelled("The client went away while sending the body.")
         chunk: bytes = message.get("body", b"")
         self._size += len(chunk)
         if self._size > self._limit:

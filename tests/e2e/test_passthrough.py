@@ -426,6 +426,39 @@ def test_a_stored_response_fetched_again_is_not_billed_again(gateway: Gateway) -
     assert (row["deployment"], row["tokens_out"], row["cost"]) == (None, 0, 0)
 
 
+def test_a_client_gone_mid_upload_is_recorded_as_gone_not_as_the_gateways_fault(
+        gateway: Gateway) -> None:
+    class Gone(Exception):
+        pass
+
+    def body() -> Iterator[bytes]:
+        yield b'{"name": "half'
+        time.sleep(0.3)
+        raise Gone  # the client's connection closes with its body half sent
+
+    before = _statuses(gateway.server, "passthrough:openai-raw")
+    with pytest.raises(Gone):
+        httpx.post(gateway.url("/passthrough/openai-raw/v1/vector_stores"), content=body(),
+                   headers={"authorization": f"Bearer {DEV_KEY}",
+                            "content-type": "application/json"}, timeout=10)
+    deadline = time.monotonic() + 10
+    while (after := _statuses(gateway.server, "passthrough:openai-raw")) == before:
+        assert time.monotonic() < deadline, "no ledger record of the request"
+        time.sleep(0.05)
+    # A 499, as any request whose client went away: not a 500 on the gateway's error rate.
+    assert after.get(499, 0) == before.get(499, 0) + 1
+    assert after.get(500, 0) == before.get(500, 0)
+
+
+def _statuses(server: Server, route: str) -> dict[int, int]:
+    """How many ledger records ``route`` has of each status."""
+    with sqlite3.connect(server.root / "aigw.sqlite") as ledger:
+        counts = dict(ledger.execute("SELECT status, COUNT(*) FROM ledger WHERE route = ? "
+                                     "GROUP BY status", (route,)).fetchall())
+    ledger.close()
+    return counts
+
+
 def _ledger_row_of(server: Server, route: str, tokens_out: int) -> dict[str, object]:
     """The latest ledger record of ``route`` with ``tokens_out``, waited for (a stream's
     is written as it ends)."""

@@ -56,7 +56,8 @@ SCHEMA_NAME = _error("AGW208", "invalid name")
 SCHEMA_SHA256 = _error("AGW209", "invalid sha256 digest")
 SCHEMA_KEY_SECRET = _error("AGW210", "key needs exactly one of secret or sha256")
 SCHEMA_INCLUDE_SECTION = _error("AGW211", "section not allowed in an included file")
-SCHEMA_ISSUER_JWKS = _error("AGW212", "issuer needs exactly one of jwks_url and jwks_file")
+SCHEMA_ISSUER_JWKS = _error("AGW212", "issuer needs exactly one of jwks_url, jwks_file and "
+                            "jwks")
 
 # AGW3xx: references, names and the graph
 REF_PROVIDER = _error("AGW301", "unknown provider")
@@ -125,6 +126,7 @@ PASSTHROUGH_PATH = _error("AGW357", "pass-through path is not a usable glob")
 ISSUER_JWKS_URL = _error("AGW358", "issuer's jwks_url cannot be fetched safely")
 ISSUER_JWKS_FILE = _error("AGW359", "issuer's jwks_file holds no usable public key")
 DUPLICATE_ISSUER = _error("AGW360", "two issuers accept the same iss")
+ISSUER_JWKS_INLINE = _error("AGW361", "issuer's inline jwks holds a key it cannot verify with")
 BASE_URL_VERSIONED = _error("AGW370", "base_url ends in an API version its adapter appends")
 
 # AGW4xx: Cedar policies

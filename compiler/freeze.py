@@ -329,6 +329,7 @@ def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
             algorithms=tuple(dict.fromkeys(spec.algorithms)),
             jwks_url=spec.jwks_url,
             jwks=item.jwks,
+            jwks_file=spec.jwks_file,
             team=team,
             principal_claim=spec.principal_claim,
             routes=frozenset(spec.routes) if spec.routes is not None else None,

@@ -391,8 +391,9 @@ class IssuerTeams:
 @dataclass(frozen=True, slots=True)
 class Issuer:
     """An identity provider whose JWTs sign callers in: a token whose ``iss`` is
-    ``issuer``, signed with one of ``algorithms`` by a key from ``jwks_url`` (or the
-    inline ``jwks``, a JWKS as JSON text), with an ``aud`` among ``audiences``. Its
+    ``issuer``, signed with one of ``algorithms`` by a key from ``jwks_url`` (or
+    ``jwks``, a JWKS as JSON text: the file ``jwks_file`` read, or the config's inline
+    one), with an ``aud`` among ``audiences``. Its
     caller is named by ``principal_claim`` and has ``quota`` of its own."""
 
     name: str
@@ -401,6 +402,7 @@ class Issuer:
     algorithms: tuple[str, ...]
     jwks_url: str | None
     jwks: str | None
+    jwks_file: str | None
     team: Team | IssuerTeams | None
     principal_claim: str
     routes: frozenset[str] | None

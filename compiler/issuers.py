@@ -4,8 +4,11 @@ Checked: the teams, routes and MCP servers an issuer names (AGW304, AGW302-style
 "did you mean" through the caller's ``unknown``), a ``jwks_url`` a man in the middle
 could answer (plain http off loopback, AGW358), a ``jwks_file`` that is not a JSON Web
 Key Set of public keys (AGW359: unreadable, a malformed, private or shared-secret key,
-no signing key for any of the issuer's algorithms), and two issuers with one ``iss`` (AGW360:
-a token would be one's or the other's by chance).
+no signing key for any of the issuer's algorithms), an inline ``jwks`` with a key no
+token of the issuer's could be verified with (AGW361, at that key: malformed, private,
+a shared secret, an alg or key type outside the issuer's algorithms, not for signing),
+and two issuers with one ``iss`` (AGW360: a token would be one's or the other's by
+chance).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import codes
 from .diagnostics import DiagnosticSink
 from .source import Position
-from .spec import IssuerSpec, IssuerTeamSpec
+from .spec import IssuerSpec, IssuerTeamSpec, JwksSpec
 
 if TYPE_CHECKING:
     from .link import Entry
@@ -39,7 +42,9 @@ _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 @dataclass(frozen=True, slots=True)
 class LinkedIssuer:
     entry: Entry[IssuerSpec]
-    jwks: str | None  # jwks_file's key set as JSON text, checked; None: fetched from jwks_url
+    # jwks_file's or the inline jwks's key set as JSON text, checked; None: fetched from
+    # jwks_url (or not usable: an error says why)
+    jwks: str | None
 
 
 def link_issuers(
@@ -73,9 +78,12 @@ def link_issuers(
                     unknown(code, kind, named, known, entry.value(field_name, index), where)
         if spec.jwks_url is not None:
             _check_url(spec.jwks_url, entry.value("jwks_url"), where, sink)
-        jwks = (_read_key_set(root / spec.jwks_file, spec.algorithms, entry.value("jwks_file"),
-                              where, sink)
-                if spec.jwks_file is not None else None)
+        jwks: str | None = None
+        if spec.jwks_file is not None:
+            jwks = _read_key_set(root / spec.jwks_file, spec.algorithms,
+                                 entry.value("jwks_file"), where, sink)
+        elif spec.jwks is not None:
+            jwks = _inline_key_set(spec.jwks, spec.algorithms, entry, where, sink)
         first = by_iss.setdefault(spec.issuer, name)
         if first != name:
             sink.add(codes.DUPLICATE_ISSUER,
@@ -145,22 +153,76 @@ def _key_set_problem(document: Any, algorithms: Sequence[str]) -> str | None:
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
         return 'has no "keys" list'
-    import jwt  # only for a config with a key file: `aigw check` stays quick without
-
-    usable = {_KEY_TYPES[algorithm[:2]] for algorithm in algorithms}
-    verifying = 0
     for index, key in enumerate(keys):
         if not isinstance(key, dict):
             return f"keys[{index}] is not a JSON object"
-        secret = [member for member in _PRIVATE_MEMBERS if member in key]
-        if secret:
-            return (f"keys[{index}] holds private key material ({', '.join(secret)}): "
-                    "publish only public keys")
-        try:
-            jwt.PyJWK(key)
-        except jwt.PyJWTError as exc:
-            return f"keys[{index}] is not a usable key ({exc})"
-        verifying += key.get("kty") in usable and key.get("use", "sig") == "sig"
-    if not verifying:
+        found = _key_problem(key)
+        if found is not None:
+            return f"keys[{index}] {found[0]}"
+    if not any(_verifies(key, algorithms) for key in keys):
         return f"has no signing key for {', '.join(algorithms)}"
     return None
+
+
+def _inline_key_set(jwks: JwksSpec, algorithms: Sequence[str], entry: Entry[IssuerSpec],
+                    where: str, sink: DiagnosticSink) -> str | None:
+    """The inline key set as JSON text, or None when a key in it is one no token of the
+    issuer's could be verified with: written in the config, each key is meant to be
+    used, so a key for another algorithm is an error here (a provider's file may hold
+    keys for other clients)."""
+    problems = 0
+    for index, key in enumerate(jwks.keys):
+        found = _key_problem(key) or _unused(key, algorithms)
+        if found is None:
+            continue
+        problem, member = found
+        problems += 1
+        at = (entry.value("jwks", "keys", index, member) if member in key
+              else entry.value("jwks", "keys", index))
+        sink.add(codes.ISSUER_JWKS_INLINE, f"{where} jwks keys[{index}] {problem}", at,
+                 "copy the keys of the provider's JWKS (its jwks_uri) as they are: public "
+                 "keys, for the issuer's algorithms")
+    if problems:
+        return None
+    return json.dumps({"keys": jwks.keys}, sort_keys=True)
+
+
+def _key_problem(key: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why ``key`` is no public key to verify a signature with, and the member that
+    shows it ("" for the key as a whole); None when it is one."""
+    if key.get("kty") == "oct" or str(key.get("alg", "")).startswith("HS"):
+        member = "kty" if key.get("kty") == "oct" else "alg"
+        return ("is a shared secret (kty oct or alg HS*): whoever can read it can sign "
+                "tokens; an issuer verifies with public keys only", member)
+    secret = [member for member in _PRIVATE_MEMBERS if member in key]
+    if secret:
+        return (f"holds private key material ({', '.join(secret)}): publish only public "
+                "keys", secret[0])
+    import jwt  # only for a config with keys of its own: `aigw check` stays quick without
+
+    try:
+        jwt.PyJWK(dict(key))
+    except jwt.PyJWTError as exc:
+        return f"is not a usable key ({exc})", ""
+    return None
+
+
+def _unused(key: Mapping[str, Any], algorithms: Sequence[str]) -> tuple[str, str] | None:
+    """Why no token of an issuer accepting ``algorithms`` could be verified with the
+    public ``key``, and the member that says so; None when some could."""
+    alg = key.get("alg")
+    if alg is not None and alg not in algorithms:
+        return (f"is for alg '{alg}', which is not among the issuer's algorithms "
+                f"({', '.join(algorithms)})", "alg")
+    if key.get("use", "sig") != "sig":
+        return f"is for use '{key.get('use')}', not for signatures (sig)", "use"
+    if not _verifies(key, algorithms):
+        return (f"is of kty '{key.get('kty')}', which none of the issuer's algorithms "
+                f"({', '.join(algorithms)}) verifies with", "kty")
+    return None
+
+
+def _verifies(key: Mapping[str, Any], algorithms: Sequence[str]) -> bool:
+    """Whether some algorithm of ``algorithms`` verifies with the public ``key``."""
+    usable = {_KEY_TYPES[algorithm[:2]] for algorithm in algorithms}
+    return key.get("kty") in usable and key.get("use", "sig") == "sig"

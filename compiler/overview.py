@@ -123,7 +123,7 @@ def issuer_entry(issuer: Issuer) -> dict[str, object]:
     team = issuer.team
     return {
         "issuer": issuer.issuer,
-        "jwks": issuer.jwks_url or "jwks_file",
+        "jwks": issuer.jwks_url or ("jwks_file" if issuer.jwks_file is not None else "jwks"),
         "audiences": list(issuer.audiences),
         "algorithms": list(issuer.algorithms),
         "team": {"claim": team.claim, "map": {value: each.name for value, each in team.choices},

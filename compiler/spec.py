@@ -537,6 +537,19 @@ class IssuerTeamSpec(Spec):
         "without it such a caller is refused (403).")
 
 
+# A JWK's members are strings (kty, kid, n, e, x, y, crv, alg, use) or lists of them
+# (key_ops, x5c): a YAML scalar read as a number or a date is refused where it stands.
+JwkSpec = dict[str, str | list[str]]
+
+
+class JwksSpec(Spec):
+    """A JSON Web Key Set written in the config, as the provider's jwks_uri serves it."""
+
+    keys: list[JwkSpec] = Field(
+        min_length=1, description="The provider's public signing keys (JWKs: kty, kid, and "
+        "n and e, or crv, x and y), e.g. {kty: RSA, kid: k1, n: ..., e: AQAB}.")
+
+
 class IssuerSpec(Spec):
     """An identity provider (OIDC) whose signed JWTs apps may send as their bearer token."""
 
@@ -547,7 +560,10 @@ class IssuerSpec(Spec):
         "on loopback), e.g. https://login.example.com/.well-known/jwks.json")
     jwks_file: str | None = Field(
         None, description="A JSON Web Key Set file beside gateway.yaml, for gateways that "
-        "cannot reach the provider (exactly one of jwks_url and jwks_file).")
+        "cannot reach the provider (exactly one of jwks_url, jwks_file and jwks).")
+    jwks: JwksSpec | None = Field(
+        None, description="The provider's JSON Web Key Set written here ({keys: [...]}), "
+        "for gateways that cannot reach it (exactly one of jwks_url, jwks_file and jwks).")
     audiences: list[str] = Field(
         min_length=1, description="Values of the aud claim that name this gateway; a token "
         "must carry one.")
@@ -581,10 +597,13 @@ class IssuerSpec(Spec):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSpec:
-        if (self.jwks_url is None) == (self.jwks_file is None):
+        given = [name for name, value in (("jwks_url", self.jwks_url),
+                                          ("jwks_file", self.jwks_file),
+                                          ("jwks", self.jwks)) if value is not None]
+        if len(given) != 1:
             raise PydanticCustomError(
-                "issuer_jwks", "needs exactly one of jwks_url and jwks_file, found "
-                "{found}", {"found": "both" if self.jwks_url else "neither"})
+                "issuer_jwks", "needs exactly one of jwks_url, jwks_file and jwks, found "
+                "{found}", {"found": " and ".join(given) or "neither"})
         return self
 
 

@@ -256,8 +256,9 @@ def _report(
     elif kind == "issuer_jwks":
         sink.add(
             codes.SCHEMA_ISSUER_JWKS, f"{_subject(loc)} {error['msg']}", source_map.key(loc),
-            "give jwks_url: the provider's https JWKS endpoint, or jwks_file: a JWKS file "
-            "beside gateway.yaml where the gateway cannot reach the provider",
+            "give jwks_url: the provider's https JWKS endpoint, or, where the gateway cannot "
+            "reach the provider, jwks_file: a JWKS file beside gateway.yaml or jwks: the "
+            "key set itself",
         )
     elif kind == "literal_error" and loc[:1] == ("issuers",) and "algorithms" in loc:
         sink.add(

@@ -366,6 +366,7 @@ def _issuer_row(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
                 + (f"; else {team['default']}" if team["default"] else "; else refused"))
     ago = entry["fetched_s_ago"]
     fetched = ("from its jwks_file" if entry["jwks"] == "jwks_file"
+               else "written in its config" if entry["jwks"] == "jwks"
                else "never" if ago is None else f"{ago:g} s ago")
     if entry["last_fetch_failed"]:
         fetched += " (the last fetch failed)"

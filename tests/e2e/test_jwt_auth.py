@@ -43,7 +43,9 @@ from .test_realtime import connected, realtime_gateway, said, until
 RSA_KEY = SigningKey.rsa("rsa-1")
 EC_KEY = SigningKey.ec("ec-1")
 FILE_KEY = SigningKey.rsa("offline-1")
+INLINE_KEY = SigningKey.ec("inline-1")
 AIRGAPPED = "https://idp.internal.test/"
+WRITTEN_IN = "https://idp.written-in.test/"
 UNREACHABLE = "https://down.example.test/"
 HI = [{"role": "user", "content": "hi"}]
 SUMMARY = """\
@@ -109,6 +111,12 @@ issuers:
     principal_claim: email
     routes: [chat]
     passthrough: []
+  written-in:
+    issuer: {WRITTEN_IN}
+    jwks: {json.dumps({"keys": [INLINE_KEY.public_jwk()]})}
+    audiences: [{AUDIENCE}]
+    algorithms: [ES256]
+    team: research
   unreachable:
     issuer: {UNREACHABLE}
     jwks_url: "http://127.0.0.1:{free_port()}/jwks.json?tenant=<a>&v=2"
@@ -385,6 +393,19 @@ def test_an_air_gapped_issuer_verifies_with_its_key_file_and_keeps_to_its_routes
     with pytest.raises(openai.NotFoundError):  # a route outside the issuer's routes
         _chat(gateway, FILE_KEY.sign(claims("x", iss=AIRGAPPED, email="ann@corp.test")),
               "secret")
+
+
+def test_an_issuer_verifies_with_the_key_set_written_in_its_config(gateway: Server) -> None:
+    raw = _chat(gateway, INLINE_KEY.sign(claims("iris", iss=WRITTEN_IN)))
+    row = _ledger(gateway, raw.headers["x-request-id"])
+    assert (row["key"], row["team"]) == ("written-in#iris", "research")
+    error = _refused(gateway, SigningKey.ec("inline-1").sign(claims("iris", iss=WRITTEN_IN)),
+                     openai.AuthenticationError)
+    assert "signature does not verify with issuer 'written-in'" in error["message"]
+    status = httpx.get(f"{gateway.base_url}/admin/status",
+                       headers={"authorization": f"Bearer {DEV_KEY}"}).json()
+    written_in = status["graph"]["issuers"]["written-in"]
+    assert (written_in["jwks"], written_in["kids"]) == ("jwks", ["inline-1"])
 
 
 def test_an_issuers_passthrough_list_narrows_its_callers_as_a_keys_does(

@@ -2,7 +2,9 @@
 
 The config at the git revision REF is compiled too. Every (principal, action,
 resource) that both graphs know (each key as itself, as each end user a policy names
-and as one no policy names; routes, pipelines and deployments) is then decided by
+and as one no policy names; each issuer's token callers alike, as each ``Subject`` a
+policy names and as one no policy names, in each team the issuer can give them;
+routes, pipelines and deployments) is then decided by
 each graph under the same representative scenarios: request contexts (SLA, budget,
 size, stream, hour, ...) crossed with live metric profiles (idle, healthy, slow,
 failing, open circuit, busy), plus values just around every number a policy compares
@@ -28,8 +30,9 @@ from typing import Any, TextIO
 
 from aigw.compiler import CompileResult, compile_gateway, render_text
 from aigw.compiler.entity_model import CONTEXT, DECIMAL, DEPLOYMENT_LIVE, LONG
-from aigw.compiler.graph import Graph, Route
+from aigw.compiler.graph import ApiKey, Graph, Issuer, IssuerTeams, Route, Team
 from aigw.compiler.policy_analysis import entity_refs
+from aigw.runtime.identity import stand_in
 from aigw.runtime.policy import Decision, Facts, PolicyEngine, Principal, principal_for
 from aigw.runtime.policy_live import FixedLive
 
@@ -176,28 +179,34 @@ def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
 
     Each key is compared as itself, as each end user a policy names, and as one end
     user no policy names (a request with any other ``user``: ``principal is User``
-    matches it); the resources are the routes (with those a pipeline step makes up for
-    a group or deployment it names), the pipelines and the deployments."""
+    matches it); so is each issuer's token caller (``_callers``); the resources are
+    the routes (with those a pipeline step makes up for a group or deployment it
+    names), the pipelines and the deployments."""
     keys_before = before.keys_by_name
     keys_after = after.keys_by_name
-    named = {ref.id for graph in (before, after) for body in graph.authorization.bodies
-             for ref in entity_refs(body) if ref.type == "User"}
+    named = _named(before, after, "User")
     users = [*sorted(named), _stand_in(named)]
+    callers: list[tuple[ApiKey, ApiKey, str]] = [
+        (keys_before[name], keys_after[name], f'ApiKey::"{name}"')
+        for name in sorted(set(keys_before) & set(keys_after))]
+    callers += _callers(before, after)
     principals: list[tuple[Principal, Principal, str]] = []
-    for name in sorted(set(keys_before) & set(keys_after)):
-        principals.append((principal_for(before.authorization, keys_before[name], None),
-                           principal_for(after.authorization, keys_after[name], None),
-                           f'ApiKey::"{name}"'))
+    for old_key, new_key, label in callers:
+        principals.append((principal_for(before.authorization, old_key, None),
+                           principal_for(after.authorization, new_key, None), label))
         for user in users:
-            principals.append((principal_for(before.authorization, keys_before[name], user),
-                               principal_for(after.authorization, keys_after[name], user),
-                               f'User::{json.dumps(user)} of ApiKey::"{name}"'))
+            principals.append((principal_for(before.authorization, old_key, user),
+                               principal_for(after.authorization, new_key, user),
+                               f"User::{json.dumps(user)} of {label}"))
+    issuers_before, issuers_after = _issuers(before), _issuers(after)
     routes_before, routes_after = set(_routes(before)), set(_routes(after))
     routes = sorted(routes_before & routes_after)
     pipelines = sorted(set(before.pipelines) & set(after.pipelines))
     deployments = sorted(set(before.deployments) & set(after.deployments))
     skipped = [f"{kind} {name}" for kind, mine, theirs in (
-        ("key", set(keys_after), set(keys_before)), ("route", routes_after, routes_before),
+        ("key", set(keys_after), set(keys_before)),
+        ("issuer", set(issuers_after), set(issuers_before)),
+        ("route", routes_after, routes_before),
         ("pipeline", set(after.pipelines), set(before.pipelines)),
         ("deployment", set(after.deployments), set(before.deployments)))
         for name in sorted(mine) if name not in theirs]
@@ -236,12 +245,66 @@ def diff(before: Graph, after: Graph) -> tuple[list[Flip], int, list[str]]:
 _INVOKE = {"type": "Action", "id": "invoke"}
 
 
-def _stand_in(named: set[str]) -> str:
-    """An end user id no policy names: what any other ``user`` a client sends is."""
-    user = "any-other-user"
+def _named(before: Graph, after: Graph, entity_type: str) -> set[str]:
+    """The ids of the ``entity_type`` entities the policies of either graph name."""
+    return {ref.id for graph in (before, after) for body in graph.authorization.bodies
+            for ref in entity_refs(body) if ref.type == entity_type}
+
+
+def _stand_in(named: set[str], user: str = "any-other-user") -> str:
+    """An id no policy names (``user`` unless one does): what any other ``user`` a
+    client sends is, or any other token's principal."""
     while user in named:
         user += "_"
     return user
+
+
+def _issuers(graph: Graph) -> dict[str, Issuer]:
+    return {issuer.name: issuer for issuer in graph.issuers_by_iss.values()}
+
+
+def _callers(before: Graph, after: Graph) -> list[tuple[ApiKey, ApiKey, str]]:
+    """The token callers of each issuer both graphs have, each as each graph makes it:
+    as each ``Subject`` a policy names and as one no policy names, in each team the
+    issuer gives (its fixed team, or by each value of its claim's map and by one the
+    map does not hold; a value one graph refuses, giving it no team, is a refusal
+    there, not a policy's decision, and is not compared)."""
+    named = _named(before, after, "Subject")
+    subjects = [*sorted(named), _stand_in(named, "any-other-subject")]
+    issuers_before, issuers_after = _issuers(before), _issuers(after)
+    found: list[tuple[ApiKey, ApiKey, str]] = []
+    for name in sorted(set(issuers_before) & set(issuers_after)):
+        rules = (issuers_before[name].team, issuers_after[name].team)
+        by_claim = [rule for rule in rules if isinstance(rule, IssuerTeams)]
+        values = sorted({value for rule in by_claim for value, _team in rule.choices})
+        for value in (*values, None):
+            old_team, new_team = (_team_for(rule, value) for rule in rules)
+            if _REFUSED in (old_team, new_team):
+                continue
+            shown = ("" if not by_claim else
+                     f" with {by_claim[-1].claim} {json.dumps(value)}" if value is not None
+                     else f" with no {by_claim[-1].claim} it maps")
+            for subject in subjects:
+                found.append((stand_in(before, f"{name}#{subject}", old_team),
+                              stand_in(after, f"{name}#{subject}", new_team),
+                              f'Subject::{json.dumps(subject)} of Issuer::"{name}"{shown}'))
+            if not by_claim:
+                break  # one team, whatever the claims
+    return found
+
+
+_REFUSED = "\0refused"  # no team's name: a token a claim-mapped issuer refuses
+
+
+def _team_for(rule: Team | IssuerTeams | None, value: str | None) -> str | None:
+    """The name of the team ``rule`` gives a token whose claim holds ``value`` (None:
+    none of the map's values), or ``_REFUSED`` where it gives none."""
+    if not isinstance(rule, IssuerTeams):
+        return rule.name if rule is not None else None
+    for held, team in rule.choices:
+        if held == value:
+            return team.name
+    return rule.default.name if rule.default is not None else _REFUSED
 
 
 def _routes(graph: Graph) -> dict[str, Route]:

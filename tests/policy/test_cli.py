@@ -270,3 +270,47 @@ def test_a_byte_order_mark_before_a_policy_is_not_a_syntax_error(tmp_path: Path)
     policy.write_bytes(b"\xef\xbb\xbf" + policy.read_bytes())  # as some editors save
     result = _aigw("check", str(root))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_ISSUER = """\
+issuers:
+  corp:
+    issuer: https://login.example.test/
+    jwks_url: https://login.example.test/jwks.json
+    audiences: [aigw]
+    team: {claim: groups, map: {llm-eng: eng, llm-ops: ops}}
+"""
+
+
+@pytest.mark.parametrize(("before", "after", "flip"), [
+    ('@id("no-mallory")\nforbid (principal in Subject::"mallory", action == Action::"invoke",\n'
+     '        resource == Route::"solo");\n', "",
+     'WIDENS  Subject::"mallory" of Issuer::"corp" with groups "llm-eng" invoke Route::"solo"'),
+    ('@id("corp-not-solo")\nforbid (principal in Issuer::"corp", action == Action::"invoke",\n'
+     '        resource == Route::"solo");\n', "",
+     'WIDENS  Subject::"any-other-subject" of Issuer::"corp" with groups "llm-ops" invoke '
+     'Route::"solo"'),
+    ('@id("ops-not-solo")\nforbid (principal in Team::"ops", action == Action::"invoke",\n'
+     '        resource == Route::"solo");\n', "llm-ops: eng",
+     'WIDENS  Subject::"any-other-subject" of Issuer::"corp" with groups "llm-ops" invoke '
+     'Route::"solo"'),
+], ids=["subject-forbid-removed", "issuer-forbid-removed", "claim-maps-to-another-team"])
+def test_check_against_compares_the_token_callers_of_each_issuer(
+    repo: Path, capsys: pytest.CaptureFixture[str], before: str, after: str, flip: str
+) -> None:
+    """Only keys were compared: a forbid on a Subject or an Issuer removed, or an issuer's
+    claim now mapping to another team, printed "no decision changes"."""
+    (repo / "gateway.yaml").write_text(config() + _ISSUER)
+    (repo / "policies" / "forbid.cedar").write_text(before)
+    _git(repo.parent, "add", "-A")
+    _git(repo.parent, "commit", "-qm", "an issuer and a forbid")
+    if after:  # the same policy; the claim's value now gives another team
+        (repo / "gateway.yaml").write_text(config() + _ISSUER.replace("llm-ops: ops", after))
+    else:
+        (repo / "policies" / "forbid.cedar").unlink()
+    assert main(["check", str(repo), "--against", "HEAD"]) == 1
+    out = capsys.readouterr().out
+    assert f"  {flip}: deny -> allow in " in out, out
+    assert "before forbidden by " in out
+    # A token whose claim the map lacks is refused (no default team): never compared.
+    assert "with no groups it maps" not in out

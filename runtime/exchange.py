@@ -513,10 +513,12 @@ class Exchange:
                 log.error("could not release %s: the store is unavailable", record.request_id)
         if record.key is not None:  # unauthenticated requests are not attributable
             await self._write_ledger()
-        if isinstance(error, Unauthorized) and error.key_name is not None:
-            # A key refused by name (expired, or an old secret past its rotation): the
-            # access log says whose client still sends it; nothing was admitted, so no
-            # ledger record (named after the write above). Here, for every endpoint.
+        if error.key_name is not None and (record.key is None
+                                           or isinstance(error, Unauthorized)):
+            # A caller refused by name (a key expired, or an old secret past its
+            # rotation; a JWT's issuer, and its principal once verified): the access log
+            # says whose client sent it; nothing was admitted, so no ledger record (named
+            # after the write above). Here, for every endpoint.
             record.key, record.team = error.key_name, error.team_name
 
     async def _write_ledger(self) -> None:

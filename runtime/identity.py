@@ -55,6 +55,7 @@ from .background import Background
 from .errors import (
     BadRequest,
     Forbidden,
+    GatewayError,
     IdentityProviderUnavailable,
     TokenRefused,
     Unauthorized,
@@ -143,8 +144,11 @@ class Identities:
         self._recent: OrderedDict[str, ApiKey] = OrderedDict()
 
     async def caller(self, graph: Graph, token: str) -> ApiKey:
-        """The caller ``token`` signs in, or ``TokenRefused`` saying why not (naming, for
-        the access log, the issuer of a token that named one: ``<issuer>#?``)."""
+        """The caller ``token`` signs in, or ``TokenRefused`` saying why not; for the
+        access log, a refusal of a token that named an issuer of the graph names it:
+        ``<issuer>#?`` while the token is not verified (``TokenRefused``, and
+        ``IdentityProviderUnavailable`` when its keys cannot be fetched), and
+        ``<issuer>#<principal>`` once it is (``Forbidden``: its claim maps to no team)."""
         digest = hashlib.sha256(token.encode()).digest()
         kept = await self._kept(graph, digest)
         if kept is not None:
@@ -157,7 +161,7 @@ class Identities:
                 f"The token's issuer {_shown(claimed)} is not one this gateway accepts.")
         try:
             verified = await self._verify(issuer, token, header, unverified)
-        except TokenRefused as refusal:
+        except (TokenRefused, IdentityProviderUnavailable) as refusal:
             _unverified_of(refusal, issuer)
             raise
         self._verified[digest] = verified
@@ -415,7 +419,7 @@ def _expired(issuer: Issuer, exp: object) -> str:
     return f"The token expired{when}; get a new one from issuer '{issuer.name}'."
 
 
-def _unverified_of(refusal: TokenRefused, issuer: Issuer) -> TokenRefused:
+def _unverified_of(refusal: GatewayError, issuer: Issuer) -> GatewayError:
     """``refusal`` of a token that names ``issuer``, naming in the access log the issuer
     (its config's name, never the token's text) and no caller: ``<issuer>#?``."""
     refusal.key_name = f"{issuer.name}#{UNVERIFIED}"
@@ -430,7 +434,14 @@ def _caller(issuer: Issuer, claims: Mapping[str, Any]) -> ApiKey:
         raise TokenRefused(
             f"The token has no '{issuer.principal_claim}' claim naming its caller "
             f"(issuer '{issuer.name}' names callers by it).")
-    return _made(issuer, principal, _team(issuer, claims))
+    try:
+        team = _team(issuer, claims)
+    except Forbidden as refusal:
+        # The token verified: its principal is the provider's word, and the access log
+        # says whose client has no team (the token itself is never logged).
+        refusal.key_name = f"{issuer.name}#{principal}"
+        raise
+    return _made(issuer, principal, team)
 
 
 def _made(issuer: Issuer, principal: str, team: Team | None) -> ApiKey:

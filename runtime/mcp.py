@@ -232,9 +232,11 @@ class McpProxy:
         except GatewayError as exc:
             status = exc.shown_status if isinstance(exc, _Refused) else exc.status
             call.status, call.error = status, exc.code
-            if isinstance(exc, Unauthorized) and exc.key_name is not None:
-                # Refused by name (expired, an old secret past its rotation): the access
-                # log says whose client still sends it, as Exchange.fail has it on /v1.
+            if exc.key_name is not None and (call.key is None
+                                             or isinstance(exc, Unauthorized)):
+                # Refused by name (expired, an old secret past its rotation, a JWT's
+                # issuer): the access log says whose client sent it, as Exchange.fail
+                # has it on /v1.
                 call.key, call.team = exc.key_name, exc.team_name
             code = (PARSE_ERROR if exc.code == "mcp_parse_error"
                     else INTERNAL if status >= 500 else INVALID_REQUEST)

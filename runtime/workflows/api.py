@@ -409,6 +409,10 @@ async def counted(live: Live, record: RequestRecord, work: Awaitable[Response]) 
         response = await work
     except GatewayError as exc:
         record.status, record.error = exc.status, str(exc.code)
+        if exc.key_name is not None and record.key is None:
+            # Refused by name before it was signed in (a key expired, a JWT's issuer):
+            # whose client sent it, as Exchange.fail has it on /v1.
+            record.key, record.team = exc.key_name, exc.team_name
         exc.headers = {**exc.headers, **overhead_header(record)}
         raise
     except Exception:

@@ -277,6 +277,29 @@ def test_a_refused_token_names_its_issuer_and_no_caller_in_the_access_log(
         assert "bob" not in json.dumps(line) and "evil" not in json.dumps(line)
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/pipelines/summary"), ("GET", "/v1/models"),
+    ("POST", "/v1/messages"), ("POST", "/a2a/summary"), ("POST", "/mcp/tools")])
+def test_a_token_refused_for_want_of_a_team_or_of_its_issuers_keys_is_named_in_the_access_log(
+        gateway: Server, method: str, path: str) -> None:
+    """The 403 of a verified token whose claim maps to no team names its caller
+    (``corp#zed``: the provider signed its principal); the 503 of an issuer whose keys
+    cannot be fetched names the issuer and no caller. Both lines named nobody."""
+    for token, status, code, key in (
+            (RSA_KEY.sign(claims("zed", groups=["sales"])), 403, "permission_denied",
+             "corp#zed"),
+            (RSA_KEY.sign(claims("ursula", iss=UNREACHABLE)), 503,
+             "identity_provider_unavailable", "unreachable#?")):
+        answer = httpx.request(method, f"{gateway.base_url}{path}", json={},
+                               headers={"authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == status, answer.text
+        line = _access_line(gateway, answer.headers["x-request-id"])
+        assert (line["key"], line["team"], line["status"], line["error"]) == (
+            key, None, status, code)
+        assert "ursula" not in json.dumps(line)
+        assert not any(part in gateway.log for part in token.split(".")[1:])
+
+
 def test_a_kept_token_stops_once_its_key_leaves_the_providers_set(
         gateway: Server, provider: JwksServer) -> None:
     token = RSA_KEY.sign(claims("kim", groups=["llm-eng"]))

@@ -13,8 +13,10 @@ again when older than ``jwks_max_age_s`` (in the background, the old ones servin
 meanwhile) or, the token waiting, when it names a ``kid`` the set lacks
 (a rotation), at most once per the issuer's ``jwks_refetch_s`` however many tokens
 name unknown kids: a flood of made-up kids costs the provider one request that often. One
-fetch at a time per URL, the others waiting for it. While the provider cannot be
-reached the keys fetched last are used, however old.
+fetch at a time per URL, the others waiting for it, for ``FETCH_TIMEOUT_S`` at most in
+all (httpx's timeouts are each read's: a provider sending a byte at a time would hold
+them for good). While the provider cannot be reached, or answers anything but a key set,
+the keys fetched last are used, however old.
 
 A verified token's caller is kept (``_Verified``, by the sha256 of the token, never the
 token; the latest ``VERIFIED_CALLERS``), so that an app sending the same token until it
@@ -66,8 +68,15 @@ log = logging.getLogger("aigw.identity")
 
 # Three base64url parts, the last (the signature) possibly empty: what alg "none" sends.
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-FETCH_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 5.0  # a whole fetch of a key set, from connecting to its last byte
 MAX_JWKS_BYTES = 1 << 20
+# The deepest a token's header or claims may nest (a real token's: 3 or 4): deeper,
+# parsing them again (PyJWT does, further down the stack) could exhaust the recursion
+# limit, which is no refusal but a crash.
+MAX_TOKEN_NESTING = 32
+# A key with no kid in a fetched set is kept under this prefix and its place in the set,
+# so that two such keys (an RSA and an EC one) are both kept; shown as "".
+_NO_KID = "\0"
 # Key types by the algorithm families that sign with them.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _SHOWN = 120  # the most characters of a claim a message repeats
@@ -309,9 +318,14 @@ class Identities:
     async def _refresh_now(self, state: _KeySet, url: str, name: str) -> None:
         state.tried_at = self._clock()
         try:
-            document = json.loads(await self._fetch(url))
+            async with asyncio.timeout(FETCH_TIMEOUT_S):
+                document = json.loads(await self._fetch(url))
             keys = _by_kid(document)
-        except (httpx.HTTPError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # What a provider answering garbage raises: an HTTP error status, a body that is
+        # no JSON (or nests past the recursion limit), JSON that is no key set; and one
+        # that answers a byte at a time, each in its read timeout, never done.
+        except (httpx.HTTPError, ValueError, TypeError, KeyError, AttributeError,
+                RecursionError, TimeoutError) as exc:
             log.warning("issuer '%s': fetching its keys from %s failed (%s); %s", name, url,
                         type(exc).__name__, "keeping those fetched before"
                         if state.fetched_at is not None else "none to use yet")
@@ -332,7 +346,7 @@ class Identities:
             fetched = state.fetched_at if state is not None else None
             shown[issuer.name] = {
                 **overview.issuer_entry(issuer),
-                "kids": sorted(keys),
+                "kids": sorted("" if kid.startswith(_NO_KID) else kid for kid in keys),
                 "fetched_s_ago": None if fetched is None else round(self._clock() - fetched, 1),
                 "last_fetch_failed": state.failed if state is not None else False,
             }
@@ -363,19 +377,41 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
                           for part in token.split(".", 2)[:2])
-    except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+    # binascii.Error is a ValueError; RecursionError: "[[[[..." a few KiB long
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise TokenRefused("The bearer token is not a well-formed JWT.") from exc
-    if not isinstance(header, dict) or not isinstance(claims, dict):
+    if (not isinstance(header, dict) or not isinstance(claims, dict)
+            or _nesting(header) > MAX_TOKEN_NESTING or _nesting(claims) > MAX_TOKEN_NESTING):
         raise TokenRefused("The bearer token is not a well-formed JWT.")
     return header, claims
 
 
+def _nesting(value: object) -> int:
+    """How deep ``value`` (parsed JSON) nests, counted without recursion.
+
+    >>> _nesting({"a": [1, {"b": 2}]}), _nesting("x")
+    (3, 0)
+    """
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        inner = (item.values() if isinstance(item, dict)
+                 else item if isinstance(item, list) else None)
+        if inner is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((each, depth + 1) for each in inner)
+    return deepest
+
+
 def _by_kid(document: Any) -> dict[str, Mapping[str, Any]]:
-    """A JWKS's public signing keys by kid ("" for a key with none)."""
+    """A JWKS's public signing keys by kid (a key with none by ``_NO_KID`` and its place:
+    a token naming no kid is verified with the one key that suits its algorithm)."""
     keys = document["keys"]
     if not isinstance(keys, list):
         raise ValueError("keys is not a list")
-    return {str(key.get("kid", "")): key for key in keys
+    return {str(key["kid"]) if "kid" in key else f"{_NO_KID}{index}": key
+            for index, key in enumerate(keys)
             if isinstance(key, dict) and key.get("use", "sig") == "sig" and "d" not in key
             and key.get("kty") in _KEY_TYPES.values()}
 

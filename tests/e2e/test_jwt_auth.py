@@ -241,8 +241,9 @@ def test_a_token_whose_claim_maps_to_no_team_is_refused(gateway: Server) -> None
     (lambda: RSA_KEY.sign({k: v for k, v in claims("bob").items() if k != "exp"}),
      "no 'exp' claim"),
     (lambda: RSA_KEY.sign(claims("bob", groups=["llm-eng"]), kid="ec-1"), "kid 'ec-1'"),
+    (lambda: f"{unsigned({}).split('.')[0]}.{'W1tb' * 1000}.c2ln", "not a well-formed JWT"),
 ], ids=["expired", "wrong-aud", "wrong-iss", "bad-signature", "alg-none", "hs256-public-key",
-        "not-yet-valid", "no-exp", "key-of-another-algorithm"])
+        "not-yet-valid", "no-exp", "key-of-another-algorithm", "claims-nested-past-the-limit"])
 def test_a_token_that_does_not_verify_is_a_401_that_says_why(
         gateway: Server, made: Any, said: str) -> None:
     token = made()

@@ -2,18 +2,22 @@
 
 ``GET /jwks.json`` answers the JSON Web Key Set of the public keys the provider
 ``publish``es now, as Okta, Entra ID, Keycloak or GitHub's OIDC issuer publish theirs
-at their jwks_uri; ``down`` makes it answer 503 (a provider that cannot be reached).
+at their jwks_uri; ``down`` makes it answer 503 (a provider that cannot be reached);
+``drip_s`` makes it send its answer a byte each so many seconds (one that never quite
+answers).
 ``fetches`` counts the requests it answered, so a test sees what the gateway asked.
 Keys are real RSA and EC keys from ``cryptography``; tokens are signed with PyJWT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 ISSUER = "https://login.example.test/"
@@ -93,6 +97,7 @@ class JwksServer:
     def __init__(self, *keys: SigningKey) -> None:
         self.published: list[SigningKey] = list(keys)
         self.down = False
+        self.drip_s = 0.0
         self.fetches = 0
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
@@ -109,5 +114,15 @@ class JwksServer:
         self.fetches += 1
         if self.down:
             return JSONResponse({"error": "temporarily_unavailable"}, status_code=503)
+        if self.drip_s:
+            body = json.dumps({"keys": [key.public_jwk() for key in self.published]}).encode()
+            return StreamingResponse(self._dripped(body, self.drip_s),
+                                     media_type="application/json")
         return JSONResponse({"keys": [key.public_jwk() for key in self.published]},
                             headers={"cache-control": "public, max-age=3600"})
+
+    @staticmethod
+    async def _dripped(body: bytes, every_s: float) -> AsyncIterator[bytes]:
+        for index in range(len(body)):
+            await asyncio.sleep(every_s)
+            yield body[index:index + 1]

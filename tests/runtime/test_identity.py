@@ -8,22 +8,31 @@ after jwks_refetch_s, and keys past their max age keep verifying while a renewal
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import jwt
 import pytest
 from jwt.algorithms import RSAAlgorithm
 
 from aigw.compiler import compile_gateway
 from aigw.compiler.graph import Graph
 from aigw.runtime.errors import IdentityProviderUnavailable, TokenRefused, Unauthorized
-from aigw.runtime.identity import Identities, looks_like_jwt, remade, token_caller
+from aigw.runtime.identity import (
+    FETCH_TIMEOUT_S,
+    Identities,
+    looks_like_jwt,
+    remade,
+    token_caller,
+)
 from aigw.runtime.store.callers import TokenCaller
 
-from ..fakes.jwks_server import ISSUER, SigningKey, claims
+from ..fakes.jwks_server import ISSUER, JwksServer, SigningKey, claims
+from ..fakes.serve import serving
 
 KEY = SigningKey.rsa("k1")
 ROTATED = SigningKey.rsa("k2")
@@ -315,3 +324,91 @@ async def test_a_kept_token_is_refused_once_its_key_leaves_the_providers_set(
     assert (await identities.caller(graph, kept)).name == "corp#bo"
     assert verifies[0] == counted
     await identities.aclose()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def test_a_token_nested_past_the_recursion_limit_is_refused_as_malformed(
+        graph: Graph) -> None:
+    """A header of "[[[[..." a few KiB long was a RecursionError (a 500, its traceback
+    logged); one nested deeper than any token is, but not past the limit at once, was
+    parsed again further down the stack by PyJWT."""
+    identities = Identities(Provider().fetch, Clock())
+    deep = _b64(b"[" * 5000 + b"]" * 5000)
+    nested: object = "x"
+    for _ in range(40):
+        nested = [nested]
+    for token in (f"{deep}.{_b64(b'{}')}.c2ln", f"{_b64(b'{}')}.{deep}.c2ln",
+                  jwt.encode(claims("a"), KEY.private, algorithm="RS256",
+                             headers={"kid": "k1", "x5c_chain": nested})):
+        with pytest.raises(TokenRefused, match="not a well-formed JWT"):
+            await identities.caller(graph, token)
+
+
+@pytest.mark.parametrize("answer", [b"[" * 100_000, b'"keys"', b'{"keys": {"k1": {}}}',
+                                    b"\xff\xfe<html>", b"[]"],
+                         ids=["nested-past-the-recursion-limit", "a-string", "keys-not-a-list",
+                              "not-utf-8", "a-list"])
+async def test_a_provider_answering_garbage_is_unavailable_and_its_old_keys_kept(
+        graph: Graph, answer: bytes) -> None:
+    """JSON nested past the recursion limit was a RecursionError: a 500 for the token
+    that waited on the fetch, or a renewal's task dying."""
+    provider, clock = Provider(), Clock()
+    fetch = provider.fetch
+
+    async def answering(url: str) -> bytes:
+        return answer if provider.down else await fetch(url)
+
+    provider.down = True
+    identities = Identities(answering, clock)
+    with pytest.raises(IdentityProviderUnavailable):
+        await identities.caller(graph, KEY.sign(claims("a")))
+    provider.down = False
+    clock.now += 10
+    await identities.caller(graph, KEY.sign(claims("b")))
+    provider.down = True
+    clock.now += 120  # past jwks_max_age_s: renewed in the background, to garbage
+    await identities.caller(graph, KEY.sign(claims("c")))
+    await asyncio.sleep(0.05)
+    assert (await identities.caller(graph, KEY.sign(claims("d")))).name == "corp#d"
+    assert identities.status(graph)["corp"]["last_fetch_failed"] is True
+    await identities.aclose()
+
+
+async def test_keys_with_no_kid_are_each_kept(tmp_path: Path) -> None:
+    """A set of an RSA and an EC key, neither with a kid, kept only the last (both were
+    filed under kid ""): an RS256 token naming no kid was refused."""
+    ec_key = SigningKey.ec("unused")
+
+    async def keyless(url: str) -> bytes:
+        keys = [{name: value for name, value in key.public_jwk().items() if name != "kid"}
+                for key in (KEY, ec_key)]
+        return json.dumps({"keys": keys}).encode()
+
+    graph = _compiled(tmp_path, "{}", f'  corp: {{issuer: "{ISSUER}", '
+                      'jwks_url: "https://login.example.test/jwks", audiences: [aigw], '
+                      "algorithms: [RS256, ES256]}\n")
+    identities = Identities(keyless, Clock())
+    for key in (KEY, ec_key):
+        token = jwt.encode(claims(key.algorithm), key.private, algorithm=key.algorithm)
+        assert (await identities.caller(graph, token)).name == f"corp#{key.algorithm}"
+    assert identities.status(graph)["corp"]["kids"] == ["", ""]
+
+
+async def test_a_provider_answering_a_byte_at_a_time_is_given_up_on_in_the_fetch_timeout(
+        tmp_path: Path) -> None:
+    """httpx's timeout is each read's: a provider sending a byte a second held every
+    token of its issuer (waiting on its one fetch) for as long as it went on."""
+    provider = JwksServer(KEY)
+    provider.drip_s = 0.25
+    with serving(provider.app) as base_url:
+        graph = _compiled(tmp_path, "{}", f'  corp: {{issuer: "{ISSUER}", '
+                          f'jwks_url: "{base_url}/jwks.json", audiences: [aigw]}}\n')
+        identities = Identities()
+        started = time.monotonic()
+        with pytest.raises(IdentityProviderUnavailable):
+            await asyncio.wait_for(identities.caller(graph, KEY.sign(claims("a"))), 20)
+        assert time.monotonic() - started < FETCH_TIMEOUT_S + 2
+        await identities.aclose()

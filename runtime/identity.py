@@ -39,6 +39,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -213,7 +214,8 @@ class Identities:
             del self._verified[digest]
             expired = TokenRefused(_expired(issuer, verified.expires))
             raise _unverified_of(expired, issuer)
-        found = _pick(await self._keys(issuer, verified.kid), verified.kid, verified.algorithm)
+        found = _pick(await self._keys(issuer, verified.kid, verified.algorithm),
+                      verified.kid, verified.algorithm)
         if found is not verified.jwk:
             if found is None or found != verified.jwk:  # gone from the set, or replaced
                 self._verified.pop(digest, None)
@@ -249,21 +251,23 @@ class Identities:
         team = graph.teams.get(recent.team.name) if recent is not None and recent.team else None
         return _made(issuer, subject, team) if team is not None else None
 
-    async def _keys(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
-        """The keys ``issuer`` verifies a token naming ``kid`` with now."""
+    async def _keys(self, issuer: Issuer, kid: object,
+                    algorithm: str) -> Mapping[str, Mapping[str, Any]]:
+        """The keys ``issuer`` verifies a token naming ``kid``, signed with ``algorithm``,
+        with now."""
         if issuer.jwks is not None:
             keys = self._files.get(issuer.jwks)
             if keys is None:
                 keys = self._files[issuer.jwks] = _by_kid(json.loads(issuer.jwks))
             return keys
         assert issuer.jwks_url is not None  # the compiler makes sure of one of the two
-        return await self._fetched(issuer, kid)
+        return await self._fetched(issuer, kid, algorithm)
 
     async def _key(self, issuer: Issuer, kid: object,
                    algorithm: str) -> tuple[Mapping[str, Any], jwt.PyJWK]:
         """The JWK that verifies a token of ``issuer`` naming ``kid``, and the PyJWK made
         of it for ``algorithm``."""
-        found = _pick(await self._keys(issuer, kid), kid, algorithm)
+        found = _pick(await self._keys(issuer, kid, algorithm), kid, algorithm)
         if found is None:
             raise TokenRefused(
                 f"The token's signing key (kid {_shown(kid)}) is not among issuer "
@@ -282,14 +286,22 @@ class Identities:
                 self._prepared.pop(next(iter(self._prepared)))
         return made
 
-    async def _fetched(self, issuer: Issuer, kid: object) -> Mapping[str, Mapping[str, Any]]:
+    async def _fetched(self, issuer: Issuer, kid: object,
+                       algorithm: str) -> Mapping[str, Mapping[str, Any]]:
         """The keys of ``issuer.jwks_url``: fetched first when there are none yet or they
-        lack ``kid`` (as its jwks_refetch_s allows); when they are only older than its
-        max age, used as they are while a fetch in the background renews them."""
+        lack ``kid`` (for a token naming none: a key for ``algorithm``, as a provider
+        with one key and no kids rotates it) as its jwks_refetch_s allows; when they are
+        only older than its max age, used as they are while a fetch in the background
+        renews them."""
         url = issuer.jwks_url
         assert url is not None
         state = self._sets.setdefault(url, _KeySet())
-        known = state.fetched_at is not None and (not isinstance(kid, str) or kid in state.keys)
+
+        def lacking() -> bool:
+            return (kid not in state.keys if isinstance(kid, str)
+                    else _pick(state.keys, kid, algorithm) is None)
+
+        known = state.fetched_at is not None and not lacking()
         due = self._clock() - state.tried_at >= issuer.jwks_refetch_s
         if known:
             assert state.fetched_at is not None
@@ -303,12 +315,15 @@ class Identities:
             async with state.lock:
                 # Another request may have fetched while this one waited.
                 if (self._clock() - state.tried_at >= issuer.jwks_refetch_s
-                        and (state.fetched_at is None
-                             or (isinstance(kid, str) and kid not in state.keys))):
+                        and (state.fetched_at is None or lacking())):
                     await self._refresh_now(state, url, issuer.name)
         if state.fetched_at is None:
+            # When the next fetch may be tried: the SDKs wait so long before their retry,
+            # rather than retry into the same refusal at once.
+            wait_s = issuer.jwks_refetch_s - (self._clock() - state.tried_at)
             raise IdentityProviderUnavailable(
-                f"The keys of issuer '{issuer.name}' could not be fetched; try again shortly.")
+                f"The keys of issuer '{issuer.name}' could not be fetched; try again shortly.",
+                headers={"retry-after": str(max(1, math.ceil(wait_s)))})
         return state.keys
 
     async def _refresh(self, state: _KeySet, url: str, name: str) -> None:

@@ -110,12 +110,14 @@ async def test_a_provider_never_reached_is_a_503_asked_again_only_after_the_inte
     provider.down = True
     identities = Identities(provider.fetch, clock)
     token = KEY.sign(claims("a"))
-    for _ in range(5):
-        with pytest.raises(IdentityProviderUnavailable):
+    for waited in range(5):
+        with pytest.raises(IdentityProviderUnavailable) as refused:
             await identities.caller(graph, token)
+        # Retry-After: until the next fetch may be tried (the SDKs wait that long).
+        assert refused.value.headers["retry-after"] == str(10 - 2 * waited)
+        clock.now += 2
     assert provider.fetches == 1
     provider.down = False
-    clock.now += 10
     assert (await identities.caller(graph, token)).name == "corp#a"
     assert provider.fetches == 2
 
@@ -412,3 +414,29 @@ async def test_a_provider_answering_a_byte_at_a_time_is_given_up_on_in_the_fetch
             await asyncio.wait_for(identities.caller(graph, KEY.sign(claims("a"))), 20)
         assert time.monotonic() - started < FETCH_TIMEOUT_S + 2
         await identities.aclose()
+
+
+async def test_a_set_without_kids_is_fetched_again_when_it_has_no_key_for_a_token(
+        tmp_path: Path) -> None:
+    """A provider with no kids that moved from an RSA key to an EC one: a token naming
+    no kid found no key for ES256 and was refused until the set was past its max age
+    (a minute here, five by default); it is fetched again as for a new kid."""
+    provider, clock = Provider(), Clock()
+    ec_key = SigningKey.ec("unused")
+
+    async def keyless(url: str) -> bytes:
+        provider.fetches += 1
+        return json.dumps({"keys": [{name: value for name, value in key.public_jwk().items()
+                                     if name != "kid"} for key in provider.published]}).encode()
+
+    graph = _compiled(tmp_path, "{}", f'  corp: {{issuer: "{ISSUER}", '
+                      'jwks_url: "https://login.example.test/jwks", audiences: [aigw], '
+                      "algorithms: [RS256, ES256], jwks_max_age_s: 60}\n")
+    identities = Identities(keyless, clock)
+    rsa = jwt.encode(claims("a"), KEY.private, algorithm="RS256")
+    assert (await identities.caller(graph, rsa)).name == "corp#a"
+    provider.published = [ec_key]
+    clock.now += 11  # past jwks_refetch_s, not jwks_max_age_s
+    ec = jwt.encode(claims("b"), ec_key.private, algorithm="ES256")
+    assert (await identities.caller(graph, ec)).name == "corp#b"
+    assert provider.fetches == 2

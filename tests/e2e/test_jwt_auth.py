@@ -430,6 +430,9 @@ def test_an_issuer_verifies_with_the_key_set_written_in_its_config(gateway: Serv
                        headers={"authorization": f"Bearer {DEV_KEY}"}).json()
     written_in = status["graph"]["issuers"]["written-in"]
     assert (written_in["jwks"], written_in["kids"]) == ("jwks", ["inline-1"])
+    page = httpx.get(f"{gateway.base_url}/admin", auth=("admin", DEV_KEY)).text
+    assert _page_row(page, "written-in")[2:] == ["jwks", AUDIENCE, "research", "all", "all",
+                                                 "inline-1", "written in its config"]
 
 
 def test_an_issuers_passthrough_list_narrows_its_callers_as_a_keys_does(

@@ -452,6 +452,8 @@ def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any])
         return _expired(issuer, unverified.get("exp"))
     if isinstance(exc, jwt.ImmatureSignatureError):
         return "The token is not valid yet (its nbf or iat is in the future)."
+    if isinstance(exc, jwt.InvalidAudienceError) and _audiences(unverified.get("aud")) is None:
+        return "The token's aud claim is not a string or a list of strings."
     if isinstance(exc, jwt.InvalidAudienceError):
         return (f"The token's audience {_shown(unverified.get('aud'))} is not this gateway "
                 f"(issuer '{issuer.name}' tokens must name one of: "
@@ -463,6 +465,16 @@ def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any])
     if isinstance(exc, jwt.InvalidIssuedAtError):
         return "The token's iat claim is not a time."
     return f"The token does not verify ({type(exc).__name__})."
+
+
+def _audiences(aud: object) -> list[str] | None:
+    """The audiences an ``aud`` claim names, as RFC 7519 writes it (a string, or a list
+    of strings); None for anything else, which PyJWT refuses as an audience it lacks."""
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(each, str) for each in aud):
+        return aud
+    return None
 
 
 def _expired(issuer: Issuer, exp: object) -> str:

@@ -440,3 +440,23 @@ async def test_a_set_without_kids_is_fetched_again_when_it_has_no_key_for_a_toke
     ec = jwt.encode(claims("b"), ec_key.private, algorithm="ES256")
     assert (await identities.caller(graph, ec)).name == "corp#b"
     assert provider.fetches == 2
+
+
+@pytest.mark.parametrize(("aud", "said"), [
+    (["other", "aigw"], None),
+    (["other", "someone"], "audience [\"other\", \"someone\"] is not this gateway"),
+    (["aigw", 5], "aud claim is not a string or a list of strings"),
+    ({"aud": "aigw"}, "aud claim is not a string or a list of strings"),
+], ids=["a-list-holding-this-gateway", "a-list-without-it", "a-list-holding-a-number",
+        "an-object"])
+async def test_an_aud_claim_that_is_a_list(graph: Graph, aud: object, said: str | None) -> None:
+    """A list holding this gateway's audience and a number was refused as "not this
+    gateway", naming the list that named it."""
+    identities = Identities(Provider().fetch, Clock())
+    token = KEY.sign(claims("a", aud=aud))
+    if said is None:
+        assert (await identities.caller(graph, token)).name == "corp#a"
+        return
+    with pytest.raises(TokenRefused) as refused:
+        await identities.caller(graph, token)
+    assert said in refused.value.message

@@ -370,7 +370,10 @@ class Identities:
     async def _get(self, url: str) -> bytes:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False)
-        async with self._client.stream("GET", url, headers={"accept": "application/json"}) as got:
+        # identity: the cap below counts decoded bytes, and a gzip chunk may decode to
+        # many MiB before it is counted.
+        async with self._client.stream("GET", url, headers={
+                "accept": "application/json", "accept-encoding": "identity"}) as got:
             got.raise_for_status()
             body = bytearray()
             async for chunk in got.aiter_bytes():

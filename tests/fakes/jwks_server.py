@@ -5,7 +5,8 @@
 at their jwks_uri; ``down`` makes it answer 503 (a provider that cannot be reached);
 ``drip_s`` makes it send its answer a byte each so many seconds (one that never quite
 answers).
-``fetches`` counts the requests it answered, so a test sees what the gateway asked.
+``fetches`` counts the requests it answered, and ``encodings_asked`` keeps each one's
+Accept-Encoding, so a test sees what the gateway asked.
 Keys are real RSA and EC keys from ``cryptography``; tokens are signed with PyJWT.
 """
 
@@ -99,6 +100,7 @@ class JwksServer:
         self.down = False
         self.drip_s = 0.0
         self.fetches = 0
+        self.encodings_asked: list[str] = []
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/jwks.json", self._jwks),
@@ -112,6 +114,7 @@ class JwksServer:
 
     async def _jwks(self, request: Request) -> Response:
         self.fetches += 1
+        self.encodings_asked.append(request.headers.get("accept-encoding", ""))
         if self.down:
             return JSONResponse({"error": "temporarily_unavailable"}, status_code=503)
         if self.drip_s:

@@ -416,6 +416,20 @@ async def test_a_provider_answering_a_byte_at_a_time_is_given_up_on_in_the_fetch
         await identities.aclose()
 
 
+async def test_a_key_set_is_asked_for_uncompressed(tmp_path: Path) -> None:
+    """The key set's size cap counts the bytes read, and a gzip answer's chunk may decode
+    to many MiB before it is counted: the fetch asks for the set as it is."""
+    provider = JwksServer(KEY)
+    with serving(provider.app) as base_url:
+        graph = _compiled(tmp_path, "{}", f'  corp: {{issuer: "{ISSUER}", '
+                          f'jwks_url: "{base_url}/jwks.json", audiences: [aigw]}}\n')
+        identities = Identities()
+        caller = await identities.caller(graph, KEY.sign(claims("a")))
+        await identities.aclose()
+    assert caller.name == "corp#a"
+    assert provider.encodings_asked == ["identity"]
+
+
 async def test_a_set_without_kids_is_fetched_again_when_it_has_no_key_for_a_token(
         tmp_path: Path) -> None:
     """A provider with no kids that moved from an RSA key to an EC one: a token naming

@@ -65,7 +65,8 @@ from .errors import (
 from .incoming import read_body
 from .jsonio import dumps, loads
 from .live import Live, Shutdown
-from .mcp_held import HeldServer, ReplayBudget
+from .mcp_held import HeldServer
+from .mcp_replay import ReplayBudget
 from .mcp_session import caller_secret, open_sealed, seal, session_secret
 from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer

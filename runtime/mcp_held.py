@@ -8,25 +8,29 @@ What it answers, as a streamable HTTP server would::
     POST initialize, no session    open a session (max_sessions at most: 503 past it),
                                    its answer with Mcp-Session-Id: a new random id
     POST a request                 the message to the server; an SSE stream of what the
-                                   server says until the response with the request's id
+                                   server says until the response with the request's id,
+                                   each event with its id (``<call>-<n>``)
     POST a notification, response  the message to the server; 202
     GET                            an SSE stream of what it says outside any call, each
                                    event with its id; with Last-Event-ID, those after it
                                    again first (and an older GET stream of the session
-                                   ended: its client has left it)
+                                   ended: its client has left it); with the id of a
+                                   call's event, the rest of that call's stream instead
     DELETE                         the session ended; 200
 
 A response goes to the call with its id; a notification or request of the server's goes
-to an open call's stream (neither stdio nor HTTP+SSE says which call it belongs to: the
-oldest open), else to the GET stream's replay (``_Replay``), which keeps it, whether a
-GET stream is open or not, for the stream to send and for a client that reconnects with
-``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again: a few until a GET
-stream is first opened, a sent one for minutes, and all sessions' within one
-``ReplayBudget`` of the gateway's. A session is ended on DELETE, after
-``idle_timeout_s`` with no message, when the gateway stops, and when its upstream end
-does; its id is then unknown (404), as it is to every other replica: a session lives in
-the gateway process that opened it, so several replicas need sticky sessions for these
-servers. Each transport is a subclass pair: a ``HeldServer`` that opens a
+to the stream of an open call whose client reads it (neither stdio nor HTTP+SSE says
+which call it belongs to: the oldest), else to the GET stream. Every stream keeps what it
+is given in a replay (``mcp_replay``), for the stream to send and for a client that
+reconnects with ``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again: a
+call's until it is read to its response, a GET stream's a few until one is first opened,
+a sent message for minutes, and all sessions' within one ``ReplayBudget`` of the
+gateway's. A client that leaves a call's stream does not cancel the call (as the spec
+has it): its response is kept for the client to resume. A session is ended on DELETE,
+after ``idle_timeout_s`` with no message, when the gateway stops, and when its upstream
+end does; its id is then unknown (404), as it is to every other replica: a session lives
+in the gateway process that opened it, so several replicas need sticky sessions for
+these servers. Each transport is a subclass pair: a ``HeldServer`` that opens a
 ``HeldSession``, which delivers a message and closes.
 """
 
@@ -36,8 +40,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
@@ -49,6 +52,7 @@ import httpx
 from .background import Background
 from .errors import McpServerBusy, McpServerFailed, McpSessionUnknown
 from .jsonio import dumps, loads
+from .mcp_replay import Replay, ReplayBudget, event_number
 from .telemetry.mcp_tracing import CARRIED
 from .uncancelled import uncancelled
 
@@ -57,52 +61,10 @@ log = logging.getLogger("aigw.mcp")
 SESSION = "mcp-session-id"
 LAST_EVENT_ID = "last-event-id"
 SSE = "text/event-stream"
-_QUEUED = 1024  # messages of the server's held for a stream; past it they are dropped
-# And the bytes: 1,024 messages of up to the transport's cap each (tens of MiB) would be
-# gigabytes held for one client that does not read. Past it a message is dropped too,
-# unless the stream holds none (one message is always let through, whatever its size).
-_QUEUED_BYTES = 64 << 20
-# What a session's replay keeps while no GET stream has ever been opened (most clients
-# only POST, and never will): the newest few, for one that opens it late. Its full
-# bound (above) kept 64 MiB a session for nobody. Constants, not settings: a client
-# resuming needs seconds of messages, not an operator's judgement.
-_UNREAD_KEPT = 64
-_UNREAD_KEPT_BYTES = 256 << 10
-# How long a message a stream sent is kept for a client to resume after: clients retry
-# within seconds (the SDKs' backoff is at most 30 s), and what they did not ask for
-# again by then is held for nobody.
-_REPLAY_HORIZON_S = 300.0
-# What every held session's replay keeps, together, in one gateway: a session past its
-# share of it keeps what it has (its oldest sent dropped first) and drops the new.
-_REPLAYS_BYTES = 256 << 20
-# What a call's stream is given: a message of the server's and whether it is the
-# response (the last), or the failure that ends the call.
-_Item = tuple[bytes, bool] | McpServerFailed
+# How often a session forgets what it keeps past the horizon: this many times a horizon.
+_SWEEPS = 10
 _T = TypeVar("_T")
 _UNTRACED: Mapping[str, str] = MappingProxyType({})
-
-
-class _Backlog(asyncio.Queue[_T]):
-    """A stream's queue of the server's messages, knowing how many bytes it holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held_bytes = 0
-
-    def _put(self, item: _T) -> None:
-        super()._put(item)
-        self.held_bytes += _size(item)
-
-    def _get(self) -> _T:
-        item = super()._get()
-        self.held_bytes -= _size(item)
-        return item
-
-
-def _size(item: object) -> int:
-    if isinstance(item, bytes):
-        return len(item)
-    return len(item[0]) if isinstance(item, tuple) else 0  # a failure, the end: nothing
 
 
 class HeldServer(httpx.AsyncBaseTransport):
@@ -197,22 +159,28 @@ def refusal(status: int, text: str) -> httpx.Response:
                                         "error": {"code": -32600, "message": text}})
 
 
+
 class HeldSession:
-    """One session: what it was asked (``calls``, by request id), its GET stream, and the
-    task that ends it when idle. A subclass reads what the server says and hands each
-    message to ``route``; ``deliver`` and ``close`` are its transport's."""
+    """One session: its streams (``calls``, the POSTs not yet answered, by request id;
+    ``streams``, every POST's kept for a resumption, by number; ``replay``, the GET
+    stream's), and the tasks that end it when idle and forget on time what it keeps.
+    A subclass reads what the server says and hands each message to ``route``;
+    ``deliver`` and ``close`` are its transport's."""
 
     label = "session"  # what the log calls it: a process's pid
 
     def __init__(self, session_id: str, owner: HeldServer) -> None:
         self.id = session_id
         self.owner = owner
-        self.calls: dict[bytes, _Backlog[_Item]] = {}
-        self.replay = _Replay(owner.replays)  # what the server said outside any call
+        self.calls: dict[bytes, _Call] = {}
+        self.streams: dict[int, _Call] = {}
+        self.numbered = 0  # the number of the newest call's stream (the GET stream's: 0)
+        self.replay = Replay(owner.replays)  # what the server said outside any call
         self.reader: _ServerStream | None = None  # the GET stream, when open
         self.last = time.monotonic()
         self.ended = False
-        self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle")]
+        self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle"),
+                      asyncio.create_task(self._sweep(), name=f"mcp-{owner.name}-sweep")]
 
     async def deliver(self, message: bytes, read_s: float | None,
                       carried: Mapping[str, str]) -> httpx.Response | None:
@@ -241,32 +209,74 @@ class HeldSession:
         key = dumps(message["id"])
         if key in self.calls:
             return refusal(400, "Bad Request: a request with this id is still in progress.")
-        queue: _Backlog[_Item] = _Backlog()
-        self.calls[key] = queue
+        self.numbered += 1
+        call = _Call(self.numbered, key, Replay(self.owner.replays, read=True))
+        self.calls[key] = self.streams[call.number] = call
         try:
             refused = await self.deliver(dumps(message), read_s, carried)
         except BaseException:
-            self.calls.pop(key, None)
+            self.forget(call)
             if opening:  # its client will never learn the session's id
                 await self.ended_by("its initialize could not be sent")
             raise
         if refused is not None:
-            self.calls.pop(key, None)
+            self.forget(call)
             if opening:
                 await self.ended_by("its initialize was refused")
             return refused
+        call.reader = _CallStream(self, call, 0, read_s, opening)
         return httpx.Response(200, headers={**headers, "content-type": SSE},
-                              stream=_CallStream(self, key, queue, read_s, opening))
+                              stream=call.reader)
 
     def stream(self, last_event_id: str | None = None) -> httpx.Response:
         """The GET stream: from the message after ``last_event_id`` (a reconnect), else
         from the first no stream has sent. A reconnect takes over the session's stream,
-        whose client has left it though its end may not have noticed yet."""
+        whose client has left it though its end may not have noticed yet. An id of a
+        call's stream (``<number>-<id>``) resumes that call's stream instead, to its
+        response (MCP streamable HTTP: never a message of another stream's)."""
+        if last_event_id is not None and "-" in last_event_id:
+            return self._resume(last_event_id)
         if self.reader is not None and last_event_id is None:
             return refusal(409, "Conflict: only one GET stream a session.")
         self.reader = _ServerStream(self, self.replay.start(last_event_id, self.owner.name))
         self.replay.wake()  # a stream taken over ends
         return httpx.Response(200, headers={"content-type": SSE}, stream=self.reader)
+
+    def _resume(self, last_event_id: str) -> httpx.Response:
+        number, _, after = last_event_id.strip().partition("-")
+        stream, event = event_number(number), event_number(after)
+        call = self.streams.get(stream) if stream is not None else None
+        if call is None or event is None:
+            # Not the GET stream (whose own messages it never had), nor a wait for
+            # nothing: a client resuming a call it cannot have again is told so.
+            return refusal(400, "Bad Request: Last-Event-ID names no stream this session "
+                           "keeps (its answer was read to its end, or nobody resumed it "
+                           f"within {self.owner.replays.horizon_s:g} s).")
+        call.reader = _CallStream(self, call, call.replay.resumed(event, self.owner.name),
+                                  None, opening=False)
+        call.replay.wake()  # a stream taken over ends
+        return httpx.Response(200, headers={"content-type": SSE}, stream=call.reader)
+
+    def forget(self, call: _Call) -> None:
+        """``call``'s stream is kept no longer: its response (when it comes) is dropped."""
+        self.streams.pop(call.number, None)
+        if self.calls.get(call.key) is call:  # not a later call's with its id
+            del self.calls[call.key]
+        call.replay.release()
+        call.replay.wake()
+
+    def expire(self) -> None:
+        """Forget what was sent longer ago than the horizon, and the call streams nobody
+        resumed within it: a quiet session's would otherwise be held until its next
+        message came, or its end."""
+        now = self.owner.replays.clock()
+        horizon = self.owner.replays.horizon_s
+        self.replay.forget(now)
+        for call in list(self.streams.values()):
+            if call.reader is None and call.left < now - horizon:
+                self.forget(call)
+            else:
+                call.replay.forget(now)
 
     async def ended_by(self, why: str) -> None:
         """``stop``, to its end though the calling task is cancelled meanwhile, outright
@@ -284,8 +294,11 @@ class HeldSession:
             self.owner.sessions.pop(self.id, None)
             failed = McpServerFailed(f"MCP server '{self.owner.name}' ended ({why}) before "
                                      "it answered.")
-            for queue in self.calls.values():
-                queue.put_nowait(failed)
+            for call in self.calls.values():
+                call.failed = failed
+            for call in self.streams.values():
+                call.replay.release()
+                call.replay.wake()
             self.replay.release()
             self.replay.wake()
             log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
@@ -310,195 +323,112 @@ class HeldSession:
                         self.owner.name)
             return
         if "method" not in message:  # a response: to the call with its id, which ends
-            queue = self.calls.pop(dumps(message.get("id")), None)
-            if queue is None:
+            call = self.calls.pop(dumps(message.get("id")), None)
+            if call is None:
                 log.info("MCP server '%s' answered a request that no call waits for "
                          "(dropped)", self.owner.name)
             else:
-                queue.put_nowait((raw, True))
+                call.answered = True
+                call.replay.add(raw, always=True)
             return
         method = str(message["method"])[:100]
-        call = next(iter(self.calls.values()), None)
-        if call is None:
-            if not self.replay.add(raw):
-                log.warning("MCP server '%s' sent %s to a GET stream %d messages (%d bytes) "
-                            "behind, the gateway's replays holding %d bytes (dropped)",
-                            self.owner.name, method, len(self.replay.kept),
-                            self.replay.held_bytes, self.owner.replays.held_bytes)
-        elif call.qsize() >= _QUEUED or (
-                call.held_bytes and call.held_bytes + len(raw) > _QUEUED_BYTES):
-            log.warning("MCP server '%s' sent %s to a stream %d messages (%d bytes) behind "
-                        "(dropped)", self.owner.name, method, call.qsize(), call.held_bytes)
-        else:
-            call.put_nowait((raw, False))
+        # The oldest call whose client reads its stream (neither transport says which
+        # call a message is of); a call its client left has its response alone.
+        call = next((call for call in self.calls.values() if call.reader is not None), None)
+        replay = self.replay if call is None else call.replay
+        if not replay.add(raw):
+            log.warning("MCP server '%s' sent %s to a %s %d messages (%d bytes) behind, "
+                        "the gateway's replays holding %d bytes (dropped)", self.owner.name,
+                        method, "GET stream" if call is None else "stream",
+                        len(replay.kept), replay.held_bytes, self.owner.replays.held_bytes)
+
+    def _streaming(self) -> bool:
+        """Whether a client reads a call's stream (which keeps the session from idling)."""
+        return any(call.reader is not None for call in self.streams.values())
 
     async def _idle(self) -> None:
         idle_s = self.owner.idle_timeout_s
-        while (left := self.last + idle_s - time.monotonic()) > 0 or self.calls:
+        while (left := self.last + idle_s - time.monotonic()) > 0 or self._streaming():
             await asyncio.sleep(left if left > 0 else idle_s)
         await self.stop(f"idle for {idle_s:g} s")
 
+    async def _sweep(self) -> None:
+        """``expire`` ``_SWEEPS`` times a horizon: a message is forgotten at most a tenth
+        of it late, whether or not anything else comes."""
+        while True:
+            await asyncio.sleep(self.owner.replays.horizon_s / _SWEEPS)
+            self.expire()
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One POST's stream: what the server said while its request was open, then its
+    response, under event ids ``<number>-<id>``, kept for a client that lost the POST's
+    answer and resumes it (GET with ``Last-Event-ID``) until the stream is read to its
+    end, or nobody resumed it within the horizon."""
+
+    number: int
+    key: bytes  # its request's id, as JSON
+    replay: Replay
+    reader: _CallStream | None = None  # the stream its client reads, when one does
+    failed: McpServerFailed | None = None  # the session ended before the response
+    answered: bool = False  # its response is kept (the newest of its replay)
+    left: float = 0.0  # when its last reader left (on the budget's clock)
+
 
 class _CallStream(httpx.AsyncByteStream):
-    """A call's answer as SSE: what the server sent while it was open, then its response.
-    Nothing for ``read_s`` is a timeout, as between two parts of an HTTP server's."""
+    """A call's stream as SSE, from the message after ``after``: what the server sent
+    while it was open, then its response. Nothing for ``read_s`` is a timeout, as
+    between two parts of an HTTP server's; a stream that takes over from it ends it."""
 
-    def __init__(self, session: HeldSession, key: bytes, queue: asyncio.Queue[_Item],
-                 read_s: float | None, opening: bool) -> None:
-        self._session, self._key, self._queue, self._read_s = session, key, queue, read_s
+    def __init__(self, session: HeldSession, call: _Call, after: int, read_s: float | None,
+                 opening: bool) -> None:
+        self._session, self._call, self._after, self._read_s = session, call, after, read_s
         self._opening = opening  # an initialize: its session is the client's only once answered
-        self._answered = False
+        self._answered = False  # its client was sent the response
+        self._failed = False  # or the gateway's error in its place
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout(self._read_s):
-                    item = await self._queue.get()
-            except TimeoutError:
-                raise httpx.ReadTimeout("no answer in time") from None
-            if isinstance(item, McpServerFailed):
-                raise item
-            raw, last = item
-            self._answered = last
-            yield b"event: message\ndata: " + raw + b"\n\n"
-            if last:
+        call, replay = self._call, self._call.replay
+        while call.reader is self:
+            change = replay.change
+            found = replay.after(self._after)
+            if found is None:
+                if call.failed is not None:
+                    self._failed = True
+                    raise call.failed
+                if call.answered:  # resumed after its response: nothing is left
+                    self._answered = True
+                    return
+                try:
+                    async with asyncio.timeout(self._read_s):
+                        await change.wait()
+                except TimeoutError:
+                    self._failed = True  # its client is answered with the gateway's error
+                    raise httpx.ReadTimeout("no answer in time") from None
+                continue
+            replay.sending(found)
+            self._after = found.id
+            # The response handed on is its client's (a JSON answer has no event id to
+            # resume after): the stream is read to its end.
+            self._answered = call.answered and found.id == replay.last_id
+            yield b"id: %d-%d\nevent: message\ndata: %s\n\n" % (call.number, found.id,
+                                                                  found.raw)
+            if self._answered:
                 return
 
     async def aclose(self) -> None:
-        session = self._session
-        if session.calls.get(self._key) is self._queue:  # not a later call's with its id
-            del session.calls[self._key]
+        session, call = self._session, self._call
         session.last = time.monotonic()
+        if call.reader is not self:  # taken over by a resumption
+            return
+        call.reader = None
+        call.left = session.owner.replays.clock()
+        if self._answered or self._failed:  # read to its end: nobody resumes it
+            session.forget(call)
         if self._opening and not self._answered:
             # Its client never learnt the session's id: nobody could end or reach it.
             await session.ended_by("its initialize went unanswered")
-
-
-@dataclass(slots=True)
-class ReplayBudget:
-    """What the replays of a gateway's held sessions keep together (``cap_bytes`` at
-    most), how long one keeps a message a stream sent (``horizon_s``), and the clock
-    that is measured on (monotonic seconds; a test's own)."""
-
-    cap_bytes: int = _REPLAYS_BYTES
-    horizon_s: float = _REPLAY_HORIZON_S
-    clock: Callable[[], float] = time.monotonic
-    held_bytes: int = 0
-
-
-@dataclass(slots=True)
-class _Kept:
-    """A message kept, under its event id; ``at``: when a stream last sent it, else
-    when it came."""
-
-    id: int
-    raw: bytes
-    at: float
-
-
-class _Replay:
-    """What the server said outside any call, each message under its event id (1, 2,
-    ... in the session), kept for the GET stream: those no stream has sent yet and,
-    behind them, those one has, for a client that reconnects with ``Last-Event-ID``.
-
-    Bounded, until a GET stream is first opened, by ``_UNREAD_KEPT`` messages and
-    ``_UNREAD_KEPT_BYTES``: the newest are kept, the oldest go. Once one was, as a call's
-    stream is, by ``_QUEUED`` messages and ``_QUEUED_BYTES``, and a message sent is kept
-    for the budget's ``horizon_s`` at most: the oldest sent go first; a message that would
-    still not fit is dropped (the stream is that far behind). Always by the budget, which
-    the gateway's replays share, as by its own bytes; one message is let through,
-    whatever its size, when none is kept."""
-
-    def __init__(self, budget: ReplayBudget) -> None:
-        self.kept: deque[_Kept] = deque()
-        self.held_bytes = 0
-        self.last_id = 0  # the id of the newest message kept (none yet: 0)
-        self.sent = 0  # the id of the newest message a stream sent
-        self.read = False  # whether a GET stream was ever opened
-        self.change = asyncio.Event()  # set (and replaced) by ``wake``
-        self._budget: ReplayBudget | None = budget  # None once released
-        self._clock, self._horizon_s = budget.clock, budget.horizon_s
-
-    def add(self, raw: bytes) -> bool:
-        """Keep ``raw`` under the next id; False: dropped, as it does not fit."""
-        now = self._clock()
-        self._forget(now)
-        while self.kept and self._full(len(raw)) and (
-                not self.read or self.kept[0].id <= self.sent):
-            self._drop()
-        if self.kept and self._full(len(raw)):
-            return False
-        self.last_id += 1
-        self.kept.append(_Kept(self.last_id, raw, now))
-        self._held(len(raw))
-        self.wake()
-        return True
-
-    def sending(self, kept: _Kept) -> None:
-        """``kept`` is being sent by a stream: the horizon counts from now."""
-        kept.at = self._clock()
-        self.sent = max(self.sent, kept.id)
-
-    def release(self) -> None:
-        """The session ended: what it keeps (for a stream to finish) leaves the budget."""
-        if self._budget is not None:
-            self._budget.held_bytes -= self.held_bytes
-            self._budget = None
-
-    def _forget(self, now: float) -> None:
-        """The messages sent longer ago than the horizon: nobody resumes that late."""
-        horizon = now - self._horizon_s
-        while self.kept and self.kept[0].id <= self.sent and self.kept[0].at < horizon:
-            self._drop()
-
-    def _full(self, adding: int) -> bool:
-        count, size = (_QUEUED, _QUEUED_BYTES) if self.read else (
-            _UNREAD_KEPT, _UNREAD_KEPT_BYTES)
-        budget = self._budget
-        return len(self.kept) >= count or self.held_bytes + adding > size or (
-            budget is not None and budget.held_bytes + adding > budget.cap_bytes)
-
-    def _drop(self) -> None:
-        self._held(-len(self.kept.popleft().raw))
-
-    def _held(self, change: int) -> None:
-        self.held_bytes += change
-        if self._budget is not None:
-            self._budget.held_bytes += change
-
-    def after(self, event_id: int) -> _Kept | None:
-        """The message kept after ``event_id`` (the oldest kept, if that one is gone)."""
-        if not self.kept or event_id >= self.last_id:
-            return None
-        return self.kept[max(0, event_id - self.kept[0].id + 1)]
-
-    def start(self, last_event_id: str | None, server: str) -> int:
-        """The id a GET stream starts after: its ``Last-Event-ID``, else (none, or one
-        this session did not give) the newest a stream sent."""
-        first = self.kept[0].id if self.kept else self.last_id + 1
-        if not self.read and first > 1:
-            log.info("MCP server '%s': a session's first GET stream opened; its %d "
-                     "oldest messages, said with none open, are no longer kept", server,
-                     first - 1)
-        self.read = True
-        if last_event_id is None:
-            return self.sent
-        said = last_event_id.strip()
-        if not said.isdecimal() or int(said) > self.last_id:
-            log.info("MCP server '%s': a GET stream resumed after an event id its session "
-                     "did not give (%.40r): from the messages not yet sent", server, said)
-            return self.sent
-        lost = first - int(said) - 1
-        if lost > 0:
-            log.warning("MCP server '%s': a GET stream resumed after event %s, of which "
-                        "%d messages are no longer kept", server, said, lost)
-        return int(said)
-
-    def wake(self) -> None:
-        """Wake the streams waiting: a message came, a stream was taken over, or the
-        session ended."""
-        self.change.set()
-        self.change = asyncio.Event()
 
 
 class _ServerStream(httpx.AsyncByteStream):

@@ -27,7 +27,8 @@ import httpx
 from aigw.compiler.graph import McpServer, McpSse
 
 from .errors import McpServerFailed, McpServerTimeout
-from .mcp_held import SSE, HeldServer, HeldSession, ReplayBudget
+from .mcp_held import SSE, HeldServer, HeldSession
+from .mcp_replay import ReplayBudget
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
 
 JSON = "application/json"

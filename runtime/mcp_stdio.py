@@ -23,7 +23,8 @@ import httpx
 from aigw.compiler.graph import McpStdio
 
 from .errors import McpServerFailed, McpServerTimeout
-from .mcp_held import HeldServer, HeldSession, ReplayBudget
+from .mcp_held import HeldServer, HeldSession
+from .mcp_replay import ReplayBudget
 
 log = logging.getLogger("aigw.mcp")
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -169,6 +171,73 @@ async def test_a_get_stream_resumed_with_last_event_id_has_what_was_said_while_a
             [(after, uri)] = await _said(stream, 1)
         assert uri == "memo://next/0" and int(after or 0) > ids[-1]
         assert (await http.delete(url, headers=headers)).status_code == 200
+
+
+async def _messages(stream: httpx.Response) -> list[tuple[str | None, dict[str, Any]]]:
+    """A stream's events to its end: each as its event id (None without one) and its
+    message."""
+    found: list[tuple[str | None, dict[str, Any]]] = []
+    async with asyncio.timeout(20):
+        text = (await stream.aread()).decode()
+    for event in text.split("\n\n"):
+        lines = event.splitlines()
+        data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
+        if data:
+            event_id = next((line[3:].strip() for line in lines if line.startswith("id:")),
+                            None)
+            found.append((event_id, json.loads(data)))
+    return found
+
+
+async def test_a_calls_stream_its_client_lost_is_resumed_with_last_event_id(
+    gateway: StdioGateway,
+) -> None:
+    """A POST's stream had no event ids, and a client that lost it mid-call (its
+    connection cut) could not have the rest: the response came to no call and was
+    dropped. Now each event has an id naming its stream (``<call>-<n>``), the call goes
+    on without its client, and a GET with the last id the client had sends the rest of
+    that stream, to its response, then ends; read to its end, it is not kept."""
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
+               "mcp-protocol-version": "2025-06-18"}
+    late = {"jsonrpc": "2.0", "id": "late-1", "method": "tools/call", "params": {
+        "name": "late", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "p"}}}
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with http.stream("POST", url, json=late, headers={
+                **headers, "accept": "application/json, text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(20):
+                first = [line async for line in _until_blank(lines)]
+        # The client has the progress notification and its id, then its connection ends.
+        seen = next((line[3:].strip() for line in first if line.startswith("id:")), None)
+        assert seen is not None and re.fullmatch(r"\d+-1", seen), first
+        assert '"notifications/progress"' in "".join(first)
+        resuming = {**headers, "accept": "text/event-stream", "last-event-id": seen}
+        async with http.stream("GET", url, headers=resuming) as stream:
+            assert stream.status_code == 200
+            resumed = await _messages(stream)
+        [(answered, response)] = resumed
+        assert answered == seen.replace("-1", "-2")
+        assert response["id"] == "late-1"
+        assert response["result"]["structuredContent"] == {"result": "late"}
+        again = await http.get(url, headers=resuming)
+        assert again.status_code == 400, again.text
+        assert "names no stream this session keeps" in again.json()["error"]["message"]
+        # An id too long to be one (int() of it raised, a 500): one the session did not give
+        async with http.stream("GET", url, headers={**resuming,
+                                                    "last-event-id": "9" * 5000}) as stream:
+            assert stream.status_code == 200
+        assert (await http.delete(url, headers=headers)).status_code == 200
+
+
+async def _until_blank(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The lines of the next SSE event."""
+    async for line in lines:
+        if not line:
+            return
+        yield line
 
 
 async def test_a_session_idle_past_its_timeout_is_stopped(gateway: StdioGateway) -> None:

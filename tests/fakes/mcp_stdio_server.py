@@ -41,6 +41,15 @@ async def progress(ctx: Context) -> str:
 
 
 @server.tool()
+async def late(seconds: float, ctx: Context) -> str:
+    """A progress notification at once, the answer ``seconds`` later: a client can lose
+    the call's stream between the two."""
+    await ctx.report_progress(0.5, 1.0, "half way")
+    await asyncio.sleep(seconds)
+    return "late"
+
+
+@server.tool()
 async def notify(ctx: Context) -> str:
     """The tool list changed, said a moment after this call has been answered: with no
     call open, it goes to the session's GET stream."""

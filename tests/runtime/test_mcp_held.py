@@ -3,28 +3,51 @@ client does not read."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, Iterator, Mapping
 from typing import cast
 
+import httpx
+
 from aigw.compiler.graph import McpServer, McpSse
 from aigw.runtime.mcp import McpProxy
-from aigw.runtime.mcp_held import (
-    _QUEUED_BYTES,
-    _REPLAY_HORIZON_S,
-    _UNREAD_KEPT,
-    _UNREAD_KEPT_BYTES,
-    HeldServer,
-    HeldSession,
+from aigw.runtime.mcp_held import HeldServer, HeldSession
+from aigw.runtime.mcp_replay import (
+    QUEUED_BYTES,
+    REPLAY_HORIZON_S,
+    UNREAD_KEPT,
+    UNREAD_KEPT_BYTES,
     ReplayBudget,
 )
 
 
 class _Session(HeldSession):
-    """A held session with no upstream end to close."""
+    """A held session with no upstream end to close, whose server takes every message."""
+
+    async def deliver(self, message: bytes, read_s: float | None,
+                      carried: Mapping[str, str]) -> httpx.Response | None:
+        return None
 
     async def close(self) -> None:
         return None
+
+
+async def _called(session: HeldSession, rpc_id: int) -> httpx.Response:
+    """A tools/call's answer, its stream open."""
+    answer = await session.send(
+        {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": "t"}},
+        httpx.Request("POST", "http://gateway/mcp/docs"), {})
+    assert answer.status_code == 200
+    return answer
+
+
+def _answer(rpc_id: int) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "result": {}}).encode()
+
+
+async def _events(answer: httpx.Response) -> list[bytes]:
+    return [event async for event in answer.aiter_raw()]
 
 
 def _note(data: str) -> bytes:
@@ -48,14 +71,14 @@ def _event(event_id: int, raw: bytes) -> bytes:
 
 async def test_a_stream_nobody_reads_holds_a_bounded_number_of_bytes() -> None:
     """1,024 messages of up to the transport's cap (tens of MiB) each were held for a
-    GET stream its client did not read: gigabytes for one session. Past _QUEUED_BYTES a
+    GET stream its client did not read: gigabytes for one session. Past QUEUED_BYTES a
     message is dropped; the first is let through whatever its size; what was sent is
     kept for a resumption only while it fits."""
     session = HeldSession("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
     events = _reader(session)
     try:
         replay = session.replay
-        big = _note("x" * (_QUEUED_BYTES + 1))
+        big = _note("x" * (QUEUED_BYTES + 1))
         session.route(big)
         assert len(replay.kept) == 1  # alone, it goes through
         note = _note("y" * (1 << 20))
@@ -64,8 +87,8 @@ async def test_a_stream_nobody_reads_holds_a_bounded_number_of_bytes() -> None:
         assert await anext(events) == _event(1, big)
         for _ in range(200):  # 200 MiB sent to a stream that reads none
             session.route(note)
-        assert replay.held_bytes <= _QUEUED_BYTES
-        assert len(replay.kept) == _QUEUED_BYTES // len(note)  # the big one gone first
+        assert replay.held_bytes <= QUEUED_BYTES
+        assert len(replay.kept) == QUEUED_BYTES // len(note)  # the big one gone first
     finally:
         await events.aclose()
         for task in session.tasks:
@@ -131,26 +154,26 @@ async def test_a_session_whose_client_never_opened_a_get_stream_keeps_its_newest
         ) -> None:
     """Most clients only POST: what their servers said outside a call was kept for a GET
     stream never opened, 1,024 messages and 64 MiB a session. Until one is opened, the
-    newest _UNREAD_KEPT messages, in _UNREAD_KEPT_BYTES, are kept; the first stream
+    newest UNREAD_KEPT messages, in UNREAD_KEPT_BYTES, are kept; the first stream
     opened starts at the oldest of them."""
     session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
     try:
         replay = session.replay
         for n in range(2000):
             session.route(_note(f"m{n}"))
-        assert [kept.id for kept in replay.kept] == list(range(2001 - _UNREAD_KEPT, 2001))
+        assert [kept.id for kept in replay.kept] == list(range(2001 - UNREAD_KEPT, 2001))
         big = _note("x" * (100 << 10))
         for _ in range(20):  # 2 MiB
             session.route(big)
-        assert replay.held_bytes <= _UNREAD_KEPT_BYTES
-        assert len(replay.kept) == _UNREAD_KEPT_BYTES // len(big)
+        assert replay.held_bytes <= UNREAD_KEPT_BYTES
+        assert len(replay.kept) == UNREAD_KEPT_BYTES // len(big)
         assert session.owner.replays.held_bytes == replay.held_bytes
         events = _reader(session)
         assert await anext(events) == _event(2021 - len(replay.kept), big)
         await events.aclose()
-        for n in range(_UNREAD_KEPT + 10):  # a stream was opened: the full bound now
+        for n in range(UNREAD_KEPT + 10):  # a stream was opened: the full bound now
             session.route(_note(f"later {n}"))
-        assert len(replay.kept) == _UNREAD_KEPT_BYTES // len(big) + _UNREAD_KEPT + 10
+        assert len(replay.kept) == UNREAD_KEPT_BYTES // len(big) + UNREAD_KEPT + 10
     finally:
         await session.stop("the test ends")
         for task in session.tasks:
@@ -171,14 +194,14 @@ async def test_a_message_sent_is_kept_for_a_resumption_only_within_the_horizon()
             session.route(_note(f"m{n}"))
         for n in range(1, 3):
             assert await anext(events) == _event(n, _note(f"m{n - 1}"))
-        now[0] += _REPLAY_HORIZON_S + 1  # m2 never sent: kept
+        now[0] += REPLAY_HORIZON_S + 1  # m2 never sent: kept
         session.route(_note("m3"))
         assert [kept.id for kept in session.replay.kept] == [3, 4]
         await events.aclose()
         events = _reader(session, "1")  # m1 gone: from the oldest kept
         assert await anext(events) == _event(3, _note("m2"))
         assert await anext(events) == _event(4, _note("m3"))
-        now[0] += _REPLAY_HORIZON_S - 1  # within it: kept for a resumption
+        now[0] += REPLAY_HORIZON_S - 1  # within it: kept for a resumption
         session.route(_note("m4"))
         assert [kept.id for kept in session.replay.kept] == [3, 4, 5]
     finally:
@@ -266,3 +289,79 @@ async def test_a_held_servers_messages_do_not_copy_its_headers_each() -> None:
         assert headers.reads == opened
     finally:
         await proxy.aclose()
+
+
+async def test_a_call_whose_client_left_is_resumed_to_its_response() -> None:
+    """A call's events had no ids, and a client that left its stream (a cut connection)
+    lost the call: the response came to no call and was dropped. Each event has an id
+    naming the call's stream; the response is kept, and a GET with the last id its client
+    had sends the rest, to the response; a call read to its end is kept no longer."""
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        answer = await _called(session, 1)
+        events = answer.aiter_raw()
+        session.route(_note("during"))
+        assert await anext(events) == b"id: 1-1\nevent: message\ndata: %s\n\n" % _note(
+            "during")
+        await answer.aclose()  # its client left
+        session.route(_note("after"))  # no call is read: to the GET stream's replay
+        session.route(_answer(1))
+        assert session.replay.last_id == 1
+        resumed = session.stream("1-1")
+        assert resumed.status_code == 200
+        assert await _events(resumed) == [
+            b"id: 1-2\nevent: message\ndata: %s\n\n" % _answer(1)]
+        await resumed.aclose()
+        assert session.streams == {} and session.calls == {}
+        assert session.owner.replays.held_bytes == session.replay.held_bytes
+        gone = session.stream("1-1")
+        assert gone.status_code == 400
+        assert "names no stream this session keeps" in gone.json()["error"]["message"]
+        answered = await _called(session, 2)  # read to its end as it comes
+        session.route(_answer(2))
+        assert await _events(answered) == [
+            b"id: 2-1\nevent: message\ndata: %s\n\n" % _answer(2)]
+        await answered.aclose()
+        assert session.streams == {}
+    finally:
+        await session.stop("the test ends")
+
+
+async def test_what_a_quiet_session_keeps_is_forgotten_on_time() -> None:
+    """A message sent was forgotten past the horizon only as the next one came: a quiet
+    session held it for its life, against the gateway's budget. A sweep forgets it on
+    time, and a call's stream nobody resumed within the horizon with it."""
+    budget = ReplayBudget(horizon_s=0.2)
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4,
+                                       replays=budget))
+    events = _reader(session)
+    try:
+        session.route(_note("once"))
+        assert await anext(events) == _event(1, _note("once"))
+        await asyncio.sleep(0.6)  # three horizons, and nothing comes
+        assert list(session.replay.kept) == [] and budget.held_bytes == 0
+        answer = await _called(session, 1)
+        session.route(_note("during"))
+        await answer.aclose()  # left before its response
+        assert budget.held_bytes > 0 and session.streams
+        await asyncio.sleep(0.6)
+        assert session.streams == {} and budget.held_bytes == 0
+        session.route(_answer(1))  # nobody resumed it: dropped
+        assert budget.held_bytes == 0
+    finally:
+        await events.aclose()
+        await session.stop("the test ends")
+
+
+async def test_an_event_id_too_long_to_be_one_is_read_as_none() -> None:
+    """A Last-Event-ID of 5,000 digits was int()ed: a ValueError (past 4,300 digits),
+    a 500 from the proxy. Now it is an id the session did not give."""
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        session.route(_note("m"))
+        events = _reader(session, "9" * 5000)
+        assert await anext(events) == _event(1, _note("m"))
+        await events.aclose()
+        assert session.stream("1-" + "9" * 5000).status_code == 400
+    finally:
+        await session.stop("the test ends")

@@ -73,7 +73,14 @@ from .mcp_stdio import StdioServer
 from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
-from .telemetry.mcp_tracing import traced_http, traced_message
+from .telemetry.mcp_tracing import (
+    Asked,
+    McpTrace,
+    Where,
+    traced_answer,
+    traced_http,
+    traced_message,
+)
 from .telemetry.record import UNKNOWN, answered_as
 from .uncancelled import Spawn, uncancelled
 from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
@@ -111,6 +118,7 @@ class McpProxy:
         self._finishing = Background()  # GET streams' upstream closes, each in a task of its own
         self._graph: Graph | None = None  # the graph the held servers were last checked on
         self._replays = ReplayBudget()  # what their sessions keep for GET streams, together
+        self._asked = Asked()  # servers' requests passed on, traced, awaiting their answers
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -206,9 +214,13 @@ class McpProxy:
                 return await self._delete(live, server, session, call)
             message = _message(await read_body(request, live.graph.settings))
             rpc_id = message.get("id")
-            if live.telemetry.tracing.enabled:
+            if live.telemetry.tracing.enabled and "method" in message:
                 call.trace = traced_message(live.telemetry.tracing, call, request.headers,
                                             message, live.graph.fingerprint)
+            elif live.telemetry.tracing.enabled:  # a response to the server's request
+                call.trace = traced_answer(live.telemetry.tracing, call, request.headers,
+                                           message, live.graph.fingerprint, self._asked,
+                                           _where(name, session.sent, key.name))
             await _count(live, key, user)
             method = message.get("method")
             call.method = method_label(method if isinstance(method, str) else None)
@@ -286,6 +298,9 @@ class McpProxy:
             raise
         if call.trace is not None:
             call.trace.answered_with(upstream.headers, passed)
+            call.trace.asks(self._asked, _where(server.name, {**upstream.headers,
+                                                              **session.sent}, call.key),
+                            request.headers.get(SESSION) or passed.get(SESSION))
         if upstream.status_code == 202 or "id" not in message or "method" not in message:
             await upstream.aclose()  # a notification or a response: nothing comes back
             finish_mcp(live.telemetry, call)
@@ -343,7 +358,11 @@ class McpProxy:
         call.status = upstream.status_code
         # Counted as it opens: its latency is the server's to answer, not the stream's life.
         finish_mcp(live.telemetry, call)
-        return _ServerStream(_stream_events(server, upstream), upstream, passed, live.shutdown,
+        if call.trace is not None:
+            call.trace.asks(self._asked, _where(server.name, session.sent, call.key),
+                            request.headers.get(SESSION))
+        return _ServerStream(_stream_events(server, upstream, call.trace), upstream, passed,
+                             live.shutdown,
                              self._finishing.spawn)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
@@ -381,6 +400,12 @@ class McpProxy:
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
             raise _unreachable(server, exc) from exc
+
+
+def _where(server: str, headers: Mapping[str, str], caller: str | None) -> Where:
+    """Where a request of ``server``'s is asked: in the session its ``headers`` name (the
+    server's own id), of ``caller`` (a key's name; a server without sessions has many)."""
+    return server, headers.get(SESSION, ""), caller or ""
 
 
 def _transport(server: McpServer) -> str:
@@ -629,13 +654,16 @@ async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncItera
         finish_mcp(live.telemetry, call)
 
 
-async def _stream_events(server: McpServer,
-                         upstream: httpx.Response) -> AsyncGenerator[bytes, None]:
-    """The server's GET stream, event by event (capped as a POST's are). A failure ends
-    it, logged: no request waits on it, and the client opens it again. Its ``upstream``
-    is closed by the ``_ServerStream`` that sends it, however it ends."""
+async def _stream_events(server: McpServer, upstream: httpx.Response,
+                         trace: McpTrace | None) -> AsyncGenerator[bytes, None]:
+    """The server's GET stream, event by event (capped as a POST's are; with tracing on,
+    its requests of the client's traced by ``trace``). A failure ends it, logged: no
+    request waits on it, and the client opens it again. Its ``upstream`` is closed by the
+    ``_ServerStream`` that sends it, however it ends."""
     try:
         async for event in _events(server, upstream, None):
+            if trace is not None:
+                trace.passed(event)
             yield event
     except GatewayError as exc:
         log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)

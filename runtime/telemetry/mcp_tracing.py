@@ -21,6 +21,16 @@ own ``isError`` is ``tool_error``), with the gateway's error code as ``aigw.erro
 for a Cedar denial, the deciding ``aigw.policy_ids``; the CLIENT span's ``error.type`` is
 the upstream failure's class (``mcp_server_timeout``, ``mcp_server_failed``, ...).
 
+A request of the server's to the client (roots/list, sampling/createMessage,
+elicitation/create, ping), passed on down a stream, is two spans as the conventions have
+a server-initiated request: the gateway taking it from the server (SERVER, under the
+request's ``params._meta.traceparent``, else the call upstream whose stream carried it)
+and asking the client (CLIENT, its child). The client's answer comes in a POST of its
+own: it ends the CLIENT span (an error response an error there and on the SERVER span),
+and its delivery to the server the SERVER span. ``Asked`` keeps them in between; an
+answer to a request the gateway did not pass on (another replica did, or it was long
+ago) is an HTTP span, ``POST /mcp/{server}``.
+
 Nothing here runs with tracing off: a message has no ``McpTrace`` (``McpCall.trace`` is
 None), and that one lookup is all the proxy does.
 """
@@ -28,11 +38,12 @@ None), and that one lookup is all the proxy does.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..jsonio import loads
+from ..jsonio import dumps, loads
 from .mcp import METHODS
 from .record import UNKNOWN
 from .tracing import NO_SPAN, Span, Tracing
@@ -57,6 +68,12 @@ _SESSION = "mcp-session-id"
 _PROTOCOL = "mcp-protocol-version"
 _POLICY_IDS = "x-aigw-policy-ids"
 _ROUTE = "/mcp/{server}"
+# The requests of servers' whose answers are awaited, kept with their spans: past it the
+# oldest's are dropped unexported (a client that never answers holds nothing for ever).
+_ASKED = 1024
+# Where a request of a server's was asked: the server's name, its own session id ("" for
+# a server without sessions) and the caller's key; with the request's id (as JSON), a key.
+Where = tuple[str, str, str]
 
 
 def method_name(method: str) -> str:
@@ -81,6 +98,17 @@ class McpTrace:
     tool: str = ""  # a tools/call's, a prompts/get's prompt: what the client named
     upstream: Span = NO_SPAN
     prompt_answered: bool = False  # a prompts/get the server answered: its name is shown
+    answering: bool = False  # a client's response to a server's request: no call of its own
+    called: Any = None  # the call upstream's context: what the server asks during it is under it
+    transport: str = "tcp"  # the call upstream's network.transport
+    asked: Asked | None = None  # where the requests of the server's its stream passes go
+    where: Where = ("", "", "")
+    shown: str | None = None  # the session id the client knows
+
+    def asks(self, asked: Asked, where: Where, shown: str | None) -> None:
+        """The requests of the server's that this message's stream passes on are kept in
+        ``asked``, asked ``where``, in the session the client knows as ``shown``."""
+        self.asked, self.where, self.shown = asked, where, shown
 
     def calling(self, transport: str, headers: dict[str, str]) -> None:
         """Start the call upstream's span (``transport``: ``network.transport``, tcp or
@@ -93,7 +121,11 @@ class McpTrace:
         """Start the call upstream's span for ``message``, its trace context put in
         ``headers`` and, for a request or notification, in the message's
         ``params._meta`` (the conventions' carrier, which a stdio server has alone):
-        the message to send."""
+        the message to send. A client's response is no call of its own: its server
+        is sent the trace context of the request it answers (the SERVER span's)."""
+        if self.answering:
+            _inject(headers, self.context)
+            return message
         _describe(self._start(self.method, transport, headers), message, self.method,
                   self.tool)
         if "method" not in message:
@@ -110,6 +142,7 @@ class McpTrace:
 
     def _start(self, name: str, transport: str, headers: dict[str, str]) -> Span:
         self.upstream, context = self.tracing.start(name, self.context, server=False)
+        self.called, self.transport = context, transport
         _inject(headers, context)
         upstream = self.upstream
         upstream.set("network.transport", transport)
@@ -120,7 +153,10 @@ class McpTrace:
 
     def answered_with(self, headers: Mapping[str, str], shown: Mapping[str, str]) -> None:
         """The server's answer's headers: an initialize learns its session there (the
-        server's own id upstream, the sealed one the client is shown on the answer's)."""
+        server's own id upstream, the sealed one the client is shown on the answer's).
+        A client's response has its spans' ids from the request it answers."""
+        if self.answering:
+            return
         if (session := headers.get(_SESSION)) is not None:
             self.upstream.set("mcp.session.id", session)
             self.span.set("mcp.session.id", shown.get(_SESSION))
@@ -152,18 +188,43 @@ class McpTrace:
             self.span.set("mcp.protocol.version", result["protocolVersion"])
 
     def event(self, event: bytes, rpc_id: object) -> None:
-        """One SSE event passed on: the response among them is ``answered``."""
-        data = [line[5:].removeprefix(" ") for line in event.decode("utf-8", "replace")
-                .splitlines() if line.startswith("data:")]
-        if not data:
+        """One SSE event passed on: the response among them is ``answered``, a request
+        of the server's is ``asking``."""
+        message = _message_of(event)
+        if not isinstance(message, dict):
             return
-        try:
-            message = loads("\n".join(data))
-        except ValueError:
-            return
-        if (isinstance(message, dict) and "method" not in message
-                and message.get("id") == rpc_id):
+        if "method" in message:
+            self.asking(message)
+        elif message.get("id") == rpc_id:
             self.answered(message)
+
+    def passed(self, event: bytes) -> None:
+        """One event of the server's GET stream passed on: a request of the server's
+        among them is ``asking``."""
+        message = _message_of(event)
+        if isinstance(message, dict) and "method" in message:
+            self.asking(message)
+
+    def asking(self, message: Mapping[str, Any]) -> None:
+        """``message``, when a request of the server's (not a notification), is passed on
+        to the client: its spans begin, kept in ``asked`` for the client's answer."""
+        rpc_id, method = message.get("id"), message.get("method")
+        if (self.asked is None or not isinstance(rpc_id, str | int)
+                or isinstance(rpc_id, bool) or not isinstance(method, str)):
+            return
+        name = method_name(method)
+        parent = _carried(message.get("params"))
+        if parent is None:
+            parent = self.called if self.called is not None else self.context
+        taken, context = self.tracing.start(name, parent, server=True)
+        asking, _ = self.tracing.start(name, context, server=False)
+        for span, transport, session in ((taken, self.transport, self.where[1] or None),
+                                         (asking, "tcp", self.shown)):
+            _describe(span, message, name, "")
+            span.set("network.transport", transport)
+            span.set("mcp.session.id", session)
+            span.set("aigw.mcp.server", self.server)
+        self.asked.add((*self.where, dumps(rpc_id).decode()), _Asking(taken, context, asking, name))
 
     def failed(self, rpc_code: int, code: str | None, message: str,
                headers: Mapping[str, str]) -> None:
@@ -202,13 +263,9 @@ def traced_message(tracing: Tracing, call: McpCall, headers: Mapping[str, str],
         return None
     name = method_name(method)
     params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
     parent = ambient = _extract(headers)
-    carried = None
-    if isinstance(meta, dict) and isinstance(meta.get("traceparent"), str):
-        carried = _extract({key: value for key in CARRIED
-                            if isinstance(value := meta.get(key), str)})
-    if carried is not None and _has_span(carried):  # else the header's: one is not valid
+    carried = _carried(params)
+    if carried is not None:  # else the header's: one is not valid
         parent = carried
     span, context = tracing.start(name, parent, server=True, started_ns=_begun(call))
     if parent is not ambient:
@@ -223,6 +280,31 @@ def traced_message(tracing: Tracing, call: McpCall, headers: Mapping[str, str],
     span.set("mcp.protocol.version", headers.get(_PROTOCOL))
     span.set("aigw.graph", graph)
     return McpTrace(span, context, tracing, name, call.server, tool)
+
+
+def traced_answer(tracing: Tracing, call: McpCall, headers: Mapping[str, str],
+                  message: Mapping[str, Any], graph: str, asked: Asked,
+                  where: Where) -> McpTrace:
+    """The spans of ``message``, a client's response to a request of the server's: the
+    SERVER span of the request it answers, asked ``where``, its CLIENT span ended now (an
+    error response an error on both); else (a request the gateway did not pass on) an
+    HTTP span. Neither makes a call upstream of its own."""
+    rpc_id = message.get("id")
+    found = None
+    if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool):
+        found = asked.pop((*where, dumps(rpc_id).decode()))
+    if found is None:
+        trace = traced_http(tracing, call, "POST", headers, graph)
+        trace.answering = True
+        return trace
+    trace = McpTrace(found.taken, found.context, tracing, found.method, call.server,
+                     upstream=found.asking, answering=True)
+    found.asking.link(_extract(headers))  # the POST that carried the answer
+    trace.answered(message)
+    found.asking.end()
+    trace.upstream = NO_SPAN  # ended: the answer came
+    found.taken.set("aigw.graph", graph)
+    return trace
 
 
 def traced_http(tracing: Tracing, call: McpCall, http_method: str,
@@ -285,3 +367,62 @@ def _inject(carrier: dict[str, str], context: Any) -> None:
     from opentelemetry.propagate import inject
 
     inject(carrier, context=context)
+
+
+@dataclass(slots=True)
+class _Asking:
+    """A request of a server's passed on to its client: the gateway taking it (``taken``,
+    SERVER; ``context``, its) and asking the client (``asking``, CLIENT), ``method``'s."""
+
+    taken: Span
+    context: Any
+    asking: Span
+    method: str
+
+
+class Asked:
+    """The requests servers asked their clients that the gateway passed on, by where they
+    were asked and their id, until the client's answer comes (``traced_answer``): the
+    newest ``_ASKED``, an older one's spans dropped unexported (its answer never came, or
+    went to another replica)."""
+
+    def __init__(self) -> None:
+        self._asked: OrderedDict[tuple[str, ...], _Asking] = OrderedDict()
+
+    def add(self, key: tuple[str, ...], asking: _Asking) -> None:
+        if (replaced := self._asked.pop(key, None)) is not None:  # its id used again
+            _dropped(replaced)
+        self._asked[key] = asking
+        while len(self._asked) > _ASKED:
+            _dropped(self._asked.popitem(last=False)[1])
+
+    def pop(self, key: tuple[str, ...]) -> _Asking | None:
+        return self._asked.pop(key, None)
+
+
+def _dropped(asking: _Asking) -> None:
+    asking.taken.discard()
+    asking.asking.discard()
+
+
+def _message_of(event: bytes) -> Any:
+    """The JSON-RPC message an SSE event carries, None for an event without one."""
+    data = [line[5:].removeprefix(" ") for line in event.decode("utf-8", "replace")
+            .splitlines() if line.startswith("data:")]
+    if not data:
+        return None
+    try:
+        return loads("\n".join(data))
+    except ValueError:
+        return None
+
+
+def _carried(params: Any) -> Any:
+    """The trace context a message's ``params._meta`` carries (SEP-414), None when it
+    carries none that is valid."""
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("traceparent"), str):
+        return None
+    carried = _extract({key: value for key in CARRIED
+                        if isinstance(value := meta.get(key), str)})
+    return carried if _has_span(carried) else None

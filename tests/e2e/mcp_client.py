@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import httpx2
+from mcp import types
 from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -22,13 +23,16 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
                   session_ids: list[str] | None = None,
                   notified: list[str] | None = None,
                   headers: dict[str, str] | None = None,
-                  timeout_s: float = 30.0) -> AsyncIterator[ClientSession]:
+                  timeout_s: float = 30.0,
+                  confirms: bool | None = None) -> AsyncIterator[ClientSession]:
     """The official SDK's client session on ``url``, with ``key`` as its bearer token
     (and ``headers`` on every request; ``timeout_s`` for each answer to begin);
     the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
     every answer that has one into ``session_ids``, and the method of every notification
-    the server sends into ``notified``. The timeout is generous: on a busy machine a
-    stdio server's python, or a 32 MiB answer, takes seconds to begin."""
+    the server sends into ``notified``; ``confirms``: what the client answers when the
+    server asks it to confirm (None: it refuses, as the SDK's default does). The timeout is
+    generous: on a busy machine a stdio server's python, or a 32 MiB answer, takes
+    seconds to begin."""
     async def seen(response: httpx2.Response) -> None:
         if statuses is not None:
             statuses.append(response.status_code)
@@ -40,11 +44,17 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
         if notified is not None and isinstance(method, str):
             notified.append(method)
 
+    async def elicited(context: object, params: object) -> types.ElicitResult | types.ErrorData:
+        if confirms is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="nobody to ask")
+        return types.ElicitResult(action="accept", content={"ok": confirms})
+
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}", **(headers or {})},
                               timeout=timeout_s,
                               event_hooks={"response": [seen]})
     async with (http, streamable_http_client(url, http_client=http) as (read, write),
-                ClientSession(read, write, message_handler=handled) as client):
+                ClientSession(read, write, message_handler=handled,
+                              elicitation_callback=elicited) as client):
         yield client
 
 

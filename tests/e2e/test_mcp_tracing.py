@@ -79,7 +79,7 @@ teams: {{platform: {{}}}}
 keys:
   dev: {{admin: true, team: platform, sha256: {_sha256(DEV_KEY)}}}
 mcp_servers:
-  tools: {{url: "{tools_url}{PATH}", timeout_s: 10, tools: [add, echo, traceparent]}}
+  tools: {{url: "{tools_url}{PATH}", timeout_s: 10, tools: [add, echo, traceparent, confirm]}}
   plain: {{url: "{plain_url}{PATH}", timeout_s: 10}}
   fs: {{command: {STDIO}, timeout_s: 20}}
   legacy: {{url: "{legacy_url}{SSE_PATH}", transport: sse, timeout_s: 10}}
@@ -301,3 +301,51 @@ async def test_an_http_sse_server_is_sent_the_trace_in_the_posts_header(
     assert call["attributes"]["network.transport"] == "tcp"
     assert _traceparent(trace_id, call["span_id"]) in [
         headers.get("traceparent") for headers in gateway.legacy.posts]
+
+
+async def test_a_clients_answer_to_a_request_of_the_servers_is_traced(
+    gateway: TracedGateway,
+) -> None:
+    """A client's answer to a request of the server's (elicitation/create; sampling and
+    roots/list alike) had no span: the request went down the call's stream untraced, and
+    its answer came in a POST of its own that made none. Now the request passing on is a
+    SERVER span (the gateway taking it, under the call upstream that carried it) and a
+    CLIENT span (asking the client) under it, named for its method; the client's answer
+    ends the CLIENT span, its delivery to the server the SERVER span, and an error
+    answer is an error on both."""
+    trace_id = "ebf92f3577b34da6a3ce929d0e0e4736"
+    traced = {"traceparent": _traceparent(trace_id, "70f067aa0ba902b7")}
+    async with session(gateway.url("tools"), DEV_KEY, headers=traced,
+                       confirms=True) as client:
+        await client.initialize()
+        confirmed = await client.call_tool("confirm", {})
+    assert confirmed.structured_content == {"result": "accept {'ok': True}"}
+    spans = gateway.spans(trace_id, 12)
+    taken = _one(spans, "elicitation/create", SERVER_KIND)
+    asking = _one(spans, "elicitation/create", CLIENT_KIND)
+    call = _one(spans, "tools/call confirm", CLIENT_KIND)
+    assert taken["parent_span_id"] == call["span_id"]  # asked during the call upstream
+    assert asking["parent_span_id"] == taken["span_id"]
+    for span in (taken, asking):
+        attributes = span["attributes"]
+        assert attributes["mcp.method.name"] == "elicitation/create"
+        assert attributes["jsonrpc.request.id"]
+        assert attributes["aigw.mcp.server"] == "tools"
+        assert "error.type" not in attributes and span["status"][0] != ERROR
+    assert asking["attributes"]["mcp.session.id"].startswith("aigw1.")  # the client's
+    assert not taken["attributes"]["mcp.session.id"].startswith("aigw1.")  # the server's
+    assert taken["attributes"]["jsonrpc.request.id"] == asking["attributes"][
+        "jsonrpc.request.id"]
+    assert taken["attributes"]["http.response.status_code"] == 202  # delivered
+
+    refused_trace = "fbf92f3577b34da6a3ce929d0e0e4736"
+    async with session(gateway.url("tools"), DEV_KEY, headers={
+            "traceparent": _traceparent(refused_trace, "80f067aa0ba902b7")}) as client:
+        await client.initialize()
+        with pytest.raises(MCPError, match="nobody to ask"):
+            await client.call_tool("confirm", {})  # this client asks nobody
+    spans = gateway.spans(refused_trace, 12)
+    for kind in (SERVER_KIND, CLIENT_KIND):
+        refused = _one(spans, "elicitation/create", kind)
+        assert refused["attributes"]["error.type"] == "-32600"
+        assert refused["status"][0] == ERROR

@@ -21,8 +21,10 @@ class RecordingMcpServer:
     ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
     with ``get_stream`` False it has no GET stream (a 405, as the spec allows); with
     ``resumable`` it keeps its events in ``events``, and a GET with ``Last-Event-ID``
-    replays those after it; with ``traced`` it has the tool ``traceparent`` too, which
-    answers with the ``traceparent`` its call's ``params._meta`` carried ("" if none)."""
+    replays those after it; with ``traced`` it has the tools ``traceparent`` too, which
+    answers with the ``traceparent`` its call's ``params._meta`` carried ("" if none),
+    and ``confirm``, which asks the client to confirm (elicitation/create) during the
+    call."""
 
     def __init__(self, json_response: bool = False, cr_lines: bool = False,
                  get_stream: bool = True, resumable: bool = False,
@@ -73,6 +75,7 @@ class RecordingMcpServer:
 
         if traced:
             server.tool(name="traceparent")(_traceparent)
+            server.tool(name="confirm")(_confirm)
 
         self._inner = server.streamable_http_app(
             streamable_http_path=PATH, json_response=json_response,
@@ -105,6 +108,15 @@ def _traceparent(ctx: Context) -> str:
     """The ``traceparent`` in this call's ``params._meta`` ("" if none)."""
     meta = ctx.request_context.meta or {}
     return str(meta.get("traceparent", ""))
+
+
+async def _confirm(ctx: Context) -> str:
+    """What the client answered when asked to confirm (a request of the server's,
+    elicitation/create, on this call's stream)."""
+    answer = await ctx.session.elicit_form(
+        "Go ahead?", {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+        related_request_id=ctx.request_id)
+    return f"{answer.action} {answer.content}"
 
 
 class StoredEvents(EventStore):

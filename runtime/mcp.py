@@ -441,9 +441,19 @@ def _message(body: bytes) -> dict[str, Any]:
                          "2025-06-18): send one message a POST.")
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise BadRequest('The body is not a JSON-RPC 2.0 message ({"jsonrpc": "2.0", ...}).')
-    method = message.get("method")
-    if method is not None and not isinstance(method, str):
-        raise BadRequest("A JSON-RPC method is a string.")
+    if "method" in message:
+        method = message["method"]
+        if not isinstance(method, str):
+            raise BadRequest("A JSON-RPC method is a string.")
+        rpc_id = message.get("id")
+        if "id" in message and method.startswith("notifications/"):
+            # Sent on as a request, it held a call open for an answer no server gives.
+            raise BadRequest(f"A notification has no id (MCP); {method[:100]!r} has one.")
+        if "id" in message and (isinstance(rpc_id, bool) or not isinstance(rpc_id, str | int)):
+            raise BadRequest("A request's id is a string or an integer (MCP: never null).")
+    elif "id" not in message or ("result" in message) == ("error" in message):
+        raise BadRequest("The body is not a JSON-RPC request, notification or response: "
+                         "a response has an id and a result or an error.")
     return message
 
 

@@ -240,6 +240,34 @@ async def _until_blank(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield line
 
 
+def test_a_message_no_server_answers_is_refused_before_it_holds_a_call(
+    gateway: StdioGateway,
+) -> None:
+    """A notification with an id, a request whose id is null or true, a "response" with
+    neither result nor error: each went to the server as a request or a response (MCP
+    has notifications without ids, requests with a string or integer id), and a server
+    keeping to MCP answers none of them, so a request held a call open until its
+    timeout. Each is a 400 now, before the server sees it."""
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
+               "mcp-protocol-version": "2025-06-18",
+               "accept": "application/json, text/event-stream"}
+    for message, says in (
+            ({"id": 3, "method": "notifications/initialized"}, "A notification has no id"),
+            ({"id": None, "method": "ping"}, "A request's id is a string or an integer"),
+            ({"id": True, "method": "ping"}, "A request's id is a string or an integer"),
+            ({"id": {"a": 1}, "method": "ping"}, "A request's id is a string or an integer"),
+            ({"id": 4}, "is not a JSON-RPC request, notification or response"),
+            ({"method": None, "id": 5}, "A JSON-RPC method is a string")):
+        answer = httpx.post(url, headers=headers, timeout=30,
+                            json={"jsonrpc": "2.0", **message})
+        assert answer.status_code == 400, (message, answer.text)
+        assert says in answer.json()["error"]["message"], answer.text
+    added = call(url, session_id, "add", a=1, b=2)
+    assert added.json()["result"]["structuredContent"] == {"result": 3}
+
+
 async def test_a_session_idle_past_its_timeout_is_stopped(gateway: StdioGateway) -> None:
     url = gateway.url("idle")
     session_id = opened(url, DEV_KEY)

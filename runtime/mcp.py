@@ -342,7 +342,7 @@ class McpProxy:
         405, passed on as the spec has it."""
         headers = {**server.headers, "accept": SSE, **session.sent}
         if (last := request.headers.get(LAST_EVENT_ID)) is not None:
-            headers[LAST_EVENT_ID] = last  # the server replays what came after it
+            headers[LAST_EVENT_ID] = _header(LAST_EVENT_ID, last)  # replayed after it
         if call.trace is not None:
             call.trace.calling(_transport(server), headers)
         upstream = await self._send(server, "GET", headers, None, idle=True)
@@ -477,7 +477,8 @@ def _session(headers: Headers, key: ApiKey, server: str) -> _Session:
     token = bearer_token(headers)
     assert token is not None  # authenticated
     secret = session_secret(token) if key.issuer is None else caller_secret(key.name)
-    sent = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}
+    value = headers.get(PROTOCOL)
+    sent = {PROTOCOL: _header(PROTOCOL, value)} if value is not None else {}
     if (shown := headers.get(SESSION)) is not None:
         opened = open_sealed(shown, secret, server)
         if opened is None:
@@ -485,6 +486,15 @@ def _session(headers: Headers, key: ApiKey, server: str) -> _Session:
                                     f"was given for MCP server '{server}'.")
         sent[SESSION] = opened
     return _Session(secret, server, sent)
+
+
+def _header(name: str, value: str) -> str:
+    """``value``, a header of the client's sent on to the server, when it is visible ASCII
+    (as every protocol version and event id is); else BadRequest. httpx sends ASCII
+    alone: a byte past it was a UnicodeEncodeError, a 500 with its traceback."""
+    if not value.isascii() or not value.isprintable():
+        raise BadRequest(f"The {name} header is not visible ASCII, as its values are.")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -539,3 +539,24 @@ def test_get_streams_are_checked_as_messages_are(gateway: McpGateway) -> None:
                         headers={"Authorization": f"Bearer {DEV_KEY}"}).text
     assert 'aigw_mcp_requests_total{method="get",server="plain",status="405",' \
            'team="platform",tool=""}' in metrics
+
+
+async def test_a_protocol_header_past_ascii_is_a_400_not_a_500(gateway: McpGateway) -> None:
+    """The client's MCP-Protocol-Version (on every message) and Last-Event-ID (a GET's)
+    go on to the server; a byte past ASCII in either was a UnicodeEncodeError as httpx
+    built the request: a 500 and a traceback in the log. Now a 400 saying which header."""
+    auth = {"Authorization": f"Bearer {DEV_KEY}", "accept": "application/json"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        posted = await http.post(gateway.url("tools"), json={
+            "jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={**auth, "mcp-protocol-version": b"2025-06-18\xe9"})
+        assert posted.status_code == 400, posted.text
+        assert posted.json()["error"]["message"] == (
+            "The mcp-protocol-version header is not visible ASCII, as its values are.")
+        shown = opened(gateway.url("live"), DEV_KEY)
+        resumed = await http.get(gateway.url("live"), headers={
+            **auth, "accept": "text/event-stream", "mcp-session-id": shown,
+            "last-event-id": b"\xe9"})
+        assert resumed.status_code == 400, resumed.text
+        assert "last-event-id header" in resumed.json()["error"]["message"]
+    assert "Traceback" not in gateway.server.log

@@ -63,6 +63,8 @@ LAST_EVENT_ID = "last-event-id"
 SSE = "text/event-stream"
 # How often a session forgets what it keeps past the horizon: this many times a horizon.
 _SWEEPS = 10
+# Of a session's dropped messages, those logged; the rest are counted.
+_DROPS_LOGGED = 20
 _T = TypeVar("_T")
 _UNTRACED: Mapping[str, str] = MappingProxyType({})
 
@@ -179,6 +181,7 @@ class HeldSession:
         self.reader: _ServerStream | None = None  # the GET stream, when open
         self.last = time.monotonic()
         self.ended = False
+        self.drops = 0  # the server's messages dropped (``_dropped``)
         self.tasks = [asyncio.create_task(self._idle(), name=f"mcp-{owner.name}-idle"),
                       asyncio.create_task(self._sweep(), name=f"mcp-{owner.name}-sweep")]
 
@@ -301,6 +304,9 @@ class HeldSession:
                 call.replay.wake()
             self.replay.release()
             self.replay.wake()
+            if self.drops > _DROPS_LOGGED:
+                log.warning("MCP server '%s' %s: %d more messages dropped, not logged",
+                            self.owner.name, self.label, self.drops - _DROPS_LOGGED)
             log.info("MCP server '%s' %s: session ended (%s)", self.owner.name, self.label, why)
         current = asyncio.current_task()
         for task in self.tasks:
@@ -315,18 +321,18 @@ class HeldSession:
         try:
             message = loads(raw)
         except ValueError:
-            log.warning("MCP server '%s' sent a message that is not JSON (dropped): %.200s",
-                        self.owner.name, raw.decode("utf-8", "replace"))
+            self._dropped("MCP server '%s' sent a message that is not JSON (dropped): %.200r",
+                          self.owner.name, raw.decode("utf-8", "replace"))
             return
         if not isinstance(message, dict):
-            log.warning("MCP server '%s' sent JSON that is not a message (dropped)",
-                        self.owner.name)
+            self._dropped("MCP server '%s' sent JSON that is not a message (dropped)",
+                          self.owner.name)
             return
         if "method" not in message:  # a response: to the call with its id, which ends
             call = self.calls.pop(dumps(message.get("id")), None)
             if call is None:
-                log.info("MCP server '%s' answered a request that no call waits for "
-                         "(dropped)", self.owner.name)
+                self._dropped("MCP server '%s' answered a request that no call waits for "
+                              "(dropped)", self.owner.name)
             else:
                 call.answered = True
                 call.replay.add(raw, always=True)
@@ -337,10 +343,18 @@ class HeldSession:
         call = next((call for call in self.calls.values() if call.reader is not None), None)
         replay = self.replay if call is None else call.replay
         if not replay.add(raw):
-            log.warning("MCP server '%s' sent %s to a %s %d messages (%d bytes) behind, "
+            self._dropped("MCP server '%s' sent %s to a %s %d messages (%d bytes) behind, "
                         "the gateway's replays holding %d bytes (dropped)", self.owner.name,
                         method, "GET stream" if call is None else "stream",
                         len(replay.kept), replay.held_bytes, self.owner.replays.held_bytes)
+
+    def _dropped(self, text: str, *args: object) -> None:
+        """Log a message of the server's the session drops: the first ``_DROPS_LOGGED``,
+        the rest counted and said as it ends (a server writing garbage, or answers to
+        nothing, wrote a log line for each)."""
+        self.drops += 1
+        if self.drops <= _DROPS_LOGGED:
+            log.warning(text, *args)
 
     def _streaming(self) -> bool:
         """Whether a client reads a call's stream (which keeps the session from idling)."""

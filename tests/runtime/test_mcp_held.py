@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Iterator, Mapping
 from typing import cast
 
 import httpx
+import pytest
 
 from aigw.compiler.graph import McpServer, McpSse
 from aigw.runtime.mcp import McpProxy
@@ -363,5 +365,26 @@ async def test_an_event_id_too_long_to_be_one_is_read_as_none() -> None:
         assert await anext(events) == _event(1, _note("m"))
         await events.aclose()
         assert session.stream("1-" + "9" * 5000).status_code == 400
+    finally:
+        await session.stop("the test ends")
+
+
+async def test_a_server_writing_garbage_does_not_fill_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each line a server wrote that is not a message (or an answer no call waits for)
+    was a log line: a stdio server writing garbage filled the gateway's log. A session
+    logs its first few drops, and counts the rest as it ends."""
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        with caplog.at_level(logging.INFO, logger="aigw.mcp"):
+            for n in range(1000):
+                session.route(b"\x1b[2Jgarbage %d" % n if n % 2 else b"[1, 2]")
+                session.route(_answer(n))
+            await session.stop("the test ends")
+        dropped = [record.getMessage() for record in caplog.records
+                   if "dropped" in record.getMessage()]
+        assert len(dropped) <= 25, len(dropped)
+        assert dropped[-1] == "MCP server 'docs' session: 1980 more messages dropped, not logged"
+        assert any("\\x1b" in line for line in dropped)  # quoted: no terminal escapes
     finally:
         await session.stop("the test ends")

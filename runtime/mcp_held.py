@@ -215,6 +215,8 @@ class HeldSession:
         self.numbered += 1
         call = _Call(self.numbered, key, Replay(self.owner.replays, read=True))
         self.calls[key] = self.streams[call.number] = call
+        # Read from the start: what the server says as it takes the request is the call's.
+        reader = call.reader = _CallStream(self, call, 0, read_s, opening)
         try:
             refused = await self.deliver(dumps(message), read_s, carried)
         except BaseException:
@@ -227,9 +229,7 @@ class HeldSession:
             if opening:
                 await self.ended_by("its initialize was refused")
             return refused
-        call.reader = _CallStream(self, call, 0, read_s, opening)
-        return httpx.Response(200, headers={**headers, "content-type": SSE},
-                              stream=call.reader)
+        return httpx.Response(200, headers={**headers, "content-type": SSE}, stream=reader)
 
     def stream(self, last_event_id: str | None = None) -> httpx.Response:
         """The GET stream: from the message after ``last_event_id`` (a reconnect), else

@@ -388,3 +388,28 @@ async def test_a_server_writing_garbage_does_not_fill_the_log(
         assert any("\\x1b" in line for line in dropped)  # quoted: no terminal escapes
     finally:
         await session.stop("the test ends")
+
+
+class _Eager(_Session):
+    """A session whose server says something the moment it takes a request."""
+
+    async def deliver(self, message: bytes, read_s: float | None,
+                      carried: Mapping[str, str]) -> httpx.Response | None:
+        self.route(_note("taking it"))
+        return None
+
+
+async def test_what_the_server_says_as_it_takes_a_request_is_the_calls() -> None:
+    """While a request was delivered its call had no reader yet: what the server said
+    then went to the GET stream, not the call's (and a sweep then would have forgotten
+    the call, its response dropped)."""
+    session = _Eager("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4))
+    try:
+        answer = await _called(session, 1)
+        session.route(_answer(1))
+        assert await _events(answer) == [
+            b"id: 1-1\nevent: message\ndata: %s\n\n" % _note("taking it"),
+            b"id: 1-2\nevent: message\ndata: %s\n\n" % _answer(1)]
+        assert session.replay.last_id == 0
+    finally:
+        await session.stop("the test ends")

@@ -309,23 +309,36 @@ async def test_a_clients_answer_to_a_request_of_the_servers_is_traced(
     """A client's answer to a request of the server's (elicitation/create; sampling and
     roots/list alike) had no span: the request went down the call's stream untraced, and
     its answer came in a POST of its own that made none. Now the request passing on is a
-    SERVER span (the gateway taking it, under the call upstream that carried it) and a
-    CLIENT span (asking the client) under it, named for its method; the client's answer
-    ends the CLIENT span, its delivery to the server the SERVER span, and an error
-    answer is an error on both."""
+    SERVER span (the gateway taking it, under the call upstream that asked it) and a
+    CLIENT span (asking the client) under it, named for its method, whether it came on
+    the call's stream or the GET stream; the client's answer ends the CLIENT span, and
+    its delivery to the server the SERVER span."""
     trace_id = "ebf92f3577b34da6a3ce929d0e0e4736"
     traced = {"traceparent": _traceparent(trace_id, "70f067aa0ba902b7")}
     async with session(gateway.url("tools"), DEV_KEY, headers=traced,
                        confirms=True) as client:
         await client.initialize()
         confirmed = await client.call_tool("confirm", {})
+        outside = await client.call_tool("confirm", {"outside": True})  # the GET stream's
     assert confirmed.structured_content == {"result": "accept {'ok': True}"}
-    spans = gateway.spans(trace_id, 12)
-    taken = _one(spans, "elicitation/create", SERVER_KIND)
-    asking = _one(spans, "elicitation/create", CLIENT_KIND)
-    call = _one(spans, "tools/call confirm", CLIENT_KIND)
-    assert taken["parent_span_id"] == call["span_id"]  # asked during the call upstream
-    assert asking["parent_span_id"] == taken["span_id"]
+    assert outside.structured_content == confirmed.structured_content
+    spans = gateway.spans(trace_id, 16)
+    calls = [span for span in spans if span["name"] == "tools/call confirm"
+             and span["kind"] == CLIENT_KIND]
+    assert len(calls) == 2
+    asked = []
+    for call in calls:  # each asked during its call upstream (its params._meta says so)
+        taken = _one(spans, "elicitation/create", SERVER_KIND,
+                     lambda span, call=call: span["parent_span_id"] == call["span_id"])
+        asking = _one(spans, "elicitation/create", CLIENT_KIND,
+                      lambda span, taken=taken: span["parent_span_id"] == taken["span_id"])
+        asked.append((taken, asking))
+    for taken, asking in asked:
+        _asked_of_the_client(taken, asking)
+
+
+def _asked_of_the_client(taken: dict[str, Any], asking: dict[str, Any]) -> None:
+    """``taken`` and ``asking`` are the spans of an elicitation/create a client answered."""
     for span in (taken, asking):
         attributes = span["attributes"]
         assert attributes["mcp.method.name"] == "elicitation/create"
@@ -338,6 +351,11 @@ async def test_a_clients_answer_to_a_request_of_the_servers_is_traced(
         "jsonrpc.request.id"]
     assert taken["attributes"]["http.response.status_code"] == 202  # delivered
 
+
+async def test_a_clients_error_answer_to_a_request_of_the_servers_is_an_error(
+    gateway: TracedGateway,
+) -> None:
+    """The client refused (a JSON-RPC error): its code is error.type on both spans."""
     refused_trace = "fbf92f3577b34da6a3ce929d0e0e4736"
     async with session(gateway.url("tools"), DEV_KEY, headers={
             "traceparent": _traceparent(refused_trace, "80f067aa0ba902b7")}) as client:

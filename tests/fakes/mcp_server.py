@@ -110,12 +110,12 @@ def _traceparent(ctx: Context) -> str:
     return str(meta.get("traceparent", ""))
 
 
-async def _confirm(ctx: Context) -> str:
+async def _confirm(ctx: Context, outside: bool = False) -> str:
     """What the client answered when asked to confirm (a request of the server's,
-    elicitation/create, on this call's stream)."""
+    elicitation/create, on this call's stream; ``outside``, on the GET stream)."""
     answer = await ctx.session.elicit_form(
         "Go ahead?", {"type": "object", "properties": {"ok": {"type": "boolean"}}},
-        related_request_id=ctx.request_id)
+        related_request_id=None if outside else ctx.request_id)
     return f"{answer.action} {answer.content}"
 
 

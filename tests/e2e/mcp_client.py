@@ -24,13 +24,16 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
                   notified: list[str] | None = None,
                   headers: dict[str, str] | None = None,
                   timeout_s: float = 30.0,
-                  confirms: bool | None = None) -> AsyncIterator[ClientSession]:
+                  confirms: bool | None = None,
+                  transport: httpx2.AsyncBaseTransport | None = None,
+                  ) -> AsyncIterator[ClientSession]:
     """The official SDK's client session on ``url``, with ``key`` as its bearer token
     (and ``headers`` on every request; ``timeout_s`` for each answer to begin);
     the HTTP status of every answer goes into ``statuses``, the Mcp-Session-Id of
     every answer that has one into ``session_ids``, and the method of every notification
     the server sends into ``notified``; ``confirms``: what the client answers when the
-    server asks it to confirm (None: it refuses, as the SDK's default does). The timeout is
+    server asks it to confirm (None: it refuses, as the SDK's default does); ``transport``:
+    the network between the client and aigw (a real one when None). The timeout is
     generous: on a busy machine a stdio server's python, or a 32 MiB answer, takes
     seconds to begin."""
     async def seen(response: httpx2.Response) -> None:
@@ -50,7 +53,7 @@ async def session(url: str, key: str, statuses: list[int] | None = None,
         return types.ElicitResult(action="accept", content={"ok": confirms})
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}", **(headers or {})},
-                              timeout=timeout_s,
+                              timeout=timeout_s, transport=transport,
                               event_hooks={"response": [seen]})
     async with (http, streamable_http_client(url, http_client=http) as (read, write),
                 ClientSession(read, write, message_handler=handled,

@@ -104,6 +104,10 @@ class Plan:
     buckets: tuple[BucketCheck, ...]
     budgets: tuple[BudgetCheck, ...]
     slots: tuple[SlotCheck, ...] = ()
+    # ``budgets``' counters and period keys, in their order: kept by the shape with its
+    # budget checks, not gathered afresh by each reserve and settle
+    counters: tuple[tuple[str, str, str], ...] = ()
+    periods: tuple[str, ...] = ()
 
 
 def period_key(period: Period, now: float) -> str:
@@ -155,7 +159,8 @@ class _Shape:
     amount, each max_parallel; and the budget checks of the current periods, kept until
     a period ends."""
 
-    __slots__ = ("_current", "_from", "_keys", "_until", "buckets", "budgets", "slots")
+    __slots__ = ("_counters", "_current", "_from", "_keys", "_until", "buckets", "budgets",
+                 "slots")
 
     def __init__(self, buckets: tuple[_BucketSlot, ...], budgets: tuple[_BudgetSlot, ...],
                  slots: tuple[SlotCheck, ...] = ()):
@@ -163,24 +168,51 @@ class _Shape:
         self.budgets = budgets
         self.slots = slots
         self._current: tuple[BudgetCheck, ...] = ()
-        self._keys: tuple[str, ...] | None = None  # their period keys
+        self._keys: tuple[str, ...] = ()  # their period keys
+        self._counters: tuple[tuple[str, str, str], ...] = ()  # and their counters
         # They hold from the latest start of their periods until the first end.
         self._from, self._until = math.inf, -math.inf
 
     def budget_checks(self, now: float) -> tuple[BudgetCheck, ...]:
         if self._from <= now < self._until:
             return self._current
+        self._renew(now)
+        return self._current
+
+    def plan(self, limits: tuple[Limits, ...], tokens: int, cost_nanos: int,
+             now: float) -> Plan:
+        """The checks of a reservation of ``tokens`` and ``cost_nanos`` at ``now``."""
+        if not self._from <= now < self._until:
+            self._renew(now)
+        # tuple([...]), here and on the rest of the request path: a list comprehension is
+        # one call, where tuple() resumes a generator once an item and once more to end it.
+        buckets = tuple([fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
+                         for fixed, scope, name, cap in self.buckets])
+        return Plan(limits, tokens, cost_nanos, buckets, self._current, self.slots,
+                    self._counters, self._keys)
+
+    def _renew(self, now: float) -> None:
+        """Take the budget checks of the periods containing ``now``."""
         checks: list[BudgetCheck] = []
         for scope, name, period, amount in self.budgets:
             key, resets_at = _calendar(period, now)
             checks.append(BudgetCheck(scope, name, period, key, amount, resets_at))
         self._current = tuple(checks)
         self._keys = tuple(check.period_key for check in checks)
+        self._counters = tuple(check.counter for check in checks)
         self._from = max((period_start(c.period, c.period_key) for c in checks),
                          default=-math.inf)
         self._until = min((c.resets_at for c in checks if c.resets_at is not None),
                           default=math.inf)
-        return self._current
+
+    def settle_checks(
+        self, periods: tuple[str, ...]
+    ) -> tuple[tuple[BudgetCheck, ...], tuple[tuple[str, str, str], ...]]:
+        """``checks_in(periods)``, and their counters."""
+        if periods == self._keys:
+            return self._current, self._counters
+        checks = self.checks_in(periods)
+        return checks, tuple([check.counter for check in checks])
 
     def checks_in(self, periods: tuple[str, ...]) -> tuple[BudgetCheck, ...]:
         """The budget checks of the periods named (a reservation's, for its settle)."""
@@ -231,14 +263,8 @@ class Shapes:
         """What ``reserve`` has to check for these scopes."""
         if tokens < 0 or cost < 0:
             raise ValueError("tokens and cost of a reservation cannot be negative")
-        scopes = tuple(limits)
-        shape = self._of(scopes)
-        # tuple([...]), here and on the rest of the request path: a list comprehension is
-        # one call, where tuple() resumes a generator once an item and once more to end it.
-        buckets = tuple([fixed or BucketCheck(scope, name, Exceeded.TOKENS, cap, tokens)
-                         for fixed, scope, name, cap in shape.buckets])
-        return Plan(scopes, tokens, to_nanos(cost), buckets, shape.budget_checks(now),
-                    shape.slots)
+        scopes = tuple(limits)  # the same tuple, when it is one
+        return self._of(scopes).plan(scopes, tokens, round(cost * NANOS), now)
 
     def budget_checks(self, limits: Sequence[Limits], now: float) -> tuple[BudgetCheck, ...]:
         """The budget counters of these scopes in the periods containing ``now``."""
@@ -254,10 +280,13 @@ class Shapes:
         buckets = tuple([
             BucketCheck(item.scope, item.name, Exceeded.TOKENS, item.tpm, refund)
             for item in reservation.limits
-            if item.tpm is not None and refund != 0
-        ])
-        return Plan(reservation.limits, tokens, to_nanos(cost), buckets,
-                    self.reservation_budgets(reservation), self.reservation_slots(reservation))
+            if item.tpm is not None
+        ]) if refund != 0 else ()
+        shape = self._of(reservation.limits)
+        budgets, counters = shape.settle_checks(reservation.periods)
+        # ``to_nanos`` written out, here and in ``plan``: a call fewer each
+        return Plan(reservation.limits, tokens, round(cost * NANOS), buckets, budgets,
+                    shape.slots if reservation.parallel else (), counters, reservation.periods)
 
     def reservation_budgets(self, reservation: Reservation) -> tuple[BudgetCheck, ...]:
         """The budget counters ``reservation`` holds: those of the periods it was admitted in."""
@@ -314,30 +343,27 @@ def decide(
 
 
 def rate_status(checks: Plan, levels: Sequence[float], *, granted: bool) -> RateStatus:
-    """The tightest requests and tokens buckets, after this request if it was granted."""
-    # ``BucketCheck.rate`` written out (``cap / SECONDS_PER_WINDOW``, the same float):
-    # a property call for each of six reads a request.
-    tightest: dict[Exceeded, tuple[float, BucketCheck]] = {}
+    """The tightest requests and tokens buckets, after this request if it was granted:
+    fewest whole units left first; among equals, the one that takes longest to fill."""
+    # A loop with each unit's best so far (whole units left, seconds to fill, cap) in a
+    # local: a reserve asks on every request, and a dict with a closure over it cost as
+    # many calls again as the buckets.
+    requests: tuple[int, float, int] | None = None
+    tokens: tuple[int, float, int] | None = None
     for bucket, level in zip(checks.buckets, levels, strict=True):
         after = level - bucket.need if granted else level
-        best = tightest.get(bucket.unit)
-        # Fewest whole units left first; among equals, the one that takes longest to fill.
-        if best is None or (
-            math.floor(after), (after - bucket.cap) / (bucket.cap / SECONDS_PER_WINDOW)
-        ) < (
-            math.floor(best[0]),
-            (best[0] - best[1].cap) / (best[1].cap / SECONDS_PER_WINDOW),
-        ):
-            tightest[bucket.unit] = (after, bucket)
-
-    def window(unit: Exceeded) -> RateWindow | None:
-        if unit not in tightest:
-            return None
-        after, bucket = tightest[unit]
-        return RateWindow(bucket.cap, math.floor(after),
-                          (bucket.cap - after) / (bucket.cap / SECONDS_PER_WINDOW))
-
-    return RateStatus(window(Exceeded.REQUESTS), window(Exceeded.TOKENS))
+        cap = bucket.cap
+        whole = math.floor(after)
+        reset = (cap - after) / (cap / SECONDS_PER_WINDOW)  # ``BucketCheck.rate`` written out
+        if bucket.unit is Exceeded.REQUESTS:
+            if requests is None or whole < requests[0] or (
+                    whole == requests[0] and reset > requests[1]):
+                requests = (whole, reset, cap)
+        elif tokens is None or whole < tokens[0] or (whole == tokens[0] and reset > tokens[1]):
+            tokens = (whole, reset, cap)
+    return RateStatus(
+        None if requests is None else RateWindow(requests[2], requests[0], requests[1]),
+        None if tokens is None else RateWindow(tokens[2], tokens[0], tokens[1]))
 
 
 _UNIT_LABEL = {Exceeded.REQUESTS: "requests per min (RPM)", Exceeded.TOKENS: "tokens per min (TPM)"}

@@ -83,7 +83,7 @@ class EmbeddedStore(Store):
     ) -> Reservation | Denied:
         now = self._clock.now()
         checks = self._shapes.plan(limits, tokens, cost, now)
-        missing = self._limits.missing(tuple([check.counter for check in checks.budgets]))
+        missing = self._limits.missing(checks.counters)
         if missing:  # the common case, none: no coroutine to start
             await self._load(missing)
             now = self._clock.now()  # SQLite was waited for
@@ -91,13 +91,12 @@ class EmbeddedStore(Store):
         return self._limits.reserve(request_id, checks, now, ttl)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
-        missing = self._limits.missing(
-            tuple([check.counter for check in self._shapes.reservation_budgets(reservation)]))
+        missing = self._limits.missing(self._limits.charged_to(reservation.request_id))
         if missing:
             await self._load(missing)
         charged = self._limits.settle(reservation, tokens, cost, self._clock.now())
         if charged is not None and charged.cost_nanos and charged.budgets:
-            spend = tuple([(check.counter, charged.cost_nanos) for check in charged.budgets])
+            spend = tuple([(counter, charged.cost_nanos) for counter in charged.counters])
             self._db.post(partial(add_spend, spend))
 
     async def renew(self, reservation: Reservation, *, ttl: float | None = None) -> None:

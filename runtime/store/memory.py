@@ -22,7 +22,7 @@ from .checks import (
     period_key,
     rate_status,
 )
-from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope, least_left
+from .values import NANOS, BudgetStatus, Denied, Period, Reservation, Scope
 
 Counter = tuple[str, str, str]  # (scope, name, period_key)
 Subject = tuple[str, str]  # (scope, name): whose requests in flight a max_parallel counts
@@ -68,7 +68,17 @@ class MemoryLimits:
         self._next_sweep = 0.0
 
     def missing(self, counters: tuple[Counter, ...]) -> tuple[Counter, ...]:
-        return tuple([counter for counter in counters if counter not in self._budgets])
+        budgets = self._budgets
+        for counter in counters:  # the common case, none missing: no list built
+            if counter not in budgets:
+                return tuple([counter for counter in counters if counter not in budgets])
+        return ()
+
+    def charged_to(self, request_id: str) -> tuple[Counter, ...]:
+        """The budget counters a settle of ``request_id`` would charge (none once it is
+        settled or forgotten)."""
+        opened = self._open.get(request_id)
+        return () if opened is None else opened.counters
 
     def seed(self, counter: Counter, spent: int) -> None:
         """Start a budget counter at what was spent before (no-op if it already exists)."""
@@ -81,44 +91,75 @@ class MemoryLimits:
         self._expire(now)
         if request_id in self._open:
             raise ValueError(f"request {request_id!r} already holds a reservation")
-        buckets = [
-            self._bucket(check.scope, check.name, check.unit, check.cap, now)
-            for check in checks.buckets
-        ]
-        levels = [bucket.level for bucket in buckets]
-        budgets = [self._budget(check.counter) for check in checks.budgets]
+        # One pass over the buckets, refilled in place (``_bucket`` written out: five or
+        # so a request, each a call), and one over the budgets; ``decide`` only when one
+        # of them is short.
+        buckets: list[_Bucket] = []
+        levels: list[float] = []
+        short = False
+        found = self._buckets.get
+        for check in checks.buckets:
+            key = (check.scope, check.name, check.unit)  # a Scope is the str of its value
+            cap = check.cap
+            bucket = found(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(float(cap), now)
+            level, since = bucket.level, bucket.since
+            if now > since:  # refilled at cap/60 a second, capped at ``cap``, as lua.py's
+                level += (now - since) * cap / SECONDS_PER_WINDOW
+                bucket.since = now
+            if level >= cap:
+                level = float(cap)
+            bucket.level = level
+            buckets.append(bucket)
+            levels.append(level)
+            if check.need > level:
+                short = True
+        budgets: list[_Budget] = []
+        cost = checks.cost_nanos
+        left: int | None = None  # the least any budget has left before this hold
+        for budget_check, counter in zip(checks.budgets, checks.counters, strict=True):
+            budget = self._budgets.get(counter)
+            if budget is None:
+                budget = self._budgets[counter] = _Budget(0)
+            budgets.append(budget)
+            room = budget_check.amount_nanos - budget.spent - budget.held
+            if left is None or room < left:
+                left = room
+            if cost > room:
+                short = True
         places: tuple[Subject, ...] = ()
         running: list[int] = []
         if checks.slots:  # most limits have none: no work for them on every request
-            places = tuple((slot.scope, slot.name) for slot in checks.slots)
+            places = tuple([(slot.scope, slot.name) for slot in checks.slots])
             running = [self._running.get(place, 0) for place in places]
-        denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now, running)
-        if denied is not None:
-            return denied
-        left = least_left([(check.amount_nanos, budget.spent, budget.held)
-                           for check, budget in zip(checks.budgets, budgets, strict=True)])
+            short = True  # ``decide`` counts them
+        if short:
+            denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now,
+                            running)
+            if denied is not None:
+                return denied
         for bucket, check in zip(buckets, checks.buckets, strict=True):
             bucket.level -= check.need
         expires_at = now + ttl
         for budget in budgets:
-            budget.held += checks.cost_nanos
-            budget.holds[request_id] = checks.cost_nanos
-        counters = tuple([check.counter for check in checks.budgets])
+            budget.held += cost
+            budget.holds[request_id] = cost
         if places:
             for place, count in zip(places, running, strict=True):
                 self._running[place] = count + 1
-        self._open[request_id] = _Open(expires_at, counters, holding=True, places=places)
+        self._open[request_id] = _Open(expires_at, checks.counters, holding=True, places=places)
         heapq.heappush(self._timers, (expires_at, request_id))
         return Reservation(
             request_id=request_id,
             limits=checks.limits,
             tokens=checks.tokens,
-            cost_nanos=checks.cost_nanos,
-            periods=tuple([check.period_key for check in checks.budgets]),
+            cost_nanos=cost,
+            periods=checks.periods,
             expires_at=expires_at,
             rate=rate_status(checks, levels, granted=True),
             origin=self.origin,
-            budget_remaining=left,
+            budget_remaining=None if left is None else max(0, left) / NANOS,
             parallel=bool(places),
         )
 
@@ -137,8 +178,8 @@ class MemoryLimits:
             self._timers = [(item.deadline, rid) for rid, item in self._open.items()]
             heapq.heapify(self._timers)
         charge = self._shapes.settle_plan(reservation, tokens, cost)
-        for check in charge.budgets:
-            self._budget(check.counter).spent += charge.cost_nanos
+        for counter in charge.counters:
+            self._budget(counter).spent += charge.cost_nanos
         for refund in charge.buckets:
             bucket = self._bucket(refund.scope, refund.name, refund.unit, refund.cap, now)
             bucket.level = min(float(refund.cap), bucket.level + refund.need)

@@ -241,6 +241,7 @@ class _RouteChildren:
 
 @dataclass(slots=True)
 class _ServedChildren:
+    route: _RouteChildren  # the route's own, kept here: one lookup a request for both
     latency: Any
     stream_latency: Any
     ttft: Any
@@ -304,6 +305,7 @@ class Telemetry:
         if children is None:
             metrics = self.metrics
             children = self._served[key] = _ServedChildren(
+                route=self._route(route),
                 latency=metrics.latency.labels(route, deployment, provider, "false"),
                 stream_latency=metrics.latency.labels(route, deployment, provider, "true"),
                 ttft=metrics.ttft.labels(route, deployment, provider),
@@ -332,14 +334,22 @@ class Telemetry:
         deployment = record.deployment or UNKNOWN
         provider = record.provider or UNKNOWN
         team = record.team or UNKNOWN
-        served = self._deployment(route, deployment, provider, team)
+        served = self._served.get((route, deployment, provider, team))
+        if served is None:
+            served = self._deployment(route, deployment, provider, team)
         counter = served.statuses.get(record.status)
         if counter is None:
             counter = served.statuses[record.status] = metrics.requests.labels(
                 route, deployment, provider, team, str(record.status))
         counter.inc()
-        overhead = record.overhead_s(now)
-        by_route = self._route(route)
+        # ``record.overhead_s(now)`` written out: a call fewer on every request
+        upstream = record.upstream_s
+        if record.upstream_waits:  # a call is being waited on now
+            upstream += now - record.upstream_since
+        overhead = now - record.started - upstream - record.backoff_s
+        if overhead < 0.0:
+            overhead = 0.0
+        by_route = served.route
         by_route.overhead.observe(overhead)
         counted = record.in_flight_route
         if counted is not None:  # only what ``started`` counted
@@ -378,7 +388,8 @@ class Telemetry:
         if record.guardrails is not None:
             for acted in record.guardrails:
                 metrics.guardrail_actions.labels(*acted).inc()
-        self._end_span(record)
+        if record.span is not NO_SPAN:
+            self._end_span(record)
         access_log = self.access_log
         if not access_log.enabled():
             return

@@ -94,8 +94,7 @@ class MemoryLimits:
         # One pass over the buckets, refilled in place (``_bucket`` written out: five or
         # so a request, each a call), and one over the budgets; ``decide`` only when one
         # of them is short.
-        buckets: list[_Bucket] = []
-        levels: list[float] = []
+        levels: list[float] = []  # before this request: a refusal puts them back
         short = False
         found = self._buckets.get
         for check in checks.buckets:
@@ -110,8 +109,7 @@ class MemoryLimits:
                 bucket.since = now
             if level >= cap:
                 level = float(cap)
-            bucket.level = level
-            buckets.append(bucket)
+            bucket.level = level - check.need  # taken now, as it will be if granted
             levels.append(level)
             if check.need > level:
                 short = True
@@ -138,9 +136,9 @@ class MemoryLimits:
             denied = decide(checks, levels, [(b.spent, b.held) for b in budgets], now,
                             running)
             if denied is not None:
+                for check, level in zip(checks.buckets, levels, strict=True):
+                    self._buckets[check.scope, check.name, check.unit].level = level
                 return denied
-        for bucket, check in zip(buckets, checks.buckets, strict=True):
-            bucket.level -= check.need
         expires_at = now + ttl
         for budget in budgets:
             budget.held += cost
@@ -182,7 +180,8 @@ class MemoryLimits:
             self._budget(counter).spent += charge.cost_nanos
         for refund in charge.buckets:
             bucket = self._bucket(refund.scope, refund.name, refund.unit, refund.cap, now)
-            bucket.level = min(float(refund.cap), bucket.level + refund.need)
+            level = bucket.level + refund.need
+            bucket.level = level if level < refund.cap else float(refund.cap)
         return charge
 
     def renew(self, request_id: str, now: float, ttl: float) -> None:

@@ -365,52 +365,147 @@ async def read_bounded(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
-                       too_big: Callable[[], Exception]) -> AsyncIterator[str]:
-    """A stream's lines (ended by LF, CRLF or a CR alone, as SSE allows; the ending
-    removed), none longer than ``limit`` bytes: ``too_big()`` is raised as a line passes
-    it, before it is held whole (a provider's ``max_response_bytes``, an MCP server's
-    answer cap). aiohttp's own line reader stops at 512 KiB (an image in one event is
-    more), and httpx's has no bound."""
-    parts: list[bytes] = []  # the line so far, when it spans chunks
-    size = 0
-    after_cr = False  # the last chunk ended with a CR: an LF opening this one ends no line
-    async for chunk in chunks:
-        if after_cr and chunk:
-            after_cr = False
+class LineSplitter:
+    """A stream's lines as its chunks arrive (ended by LF, CRLF or a CR alone, as SSE
+    allows; the ending removed), none longer than ``limit`` bytes: ``too_big()`` is
+    raised as a line passes it, before it is held whole (a provider's
+    ``max_response_bytes``, an MCP server's answer cap). aiohttp's own line reader stops
+    at 512 KiB (an image in one event is more), and httpx's has no bound.
+
+    ``feed`` gives the lines a chunk ends, ``end`` the last one, unended. A line past the
+    bound is raised by the next call, after the lines before it were given, as a reader
+    that takes them one at a time would see it. One call a chunk, not an async
+    generator's resumption a line: every event of every stream is split here."""
+
+    __slots__ = ("_after_cr", "_failed", "_limit", "_parts", "_size", "_too_big")
+
+    def __init__(self, limit: int, too_big: Callable[[], Exception]) -> None:
+        self._limit = limit
+        self._too_big = too_big
+        self._parts: list[bytes] = []  # the line so far, when it spans chunks
+        self._size = 0
+        # The last chunk ended with a CR: an LF opening the next one ends no line.
+        self._after_cr = False
+        self._failed = False  # a line passed the bound: the next call raises
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._failed:
+            raise self._too_big()
+        if self._after_cr and chunk:
+            self._after_cr = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
         if 0x0D in chunk:  # a CR; an int is a memchr, where b"\r" costs five times more
             # Most streams end lines with LF and never get here. A CR ends a line
             # everywhere (SSE has no CR inside a line), so CRLF and CR become LF.
-            after_cr = chunk[-1] == 0x0D
+            self._after_cr = chunk[-1] == 0x0D
             chunk = chunk.replace(b"\r\n", b"\n")
             if 0x0D in chunk:
                 chunk = chunk.replace(b"\r", b"\n")
+        parts = self._parts
+        if not parts and chunk[-1:] == b"\n" and len(chunk) <= self._limit:
+            # The usual chunk, whole lines (an event or a few) and none too long: decoded
+            # at once (UTF-8 never has an LF inside a character, so as line by line)
+            return chunk[:-1].decode("utf-8", "replace").split("\n")
+        lines: list[str] = []
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             piece = chunk[start:end]
             if parts:
                 parts.append(piece)
-                piece, parts, size = b"".join(parts), [], 0
+                piece, parts, self._size = b"".join(parts), [], 0
+                self._parts = parts
             start = end + 1
-            if len(piece) > limit:
-                raise too_big()
-            yield piece.decode("utf-8", "replace")
+            if len(piece) > self._limit:
+                self._failed = True
+                return lines
+            lines.append(piece.decode("utf-8", "replace"))
         if start < len(chunk):
             rest = chunk[start:]
-            size += len(rest)
-            if size > limit:
-                raise too_big()
+            self._size += len(rest)
+            if self._size > self._limit:
+                self._failed = True
+                return lines
             parts.append(rest)
-    if parts:
-        yield b"".join(parts).decode("utf-8", "replace")
+        return lines
+
+    def end(self) -> list[str]:
+        """The last line, where the stream ended without ending it."""
+        if self._failed:
+            raise self._too_big()
+        if self._parts:
+            return [b"".join(self._parts).decode("utf-8", "replace")]
+        return []
 
 
-def provider_lines(chunks: AsyncIterable[bytes], provider: Provider) -> AsyncIterator[str]:
-    """``capped_lines`` at the provider's ``max_response_bytes``."""
-    return capped_lines(chunks, provider.max_response_bytes,
-                        functools.partial(too_large, provider, "a line"))
+async def capped_lines(chunks: AsyncIterable[bytes], limit: int,
+                       too_big: Callable[[], Exception]) -> AsyncIterator[str]:
+    """``LineSplitter``'s lines of ``chunks``, one at a time."""
+    splitter = LineSplitter(limit, too_big)
+    async for chunk in chunks:
+        for line in splitter.feed(chunk):
+            yield line
+    for line in splitter.end():
+        yield line
+
+
+class EventDecoder:
+    """Server-sent events per the HTML spec, as a provider's stream arrives: ``event:``
+    and ``data:`` fields, blank-line ended, over ``LineSplitter``'s lines at the
+    provider's ``max_response_bytes``. An event's data, however many lines it spans, is
+    bounded as one line is. ``feed`` gives the events a chunk ends, ``end`` the last
+    one; an event past the bound is raised by the next call, as a line is."""
+
+    __slots__ = ("_data", "_event", "_failed", "_lines", "_provider", "_size")
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+        self._lines = LineSplitter(provider.max_response_bytes,
+                                   functools.partial(too_large, provider, "a line"))
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        if self._failed:
+            raise too_large(self._provider, "an event")
+        return self._events(self._lines.feed(chunk))
+
+    def end(self) -> list[tuple[str, str]]:
+        if self._failed:
+            raise too_large(self._provider, "an event")
+        events = self._events(self._lines.end())
+        if self._failed:
+            raise too_large(self._provider, "an event")
+        if self._data:
+            events.append((self._event or "message", "\n".join(self._data)))
+        return events
+
+    def _events(self, lines: list[str]) -> list[tuple[str, str]]:
+        events: list[tuple[str, str]] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append((self._event or "message", "\n".join(data)))
+                self._event, data, self._size = "", [], 0
+                self._data = data
+                continue
+            # Indexed and sliced, not startswith(): no call for each line of every stream
+            if line[0] == ":":
+                continue  # a comment, used as a keep-alive
+            field, _, value = line.partition(":")
+            value = value[1:] if value[:1] == " " else value
+            if field == "event":
+                self._event = value
+            elif field == "data":
+                data.append(value)
+                self._size += len(value)
+                if self._size > self._provider.max_response_bytes:
+                    self._failed = True
+                    return events
+        return events
 
 
 class Upstream:
@@ -470,8 +565,7 @@ class Upstream:
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
-            lines = provider_lines(response.aiter_bytes(), self.provider)
-            async for event in parse_sse(lines, self.provider):
+            async for event in sse_events(response.aiter_bytes(), self.provider):
                 yield event
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
@@ -499,31 +593,13 @@ class Upstream:
         await self.client.aclose()
 
 
-async def parse_sse(
-    lines: AsyncIterator[str], provider: Provider
+async def sse_events(
+    chunks: AsyncIterable[bytes], provider: Provider
 ) -> AsyncIterator[tuple[str, str]]:
-    """Server-sent events per the HTML spec: ``event:`` and ``data:`` fields, blank-line
-    ended. An event's data, however many lines it spans, is bounded as one line is."""
-    event = ""
-    data: list[str] = []
-    size = 0
-    async for line in lines:
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data, size = "", [], 0
-            continue
-        # Indexed and sliced, not startswith(): no call for each line of every stream
-        if line[0] == ":":
-            continue  # a comment, used as a keep-alive
-        field, _, value = line.partition(":")
-        value = value[1:] if value[:1] == " " else value
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-            size += len(value)
-            if size > provider.max_response_bytes:
-                raise too_large(provider, "an event")
-    if data:
-        yield event or "message", "\n".join(data)
+    """``EventDecoder``'s events of a provider's stream, one at a time."""
+    decoder = EventDecoder(provider)
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
+    for event in decoder.end():
+        yield event

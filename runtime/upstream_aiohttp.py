@@ -23,11 +23,10 @@ from . import jsonio
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
 from .telemetry.tracing import traced
 from .upstream import (
+    EventDecoder,
     classify,
     env_proxy,
     failure_from_response,
-    parse_sse,
-    provider_lines,
     read_capped,
     scrub,
     too_large,
@@ -204,8 +203,13 @@ class AiohttpUpstream:
                 raw = await read_capped(response.content.iter_any(), self.provider)
                 raise classify(failure_from_response(response.status, raw, response.headers),
                                self.provider)
-            lines = provider_lines(response.content.iter_any(), self.provider)
-            async for event in parse_sse(lines, self.provider):
+            # The events decoded here, not by a generator over one over the lines: every
+            # chunk of every stream passes through as many resumptions as there are layers
+            decoder = EventDecoder(self.provider)
+            async for chunk in response.content.iter_any():
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.end():
                 yield event
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 import pytest
 from starlette.applications import Starlette
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from aigw.compiler.graph import Provider
 from aigw.runtime.errors import UpstreamResponseTooLarge
-from aigw.runtime.upstream import Upstream, provider_lines
+from aigw.runtime.upstream import Upstream, capped_lines, sse_events, too_large
 from aigw.runtime.upstream_aiohttp import AiohttpUpstream
 
 from ..fakes.serve import serving
@@ -132,11 +133,18 @@ async def test_a_stream_event_over_max_response_mb_fails(base: str, kind: str, l
         await _events(_client(kind, provider), f"{base}/v1/events?size={200 * KIB}&lines={lines}")
 
 
-async def test_lines_are_split_across_chunks_and_line_endings() -> None:
-    async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
-        for part in parts:
-            yield part
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
+
+def provider_lines(parts: AsyncIterator[bytes], provider: Provider) -> AsyncIterator[str]:
+    """The lines of a provider's stream, at its max_response_bytes."""
+    return capped_lines(parts, provider.max_response_bytes,
+                        partial(too_large, provider, "a line"))
+
+
+async def test_lines_are_split_across_chunks_and_line_endings() -> None:
     provider = _provider("http://unused", 8)
     lines = [line async for line in provider_lines(
         chunks(b"ab\r\ncd", b"e\n", b"\n", b"12345678\n", b"x\r", b"\ny\nlast"), provider)]
@@ -149,3 +157,35 @@ async def test_lines_are_split_across_chunks_and_line_endings() -> None:
     with pytest.raises(UpstreamResponseTooLarge):  # 9 bytes, across two chunks
         async for _line in provider_lines(chunks(b"ok\n1234", b"56789\n"), provider):
             pass
+
+
+async def test_events_are_decoded_across_chunks() -> None:
+    """Events whole in a chunk, split across chunks (a character's bytes too), several
+    in one, with comments, event names, CRLFs and data of many lines; the last one
+    unended."""
+    provider = _provider("http://unused", 64)
+    euro = "€".encode()
+    events = [event async for event in sse_events(chunks(
+        b'data: {"a":1}\n\n',
+        b": keep-alive\n\nevent: delta\ndata: x" + euro[:1], euro[1:] + b"\n",
+        b"data: y\r\n\r\ndata: 1\ndata:2\n\n\n",
+        b"data: \xff\n\ndata: last"), provider)]
+    assert events == [("message", '{"a":1}'), ("delta", "x€\ny"), ("message", "1\n2"),
+                      ("message", "\ufffd"), ("message", "last")]
+
+
+async def test_an_event_past_the_bound_fails_after_the_events_before_it() -> None:
+    """As a reader taking one line at a time: the events before the long one in the same
+    chunk still come, then the failure; a line over the bound as well."""
+    provider = _provider("http://unused", 8)
+    seen: list[tuple[str, str]] = []
+    with pytest.raises(UpstreamResponseTooLarge, match="an event"):
+        async for event in sse_events(chunks(b"data: 1\n\ndata:123\ndata:456\ndata:789\n\n"),
+                                      provider):
+            seen.append(event)
+    assert seen == [("message", "1")]
+    seen.clear()
+    with pytest.raises(UpstreamResponseTooLarge, match="a line"):
+        async for event in sse_events(chunks(b"data: 1\n\ndata: 123456789\n\n"), provider):
+            seen.append(event)
+    assert seen == [("message", "1")]

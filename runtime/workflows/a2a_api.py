@@ -44,7 +44,6 @@ its line is written when it ends.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -57,6 +56,8 @@ from ..auth import authenticate
 from ..chat import new_record
 from ..errors import BadRequest, Conflict, GatewayError, NotFound
 from ..exchange import end_user
+from ..incoming import read_body
+from ..jsonio import loads
 from ..policy_request import authorize_pipeline
 from ..store.executions import FINAL, Execution, ExecutionConflict, Status
 from ..telemetry.record import RequestRecord, answered_as
@@ -182,8 +183,12 @@ class _A2a:
                                                           request.headers)
         method, legacy = "", False
         try:
+            # Under max_request_bytes and body_read_timeout_s as every endpoint's body (it
+            # was read whole, however large, however slowly), and parsed as theirs: a
+            # lone surrogate in a text part reached the store's UTF-8 (a 500).
+            raw = await read_body(request, live.graph.settings)
             try:
-                body = json.loads(await request.body())
+                body = loads(raw)
             except ValueError as exc:
                 raise RpcError(PARSE_ERROR, f"the body is not JSON: {exc}") from exc
             if not isinstance(body, dict) or body.get("jsonrpc") != "2.0" \
@@ -307,8 +312,8 @@ class _A2a:
             return data[0]
         text = "\n".join(str(part["text"]) for part in parts
                          if isinstance(part, dict) and "text" in part)
-        try:
-            parsed = json.loads(text)
+        try:  # jsonio's: a text part of nested brackets made json's RecursionError (a 500)
+            parsed = loads(text)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):

@@ -21,7 +21,6 @@ OpenAI-shaped results:
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -36,6 +35,7 @@ from .auth import authenticate
 from .chat import Served, overhead_header, planned_count
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange, in_its_shape
+from .jsonio import loads
 from .live import Live
 from .messages_wire import (
     CountTokensRequest,
@@ -239,7 +239,7 @@ def usage_body(usage: Usage) -> dict[str, int]:
 def tool_input(call: ToolCall, served: Served) -> dict[str, Any]:
     """A tool call's arguments as the JSON object they must be (else the upstream's 502)."""
     try:
-        parsed = json.loads(call.arguments) if call.arguments.strip() else {}
+        parsed = loads(call.arguments) if call.arguments.strip() else {}
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -384,7 +384,7 @@ class EventEncoder:
         if block is None or block.tool is None:  # text ends whenever something else starts
             return True
         try:
-            return isinstance(json.loads("".join(block.parts)), dict)
+            return isinstance(loads("".join(block.parts)), dict)
         except ValueError:
             return False
 

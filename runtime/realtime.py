@@ -78,6 +78,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .identity import caller_in
+from .jsonio import loads
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
 from .realtime_limits import ResponseCounts, ResponseHolds, outlived
@@ -303,7 +304,7 @@ def _rates_event(rates: RateStatus) -> str:
 def _event(text: str) -> dict[str, object]:
     """A frame's event (an empty one where it is no JSON object: passed on as it is)."""
     try:
-        event = json.loads(text)
+        event = loads(text)
     except ValueError:
         return {}
     return event if isinstance(event, dict) else {}
@@ -524,7 +525,7 @@ class _Relay:
         """Bill a ``response.done`` event's usage; the error that ends the session when
         its budget has run out (or its key was revoked), else None."""
         try:
-            event = json.loads(data)
+            event = loads(data)
         except ValueError:
             event = None
         if isinstance(event, dict) and event.get("type", "response.done") != "response.done":

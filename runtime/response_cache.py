@@ -44,6 +44,7 @@ from starlette.datastructures import Headers
 from aigw.compiler.graph import ApiKey, Graph, Route
 
 from .chat_request import ChatRequest
+from .jsonio import loads
 from .providers.base import ChatDelta, ChatResult, Choice, ToolCall, ToolCallDelta, Usage
 from .store.redis_store import disconnected
 
@@ -434,7 +435,7 @@ def cacheable(result: ChatResult) -> bool:
             return False
         for call in choice.tool_calls:
             try:
-                if not isinstance(json.loads(call.arguments or "{}"), dict):
+                if not isinstance(loads(call.arguments or "{}"), dict):
                     return False
             except ValueError:
                 return False

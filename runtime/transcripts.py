@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from .guardrails import Check, checked_strings
+from .jsonio import loads
 from .providers.audio import TranscriptionResult
 
 # Where a verbose_json's texts are: a field of the answer (index None), or the ``key``
@@ -47,7 +48,7 @@ async def checked_transcript(response_format: str, result: TranscriptionResult,
 
 async def _checked_json(text: str, check: Check) -> str:
     try:
-        answer = json.loads(text)
+        answer = loads(text)
     except ValueError:
         answer = None
     if not isinstance(answer, dict):

@@ -49,6 +49,7 @@ from aigw.compiler.egress import origin
 from aigw.compiler.pipeline_graph import Agent, AgentCall, Step
 
 from ..errors import InternalError, StoreUnavailable
+from ..jsonio import loads
 from ..store.executions import LeaseLost, Memo, NewEvent
 from ..upstream import scrub_values
 from . import a2a_v03
@@ -330,7 +331,7 @@ class _Client:
                                retryable=answer.status in (408, 425, 429) or answer.status >= 500,
                                moved=answer.status in _MOVED_STATUSES)
         try:
-            return json.loads(answer.text)
+            return loads(answer.text)
         except ValueError as exc:
             raise self._failed(f"{method} {shown} sent invalid JSON: {exc}",
                                retryable=False) from exc
@@ -375,7 +376,7 @@ def _answer(parts: list[Mapping[str, Any]], output: str, agent: Agent) -> Any:
     if text.startswith("```"):  # a fenced block, as models often write JSON
         text = text.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError as exc:
         raise StepFailed(f"agent '{agent.name}' answered no JSON ({exc}): {text[:80]!r}",
                          retryable=False) from exc

@@ -46,6 +46,7 @@ from aigw.compiler.pipeline_graph import (
 
 from ..chat_request import ChatRequest, Message
 from ..errors import GatewayError, StoreUnavailable
+from ..jsonio import loads
 from ..store.executions import LeaseLost, NewEvent
 from .agents import call_agent
 from .approvals import wait_for_decision
@@ -132,7 +133,7 @@ def _turn(key: str, turn: int) -> str:
 def _parse_json(text: str, call: ModelCall) -> tuple[Any, str]:
     fenced = _FENCE.match(text)
     try:
-        value = json.loads(fenced.group("body") if fenced else text)
+        value = loads(fenced.group("body") if fenced else text)
     except ValueError as exc:
         return None, f"it is not JSON ({exc})"
     if call.schema is not None:
@@ -210,7 +211,7 @@ async def _http(context: StepContext, step: Step, action: Http) -> Any:
                          retryable=answer.status in (408, 425, 429) or answer.status >= 500)
     if "json" in answer.content_type:
         try:
-            return json.loads(answer.text)
+            return loads(answer.text)
         except ValueError as exc:
             raise StepFailed(f"{action.method} {url} sent invalid JSON: {exc}") from exc
     return answer.text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -28,6 +27,7 @@ from ..admission import admit
 from ..chat_request import ChatRequest
 from ..errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from ..identity import token_caller
+from ..jsonio import loads
 from ..live import Gateway
 from ..policy import Facts
 from ..policy_request import facts_to_keep
@@ -378,7 +378,7 @@ def chat_input(pipeline: Pipeline, request: ChatRequest) -> Any:
     users = [message for message in request.messages if message.role == "user"]
     text = users[-1].text() if users else ""
     with contextlib.suppress(ValueError):
-        parsed = json.loads(text)
+        parsed = loads(text)
         if isinstance(parsed, dict):
             return parsed
     if pipeline.chat_field is not None:

@@ -28,8 +28,8 @@ BODY_READ_TIMEOUT_S = 1.0
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One gateway for the module (each test leaves it serving): the shipped one with a
-    body read timeout of a second, a slow echo (a stream lasts long enough to be left), a
-    price (a record to lose) and a pipeline route."""
+    body read timeout of a second, a route ``slow`` to a priced slow echo (a stream lasts
+    long enough to be left, and its record has a cost to lose) and a pipeline route."""
     gateway_dir = tmp_path_factory.mktemp("hostile") / "gw"
     gateway_dir.mkdir()
     shutil.copy(REPO / "gateway.yaml", gateway_dir / "gateway.yaml")
@@ -40,11 +40,18 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                       .replace("  max_request_bytes: 4194304\n",
                                f"  max_request_bytes: 4194304\n"
                                f"  body_read_timeout_s: {BODY_READ_TIMEOUT_S}\n", 1)
-                      .replace("local: {type: echo}",
-                               "local: {type: echo, latency: {per_token_ms: 40}}", 1)
-                      .replace("    price: {input: 0, output: 0}\n",
-                               "    price: {input: 1000, output: 2000}\n", 1)
-                      .replace("routes:", "routes:\n  research: {pipeline: research}", 1))
+                      .replace("\ndeployments:\n", """
+  slow: {type: echo, latency: {per_token_ms: 40}}
+deployments:
+  slow-echo:
+    provider: slow
+    model: echo-1
+    context_window: 8192
+    price: {input: 1000, output: 2000}
+    capabilities: [streaming]
+""", 1)
+                      .replace("routes:", "routes:\n  slow: {deployment: slow-echo}\n"
+                               "  research: {pipeline: research}", 1))
     started = Server(gateway_dir)
     started.wait_ready()
     yield started
@@ -187,7 +194,7 @@ def test_a_client_gone_mid_stream_is_billed(hostile: Server) -> None:
     words = " ".join(f"word{i}" for i in range(60))
     with httpx.Client(base_url=hostile.base_url, timeout=20) as http, http.stream(
             "POST", CHAT, headers={"Authorization": f"Bearer {DEV_KEY}"},
-            json={"model": "echo", "stream": True,
+            json={"model": "slow", "stream": True,
                   "messages": [{"role": "user", "content": words}]}) as streamed:
         request_id = streamed.headers["x-request-id"]
         for line in streamed.iter_lines():
@@ -197,8 +204,8 @@ def test_a_client_gone_mid_stream_is_billed(hostile: Server) -> None:
     assert record["status"] == 499 and record["tokens_out"] > 0 and record["cost"] > 0
     summary = httpx.get(f"{hostile.base_url}/v1/costs/summary?group_by=route",
                         headers={"Authorization": f"Bearer {DEV_KEY}"}).json()
-    echo = [row for row in summary["data"] if row["route"] == "echo"]
-    assert echo and echo[0]["cost"] >= record["cost"]
+    slow = [row for row in summary["data"] if row["route"] == "slow"]
+    assert slow and slow[0]["cost"] >= record["cost"]
     _still_serving(hostile)
 
 
@@ -222,4 +229,17 @@ def test_an_a2a_body_is_bounded_and_parsed_as_every_body(hostile: Server) -> Non
     assert surrogate.json()["error"]["code"] == -32700  # JSON-RPC's parse error
     nested = _a2a(hostile, _a2a_send("[" * 100_000 + "]" * 100_000, "m-nested"))
     assert nested.status_code == 200 and "result" in nested.json()  # a text, not JSON
+    _still_serving(hostile)
+
+
+def test_a_pipeline_chat_of_nested_brackets_is_its_text(hostile: Server) -> None:
+    """A user message is the pipeline's input when it is a JSON object, else its text:
+    brackets nested past the standard library's stack raised RecursionError (a 500)."""
+    nested = "[" * 2000 + "]" * 2000
+    answer = httpx.post(f"{hostile.base_url}{CHAT}", timeout=30,
+                        headers={"Authorization": f"Bearer {DEV_KEY}"},
+                        json={"model": "research", "messages": [
+                            {"role": "user", "content": nested}]})
+    assert answer.status_code == 200, answer.text
+    assert nested in answer.json()["choices"][0]["message"]["content"]
     _still_serving(hostile)

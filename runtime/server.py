@@ -33,7 +33,7 @@ from aigw.compiler import render_text
 from aigw.compiler.served import is_loopback
 from aigw.reload_signal import EARLY_RELOAD, note_early_reloads
 
-from . import h2_protocol, heap, ws_keepalive
+from . import heap, protocols, ws_keepalive
 from .app import create_app
 from .auth import DEV_KEY_SHA256
 from .background import Background
@@ -153,8 +153,9 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
     if config.websocket_ping_interval is not None:
         ws_keepalive.install()
     # An HTTP/2 client still sending a body the gateway has answered (a 401, a 413) lost
-    # its answer and its connection to a KeyError in hypercorn.
-    h2_protocol.install()
+    # its answer and its connection to a KeyError in hypercorn; a request h11 cannot read
+    # was refused with no error object.
+    protocols.install()
     logging.getLogger("aigw").setLevel(graph.settings.log_level.upper())
     _warn_dev_key(options.host, DEV_KEY_SHA256 in graph.keys_by_sha256)
     if options.workers > 1 and options.supervise and graph.settings.store == "embedded":

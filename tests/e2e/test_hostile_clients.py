@@ -243,3 +243,31 @@ def test_a_pipeline_chat_of_nested_brackets_is_its_text(hostile: Server) -> None
     assert answer.status_code == 200, answer.text
     assert nested in answer.json()["choices"][0]["message"]["content"]
     _still_serving(hostile)
+
+
+UNREADABLE = {  # requests h11 refuses before the app sees them: the status and code
+    "two Content-Lengths": (b"Content-Length: 3\r\n", 400, "bad_request"),
+    "a header of 200 KB": (b"X-Big: " + b"a" * 200_000 + b"\r\n", 431,
+                           "request_header_fields_too_large"),
+    "a header with no colon": (b"No colon here\r\n", 400, "bad_request"),
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_a_request_that_is_no_http_is_refused_openai_shaped(hostile: Server, name: str) -> None:
+    extra, status, code = UNREADABLE[name]
+    body = _chat()
+    answer = _wire(hostile, _post(body) + extra, body)
+    assert (answer[0], *_error(answer[1], answer[2])) == (status, code, None)
+    assert answer[1]["connection"] == "close"
+    _still_serving(hostile)
+
+
+def test_headers_given_twice_alike_are_served(hostile: Server) -> None:
+    body = _chat()
+    twice = _post(body) + b"Content-Length: %d\r\n" % len(body) + b"X-Note: a\r\nX-Note: b\r\n"
+    status, _headers, answer = _wire(hostile, twice, body)
+    assert status == 200 and json.loads(answer)["choices"][0]["message"]["content"] == "hi"
+    many = _post(body) + b"".join(b"X-H%d: v\r\n" % i for i in range(500))
+    assert _wire(hostile, many, body)[0] == 200
+    _still_serving(hostile)

@@ -119,13 +119,15 @@ BAD_BODIES = {
                          None, "Invalid JSON"),
     "stream a string": (_chat(stream="maybe"), "stream", "valid boolean"),
     "temperature 1e999": (_chat().replace(b'"model"', b'"temperature":1e999,"model"'),
-                          "temperature", "less than or equal to 2"),
+                          "temperature", "finite number"),
     "max_tokens 1e999": (_chat().replace(b'"model"', b'"max_tokens":1e999,"model"'),
                          "max_tokens", "finite number"),
     "max_tokens of 5000 digits": (_chat().replace(b'"model"', b'"max_tokens":' + b"9" * 5000
                                                   + b',"model"'), None, "number out of range"),
     "temperature NaN": (_chat().replace(b'"model"', b'"temperature":NaN,"model"'),
-                        "temperature", "less than or equal to 2"),
+                        "temperature", "finite number"),
+    "top_p -Infinity": (_chat().replace(b'"model"', b'"top_p":-Infinity,"model"'),
+                        "top_p", "finite number"),
     "nesting 100,000 deep": (_chat().replace(b'"model"', b'"metadata":' + b"[" * 100_000
                                              + b"]" * 100_000 + b',"model"'),
                              None, "max_request_json_containers"),

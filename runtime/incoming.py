@@ -12,7 +12,7 @@ from starlette.types import Message, Receive
 
 from aigw.compiler.graph import Settings
 
-from .errors import BadRequest, Cancelled, GatewayError, PayloadTooLarge, RequestTimeout
+from .errors import BadRequest, Cancelled, PayloadTooLarge, RequestTimeout
 
 # An opening bracket (group 1), or a run of JSON strings (escapes and all) and what is
 # between them up to the next bracket: brackets inside strings are text, not structure.
@@ -54,8 +54,8 @@ async def read_body(request: Request, settings: Settings, bound: int | None = No
             if deadline is None:
                 deadline = asyncio.get_running_loop().time() + timeout_s
             message = await _before(deadline, receive, timeout_s)
-        if message["type"] == "http.disconnect":
-            raise GatewayError("client disconnected while sending the body")
+        if message["type"] == "http.disconnect":  # the client's doing: a 499, not a 500
+            raise Cancelled("The client went away while sending the body.")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

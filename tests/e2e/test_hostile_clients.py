@@ -104,6 +104,11 @@ def _still_serving(server: Server) -> None:
                         timeout=20)
     assert answer.json()["choices"][0]["message"]["content"] == "ok"
     assert "Traceback" not in server.log
+    assert not [line for line in _access_lines(server) if line["status"] >= 500]
+
+
+def _access_lines(server: Server) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in server.log.splitlines() if text.startswith("{")]
 
 
 def _chat(**fields: Any) -> bytes:
@@ -272,4 +277,18 @@ def test_headers_given_twice_alike_are_served(hostile: Server) -> None:
     assert status == 200 and json.loads(answer)["choices"][0]["message"]["content"] == "hi"
     many = _post(body) + b"".join(b"X-H%d: v\r\n" % i for i in range(500))
     assert _wire(hostile, many, body)[0] == 200
+    _still_serving(hostile)
+
+
+def test_a_client_gone_while_sending_its_body_is_a_499(hostile: Server) -> None:
+    """Its access line says the client left (a 500 counted it as the gateway's failure)."""
+    before = len(_access_lines(hostile))
+    with socket.create_connection(("127.0.0.1", hostile.port), timeout=20) as sock:
+        sock.sendall(_post(b"", length=1000) + b'\r\n{"model":')
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while len(lines := _access_lines(hostile)) == before:
+        assert time.monotonic() < deadline, hostile.log
+        time.sleep(0.05)
+    assert (lines[-1]["status"], lines[-1]["error"]) == (499, "cancelled")
     _still_serving(hostile)

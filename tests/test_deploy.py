@@ -37,7 +37,7 @@ def test_alert_rules_pass_promtool_check() -> None:
     result = subprocess.run([_promtool(), "check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "8 rules found" in result.stdout
+    assert "10 rules found" in result.stdout
 
 
 def test_alert_rules_fire_as_their_unit_tests_say() -> None:

@@ -13,6 +13,7 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
@@ -45,6 +46,11 @@ async def passed_on(exchange: Exchange, route: Route,
     and finished when the stream ends."""
     holds: dict[str, Hold | None] = {}
     won = await routed(release=EventStream.cut, holds=holds)
+    # Its first event is in (the attempt read it): the time to the first token, as a chat
+    # stream's first delta. Without it a streamed transcription, speech or image was in
+    # no latency a client waits on (aigw_request_duration_seconds leaves streams out).
+    record = exchange.record
+    record.ttft_s = time.perf_counter() - record.started
     hold = holds.pop(won.candidate.deployment.name, None)  # its losers' were settled
     headers = answer_headers(exchange, route, won)
     exchange.record.stream = True  # its record is finished by the stream, not the answer

@@ -142,6 +142,9 @@ async def _transcribe(exchange: Exchange, key: ApiKey, body: bytes,
 
     routed = partial(
         call_route, exchange, key, route, kind="transcription", model=model,
+        # The spans' GenAI operation: a translation's were named (and its calls labelled)
+        # transcription, its request span's operation translation.
+        operation="translation" if operation == "translations" else "transcription",
         prompt_tokens=prompt_tokens, ask=weighed.ask,
         cost=lambda deployment, sent: deployment.price.cost(
             sent.prompt_tokens + round(seconds * AUDIO_TOKENS_PER_SECOND),

@@ -218,12 +218,14 @@ class RequestRecord:
 
 # GenAI's operation names, by the endpoint a record is for (chat, /v1/messages and
 # /v1/responses: chat; /v1/completions: text_completion; /v1/images/generations and
-# /edits: generate_content, the conventions' multimodal generation; /v1/pipelines/{name} and
-# /a2a/{name} run an agent of sorts). Rerank and moderation have no well-known name:
-# their own, as the conventions allow.
+# /edits, and Gemini's generateContent: generate_content, the conventions' multimodal
+# generation, "such as Gemini Generate Content"; /v1/pipelines/{name} and /a2a/{name} run
+# an agent of sorts). Rerank and moderation have no well-known name: their own, as the
+# conventions allow.
 _OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
                "rerank": "rerank", "images": "generate_content",
-               "image_edits": "generate_content", "moderations": "moderation",
+               "image_edits": "generate_content", "generate_content": "generate_content",
+               "moderations": "moderation",
                "pipelines": "invoke_agent", "a2a": "invoke_agent",
                "transcriptions": "transcription", "translations": "translation",
                "speech": "speech", "realtime": "realtime"}

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import types
 
 from ..conftest import DEV_KEY
 from ..fakes.brain import Action
@@ -104,6 +106,36 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert attempt["attributes"]["gen_ai.request.model"] == "echo-1"
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 2
 
+
+def test_translations_and_gemini_generate_content_name_their_operations(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A translation's spans were named transcription (its request span's
+    gen_ai.operation.name said translation, its attempt's transcription), and Gemini's
+    generateContent was a chat: the conventions name it generate_content ("such as
+    Gemini Generate Content"). The call it makes upstream is still the chat it is."""
+    receiver = OtlpReceiver()
+    with _traced_shipped(gateway_dir, monkeypatch, receiver) as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
+                               max_retries=0)
+        with pytest.deprecated_call():  # the SDK marks OpenAI's translations deprecated
+            client.audio.translations.create(model="transcribe",
+                                             file=("a.mp3", b"\xff" * 16000))
+        with genai.Client(api_key=DEV_KEY, http_options=types.HttpOptions(
+                base_url=server.base_url, api_version="v1beta",
+                retry_options=types.HttpRetryOptions(attempts=1))) as gemini:
+            gemini.models.generate_content(model="fast", contents="trace me")
+        translating = _span_named(receiver, server, "translation transcribe")
+        translated = _span_named(receiver, server, "translation echo-transcribe-1")
+        generating = _span_named(receiver, server, "generate_content fast")
+        called = _span_named(receiver, server, "chat echo-1")
+    assert translated["parent_span_id"] == translating["span_id"]
+    assert translating["attributes"]["gen_ai.operation.name"] == "translation"
+    assert translated["attributes"]["gen_ai.operation.name"] == "translation"
+    assert called["parent_span_id"] == generating["span_id"]
+    assert generating["attributes"]["gen_ai.operation.name"] == "generate_content"
+    assert generating["attributes"]["gen_ai.usage.output_tokens"] == 2
+    assert called["attributes"]["gen_ai.operation.name"] == "chat"
 
 def test_a_pipelines_model_calls_are_spans_of_the_request_that_ran_it(
     gateway_dir: Path, monkeypatch: pytest.MonkeyPatch

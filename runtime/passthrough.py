@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -48,6 +49,7 @@ from aigw.compiler.graph import ApiKey, Passthrough, Provider
 from .chat import new_record
 from .errors import (
     Cancelled,
+    GatewayError,
     MethodNotAllowed,
     NotFound,
     PassthroughUnavailable,
@@ -65,13 +67,16 @@ from .passthrough_usage import Inflater, UsageReader, inflated
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
 from .sse import settled_stream
-from .telemetry.record import RequestRecord, answered_as
-from .telemetry.tracing import traced
+from .telemetry.record import RequestRecord, answered_as, label_answer
+from .telemetry.tracing import PROVIDER_NAMES, Span, traced
 from .upstream import make_client, scrub
 
 log = logging.getLogger("aigw.passthrough")
 
 PREFIX = "/passthrough/"
+# The GenAI operation of a pass-through's spans: a provider API the gateway does not model
+# (a vector store, a fine-tuning job, or a model call) is none of the conventions' own.
+PASSTHROUGH = "passthrough"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # HEAD comes with GET
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
                         "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -149,6 +154,9 @@ class PassthroughProxy:
         record.route = f"passthrough:{name}"
         provider = passthrough.provider
         record.provider, record.provider_type = provider.name, provider.type
+        if live.telemetry.tracing.enabled:  # a refusal from here on is its span too
+            record.span, record.trace_context = live.telemetry.tracing.request(
+                f"{PASSTHROUGH} {name}", request.headers)
         method = "GET" if request.method == "HEAD" else request.method
         if method not in passthrough.methods:
             raise MethodNotAllowed(f"Pass-through '{name}' does not allow {request.method}; "
@@ -185,18 +193,19 @@ class PassthroughProxy:
                             settings.max_request_json_containers)
         await exchange.admit(key, tokens, cost)
         live.telemetry.started(record)
-        upstream = await self._send(live, record, passthrough, target, request, path,
-                                    upload, body)
-        return await _answered(live, exchange, passthrough, target, upstream,
+        upstream, span = await self._send(live, record, passthrough, target, request, path,
+                                          upload, body)
+        return await _answered(live, exchange, passthrough, target, upstream, span,
                                billed_method(request.method))
 
     async def _send(self, live: Live, record: RequestRecord, passthrough: Passthrough,
                     target: RawTarget, request: Request, path: str, upload: _Upload,
-                    body: bytes | None) -> httpx.Response:
+                    body: bytes | None) -> tuple[httpx.Response, Span]:
         """The request sent on (``body`` where it was read whole, else ``upload`` as it
         comes), its answer's status and headers come (its body to come). A client that
         leaves meanwhile (once its body is all here) stops the wait: a 499, its hold given
-        back, where it held its place until a slow upstream answered or timed out."""
+        back, where it held its place until a slow upstream answered or timed out. With
+        it, the span of the call, which lasts as long as the answer does (its ender's)."""
         provider, settings = passthrough.provider, live.graph.settings
         headers = _sent_headers(request.headers, target, settings.user_header)
         query = _without_key(request.scope.get("query_string", b"").decode("latin-1"))
@@ -204,22 +213,35 @@ class PassthroughProxy:
         content = body if body is not None else upload.parts() if upload.comes else None
         client = self._client(provider)
         record.waiting_upstream()
-        try:
-            sent = client.build_request(request.method, url, headers=traced(headers),
-                                        content=content)
-            return await unless_gone(client.send(sent, stream=True), upload.gone,
-                                     "the upstream answered")
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"provider '{provider.name}' timed out: "
-                                  f"{scrub(str(exc) or type(exc).__name__, provider)}",
-                                  provider=provider.name) from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise UpstreamConnectionError(
-                f"provider '{provider.name}' is unreachable: "
-                f"{scrub(str(exc) or type(exc).__name__, provider)}",
-                provider=provider.name) from None
-        finally:
-            record.waited_upstream()
+        # The call's span: its traceparent goes upstream (``traced``), so a provider that
+        # traces joins the request's trace.
+        with live.telemetry.tracing.attempt(f"{PASSTHROUGH} {provider.name}",
+                                            record.trace_context, ends=False) as span:
+            span.set("gen_ai.operation.name", PASSTHROUGH)
+            span.set("gen_ai.provider.name", PROVIDER_NAMES.get(provider.type, "aigw"))
+            try:
+                sent = client.build_request(request.method, url, headers=traced(headers),
+                                            content=content)
+                return await unless_gone(client.send(sent, stream=True), upload.gone,
+                                         "the upstream answered"), span
+            except httpx.TimeoutException as exc:
+                failure: GatewayError = UpstreamTimeout(
+                    f"provider '{provider.name}' timed out: "
+                    f"{scrub(str(exc) or type(exc).__name__, provider)}", provider=provider.name)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                failure = UpstreamConnectionError(
+                    f"provider '{provider.name}' is unreachable: "
+                    f"{scrub(str(exc) or type(exc).__name__, provider)}",
+                    provider=provider.name)
+            except BaseException as exc:  # the body refused (413, 408), or cancelled
+                span.error(str(exc.code) if isinstance(exc, GatewayError) else "cancelled")
+                span.end()
+                raise
+            finally:
+                record.waited_upstream()
+            span.error(str(failure.code))
+            span.end()
+            raise failure from None
 
 
 def _path(request: Request) -> str | None:
@@ -326,12 +348,15 @@ class _Upload:
 
 
 async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
-                    target: RawTarget, upstream: httpx.Response, billed: bool) -> Response:
+                    target: RawTarget, upstream: httpx.Response, span: Span,
+                    billed: bool) -> Response:
     """The upstream's answer, passed on: an error read whole (bounded) and scrubbed, any
     other streamed as it comes, its usage read on the way (``billed``: an answer to a
-    POST) and billed as it ends."""
+    POST) and billed as it ends; ``span`` (the call's) ended with it."""
     record, provider = exchange.record, passthrough.provider
     record.status = upstream.status_code
+    record.relayed = True
+    span.set("http.response.status_code", upstream.status_code)
     headers = {name: value for name, value in upstream.headers.items()
                if name.lower() not in _NOT_ANSWERED}
     encoding = upstream.headers.get("content-encoding", "").strip().lower()
@@ -341,6 +366,8 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
         finally:
             await upstream.aclose()
         record.error = f"upstream_{upstream.status_code}"
+        span.error(record.error)
+        span.end()
         shown = body
         if Inflater.reads(encoding):  # read (and sent) inflated, to be scrubbed: its
             # bytes mangled as text went on as gzip, which no client could read
@@ -355,7 +382,7 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     reader = UsageReader(upstream.headers.get("content-type", "") if billed else "", encoding)
     masks = _secrets(provider, target)
     return _Droppable(await settled_stream(
-        _relayed(live, exchange, passthrough, upstream, reader, masks), headers,
+        _relayed(live, exchange, passthrough, upstream, reader, masks, span), headers,
         upstream.headers.get("content-type", "")))
 
 
@@ -404,9 +431,10 @@ def _secrets(provider: Provider, target: RawTarget) -> tuple[bytes, ...]:
 
 async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
                    upstream: httpx.Response, reader: UsageReader,
-                   masks: tuple[bytes, ...]) -> AsyncGenerator[bytes, None]:
+                   masks: tuple[bytes, ...], span: Span) -> AsyncGenerator[bytes, None]:
     """The answer's bytes as they come, masked; in its ``finally`` (however it ends) the
-    request is billed what the answer reported, settled and recorded."""
+    request is billed what the answer reported, settled and recorded, and ``span`` (the
+    call's) ended with what the answer said."""
     record = exchange.record
     held = b""  # the tail of what came that a key could begin, and the next part end
     sent = False
@@ -418,6 +446,8 @@ async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
             cut = len(text) - _unfinished(text, masks)
             held = text[cut:]
             if cut:
+                if not sent:  # the first byte the client has: its wait, as a stream's
+                    record.ttft_s = time.perf_counter() - record.started
                 sent = True
                 yield text[:cut]
         if held:
@@ -431,12 +461,14 @@ async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
             f"{scrub(str(exc) or type(exc).__name__, provider)}", provider=provider.name)
         log.warning("%s", failure.message)
         record.status, record.error = failure.status, str(failure.code)
+        span.error(record.error)
         if sent:
             raise _Dropped from None
         raise failure from None
     except (asyncio.CancelledError, GeneratorExit):
         record.sent_status = record.status
         record.status, record.error = live.shutdown.cut()
+        span.error("cancelled")
         raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -445,6 +477,8 @@ async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
             finally:
                 record.waited_upstream()
                 _bill(record, passthrough, reader)
+                label_answer(span, record)
+                span.end()
                 await exchange.close()
                 live.telemetry.finish(record)
 

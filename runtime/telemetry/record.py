@@ -153,6 +153,9 @@ class RequestRecord:
     deployment: str | None = None
     provider: str | None = None
     provider_type: str | None = None
+    # A pass-through's provider answered: timed and its tokens counted as a deployment's
+    # answer is, though no deployment may name it (one no price names: deployment _none).
+    relayed: bool = False
     stream: bool = False
     status: int = 200  # the request's outcome: a stream failed mid-way counts as its error
     sent_status: int | None = None  # the status line, where it said otherwise (a 200)
@@ -220,12 +223,12 @@ class RequestRecord:
 # /v1/responses: chat; /v1/completions: text_completion; /v1/images/generations and
 # /edits, and Gemini's generateContent: generate_content, the conventions' multimodal
 # generation, "such as Gemini Generate Content"; /v1/pipelines/{name} and /a2a/{name} run
-# an agent of sorts). Rerank and moderation have no well-known name: their own, as the
-# conventions allow.
+# an agent of sorts). Rerank and moderation have no well-known name, nor a pass-through
+# (a provider API the gateway does not model): their own, as the conventions allow.
 _OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion",
                "rerank": "rerank", "images": "generate_content",
                "image_edits": "generate_content", "generate_content": "generate_content",
-               "moderations": "moderation",
+               "moderations": "moderation", "passthrough": "passthrough",
                "pipelines": "invoke_agent", "a2a": "invoke_agent",
                "transcriptions": "transcription", "translations": "translation",
                "speech": "speech", "realtime": "realtime"}
@@ -356,7 +359,7 @@ class Telemetry:
         counted = record.in_flight_route
         if counted is not None:  # only what ``started`` counted
             (by_route if counted == route else self._route(counted)).in_flight.dec()
-        if record.deployment is not None:
+        if record.deployment is not None or record.relayed:
             (served.stream_latency if record.stream else served.latency).observe(
                 now - record.started)
             if record.ttft_s is not None:

@@ -153,6 +153,9 @@ async def call_route(
     # A client that leaves stops the call (a 499, the call billed as cut short), as a
     # chat's does: it ran on to its end, billed and logged as a 200 no one received.
     won = await unless_gone(run_attempts(live, route, loop, record), exchange.gone)
+    # The request span's gen_ai.response.model, as a chat's: the model of the deployment
+    # that answered (its attempt's span has the one the answer names, where it names one).
+    record.response_model = won.candidate.deployment.model
     if holds is not None:
         return won
     try:

@@ -83,6 +83,11 @@ def test_request_and_attempt_spans_follow_the_genai_conventions(
     assert embedding["trace_id"] == TRACE_ID and embedding["parent_span_id"] == PARENT_ID
     assert embedded["parent_span_id"] == embedding["span_id"]
     assert embedding["attributes"]["gen_ai.operation.name"] == "embeddings"
+    # The model that answered, on each request span (a chat's had it, these did not).
+    for answered, model in ((embedding, "echo-embed-1"), (ranking, "echo-rerank-1"),
+                            (drawing, "echo-image-1"), (moderating, "echo-moderation-1"),
+                            (transcribing, "echo-transcribe-1")):
+        assert answered["attributes"]["gen_ai.response.model"] == model, answered
     assert embedding["attributes"]["gen_ai.usage.input_tokens"] == 2
     assert embedded["attributes"]["gen_ai.operation.name"] == "embeddings"
     assert embedded["attributes"]["gen_ai.usage.input_tokens"] == 2

@@ -22,7 +22,8 @@ message or DELETE whose id does not open under its key and server is a 404, the
 spec's answer for an unknown session. A session lives where the spec puts it. GET opens
 the server's own stream (its requests and notifications outside any POST's), passed on
 event by event with ``Last-Event-ID`` for a resumption, and ended after ``STREAM_LIFE_S``
-(the client opens it again); DELETE ends a session. Both are checked as a message is.
+(the client opens it again; what the server says back is passed on by ``mcp_events``);
+DELETE ends a session. Both are checked as a message is.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
 MCP SDKs surface as it is. With tracing on, a message and its call upstream are spans
 (``telemetry.mcp_tracing``), the call's trace context sent in its ``params._meta``.
@@ -33,19 +34,16 @@ forwarded, and the server's header values scrubbed from anything shown or logged
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Send
 
 from aigw.compiler.graph import ApiKey, Graph, McpServer
 
@@ -64,41 +62,45 @@ from .errors import (
 )
 from .incoming import read_body
 from .jsonio import dumps, loads
-from .live import Live, Shutdown
+from .live import Live
+from .mcp_events import (
+    INTERNAL,
+    MAX_ANSWER_BYTES,
+    SSE,
+    Listing,
+    ServerStream,
+    finishing,
+    get_stream_events,
+    response_of,
+    scrub,
+    server_events,
+    too_large,
+    unreachable,
+)
 from .mcp_held import HeldServer
 from .mcp_replay import ReplayBudget
 from .mcp_session import caller_secret, open_sealed, seal, session_secret
 from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer
-from .policy import RequestGate
 from .policy_request import authorize_mcp
 from .telemetry.mcp import McpCall, finish_mcp, method_label
 from .telemetry.mcp_tracing import (
     Asked,
-    McpTrace,
     Where,
     traced_answer,
     traced_http,
     traced_message,
 )
 from .telemetry.record import UNKNOWN, answered_as
-from .uncancelled import Spawn, uncancelled
-from .upstream import capped_lines, no_cookies, read_bounded, scrub_url, scrub_values
-
-log = logging.getLogger("aigw.mcp")
+from .upstream import no_cookies, read_bounded
 
 SESSION = "mcp-session-id"
 PROTOCOL = "mcp-protocol-version"
 JSON = "application/json"
-SSE = "text/event-stream"
 LAST_EVENT_ID = "last-event-id"
-# The longest a GET stream is kept open before it is ended (and the client reopens it).
-STREAM_LIFE_S = 3600.0
-# The most of an answer held whole (JSON, one SSE event, an error body).
-MAX_ANSWER_BYTES = 32 << 20
 _MAX_ERROR_BYTES = 64 << 10
 # JSON-RPC codes: the spec's own, and -32602 for a tool the server does not offer.
-PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, INTERNAL = -32700, -32600, -32602, -32603
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 
 
 def mcp_routes(proxy: McpProxy) -> list[Route]:
@@ -239,7 +241,7 @@ class McpProxy:
             # A tools/list answer is filtered only when something can take a tool out.
             filters = server.tools is not None or (
                 gate is not None and "tool" in live.policy.authorization.reads.context)
-            listing = _Listing(server, gate) if method == "tools/list" and filters else None
+            listing = Listing(server, gate) if method == "tools/list" and filters else None
             return await self._forward(live, server, request, message, tool, session, call,
                                        listing)
         except GatewayError as exc:
@@ -275,7 +277,7 @@ class McpProxy:
 
     async def _forward(self, live: Live, server: McpServer, request: Request,
                        message: Mapping[str, Any], tool: str, session: _Session,
-                       call: McpCall, listing: _Listing | None) -> Response:
+                       call: McpCall, listing: Listing | None) -> Response:
         headers = {**server.headers, "content-type": JSON, "accept": f"{JSON}, {SSE}",
                    **session.sent}
         sent = message
@@ -308,7 +310,7 @@ class McpProxy:
         accept = request.headers.get("accept", "")
         takes_json = not accept or JSON in accept or "*/*" in accept
         if upstream.headers.get("content-type", "").startswith(SSE):
-            events = _events(server, upstream, listing)
+            events = server_events(server, upstream, listing)
             if SSE in accept or "*/*" in accept:
                 # The first event is read before the status is sent: a failure there (an
                 # answer over the cap, a server gone) is still an error at its own status.
@@ -317,10 +319,10 @@ class McpProxy:
                 except GatewayError:
                     await events.aclose()
                     raise
-                return StreamingResponse(_finishing(live, call, first, events, rpc_id),
+                return StreamingResponse(finishing(live, call, first, events, rpc_id),
                                          status_code=200, media_type=SSE, headers=passed)
             try:  # the client takes JSON only: the response, without what came before it
-                answer = await _response_of(events, message.get("id"))
+                answer = await response_of(events, message.get("id"))
             finally:
                 await events.aclose()
         else:
@@ -361,9 +363,8 @@ class McpProxy:
         if call.trace is not None:
             call.trace.asks(self._asked, _where(server.name, session.sent, call.key),
                             request.headers.get(SESSION))
-        return _ServerStream(_stream_events(server, upstream, call.trace), upstream, passed,
-                             live.shutdown,
-                             self._finishing.spawn)
+        return ServerStream(get_stream_events(server, upstream, call.trace), upstream, passed,
+                            live.shutdown, self._finishing.spawn)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
@@ -399,7 +400,7 @@ class McpProxy:
             raise McpServerTimeout(f"MCP server '{server.name}' did not answer within "
                                    f"{server.timeout_s:g} s.") from exc
         except httpx.HTTPError as exc:
-            raise _unreachable(server, exc) from exc
+            raise unreachable(server, exc) from exc
 
 
 def _where(server: str, headers: Mapping[str, str], caller: str | None) -> Where:
@@ -527,7 +528,7 @@ async def _check(server: McpServer, upstream: httpx.Response, session: _Session)
     if 300 <= status < 400:
         raise McpServerFailed(f"MCP server '{server.name}' answered with a redirect (HTTP "
                               f"{status}), which the gateway does not follow.")
-    text = _scrub(await _error_text(upstream), server)
+    text = scrub(await _error_text(upstream), server)
     if status in (401, 403):
         raise McpServerFailed(f"MCP server '{server.name}' refused the gateway's credentials "
                               f"(HTTP {status}).")
@@ -572,9 +573,9 @@ async def _error_text(upstream: httpx.Response) -> str:
 async def _json(server: McpServer, upstream: httpx.Response) -> Any:
     try:
         raw = await read_bounded(upstream.aiter_bytes(), MAX_ANSWER_BYTES,
-                                 lambda: _too_large(server))
+                                 lambda: too_large(server))
     except httpx.HTTPError as exc:
-        raise _unreachable(server, exc) from exc
+        raise unreachable(server, exc) from exc
     finally:
         await upstream.aclose()
     try:
@@ -582,177 +583,6 @@ async def _json(server: McpServer, upstream: httpx.Response) -> Any:
     except ValueError:
         raise McpServerFailed(f"MCP server '{server.name}' answered with something that is "
                               "not JSON.") from None
-
-
-async def _events(server: McpServer, upstream: httpx.Response,
-                  listing: _Listing | None) -> AsyncGenerator[bytes, None]:
-    """The server's SSE stream, one event at a time as bytes to send on; the response to
-    a tools/list with only the tools ``listing`` keeps."""
-    lines: list[str] = []
-    size = 0
-    try:
-        # capped_lines, not httpx's aiter_lines: that holds a line whole however long it
-        # grows, before any cap here could see it.
-        async for line in capped_lines(upstream.aiter_bytes(), MAX_ANSWER_BYTES,
-                                       lambda: _too_large(server)):
-            if line:
-                size += len(line)
-                if size > MAX_ANSWER_BYTES:
-                    raise _too_large(server)
-                lines.append(line)
-                continue
-            if lines:
-                yield _event(lines, listing)
-            lines, size = [], 0
-        if lines:
-            yield _event(lines, listing)
-    except httpx.TimeoutException as exc:
-        raise McpServerTimeout(f"MCP server '{server.name}' sent nothing for "
-                               f"{server.timeout_s:g} s.") from exc
-    except httpx.HTTPError as exc:
-        raise _unreachable(server, exc) from exc
-    finally:
-        await upstream.aclose()
-
-
-def _event(lines: list[str], listing: _Listing | None) -> bytes:
-    data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
-    if listing is not None and data:
-        try:
-            message = loads("\n".join(data))
-        except ValueError:
-            message = None
-        if isinstance(message, dict) and "result" in message:
-            kept = [line for line in lines if not line.startswith("data:")]
-            kept.append("data: " + dumps(listing.filtered(message)).decode())
-            lines = kept
-    return ("\n".join(lines) + "\n\n").encode()
-
-
-async def _response_of(events: AsyncIterator[bytes], rpc_id: object) -> Any:
-    """The JSON-RPC response to ``rpc_id`` among a stream's events."""
-    async for event in events:
-        data = [line[5:].removeprefix(" ") for line in event.decode().splitlines()
-                if line.startswith("data:")]
-        if not data:
-            continue
-        try:
-            message = loads("\n".join(data))
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("id") == rpc_id and "method" not in message:
-            return message
-    raise McpServerFailed("The MCP server's stream ended without a response.")
-
-
-async def _finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterator[bytes],
-                     rpc_id: object) -> AsyncIterator[bytes]:
-    """``first`` and the rest of ``events``, with ``call`` counted once the stream ends,
-    however it ends. A failure after the first byte cannot change the status: it ends the
-    stream with a JSON-RPC error answering ``rpc_id`` (so the client's request ends with
-    that error, not a wait for an answer that will not come), and is logged."""
-    trace = call.trace
-    try:
-        if first:
-            if trace is not None:
-                trace.event(first, rpc_id)
-            yield first
-        async for event in events:
-            if trace is not None:
-                trace.event(event, rpc_id)
-            yield event
-    except GatewayError as exc:
-        call.error = exc.code
-        log.warning("MCP stream from '%s' ended early: %s", call.server, exc.message)
-        if trace is not None:
-            trace.failed(INTERNAL, exc.code, exc.message, {})
-        error = {"jsonrpc": "2.0", "id": rpc_id if isinstance(rpc_id, str | int) else None,
-                 "error": {"code": INTERNAL, "message": exc.message,
-                           "data": {"type": exc.error_type, "code": exc.shown_code}}}
-        yield b"event: message\ndata: " + dumps(error) + b"\n\n"
-    finally:
-        finish_mcp(live.telemetry, call)
-
-
-async def _stream_events(server: McpServer, upstream: httpx.Response,
-                         trace: McpTrace | None) -> AsyncGenerator[bytes, None]:
-    """The server's GET stream, event by event (capped as a POST's are; with tracing on,
-    its requests of the client's traced by ``trace``). A failure ends it, logged: no
-    request waits on it, and the client opens it again. Its ``upstream`` is closed by the
-    ``_ServerStream`` that sends it, however it ends."""
-    try:
-        async for event in _events(server, upstream, None):
-            if trace is not None:
-                trace.passed(event)
-            yield event
-    except GatewayError as exc:
-        log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)
-
-
-class _ServerStream(StreamingResponse):
-    """A GET stream, ended after ``STREAM_LIFE_S`` or when the gateway begins to shut down
-    (the client opens it again, with ``Last-Event-ID``): nothing else bounds a stream
-    that may be idle for hours, a client gone without a word (no FIN) would hold its
-    server's stream for ever, and a shutdown would wait out its grace for it."""
-
-    def __init__(self, events: AsyncGenerator[bytes, None], upstream: httpx.Response,
-                 headers: Mapping[str, str], shutdown: Shutdown,
-                 finish: Spawn[None]) -> None:
-        super().__init__(events, media_type=SSE,
-                         headers={**headers, "cache-control": "no-cache"})
-        self._events = events
-        self._upstream = upstream
-        self._shutdown = shutdown
-        self._finish = finish
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
-            with anyio.move_on_after(STREAM_LIFE_S) as life:
-                watch = asyncio.create_task(self._end_at_shutdown(life))
-                try:
-                    async for event in self._events:
-                        await send({"type": "http.response.body", "body": event,
-                                    "more_body": True})
-                finally:
-                    watch.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:  # the life bound may fall while sending, the client leave before the
-            # first event: the server's end is closed still, in a task of its own, though
-            # this one is cancelled outright (a shutdown past its grace). httpx closes a
-            # response once: a close cut half-way was never finished, and the server held
-            # the stream open for nobody (a second GET of the session refused, on some).
-            with anyio.CancelScope(shield=True):
-                await self._events.aclose()
-                if not self._upstream.is_closed:  # not by the server's end (read to it)
-                    await uncancelled(self._upstream.aclose, self._finish)
-
-    async def _end_at_shutdown(self, life: anyio.CancelScope) -> None:
-        await self._shutdown.began()
-        life.cancel()
-
-
-@dataclass(frozen=True, slots=True)
-class _Listing:
-    """What a tools/list answer keeps: the tools the allow-list names and Cedar lets this
-    caller call (``gate``: the message's own, None when no policies are enforced)."""
-
-    server: McpServer
-    gate: RequestGate | None
-
-    def filtered(self, message: Any) -> Any:
-        """``message`` (a tools/list response) with only the tools kept."""
-        result = message.get("result") if isinstance(message, dict) else None
-        tools = result.get("tools") if isinstance(result, dict) else None
-        if not isinstance(result, dict) or not isinstance(tools, list):
-            return message
-        named = [tool for tool in tools if isinstance(tool, dict)
-                 and isinstance(tool.get("name"), str) and self.server.allows(tool["name"])]
-        if self.gate is not None:  # one Cedar call at most, for decisions not cached
-            allowed = self.gate.mcp_tools(self.server.name, [tool["name"] for tool in named])
-            named = [tool for tool in named if tool["name"] in allowed]
-        return {**message, "result": {**result, "tools": named}}
 
 
 def _rpc_error(rpc_id: object, code: int, message: str, status: int,
@@ -763,20 +593,3 @@ def _rpc_error(rpc_id: object, code: int, message: str, status: int,
     body = {"jsonrpc": "2.0", "id": rpc_id if isinstance(rpc_id, str | int) else None,
             "error": error}
     return Response(dumps(body), status_code=status, media_type=JSON, headers=dict(headers))
-
-
-def _unreachable(server: McpServer, exc: httpx.HTTPError) -> McpServerFailed:
-    detail = _scrub(str(exc) or type(exc).__name__, server)
-    return McpServerFailed(f"MCP server '{server.name}' is unreachable: {detail}")
-
-
-def _too_large(server: McpServer) -> McpServerFailed:
-    return McpServerFailed(f"MCP server '{server.name}' sent an answer larger than "
-                           f"{MAX_ANSWER_BYTES >> 20} MiB.")
-
-
-def _scrub(text: str, server: McpServer) -> str:
-    """``text`` without the server's header values (its credentials), each whole value
-    and each long word of one, nor its url nor its query (which may hold a key)."""
-    return scrub_values(scrub_url(text, server.url, f"MCP server '{server.name}'"),
-                        server.headers.values())

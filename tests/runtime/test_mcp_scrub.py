@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from aigw.compiler.graph import McpServer
-from aigw.runtime.mcp import _unreachable
+from aigw.runtime.mcp_events import unreachable
 
 
 def test_a_token_in_the_servers_url_is_cut_out_as_its_client_quotes_it() -> None:
@@ -16,6 +16,6 @@ def test_a_token_in_the_servers_url_is_cut_out_as_its_client_quotes_it() -> None
                        None, {})
     quoted = str(httpx.URL(server.url))
     assert quoted != server.url
-    failed = _unreachable(server, httpx.ConnectError(f"Cannot connect to {quoted}"))
+    failed = unreachable(server, httpx.ConnectError(f"Cannot connect to {quoted}"))
     assert token not in str(failed)
     assert "MCP server 'docs' is unreachable" in str(failed)

@@ -9,7 +9,9 @@ What it answers, as a streamable HTTP server would::
                                    its answer with Mcp-Session-Id: a new random id
     POST a request                 the message to the server; an SSE stream of what the
                                    server says until the response with the request's id,
-                                   each event with its id (``<call>-<n>``)
+                                   each event with its id (``<call>-<n>``), after a
+                                   priming event (``<call>-0``, no data) for a client of
+                                   2025-11-25 or later
     POST a notification, response  the message to the server; 202
     GET                            an SSE stream of what it says outside any call, each
                                    event with its id; with Last-Event-ID, those after it
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -59,6 +62,7 @@ from .uncancelled import uncancelled
 log = logging.getLogger("aigw.mcp")
 
 SESSION = "mcp-session-id"
+PROTOCOL = "mcp-protocol-version"
 LAST_EVENT_ID = "last-event-id"
 SSE = "text/event-stream"
 # How often a session forgets what it keeps past the horizon: this many times a horizon.
@@ -67,6 +71,12 @@ _SWEEPS = 10
 _DROPS_LOGGED = 20
 _T = TypeVar("_T")
 _UNTRACED: Mapping[str, str] = MappingProxyType({})
+# The protocol revision from which a client is sent a call stream's priming event (MCP
+# 2025-11-25, SEP-1699): an older client takes its empty data for a message and fails
+# on it, as the SDKs found (they prime only from this revision too).
+PRIMED_FROM = "2025-11-25"
+# A revision is a date; another name (none yet) is not taken for a later one.
+_REVISION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class HeldServer(httpx.AsyncBaseTransport):
@@ -152,6 +162,19 @@ def _carried(headers: httpx.Headers) -> Mapping[str, str]:
     if "traceparent" not in headers:
         return _UNTRACED
     return {key: headers[key] for key in CARRIED if key in headers}
+
+
+def primed(version: str | None) -> bool:
+    """Whether a client speaking ``version`` (its MCP-Protocol-Version, None when it sent
+    none: 2025-03-26, as the spec has a server assume) is sent priming events.
+
+    >>> primed("2025-11-25"), primed("2025-06-18"), primed(None), primed("zzz")
+    (True, False, False, False)
+    """
+    return (version is not None and _REVISION.fullmatch(version) is not None
+            and version >= PRIMED_FROM)
+
+
 async def _stopped(sessions: list[HeldSession], why: str) -> None:
     await asyncio.gather(*(session.stop(why) for session in sessions))
 
@@ -159,7 +182,6 @@ async def _stopped(sessions: list[HeldSession], why: str) -> None:
 def refusal(status: int, text: str) -> httpx.Response:
     return httpx.Response(status, json={"jsonrpc": "2.0", "id": None,
                                         "error": {"code": -32600, "message": text}})
-
 
 
 class HeldSession:
@@ -216,7 +238,11 @@ class HeldSession:
         call = _Call(self.numbered, key, Replay(self.owner.replays, read=True))
         self.calls[key] = self.streams[call.number] = call
         # Read from the start: what the server says as it takes the request is the call's.
-        reader = call.reader = _CallStream(self, call, 0, read_s, opening)
+        # An initialize is never primed: its session ends if its stream is left unanswered,
+        # so there would be nothing to resume.
+        reader = call.reader = _CallStream(
+            self, call, 0, read_s, opening,
+            primes=not opening and primed(request.headers.get(PROTOCOL)))
         try:
             refused = await self.deliver(dumps(message), read_s, carried)
         except BaseException:
@@ -256,7 +282,7 @@ class HeldSession:
                            "keeps (its answer was read to its end, or nobody resumed it "
                            f"within {self.owner.replays.horizon_s:g} s).")
         call.reader = _CallStream(self, call, call.replay.resumed(event, self.owner.name),
-                                  None, opening=False)
+                                  None, opening=False, primes=False)
         call.replay.wake()  # a stream taken over ends
         return httpx.Response(200, headers={"content-type": SSE}, stream=call.reader)
 
@@ -393,17 +419,23 @@ class _Call:
 class _CallStream(httpx.AsyncByteStream):
     """A call's stream as SSE, from the message after ``after``: what the server sent
     while it was open, then its response. Nothing for ``read_s`` is a timeout, as
-    between two parts of an HTTP server's; a stream that takes over from it ends it."""
+    between two parts of an HTTP server's; a stream that takes over from it ends it.
+    ``primes``: it opens with a priming event, an id (``<call>-0``, before any message's)
+    and empty data (MCP 2025-11-25), so that a client whose connection is cut before the
+    first message still has an id to resume the stream with."""
 
     def __init__(self, session: HeldSession, call: _Call, after: int, read_s: float | None,
-                 opening: bool) -> None:
+                 opening: bool, primes: bool) -> None:
         self._session, self._call, self._after, self._read_s = session, call, after, read_s
         self._opening = opening  # an initialize: its session is the client's only once answered
+        self._primes = primes
         self._answered = False  # its client was sent the response
         self._failed = False  # or the gateway's error in its place
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         call, replay = self._call, self._call.replay
+        if self._primes and call.reader is self:
+            yield b"id: %d-0\ndata: \n\n" % call.number
         while call.reader is self:
             change = replay.change
             found = replay.after(self._after)

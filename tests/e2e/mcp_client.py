@@ -119,3 +119,53 @@ mcp_servers:
 def call(url: str, session_id: str, tool: str, **arguments: object) -> httpx.Response:
     """A tools/call of ``tool`` in session ``session_id``, as the dev key."""
     return rpc(url, DEV_KEY, session_id, "tools/call", {"name": tool, "arguments": arguments})
+
+
+class CutAtFirstEvent(httpx2.AsyncBaseTransport):
+    """The network between a client and aigw, which cuts the answer to the first
+    tools/call at its first SSE event, as a dropped connection does. The event gets
+    through only when it carries no message (a priming event: an id, empty data): the
+    client has that event's id at most, never the call's answer, and resumes with it or
+    fails. The call must take a while: cut after its answer, the answer is lost."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.cut = 0
+        self.passed: list[bytes] = []  # the event that got through before the cut
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if self.cut or request.method != "POST" or b'"tools/call"' not in request.content:
+            return response
+        self.cut += 1
+        return httpx2.Response(response.status_code, headers=response.headers,
+                               stream=_UntilFirstEvent(response, self.passed),
+                               extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _UntilFirstEvent(httpx2.AsyncByteStream):
+    """An answer's first SSE event, when it carries no message, then a cut connection."""
+
+    def __init__(self, response: httpx2.Response, passed: list[bytes]) -> None:
+        self._response, self._passed = response, passed
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = b""
+        stream = self._response.stream
+        assert isinstance(stream, httpx2.AsyncByteStream)
+        async for chunk in stream:
+            read += chunk.replace(b"\r\n", b"\n")
+            if b"\n\n" in read:
+                event = read.split(b"\n\n")[0] + b"\n\n"
+                if not any(line.startswith(b"data:") and line[5:].strip()
+                           for line in event.splitlines()):
+                    self._passed.append(event)
+                    yield event
+                break
+        raise httpx2.ReadError("the connection was cut")
+
+    async def aclose(self) -> None:
+        await self._response.aclose()

@@ -18,7 +18,7 @@ from aigw.compiler import compile_gateway
 from ..conftest import DEV_KEY
 from ..fakes.mcp_sse_server import ELSEWHERE, MUTE, PATH, SseMcpServer
 from ..fakes.serve import free_port, serving
-from .mcp_client import call, opened, session, until, write_mcp_gateway
+from .mcp_client import CutAtFirstEvent, call, opened, session, until, write_mcp_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -230,3 +230,20 @@ async def test_a_reload_that_changes_the_server_and_a_stop_close_its_event_strea
     finally:
         stopping.stop()
     await closed(other, "the stop closed the event stream")
+
+
+async def test_the_sdks_client_resumes_a_call_cut_before_its_first_message(
+    gateway: SseGateway,
+) -> None:
+    """The official SDK's client (2025-11-25), its call's stream cut at its first event,
+    before the server said anything: the stream's priming event (an id, no data) is all
+    it has, and it resumes the stream with that id and has its answer. Before, the first
+    event was the answer itself: cut there, the call failed ("SSE stream ended without a
+    response")."""
+    network = CutAtFirstEvent()
+    async with session(gateway.url("legacy"), DEV_KEY, transport=network) as client:
+        await client.initialize()
+        answered = await client.call_tool("late", {"seconds": 2.0})
+    assert network.cut == 1 and len(network.passed) == 1
+    assert network.passed[0].startswith(b"id: ") and b"-0\n" in network.passed[0]
+    assert answered.structured_content == {"result": "late"}

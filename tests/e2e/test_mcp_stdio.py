@@ -23,7 +23,7 @@ import pytest
 from aigw.compiler import compile_gateway
 
 from ..conftest import DEV_KEY
-from .mcp_client import call, opened, session, until, write_mcp_gateway
+from .mcp_client import CutAtFirstEvent, call, opened, session, until, write_mcp_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -300,6 +300,53 @@ async def test_the_sdks_client_resumes_a_call_whose_stream_was_cut(
         answered = await client.call_tool("late", {"seconds": 1.5},
                                           progress_callback=progressed)
     assert network.cut == 1 and progress == [0.5]
+    assert answered.structured_content == {"result": "late"}
+
+
+async def test_a_calls_stream_opens_with_a_priming_event_for_a_client_of_2025_11_25(
+    gateway: StdioGateway,
+) -> None:
+    """MCP 2025-11-25: a server opening a POST's SSE stream first sends an event with an
+    id and empty data, which a client cut off before the first message resumes with. A
+    held session's call streams had none. Now a client speaking 2025-11-25 has one (the
+    stream's ``<call>-0``) before the messages; a client of an older revision none: it
+    would take the empty data for a message and fail on it."""
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    add = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+           "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+    firsts: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=20) as http:
+        for version in ("2025-11-25", "2025-06-18"):
+            headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
+                       "mcp-protocol-version": version,
+                       "accept": "application/json, text/event-stream"}
+            async with http.stream("POST", url, json=add, headers=headers) as stream:
+                assert stream.status_code == 200
+                text = (await stream.aread()).decode()
+            firsts[version] = text.split("\n\n")[0]
+            assert '"structuredContent":{"result":3}' in text.replace(" ", ""), text
+        assert (await http.delete(url, headers=headers)).status_code == 200
+    primed = re.fullmatch(r"id: (\d+)-0\ndata: ?", firsts["2025-11-25"])
+    assert primed is not None, firsts
+    assert re.fullmatch(r"id: \d+-1\nevent: message\ndata: \{.*", firsts["2025-06-18"]), firsts
+
+
+async def test_the_sdks_client_resumes_a_call_cut_before_its_first_message(
+    gateway: StdioGateway,
+) -> None:
+    """The official SDK's client (2025-11-25), its call's stream cut at its first event,
+    before the server said anything: the priming event's id is all it has, and it
+    resumes the stream with it (GET, Last-Event-ID) and has its answer. Before, the
+    stream's first event was the answer itself: cut there, the client had no id, and the
+    call failed ("SSE stream ended without a response")."""
+    network = CutAtFirstEvent()
+    async with session(gateway.url("fs"), DEV_KEY, transport=network) as client:
+        await client.initialize()
+        answered = await client.call_tool("late", {"seconds": 2.0})
+    assert network.cut == 1
+    assert [re.fullmatch(rb"id: \d+-0\ndata: ?\n\n", event) is not None
+            for event in network.passed] == [True]
     assert answered.structured_content == {"result": "late"}
 
 

@@ -17,9 +17,9 @@ ELSEWHERE = "/elsewhere"  # an event stream whose endpoint is on another origin
 
 
 class SseMcpServer:
-    """``app`` serves the tools ``add``, ``progress``, ``notify`` and ``vanish`` over
-    HTTP+SSE at ``/sse``; ``gets`` holds each GET's headers, ``posts`` each POST's, and
-    ``open_streams`` counts the event streams open now."""
+    """``app`` serves the tools ``add``, ``progress``, ``late``, ``notify`` and ``vanish``
+    over HTTP+SSE at ``/sse``; ``gets`` holds each GET's headers, ``posts`` each POST's,
+    and ``open_streams`` counts the event streams open now."""
 
     def __init__(self) -> None:
         self.gets: list[dict[str, str]] = []
@@ -54,6 +54,12 @@ class SseMcpServer:
             self._later.add(task)
             task.add_done_callback(self._later.discard)
             return "soon"
+
+        @server.tool()
+        async def late(seconds: float) -> str:
+            """The answer ``seconds`` later, nothing before it."""
+            await asyncio.sleep(seconds)
+            return "late"
 
         @server.tool()
         async def vanish() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from aigw.runtime.mcp import MAX_ANSWER_BYTES
 from ..conftest import DEV_KEY
 from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import free_port, serving
-from .mcp_client import opened, rpc, session, until
+from .mcp_client import CutAtFirstEvent, opened, rpc, session, until
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -154,7 +154,8 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
         with pytest.raises(MCPError) as forbidden:
             await client.call_tool("secret", {})
     # no allow-list: every tool but the one a forbid names
-    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "notify", "shout"]
+    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "late", "notify",
+                                                          "shout"]
     assert result.structured_content == {"result": 3}
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
@@ -475,6 +476,73 @@ async def test_the_servers_get_stream_reaches_the_client(gateway: McpGateway) ->
            if line.startswith("{") and '"mcp_server":"live"' in line]
     assert [(line["method"], line["status"]) for line in log
             if line["method"] == "get"][-2:] == [("get", 200), ("get", 200)]
+
+
+async def test_a_calls_stream_is_resumed_with_the_servers_own_event_ids(
+    gateway: McpGateway,
+) -> None:
+    """A streamable HTTP server's POST stream, its events' ids as the server gave them
+    (its priming event's first), is resumed through the gateway as the spec has it: a
+    GET with the last id the client had, sent on to the server as it came, and the rest
+    of that stream passed back, to the call's response."""
+    url, live = gateway.url("live"), gateway.live
+    shown = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown,
+               "mcp-protocol-version": "2025-11-25"}
+    late = {"jsonrpc": "2.0", "id": "late-1", "method": "tools/call",
+            "params": {"name": "late", "arguments": {"seconds": 1.5}}}
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with http.stream("POST", url, json=late, headers={
+                **headers, "accept": "application/json, text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            async with asyncio.timeout(10):
+                first = await anext(_events(stream.aiter_lines()))
+        # The priming event alone, and the connection gone: the server's id, unchanged
+        primed = [event_id for event_id, _stream, message in live.events.stored
+                  if message is None]
+        assert first == {"id": primed[-1], "data": ""}, first
+        async with http.stream("GET", url, headers={
+                **headers, "accept": "text/event-stream", "last-event-id": first["id"]},
+                ) as stream:
+            assert stream.status_code == 200
+            async with asyncio.timeout(10):
+                answer = await anext(event async for event in _events(stream.aiter_lines())
+                                     if event["data"])
+        assert live.gets[-1]["last-event-id"] == first["id"]
+        assert int(answer["id"]) > int(first["id"])
+        response = json.loads(answer["data"])
+        assert response["id"] == "late-1"
+        assert response["result"]["structuredContent"] == {"result": "late"}
+        assert (await http.delete(url, headers=headers)).status_code == 200
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    """A stream's SSE events, each as its fields (``data`` joined, "" when empty)."""
+    fields: dict[str, str] = {}
+    async for line in lines:
+        if not line:
+            if fields:
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        fields[name] = fields[name] + "\n" + value if name == "data" and name in fields \
+            else value
+
+
+async def test_the_sdks_client_resumes_a_call_through_the_gateway(gateway: McpGateway) -> None:
+    """The official SDK's client, its call's stream cut after the server's priming event,
+    resumes it through the gateway (a GET with that event's id, which the server replays
+    after) and has its answer."""
+    network = CutAtFirstEvent()
+    async with session(gateway.url("live"), DEV_KEY, transport=network) as client:
+        await client.initialize()
+        answered = await client.call_tool("late", {"seconds": 1.5})
+    assert network.cut == 1 and len(network.passed) == 1
+    primed = network.passed[0].decode().partition("id: ")[2].partition("\n")[0]
+    assert primed in [get.get("last-event-id") for get in gateway.live.gets]
+    assert answered.structured_content == {"result": "late"}
 
 
 async def test_a_client_that_leaves_its_get_stream_closes_the_servers(

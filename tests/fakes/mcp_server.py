@@ -4,6 +4,7 @@ streams (the server's own)."""
 
 from __future__ import annotations
 
+import anyio
 from mcp import types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
@@ -14,8 +15,8 @@ PATH = "/mcp"
 
 
 class RecordingMcpServer:
-    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big``, ``notify`` and
-    ``shout`` at ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server
+    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big``, ``late``, ``notify``
+    and ``shout`` at ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server
     got them, ``gets`` each GET's, and ``open_gets`` counts the GET streams open now. With
     ``json_response`` it answers each request with one JSON body, not an SSE stream; with
     ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
@@ -59,6 +60,12 @@ class RecordingMcpServer:
             if log_first:
                 await ctx.report_progress(0.5, 1.0, "here it comes")
             return "x" * size
+
+        @server.tool()
+        async def late(seconds: float) -> str:
+            """The answer ``seconds`` later, nothing before it."""
+            await anyio.sleep(seconds)
+            return "late"
 
         @server.tool()
         async def notify(ctx: Context) -> str:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,7 @@ from .mcp_events import (
     INTERNAL,
     MAX_ANSWER_BYTES,
     SSE,
+    Cursor,
     Listing,
     ServerStream,
     finishing,
@@ -99,6 +100,12 @@ PROTOCOL = "mcp-protocol-version"
 JSON = "application/json"
 LAST_EVENT_ID = "last-event-id"
 _MAX_ERROR_BYTES = 64 << 10
+# A call's stream the server ended before its response is polled for it (a client taking
+# JSON: the gateway reads the stream for it) after the retry the server asked for, else
+# this long (the SDKs' wait), and at most this many times: a guard against a server that
+# ends every stream at once, for ever.
+POLL_WAIT_MS = 1000
+POLLS = 100
 # JSON-RPC codes: the spec's own, and -32602 for a tool the server does not offer.
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 
@@ -321,10 +328,8 @@ class McpProxy:
                     raise
                 return StreamingResponse(finishing(live, call, first, events, rpc_id),
                                          status_code=200, media_type=SSE, headers=passed)
-            try:  # the client takes JSON only: the response, without what came before it
-                answer = await response_of(events, message.get("id"))
-            finally:
-                await events.aclose()
+            # the client takes JSON only: the response, without what came before it
+            answer = await self._polled(server, session, events, listing, rpc_id)
         else:
             answer = await _json(server, upstream)
             if listing is not None:
@@ -336,6 +341,45 @@ class McpProxy:
             return Response(b"event: message\ndata: " + dumps(answer) + b"\n\n",
                             media_type=SSE, headers=passed)
         return Response(dumps(answer), media_type=JSON, headers=passed)
+
+    async def _polled(self, server: McpServer, session: _Session,
+                      events: AsyncGenerator[bytes, None], listing: Listing | None,
+                      rpc_id: object) -> Any:
+        """The response to ``rpc_id`` among ``events`` (a call's stream), for a client that
+        takes JSON. A stream the server ends before it, after an event with an id (MCP
+        2025-11-25: a server may, to have its client poll), is polled for it as a client
+        would: a GET with that id, after the retry the server asked for, again while each
+        brings an event with an id of its own (``POLLS`` at most)."""
+        cursor = Cursor()
+        for _poll in range(POLLS + 1):
+            left = cursor.last_id
+            try:
+                answer = await response_of(events, rpc_id, cursor)
+            finally:
+                await events.aclose()
+            if answer is not None:
+                return answer
+            if cursor.last_id is None or cursor.last_id == left:
+                break
+            wait_s = (POLL_WAIT_MS if cursor.retry_ms is None else cursor.retry_ms) / 1000
+            if wait_s > server.timeout_s:
+                raise McpServerTimeout(f"MCP server '{server.name}' asked to be polled for "
+                                       f"its answer in {wait_s:g} s, past its timeout_s.")
+            await asyncio.sleep(wait_s)
+            headers = {**server.headers, "accept": SSE, **session.sent,
+                       LAST_EVENT_ID: cursor.last_id}
+            upstream = await self._send(server, "GET", headers, None)
+            try:
+                await _check(server, upstream, session)
+                if not upstream.headers.get("content-type", "").startswith(SSE):
+                    raise McpServerFailed(f"MCP server '{server.name}' answered a poll for "
+                                          "its answer with something that is not an event "
+                                          "stream.")
+            except GatewayError:
+                await upstream.aclose()
+                raise
+            events = server_events(server, upstream, listing)
+        raise McpServerFailed("The MCP server's stream ended without a response.")
 
     async def _stream(self, live: Live, server: McpServer, request: Request,
                       session: _Session, call: McpCall) -> Response:

@@ -84,11 +84,36 @@ def _event(lines: list[str], listing: Listing | None) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def response_of(events: AsyncIterator[bytes], rpc_id: object) -> Any:
-    """The JSON-RPC response to ``rpc_id`` among a stream's events."""
+@dataclass(slots=True)
+class Cursor:
+    """Where a server's stream was left (MCP 2025-11-25 lets a server close a call's
+    stream before its response, for its client to poll for the rest): the id of its last
+    event with one, and how long it asked a client to wait before it reconnects."""
+
+    last_id: str | None = None
+    retry_ms: int | None = None
+
+    def read(self, lines: list[str]) -> None:
+        """The ``id`` and ``retry`` fields of one event, as SSE has a client read them."""
+        for line in lines:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "id" and "\0" not in value:
+                # An empty id resets it; one past visible ASCII cannot be sent back as
+                # a Last-Event-ID (httpx sends ASCII alone): the stream is not resumable.
+                visible = value.isascii() and value.isprintable()
+                self.last_id = value if value and visible else None
+            elif field == "retry" and value.isascii() and value.isdigit() and len(value) < 10:
+                self.retry_ms = int(value)
+
+
+async def response_of(events: AsyncIterator[bytes], rpc_id: object, cursor: Cursor) -> Any:
+    """The JSON-RPC response to ``rpc_id`` among a stream's events; None when the stream
+    ends without it (``cursor`` says where)."""
     async for event in events:
-        data = [line[5:].removeprefix(" ") for line in event.decode().splitlines()
-                if line.startswith("data:")]
+        lines = event.decode().splitlines()
+        cursor.read(lines)
+        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
         if not data:
             continue
         try:
@@ -97,7 +122,7 @@ async def response_of(events: AsyncIterator[bytes], rpc_id: object) -> Any:
             continue
         if isinstance(message, dict) and message.get("id") == rpc_id and "method" not in message:
             return message
-    raise McpServerFailed("The MCP server's stream ended without a response.")
+    return None
 
 
 async def finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterator[bytes],

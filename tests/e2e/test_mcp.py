@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 from aigw.runtime.mcp import MAX_ANSWER_BYTES
 
 from ..conftest import DEV_KEY
-from ..fakes.mcp_server import PATH, RecordingMcpServer
+from ..fakes.mcp_server import PATH, RETRY_MS, RecordingMcpServer
 from ..fakes.serve import free_port, serving
 from .mcp_client import CutAtFirstEvent, opened, rpc, session, until
 from .server import Server
@@ -154,8 +154,8 @@ async def test_a_server_that_answers_in_json(gateway: McpGateway) -> None:
         with pytest.raises(MCPError) as forbidden:
             await client.call_tool("secret", {})
     # no allow-list: every tool but the one a forbid names
-    assert sorted(tool.name for tool in listed.tools) == ["add", "big", "echo", "late", "notify",
-                                                          "shout"]
+    assert sorted(tool.name for tool in listed.tools) == [
+        "add", "big", "echo", "late", "notify", "poll", "shout"]
     assert result.structured_content == {"result": 3}
     assert "denied by no-secrets-from-plain" in str(forbidden.value)
     # initialize, its notification, tools/list, add (and the session's DELETE): not secret
@@ -497,10 +497,11 @@ async def test_a_calls_stream_is_resumed_with_the_servers_own_event_ids(
             assert stream.status_code == 200
             async with asyncio.timeout(10):
                 first = await anext(_events(stream.aiter_lines()))
-        # The priming event alone, and the connection gone: the server's id, unchanged
+        # The priming event alone, and the connection gone: the server's id and retry,
+        # unchanged
         primed = [event_id for event_id, _stream, message in live.events.stored
                   if message is None]
-        assert first == {"id": primed[-1], "data": ""}, first
+        assert first == {"id": primed[-1], "retry": str(RETRY_MS), "data": ""}, first
         async with http.stream("GET", url, headers={
                 **headers, "accept": "text/event-stream", "last-event-id": first["id"]},
                 ) as stream:
@@ -543,6 +544,36 @@ async def test_the_sdks_client_resumes_a_call_through_the_gateway(gateway: McpGa
     primed = network.passed[0].decode().partition("id: ")[2].partition("\n")[0]
     assert primed in [get.get("last-event-id") for get in gateway.live.gets]
     assert answered.structured_content == {"result": "late"}
+
+
+async def test_a_call_whose_server_closes_its_stream_is_answered_when_polled(
+    gateway: McpGateway,
+) -> None:
+    """MCP 2025-11-25 lets a server close a call's stream before its response (after an
+    event with an id; with a retry, how long to wait) and have the client poll for the
+    rest: a GET with the last id. A client taking SSE does so itself through the gateway.
+    For a client taking JSON the gateway reads the stream, and it answered "the MCP
+    server's stream ended without a response" (502): now it polls as a client would,
+    after the retry the server asked for, and answers with the response."""
+    url, live = gateway.url("live"), gateway.live
+    async with session(url, DEV_KEY) as client:
+        await client.initialize()
+        polled = await client.call_tool("poll", {"seconds": 0.5})
+    assert polled.structured_content == {"result": "polled"}
+    shown = opened(url, DEV_KEY)
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown,
+               "mcp-protocol-version": "2025-11-25", "accept": "application/json"}
+    poll = {"jsonrpc": "2.0", "id": "poll-1", "method": "tools/call",
+            "params": {"name": "poll", "arguments": {"seconds": 0.5}}}
+    gets = len(live.gets)
+    async with httpx.AsyncClient(timeout=20) as http:
+        answered = await http.post(url, json=poll, headers=headers)
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["content-type"].startswith("application/json")
+        assert answered.json()["result"]["structuredContent"] == {"result": "polled"}
+        resumed = [get.get("last-event-id") for get in live.gets[gets:]]
+        assert resumed and all(resumed), resumed
+        assert (await http.delete(url, headers=headers)).status_code == 200
 
 
 async def test_a_client_that_leaves_its_get_stream_closes_the_servers(

@@ -12,20 +12,22 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PATH = "/mcp"
+RETRY_MS = 300  # what a resumable server's priming events ask a client to wait to reconnect
 
 
 class RecordingMcpServer:
-    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big``, ``late``, ``notify``
-    and ``shout`` at ``/mcp``; ``headers`` holds each POST's and DELETE's headers as the server
-    got them, ``gets`` each GET's, and ``open_gets`` counts the GET streams open now. With
-    ``json_response`` it answers each request with one JSON body, not an SSE stream; with
-    ``cr_lines`` its SSE lines end with a CR alone, as SSE allows (the SDK's end in CRLF);
-    with ``get_stream`` False it has no GET stream (a 405, as the spec allows); with
-    ``resumable`` it keeps its events in ``events``, and a GET with ``Last-Event-ID``
-    replays those after it; with ``traced`` it has the tools ``traceparent`` too, which
-    answers with the ``traceparent`` its call's ``params._meta`` carried ("" if none),
-    and ``confirm``, which asks the client to confirm (elicitation/create) during the
-    call."""
+    """``app`` serves the tools ``add``, ``echo``, ``secret``, ``big``, ``late``, ``poll``,
+    ``notify`` and ``shout`` at ``/mcp``; ``headers`` holds each POST's and DELETE's
+    headers as the server got them, ``gets`` each GET's, and ``open_gets`` counts the GET
+    streams open now. With ``json_response`` it answers each request with one JSON body,
+    not an SSE stream; with ``cr_lines`` its SSE lines end with a CR alone, as SSE allows
+    (the SDK's end in CRLF); with ``get_stream`` False it has no GET stream (a 405, as the
+    spec allows); with ``resumable`` it keeps its events in ``events``, and a GET with
+    ``Last-Event-ID`` replays those after it (its priming events ask a client to wait
+    ``RETRY_MS`` before it reconnects); with ``traced`` it has the tools ``traceparent``
+    too, which answers with the ``traceparent`` its call's ``params._meta`` carried (""
+    if none), and ``confirm``, which asks the client to confirm (elicitation/create)
+    during the call."""
 
     def __init__(self, json_response: bool = False, cr_lines: bool = False,
                  get_stream: bool = True, resumable: bool = False,
@@ -68,6 +70,15 @@ class RecordingMcpServer:
             return "late"
 
         @server.tool()
+        async def poll(seconds: float, ctx: Context) -> str:
+            """The answer ``seconds`` later, after closing the call's stream (when the
+            server keeps its events): its client polls for the rest, as MCP 2025-11-25
+            lets a server have it."""
+            await ctx.close_sse_stream()
+            await anyio.sleep(seconds)
+            return "polled"
+
+        @server.tool()
         async def notify(ctx: Context) -> str:
             """Say the tool list changed, outside this call: on the session's GET stream."""
             await ctx.session.send_notification(types.ToolListChangedNotification())
@@ -86,7 +97,8 @@ class RecordingMcpServer:
 
         self._inner = server.streamable_http_app(
             streamable_http_path=PATH, json_response=json_response,
-            event_store=self.events if resumable else None)
+            event_store=self.events if resumable else None,
+            retry_interval=RETRY_MS if resumable else None)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         inner: ASGIApp = self._inner

@@ -25,7 +25,8 @@ its own at its ``response.created``; one over the rpm or tpm is refused with an
 ``error`` event, the session kept open). Each ``response.done`` carries the response's
 usage: its tokens are charged to both tpm then, and the client is sent a
 ``rate_limits.updated`` of the gateway's limits (the key's, team's and user's, as a chat
-answer's ``x-ratelimit-*`` headers; none where none applies). The upstream's
+answer's ``x-ratelimit-*`` headers, read from the store then: what other sessions and
+replicas took counts; none where none applies). The upstream's
 ``rate_limits.updated`` is dropped, not passed on: it tells the limits of the provider's
 key, which every client shares, and no client's own. The response is billed at the
 deployment's token prices (its audio tokens at ``audio_input`` and ``audio_output``,
@@ -476,7 +477,7 @@ class _Relay:
                     # round trips) was cut with the relay, the response never billed.
                     self.billing = asyncio.ensure_future(self._billed(data))
                     stopped = await asyncio.shield(self.billing)
-                    rates = self.counts.rates
+                    rates = None if self.client_gone else await self.counts.rates()
                     if rates is not None and not self.client_gone:
                         await self.websocket.send_text(_rates_event(rates))
                     if stopped is not None:

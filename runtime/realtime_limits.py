@@ -11,7 +11,7 @@ reaches ``realtime_max_session_s`` (``outlived``).
         (``response.cancel``), the client answered an ``error`` event, and its
         ``response.done`` (with what was made) billed as any
     response.done -> its tokens charged to tpm (the holds of a response counted), and
-        the client told the gateway's limits (``rates``)
+        the client told the gateway's limits as the store has them then (``rates``)
 
 A response holds no tokens while it runs (what it will use is not known, as a chat
 request's ``max_tokens`` tells): it is admitted while the tokens bucket is not in debt,
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,8 +44,7 @@ from .admission import (
 from .auth import key_named
 from .errors import GatewayError, SessionExpired, StoreUnavailable, Unauthorized
 from .identity import caller_in
-from .store import Denied, Limits, RateStatus, RateWindow
-from .store.checks import SECONDS_PER_WINDOW
+from .store import Denied, Limits, RateStatus
 
 # How often an open session reads its key again: a reload may move its expires, or
 # remove it, while the session waits for neither.
@@ -84,17 +82,19 @@ class ResponseCounts:
         self._held: deque[ResponseHolds] = deque()
         self._asked = 0  # the client's response.creates passed on, not started yet
         self.unheld_tokens = 0  # of responses that had no hold: charged at the session's end
-        # The tightest of ``limits``' windows as the store last told them, and when
-        # (monotonic): what ``rates`` works out from.
-        self._rates: tuple[RateStatus, float] | None = None
 
-    @property
-    def rates(self) -> RateStatus | None:
+    async def rates(self) -> RateStatus | None:
         """The key's (team's, user's) rpm and tpm left now, as the ``x-ratelimit-*``
-        headers of a chat answer tell them: the store's answer to this session's last
-        count, refilled since and less the tokens charged since (None: none applies, or
-        nothing counted yet). Another caller's use since that count is not in it."""
-        return None if self._rates is None else self._rates[0]
+        headers of a chat answer tell them: read from the store (one round trip), so
+        that what other sessions, requests and replicas took on the same limits is in
+        it; None where none applies, or the store cannot answer."""
+        if not self._limits:
+            return None
+        try:
+            store = await self._handle.get()
+            return await store.rates(self._limits)
+        except StoreUnavailable:  # a status, not a refusal: the session goes on untold
+            return None
 
     async def asked(self) -> GatewayError | None:
         """A client's ``response.create``: counted; the refusal (it is not passed on)."""
@@ -114,7 +114,6 @@ class ResponseCounts:
     def done(self, tokens: int) -> ResponseHolds | None:
         """A ``response.done`` of ``tokens``: the holds to settle at them (the caller
         settles them, safe to repeat); with none, they are charged as the session ends."""
-        self._charged(tokens)
         if self._held:
             return self._held.popleft()
         self.unheld_tokens += tokens
@@ -138,7 +137,6 @@ class ResponseCounts:
             rates = Admission(store, None, self._limits)
             if self._limits:
                 decision = await store.reserve(request_id, self._limits, tokens=0, cost=0.0)
-                self._rates = (decision.rate, time.monotonic())
                 if isinstance(decision, Denied):
                     return decision.error()
                 rates.reservation = decision
@@ -163,32 +161,6 @@ class ResponseCounts:
         if isinstance(decision, Denied):
             raise at_quota(self._deployment, decision)
         return Hold(store, decision)
-
-    def _charged(self, tokens: int) -> None:
-        """``rates`` brought up to now: refilled since the store was last asked, less
-        ``tokens``."""
-        if self._rates is None:
-            return
-        status, at = self._rates
-        now = time.monotonic()
-        self._rates = (RateStatus(_refilled(status.requests, now - at, 0),
-                                  _refilled(status.tokens, now - at, tokens)), now)
-
-
-def _refilled(window: RateWindow | None, seconds: float, taken: int) -> RateWindow | None:
-    """``window`` ``seconds`` later with ``taken`` more out of it: its bucket refills at
-    ``limit`` a minute up to ``limit`` (runtime/store/checks.py), and ``reset`` is how
-    long it takes to be full.
-
-    >>> _refilled(RateWindow(600, 300, 30.0), 1.0, 160)
-    RateWindow(limit=600, remaining=150, reset=45.0)
-    """
-    if window is None:
-        return None
-    per_second = window.limit / SECONDS_PER_WINDOW
-    level = window.limit - window.reset * per_second  # remaining, unrounded
-    level = min(window.limit, level + seconds * per_second) - taken
-    return RateWindow(window.limit, math.floor(level), (window.limit - level) / per_second)
 
 
 async def outlived(graph: Callable[[], Graph], key: ApiKey, opened_at: float,

@@ -25,7 +25,16 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from .values import BudgetStatus, Denied, LedgerRecord, Limits, Reservation, UsageQuery, UsageRow
+from .values import (
+    BudgetStatus,
+    Denied,
+    LedgerRecord,
+    Limits,
+    RateStatus,
+    Reservation,
+    UsageQuery,
+    UsageRow,
+)
 
 
 class Store(Protocol):
@@ -70,6 +79,13 @@ class Store(Protocol):
 
     async def budgets(self, limits: Sequence[Limits]) -> tuple[BudgetStatus, ...]:
         """Each budget in ``limits`` for its current period: amount, spent, held."""
+        ...
+
+    async def rates(self, limits: Sequence[Limits]) -> RateStatus:
+        """The tightest of the rpm and of the tpm buckets of ``limits`` as they are now,
+        nothing taken: what ``reserve``'s answer tells (``RateStatus.headers``), for a
+        caller that holds its requests already (a Realtime session, between responses).
+        One round trip; raises ``StoreUnavailable`` as ``reserve`` does."""
         ...
 
     async def record(self, record: LedgerRecord) -> None:

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from .base import Store
-from .checks import Shapes
+from .checks import Shapes, rate_status
 from .memory import Counter, MemoryLimits
 from .sqlite_file import (
     SQLiteFile,
@@ -32,6 +32,7 @@ from .values import (
     Denied,
     LedgerRecord,
     Limits,
+    RateStatus,
     Reservation,
     SystemClock,
     UsageQuery,
@@ -107,6 +108,11 @@ class EmbeddedStore(Store):
         checks = self._shapes.budget_checks(limits, self._clock.now())
         await self._load(tuple(check.counter for check in checks))
         return self._limits.budgets(checks, self._clock.now())
+
+    async def rates(self, limits: Sequence[Limits]) -> RateStatus:
+        now = self._clock.now()
+        checks = self._shapes.plan(limits, 0, 0.0, now)
+        return rate_status(checks, self._limits.levels(checks, now), granted=False)
 
     async def record(self, record: LedgerRecord) -> None:
         await self._db.call(partial(insert_record, record), single=True)

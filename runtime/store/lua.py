@@ -334,6 +334,21 @@ return 1
 """
 )
 
+# The levels of some buckets now, refilled, nothing taken nor written (a Realtime
+# session's rate_limits.updated between its responses).
+# KEYS: nb bucket hashes. ARGV: now, nb caps. Returns nb levels.
+LEVELS = (
+    _REFILL
+    + """
+local now, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS do
+  local level = refill(KEYS[i], tonumber(ARGV[1 + i]), now)
+  out[i] = string.format('%.17g', level)
+end
+return out
+"""
+)
+
 # KEYS: ng (budget hash, expiry set) pairs. ARGV: now. Returns ng x (spent, held).
 BUDGETS = (
     _UNHOLD

@@ -206,6 +206,11 @@ class MemoryLimits:
         self._expire(now)
         return request_id in self._open
 
+    def levels(self, checks: Plan, now: float) -> list[float]:
+        """The levels of ``checks``' buckets now (refilled; nothing taken)."""
+        return [self._bucket(check.scope, check.name, check.unit, check.cap, now).level
+                for check in checks.buckets]
+
     def budgets(self, checks: tuple[BudgetCheck, ...], now: float) -> tuple[BudgetStatus, ...]:
         self._expire(now)
         statuses = []

@@ -165,6 +165,7 @@ class RedisStore(Store):
                 ("adopt", lua.ADOPT),
                 ("unadopt", lua.UNADOPT),
                 ("budgets", lua.BUDGETS),
+                ("levels", lua.LEVELS),
                 (RECORD_SCRIPT, lua.RECORD),
             )
         }
@@ -340,6 +341,28 @@ class RedisStore(Store):
                 return statuses
         if self._mode is OnUnavailable.FAIL_OPEN:
             return self._local.budgets(checks.budgets, now)
+        raise self._unavailable()
+
+    async def rates(self, limits: Sequence[Limits]) -> RateStatus:
+        now = self._clock.now()
+        checks = self._shapes.plan(limits, 0, 0.0, now)
+        if not checks.buckets:
+            return RateStatus()
+        if self._reachable():
+            keys = [self._calls.bucket_key(bucket.scope.value, bucket.name, bucket.unit.value)
+                    for bucket in checks.buckets]
+            try:
+                reply: list[str] = await self._scripts["levels"](
+                    keys=keys, args=[now, *(bucket.cap for bucket in checks.buckets)])
+            except REDIS_ERRORS as exc:
+                if not unreachable(exc):
+                    raise self._failed_call("rates", exc) from exc
+                self._lost(exc)
+            else:
+                self._back()
+                return rate_status(checks, [float(level) for level in reply], granted=False)
+        if self._mode is OnUnavailable.FAIL_OPEN:
+            return rate_status(checks, self._local.levels(checks, now), granted=False)
         raise self._unavailable()
 
     async def record(self, record: LedgerRecord) -> None:

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from aigw.compiler.keys import shown_moment
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import CUT_DONE, HOLLOW_DONE, SLOW
+from ..fakes.openai_realtime import CUT_DONE, ENDLESS, HOLLOW_DONE, SLOW
 from .test_realtime import (
     Realtime,
     _code,
@@ -238,6 +238,35 @@ def test_the_client_is_told_the_gateways_rate_limits_after_each_response(
         assert limit == 1000 and 680 <= remaining < 840, remaining
         assert all(0 < limit.reset_seconds <= 60 for limit in second[0].rate_limits)
         assert [event.type for event in rest] == ["session.updated"]  # the upstream's: dropped
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_the_rate_limits_told_after_a_response_are_the_stores_then(
+        request: pytest.FixtureRequest, tmp_path: Path, store: str) -> None:
+    """The key's rpm 10 and tpm 1000; while a session's response runs, a second session
+    on the same key connects and has a response (2 requests, 160 tokens). The first's
+    ``rate_limits.updated`` after its response counts them: read from the store then
+    (on Redis, what every replica took). It was the store's answer to the first's own
+    response.create, less its own tokens: 8 requests and 840 tokens left, as if the
+    second session had spent nothing."""
+    settings = "" if store == "embedded" else \
+        f'store: "{request.getfixturevalue("private_redis").url}"'
+
+    async def sessions(served: Realtime) -> Any:
+        async with connected(served, "realtime") as first:
+            await _asked(first, ENDLESS, "evt_endless")
+            await until(first, "response.created")
+            async with connected(served, "realtime") as second:
+                await said(second, "hi")
+            await first.response.cancel()  # its response.done, billed its 160 tokens
+            return (await until(first, "rate_limits.updated"))[-1]
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 10, tpm: 1000}",
+                          settings=settings) as served:
+        told = _rates(asyncio.run(sessions(served)))
+        assert told["requests"] in ((10, 6), (10, 7)), told  # one refilled meanwhile
+        limit, remaining = told["tokens"]
+        assert limit == 1000 and 680 <= remaining < 760, remaining  # refilled 16.7 a second
 
 
 def test_the_upstreams_rate_limits_are_not_passed_on(tmp_path: Path) -> None:

@@ -13,9 +13,13 @@ the given key's last four characters), then a close with 3000, as OpenAI's API d
 A user message of ``HANG_UP`` closes the session with ``HANG_UP_CODE``, one of ``DROP``
 drops the connection unclosed; one of ``SLOW`` is answered slowly, and can be
 cancelled (``response.cancel``); one of ``CUT_DONE`` or ``HOLLOW_DONE`` is answered a
-``response.done`` cut short or with no ``response``. ``input_audio_buffer.commit``
-stands for the end of a turn that server VAD detects: the server starts a (slow)
-response of its own, as OpenAI's does with ``turn_detection`` on.
+``response.done`` cut short or with no ``response``. One of ``ENDLESS`` is answered a
+word every 0.2 s until it is cancelled, one of ``STUCK`` a ``response.created`` and then
+nothing, cancel or not (a stuck upstream). One starting ``VERBATIM`` is answered, as
+deltas, the pieces after it (split at ``|``) as they are, and the response.done's
+message has a part for each: a model saying what a relay might take for an event's type.
+``input_audio_buffer.commit`` stands for the end of a turn that server VAD detects: the
+server starts a (slow) response of its own, as OpenAI's does with ``turn_detection`` on.
 ``intent=transcription`` with no model opens a transcription session; with a model the
 session is a conversation, which refuses a transcription ``session.update`` as OpenAI's
 does. Each session's handshake headers and the close code its client sent are kept for
@@ -65,6 +69,11 @@ SLOW = "take your time"
 # object; each still carries the text it answers, which nobody should log.
 CUT_DONE = "cut the bill short"
 HOLLOW_DONE = "leave the bill empty"
+# One answered until cancelled, and one never done.
+ENDLESS = "keep talking"
+STUCK = "say nothing more"
+# The prefix of one answered, delta by delta, the pieces after it, split at "|".
+VERBATIM = "say exactly: "
 
 
 @dataclass
@@ -179,7 +188,8 @@ class RealtimeFake:
                     cancelled.clear()
                     responding.append(asyncio.ensure_future(
                         self._respond(websocket, SLOW, cancelled)))
-                elif kind == "response.create" and said == SLOW:  # cancel read meanwhile
+                elif kind == "response.create" and said in (SLOW, ENDLESS, STUCK):  # cancel
+                    # read meanwhile
                     cancelled.clear()
                     responding.append(asyncio.ensure_future(
                         self._respond(websocket, said, cancelled)))
@@ -198,16 +208,23 @@ class RealtimeFake:
         response = {"id": response_id, "object": "realtime.response", "status": "in_progress",
                     "output": [], "usage": None}
         await self._send(websocket, "response.created", response=response)
+        if said == STUCK:
+            await websocket.wait_closed()
+            return
         text = f"You said: {said}"
-        for word in text.split(" "):
+        words = [word + " " for word in text.split(" ")]
+        if said.startswith(VERBATIM):
+            words = said.removeprefix(VERBATIM).split("|")
+            text = "".join(words)
+        for word in itertools.cycle(words) if said == ENDLESS else words:
             if cancelled.is_set():  # what was made is billed all the same
                 await self._done(websocket, {**response, "status": "cancelled",
                                              "usage": USAGE})
                 return
             await self._send(websocket, "response.output_text.delta", response_id=response_id,
                              item_id=item_id, output_index=0, content_index=0,
-                             delta=word + " ")
-            if said == SLOW:
+                             delta=word)
+            if said in (SLOW, ENDLESS):
                 await asyncio.sleep(0.2)
         await self._send(websocket, "response.output_text.done", response_id=response_id,
                          item_id=item_id, output_index=0, content_index=0, text=text)
@@ -217,10 +234,12 @@ class RealtimeFake:
             await websocket.send(done[:-10] if said == CUT_DONE else done)
             await self._send(websocket, "rate_limits.updated", rate_limits=RATE_LIMITS)
             return
+        parts = words if said.startswith(VERBATIM) else [text]
         await self._done(websocket, {
             **response, "status": "completed", "usage": USAGE,
             "output": [{"id": item_id, "type": "message", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text}]}]})
+                        "content": [{"type": "output_text", "text": part}
+                                    for part in parts]}]})
 
     async def _done(self, websocket: ServerConnection, response: dict[str, Any]) -> None:
         await self._send(websocket, "response.done", response=response)

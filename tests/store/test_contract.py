@@ -93,6 +93,31 @@ async def test_a_grant_reports_the_tightest_limits_as_openai_headers(store: Stor
     }
 
 
+async def test_rates_read_the_buckets_as_they_are_now_and_take_nothing(
+    store: Store, clock: ManualClock
+) -> None:
+    """What a grant's headers would tell, less nothing: the same tightest windows,
+    refilled to now, and a second read reads the same (no request counted)."""
+    limits = [
+        Limits(Scope.KEY, "ci-bot", rpm=100, tpm=10_000),
+        Limits(Scope.TEAM, "engineering", rpm=10, tpm=50_000),
+    ]
+    reservation = await granted(store, "r1", limits, tokens=4_000)
+    await store.settle(reservation, tokens=3_000, cost=0.0)
+    clock.advance(6.0)  # a request refilled in the team's rpm, 1,000 tokens in the key's
+
+    for _read in range(2):
+        assert (await store.rates(limits)).headers() == {
+            "x-ratelimit-limit-requests": "10",
+            "x-ratelimit-remaining-requests": "10",
+            "x-ratelimit-reset-requests": "0s",
+            "x-ratelimit-limit-tokens": "10000",
+            "x-ratelimit-remaining-tokens": "8000",
+            "x-ratelimit-reset-tokens": "12s",
+        }
+    assert (await store.rates([Limits(Scope.KEY, "none", max_parallel=2)])).headers() == {}
+
+
 async def test_settle_gives_back_the_tokens_reserved_but_not_used(store: Store) -> None:
     limits = [Limits(Scope.TEAM, "engineering", tpm=1_000)]
     first = await granted(store, "r1", limits, tokens=800)

@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -82,11 +81,18 @@ from .identity import caller_in
 from .jsonio import loads
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
+from .realtime_events import (
+    Frame,
+    error_event,
+    rates_event,
+    read_frame,
+    response_usage,
+)
 from .realtime_limits import ResponseCounts, ResponseHolds, outlived
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
-from .store.values import LedgerRecord, RateStatus
+from .store.values import LedgerRecord
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
 from .uncancelled import uncancelled
@@ -119,24 +125,21 @@ NORMAL = 1000
 GOING_AWAY = 1001
 # The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
-# What a ``response.done`` event has, looked for before a frame is parsed: most frames
-# are audio deltas, passed on unread.
-_DONE = '"response.done"'
-_CREATED = '"response.created"'  # when a response started: its ledger record's latency
-# The upstream's ``rate_limits.updated``: the provider's limits on its key, which every
-# client of the gateway shares (and should not see); dropped, the client is sent the
-# gateway's own after each response.done.
-_RATES = '"rate_limits.updated"'
-# What a client's ``response.create`` has (counted against the rates before it is passed
-# on); its other frames, most of them audio appended, are passed on unread.
-_ASK = '"response.create"'
-# What an event that may quote the provider's key has (an ``error`` event, a failed
-# response's error): OpenAI's refusal of a key shows its tail. A quote inside a JSON
-# string is escaped, so no text or audio delta has it.
-_ERROR = '"error"'
+# The upstream's events the relay acts on: each response.done billed, each
+# response.created counted (one the upstream started) and timed; the upstream's
+# ``rate_limits.updated`` (the provider's limits on its key, which every client of the
+# gateway shares, and should not see) dropped, the client sent the gateway's own after
+# each response.done. Its other events are passed on unread.
+_UPSTREAM_ACTED_ON = frozenset({"response.done", "response.created", "rate_limits.updated"})
+# The client's event the relay acts on: a response.create, counted against the rates
+# before it is passed on; its other events (most of them audio appended) pass unread.
+_CLIENT_ACTED_ON = frozenset({"response.create"})
 # What a client that leaves within a response has the upstream do (its response.done,
 # with what was made, is then billed), and how long that response.done is waited for.
 _CANCEL = json.dumps({"type": "response.cancel"})
+# A client's binary frame: OpenAI's Realtime events are JSON text (audio in base64).
+_BINARY_REFUSED = BadRequest("The Realtime API takes events as JSON text frames: a binary "
+                             "frame was not passed on.")
 _CANCEL_WAIT_S = 10.0
 
 
@@ -259,7 +262,7 @@ def _let_go(opened: _Opened) -> None:
 
 
 async def _refuse(websocket: WebSocket, error: GatewayError) -> None:
-    await websocket.send_text(_error_event(error))
+    await websocket.send_text(error_event(error))
     await websocket.close(_close_code(error), _fitted(_reason(error)))
 
 
@@ -280,35 +283,6 @@ def _reason(error: GatewayError) -> str:
 def _fitted(reason: str) -> str:
     """``reason`` within the 123 bytes a close frame holds (an upstream's may be longer)."""
     return reason.encode()[:123].decode(errors="ignore")
-
-
-def _error_event(error: GatewayError, about: object = None) -> str:
-    """OpenAI's ``error`` server event for ``error``; ``about``: the ``event_id`` of the
-    client's event it refuses, where it gave one."""
-    return json.dumps({"type": "error", "event_id": f"event_{os.urandom(12).hex()}",
-                       "error": {"type": error.error_type, "code": error.shown_code,
-                                 "message": error.message, "param": error.param,
-                                 "event_id": about if isinstance(about, str) else None}})
-
-
-def _rates_event(rates: RateStatus) -> str:
-    """OpenAI's ``rate_limits.updated`` server event for the gateway's ``rates``."""
-    windows = (("requests", rates.requests), ("tokens", rates.tokens))
-    return json.dumps({"type": "rate_limits.updated",
-                       "event_id": f"event_{os.urandom(12).hex()}",
-                       "rate_limits": [{"name": name, "limit": window.limit,
-                                        "remaining": max(0, window.remaining),
-                                        "reset_seconds": round(max(0.0, window.reset), 3)}
-                                       for name, window in windows if window is not None]})
-
-
-def _event(text: str) -> dict[str, object]:
-    """A frame's event (an empty one where it is no JSON object: passed on as it is)."""
-    try:
-        event = loads(text)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
 
 
 def _ended_by(error: GatewayError) -> _Ending:
@@ -431,30 +405,30 @@ class _Relay:
                 code = message.get("code", NORMAL)
                 return _Ending(NORMAL, upstream_code=code if code in _SENDABLE else NORMAL)
             text = message.get("text")
-            if text is not None and _ASK in text and await self._refused(text):
+            if text is None:  # refused, not passed on: the upstream might read the
+                # event it holds, which the relay did not (a response.create, uncounted)
+                await self.websocket.send_text(error_event(_BINARY_REFUSED))
+                continue
+            frame = read_frame(text, _CLIENT_ACTED_ON)
+            if frame.type == "response.create" and await self._refused(frame):
                 continue
             try:
-                if text is not None:
-                    await self.upstream.send_str(text)
-                else:
-                    await self.upstream.send_bytes(message.get("bytes") or b"")
+                await self.upstream.send_str(text)
             except (aiohttp.ClientError, ConnectionError):  # the upstream is closing: its
                 # close frame (or its end) is what the other direction reads next
                 return await asyncio.Future()  # the other direction ends the relay
 
-    async def _refused(self, text: str) -> bool:
+    async def _refused(self, frame: Frame) -> bool:
         """Whether the client's ``response.create`` is refused by its rates (the client
         told so); it was passed on however many a session asked for."""
-        event = _event(text)
-        if event.get("type") != "response.create":
-            return False
+        event = frame.event or {}
         # A session ending after its responses in flight starts no more (else one more
         # each time kept it open past its end).
         refused = self.closing.error if self.closing is not None else None
         refused = refused or await self.counts.asked()
         if refused is None:
             return False
-        await self.websocket.send_text(_error_event(refused, event.get("event_id")))
+        await self.websocket.send_text(error_event(refused, event.get("event_id")))
         return True
 
     async def _from_upstream(self) -> _Ending:
@@ -463,36 +437,16 @@ class _Relay:
         while True:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
-                data = message.data
-                if _ERROR in data:  # scrubbed as a call's upstream error is
-                    data = scrub(data, self.deployment.provider)
-                elif _RATES in data and _event(data).get("type") == "rate_limits.updated":
-                    continue  # the provider's limits: the client is told the gateway's
-                if not self.client_gone:
-                    await self.websocket.send_text(data)
-                if _DONE in data:  # the bill first: what matters if both were
-                    self.responding = max(0, self.responding - 1)
-                    # In a task the session's end waits for, not cancels: a client may
-                    # leave as soon as it has the response.done, and the bill (a store's
-                    # round trips) was cut with the relay, the response never billed.
-                    self.billing = asyncio.ensure_future(self._billed(data))
-                    stopped = await asyncio.shield(self.billing)
-                    rates = None if self.client_gone else await self.counts.rates()
-                    if rates is not None and not self.client_gone:
-                        await self.websocket.send_text(_rates_event(rates))
-                    if stopped is not None:
-                        return _ended_by(stopped)
-                    if self.client_gone and not self.responding:  # those it left, billed
-                        return _Ending(NORMAL)
-                    if self.closing is not None and not self.responding:
-                        return self.closing
-                elif _CREATED in data:
-                    self.response_started = time.perf_counter()
-                    self.responding += 1
-                    await self._started(data)
+                ending = await self._passed_on(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:
-                if not self.client_gone:
-                    await self.websocket.send_bytes(message.data)
+                # Read as the text it holds, as a client's JSON parser reads it: a
+                # response.done in one went to the client unbilled.
+                try:
+                    ending = await self._passed_on(message.data.decode())
+                except UnicodeDecodeError:  # no event: nothing a client could read
+                    log.warning("realtime deployment '%s' sent a binary frame that is no "
+                                "UTF-8 text: dropped", self.deployment.name)
+                    ending = None
             elif message.type is aiohttp.WSMsgType.CLOSE:
                 code = message.data
                 return _Ending(code if code in _SENDABLE else NORMAL,
@@ -505,33 +459,63 @@ class _Relay:
                 self.record.failures.append(UpstreamFailure(self.deployment.name, provider,
                                                             str(error.code)))
                 return _Ending(SERVER_ERROR, _reason(error), error=error)
+            if ending is not None:
+                return ending
 
-    async def _started(self, data: str) -> None:
+    async def _passed_on(self, data: str) -> _Ending | None:
+        """One of the upstream's events passed on (its ``rate_limits.updated`` dropped)
+        and acted on by its type; the relay's ending where a response.done's bill ends
+        it."""
+        frame = read_frame(data, _UPSTREAM_ACTED_ON, errors=True)
+        if frame.carries_error:  # scrubbed as a call's upstream error is
+            data = scrub(data, self.deployment.provider)
+        elif frame.type == "rate_limits.updated":
+            return None  # the provider's limits: the client is told the gateway's
+        if not self.client_gone:
+            await self.websocket.send_text(data)
+        if frame.type == "response.done":  # the bill first: what matters if both were
+            self.responding = max(0, self.responding - 1)
+            # In a task the session's end waits for, not cancels: a client may leave as
+            # soon as it has the response.done, and the bill (a store's round trips) was
+            # cut with the relay, the response never billed.
+            self.billing = asyncio.ensure_future(self._billed(frame.event))
+            stopped = await asyncio.shield(self.billing)
+            rates = None if self.client_gone else await self.counts.rates()
+            if rates is not None and not self.client_gone:
+                await self.websocket.send_text(rates_event(rates))
+            if stopped is not None:
+                return _ended_by(stopped)
+            if self.client_gone and not self.responding:  # those it left, billed
+                return _Ending(NORMAL)
+            if self.closing is not None and not self.responding:
+                return self.closing
+        elif frame.type == "response.created":
+            self.response_started = time.perf_counter()
+            self.responding += 1
+            await self._started(frame.event or {})
+        return None
+
+    async def _started(self, event: dict[str, object]) -> None:
         """A response the upstream started on its own (server VAD) counted; one its rates
         refuse is cancelled upstream (its response.done, with what was made, billed) and
         the client told. It ran uncounted, however many a session had."""
         refused = await self.counts.started()
         if refused is None:
             return
-        response = _event(data).get("response")
+        response = event.get("response")
         cancel = {"type": "response.cancel"}
         if isinstance(response, dict) and isinstance(response.get("id"), str):
             cancel["response_id"] = response["id"]
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):  # it is closing
             await self.upstream.send_str(json.dumps(cancel))
         if not self.client_gone:
-            await self.websocket.send_text(_error_event(refused))
+            await self.websocket.send_text(error_event(refused))
 
-    async def _billed(self, data: str) -> GatewayError | None:
-        """Bill a ``response.done`` event's usage; the error that ends the session when
-        its budget has run out (or its key was revoked), else None."""
-        try:
-            event = loads(data)
-        except ValueError:
-            event = None
-        if isinstance(event, dict) and event.get("type", "response.done") != "response.done":
-            return None  # another event, naming one in what it carries
-        response = event.get("response") if isinstance(event, dict) else None
+    async def _billed(self, event: dict[str, object] | None) -> GatewayError | None:
+        """Bill a ``response.done`` event's usage (``event``: None where it is no JSON);
+        the error that ends the session when its budget has run out (or its key was
+        revoked), else None."""
+        response = event.get("response") if event is not None else None
         if not isinstance(response, dict):
             # Billed at 0 tokens now: left unbilled, its holds (rpm, tpm, the quota) waited
             # for the session's end and refused the responses after it meanwhile. Its text
@@ -634,7 +618,7 @@ class _Relay:
             await self.upstream.close(code=ending.upstream_code)
             try:
                 if ending.error is not None:
-                    await self.websocket.send_text(_error_event(ending.error))
+                    await self.websocket.send_text(error_event(ending.error))
                 await self.websocket.close(ending.client_code, _fitted(ending.client_reason))
             except (RuntimeError, OSError):  # the client has gone already
                 pass
@@ -659,34 +643,3 @@ class _Relay:
         except StoreUnavailable:
             log.error("could not settle realtime session %s: the store is unavailable",
                       record.request_id)
-
-
-def response_usage(usage: object) -> Usage:
-    """A ``response.done``'s ``response.usage``, as OpenAI's API reference gives it
-    (``input_token_details``: ``cached_tokens``, ``audio_tokens``, and of the cached,
-    ``cached_tokens_details.audio_tokens``; ``output_token_details.audio_tokens``); what
-    it leaves out, or gives as no count, is 0. Its audio tokens: the input's not read
-    from the cache, and the output's.
-
-    >>> response_usage({"input_tokens": 120, "output_tokens": 40, "input_token_details": {
-    ...     "cached_tokens": 20, "audio_tokens": 80}}).audio_input_tokens
-    80
-    """
-    if not isinstance(usage, dict):
-        return Usage(0, 0)
-    given = _details(usage, "input_token_details")
-    cached = _details(given, "cached_tokens_details")
-    output = _details(usage, "output_token_details")
-    fresh_audio = max(0, _count(given.get("audio_tokens")) - _count(cached.get("audio_tokens")))
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
-                 _count(given.get("cached_tokens")), audio_input_tokens=fresh_audio,
-                 audio_output_tokens=_count(output.get("audio_tokens")))
-
-
-def _details(usage: dict[str, object], name: str) -> dict[str, object]:
-    found = usage.get(name)
-    return found if isinstance(found, dict) else {}
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and value > 0 else 0

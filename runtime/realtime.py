@@ -40,8 +40,10 @@ response that spent it, with an ``insufficient_quota`` error event. A key a relo
 removed ends its sessions the same way, and so does a key's ``expires`` (``key_expired``,
 3000) or the session's maximum length, ``realtime_max_session_s`` (``session_expired``,
 1001, as OpenAI closes a session past its own cap), waited for while the session is
-idle too. The access log has one line per session (its
-responses, tokens and cost), and the metrics count it as one request.
+idle too. A session that must end waits for its responses in flight while the upstream
+sends their events; silent for ``_CANCEL_WAIT_S`` (a stuck upstream), it ends without
+them. The access log has one line per session (its responses, tokens and cost), and the
+metrics count it as one request.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -135,7 +137,8 @@ _UPSTREAM_ACTED_ON = frozenset({"response.done", "response.created", "rate_limit
 # before it is passed on; its other events (most of them audio appended) pass unread.
 _CLIENT_ACTED_ON = frozenset({"response.create"})
 # What a client that leaves within a response has the upstream do (its response.done,
-# with what was made, is then billed), and how long that response.done is waited for.
+# with what was made, is then billed), and how long that response.done is waited for;
+# and how long a session that must end waits on an upstream silent in a response.
 _CANCEL = json.dumps({"type": "response.cancel"})
 # A client's binary frame: OpenAI's Realtime events are JSON text (audio in base64).
 _BINARY_REFUSED = BadRequest("The Realtime API takes events as JSON text frames: a binary "
@@ -331,6 +334,7 @@ class _Relay:
         # the session's key expired, or its maximum length passed.
         self.closing: _Ending | None = None
         self.opened_at = time.time()
+        self.heard_at = time.monotonic()  # the upstream's last frame
 
     async def run(self) -> None:
         live, record = self.live, self.record
@@ -356,6 +360,7 @@ class _Relay:
             lambda: self.current().graph, self.key, self.opened_at,
             self.live.graph.settings.realtime_max_session_s))
         waited = {inbound, outbound, stop, deadline}
+        quiet: asyncio.Future[None] | None = None  # the upstream silent while it ends
         try:
             while True:
                 done, _pending = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
@@ -363,6 +368,11 @@ class _Relay:
                     return outbound.result()
                 if inbound in done:
                     break
+                if quiet in done:  # a response that will never be done (a stuck
+                    # upstream) kept a session that had to end open for ever
+                    await self.upstream.close()
+                    assert self.closing is not None
+                    return self.closing
                 # The gateway is stopping (1012, so that its client opens another: it was
                 # held open to the grace's end, then cut), or the session must end (its key
                 # expired or was removed, its maximum length: it went on as long as its
@@ -376,6 +386,9 @@ class _Relay:
                 if self.closing is not None and not self.responding:
                     await self.upstream.close()
                     return self.closing
+                if quiet is None:
+                    quiet = asyncio.ensure_future(self._silent(_CANCEL_WAIT_S))
+                    waited.add(quiet)
             ending = inbound.result()
             if self.responding:
                 # The client left within a response (it may have had all of its deltas):
@@ -391,9 +404,17 @@ class _Relay:
             await self.upstream.close(code=ending.upstream_code)
             return ending
         finally:
-            for task in (inbound, outbound, stop, deadline):
+            tasks: list[asyncio.Future[Any]] = [inbound, outbound, stop, deadline]
+            if quiet is not None:
+                tasks.append(quiet)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(inbound, outbound, stop, deadline, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _silent(self, seconds: float) -> None:
+        """Returns once the upstream has sent nothing for ``seconds``."""
+        while (left := self.heard_at + seconds - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     async def _from_client(self) -> _Ending:
         """The client's frames, passed on as they come; its close, passed on too."""
@@ -436,6 +457,7 @@ class _Relay:
         its close code passed on, or the gateway's ending when the bill stops it."""
         while True:
             message = await self.upstream.receive()
+            self.heard_at = time.monotonic()
             if message.type is aiohttp.WSMsgType.TEXT:
                 ending = await self._passed_on(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:

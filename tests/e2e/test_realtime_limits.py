@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from aigw.compiler.keys import shown_moment
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import CUT_DONE, ENDLESS, HOLLOW_DONE, SLOW
+from ..fakes.openai_realtime import CUT_DONE, ENDLESS, HOLLOW_DONE, SLOW, STUCK
 from .test_realtime import (
     Realtime,
     _code,
@@ -317,6 +317,30 @@ def test_a_session_at_its_maximum_length_ends_after_its_response(tmp_path: Path)
         assert [event["type"] for event in upstream.events].count("response.create") == 1
         assert len(served.server.ledger_rows(1)) == 1
         assert _session_line(served.server)["status"] == 400
+
+
+def test_a_session_at_its_end_waits_on_a_silent_upstream_no_longer_than_ten_seconds(
+        tmp_path: Path) -> None:
+    """realtime_max_session_s: 3, a response in flight that the upstream never ends
+    (its response.created, then nothing): once the upstream has been silent for 10 s
+    the session ends all the same (session_expired, 1001), its response's hold given
+    back. It waited for that response.done for ever, the session open past its end."""
+    async def session(served: Realtime) -> tuple[Any, int | None, float]:
+        async with connected(served, "realtime") as connection:
+            await until(connection, "session.created")
+            opened = time.monotonic()
+            await _asked(connection, STUCK, "evt_stuck")
+            await until(connection, "response.created")
+            error = await asyncio.wait_for(connection.recv(), 30)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return error, _code(closed.value), time.monotonic() - opened
+
+    with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 3") as served:
+        error, code, lasted = asyncio.run(session(served))
+        assert (error.type, error.error.code, code) == ("error", "session_expired", 1001)
+        assert 10 <= lasted < 25, lasted
+        assert _session_line(served.server)["responses"] == 0
 
 
 def test_a_sessions_key_expiring_ends_it_though_it_is_idle(tmp_path: Path) -> None:

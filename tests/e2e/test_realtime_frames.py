@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import VERBATIM
-from .test_realtime import Realtime, connected, realtime_gateway, until
+from ..fakes.openai_realtime import BINARY, VERBATIM
+from .test_realtime import Realtime, connected, realtime_gateway, said, until
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +119,22 @@ def test_a_clients_binary_frame_is_refused_and_not_passed_on(tmp_path: Path) -> 
         upstream = served.upstream.sessions[0]
         assert [event["type"] for event in upstream.events] == ["response.create"]
         assert len(served.server.ledger_rows(1)) == 1
+
+
+def test_an_upstreams_binary_frames_are_read_as_the_events_they_hold(tmp_path: Path) -> None:
+    """An upstream that sends its events in binary frames (JSON all the same, which a
+    client's parser reads as any): each is passed on as the text it holds and acted on,
+    its response.done billed and followed by the gateway's rate_limits.updated, the
+    provider's dropped. They were passed on unread: the response went unbilled."""
+    async def session(served: Realtime) -> list[Any]:
+        async with connected(served, "realtime") as connection:
+            await said(connection, BINARY)
+            events = await said(connection, "hi")
+            return [*events, *await until(connection, "rate_limits.updated")]
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 10, tpm: 1000}") as served:
+        events = asyncio.run(session(served))
+        assert [event.type for event in events][-2:] == ["response.done", "rate_limits.updated"]
+        assert [limit.name for limit in events[-1].rate_limits] == ["requests", "tokens"]
+        assert events[-1].rate_limits[0].limit == 10  # the gateway's, not the provider's
+        assert len(served.server.ledger_rows(2)) == 2

@@ -18,6 +18,7 @@ word every 0.2 s until it is cancelled, one of ``STUCK`` a ``response.created`` 
 nothing, cancel or not (a stuck upstream). One starting ``VERBATIM`` is answered, as
 deltas, the pieces after it (split at ``|``) as they are, and the response.done's
 message has a part for each: a model saying what a relay might take for an event's type.
+After one of ``BINARY`` the session's events come in binary frames, as JSON still.
 ``input_audio_buffer.commit`` stands for the end of a turn that server VAD detects: the
 server starts a (slow) response of its own, as OpenAI's does with ``turn_detection`` on.
 ``intent=transcription`` with no model opens a transcription session; with a model the
@@ -74,6 +75,8 @@ ENDLESS = "keep talking"
 STUCK = "say nothing more"
 # The prefix of one answered, delta by delta, the pieces after it, split at "|".
 VERBATIM = "say exactly: "
+# One after which the session's events come in binary frames (JSON all the same).
+BINARY = "speak in binary"
 
 
 @dataclass
@@ -95,6 +98,7 @@ class RealtimeFake:
     def __init__(self, api_key: str = "sk-fake-realtime-upstream") -> None:
         self.api_key = api_key
         self.sessions: list[Session] = []
+        self._binary: set[ServerConnection] = set()  # sessions that were told BINARY
         self._ids = itertools.count(1)
 
     @contextmanager
@@ -177,6 +181,8 @@ class RealtimeFake:
                     said = " ".join(part.get("text", "") for part in item.get("content", []))
                     await self._send(websocket, "conversation.item.created",
                                      previous_item_id=None, item=item)
+                    if said == BINARY:
+                        self._binary.add(websocket)
                     if said == HANG_UP:
                         await websocket.close(HANG_UP_CODE, "hung up")
                     elif said == DROP:
@@ -246,5 +252,5 @@ class RealtimeFake:
         await self._send(websocket, "rate_limits.updated", rate_limits=RATE_LIMITS)
 
     async def _send(self, websocket: ServerConnection, kind: str, **fields: Any) -> None:
-        await websocket.send(json.dumps({"event_id": self._id("event"), "type": kind,
-                                         **fields}))
+        text = json.dumps({"event_id": self._id("event"), "type": kind, **fields})
+        await websocket.send(text.encode() if websocket in self._binary else text)

@@ -115,6 +115,8 @@ async def test_fail_closed_refuses_while_redis_is_down_and_recovers(
         with pytest.raises(StoreUnavailable) as raised:
             await store.reserve("direct", LIMITS, tokens=0, cost=0.0)
         assert (raised.value.status, raised.value.code) == (503, "store_unavailable")
+        with pytest.raises(StoreUnavailable):  # nor told: a status read, as a reserve
+            await store.rates(LIMITS)
         assert not store.available
         refused = traffic.ids("refused")
 
@@ -152,6 +154,8 @@ async def test_fail_open_answers_from_local_limits_and_goes_back_to_redis(
         local = [await store.reserve(f"tight-{n}", tight, tokens=0, cost=0.0) for n in range(3)]
         assert [type(decision) for decision in local] == [Reservation, Reservation, Denied]
         assert all(d.origin == "local" for d in local if isinstance(d, Reservation))
+        told = (await store.rates(tight)).requests  # the local buckets' levels
+        assert told is not None and (told.limit, told.remaining) == (2, 0)
         (budget,) = await store.budgets([Limits(Scope.TEAM, "outage", budget=Budget(5.0))])
         assert budget.spent == 0.0  # answered locally too
         answered_locally = traffic.ids("local")

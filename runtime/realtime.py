@@ -77,6 +77,7 @@ from .errors import (
     StoreUnavailable,
     Unauthorized,
     UpstreamConnectionError,
+    UpstreamError,
 )
 from .exchange import Exchange
 from .identity import caller_in
@@ -98,7 +99,7 @@ from .store.values import LedgerRecord
 from .telemetry.record import RequestRecord, UpstreamFailure
 from .telemetry.tracing import Span
 from .uncancelled import uncancelled
-from .upstream import scrub
+from .upstream import scrub, too_large
 
 if TYPE_CHECKING:
     from .live import Gateway, Live
@@ -473,16 +474,24 @@ class _Relay:
                 code = message.data
                 return _Ending(code if code in _SENDABLE else NORMAL,
                                scrub(message.extra or "", self.deployment.provider))
-            else:  # CLOSED, ERROR: it went without a close frame
-                provider = self.deployment.provider.name
-                error = UpstreamConnectionError(
-                    f"provider '{provider}' ended the session without closing it",
-                    provider=provider)
-                self.record.failures.append(UpstreamFailure(self.deployment.name, provider,
-                                                            str(error.code)))
+            else:  # CLOSED, ERROR: it went without a close frame, or aiohttp ended it
+                error = self._broken(message.data)
+                self.record.failures.append(UpstreamFailure(
+                    self.deployment.name, self.deployment.provider.name, str(error.code)))
                 return _Ending(SERVER_ERROR, _reason(error), error=error)
             if ending is not None:
                 return ending
+
+    def _broken(self, cause: object) -> UpstreamError:
+        """Why the upstream's socket ended with no close frame: an event larger than the
+        provider's max_response_mb (aiohttp closed it, 1009), or the connection lost."""
+        provider = self.deployment.provider
+        if isinstance(cause, aiohttp.WebSocketError) and \
+                cause.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+            return too_large(provider, "an event")
+        return UpstreamConnectionError(
+            f"provider '{provider.name}' ended the session without closing it",
+            provider=provider.name)
 
     async def _passed_on(self, data: str) -> _Ending | None:
         """One of the upstream's events passed on (its ``rate_limits.updated`` dropped)

@@ -64,13 +64,15 @@ class Realtime:
 
 @contextmanager
 def realtime_gateway(root: Path, dev: str = "", keys: str = "",
-                     settings: str = "", quota: str = "") -> Iterator[Realtime]:
+                     settings: str = "", quota: str = "",
+                     provider: str = "") -> Iterator[Realtime]:
     """A gateway with a realtime route on the fake (``realtime``), a group whose first
     member's upstream is down (``fallback``), one whose every member is (``down``), and a
     chat route, and one whose provider's key the upstream refuses (``stale``); the dev key
     (``dev``: more of it), a key that may call ``chat`` only, and ``keys``: more keys'
     lines; ``settings``: the settings section's entries; ``quota``: the ``limits`` of
-    the realtime route's deployment (``gpt-realtime``), its own quota."""
+    the realtime route's deployment (``gpt-realtime``), its own quota; ``provider``:
+    more entries of its provider's (``openai``)."""
     upstream = RealtimeFake()
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     narrow = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
@@ -80,7 +82,8 @@ def realtime_gateway(root: Path, dev: str = "", keys: str = "",
                 (f"settings: {{{settings}}}\n" if settings else "")
                 + "providers:\n"
                 f'  openai: {{type: openai, base_url: "{url}/v1", '
-                'api_key: "${FAKE_REALTIME_KEY}"}\n'
+                + (f"{provider}, " if provider else "")
+                + 'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 f'  gone: {{type: openai_compatible, base_url: "{down}", '
                 'api_key: "${FAKE_REALTIME_KEY}"}\n'
                 f'  azure: {{type: azure_openai, base_url: "{url}", '

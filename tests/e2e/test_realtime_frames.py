@@ -14,10 +14,19 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import BINARY, VERBATIM
-from .test_realtime import Realtime, connected, realtime_gateway, said, until
+from ..fakes.openai_realtime import BINARY, HUGE, VERBATIM
+from .test_realtime import (
+    Realtime,
+    _code,
+    _session_line,
+    connected,
+    realtime_gateway,
+    said,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +147,29 @@ def test_an_upstreams_binary_frames_are_read_as_the_events_they_hold(tmp_path: P
         assert [limit.name for limit in events[-1].rate_limits] == ["requests", "tokens"]
         assert events[-1].rate_limits[0].limit == 10  # the gateway's, not the provider's
         assert len(served.server.ledger_rows(2)) == 2
+
+
+def test_an_upstream_event_past_the_providers_max_response_mb_ends_the_session_saying_so(
+        tmp_path: Path) -> None:
+    """max_response_mb: 1, and an upstream delta of 2 MiB: aiohttp does not read it (it
+    closes the upstream 1009); the client gets an upstream_response_too_large error
+    event naming the setting, then a 1011, and the access line says so. It was told
+    "ended the session without closing it" (upstream_unreachable), which sent an
+    operator looking for a network fault."""
+    async def session(served: Realtime) -> tuple[Any, int | None]:
+        async with connected(served, "realtime") as connection:
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": HUGE}]})
+            await connection.response.create()
+            error = await until(connection, "error")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return error[-1], _code(closed.value)
+
+    with realtime_gateway(tmp_path / "gw", provider="max_response_mb: 1") as served:
+        error, code = asyncio.run(session(served))
+        assert (error.error.code, code) == ("upstream_response_too_large", 1011)
+        assert "max_response_mb (1 MiB)" in error.error.message
+        assert _session_line(served.server, status=502)["error"] == \
+            "upstream_response_too_large"

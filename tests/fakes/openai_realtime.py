@@ -18,7 +18,8 @@ word every 0.2 s until it is cancelled, one of ``STUCK`` a ``response.created`` 
 nothing, cancel or not (a stuck upstream). One starting ``VERBATIM`` is answered, as
 deltas, the pieces after it (split at ``|``) as they are, and the response.done's
 message has a part for each: a model saying what a relay might take for an event's type.
-After one of ``BINARY`` the session's events come in binary frames, as JSON still.
+After one of ``BINARY`` the session's events come in binary frames, as JSON still; one
+of ``HUGE`` is answered a delta of ``HUGE_BYTES``.
 ``input_audio_buffer.commit`` stands for the end of a turn that server VAD detects: the
 server starts a (slow) response of its own, as OpenAI's does with ``turn_detection`` on.
 ``intent=transcription`` with no model opens a transcription session; with a model the
@@ -77,6 +78,9 @@ STUCK = "say nothing more"
 VERBATIM = "say exactly: "
 # One after which the session's events come in binary frames (JSON all the same).
 BINARY = "speak in binary"
+# One answered a delta of HUGE_BYTES characters.
+HUGE = "say a great deal"
+HUGE_BYTES = 2 << 20
 
 
 @dataclass
@@ -219,6 +223,8 @@ class RealtimeFake:
             return
         text = f"You said: {said}"
         words = [word + " " for word in text.split(" ")]
+        if said == HUGE:
+            words = ["x" * HUGE_BYTES]
         if said.startswith(VERBATIM):
             words = said.removeprefix(VERBATIM).split("|")
             text = "".join(words)

@@ -128,15 +128,6 @@ NORMAL = 1000
 GOING_AWAY = 1001
 # The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
-# The upstream's events the relay acts on: each response.done billed, each
-# response.created counted (one the upstream started) and timed; the upstream's
-# ``rate_limits.updated`` (the provider's limits on its key, which every client of the
-# gateway shares, and should not see) dropped, the client sent the gateway's own after
-# each response.done. Its other events are passed on unread.
-_UPSTREAM_ACTED_ON = frozenset({"response.done", "response.created", "rate_limits.updated"})
-# The client's event the relay acts on: a response.create, counted against the rates
-# before it is passed on; its other events (most of them audio appended) pass unread.
-_CLIENT_ACTED_ON = frozenset({"response.create"})
 # What a client that leaves within a response has the upstream do (its response.done,
 # with what was made, is then billed), and how long that response.done is waited for;
 # and how long a session that must end waits on an upstream silent in a response.
@@ -431,7 +422,7 @@ class _Relay:
                 # event it holds, which the relay did not (a response.create, uncounted)
                 await self.websocket.send_text(error_event(_BINARY_REFUSED))
                 continue
-            frame = read_frame(text, _CLIENT_ACTED_ON)
+            frame = read_frame(text)
             if frame.type == "response.create" and await self._refused(frame):
                 continue
             try:
@@ -497,7 +488,7 @@ class _Relay:
         """One of the upstream's events passed on (its ``rate_limits.updated`` dropped)
         and acted on by its type; the relay's ending where a response.done's bill ends
         it."""
-        frame = read_frame(data, _UPSTREAM_ACTED_ON, errors=True)
+        frame = read_frame(data)
         if frame.carries_error:  # scrubbed as a call's upstream error is
             data = scrub(data, self.deployment.provider)
         elif frame.type == "rate_limits.updated":

@@ -1,13 +1,14 @@
 """The Realtime relay's reading and writing of events (runtime/realtime.py): a frame's
-event ``type``, the event where the relay acts on it, the usage of a ``response.done``,
-and the ``error`` and ``rate_limits.updated`` events the gateway sends of its own.
+event and its ``type``, the usage of a ``response.done``, and the ``error`` and
+``rate_limits.updated`` events the gateway sends of its own.
 
 A frame is classified by its event's ``type`` field, never by what its text contains: a
 model's output may be any text (a delta of ``response.done``, a function's arguments
-naming an event), and the events that carry it are passed on unread. Most frames are
-audio deltas, too large to parse for nothing, so the type is read from the frame's head
-where it cannot be wrong (``peek_type``), and the frame parsed only where that does not
-tell, or where its type is one the relay acts on.
+naming an event), and a client may escape any character of a type. Every frame is
+parsed (pydantic-core): on this project's loaded dev machine that took 22 µs for a
+6.5 KB audio delta and 370 µs for a 64 KB one, less than the four substring searches
+it replaces (43 and 618 µs) and than a check of the frame's head that no second or
+escaped ``"type"`` can fool (76 and 587 µs: it searches the frame for both).
 """
 
 from __future__ import annotations
@@ -22,21 +23,15 @@ from .jsonio import loads
 from .providers.base import Usage
 from .store.values import RateStatus
 
-# An event whose type is its first member, as OpenAI's events and its SDKs' are written.
-_HEAD = re.compile(r'\{\s*"type"\s*:\s*"([^"\\]*)"')
 # The first ``"type": "..."`` pair of a frame that is no JSON (one cut short): a quote
 # inside a JSON string is escaped, so no text the frame carries reads as one.
 _PAIR = re.compile(r'"type"\s*:\s*"([^"\\]*)"')
-_TYPE = '"type"'
-# What a frame that may carry an error has (any ``error`` member; escaped, the frame is
-# parsed): the relay scrubs the provider's key from those.
-_ERROR = '"error"'
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One text frame as the relay reads it: its event's ``type`` ("" where it names
-    none) and the event, where it was parsed (None: passed on unread, or not JSON)."""
+    none) and the event (None: the frame is no JSON object)."""
 
     type: str
     event: dict[str, object] | None
@@ -55,34 +50,17 @@ class Frame:
         return isinstance(details, dict) and "error" in details
 
 
-def peek_type(text: str) -> str | None:
-    """The type of ``text``'s event where its head names it and nothing after can say
-    otherwise: no escape anywhere (so every member's name reads as written) and no other
-    ``"type"``; None where only parsing the frame tells.
+def read_frame(text: str) -> Frame:
+    """``text``'s event and its type; a frame that is no JSON has the type of its first
+    ``"type"`` pair (a ``response.done`` cut short is still one).
 
-    >>> peek_type('{"type":"response.output_audio.delta","delta":"UklGRiQAAABXQVZF"}')
-    'response.output_audio.delta'
-    >>> peek_type('{"type":"response.output_text.delta","delta":"\\\\"response.done\\\\""}')
-    >>> peek_type('{"delta":"x","type":"response.output_text.delta"}')
-    """
-    head = _HEAD.match(text)
-    if head is None or "\\" in text or text.find(_TYPE, head.end()) >= 0:
-        return None
-    return head.group(1)
-
-
-def read_frame(text: str, acted_on: frozenset[str], *, errors: bool = False) -> Frame:
-    """``text``'s type, and its event where the type is in ``acted_on`` (or, with
-    ``errors``, where it may carry an error); a frame that is no JSON object has the
-    type of its first ``"type"`` pair (a ``response.done`` cut short is still one).
-
-    >>> read_frame('{"type":"response.output_text.delta","delta":"response.done"}',
-    ...            frozenset({"response.done"})).type
+    >>> read_frame('{"type":"response.output_text.delta","delta":"response.done"}').type
     'response.output_text.delta'
+    >>> read_frame('{"type":"response\\u002ecreate"}').type
+    'response.create'
+    >>> read_frame('{"type":"response.done","response":{"usa').type
+    'response.done'
     """
-    peeked = peek_type(text)
-    if peeked is not None and peeked not in acted_on and not (errors and _ERROR in text):
-        return Frame(peeked, None)
     try:
         event = loads(text)
     except ValueError:

@@ -41,8 +41,9 @@ removed ends its sessions the same way, and so does a key's ``expires`` (``key_e
 3000) or the session's maximum length, ``realtime_max_session_s`` (``session_expired``,
 1001, as OpenAI closes a session past its own cap), waited for while the session is
 idle too. A session that must end waits for its responses in flight while the upstream
-sends their events; silent for ``_CANCEL_WAIT_S`` (a stuck upstream), it ends without
-them. The access log has one line per session (its responses, tokens and cost), and the
+sends their events, for ``_FINISH_WAIT_S`` at most (then they are cancelled, and their
+``response.done`` billed); silent for ``_CANCEL_WAIT_S`` (a stuck upstream), it ends
+without them. The access log has one line per session (its responses, tokens and cost), and the
 metrics count it as one request.
 """
 
@@ -129,13 +130,16 @@ GOING_AWAY = 1001
 # The close codes one end may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset([*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)])
 # What a client that leaves within a response has the upstream do (its response.done,
-# with what was made, is then billed), and how long that response.done is waited for;
-# and how long a session that must end waits on an upstream silent in a response.
+# with what was made, is then billed), and how long that response.done is waited for
+# (and, by a session that must end, an upstream silent within a response).
 _CANCEL = json.dumps({"type": "response.cancel"})
 # A client's binary frame: OpenAI's Realtime events are JSON text (audio in base64).
 _BINARY_REFUSED = BadRequest("The Realtime API takes events as JSON text frames: a binary "
                              "frame was not passed on.")
 _CANCEL_WAIT_S = 10.0
+# How long a session that must end lets its responses in flight run before it cancels
+# them: an answer of a minute or so of audio goes on whole.
+_FINISH_WAIT_S = 30.0
 
 
 async def realtime(gateway: Gateway, websocket: WebSocket) -> None:
@@ -352,7 +356,9 @@ class _Relay:
             lambda: self.current().graph, self.key, self.opened_at,
             self.live.graph.settings.realtime_max_session_s))
         waited = {inbound, outbound, stop, deadline}
-        quiet: asyncio.Future[None] | None = None  # the upstream silent while it ends
+        # A session that must end, waiting on its responses in flight: no longer than
+        # ``_waited_out`` says.
+        finishing: asyncio.Future[None] | None = None
         try:
             while True:
                 done, _pending = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
@@ -360,8 +366,8 @@ class _Relay:
                     return outbound.result()
                 if inbound in done:
                     break
-                if quiet in done:  # a response that will never be done (a stuck
-                    # upstream) kept a session that had to end open for ever
+                if finishing in done:  # a response never done (a stuck upstream, one
+                    # that talks on) kept a session that had to end open for ever
                     await self.upstream.close()
                     assert self.closing is not None
                     return self.closing
@@ -378,9 +384,9 @@ class _Relay:
                 if self.closing is not None and not self.responding:
                     await self.upstream.close()
                     return self.closing
-                if quiet is None:
-                    quiet = asyncio.ensure_future(self._silent(_CANCEL_WAIT_S))
-                    waited.add(quiet)
+                if finishing is None:
+                    finishing = asyncio.ensure_future(self._waited_out())
+                    waited.add(finishing)
             ending = inbound.result()
             if self.responding:
                 # The client left within a response (it may have had all of its deltas):
@@ -397,11 +403,25 @@ class _Relay:
             return ending
         finally:
             tasks: list[asyncio.Future[Any]] = [inbound, outbound, stop, deadline]
-            if quiet is not None:
-                tasks.append(quiet)
+            if finishing is not None:
+                tasks.append(finishing)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _waited_out(self) -> None:
+        """Returns when a session that must end stops waiting for its responses in
+        flight: the upstream was silent ``_CANCEL_WAIT_S``, or they ran on
+        ``_FINISH_WAIT_S`` and were cancelled ``_CANCEL_WAIT_S`` ago (a response.done
+        that answers ends the session first, billed)."""
+        try:
+            await asyncio.wait_for(self._silent(_CANCEL_WAIT_S), _FINISH_WAIT_S)
+            return
+        except TimeoutError:
+            pass
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):  # it is closing
+            await self.upstream.send_str(_CANCEL)
+        await asyncio.sleep(_CANCEL_WAIT_S)
 
     async def _silent(self, seconds: float) -> None:
         """Returns once the upstream has sent nothing for ``seconds``."""

@@ -343,6 +343,32 @@ def test_a_session_at_its_end_waits_on_a_silent_upstream_no_longer_than_ten_seco
         assert _session_line(served.server)["responses"] == 0
 
 
+def test_a_session_at_its_end_cancels_a_response_that_runs_on_after_thirty_seconds(
+        tmp_path: Path) -> None:
+    """realtime_max_session_s: 3, a response in flight that the upstream would stream for
+    ever: 30 s past the session's end it is cancelled, its response.done (cancelled,
+    with what was made) billed, and the session ends (session_expired, 1001). It ran
+    on, and the session with it, as long as the upstream talked."""
+    async def session(served: Realtime) -> tuple[Any, Any, int | None, float]:
+        async with connected(served, "realtime") as connection:
+            await until(connection, "session.created")
+            opened = time.monotonic()
+            await _asked(connection, ENDLESS, "evt_endless")
+            events = await until(connection, "response.done")
+            while (error := await asyncio.wait_for(connection.recv(), 10)).type != "error":
+                pass
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(connection.recv(), 10)
+            return events[-1], error, _code(closed.value), time.monotonic() - opened
+
+    with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 3") as served:
+        done, error, code, lasted = asyncio.run(asyncio.wait_for(session(served), 60))
+        assert done.response.status == "cancelled"
+        assert (error.error.code, code) == ("session_expired", 1001)
+        assert 30 <= lasted < 50, lasted
+        assert len(served.server.ledger_rows(1)) == 1
+
+
 def test_a_sessions_key_expiring_ends_it_though_it_is_idle(tmp_path: Path) -> None:
     """A key's ``expires`` passing ends its open session, idle or not (after its
     response in flight, billed): a key_expired error event and a 3000 close, as a bad

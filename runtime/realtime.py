@@ -82,7 +82,6 @@ from .errors import (
 )
 from .exchange import Exchange
 from .identity import caller_in
-from .jsonio import loads
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
 from .realtime_events import (

@@ -32,6 +32,7 @@ from jinja2.filters import FILTERS as _JINJA_FILTERS
 from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+from pydantic_core import from_json
 
 T = TypeVar("T")
 
@@ -55,7 +56,9 @@ def _to_json(value: Any) -> str:
 
 
 def _from_json(text: str) -> Any:
-    return json.loads(text)
+    # pydantic-core's parser: text nested past its limit is a ValueError (a template
+    # error), where json.loads raised RecursionError, failing the run as an internal error.
+    return from_json(text)
 
 
 # What one operation of a template may make (characters of a string, items of a list),

@@ -8,6 +8,7 @@ with a traceback in the log).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,16 @@ steps:
 output: "{{ steps.parsed }}"
 """
 
+TALLY = """
+input:
+  type: object
+  properties: {items: {type: array, items: {type: string}}}
+  required: [items]
+steps:
+  count: {kind: transform, expression: "input['items'] | length"}
+output: "{{ steps.count }}"
+"""
+
 DEEP = "[" * 100_000  # json.loads: RecursionError, not ValueError
 
 
@@ -49,7 +60,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     (root / "gateway.yaml").write_text(gateway_config(
         settings="  max_request_bytes: 200000",
         extra_routes="  size: {pipeline: size}"))
-    for name, text in {"size": SIZE, "parse": PARSE}.items():
+    for name, text in {"size": SIZE, "parse": PARSE, "tally": TALLY}.items():
         (root / "pipelines" / f"{name}.yaml").write_text(text)
     started = Server(root)
     try:
@@ -130,3 +141,28 @@ def test_an_a2a_body_past_max_request_bytes_is_refused_unread(server: Server) ->
     executions = httpx.get(f"{server.base_url}/api/v1/executions", headers=AUTH,
                            timeout=30).json()["data"]
     assert executions == []
+
+
+def test_an_input_with_many_problems_is_told_the_first_ten_each_cut_short(
+    server: Server,
+) -> None:
+    """60,000 wrong items were 60,000 problems, found in seconds of the event loop (every
+    request of the worker waited) and answered as megabytes; a long value was quoted
+    whole in its problem."""
+    many = '{"items": [' + ",".join(["1"] * 60_000) + "]}"
+    began = time.monotonic()
+    response = httpx.post(f"{server.base_url}/v1/pipelines/tally", headers={
+        **AUTH, "content-type": "application/json"}, content=many, timeout=60)
+    elapsed = time.monotonic() - began
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message == ("The input does not match pipeline 'tally': "
+                       + "; ".join(f"items/{n}: 1 is not of type 'string'" for n in range(10))
+                       + "; and more (the first 10 problems are shown)"), message[:500]
+    assert elapsed < 3.0, elapsed
+    long = httpx.post(f"{server.base_url}/v1/pipelines/tally", headers=AUTH,
+                      json={"items": "x" * 150_000}, timeout=60)
+    assert long.status_code == 400, long.text
+    message = long.json()["error"]["message"]
+    assert message == ("The input does not match pipeline 'tally': items: '" + "x" * 292
+                       + "... (150032 characters)"), message[:500]

@@ -9,6 +9,10 @@ Keys live under ``<namespace>:wf:``::
     x:<id>:decisions    hash: approval step -> decision (JSON)
     idem:<key>:<idem>   the execution an idempotency key made
     index               sorted set: execution ids by creation time
+    by-key:<key>        sorted set: the ids of the executions a key started, by creation
+                        time (what a key's list reads, not every execution's hash)
+    by-key-complete     set once every ``by-key`` holds its key's executions (those
+                        made before it existed are added by one scan of ``index``)
     finished            sorted set: ended execution ids by when they ended (what the
                         purge deletes, without reading the executions still waiting)
     waiting             sorted set: executions that had a step waiting for a decision,
@@ -142,18 +146,19 @@ return 1
 # execution written and queued, together. Taken first and written after, a request in
 # between (another replica's) found the key with no execution behind it, took it over
 # and started a second run.
-# KEYS: exec, index, costs, queue, then the idempotency key (if any).
+# KEYS: exec, index, costs, queue, by-key, then the idempotency key (if any).
 # ARGV: id, now, pipeline, the idempotency key's execution if it names one that is gone
 # ('' otherwise), then the execution's field, value pairs.
 # Returns '' when it made the execution, else the id the idempotency key names.
 _CREATE = """
-if #KEYS == 5 then
-  local made = redis.call('GET', KEYS[5])
+if #KEYS == 6 then
+  local made = redis.call('GET', KEYS[6])
   if made and made ~= ARGV[4] then return made end
-  redis.call('SET', KEYS[5], ARGV[1])
+  redis.call('SET', KEYS[6], ARGV[1])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':executions', 1)
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return ''
@@ -203,6 +208,9 @@ class RedisExecutions:
     def _x(self, execution_id: str, part: str = "") -> str:
         return self._key("x", execution_id) + (f":{part}" if part else "")
 
+    def _by_key(self, key: str | None) -> str:
+        return self._key("by-key", quote(key or "", safe=""))
+
     async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         """The execution hashes of ``ids`` in one round trip (empty where one is gone)."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -221,7 +229,7 @@ class RedisExecutions:
                 trace=new.trace, caller=new.caller,
             )
             keys = [self._x(execution.id), self._key("index"), self._key("costs"),
-                    self._key("queue")]
+                    self._key("queue"), self._by_key(new.key)]
             if new.idempotency_key is not None:
                 keys.append(self._key("idem", quote(new.key or "", safe=""),
                                       quote(new.idempotency_key, safe="")))
@@ -261,10 +269,17 @@ class RedisExecutions:
         limit: int = 100,
     ) -> tuple[Execution, ...]:
         async def run() -> tuple[Execution, ...]:
+            # A key's own executions are read from its index: read from every
+            # execution's, a key with few of them had each list read the whole store.
+            index = self._key("index")
+            if key is not None:
+                if not await self._redis.exists(self._key("by-key-complete")):
+                    await self._index_by_key()
+                index = self._by_key(key)
             found: list[Execution] = []
             start = 0
             while len(found) < limit:
-                ids = await self._redis.zrevrange(self._key("index"), start, start + 499)
+                ids = await self._redis.zrevrange(index, start, start + 499)
                 if not ids:
                     break
                 start += len(ids)
@@ -559,6 +574,7 @@ class RedisExecutions:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for execution in gone:
                     pipe.delete(*(self._x(execution.id, part) for part in _PARTS))
+                    pipe.zrem(self._by_key(execution.key), execution.id)
                     if execution.idempotency_key is not None:
                         pipe.delete(self._key("idem", quote(execution.key or "", safe=""),
                                               quote(execution.idempotency_key, safe="")))
@@ -587,6 +603,21 @@ class RedisExecutions:
             if ended:
                 await self._redis.zadd(self._key("finished"), ended)
         await self._redis.set(self._key("finished", "complete"), "1")
+
+    async def _index_by_key(self) -> None:
+        """Add executions made before ``by-key`` existed to their key's: one scan of the
+        whole index, once per Redis (concurrent replicas doing it too add the same)."""
+        start = 0
+        while ids := await self._redis.zrange(self._key("index"), start, start + 499,
+                                              withscores=True):
+            start += len(ids)
+            rows = await self._hashes([execution_id for execution_id, _ in ids])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (execution_id, created), row in zip(ids, rows, strict=True):
+                    if row:  # else dangling: the list skips it, the purge removes it
+                        pipe.zadd(self._by_key(_decode(row).key), {execution_id: created})
+                await pipe.execute()
+        await self._redis.set(self._key("by-key-complete"), "1")
 
     async def costs(self) -> tuple[CostRow, ...]:
         async def run() -> tuple[CostRow, ...]:

@@ -111,3 +111,31 @@ async def test_a_runner_says_once_that_it_cannot_claim_work_and_when_it_can_agai
     said = [record.message for record in caplog.records if "claim" in record.message]
     assert len(said) == 2, said
     assert "cannot claim work" in said[0] and "claims work again" in said[1]
+
+
+async def _hgetalls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_a_keys_list_reads_its_own_executions_not_every_ones(
+    store: RedisExecutions, client: aioredis.Redis
+) -> None:
+    """GET /api/v1/executions of a key with one execution read every execution's hash,
+    newest first, until it had found its page: the whole store, on every call."""
+    for n in range(600):
+        await store.create(NewExecution("research", {"n": n}, "dev", None, "f"), NOW + n)
+    mine, _ = await store.create(NewExecution("research", {}, "alice", None, "f"), NOW - 1)
+    # As a store written before a key's executions were indexed: found by one scan.
+    if indexed := await client.keys("aigw:wf:by-key*"):
+        await client.delete(*indexed)
+    assert [found.id for found in await store.list(key="alice")] == [mine.id]
+    before = await _hgetalls(client)
+    assert [found.id for found in await store.list(key="alice")] == [mine.id]
+    assert await _hgetalls(client) - before == 1
+    assert len(await store.list(key="dev", limit=1000)) == 600
+    assert await store.list(key="bot") == ()
+    # A purged execution leaves its key's index too.
+    await store.control(mine.id, "cancel", NOW)
+    assert await store.purge(NOW + 10**9, 10) == 1
+    assert await client.zcard("aigw:wf:by-key:alice") == 0

@@ -265,8 +265,11 @@ class ExecutionStore(Protocol):
         pipeline: str | None = None,
         statuses: Collection[Status] | None = None,
         limit: int = 100,
+        after: Execution | None = None,
     ) -> tuple[Execution, ...]:
-        """The newest first; ``statuses``: only executions in one of them."""
+        """The newest first (made at the same moment: the greater id first);
+        ``statuses``: only executions in one of them; ``after``: only those listed after
+        it (the last one of the page before)."""
         ...
 
     async def steps(self, execution_id: str) -> tuple[StepState, ...]: ...

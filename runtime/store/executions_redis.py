@@ -267,6 +267,7 @@ class RedisExecutions:
         pipeline: str | None = None,
         statuses: Collection[Status] | None = None,
         limit: int = 100,
+        after: Execution | None = None,
     ) -> tuple[Execution, ...]:
         async def run() -> tuple[Execution, ...]:
             # A key's own executions are read from its index: read from every
@@ -278,6 +279,12 @@ class RedisExecutions:
                 index = self._by_key(key)
             found: list[Execution] = []
             start = 0
+            if after is not None:
+                # By score, then id, both descending: as the embedded store orders them.
+                rank = await self._redis.zrevrank(index, after.id)
+                if rank is None:  # purged meanwhile: those made before it
+                    rank = await self._redis.zcount(index, f"({after.created_at}", "+inf") - 1
+                start = rank + 1
             while len(found) < limit:
                 ids = await self._redis.zrevrange(index, start, start + 499)
                 if not ids:

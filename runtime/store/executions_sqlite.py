@@ -149,8 +149,9 @@ class SQLiteExecutions:
         pipeline: str | None = None,
         statuses: Collection[Status] | None = None,
         limit: int = 100,
+        after: Execution | None = None,
     ) -> tuple[Execution, ...]:
-        return await self._db.call(partial(_list, key, pipeline, statuses, limit))
+        return await self._db.call(partial(_list, key, pipeline, statuses, limit, after))
 
     async def steps(self, execution_id: str) -> tuple[StepState, ...]:
         return await self._db.call(partial(_steps, execution_id))
@@ -266,9 +267,14 @@ def _list(
     pipeline: str | None,
     statuses: Collection[Status] | None,
     limit: int,
+    after: Execution | None,
     connection: sqlite3.Connection,
 ) -> tuple[Execution, ...]:
-    conditions, params = [], []
+    conditions: list[str] = []
+    params: list[Any] = []
+    if after is not None:
+        conditions.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params += [after.created_at, after.created_at, after.id]
     if key is not None:
         conditions.append('"key" = ?')
         params.append(key)
@@ -280,7 +286,7 @@ def _list(
         params += [status.value for status in statuses]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = connection.execute(
-        f"{_SELECT}{where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
+        f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
     ).fetchall()
     return tuple(_row(row) for row in rows)
 

@@ -3,7 +3,8 @@
     GET  /api/v1/templates                       built-in pipeline templates
     GET  /api/v1/workflows                       the gateway's compiled pipelines
     POST /api/v1/executions                      {pipeline | template, input, idempotency_key}
-    GET  /api/v1/executions?status=&pipeline=    newest first (a key sees its own)
+    GET  /api/v1/executions?status=&pipeline=    newest first (a key sees its own), paged
+         &limit=&after=                          by the last id of the page before
     GET  /api/v1/executions/{id}                 status, output, cost, usage
     GET  /api/v1/executions/{id}/steps           each step's checkpoint
     GET  /api/v1/executions/{id}/events?after=N  the history of events
@@ -202,10 +203,23 @@ class _Api:
             except ValueError:
                 raise BadRequest(f"status is one or more of {', '.join(Status)}, comma "
                                  "separated.", param="status") from None
+        after = None
+        if "after" in request.query_params:
+            cursor = request.query_params["after"]
+            try:
+                after = await self.workflows.execution(key, cursor)
+            except NotFound:
+                raise BadRequest(f"Invalid value for 'after': {quoted(cursor)} is not the id "
+                                 "of an execution of this key's.", param="after") from None
+        # One more than the page: whether there is a next one.
         found = await store.list(key=None if key.admin else key.name,
                                  pipeline=request.query_params.get("pipeline"),
-                                 statuses=statuses, limit=limit)
-        return JSONResponse({"object": "list", "data": [item.as_dict() for item in found]})
+                                 statuses=statuses, limit=limit + 1, after=after)
+        page = found[:limit]
+        return JSONResponse({"object": "list", "data": [item.as_dict() for item in page],
+                             "first_id": page[0].id if page else None,
+                             "last_id": page[-1].id if page else None,
+                             "has_more": len(found) > limit})
 
     async def get(self, request: Request) -> Response:
         execution = await self._execution(request)

@@ -302,6 +302,40 @@ async def test_a_key_sees_only_its_own_executions(serve: Serve) -> None:
     assert (await served.http.get("/api/v1/costs/summary", headers=alice)).status_code == 403
 
 
+async def test_a_keys_executions_are_paged_and_another_keys_is_no_cursor(
+    serve: Serve, store_options: dict[str, Any]
+) -> None:
+    """A key with more executions than a page (1,000 at most) could not see past it:
+    the list had no cursor."""
+    served = await serve({"slow": SLOW}, **store_options)
+    alice = {"authorization": f"Bearer {ALICE_KEY}"}
+    hers = [(await served.http.post("/api/v1/executions", headers=alice, json={
+        "pipeline": "slow", "input": {}})).json()["id"] for _ in range(5)]
+    theirs = await served.start("slow", {})  # the dev key's
+    pages: list[list[str]] = []
+    params = {"limit": "2"}
+    while True:
+        page = (await served.http.get("/api/v1/executions", headers=alice,
+                                      params=params)).json()
+        pages.append([item["id"] for item in page["data"]])
+        assert (page["first_id"], page["last_id"]) == (pages[-1][0], pages[-1][-1])
+        if not page["has_more"]:
+            break
+        params = {"limit": "2", "after": page["last_id"]}
+    assert pages == [hers[:2:-1], hers[2:0:-1], hers[:1]]
+    everything = (await served.http.get("/api/v1/executions", params={
+        "after": hers[3]})).json()  # the admin key's: every key's, after it
+    assert [item["id"] for item in everything["data"]] == hers[2::-1]
+    # Another key's execution is no cursor: it is as unknown to this key as a made-up id.
+    for cursor in (theirs["id"], "exec_nope"):
+        refused = await served.http.get("/api/v1/executions", headers=alice,
+                                        params={"after": cursor})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"] == (
+            f"Invalid value for 'after': '{cursor}' is not the id of an execution of this "
+            "key's.")
+
+
 async def test_a_bad_list_query_is_a_400_that_names_it(serve: Serve) -> None:
     # ``limit`` out of bounds was cut to them, and a bad value repeated whole (kilobytes)
     # in a message that named no parameter.

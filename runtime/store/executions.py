@@ -383,12 +383,17 @@ def abandon(
                          for state in closed)
 
 
-def check_decidable(execution_id: str, status: Status) -> None:
+def check_decidable(execution_id: str, status: Status, control: str | None) -> None:
     """ExecutionConflict for a decision on an execution that has ended (its approval
-    ended with it, or is ending as the decision comes): nothing will read the decision."""
+    ended with it, or is ending as the decision comes), or whose cancel was asked for:
+    nothing will read the decision (its runner, seeing the cancel at its next look, may
+    have read the decision first, and gone on to the next step)."""
     if status in FINAL:
         raise ExecutionConflict(f"execution {execution_id} has already {status.value}; "
                                 "nothing waits for a decision")
+    if control == "cancel":
+        raise ExecutionConflict(f"execution {execution_id} is being cancelled; nothing "
+                                "waits for a decision")
 
 
 # Changed by the store, not by a runner (its lease had lapsed): the lease goes too, so the

@@ -544,14 +544,30 @@ class RedisExecutions:
 
     async def decide(self, execution_id: str, step: str, decision: Decision) -> None:
         async def run() -> None:
-            status = await self._redis.hget(self._x(execution_id), "status")
-            if status is not None:
-                check_decidable(execution_id, Status(json.loads(status)))
-            text = await self._redis.hget(self._x(execution_id, "steps"), step)
-            if text is None or step_from_json(text).status is not StepStatus.WAITING:
-                raise ExecutionConflict(f"step '{step}' is not waiting for a decision")
-            if not await self._redis.hsetnx(self._x(execution_id, "decisions"), step,
-                                            decision_to_json(decision)):
+            # Watched, as control() watches: a cancel between the checks and the write
+            # left a decision recorded, and answered 200, on an execution that had ended.
+            key, steps = self._x(execution_id), self._x(execution_id, "steps")
+            while True:
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        await pipe.watch(key, steps)
+                        status, control = await pipe.hmget(key, "status", "control")
+                        if status is not None:
+                            check_decidable(execution_id, Status(json.loads(status)),
+                                            json.loads(control) if control else None)
+                        text = await pipe.hget(steps, step)
+                        if text is None or step_from_json(text).status is not \
+                                StepStatus.WAITING:
+                            raise ExecutionConflict(f"step '{step}' is not waiting for a "
+                                                    "decision")
+                        pipe.multi()
+                        pipe.hsetnx(self._x(execution_id, "decisions"), step,
+                                    decision_to_json(decision))
+                        [made] = await pipe.execute()
+                    break
+                except WatchError:
+                    continue
+            if not made:
                 raise ExecutionConflict(f"step '{step}' was decided already")
 
         await self._guard(run)

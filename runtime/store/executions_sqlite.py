@@ -474,10 +474,10 @@ def _control(
 def _decide(
     execution_id: str, step: str, decision: Decision, connection: sqlite3.Connection
 ) -> None:
-    status = connection.execute("SELECT status FROM wf_executions WHERE id = ?",
-                                (execution_id,)).fetchone()
-    if status is not None:
-        check_decidable(execution_id, Status(status[0]))
+    found = connection.execute("SELECT status, control FROM wf_executions WHERE id = ?",
+                               (execution_id,)).fetchone()
+    if found is not None:
+        check_decidable(execution_id, Status(found[0]), found[1])
     row = connection.execute(
         "SELECT state FROM wf_steps WHERE execution_id = ? AND step = ?", (execution_id, step)
     ).fetchone()

@@ -317,6 +317,24 @@ async def test_no_decision_for_a_step_of_an_execution_that_has_ended(
     assert await store.decision(execution.id, "sign_off") is None
 
 
+async def test_no_decision_for_a_step_of_an_execution_whose_cancel_was_asked_for(
+    store: ExecutionStore,
+) -> None:
+    """A held execution's cancel waits for its runner to see it: a decision in between was
+    recorded and answered 200, and the runner, reading the decision before the cancel,
+    could go on to the next step."""
+    execution, _ = await store.create(_new(), NOW)
+    owner = new_owner()
+    await store.claim(owner, LEASE, NOW, 10)
+    await store.commit(execution.id, owner, Checkpoint(
+        steps=(StepState("sign_off", StepStatus.WAITING, 1),), status=Status.WAITING), NOW)
+    asked = await store.control(execution.id, "cancel", NOW + 1)
+    assert asked.status is Status.WAITING and asked.control == "cancel"
+    with pytest.raises(ExecutionConflict, match="is being cancelled; nothing waits"):
+        await store.decide(execution.id, "sign_off", Decision(True, "dev", None, NOW))
+    assert await store.decision(execution.id, "sign_off") is None
+
+
 async def test_waiting_lists_the_steps_waiting_in_unfinished_executions(
     store: ExecutionStore,
 ) -> None:

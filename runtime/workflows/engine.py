@@ -371,7 +371,7 @@ class Run:
         scope = {"input": given, "steps": dict(outputs)}
         output = jsonable(self.render(pipeline.output, scope))
         if pipeline.output_schema is not None:
-            problems = pipeline.output_schema.errors(output)
+            problems = await asyncio.to_thread(pipeline.output_schema.errors, output)
             if problems:
                 raise StepFailed(f"pipeline '{pipeline.name}' output does not match its "
                                  f"output_schema: {'; '.join(problems)}", retryable=False)
@@ -526,7 +526,7 @@ class Run:
                 raise StepFailed(f"timed out after {step.timeout_s:g}s") from None
         output = jsonable(output)
         if step.output_schema is not None:
-            problems = step.output_schema.errors(output)
+            problems = await asyncio.to_thread(step.output_schema.errors, output)
             if problems:
                 raise StepFailed(f"output does not match output_schema: {'; '.join(problems)}")
         return output

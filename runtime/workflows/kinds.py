@@ -330,7 +330,7 @@ async def _pipeline(context: StepContext, action: SubPipeline) -> Any:
     # Run by name, it is checked on Pipeline::"name"; run by another, it is too.
     await run.caller.check_pipeline(action.pipeline)
     given = jsonable(run.render(action.input, context.scope))
-    problems = pipeline.input_schema.errors(given)
+    problems = await asyncio.to_thread(pipeline.input_schema.errors, given)  # as a run's
     if problems:
         raise StepFailed(f"input for pipeline '{action.pipeline}' does not match its schema: "
                          + "; ".join(problems), retryable=False)

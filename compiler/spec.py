@@ -591,8 +591,9 @@ class IssuerSpec(Spec):
         "(kept, and used, while the provider cannot be reached).")
     jwks_refetch_s: Annotated[float, Field(ge=1, le=3600)] = Field(
         10.0, description="The fewest seconds between two fetches that tokens naming a "
-        "kid the keys lack (a rotation) cause: a flood of made-up kids costs the provider "
-        "one request in this long.")
+        "kid the keys lack (a rotation), or whose signature the key they name does not "
+        "verify (a rotation that kept the kid), cause: a flood of made-up kids or forged "
+        "signatures costs the provider one request in this long.")
     description: str | None = None
 
     @model_validator(mode="after")

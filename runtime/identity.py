@@ -11,8 +11,10 @@ with the issuer's routes and per-caller quota.
 Keys from a ``jwks_url`` are kept for the gateway's life, across reloads, and fetched
 again when older than ``jwks_max_age_s`` (in the background, the old ones serving
 meanwhile) or, the token waiting, when it names a ``kid`` the set lacks
-(a rotation), at most once per the issuer's ``jwks_refetch_s`` however many tokens
-name unknown kids: a flood of made-up kids costs the provider one request that often. One
+(a rotation), or when its signature does not verify with the key its kid names (a
+rotation that kept the kid, or a provider naming none), at most once per the issuer's
+``jwks_refetch_s`` however many tokens ask: a flood of made-up kids or forged signatures
+costs the provider one request that often. One
 fetch at a time per URL, the others waiting for it, for ``FETCH_TIMEOUT_S`` at most in
 all (httpx's timeouts are each read's: a provider sending a byte at a time would hold
 them for good). While the provider cannot be reached, or answers anything but a key set,
@@ -189,10 +191,16 @@ class Identities:
         kid = header.get("kid")
         jwk, key = await self._key(issuer, kid, algorithm)
         try:
-            claims = jwt.decode(
-                token, key, algorithms=[algorithm], audience=list(issuer.audiences),
-                issuer=issuer.issuer, leeway=issuer.leeway_s,
-                options={"require": ["exp", "iss", "aud"]})
+            try:
+                claims = _decoded(issuer, token, key, algorithm)
+            except jwt.InvalidSignatureError:
+                # A provider that rotated its key and kept the kid (or names none) signs
+                # with a key the set held here lacks: asked again, as for a new kid.
+                renewed = await self._renewed(issuer, kid, algorithm, jwk)
+                if renewed is None:
+                    raise
+                jwk, key = renewed
+                claims = _decoded(issuer, token, key, algorithm)
         except jwt.PyJWTError as exc:
             raise TokenRefused(_refusal(exc, issuer, unverified)) from exc
         # exp as PyJWT read it to check it (int(), which refuses what is not a number).
@@ -272,6 +280,33 @@ class Identities:
             raise TokenRefused(
                 f"The token's signing key (kid {_shown(kid)}) is not among issuer "
                 f"'{issuer.name}''s keys for {algorithm}.")
+        return self._prepare(issuer, kid, algorithm, found)
+
+    async def _renewed(self, issuer: Issuer, kid: object, algorithm: str,
+                       tried: Mapping[str, Any]) -> tuple[Mapping[str, Any], jwt.PyJWK] | None:
+        """After a signature that ``tried`` (the key ``kid`` named) did not verify: the key
+        ``kid`` names in ``issuer``'s set fetched again, where that is another key; None
+        where it is not, or the set may not be fetched yet (once per jwks_refetch_s,
+        shared with unknown kids: a flood of forged signatures costs the provider one
+        request that often, the tokens waiting on a fetch under way using its keys)."""
+        url = issuer.jwks_url
+        state = self._sets.get(url) if url is not None else None
+        if url is None or state is None:  # keys written in the config: nothing to fetch
+            return None
+        if (self._clock() - state.tried_at < issuer.jwks_refetch_s
+                and not state.lock.locked()):
+            return None
+        async with state.lock:
+            if self._clock() - state.tried_at >= issuer.jwks_refetch_s:
+                await self._refresh_now(state, url, issuer.name)
+        found = _pick(state.keys, kid, algorithm)
+        if found is None or found == tried:
+            return None
+        return self._prepare(issuer, kid, algorithm, found)
+
+    def _prepare(self, issuer: Issuer, kid: object, algorithm: str,
+                 found: Mapping[str, Any]) -> tuple[Mapping[str, Any], jwt.PyJWK]:
+        """``found`` and the PyJWK made of it for ``algorithm``."""
         # Made once a key and algorithm (a key set fetched again is a new mapping).
         prepared = (id(found), algorithm)
         made = self._prepared.get(prepared)
@@ -447,6 +482,15 @@ def _pick(keys: Mapping[str, Mapping[str, Any]], kid: object,
         return found if found is not None and suits(found) else None
     suiting = [key for key in keys.values() if suits(key)]
     return suiting[0] if len(suiting) == 1 else None
+
+
+def _decoded(issuer: Issuer, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+    """``token``'s claims, verified with ``key`` as ``issuer`` requires."""
+    claims: dict[str, Any] = jwt.decode(
+        token, key, algorithms=[algorithm], audience=list(issuer.audiences),
+        issuer=issuer.issuer, leeway=issuer.leeway_s,
+        options={"require": ["exp", "iss", "aud"]})
+    return claims
 
 
 def _refusal(exc: jwt.PyJWTError, issuer: Issuer, unverified: Mapping[str, Any]) -> str:

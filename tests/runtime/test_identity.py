@@ -474,3 +474,60 @@ async def test_an_aud_claim_that_is_a_list(graph: Graph, aud: object, said: str 
     with pytest.raises(TokenRefused) as refused:
         await identities.caller(graph, token)
     assert said in refused.value.message
+
+
+def _served_issuer(root: Path, base_url: str) -> Graph:
+    return _compiled(root, "{}", f'  corp: {{issuer: "{ISSUER}", jwks_url: "{base_url}/jwks.json", '
+                     "audiences: [aigw], jwks_max_age_s: 300, jwks_refetch_s: 10}\n")
+
+
+@pytest.mark.parametrize("kid", ["k1", None], ids=["the-same-kid", "no-kid"])
+async def test_a_key_rotated_under_the_same_kid_is_fetched_again_on_a_bad_signature(
+        tmp_path: Path, kid: str | None) -> None:
+    """A provider that rotates its key and keeps the kid (or names none): a token signed
+    with the new key failed its signature check against the set held here until that
+    was past jwks_max_age_s (five minutes by default); the set is fetched again at once."""
+    provider, clock = JwksServer(), Clock()
+    old, new = SigningKey.rsa("k1"), SigningKey.rsa("k1")
+    provider.publish(old)
+    with serving(provider.app) as base_url:
+        graph = _served_issuer(tmp_path, base_url)
+        identities = Identities(clock=clock)
+
+        def signed(key: SigningKey, sub: str) -> str:
+            return jwt.encode(claims(sub), key.private, algorithm="RS256",
+                              headers={"kid": kid} if kid else None)
+
+        assert (await identities.caller(graph, signed(old, "a"))).name == "corp#a"
+        provider.publish(new)
+        clock.now += 11  # past jwks_refetch_s, well within jwks_max_age_s
+        assert (await identities.caller(graph, signed(new, "b"))).name == "corp#b"
+        assert provider.fetches == 2
+        # The old key is gone from the set: its tokens (a kept one too) are refused.
+        with pytest.raises(TokenRefused, match="signature does not verify"):
+            await identities.caller(graph, signed(old, "a"))
+        await identities.aclose()
+
+
+async def test_bad_signatures_refetch_at_most_once_a_refetch_interval(tmp_path: Path) -> None:
+    """Forged signatures under a known kid, many at once and then one a second: the
+    provider is asked once each jwks_refetch_s, never once a token."""
+    provider, clock = JwksServer(KEY), Clock()
+    forger = SigningKey.rsa("k1")
+    with serving(provider.app) as base_url:
+        graph = _served_issuer(tmp_path, base_url)
+        identities = Identities(clock=clock)
+        assert (await identities.caller(graph, KEY.sign(claims("a")))).name == "corp#a"
+        clock.now += 11
+        refused = await asyncio.gather(
+            *(identities.caller(graph, forger.sign(claims(f"f{i}"))) for i in range(40)),
+            return_exceptions=True)
+        assert all(isinstance(each, TokenRefused) for each in refused)
+        assert provider.fetches == 2
+        for index in range(30):
+            clock.now += 1
+            with pytest.raises(TokenRefused, match="signature does not verify"):
+                await identities.caller(graph, forger.sign(claims(f"g{index}")))
+        assert provider.fetches == 2 + 3  # one each 10 s of the 30
+        assert (await identities.caller(graph, KEY.sign(claims("a")))).name == "corp#a"
+        await identities.aclose()

@@ -53,6 +53,7 @@ from .telemetry.tracing import (
 )
 from .tokens import STREAMED_AUDIO_FORMAT
 from .uncancelled import uncancelled
+from .upstream import UPSTREAM_ID_HEADER
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -219,6 +220,7 @@ async def complete(
                              _loop(live, chosen, attempt, partial(bill_loser, record)), record)
     bill_answer(live, record, won)
     record.response_model = won.value.model
+    record.upstream_request_id = won.value.upstream_request_id
     record.finish_reasons = tuple([choice.finish_reason for choice in won.value.choices])
     return _served(record, chosen, won), won.value
 
@@ -448,6 +450,13 @@ def span_failed(span: Span, exc: BaseException) -> None:
 def overhead_header(record: RequestRecord) -> dict[str, str]:
     """``x-aigw-overhead-ms``: the gateway's own time so far, on every answer."""
     return {"x-aigw-overhead-ms": f"{record.overhead_s() * 1000:.3f}"}
+
+
+def upstream_id_header(record: RequestRecord) -> dict[str, str]:
+    """``x-aigw-upstream-request-id``: the provider's id of the call that answered, where
+    it gave one (``x-request-id`` is the gateway's, its access line's)."""
+    upstream_id = record.upstream_request_id
+    return {UPSTREAM_ID_HEADER: upstream_id} if upstream_id is not None else {}
 
 
 def _served(record: RequestRecord, chosen: Plan, won: Won[Any]) -> Served:

@@ -44,7 +44,16 @@ from .admission import (
     ledger_record,
     worst_case,
 )
-from .chat import Plan, Served, complete, new_record, overhead_header, prepare, stream
+from .chat import (
+    Plan,
+    Served,
+    complete,
+    new_record,
+    overhead_header,
+    prepare,
+    stream,
+    upstream_id_header,
+)
 from .chat_request import ChatRequest
 from .errors import (
     BadRequest,
@@ -233,7 +242,7 @@ class Exchange:
         admission, record = self.admission, self.record
         return {**served.headers(), **(admission.headers() if admission is not None else {}),
                 **(self.cache_headers() if record.cache is not None else {}),
-                **overhead_header(record)}
+                **upstream_id_header(record), **overhead_header(record)}
 
     def rate_headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}

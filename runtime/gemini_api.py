@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from aigw.compiler.graph import ApiKey, Route
 
 from .auth import bearer_token, caller_for
-from .chat import PlannedCount, Served, overhead_header, planned_count
+from .chat import PlannedCount, Served, overhead_header, planned_count, upstream_id_header
 from .errors import (
     BadRequest,
     GatewayError,
@@ -309,7 +309,7 @@ def _route_name(name: str) -> str:
 
 
 def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
-    return {**served.headers(), **overhead_header(record)}
+    return {**served.headers(), **upstream_id_header(record), **overhead_header(record)}
 
 
 def response_id(served: Served) -> str:

@@ -73,6 +73,7 @@ ANSWER_HEADERS = (
     *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
       for what in ("limit", "remaining", "reset")),
     "x-aigw-cache", "x-aigw-cache-similarity", "x-aigw-overhead-ms", "cache-control",
+    "x-aigw-upstream-request-id",
 )
 SENT_AS: Mapping[str, bytes] = MappingProxyType(
     {name: name.encode("latin-1") for name in ANSWER_HEADERS})

@@ -32,7 +32,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from .auth import authenticate
-from .chat import Served, overhead_header, planned_count
+from .chat import Served, overhead_header, planned_count, upstream_id_header
 from .errors import GatewayError, InternalError, UpstreamOverloaded, UpstreamServerError
 from .exchange import Exchange, in_its_shape
 from .jsonio import loads
@@ -169,6 +169,7 @@ def _headers(served: Served, record: RequestRecord) -> dict[str, str]:
     return {
         **served.headers(),
         "request-id": served.request_id,
+        **upstream_id_header(record),
         **overhead_header(record),
     }
 

@@ -69,7 +69,7 @@ from .providers.raw import RawTarget, raw_adapter
 from .sse import settled_stream
 from .telemetry.record import RequestRecord, answered_as, label_answer
 from .telemetry.tracing import PROVIDER_NAMES, Span, traced
-from .upstream import make_client, scrub
+from .upstream import UPSTREAM_ID_HEADER, make_client, scrub, upstream_request_id
 
 log = logging.getLogger("aigw.passthrough")
 
@@ -359,6 +359,7 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     span.set("http.response.status_code", upstream.status_code)
     headers = {name: value for name, value in upstream.headers.items()
                if name.lower() not in _NOT_ANSWERED}
+    _own_id(record, upstream.headers, headers)
     encoding = upstream.headers.get("content-encoding", "").strip().lower()
     if upstream.status_code >= 400:
         try:
@@ -384,6 +385,23 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     return _Droppable(await settled_stream(
         _relayed(live, exchange, passthrough, upstream, reader, masks, span), headers,
         upstream.headers.get("content-type", "")))
+
+
+def _own_id(record: RequestRecord, upstream: httpx.Headers, answered: dict[str, str]) -> None:
+    """The request ids of ``answered`` (the upstream's headers as the client gets them):
+    ``x-request-id`` the gateway's (SnapshotMiddleware stamps it, as on every answer: the
+    id of the access line an operator is handed), the upstream's own id moved to
+    ``x-aigw-upstream-request-id`` and the line, for a ticket to the provider. Anthropic's
+    ``request-id`` (its SDK's ``_request_id``) is the gateway's too, as /v1/messages has
+    it."""
+    answered.pop("x-request-id", None)  # an empty one too, which named no request
+    upstream_id = upstream_request_id(upstream)
+    if upstream_id is None:
+        return
+    record.upstream_request_id = upstream_id
+    if "request-id" in answered:
+        answered["request-id"] = record.request_id
+    answered[UPSTREAM_ID_HEADER] = upstream_id
 
 
 class _Dropped(Exception):

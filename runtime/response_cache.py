@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import TypeAdapter, ValidationError
@@ -400,6 +400,8 @@ def encode_answer(deployment: str, result: ChatResult, max_bytes: int) -> bytes 
     is refused before it is encoded (a copy as large again, for nothing), the rest after."""
     if sum(_chars(choice) for choice in result.choices) > max_bytes:
         return None
+    if result.upstream_request_id is not None:  # a hit calls no provider: it has no id
+        result = replace(result, upstream_request_id=None)
     entry = _ANSWER.dump_json(CachedAnswer(deployment, result))
     return entry if len(entry) <= max_bytes else None
 

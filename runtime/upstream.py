@@ -59,6 +59,30 @@ _CONTEXT_PHRASES = (
 _POLICY_PHRASES = ("content policy", "content_policy", "content management policy", "safety")
 
 
+# Where providers name their own id of a request, which their support asks for: OpenAI
+# (Azure OpenAI, vLLM with --enable-request-id-headers) x-request-id, Anthropic
+# request-id, Bedrock x-amzn-requestid; Gemini and Vertex send none.
+UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+# Where the gateway gives it on: x-request-id is always the gateway's own (its access line's).
+UPSTREAM_ID_HEADER = "x-aigw-upstream-request-id"
+MAX_UPSTREAM_ID = 256  # the most of one kept (a provider's are 30 to 40 characters)
+
+
+def upstream_request_id(headers: Mapping[str, str]) -> str | None:
+    """The provider's id of the request its answer's ``headers`` answer, if they name one.
+
+    >>> upstream_request_id(httpx.Headers({"Request-Id": "req_011CS"}))
+    'req_011CS'
+    """
+    for name in UPSTREAM_ID_HEADERS:
+        value = headers.get(name)
+        # Visible ASCII only: it goes on in a header of the gateway's own (one past
+        # Latin-1 could not be sent at all) and into the access line.
+        if value and value.isascii() and value.isprintable():
+            return value[:MAX_UPSTREAM_ID]
+    return None
+
+
 def make_client(provider: Provider, native: bool = False) -> httpx.AsyncClient:
     """A pooled client for one provider, with its limits and timeouts from the config.
     ``native``: on httpx's own transport, whatever is installed: an error a streamed
@@ -518,6 +542,13 @@ class Upstream:
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]:
+        document, _upstream_id = await self.post_json_identified(url, body, headers)
+        return document
+
+    async def post_json_identified(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> tuple[dict[str, Any], str | None]:
+        """``post_json``'s answer, and the provider's id of the request, if it gave one."""
         request = self.client.build_request("POST", url, json=body, headers=traced(headers))
         try:
             response = await self.client.send(request, stream=True)
@@ -541,7 +572,7 @@ class Upstream:
                 f"provider '{self.provider.name}' answered with JSON that is not an object",
                 provider=self.provider.name,
             )
-        return document
+        return document, upstream_request_id(response.headers)
 
     async def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]

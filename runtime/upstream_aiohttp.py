@@ -30,6 +30,7 @@ from .upstream import (
     read_capped,
     scrub,
     too_large,
+    upstream_request_id,
 )
 
 log = logging.getLogger("aigw.upstream")
@@ -75,6 +76,10 @@ class JsonUpstream(Protocol):
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]: ...
+
+    async def post_json_identified(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> tuple[dict[str, Any], str | None]: ...
 
     def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
@@ -145,6 +150,13 @@ class AiohttpUpstream:
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> dict[str, Any]:
+        document, _upstream_id = await self.post_json_identified(url, body, headers)
+        return document
+
+    async def post_json_identified(
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> tuple[dict[str, Any], str | None]:
+        """``post_json``'s answer, and the provider's id of the request, if it gave one."""
         payload = jsonio.dumps(body)
         try:
             async with self._client().post(
@@ -168,7 +180,7 @@ class AiohttpUpstream:
                 f"provider '{self.provider.name}' answered with something that is not a "
                 "JSON object", provider=self.provider.name,
             )
-        return document
+        return document, upstream_request_id(response_headers)
 
     def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]

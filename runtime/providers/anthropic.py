@@ -93,10 +93,10 @@ class AnthropicAdapter(Refusals):
             self._headers["x-api-key"] = provider.api_key
 
     async def complete(self, call: ChatCall) -> ChatResult:
-        document = await self.upstream.post_json(
+        document, upstream_id = await self.upstream.post_json_identified(
             self._url, messages_body(call, stream=False), self._headers
         )
-        return parse_message(document, call, self.provider)
+        return parse_message(document, call, self.provider, upstream_id)
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         reader = _StreamReader(self.provider)

@@ -253,7 +253,8 @@ def _output_format(response_format: object) -> dict[str, Any] | None:
     return None if spec is None else {"type": "json_schema", "schema": spec["schema"]}
 
 
-def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provider,
+                  upstream_request_id: str | None = None) -> ChatResult:
     """An Anthropic message as a one-choice ``ChatResult``: text joined, tool_use as calls."""
     content = document.get("content")
     if not isinstance(content, list):
@@ -280,6 +281,7 @@ def parse_message(document: Mapping[str, Any], call: ChatCall, provider: Provide
         model=str(document.get("model") or call.deployment.model),
         choices=(choice,),
         usage=usage(counts) if isinstance(counts, dict) else unreported_usage(call),
+        upstream_request_id=upstream_request_id,
     )
 
 

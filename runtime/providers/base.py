@@ -111,6 +111,9 @@ class ChatResult:
     model: str
     choices: tuple[Choice, ...]
     usage: Usage
+    # The provider's id of the call (its x-request-id, request-id), where it gave one:
+    # for a ticket to the provider. Never cached: a cached answer had no call.
+    upstream_request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

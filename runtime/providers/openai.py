@@ -129,8 +129,9 @@ class OpenAIAdapter:
 
     async def complete(self, call: ChatCall) -> ChatResult:
         url = self.url(call.deployment.model, _operation(call))
-        document = await self.upstream.post_json(url, self.body(call, False), self._headers)
-        return parse_completion(document, call, self.provider)
+        document, upstream_id = await self.upstream.post_json_identified(
+            url, self.body(call, False), self._headers)
+        return parse_completion(document, call, self.provider, upstream_id)
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         url = self.url(call.deployment.model, _operation(call))
@@ -402,7 +403,8 @@ def _drop_anthropic_hints(body: dict[str, Any]) -> None:
         tool.pop("cache_control", None)
 
 
-def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider) -> ChatResult:
+def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Provider,
+                     upstream_request_id: str | None = None) -> ChatResult:
     choices = (text_choices(document) if call.request.text_completion
                else _chat_choices(document))
     if not choices:
@@ -416,6 +418,7 @@ def parse_completion(document: Mapping[str, Any], call: ChatCall, provider: Prov
         model=str(document.get("model") or call.deployment.model),
         choices=tuple(choices),
         usage=_usage(usage) if usage else unreported_usage(call),
+        upstream_request_id=upstream_request_id,
     )
 
 

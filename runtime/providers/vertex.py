@@ -168,10 +168,11 @@ class _RawPredict(Upstream):
                 if name.lower() != "anthropic-version"}
         return f"{self._models}/{body['model']}:{method}", moved, kept
 
-    async def post_json(
+    async def post_json_identified(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
-    ) -> dict[str, Any]:
-        return await super().post_json(*self._vertex(body, headers, "rawPredict"))
+    ) -> tuple[dict[str, Any], str | None]:
+        # post_json comes here too
+        return await super().post_json_identified(*self._vertex(body, headers, "rawPredict"))
 
     async def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]

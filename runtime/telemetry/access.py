@@ -123,6 +123,7 @@ def finish_access(telemetry: Telemetry, access: AccessRecord) -> None:
         # of the log can count on the same fields in all of them.
         "route": None,
         "deployment": None,
+        "upstream_request_id": None,
         "status": access.status,
         "error": access.error,
         "latency_ms": round((time.perf_counter() - access.started) * 1000, 3),

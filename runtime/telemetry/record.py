@@ -179,6 +179,7 @@ class RequestRecord:
     cut: list[CutCall] | None = None
     model: str | None = None  # as the client asked
     response_model: str | None = None  # as the upstream answered
+    upstream_request_id: str | None = None  # the provider's id of the call that answered
     finish_reasons: tuple[str, ...] = ()
     policy_ids: tuple[str, ...] = ()  # the Cedar policies that permitted the deployment
     # None: the route caches nothing
@@ -406,6 +407,7 @@ class Telemetry:
             "team": record.team,
             "route": record.route,
             "deployment": record.deployment,
+            "upstream_request_id": record.upstream_request_id,
             "status": record.status,
             "error": record.error,
             "stream": record.stream,

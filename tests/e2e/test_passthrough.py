@@ -488,3 +488,42 @@ def _last_ledger_row(server: Server, route: str,
         time.sleep(0.05)
     assert row is not None, f"no ledger record of {route}"
     return dict(row)
+
+
+def _line_of(server: Server, request_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 10
+    while (line := server.access_line(request_id)) is None:
+        assert time.monotonic() < deadline, f"no access-log line has {request_id}"
+        time.sleep(0.05)
+    return line
+
+
+def test_the_request_id_is_the_gateways_the_providers_given_apart(gateway: Gateway) -> None:
+    """A pass-through copies the provider's answer headers: the client got OpenAI's
+    x-request-id (and Anthropic's request-id), which no access line has, so ops could not
+    find the request an app quoted. x-request-id is the gateway's, as on every answer;
+    the provider's id, for a ticket to the provider, is x-aigw-upstream-request-id and
+    the line's upstream_request_id. An error answer's too."""
+    client = gateway.openai()
+    created = client.vector_stores.with_raw_response.create(name="ids")
+    missing = httpx.get(gateway.url("/passthrough/openai-raw/v1/vector_stores/vs_none"),
+                        headers={"authorization": f"Bearer {DEV_KEY}"})
+    assert missing.status_code == 404
+    claude = anthropic.Anthropic(base_url=gateway.url("/passthrough/anthropic-raw"),
+                                 api_key=DEV_KEY, max_retries=0)
+    with claude:
+        message = claude.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                                         messages=[{"role": "user", "content": "hello"}])
+    answers = ((created.headers, gateway.platform.request_ids[-2]),
+               (missing.headers, gateway.platform.request_ids[-1]))
+    for headers, provider_id in answers:
+        (request_id,) = headers.get_list("x-request-id")
+        assert request_id != provider_id
+        assert headers["x-aigw-upstream-request-id"] == provider_id
+        line = _line_of(gateway.server, request_id)
+        assert (line["request_id"], line["upstream_request_id"]) == (request_id, provider_id)
+    # The anthropic SDK's _request_id (its request-id header) is the gateway's id too.
+    assert message._request_id is not None
+    line = _line_of(gateway.server, message._request_id)
+    assert line["route"] == "passthrough:anthropic-raw"
+    assert line["upstream_request_id"] == gateway.claude.request_ids[-1]

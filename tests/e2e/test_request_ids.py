@@ -104,3 +104,39 @@ def test_anthropic_and_gemini_shaped_errors_carry_the_id_of_their_access_line(
                         headers={"x-goog-api-key": DEV_KEY}, content=b"{not json")
     assert gemini.status_code == 400
     logged_as(upstreams, gemini.headers, 400)
+
+
+def test_an_answer_names_the_providers_id_of_its_call_apart_from_the_gateways(
+    upstreams: Upstreams,
+) -> None:
+    """OpenAI's x-request-id and Anthropic's request-id (what a ticket to the provider
+    quotes) were on no answer and in no line: they are x-aigw-upstream-request-id and the
+    line's upstream_request_id, x-request-id staying the gateway's (the line's id)."""
+    with sdk(upstreams, DEV_KEY) as client:
+        by_openai = client.chat.completions.with_raw_response.create(model="gpt",
+                                                                     messages=HELLO)
+        openai_id = upstreams.gpt.request_ids[-1]
+        by_anthropic = client.chat.completions.with_raw_response.create(model="claude",
+                                                                        messages=HELLO)
+        anthropic_id = upstreams.claude.request_ids[-1]
+        # A cached answer called no provider: it names no call.
+        client.chat.completions.create(model="gpt-cached", messages=HELLO)
+        cached = client.chat.completions.with_raw_response.create(model="gpt-cached",
+                                                                  messages=HELLO)
+    for answer, provider_id in ((by_openai, openai_id), (by_anthropic, anthropic_id)):
+        assert answer.headers["x-aigw-upstream-request-id"] == provider_id
+        line = logged_as(upstreams, answer.headers, 200)
+        assert line["upstream_request_id"] == provider_id
+        assert line["request_id"] != provider_id
+    assert "x-aigw-upstream-request-id" not in cached.headers
+    assert logged_as(upstreams, cached.headers, 200)["upstream_request_id"] is None
+    with anthropic.Anthropic(base_url=upstreams.server.base_url, api_key=DEV_KEY,
+                             max_retries=0) as claude:
+        answer = claude.messages.with_raw_response.create(
+            model="claude", max_tokens=10, messages=[{"role": "user", "content": "hello"}])
+    message = answer.parse()
+    assert answer.headers["x-aigw-upstream-request-id"] == upstreams.claude.request_ids[-1]
+    # The SDK's _request_id (its request-id header) is the gateway's, the line's id.
+    assert message._request_id == answer.headers["x-request-id"]
+    assert logged_as(upstreams, answer.headers, 200)["upstream_request_id"] == (
+        upstreams.claude.request_ids[-1])

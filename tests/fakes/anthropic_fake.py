@@ -33,11 +33,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .brain import Action, Script, decide, json_answer, words
+from .request_ids import RequestIds
 
 VERSION = "2023-06-01"
 PARAMETERS = {
@@ -237,10 +239,11 @@ class AnthropicFake:
         self.api_key = api_key
         self.script = Script()
         self.cached: set[str] = set()
+        self.request_ids: list[str] = []  # the ids its answers gave, in order
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/messages", self._messages, methods=["POST"]),
-        ])
+        ], middleware=[Middleware(RequestIds, header="request-id", given=self.request_ids)])
 
     async def _ready(self, request: Request) -> Response:
         return Response("ok")

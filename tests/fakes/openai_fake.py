@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -51,6 +52,7 @@ from .openai_spoken import (
     spoken_deltas,
     spoken_message,
 )
+from .request_ids import RequestIds
 
 CHAT_PARAMETERS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -203,6 +205,7 @@ class OpenAIFake(AudioFake, ImageEditFake):
         # What a DALL-E answer's images say the prompt was revised to (None: "A picture
         # of" the prompt), for a test of the text a client reads that it did not write.
         self.revised_prompt: str | None = None
+        self.request_ids: list[str] = []  # the ids its answers gave, in order
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -221,7 +224,7 @@ class OpenAIFake(AudioFake, ImageEditFake):
                   methods=["POST"]),
             *self.audio_routes(),
             *self.image_edit_routes(),
-        ])
+        ], middleware=[Middleware(RequestIds, header="x-request-id", given=self.request_ids)])
 
     async def _ready(self, request: Request) -> Response:
         return Response("ok")

@@ -25,9 +25,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from .request_ids import RequestIds
 
 
 def _error(status: int, message: str, kind: str, code: str | None) -> JSONResponse:
@@ -43,6 +46,7 @@ class OpenAIPlatformFake:
         self.files: dict[str, bytes] = {}
         self.release = threading.Event()  # file-held's rest may come
         self.responses: dict[str, dict[str, Any]] = {}
+        self.request_ids: list[str] = []  # the ids its answers gave, in order
         self.app = Starlette(routes=[
             Route("/__ready", self._ready),
             Route("/v1/vector_stores", self._stores, methods=["GET", "POST"]),
@@ -50,7 +54,7 @@ class OpenAIPlatformFake:
             Route("/v1/files", self._upload, methods=["POST"]),
             Route("/v1/files/{file_id}/content", self._content, methods=["GET"]),
             Route("/v1/responses/{response_id}", self._response, methods=["GET"]),
-        ])
+        ], middleware=[Middleware(RequestIds, header="x-request-id", given=self.request_ids)])
 
     async def _ready(self, request: Request) -> Response:
         return Response("ok")

@@ -357,6 +357,7 @@ async def stream(
     record.ttft_s = time.perf_counter() - record.started
     first, rest, span = won.value
     record.response_model = won.candidate.deployment.model
+    record.upstream_request_id = first.upstream_request_id if first is not None else None
     hold = holds.get(won.candidate.deployment.name)  # its losers' were settled (discard)
     return _served(record, chosen, won), _measured(
         live, won, record, first, rest, hold, partial(_unanswered, chosen, won.candidate), span)

@@ -575,12 +575,15 @@ class Upstream:
         return document, upstream_request_id(response.headers)
 
     async def post_sse(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
+        noted: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, str]]:
         """POST and yield each server-sent event as ``(event name, data)``.
 
         The status is checked before the first event, so a failure raises before any
         byte could have been sent on to the client (and a fallback is still possible).
+        The provider's id of the request, where it gave one, is appended to ``noted``
+        before the first event.
         """
         request = self.client.build_request(
             "POST", url, json=body, headers={**traced(headers), "accept": "text/event-stream"}
@@ -596,6 +599,8 @@ class Upstream:
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
+            if noted is not None and (upstream_id := upstream_request_id(response.headers)):
+                noted.append(upstream_id)
             async for event in sse_events(response.aiter_bytes(), self.provider):
                 yield event
         except httpx.HTTPError as exc:

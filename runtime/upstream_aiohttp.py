@@ -82,7 +82,8 @@ class JsonUpstream(Protocol):
     ) -> tuple[dict[str, Any], str | None]: ...
 
     def post_sse(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
+        noted: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, str]]: ...
 
     async def aclose(self) -> None: ...
@@ -183,12 +184,15 @@ class AiohttpUpstream:
         return document, upstream_request_id(response_headers)
 
     def post_sse(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
+        noted: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, str]]:
-        """POST and yield each server-sent event; the status is checked before the first."""
+        """POST and yield each server-sent event; the status is checked before the first.
+        The provider's id of the request, where it gave one, is appended to ``noted``
+        before the first event."""
         return self._events(url, jsonio.dumps(body),
                             {**traced(headers), "content-type": "application/json",
-                             "accept": "text/event-stream"})
+                             "accept": "text/event-stream"}, noted)
 
     def post_form_sse(
         self, url: str, fields: Sequence[tuple[str, str]], uploads: Sequence[FormFile],
@@ -200,7 +204,8 @@ class AiohttpUpstream:
                             {**traced(headers), "accept": "text/event-stream"})
 
     async def _events(self, url: str, data: bytes | aiohttp.FormData,
-                      headers: Mapping[str, str]) -> AsyncIterator[tuple[str, str]]:
+                      headers: Mapping[str, str],
+                      noted: list[str] | None = None) -> AsyncIterator[tuple[str, str]]:
         try:
             response = await self._client().post(
                 url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy(url),
@@ -215,6 +220,8 @@ class AiohttpUpstream:
                 raw = await read_capped(response.content.iter_any(), self.provider)
                 raise classify(failure_from_response(response.status, raw, response.headers),
                                self.provider)
+            if noted is not None and (upstream_id := upstream_request_id(response.headers)):
+                noted.append(upstream_id)
             # The events decoded here, not by a generator over one over the lines: every
             # chunk of every stream passes through as many resumptions as there are layers
             decoder = EventDecoder(self.provider)

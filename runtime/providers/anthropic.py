@@ -46,6 +46,7 @@ embeddings API: the compiler refuses ``kind: embeddings`` on an anthropic provid
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aigw.compiler.graph import Provider
@@ -102,10 +103,13 @@ class AnthropicAdapter(Refusals):
         reader = _StreamReader(self.provider)
         body = messages_body(call, stream=True)
         # Read on to the end after message_stop, so that post_sse closes the response itself.
-        async for name, data in self.upstream.post_sse(self._url, body, self._headers):
+        noted: list[str] = []  # the provider's id of the call, given on the first delta
+        async for name, data in self.upstream.post_sse(self._url, body, self._headers, noted):
             if name == "ping" or reader.stopped:
                 continue
             for delta in reader.read(json_event(data, self.provider)):
+                if noted:
+                    delta = replace(delta, upstream_request_id=noted.pop())
                 yield delta
         yield reader.last(call, usage)
 

@@ -139,6 +139,7 @@ class ChatDelta:
     logprobs: Any = None  # as in ``Choice``
     extra: Mapping[str, Any] | None = None
     stop_sequence: str | None = None  # with finish_reason, as in ``Choice``
+    upstream_request_id: str | None = None  # on a stream's first, as in ``ChatResult``
 
 
 class StreamedTools:

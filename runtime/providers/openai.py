@@ -21,6 +21,7 @@ not tell from a full answer; as an error, a group's next member can serve it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -139,7 +140,9 @@ class OpenAIAdapter:
         usage: Usage | None = None
         ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
         answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
-        async for _event, data in self.upstream.post_sse(url, self.body(call, True), self._headers):
+        noted: list[str] = []  # the provider's id of the call, given on the first delta
+        async for _event, data in self.upstream.post_sse(url, self.body(call, True),
+                                                         self._headers, noted):
             # A chunk (a JSON object) is told from the end by its first character, with no
             # strip() call for each of a stream's chunks.
             if data[:1] != "{" and data.strip() == "[DONE]":
@@ -155,6 +158,8 @@ class OpenAIAdapter:
             for delta in parse(chunk):
                 ended = ended or delta.finish_reason is not None
                 answered.add(delta.index)
+                if noted:
+                    delta = replace(delta, upstream_request_id=noted.pop())
                 yield delta
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])

@@ -175,7 +175,9 @@ class _RawPredict(Upstream):
         return await super().post_json_identified(*self._vertex(body, headers, "rawPredict"))
 
     async def post_sse(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
+        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
+        noted: list[str] | None = None,
     ) -> AsyncIterator[tuple[str, str]]:
-        async for event in super().post_sse(*self._vertex(body, headers, "streamRawPredict")):
+        async for event in super().post_sse(*self._vertex(body, headers, "streamRawPredict"),
+                                            noted):
             yield event

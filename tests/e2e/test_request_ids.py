@@ -140,3 +140,29 @@ def test_an_answer_names_the_providers_id_of_its_call_apart_from_the_gateways(
     assert message._request_id == answer.headers["x-request-id"]
     assert logged_as(upstreams, answer.headers, 200)["upstream_request_id"] == (
         upstreams.claude.request_ids[-1])
+
+
+def test_a_stream_names_the_providers_id_of_its_call_apart_from_the_gateways(
+    upstreams: Upstreams,
+) -> None:
+    """A streamed answer's headers go before its first byte: the provider's id is read as
+    its answer's headers come, and named on the stream's as on a whole answer's."""
+    with sdk(upstreams, DEV_KEY) as client:
+        for route, provider in (("gpt", upstreams.gpt), ("claude", upstreams.claude)):
+            with client.chat.completions.with_streaming_response.create(
+                    model=route, messages=HELLO, stream=True) as answer:
+                assert "".join(answer.iter_lines())
+            assert answer.headers["x-aigw-upstream-request-id"] == provider.request_ids[-1]
+            line = logged_as(upstreams, answer.headers, 200)
+            assert (line["stream"], line["upstream_request_id"]) == (
+                True, provider.request_ids[-1])
+    with (anthropic.Anthropic(base_url=upstreams.server.base_url, api_key=DEV_KEY,
+                              max_retries=0) as claude,
+          claude.messages.stream(model="claude", max_tokens=10,
+                                 messages=[{"role": "user", "content": "hello"}]) as stream):
+        stream.get_final_message()
+    headers = stream.response.headers
+    assert headers["x-aigw-upstream-request-id"] == upstreams.claude.request_ids[-1]
+    assert headers["request-id"] == headers["x-request-id"]
+    assert logged_as(upstreams, headers, 200)["upstream_request_id"] == (
+        upstreams.claude.request_ids[-1])

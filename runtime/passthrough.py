@@ -69,7 +69,13 @@ from .providers.raw import RawTarget, raw_adapter
 from .sse import settled_stream
 from .telemetry.record import RequestRecord, answered_as, label_answer
 from .telemetry.tracing import PROVIDER_NAMES, Span, traced
-from .upstream import UPSTREAM_ID_HEADER, make_client, scrub, upstream_request_id
+from .upstream import (
+    UPSTREAM_ID_HEADER,
+    id_header_of,
+    make_client,
+    scrub,
+    upstream_request_id,
+)
 
 log = logging.getLogger("aigw.passthrough")
 
@@ -359,7 +365,7 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     span.set("http.response.status_code", upstream.status_code)
     headers = {name: value for name, value in upstream.headers.items()
                if name.lower() not in _NOT_ANSWERED}
-    _own_id(record, upstream.headers, headers)
+    _own_id(record, provider, headers)
     encoding = upstream.headers.get("content-encoding", "").strip().lower()
     if upstream.status_code >= 400:
         try:
@@ -387,15 +393,17 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
         upstream.headers.get("content-type", "")))
 
 
-def _own_id(record: RequestRecord, upstream: httpx.Headers, answered: dict[str, str]) -> None:
+def _own_id(record: RequestRecord, provider: Provider, answered: dict[str, str]) -> None:
     """The request ids of ``answered`` (the upstream's headers as the client gets them):
     ``x-request-id`` the gateway's (SnapshotMiddleware stamps it, as on every answer: the
     id of the access line an operator is handed), the upstream's own id moved to
     ``x-aigw-upstream-request-id`` and the line, for a ticket to the provider. Anthropic's
     ``request-id`` (its SDK's ``_request_id``) is the gateway's too, as /v1/messages has
     it."""
+    # Looked up in the answer's headers as copied (a dict), not in httpx's Headers: its
+    # every lookup decodes them all again.
+    upstream_id = upstream_request_id(answered, id_header_of(provider.type))
     answered.pop("x-request-id", None)  # an empty one too, which named no request
-    upstream_id = upstream_request_id(upstream)
     if upstream_id is None:
         return
     record.upstream_request_id = upstream_id

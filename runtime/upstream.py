@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,27 +60,44 @@ _CONTEXT_PHRASES = (
 _POLICY_PHRASES = ("content policy", "content_policy", "content management policy", "safety")
 
 
-# Where providers name their own id of a request, which their support asks for: OpenAI
-# (Azure OpenAI, vLLM with --enable-request-id-headers) x-request-id, Anthropic
-# request-id, Bedrock x-amzn-requestid; Gemini and Vertex send none.
-UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+# Where each type of provider names its own id of a request, which its support asks
+# for: OpenAI (Azure OpenAI, vLLM with --enable-request-id-headers) x-request-id,
+# Anthropic request-id, Bedrock x-amzn-requestid. Gemini and Vertex send none, and their
+# answers are not searched for one: one header looked up a call, where there is one.
+_UPSTREAM_ID_HEADERS = MappingProxyType({
+    "openai": "x-request-id", "azure_openai": "x-request-id",
+    "openai_compatible": "x-request-id", "vllm": "x-request-id",
+    "anthropic": "request-id", "bedrock": "x-amzn-requestid",
+})
 # Where the gateway gives it on: x-request-id is always the gateway's own (its access line's).
 UPSTREAM_ID_HEADER = "x-aigw-upstream-request-id"
 MAX_UPSTREAM_ID = 256  # the most of one kept (a provider's are 30 to 40 characters)
 
 
-def upstream_request_id(headers: Mapping[str, str]) -> str | None:
-    """The provider's id of the request its answer's ``headers`` answer, if they name one.
+def id_header_of(provider_type: str) -> str | None:
+    """The answer header in which a provider of ``provider_type`` names its id of a
+    request; None for a type that names none.
 
-    >>> upstream_request_id(httpx.Headers({"Request-Id": "req_011CS"}))
+    >>> id_header_of("anthropic"), id_header_of("gemini")
+    ('request-id', None)
+    """
+    return _UPSTREAM_ID_HEADERS.get(provider_type)
+
+
+def upstream_request_id(headers: Mapping[str, str], name: str | None) -> str | None:
+    """The provider's id of the request its answer's ``headers`` answer, in header
+    ``name`` (``id_header_of``'s), if it is there.
+
+    >>> upstream_request_id({"request-id": "req_011CS"}, "request-id")
     'req_011CS'
     """
-    for name in UPSTREAM_ID_HEADERS:
-        value = headers.get(name)
-        # Visible ASCII only: it goes on in a header of the gateway's own (one past
-        # Latin-1 could not be sent at all) and into the access line.
-        if value and value.isascii() and value.isprintable():
-            return value[:MAX_UPSTREAM_ID]
+    if name is None:
+        return None
+    value = headers.get(name)
+    # Visible ASCII only: it goes on in a header of the gateway's own (one past Latin-1
+    # could not be sent at all) and into the access line.
+    if value and value.isascii() and value.isprintable():
+        return value[:MAX_UPSTREAM_ID]
     return None
 
 
@@ -538,6 +556,7 @@ class Upstream:
     def __init__(self, provider: Provider, client: httpx.AsyncClient | None = None) -> None:
         self.provider = provider
         self.client = client or make_client(provider)
+        self._id_header = id_header_of(provider.type)
 
     async def post_json(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
@@ -572,7 +591,7 @@ class Upstream:
                 f"provider '{self.provider.name}' answered with JSON that is not an object",
                 provider=self.provider.name,
             )
-        return document, upstream_request_id(response.headers)
+        return document, upstream_request_id(response.headers, self._id_header)
 
     async def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
@@ -599,7 +618,8 @@ class Upstream:
                     failure_from_response(response.status_code, content, response.headers),
                     self.provider,
                 )
-            if noted is not None and (upstream_id := upstream_request_id(response.headers)):
+            if noted is not None and (
+                    upstream_id := upstream_request_id(response.headers, self._id_header)):
                 noted.append(upstream_id)
             async for event in sse_events(response.aiter_bytes(), self.provider):
                 yield event

@@ -27,6 +27,7 @@ from .upstream import (
     classify,
     env_proxy,
     failure_from_response,
+    id_header_of,
     read_capped,
     scrub,
     too_large,
@@ -122,6 +123,7 @@ class AiohttpUpstream:
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
+        self._id_header = id_header_of(provider.type)
         self._session: aiohttp.ClientSession | None = None
         # Realtime sessions' WebSockets (``ws_connect``), in a pool of their own: each holds
         # its connection for as long as the session lasts, and in the calls' pool a few
@@ -181,7 +183,7 @@ class AiohttpUpstream:
                 f"provider '{self.provider.name}' answered with something that is not a "
                 "JSON object", provider=self.provider.name,
             )
-        return document, upstream_request_id(response_headers)
+        return document, upstream_request_id(response_headers, self._id_header)
 
     def post_sse(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
@@ -220,7 +222,8 @@ class AiohttpUpstream:
                 raw = await read_capped(response.content.iter_any(), self.provider)
                 raise classify(failure_from_response(response.status, raw, response.headers),
                                self.provider)
-            if noted is not None and (upstream_id := upstream_request_id(response.headers)):
+            if noted is not None and (
+                    upstream_id := upstream_request_id(response.headers, self._id_header)):
                 noted.append(upstream_id)
             # The events decoded here, not by a generator over one over the lines: every
             # chunk of every stream passes through as many resumptions as there are layers

@@ -181,6 +181,8 @@ async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],
         record.attempts = loop.trace.attempts
         record.backoff_s = loop.trace.backoff_s
         record.failures.extend(UpstreamFailure(*failure) for failure in loop.trace.failures)
+        # Until a call answers (which names its own): the last failed one's, for a ticket.
+        record.upstream_request_id = loop.trace.upstream_request_id
     deployment = won.candidate.deployment
     record.deployment = deployment.name
     record.provider = deployment.provider.name

@@ -417,6 +417,7 @@ class UpstreamError(GatewayError):
         param: str | None = None,
         headers: dict[str, str] | None = None,
         upstream_code: str | None = None,
+        upstream_request_id: str | None = None,
     ) -> None:
         headers = dict(headers or {})
         if retry_after:
@@ -425,6 +426,8 @@ class UpstreamError(GatewayError):
         self.provider = provider
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+        # The provider's id of the call that failed, where it named one (for a ticket).
+        self.upstream_request_id = upstream_request_id
         # The provider's own code for a request it refused (OpenAI's "invalid_value"),
         # shown to the client as it came; logs and metrics keep the gateway's ``code``.
         self.upstream_code = upstream_code

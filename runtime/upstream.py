@@ -190,6 +190,7 @@ class UpstreamFailure:
     retry_after: float | None
     param: str | None = None  # the parameter it named (OpenAI's errors name one)
     code: str | None = None  # its own error code, as it wrote it (OpenAI's "invalid_value")
+    request_id: str | None = None  # its id of the request (``upstream_request_id``)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -230,6 +231,7 @@ def classify(failure: UpstreamFailure, provider: Provider) -> UpstreamError:
         "provider": provider.name,
         "retry_after": failure.retry_after,
         "upstream_status": failure.status,
+        "upstream_request_id": failure.request_id,
     }
     status = failure.status
     if status in (401, 403):
@@ -308,10 +310,12 @@ MAX_MESSAGE = 2000
 _SECRET_WORD = 12
 
 
-def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
+def failure_from_response(status: int, body: bytes, headers: Mapping[str, str],
+                          id_header: str | None = None) -> UpstreamFailure:
     """Read the error out of the common JSON shapes: OpenAI, Anthropic and Google all nest
     it under ``error`` with a message and a type, code or status. The message is whole:
-    ``classify`` cuts it, once the key is scrubbed out."""
+    ``classify`` cuts it, once the key is scrubbed out. The provider's id of the request
+    is read from ``id_header`` (``id_header_of``'s)."""
     message = body.decode("utf-8", "replace")
     kind = ""
     param = code = None
@@ -332,7 +336,8 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str]) 
             param, code = _text(error.get("param")), _text(error.get("code"))
         elif isinstance(error, str):
             message = error
-    return UpstreamFailure(status, message, kind.lower(), wait, param, code)
+    return UpstreamFailure(status, message, kind.lower(), wait, param, code,
+                           upstream_request_id(headers, id_header))
 
 
 def _text(value: object) -> str | None:
@@ -576,7 +581,8 @@ class Upstream:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:
             raise classify(
-                failure_from_response(response.status_code, content, response.headers),
+                failure_from_response(response.status_code, content, response.headers,
+                                      self._id_header),
                 self.provider,
             )
         try:
@@ -615,7 +621,8 @@ class Upstream:
             if response.status_code >= 400:
                 content = await self._read(response)
                 raise classify(
-                    failure_from_response(response.status_code, content, response.headers),
+                    failure_from_response(response.status_code, content, response.headers,
+                                          self._id_header),
                     self.provider,
                 )
             if noted is not None and (

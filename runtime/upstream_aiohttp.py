@@ -173,7 +173,8 @@ class AiohttpUpstream:
         if 300 <= status < 400:
             raise self._redirected(status, response_headers)
         if status >= 400:
-            raise classify(failure_from_response(status, raw, response_headers), self.provider)
+            raise classify(failure_from_response(status, raw, response_headers, self._id_header),
+                           self.provider)
         try:
             document = jsonio.loads(raw)
         except ValueError:
@@ -220,7 +221,8 @@ class AiohttpUpstream:
                 raise self._redirected(response.status, response.headers)
             if response.status >= 400:
                 raw = await read_capped(response.content.iter_any(), self.provider)
-                raise classify(failure_from_response(response.status, raw, response.headers),
+                raise classify(failure_from_response(response.status, raw, response.headers,
+                                                     self._id_header),
                                self.provider)
             if noted is not None and (
                     upstream_id := upstream_request_id(response.headers, self._id_header)):
@@ -312,7 +314,8 @@ class AiohttpUpstream:
         if 300 <= status < 400:
             raise self._redirected(status, headers)
         if status >= 400:
-            raise classify(failure_from_response(status, raw, headers), self.provider)
+            raise classify(failure_from_response(status, raw, headers, self._id_header),
+                           self.provider)
 
     def _proxy(self, url: str) -> str | None:
         """The proxy HTTP(S)_PROXY names for ``url`` (None: none, or NO_PROXY spares it),

@@ -77,6 +77,9 @@ class Trace:
     backoff_s: float = 0.0  # waited before retries (backoff, a provider's Retry-After)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # deployment, provider, code
     policies: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment -> permits
+    # The provider's id of the last call that failed, where it named one (the access line
+    # has it when no call answered).
+    upstream_request_id: str | None = None
     # Whether ``steps`` are written down: only the debug log reads them, so with it off
     # the lines every request makes (its candidates, its attempt) are not even built.
     keep: bool = True
@@ -371,6 +374,8 @@ class AttemptLoop(Generic[T]):
             judge(self.state, candidate.deployment, permit, exc)
             self.trace.add(f"  {candidate.deployment.name} failed: {exc.code}")
             self._failed(candidate, str(exc.code))
+            if exc.upstream_request_id is not None:
+                self.trace.upstream_request_id = exc.upstream_request_id
             self._upstream_failure = self._suspect_context(exc, candidate)
             raise self._upstream_failure from exc
         except BadRequest as exc:  # this member cannot honour a parameter; another may

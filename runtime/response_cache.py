@@ -56,8 +56,6 @@ log = logging.getLogger("aigw.cache")
 Lookup = Literal["hit", "semantic_hit", "miss", "bypass"]
 # Fields that shape how an answer is delivered, not what it says.
 _DELIVERY_FIELDS = {"stream", "stream_options", "user"}
-# A semantic cache's shape: all but the conversation, which is compared by meaning.
-SHAPE_FIELDS = {*_DELIVERY_FIELDS, "messages"}
 _ENTRY_VERSION = 1
 # A provider's content filter cut or withheld the answer: a verdict on this one sample
 # (filters are probabilistic and change), not an answer to serve for the whole TTL.
@@ -355,11 +353,9 @@ def may_store(headers: Headers, route: Route, key: ApiKey) -> bool:
     return True
 
 
-def cache_key(route: Route, request: ChatRequest, key: ApiKey,
-              leave_out: set[str] | None = None) -> str:
-    """A digest of everything that decides the answer, within the route's scope, but the
-    request fields ``leave_out`` names (default: those of delivery; a semantic cache's
-    shape: ``SHAPE_FIELDS``)."""
+def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
+    """A digest of everything that decides the answer, within the route's scope: all
+    but the request fields of delivery."""
     assert route.cache is not None
     scope = route.cache.scope
     if scope == "shared":
@@ -373,7 +369,7 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey,
         "target": f"{route.kind.value}:{route.target}",
         "serves": [[deployment.name, deployment.model] for deployment in route.candidates],
         "owner": owner,
-        "request": request.model_dump(mode="json", exclude=leave_out or _DELIVERY_FIELDS,
+        "request": request.model_dump(mode="json", exclude=_DELIVERY_FIELDS,
                                       exclude_none=True),
     }
     if request.validated_calls:  # a Gemini deployment is asked another thing (VALIDATED)

@@ -8,13 +8,18 @@ exactly only) and whose prompt is at most ``max_prompt_tokens`` is embedded
 through the gateway's route ``embed``, as /v1/embeddings embeds (runtime/embeddings.py):
 the caller's key must be allowed to it and its policies permit it, its limits hold the
 call, and the call is billed to the key (team, end user) and written to the ledger as
-an embeddings request of its own. What is embedded is the conversation, each message's
-role and text, so that another system prompt or earlier turn is another conversation.
+an embeddings request of its own. What is embedded is the last message, its role and
+text; the messages before it (the system prompt, earlier turns) are part of the shape,
+compared exactly. A conversation's embedding moves little with a few of its words, so
+comparing the whole one by meaning served a question asked under another system prompt
+("Answer in French." / "in German.") or after another earlier answer ("9 days" / "90
+days") the answer written for the other.
 
 The embedding is compared with those of the cached entries of the same *shape*: the
 route, the deployments that may serve it, the scope's owner, every request field but
-the messages and those of delivery (``stream``, ``stream_options``, ``user``), and the
-embeddings deployment that made the vectors (another model's are not comparable). The
+the last message and those of delivery (``stream``, ``stream_options``, ``user``...),
+and the embeddings deployment that made the vectors (another model's are not
+comparable). The
 nearest entry within the TTL is served if its cosine similarity reaches ``threshold``,
 re-checked against the route policies as an exact hit is (one they deny: the next
 nearest, of ``CANDIDATES``). A miss's answer, when it is
@@ -38,7 +43,7 @@ from aigw.compiler.graph import ApiKey, Route, SemanticCache
 from .chat_request import ChatRequest, Message, TextChatRequest
 from .embeddings import embed
 from .errors import GatewayError
-from .response_cache import SHAPE_FIELDS, CacheBackend, cache_key
+from .response_cache import CacheBackend, cache_key
 
 if TYPE_CHECKING:  # numpy (vector_index) is imported by the first lookup, not at start
     from .exchange import Exchange
@@ -54,7 +59,8 @@ _TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
 
 @dataclass(frozen=True, slots=True)
 class SemanticAsk:
-    """What a request's semantic lookup needs: its conversation, and its shape's digest."""
+    """What a request's semantic lookup needs: its last message's text, and its shape's
+    digest (all the rest)."""
 
     semantic: SemanticCache
     text: str
@@ -80,10 +86,15 @@ def semantic_ask(route: Route, request: ChatRequest, key: ApiKey,
         return None
     if isinstance(request, TextChatRequest) and request.prompt_ids is not None:
         return None
-    text = conversation(request.messages)
-    if text is None:
+    if conversation(request.messages) is None:
         return None
-    return SemanticAsk(semantic, text, cache_key(route, request, key, SHAPE_FIELDS))
+    *earlier, last = request.messages
+    text = conversation([last])
+    assert text is not None
+    # The shape holds what came before the last message, compared exactly: the key of
+    # the request without it (a bucket's name is a digest of it, apart from entries').
+    before = request.model_copy(update={"messages": earlier})
+    return SemanticAsk(semantic, text, cache_key(route, before, key))
 
 
 def conversation(messages: list[Message]) -> str | None:

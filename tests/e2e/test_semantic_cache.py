@@ -162,6 +162,38 @@ def test_another_conversation_or_shape_is_not_served(
     assert len(_chats(upstream[0])) == 5
 
 
+def test_a_near_question_after_another_system_prompt_or_turn_is_not_served(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """A few other words in a long conversation move its embedding little: compared whole,
+    a question under "Answer in German." was served the answer written in French (0.95),
+    and "are you sure?" after "9 days" the answer to it after "90 days" (0.93). Only the
+    last message is compared by meaning; what came before it must be the same."""
+    client = _client(gateway)
+
+    def ask(*messages: dict[str, str]) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="faq", messages=[*messages])  # type: ignore[list-item]
+        return raw.headers["x-aigw-cache"]
+
+    long = {"role": "user", "content": "Please explain in detail how the water cycle works "
+            "including evaporation condensation and precipitation over oceans"}
+    french, german = ({"role": "system", "content": f"Answer in {language}."}
+                      for language in ("French", "German"))
+    assert ask(french, long) == "miss"
+    assert ask(german, long) == "miss"
+    near = {"role": "user", "content": f"{long['content']} please"}
+    assert ask(french, near) == "hit"  # the same system prompt, a near question: served
+
+    sure = {"role": "user", "content": "are you sure about that number"}
+    assert ask(long, {"role": "assistant", "content": "It takes 9 days."}, sure) == "miss"
+    assert ask(long, {"role": "assistant", "content": "It takes 90 days."}, sure) == "miss"
+    assert len(_chats(upstream[0])) == 4
+    # The last message alone is embedded.
+    assert [body["input"] for body in _embeddings(upstream[0])][-1] == [
+        "user: are you sure about that number"]
+
+
 def test_entries_are_served_only_within_their_scope(gateway: Server) -> None:
     _ask(_client(gateway, ENG_KEY), QUESTION, model="faq")
     assert _ask(_client(gateway, ENG_KEY_2), SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "hit"

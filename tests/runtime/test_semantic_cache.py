@@ -67,7 +67,7 @@ def test_only_text_conversations_within_the_size_are_looked_up(graph: Graph) -> 
         {"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "hi"},
         {"role": "user", "name": "ann", "content": "and again"})), key, 30)
     assert ask is not None
-    assert ask.text == "system: Be brief.\nuser: hello\nassistant: hi\nuser (ann): and again"
+    assert ask.text == "user (ann): and again"  # the rest is in the shape
     assert semantic_ask(route, parse_chat_request(_request(user)), key, 41) is None  # too long
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
     tool = {"role": "tool", "tool_call_id": "c", "content": "result"}
@@ -98,6 +98,14 @@ def test_the_shape_is_all_but_the_messages_and_delivery(graph: Graph) -> None:
     assert base == shape(_request({"role": "user", "content": "hi"}, stream=True, user="u"))
     assert base != shape(_request(hello, temperature=0.3))
     assert base != cache_key(route, parse_chat_request(_request(hello)), key)  # not the entry's
+    # Only the last message is compared by meaning: what came before it, exactly.
+    system = {"role": "system", "content": "Answer in French."}
+    said = {"role": "assistant", "content": "It takes 9 days."}
+    asked = shape(_request(system, hello))
+    assert asked not in (base, shape(_request({**system, "content": "Answer in German."}, hello)))
+    assert asked == shape(_request(system, {"role": "user", "content": "hi"}))
+    assert shape(_request(hello, said, hello)) != shape(
+        _request(hello, {**said, "content": "It takes 90 days."}, hello))
 
 
 def test_rows_find_the_nearest_and_fill_the_holes_left() -> None:

@@ -5,8 +5,8 @@ answered, within the TTL and the scope, without calling any upstream. Whether tw
 requests are "the same" is decided by everything that shapes the answer: the route,
 the deployments (and their models) that may serve it, and the request body with the
 fields that only shape its delivery left out (``stream``, ``stream_options``,
-``user``). Both non-streaming and streaming requests read and fill it; a stream is
-cached only once it ended normally.
+``user``, ``safety_identifier``, ``prompt_cache_key``). Both non-streaming and
+streaming requests read and fill it; a stream is cached only once it ended normally.
 
 A client opts out per request with ``Cache-Control``: ``no-cache`` skips the lookup
 (the fresh answer refreshes the entry where the entry is the caller's own: a ``key``
@@ -54,8 +54,10 @@ if TYPE_CHECKING:  # numpy is imported by the first semantic cache, not at start
 log = logging.getLogger("aigw.cache")
 
 Lookup = Literal["hit", "semantic_hit", "miss", "bypass"]
-# Fields that shape how an answer is delivered, not what it says.
-_DELIVERY_FIELDS = {"stream", "stream_options", "user"}
+# Fields that shape how an answer is delivered, not what it says: who it is for (an
+# abuse signal: ``user``, and ``safety_identifier`` that OpenAI has replace it) and
+# which of the provider's prompt caches it is routed to (``prompt_cache_key``).
+_DELIVERY_FIELDS = {"stream", "stream_options", "user", "safety_identifier", "prompt_cache_key"}
 _ENTRY_VERSION = 1
 # A provider's content filter cut or withheld the answer: a verdict on this one sample
 # (filters are probabilistic and change), not an answer to serve for the whole TTL.

@@ -78,6 +78,10 @@ def test_the_key_follows_what_decides_the_answer(graph: Graph) -> None:
     assert base == cache_key(route, parse_chat_request(_body("hi", stream=True, user="u")),
                              keys["a"])
     assert base == cache_key(route, parse_chat_request(_body("hi", temperature=None)), keys["a"])
+    # Who it is for (OpenAI's successor to user) and which provider prompt cache it goes
+    # to: not what it says.
+    assert base == cache_key(route, parse_chat_request(_body(
+        "hi", safety_identifier="s-1", prompt_cache_key="faq-v1")), keys["a"])
     assert base == cache_key(route, parse_chat_request(_body("hi")), keys["b"])  # same team
     # The answer could differ: another entry.
     for other in (_body("hi!"), _body("hi", temperature=0.2), _body("hi", seed=1),

@@ -106,6 +106,8 @@ def test_the_shape_is_all_but_the_messages_and_delivery(graph: Graph) -> None:
     assert asked == shape(_request(system, {"role": "user", "content": "hi"}))
     assert shape(_request(hello, said, hello)) != shape(
         _request(hello, {**said, "content": "It takes 90 days."}, hello))
+    # Who the answer is for, and which provider prompt cache it goes to: the same shape.
+    assert base == shape(_request(hello, safety_identifier="s", prompt_cache_key="k"))
 
 
 def test_rows_find_the_nearest_and_fill_the_holes_left() -> None:

@@ -234,6 +234,21 @@ def test_entries_are_shared_only_within_their_scope(
                 model="brief")[1]["x-aigw-cache"] == "hit"
 
 
+def test_who_an_answer_is_for_does_not_split_its_entry(
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    """user, safety_identifier (OpenAI asks apps for one per end user) and
+    prompt_cache_key say who asks and which provider prompt cache to use, not what the
+    answer says: each end user of a team had an entry of their own, a miss each."""
+    upstream = openai_upstream[0]
+    _ask(_client(gateway, ENG_KEY), "for any user", user="ann", safety_identifier="ann-hash",
+         prompt_cache_key="faq-v1")
+    _, headers, _ = _ask(_client(gateway, ENG_KEY_2), "for any user", user="bob",
+                         safety_identifier="bob-hash", prompt_cache_key="faq-v2")
+    assert headers["x-aigw-cache"] == "hit" and len(upstream.script.requests) == 1
+    assert upstream.script.requests[0]["safety_identifier"] == "ann-hash"  # sent as it came
+
+
 def test_an_entry_expires_after_its_ttl(
     gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:

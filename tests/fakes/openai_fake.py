@@ -60,6 +60,7 @@ CHAT_PARAMETERS = {
     "parallel_tool_calls", "response_format", "frequency_penalty", "presence_penalty",
     "logit_bias", "logprobs", "top_logprobs", "metadata", "store", "reasoning_effort",
     "service_tier", "modalities", "prediction", "audio", "web_search_options",
+    "prompt_cache_key", "safety_identifier",
 }
 # POST /v1/completions (the legacy API), as OpenAI's API reference lists its parameters.
 COMPLETION_PARAMETERS = {

@@ -374,8 +374,14 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
         "request": request.model_dump(mode="json", exclude=_DELIVERY_FIELDS,
                                       exclude_none=True),
     }
-    if request.validated_calls:  # a Gemini deployment is asked another thing (VALIDATED)
-        identity["validated_calls"] = True
+    # The same body asked of an upstream another way: a Gemini deployment is sent mode
+    # VALIDATED; an OpenAI-format one (vLLM, which takes top_k) is sent no Anthropic hints
+    # (a /v1/messages top_k), where a chat client's own top_k goes as it came; a
+    # /v1/completions prompt goes raw to the upstream's legacy API.
+    flags = {"validated_calls": request.validated_calls,
+             "anthropic_hints": request.anthropic_hints,
+             "text_completion": request.text_completion}
+    identity.update((name, True) for name, on in flags.items() if on)
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -95,6 +95,11 @@ def test_the_key_follows_what_decides_the_answer(graph: Graph) -> None:
     auto = json.loads(_body("hi", tools=tools, tool_choice="auto"))
     assert cache_key(route, chat_request_from(auto, validated_calls=True), keys["a"]) != \
         cache_key(route, chat_request_from(auto), keys["a"])
+    # A /v1/messages top_k (an Anthropic hint: not sent to an OpenAI-format upstream)
+    # and a chat client's own top_k (sent to vLLM as it came): asked another thing.
+    top_k = json.loads(_body("hi", top_k=5))
+    assert cache_key(route, chat_request_from(top_k, anthropic_hints=True), keys["a"]) != \
+        cache_key(route, chat_request_from(top_k), keys["a"])
     shared = graph.routes["shared"]
     assert (cache_key(shared, parse_chat_request(_body("hi")), keys["a"])
             == cache_key(shared, parse_chat_request(_body("hi")), keys["c"]))

@@ -3,10 +3,11 @@
 A route with ``cache: {ttl_s: ..., scope: team}`` answers a request it has already
 answered, within the TTL and the scope, without calling any upstream. Whether two
 requests are "the same" is decided by everything that shapes the answer: the route,
-the deployments (and their models) that may serve it, and the request body with the
-fields that only shape its delivery left out (``stream``, ``stream_options``,
-``user``, ``safety_identifier``, ``prompt_cache_key``). Both non-streaming and
-streaming requests read and fill it; a stream is cached only once it ended normally.
+the deployments (their models and max_output_tokens) that may serve it, and the
+request body with the fields that only shape its delivery left out (``stream``,
+``stream_options``, ``user``, ``safety_identifier``, ``prompt_cache_key``). Both
+non-streaming and streaming requests read and fill it; a stream is cached only once it
+ended normally.
 
 A client opts out per request with ``Cache-Control``: ``no-cache`` skips the lookup
 (the fresh answer refreshes the entry where the entry is the caller's own: a ``key``
@@ -369,7 +370,10 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
     identity: dict[str, object] = {
         "route": route.name,
         "target": f"{route.kind.value}:{route.target}",
-        "serves": [[deployment.name, deployment.model] for deployment in route.candidates],
+        # With its max_output_tokens: what a request that sets no output limit is sent, so
+        # a reload that raises it no longer serves the answers it cut short.
+        "serves": [[deployment.name, deployment.model, deployment.max_output_tokens]
+                   for deployment in route.candidates],
         "owner": owner,
         "request": request.model_dump(mode="json", exclude=_DELIVERY_FIELDS,
                                       exclude_none=True),

@@ -249,6 +249,34 @@ def test_who_an_answer_is_for_does_not_split_its_entry(
     assert upstream.script.requests[0]["safety_identifier"] == "ann-hash"  # sent as it came
 
 
+def test_a_reload_that_raises_max_output_tokens_does_not_serve_answers_cut_short(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    """A request with no output limit is sent the deployment's max_output_tokens: answers
+    cut at a limit set too low were served for the TTL after a reload raised it."""
+    upstream, base_url = openai_upstream
+    root = _gateway(tmp_path / "gw", base_url)
+    config = root / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "context_window: 128000,", "context_window: 128000, max_output_tokens: 8,"))
+    server = Server(root)
+    try:
+        server.wait_ready()
+        client = _client(server)
+        assert _ask(client, "a long answer")[1]["x-aigw-cache"] == "miss"
+        assert _ask(client, "a long answer")[1]["x-aigw-cache"] == "hit"
+        config.write_text(config.read_text().replace("max_output_tokens: 8,",
+                                                     "max_output_tokens: 4096,"))
+        reloaded = httpx.post(f"{server.base_url}/admin/reload", timeout=30,
+                              headers={"Authorization": f"Bearer {DEV_KEY}"})
+        assert reloaded.status_code == 200, reloaded.text
+        assert _ask(client, "a long answer")[1]["x-aigw-cache"] == "miss"
+        assert [body.get("max_completion_tokens", body.get("max_tokens"))
+                for body in upstream.script.requests] == [8, 4096]
+    finally:
+        server.stop()
+
+
 def test_an_entry_expires_after_its_ttl(
     gateway: Server, openai_upstream: tuple[OpenAIFake, str],
 ) -> None:

@@ -310,7 +310,7 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class SemanticCache:
-    """A route cache's semantic lookup: conversations embedded by the route ``embeddings``
+    """A route cache's semantic lookup: last messages embedded by the route ``embeddings``
     (of at most ``max_prompt_tokens``), served at a cosine similarity of ``threshold``."""
 
     embeddings: str

@@ -328,7 +328,8 @@ class SemanticCacheSpec(Spec):
         0.95, description="Least cosine similarity of a cached conversation served."
     )
     max_prompt_tokens: Annotated[int, Field(ge=1, le=8192)] = Field(
-        2048, description="Longer prompts skip the semantic lookup (exact lookup only)."
+        2048, description="A longer last message (what is embedded) skips the semantic "
+        "lookup (exact lookup only)."
     )
     timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
         2.0, description="Longest wait for the embedding; past it the lookup is a miss."

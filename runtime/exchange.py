@@ -185,7 +185,8 @@ class Exchange:
             if record.cache == "miss" and semantic is not None and (
                     key.routes is None or semantic.embeddings in key.routes):
                 self._key = key
-                self._semantic = semantic_ask(plan.route, request, key, plan.prompt_tokens)
+                last = live.counter.count_messages(request.messages[-1:])  # what is embedded
+                self._semantic = semantic_ask(plan.route, request, key, last)
         return plan
 
     async def _guarded(self, plan: Plan, guardrails: tuple[Guardrail, ...]) -> Plan:

@@ -4,7 +4,7 @@ the same as the one it answered, not only to the same request.
 A route with ``cache: {semantic: {embeddings: embed, threshold: 0.95}}`` looks up the
 exact entry first (runtime/response_cache.py). On an exact miss, a request whose
 messages are text only (not a /v1/completions prompt of token ids, which is looked up
-exactly only) and whose prompt is at most ``max_prompt_tokens`` is embedded
+exactly only) and whose last message is at most ``max_prompt_tokens`` is embedded
 through the gateway's route ``embed``, as /v1/embeddings embeds (runtime/embeddings.py):
 the caller's key must be allowed to it and its policies permit it, its limits hold the
 call, and the call is billed to the key (team, end user) and written to the ledger as
@@ -76,13 +76,14 @@ class Embedded:
 
 
 def semantic_ask(route: Route, request: ChatRequest, key: ApiKey,
-                 prompt_tokens: int) -> SemanticAsk | None:
+                 last_tokens: int) -> SemanticAsk | None:
     """The lookup ``request`` makes on ``route``'s semantic cache; None when the route has
-    none, or the request is one it does not take (not text only, over the size, a
-    /v1/completions prompt of token ids: numbers, whose meaning no embedding reads)."""
+    none, or the request is one it does not take (not text only, its last message, of
+    ``last_tokens``, over the size: that is what is embedded; a /v1/completions prompt
+    of token ids: numbers, whose meaning no embedding reads)."""
     assert route.cache is not None
     semantic = route.cache.semantic
-    if semantic is None or prompt_tokens > semantic.max_prompt_tokens:
+    if semantic is None or last_tokens > semantic.max_prompt_tokens:
         return None
     if isinstance(request, TextChatRequest) and request.prompt_ids is not None:
         return None

@@ -194,6 +194,25 @@ def test_a_near_question_after_another_system_prompt_or_turn_is_not_served(
         "user: are you sure about that number"]
 
 
+def test_a_long_system_prompt_does_not_keep_a_question_from_the_lookup(
+    gateway: Server, upstream: tuple[OpenAIFake, str],
+) -> None:
+    """max_prompt_tokens bounds what is embedded, the last message: a system prompt past
+    it (2048 by default, and RAG prompts are longer) kept every question of the route
+    from the semantic lookup."""
+    client = _client(gateway)
+    system = {"role": "system", "content": " ".join(f"rule{n}" for n in range(1500))}
+
+    def ask(text: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="faq", messages=[system, {"role": "user", "content": text}])
+        return raw.headers["x-aigw-cache"]
+
+    assert (ask(QUESTION), ask(SAME_WORDS)) == ("miss", "hit")
+    assert [body["input"] for body in _embeddings(upstream[0])] == [
+        [f"user: {text}"] for text in (QUESTION, SAME_WORDS)]
+
+
 def test_entries_are_served_only_within_their_scope(gateway: Server) -> None:
     _ask(_client(gateway, ENG_KEY), QUESTION, model="faq")
     assert _ask(_client(gateway, ENG_KEY_2), SAME_WORDS, model="faq")[1]["x-aigw-cache"] == "hit"

@@ -11,8 +11,11 @@ Keys live under ``<namespace>:wf:``::
     index               sorted set: execution ids by creation time
     by-key:<key>        sorted set: the ids of the executions a key started, by creation
                         time (what a key's list reads, not every execution's hash)
-    by-key-complete     set once every ``by-key`` holds its key's executions (those
-                        made before it existed are added by one scan of ``index``)
+    by-key-through      sorted set of one member, ``mark``: the creation time up to which
+                        ``by-key`` holds every execution of ``index``. Each key's list
+                        first adds those made since (less ``_BY_KEY_SKEW_S``) that it
+                        lacks: the first time, all made before ``by-key`` existed; in a
+                        rolling upgrade, those a replica still on that version makes
     finished            sorted set: ended execution ids by when they ended (what the
                         purge deletes, without reading the executions still waiting)
     waiting             sorted set: executions that had a step waiting for a decision,
@@ -93,6 +96,9 @@ GROUP = "runners"
 _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
 _PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
+# How far before ``by-key-through`` a key's list looks again for executions its index
+# lacks: a creation whose write lands after a later one's, and replicas' clocks apart.
+_BY_KEY_SKEW_S = 5.0
 
 # A memo (key, value, cost, prompt and completion tokens, 1 for a model call), written
 # once: the first time, its cost and tokens are added to the execution's and to the
@@ -274,8 +280,7 @@ class RedisExecutions:
             # execution's, a key with few of them had each list read the whole store.
             index = self._key("index")
             if key is not None:
-                if not await self._redis.exists(self._key("by-key-complete")):
-                    await self._index_by_key()
+                await self._by_key_caught_up()
                 index = self._by_key(key)
             found: list[Execution] = []
             start = 0
@@ -627,20 +632,30 @@ class RedisExecutions:
                 await self._redis.zadd(self._key("finished"), ended)
         await self._redis.set(self._key("finished", "complete"), "1")
 
-    async def _index_by_key(self) -> None:
-        """Add executions made before ``by-key`` existed to their key's: one scan of the
-        whole index, once per Redis (concurrent replicas doing it too add the same)."""
+    async def _by_key_caught_up(self) -> None:
+        """Add the executions ``index`` has and their key's ``by-key`` lacks: the first
+        time, by one scan of the whole index, those made before ``by-key`` existed; after
+        it, those made since the last time, where a replica still on that version (in a
+        rolling upgrade) made any: else they were missing from their key's list for good.
+        Concurrent replicas doing it too add the same."""
+        mark = self._key("by-key-through")
+        through = await self._redis.zscore(mark, "mark")
+        since = "-inf" if through is None else through - _BY_KEY_SKEW_S
         start = 0
-        while ids := await self._redis.zrange(self._key("index"), start, start + 499,
-                                              withscores=True):
+        while ids := await self._redis.zrangebyscore(self._key("index"), since, "+inf",
+                                                     start=start, num=500, withscores=True):
             start += len(ids)
-            rows = await self._hashes([execution_id for execution_id, _ in ids])
             async with self._redis.pipeline(transaction=False) as pipe:
-                for (execution_id, created), row in zip(ids, rows, strict=True):
-                    if row:  # else dangling: the list skips it, the purge removes it
-                        pipe.zadd(self._by_key(_decode(row).key), {execution_id: created})
+                for execution_id, _ in ids:
+                    pipe.hget(self._x(execution_id), "key")
+                keys: list[str | None] = await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (execution_id, created), key in zip(ids, keys, strict=True):
+                    if key is not None:  # else dangling: the list skips it, the purge removes it
+                        pipe.zadd(self._by_key(json.loads(key)), {execution_id: created})
                 await pipe.execute()
-        await self._redis.set(self._key("by-key-complete"), "1")
+            # Only forward: a replica that read less must not take the mark back.
+            await self._redis.zadd(mark, {"mark": ids[-1][1]}, gt=True)
 
     async def costs(self) -> tuple[CostRow, ...]:
         async def run() -> tuple[CostRow, ...]:

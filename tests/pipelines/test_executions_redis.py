@@ -139,3 +139,25 @@ async def test_a_keys_list_reads_its_own_executions_not_every_ones(
     await store.control(mine.id, "cancel", NOW)
     assert await store.purge(NOW + 10**9, 10) == 1
     assert await client.zcard("aigw:wf:by-key:alice") == 0
+
+
+async def test_a_keys_list_has_the_executions_a_replica_of_the_version_before_made(
+    store: RedisExecutions, client: aioredis.Redis
+) -> None:
+    """In a rolling upgrade, a replica still on the version before ``by-key`` writes an
+    execution's hash and ``index`` and not its key's index: made after the first list
+    of a newer replica (its one scan), it was missing from its key's list for good."""
+    first, _ = await store.create(NewExecution("research", {}, "alice", None, "f"), NOW)
+    assert [found.id for found in await store.list(key="alice")] == [first.id]
+
+    async def made_by_older_replica(at: float) -> str:
+        older, _ = await store.create(NewExecution("research", {}, "alice", None, "f"), at)
+        await client.zrem("aigw:wf:by-key:alice", older.id)  # as that version writes it
+        return older.id
+
+    later = await made_by_older_replica(NOW + 10)
+    assert [found.id for found in await store.list(key="alice")] == [later, first.id]
+    # A replica whose clock is 3 s behind the one that made the last: made "before" it.
+    behind = await made_by_older_replica(NOW + 7)
+    assert [found.id for found in await store.list(key="alice")] == [later, behind, first.id]
+    assert await store.list(key="bob") == ()

@@ -310,6 +310,8 @@ def _prices_of(provider: str, deployments: Mapping[str, Deployment]) -> Mapping[
         if deployment.provider.name == provider:
             found.setdefault(deployment.model, deployment)
     return _frozen(found)
+
+
 def _issuers(linked: Linked, teams: Mapping[str, Team]) -> dict[str, Issuer]:
     frozen: dict[str, Issuer] = {}
     for name, item in linked.issuers.items():

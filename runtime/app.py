@@ -256,7 +256,6 @@ class SnapshotMiddleware:
             if drained is not None:  # the answer is sent, and the connection closed
                 drained.cancel()
 
-
     async def _routed(self, scope: Scope, live: Live, receive: Receive, send: Send) -> None:
         """Through Starlette's router. A request that no endpoint claims with a record of
         its own (``answered_as``) by the time its answer starts is given an access line
@@ -281,7 +280,6 @@ class SnapshotMiddleware:
             # started (the client left): the id not on an answer names the line still.
             if state.get(ANSWERED_AS, access.request_id) == access.request_id:
                 finish_access(live.telemetry, access)
-
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket goes to its endpoint as it came (/v1/realtime writes its session's
@@ -534,6 +532,7 @@ class _Endpoints:
 
     async def moderations(self, request: Request) -> Response:
         return await self._exchanged(request, "moderations", moderate)
+
     async def transcriptions(self, request: Request) -> Response:
         return await self._exchanged(request, "transcriptions", transcriptions, upload="audio")
 

@@ -322,6 +322,8 @@ class PassthroughUnavailable(GatewayError):
     status = 503
     error_type = "api_error"
     code = "passthrough_unavailable"
+
+
 class IdentityProviderUnavailable(GatewayError):
     """A token's issuer publishes its keys at a jwks_url the gateway has not fetched them
     from yet, and cannot now (once fetched, keys are used while the provider is down)."""

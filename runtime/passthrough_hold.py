@@ -128,7 +128,6 @@ def _dearest(prices: Mapping[str, Deployment], prompt: int, out: int) -> float:
                default=0.0)
 
 
-
 def priced(prices: Mapping[str, Deployment], model: str | None) -> Deployment | None:
     """The deployment whose price bills an answer naming ``model`` (and holds a request
     naming it): the one of that id, else the one whose id ``model`` is a dated snapshot

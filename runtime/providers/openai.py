@@ -277,6 +277,7 @@ class OpenAIAdapter:
         document = await self.upstream.post_json(
             self.url(call.deployment.model, "moderations"), moderation_body(call), self._headers)
         return parse_moderation(document, call, self.provider)
+
     async def transcribe(self, call: TranscriptionCall) -> TranscriptionResult:
         """``{base_url}/audio/transcriptions`` or ``/audio/translations``: the client's
         form sent on, the model the deployment's; the answer passed through."""

@@ -64,6 +64,7 @@ class Dropped:
     # cooldown), when that is known.
     retry_after: float | None = None
 
+
 # The request parameter that asks for each capability, for the 400 when none has it.
 _CAPABILITY_PARAMS: Mapping[str, str] = MappingProxyType({
     "tools": "tools", "vision": "messages", "json_schema": "response_format", "streaming": "stream",
@@ -296,8 +297,6 @@ class AudioAsk:
         reasons = "; ".join(f"{d.deployment} {d.reason}" for d in dropped)
         return BadRequest(f"No deployment of '{route}' serves {self.kind}: {reasons}.",
                           param="model")
-
-
 
 
 class InputAsk:

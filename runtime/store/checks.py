@@ -245,6 +245,7 @@ def _compute_shape(limits: tuple[Limits, ...]) -> _Shape:
             slots.append(SlotCheck(item.scope, item.name, item.max_parallel))
     return _Shape(tuple(buckets), tuple(budgets), tuple(slots))
 
+
 class Shapes:
     """The ``_Shape`` of each set of limits a store was asked about, by the identities of
     its Limits objects: the request path reuses them (``KeyScopes``, admission's
@@ -306,7 +307,6 @@ class Shapes:
             self._found.clear()
         self._found[ids] = (limits, shape)
         return shape
-
 
 
 def decide(

@@ -259,7 +259,6 @@ class _ServedChildren:
     statuses: dict[int, Any]
 
 
-
 def label_answer(span: Span, record: RequestRecord) -> None:
     """What ``record``'s answer came to, on ``span`` (the request's, or a stream's
     attempt): the model that answered, the tokens (with the prompt cache's reads and

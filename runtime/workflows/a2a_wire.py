@@ -14,6 +14,7 @@ INTERNAL = -32603
 TASK_NOT_FOUND, TASK_NOT_CANCELABLE, UNSUPPORTED_OPERATION = -32001, -32002, -32004
 PUSH_NOT_SUPPORTED, EXTENDED_CARD_NOT_CONFIGURED, VERSION_NOT_SUPPORTED = -32003, -32007, -32009
 
+
 class RpcError(Exception):
     """A call answered with JSON-RPC's error object (HTTP 200): ``code`` is one of the
     codes above."""

@@ -538,7 +538,6 @@ class PipelineChat:
         return StreamingResponse(encoder.events(deltas()), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
 
-
     async def _cancel(self, key: ApiKey, execution_id: str) -> None:
         """Cancel an execution nobody can collect; shielded, as the request that started
         it may itself be cancelled."""

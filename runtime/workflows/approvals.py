@@ -63,6 +63,7 @@ async def wait_for_decision(context: StepContext, step: Step, action: Approval) 
         return result
     return await _decided(run, path, decision, timed_out)
 
+
 async def _decided(run: Run, path: str, decision: Decision,
                    timed_out: bool) -> dict[str, Any]:
     """The approval's output, committed: out of WAITING at once (an approval inside a
@@ -77,6 +78,7 @@ async def _decided(run: Run, path: str, decision: Decision,
                         finished_at=run.now())
     await run.commit_states((decided,), (NewEvent("approval_decided", path, result),))
     return result
+
 
 async def _obey_control(run: Run) -> None:
     """Give way to a pause (the approval stays waiting) or a cancel asked for."""

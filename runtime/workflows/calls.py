@@ -97,7 +97,6 @@ class GatewayModels:
             estimated=spent.estimated,
         )
 
-
     async def check_pipeline(self, pipeline: str) -> None:
         """The check ``/api/v1/executions`` makes, for a step that runs ``pipeline`` (a
         forbid on ``Pipeline::"name"`` holds however it is reached) and for the

@@ -372,7 +372,6 @@ def may_run(key: ApiKey, graph: Graph, name: str) -> bool:
         for route_name, route in graph.routes.items() if route_name in key.routes)
 
 
-
 def chat_input(pipeline: Pipeline, request: ChatRequest) -> Any:
     """A pipeline's input from a chat request: the last user message, if it is a JSON
     object; else ``{<chat_field>: text}`` for a pipeline whose input has one string field

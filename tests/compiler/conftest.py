@@ -9,6 +9,7 @@ import pytest
 
 WriteGateway = Callable[..., Path]
 
+
 @pytest.fixture
 def write_gateway(tmp_path: Path) -> WriteGateway:
     """``write_gateway({"gateway.yaml": ..., "policies/a.cedar": ...})`` -> the directory."""

@@ -210,7 +210,6 @@ def test_the_response_cache_keeps_completions_apart_from_chat(client: openai.Ope
     assert again.parse().choices[0].text == first.parse().choices[0].text
 
 
-
 def test_the_response_cache_keys_on_token_ids(client: openai.OpenAI) -> None:
     """Token ids are another prompt than the same numbers as text (which the upstream
     would tokenize otherwise), and other ids another again."""

@@ -213,7 +213,6 @@ def test_a_completions_prompt_and_suffix_are_checked_as_input(
     assert len(fake.script.requests) == calls
 
 
-
 def test_a_completions_prompt_of_token_ids_is_refused_where_guardrails_check_input(
         client: openai.OpenAI, fake: OpenAIFake) -> None:
     """Token ids are no text a guardrail can check, and a guardrail a client could step

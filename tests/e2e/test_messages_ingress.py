@@ -219,7 +219,6 @@ def test_the_response_cache_answers_the_messages_api_too(
     assert len(fake.script.requests) == before + 1  # replayed from the cache
 
 
-
 class Place(pydantic.BaseModel):
     city: str
 

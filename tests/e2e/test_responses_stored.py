@@ -317,7 +317,6 @@ class Chains:
             client.hset(name, mapping={"items": items, "body": _without_after(body)})
             client.hdel(name, "previous", "conversation")
 
-
     def kept_items(self, response_id: str) -> bytes:
         """The items part of the record of ``response_id``, as kept."""
         if self.store == "embedded":

@@ -142,6 +142,7 @@ def test_translations_and_gemini_generate_content_name_their_operations(
     assert generating["attributes"]["gen_ai.usage.output_tokens"] == 2
     assert called["attributes"]["gen_ai.operation.name"] == "chat"
 
+
 def test_a_pipelines_model_calls_are_spans_of_the_request_that_ran_it(
     gateway_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

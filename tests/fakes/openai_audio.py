@@ -220,7 +220,6 @@ class AudioFake:
             raise
 
 
-
 def _clock(seconds: float, mark: str) -> str:
     """A cue's time, as srt (``00:00:42,500``) or vtt (``00:00:42.500``) writes it."""
     millis = round(seconds * 1000)

@@ -26,6 +26,7 @@ steps:
 output: "{{ [steps.one, steps.two, steps.three] }}"
 """
 
+
 async def test_approve_a_waiting_step(serve: Serve) -> None:
     served = await serve({"publish": approval_pipeline()})
     started = await served.start("publish", {"text": "hello"})

@@ -432,7 +432,6 @@ async def test_an_execution_waits_while_any_of_its_approvals_does(
     assert done["output"] == {"legal": False, "own": True}
 
 
-
 TIMED_OUT_MAP = """
 input: {type: object}
 steps:

@@ -257,7 +257,6 @@ async def test_a_state_path_is_looked_up_at_every_depth(serve: Serve) -> None:
         "plan@1/0/gone": "outer", "note@1/0": "outer"}
 
 
-
 # A loop whose planner (a model, whose answers are kept) chose an action that waits.
 LOOP_WAITS = """
 input: {type: object}

@@ -34,7 +34,6 @@ async def test_an_llm_step_whose_answer_is_withheld_fails(serve: Serve) -> None:
     assert "guardrail 'no-plans' withheld the answer of model 'careful'" in body["error"]
 
 
-
 async def test_a_withheld_answer_counts_in_the_executions_totals(serve: Serve) -> None:
     """The call was billed (the ledger, the key's budget), but the execution's cost and
     usage showed 0 for it: they are reconciled with the ledger."""

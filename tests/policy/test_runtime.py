@@ -468,7 +468,6 @@ async def test_shipped_error_rate_over_5_percent_forbids(policy_gateway: Factory
     assert back.headers["x-aigw-deployment"] == "local-a"
 
 
-
 async def test_running_a_pipeline_directly_is_an_invoke_of_the_pipeline(
     policy_gateway: Factory,
 ) -> None:

@@ -44,6 +44,8 @@ from .conftest import (
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 PROFILE = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+
+
 def _sections(fake: BedrockFake) -> str:
     base = fake.base_url  # type: ignore[attr-defined]
     return f"""

@@ -40,6 +40,8 @@ from .conftest import (
 
 CLAUDE = "claude-sonnet-4-5@20250929"
 PREFIX = "/v1/projects/fake-project/locations/us-east5/publishers"
+
+
 @pytest.fixture(scope="module")
 def key() -> RSAPrivateKey:
     return make_key()

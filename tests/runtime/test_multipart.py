@@ -138,6 +138,8 @@ async def test_a_forms_long_name_or_value_is_shown_cut_short(
     error = response.json()["error"]
     assert error["param"] == param
     assert len(error["message"]) < 400 and " characters)" in error["message"], error
+
+
 def test_several_files_are_kept_apart_whatever_the_chunks() -> None:
     """An image edit's form (``keeps_files``): each file whole under its own name, in the
     form's order, however the body's chunks cut its parts."""

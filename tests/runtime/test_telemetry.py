@@ -252,7 +252,6 @@ def test_one_apps_tracing_does_not_turn_on_another_apps_trace_propagation() -> N
             on.shutdown()
 
 
-
 class _Writes(io.StringIO):
     """A stream that keeps each write apart."""
 
@@ -310,7 +309,6 @@ def test_access_lines_left_by_a_loop_that_stopped_mid_turn_are_not_lost() -> Non
         assert stream.getvalue().splitlines() == ['{"n":0}', '{"n":1}', '{"n":0}', '{"n":1}']
     finally:
         access_log.to_stream(None)
-
 
 
 async def test_circuit_state_is_current_at_each_scrape(gateway_dir: Path,

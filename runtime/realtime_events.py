@@ -40,9 +40,10 @@ class Frame:
     def carries_error(self) -> bool:
         """Whether the event has an error, which may quote the provider's key: an
         ``error`` event, a ``*.failed`` one's ``error``, a failed response's
-        ``status_details.error``."""
+        ``status_details.error``; and a frame that is no JSON object, whose text cannot
+        be read for one (scrubbing it costs a search of a frame that is rare)."""
         if self.event is None:
-            return False
+            return True
         if "error" in self.event:
             return True
         response = self.event.get("response")

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import BINARY, HUGE, VERBATIM
+from ..fakes.openai_realtime import BINARY, CUT_ERROR, HUGE, VERBATIM
 from .test_realtime import (
     Realtime,
     _code,
@@ -173,3 +173,24 @@ def test_an_upstream_event_past_the_providers_max_response_mb_ends_the_session_s
         assert "max_response_mb (1 MiB)" in error.error.message
         assert _session_line(served.server, status=502)["error"] == \
             "upstream_response_too_large"
+
+
+def test_an_upstream_frame_that_is_no_json_is_scrubbed_of_the_providers_key(
+        tmp_path: Path) -> None:
+    """A frame cut short cannot be read for an error, yet may quote one: it is scrubbed
+    as an error event is. An error event cut short reached the client with the
+    provider's key in it."""
+    async def session(served: Realtime) -> str:
+        async with _raw(served) as websocket:
+            await websocket.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": CUT_ERROR}]}}))
+            await websocket.send(json.dumps({"type": "response.create"}))
+            while True:
+                frame = await asyncio.wait_for(websocket.recv(), 10)
+                if isinstance(frame, str) and "Incorrect API key" in frame:
+                    return frame
+
+    with realtime_gateway(tmp_path / "gw") as served:
+        frame = asyncio.run(session(served))
+        assert served.upstream.api_key not in frame, frame

@@ -19,7 +19,8 @@ nothing, cancel or not (a stuck upstream). One starting ``VERBATIM`` is answered
 deltas, the pieces after it (split at ``|``) as they are, and the response.done's
 message has a part for each: a model saying what a relay might take for an event's type.
 After one of ``BINARY`` the session's events come in binary frames, as JSON still; one
-of ``HUGE`` is answered a delta of ``HUGE_BYTES``.
+of ``HUGE`` is answered a delta of ``HUGE_BYTES``, one of ``CUT_ERROR`` an ``error``
+event cut short (no JSON) that quotes the fake's key.
 ``input_audio_buffer.commit`` stands for the end of a turn that server VAD detects: the
 server starts a (slow) response of its own, as OpenAI's does with ``turn_detection`` on.
 ``intent=transcription`` with no model opens a transcription session; with a model the
@@ -81,6 +82,8 @@ BINARY = "speak in binary"
 # One answered a delta of HUGE_BYTES characters.
 HUGE = "say a great deal"
 HUGE_BYTES = 2 << 20
+# One answered an error event cut short (no JSON) that quotes the fake's key, then done.
+CUT_ERROR = "quote your key, cut short"
 
 
 @dataclass
@@ -220,6 +223,13 @@ class RealtimeFake:
         await self._send(websocket, "response.created", response=response)
         if said == STUCK:
             await websocket.wait_closed()
+            return
+        if said == CUT_ERROR:
+            error = json.dumps({"type": "error", "error": {
+                "type": "invalid_request_error",
+                "message": f"Incorrect API key provided: {self.api_key}."}})
+            await websocket.send(error[:-3])
+            await self._done(websocket, {**response, "status": "completed", "usage": USAGE})
             return
         text = f"You said: {said}"
         words = [word + " " for word in text.split(" ")]

@@ -6,9 +6,10 @@ reached with the provider's credentials and governed as the modelled endpoints a
     ``passthrough`` (404, as one not defined) -> its methods (405) and path globs
     (404) -> Cedar invoke on Passthrough::"name" (403) -> the provider's root and
     credentials, as its adapter sends them (providers/raw.py) -> a POST's body read
-    whole where it is as small as a chat body (its model and output cap) -> the key's,
-    its team's and the end user's rpm, max_parallel, tpm and budgets, holding what the
-    request may cost (passthrough_hold.py; 429) -> the body streamed up, refused past
+    whole where it is as small as a chat body (its model and output cap; a gzipped
+    one read from an inflated copy) -> the key's, its team's and the end user's rpm,
+    max_parallel, tpm and budgets, holding what the request may cost
+    (passthrough_hold.py; 429) -> the body streamed up, refused past
     ``settings.max_passthrough_bytes`` (413); a client gone while the upstream has not
     answered a 499 -> the answer streamed back as the upstream gave it (its status,
     headers and body) -> settle: the usage a POST's answer reports (inflated, where
@@ -62,7 +63,7 @@ from .exchange import Exchange, exchanged
 from .gemini_api import gemini_key
 from .incoming import client_gone, unless_gone
 from .live import Live
-from .passthrough_hold import billed_method, held, priced
+from .passthrough_hold import Asked, asked, billed_method, held, priced
 from .passthrough_usage import Inflater, UsageReader, inflated
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
@@ -195,9 +196,12 @@ class PassthroughProxy:
             # Read whole where it is as small as a chat body may be, for the output cap
             # and model a JSON one names: the hold is what that request may cost
             body = await upload.whole(settings.max_request_bytes)
-        tokens, cost = held(passthrough, request.method, path, body,
-                            settings.max_request_json_containers)
-        await exchange.admit(key, tokens, cost)
+        read: Asked | None = None
+        if body is not None:  # a compressed one inflated (a copy): it goes on as it came
+            read = asked(body, request.headers.get("content-encoding", ""),
+                         settings.max_request_bytes, settings.max_request_json_containers)
+        hold = held(passthrough, request.method, path, read)
+        await exchange.admit(key, hold.tokens, hold.cost)
         live.telemetry.started(record)
         upstream, span = await self._send(live, record, passthrough, target, request, path,
                                           upload, body)

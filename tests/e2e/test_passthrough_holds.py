@@ -10,6 +10,7 @@ most; the fake answers it with 4 prompt tokens and 2 of output: it costs 6.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -24,6 +25,7 @@ import pytest
 from ..conftest import DEV_KEY
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
+from ..fakes.gzipping import inflating
 from ..fakes.serve import serving
 from ..redis_server import PrivateRedis
 from .server import Server, free_port
@@ -42,12 +44,18 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+@pytest.fixture
+def received() -> list[bytes]:
+    """The gzipped request bodies the upstream received, as they came."""
+    return []
+
+
 @pytest.fixture(params=["embedded", "redis"])
-def gateway(request: pytest.FixtureRequest, tmp_path: Path,
-            private_redis: PrivateRedis) -> Iterator[tuple[Server, AnthropicFake]]:
+def gateway(request: pytest.FixtureRequest, tmp_path: Path, private_redis: PrivateRedis,
+            received: list[bytes]) -> Iterator[tuple[Server, AnthropicFake]]:
     store = "embedded" if request.param == "embedded" else private_redis.url
     claude = AnthropicFake(api_key=ANTHROPIC_KEY)
-    with serving(claude.app) as claude_url:
+    with serving(inflating(claude.app, received)) as claude_url:
         root = tmp_path / "gw"
         root.mkdir()
         (root / "gateway.yaml").write_text(f"""
@@ -159,6 +167,36 @@ def test_a_passthrough_over_its_tokens_per_minute_is_refused_before_it_is_sent(
         assert refused.value.response.json()["error"]["code"] == "rate_limit_exceeded"
         assert claude.script.requests == []
         assert _ask(client, max_tokens=10).usage.output_tokens == 2  # about 32: it fits
+
+
+def test_a_gzipped_body_holds_its_own_prompt_and_output_cap(
+        gateway: tuple[Server, AnthropicFake], received: list[bytes]) -> None:
+    """A body sent with Content-Encoding: gzip held the flat hold_tokens (4096), its JSON
+    unread: a key of 50 tokens a minute was refused a request of about 32. It holds what
+    its inflated copy says, and goes upstream as it came."""
+    server, claude = gateway
+
+    def send(words: str) -> httpx.Response:
+        body = gzip.compress(json.dumps({
+            "model": "claude-sonnet-4-6", "max_tokens": 10,
+            "messages": [{"role": "user", "content": words}]}).encode())
+        answer = httpx.post(f"{server.base_url}/passthrough/anthropic-raw/v1/messages",
+                            content=body, headers={
+                                "x-api-key": TIGHT_KEY, "anthropic-version": "2023-06-01",
+                                "content-type": "application/json",
+                                "content-encoding": "gzip"})
+        if answer.status_code == 200:
+            assert received[-1] == body
+        return answer
+
+    fits = send("hi")  # about 22 + 10
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["usage"]["output_tokens"] == 2
+    # Its prompt is counted inflated: about 114 tokens, where its 110 gzipped bytes are 28.
+    refused = send("hi " * 120)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(claude.script.requests) == 1
 
 
 def test_a_client_gone_while_the_upstream_is_slow_gives_its_hold_back(

@@ -1,19 +1,23 @@
 """What a pass-through request holds before it is sent (runtime/passthrough_hold.py):
-its body's model and output cap at that model's deployment's price, else hold_tokens at
-the provider's dearest; nothing for a request that runs no model."""
+its body's model and output cap at that model's deployment's price (a gzipped body's
+read inflated), else hold_tokens at the provider's dearest; nothing for a request that
+runs no model."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import pytest
 
 from aigw.compiler.graph import Passthrough
-from aigw.runtime.passthrough_hold import held
+from aigw.runtime.passthrough_hold import asked, held
 
 from ..providers.conftest import compiled
 
 MOST_CONTAINERS = 50_000
+MOST_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -42,46 +46,71 @@ def _body(document: object) -> bytes:
     return json.dumps(document).encode()
 
 
+def _held(passthrough: Passthrough, method: str, path: str, body: bytes | None,
+          most_containers: int = MOST_CONTAINERS, encoding: str = "") -> tuple[int, float]:
+    """The tokens and cost ``body`` (sent in ``encoding``) holds."""
+    read = asked(body, encoding, MOST_BYTES, most_containers) if body is not None else None
+    hold = held(passthrough, method, path, read)
+    return hold.tokens, hold.cost
+
+
 def test_a_json_body_holds_its_prompt_and_output_cap_at_its_models_price(
         raw: dict[str, Passthrough]) -> None:
     body = _body({"model": "gpt-4o-mini", "max_completion_tokens": 100, "n": 2,
                   "messages": [{"role": "user", "content": "x" * 80}]})
     prompt = -(-len(body) // 4)
-    assert held(raw["openai-raw"], "POST", "/v1/chat/completions", body,
-                MOST_CONTAINERS) == (prompt + 200, prompt * 1 + 200 * 2)
+    assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", body) == (
+        prompt + 200, prompt * 1 + 200 * 2)
     # An output cap past the deployment's is held at the deployment's (300).
     body = _body({"model": "gpt-4o-mini-2024-07-18", "max_tokens": 5000, "input": "hi"})
     prompt = -(-len(body) // 4)
-    assert held(raw["openai-raw"], "POST", "/v1/responses", body,
-                MOST_CONTAINERS) == (prompt + 300, prompt + 600)
+    assert _held(raw["openai-raw"], "POST", "/v1/responses", body) == (prompt + 300, prompt + 600)
 
 
 def test_gemini_names_its_model_in_the_path_and_its_cap_in_generation_config(
         raw: dict[str, Passthrough]) -> None:
     body = _body({"contents": [], "generationConfig": {"maxOutputTokens": 70}})
     prompt = -(-len(body) // 4)
-    assert held(raw["gemini-raw"], "POST", "/v1beta/models/gemini-2.5-flash:generateContent",
-                body, MOST_CONTAINERS) == (prompt + 70, prompt + 70)
-    # Not JSON (a file, compressed): its hold_tokens, at that model's price.
-    assert held(raw["gemini-raw"], "POST", "/v1beta/models/gemini-2.5-flash:generateContent",
-                b"\x1f\x8b...", MOST_CONTAINERS) == (50, 50)
+    assert _held(raw["gemini-raw"], "POST", "/v1beta/models/gemini-2.5-flash:generateContent",
+                 body) == (prompt + 70, prompt + 70)
+    # Not JSON (a file, or gzip sent as no encoding): its hold_tokens, at that model's price.
+    assert _held(raw["gemini-raw"], "POST", "/v1beta/models/gemini-2.5-flash:generateContent",
+                 gzip.compress(body)) == (50, 50)
 
 
 def test_a_body_naming_no_model_is_held_at_the_dearest_and_an_unpriced_one_at_nothing(
         raw: dict[str, Passthrough]) -> None:
-    assert held(raw["openai-raw"], "POST", "/v1/files", None, MOST_CONTAINERS) == (
-        4096, 4096 * 10)
+    assert _held(raw["openai-raw"], "POST", "/v1/files", None) == (4096, 4096 * 10)
     body = _body({"model": "o9-unknown", "max_tokens": 10})
     prompt = -(-len(body) // 4)
-    assert held(raw["openai-raw"], "POST", "/v1/chat/completions", body,
-                MOST_CONTAINERS) == (prompt + 10, 0.0)
+    assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", body) == (prompt + 10, 0.0)
 
 
 def test_what_runs_no_model_holds_nothing(raw: dict[str, Passthrough]) -> None:
-    assert held(raw["openai-raw"], "GET", "/v1/responses/resp_1", None, MOST_CONTAINERS) == (
-        0, 0.0)
+    assert _held(raw["openai-raw"], "GET", "/v1/responses/resp_1", None) == (0, 0.0)
     # A body of more containers than a request may hold is not parsed: its model is not
     # known, and it holds hold_tokens at the dearest.
     bomb = b'{"model": "gpt-4o-mini", "max_tokens": 1, "x": [' + b"[]," * 60 + b"[]]}"
-    assert held(raw["openai-raw"], "POST", "/v1/chat/completions", bomb, 50) == (
+    assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", bomb, 50) == (
         4096, 4096 * 10)
+
+
+def test_a_compressed_body_holds_what_its_inflated_copy_says(
+        raw: dict[str, Passthrough]) -> None:
+    body = _body({"model": "gpt-4o-mini", "max_tokens": 100,
+                  "messages": [{"role": "user", "content": "hello " * 40}]})
+    plain = _held(raw["openai-raw"], "POST", "/v1/chat/completions", body)
+    assert plain[0] == -(-len(body) // 4) + 100
+    deflated = zlib.compress(body)
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for sent, encoding in ((gzip.compress(body), "gzip"), (gzip.compress(body), " GZip"),
+                           (deflated, "deflate"),
+                           (raw_deflate.compress(body) + raw_deflate.flush(), "deflate")):
+        assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", sent,
+                     encoding=encoding) == plain, encoding
+    # One it cannot inflate (br, a lie, past the bound read): hold_tokens at the dearest.
+    big = _body({"model": "gpt-4o-mini", "max_tokens": 1, "input": " " * MOST_BYTES})
+    for sent, encoding in ((body, "br"), (body, "gzip"), (gzip.compress(big), "gzip")):
+        assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", sent,
+                     encoding=encoding) == (4096, 4096 * 10), encoding
+

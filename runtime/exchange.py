@@ -580,7 +580,7 @@ async def exchanged(exchange: Exchange, key: Callable[[], Awaitable[ApiKey]],
         await exchange.fail(InternalError("The gateway had an internal error."))
         live.telemetry.finish(record)
         raise
-    if not record.stream:
+    if not (record.stream or record.finished_by_body):
         live.telemetry.finish(record)
     return response
 
@@ -620,6 +620,6 @@ async def in_its_shape(
         live.telemetry.refused(record, headers)
         live.telemetry.finish(record)
         return response
-    if not record.stream:  # a stream's record is finished when the stream ends
+    if not (record.stream or record.finished_by_body):  # finished as the body ends
         live.telemetry.finish(record)
     return response

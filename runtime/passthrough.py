@@ -15,7 +15,8 @@ reached with the provider's credentials and governed as the modelled endpoints a
     headers and body) -> settle: the usage a POST's answer reports (inflated, where
     compressed) billed at the price of the provider's deployment of the model it
     names, else nothing; the ledger record, access line and metrics (route label
-    ``passthrough:<name>``, never the path)
+    ``passthrough:<name>``, never the path), a stream where the answer was one (an
+    event stream, or asked for)
 
 The aigw key is read as any provider's SDK sends it (``Authorization: Bearer``,
 ``x-api-key``, ``x-goog-api-key`` or ``?key=``). What goes upstream is the client's
@@ -63,7 +64,7 @@ from .exchange import Exchange, exchanged
 from .gemini_api import gemini_key
 from .incoming import client_gone, unless_gone
 from .live import Live
-from .passthrough_hold import Asked, asked, billed_method, held, priced
+from .passthrough_hold import Asked, asked, asks_stream, billed_method, held, priced
 from .passthrough_usage import Inflater, UsageReader, inflated
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
@@ -100,6 +101,8 @@ _KEPT_BACK = HOP_BY_HOP | {"host", "authorization", "x-api-key", "api-key",
 _NOT_ANSWERED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}
 # The most of an error answer read (to scrub it whole); the rest is cut.
 MAX_ERROR_BYTES = 1 << 20
+# The media types of an answer that is a stream of events.
+_STREAMED_MEDIA = frozenset({"text/event-stream", "application/x-ndjson"})
 # The shortest header value masked in a streamed answer, as ``scrub_values``' words.
 _SECRET_WORD = 12
 
@@ -206,7 +209,7 @@ class PassthroughProxy:
         upstream, span = await self._send(live, record, passthrough, target, request, path,
                                           upload, body)
         return await _answered(live, exchange, passthrough, target, upstream, span,
-                               billed_method(request.method))
+                               billed_method(request.method), asks_stream(path, read))
 
     async def _send(self, live: Live, record: RequestRecord, passthrough: Passthrough,
                     target: RawTarget, request: Request, path: str, upload: _Upload,
@@ -359,10 +362,11 @@ class _Upload:
 
 async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
                     target: RawTarget, upstream: httpx.Response, span: Span,
-                    billed: bool) -> Response:
+                    billed: bool, asked_stream: bool) -> Response:
     """The upstream's answer, passed on: an error read whole (bounded) and scrubbed, any
     other streamed as it comes, its usage read on the way (``billed``: an answer to a
-    POST) and billed as it ends; ``span`` (the call's) ended with it."""
+    POST) and billed as it ends; ``span`` (the call's) ended with it.
+    ``asked_stream``: the request asked for a stream."""
     record, provider = exchange.record, passthrough.provider
     record.status = upstream.status_code
     record.relayed = True
@@ -392,12 +396,25 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
         headers.pop("content-length", None)
         await exchange.close()
         return Response(shown, status_code=upstream.status_code, headers=headers)
-    record.stream = True  # finished when its last byte went out, or its client left
+    record.finished_by_body = True  # when its last byte went out, or its client left
+    # A stream as the answer is one (an event stream), or as the request asked: a file
+    # or a whole JSON answer is timed as a whole answer is (not with the streams)
+    record.stream = asked_stream or _streamed(content_type)
     reader = UsageReader(content_type if billed else "", encoding)
     masks = _secrets(provider, target)
     return _Droppable(await settled_stream(
         _relayed(live, exchange, passthrough, upstream, reader, masks, span), headers,
         content_type))
+
+
+def _streamed(content_type: str) -> bool:
+    """Whether an answer of ``content_type`` is a stream of events (SSE, or Ollama's
+    newline-delimited JSON).
+
+    >>> _streamed("text/event-stream; charset=utf-8"), _streamed("application/json")
+    (True, False)
+    """
+    return content_type.partition(";")[0].strip().lower() in _STREAMED_MEDIA
 
 
 def _own_id(record: RequestRecord, provider: Provider, answered: dict[str, str]) -> None:

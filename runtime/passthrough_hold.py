@@ -103,6 +103,15 @@ def asked(body: bytes, encoding: str, most_bytes: int, most_containers: int) -> 
     return Asked(len(text), _document(text, most_containers))
 
 
+def asks_stream(path: str, body: Asked | None) -> bool:
+    """Whether a request asks for its answer as a stream: its JSON body's ``"stream":
+    true`` (OpenAI's, Anthropic's, Cohere's), or Gemini's ``:streamGenerateContent``."""
+    if path.endswith(":streamGenerateContent"):
+        return True
+    return body is not None and body.document is not None and body.document.get(
+        "stream") is True
+
+
 def held(passthrough: Passthrough, method: str, path: str, body: Asked | None) -> Held:
     """What ``method`` on ``path`` holds before it is sent; ``body``: the request's body
     where it was read whole (None: not read, or none).

@@ -157,6 +157,9 @@ class RequestRecord:
     # answer is, though no deployment may name it (one no price names: deployment _none).
     relayed: bool = False
     stream: bool = False
+    # Finished as its answer's body ends (a stream's, a pass-through's whole answer
+    # relayed as it comes), not as its handler returns: every stream is.
+    finished_by_body: bool = False
     status: int = 200  # the request's outcome: a stream failed mid-way counts as its error
     sent_status: int | None = None  # the status line, where it said otherwise (a 200)
     error: str | None = None

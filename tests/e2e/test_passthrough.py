@@ -18,7 +18,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from ..conftest import DEV_KEY
+from ..conftest import DEV_KEY, metric_sample
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
 from ..fakes.gemini_fake import GeminiFake
@@ -398,6 +398,38 @@ def test_a_gzipped_error_answer_is_read_scrubbed_and_sent_readable(gateway: Gate
     message = refused.value.response.json()["error"]["message"]
     assert message.startswith("key ") and message.endswith(" may not do that")
     assert ANTHROPIC_KEY not in message
+
+
+def test_a_whole_answer_is_recorded_as_whole_a_stream_as_a_stream(gateway: Gateway) -> None:
+    """Every pass-through was recorded as a stream (the access line's stream, the
+    duration histogram's label): a whole JSON answer or a file was timed with the streams,
+    out of what a latency alert on whole answers watches."""
+    def durations(stream: str) -> float:
+        page = httpx.get(gateway.url("/metrics"), timeout=10).text
+        return metric_sample(page, "aigw_request_duration_seconds_count",
+                             route="passthrough:anthropic-raw", deployment="sonnet",
+                             stream=stream)
+
+    before = durations("false"), durations("true")
+    client = anthropic.Anthropic(base_url=gateway.url("/passthrough/anthropic-raw"),
+                                 api_key=DEV_KEY, max_retries=0)
+    ask: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hello"}]
+    with client:
+        whole = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6", max_tokens=16, messages=ask)
+        with client.messages.with_streaming_response.create(
+                model="claude-sonnet-4-6", max_tokens=16, messages=ask,
+                stream=True) as streamed:
+            streamed.read()
+    uploaded = gateway.openai().files.create(file=("small.txt", b"plain text"),
+                                             purpose="assistants")
+    content = gateway.openai().files.with_raw_response.content(uploaded.id)
+    assert content.content == b"plain text"
+    for headers, stream in ((whole.headers, False), (streamed.headers, True),
+                            (content.headers, False)):
+        line = _line_of(gateway.server, headers["x-request-id"])
+        assert line["stream"] is stream, line
+    assert (durations("false"), durations("true")) == (before[0] + 1, before[1] + 1)
 
 
 def test_the_caller_cannot_pick_the_provider_keys_organization_or_project(

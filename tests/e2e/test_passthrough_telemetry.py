@@ -96,7 +96,7 @@ def test_a_passthrough_is_traced_timed_and_counted(
     assert metric_sample(metrics, "aigw_tokens_total", route=ROUTE, deployment="_none",
                          direction="output") == unpriced_line["completion_tokens"]
     assert metric_sample(metrics, "aigw_request_duration_seconds_count", route=ROUTE,
-                         deployment="_none", stream="true") == 1  # relayed as it comes
+                         deployment="_none", stream="false") == 1  # a whole answer
     assert metric_sample(metrics, "aigw_tokens_total", route=ROUTE, deployment="sonnet",
                          direction="output") == lines[0]["completion_tokens"] * 2
 

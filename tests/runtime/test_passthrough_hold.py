@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from aigw.compiler.graph import Passthrough
-from aigw.runtime.passthrough_hold import asked, held
+from aigw.runtime.passthrough_hold import asked, asks_stream, held
 
 from ..providers.conftest import compiled
 
@@ -114,3 +114,16 @@ def test_a_compressed_body_holds_what_its_inflated_copy_says(
         assert _held(raw["openai-raw"], "POST", "/v1/chat/completions", sent,
                      encoding=encoding) == (4096, 4096 * 10), encoding
 
+
+def test_a_request_asks_for_a_stream_in_its_body_or_geminis_path() -> None:
+    def asking(path: str, document: object, encoding: str = "") -> bool:
+        body = _body(document)
+        sent = gzip.compress(body) if encoding else body
+        return asks_stream(path, asked(sent, encoding, MOST_BYTES, MOST_CONTAINERS))
+
+    assert asking("/v1/chat/completions", {"stream": True})
+    assert asking("/v1/messages", {"stream": True}, encoding="gzip")
+    assert not asking("/v1/chat/completions", {"stream": False})
+    assert not asking("/v1/chat/completions", {"stream": "true"})
+    assert asks_stream("/v1beta/models/gemini-2.5-flash:streamGenerateContent", None)
+    assert not asks_stream("/v1/files", None)

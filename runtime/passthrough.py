@@ -14,9 +14,9 @@ reached with the provider's credentials and governed as the modelled endpoints a
     answered a 499 -> the answer streamed back as the upstream gave it (its status,
     headers and body) -> settle: the usage a POST's answer reports (inflated, where
     compressed) billed at the price of the provider's deployment of the model it
-    names, else nothing; the ledger record, access line and metrics (route label
-    ``passthrough:<name>``, never the path), a stream where the answer was one (an
-    event stream, or asked for)
+    names, else nothing (one in an encoding aigw cannot read: what it held); the
+    ledger record, access line and metrics (route label ``passthrough:<name>``, never
+    the path), a stream where the answer was one (an event stream, or asked for)
 
 The aigw key is read as any provider's SDK sends it (``Authorization: Bearer``,
 ``x-api-key``, ``x-goog-api-key`` or ``?key=``). What goes upstream is the client's
@@ -26,7 +26,10 @@ query parameter), its cookies, hop-by-hop headers and the gateway's own
 added. ``accept-encoding: identity`` is asked for, so the usage can be read as it goes
 by. The provider's key and header values are scrubbed from every answer: an error
 answer (read whole, bounded) as a call's upstream error is, a streamed one where the
-key itself appears (masked to its own length, so a ``content-length`` holds).
+key itself appears (masked to its own length, so a ``content-length`` holds). A success
+answer the upstream compressed all the same goes on as it came, unmasked: only a
+broken upstream echoes its caller's key in a success, and scrubbing one would mean
+inflating every compressed answer whole and sending it inflated.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from .exchange import Exchange, exchanged
 from .gemini_api import gemini_key
 from .incoming import client_gone, unless_gone
 from .live import Live
-from .passthrough_hold import Asked, asked, asks_stream, billed_method, held, priced
+from .passthrough_hold import Asked, Held, asked, asks_stream, billed_method, held, priced
 from .passthrough_usage import Inflater, UsageReader, inflated
 from .policy_request import authorize_passthrough
 from .providers.raw import RawTarget, raw_adapter
@@ -209,7 +212,8 @@ class PassthroughProxy:
         upstream, span = await self._send(live, record, passthrough, target, request, path,
                                           upload, body)
         return await _answered(live, exchange, passthrough, target, upstream, span,
-                               billed_method(request.method), asks_stream(path, read))
+                               hold if billed_method(request.method) else None,
+                               asks_stream(path, read))
 
     async def _send(self, live: Live, record: RequestRecord, passthrough: Passthrough,
                     target: RawTarget, request: Request, path: str, upload: _Upload,
@@ -362,11 +366,11 @@ class _Upload:
 
 async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
                     target: RawTarget, upstream: httpx.Response, span: Span,
-                    billed: bool, asked_stream: bool) -> Response:
+                    hold: Held | None, asked_stream: bool) -> Response:
     """The upstream's answer, passed on: an error read whole (bounded) and scrubbed, any
-    other streamed as it comes, its usage read on the way (``billed``: an answer to a
-    POST) and billed as it ends; ``span`` (the call's) ended with it.
-    ``asked_stream``: the request asked for a stream."""
+    other streamed as it comes, its usage read on the way (``hold``: what an answer to a
+    POST held; None: not billed) and billed as it ends; ``span`` (the call's) ended with
+    it. ``asked_stream``: the request asked for a stream."""
     record, provider = exchange.record, passthrough.provider
     record.status = upstream.status_code
     record.relayed = True
@@ -400,10 +404,10 @@ async def _answered(live: Live, exchange: Exchange, passthrough: Passthrough,
     # A stream as the answer is one (an event stream), or as the request asked: a file
     # or a whole JSON answer is timed as a whole answer is (not with the streams)
     record.stream = asked_stream or _streamed(content_type)
-    reader = UsageReader(content_type if billed else "", encoding)
+    reader = UsageReader(content_type if hold is not None else "", encoding)
     masks = _secrets(provider, target)
     return _Droppable(await settled_stream(
-        _relayed(live, exchange, passthrough, upstream, reader, masks, span), headers,
+        _relayed(live, exchange, passthrough, upstream, reader, hold, masks, span), headers,
         content_type))
 
 
@@ -480,7 +484,7 @@ def _secrets(provider: Provider, target: RawTarget) -> tuple[bytes, ...]:
 
 
 async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
-                   upstream: httpx.Response, reader: UsageReader,
+                   upstream: httpx.Response, reader: UsageReader, hold: Held | None,
                    masks: tuple[bytes, ...], span: Span) -> AsyncGenerator[bytes, None]:
     """The answer's bytes as they come, masked; in its ``finally`` (however it ends) the
     request is billed what the answer reported, settled and recorded, and ``span`` (the
@@ -526,7 +530,7 @@ async def _relayed(live: Live, exchange: Exchange, passthrough: Passthrough,
                 await upstream.aclose()
             finally:
                 record.waited_upstream()
-                _bill(record, passthrough, reader)
+                _bill(record, passthrough, reader, hold)
                 label_answer(span, record)
                 span.end()
                 await exchange.close()
@@ -556,11 +560,23 @@ def _masked(data: bytes, masks: tuple[bytes, ...]) -> bytes:
     return data
 
 
-def _bill(record: RequestRecord, passthrough: Passthrough, reader: UsageReader) -> None:
+def _bill(record: RequestRecord, passthrough: Passthrough, reader: UsageReader,
+          hold: Held | None) -> None:
     """The answer's usage on the request's record, at the price of the provider's
-    deployment of the model it names (none: its tokens counted, nothing billed)."""
+    deployment of the model it names (none: its tokens counted, nothing billed). A JSON
+    or event-stream answer to a POST in an encoding aigw cannot read (``br``, ``zstd``:
+    an upstream that compressed though asked for ``identity``) is billed what the
+    request held, its worst case: read as nothing, it was free."""
     reported = reader.reported()
     if reported is None:
+        if hold is not None and reader.unreadable is not None:
+            log.warning("pass-through %r answered in encoding %r, which aigw cannot "
+                        "read: billed what it held (%d tokens)", passthrough.name,
+                        reader.unreadable[:64], hold.tokens)
+            record.prompt_tokens, record.completion_tokens = hold.prompt, hold.output
+            record.cost = hold.cost
+            if hold.deployment is not None:
+                record.deployment = hold.deployment.name
         return
     usage = reported.usage
     record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens

@@ -67,7 +67,7 @@ class Asked:
 class Held:
     """What a request holds before it is sent: the prompt and output tokens it may use,
     and their cost at the price of ``deployment`` (None: no deployment's price names its
-    model)."""
+    model). An answer whose usage cannot be read is billed this (``passthrough._bill``)."""
 
     prompt: int
     output: int

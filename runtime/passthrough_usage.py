@@ -22,7 +22,8 @@ The gateway asks for ``accept-encoding: identity``, but an upstream (or a proxy 
 it) may compress all the same: a ``gzip`` or ``deflate`` answer is read from a copy
 inflated as it goes by, a bounded piece at a time (``Inflater``), and only while there
 is something left to read; the client gets the bytes as they came. Another encoding
-(``br``, ``zstd``) reports nothing.
+(``br``, ``zstd``: no decoder is installed) reports nothing, and says so
+(``UsageReader.unreadable``: such an answer is billed what its request held).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class UsageReader:
     """Fed an answer's bytes as they go by (``feed``), then asked what it reported
     (``reported``). ``content_type`` is the answer's: JSON is kept whole (up to
     ``MAX_JSON_BYTES``) and read at the end; an event stream is read a line at a time.
-    ``encoding`` is its Content-Encoding (none: as it is)."""
+    ``encoding`` is its Content-Encoding (none: as it is); ``unreadable`` names it where
+    it would be read but for an encoding that cannot be (None: read, or not to be)."""
 
     def __init__(self, content_type: str, encoding: str = "") -> None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -127,10 +129,13 @@ class UsageReader:
                                            or media.endswith("+json"))
         encoding = encoding.strip().lower()
         self._inflater: Inflater | None = None
+        self.unreadable: str | None = None
         if encoding not in ("", "identity"):
             if Inflater.reads(encoding):
                 self._inflater = Inflater(encoding)
             else:
+                if self._events or self._json:
+                    self.unreadable = encoding
                 self._events = self._json = False
         self._kept = bytearray()
         self._skipping = False  # within an event line too long to read

@@ -5,6 +5,7 @@ the caller's aigw key never sent on, governed by keys, Cedar and limits, and bil
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from google.genai import types
 from ..conftest import DEV_KEY, metric_sample
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.brain import Action
+from ..fakes.brotli_proxy import brotli_proxy
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.gzipping import gzipping
 from ..fakes.openai_platform import OpenAIPlatformFake
@@ -55,6 +57,7 @@ class Gateway:
     claude: AnthropicFake
     gemini: GeminiFake
     squeezed: AnthropicFake  # behind a proxy that gzips its answers
+    brotlied: AnthropicFake  # behind one that answers in brotli
     clients: dict[str, openai.OpenAI] = field(default_factory=dict)
 
     def openai(self, key: str = DEV_KEY) -> openai.OpenAI:
@@ -80,9 +83,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     claude = AnthropicFake(api_key=ANTHROPIC_KEY)
     gemini = GeminiFake(api_key=GEMINI_KEY)
     squeezed = AnthropicFake(api_key=ANTHROPIC_KEY)
+    brotlied = AnthropicFake(api_key=ANTHROPIC_KEY)
     with (serving(platform.app) as platform_url, serving(claude.app) as claude_url,
           serving(gemini.app) as gemini_url,
-          serving(gzipping(squeezed.app)) as squeezed_url):
+          serving(gzipping(squeezed.app)) as squeezed_url,
+          serving(brotli_proxy(brotlied.app)) as brotlied_url):
         root = tmp_path_factory.mktemp("passthrough") / "gw"
         (root / "policies").mkdir(parents=True)
         (root / "policies" / "passthrough.cedar").write_text(POLICIES)
@@ -95,6 +100,7 @@ providers:
   google: {{type: gemini, base_url: "{gemini_url}/v1beta", api_key: "${{PT_GEMINI_KEY}}"}}
   unkeyed: {{type: openai, base_url: "{platform_url}/v1", api_key: "${{PT_UNSET_KEY}}"}}
   squeezed: {{type: anthropic, base_url: "{squeezed_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
+  brotlied: {{type: anthropic, base_url: "{brotlied_url}", api_key: "${{PT_ANTHROPIC_KEY}}"}}
 deployments:
   sonnet: {{provider: claude, model: claude-sonnet-4-6, context_window: 200000,
            price: {{input: 3, output: 15}}}}
@@ -104,8 +110,10 @@ deployments:
           price: {{input: 1, output: 5}}}}
   mini: {{provider: openai, model: gpt-4o-mini, context_window: 128000,
          price: {{input: 0.15, output: 0.6}}}}
+  opus: {{provider: brotlied, model: claude-opus-4-1, context_window: 200000,
+         price: {{input: 15, output: 75}}}}
 routes: {{sonnet: {{deployment: sonnet}}, flash: {{deployment: flash}},
-         haiku: {{deployment: haiku}}, mini: {{deployment: mini}}}}
+         haiku: {{deployment: haiku}}, mini: {{deployment: mini}}, opus: {{deployment: opus}}}}
 keys:
   dev: {{admin: true, sha256: {_digest(DEV_KEY)}}}
   narrow: {{sha256: {_digest(NARROW_KEY)}, passthrough: []}}
@@ -121,6 +129,7 @@ passthrough:
   gemini-raw: {{provider: google, paths: ["/v1beta/models/*"], methods: [POST]}}
   unkeyed-raw: {{provider: unkeyed, paths: ["/v1/vector_stores/**"]}}
   squeezed-raw: {{provider: squeezed, paths: ["/v1/messages"], methods: [POST]}}
+  brotlied-raw: {{provider: brotlied, paths: ["/v1/messages"], methods: [POST]}}
 """)
         with pytest.MonkeyPatch.context() as patch:
             for name, value in (("PT_OPENAI_KEY", OPENAI_KEY), ("PT_ANTHROPIC_KEY", ANTHROPIC_KEY),
@@ -128,7 +137,7 @@ passthrough:
                 patch.setenv(name, value)
             patch.delenv("PT_UNSET_KEY", raising=False)
             server = Server(root)
-        gateway = Gateway(server, platform, claude, gemini, squeezed)
+        gateway = Gateway(server, platform, claude, gemini, squeezed, brotlied)
         try:
             server.wait_ready()
             yield gateway
@@ -398,6 +407,30 @@ def test_a_gzipped_error_answer_is_read_scrubbed_and_sent_readable(gateway: Gate
     message = refused.value.response.json()["error"]["message"]
     assert message.startswith("key ") and message.endswith(" may not do that")
     assert ANTHROPIC_KEY not in message
+
+
+def test_an_answer_in_an_encoding_aigw_cannot_read_is_billed_what_it_held(
+        gateway: Gateway) -> None:
+    """No brotli decoder is installed: aigw asks the upstream for ``identity``, and an
+    answer in br all the same (a CDN set to compress) went on unread, billed nothing.
+    It is billed its request's hold: its prompt at 4 bytes a token and its max_tokens,
+    at the price of the deployment of the model it names."""
+    content = json.dumps({"model": "claude-opus-4-1", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "one two three"}]}).encode()
+    with httpx.stream("POST", gateway.url("/passthrough/brotlied-raw/v1/messages"),
+                      content=content, timeout=10,
+                      headers={"x-api-key": DEV_KEY, "anthropic-version": "2023-06-01",
+                               "content-type": "application/json"}) as answer:
+        raw = b"".join(answer.iter_raw())
+    assert answer.status_code == 200
+    assert answer.headers["content-encoding"] == "br"  # the bytes as the upstream sent
+    assert raw.endswith(b"\x03") and b'"usage"' in raw  # stored meta-blocks
+    assert gateway.brotlied.script.headers[-1]["accept-encoding"] == "identity"
+    row = gateway.server.ledger_row(answer.headers["x-request-id"], wait_s=10)
+    prompt = -(-len(content) // 4)
+    assert (row["deployment"], row["tokens_in"], row["tokens_out"]) == ("opus", prompt, 64)
+    assert row["cost"] == pytest.approx((prompt * 15 + 64 * 75) / 1_000_000, abs=1e-9)
+    assert "which aigw cannot read: billed what it held" in gateway.server.log
 
 
 def test_a_whole_answer_is_recorded_as_whole_a_stream_as_a_stream(gateway: Gateway) -> None:

@@ -106,3 +106,7 @@ def test_a_compressed_answer_is_inflated_only_as_far_as_it_is_read() -> None:
         reader = UsageReader("application/json", unread)
         reader.feed(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
         assert reader.reported() is None
+        assert reader.unreadable == unread  # billed what its request held
+    # Only an answer that would be read says so: a file in br reports nothing, as in plain.
+    assert UsageReader("application/octet-stream", "br").unreadable is None
+    assert UsageReader("text/event-stream", "gzip").unreadable is None

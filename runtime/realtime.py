@@ -31,8 +31,12 @@ replicas took counts; none where none applies). The upstream's
 key, which every client shares, and no client's own. The response is billed at the
 deployment's token prices (its audio tokens at ``audio_input`` and ``audio_output``,
 which default to the text prices), charged to the budgets and written to the ledger as
-a record of its own (``<session id>:<n>``). A client that leaves within a response has it cancelled
-upstream, and the ``response.done`` that answers (``_CANCEL_WAIT_S``) billed. When the
+a record of its own (``<session id>:<n>``; runtime/realtime_bills.py). A client that
+leaves within a response has it cancelled upstream, and the ``response.done`` that
+answers (``_CANCEL_WAIT_S``) billed. A response the session ends in the middle of, with
+no ``response.done`` (its upstream closed or dropped, a cancel unanswered, a session
+that stopped waiting), is billed at an estimate of what it relayed, a failed record
+(502 where its upstream ended it, else 499; runtime/realtime_responses.py). When the
 gateway stops, a session ends after its response in flight, closed with 1012.
 Between responses the session holds an empty reservation against its budgets (the
 *tab*); when the next one is refused, a budget ran out: the session is closed after the
@@ -43,8 +47,10 @@ removed ends its sessions the same way, and so does a key's ``expires`` (``key_e
 idle too. A session that must end waits for its responses in flight while the upstream
 sends their events, for ``_FINISH_WAIT_S`` at most (then they are cancelled, and their
 ``response.done`` billed); silent for ``_CANCEL_WAIT_S`` (a stuck upstream), it ends
-without them. The access log has one line per session (its responses, tokens and cost), and the
-metrics count it as one request.
+without them. The access log has one line per session (its responses, those cut short,
+tokens and cost), and the metrics count it as one request, each response's outcome
+(``aigw_realtime_responses``) and time from its ``response.create`` to its first output
+delta (``aigw_time_to_first_token_seconds``).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -66,37 +72,36 @@ from starlette.websockets import WebSocket
 
 from aigw.compiler.graph import ApiKey
 
-from .admission import Admission, DeploymentQuotas, Hold, admit
+from .admission import DeploymentQuotas, Hold
 from .auth import authenticate
 from .chat import new_record, resolve_route
 from .errors import (
     BadRequest,
     BudgetExceeded,
+    Cancelled,
     GatewayError,
     InternalError,
     SessionExpired,
     StoreUnavailable,
-    Unauthorized,
     UpstreamConnectionError,
     UpstreamError,
 )
 from .exchange import Exchange
-from .identity import caller_in
 from .providers.base import Usage
 from .providers.realtime import RealtimeAdapter, RealtimeCall, realtime_adapter
+from .realtime_bills import Bill, Bills
 from .realtime_events import (
     Frame,
     error_event,
     rates_event,
     read_frame,
-    response_usage,
 )
-from .realtime_limits import ResponseCounts, ResponseHolds, outlived
+from .realtime_limits import ResponseCounts, outlived
+from .realtime_responses import AUDIO_DELTAS, TEXT_DELTAS, InFlight
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
-from .store.values import LedgerRecord
-from .telemetry.record import RequestRecord, UpstreamFailure
+from .telemetry.record import UpstreamFailure
 from .telemetry.tracing import Span
 from .uncancelled import uncancelled
 from .upstream import scrub, too_large
@@ -289,13 +294,15 @@ def _ended_by(error: GatewayError) -> _Ending:
 
 @dataclass(slots=True)
 class _Ending:
-    """How the relay ended: the close code and reason each end is sent, and the error
-    event the client gets first (the gateway's own ending: a budget, a revoked key)."""
+    """How the relay ended: the close code and reason each end is sent, the error event
+    the client gets first (the gateway's own ending: a budget, a revoked key), and whether
+    the upstream ended it (closed or dropped: its responses in flight failed there)."""
 
     client_code: int
     client_reason: str = ""
     upstream_code: int = NORMAL
     error: GatewayError | None = None
+    upstream_ended: bool = False
 
 
 class _Relay:
@@ -314,16 +321,14 @@ class _Relay:
         self.hold = hold
         self.upstream = won.value.socket
         self.websocket = websocket
-        self.tab: Admission | None = None
         assert exchange.admission is not None  # held at connect, else no relay
         self.counts = ResponseCounts(self.live.store, self.record.request_id,
                                      exchange.admission.limits, self.deployment)
-        self.responses = 0
-        self.response_started = time.perf_counter()  # the last response.created's
+        self.bills = Bills(exchange, key, self.deployment, self.counts, current)
         self.billing: asyncio.Future[GatewayError | None] | None = None  # the last bill
         # Responses whose response.created has come and their response.done not yet (an
         # out-of-band one, ``conversation: none``, may run beside the conversation's).
-        self.responding = 0
+        self.responding = InFlight()
         self.client_gone = False  # what the upstream sends now goes to no one
         # How the session ends once no response is in flight: the gateway is stopping, or
         # the session's key expired, or its maximum length passed.
@@ -338,7 +343,7 @@ class _Relay:
         stats.observe_latency((live.routing.clock() - self.won.started) * 1000)  # connect
         ending = _Ending(NORMAL)
         try:
-            stopped = await self._next_tab()  # a budget spent by another since the connect
+            stopped = await self.bills.next_tab()  # a budget spent by another since the connect
             if stopped is not None:
                 ending = _ended_by(stopped)
             else:
@@ -442,8 +447,10 @@ class _Relay:
                 await self.websocket.send_text(error_event(_BINARY_REFUSED))
                 continue
             frame = read_frame(text)
-            if frame.type == "response.create" and await self._refused(frame):
-                continue
+            if frame.type == "response.create":
+                if await self._refused(frame):
+                    continue
+                self.responding.asked((frame.event or {}).get("event_id"))
             try:
                 await self.upstream.send_str(text)
             except (aiohttp.ClientError, ConnectionError):  # the upstream is closing: its
@@ -483,12 +490,13 @@ class _Relay:
             elif message.type is aiohttp.WSMsgType.CLOSE:
                 code = message.data
                 return _Ending(code if code in _SENDABLE else NORMAL,
-                               scrub(message.extra or "", self.deployment.provider))
+                               scrub(message.extra or "", self.deployment.provider),
+                               upstream_ended=True)
             else:  # CLOSED, ERROR: it went without a close frame, or aiohttp ended it
                 error = self._broken(message.data)
                 self.record.failures.append(UpstreamFailure(
                     self.deployment.name, self.deployment.provider.name, str(error.code)))
-                return _Ending(SERVER_ERROR, _reason(error), error=error)
+                return _Ending(SERVER_ERROR, _reason(error), error=error, upstream_ended=True)
             if ending is not None:
                 return ending
 
@@ -510,16 +518,23 @@ class _Relay:
         frame = read_frame(data)
         if frame.carries_error:  # scrubbed as a call's upstream error is
             data = scrub(data, self.deployment.provider)
+            if frame.type == "error":  # a response.create it refuses starts none
+                self.responding.refused(frame.event)
         elif frame.type == "rate_limits.updated":
             return None  # the provider's limits: the client is told the gateway's
+        elif frame.event is not None and (frame.type in TEXT_DELTAS or
+                                          frame.type in AUDIO_DELTAS):
+            first = self.responding.output(frame.event, frame.type in AUDIO_DELTAS)
+            if first is not None:
+                self.live.telemetry.first_token(self.record, first)
         if not self.client_gone:
             await self.websocket.send_text(data)
         if frame.type == "response.done":  # the bill first: what matters if both were
-            self.responding = max(0, self.responding - 1)
             # In a task the session's end waits for, not cancels: a client may leave as
             # soon as it has the response.done, and the bill (a store's round trips) was
             # cut with the relay, the response never billed.
-            self.billing = asyncio.ensure_future(self._billed(frame.event))
+            self.billing = asyncio.ensure_future(
+                self.bills.done(frame.event, self.responding.done(frame.event)))
             stopped = await asyncio.shield(self.billing)
             rates = None if self.client_gone else await self.counts.rates()
             if rates is not None and not self.client_gone:
@@ -531,8 +546,7 @@ class _Relay:
             if self.closing is not None and not self.responding:
                 return self.closing
         elif frame.type == "response.created":
-            self.response_started = time.perf_counter()
-            self.responding += 1
+            self.responding.created(frame.event)
             await self._started(frame.event or {})
         return None
 
@@ -552,102 +566,6 @@ class _Relay:
         if not self.client_gone:
             await self.websocket.send_text(error_event(refused))
 
-    async def _billed(self, event: dict[str, object] | None) -> GatewayError | None:
-        """Bill a ``response.done`` event's usage (``event``: None where it is no JSON);
-        the error that ends the session when its budget has run out (or its key was
-        revoked), else None."""
-        response = event.get("response") if event is not None else None
-        if not isinstance(response, dict):
-            # Billed at 0 tokens now: left unbilled, its holds (rpm, tpm, the quota) waited
-            # for the session's end and refused the responses after it meanwhile. Its text
-            # is not logged: it may hold what the user said.
-            log.warning("realtime deployment '%s' sent a response.done the gateway cannot "
-                        "read: billed at 0 tokens", self.deployment.name)
-            response = {}
-        usage = response_usage(response.get("usage"))
-        cost = usage.cost(self.deployment.price)
-        record, live = self.record, self.live
-        self.responses += 1
-        record.responses = self.responses
-        record.prompt_tokens += usage.prompt_tokens
-        record.completion_tokens += usage.completion_tokens
-        record.cached_tokens += usage.cached_tokens
-        record.audio_input_tokens += usage.audio_input_tokens
-        record.audio_output_tokens += usage.audio_output_tokens
-        record.cost += cost
-        live.routing.of(self.deployment).add_usage(live.routing.clock(), usage.total_tokens)
-        held = self.counts.done(usage.total_tokens)
-        # Billed whole though a shutdown cancels the session meanwhile: its tab settled at
-        # the response's cost, not released by the session's end as if nothing was spent.
-        await uncancelled(partial(self._bill, usage, cost, held), live.store.finish,
-                          again=True)
-        return await self._next_tab()
-
-    async def _bill(self, usage: Usage, cost: float, held: ResponseHolds | None) -> None:
-        """A response's tokens charged to tpm, its tab settled and its ledger record
-        written; safe to run again (a hold is settled once, a record id written once)."""
-        record, live = self.record, self.live
-        try:
-            if held is not None:
-                await held.settle(usage.total_tokens)
-            if self.tab is not None:
-                await self.tab.settle(usage.total_tokens, cost)
-                self.tab = None
-            store = await live.store.get()
-            await store.record(self._ledger_record(usage, cost))
-        except StoreUnavailable:  # a session is not ended for it: the next response is
-            # billed as usual once the store answers
-            log.error("realtime response %s:%d not billed: the store is unavailable",
-                      record.request_id, self.responses)
-
-    async def _next_tab(self) -> GatewayError | None:
-        """The next response's tab; the error that ends the session when it is refused,
-        or when a reload removed the key (it stops spending, as a stream does). A store
-        that cannot answer is not a budget run out (as for a stream: fail_closed refuses
-        new requests, not one in flight): the response after is charged to no tab."""
-        if caller_in(self.current().graph, self.key) is None:
-            return Unauthorized("The API key was revoked during this session.")
-        try:
-            self.tab = await self._tab()
-        except BudgetExceeded as exc:
-            return exc
-        except StoreUnavailable:
-            log.error("realtime session %s holds no budget tab: the store is unavailable",
-                      self.record.request_id)
-        return None
-
-    async def _tab(self) -> Admission:
-        """An empty reservation against the session's budgets (none: nothing held), which
-        the next response is charged to; refused (``BudgetExceeded``) once one is spent."""
-        exchange = self.exchange
-        assert exchange.admission is not None
-        limits = tuple(replace(item, rpm=None, tpm=None, max_parallel=None)
-                       for item in exchange.admission.limits if item.budget is not None)
-        # A record of its own: a reservation's id is unique, and a refusal names its budget.
-        tab_record = RequestRecord(f"{self.record.request_id}:tab{self.responses}",
-                                   "realtime", self.record.graph)
-        store = await self.live.store.get()
-        try:
-            tab = await admit(store, tab_record, limits, 0, 0.0)
-        finally:
-            if tab_record.budget_refused is not None:
-                self.record.budget_refused = tab_record.budget_refused
-        self.live.store.keep(tab)
-        return tab
-
-    def _ledger_record(self, usage: Usage, cost: float) -> LedgerRecord:
-        record = self.record
-        return LedgerRecord(
-            request_id=f"{record.request_id}:{self.responses}", at=time.time(),
-            key=record.key, team=record.team, user=self.exchange.user, route=record.route,
-            deployment=self.deployment.name, tokens_in=usage.prompt_tokens,
-            tokens_out=usage.completion_tokens, tokens_cached=usage.cached_tokens,
-            tokens_audio_in=usage.audio_input_tokens,
-            tokens_audio_out=usage.audio_output_tokens, cost=cost,
-            # From its response.created: the model's time, as a call's is the upstream's.
-            latency_ms=round((time.perf_counter() - self.response_started) * 1000, 3),
-            status=200, fingerprint=self.live.graph.fingerprint, batch=None)
-
     async def _closed(self, ending: _Ending) -> None:
         """Both ends closed (the error event first), the session settled and logged."""
         record, live = self.record, self.live
@@ -664,16 +582,20 @@ class _Relay:
             except (RuntimeError, OSError):  # the client has gone already
                 pass
         finally:  # cancelled outright meanwhile (no anyio shield stops that): settled still
-            await uncancelled(self._settle, live.store.finish, again=True)
+            # The responses it ends in the middle of billed (bills.cut), as failed ones.
+            cut = self.bills.cut(self.responding.cut(), UpstreamError.status
+                                 if ending.upstream_ended else Cancelled.status)
+            await uncancelled(partial(self._settle, cut), live.store.finish, again=True)
         live.telemetry.finish(record)
 
-    async def _settle(self) -> None:
-        """The session's holds settled at its tokens; safe to run again (each hold is
-        settled once)."""
+    async def _settle(self, cut: tuple[Bill, ...]) -> None:
+        """The ``cut`` responses billed and the session's holds settled at its tokens;
+        safe to run again (each hold is settled once, a ledger record written once)."""
         record = self.record
+        await self.bills.charge(cut)
         try:
-            if self.tab is not None:
-                await self.tab.release()
+            if self.bills.tab is not None:
+                await self.bills.tab.release()
             await self.counts.close()
             if self.exchange.admission is not None:  # the place given back; to tpm, the
                 # tokens of responses that had no hold of their own (refused, yet billed)

@@ -197,6 +197,13 @@ class Metrics:
             "aigw_budget_refusals", "Requests refused (429) or streams cut because a budget "
             "was spent; scope user counts the end users of the team or key named.",
             ["scope", "name"], registry=registry)
+        # A Realtime session is one request (aigw_requests); each of its responses is
+        # counted here: done (billed at its usage) or cut (no response.done came: its
+        # upstream or client went first; billed at an estimate, as a failed response).
+        self.realtime_responses = Counter(
+            "aigw_realtime_responses", "Responses of Realtime sessions, by outcome (done; "
+            "cut: ended without a response.done, billed at an estimate).",
+            ["route", "deployment", "team", "outcome"], registry=registry)
         self.guardrail_actions = Counter(
             "aigw_guardrail_actions", "Requests a guardrail acted on, by side (input, "
             "output) and action (block, redact, log; error: its checker did not answer, and "

@@ -199,6 +199,7 @@ class RequestRecord:
     guardrails: list[tuple[str, str, str]] | None = None
     batch: str | None = None  # the batch (/v1/batches) this request is a line of
     responses: int | None = None  # a Realtime session's, each billed (runtime/realtime.py)
+    responses_cut: int | None = None  # of them: ended with no response.done, estimated
 
     def waiting_upstream(self) -> None:
         """A call to a provider is waited on from now (until ``waited_upstream``). The
@@ -331,6 +332,20 @@ class Telemetry:
             self._route(record.route).in_flight.inc()
             record.in_flight_route = record.route
 
+    def first_token(self, record: RequestRecord, seconds: float) -> None:
+        """A time to first token of one of ``record``'s answers, where a request has
+        several (a Realtime session's responses): observed now, labelled as ``finish``
+        labels a request's own (``record.ttft_s``, which such a request leaves unset)."""
+        self._deployment(record.route or UNKNOWN, record.deployment or UNKNOWN,
+                         record.provider or UNKNOWN, record.team or UNKNOWN).ttft.observe(seconds)
+
+    def realtime_response(self, record: RequestRecord, outcome: Literal["done", "cut"]) -> None:
+        """One of a Realtime session's responses billed: at its usage (``done``), or at an
+        estimate, as it ended with no response.done (``cut``)."""
+        self.metrics.realtime_responses.labels(record.route or UNKNOWN,
+                                               record.deployment or UNKNOWN,
+                                               record.team or UNKNOWN, outcome).inc()
+
     def finish(self, record: RequestRecord) -> None:
         """Count the request once, however it ended."""
         if record.finished:
@@ -432,6 +447,7 @@ class Telemetry:
             "graph": record.graph,
             "batch": record.batch,
             "responses": record.responses,
+            "responses_cut": record.responses_cut,
         }).decode())
 
     def _end_span(self, record: RequestRecord) -> None:

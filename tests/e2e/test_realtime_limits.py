@@ -323,8 +323,9 @@ def test_a_session_at_its_end_waits_on_a_silent_upstream_no_longer_than_ten_seco
         tmp_path: Path) -> None:
     """realtime_max_session_s: 3, a response in flight that the upstream never ends
     (its response.created, then nothing): once the upstream has been silent for 10 s
-    the session ends all the same (session_expired, 1001), its response's hold given
-    back. It waited for that response.done for ever, the session open past its end."""
+    the session ends all the same (session_expired, 1001), its response billed as cut
+    and its hold given back. It waited for that response.done for ever, the session open
+    past its end."""
     async def session(served: Realtime) -> tuple[Any, int | None, float]:
         async with connected(served, "realtime") as connection:
             await until(connection, "session.created")
@@ -340,7 +341,12 @@ def test_a_session_at_its_end_waits_on_a_silent_upstream_no_longer_than_ten_seco
         error, code, lasted = asyncio.run(session(served))
         assert (error.type, error.error.code, code) == ("error", "session_expired", 1001)
         assert 10 <= lasted < 25, lasted
-        assert _session_line(served.server)["responses"] == 0
+        line = _session_line(served.server)
+        # The response it never ended, billed as cut (it relayed nothing, and the session
+        # had no response before it to tell its input): a 499, the gateway's giving up.
+        assert (line["responses"], line["responses_cut"]) == (1, 1)
+        assert [(row["status"], row["tokens_in"], row["tokens_out"])
+                for row in served.server.ledger_rows(1)] == [(499, 0, 0)]
 
 
 def test_a_session_at_its_end_cancels_a_response_that_runs_on_after_thirty_seconds(

@@ -21,6 +21,13 @@ message has a part for each: a model saying what a relay might take for an event
 After one of ``BINARY`` the session's events come in binary frames, as JSON still; one
 of ``HUGE`` is answered a delta of ``HUGE_BYTES``, one of ``CUT_ERROR`` an ``error``
 event cut short (no JSON) that quotes the fake's key.
+One of ``HALFWAY_DROP``, ``HALFWAY_CLOSE`` or ``HALFWAY_GONE`` is answered the first
+two words of its answer and a second of audio (``HALFWAY_AUDIO``), then no
+``response.done``: the connection is dropped, closed (``HANG_UP_CODE``), or, at the
+client's ``response.cancel``, dropped. One of ``HELD`` is answered a word every 0.1 s
+until the client sends ``input_audio_buffer.clear`` (then done, completed); a
+``response.create`` meanwhile is refused as OpenAI's API refuses one while a response is
+active (``conversation_already_has_active_response``).
 ``input_audio_buffer.commit`` stands for the end of a turn that server VAD detects: the
 server starts a (slow) response of its own, as OpenAI's does with ``turn_detection`` on.
 ``intent=transcription`` with no model opens a transcription session; with a model the
@@ -32,6 +39,8 @@ the test to read.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import itertools
 import json
 import threading
@@ -84,6 +93,15 @@ HUGE = "say a great deal"
 HUGE_BYTES = 2 << 20
 # One answered an error event cut short (no JSON) that quotes the fake's key, then done.
 CUT_ERROR = "quote your key, cut short"
+# Ones whose response ends with no response.done after two words and a second of audio
+# (pcm16 at 24 kHz: 48,000 bytes): the connection dropped, closed, or dropped at a cancel.
+HALFWAY_DROP = "drop the line halfway"
+HALFWAY_CLOSE = "hang up halfway"
+HALFWAY_GONE = "go quiet halfway"
+HALFWAY_TEXT = "You said: "  # the two words sent
+HALFWAY_AUDIO = base64.b64encode(bytes(48_000)).decode()
+# One answered until the client sends input_audio_buffer.clear.
+HELD = "hold on"
 
 
 @dataclass
@@ -166,6 +184,7 @@ class RealtimeFake:
             "model": model, "output_modalities": ["audio"]})
         said = ""
         cancelled = asyncio.Event()  # the client's response.cancel
+        released = asyncio.Event()  # the client's input_audio_buffer.clear (HELD)
         responding: list[asyncio.Future[None]] = []  # SLOW responses, answered meanwhile
         try:
             async for message in websocket:
@@ -201,11 +220,24 @@ class RealtimeFake:
                     cancelled.clear()
                     responding.append(asyncio.ensure_future(
                         self._respond(websocket, SLOW, cancelled)))
-                elif kind == "response.create" and said in (SLOW, ENDLESS, STUCK):  # cancel
-                    # read meanwhile
+                elif kind == "response.create" and any(
+                        not answer.done() for answer in responding) and said == HELD:
+                    await self._send(websocket, "error", error={
+                        "type": "invalid_request_error",
+                        "code": "conversation_already_has_active_response",
+                        "message": "Conversation already has an active response in "
+                        "progress. Wait until the response is finished before creating a "
+                        "new one.", "param": None, "event_id": event.get("event_id")})
+                elif kind == "response.create" and said in (SLOW, ENDLESS, STUCK, HELD,
+                                                            HALFWAY_GONE):
+                    # cancel read meanwhile
                     cancelled.clear()
+                    released.clear()
                     responding.append(asyncio.ensure_future(
-                        self._respond(websocket, said, cancelled)))
+                        self._respond(websocket, said, cancelled, released)))
+                elif kind == "input_audio_buffer.clear":
+                    await self._send(websocket, "input_audio_buffer.cleared")
+                    released.set()
                 elif kind == "response.create":
                     await self._respond(websocket, said, cancelled)
                 elif kind == "response.cancel":
@@ -216,13 +248,26 @@ class RealtimeFake:
         session.close_code = websocket.close_code
 
     async def _respond(self, websocket: ServerConnection, said: str,
-                       cancelled: asyncio.Event) -> None:
+                       cancelled: asyncio.Event, released: asyncio.Event | None = None) -> None:
         response_id, item_id = self._id("resp"), self._id("item")
         response = {"id": response_id, "object": "realtime.response", "status": "in_progress",
                     "output": [], "usage": None}
         await self._send(websocket, "response.created", response=response)
         if said == STUCK:
             await websocket.wait_closed()
+            return
+        if said in (HALFWAY_DROP, HALFWAY_CLOSE, HALFWAY_GONE):
+            await self._halfway(websocket, said, response_id, item_id, cancelled)
+            return
+        if said == HELD:
+            assert released is not None
+            while not released.is_set():
+                await self._send(websocket, "response.output_text.delta",
+                                 response_id=response_id, item_id=item_id, output_index=0,
+                                 content_index=0, delta="wait ")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(released.wait(), 0.1)
+            await self._done(websocket, {**response, "status": "completed", "usage": USAGE})
             return
         if said == CUT_ERROR:
             error = json.dumps({"type": "error", "error": {
@@ -262,6 +307,22 @@ class RealtimeFake:
             "output": [{"id": item_id, "type": "message", "role": "assistant",
                         "content": [{"type": "output_text", "text": part}
                                     for part in parts]}]})
+
+    async def _halfway(self, websocket: ServerConnection, said: str, response_id: str,
+                       item_id: str, cancelled: asyncio.Event) -> None:
+        """Two words and a second of audio of an answer, then no response.done."""
+        where = {"response_id": response_id, "item_id": item_id, "output_index": 0,
+                 "content_index": 0}
+        for word in HALFWAY_TEXT.split(" ")[:2]:
+            await self._send(websocket, "response.output_text.delta", **where, delta=word + " ")
+        await self._send(websocket, "response.output_audio.delta", **where,
+                         delta=HALFWAY_AUDIO)
+        if said == HALFWAY_CLOSE:
+            await websocket.close(HANG_UP_CODE, "hung up")
+            return
+        if said == HALFWAY_GONE:
+            await cancelled.wait()
+        websocket.transport.abort()
 
     async def _done(self, websocket: ServerConnection, response: dict[str, Any]) -> None:
         await self._send(websocket, "response.done", response=response)

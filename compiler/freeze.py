@@ -253,6 +253,7 @@ def freeze(
             max_passthrough_bytes=settings.max_passthrough_bytes,
             realtime_max_session_s=settings.realtime_max_session_s,
             websocket_ping_interval_s=settings.websocket_ping_interval_s,
+            websocket_max_message_bytes=settings.websocket_max_message_bytes,
         ),
         providers=_frozen(providers),
         deployments=_frozen(deployments),

@@ -128,6 +128,14 @@ class SettingsSpec(Spec):
         "no pings, and a vanished client holds its place until TCP gives up. Read at "
         "start (a reload does not change it).",
     )
+    websocket_max_message_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = Field(
+        16 * 1024 * 1024,
+        description="Largest message a client may send on a WebSocket (a Realtime "
+        "session's event; a text message counts its characters): one larger closes the "
+        "connection with 1009 (message too big), and the session ends as when its client "
+        "leaves. 16 MiB by default: OpenAI takes audio appends of up to 15 MiB. Read at "
+        "start (a reload does not change it).",
+    )
     realtime_max_session_s: Annotated[float, Field(gt=0, le=86400)] = Field(
         3600.0,
         description="Longest a Realtime session (/v1/realtime) stays open (OpenAI's own cap "

@@ -68,6 +68,7 @@ class Settings:
     max_passthrough_bytes: int = 512 << 20
     realtime_max_session_s: float = 3600.0
     websocket_ping_interval_s: float | None = 20.0
+    websocket_max_message_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,7 +188,7 @@ RESTART_SETTINGS = ("store", "redis_namespace", "store_failure", "store_outbox",
                     # the batch runner's (runtime/batches), read when it is made
                     "files_dir", "batches_concurrency",
                     # hypercorn's, read as it starts serving
-                    "websocket_ping_interval_s")
+                    "websocket_ping_interval_s", "websocket_max_message_bytes")
 
 
 class ConfigError(Exception):

@@ -152,6 +152,9 @@ async def _serve_async(options: ServeOptions, config: Config, sockets: Any,
     config.websocket_ping_interval = graph.settings.websocket_ping_interval_s
     if config.websocket_ping_interval is not None:
         ws_keepalive.install()
+    # The gateway's own cap on a client's WebSocket message, not hypercorn's default (16
+    # MiB, which a hypercorn upgrade could move): one over it is closed with 1009.
+    config.websocket_max_message_size = graph.settings.websocket_max_message_bytes
     # An HTTP/2 client still sending a body the gateway has answered (a 401, a 413) lost
     # its answer and its connection to a KeyError in hypercorn; a request h11 cannot read
     # was refused with no error object.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -194,3 +195,39 @@ def test_an_upstream_frame_that_is_no_json_is_scrubbed_of_the_providers_key(
     with realtime_gateway(tmp_path / "gw") as served:
         frame = asyncio.run(session(served))
         assert served.upstream.api_key not in frame, frame
+
+
+def test_a_clients_event_over_websocket_max_message_bytes_closes_the_session_1009(
+        tmp_path: Path) -> None:
+    """websocket_max_message_bytes: 65536 (the gateway's own cap, set on hypercorn, whose
+    default of 16 MiB it was by chance): an event within it is passed on; one over it
+    closes the session with 1009 (message too big), never passed on, the upstream closed
+    and the session logged, with no traceback."""
+    def item(size: int) -> str:
+        return json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "x" * size}]}})
+
+    async def session(served: Realtime) -> int | None:
+        async with _raw(served) as websocket:
+            await websocket.send(item(60_000))
+            await _next(websocket, "conversation.item.created")
+            await websocket.send(item(70_000))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(websocket.recv(), 10)
+            return _code(closed.value)
+
+    with realtime_gateway(tmp_path / "gw",
+                          settings="websocket_max_message_bytes: 65536") as served:
+        assert asyncio.run(session(served)) == 1009
+        line = _session_line(served.server)
+        assert (line["status"], line["responses"]) == (200, 0)
+        upstream = served.upstream.sessions[0]
+        assert [event["type"] for event in upstream.events] == ["conversation.item.create"]
+        for _ in range(100):  # the upstream's close, as the session ends
+            if upstream.close_code is not None:
+                break
+            time.sleep(0.05)
+        assert upstream.close_code == 1000
+        assert "Traceback" not in served.server.log, served.server.log

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import os
 import socket
 import time
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from aigw.compiler.keys import shown_moment
 
 from ..conftest import DEV_KEY
-from ..fakes.openai_realtime import CUT_DONE, ENDLESS, HOLLOW_DONE, SLOW, STUCK
+from ..fakes.openai_realtime import CUT_DONE, ENDLESS, HELD, HOLLOW_DONE, SLOW, STUCK
 from .test_realtime import (
     Realtime,
     _code,
@@ -286,37 +287,59 @@ def test_the_upstreams_rate_limits_are_not_passed_on(tmp_path: Path) -> None:
 
 
 def test_a_session_at_its_maximum_length_ends_after_its_response(tmp_path: Path) -> None:
-    """realtime_max_session_s: 0.5, a response under way as it passes: the response goes
-    on whole and is billed (a response.create meanwhile is refused: the session starts no
-    more), then a session_expired error event and a 1001 close (as OpenAI closes a
-    session past its own cap). A session went on as long as its client liked."""
-    async def session(served: Realtime) -> tuple[list[Any], Any, int | None, float]:
+    """realtime_max_session_s: 0.5, a response under way as it passes (one the fake
+    answers until it is told to end it): the response goes on whole and is billed (a
+    response.create meanwhile is refused: the session starts no more), then a
+    session_expired error event and a 1001 close (as OpenAI closes a session past its
+    own cap). A session went on as long as its client liked."""
+    async def session(served: Realtime) -> tuple[list[Any], Any, Any, int | None, float]:
         async with connected(served, "realtime") as connection:
             await until(connection, "session.created")
             opened = time.monotonic()
-            await _asked(connection, SLOW, "evt_slow")  # about a second of answer
-            await asyncio.sleep(0.7)
-            await connection.response.create(event_id="evt_late")
+            await _asked(connection, HELD, "evt_held")
+            await until(connection, "response.output_text.delta")
+            late = await _asked_until_expired(connection, opened + 0.5)
+            await connection.input_audio_buffer.clear()  # the held response ends
+            released = time.monotonic()
             events = await until(connection, "response.done")
             error = await asyncio.wait_for(connection.recv(), 10)
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(connection.recv(), 10)
-            return events, error, _code(closed.value), time.monotonic() - opened
+            return events, late, error, _code(closed.value), time.monotonic() - released
 
     with realtime_gateway(tmp_path / "gw", settings="realtime_max_session_s: 0.5") as served:
-        events, error, code, lasted = asyncio.run(session(served))
+        events, late, error, code, lasted = asyncio.run(session(served))
         assert events[-1].response.status == "completed"
-        late = [event for event in events if event.type == "error"]
-        assert [(event.error.code, event.error.event_id) for event in late] == [
-            ("session_expired", "evt_late")]
+        assert late.error.code == "session_expired"
         assert (error.type, error.error.code) == ("error", "session_expired")
         assert "maximum duration of 0.5 seconds" in error.error.message
         assert code == 1001
         assert lasted < 5, lasted
         upstream = served.upstream.sessions[0]
-        assert [event["type"] for event in upstream.events].count("response.create") == 1
+        asked = [event.get("event_id") for event in upstream.events
+                 if event["type"] == "response.create"]
+        assert asked[0] == "evt_held" and late.error.event_id not in asked
         assert len(served.server.ledger_rows(1)) == 1
         assert _session_line(served.server)["status"] == 400
+
+
+async def _asked_until_expired(connection: Any, ends_at: float) -> Any:
+    """From ``ends_at`` (the session's end by the client's clock, which the gateway's
+    reaches first: its session opened before the client had session.created), a
+    response.create each time the one before was refused, until one is refused for the
+    session's end (its error event, returned). One the gateway passed on (it had not yet
+    acted on the session's end) is refused by the upstream: a response is active."""
+    await asyncio.sleep(max(0.0, ends_at - time.monotonic()))
+    for number in itertools.count(1):
+        event_id = f"evt_late{number}"
+        await connection.response.create(event_id=event_id)
+        while (event := await asyncio.wait_for(connection.recv(), 10)).type != "error" or \
+                event.error.event_id != event_id:
+            pass
+        if event.error.code == "session_expired":
+            return event
+        assert event.error.code == "conversation_already_has_active_response", event
+    raise AssertionError("unreachable")
 
 
 def test_a_session_at_its_end_waits_on_a_silent_upstream_no_longer_than_ten_seconds(

@@ -518,8 +518,10 @@ class _Relay:
         frame = read_frame(data)
         if frame.carries_error:  # scrubbed as a call's upstream error is
             data = scrub(data, self.deployment.provider)
-            if frame.type == "error":  # a response.create it refuses starts none
-                self.responding.refused(frame.event)
+            # a response.create it refuses starts none: the next response.created is
+            # not that one's, and is counted (one the upstream starts on its own)
+            if frame.type == "error" and self.responding.refused(frame.event):
+                self.counts.unasked()
         elif frame.type == "rate_limits.updated":
             return None  # the provider's limits: the client is told the gateway's
         elif frame.event is not None and (frame.type in TEXT_DELTAS or

@@ -103,6 +103,12 @@ class ResponseCounts:
             self._asked += 1
         return refused
 
+    def unasked(self) -> None:
+        """A ``response.create`` passed on that the upstream refused: it starts no
+        response (it was counted all the same, as a request the upstream refuses is)."""
+        if self._asked:
+            self._asked -= 1
+
     async def started(self) -> GatewayError | None:
         """A ``response.created``: one the client asked for is counted already, one the
         upstream started on its own (server VAD) now; its refusal (it is cancelled)."""

@@ -67,6 +67,11 @@ class Response:
         return replace(prompt, completion_tokens=text + audio, audio_output_tokens=audio)
 
 
+# The error code of a response.create refused while the conversation has a response
+# running (OpenAI's Realtime API).
+ACTIVE_RESPONSE = "conversation_already_has_active_response"
+
+
 class InFlight:
     """A session's responses in flight, oldest first, by the response id the upstream
     gave them (a response.done that names none, or no JSON, ends the oldest)."""
@@ -84,16 +89,25 @@ class InFlight:
         self._asks.append((event_id if isinstance(event_id, str) else None,
                            time.perf_counter()))
 
-    def refused(self, event: dict[str, object] | None) -> None:
+    def refused(self, event: dict[str, object] | None) -> bool:
         """An upstream ``error`` event: the ask it names (its ``error.event_id``) will
-        start no response, so that the next response is not timed from it."""
+        start no response, so that the next response is not timed from it; whether it
+        dropped one. An ask with no event_id refused because a response is active (the
+        one refusal that names no event and is surely of a response.create) is the
+        newest of those with none."""
         error = event.get("error") if event is not None else None
-        about = error.get("event_id") if isinstance(error, dict) else None
-        if isinstance(about, str):
-            for ask in self._asks:
-                if ask[0] == about:
-                    self._asks.remove(ask)
-                    return
+        if not isinstance(error, dict):
+            return False
+        about = error.get("event_id")
+        if not isinstance(about, str):
+            if error.get("code") != ACTIVE_RESPONSE:
+                return False
+            about = None
+        for ask in reversed(self._asks):
+            if ask[0] == about:
+                self._asks.remove(ask)
+                return True
+        return False
 
     def created(self, event: dict[str, object] | None) -> Response:
         """A ``response.created``: of the client's oldest ask where one waits, else one

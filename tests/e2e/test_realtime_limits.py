@@ -141,6 +141,39 @@ def test_a_response_under_the_rate_runs_and_counts(tmp_path: Path) -> None:
         assert (refused.type, refused.error.event_id) == ("error", "evt_third")
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_a_response_the_upstream_starts_after_it_refused_one_asked_is_counted(
+        tmp_path: Path, named: bool) -> None:
+    """rpm 3: the connect, a response, and a response.create the upstream refuses (a
+    response is active) fill it; the response the upstream then starts on its own is the
+    fourth request, cancelled. The refused ask stayed counted as waiting for its
+    response.created, so the upstream's own response was taken for it and ran uncounted.
+    With the client's event_id in the refusal, or none (then its code says which ask)."""
+    async def session(served: Realtime) -> tuple[Any, list[Any]]:
+        async with connected(served, "realtime") as connection:
+            await _asked(connection, HELD, "evt_held")
+            await until(connection, "response.output_text.delta")
+            if named:
+                await connection.response.create(event_id="evt_again")
+            else:
+                await connection.send({"type": "response.create"})
+            while (refusal := await asyncio.wait_for(connection.recv(), 10)).type != "error":
+                pass
+            await connection.input_audio_buffer.clear()  # the held response ends
+            await until(connection, "response.done")
+            await connection.input_audio_buffer.commit()
+            return refusal, await until(connection, "response.done")
+
+    with realtime_gateway(tmp_path / "gw", dev="limits: {rpm: 3}") as served:
+        refusal, events = asyncio.run(session(served))
+        assert refusal.error.code == "conversation_already_has_active_response", refusal
+        assert refusal.error.event_id == ("evt_again" if named else None)
+        kinds = [event.type for event in events]
+        assert "error" in kinds, kinds
+        assert events[kinds.index("error")].error.code == "rate_limit_exceeded"
+        assert events[-1].response.status == "cancelled"
+
+
 @pytest.mark.parametrize(("quota", "unit", "store"), [
     ("rpm: 3", "RPM", "embedded"), ("tpm: 200", "TPM", "embedded"),
     ("tpm: 200", "TPM", "redis")])

@@ -76,8 +76,10 @@ CREATE TABLE IF NOT EXISTS wf_executions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS wf_idempotency
     ON wf_executions ("key", idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS wf_active ON wf_executions (status);
-CREATE INDEX IF NOT EXISTS wf_created ON wf_executions (created_at);
+CREATE INDEX IF NOT EXISTS wf_by_status ON wf_executions (status, created_at, id);
+CREATE INDEX IF NOT EXISTS wf_by_created ON wf_executions (created_at, id);
+CREATE INDEX IF NOT EXISTS wf_by_key ON wf_executions ("key", created_at, id);
+CREATE INDEX IF NOT EXISTS wf_by_pipeline ON wf_executions (pipeline, created_at, id);
 CREATE TABLE IF NOT EXISTS wf_steps (
     execution_id TEXT NOT NULL,
     step         TEXT NOT NULL,
@@ -119,6 +121,11 @@ CREATE TABLE IF NOT EXISTS wf_purged_costs (
     model_calls       INTEGER NOT NULL
 )
 """
+
+# Indexes of files written before the listing's were added, which those replace: the
+# same columns without (created_at, id), so a page of a key, a status or a pipeline read
+# every row of it and sorted them (or, for a key, scanned the whole table).
+_REPLACED_INDEXES = ("wf_active", "wf_created")
 
 _COLUMNS = tuple(item.name for item in fields(Execution))
 _SELECT = "SELECT " + ", ".join(f'"{name}"' for name in _COLUMNS) + " FROM wf_executions"
@@ -206,6 +213,8 @@ class SQLiteExecutions:
 
 def _create_tables(connection: sqlite3.Connection) -> None:
     run_statements(connection, SCHEMA)
+    for name in _REPLACED_INDEXES:
+        connection.execute(f"DROP INDEX IF EXISTS {name}")
     # Files written before an execution kept its end user, its request's facts, its
     # trace or its JWT caller get the columns (empty).
     columns = {row[1] for row in connection.execute("PRAGMA table_info(wf_executions)")}
@@ -270,11 +279,33 @@ def _list(
     after: Execution | None,
     connection: sqlite3.Connection,
 ) -> tuple[Execution, ...]:
+    sql, params = list_query(key=key, pipeline=pipeline, statuses=statuses, limit=limit,
+                             after=after)
+    return tuple(_row(row) for row in connection.execute(sql, params).fetchall())
+
+
+def list_query(
+    *,
+    key: str | None = None,
+    pipeline: str | None = None,
+    statuses: Collection[Status] | None = None,
+    limit: int = 100,
+    after: Execution | None = None,
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of ``list`` and its parameters. The page is a range of one index (by key,
+    status or pipeline, then creation time and id): the row value ``(created_at, id)``
+    is what SQLite seeks on, where ``created_at < ? OR (created_at = ? AND id < ?)`` made
+    it read every row of the key, status or pipeline from the newest.
+
+    >>> sql, params = list_query(key="dev", limit=10)
+    >>> sql.partition(" WHERE ")[2], params
+    ('"key" = ? ORDER BY created_at DESC, id DESC LIMIT ?', ('dev', 10))
+    """
     conditions: list[str] = []
     params: list[Any] = []
     if after is not None:
-        conditions.append("(created_at < ? OR (created_at = ? AND id < ?))")
-        params += [after.created_at, after.created_at, after.id]
+        conditions.append("(created_at, id) < (?, ?)")
+        params += [after.created_at, after.id]
     if key is not None:
         conditions.append('"key" = ?')
         params.append(key)
@@ -283,12 +314,10 @@ def _list(
         params.append(pipeline)
     if statuses is not None:
         conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
-        params += [status.value for status in statuses]
+        params += sorted(status.value for status in statuses)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    rows = connection.execute(
-        f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
-    ).fetchall()
-    return tuple(_row(row) for row in rows)
+    return (f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit))
 
 
 def _waiting(

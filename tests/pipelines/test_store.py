@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -33,7 +34,7 @@ from aigw.runtime.store.executions import (
     new_owner,
 )
 from aigw.runtime.store.executions_redis import RedisExecutions
-from aigw.runtime.store.executions_sqlite import SQLiteExecutions
+from aigw.runtime.store.executions_sqlite import SQLiteExecutions, list_query
 from aigw.runtime.workflows.runner import Runner
 
 NOW = 1_767_225_600.0
@@ -859,3 +860,55 @@ async def test_a_dead_replicas_execution_is_found_behind_many_live_ones(
     finally:
         for store in (live, dead, survivor):
             await store.aclose()
+
+
+def _plan(path: Path, **query: Any) -> list[str]:
+    """What SQLite does for ``list``'s query (``EXPLAIN QUERY PLAN``'s details)."""
+    sql, params = list_query(**query)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+async def test_a_list_reads_a_range_of_one_index_in_a_file_written_before_there_was_one(
+    tmp_path: Path,
+) -> None:
+    """A key's list read the whole table (no index had the key), and a status's or a
+    pipeline's list every row of it, sorted; a page after another read from the newest
+    (``created_at < ? OR ...`` could not be sought). Files written before the indexes
+    get them as they are opened."""
+    path = tmp_path / "aigw.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as old:  # as the version before made it
+        old.executescript('''CREATE TABLE wf_executions (id TEXT PRIMARY KEY, pipeline TEXT
+            NOT NULL, status TEXT NOT NULL, input TEXT NOT NULL, output TEXT, error TEXT,
+            "key" TEXT, caller TEXT, "user" TEXT, idempotency_key TEXT, created_at REAL NOT
+            NULL, updated_at REAL NOT NULL, finished_at REAL, cost REAL NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL
+            DEFAULT 0, model_calls INTEGER NOT NULL DEFAULT 0, graph TEXT NOT NULL, facts
+            TEXT, trace TEXT, control TEXT, owner TEXT, lease_until REAL NOT NULL DEFAULT 0);
+            CREATE INDEX wf_active ON wf_executions (status);
+            CREATE INDEX wf_created ON wf_executions (created_at);''')
+    store = await SQLiteExecutions.open(path)
+    try:
+        made = [(await store.create(_new(key=f"k{n % 3}"), NOW + n))[0] for n in range(9)]
+    finally:
+        await store.aclose()
+    page = {"after": made[5], "limit": 2}
+    assert _plan(path, key="k1", **page) == [
+        "SEARCH wf_executions USING INDEX wf_by_key (key=? AND (created_at,id)<(?,?))"]
+    assert _plan(path, statuses={Status.QUEUED}, **page) == [
+        "SEARCH wf_executions USING INDEX wf_by_status (status=? AND (created_at,id)<(?,?))"]
+    assert _plan(path, pipeline="research", **page) == [
+        "SEARCH wf_executions USING INDEX wf_by_pipeline (pipeline=? AND "
+        "(created_at,id)<(?,?))"]
+    assert _plan(path, **page) == [
+        "SEARCH wf_executions USING INDEX wf_by_created ((created_at,id)<(?,?))"]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type = 'index' AND tbl_name = 'wf_executions'")}
+    assert not names & {"wf_active", "wf_created"}  # replaced, not kept beside
+    store = await SQLiteExecutions.open(path)
+    try:
+        assert [found.id for found in await store.list(key="k1", **page)] == [
+            made[4].id, made[1].id]
+    finally:
+        await store.aclose()

@@ -9,13 +9,10 @@ Keys live under ``<namespace>:wf:``::
     x:<id>:decisions    hash: approval step -> decision (JSON)
     idem:<key>:<idem>   the execution an idempotency key made
     index               sorted set: execution ids by creation time
-    by-key:<key>        sorted set: the ids of the executions a key started, by creation
-                        time (what a key's list reads, not every execution's hash)
-    by-key-through      sorted set of one member, ``mark``: the creation time up to which
-                        ``by-key`` holds every execution of ``index``. Each key's list
-                        first adds those made since (less ``_BY_KEY_SKEW_S``) that it
-                        lacks: the first time, all made before ``by-key`` existed; in a
-                        rolling upgrade, those a replica still on that version makes
+    by-key:<key>, by-pipeline:<pipeline>, by-status:<status>
+                        sorted sets: the ids of a key's, a pipeline's and a status's
+                        executions by creation time, what a filtered list reads (and
+                        their marks for a rolling upgrade: ``executions_redis_index``)
     finished            sorted set: ended execution ids by when they ended (what the
                         purge deletes, without reading the executions still waiting)
     waiting             sorted set: executions that had a step waiting for a decision,
@@ -87,6 +84,7 @@ from .executions import (
     step_from_json,
     step_to_json,
 )
+from .executions_redis_index import PLACE, ListingIndexes
 from .redis_store import unreachable
 
 log = logging.getLogger("aigw.store")
@@ -96,9 +94,6 @@ GROUP = "runners"
 _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
 _PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
-# How far before ``by-key-through`` a key's list looks again for executions its index
-# lacks: a creation whose write lands after a later one's, and replicas' clocks apart.
-_BY_KEY_SKEW_S = 5.0
 
 # A memo (key, value, cost, prompt and completion tokens, 1 for a model call), written
 # once: the first time, its cost and tokens are added to the execution's and to the
@@ -117,9 +112,9 @@ local function add_memo(exec, memos, costs, pipeline, m)
 end
 """
 
-# KEYS: exec, steps, memo, events, costs, finished. ARGV: owner, now, payload (JSON), id.
-# Returns the sequence number the first event got.
-_COMMIT = _ADD_MEMO + """
+# KEYS: exec, steps, memo, events, costs, finished, then the status indexes (``PLACE``).
+# ARGV: owner, now, payload (JSON), id. Returns the sequence number the first event got.
+_COMMIT = _ADD_MEMO + PLACE + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
   return redis.error_reply('LEASE_LOST')
 end
@@ -128,6 +123,9 @@ for _, s in ipairs(p.steps) do redis.call('HSET', KEYS[2], s[1], s[2]) end
 local pipeline = cjson.decode(redis.call('HGET', KEYS[1], 'pipeline'))
 if p.memo ~= cjson.null then add_memo(KEYS[1], KEYS[3], KEYS[5], pipeline, p.memo) end
 for name, value in pairs(p.fields) do redis.call('HSET', KEYS[1], name, value) end
+if p.status ~= cjson.null then
+  place(7, ARGV[4], p.status, redis.call('HGET', KEYS[1], 'created_at'))
+end
 if p.final ~= cjson.null then
   redis.call('HINCRBY', KEYS[5], pipeline .. ':' .. p.final, 1)
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[4])
@@ -152,19 +150,20 @@ return 1
 # execution written and queued, together. Taken first and written after, a request in
 # between (another replica's) found the key with no execution behind it, took it over
 # and started a second run.
-# KEYS: exec, index, costs, queue, by-key, then the idempotency key (if any).
+# KEYS: exec, index, costs, queue, by-key, by-pipeline, by-status:queued, then the
+# idempotency key (if any).
 # ARGV: id, now, pipeline, the idempotency key's execution if it names one that is gone
 # ('' otherwise), then the execution's field, value pairs.
 # Returns '' when it made the execution, else the id the idempotency key names.
 _CREATE = """
-if #KEYS == 6 then
-  local made = redis.call('GET', KEYS[6])
+if #KEYS == 8 then
+  local made = redis.call('GET', KEYS[8])
   if made and made ~= ARGV[4] then return made end
-  redis.call('SET', KEYS[6], ARGV[1])
+  redis.call('SET', KEYS[8], ARGV[1])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+for i = 5, 7 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':executions', 1)
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
 return ''
@@ -194,6 +193,7 @@ class RedisExecutions:
         self._commit_script = client.register_script(_COMMIT)
         self._lost_script = client.register_script(_LOST)
         self._renew_script = client.register_script(_RENEW)
+        self._indexes = ListingIndexes(client, self._key)
         self._entries: dict[str, str] = {}  # execution id -> stream entry this runner holds
         # Where the next XAUTOCLAIM goes on looking among the pending entries: each looks
         # at ten entries per one it may claim, so starting every time from the first, a
@@ -214,9 +214,6 @@ class RedisExecutions:
     def _x(self, execution_id: str, part: str = "") -> str:
         return self._key("x", execution_id) + (f":{part}" if part else "")
 
-    def _by_key(self, key: str | None) -> str:
-        return self._key("by-key", quote(key or "", safe=""))
-
     async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
         """The execution hashes of ``ids`` in one round trip (empty where one is gone)."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -235,7 +232,9 @@ class RedisExecutions:
                 trace=new.trace, caller=new.caller,
             )
             keys = [self._x(execution.id), self._key("index"), self._key("costs"),
-                    self._key("queue"), self._by_key(new.key)]
+                    self._key("queue"), self._indexes.by_key(new.key),
+                    self._indexes.by_pipeline(new.pipeline),
+                    self._indexes.by_status(Status.QUEUED)]
             if new.idempotency_key is not None:
                 keys.append(self._key("idem", quote(new.key or "", safe=""),
                                       quote(new.idempotency_key, safe="")))
@@ -276,27 +275,20 @@ class RedisExecutions:
         after: Execution | None = None,
     ) -> tuple[Execution, ...]:
         async def run() -> tuple[Execution, ...]:
-            # A key's own executions are read from its index: read from every
-            # execution's, a key with few of them had each list read the whole store.
-            index = self._key("index")
-            if key is not None:
-                await self._by_key_caught_up()
-                index = self._by_key(key)
+            # Read from the indexes of the filter with the fewest: read from every
+            # execution's hash until a page was found, a rare status, a key or a pipeline
+            # with few executions had each list read the whole store.
+            indexes = await self._indexes.drivers(key, pipeline, statuses)
+            position = (after.created_at, after.id) if after is not None else None
             found: list[Execution] = []
-            start = 0
-            if after is not None:
-                # By score, then id, both descending: as the embedded store orders them.
-                rank = await self._redis.zrevrank(index, after.id)
-                if rank is None:  # purged meanwhile: those made before it
-                    rank = await self._redis.zcount(index, f"({after.created_at}", "+inf") - 1
-                start = rank + 1
-            while len(found) < limit:
-                ids = await self._redis.zrevrange(index, start, start + 499)
+            more = True
+            while more and len(found) < limit:
+                ids, more = await self._indexes.after(indexes, position, min(limit, 500))
                 if not ids:
                     break
-                start += len(ids)
-                for row in await self._hashes(ids):
-                    if not row:
+                position = ids[-1]
+                for row in await self._hashes([execution_id for _, execution_id in ids]):
+                    if not row:  # purged as it was read
                         continue
                     execution = _decode(row)
                     if (key is None or execution.key == key) and (
@@ -472,7 +464,8 @@ class RedisExecutions:
                 first = await self._commit_script(
                     keys=[self._x(execution_id), self._x(execution_id, "steps"),
                           self._x(execution_id, "memo"), self._x(execution_id, "events"),
-                          self._key("costs"), self._key("finished")],
+                          self._key("costs"), self._key("finished"),
+                          *self._indexes.statuses()],
                     args=[json.dumps(owner), now, json.dumps(payload), execution_id],
                 )
             except ResponseError as exc:
@@ -525,6 +518,11 @@ class RedisExecutions:
                         pipe.multi()
                         pipe.hset(key, mapping={name: _field(name, value)
                                                 for name, value in changes.items()})
+                        if isinstance(status, Status):  # in its status's index, and no other
+                            for index in self._indexes.statuses():
+                                pipe.zrem(index, execution_id)
+                            pipe.zadd(self._indexes.by_status(status),
+                                      {execution_id: execution.created_at})
                         for state in closed:
                             pipe.hset(steps, state.step, step_to_json(state))
                         if status is Status.CANCELLED:
@@ -602,7 +600,10 @@ class RedisExecutions:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for execution in gone:
                     pipe.delete(*(self._x(execution.id, part) for part in _PARTS))
-                    pipe.zrem(self._by_key(execution.key), execution.id)
+                    pipe.zrem(self._indexes.by_key(execution.key), execution.id)
+                    pipe.zrem(self._indexes.by_pipeline(execution.pipeline), execution.id)
+                    for index in self._indexes.statuses():
+                        pipe.zrem(index, execution.id)
                     if execution.idempotency_key is not None:
                         pipe.delete(self._key("idem", quote(execution.key or "", safe=""),
                                               quote(execution.idempotency_key, safe="")))
@@ -631,31 +632,6 @@ class RedisExecutions:
             if ended:
                 await self._redis.zadd(self._key("finished"), ended)
         await self._redis.set(self._key("finished", "complete"), "1")
-
-    async def _by_key_caught_up(self) -> None:
-        """Add the executions ``index`` has and their key's ``by-key`` lacks: the first
-        time, by one scan of the whole index, those made before ``by-key`` existed; after
-        it, those made since the last time, where a replica still on that version (in a
-        rolling upgrade) made any: else they were missing from their key's list for good.
-        Concurrent replicas doing it too add the same."""
-        mark = self._key("by-key-through")
-        through = await self._redis.zscore(mark, "mark")
-        since = "-inf" if through is None else through - _BY_KEY_SKEW_S
-        start = 0
-        while ids := await self._redis.zrangebyscore(self._key("index"), since, "+inf",
-                                                     start=start, num=500, withscores=True):
-            start += len(ids)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for execution_id, _ in ids:
-                    pipe.hget(self._x(execution_id), "key")
-                keys: list[str | None] = await pipe.execute()
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for (execution_id, created), key in zip(ids, keys, strict=True):
-                    if key is not None:  # else dangling: the list skips it, the purge removes it
-                        pipe.zadd(self._by_key(json.loads(key)), {execution_id: created})
-                await pipe.execute()
-            # Only forward: a replica that read less must not take the mark back.
-            await self._redis.zadd(mark, {"mark": ids[-1][1]}, gt=True)
 
     async def costs(self) -> tuple[CostRow, ...]:
         async def run() -> tuple[CostRow, ...]:
@@ -758,6 +734,7 @@ def _decode(data: Mapping[str, str]) -> Execution:
 def _payload(checkpoint: Checkpoint, now: float) -> dict[str, Any]:
     fields_: dict[str, str] = {"updated_at": _field("updated_at", now)}
     final = None
+    status = checkpoint.status.value if checkpoint.status is not None else None
     if checkpoint.status is not None:
         fields_["status"] = _field("status", checkpoint.status)
         if checkpoint.status in FINAL:
@@ -776,6 +753,7 @@ def _payload(checkpoint: Checkpoint, now: float) -> dict[str, Any]:
         if memo is not None else None,
         "fields": fields_,
         "final": final,
+        "status": status,
         "events": [json.dumps({"at": now, "type": e.type, "step": e.step, "data": dict(e.data)},
                               ensure_ascii=False) for e in checkpoint.events],
     }

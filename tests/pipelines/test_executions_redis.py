@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,6 +16,7 @@ from aigw.runtime.errors import InternalError, StoreUnavailable
 from aigw.runtime.store.executions import (
     Checkpoint,
     NewExecution,
+    Status,
     StepState,
     StepStatus,
     new_owner,
@@ -161,3 +164,112 @@ async def test_a_keys_list_has_the_executions_a_replica_of_the_version_before_ma
     behind = await made_by_older_replica(NOW + 7)
     assert [found.id for found in await store.list(key="alice")] == [later, behind, first.id]
     assert await store.list(key="bob") == ()
+
+
+async def _end(store: RedisExecutions, status: Status, pipeline: str, at: float) -> str:
+    """An execution of ``pipeline`` made at ``at`` and ended ``status`` by its runner."""
+    execution, _ = await store.create(NewExecution(pipeline, {}, "dev", None, "f"), at)
+    owner = new_owner()
+    assert await store.claim(owner, 10.0, at, 1) == (execution.id,)
+    await store.commit(execution.id, owner, Checkpoint(status=Status.RUNNING), at)
+    await store.commit(execution.id, owner, Checkpoint(status=status, error="no"), at)
+    await store.release(execution.id, owner)
+    return execution.id
+
+
+async def test_a_status_or_pipeline_list_reads_its_own_executions_not_every_ones(
+    store: RedisExecutions, client: aioredis.Redis
+) -> None:
+    """GET /api/v1/executions?status=failed (or ?pipeline=) read every execution's hash,
+    newest first, until it had found its page: the whole store, on every call."""
+    failed = await _end(store, Status.FAILED, "rare", NOW - 1)
+    for n in range(600):
+        await store.create(NewExecution("research", {"n": n}, "dev", None, "f"), NOW + n)
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"statuses": {Status.FAILED}}, [failed]),
+        ({"pipeline": "rare"}, [failed]),
+        ({"statuses": {Status.FAILED, Status.CANCELLED}, "pipeline": "research"}, []),
+        ({"statuses": {Status.FAILED}, "pipeline": "research"}, []),
+        ({"statuses": {Status.FAILED}, "pipeline": "rare", "key": "dev"}, [failed]),
+    ]
+    for filters, expected in cases:
+        before = await _hgetalls(client)
+        assert [found.id for found in await store.list(**filters)] == expected, filters
+        assert await _hgetalls(client) - before <= 1, filters
+    queued = await store.list(statuses={Status.QUEUED}, limit=1000)
+    assert len(queued) == 600 and [found.input["n"] for found in queued[:2]] == [599, 598]
+    assert len(await store.list(pipeline="research", limit=1000)) == 600
+    # A purged execution leaves its status's and its pipeline's index too.
+    assert await store.purge(NOW + 10**9, 10) == 1
+    assert await client.zcard("aigw:wf:by-status:failed") == 0
+    assert await client.zcard("aigw:wf:by-pipeline:rare") == 0
+
+
+async def test_a_status_list_pages_on_when_an_execution_changes_status_between_pages(
+    store: RedisExecutions,
+) -> None:
+    """A page after another goes on from where the first ended, by creation time and
+    id, whatever became of the execution it ended with."""
+    made = [(await store.create(NEW, NOW + n // 2))[0].id for n in range(6)]  # in twos
+    # Made at the same moment: the greater id first, as the embedded store lists them.
+    newest = sorted(made, key=lambda execution_id: (made.index(execution_id) // 2,
+                                                    execution_id), reverse=True)
+    waiting = {Status.QUEUED, Status.PAUSED}
+    first = await store.list(statuses=waiting, limit=3)
+    assert [found.id for found in first] == newest[:3]
+    await store.control(newest[2], "cancel", NOW)  # the page's last one
+    await store.control(newest[3], "pause", NOW)  # the next page's first, to another status
+    await store.control(newest[4], "cancel", NOW)
+    cursor = await store.get(newest[2])
+    assert cursor is not None and cursor.status is Status.CANCELLED
+    second = await store.list(statuses=waiting, limit=3, after=cursor)
+    assert [(found.id, found.status) for found in second] == [
+        (newest[3], Status.PAUSED), (newest[5], Status.QUEUED)]
+    for limit in (1, 2, 10):  # any page size, across moments shared by two
+        pages: list[str] = []
+        after = None
+        while page := await store.list(statuses={Status.CANCELLED, Status.QUEUED},
+                                       limit=limit, after=after):
+            pages += [found.id for found in page]
+            after = page[-1]
+        assert pages == [newest[n] for n in (0, 1, 2, 4, 5)], limit
+    assert [found.id for found in await store.list(statuses={Status.PAUSED})] == [newest[3]]
+
+
+async def test_a_filtered_list_has_the_executions_a_replica_of_the_version_before_wrote(
+    store: RedisExecutions, client: aioredis.Redis
+) -> None:
+    """In a rolling upgrade a replica still on the version before the status and pipeline
+    indexes makes executions in none of them, and ends executions without moving them
+    out of the status they had: each is listed under its status and pipeline all the
+    same (its own by-key index it writes: that version's)."""
+    before = await _end(store, Status.SUCCEEDED, "research", NOW)
+    ending, _ = await store.create(NewExecution("research", {}, "dev", None, "f"), NOW + 5)
+    for index in await client.keys("aigw:wf:by-*") + await client.keys("aigw:wf:indexed*"):
+        if not index.startswith(b"aigw:wf:by-key"):  # as a store of that version has it
+            await client.delete(index)
+    assert [found.id for found in await store.list(statuses={Status.SUCCEEDED})] == [before]
+    assert [found.id for found in await store.list(pipeline="research")] == [ending.id, before]
+
+    async def made_by_older_replica(at: float, pipeline: str) -> str:
+        older, _ = await store.create(NewExecution(pipeline, {}, "dev", None, "f"), at)
+        await client.zrem(f"aigw:wf:by-pipeline:{pipeline}", older.id)
+        await client.zrem("aigw:wf:by-status:queued", older.id)
+        return older.id
+
+    made = await made_by_older_replica(NOW + 10, "research")
+    # A replica whose clock is 3 s behind the one that made the last: made "before" it.
+    behind = await made_by_older_replica(NOW + 7, "other")
+    queued = [made, behind, ending.id]
+    assert [found.id for found in await store.list(statuses={Status.QUEUED})] == queued
+    assert [found.id for found in await store.list(pipeline="research")] == [
+        made, ending.id, before]
+    assert [found.id for found in await store.list(pipeline="other")] == [behind]
+    # Ended by an older replica, later: its hash and ``finished`` say so, and the status
+    # index it was put in as it was made says queued.
+    await client.hset(f"aigw:wf:x:{ending.id}", mapping={
+        "status": '"failed"', "finished_at": json.dumps(NOW + 30), "error": '"no"'})
+    await client.zadd("aigw:wf:finished", {ending.id: NOW + 30})
+    assert [found.id for found in await store.list(statuses={Status.FAILED})] == [ending.id]
+    assert [found.id for found in await store.list(statuses={Status.QUEUED})] == queued[:2]
+    assert await client.zscore("aigw:wf:by-status:queued", ending.id) is None

@@ -21,6 +21,8 @@ import pytest
 from aigw.compiler.keys import shown_moment
 
 from ..conftest import DEV_KEY
+from ..fakes.serve import serving
+from ..fakes.side_effects import SideEffects
 from ..pipelines.conftest import ALICE_KEY, gateway_config
 from ..redis_server import PrivateRedis
 from .server import Server
@@ -228,6 +230,69 @@ def test_two_replicas_on_redis_one_killed_the_other_finishes(
         assert len(runners) == 2 and runners[0] == running["runner"] != runners[1]
         assert int(runners[1].split(":")[1]) == survivor.process.pid
     finally:
+        redis_server.stop()
+
+
+def _side_effects(tool: str) -> str:
+    """A pipeline of three http steps, each a side effect the tool server counts; the
+    middle one is held (its first call) until the test lets it go."""
+    return f"""
+input: {{type: object}}
+steps:
+  before: {{kind: http, method: POST, url: "{tool}/effect/before"}}
+  during: {{kind: http, method: POST, needs: [before], url: "{tool}/hold/during",
+           timeout_s: 60}}
+  after: {{kind: http, method: POST, needs: [during], url: "{tool}/effect/after"}}
+output: "{{{{ steps.after }}}}"
+"""
+
+
+def test_a_killed_replicas_execution_is_resumed_by_one_of_two_racing_for_its_lease(
+    tmp_path: Path,
+) -> None:
+    """Three replicas on one Redis; the one running an execution is killed (-9) in the
+    middle of a step. Once its lease has run out, the two left race for it: one resumes
+    it, the other does nothing with it. The steps done before the kill are not done
+    again; the step cut by the kill is sent again (its answer was never saved: a step
+    is at least once, as the design says; model calls, memoized, are never repeated),
+    once, by the replica that won; the step after it, once."""
+    side = SideEffects()
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    replicas: list[Server] = []
+    try:
+        with serving(side.app()) as tool:
+            root = _gateway(tmp_path / "gw", {"effects": _side_effects(tool)},
+                            store=redis_server.url)
+            replicas = [Server(root) for _ in range(3)]
+            for replica in replicas:  # three at once on a shared machine: slow to start
+                replica.wait_ready(timeout=120)
+            execution_id = _start(replicas[0], "effects", {})
+            assert side.holding.wait(30), "the held step was never called"
+            running = _get(replicas[0], f"/api/v1/executions/{execution_id}")
+            victim = next(server for server in replicas
+                          if server.process.pid == int(running["runner"].split(":")[1]))
+            survivors = [server for server in replicas if server is not victim]
+            victim.kill()
+            killed_at = time.time()
+            side.released.set()  # the held call answers a gateway that is gone
+            done = _wait(survivors[0], execution_id, lambda e: e["status"] == "succeeded")
+        assert done["output"] == {"done": "/effect/after"}
+        assert side.calls == {"/effect/before": 1, "/hold/during": 2, "/effect/after": 1}
+        events = _events(survivors[0], execution_id)
+        runs = [e for e in events if e["type"] in ("execution_started", "execution_resumed")]
+        assert [e["type"] for e in runs] == ["execution_started", "execution_resumed"]
+        assert runs[0]["data"]["runner"] == running["runner"]
+        winner = int(runs[1]["data"]["runner"].split(":")[1])
+        assert winner in {server.process.pid for server in survivors}
+        # Not before the lease ran out: 2 s from the victim's last renewal (a third of
+        # a lease at most before the kill).
+        assert runs[1]["at"] - killed_at >= 2 * 2 / 3 - 0.2, (runs[1]["at"], killed_at)
+        succeeded = Counter(e["step"] for e in events if e["type"] == "step_succeeded")
+        assert succeeded == {"before": 1, "during": 1, "after": 1}
+    finally:
+        for replica in replicas:
+            replica.stop()
         redis_server.stop()
 
 

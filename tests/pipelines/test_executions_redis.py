@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +276,47 @@ async def test_a_filtered_list_has_the_executions_a_replica_of_the_version_befor
     assert [found.id for found in await store.list(statuses={Status.FAILED})] == [ending.id]
     assert [found.id for found in await store.list(statuses={Status.QUEUED})] == queued[:2]
     assert await client.zscore("aigw:wf:by-status:queued", ending.id) is None
+
+
+RUNNER_WORKER = Path(__file__).with_name("runner_worker.py")
+
+
+@pytest.mark.parametrize("entries", [1, 2], ids=["one-entry", "queued-twice"])
+async def test_two_replicas_racing_for_an_expired_lease_one_wins(
+    store: RedisExecutions, client: aioredis.Redis, private_redis: PrivateRedis, entries: int
+) -> None:
+    """A runner claims an execution and stops renewing (its replica died); two replicas'
+    runners (the runtime's own loop, each in a process of its own) start at the same
+    moment: once the lease has run out, one of them runs it, and the other never does
+    while the winner renews. Queued twice (a resume and a release), each runner may
+    be handed an entry of its own: the execution's hash still decides."""
+    lease = 2.0  # as the tests' gateways have it: renewed every 0.67 s on a busy machine
+    workers = [subprocess.Popen(
+        [sys.executable, str(RUNNER_WORKER), private_redis.url, "aigw", str(lease)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for worker in workers:
+            assert worker.stdin is not None and worker.stdout is not None
+            assert await asyncio.to_thread(worker.stdout.readline) == "ready\n"
+        execution, _ = await store.create(NEW, time.time())
+        dead, claimed_at = new_owner(), time.time()
+        assert await store.claim(dead, lease, claimed_at, 1) == (execution.id,)
+        if entries == 2:
+            await client.xadd("aigw:wf:queue", {"id": execution.id})
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        await asyncio.sleep(3 * lease)  # the lease runs out, then two more lease periods
+    finally:
+        for worker in workers:  # killed, as replicas die: a runner stopped lets go
+            worker.kill()
+    said = []
+    for worker in workers:
+        out, _ = await asyncio.to_thread(worker.communicate, timeout=30)
+        said += [json.loads(line) for line in out.splitlines()]
+    [ran] = said
+    assert ran["ran"] == execution.id, said
+    assert ran["at"] >= claimed_at + lease  # not while the dead runner's lease ran
+    held = await store.get(execution.id)  # the winner's, its lease renewed all along
+    assert held is not None and held.owner == ran["owner"]

@@ -165,10 +165,14 @@ class _StreamReader(BlockStream):
         return []
 
     def _count(self, counts: object) -> None:
-        """Counts in ``message_delta`` are cumulative: the latest value of each wins."""
+        """Counts in ``message_delta`` are cumulative, so the largest of each wins (as a
+        pass-through reads them, passthrough_usage.py): Anthropic-compatible servers
+        (sglang, some relays) send it ``input_tokens: 0``, which the latest value let
+        stand, billing the prompt nothing."""
         if isinstance(counts, dict):
-            self.counts.update({name: value for name, value in counts.items()
-                                if isinstance(value, int)})
+            for name, value in counts.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self.counts[name] = max(value, self.counts.get(name, value))
 
 
 def stream_error(event: Mapping[str, Any], provider: Provider) -> UpstreamError:

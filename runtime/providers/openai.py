@@ -20,6 +20,7 @@ not tell from a full answer; as an error, a group's next member can serve it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -54,7 +55,6 @@ from .base import (
     RerankCall,
     RerankResult,
     ToolCall,
-    ToolCallDelta,
     Usage,
     embedding_vector,
     parse_ranking,
@@ -64,6 +64,7 @@ from .base import (
 )
 from .events import EventStream, image_estimate, opened
 from .image_edits import ImageEditCall
+from .openai_calls import StreamedCalls
 from .openai_media import (
     edit_answer,
     image_body,
@@ -136,7 +137,9 @@ class OpenAIAdapter:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         url = self.url(call.deployment.model, _operation(call))
-        parse = text_deltas if call.request.text_completion else parse_chunk
+        calls = StreamedCalls()  # ids, names and indices given as OpenAI gives them
+        parse = text_deltas if call.request.text_completion \
+            else functools.partial(parse_chunk, calls=calls)
         usage: Usage | None = None
         ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
         answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
@@ -459,26 +462,21 @@ def _fewer_choices(answered: int, call: ChatCall, provider: Provider) -> Upstrea
         provider=provider.name, param="n")
 
 
-def parse_chunk(chunk: Mapping[str, Any]) -> list[ChatDelta]:
-    """The deltas of one chunk that say something (a bare role delta says nothing). Every
-    chunk of a stream comes through here: no generator for the tool calls of a delta that
-    has none (most), no second list for those that say something."""
+def parse_chunk(chunk: Mapping[str, Any], calls: StreamedCalls) -> list[ChatDelta]:
+    """The deltas of one chunk that say something (a bare role delta says nothing), its
+    tool-call pieces numbered by ``calls``, the stream's. Every chunk of a stream comes
+    through here: no generator for the tool calls of a delta that has none (most), no
+    second list for those that say something."""
     deltas = []
     for position, choice in enumerate(chunk.get("choices") or []):
         delta = choice.get("delta") or {}
-        calls = delta.get("tool_calls")
+        pieces = delta.get("tool_calls")
+        index = int(choice.get("index", position))
         parsed = ChatDelta(
-            index=int(choice.get("index", position)),
+            index=index,
             content=delta.get("content") or None,
-            tool_calls=tuple([
-                ToolCallDelta(
-                    index=int(c.get("index", 0)),
-                    id=c.get("id"),
-                    name=(c.get("function") or {}).get("name"),
-                    arguments=(c.get("function") or {}).get("arguments"),
-                )
-                for c in calls
-            ]) if calls else (),
+            tool_calls=tuple([calls.piece(index, piece) for piece in pieces])
+            if pieces else (),
             finish_reason=choice.get("finish_reason"),
             refusal=delta.get("refusal"),
             logprobs=choice.get("logprobs"),

@@ -6,6 +6,7 @@ type and answers, in that provider's wire format, what the test last told it to.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,3 +205,107 @@ def test_streamed_usage_is_read_where_each_provider_sends_it_and_billed_once(
     assert (row["tokens_in"] - before["tokens_in"],
             row["tokens_out"] - before["tokens_out"]) == counts
 
+
+def _tool_chunk(calls: list[dict[str, Any]], finish: str | None = None) -> dict[str, Any]:
+    return _chunk({"tool_calls": calls}, finish)
+
+
+def _anthropic_tools() -> list[Any]:
+    """Text, then two tool_use blocks whose input comes in pieces (cut mid-word)."""
+    events: list[Any] = _anthropic_text("Checking.", {"input_tokens": 30, "output_tokens": 1},
+                                        {"output_tokens": 40})[:4]
+    for index, (call_id, city) in enumerate((("toolu_01", "Paris"), ("toolu_02", "Rome")), 1):
+        events += [
+            {"type": "content_block_start", "index": index, "content_block": {
+                "type": "tool_use", "id": call_id, "name": "weather", "input": {}}},
+            {"type": "content_block_delta", "index": index,
+             "delta": {"type": "input_json_delta", "partial_json": '{"ci'}},
+            {"type": "content_block_delta", "index": index,
+             "delta": {"type": "input_json_delta", "partial_json": f'ty": "{city}"}}'}},
+            {"type": "content_block_stop", "index": index}]
+    return [*events,
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+             "usage": {"output_tokens": 40}},
+            {"type": "message_stop"}]
+
+
+def _bedrock_tools() -> bytes:
+    frames = [event("messageStart", {"role": "assistant"})]
+    for index, (call_id, city) in enumerate((("tooluse_1", "Paris"), ("tooluse_2", "Rome"))):
+        frames += [
+            event("contentBlockStart", {"contentBlockIndex": index, "start": {
+                "toolUse": {"toolUseId": call_id, "name": "weather"}}}),
+            event("contentBlockDelta", {"contentBlockIndex": index,
+                                        "delta": {"toolUse": {"input": '{"city": '}}}),
+            event("contentBlockDelta", {"contentBlockIndex": index,
+                                        "delta": {"toolUse": {"input": f'"{city}"}}'}}}),
+            event("contentBlockStop", {"contentBlockIndex": index})]
+    return b"".join([*frames, event("messageStop", {"stopReason": "tool_use"}),
+                     event("metadata", {"usage": {"inputTokens": 30, "outputTokens": 40}})])
+
+
+def _function_call(city: str) -> dict[str, Any]:
+    return {"functionCall": {"name": "weather", "args": {"city": city}}}
+
+
+def _openai_tools(repeat: bool) -> list[Any]:
+    """Two parallel calls, their arguments in pieces; ``repeat``: each piece repeats the
+    call's id, type and name, as Fireworks, DeepSeek and Qwen's servers send them."""
+    chunks: list[Any] = [_chunk({"role": "assistant", "content": None})]
+    for index, (call_id, city) in enumerate((("call_a1", "Paris"), ("call_b2", "Rome"))):
+        head = {"index": index, "id": call_id, "type": "function"}
+        chunks.append(_tool_chunk([{**head, "function": {"name": "weather", "arguments": ""}}]))
+        for piece in ('{"city": ', f'"{city}"}}'):
+            chunks.append(_tool_chunk([
+                {**head, "function": {"name": "weather", "arguments": piece}} if repeat
+                else {"index": index, "function": {"arguments": piece}}]))
+    return [*chunks, _chunk({}, "tool_calls"), "[DONE]"]
+
+
+PARIS_AND_ROME = [("weather", {"city": "Paris"}), ("weather", {"city": "Rome"})]
+TOOL_STREAMS: dict[str, tuple[str, object, list[tuple[str, dict[str, str]]]]] = {
+    "anthropic input_json_delta after text": ("claude", _anthropic_tools(), PARIS_AND_ROME),
+    "bedrock toolUse input in pieces": ("aws", _bedrock_tools(), PARIS_AND_ROME),
+    "gemini functionCall parts in one chunk and the next": ("gem", [
+        _gemini([_function_call("Paris"), _function_call("Rome")]),
+        _gemini([_function_call("Oslo")], "STOP")],
+        [*PARIS_AND_ROME, ("weather", {"city": "Oslo"})]),
+    "openai id and name on the first piece only": ("oai", _openai_tools(False), PARIS_AND_ROME),
+    "compatible server repeating id, type and name on every piece": (
+        "compat", _openai_tools(True), PARIS_AND_ROME),
+    # Gemini's OpenAI layer: each call whole, in a chunk of its own, with no index.
+    "compatible server sending whole calls without an index": ("compat", [
+        _chunk({"role": "assistant"}),
+        _tool_chunk([{"id": "call_a1", "type": "function",
+                      "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]),
+        _tool_chunk([{"id": "call_b2", "type": "function",
+                      "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]),
+        _chunk({}, "tool_calls"), "[DONE]"], PARIS_AND_ROME),
+    "compatible server sending no ids": ("compat", [
+        _chunk({"role": "assistant"}),
+        _tool_chunk([{"index": 0, "function": {"name": "weather", "arguments": '{"city": '}}]),
+        _tool_chunk([{"index": 0, "function": {"arguments": '"Paris"}'}}]),
+        _tool_chunk([{"index": 1, "function": {"name": "weather",
+                                               "arguments": '{"city": "Rome"}'}}]),
+        _chunk({}, "tool_calls"), "[DONE]"], PARIS_AND_ROME),
+}
+
+
+@pytest.mark.parametrize(("route", "stream", "expected"), TOOL_STREAMS.values(),
+                         ids=TOOL_STREAMS.keys())
+def test_streamed_tool_calls_accumulate_in_the_sdk_as_the_whole_calls(
+    gateway: Gateway, route: str, stream: object, expected: list[tuple[str, dict[str, str]]]
+) -> None:
+    """The openai SDK's own accumulation (``chat.completions.stream``) gives each call
+    once, with one id and its name and arguments whole: stable ``index`` and ``id``."""
+    gateway.upstream.now(stream)
+    with gateway.client.chat.completions.stream(model=route, messages=ASK,
+                                                tools=TOOLS) as streamed:
+        final = streamed.get_final_completion()
+    [choice] = final.choices
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == expected
+    ids = [c.id for c in calls]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    assert all(len(i) <= 40 for i in ids), ids  # OpenAI refuses longer ids sent back

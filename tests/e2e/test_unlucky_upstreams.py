@@ -65,6 +65,8 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with scripted_upstream() as upstream, sdk_gateway(
             tmp_path_factory.mktemp("unlucky") / "gw", f"""
+settings:  # the tests' failures are many, and each deployment is asked again after them
+  circuit_breaker: {{consecutive_failures: 1000, cooldown_s: 1, min_requests: 1000}}
 providers:
   oai: {{type: openai, base_url: "{upstream.base_url}/v1", api_key: "{PROVIDER_KEY}"}}
   compat: {{type: openai_compatible, base_url: "{upstream.base_url}/v1",
@@ -309,3 +311,112 @@ def test_streamed_tool_calls_accumulate_in_the_sdk_as_the_whole_calls(
     ids = [c.id for c in calls]
     assert all(ids) and len(set(ids)) == len(ids), ids
     assert all(len(i) <= 40 for i in ids), ids  # OpenAI refuses longer ids sent back
+
+
+PARTIAL = "Partly sunny with"
+# Each provider's stream closed cleanly mid-answer: no finish, no [DONE], no
+# message_stop, no messageStop frame.
+CUT_STREAMS: dict[str, tuple[str, object]] = {
+    "openai": ("oai", [_chunk({"role": "assistant", "content": ""}, usage=None),
+                       _chunk({"content": PARTIAL}, usage=None)]),
+    "anthropic": ("claude", _anthropic_text(PARTIAL, {"input_tokens": 21, "output_tokens": 1},
+                                            {"output_tokens": 4})[:3]),
+    "gemini": ("gem", [_gemini([{"text": PARTIAL}], **_gemini_usage(21, 4))]),
+    "bedrock": ("aws", _bedrock_text(PARTIAL, None)[:-len(event("messageStop", {
+        "stopReason": "end_turn"}))]),
+}
+
+
+@pytest.mark.parametrize(("route", "stream"), CUT_STREAMS.values(), ids=CUT_STREAMS.keys())
+def test_a_stream_cut_midway_ends_in_an_error_is_billed_and_counts_against_the_circuit(
+    gateway: Gateway, route: str, stream: object
+) -> None:
+    before, failures = gateway.ledger(route), gateway.failures(route)
+    gateway.upstream.now(stream)
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in gateway.client.chat.completions.create(model=route, messages=ASK,
+                                                            stream=True):
+            received.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == PARTIAL
+    assert "ended the stream before" in cut.value.message
+    assert all(c.choices[0].finish_reason is None for c in received if c.choices)
+    row = gateway.settled(route, before)
+    assert row["errors"] == before["errors"] + 1
+    # What was relayed is billed: the prompt and the words sent (counted, as no usage came).
+    assert row["tokens_in"] > before["tokens_in"]
+    assert row["tokens_out"] - before["tokens_out"] >= 3
+    assert gateway.failures(route) == failures + 1
+
+
+BAD_GATEWAY_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 "
+                    b"Bad Gateway</h1></center><hr><center>nginx</center></body></html>")
+UNAVAILABLE_PAGE = (b"<!DOCTYPE html><html><body><h1>503 Service Temporarily Unavailable"
+                    b"</h1><p>upstream connect error</p></body></html>")
+LEAKED = f"Incorrect API key provided: {PROVIDER_KEY}."
+# Each provider's error answer as it sends it: (route, status, body, headers) and the
+# status and OpenAI error code the client gets.
+ERROR_ANSWERS: dict[str, tuple[str, int, object, dict[str, str], int, str]] = {
+    "openai rate limit": ("oai", 429, {"error": {
+        "message": "Rate limit reached for gpt-4o-mini", "type": "requests",
+        "param": None, "code": "rate_limit_exceeded"}}, {}, 429, "rate_limit_exceeded"),
+    "openai context length": ("oai", 400, {"error": {
+        "message": "This model's maximum context length is 128000 tokens.",
+        "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}}, {}, 400, "context_length_exceeded"),
+    "openai key refused, quoted": ("oai", 401, {"error": {
+        "message": LEAKED, "type": "invalid_request_error", "param": None,
+        "code": "invalid_api_key"}}, {}, 502, "upstream_auth_failed"),
+    "openai html 502 page": ("oai", 502, BAD_GATEWAY_PAGE, {"content-type": "text/html"},
+                             502, "upstream_error"),
+    "anthropic overloaded": ("claude", 529, {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}, {}, 503, "upstream_overloaded"),
+    "anthropic prompt too long": ("claude", 400, {"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 210000 tokens > 200000 maximum"}}, {},
+        400, "context_length_exceeded"),
+    "anthropic key refused, quoted": ("claude", 401, {"type": "error", "error": {
+        "type": "authentication_error", "message": f"invalid x-api-key {PROVIDER_KEY}"}}, {},
+        502, "upstream_auth_failed"),
+    "anthropic html 503 page": ("claude", 503, UNAVAILABLE_PAGE, {"content-type": "text/html"},
+                                503, "upstream_overloaded"),
+    "gemini resource exhausted": ("gem", 429, {"error": {
+        "code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+        "status": "RESOURCE_EXHAUSTED"}}, {}, 429, "rate_limit_exceeded"),
+    "gemini key refused, quoted": ("gem", 400, {"error": {
+        "code": 400, "message": f"API key not valid. Please pass a valid API key. "
+        f"({PROVIDER_KEY})", "status": "INVALID_ARGUMENT"}}, {}, 502, "upstream_auth_failed"),
+    "gemini model overloaded": ("gem", 503, {"error": {
+        "code": 503, "message": "The model is overloaded. Please try again later.",
+        "status": "UNAVAILABLE"}}, {}, 503, "upstream_overloaded"),
+    "gemini html 502 page": ("gem", 502, BAD_GATEWAY_PAGE, {"content-type": "text/html"},
+                             502, "upstream_error"),
+    "bedrock throttled": ("aws", 429, {"message": "Too many requests, please wait."},
+                          {"x-amzn-errortype": "ThrottlingException:http://internal.amazon.com/"},
+                          429, "rate_limit_exceeded"),
+    "bedrock input too long": ("aws", 400, {"message": "Input is too long for requested model."},
+                               {"x-amzn-errortype": "ValidationException"},
+                               400, "context_length_exceeded"),
+    "bedrock key refused, quoted": ("aws", 403, {"message": f"Bearer {PROVIDER_KEY} is invalid"},
+                                    {"x-amzn-errortype": "AccessDeniedException"},
+                                    502, "upstream_auth_failed"),
+    "bedrock html 502 page": ("aws", 502, BAD_GATEWAY_PAGE, {"content-type": "text/html"},
+                              502, "upstream_error"),
+}
+
+
+@pytest.mark.parametrize(("route", "status", "body", "headers", "expected", "code"),
+                         ERROR_ANSWERS.values(), ids=ERROR_ANSWERS.keys())
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_each_providers_error_answer_keeps_its_meaning_and_never_its_key(
+    gateway: Gateway, route: str, status: int, body: object, headers: dict[str, str],
+    expected: int, code: str, stream: bool
+) -> None:
+    gateway.upstream.now(body, status=status, headers=headers)
+    with pytest.raises(openai.APIStatusError) as failed:
+        gateway.client.chat.completions.create(model=route, messages=ASK, stream=stream)
+    answer = failed.value.response
+    error = answer.json()["error"]
+    assert (answer.status_code, error["code"]) == (expected, code), answer.text
+    assert error["type"] and error["message"]
+    assert PROVIDER_KEY[:12] not in answer.text and PROVIDER_KEY[-6:] not in answer.text

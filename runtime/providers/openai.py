@@ -477,7 +477,9 @@ def parse_chunk(chunk: Mapping[str, Any], calls: StreamedCalls) -> list[ChatDelt
             content=delta.get("content") or None,
             tool_calls=tuple([calls.piece(index, piece) for piece in pieces])
             if pieces else (),
-            finish_reason=choice.get("finish_reason"),
+            # "" on every chunk (sglang, Ollama's /v1 before 0.1.40) is no finish: passed
+            # on, it ended each chunk for the client, and a stream cut short went unseen.
+            finish_reason=choice.get("finish_reason") or None,
             refusal=delta.get("refusal"),
             logprobs=choice.get("logprobs"),
             extra=_unread(delta),

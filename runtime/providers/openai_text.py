@@ -52,7 +52,8 @@ def text_deltas(chunk: Mapping[str, Any]) -> list[ChatDelta]:
     """The deltas of one streamed ``text_completion`` chunk (its usage is read apart)."""
     deltas = [
         ChatDelta(index=int(choice.get("index", position)), content=choice.get("text") or None,
-                  finish_reason=choice.get("finish_reason"), logprobs=choice.get("logprobs"))
+                  finish_reason=choice.get("finish_reason") or None,  # "": none (openai.py)
+                  logprobs=choice.get("logprobs"))
         for position, choice in enumerate(chunk.get("choices") or [])
         if isinstance(choice, dict)
     ]

@@ -166,6 +166,14 @@ USAGE_STREAMS: dict[str, tuple[str, object, tuple[int, int]]] = {
         _chunk({}, "stop",
                usage={"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24}),
         "[DONE]"], (21, 3)),
+    # Ollama's /v1 (before 0.1.40) and sglang: "finish_reason": "" on every chunk.
+    "compatible server with an empty finish_reason on each chunk": ("compat", [
+        _chunk({"role": "assistant", "content": ""}, ""),
+        _chunk({"content": "Sun"}, ""),
+        _chunk({"content": "ny."}, ""),
+        _chunk({}, "stop", usage={"prompt_tokens": 21, "completion_tokens": 3,
+                                  "total_tokens": 24}),
+        "[DONE]"], (21, 3)),
     "anthropic output in message_delta": ("claude", _anthropic_text(
         "Sunny.", {"input_tokens": 21, "cache_read_input_tokens": 4, "output_tokens": 1},
         {"output_tokens": 3}), (25, 3)),
@@ -201,6 +209,8 @@ def test_streamed_usage_is_read_where_each_provider_sends_it_and_billed_once(
     chunks = list(gateway.client.chat.completions.create(
         model=route, messages=ASK, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Sunny."
+    assert [c.choices[0].finish_reason for c in chunks
+            if c.choices and c.choices[0].finish_reason is not None] == ["stop"]
     usages = [chunk.usage for chunk in chunks if chunk.usage is not None]
     assert [(u.prompt_tokens, u.completion_tokens) for u in usages] == [counts]
     row = gateway.settled(route, before)
@@ -319,6 +329,8 @@ PARTIAL = "Partly sunny with"
 CUT_STREAMS: dict[str, tuple[str, object]] = {
     "openai": ("oai", [_chunk({"role": "assistant", "content": ""}, usage=None),
                        _chunk({"content": PARTIAL}, usage=None)]),
+    "compatible server with an empty finish_reason on each chunk": ("compat", [
+        _chunk({"role": "assistant", "content": ""}, ""), _chunk({"content": PARTIAL}, "")]),
     "anthropic": ("claude", _anthropic_text(PARTIAL, {"input_tokens": 21, "output_tokens": 1},
                                             {"output_tokens": 4})[:3]),
     "gemini": ("gem", [_gemini([{"text": PARTIAL}], **_gemini_usage(21, 4))]),
@@ -420,3 +432,25 @@ def test_each_providers_error_answer_keeps_its_meaning_and_never_its_key(
     assert (answer.status_code, error["code"]) == (expected, code), answer.text
     assert error["type"] and error["message"]
     assert PROVIDER_KEY[:12] not in answer.text and PROVIDER_KEY[-6:] not in answer.text
+
+
+def test_an_empty_finish_reason_of_a_streamed_text_completion_is_no_finish(
+    gateway: Gateway
+) -> None:
+    """/v1/completions goes to the server's own legacy endpoint, whose chunks such
+    servers end with "" too."""
+
+    def piece(text: str, finish: str | None) -> dict[str, Any]:
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    gateway.upstream.now([piece("Sun", ""), piece("ny.", "")])
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in gateway.client.completions.create(model="compat", prompt="Weather?",
+                                                       stream=True):
+            received.append(chunk)
+    assert "ended the stream before" in cut.value.message
+    assert [(c.choices[0].text, c.choices[0].finish_reason) for c in received
+            if c.choices] == [("Sun", None), ("ny.", None)]

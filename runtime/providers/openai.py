@@ -64,7 +64,7 @@ from .base import (
 )
 from .events import EventStream, image_estimate, opened
 from .image_edits import ImageEditCall
-from .openai_calls import StreamedCalls
+from .openai_calls import StreamedCalls, made_call_id
 from .openai_media import (
     edit_answer,
     image_body,
@@ -441,7 +441,8 @@ def _chat_choices(document: Mapping[str, Any]) -> list[Choice]:
                 content=message.get("content"),
                 finish_reason=str(choice.get("finish_reason") or "stop"),
                 tool_calls=tuple(
-                    ToolCall(str(c.get("id", "")), str(c["function"].get("name", "")),
+                    ToolCall(str(c.get("id") or made_call_id()),
+                             str(c["function"].get("name", "")),
                              str(c["function"].get("arguments") or ""))
                     for c in message.get("tool_calls") or []
                     if isinstance(c.get("function"), dict)

@@ -12,6 +12,8 @@ one index, so a server that strays from that breaks the calls they assemble:
                                                  arguments run together
     a server that sends no id (vLLM with some    an id is made (``call_<24 hex>``):
     tool parsers)                                the client's tool message needs one
+
+A whole answer's calls with no id are given one the same way (``made_call_id``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import ToolCallDelta
+
+
+def made_call_id() -> str:
+    """An id for a tool call its server gave none (``call_`` and 24 hex digits, within
+    the 40 characters OpenAI takes back in a tool message)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 class StreamedCalls:
@@ -44,7 +52,7 @@ class StreamedCalls:
         key = (choice, index)
         call_id = None
         if key not in self._ids:  # its first piece: the id given, or one made
-            call_id = str(given_id) if given_id else f"call_{uuid.uuid4().hex[:24]}"
+            call_id = str(given_id) if given_id else made_call_id()
             self._ids[key] = call_id
             self._numbers[(choice, call_id)] = index
         name = function.get("name") or None

@@ -454,3 +454,19 @@ def test_an_empty_finish_reason_of_a_streamed_text_completion_is_no_finish(
     assert "ended the stream before" in cut.value.message
     assert [(c.choices[0].text, c.choices[0].finish_reason) for c in received
             if c.choices] == [("Sun", None), ("ny.", None)]
+
+
+def test_a_whole_answers_tool_calls_without_ids_are_given_them(gateway: Gateway) -> None:
+    """A tool message names the call it answers: a call with no id (some vLLM tool
+    parsers) could not be answered, nor sent back to OpenAI or Anthropic."""
+    calls = [{"type": "function", "function": {"name": "weather",
+                                               "arguments": json.dumps({"city": city})}}
+             for city in ("Paris", "Rome")]
+    gateway.upstream.now({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "qwen3",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, "tool_calls": calls}}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 20, "total_tokens": 41}})
+    answer = gateway.client.chat.completions.create(model="compat", messages=ASK, tools=TOOLS)
+    ids = [call.id for call in answer.choices[0].message.tool_calls or []]
+    assert len(ids) == 2 and all(ids) and ids[0] != ids[1], ids

@@ -141,15 +141,16 @@ class OpenAIAdapter:
         parse = text_deltas if call.request.text_completion \
             else functools.partial(parse_chunk, calls=calls)
         usage: Usage | None = None
-        ended = False  # [DONE] came, or a finish_reason: a stream that stops short did not
+        done = False  # [DONE] came: the end, whatever the choices said
         answered: set[int] = set()  # the choices the stream spoke for, held to n at its end
+        finished: set[int] = set()  # those that had their finish_reason
         noted: list[str] = []  # the provider's id of the call, given on the first delta
         async for _event, data in self.upstream.post_sse(url, self.body(call, True),
                                                          self._headers, noted):
             # A chunk (a JSON object) is told from the end by its first character, with no
             # strip() call for each of a stream's chunks.
             if data[:1] != "{" and data.strip() == "[DONE]":
-                ended = True
+                done = True
                 break
             chunk = json_event(data, self.provider)
             if "error" in chunk:  # an error after the stream started
@@ -159,14 +160,17 @@ class OpenAIAdapter:
                     provider=self.provider.name,
                 )
             for delta in parse(chunk):
-                ended = ended or delta.finish_reason is not None
+                if delta.finish_reason is not None:
+                    finished.add(delta.index)
                 answered.add(delta.index)
                 if noted:
                     delta = replace(delta, upstream_request_id=noted.pop())
                 yield delta
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
-        if not ended:  # the connection closed cleanly mid-answer
+        # The connection closed cleanly mid-answer: before any finish, or (n > 1) before
+        # one of the choices it had begun had its own (one choice's finish ended it).
+        if not done and (not finished or finished != answered):
             raise stream_cut(self.provider, "its end (no finish_reason, no [DONE])")
         if call.request.n > 1 and len(answered) < call.request.n:  # told only at the end
             raise _fewer_choices(len(answered), call, self.provider)

@@ -470,3 +470,25 @@ def test_a_whole_answers_tool_calls_without_ids_are_given_them(gateway: Gateway)
     answer = gateway.client.chat.completions.create(model="compat", messages=ASK, tools=TOOLS)
     ids = [call.id for call in answer.choices[0].message.tool_calls or []]
     assert len(ids) == 2 and all(ids) and ids[0] != ids[1], ids
+
+
+def test_a_stream_of_two_choices_cut_before_the_second_finished_ends_in_an_error(
+    gateway: Gateway
+) -> None:
+    """n=2: the first choice's finish_reason is not the end of the second."""
+
+    def piece(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**_chunk(delta, finish), "choices": [
+            {"index": index, "delta": delta, "finish_reason": finish}]}
+
+    gateway.upstream.now([piece(0, {"role": "assistant", "content": "Sunny."}),
+                          piece(1, {"role": "assistant", "content": "Partly"}),
+                          piece(0, {}, "stop")])
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in gateway.client.chat.completions.create(model="oai", messages=ASK, n=2,
+                                                            stream=True):
+            received.append(chunk)
+    assert "ended the stream before" in cut.value.message
+    assert [c.choices[0].finish_reason for c in received if c.choices
+            and c.choices[0].index == 1 and c.choices[0].finish_reason] == []

@@ -161,18 +161,23 @@ class GeminiAdapter(Refusals):
         first = _first_call_number(call)
         called: dict[int, int] = {}  # candidate index -> function calls so far
         usage: Usage | None = None
-        ended = False  # a finishReason came: a stream that stops short of one was cut
+        # The candidates the stream began and those that had their finishReason: a stream
+        # that stops short of one for each was cut (one's finish is not another's).
+        begun: set[int] = set()
+        ended: set[int] = set()
         events = self.upstream.post_sse(url, build_request(call), self._headers)
         with _key_refusals():
             async for _event, data in events:
                 chunk = json_event(data, self.provider)
                 _raise_for_error(chunk, self.provider)
                 for delta in _chunk_deltas(chunk, first, called, self.provider):
-                    ended = ended or delta.finish_reason is not None
+                    begun.add(delta.index)
+                    if delta.finish_reason is not None:
+                        ended.add(delta.index)
                     yield delta
                 if chunk.get("usageMetadata"):
                     usage = _usage(chunk["usageMetadata"], call)
-        if not ended:
+        if not ended or ended != begun:
             raise stream_cut(self.provider, "its end (no finishReason)")
         yield ChatDelta(usage=usage or unreported_usage(call))
 

@@ -492,3 +492,18 @@ def test_a_stream_of_two_choices_cut_before_the_second_finished_ends_in_an_error
     assert "ended the stream before" in cut.value.message
     assert [c.choices[0].finish_reason for c in received if c.choices
             and c.choices[0].index == 1 and c.choices[0].finish_reason] == []
+
+
+def test_a_gemini_stream_of_two_candidates_cut_before_the_second_finished_ends_in_an_error(
+    gateway: Gateway
+) -> None:
+    def candidate(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        chunk = _gemini([{"text": text}], finish)
+        chunk["candidates"][0]["index"] = index
+        return chunk
+
+    gateway.upstream.now([candidate(0, "Sunny.", "STOP"), candidate(1, "Partly")])
+    with pytest.raises(openai.APIError) as cut:
+        list(gateway.client.chat.completions.create(model="gem", messages=ASK, n=2,
+                                                    stream=True))
+    assert "ended the stream before its end (no finishReason)" in cut.value.message

@@ -64,7 +64,7 @@ from .base import (
 )
 from .events import EventStream, image_estimate, opened
 from .image_edits import ImageEditCall
-from .openai_calls import StreamedCalls, made_call_id
+from .openai_calls import StreamedCalls, arguments_text, made_call_id
 from .openai_media import (
     edit_answer,
     image_body,
@@ -447,7 +447,7 @@ def _chat_choices(document: Mapping[str, Any]) -> list[Choice]:
                 tool_calls=tuple(
                     ToolCall(str(c.get("id") or made_call_id()),
                              str(c["function"].get("name", "")),
-                             str(c["function"].get("arguments") or ""))
+                             arguments_text(c["function"].get("arguments")))
                     for c in message.get("tool_calls") or []
                     if isinstance(c.get("function"), dict)
                 ),

@@ -13,16 +13,28 @@ one index, so a server that strays from that breaks the calls they assemble:
     a server that sends no id (vLLM with some    an id is made (``call_<24 hex>``):
     tool parsers)                                the client's tool message needs one
 
-A whole answer's calls with no id are given one the same way (``made_call_id``).
+A whole answer's calls with no id are given one the same way (``made_call_id``), and
+arguments sent as a JSON object (TGI, llama.cpp's server) go on as its JSON text
+(``arguments_text``), whole or streamed.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from .base import ToolCallDelta
+
+
+def arguments_text(arguments: object) -> str:
+    """A call's arguments as the JSON text OpenAI sends: an object as it came from TGI
+    and llama.cpp's server (``{"city": "Paris"}``) dumped, not written as Python's
+    ``{'city': 'Paris'}``, which no client parses."""
+    if arguments is None:  # none sent: no arguments (a whole answer's "")
+        return ""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def made_call_id() -> str:
@@ -62,8 +74,9 @@ class StreamedCalls:
                 name = None
             else:
                 self._names[key] = so_far + str(name)
+        arguments = function.get("arguments")
         return ToolCallDelta(index=index, id=call_id, name=name,
-                             arguments=function.get("arguments"))
+                             arguments=None if arguments is None else arguments_text(arguments))
 
     def _number(self, choice: int, call_id: object) -> int:
         """The index of a piece that names none: its id's call, or a new one for a new

@@ -507,3 +507,28 @@ def test_a_gemini_stream_of_two_candidates_cut_before_the_second_finished_ends_i
         list(gateway.client.chat.completions.create(model="gem", messages=ASK, n=2,
                                                     stream=True))
     assert "ended the stream before its end (no finishReason)" in cut.value.message
+
+
+def test_tool_arguments_sent_as_a_json_object_reach_the_client_as_json_text(
+    gateway: Gateway
+) -> None:
+    """TGI and llama.cpp's server send a call's arguments as an object, where OpenAI sends
+    the JSON text; the gateway wrote the whole answer's as Python's repr."""
+    arguments = {"city": "Paris", "days": 2, "metric": True}
+    call = {"id": "call_a1", "type": "function",
+            "function": {"name": "weather", "arguments": arguments}}
+    gateway.upstream.now({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "qwen3",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, "tool_calls": [call]}}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 20, "total_tokens": 41}})
+    whole = gateway.client.chat.completions.create(model="compat", messages=ASK, tools=TOOLS)
+    [answered] = whole.choices[0].message.tool_calls or []
+    assert json.loads(answered.function.arguments) == arguments
+
+    gateway.upstream.now([_chunk({"role": "assistant"}), _tool_chunk([{"index": 0, **call}]),
+                          _chunk({}, "tool_calls"), "[DONE]"])
+    with gateway.client.chat.completions.stream(model="compat", messages=ASK,
+                                                tools=TOOLS) as streamed:
+        [assembled] = streamed.get_final_completion().choices[0].message.tool_calls or []
+    assert json.loads(assembled.function.arguments) == arguments

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,9 +31,9 @@ import aiohttp
 
 from aigw.compiler.graph import Provider
 
-from ..errors import BadRequest, UpstreamServerError
+from ..errors import BadRequest, UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
-from ..upstream import json_event, scrub
+from ..upstream import MAX_MESSAGE, classify, failure_from_response, json_event, scrub
 from ..upstream_aiohttp import AudioUpstream, open_upstream
 from .audio import (
     SpeechCall,
@@ -153,12 +154,8 @@ class OpenAIAdapter:
                 done = True
                 break
             chunk = json_event(data, self.provider)
-            if "error" in chunk:  # an error after the stream started
-                raise UpstreamServerError(
-                    f"provider '{self.provider.name}' failed mid-stream: "
-                    f"{scrub(_error_message(chunk), self.provider)}",
-                    provider=self.provider.name,
-                )
+            if "error" in chunk:  # an error after the stream's 200
+                raise stream_error(chunk, data, self.provider)
             for delta in parse(chunk):
                 if delta.finish_reason is not None:
                     finished.add(delta.index)
@@ -533,8 +530,35 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-def _error_message(chunk: Mapping[str, Any]) -> str:
+# The status an error event's ``type`` stands for: OpenAI's types, and the exception
+# names vLLM and SGLang write there. One not known is the server's failure (a 500).
+_ERROR_STATUS: Mapping[str, int] = MappingProxyType({
+    "invalid_request_error": 400, "badrequesterror": 400, "authentication_error": 401,
+    "permission_error": 403, "not_found_error": 404, "notfounderror": 404,
+    "rate_limit_error": 429, "rate_limit_exceeded": 429, "requests": 429, "tokens": 429,
+    "insufficient_quota": 429, "server_error": 500, "overloaded_error": 503,
+})
+
+
+def stream_error(chunk: Mapping[str, Any], data: str, provider: Provider) -> UpstreamError:
+    """An error event in a stream, classified as the HTTP error it stands for would be:
+    the status its numeric ``code`` names (vLLM's), else its ``type``'s. An error as a
+    stream's first event is the upstream's refusal of the request, sent after a 200 (an
+    OpenAI-compatible server's validation, vLLM's): a refusal of the request is the
+    client's 400, not retried or failed over as the server's own failure would be."""
     error = chunk.get("error")
+    status = 500
     if isinstance(error, dict):
-        return str(error.get("message", error))
-    return str(error)
+        code, kind = error.get("code"), error.get("type")
+        if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+            status = code
+        elif isinstance(kind, str):
+            status = _ERROR_STATUS.get(kind.lower(), 500)
+        elif isinstance(code, str):
+            status = _ERROR_STATUS.get(code.lower(), 500)
+    failure = failure_from_response(status, data.encode(), {})
+    if status == 500:  # the server's own failure, as an unknown type is taken to be
+        return UpstreamServerError(f"provider '{provider.name}' failed mid-stream: "
+                                   f"{scrub(failure.message, provider)[:MAX_MESSAGE]}",
+                                   provider=provider.name)
+    return classify(failure, provider)

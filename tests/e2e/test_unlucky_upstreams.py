@@ -532,3 +532,38 @@ def test_tool_arguments_sent_as_a_json_object_reach_the_client_as_json_text(
                                                 tools=TOOLS) as streamed:
         [assembled] = streamed.get_final_completion().choices[0].message.tool_calls or []
     assert json.loads(assembled.function.arguments) == arguments
+
+
+# An error as a stream's first event, after the upstream's 200: what an OpenAI-compatible
+# server (vLLM, SGLang) sends when it refuses the request once streaming began.
+FIRST_EVENT_ERRORS: dict[str, tuple[dict[str, Any], int, str]] = {
+    "openai invalid request": ({"error": {
+        "message": "temperature must be at most 2", "type": "invalid_request_error",
+        "param": "temperature", "code": "invalid_value"}}, 400, "invalid_value"),
+    "vllm BadRequestError": ({"error": {
+        "object": "error", "message": "This model's maximum context length is 8192 tokens.",
+        "type": "BadRequestError", "param": None, "code": 400}}, 400,
+        "context_length_exceeded"),
+    "rate limited": ({"error": {"message": "Rate limit reached", "type": "requests",
+                                "code": "rate_limit_exceeded"}}, 429, "rate_limit_exceeded"),
+}
+
+
+@pytest.mark.parametrize(("event", "status", "code"), FIRST_EVENT_ERRORS.values(),
+                         ids=FIRST_EVENT_ERRORS.keys())
+def test_an_error_as_a_streams_first_event_keeps_its_meaning(
+    gateway: Gateway, event: dict[str, Any], status: int, code: str
+) -> None:
+    """An OpenAI-format stream whose first event is an error is answered as the HTTP
+    error of its type or numeric code would be: a refusal of the request is the client's
+    400 (not a deployment's failure, not counted against its circuit). Every such event
+    was a 502 server failure, failed over and counted against the deployment."""
+    failures = gateway.failures("compat")
+    gateway.upstream.now([event])
+    with pytest.raises(openai.APIStatusError) as failed:
+        for _chunk_ in gateway.client.chat.completions.create(model="compat", messages=ASK,
+                                                              stream=True):
+            pass
+    answer = failed.value.response
+    assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
+    assert gateway.failures("compat") == failures

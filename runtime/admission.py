@@ -3,7 +3,11 @@
     admit    -> reserve 1 request, prompt + output tokens and the worst-case cost against
                 the key, its team and the end user, all at once, and a place among
                 their requests in flight where they have a max_parallel (429 / 503
-                otherwise); the place is held until the request is settled
+                otherwise); the place is held until the request is settled. A request
+                its route's cache may answer is admitted by its count alone
+                (``admit_counted``: rpm and max_parallel), its tokens and cost held
+                only once the cache did not answer it (``Admission.hold``): a hit
+                spends neither
     attempt  -> each deployment with its own rpm/tpm quota is reserved per attempt
     cut      -> a call made and not used (cut by its timeout or the deadline, a hedge's
                 loser, the client gone) is billed an estimate (``cut_short``)
@@ -142,10 +146,10 @@ class StoreHandle:
         half TTL until it is settled: a hold counts from the reservation, so a call
         longer than ``reservation_ttl_s`` let its hold lapse while it ran, and others
         spent the budget it was to be charged to."""
-        reservation = admission.reservation
-        if (reservation is None or not (reservation.periods or reservation.parallel)
-                or admission.settled):
-            return  # no budget nor place held: nothing lapses
+        holds = (admission.reservation, admission.held)
+        if admission.settled or admission.renewal is not None or not any(
+                held is not None and (held.periods or held.parallel) for held in holds):
+            return  # no budget nor place held (or renewed already): nothing lapses
         # By weak reference: a request dropped without a settle (a bug) must not hold its
         # budget for as long as the process lives; its hold lapses after the TTL, as before.
         admission.renewal = asyncio.get_running_loop().call_later(
@@ -160,10 +164,9 @@ class StoreHandle:
             self._finishing.spawn(self._renewed(admission))
 
     async def _renewed(self, admission: Admission) -> None:
-        assert admission.reservation is not None
-        await admission.store.renew(admission.reservation, ttl=self._ttl)
-        if admission.more is not None:
-            await admission.store.renew(admission.more, ttl=self._ttl)
+        for held in (admission.reservation, admission.held, admission.more):
+            if held is not None:
+                await admission.store.renew(held, ttl=self._ttl)
         self.keep(admission)
 
     def finish(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -254,6 +257,15 @@ def _held_only(limits: Limits) -> Limits | None:
 
 
 @functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
+def _counted_only(limits: Limits) -> Limits | None:
+    """``limits`` with only their rpm and max_parallel: what a request its route's cache
+    may answer is admitted against before its lookup (``admit_counted``)."""
+    if limits.rpm is None and limits.max_parallel is None:
+        return None
+    return Limits(limits.scope, limits.name, rpm=limits.rpm, max_parallel=limits.max_parallel)
+
+
+@functools.lru_cache(maxsize=4096)  # one object per quota, as ``_limits`` (the stores key on it)
 def _rpm_only(limits: Limits) -> Limits | None:
     return None if limits.rpm is None else Limits(limits.scope, limits.name, rpm=limits.rpm)
 
@@ -336,6 +348,9 @@ class Admission:
     renewal: asyncio.TimerHandle | None = None  # its holds' next renewal (StoreHandle.keep)
     # What ``grow`` held beside it: the request as sent weighs more than as it came.
     more: Reservation | None = None
+    # What ``hold`` held after an admission by count (``admit_counted``): the tokens and
+    # cost, charged here when the request is settled.
+    held: Reservation | None = None
 
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers: the tokens window as ``grow``'s top-up left it, read
@@ -343,8 +358,9 @@ class Admission:
         if self.reservation is None:
             return {}
         rate = self.reservation.rate
-        if self.more is not None and self.more.rate.tokens is not None:
-            rate = replace(rate, tokens=self.more.rate.tokens)
+        for later in (self.held, self.more):
+            if later is not None and later.rate.tokens is not None:
+                rate = replace(rate, tokens=later.rate.tokens)
         return rate.headers()
 
     # ``settled`` is set once the store has answered: a settle cut short by a
@@ -355,6 +371,9 @@ class Admission:
         if self.settled:
             return
         self._stop_renewing()
+        if self.held is not None:  # the tokens and cost were held apart from the count
+            await self.store.settle(self.held, tokens=tokens, cost=cost)
+            tokens, cost = 0, 0.0
         if self.reservation is not None:
             await self.store.settle(self.reservation, tokens=tokens, cost=cost)
         if self.more is not None:  # the whole bill went to the first: this one is given back
@@ -365,11 +384,27 @@ class Admission:
         if self.settled:
             return
         self._stop_renewing()
-        if self.reservation is not None:
-            await self.store.release(self.reservation)
-        if self.more is not None:
-            await self.store.release(self.more)
+        for held in (self.reservation, self.held, self.more):
+            if held is not None:
+                await self.store.release(held)
         self.settled = True
+
+    async def hold(self, record: RequestRecord, tokens: int, cost: float) -> None:
+        """Hold ``tokens`` and the worst-case ``cost`` against the tokens per minute and
+        budgets of a request admitted by its count alone (``admit_counted``), once its
+        route's cache did not answer it: a 429 as ``admit``'s where they do not fit. Once
+        a request; ``settle`` charges what it used here."""
+        limits = tuple(found for item in self.limits
+                       if (found := _held_only(item)) is not None)
+        if self.settled or self.held is not None or not limits:
+            return
+        decision = await self.store.reserve(f"{record.request_id}:held", limits,
+                                            tokens=tokens, cost=cost)
+        if isinstance(decision, Denied):
+            if decision.exceeded is Exceeded.BUDGET:
+                record.budget_refused = budget_label(decision.scope, decision.name)
+            raise decision.error()
+        self.held = decision
 
     async def grow(self, record: RequestRecord, tokens: int, cost: float) -> None:
         """Hold ``tokens`` and ``cost`` more against the same tokens per minute and budgets
@@ -420,6 +455,20 @@ async def admit(
     if isinstance(decision, Denied):
         if decision.exceeded is Exceeded.BUDGET:
             record.budget_refused = budget_label(decision.scope, decision.name)
+        raise decision.error()
+    return Admission(store, decision, limits)
+
+
+async def admit_counted(store: Store, record: RequestRecord,
+                        limits: tuple[Limits, ...]) -> Admission:
+    """Count the request against every scope's rpm and take its place under their
+    max_parallel (a 429 / 503 as ``admit``'s), holding no tokens nor cost: a request its
+    route's cache may answer, which ``Admission.hold`` holds them for once it did not."""
+    counted = tuple(found for item in limits if (found := _counted_only(item)) is not None)
+    if not counted:
+        return Admission(store, None, limits)
+    decision = await store.reserve(record.request_id, counted, tokens=0, cost=0.0)
+    if isinstance(decision, Denied):
         raise decision.error()
     return Admission(store, decision, limits)
 

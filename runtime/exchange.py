@@ -37,7 +37,9 @@ from aigw.compiler.guardrail_graph import Guardrail
 from .admission import (
     Admission,
     admit,
+    admit_counted,
     budget_label,
+    budget_remaining,
     check_route_allowed,
     cut_records,
     cut_totals,
@@ -146,6 +148,9 @@ class Exchange:
         self._semantic: SemanticAsk | None = None  # on a route with a semantic cache
         self._embedded: Embedded | None = None  # the conversation's, kept with the answer
         self._closed = False
+        # Admitted by its count alone (its route's cache may answer it): its tokens and
+        # cost are held by ``_hold`` once the cache did not.
+        self._unheld = False
         # A call made on behalf of another request (``beside``): its client's request
         # and place in flight are that request's, so it holds tokens and cost only.
         self._on_behalf = False
@@ -158,24 +163,37 @@ class Exchange:
         limits = self.live.scopes.limits(key, self.user)
         store = await live.store.get()
         plan = await authorize(live, store, key, self.user, plan, self.headers, limits)
+        record.cache = lookup_kind(self.headers, plan.route)
+        self._unheld = record.cache == "miss"
         tokens, cost = _worst_case(plan, request)
-        self.admission = admission = await admit(store, record, limits, tokens, cost)
+        if self._unheld:
+            # The cache may answer it, and a hit calls no upstream: it spends no tokens
+            # and no money, so it needs no room under tpm nor in a budget (a key whose
+            # budget ran out is still served what its team has cached). Its tokens and
+            # cost are held once the lookup missed (``_hold``). It still counts against
+            # rpm and takes a place under max_parallel, as LiteLLM and Portkey count a
+            # hit: rpm is how often a key may make the gateway work (policy, the input
+            # guardrails' checkers, the lookup, a semantic lookup's embedding), and the
+            # requests per minute an app counts are all of its requests.
+            self.admission = admission = await admit_counted(store, record, limits)
+        else:
+            self.admission = admission = await admit(store, record, limits, tokens, cost)
         live.store.keep(admission)
         guards = plan.route.guardrails
         if guards is not None and guards.input:  # after the limits: a caller over them
-            # never reaches a checker, however often it asks (a 429 costs no webhook call)
+            # never reaches a checker, however often it asks (a 429 costs no webhook call;
+            # on a route that caches, over its rpm: a checker sees at most that many)
             held = plan.prompt_tokens
             plan = await self._guarded(plan, guards.input)
             request = plan.request
-            if plan.prompt_tokens > held:  # a redaction longer than what it took out: the
-                # hold covers what is sent, which is what the upstream bills
+            if plan.prompt_tokens > held and not self._unheld:  # a redaction longer than
+                # what it took out: the hold covers what is sent, which the upstream bills
                 more, dearer = _worst_case(plan, request)
                 await self.grow(more - tokens, dearer - cost)
-        if plan.gate is not None and plan.gate.budget_pending:
+        if not self._unheld and plan.gate is not None and plan.gate.budget_pending:
             plan.gate.learn_budget(admission.reservation.budget_remaining
                                    if admission.reservation is not None else None)
         self.plan = plan
-        record.cache = lookup_kind(self.headers, plan.route)
         if record.cache is not None:
             self._cache_key = cache_key(plan.route, request, key)
             self._storing = may_store(self.headers, plan.route, key)
@@ -272,6 +290,7 @@ class Exchange:
         if cached is not None:
             served, result = cached
         else:
+            await self._hold()
             served, result = await unless_gone(complete(self.live, self.plan, self.record),
                                                    self.gone)
         try:
@@ -303,6 +322,7 @@ class Exchange:
         if cached is not None:
             served, deltas = cached[0], replay(cached[1])
         else:
+            await self._hold()
             served, deltas = await stream(self.live, self.plan, self.record)
         guards = self.plan.route.guardrails
         if guards is not None and guards.output:
@@ -311,6 +331,22 @@ class Exchange:
         if cached is None and self._storing:
             deltas = self._remembered(deltas, served.deployment)
         return served, self._settled(deltas)
+
+    async def _hold(self) -> None:
+        """Hold the tokens and worst-case cost of a request admitted by its count alone,
+        now that the cache did not answer it (a 429 where they do not fit), and give
+        the route policies the budget left as it was held."""
+        if not self._unheld:
+            return
+        self._unheld = False
+        plan, admission = self.plan, self.admission
+        assert plan is not None and admission is not None
+        tokens, cost = _worst_case(plan, plan.request)
+        await admission.hold(self.record, tokens, cost)
+        self.live.store.keep(admission)
+        if plan.gate is not None and plan.gate.budget_pending:
+            plan.gate.learn_budget(admission.held.budget_remaining
+                                   if admission.held is not None else None)
 
     def _withheld(self) -> None:
         """An output guardrail withheld a choice: the answer is not cached."""
@@ -349,6 +385,11 @@ class Exchange:
         if answer is None:
             return None
         gate = self.plan.gate if self.plan is not None else None
+        if gate is not None and gate.budget_pending and self.admission is not None:
+            # Route policies that read the budget left: read here, as no hold brings it
+            # (a hit is admitted by its count alone).
+            gate.learn_budget(await budget_remaining(await live.store.get(),
+                                                     self.admission.limits))
         if gate is not None and gate.deny([live.graph.deployments[answer.deployment]]):
             # The route policies would not let this caller be served by the deployment
             # that gave the answer (now): a miss, served by one they permit.

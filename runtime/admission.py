@@ -35,6 +35,7 @@ from urllib.parse import unquote
 from aigw.compiler.graph import ApiKey, Deployment, Graph, Quota, Route
 
 from .background import Background
+from .cache_flights import Flights
 from .errors import Cancelled, DeploymentAtQuota, ModelNotFound
 from .providers.base import Usage
 from .response_cache import open_cache
@@ -76,6 +77,7 @@ class StoreHandle:
         # Every key in Redis is under it: two gateways on one Redis each have their own.
         self.namespace = namespace
         self.cache = open_cache(url, cache_entries, cache_bytes, namespace)
+        self.flights = Flights()  # this process's cache misses being fetched
         self._root = root
         self._failure = failure
         self._ttl = ttl

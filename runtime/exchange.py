@@ -46,6 +46,7 @@ from .admission import (
     ledger_record,
     worst_case,
 )
+from .cache_flights import landed
 from .chat import (
     Plan,
     Served,
@@ -151,6 +152,8 @@ class Exchange:
         # Admitted by its count alone (its route's cache may answer it): its tokens and
         # cost are held by ``_hold`` once the cache did not.
         self._unheld = False
+        # The flight this request leads: identical misses wait for its answer to be kept.
+        self._flight: asyncio.Event | None = None
         # A call made on behalf of another request (``beside``): its client's request
         # and place in flight are that request's, so it holds tokens and cost only.
         self._on_behalf = False
@@ -286,6 +289,14 @@ class Exchange:
         arguments /v1/messages cannot pass on) is recorded with that status, not as a 200,
         and billed all the same, as the provider was paid."""
         assert self.plan is not None
+        try:
+            return await self._completed_as(render)
+        finally:
+            self._land()  # after its answer was kept, or it failed
+
+    async def _completed_as(self, render: Callable[[Served, ChatResult], R]
+                            ) -> tuple[Served, R]:
+        assert self.plan is not None
         cached = await self._cached()
         if cached is not None:
             served, result = cached
@@ -317,13 +328,19 @@ class Exchange:
         return result
 
     async def stream(self) -> tuple[Served, AsyncIterator[ChatDelta]]:
+        """The answer's deltas; its flight (if it leads one) lands when they end, or here
+        if it failed before its first."""
         assert self.plan is not None
         cached = await self._cached()
         if cached is not None:
             served, deltas = cached[0], replay(cached[1])
         else:
-            await self._hold()
-            served, deltas = await stream(self.live, self.plan, self.record)
+            try:
+                await self._hold()
+                served, deltas = await stream(self.live, self.plan, self.record)
+            except BaseException:
+                self._land()
+                raise
         guards = self.plan.route.guardrails
         if guards is not None and guards.output:
             deltas = guarded_stream(deltas, guards.output, guards.output_webhook, self.record,
@@ -359,6 +376,8 @@ class Exchange:
         assert self.plan is not None
         live, record = self.live, self.record
         answer = await self._entry(self._cache_key)
+        if answer is None and await self._waited():  # the same request's answer, just kept
+            answer = await self._entry(self._cache_key)
         # A resting cache (Redis away) can neither be read nor keep the answer: its
         # embedding would be paid for nothing, each request.
         if answer is None and self._semantic is not None and not live.store.cache.resting():
@@ -376,6 +395,29 @@ class Exchange:
         record.cost = 0.0
         served = Served(record.request_id, int(time.time()), self.plan.route, deployment, 0)
         return served, answer.result
+
+    async def _waited(self) -> bool:
+        """After an exact miss: whether this request waited for the same request's
+        flight in this process to land (runtime/cache_flights.py); where none was in the
+        air, it leads one, landed (``_land``) once its answer is kept or it failed."""
+        assert self._cache_key is not None and self.plan is not None
+        if not self._storing or self.live.store.cache.resting():  # it would keep nothing
+            return False
+        flight, leads = self.live.store.flights.join(self._cache_key)
+        if leads:
+            self._flight = flight
+            return False
+        # Half of what is left of its deadline at most: the rest is its own call's, should
+        # the leader keep nothing (or take longer).
+        wait_s = (self.plan.deadline - self.live.routing.clock()) / 2
+        return await landed(flight, wait_s)
+
+    def _land(self) -> None:
+        """This request's flight (if it leads one) is over: its waiters look again."""
+        if self._flight is not None:
+            assert self._cache_key is not None
+            self.live.store.flights.land(self._cache_key, self._flight)
+            self._flight = None
 
     async def _entry(self, key: str) -> CachedAnswer | None:
         """The entry ``key`` if this caller may be served it."""
@@ -485,6 +527,7 @@ class Exchange:
                 try:
                     await close_deltas(deltas)
                 finally:
+                    self._land()  # after a stream that ended was kept (``_remembered``)
                     await self.close()
 
     @property
@@ -551,6 +594,7 @@ class Exchange:
         """Release the hold and record a failed request (once)."""
         record = self.record
         record.status, record.error = error.status, str(error.code)
+        self._land()
         if self._closed:
             return
         self._closed = True

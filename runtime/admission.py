@@ -148,9 +148,10 @@ class StoreHandle:
         half TTL until it is settled: a hold counts from the reservation, so a call
         longer than ``reservation_ttl_s`` let its hold lapse while it ran, and others
         spent the budget it was to be charged to."""
-        holds = (admission.reservation, admission.held)
-        if admission.settled or admission.renewal is not None or not any(
-                held is not None and (held.periods or held.parallel) for held in holds):
+        first, held = admission.reservation, admission.held
+        if admission.settled or admission.renewal is not None or not (
+                (first is not None and (first.periods or first.parallel))
+                or (held is not None and (held.periods or held.parallel))):
             return  # no budget nor place held (or renewed already): nothing lapses
         # By weak reference: a request dropped without a settle (a bug) must not hold its
         # budget for as long as the process lives; its hold lapses after the TTL, as before.

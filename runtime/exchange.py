@@ -290,33 +290,30 @@ class Exchange:
         and billed all the same, as the provider was paid."""
         assert self.plan is not None
         try:
-            return await self._completed_as(render)
+            cached = await self._cached()
+            if cached is not None:
+                served, result = cached
+            else:
+                if self._unheld:
+                    await self._hold()
+                served, result = await unless_gone(
+                    complete(self.live, self.plan, self.record), self.gone)
+            try:
+                guards = self.plan.route.guardrails
+                if guards is not None and guards.output:  # in here: the call is billed
+                    # however its check ends (a client that left while a webhook was asked)
+                    result = await self._guarded_result(guards.output, result)
+                rendered = render(served, result)
+            except GatewayError as exc:
+                self.record.status, self.record.error = exc.status, str(exc.code)
+                raise
+            finally:
+                await self.close()  # settled and recorded before anything else can fail
+            if cached is None:
+                await self._remember(served.deployment, result)
         finally:
-            self._land()  # after its answer was kept, or it failed
-
-    async def _completed_as(self, render: Callable[[Served, ChatResult], R]
-                            ) -> tuple[Served, R]:
-        assert self.plan is not None
-        cached = await self._cached()
-        if cached is not None:
-            served, result = cached
-        else:
-            await self._hold()
-            served, result = await unless_gone(complete(self.live, self.plan, self.record),
-                                                   self.gone)
-        try:
-            guards = self.plan.route.guardrails
-            if guards is not None and guards.output:  # in here: the call is billed however
-                # its check ends (a client that left while a webhook was asked, say)
-                result = await self._guarded_result(guards.output, result)
-            rendered = render(served, result)
-        except GatewayError as exc:
-            self.record.status, self.record.error = exc.status, str(exc.code)
-            raise
-        finally:
-            await self.close()  # settled and recorded before anything else can fail
-        if cached is None:
-            await self._remember(served.deployment, result)
+            if self._flight is not None:  # after its answer was kept, or it failed
+                self._land()
         return served, rendered
 
     async def _guarded_result(self, guardrails: tuple[Guardrail, ...],
@@ -336,7 +333,8 @@ class Exchange:
             served, deltas = cached[0], replay(cached[1])
         else:
             try:
-                await self._hold()
+                if self._unheld:
+                    await self._hold()
                 served, deltas = await stream(self.live, self.plan, self.record)
             except BaseException:
                 self._land()
@@ -350,11 +348,9 @@ class Exchange:
         return served, self._settled(deltas)
 
     async def _hold(self) -> None:
-        """Hold the tokens and worst-case cost of a request admitted by its count alone,
-        now that the cache did not answer it (a 429 where they do not fit), and give
+        """Hold the tokens and worst-case cost of a request admitted by its count alone
+        (``_unheld``), now that the cache did not answer it (a 429 where they do not fit), and give
         the route policies the budget left as it was held."""
-        if not self._unheld:
-            return
         self._unheld = False
         plan, admission = self.plan, self.admission
         assert plan is not None and admission is not None
@@ -527,7 +523,8 @@ class Exchange:
                 try:
                     await close_deltas(deltas)
                 finally:
-                    self._land()  # after a stream that ended was kept (``_remembered``)
+                    if self._flight is not None:  # after a stream that ended was kept
+                        self._land()
                     await self.close()
 
     @property
@@ -594,7 +591,8 @@ class Exchange:
         """Release the hold and record a failed request (once)."""
         record = self.record
         record.status, record.error = error.status, str(error.code)
-        self._land()
+        if self._flight is not None:
+            self._land()
         if self._closed:
             return
         self._closed = True

@@ -159,7 +159,7 @@ def freeze(
             max_attempts=route_spec.max_attempts,
             hedge_after_ms=hedge if isinstance(hedge, float | int) else None,
             hedge_at_p95=hedge == "p95",
-            cache=_cache(route_spec.cache, linked.route_candidates, deployments)
+            cache=_cache(route_spec.cache, linked.route_candidates, deployments, name)
             if route_spec.cache is not None else None,
             guardrails=route_guardrails(route_spec, linked.guardrails),
         )
@@ -379,10 +379,14 @@ def _price(spec: PriceSpec) -> Price:
 
 
 def _cache(spec: CacheSpec, candidates: Mapping[str, Sequence[str]],
-           deployments: Mapping[str, Deployment]) -> RouteCache:
+           deployments: Mapping[str, Deployment], route: str) -> RouteCache:
+    # Deployments of one model id (gpt-4o-mini on OpenAI and on Azure) give the same
+    # model's answers; others share theirs only where the config says they are one model.
+    models = {deployments[name].model for name in candidates[route]}
+    by_model = len(models) > 1 and not spec.one_model
     semantic = spec.semantic
     if semantic is None:
-        return RouteCache(spec.ttl_s, spec.scope, None)
+        return RouteCache(spec.ttl_s, spec.scope, None, by_model)
     # A conversation longer than every embeddings deployment's window fails its embedding
     # (a refused request in the ledger, each time): it skips the lookup instead (the
     # conversation embedded counts about as many tokens as the prompt).
@@ -390,7 +394,7 @@ def _cache(spec: CacheSpec, candidates: Mapping[str, Sequence[str]],
                if deployments[name].kind == "embeddings"]
     longest = min(semantic.max_prompt_tokens, max(windows, default=semantic.max_prompt_tokens))
     return RouteCache(spec.ttl_s, spec.scope, SemanticCache(
-        semantic.embeddings, semantic.threshold, longest, semantic.timeout_s))
+        semantic.embeddings, semantic.threshold, longest, semantic.timeout_s), by_model)
 
 
 def _breaker(spec: CircuitBreakerSpec) -> BreakerPolicy:

@@ -322,11 +322,14 @@ class SemanticCache:
 
 @dataclass(frozen=True, slots=True)
 class RouteCache:
-    """A route's response cache: answers live ``ttl_s``, shared within ``scope``."""
+    """A route's response cache: answers live ``ttl_s``, shared within ``scope``;
+    ``by_model``: its deployments are models of more than one id and the config does not
+    say they are one model (``one_model``), so each model's answers are kept apart."""
 
     ttl_s: float
     scope: Literal["team", "key", "shared"]
     semantic: SemanticCache | None = None
+    by_model: bool = False
 
 
 @dataclass(frozen=True, slots=True)

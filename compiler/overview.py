@@ -9,7 +9,7 @@ by its URL (shown as diagnostics show one: user info and query hidden) and the n
 the headers it sends, never their values (a credential among them).
 
 >>> route_cache(RouteCache(3600.0, "team"))
-{'ttl_s': 3600.0, 'scope': 'team', 'semantic': None}
+{'ttl_s': 3600.0, 'scope': 'team', 'semantic': None, 'by_model': False}
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def route_cache(cache: RouteCache | None) -> dict[str, object] | None:
             "max_prompt_tokens": semantic.max_prompt_tokens,
             "timeout_s": semantic.timeout_s,
         },
+        # Its deployments' answers kept apart by model (not one model, nor one_model).
+        "by_model": cache.by_model,
     }
 
 

@@ -350,6 +350,13 @@ class CacheSpec(Spec):
     semantic: SemanticCacheSpec | None = Field(
         None, description="Serve a cached answer to a paraphrase too (text-only requests)."
     )
+    one_model: bool = Field(
+        False,
+        description="The route's deployments are one model: a cached answer from any of "
+        "them serves a request routed to another. Without it, deployments of different "
+        "models (their model ids) keep their answers apart: a request is served only what "
+        "the model it is routed to answered.",
+    )
 
 
 class RouteSpec(Spec):

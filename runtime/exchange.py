@@ -84,8 +84,11 @@ from .response_cache import (
     encode_answer,
     lookup_kind,
     may_store,
+    model_key,
     replay,
 )
+from .routing.candidates import ChatAsk
+from .routing.choice import first_choice
 from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
 from .telemetry.record import RequestRecord, answered_as
 from .tokens import audio_prompt_tokens
@@ -144,6 +147,10 @@ class Exchange:
         self.admission: Admission | None = None
         self.plan: Plan | None = None
         self._cache_key: str | None = None  # set when the route caches answers
+        self._route_key: str | None = None  # the same, of any model (RouteCache.by_model)
+        # On a route whose deployments are not one model: the model of the member it is
+        # routed to first, whose answers alone it is served.
+        self._model: str | None = None
         self._storing = False  # this request's answer may be cached (no Cache-Control no-store)
         self._key: ApiKey | None = None
         self._semantic: SemanticAsk | None = None  # on a route with a semantic cache
@@ -198,7 +205,11 @@ class Exchange:
                                    if admission.reservation is not None else None)
         self.plan = plan
         if record.cache is not None:
-            self._cache_key = cache_key(plan.route, request, key)
+            assert plan.route.cache is not None
+            self._route_key = cache_key(plan.route, request, key)
+            if plan.route.cache.by_model and record.cache == "miss":
+                self._model = self._routed_model(plan)
+            self._cache_key = model_key(self._route_key, self._model)
             self._storing = may_store(self.headers, plan.route, key)
             semantic = plan.route.cache.semantic if plan.route.cache is not None else None
             # A key that may not call the embeddings route (AGW346) is looked up exactly
@@ -209,6 +220,17 @@ class Exchange:
                 last = live.counter.count_messages(request.messages[-1:])  # what is embedded
                 self._semantic = semantic_ask(plan.route, request, key, last)
         return plan
+
+    def _routed_model(self, plan: Plan) -> str | None:
+        """The model of the member the attempt loop would call first for ``plan`` now
+        (None: none), read from a shadow of the routing state (a round robin unmoved)."""
+        route = plan.route
+        if route.group is None:
+            return None
+        live = self.live
+        ask = ChatAsk(live.adapters, route, plan.request, plan.prompt_tokens)
+        chosen = first_choice(live.graph, route.group, ask, live.routing.shadow(), plan.gate)
+        return chosen.deployment.model if chosen is not None else None
 
     async def _guarded(self, plan: Plan, guardrails: tuple[Guardrail, ...]) -> Plan:
         """``plan`` with its request's messages and tool definitions through the input
@@ -422,6 +444,9 @@ class Exchange:
         answer = decode_answer(value, live.graph) if value is not None else None
         if answer is None:
             return None
+        if self._model is not None and live.graph.deployments[answer.deployment].model != \
+                self._model:  # a semantic neighbour another model answered
+            return None
         gate = self.plan.gate if self.plan is not None else None
         if gate is not None and gate.budget_pending and self.admission is not None:
             # Route policies that read the budget left: read here, as no hold brings it
@@ -456,17 +481,19 @@ class Exchange:
     async def _remember(self, deployment: Deployment, result: ChatResult) -> None:
         if not self._storing or not cacheable(result):
             return
-        assert self._cache_key is not None and self.plan is not None
-        assert self.plan.route.cache is not None
+        assert self._route_key is not None and self.plan is not None
+        route_cache = self.plan.route.cache
+        assert route_cache is not None
         entry = encode_answer(deployment.name, result,
                               self.live.graph.settings.cache_max_entry_bytes)
         if entry is None:
             return  # served, not kept: one answer may be max_response_mb (64 MiB by default)
-        cache, ttl_s = self.live.store.cache, self.plan.route.cache.ttl_s
-        await cache.put(self._cache_key, entry, ttl_s)
+        # Under the model that answered (not always the one looked up: a fallback's).
+        key = model_key(self._route_key, deployment.model if route_cache.by_model else None)
+        cache, ttl_s = self.live.store.cache, route_cache.ttl_s
+        await cache.put(key, entry, ttl_s)
         if self._embedded is not None:
-            await cache.add_vector(self._embedded.bucket, self._cache_key,
-                                   self._embedded.vector, ttl_s)
+            await cache.add_vector(self._embedded.bucket, key, self._embedded.vector, ttl_s)
 
     async def _remembered(
         self, deltas: AsyncIterator[ChatDelta], deployment: Deployment

@@ -9,6 +9,13 @@ request body with the fields that only shape its delivery left out (``stream``,
 non-streaming and streaming requests read and fill it; a stream is cached only once it
 ended normally.
 
+The deployments of a route share its entries when they are one model: all of one
+model id (gpt-4o-mini on OpenAI and on Azure), or the cache says ``one_model: true``.
+Otherwise (``RouteCache.by_model``) each model's answers are kept apart (``model_key``)
+and a request is looked up under the model it would be routed to first now
+(``routing.choice.first_choice``): a caller routed to one model is never served another's
+answer (a fallback's, kept while the first member was down).
+
 A client opts out per request with ``Cache-Control``: ``no-cache`` skips the lookup
 (the fresh answer refreshes the entry where the entry is the caller's own: a ``key``
 scope, or an admin key), ``no-store`` skips the cache entirely.
@@ -388,6 +395,21 @@ def cache_key(route: Route, request: ChatRequest, key: ApiKey) -> str:
     identity.update((name, True) for name, on in flags.items() if on)
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_key(route_key: str, model: str | None) -> str:
+    """The key of ``model``'s answers under ``route_key`` (``cache_key``) on a route whose
+    deployments are not one model (``RouteCache.by_model``); ``route_key`` itself where
+    every deployment's answer is the route's (``model`` None).
+
+    >>> model_key("ab12", None)
+    'ab12'
+    >>> model_key("ab12", "gpt-4o") == model_key("ab12", "gpt-4o-mini")
+    False
+    """
+    if model is None:
+        return route_key
+    return hashlib.sha256(f"{route_key}\0{model}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,9 @@ def test_json_shows_a_routes_semantic_cache_and_guardrails(
 ) -> None:
     faq = json.loads(_compiled(ops_dir, capsys, "--format", "json"))["routes"]["faq"]
     assert faq["cache"] == {"ttl_s": 600.0, "scope": "key", "semantic": {
-        "embeddings": "embed", "threshold": 0.9, "max_prompt_tokens": 2048, "timeout_s": 2.0}}
+        "embeddings": "embed", "threshold": 0.9, "max_prompt_tokens": 2048, "timeout_s": 2.0},
+        # fast's echo-1 and its fallback's echo-1-large keep their answers apart
+        "by_model": True}
     assert faq["guardrails"] == [
         {"name": "secrets", "kind": "regex", "on": ["input"], "action": "block"},
         {"name": "pii", "kind": "pii", "on": ["input", "output"], "action": "redact"},

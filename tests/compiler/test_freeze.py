@@ -214,3 +214,28 @@ mcp_servers:
     assert legacy.url == "https://mcp.example.com/sse" and legacy.stdio is None
     assert legacy.sse == McpSse(idle_timeout_s=300.0, max_sessions=4)
     assert graph.mcp_servers["web"].sse is None
+
+
+def test_a_routes_cache_keeps_answers_apart_by_model_unless_it_is_one_model(
+    write_gateway: WriteGateway,
+) -> None:
+    """Deployments of one model id share a route's cached answers, whatever their
+    providers; of several, only where the cache says they are one model (``one_model``),
+    a fallback group's members counted: a caller routed to one model is otherwise served
+    another's answer."""
+    text = GATEWAY.replace("  local: {type: echo}\n", "  local: {type: echo}\n"
+                           "  other: {type: echo}\n").replace(
+        "tags: [free]}\n", "tags: [free]}\n"
+        "  twin: {provider: other, model: m, context_window: 8192}\n"
+        "  big: {provider: other, model: m-large, context_window: 8192}\n").replace(
+        "  main: {members: [a]}\n", "  main: {members: [a]}\n  twins: {members: [a, twin]}\n"
+        "  pair: {members: [a, big]}\n  falls: {members: [a], fallbacks: [pair]}\n").replace(
+        "  chat: {group: main}\n", "  chat: {group: main, cache: {}}\n"
+        "  twins: {group: twins, cache: {}}\n  pair: {group: pair, cache: {}}\n"
+        "  falls: {group: falls, cache: {}}\n"
+        "  alike: {group: pair, cache: {one_model: true}}\n")
+    routes = _graph(write_gateway({"gateway.yaml": text})).routes
+    by_model = {name: route.cache.by_model for name, route in routes.items()
+                if route.cache is not None}
+    assert by_model == {"chat": False, "twins": False, "pair": True, "falls": True,
+                        "alike": False}

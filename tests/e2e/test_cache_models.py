@@ -1,0 +1,77 @@
+"""Which deployments of a route share its cached answers, through a real ``aigw serve``:
+those of one model id, or any where the config says the route is one model
+(``one_model: true``); otherwise a caller routed to one model is never served another's
+answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..fakes.brain import Action
+from ..fakes.openai_fake import OpenAIFake
+from .server import Server
+from .test_response_cache import _ask, _client, _gateway
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
+    """Groups of two deployments on two providers (one fake behind both), the first
+    member preferred (priority) and not retried: ``pair`` of two models, ``twins`` of
+    one model id."""
+    root = _gateway(tmp_path / "gw", openai_upstream[1])
+    config = root / "gateway.yaml"
+    other = (f'  other: {{type: openai, base_url: "{openai_upstream[1]}/v1", '
+             'api_key: "${FAKE_OPENAI_KEY}"}\n')
+    config.write_text(config.read_text().replace("deployments:\n", other + """deployments:
+  big: {provider: other, model: gpt-4o, context_window: 128000}
+  twin: {provider: other, model: gpt-4o-mini, context_window: 128000}
+""", 1).replace("routes:\n", """groups:
+  pair: {strategy: priority, members: [gpt, big], retry: {attempts: 0}}
+  twins: {strategy: priority, members: [gpt, twin], retry: {attempts: 0}}
+routes:
+  mixed: {group: pair, cache: {scope: shared}}
+  alike: {group: pair, cache: {scope: shared, one_model: true}}
+  same: {group: twins, cache: {scope: shared}}
+""", 1))
+    server = Server(root)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _served(server: Server, route: str, text: str) -> tuple[str, str]:
+    headers = _ask(_client(server), text, model=route)[1]
+    return headers["x-aigw-cache"], headers["x-aigw-deployment"]
+
+
+def test_a_caller_routed_to_one_model_is_not_served_anothers_answer(
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    """gpt failed once, and big (another model) answered: that answer was served for the
+    whole TTL to every caller routed to gpt again."""
+    upstream = openai_upstream[0]
+    upstream.script.actions = [Action(status=503)]
+    assert _served(gateway, "mixed", "which model") == ("miss", "big")
+    assert _served(gateway, "mixed", "which model") == ("miss", "gpt")
+    assert _served(gateway, "mixed", "which model") == ("hit", "gpt")
+    assert len(upstream.script.requests) == 3
+
+
+@pytest.mark.parametrize("route", ["alike", "same"])
+def test_one_model_shares_its_answers_across_providers(
+    gateway: Server, openai_upstream: tuple[OpenAIFake, str], route: str,
+) -> None:
+    """Deployments of one model id, or a route the config says is one model."""
+    upstream = openai_upstream[0]
+    upstream.script.actions = [Action(status=503)]
+    first = _served(gateway, route, "which model")
+    assert first[0] == "miss" and first[1] != "gpt"
+    assert _served(gateway, route, "which model") == ("hit", first[1])
+    assert len(upstream.script.requests) == 2

@@ -1,10 +1,14 @@
 """One request's way through the serving core, whatever wire format it came in.
 
     open      authenticate's key + the parsed request -> route allowed? -> plan ->
-              admit (rate limits and budgets reserved, all scopes at once)
+              admit (rate limits and budgets reserved, all scopes at once; on a route
+              whose cache may answer it, its count only: rpm and max_parallel)
+              -> input guardrails
     complete  / stream: the route's response cache (runtime/response_cache.py; on an
-              exact miss, its semantic lookup: runtime/semantic_cache.py), then, on a
-              miss, the attempt loop (runtime/chat.py)
+              exact miss, the same request's flight in this process if one is in the
+              air: runtime/cache_flights.py; then its semantic lookup:
+              runtime/semantic_cache.py), then, on a miss, its tokens and cost held
+              and the attempt loop (runtime/chat.py)
     close     settle the real tokens and cost, write the ledger record (durable before
               the response completes), finish the telemetry record
     fail      release the hold, write the ledger record, finish the telemetry record
@@ -371,8 +375,8 @@ class Exchange:
 
     async def _hold(self) -> None:
         """Hold the tokens and worst-case cost of a request admitted by its count alone
-        (``_unheld``), now that the cache did not answer it (a 429 where they do not fit), and give
-        the route policies the budget left as it was held."""
+        (``_unheld``), now that the cache did not answer it (a 429 where they do not
+        fit), and give the route policies the budget left as it was held."""
         self._unheld = False
         plan, admission = self.plan, self.admission
         assert plan is not None and admission is not None

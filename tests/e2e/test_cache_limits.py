@@ -13,7 +13,15 @@ import pytest
 from ..fakes.openai_fake import OpenAIFake
 from ..redis_server import PrivateRedis
 from .server import Server
-from .test_response_cache import _ask, _client, _digest, _gateway, _streamed
+from .test_response_cache import (
+    ENG_KEY,
+    OPS_KEY,
+    _ask,
+    _client,
+    _digest,
+    _gateway,
+    _streamed,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -95,5 +103,28 @@ def test_a_hit_still_counts_against_rpm(
         with pytest.raises(openai.RateLimitError) as refused:
             _ask(client, "count every request")
         assert refused.value.response.headers.get("retry-after")
+    finally:
+        server.stop()
+
+
+def test_a_caller_the_invoke_policies_refuse_is_not_served_a_cached_answer(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    """Cedar's invoke decision comes before the lookup, whatever the cache holds: the
+    lookup moved before the limits, not before the policies."""
+    root = _gateway(tmp_path / "gw", openai_upstream[1])
+    (root / "policies").mkdir()
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("invoke") permit (principal, action == Action::"invoke", resource);\n'
+        '@id("route") permit (principal, action == Action::"route", resource);\n'
+        '@id("ops-not-brief") forbid (principal in Team::"ops", action == Action::"invoke",'
+        ' resource == Route::"brief");\n')
+    server = Server(root)
+    try:
+        server.wait_ready()
+        _ask(_client(server, ENG_KEY), "for everyone but ops", model="brief")  # scope shared
+        with pytest.raises(openai.PermissionDeniedError):
+            _ask(_client(server, OPS_KEY), "for everyone but ops", model="brief")
+        assert len(openai_upstream[0].script.requests) == 1
     finally:
         server.stop()

@@ -344,12 +344,14 @@ def _graph_text(graph: Graph) -> str:
 
 
 def _route_extras(route: Route) -> str:
-    """`` [cache 3600 s team, semantic via embed >= 0.95] [guardrails pii input,output redact]``"""
+    """`` [cache 3600 s team, by model, semantic via embed >= 0.95] [guardrails pii input,output
+    redact]``"""
     extras = ""
     cache = route.cache
     if cache is not None:
         semantic = cache.semantic
         extras += f" [cache {cache.ttl_s:g} s {cache.scope}" + (
+            ", by model" if cache.by_model else "") + (
             f", semantic via {semantic.embeddings} >= {semantic.threshold:g}]"
             if semantic is not None else "]")
     if route.guardrails is not None:

@@ -320,11 +320,12 @@ class _AdminPage:
 
 
 def _cache(cache: RouteCache | None) -> str:
-    """``600 s, key, semantic via embed >= 0.9``; empty for a route with no cache."""
+    """``600 s, key, by model, semantic via embed >= 0.9``; empty for a route with no
+    cache."""
     if cache is None:
         return ""
     semantic = cache.semantic
-    return f"{cache.ttl_s:g} s, {cache.scope}" + (
+    return f"{cache.ttl_s:g} s, {cache.scope}" + (", by model" if cache.by_model else "") + (
         f", semantic via {semantic.embeddings} ≥ {semantic.threshold:g}" if semantic else "")
 
 

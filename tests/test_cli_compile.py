@@ -65,9 +65,9 @@ def test_text_shows_the_same_on_the_route_and_key_lines(
     ops_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = _compiled(ops_dir, capsys).splitlines()
-    assert ("  route faq -> group fast: echo-small, echo-large [cache 600 s key, semantic via "
-            "embed >= 0.9] [guardrails secrets input block, pii input,output redact, checker "
-            "output log]") in lines
+    assert ("  route faq -> group fast: echo-small, echo-large [cache 600 s key, by model, "
+            "semantic via embed >= 0.9] [guardrails secrets input block, pii input,output "
+            "redact, checker output log]") in lines
     assert (f"  key ci-bot: team default, mcp_servers docs, expires {shown_moment(OPS_EXPIRES)}, "
             f"previous until {shown_moment(OPS_UNTIL)}") in lines
     assert "  key dev: team default, admin" in lines

@@ -146,7 +146,8 @@ async def test_the_page_shows_routes_cache_and_guardrails_and_keys_expiring_soon
             page = await client.get("/admin")
             text = page.text
             assert page.status_code == 200 and GUARD_TOKEN not in text
-            assert re.search(r"<td>faq</td>.*?<td>600 s, key, semantic via embed ≥ 0.9</td>"
+            assert re.search(r"<td>faq</td>.*?<td>600 s, key, by model, semantic via embed "
+                             r"≥ 0.9</td>"
                              r"<td>secrets \(input: block\), pii \(input, output: redact\), "
                              r"checker \(output: log\)</td>", text, re.S)
             expires = _when(OPS_EXPIRES)

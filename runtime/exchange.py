@@ -212,6 +212,9 @@ class Exchange:
             assert plan.route.cache is not None
             self._route_key = cache_key(plan.route, request, key)
             if plan.route.cache.by_model and record.cache == "miss":
+                if plan.gate is not None and plan.gate.budget_pending:  # route policies
+                    # that read the budget left choose the member: no hold brings it yet
+                    plan.gate.learn_budget(await budget_remaining(store, limits))
                 self._model = self._routed_model(plan)
             self._cache_key = model_key(self._route_key, self._model)
             self._storing = may_store(self.headers, plan.route, key)

@@ -20,12 +20,21 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
+    server = Server(_pairs(tmp_path / "gw", openai_upstream[1]))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _pairs(root: Path, upstream: str) -> Path:
     """Groups of two deployments on two providers (one fake behind both), the first
     member preferred (priority) and not retried: ``pair`` of two models, ``twins`` of
     one model id."""
-    root = _gateway(tmp_path / "gw", openai_upstream[1])
+    root = _gateway(root, upstream)
     config = root / "gateway.yaml"
-    other = (f'  other: {{type: openai, base_url: "{openai_upstream[1]}/v1", '
+    other = (f'  other: {{type: openai, base_url: "{upstream}/v1", '
              'api_key: "${FAKE_OPENAI_KEY}"}\n')
     config.write_text(config.read_text().replace("deployments:\n", other + """deployments:
   big: {provider: other, model: gpt-4o, context_window: 128000}
@@ -38,12 +47,7 @@ routes:
   alike: {group: pair, cache: {scope: shared, one_model: true}}
   same: {group: twins, cache: {scope: shared}}
 """, 1))
-    server = Server(root)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    return root
 
 
 def _served(server: Server, route: str, text: str) -> tuple[str, str]:
@@ -75,3 +79,29 @@ def test_one_model_shares_its_answers_across_providers(
     assert first[0] == "miss" and first[1] != "gpt"
     assert _served(gateway, route, "which model") == ("hit", first[1])
     assert len(upstream.script.requests) == 2
+
+
+def test_the_model_looked_up_is_the_one_route_policies_on_the_budget_choose(
+    tmp_path: Path, openai_upstream: tuple[OpenAIFake, str],
+) -> None:
+    """A route policy that reads the budget left sends this team to big: the lookup
+    asked gpt's answers (as if no budget applied) and was a miss every time."""
+    root = _pairs(tmp_path / "gw", openai_upstream[1])
+    config = root / "gateway.yaml"
+    config.write_text(config.read_text().replace(
+        "  eng: {}\n", "  eng: {budget: {amount: 200000, period: total}}\n"))
+    (root / "policies").mkdir()
+    (root / "policies" / "gateway.cedar").write_text(
+        '@id("invoke") permit (principal, action == Action::"invoke", resource);\n'
+        '@id("route") permit (principal, action == Action::"route", resource);\n'
+        '@id("gpt-for-the-rich") forbid (principal, action == Action::"route", '
+        'resource == Deployment::"gpt") '
+        'when { context.budget_remaining.lessThan(decimal("1000000.0")) };\n')
+    server = Server(root)
+    try:
+        server.wait_ready()
+        assert _served(server, "mixed", "on a budget") == ("miss", "big")
+        assert _served(server, "mixed", "on a budget") == ("hit", "big")
+        assert len(openai_upstream[0].script.requests) == 1
+    finally:
+        server.stop()

@@ -561,9 +561,8 @@ def test_an_error_as_a_streams_first_event_keeps_its_meaning(
     failures = gateway.failures("compat")
     gateway.upstream.now([event])
     with pytest.raises(openai.APIStatusError) as failed:
-        for _chunk_ in gateway.client.chat.completions.create(model="compat", messages=ASK,
-                                                              stream=True):
-            pass
+        list(gateway.client.chat.completions.create(model="compat", messages=ASK,
+                                                    stream=True))
     answer = failed.value.response
     assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
     assert gateway.failures("compat") == failures

@@ -17,8 +17,9 @@ rotation that kept the kid, or a provider naming none), at most once per the iss
 costs the provider one request that often. One
 fetch at a time per URL, the others waiting for it, for ``FETCH_TIMEOUT_S`` at most in
 all (httpx's timeouts are each read's: a provider sending a byte at a time would hold
-them for good). While the provider cannot be reached, or answers anything but a key set,
-the keys fetched last are used, however old.
+them for good). While the provider cannot be reached, or answers anything but a key set
+holding a usable signing key (``{"keys": []}`` too), the keys fetched last are used,
+however old, and a warning logged.
 
 A verified token's caller is kept (``_Verified``, by the sha256 of the token, never the
 token; the latest ``VERIFIED_CALLERS``), so that an app sending the same token until it
@@ -277,18 +278,18 @@ class Identities:
         of it for ``algorithm``."""
         found = _pick(await self._keys(issuer, kid, algorithm), kid, algorithm)
         if found is None:
-            raise TokenRefused(
-                f"The token's signing key (kid {_shown(kid)}) is not among issuer "
-                f"'{issuer.name}''s keys for {algorithm}.")
+            raise TokenRefused(_unknown_kid(issuer, kid, algorithm))
         return self._prepare(issuer, kid, algorithm, found)
 
     async def _renewed(self, issuer: Issuer, kid: object, algorithm: str,
                        tried: Mapping[str, Any]) -> tuple[Mapping[str, Any], jwt.PyJWK] | None:
         """After a signature that ``tried`` (the key ``kid`` named) did not verify: the key
         ``kid`` names in ``issuer``'s set fetched again, where that is another key; None
-        where it is not, or the set may not be fetched yet (once per jwks_refetch_s,
+        where it is the same, or the set may not be fetched yet (once per jwks_refetch_s,
         shared with unknown kids: a flood of forged signatures costs the provider one
-        request that often, the tokens waiting on a fetch under way using its keys)."""
+        request that often, the tokens waiting on a fetch under way using its keys).
+        A set fetched again that lacks the key is a ``TokenRefused`` naming the kid as
+        unknown: the provider took it out, so no signature can make it verify."""
         url = issuer.jwks_url
         state = self._sets.get(url) if url is not None else None
         if url is None or state is None:  # keys written in the config: nothing to fetch
@@ -300,7 +301,9 @@ class Identities:
             if self._clock() - state.tried_at >= issuer.jwks_refetch_s:
                 await self._refresh_now(state, url, issuer.name)
         found = _pick(state.keys, kid, algorithm)
-        if found is None or found == tried:
+        if found is None:
+            raise TokenRefused(_unknown_kid(issuer, kid, algorithm))
+        if found == tried:
             return None
         return self._prepare(issuer, kid, algorithm, found)
 
@@ -378,6 +381,15 @@ class Identities:
                 RecursionError, TimeoutError) as exc:
             log.warning("issuer '%s': fetching its keys from %s failed (%s); %s", name, url,
                         type(exc).__name__, "keeping those fetched before"
+                        if state.fetched_at is not None else "none to use yet")
+            state.failed = True
+            return
+        if not keys:
+            # A provider mid-rotation or misconfigured ({"keys": []}, or only encryption
+            # or private keys): taking that set would refuse every token of the issuer,
+            # those its keys still verify too. Kept as a failed fetch, tried again as one.
+            log.warning("issuer '%s': %s answered a key set with no usable signing key; %s",
+                        name, url, "keeping those fetched before"
                         if state.fetched_at is not None else "none to use yet")
             state.failed = True
             return
@@ -482,6 +494,12 @@ def _pick(keys: Mapping[str, Mapping[str, Any]], kid: object,
         return found if found is not None and suits(found) else None
     suiting = [key for key in keys.values() if suits(key)]
     return suiting[0] if len(suiting) == 1 else None
+
+
+def _unknown_kid(issuer: Issuer, kid: object, algorithm: str) -> str:
+    """Why a token whose kid (or, naming none, whose algorithm) finds no key is refused."""
+    return (f"The token's signing key (kid {_shown(kid)}) is not among issuer "
+            f"'{issuer.name}''s keys for {algorithm}.")
 
 
 def _decoded(issuer: Issuer, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:

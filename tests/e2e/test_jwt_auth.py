@@ -316,6 +316,25 @@ def test_a_kept_token_stops_once_its_key_leaves_the_providers_set(
     time.sleep(1.1)  # the next test's rsa-1 token may fetch the keys again
 
 
+def test_an_empty_key_set_keeps_the_keys_fetched_before(
+        gateway: Server, provider: JwksServer) -> None:
+    """{"keys": []} from the provider replaced the set held, and every new token of the
+    issuer was a 401 (its kid not among the keys) until a fetch found keys again."""
+    _chat(gateway, RSA_KEY.sign(claims("emma", groups=["llm-eng"])))
+    provider.publish()
+    time.sleep(1.1)  # past jwks_max_age_s: renewed in the background, to no keys
+    before = provider.fetches
+    assert _chat(gateway, RSA_KEY.sign(claims("emil", groups=["llm-eng"]))).http_response \
+        .status_code == 200
+    time.sleep(0.3)
+    assert provider.fetches > before
+    raw = _chat(gateway, EC_KEY.sign(claims("emmy", groups=["llm-research"])))
+    assert _ledger(gateway, raw.headers["x-request-id"])["key"] == "corp#emmy"
+    assert "answered a key set with no usable signing key; keeping those" in gateway.log
+    provider.publish(RSA_KEY, EC_KEY)
+    time.sleep(1.1)  # the next test's tokens may fetch the keys again
+
+
 def test_a_new_signing_key_is_fetched_when_a_token_names_it(
         gateway: Server, provider: JwksServer) -> None:
     _chat(gateway, RSA_KEY.sign(claims("rotor", groups=["llm-eng"])))  # the old set, fetched

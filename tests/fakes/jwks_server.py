@@ -42,6 +42,7 @@ class SigningKey:
     kid: str
     algorithm: str
     private: Any = field(repr=False)
+    use: str = "sig"  # "enc": a key the provider publishes for encryption, not signing
 
     @classmethod
     def rsa(cls, kid: str) -> SigningKey:
@@ -54,7 +55,7 @@ class SigningKey:
     def public_jwk(self) -> dict[str, Any]:
         family = RSAAlgorithm if self.algorithm.startswith("RS") else ECAlgorithm
         jwk: dict[str, Any] = json.loads(family.to_jwk(self.private.public_key()))
-        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.algorithm}
+        return {**jwk, "kid": self.kid, "use": self.use, "alg": self.algorithm}
 
     def public_pem(self) -> bytes:
         pem: bytes = self.private.public_key().public_bytes(

@@ -531,3 +531,51 @@ async def test_bad_signatures_refetch_at_most_once_a_refetch_interval(tmp_path: 
         assert provider.fetches == 2 + 3  # one each 10 s of the 30
         assert (await identities.caller(graph, KEY.sign(claims("a")))).name == "corp#a"
         await identities.aclose()
+
+
+@pytest.mark.parametrize("published", [(), (replace(SigningKey.rsa("k9"), use="enc"),)],
+                         ids=["no-keys", "only-an-encryption-key"])
+async def test_a_set_with_no_usable_key_keeps_the_keys_fetched_before(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        published: tuple[SigningKey, ...]) -> None:
+    """A provider answering {"keys": []} (or keys none of which signs) mid-rotation or
+    misconfigured: that set replaced the good one, and every token of the issuer was
+    refused, its kid "not among" the keys, until a later fetch found some again."""
+    provider, clock = JwksServer(KEY), Clock()
+    with serving(provider.app) as base_url:
+        graph = _served_issuer(tmp_path, base_url)
+        identities = Identities(clock=clock)
+        assert (await identities.caller(graph, KEY.sign(claims("a")))).name == "corp#a"
+        provider.publish(*published)
+        clock.now += 301  # past jwks_max_age_s: renewed in the background, to no keys
+        assert (await identities.caller(graph, KEY.sign(claims("b")))).name == "corp#b"
+        await asyncio.sleep(0.2)
+        assert provider.fetches == 2
+        assert (await identities.caller(graph, KEY.sign(claims("c")))).name == "corp#c"
+        status = identities.status(graph)["corp"]
+        assert (status["kids"], status["last_fetch_failed"]) == (["k1"], True)
+        assert "answered a key set with no usable signing key; keeping those" in caplog.text
+        # Only tokens no kept key verifies are refused.
+        with pytest.raises(TokenRefused, match="signature does not verify"):
+            await identities.caller(graph, ROTATED.sign(claims("d"), kid="k1"))
+        await identities.aclose()
+
+
+async def test_a_bad_signature_whose_kid_the_set_fetched_again_lacks_is_an_unknown_kid(
+        tmp_path: Path) -> None:
+    """A token under kid k1 that k1 does not verify, after the provider withdrew k1: the
+    set fetched again on the bad signature lacks k1, and the refusal said the signature
+    does not verify, as if the kid were still a key to sign with."""
+    provider, clock = JwksServer(KEY), Clock()
+    with serving(provider.app) as base_url:
+        graph = _served_issuer(tmp_path, base_url)
+        identities = Identities(clock=clock)
+        assert (await identities.caller(graph, KEY.sign(claims("a")))).name == "corp#a"
+        provider.publish(ROTATED)  # k1 withdrawn
+        clock.now += 11  # past jwks_refetch_s, within jwks_max_age_s
+        with pytest.raises(TokenRefused) as refused:
+            await identities.caller(graph, ROTATED.sign(claims("b"), kid="k1"))
+        assert refused.value.message == (
+            "The token's signing key (kid 'k1') is not among issuer 'corp''s keys for RS256.")
+        assert provider.fetches == 2
+        await identities.aclose()

@@ -63,6 +63,7 @@ from .responses_stored import cancel_response, delete_response, get_response, in
 from .store.callers import TokenCaller
 from .store.namespaces import warn_of_namespaces_left
 from .telemetry.access import ACCESS, NOT_FOUND, AccessRecord, called_by, failed_with, finish_access
+from .telemetry.faults import log_fault
 from .telemetry.record import ANSWERED_AS, answered_as
 from .upstream_load import UpstreamLoadWatch
 from .workflows import PipelineChat, Workflows, a2a_routes, workflow_routes
@@ -251,6 +252,11 @@ class SnapshotMiddleware:
                 await self._routed(scope, live, receive_noted, _with_overhead(send_stamped))
             else:
                 await _call(endpoint, scope, receive_noted, send_stamped)
+        except Exception as exc:
+            # Answered by the handlers (a 500; a stream cut short) and logged here, once,
+            # with the request's id; raised no further, as hypercorn would log it again.
+            log_fault(exc, f"{scope['method']} {scope['path']}", state.get(ANSWERED_AS),
+                      live.graph, IndexedHeaders(scope))
         finally:
             live.in_flight.leave()
             if drained is not None:  # the answer is sent, and the connection closed
@@ -387,10 +393,12 @@ class _Request(Request):
 
 async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
     """What Starlette's router, request wrapper and exception handlers do for one
-    endpoint: its response, or the OpenAI-shaped error it raised. An error after the
-    response started (a stream's) is logged and propagates, as through Starlette: the
-    server closes the connection."""
+    endpoint: its response, or the OpenAI-shaped error it raised. An error no handler
+    names is answered as a 500 and raised on, as Starlette's error middleware does, for
+    SnapshotMiddleware to log; one after the response started (a stream's) too, and the
+    server closes the connection on the answer left unfinished."""
     request = _Request(scope, receive, send)
+    unexpected: Exception | None = None
     try:
         response = await endpoint(request)
     except GatewayError as exc:
@@ -398,12 +406,10 @@ async def _call(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) 
     except HTTPException as exc:
         response = await _http_error(request, exc)
     except Exception as exc:
-        response = await _unexpected_error(request, exc)
-    try:
-        await response(scope, receive, send)
-    except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        raise
+        response, unexpected = await _unexpected_error(request, exc), exc
+    await response(scope, receive, send)
+    if unexpected is not None:
+        raise unexpected  # answered; SnapshotMiddleware logs it
 
 
 def _live(request: Request) -> Live:
@@ -703,7 +709,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    """The 500 of an error no handler names; SnapshotMiddleware logs it (Starlette's
+    error middleware, and ``_call``, raise it on once it is answered). A request that
+    no record claimed yet is given an id here: the answer's, and the log line's."""
+    state = request.scope["state"]
+    if ACCESS not in state and ANSWERED_AS not in state:
+        answered_as(request.scope, os.urandom(16).hex())
     error = InternalError("The gateway had an internal error; it is logged.")
     failed_with(request.scope, error)
     return _error_response(error)

@@ -94,6 +94,7 @@ from .response_cache import (
 from .routing.candidates import ChatAsk
 from .routing.choice import first_choice
 from .semantic_cache import Embedded, SemanticAsk, embed_conversation, nearest, semantic_ask
+from .telemetry.faults import log_fault
 from .telemetry.record import RequestRecord, answered_as
 from .tokens import audio_prompt_tokens
 from .uncancelled import uncancelled
@@ -727,8 +728,7 @@ async def in_its_shape(
         raise
     except Exception as exc:
         if not isinstance(exc, GatewayError):  # aigw's own fault: logged, answered as a 500
-            logging.getLogger("aigw.http").exception("unhandled error on endpoint %s", endpoint,
-                                                     exc_info=exc)
+            log_fault(exc, f"endpoint {endpoint}", record.request_id, live.graph, headers)
             exc = InternalError("The gateway had an internal error; it is logged.")
         await exchange.fail(exc)
         exc.headers = {**exc.headers, **overhead_header(record)}

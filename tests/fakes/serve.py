@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -30,14 +31,18 @@ async def _cancel_pending() -> None:
 
 
 @contextmanager
-def serving(app: ASGIApp, ready_path: str = "/__ready", port: int | None = None) -> Iterator[str]:
+def serving(app: ASGIApp, ready_path: str = "/__ready", port: int | None = None,
+            errorlog: logging.Logger | None = None, root_path: str = "") -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 (on ``port``, for an app that must know its own URL;
-    else a free one) until the block ends; yields its base URL."""
+    else a free one) until the block ends; yields its base URL. hypercorn logs to
+    ``errorlog`` (``aigw serve`` gives it ``hypercorn.error``; a fake, none) and mounts
+    the app under ``root_path``, as behind a proxy that serves it under a prefix."""
     port = port or free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
-    config.errorlog = None
+    config.errorlog = errorlog
+    config.root_path = root_path
     config.graceful_timeout = 0.5
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

@@ -1,0 +1,80 @@
+"""runtime/telemetry/faults.py: an error no handler names, served by hypercorn as
+``aigw serve`` runs it (its errors logged to ``hypercorn.error``).
+
+The provider adapter is the seam: one whose call fails as a bug in aigw would, its
+error quoting the provider's key and the caller's (as a repr of headers or a URL may).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aigw.compiler.graph import Provider
+from aigw.runtime.app import create_app
+from aigw.runtime.live import Gateway
+from aigw.runtime.providers import registry
+from aigw.runtime.providers.base import ChatAdapter, ChatCall, ChatResult
+from aigw.runtime.providers.echo import EchoAdapter
+from aigw.runtime.tokens import TokenCounter
+
+from ..conftest import DEV_KEY
+from ..fakes.serve import serving
+
+PROVIDER_KEY = "sk-provider-0123456789abcdef"
+PROMPT = "a prompt only the request body holds"
+
+
+class _Buggy(EchoAdapter):
+    """A call that fails inside aigw, its message quoting both keys."""
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        raise RuntimeError(f"a bug, with {self._provider.api_key} and Bearer {DEV_KEY} "
+                           "in its message")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, counter: TokenCounter,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    def buggy(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+        return _Buggy(provider, counter)
+
+    monkeypatch.setattr(registry, "ADAPTERS", {**registry.ADAPTERS, "openai": buggy})
+    (tmp_path / "gateway.yaml").write_text(f"""\
+version: 1
+providers: {{openai: {{type: openai, api_key: {PROVIDER_KEY}}}}}
+deployments: {{mini: {{provider: openai, model: gpt-4o-mini, context_window: 128000}}}}
+routes: {{chat: {{deployment: mini}}}}
+keys: {{dev: {{admin: true, secret: {DEV_KEY}}}}}
+""")
+    yield Gateway(tmp_path, counter)
+
+
+@pytest.mark.parametrize(("root_path", "path"), [
+    ("", "/v1/chat/completions"), ("/gw", "/v1/chat/completions"), ("", "/v1/messages"),
+], ids=["a-model-endpoint-called-directly", "through-starlettes-router", "messages"])
+def test_an_unexpected_error_is_logged_once_with_its_request_id_and_no_secret(
+        gateway: Gateway, caplog: pytest.LogCaptureFixture, root_path: str, path: str) -> None:
+    """Through Starlette's router (an app mounted under a prefix goes that way) the
+    error was logged twice, by the app's handler and again by hypercorn, which logs what
+    an app raises; no line named the request's id, and each quoted the keys."""
+    with serving(create_app(gateway), ready_path="/health",
+                 errorlog=logging.getLogger("hypercorn.error"), root_path=root_path) as base:
+        response = httpx.post(f"{base}{root_path}{path}", json={
+            "model": "chat", "max_tokens": 50,
+            "messages": [{"role": "user", "content": PROMPT}]},
+            headers={"authorization": f"Bearer {DEV_KEY}"})
+    assert response.status_code == 500
+    assert "internal error" in response.text
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1, [record.getMessage() for record in errors]
+    logged = caplog.text
+    assert f"(request {response.headers['x-request-id']})" in errors[0].getMessage()
+    assert "RuntimeError: a bug, with *** and Bearer *** in its message" in logged
+    assert PROVIDER_KEY not in logged and PROVIDER_KEY[-4:] not in logged
+    assert DEV_KEY not in logged
+    assert PROMPT not in logged

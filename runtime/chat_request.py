@@ -10,13 +10,19 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from .errors import BadRequest
 
 # The largest token id a prompt or an input may hold: past int32 is no vocabulary's (nor
 # a number every server's tensors hold).
 MAX_TOKEN_ID = 2**31 - 1
+
+
+# Booleans of OpenAI's chat API that aigw passes on as they came (extras, not fields: the
+# adapters read them there), checked as the fields are: OpenAI refuses "yes" or 1 for
+# one, where an upstream of another family might take it as set.
+PASSED_ON_BOOLEANS = frozenset({"logprobs", "parallel_tool_calls", "store"})
 
 
 def null_is(default: object) -> BeforeValidator:
@@ -53,7 +59,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: Annotated[bool, null_is(False)] = False
+    include_usage: Annotated[StrictBool, null_is(False)] = False
 
 
 class ChatRequest(BaseModel):
@@ -63,7 +69,7 @@ class ChatRequest(BaseModel):
 
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[Message], Field(min_length=1)]
-    stream: Annotated[bool, null_is(False)] = False
+    stream: Annotated[StrictBool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -136,6 +142,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     for name, value in (request.model_extra or {}).items():
         if not finite(value):
             raise BadRequest(f"Invalid value for '{name}': numbers must be finite.", param=name)
+        if name in PASSED_ON_BOOLEANS and value is not None and not isinstance(value, bool):
+            raise BadRequest(f"Invalid value for '{name}': Input should be a valid boolean.",
+                             param=name)
     if request.tools is not None and not finite(request.tools):
         raise BadRequest("Invalid value for 'tools': numbers must be finite.", param="tools")
     return request
@@ -188,7 +197,7 @@ class TextParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     suffix: str | None = None
-    echo: Annotated[bool, null_is(False)] = False
+    echo: Annotated[StrictBool, null_is(False)] = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     best_of: Annotated[int, Field(ge=1, le=20)] | None = None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from pydantic import ConfigDict, Field, StrictInt, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from .chat_request import (
     MAX_TOKEN_ID,
@@ -46,7 +46,7 @@ class CompletionRequest(TextParams):
 
     model: Annotated[str, Field(min_length=1)]
     prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
-    stream: Annotated[bool, null_is(False)] = False
+    stream: Annotated[StrictBool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1), null_is(DEFAULT_MAX_TOKENS)] = DEFAULT_MAX_TOKENS
     n: Annotated[int, Field(ge=1, le=128), null_is(1)] = 1

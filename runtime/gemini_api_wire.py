@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from .chat_request import ChatRequest, chat_request_from, finite
@@ -80,7 +80,7 @@ class Part(_Wire):
     inline_data: Blob | None = None
     function_call: FunctionCall | None = None
     function_response: FunctionResponse | None = None
-    thought: bool | None = None
+    thought: StrictBool | None = None
     # Gemini's own answers carry one, and an app sends its history back as it got it.
     thought_signature: str | None = None
 

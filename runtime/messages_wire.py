@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from .chat_request import ChatRequest, chat_request_from, finite
 from .errors import BadRequest
@@ -95,7 +95,7 @@ class ToolResultBlock(_Wire):
     type: Literal["tool_result"]
     tool_use_id: Annotated[str, Field(min_length=1)]
     content: Annotated[list[ResultPart], BeforeValidator(_as_blocks)] = []
-    is_error: bool = False
+    is_error: StrictBool = False
     cache_control: dict[str, Any] | None = None
 
 
@@ -149,18 +149,18 @@ class ToolParam(_Wire):
 
 class ToolChoiceAuto(_Wire):
     type: Literal["auto"]
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: StrictBool = False
 
 
 class ToolChoiceAny(_Wire):
     type: Literal["any"]
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: StrictBool = False
 
 
 class ToolChoiceTool(_Wire):
     type: Literal["tool"]
     name: Annotated[str, Field(min_length=1)]
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: StrictBool = False
 
 
 class ToolChoiceNone(_Wire):
@@ -204,7 +204,7 @@ class MessagesRequest(CountTokensRequest):
     """POST /v1/messages."""
 
     max_tokens: Annotated[int, Field(ge=1)]
-    stream: bool = False
+    stream: StrictBool = False
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from .chat_request import ChatRequest, chat_request_from, finite
 from .errors import BadRequest
@@ -211,7 +211,7 @@ class FunctionTool(_Wire):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
     # OpenAI-hosted tool features (deferred loading, programmatic callers): only off.
     defer_loading: Literal[False] | None = None
     allowed_callers: None = None
@@ -252,7 +252,7 @@ class TextFormatJsonSchema(_Wire):
     # "schema" would shadow pydantic's BaseModel.schema: named apart, read by its alias.
     json_schema: Annotated[dict[str, Any], Field(alias="schema")]
     description: str | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSchema,
@@ -316,7 +316,7 @@ class ResponsesRequest(_Wire):
     # The function first: a dict's error is then its own ("tool_choice.name: missing").
     tool_choice: Annotated[ToolChoiceFunction | Literal["auto", "none", "required"] | None,
                            BeforeValidator(_function_choice)] = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     text: TextConfig | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -324,16 +324,16 @@ class ResponsesRequest(_Wire):
     user: str | None = None
     reasoning: Reasoning | None = None
     metadata: dict[str, str] | None = None
-    stream: Annotated[bool, BeforeValidator(_null_is_false)] = False
+    stream: Annotated[StrictBool, BeforeValidator(_null_is_false)] = False
     stream_options: dict[str, Any] | None = None
-    store: bool | None = None  # None is OpenAI's default: kept
+    store: StrictBool | None = None  # None is OpenAI's default: kept
     include: Annotated[list[str] | None, BeforeValidator(_no_logprobs)] = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
     truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_auto_truncation)] = None
-    background: Annotated[bool | None, BeforeValidator(_no_background)] = None
+    background: Annotated[StrictBool | None, BeforeValidator(_no_background)] = None
     previous_response_id: Annotated[str, Field(min_length=1)] | None = None
     conversation: Annotated[Annotated[str, Field(min_length=1)] | None,
                             BeforeValidator(_conversation_id)] = None

@@ -12,6 +12,7 @@ from hashlib import sha256
 from pathlib import Path
 
 import httpx
+import pytest
 
 from aigw.runtime.app import create_app
 from aigw.runtime.batches import batch_doc
@@ -550,3 +551,57 @@ async def test_a_transcription_form_cut_short_is_named_so(client: httpx.AsyncCli
             "message": "The multipart body ends before its closing boundary ('--b--'): it "
                        "was cut short.",
             "type": "invalid_request_error", "param": "file", "code": "invalid_request"}
+
+
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/chat/completions", {"stream": "yes"}, "stream"),
+    ("/v1/chat/completions", {"stream": 1}, "stream"),
+    ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage"),
+    ("/v1/chat/completions", {"logprobs": "true"}, "logprobs"),
+    ("/v1/chat/completions", {"parallel_tool_calls": 0}, "parallel_tool_calls"),
+    ("/v1/chat/completions", {"store": "no"}, "store"),
+    ("/v1/completions", {"stream": "yes"}, "stream"),
+    ("/v1/completions", {"echo": "yes"}, "echo"),
+    ("/v1/responses", {"stream": "yes"}, "stream"),
+    ("/v1/responses", {"store": "yes"}, "store"),
+    ("/v1/responses", {"parallel_tool_calls": "false"}, "parallel_tool_calls"),
+], ids=["chat-stream-a-string", "chat-stream-a-number", "chat-include-usage", "chat-logprobs",
+        "chat-parallel-tool-calls", "chat-store", "completions-stream", "completions-echo",
+        "responses-stream", "responses-store", "responses-parallel-tool-calls"])
+async def test_a_boolean_parameter_of_another_type_is_a_400_naming_it(
+        client: httpx.AsyncClient, path: str, body: dict[str, object], param: str) -> None:
+    """"stream": "yes" was read as true (pydantic's lax bool takes "yes", "on", 1), and
+    the extras passed on (logprobs, parallel_tool_calls, store) as they came: OpenAI
+    refuses each as a 400 naming the parameter."""
+    asked = ({"prompt": "hi"} if path == "/v1/completions"
+             else {"input": "hi"} if path == "/v1/responses" else {"messages": _HI})
+    response = await client.post(path, json={"model": "echo", **asked, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert "boolean" in error["message"]
+
+
+async def test_a_boolean_parameter_of_another_type_is_a_400_on_messages_and_gemini(
+        client: httpx.AsyncClient) -> None:
+    """Anthropic's and Google's APIs refuse them too, each in its own error shape."""
+    for body in ({"stream": "yes"},
+                 {"tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}}):
+        response = await client.post("/v1/messages", json={
+            "model": "echo", "max_tokens": 5, "messages": _HI, **body})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+        assert "boolean" in response.json()["error"]["message"]
+    response = await client.post("/v1beta/models/echo:generateContent", json={
+        "contents": [{"role": "user", "parts": [{"text": "hi", "thought": "yes"}]}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    for answered in ({"stream": False, "store": None, "logprobs": False},
+                     {"parallel_tool_calls": True}):
+        served = await client.post("/v1/chat/completions", json={
+            "model": "echo", "messages": _HI, **answered})
+        assert served.status_code == 200, served.text

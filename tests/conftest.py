@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aigw.compiler.keys import shown_moment
 from aigw.runtime.app import create_app
@@ -28,13 +28,13 @@ DEV_KEY = "sk-aigw-dev"
 
 
 def metric_sample(text: str, metric: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(metric + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
+    """The value of the sample in Prometheus text format named ``metric`` whose labels
+    are exactly ``labels``, all of them (0 when there is none): a sample that has a
+    label more is another series, never taken for the one asked."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels == labels:
+                return float(sample.value)
     return 0.0
 
 

@@ -36,8 +36,9 @@ def test_streamed_media_answers_have_a_time_to_first_token(server: Server) -> No
         ids["speech"] = spoken.headers["x-request-id"]
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     for route, request_id in ids.items():
-        assert metric_sample(metrics, "aigw_time_to_first_token_seconds_count",
-                             route=route) == 1, route
+        assert metric_sample(metrics, "aigw_time_to_first_token_seconds_count", route=route,
+                             deployment=f"echo-{'image' if route == 'images' else route}",
+                             provider="local") == 1, route
         line = _line(server, request_id)
         assert line["stream"] is True and line["ttft_ms"] is not None, line
         assert 0 < line["ttft_ms"] <= line["latency_ms"], line

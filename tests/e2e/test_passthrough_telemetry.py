@@ -88,17 +88,20 @@ def test_a_passthrough_is_traced_timed_and_counted(
     for line in lines:
         assert line["ttft_ms"] is not None and 0 < line["ttft_ms"] <= line["latency_ms"], line
     assert sum(metric_sample(metrics, "aigw_time_to_first_token_seconds_count", route=ROUTE,
-                             deployment=deployment) for deployment in ("sonnet", "_none")) == 3
+                             deployment=deployment, provider="claude")
+               for deployment in ("sonnet", "_none")) == 3
     unpriced_line = lines[1]
     assert unpriced_line["deployment"] is None and unpriced_line["prompt_tokens"] > 0
-    assert metric_sample(metrics, "aigw_tokens_total", route=ROUTE, deployment="_none",
+    unpriced = {"route": ROUTE, "deployment": "_none", "team": "eng"}
+    assert metric_sample(metrics, "aigw_tokens_total", **unpriced,
                          direction="input") == unpriced_line["prompt_tokens"]
-    assert metric_sample(metrics, "aigw_tokens_total", route=ROUTE, deployment="_none",
+    assert metric_sample(metrics, "aigw_tokens_total", **unpriced,
                          direction="output") == unpriced_line["completion_tokens"]
     assert metric_sample(metrics, "aigw_request_duration_seconds_count", route=ROUTE,
-                         deployment="_none", stream="false") == 1  # a whole answer
+                         deployment="_none", provider="claude",
+                         stream="false") == 1  # a whole answer
     assert metric_sample(metrics, "aigw_tokens_total", route=ROUTE, deployment="sonnet",
-                         direction="output") == lines[0]["completion_tokens"] * 2
+                         team="eng", direction="output") == lines[0]["completion_tokens"] * 2
 
     request = _span(receiver, server, lambda s: s["name"] == "passthrough claude-raw"
                     and s["trace_id"] == TRACE_ID)

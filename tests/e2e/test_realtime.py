@@ -203,8 +203,9 @@ def test_a_session_relays_events_both_ways_and_bills_each_response(gateway: Real
     assert _upstream_close(upstream) == 1000  # the client's close, passed on
 
     metrics = httpx.get(f"{gateway.server.base_url}/metrics").text
-    served = {"route": "realtime", "deployment": "gpt-realtime"}
-    assert metric_sample(metrics, "aigw_requests_total", status="200", **served) == 1
+    served = {"route": "realtime", "deployment": "gpt-realtime", "team": "_none"}  # dev's
+    assert metric_sample(metrics, "aigw_requests_total", provider="openai", status="200",
+                         **served) == 1
     assert metric_sample(metrics, "aigw_cost_total", **served) == pytest.approx(
         2 * RESPONSE_COST)
 
@@ -238,7 +239,7 @@ def test_the_upstreams_close_is_passed_on(gateway: Realtime) -> None:
     assert _session_line(gateway.server, status=502)["error"] == "upstream_unreachable"
     metrics = httpx.get(f"{gateway.server.base_url}/metrics").text
     assert metric_sample(metrics, "aigw_upstream_failures_total", deployment="gpt-realtime",
-                         error="upstream_unreachable") == 1
+                         provider="openai", error="upstream_unreachable") == 1
 
 
 def test_the_provider_key_goes_upstream_and_never_the_clients(gateway: Realtime) -> None:

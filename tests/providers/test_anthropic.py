@@ -439,9 +439,10 @@ async def test_cache_writes_and_reads_are_billed_at_their_prices(
     # Metrics show them too (they did not), apart from aigw_tokens_total, whose input
     # direction holds them already.
     metrics = (await client.get("/metrics")).text
-    assert metric_sample(metrics, "aigw_tokens_total", route="claude", direction="input") == 12
-    assert [metric_sample(metrics, "aigw_prompt_cache_tokens_total", route="claude",
-                          deployment="sonnet", operation=operation)
+    series = {"route": "claude", "deployment": "sonnet", "team": "_none"}  # the key has none
+    assert metric_sample(metrics, "aigw_tokens_total", **series, direction="input") == 12
+    assert [metric_sample(metrics, "aigw_prompt_cache_tokens_total", **series,
+                          operation=operation)
             for operation in ("read", "write")] == [2, 2]
 
 

@@ -41,23 +41,46 @@ async def test_metrics_count_requests_tokens_and_errors(client: httpx.AsyncClien
 
     text = (await client.get("/metrics")).text
     assert metric_sample(text, "aigw_requests_total", route="fast", deployment="echo-small",
-                   provider="local", team="default", status="200") == 3
-    assert metric_sample(text, "aigw_requests_total", route="echo", status="200") == 1
-    assert metric_sample(text, "aigw_requests_total", route="_none", status="404") == 1
-    assert metric_sample(text, "aigw_tokens_total", route="fast", direction="output") == 9
-    assert metric_sample(text, "aigw_time_to_first_token_seconds_count", route="echo") == 1
+                         provider="local", team="default", status="200") == 3
+    assert metric_sample(text, "aigw_requests_total", route="echo", deployment="echo-small",
+                         provider="local", team="default", status="200") == 1
+    assert metric_sample(text, "aigw_requests_total", route="_none", deployment="_none",
+                         provider="_none", team="default", status="404") == 1
+    assert metric_sample(text, "aigw_tokens_total", route="fast", deployment="echo-small",
+                         team="default", direction="output") == 9
+    assert metric_sample(text, "aigw_time_to_first_token_seconds_count", route="echo",
+                         deployment="echo-small", provider="local") == 1
     assert metric_sample(text, "aigw_overhead_seconds_count", route="fast") == 3
     assert metric_sample(text, "aigw_circuit_state", deployment="echo-small") == 0
     assert metric_sample(text, "aigw_in_flight_requests", route="fast") == 0
     assert "missing" not in text  # raw user input never becomes a label
     # Streams apart: their duration is how long the model wrote, not how long anyone waited.
+    served = {"deployment": "echo-small", "provider": "local"}
     assert metric_sample(text, "aigw_request_duration_seconds_count", route="fast",
-                   stream="false") == 3
+                         **served, stream="false") == 3
     assert metric_sample(text, "aigw_request_duration_seconds_count", route="echo",
-                   stream="true") == 1
+                         **served, stream="true") == 1
     # HighLatency's threshold is a bucket boundary, so its p95 is not interpolated across it.
     assert metric_sample(text, "aigw_request_duration_seconds_bucket", route="fast",
-                   stream="false", le="2.0") == 3
+                         **served, stream="false", le="2.0") == 3
+
+
+async def test_a_metric_sample_is_the_series_of_exactly_the_labels_named(
+        client: httpx.AsyncClient) -> None:
+    """metric_sample took the first series holding the labels named, whatever others it
+    had: an assertion naming too few (or a label it lacks) read some other series."""
+    for model in ("fast", "echo"):
+        await client.post(CHAT, json={"model": model,
+                                      "messages": [{"role": "user", "content": "a b"}]})
+    scraped = await client.get("/metrics")
+    text = scraped.text
+    served = {"deployment": "echo-small", "provider": "local", "team": "default"}
+    assert metric_sample(text, "aigw_requests_total", route="fast", **served, status="200") == 1
+    assert metric_sample(text, "aigw_requests_total", route="echo", status="200") == 0
+    assert metric_sample(text, "aigw_requests_total", **served, status="200") == 0
+    assert metric_sample(text, "aigw_requests", route="fast", **served, status="200") == 0
+    assert metric_sample(text, "aigw_graph_info",
+                         fingerprint=scraped.headers["x-aigw-graph"]) == 1
 
 
 async def test_failure_counters_start_at_zero(client: httpx.AsyncClient) -> None:
@@ -106,12 +129,12 @@ async def test_budget_refusals_are_counted_by_the_budget_that_refused(
         await gateway.aclose()
     assert 429 in by_user and 429 in by_team, (by_user, by_team)
     assert metric_sample(text, "aigw_budget_refusals_total", scope="user",
-                   name="eng") == by_user.count(429)
+                         name="eng") == by_user.count(429)
     assert 429 in by_own, by_own
     assert metric_sample(text, "aigw_budget_refusals_total", scope="user",
-                   name="key:own") == by_own.count(429)
+                         name="key:own") == by_own.count(429)
     assert metric_sample(text, "aigw_budget_refusals_total", scope="team",
-                   name="eng") == by_team.count(429)
+                         name="eng") == by_team.count(429)
     assert "ada" not in text
 
 
@@ -396,7 +419,9 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                 ("echo", 1, 1)]
             text = (await client.get("/metrics")).text
             status = "503" if shutdown else "499"
-            assert metric_sample(text, "aigw_requests_total", route="echo", status=status) == 1
+            # Counted with no deployment: none answered it (its call was cut short).
+            assert metric_sample(text, "aigw_requests_total", route="echo", deployment="_none",
+                                 provider="_none", team="default", status=status) == 1
     finally:
         await gateway.aclose()
 

@@ -16,7 +16,7 @@ from a2a.client import Client
 
 from ..conftest import DEV_KEY
 from ..pipelines.conftest import a2a_client, gateway_config
-from .server import Server
+from .server import Server, running
 from .test_workflows import APPROVAL, CHAIN, SLOW
 
 
@@ -27,12 +27,8 @@ def a2a_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (root / "gateway.yaml").write_text(gateway_config(latency=SLOW))
     for name, text in {"chain": CHAIN, "publish": APPROVAL}.items():
         (root / "pipelines" / f"{name}.yaml").write_text(text)
-    server = Server(root)
-    try:
-        server.wait_ready()
+    with running(root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager

@@ -126,10 +126,13 @@ class CutAtFirstEvent(httpx2.AsyncBaseTransport):
     tools/call at its first SSE event, as a dropped connection does. The event gets
     through only when it carries no message (a priming event: an id, empty data): the
     client has that event's id at most, never the call's answer, and resumes with it or
-    fails. The call must take a while: cut after its answer, the answer is lost."""
+    fails. The call must take a while: cut after its answer, the answer is lost.
+    ``passing_messages``: the first event gets through whatever it carries (a progress
+    notification), and the cut comes after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, passing_messages: bool = False) -> None:
         self._inner = httpx2.AsyncHTTPTransport()
+        self._passing_messages = passing_messages
         self.cut = 0
         self.passed: list[bytes] = []  # the event that got through before the cut
 
@@ -139,7 +142,8 @@ class CutAtFirstEvent(httpx2.AsyncBaseTransport):
             return response
         self.cut += 1
         return httpx2.Response(response.status_code, headers=response.headers,
-                               stream=_UntilFirstEvent(response, self.passed),
+                               stream=_UntilFirstEvent(response, self.passed,
+                                                       self._passing_messages),
                                extensions=response.extensions)
 
     async def aclose(self) -> None:
@@ -147,10 +151,13 @@ class CutAtFirstEvent(httpx2.AsyncBaseTransport):
 
 
 class _UntilFirstEvent(httpx2.AsyncByteStream):
-    """An answer's first SSE event, when it carries no message, then a cut connection."""
+    """An answer's first SSE event, when it carries no message or ``passing_messages``,
+    then a cut connection."""
 
-    def __init__(self, response: httpx2.Response, passed: list[bytes]) -> None:
+    def __init__(self, response: httpx2.Response, passed: list[bytes],
+                 passing_messages: bool) -> None:
         self._response, self._passed = response, passed
+        self._passing_messages = passing_messages
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read = b""
@@ -160,8 +167,9 @@ class _UntilFirstEvent(httpx2.AsyncByteStream):
             read += chunk.replace(b"\r\n", b"\n")
             if b"\n\n" in read:
                 event = read.split(b"\n\n")[0] + b"\n\n"
-                if not any(line.startswith(b"data:") and line[5:].strip()
-                           for line in event.splitlines()):
+                if self._passing_messages or not any(
+                        line.startswith(b"data:") and line[5:].strip()
+                        for line in event.splitlines()):
                     self._passed.append(event)
                     yield event
                 break

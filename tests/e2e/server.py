@@ -98,6 +98,15 @@ class Server:
                 return line
         return None
 
+    def written_access_line(self, request_id: str, wait_s: float = 10.0) -> dict[str, Any]:
+        """The access line of ``request_id`` once it is written (a stream's when it
+        ends), waiting ``wait_s`` at most."""
+        deadline = time.monotonic() + wait_s
+        while (line := self.access_line(request_id)) is None:
+            assert time.monotonic() < deadline, self.log
+            time.sleep(0.05)
+        return line
+
     def ledger_rows(self, count: int, wait_s: float = 10.0) -> list[dict[str, Any]]:
         """The ledger's records (status, estimated, cost, latency_ms, tokens_in,
         tokens_out, tokens_audio_in, tokens_audio_out), the request's before
@@ -169,6 +178,17 @@ class Server:
 
 
 @contextmanager
+def running(root: Path) -> Iterator[Server]:
+    """A real ``aigw serve`` of ``root``, once it answers /health; stopped at the end."""
+    server = Server(root)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
 def sdk_gateway(root: Path, sections: str, dev: str = "",
                 keys: str = "") -> Iterator[tuple[openai.OpenAI, Server]]:
     """``sections`` (the YAML after ``version: 1``; the admin dev key is added, with
@@ -177,14 +197,9 @@ def sdk_gateway(root: Path, sections: str, dev: str = "",
     retries of its own); stopped at the end."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text("version: 1\n" + sections + dev_key_line(dev, keys))
-    server = Server(root)
-    try:
-        server.wait_ready()
-        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=DEV_KEY,
-                           max_retries=0) as client:
-            yield client, server
-    finally:
-        server.stop()
+    with running(root) as server, openai.OpenAI(
+            base_url=f"{server.base_url}/v1", api_key=DEV_KEY, max_retries=0) as client:
+        yield client, server
 
 
 def answered_both_ways(client: openai.OpenAI, model: str,

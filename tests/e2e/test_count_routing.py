@@ -18,7 +18,7 @@ from ..fakes.brain import Action
 from ..fakes.gemini_fake import GeminiFake
 from ..fakes.serve import serving
 from ..providers.conftest import dev_key_line
-from .server import Server
+from .server import Server, running
 
 pytestmark = pytest.mark.e2e
 
@@ -61,12 +61,8 @@ def _gateway(root: Path, env: pytest.MonkeyPatch,
             + dev_key_line(keys=f"  narrow: {{sha256: {narrow}}}\n"))
         (root / "policies").mkdir()
         (root / "policies" / "gateway.cedar").write_text(POLICIES)
-        server = Server(root)
-        try:
-            server.wait_ready()
+        with running(root) as server:
             yield server, first, second
-        finally:
-            server.stop()
 
 
 def _post(server: Server, method: str, key: str, body: object) -> httpx.Response:

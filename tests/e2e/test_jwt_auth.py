@@ -37,7 +37,7 @@ from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import free_port, serving
 from ..providers.conftest import DEV_KEY_LINE
 from .mcp_client import opened, rpc, session
-from .server import Server
+from .server import Server, running
 from .test_realtime import connected, realtime_gateway, said, until
 
 RSA_KEY = SigningKey.rsa("rsa-1")
@@ -142,12 +142,8 @@ def gateway(provider: JwksServer, tmp_path_factory: pytest.TempPathFactory) -> I
     (root / "pipelines" / "summary.yaml").write_text(SUMMARY)
     (root / "jwks.json").write_text(json.dumps({"keys": [FILE_KEY.public_jwk()]}))
     (root / "gateway.yaml").write_text(_gateway_yaml(provider.url))  # type: ignore[attr-defined]
-    server = Server(root)
-    try:
-        server.wait_ready()
+    with running(root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
 
 from aigw.compiler import compile_gateway
@@ -241,47 +240,6 @@ async def _until_blank(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield line
 
 
-class _CutAfterFirstEvent(httpx2.AsyncBaseTransport):
-    """The network between a client and aigw, which cuts the answer to the first
-    tools/call after its first event, as a dropped connection does."""
-
-    def __init__(self) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
-        self.cut = 0
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        if self.cut or request.method != "POST" or b'"tools/call"' not in request.content:
-            return response
-        self.cut += 1
-        return httpx2.Response(response.status_code, headers=response.headers,
-                               stream=_FirstEvent(response), extensions=response.extensions)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _FirstEvent(httpx2.AsyncByteStream):
-    """An answer's bytes to the end of its first SSE event, then a cut connection."""
-
-    def __init__(self, response: httpx2.Response) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        read = b""
-        stream = self._response.stream
-        assert isinstance(stream, httpx2.AsyncByteStream)
-        async for chunk in stream:
-            read += chunk
-            if b"\n\n" in read.replace(b"\r\n", b"\n"):
-                yield read
-                raise httpx2.ReadError("the connection was cut")
-        yield read
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
 async def test_the_sdks_client_resumes_a_call_whose_stream_was_cut(
     gateway: StdioGateway,
 ) -> None:
@@ -289,7 +247,7 @@ async def test_the_sdks_client_resumes_a_call_whose_stream_was_cut(
     progress notification), reconnects with a GET and the event's id as the spec has it
     and has its answer. Before, the event had no id: the SDK could not resume, and the
     call failed ("SSE stream ended without a response")."""
-    network = _CutAfterFirstEvent()
+    network = CutAtFirstEvent(passing_messages=True)
     progress: list[float] = []
 
     async def progressed(done: float, total: float | None, message: str | None) -> None:

@@ -4,8 +4,6 @@ ttft_ms (real ``aigw serve``, the shipped echo routes, the official openai SDK).
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -39,14 +37,7 @@ def test_streamed_media_answers_have_a_time_to_first_token(server: Server) -> No
         assert metric_sample(metrics, "aigw_time_to_first_token_seconds_count", route=route,
                              deployment=f"echo-{'image' if route == 'images' else route}",
                              provider="local") == 1, route
-        line = _line(server, request_id)
+        line = server.written_access_line(request_id)
         assert line["stream"] is True and line["ttft_ms"] is not None, line
         assert 0 < line["ttft_ms"] <= line["latency_ms"], line
 
-
-def _line(server: Server, request_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 10
-    while (line := server.access_line(request_id)) is None:
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.05)
-    return line

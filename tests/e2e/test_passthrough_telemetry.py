@@ -20,7 +20,7 @@ from ..conftest import DEV_KEY, metric_sample
 from ..fakes.anthropic_fake import AnthropicFake
 from ..fakes.otlp_receiver import OtlpReceiver
 from ..fakes.serve import serving
-from .server import Server
+from .server import Server, running
 
 pytestmark = pytest.mark.e2e
 
@@ -56,12 +56,8 @@ keys:
 passthrough:
   claude-raw: {{provider: claude, paths: ["/v1/messages"], methods: [POST]}}
 """)
-        server = Server(root)
-        try:
-            server.wait_ready()
+        with running(root) as server:
             yield server, claude, receiver
-        finally:
-            server.stop()
 
 
 def test_a_passthrough_is_traced_timed_and_counted(
@@ -81,7 +77,7 @@ def test_a_passthrough_is_traced_timed_and_counted(
     with client.messages.with_streaming_response.create(
             model="claude-sonnet-4-6", max_tokens=50, messages=ask, stream=True) as streamed:
         streamed.read()
-    lines = [_line(server, answer.headers["x-request-id"])
+    lines = [server.written_access_line(answer.headers["x-request-id"])
              for answer in (priced, unpriced, streamed)]
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
 
@@ -118,14 +114,6 @@ def test_a_passthrough_is_traced_timed_and_counted(
         assert attributes["http.response.status_code"] == 200, span
     assert request["attributes"]["aigw.route"] == ROUTE
     assert request["attributes"]["aigw.key"] == "dev"
-
-
-def _line(server: Server, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while (line := server.access_line(request_id)) is None:
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.05)
-    return line
 
 
 def _span(receiver: OtlpReceiver, server: Server, matches: Any) -> dict[str, Any]:

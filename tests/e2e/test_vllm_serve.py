@@ -22,7 +22,7 @@ from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake
 from ..fakes.serve import free_port, serving
 from ..providers.conftest import DEV_KEY_LINE
-from .server import Server
+from .server import Server, running
 
 pytestmark = pytest.mark.e2e
 
@@ -65,12 +65,8 @@ def hosted_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def gateway(tmp_path: Path, hosted_url: str) -> Iterator[tuple[Server, int]]:
     port = free_port()
     write_config(tmp_path / "gw", port, hosted_url)
-    server = Server(tmp_path / "gw")
-    try:
-        server.wait_ready()
+    with running(tmp_path / "gw") as server:
         yield server, port
-    finally:
-        server.stop()
 
 
 def ask(server: Server, model: str) -> httpx.Headers:

@@ -19,7 +19,7 @@ import pytest
 
 from ..conftest import DEV_KEY
 from ..pipelines.conftest import gateway_config
-from .server import Server
+from .server import Server, running
 
 pytestmark = pytest.mark.e2e
 
@@ -63,12 +63,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         extra_routes="  size: {pipeline: size}"))
     for name, text in {"size": SIZE, "parse": PARSE, "tally": TALLY}.items():
         (root / "pipelines" / f"{name}.yaml").write_text(text)
-    started = Server(root)
-    try:
-        started.wait_ready()
+    with running(root) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _no_traceback(server: Server) -> None:

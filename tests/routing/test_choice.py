@@ -47,17 +47,23 @@ def _chosen(graph: Graph, state: RoutingState, prompt_tokens: int = 10) -> str |
     return None if chosen is None else chosen.deployment.name
 
 
+def _compiled(root: Path) -> tuple[Graph, RoutingState]:
+    """``GATEWAY`` compiled in ``root``, and a routing state in step with it."""
+    (root / "gateway.yaml").write_text(GATEWAY)
+    graph = compile_gateway(root).graph
+    assert graph is not None
+    state = RoutingState()
+    state.sync(graph)
+    return graph, state
+
+
 def _open(state: RoutingState, graph: Graph, name: str) -> None:
     state.of(graph.deployments[name]).breaker.record(state.clock(), ok=False,
                                                      permit=Permit.CALL)
 
 
 def test_open_circuits_are_skipped_then_the_error_fallbacks_taken(tmp_path: Path) -> None:
-    (tmp_path / "gateway.yaml").write_text(GATEWAY)
-    graph = compile_gateway(tmp_path).graph
-    assert graph is not None
-    state = RoutingState()
-    state.sync(graph)
+    graph, state = _compiled(tmp_path)
     assert _chosen(graph, state.shadow()) == "a"
     _open(state, graph, "a")
     assert _chosen(graph, state.shadow()) == "b"
@@ -70,11 +76,7 @@ def test_open_circuits_are_skipped_then_the_error_fallbacks_taken(tmp_path: Path
 
 
 def test_a_shadow_moves_no_round_robin(tmp_path: Path) -> None:
-    (tmp_path / "gateway.yaml").write_text(GATEWAY)
-    graph = compile_gateway(tmp_path).graph
-    assert graph is not None
-    state = RoutingState()
-    state.sync(graph)
+    graph, state = _compiled(tmp_path)
     assert [_chosen(graph, state.shadow()) for _ in range(3)] == ["a", "a", "a"]
     assert state.round_robin == {}
     assert [_chosen(graph, state) for _ in range(3)] == ["a", "b", "a"]  # the live one turns

@@ -441,7 +441,7 @@ def test_a_whole_answer_is_recorded_as_whole_a_stream_as_a_stream(gateway: Gatew
         page = httpx.get(gateway.url("/metrics"), timeout=10).text
         return metric_sample(page, "aigw_request_duration_seconds_count",
                              route="passthrough:anthropic-raw", deployment="sonnet",
-                             stream=stream)
+                             provider="claude", stream=stream)
 
     before = durations("false"), durations("true")
     client = anthropic.Anthropic(base_url=gateway.url("/passthrough/anthropic-raw"),

@@ -22,7 +22,8 @@ message or DELETE whose id does not open under its key and server is a 404, the
 spec's answer for an unknown session. A session lives where the spec puts it. GET opens
 the server's own stream (its requests and notifications outside any POST's), passed on
 event by event with ``Last-Event-ID`` for a resumption, and ended after ``STREAM_LIFE_S``
-(the client opens it again; what the server says back is passed on by ``mcp_events``);
+(the client, told when by a ``retry`` field, opens it again; what the server says back
+is passed on by ``mcp_events``);
 DELETE ends a session. Both are checked as a message is.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
 MCP SDKs surface as it is. With tracing on, a message and its call upstream are spans

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,11 @@ STREAM_LIFE_S = 3600.0
 # The most of an answer held whole (JSON, one SSE event, an error body).
 MAX_ANSWER_BYTES = 32 << 20
 INTERNAL = -32603  # JSON-RPC's internal error: a stream that failed after its first byte
+# How long a client is asked to wait before it opens again a GET stream the gateway ended
+# (SSE's retry field, which MCP 2025-11-25 has a server send before it closes a stream
+# and its clients respect): a second, and up to a second more at random, so that the
+# clients of a replica shutting down do not all come back to the next one at once.
+RECONNECT_MS = 1000
 
 
 async def server_events(server: McpServer, upstream: httpx.Response,
@@ -157,9 +163,9 @@ async def finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterat
 async def get_stream_events(server: McpServer, upstream: httpx.Response,
                             trace: McpTrace | None) -> AsyncGenerator[bytes, None]:
     """The server's GET stream, event by event (capped as a POST's are; with tracing on,
-    its requests of the client's traced by ``trace``). A failure ends it, logged: no
-    request waits on it, and the client opens it again. Its ``upstream`` is closed by the
-    ``ServerStream`` that sends it, however it ends."""
+    its requests of the client's traced by ``trace``). A failure ends it, logged, after a
+    ``reconnect_event``: no request waits on it, and the client opens it again. Its
+    ``upstream`` is closed by the ``ServerStream`` that sends it, however it ends."""
     try:
         async for event in server_events(server, upstream, None):
             if trace is not None:
@@ -167,13 +173,25 @@ async def get_stream_events(server: McpServer, upstream: httpx.Response,
             yield event
     except GatewayError as exc:
         log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)
+        yield reconnect_event()
+
+
+def reconnect_event() -> bytes:
+    """An event with a ``retry`` field alone (no data: no message), sent as the gateway
+    ends a GET stream the server did not end: the client's wait before it reconnects.
+
+    >>> reconnect_event().startswith(b"retry: 1")
+    True
+    """
+    return b"retry: %d\n\n" % (RECONNECT_MS + secrets.randbelow(RECONNECT_MS + 1))
 
 
 class ServerStream(StreamingResponse):
     """A GET stream, ended after ``STREAM_LIFE_S`` or when the gateway begins to shut down
-    (the client opens it again, with ``Last-Event-ID``): nothing else bounds a stream
-    that may be idle for hours, a client gone without a word (no FIN) would hold its
-    server's stream for ever, and a shutdown would wait out its grace for it."""
+    (the client opens it again, with ``Last-Event-ID``, after the ``reconnect_event``
+    that ends it): nothing else bounds a stream that may be idle for hours, a client
+    gone without a word (no FIN) would hold its server's stream for ever, and a shutdown
+    would wait out its grace for it."""
 
     def __init__(self, events: AsyncGenerator[bytes, None], upstream: httpx.Response,
                  headers: Mapping[str, str], shutdown: Shutdown,
@@ -197,6 +215,9 @@ class ServerStream(StreamingResponse):
                                     "more_body": True})
                 finally:
                     watch.cancel()
+            if life.cancelled_caught:  # ended by the gateway, not by its server
+                await send({"type": "http.response.body", "body": reconnect_event(),
+                            "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:  # the life bound may fall while sending, the client leave before the
             # first event: the server's end is closed still, in a task of its own, though

@@ -22,18 +22,19 @@ What it answers, as a streamable HTTP server would::
 
 A response goes to the call with its id; a notification or request of the server's goes
 to the stream of an open call whose client reads it (neither stdio nor HTTP+SSE says
-which call it belongs to: the oldest), else to the GET stream. Every stream keeps what it
-is given in a replay (``mcp_replay``), for the stream to send and for a client that
+which call it belongs to: the oldest), else to the GET stream. Every stream keeps what
+it is given in a replay (``mcp_replay``), for the stream to send and for a client that
 reconnects with ``Last-Event-ID`` (MCP streamable HTTP's resumability) to have again: a
-call's until it is read to its response, a GET stream's a few until one is first opened,
-a sent message for minutes, and all sessions' within one ``ReplayBudget`` of the
-gateway's. A client that leaves a call's stream does not cancel the call (as the spec
-has it): its response is kept for the client to resume. A session is ended on DELETE,
-after ``idle_timeout_s`` with no message, when the gateway stops, and when its upstream
-end does; its id is then unknown (404), as it is to every other replica: a session lives
-in the gateway process that opened it, so several replicas need sticky sessions for
-these servers. Each transport is a subclass pair: a ``HeldServer`` that opens a
-``HeldSession``, which delivers a message and closes.
+GET stream's a few until one is first opened, a sent message for minutes (a call's
+response too: the write that sent it may have been lost with the connection), the newest
+``LEFT_KEPT`` call streams a session's client does not read, and all sessions' within
+one ``ReplayBudget`` of the gateway's. A client that leaves a call's stream does not
+cancel the call (as the spec has it): its response is kept for the client to resume. A
+session is ended on DELETE, after ``idle_timeout_s`` with no message, when the gateway
+stops, and when its upstream end does; its id is then unknown (404), as it is to every
+other replica: a session lives in the gateway process that opened it, so several
+replicas need sticky sessions for these servers. Each transport is a subclass pair: a
+``HeldServer`` that opens a ``HeldSession``, which delivers a message and closes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import httpx
 from .background import Background
 from .errors import McpServerBusy, McpServerFailed, McpSessionUnknown
 from .jsonio import dumps, loads
-from .mcp_replay import Replay, ReplayBudget, event_number
+from .mcp_replay import LEFT_KEPT, Replay, ReplayBudget, event_number
 from .telemetry.mcp_tracing import CARRIED
 from .uncancelled import uncancelled
 
@@ -281,6 +282,7 @@ class HeldSession:
             return refusal(400, "Bad Request: Last-Event-ID names no stream this session "
                            "keeps (its answer was read to its end, or nobody resumed it "
                            f"within {self.owner.replays.horizon_s:g} s).")
+        self.owner.replays.spare.pop(call, None)  # read again: not to be forgotten now
         call.reader = _CallStream(self, call, call.replay.resumed(event, self.owner.name),
                                   None, opening=False, primes=False)
         call.replay.wake()  # a stream taken over ends
@@ -291,8 +293,23 @@ class HeldSession:
         self.streams.pop(call.number, None)
         if self.calls.get(call.key) is call:  # not a later call's with its id
             del self.calls[call.key]
+        self.owner.replays.spare.pop(call, None)
         call.replay.release()
         call.replay.wake()
+
+    def left(self, call: _Call, finished: bool) -> None:
+        """``call``'s client no longer reads its stream, ``finished`` (read to its
+        response) or not: it is kept for a resumption (the response's write may have
+        been lost with the connection) within the horizon, ``LEFT_KEPT`` of a session's
+        at most (the oldest left go first), a finished one until a message of any
+        session's does not fit (``ReplayBudget.make_room``)."""
+        call.reader = None
+        call.left = self.owner.replays.clock()
+        if finished:
+            self.owner.replays.spare[call] = partial(self.forget, call)
+        unread = [kept for kept in self.streams.values() if kept.reader is None]
+        for oldest in unread[:max(0, len(unread) - LEFT_KEPT)]:
+            self.forget(oldest)
 
     def expire(self) -> None:
         """Forget what was sent longer ago than the horizon, and the call streams nobody
@@ -326,6 +343,7 @@ class HeldSession:
             for call in self.calls.values():
                 call.failed = failed
             for call in self.streams.values():
+                self.owner.replays.spare.pop(call, None)
                 call.replay.release()
                 call.replay.wake()
             self.replay.release()
@@ -361,7 +379,14 @@ class HeldSession:
                               "(dropped)", self.owner.name)
             else:
                 call.answered = True
-                call.replay.add(raw, always=True)
+                # Kept past the bounds for a client that reads the stream (it takes it
+                # at once); for one that left, only as any other message is.
+                if not call.replay.add(raw, always=call.reader is not None,
+                                       fits=call.reader is None):
+                    self.forget(call)
+                    self._dropped("MCP server '%s' answered a call whose client left, "
+                                  "past the gateway's replays (%d bytes held): dropped",
+                                  self.owner.name, self.owner.replays.held_bytes)
             return
         method = str(message["method"])[:100]
         # The oldest call whose client reads its stream (neither transport says which
@@ -404,8 +429,8 @@ class HeldSession:
 class _Call:
     """One POST's stream: what the server said while its request was open, then its
     response, under event ids ``<number>-<id>``, kept for a client that lost the POST's
-    answer and resumes it (GET with ``Last-Event-ID``) until the stream is read to its
-    end, or nobody resumed it within the horizon."""
+    answer and resumes it (GET with ``Last-Event-ID``) until nobody resumed it within the
+    horizon (read to its end, or not), or ``HeldSession.left`` lets it go sooner."""
 
     number: int
     key: bytes  # its request's id, as JSON
@@ -468,10 +493,10 @@ class _CallStream(httpx.AsyncByteStream):
         session.last = time.monotonic()
         if call.reader is not self:  # taken over by a resumption
             return
-        call.reader = None
-        call.left = session.owner.replays.clock()
-        if self._answered or self._failed:  # read to its end: nobody resumes it
+        if self._failed:  # ended with the gateway's error: nothing to resume
             session.forget(call)
+        else:  # an answer written may be lost with the connection it went down
+            session.left(call, finished=self._answered)
         if self._opening and not self._answered:
             # Its client never learnt the session's id: nobody could end or reach it.
             await session.ended_by("its initialize went unanswered")

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger("aigw.mcp")
 
@@ -38,6 +38,11 @@ REPLAY_HORIZON_S = 300.0
 # What every held session's replay keeps, together, in one gateway: a session past its
 # share of it keeps what it has (its oldest sent dropped first) and drops the new.
 REPLAYS_BYTES = 256 << 20
+# The most call streams a session keeps that no client reads (left before their
+# response, or read to it: its last write may have been lost with the connection): past
+# it the oldest goes. Each is a replay and its response; a client that cuts every call
+# short made a session keep one a call, for minutes, without bound.
+LEFT_KEPT = 64
 # The longest event id read as one (an id of ours is a few digits): int() of a longer
 # run of digits is slow, and past 4,300 digits a ValueError.
 _MAX_ID_DIGITS = 18
@@ -53,6 +58,15 @@ class ReplayBudget:
     horizon_s: float = REPLAY_HORIZON_S
     clock: Callable[[], float] = time.monotonic
     held_bytes: int = 0
+    # Streams read to their end, kept in case their last write was lost, oldest first:
+    # each with what forgets it. They are the first to go when a message does not fit.
+    spare: dict[object, Callable[[], None]] = field(default_factory=dict)
+
+    def make_room(self, adding: int) -> None:
+        """Forget spare streams, oldest first, until ``adding`` bytes fit."""
+        while self.spare and self.held_bytes + adding > self.cap_bytes:
+            forget = self.spare.pop(next(iter(self.spare)))
+            forget()
 
 
 @dataclass(slots=True)
@@ -99,15 +113,19 @@ class Replay:
         self._budget: ReplayBudget | None = budget  # None once released
         self._clock, self._horizon_s = budget.clock, budget.horizon_s
 
-    def add(self, raw: bytes, always: bool = False) -> bool:
+    def add(self, raw: bytes, always: bool = False, fits: bool = False) -> bool:
         """Keep ``raw`` under the next id; False: dropped, as it does not fit. ``always``:
-        kept though it does not (a call's response, which its client waits for)."""
+        kept though it does not (a call's response, which its client reads the stream
+        for); ``fits``: dropped though nothing is kept (a response nobody reads yet:
+        the one message let through otherwise, of any size, was one a call)."""
         now = self._clock()
         self.forget(now)
+        if self._budget is not None:
+            self._budget.make_room(len(raw))
         while self.kept and self._full(len(raw)) and (
                 not self.read or self.kept[0].id <= self.sent):
             self._drop()
-        if self.kept and self._full(len(raw)) and not always:
+        if self._full(len(raw)) and not always and (self.kept or fits):
             return False
         self.last_id += 1
         self.kept.append(Kept(self.last_id, raw, now))

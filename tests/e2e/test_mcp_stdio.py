@@ -196,7 +196,7 @@ async def test_a_calls_stream_its_client_lost_is_resumed_with_last_event_id(
     connection cut) could not have the rest: the response came to no call and was
     dropped. Now each event has an id naming its stream (``<call>-<n>``), the call goes
     on without its client, and a GET with the last id the client had sends the rest of
-    that stream, to its response, then ends; read to its end, it is not kept."""
+    that stream, to its response, then ends; an id of no stream it keeps is a 400."""
     url = gateway.url("fs")
     session_id = opened(url, DEV_KEY)
     headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": session_id,
@@ -222,7 +222,7 @@ async def test_a_calls_stream_its_client_lost_is_resumed_with_last_event_id(
         assert answered == seen.replace("-1", "-2")
         assert response["id"] == "late-1"
         assert response["result"]["structuredContent"] == {"result": "late"}
-        again = await http.get(url, headers=resuming)
+        again = await http.get(url, headers={**resuming, "last-event-id": "999-1"})
         assert again.status_code == 400, again.text
         assert "names no stream this session keeps" in again.json()["error"]["message"]
         # An id too long to be one (int() of it raised, a 500): one the session did not give

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 
 from ..conftest import DEV_KEY
 from ..fakes.mcp_server import PATH, RecordingMcpServer
 from ..fakes.serve import serving
-from .mcp_client import opened, write_mcp_gateway
+from .mcp_client import opened, session, write_mcp_gateway
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -117,3 +118,77 @@ async def test_a_get_stream_the_gateway_ends_tells_its_client_when_to_reconnect(
         retry = re.fullmatch(r"retry: (\d+)", events[-1])
         assert retry is not None, (name, events)
         assert 1000 <= int(retry[1]) <= 2000
+
+
+class _LoseTheAnswer(httpx2.AsyncBaseTransport):
+    """The network between a client and aigw, which loses the answer to the first
+    tools/call: the stream is read from aigw to its end (every write of aigw's done), but
+    its client is handed the events before the response alone, then a cut connection,
+    as when a connection drops while its last write is on the way."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.lost: list[bytes] = []  # the event the client never had
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if self.lost or request.method != "POST" or b'"tools/call"' not in request.content:
+            return response
+        return httpx2.Response(response.status_code, headers=response.headers,
+                               stream=_AllButTheResponse(response, self.lost),
+                               extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _AllButTheResponse(httpx2.AsyncByteStream):
+    def __init__(self, response: httpx2.Response, lost: list[bytes]) -> None:
+        self._response, self._lost = response, lost
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx2.AsyncByteStream)
+        read = b"".join([chunk async for chunk in stream]).replace(b"\r\n", b"\n")
+        for event in read.split(b"\n\n"):
+            if b'"result"' in event:
+                self._lost.append(event)
+                raise httpx2.ReadError("the connection was cut")
+            if event:
+                yield event + b"\n\n"
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+async def test_a_response_lost_in_its_streams_last_write_is_resumed(
+    gateway: StreamsGateway,
+) -> None:
+    """A held session's call stream read to its response was forgotten as its last
+    event went: a client whose connection dropped in that write (the gateway wrote it,
+    the client never had it) resumed with the last id it had and was refused (400, no
+    stream kept), and the official SDK's client failed the call. The stream is kept
+    for a resumption now, and the client has its answer from it."""
+    network = _LoseTheAnswer()
+    async with session(gateway.url("fs"), DEV_KEY, transport=network) as client:
+        await client.initialize()
+        answered = await client.call_tool("add", {"a": 2, "b": 40})
+    assert len(network.lost) == 1 and b'"result"' in network.lost[0]
+    assert answered.structured_content == {"result": 42}
+    # As any HTTP client: the stream read to its response, resumed after its priming
+    url = gateway.url("fs")
+    session_id = opened(url, DEV_KEY)
+    add = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+           "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+    headers = _headers(session_id, "2025-11-25")
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with http.stream("POST", url, json=add, headers={
+                **headers, "accept": f"application/json, {SSE}"}) as stream:
+            events = [event async for event in _events(stream)]
+        primed = re.fullmatch(r"id: (\d+-0)\ndata: ?", events[0])
+        assert primed is not None and '"result"' in events[-1], events
+        resumed = await http.get(url, headers={**headers, "accept": SSE,
+                                               "last-event-id": primed[1]})
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.text.replace("\r\n", "\n").split("\n\n")[0] == events[-1]
+        assert (await http.delete(url, headers=headers)).status_code == 200

@@ -16,6 +16,7 @@ from aigw.compiler.graph import McpServer, McpSse
 from aigw.runtime.mcp import McpProxy
 from aigw.runtime.mcp_held import HeldServer, HeldSession
 from aigw.runtime.mcp_replay import (
+    LEFT_KEPT,
     QUEUED_BYTES,
     REPLAY_HORIZON_S,
     UNREAD_KEPT,
@@ -314,9 +315,18 @@ async def test_a_call_whose_client_left_is_resumed_to_its_response() -> None:
         assert await _events(resumed) == [
             b"id: 1-2\nevent: message\ndata: %s\n\n" % _answer(1)]
         await resumed.aclose()
-        assert session.streams == {} and session.calls == {}
-        assert session.owner.replays.held_bytes == session.replay.held_bytes
-        gone = session.stream("1-1")
+        # Read to its end, it is kept still (the response's write may have been lost
+        # with the connection), the first to go when the budget is short
+        assert session.calls == {} and list(session.streams) == [1]
+        assert list(session.owner.replays.spare) == [session.streams[1]]
+        again = session.stream("1-1")
+        assert await _events(again) == [
+            b"id: 1-2\nevent: message\ndata: %s\n\n" % _answer(1)]
+        await again.aclose()
+        after = session.stream("1-2")  # resumed after its response: nothing is left
+        assert await _events(after) == []
+        await after.aclose()
+        gone = session.stream("9-1")
         assert gone.status_code == 400
         assert "names no stream this session keeps" in gone.json()["error"]["message"]
         answered = await _called(session, 2)  # read to its end as it comes
@@ -324,8 +334,45 @@ async def test_a_call_whose_client_left_is_resumed_to_its_response() -> None:
         assert await _events(answered) == [
             b"id: 2-1\nevent: message\ndata: %s\n\n" % _answer(2)]
         await answered.aclose()
-        assert session.streams == {}
+        assert list(session.streams) == [1, 2] and session.calls == {}
     finally:
+        await session.stop("the test ends")
+
+
+async def test_the_calls_a_session_keeps_for_nobody_are_bounded() -> None:
+    """A call whose client left was kept to the horizon, its response always (past the
+    budget, whatever its size): a client that cut every call short made its session
+    keep one a call, and the gateway their responses past its budget, for minutes. Now
+    a session keeps the newest LEFT_KEPT streams nobody reads, and a response nobody
+    reads is kept only within the budget (a stream read to its end is the first to go
+    when a message does not fit: its client most likely had it)."""
+    budget = ReplayBudget(cap_bytes=1 << 20)
+    session = _Session("s", HeldServer("docs", idle_timeout_s=300, max_sessions=4,
+                                       replays=budget))
+    events = _reader(session)
+    try:
+        for rpc_id in range(1, LEFT_KEPT + 6):
+            await (await _called(session, rpc_id)).aclose()  # left before its response
+        assert list(session.streams) == list(range(6, LEFT_KEPT + 6))
+        session.route(_answer(1))  # its stream forgotten: dropped
+        assert budget.held_bytes == 0
+        big = json.dumps({"jsonrpc": "2.0", "id": 6, "result": {
+            "text": "x" * (2 << 20)}}).encode()
+        session.route(big)  # past the budget, for nobody: dropped
+        assert 6 not in session.streams and budget.held_bytes == 0
+        answer = await _called(session, 100)
+        session.route(json.dumps({"jsonrpc": "2.0", "id": 100, "result": {
+            "text": "x" * (600 << 10)}}).encode())
+        assert len(await _events(answer)) == 1
+        await answer.aclose()  # read to its end: kept, spare
+        number = session.numbered
+        assert number in session.streams and list(budget.spare) == [session.streams[number]]
+        note = _note("x" * (600 << 10))
+        session.route(note)  # to the GET stream: the spare stream makes room for it
+        assert number not in session.streams and budget.spare == {}
+        assert await anext(events) == _event(1, note)
+    finally:
+        await events.aclose()
         await session.stop("the test ends")
 
 

@@ -18,13 +18,15 @@ upstream owns. What it does to a message, in order:
 
 ``Mcp-Session-Id`` is the upstream's, sealed to the aigw key that opened the session
 (``mcp_session``): the client sees it sealed, the server only ever its own, and a
-message or DELETE whose id does not open under its key and server is a 404, the
-spec's answer for an unknown session. A session lives where the spec puts it. GET opens
-the server's own stream (its requests and notifications outside any POST's), passed on
-event by event with ``Last-Event-ID`` for a resumption, and ended after ``STREAM_LIFE_S``
-(the client, told when by a ``retry`` field, opens it again; what the server says back
-is passed on by ``mcp_events``);
-DELETE ends a session. Both are checked as a message is.
+message or DELETE whose id does not open under its key and server is a 404, the spec's
+answer for an unknown session. The ids of the events a client is passed are sealed the
+same way, to the key, the server and the session (``mcp_session.EventIds``): a ``Last-
+Event-ID`` that does not open is a 400, never sent to the server. A session lives where
+the spec puts it. GET opens the server's own stream (its requests and notifications
+outside any POST's), passed on event by event with ``Last-Event-ID`` for a resumption,
+and ended after ``STREAM_LIFE_S`` (the client, told when by a ``retry`` field, opens it
+again; what the server says back is passed on by ``mcp_events``); DELETE ends a session.
+Both are checked as a message is.
 Every refusal is a JSON-RPC error object at the HTTP status of its cause, which the
 MCP SDKs surface as it is. With tracing on, a message and its call upstream are spans
 (``telemetry.mcp_tracing``), the call's trace context sent in its ``params._meta``.
@@ -81,7 +83,7 @@ from .mcp_events import (
 )
 from .mcp_held import HeldServer
 from .mcp_replay import ReplayBudget
-from .mcp_session import caller_secret, open_sealed, seal, session_secret
+from .mcp_session import EventIds, caller_secret, open_sealed, seal, session_secret
 from .mcp_sse import SseServer
 from .mcp_stdio import StdioServer
 from .policy_request import authorize_mcp
@@ -327,7 +329,9 @@ class McpProxy:
                 except GatewayError:
                     await events.aclose()
                     raise
-                return StreamingResponse(finishing(live, call, first, events, rpc_id),
+                # Sealed to the session the server named (an initialize's is new).
+                ids = session.event_ids(upstream.headers.get(SESSION))
+                return StreamingResponse(finishing(live, call, first, events, rpc_id, ids),
                                          status_code=200, media_type=SSE, headers=passed)
             # the client takes JSON only: the response, without what came before it
             answer = await self._polled(server, session, events, listing, rpc_id)
@@ -388,8 +392,13 @@ class McpProxy:
         as both ends keep it, ``STREAM_LIFE_S`` at most. A server without one answers
         405, passed on as the spec has it."""
         headers = {**server.headers, "accept": SSE, **session.sent}
+        ids = session.event_ids(None)
         if (last := request.headers.get(LAST_EVENT_ID)) is not None:
-            headers[LAST_EVENT_ID] = _header(LAST_EVENT_ID, last)  # replayed after it
+            opened = ids.opened(_header(LAST_EVENT_ID, last))
+            if opened is None:
+                raise BadRequest("Last-Event-ID is not the id of an event this session's "
+                                 "streams gave this key.")
+            headers[LAST_EVENT_ID] = opened  # replayed after it
         if call.trace is not None:
             call.trace.calling(_transport(server), headers)
         upstream = await self._send(server, "GET", headers, None, idle=True)
@@ -408,8 +417,8 @@ class McpProxy:
         if call.trace is not None:
             call.trace.asks(self._asked, _where(server.name, session.sent, call.key),
                             request.headers.get(SESSION))
-        return ServerStream(get_stream_events(server, upstream, call.trace), upstream, passed,
-                            live.shutdown, self._finishing.spawn)
+        return ServerStream(get_stream_events(server, upstream, call.trace, ids), upstream,
+                            passed, live.shutdown, self._finishing.spawn)
 
     async def _delete(self, live: Live, server: McpServer, session: _Session,
                       call: McpCall) -> Response:
@@ -551,6 +560,11 @@ class _Session:
     secret: bytes  # the caller's key's (mcp_session.session_secret)
     server: str
     sent: Mapping[str, str]
+
+    def event_ids(self, named: str | None) -> EventIds:
+        """How the ids of this session's events are shown: sealed to the key, the server
+        and the server's session id (``named`` by an answer, else the one sent)."""
+        return EventIds(self.secret, self.server, named or self.sent.get(SESSION, ""))
 
     def shown(self, server: McpServer, headers: Mapping[str, str]) -> dict[str, str]:
         shown = {PROTOCOL: value} if (value := headers.get(PROTOCOL)) is not None else {}

@@ -24,6 +24,7 @@ from aigw.compiler.graph import McpServer
 from .errors import GatewayError, McpServerFailed, McpServerTimeout
 from .jsonio import dumps, loads
 from .live import Live, Shutdown
+from .mcp_session import EventIds
 from .policy import RequestGate
 from .telemetry.mcp import McpCall, finish_mcp
 from .telemetry.mcp_tracing import McpTrace
@@ -132,21 +133,22 @@ async def response_of(events: AsyncIterator[bytes], rpc_id: object, cursor: Curs
 
 
 async def finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterator[bytes],
-                     rpc_id: object) -> AsyncIterator[bytes]:
-    """``first`` and the rest of ``events``, with ``call`` counted once the stream ends,
-    however it ends. A failure after the first byte cannot change the status: it ends the
-    stream with a JSON-RPC error answering ``rpc_id`` (so the client's request ends with
-    that error, not a wait for an answer that will not come), and is logged."""
+                     rpc_id: object, ids: EventIds) -> AsyncIterator[bytes]:
+    """``first`` and the rest of ``events``, their ids sealed by ``ids``, with ``call``
+    counted once the stream ends, however it ends. A failure after the first byte cannot
+    change the status: it ends the stream with a JSON-RPC error answering ``rpc_id`` (so
+    the client's request ends with that error, not a wait for an answer that will not
+    come), and is logged."""
     trace = call.trace
     try:
         if first:
             if trace is not None:
                 trace.event(first, rpc_id)
-            yield first
+            yield ids.shown(first)
         async for event in events:
             if trace is not None:
                 trace.event(event, rpc_id)
-            yield event
+            yield ids.shown(event)
     except GatewayError as exc:
         call.error = exc.code
         log.warning("MCP stream from '%s' ended early: %s", call.server, exc.message)
@@ -161,16 +163,18 @@ async def finishing(live: Live, call: McpCall, first: bytes, events: AsyncIterat
 
 
 async def get_stream_events(server: McpServer, upstream: httpx.Response,
-                            trace: McpTrace | None) -> AsyncGenerator[bytes, None]:
-    """The server's GET stream, event by event (capped as a POST's are; with tracing on,
-    its requests of the client's traced by ``trace``). A failure ends it, logged, after a
-    ``reconnect_event``: no request waits on it, and the client opens it again. Its
-    ``upstream`` is closed by the ``ServerStream`` that sends it, however it ends."""
+                            trace: McpTrace | None, ids: EventIds,
+                            ) -> AsyncGenerator[bytes, None]:
+    """The server's GET stream, event by event, their ids sealed by ``ids`` (capped as a
+    POST's are; with tracing on, its requests of the client's traced by ``trace``). A
+    failure ends it, logged, after a ``reconnect_event``: no request waits on it, and
+    the client opens it again. Its ``upstream`` is closed by the ``ServerStream`` that
+    sends it, however it ends."""
     try:
         async for event in server_events(server, upstream, None):
             if trace is not None:
                 trace.passed(event)
-            yield event
+            yield ids.shown(event)
     except GatewayError as exc:
         log.warning("MCP GET stream from '%s' ended early: %s", server.name, exc.message)
         yield reconnect_event()

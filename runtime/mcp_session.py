@@ -32,6 +32,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 _PREFIX = "aigw1."
 _TAG = 16
@@ -97,3 +98,44 @@ def _stream(secret: bytes, tag: bytes, size: int) -> bytes:
     blocks = (hmac.new(secret, b"enc\0" + tag + b"\0" + i.to_bytes(4, "big"),
                        hashlib.sha256).digest() for i in range(-(-size // _BLOCK)))
     return b"".join(blocks)[:size]
+
+
+@dataclass(frozen=True, slots=True)
+class EventIds:
+    """The SSE event ids a client sees on the streams of one session (``session``, the
+    server's own id; "" for a server without sessions) of MCP server ``server``: the
+    server's ids sealed as session ids are, to the caller's key (``secret``), the server
+    and the session. A Last-Event-ID comes back to the server only as the id it gave:
+    one from another key's stream, or another session's, opens under none of this one
+    (a server whose event store is not kept by session, and whose ids can be guessed,
+    replayed another session's messages to whoever named one of its ids)."""
+
+    secret: bytes
+    server: str
+    session: str
+
+    @property
+    def _context(self) -> str:
+        return f"event\0{self.server}\0{self.session}"
+
+    def shown(self, event: bytes) -> bytes:
+        """``event`` (one SSE event, as sent) with its id sealed; an id no client could
+        send back (not visible ASCII, over ``MAX_SERVER_ID``) taken out."""
+        if not event.startswith(b"id:") and b"\nid:" not in event:
+            return event
+        lines = event.split(b"\n")
+        for n, line in enumerate(lines):
+            field, colon, value = line.partition(b":")
+            if field != b"id" or not colon:
+                continue
+            value = value.removeprefix(b" ").removesuffix(b"\r")
+            if not value:  # an empty id resets the client's: passed on as it is
+                continue
+            sealed = seal(value.decode("latin-1"), self.secret, self._context)
+            lines[n] = b"id: " + sealed.encode() if sealed is not None else b":"
+        return b"\n".join(lines)
+
+    def opened(self, shown: str) -> str | None:
+        """The server's id inside ``shown`` (a client's Last-Event-ID), when it is one
+        this session's streams gave this key; else None."""
+        return open_sealed(shown.strip(), self.secret, self._context)

@@ -15,6 +15,8 @@ from mcp import types
 from mcp.client import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from aigw.runtime.mcp_session import EventIds, open_sealed, session_secret
+
 from ..conftest import DEV_KEY
 
 
@@ -177,3 +179,20 @@ class _UntilFirstEvent(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+def server_session(shown: str, server: str, key: str = DEV_KEY) -> str:
+    """The server's own session id inside ``shown`` (an Mcp-Session-Id aigw gave ``key``)."""
+    opened_id = open_sealed(shown, session_secret(key), server)
+    assert opened_id is not None
+    return opened_id
+
+
+def event_ids(server: str, session_id: str, key: str = DEV_KEY) -> EventIds:
+    """How aigw shows ``key`` the event ids of the server's session ``session_id``."""
+    return EventIds(session_secret(key), server, session_id)
+
+
+def shown_event_id(ids: EventIds, server_id: str) -> str:
+    """The id a client sees for the server's event ``server_id``."""
+    return ids.shown(b"id: " + server_id.encode()).decode()[4:]

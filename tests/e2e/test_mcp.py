@@ -20,7 +20,16 @@ from aigw.runtime.mcp import MAX_ANSWER_BYTES
 from ..conftest import DEV_KEY
 from ..fakes.mcp_server import PATH, RETRY_MS, RecordingMcpServer
 from ..fakes.serve import free_port, serving
-from .mcp_client import CutAtFirstEvent, opened, rpc, session, until
+from .mcp_client import (
+    CutAtFirstEvent,
+    event_ids,
+    opened,
+    rpc,
+    server_session,
+    session,
+    shown_event_id,
+    until,
+)
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -462,15 +471,18 @@ async def test_the_servers_get_stream_reaches_the_client(gateway: McpGateway) ->
         assert "authorization" not in sent  # the client's aigw key stays with aigw
         first, second = [event_id for event_id, stream, message in live.events.stored
                          if stream == "_GET_stream" and message is not None]
+        ids = event_ids("live", upstream_id)  # sealed to the key and session
         headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown[-1],
-                   "accept": "text/event-stream", "last-event-id": first,
+                   "accept": "text/event-stream",
+                   "last-event-id": shown_event_id(ids, first),
                    "mcp-protocol-version": "2025-06-18"}
         async with (httpx.AsyncClient(timeout=10) as http,
                     http.stream("GET", gateway.url("live"), headers=headers) as replayed):
             text = (await replayed.aread()).decode()
         assert replayed.status_code == 200, text
         assert live.gets[-1]["last-event-id"] == first
-        assert f"id: {second}" in text and f"id: {first}\n" not in text
+        assert f"id: {shown_event_id(ids, second)}" in text
+        assert f"id: {shown_event_id(ids, first)}\n" not in text
         assert "notifications/tools/list_changed" in text
     log = [json.loads(line) for line in gateway.server.log.splitlines()
            if line.startswith("{") and '"mcp_server":"live"' in line]
@@ -482,9 +494,10 @@ async def test_a_calls_stream_is_resumed_with_the_servers_own_event_ids(
     gateway: McpGateway,
 ) -> None:
     """A streamable HTTP server's POST stream, its events' ids as the server gave them
-    (its priming event's first), is resumed through the gateway as the spec has it: a
-    GET with the last id the client had, sent on to the server as it came, and the rest
-    of that stream passed back, to the call's response."""
+    (its priming event's first; sealed to the key and session), is resumed through the
+    gateway as the spec has it: a GET with the last id the client had, sent on to the
+    server as the server gave it, and the rest of that stream passed back, to the call's
+    response."""
     url, live = gateway.url("live"), gateway.live
     shown = opened(url, DEV_KEY)
     headers = {"Authorization": f"Bearer {DEV_KEY}", "mcp-session-id": shown,
@@ -501,7 +514,9 @@ async def test_a_calls_stream_is_resumed_with_the_servers_own_event_ids(
         # unchanged
         primed = [event_id for event_id, _stream, message in live.events.stored
                   if message is None]
-        assert first == {"id": primed[-1], "retry": str(RETRY_MS), "data": ""}, first
+        ids = event_ids("live", server_session(shown, "live"))
+        assert first == {"id": shown_event_id(ids, primed[-1]), "retry": str(RETRY_MS),
+                         "data": ""}, first
         async with http.stream("GET", url, headers={
                 **headers, "accept": "text/event-stream", "last-event-id": first["id"]},
                 ) as stream:
@@ -509,8 +524,8 @@ async def test_a_calls_stream_is_resumed_with_the_servers_own_event_ids(
             async with asyncio.timeout(10):
                 answer = await anext(event async for event in _events(stream.aiter_lines())
                                      if event["data"])
-        assert live.gets[-1]["last-event-id"] == first["id"]
-        assert int(answer["id"]) > int(first["id"])
+        assert live.gets[-1]["last-event-id"] == primed[-1]
+        assert int(ids.opened(answer["id"]) or 0) > int(primed[-1])
         response = json.loads(answer["data"])
         assert response["id"] == "late-1"
         assert response["result"]["structuredContent"] == {"result": "late"}
@@ -542,7 +557,9 @@ async def test_the_sdks_client_resumes_a_call_through_the_gateway(gateway: McpGa
         answered = await client.call_tool("late", {"seconds": 1.5})
     assert network.cut == 1 and len(network.passed) == 1
     primed = network.passed[0].decode().partition("id: ")[2].partition("\n")[0]
-    assert primed in [get.get("last-event-id") for get in gateway.live.gets]
+    assert [get["last-event-id"] for get in gateway.live.gets if "last-event-id" in get
+            and event_ids("live", get["mcp-session-id"]).opened(primed) == get[
+                "last-event-id"]], "the server was sent its own id, opened"
     assert answered.structured_content == {"result": "late"}
 
 

@@ -22,7 +22,17 @@ import pytest
 from aigw.compiler import compile_gateway
 
 from ..conftest import DEV_KEY
-from .mcp_client import CutAtFirstEvent, call, opened, session, until, write_mcp_gateway
+from .mcp_client import (
+    CutAtFirstEvent,
+    call,
+    event_ids,
+    opened,
+    server_session,
+    session,
+    shown_event_id,
+    until,
+    write_mcp_gateway,
+)
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -162,14 +172,16 @@ async def test_a_get_stream_resumed_with_last_event_id_has_what_was_said_while_a
             assert stream.status_code == 200
             resumed = await _said(stream, 3)
         assert [uri for _id, uri in resumed] == [f"memo://away/{n}" for n in range(3)]
-        ids = [int(seen), *(int(event_id or 0) for event_id, _uri in resumed)]
-        assert ids == sorted(set(ids))
+        opening = event_ids("fs", server_session(session_id, "fs")).opened
+        ids = [int(opening(seen) or 0),
+               *(int(opening(event_id or "") or 0) for event_id, _uri in resumed)]
+        assert ids == sorted(set(ids)) and ids[0] > 0
         # Resumed after the last, nothing again: what the server says next
-        async with http.stream("GET", url, headers={**headers,
-                                                    "last-event-id": str(ids[-1])}) as stream:
+        async with http.stream("GET", url, headers={
+                **headers, "last-event-id": resumed[-1][0] or ""}) as stream:
             assert call(url, session_id, "chatter", prefix="next", count=1).status_code == 200
             [(after, uri)] = await _said(stream, 1)
-        assert uri == "memo://next/0" and int(after or 0) > ids[-1]
+        assert uri == "memo://next/0" and int(opening(after or "") or 0) > ids[-1]
         assert (await http.delete(url, headers=headers)).status_code == 200
 
 
@@ -212,23 +224,26 @@ async def test_a_calls_stream_its_client_lost_is_resumed_with_last_event_id(
                 first = [line async for line in _until_blank(lines)]
         # The client has the progress notification and its id, then its connection ends.
         seen = next((line[3:].strip() for line in first if line.startswith("id:")), None)
-        assert seen is not None and re.fullmatch(r"\d+-1", seen), first
+        opening = event_ids("fs", server_session(session_id, "fs")).opened
+        assert seen is not None and re.fullmatch(r"\d+-1", opening(seen) or ""), first
         assert '"notifications/progress"' in "".join(first)
         resuming = {**headers, "accept": "text/event-stream", "last-event-id": seen}
         async with http.stream("GET", url, headers=resuming) as stream:
             assert stream.status_code == 200
             resumed = await _messages(stream)
         [(answered, response)] = resumed
-        assert answered == seen.replace("-1", "-2")
+        assert opening(answered or "") == (opening(seen) or "").replace("-1", "-2")
         assert response["id"] == "late-1"
         assert response["result"]["structuredContent"] == {"result": "late"}
-        again = await http.get(url, headers={**resuming, "last-event-id": "999-1"})
+        ids = event_ids("fs", server_session(session_id, "fs"))
+        again = await http.get(url, headers={**resuming,
+                                             "last-event-id": shown_event_id(ids, "999-1")})
         assert again.status_code == 400, again.text
         assert "names no stream this session keeps" in again.json()["error"]["message"]
-        # An id too long to be one (int() of it raised, a 500): one the session did not give
+        # An id too long to be one (int() of it raised, a 500): not one aigw gave
         async with http.stream("GET", url, headers={**resuming,
                                                     "last-event-id": "9" * 5000}) as stream:
-            assert stream.status_code == 200
+            assert stream.status_code == 400
         assert (await http.delete(url, headers=headers)).status_code == 200
 
 
@@ -285,9 +300,11 @@ async def test_a_calls_stream_opens_with_a_priming_event_for_a_client_of_2025_11
             firsts[version] = text.split("\n\n")[0]
             assert '"structuredContent":{"result":3}' in text.replace(" ", ""), text
         assert (await http.delete(url, headers=headers)).status_code == 200
-    primed = re.fullmatch(r"id: (\d+)-0\ndata: ?", firsts["2025-11-25"])
-    assert primed is not None, firsts
-    assert re.fullmatch(r"id: \d+-1\nevent: message\ndata: \{.*", firsts["2025-06-18"]), firsts
+    opening = event_ids("fs", server_session(session_id, "fs")).opened
+    primed = re.fullmatch(r"id: (\S+)\ndata: ?", firsts["2025-11-25"])
+    assert primed is not None and re.fullmatch(r"\d+-0", opening(primed[1]) or ""), firsts
+    message = re.fullmatch(r"id: (\S+)\nevent: message\ndata: \{.*", firsts["2025-06-18"])
+    assert message is not None and re.fullmatch(r"\d+-1", opening(message[1]) or ""), firsts
 
 
 async def test_the_sdks_client_resumes_a_call_cut_before_its_first_message(
@@ -303,7 +320,7 @@ async def test_the_sdks_client_resumes_a_call_cut_before_its_first_message(
         await client.initialize()
         answered = await client.call_tool("late", {"seconds": 2.0})
     assert network.cut == 1
-    assert [re.fullmatch(rb"id: \d+-0\ndata: ?\n\n", event) is not None
+    assert [re.fullmatch(rb"id: aigw1\.\S+\ndata: ?\n\n", event) is not None
             for event in network.passed] == [True]
     assert answered.structured_content == {"result": "late"}
 

@@ -6,6 +6,8 @@ SDK's, keeping its events) and a real stdio server behind it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import signal
 import sys
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.e2e
 # The fake run as a program (not imported here: it builds its server as it loads).
 STDIO = f"[{sys.executable}, {Path(__file__).parent.parent / 'fakes' / 'mcp_stdio_server.py'}]"
 SSE = "text/event-stream"
+OTHER_KEY = "sk-aigw-other-streams"  # of the dev key's team: may use every server too
 
 
 @dataclass
@@ -44,6 +47,10 @@ def write_config(root: Path, live_url: str) -> None:
   live: {{url: "{live_url}{PATH}", timeout_s: 10}}
   fs: {{command: {STDIO}, timeout_s: 20}}
 """)
+    config = root / "gateway.yaml"
+    other = hashlib.sha256(OTHER_KEY.encode()).hexdigest()
+    config.write_text(config.read_text().replace(
+        "mcp_servers:", f"  other: {{team: platform, sha256: {other}}}\nmcp_servers:"))
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +192,58 @@ async def test_a_response_lost_in_its_streams_last_write_is_resumed(
         async with http.stream("POST", url, json=add, headers={
                 **headers, "accept": f"application/json, {SSE}"}) as stream:
             events = [event async for event in _events(stream)]
-        primed = re.fullmatch(r"id: (\d+-0)\ndata: ?", events[0])
+        primed = re.fullmatch(r"id: (aigw1\.\S+)\ndata: ?", events[0])
         assert primed is not None and '"result"' in events[-1], events
         resumed = await http.get(url, headers={**headers, "accept": SSE,
                                                "last-event-id": primed[1]})
         assert resumed.status_code == 200, resumed.text
         assert resumed.text.replace("\r\n", "\n").split("\n\n")[0] == events[-1]
         assert (await http.delete(url, headers=headers)).status_code == 200
+
+
+async def test_an_event_id_of_another_key_or_session_replays_nothing(
+    gateway: StreamsGateway,
+) -> None:
+    """A Last-Event-ID went to the server as the client sent it: a server whose event
+    store is not kept by session (the SDK's interface leaves that to the store) and
+    whose ids can be guessed (these count from 1) replayed one key's call to another
+    key that named its id in a session of its own. The ids a client sees are sealed to
+    its key, the server and the session, as session ids are: its own resume, another
+    key's or session's (or one made up) is a 400, and the server never sees it."""
+    url = gateway.url("live")
+    mine = opened(url, DEV_KEY)
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "the dev key's own"}}}
+    async with httpx.AsyncClient(timeout=20) as http:
+        async with http.stream("POST", url, json=call, headers={
+                **_headers(mine, "2025-11-25"), "accept": f"application/json, {SSE}"}) as stream:
+            events = [event async for event in _events(stream)]
+        shown = [line[4:] for event in events for line in event.splitlines()
+                 if line.startswith("id: ")]
+        assert shown, events
+        async with http.stream("GET", url, headers={
+                **_headers(mine, "2025-11-25"), "accept": SSE,
+                "last-event-id": shown[0]}) as resumed:  # the server's stream stays open
+            assert resumed.status_code == 200
+            async with asyncio.timeout(20):
+                replayed = await anext(event async for event in _events(resumed)
+                                       if "data: {" in event)
+        assert "the dev key's own" in replayed
+        heard = len(gateway.live.gets)
+        theirs = opened(url, OTHER_KEY)
+        other = {"Authorization": f"Bearer {OTHER_KEY}", "mcp-session-id": theirs,
+                 "mcp-protocol-version": "2025-11-25", "accept": SSE}
+        again = opened(url, DEV_KEY)
+        for headers, event_id in ((other, shown[0]), (other, "1"), (other, "2"),
+                                  ({**_headers(again, "2025-11-25"), "accept": SSE},
+                                   shown[0])):
+            async with (asyncio.timeout(20),
+                        http.stream("GET", url, headers={**headers,
+                                                         "last-event-id": event_id}) as refused):
+                # the old code's answer: the server's stream, replaying what it names
+                first = await anext(_events(refused), "") if refused.status_code == 200 else ""
+                assert refused.status_code == 400, first
+                error = json.loads(await refused.aread())["error"]["message"]
+            assert "Last-Event-ID is not the id of an event" in error
+        assert len(gateway.live.gets) == heard  # none reached the server
+    assert all(event_id.startswith("aigw1.") for event_id in shown), events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -39,6 +40,12 @@ examples:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 reaches a diagnostic as surrogate escapes; under a
+        # locale that encodes strictly (en_US.UTF-8) writing it raised UnicodeEncodeError
+        # in place of the diagnostics. It is shown escaped (\udcff) instead.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

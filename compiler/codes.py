@@ -43,6 +43,7 @@ FILE_ENCODING = _error("AGW107", "file is not UTF-8")
 YAML_FEATURE = _error("AGW108", "unsupported YAML feature")
 INCLUDE_OUTSIDE = _error("AGW109", "include points outside the gateway directory")
 FILE_TOO_LARGE = _error("AGW110", "file is too large")
+YAML_SURROGATE = _error("AGW111", "string holds a UTF-16 surrogate escape, not a character")
 
 # AGW2xx: shape of the documents
 SCHEMA_NOT_MAPPING = _error("AGW201", "document is not a mapping")

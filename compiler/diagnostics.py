@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .codes import Code, Severity
 from .source import Position, SourceFile
@@ -28,6 +28,21 @@ def shown_url(url: str) -> str:
     fragment = shown.find("#")
     cut = min((at for at in (query, fragment) if at >= 0), default=-1)
     return shown if cut < 0 else f"{shown[: cut + 1]}***"
+
+
+# A lone surrogate: how Python holds a byte that did not decode (a file name's, an
+# environment variable's) and a YAML escape of half a pair ("\\ud800").
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD: a diagnostic is written to a terminal,
+    a log and /admin/status's JSON, and none of them can encode a surrogate.
+
+    >>> encodable("caf\\udce9") == "caf\\ufffd"
+    True
+    """
+    return _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +84,9 @@ class DiagnosticSink:
         self._items: list[Diagnostic] = []
 
     def add(self, code: Code, message: str, position: Position, hint: str | None = None) -> None:
+        if _SURROGATE.search(f"{message}{hint}{position.file}"):
+            message, hint = encodable(message), hint and encodable(hint)
+            position = replace(position, file=encodable(position.file))
         self._items.append(Diagnostic(code, message, position, hint))
 
     @property

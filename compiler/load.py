@@ -25,9 +25,14 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAM
 from ruamel.yaml.reader import ReaderError
 
 from . import codes
-from .diagnostics import DiagnosticSink
+from .diagnostics import DiagnosticSink, encodable
 from .source import NodePath, Position, SourceFile, SourceMap
-from .yaml_errors import report_construct_error, report_marked_error, report_reader_error
+from .yaml_errors import (
+    CONSTRUCT_ERRORS,
+    report_construct_error,
+    report_marked_error,
+    report_reader_error,
+)
 
 GATEWAY_FILE = "gateway.yaml"
 # The largest config file read (a gateway.yaml of 10,000 routes is about 1 MiB).
@@ -136,7 +141,18 @@ class _Reader:
                           hint)
             self.complete = False  # what its files define is unknown
             return []
-        return [directory / name for name in names]
+        readable = []
+        for name in names:
+            if encodable(name) == name:
+                readable.append(directory / name)
+                continue
+            # Not UTF-8: Python holds the bytes it could not decode as surrogates, which
+            # no output (aigw check's, the log's, /admin/status's JSON) can encode.
+            shown = f"{folder}/{name.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')}"
+            self.sink.add(codes.FILE_ENCODING, f"the name of '{shown}' is not UTF-8",
+                          Position(shown, 1, 1), "rename the file: config file names are UTF-8")
+            self.complete = False  # what it defines is unknown
+        return readable
 
     def _read(self, relative: str, cited_at: Position) -> bytes | None:
         """The file's bytes, if it is a regular file inside the gateway directory and no
@@ -253,7 +269,7 @@ class _Reader:
         except YAMLError as exc:
             self.sink.add(codes.YAML_SYNTAX, str(exc).splitlines()[0], Position(relative, 1, 1))
             return None
-        except (ValueError, TypeError) as exc:  # ruamel building a value: a bad date, "!!int x"
+        except CONSTRUCT_ERRORS as exc:  # ruamel building a value: a bad date, "!!bool maybe"
             report_construct_error(relative, text, exc, self.sink)
             return None
         except RecursionError:  # ruamel composes nested nodes recursively: ~300 levels
@@ -384,7 +400,7 @@ class _PlainBuilder:
                     if key is None or isinstance(key, bool) else "write the key as a plain name",
                 )
                 continue
-            name = str(key)
+            name = self._characters(str(key), key_at)
             self.keys[(*path, name)] = key_at
             if value is None and value_line != key_line:
                 # An empty value: ruamel places it at the next token, often a line
@@ -420,8 +436,24 @@ class _PlainBuilder:
                 items.append(self.node(item, (*path, index), item_line, item_col))
             return items
         if isinstance(value, TaggedScalar):
-            return str(value.value)
-        return _plain_scalar(value)
+            return self._characters(str(value.value), position)
+        plain = _plain_scalar(value)
+        return self._characters(plain, position) if isinstance(plain, str) else plain
+
+    def _characters(self, text: str, position: Position) -> str:
+        """``text``, if it holds only characters. A double-quoted escape of a UTF-16
+        surrogate ("\\ud800", or a pair) is no character: it cannot be encoded as
+        UTF-8, so a name, header or secret holding one failed wherever it was written
+        (aigw check's own output among them); it is reported, and shown as U+FFFD."""
+        shown = encodable(text)
+        if shown == text:
+            return text
+        found = next(char for char in text if 0xD800 <= ord(char) <= 0xDFFF)
+        self.sink.add(codes.YAML_SURROGATE, f"the escape \\u{ord(found):04x} is half of "
+                      "a UTF-16 surrogate pair, not a character", position,
+                      "write the character itself, or escape one past U+FFFF as "
+                      "\\UXXXXXXXX (eight hex digits)")
+        return shown
 
     def _width(self, value: Any, line: int, col: int) -> int:
         text = self.source.line_text(line + 1)[col:]

@@ -136,27 +136,56 @@ def _report_duplicate(
     )
 
 
-def report_construct_error(
-    relative: str, text: str, exc: ValueError | TypeError, sink: DiagnosticSink
-) -> None:
-    """ruamel raised a bare ValueError or TypeError while building a value: say where and why.
+# What ruamel's constructors raise, bare and unpositioned, on a value they cannot build:
+# ValueError ("!!int x", a date 2024-13-45), TypeError (a mapping as a key), KeyError
+# ("!!bool maybe"), IndexError ("!!int ''"), AttributeError ("!!set x", a scalar where
+# its constructor wants a mapping).
+CONSTRUCT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, LookupError,
+                                                 AttributeError)
 
-    A date that is not one (2024-13-45), ``!!int x``, or a complex key holding a mapping
-    (``? {a: b}``) fail there, with no position; the composed nodes tell which it was.
+
+def report_construct_error(
+    relative: str, text: str, exc: Exception, sink: DiagnosticSink
+) -> None:
+    """ruamel raised one of ``CONSTRUCT_ERRORS`` while building a value: say where and why.
+
+    A date that is not one (2024-13-45), ``!!bool maybe``, or a complex key holding a
+    mapping (``? {a: b}``) fail there, with no position; the composed nodes tell which it was.
     """
-    node = _failing_node(text, complex_key=isinstance(exc, TypeError))
+    complex_key = isinstance(exc, TypeError) and "unhashable" in str(exc)
+    node = _failing_node(text, complex_key=complex_key)
     position = Position(relative, 1, 1)
     quoted = f'"{node.value}"' if isinstance(node, ScalarNode) else "it"
     if node is not None:
         start, end = node.start_mark, node.end_mark
         width = end.column - start.column if end.line == start.line else 1
         position = Position(relative, start.line + 1, start.column + 1, max(width, 1))
-    if isinstance(exc, TypeError):
+    if complex_key:
         sink.add(codes.YAML_FEATURE, "a mapping cannot be a mapping key", position,
                  "keys are plain names")
-    else:
-        sink.add(codes.YAML_SYNTAX, f"this value cannot be read: {exc}", position,
-                 f"if it is meant as text, quote it: {quoted}")
+        return
+    if node is not None and node.tag and text[node.start_mark.index :].startswith("!"):
+        tag = _short_tag(node.tag)  # written on the value, not implied by its text
+        sink.add(codes.YAML_SYNTAX, f"{_shown(node)} cannot be read as {tag}", position,
+                 f"write a plain value without the tag, or one that {tag} reads")
+        return
+    reason = f": {exc}" if isinstance(exc, ValueError) and str(exc) else ""
+    sink.add(codes.YAML_SYNTAX, f"this value cannot be read{reason}", position,
+             f"if it is meant as text, quote it: {quoted}")
+
+
+def _shown(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        return f'"{node.value}"'
+    return "a list" if isinstance(node, SequenceNode) else "a mapping"
+
+
+def _short_tag(tag: str) -> str:
+    """``tag:yaml.org,2002:bool`` as it is written, ``!!bool``."""
+    return f"!!{tag.removeprefix(_STANDARD_TAG)}" if tag.startswith(_STANDARD_TAG) else tag
+
+
+_STANDARD_TAG = "tag:yaml.org,2002:"
 
 
 def _failing_node(text: str, complex_key: bool) -> Node | None:
@@ -176,7 +205,9 @@ def _failing_node(text: str, complex_key: bool) -> Node | None:
 def _constructs(yaml: YAML, node: ScalarNode) -> bool:
     try:
         yaml.constructor.construct_object(node, deep=True)
-    except (ValueError, TypeError, YAMLError):
+    except CONSTRUCT_ERRORS:
+        return False
+    except YAMLError:
         return False
     return True
 

@@ -9,6 +9,7 @@ and comments) and every policy is parsed on its own: an error then has the
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -128,6 +129,23 @@ def _too_deep(chunk: PolicyText) -> int | None:
     return None
 
 
+# The most operators (&&, ||, ., +, ==, if, has, ...) one policy may hold. cedarpy builds
+# a chain of them as nested nodes: at about 500 its JSON form is nested past what Python's
+# json reads (RecursionError), at some thousands its parser overflows its stack (a
+# segfault, as brackets do). Policies people write hold tens.
+MAX_OPERATORS = 200
+_OPERATOR = re.compile(r"&&|\|\||[!=<>]=?|[-+*.]|\b(?:if|has|like|is|in)\b")
+
+
+def _too_many_operators(chunk: PolicyText) -> re.Match[str] | None:
+    """The operator of ``chunk`` past ``MAX_OPERATORS``, if there is one."""
+    code = [" "] * len(chunk.text)  # comments and strings blanked, offsets kept
+    for index, char in _code(chunk.text):
+        code[index] = char
+    operators = _OPERATOR.finditer("".join(code))
+    return next(itertools.islice(operators, MAX_OPERATORS, None), None)
+
+
 def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
     """cedarpy's JSON form of the one policy in ``chunk`` (an empty one for a bare comment)."""
     deep = _too_deep(chunk)
@@ -135,6 +153,13 @@ def _parse(chunk: PolicyText, sink: DiagnosticSink) -> Mapping[str, Any] | None:
         sink.add(codes.CEDAR_SYNTAX, f"Cedar policy nests brackets more than {MAX_NESTING} "
                  "deep", _at(chunk, deep, 1), "split the condition, or name its parts "
                  "with && and ||")
+        return None
+    operator = _too_many_operators(chunk)
+    if operator is not None:
+        sink.add(codes.CEDAR_SYNTAX, f"Cedar policy has more than {MAX_OPERATORS} operators",
+                 _at(chunk, operator.start(), len(operator.group())),
+                 "write it as several policies (a forbid's || as several forbids), or test "
+                 "a tag or group the config defines rather than list names")
         return None
     try:
         parsed = json.loads(cedarpy.policies_to_json_str(chunk.text))

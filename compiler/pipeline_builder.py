@@ -667,7 +667,11 @@ def _chat_field(schema: Mapping[str, Any]) -> str | None:
         return None
     strings = [name for name, prop in properties.items()
                if isinstance(prop, dict) and prop.get("type") == "string"]
-    required = [name for name in schema.get("required") or () if name in properties]
+    # Read before the schema is known to be valid (its error is reported apart): a
+    # "required" that is no list of names must not fail here.
+    listed = schema.get("required")
+    required = [name for name in listed if isinstance(name, str) and name in properties] \
+        if isinstance(listed, list) else []
     if len(required) == 1 and required[0] in strings:
         return str(required[0])
     if len(properties) == 1 and strings:

@@ -504,8 +504,10 @@ def _marks(node: CommentedMap, key: Any) -> tuple[int, int, int, int]:
         hash(key)
     except TypeError:  # a complex key ("? {a: b}") holding a mapping: use the mapping's start
         return node.lc.line, node.lc.col, node.lc.line, node.lc.col
-    if key in node.lc.data:
-        key_line, key_col, value_line, value_col = node.lc.data[key]
+    # An ordered map (!!omap) keeps no positions of its keys: its own start stands in.
+    marks = node.lc.data or {}
+    if key in marks:
+        key_line, key_col, value_line, value_col = marks[key]
         return key_line, key_col, value_line, value_col
     for source in getattr(node, "merge", ()):
         if isinstance(source, CommentedMap) and key in source:

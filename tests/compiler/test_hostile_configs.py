@@ -227,6 +227,9 @@ HOSTILE: dict[str, tuple[dict[str, str | bytes], tuple[str, str]]] = {
     "a scalar tagged !!set (AttributeError)": (
         {"gateway.yaml": MINIMAL.replace(CONTEXT_WINDOW, "context_window: !!set x")},
         ("AGW101", "gateway.yaml:7:64")),
+    "an ordered map (!!omap), whose keys ruamel keeps no positions of": (
+        {"gateway.yaml": MINIMAL.replace("version: 1", "version: !!omap [a: 1]")},
+        ("AGW206", "gateway.yaml:1:10")),
     "half a surrogate pair escaped": (
         {"gateway.yaml": MINIMAL.replace("provider: local,", 'provider: "lo\\ud800",')},
         ("AGW111", "gateway.yaml:7:26")),

@@ -39,7 +39,9 @@ MAX_LIMIT = 2**53 - 1
 class Spec(BaseModel):
     """Base of every spec: strict types, unknown keys are errors, nothing mutable after."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # No NaN or infinity (.inf, or 1e999, which YAML reads as infinity): a price of it
+    # made every request's cost infinite.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class CircuitBreakerSpec(Spec):

@@ -487,12 +487,18 @@ def _custom_tag(value: Any) -> str | None:
     """The tag written on ``value`` (``!env``), or None for no tag or a standard one (``!!str``)."""
     tag = getattr(value, "tag", None)
     text = getattr(tag, "value", tag)
-    if not isinstance(text, str) or text.startswith(_STANDARD_TAG):
+    if not isinstance(text, str):
         return None
+    if text.startswith(_STANDARD_TAG):  # "!!python/object:os.system" is in this namespace too
+        name = text.removeprefix(_STANDARD_TAG)
+        return None if name in _YAML_TYPES else f"!!{name}"
     return text
 
 
 _STANDARD_TAG = "tag:yaml.org,2002:"
+# The types YAML itself defines (1.1's, which ruamel reads too).
+_YAML_TYPES = frozenset({"str", "int", "float", "bool", "null", "map", "seq", "omap", "set",
+                         "pairs", "binary", "timestamp", "merge", "value"})
 
 
 def _marks(node: CommentedMap, key: Any) -> tuple[int, int, int, int]:

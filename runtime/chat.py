@@ -34,6 +34,7 @@ from .providers.base import (
     ChatCall,
     ChatDelta,
     ChatResult,
+    ToldSoFar,
     Usage,
     close_deltas,
     unreported_usage,
@@ -308,11 +309,12 @@ async def stream(
     record = record or new_record(live, "chat")
     quotas = DeploymentQuotas(live.store, record)
     holds: dict[str, Hold | None] = {}
-    Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta], Span]
+    Opened = tuple[ChatDelta | None, AsyncIterator[ChatDelta], Span, ToldSoFar]
 
     async def attempt(candidate: Candidate) -> Opened:
         hold = await quotas.take(candidate.deployment, _worst_tokens(chosen, candidate))
-        deltas = candidate.adapter.stream(_call(chosen, candidate))
+        call = _call(chosen, candidate)
+        deltas = candidate.adapter.stream(call)
         record.waiting_upstream()
         # The span lasts as long as the stream (``_measured`` ends it), not to its first
         # delta: its duration and usage are the whole call's.
@@ -326,7 +328,7 @@ async def stream(
                 with anyio.CancelScope(shield=True):  # and cancelled outright: ``uncancelled``
                     await uncancelled(partial(quotas.failed, hold, candidate.deployment,
                                               chosen.prompt_tokens, exc,
-                                              _unanswered(chosen, candidate)),
+                                              _cut(live, chosen, candidate, call.told)),
                                       live.store.finish, again=True)
                 span_failed(span, exc)
                 span.end()
@@ -334,22 +336,19 @@ async def stream(
             finally:
                 record.waited_upstream()
             holds[candidate.deployment.name] = hold
-            return first, deltas, span
+            return first, deltas, span, call.told
 
     async def discard(lost: Won[Opened]) -> None:
         # A hedge's loser, which had its first delta too: closed, and billed its prompt
         # and that delta (its own usage, if that came in it), as a call cut short.
-        first, deltas, span = lost.value
+        first, deltas, span, told = lost.value
         await close_deltas(deltas)
         span.end()
         deployment = lost.candidate.deployment
         if first is not None and first.usage is not None:
             used = first.usage
         else:
-            sent = SentOutput(STREAMED_AUDIO_FORMAT)
-            if first is not None:
-                sent.add(first)
-            used = sent.counted(_unanswered(chosen, lost.candidate), live.counter)
+            used = _cut(live, chosen, lost.candidate, told, first)
         await quotas.settle(holds.pop(deployment.name, None), cut_short(record, deployment, used))
 
     won = await run_attempts(live, chosen.route,
@@ -357,12 +356,13 @@ async def stream(
     stats = live.routing.of(won.candidate.deployment)
     stats.observe_ttft((live.routing.clock() - won.started) * 1000)
     record.ttft_s = time.perf_counter() - record.started
-    first, rest, span = won.value
+    first, rest, span, told = won.value
     record.response_model = won.candidate.deployment.model
     record.upstream_request_id = first.upstream_request_id if first is not None else None
     hold = holds.get(won.candidate.deployment.name)  # its losers' were settled (discard)
     return _served(record, chosen, won), _measured(
-        live, won, record, first, rest, hold, partial(_unanswered, chosen, won.candidate), span)
+        live, won, record, first, rest, hold, partial(_unanswered, chosen, won.candidate),
+        told, span)
 
 
 class PipelineChat(Protocol):
@@ -491,6 +491,16 @@ def _unanswered(chosen: Plan, candidate: Candidate) -> Usage:
     return unreported_usage(_call(chosen, candidate))
 
 
+def _cut(live: Live, chosen: Plan, candidate: Candidate, told: ToldSoFar,
+         first: ChatDelta | None = None) -> Usage:
+    """What a stream from ``candidate`` cut before its first delta (or after ``first``,
+    a hedge's loser) is billed: what its provider reported so far, estimated past it."""
+    sent = SentOutput(STREAMED_AUDIO_FORMAT)
+    if first is not None:
+        sent.add(first)
+    return sent.cut(told.usage, _unanswered(chosen, candidate), live.counter)
+
+
 async def _measured(
     live: Live,
     won: Won[Any],
@@ -499,13 +509,16 @@ async def _measured(
     rest: AsyncIterator[ChatDelta],
     hold: Hold | None,
     unanswered: Callable[[], Usage],
+    told: ToldSoFar,
     span: Span = NO_SPAN,
 ) -> AsyncIterator[ChatDelta]:
     """The stream as the client sees it: in flight to its end, timed, billed once, and
-    judged at its end (the breaker's verdict on the deployment). Cut before the upstream
-    reported usage, it is billed ``unanswered()`` (its prompt) and what it sent (a spoken
-    answer's audio too, at the audio price), before the deployment's own tpm is settled
-    (a cut reaches this, the innermost stream, first)."""
+    judged at its end (the breaker's verdict on the deployment). Cut before the upstream's
+    usage-only delta, it is billed what the upstream reported before the cut (``told``:
+    Anthropic's message_start, Gemini's running counts) and, for what that leaves out,
+    ``unanswered()`` (its prompt) and what it sent (a spoken answer's audio too, at the
+    audio price), before the deployment's own tpm is settled (a cut reaches this, the
+    innermost stream, first)."""
     deployment = won.candidate.deployment
     stats = live.routing.of(deployment)
     stats.in_flight += 1
@@ -548,7 +561,7 @@ async def _measured(
         stats.in_flight -= 1
         stream_ended(live.routing, won, ended, error)
         if not billed:  # as an answer whose upstream reports no usage (providers/guard.py)
-            _bill(record, deployment, sent.counted(unanswered(), live.counter))
+            _bill(record, deployment, sent.cut(told.usage, unanswered(), live.counter))
         if span is not NO_SPAN:  # untraced: nothing to label
             label_answer(span, record)
             span.end()

@@ -69,6 +69,7 @@ from .base import (
     ChatDelta,
     ChatResult,
     Refusals,
+    ToldSoFar,
 )
 from .raw import RawTarget, api_root
 
@@ -100,7 +101,7 @@ class AnthropicAdapter(Refusals):
         return parse_message(document, call, self.provider, upstream_id)
 
     async def stream(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
-        reader = _StreamReader(self.provider)
+        reader = _StreamReader(self.provider, call.told)
         body = messages_body(call, stream=True)
         # Read on to the end after message_stop, so that post_sse closes the response itself.
         noted: list[str] = []  # the provider's id of the call, given on the first delta
@@ -125,6 +126,10 @@ class _StreamReader(BlockStream):
     """Anthropic's stream events in, chat deltas out; keeps the running usage counts."""
 
     end = "message_stop"
+
+    def __init__(self, provider: Provider, told: ToldSoFar) -> None:
+        super().__init__(provider)
+        self.told = told
 
     def read(self, event: Mapping[str, Any]) -> list[ChatDelta]:
         kind = event.get("type")
@@ -173,6 +178,8 @@ class _StreamReader(BlockStream):
             for name, value in counts.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     self.counts[name] = max(value, self.counts.get(name, value))
+            # What a cut stream is billed (message_start's input and cache counts).
+            self.told.usage = usage(self.counts)
 
 
 def stream_error(event: Mapping[str, Any], provider: Provider) -> UpstreamError:

@@ -10,7 +10,7 @@ never mock the adapter's callers.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from aigw.compiler.graph import Deployment, Price, Provider
@@ -20,14 +20,28 @@ from ..errors import NoDeploymentAvailable, UpstreamServerError
 from ..tokens import TokenCounter, audio_prompt_tokens
 
 
+class ToldSoFar:
+    """The usage a streaming provider has reported before its stream's end (Anthropic's
+    ``message_start``, Gemini's running ``usageMetadata``), kept by its adapter as it reads:
+    a stream cut before its end is billed these counts, and the gateway's estimate only
+    for what they leave out (``guard.SentOutput.cut``)."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatCall:
-    """One attempt at one deployment."""
+    """One attempt at one deployment; ``told``: its stream's usage reported so far (the
+    one part of a call that changes, written by the adapter that streams it)."""
 
     request: ChatRequest
     deployment: Deployment
     prompt_tokens: int
     max_output_tokens: int
+    told: ToldSoFar = field(default_factory=ToldSoFar, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,8 +175,8 @@ class GeminiAdapter(Refusals):
                     if delta.finish_reason is not None:
                         ended.add(delta.index)
                     yield delta
-                if chunk.get("usageMetadata"):
-                    usage = _usage(chunk["usageMetadata"], call)
+                if chunk.get("usageMetadata"):  # cumulative: a cut stream is billed the last
+                    usage = call.told.usage = _usage(chunk["usageMetadata"], call)
         if not ended or ended != begun:
             raise stream_cut(self.provider, "its end (no finishReason)")
         yield ChatDelta(usage=usage or unreported_usage(call))

@@ -262,3 +262,19 @@ class SentOutput:
         with this output: what the answer is billed."""
         return dataclasses.replace(unreported, completion_tokens=self.tokens(counter),
                                    audio_output_tokens=self.audio_tokens())
+
+    def cut(self, told: Usage | None, unreported: Usage, counter: TokenCounter) -> Usage:
+        """What a stream cut before its end is billed: the counts its provider reported
+        before the cut (``ToldSoFar``: its prompt's cache reads and writes priced as such),
+        ``unreported`` where it reported no prompt, and as output the larger of its count
+        and this output's (what was relayed after its last count)."""
+        counted = self.counted(unreported, counter)
+        if told is None:
+            return counted
+        # A prompt of no tokens is one not reported yet: Anthropic-compatible relays send
+        # input_tokens 0 before the end (and no prompt of a call is empty).
+        said = told if told.prompt_tokens else counted
+        return dataclasses.replace(
+            said, completion_tokens=max(told.completion_tokens, counted.completion_tokens),
+            reasoning_tokens=told.reasoning_tokens,
+            audio_output_tokens=max(told.audio_output_tokens, counted.audio_output_tokens))

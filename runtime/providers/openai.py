@@ -163,8 +163,8 @@ class OpenAIAdapter:
                 if noted:
                     delta = replace(delta, upstream_request_id=noted.pop())
                 yield delta
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
+            if chunk.get("usage"):  # some servers send it on every chunk: a cut is billed it
+                usage = call.told.usage = _usage(chunk["usage"])
         # The connection closed cleanly mid-answer: before any finish, or (n > 1) before
         # one of the choices it had begun had its own (one choice's finish ended it).
         if not done and (not finished or finished != answered):

@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 
+from aigw.runtime.tokens import TokenCounter
+
 from ..conftest import DEV_KEY
 from ..fakes.bedrock_fake import event
 from ..fakes.scripted import Scripted, scripted_upstream
@@ -61,6 +63,12 @@ class Gateway:
         return failures
 
 
+# Per million tokens: input, output, cache reads, cache writes.
+CLAUDE_PRICE = "{input: 3, output: 15, cache_read: 0.3, cache_write: 3.75}"
+GEMINI_PRICE = "{input: 0.3, output: 2.5, cache_read: 0.03}"
+COMPAT_PRICE = "{input: 0.5, output: 2, cache_read: 0.05}"
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with scripted_upstream() as upstream, sdk_gateway(
@@ -86,6 +94,12 @@ deployments:
          capabilities: [streaming, tools]}}
   aws: {{provider: aws, model: amazon.nova-lite-v1:0, context_window: 300000,
          capabilities: [streaming, tools]}}
+  claude-priced: {{provider: claude, model: claude-sonnet-4-5, context_window: 200000,
+                   capabilities: [streaming], price: {CLAUDE_PRICE}}}
+  gem-priced: {{provider: gem, model: gemini-2.5-flash, context_window: 1000000,
+                capabilities: [streaming], price: {GEMINI_PRICE}}}
+  compat-priced: {{provider: compat, model: qwen3, context_window: 128000,
+                   capabilities: [streaming], price: {COMPAT_PRICE}}}
 groups:
   oai-group: {{members: [oai], retry: {{attempts: 0}}}}
   compat-group: {{members: [compat], retry: {{attempts: 0}}}}
@@ -98,6 +112,9 @@ routes:
   claude: {{group: claude-group}}
   gem: {{group: gem-group}}
   aws: {{group: aws-group}}
+  claude-priced: {{deployment: claude-priced}}
+  gem-priced: {{deployment: gem-priced}}
+  compat-priced: {{deployment: compat-priced}}
 """) as (client, server):
         yield Gateway(client, server, upstream)
 
@@ -359,6 +376,61 @@ def test_a_stream_cut_midway_ends_in_an_error_is_billed_and_counts_against_the_c
     assert row["tokens_in"] > before["tokens_in"]
     assert row["tokens_out"] - before["tokens_out"] >= 3
     assert gateway.failures(route) == failures + 1
+
+
+RELAYED_TOKENS = TokenCounter().count(PARTIAL)  # the output the gateway counts of a cut
+# Each provider's stream cut mid-answer after it had reported counts of its own, and what
+# the cut is billed: (prompt, cache reads, cache writes, output) and the cost of those.
+# The prompt as reported (cache reads at their own price, not the gateway's estimate of
+# the prompt at the input price); the output the larger of the provider's count so far
+# and the gateway's of what it relayed.
+CUT_REPORTED: dict[str, tuple[str, object, tuple[int, int, int, int], float]] = {
+    "anthropic message_start with cache reads and writes": ("claude-priced", _anthropic_text(
+        PARTIAL, {"input_tokens": 7, "cache_read_input_tokens": 3000,
+                  "cache_creation_input_tokens": 200, "output_tokens": 1},
+        {"output_tokens": 40})[:3], (3207, 3000, 200, RELAYED_TOKENS),
+        (7 * 3 + 3000 * 0.3 + 200 * 3.75 + RELAYED_TOKENS * 15) / 1e6),
+    "gemini running usageMetadata with cached content": ("gem-priced", [
+        _gemini([{"text": "Partly "}], usageMetadata={
+            "promptTokenCount": 1200, "cachedContentTokenCount": 1000,
+            "candidatesTokenCount": 2}),
+        _gemini([{"text": "sunny with"}], usageMetadata={
+            "promptTokenCount": 1200, "cachedContentTokenCount": 1000,
+            "candidatesTokenCount": 9})], (1200, 1000, 0, 9),
+        (200 * 0.3 + 1000 * 0.03 + 9 * 2.5) / 1e6),
+    "compatible server with cumulative usage on every chunk": ("compat-priced", [
+        _chunk({"role": "assistant", "content": ""}, usage={
+            "prompt_tokens": 900, "completion_tokens": 0, "total_tokens": 900,
+            "prompt_tokens_details": {"cached_tokens": 768}}),
+        _chunk({"content": PARTIAL}, usage={
+            "prompt_tokens": 900, "completion_tokens": 1, "total_tokens": 901,
+            "prompt_tokens_details": {"cached_tokens": 768}})], (900, 768, 0, RELAYED_TOKENS),
+        (132 * 0.5 + 768 * 0.05 + RELAYED_TOKENS * 2) / 1e6),
+}
+
+
+@pytest.mark.parametrize(("route", "stream", "counts", "cost"), CUT_REPORTED.values(),
+                         ids=CUT_REPORTED.keys())
+def test_a_cut_stream_is_billed_the_counts_its_provider_reported_before_the_cut(
+    gateway: Gateway, route: str, stream: object, counts: tuple[int, int, int, int],
+    cost: float
+) -> None:
+    before = gateway.ledger(route)
+    assert before["requests"] == 0  # each case's route is its own: its row is the cut's
+    gateway.upstream.now(stream)
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in gateway.client.chat.completions.create(model=route, messages=ASK,
+                                                            stream=True):
+            received.append(chunk)
+    assert "ended the stream before" in cut.value.message
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == PARTIAL
+    row = gateway.settled(route, before)
+    prompt, cache_reads, _cache_writes, output = counts
+    assert row["errors"] == 1
+    assert (row["tokens_in"], row["tokens_cached"], row["tokens_out"]) == (
+        prompt, cache_reads, output)
+    assert row["cost"] == pytest.approx(cost, abs=1e-9)  # the ledger keeps nanos
 
 
 BAD_GATEWAY_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 "

@@ -113,6 +113,7 @@ routes:
   gem: {{group: gem-group}}
   aws: {{group: aws-group}}
   claude-priced: {{deployment: claude-priced}}
+  claude-priced-left: {{deployment: claude-priced}}
   gem-priced: {{deployment: gem-priced}}
   compat-priced: {{deployment: compat-priced}}
 """) as (client, server):
@@ -431,6 +432,28 @@ def test_a_cut_stream_is_billed_the_counts_its_provider_reported_before_the_cut(
     assert (row["tokens_in"], row["tokens_cached"], row["tokens_out"]) == (
         prompt, cache_reads, output)
     assert row["cost"] == pytest.approx(cost, abs=1e-9)  # the ledger keeps nanos
+
+
+def test_a_stream_its_client_left_is_billed_the_counts_its_provider_reported(
+    gateway: Gateway
+) -> None:
+    # The upstream stalls after the first words: the client leaving is the cut.
+    route = "claude-priced-left"
+    gateway.upstream.now(_anthropic_text(PARTIAL, {
+        "input_tokens": 7, "cache_read_input_tokens": 3000, "output_tokens": 1},
+        {"output_tokens": 40})[:3], held=True)
+    before = gateway.ledger(route)
+    assert before["requests"] == 0
+    stream = gateway.client.chat.completions.create(model=route, messages=ASK, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()
+    row = gateway.settled(route, before)
+    assert (row["tokens_in"], row["tokens_cached"], row["tokens_out"]) == (
+        3007, 3000, RELAYED_TOKENS)
+    assert row["cost"] == pytest.approx((7 * 3 + 3000 * 0.3 + RELAYED_TOKENS * 15) / 1e6,
+                                        abs=1e-9)
 
 
 BAD_GATEWAY_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 "

@@ -3,7 +3,9 @@ provider fake would give (wrong shapes, broken headers, streams that stop short)
 
 ``Scripted.now(body, status, headers)`` sets the answer every request gets from then
 on (retries included): a JSON document (dumped), raw bytes, or a list of server-sent
-event payloads (each sent as ``data: <payload>``; strings as they are, others dumped).
+event payloads (each sent as ``data: <payload>``; strings as they are, others dumped),
+the stream held open after them with ``held=True`` (an upstream that stalls, until the
+gateway goes).
 Any POST path answers; GET /__ready is for ``serving``.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,6 +30,7 @@ class Answer:
     body: object  # JSON (dumped), bytes, or a list of SSE data payloads (a stream)
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    held: bool = False  # a stream: kept open after its events, until the reader goes
 
 
 @dataclass
@@ -35,8 +39,9 @@ class Scripted:
     answer: Answer | None = None
     calls: int = 0
 
-    def now(self, body: object, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.answer = Answer(body, status, headers or {})
+    def now(self, body: object, status: int = 200, headers: dict[str, str] | None = None,
+            held: bool = False) -> None:
+        self.answer = Answer(body, status, headers or {}, held)
 
 
 def _app(scripted: Scripted) -> Starlette:
@@ -52,6 +57,8 @@ def _app(scripted: Scripted) -> Starlette:
                 for data in events:
                     text = data if isinstance(data, str) else json.dumps(data)
                     yield f"data: {text}\n\n".encode()
+                if given.held:  # cancelled when the gateway closes the connection
+                    await anyio.sleep(60)
 
             return StreamingResponse(stream(), status_code=given.status, headers=given.headers,
                                      media_type="text/event-stream")

@@ -15,7 +15,7 @@ import pytest
 
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
-from .server import Server
+from .server import Server, running
 from .test_response_cache import _access_lines, _ask, _client, _gateway, _lookups, _streamed
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +26,8 @@ SLOW_S = 1.5
 
 @pytest.fixture
 def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
-    server = Server(_gateway(tmp_path / "gw", openai_upstream[1]))
-    try:
-        server.wait_ready()
+    with running(_gateway(tmp_path / "gw", openai_upstream[1])) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _at_once(count: int, call: Callable[[int], Any]) -> list[Any]:

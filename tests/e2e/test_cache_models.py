@@ -12,7 +12,7 @@ import pytest
 
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
-from .server import Server
+from .server import Server, running
 from .test_response_cache import _ask, _client, _gateway
 
 pytestmark = pytest.mark.e2e
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
-    server = Server(_pairs(tmp_path / "gw", openai_upstream[1]))
-    try:
-        server.wait_ready()
+    with running(_pairs(tmp_path / "gw", openai_upstream[1])) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _pairs(root: Path, upstream: str) -> Path:

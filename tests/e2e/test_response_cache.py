@@ -20,7 +20,7 @@ import redis
 from ..conftest import DEV_KEY
 from ..fakes.openai_fake import OpenAIFake, reply_for
 from ..redis_server import PrivateRedis
-from .server import Server
+from .server import Server, running
 
 pytestmark = pytest.mark.e2e
 
@@ -66,12 +66,8 @@ keys:
 
 @pytest.fixture
 def gateway(tmp_path: Path, openai_upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
-    server = Server(_gateway(tmp_path / "gw", openai_upstream[1]))
-    try:
-        server.wait_ready()
+    with running(_gateway(tmp_path / "gw", openai_upstream[1])) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _client(server: Server, key: str = ENG_KEY, **headers: str) -> openai.OpenAI:

@@ -19,7 +19,7 @@ from ..conftest import DEV_KEY
 from ..fakes.brain import Action
 from ..fakes.openai_fake import OpenAIFake
 from ..redis_server import PrivateRedis
-from .server import Server
+from .server import Server, running
 from .test_response_cache import (
     ENG_KEY,
     ENG_KEY_2,
@@ -66,12 +66,8 @@ def upstream(openai_upstream: tuple[OpenAIFake, str]) -> tuple[OpenAIFake, str]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, upstream: tuple[OpenAIFake, str]) -> Iterator[Server]:
-    server = Server(_semantic_gateway(tmp_path / "gw", upstream[1]))
-    try:
-        server.wait_ready()
+    with running(_semantic_gateway(tmp_path / "gw", upstream[1])) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _chats(fake: OpenAIFake) -> list[dict[str, Any]]:

@@ -418,6 +418,15 @@ def new_owner() -> str:
     return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def local_owners() -> tuple[str, str]:
+    """The range of runner names (``low <= name < high``) that ``new_owner`` gives on this
+    host and PID namespace: the only runners whose process ``claimable`` can see gone.
+    A store reads the runners holding executions in this range, not every execution
+    held, to find those of a dead process."""
+    host = _host()
+    return f"{host}:", f"{host};"  # ';' is the character after ':'
+
+
 def _host() -> str:
     """The hostname, and the PID namespace whose numbers ``os.getpid`` gives (where /proc
     shows it). The hostname alone is not enough: containers sharing the host's network

@@ -4,17 +4,19 @@ Every read and write is a job on the file's one writer thread (``SQLiteFile``) i
 ``BEGIN IMMEDIATE``, so a check-then-write (a claim, a fenced checkpoint, a pause) is
 atomic even when several worker processes share the file. There is no queue: a runner
 finds work by asking for active executions nobody holds (``claim``), which it does
-every half second and whenever this process creates or resumes one.
+every half second and whenever this process creates or resumes one; a claim reads
+bounded ranges of partial indexes (``CLAIM_SQL``), never the executions held.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .callers import TokenCaller
@@ -42,11 +44,16 @@ from .executions import (
     decision_to_json,
     in_start_order,
     json_text,
+    local_owners,
     new_execution_id,
     step_from_json,
     step_to_json,
 )
 from .sqlite_file import SQLiteFile, run_statements
+
+# An active execution, as the claim's partial indexes and queries say it (the same text,
+# so SQLite sees that the queries' rows are in the indexes).
+_ACTIVE_SQL = "status IN (" + ", ".join(f"'{status.value}'" for status in sorted(ACTIVE)) + ")"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wf_executions (
@@ -119,7 +126,11 @@ CREATE TABLE IF NOT EXISTS wf_purged_costs (
     prompt_tokens     INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     model_calls       INTEGER NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS wf_claimable ON wf_executions (lease_until, created_at)
+    WHERE """ + _ACTIVE_SQL + """;
+CREATE INDEX IF NOT EXISTS wf_held_by ON wf_executions (owner, created_at)
+    WHERE """ + _ACTIVE_SQL + """
 """
 
 # Indexes of files written before the listing's were added, which those replace: the
@@ -359,18 +370,55 @@ def _events(
                  for seq, at, kind, step, data in rows)
 
 
+# The most executions one claim takes: the runner claims again at once when it took
+# some, so a big capacity fills in a few claims, each as cheap as the next.
+CLAIM_BATCH = 32
+
+# What a claim reads: ranges of the partial indexes of active executions, each bounded,
+# so that a poll's cost grows with what it may take, never with how many executions
+# runners hold (it read and decoded every active one, held or not, twice a second).
+# INDEXED BY: SQLite fails the statement rather than pick another index (by status, then
+# every row of it) or scan.
+CLAIM_SQL: Mapping[str, str] = MappingProxyType({
+    # Held by a runner whose lease ran out, the oldest lapse first: work cut short.
+    "lapsed": f"{_SELECT} INDEXED BY wf_claimable WHERE {_ACTIVE_SQL} AND lease_until > 0 "
+              "AND lease_until <= ? AND owner IS NOT ? ORDER BY lease_until, created_at "
+              "LIMIT ?",
+    # The oldest execution of the next runner of this host (``local_owners``) after a
+    # name: one seek per runner, past all it holds; its process may be gone.
+    "next_holder": f"{_SELECT} INDEXED BY wf_held_by WHERE {_ACTIVE_SQL} AND owner > ? "
+                   "AND owner < ? ORDER BY owner, created_at LIMIT 1",
+    "held_by": f"{_SELECT} INDEXED BY wf_held_by WHERE {_ACTIVE_SQL} AND owner = ? "
+               "ORDER BY created_at LIMIT ?",
+    # Queued or released (no lease: ``_release`` and a store's own change set it to 0).
+    "unheld": f"{_SELECT} INDEXED BY wf_claimable WHERE {_ACTIVE_SQL} AND lease_until = 0 "
+              "ORDER BY created_at LIMIT ?",
+})
+
+
 def _claim(
     owner: str, lease_s: float, now: float, limit: int, connection: sqlite3.Connection
 ) -> tuple[str, ...]:
-    statuses = tuple(status.value for status in ACTIVE)
-    rows = connection.execute(
-        f"{_SELECT} WHERE status IN (?, ?, ?) ORDER BY created_at", statuses
-    ).fetchall()
-    taken = []
-    for row in rows:
-        execution = _row(row)
+    limit = min(limit, CLAIM_BATCH)
+
+    def read(name: str, params: tuple[Any, ...]) -> list[Execution]:
+        return [_row(row) for row in connection.execute(CLAIM_SQL[name], params).fetchall()]
+
+    def candidates() -> Iterator[Execution]:  # read as they are needed, no further
+        yield from read("lapsed", (now, owner, limit))
+        low, high = local_owners()
+        while found := read("next_holder", (low, high)):
+            low = found[0].owner or high
+            if low != owner and claimable(found[0], owner, now):  # its process is gone
+                yield from read("held_by", (low, limit))
+        yield from read("unheld", (limit,))
+
+    taken: list[str] = []
+    for execution in candidates():
         if execution.owner == owner or not claimable(execution, owner, now):
             continue
+        # A dead runner's lapsed execution is read twice: taken the first time, the
+        # second finds its owner changed.
         cursor = connection.execute(
             "UPDATE wf_executions SET owner = ?, lease_until = ? WHERE id = ? AND owner IS ?",
             (owner, now + lease_s, execution.id, execution.owner),

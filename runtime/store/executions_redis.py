@@ -16,7 +16,8 @@ Keys live under ``<namespace>:wf:``::
     finished            sorted set: ended execution ids by when they ended (what the
                         purge deletes, without reading the executions still waiting)
     waiting             sorted set: executions that had a step waiting for a decision,
-                        by when it began to wait (read and tidied by ``waiting``)
+                        by when it began to wait (read from the newest, a page at a
+                        time, and tidied by ``waiting``; the purge takes out the ended)
     finished:complete   set once ``finished`` holds every ended execution (written
                         before it existed, they are added by one scan of ``index``)
     costs               hash: <pipeline>:<total> sums for /api/v1/costs/summary
@@ -91,6 +92,7 @@ log = logging.getLogger("aigw.store")
 
 T = TypeVar("T")
 GROUP = "runners"
+_WAITING_PAGE = 200  # executions ``waiting`` reads in one round trip
 _JSON_FIELDS = frozenset({"input", "output"})
 _FIELDS = {item.name: item for item in fields(Execution)}
 _PARTS = ("", "steps", "memo", "events", "decisions")  # an execution's keys (see above)
@@ -301,18 +303,28 @@ class RedisExecutions:
 
     async def waiting(self, limit: int) -> tuple[tuple[Execution, StepState], ...]:
         async def run() -> tuple[tuple[Execution, StepState], ...]:
+            # A range of the index from the newest, a page at a time, until ``limit``
+            # steps are found: it read the whole set, and every execution in it, on each
+            # call (the admin page, each approvals inbox), however few were asked for.
             index = self._key("waiting")
             found: list[tuple[Execution, StepState]] = []
-            ids: list[str] = await self._redis.zrevrange(index, 0, -1)
-            done: list[str] = []  # decided, finished or purged: no longer worth reading
-            for start in range(0, len(ids), 200):
-                chunk = ids[start:start + 200]
+            seen: set[str] = set()
+            start = 0
+            page = max(1, min(limit, _WAITING_PAGE))
+            while len(found) < limit:
+                read: list[str] = await self._redis.zrevrange(index, start, start + page - 1)
+                if not read:
+                    break
+                # One moved down as another came in is read once.
+                ids = [execution_id for execution_id in read if execution_id not in seen]
+                seen.update(ids)
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for execution_id in chunk:
+                    for execution_id in ids:
                         pipe.hgetall(self._x(execution_id))
                         pipe.hvals(self._x(execution_id, "steps"))
                     replies = await pipe.execute()
-                for execution_id, row, states in zip(chunk, replies[::2], replies[1::2],
+                done: list[str] = []  # decided, finished or purged: no longer worth reading
+                for execution_id, row, states in zip(ids, replies[::2], replies[1::2],
                                                      strict=True):
                     execution = _decode(row) if row else None
                     waits = [state for state in map(step_from_json, states)
@@ -321,8 +333,9 @@ class RedisExecutions:
                         done.append(execution_id)
                         continue
                     found += [(execution, state) for state in waits]
-            if done:
-                await self._redis.zrem(index, *done)
+                if done:
+                    await self._redis.zrem(index, *done)
+                start += len(read) - len(done)  # what was tidied away moved the rest up
             return tuple(found[:limit])
 
         return await self._guard(run)
@@ -609,6 +622,8 @@ class RedisExecutions:
                                               quote(execution.idempotency_key, safe="")))
                 pipe.zrem(self._key("index"), *ids)
                 pipe.zrem(finished, *ids)
+                # An ended execution whose approval nobody listed since: no longer read.
+                pipe.zrem(self._key("waiting"), *ids)
                 await pipe.execute()
             return len(gone)
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+
+import redis
 
 from aigw.runtime.store.executions import (
     Checkpoint,
     NewExecution,
     Status,
+    StepState,
+    StepStatus,
     local_owners,
     new_owner,
 )
+from aigw.runtime.store.executions_redis import RedisExecutions
 from aigw.runtime.store.executions_sqlite import CLAIM_SQL, SQLiteExecutions
 from aigw.runtime.store.sqlite_file import SQLiteFile
+
+from ..redis_server import PrivateRedis
 
 NOW = 1_767_225_600.0
 HOUR = 3600.0
@@ -120,3 +128,65 @@ async def test_each_statement_of_a_claim_is_a_range_of_a_partial_index(
         "held_by": ["SEARCH wf_executions USING INDEX wf_held_by (owner=?)"],
         "unheld": ["SEARCH wf_executions USING INDEX wf_claimable (lease_until=?)"],
     }
+
+
+@contextlib.contextmanager
+def _calls(url: str, command: str) -> Iterator[list[int]]:
+    """How many times ``command`` ran on the server while in the block (INFO
+    commandstats, before and after), in the list it yields."""
+    client = redis.Redis.from_url(url)
+
+    def calls() -> int:
+        stats = client.info("commandstats").get(f"cmdstat_{command}")
+        return int(stats["calls"]) if stats else 0
+
+    counted: list[int] = []
+    try:
+        before = calls()
+        yield counted
+        counted.append(calls() - before)
+    finally:
+        client.close()
+
+
+async def test_waiting_reads_a_page_of_the_index_not_every_execution_in_it(
+    private_redis: PrivateRedis,
+) -> None:
+    """``waiting`` (the admin page's approvals, each approvals inbox) read the whole
+    ``waiting`` set and every execution in it on each call: 1000 executions for the 5
+    newest approvals. It reads the newest page now, and tidies what it reads; the purge
+    takes the executions it deletes out of the set (those past the pages read stayed)."""
+    store = RedisExecutions.from_url(private_redis.url, namespace="polling")
+    owner = new_owner()
+    waits = StepState("sign_off", StepStatus.WAITING, 1, detail={"message": "ok?"})
+    try:
+        made = [(await store.create(_new(n), NOW + n))[0] for n in range(1000)]
+        claimed: list[str] = []
+        while taken := await store.claim(owner, HOUR, NOW, 1000):
+            claimed += taken
+        assert len(claimed) == 1000
+        for n, execution in enumerate(made):
+            await store.commit(execution.id, owner, Checkpoint(steps=(waits,),
+                               status=Status.WAITING), NOW + n)
+        # The newest two no longer wait: read, tidied away, and the page goes on past them.
+        for execution in made[-2:]:
+            await store.commit(execution.id, owner, Checkpoint(status=Status.FAILED), NOW)
+        # The oldest ends and is purged: out of the index too, where no page would reach it.
+        await store.commit(made[0].id, owner, Checkpoint(status=Status.FAILED), NOW)
+        assert await store.purge(NOW + 1, 10) == 3
+        client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        try:
+            assert client.zscore("polling:wf:waiting", made[0].id) is None
+        finally:
+            client.close()
+
+        with _calls(private_redis.url, "hgetall") as hashes:
+            found = await store.waiting(5)
+        assert [execution.id for execution, _ in found] == [e.id for e in made[-3:-8:-1]]
+        assert hashes[0] <= 10, hashes  # it was 1000
+        with _calls(private_redis.url, "hgetall") as hashes:
+            assert [execution.id for execution, _ in await store.waiting(5)] == \
+                [e.id for e in made[-3:-8:-1]]
+        assert hashes[0] == 5, hashes  # the two that ended were taken out
+    finally:
+        await store.aclose()

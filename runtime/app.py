@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -295,12 +296,16 @@ class SnapshotMiddleware:
         itself (ASGI's websocket.http.response, as hypercorn does), the 403 is sent here,
         with the line's id (x-request-id), the graph and the error's body."""
         live = self.gateway.live
+        state = scope.setdefault("state", {})
         access = AccessRecord(live.graph.fingerprint, "GET", scope["path"])
         access.endpoint = NOT_FOUND
         refused = False
+        accepted = closed = False
 
         async def send_refusal(message: Message) -> None:
-            nonlocal refused
+            nonlocal refused, accepted, closed
+            accepted = accepted or message["type"] == "websocket.accept"
+            closed = closed or message["type"] in _WEBSOCKET_ENDS
             # A route that matched named its endpoint in the scope (Router.app).
             if message["type"] != "websocket.close" or "endpoint" in scope or refused:
                 await send(message)
@@ -320,9 +325,24 @@ class SnapshotMiddleware:
 
         try:
             await self.app(scope, receive, send_refusal)
+        except Exception as exc:
+            # Logged here, once, with the session's id (answered_as), and the socket
+            # closed as a server error: raised on, hypercorn would log it again, naming
+            # no session and quoting whatever keys its traceback holds.
+            log_fault(exc, f"GET {scope['path']}", state.get(ANSWERED_AS), live.graph,
+                      IndexedHeaders(scope))
+            if not closed:
+                with contextlib.suppress(OSError, RuntimeError):  # the client has gone
+                    await send({"type": "websocket.close", "code": WEBSOCKET_SERVER_ERROR}
+                               if accepted else {"type": "websocket.close"})
         finally:
             if refused:
                 finish_access(live.telemetry, access)
+
+
+# What ends a WebSocket from the app's side: a close, or an answer to its handshake.
+_WEBSOCKET_ENDS = frozenset({"websocket.close", "websocket.http.response.start"})
+WEBSOCKET_SERVER_ERROR = 1011  # RFC 6455 7.4.1: the server met a condition it did not expect
 
 
 # Probes, asked every few seconds: a line each would bury the requests.

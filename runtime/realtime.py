@@ -101,7 +101,7 @@ from .realtime_responses import AUDIO_DELTAS, TEXT_DELTAS, InFlight
 from .route_call import call_route
 from .routing.attempts import Won
 from .routing.candidates import AudioAsk, Candidate
-from .telemetry.record import UpstreamFailure
+from .telemetry.record import UpstreamFailure, answered_as
 from .telemetry.tracing import Span
 from .uncancelled import uncancelled
 from .upstream import scrub, too_large
@@ -172,6 +172,7 @@ async def _session(gateway: Gateway, live: Live, websocket: WebSocket) -> None:
                for name in value.split(",")]
     headers = _headers(websocket.headers, offered)
     record = new_record(live, "realtime")
+    answered_as(websocket.scope, record.request_id)  # the session's id, for its faults' line
     # The subprotocol a browser offers besides its key (OpenAI answers "realtime"); the
     # handshake's answer names the session's access line, as an HTTP answer does.
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None,

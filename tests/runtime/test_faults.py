@@ -7,12 +7,16 @@ error quoting the provider's key and the caller's (as a repr of headers or a URL
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from aigw.compiler.graph import Provider
 from aigw.runtime.app import create_app
@@ -20,6 +24,7 @@ from aigw.runtime.live import Gateway
 from aigw.runtime.providers import registry
 from aigw.runtime.providers.base import ChatAdapter, ChatCall, ChatResult
 from aigw.runtime.providers.echo import EchoAdapter
+from aigw.runtime.providers.realtime import RealtimeCall
 from aigw.runtime.tokens import TokenCounter
 
 from ..conftest import DEV_KEY
@@ -78,3 +83,52 @@ def test_an_unexpected_error_is_logged_once_with_its_request_id_and_no_secret(
     assert PROVIDER_KEY not in logged and PROVIDER_KEY[-4:] not in logged
     assert DEV_KEY not in logged
     assert PROMPT not in logged
+
+
+class _BuggyRealtime(_Buggy):
+    """A Realtime session whose opening fails inside aigw, quoting both keys."""
+
+    async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
+        raise RuntimeError(f"a bug, with {self._provider.api_key} and Bearer {DEV_KEY} "
+                           "in its message")
+
+
+def test_an_unexpected_error_of_a_realtime_session_is_logged_once_and_closes_it_1011(
+        tmp_path: Path, counter: TokenCounter, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The error went to hypercorn's log alone ("Error in ASGI Framework"), its traceback
+    quoting the keys and naming no session; the client's socket was dropped."""
+    def buggy(provider: Provider, counter: TokenCounter) -> ChatAdapter:
+        return _BuggyRealtime(provider, counter)
+
+    monkeypatch.setattr(registry, "ADAPTERS", {**registry.ADAPTERS, "openai": buggy})
+    (tmp_path / "gateway.yaml").write_text(f"""\
+version: 1
+providers: {{openai: {{type: openai, api_key: {PROVIDER_KEY}}}}}
+deployments:
+  voice: {{provider: openai, model: gpt-realtime, kind: realtime, context_window: 32000}}
+routes: {{voice: {{deployment: voice}}}}
+keys: {{dev: {{admin: true, secret: {DEV_KEY}}}}}
+""")
+
+    async def session(base: str) -> tuple[str, int | None]:
+        url = base.replace("http", "ws", 1) + "/v1/realtime?model=voice"
+        async with connect(url, additional_headers={"authorization": f"Bearer {DEV_KEY}"}
+                           ) as socket:
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+            assert socket.response is not None
+            return socket.response.headers["x-request-id"], closed.value.rcvd and \
+                closed.value.rcvd.code
+
+    with serving(create_app(Gateway(tmp_path, counter)), ready_path="/health",
+                 errorlog=logging.getLogger("hypercorn.error")) as base:
+        request_id, code = asyncio.run(session(base))
+    assert code == 1011
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1, [record.getMessage() for record in errors]
+    assert f"on GET /v1/realtime (request {request_id})" in errors[0].getMessage()
+    logged = caplog.text
+    assert "RuntimeError: a bug, with *** and Bearer *** in its message" in logged
+    assert PROVIDER_KEY not in logged and PROVIDER_KEY[-4:] not in logged
+    assert DEV_KEY not in logged

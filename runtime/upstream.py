@@ -28,6 +28,7 @@ import httpx
 from aigw.compiler.graph import Provider
 
 from . import jsonio
+from .error_pages import described
 from .errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -315,7 +316,8 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str],
     """Read the error out of the common JSON shapes: OpenAI, Anthropic and Google all nest
     it under ``error`` with a message and a type, code or status. The message is whole:
     ``classify`` cuts it, once the key is scrubbed out. The provider's id of the request
-    is read from ``id_header`` (``id_header_of``'s)."""
+    is read from ``id_header`` (``id_header_of``'s). A body that is no JSON is the
+    message as it is, unless it is a page or no text (``error_pages.described``)."""
     message = body.decode("utf-8", "replace")
     kind = ""
     param = code = None
@@ -324,6 +326,8 @@ def failure_from_response(status: int, body: bytes, headers: Mapping[str, str],
     except ValueError:
         document = None
     wait = retry_after(headers)
+    if document is None:
+        message = described(status, body, headers.get("content-type")) or message
     if isinstance(document, dict):
         error = document.get("error", document)
         if isinstance(error, dict):

@@ -79,6 +79,7 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from aigw.compiler.graph import Provider
 
+from ..error_pages import described
 from ..errors import UpstreamError, UpstreamServerError
 from ..tokens import TokenCounter
 from ..upstream import (
@@ -273,12 +274,15 @@ class _BedrockUpstream(Upstream):
         error_type = headers.get("x-amzn-errortype", "")
         try:
             document = json.loads(body)
-        except ValueError:
+        except ValueError:  # a proxy's page, said by its title (error_pages)
             document = None
+            page = described(status, body, headers.get("content-type"))
+        else:
+            page = None
         if not isinstance(document, dict):
             document = {}
         error_type = error_type or str(document.get("__type") or document.get("code") or "")
-        message = str(document.get("message") or document.get("Message")
+        message = str(document.get("message") or document.get("Message") or page
                       or body.decode("utf-8", "replace"))  # cut by classify, once scrubbed
         return self._error(status, error_type, message, retry_after(headers))
 

@@ -529,6 +529,39 @@ def test_each_providers_error_answer_keeps_its_meaning_and_never_its_key(
     assert PROVIDER_KEY[:12] not in answer.text and PROVIDER_KEY[-6:] not in answer.text
 
 
+# A proxy's error page, and what the client is told of it: its title, not its markup.
+ERROR_PAGES: dict[str, tuple[str, int, bytes, str, str]] = {
+    "openai nginx 502": ("oai", 502, BAD_GATEWAY_PAGE, "text/html",
+                         "provider 'oai' failed: HTTP 502 (an HTML page: 502 Bad Gateway)"),
+    "anthropic 503 page with no title, its heading": (
+        "claude", 503, UNAVAILABLE_PAGE, "text/html; charset=utf-8",
+        "provider 'claude' is overloaded: HTTP 503 (an HTML page: 503 Service Temporarily "
+        "Unavailable)"),
+    "gemini page said to be plain text, its title's entities read": (
+        "gem", 502, b"\n<!DOCTYPE html><html><head><title>Error 502 &amp; "
+        b"retry\n </title><style>body{color:red}</style></head><body>" + b"x" * 5000
+        + b"</body></html>", "text/plain", "provider 'gem' failed: HTTP 502 (an HTML page: "
+        "Error 502 & retry)"),
+    "bedrock binary body": ("aws", 500, bytes(range(256)) * 8, "application/octet-stream",
+                            "provider 'aws' failed: HTTP 500 (a body of 2048 bytes, "
+                            "application/octet-stream)"),
+}
+
+
+@pytest.mark.parametrize(("route", "status", "body", "content_type", "message"),
+                         ERROR_PAGES.values(), ids=ERROR_PAGES.keys())
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_error_page_is_said_by_its_title_and_never_as_its_markup(
+    gateway: Gateway, route: str, status: int, body: bytes, content_type: str, message: str,
+    stream: bool
+) -> None:
+    """The page went into the client's error message raw, up to 2,000 characters."""
+    gateway.upstream.now(body, status=status, headers={"content-type": content_type})
+    with pytest.raises(openai.APIStatusError) as failed:
+        gateway.client.chat.completions.create(model=route, messages=ASK, stream=stream)
+    assert failed.value.response.json()["error"]["message"] == message
+
+
 def test_an_empty_finish_reason_of_a_streamed_text_completion_is_no_finish(
     gateway: Gateway
 ) -> None:

@@ -176,6 +176,9 @@ async def run_attempts(live: Live, route: Route, loop: AttemptLoop[T],
     and an embeddings call's alike."""
     try:
         won = await loop.run()
+    except asyncio.CancelledError:
+        record.cut_mid_call = loop.trace.cut  # counted on the call it cut, if one was out
+        raise
     finally:
         if loop.trace.keep:  # the debug log is on
             log.debug("route %s trace: %s", route.name, " | ".join(loop.trace.steps))

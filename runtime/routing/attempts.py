@@ -80,6 +80,10 @@ class Trace:
     # The provider's id of the last call that failed, where it named one (the access line
     # has it when no call answered).
     upstream_request_id: str | None = None
+    # The deployment and provider of the last call a cancellation cut (a hedge that lost,
+    # or the request's own: its client gone, a shutdown), which a request cancelled before
+    # any call answered is counted under.
+    cut: tuple[str, str] | None = None
     # Whether ``steps`` are written down: only the debug log reads them, so with it off
     # the lines every request makes (its candidates, its attempt) are not even built.
     keep: bool = True
@@ -386,6 +390,7 @@ class AttemptLoop(Generic[T]):
             raise _Unsupported(exc) from exc
         except asyncio.CancelledError:  # a hedge that lost: no verdict on the deployment
             stats.breaker.release(permit)
+            self.trace.cut = (candidate.deployment.name, candidate.deployment.provider.name)
             raise
         except Exception:  # not the deployment's answer (the store, a bug): no verdict
             # either, but a half-open breaker's probe must be given back, or it stays

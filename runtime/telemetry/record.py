@@ -106,6 +106,14 @@ class AccessLog:
 UNKNOWN = "_none"  # label value when a stage was not reached (e.g. a 404 has no route)
 
 
+def served_by(record: RequestRecord) -> tuple[str, str]:
+    """The deployment and provider that ``record``'s count names: the one that answered,
+    or the one whose call its cancellation cut; ``UNKNOWN`` where it reached none."""
+    if record.deployment is None and record.cut_mid_call is not None:
+        return record.cut_mid_call
+    return record.deployment or UNKNOWN, record.provider or UNKNOWN
+
+
 def answered_as(scope: MutableMapping[str, Any], request_id: str) -> None:
     """Say that the HTTP request of ``scope`` is the one whose access-log line has
     ``request_id``: app.SnapshotMiddleware stamps it on the request's answer as
@@ -153,6 +161,11 @@ class RequestRecord:
     deployment: str | None = None
     provider: str | None = None
     provider_type: str | None = None
+    # Cancelled before any call answered (its client gone, a shutdown): the deployment and
+    # provider of the call it cut, which its count and access line name (``served_by``).
+    # Not its ``deployment``: that one is billed the request's tokens, the cut call's own
+    # record its estimate.
+    cut_mid_call: tuple[str, str] | None = None
     # A pass-through's provider answered: timed and its tokens counted as a deployment's
     # answer is, though no deployment may name it (one no price names: deployment _none).
     relayed: bool = False
@@ -354,8 +367,7 @@ class Telemetry:
         now = time.perf_counter()
         metrics = self.metrics
         route = record.route or UNKNOWN
-        deployment = record.deployment or UNKNOWN
-        provider = record.provider or UNKNOWN
+        deployment, provider = served_by(record)
         team = record.team or UNKNOWN
         served = self._served.get((route, deployment, provider, team))
         if served is None:
@@ -423,7 +435,7 @@ class Telemetry:
             "key": record.key,
             "team": record.team,
             "route": record.route,
-            "deployment": record.deployment,
+            "deployment": None if deployment == UNKNOWN else deployment,
             "upstream_request_id": record.upstream_request_id,
             "status": record.status,
             "error": record.error,
@@ -465,7 +477,8 @@ class Telemetry:
         span.set("aigw.team", record.team)
         if record.policy_ids:
             span.set("aigw.policy_ids", list(record.policy_ids))
-        span.set("aigw.deployment", record.deployment)
+        deployment = served_by(record)[0]
+        span.set("aigw.deployment", None if deployment == UNKNOWN else deployment)
         span.set("aigw.graph", record.graph)
         span.set("aigw.fallback_hop", record.fallback_hop)
         span.set("aigw.attempts", record.attempts)

@@ -387,11 +387,15 @@ async def test_each_keys_expiry_is_a_gauge_of_the_graph_served(
 @pytest.mark.parametrize("shutdown", [False, True], ids=["client", "shutdown"])
 @pytest.mark.parametrize("path", [CHAT, "/v1/completions", "/v1/messages", "/v1/responses"])
 async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
-    gateway_dir: Path, counter: TokenCounter, path: str, shutdown: bool
+    gateway_dir: Path, counter: TokenCounter, path: str, shutdown: bool,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     """Cancelled while its upstream call runs (its client gone, or a shutdown past its
     grace), a request still gets its ledger record and its count: as 499, or as the
-    gateway's 503 when its shutdown cut it (it was a 499 too)."""
+    gateway's 503 when its shutdown cut it (it was a 499 too). Its count and its access
+    line name the deployment it was calling (they said deployment _none, provider _none,
+    as if it had reached none)."""
+    caplog.set_level(logging.INFO, logger="aigw.access")
     config = gateway_dir / "gateway.yaml"
     config.write_text(config.read_text().replace(
         "local: {type: echo}", "local: {type: echo, latency: {per_token_ms: 80}}"))
@@ -419,9 +423,12 @@ async def test_a_request_cancelled_mid_call_is_recorded_and_counted(
                 ("echo", 1, 1)]
             text = (await client.get("/metrics")).text
             status = "503" if shutdown else "499"
-            # Counted with no deployment: none answered it (its call was cut short).
-            assert metric_sample(text, "aigw_requests_total", route="echo", deployment="_none",
-                                 provider="_none", team="default", status=status) == 1
+            assert metric_sample(text, "aigw_requests_total", route="echo",
+                                 deployment="echo-small", provider="local", team="default",
+                                 status=status) == 1
+            [line] = [json.loads(r.getMessage()) for r in caplog.records
+                      if r.name == "aigw.access" and "/admin" not in r.getMessage()]
+            assert (line["deployment"], line["status"]) == ("echo-small", int(status))
     finally:
         await gateway.aclose()
 

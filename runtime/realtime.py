@@ -349,6 +349,11 @@ class _Relay:
                 ending = _ended_by(stopped)
             else:
                 ending = await self._relayed()
+        except Exception:  # aigw's own fault (logged as the app's error): the session ends
+            # as a server error (1011) and is recorded as one, not as a session closed well
+            ending = _Ending(SERVER_ERROR, "internal error",
+                             error=InternalError("The gateway had an internal error."))
+            raise
         finally:
             with anyio.CancelScope(shield=True):  # a shutdown past its grace: settled all the same
                 await self._closed(ending)

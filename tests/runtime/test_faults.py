@@ -8,6 +8,7 @@ error quoting the provider's key and the caller's (as a repr of headers or a URL
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,20 +87,45 @@ def test_an_unexpected_error_is_logged_once_with_its_request_id_and_no_secret(
 
 
 class _BuggyRealtime(_Buggy):
-    """A Realtime session whose opening fails inside aigw, quoting both keys."""
+    """A Realtime session that fails inside aigw, quoting both keys: as it opens, or
+    (``relaying``) as its relay reads the upstream's first frame."""
+
+    relaying = False
 
     async def realtime(self, call: RealtimeCall) -> aiohttp.ClientWebSocketResponse:
+        if self.relaying:
+            return _BrokenSocket(self._provider.api_key)  # type: ignore[return-value]
         raise RuntimeError(f"a bug, with {self._provider.api_key} and Bearer {DEV_KEY} "
                            "in its message")
 
 
+class _BrokenSocket:
+    """An upstream socket whose reading fails as a bug in aigw would."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    async def receive(self) -> aiohttp.WSMessage:
+        raise RuntimeError(f"a bug, with {self._key} and Bearer {DEV_KEY} in its message")
+
+    async def send_str(self, _text: str) -> None:
+        """Sent nowhere."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        return True
+
+
+@pytest.mark.parametrize("relaying", [False, True], ids=["opening", "relaying"])
 def test_an_unexpected_error_of_a_realtime_session_is_logged_once_and_closes_it_1011(
         tmp_path: Path, counter: TokenCounter, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, relaying: bool) -> None:
     """The error went to hypercorn's log alone ("Error in ASGI Framework"), its traceback
-    quoting the keys and naming no session; the client's socket was dropped."""
+    quoting the keys and naming no session; a relay's session was closed as if it had
+    ended well (1000)."""
     def buggy(provider: Provider, counter: TokenCounter) -> ChatAdapter:
-        return _BuggyRealtime(provider, counter)
+        adapter = _BuggyRealtime(provider, counter)
+        adapter.relaying = relaying
+        return adapter
 
     monkeypatch.setattr(registry, "ADAPTERS", {**registry.ADAPTERS, "openai": buggy})
     (tmp_path / "gateway.yaml").write_text(f"""\
@@ -116,15 +142,22 @@ keys: {{dev: {{admin: true, secret: {DEV_KEY}}}}}
         async with connect(url, additional_headers={"authorization": f"Bearer {DEV_KEY}"}
                            ) as socket:
             with pytest.raises(ConnectionClosed) as closed:
-                await socket.recv()
+                while True:  # the error event first, where the session has one
+                    event = json.loads(await socket.recv())
+                    assert event["type"] == "error"
+                    assert event["error"]["message"] == "The gateway had an internal error."
             assert socket.response is not None
             return socket.response.headers["x-request-id"], closed.value.rcvd and \
                 closed.value.rcvd.code
 
+    caplog.set_level(logging.INFO, logger="aigw.access")
     with serving(create_app(Gateway(tmp_path, counter)), ready_path="/health",
                  errorlog=logging.getLogger("hypercorn.error")) as base:
         request_id, code = asyncio.run(session(base))
     assert code == 1011
+    [line] = [json.loads(record.getMessage()) for record in caplog.records
+              if record.name == "aigw.access"]
+    assert (line["request_id"], line["status"]) == (request_id, 500)
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1, [record.getMessage() for record in errors]
     assert f"on GET /v1/realtime (request {request_id})" in errors[0].getMessage()
